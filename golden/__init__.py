@@ -1,0 +1,1 @@
+"""The PyTorch golden integer model: the single source of truth for every bit."""

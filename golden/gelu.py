@@ -1,0 +1,134 @@
+"""Integer GELU variants (DESIGN.md, "GELU").
+
+GELU(x) = x/2 * (1 + erf(x / sqrt 2)).  Input q is signed ``in_bits`` at scale S_in,
+output signed ``out_bits`` at scale S_out.  Each variant has a compile-time builder
+(floats allowed: it turns scales into integer constants) and one integer function.
+
+``ibert`` / ``iptq`` (polynomial erf, degree d even)
+    erf(t) ~ sgn(t) [a (min(|t|, -b) + b)^d + 1] with t = q S_t, S_t = S_in / sqrt 2.
+    With ``Qb = round(-b / S_t)`` and ``P = (min(|q|, Qb) - Qb)^d`` (>= 0), and a < 0:
+    ``erf_int = sgn(q) (Qc - rshift_round(P, sh))`` at scale |a| S_t^d 2^sh, where
+    ``Qc = round(1 / (|a| S_t^d 2^sh))`` and ``sh`` keeps Qc within :data:`ERF_BITS` bits.
+    Then ``gelu = requant(q (Qc + erf_int), m, e)``.
+    ``ibert``: d = 2, a = -0.2888, b = -1.769 (I-BERT).  ``iptq``: d = 4, a and b fitted by
+    least squares to erf over the range calibration saw at that layer (IPTQ-ViT).
+``ishift``
+    I-ViT ShiftGELU, x sigma(1.702 x): ``y = requant(q, m_y, e_y)`` is 1.702 x at scale
+    2^-fy (16 bits); ``E = shift_exp(-|y|, fy)`` = e^-|1.702x| at scale 2^-C;
+    ``sig = ((y >= 0 ? 2^C : E) << SIG_BITS) // (2^C + E)``; ``gelu = requant(q sig, m, e)``.
+``lut``
+    An exact table over the whole input domain (``in_bits`` <= 10): entry i is
+    round(GELU((i - 2^(in_bits-1)) S_in) / S_out), clamped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .dyadic import RangeError, to_dyadic
+from .intops import requant, rshift_round, signed_range
+from .softmax import EXP_FRAC_BITS, shift_exp
+
+GELU_VARIANTS = ("ibert", "iptq", "ishift", "lut")
+ERF_BITS = 14          # Qc < 2^ERF_BITS: keeps q * (Qc + erf) inside 8 + 15 + 1 bits
+SIG_BITS = 15          # sigma at scale 2^-SIG_BITS
+ISHIFT_Y_BITS = 16
+LUT_MAX_IN_BITS = 10
+IBERT_A, IBERT_B = -0.2888, -1.769
+IPTQ_DEGREE = 4
+
+
+def fit_erf_poly(t_max: float, degree: int = IPTQ_DEGREE) -> tuple[float, float]:
+    """Least-squares (a, b) of ``a (min(t, -b) + b)^d + 1 ~ erf(t)`` on t in [0, t_max].
+
+    For each clip point c = -b on a grid, a has a closed form; the best pair wins.
+    """
+    t_max = max(float(t_max), 0.5)
+    t = torch.linspace(0.0, t_max, 4001, dtype=torch.float64)
+    target = torch.erf(t) - 1.0
+    best = None
+    for c in torch.linspace(0.25, max(4.0, t_max), 800, dtype=torch.float64):
+        g = (torch.clamp(t, max=c) - c) ** degree
+        a = float((g * target).sum() / (g * g).sum())
+        err = float(((a * g - target) ** 2).sum())
+        if best is None or err < best[0]:
+            best = (err, a, -float(c))
+    return best[1], best[2]
+
+
+def gelu_float(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def build_gelu(variant: str, s_in: float, s_out: float, in_bits: int, out_bits: int,
+               calib_absmax: float | None = None, exp_variant: str = "linear") -> dict:
+    """Integer constants of one GELU layer; returns the op's ``attrs`` and ``consts``."""
+    lo, hi = signed_range(out_bits)
+    attrs = {"variant": variant, "in_bits": in_bits, "out_bits": out_bits}
+    consts: dict[str, torch.Tensor] = {}
+    meta = {"s_in": s_in, "s_out": s_out}
+    if variant in ("ibert", "iptq"):
+        if variant == "ibert":
+            a, b, d = IBERT_A, IBERT_B, 2
+        else:
+            t_max = (calib_absmax if calib_absmax is not None else s_in * 2 ** (in_bits - 1)) / math.sqrt(2.0)
+            d = IPTQ_DEGREE
+            a, b = fit_erf_poly(t_max, d)
+        if a >= 0:
+            raise RangeError(f"gelu {variant}: fitted a = {a:.4g} must be negative")
+        s_t = s_in / math.sqrt(2.0)
+        qb = max(1, int(round(-b / s_t)))
+        unit = abs(a) * s_t ** d                       # scale of P
+        sh = max(0, math.ceil(math.log2(1.0 / unit)) - ERF_BITS)
+        qc = int(round(1.0 / (unit * 2 ** sh)))
+        m, e = to_dyadic(s_in * unit * 2 ** sh / 2.0 / s_out, what=f"gelu {variant}")
+        attrs.update(degree=d, qb=qb, qc=qc, sh=sh, m=int(m[0]), e=int(e[0]))
+        meta.update(a=a, b=b)
+    elif variant == "ishift":
+        y_max = 1.702 * s_in * 2 ** (in_bits - 1)
+        fy = max(1, min(ISHIFT_Y_BITS - 2, ISHIFT_Y_BITS - 1 - math.ceil(math.log2(y_max))))
+        m_y, e_y = to_dyadic(1.702 * s_in * 2 ** fy, what="gelu ishift input")
+        m, e = to_dyadic(s_in * 2.0 ** -SIG_BITS / s_out, what="gelu ishift output")
+        attrs.update(fy=fy, m_y=int(m_y[0]), e_y=int(e_y[0]), m=int(m[0]), e=int(e[0]),
+                     exp_variant=exp_variant)
+    elif variant == "lut":
+        if in_bits > LUT_MAX_IN_BITS:
+            raise RangeError(f"gelu lut: input of {in_bits} bits; the table variant accepts at most {LUT_MAX_IN_BITS}")
+        lo_in, hi_in = signed_range(in_bits)
+        x = torch.arange(lo_in, hi_in + 1, dtype=torch.float64) * s_in
+        consts["table"] = torch.round(gelu_float(x) / s_out).clamp(lo, hi).to(torch.int64)
+    else:
+        raise ValueError(f"unknown GELU variant {variant!r}; accepted: {', '.join(GELU_VARIANTS)}")
+    return {"attrs": attrs, "consts": consts, "meta": meta}
+
+
+def gelu_int(q: torch.Tensor, attrs: dict, consts: dict) -> torch.Tensor:
+    """The integer GELU of a layer built by :func:`build_gelu`."""
+    q = q.to(torch.int64)
+    lo, hi = signed_range(attrs["out_bits"])
+    variant = attrs["variant"]
+    if variant in ("ibert", "iptq"):
+        qb = attrs["qb"]
+        p = (q.abs().clamp(max=qb) - qb) ** attrs["degree"]
+        erf = torch.sign(q) * (attrs["qc"] - rshift_round(p, attrs["sh"]))
+        return requant(q * (attrs["qc"] + erf), attrs["m"], attrs["e"], lo, hi)
+    if variant == "ishift":
+        y = requant(q, attrs["m_y"], attrs["e_y"], *signed_range(ISHIFT_Y_BITS))
+        big = shift_exp(-y.abs(), attrs["fy"], attrs["exp_variant"])
+        one = 1 << EXP_FRAC_BITS
+        num = torch.where(y >= 0, torch.full_like(big, one), big)
+        sig = (num << SIG_BITS) // (one + big)
+        return requant(q * sig, attrs["m"], attrs["e"], lo, hi)
+    if variant == "lut":
+        return consts["table"][q + (1 << (attrs["in_bits"] - 1))]
+    raise ValueError(f"unknown GELU variant {variant!r}")
+
+
+def gelu_reference(q: torch.Tensor, s_in: float, s_out: float) -> torch.Tensor:
+    """Float GELU of the dequantized input, in output units (for error reports only)."""
+    return gelu_float(q.double() * s_in) / s_out
+
+
+__all__ = ["GELU_VARIANTS", "build_gelu", "gelu_int", "gelu_reference", "fit_erf_poly", "gelu_float"]

@@ -1,0 +1,1 @@
+"""Amaranth datapath generators, Verilog emission, hardware reports and the hwgen command."""

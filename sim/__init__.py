@@ -1,0 +1,1 @@
+"""cocotb testbenches, simulator runner helpers and the RTL executor (simulated hardware)."""
