@@ -26,6 +26,10 @@ def test_resnet_refused_naming_module(capsys):
     _fails_with(capsys, ["accuracy", "--model", "resnet18"], "not supported", "ResNet", "VisionTransformer")
 
 
+def test_distilled_deit_refused(capsys):
+    _fails_with(capsys, ["accuracy", "--model", "deit_tiny_distilled_patch16_224"], "not supported", "dist_token")
+
+
 def test_swin_refused(capsys):
     _fails_with(capsys, ["accuracy", "--model", "swin_tiny_patch4_window7_224"], "not supported", "SwinTransformer")
 
