@@ -17,6 +17,7 @@ from .graph import IntegerGraph, Op
 from .intops import clamp, exact_matmul, requant, signed_range, unsigned_range
 from .layernorm import layernorm_int
 from .softmax import shift_softmax
+from .vit_float import im2col
 
 
 def operand_max(bits: int, signed: bool = True) -> int:
@@ -85,10 +86,7 @@ def run_add(op: Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # --- data movement (the host's job in RTL mode) ------------------------------------------
 
 def run_im2col(op: Op, x: torch.Tensor) -> torch.Tensor:
-    p = op.attrs["patch"]
-    b, c, h, w = x.shape
-    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, (h // p) * (w // p), c * p * p)
+    return im2col(x, op.attrs["patch"])
 
 
 def run_concat(op: Op, tok: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from .dyadic import RangeError, to_dyadic
 from .errors import UserError
 from .gelu import GELU_VARIANTS, build_gelu
 from .graph import IntegerGraph, Op
+from .intops import signed_range, unsigned_range
 from .layernorm import build_layernorm
 from .softmax import EXP_VARIANTS, RECIP_BITS
 
@@ -137,13 +138,15 @@ class TensorQuant:
     signed: bool
     scale: float
 
+    def _levels(self, t: torch.Tensor) -> torch.Tensor:
+        lo, hi = signed_range(self.bits) if self.signed else unsigned_range(self.bits)
+        return torch.clamp(torch.round(t / self.scale), lo, hi)
+
     def fake(self, t: torch.Tensor) -> torch.Tensor:
-        lo, hi = (-(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1) if self.signed else (0, (1 << self.bits) - 1)
-        return torch.clamp(torch.round(t / self.scale), lo, hi) * self.scale
+        return self._levels(t) * self.scale
 
     def quantize(self, t: torch.Tensor) -> torch.Tensor:
-        lo, hi = (-(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1) if self.signed else (0, (1 << self.bits) - 1)
-        return torch.clamp(torch.round(t / self.scale), lo, hi).to(torch.int64)
+        return self._levels(t).to(torch.int64)
 
 
 def assign_scales(obs: Observer, spec: vit_float.ViTSpec) -> dict[str, TensorQuant]:

@@ -69,6 +69,8 @@ def extract(model: nn.Module) -> tuple[ViTSpec, dict[str, torch.Tensor]]:
 
 
 def im2col(x: torch.Tensor, p: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, patches, C*p*p], patches row-major, matching the conv weight's
+    [out, C, p, p] flattening (any dtype: the integer executor uses it too)."""
     b, c, h, w = x.shape
     x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
     return x.reshape(b, (h // p) * (w // p), c * p * p)
