@@ -1,0 +1,84 @@
+"""Verilog emission of the generated units (no absolute paths: ``emit_src=False``)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from amaranth.back import verilog
+from amaranth.hdl import Elaboratable
+from amaranth.lib import wiring
+
+__all__ = ["emit_verilog", "write_verilog", "source_hash", "Harness", "LINT_WAIVERS", "lint"]
+
+# Verilator -Wall on Amaranth's Verilog: the only warnings are these three rules, each a
+# property of how Amaranth writes Verilog, not of the design.  Every other rule stays on.
+LINT_WAIVERS = """`verilator_config
+// WIDTHEXPAND: Amaranth sizes every intermediate exactly and relies on Verilog's context
+// widening of the narrower operand (a 17-bit term in a 19-bit sum, a 6-bit constant in an
+// 8-bit compare); widening is lossless and intended.  WIDTHTRUNC stays enabled.
+lint_off -rule WIDTHEXPAND
+// PROCASSINIT: Amaranth declares each register with its reset value as initializer
+// (reg x = 1'h0;) and assigns it in an always block; the initializer is the power-on value.
+lint_off -rule PROCASSINIT
+// UNUSEDSIGNAL: Amaranth names intermediate wires (and per-lane views of packed payloads)
+// of which only a slice is used, e.g. the kept bits of a rounding shift.
+lint_off -rule UNUSEDSIGNAL
+"""
+
+
+def emit_verilog(top: Elaboratable, name: str) -> str:
+    """Verilog text of ``top`` as module ``name`` (ports from its signature)."""
+    return verilog.convert(top, name=name, emit_src=False)
+
+
+def write_verilog(top: Elaboratable, name: str, path: str | Path) -> tuple[Path, str]:
+    """Write ``name.v`` (or ``path`` if it ends in .v); return the path and the text's hash."""
+    path = Path(path)
+    if path.suffix != ".v":
+        path = path / f"{name}.v"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = emit_verilog(top, name)
+    if not path.exists() or path.read_text() != text:      # keep the file time when unchanged
+        path.write_text(text)
+    return path, source_hash(text)
+
+
+def source_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Harness(wiring.Component):
+    """Several units side by side in one top module, for one simulator build.
+
+    Each unit ``u`` of ``units`` (name -> component) appears as members ``<name>__<port>``
+    (e.g. ``ibert_a__i__valid``): one Verilator build verifies many configurations at once.
+    """
+
+    def __init__(self, units: dict[str, wiring.Component]):
+        self._units = dict(units)
+        super().__init__({name: wiring.Out(u.signature) for name, u in self._units.items()})
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Module
+
+        m = Module()
+        for name, u in self._units.items():
+            m.submodules[name] = u
+            wiring.connect(m, wiring.flipped(getattr(self, name)), u)
+        return m
+
+
+def lint(verilog_path: str | Path) -> tuple[int, str]:
+    """``verilator --lint-only -Wall`` with :data:`LINT_WAIVERS`; returns (status, output)."""
+    import subprocess
+
+    from sim.runner import tool_env
+
+    tool_env()
+    verilog_path = Path(verilog_path)
+    vlt = verilog_path.with_suffix(".vlt")
+    vlt.write_text(LINT_WAIVERS)
+    proc = subprocess.run(["verilator", "--lint-only", "-Wall", str(vlt), str(verilog_path)],
+                          capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
