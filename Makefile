@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo accuracy report bench train-digits clean
+.PHONY: install test demo accuracy report hw-report verilog bench train-digits clean
 
 install: $(STAMP)
 
@@ -27,6 +27,14 @@ accuracy: demo
 # Error of every GELU / Softmax / LayerNorm variant on the calibrated activations.
 report: $(STAMP)
 	$(BIN)/hwgen approx-report --model digits --bits w8a8
+
+# Verilog of the default configuration (configs/default.json) into rtl/, with its manifest.
+verilog: $(STAMP)
+	$(BIN)/hwgen generate --config configs/default.json --out rtl
+
+# Synthesis (yosys ECP5 + Xilinx) and place and route (nextpnr-ecp5) of every unit.
+hw-report: verilog
+	$(BIN)/hwgen report --rtl rtl
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_golden.py

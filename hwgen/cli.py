@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap_rep = sub.add_parser("approx-report", help="error of every GELU/Softmax/LayerNorm variant")
     _common(ap_rep)
     ap_rep.add_argument("--report", default=f"{DEFAULT_REPORTS}/approx_errors.json")
+    cf = sub.add_parser("config", help="write a generator configuration from a quantized model's layer")
+    _common(cf)
+    cf.add_argument("--block", type=int, default=0, help="transformer block whose constants the units take")
+    cf.add_argument("--out", required=True, help="configuration file (.json)")
+    gen = sub.add_parser("generate", help="write one Verilog file per unit and manifest.json")
+    gen.add_argument("--config", help="configuration file (default: configs/default.json)")
+    gen.add_argument("--out", default="rtl", help="output folder (default rtl/)")
+    rep = sub.add_parser("report", help="synthesize and place-and-route every unit: reports/hw.{json,md}")
+    rep.add_argument("--rtl", default="rtl", help="folder with the generated Verilog and manifest.json")
+    rep.add_argument("--reports", default=DEFAULT_REPORTS)
     return ap
 
 
@@ -170,7 +180,49 @@ def cmd_approx_report(args) -> int:
     return 0
 
 
-COMMANDS = {"accuracy": cmd_accuracy, "quantize": cmd_quantize, "approx-report": cmd_approx_report}
+def cmd_config(args) -> int:
+    from golden.atomic import write_json
+    from hwgen.generate import config_from_graph
+
+    _, q, _ = _quantize(args)
+    cfg = config_from_graph(q.graph, args.block)
+    write_json(args.out, cfg.to_dict())
+    print(f"wrote {args.out} ({args.model} {q.graph.meta['bits']}, block {args.block})")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from hwgen.generate import DEFAULT_CONFIG, GenConfig, generate
+
+    cfg = GenConfig.load(args.config or DEFAULT_CONFIG)
+    manifest = generate(cfg, args.out)
+    for name, u in manifest["units"].items():
+        print(f"{args.out}/{u['file']}: {name}, latency {u['latency']}, {len(u['ports'])} ports")
+    print(f"wrote {args.out}/manifest.json")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hwgen.report import hardware_report
+
+    rep = hardware_report(args.rtl, args.reports)
+    table = Table(title=f"generated units on ECP5 {rep['device']['device']} and Xilinx 7-series")
+    for col in ("unit", "LUT4", "FF", "MULT18", "Fmax MHz", "LUT6", "FF (xc7)", "DSP48"):
+        table.add_column(col, justify="left" if col == "unit" else "right")
+    for name, u in rep["units"].items():
+        e, x = u["ecp5"], u["xilinx"]
+        table.add_row(name, str(e["lut4"]), str(e["ff"]), str(e["mult18"]), str(e["fmax_mhz"]),
+                      str(x["lut6"]), str(x["ff"]), str(x["dsp48"]))
+    Console().print(table)
+    print(f"wrote {args.reports}/hw.json and {args.reports}/hw.md")
+    return 0
+
+
+COMMANDS = {"accuracy": cmd_accuracy, "quantize": cmd_quantize, "approx-report": cmd_approx_report,
+            "config": cmd_config, "generate": cmd_generate, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

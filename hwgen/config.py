@@ -51,6 +51,8 @@ _RANGES: dict[str, tuple[int, int]] = {
     "exp_in_bits": (2, 24),       # signed input width of the shift exponential (x <= 0)
     "recip_bits": (8, 48),        # R: Softmax reciprocal floor((2^R - 1) / sum)
     "softmax_out_bits": (2, 16),  # unsigned Softmax output
+    "softmax_in_bits": (2, 23),   # signed Softmax scores (at scale 2^-f)
+    "layernorm_row_slots": (2, 4),  # LayerNorm row buffers (3: in, arithmetic, out overlap)
     "gelu_in_bits": (2, 16),      # signed GELU input
     "gelu_out_bits": (2, 16),     # signed GELU output
 }
@@ -79,8 +81,10 @@ class HwConfig:
         Longest Softmax row (tokens) the Softmax row buffer holds; 256 covers 197 tokens.
     exp_frac_bits, exp_in_bits, exp_variant:
         Shift exponential: output scale 2^-C, signed input width, 2^-t approximation.
-    recip_bits, softmax_out_bits:
-        Softmax reciprocal width R and unsigned output width.
+    recip_bits, softmax_out_bits, softmax_in_bits:
+        Softmax reciprocal width R, unsigned output width, signed score width.
+    layernorm_row_slots:
+        LayerNorm row buffers: 3 lets input, per-row arithmetic and output overlap.
     gelu_in_bits, gelu_out_bits, gelu_variant:
         GELU unit widths and default variant.
     """
@@ -97,6 +101,8 @@ class HwConfig:
     exp_variant: str = "shiftfit"
     recip_bits: int = RECIP_BITS
     softmax_out_bits: int = 8
+    softmax_in_bits: int = 16
+    layernorm_row_slots: int = 3
     gelu_in_bits: int = 8
     gelu_out_bits: int = 8
     gelu_variant: str = "iptq"
@@ -117,6 +123,9 @@ class HwConfig:
         if self.gelu_variant == "lut" and self.gelu_in_bits > LUT_MAX_IN_BITS:
             raise UserError(f"hwgen config: gelu_in_bits = {self.gelu_in_bits} is out of range for "
                             f"gelu_variant 'lut'; accepted 2..{LUT_MAX_IN_BITS}")
+        if self.recip_bits < self.exp_frac_bits + 2:
+            raise UserError(f"hwgen config: recip_bits = {self.recip_bits} is out of range; accepted "
+                            f"{self.exp_frac_bits + 2}..48 (exp_frac_bits + 2: the reciprocal needs 2 bits)")
         if self.softmax_out_bits > self.recip_bits:
             raise UserError(f"hwgen config: softmax_out_bits = {self.softmax_out_bits} is out of range; "
                             f"accepted 2..recip_bits ({self.recip_bits})")

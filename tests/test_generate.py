@@ -1,0 +1,100 @@
+"""Verilog generation: rtl/ is reproducible, lint clean, and bad configurations are refused."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hwgen.cli import main
+from hwgen.generate import DEFAULT_CONFIG, GenConfig, generate
+from hwgen.verilog import lint
+
+RTL = Path(__file__).resolve().parent.parent / "rtl"
+
+
+def test_committed_rtl_is_fresh(tmp_path):
+    """`make verilog` on a clean clone reproduces the committed rtl/ exactly."""
+    generate(GenConfig.load(DEFAULT_CONFIG), tmp_path)
+    fresh = sorted(p.name for p in tmp_path.iterdir())
+    committed = sorted(p.name for p in RTL.iterdir())
+    assert fresh == committed, "rtl/ is stale: run `make verilog` and commit"
+    for name in fresh:
+        assert (tmp_path / name).read_text() == (RTL / name).read_text(), f"rtl/{name} is stale: run `make verilog`"
+
+
+def test_manifest_describes_every_unit():
+    manifest = json.loads((RTL / "manifest.json").read_text())
+    files = {p.name for p in RTL.glob("*.v")}
+    assert {u["file"] for u in manifest["units"].values()} == files
+    for name, u in manifest["units"].items():
+        names = {p["name"] for p in u["ports"]}
+        assert {"clk", "rst"} <= names, name
+        assert all(p["width"] >= 1 for p in u["ports"])
+        assert u["latency"] and u["throughput"] and len(u["verilog_sha256"]) == 64
+    assert len(manifest["generator_sha256"]) == 64
+
+
+def test_no_absolute_paths_in_rtl():
+    for v in RTL.glob("*.v"):
+        text = v.read_text()
+        for root in ("/tmp/", "/root/", "/home/", "/work/", "/usr/"):
+            assert root not in text, f"{v.name} holds an absolute path"
+
+
+@pytest.mark.parametrize("verilog", sorted(p.name for p in RTL.glob("*.v")))
+def test_rtl_lint_clean(tmp_path, verilog):
+    shutil.copy(RTL / verilog, tmp_path / verilog)
+    status, out = lint(tmp_path / verilog)
+    assert status == 0 and "%Warning" not in out and "%Error" not in out, out
+
+
+def _bad_config(tmp_path, capsys, mutate, *needles):
+    cfg = json.loads(DEFAULT_CONFIG.read_text())
+    mutate(cfg)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    assert main(["generate", "--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("hwgen: error:"), err
+    for n in needles:
+        assert n in err, err
+    assert not out.exists(), "nothing may be written for a refused configuration"
+
+
+def test_bits_out_of_range_refused(tmp_path, capsys):
+    _bad_config(tmp_path, capsys, lambda c: c["hw"].update(a_bits=40), "a_bits", "accepted")
+
+
+def test_accumulator_narrower_than_product_refused(tmp_path, capsys):
+    _bad_config(tmp_path, capsys, lambda c: c["hw"].update(acc_bits=12), "acc_bits", "accepted")
+
+
+def test_zero_lanes_refused(tmp_path, capsys):
+    _bad_config(tmp_path, capsys, lambda c: c["hw"].update(lanes=0), "lanes", "accepted")
+
+
+def test_unknown_parameter_refused(tmp_path, capsys):
+    _bad_config(tmp_path, capsys, lambda c: c["hw"].update(colums=8), "unknown parameter", "colums")
+
+
+def test_malformed_json_refused(tmp_path, capsys):
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    assert main(["generate", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not valid JSON" in err and err.count("\n") == 1
+
+
+def test_missing_config_refused(tmp_path, capsys):
+    assert main(["generate", "--config", str(tmp_path / "none.json")]) == 2
+    assert "configuration file not found" in capsys.readouterr().err
+
+
+def test_generate_command_in_a_process(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "hwgen.cli", "generate", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "manifest.json").exists()
