@@ -38,6 +38,7 @@ hw-report: verilog
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_golden.py
+	$(BIN)/python scripts/bench_units.py
 
 train-digits: $(STAMP)
 	$(BIN)/python scripts/train_digits.py

@@ -14,7 +14,7 @@ import torch
 
 from .gelu import gelu_int
 from .graph import IntegerGraph, Op
-from .intops import clamp, exact_matmul, requant, signed_range, unsigned_range
+from .intops import clamp, exact_matmul, requant, rounding_half, signed_range, unsigned_range
 from .layernorm import layernorm_int
 from .softmax import shift_softmax
 from .vit_float import im2col
@@ -35,10 +35,15 @@ def out_range(attrs: dict) -> tuple[int, int]:
 def run_linear(op: Op, x: torch.Tensor) -> torch.Tensor:
     a = op.attrs
     acc = exact_matmul(x, op.consts["weight"].t(), operand_max(a["a_bits"], a.get("a_signed", True)),
-                       operand_max(a["w_bits"])) + op.consts["bias"]
+                       operand_max(a["w_bits"]))
+    bias = op.consts["bias"]
     if not a.get("out_bits"):
-        return acc
-    return requant(acc, op.consts["m"], op.consts["e"], *out_range(a))
+        return acc.add_(bias)
+    m, e = op.consts["m"], op.consts["e"]
+    # requant(acc + bias, m, e) == clamp((acc*m + (bias*m + 2^(e-1))) >> e) exactly (integer
+    # identity); the per-channel offset folds two passes into one, and in place saves copies.
+    offset = bias * m + rounding_half(e)
+    return acc.mul_(m).add_(offset).bitwise_right_shift_(e).clamp_(*out_range(a))
 
 
 def run_matmul(op: Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

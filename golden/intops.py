@@ -15,7 +15,7 @@ import torch
 
 __all__ = [
     "rshift_round", "clamp", "requant", "div_round", "div_floor", "isqrt",
-    "signed_range", "unsigned_range", "exact_matmul", "in_exact_matmul",
+    "signed_range", "unsigned_range", "rounding_half", "exact_matmul", "in_exact_matmul",
 ]
 
 
@@ -39,10 +39,14 @@ def rshift_round(v: torch.Tensor, e) -> torch.Tensor:
             return v
         return (v + (1 << (e - 1))) >> e
     e = e.to(torch.int64)
+    return (v + rounding_half(e)) >> e
+
+
+def rounding_half(e: torch.Tensor) -> torch.Tensor:
+    """``2^(e-1)`` where e >= 1, 0 where e = 0: the rounding offset of :func:`rshift_round`."""
     if bool((e < 0).any()):
         raise ValueError("rshift_round: negative shift")
-    half = torch.where(e > 0, torch.ones_like(e) << (e - 1).clamp(min=0), torch.zeros_like(e))
-    return (v + half) >> e
+    return torch.where(e > 0, torch.ones_like(e) << (e - 1).clamp(min=0), torch.zeros_like(e))
 
 
 def clamp(v: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

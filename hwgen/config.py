@@ -46,6 +46,10 @@ _RANGES: dict[str, tuple[int, int]] = {
     "mult_bits": (2, 32),         # unsigned requantization multiplier
     "residual_bits": (4, 32),     # signed residual stream
     "lanes": (1, 64),             # elements per cycle of a streaming unit
+    "gemm_rows": (1, 64),         # systolic array rows (output rows per tile)
+    "gemm_cols": (1, 64),         # systolic array columns (output channels per tile)
+    "gemm_max_k": (1, 1 << 16),   # longest reduction the accumulator must hold (checked)
+    "gemm_e_bits": (1, 6),        # width of the per-channel requantization shift
     "softmax_max_row": (2, 4096), # longest Softmax row the row buffer holds
     "exp_frac_bits": (4, 24),     # C: exponential output at scale 2^-C
     "exp_in_bits": (2, 24),       # signed input width of the shift exponential (x <= 0)
@@ -77,6 +81,9 @@ class HwConfig:
         Width of the residual stream (the residual add clamps to it).
     lanes:
         Elements per cycle of each streaming element-wise unit.
+    gemm_rows, gemm_cols, gemm_max_k, gemm_e_bits:
+        Systolic array shape, the longest reduction K whose worst case the accumulator must
+        hold (refused otherwise), and the width of the per-channel shift.
     softmax_max_row:
         Longest Softmax row (tokens) the Softmax row buffer holds; 256 covers 197 tokens.
     exp_frac_bits, exp_in_bits, exp_variant:
@@ -95,6 +102,10 @@ class HwConfig:
     mult_bits: int = 16
     residual_bits: int = 16
     lanes: int = 1
+    gemm_rows: int = 8
+    gemm_cols: int = 8
+    gemm_max_k: int = 768
+    gemm_e_bits: int = 6
     softmax_max_row: int = 256
     exp_frac_bits: int = EXP_FRAC_BITS
     exp_in_bits: int = 17
@@ -120,6 +131,7 @@ class HwConfig:
         if self.acc_bits < need:
             raise UserError(f"hwgen config: acc_bits = {self.acc_bits} is out of range; accepted "
                             f"{need}..64 (a_bits + w_bits = {need})")
+        self.check_gemm(self.gemm_max_k, op="hwgen config: gemm_max_k")
         if self.gelu_variant == "lut" and self.gelu_in_bits > LUT_MAX_IN_BITS:
             raise UserError(f"hwgen config: gelu_in_bits = {self.gelu_in_bits} is out of range for "
                             f"gelu_variant 'lut'; accepted 2..{LUT_MAX_IN_BITS}")

@@ -66,8 +66,8 @@ def fmax_wrapper(top: str, ports: list[dict]) -> str:
     lines = [f"module {top}_fmax(input clk, input rst, input sin, output sout);",
              f"  reg [{ni - 1}:0] ish = 0;", f"  reg [{no - 1}:0] osh = 0;", f"  wire [{no - 1}:0] outs;",
              "  always @(posedge clk) begin",
-             f"    ish <= {{ish, sin}};" if ni > 1 else "    ish <= sin;",
-             f"    osh <= {{osh, 1'b0}} ^ outs;" if no > 1 else "    osh <= outs;",
+             "    ish <= {ish, sin};" if ni > 1 else "    ish <= sin;",
+             "    osh <= {osh, 1'b0} ^ outs;" if no > 1 else "    osh <= outs;",
              "  end", f"  assign sout = osh[{no - 1}];"]
     conns, at = [".clk(clk)", ".rst(rst)"], 0
     for p in ins:

@@ -21,14 +21,10 @@ steady-state cycles per row over the clean prefix.  Everything goes to ``SIM_RES
 
 from __future__ import annotations
 
-import json
-import os
-
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from sim.tb_stream import Scoreboard, UnitBench, _bit
+from sim.tb_stream import Scoreboard, UnitBench, _bit, finish_sim, start_sim
 
 
 class RowScoreboard(Scoreboard):
@@ -95,15 +91,7 @@ class RowBench(UnitBench):
 @cocotb.test()
 async def layernorm_rows(dut):
     """Drive every unit of SIM_DATA row by row, score against golden, measure timing."""
-    with open(os.environ["SIM_DATA"]) as fh:
-        cfg = json.load(fh)
-    seed = cfg.get("seed", 1)
-    Clock(dut.clk, cfg.get("clock_ns", 10), unit="ns").start()
-    dut.rst.value = 1
-    benches = [RowBench(dut, u, seed) for u in cfg["units"]]
-    for _ in range(2):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
+    cfg, benches = await start_sim(dut, lambda cfg, seed: [RowBench(dut, u, seed) for u in cfg["units"]])
     timeout = cfg.get("timeout_cycles") or 400 + 20 * max(b.n_beats for b in benches)
     cycle = 0
     active = list(benches)
@@ -134,13 +122,6 @@ async def layernorm_rows(dut):
             b.drain_sample()
         await RisingEdge(dut.clk)
     reports = [b.report() for b in benches]
-    with open(os.environ["SIM_RESULT"], "w") as fh:
-        json.dump({"cycles": cycle, "units": reports}, fh, indent=1)
-    for r in reports:
-        dut._log.info("%s: latency %s, cycles/row %s, %s", r["name"], r.get("latency"),
-                      r.get("cycles_per_row"), r["message"])
-    bad = [r["message"] for r in reports if r["mismatches"]]
-    short = [f"{r['name']}: {r['received_beats']} of {r['beats']} elements after {cycle} cycles"
-             for r in reports if r["received_beats"] < r["beats"]]
-    extra = [f"{r['name']}: {r['extra_beats']} elements more than sent" for r in reports if r["extra_beats"]]
-    assert not bad and not short and not extra, "; ".join(bad + short + extra)
+    finish_sim(dut, cycle, reports,
+               lambda r: f"latency {r.get('latency')}, cycles/row {r.get('cycles_per_row')}, {r['message']}",
+               [f"{r['name']}: {r['extra_beats']} elements more than sent" for r in reports if r["extra_beats"]])

@@ -30,13 +30,12 @@ returns the steady-state cycles per row.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
+
+from sim.tb_stream import finish_sim, start_sim
 
 __all__ = ["measure_softmax_cycles_per_row", "softmax_unit_data"]
 
@@ -237,15 +236,7 @@ class RowBench:
 @cocotb.test()
 async def softmax_rows(dut):
     """Drive every unit of SIM_DATA row by row, score against the golden rows, record timing."""
-    with open(os.environ["SIM_DATA"]) as fh:
-        cfg = json.load(fh)
-    seed = cfg.get("seed", 1)
-    Clock(dut.clk, cfg.get("clock_ns", 10), unit="ns").start()
-    dut.rst.value = 1
-    benches = [RowBench(dut, u, seed) for u in cfg["units"]]
-    for _ in range(2):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
+    cfg, benches = await start_sim(dut, lambda cfg, seed: [RowBench(dut, u, seed) for u in cfg["units"]])
     timeout = cfg.get("timeout_cycles") or 1000 + 30 * max(b.n_beats for b in benches)
     cycle = 0
     active = list(benches)
@@ -270,15 +261,8 @@ async def softmax_rows(dut):
             b.sample(cycle)
         await RisingEdge(dut.clk)
         cycle += 1
-    reports = [b.report() for b in benches]
-    with open(os.environ["SIM_RESULT"], "w") as fh:
-        json.dump({"cycles": cycle, "units": reports}, fh)
-    for r in reports:
-        dut._log.info("%s: first-row latency %s, %s", r["name"], r.get("latency_first_row"), r["message"])
-    bad = [r["message"] for r in reports if r["mismatches"]]
-    short = [f"{r['name']}: {r['received_beats']} of {r['beats']} beats after {cycle} cycles"
-             for r in reports if r["received_beats"] < r["beats"]]
-    assert not bad and not short, "; ".join(bad + short)
+    finish_sim(dut, cycle, [b.report() for b in benches],
+               lambda r: f"first-row latency {r.get('latency_first_row')}, {r['message']}")
 
 
 # --- pytest side ---------------------------------------------------------------------------------

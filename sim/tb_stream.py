@@ -212,18 +212,37 @@ class UnitBench:
         return res
 
 
-@cocotb.test()
-async def stream_units(dut):
-    """Drive every unit of SIM_DATA, score against the golden outputs, measure timing."""
+async def start_sim(dut, make_benches) -> tuple[dict, list]:
+    """Read SIM_DATA, start the clock, make the benches (``make_benches(cfg, seed)``) while
+    reset is held for two cycles; returns the data and the benches."""
     with open(os.environ["SIM_DATA"]) as fh:
         cfg = json.load(fh)
-    seed = cfg.get("seed", 1)
     Clock(dut.clk, cfg.get("clock_ns", 10), unit="ns").start()
     dut.rst.value = 1
-    benches = [UnitBench(dut, u, seed) for u in cfg["units"]]
+    benches = make_benches(cfg, cfg.get("seed", 1))
     for _ in range(2):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
+    return cfg, benches
+
+
+def finish_sim(dut, cycle: int, reports: list[dict], log, more_failures: list[str] = ()) -> None:
+    """Write SIM_RESULT, log each unit, and fail on any mismatch, missing beat or
+    ``more_failures`` (e.g. beats beyond those sent)."""
+    with open(os.environ["SIM_RESULT"], "w") as fh:
+        json.dump({"cycles": cycle, "units": reports}, fh, indent=1)
+    for r in reports:
+        dut._log.info("%s: %s", r["name"], log(r))
+    bad = [r["message"] for r in reports if r["mismatches"]]
+    short = [f"{r['name']}: {r['received_beats']} of {r['beats']} beats after {cycle} cycles"
+             for r in reports if r["received_beats"] < r["beats"]]
+    assert not bad and not short and not more_failures, "; ".join(bad + short + list(more_failures))
+
+
+@cocotb.test()
+async def stream_units(dut):
+    """Drive every unit of SIM_DATA, score against the golden outputs, measure timing."""
+    cfg, benches = await start_sim(dut, lambda cfg, seed: [UnitBench(dut, u, seed) for u in cfg["units"]])
     timeout = cfg.get("timeout_cycles") or 100 + 20 * max(b.n_beats for b in benches)
     cycle = 0
     active = list(benches)
@@ -236,13 +255,6 @@ async def stream_units(dut):
         active = [b for b in active if not b.done]
         await RisingEdge(dut.clk)
         cycle += 1
-    reports = [b.report() for b in benches]
-    with open(os.environ["SIM_RESULT"], "w") as fh:
-        json.dump({"cycles": cycle, "units": reports}, fh, indent=1)
-    for r in reports:
-        dut._log.info("%s: latency %s, throughput %s elem/cycle, %s", r["name"], r.get("latency"),
-                      r.get("throughput_elements_per_cycle"), r["message"])
-    bad = [r["message"] for r in reports if r["mismatches"]]
-    short = [f"{r['name']}: {r['received_beats']} of {r['beats']} beats after {cycle} cycles"
-             for r in reports if r["received_beats"] < r["beats"]]
-    assert not bad and not short, "; ".join(bad + short)
+    finish_sim(dut, cycle, [b.report() for b in benches],
+               lambda r: f"latency {r.get('latency')}, throughput {r.get('throughput_elements_per_cycle')} "
+                         f"elem/cycle, {r['message']}")

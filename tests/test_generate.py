@@ -72,6 +72,14 @@ def test_accumulator_narrower_than_product_refused(tmp_path, capsys):
     _bad_config(tmp_path, capsys, lambda c: c["hw"].update(acc_bits=12), "acc_bits", "accepted")
 
 
+def test_zero_rows_refused(tmp_path, capsys):
+    _bad_config(tmp_path, capsys, lambda c: c["hw"].update(gemm_rows=0), "gemm_rows", "accepted")
+
+
+def test_accumulator_too_narrow_for_k_refused(tmp_path, capsys):
+    _bad_config(tmp_path, capsys, lambda c: c["hw"].update(acc_bits=24, gemm_max_k=768), "gemm_max_k", "K(768)")
+
+
 def test_zero_lanes_refused(tmp_path, capsys):
     _bad_config(tmp_path, capsys, lambda c: c["hw"].update(lanes=0), "lanes", "accepted")
 
