@@ -14,7 +14,7 @@ import torch
 
 from .gelu import gelu_int
 from .graph import IntegerGraph, Op
-from .intops import clamp, exact_matmul, requant, rounding_half, signed_range, unsigned_range
+from .intops import exact_matmul, requant_, signed_range, unsigned_range
 from .layernorm import layernorm_int
 from .softmax import shift_softmax
 from .vit_float import im2col
@@ -39,11 +39,10 @@ def run_linear(op: Op, x: torch.Tensor) -> torch.Tensor:
     bias = op.consts["bias"]
     if not a.get("out_bits"):
         return acc.add_(bias)
-    m, e = op.consts["m"], op.consts["e"]
-    # requant(acc + bias, m, e) == clamp((acc*m + (bias*m + 2^(e-1))) >> e) exactly (integer
-    # identity); the per-channel offset folds two passes into one, and in place saves copies.
-    offset = bias * m + rounding_half(e)
-    return acc.mul_(m).add_(offset).bitwise_right_shift_(e).clamp_(*out_range(a))
+    # requant(acc + bias, m, e) == requant_(acc, m, e, offset=bias*m): an integer identity
+    # that folds the bias into the rounding offset (one pass fewer, in place).
+    m = op.consts["m"]
+    return requant_(acc, m, op.consts["e"], *out_range(a), offset=bias * m)
 
 
 def run_matmul(op: Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -51,7 +50,7 @@ def run_matmul(op: Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     acc = exact_matmul(x, y,
                        operand_max(a["a_bits"], a.get("a_signed", True)),
                        operand_max(a["b_bits"], a.get("b_signed", True)))
-    return requant(acc, a["m"], a["e"], *out_range(a))
+    return requant_(acc, a["m"], a["e"], *out_range(a))
 
 
 def run_softmax(op: Op, s: torch.Tensor) -> torch.Tensor:
@@ -84,8 +83,8 @@ def run_add(op: Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Residual add: requantize each branch to the residual scale, add, clamp."""
     a = op.attrs
     lo, hi = signed_range(a["out_bits"])
-    return clamp(requant(x.to(torch.int64), a["m_a"], a["e_a"], lo, hi)
-                 + requant(y.to(torch.int64), a["m_b"], a["e_b"], lo, hi), lo, hi)
+    xa = requant_(x.to(torch.int64, copy=True), a["m_a"], a["e_a"], lo, hi)
+    return xa.add_(requant_(y.to(torch.int64, copy=True), a["m_b"], a["e_b"], lo, hi)).clamp_(lo, hi)
 
 
 # --- data movement (the host's job in RTL mode) ------------------------------------------

@@ -15,7 +15,7 @@ import torch
 
 __all__ = [
     "rshift_round", "clamp", "requant", "div_round", "div_floor", "isqrt",
-    "signed_range", "unsigned_range", "rounding_half", "exact_matmul", "in_exact_matmul",
+    "signed_range", "unsigned_range", "rounding_half", "requant_", "exact_matmul", "in_exact_matmul",
 ]
 
 
@@ -60,6 +60,19 @@ def requant(acc: torch.Tensor, m, e, lo: int, hi: int) -> torch.Tensor:
     along the last axis (per output channel).
     """
     return clamp(rshift_round(acc * m, e), lo, hi)
+
+
+def requant_(acc: torch.Tensor, m, e, lo: int, hi: int, offset=0) -> torch.Tensor:
+    """In-place ``clamp((acc * m + offset + 2^(e-1)) >> e, lo, hi)``: :func:`requant` of
+    ``acc + offset / m`` when ``offset`` is a multiple of m (a bias folded as bias * m).
+
+    Same bits as :func:`requant`; in place to spare the golden executor copies of large
+    tensors, so ``acc`` must be a fresh int64 tensor nobody else holds.
+    """
+    half = rounding_half(e) if isinstance(e, torch.Tensor) else ((1 << (e - 1)) if e > 0 else 0)
+    if not (isinstance(m, int) and m == 1):
+        acc.mul_(m)
+    return acc.add_(offset + half).bitwise_right_shift_(e).clamp_(lo, hi)
 
 
 def div_floor(a: torch.Tensor, b) -> torch.Tensor:

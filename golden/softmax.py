@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from .intops import rshift_round
+from .intops import requant_, rshift_round
 
 EXP_VARIANTS = ("linear", "ibert", "shiftfit")
 EXP_FRAC_BITS = 15        # C: exp values are at scale 2^-C, the row maximum maps to 2^C
@@ -91,8 +91,7 @@ def shift_softmax(s: torch.Tensor, f: int, variant: str, out_bits: int = 8,
         e = shift_exp(x, f, variant, frac_bits)
     total = e.sum(dim=-1, keepdim=True)          # >= 2^frac_bits: the maximum gives K0
     recip = ((1 << recip_bits) - 1) // total
-    out = rshift_round(e * recip, recip_bits - out_bits)
-    return out.clamp(min=0, max=(1 << out_bits) - 1)
+    return requant_(e * recip, 1, recip_bits - out_bits, 0, (1 << out_bits) - 1)
 
 
 def float_exp(x: torch.Tensor, f: int, frac_bits: int = EXP_FRAC_BITS) -> torch.Tensor:
