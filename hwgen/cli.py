@@ -141,7 +141,7 @@ def _print_accuracy(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{res['model']} {res['bits']}: {res['images']} images, golden integer model")
+    table = Table(title=f"{res['model']} {res['bits']}, {res['images']} images (golden)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in _accuracy_rows(res):
