@@ -35,7 +35,7 @@ import random
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from sim.tb_stream import finish_sim, start_sim
+from sim.tb_stream import finish_sim, run_benches, start_sim
 
 __all__ = ["measure_softmax_cycles_per_row", "softmax_unit_data"]
 
@@ -238,17 +238,7 @@ async def softmax_rows(dut):
     """Drive every unit of SIM_DATA row by row, score against the golden rows, record timing."""
     cfg, benches = await start_sim(dut, lambda cfg, seed: [RowBench(dut, u, seed) for u in cfg["units"]])
     timeout = cfg.get("timeout_cycles") or 1000 + 30 * max(b.n_beats for b in benches)
-    cycle = 0
-    active = list(benches)
-    while active and cycle < timeout:
-        for b in active:
-            b.drive()
-        await ReadOnly()
-        for b in active:
-            b.sample(cycle)
-        active = [b for b in active if not b.done]
-        await RisingEdge(dut.clk)
-        cycle += 1
+    cycle = await run_benches(dut, benches, timeout)
     # a few more cycles with ready high: an extra (duplicated) beat would show up here
     for b in benches:
         b.monitor.stall_prob = b.monitor.burst_prob = 0.0

@@ -226,6 +226,23 @@ async def start_sim(dut, make_benches) -> tuple[dict, list]:
     return cfg, benches
 
 
+async def run_benches(dut, benches: list, timeout: int) -> int:
+    """Drive and sample every bench once per cycle until all are done or ``timeout``
+    cycles pass; returns the cycle count."""
+    cycle = 0
+    active = list(benches)
+    while active and cycle < timeout:
+        for b in active:
+            b.drive()
+        await ReadOnly()
+        for b in active:
+            b.sample(cycle)
+        active = [b for b in active if not b.done]
+        await RisingEdge(dut.clk)
+        cycle += 1
+    return cycle
+
+
 def finish_sim(dut, cycle: int, reports: list[dict], log, more_failures: list[str] = ()) -> None:
     """Write SIM_RESULT, log each unit, and fail on any mismatch, missing beat or
     ``more_failures`` (e.g. beats beyond those sent)."""
@@ -244,17 +261,7 @@ async def stream_units(dut):
     """Drive every unit of SIM_DATA, score against the golden outputs, measure timing."""
     cfg, benches = await start_sim(dut, lambda cfg, seed: [UnitBench(dut, u, seed) for u in cfg["units"]])
     timeout = cfg.get("timeout_cycles") or 100 + 20 * max(b.n_beats for b in benches)
-    cycle = 0
-    active = list(benches)
-    while active and cycle < timeout:
-        for b in active:
-            b.drive()
-        await ReadOnly()
-        for b in active:
-            b.sample(cycle)
-        active = [b for b in active if not b.done]
-        await RisingEdge(dut.clk)
-        cycle += 1
+    cycle = await run_benches(dut, benches, timeout)
     finish_sim(dut, cycle, [b.report() for b in benches],
                lambda r: f"latency {r.get('latency')}, throughput {r.get('throughput_elements_per_cycle')} "
                          f"elem/cycle, {r['message']}")
