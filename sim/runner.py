@@ -117,8 +117,15 @@ class _SeededVerilator(Verilator):
     (they depend on Vtop.mk, which verilator rewrites, so seeding must follow it), and with
     the precompiled-header flag the wheel's verilated.mk lacks (:func:`_pch_flag_missing`)."""
 
+    public_top: str | None = None     # make only this module's signals public (not --public-flat-rw)
+
     def _build_command(self):
         cmds = super()._build_command()
+        if self.public_top:
+            # --public-flat-rw makes every signal VPI-visible and keeps Verilator from
+            # optimizing them away: several times slower.  A host that only drives the top's
+            # ports needs the top's signals alone (a .vlt rule; see build()).
+            cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
         seed = [sys.executable, "-c", f"from sim.runner import _seed_runtime; from pathlib import Path; "
                                       f"_seed_runtime(Path({str(self.build_dir)!r}))"]
         make = list(cmds[1])
@@ -162,16 +169,20 @@ def _save_runtime(build_dir: Path) -> None:
 
 
 def build(top, toplevel: str, params: dict | None = None, simulator: str = "verilator",
-          verilog_text: str | None = None) -> SimBuild:
+          verilog_text: str | None = None, ports_only: bool = False) -> SimBuild:
     """Build ``top`` (an Amaranth elaboratable, or ``verilog_text``) for ``simulator``, cached.
 
     ``params`` (JSON-able) describe the configuration; they are part of the cache key, so
     two configurations never share a directory even if their Verilog were equal.
+    ``ports_only``: the testbench touches only the top module's signals, so Verilator builds
+    without ``--public-flat-rw`` (a much faster model; internal signals are not visible).
     """
     if simulator not in SIMULATORS:
         raise ValueError(f"simulator {simulator!r}; accepted: {', '.join(SIMULATORS)}")
     tool_env()
     params = dict(params or {})
+    if ports_only:
+        params["ports_only"] = True
     text = verilog_text if verilog_text is not None else emit_verilog(top, toplevel)
     h = hashlib.sha256()
     for part in (_CACHE_VERSION, simulator, toplevel, json.dumps(params, sort_keys=True, default=str),
@@ -196,7 +207,11 @@ def build(top, toplevel: str, params: dict | None = None, simulator: str = "veri
                             waves=True, log_file=build_dir / "build.log")
         if simulator == "verilator":
             vlt = build_dir / "waivers.vlt"
-            vlt.write_text(LINT_WAIVERS)
+            text_vlt = LINT_WAIVERS
+            if ports_only:
+                runner.public_top = toplevel
+                text_vlt += f'public_flat_rw -module "{toplevel}" -var "*"\n'
+            vlt.write_text(text_vlt)
             kwargs["build_args"] = ["-Wno-fatal", str(vlt)]
         else:
             kwargs["timescale"] = TIMESCALE
@@ -229,7 +244,7 @@ def _test_once(b: SimBuild, test_module: str, run_dir: Path, env: dict, waves: b
 
 
 def run(b: SimBuild, test_module: str, data: dict, name: str, testcase: str | None = None,
-        waves_on_fail: bool = True) -> dict:
+        waves_on_fail: bool = True, waves: bool = False) -> dict:
     """Run ``test_module`` on build ``b`` with ``data``; return what the testbench wrote.
 
     The returned dict gets ``tests``, ``failed``, ``run_dir``, ``seconds`` and, after a
@@ -243,13 +258,19 @@ def run(b: SimBuild, test_module: str, data: dict, name: str, testcase: str | No
     data_path = run_dir / "data.json"
     result_path = run_dir / "result.json"
     data_path.write_text(json.dumps(data))
-    env = {"SIM_DATA": str(data_path), "SIM_RESULT": str(result_path)}
+    # cocotb rewrites the asserts of every module imported during the run (pytest's hook);
+    # on torch's lazily imported modules that costs seconds: only testbenches need it.
+    env = {"SIM_DATA": str(data_path), "SIM_RESULT": str(result_path), "COCOTB_REWRITE_ASSERTION_FILES": "tb_*.py"}
     t0 = time.time()
-    tests, failed = _test_once(b, test_module, run_dir, env, False, testcase)
+    tests, failed = _test_once(b, test_module, run_dir, env, waves, testcase)
     secs = time.time() - t0
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
     result.update(tests=tests, failed=failed, run_dir=str(run_dir), seconds=round(secs, 2))
-    if failed and waves_on_fail:
+    if waves:
+        wave = run_dir / "dump.vcd" if b.simulator == "verilator" else b.build_dir / f"{b.toplevel}.fst"
+        if wave.exists():
+            result["waveform"] = str(wave)
+    elif failed and waves_on_fail:
         env_w = dict(env, SIM_RESULT=str(run_dir / "result_waves.json"))
         _test_once(b, test_module, run_dir, env_w, True, testcase)
         wave = run_dir / "dump.vcd" if b.simulator == "verilator" else b.build_dir / f"{b.toplevel}.fst"

@@ -1,0 +1,240 @@
+"""The RTL executor: run an integer graph on the generated hardware in simulation.
+
+:func:`prepare` generates the units the graph needs (:func:`sim.rtl_top.unit_components`),
+the accelerator top around them (:func:`sim.rtl_top.top_verilog`) and builds it once per
+configuration (Verilator by default, Icarus on request; cached under ``sim_build/``).
+:func:`run_rtl` runs images on it: the images are split into shards, one simulator process
+per worker (:mod:`sim.tb_rtl_executor` inside), each appending one JSON line per image to
+its own results file under ``build/rtl_runs/<key>/``.  Those files are also the resume
+state: an image already there (for the same graph and hardware) is not run again, so a long
+run can be stopped and continued, or split with ``start``/``count`` across machines.
+
+When an op of the RTL differs from the golden executor, its worker stops at once and
+reports the op, tile, element, expected and got values; :func:`run_rtl` then replays that op
+alone in a fresh simulation with tracing on and returns the waveform's path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from golden.errors import UserError
+
+from .rtl_top import TOP, Plan, plan_graph, top_verilog, unit_components
+
+__all__ = ["RtlModel", "prepare", "run_rtl", "graph_fingerprint", "RUNS"]
+
+REPO = Path(__file__).resolve().parent.parent
+RUNS = Path(os.environ.get("RTL_RUNS_DIR", REPO / "build" / "rtl_runs"))
+TB = "sim.tb_rtl_executor"
+HARNESS = "rtl_units"
+FREE_RUN_CYCLES = 200_000
+
+
+@dataclass
+class RtlModel:
+    graph: object
+    plan: Plan
+    build: object
+    key: str
+    hw: object
+
+    @property
+    def run_dir(self) -> Path:
+        return RUNS / self.key
+
+
+def graph_fingerprint(graph) -> str:
+    """A hash of everything that defines the graph's integer semantics."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"ops": [[o.type, o.name, o.inputs, o.outputs, o.attrs] for o in graph.ops],
+                         "meta": graph.meta.get("spec")}, sort_keys=True, default=str).encode())
+    for o in graph.ops:
+        for k in sorted(o.consts):
+            h.update(k.encode() + o.consts[k].to(torch.int64).numpy().tobytes())
+    for k in sorted(graph.constants):
+        h.update(k.encode() + graph.constants[k].to(torch.int64).numpy().tobytes())
+    return h.hexdigest()
+
+
+def hw_for_graph(graph):
+    from hwgen.config import HwConfig
+
+    return HwConfig(a_bits=graph.meta["a_bits"], w_bits=graph.meta["w_bits"])
+
+
+def prepare(graph, simulator: str = "verilator", hw=None, progress: bool = True) -> RtlModel:
+    """Units, plan and the simulator build of the accelerator for ``graph`` (cached)."""
+    from hwgen.generate import generator_hash
+    from hwgen.verilog import Harness, emit_verilog
+
+    from . import runner
+
+    if simulator not in runner.SIMULATORS:
+        raise UserError(f"simulator {simulator!r} is not accepted; accepted: {', '.join(runner.SIMULATORS)}")
+    if not runner.have_simulator(simulator):
+        raise UserError(f"simulator {simulator} is not installed (Icarus: apt-get install iverilog)")
+    hw = hw or hw_for_graph(graph)
+    comps = unit_components(graph, hw)
+    plan = plan_graph(graph, hw, comps)
+    top_src = (Path(__file__).parent / "rtl_top.py").read_bytes()
+    key = hashlib.sha256(f"{graph_fingerprint(graph)}|{json.dumps(hw.as_dict(), sort_keys=True)}|"
+                         f"{generator_hash()}|".encode() + top_src).hexdigest()[:16]
+    vcache = runner.SIM_BUILD / "_rtl_top" / f"{key}.v"
+    if vcache.exists():
+        text = vcache.read_text()
+        top_verilog(plan, comps, "", HARNESS)        # fills the plan's payload widths
+    else:
+        if progress:
+            print(f"generating the accelerator: {len(comps)} units", file=sys.stderr, flush=True)
+        harness = emit_verilog(Harness(comps), HARNESS)
+        text = top_verilog(plan, comps, harness, HARNESS)
+        vcache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = vcache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        tmp.rename(vcache)
+    if progress:
+        print(f"building the {simulator} model of the accelerator (cached after the first time)",
+              file=sys.stderr, flush=True)
+    b = runner.build(None, TOP, {"rtl_executor": key}, simulator=simulator, verilog_text=text, ports_only=True)
+    return RtlModel(graph, plan, b, key, hw)
+
+
+def _shards(indices: list[int], workers: int) -> list[list[int]]:
+    workers = max(1, min(workers, len(indices)))
+    return [indices[k::workers] for k in range(workers)]
+
+
+def _read_results(run_dir: Path) -> dict[int, dict]:
+    done = {}
+    for path in sorted(run_dir.glob("results-*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:          # a line cut short by a killed worker
+                continue
+            if "logits" in rec:
+                done[rec["index"]] = rec
+    return done
+
+
+def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers: int = 1,
+            progress: bool = True, resume: bool = True, probe: str | None = None,
+            free_run_cycles: int = FREE_RUN_CYCLES) -> dict:
+    """Run ``images_q[i]`` (integer images, the graph's input) for ``i`` in ``indices``.
+
+    Returns ``{"records": {index: record}, "failure": None | {...}, "workers": [...],
+    "waveform": path | None}``; a record has the RTL logits, cycles per op type and the
+    simulated cycles and wall seconds of the image.
+    """
+    from . import runner
+
+    run_dir = model.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done = _read_results(run_dir) if resume else {}
+    if not resume:
+        for p in run_dir.glob("results-*.jsonl"):
+            p.unlink()
+    todo = [i for i in indices if i not in done]
+    graph_path = run_dir / "graph.pt"
+    if not graph_path.exists():
+        model.graph.save(str(graph_path))
+    images_path = run_dir / f"images-{os.getpid()}.pt"
+    torch.save(images_q.to(torch.int8) if images_q.abs().max() < 128 else images_q, images_path)
+    shards = _shards(todo, workers)
+    stamp = f"{int(time.time())}-{os.getpid()}"
+    jobs = []
+    for k, shard in enumerate(shards):
+        res_path = run_dir / f"results-{stamp}-w{k}.jsonl"
+        data = {"plan": json.loads(model.plan.to_json()), "graph": str(graph_path), "images": str(images_path),
+                "indices": shard, "results": str(res_path), "free_run_cycles": free_run_cycles, "probe": probe}
+        jobs.append((f"w{k}-{stamp}", data, res_path))
+    outs: list[dict] = [None] * len(jobs)
+
+    def work(k):
+        name, data, _ = jobs[k]
+        outs[k] = runner.run(model.build, TB, data, name, waves_on_fail=False)
+
+    threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(len(jobs))]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    _follow(threads, [j[2] for j in jobs], len(todo), progress)
+    wall = time.time() - t0
+    images_path.unlink(missing_ok=True)
+    records = {i: r for i, r in _read_results(run_dir).items() if i in set(indices)}
+    failure, waveform = None, None
+    for o in outs:
+        if o and o.get("failure"):
+            failure = o["failure"]
+            break
+    if failure is None and any(o is None or o.get("failed") for o in outs):
+        bad = next(o for o in outs if o is None or o.get("failed"))
+        failure = {"problem": "the simulation stopped without a result", "log": (bad or {}).get("run_dir")}
+    if failure and failure.get("job"):
+        waveform = _replay(model, failure, next(o["run_dir"] for o in outs if o and o.get("failure")))
+    return {"records": records, "failure": failure, "waveform": waveform, "workers": outs, "wall_seconds": wall,
+            "ran": len(todo), "reused": len(set(indices) & set(done))}
+
+
+def _follow(threads, paths: list[Path], total: int, progress: bool) -> None:
+    """Show progress from the workers' result files until every worker has finished."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="images on simulated hardware", unit="img", disable=not progress or total == 0)
+    seen = 0
+    while any(t.is_alive() for t in threads):
+        time.sleep(0.5)
+        n = sum(p.read_text().count("\n") for p in paths if p.exists())
+        if n > seen:
+            bar.update(n - seen)
+            seen = n
+    for t in threads:
+        t.join()
+    n = sum(p.read_text().count("\n") for p in paths if p.exists())
+    bar.update(max(0, n - seen))
+    bar.close()
+
+
+def _replay(model: RtlModel, failure: dict, failed_run_dir: str) -> str | None:
+    """Re-run the failed op alone with tracing on; return the waveform's path."""
+    from . import runner
+
+    name = f"replay-{failure['op'].replace('.', '_')}"
+    src = Path(failed_run_dir)
+    data = {"plan": json.loads(model.plan.to_json()), "graph": str(model.run_dir / "graph.pt"),
+            "replay": failure["job"]}
+    # the replay needs the failing op's input files: copy them into its run directory
+    stage = model.run_dir / name
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    for mem in failure["job"]["loads"]:
+        shutil.copy(src / f"{mem}.hex", stage / f"{mem}.hex")
+    data["replay"]["stage"] = str(stage)
+    res = runner.run(model.build, TB, data, name, waves_on_fail=False, waves=True)
+    wave = Path(res["run_dir"]) / "dump.vcd" if model.build.simulator == "verilator" else \
+        model.build.build_dir / f"{TOP}.fst"
+    if not wave.exists():
+        return None
+    dest = model.run_dir / f"{name}.{wave.suffix.lstrip('.')}"
+    shutil.copy(wave, dest)
+    return str(dest)
+
+
+def cpu_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def verilator_available() -> bool:
+    from . import runner
+    return runner.have_simulator("verilator")
