@@ -40,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
     acc = sub.add_parser("accuracy", help="FP32 vs fake-quant vs integer-only top-1")
     _common(acc)
-    acc.add_argument("--backend", default="golden", help="golden (the PyTorch integer executor)")
+    acc.add_argument("--backend", default="golden",
+                     help="golden (the PyTorch integer executor) or rtl (the generated hardware in simulation)")
+    acc.add_argument("--start", type=int, default=0, help="rtl: first image index (shard or resume a run)")
+    acc.add_argument("--count", type=int, help="rtl: number of images from --start (default: --images, else all)")
+    acc.add_argument("--workers", type=int, help="rtl: simulator processes in parallel (default: CPU cores)")
+    acc.add_argument("--simulator", default="verilator", help="rtl: verilator (default) or icarus")
+    acc.add_argument("--fresh", action="store_true", help="rtl: run every image again (default: reuse finished ones)")
     acc.add_argument("--report", help="JSON report path (default reports/accuracy_<backend>.json)")
     acc.add_argument("--save-graph", help="also write the integer graph artifact here")
     qz = sub.add_parser("quantize", help="quantize a model and write its integer graph artifact")
@@ -104,9 +110,10 @@ def cmd_accuracy(args) -> int:
     from golden.atomic import write_json, write_text
     from golden.evaluate import evaluate_golden
 
+    if args.backend == "rtl":
+        return _accuracy_rtl(args)
     if args.backend != "golden":
-        raise UserError(f"backend {args.backend!r} is not available; accepted: golden "
-                        f"(the RTL backend comes with the simulated-hardware executor)")
+        raise UserError(f"backend {args.backend!r} is not available; accepted: golden, rtl")
     t0 = time.time()
     model, q, images = _quantize(args)
     if args.save_graph:
@@ -121,6 +128,79 @@ def cmd_accuracy(args) -> int:
     _print_accuracy(res)
     print(f"wrote {report}")
     return 0
+
+
+def _accuracy_rtl(args) -> int:
+    from golden.atomic import write_json, write_text
+    from sim.rtl_executor import cpu_workers, evaluate_rtl
+
+    if args.start < 0:
+        raise UserError(f"--start must be 0 or more, got {args.start}")
+    _positive("count", args.count)
+    _positive("workers", args.workers)
+    count = args.count or args.images
+    args.images = None                    # quantize on the calibration images, select below
+    t0 = time.time()
+    model, q, images = _quantize(args)
+    n = len(images.labels)
+    if args.start >= n:
+        raise UserError(f"--start {args.start} is past the last image ({n} images)")
+    end = n if count is None else min(n, args.start + count)
+    indices = list(range(args.start, end))
+    res = evaluate_rtl(model, q, images.images, images.labels, indices, workers=args.workers or cpu_workers(),
+                       simulator=args.simulator, resume=not args.fresh)
+    res["data"] = images.name
+    res["wall_seconds_total"] = round(time.time() - t0, 1)
+    report = args.report or f"{DEFAULT_REPORTS}/accuracy_rtl.json"
+    write_json(report, res)
+    write_text(report.rsplit(".", 1)[0] + ".md", _rtl_markdown(res))
+    _print_rtl(res)
+    print(f"wrote {report}")
+    f = res["failure"]
+    if f:
+        where = ", ".join(f"{k} {f[k]}" for k in ("image", "op", "type", "tile", "element", "expected", "got", "problem")
+                          if k in f)
+        print(f"hwgen: RTL differs from the golden model: {where}"
+              + (f"; waveform of that op: {res['waveform']}" if res.get("waveform") else ""), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _rtl_rows(res: dict) -> list[tuple[str, str]]:
+    t = res["top1"]
+    rows = [("FP32 top-1", f"{t['fp32'] * 100:.2f}%"), ("golden integer top-1", f"{t['integer'] * 100:.2f}%"),
+            ("RTL top-1", f"{t['rtl'] * 100:.2f}%"),
+            ("images with RTL logits = golden logits", f"{res['bit_exact_images']} / {res['requested_images']}"),
+            ("cycles, total", f"{res['cycles']['total']:,}"), ("cycles per image", f"{res['cycles_per_image']:,}")]
+    rows += [(f"  cycles in {op}", f"{c:,}") for op, c in res["cycles"]["per_op"].items()]
+    ratio = res["ratio_to_free_running"]
+    rows += [("simulated cycles per second", f"{res['sim_cycles_per_second']:,.0f}"),
+             ("free-running Verilator cycles per second" if res["simulator"] == "verilator"
+              else "free-running cycles per second", f"{res['free_running_cycles_per_second']:,.0f}"),
+             ("ratio", f"{ratio:.2f}" if ratio is not None else "n/a"),
+             ("workers, wall seconds", f"{res['workers']}, {res['wall_seconds']:.0f} s"
+              + (f" ({res['reused']} images reused)" if res["reused"] else ""))]
+    return rows
+
+
+def _rtl_markdown(res: dict) -> str:
+    head = (f"{res['model']} at {res['bits']} on simulated hardware ({res['simulator']}): images "
+            f"{res['first_index']}..{res['first_index'] + res['requested_images'] - 1} of {res['data']}; "
+            f"GELU {res['gelu']}, Softmax {res['softmax']}, {res['calib_images']} calibration images, "
+            f"seed {res['seed']}; {res['units']} units.\n\n")
+    return head + "| metric | value |\n| --- | ---: |\n" + "".join(f"| {k.strip()} | {v} |\n" for k, v in _rtl_rows(res))
+
+
+def _print_rtl(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{res['model']} {res['bits']}, {res['requested_images']} images on simulated hardware")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in _rtl_rows(res):
+        table.add_row(k, v)
+    Console().print(table)
 
 
 def _accuracy_rows(res: dict) -> list[tuple[str, str]]:

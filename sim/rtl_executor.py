@@ -73,8 +73,11 @@ def hw_for_graph(graph):
     return HwConfig(a_bits=graph.meta["a_bits"], w_bits=graph.meta["w_bits"])
 
 
-def prepare(graph, simulator: str = "verilator", hw=None, progress: bool = True) -> RtlModel:
-    """Units, plan and the simulator build of the accelerator for ``graph`` (cached)."""
+def prepare(graph, simulator: str = "verilator", hw=None, progress: bool = True, unit_graph=None) -> RtlModel:
+    """Units, plan and the simulator build of the accelerator for ``graph`` (cached).
+
+    ``unit_graph`` (tests only): generate the per-layer units from this graph instead, e.g.
+    a copy with one constant changed, to show that a broken unit is caught."""
     from hwgen.generate import generator_hash
     from hwgen.verilog import Harness, emit_verilog
 
@@ -85,15 +88,18 @@ def prepare(graph, simulator: str = "verilator", hw=None, progress: bool = True)
     if not runner.have_simulator(simulator):
         raise UserError(f"simulator {simulator} is not installed (Icarus: apt-get install iverilog)")
     hw = hw or hw_for_graph(graph)
-    comps = unit_components(graph, hw)
+    comps = unit_components(unit_graph or graph, hw)
     plan = plan_graph(graph, hw, comps)
     top_src = (Path(__file__).parent / "rtl_top.py").read_bytes()
-    key = hashlib.sha256(f"{graph_fingerprint(graph)}|{json.dumps(hw.as_dict(), sort_keys=True)}|"
+    units_fp = graph_fingerprint(unit_graph) if unit_graph is not None else ""
+    key = hashlib.sha256(f"{graph_fingerprint(graph)}|{units_fp}|{json.dumps(hw.as_dict(), sort_keys=True)}|"
                          f"{generator_hash()}|".encode() + top_src).hexdigest()[:16]
     vcache = runner.SIM_BUILD / "_rtl_top" / f"{key}.v"
     if vcache.exists():
         text = vcache.read_text()
         top_verilog(plan, comps, "", HARNESS)        # fills the plan's payload widths
+        for c in comps.values():                     # only their signatures were needed
+            c._MustUse__silence = True
     else:
         if progress:
             print(f"generating the accelerator: {len(comps)} units", file=sys.stderr, flush=True)
@@ -183,7 +189,9 @@ def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers
         failure = {"problem": "the simulation stopped without a result", "log": (bad or {}).get("run_dir")}
     if failure and failure.get("job"):
         waveform = _replay(model, failure, next(o["run_dir"] for o in outs if o and o.get("failure")))
+    ran_cycles = sum(r["sim_cycles"] for i, r in records.items() if i in set(todo))
     return {"records": records, "failure": failure, "waveform": waveform, "workers": outs, "wall_seconds": wall,
+            "sim_cycles_ran": ran_cycles,
             "ran": len(todo), "reused": len(set(indices) & set(done))}
 
 
@@ -236,5 +244,85 @@ def cpu_workers() -> int:
 
 
 def verilator_available() -> bool:
+    return runner_has("verilator")
+
+
+# --- accuracy on simulated hardware --------------------------------------------------------------
+
+def evaluate_rtl(float_model, q, images: torch.Tensor, labels: torch.Tensor, indices: list[int], workers: int = 1,
+                 simulator: str = "verilator", progress: bool = True, resume: bool = True,
+                 unit_graph=None) -> dict:
+    """FP32, golden integer and RTL top-1 on ``images[indices]``, with cycles and speed.
+
+    The RTL logits of each image are compared with the golden executor's (run here, in
+    batches, independently of the per-op checks inside the simulation)."""
+    from golden.evaluate import integer_logits, top1
+
+    sel = torch.tensor(indices, dtype=torch.int64)
+    imgs, labs = images[sel], labels[sel]
+    with torch.no_grad():
+        fp = torch.cat([float_model(imgs[i:i + 64]) for i in range(0, len(imgs), 64)]) if len(imgs) else torch.zeros(0)
+    gold = integer_logits(q, imgs, progress=False)
+    model = prepare(q.graph, simulator, progress=progress, unit_graph=unit_graph)
+    xq = q.quantize_input(images)
+    res = run_rtl(model, xq, indices, workers=workers, progress=progress, resume=resume)
+    recs = res["records"]
+    rtl = torch.tensor([recs[i]["logits"] for i in indices if i in recs], dtype=torch.int64)
+    have = torch.tensor([i in recs for i in indices], dtype=torch.bool)
+    exact = int((rtl == gold[have]).all(-1).sum()) if len(rtl) else 0
+    per_op: dict[str, int] = {}
+    sim_cycles = 0
+    seconds = 0.0
+    for i in indices:
+        r = recs.get(i)
+        if r is None:
+            continue
+        for k, v in r["cycles"].items():
+            per_op[k] = per_op.get(k, 0) + v
+        sim_cycles += r["sim_cycles"]
+        seconds += r["seconds"]
+    free = _free_running(model, res["workers"])
+    rate = sim_cycles / seconds if seconds else 0.0
+    n_done = int(have.sum())
+    report = {
+        "model": q.graph.meta["model"], "bits": q.graph.meta["bits"], "images": n_done,
+        "top1": {"fp32": top1(fp, labs), "integer": top1(gold, labs),
+                 "rtl": top1(rtl, labs[have]) if n_done else 0.0},
+        "bit_exact_images": exact,
+        "cycles": {"total": sum(per_op.values()), "per_op": dict(sorted(per_op.items()))},
+        "sim_cycles_per_second": round(rate, 1),
+        "free_running_cycles_per_second": round(free, 1),
+        "ratio_to_free_running": round(rate / free, 3) if free else None,
+        "requested_images": len(indices), "first_index": indices[0] if indices else None,
+        "simulator": simulator, "workers": len(res["workers"]), "ran": res["ran"], "reused": res["reused"],
+        "wall_seconds": round(res["wall_seconds"], 1),
+        "aggregate_cycles_per_second": round(res["sim_cycles_ran"] / res["wall_seconds"], 1)
+        if res["ran"] and res["wall_seconds"] else None,
+        "cycles_per_image": round(sum(per_op.values()) / n_done) if n_done else 0,
+        "build_seconds": round(model.build.seconds, 1), "units": sum(len(e.instances) if e.kind != "gemm" else 1
+                                                                        for e in model.plan.engines),
+        "failure": res["failure"], "waveform": res["waveform"],
+        "gelu": q.graph.meta["gelu"], "softmax": q.graph.meta["softmax"],
+        "calib_images": q.graph.meta["calib_images"], "seed": q.graph.meta["seed"],
+    }
+    return report
+
+
+def _free_running(model: RtlModel, workers: list) -> float:
+    """Cycles per second of the same model with no Python wake-up (a long ``Timer`` at the end
+    of each worker); kept in the run directory so that a resumed run can report it."""
+    path = model.run_dir / "free_running.json"
+    rates = [w["free_run"]["cycles"] / w["free_run"]["seconds"] for w in workers
+             if w and w.get("free_run") and w["free_run"]["seconds"] > 0]
+    if rates:
+        rate = sum(rates) / len(rates)
+        path.write_text(json.dumps({"cycles_per_second": rate, "samples": len(rates)}))
+        return rate
+    if path.exists():
+        return json.loads(path.read_text())["cycles_per_second"]
+    return 0.0
+
+
+def runner_has(simulator: str) -> bool:
     from . import runner
-    return runner.have_simulator("verilator")
+    return runner.have_simulator(simulator)

@@ -20,6 +20,7 @@ that op alone with a waveform.  All host code runs under
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import time
@@ -155,10 +156,18 @@ def _job_record(job) -> dict:
 
 
 def _load_probe(spec):
+    """``path/to/file.py:function`` or ``module:function``, called with (op, inputs) inside the
+    guarded host code before each arithmetic op (instrumentation; the guard test uses it)."""
     if not spec:
         return None
-    mod, fn = spec.split(":")
-    return getattr(importlib.import_module(mod), fn)
+    where, fn = spec.rsplit(":", 1)
+    if where.endswith(".py"):
+        loc = importlib.util.spec_from_file_location("rtl_probe", where)
+        mod = importlib.util.module_from_spec(loc)
+        loc.loader.exec_module(mod)
+    else:
+        mod = importlib.import_module(where)
+    return getattr(mod, fn)
 
 
 @cocotb.test()

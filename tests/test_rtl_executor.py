@@ -1,0 +1,126 @@
+"""The RTL executor: the digits ViT on the generated hardware in simulation, bit for bit.
+
+Each test builds (once, cached in sim_build/) the accelerator for a quantized graph and runs
+a few images through it; every op's RTL output is compared with the golden executor inside
+the simulation, and the logits here once more.  The 360-image runs are `make demo` and the
+README's table, not tests.
+"""
+import copy
+
+import pytest
+import torch
+
+from golden import executor
+from golden.guard import DataMovementGuard, HostArithmetic
+from golden.quantize import QuantConfig, quantize_model
+from sim import rtl_executor
+from sim.rtl_host import pack_words, unpack_words
+from sim.rtl_top import Field, Mem, tensor_shapes
+
+pytestmark = pytest.mark.skipif(not rtl_executor.verilator_available(), reason="verilator not installed")
+
+
+@pytest.fixture(autouse=True)
+def _runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(rtl_executor, "RUNS", tmp_path / "rtl_runs")
+
+
+@pytest.fixture(scope="module")
+def digits_w4a8(digits_model, digits_images):
+    return quantize_model(digits_model, "digits", digits_images.calib, QuantConfig(w_bits=4))
+
+
+def _golden_logits(q, xq, indices):
+    return executor.run_graph(q.graph, xq[indices])
+
+
+def _run(q, images, indices, **kw):
+    model = rtl_executor.prepare(q.graph, progress=False, **{k: v for k, v in kw.items() if k == "unit_graph"})
+    xq = q.quantize_input(images)
+    res = rtl_executor.run_rtl(model, xq, indices, progress=False, resume=False,
+                               **{k: v for k, v in kw.items() if k != "unit_graph"})
+    return model, xq, res
+
+
+@pytest.mark.parametrize("bits", ["w8a8", "w4a8"])
+def test_digits_logits_equal_golden(bits, digits_w8a8, digits_w4a8, digits_images):
+    q = {"w8a8": digits_w8a8, "w4a8": digits_w4a8}[bits]
+    indices = [0, 179, 359]                  # first, middle, last test image
+    _, xq, res = _run(q, digits_images.images, indices, workers=2 if bits == "w8a8" else 1)
+    assert res["failure"] is None, res["failure"]
+    got = torch.tensor([res["records"][i]["logits"] for i in indices])
+    want = _golden_logits(q, xq, indices)
+    assert torch.equal(got, want), (got, want)
+    rec = res["records"][0]
+    # every arithmetic op type ran on its unit and took cycles
+    assert set(rec["cycles"]) == {"linear", "matmul", "softmax", "gelu", "layernorm", "add"}
+    assert all(c > 0 for c in rec["cycles"].values())
+    assert rec["sim_cycles"] >= sum(rec["cycles"].values())
+
+
+def test_host_arithmetic_is_caught(digits_w8a8, digits_images):
+    """The host runs under the data-movement guard: a host that adds is stopped, naming the op."""
+    probe = f"{__file__.rsplit('/', 1)[0]}/rtl_probes.py:add_in_host"
+    _, _, res = _run(digits_w8a8, digits_images.images, [0], probe=probe)
+    assert res["failure"] is not None
+    assert res["workers"][0]["failed"]
+    log = (rtl_executor.Path(res["workers"][0]["run_dir"]) / "sim.log").read_text()
+    assert "HostArithmetic" in log and "aten.add" in log
+
+
+def test_broken_unit_is_caught(digits_w8a8, digits_images):
+    """A LayerNorm unit generated with one multiplier's sign flipped: the run stops at that op, names
+    it with the element, expected and got values, and leaves a waveform of that op."""
+    bad = copy.deepcopy(digits_w8a8.graph)
+    m = bad.op("blocks.1.norm2").consts["m"]
+    m[5] = -m[5]                             # the sign of channel 5's gamma flipped
+    _, _, res = _run(digits_w8a8, digits_images.images, [0, 1], unit_graph=bad)
+    f = res["failure"]
+    assert f is not None and f["op"] == "blocks.1.norm2" and f["image"] == 0, f
+    assert f["element"][-1] == 5 and f["expected"] != f["got"], f
+    assert res["waveform"] and rtl_executor.Path(res["waveform"]).stat().st_size > 0
+    assert not res["records"]                # nothing was reported as a finished image
+
+
+@pytest.mark.skipif(not rtl_executor.runner_has("icarus"), reason="iverilog not installed")
+def test_icarus_smoke(digits_w8a8, digits_images):
+    q = digits_w8a8
+    model = rtl_executor.prepare(q.graph, "icarus", progress=False)
+    xq = q.quantize_input(digits_images.images)
+    res = rtl_executor.run_rtl(model, xq, [7], progress=False, resume=False, free_run_cycles=0)
+    assert res["failure"] is None, res["failure"]
+    assert res["records"][7]["logits"] == _golden_logits(q, xq, [7])[0].tolist()
+
+
+# --- the host's pieces, without a simulator ------------------------------------------------------
+
+def test_word_packing_round_trip():
+    mem = Mem("m", "o", "sink", 0, 16, [Field("data", 0, 12, True, 3, 2), Field("last", 36, 1, False, 1, 1),
+                                         Field("u", 37, 8, False, 2, 1)])
+    g = torch.Generator().manual_seed(1)
+    vals = {"data": torch.randint(-2048, 2048, (5, 3), generator=g), "last": torch.randint(0, 2, (5, 1), generator=g),
+            "u": torch.randint(0, 256, (5, 2), generator=g)}
+    text = pack_words(mem, vals)
+    assert len(text.splitlines()) == 5 and all(len(line) == 2 * mem.nbytes for line in text.splitlines())
+    back = unpack_words(mem, "// a comment line, as Icarus writes\n" + text, 5)
+    for k, v in vals.items():
+        assert torch.equal(back[k].to(torch.int64), v), k
+
+
+def test_guard_allows_movement_and_refuses_arithmetic():
+    x = torch.arange(12).reshape(3, 4)
+    with DataMovementGuard() as g:
+        y = torch.cat([x.t().reshape(-1), x.flip(0)[1]]).to(torch.int8)
+    assert g.ops_seen > 0 and y.dtype == torch.int8
+    for fn in (lambda: x + 1, lambda: x * 2, lambda: x >> 1, lambda: x.max(), lambda: x == 3, lambda: x.float()):
+        with pytest.raises(HostArithmetic):
+            with DataMovementGuard():
+                fn()
+
+
+def test_tensor_shapes_match_golden_run(digits_w8a8, digits_images):
+    q = digits_w8a8
+    _, env = executor.run_graph(q.graph, q.quantize_input(digits_images.images[:1]), keep=True)
+    shapes = tensor_shapes(q.graph)
+    for name, t in env.items():
+        assert list(t.shape) == shapes[name], name
