@@ -134,6 +134,8 @@ def _accuracy_rtl(args) -> int:
     from golden.atomic import write_json, write_text
     from sim.rtl_executor import cpu_workers, evaluate_rtl
 
+    if args.simulator not in ("verilator", "icarus"):
+        raise UserError(f"--simulator {args.simulator!r} is not accepted; accepted: verilator, icarus")
     if args.start < 0:
         raise UserError(f"--start must be 0 or more, got {args.start}")
     _positive("count", args.count)

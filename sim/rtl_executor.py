@@ -30,15 +30,13 @@ import torch
 
 from golden.errors import UserError
 
-from .rtl_top import TOP, Plan, plan_graph, top_verilog, unit_components
+from .rtl_top import TOP, Plan, plan_graph, top_verilog, unit_components, unit_verilog
 
 __all__ = ["RtlModel", "prepare", "run_rtl", "graph_fingerprint", "RUNS"]
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = Path(os.environ.get("RTL_RUNS_DIR", REPO / "build" / "rtl_runs"))
 TB = "sim.tb_rtl_executor"
-HARNESS = "rtl_units"
-FREE_RUN_CYCLES = 200_000
 
 
 @dataclass
@@ -79,7 +77,6 @@ def prepare(graph, simulator: str = "verilator", hw=None, progress: bool = True,
     ``unit_graph`` (tests only): generate the per-layer units from this graph instead, e.g.
     a copy with one constant changed, to show that a broken unit is caught."""
     from hwgen.generate import generator_hash
-    from hwgen.verilog import Harness, emit_verilog
 
     from . import runner
 
@@ -97,14 +94,13 @@ def prepare(graph, simulator: str = "verilator", hw=None, progress: bool = True,
     vcache = runner.SIM_BUILD / "_rtl_top" / f"{key}.v"
     if vcache.exists():
         text = vcache.read_text()
-        top_verilog(plan, comps, "", HARNESS)        # fills the plan's payload widths
+        top_verilog(plan, comps, "")                 # fills the plan's payload widths
         for c in comps.values():                     # only their signatures were needed
             c._MustUse__silence = True
     else:
         if progress:
             print(f"generating the accelerator: {len(comps)} units", file=sys.stderr, flush=True)
-        harness = emit_verilog(Harness(comps), HARNESS)
-        text = top_verilog(plan, comps, harness, HARNESS)
+        text = top_verilog(plan, comps, unit_verilog(comps))
         vcache.parent.mkdir(parents=True, exist_ok=True)
         tmp = vcache.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(text)
@@ -135,8 +131,7 @@ def _read_results(run_dir: Path) -> dict[int, dict]:
 
 
 def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers: int = 1,
-            progress: bool = True, resume: bool = True, probe: str | None = None,
-            free_run_cycles: int = FREE_RUN_CYCLES) -> dict:
+            progress: bool = True, resume: bool = True, probe: str | None = None) -> dict:
     """Run ``images_q[i]`` (integer images, the graph's input) for ``i`` in ``indices``.
 
     Returns ``{"records": {index: record}, "failure": None | {...}, "workers": [...],
@@ -163,7 +158,7 @@ def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers
     for k, shard in enumerate(shards):
         res_path = run_dir / f"results-{stamp}-w{k}.jsonl"
         data = {"plan": json.loads(model.plan.to_json()), "graph": str(graph_path), "images": str(images_path),
-                "indices": shard, "results": str(res_path), "free_run_cycles": free_run_cycles, "probe": probe}
+                "indices": shard, "results": str(res_path), "probe": probe}
         jobs.append((f"w{k}-{stamp}", data, res_path))
     outs: list[dict] = [None] * len(jobs)
 
@@ -281,7 +276,9 @@ def evaluate_rtl(float_model, q, images: torch.Tensor, labels: torch.Tensor, ind
             per_op[k] = per_op.get(k, 0) + v
         sim_cycles += r["sim_cycles"]
         seconds += r["seconds"]
-    free = _free_running(model, res["workers"])
+    free_c = sum(recs[i]["free_cycles"] for i in indices if i in recs)
+    free_s = sum(recs[i]["free_seconds"] for i in indices if i in recs)
+    free = free_c / free_s if free_s else 0.0
     rate = sim_cycles / seconds if seconds else 0.0
     n_done = int(have.sum())
     report = {
@@ -306,21 +303,6 @@ def evaluate_rtl(float_model, q, images: torch.Tensor, labels: torch.Tensor, ind
         "calib_images": q.graph.meta["calib_images"], "seed": q.graph.meta["seed"],
     }
     return report
-
-
-def _free_running(model: RtlModel, workers: list) -> float:
-    """Cycles per second of the same model with no Python wake-up (a long ``Timer`` at the end
-    of each worker); kept in the run directory so that a resumed run can report it."""
-    path = model.run_dir / "free_running.json"
-    rates = [w["free_run"]["cycles"] / w["free_run"]["seconds"] for w in workers
-             if w and w.get("free_run") and w["free_run"]["seconds"] > 0]
-    if rates:
-        rate = sum(rates) / len(rates)
-        path.write_text(json.dumps({"cycles_per_second": rate, "samples": len(rates)}))
-        return rate
-    if path.exists():
-        return json.loads(path.read_text())["cycles_per_second"]
-    return 0.0
 
 
 def runner_has(simulator: str) -> bool:

@@ -78,6 +78,7 @@ class Job:
     loads: dict[str, str]                     # memory name -> hex text
     sink: str                                 # sink memory name
     beats: int                                # words the sink must hold when done
+    budget: int = 0                           # cycles after which a missing done is an error
     finish: Callable[[dict[str, torch.Tensor]], torch.Tensor] = field(repr=False, default=None)
     tiles: Callable[[tuple], dict] = field(repr=False, default=None)   # element index -> tile coordinates
 
@@ -173,7 +174,8 @@ def gemm_job(plan: Plan, op, x: torch.Tensor, y: torch.Tensor | None = None) -> 
         return {"batch": list(bi), "row_tile": row // R, "col_tile": col // C}
 
     cfg = [b, mt, nt, k, st["w_base"], st["w_stride"], st["p_base"], beats]
-    return Job(op.name, e.index, 0, cfg, loads, e.mems["o"].name, beats, finish, tiles)
+    budget = 4 * b * mt * nt * max(k, 2 * R + C) + 10_000        # four times the documented rate
+    return Job(op.name, e.index, 0, cfg, loads, e.mems["o"].name, beats, budget, finish, tiles)
 
 
 # --- per-layer units ---------------------------------------------------------------------------
@@ -200,7 +202,8 @@ def stream_job(plan: Plan, op, inputs: list[torch.Tensor]) -> Job:
     def tiles(index):
         return {"row": list(index[:-1]), "element": int(index[-1])}
 
-    return Job(op.name, e.index, sel, cfg, loads, e.mems["o"].name, n, finish, tiles)
+    budget = 64 * n + 10_000                 # every unit here takes about one element per cycle
+    return Job(op.name, e.index, sel, cfg, loads, e.mems["o"].name, n, budget, finish, tiles)
 
 
 def op_job(plan: Plan, op, inputs: list[torch.Tensor]) -> Job:

@@ -46,7 +46,7 @@ from amaranth.lib import data
 
 from golden.errors import UserError
 
-__all__ = ["Field", "Mem", "Engine", "Plan", "plan_graph", "top_verilog", "TOP", "ARITH_OPS", "MOVE_OPS"]
+__all__ = ["Field", "Mem", "Engine", "Plan", "plan_graph", "top_verilog", "unit_verilog", "TOP", "ARITH_OPS", "MOVE_OPS"]
 
 TOP = "rtl_top"
 ARITH_OPS = ("linear", "matmul", "softmax", "gelu", "layernorm", "add")
@@ -481,10 +481,24 @@ def _payload_bits(e: Engine, port: str) -> int:
     return e.params["payload_bits"][port]
 
 
-def top_verilog(plan: Plan, comps: dict, harness_verilog: str, harness_name: str) -> str:
-    """The top module: the units' harness (Amaranth), the memories and the engine sequencers."""
+def unit_verilog(comps: dict) -> str:
+    """Each unit's Verilog, as a module named after its instance."""
+    from hwgen.verilog import emit_verilog
+
+    return "\n".join(emit_verilog(c, name) for name, c in comps.items())
+
+
+def top_verilog(plan: Plan, comps: dict, units_verilog: str) -> str:
+    """The top module: the units (Amaranth), the memories and the engine sequencers.
+
+    Each unit runs on its own gated clock, enabled (glitch-free: the enable changes on the
+    falling edge) from the ``go`` of an op of its own until that op's ``done``, and during
+    reset.  A gated unit keeps its state, exactly as if time stood still for it, so results are
+    unchanged; the simulator then evaluates only the working unit, several times faster.
+    """
     body = []
-    insts = []          # harness port connections
+    conns: dict[str, list[str]] = {}     # unit instance -> port connections
+    gates: dict[str, str] = {}           # unit instance -> enable condition
     fins = []
     for e in plan.engines:
         if e.kind == "gemm":
@@ -497,22 +511,28 @@ def top_verilog(plan: Plan, comps: dict, harness_verilog: str, harness_name: str
             o_fields = payload_fields(sig["o"].signature.members["payload"].shape, True)
             body.append(f"  assign {n}_o_word = {_payload_to_word(e.mems['o'].fields, f'{n}_o_payload', o_fields)};\n")
             a_w = _word_to_payload(e.mems["a"].fields, f"{n}_a_word")
-            insts += [f".{n}__a__payload({{{n}_last, {a_w}}})", f".{n}__a__valid({n}_a_valid)",
-                      f".{n}__a__ready({n}_a_ready)",
-                      f".{n}__w__payload({_word_to_payload(e.mems['w'].fields, f'{n}_w_word')})",
-                      f".{n}__w__valid({n}_a_valid)", f".{n}__w__ready({n}_w_ready)",
-                      f".{n}__p__payload({_word_to_payload(e.mems['p'].fields, f'{n}_p_word')})",
-                      f".{n}__p__valid({n}_pact)", f".{n}__p__ready({n}_p_ready)",
-                      f".{n}__o__payload({n}_o_payload)", f".{n}__o__valid({n}_o_valid)", f".{n}__o__ready(1'b1)"]
+            conns[n] = [f".a__payload({{{n}_last, {a_w}}})", f".a__valid({n}_a_valid)", f".a__ready({n}_a_ready)",
+                        f".w__payload({_word_to_payload(e.mems['w'].fields, f'{n}_w_word')})",
+                        f".w__valid({n}_a_valid)", f".w__ready({n}_w_ready)",
+                        f".p__payload({_word_to_payload(e.mems['p'].fields, f'{n}_p_word')})",
+                        f".p__valid({n}_pact)", f".p__ready({n}_p_ready)",
+                        f".o__payload({n}_o_payload)", f".o__valid({n}_o_valid)", ".o__ready(1'b1)"]
+            gates[n] = f"eng_q == 8'd{e.index}"
             fins.append((e.index, f"{n}_fin"))
         else:
-            body.append(_group_engine(e, comps, insts))
+            body.append(_group_engine(e, comps, conns, gates))
             fins.append((e.index, f"{e.name}_fin"))
     fin_mux = " :\n    ".join(f"eng_q == 8'd{i} ? {f}" for i, f in fins) + " : 1'b0"
     cfg_ports = "".join(f"  input [31:0] cfg{i},\n" for i in range(N_CFG))
     cfg_regs = ", ".join(f"c{i}" for i in range(N_CFG))
     cfg_latch = " ".join(f"c{i} <= cfg{i};" for i in range(N_CFG))
-    return f"""{harness_verilog}
+    units = []
+    for inst, cs in conns.items():
+        units.append(f"  reg en_{inst};\n"
+                     f"  always @(negedge clk) en_{inst} <= rst || ((go_q || run) && {gates[inst]});\n"
+                     f"  wire clk_{inst} = clk & en_{inst};\n"
+                     f"  {inst} u_{inst} (.clk(clk_{inst}), .rst(rst),\n    " + ",\n    ".join(cs) + ");\n")
+    return f"""{units_verilog}
 // The RTL executor's simulated accelerator (testbench host code around the generated units;
 // see sim/rtl_top.py).  Not synthesizable: the memories load and dump with $readmemh/$writememh.
 module {TOP} (
@@ -553,13 +573,12 @@ module {TOP} (
     end
   end
 
-  {harness_name} units (.clk(clk), .rst(rst),
-    {(',' + chr(10) + '    ').join(insts)});
-endmodule
+  // ---- the units, each on its gated clock
+{''.join(units)}endmodule
 """
 
 
-def _group_engine(e: Engine, comps: dict, insts: list) -> str:
+def _group_engine(e: Engine, comps: dict, conns: dict, gates: dict) -> str:
     n = e.name
     in_ports = GROUP_TYPES[e.kind]
     O = e.mems["o"]
@@ -591,14 +610,14 @@ def _group_engine(e: Engine, comps: dict, insts: list) -> str:
             m = e.mems[p]
             fields = payload_fields(sig[p].signature.members["payload"].shape, False)
             pl = _word_to_payload(m.fields, f"{n}_{p}_word", [f.width for f in fields])
-            insts += [f".{inst}__{p}__payload({pl})", f".{inst}__{p}__valid({n}_{p}_act && {hit})",
-                      f".{inst}__{p}__ready({inst}_{p}_ready)"]
+            conns.setdefault(inst, []).extend([f".{p}__payload({pl})", f".{p}__valid({n}_{p}_act && {hit})",
+                                               f".{p}__ready({inst}_{p}_ready)"])
             lines.append(f"  wire {inst}_{p}_ready;\n")
             ready_terms[p].append(f"({hit} && {inst}_{p}_ready)")
         ow = Shape.cast(sig["o"].signature.members["payload"].shape).width
         lines.append(f"  wire {inst}_o_valid;\n  wire [{ow - 1}:0] {inst}_o_payload;\n")
-        insts += [f".{inst}__o__payload({inst}_o_payload)", f".{inst}__o__valid({inst}_o_valid)",
-                  f".{inst}__o__ready({hit})"]
+        conns[inst].extend([f".o__payload({inst}_o_payload)", f".o__valid({inst}_o_valid)", f".o__ready({hit})"])
+        gates[inst] = f"eng_q == 8'd{e.index} && sel_q == 8'd{sel}"
         o_fields = payload_fields(sig["o"].signature.members["payload"].shape, True)
         o_valid_terms.append(f"({hit} && {inst}_o_valid)")
         o_word_terms.append(f"{hit} ? {_payload_to_word(O.fields, f'{inst}_o_payload', o_fields)}")

@@ -4,7 +4,7 @@ accelerator (:mod:`sim.rtl_top`), op by op, and scores every op against the gold
 ``SIM_DATA`` (JSON, written by :mod:`sim.rtl_executor`)::
 
     {"plan": {...}, "graph": PATH, "images": PATH (int8 tensor [N, C, H, W]),
-     "indices": [...], "results": PATH (JSON lines, one per image), "free_run_cycles": int,
+     "indices": [...], "results": PATH (JSON lines, one per image),
      "probe": "module:function" or null, "replay": null or a failed job to re-run alone}
 
 Per image: the golden executor runs first (outside the host); then for each op the host
@@ -48,6 +48,8 @@ class Accelerator:
         self.dut = dut
         self.plan = plan
         self.mems = {m.name: m for e in plan.engines for m in e.mems.values()}
+        self.free_cycles = 0          # cycles and wall seconds spent waiting for done: the
+        self.free_seconds = 0.0       # simulator running free, with no Python wake-up
 
     async def reset(self):
         d = self.dut
@@ -83,9 +85,13 @@ class Accelerator:
         await RisingEdge(d.clk)                 # memories load and the configuration is latched
         d.load.value = 0
         d.go.value = 0
+        t0 = time.perf_counter()
         await First(RisingEdge(d.done), Timer(timeout_cycles * CLOCK_NS, unit="ns"))
+        self.free_seconds += time.perf_counter() - t0
         finished = str(d.done.value) == "1"
-        return int(d.cycles.value), finished
+        n = int(d.cycles.value)
+        self.free_cycles += n
+        return n, finished
 
     async def dump(self, name: str) -> str:
         mem = self.mems[name]
@@ -105,10 +111,6 @@ def _first_difference(got: torch.Tensor, want: torch.Tensor):
     return idx, None
 
 
-def _timeout(job) -> int:
-    return 50 * job.beats + 4 * sum(t.count("\n") for t in job.loads.values()) + 10_000
-
-
 async def run_image(acc: Accelerator, graph: IntegerGraph, x: torch.Tensor, golden_env: dict, guard, probe,
                     cycles: dict) -> dict | None:
     """Run one image op by op; return None, or the first difference."""
@@ -125,10 +127,10 @@ async def run_image(acc: Accelerator, graph: IntegerGraph, x: torch.Tensor, gold
                 if probe is not None:
                     probe(op, ins)
                 job = op_job(acc.plan, op, ins)
-            n, finished = await acc.run(job, _timeout(job))
+            n, finished = await acc.run(job, job.budget)
             cycles[op.type] = cycles.get(op.type, 0) + n
             if not finished:
-                return {"op": op.name, "type": op.type, "problem": f"no done after {_timeout(job)} cycles",
+                return {"op": op.name, "type": op.type, "problem": f"no done after {job.budget} cycles",
                         "job": _job_record(job)}
             text = await acc.dump(job.sink)
             try:
@@ -152,7 +154,7 @@ async def run_image(acc: Accelerator, graph: IntegerGraph, x: torch.Tensor, gold
 
 def _job_record(job) -> dict:
     return {"op": job.op, "engine": job.engine, "sel": job.sel, "cfg": job.cfg, "loads": sorted(job.loads),
-            "sink": job.sink, "beats": job.beats}
+            "sink": job.sink, "beats": job.beats, "budget": job.budget}
 
 
 def _load_probe(spec):
@@ -204,12 +206,14 @@ async def rtl_executor(dut):
         cycles: dict[str, int] = {}
         t0 = time.perf_counter()
         s0 = get_sim_time("ns") / CLOCK_NS
+        f0 = (acc.free_cycles, acc.free_seconds)
         diff = await run_image(acc, graph, x, genv, guard, probe, cycles)
         dt = time.perf_counter() - t0
         t_rtl += dt
         dut._log.info("image %d: %.3f s", i, dt)
         rec = {"index": i, "cycles": cycles, "sim_cycles": int(get_sim_time("ns") / CLOCK_NS - s0),
-               "seconds": round(dt, 4)}
+               "seconds": round(dt, 4), "free_cycles": acc.free_cycles - f0[0],
+               "free_seconds": round(acc.free_seconds - f0[1], 4)}
         if diff is not None:
             diff["image"] = i
             result["failure"] = diff
@@ -225,11 +229,6 @@ async def rtl_executor(dut):
     result["sim_cycles"] = int(get_sim_time("ns") / CLOCK_NS - c0)
     result["rtl_seconds"] = round(t_rtl, 3)
     result["host_ops_checked"] = guard.ops_seen
-    n_free = int(cfg.get("free_run_cycles", 0))
-    if n_free and result["failure"] is None:
-        t0 = time.perf_counter()
-        await Timer(n_free * CLOCK_NS, unit="ns")      # no wake-up: the simulator runs free
-        result["free_run"] = {"cycles": n_free, "seconds": round(time.perf_counter() - t0, 4)}
     Path(os.environ["SIM_RESULT"]).write_text(json.dumps(result))
     assert result["failure"] is None, f"RTL differs from golden: {result['failure']}"
 
@@ -240,6 +239,6 @@ async def _replay(acc: Accelerator, rec: dict) -> dict:
 
     stage = Path(rec["stage"])
     job = Job(rec["op"], rec["engine"], rec["sel"], rec["cfg"], {n: (stage / acc.mems[n].file).read_text() for n in rec["loads"]},
-              rec["sink"], rec["beats"])
-    n, finished = await acc.run(job, _timeout(job))
+              rec["sink"], rec["beats"], rec["budget"])
+    n, finished = await acc.run(job, job.budget)
     return {"replayed": rec["op"], "cycles": n, "finished": finished}

@@ -104,3 +104,17 @@ def test_timm_model_without_data(capsys):
 
 def test_missing_image_folder(capsys, tmp_path):
     _fails_with(capsys, ["accuracy", "--data", str(tmp_path / "none")], "image folder not found")
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--simulator", "modelsim"], ("simulator", "verilator, icarus")),
+    (["--start", "-1"], ("--start",)),
+    (["--workers", "0"], ("--workers",)),
+    (["--start", "5000"], ("--start 5000", "360 images")),
+])
+def test_rtl_backend_bad_options(capsys, argv, needles):
+    _fails_with(capsys, ["accuracy", "--backend", "rtl", *argv], *needles)
+
+
+def test_unknown_backend(capsys):
+    _fails_with(capsys, ["accuracy", "--backend", "fpga"], "backend", "golden, rtl")

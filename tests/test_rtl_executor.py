@@ -87,7 +87,7 @@ def test_icarus_smoke(digits_w8a8, digits_images):
     q = digits_w8a8
     model = rtl_executor.prepare(q.graph, "icarus", progress=False)
     xq = q.quantize_input(digits_images.images)
-    res = rtl_executor.run_rtl(model, xq, [7], progress=False, resume=False, free_run_cycles=0)
+    res = rtl_executor.run_rtl(model, xq, [7], progress=False, resume=False)
     assert res["failure"] is None, res["failure"]
     assert res["records"][7]["logits"] == _golden_logits(q, xq, [7])[0].tolist()
 
