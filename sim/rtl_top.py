@@ -37,7 +37,6 @@ parameter words are loaded once, at their base addresses (:func:`static_layout`)
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -642,7 +641,3 @@ def _group_engine(e: Engine, comps: dict, conns: dict, gates: dict) -> str:
   wire {n}_fin = {n}_ran && {n}_oc == c7;
 """)
     return "".join(lines)
-
-
-def plan_key(graph_hash: str, hw) -> str:
-    return hashlib.sha256(f"{graph_hash}|{json.dumps(hw.as_dict(), sort_keys=True)}".encode()).hexdigest()[:16]
