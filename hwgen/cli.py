@@ -185,24 +185,33 @@ def _rtl_rows(res: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def metrics_markdown(head: str, rows: list[tuple[str, str]]) -> str:
+    """A one-paragraph head and a two-column Markdown table of (metric, value) rows."""
+    return head + "\n\n| metric | value |\n| --- | ---: |\n" + "".join(f"| {k.strip()} | {v} |\n" for k, v in rows)
+
+
+def print_metrics(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
+
+
 def _rtl_markdown(res: dict) -> str:
     head = (f"{res['model']} at {res['bits']} on simulated hardware ({res['simulator']}): images "
             f"{res['first_index']}..{res['first_index'] + res['requested_images'] - 1} of {res['data']}; "
             f"GELU {res['gelu']}, Softmax {res['softmax']}, {res['calib_images']} calibration images, "
-            f"seed {res['seed']}; {res['units']} units.\n\n")
-    return head + "| metric | value |\n| --- | ---: |\n" + "".join(f"| {k.strip()} | {v} |\n" for k, v in _rtl_rows(res))
+            f"seed {res['seed']}; {res['units']} units.")
+    return metrics_markdown(head, _rtl_rows(res))
 
 
 def _print_rtl(res: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{res['model']} {res['bits']}, {res['requested_images']} images on simulated hardware")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in _rtl_rows(res):
-        table.add_row(k, v)
-    Console().print(table)
+    print_metrics(f"{res['model']} {res['bits']}, {res['requested_images']} images on simulated hardware", _rtl_rows(res))
 
 
 def _accuracy_rows(res: dict) -> list[tuple[str, str]]:
@@ -215,20 +224,12 @@ def _accuracy_rows(res: dict) -> list[tuple[str, str]]:
 
 def _accuracy_markdown(res: dict) -> str:
     head = (f"Accuracy of {res['model']} at {res['bits']} on {res['images']} images ({res['data']}); "
-            f"GELU {res['gelu']}, Softmax {res['softmax']}, {res['calib_images']} calibration images, seed {res['seed']}.\n\n")
-    return head + "| metric | value |\n| --- | ---: |\n" + "".join(f"| {k} | {v} |\n" for k, v in _accuracy_rows(res))
+            f"GELU {res['gelu']}, Softmax {res['softmax']}, {res['calib_images']} calibration images, seed {res['seed']}.")
+    return metrics_markdown(head, _accuracy_rows(res))
 
 
 def _print_accuracy(res: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{res['model']} {res['bits']}, {res['images']} images (golden)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in _accuracy_rows(res):
-        table.add_row(k, v)
-    Console().print(table)
+    print_metrics(f"{res['model']} {res['bits']}, {res['images']} images (golden)", _accuracy_rows(res))
 
 
 def cmd_quantize(args) -> int:

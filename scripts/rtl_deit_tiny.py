@@ -16,15 +16,13 @@ from golden import datasets, models, vit_float  # noqa: E402
 from golden.atomic import write_json, write_text  # noqa: E402
 from golden.executor import run_graph  # noqa: E402
 from golden.quantize import QuantConfig, quantize_model  # noqa: E402
+from hwgen.cli import metrics_markdown, print_metrics  # noqa: E402
 from sim.rtl_executor import prepare, run_rtl  # noqa: E402
 
 NAME, CALIB, SEED = "deit_tiny_patch16_224", 2, 0
 
 
 def main() -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     t0 = time.time()
     torch.manual_seed(SEED)
     model = models.load_model(NAME)
@@ -58,14 +56,9 @@ def main() -> int:
     rows += [("simulated cycles per second", f"{out['sim_cycles_per_second'] or 0:,.0f}"),
              ("free-running cycles per second", f"{out['free_running_cycles_per_second'] or 0:,.0f}"),
              ("generate + build, run", f"{out['generate_and_build_seconds']:.0f} s, {out['run_seconds']:.0f} s")]
-    write_text("reports/rtl_deit_tiny.md", f"{NAME} W8A8 (random weights), one random 224x224 image on simulated "
-               f"hardware (Verilator).\n\n| metric | value |\n| --- | ---: |\n" + "".join(f"| {k} | {v} |\n" for k, v in rows))
-    table = Table(title=f"{NAME} W8A8, one image on simulated hardware")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in rows:
-        table.add_row(k, v)
-    Console().print(table)
+    write_text("reports/rtl_deit_tiny.md", metrics_markdown(
+        f"{NAME} W8A8 (random weights), one random 224x224 image on simulated hardware (Verilator).", rows))
+    print_metrics(f"{NAME} W8A8, one image on simulated hardware", rows)
     print("wrote reports/rtl_deit_tiny.json")
     return 0 if equal else 1
 
