@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .rtl_top import Field, Mem, Plan
+from .rtl_top import GROUP_TYPES, Field, Mem, Plan
 
 __all__ = ["DumpError", "Job", "op_job", "static_loads", "pack_words", "unpack_words", "SLOT_DTYPES"]
 
@@ -127,7 +127,7 @@ def static_loads(plan: Plan, graph) -> dict[str, str]:
                 p = _p_words(cols, op.consts["bias"], op.consts["m"] if ob else zeros,
                              op.consts["e"] if ob else zeros, ob, n)
             else:
-                n = _matmul_n(graph, op)
+                n = plan.static[name]["n"]
                 a = op.attrs
                 p = _p_words(cols, torch.zeros(n, dtype=torch.int64), torch.full((n,), a["m"]),
                              torch.full((n,), a["e"]), int(a["out_bits"]), n)
@@ -139,27 +139,17 @@ def static_loads(plan: Plan, graph) -> dict[str, str]:
     return out
 
 
-def _matmul_n(graph, op) -> int:
-    from .rtl_top import tensor_shapes
-    return tensor_shapes(graph)[op.inputs[1]][-1]
-
-
 def gemm_job(plan: Plan, op, x: torch.Tensor, y: torch.Tensor | None = None) -> Job:
     e, _ = plan.engine_of(op.name)
     R, C = e.params["rows"], e.params["cols"]
     st = plan.static[op.name]
     loads = {}
+    k, lead, n = x.shape[-1], x.shape[:-1], st["n"]
     if op.type == "linear":
-        k = x.shape[-1]
-        lead = x.shape[:-1]
-        a3 = x.reshape(1, -1, k)
-        n = op.consts["weight"].shape[0]
+        a3 = x.reshape(1, -1, k)                                 # every row of every token: one batch
     else:
-        k = x.shape[-1]
-        lead = x.shape[:-1]
         a3 = x.reshape(-1, x.shape[-2], k)
-        w3 = y.reshape(-1, k, y.shape[-1]).transpose(1, 2)      # W = y^T per batch: [B, N, K]
-        n = w3.shape[1]
+        w3 = y.reshape(-1, k, n).transpose(1, 2)                 # W = y^T per batch: [B, N, K]
         loads[e.mems["w"].name] = pack_words(e.mems["w"], {"data": _rows_to_tiles(w3, C)}, address=st["w_base"])
     b, m = a3.shape[0], a3.shape[1]
     mt, nt = -(-m // R), -(-n // C)
@@ -185,7 +175,7 @@ def stream_job(plan: Plan, op, inputs: list[torch.Tensor]) -> Job:
     shape = inputs[0].shape
     n = inputs[0].numel()
     loads = {}
-    ports = {"softmax": ("i",), "gelu": ("i",), "layernorm": ("i",), "add": ("a", "b")}[op.type]
+    ports = GROUP_TYPES[op.type]
     for port, t in zip(ports, inputs):
         mem = e.mems[port]
         vals = {"data": t.reshape(n, 1)}

@@ -151,7 +151,7 @@ class Plan:
     op_engine: dict[str, tuple[int, int]]      # op name -> (engine index, sel)
     n_load: int
     n_dump: int
-    static: dict = field(default_factory=dict)  # GEMM op -> {"w_base", "p_base", "w_stride"}
+    static: dict = field(default_factory=dict)  # GEMM op -> {"w_base", "p_base", "w_stride", "n"}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -272,10 +272,10 @@ def plan_graph(graph, hw, comps: dict) -> Plan:
             d["a"] = max(d["a"], b * mt * k)
             d["o"] = max(d["o"], b * mt * nt * R)
             if op.type == "linear":
-                static[op.name] = {"w_base": d["w_static"], "w_stride": 0, "p_base": d["p"]}
+                static[op.name] = {"w_base": d["w_static"], "w_stride": 0, "p_base": d["p"], "n": n}
                 d["w_static"] += nt * k
             else:
-                static[op.name] = {"w_base": None, "w_stride": nt * k, "p_base": d["p"]}
+                static[op.name] = {"w_base": None, "w_stride": nt * k, "p_base": d["p"], "n": n}
                 d["w_dyn"] = max(d["w_dyn"], b * nt * k)
             d["p"] += nt
             op_engine[op.name] = (e.index, 0)
@@ -298,7 +298,9 @@ def plan_graph(graph, hw, comps: dict) -> Plan:
                     static[op_name]["w_base"] = d["w_static"]
             sig = g.signature.members
             e.params = {"rows": R, "cols": C, "a_bits": g.a_bits, "a_signed": g.a_signed, "w_bits": g.w_bits,
-                        "acc_bits": g.acc_bits}
+                        "acc_bits": g.acc_bits,
+                        "payload_bits": {p: Shape.cast(sig[p].signature.members["payload"].shape).width
+                                         for p in ("a", "w", "p", "o")}}
             depths = {"a": d["a"], "w": d["w_static"] + d["w_dyn"], "p": d["p"], "o": d["o"]}
             for port in ("a", "w", "p", "o"):
                 shape = sig[port].signature.members["payload"].shape
@@ -423,7 +425,7 @@ def _gemm_engine(e: Engine) -> str:
   reg [31:0] {n}_b, {n}_mt, {n}_nt, {n}_k, {n}_arow, {n}_aaddr, {n}_wbb, {n}_waddr, {n}_pidx, {n}_pleft, {n}_oc;
   wire {n}_a_valid, {n}_a_ready, {n}_w_ready, {n}_p_ready, {n}_o_valid;
   wire [{8 * O.nbytes - 1}:0] {n}_o_word;
-  wire [{_payload_bits(e, 'o') - 1}:0] {n}_o_payload;
+  wire [{e.params['payload_bits']['o'] - 1}:0] {n}_o_payload;
   wire {n}_kend = {n}_k == c3 - 32'd1;
   wire {n}_fire = {n}_act && {n}_a_ready;
   wire {n}_pfire = {n}_pact && {n}_p_ready;
@@ -476,10 +478,6 @@ def _gemm_engine(e: Engine) -> str:
         f"[(c6 + {n}_pidx)]", f"[c6[{pb - 1}:0] + {n}_pidx[{pb - 1}:0]]")
 
 
-def _payload_bits(e: Engine, port: str) -> int:
-    return e.params["payload_bits"][port]
-
-
 def unit_verilog(comps: dict) -> str:
     """Each unit's Verilog, as a module named after its instance."""
     from hwgen.verilog import emit_verilog
@@ -501,10 +499,7 @@ def top_verilog(plan: Plan, comps: dict, units_verilog: str) -> str:
     fins = []
     for e in plan.engines:
         if e.kind == "gemm":
-            g = comps[e.name]
-            sig = g.signature.members
-            e.params["payload_bits"] = {p: Shape.cast(sig[p].signature.members["payload"].shape).width
-                                        for p in ("a", "w", "p", "o")}
+            sig = comps[e.name].signature.members
             body.append(_gemm_engine(e))
             n = e.name
             o_fields = payload_fields(sig["o"].signature.members["payload"].shape, True)
