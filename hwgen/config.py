@@ -61,7 +61,10 @@ _RANGES: dict[str, tuple[int, int]] = {
     "gelu_out_bits": (2, 16),     # signed GELU output
 }
 
+GEMM_MULTIPLIERS = ("lut", "dsp")   # hwgen.gemm.Gemm's mult
+
 _CHOICES: dict[str, tuple[str, ...]] = {
+    "gemm_mult": GEMM_MULTIPLIERS,
     "gelu_variant": GELU_VARIANTS,
     "exp_variant": EXP_VARIANTS,
 }
@@ -84,6 +87,9 @@ class HwConfig:
     gemm_rows, gemm_cols, gemm_max_k, gemm_e_bits:
         Systolic array shape, the longest reduction K whose worst case the accumulator must
         hold (refused otherwise), and the width of the per-channel shift.
+    gemm_mult:
+        How the GEMM multiplies: ``"lut"`` (carry-save trees of LUTs, the faster clock on
+        ECP5) or ``"dsp"`` (``*``, mapped to DSP blocks).
     softmax_max_row:
         Longest Softmax row (tokens) the Softmax row buffer holds; 256 covers 197 tokens.
     exp_frac_bits, exp_in_bits, exp_variant:
@@ -106,6 +112,7 @@ class HwConfig:
     gemm_cols: int = 8
     gemm_max_k: int = 768
     gemm_e_bits: int = 6
+    gemm_mult: str = "lut"
     softmax_max_row: int = 256
     exp_frac_bits: int = EXP_FRAC_BITS
     exp_in_bits: int = 17

@@ -20,15 +20,21 @@ Inside, a joined (a, w) beat is registered, then enters the array skewed: row ``
 is delayed ``i`` cycles and moves right one PE per cycle, lane ``j`` of ``w`` is delayed
 ``j`` cycles and moves down one PE per cycle, so PE(i, j) sees ``A[i, k]`` and ``W[j, k]``
 together, ``i + j`` cycles after the beat entered; valid/first/last bits travel with ``a``.
-PE(i, j) keeps ``acc = sum_k A[i, k] W[j, k]`` (``acc_bits``, restarted by the tile's first
-beat) and on the tile's last beat copies the finished sum into its result register, so the
-next tile's beats follow the previous tile's without a gap (no fill or drain bubble between
-tiles).  When the last beat has reached PE(rows-1, cols-1) the result bank holds the whole
-tile; it is shifted out row by row (upwards, row 0 first) into the requantizer stages
-(:func:`hwgen.requant.requant_stages`, the pipeline of :class:`~hwgen.requant.Requant`, inlined so
-the unit is one Verilog module), which add the bias and requantize.  The next tile's *last* beat waits in the input
-register until the bank is empty (``busy``); all other beats flow on.  The array itself never
-stalls: gaps in the input become bubbles (valid = 0) in the skew.
+PE(i, j) registers the product (a DSP's, or, with ``mult="lut"``, half a carry-save tree of
+LUTs and then the rest: :func:`pe_depth` registers) and keeps
+``acc = sum_k A[i, k] W[j, k]`` (``acc_bits``, restarted by the tile's first beat), so the
+next tile's beats follow the previous tile's without a gap.  On the tile's last beat the
+finished sum drops into its column's *result chain* at row i: the chains move up one row
+per cycle, unconditionally (no enable fans out to thousands of registers), so row i leaves
+column j's chain ``2 i + j`` cycles after the wavefront started; per-column delays align the
+columns, and the rows (one every other cycle) go through the requantizer
+(:func:`hwgen.requant.requant_stages`, inlined so that the unit is one module), which never
+stalls either, into an output queue of ``2 rows`` rows (``amaranth.lib.fifo.SyncFIFOBuffered``)
+that ``o`` reads.  The array, the chains and the requantizer run free; the only gate is a
+tile's *last* beat, which waits in the input register until the tile's ``p`` beat is there,
+the tile period since the previous last beat has passed (:func:`gemm_min_tile_period`, so
+that the held parameters and the chains are free) and the queue has room for the tile's rows
+(credits, returned as ``o`` takes rows).  Gaps in the input become bubbles in the skew.
 
 Worst case of the accumulator: ``|A| |W| K + |bias| < 2^(acc_bits-1)`` must hold (checked when
 the graph is built: :meth:`hwgen.config.HwConfig.check_gemm`); then nothing wraps.
@@ -36,26 +42,37 @@ the graph is built: :meth:`hwgen.config.HwConfig.check_gemm`); then nothing wrap
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .config import check_range
-from .pipeline import lane_layout, stream_pipeline
-from .requant import E_BITS, REQUANT_LATENCY, requant_param_fields, requant_stages
+from .config import GEMM_MULTIPLIERS, check_choice, check_range
+from .pipeline import compress, compress_levels, fit, lane_layout, partial_products, product_shape, stream_pipeline, sum_pair
+from .requant import E_BITS, requant_latency, requant_param_fields, requant_stages
 
-__all__ = ["Gemm", "gemm_latency", "gemm_min_tile_period"]
-
-
-def gemm_latency(rows: int, cols: int) -> int:
-    """Cycles from the handshake of a tile's last operand beat to its first output beat."""
-    return rows + cols + REQUANT_LATENCY
+__all__ = ["Gemm", "gemm_latency", "gemm_min_tile_period", "pe_depth"]
 
 
-def gemm_min_tile_period(rows: int, cols: int) -> int:
-    """Fewest cycles between the last beats of two consecutive tiles: wavefront to the far
-    corner (rows + cols - 1), then rows drain beats."""
-    return 2 * rows + cols - 1
+def pe_depth(mult: str = "dsp") -> int:
+    """Registers from a PE's operands to its result chain: the product (DSP; or, LUT, half
+    a carry-save tree, the other half, then the product), the accumulator."""
+    return 4 if mult == "lut" else 2
+
+
+def gemm_latency(rows: int, cols: int, mult: str = "dsp", mult_bits: int = 16) -> int:
+    """Cycles from the handshake of a tile's last operand beat to its first output beat:
+    1 into the input register, ``cols + 1`` until row 0's sums are aligned at the top of
+    the result chains, the requantizer, 2 through the output queue."""
+    return cols + pe_depth(mult) + requant_latency(mult, mult_bits) + 3
+
+
+def gemm_min_tile_period(rows: int, cols: int, mult: str = "dsp") -> int:
+    """Fewest cycles between the last beats of two consecutive tiles: the tile's parameters
+    are held until its last row (at ``2 (rows - 1) + cols + 1`` cycles) has entered the
+    requantizer; this also keeps a finished sum from landing on a moving one in the result
+    chains (which needs ``2 rows - 1``)."""
+    return 2 * rows + cols + pe_depth(mult) - 2
 
 
 class Gemm(wiring.Component):
@@ -76,6 +93,10 @@ class Gemm(wiring.Component):
         Width of the unsigned requantization multipliers (16).
     e_bits : int
         Width of the per-channel shifts (6: 0..63).
+    mult : str
+        ``"dsp"``: every multiplication is ``*`` (DSP blocks after synthesis); ``"lut"``:
+        carry-save trees of LUTs (:func:`hwgen.pipeline.compress`), which on ECP5 clock
+        faster than yosys's DSP mapping (``hwgen report``).
 
     Members
     -------
@@ -87,8 +108,9 @@ class Gemm(wiring.Component):
     p : In(stream.Signature(StructLayout(bias, m, e, out_bits)))
         One beat per tile, in tile order: ``bias`` (signed acc_bits), ``m`` (unsigned
         mult_bits), ``e`` (unsigned e_bits) per output channel j, and ``out_bits`` (0: raw
-        ``acc + bias``; 2..acc_bits: requantize and clamp to that signed width).  It is taken
-        with the tile's last output row, so it may arrive any time before the tile drains.
+        ``acc + bias``; 2..acc_bits: requantize and clamp to that signed width).  It is
+        taken into a holding register as soon as the previous one is in use, and the tile's
+        last operand beat waits for it.
     o : Out(stream.Signature(ArrayLayout(signed(acc_bits), cols)))
         ``rows`` beats per tile, row r = ``C[m0 + r, n0:n0+cols]`` (requantized values are
         sign-extended).  Rows or lanes beyond M or N carry the padding's results (bias
@@ -99,31 +121,34 @@ class Gemm(wiring.Component):
     Tiles of any K >= 1 follow each other back to back on (a, w); the tile boundary is only
     the ``last`` flag, so M, N and K are the host's business (any K while the accumulator
     bound holds: K <= 768 at 8-bit operands and 32-bit accumulators with room for a bias).
-    Output back-pressure stalls the requantizer, then the drain, and finally the input
-    (at the next tile's last beat); nothing is dropped or reordered.
+    Output back-pressure fills the output queue; a tile's last beat then waits until the
+    queue has room for its rows, and the input waits behind it; nothing is dropped or
+    reordered.
 
     Latency and throughput
     ----------------------
-    Latency :func:`gemm_latency` = ``rows + cols + 4`` cycles from the handshake of a tile's
-    last operand beat to its first output row (1 input register, ``rows + cols - 2`` through
-    the skewed array, 1 into the result bank, 4 in the requantizer); the other rows follow one
-    per cycle.  Throughput one operand beat (``rows x cols`` MACs) per cycle while tiles have
-    ``K >= 2 rows + cols - 1`` (:func:`gemm_min_tile_period`; 23 on 8 x 8) and ``o`` is ready;
-    a shorter tile still takes that long.  A product of T tiles of depth K thus takes about
-    ``T K + rows + cols + 4 + rows - 1`` cycles from first input beat to last output beat
-    (DeiT-Tiny's QKV projection, 197 x 192 x 576 on 8 x 8: 1800 tiles, 345,627 cycles measured).
+    Latency :func:`gemm_latency` = ``cols + pe_depth + requant_latency + 3`` cycles from the
+    handshake of a tile's last operand beat to its first output row (21 on 8 x 8 with DSP
+    products, 25 with LUT products); the other rows follow every other cycle.  Throughput
+    one operand beat (``rows x cols`` MACs) per cycle while tiles have ``K >=``
+    :func:`gemm_min_tile_period` (24 or 26 on 8 x 8) and ``o`` is ready; a shorter tile
+    still takes that long.  A product of T tiles of depth K thus takes about
+    ``T K + latency + 2 rows`` cycles from first input beat to last output beat (DeiT-Tiny's
+    QKV projection, 197 x 192 x 576 on 8 x 8: 1800 tiles; ``reports/perf_units.json``).
     """
 
     def __init__(self, rows: int = 8, cols: int = 8, *, a_bits: int = 8, w_bits: int = 8, acc_bits: int = 32,
-                 mult_bits: int = 16, a_signed: bool = True, e_bits: int = E_BITS):
+                 mult_bits: int = 16, a_signed: bool = True, e_bits: int = E_BITS,
+                 mult: str = "dsp"):
         try:
-            self._check(rows, cols, a_bits, w_bits, acc_bits, mult_bits, a_signed, e_bits)
+            self._check(rows, cols, a_bits, w_bits, acc_bits, mult_bits, a_signed, e_bits, mult)
         except Exception:
             self._MustUse__silence = True    # refused parameters: no "never used" warning
             raise
         self.a_shape = signed(a_bits) if self.a_signed else unsigned(a_bits)
-        self.latency = gemm_latency(rows, cols)
-        self.min_tile_period = gemm_min_tile_period(rows, cols)
+        self.latency = gemm_latency(rows, cols, mult, mult_bits)
+        self.min_tile_period = gemm_min_tile_period(rows, cols, mult)
+        self.out_depth = 2 * rows           # output queue: two tiles of rows
         self.a_layout = data.StructLayout({"data": lane_layout(self.a_shape, rows), "last": 1})
         self.w_layout = lane_layout(signed(w_bits), cols)
         self.p_layout = data.StructLayout(requant_param_fields(cols, acc_bits, mult_bits, e_bits))
@@ -135,7 +160,7 @@ class Gemm(wiring.Component):
             "o": Out(stream.Signature(self.o_layout)),
         })
 
-    def _check(self, rows, cols, a_bits, w_bits, acc_bits, mult_bits, a_signed, e_bits) -> None:
+    def _check(self, rows, cols, a_bits, w_bits, acc_bits, mult_bits, a_signed, e_bits, mult) -> None:
         self.rows = check_range("gemm rows", rows, 1, 64)
         self.cols = check_range("gemm cols", cols, 1, 64)
         self.a_bits = check_range("a_bits", a_bits, 2, 16)
@@ -144,37 +169,65 @@ class Gemm(wiring.Component):
         self.mult_bits = check_range("mult_bits", mult_bits, 2, 32)
         self.e_bits = check_range("gemm e_bits", e_bits, 1, 7)
         self.a_signed = bool(a_signed)
+        self.mult = check_choice("gemm_mult", mult, GEMM_MULTIPLIERS)
         need = self.a_bits + self.w_bits + (0 if self.a_signed else 1)
         check_range("acc_bits", acc_bits, need, 64)
 
     @classmethod
     def from_config(cls, cfg, rows: int = 8, cols: int = 8, a_signed: bool = True) -> "Gemm":
-        """From a :class:`hwgen.config.HwConfig` (a_bits, w_bits, acc_bits, mult_bits)."""
+        """From a :class:`hwgen.config.HwConfig` (a_bits, w_bits, acc_bits, mult_bits,
+        gemm_e_bits, gemm_mult)."""
         return cls(rows, cols, a_bits=cfg.a_bits, w_bits=cfg.w_bits, acc_bits=cfg.acc_bits,
-                   mult_bits=cfg.mult_bits, a_signed=a_signed)
+                   mult_bits=cfg.mult_bits, a_signed=a_signed, e_bits=cfg.gemm_e_bits, mult=cfg.gemm_mult)
 
     def elaborate(self, platform):
         m = Module()
         R, C, A = self.rows, self.cols, self.acc_bits
+        P, D = self.min_tile_period, self.out_depth
 
-        # --- input register: join of a and w -------------------------------------------
+        # --- input register: join of a and w; a tile's last beat also needs its p beat,
+        #     room in the output queue and the tile period since the previous last beat
         r_valid = Signal()
         r_last = Signal()
         r_a = Signal(lane_layout(self.a_shape, R), reset_less=True)
         r_w = Signal(self.w_layout, reset_less=True)
-        busy = Signal()           # a tile's last beat is in the array or its results not drained
-        first = Signal(init=1)    # the next beat to enter starts a tile
-        fire = Signal()           # the registered beat enters the array this cycle
-        take = Signal()           # the input register takes a new beat this cycle
-        m.d.comb += [fire.eq(r_valid & ~(r_last & busy)),
+        first = Signal(init=1)                       # the next beat to enter starts a tile
+        # the p beat waits in p_in; a tile's last beat also needs the tile period since the
+        # previous last beat (holdoff) and room in the output queue (credits): may_last holds
+        # both, registered, so that fire and its wide fan-out are one LUT from registers
+        p_in = Signal(self.p_layout, reset_less=True)
+        p_in_valid = Signal()
+        holdoff = Signal(range(P))                   # cycles until another last beat may enter
+        credits = Signal(range(D + 1), init=D)       # output queue rows not yet promised
+        may_last = Signal(init=1)
+        fire = Signal()                              # the registered beat enters the array
+        fire_last = Signal()
+        take = Signal()                              # the input register takes a new beat
+        m.d.comb += [fire.eq(r_valid & (~r_last | (may_last & p_in_valid))),
+                     fire_last.eq(r_valid & r_last & may_last & p_in_valid),
                      take.eq(~r_valid | fire),
                      self.a.ready.eq(take & self.w.valid),
-                     self.w.ready.eq(take & self.a.valid)]
+                     self.w.ready.eq(take & self.a.valid),
+                     self.p.ready.eq(~p_in_valid)]
         with m.If(take):
             m.d.sync += [r_valid.eq(self.a.valid & self.w.valid), r_last.eq(self.a.payload.last),
                          r_a.eq(self.a.payload.data), r_w.eq(self.w.payload)]
         with m.If(fire):
             m.d.sync += first.eq(r_last)
+        with m.If(self.p.valid & ~p_in_valid):
+            m.d.sync += [p_in.eq(self.p.payload), p_in_valid.eq(1)]
+        # the tile's parameters, held until its last row has passed requantizer stage 1
+        p_hold = Signal(self.p_layout, reset_less=True)
+        # the credits count a tile's rows one cycle after its last beat (fire_last_q), and
+        # may_last ignores a row taken this cycle (one cycle later under back-pressure), so
+        # that fire_last and its wide fan-out feed no carry chain
+        fire_last_q = Signal()
+        m.d.sync += [fire_last_q.eq(fire_last),
+                     holdoff.eq(Mux(fire_last, P - 1, Mux(holdoff.any(), holdoff - 1, 0))),
+                     credits.eq(credits - Mux(fire_last_q, R, 0) + (self.o.valid & self.o.ready)),
+                     may_last.eq(~fire_last & ~fire_last_q & (holdoff <= 1) & (credits >= R))]
+        with m.If(fire_last):
+            m.d.sync += [p_hold.eq(p_in), p_in_valid.eq(0)]
 
         # --- skew: row i of a (with its valid/first/last) delayed i, lane j of w delayed j
         ctl = data.StructLayout({"valid": 1, "first": 1, "last": 1})
@@ -196,70 +249,78 @@ class Gemm(wiring.Component):
         row_a = [delayed(r_a[i], i, self.a_shape, f"a_skew{i}") for i in range(R)]
         col_w = [delayed(r_w[j], j, signed(self.w_bits), f"w_skew{j}") for j in range(C)]
 
-        # --- the PEs --------------------------------------------------------------------
-        acc = [[Signal(signed(A), name=f"acc_{i}_{j}", reset_less=True) for j in range(C)] for i in range(R)]
-        res = [[Signal(signed(A), name=f"res_{i}_{j}", reset_less=True) for j in range(C)] for i in range(R)]
-        bank_full = Signal()      # res holds a whole tile, not yet drained
-        drain_row = Signal(range(R))
-        drain_fire = Signal()
+        def registered(value, name, reset_less=True):
+            s = Signal(value.shape(), name=name, reset_less=reset_less)
+            m.d.sync += s.eq(value)
+            return s
 
-        # drain: shift the bank up one row per output beat (row 0 leaves first)
-        with m.If(drain_fire):
-            for i in range(R - 1):
-                for j in range(C):
-                    m.d.sync += res[i][j].eq(res[i + 1][j])
-
-        a_in = list(row_a)
-        c_in = list(row_ctl)
+        # --- the PEs: the registered product (a DSP's; or, from LUTs, half a carry-save tree,
+        #     the other half, then the sum), then accumulate; a finished sum drops into its column's result
+        #     chain at its row
+        chain = [[Signal(signed(A), name=f"res_{i}_{j}", reset_less=True) for j in range(C)] for i in range(R)]
+        chain_valid = [Signal(name=f"res_valid_{i}") for i in range(R)]     # column C-1's rows
         w_in = list(col_w)
         for i in range(R):
+            a, c = row_a[i], row_ctl[i]
             for j in range(C):
-                a, w, c = a_in[i], w_in[j], c_in[i]
-                prod = a * w
+                w = w_in[j]
+                prod = Signal(product_shape(a, w), name=f"prod_{i}_{j}", reset_less=True)
+                if self.mult == "lut":      # half the carry-save tree; the other half; the sum
+                    W = prod.shape().width
+                    pps = partial_products(a, w)
+                    half = compress(m, pps, W, max(1, compress_levels(len(pps)) // 2), f"pe_{i}_{j}_a")
+                    half = [registered(v, f"csa_{i}_{j}_{t}") for t, v in enumerate(half)]
+                    pair = [registered(v, f"csb_{i}_{j}_{t}") for t, v in enumerate(compress(m, half, W, name=f"pe_{i}_{j}_b"))]
+                    m.d.sync += prod.eq(fit(sum_pair(pair), prod.shape()))
+                else:
+                    m.d.sync += prod.eq(a * w)
+                c_r = Signal(ctl, name=f"c_{i}_{j}")        # the beat's control, one cycle on
+                c_p = c_r
+                for d in range(pe_depth(self.mult) - 2):     # ... and on, with the product
+                    c_p = registered(c_p, f"cp{d}_{i}_{j}", reset_less=False)
+                acc = Signal(signed(A), name=f"acc_{i}_{j}", reset_less=True)
                 nxt = Signal(signed(A), name=f"sum_{i}_{j}")
-                m.d.comb += nxt.eq(Mux(c.first, prod, acc[i][j] + prod))
-                with m.If(c.valid):
-                    m.d.sync += acc[i][j].eq(nxt)
-                    with m.If(c.last):             # never while draining: busy holds the last beat back
-                        m.d.sync += res[i][j].eq(nxt)
-                if j < C - 1:                      # pass a and its control to the right
+                fin = Signal(name=f"fin_{i}_{j}")
+                m.d.sync += c_r.eq(c)
+                m.d.comb += [nxt.eq(Mux(c_p.first, prod, acc + prod)), fin.eq(c_p.valid & c_p.last)]
+                with m.If(c_p.valid):
+                    m.d.sync += acc.eq(nxt)
+                # one cycle after the last beat acc holds the finished sum (still, while the
+                # next tile's first beat overwrites it) and drops it into the chain, which
+                # moves up one row per cycle; tiles are far enough apart (min_tile_period)
+                # that a finished sum never lands on a moving one
+                done = Signal(name=f"done_{i}_{j}")
+                m.d.sync += done.eq(fin)
+                with m.If(done):
+                    m.d.sync += chain[i][j].eq(acc)
+                if i < R - 1:
+                    with m.Else():
+                        m.d.sync += chain[i][j].eq(chain[i + 1][j])
+                if j == C - 1:
+                    m.d.sync += chain_valid[i].eq(done | (chain_valid[i + 1] if i < R - 1 else 0))
+                if j < C - 1:                               # pass a and its control to the right
                     a_r = Signal(self.a_shape, name=f"a_{i}_{j}", reset_less=True)
-                    c_r = Signal(ctl, name=f"c_{i}_{j}")
-                    m.d.sync += [a_r.eq(a), c_r.eq(c)]
-                    a_in[i], c_in[i] = a_r, c_r
-                if i < R - 1:                      # pass w down
+                    m.d.sync += a_r.eq(a)
+                    a, c = a_r, c_r
+                if i < R - 1:                               # pass w down
                     w_r = Signal(signed(self.w_bits), name=f"w_{i}_{j}", reset_less=True)
                     m.d.sync += w_r.eq(w)
                     w_in[j] = w_r
-            # the far corner: the tile is complete once its last beat is computed there
-        corner = c_in[R - 1]
-        with m.If(corner.valid & corner.last):
-            m.d.sync += bank_full.eq(1)
 
-        # --- input gate bookkeeping ---------------------------------------------------------
-        with m.If(fire & r_last):
-            m.d.sync += busy.eq(1)
-
-        # --- drain into the requantizer (inline stages: one module) -----------------------
-        rq_en = Signal()          # requantizer pipeline enable (= its input ready)
+        # --- deskew the chains' top row (column j is C-1-j cycles ahead of column C-1)
         rq_in = Signal(data.StructLayout({"acc": lane_layout(signed(A), C),
                                           **requant_param_fields(C, A, self.mult_bits, self.e_bits)}))
-        rq_valid_in = Signal()
-        last_row = Signal()
-        m.d.comb += [last_row.eq(drain_row == R - 1),
-                     rq_valid_in.eq(bank_full & self.p.valid),
-                     drain_fire.eq(rq_valid_in & rq_en),
-                     self.p.ready.eq(bank_full & rq_en & last_row),
-                     rq_in.bias.eq(self.p.payload.bias), rq_in.m.eq(self.p.payload.m),
-                     rq_in.e.eq(self.p.payload.e), rq_in.out_bits.eq(self.p.payload.out_bits)]
         for j in range(C):
-            m.d.comb += rq_in.acc[j].eq(res[0][j])
-        with m.If(drain_fire):
-            m.d.sync += drain_row.eq(drain_row + 1)
-            with m.If(last_row):
-                m.d.sync += [drain_row.eq(0), bank_full.eq(0), busy.eq(0)]
-        outs = requant_stages(m, rq_en, rq_in, A)
-        for j in range(C):
-            m.d.comb += self.o.payload[j].eq(outs[j])
-        m.d.comb += self.o.valid.eq(stream_pipeline(m, REQUANT_LATENCY, rq_valid_in, self.o.ready, rq_en))
+            m.d.comb += rq_in.acc[j].eq(delayed(chain[0][j], C - 1 - j, signed(A), f"deskew{j}"))
+        m.d.comb += [rq_in.bias.eq(p_hold.bias), rq_in.m.eq(p_hold.m), rq_in.e.eq(p_hold.e),
+                     rq_in.out_bits.eq(p_hold.out_bits)]
+
+        # --- requantizer (never stalls: the credits keep room for its rows in the queue)
+        outs = requant_stages(m, Const(1), rq_in, A, mult=self.mult)
+        assert len(outs) == C
+        rq_valid = Signal()
+        m.d.comb += rq_valid.eq(stream_pipeline(m, requant_latency(self.mult, self.mult_bits), chain_valid[0], Const(1), Signal()))
+        queue = m.submodules.out_queue = SyncFIFOBuffered(width=C * A, depth=D)
+        m.d.comb += [queue.w_en.eq(rq_valid), queue.w_data.eq(Cat(*outs)),
+                     self.o.valid.eq(queue.r_rdy), self.o.payload.eq(queue.r_data), queue.r_en.eq(self.o.ready)]
         return m

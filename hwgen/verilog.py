@@ -24,6 +24,9 @@ lint_off -rule PROCASSINIT
 // UNUSEDSIGNAL: Amaranth names intermediate wires (and per-lane views of packed payloads)
 // of which only a slice is used, e.g. the kept bits of a rounding shift.
 lint_off -rule UNUSEDSIGNAL
+// DECLFILENAME: Amaranth writes a unit's library submodules (the GEMM's output queue, an
+// amaranth.lib.fifo.SyncFIFOBuffered) into the unit's file as modules named <unit>.<sub>.
+lint_off -rule DECLFILENAME
 """
 
 

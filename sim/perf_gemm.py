@@ -37,6 +37,7 @@ import torch
 from golden.errors import UserError
 from golden.executor import run_linear, run_matmul
 from golden.graph import Op
+from hwgen.config import GEMM_MULTIPLIERS, HwConfig
 
 __all__ = ["GemmSystem", "STANDARD_SYSTEMS", "build_bench", "linear_job", "matmul_job", "run_jobs",
            "measure_gemm_utilization", "host_verilog", "TB"]
@@ -63,12 +64,13 @@ class GemmSystem:
     w_depth: int = 1024
     p_depth: int = 64
     o_depth: int = 1024
+    mult: str = HwConfig.gemm_mult
 
     def gemm(self):
         from hwgen.gemm import Gemm
 
         return Gemm(self.rows, self.cols, a_bits=self.a_bits, w_bits=self.w_bits, acc_bits=self.acc_bits,
-                    mult_bits=self.mult_bits, a_signed=self.a_signed)
+                    mult_bits=self.mult_bits, a_signed=self.a_signed, mult=self.mult)
 
     def p_fields(self) -> list[tuple[str, int, int, int]]:
         """(field, offset, lane bits, lanes) of the parameter word, from the Gemm's layout."""
@@ -105,11 +107,14 @@ class GemmSystem:
 
 # The systems of the test build: W8A8 8x8 (memories sized for DeiT-Tiny's QKV projection,
 # M=197, K=192, N=576), W4A8 8x8, and a non-square 3x5 array with unsigned activations (the
-# attention-probability x V product).
+# attention-probability x V product), all with the default multipliers; and W8A8 8x8 with
+# the other kind (HwConfig.gemm_mult).
 STANDARD_SYSTEMS = (
     GemmSystem("s8", a_depth=8192, w_depth=16384, p_depth=128, o_depth=16384),
     GemmSystem("s4", w_bits=4, a_depth=2048, w_depth=2048, p_depth=64, o_depth=2048),
     GemmSystem("u35", rows=3, cols=5, a_signed=False, a_depth=2048, w_depth=2048, p_depth=64, o_depth=2048),
+    GemmSystem("x8", a_depth=2048, w_depth=2048, p_depth=64, o_depth=2048,
+               mult=next(m for m in GEMM_MULTIPLIERS if m != HwConfig.gemm_mult)),
 )
 
 

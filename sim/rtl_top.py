@@ -206,7 +206,8 @@ def unit_components(graph, hw) -> dict[str, object]:
             name = _gemm_name(a_bits, a_signed, w_bits)
             if name not in comps:
                 comps[name] = Gemm(hw.gemm_rows, hw.gemm_cols, a_bits=a_bits, w_bits=w_bits, acc_bits=acc_bits,
-                                   mult_bits=hw.mult_bits, a_signed=a_signed, e_bits=hw.gemm_e_bits)
+                                   mult_bits=hw.mult_bits, a_signed=a_signed, e_bits=hw.gemm_e_bits,
+                                   mult=hw.gemm_mult)
         elif op.type in GROUP_TYPES:
             entry = {"name": op.name, "attrs": dict(op.attrs),
                      "consts": {k: [int(v) for v in t.flatten().tolist()] for k, t in op.consts.items()}}

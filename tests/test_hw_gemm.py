@@ -25,14 +25,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.sim import Simulator
+
 from golden.errors import UserError
 from golden.graph import Op
 from hwgen.gemm import Gemm, gemm_latency
+from hwgen.pipeline import compress, fit, partial_products, product_shape, sum_pair
 from hwgen.requant import Requant
 from hwgen.verilog import emit_verilog, lint
 from sim import perf_gemm as pg
 
-S8, S4, U35 = pg.STANDARD_SYSTEMS
+S8, S4, U35, X8 = pg.STANDARD_SYSTEMS     # X8: the other multiplier kind (gemm_mult)
 ACC = 32
 
 
@@ -93,13 +97,19 @@ def test_random_requant_and_raw(bench):
     jobs.append(pg.linear_job(S8, "rand_q16_gaps", op, x, gap=0.3, stall=0.2, seed=4))
     x, op = random_linear(3, 21, 50, 17, out_bits=0)
     jobs.append(pg.linear_job(S8, "rand_raw_gaps", op, x, gap=0.2, stall=0.4, seed=5))
+    x, op = random_linear(4, 37, 100, 29, out_bits=8)
+    jobs.append(pg.linear_job(X8, "x_rand_q8_clean", op, x))
+    jobs.append(pg.linear_job(X8, "x_rand_q8_gaps", op, x, gap=0.25, stall=0.3, seed=6))
+    x, op = random_linear(5, 21, 50, 17, out_bits=0)
+    jobs.append(pg.linear_job(X8, "x_rand_raw_gaps", op, x, gap=0.2, stall=0.4, seed=7))
     res = _run(bench, jobs, "random")
-    clean = res["by_name"]["rand_q8_clean"]
     # documented timing, measured: latency from a tile's last input beat to its first output
-    # row, and one operand beat per cycle (K = 100 >= 2 rows + cols - 1)
-    assert clean["latency"] == gemm_latency(8, 8)
-    assert clean["input_beats_per_cycle"] == 1.0
-    print(f"s8 latency {clean['latency']} cycles, {clean['input_beats_per_cycle']} operand beats/cycle")
+    # row, and one operand beat per cycle (K = 100 >= the minimum tile period)
+    for s, name in ((S8, "rand_q8_clean"), (X8, "x_rand_q8_clean")):
+        clean = res["by_name"][name]
+        assert clean["latency"] == gemm_latency(8, 8, s.mult)
+        assert clean["input_beats_per_cycle"] == 1.0
+        print(f"{s.name} ({s.mult}) latency {clean['latency']} cycles, {clean['input_beats_per_cycle']} operand beats/cycle")
 
 
 def test_backpressure_stress(bench):
@@ -143,7 +153,7 @@ def _extreme_jobs(s: pg.GemmSystem, K: int, M: int = 9, N: int = 10) -> list[dic
 
 
 def test_extremes_k768(bench):
-    jobs = _extreme_jobs(S8, 768)
+    jobs = _extreme_jobs(S8, 768) + _extreme_jobs(X8, 768)
     res = _run(bench, jobs, "extremes_w8")
     # the raw -128 x -128 job really reaches the top of the accumulator
     assert jobs[0]["expected"][0][0] == (1 << 31) - 1
@@ -160,7 +170,7 @@ def test_w4_weights(bench):
     jobs += _extreme_jobs(S4, 768)
     res = _run(bench, jobs, "w4")
     assert jobs[2]["expected"][0][0] == (1 << 31) - 1
-    assert res["by_name"]["w4_rand_raw"]["latency"] == gemm_latency(8, 8)
+    assert res["by_name"]["w4_rand_raw"]["latency"] == gemm_latency(8, 8, S4.mult)
 
 
 # --- shapes that do not fill the array ----------------------------------------------------------
@@ -186,7 +196,7 @@ def test_ragged_shapes(bench):
     mm_ext = Op("matmul", "ctx_ext", ["a", "b"], ["y"], dict(mm.attrs, out_bits=16, m=65535, e=10))
     jobs.append(pg.matmul_job(U35, "u35_ext", mm_ext, p_ext, v_ext, seed=52))
     res = _run(bench, jobs, "ragged")
-    assert res["by_name"]["u35_ctx"]["latency"] == gemm_latency(3, 5)
+    assert res["by_name"]["u35_ext"]["latency"] == gemm_latency(3, 5, U35.mult)     # no gaps, no stalls
 
 
 # --- the testbench can fail ----------------------------------------------------------------------
@@ -222,8 +232,9 @@ def test_utilization_is_measured(bench):
 # --- lint and parameters ----------------------------------------------------------------------
 
 def test_verilator_lint(tmp_path):
-    tops = {"gemm_8x8_w8": Gemm(8, 8), "gemm_8x8_w4": Gemm(8, 8, w_bits=4),
-            "gemm_3x5_u8": Gemm(3, 5, a_signed=False), "requant_8": Requant(8)}
+    tops = {"gemm_8x8_w8_lut": Gemm(8, 8, mult="lut"), "gemm_8x8_w8_dsp": Gemm(8, 8, mult="dsp"),
+            "gemm_8x8_w4_lut": Gemm(8, 8, w_bits=4, mult="lut"), "gemm_3x5_u8_lut": Gemm(3, 5, a_signed=False, mult="lut"),
+            "gemm_3x5_u8_dsp": Gemm(3, 5, a_signed=False, mult="dsp"), "requant_8": Requant(8)}
     for name, top in tops.items():
         text = emit_verilog(top, name)
         assert "/work/" not in text and "/home/" not in text
@@ -238,6 +249,8 @@ def test_parameter_checks():
         Gemm(0, 8)
     with pytest.raises(UserError, match="acc_bits = 12 is out of range"):
         Gemm(8, 8, acc_bits=12)
+    with pytest.raises(UserError, match="gemm_mult = 'dsp48' is not accepted; accepted lut, dsp"):
+        Gemm(8, 8, mult="dsp48")
     x, op = random_linear(70, 4, 8, 4)
     op.consts["bias"][0] = 1 << 31                     # breaks the accumulator bound
     with pytest.raises(UserError, match="does not fit acc_bits"):
@@ -245,3 +258,34 @@ def test_parameter_checks():
     x, op = random_linear(71, 4, 8, 4, w_bits=8)
     with pytest.raises(UserError, match="weights outside"):
         pg.linear_job(S4, "w8_on_w4", op, x)
+
+
+# --- the LUT multiplier, over its whole domain ---------------------------------------------------
+
+@pytest.mark.parametrize("a_shape,b_shape", [(signed(8), signed(8)), (unsigned(8), signed(8)), (signed(8), signed(4)),
+                                             (unsigned(8), signed(4))])
+def test_lut_product_exhaustive(a_shape, b_shape):
+    """The carry-save multiplier of mult="lut" (partial_products, compress, sum_pair) equals
+    a * b for every operand pair of the GEMM's operand formats (Amaranth's simulator)."""
+    a, b = Signal(a_shape), Signal(b_shape)
+    shape = product_shape(a, b)
+    m = Module()
+    out = Signal(shape)
+    m.d.comb += out.eq(fit(sum_pair(compress(m, partial_products(a, b), shape.width)), shape))
+    a_vals = range(-(1 << 7), 1 << 7) if a_shape.signed else range(1 << 8)
+    b_vals = range(-(1 << (b_shape.width - 1)), 1 << (b_shape.width - 1))
+    bad = []
+
+    async def bench(ctx):
+        for x in a_vals:
+            ctx.set(a, x)
+            for y in b_vals:
+                ctx.set(b, y)
+                if ctx.get(out) != x * y and len(bad) < 3:
+                    bad.append((x, y, ctx.get(out)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    print(f"{a_shape} x {b_shape}: {len(a_vals) * len(b_vals)} operand pairs checked")
+    assert not bad, f"first mismatches (a, b, got): {bad}"
