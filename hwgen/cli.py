@@ -1,18 +1,30 @@
 """The ``hwgen`` command line.
 
-User mistakes (an unknown model, a bad bit width, a missing checkpoint, ...) print one
-line ``hwgen: error: ...`` and exit with status 2, without a traceback.
+User mistakes (an unknown model, a bad bit width, a missing checkpoint, an output that cannot
+be written, a malformed configuration, an option the chosen backend does not use, ...) print
+one line ``hwgen: error: ...`` (a file that fails its schema: one such line per problem) and
+exit with status 2, without a traceback and before any work starts.  Ctrl-C prints one line
+that says what was kept and exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
+import os
+import re
 import sys
 import time
+import warnings
+from pathlib import Path
 
 from golden.errors import UserError
 
 DEFAULT_REPORTS = "reports"
+SEED_MAX = (1 << 64) - 1
+RTL_ONLY = ("start", "count", "workers", "simulator", "fresh")
+PATH_OPTIONS = ("checkpoint", "data", "report", "save_graph", "out", "config", "rtl", "reports")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +40,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="image folder (one sub-folder per class) instead of the built-in digits")
     p.add_argument("--calib", type=int, default=64, help="calibration images (default 64)")
     p.add_argument("--images", type=int, default=None, help="evaluate the first N images (default all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="0..2^64-1 (default 0)")
     p.add_argument("--gelu", default="iptq", help="GELU variant: ibert, iptq, ishift, lut")
     p.add_argument("--softmax", default="shiftfit", help="Softmax exponential: linear, ibert, shiftfit")
     p.add_argument("--override", action="append", default=[], metavar="LAYER=VARIANT",
@@ -36,36 +48,127 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="hwgen", description="Integer-only ViT: quantize, evaluate, generate hardware.")
-    sub = ap.add_subparsers(dest="command", parser_class=_Parser)
+    ap = _Parser(prog="hwgen", description="Integer-only ViT: quantize, evaluate, generate hardware.",
+                 allow_abbrev=False)
+    sub = ap.add_subparsers(dest="command", parser_class=functools.partial(_Parser, allow_abbrev=False))
     acc = sub.add_parser("accuracy", help="FP32 vs fake-quant vs integer-only top-1")
     _common(acc)
     acc.add_argument("--backend", default="golden",
                      help="golden (the PyTorch integer executor) or rtl (the generated hardware in simulation)")
-    acc.add_argument("--start", type=int, default=0, help="rtl: first image index (shard or resume a run)")
+    acc.add_argument("--start", type=int, help="rtl: first image index (shard or resume a run; default 0)")
     acc.add_argument("--count", type=int, help="rtl: number of images from --start (default: --images, else all)")
     acc.add_argument("--workers", type=int, help="rtl: simulator processes in parallel (default: CPU cores)")
-    acc.add_argument("--simulator", default="verilator", help="rtl: verilator (default) or icarus")
+    acc.add_argument("--simulator", help="rtl: verilator (default) or icarus")
     acc.add_argument("--fresh", action="store_true", help="rtl: run every image again (default: reuse finished ones)")
-    acc.add_argument("--report", help="JSON report path (default reports/accuracy_<backend>.json)")
+    acc.add_argument("--report", help="JSON report path, *.json (default reports/accuracy_<backend>.json); "
+                                      "the Markdown goes beside it as *.md")
     acc.add_argument("--save-graph", help="also write the integer graph artifact here")
     qz = sub.add_parser("quantize", help="quantize a model and write its integer graph artifact")
     _common(qz)
     qz.add_argument("--out", required=True, help="artifact path (.pt)")
     ap_rep = sub.add_parser("approx-report", help="error of every GELU/Softmax/LayerNorm variant")
     _common(ap_rep)
-    ap_rep.add_argument("--report", default=f"{DEFAULT_REPORTS}/approx_errors.json")
-    cf = sub.add_parser("config", help="write a generator configuration from a quantized model's layer")
+    ap_rep.add_argument("--report", default=f"{DEFAULT_REPORTS}/approx_errors.json",
+                        help="JSON report path, *.json; the Markdown goes beside it as *.md")
+    cf = sub.add_parser("config", help="write the generator configuration (unit capabilities) for a model")
     _common(cf)
-    cf.add_argument("--block", type=int, default=0, help="transformer block whose constants the units take")
+    next(a for a in cf._actions if a.dest == "bits").help = "wNa8, N in 2..8; several, comma-separated (w8a8,w4a8)"
     cf.add_argument("--out", required=True, help="configuration file (.json)")
+    cf.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a generator parameter the model does not decide (lanes=4, gemm_rows=16; repeatable)")
     gen = sub.add_parser("generate", help="write one Verilog file per unit and manifest.json")
     gen.add_argument("--config", help="configuration file (default: configs/default.json)")
-    gen.add_argument("--out", default="rtl", help="output folder (default rtl/)")
+    gen.add_argument("--out", default="rtl", help="output folder (default rtl/), replaced as a whole")
     rep = sub.add_parser("report", help="synthesize and place-and-route every unit: reports/hw.{json,md}")
     rep.add_argument("--rtl", default="rtl", help="folder with the generated Verilog and manifest.json")
     rep.add_argument("--reports", default=DEFAULT_REPORTS)
     return ap
+
+
+# --- what a command writes: checked first, reported on Ctrl-C ---------------------------------
+
+class _Outputs:
+    """The files and folders a command will write: checked before any work starts, and on an
+    interrupt named as written or left as they were."""
+
+    def __init__(self):
+        self.planned: list[tuple[str, str]] = []      # (path, kind: file | dir)
+        self.written: list[str] = []
+        self.elaborating = False     # Amaranth units were made: collect them, muted, on failure
+
+    def file(self, path: str, opt: str) -> str:
+        from golden.atomic import check_output_file
+
+        check_output_file(path, opt)
+        self._distinct(path, opt)
+        self.planned.append((path, "file"))
+        return path
+
+    def folder(self, path: str, opt: str) -> str:
+        from golden.atomic import check_output_dir
+
+        check_output_dir(path, opt)
+        self._distinct(path, opt)
+        self.planned.append((path, "dir"))
+        return path
+
+    def report(self, path: str, opt: str) -> tuple[str, str]:
+        """A report's JSON path and its Markdown path: the same file name with .md (only the
+        file name's suffix changes, never a folder's)."""
+        p = Path(path)
+        if p.suffix.lower() != ".json":
+            hint = f" (e.g. {p.with_suffix('.json')})" if p.name not in ("", ".", "..") and p.stem else ""
+            raise UserError(f"{opt} {path}: a report path ends in .json{hint}; its Markdown goes beside it as .md")
+        md = str(p.with_suffix(".md"))
+        return self.file(path, opt), self.file(md, f"{opt} (its Markdown)")
+
+    def _distinct(self, path: str, opt: str) -> None:
+        real = os.path.realpath(path)
+        for other, _ in self.planned:
+            if os.path.realpath(other) == real:
+                raise UserError(f"{opt} {path}: the same path as another output of this command ({other})")
+
+    def wrote(self, path: str) -> None:
+        self.written.append(path)
+
+    def summary(self) -> str:
+        parts = []
+        if self.written:
+            parts.append("wrote " + ", ".join(self.written))
+        kept = [p for p, _ in self.planned if p not in self.written and os.path.exists(p)]
+        new = [p for p, _ in self.planned if p not in self.written and not os.path.exists(p)]
+        if kept:
+            parts.append(", ".join(kept) + (" left as it was" if len(kept) == 1 else " left as they were"))
+        if new:
+            parts.append(", ".join(new) + " not written")
+        return "; ".join(parts) or "nothing written"
+
+
+_OUT = _Outputs()
+
+
+def _write_json(path: str, obj) -> None:
+    from golden.atomic import write_json
+    write_json(path, obj)
+    _OUT.wrote(path)
+
+
+def _write_text(path: str, text: str) -> None:
+    from golden.atomic import write_text
+    write_text(path, text)
+    _OUT.wrote(path)
+
+
+def _save_graph(graph, path: str) -> None:
+    graph.save(path)
+    _OUT.wrote(path)
+
+
+# --- checks of the options -------------------------------------------------------------------
+
+def _given(value, default):
+    """An option's value, or ``default`` when it was not given (an empty string is given)."""
+    return default if value is None else value
 
 
 def _positive(name: str, v: int | None) -> None:
@@ -73,89 +176,160 @@ def _positive(name: str, v: int | None) -> None:
         raise UserError(f"--{name} must be a positive integer, got {v}")
 
 
-def _quantize(args):
-    """Load the model, pick images, quantize; returns (model, Quantized, ImageSet)."""
-    from golden import datasets, models
-    from golden.quantize import QuantConfig, parse_bits, quantize_model
+_OVERRIDE = re.compile(r"blocks\.(\d+)\.(gelu|softmax)")
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    from golden.gelu import GELU_VARIANTS
+    from golden.softmax import EXP_VARIANTS
+
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--override {item!r}: expected LAYER=VARIANT, e.g. blocks.0.gelu=lut")
+        layer, variant = item.split("=", 1)
+        if not _OVERRIDE.fullmatch(layer):
+            raise UserError(f"--override {item!r}: the layer must be blocks.<N>.gelu or blocks.<N>.softmax")
+        ok = GELU_VARIANTS if layer.endswith(".gelu") else EXP_VARIANTS
+        if variant not in ok:
+            raise UserError(f"--override {layer}={variant}: accepted variants {', '.join(ok)}")
+        if layer in out and out[layer] != variant:
+            raise UserError(f"--override {layer} given twice ({out[layer]} and {variant})")
+        out[layer] = variant
+    return out
+
+
+def _not_used(args, command: str) -> None:
+    """``--images`` selects evaluation images: only ``hwgen accuracy`` evaluates any."""
+    if args.images is not None:
+        raise UserError(f"--images: hwgen {command} evaluates no images (calibration takes --calib images)")
+
+
+def _check_common(args) -> dict[str, str]:
+    """Every check of the model options that needs no model; returns the overrides."""
+    from golden.quantize import QuantConfig, parse_bits
 
     w_bits, a_bits = parse_bits(args.bits)
     _positive("calib", args.calib)
     _positive("images", args.images)
-    overrides = {}
-    for item in args.override:
-        if "=" not in item:
-            raise UserError(f"--override {item!r}: expected LAYER=VARIANT, e.g. blocks.0.gelu=lut")
-        layer, variant = item.split("=", 1)
-        overrides[layer] = variant
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UserError(f"--seed {args.seed} is out of range; accepted 0..2^64-1")
+    overrides = _overrides(args.override)
+    QuantConfig(w_bits=w_bits, a_bits=a_bits, gelu=args.gelu, softmax=args.softmax, overrides=overrides,
+                calib_images=args.calib, seed=args.seed)
+    if args.pretrained and args.checkpoint:
+        raise UserError("--pretrained and --checkpoint both give weights; give one")
+    if args.data and not os.path.isdir(args.data):
+        raise UserError(f"image folder not found: {args.data}" if not os.path.exists(args.data)
+                        else f"--data {args.data} is a file; give a folder (one sub-folder of images per class)")
+    if args.checkpoint is not None:
+        if os.path.isdir(args.checkpoint):
+            raise UserError(f"checkpoint {args.checkpoint} is a folder; give the weights file")
+        if not os.path.isfile(args.checkpoint):
+            raise UserError(f"checkpoint not found: {args.checkpoint}")
+    return overrides
+
+
+def _quantize(args, check_images=None):
+    """Load the model, pick images, quantize; returns (model, Quantized, ImageSet).
+
+    Everything that can be refused is refused before calibration starts."""
+    from golden import datasets, models
+    from golden.quantize import QuantConfig, parse_bits, quantize_model
+
+    overrides = _check_common(args)
+    w_bits, a_bits = parse_bits(args.bits)
     cfg = QuantConfig(w_bits=w_bits, a_bits=a_bits, gelu=args.gelu, softmax=args.softmax,
                       overrides=overrides, calib_images=args.calib, seed=args.seed)
     model = models.load_model(args.model, args.checkpoint, args.pretrained)
-    if args.data:
-        images = datasets.folder_set(args.data, model, args.calib, args.images, args.seed)
-    elif args.model == "digits":
-        images = datasets.digits_set(args.calib, args.images, args.seed)
-    else:
+    if args.model != "digits" and not args.data:
         raise UserError(f"model {args.model} needs --data PATH (an image folder); only 'digits' has built-in images")
-    for name, (layer_variant) in overrides.items():
-        from golden.gelu import GELU_VARIANTS
-        from golden.softmax import EXP_VARIANTS
-        ok = GELU_VARIANTS if name.endswith(".gelu") else EXP_VARIANTS
-        if layer_variant not in ok:
-            raise UserError(f"--override {name}={layer_variant}: accepted variants {', '.join(ok)}")
+    depth = len(model.blocks)
+    for layer in overrides:
+        if int(layer.split(".")[1]) >= depth:
+            raise UserError(f"--override {layer}: model {args.model} has no such layer (blocks 0..{depth - 1})")
+    if args.data:
+        images = datasets.folder_set(args.data, model, args.calib, args.images, args.seed, name=args.model)
+    else:
+        images = datasets.digits_set(args.calib, args.images, args.seed)
+    if check_images is not None:
+        check_images(images)
     q = quantize_model(model, args.model, images.calib, cfg)
     return model, q, images
 
 
 def cmd_accuracy(args) -> int:
-    from golden.atomic import write_json, write_text
-    from golden.evaluate import evaluate_golden
-
+    if args.backend not in ("golden", "rtl"):
+        raise UserError(f"backend {args.backend!r} is not available; accepted: golden, rtl")
     if args.backend == "rtl":
         return _accuracy_rtl(args)
-    if args.backend != "golden":
-        raise UserError(f"backend {args.backend!r} is not available; accepted: golden, rtl")
+    given = [f"--{o}" for o in RTL_ONLY if getattr(args, o) is not None and getattr(args, o) is not False]
+    if given:
+        raise UserError(f"{', '.join(given)}: used by --backend rtl only (this run is --backend golden)")
+    report, md_path = _OUT.report(_given(args.report, f"{DEFAULT_REPORTS}/accuracy_{args.backend}.json"), "--report")
+    if args.save_graph is not None:
+        _OUT.file(args.save_graph, "--save-graph")
+    _check_common(args)
+    from golden.evaluate import evaluate_golden
+
     t0 = time.time()
     model, q, images = _quantize(args)
-    if args.save_graph:
-        q.graph.save(args.save_graph)
+    if args.save_graph is not None:
+        _save_graph(q.graph, args.save_graph)
     res = evaluate_golden(model, q, images.images, images.labels)
     res["data"] = images.name
     res["wall_seconds"] = round(time.time() - t0, 1)
-    report = args.report or f"{DEFAULT_REPORTS}/accuracy_{args.backend}.json"
-    write_json(report, res)
-    md = _accuracy_markdown(res)
-    write_text(report.rsplit(".", 1)[0] + ".md", md)
+    _write_json(report, res)
+    _write_text(md_path, _accuracy_markdown(res))
     _print_accuracy(res)
     print(f"wrote {report}")
     return 0
 
 
 def _accuracy_rtl(args) -> int:
-    from golden.atomic import write_json, write_text
+    simulator = _given(args.simulator, "verilator")
+    if simulator not in ("verilator", "icarus"):
+        raise UserError(f"--simulator {simulator!r} is not accepted; accepted: verilator, icarus")
+    start = 0 if args.start is None else args.start
+    if start < 0:
+        raise UserError(f"--start must be 0 or more, got {start}")
+    _positive("count", args.count)
+    _positive("images", args.images)
+    _positive("workers", args.workers)
+    if args.count is not None and args.images is not None and args.count != args.images:
+        raise UserError(f"--count {args.count} and --images {args.images}: give one (both set how many images run)")
+    count = _given(args.count, args.images)
+    args.images = None                    # quantize on the calibration images, select below
+    report, md_path = _OUT.report(_given(args.report, f"{DEFAULT_REPORTS}/accuracy_rtl.json"), "--report")
+    if args.save_graph is not None:
+        _OUT.file(args.save_graph, "--save-graph")
+    _check_common(args)
+    from sim import runner
     from sim.rtl_executor import cpu_workers, evaluate_rtl
 
-    if args.simulator not in ("verilator", "icarus"):
-        raise UserError(f"--simulator {args.simulator!r} is not accepted; accepted: verilator, icarus")
-    if args.start < 0:
-        raise UserError(f"--start must be 0 or more, got {args.start}")
-    _positive("count", args.count)
-    _positive("workers", args.workers)
-    count = args.count or args.images
-    args.images = None                    # quantize on the calibration images, select below
+    if not runner.have_simulator(simulator):
+        raise UserError(f"simulator {simulator} is not installed"
+                        + (" (Icarus: apt-get install iverilog)" if simulator == "icarus" else ""))
+
+    def check_start(images):
+        n = len(images.labels)
+        if start >= n:
+            raise UserError(f"--start {start} is past the last image ({n} images)")
+
     t0 = time.time()
-    model, q, images = _quantize(args)
+    _OUT.elaborating = True
+    model, q, images = _quantize(args, check_images=check_start)
+    if args.save_graph is not None:
+        _save_graph(q.graph, args.save_graph)
     n = len(images.labels)
-    if args.start >= n:
-        raise UserError(f"--start {args.start} is past the last image ({n} images)")
-    end = n if count is None else min(n, args.start + count)
-    indices = list(range(args.start, end))
+    end = n if count is None else min(n, start + count)
+    indices = list(range(start, end))
     res = evaluate_rtl(model, q, images.images, images.labels, indices, workers=args.workers or cpu_workers(),
-                       simulator=args.simulator, resume=not args.fresh)
+                       simulator=simulator, resume=not args.fresh)
     res["data"] = images.name
     res["wall_seconds_total"] = round(time.time() - t0, 1)
-    report = args.report or f"{DEFAULT_REPORTS}/accuracy_rtl.json"
-    write_json(report, res)
-    write_text(report.rsplit(".", 1)[0] + ".md", _rtl_markdown(res))
+    _write_json(report, res)
+    _write_text(md_path, _rtl_markdown(res))
     _print_rtl(res)
     print(f"wrote {report}")
     f = res["failure"]
@@ -233,8 +407,11 @@ def _print_accuracy(res: dict) -> None:
 
 
 def cmd_quantize(args) -> int:
+    _not_used(args, "quantize")
+    _OUT.file(args.out, "--out")
+    _check_common(args)
     _, q, _ = _quantize(args)
-    q.graph.save(args.out)
+    _save_graph(q.graph, args.out)
     print(f"wrote {args.out}: {len(q.graph.ops)} ops, {q.graph.meta['bits']}")
     return 0
 
@@ -244,45 +421,129 @@ def cmd_approx_report(args) -> int:
     from rich.table import Table
 
     from golden.approx_report import approximation_errors, to_markdown
-    from golden.atomic import write_json, write_text
 
+    _not_used(args, "approx-report")
+    report, md_path = _OUT.report(args.report, "--report")
+    _check_common(args)
     _, q, images = _quantize(args)
     rows = approximation_errors(q, images.calib)
     title = (f"Approximation error on {args.model} {q.graph.meta['bits']} calibration activations "
              f"({len(images.calib)} images), in output LSBs")
-    write_json(args.report, {"model": args.model, "bits": q.graph.meta["bits"], "calib_images": len(images.calib),
-                             "rows": rows})
-    write_text(args.report.rsplit(".", 1)[0] + ".md", to_markdown(rows, title))
+    _write_json(report, {"model": args.model, "bits": q.graph.meta["bits"], "calib_images": len(images.calib),
+                         "rows": rows})
+    _write_text(md_path, to_markdown(rows, title))
     table = Table(title=title)
     for col in ("op", "variant", "max abs err", "MSE", "values"):
         table.add_column(col, justify="left" if col in ("op", "variant") else "right")
     for r in rows:
         table.add_row(r["op"], r["variant"], f"{r['max_abs_err']:.3f}", f"{r['mse']:.4f}", f"{r['values']:,}")
     Console().print(table)
-    print(f"wrote {args.report}")
+    print(f"wrote {report}")
     return 0
+
+
+def _hw_settings(items: list[str]):
+    """``FIELD=VALUE`` settings on top of the default HwConfig (HwConfig checks each)."""
+    from hwgen.config import HwConfig
+
+    changes = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or not field.strip():
+            raise UserError(f"--set {item!r}: expected FIELD=VALUE, e.g. lanes=4")
+        value = value.strip()
+        changes[field.strip()] = int(value) if re.fullmatch(r"[+-]?[0-9]+", value) else value
+    return HwConfig().replace(**changes)
 
 
 def cmd_config(args) -> int:
-    from golden.atomic import write_json
-    from hwgen.generate import config_from_graph
+    """Capabilities for every layer of the model at each of ``--bits`` (comma-separated)."""
+    from hwgen.generate import config_from_graphs
 
-    _, q, _ = _quantize(args)
-    cfg = config_from_graph(q.graph, args.block)
-    write_json(args.out, cfg.to_dict())
-    print(f"wrote {args.out} ({args.model} {q.graph.meta['bits']}, block {args.block})")
+    _not_used(args, "config")
+    bits = [b.strip() for b in args.bits.split(",")]
+    if len(set(bits)) != len(bits):
+        raise UserError(f"--bits {args.bits}: a width given twice")
+    for b in bits:
+        args.bits = b
+        _check_common(args)
+    _OUT.file(args.out, "--out")
+    base = _hw_settings(args.set)
+    graphs = []
+    for b in bits:
+        args.bits = b
+        graphs.append(_quantize(args)[1].graph)
+    cfg = config_from_graphs(graphs, base)
+    _write_json(args.out, cfg.to_dict())
+    print(f"wrote {args.out} ({args.model} {', '.join(bits)})")
     return 0
 
 
-def cmd_generate(args) -> int:
-    from hwgen.generate import DEFAULT_CONFIG, GenConfig, generate
+def load_config(path) -> object:
+    """A generator configuration file, checked by its schema (golden.schema) before use."""
+    from golden.schema import check_config_dict, load_json
+    from hwgen.generate import GenConfig
 
-    cfg = GenConfig.load(args.config or DEFAULT_CONFIG)
-    manifest = generate(cfg, args.out)
+    d = load_json(path, "configuration")
+    check_config_dict(d, str(path))
+    return GenConfig.from_dict(d, str(path))
+
+
+def _check_generate_out(out: str) -> None:
+    """The output folder is replaced as a whole: refuse one that hwgen generate did not make."""
+    p = Path(out)
+    if p.is_dir():
+        try:
+            entries = sorted(e.name for e in p.iterdir())
+        except OSError as exc:
+            raise UserError(f"--out {out}: cannot list it ({exc.strerror or exc})") from None
+        if entries and "manifest.json" not in entries:
+            raise UserError(f"--out {out} is a folder hwgen generate did not make (no manifest.json; it holds "
+                            f"{entries[0]!r}{' and more' if len(entries) > 1 else ''}); the output folder is "
+                            f"replaced as a whole: give a new or empty folder")
+
+
+def cmd_generate(args) -> int:
+    from hwgen.generate import DEFAULT_CONFIG, generate
+
+    config = _given(args.config, str(DEFAULT_CONFIG))
+    cfg = load_config(config)
+    _OUT.folder(args.out, "--out")
+    _check_generate_out(args.out)
+    _OUT.elaborating = True
+    try:
+        manifest = generate(cfg, args.out)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if os.environ.get("HWGEN_DEBUG"):
+            raise
+        raise UserError(f"configuration {config}: the units cannot be generated from it "
+                        f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
+                        f"{args.out} left as it was (HWGEN_DEBUG=1 shows where)") from None
+    _OUT.wrote(args.out)
     for name, u in manifest["units"].items():
         print(f"{args.out}/{u['file']}: {name}, latency {u['latency']}, {len(u['ports'])} ports")
     print(f"wrote {args.out}/manifest.json")
     return 0
+
+
+def _check_manifest(rtl: str) -> None:
+    from golden.schema import AnyValue, DictOf, Field, ListOf, Obj, SchemaError, Str, load_json
+
+    if not os.path.isdir(rtl):
+        raise UserError(f"--rtl {rtl}: folder not found" if not os.path.exists(rtl) else f"--rtl {rtl} is a file")
+    path = os.path.join(rtl, "manifest.json")
+    if not os.path.isfile(path):
+        raise UserError(f"no manifest.json in {rtl}; run 'hwgen generate' (make verilog) first")
+    d = load_json(path, "manifest")
+    unit = Obj({"file": Field(Str()), "top": Field(Str()), "ports": Field(ListOf(AnyValue())),
+                "params": Field(AnyValue(), False)}, extra=AnyValue())
+    out: list[str] = []
+    Obj({"units": Field(DictOf(unit))}, extra=AnyValue()).check(d, "", out)
+    if not out:
+        out = [f"units.{n}.file: {u['file']} not found in {rtl}" for n, u in d["units"].items()
+               if not os.path.isfile(os.path.join(rtl, u["file"]))]
+    if out:
+        raise SchemaError(out[:8], path)
 
 
 def cmd_report(args) -> int:
@@ -291,7 +552,11 @@ def cmd_report(args) -> int:
 
     from hwgen.report import hardware_report
 
+    _check_manifest(args.rtl)
+    _OUT.file(os.path.join(args.reports, "hw.json"), "--reports")
+    _OUT.file(os.path.join(args.reports, "hw.md"), "--reports")
     rep = hardware_report(args.rtl, args.reports)
+    _OUT.written += [p for p, _ in _OUT.planned]
     table = Table(title=f"generated units on ECP5 {rep['device']['device']} and Xilinx 7-series")
     for col in ("unit", "LUT4", "FF", "MULT18", "Fmax MHz", "LUT6", "FF (xc7)", "DSP48"):
         table.add_column(col, justify="left" if col == "unit" else "right")
@@ -308,15 +573,60 @@ COMMANDS = {"accuracy": cmd_accuracy, "quantize": cmd_quantize, "approx-report":
             "config": cmd_config, "generate": cmd_generate, "report": cmd_report}
 
 
+def _one_line(text) -> str:
+    """One printable line: control characters and line separators (a name may hold any) escaped."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in str(text).strip())
+
+
+def _error_lines(exc: BaseException) -> list[str]:
+    problems = getattr(exc, "problems", None)
+    return [_one_line(p) for p in problems] if problems else [_one_line(exc)]
+
+
+def _interrupted_line(exc: BaseException) -> str:
+    kept = getattr(exc, "kept", None)
+    parts = [kept] if kept else []
+    parts.append(_OUT.summary())
+    return "hwgen: interrupted: " + "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        if args.command is None:
-            raise UserError("a command is needed; accepted: " + ", ".join(COMMANDS))
-        return COMMANDS[args.command](args)
-    except UserError as exc:
-        print(f"hwgen: error: {exc}", file=sys.stderr)
-        return 2
+    global _OUT
+    _OUT = _Outputs()
+    failed = True
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            args = build_parser().parse_args(argv)
+            if args.command is None:
+                raise UserError("a command is needed; accepted: " + ", ".join(COMMANDS))
+            for opt in PATH_OPTIONS:
+                if getattr(args, opt, None) == "":
+                    raise UserError(f"--{opt.replace('_', '-')}: an empty path")
+            rc = COMMANDS[args.command](args)
+            failed = False
+        except UserError as exc:
+            for line in _error_lines(exc):
+                print(f"hwgen: error: {line}", file=sys.stderr)
+            rc = 2
+        except KeyboardInterrupt as exc:
+            print(_interrupted_line(exc), file=sys.stderr)
+            rc = 130
+        except OSError as exc:          # the machine refused (a full disk, a vanished folder, ...)
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            print(f"hwgen: error: {_one_line(exc.strerror or exc)}{where}", file=sys.stderr)
+            rc = 2
+        finally:
+            if failed:
+                # library warnings (and Amaranth's notes on units never used) would surround
+                # the one line: objects of the failed run are collected while they are muted
+                warnings.simplefilter("ignore")
+                if _OUT.elaborating:
+                    gc.collect()
+    if not failed:
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return rc
 
 
 if __name__ == "__main__":

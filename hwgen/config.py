@@ -57,6 +57,8 @@ _RANGES: dict[str, tuple[int, int]] = {
     "softmax_out_bits": (2, 16),  # unsigned Softmax output
     "softmax_in_bits": (2, 23),   # signed Softmax scores (at scale 2^-f)
     "layernorm_row_slots": (2, 4),  # LayerNorm row buffers (3: in, arithmetic, out overlap)
+    "layernorm_max_channels": (2, 4096),  # most channels of a LayerNorm row (buffer and constant memories)
+    "layernorm_b_bits": (2, 64),  # signed width of the LayerNorm offsets B_c (run-time constants)
     "gelu_in_bits": (2, 16),      # signed GELU input
     "gelu_out_bits": (2, 16),     # signed GELU output
 }
@@ -98,6 +100,9 @@ class HwConfig:
         Softmax reciprocal width R, unsigned output width, signed score width.
     layernorm_row_slots:
         LayerNorm row buffers: 3 lets input, per-row arithmetic and output overlap.
+    layernorm_max_channels, layernorm_b_bits:
+        Most channels of a row the LayerNorm unit holds, and the width of its offsets B_c
+        (per-layer constants arrive at run time; a layer that needs more is refused).
     gelu_in_bits, gelu_out_bits, gelu_variant:
         GELU unit widths and default variant.
     """
@@ -121,6 +126,8 @@ class HwConfig:
     softmax_out_bits: int = 8
     softmax_in_bits: int = 16
     layernorm_row_slots: int = 3
+    layernorm_max_channels: int = 256
+    layernorm_b_bits: int = 48
     gelu_in_bits: int = 8
     gelu_out_bits: int = 8
     gelu_variant: str = "iptq"

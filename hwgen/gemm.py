@@ -30,11 +30,15 @@ column j's chain ``2 i + j`` cycles after the wavefront started; per-column dela
 columns, and the rows (one every other cycle) go through the requantizer
 (:func:`hwgen.requant.requant_stages`, inlined so that the unit is one module), which never
 stalls either, into an output queue of ``2 rows`` rows (``amaranth.lib.fifo.SyncFIFOBuffered``)
-that ``o`` reads.  The array, the chains and the requantizer run free; the only gate is a
-tile's *last* beat, which waits in the input register until the tile's ``p`` beat is there,
-the tile period since the previous last beat has passed (:func:`gemm_min_tile_period`, so
-that the held parameters and the chains are free) and the queue has room for the tile's rows
-(credits, returned as ``o`` takes rows).  Gaps in the input become bubbles in the skew.
+that ``o`` reads.  The array, the chains and the requantizer run free, and so does the input
+register (every beat taken enters the array on the next cycle); the only gate is a tile's
+*last* beat, which is not taken (``a.ready``/``w.ready`` low while it is presented) until
+the tile's ``p`` beat is there, the tile period since the previous last beat has passed
+(:func:`gemm_min_tile_period`, so that the held parameters and the chains are free) and the
+queue has room for the tile's rows (credits, returned as ``o`` takes rows): one register
+(``last_ok``) says so.  Gaps in the input become bubbles in the skew.  No enable and no reset
+fans out to the datapath (see the class's "Reset"), so that the unit closes timing at 150 MHz
+on ECP5 (``hwgen report``).
 
 Worst case of the accumulator: ``|A| |W| K + |bias| < 2^(acc_bits-1)`` must hold (checked when
 the graph is built: :meth:`hwgen.config.HwConfig.check_gemm`); then nothing wraps.
@@ -42,16 +46,16 @@ the graph is built: :meth:`hwgen.config.HwConfig.check_gemm`); then nothing wrap
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .config import GEMM_MULTIPLIERS, check_choice, check_range
-from .pipeline import compress, compress_levels, fit, lane_layout, partial_products, product_shape, stream_pipeline, sum_pair
-from .requant import E_BITS, requant_latency, requant_param_fields, requant_stages
+from .pipeline import compress, compress_levels, fit, lane_layout, partial_products, product_shape, sum_pair
+from .requant import E_BITS, requant_decode, requant_decoded_fields, requant_latency, requant_param_fields, requant_stages
 
-__all__ = ["Gemm", "gemm_latency", "gemm_min_tile_period", "pe_depth"]
+__all__ = ["Gemm", "gemm_flush_cycles", "gemm_latency", "gemm_min_tile_period", "pe_depth"]
 
 
 def pe_depth(mult: str = "dsp") -> int:
@@ -73,6 +77,13 @@ def gemm_min_tile_period(rows: int, cols: int, mult: str = "dsp") -> int:
     requantizer; this also keeps a finished sum from landing on a moving one in the result
     chains (which needs ``2 rows - 1``)."""
     return 2 * rows + cols + pe_depth(mult) - 2
+
+
+def gemm_flush_cycles(rows: int, cols: int, mult: str = "dsp", mult_bits: int = 16) -> int:
+    """Cycles after a tile's last beat enters the array until all its rows are past the
+    output queue's write mask, with margin: ``latency + 2 rows``.  After a reset that comes
+    sooner, the rows still in flight are dropped and no tile's last beat enters until then."""
+    return gemm_latency(rows, cols, mult, mult_bits) + 2 * rows
 
 
 class Gemm(wiring.Component):
@@ -104,7 +115,8 @@ class Gemm(wiring.Component):
         Operand beat k of a tile: ``A[m0 + i, k]`` in lane i; ``last`` on the tile's k = K-1.
     w : In(stream.Signature(ArrayLayout(signed(w_bits), cols)))
         ``W[n0 + j, k]`` in lane j.  ``a`` and ``w`` are joined: a beat is taken when both
-        are valid (``a.ready`` depends on ``w.valid`` and vice versa, as in a join).
+        are valid (``a.ready`` depends on ``w.valid`` and vice versa, as in a join; both
+        also depend on ``a.payload.last``: a tile's last beat may have to wait).
     p : In(stream.Signature(StructLayout(bias, m, e, out_bits)))
         One beat per tile, in tile order: ``bias`` (signed acc_bits), ``m`` (unsigned
         mult_bits), ``e`` (unsigned e_bits) per output channel j, and ``out_bits`` (0: raw
@@ -124,6 +136,18 @@ class Gemm(wiring.Component):
     Output back-pressure fills the output queue; a tile's last beat then waits until the
     queue has room for its rows, and the input waits behind it; nothing is dropped or
     reordered.
+
+    Reset
+    -----
+    ``rst`` (synchronous) resets, on the clock edge where it is high, what the ports see:
+    the input register and the held ``p`` beat are emptied, the next operand beat starts a
+    tile, the output queue is emptied and its credits restored.  Nothing else has a reset
+    (a few dozen flip-flops do, so the reset net's fan-out is small: ``hwgen report`` times
+    it): beats already in the array drain on their own (the array, the result chains and the
+    requantizer have no enable) and their rows are dropped before the queue.  Until they are
+    gone, at most :func:`gemm_flush_cycles` (41 on 8 x 8 with LUT products) after the last
+    tile's last beat entered, a tile's last beat waits; a reset with no rows in flight costs
+    nothing.
 
     Latency and throughput
     ----------------------
@@ -148,6 +172,7 @@ class Gemm(wiring.Component):
         self.a_shape = signed(a_bits) if self.a_signed else unsigned(a_bits)
         self.latency = gemm_latency(rows, cols, mult, mult_bits)
         self.min_tile_period = gemm_min_tile_period(rows, cols, mult)
+        self.flush_cycles = gemm_flush_cycles(rows, cols, mult, mult_bits)
         self.out_depth = 2 * rows           # output queue: two tiles of rows
         self.a_layout = data.StructLayout({"data": lane_layout(self.a_shape, rows), "last": 1})
         self.w_layout = lane_layout(signed(w_bits), cols)
@@ -183,51 +208,67 @@ class Gemm(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C, A = self.rows, self.cols, self.acc_bits
-        P, D = self.min_tile_period, self.out_depth
+        P, D, F = self.min_tile_period, self.out_depth, self.flush_cycles
 
-        # --- input register: join of a and w; a tile's last beat also needs its p beat,
-        #     room in the output queue and the tile period since the previous last beat
-        r_valid = Signal()
-        r_last = Signal()
+        # --- input register: join of a and w.  Every beat taken enters the array on the next
+        #     cycle, so the input register loads on every cycle (no enable fans out to it).
+        #     A tile's last beat is taken only when last_ok (a register) says that its p beat
+        #     is there, the tile period since the previous last beat has passed (holdoff: the
+        #     held parameters and the chains are free: gemm_min_tile_period) and the output
+        #     queue has room for the tile's rows (credits, returned as o takes rows).
+        #     Only the state that the ports see is reset (valid bits of the input and p
+        #     registers, the tile start flag, the credits, the queue); the array, the result
+        #     chains and the requantizer run on unreset valid bits, so beats in flight at a
+        #     reset drain on their own and their rows are dropped before the queue (stale)
+        rst = ResetSignal()
+        r_valid = Signal()                           # the registered beat enters the array
+        r_last = Signal(reset_less=True)
         r_a = Signal(lane_layout(self.a_shape, R), reset_less=True)
         r_w = Signal(self.w_layout, reset_less=True)
+        hold_en = Signal()                           # ... and it is a tile's last beat
         first = Signal(init=1)                       # the next beat to enter starts a tile
-        # the p beat waits in p_in; a tile's last beat also needs the tile period since the
-        # previous last beat (holdoff) and room in the output queue (credits): may_last holds
-        # both, registered, so that fire and its wide fan-out are one LUT from registers
+        last_ok = Signal()                           # a last beat may be taken this cycle
+        # the p beat waits in p_in (loaded on every cycle while empty: no wide enable from a
+        # handshake); the tile's parameters are then held in p_hold until its last row has
+        # passed requantizer stage 1
         p_in = Signal(self.p_layout, reset_less=True)
         p_in_valid = Signal()
-        holdoff = Signal(range(P))                   # cycles until another last beat may enter
-        credits = Signal(range(D + 1), init=D)       # output queue rows not yet promised
-        may_last = Signal(init=1)
-        fire = Signal()                              # the registered beat enters the array
-        fire_last = Signal()
-        take = Signal()                              # the input register takes a new beat
-        m.d.comb += [fire.eq(r_valid & (~r_last | (may_last & p_in_valid))),
-                     fire_last.eq(r_valid & r_last & may_last & p_in_valid),
-                     take.eq(~r_valid | fire),
-                     self.a.ready.eq(take & self.w.valid),
-                     self.w.ready.eq(take & self.a.valid),
-                     self.p.ready.eq(~p_in_valid)]
-        with m.If(take):
-            m.d.sync += [r_valid.eq(self.a.valid & self.w.valid), r_last.eq(self.a.payload.last),
-                         r_a.eq(self.a.payload.data), r_w.eq(self.w.payload)]
-        with m.If(fire):
-            m.d.sync += first.eq(r_last)
-        with m.If(self.p.valid & ~p_in_valid):
-            m.d.sync += [p_in.eq(self.p.payload), p_in_valid.eq(1)]
-        # the tile's parameters, held until its last row has passed requantizer stage 1
         p_hold = Signal(self.p_layout, reset_less=True)
-        # the credits count a tile's rows one cycle after its last beat (fire_last_q), and
-        # may_last ignores a row taken this cycle (one cycle later under back-pressure), so
-        # that fire_last and its wide fan-out feed no carry chain
-        fire_last_q = Signal()
-        m.d.sync += [fire_last_q.eq(fire_last),
-                     holdoff.eq(Mux(fire_last, P - 1, Mux(holdoff.any(), holdoff - 1, 0))),
-                     credits.eq(credits - Mux(fire_last_q, R, 0) + (self.o.valid & self.o.ready)),
-                     may_last.eq(~fire_last & ~fire_last_q & (holdoff <= 1) & (credits >= R))]
-        with m.If(fire_last):
+        holdoff = Signal(range(P), reset_less=True)  # cycles until another last beat may be taken
+        credits = Signal(range(D + 1), init=D)       # output queue rows not yet promised
+        # pending: cycles until the rows of the last tile that entered the array are past the
+        # queue's write mask; stale: a reset came while they were not, so they are dropped
+        pending = Signal(range(F + 1), reset_less=True)
+        stale = Signal(reset_less=True)
+        may = Signal()                               # the join may take a beat
+        take = Signal()
+        take_last = Signal()
+        m.d.comb += [may.eq(~self.a.payload.last | last_ok),
+                     take.eq(self.a.valid & self.w.valid & may),
+                     take_last.eq(self.a.valid & self.w.valid & self.a.payload.last & last_ok),
+                     self.a.ready.eq(self.w.valid & may),
+                     self.w.ready.eq(self.a.valid & may),
+                     self.p.ready.eq(~p_in_valid)]
+        m.d.sync += [r_valid.eq(take), hold_en.eq(take_last), r_last.eq(self.a.payload.last),
+                     r_a.eq(self.a.payload.data), r_w.eq(self.w.payload)]
+        with m.If(r_valid):
+            m.d.sync += first.eq(r_last)
+        with m.If(~p_in_valid):
+            m.d.sync += [p_in.eq(self.p.payload), p_in_valid.eq(self.p.valid)]
+        with m.If(hold_en):
             m.d.sync += [p_hold.eq(p_in), p_in_valid.eq(0)]
+        # last_ok for the next cycle: not right after a last beat (holdoff, loaded when one is
+        # taken: P cycles between them), a p beat held or arriving, room for R rows (credits
+        # count a tile's rows when its last beat enters the array, holdoff covers the lag), no
+        # stale rows.  After a reset with rows in flight, no last beat enters until they are
+        # gone (F >= P: the holdoff has then run out too)
+        busy_next = Signal()
+        m.d.comb += busy_next.eq(hold_en | (pending > 1))
+        m.d.sync += [holdoff.eq(Mux(take_last, P - 1, Mux(holdoff.any(), holdoff - 1, 0))),
+                     pending.eq(Mux(hold_en, F, Mux(pending.any(), pending - 1, 0))),
+                     stale.eq((rst | stale) & busy_next),
+                     credits.eq(credits - Mux(hold_en, R, 0) + (self.o.valid & self.o.ready)),
+                     last_ok.eq(~take_last & (holdoff <= 1) & (p_in_valid | self.p.valid) & (credits >= R) & ~stale)]
 
         # --- skew: row i of a (with its valid/first/last) delayed i, lane j of w delayed j
         ctl = data.StructLayout({"valid": 1, "first": 1, "last": 1})
@@ -240,10 +281,10 @@ class Gemm(wiring.Component):
             return value
 
         c0 = Signal(ctl)
-        m.d.comb += [c0.valid.eq(fire), c0.first.eq(first), c0.last.eq(r_last)]
+        m.d.comb += [c0.valid.eq(r_valid), c0.first.eq(first), c0.last.eq(r_last)]
         row_ctl = [c0]
         for i in range(1, R):
-            s = Signal(ctl, name=f"ctl_row{i}")
+            s = Signal(ctl, name=f"ctl_row{i}", reset_less=True)
             m.d.sync += s.eq(row_ctl[-1])
             row_ctl.append(s)
         row_a = [delayed(r_a[i], i, self.a_shape, f"a_skew{i}") for i in range(R)]
@@ -258,7 +299,7 @@ class Gemm(wiring.Component):
         #     the other half, then the sum), then accumulate; a finished sum drops into its column's result
         #     chain at its row
         chain = [[Signal(signed(A), name=f"res_{i}_{j}", reset_less=True) for j in range(C)] for i in range(R)]
-        chain_valid = [Signal(name=f"res_valid_{i}") for i in range(R)]     # column C-1's rows
+        chain_valid = [Signal(name=f"res_valid_{i}", reset_less=True) for i in range(R)]     # column C-1's rows
         w_in = list(col_w)
         for i in range(R):
             a, c = row_a[i], row_ctl[i]
@@ -274,10 +315,10 @@ class Gemm(wiring.Component):
                     m.d.sync += prod.eq(fit(sum_pair(pair), prod.shape()))
                 else:
                     m.d.sync += prod.eq(a * w)
-                c_r = Signal(ctl, name=f"c_{i}_{j}")        # the beat's control, one cycle on
+                c_r = Signal(ctl, name=f"c_{i}_{j}", reset_less=True)        # the beat's control, one cycle on
                 c_p = c_r
                 for d in range(pe_depth(self.mult) - 2):     # ... and on, with the product
-                    c_p = registered(c_p, f"cp{d}_{i}_{j}", reset_less=False)
+                    c_p = registered(c_p, f"cp{d}_{i}_{j}")
                 acc = Signal(signed(A), name=f"acc_{i}_{j}", reset_less=True)
                 nxt = Signal(signed(A), name=f"sum_{i}_{j}")
                 fin = Signal(name=f"fin_{i}_{j}")
@@ -289,7 +330,7 @@ class Gemm(wiring.Component):
                 # next tile's first beat overwrites it) and drops it into the chain, which
                 # moves up one row per cycle; tiles are far enough apart (min_tile_period)
                 # that a finished sum never lands on a moving one
-                done = Signal(name=f"done_{i}_{j}")
+                done = Signal(name=f"done_{i}_{j}", reset_less=True)
                 m.d.sync += done.eq(fin)
                 with m.If(done):
                     m.d.sync += chain[i][j].eq(acc)
@@ -308,18 +349,34 @@ class Gemm(wiring.Component):
                     w_in[j] = w_r
 
         # --- deskew the chains' top row (column j is C-1-j cycles ahead of column C-1)
-        rq_in = Signal(data.StructLayout({"acc": lane_layout(signed(A), C),
-                                          **requant_param_fields(C, A, self.mult_bits, self.e_bits)}))
+        #     and the held parameters, decoded into a register of their own one cycle after
+        #     p_hold (still in time for the tile's first row; the previous tile's rows have
+        #     passed requantizer stage 1 by then: gemm_min_tile_period), so that the decode's
+        #     fan-out is not in front of the requantizer
+        fields = requant_decoded_fields(C, A, self.mult_bits, self.e_bits)
+        p_dec = Signal(data.StructLayout(fields), reset_less=True)
+        dec = requant_decode(p_hold, A)
+        for name in fields:
+            if isinstance(dec[name], list):
+                m.d.sync += [p_dec[name][j].eq(v) for j, v in enumerate(dec[name])]
+            else:
+                m.d.sync += p_dec[name].eq(dec[name])
+        rq_in = Signal(data.StructLayout({"acc": lane_layout(signed(A), C), **fields}))
         for j in range(C):
             m.d.comb += rq_in.acc[j].eq(delayed(chain[0][j], C - 1 - j, signed(A), f"deskew{j}"))
-        m.d.comb += [rq_in.bias.eq(p_hold.bias), rq_in.m.eq(p_hold.m), rq_in.e.eq(p_hold.e),
-                     rq_in.out_bits.eq(p_hold.out_bits)]
+        m.d.comb += [rq_in[name].eq(p_dec[name]) for name in fields]
 
         # --- requantizer (never stalls: the credits keep room for its rows in the queue)
-        outs = requant_stages(m, Const(1), rq_in, A, mult=self.mult)
+        outs = requant_stages(m, Const(1), rq_in, A, mult=self.mult, decoded=True)
         assert len(outs) == C
-        rq_valid = Signal()
-        m.d.comb += rq_valid.eq(stream_pipeline(m, requant_latency(self.mult, self.mult_bits), chain_valid[0], Const(1), Signal()))
+        # the rows' valid bits, beside the requantizer; the last stage drops stale rows (and,
+        # reset, the row it would take at the reset edge itself)
+        L = requant_latency(self.mult, self.mult_bits)
+        rq_valid = chain_valid[0]
+        for k in range(L):
+            v = Signal(name=f"rq_valid{k + 1}", reset_less=k < L - 1)
+            m.d.sync += v.eq(rq_valid & ~stale if k == L - 1 else rq_valid)
+            rq_valid = v
         queue = m.submodules.out_queue = SyncFIFOBuffered(width=C * A, depth=D)
         m.d.comb += [queue.w_en.eq(rq_valid), queue.w_data.eq(Cat(*outs)),
                      self.o.valid.eq(queue.r_rdy), self.o.payload.eq(queue.r_data), queue.r_en.eq(self.o.ready)]

@@ -1,11 +1,12 @@
 """Verilog generation: a configuration file -> one Verilog file per unit + manifest.json.
 
-The configuration file (JSON) holds the :class:`~hwgen.config.HwConfig` parameters under
-``"hw"`` and, under ``"layer"``, the integer constants of one model layer that the units
-with baked-in constants (Softmax f, GELU, LayerNorm, residual add) are generated for, as
-the golden model computed them.  ``configs/default.json`` is made from the digits ViT at
-W8A8 by ``hwgen config`` and committed, so ``make verilog`` depends on no float
-computation and reproduces ``rtl/`` exactly on any machine.
+The configuration file (JSON, ``"format": "iptq-vit-hwgen-config/2"``) holds the
+:class:`~hwgen.config.HwConfig` capabilities under ``"hw"`` and, under ``"source"``, the
+models and bits they were derived from (``hwgen config``, :func:`hwgen.capabilities.derive_hw`).
+It holds no layer's constants: every unit takes its layer's constants at run time on its
+``c`` stream, so one set of units serves every layer of every model the capabilities cover.
+``configs/default.json`` covers the digits ViT at W8A8 and W4A8 and is committed, so ``make
+verilog`` depends on no float computation and reproduces ``rtl/`` exactly on any machine.
 
 Every unit is elaborated and converted before any file is written; the files are then
 written atomically.  A bad configuration raises :class:`golden.errors.UserError`.
@@ -19,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from golden.atomic import write_json, write_text
+from golden.atomic import replace_dir, write_json, write_text
 from golden.errors import UserError
 
 from .config import HwConfig
@@ -27,7 +28,8 @@ from .verilog import emit_verilog, source_hash
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "default.json"
-CONFIG_FORMAT = "iptq-vit-hwgen-config/1"
+CONFIG_FORMAT = "iptq-vit-hwgen-config/2"
+OLD_FORMATS = ("iptq-vit-hwgen-config/1",)
 # Sources whose change can change the generated Verilog (the manifest hashes them).
 GENERATOR_SOURCES = sorted([p for p in (REPO / "hwgen").glob("*.py") if p.name not in ("cli.py", "report.py")]
                            + [REPO / "golden" / f for f in ("intops.py", "softmax.py", "gelu.py", "layernorm.py")])
@@ -47,9 +49,10 @@ class UnitSpec:
 
 @dataclass
 class GenConfig:
+    """A generator configuration: the capabilities ``hw`` and where they came from."""
+
     hw: HwConfig
-    layer: dict
-    source: dict
+    source: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> "GenConfig":
@@ -64,11 +67,15 @@ class GenConfig:
 
     @classmethod
     def from_dict(cls, d, where: str = "configuration") -> "GenConfig":
+        if isinstance(d, dict) and d.get("format") in OLD_FORMATS:
+            raise UserError(f"{where}: format {d['format']!r} bakes one layer's constants into the units; "
+                            f"units now take them at run time: make a new configuration with "
+                            f"hwgen config --model MODEL --bits BITS --out FILE")
         if not isinstance(d, dict) or d.get("format") != CONFIG_FORMAT:
             raise UserError(f"{where}: expected a JSON object with \"format\": \"{CONFIG_FORMAT}\"")
-        unknown = set(d) - {"format", "hw", "layer", "source"}
+        unknown = set(d) - {"format", "hw", "source"}
         if unknown:
-            raise UserError(f"{where}: unknown key {sorted(unknown)[0]!r}; accepted: format, hw, layer, source")
+            raise UserError(f"{where}: unknown key {sorted(unknown)[0]!r}; accepted: format, hw, source")
         hw = d.get("hw", {})
         if not isinstance(hw, dict):
             raise UserError(f"{where}: \"hw\" must be an object of generator parameters")
@@ -76,96 +83,78 @@ class GenConfig:
             cfg = HwConfig().replace(**hw)
         except TypeError as exc:
             raise UserError(f"{where}: {exc}") from None
-        layer = d.get("layer")
-        if not isinstance(layer, dict) or not {"softmax", "gelu", "layernorm", "add"} <= set(layer):
-            raise UserError(f"{where}: \"layer\" must hold the softmax, gelu, layernorm and add constants "
-                            f"(make one with: hwgen config --model digits --out FILE)")
-        return cls(cfg, layer, d.get("source", {}))
+        source = d.get("source", {})
+        if not isinstance(source, dict):
+            raise UserError(f"{where}: \"source\" must be an object")
+        return cls(cfg, source)
 
     def to_dict(self) -> dict:
-        return {"format": CONFIG_FORMAT, "source": self.source, "hw": self.hw.as_dict(), "layer": self.layer}
+        return {"format": CONFIG_FORMAT, "source": self.source, "hw": self.hw.as_dict()}
 
 
-def config_from_graph(graph, block: int = 0, hw: HwConfig | None = None) -> GenConfig:
-    """The generator configuration for block ``block`` of a quantized integer graph."""
-    hw = hw or HwConfig()
-    p = f"blocks.{block}"
-    try:
-        sm, gl = graph.op(f"{p}.softmax"), graph.op(f"{p}.gelu")
-        ln, add = graph.op(f"{p}.norm1"), graph.op(f"{p}.res2")
-    except KeyError:
-        raise UserError(f"block {block} not in the model (depth {graph.meta['spec']['depth']})") from None
-    as_lists = lambda consts: {k: [int(v) for v in t.flatten().tolist()] for k, t in consts.items()}  # noqa: E731
-    add_attrs = dict(add.attrs, a_bits=graph.tensors[add.inputs[0]]["bits"], b_bits=graph.tensors[add.inputs[1]]["bits"])
-    layer = {"softmax": {"name": sm.name, "attrs": dict(sm.attrs)},
-             "gelu": {"name": gl.name, "attrs": dict(gl.attrs), "consts": as_lists(gl.consts)},
-             "layernorm": {"name": ln.name, "attrs": dict(ln.attrs), "consts": as_lists(ln.consts)},
-             "add": {"name": add.name, "attrs": add_attrs}}
-    hw = hw.replace(w_bits=graph.meta["w_bits"], a_bits=graph.meta["a_bits"], gelu_variant=gl.attrs["variant"],
-                    exp_variant=sm.attrs["variant"])
-    source = {"model": graph.meta["model"], "bits": graph.meta["bits"], "block": block,
-              "calib_images": graph.meta["calib_images"], "seed": graph.meta["seed"]}
-    return GenConfig(hw, layer, source)
+def config_from_graphs(graphs, hw: HwConfig | None = None) -> GenConfig:
+    """The configuration whose units run every layer of ``graphs`` (one or more integer graphs,
+    e.g. a model at W8A8 and W4A8): capabilities from :func:`hwgen.capabilities.derive_hw`,
+    checked against every layer."""
+    from .capabilities import check_fits, derive_hw
+
+    hw = derive_hw(graphs, hw)
+    for g in graphs:
+        check_fits(g, hw)
+    source = {"models": sorted({g.meta["model"] for g in graphs}), "bits": [g.meta["bits"] for g in graphs],
+              "calib_images": graphs[0].meta["calib_images"], "seed": graphs[0].meta["seed"]}
+    return GenConfig(hw, source)
 
 
 # --- units ---------------------------------------------------------------------------------
 
-def _gelu(cfg: GenConfig) -> UnitSpec:
+def _lanes_unit(name: str, unit, hw: HwConfig, params: dict) -> UnitSpec:
+    return UnitSpec(name, unit, {**params, "lanes": hw.lanes}, f"{unit.latency} cycles",
+                    f"{hw.lanes} element(s) per cycle")
+
+
+def _gelu(hw: HwConfig) -> UnitSpec:
     from .gelu import Gelu
-    g = cfg.layer["gelu"]
-    unit = Gelu(g["attrs"], g["consts"], lanes=cfg.hw.lanes)
-    return UnitSpec("gelu", unit, {**g["attrs"], "lanes": cfg.hw.lanes, "layer": g["name"]},
-                    f"{unit.latency} cycles", f"{cfg.hw.lanes} element(s) per cycle")
+    return _lanes_unit("gelu", Gelu.from_config(hw), hw, {"variant": hw.gelu_variant, "in_bits": hw.gelu_in_bits,
+                                                         "out_bits": hw.gelu_out_bits})
 
 
-def _shift_exp(cfg: GenConfig) -> UnitSpec:
+def _shift_exp(hw: HwConfig) -> UnitSpec:
     from .shift_exp import ShiftExp
-    a = cfg.layer["softmax"]["attrs"]
-    unit = ShiftExp(a["f"], a["variant"], in_bits=cfg.hw.exp_in_bits, frac_bits=cfg.hw.exp_frac_bits,
-                    lanes=cfg.hw.lanes)
-    return UnitSpec("shift_exp", unit, {"f": a["f"], "variant": a["variant"], "in_bits": cfg.hw.exp_in_bits,
-                                        "frac_bits": cfg.hw.exp_frac_bits, "lanes": cfg.hw.lanes},
-                    f"{unit.latency} cycles", f"{cfg.hw.lanes} element(s) per cycle")
+    return _lanes_unit("shift_exp", ShiftExp.from_config(hw), hw, {"variant": hw.exp_variant, "in_bits": hw.exp_in_bits,
+                                                                  "frac_bits": hw.exp_frac_bits})
 
 
-def _residual_add(cfg: GenConfig) -> UnitSpec:
+def _residual_add(hw: HwConfig) -> UnitSpec:
     from .residual_add import ResidualAdd
-    a = cfg.layer["add"]["attrs"]
-    unit = ResidualAdd(a["m_a"], a["e_a"], a["m_b"], a["e_b"], a_bits=a["a_bits"], b_bits=a["b_bits"],
-                       out_bits=a["out_bits"], lanes=cfg.hw.lanes, mult_bits=cfg.hw.mult_bits)
-    return UnitSpec("residual_add", unit, {**a, "lanes": cfg.hw.lanes, "layer": cfg.layer["add"]["name"]},
-                    f"{unit.latency} cycles", f"{cfg.hw.lanes} element(s) per cycle")
+    return _lanes_unit("residual_add", ResidualAdd.from_config(hw), hw, {"bits": hw.residual_bits,
+                                                                        "mult_bits": hw.mult_bits})
 
 
-def _softmax(cfg: GenConfig) -> UnitSpec:
+def _softmax(hw: HwConfig) -> UnitSpec:
     from .softmax import Softmax
-    a = cfg.layer["softmax"]["attrs"]
-    unit = Softmax.from_config(cfg.hw, a["f"], a["variant"])
-    length = a.get("row_len", cfg.hw.softmax_max_row)
-    return UnitSpec("softmax", unit, {"f": a["f"], "variant": a["variant"], "max_row": cfg.hw.softmax_max_row,
-                                      "in_bits": cfg.hw.softmax_in_bits, "out_bits": cfg.hw.softmax_out_bits,
-                                      "recip_bits": cfg.hw.recip_bits, "frac_bits": cfg.hw.exp_frac_bits,
-                                      "layer": cfg.layer["softmax"]["name"]},
+    unit = Softmax.from_config(hw)
+    length = hw.softmax_max_row
+    return UnitSpec("softmax", unit, {"variant": hw.exp_variant, "max_row": hw.softmax_max_row,
+                                      "in_bits": hw.softmax_in_bits, "out_bits": hw.softmax_out_bits,
+                                      "recip_bits": hw.recip_bits, "frac_bits": hw.exp_frac_bits},
                     f"{unit.first_output_latency(length)} cycles from a {length}-element row's last input "
                     f"to its first output", f"{unit.cycles_per_row(length)} cycles per {length}-element row")
 
 
-def _layernorm(cfg: GenConfig) -> UnitSpec:
+def _layernorm(hw: HwConfig) -> UnitSpec:
     from .layernorm import LayerNorm, layernorm_timing
-    ln = cfg.layer["layernorm"]
-    unit = LayerNorm(ln["attrs"], ln["consts"], in_bits=cfg.hw.residual_bits, mult_bits=cfg.hw.mult_bits,
-                     row_slots=cfg.hw.layernorm_row_slots)
-    c = ln["attrs"]["channels"]
-    t = layernorm_timing(c, cfg.hw.residual_bits)
-    return UnitSpec("layernorm", unit, {**ln["attrs"], "in_bits": cfg.hw.residual_bits,
-                                        "row_slots": cfg.hw.layernorm_row_slots, "layer": ln["name"]},
-                    f"{t['latency']} cycles from a row's last input to its first output",
+    unit = LayerNorm.from_config(hw)
+    c = hw.layernorm_max_channels
+    t = layernorm_timing(c, hw.residual_bits)
+    return UnitSpec("layernorm", unit, {"in_bits": hw.residual_bits, "max_channels": c, "b_bits": hw.layernorm_b_bits,
+                                        "mult_bits": hw.mult_bits, "row_slots": hw.layernorm_row_slots},
+                    f"{t['latency']} cycles from a {c}-channel row's last input to its first output",
                     f"{t['cycles_per_row']} cycles per {c}-channel row")
 
 
-def _gemm(cfg: GenConfig) -> UnitSpec:
-    from .gemm import Gemm, gemm_latency, gemm_min_tile_period
-    hw = cfg.hw
+def _gemm(hw: HwConfig) -> UnitSpec:
+    from .gemm import Gemm
     unit = Gemm.from_config(hw, hw.gemm_rows, hw.gemm_cols)
     return UnitSpec("gemm", unit, {"rows": hw.gemm_rows, "cols": hw.gemm_cols, "a_bits": hw.a_bits,
                                    "w_bits": hw.w_bits, "acc_bits": hw.acc_bits, "mult_bits": hw.mult_bits,
@@ -199,7 +188,7 @@ def elaborate(cfg: GenConfig) -> list[UnitSpec]:
     """Build and convert every unit (nothing is written)."""
     units = []
     for name, builder in UNIT_BUILDERS.items():
-        spec = builder(cfg)
+        spec = builder(cfg.hw)
         spec.verilog = emit_verilog(spec.component, name)
         spec.ports = _ports(spec.verilog, name)
         units.append(spec)
@@ -212,10 +201,11 @@ def generate(cfg: GenConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     manifest = {"generator_sha256": generator_hash(), "config": cfg.to_dict()["hw"], "source": cfg.source,
                 "units": {}}
-    for u in units:
-        write_text(str(out_dir / f"{u.name}.v"), u.verilog)
-        manifest["units"][u.name] = {"file": f"{u.name}.v", "top": u.name, "params": u.params,
-                                     "latency": u.latency, "throughput": u.throughput, "ports": u.ports,
-                                     "verilog_sha256": source_hash(u.verilog)}
-    write_json(str(out_dir / "manifest.json"), manifest)
+    with replace_dir(out_dir) as tmp:     # built beside out_dir, swapped in whole at the end
+        for u in units:
+            write_text(str(tmp / f"{u.name}.v"), u.verilog)
+            manifest["units"][u.name] = {"file": f"{u.name}.v", "top": u.name, "params": u.params,
+                                         "latency": u.latency, "throughput": u.throughput, "ports": u.ports,
+                                         "verilog_sha256": source_hash(u.verilog)}
+        write_json(str(tmp / "manifest.json"), manifest)
     return manifest

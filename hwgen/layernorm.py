@@ -1,46 +1,67 @@
 """Integer LayerNorm unit: the hardware of :func:`golden.layernorm.layernorm_int`.
 
-The generator takes the ``attrs`` and ``consts`` dicts that
-:func:`golden.layernorm.build_layernorm` returns for a layer (channels C, shared shift e,
-out_bits; per-channel signed multipliers M_c and offsets B_c); every constant of the
-hardware comes from them.  Per row of C signed ``in_bits`` values x (the residual stream):
+One instance serves every LayerNorm layer of a model: the unit is generated for
+*capabilities* (input width, multiplier and offset widths, output width, most channels,
+row slots) and a layer's constants arrive at run time on the ``c`` stream, one beat per
+channel ``{m, b, e, last}`` (``m`` = M_c, ``b`` = B_c as the graph holds them, ``e`` the
+layer's shift, repeated in every beat, ``last`` = 1 on channel C-1).  The number of beats
+is the layer's channel count C (2..``max_channels``); M_c and B_c go into RAMs, e and C
+into registers.  ``c`` is taken only while the unit is idle (no element or row inside it,
+the previous layer's last output gone); while ``c.valid`` is high no data is accepted.
+
+Per row of C signed ``in_bits`` values x (the residual stream):
 
 =========  ==============================================================================
 part       operation
 =========  ==============================================================================
-IN         stores x_c in a row slot of the buffer, accumulates ``S = sum x`` and
-           ``Q = sum x^2`` (one element per cycle)
-CALC       ``mean = div_round(S, C)``: restoring division by the constant 2C of
-           ``2S + C + C 2^in_bits`` (an offset that makes the dividend non-negative; the
-           quotient is ``mean + 2^(in_bits-1)``), one quotient bit per cycle;
-           ``var = Q - mean (2S - C mean)`` (= sum (x - mean)^2 exactly, two cycles);
-           ``std = isqrt(var)``, digit by digit, one root bit per cycle (the algorithm of
-           :func:`golden.intops.isqrt`); ``factor = floor((2^31 - 1) / max(std, 1))``,
-           restoring division, one quotient bit per cycle
-OUT        per channel c: ``y = x_c - mean``; ``z = y factor``;
-           ``out = clamp(rshift_round(z M_c + B_c, e), lo, hi)`` (M_c and B_c from ROMs;
-           the ROM holds ``B_c + 2^(e-1)``, the rounding half folded into the offset),
-           a 6-stage pipeline that stalls as a whole on back-pressure
+IN         stores x_c in a row slot of the buffer; accumulates ``S = sum x`` and
+           ``Q = sum x^2`` (one element per cycle).  x^2 comes from a LUT squarer
+           (``a = |x| - [x < 0]``, ``x^2 = a^2 + [x < 0] (2a + 1)``, the symmetric
+           partial products of a^2) in carry-save form, and Q stays in carry-save form
+           (two registers): no multiplier, no wide carry chain per element
+CALC       sequential, one row at a time:
+           ``mean = div_round(S, C) = floor((2S + C + C 2^in_bits) / 2C) - 2^(in_bits-1)``,
+           restoring division by the run-time 2C, one quotient bit q_k per cycle on an
+           11-bit remainder (``max_channels`` 256); alongside, one cycle behind, Horner
+           recurrences on the quotient bits (carry-save, one 3:2 level a cycle) build
+           ``X = C q``, ``Z = q S`` and ``Y = C q^2`` (q = mean + 2^(in_bits-1)), so that
+           ``var = Q - 2Z + Y + 2^in_bits (S - X) + C 2^(2 in_bits - 2)``
+           (= ``sum (x - mean)^2`` exactly, modulo 2^var_bits, which holds it) is a
+           9-term carry-save sum (two cycles) and one carry-propagate add;
+           ``std = isqrt(var)`` digit by digit, two bits of var a cycle, on a
+           (root_bits + 3)-bit remainder; ``factor = floor((2^31 - 1) / max(std, 1))``,
+           restoring division, one quotient bit a cycle
+OUT        per channel c: ``y = x_c - mean``; ``z = y factor`` (17 x 31 bits, LUT
+           partial products, three carry-save stages and a 32-bit add; exact in 32
+           bits since |y| <= std); ``v = z M_c + B_c`` (the partial products of z M_c
+           and B_c in one carry-save tree, three stages, one add); then
+           ``u = (2v) >> e`` (barrel shifter, two levels), saturated to out_bits + 2
+           bits, ``r = (u + 1) >> 1`` and the clamp (``r <= lo`` iff ``u <= 2 lo``,
+           ``r >= hi`` iff ``u >= 2 hi - 1``, signs of differences): that is
+           ``clamp(rshift_round(v, e), lo, hi)``, the rounding half 2^(e-1) added by
+           the unit (``rshift_round_var``'s identity), for every e in 0..63
 =========  ==============================================================================
 
-The three parts work on different rows at once: the buffer has ``row_slots`` (3) row slots
-used round robin, so row n+2 comes in while row n+1 is in CALC and row n streams out.
+The three parts work on different rows at once: the buffer has ``row_slots`` row slots
+of ``2^ceil(log2 max_channels)`` entries used round robin.  OUT is a free-running pipeline
+(no enable, no reset on its data registers) that writes into an output queue
+(``amaranth.lib.fifo.SyncFIFOBuffered``); an element enters the pipeline only with a
+credit (a queue entry not yet promised), so back-pressure never has to stop it.
 
 ``var`` is computed from the two sums instead of a second pass over the buffered row: the
-identity ``sum (x - mean)^2 = sum x^2 - 2 mean sum x + C mean^2`` is exact in integers, so the
-result is the same integer the golden model computes (and the tests check it bit for bit),
-and CALC needs no pass of C cycles over the row.
-
-Widths (exact, nothing wraps): ``|y_c| <= std`` (since ``y_c^2 <= var``), hence
-``|z| <= 2^31 - 1`` and z is kept in 32 signed bits; ``var <= C ((2^in_bits - 1)^2 + 1) / 4``
-(Popoviciu's bound on the spread plus the rounding of the mean), which sets the width of the
-root (19 bits for C <= 256 at 16-bit input).
+identity ``sum (x - mean)^2 = sum x^2 - 2 mean sum x + C mean^2`` is exact in integers,
+so the result is the same integer the golden model computes (the tests check it bit for
+bit).  Widths (exact, nothing wraps): ``|y_c| <= std`` (since ``y_c^2 <= var``), hence
+``|z| <= 2^31 - 1``; ``var <= C ((2^in_bits - 1)^2 + 1) / 4`` (Popoviciu's bound plus the
+rounding of the mean) sets ``var_bits`` (38 for 256 channels of 16 bits) and the root
+width ``root_bits = ceil(var_bits / 2)`` (19).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -48,53 +69,135 @@ from golden.errors import UserError
 from golden.layernorm import FACTOR_BITS
 
 from .config import check_range
-from .pipeline import clamp, stream_pipeline
+from .pipeline import clamp, compress, partial_products
 
-__all__ = ["LayerNorm", "layernorm_timing", "OUT_PIPE_DEPTH"]
+__all__ = ["LayerNorm", "layernorm_timing", "layernorm_widths", "OUT_PIPE_DEPTH", "IN_PIPE_DEPTH", "E_BITS"]
 
-OUT_PIPE_DEPTH = 6      # read; y; z; z M; + B; shift and clamp
+E_BITS = 6              # the shift e: 0..63 (golden.dyadic.MAX_SHIFT is 62)
+CSA_LEVELS = 2          # 3:2 levels (one LUT each) between registers
+# OUT: address; buffer read; register; y; z (3 carry-save stages, add); v (3, add);
+# two shift levels; saturate; clamp; round
+OUT_PIPE_DEPTH = 16
+# IN: input register; |x|; square (3 carry-save stages); accumulate
+IN_PIPE_DEPTH = 6
+QUEUE_SLACK = 4         # output queue entries beyond the pipeline depth (full rate)
+FAULTS = ("mean_floor",)
 
 
-def _signed_bits(values) -> int:
+def _signed_bits(*values: int) -> int:
     """Narrowest signed width holding every value of ``values``."""
-    return max(max(int(v).bit_length() for v in values), (-int(min(values)) - 1).bit_length(), 1) + 1
+    return max((int(v) if v >= 0 else -int(v) - 1).bit_length() + 1 for v in values)
 
 
 def _var_max(channels: int, in_bits: int) -> int:
     return channels * ((2 ** in_bits - 1) ** 2 + 1) // 4
 
 
-def layernorm_timing(channels: int, in_bits: int = 16) -> dict:
-    """Cycle counts of a :class:`LayerNorm` of ``channels`` channels (see its docstring).
+def layernorm_widths(in_bits: int = 16, max_channels: int = 256) -> dict:
+    """Internal widths of a unit: ``var_bits`` (var < 2^var_bits for any C <= max_channels)
+    and ``root_bits`` (std < 2^root_bits)."""
+    vb = _var_max(max_channels, in_bits).bit_length()
+    return {"var_bits": vb, "root_bits": (vb + 1) // 2}
 
-    ``calc``: cycles CALC spends per row (take, mean division, var, root, factor division,
-    hand-over); ``latency``: from the handshake of a row's last input to its first output
-    when nothing waits; ``cycles_per_row``: steady state without back-pressure.
+
+def layernorm_timing(channels: int | None = None, in_bits: int = 16, max_channels: int = 256,
+                     row_slots: int = 3) -> dict:
+    """Cycle counts of a :class:`LayerNorm` (see its docstring), for rows of ``channels``
+    channels (default ``max_channels``).
+
+    ``calc`` (T): cycles CALC spends per row, from taking a row's sums to handing its mean
+    and factor over, the same for every C; ``latency``: from the handshake of a row's last
+    input to the handshake of its first output when nothing waits; ``cycles_per_row``:
+    steady state without back-pressure, ``max(C, T, ceil(slot_cycles / row_slots))``;
+    ``slot_cycles`` (``2C + T + 7``): the cycles from a row slot freed to the same slot
+    freed again when the input waits for it (a row holds its slot from its last input to
+    the issue of its last element, and the next row in that slot comes in in C cycles);
+    ``load``: cycles of a layer's constants (C beats, one a cycle, once the unit is idle).
     """
-    root_bits = (_var_max(channels, in_bits).bit_length() + 1) // 2
-    calc = 1 + in_bits + 2 + root_bits + FACTOR_BITS + 1
-    latency = 2 + calc + 1 + OUT_PIPE_DEPTH
-    return {"root_bits": root_bits, "calc": calc, "latency": latency,
-            "cycles_per_row": max(channels, calc)}
+    c = max_channels if channels is None else channels
+    r = layernorm_widths(in_bits, max_channels)["root_bits"]
+    # take 1, mean division in_bits, Horner tail 1, var 3 (two carry-save, one add),
+    # root R, factor 31, hand-over 1
+    calc = 1 + in_bits + 1 + 3 + r + FACTOR_BITS + 1
+    # last input -> sums (IN_PIPE_DEPTH), N = 2S + C + C 2^IB (1), T, OUT loads the row as
+    # the hand-over lands and issues the next cycle, OUT_PIPE_DEPTH stages, the queue's
+    # write and output register
+    latency = IN_PIPE_DEPTH + 1 + calc + 1 + OUT_PIPE_DEPTH + 2
+    slot_cycles = 2 * c + calc + IN_PIPE_DEPTH + 1
+    per_row = max(c, calc, -(-slot_cycles // row_slots))
+    return {"root_bits": r, "calc": calc, "latency": latency, "cycles_per_row": per_row,
+            "slot_cycles": slot_cycles, "load": c}
+
+
+class _LutRam:
+    """A RAM of LUTs (``ram_style`` "distributed": TRELLIS_DPR16X4 on ECP5) in banks of
+    ``bank_depth`` entries, read in two registered steps: ``rdata`` holds the entry at
+    ``raddr`` two cycles later (each bank's read registered, then the bank selected and
+    registered).  One write port (``waddr``, ``wdata``, ``wen``), written at the clock edge.
+
+    Why not block RAM: on ECP5 yosys maps a read port to a DP16KD without its output
+    register (REGMODE NOREG), whose clock-to-output alone is 5.8 ns in nextpnr's timing
+    model, so a block RAM read caps the clock near 135 MHz whatever follows it."""
+
+    def __init__(self, m: Module, name: str, shape, depth: int, bank_depth: int = 64):
+        bank_depth = min(bank_depth, 1 << max(0, (depth - 1).bit_length()))
+        self.bank_bits = (bank_depth - 1).bit_length()
+        n_banks = -(-depth // bank_depth)
+        self.waddr = Signal(range(depth), name=f"{name}_waddr", reset_less=True)
+        self.wdata = Signal(shape, name=f"{name}_wdata", reset_less=True)
+        self.wen = Signal(name=f"{name}_wen")
+        self.raddr = Signal(range(depth), name=f"{name}_raddr")
+        self.rdata = Signal(shape, name=f"{name}_rdata", reset_less=True)
+        bb = self.bank_bits
+        datas = []
+        for k in range(n_banks):
+            mem = Memory(shape=shape, depth=bank_depth, init=[], attrs={"ram_style": "distributed"})
+            m.submodules[f"{name}_bank{k}"] = mem
+            wp, rp = mem.write_port(), mem.read_port(domain="sync")
+            hit = self.waddr[bb:] == k if n_banks > 1 else Const(1, 1)
+            m.d.comb += [wp.addr.eq(self.waddr[:bb]), wp.data.eq(self.wdata), wp.en.eq(self.wen & hit),
+                         rp.addr.eq(self.raddr[:bb])]
+            datas.append(rp.data)
+        if n_banks > 1:
+            # the bank select, one-hot and registered: an AND-OR tree (two inputs a LUT,
+            # then ORs), shallower than the mux chain a binary select maps to
+            sel = Signal(n_banks, name=f"{name}_rsel", reset_less=True)
+            m.d.sync += sel.eq(Const(1, n_banks) << self.raddr[bb:])
+            width = Shape.cast(shape).width
+            terms = [Value.cast(d).as_unsigned() & sel[k].replicate(width) for k, d in enumerate(datas)]
+            while len(terms) > 1:
+                terms = [terms[i] | terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+            m.d.sync += self.rdata.eq(terms[0])
+        else:
+            m.d.sync += self.rdata.eq(datas[0])
 
 
 class LayerNorm(wiring.Component):
-    """Streaming integer LayerNorm over rows of C channels, bit-exact to ``layernorm_int``.
+    """Streaming integer LayerNorm over rows of C channels, bit-exact to ``layernorm_int``,
+    with the layer's constants loaded at run time.
 
-    Parameters
-    ----------
-    attrs, consts : dict
-        What :func:`golden.layernorm.build_layernorm` returns under "attrs" (``channels``,
-        ``e``, ``out_bits``) and "consts" (``m``: C signed multipliers, ``b``: C offsets).
+    Parameters (capabilities)
+    -------------------------
     in_bits : int
         Signed width of the input (the residual stream; HwConfig.residual_bits, 16).
     mult_bits : int
-        Signed width of the multipliers M_c (HwConfig.mult_bits, 16): |M_c| < 2^(mult_bits-1).
+        Signed width of the multipliers M_c (HwConfig.mult_bits, 16).
+    b_bits : int
+        Signed width of the offsets B_c (HwConfig.layernorm_b_bits, 48).
+    out_bits : int
+        Signed output width (HwConfig.a_bits, 8); a layer with another out_bits is refused.
+    max_channels : int
+        Most channels of a row (HwConfig.layernorm_max_channels, 256): the row buffer, the
+        constant RAMs and the widths of S, Q, var and the root.
     row_slots : int
-        Rows the buffer holds (2..4; 3 lets IN, CALC and OUT each work on a row).
+        Rows the buffer holds (HwConfig.layernorm_row_slots, 2..4; 3 lets IN, CALC and OUT
+        each work on a row).
 
     Members
     -------
+    c : In(stream.Signature(StructLayout({m: signed(mult_bits), b: signed(b_bits),
+        e: unsigned(6), last: unsigned(1)})))
+        A layer's constants, one beat per channel (:meth:`const_beats`).
     i : In(stream.Signature(signed(in_bits)))
         Input elements, channel 0 to C-1 of a row, then the next row.
     o : Out(stream.Signature(signed(out_bits)))
@@ -102,246 +205,439 @@ class LayerNorm(wiring.Component):
 
     Latency and throughput
     ----------------------
-    Let ``R = ceil(bits(C ((2^in_bits - 1)^2 + 1) / 4) / 2)`` (root bits: 18 for C = 64,
-    19 for C = 192, at in_bits = 16) and ``T = in_bits + R + 35`` (CALC cycles per row:
-    take 1, mean in_bits, var 2, root R, factor 31, hand-over 1; 69 for C = 64, 70 for
-    C = 192).  Latency from the handshake of a row's last element to that row's first
-    output: ``T + 9`` cycles (78 for C = 64, 79 for C = 192) when nothing waits.
-    Throughput without back-pressure: ``max(C, T)`` cycles per row in steady state
-    (C = 192: 192 cycles per row, one element per cycle; C = 64: 69, CALC-bound; all
-    measured in tests/test_hw_layernorm.py), :func:`layernorm_timing`.  Input and output
-    each move one element per cycle at most; ``i.ready`` drops only while all row slots are
-    taken or a finished row waits for CALC; ``o.ready`` low stalls the output pipeline as a
-    whole.
+    Let ``R = root_bits = ceil(bits(max_channels ((2^in_bits - 1)^2 + 1) / 4) / 2)`` (19 for
+    256 channels of 16 bits) and ``T = in_bits + R + 37`` (CALC cycles per row: take 1,
+    mean in_bits, Horner tail 1, var 3, root R, factor 31, hand-over 1; 72 at the defaults,
+    for every C).  Latency from the handshake of a row's last element to the handshake of
+    its first output when nothing waits: ``T + 26`` cycles (IN 6, N 1, T, OUT load 1, OUT
+    pipeline 16, queue 2; 98 at the defaults).  Throughput without back-pressure, in
+    steady state: ``max(C, T, ceil((2C + T + 7) / row_slots))`` cycles per row
+    (:func:`layernorm_timing`; the third term is the row slots' bound, an average): one
+    element per cycle in and out when rows are long (C = 192: 192 cycles per row), T when
+    they are short (C = 64: 72), measured in tests/test_hw_layernorm.py.  Loading a layer's
+    constants takes C cycles (one beat a cycle) once the unit is idle; ``c.ready`` rises
+    the cycle after the previous layer's last output left.  ``i.ready`` drops while
+    ``c.valid`` is high, while every row slot is taken, and for a row's last element while
+    the previous row's sums wait for CALC; ``o.ready`` low fills the output queue, and no
+    element enters the OUT pipeline without a free queue entry (credits).
 
     The signature depends on the parameters, so it is passed to ``Component.__init__``
     instead of being written as class annotations.
     """
 
-    def __init__(self, attrs: dict, consts: dict, *, in_bits: int = 16, mult_bits: int = 16,
-                 row_slots: int = 3):
+    def __init__(self, *, in_bits: int = 16, mult_bits: int = 16, b_bits: int = 48, out_bits: int = 8,
+                 max_channels: int = 256, row_slots: int = 3, _fault: str | None = None):
         try:
-            self._setup(attrs, consts, in_bits, mult_bits, row_slots)
+            self.in_bits = check_range("residual_bits (layernorm in_bits)", in_bits, 4, 32)
+            self.mult_bits = check_range("mult_bits", mult_bits, 2, 32)
+            self.b_bits = check_range("layernorm_b_bits", b_bits, 2, 64)
+            self.out_bits = check_range("layernorm out_bits", out_bits, 2, 32)
+            self.max_channels = check_range("layernorm_max_channels", max_channels, 2, 4096)
+            self.row_slots = check_range("layernorm_row_slots", row_slots, 2, 4)
         except UserError:
             self._MustUse__silence = True       # refused: never to be elaborated, no warning
             raise
-        super().__init__({
-            "i": In(stream.Signature(signed(in_bits))),
-            "o": Out(stream.Signature(signed(self.out_bits))),
-        })
-
-    def _setup(self, attrs: dict, consts: dict, in_bits: int, mult_bits: int, row_slots: int) -> None:
-        self.channels = c = check_range("layernorm channels", attrs.get("channels"), 2, 4096)
-        self.e = check_range("layernorm e", attrs.get("e"), 0, 62)
-        self.out_bits = check_range("layernorm out_bits", attrs.get("out_bits"), 2, 32)
-        self.in_bits = check_range("layernorm in_bits", in_bits, 2, 32)
-        self.mult_bits = check_range("mult_bits", mult_bits, 2, 32)
-        self.row_slots = check_range("layernorm row_slots", row_slots, 2, 4)
-        m = [int(v) for v in (consts["m"].tolist() if hasattr(consts["m"], "tolist") else consts["m"])]
-        b = [int(v) for v in (consts["b"].tolist() if hasattr(consts["b"], "tolist") else consts["b"])]
-        if len(m) != c or len(b) != c:
-            raise UserError(f"hwgen config: layernorm consts have {len(m)} multipliers and {len(b)} offsets; "
-                            f"accepted {c} each (channels)")
-        lim = (1 << (mult_bits - 1)) - 1
-        bad = [v for v in m if not -lim <= v <= lim]
-        if bad:
-            raise UserError(f"hwgen config: layernorm multiplier {bad[0]} is out of range; accepted "
-                            f"{-lim}..{lim} (signed mult_bits = {mult_bits})")
-        self.m = m
-        self.b = b
-        half = (1 << (self.e - 1)) if self.e else 0
-        self.b_rom = [v + half for v in b]
-        self.b_bits = _signed_bits(self.b_rom)
-        self.var_max = _var_max(c, in_bits)
-        self.var_bits = self.var_max.bit_length()
-        t = layernorm_timing(c, in_bits)
-        self.root_bits = t["root_bits"]
+        if _fault is not None and _fault not in FAULTS:
+            raise ValueError(f"unknown fault {_fault!r}")
+        self._fault = _fault
+        w = layernorm_widths(in_bits, max_channels)
+        self.var_bits, self.root_bits = w["var_bits"], w["root_bits"]
+        self.addr_bits = max(1, (max_channels - 1).bit_length())
+        t = layernorm_timing(None, in_bits, max_channels, row_slots)
         self.calc_cycles = t["calc"]
         self.latency = t["latency"]
-        self.cycles_per_row = t["cycles_per_row"]
+        self.queue_depth = OUT_PIPE_DEPTH + QUEUE_SLACK
+        self.c_layout = data.StructLayout({"m": signed(mult_bits), "b": signed(b_bits),
+                                           "e": unsigned(E_BITS), "last": unsigned(1)})
+        super().__init__({
+            "c": In(stream.Signature(self.c_layout)),
+            "i": In(stream.Signature(signed(in_bits))),
+            "o": Out(stream.Signature(signed(out_bits))),
+        })
+
+    @classmethod
+    def from_config(cls, hw, **kw) -> "LayerNorm":
+        """The unit for the capabilities in ``hw`` (a :class:`hwgen.config.HwConfig`):
+        ``residual_bits`` (input), ``mult_bits``, ``layernorm_b_bits``, ``a_bits`` (output),
+        ``layernorm_max_channels`` and ``layernorm_row_slots``."""
+        return cls(in_bits=hw.residual_bits, mult_bits=hw.mult_bits, b_bits=hw.layernorm_b_bits,
+                   out_bits=hw.a_bits, max_channels=hw.layernorm_max_channels,
+                   row_slots=hw.layernorm_row_slots, **kw)
+
+    # --- timing of a layer ------------------------------------------------------------------
+
+    def timing(self, channels: int) -> dict:
+        """:func:`layernorm_timing` for rows of ``channels`` channels on this unit."""
+        return layernorm_timing(channels, self.in_bits, self.max_channels, self.row_slots)
+
+    def cycles_per_row(self, channels: int) -> int:
+        return self.timing(channels)["cycles_per_row"]
+
+    # --- run-time constants -------------------------------------------------------------------
+
+    def _refuse(self, field: str, value, need: str, have: str, cap: str) -> None:
+        raise UserError(f"layernorm {field} = {value} does not fit the unit: needs {need}, "
+                        f"the unit has {have} ({cap})")
+
+    def const_beats(self, attrs: dict, consts: dict) -> list[dict[str, int]]:
+        """The ``c`` beats of a layer (``attrs``/``consts`` of
+        :func:`golden.layernorm.build_layernorm`): one per channel,
+        ``{"m": M_c, "b": B_c, "e": e, "last": c == C - 1}``.  Refuses (UserError, one line
+        naming the field, the need and the limit) a layer that does not fit the unit."""
+        c = attrs.get("channels")
+        if isinstance(c, bool) or not isinstance(c, int) or c < 2:
+            raise UserError(f"layernorm channels = {c!r} is not accepted: needs an integer of at least 2")
+        if c > self.max_channels:
+            self._refuse("channels", c, f"{c} channels", f"{self.max_channels}",
+                         f"layernorm_max_channels {self.max_channels}")
+        ob = attrs.get("out_bits")
+        if ob != self.out_bits:
+            self._refuse("out_bits", ob, f"a {ob}-bit output", f"{self.out_bits} bits", f"a_bits {self.out_bits}")
+        e = attrs.get("e")
+        if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < (1 << E_BITS):
+            self._refuse("e", e, f"a shift of {e}", f"0..{(1 << E_BITS) - 1}", f"e field of {E_BITS} bits")
+
+        def ints(v):
+            return [int(x) for x in (v.tolist() if hasattr(v, "tolist") else v)]
+
+        m, b = ints(consts["m"]), ints(consts["b"])
+        for name, vals, bits, cap in (("m", m, self.mult_bits, "mult_bits"), ("b", b, self.b_bits, "layernorm_b_bits")):
+            if len(vals) != c:
+                raise UserError(f"layernorm {name} has {len(vals)} entries; needs {c} (channels)")
+            for v in vals:
+                if _signed_bits(v) > bits:
+                    self._refuse(name, v, f"{_signed_bits(v)} bits", f"{bits}", f"{cap} {bits}")
+        return [{"m": m[k], "b": b[k], "e": e, "last": int(k == c - 1)} for k in range(c)]
+
+    def pack_beat(self, beat: dict) -> int:
+        """The ``c`` payload word of a beat (as the testbench drives it)."""
+        word = 0
+        for name in ("m", "b", "e", "last"):
+            f = self.c_layout[name]
+            word |= (int(beat[name]) & ((1 << f.shape.width) - 1)) << f.offset
+        return word
+
+    # --- hardware -------------------------------------------------------------------------------
 
     def elaborate(self, platform):
         m = Module()
-        c, ib, slots = self.channels, self.in_bits, self.row_slots
-        depth = slots * c
-        half_in = 1 << (ib - 1)
+        IB, MB, BB, OB = self.in_bits, self.mult_bits, self.b_bits, self.out_bits
+        CM, AB, slots = self.max_channels, self.addr_bits, self.row_slots
+        VB, RB = self.var_bits, self.root_bits
+        F = FACTOR_BITS
 
-        buf = Memory(shape=signed(ib), depth=depth, init=[])
-        m_rom = Memory(shape=signed(self.mult_bits), depth=c, init=self.m)
-        b_rom = Memory(shape=signed(self.b_bits), depth=c, init=self.b_rom)
-        m.submodules.buf = buf
-        m.submodules.m_rom = m_rom
-        m.submodules.b_rom = b_rom
-        wp = buf.write_port()
-        rp = buf.read_port(domain="sync")
-        mp = m_rom.read_port(domain="sync")
-        bp = b_rom.read_port(domain="sync")
-
-        # --- hand-over registers between the parts --------------------------------------
-        s_bits = ib + c.bit_length()
-        q_bits = (c << (2 * (ib - 1))).bit_length()
-        h1_valid = Signal()
-        h1_s = Signal(signed(s_bits))
-        h1_q = Signal(unsigned(q_bits))
-        h2_valid = Signal()
-        h2_mean = Signal(signed(ib))
-        h2_factor = Signal(unsigned(FACTOR_BITS))
-        rows_held = Signal(range(slots + 1))        # rows fully in, not yet fully read out
-
-        # --- IN: buffer the row, S and Q ---------------------------------------------------
-        wptr = Signal(range(depth))
-        cnt = Signal(range(c))
-        in_last = cnt == c - 1
-        accept = Signal()
-        m.d.comb += [
-            self.i.ready.eq((rows_held < slots) & ~(in_last & h1_valid)),
-            accept.eq(self.i.valid & self.i.ready),
-            wp.addr.eq(wptr), wp.data.eq(self.i.payload), wp.en.eq(accept),
-        ]
-        x_r = Signal(signed(ib))
-        sq_r = Signal(unsigned(2 * ib))
-        v_r = Signal()
-        last_r = Signal()
-        s_acc = Signal(signed(s_bits))
-        q_acc = Signal(unsigned(q_bits))
-        m.d.sync += v_r.eq(accept)
-        with m.If(accept):
-            m.d.sync += [
-                wptr.eq(Mux(wptr == depth - 1, 0, wptr + 1)),
-                cnt.eq(Mux(in_last, 0, cnt + 1)),
-                x_r.eq(self.i.payload),
-                sq_r.eq(self.i.payload * self.i.payload),
-                last_r.eq(in_last),
-            ]
-        with m.If(v_r):
-            with m.If(last_r):
-                m.d.sync += [h1_s.eq(s_acc + x_r), h1_q.eq(q_acc + sq_r), h1_valid.eq(1),
-                             s_acc.eq(0), q_acc.eq(0)]
-            with m.Else():
-                m.d.sync += [s_acc.eq(s_acc + x_r), q_acc.eq(q_acc + sq_r)]
-
-        # --- CALC: mean, var, std, factor ---------------------------------------------------
-        rb = self.root_bits
-        vb = self.var_bits
-        k = Signal(range(max(ib, rb, FACTOR_BITS) + 1))
-        c_s = Signal(signed(s_bits))
-        c_q = Signal(unsigned(q_bits))
-        # mean division: dividend 2S + C + C 2^ib in [C, 2C 2^ib), divisor 2C
-        n_bits = (2 * c * (half_in - 1) + c + (c << ib)).bit_length()
-        d_rem = Signal(unsigned(n_bits))
-        d_div = Signal(unsigned(n_bits))
-        d_q = Signal(unsigned(ib))
-        mean_c = Signal(signed(ib))
-        t_c = Signal(signed(s_bits + ib + c.bit_length() + 2))
-        # square root
-        r_rem = Signal(unsigned(vb))
-        r_root = Signal(unsigned(vb + 1))
-        r_bit = Signal(unsigned(vb + 1))
-        # factor division, dividend 2^31 - 1: all ones, so the bit shifted in is always 1
-        f_rem = Signal(unsigned(rb + 1))
-        f_q = Signal(unsigned(FACTOR_BITS))
-
-        mean_now = (d_q ^ half_in).as_signed()       # quotient - 2^(ib-1)
-        std = r_root[:rb]
-        den = Mux(std.any(), std, 1)
-        r_trial = r_root + r_bit
-        r_take = r_rem >= r_trial
-        f_shift = Cat(Const(1, 1), f_rem)            # 2 f_rem + 1
-        f_take = f_shift >= den
-
-        # CALC's state register: If/Elif on explicit codes (1..7, none is 0) instead of m.FSM,
-        # whose Verilog (a casez without default, "!state") trips Verilator -Wall
-        idle, mean_st, var1, var2, root_st, factor, push = range(1, 8)
-        state = Signal(range(8), init=idle)
-        k_zero = ~k.any()
-        with m.If(state == idle):
-            with m.If(h1_valid):
-                m.d.sync += [
-                    c_s.eq(h1_s), c_q.eq(h1_q), h1_valid.eq(0),
-                    d_rem.eq(2 * h1_s + c + (c << ib)),
-                    d_div.eq((2 * c) << (ib - 1)),
-                    d_q.eq(0), k.eq(ib - 1), state.eq(mean_st),
-                ]
-        with m.Elif(state == mean_st):
-            take = d_rem >= d_div
-            m.d.sync += [
-                d_rem.eq(Mux(take, d_rem - d_div, d_rem)),
-                d_div.eq(d_div >> 1),
-                d_q.eq(Cat(take, d_q[:-1])),
-                k.eq(k - 1),
-            ]
-            with m.If(k_zero):
-                m.d.sync += state.eq(var1)
-        with m.Elif(state == var1):
-            m.d.sync += [mean_c.eq(mean_now), t_c.eq(2 * c_s - c * mean_now), state.eq(var2)]
-        with m.Elif(state == var2):
-            m.d.sync += [
-                r_rem.eq((c_q - mean_c * t_c)[:vb]),      # exact: 0 <= var <= var_max
-                r_root.eq(0), r_bit.eq(1 << (2 * (rb - 1))), k.eq(rb - 1), state.eq(root_st),
-            ]
-        with m.Elif(state == root_st):
-            m.d.sync += [
-                r_rem.eq(Mux(r_take, r_rem - r_trial, r_rem)),
-                r_root.eq(Mux(r_take, (r_root >> 1) + r_bit, r_root >> 1)),
-                r_bit.eq(r_bit >> 2),
-                k.eq(k - 1),
-            ]
-            with m.If(k_zero):
-                m.d.sync += [f_rem.eq(0), f_q.eq(0), k.eq(FACTOR_BITS - 1), state.eq(factor)]
-        with m.Elif(state == factor):
-            m.d.sync += [
-                f_rem.eq(Mux(f_take, f_shift - den, f_shift)),
-                f_q.eq(Cat(f_take, f_q[:-1])),
-                k.eq(k - 1),
-            ]
-            with m.If(k_zero):
-                m.d.sync += state.eq(push)
-        with m.Elif(state == push):
-            with m.If(~h2_valid):
-                m.d.sync += [h2_mean.eq(mean_c), h2_factor.eq(f_q), h2_valid.eq(1), state.eq(idle)]
-
-        # --- OUT: stream the row through the affine pipeline -------------------------------
-        en = Signal()
-        active = Signal()
-        ch = Signal(range(c))
-        rptr = Signal(range(depth))
-        cur_mean = Signal(signed(ib))
-        cur_factor = Signal(unsigned(FACTOR_BITS))
-        issue = active & en
-        out_last = ch == c - 1
-        release = issue & out_last
-        load = h2_valid & (~active | release)
-        m.d.comb += self.o.valid.eq(stream_pipeline(m, OUT_PIPE_DEPTH, active, self.o.ready, en))
-        m.d.comb += [rp.addr.eq(rptr), rp.en.eq(en), mp.addr.eq(ch), mp.en.eq(en),
-                     bp.addr.eq(ch), bp.en.eq(en)]
-        with m.If(issue):
-            m.d.sync += [ch.eq(Mux(out_last, 0, ch + 1)), rptr.eq(Mux(rptr == depth - 1, 0, rptr + 1))]
-            with m.If(out_last):
-                m.d.sync += active.eq(0)
-        with m.If(load):
-            m.d.sync += [cur_mean.eq(h2_mean), cur_factor.eq(h2_factor), h2_valid.eq(0), active.eq(1)]
-        m.d.sync += rows_held.eq(rows_held + (accept & in_last) - release)
-
-        def reg(name, value, shape=None):
-            s = Signal(shape if shape is not None else value.shape(), name=f"o{name}", reset_less=True)
-            with m.If(en):
-                m.d.sync += s.eq(value)
+        def reg(name, value, shape=None, reset=False):
+            """A register loaded every cycle (no enable; no reset unless ``reset``)."""
+            value = Value.cast(value)
+            s = Signal(shape if shape is not None else value.shape(), name=name, reset_less=not reset)
+            m.d.sync += s.eq(value)
             return s
 
-        # stage 1: buffer and ROM reads (the read ports), row scalars alongside
-        mean1, fac1 = reg("s1_mean", cur_mean), reg("s1_factor", cur_factor)
-        # stage 2: y = x - mean
-        y2 = reg("s2_y", rp.data - mean1)
-        fac2, m2, b2 = reg("s2_factor", fac1), reg("s2_m", mp.data), reg("s2_b", bp.data)
-        # stage 3: z = y factor, |z| <= 2^31 - 1 (|y| <= std): 32 signed bits are exact
-        z3 = reg("s3_z", (y2 * fac2)[:FACTOR_BITS + 1].as_signed(), signed(FACTOR_BITS + 1))
-        m3, b3 = reg("s3_m", m2), reg("s3_b", b2)
-        # stage 4: z M_c
-        p4, b4 = reg("s4_p", z3 * m3), reg("s4_b", b3)
-        # stage 5: + B_c + 2^(e-1)
-        a5 = reg("s5_a", p4 + b4)
-        # stage 6: >> e, clamp
-        lo, hi = -(1 << (self.out_bits - 1)), (1 << (self.out_bits - 1)) - 1
-        o6 = reg("s6_o", clamp(a5 >> self.e, lo, hi), signed(self.out_bits))
-        m.d.comb += self.o.payload.eq(o6)
+        def csa_stages(prefix, terms, width, carry=None):
+            """Carry-save compression of ``terms`` over registered stages of CSA_LEVELS
+            levels until two terms are left; returns the two registered terms and the
+            ``carry`` values delayed alongside (a dict by name per stage)."""
+            carry = dict(carry or {})
+            history = []
+            n = 0
+            while len(terms) > 2:
+                terms = compress(m, terms, width, CSA_LEVELS, f"{prefix}{n}")
+                terms = [reg(f"{prefix}{n}_t{k}", t) for k, t in enumerate(terms)]
+                carry = {k: reg(f"{prefix}{n}_{k}", v, reset=k in ("v", "l")) for k, v in carry.items()}
+                history.append(carry)
+                n += 1
+            return terms, history
+
+        # --- constants: RAMs, shift, channel count ------------------------------------------
+        m_ram = _LutRam(m, "m_ram", signed(MB), CM)
+        b_ram = _LutRam(m, "b_ram", signed(BB), CM)
+        e_r = Signal(E_BITS, reset_less=True)
+        cm1 = Signal(AB, init=CM - 1)           # C - 1 of the loaded layer
+        cm2 = Signal(AB, init=CM - 2)           # C - 2: "the next element is the last"
+        ld = Signal(AB)                          # next constant index
+        idle_r = Signal()
+        c_take = Signal()
+        cp = self.c.payload
+        m.d.comb += [self.c.ready.eq(idle_r), c_take.eq(self.c.valid & idle_r)]
+        # the constants are written into the RAMs from registers, a cycle after they are taken
+        m.d.sync += [m_ram.waddr.eq(ld), m_ram.wdata.eq(cp.m), b_ram.waddr.eq(ld), b_ram.wdata.eq(cp.b),
+                     m_ram.wen.eq(c_take), b_ram.wen.eq(c_take)]
+        with m.If(c_take):
+            m.d.sync += e_r.eq(cp.e)
+            with m.If(cp.last):
+                m.d.sync += [cm1.eq(ld), cm2.eq(ld - 1), ld.eq(0)]
+            with m.Else():
+                m.d.sync += ld.eq(ld + 1)
+        # derived from C (registered; stable long before a row needs them)
+        c_now = reg("c_now", cm1 + 1, unsigned(AB + 1))
+        c2 = reg("c2", c_now << 1)                                       # divisor 2C
+        cn_val = (c_now << IB) if self._fault == "mean_floor" else (c_now << IB) + c_now
+        cn = reg("cn", cn_val)                                           # C (2^IB + 1)
+
+        # --- IN: buffer the row, S and Q -------------------------------------------------------
+        stride = 1 << AB
+        buf = _LutRam(m, "buf", signed(IB), slots * stride)
+        cnt = Signal(AB)
+        wslot = Signal(range(slots))
+        in_last = Signal()                       # cnt == C - 1 (registered)
+        accept = Signal()
+        rows_held = Signal(range(slots + 1))    # rows fully in, last element not yet issued
+        rows_next = Signal(range(slots + 1))
+        room = Signal(init=1)                    # rows_held < slots (registered)
+        last_busy = Signal()                     # a row's last element in IN, or its sums wait
+        m.d.comb += [
+            self.i.ready.eq(~self.c.valid & room & ~(in_last & last_busy)),
+            accept.eq(self.i.valid & self.i.ready),
+        ]
+        with m.If(accept):
+            m.d.sync += [cnt.eq(Mux(in_last, 0, cnt + 1)), in_last.eq(~in_last & (cnt == cm2))]
+            with m.If(in_last):
+                m.d.sync += wslot.eq(Mux(wslot == slots - 1, 0, wslot + 1))
+        with m.If(c_take):                       # the unit is idle: cnt = 0, and C >= 2
+            m.d.sync += in_last.eq(0)
+        m.d.sync += [rows_held.eq(rows_next), room.eq(rows_next < slots)]
+
+        # stage 1: the element; stage 2: a = |x| - [x < 0] (ones' complement), s = [x < 0]
+        x1 = reg("in1_x", self.i.payload)
+        v1, l1 = reg("in1_v", accept, reset=True), reg("in1_l", accept & in_last, reset=True)
+        # the buffer is written from registers, a cycle after the element is taken
+        m.d.comb += [buf.waddr.eq(reg("in1_addr", Cat(cnt, wslot))), buf.wdata.eq(x1), buf.wen.eq(v1)]
+        sgn = x1[-1]
+        a2 = reg("in2_a", x1[:IB - 1] ^ sgn.replicate(IB - 1))
+        s2, x2 = reg("in2_s", sgn), reg("in2_x", x1)
+        v2, l2 = reg("in2_v", v1, reset=True), reg("in2_l", l1, reset=True)
+        # x^2 = a^2 + s (2a + 1); a^2 = sum_i a_i (2^(2i) + sum_{j>i} a_j 2^(i+j+1))
+        n = IB - 1
+        sq_w = 2 * IB - 1
+        sq_terms = [Mux(a2[i], Cat(Const(1, 1), Const(0, 1), a2[i + 1:]), 0) << (2 * i) for i in range(n)]
+        sq_terms.append(Mux(s2, Cat(Const(1, 1), a2), 0))
+        sq, hist = csa_stages("sq", sq_terms, sq_w, {"v": v2, "l": l2, "x": x2})
+        assert 2 + len(hist) + 1 == IN_PIPE_DEPTH, len(hist)
+        vl = hist[-1]
+        # accumulate: S, and Q in carry-save form (every term non-negative, so exact)
+        s_bits = _signed_bits(CM * -(1 << (IB - 1)), CM * ((1 << (IB - 1)) - 1))
+        q_bits = (CM << (2 * IB - 2)).bit_length()
+        s_acc = Signal(signed(s_bits))
+        qs_acc = Signal(q_bits)
+        qc_acc = Signal(q_bits)
+        h1_valid = Signal()
+        h1_s = Signal(signed(s_bits), reset_less=True)
+        h1_qs = Signal(q_bits, reset_less=True)
+        h1_qc = Signal(q_bits, reset_less=True)
+        q_next = compress(m, [qs_acc, qc_acc, *sq], q_bits, None, "qacc")
+        s_next = (s_acc + vl["x"])[:s_bits].as_signed()
+        with m.If(vl["v"]):
+            with m.If(vl["l"]):
+                m.d.sync += [h1_s.eq(s_next), h1_qs.eq(q_next[0]), h1_qc.eq(q_next[1]), h1_valid.eq(1),
+                             s_acc.eq(0), qs_acc.eq(0), qc_acc.eq(0)]
+            with m.Else():
+                m.d.sync += [s_acc.eq(s_next), qs_acc.eq(q_next[0]), qc_acc.eq(q_next[1])]
+        # registered: a cycle late, which is safe since two last elements are >= 2 cycles apart
+        m.d.sync += last_busy.eq(Cat(h1_valid, l1, l2, *[h["l"] for h in hist]).any())
+
+        # --- CALC: mean, var, std, factor (one row at a time) ---------------------------------
+        H = 1 << (IB - 1)
+        n_bits = ((2 * CM) << IB).bit_length()          # N = 2S + C + C 2^IB < 2C 2^IB
+        d_bits = (2 * CM - 1).bit_length()              # division remainder < 2C
+        W = VB                                           # var and its terms, modulo 2^W
+        k = Signal(range(max(IB, RB, F)))
+        k_zero = ~k.any()
+        s_c = Signal(signed(s_bits), reset_less=True)
+        qs_c = Signal(q_bits, reset_less=True)
+        qc_c = Signal(q_bits, reset_less=True)
+        d_rem = Signal(d_bits, reset_less=True)
+        nlo = Signal(IB, reset_less=True)               # N's low bits, then the quotient q
+        qbit = Signal(reset_less=True)                  # the quotient bit of the previous cycle
+        hb = Signal()                                    # qbit is a fresh quotient bit
+        xc = Signal(W, reset_less=True)                 # Horner: XC = 4 C q + C
+        zs, zc = Signal(W, reset_less=True), Signal(W, reset_less=True)     # Z = q S
+        ys, yc = Signal(W, reset_less=True), Signal(W, reset_less=True)     # Y = C q^2
+        vsh = Signal(2 * RB, reset_less=True)           # var, shifted out two bits a cycle
+        r_rem = Signal(RB + 1, reset_less=True)
+        root = Signal(RB, reset_less=True)
+        f_rem = Signal(RB, reset_less=True)
+        f_q = Signal(F, reset_less=True)
+        h2_valid = Signal()
+        h2_mean = Signal(signed(IB), reset_less=True)
+        h2_factor = Signal(F, reset_less=True)
+
+        # CALC's state: one-hot flags (each state's logic reads one flip-flop; no m.FSM, whose
+        # Verilog trips Verilator -Wall)
+        names = ("idle", "div", "tail", "var1", "var2", "var3", "root", "fact", "push")
+        st = {n: Signal(init=int(n == "idle"), name=f"calc_{n}") for n in names}
+
+        def goto(frm, to):
+            m.d.sync += [st[frm].eq(0), st[to].eq(1)]
+
+        # Horner on the quotient bits, one cycle behind the division: q' = 2q + b,
+        # Z' = 2Z + bS, Y' = 4Y + b XC, XC' = 4 C q' + C = 2 XC + (b ? 3C : -C)
+        # (Z = q S, Y = C q^2, XC = 4 C q + C; everything modulo 2^W)
+        c3 = reg("c3", (c_now << 1) + c_now, unsigned(W))             # 3C (no multiplier)
+        cneg = reg("cneg", -c_now, unsigned(W))                        # -C, sign-extended
+        m.d.sync += hb.eq(st["div"])
+        with m.If(hb):
+            b = qbit
+            z_new = compress(m, [zs << 1, zc << 1, Mux(b, s_c, 0)], W, None, "hz")
+            y_new = compress(m, [ys << 2, yc << 2, Mux(b, xc, 0)], W, None, "hy")
+            m.d.sync += [xc.eq(((xc << 1) + Mux(b, c3, cneg))[:W]), zs.eq(z_new[0]), zc.eq(z_new[1]),
+                         ys.eq(y_new[0]), yc.eq(y_new[1])]
+        # var = Q - 2Z + Y + 2^IB S - 2^(IB-2) (XC - C) + C 2^(2IB-2) (mod 2^W); each negation
+        # is ~v + 1, the three +1 ride in the constant term K.  Free-running registers: the
+        # inputs are stable from VAR1 on.
+        k_term = reg("var_k", (3 + (c_now << (IB - 2)) + (c_now << (2 * IB - 2)))[:W], unsigned(W))
+        v_terms = [qs_c, qc_c, ~(zs << 1), ~(zc << 1), ys, yc, s_c << IB, ~(xc << (IB - 2)), k_term]
+        va = [reg(f"var1_t{i}", t) for i, t in enumerate(compress(m, v_terms, W, CSA_LEVELS, "var1"))]
+        vb = [reg(f"var2_t{i}", t) for i, t in enumerate(compress(m, va, W, CSA_LEVELS, "var2"))]
+        assert len(va) == 4 and len(vb) == 2
+
+        # N = 2S + C + C 2^IB, registered a cycle after the sums arrive (h1_n_ok)
+        h1_n = reg("h1_n", ((h1_s << 1) + cn)[:n_bits])
+        h1_n_ok = Signal()
+        m.d.sync += h1_n_ok.eq(h1_valid & ~(st["idle"] & h1_n_ok))
+        with m.If(st["idle"]):
+            # loaded in every idle cycle (d_rem and nlo mean nothing before the division)
+            m.d.sync += [d_rem.eq(h1_n[IB:]), nlo.eq(h1_n[:IB]), k.eq(IB - 1)]
+            with m.If(h1_n_ok):
+                m.d.sync += [s_c.eq(h1_s), qs_c.eq(h1_qs), qc_c.eq(h1_qc), h1_valid.eq(0),
+                             xc.eq(c_now), zs.eq(0), zc.eq(0), ys.eq(0), yc.eq(0)]
+                goto("idle", "div")
+        with m.If(st["div"]):
+            # restoring division by 2C: one quotient bit a cycle, N's bits shifted in; the
+            # quotient bit is the sign of one subtraction
+            t = Cat(nlo[-1], d_rem)
+            diff = t - c2
+            take = ~diff[-1]
+            m.d.sync += [
+                d_rem.eq(Mux(take, diff, t)[:d_bits]),
+                nlo.eq(Cat(take, nlo[:-1])),
+                qbit.eq(take),
+                k.eq(k - 1),
+            ]
+            with m.If(k_zero):
+                goto("div", "tail")
+        with m.If(st["tail"]):                           # Horner's last step
+            goto("tail", "var1")
+        with m.If(st["var1"]):                           # var1_* <= 9 -> 4 terms
+            goto("var1", "var2")
+        with m.If(st["var2"]):                           # var2_* <= 4 -> 2 terms
+            goto("var2", "var3")
+        with m.If(st["var3"]):
+            m.d.sync += [vsh.eq((vb[0] + vb[1])[:W]), r_rem.eq(0), root.eq(0), f_rem.eq(0), k.eq(RB - 1)]
+            goto("var3", "root")
+        with m.If(st["root"]):
+            # digit by digit: rem' = 4 rem + next two bits of var; take when rem' >= 4 root + 1
+            t = Cat(vsh[-2:], r_rem)
+            trial = Cat(Const(1, 2), root)
+            diff = t - trial
+            take = ~diff[-1]
+            m.d.sync += [
+                r_rem.eq(Mux(take, diff, t)[:RB + 1]),
+                root.eq(Cat(take, root[:-1])),
+                vsh.eq(vsh << 2),
+                k.eq(k - 1),
+            ]
+            with m.If(k_zero):
+                m.d.sync += k.eq(F - 1)
+                goto("root", "fact")
+        with m.If(st["fact"]):
+            # floor((2^31 - 1) / std): the dividend is all ones, so the bit shifted in is 1.
+            # std = 0 (var = 0) needs no max(std, 1): dividing by 0 takes every bit, which
+            # is floor((2^31 - 1) / 1) too (and y = 0 on such a row anyway)
+            f_shift = Cat(Const(1, 1), f_rem)
+            diff = f_shift - root
+            take = ~diff[-1]
+            m.d.sync += [
+                f_rem.eq(Mux(take, diff, f_shift)[:RB]),
+                f_q.eq(Cat(take, f_q[:-1])),
+                k.eq(k - 1),
+            ]
+            with m.If(k_zero):
+                goto("fact", "push")
+        with m.If(st["push"] & ~h2_valid):
+            m.d.sync += [h2_mean.eq((nlo ^ H).as_signed()), h2_factor.eq(f_q), h2_valid.eq(1)]
+            goto("push", "idle")
+
+        # --- OUT: stream the row through the affine pipeline ---------------------------------
+        QD = self.queue_depth
+        credits = Signal(range(QD + 1), init=QD)       # queue entries not yet promised
+        has_credit = Signal(init=1)                      # credits != 0 (registered)
+        active = Signal()
+        ch = Signal(AB)
+        rslot = Signal(range(slots))
+        cur_mean = Signal(signed(IB), reset_less=True)
+        cur_factor = Signal(F, reset_less=True)
+        issue = Signal()
+        out_last = Signal()                              # ch == C - 1 (registered)
+        release = Signal()
+        load = Signal()
+        m.d.comb += [
+            issue.eq(active & has_credit),
+            release.eq(issue & out_last),
+            load.eq(h2_valid & (~active | (has_credit & out_last))),     # ~active | release
+            buf.raddr.eq(Cat(ch, rslot)),
+        ]
+        with m.If(issue):
+            m.d.sync += [ch.eq(Mux(out_last, 0, ch + 1)), out_last.eq(~out_last & (ch == cm2))]
+            with m.If(out_last):
+                m.d.sync += [active.eq(0), rslot.eq(Mux(rslot == slots - 1, 0, rslot + 1))]
+        with m.If(c_take):                               # idle: ch = 0, and C >= 2
+            m.d.sync += out_last.eq(0)
+        with m.If(load):
+            m.d.sync += [cur_mean.eq(h2_mean), cur_factor.eq(h2_factor), h2_valid.eq(0), active.eq(1)]
+        m.d.comb += rows_next.eq(rows_held + (accept & in_last) - release)
+
+        # stages 1, 2: the buffer read (banks, then the bank selected), row scalars alongside
+        mean1, fac1, ch1 = reg("o1_mean", cur_mean), reg("o1_factor", cur_factor), reg("o1_ch", ch)
+        x2o = buf.rdata
+        mean2, fac2, ch2 = reg("o2_mean", mean1), reg("o2_factor", fac1), reg("o2_ch", ch1)
+        # stage 3: y = x - mean
+        y3 = reg("o3_y", x2o - mean2)
+        fac3, ch3 = reg("o3_factor", fac2), reg("o3_ch", ch2)
+        # stages 4-6: z = y factor, |z| <= 2^31 - 1: the partial products over y's bits in a
+        # carry-save tree modulo 2^32 (exact), stage 7: the final add
+        zt, zh = csa_stages("oz", partial_products(fac3, y3), F + 1, {"ch": ch3})
+        # M_c and B_c: addressed at stage 5, read at 6 and 7
+        m.d.comb += [m_ram.raddr.eq(zh[1]["ch"]), b_ram.raddr.eq(zh[1]["ch"])]
+        z7 = reg("o7_z", (zt[0] + zt[1])[:F + 1].as_signed())
+        mc7, bc7 = m_ram.rdata, b_ram.rdata
+        # stages 8-10: v = z M_c + B_c, one carry-save tree (exact modulo 2^WP), 11: the add
+        wp_bits = _signed_bits(((1 << F) - 1) * (1 << (MB - 1)) + (1 << (BB - 1)),
+                               -((1 << F) - 1) * (1 << (MB - 1)) - (1 << (BB - 1)))
+        vt, vh = csa_stages("ov", [*partial_products(z7, mc7), bc7], wp_bits)
+        v11 = reg("o11_v", (vt[0] + vt[1])[:wp_bits].as_signed())
+        # 12, 13: u = (2v) >> e, a barrel shifter in two levels (e & ~7, then e & 7)
+        t12 = reg("o12_t", Cat(Const(0, 1), v11).as_signed() >> Cat(Const(0, 3), e_r[3:]))
+        u13 = reg("o13_u", t12 >> e_r[:3])
+        # 14: saturate u to OB + 2 bits (its upper bits all equal, or the bound of its sign)
+        nb = OB + 2
+        upper = u13[nb - 1:]
+        fits = upper.all() | ~upper.any()
+        sat = Mux(u13[-1], Const(-(1 << (nb - 1)), signed(nb)), Const((1 << (nb - 1)) - 1, signed(nb)))
+        n14 = reg("o14_u", Mux(fits, u13[:nb].as_signed(), sat), signed(nb))
+        # 15: r = (u + 1) >> 1 = rshift_round(v, e) (where it fits), and the clamp as the
+        # signs of two differences: r <= lo iff u <= 2 lo, r >= hi iff u >= 2 hi - 1;
+        # 16: out = clamp(r, lo, hi)
+        lo, hi = -(1 << (OB - 1)), (1 << (OB - 1)) - 1
+        r15 = reg("o15_r", ((n14 + 1) >> 1)[:OB].as_signed(), signed(OB))
+        lo15 = reg("o15_lo", (n14 - (2 * lo + 1))[-1])
+        hi15 = reg("o15_hi", (Const(2 * hi - 2, signed(nb)) - n14)[-1])
+        o16 = reg("o16_out", Mux(lo15, Const(lo, signed(OB)), Mux(hi15, Const(hi, signed(OB)), r15)), signed(OB))
+        depth = 3 + len(zh) + 1 + len(vh) + 1 + 5
+        assert depth == OUT_PIPE_DEPTH, depth
+        valid = issue
+        for s in range(depth):
+            valid = reg(f"o_valid{s + 1}", valid, reset=True)
+
+        queue = m.submodules.out_queue = SyncFIFOBuffered(width=OB, depth=QD)
+        o_take = self.o.valid & self.o.ready
+        m.d.comb += [queue.w_en.eq(valid), queue.w_data.eq(o16),
+                     self.o.valid.eq(queue.r_rdy), self.o.payload.eq(queue.r_data), queue.r_en.eq(self.o.ready)]
+        # has_credit follows credits without the sum in its path: the count rises (a take,
+        # no issue), falls (an issue, no take: still >= 1 iff it was >= 2) or stays
+        m.d.sync += [credits.eq(credits - issue + o_take),
+                     has_credit.eq(Mux(o_take & ~issue, 1, Mux(issue & ~o_take, credits >= 2, has_credit)))]
+
+        # idle: no partial row, no row held, nothing in OUT or the queue; registered, and
+        # conservative (an element taken this cycle makes it busy)
+        m.d.sync += idle_r.eq(~cnt.any() & ~rows_held.any() & (credits == QD) & ~accept)
         return m

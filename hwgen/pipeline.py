@@ -211,3 +211,224 @@ def divide_stages(st: Stager, num: Value, den: Value, q_bits: int, carry: dict |
         rem, q, den = getattr(ns, f"{name}_rem"), getattr(ns, f"{name}_q"), getattr(ns, f"{name}_den")
         carry = {k: getattr(ns, k) for k in carry}
     return q, ns
+
+
+# --- free-running datapaths with run-time constants (issue 9) ----------------------------------
+#
+# The units whose constants arrive at run time (hwgen.gelu, hwgen.residual_add) multiply and
+# shift by register values, not by constants.  Their datapath runs without an enable (a Stager
+# with ``en = Const(1)``: no stall, no enable fanout); an output queue with credits
+# (:func:`credited_output`) takes what the pipeline delivers, and the input is accepted only
+# while the queue has room for everything in flight.
+
+def square_partial_products(x: Value) -> list[Value]:
+    """The partial products of ``x * x`` for an unsigned ``x`` of n bits: the products
+    ``x_i x_j`` and ``x_j x_i`` are one term ``x_i x_j 2^(i+j+1)``, so row i is
+    ``x_i (1 + 4 (x >> (i+1))) 2^(2i)``: n rows of n - i + 1 bits, about half the bits of
+    :func:`partial_products` (and half the carry-save adders)."""
+    x = Value.cast(x)
+    assert not x.shape().signed
+    return [Mux(x[i], Cat(Const(1, 2), x[i + 1:]), 0) << (2 * i) for i in range(len(x))]
+
+
+def multiply_stages(st: Stager, a: Value, b: Value, carry: dict | None = None, name: str = "mul",
+                    levels_per_stage: int = 3) -> tuple[Value, SimpleNamespace]:
+    """``a * b`` (exact, :func:`product_shape`) from LUTs: the partial products of ``b``'s bits
+    (:func:`partial_products`; pass the narrower operand as ``b``; a square of an unsigned
+    value, ``a is b``, takes :func:`square_partial_products`) through a carry-save tree,
+    ``levels_per_stage`` 3:2 levels between registers, then the carry-propagate sum in a stage
+    of its own.  Stages: ``ceil(compress_levels(terms) / levels_per_stage) + 1``
+    (:func:`multiply_latency`).  Returns the registered product and the last stage's namespace
+    (``carry`` values ride along under their names)."""
+    carry = dict(carry or {})
+    a, b = Value.cast(a), Value.cast(b)
+    shape = product_shape(a, b)
+    W = shape.width
+    pps = square_partial_products(a) if a is b and not a.shape().signed else partial_products(a, b)
+    terms = compress(st.m, pps, W, 0, f"{st.prefix}{name}")   # extended to W bits
+    n = 0
+    while len(terms) > 2:
+        terms = compress(st.m, terms, W, levels_per_stage, f"{st.prefix}{name}{n}")
+        ns = st.stage(**{f"{name}_t{i}": t for i, t in enumerate(terms)}, **carry)
+        terms = [getattr(ns, f"{name}_t{i}") for i in range(len(terms))]
+        carry = {k: getattr(ns, k) for k in carry}
+        n += 1
+    ns = st.stage(**{name: fit(sum_pair(terms), shape)}, **carry)
+    return getattr(ns, name), ns
+
+
+def multiply_latency(b_bits: int, b_signed: bool, levels_per_stage: int = 3) -> int:
+    """Stages of :func:`multiply_stages` for a ``b`` of ``b_bits`` bits."""
+    return -(-compress_levels(b_bits + (1 if b_signed else 0)) // levels_per_stage) + 1
+
+
+def rshift_round_stages(st: Stager, v: Value, e: Value, carry: dict | None = None, name: str = "rs",
+                        bits_per_stage: int = 3, width: int | None = None) -> tuple[Value, SimpleNamespace]:
+    """``rshift_round(v, e)`` for a run-time unsigned ``e`` (held constant while data flow) as
+    :func:`rshift_round_var` does it, ``((2v >> e) + 1) >> 1``, with the barrel shifter split
+    over stages: ``bits_per_stage`` bits of ``e`` a stage (the high ones first), then the
+    rounding increment in a stage of its own.  ``width``: where the caller knows that the
+    result fits ``width`` bits (signed if ``v`` is), the shifted value is cut to ``width + 2``
+    bits before the increment.  Stages: ``ceil(len(e) / bits_per_stage) + 1``."""
+    carry = dict(carry or {})
+    v, e = Value.cast(v), Value.cast(e).as_unsigned()
+    t = v << 1
+    nb = len(e)
+    groups = [(lo, min(lo + bits_per_stage, nb)) for lo in range(0, nb, bits_per_stage)][::-1]
+    ns = None
+    for gi, (lo, hi) in enumerate(groups):
+        t = t >> Cat(Const(0, lo), e[lo:hi]) if lo else t >> e[lo:hi]
+        if width is not None and gi == len(groups) - 1:
+            t = t[:width + 2].as_signed() if v.shape().signed else t[:width + 2]
+        ns = st.stage(**{f"{name}_t": t}, **carry)
+        t = getattr(ns, f"{name}_t")
+        carry = {k: getattr(ns, k) for k in carry}
+    r = (t + 1) >> 1
+    if width is not None:
+        r = r[:width].as_signed() if v.shape().signed else r[:width]
+    ns = st.stage(**{name: r}, **carry)
+    return getattr(ns, name), ns
+
+
+def rshift_round_latency(e_bits: int, bits_per_stage: int = 3) -> int:
+    return -(-e_bits // bits_per_stage) + 1
+
+
+def saturate_stages(st: Stager, v: Value, bits: int, carry: dict | None = None,
+                    name: str = "sat") -> tuple[Value, SimpleNamespace]:
+    """``clamp(v, -2^(bits-1), 2^(bits-1) - 1)`` for a signed ``v`` in two stages: whether the
+    bits above ``bits - 1`` all equal the sign (an AND/OR tree, no carry chain), then the mux.
+    Returns the registered ``signed(bits)`` value and the last stage's namespace."""
+    carry = dict(carry or {})
+    v = Value.cast(v).as_signed()
+    if len(v) <= bits:
+        ok, low = Const(1, 1), v
+    else:
+        top = v[bits - 1:]
+        ok, low = top.all() | ~top.any(), v[:bits]
+    ns = st.stage(**{f"{name}_ok": ok, f"{name}_neg": v[-1], f"{name}_low": low}, **carry)
+    carry = {k: getattr(ns, k) for k in carry}
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    out = Mux(getattr(ns, f"{name}_ok"), getattr(ns, f"{name}_low"),
+              Mux(getattr(ns, f"{name}_neg"), Const(lo, signed(bits)), Const(hi, signed(bits))))
+    ns = st.stage(**{name: out.as_signed()[:bits].as_signed()}, **carry)
+    return getattr(ns, name), ns
+
+
+def valid_chain(m, depth: int, fire: Value, name: str = "valid") -> Value:
+    """A ``depth``-stage shift register of valid bits (with reset) beside a free-running
+    datapath: ``fire`` enters, the last stage's bit comes out."""
+    v = fire
+    for k in range(depth):
+        s = Signal(name=f"{name}_s{k + 1}")
+        m.d.sync += s.eq(v)
+        v = s
+    return v
+
+
+def credited_output(m, o, data: Value, valid: Value, fire: Value, depth: int,
+                    name: str = "out_queue") -> tuple[Signal, Signal]:
+    """The output queue of a free-running pipeline and its credits.
+
+    ``data`` / ``valid``: the pipeline's last stage; ``fire``: an input beat accepted (the caller
+    ties its input ready(s) to the returned ``room``).  The queue (``SyncFIFOBuffered`` of
+    ``depth`` beats) drives ``o``; the credit counter counts beats accepted and not yet taken
+    from ``o``, so the queue never overflows, and ``depth`` >= the pipeline's latency + 3 keeps
+    one beat a cycle.  Returns ``room`` (count < depth) and ``idle`` (count = 0: nothing in
+    the pipeline or the queue), both registers."""
+    from amaranth.lib.fifo import SyncFIFOBuffered
+
+    q = SyncFIFOBuffered(width=len(data), depth=depth)
+    m.submodules[name] = q
+    m.d.comb += [q.w_en.eq(valid), q.w_data.eq(data),
+                 o.valid.eq(q.r_rdy), o.payload.eq(q.r_data), q.r_en.eq(o.ready)]
+    count = Signal(range(depth + 1), name=f"{name}_count")
+    room = Signal(init=1, name=f"{name}_room")
+    idle = Signal(init=1, name=f"{name}_idle")
+    took = o.valid & o.ready
+    # the next room / idle from flags of the count register (no adder between the input
+    # handshake and these registers): count +1 (fire only), -1 (took only) or unchanged
+    below_full1 = Signal(name=f"{name}_below_full1")      # count < depth - 1
+    below_full = Signal(name=f"{name}_below_full")        # count < depth
+    is0, is1 = Signal(name=f"{name}_is0"), Signal(name=f"{name}_is1")
+    m.d.comb += [below_full1.eq(count < depth - 1), below_full.eq(count < depth),
+                 is0.eq(~count.any()), is1.eq(count == 1)]
+    up, down = fire & ~took, took & ~fire
+    plus1, minus1 = Signal.like(count, name=f"{name}_plus1"), Signal.like(count, name=f"{name}_minus1")
+    m.d.comb += [plus1.eq(count + 1), minus1.eq(count - 1)]
+    m.d.sync += [count.eq(Mux(up, plus1, Mux(down, minus1, count))),
+                 room.eq(Mux(up, below_full1, Mux(down, 1, below_full))),
+                 idle.eq(Mux(up, 0, Mux(down, is1, is0)))]
+    return room, idle
+
+
+# --- buffers in distributed RAM with a pipelined read (issue 9, Softmax) ------------------------
+#
+# yosys maps an ECP5 block RAM without its output register (DP16KD REGMODE "NOREG"; its memory
+# mapping offers no other), whose clock-to-output is 5.8 ns in nextpnr's timing model: no logic
+# and hardly any routing fit after it at 150 MHz.  A row buffer therefore lives in distributed
+# RAM (LUT RAM), read in two registered steps.
+
+LUTRAM_PART_DEPTH = 64      # words of one part: 4 LUT-RAM rows, a 4:1 read mux
+
+
+class PipelinedLutRam:
+    """``depth`` words of ``shape`` in distributed RAM (``ram_style = "distributed"``), split
+    into parts of at most ``part_depth`` words, with one write port and one read port.
+
+    Write: ``we``, ``waddr``, ``wdata`` (written at the clock edge).  Read: the word at
+    ``raddr`` in cycle k is in ``rdata`` in cycle k + 2 (:attr:`READ_LATENCY`): each part's
+    asynchronous read and its row mux end in a register, then the part select (a binary mux
+    tree on the registered part number) in another.  A word written in cycle k can be read
+    from cycle k + 1 on.  Drive ``raddr`` from registers: it fans out to every LUT RAM."""
+
+    READ_LATENCY = 2
+
+    def __init__(self, m, name: str, shape, depth: int, part_depth: int = LUTRAM_PART_DEPTH):
+        self.shape = Shape.cast(shape)
+        abits = max(1, (depth - 1).bit_length())
+        pdepth = min(part_depth, 1 << abits)
+        pbits = max(1, (pdepth - 1).bit_length())
+        nparts = -(-depth // pdepth)
+        self.we = Signal(name=f"{name}_we")
+        self.waddr = Signal(abits, name=f"{name}_waddr")
+        self.wdata = Signal(self.shape, name=f"{name}_wdata")
+        self.raddr = Signal(abits, name=f"{name}_raddr")
+        self.rdata = Signal(self.shape, name=f"{name}_rdata", reset_less=True)
+        outs = []
+        for p in range(nparts):
+            mem = Memory(shape=self.shape, depth=min(pdepth, depth - p * pdepth), init=[],
+                         attrs={"ram_style": "distributed"})
+            m.submodules[f"{name}_p{p}"] = mem
+            wp = mem.write_port()
+            rp = mem.read_port(domain="comb")
+            hi = self.waddr[pbits:]
+            if len(hi) == 0:
+                sel_w = Const(1, 1)
+            elif p == 0:
+                sel_w = ~hi.any()
+            else:
+                sel_w = hi == p
+            m.d.comb += [wp.addr.eq(self.waddr[:pbits]), wp.data.eq(self.wdata), wp.en.eq(self.we & sel_w),
+                         rp.addr.eq(self.raddr[:pbits])]
+            q = Signal(self.shape, name=f"{name}_p{p}_q", reset_less=True)
+            m.d.sync += q.eq(rp.data)
+            outs.append(q)
+        part = self.raddr[pbits:]
+        if len(part):
+            sel = Signal(len(part), name=f"{name}_part", reset_less=True)
+            m.d.sync += sel.eq(part)
+            m.d.sync += self.rdata.eq(_mux_tree(outs, sel))
+        else:
+            m.d.sync += self.rdata.eq(outs[0])
+
+
+def _mux_tree(items: list, sel: Value, lo: int = 0) -> Value:
+    """``items[sel]`` as a binary tree of 2:1 muxes on ``sel``'s bits from the top (indices past
+    the end read the last item)."""
+    n = 1 << len(sel)
+    if len(sel) == 0 or lo + n // 2 >= len(items):
+        if len(sel) == 0:
+            return items[min(lo, len(items) - 1)]
+        return _mux_tree(items, sel[:-1], lo)
+    return Mux(sel[-1], _mux_tree(items, sel[:-1], lo + n // 2), _mux_tree(items, sel[:-1], lo))

@@ -17,9 +17,11 @@ stage  operation (per lane)
 1      ``s = acc + bias`` (kept to ``acc_bits``: the graph's bound check guarantees
        ``|x @ W^T| + |bias| < 2^(acc_bits-1)``, DESIGN.md); clamp limits from out_bits;
        for out_bits = 0 (raw) m = 1 and e = 0, so the result below is s itself
+       (:func:`requant_decode`; the GEMM decodes ahead, once per tile)
 2, 3   ``p = s * m``: DSP partial products ``s_hi m``, ``s_lo m`` (``s = s_hi 2^17 + s_lo``),
-       then their sum; or, with LUT products (``mult="lut"``), the two halves of a
-       carry-save tree, then (4) the final sum
+       then their sum; or, with LUT products (``mult="lut"``), a carry-save tree
+       (:data:`CSA_LEVELS_PER_STAGE` levels a stage: 3 stages for 16-bit m), then the
+       final sum (:func:`product_stages` in all)
 +1     ``t = 2p >> (e & ~7)``, +2 ``u = t >> (e & 7)`` (the barrel shifter in two levels)
 +3     ``r = (u + 1) >> 1`` (= ``rshift_round(p, e)``, :func:`~hwgen.pipeline.rshift_round_var`)
 +4     ``r < lo``, ``r > hi``
@@ -39,7 +41,8 @@ from amaranth.lib.wiring import In, Out
 from .config import check_range
 from .pipeline import Stager, compress, compress_levels, fit, sum_pair, lane_layout, partial_products, product_shape, stream_pipeline
 
-__all__ = ["Requant", "requant_latency", "product_stages", "requant_param_fields", "requant_stages", "E_BITS"]
+__all__ = ["Requant", "requant_latency", "product_stages", "requant_param_fields", "requant_decode",
+           "requant_decoded_fields", "requant_stages", "E_BITS"]
 
 CSA_LEVELS_PER_STAGE = 2   # 3:2 compressor levels (one LUT each) between registers
 DSP_SPLIT_BITS = 17   # low part of a split product: unsigned 17 bits fit an 18 x 18 multiplier
@@ -111,6 +114,32 @@ class Requant(wiring.Component):
         return m
 
 
+def requant_decoded_fields(lanes: int, acc_bits: int, mult_bits: int, e_bits: int = E_BITS) -> dict:
+    """The parameter fields after :func:`requant_decode`: ``bias``, ``m``, ``e`` per lane (m = 1
+    and e = 0 for a raw beat), ``raw`` (out_bits = 0) and the clamp limits ``hi``, ``lo``."""
+    return {"bias": lane_layout(signed(acc_bits), lanes),
+            "m": lane_layout(unsigned(mult_bits), lanes),
+            "e": lane_layout(unsigned(e_bits), lanes),
+            "raw": 1, "hi": signed(acc_bits), "lo": signed(acc_bits)}
+
+
+def requant_decode(p, acc_bits: int) -> dict:
+    """Decode a parameter beat ``p`` (fields of :func:`requant_param_fields`) into the fields
+    of :func:`requant_decoded_fields` (name -> value, or list of lane values).  The raw sum
+    goes through the multiplier as s * 1 >> 0 (exact), so no copy of s rides along; the clamp
+    limits of out_bits in 2..A are hi = 2^(ob-1) - 1 (the bits below ob-1 set: no carry chain)
+    and lo = ~hi.  The GEMM registers this once per tile (its held parameters), so that the
+    requantizer's first stage has no logic in front of it but the bias add."""
+    lanes = len(p.m)
+    ob = p.out_bits
+    raw = ~ob.any()
+    hi = Cat(*(ob > i + 1 for i in range(acc_bits))).as_signed()
+    return {"bias": [p.bias[k] for k in range(lanes)],
+            "m": [Mux(raw, 1, p.m[k]) for k in range(lanes)],
+            "e": [Mux(raw, 0, p.e[k]) for k in range(lanes)],
+            "raw": raw, "hi": hi, "lo": (~hi).as_signed()}
+
+
 def product_stages(mult: str = "dsp", mult_bits: int = 16) -> int:
     """Stages of the requantizer's ``s * m``: the DSP partial products and their sum, or
     the carry-save tree (:data:`CSA_LEVELS_PER_STAGE` levels a stage) and the final sum."""
@@ -125,15 +154,23 @@ def requant_latency(mult: str = "dsp", mult_bits: int = 16) -> int:
     return 1 + product_stages(mult, mult_bits) + 5
 
 
-def requant_stages(m: Module, en: Value, p, acc_bits: int, prefix: str = "rq_", mult: str = "dsp") -> list[Value]:
+def requant_stages(m: Module, en: Value, p, acc_bits: int, prefix: str = "rq_", mult: str = "dsp",
+                   decoded: bool = False) -> list[Value]:
     """Add the requantizer stages (:func:`requant_latency`, all enabled by ``en``) to ``m``
     for the payload view ``p`` (fields ``acc``, ``bias``, ``m``, ``e``, ``out_bits`` as in
-    :class:`Requant`); return the registered output lanes.  Used inline by the GEMM (one
-    module, no submodule).  ``mult``: ``"dsp"`` multiplies with ``*`` (DSP blocks),
-    ``"lut"`` with a carry-save tree (:func:`hwgen.pipeline.compress`)."""
+    :class:`Requant`; or, with ``decoded``, ``acc`` and the fields of
+    :func:`requant_decoded_fields`, decoded ahead by :func:`requant_decode`); return the
+    registered output lanes.  Used inline by the GEMM (one module, no submodule).  ``mult``:
+    ``"dsp"`` multiplies with ``*`` (DSP blocks), ``"lut"`` with a carry-save tree
+    (:func:`hwgen.pipeline.compress`)."""
     A = acc_bits
     lanes = len(p.acc)
     st = Stager(m, en, prefix=prefix)
+    if decoded:
+        d = {"bias": [p.bias[k] for k in range(lanes)], "m": [p.m[k] for k in range(lanes)],
+             "e": [p.e[k] for k in range(lanes)], "raw": p.raw, "hi": p.hi, "lo": p.lo}
+    else:
+        d = requant_decode(p, A)
 
     def lane(ns, name, k):
         return getattr(ns, f"{name}{k}")
@@ -141,16 +178,11 @@ def requant_stages(m: Module, en: Value, p, acc_bits: int, prefix: str = "rq_", 
     def carry(ns, *names):
         return {f"{n}{k}": lane(ns, n, k) for n in names for k in range(lanes)}
 
-    # 1: bias add, clamp limits of this beat (shared by every lane); the raw sum goes through
-    #    the multiplier as s * 1 >> 0 (exact), so no copy of s rides along the pipeline
-    ob = p.out_bits
-    raw = ~ob.any()
-    # out_bits in 2..A: hi = 2^(ob-1) - 1 (bits below ob-1 set: no carry chain), lo = ~hi
-    hi = Cat(*(ob > i + 1 for i in range(A))).as_signed()
-    s1 = st.stage(raw=raw, hi=hi, lo=(~hi).as_signed(),
-                  **{f"s{k}": (p.acc[k] + p.bias[k])[:A].as_signed() for k in range(lanes)},
-                  **{f"m{k}": Mux(raw, 1, p.m[k]) for k in range(lanes)},
-                  **{f"e{k}": Mux(raw, 0, p.e[k]) for k in range(lanes)})
+    # 1: bias add; the beat's clamp limits (shared by every lane), m and e (requant_decode)
+    s1 = st.stage(raw=d["raw"], hi=d["hi"], lo=d["lo"],
+                  **{f"s{k}": (p.acc[k] + d["bias"][k])[:A].as_signed() for k in range(lanes)},
+                  **{f"m{k}": d["m"][k] for k in range(lanes)},
+                  **{f"e{k}": d["e"][k] for k in range(lanes)})
     limits = ("raw", "hi", "lo")
 
     def keep(ns):

@@ -1,92 +1,175 @@
-"""Residual add: the hardware of :func:`golden.executor.run_add`.
+"""Residual add: the hardware of :func:`golden.executor.run_add`, with the layer's constants
+loaded at run time.
 
 ``out = clamp(requant(a, m_a, e_a) + requant(b, m_b, e_b))`` with each requant clamped to
-the ``out_bits`` range first (DESIGN.md, "Residual add"), exactly as the golden op.
+the residual range first (DESIGN.md, "Residual add"), exactly as the golden op.  The unit is
+generated for capabilities (residual width, multiplier width, lanes); each add layer's
+``m_a``, ``e_a``, ``m_b``, ``e_b`` arrive as one ``c`` beat before its data
+(:meth:`ResidualAdd.const_beats`), so one instance serves every add of a model.
+
+=====  =====================================================================================
+stage  operation (per lane, both branches side by side)
+=====  =====================================================================================
+1-3    ``a m_a``, ``b m_b``: LUT carry-save trees (3:2 levels split over registers), then
+       the carry-propagate sums (:func:`hwgen.pipeline.multiply_stages`)
+4-6    ``rshift_round(., e)``: the barrel shifter in two stages (3 bits of e each), then the
+       rounding increment (:func:`hwgen.pipeline.rshift_round_stages`)
+7-8    clamp to residual_bits: the in-range test (no carry chain), then the mux
+9      ``ra + rb``
+10     clamp the sum (its two top bits differ exactly when it overflows)
+=====  =====================================================================================
+
+The datapath runs without an enable; an output queue with credits
+(:func:`hwgen.pipeline.credited_output`) absorbs back-pressure (see :mod:`hwgen.gelu`).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from golden.dyadic import MAX_SHIFT, MULT_BITS
+from golden.errors import UserError
+
 from .config import check_range
-from .pipeline import Stager, clamp, lane_layout, rshift_round_const, stream_pipeline
+from .pipeline import (Stager, credited_output, lane_layout, multiply_stages, rshift_round_stages, saturate_stages,
+                       valid_chain)
 
-__all__ = ["ResidualAdd", "RESIDUAL_ADD_LATENCY"]
+__all__ = ["ResidualAdd", "E_BITS", "QUEUE_LATENCY"]
 
-RESIDUAL_ADD_LATENCY = 3
+E_BITS = MAX_SHIFT.bit_length()   # e_a, e_b: rounding shifts 0..63 (golden.dyadic.MAX_SHIFT = 62)
+QUEUE_LATENCY = 2                 # cycles the output queue adds
+QUEUE_SLACK = 3                   # queue beats beyond the pipeline depth: one beat a cycle
+LEVELS_PER_STAGE = 3              # 3:2 compressor levels between registers in a multiplier
 
 
 class ResidualAdd(wiring.Component):
-    """Streaming residual add of two joined streams, ``lanes`` elements per beat.
+    """Streaming residual add of two joined streams, ``lanes`` elements per beat, the layer's
+    requantizers loaded at run time.
 
-    Parameters
-    ----------
-    m_a, e_a, m_b, e_b : int
-        Dyadic requantizers of the two branches (the op's attrs: unsigned ``m`` of at most
-        ``mult_bits`` bits, 0 <= e <= 62).
-    a_bits, b_bits : int
-        Signed widths of the two inputs.
-    out_bits : int
-        Signed width of the residual stream (the op's ``out_bits``, 16 by default).
+    Parameters (capabilities)
+    -------------------------
+    bits : int
+        Signed width of both inputs and of the output (HwConfig ``residual_bits``, 16 by
+        default).  A narrower branch (an 8-bit activation) is sign-extended by the host.
     lanes : int
-        Elements per beat.
+        Elements per beat (HwConfig ``lanes``).
+    mult_bits : int
+        Width of the unsigned multipliers ``m_a``, ``m_b`` (HwConfig ``mult_bits``; golden
+        ``MULT_BITS`` = 16).
 
     Members
     -------
-    a : In(stream.Signature(ArrayLayout(signed(a_bits), lanes)))
-    b : In(stream.Signature(ArrayLayout(signed(b_bits), lanes)))
-        The two branches; a beat is taken only when both are valid (a join:
-        ``a.ready = en & b.valid``, ``b.ready = en & a.valid``).
-    o : Out(stream.Signature(ArrayLayout(signed(out_bits), lanes)))
+    c : In(stream.Signature(StructLayout({"m_a": unsigned(mult_bits), "e_a": unsigned(6),
+                                          "m_b": unsigned(mult_bits), "e_b": unsigned(6)})))
+        The layer's requantizers (the golden op's attrs, :meth:`const_beats`), one beat per
+        layer; ``e`` is :data:`E_BITS` = 6 bits (golden ``MAX_SHIFT`` = 62).  Accepted only
+        while the unit is idle (nothing in the pipeline or the output queue); while
+        ``c.valid`` is high no data is accepted.  The constants persist until the next load;
+        before the first load the output is unspecified.
+    a, b : In(stream.Signature(ArrayLayout(signed(bits), lanes)))
+        The two branches; a beat is taken only when both are valid (a join).
+    o : Out(stream.Signature(ArrayLayout(signed(bits), lanes)))
 
     Latency and throughput
     ----------------------
-    Latency 3 cycles (products; rounding shifts and clamps; sum and clamp); throughput one
-    beat (``lanes`` elements) per cycle while both inputs are valid and ``o.ready`` is high.
+    ``latency`` cycles (12 at 16 bits, mult_bits 16: the 10 stages above and the output
+    queue's 2) from the input handshake to the output's valid, measured by
+    tests/test_hw_elementwise.py; one beat (``lanes`` elements) per cycle while both inputs
+    are valid and ``o.ready`` is high.  Under back-pressure the pipeline runs on into its
+    output queue (``depth + 3`` beats); the inputs' ready drops when its credits are spent.
+    Loading a layer's constants takes one cycle (the ``c`` handshake) once the unit is idle.
 
     The signature depends on the parameters, so it is passed to ``Component.__init__``
     instead of being written as class annotations.
     """
 
-    def __init__(self, m_a: int, e_a: int, m_b: int, e_b: int, *, a_bits: int = 16, b_bits: int = 16,
-                 out_bits: int = 16, lanes: int = 1, mult_bits: int = 16):
-        check_range("mult_bits", mult_bits, 2, 32)
-        self.m_a = check_range("add m_a", int(m_a), 0, (1 << mult_bits) - 1)
-        self.m_b = check_range("add m_b", int(m_b), 0, (1 << mult_bits) - 1)
-        self.e_a = check_range("add e_a", int(e_a), 0, 62)
-        self.e_b = check_range("add e_b", int(e_b), 0, 62)
-        self.a_bits = check_range("add a_bits", a_bits, 2, 32)
-        self.b_bits = check_range("add b_bits", b_bits, 2, 32)
-        self.out_bits = check_range("residual_bits", out_bits, 4, 32)
+    def __init__(self, *, bits: int = 16, lanes: int = 1, mult_bits: int = MULT_BITS):
+        self.bits = check_range("residual_bits", bits, 4, 32)
         self.lanes = check_range("lanes", lanes, 1, 64)
-        self.latency = RESIDUAL_ADD_LATENCY
+        self.mult_bits = check_range("mult_bits", mult_bits, 2, 32)
+        self.c_layout = data.StructLayout({"m_a": unsigned(mult_bits), "e_a": unsigned(E_BITS),
+                                           "m_b": unsigned(mult_bits), "e_b": unsigned(E_BITS)})
+        self.depth = self._pipeline_depth()
+        self.latency = self.depth + QUEUE_LATENCY
         super().__init__({
-            "a": In(stream.Signature(lane_layout(signed(a_bits), lanes))),
-            "b": In(stream.Signature(lane_layout(signed(b_bits), lanes))),
-            "o": Out(stream.Signature(lane_layout(signed(out_bits), lanes))),
+            "c": In(stream.Signature(self.c_layout)),
+            "a": In(stream.Signature(lane_layout(signed(bits), lanes))),
+            "b": In(stream.Signature(lane_layout(signed(bits), lanes))),
+            "o": Out(stream.Signature(lane_layout(signed(bits), lanes))),
         })
 
     @classmethod
-    def from_attrs(cls, attrs: dict, *, a_bits: int, b_bits: int, lanes: int = 1) -> "ResidualAdd":
-        """From the attrs of a golden 'add' op (m_a, e_a, m_b, e_b, out_bits)."""
-        return cls(attrs["m_a"], attrs["e_a"], attrs["m_b"], attrs["e_b"], a_bits=a_bits, b_bits=b_bits,
-                   out_bits=attrs["out_bits"], lanes=lanes)
+    def from_config(cls, hw) -> "ResidualAdd":
+        """The unit for ``hw`` (HwConfig ``residual_bits``, ``lanes``, ``mult_bits``)."""
+        return cls(bits=hw.residual_bits, lanes=hw.lanes, mult_bits=hw.mult_bits)
+
+    def const_beats(self, attrs: dict, consts: dict | None = None) -> list[dict[str, int]]:
+        """The one ``c`` beat of an add layer (golden ``attrs``: ``m_a``, ``e_a``, ``m_b``,
+        ``e_b``, ``out_bits``), after checking that it fits the unit; a layer that does not is
+        refused with one line naming the field, the need and the limit."""
+        ob = attrs.get("out_bits")
+        if ob != self.bits:
+            raise UserError(f"add out_bits = {ob} does not fit the unit: the unit has residual_bits {self.bits}")
+        beat = {}
+        for k, bits, why in (("m_a", self.mult_bits, f"mult_bits {self.mult_bits}"),
+                             ("e_a", E_BITS, f"golden MAX_SHIFT {MAX_SHIFT}"),
+                             ("m_b", self.mult_bits, f"mult_bits {self.mult_bits}"),
+                             ("e_b", E_BITS, f"golden MAX_SHIFT {MAX_SHIFT}")):
+            v = attrs.get(k)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise UserError(f"add {k} = {v!r} does not fit the unit: an integer is needed")
+            if v < 0:
+                raise UserError(f"add {k} = {v} does not fit the unit: needs >= 0")
+            if v >> bits:
+                raise UserError(f"add {k} = {v} does not fit the unit: needs {v.bit_length()} bits, the unit has "
+                                f"{bits} ({why})")
+            beat[k] = v
+        return [beat]
+
+    def _branch(self, st: Stager, x, m, e):
+        p, _ = multiply_stages(st, x, m, name="p", levels_per_stage=LEVELS_PER_STAGE)
+        r, _ = rshift_round_stages(st, p, e, name="r")
+        out, _ = saturate_stages(st, r, self.bits, name="c")
+        return out
+
+    def _lane(self, m: Module, k, a, b, prefix: str = ""):
+        """One lane: returns the registered output and the stage count."""
+        sa, sb = Stager(m, Const(1), prefix=f"{prefix}a_"), Stager(m, Const(1), prefix=f"{prefix}b_")
+        ra = self._branch(sa, a, k.m_a, k.e_a)
+        rb = self._branch(sb, b, k.m_b, k.e_b)
+        assert sa.depth == sb.depth
+        st = Stager(m, Const(1), prefix=f"{prefix}s_")
+        s = st.stage(sum=ra + rb)                                     # bits + 1
+        lo, hi = -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
+        over = s.sum[-1] ^ s.sum[-2]
+        out = Mux(over, Mux(s.sum[-1], Const(lo, signed(self.bits)), Const(hi, signed(self.bits))),
+                  s.sum[:self.bits].as_signed())
+        o = st.stage(o=out).o
+        return o, sa.depth + st.depth
+
+    def _pipeline_depth(self) -> int:
+        m = Module()
+        m._MustUse__silence = True
+        _, depth = self._lane(m, Signal(self.c_layout), Signal(signed(self.bits)), Signal(signed(self.bits)))
+        return depth
 
     def elaborate(self, platform):
         m = Module()
-        en = Signal()
-        lo, hi = -(1 << (self.out_bits - 1)), (1 << (self.out_bits - 1)) - 1
+        c, a, b, o = self.c, self.a, self.b, self.o
+        c_fire = c.valid & c.ready
+        go = Signal()
+        fire = a.valid & b.valid & go
+        outs = []
         for k in range(self.lanes):
-            st = Stager(m, en, prefix=f"l{k}_")
-            s = st.stage(pa=self.a.payload[k] * self.m_a, pb=self.b.payload[k] * self.m_b)
-            s = st.stage(ra=clamp(rshift_round_const(s.pa, self.e_a), lo, hi),
-                         rb=clamp(rshift_round_const(s.pb, self.e_b), lo, hi))
-            s = st.stage(o=clamp(s.ra + s.rb, lo, hi))
-            m.d.comb += self.o.payload[k].eq(s.o)
-            assert st.depth == self.latency
-        both = self.a.valid & self.b.valid
-        m.d.comb += [self.a.ready.eq(en & self.b.valid), self.b.ready.eq(en & self.a.valid)]
-        m.d.comb += self.o.valid.eq(stream_pipeline(m, self.latency, both, self.o.ready, en))
+            kc = Signal(self.c_layout, name=f"l{k}_const", reset_less=True)   # a copy per lane
+            with m.If(c_fire):
+                m.d.sync += kc.eq(c.payload)
+            out, depth = self._lane(m, kc, a.payload[k], b.payload[k], prefix=f"l{k}")
+            assert depth == self.depth
+            outs.append(out)
+        valid = valid_chain(m, self.depth, fire)
+        room, idle = credited_output(m, o, Cat(*outs), valid, fire, self.depth + QUEUE_SLACK)
+        m.d.comb += [go.eq(room & ~c.valid), a.ready.eq(go & b.valid), b.ready.eq(go & a.valid), c.ready.eq(idle)]
         return m

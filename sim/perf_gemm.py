@@ -427,7 +427,7 @@ def _tiles(t: torch.Tensor, lanes: int) -> tuple[int, list[list[int]]]:
 
 def _job(s: GemmSystem, name: str, x: torch.Tensor, w: torch.Tensor, bias, m, e, out_bits: int,
          expected: torch.Tensor, *, gap: float = 0.0, stall: float = 0.0, seed: int = 1,
-         wrong: dict | None = None) -> dict:
+         wrong: dict | None = None, resets: list | None = None) -> dict:
     M, K = x.shape
     N = w.shape[0]
     if w.shape[1] != K:
@@ -475,7 +475,8 @@ def _job(s: GemmSystem, name: str, x: torch.Tensor, w: torch.Tensor, bias, m, e,
             "M": M, "K": K, "N": N, "MT": MT, "NT": NT, "out_bits": out_bits,
             "a_words": [_pack(v, s.a_bits) for v in a_words], "w_words": [_pack(v, s.w_bits) for v in w_words],
             "p_words": p_words, "expected": expected.to(torch.int64).tolist(),
-            "gap": round(gap * 256), "stall": round(stall * 256), "seed": seed, "wrong": wrong}
+            "gap": round(gap * 256), "stall": round(stall * 256), "seed": seed, "wrong": wrong,
+            "resets": [[int(a), int(n)] for a, n in (resets or ())]}
 
 
 def linear_job(s: GemmSystem, name: str, op: Op, x: torch.Tensor, **kw) -> dict:

@@ -1,14 +1,17 @@
-"""Host side of the LayerNorm testbench: layers, the shared harness, test rows, and the
-cycles-per-row measurement a benchmark script can call.
+"""Host side of the LayerNorm testbench: the unit, layers, segments (a layer's constant
+beats and rows), the shared harness, and the timing measurement a benchmark script calls.
 
-* :func:`standard_layers`: the layers the tests use (C = 64 and 192, gamma with negative
-  entries, beta, built by :func:`golden.layernorm.build_layernorm`), plus a copy of the
-  C = 64 layer with one deliberately wrong multiplier;
-* :func:`standard_harness`: one simulator build holding all three units side by side
-  (``ln64``, ``ln192``, ``ln64_bad``), cached under sim_build/;
-* :func:`layernorm_unit_data`: the SIM_DATA entry of a unit (expected from ``layernorm_int``);
-* :func:`measure_layernorm_cycles_per_row`: steady-state cycles per row without
-  back-pressure, ``{"channels": C, "cycles": N}``.
+* :func:`standard_unit`: the unit for the default capabilities (``HwConfig()``: 16-bit
+  input, 16-bit M, 48-bit B, 8-bit output, up to 256 channels, 3 row slots);
+* :func:`standard_harness`: one simulator build holding that unit (``ln``) and a copy with
+  a deliberate fault (``ln_bad``, the mean rounded down instead of to nearest), cached
+  under sim_build/;
+* :func:`synthetic_layer`: a layer of any C through :func:`golden.layernorm.build_layernorm`
+  (gamma with negative entries, beta);
+* :func:`segment`: the SIM_DATA entry of one layer on a unit (beats from
+  :meth:`LayerNorm.const_beats`, expected from ``layernorm_int``);
+* :func:`measure_layernorm_timing`, :func:`measure_layernorm_cycles_per_row`: latency and
+  steady-state cycles per row without back-pressure, measured on the RTL.
 """
 
 from __future__ import annotations
@@ -16,91 +19,91 @@ from __future__ import annotations
 import torch
 
 from golden.layernorm import build_layernorm, layernorm_int
+from hwgen.config import HwConfig
 from hwgen.layernorm import LayerNorm
 from hwgen.verilog import Harness
 from sim import runner
 
-__all__ = ["TB", "IN_BITS", "OUT_BITS", "standard_layers", "standard_harness", "layernorm_unit_data",
-           "measure_layernorm_timing", "measure_layernorm_cycles_per_row", "wrong_layer"]
+__all__ = ["TB", "standard_unit", "standard_harness", "synthetic_layer", "segment", "unit_data",
+           "measure_layernorm_timing", "measure_layernorm_cycles_per_row"]
 
 TB = "sim.tb_layernorm"
-IN_BITS = 16
-OUT_BITS = 8
 S_OUT = 0.04            # output scale: |(x - mean) / sigma| * gamma / S_OUT spans and clamps int8
-WRONG_CHANNEL = 17
 
 
-def _layer(channels: int, seed: int) -> dict:
+def standard_unit(**kw) -> LayerNorm:
+    return LayerNorm.from_config(HwConfig(), **kw)
+
+
+def standard_harness(simulator: str = "verilator"):
+    """``(build, units)``: the standard unit and its faulty copy in one cached build."""
+    units = {"ln": standard_unit(), "ln_bad": standard_unit(_fault="mean_floor")}
+    b = runner.build(Harness(units), "layernorm_harness", {"unit": "layernorm-runtime-constants"},
+                     simulator=simulator, ports_only=True)
+    return b, units
+
+
+def synthetic_layer(channels: int, seed: int, out_bits: int = 8) -> dict:
     g = torch.Generator().manual_seed(seed)
     gamma = 1.0 + 0.6 * torch.randn(channels, generator=g, dtype=torch.float64)
     gamma[::7] = -gamma[::7].abs()                          # negative gammas for sure
     beta = 0.5 * torch.randn(channels, generator=g, dtype=torch.float64)
-    return build_layernorm(gamma, beta, S_OUT, OUT_BITS, name=f"layernorm{channels}")
+    return build_layernorm(gamma, beta, S_OUT, out_bits, name=f"layernorm{channels}")
 
 
-def wrong_layer(layer: dict, channel: int = WRONG_CHANNEL) -> dict:
-    """``layer`` with the multiplier of one channel negated (a deliberately wrong constant)."""
-    m = layer["consts"]["m"].clone()
-    m[channel] = -m[channel]
-    return {"attrs": dict(layer["attrs"]), "consts": {"m": m, "b": layer["consts"]["b"].clone()}}
+def segment(name: str, unit: LayerNorm, layer: dict, rows: torch.Tensor, *, gap: float = 0.0, stall: float = 0.0,
+            c_gap: float = 0.0, overlap: bool = False, beats: list[dict] | None = None,
+            expected_layer: dict | None = None, record: bool = False) -> dict:
+    """One layer on ``unit``: its constant beats (``beats`` if given, else
+    ``unit.const_beats``), ``rows`` (R x C) in, ``layernorm_int`` of ``expected_layer``
+    (default ``layer``) expected."""
+    c = layer["attrs"]["channels"]
+    assert rows.dim() == 2 and rows.shape[1] == c
+    beats = unit.const_beats(layer["attrs"], layer["consts"]) if beats is None else beats
+    ref = expected_layer or layer
+    expected = layernorm_int(rows, ref["attrs"], ref["consts"])
+    return {"name": name, "channels": c, "beats": [unit.pack_beat(bt) for bt in beats],
+            "values": rows.flatten().tolist(), "expected": expected.flatten().tolist(),
+            "gap_prob": gap, "stall_prob": stall, "c_gap_prob": c_gap, "overlap": overlap,
+            "record": record}
 
 
-def standard_layers() -> dict[str, dict]:
-    l64 = _layer(64, 64)
-    return {"ln64": l64, "ln192": _layer(192, 192), "ln64_bad": wrong_layer(l64)}
+def unit_data(name: str, unit: LayerNorm, segments: list[dict]) -> dict:
+    return {"name": name, "prefix": f"{name}__", "in_bits": unit.in_bits, "out_bits": unit.out_bits,
+            "segments": segments}
 
 
-def standard_harness(simulator: str = "verilator"):
-    """``(build, units, layers)``: the three standard units in one cached build."""
-    layers = standard_layers()
-    units = {n: LayerNorm(l["attrs"], l["consts"], in_bits=IN_BITS) for n, l in layers.items()}
-    b = runner.build(Harness(units), "layernorm_harness", {"in_bits": IN_BITS, "out_bits": OUT_BITS},
-                     simulator=simulator)
-    return b, units, layers
-
-
-def layernorm_unit_data(name: str, unit: LayerNorm, layer: dict, rows: torch.Tensor, *, gap: float = 0.0,
-                        stall: float = 0.0, clean_rows: int | None = None) -> dict:
-    """SIM_DATA entry of one unit: ``rows`` (R x C int) in, ``layernorm_int(rows)`` expected."""
-    c = unit.channels
-    assert rows.shape[-1] == c
-    expected = layernorm_int(rows, layer["attrs"], layer["consts"])
-    return {"name": name, "prefix": f"{name}__", "channels": c, "lanes": 1, "latency": unit.latency,
-            "inputs": [{"port": "i", "bits": unit.in_bits, "signed": True, "values": rows.flatten().tolist()}],
-            "output": {"port": "o", "bits": unit.out_bits, "signed": True},
-            "expected": expected.flatten().tolist(), "gap_prob": gap, "stall_prob": stall,
-            "clean_beats": (clean_rows if clean_rows is not None else rows.shape[0]) * c}
+def random_rows(rows: int, channels: int, seed: int, in_bits: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-(1 << (in_bits - 1)), 1 << (in_bits - 1), (rows, channels), generator=g)
 
 
 def measure_layernorm_timing(channels: int = 192, rows: int = 10, seed: int = 3) -> dict:
-    """Run ``rows`` random rows through a ``channels``-channel unit, no gaps, no back-pressure;
-    return the bench's report (latency, cycles_per_row, row_periods, ...) and the unit's
-    documented figures."""
-    if channels in (64, 192):
-        b, units, layers = standard_harness()
-        name = f"ln{channels}"
-        unit, layer = units[name], layers[name]
-    else:
-        layer = _layer(channels, channels)
-        unit = LayerNorm(layer["attrs"], layer["consts"], in_bits=IN_BITS)
-        name = "ln"
-        b = runner.build(Harness({name: unit}), f"layernorm_c{channels}", {"in_bits": IN_BITS})
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(-(1 << (IN_BITS - 1)), 1 << (IN_BITS - 1), (rows, channels), generator=g)
-    data = {"seed": seed, "units": [layernorm_unit_data(name, unit, layer, x)]}
-    res = runner.run(b, TB, data, f"perf_c{channels}")
-    rep = next(u for u in res.get("units", []) if u["name"] == name)
+    """Load a ``channels``-channel layer and run ``rows`` random rows through the standard
+    unit, no gaps, no back-pressure; return the segment's report (row_latency, row_periods,
+    load_cycles, ...) with the steady-state ``cycles_per_row`` (the median of the last half
+    of the row periods) and the unit's documented figures."""
+    b, units = standard_harness()
+    unit = units["ln"]
+    layer = synthetic_layer(channels, channels)
+    seg = segment(f"timing C={channels}", unit, layer, random_rows(rows, channels, seed))
+    res = runner.run(b, TB, {"seed": seed, "units": [unit_data("ln", unit, [seg])]}, f"perf_c{channels}")
+    rep = next(u for u in res.get("units", []) if u["name"] == "ln")
     if res["failed"] or rep["mismatches"]:
         raise RuntimeError(f"layernorm timing run failed: {rep.get('message')} (run dir {res['run_dir']})")
-    rep.update(documented_latency=unit.latency, documented_cycles_per_row=unit.cycles_per_row,
-               build_seconds=round(b.seconds, 1), run_seconds=res["seconds"])
-    return rep
+    s = rep["segments"][0]
+    tail = sorted(s["row_periods"][len(s["row_periods"]) // 2:])
+    t = unit.timing(channels)
+    s.update(cycles_per_row=tail[len(tail) // 2], latency=s["row_latency"][0],
+             documented_latency=t["latency"], documented_cycles_per_row=t["cycles_per_row"],
+             build_seconds=round(b.seconds, 1), run_seconds=res["seconds"])
+    return s
 
 
 def measure_layernorm_cycles_per_row(channels: int = 192) -> dict:
     """Steady-state cycles per row of the LayerNorm unit without back-pressure (RTL, cocotb)."""
     rep = measure_layernorm_timing(channels)
-    return {"channels": channels, "cycles": int(round(rep["cycles_per_row"]))}
+    return {"channels": channels, "cycles": int(rep["cycles_per_row"])}
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -108,4 +111,4 @@ if __name__ == "__main__":  # pragma: no cover
     import sys
 
     c = int(sys.argv[1]) if len(sys.argv) > 1 else 192
-    print(json.dumps(measure_layernorm_cycles_per_row(c)))
+    print(json.dumps(measure_layernorm_timing(c)))

@@ -32,11 +32,22 @@ from golden.errors import UserError
 
 from .rtl_top import TOP, Plan, plan_graph, top_verilog, unit_components, unit_verilog
 
-__all__ = ["RtlModel", "prepare", "run_rtl", "graph_fingerprint", "RUNS"]
+__all__ = ["RtlModel", "prepare", "run_rtl", "graph_fingerprint", "RUNS", "RunInterrupted"]
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = Path(os.environ.get("RTL_RUNS_DIR", REPO / "build" / "rtl_runs"))
 TB = "sim.tb_rtl_executor"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_rtl`: the simulators are stopped; every image finished so far
+    stays in the run folder (``kept`` says how many and where) and the next run reuses them."""
+
+    def __init__(self, run_dir: Path, finished: int, requested: int):
+        self.run_dir, self.finished, self.requested = run_dir, finished, requested
+        self.kept = (f"kept {finished} of {requested} finished RTL images in {run_dir} "
+                     f"(the same command continues from there)")
+        super().__init__(self.kept)
 
 
 @dataclass
@@ -66,16 +77,19 @@ def graph_fingerprint(graph) -> str:
 
 
 def hw_for_graph(graph):
-    from hwgen.config import HwConfig
+    """The capabilities ``graph`` needs (:func:`hwgen.capabilities.derive_hw`)."""
+    from hwgen.capabilities import derive_hw
 
-    return HwConfig(a_bits=graph.meta["a_bits"], w_bits=graph.meta["w_bits"])
+    return derive_hw([graph])
 
 
 def prepare(graph, simulator: str = "verilator", hw=None, progress: bool = True, unit_graph=None) -> RtlModel:
     """Units, plan and the simulator build of the accelerator for ``graph`` (cached).
 
-    ``unit_graph`` (tests only): generate the per-layer units from this graph instead, e.g.
-    a copy with one constant changed, to show that a broken unit is caught."""
+    The units are generated for the capabilities ``graph`` needs (``hw``, default
+    :func:`hw_for_graph`), one per op type and operand format (per GELU variant in use).
+    ``unit_graph`` (tests only): load the units' run-time constants from this graph instead,
+    e.g. a copy with one constant changed, to show that a corrupted constant word is caught."""
     from hwgen.generate import generator_hash
 
     from . import runner
@@ -85,13 +99,18 @@ def prepare(graph, simulator: str = "verilator", hw=None, progress: bool = True,
     if not runner.have_simulator(simulator):
         raise UserError(f"simulator {simulator} is not installed (Icarus: apt-get install iverilog)")
     hw = hw or hw_for_graph(graph)
-    comps = unit_components(unit_graph or graph, hw)
-    plan = plan_graph(graph, hw, comps)
+    comps = unit_components(graph, hw)
+    plan = plan_graph(graph, hw, comps, const_graph=unit_graph)
     top_src = (Path(__file__).parent / "rtl_top.py").read_bytes()
+    # The hardware (Verilog and its build) depends on the plan's engines and memories, never on
+    # the constants the memories are loaded with; the run (resume state) depends on both.
+    layout = json.loads(plan.to_json())
+    layout.pop("consts")
+    hw_key = hashlib.sha256(f"{json.dumps(layout, sort_keys=True)}|{json.dumps(hw.as_dict(), sort_keys=True)}|"
+                            f"{generator_hash()}|".encode() + top_src).hexdigest()[:16]
     units_fp = graph_fingerprint(unit_graph) if unit_graph is not None else ""
-    key = hashlib.sha256(f"{graph_fingerprint(graph)}|{units_fp}|{json.dumps(hw.as_dict(), sort_keys=True)}|"
-                         f"{generator_hash()}|".encode() + top_src).hexdigest()[:16]
-    vcache = runner.SIM_BUILD / "_rtl_top" / f"{key}.v"
+    key = hashlib.sha256(f"{hw_key}|{graph_fingerprint(graph)}|{units_fp}".encode()).hexdigest()[:16]
+    vcache = runner.SIM_BUILD / "_rtl_top" / f"{hw_key}.v"
     if vcache.exists():
         text = vcache.read_text()
         for c in comps.values():                     # only their signatures were needed
@@ -107,7 +126,7 @@ def prepare(graph, simulator: str = "verilator", hw=None, progress: bool = True,
     if progress:
         print(f"building the {simulator} model of the accelerator (cached after the first time)",
               file=sys.stderr, flush=True)
-    b = runner.build(None, TOP, {"rtl_executor": key}, simulator=simulator, verilog_text=text, ports_only=True)
+    b = runner.build(None, TOP, {"rtl_executor": hw_key}, simulator=simulator, verilog_text=text, ports_only=True)
     return RtlModel(graph, plan, b, key, hw)
 
 
@@ -117,16 +136,61 @@ def _shards(indices: list[int], workers: int) -> list[list[int]]:
 
 
 def _read_results(run_dir: Path) -> dict[int, dict]:
+    """Finished images of every earlier run in ``run_dir``: one JSON line per image; a line cut
+    short by a killed worker (SIGKILL, a full disk) is not an image and is skipped."""
     done = {}
     for path in sorted(run_dir.glob("results-*.jsonl")):
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:          # a line cut short by a killed worker
                 continue
-            if "logits" in rec:
+            if isinstance(rec, dict) and "logits" in rec and isinstance(rec.get("index"), int):
                 done[rec["index"]] = rec
     return done
+
+
+def _child_pids() -> list[int]:
+    """This process's child processes (the simulators the worker threads started)."""
+    pids: list[int] = []
+    try:
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                pids += [int(p) for p in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+    except OSError:
+        pass
+    return pids
+
+
+def _stop_simulators(threads, timeout: float = 10.0) -> None:
+    """Ctrl-C reaches the simulators too when it comes from a terminal; when only this process
+    was interrupted, stop them here so that none keeps running (and writing) behind us."""
+    import signal
+
+    for pid in _child_pids():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    end = time.time() + timeout
+    for t in threads:
+        t.join(max(0.0, end - time.time()))
+
+
+def _remove_stale_images(run_dir: Path) -> None:
+    """``images-<pid>.pt`` left by a run that was killed outright."""
+    for p in run_dir.glob("images-*.pt"):
+        try:
+            pid = int(p.stem.split("-", 1)[1])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except OSError:
+            continue
 
 
 def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers: int = 1,
@@ -141,6 +205,7 @@ def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers
 
     run_dir = model.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_images(run_dir)
     done = _read_results(run_dir) if resume else {}
     if not resume:
         for p in run_dir.glob("results-*.jsonl"):
@@ -151,7 +216,7 @@ def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers
         model.graph.save(str(graph_path))
     images_path = run_dir / f"images-{os.getpid()}.pt"
     torch.save(images_q, images_path)
-    shards = _shards(todo, workers)
+    shards = _shards(todo, workers) if todo else []     # everything finished before: no simulator
     stamp = f"{int(time.time())}-{os.getpid()}"
     jobs = []
     for k, shard in enumerate(shards):
@@ -161,15 +226,28 @@ def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers
         jobs.append((f"w{k}-{stamp}", data, res_path))
     outs: list[dict] = [None] * len(jobs)
 
+    stopping = threading.Event()          # set on Ctrl-C: a worker whose simulator was stopped is quiet
+
     def work(k):
         name, data, _ = jobs[k]
-        outs[k] = runner.run(model.build, TB, data, name, waves_on_fail=False)
+        try:
+            outs[k] = runner.run(model.build, TB, data, name, waves_on_fail=False)
+        except BaseException:
+            if not stopping.is_set():
+                raise
 
     threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(len(jobs))]
     t0 = time.time()
-    for t in threads:
-        t.start()
-    _follow(threads, [j[2] for j in jobs], len(todo), progress)
+    try:
+        for t in threads:
+            t.start()
+        _follow(threads, [j[2] for j in jobs], len(todo), progress)
+    except KeyboardInterrupt:
+        stopping.set()
+        _stop_simulators(threads)
+        images_path.unlink(missing_ok=True)
+        finished = len(set(_read_results(run_dir)) & set(indices))
+        raise RunInterrupted(run_dir, finished, len(indices)) from None
     wall = time.time() - t0
     images_path.unlink(missing_ok=True)
     records = {i: r for i, r in _read_results(run_dir).items() if i in set(indices)}
@@ -195,17 +273,19 @@ def _follow(threads, paths: list[Path], total: int, progress: bool) -> None:
 
     bar = tqdm(total=total, desc="images on simulated hardware", unit="img", disable=not progress or total == 0)
     seen = 0
-    while any(t.is_alive() for t in threads):
-        time.sleep(0.5)
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.5)
+            n = sum(p.read_text().count("\n") for p in paths if p.exists())
+            if n > seen:
+                bar.update(n - seen)
+                seen = n
+        for t in threads:
+            t.join()
         n = sum(p.read_text().count("\n") for p in paths if p.exists())
-        if n > seen:
-            bar.update(n - seen)
-            seen = n
-    for t in threads:
-        t.join()
-    n = sum(p.read_text().count("\n") for p in paths if p.exists())
-    bar.update(max(0, n - seen))
-    bar.close()
+        bar.update(max(0, n - seen))
+    finally:
+        bar.close()             # before any message about an interrupt, not after it
 
 
 def _replay(model: RtlModel, failure: dict, failed_run_dir: str) -> str | None:
@@ -295,8 +375,7 @@ def evaluate_rtl(float_model, q, images: torch.Tensor, labels: torch.Tensor, ind
         "aggregate_cycles_per_second": round(res["sim_cycles_ran"] / res["wall_seconds"], 1)
         if res["ran"] and res["wall_seconds"] else None,
         "cycles_per_image": round(sum(per_op.values()) / n_done) if n_done else 0,
-        "build_seconds": round(model.build.seconds, 1), "units": sum(len(e.instances) if e.kind != "gemm" else 1
-                                                                        for e in model.plan.engines),
+        "build_seconds": round(model.build.seconds, 1), "units": len(model.plan.engines),
         "failure": res["failure"], "waveform": res["waveform"],
         "gelu": q.graph.meta["gelu"], "softmax": q.graph.meta["softmax"],
         "calib_images": q.graph.meta["calib_images"], "seed": q.graph.meta["seed"],

@@ -9,8 +9,11 @@ concatenation and a reversal (the hex file holds each word most significant byte
 unpacking is the reverse.  Every torch operation here is data movement: the executor runs the
 host under :class:`golden.guard.DataMovementGuard`, which fails on anything else.
 
-Jobs (:class:`Job`) are plain data: the words for each source memory, the engine, ``sel``
-and the configuration words, and how to turn the sink's words into the op's output.
+Jobs (:class:`Job`) are plain data: the words for each source memory, the engine and the
+configuration words, and how to turn the sink's words into the op's output.  Each unit's
+constant memory is filled once (:func:`static_loads`) with every op's constant beats, which
+the compile step (:func:`sim.rtl_top.plan_graph`) took from the units' ``const_beats``; a
+job only names its op's slice (base and count).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .rtl_top import GROUP_TYPES, Field, Mem, Plan
+from .rtl_top import CONST_PORT, GROUP_TYPES, Field, Mem, Plan
 
 __all__ = ["DumpError", "Job", "op_job", "static_loads", "pack_words", "unpack_words", "SLOT_DTYPES"]
 
@@ -73,7 +76,6 @@ class Job:
 
     op: str
     engine: int
-    sel: int
     cfg: list[int]
     loads: dict[str, str]                     # memory name -> hex text
     sink: str                                 # sink memory name
@@ -108,11 +110,17 @@ def _p_words(cols: int, bias, m, e, out_bits: int, n: int) -> str:
 
 
 def static_loads(plan: Plan, graph) -> dict[str, str]:
-    """Static memory contents (``<mem>.static.hex``): every linear layer's weight k-slices and
-    every GEMM op's parameter words, at the addresses of the plan."""
+    """Static memory contents (``<mem>.static.hex``): every linear layer's weight k-slices,
+    every GEMM op's parameter words and every other op's constant beats, at the addresses of
+    the plan."""
     out = {}
     for e in plan.engines:
         if e.kind != "gemm":
+            words = plan.consts.get(e.name)
+            if words:
+                mem = e.mems[CONST_PORT]
+                out[mem.name] = pack_words(mem, {k: torch.tensor(v, dtype=torch.int64).reshape(-1, 1)
+                                                 for k, v in words.items()})
             continue
         cols = e.params["cols"]
         w_parts, p_parts = [], {k: [] for k in ("bias", "m", "e", "out_bits")}
@@ -140,7 +148,7 @@ def static_loads(plan: Plan, graph) -> dict[str, str]:
 
 
 def gemm_job(plan: Plan, op, x: torch.Tensor, y: torch.Tensor | None = None) -> Job:
-    e, _ = plan.engine_of(op.name)
+    e = plan.engine_of(op.name)
     R, C = e.params["rows"], e.params["cols"]
     st = plan.static[op.name]
     loads = {}
@@ -165,35 +173,41 @@ def gemm_job(plan: Plan, op, x: torch.Tensor, y: torch.Tensor | None = None) -> 
 
     cfg = [b, mt, nt, k, st["w_base"], st["w_stride"], st["p_base"], beats]
     budget = 4 * b * mt * nt * max(k, 2 * R + C) + 10_000        # four times the documented rate
-    return Job(op.name, e.index, 0, cfg, loads, e.mems["o"].name, beats, budget, finish, tiles)
+    return Job(op.name, e.index, cfg, loads, e.mems["o"].name, beats, budget, finish, tiles)
 
 
-# --- per-layer units ---------------------------------------------------------------------------
+# --- Softmax, GELU, LayerNorm, add -------------------------------------------------------------
 
 def stream_job(plan: Plan, op, inputs: list[torch.Tensor]) -> Job:
-    e, sel = plan.engine_of(op.name)
+    """A Softmax, GELU, LayerNorm or add op: its elements in order, ``lanes`` per word (the last
+    word padded with zeros, whose results are dropped); the constants are the op's slice of
+    the unit's constant memory."""
+    e = plan.engine_of(op.name)
     shape = inputs[0].shape
     n = inputs[0].numel()
+    lanes = e.mems["o"].fields[0].lanes
+    beats = -(-n // lanes)
     loads = {}
     ports = GROUP_TYPES[op.type]
     for port, t in zip(ports, inputs):
         mem = e.mems[port]
-        vals = {"data": t.reshape(n, 1)}
+        vals = {"data": F.pad(t.reshape(n), (0, beats * lanes - n)).reshape(beats, lanes)}
         if op.type == "softmax":                 # rows of the last dimension, last flag on each row's end
             last = torch.zeros(t.shape, dtype=torch.int8)
             last[..., -1] = 1
             vals["last"] = last.reshape(n, 1)
         loads[mem.name] = pack_words(mem, vals)
-    cfg = [n, n if len(ports) > 1 else 0, 0, 0, 0, 0, 0, n]
+    st = plan.static[op.name]
+    cfg = [beats, beats if len(ports) > 1 else 0, st["c_base"], st["c_count"], 0, 0, 0, beats]
 
     def finish(fields):
-        return fields["data"].reshape(shape).to(torch.int64)
+        return fields["data"].reshape(beats * lanes)[:n].reshape(shape).to(torch.int64)
 
     def tiles(index):
         return {"row": list(index[:-1]), "element": int(index[-1])}
 
-    budget = 64 * n + 10_000                 # every unit here takes about one element per cycle
-    return Job(op.name, e.index, sel, cfg, loads, e.mems["o"].name, n, budget, finish, tiles)
+    budget = 64 * (beats + st["c_count"]) + 10_000    # every unit here takes about one beat per cycle
+    return Job(op.name, e.index, cfg, loads, e.mems["o"].name, beats, budget, finish, tiles)
 
 
 def op_job(plan: Plan, op, inputs: list[torch.Tensor]) -> Job:

@@ -10,7 +10,9 @@
                "gap": 0..255, "stall": 0..255, "seed": 1}]}
 
 Per job: reset, write the host's memories through its load port (one word per clock),
-configure, pulse ``start`` and sleep until ``done`` (no Python wake-up per cycle: the
+configure, pulse ``start`` (and, for each ``[after, length]`` of the job's ``resets``, wait
+``after`` cycles, hold ``rst`` for ``length`` cycles and pulse ``start`` again at once: the
+job restarts from scratch while the aborted run's beats are still in the unit) and sleep until ``done`` (no Python wake-up per cycle: the
 simulator runs free), wait 64 more cycles so that a surplus output beat would be counted,
 then read the output rows back and score them.  The scoreboard maps output beat ``b`` to
 tile (mt, nt) and row r, compares every element inside M x N with the golden value and names
@@ -31,7 +33,7 @@ import time
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
 
 CLOCK_NS = 10
 
@@ -94,6 +96,15 @@ async def run_job(dut, job: dict) -> dict:
     port("in_start").value = 1                  # registered in the host: configuration is latched first
     await RisingEdge(dut.clk)
     port("in_start").value = 0
+    for after, length in job.get("resets") or ():
+        # a reset mid-run (host and unit), then the same job again from the start, at once
+        await ClockCycles(dut.clk, after)
+        dut.rst.value = 1
+        await ClockCycles(dut.clk, length)
+        dut.rst.value = 0
+        port("in_start").value = 1
+        await RisingEdge(dut.clk)
+        port("in_start").value = 0
     t_load = time.time()
     # sleep until done (or a generous timeout); the simulator runs free meanwhile
     beats = MT * NT * max(K, 2 * R + job["cols"])

@@ -1,104 +1,242 @@
-"""cocotb testbench for the LayerNorm unit (hwgen.layernorm.LayerNorm), row by row.
+"""cocotb testbench for the LayerNorm unit (hwgen.layernorm.LayerNorm): layers of constants
+loaded at run time on ``c``, then rows on ``i``, scored on ``o``.
 
 The pytest side (tests/test_hw_layernorm.py, sim/perf_layernorm.py) computes the expected
 outputs with :func:`golden.layernorm.layernorm_int` and passes everything in the JSON file
 named by ``SIM_DATA``::
 
-    {"seed": 1, "units": [{"name": "ln64", "prefix": "ln64__", "channels": 64, "lanes": 1,
-        "latency": 79, "inputs": [{"port": "i", "bits": 16, "signed": true, "values": [...]}],
-        "output": {"port": "o", "bits": 8, "signed": true}, "expected": [...],
-        "gap_prob": 0.3, "stall_prob": 0.3, "clean_beats": 384}]}
+    {"seed": 1, "drain_cycles": 200, "units": [{"name": "ln", "prefix": "ln__",
+        "in_bits": 16, "out_bits": 8,
+        "segments": [{"name": "w8a8 blocks.0.norm1", "channels": 64,
+                      "beats": [word, ...],      # c payload words (LayerNorm.pack_beat)
+                      "values": [...], "expected": [...],   # rows flattened, row r channel c at r C + c
+                      "gap_prob": 0.3, "stall_prob": 0.3, "c_gap_prob": 0.0, "overlap": true,
+                      "record": false}, ...]}]}
 
-``values`` and ``expected`` are the rows flattened (row r, channel c at r C + c).  The
-driver, monitor and scoreboard are those of :mod:`sim.tb_stream` (one element per beat;
-random gaps in valid and random drops of ready after ``clean_beats`` elements); the
-scoreboard here names the first mismatch by unit, row and channel and lists the rows that
-had one.  After every unit has its outputs the bench keeps ready high for ``drain_cycles``
-more cycles and counts any further output (a duplicated element).  Per unit it reports the
-latency of each row (its last input handshake to its first output handshake) and the
-steady-state cycles per row over the clean prefix.  Everything goes to ``SIM_RESULT``.
+A segment is one layer: its ``c`` beats, then its rows.  The host streams a segment's
+beats as soon as the previous segment's last element has been accepted (the unit takes
+them once it is idle).  With ``overlap`` the beats are presented back to back and the
+segment's data is presented from the same cycle on (the unit must take the constants
+first); without it, the beats may have random gaps (``c_gap_prob``) and the data waits
+until the last beat is taken.  The data driver leaves random gaps in ``i.valid``
+(``gap_prob``), the monitor drops ``o.ready`` at random (``stall_prob`` of the segment
+whose output is due).  The scoreboard compares every output element with the expected one
+in order and names the first mismatch by unit, segment, row and channel.  After every
+unit has its outputs the bench keeps ready high for ``drain_cycles`` more cycles and
+counts any further output.  Per segment it reports each row's latency (last input
+handshake to first output handshake), the periods between the rows' last outputs, and the
+loading (cycles from the first beat presented to the last one taken, and the taking
+itself), the channels that had a mismatch, and with ``record`` the outputs themselves.
+Everything goes to ``SIM_RESULT``.
 """
 
 from __future__ import annotations
 
+import random
+
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from sim.tb_stream import Scoreboard, UnitBench, _bit, finish_sim, start_sim
+from sim.tb_stream import _bit, finish_sim, start_sim
 
 
-class RowScoreboard(Scoreboard):
-    """:class:`sim.tb_stream.Scoreboard` with row and channel in the first mismatch."""
+def _signed(word: int, bits: int) -> int:
+    word &= (1 << bits) - 1
+    return word - (1 << bits) if word >> (bits - 1) else word
 
-    def __init__(self, unit: dict):
-        super().__init__(unit)
-        self.channels = unit["channels"]
-        self.bad_rows: list[int] = []
 
-    def check(self, beat_index: int, word: int) -> None:
-        before = self.mismatches
-        super().check(beat_index, word)
-        if self.mismatches > before:
-            row, ch = divmod(beat_index, self.channels)
-            if not self.bad_rows or self.bad_rows[-1] != row:
-                self.bad_rows.append(row)
-            if before == 0:
-                f = self.first
-                self.first = {"unit": f["unit"], "row": row, "channel": ch, "input": f["input"][0],
-                              "expected": f["expected"], "got": f["got"]}
+class LayerBench:
+    """Host (constants and data drivers), monitor and scoreboard of one LayerNorm unit."""
+
+    def __init__(self, dut, unit: dict, seed: int):
+        p = unit["prefix"]
+        self.unit = unit
+        self.name = unit["name"]
+        self.rng = random.Random(f"{seed}-{unit['name']}")
+        self.c_valid, self.c_ready, self.c_payload = (getattr(dut, f"{p}c__{s}") for s in ("valid", "ready", "payload"))
+        self.i_valid, self.i_ready, self.i_payload = (getattr(dut, f"{p}i__{s}") for s in ("valid", "ready", "payload"))
+        self.o_valid, self.o_ready, self.o_payload = (getattr(dut, f"{p}o__{s}") for s in ("valid", "ready", "payload"))
+        self.in_bits, self.out_bits = unit["in_bits"], unit["out_bits"]
+        self.segs = unit["segments"]
+        # flattened expectations: output element n -> (segment, index in segment)
+        self.out_map = [(s, k) for s, seg in enumerate(self.segs) for k in range(len(seg["expected"]))]
+        self.n_out = len(self.out_map)
+        # host state
+        self.c_seg = 0            # segment whose beats the constants driver is on
+        self.c_idx = 0
+        self.c_started = [None] * len(self.segs)   # cycle the first beat was presented
+        self.c_taken: list[list[int]] = [[] for _ in self.segs]
+        self.d_seg = 0            # segment whose data the data driver is on
+        self.d_idx = 0
+        self.d_accept: list[list[int]] = [[] for _ in self.segs]
+        self.c_on = self.i_on = False
+        self.c_fire = self.i_fire = False
+        self.o_ready_now = True
+        self.out_words: list[int] = []
+        self.out_cycles: list[int] = []
+        self.checked = self.mismatches = 0
+        self.first: dict | None = None
+        self.bad: list[tuple[int, int]] = []       # (segment, row) with a mismatch
+        self.bad_channels: dict[int, list[int]] = {}
+        self.extra = 0
+        self.c_valid.value = 0
+        self.i_valid.value = 0
+        self.o_ready.value = 1
+
+    @property
+    def done(self) -> bool:
+        return len(self.out_words) >= self.n_out
+
+    # -- host ------------------------------------------------------------------------------
+    def _c_may_start(self, s: int) -> bool:
+        """Segment s's beats go out once segment s-1's data is all accepted."""
+        return s == 0 or (self.d_seg >= s)
+
+    def _d_may_start(self, s: int) -> bool:
+        seg = self.segs[s]
+        if seg.get("overlap"):
+            return self.c_started[s] is not None
+        return self.c_seg > s           # all beats of s taken
+
+    def drive(self, cycle: int) -> None:   # just after a rising edge
+        if self.c_fire:
+            self.c_fire = False
+            self.c_idx += 1
+            if self.c_idx >= len(self.segs[self.c_seg]["beats"]):
+                self.c_seg += 1
+                self.c_idx = 0
+            self.c_on = False
+        if self.i_fire:
+            self.i_fire = False
+            self.d_idx += 1
+            if self.d_idx >= len(self.segs[self.d_seg]["values"]):
+                self.d_seg += 1
+                self.d_idx = 0
+            self.i_on = False
+        # constants
+        want_c = False
+        if self.c_seg < len(self.segs) and self._c_may_start(self.c_seg):
+            seg = self.segs[self.c_seg]
+            if self.c_on:
+                want_c = True
+            elif seg.get("overlap") or self.c_idx == 0 or self.rng.random() >= seg.get("c_gap_prob", 0.0):
+                self.c_payload.value = seg["beats"][self.c_idx]
+                want_c = True
+                if self.c_started[self.c_seg] is None:
+                    self.c_started[self.c_seg] = cycle
+        self.c_valid.value = int(want_c)
+        self.c_on = want_c
+        # data
+        want_i = False
+        if self.d_seg < len(self.segs) and self._d_may_start(self.d_seg):
+            seg = self.segs[self.d_seg]
+            if self.i_on:
+                want_i = True
+            elif self.rng.random() >= seg.get("gap_prob", 0.0):
+                self.i_payload.value = seg["values"][self.d_idx] & ((1 << self.in_bits) - 1)
+                want_i = True
+        self.i_valid.value = int(want_i)
+        self.i_on = want_i
+        # output ready: the stall probability of the segment whose output is due
+        if not self.done:
+            s = self.out_map[len(self.out_words)][0]
+            want_o = self.rng.random() >= self.segs[s].get("stall_prob", 0.0)
+        else:
+            want_o = True
+        if want_o != self.o_ready_now:
+            self.o_ready.value = int(want_o)
+            self.o_ready_now = want_o
+
+    def sample(self, cycle: int) -> None:   # ReadOnly
+        if self.c_on and _bit(self.c_ready):
+            self.c_fire = True
+            self.c_taken[self.c_seg].append(cycle)
+        if self.i_on and _bit(self.i_ready):
+            self.i_fire = True
+            self.d_accept[self.d_seg].append(cycle)
+        if self.o_ready_now and _bit(self.o_valid):
+            if self.done:
+                self.extra += 1
+                return
+            word = self.o_payload.value.to_unsigned()
+            self.out_words.append(word)
+            self.out_cycles.append(cycle)
+            self._check(len(self.out_words) - 1, _signed(word, self.out_bits))
+
+    def drain_sample(self) -> None:
+        if _bit(self.o_valid):
+            self.extra += 1
+
+    # -- scoreboard ------------------------------------------------------------------------
+    def _check(self, n: int, got: int) -> None:
+        s, k = self.out_map[n]
+        seg = self.segs[s]
+        exp = seg["expected"][k]
+        self.checked += 1
+        if got != exp:
+            self.mismatches += 1
+            row, ch = divmod(k, seg["channels"])
+            if not self.bad or self.bad[-1] != (s, row):
+                self.bad.append((s, row))
+            chans = self.bad_channels.setdefault(s, [])
+            if ch not in chans and len(chans) < 64:
+                chans.append(ch)
+            if self.first is None:
+                self.first = {"unit": self.name, "segment": seg["name"], "segment_index": s, "row": row,
+                              "channel": ch, "input": seg["values"][k], "expected": exp, "got": got}
 
     def message(self) -> str:
         f = self.first
         if not f:
             return f"{self.name}: {self.checked} checked, no mismatch"
-        return (f"{self.name}: {self.mismatches} mismatches of {self.checked} in {len(self.bad_rows)} rows; "
-                f"first at row {f['row']}, channel {f['channel']}: input {f['input']}, "
+        return (f"{self.name}: {self.mismatches} mismatches of {self.checked} in {len(self.bad)} rows; "
+                f"first in segment '{f['segment']}' row {f['row']}, channel {f['channel']}: input {f['input']}, "
                 f"expected {f['expected']}, got {f['got']}")
 
-
-class RowBench(UnitBench):
-    def __init__(self, dut, unit: dict, seed: int):
-        super().__init__(dut, unit, seed)
-        self.board = RowScoreboard(unit)
-        self.extra_beats = 0
-
-    def drain_sample(self) -> None:
-        if _bit(self.monitor.valid):
-            self.extra_beats += 1
-
     def report(self) -> dict:
-        res = super().report()
-        c = self.unit["channels"]
-        acc = self.drivers[0].accept_cycle
-        out = self.monitor.cycles
-        rows = min(len(acc), len(out)) // c
-        clean_rows = min(self.unit.get("clean_beats", 1 << 30) // c, rows)
-        lat = [out[r * c] - acc[(r + 1) * c - 1] for r in range(rows)]
-        last_out = [out[(r + 1) * c - 1] for r in range(rows)]
-        res.update(channels=c, rows=rows, bad_rows=self.board.bad_rows[:50], extra_beats=self.extra_beats,
-                   row_latency=lat)
-        if clean_rows:
-            res["latency"] = min(lat[:clean_rows])
-            res["latency_max_clean"] = max(lat[:clean_rows])
-        if clean_rows >= 4:          # skip the first row (pipeline filling) and the second
-            span = last_out[clean_rows - 1] - last_out[1]
-            res["cycles_per_row"] = round(span / (clean_rows - 2), 3)
-            res["row_periods"] = [last_out[r] - last_out[r - 1] for r in range(2, clean_rows)]
-        res["message"] = self.board.message()
-        return res
+        segs = []
+        base = 0
+        for s, seg in enumerate(self.segs):
+            c = seg["channels"]
+            n = len(seg["expected"])
+            acc = self.d_accept[s]
+            out = self.out_cycles[base:base + n]
+            rows = min(len(acc), len(out)) // c
+            lat = [out[r * c] - acc[(r + 1) * c - 1] for r in range(rows)]
+            last_out = [out[(r + 1) * c - 1] for r in range(rows)]
+            taken = self.c_taken[s]
+            rep = {"name": seg["name"], "channels": c, "rows": rows, "row_latency": lat,
+                   "row_periods": [last_out[r] - last_out[r - 1] for r in range(1, rows)],
+                   "bad_rows": [r for (ss, r) in self.bad if ss == s][:50],
+                   "bad_channels": sorted(self.bad_channels.get(s, [])), "beats_taken": len(taken)}
+            if seg.get("record"):
+                rep["got"] = [_signed(w, self.out_bits) for w in self.out_words[base:base + n]]
+            if taken:
+                rep["load_cycles"] = taken[-1] - taken[0] + 1
+                rep["load_wait"] = taken[0] - self.c_started[s]
+                if acc:
+                    rep["first_input_after_load"] = acc[0] - taken[-1]
+            if s > 0 and taken and base > 0 and self.out_cycles[base - 1:base]:
+                rep["prev_last_output_to_first_beat"] = taken[0] - self.out_cycles[base - 1]
+            segs.append(rep)
+            base += n
+        return {"name": self.name, "beats": self.n_out, "received_beats": len(self.out_words),
+                "checked": self.checked, "mismatches": self.mismatches, "first_mismatch": self.first,
+                "message": self.message(), "extra_beats": self.extra, "segments": segs}
 
 
 @cocotb.test()
-async def layernorm_rows(dut):
-    """Drive every unit of SIM_DATA row by row, score against golden, measure timing."""
-    cfg, benches = await start_sim(dut, lambda cfg, seed: [RowBench(dut, u, seed) for u in cfg["units"]])
-    timeout = cfg.get("timeout_cycles") or 400 + 20 * max(b.n_beats for b in benches)
+async def layernorm_layers(dut):
+    """Drive every unit of SIM_DATA layer by layer, score against golden, measure timing."""
+    cfg, benches = await start_sim(dut, lambda cfg, seed: [LayerBench(dut, u, seed) for u in cfg["units"]])
+    total = sum(b.n_out + sum(len(s["beats"]) for s in b.segs) for b in benches)
+    timeout = cfg.get("timeout_cycles") or 2000 + 20 * total
     cycle = 0
     active = list(benches)
-    finished: list[RowBench] = []
+    finished: list[LayerBench] = []
     while active and cycle < timeout:
         for b in active:
-            b.drive()
+            b.drive(cycle)
         await ReadOnly()
         for b in active:
             b.sample(cycle)
@@ -108,20 +246,20 @@ async def layernorm_rows(dut):
         active = [b for b in active if not b.done]
         await RisingEdge(dut.clk)
         for b in done:
-            b.monitor.ready.value = 1
+            b.o_ready.value = 1
+            b.c_valid.value = 0
+            b.i_valid.value = 0
             finished.append(b)
         cycle += 1
-    # drain: ready high, nothing more may come out
     for b in benches:
-        b.monitor.ready.value = 1
-        for d in b.drivers:
-            d.valid.value = 0
+        b.o_ready.value = 1
+        b.c_valid.value = 0
+        b.i_valid.value = 0
     for _ in range(cfg.get("drain_cycles", 200)):
         await ReadOnly()
         for b in benches:
             b.drain_sample()
         await RisingEdge(dut.clk)
     reports = [b.report() for b in benches]
-    finish_sim(dut, cycle, reports,
-               lambda r: f"latency {r.get('latency')}, cycles/row {r.get('cycles_per_row')}, {r['message']}",
+    finish_sim(dut, cycle, reports, lambda r: r["message"],
                [f"{r['name']}: {r['extra_beats']} elements more than sent" for r in reports if r["extra_beats"]])

@@ -53,7 +53,7 @@ class Accelerator:
 
     async def reset(self):
         d = self.dut
-        for port, v in (("load", 0), ("dump", 0), ("load_static", 0), ("go", 0), ("engine", 0), ("sel", 0)):
+        for port, v in (("load", 0), ("dump", 0), ("load_static", 0), ("go", 0), ("engine", 0)):
             getattr(d, port).value = v
         for i in range(8):
             getattr(d, f"cfg{i}").value = 0
@@ -78,7 +78,6 @@ class Accelerator:
             mask |= 1 << self.mems[name].bit
         d.load.value = mask
         d.engine.value = job.engine
-        d.sel.value = job.sel
         for i, v in enumerate(job.cfg):
             getattr(d, f"cfg{i}").value = v
         d.go.value = 1
@@ -153,7 +152,7 @@ async def run_image(acc: Accelerator, graph: IntegerGraph, x: torch.Tensor, gold
 
 
 def _job_record(job) -> dict:
-    return {"op": job.op, "engine": job.engine, "sel": job.sel, "cfg": job.cfg, "loads": sorted(job.loads),
+    return {"op": job.op, "engine": job.engine, "cfg": job.cfg, "loads": sorted(job.loads),
             "sink": job.sink, "beats": job.beats, "budget": job.budget}
 
 
@@ -238,7 +237,7 @@ async def _replay(acc: Accelerator, rec: dict) -> dict:
     from sim.rtl_host import Job
 
     stage = Path(rec["stage"])
-    job = Job(rec["op"], rec["engine"], rec["sel"], rec["cfg"], {n: (stage / acc.mems[n].file).read_text() for n in rec["loads"]},
+    job = Job(rec["op"], rec["engine"], rec["cfg"], {n: (stage / acc.mems[n].file).read_text() for n in rec["loads"]},
               rec["sink"], rec["beats"], rec["budget"])
     n, finished = await acc.run(job, job.budget)
     return {"replayed": rec["op"], "cycles": n, "finished": finished}

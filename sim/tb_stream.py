@@ -18,6 +18,19 @@ mismatch (unit, index, input, expected, got).  During the clean prefix the testb
 measures latency (input handshake to output handshake, cycles) and throughput (beats per
 cycle).  All of it is written to ``SIM_RESULT`` (JSON) for the pytest side.
 
+Units with run-time constants (issue 9) add ``"const"`` and ``"phase_beats"``::
+
+    "const": {"port": "c", "phases": [[beat, ...], ...], "gap_prob": 0.2,
+              "corrupt": {"beat": 3, "bit": 5}},          # optional: flip one bit of one beat
+    "phase_beats": [64, 64, ...]                          # data beats of each phase
+
+Phase p is a layer: its constant beats (packed payload words of the ``c`` stream, in order)
+then its data beats.  A :class:`ConstDriver` presents phase p's constants once every data
+beat of the earlier phases has been accepted; the data drivers may present phase p's beats
+from the cycle its first constant beat is presented (the unit must take the constants
+first).  Expected values run over all phases in order.  The corrupted beat (if any) is
+driven with one bit flipped, and the scoreboard must then report a mismatch.
+
 One coroutine steps every driver and monitor once per clock (wake at the rising edge to
 drive, at ReadOnly to sample), so the simulator wakes Python twice a cycle however many
 units run side by side.
@@ -61,7 +74,8 @@ class Driver:
     """Presents the beats of one input stream; holds valid and payload until the handshake."""
 
     def __init__(self, dut, prefix: str, port: dict, lanes: int, rng: random.Random, gap_prob: float,
-                 clean_beats: int):
+                 clean_beats: int, gate=None):
+        self.gate = gate            # gate(idx) -> may beat idx be presented now (None: always)
         self.valid = getattr(dut, f"{prefix}{port['port']}__valid")
         self.ready = getattr(dut, f"{prefix}{port['port']}__ready")
         self.payload = getattr(dut, f"{prefix}{port['port']}__payload")
@@ -88,6 +102,8 @@ class Driver:
         if not self.done:
             if self.holding:
                 want = True
+            elif self.gate is not None and not self.gate(self.idx):
+                pass
             elif self.idx < self.clean_beats or self.rng.random() >= self.gap_prob:
                 self.payload.value = self.beats[self.idx]
                 self.holding = want = True
@@ -99,6 +115,70 @@ class Driver:
         if self._valid_now and _bit(self.ready):
             self.fired = True
             self.accept_cycle.append(cycle)
+
+
+class ConstDriver:
+    """Presents a unit's constant beats phase by phase (``may_start(p)``: may phase p begin),
+    optionally with one bit of one beat flipped; records when each beat was accepted."""
+
+    def __init__(self, dut, prefix: str, const: dict, rng: random.Random, may_start):
+        self.valid = getattr(dut, f"{prefix}{const.get('port', 'c')}__valid")
+        self.ready = getattr(dut, f"{prefix}{const.get('port', 'c')}__ready")
+        self.payload = getattr(dut, f"{prefix}{const.get('port', 'c')}__payload")
+        self.beats = [b for ph in const["phases"] for b in ph]
+        self.phase_of = [p for p, ph in enumerate(const["phases"]) for _ in ph]
+        self.first_of = {}
+        for i, p in enumerate(self.phase_of):
+            self.first_of.setdefault(p, i)
+        corrupt = const.get("corrupt")
+        if corrupt:
+            self.beats[corrupt["beat"]] ^= 1 << corrupt["bit"]
+        self.rng, self.gap_prob, self.may_start = rng, const.get("gap_prob", 0.0), may_start
+        self.idx = 0
+        self.started = -1           # the latest phase whose first beat has been presented
+        self.holding = self.fired = self._valid_now = False
+        self.present_cycle: dict[int, int] = {}
+        self.accept_cycle: list[int] = []
+        self.cycle = 0
+        self.valid.value = 0
+
+    @property
+    def done(self) -> bool:
+        return self.idx >= len(self.beats)
+
+    def drive(self) -> None:
+        if self.fired:
+            self.idx += 1
+            self.holding = self.fired = False
+        want = False
+        if not self.done:
+            p = self.phase_of[self.idx]
+            if self.holding:
+                want = True
+            elif self.may_start(p) and (self.idx == self.first_of[p] or self.rng.random() >= self.gap_prob):
+                self.payload.value = self.beats[self.idx]
+                self.holding = want = True
+                if self.idx == self.first_of[p]:
+                    self.started = p
+                    self.present_cycle[p] = self.cycle
+        if want != self._valid_now:
+            self.valid.value = int(want)
+            self._valid_now = want
+
+    def sample(self, cycle: int) -> None:
+        self.cycle = cycle + 1
+        if self._valid_now and _bit(self.ready):
+            self.fired = True
+            self.accept_cycle.append(cycle)
+
+    def load_cycles(self) -> list[int]:
+        """Per phase: cycles from its first constant beat presented to its last accepted."""
+        out = []
+        for p, first in sorted(self.first_of.items()):
+            last = first + self.phase_of.count(p) - 1
+            if last < len(self.accept_cycle) and p in self.present_cycle:
+                out.append(self.accept_cycle[last] - self.present_cycle[p] + 1)
+        return out
 
 
 class Monitor:
@@ -165,7 +245,22 @@ class UnitBench:
         rng = random.Random(f"{seed}-{unit['name']}")
         clean = unit.get("clean_beats", 1 << 30)
         self.unit = unit
-        self.drivers = [Driver(dut, unit["prefix"], p, unit["lanes"], rng, unit.get("gap_prob", 0.0), clean)
+        self.const = None
+        gate = None
+        if unit.get("const"):
+            starts, at = [], 0
+            for n in unit["phase_beats"]:
+                starts.append(at)
+                at += n
+            self.phase_start = starts
+            self.const = ConstDriver(dut, unit["prefix"], unit["const"], rng,
+                                     lambda p: all(d.idx + d.fired >= self.phase_start[p] for d in self.drivers))
+            bounds = [(starts[p], starts[p] + n) for p, n in enumerate(unit["phase_beats"])]
+
+            def gate(idx):
+                p = next(k for k, (lo, hi) in enumerate(bounds) if lo <= idx < hi)
+                return self.const.started >= p
+        self.drivers = [Driver(dut, unit["prefix"], p, unit["lanes"], rng, unit.get("gap_prob", 0.0), clean, gate)
                         for p in unit["inputs"]]
         self.monitor = Monitor(dut, unit["prefix"], unit["output"], rng, unit.get("stall_prob", 0.0), clean)
         self.board = Scoreboard(unit)
@@ -178,11 +273,15 @@ class UnitBench:
         return len(self.monitor.beats) >= self.n_beats
 
     def drive(self) -> None:
+        if self.const is not None:
+            self.const.drive()
         for d in self.drivers:
             d.drive()
         self.monitor.drive()
 
     def sample(self, cycle: int) -> None:
+        if self.const is not None:
+            self.const.sample(cycle)
         for d in self.drivers:
             d.sample(cycle)
         self.monitor.sample(cycle)
@@ -209,6 +308,12 @@ class UnitBench:
         if n:
             res["latency_max"] = max(lat)
             res["cycles_total"] = out[n - 1] - acc[0] + 1
+        if self.const is not None:
+            res["const_beats"] = len(self.const.beats)
+            res["const_accepted"] = len(self.const.accept_cycle)
+            res["const_load_cycles"] = self.const.load_cycles()
+            if self.const.accept_cycle:
+                res["cycles_total"] = (out[n - 1] if n else 0) - min(self.const.accept_cycle[0], acc[0] if acc else 0) + 1
         return res
 
 
@@ -260,7 +365,8 @@ def finish_sim(dut, cycle: int, reports: list[dict], log, more_failures: list[st
 async def stream_units(dut):
     """Drive every unit of SIM_DATA, score against the golden outputs, measure timing."""
     cfg, benches = await start_sim(dut, lambda cfg, seed: [UnitBench(dut, u, seed) for u in cfg["units"]])
-    timeout = cfg.get("timeout_cycles") or 100 + 20 * max(b.n_beats for b in benches)
+    timeout = cfg.get("timeout_cycles") or 100 + 20 * max(b.n_beats + (len(b.const.beats) if b.const else 0)
+                                                           for b in benches)
     cycle = await run_benches(dut, benches, timeout)
     finish_sim(dut, cycle, [b.report() for b in benches],
                lambda r: f"latency {r.get('latency')}, throughput {r.get('throughput_elements_per_cycle')} "

@@ -20,6 +20,11 @@ def digits_w8a8(digits_model, digits_images):
     return quantize_model(digits_model, "digits", digits_images.calib, QuantConfig(w_bits=8))
 
 
+@pytest.fixture(scope="session")
+def digits_w4a8(digits_model, digits_images):
+    return quantize_model(digits_model, "digits", digits_images.calib, QuantConfig(w_bits=4))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -106,3 +106,20 @@ def test_generate_command_in_a_process(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "manifest.json").exists()
+
+
+def test_old_per_layer_format_refused(tmp_path, capsys):
+    """A format-1 file baked one layer's constants into the units: refused with what to do instead."""
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"format": "iptq-vit-hwgen-config/1", "hw": {}, "layer": {}}))
+    assert main(["generate", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run time" in err and "hwgen config" in err, err
+
+
+def test_default_config_covers_digits_w8a8_and_w4a8(tmp_path):
+    """configs/default.json is what `hwgen config` derives for the digits ViT at W8A8 and W4A8: one
+    set of units for every layer of both."""
+    out = tmp_path / "cfg.json"
+    assert main(["config", "--model", "digits", "--bits", "w8a8,w4a8", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["hw"] == json.loads(DEFAULT_CONFIG.read_text())["hw"]

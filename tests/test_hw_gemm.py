@@ -199,6 +199,26 @@ def test_ragged_shapes(bench):
     assert res["by_name"]["u35_ext"]["latency"] == gemm_latency(3, 5, U35.mult)     # no gaps, no stalls
 
 
+# --- reset mid-run ----------------------------------------------------------------------------
+
+def test_reset_mid_run(bench):
+    """A reset at any point of a run (operands half taken; a tile's last beat in the array,
+    the result chains or the requantizer; rows waiting in the output queue under back-pressure),
+    then the same job restarted at once: every output is right and counted once.  Only the
+    state the ports see has a reset; the aborted run's beats still in flight drain and their
+    rows are dropped before the output queue (hwgen.gemm, "Reset")."""
+    x, op = random_linear(80, 20, 20, 16, out_bits=8)      # 3 x 2 tiles, K = 20 < the tile period
+    sweep = [[a, 1 + a % 2] for a in range(1, 90, 3)]        # one reset every phase, 1 or 2 cycles
+    jobs = [pg.linear_job(S8, "reset_sweep", op, x, resets=sweep),
+            pg.linear_job(S8, "reset_gaps", op, x, gap=0.2, stall=0.5, seed=81,
+                          resets=[[a, 1] for a in (7, 23, 41, 60, 95, 140, 200)]),
+            pg.linear_job(X8, "x_reset_sweep", op, x, resets=sweep)]
+    x, op = random_linear(81, 7, 3, 9, out_bits=16)         # K = 3: tiles at the tile period
+    jobs.append(pg.linear_job(S8, "reset_short_k", op, x, stall=0.3, seed=82,
+                              resets=[[a, 1] for a in range(2, 60, 5)]))
+    _run(bench, jobs, "reset")
+
+
 # --- the testbench can fail ----------------------------------------------------------------------
 
 def test_wrong_constant_is_caught(bench):

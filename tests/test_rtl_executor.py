@@ -15,7 +15,8 @@ from golden.guard import DataMovementGuard, HostArithmetic
 from golden.quantize import QuantConfig, quantize_model
 from sim import rtl_executor
 from sim.rtl_host import pack_words, unpack_words
-from sim.rtl_top import Field, Mem, tensor_shapes
+from golden.errors import UserError
+from sim.rtl_top import Field, Mem, plan_graph, tensor_shapes, unit_components
 
 pytestmark = pytest.mark.skipif(not rtl_executor.verilator_available(), reason="verilator not installed")
 
@@ -23,11 +24,6 @@ pytestmark = pytest.mark.skipif(not rtl_executor.verilator_available(), reason="
 @pytest.fixture(autouse=True)
 def _runs_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(rtl_executor, "RUNS", tmp_path / "rtl_runs")
-
-
-@pytest.fixture(scope="module")
-def digits_w4a8(digits_model, digits_images):
-    return quantize_model(digits_model, "digits", digits_images.calib, QuantConfig(w_bits=4))
 
 
 def _golden_logits(q, xq, indices):
@@ -68,9 +64,9 @@ def test_host_arithmetic_is_caught(digits_w8a8, digits_images):
     assert "HostArithmetic" in log and "aten.add" in log
 
 
-def test_broken_unit_is_caught(digits_w8a8, digits_images):
-    """A LayerNorm unit generated with one multiplier's sign flipped: the run stops at that op, names
-    it with the element, expected and got values, and leaves a waveform of that op."""
+def test_corrupted_constant_is_caught(digits_w8a8, digits_images):
+    """The LayerNorm unit's constant memory loaded with one multiplier's sign flipped: the run stops
+    at that op, names it with the element, expected and got values, and leaves a waveform of that op."""
     bad = copy.deepcopy(digits_w8a8.graph)
     m = bad.op("blocks.1.norm2").consts["m"]
     m[5] = -m[5]                             # the sign of channel 5's gamma flipped
@@ -80,6 +76,58 @@ def test_broken_unit_is_caught(digits_w8a8, digits_images):
     assert f["element"][-1] == 5 and f["expected"] != f["got"], f
     assert res["waveform"] and rtl_executor.Path(res["waveform"]).stat().st_size > 0
     assert not res["records"]                # nothing was reported as a finished image
+
+
+@pytest.mark.parametrize("bits, gemms", [("w8a8", 2), ("w4a8", 3)])
+def test_one_unit_per_op_type(bits, gemms, digits_w8a8, digits_w4a8):
+    """One Softmax, one GELU, one LayerNorm and one add unit serve every layer (they were 28 per-layer
+    units); a GEMM per operand format; each op's constants sit in its unit's constant memory."""
+    q = {"w8a8": digits_w8a8, "w4a8": digits_w4a8}[bits]
+    hw = rtl_executor.hw_for_graph(q.graph)
+    comps = unit_components(q.graph, hw)
+    plan = plan_graph(q.graph, hw, comps)
+    kinds = sorted(e.kind for e in plan.engines)
+    assert kinds == sorted(["gemm"] * gemms + ["softmax", "gelu", "layernorm", "add"]), kinds
+    for op in q.graph.ops:
+        if op.type in ("softmax", "gelu", "layernorm", "add"):
+            st = plan.static[op.name]
+            assert st["c_count"] == (op.attrs["channels"] if op.type == "layernorm" else 1), op.name
+    counts = {e.name: len(e.instances) for e in plan.engines if e.kind != "gemm"}
+    assert counts == {"softmax": 4, "gelu_iptq": 4, "layernorm": 9, "residual_add": 9}, counts
+
+
+def test_layer_beyond_the_units_is_refused(digits_w8a8):
+    """A graph whose layer needs more than the units offer: one line naming layer, field, need, limit."""
+    hw = rtl_executor.hw_for_graph(digits_w8a8.graph).replace(layernorm_max_channels=32)
+    with pytest.raises(UserError) as exc:
+        unit_components(digits_w8a8.graph, hw)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("blocks.0.norm1"), msg
+    assert "64" in msg and "32" in msg, msg
+
+
+def test_units_do_not_depend_on_depth(digits_w8a8, digits_images):
+    """The digits ViT at depth 8 (same widths) runs on the same units as at depth 4: the same
+    instances with the same Verilog, so the same area; only the constant memories grow."""
+    import timm.models.vision_transformer as vt
+
+    from golden.digits import MODEL_KWARGS
+    from hwgen.capabilities import derive_hw
+    from hwgen.verilog import emit_verilog
+
+    torch.manual_seed(0)
+    deep = vt.VisionTransformer(**{**MODEL_KWARGS, "depth": 8}).eval()
+    g8 = quantize_model(deep, "digits", digits_images.calib[:16], QuantConfig(w_bits=8, calib_images=16)).graph
+    g4 = digits_w8a8.graph
+    hw = derive_hw([g4, g8])
+    u4, u8 = unit_components(g4, hw), unit_components(g8, hw)
+    assert sorted(u4) == sorted(u8)
+    for name in u4:
+        assert emit_verilog(u4[name], name) == emit_verilog(u8[name], name), name
+    p4, p8 = plan_graph(g4, hw, u4), plan_graph(g8, hw, u8)
+    assert len(p4.engines) == len(p8.engines)
+    assert p8.engines[[e.name for e in p8.engines].index("layernorm")].mems["c"].depth == 17 * 64
+    assert p4.engines[[e.name for e in p4.engines].index("layernorm")].mems["c"].depth == 9 * 64
 
 
 @pytest.mark.skipif(not rtl_executor.runner_has("icarus"), reason="iverilog not installed")
