@@ -588,7 +588,7 @@ def _interrupted_line(exc: BaseException) -> str:
     kept = getattr(exc, "kept", None)
     parts = [kept] if kept else []
     parts.append(_OUT.summary())
-    return "hwgen: interrupted: " + "; ".join(parts)
+    return "hwgen: interrupted: " + _one_line("; ".join(parts))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -613,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_interrupted_line(exc), file=sys.stderr)
             rc = 130
         except OSError as exc:          # the machine refused (a full disk, a vanished folder, ...)
-            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            where = f" ({_one_line(exc.filename)})" if getattr(exc, "filename", None) else ""
             print(f"hwgen: error: {_one_line(exc.strerror or exc)}{where}", file=sys.stderr)
             rc = 2
         finally:

@@ -49,8 +49,8 @@ from golden.gelu import ERF_BITS, GELU_VARIANTS, IPTQ_DEGREE, ISHIFT_Y_BITS, LUT
 from golden.softmax import EXP_FRAC_BITS, EXP_VARIANTS
 
 from .config import check_choice, check_range
-from .pipeline import (Stager, credited_output, lane_layout, multiply_stages, rshift_round_stages, saturate_stages,
-                       valid_chain)
+from .pipeline import (Stager, credited_output, lane_constants, lane_layout, multiply_stages, rshift_round_stages,
+                       saturate_stages, valid_chain)
 from .shift_exp import shift_exp_stages
 
 __all__ = ["Gelu", "GELU_EXP_VARIANT", "E_BITS", "QC_BITS", "T_BITS", "FY_MAX", "QUEUE_LATENCY"]
@@ -132,7 +132,8 @@ class Gelu(wiring.Component):
 
         One beat per layer ('lut': one per table entry).  Accepted only while the unit is
         idle (nothing in the pipeline or the output queue); while ``c.valid`` is high (and,
-        for 'lut', until the table's last entry is in) ``i`` is not accepted.  Constants
+        for 'lut', until the table's last entry is in; otherwise for ``lanes - 1`` cycles
+        after the beat) ``i`` is not accepted.  Constants
         persist until the next load; before the first load the output is unspecified.
     i : In(stream.Signature(ArrayLayout(signed(in_bits), lanes)))
         Input q at the layer's input scale; lane k in bits [k in_bits, (k+1) in_bits).
@@ -148,7 +149,8 @@ class Gelu(wiring.Component):
     queue (``depth + 3`` beats) and ``i.ready`` drops when the queue's credits are spent.
     Loading constants: one cycle per ``c`` beat (1, or ``2^in_bits`` for 'lut') once the unit
     is idle, i.e. ``latency`` cycles after the previous layer's last input if its outputs
-    are taken.
+    are taken; then, except for 'lut', ``lanes - 1`` cycles while the constants reach every
+    lane's copy (:func:`hwgen.pipeline.lane_constants`) before data are accepted.
 
     The signature depends on the parameters, so it is passed to ``Component.__init__``
     instead of being written as class annotations.
@@ -368,17 +370,14 @@ class Gelu(wiring.Component):
                 st.depth += 1                                          # the RAM's read register
                 outs.append(st.stage(o=rp.data).o)
                 assert st.depth == self.depth
-            table_whole = ~waddr.any()
+            data_ok = ~waddr.any()                                    # the table is whole
         else:
+            copies, data_ok = lane_constants(m, c.payload, c_fire, self.c_layout, self.lanes)
             for k in range(self.lanes):
-                kc = Signal(self.c_layout, name=f"l{k}_const", reset_less=True)   # a copy per lane
-                with m.If(c_fire):
-                    m.d.sync += kc.eq(c.payload)
                 st = Stager(m, Const(1), prefix=f"l{k}_")
-                outs.append(self._lane(m, st, kc, i.payload[k]))
+                outs.append(self._lane(m, st, copies[k], i.payload[k]))
                 assert st.depth == self.depth, (st.depth, self.depth)
-            table_whole = Const(1)
         valid = valid_chain(m, self.depth, fire)
         room, idle = credited_output(m, o, Cat(*outs), valid, fire, self.depth + QUEUE_SLACK)
-        m.d.comb += [go.eq(room & ~c.valid & table_whole), i.ready.eq(go), c.ready.eq(idle)]
+        m.d.comb += [go.eq(room & ~c.valid & data_ok), i.ready.eq(go), c.ready.eq(idle)]
         return m

@@ -7,7 +7,8 @@ channel ``{m, b, e, last}`` (``m`` = M_c, ``b`` = B_c as the graph holds them, `
 layer's shift, repeated in every beat, ``last`` = 1 on channel C-1).  The number of beats
 is the layer's channel count C (2..``max_channels``); M_c and B_c go into RAMs, e and C
 into registers.  ``c`` is taken only while the unit is idle (no element or row inside it,
-the previous layer's last output gone); while ``c.valid`` is high no data is accepted.
+the previous layer's last output gone); while ``c.valid`` is high, and from a layer's
+first beat to its last, no data is accepted.
 
 Per row of C signed ``in_bits`` values x (the residual stream):
 
@@ -19,18 +20,20 @@ IN         stores x_c in a row slot of the buffer; accumulates ``S = sum x`` and
            (``a = |x| - [x < 0]``, ``x^2 = a^2 + [x < 0] (2a + 1)``, the symmetric
            partial products of a^2) in carry-save form, and Q stays in carry-save form
            (two registers): no multiplier, no wide carry chain per element
-CALC       sequential, one row at a time:
-           ``mean = div_round(S, C) = floor((2S + C + C 2^in_bits) / 2C) - 2^(in_bits-1)``,
-           restoring division by the run-time 2C, one quotient bit q_k per cycle on an
-           11-bit remainder (``max_channels`` 256); alongside, one cycle behind, Horner
-           recurrences on the quotient bits (carry-save, one 3:2 level a cycle) build
-           ``X = C q``, ``Z = q S`` and ``Y = C q^2`` (q = mean + 2^(in_bits-1)), so that
-           ``var = Q - 2Z + Y + 2^in_bits (S - X) + C 2^(2 in_bits - 2)``
+CALC       sequential, one row at a time: ``N = 2S + C + C 2^in_bits`` (a cycle);
+           ``mean = div_round(S, C) = floor(N / 2C) - 2^(in_bits-1)``, restoring
+           division by the run-time 2C, one quotient bit q_k per cycle on an 11-bit
+           remainder (``max_channels`` 256), the bit the sign of one subtraction;
+           alongside, one cycle behind, Horner recurrences on the quotient bits
+           (carry-save, one 3:2 level a cycle) build ``Z = q S``, ``Y = C q^2`` and
+           ``XC = 4 C q + C`` (q = mean + 2^(in_bits-1)), so that
+           ``var = Q - 2Z + Y + 2^in_bits S - 2^(in_bits-2) (XC - C) + C 2^(2 in_bits - 2)``
            (= ``sum (x - mean)^2`` exactly, modulo 2^var_bits, which holds it) is a
            9-term carry-save sum (two cycles) and one carry-propagate add;
            ``std = isqrt(var)`` digit by digit, two bits of var a cycle, on a
            (root_bits + 3)-bit remainder; ``factor = floor((2^31 - 1) / max(std, 1))``,
-           restoring division, one quotient bit a cycle
+           restoring division, one quotient bit a cycle (std = 0 needs no max: a
+           division by 0 takes every bit, 2^31 - 1, as a division by 1 does)
 OUT        per channel c: ``y = x_c - mean``; ``z = y factor`` (17 x 31 bits, LUT
            partial products, three carry-save stages and a 32-bit add; exact in 32
            bits since |y| <= std); ``v = z M_c + B_c`` (the partial products of z M_c
@@ -46,7 +49,12 @@ The three parts work on different rows at once: the buffer has ``row_slots`` row
 of ``2^ceil(log2 max_channels)`` entries used round robin.  OUT is a free-running pipeline
 (no enable, no reset on its data registers) that writes into an output queue
 (``amaranth.lib.fifo.SyncFIFOBuffered``); an element enters the pipeline only with a
-credit (a queue entry not yet promised), so back-pressure never has to stop it.
+credit (a queue entry not yet promised), so back-pressure never has to stop it.  The row
+buffer and the M_c, B_c memories are RAMs of LUTs read in two registered steps
+(:class:`_LutRam`): on ECP5 a block RAM's read (yosys leaves its output register unused)
+takes 5.8 ns from the clock alone, which caps any design that reads one near 135 MHz.
+Every control decision on a path of its own is a register (``in_last``, ``out_last``,
+``room``, ``has_credit``, ``c.ready``, CALC's one-hot state).
 
 ``var`` is computed from the two sums instead of a second pass over the buffered row: the
 identity ``sum (x - mean)^2 = sum x^2 - 2 mean sum x + C mean^2`` is exact in integers,
@@ -69,7 +77,7 @@ from golden.errors import UserError
 from golden.layernorm import FACTOR_BITS
 
 from .config import check_range
-from .pipeline import clamp, compress, partial_products
+from .pipeline import compress, partial_products
 
 __all__ = ["LayerNorm", "layernorm_timing", "layernorm_widths", "OUT_PIPE_DEPTH", "IN_PIPE_DEPTH", "E_BITS"]
 
@@ -154,7 +162,9 @@ class _LutRam:
             mem = Memory(shape=shape, depth=bank_depth, init=[], attrs={"ram_style": "distributed"})
             m.submodules[f"{name}_bank{k}"] = mem
             wp, rp = mem.write_port(), mem.read_port(domain="sync")
-            hit = self.waddr[bb:] == k if n_banks > 1 else Const(1, 1)
+            hi = self.waddr[bb:]
+            # (`x == 0` is written as a logical not that trips Verilator -Wall's WIDTHTRUNC)
+            hit = Const(1, 1) if n_banks == 1 else (~hi.any() if k == 0 else hi == k)
             m.d.comb += [wp.addr.eq(self.waddr[:bb]), wp.data.eq(self.wdata), wp.en.eq(self.wen & hit),
                          rp.addr.eq(self.raddr[:bb])]
             datas.append(rp.data)
@@ -212,13 +222,16 @@ class LayerNorm(wiring.Component):
     its first output when nothing waits: ``T + 26`` cycles (IN 6, N 1, T, OUT load 1, OUT
     pipeline 16, queue 2; 98 at the defaults).  Throughput without back-pressure, in
     steady state: ``max(C, T, ceil((2C + T + 7) / row_slots))`` cycles per row
-    (:func:`layernorm_timing`; the third term is the row slots' bound, an average): one
-    element per cycle in and out when rows are long (C = 192: 192 cycles per row), T when
-    they are short (C = 64: 72), measured in tests/test_hw_layernorm.py.  Loading a layer's
-    constants takes C cycles (one beat a cycle) once the unit is idle; ``c.ready`` rises
-    the cycle after the previous layer's last output left.  ``i.ready`` drops while
-    ``c.valid`` is high, while every row slot is taken, and for a row's last element while
-    the previous row's sums wait for CALC; ``o.ready`` low fills the output queue, and no
+    (:func:`layernorm_timing`): one element per cycle in and out when rows are long
+    (C = 192: 192 cycles per row), T when they are short (C = 64: 72); in between the row
+    slots bound it: ``row_slots`` rows every ``2C + T + 7`` cycles (C = 72: 72, 72, 79;
+    the formula gives the average rounded up, 75).  All measured in
+    tests/test_hw_layernorm.py.  Loading a layer's
+    constants takes C cycles (one beat a cycle) once the unit is idle; the first beat is
+    taken two cycles after the previous layer's last output handshake at the earliest.
+    ``i.ready`` drops while ``c.valid`` is high or a layer's beats are under way (from its
+    first beat to its last, gaps included), while every row slot is taken, and for a row's
+    last element while the previous row's sums wait for CALC; ``o.ready`` low fills the output queue, and no
     element enters the OUT pipeline without a free queue entry (credits).
 
     The signature depends on the parameters, so it is passed to ``Component.__init__``
@@ -355,6 +368,7 @@ class LayerNorm(wiring.Component):
         cm1 = Signal(AB, init=CM - 1)           # C - 1 of the loaded layer
         cm2 = Signal(AB, init=CM - 2)           # C - 2: "the next element is the last"
         ld = Signal(AB)                          # next constant index
+        loading = Signal()                       # a layer's beats begun, its last not yet in
         idle_r = Signal()
         c_take = Signal()
         cp = self.c.payload
@@ -364,6 +378,7 @@ class LayerNorm(wiring.Component):
                      m_ram.wen.eq(c_take), b_ram.wen.eq(c_take)]
         with m.If(c_take):
             m.d.sync += e_r.eq(cp.e)
+            m.d.sync += loading.eq(~cp.last)
             with m.If(cp.last):
                 m.d.sync += [cm1.eq(ld), cm2.eq(ld - 1), ld.eq(0)]
             with m.Else():
@@ -386,7 +401,7 @@ class LayerNorm(wiring.Component):
         room = Signal(init=1)                    # rows_held < slots (registered)
         last_busy = Signal()                     # a row's last element in IN, or its sums wait
         m.d.comb += [
-            self.i.ready.eq(~self.c.valid & room & ~(in_last & last_busy)),
+            self.i.ready.eq(~self.c.valid & ~loading & room & ~(in_last & last_busy)),
             accept.eq(self.i.valid & self.i.ready),
         ]
         with m.If(accept):
@@ -395,7 +410,12 @@ class LayerNorm(wiring.Component):
                 m.d.sync += wslot.eq(Mux(wslot == slots - 1, 0, wslot + 1))
         with m.If(c_take):                       # the unit is idle: cnt = 0, and C >= 2
             m.d.sync += in_last.eq(0)
-        m.d.sync += [rows_held.eq(rows_next), room.eq(rows_next < slots)]
+        # room follows rows_held without the sum in its path: a row in and none out leaves
+        # room iff rows_held < slots - 1 before; a row out and none in always leaves room
+        inc, dec = Signal(), Signal()
+        m.d.comb += inc.eq(accept & in_last)
+        m.d.sync += [rows_held.eq(rows_next),
+                     room.eq(Mux(inc & ~dec, rows_held < slots - 1, Mux(dec & ~inc, 1, room)))]
 
         # stage 1: the element; stage 2: a = |x| - [x < 0] (ones' complement), s = [x < 0]
         x1 = reg("in1_x", self.i.payload)
@@ -449,7 +469,8 @@ class LayerNorm(wiring.Component):
         nlo = Signal(IB, reset_less=True)               # N's low bits, then the quotient q
         qbit = Signal(reset_less=True)                  # the quotient bit of the previous cycle
         hb = Signal()                                    # qbit is a fresh quotient bit
-        xc = Signal(W, reset_less=True)                 # Horner: XC = 4 C q + C
+        xc_bits = min(W, (4 * CM << IB).bit_length())    # XC = 4 C q + C < 4 C 2^IB: exact
+        xc = Signal(xc_bits, reset_less=True)           # Horner: XC = 4 C q + C
         zs, zc = Signal(W, reset_less=True), Signal(W, reset_less=True)     # Z = q S
         ys, yc = Signal(W, reset_less=True), Signal(W, reset_less=True)     # Y = C q^2
         vsh = Signal(2 * RB, reset_less=True)           # var, shifted out two bits a cycle
@@ -472,14 +493,14 @@ class LayerNorm(wiring.Component):
         # Horner on the quotient bits, one cycle behind the division: q' = 2q + b,
         # Z' = 2Z + bS, Y' = 4Y + b XC, XC' = 4 C q' + C = 2 XC + (b ? 3C : -C)
         # (Z = q S, Y = C q^2, XC = 4 C q + C; everything modulo 2^W)
-        c3 = reg("c3", (c_now << 1) + c_now, unsigned(W))             # 3C (no multiplier)
-        cneg = reg("cneg", -c_now, unsigned(W))                        # -C, sign-extended
+        c3 = reg("c3", (c_now << 1) + c_now, unsigned(xc_bits))       # 3C (no multiplier)
+        cneg = reg("cneg", -c_now, unsigned(xc_bits))                  # -C, sign-extended
         m.d.sync += hb.eq(st["div"])
         with m.If(hb):
             b = qbit
             z_new = compress(m, [zs << 1, zc << 1, Mux(b, s_c, 0)], W, None, "hz")
             y_new = compress(m, [ys << 2, yc << 2, Mux(b, xc, 0)], W, None, "hy")
-            m.d.sync += [xc.eq(((xc << 1) + Mux(b, c3, cneg))[:W]), zs.eq(z_new[0]), zc.eq(z_new[1]),
+            m.d.sync += [xc.eq(((xc << 1) + Mux(b, c3, cneg))[:xc_bits]), zs.eq(z_new[0]), zc.eq(z_new[1]),
                          ys.eq(y_new[0]), yc.eq(y_new[1])]
         # var = Q - 2Z + Y + 2^IB S - 2^(IB-2) (XC - C) + C 2^(2IB-2) (mod 2^W); each negation
         # is ~v + 1, the three +1 ride in the constant term K.  Free-running registers: the
@@ -584,7 +605,7 @@ class LayerNorm(wiring.Component):
             m.d.sync += out_last.eq(0)
         with m.If(load):
             m.d.sync += [cur_mean.eq(h2_mean), cur_factor.eq(h2_factor), h2_valid.eq(0), active.eq(1)]
-        m.d.comb += rows_next.eq(rows_held + (accept & in_last) - release)
+        m.d.comb += [dec.eq(release), rows_next.eq(rows_held + inc - dec)]
 
         # stages 1, 2: the buffer read (banks, then the bank selected), row scalars alongside
         mean1, fac1, ch1 = reg("o1_mean", cur_mean), reg("o1_factor", cur_factor), reg("o1_ch", ch)

@@ -376,11 +376,12 @@ class PipelinedLutRam:
     """``depth`` words of ``shape`` in distributed RAM (``ram_style = "distributed"``), split
     into parts of at most ``part_depth`` words, with one write port and one read port.
 
-    Write: ``we``, ``waddr``, ``wdata`` (written at the clock edge).  Read: the word at
+    Write: ``we``, ``waddr``, ``wdata`` in cycle k go through registers (the part's write
+    enable decoded before them) and are written at the end of cycle k + 1.  Read: the word at
     ``raddr`` in cycle k is in ``rdata`` in cycle k + 2 (:attr:`READ_LATENCY`): each part's
     asynchronous read and its row mux end in a register, then the part select (a binary mux
     tree on the registered part number) in another.  A word written in cycle k can be read
-    from cycle k + 1 on.  Drive ``raddr`` from registers: it fans out to every LUT RAM."""
+    from cycle k + 2 on.  Drive ``raddr`` from registers: it fans out to every LUT RAM."""
 
     READ_LATENCY = 2
 
@@ -396,6 +397,9 @@ class PipelinedLutRam:
         self.raddr = Signal(abits, name=f"{name}_raddr")
         self.rdata = Signal(self.shape, name=f"{name}_rdata", reset_less=True)
         outs = []
+        waddr_q = Signal(abits, name=f"{name}_waddr_q", reset_less=True)
+        wdata_q = Signal(self.shape, name=f"{name}_wdata_q", reset_less=True)
+        m.d.sync += [waddr_q.eq(self.waddr), wdata_q.eq(self.wdata)]
         for p in range(nparts):
             mem = Memory(shape=self.shape, depth=min(pdepth, depth - p * pdepth), init=[],
                          attrs={"ram_style": "distributed"})
@@ -409,7 +413,9 @@ class PipelinedLutRam:
                 sel_w = ~hi.any()
             else:
                 sel_w = hi == p
-            m.d.comb += [wp.addr.eq(self.waddr[:pbits]), wp.data.eq(self.wdata), wp.en.eq(self.we & sel_w),
+            we_q = Signal(name=f"{name}_p{p}_we_q")
+            m.d.sync += we_q.eq(self.we & sel_w)
+            m.d.comb += [wp.addr.eq(waddr_q[:pbits]), wp.data.eq(wdata_q), wp.en.eq(we_q),
                          rp.addr.eq(self.raddr[:pbits])]
             q = Signal(self.shape, name=f"{name}_p{p}_q", reset_less=True)
             m.d.sync += q.eq(rp.data)
@@ -432,3 +438,36 @@ def _mux_tree(items: list, sel: Value, lo: int = 0) -> Value:
             return items[min(lo, len(items) - 1)]
         return _mux_tree(items, sel[:-1], lo)
     return Mux(sel[-1], _mux_tree(items, sel[:-1], lo + n // 2), _mux_tree(items, sel[:-1], lo))
+
+
+def lane_constants(m, payload: Value, load: Value, layout, lanes: int, name: str = "const") -> tuple[list[Signal], Value]:
+    """Per-lane copies of a unit's run-time constants, loaded from ``payload`` when ``load``.
+
+    One copy per lane keeps each copy's fanout to its own lane.  Synthesis merges registers
+    with the same input and enable back into one (yosys ``opt_merge``, a ``keep`` attribute
+    notwithstanding), so the copies form a chain: copy 0 takes ``payload`` on ``load``, copy
+    k > 0 copies copy k - 1 every cycle.  Returns the copies and ``settled``: low for
+    ``lanes - 1`` cycles after a load (:func:`lane_constants_depth`), while some copy still
+    holds the old value; the unit must accept no data then.  The copies have no reset
+    (constants are unspecified before the first load)."""
+    copies = [Signal(layout, name=f"l{k}_{name}", reset_less=True) for k in range(lanes)]
+    with m.If(load):
+        m.d.sync += copies[0].eq(payload)
+    for k in range(1, lanes):
+        m.d.sync += copies[k].eq(copies[k - 1])
+    depth = lane_constants_depth(lanes)
+    if depth == 0:
+        return copies, Const(1)
+    settle = Signal(range(depth + 1), name=f"{name}_settle")
+    with m.If(load):
+        m.d.sync += settle.eq(depth)
+    with m.Elif(settle.any()):
+        m.d.sync += settle.eq(settle - 1)
+    settled = Signal(name=f"{name}_settled")
+    m.d.comb += settled.eq(~settle.any())
+    return copies, settled
+
+
+def lane_constants_depth(lanes: int) -> int:
+    """Cycles :func:`lane_constants` needs after a load before data may enter."""
+    return lanes - 1

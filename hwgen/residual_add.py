@@ -33,8 +33,8 @@ from golden.dyadic import MAX_SHIFT, MULT_BITS
 from golden.errors import UserError
 
 from .config import check_range
-from .pipeline import (Stager, credited_output, lane_layout, multiply_stages, rshift_round_stages, saturate_stages,
-                       valid_chain)
+from .pipeline import (Stager, credited_output, lane_constants, lane_layout, multiply_stages, rshift_round_stages,
+                       saturate_stages, valid_chain)
 
 __all__ = ["ResidualAdd", "E_BITS", "QUEUE_LATENCY"]
 
@@ -66,7 +66,7 @@ class ResidualAdd(wiring.Component):
         The layer's requantizers (the golden op's attrs, :meth:`const_beats`), one beat per
         layer; ``e`` is :data:`E_BITS` = 6 bits (golden ``MAX_SHIFT`` = 62).  Accepted only
         while the unit is idle (nothing in the pipeline or the output queue); while
-        ``c.valid`` is high no data is accepted.  The constants persist until the next load;
+        ``c.valid`` is high, and for ``lanes - 1`` cycles after the beat, no data is accepted.  The constants persist until the next load;
         before the first load the output is unspecified.
     a, b : In(stream.Signature(ArrayLayout(signed(bits), lanes)))
         The two branches; a beat is taken only when both are valid (a join).
@@ -79,7 +79,9 @@ class ResidualAdd(wiring.Component):
     tests/test_hw_elementwise.py; one beat (``lanes`` elements) per cycle while both inputs
     are valid and ``o.ready`` is high.  Under back-pressure the pipeline runs on into its
     output queue (``depth + 3`` beats); the inputs' ready drops when its credits are spent.
-    Loading a layer's constants takes one cycle (the ``c`` handshake) once the unit is idle.
+    Loading a layer's constants takes one cycle (the ``c`` handshake) once the unit is idle,
+    then ``lanes - 1`` cycles while they reach every lane's copy
+    (:func:`hwgen.pipeline.lane_constants`) before data are accepted.
 
     The signature depends on the parameters, so it is passed to ``Component.__init__``
     instead of being written as class annotations.
@@ -162,14 +164,12 @@ class ResidualAdd(wiring.Component):
         go = Signal()
         fire = a.valid & b.valid & go
         outs = []
+        copies, settled = lane_constants(m, c.payload, c_fire, self.c_layout, self.lanes)
         for k in range(self.lanes):
-            kc = Signal(self.c_layout, name=f"l{k}_const", reset_less=True)   # a copy per lane
-            with m.If(c_fire):
-                m.d.sync += kc.eq(c.payload)
-            out, depth = self._lane(m, kc, a.payload[k], b.payload[k], prefix=f"l{k}")
+            out, depth = self._lane(m, copies[k], a.payload[k], b.payload[k], prefix=f"l{k}")
             assert depth == self.depth
             outs.append(out)
         valid = valid_chain(m, self.depth, fire)
         room, idle = credited_output(m, o, Cat(*outs), valid, fire, self.depth + QUEUE_SLACK)
-        m.d.comb += [go.eq(room & ~c.valid), a.ready.eq(go & b.valid), b.ready.eq(go & a.valid), c.ready.eq(idle)]
+        m.d.comb += [go.eq(room & ~c.valid & settled), a.ready.eq(go & b.valid), b.ready.eq(go & a.valid), c.ready.eq(idle)]
         return m

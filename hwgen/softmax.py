@@ -1,5 +1,5 @@
 """Row-wise shift Softmax: the hardware of :func:`golden.softmax.shift_softmax`, bit for bit,
-with the layer's scale exponent ``f`` loaded at run time.
+with the layer's scale exponent ``f`` loaded at run time (one ``c`` beat per layer).
 
 Four row-level stages run concurrently, each on a different row, handing rows over through
 banked buffers (a macro pipeline):
@@ -7,12 +7,13 @@ banked buffers (a macro pipeline):
 =========  ===================================================================================
 stage      operation
 =========  ===================================================================================
-load       takes the scores of a row (an input register, then) into score bank ``lw`` (2
-           banks, one element per cycle) and keeps the running maximum; ``last`` (or the ``max_row``-th element)
-           closes the row
-exp        reads the row back (block RAM read, then a register), ``x = s - max`` (one
-           register), the :data:`~hwgen.shift_exp.SHIFT_EXP_LATENCY` shift-exponential
-           stages of :func:`hwgen.shift_exp.shift_exp_stages` (every variant of
+load       an input register, then the score into score bank ``lw`` (2 banks) and the
+           running maximum (an unsigned compare of offset-binary scores: a bare carry chain);
+           ``last`` (or the ``max_row``-th element) closes the row; the row's maximum goes
+           to its bank a cycle later
+exp        reads the row back (a two-cycle LUT-RAM read), ``x = s - max`` (one register), the
+           :data:`~hwgen.shift_exp.SHIFT_EXP_LATENCY` stages of
+           :func:`hwgen.shift_exp.shift_exp_stages` (every variant of
            ``golden.softmax.EXP_VARIANTS``; ``f`` from the ``c`` stream), writes each exp into
            exp bank ``ew`` (3 banks) and adds it to the row sum
 divide     ONE reciprocal per row, ``recip = floor((2^R - 1) / sum)``, by a sequential long
@@ -20,17 +21,25 @@ divide     ONE reciprocal per row, ``recip = floor((2^R - 1) / sum)``, by a sequ
            contributes exactly 2^C, so ``sum >= 2^C`` and ``recip < 2^(R-C)``; the partial
            remainder stays below ``sum``, so each step is one subtraction of ``sum_bits + 1``
            bits); it runs while the exp stage already works on the next row
-out        reads the exps back and computes
-           ``clamp(rshift_round(exp * recip, R - out_bits), 0, 2^out_bits - 1)`` in a
-           pipeline without an enable (block RAM read, a register, the partial products of
-           the LUT multiplier with two carry-save stages, the sum with the clamp), into a
-           16-entry output queue; an element is issued only against a free queue entry
-           (credits), so back-pressure on ``o`` never stalls the pipeline itself
+out        sets a row up (its length and reciprocal into registers, one cycle), then issues
+           one element a cycle while the output queue has room for it (credits): a two-cycle
+           LUT-RAM read, the partial products of ``exp * recip`` (LUTs, no DSP block) in three
+           carry-save stages, the sum with the rounding and the clamp
+           ``clamp(rshift_round(exp * recip, R - out_bits), 0, 2^out_bits - 1)``, a 16-entry
+           output queue; the pipeline has no enable, so back-pressure on ``o`` never reaches
+           its registers
 =========  ===================================================================================
 
 A bank is handed to the next stage when it is full (row loaded; or exps and reciprocal
 ready) and handed back as soon as its last element has been read, so the load of row n+3,
 the exponentials of row n+2, the division of row n+1 and the output of row n overlap.
+
+Timing (150 MHz on ECP5): the buffers live in distributed RAM (LUT RAM,
+:class:`hwgen.pipeline.PipelinedLutRam`), because yosys maps an ECP5 block RAM without its
+output register (5.8 ns clock-to-output in nextpnr's model); the control decisions (start
+of a pass, hand-over to the divider, end of the division, a row's last element) drive only
+a few state flags, and the registers they would load are loaded all the time while their
+stage waits; ``c.ready`` is a count of the elements inside being 0.
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ __all__ = ["Softmax", "softmax_in_layout", "softmax_out_layout", "softmax_const_
 # RAM read (2), three carry-save stages, sum + clamp, the output queue (its register)
 SOFTMAX_OUT_LATENCY = 8
 _OUT_CSA_STAGES = 3             # exp * recip: 2 + 2 carry-save levels, then the rest (2 for 16 bits)
-_EXP_PASS_DEPTH = 3 + SHIFT_EXP_LATENCY   # block RAM read, read register, x = s - max, exponential
+_EXP_PASS_DEPTH = 3 + SHIFT_EXP_LATENCY   # LUT-RAM read (2), x = s - max, the exponential
 _EXP_BANKS = 3                  # exp buffer banks: being written, being divided, being read out
 _OUT_QUEUE = 16                 # output queue entries (>= SOFTMAX_OUT_LATENCY + 1: full rate)
 
@@ -86,7 +95,7 @@ class Softmax(wiring.Component):
         2^-t approximation of the exponential: 'linear', 'ibert' or 'shiftfit'.
     max_row : int
         Longest row (2..4096; default 256, enough for DeiT's 197 tokens).  Each of the five
-        buffer banks (2 score banks of in_bits, 3 exp banks of C + 1 bits) has
+        buffer banks (2 score banks of in_bits, 3 exp banks of C + 1 bits, LUT RAM) has
         ``2^ceil(log2(max_row))`` entries.
     in_bits : int
         Signed score width (2..23, default 16).  ``f`` may be 1..in_bits + 1 (``max_f``; the
@@ -122,16 +131,19 @@ class Softmax(wiring.Component):
     ----------------------
     Loading ``f`` takes one cycle (the ``c`` handshake) once the unit is idle.  For a row of
     L elements reaching an idle unit, the first output is valid
-    ``L + (R - C) + 23`` cycles after the handshake of its last input element
-    (:meth:`first_output_latency`; L + 40 with the defaults), and the row's last output
+    ``L + (R - C) + 25`` cycles after the handshake of its last input element
+    (:meth:`first_output_latency`; L + 42 with the defaults), and the row's last output
     ``L - 1`` cycles later when ``o.ready`` stays high.
 
     Rows flow through four concurrent stages.  Per row, the load stage takes L cycles, the
     exp stage ``L + 13`` (start 1, read pass L, pipeline drain 11, hand-over 1), the
-    divider ``R - C + 1`` (18 by default) and the output stage L, so a steady stream of rows
-    of length L without back-pressure runs at one row per ``max(L + 13, R - C + 1)`` cycles
-    (:meth:`cycles_per_row`; 210 cycles for 197 tokens, 0.94 elements per cycle; the
-    testbench measures it, :func:`sim.tb_softmax.measure_softmax_cycles_per_row`).
+    divider ``R - C + 1`` (18 by default) and the output stage ``L + 1`` (set-up 1), so a
+    steady stream of rows of length L without back-pressure runs at one row per
+    ``max(L + 13, R - C + 1)`` cycles (:meth:`cycles_per_row`; 210 cycles for 197 tokens,
+    0.94 elements per cycle; 30 for the digits model's 17; the testbench measures it,
+    :func:`sim.tb_softmax.measure_softmax_cycles_per_row`).  A layer's cycles are its
+    rows' plus, between layers, the drain of the last row (its latency) and the one-cycle
+    ``c`` load.
 
     The signature depends on the parameters, so it is passed to ``Component.__init__``
     instead of being written as class annotations.
@@ -202,7 +214,7 @@ class Softmax(wiring.Component):
 
     def first_output_latency(self, length: int) -> int:
         """Documented cycles from the last input handshake of a row (idle unit) to its first output."""
-        return length + 3 + _EXP_PASS_DEPTH + self.quot_bits + 1 + SOFTMAX_OUT_LATENCY + 1
+        return length + 4 + _EXP_PASS_DEPTH + self.quot_bits + 1 + SOFTMAX_OUT_LATENCY + 1
 
     def elaborate(self, platform):
         m = Module()
@@ -235,8 +247,10 @@ class Softmax(wiring.Component):
         # --- load stage: an input register, then the bank write and the running maximum ---------
         lw = Signal()                           # score bank being filled
         lcnt = Signal(self.idx_bits)            # index of the element in in_d within its row
-        lowest = -(1 << (ib - 1))
-        run_max = Signal(signed(ib), init=lowest)   # the lowest score between rows: max(s, lowest) = s
+        run_max = Signal(signed(ib))
+        row_first = Signal(init=1)              # in_d starts a row
+        end_q = Signal()                        # a row ended last cycle: its maximum is in run_max
+        bank_q = Signal()                       # ... in bank bank_q
         in_v = Signal()                         # in_d, in_last: the element taken in the previous cycle
         in_d = Signal(signed(ib), reset_less=True)
         in_last = Signal(reset_less=True)
@@ -250,16 +264,22 @@ class Softmax(wiring.Component):
         with m.If(take):
             m.d.sync += [in_d.eq(self.i.payload.data), in_last.eq(self.i.payload.last)]
         m.d.comb += [smem.waddr.eq(Cat(lcnt, lw)), smem.wdata.eq(in_d), smem.we.eq(in_v)]
-        # offset binary makes the comparison unsigned: a bare carry chain, its carry the select
+        # offset binary makes the comparison unsigned: a bare carry chain, its carry (with
+        # row_first) the select of one LUT a bit; the row's maximum goes to its bank a cycle later
         flip = 1 << (ib - 1)
-        new_max = Mux((in_d.as_unsigned() ^ flip) > (run_max.as_unsigned() ^ flip), in_d, run_max)
+        greater = (in_d.as_unsigned() ^ flip) > (run_max.as_unsigned() ^ flip)
+        m.d.sync += [end_q.eq(row_end), bank_q.eq(lw)]
+        with m.If(end_q):
+            for b in range(2):
+                with m.If(bank_q == b):
+                    m.d.sync += s_max[b].eq(run_max)
         with m.If(in_v):
-            m.d.sync += run_max.eq(Mux(row_end, lowest, new_max))
+            m.d.sync += [run_max.eq(Mux(row_first | greater, in_d, run_max)), row_first.eq(row_end)]
             with m.If(row_end):
                 m.d.sync += [lcnt.eq(0), lcnt_top.eq(0), lw.eq(~lw)]      # max_row >= 2
                 for b in range(2):
                     with m.If(lw == b):
-                        m.d.sync += [s_lenm1[b].eq(lcnt), s_max[b].eq(new_max)]
+                        m.d.sync += s_lenm1[b].eq(lcnt)
             with m.Else():
                 m.d.sync += [lcnt.eq(lcnt + 1),
                              lcnt_top.eq(lcnt == self.max_row - 2 if self.max_row > 2 else ~lcnt.any())]
@@ -314,7 +334,8 @@ class Softmax(wiring.Component):
         r_last = Signal()                       # ridx is the row's last index
         rlenm2 = Signal(self.idx_bits + 1)      # the row's length - 2 (compared with ridx)
         d_last = Signal()                       # the divider computes its last quotient bit
-        start = st_idle & Mux(er, s_full[1], s_full[0]) & ~_pick(ew, e_busy)
+        # (not while a bank's maximum is written: the idle loads below take it a cycle later)
+        start = st_idle & Mux(er, s_full[1], s_full[0]) & ~_pick(ew, e_busy) & ~(end_q & (bank_q == er))
         pass_end = st_pass & r_last
         handoff = st_drain & ~Cat(*valid).any() & ~d_busy   # the row sum is final, divider free
         div_end = d_busy & d_last

@@ -2,1459 +2,3993 @@
 
 (* top =  1  *)
 (* generator = "Amaranth" *)
-module layernorm(i__valid, o__ready, clk, rst, i__ready, o__payload, o__valid, i__payload);
-  reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
+module layernorm(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__ready, o__payload, o__valid, c__payload);
+  reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
-  wire [6:0] \$10 ;
-  wire \$100 ;
-  wire [48:0] \$101 ;
-  wire [8:0] \$102 ;
-  wire [8:0] \$103 ;
-  reg \$104 ;
-  reg [7:0] \$105 ;
-  reg [5:0] \$106 ;
-  reg [15:0] \$107 ;
-  reg [31:0] \$108 ;
-  reg \$109 ;
-  wire [6:0] \$11 ;
-  reg [22:0] \$110 ;
-  reg [36:0] \$111 ;
-  reg \$112 ;
-  reg [22:0] \$113 ;
-  reg [36:0] \$114 ;
-  reg [22:0] \$115 ;
-  reg [36:0] \$116 ;
-  reg [22:0] \$117 ;
-  reg [22:0] \$118 ;
-  reg [15:0] \$119 ;
-  wire [31:0] \$12 ;
-  reg [4:0] \$120 ;
-  reg [2:0] \$121 ;
-  reg [15:0] \$122 ;
-  reg [47:0] \$123 ;
-  reg [35:0] \$124 ;
-  reg [36:0] \$125 ;
-  reg [36:0] \$126 ;
-  reg [18:0] \$127 ;
-  reg [30:0] \$128 ;
-  reg [15:0] \$129 ;
-  wire \$13 ;
-  reg [30:0] \$130 ;
-  reg \$131 ;
-  reg \$132 ;
-  reg \$133 ;
-  reg \$134 ;
-  reg \$135 ;
-  reg \$136 ;
-  reg \$137 ;
-  reg [5:0] \$138 ;
-  reg [7:0] \$139 ;
-  wire [23:0] \$14 ;
-  reg \$140 ;
-  reg [15:0] \$141 ;
-  reg [30:0] \$142 ;
-  reg [1:0] \$143 ;
-  reg [15:0] \$144 ;
-  reg [30:0] \$145 ;
-  reg [16:0] \$146 ;
-  reg [30:0] \$147 ;
-  reg [15:0] \$148 ;
-  reg [42:0] \$149 ;
-  wire [37:0] \$15 ;
-  reg [31:0] \$150 ;
-  reg [15:0] \$151 ;
-  reg [42:0] \$152 ;
-  reg [47:0] \$153 ;
-  reg [42:0] \$154 ;
-  reg [48:0] \$155 ;
-  reg [7:0] \$156 ;
-  wire [23:0] \$16 ;
-  wire [37:0] \$17 ;
-  wire \$18 ;
-  wire \$19 ;
+  wire \$10 ;
+  wire [30:0] \$100 ;
+  wire [30:0] \$101 ;
+  wire [30:0] \$102 ;
+  wire [30:0] \$103 ;
+  wire [30:0] \$104 ;
+  wire [30:0] \$105 ;
+  wire [30:0] \$106 ;
+  wire [30:0] \$107 ;
+  wire [30:0] \$108 ;
+  wire [30:0] \$109 ;
+  wire [15:0] \$11 ;
+  wire [30:0] \$110 ;
+  wire [30:0] \$111 ;
+  wire [30:0] \$112 ;
+  wire [30:0] \$113 ;
+  wire [30:0] \$114 ;
+  wire [30:0] \$115 ;
+  wire [30:0] \$116 ;
+  wire [30:0] \$117 ;
+  wire [30:0] \$118 ;
+  wire [30:0] \$119 ;
+  wire [16:0] \$12 ;
+  wire [30:0] \$120 ;
+  wire [30:0] \$121 ;
+  wire [30:0] \$122 ;
+  wire [30:0] \$123 ;
+  wire [30:0] \$124 ;
+  wire [30:0] \$125 ;
+  wire [36:0] \$126 ;
+  wire [36:0] \$127 ;
+  wire [36:0] \$128 ;
+  wire [36:0] \$129 ;
+  wire [14:0] \$13 ;
+  wire [36:0] \$130 ;
+  wire [36:0] \$131 ;
+  wire [36:0] \$132 ;
+  wire [36:0] \$133 ;
+  wire [36:0] \$134 ;
+  wire [36:0] \$135 ;
+  wire [36:0] \$136 ;
+  wire [36:0] \$137 ;
+  wire [36:0] \$138 ;
+  wire [36:0] \$139 ;
+  wire [17:0] \$14 ;
+  wire [21:0] \$140 ;
+  wire [35:0] \$141 ;
+  wire [35:0] \$142 ;
+  wire [35:0] \$143 ;
+  wire [35:0] \$144 ;
+  wire [35:0] \$145 ;
+  wire [35:0] \$146 ;
+  wire [35:0] \$147 ;
+  wire [38:0] \$148 ;
+  wire [38:0] \$149 ;
+  wire [13:0] \$15 ;
+  wire [24:0] \$150 ;
+  wire [35:0] \$151 ;
+  wire [35:0] \$152 ;
+  wire [35:0] \$153 ;
+  wire [35:0] \$154 ;
+  wire [35:0] \$155 ;
+  wire [35:0] \$156 ;
+  wire [35:0] \$157 ;
+  wire [36:0] \$158 ;
+  wire [36:0] \$159 ;
+  wire [20:0] \$16 ;
+  wire [36:0] \$160 ;
+  wire [36:0] \$161 ;
+  wire [52:0] \$162 ;
+  wire [39:0] \$163 ;
+  wire [39:0] \$164 ;
+  wire [35:0] \$165 ;
+  wire [35:0] \$166 ;
+  wire [35:0] \$167 ;
+  wire [35:0] \$168 ;
+  wire [35:0] \$169 ;
+  wire [12:0] \$17 ;
+  wire [35:0] \$170 ;
+  wire [35:0] \$171 ;
+  wire [35:0] \$172 ;
+  wire [35:0] \$173 ;
+  wire [35:0] \$174 ;
+  wire [35:0] \$175 ;
+  wire [35:0] \$176 ;
+  wire [35:0] \$177 ;
+  wire [35:0] \$178 ;
+  wire [35:0] \$179 ;
+  wire [19:0] \$18 ;
+  wire [35:0] \$180 ;
+  wire [35:0] \$181 ;
+  wire [35:0] \$182 ;
+  wire [35:0] \$183 ;
+  wire [35:0] \$184 ;
+  wire [35:0] \$185 ;
+  wire [35:0] \$186 ;
+  wire [35:0] \$187 ;
+  wire [35:0] \$188 ;
+  wire [35:0] \$189 ;
+  wire [11:0] \$19 ;
+  wire [35:0] \$190 ;
+  wire [35:0] \$191 ;
+  wire [35:0] \$192 ;
+  wire [35:0] \$193 ;
+  wire [35:0] \$194 ;
+  wire [35:0] \$195 ;
+  wire [35:0] \$196 ;
+  wire [35:0] \$197 ;
+  wire [35:0] \$198 ;
+  wire [35:0] \$199 ;
   wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire [24:0] \$25 ;
-  wire [25:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire \$28 ;
-  wire [23:0] \$29 ;
+  wire [26:0] \$20 ;
+  wire [35:0] \$200 ;
+  wire [35:0] \$201 ;
+  wire [35:0] \$202 ;
+  wire [35:0] \$203 ;
+  wire [35:0] \$204 ;
+  wire [35:0] \$205 ;
+  wire [35:0] \$206 ;
+  wire \$207 ;
+  wire \$208 ;
+  wire \$209 ;
+  wire [10:0] \$21 ;
+  wire [2:0] \$210 ;
+  wire [3:0] \$211 ;
+  wire [30:0] \$212 ;
+  wire [30:0] \$213 ;
+  wire [30:0] \$214 ;
+  wire [33:0] \$215 ;
+  wire [30:0] \$216 ;
+  wire [33:0] \$217 ;
+  wire [30:0] \$218 ;
+  wire [37:0] \$219 ;
+  wire [25:0] \$22 ;
+  wire [30:0] \$220 ;
+  wire [37:0] \$221 ;
+  wire [30:0] \$222 ;
+  wire [37:0] \$223 ;
+  wire [30:0] \$224 ;
+  wire [37:0] \$225 ;
+  wire [30:0] \$226 ;
+  wire [45:0] \$227 ;
+  wire [30:0] \$228 ;
+  wire [45:0] \$229 ;
+  wire [9:0] \$23 ;
+  wire [30:0] \$230 ;
+  wire [45:0] \$231 ;
+  wire [30:0] \$232 ;
+  wire [45:0] \$233 ;
+  wire [30:0] \$234 ;
+  wire [45:0] \$235 ;
+  wire [30:0] \$236 ;
+  wire [45:0] \$237 ;
+  wire [30:0] \$238 ;
+  wire [45:0] \$239 ;
+  wire [24:0] \$24 ;
+  wire [30:0] \$240 ;
+  wire [45:0] \$241 ;
+  wire [30:0] \$242 ;
+  wire [61:0] \$243 ;
+  wire [62:0] \$244 ;
+  wire [31:0] \$245 ;
+  wire [31:0] \$246 ;
+  wire [31:0] \$247 ;
+  wire [31:0] \$248 ;
+  wire [31:0] \$249 ;
+  wire [8:0] \$25 ;
+  wire [31:0] \$250 ;
+  wire [31:0] \$251 ;
+  wire [31:0] \$252 ;
+  wire [31:0] \$253 ;
+  wire [31:0] \$254 ;
+  wire [31:0] \$255 ;
+  wire [31:0] \$256 ;
+  wire [31:0] \$257 ;
+  wire [31:0] \$258 ;
+  wire [31:0] \$259 ;
+  wire [23:0] \$26 ;
+  wire [31:0] \$260 ;
+  wire [31:0] \$261 ;
+  wire [31:0] \$262 ;
+  wire [31:0] \$263 ;
+  wire [31:0] \$264 ;
+  wire [31:0] \$265 ;
+  wire [31:0] \$266 ;
+  wire [31:0] \$267 ;
+  wire [31:0] \$268 ;
+  wire [31:0] \$269 ;
+  wire [7:0] \$27 ;
+  wire [31:0] \$270 ;
+  wire [31:0] \$271 ;
+  wire [31:0] \$272 ;
+  wire [31:0] \$273 ;
+  wire [31:0] \$274 ;
+  wire [31:0] \$275 ;
+  wire [31:0] \$276 ;
+  wire [31:0] \$277 ;
+  wire [31:0] \$278 ;
+  wire [31:0] \$279 ;
+  wire [38:0] \$28 ;
+  wire [31:0] \$280 ;
+  wire [31:0] \$281 ;
+  wire [31:0] \$282 ;
+  wire [31:0] \$283 ;
+  wire [31:0] \$284 ;
+  wire [31:0] \$285 ;
+  wire [31:0] \$286 ;
+  wire [31:0] \$287 ;
+  wire [31:0] \$288 ;
+  wire [31:0] \$289 ;
+  wire [6:0] \$29 ;
+  wire [31:0] \$290 ;
+  wire [31:0] \$291 ;
+  wire [31:0] \$292 ;
+  wire [31:0] \$293 ;
+  wire [31:0] \$294 ;
+  wire [31:0] \$295 ;
+  wire [31:0] \$296 ;
+  wire [31:0] \$297 ;
+  wire [31:0] \$298 ;
+  wire [31:0] \$299 ;
   wire \$3 ;
-  wire [23:0] \$30 ;
-  wire [22:0] \$31 ;
-  wire \$32 ;
-  wire [5:0] \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire [15:0] \$36 ;
-  wire [24:0] \$37 ;
-  wire [15:0] \$38 ;
-  wire [22:0] \$39 ;
+  wire [37:0] \$30 ;
+  wire [31:0] \$300 ;
+  wire [31:0] \$301 ;
+  wire [31:0] \$302 ;
+  wire [31:0] \$303 ;
+  wire [31:0] \$304 ;
+  wire [31:0] \$305 ;
+  wire [31:0] \$306 ;
+  wire [31:0] \$307 ;
+  wire [31:0] \$308 ;
+  wire [31:0] \$309 ;
+  wire [5:0] \$31 ;
+  wire [31:0] \$310 ;
+  wire [31:0] \$311 ;
+  wire [31:0] \$312 ;
+  wire [31:0] \$313 ;
+  wire [31:0] \$314 ;
+  wire [31:0] \$315 ;
+  wire [31:0] \$316 ;
+  wire [31:0] \$317 ;
+  wire [31:0] \$318 ;
+  wire [31:0] \$319 ;
+  wire [36:0] \$32 ;
+  wire [31:0] \$320 ;
+  wire [31:0] \$321 ;
+  wire [31:0] \$322 ;
+  wire [31:0] \$323 ;
+  wire [31:0] \$324 ;
+  wire [31:0] \$325 ;
+  wire [31:0] \$326 ;
+  wire [31:0] \$327 ;
+  wire [31:0] \$328 ;
+  wire [31:0] \$329 ;
+  wire [4:0] \$33 ;
+  wire [31:0] \$330 ;
+  wire [31:0] \$331 ;
+  wire [31:0] \$332 ;
+  wire [31:0] \$333 ;
+  wire [31:0] \$334 ;
+  wire [31:0] \$335 ;
+  wire [31:0] \$336 ;
+  wire [31:0] \$337 ;
+  wire [31:0] \$338 ;
+  wire [31:0] \$339 ;
+  wire [35:0] \$34 ;
+  wire [31:0] \$340 ;
+  wire [31:0] \$341 ;
+  wire [32:0] \$342 ;
+  wire [31:0] \$343 ;
+  wire [32:0] \$344 ;
+  wire [31:0] \$345 ;
+  wire [34:0] \$346 ;
+  wire [31:0] \$347 ;
+  wire [34:0] \$348 ;
+  wire [31:0] \$349 ;
+  wire [3:0] \$35 ;
+  wire [38:0] \$350 ;
+  wire [31:0] \$351 ;
+  wire [38:0] \$352 ;
+  wire [31:0] \$353 ;
+  wire [38:0] \$354 ;
+  wire [31:0] \$355 ;
+  wire [38:0] \$356 ;
+  wire [31:0] \$357 ;
+  wire [46:0] \$358 ;
+  wire [31:0] \$359 ;
+  wire [34:0] \$36 ;
+  wire [46:0] \$360 ;
+  wire [31:0] \$361 ;
+  wire [46:0] \$362 ;
+  wire [31:0] \$363 ;
+  wire [46:0] \$364 ;
+  wire [31:0] \$365 ;
+  wire [46:0] \$366 ;
+  wire [31:0] \$367 ;
+  wire [46:0] \$368 ;
+  wire [31:0] \$369 ;
+  wire [2:0] \$37 ;
+  wire [46:0] \$370 ;
+  wire [31:0] \$371 ;
+  wire [46:0] \$372 ;
+  wire [46:0] \$373 ;
+  wire [47:0] \$374 ;
+  wire [47:0] \$375 ;
+  wire [47:0] \$376 ;
+  wire [47:0] \$377 ;
+  wire [47:0] \$378 ;
+  wire [47:0] \$379 ;
+  wire [33:0] \$38 ;
+  wire [47:0] \$380 ;
+  wire [47:0] \$381 ;
+  wire [47:0] \$382 ;
+  wire [47:0] \$383 ;
+  wire [47:0] \$384 ;
+  wire [47:0] \$385 ;
+  wire [47:0] \$386 ;
+  wire [47:0] \$387 ;
+  wire [47:0] \$388 ;
+  wire [47:0] \$389 ;
+  wire [1:0] \$39 ;
+  wire [47:0] \$390 ;
+  wire [47:0] \$391 ;
+  wire [47:0] \$392 ;
+  wire [47:0] \$393 ;
+  wire [47:0] \$394 ;
+  wire [47:0] \$395 ;
+  wire [47:0] \$396 ;
+  wire [47:0] \$397 ;
+  wire [47:0] \$398 ;
+  wire [47:0] \$399 ;
   wire \$4 ;
-  wire [25:0] \$40 ;
-  wire [63:0] \$41 ;
-  wire [64:0] \$42 ;
-  wire [37:0] \$43 ;
-  wire \$44 ;
-  wire [37:0] \$45 ;
-  wire [38:0] \$46 ;
-  wire [38:0] \$47 ;
-  wire [37:0] \$48 ;
-  wire \$49 ;
+  wire [32:0] \$40 ;
+  wire [47:0] \$400 ;
+  wire [47:0] \$401 ;
+  wire [47:0] \$402 ;
+  wire [47:0] \$403 ;
+  wire [47:0] \$404 ;
+  wire [47:0] \$405 ;
+  wire [47:0] \$406 ;
+  wire [47:0] \$407 ;
+  wire [47:0] \$408 ;
+  wire [47:0] \$409 ;
+  wire [15:0] \$41 ;
+  wire [47:0] \$410 ;
+  wire [47:0] \$411 ;
+  wire [47:0] \$412 ;
+  wire [47:0] \$413 ;
+  wire [47:0] \$414 ;
+  wire [47:0] \$415 ;
+  wire [47:0] \$416 ;
+  wire [47:0] \$417 ;
+  wire [47:0] \$418 ;
+  wire [47:0] \$419 ;
+  wire [30:0] \$42 ;
+  wire [47:0] \$420 ;
+  wire [47:0] \$421 ;
+  wire [47:0] \$422 ;
+  wire [47:0] \$423 ;
+  wire [47:0] \$424 ;
+  wire [47:0] \$425 ;
+  wire [47:0] \$426 ;
+  wire [47:0] \$427 ;
+  wire [47:0] \$428 ;
+  wire [47:0] \$429 ;
+  wire [30:0] \$43 ;
+  wire [47:0] \$430 ;
+  wire [47:0] \$431 ;
+  wire [47:0] \$432 ;
+  wire [47:0] \$433 ;
+  wire [47:0] \$434 ;
+  wire [47:0] \$435 ;
+  wire [47:0] \$436 ;
+  wire [47:0] \$437 ;
+  wire [47:0] \$438 ;
+  wire [47:0] \$439 ;
+  wire [30:0] \$44 ;
+  wire [47:0] \$440 ;
+  wire [47:0] \$441 ;
+  wire [47:0] \$442 ;
+  wire [47:0] \$443 ;
+  wire [47:0] \$444 ;
+  wire [47:0] \$445 ;
+  wire [47:0] \$446 ;
+  wire [47:0] \$447 ;
+  wire [47:0] \$448 ;
+  wire [47:0] \$449 ;
+  wire [30:0] \$45 ;
+  wire [47:0] \$450 ;
+  wire [47:0] \$451 ;
+  wire [47:0] \$452 ;
+  wire [47:0] \$453 ;
+  wire [47:0] \$454 ;
+  wire [47:0] \$455 ;
+  wire [47:0] \$456 ;
+  wire [47:0] \$457 ;
+  wire [47:0] \$458 ;
+  wire [47:0] \$459 ;
+  wire [30:0] \$46 ;
+  wire [47:0] \$460 ;
+  wire [47:0] \$461 ;
+  wire [47:0] \$462 ;
+  wire [47:0] \$463 ;
+  wire [47:0] \$464 ;
+  wire [47:0] \$465 ;
+  wire [47:0] \$466 ;
+  wire [47:0] \$467 ;
+  wire [47:0] \$468 ;
+  wire [47:0] \$469 ;
+  wire [30:0] \$47 ;
+  wire \$470 ;
+  wire [6:0] \$471 ;
+  wire [6:0] \$472 ;
+  wire [6:0] \$473 ;
+  wire [7:0] \$474 ;
+  wire [37:0] \$475 ;
+  wire [38:0] \$476 ;
+  wire [5:0] \$477 ;
+  wire [15:0] \$478 ;
+  wire [15:0] \$479 ;
+  wire [30:0] \$48 ;
+  wire [15:0] \$480 ;
+  wire [15:0] \$481 ;
+  wire [15:0] \$482 ;
+  wire [6:0] \$483 ;
+  wire [6:0] \$484 ;
+  wire \$485 ;
+  wire \$486 ;
+  wire \$487 ;
+  wire \$488 ;
+  wire [2:0] \$489 ;
+  wire [30:0] \$49 ;
+  wire [2:0] \$490 ;
+  wire \$491 ;
+  wire \$492 ;
+  wire \$493 ;
+  wire \$494 ;
+  wire \$495 ;
+  wire \$496 ;
+  wire \$497 ;
+  wire \$498 ;
+  wire [14:0] \$499 ;
   wire \$5 ;
-  wire [36:0] \$50 ;
-  wire [37:0] \$51 ;
-  wire [36:0] \$52 ;
-  wire [37:0] \$53 ;
-  wire [36:0] \$54 ;
-  wire [5:0] \$55 ;
-  wire \$56 ;
-  wire \$57 ;
-  wire \$58 ;
-  wire [17:0] \$59 ;
+  wire [30:0] \$50 ;
+  wire [22:0] \$500 ;
+  wire [22:0] \$501 ;
+  wire \$502 ;
+  wire [7:0] \$503 ;
+  wire [8:0] \$504 ;
+  wire [7:0] \$505 ;
+  wire [25:0] \$506 ;
+  wire [24:0] \$507 ;
+  wire [26:0] \$508 ;
+  wire [21:0] \$509 ;
+  wire [30:0] \$51 ;
+  wire [22:0] \$510 ;
+  wire [37:0] \$511 ;
+  wire [38:0] \$512 ;
+  wire [22:0] \$513 ;
+  wire [40:0] \$514 ;
+  wire \$515 ;
+  wire \$516 ;
+  wire \$517 ;
+  wire [8:0] \$518 ;
+  wire \$519 ;
+  wire [30:0] \$52 ;
+  wire [8:0] \$520 ;
+  wire [8:0] \$521 ;
+  wire [8:0] \$522 ;
+  wire \$523 ;
+  wire [8:0] \$524 ;
+  wire \$525 ;
+  wire [5:0] \$526 ;
+  wire \$527 ;
+  wire \$528 ;
+  wire [36:0] \$529 ;
+  wire [30:0] \$53 ;
+  wire [21:0] \$530 ;
+  wire \$531 ;
+  wire [21:0] \$532 ;
+  wire [21:0] \$533 ;
+  wire [21:0] \$534 ;
+  wire \$535 ;
+  wire [38:0] \$536 ;
+  wire [5:0] \$537 ;
+  wire \$538 ;
+  wire \$539 ;
+  wire [30:0] \$54 ;
+  wire [19:0] \$540 ;
+  wire \$541 ;
+  wire [19:0] \$542 ;
+  wire [19:0] \$543 ;
+  wire [19:0] \$544 ;
+  wire \$545 ;
+  wire [5:0] \$546 ;
+  wire \$547 ;
+  wire \$548 ;
+  wire \$549 ;
+  wire [30:0] \$55 ;
+  wire \$550 ;
+  wire [15:0] \$551 ;
+  wire [6:0] \$552 ;
+  wire [6:0] \$553 ;
+  wire \$554 ;
+  wire \$555 ;
+  wire \$556 ;
+  wire \$557 ;
+  wire [2:0] \$558 ;
+  wire [2:0] \$559 ;
+  wire [30:0] \$56 ;
+  wire [16:0] \$560 ;
+  wire [32:0] \$561 ;
+  wire [48:0] \$562 ;
+  wire [48:0] \$563 ;
+  wire [48:0] \$564 ;
+  wire \$565 ;
+  wire \$566 ;
+  wire \$567 ;
+  wire \$568 ;
+  wire [9:0] \$569 ;
+  wire [30:0] \$57 ;
+  wire [9:0] \$570 ;
+  wire [10:0] \$571 ;
+  wire [10:0] \$572 ;
+  wire [10:0] \$573 ;
+  wire [10:0] \$574 ;
+  wire [7:0] \$575 ;
+  wire [7:0] \$576 ;
+  wire [5:0] \$577 ;
+  wire \$578 ;
+  wire [6:0] \$579 ;
+  wire [30:0] \$58 ;
+  wire \$580 ;
+  wire \$581 ;
+  wire \$582 ;
+  wire \$583 ;
+  wire \$584 ;
+  wire \$585 ;
+  wire \$586 ;
+  wire \$587 ;
+  wire \$588 ;
+  wire \$589 ;
+  wire [30:0] \$59 ;
+  wire \$590 ;
+  wire \$591 ;
+  wire \$592 ;
+  wire \$593 ;
+  wire \$594 ;
+  wire \$595 ;
+  wire \$596 ;
+  wire \$597 ;
+  reg \$598 ;
+  reg \$599 ;
   wire \$6 ;
-  wire \$60 ;
-  wire \$61 ;
-  wire [17:0] \$62 ;
-  wire [20:0] \$63 ;
-  wire [20:0] \$64 ;
-  wire \$65 ;
-  wire [17:0] \$66 ;
-  wire \$67 ;
-  wire [5:0] \$68 ;
-  wire \$69 ;
-  wire [8:0] \$7 ;
-  wire \$70 ;
-  wire \$71 ;
-  wire \$72 ;
-  wire \$73 ;
-  wire [6:0] \$74 ;
-  wire [6:0] \$75 ;
-  wire \$76 ;
-  wire [8:0] \$77 ;
-  wire [8:0] \$78 ;
-  wire \$79 ;
-  wire [8:0] \$8 ;
-  wire \$80 ;
-  wire \$81 ;
-  wire \$82 ;
-  wire \$83 ;
-  wire \$84 ;
-  wire \$85 ;
-  wire \$86 ;
-  wire \$87 ;
-  wire [2:0] \$88 ;
-  wire \$89 ;
+  wire [30:0] \$60 ;
+  reg [5:0] \$600 ;
+  reg \$601 ;
+  reg [5:0] \$602 ;
+  reg [5:0] \$603 ;
+  reg [5:0] \$604 ;
+  reg [5:0] \$605 ;
+  reg \$606 ;
+  reg [1:0] \$607 ;
+  reg [1:0] \$608 ;
+  reg \$609 ;
+  wire [30:0] \$61 ;
+  reg \$610 ;
+  reg \$611 ;
+  reg \$612 ;
+  reg \$613 ;
+  reg \$614 ;
+  reg \$615 ;
+  reg \$616 ;
+  reg \$617 ;
+  reg \$618 ;
+  reg \$619 ;
+  wire [30:0] \$62 ;
+  reg [21:0] \$620 ;
+  reg [36:0] \$621 ;
+  reg [36:0] \$622 ;
+  reg \$623 ;
+  reg [21:0] \$624 ;
+  reg [36:0] \$625 ;
+  reg [36:0] \$626 ;
+  reg \$627 ;
+  reg \$628 ;
+  reg [24:0] \$629 ;
+  wire [30:0] \$63 ;
+  reg [35:0] \$630 ;
+  reg [35:0] \$631 ;
+  reg [35:0] \$632 ;
+  reg [35:0] \$633 ;
+  reg \$634 ;
+  reg [6:0] \$635 ;
+  reg [15:0] \$636 ;
+  reg [4:0] \$637 ;
+  reg [21:0] \$638 ;
+  reg [36:0] \$639 ;
+  wire [30:0] \$64 ;
+  reg [36:0] \$640 ;
+  reg \$641 ;
+  reg \$642 ;
+  reg \$643 ;
+  reg \$644 ;
+  reg \$645 ;
+  reg \$646 ;
+  reg \$647 ;
+  reg [35:0] \$648 ;
+  reg [18:0] \$649 ;
+  wire [30:0] \$65 ;
+  reg [17:0] \$650 ;
+  reg [17:0] \$651 ;
+  reg \$652 ;
+  reg \$653 ;
+  reg [30:0] \$654 ;
+  reg \$655 ;
+  reg [15:0] \$656 ;
+  reg [30:0] \$657 ;
+  reg \$658 ;
+  reg [5:0] \$659 ;
+  wire [30:0] \$66 ;
+  reg \$660 ;
+  reg \$661 ;
+  reg [1:0] \$662 ;
+  reg [15:0] \$663 ;
+  reg [30:0] \$664 ;
+  reg \$665 ;
+  reg \$666 ;
+  reg \$667 ;
+  reg \$668 ;
+  reg \$669 ;
+  wire [30:0] \$67 ;
+  reg \$670 ;
+  reg \$671 ;
+  reg \$672 ;
+  reg \$673 ;
+  reg \$674 ;
+  reg \$675 ;
+  reg \$676 ;
+  reg \$677 ;
+  reg \$678 ;
+  reg \$679 ;
+  wire [30:0] \$68 ;
+  reg \$680 ;
+  reg [4:0] \$681 ;
+  reg \$682 ;
+  reg \$683 ;
+  wire [30:0] \$69 ;
+  wire \$7 ;
+  wire [30:0] \$70 ;
+  wire [30:0] \$71 ;
+  wire [30:0] \$72 ;
+  wire [30:0] \$73 ;
+  wire [30:0] \$74 ;
+  wire [30:0] \$75 ;
+  wire [30:0] \$76 ;
+  wire [30:0] \$77 ;
+  wire [30:0] \$78 ;
+  wire [30:0] \$79 ;
+  wire \$8 ;
+  wire [30:0] \$80 ;
+  wire [30:0] \$81 ;
+  wire [30:0] \$82 ;
+  wire [30:0] \$83 ;
+  wire [30:0] \$84 ;
+  wire [30:0] \$85 ;
+  wire [30:0] \$86 ;
+  wire [30:0] \$87 ;
+  wire [30:0] \$88 ;
+  wire [30:0] \$89 ;
   wire \$9 ;
-  wire \$90 ;
-  wire \$91 ;
-  wire [3:0] \$92 ;
-  wire [16:0] \$93 ;
-  wire [47:0] \$94 ;
-  wire [47:0] \$95 ;
-  wire [48:0] \$96 ;
-  wire [48:0] \$97 ;
-  wire \$98 ;
-  wire [48:0] \$99 ;
+  wire [30:0] \$90 ;
+  wire [30:0] \$91 ;
+  wire [30:0] \$92 ;
+  wire [30:0] \$93 ;
+  wire [30:0] \$94 ;
+  wire [30:0] \$95 ;
+  wire [30:0] \$96 ;
+  wire [30:0] \$97 ;
+  wire [30:0] \$98 ;
+  wire [30:0] \$99 ;
   wire \$auto$rtlil.cc:2739:Not$2 ;
   wire \$auto$rtlil.cc:2739:Not$4 ;
+  wire \$auto$rtlil.cc:2739:Not$6 ;
+  wire \$signal ;
+  reg [35:0] \$signal$145  = 36'h000000000;
+  reg [35:0] \$signal$154  = 36'h000000000;
+  reg [5:0] \$signature__addr  = 6'h00;
+  reg [5:0] \$signature__addr$19  = 6'h00;
+  wire [5:0] \$signature__addr$29 ;
+  wire [5:0] \$signature__addr$37 ;
+  wire [5:0] \$signature__addr$41 ;
+  reg [15:0] \$signature__data  = 16'h0000;
+  reg [42:0] \$signature__data$21  = 43'h00000000000;
+  reg [15:0] \$signature__data$31  = 16'h0000;
+  (* init = 16'h0000 *)
+  wire [15:0] \$signature__data$38 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \$signature__data$42 ;
+  wire \$signature__en ;
+  wire \$signature__en$23 ;
+  wire \$signature__en$33 ;
+  wire \$signature__en$39 ;
+  wire \$signature__en$43 ;
   wire accept;
   reg active = 1'h0;
   (* init = 6'h00 *)
-  wire [5:0] bp__addr;
-  wire [42:0] bp__data;
-  wire bp__en;
-  reg [36:0] c_q = 37'h0000000000;
-  reg [22:0] c_s = 23'h000000;
+  wire [5:0] b_ram_raddr;
+  reg [42:0] b_ram_rdata = 43'h00000000000;
+  (* init = 6'h00 *)
+  wire [5:0] b_ram_waddr;
+  (* init = 43'h00000000000 *)
+  wire [42:0] b_ram_wdata;
+  reg b_ram_wen = 1'h0;
+  wire [7:0] buf_raddr;
+  reg [15:0] buf_rdata = 16'h0000;
+  reg [2:0] buf_rsel = 3'h0;
+  reg [7:0] buf_waddr = 8'h00;
+  (* init = 16'h0000 *)
+  wire [15:0] buf_wdata;
+  reg buf_wen = 1'h0;
+  reg [7:0] c2 = 8'h00;
+  reg [24:0] c3 = 25'h0000000;
+  input [65:0] c__payload;
+  wire [65:0] c__payload;
+  wire [42:0] \c__payload.b ;
+  wire [5:0] \c__payload.e ;
+  wire \c__payload.last ;
+  wire [15:0] \c__payload.m ;
+  output c__ready;
+  reg c__ready = 1'h0;
+  input c__valid;
+  wire c__valid;
+  reg [6:0] c_now = 7'h00;
+  wire c_take;
+  reg calc_div = 1'h0;
+  reg calc_fact = 1'h0;
+  reg calc_idle = 1'h1;
+  reg calc_push = 1'h0;
+  reg calc_root = 1'h0;
+  reg calc_tail = 1'h0;
+  reg calc_var1 = 1'h0;
+  reg calc_var2 = 1'h0;
+  reg calc_var3 = 1'h0;
   (* init = 6'h00 *)
   wire [5:0] ch;
   input clk;
   wire clk;
+  reg [5:0] cm1 = 6'h3f;
+  reg [5:0] cm2 = 6'h3e;
+  reg [38:0] cn = 39'h0000000000;
+  reg [24:0] cneg = 25'h0000000;
   reg [5:0] cnt = 6'h00;
+  reg [4:0] credits = 5'h14;
   reg [30:0] cur_factor = 31'h00000000;
   reg [15:0] cur_mean = 16'h0000;
-  reg [22:0] d_div = 23'h000000;
-  reg [15:0] d_q = 16'h0000;
-  reg [22:0] d_rem = 23'h000000;
-  wire en;
+  reg [6:0] d_rem = 7'h00;
+  wire dec;
+  reg [5:0] e_r = 6'h00;
   reg [30:0] f_q = 31'h00000000;
-  reg [18:0] f_rem = 19'h00000;
-  reg [36:0] h1_q = 37'h0000000000;
-  reg [22:0] h1_s = 23'h000000;
+  reg [17:0] f_rem = 18'h00000;
+  reg [23:0] h1_n = 24'h000000;
+  reg h1_n_ok = 1'h0;
+  reg [36:0] h1_qc = 37'h0000000000;
+  reg [36:0] h1_qs = 37'h0000000000;
+  reg [21:0] h1_s = 22'h000000;
   reg h1_valid = 1'h0;
   reg [30:0] h2_factor = 31'h00000000;
   reg [15:0] h2_mean = 16'h0000;
   reg h2_valid = 1'h0;
+  reg has_credit = 1'h1;
+  reg hb = 1'h0;
+  reg [35:0] hy_l0_0;
+  reg [35:0] hy_l0_1;
+  reg [35:0] hy_l0_2;
+  reg [35:0] hy_l1_0;
+  reg [35:0] hy_l1_1;
+  reg [35:0] hz_l0_0;
+  reg [35:0] hz_l0_1;
+  reg [35:0] hz_l0_2;
+  reg [35:0] hz_l1_0;
+  reg [35:0] hz_l1_1;
   input [15:0] i__payload;
   wire [15:0] i__payload;
   output i__ready;
   wire i__ready;
   input i__valid;
   wire i__valid;
+  (* init = 1'h0 *)
+  wire idle_r;
+  (* init = 8'h00 *)
+  wire [7:0] in1_addr;
+  reg in1_l = 1'h0;
+  (* init = 1'h0 *)
+  wire in1_v;
+  (* init = 16'h0000 *)
+  wire [15:0] in1_x;
+  reg [14:0] in2_a = 15'h0000;
+  reg in2_l = 1'h0;
+  reg in2_s = 1'h0;
+  reg in2_v = 1'h0;
+  reg [15:0] in2_x = 16'h0000;
+  reg in_last = 1'h0;
+  wire issue;
   reg [4:0] k = 5'h00;
-  reg last_r = 1'h0;
-  reg [15:0] mean_c = 16'h0000;
-  reg [5:0] mp__addr = 6'h00;
-  wire [15:0] mp__data;
-  wire mp__en;
+  reg last_busy = 1'h0;
+  reg [5:0] ld = 6'h00;
+  wire load;
+  reg loading = 1'h0;
+  (* init = 6'h00 *)
+  wire [5:0] m_ram_raddr;
+  reg [15:0] m_ram_rdata = 16'h0000;
+  (* init = 6'h00 *)
+  wire [5:0] m_ram_waddr;
+  (* init = 16'h0000 *)
+  wire [15:0] m_ram_wdata;
+  reg m_ram_wen = 1'h0;
+  reg [15:0] nlo = 16'h0000;
+  reg [47:0] o11_v = 48'h000000000000;
+  reg [48:0] o12_t = 49'h0000000000000;
+  reg [48:0] o13_u = 49'h0000000000000;
+  reg [9:0] o14_u = 10'h000;
+  reg o15_hi = 1'h0;
+  reg o15_lo = 1'h0;
+  reg [7:0] o15_r = 8'h00;
+  (* init = 8'h00 *)
+  wire [7:0] o16_out;
+  reg [5:0] o1_ch = 6'h00;
+  reg [30:0] o1_factor = 31'h00000000;
+  reg [15:0] o1_mean = 16'h0000;
+  reg [5:0] o2_ch = 6'h00;
+  reg [30:0] o2_factor = 31'h00000000;
+  reg [15:0] o2_mean = 16'h0000;
+  reg [5:0] o3_ch = 6'h00;
+  reg [30:0] o3_factor = 31'h00000000;
+  reg [16:0] o3_y = 17'h00000;
+  reg [31:0] o7_z = 32'd0;
   output [7:0] o__payload;
-  reg [7:0] o__payload = 8'h00;
+  wire [7:0] o__payload;
   input o__ready;
   wire o__ready;
   output o__valid;
-  reg o__valid = 1'h0;
-  reg [30:0] os1_factor = 31'h00000000;
-  reg [15:0] os1_mean = 16'h0000;
-  reg [42:0] os2_b = 43'h00000000000;
-  reg [30:0] os2_factor = 31'h00000000;
-  reg [15:0] os2_m = 16'h0000;
-  reg [16:0] os2_y = 17'h00000;
-  reg [42:0] os3_b = 43'h00000000000;
-  reg [15:0] os3_m = 16'h0000;
-  reg [31:0] os3_z = 32'd0;
-  reg [42:0] os4_b = 43'h00000000000;
-  reg [47:0] os4_p = 48'h000000000000;
-  reg [48:0] os5_a = 49'h0000000000000;
-  (* init = 8'h00 *)
-  wire [7:0] os6_o;
-  reg [36:0] q_acc = 37'h0000000000;
-  reg [36:0] r_bit = 37'h0000000000;
-  reg [35:0] r_rem = 36'h000000000;
-  reg [36:0] r_root = 37'h0000000000;
+  wire o__valid;
+  reg o_valid1 = 1'h0;
+  reg o_valid10 = 1'h0;
+  reg o_valid11 = 1'h0;
+  reg o_valid12 = 1'h0;
+  reg o_valid13 = 1'h0;
+  reg o_valid14 = 1'h0;
+  reg o_valid15 = 1'h0;
+  (* init = 1'h0 *)
+  wire o_valid16;
+  reg o_valid2 = 1'h0;
+  reg o_valid3 = 1'h0;
+  reg o_valid4 = 1'h0;
+  reg o_valid5 = 1'h0;
+  reg o_valid6 = 1'h0;
+  reg o_valid7 = 1'h0;
+  reg o_valid8 = 1'h0;
+  reg o_valid9 = 1'h0;
+  reg out_last = 1'h0;
+  wire [47:0] ov0_l0_0;
+  wire [47:0] ov0_l0_1;
+  wire [47:0] ov0_l0_10;
+  wire [47:0] ov0_l0_11;
+  wire [47:0] ov0_l0_12;
+  wire [47:0] ov0_l0_13;
+  wire [47:0] ov0_l0_14;
+  wire [47:0] ov0_l0_15;
+  wire [47:0] ov0_l0_16;
+  wire [47:0] ov0_l0_17;
+  wire [47:0] ov0_l0_2;
+  wire [47:0] ov0_l0_3;
+  wire [47:0] ov0_l0_4;
+  wire [47:0] ov0_l0_5;
+  wire [47:0] ov0_l0_6;
+  wire [47:0] ov0_l0_7;
+  wire [47:0] ov0_l0_8;
+  wire [47:0] ov0_l0_9;
+  wire [47:0] ov0_l1_0;
+  wire [47:0] ov0_l1_1;
+  wire [47:0] ov0_l1_10;
+  wire [47:0] ov0_l1_11;
+  wire [47:0] ov0_l1_2;
+  wire [47:0] ov0_l1_3;
+  wire [47:0] ov0_l1_4;
+  wire [47:0] ov0_l1_5;
+  wire [47:0] ov0_l1_6;
+  wire [47:0] ov0_l1_7;
+  wire [47:0] ov0_l1_8;
+  wire [47:0] ov0_l1_9;
+  wire [47:0] ov0_l2_0;
+  wire [47:0] ov0_l2_1;
+  wire [47:0] ov0_l2_2;
+  wire [47:0] ov0_l2_3;
+  wire [47:0] ov0_l2_4;
+  wire [47:0] ov0_l2_5;
+  wire [47:0] ov0_l2_6;
+  wire [47:0] ov0_l2_7;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov0_t0;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov0_t1;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov0_t2;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov0_t3;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov0_t4;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov0_t5;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov0_t6;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov0_t7;
+  reg [47:0] ov1_l0_0 = 48'h000000000000;
+  reg [47:0] ov1_l0_1 = 48'h000000000000;
+  reg [47:0] ov1_l0_2 = 48'h000000000000;
+  reg [47:0] ov1_l0_3 = 48'h000000000000;
+  reg [47:0] ov1_l0_4 = 48'h000000000000;
+  reg [47:0] ov1_l0_5 = 48'h000000000000;
+  reg [47:0] ov1_l0_6 = 48'h000000000000;
+  reg [47:0] ov1_l0_7 = 48'h000000000000;
+  wire [47:0] ov1_l1_0;
+  wire [47:0] ov1_l1_1;
+  wire [47:0] ov1_l1_2;
+  wire [47:0] ov1_l1_3;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov1_l1_4;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov1_l1_5;
+  wire [47:0] ov1_l2_0;
+  wire [47:0] ov1_l2_1;
+  wire [47:0] ov1_l2_2;
+  wire [47:0] ov1_l2_3;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov1_t0;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov1_t1;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov1_t2;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov1_t3;
+  reg [47:0] ov2_l0_0 = 48'h000000000000;
+  reg [47:0] ov2_l0_1 = 48'h000000000000;
+  reg [47:0] ov2_l0_2 = 48'h000000000000;
+  reg [47:0] ov2_l0_3 = 48'h000000000000;
+  wire [47:0] ov2_l1_0;
+  wire [47:0] ov2_l1_1;
+  (* init = 48'h000000000000 *)
+  wire [47:0] ov2_l1_2;
+  wire [47:0] ov2_l2_0;
+  wire [47:0] ov2_l2_1;
+  reg [47:0] ov2_t0 = 48'h000000000000;
+  reg [47:0] ov2_t1 = 48'h000000000000;
+  reg [5:0] oz0_ch = 6'h00;
+  wire [31:0] oz0_l0_0;
+  wire [31:0] oz0_l0_1;
+  wire [31:0] oz0_l0_10;
+  wire [31:0] oz0_l0_11;
+  wire [31:0] oz0_l0_12;
+  wire [31:0] oz0_l0_13;
+  wire [31:0] oz0_l0_14;
+  wire [31:0] oz0_l0_15;
+  wire [31:0] oz0_l0_16;
+  wire [31:0] oz0_l0_17;
+  wire [31:0] oz0_l0_2;
+  wire [31:0] oz0_l0_3;
+  wire [31:0] oz0_l0_4;
+  wire [31:0] oz0_l0_5;
+  wire [31:0] oz0_l0_6;
+  wire [31:0] oz0_l0_7;
+  wire [31:0] oz0_l0_8;
+  wire [31:0] oz0_l0_9;
+  wire [31:0] oz0_l1_0;
+  wire [31:0] oz0_l1_1;
+  wire [31:0] oz0_l1_10;
+  wire [31:0] oz0_l1_11;
+  wire [31:0] oz0_l1_2;
+  wire [31:0] oz0_l1_3;
+  wire [31:0] oz0_l1_4;
+  wire [31:0] oz0_l1_5;
+  wire [31:0] oz0_l1_6;
+  wire [31:0] oz0_l1_7;
+  wire [31:0] oz0_l1_8;
+  wire [31:0] oz0_l1_9;
+  wire [31:0] oz0_l2_0;
+  wire [31:0] oz0_l2_1;
+  wire [31:0] oz0_l2_2;
+  wire [31:0] oz0_l2_3;
+  wire [31:0] oz0_l2_4;
+  wire [31:0] oz0_l2_5;
+  wire [31:0] oz0_l2_6;
+  wire [31:0] oz0_l2_7;
+  (* init = 32'd0 *)
+  wire [31:0] oz0_t0;
+  (* init = 32'd0 *)
+  wire [31:0] oz0_t1;
+  (* init = 32'd0 *)
+  wire [31:0] oz0_t2;
+  (* init = 32'd0 *)
+  wire [31:0] oz0_t3;
+  (* init = 32'd0 *)
+  wire [31:0] oz0_t4;
+  (* init = 32'd0 *)
+  wire [31:0] oz0_t5;
+  (* init = 32'd0 *)
+  wire [31:0] oz0_t6;
+  (* init = 32'd0 *)
+  wire [31:0] oz0_t7;
+  (* init = 6'h00 *)
+  wire [5:0] oz1_ch;
+  reg [31:0] oz1_l0_0 = 32'd0;
+  reg [31:0] oz1_l0_1 = 32'd0;
+  reg [31:0] oz1_l0_2 = 32'd0;
+  reg [31:0] oz1_l0_3 = 32'd0;
+  reg [31:0] oz1_l0_4 = 32'd0;
+  reg [31:0] oz1_l0_5 = 32'd0;
+  reg [31:0] oz1_l0_6 = 32'd0;
+  reg [31:0] oz1_l0_7 = 32'd0;
+  wire [31:0] oz1_l1_0;
+  wire [31:0] oz1_l1_1;
+  wire [31:0] oz1_l1_2;
+  wire [31:0] oz1_l1_3;
+  (* init = 32'd0 *)
+  wire [31:0] oz1_l1_4;
+  (* init = 32'd0 *)
+  wire [31:0] oz1_l1_5;
+  wire [31:0] oz1_l2_0;
+  wire [31:0] oz1_l2_1;
+  wire [31:0] oz1_l2_2;
+  wire [31:0] oz1_l2_3;
+  (* init = 32'd0 *)
+  wire [31:0] oz1_t0;
+  (* init = 32'd0 *)
+  wire [31:0] oz1_t1;
+  (* init = 32'd0 *)
+  wire [31:0] oz1_t2;
+  (* init = 32'd0 *)
+  wire [31:0] oz1_t3;
+  reg [5:0] oz2_ch = 6'h00;
+  reg [31:0] oz2_l0_0 = 32'd0;
+  reg [31:0] oz2_l0_1 = 32'd0;
+  reg [31:0] oz2_l0_2 = 32'd0;
+  reg [31:0] oz2_l0_3 = 32'd0;
+  wire [31:0] oz2_l1_0;
+  wire [31:0] oz2_l1_1;
+  (* init = 32'd0 *)
+  wire [31:0] oz2_l1_2;
+  wire [31:0] oz2_l2_0;
+  wire [31:0] oz2_l2_1;
+  reg [31:0] oz2_t0 = 32'd0;
+  reg [31:0] oz2_t1 = 32'd0;
+  reg [36:0] qacc_l0_0 = 37'h0000000000;
+  reg [36:0] qacc_l0_1 = 37'h0000000000;
+  wire [36:0] qacc_l0_2;
+  wire [36:0] qacc_l0_3;
+  wire [36:0] qacc_l1_0;
+  wire [36:0] qacc_l1_1;
+  wire [36:0] qacc_l1_2;
+  wire [36:0] qacc_l2_0;
+  wire [36:0] qacc_l2_1;
+  reg qbit = 1'h0;
+  (* init = 37'h0000000000 *)
+  wire [36:0] qc_acc;
+  reg [36:0] qc_c = 37'h0000000000;
+  (* init = 37'h0000000000 *)
+  wire [36:0] qs_acc;
+  reg [36:0] qs_c = 37'h0000000000;
+  wire [7:0] r_data;
+  wire r_en;
+  wire r_rdy;
+  reg [18:0] r_rem = 19'h00000;
+  wire \release ;
+  reg room = 1'h1;
+  reg [17:0] root = 18'h00000;
   reg [1:0] rows_held = 2'h0;
-  reg [7:0] rp__addr = 8'h00;
+  wire [1:0] rows_next;
+  reg [5:0] rp__addr = 6'h00;
+  (* init = 6'h00 *)
+  wire [5:0] \rp__addr$25 ;
+  reg [5:0] \rp__addr$35  = 6'h00;
+  (* init = 6'h00 *)
+  wire [5:0] \rp__addr$40 ;
+  (* init = 6'h00 *)
+  wire [5:0] \rp__addr$44 ;
   wire [15:0] rp__data;
-  wire rp__en;
-  (* init = 8'h00 *)
-  wire [7:0] rptr;
+  wire [42:0] \rp__data$376 ;
+  wire [15:0] \rp__data$386 ;
+  wire [15:0] \rp__data$387 ;
+  wire [15:0] \rp__data$388 ;
+  reg [1:0] rslot = 2'h0;
   input rst;
   wire rst;
-  reg [22:0] s_acc = 23'h000000;
-  reg [31:0] sq_r = 32'd0;
-  reg [2:0] state = 3'h1;
-  reg [47:0] t_c = 48'h000000000000;
-  reg v_r = 1'h0;
-  reg valid_s1 = 1'h0;
-  reg valid_s2 = 1'h0;
-  reg valid_s3 = 1'h0;
-  reg valid_s4 = 1'h0;
-  reg valid_s5 = 1'h0;
-  (* init = 1'h0 *)
-  wire valid_s6;
-  reg [7:0] wp__addr = 8'h00;
-  wire [15:0] wp__data;
-  wire wp__en;
-  (* init = 8'h00 *)
-  wire [7:0] wptr;
-  reg [15:0] x_r = 16'h0000;
-  reg [42:0] b_rom [63:0];
+  reg [21:0] s_acc = 22'h000000;
+  reg [21:0] s_c = 22'h000000;
+  reg sq0_l = 1'h0;
+  wire [30:0] sq0_l0_0;
+  wire [30:0] sq0_l0_1;
+  wire [30:0] sq0_l0_10;
+  wire [30:0] sq0_l0_11;
+  wire [30:0] sq0_l0_12;
+  wire [30:0] sq0_l0_13;
+  wire [30:0] sq0_l0_14;
+  wire [30:0] sq0_l0_15;
+  wire [30:0] sq0_l0_2;
+  wire [30:0] sq0_l0_3;
+  wire [30:0] sq0_l0_4;
+  wire [30:0] sq0_l0_5;
+  wire [30:0] sq0_l0_6;
+  wire [30:0] sq0_l0_7;
+  wire [30:0] sq0_l0_8;
+  wire [30:0] sq0_l0_9;
+  wire [30:0] sq0_l1_0;
+  wire [30:0] sq0_l1_1;
+  wire [30:0] sq0_l1_10;
+  wire [30:0] sq0_l1_2;
+  wire [30:0] sq0_l1_3;
+  wire [30:0] sq0_l1_4;
+  wire [30:0] sq0_l1_5;
+  wire [30:0] sq0_l1_6;
+  wire [30:0] sq0_l1_7;
+  wire [30:0] sq0_l1_8;
+  wire [30:0] sq0_l1_9;
+  wire [30:0] sq0_l2_0;
+  wire [30:0] sq0_l2_1;
+  wire [30:0] sq0_l2_2;
+  wire [30:0] sq0_l2_3;
+  wire [30:0] sq0_l2_4;
+  wire [30:0] sq0_l2_5;
+  wire [30:0] sq0_l2_6;
+  wire [30:0] sq0_l2_7;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq0_t0;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq0_t1;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq0_t2;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq0_t3;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq0_t4;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq0_t5;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq0_t6;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq0_t7;
+  reg sq0_v = 1'h0;
+  reg [15:0] sq0_x = 16'h0000;
+  reg sq1_l = 1'h0;
+  reg [30:0] sq1_l0_0 = 31'h00000000;
+  reg [30:0] sq1_l0_1 = 31'h00000000;
+  reg [30:0] sq1_l0_2 = 31'h00000000;
+  reg [30:0] sq1_l0_3 = 31'h00000000;
+  reg [30:0] sq1_l0_4 = 31'h00000000;
+  reg [30:0] sq1_l0_5 = 31'h00000000;
+  reg [30:0] sq1_l0_6 = 31'h00000000;
+  reg [30:0] sq1_l0_7 = 31'h00000000;
+  wire [30:0] sq1_l1_0;
+  wire [30:0] sq1_l1_1;
+  wire [30:0] sq1_l1_2;
+  wire [30:0] sq1_l1_3;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq1_l1_4;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq1_l1_5;
+  wire [30:0] sq1_l2_0;
+  wire [30:0] sq1_l2_1;
+  wire [30:0] sq1_l2_2;
+  wire [30:0] sq1_l2_3;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq1_t0;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq1_t1;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq1_t2;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq1_t3;
+  reg sq1_v = 1'h0;
+  reg [15:0] sq1_x = 16'h0000;
+  reg sq2_l = 1'h0;
+  reg [30:0] sq2_l0_0 = 31'h00000000;
+  reg [30:0] sq2_l0_1 = 31'h00000000;
+  reg [30:0] sq2_l0_2 = 31'h00000000;
+  reg [30:0] sq2_l0_3 = 31'h00000000;
+  wire [30:0] sq2_l1_0;
+  wire [30:0] sq2_l1_1;
+  (* init = 31'h00000000 *)
+  wire [30:0] sq2_l1_2;
+  wire [30:0] sq2_l2_0;
+  wire [30:0] sq2_l2_1;
+  reg [30:0] sq2_t0 = 31'h00000000;
+  reg [30:0] sq2_t1 = 31'h00000000;
+  reg sq2_v = 1'h0;
+  reg [15:0] sq2_x = 16'h0000;
+  wire [35:0] var1_l0_0;
+  wire [35:0] var1_l0_1;
+  wire [35:0] var1_l0_2;
+  wire [35:0] var1_l0_3;
+  (* init = 36'h000000000 *)
+  wire [35:0] var1_l0_4;
+  (* init = 36'h000000000 *)
+  wire [35:0] var1_l0_5;
+  wire [35:0] var1_l0_6;
+  wire [35:0] var1_l0_7;
+  reg [35:0] var1_l0_8 = 36'h000000000;
+  wire [35:0] var1_l1_0;
+  wire [35:0] var1_l1_1;
+  wire [35:0] var1_l1_2;
+  wire [35:0] var1_l1_3;
+  wire [35:0] var1_l1_4;
+  wire [35:0] var1_l1_5;
+  wire [35:0] var1_l2_0;
+  wire [35:0] var1_l2_1;
+  wire [35:0] var1_l2_2;
+  wire [35:0] var1_l2_3;
+  (* init = 36'h000000000 *)
+  wire [35:0] var1_t0;
+  (* init = 36'h000000000 *)
+  wire [35:0] var1_t1;
+  (* init = 36'h000000000 *)
+  wire [35:0] var1_t2;
+  (* init = 36'h000000000 *)
+  wire [35:0] var1_t3;
+  reg [35:0] var2_l0_0 = 36'h000000000;
+  reg [35:0] var2_l0_1 = 36'h000000000;
+  reg [35:0] var2_l0_2 = 36'h000000000;
+  reg [35:0] var2_l0_3 = 36'h000000000;
+  wire [35:0] var2_l1_0;
+  wire [35:0] var2_l1_1;
+  (* init = 36'h000000000 *)
+  wire [35:0] var2_l1_2;
+  wire [35:0] var2_l2_0;
+  wire [35:0] var2_l2_1;
+  reg [35:0] var2_t0 = 36'h000000000;
+  reg [35:0] var2_t1 = 36'h000000000;
+  (* init = 36'h000000000 *)
+  wire [35:0] var_k;
+  reg [35:0] vsh = 36'h000000000;
+  reg [7:0] w_data = 8'h00;
+  reg w_en = 1'h0;
+  reg [1:0] wslot = 2'h0;
+  reg [24:0] xc = 25'h0000000;
+  reg [35:0] yc = 36'h000000000;
+  reg [35:0] zc = 36'h000000000;
+  (* ram_style = "distributed" *)
+  reg [42:0] b_ram_bank0 [63:0];
   initial begin
-    b_rom[0] = 43'h02e752482cb;
-    b_rom[1] = 43'h07754d8d613;
-    b_rom[2] = 43'h22355d2cf1a;
-    b_rom[3] = 43'h7add311ad33;
-    b_rom[4] = 43'h7e33c484279;
-    b_rom[5] = 43'h0231bed9489;
-    b_rom[6] = 43'h7e1e3f45c52;
-    b_rom[7] = 43'h019a0667180;
-    b_rom[8] = 43'h7e158527f91;
-    b_rom[9] = 43'h1128408493a;
-    b_rom[10] = 43'h05192d7f16f;
-    b_rom[11] = 43'h026d96b0d91;
-    b_rom[12] = 43'h17a0da15f0f;
-    b_rom[13] = 43'h012369ae505;
-    b_rom[14] = 43'h07320db2ba4;
-    b_rom[15] = 43'h7e7c5118281;
-    b_rom[16] = 43'h0351bca171a;
-    b_rom[17] = 43'h7d6e7ec1c0f;
-    b_rom[18] = 43'h045c518a77a;
-    b_rom[19] = 43'h0aae920b5ec;
-    b_rom[20] = 43'h7bb679cbbd8;
-    b_rom[21] = 43'h74dfb104423;
-    b_rom[22] = 43'h7e6adb6802a;
-    b_rom[23] = 43'h7ae9cb187c4;
-    b_rom[24] = 43'h7ec4b904b26;
-    b_rom[25] = 43'h71e716e6740;
-    b_rom[26] = 43'h016948fa814;
-    b_rom[27] = 43'h03ea95d7ecd;
-    b_rom[28] = 43'h7f13495dced;
-    b_rom[29] = 43'h74e75ac854c;
-    b_rom[30] = 43'h070300cccd7;
-    b_rom[31] = 43'h79a2252800c;
-    b_rom[32] = 43'h7a0b51a67c6;
-    b_rom[33] = 43'h029606aa5ce;
-    b_rom[34] = 43'h77c6e9dabb3;
-    b_rom[35] = 43'h004d0b81eba;
-    b_rom[36] = 43'h0b9981bfd22;
-    b_rom[37] = 43'h7934dbfc41b;
-    b_rom[38] = 43'h7f92310b539;
-    b_rom[39] = 43'h7c65fa4471b;
-    b_rom[40] = 43'h04292d86da0;
-    b_rom[41] = 43'h027afa005e6;
-    b_rom[42] = 43'h7ea0340ebbb;
-    b_rom[43] = 43'h05901cf40d0;
-    b_rom[44] = 43'h7cd82f1292e;
-    b_rom[45] = 43'h7f2b6d9fef3;
-    b_rom[46] = 43'h0266cbcec3b;
-    b_rom[47] = 43'h7d54d5cef3f;
-    b_rom[48] = 43'h7f2b1b49fa6;
-    b_rom[49] = 43'h1794c569ab5;
-    b_rom[50] = 43'h7b028c4fb27;
-    b_rom[51] = 43'h033afc014ef;
-    b_rom[52] = 43'h03fae52ca29;
-    b_rom[53] = 43'h7c99c40aa13;
-    b_rom[54] = 43'h761735518e0;
-    b_rom[55] = 43'h7fc023ff1b8;
-    b_rom[56] = 43'h7a15d799988;
-    b_rom[57] = 43'h0b8e66f56f8;
-    b_rom[58] = 43'h7da8789013f;
-    b_rom[59] = 43'h08896c5a502;
-    b_rom[60] = 43'h7b06032e466;
-    b_rom[61] = 43'h00984e4ecea;
-    b_rom[62] = 43'h0391d51c8b4;
-    b_rom[63] = 43'h00a01c90b1c;
+    b_ram_bank0[0] = 43'h00000000000;
+    b_ram_bank0[1] = 43'h00000000000;
+    b_ram_bank0[2] = 43'h00000000000;
+    b_ram_bank0[3] = 43'h00000000000;
+    b_ram_bank0[4] = 43'h00000000000;
+    b_ram_bank0[5] = 43'h00000000000;
+    b_ram_bank0[6] = 43'h00000000000;
+    b_ram_bank0[7] = 43'h00000000000;
+    b_ram_bank0[8] = 43'h00000000000;
+    b_ram_bank0[9] = 43'h00000000000;
+    b_ram_bank0[10] = 43'h00000000000;
+    b_ram_bank0[11] = 43'h00000000000;
+    b_ram_bank0[12] = 43'h00000000000;
+    b_ram_bank0[13] = 43'h00000000000;
+    b_ram_bank0[14] = 43'h00000000000;
+    b_ram_bank0[15] = 43'h00000000000;
+    b_ram_bank0[16] = 43'h00000000000;
+    b_ram_bank0[17] = 43'h00000000000;
+    b_ram_bank0[18] = 43'h00000000000;
+    b_ram_bank0[19] = 43'h00000000000;
+    b_ram_bank0[20] = 43'h00000000000;
+    b_ram_bank0[21] = 43'h00000000000;
+    b_ram_bank0[22] = 43'h00000000000;
+    b_ram_bank0[23] = 43'h00000000000;
+    b_ram_bank0[24] = 43'h00000000000;
+    b_ram_bank0[25] = 43'h00000000000;
+    b_ram_bank0[26] = 43'h00000000000;
+    b_ram_bank0[27] = 43'h00000000000;
+    b_ram_bank0[28] = 43'h00000000000;
+    b_ram_bank0[29] = 43'h00000000000;
+    b_ram_bank0[30] = 43'h00000000000;
+    b_ram_bank0[31] = 43'h00000000000;
+    b_ram_bank0[32] = 43'h00000000000;
+    b_ram_bank0[33] = 43'h00000000000;
+    b_ram_bank0[34] = 43'h00000000000;
+    b_ram_bank0[35] = 43'h00000000000;
+    b_ram_bank0[36] = 43'h00000000000;
+    b_ram_bank0[37] = 43'h00000000000;
+    b_ram_bank0[38] = 43'h00000000000;
+    b_ram_bank0[39] = 43'h00000000000;
+    b_ram_bank0[40] = 43'h00000000000;
+    b_ram_bank0[41] = 43'h00000000000;
+    b_ram_bank0[42] = 43'h00000000000;
+    b_ram_bank0[43] = 43'h00000000000;
+    b_ram_bank0[44] = 43'h00000000000;
+    b_ram_bank0[45] = 43'h00000000000;
+    b_ram_bank0[46] = 43'h00000000000;
+    b_ram_bank0[47] = 43'h00000000000;
+    b_ram_bank0[48] = 43'h00000000000;
+    b_ram_bank0[49] = 43'h00000000000;
+    b_ram_bank0[50] = 43'h00000000000;
+    b_ram_bank0[51] = 43'h00000000000;
+    b_ram_bank0[52] = 43'h00000000000;
+    b_ram_bank0[53] = 43'h00000000000;
+    b_ram_bank0[54] = 43'h00000000000;
+    b_ram_bank0[55] = 43'h00000000000;
+    b_ram_bank0[56] = 43'h00000000000;
+    b_ram_bank0[57] = 43'h00000000000;
+    b_ram_bank0[58] = 43'h00000000000;
+    b_ram_bank0[59] = 43'h00000000000;
+    b_ram_bank0[60] = 43'h00000000000;
+    b_ram_bank0[61] = 43'h00000000000;
+    b_ram_bank0[62] = 43'h00000000000;
+    b_ram_bank0[63] = 43'h00000000000;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en$23 )
+      b_ram_bank0[\$signature__addr$19 ] <= \$signature__data$21 ;
   end
   reg [42:0] _0_;
   always @(posedge clk) begin
-    if (en) begin
-      _0_ <= b_rom[mp__addr];
-    end
+    _0_ <= b_ram_bank0[rp__addr];
   end
-  assign bp__data = _0_;
-  reg [15:0] \buf  [191:0];
+  assign \rp__data$376  = _0_;
+  (* ram_style = "distributed" *)
+  reg [15:0] buf_bank0 [63:0];
   initial begin
-    \buf [0] = 16'h0000;
-    \buf [1] = 16'h0000;
-    \buf [2] = 16'h0000;
-    \buf [3] = 16'h0000;
-    \buf [4] = 16'h0000;
-    \buf [5] = 16'h0000;
-    \buf [6] = 16'h0000;
-    \buf [7] = 16'h0000;
-    \buf [8] = 16'h0000;
-    \buf [9] = 16'h0000;
-    \buf [10] = 16'h0000;
-    \buf [11] = 16'h0000;
-    \buf [12] = 16'h0000;
-    \buf [13] = 16'h0000;
-    \buf [14] = 16'h0000;
-    \buf [15] = 16'h0000;
-    \buf [16] = 16'h0000;
-    \buf [17] = 16'h0000;
-    \buf [18] = 16'h0000;
-    \buf [19] = 16'h0000;
-    \buf [20] = 16'h0000;
-    \buf [21] = 16'h0000;
-    \buf [22] = 16'h0000;
-    \buf [23] = 16'h0000;
-    \buf [24] = 16'h0000;
-    \buf [25] = 16'h0000;
-    \buf [26] = 16'h0000;
-    \buf [27] = 16'h0000;
-    \buf [28] = 16'h0000;
-    \buf [29] = 16'h0000;
-    \buf [30] = 16'h0000;
-    \buf [31] = 16'h0000;
-    \buf [32] = 16'h0000;
-    \buf [33] = 16'h0000;
-    \buf [34] = 16'h0000;
-    \buf [35] = 16'h0000;
-    \buf [36] = 16'h0000;
-    \buf [37] = 16'h0000;
-    \buf [38] = 16'h0000;
-    \buf [39] = 16'h0000;
-    \buf [40] = 16'h0000;
-    \buf [41] = 16'h0000;
-    \buf [42] = 16'h0000;
-    \buf [43] = 16'h0000;
-    \buf [44] = 16'h0000;
-    \buf [45] = 16'h0000;
-    \buf [46] = 16'h0000;
-    \buf [47] = 16'h0000;
-    \buf [48] = 16'h0000;
-    \buf [49] = 16'h0000;
-    \buf [50] = 16'h0000;
-    \buf [51] = 16'h0000;
-    \buf [52] = 16'h0000;
-    \buf [53] = 16'h0000;
-    \buf [54] = 16'h0000;
-    \buf [55] = 16'h0000;
-    \buf [56] = 16'h0000;
-    \buf [57] = 16'h0000;
-    \buf [58] = 16'h0000;
-    \buf [59] = 16'h0000;
-    \buf [60] = 16'h0000;
-    \buf [61] = 16'h0000;
-    \buf [62] = 16'h0000;
-    \buf [63] = 16'h0000;
-    \buf [64] = 16'h0000;
-    \buf [65] = 16'h0000;
-    \buf [66] = 16'h0000;
-    \buf [67] = 16'h0000;
-    \buf [68] = 16'h0000;
-    \buf [69] = 16'h0000;
-    \buf [70] = 16'h0000;
-    \buf [71] = 16'h0000;
-    \buf [72] = 16'h0000;
-    \buf [73] = 16'h0000;
-    \buf [74] = 16'h0000;
-    \buf [75] = 16'h0000;
-    \buf [76] = 16'h0000;
-    \buf [77] = 16'h0000;
-    \buf [78] = 16'h0000;
-    \buf [79] = 16'h0000;
-    \buf [80] = 16'h0000;
-    \buf [81] = 16'h0000;
-    \buf [82] = 16'h0000;
-    \buf [83] = 16'h0000;
-    \buf [84] = 16'h0000;
-    \buf [85] = 16'h0000;
-    \buf [86] = 16'h0000;
-    \buf [87] = 16'h0000;
-    \buf [88] = 16'h0000;
-    \buf [89] = 16'h0000;
-    \buf [90] = 16'h0000;
-    \buf [91] = 16'h0000;
-    \buf [92] = 16'h0000;
-    \buf [93] = 16'h0000;
-    \buf [94] = 16'h0000;
-    \buf [95] = 16'h0000;
-    \buf [96] = 16'h0000;
-    \buf [97] = 16'h0000;
-    \buf [98] = 16'h0000;
-    \buf [99] = 16'h0000;
-    \buf [100] = 16'h0000;
-    \buf [101] = 16'h0000;
-    \buf [102] = 16'h0000;
-    \buf [103] = 16'h0000;
-    \buf [104] = 16'h0000;
-    \buf [105] = 16'h0000;
-    \buf [106] = 16'h0000;
-    \buf [107] = 16'h0000;
-    \buf [108] = 16'h0000;
-    \buf [109] = 16'h0000;
-    \buf [110] = 16'h0000;
-    \buf [111] = 16'h0000;
-    \buf [112] = 16'h0000;
-    \buf [113] = 16'h0000;
-    \buf [114] = 16'h0000;
-    \buf [115] = 16'h0000;
-    \buf [116] = 16'h0000;
-    \buf [117] = 16'h0000;
-    \buf [118] = 16'h0000;
-    \buf [119] = 16'h0000;
-    \buf [120] = 16'h0000;
-    \buf [121] = 16'h0000;
-    \buf [122] = 16'h0000;
-    \buf [123] = 16'h0000;
-    \buf [124] = 16'h0000;
-    \buf [125] = 16'h0000;
-    \buf [126] = 16'h0000;
-    \buf [127] = 16'h0000;
-    \buf [128] = 16'h0000;
-    \buf [129] = 16'h0000;
-    \buf [130] = 16'h0000;
-    \buf [131] = 16'h0000;
-    \buf [132] = 16'h0000;
-    \buf [133] = 16'h0000;
-    \buf [134] = 16'h0000;
-    \buf [135] = 16'h0000;
-    \buf [136] = 16'h0000;
-    \buf [137] = 16'h0000;
-    \buf [138] = 16'h0000;
-    \buf [139] = 16'h0000;
-    \buf [140] = 16'h0000;
-    \buf [141] = 16'h0000;
-    \buf [142] = 16'h0000;
-    \buf [143] = 16'h0000;
-    \buf [144] = 16'h0000;
-    \buf [145] = 16'h0000;
-    \buf [146] = 16'h0000;
-    \buf [147] = 16'h0000;
-    \buf [148] = 16'h0000;
-    \buf [149] = 16'h0000;
-    \buf [150] = 16'h0000;
-    \buf [151] = 16'h0000;
-    \buf [152] = 16'h0000;
-    \buf [153] = 16'h0000;
-    \buf [154] = 16'h0000;
-    \buf [155] = 16'h0000;
-    \buf [156] = 16'h0000;
-    \buf [157] = 16'h0000;
-    \buf [158] = 16'h0000;
-    \buf [159] = 16'h0000;
-    \buf [160] = 16'h0000;
-    \buf [161] = 16'h0000;
-    \buf [162] = 16'h0000;
-    \buf [163] = 16'h0000;
-    \buf [164] = 16'h0000;
-    \buf [165] = 16'h0000;
-    \buf [166] = 16'h0000;
-    \buf [167] = 16'h0000;
-    \buf [168] = 16'h0000;
-    \buf [169] = 16'h0000;
-    \buf [170] = 16'h0000;
-    \buf [171] = 16'h0000;
-    \buf [172] = 16'h0000;
-    \buf [173] = 16'h0000;
-    \buf [174] = 16'h0000;
-    \buf [175] = 16'h0000;
-    \buf [176] = 16'h0000;
-    \buf [177] = 16'h0000;
-    \buf [178] = 16'h0000;
-    \buf [179] = 16'h0000;
-    \buf [180] = 16'h0000;
-    \buf [181] = 16'h0000;
-    \buf [182] = 16'h0000;
-    \buf [183] = 16'h0000;
-    \buf [184] = 16'h0000;
-    \buf [185] = 16'h0000;
-    \buf [186] = 16'h0000;
-    \buf [187] = 16'h0000;
-    \buf [188] = 16'h0000;
-    \buf [189] = 16'h0000;
-    \buf [190] = 16'h0000;
-    \buf [191] = 16'h0000;
+    buf_bank0[0] = 16'h0000;
+    buf_bank0[1] = 16'h0000;
+    buf_bank0[2] = 16'h0000;
+    buf_bank0[3] = 16'h0000;
+    buf_bank0[4] = 16'h0000;
+    buf_bank0[5] = 16'h0000;
+    buf_bank0[6] = 16'h0000;
+    buf_bank0[7] = 16'h0000;
+    buf_bank0[8] = 16'h0000;
+    buf_bank0[9] = 16'h0000;
+    buf_bank0[10] = 16'h0000;
+    buf_bank0[11] = 16'h0000;
+    buf_bank0[12] = 16'h0000;
+    buf_bank0[13] = 16'h0000;
+    buf_bank0[14] = 16'h0000;
+    buf_bank0[15] = 16'h0000;
+    buf_bank0[16] = 16'h0000;
+    buf_bank0[17] = 16'h0000;
+    buf_bank0[18] = 16'h0000;
+    buf_bank0[19] = 16'h0000;
+    buf_bank0[20] = 16'h0000;
+    buf_bank0[21] = 16'h0000;
+    buf_bank0[22] = 16'h0000;
+    buf_bank0[23] = 16'h0000;
+    buf_bank0[24] = 16'h0000;
+    buf_bank0[25] = 16'h0000;
+    buf_bank0[26] = 16'h0000;
+    buf_bank0[27] = 16'h0000;
+    buf_bank0[28] = 16'h0000;
+    buf_bank0[29] = 16'h0000;
+    buf_bank0[30] = 16'h0000;
+    buf_bank0[31] = 16'h0000;
+    buf_bank0[32] = 16'h0000;
+    buf_bank0[33] = 16'h0000;
+    buf_bank0[34] = 16'h0000;
+    buf_bank0[35] = 16'h0000;
+    buf_bank0[36] = 16'h0000;
+    buf_bank0[37] = 16'h0000;
+    buf_bank0[38] = 16'h0000;
+    buf_bank0[39] = 16'h0000;
+    buf_bank0[40] = 16'h0000;
+    buf_bank0[41] = 16'h0000;
+    buf_bank0[42] = 16'h0000;
+    buf_bank0[43] = 16'h0000;
+    buf_bank0[44] = 16'h0000;
+    buf_bank0[45] = 16'h0000;
+    buf_bank0[46] = 16'h0000;
+    buf_bank0[47] = 16'h0000;
+    buf_bank0[48] = 16'h0000;
+    buf_bank0[49] = 16'h0000;
+    buf_bank0[50] = 16'h0000;
+    buf_bank0[51] = 16'h0000;
+    buf_bank0[52] = 16'h0000;
+    buf_bank0[53] = 16'h0000;
+    buf_bank0[54] = 16'h0000;
+    buf_bank0[55] = 16'h0000;
+    buf_bank0[56] = 16'h0000;
+    buf_bank0[57] = 16'h0000;
+    buf_bank0[58] = 16'h0000;
+    buf_bank0[59] = 16'h0000;
+    buf_bank0[60] = 16'h0000;
+    buf_bank0[61] = 16'h0000;
+    buf_bank0[62] = 16'h0000;
+    buf_bank0[63] = 16'h0000;
   end
   always @(posedge clk) begin
-    if (accept)
-      \buf [wp__addr] <= i__payload;
+    if (\$signature__en$33 )
+      buf_bank0[buf_waddr[5:0]] <= \$signature__data$31 ;
   end
   reg [15:0] _1_;
   always @(posedge clk) begin
-    if (en) begin
-      _1_ <= \buf [rp__addr];
-    end
+    _1_ <= buf_bank0[\rp__addr$35 ];
   end
-  assign rp__data = _1_;
-  reg [15:0] m_rom [63:0];
+  assign \rp__data$386  = _1_;
+  (* ram_style = "distributed" *)
+  reg [15:0] buf_bank1 [63:0];
   initial begin
-    m_rom[0] = 16'h33b3;
-    m_rom[1] = 16'h4123;
-    m_rom[2] = 16'h3051;
-    m_rom[3] = 16'h4558;
-    m_rom[4] = 16'h4470;
-    m_rom[5] = 16'h385b;
-    m_rom[6] = 16'h3498;
-    m_rom[7] = 16'h4646;
-    m_rom[8] = 16'h3a8d;
-    m_rom[9] = 16'h3b36;
-    m_rom[10] = 16'h396c;
-    m_rom[11] = 16'h4725;
-    m_rom[12] = 16'h40bd;
-    m_rom[13] = 16'h3f26;
-    m_rom[14] = 16'h4535;
-    m_rom[15] = 16'h3d27;
-    m_rom[16] = 16'h421e;
-    m_rom[17] = 16'h3b3e;
-    m_rom[18] = 16'h40e6;
-    m_rom[19] = 16'h498f;
-    m_rom[20] = 16'h3d6f;
-    m_rom[21] = 16'h2f66;
-    m_rom[22] = 16'h4501;
-    m_rom[23] = 16'h409d;
-    m_rom[24] = 16'h3fdc;
-    m_rom[25] = 16'h44dd;
-    m_rom[26] = 16'h3777;
-    m_rom[27] = 16'h3ff3;
-    m_rom[28] = 16'h4019;
-    m_rom[29] = 16'h392f;
-    m_rom[30] = 16'h3d5b;
-    m_rom[31] = 16'h306e;
-    m_rom[32] = 16'h3702;
-    m_rom[33] = 16'h47d3;
-    m_rom[34] = 16'h38f9;
-    m_rom[35] = 16'h3d42;
-    m_rom[36] = 16'h473a;
-    m_rom[37] = 16'h3c02;
-    m_rom[38] = 16'h4113;
-    m_rom[39] = 16'h3aed;
-    m_rom[40] = 16'h44fe;
-    m_rom[41] = 16'h40c4;
-    m_rom[42] = 16'h51fd;
-    m_rom[43] = 16'h3c5c;
-    m_rom[44] = 16'h383a;
-    m_rom[45] = 16'h4673;
-    m_rom[46] = 16'h47b5;
-    m_rom[47] = 16'h3c2f;
-    m_rom[48] = 16'h4816;
-    m_rom[49] = 16'h3763;
-    m_rom[50] = 16'h3296;
-    m_rom[51] = 16'h3fe0;
-    m_rom[52] = 16'h3de4;
-    m_rom[53] = 16'h448c;
-    m_rom[54] = 16'h3ebf;
-    m_rom[55] = 16'h3c52;
-    m_rom[56] = 16'h3cdc;
-    m_rom[57] = 16'h41c6;
-    m_rom[58] = 16'h45a9;
-    m_rom[59] = 16'h3bf8;
-    m_rom[60] = 16'h3d8b;
-    m_rom[61] = 16'h4b71;
-    m_rom[62] = 16'h400d;
-    m_rom[63] = 16'h50f3;
+    buf_bank1[0] = 16'h0000;
+    buf_bank1[1] = 16'h0000;
+    buf_bank1[2] = 16'h0000;
+    buf_bank1[3] = 16'h0000;
+    buf_bank1[4] = 16'h0000;
+    buf_bank1[5] = 16'h0000;
+    buf_bank1[6] = 16'h0000;
+    buf_bank1[7] = 16'h0000;
+    buf_bank1[8] = 16'h0000;
+    buf_bank1[9] = 16'h0000;
+    buf_bank1[10] = 16'h0000;
+    buf_bank1[11] = 16'h0000;
+    buf_bank1[12] = 16'h0000;
+    buf_bank1[13] = 16'h0000;
+    buf_bank1[14] = 16'h0000;
+    buf_bank1[15] = 16'h0000;
+    buf_bank1[16] = 16'h0000;
+    buf_bank1[17] = 16'h0000;
+    buf_bank1[18] = 16'h0000;
+    buf_bank1[19] = 16'h0000;
+    buf_bank1[20] = 16'h0000;
+    buf_bank1[21] = 16'h0000;
+    buf_bank1[22] = 16'h0000;
+    buf_bank1[23] = 16'h0000;
+    buf_bank1[24] = 16'h0000;
+    buf_bank1[25] = 16'h0000;
+    buf_bank1[26] = 16'h0000;
+    buf_bank1[27] = 16'h0000;
+    buf_bank1[28] = 16'h0000;
+    buf_bank1[29] = 16'h0000;
+    buf_bank1[30] = 16'h0000;
+    buf_bank1[31] = 16'h0000;
+    buf_bank1[32] = 16'h0000;
+    buf_bank1[33] = 16'h0000;
+    buf_bank1[34] = 16'h0000;
+    buf_bank1[35] = 16'h0000;
+    buf_bank1[36] = 16'h0000;
+    buf_bank1[37] = 16'h0000;
+    buf_bank1[38] = 16'h0000;
+    buf_bank1[39] = 16'h0000;
+    buf_bank1[40] = 16'h0000;
+    buf_bank1[41] = 16'h0000;
+    buf_bank1[42] = 16'h0000;
+    buf_bank1[43] = 16'h0000;
+    buf_bank1[44] = 16'h0000;
+    buf_bank1[45] = 16'h0000;
+    buf_bank1[46] = 16'h0000;
+    buf_bank1[47] = 16'h0000;
+    buf_bank1[48] = 16'h0000;
+    buf_bank1[49] = 16'h0000;
+    buf_bank1[50] = 16'h0000;
+    buf_bank1[51] = 16'h0000;
+    buf_bank1[52] = 16'h0000;
+    buf_bank1[53] = 16'h0000;
+    buf_bank1[54] = 16'h0000;
+    buf_bank1[55] = 16'h0000;
+    buf_bank1[56] = 16'h0000;
+    buf_bank1[57] = 16'h0000;
+    buf_bank1[58] = 16'h0000;
+    buf_bank1[59] = 16'h0000;
+    buf_bank1[60] = 16'h0000;
+    buf_bank1[61] = 16'h0000;
+    buf_bank1[62] = 16'h0000;
+    buf_bank1[63] = 16'h0000;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en$39 )
+      buf_bank1[buf_waddr[5:0]] <= \$signature__data$31 ;
   end
   reg [15:0] _2_;
   always @(posedge clk) begin
-    if (en) begin
-      _2_ <= m_rom[mp__addr];
-    end
+    _2_ <= buf_bank1[\rp__addr$35 ];
   end
-  assign mp__data = _2_;
-  assign \$1  = rows_held < 2'h3;
-  assign \$2  = cnt == 6'h3f;
-  assign \$3  = \$2  & h1_valid;
-  assign \$4  = ~ \$3 ;
-  assign i__ready = \$1  & \$4 ;
+  assign \rp__data$387  = _2_;
+  (* ram_style = "distributed" *)
+  reg [15:0] buf_bank2 [63:0];
+  initial begin
+    buf_bank2[0] = 16'h0000;
+    buf_bank2[1] = 16'h0000;
+    buf_bank2[2] = 16'h0000;
+    buf_bank2[3] = 16'h0000;
+    buf_bank2[4] = 16'h0000;
+    buf_bank2[5] = 16'h0000;
+    buf_bank2[6] = 16'h0000;
+    buf_bank2[7] = 16'h0000;
+    buf_bank2[8] = 16'h0000;
+    buf_bank2[9] = 16'h0000;
+    buf_bank2[10] = 16'h0000;
+    buf_bank2[11] = 16'h0000;
+    buf_bank2[12] = 16'h0000;
+    buf_bank2[13] = 16'h0000;
+    buf_bank2[14] = 16'h0000;
+    buf_bank2[15] = 16'h0000;
+    buf_bank2[16] = 16'h0000;
+    buf_bank2[17] = 16'h0000;
+    buf_bank2[18] = 16'h0000;
+    buf_bank2[19] = 16'h0000;
+    buf_bank2[20] = 16'h0000;
+    buf_bank2[21] = 16'h0000;
+    buf_bank2[22] = 16'h0000;
+    buf_bank2[23] = 16'h0000;
+    buf_bank2[24] = 16'h0000;
+    buf_bank2[25] = 16'h0000;
+    buf_bank2[26] = 16'h0000;
+    buf_bank2[27] = 16'h0000;
+    buf_bank2[28] = 16'h0000;
+    buf_bank2[29] = 16'h0000;
+    buf_bank2[30] = 16'h0000;
+    buf_bank2[31] = 16'h0000;
+    buf_bank2[32] = 16'h0000;
+    buf_bank2[33] = 16'h0000;
+    buf_bank2[34] = 16'h0000;
+    buf_bank2[35] = 16'h0000;
+    buf_bank2[36] = 16'h0000;
+    buf_bank2[37] = 16'h0000;
+    buf_bank2[38] = 16'h0000;
+    buf_bank2[39] = 16'h0000;
+    buf_bank2[40] = 16'h0000;
+    buf_bank2[41] = 16'h0000;
+    buf_bank2[42] = 16'h0000;
+    buf_bank2[43] = 16'h0000;
+    buf_bank2[44] = 16'h0000;
+    buf_bank2[45] = 16'h0000;
+    buf_bank2[46] = 16'h0000;
+    buf_bank2[47] = 16'h0000;
+    buf_bank2[48] = 16'h0000;
+    buf_bank2[49] = 16'h0000;
+    buf_bank2[50] = 16'h0000;
+    buf_bank2[51] = 16'h0000;
+    buf_bank2[52] = 16'h0000;
+    buf_bank2[53] = 16'h0000;
+    buf_bank2[54] = 16'h0000;
+    buf_bank2[55] = 16'h0000;
+    buf_bank2[56] = 16'h0000;
+    buf_bank2[57] = 16'h0000;
+    buf_bank2[58] = 16'h0000;
+    buf_bank2[59] = 16'h0000;
+    buf_bank2[60] = 16'h0000;
+    buf_bank2[61] = 16'h0000;
+    buf_bank2[62] = 16'h0000;
+    buf_bank2[63] = 16'h0000;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en$43 )
+      buf_bank2[buf_waddr[5:0]] <= \$signature__data$31 ;
+  end
+  reg [15:0] _3_;
+  always @(posedge clk) begin
+    _3_ <= buf_bank2[\rp__addr$35 ];
+  end
+  assign \rp__data$388  = _3_;
+  (* ram_style = "distributed" *)
+  reg [15:0] m_ram_bank0 [63:0];
+  initial begin
+    m_ram_bank0[0] = 16'h0000;
+    m_ram_bank0[1] = 16'h0000;
+    m_ram_bank0[2] = 16'h0000;
+    m_ram_bank0[3] = 16'h0000;
+    m_ram_bank0[4] = 16'h0000;
+    m_ram_bank0[5] = 16'h0000;
+    m_ram_bank0[6] = 16'h0000;
+    m_ram_bank0[7] = 16'h0000;
+    m_ram_bank0[8] = 16'h0000;
+    m_ram_bank0[9] = 16'h0000;
+    m_ram_bank0[10] = 16'h0000;
+    m_ram_bank0[11] = 16'h0000;
+    m_ram_bank0[12] = 16'h0000;
+    m_ram_bank0[13] = 16'h0000;
+    m_ram_bank0[14] = 16'h0000;
+    m_ram_bank0[15] = 16'h0000;
+    m_ram_bank0[16] = 16'h0000;
+    m_ram_bank0[17] = 16'h0000;
+    m_ram_bank0[18] = 16'h0000;
+    m_ram_bank0[19] = 16'h0000;
+    m_ram_bank0[20] = 16'h0000;
+    m_ram_bank0[21] = 16'h0000;
+    m_ram_bank0[22] = 16'h0000;
+    m_ram_bank0[23] = 16'h0000;
+    m_ram_bank0[24] = 16'h0000;
+    m_ram_bank0[25] = 16'h0000;
+    m_ram_bank0[26] = 16'h0000;
+    m_ram_bank0[27] = 16'h0000;
+    m_ram_bank0[28] = 16'h0000;
+    m_ram_bank0[29] = 16'h0000;
+    m_ram_bank0[30] = 16'h0000;
+    m_ram_bank0[31] = 16'h0000;
+    m_ram_bank0[32] = 16'h0000;
+    m_ram_bank0[33] = 16'h0000;
+    m_ram_bank0[34] = 16'h0000;
+    m_ram_bank0[35] = 16'h0000;
+    m_ram_bank0[36] = 16'h0000;
+    m_ram_bank0[37] = 16'h0000;
+    m_ram_bank0[38] = 16'h0000;
+    m_ram_bank0[39] = 16'h0000;
+    m_ram_bank0[40] = 16'h0000;
+    m_ram_bank0[41] = 16'h0000;
+    m_ram_bank0[42] = 16'h0000;
+    m_ram_bank0[43] = 16'h0000;
+    m_ram_bank0[44] = 16'h0000;
+    m_ram_bank0[45] = 16'h0000;
+    m_ram_bank0[46] = 16'h0000;
+    m_ram_bank0[47] = 16'h0000;
+    m_ram_bank0[48] = 16'h0000;
+    m_ram_bank0[49] = 16'h0000;
+    m_ram_bank0[50] = 16'h0000;
+    m_ram_bank0[51] = 16'h0000;
+    m_ram_bank0[52] = 16'h0000;
+    m_ram_bank0[53] = 16'h0000;
+    m_ram_bank0[54] = 16'h0000;
+    m_ram_bank0[55] = 16'h0000;
+    m_ram_bank0[56] = 16'h0000;
+    m_ram_bank0[57] = 16'h0000;
+    m_ram_bank0[58] = 16'h0000;
+    m_ram_bank0[59] = 16'h0000;
+    m_ram_bank0[60] = 16'h0000;
+    m_ram_bank0[61] = 16'h0000;
+    m_ram_bank0[62] = 16'h0000;
+    m_ram_bank0[63] = 16'h0000;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en )
+      m_ram_bank0[\$signature__addr ] <= \$signature__data ;
+  end
+  reg [15:0] _4_;
+  always @(posedge clk) begin
+    _4_ <= m_ram_bank0[rp__addr];
+  end
+  assign rp__data = _4_;
+  assign \$275  = \$241 [31:0] ^ \$244 [31:0];
+  assign \$276  = \$241 [31:0] & \$244 [31:0];
+  assign \$280  = \$278  | \$279 ;
+  assign \$281  = oz0_l1_0 ^ { \$250 [30:0], 1'h0 };
+  assign oz0_l2_0 = \$281  ^ oz0_l1_2;
+  assign \$282  = oz0_l1_0 & { \$250 [30:0], 1'h0 };
+  assign \$283  = oz0_l1_0 & oz0_l1_2;
+  assign \$284  = \$282  | \$283 ;
+  assign \$285  = { \$250 [30:0], 1'h0 } & oz0_l1_2;
+  assign \$286  = \$284  | \$285 ;
+  assign \$287  = { \$256 [30:0], 1'h0 } ^ oz0_l1_4;
+  assign oz0_l2_2 = \$287  ^ { \$262 [30:0], 1'h0 };
+  assign \$288  = { \$256 [30:0], 1'h0 } & oz0_l1_4;
+  assign \$289  = { \$256 [30:0], 1'h0 } & { \$262 [30:0], 1'h0 };
+  assign \$290  = \$288  | \$289 ;
+  assign \$291  = oz0_l1_4 & { \$262 [30:0], 1'h0 };
+  assign \$292  = \$290  | \$291 ;
+  assign \$293  = oz0_l1_6 ^ { \$268 [30:0], 1'h0 };
+  assign oz0_l2_4 = \$293  ^ oz0_l1_8;
+  assign \$294  = oz0_l1_6 & { \$268 [30:0], 1'h0 };
+  assign \$295  = oz0_l1_6 & oz0_l1_8;
+  assign \$296  = \$294  | \$295 ;
+  assign \$297  = { \$268 [30:0], 1'h0 } & oz0_l1_8;
+  assign \$298  = \$296  | \$297 ;
+  assign \$299  = { \$274 [30:0], 1'h0 } ^ oz0_l1_10;
+  assign oz0_l2_6 = \$299  ^ { \$280 [30:0], 1'h0 };
+  assign \$300  = { \$274 [30:0], 1'h0 } & oz0_l1_10;
+  assign \$301  = { \$274 [30:0], 1'h0 } & { \$280 [30:0], 1'h0 };
+  assign \$302  = \$300  | \$301 ;
+  assign \$303  = oz0_l1_10 & { \$280 [30:0], 1'h0 };
+  assign \$304  = \$302  | \$303 ;
+  assign \$305  = oz1_l0_0 ^ oz1_l0_1;
+  assign oz1_l1_0 = \$305  ^ oz1_l0_2;
+  assign \$306  = oz1_l0_0 & oz1_l0_1;
+  assign \$307  = oz1_l0_0 & oz1_l0_2;
+  assign \$308  = \$306  | \$307 ;
+  assign \$309  = oz1_l0_1 & oz1_l0_2;
+  assign \$310  = \$308  | \$309 ;
+  assign \$311  = oz1_l0_3 ^ oz1_l0_4;
+  assign oz1_l1_2 = \$311  ^ oz1_l0_5;
+  assign \$312  = oz1_l0_3 & oz1_l0_4;
+  assign \$313  = oz1_l0_3 & oz1_l0_5;
+  assign \$314  = \$312  | \$313 ;
+  assign \$315  = oz1_l0_4 & oz1_l0_5;
+  assign \$316  = \$314  | \$315 ;
+  assign \$317  = oz1_l1_0 ^ { \$310 [30:0], 1'h0 };
+  assign oz1_l2_0 = \$317  ^ oz1_l1_2;
+  assign \$318  = oz1_l1_0 & { \$310 [30:0], 1'h0 };
+  assign \$319  = oz1_l1_0 & oz1_l1_2;
+  assign \$320  = \$318  | \$319 ;
+  assign \$321  = { \$310 [30:0], 1'h0 } & oz1_l1_2;
+  assign \$322  = \$320  | \$321 ;
+  assign \$323  = { \$316 [30:0], 1'h0 } ^ oz1_l0_6;
+  assign oz1_l2_2 = \$323  ^ oz1_l0_7;
+  assign \$324  = { \$316 [30:0], 1'h0 } & oz1_l0_6;
+  assign \$325  = { \$316 [30:0], 1'h0 } & oz1_l0_7;
+  assign \$326  = \$324  | \$325 ;
+  assign \$327  = oz1_l0_6 & oz1_l0_7;
+  assign \$328  = \$326  | \$327 ;
+  assign \$329  = oz2_l0_0 ^ oz2_l0_1;
+  assign oz2_l1_0 = \$329  ^ oz2_l0_2;
+  assign \$330  = oz2_l0_0 & oz2_l0_1;
+  assign \$331  = oz2_l0_0 & oz2_l0_2;
+  assign \$332  = \$330  | \$331 ;
+  assign \$333  = oz2_l0_1 & oz2_l0_2;
+  assign \$334  = \$332  | \$333 ;
+  assign \$335  = oz2_l1_0 ^ { \$334 [30:0], 1'h0 };
+  assign oz2_l2_0 = \$335  ^ oz2_l0_3;
+  assign \$336  = oz2_l1_0 & { \$334 [30:0], 1'h0 };
+  assign \$337  = oz2_l1_0 & oz2_l0_3;
+  assign \$338  = \$336  | \$337 ;
+  assign \$339  = { \$334 [30:0], 1'h0 } & oz2_l0_3;
+  assign \$340  = \$338  | \$339 ;
+  assign \$341  = m_ram_rdata[0] ? o7_z : 32'd0;
+  assign \$343  = m_ram_rdata[1] ? o7_z : 32'd0;
+  assign \$345  = m_ram_rdata[2] ? o7_z : 32'd0;
+  assign \$347  = m_ram_rdata[3] ? o7_z : 32'd0;
+  assign \$349  = m_ram_rdata[4] ? o7_z : 32'd0;
+  assign \$351  = m_ram_rdata[5] ? o7_z : 32'd0;
+  assign \$353  = m_ram_rdata[6] ? o7_z : 32'd0;
+  assign \$355  = m_ram_rdata[7] ? o7_z : 32'd0;
+  assign \$357  = m_ram_rdata[8] ? o7_z : 32'd0;
+  assign \$359  = m_ram_rdata[9] ? o7_z : 32'd0;
+  assign \$361  = m_ram_rdata[10] ? o7_z : 32'd0;
+  assign \$363  = m_ram_rdata[11] ? o7_z : 32'd0;
+  assign \$365  = m_ram_rdata[12] ? o7_z : 32'd0;
+  assign \$367  = m_ram_rdata[13] ? o7_z : 32'd0;
+  assign \$369  = m_ram_rdata[14] ? o7_z : 32'd0;
+  assign \$371  = m_ram_rdata[15] ? o7_z : 32'd0;
+  assign \$373  = ~ \$372 ;
+  assign \$374  = { \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342  } ^ { \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344  };
+  assign ov0_l1_0 = \$374  ^ { \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346  };
+  assign \$375  = { \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342  } & { \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344  };
+  assign \$376  = { \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342  } & { \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346  };
+  assign \$377  = \$375  | \$376 ;
+  assign \$378  = { \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344  } & { \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346  };
+  assign \$379  = \$377  | \$378 ;
+  assign \$380  = { \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348  } ^ { \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350  };
+  assign ov0_l1_2 = \$380  ^ { \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352  };
+  assign \$381  = { \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348  } & { \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350  };
+  assign \$382  = { \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348  } & { \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352  };
+  assign \$383  = \$381  | \$382 ;
+  assign \$384  = { \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350  } & { \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352  };
+  assign \$385  = \$383  | \$384 ;
+  assign \$386  = { \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354  } ^ { \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356  };
+  assign ov0_l1_4 = \$386  ^ { \$358 [46], \$358  };
+  assign \$387  = { \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354  } & { \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356  };
+  assign \$388  = { \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354  } & { \$358 [46], \$358  };
+  assign \$389  = \$387  | \$388 ;
+  assign \$390  = { \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356  } & { \$358 [46], \$358  };
+  assign \$391  = \$389  | \$390 ;
+  assign \$392  = { \$360 [46], \$360  } ^ { \$362 [46], \$362  };
+  assign ov0_l1_6 = \$392  ^ { \$364 [46], \$364  };
+  assign \$393  = { \$360 [46], \$360  } & { \$362 [46], \$362  };
+  assign \$394  = { \$360 [46], \$360  } & { \$364 [46], \$364  };
+  assign \$395  = \$393  | \$394 ;
+  assign \$396  = { \$362 [46], \$362  } & { \$364 [46], \$364  };
+  assign \$397  = \$395  | \$396 ;
+  assign \$398  = { \$366 [46], \$366  } ^ { \$368 [46], \$368  };
+  assign ov0_l1_8 = \$398  ^ { \$370 [46], \$370  };
+  assign \$399  = { \$366 [46], \$366  } & { \$368 [46], \$368  };
+  assign \$400  = { \$366 [46], \$366  } & { \$370 [46], \$370  };
+  assign \$401  = \$399  | \$400 ;
+  assign \$402  = { \$368 [46], \$368  } & { \$370 [46], \$370  };
+  assign \$403  = \$401  | \$402 ;
+  assign ov0_l1_10 = \$404  ^ { b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata };
+  assign \$406  = { \$373 [46], \$373  } & { b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata };
+  assign \$407  = \$405  | \$406 ;
+  assign \$409  = \$407  | \$408 ;
+  assign \$410  = ov0_l1_0 ^ { \$379 [46:0], 1'h0 };
+  assign ov0_l2_0 = \$410  ^ ov0_l1_2;
+  assign \$411  = ov0_l1_0 & { \$379 [46:0], 1'h0 };
+  assign \$412  = ov0_l1_0 & ov0_l1_2;
+  assign \$413  = \$411  | \$412 ;
+  assign \$414  = { \$379 [46:0], 1'h0 } & ov0_l1_2;
+  assign \$415  = \$413  | \$414 ;
+  assign \$416  = { \$385 [46:0], 1'h0 } ^ ov0_l1_4;
+  assign ov0_l2_2 = \$416  ^ { \$391 [46:0], 1'h0 };
+  assign \$417  = { \$385 [46:0], 1'h0 } & ov0_l1_4;
+  assign \$418  = { \$385 [46:0], 1'h0 } & { \$391 [46:0], 1'h0 };
+  assign \$419  = \$417  | \$418 ;
+  assign \$420  = ov0_l1_4 & { \$391 [46:0], 1'h0 };
+  assign \$421  = \$419  | \$420 ;
+  assign \$422  = ov0_l1_6 ^ { \$397 [46:0], 1'h0 };
+  assign ov0_l2_4 = \$422  ^ ov0_l1_8;
+  assign \$423  = ov0_l1_6 & { \$397 [46:0], 1'h0 };
+  assign \$424  = ov0_l1_6 & ov0_l1_8;
+  assign \$425  = \$423  | \$424 ;
+  assign \$426  = { \$397 [46:0], 1'h0 } & ov0_l1_8;
+  assign \$427  = \$425  | \$426 ;
+  assign \$428  = { \$403 [46:0], 1'h0 } ^ ov0_l1_10;
+  assign ov0_l2_6 = \$428  ^ { \$409 [46:0], 1'h0 };
+  assign \$429  = { \$403 [46:0], 1'h0 } & ov0_l1_10;
+  assign \$430  = { \$403 [46:0], 1'h0 } & { \$409 [46:0], 1'h0 };
+  assign \$431  = \$429  | \$430 ;
+  assign \$432  = ov0_l1_10 & { \$409 [46:0], 1'h0 };
+  assign \$433  = \$431  | \$432 ;
+  assign \$434  = ov1_l0_0 ^ ov1_l0_1;
+  assign ov1_l1_0 = \$434  ^ ov1_l0_2;
+  assign \$435  = ov1_l0_0 & ov1_l0_1;
+  assign \$436  = ov1_l0_0 & ov1_l0_2;
+  assign \$437  = \$435  | \$436 ;
+  assign \$438  = ov1_l0_1 & ov1_l0_2;
+  assign \$439  = \$437  | \$438 ;
+  assign \$440  = ov1_l0_3 ^ ov1_l0_4;
+  assign ov1_l1_2 = \$440  ^ ov1_l0_5;
+  assign \$441  = ov1_l0_3 & ov1_l0_4;
+  assign \$442  = ov1_l0_3 & ov1_l0_5;
+  assign \$443  = \$441  | \$442 ;
+  assign \$444  = ov1_l0_4 & ov1_l0_5;
+  assign \$445  = \$443  | \$444 ;
+  assign \$446  = ov1_l1_0 ^ { \$439 [46:0], 1'h0 };
+  assign ov1_l2_0 = \$446  ^ ov1_l1_2;
+  assign \$447  = ov1_l1_0 & { \$439 [46:0], 1'h0 };
+  assign \$448  = ov1_l1_0 & ov1_l1_2;
+  assign \$449  = \$447  | \$448 ;
+  assign \$450  = { \$439 [46:0], 1'h0 } & ov1_l1_2;
+  assign \$451  = \$449  | \$450 ;
+  assign \$452  = { \$445 [46:0], 1'h0 } ^ ov1_l0_6;
+  assign ov1_l2_2 = \$452  ^ ov1_l0_7;
+  assign \$453  = { \$445 [46:0], 1'h0 } & ov1_l0_6;
+  assign \$454  = { \$445 [46:0], 1'h0 } & ov1_l0_7;
+  assign \$455  = \$453  | \$454 ;
+  assign \$456  = ov1_l0_6 & ov1_l0_7;
+  assign \$457  = \$455  | \$456 ;
+  assign \$458  = ov2_l0_0 ^ ov2_l0_1;
+  assign ov2_l1_0 = \$458  ^ ov2_l0_2;
+  assign \$459  = ov2_l0_0 & ov2_l0_1;
+  assign \$460  = ov2_l0_0 & ov2_l0_2;
+  assign \$461  = \$459  | \$460 ;
+  assign \$462  = ov2_l0_1 & ov2_l0_2;
+  assign \$463  = \$461  | \$462 ;
+  assign \$464  = ov2_l1_0 ^ { \$463 [46:0], 1'h0 };
+  assign ov2_l2_0 = \$464  ^ ov2_l0_3;
+  assign \$465  = ov2_l1_0 & { \$463 [46:0], 1'h0 };
+  assign \$466  = ov2_l1_0 & ov2_l0_3;
+  assign \$467  = \$465  | \$466 ;
+  assign \$468  = { \$463 [46:0], 1'h0 } & ov2_l0_3;
+  assign \$469  = \$467  | \$468 ;
+  assign \$470  = ~ c__payload[65];
+  assign \$471  = ld - 1'h1;
+  assign \$472  = ld + 1'h1;
+  assign \$473  = cm1 + 1'h1;
+  assign \$476  = \$475  + c_now;
+  assign \$477  = 1'h1 << rslot;
+  assign \$478  = \rp__data$386  & { buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0], buf_rsel[0] };
+  assign \$479  = \rp__data$387  & { buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1], buf_rsel[1] };
+  assign \$480  = \$478  | \$479 ;
+  assign \$481  = \rp__data$388  & { buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2], buf_rsel[2] };
+  assign \$482  = \$480  | \$481 ;
+  assign \$483  = cnt + 1'h1;
+  assign \$484  = in_last ? 7'h00 : \$483 ;
+  assign \$485  = ~ in_last;
+  assign \$486  = cnt == cm2;
+  assign \$487  = \$485  & \$486 ;
+  assign \$488  = wslot == 2'h2;
+  assign \$489  = wslot + 1'h1;
+  assign \$490  = \$488  ? 3'h0 : \$489 ;
+  assign \$491  = ~ \release ;
+  assign \$492  = \$signal  & \$491 ;
+  assign \$493  = rows_held < 2'h2;
+  assign \$494  = ~ \$signal ;
+  assign \$495  = \release  & \$494 ;
+  assign \$496  = \$495  ? 1'h1 : room;
+  assign \$497  = \$492  ? \$493  : \$496 ;
+  assign \$498  = accept & in_last;
+  assign \$499  = \$signature__data$31 [14:0] ^ { \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15], \$signature__data$31 [15] };
+  assign \$500  = $signed(s_acc) + $signed(sq2_x);
+  assign \$501  = $signed(s_acc) + $signed(sq2_x);
+  assign \$502  = | { sq2_l, sq1_l, sq0_l, in2_l, in1_l, h1_valid };
+  assign \$504  = \$503  + c_now;
+  assign \$505  = - c_now;
+  assign \$507  = qbit ? c3 : cneg;
+  assign \$508  = \$506  + \$507 ;
+  assign \$510  = 2'h3 + \$509 ;
+  assign \$512  = \$510  + \$511 ;
+  assign \$514  = $signed(\$513 ) + $signed({ 1'h0, cn });
+  assign \$515  = calc_idle & h1_n_ok;
+  assign \$516  = ~ \$515 ;
+  assign \$517  = h1_valid & \$516 ;
+  assign \$518  = { d_rem, nlo[15] } - c2;
+  assign \$519  = ~ \$518 [8];
+  assign \$520  = { d_rem, nlo[15] } - c2;
+  assign \$521  = \$518 [8] ? { 1'h0, d_rem, nlo[15] } : \$520 ;
+  assign \$522  = { d_rem, nlo[15] } - c2;
+  assign \$523  = ~ \$522 [8];
+  assign \$524  = { d_rem, nlo[15] } - c2;
+  assign \$525  = ~ \$524 [8];
+  assign \$526  = k - 1'h1;
+  assign \$527  = | k;
+  assign \$528  = ~ \$527 ;
+  assign \$529  = var2_t0 + var2_t1;
+  assign \$530  = { r_rem, vsh[35:34] } - { root, 2'h1 };
+  assign \$531  = ~ \$530 [21];
+  assign \$532  = { r_rem, vsh[35:34] } - { root, 2'h1 };
+  assign \$533  = \$530 [21] ? { 1'h0, r_rem, vsh[35:34] } : \$532 ;
+  assign \$534  = { r_rem, vsh[35:34] } - { root, 2'h1 };
+  assign \$535  = ~ \$534 [21];
+  assign \$537  = k - 1'h1;
+  assign \$538  = | k;
+  assign \$539  = ~ \$538 ;
+  assign \$540  = { f_rem, 1'h1 } - root;
+  assign \$541  = ~ \$540 [19];
+  assign \$542  = { f_rem, 1'h1 } - root;
+  assign \$543  = \$540 [19] ? { 1'h0, f_rem, 1'h1 } : \$542 ;
+  assign \$544  = { f_rem, 1'h1 } - root;
+  assign \$545  = ~ \$544 [19];
+  assign \$546  = k - 1'h1;
+  assign \$547  = | k;
+  assign \$548  = ~ \$547 ;
+  assign \$549  = ~ h2_valid;
+  assign \$550  = calc_push & \$549 ;
+  assign \$552  = \rp__addr$35  + 1'h1;
+  assign \$553  = out_last ? 7'h00 : \$552 ;
+  assign \$554  = ~ out_last;
+  assign \$555  = \rp__addr$35  == cm2;
+  assign \$556  = \$554  & \$555 ;
+  assign \$557  = rslot == 2'h2;
+  assign \$558  = rslot + 1'h1;
+  assign \$559  = \$557  ? 3'h0 : \$558 ;
+  assign \$560  = $signed(buf_rdata) - $signed(o2_mean);
+  assign \$561  = oz2_t0 + oz2_t1;
+  assign \$562  = ov2_t0 + ov2_t1;
+  assign \$563  = $signed({ o11_v, 1'h0 }) >>> { e_r[5:3], 3'h0 };
+  assign \$564  = $signed(o12_t) >>> e_r[2:0];
+  assign \$565  = & o13_u[48:9];
+  assign \$566  = | o13_u[48:9];
+  assign \$567  = ~ \$566 ;
+  assign \$568  = \$565  | \$567 ;
+  assign \$569  = o13_u[48] ? 10'h200 : 10'h1ff;
+  assign \$570  = \$568  ? o13_u[9:0] : \$569 ;
+  assign \$571  = $signed(o14_u) + $signed(2'h1);
+  assign \$573  = $signed(o14_u) - $signed(9'h101);
+  assign \$574  = $signed(9'h0fc) - $signed(o14_u);
+  assign \$575  = o15_hi ? 8'h7f : o15_r;
+  assign \$576  = o15_lo ? 8'h80 : \$575 ;
+  assign \$577  = credits - issue;
+  assign \$578  = o__valid & o__ready;
+  assign \$579  = $signed(\$577 ) + $signed({ 1'h0, \$578  });
+  assign \$580  = o__valid & o__ready;
+  assign \$581  = ~ issue;
+  assign \$582  = \$580  & \$581 ;
+  assign \$583  = o__valid & o__ready;
+  assign \$584  = ~ \$583 ;
+  assign \$585  = issue & \$584 ;
+  assign \$586  = credits >= 2'h2;
+  assign \$587  = \$585  ? \$586  : has_credit;
+  assign \$588  = \$582  ? 1'h1 : \$587 ;
+  assign \$589  = | cnt;
+  assign \$590  = ~ \$589 ;
+  assign \$591  = | rows_held;
+  assign \$592  = ~ \$591 ;
+  assign \$593  = \$590  & \$592 ;
+  assign \$594  = credits == 5'h14;
+  assign \$595  = \$593  & \$594 ;
+  assign \$596  = ~ accept;
+  assign \$597  = \$595  & \$596 ;
+  always @(posedge clk)
+    m_ram_rdata <= rp__data;
+  always @(posedge clk)
+    b_ram_rdata <= \rp__data$376 ;
+  always @(posedge clk)
+    \$signature__addr  <= ld;
+  always @(posedge clk)
+    \$signature__data  <= c__payload[15:0];
+  always @(posedge clk)
+    \$signature__addr$19  <= ld;
+  always @(posedge clk)
+    \$signature__data$21  <= c__payload[58:16];
+  always @(posedge clk)
+    m_ram_wen <= \$598 ;
+  always @(posedge clk)
+    b_ram_wen <= \$599 ;
+  always @(posedge clk)
+    e_r <= \$600 ;
+  always @(posedge clk)
+    loading <= \$601 ;
+  always @(posedge clk)
+    cm1 <= \$602 ;
+  always @(posedge clk)
+    cm2 <= \$603 ;
+  always @(posedge clk)
+    ld <= \$604 ;
+  always @(posedge clk)
+    c_now <= \$473 ;
+  always @(posedge clk)
+    c2 <= \$474 ;
+  always @(posedge clk)
+    cn <= \$476 ;
+  always @(posedge clk)
+    buf_rsel <= \$477 [2:0];
+  always @(posedge clk)
+    buf_rdata <= \$482 ;
+  always @(posedge clk)
+    cnt <= \$605 ;
+  always @(posedge clk)
+    in_last <= \$606 ;
+  always @(posedge clk)
+    wslot <= \$607 ;
+  always @(posedge clk)
+    rows_held <= \$608 ;
+  always @(posedge clk)
+    room <= \$609 ;
+  always @(posedge clk)
+    \$signature__data$31  <= i__payload;
+  always @(posedge clk)
+    buf_wen <= \$610 ;
+  always @(posedge clk)
+    in1_l <= \$611 ;
+  always @(posedge clk)
+    buf_waddr <= { wslot, cnt };
+  always @(posedge clk)
+    in2_a <= \$499 ;
+  always @(posedge clk)
+    in2_s <= \$signature__data$31 [15];
+  always @(posedge clk)
+    in2_x <= \$signature__data$31 ;
+  always @(posedge clk)
+    in2_v <= \$612 ;
+  always @(posedge clk)
+    in2_l <= \$613 ;
+  always @(posedge clk)
+    sq1_l0_0 <= sq0_l2_0;
+  always @(posedge clk)
+    sq1_l0_1 <= { \$77 [29:0], 1'h0 };
+  always @(posedge clk)
+    sq1_l0_2 <= sq0_l2_2;
+  always @(posedge clk)
+    sq1_l0_3 <= { \$83 [29:0], 1'h0 };
+  always @(posedge clk)
+    sq1_l0_4 <= sq0_l2_4;
+  always @(posedge clk)
+    sq1_l0_5 <= { \$89 [29:0], 1'h0 };
+  always @(posedge clk)
+    sq1_l0_6 <= { \$71 [29:0], 1'h0 };
+  always @(posedge clk)
+    sq1_l0_7 <= { 15'h0000, \$41  };
+  always @(posedge clk)
+    sq0_v <= \$614 ;
+  always @(posedge clk)
+    sq0_l <= \$615 ;
+  always @(posedge clk)
+    sq0_x <= in2_x;
+  always @(posedge clk)
+    sq2_l0_0 <= sq1_l2_0;
+  always @(posedge clk)
+    sq2_l0_1 <= { \$107 [29:0], 1'h0 };
+  always @(posedge clk)
+    sq2_l0_2 <= sq1_l2_2;
+  always @(posedge clk)
+    sq2_l0_3 <= { \$113 [29:0], 1'h0 };
+  always @(posedge clk)
+    sq1_v <= \$616 ;
+  always @(posedge clk)
+    sq1_l <= \$617 ;
+  always @(posedge clk)
+    sq1_x <= sq0_x;
+  always @(posedge clk)
+    sq2_t0 <= sq2_l2_0;
+  always @(posedge clk)
+    sq2_t1 <= { \$125 [29:0], 1'h0 };
+  always @(posedge clk)
+    sq2_v <= \$618 ;
+  always @(posedge clk)
+    sq2_l <= \$619 ;
+  always @(posedge clk)
+    sq2_x <= sq1_x;
+  always @(posedge clk)
+    h1_s <= \$620 ;
+  always @(posedge clk)
+    h1_qs <= \$621 ;
+  always @(posedge clk)
+    h1_qc <= \$622 ;
+  always @(posedge clk)
+    h1_valid <= \$623 ;
+  always @(posedge clk)
+    s_acc <= \$624 ;
+  always @(posedge clk)
+    qacc_l0_0 <= \$625 ;
+  always @(posedge clk)
+    qacc_l0_1 <= \$626 ;
+  always @(posedge clk)
+    last_busy <= \$627 ;
+  always @(posedge clk)
+    c3 <= { 16'h0000, \$504  };
+  always @(posedge clk)
+    cneg <= { \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505 [7], \$505  };
+  always @(posedge clk)
+    hb <= \$628 ;
+  always @(posedge clk)
+    xc <= \$629 ;
+  always @(posedge clk)
+    \$signal$145  <= \$630 ;
+  always @(posedge clk)
+    zc <= \$631 ;
+  always @(posedge clk)
+    \$signal$154  <= \$632 ;
+  always @(posedge clk)
+    yc <= \$633 ;
+  always @(posedge clk)
+    var1_l0_8 <= \$512 [35:0];
+  always @(posedge clk)
+    var2_l0_0 <= var1_l2_0;
+  always @(posedge clk)
+    var2_l0_1 <= { \$188 [34:0], 1'h0 };
+  always @(posedge clk)
+    var2_l0_2 <= var1_l2_2;
+  always @(posedge clk)
+    var2_l0_3 <= { \$194 [34:0], 1'h0 };
+  always @(posedge clk)
+    var2_t0 <= var2_l2_0;
+  always @(posedge clk)
+    var2_t1 <= { \$206 [34:0], 1'h0 };
+  always @(posedge clk)
+    h1_n <= \$514 [23:0];
+  always @(posedge clk)
+    h1_n_ok <= \$634 ;
+  always @(posedge clk)
+    d_rem <= \$635 ;
+  always @(posedge clk)
+    nlo <= \$636 ;
+  always @(posedge clk)
+    k <= \$637 ;
+  always @(posedge clk)
+    s_c <= \$638 ;
+  always @(posedge clk)
+    qs_c <= \$639 ;
+  always @(posedge clk)
+    qc_c <= \$640 ;
+  always @(posedge clk)
+    calc_idle <= \$641 ;
+  always @(posedge clk)
+    calc_div <= \$642 ;
+  always @(posedge clk)
+    qbit <= \$643 ;
+  always @(posedge clk)
+    calc_tail <= \$644 ;
+  always @(posedge clk)
+    calc_var1 <= \$645 ;
+  always @(posedge clk)
+    calc_var2 <= \$646 ;
+  always @(posedge clk)
+    calc_var3 <= \$647 ;
+  always @(posedge clk)
+    vsh <= \$648 ;
+  always @(posedge clk)
+    r_rem <= \$649 ;
+  always @(posedge clk)
+    root <= \$650 ;
+  always @(posedge clk)
+    f_rem <= \$651 ;
+  always @(posedge clk)
+    calc_root <= \$652 ;
+  always @(posedge clk)
+    calc_fact <= \$653 ;
+  always @(posedge clk)
+    f_q <= \$654 ;
+  always @(posedge clk)
+    calc_push <= \$655 ;
+  always @(posedge clk)
+    h2_mean <= \$656 ;
+  always @(posedge clk)
+    h2_factor <= \$657 ;
+  always @(posedge clk)
+    h2_valid <= \$658 ;
+  always @(posedge clk)
+    \rp__addr$35  <= \$659 ;
+  always @(posedge clk)
+    out_last <= \$660 ;
+  always @(posedge clk)
+    active <= \$661 ;
+  always @(posedge clk)
+    rslot <= \$662 ;
+  always @(posedge clk)
+    cur_mean <= \$663 ;
+  always @(posedge clk)
+    cur_factor <= \$664 ;
+  always @(posedge clk)
+    o1_mean <= cur_mean;
+  always @(posedge clk)
+    o1_factor <= cur_factor;
+  always @(posedge clk)
+    o1_ch <= \rp__addr$35 ;
+  always @(posedge clk)
+    o2_mean <= o1_mean;
+  always @(posedge clk)
+    o2_factor <= o1_factor;
+  always @(posedge clk)
+    o2_ch <= o1_ch;
+  always @(posedge clk)
+    o3_y <= \$560 ;
+  always @(posedge clk)
+    o3_factor <= o2_factor;
+  always @(posedge clk)
+    o3_ch <= o2_ch;
+  always @(posedge clk)
+    oz1_l0_0 <= oz0_l2_0;
+  always @(posedge clk)
+    oz1_l0_1 <= { \$286 [30:0], 1'h0 };
+  always @(posedge clk)
+    oz1_l0_2 <= oz0_l2_2;
+  always @(posedge clk)
+    oz1_l0_3 <= { \$292 [30:0], 1'h0 };
+  always @(posedge clk)
+    oz1_l0_4 <= oz0_l2_4;
+  always @(posedge clk)
+    oz1_l0_5 <= { \$298 [30:0], 1'h0 };
+  always @(posedge clk)
+    oz1_l0_6 <= oz0_l2_6;
+  always @(posedge clk)
+    oz1_l0_7 <= { \$304 [30:0], 1'h0 };
+  always @(posedge clk)
+    oz0_ch <= o3_ch;
+  always @(posedge clk)
+    oz2_l0_0 <= oz1_l2_0;
+  always @(posedge clk)
+    oz2_l0_1 <= { \$322 [30:0], 1'h0 };
+  always @(posedge clk)
+    oz2_l0_2 <= oz1_l2_2;
+  always @(posedge clk)
+    oz2_l0_3 <= { \$328 [30:0], 1'h0 };
+  always @(posedge clk)
+    rp__addr <= oz0_ch;
+  always @(posedge clk)
+    oz2_t0 <= oz2_l2_0;
+  always @(posedge clk)
+    oz2_t1 <= { \$340 [30:0], 1'h0 };
+  always @(posedge clk)
+    oz2_ch <= rp__addr;
+  always @(posedge clk)
+    o7_z <= \$561 [31:0];
+  always @(posedge clk)
+    ov1_l0_0 <= ov0_l2_0;
+  always @(posedge clk)
+    ov1_l0_1 <= { \$415 [46:0], 1'h0 };
+  always @(posedge clk)
+    ov1_l0_2 <= ov0_l2_2;
+  always @(posedge clk)
+    ov1_l0_3 <= { \$421 [46:0], 1'h0 };
+  always @(posedge clk)
+    ov1_l0_4 <= ov0_l2_4;
+  always @(posedge clk)
+    ov1_l0_5 <= { \$427 [46:0], 1'h0 };
+  always @(posedge clk)
+    ov1_l0_6 <= ov0_l2_6;
+  always @(posedge clk)
+    ov1_l0_7 <= { \$433 [46:0], 1'h0 };
+  always @(posedge clk)
+    ov2_l0_0 <= ov1_l2_0;
+  always @(posedge clk)
+    ov2_l0_1 <= { \$451 [46:0], 1'h0 };
+  always @(posedge clk)
+    ov2_l0_2 <= ov1_l2_2;
+  always @(posedge clk)
+    ov2_l0_3 <= { \$457 [46:0], 1'h0 };
+  always @(posedge clk)
+    ov2_t0 <= ov2_l2_0;
+  always @(posedge clk)
+    ov2_t1 <= { \$469 [46:0], 1'h0 };
+  always @(posedge clk)
+    o11_v <= \$562 [47:0];
+  always @(posedge clk)
+    o12_t <= \$563 ;
+  always @(posedge clk)
+    o13_u <= \$564 ;
+  always @(posedge clk)
+    o14_u <= \$570 ;
+  always @(posedge clk)
+    o15_r <= \$572 [7:0];
+  always @(posedge clk)
+    o15_lo <= \$573 [10];
+  always @(posedge clk)
+    o15_hi <= \$574 [10];
+  always @(posedge clk)
+    w_data <= \$576 ;
+  always @(posedge clk)
+    o_valid1 <= \$665 ;
+  always @(posedge clk)
+    o_valid2 <= \$666 ;
+  always @(posedge clk)
+    o_valid3 <= \$667 ;
+  always @(posedge clk)
+    o_valid4 <= \$668 ;
+  always @(posedge clk)
+    o_valid5 <= \$669 ;
+  always @(posedge clk)
+    o_valid6 <= \$670 ;
+  always @(posedge clk)
+    o_valid7 <= \$671 ;
+  always @(posedge clk)
+    o_valid8 <= \$672 ;
+  always @(posedge clk)
+    o_valid9 <= \$673 ;
+  always @(posedge clk)
+    o_valid10 <= \$674 ;
+  always @(posedge clk)
+    o_valid11 <= \$675 ;
+  always @(posedge clk)
+    o_valid12 <= \$676 ;
+  always @(posedge clk)
+    o_valid13 <= \$677 ;
+  always @(posedge clk)
+    o_valid14 <= \$678 ;
+  always @(posedge clk)
+    o_valid15 <= \$679 ;
+  always @(posedge clk)
+    w_en <= \$680 ;
+  always @(posedge clk)
+    credits <= \$681 ;
+  always @(posedge clk)
+    has_credit <= \$682 ;
+  always @(posedge clk)
+    c__ready <= \$683 ;
+  assign c_take = c__valid & c__ready;
+  assign \$1  = | buf_waddr[7:6];
+  assign \$2  = ~ \$1 ;
+  assign \$signature__en$33  = buf_wen & \$2 ;
+  assign \$3  = buf_waddr[7:6] == 1'h1;
+  assign \$signature__en$39  = buf_wen & \$3 ;
+  assign \$4  = buf_waddr[7:6] == 2'h2;
+  assign \$signature__en$43  = buf_wen & \$4 ;
+  assign \$5  = ~ c__valid;
+  assign \$6  = ~ loading;
+  assign \$7  = \$5  & \$6 ;
+  assign \$8  = \$7  & room;
+  assign \$9  = in_last & last_busy;
+  assign \$10  = ~ \$9 ;
+  assign i__ready = \$8  & \$10 ;
   assign accept = i__valid & i__ready;
-  assign \$5  = ~ o__valid;
-  assign en = \$5  | o__ready;
-  assign \$6  = wp__addr == 8'hbf;
-  assign \$7  = wp__addr + 1'h1;
-  assign \$8  = \$6  ? 9'h000 : \$7 ;
-  assign \$9  = cnt == 6'h3f;
-  assign \$10  = cnt + 1'h1;
-  assign \$11  = \$9  ? 7'h00 : \$10 ;
-  assign \$12  = $signed(i__payload) * $signed(i__payload);
-  assign \$13  = cnt == 6'h3f;
-  assign \$14  = $signed(s_acc) + $signed(x_r);
-  assign \$15  = q_acc + sq_r;
-  assign \$16  = $signed(s_acc) + $signed(x_r);
-  assign \$17  = q_acc + sq_r;
-  assign \$18  = state == 1'h1;
-  assign \$19  = state == 2'h2;
-  assign \$20  = state == 2'h3;
-  assign \$21  = state == 3'h4;
-  assign \$22  = state == 3'h5;
-  assign \$23  = state == 3'h6;
-  assign \$24  = state == 3'h7;
-  assign \$25  = $signed(3'h2) * $signed(h1_s);
-  assign \$26  = $signed(\$25 ) + $signed(8'h40);
-  assign \$27  = $signed(\$26 ) + $signed(24'h400000);
-  assign \$28  = d_rem >= d_div;
-  assign \$29  = d_rem - d_div;
-  assign \$30  = \$28  ? \$29  : { 1'h0, d_rem };
-  assign \$32  = d_rem >= d_div;
-  assign \$33  = k - 1'h1;
-  assign \$34  = | k;
-  assign \$35  = ~ \$34 ;
-  assign \$37  = $signed(3'h2) * $signed(c_s);
-  assign \$39  = $signed(8'h40) * $signed(\$38 );
-  assign \$40  = $signed(\$37 ) - $signed(\$39 );
-  assign \$41  = $signed(mean_c) * $signed(t_c);
-  assign \$42  = $signed({ 1'h0, c_q }) - $signed(\$41 );
-  assign \$43  = r_root + r_bit;
-  assign \$44  = r_rem >= \$43 ;
-  assign \$45  = r_root + r_bit;
-  assign \$46  = r_rem - \$45 ;
-  assign \$47  = \$44  ? \$46  : { 3'h0, r_rem };
-  assign \$48  = r_root + r_bit;
-  assign \$49  = r_rem >= \$48 ;
-  assign \$51  = \$50  + r_bit;
-  assign \$53  = \$49  ? \$51  : { 1'h0, \$52  };
-  assign \$55  = k - 1'h1;
-  assign \$56  = | k;
-  assign \$57  = ~ \$56 ;
-  assign \$58  = | r_root[17:0];
-  assign \$59  = \$58  ? r_root[17:0] : 18'h00001;
-  assign \$60  = { f_rem, 1'h1 } >= \$59 ;
-  assign \$61  = | r_root[17:0];
-  assign \$62  = \$61  ? r_root[17:0] : 18'h00001;
-  assign \$63  = { f_rem, 1'h1 } - \$62 ;
-  assign \$64  = \$60  ? \$63  : { 1'h0, f_rem, 1'h1 };
-  assign \$65  = | r_root[17:0];
-  assign \$66  = \$65  ? r_root[17:0] : 18'h00001;
-  assign \$67  = { f_rem, 1'h1 } >= \$66 ;
-  assign \$68  = k - 1'h1;
-  assign \$69  = | k;
-  assign \$70  = ~ \$69 ;
-  assign \$71  = ~ h2_valid;
-  assign \$72  = active & en;
-  assign \$73  = mp__addr == 6'h3f;
-  assign \$74  = mp__addr + 1'h1;
-  assign \$75  = \$73  ? 7'h00 : \$74 ;
-  assign \$76  = rp__addr == 8'hbf;
-  assign \$77  = rp__addr + 1'h1;
-  assign \$78  = \$76  ? 9'h000 : \$77 ;
-  assign \$79  = mp__addr == 6'h3f;
-  assign \$80  = ~ active;
-  assign \$81  = active & en;
-  assign \$82  = mp__addr == 6'h3f;
-  assign \$83  = \$81  & \$82 ;
-  assign \$84  = \$80  | \$83 ;
-  assign \$85  = h2_valid & \$84 ;
-  assign \$86  = cnt == 6'h3f;
-  assign \$87  = accept & \$86 ;
-  assign \$88  = rows_held + \$87 ;
-  assign \$89  = active & en;
-  assign \$90  = mp__addr == 6'h3f;
-  assign \$91  = \$89  & \$90 ;
-  assign \$92  = \$88  - \$91 ;
-  assign \$93  = $signed(rp__data) - $signed(os1_mean);
-  assign \$94  = $signed(os2_y) * $signed({ 1'h0, os2_factor });
-  assign \$95  = $signed(os3_z) * $signed(os3_m);
-  assign \$96  = $signed(os4_p) + $signed(os4_b);
-  assign \$98  = $signed(\$97 ) < $signed(8'h80);
-  assign \$100  = $signed(\$99 ) > $signed(8'h7f);
-  assign \$102  = \$100  ? 9'h07f : \$101 [8:0];
-  assign \$103  = \$98  ? 9'h180 : \$102 ;
-  always @(posedge clk)
-    v_r <= \$104 ;
-  always @(posedge clk)
-    wp__addr <= \$105 ;
-  always @(posedge clk)
-    cnt <= \$106 ;
-  always @(posedge clk)
-    x_r <= \$107 ;
-  always @(posedge clk)
-    sq_r <= \$108 ;
-  always @(posedge clk)
-    last_r <= \$109 ;
-  always @(posedge clk)
-    h1_s <= \$110 ;
-  always @(posedge clk)
-    h1_q <= \$111 ;
-  always @(posedge clk)
-    h1_valid <= \$112 ;
-  always @(posedge clk)
-    s_acc <= \$113 ;
-  always @(posedge clk)
-    q_acc <= \$114 ;
-  always @(posedge clk)
-    c_s <= \$115 ;
-  always @(posedge clk)
-    c_q <= \$116 ;
-  always @(posedge clk)
-    d_rem <= \$117 ;
-  always @(posedge clk)
-    d_div <= \$118 ;
-  always @(posedge clk)
-    d_q <= \$119 ;
-  always @(posedge clk)
-    k <= \$120 ;
-  always @(posedge clk)
-    state <= \$121 ;
-  always @(posedge clk)
-    mean_c <= \$122 ;
-  always @(posedge clk)
-    t_c <= \$123 ;
-  always @(posedge clk)
-    r_rem <= \$124 ;
-  always @(posedge clk)
-    r_root <= \$125 ;
-  always @(posedge clk)
-    r_bit <= \$126 ;
-  always @(posedge clk)
-    f_rem <= \$127 ;
-  always @(posedge clk)
-    f_q <= \$128 ;
-  always @(posedge clk)
-    h2_mean <= \$129 ;
-  always @(posedge clk)
-    h2_factor <= \$130 ;
-  always @(posedge clk)
-    h2_valid <= \$131 ;
-  always @(posedge clk)
-    valid_s1 <= \$132 ;
-  always @(posedge clk)
-    valid_s2 <= \$133 ;
-  always @(posedge clk)
-    valid_s3 <= \$134 ;
-  always @(posedge clk)
-    valid_s4 <= \$135 ;
-  always @(posedge clk)
-    valid_s5 <= \$136 ;
-  always @(posedge clk)
-    o__valid <= \$137 ;
-  always @(posedge clk)
-    mp__addr <= \$138 ;
-  always @(posedge clk)
-    rp__addr <= \$139 ;
-  always @(posedge clk)
-    active <= \$140 ;
-  always @(posedge clk)
-    cur_mean <= \$141 ;
-  always @(posedge clk)
-    cur_factor <= \$142 ;
-  always @(posedge clk)
-    rows_held <= \$143 ;
-  always @(posedge clk)
-    os1_mean <= \$144 ;
-  always @(posedge clk)
-    os1_factor <= \$145 ;
-  always @(posedge clk)
-    os2_y <= \$146 ;
-  always @(posedge clk)
-    os2_factor <= \$147 ;
-  always @(posedge clk)
-    os2_m <= \$148 ;
-  always @(posedge clk)
-    os2_b <= \$149 ;
-  always @(posedge clk)
-    os3_z <= \$150 ;
-  always @(posedge clk)
-    os3_m <= \$151 ;
-  always @(posedge clk)
-    os3_b <= \$152 ;
-  always @(posedge clk)
-    os4_p <= \$153 ;
-  always @(posedge clk)
-    os4_b <= \$154 ;
-  always @(posedge clk)
-    os5_a <= \$155 ;
-  always @(posedge clk)
-    o__payload <= \$156 ;
-  assign \$auto$rtlil.cc:2739:Not$2  = ~ d_q[15];
-  assign \$auto$rtlil.cc:2739:Not$4  = ~ d_q[15];
+  assign \$signal  = accept & in_last;
+  assign \$11  = in2_a[0] ? { in2_a[14:1], 2'h1 } : 16'h0000;
+  assign \$13  = in2_a[1] ? { in2_a[14:2], 2'h1 } : 15'h0000;
+  assign \$15  = in2_a[2] ? { in2_a[14:3], 2'h1 } : 14'h0000;
+  assign \$17  = in2_a[3] ? { in2_a[14:4], 2'h1 } : 13'h0000;
+  assign \$19  = in2_a[4] ? { in2_a[14:5], 2'h1 } : 12'h000;
+  assign \$21  = in2_a[5] ? { in2_a[14:6], 2'h1 } : 11'h000;
+  assign \$23  = in2_a[6] ? { in2_a[14:7], 2'h1 } : 10'h000;
+  assign \$25  = in2_a[7] ? { in2_a[14:8], 2'h1 } : 9'h000;
+  assign \$27  = in2_a[8] ? { in2_a[14:9], 2'h1 } : 8'h00;
+  assign \$29  = in2_a[9] ? { in2_a[14:10], 2'h1 } : 7'h00;
+  assign \$31  = in2_a[10] ? { in2_a[14:11], 2'h1 } : 6'h00;
+  assign \$33  = in2_a[11] ? { in2_a[14:12], 2'h1 } : 5'h00;
+  assign \$35  = in2_a[12] ? { in2_a[14:13], 2'h1 } : 4'h0;
+  assign \$37  = in2_a[13] ? { in2_a[14], 2'h1 } : 3'h0;
+  assign \$39  = in2_a[14] ? 2'h1 : 2'h0;
+  assign \$41  = in2_s ? { in2_a, 1'h1 } : 16'h0000;
+  assign \$42  = { 14'h0000, \$12  } ^ { 13'h0000, \$14  };
+  assign sq0_l1_0 = \$42  ^ { 10'h000, \$16  };
+  assign \$43  = { 14'h0000, \$12  } & { 13'h0000, \$14  };
+  assign \$44  = { 14'h0000, \$12  } & { 10'h000, \$16  };
+  assign \$45  = \$43  | \$44 ;
+  assign \$46  = { 13'h0000, \$14  } & { 10'h000, \$16  };
+  assign \$47  = \$45  | \$46 ;
+  assign \$48  = { 11'h000, \$18  } ^ { 4'h0, \$20  };
+  assign sq0_l1_2 = \$48  ^ { 5'h00, \$22  };
+  assign \$49  = { 11'h000, \$18  } & { 4'h0, \$20  };
+  assign \$50  = { 11'h000, \$18  } & { 5'h00, \$22  };
+  assign \$51  = \$49  | \$50 ;
+  assign \$52  = { 4'h0, \$20  } & { 5'h00, \$22  };
+  assign \$53  = \$51  | \$52 ;
+  assign \$54  = { 6'h00, \$24  } ^ { 7'h00, \$26  };
+  assign sq0_l1_4 = \$54  ^ \$28 [30:0];
+  assign \$55  = { 6'h00, \$24  } & { 7'h00, \$26  };
+  assign \$56  = { 6'h00, \$24  } & \$28 [30:0];
+  assign \$57  = \$55  | \$56 ;
+  assign \$58  = { 7'h00, \$26  } & \$28 [30:0];
+  assign \$59  = \$57  | \$58 ;
+  assign \$60  = \$30 [30:0] ^ \$32 [30:0];
+  assign sq0_l1_6 = \$60  ^ \$34 [30:0];
+  assign \$61  = \$30 [30:0] & \$32 [30:0];
+  assign \$62  = \$30 [30:0] & \$34 [30:0];
+  assign \$63  = \$61  | \$62 ;
+  assign \$64  = \$32 [30:0] & \$34 [30:0];
+  assign \$65  = \$63  | \$64 ;
+  assign \$66  = \$36 [30:0] ^ \$38 [30:0];
+  assign sq0_l1_8 = \$66  ^ \$40 [30:0];
+  assign \$67  = \$36 [30:0] & \$38 [30:0];
+  assign \$68  = \$36 [30:0] & \$40 [30:0];
+  assign \$69  = \$67  | \$68 ;
+  assign \$70  = \$38 [30:0] & \$40 [30:0];
+  assign \$71  = \$69  | \$70 ;
+  assign \$72  = sq0_l1_0 ^ { \$47 [29:0], 1'h0 };
+  assign sq0_l2_0 = \$72  ^ sq0_l1_2;
+  assign \$73  = sq0_l1_0 & { \$47 [29:0], 1'h0 };
+  assign \$74  = sq0_l1_0 & sq0_l1_2;
+  assign \$75  = \$73  | \$74 ;
+  assign \$76  = { \$47 [29:0], 1'h0 } & sq0_l1_2;
+  assign \$77  = \$75  | \$76 ;
+  assign \$78  = { \$53 [29:0], 1'h0 } ^ sq0_l1_4;
+  assign sq0_l2_2 = \$78  ^ { \$59 [29:0], 1'h0 };
+  assign \$79  = { \$53 [29:0], 1'h0 } & sq0_l1_4;
+  assign \$80  = { \$53 [29:0], 1'h0 } & { \$59 [29:0], 1'h0 };
+  assign \$81  = \$79  | \$80 ;
+  assign \$82  = sq0_l1_4 & { \$59 [29:0], 1'h0 };
+  assign \$83  = \$81  | \$82 ;
+  assign \$84  = sq0_l1_6 ^ { \$65 [29:0], 1'h0 };
+  assign sq0_l2_4 = \$84  ^ sq0_l1_8;
+  assign \$85  = sq0_l1_6 & { \$65 [29:0], 1'h0 };
+  assign \$86  = sq0_l1_6 & sq0_l1_8;
+  assign \$87  = \$85  | \$86 ;
+  assign \$88  = { \$65 [29:0], 1'h0 } & sq0_l1_8;
+  assign \$89  = \$87  | \$88 ;
+  assign \$90  = sq1_l0_0 ^ sq1_l0_1;
+  assign sq1_l1_0 = \$90  ^ sq1_l0_2;
+  assign \$91  = sq1_l0_0 & sq1_l0_1;
+  assign \$92  = sq1_l0_0 & sq1_l0_2;
+  assign \$93  = \$91  | \$92 ;
+  assign \$94  = sq1_l0_1 & sq1_l0_2;
+  assign \$95  = \$93  | \$94 ;
+  assign \$96  = sq1_l0_3 ^ sq1_l0_4;
+  assign sq1_l1_2 = \$96  ^ sq1_l0_5;
+  assign \$97  = sq1_l0_3 & sq1_l0_4;
+  assign \$98  = sq1_l0_3 & sq1_l0_5;
+  assign \$99  = \$97  | \$98 ;
+  assign \$100  = sq1_l0_4 & sq1_l0_5;
+  assign \$101  = \$99  | \$100 ;
+  assign \$102  = sq1_l1_0 ^ { \$95 [29:0], 1'h0 };
+  assign sq1_l2_0 = \$102  ^ sq1_l1_2;
+  assign \$103  = sq1_l1_0 & { \$95 [29:0], 1'h0 };
+  assign \$104  = sq1_l1_0 & sq1_l1_2;
+  assign \$105  = \$103  | \$104 ;
+  assign \$106  = { \$95 [29:0], 1'h0 } & sq1_l1_2;
+  assign \$107  = \$105  | \$106 ;
+  assign \$108  = { \$101 [29:0], 1'h0 } ^ sq1_l0_6;
+  assign sq1_l2_2 = \$108  ^ sq1_l0_7;
+  assign \$109  = { \$101 [29:0], 1'h0 } & sq1_l0_6;
+  assign \$110  = { \$101 [29:0], 1'h0 } & sq1_l0_7;
+  assign \$111  = \$109  | \$110 ;
+  assign \$112  = sq1_l0_6 & sq1_l0_7;
+  assign \$113  = \$111  | \$112 ;
+  assign \$114  = sq2_l0_0 ^ sq2_l0_1;
+  assign sq2_l1_0 = \$114  ^ sq2_l0_2;
+  assign \$115  = sq2_l0_0 & sq2_l0_1;
+  assign \$116  = sq2_l0_0 & sq2_l0_2;
+  assign \$117  = \$115  | \$116 ;
+  assign \$118  = sq2_l0_1 & sq2_l0_2;
+  assign \$119  = \$117  | \$118 ;
+  assign \$120  = sq2_l1_0 ^ { \$119 [29:0], 1'h0 };
+  assign sq2_l2_0 = \$120  ^ sq2_l0_3;
+  assign \$121  = sq2_l1_0 & { \$119 [29:0], 1'h0 };
+  assign \$122  = sq2_l1_0 & sq2_l0_3;
+  assign \$123  = \$121  | \$122 ;
+  assign \$124  = { \$119 [29:0], 1'h0 } & sq2_l0_3;
+  assign \$125  = \$123  | \$124 ;
+  assign \$126  = qacc_l0_0 ^ qacc_l0_1;
+  assign qacc_l1_0 = \$126  ^ { 6'h00, sq2_t0 };
+  assign \$127  = qacc_l0_0 & qacc_l0_1;
+  assign \$128  = qacc_l0_0 & { 6'h00, sq2_t0 };
+  assign \$129  = \$127  | \$128 ;
+  assign \$130  = qacc_l0_1 & { 6'h00, sq2_t0 };
+  assign \$131  = \$129  | \$130 ;
+  assign \$132  = qacc_l1_0 ^ { \$131 [35:0], 1'h0 };
+  assign qacc_l2_0 = \$132  ^ { 6'h00, sq2_t1 };
+  assign \$133  = qacc_l1_0 & { \$131 [35:0], 1'h0 };
+  assign \$134  = qacc_l1_0 & { 6'h00, sq2_t1 };
+  assign \$135  = \$133  | \$134 ;
+  assign \$136  = { \$131 [35:0], 1'h0 } & { 6'h00, sq2_t1 };
+  assign \$137  = \$135  | \$136 ;
+  assign \$140  = qbit ? s_c : 22'h000000;
+  assign \$141  = hz_l0_0 ^ hz_l0_1;
+  assign \$142  = \$141  ^ hz_l0_2;
+  assign \$143  = hz_l0_0 & hz_l0_1;
+  assign \$144  = hz_l0_0 & hz_l0_2;
+  assign \$145  = \$143  | \$144 ;
+  assign \$146  = hz_l0_1 & hz_l0_2;
+  assign \$147  = \$145  | \$146 ;
+  assign \$150  = qbit ? xc : 25'h0000000;
+  assign \$151  = hy_l0_0 ^ hy_l0_1;
+  assign \$152  = \$151  ^ hy_l0_2;
+  assign \$153  = hy_l0_0 & hy_l0_1;
+  assign \$154  = hy_l0_0 & hy_l0_2;
+  assign \$155  = \$153  | \$154 ;
+  assign \$156  = hy_l0_1 & hy_l0_2;
+  assign \$157  = \$155  | \$156 ;
+  assign \$159  = ~ \$158 ;
+  assign \$161  = ~ \$160 ;
+  assign \$164  = ~ \$163 ;
+  assign \$165  = qs_c[35:0] ^ qc_c[35:0];
+  assign var1_l1_0 = \$165  ^ \$159 [35:0];
+  assign \$166  = qs_c[35:0] & qc_c[35:0];
+  assign \$167  = qs_c[35:0] & \$159 [35:0];
+  assign \$168  = \$166  | \$167 ;
+  assign \$169  = qc_c[35:0] & \$159 [35:0];
+  assign \$170  = \$168  | \$169 ;
+  assign \$171  = \$161 [35:0] ^ \$signal$154 ;
+  assign var1_l1_2 = \$171  ^ yc;
+  assign \$172  = \$161 [35:0] & \$signal$154 ;
+  assign \$173  = \$161 [35:0] & yc;
+  assign \$174  = \$172  | \$173 ;
+  assign \$175  = \$signal$154  & yc;
+  assign \$176  = \$174  | \$175 ;
+  assign \$177  = \$162 [35:0] ^ \$164 [35:0];
+  assign var1_l1_4 = \$177  ^ var1_l0_8;
+  assign \$178  = \$162 [35:0] & \$164 [35:0];
+  assign \$179  = \$162 [35:0] & var1_l0_8;
+  assign \$180  = \$178  | \$179 ;
+  assign \$181  = \$164 [35:0] & var1_l0_8;
+  assign \$182  = \$180  | \$181 ;
+  assign \$183  = var1_l1_0 ^ { \$170 [34:0], 1'h0 };
+  assign var1_l2_0 = \$183  ^ var1_l1_2;
+  assign \$184  = var1_l1_0 & { \$170 [34:0], 1'h0 };
+  assign \$185  = var1_l1_0 & var1_l1_2;
+  assign \$186  = \$184  | \$185 ;
+  assign \$187  = { \$170 [34:0], 1'h0 } & var1_l1_2;
+  assign \$188  = \$186  | \$187 ;
+  assign \$189  = { \$176 [34:0], 1'h0 } ^ var1_l1_4;
+  assign var1_l2_2 = \$189  ^ { \$182 [34:0], 1'h0 };
+  assign \$190  = { \$176 [34:0], 1'h0 } & var1_l1_4;
+  assign \$191  = { \$176 [34:0], 1'h0 } & { \$182 [34:0], 1'h0 };
+  assign \$192  = \$190  | \$191 ;
+  assign \$193  = var1_l1_4 & { \$182 [34:0], 1'h0 };
+  assign \$194  = \$192  | \$193 ;
+  assign \$195  = var2_l0_0 ^ var2_l0_1;
+  assign var2_l1_0 = \$195  ^ var2_l0_2;
+  assign \$196  = var2_l0_0 & var2_l0_1;
+  assign \$197  = var2_l0_0 & var2_l0_2;
+  assign \$198  = \$196  | \$197 ;
+  assign \$199  = var2_l0_1 & var2_l0_2;
+  assign \$200  = \$198  | \$199 ;
+  assign \$201  = var2_l1_0 ^ { \$200 [34:0], 1'h0 };
+  assign var2_l2_0 = \$201  ^ var2_l0_3;
+  assign \$202  = var2_l1_0 & { \$200 [34:0], 1'h0 };
+  assign \$203  = var2_l1_0 & var2_l0_3;
+  assign \$204  = \$202  | \$203 ;
+  assign \$205  = { \$200 [34:0], 1'h0 } & var2_l0_3;
+  assign \$206  = \$204  | \$205 ;
+  assign issue = active & has_credit;
+  assign \release  = issue & out_last;
+  assign \$207  = ~ active;
+  assign \$208  = has_credit & out_last;
+  assign \$209  = \$207  | \$208 ;
+  assign load = h2_valid & \$209 ;
+  assign \$210  = rows_held + \$signal ;
+  assign \$211  = \$210  - \release ;
+  assign \$212  = o3_y[0] ? o3_factor : 31'h00000000;
+  assign \$213  = o3_y[1] ? o3_factor : 31'h00000000;
+  assign \$214  = o3_y[2] ? o3_factor : 31'h00000000;
+  assign \$216  = o3_y[3] ? o3_factor : 31'h00000000;
+  assign \$218  = o3_y[4] ? o3_factor : 31'h00000000;
+  assign \$220  = o3_y[5] ? o3_factor : 31'h00000000;
+  assign \$222  = o3_y[6] ? o3_factor : 31'h00000000;
+  assign \$224  = o3_y[7] ? o3_factor : 31'h00000000;
+  assign \$226  = o3_y[8] ? o3_factor : 31'h00000000;
+  assign \$228  = o3_y[9] ? o3_factor : 31'h00000000;
+  assign \$230  = o3_y[10] ? o3_factor : 31'h00000000;
+  assign \$232  = o3_y[11] ? o3_factor : 31'h00000000;
+  assign \$234  = o3_y[12] ? o3_factor : 31'h00000000;
+  assign \$236  = o3_y[13] ? o3_factor : 31'h00000000;
+  assign \$238  = o3_y[14] ? o3_factor : 31'h00000000;
+  assign \$240  = o3_y[15] ? o3_factor : 31'h00000000;
+  assign \$242  = o3_y[16] ? o3_factor : 31'h00000000;
+  assign \$244  = ~ { 1'h0, \$243  };
+  assign \$245  = oz0_l0_0 ^ oz0_l0_1;
+  assign oz0_l1_0 = \$245  ^ \$215 [31:0];
+  assign \$246  = oz0_l0_0 & oz0_l0_1;
+  assign \$247  = oz0_l0_0 & \$215 [31:0];
+  assign \$248  = \$246  | \$247 ;
+  assign \$249  = oz0_l0_1 & \$215 [31:0];
+  assign \$250  = \$248  | \$249 ;
+  assign \$251  = \$217 [31:0] ^ \$219 [31:0];
+  assign oz0_l1_2 = \$251  ^ \$221 [31:0];
+  assign \$252  = \$217 [31:0] & \$219 [31:0];
+  assign \$253  = \$217 [31:0] & \$221 [31:0];
+  assign \$254  = \$252  | \$253 ;
+  assign \$255  = \$219 [31:0] & \$221 [31:0];
+  assign \$256  = \$254  | \$255 ;
+  assign \$257  = \$223 [31:0] ^ \$225 [31:0];
+  assign oz0_l1_4 = \$257  ^ \$227 [31:0];
+  assign \$258  = \$223 [31:0] & \$225 [31:0];
+  assign \$259  = \$223 [31:0] & \$227 [31:0];
+  assign \$260  = \$258  | \$259 ;
+  assign \$261  = \$225 [31:0] & \$227 [31:0];
+  assign \$262  = \$260  | \$261 ;
+  assign \$263  = \$229 [31:0] ^ \$231 [31:0];
+  assign oz0_l1_6 = \$263  ^ \$233 [31:0];
+  assign \$264  = \$229 [31:0] & \$231 [31:0];
+  assign \$265  = \$229 [31:0] & \$233 [31:0];
+  assign \$266  = \$264  | \$265 ;
+  assign \$267  = \$231 [31:0] & \$233 [31:0];
+  assign \$268  = \$266  | \$267 ;
+  assign \$269  = \$235 [31:0] ^ \$237 [31:0];
+  assign oz0_l1_8 = \$269  ^ \$239 [31:0];
+  assign \$270  = \$235 [31:0] & \$237 [31:0];
+  assign \$271  = \$235 [31:0] & \$239 [31:0];
+  assign \$272  = \$270  | \$271 ;
+  assign \$273  = \$237 [31:0] & \$239 [31:0];
+  assign \$274  = \$272  | \$273 ;
+  assign \$auto$rtlil.cc:2739:Not$2  = ~ \$275 [0];
+  assign \$auto$rtlil.cc:2739:Not$4  = ~ \$373 [0];
+  assign \$auto$rtlil.cc:2739:Not$6  = ~ nlo[15];
+  \layernorm.out_queue  out_queue (
+    .clk(clk),
+    .r_data(o__payload),
+    .r_en(o__ready),
+    .r_rdy(o__valid),
+    .rst(rst),
+    .w_en(w_en),
+    .w_port__data(w_data)
+  );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$104  = accept;
-    if (rst) begin
-      \$104  = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    hz_l0_0 = 36'h000000000;
+    if (hb) begin
+      hz_l0_0 = \$138 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$105  = wp__addr;
-    if (accept) begin
-      \$105  = \$8 [7:0];
-    end
-    if (rst) begin
-      \$105  = 8'h00;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    hz_l0_1 = 36'h000000000;
+    if (hb) begin
+      hz_l0_1 = \$139 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$106  = cnt;
-    if (accept) begin
-      \$106  = \$11 [5:0];
-    end
-    if (rst) begin
-      \$106  = 6'h00;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    hz_l0_2 = 36'h000000000;
+    if (hb) begin
+      hz_l0_2 = { \$140 [21], \$140 [21], \$140 [21], \$140 [21], \$140 [21], \$140 [21], \$140 [21], \$140 [21], \$140 [21], \$140 [21], \$140 [21], \$140 [21], \$140 [21], \$140 [21], \$140  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$107  = x_r;
-    if (accept) begin
-      \$107  = i__payload;
-    end
-    if (rst) begin
-      \$107  = 16'h0000;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    hz_l1_0 = 36'h000000000;
+    if (hb) begin
+      hz_l1_0 = \$142 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$108  = sq_r;
-    if (accept) begin
-      \$108  = \$12 ;
-    end
-    if (rst) begin
-      \$108  = 32'd0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    hz_l1_1 = 36'h000000000;
+    if (hb) begin
+      hz_l1_1 = { \$147 [34:0], 1'h0 };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$109  = last_r;
-    if (accept) begin
-      \$109  = \$13 ;
-    end
-    if (rst) begin
-      \$109  = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    hy_l0_0 = 36'h000000000;
+    if (hb) begin
+      hy_l0_0 = \$148 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$110  = h1_s;
-    if (v_r) begin
-      if (last_r) begin
-        \$110  = \$14 [22:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    hy_l0_1 = 36'h000000000;
+    if (hb) begin
+      hy_l0_1 = \$149 [35:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    hy_l0_2 = 36'h000000000;
+    if (hb) begin
+      hy_l0_2 = { 11'h000, \$150  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    hy_l1_0 = 36'h000000000;
+    if (hb) begin
+      hy_l1_0 = \$152 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    hy_l1_1 = 36'h000000000;
+    if (hb) begin
+      hy_l1_1 = { \$157 [34:0], 1'h0 };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$598  = c_take;
+    if (rst) begin
+      \$598  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$599  = c_take;
+    if (rst) begin
+      \$599  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$600  = e_r;
+    if (c_take) begin
+      \$600  = c__payload[64:59];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$601  = loading;
+    if (c_take) begin
+      \$601  = \$470 ;
+    end
+    if (rst) begin
+      \$601  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$602  = cm1;
+    if (c_take) begin
+      if (c__payload[65]) begin
+        \$602  = ld;
       end
     end
     if (rst) begin
-      \$110  = 23'h000000;
+      \$602  = 6'h3f;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$111  = h1_q;
-    if (v_r) begin
-      if (last_r) begin
-        \$111  = \$15 [36:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$603  = cm2;
+    if (c_take) begin
+      if (c__payload[65]) begin
+        \$603  = \$471 [5:0];
       end
     end
     if (rst) begin
-      \$111  = 37'h0000000000;
+      \$603  = 6'h3e;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$112  = h1_valid;
-    if (v_r) begin
-      if (last_r) begin
-        \$112  = 1'h1;
-      end
-    end
-    if (\$18 ) begin
-      if (h1_valid) begin
-        \$112  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$112  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$113  = s_acc;
-    if (v_r) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$604  = ld;
+    if (c_take) begin
       (* full_case = 32'd1 *)
-      if (last_r) begin
-        \$113  = 23'h000000;
+      if (c__payload[65]) begin
+        \$604  = 6'h00;
       end else begin
-        \$113  = \$16 [22:0];
+        \$604  = \$472 [5:0];
       end
     end
     if (rst) begin
-      \$113  = 23'h000000;
+      \$604  = 6'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$114  = q_acc;
-    if (v_r) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$605  = cnt;
+    if (accept) begin
+      \$605  = \$484 [5:0];
+    end
+    if (rst) begin
+      \$605  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$606  = in_last;
+    if (accept) begin
+      \$606  = \$487 ;
+    end
+    if (c_take) begin
+      \$606  = 1'h0;
+    end
+    if (rst) begin
+      \$606  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$607  = wslot;
+    if (accept) begin
+      if (in_last) begin
+        \$607  = \$490 [1:0];
+      end
+    end
+    if (rst) begin
+      \$607  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$608  = \$211 [1:0];
+    if (rst) begin
+      \$608  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$609  = \$497 ;
+    if (rst) begin
+      \$609  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$610  = accept;
+    if (rst) begin
+      \$610  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$611  = \$498 ;
+    if (rst) begin
+      \$611  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$612  = buf_wen;
+    if (rst) begin
+      \$612  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$613  = in1_l;
+    if (rst) begin
+      \$613  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$614  = in2_v;
+    if (rst) begin
+      \$614  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$615  = in2_l;
+    if (rst) begin
+      \$615  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$616  = sq0_v;
+    if (rst) begin
+      \$616  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$617  = sq0_l;
+    if (rst) begin
+      \$617  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$618  = sq1_v;
+    if (rst) begin
+      \$618  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$619  = sq1_l;
+    if (rst) begin
+      \$619  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$620  = h1_s;
+    if (sq2_v) begin
+      if (sq2_l) begin
+        \$620  = \$500 [21:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$621  = h1_qs;
+    if (sq2_v) begin
+      if (sq2_l) begin
+        \$621  = qacc_l2_0;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$622  = h1_qc;
+    if (sq2_v) begin
+      if (sq2_l) begin
+        \$622  = { \$137 [35:0], 1'h0 };
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$623  = h1_valid;
+    if (sq2_v) begin
+      if (sq2_l) begin
+        \$623  = 1'h1;
+      end
+    end
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$623  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$623  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$624  = s_acc;
+    if (sq2_v) begin
       (* full_case = 32'd1 *)
-      if (last_r) begin
-        \$114  = 37'h0000000000;
+      if (sq2_l) begin
+        \$624  = 22'h000000;
       end else begin
-        \$114  = \$17 [36:0];
+        \$624  = \$501 [21:0];
       end
     end
     if (rst) begin
-      \$114  = 37'h0000000000;
+      \$624  = 22'h000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$115  = c_s;
-    if (\$18 ) begin
-      if (h1_valid) begin
-        \$115  = h1_s;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$625  = qacc_l0_0;
+    if (sq2_v) begin
+      (* full_case = 32'd1 *)
+      if (sq2_l) begin
+        \$625  = 37'h0000000000;
+      end else begin
+        \$625  = qacc_l2_0;
       end
     end
     if (rst) begin
-      \$115  = 23'h000000;
+      \$625  = 37'h0000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$116  = c_q;
-    if (\$18 ) begin
-      if (h1_valid) begin
-        \$116  = h1_q;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$626  = qacc_l0_1;
+    if (sq2_v) begin
+      (* full_case = 32'd1 *)
+      if (sq2_l) begin
+        \$626  = 37'h0000000000;
+      end else begin
+        \$626  = { \$137 [35:0], 1'h0 };
       end
     end
     if (rst) begin
-      \$116  = 37'h0000000000;
+      \$626  = 37'h0000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$117  = d_rem;
-    if (\$18 ) begin
-      if (h1_valid) begin
-        \$117  = \$27 [22:0];
-      end
-    end else if (\$19 ) begin
-      \$117  = \$30 [22:0];
-    end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$627  = \$502 ;
     if (rst) begin
-      \$117  = 23'h000000;
+      \$627  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$118  = d_div;
-    if (\$18 ) begin
-      if (h1_valid) begin
-        \$118  = 23'h400000;
-      end
-    end else if (\$19 ) begin
-      \$118  = \$31 ;
-    end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$628  = calc_div;
     if (rst) begin
-      \$118  = 23'h000000;
+      \$628  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$119  = d_q;
-    if (\$18 ) begin
-      if (h1_valid) begin
-        \$119  = 16'h0000;
-      end
-    end else if (\$19 ) begin
-      \$119  = { d_q[14:0], \$32  };
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$629  = xc;
+    if (hb) begin
+      \$629  = \$508 [24:0];
     end
-    if (rst) begin
-      \$119  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$120  = k;
-    if (\$18 ) begin
-      if (h1_valid) begin
-        \$120  = 5'h0f;
-      end
-    end else if (\$19 ) begin
-      \$120  = \$33 [4:0];
-    end else if (\$20 ) begin
-    end else if (\$21 ) begin
-      \$120  = 5'h11;
-    end else if (\$22 ) begin
-      \$120  = \$55 [4:0];
-      if (\$57 ) begin
-        \$120  = 5'h1e;
-      end
-    end else if (\$23 ) begin
-      \$120  = \$68 [4:0];
-    end
-    if (rst) begin
-      \$120  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$121  = state;
-    if (\$18 ) begin
-      if (h1_valid) begin
-        \$121  = 3'h2;
-      end
-    end else if (\$19 ) begin
-      if (\$35 ) begin
-        \$121  = 3'h3;
-      end
-    end else if (\$20 ) begin
-      \$121  = 3'h4;
-    end else if (\$21 ) begin
-      \$121  = 3'h5;
-    end else if (\$22 ) begin
-      if (\$57 ) begin
-        \$121  = 3'h6;
-      end
-    end else if (\$23 ) begin
-      if (\$70 ) begin
-        \$121  = 3'h7;
-      end
-    end else if (\$24 ) begin
-      if (\$71 ) begin
-        \$121  = 3'h1;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$629  = { 18'h00000, c_now };
       end
     end
-    if (rst) begin
-      \$121  = 3'h1;
-    end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$122  = mean_c;
-    if (\$18 ) begin
-    end else if (\$19 ) begin
-    end else if (\$20 ) begin
-      \$122  = \$36 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$630  = \$signal$145 ;
+    if (hb) begin
+      \$630  = hz_l1_0;
     end
-    if (rst) begin
-      \$122  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$123  = t_c;
-    if (\$18 ) begin
-    end else if (\$19 ) begin
-    end else if (\$20 ) begin
-      \$123  = { \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40 [25], \$40  };
-    end
-    if (rst) begin
-      \$123  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$124  = r_rem;
-    if (\$18 ) begin
-    end else if (\$19 ) begin
-    end else if (\$20 ) begin
-    end else if (\$21 ) begin
-      \$124  = \$42 [35:0];
-    end else if (\$22 ) begin
-      \$124  = \$47 [35:0];
-    end
-    if (rst) begin
-      \$124  = 36'h000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$125  = r_root;
-    if (\$18 ) begin
-    end else if (\$19 ) begin
-    end else if (\$20 ) begin
-    end else if (\$21 ) begin
-      \$125  = 37'h0000000000;
-    end else if (\$22 ) begin
-      \$125  = \$53 [36:0];
-    end
-    if (rst) begin
-      \$125  = 37'h0000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$126  = r_bit;
-    if (\$18 ) begin
-    end else if (\$19 ) begin
-    end else if (\$20 ) begin
-    end else if (\$21 ) begin
-      \$126  = 37'h0400000000;
-    end else if (\$22 ) begin
-      \$126  = \$54 ;
-    end
-    if (rst) begin
-      \$126  = 37'h0000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$127  = f_rem;
-    if (\$18 ) begin
-    end else if (\$19 ) begin
-    end else if (\$20 ) begin
-    end else if (\$21 ) begin
-    end else if (\$22 ) begin
-      if (\$57 ) begin
-        \$127  = 19'h00000;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$630  = 36'h000000000;
       end
-    end else if (\$23 ) begin
-      \$127  = \$64 [18:0];
-    end
-    if (rst) begin
-      \$127  = 19'h00000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$128  = f_q;
-    if (\$18 ) begin
-    end else if (\$19 ) begin
-    end else if (\$20 ) begin
-    end else if (\$21 ) begin
-    end else if (\$22 ) begin
-      if (\$57 ) begin
-        \$128  = 31'h00000000;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$631  = zc;
+    if (hb) begin
+      \$631  = hz_l1_1;
+    end
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$631  = 36'h000000000;
       end
-    end else if (\$23 ) begin
-      \$128  = { f_q[29:0], \$67  };
-    end
-    if (rst) begin
-      \$128  = 31'h00000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$129  = h2_mean;
-    if (\$18 ) begin
-    end else if (\$19 ) begin
-    end else if (\$20 ) begin
-    end else if (\$21 ) begin
-    end else if (\$22 ) begin
-    end else if (\$23 ) begin
-    end else if (\$24 ) begin
-      if (\$71 ) begin
-        \$129  = mean_c;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$632  = \$signal$154 ;
+    if (hb) begin
+      \$632  = hy_l1_0;
+    end
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$632  = 36'h000000000;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$633  = yc;
+    if (hb) begin
+      \$633  = hy_l1_1;
+    end
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$633  = 36'h000000000;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$634  = \$517 ;
+    if (rst) begin
+      \$634  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$635  = d_rem;
+    if (calc_idle) begin
+      \$635  = h1_n[22:16];
+    end
+    if (calc_div) begin
+      \$635  = \$521 [6:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$636  = nlo;
+    if (calc_idle) begin
+      \$636  = h1_n[15:0];
+    end
+    if (calc_div) begin
+      \$636  = { nlo[14:0], \$523  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$637  = k;
+    if (calc_idle) begin
+      \$637  = 5'h0f;
+    end
+    if (calc_div) begin
+      \$637  = \$526 [4:0];
+    end
+    if (calc_var3) begin
+      \$637  = 5'h11;
+    end
+    if (calc_root) begin
+      \$637  = \$537 [4:0];
+      if (\$539 ) begin
+        \$637  = 5'h1e;
+      end
+    end
+    if (calc_fact) begin
+      \$637  = \$546 [4:0];
+    end
+    if (rst) begin
+      \$637  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$638  = s_c;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$638  = h1_s;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$639  = qs_c;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$639  = h1_qs;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$640  = qc_c;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$640  = h1_qc;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$641  = calc_idle;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$641  = 1'h0;
+      end
+    end
+    if (\$550 ) begin
+      \$641  = 1'h1;
+    end
+    if (rst) begin
+      \$641  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$642  = calc_div;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$642  = 1'h1;
+      end
+    end
+    if (calc_div) begin
+      if (\$528 ) begin
+        \$642  = 1'h0;
       end
     end
     if (rst) begin
-      \$129  = 16'h0000;
+      \$642  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$130  = h2_factor;
-    if (\$18 ) begin
-    end else if (\$19 ) begin
-    end else if (\$20 ) begin
-    end else if (\$21 ) begin
-    end else if (\$22 ) begin
-    end else if (\$23 ) begin
-    end else if (\$24 ) begin
-      if (\$71 ) begin
-        \$130  = f_q;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$643  = qbit;
+    if (calc_div) begin
+      \$643  = \$525 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$644  = calc_tail;
+    if (calc_div) begin
+      if (\$528 ) begin
+        \$644  = 1'h1;
+      end
+    end
+    if (calc_tail) begin
+      \$644  = 1'h0;
+    end
+    if (rst) begin
+      \$644  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$645  = calc_var1;
+    if (calc_tail) begin
+      \$645  = 1'h1;
+    end
+    if (calc_var1) begin
+      \$645  = 1'h0;
+    end
+    if (rst) begin
+      \$645  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$646  = calc_var2;
+    if (calc_var1) begin
+      \$646  = 1'h1;
+    end
+    if (calc_var2) begin
+      \$646  = 1'h0;
+    end
+    if (rst) begin
+      \$646  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$647  = calc_var3;
+    if (calc_var2) begin
+      \$647  = 1'h1;
+    end
+    if (calc_var3) begin
+      \$647  = 1'h0;
+    end
+    if (rst) begin
+      \$647  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$648  = vsh;
+    if (calc_var3) begin
+      \$648  = \$529 [35:0];
+    end
+    if (calc_root) begin
+      \$648  = \$536 [35:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$649  = r_rem;
+    if (calc_var3) begin
+      \$649  = 19'h00000;
+    end
+    if (calc_root) begin
+      \$649  = \$533 [18:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$650  = root;
+    if (calc_var3) begin
+      \$650  = 18'h00000;
+    end
+    if (calc_root) begin
+      \$650  = { root[16:0], \$535  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$651  = f_rem;
+    if (calc_var3) begin
+      \$651  = 18'h00000;
+    end
+    if (calc_fact) begin
+      \$651  = \$543 [17:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$652  = calc_root;
+    if (calc_var3) begin
+      \$652  = 1'h1;
+    end
+    if (calc_root) begin
+      if (\$539 ) begin
+        \$652  = 1'h0;
       end
     end
     if (rst) begin
-      \$130  = 31'h00000000;
+      \$652  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$131  = h2_valid;
-    if (\$18 ) begin
-    end else if (\$19 ) begin
-    end else if (\$20 ) begin
-    end else if (\$21 ) begin
-    end else if (\$22 ) begin
-    end else if (\$23 ) begin
-    end else if (\$24 ) begin
-      if (\$71 ) begin
-        \$131  = 1'h1;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$653  = calc_fact;
+    if (calc_root) begin
+      if (\$539 ) begin
+        \$653  = 1'h1;
       end
     end
-    if (\$85 ) begin
-      \$131  = 1'h0;
-    end
-    if (rst) begin
-      \$131  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$132  = valid_s1;
-    if (en) begin
-      \$132  = active;
-    end
-    if (rst) begin
-      \$132  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$133  = valid_s2;
-    if (en) begin
-      \$133  = valid_s1;
-    end
-    if (rst) begin
-      \$133  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$134  = valid_s3;
-    if (en) begin
-      \$134  = valid_s2;
-    end
-    if (rst) begin
-      \$134  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$135  = valid_s4;
-    if (en) begin
-      \$135  = valid_s3;
-    end
-    if (rst) begin
-      \$135  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$136  = valid_s5;
-    if (en) begin
-      \$136  = valid_s4;
-    end
-    if (rst) begin
-      \$136  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$137  = o__valid;
-    if (en) begin
-      \$137  = valid_s5;
-    end
-    if (rst) begin
-      \$137  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$138  = mp__addr;
-    if (\$72 ) begin
-      \$138  = \$75 [5:0];
-    end
-    if (rst) begin
-      \$138  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$139  = rp__addr;
-    if (\$72 ) begin
-      \$139  = \$78 [7:0];
-    end
-    if (rst) begin
-      \$139  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$140  = active;
-    if (\$72 ) begin
-      if (\$79 ) begin
-        \$140  = 1'h0;
+    if (calc_fact) begin
+      if (\$548 ) begin
+        \$653  = 1'h0;
       end
     end
-    if (\$85 ) begin
-      \$140  = 1'h1;
+    if (rst) begin
+      \$653  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$654  = f_q;
+    if (calc_fact) begin
+      \$654  = { f_q[29:0], \$545  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$655  = calc_push;
+    if (calc_fact) begin
+      if (\$548 ) begin
+        \$655  = 1'h1;
+      end
+    end
+    if (\$550 ) begin
+      \$655  = 1'h0;
     end
     if (rst) begin
-      \$140  = 1'h0;
+      \$655  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$141  = cur_mean;
-    if (\$85 ) begin
-      \$141  = h2_mean;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$656  = h2_mean;
+    if (\$550 ) begin
+      \$656  = \$551 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$657  = h2_factor;
+    if (\$550 ) begin
+      \$657  = f_q;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$658  = h2_valid;
+    if (\$550 ) begin
+      \$658  = 1'h1;
+    end
+    if (load) begin
+      \$658  = 1'h0;
     end
     if (rst) begin
-      \$141  = 16'h0000;
+      \$658  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$142  = cur_factor;
-    if (\$85 ) begin
-      \$142  = h2_factor;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$659  = \rp__addr$35 ;
+    if (issue) begin
+      \$659  = \$553 [5:0];
     end
     if (rst) begin
-      \$142  = 31'h00000000;
+      \$659  = 6'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$143  = \$92 [1:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$660  = out_last;
+    if (issue) begin
+      \$660  = \$556 ;
+    end
+    if (c_take) begin
+      \$660  = 1'h0;
+    end
     if (rst) begin
-      \$143  = 2'h0;
+      \$660  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$144  = os1_mean;
-    if (en) begin
-      \$144  = cur_mean;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$661  = active;
+    if (issue) begin
+      if (out_last) begin
+        \$661  = 1'h0;
+      end
+    end
+    if (load) begin
+      \$661  = 1'h1;
+    end
+    if (rst) begin
+      \$661  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$145  = os1_factor;
-    if (en) begin
-      \$145  = cur_factor;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$662  = rslot;
+    if (issue) begin
+      if (out_last) begin
+        \$662  = \$559 [1:0];
+      end
+    end
+    if (rst) begin
+      \$662  = 2'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$146  = os2_y;
-    if (en) begin
-      \$146  = \$93 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$663  = cur_mean;
+    if (load) begin
+      \$663  = h2_mean;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$147  = os2_factor;
-    if (en) begin
-      \$147  = os1_factor;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$664  = cur_factor;
+    if (load) begin
+      \$664  = h2_factor;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$148  = os2_m;
-    if (en) begin
-      \$148  = mp__data;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$665  = issue;
+    if (rst) begin
+      \$665  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$149  = os2_b;
-    if (en) begin
-      \$149  = bp__data;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$666  = o_valid1;
+    if (rst) begin
+      \$666  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$150  = os3_z;
-    if (en) begin
-      \$150  = \$94 [31:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$667  = o_valid2;
+    if (rst) begin
+      \$667  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$151  = os3_m;
-    if (en) begin
-      \$151  = os2_m;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$668  = o_valid3;
+    if (rst) begin
+      \$668  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$152  = os3_b;
-    if (en) begin
-      \$152  = os2_b;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$669  = o_valid4;
+    if (rst) begin
+      \$669  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$153  = os4_p;
-    if (en) begin
-      \$153  = \$95 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$670  = o_valid5;
+    if (rst) begin
+      \$670  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$154  = os4_b;
-    if (en) begin
-      \$154  = os3_b;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$671  = o_valid6;
+    if (rst) begin
+      \$671  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$155  = os5_a;
-    if (en) begin
-      \$155  = \$96 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$672  = o_valid7;
+    if (rst) begin
+      \$672  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$156  = o__payload;
-    if (en) begin
-      \$156  = \$103 [7:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$673  = o_valid8;
+    if (rst) begin
+      \$673  = 1'h0;
     end
   end
-  assign wptr = wp__addr;
-  assign wp__data = i__payload;
-  assign wp__en = accept;
-  assign valid_s6 = o__valid;
-  assign rptr = rp__addr;
-  assign rp__en = en;
-  assign ch = mp__addr;
-  assign mp__en = en;
-  assign bp__addr = mp__addr;
-  assign bp__en = en;
-  assign os6_o = o__payload;
-  assign \$31  = { 1'h0, d_div[22:1] };
-  assign \$36 [14:0] = d_q[14:0];
-  assign \$36 [15] = \$auto$rtlil.cc:2739:Not$2 ;
-  assign \$38 [14:0] = d_q[14:0];
-  assign \$38 [15] = \$auto$rtlil.cc:2739:Not$4 ;
-  assign \$50  = { 1'h0, r_root[36:1] };
-  assign \$52  = { 1'h0, r_root[36:1] };
-  assign \$54  = { 2'h0, r_bit[36:2] };
-  assign \$97  = { os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48:37] };
-  assign \$99  = { os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48:37] };
-  assign \$101  = { os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48], os5_a[48:37] };
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$674  = o_valid9;
+    if (rst) begin
+      \$674  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$675  = o_valid10;
+    if (rst) begin
+      \$675  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$676  = o_valid11;
+    if (rst) begin
+      \$676  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$677  = o_valid12;
+    if (rst) begin
+      \$677  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$678  = o_valid13;
+    if (rst) begin
+      \$678  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$679  = o_valid14;
+    if (rst) begin
+      \$679  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$680  = o_valid15;
+    if (rst) begin
+      \$680  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$681  = \$579 [4:0];
+    if (rst) begin
+      \$681  = 5'h14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$682  = \$588 ;
+    if (rst) begin
+      \$682  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$683  = \$597 ;
+    if (rst) begin
+      \$683  = 1'h0;
+    end
+  end
+  assign m_ram_waddr = \$signature__addr ;
+  assign m_ram_wdata = \$signature__data ;
+  assign m_ram_raddr = rp__addr;
+  assign b_ram_waddr = \$signature__addr$19 ;
+  assign b_ram_wdata = \$signature__data$21 ;
+  assign \rp__addr$25  = rp__addr;
+  assign b_ram_raddr = rp__addr;
+  assign idle_r = c__ready;
+  assign \$signature__addr$29  = buf_waddr[5:0];
+  assign buf_wdata = \$signature__data$31 ;
+  assign buf_raddr = { rslot, \rp__addr$35  };
+  assign \$signature__addr$37  = buf_waddr[5:0];
+  assign \$signature__data$38  = \$signature__data$31 ;
+  assign \rp__addr$40  = \rp__addr$35 ;
+  assign \$signature__addr$41  = buf_waddr[5:0];
+  assign \$signature__data$42  = \$signature__data$31 ;
+  assign \rp__addr$44  = \rp__addr$35 ;
+  assign in1_addr = buf_waddr;
+  assign in1_x = \$signature__data$31 ;
+  assign in1_v = buf_wen;
+  assign sq0_l0_0 = { 14'h0000, \$12  };
+  assign sq0_l0_1 = { 13'h0000, \$14  };
+  assign sq0_l0_2 = { 10'h000, \$16  };
+  assign sq0_l0_3 = { 11'h000, \$18  };
+  assign sq0_l0_4 = { 4'h0, \$20  };
+  assign sq0_l0_5 = { 5'h00, \$22  };
+  assign sq0_l0_6 = { 6'h00, \$24  };
+  assign sq0_l0_7 = { 7'h00, \$26  };
+  assign sq0_l0_8 = \$28 [30:0];
+  assign sq0_l0_9 = \$30 [30:0];
+  assign sq0_l0_10 = \$32 [30:0];
+  assign sq0_l0_11 = \$34 [30:0];
+  assign sq0_l0_12 = \$36 [30:0];
+  assign sq0_l0_13 = \$38 [30:0];
+  assign sq0_l0_14 = \$40 [30:0];
+  assign sq0_l0_15 = { 15'h0000, \$41  };
+  assign sq0_l1_1 = { \$47 [29:0], 1'h0 };
+  assign sq0_l1_3 = { \$53 [29:0], 1'h0 };
+  assign sq0_l1_5 = { \$59 [29:0], 1'h0 };
+  assign sq0_l1_7 = { \$65 [29:0], 1'h0 };
+  assign sq0_l1_9 = { \$71 [29:0], 1'h0 };
+  assign sq0_l1_10 = { 15'h0000, \$41  };
+  assign sq0_l2_1 = { \$77 [29:0], 1'h0 };
+  assign sq0_l2_3 = { \$83 [29:0], 1'h0 };
+  assign sq0_l2_5 = { \$89 [29:0], 1'h0 };
+  assign sq0_l2_6 = { \$71 [29:0], 1'h0 };
+  assign sq0_l2_7 = { 15'h0000, \$41  };
+  assign sq0_t0 = sq1_l0_0;
+  assign sq0_t1 = sq1_l0_1;
+  assign sq0_t2 = sq1_l0_2;
+  assign sq0_t3 = sq1_l0_3;
+  assign sq0_t4 = sq1_l0_4;
+  assign sq0_t5 = sq1_l0_5;
+  assign sq0_t6 = sq1_l0_6;
+  assign sq0_t7 = sq1_l0_7;
+  assign sq1_l1_1 = { \$95 [29:0], 1'h0 };
+  assign sq1_l1_3 = { \$101 [29:0], 1'h0 };
+  assign sq1_l1_4 = sq1_l0_6;
+  assign sq1_l1_5 = sq1_l0_7;
+  assign sq1_l2_1 = { \$107 [29:0], 1'h0 };
+  assign sq1_l2_3 = { \$113 [29:0], 1'h0 };
+  assign sq1_t0 = sq2_l0_0;
+  assign sq1_t1 = sq2_l0_1;
+  assign sq1_t2 = sq2_l0_2;
+  assign sq1_t3 = sq2_l0_3;
+  assign sq2_l1_1 = { \$119 [29:0], 1'h0 };
+  assign sq2_l1_2 = sq2_l0_3;
+  assign sq2_l2_1 = { \$125 [29:0], 1'h0 };
+  assign qs_acc = qacc_l0_0;
+  assign qc_acc = qacc_l0_1;
+  assign qacc_l0_2 = { 6'h00, sq2_t0 };
+  assign qacc_l0_3 = { 6'h00, sq2_t1 };
+  assign qacc_l1_1 = { \$131 [35:0], 1'h0 };
+  assign qacc_l1_2 = { 6'h00, sq2_t1 };
+  assign qacc_l2_1 = { \$137 [35:0], 1'h0 };
+  assign var1_l0_0 = qs_c[35:0];
+  assign var1_l0_1 = qc_c[35:0];
+  assign var1_l0_2 = \$159 [35:0];
+  assign var1_l0_3 = \$161 [35:0];
+  assign var1_l0_4 = \$signal$154 ;
+  assign var1_l0_5 = yc;
+  assign var1_l0_6 = \$162 [35:0];
+  assign var1_l0_7 = \$164 [35:0];
+  assign var_k = var1_l0_8;
+  assign var1_l1_1 = { \$170 [34:0], 1'h0 };
+  assign var1_l1_3 = { \$176 [34:0], 1'h0 };
+  assign var1_l1_5 = { \$182 [34:0], 1'h0 };
+  assign var1_l2_1 = { \$188 [34:0], 1'h0 };
+  assign var1_l2_3 = { \$194 [34:0], 1'h0 };
+  assign var1_t0 = var2_l0_0;
+  assign var1_t1 = var2_l0_1;
+  assign var1_t2 = var2_l0_2;
+  assign var1_t3 = var2_l0_3;
+  assign var2_l1_1 = { \$200 [34:0], 1'h0 };
+  assign var2_l1_2 = var2_l0_3;
+  assign var2_l2_1 = { \$206 [34:0], 1'h0 };
+  assign ch = \rp__addr$35 ;
+  assign dec = \release ;
+  assign rows_next = \$211 [1:0];
+  assign oz0_l0_2 = \$215 [31:0];
+  assign oz0_l0_3 = \$217 [31:0];
+  assign oz0_l0_4 = \$219 [31:0];
+  assign oz0_l0_5 = \$221 [31:0];
+  assign oz0_l0_6 = \$223 [31:0];
+  assign oz0_l0_7 = \$225 [31:0];
+  assign oz0_l0_8 = \$227 [31:0];
+  assign oz0_l0_9 = \$229 [31:0];
+  assign oz0_l0_10 = \$231 [31:0];
+  assign oz0_l0_11 = \$233 [31:0];
+  assign oz0_l0_12 = \$235 [31:0];
+  assign oz0_l0_13 = \$237 [31:0];
+  assign oz0_l0_14 = \$239 [31:0];
+  assign oz0_l0_15 = \$241 [31:0];
+  assign oz0_l0_16 = \$244 [31:0];
+  assign oz0_l0_17 = 32'd1;
+  assign oz0_l1_1 = { \$250 [30:0], 1'h0 };
+  assign oz0_l1_3 = { \$256 [30:0], 1'h0 };
+  assign oz0_l1_5 = { \$262 [30:0], 1'h0 };
+  assign oz0_l1_7 = { \$268 [30:0], 1'h0 };
+  assign oz0_l1_9 = { \$274 [30:0], 1'h0 };
+  assign oz0_l1_11 = { \$280 [30:0], 1'h0 };
+  assign oz0_l2_1 = { \$286 [30:0], 1'h0 };
+  assign oz0_l2_3 = { \$292 [30:0], 1'h0 };
+  assign oz0_l2_5 = { \$298 [30:0], 1'h0 };
+  assign oz0_l2_7 = { \$304 [30:0], 1'h0 };
+  assign oz0_t0 = oz1_l0_0;
+  assign oz0_t1 = oz1_l0_1;
+  assign oz0_t2 = oz1_l0_2;
+  assign oz0_t3 = oz1_l0_3;
+  assign oz0_t4 = oz1_l0_4;
+  assign oz0_t5 = oz1_l0_5;
+  assign oz0_t6 = oz1_l0_6;
+  assign oz0_t7 = oz1_l0_7;
+  assign oz1_l1_1 = { \$310 [30:0], 1'h0 };
+  assign oz1_l1_3 = { \$316 [30:0], 1'h0 };
+  assign oz1_l1_4 = oz1_l0_6;
+  assign oz1_l1_5 = oz1_l0_7;
+  assign oz1_l2_1 = { \$322 [30:0], 1'h0 };
+  assign oz1_l2_3 = { \$328 [30:0], 1'h0 };
+  assign oz1_t0 = oz2_l0_0;
+  assign oz1_t1 = oz2_l0_1;
+  assign oz1_t2 = oz2_l0_2;
+  assign oz1_t3 = oz2_l0_3;
+  assign oz2_l1_1 = { \$334 [30:0], 1'h0 };
+  assign oz2_l1_2 = oz2_l0_3;
+  assign oz2_l2_1 = { \$340 [30:0], 1'h0 };
+  assign oz1_ch = rp__addr;
+  assign ov0_l0_0 = { \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342 [32], \$342  };
+  assign ov0_l0_1 = { \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344 [32], \$344  };
+  assign ov0_l0_2 = { \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346 [34], \$346  };
+  assign ov0_l0_3 = { \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348 [34], \$348  };
+  assign ov0_l0_4 = { \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350 [38], \$350  };
+  assign ov0_l0_5 = { \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352 [38], \$352  };
+  assign ov0_l0_6 = { \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354 [38], \$354  };
+  assign ov0_l0_7 = { \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356 [38], \$356  };
+  assign ov0_l0_8 = { \$358 [46], \$358  };
+  assign ov0_l0_9 = { \$360 [46], \$360  };
+  assign ov0_l0_10 = { \$362 [46], \$362  };
+  assign ov0_l0_11 = { \$364 [46], \$364  };
+  assign ov0_l0_12 = { \$366 [46], \$366  };
+  assign ov0_l0_13 = { \$368 [46], \$368  };
+  assign ov0_l0_14 = { \$370 [46], \$370  };
+  assign ov0_l0_15 = { \$373 [46], \$373  };
+  assign ov0_l0_16 = 48'h000000000001;
+  assign ov0_l0_17 = { b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata[42], b_ram_rdata };
+  assign ov0_l1_1 = { \$379 [46:0], 1'h0 };
+  assign ov0_l1_3 = { \$385 [46:0], 1'h0 };
+  assign ov0_l1_5 = { \$391 [46:0], 1'h0 };
+  assign ov0_l1_7 = { \$397 [46:0], 1'h0 };
+  assign ov0_l1_9 = { \$403 [46:0], 1'h0 };
+  assign ov0_l1_11 = { \$409 [46:0], 1'h0 };
+  assign ov0_l2_1 = { \$415 [46:0], 1'h0 };
+  assign ov0_l2_3 = { \$421 [46:0], 1'h0 };
+  assign ov0_l2_5 = { \$427 [46:0], 1'h0 };
+  assign ov0_l2_7 = { \$433 [46:0], 1'h0 };
+  assign ov0_t0 = ov1_l0_0;
+  assign ov0_t1 = ov1_l0_1;
+  assign ov0_t2 = ov1_l0_2;
+  assign ov0_t3 = ov1_l0_3;
+  assign ov0_t4 = ov1_l0_4;
+  assign ov0_t5 = ov1_l0_5;
+  assign ov0_t6 = ov1_l0_6;
+  assign ov0_t7 = ov1_l0_7;
+  assign ov1_l1_1 = { \$439 [46:0], 1'h0 };
+  assign ov1_l1_3 = { \$445 [46:0], 1'h0 };
+  assign ov1_l1_4 = ov1_l0_6;
+  assign ov1_l1_5 = ov1_l0_7;
+  assign ov1_l2_1 = { \$451 [46:0], 1'h0 };
+  assign ov1_l2_3 = { \$457 [46:0], 1'h0 };
+  assign ov1_t0 = ov2_l0_0;
+  assign ov1_t1 = ov2_l0_1;
+  assign ov1_t2 = ov2_l0_2;
+  assign ov1_t3 = ov2_l0_3;
+  assign ov2_l1_1 = { \$463 [46:0], 1'h0 };
+  assign ov2_l1_2 = ov2_l0_3;
+  assign ov2_l2_1 = { \$469 [46:0], 1'h0 };
+  assign o_valid16 = w_en;
+  assign o16_out = w_data;
+  assign r_rdy = o__valid;
+  assign r_data = o__payload;
+  assign r_en = o__ready;
+  assign \c__payload.m  = c__payload[15:0];
+  assign \c__payload.b  = c__payload[58:16];
+  assign \c__payload.e  = c__payload[64:59];
+  assign \c__payload.last  = c__payload[65];
+  assign \$signature__en  = m_ram_wen;
+  assign \$signature__en$23  = b_ram_wen;
+  assign \$12  = { 1'h0, \$11  };
+  assign \$14  = { 1'h0, \$13 , 2'h0 };
+  assign \$16  = { 3'h0, \$15 , 4'h0 };
+  assign \$18  = { 1'h0, \$17 , 6'h00 };
+  assign \$20  = { 7'h00, \$19 , 8'h00 };
+  assign \$22  = { 5'h00, \$21 , 10'h000 };
+  assign \$24  = { 3'h0, \$23 , 12'h000 };
+  assign \$26  = { 1'h0, \$25 , 14'h0000 };
+  assign \$28  = { 15'h0000, \$27 , 16'h0000 };
+  assign \$30  = { 13'h0000, \$29 , 18'h00000 };
+  assign \$32  = { 11'h000, \$31 , 20'h00000 };
+  assign \$34  = { 9'h000, \$33 , 22'h000000 };
+  assign \$36  = { 7'h00, \$35 , 24'h000000 };
+  assign \$38  = { 5'h00, \$37 , 26'h0000000 };
+  assign \$40  = { 3'h0, \$39 , 28'h0000000 };
+  assign \$138  = { \$signal$145 , 1'h0 };
+  assign \$139  = { zc, 1'h0 };
+  assign \$148  = { 1'h0, \$signal$154 , 2'h0 };
+  assign \$149  = { 1'h0, yc, 2'h0 };
+  assign \$158  = { \$signal$145 , 1'h0 };
+  assign \$160  = { zc, 1'h0 };
+  assign \$162  = { s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c, 16'h0000 };
+  assign \$163  = { 1'h0, xc, 14'h0000 };
+  assign oz0_l0_0 = { 1'h0, \$212  };
+  assign oz0_l0_1 = { \$213 , 1'h0 };
+  assign \$215  = { 1'h0, \$214 , 2'h0 };
+  assign \$217  = { \$216 , 3'h0 };
+  assign \$219  = { 3'h0, \$218 , 4'h0 };
+  assign \$221  = { 2'h0, \$220 , 5'h00 };
+  assign \$223  = { 1'h0, \$222 , 6'h00 };
+  assign \$225  = { \$224 , 7'h00 };
+  assign \$227  = { 7'h00, \$226 , 8'h00 };
+  assign \$229  = { 6'h00, \$228 , 9'h000 };
+  assign \$231  = { 5'h00, \$230 , 10'h000 };
+  assign \$233  = { 4'h0, \$232 , 11'h000 };
+  assign \$235  = { 3'h0, \$234 , 12'h000 };
+  assign \$237  = { 2'h0, \$236 , 13'h0000 };
+  assign \$239  = { 1'h0, \$238 , 14'h0000 };
+  assign \$241  = { \$240 , 15'h0000 };
+  assign \$243  = { 15'h0000, \$242 , 16'h0000 };
+  assign oz0_l1_10[31:1] = \$275 [31:1];
+  assign oz0_l1_10[0] = \$auto$rtlil.cc:2739:Not$2 ;
+  assign \$277 [31:1] = 31'h00000000;
+  assign \$277 [0] = \$241 [0];
+  assign \$279 [31:1] = 31'h00000000;
+  assign \$279 [0] = \$244 [0];
+  assign \$342  = { \$341 [31], \$341  };
+  assign \$344  = { \$343 , 1'h0 };
+  assign \$346  = { \$345 [31], \$345 , 2'h0 };
+  assign \$348  = { \$347 , 3'h0 };
+  assign \$350  = { \$349 [31], \$349 [31], \$349 [31], \$349 , 4'h0 };
+  assign \$352  = { \$351 [31], \$351 [31], \$351 , 5'h00 };
+  assign \$354  = { \$353 [31], \$353 , 6'h00 };
+  assign \$356  = { \$355 , 7'h00 };
+  assign \$358  = { \$357 [31], \$357 [31], \$357 [31], \$357 [31], \$357 [31], \$357 [31], \$357 [31], \$357 , 8'h00 };
+  assign \$360  = { \$359 [31], \$359 [31], \$359 [31], \$359 [31], \$359 [31], \$359 [31], \$359 , 9'h000 };
+  assign \$362  = { \$361 [31], \$361 [31], \$361 [31], \$361 [31], \$361 [31], \$361 , 10'h000 };
+  assign \$364  = { \$363 [31], \$363 [31], \$363 [31], \$363 [31], \$363 , 11'h000 };
+  assign \$366  = { \$365 [31], \$365 [31], \$365 [31], \$365 , 12'h000 };
+  assign \$368  = { \$367 [31], \$367 [31], \$367 , 13'h0000 };
+  assign \$370  = { \$369 [31], \$369 , 14'h0000 };
+  assign \$372  = { \$371 , 15'h0000 };
+  assign \$404 [47:1] = { \$373 [46], \$373 [46:1] };
+  assign \$404 [0] = \$auto$rtlil.cc:2739:Not$4 ;
+  assign \$405 [47:1] = 47'h000000000000;
+  assign \$405 [0] = \$373 [0];
+  assign \$408 [47:1] = 47'h000000000000;
+  assign \$408 [0] = b_ram_rdata[0];
+  assign \$474  = { c_now, 1'h0 };
+  assign \$475  = { 15'h0000, c_now, 16'h0000 };
+  assign \$503  = { c_now, 1'h0 };
+  assign \$506  = { xc, 1'h0 };
+  assign \$509  = { 1'h0, c_now, 14'h0000 };
+  assign \$511  = { 1'h0, c_now, 30'h00000000 };
+  assign \$513  = { h1_s, 1'h0 };
+  assign \$536  = { 1'h0, vsh, 2'h0 };
+  assign \$551 [14:0] = nlo[14:0];
+  assign \$551 [15] = \$auto$rtlil.cc:2739:Not$6 ;
+  assign \$572  = { \$571 [10], \$571 [10:1] };
+  assign \$278  = \$276 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \layernorm.out_queue (clk, rst, r_data, w_port__data, w_en, r_rdy, r_en);
+  reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire [5:0] \$12 ;
+  wire [5:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire [5:0] \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire [5:0] \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire [5:0] \$3 ;
+  wire \$30 ;
+  reg [4:0] \$31 ;
+  reg [4:0] \$32 ;
+  reg [4:0] \$33 ;
+  reg \$34 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire [5:0] \$6 ;
+  wire [5:0] \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input clk;
+  wire clk;
+  (* init = 5'h00 *)
+  wire [4:0] consume;
+  reg [4:0] inner_level = 5'h00;
+  wire inner_r_rdy;
+  wire [4:0] level;
+  (* init = 5'h00 *)
+  wire [4:0] produce;
+  output [7:0] r_data;
+  wire [7:0] r_data;
+  input r_en;
+  wire r_en;
+  wire [4:0] r_level;
+  reg [4:0] r_port__addr = 5'h00;
+  wire [7:0] r_port__data;
+  wire r_port__en;
+  output r_rdy;
+  reg r_rdy = 1'h0;
+  input rst;
+  wire rst;
+  wire [7:0] w_data;
+  input w_en;
+  wire w_en;
+  wire [4:0] w_level;
+  reg [4:0] w_port__addr = 5'h00;
+  input [7:0] w_port__data;
+  wire [7:0] w_port__data;
+  wire w_port__en;
+  wire w_rdy;
+  reg [7:0] storage [18:0];
+  initial begin
+    storage[0] = 8'h00;
+    storage[1] = 8'h00;
+    storage[2] = 8'h00;
+    storage[3] = 8'h00;
+    storage[4] = 8'h00;
+    storage[5] = 8'h00;
+    storage[6] = 8'h00;
+    storage[7] = 8'h00;
+    storage[8] = 8'h00;
+    storage[9] = 8'h00;
+    storage[10] = 8'h00;
+    storage[11] = 8'h00;
+    storage[12] = 8'h00;
+    storage[13] = 8'h00;
+    storage[14] = 8'h00;
+    storage[15] = 8'h00;
+    storage[16] = 8'h00;
+    storage[17] = 8'h00;
+    storage[18] = 8'h00;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= w_port__data;
+  end
+  reg [7:0] _0_;
+  always @(posedge clk) begin
+    if (r_port__en) begin
+      _0_ <= storage[r_port__addr];
+    end
+  end
+  assign r_data = _0_;
+  assign w_rdy = inner_level != 5'h13;
+  assign inner_r_rdy = | inner_level;
+  assign w_port__en = w_rdy & w_en;
+  assign \$1  = ~ r_rdy;
+  assign \$2  = \$1  | r_en;
+  assign r_port__en = inner_r_rdy & \$2 ;
+  assign \$3  = inner_level + r_rdy;
+  assign \$4  = w_rdy & w_en;
+  assign \$5  = w_port__addr == 5'h12;
+  assign \$6  = w_port__addr + 1'h1;
+  assign \$7  = \$5  ? 6'h00 : \$6 ;
+  assign \$8  = ~ r_rdy;
+  assign \$9  = \$8  | r_en;
+  assign \$10  = inner_r_rdy & \$9 ;
+  assign \$11  = r_port__addr == 5'h12;
+  assign \$12  = r_port__addr + 1'h1;
+  assign \$13  = \$11  ? 6'h00 : \$12 ;
+  assign \$14  = w_rdy & w_en;
+  assign \$15  = ~ r_rdy;
+  assign \$16  = \$15  | r_en;
+  assign \$17  = inner_r_rdy & \$16 ;
+  assign \$18  = ~ \$17 ;
+  assign \$19  = \$14  & \$18 ;
+  assign \$20  = inner_level + 1'h1;
+  assign \$21  = ~ r_rdy;
+  assign \$22  = \$21  | r_en;
+  assign \$23  = inner_r_rdy & \$22 ;
+  assign \$24  = w_rdy & w_en;
+  assign \$25  = ~ \$24 ;
+  assign \$26  = \$23  & \$25 ;
+  assign \$27  = inner_level - 1'h1;
+  assign \$28  = ~ r_rdy;
+  assign \$29  = \$28  | r_en;
+  assign \$30  = inner_r_rdy & \$29 ;
+  always @(posedge clk)
+    w_port__addr <= \$31 ;
+  always @(posedge clk)
+    r_port__addr <= \$32 ;
+  always @(posedge clk)
+    inner_level <= \$33 ;
+  always @(posedge clk)
+    r_rdy <= \$34 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$31  = w_port__addr;
+    if (\$4 ) begin
+      \$31  = \$7 [4:0];
+    end
+    if (rst) begin
+      \$31  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$32  = r_port__addr;
+    if (\$10 ) begin
+      \$32  = \$13 [4:0];
+    end
+    if (rst) begin
+      \$32  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$33  = inner_level;
+    if (\$19 ) begin
+      \$33  = \$20 [4:0];
+    end
+    if (\$26 ) begin
+      \$33  = \$27 [4:0];
+    end
+    if (rst) begin
+      \$33  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$34  = r_rdy;
+    if (\$30 ) begin
+      \$34  = 1'h1;
+    end else if (r_en) begin
+      \$34  = 1'h0;
+    end
+    if (rst) begin
+      \$34  = 1'h0;
+    end
+  end
+  assign w_level = \$3 [4:0];
+  assign level = \$3 [4:0];
+  assign r_level = \$3 [4:0];
+  assign produce = w_port__addr;
+  assign w_data = w_port__data;
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
 endmodule

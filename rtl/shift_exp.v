@@ -2,241 +2,3229 @@
 
 (* top =  1  *)
 (* generator = "Amaranth" *)
-module shift_exp(i__valid, o__ready, clk, rst, i__ready, o__payload, o__valid, i__payload);
-  reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
+module shift_exp(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__ready, o__payload, o__valid, c__payload);
+  reg \$auto$verilog_backend.cc:2355:dump_module$25  = 0;
   wire [16:0] \$1 ;
-  wire [16:0] \$10 ;
-  wire [18:0] \$11 ;
-  wire [19:0] \$12 ;
+  wire [17:0] \$10 ;
+  wire [33:0] \$100 ;
+  wire [33:0] \$101 ;
+  wire [33:0] \$102 ;
+  wire [33:0] \$103 ;
+  wire [33:0] \$104 ;
+  wire [33:0] \$105 ;
+  wire [33:0] \$106 ;
+  wire [33:0] \$107 ;
+  wire [33:0] \$108 ;
+  wire [33:0] \$109 ;
+  wire [17:0] \$11 ;
+  wire [33:0] \$110 ;
+  wire [33:0] \$111 ;
+  wire [33:0] \$112 ;
+  wire [33:0] \$113 ;
+  wire [33:0] \$114 ;
+  wire [33:0] \$115 ;
+  wire [33:0] \$116 ;
+  wire [33:0] \$117 ;
+  wire [33:0] \$118 ;
+  wire [33:0] \$119 ;
+  wire [17:0] \$12 ;
+  wire [33:0] \$120 ;
+  wire [33:0] \$121 ;
+  wire [33:0] \$122 ;
+  wire [33:0] \$123 ;
+  wire [33:0] \$124 ;
+  wire [33:0] \$125 ;
+  wire [33:0] \$126 ;
+  wire [33:0] \$127 ;
+  wire [33:0] \$128 ;
+  wire [33:0] \$129 ;
   wire [17:0] \$13 ;
+  wire [33:0] \$130 ;
+  wire [33:0] \$131 ;
+  wire [33:0] \$132 ;
+  wire [33:0] \$133 ;
+  wire [33:0] \$134 ;
+  wire [33:0] \$135 ;
+  wire [33:0] \$136 ;
+  wire [33:0] \$137 ;
+  wire [33:0] \$138 ;
+  wire [33:0] \$139 ;
   wire [17:0] \$14 ;
-  wire [16:0] \$15 ;
+  wire [33:0] \$140 ;
+  wire [33:0] \$141 ;
+  wire [33:0] \$142 ;
+  wire [33:0] \$143 ;
+  wire [33:0] \$144 ;
+  wire [33:0] \$145 ;
+  wire [33:0] \$146 ;
+  wire [33:0] \$147 ;
+  wire [33:0] \$148 ;
+  wire [33:0] \$149 ;
+  wire [17:0] \$15 ;
+  wire [33:0] \$150 ;
+  wire [33:0] \$151 ;
+  wire [33:0] \$152 ;
+  wire [33:0] \$153 ;
+  wire [33:0] \$154 ;
+  wire [33:0] \$155 ;
+  wire [33:0] \$156 ;
+  wire [33:0] \$157 ;
+  wire [33:0] \$158 ;
+  wire [33:0] \$159 ;
   wire [17:0] \$16 ;
-  wire [16:0] \$17 ;
-  wire [18:0] \$18 ;
-  wire [19:0] \$19 ;
-  wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [25:0] \$21 ;
-  wire [25:0] \$22 ;
-  wire [27:0] \$23 ;
-  wire [39:0] \$24 ;
-  wire [40:0] \$25 ;
-  wire [40:0] \$26 ;
-  wire [41:0] \$27 ;
-  wire [42:0] \$28 ;
-  wire [42:0] \$29 ;
+  wire [33:0] \$160 ;
+  wire [33:0] \$161 ;
+  wire [33:0] \$162 ;
+  wire [33:0] \$163 ;
+  wire [33:0] \$164 ;
+  wire [33:0] \$165 ;
+  wire [33:0] \$166 ;
+  wire [33:0] \$167 ;
+  wire [16:0] \$168 ;
+  wire [16:0] \$169 ;
+  wire [31:0] \$17 ;
+  wire [16:0] \$170 ;
+  wire [16:0] \$171 ;
+  wire [17:0] \$172 ;
+  wire [17:0] \$173 ;
+  wire [17:0] \$174 ;
+  wire [17:0] \$175 ;
+  wire [17:0] \$176 ;
+  wire [17:0] \$177 ;
+  wire [17:0] \$178 ;
+  wire [17:0] \$179 ;
+  wire [31:0] \$18 ;
+  wire [17:0] \$180 ;
+  wire [17:0] \$181 ;
+  wire [17:0] \$182 ;
+  wire [17:0] \$183 ;
+  wire [31:0] \$184 ;
+  wire [31:0] \$185 ;
+  wire [31:0] \$186 ;
+  wire [33:0] \$187 ;
+  wire [33:0] \$188 ;
+  wire [33:0] \$189 ;
+  wire [31:0] \$19 ;
+  wire [33:0] \$190 ;
+  wire [33:0] \$191 ;
+  wire [33:0] \$192 ;
+  wire [33:0] \$193 ;
+  wire [33:0] \$194 ;
+  wire [33:0] \$195 ;
+  wire [33:0] \$196 ;
+  wire [33:0] \$197 ;
+  wire [33:0] \$198 ;
+  wire [16:0] \$199 ;
+  wire [16:0] \$2 ;
+  wire [33:0] \$20 ;
+  wire [17:0] \$200 ;
+  wire [16:0] \$201 ;
+  wire [17:0] \$202 ;
+  wire [16:0] \$203 ;
+  wire [19:0] \$204 ;
+  wire [16:0] \$205 ;
+  wire [19:0] \$206 ;
+  wire [16:0] \$207 ;
+  wire [23:0] \$208 ;
+  wire [16:0] \$209 ;
+  wire [33:0] \$21 ;
+  wire [23:0] \$210 ;
+  wire [16:0] \$211 ;
+  wire [23:0] \$212 ;
+  wire [16:0] \$213 ;
+  wire [23:0] \$214 ;
+  wire [16:0] \$215 ;
+  wire [31:0] \$216 ;
+  wire [16:0] \$217 ;
+  wire [31:0] \$218 ;
+  wire [16:0] \$219 ;
+  wire [33:0] \$22 ;
+  wire [31:0] \$220 ;
+  wire [16:0] \$221 ;
+  wire [31:0] \$222 ;
+  wire [16:0] \$223 ;
+  wire [31:0] \$224 ;
+  wire [16:0] \$225 ;
+  wire [31:0] \$226 ;
+  wire [16:0] \$227 ;
+  wire [31:0] \$228 ;
+  wire [16:0] \$229 ;
+  wire [33:0] \$23 ;
+  wire [31:0] \$230 ;
+  wire [16:0] \$231 ;
+  wire [47:0] \$232 ;
+  wire [33:0] \$233 ;
+  wire [33:0] \$234 ;
+  wire [33:0] \$235 ;
+  wire [33:0] \$236 ;
+  wire [33:0] \$237 ;
+  wire [33:0] \$238 ;
+  wire [33:0] \$239 ;
+  wire [33:0] \$24 ;
+  wire [33:0] \$240 ;
+  wire [33:0] \$241 ;
+  wire [33:0] \$242 ;
+  wire [33:0] \$243 ;
+  wire [33:0] \$244 ;
+  wire [33:0] \$245 ;
+  wire [33:0] \$246 ;
+  wire [33:0] \$247 ;
+  wire [33:0] \$248 ;
+  wire [33:0] \$249 ;
+  wire [33:0] \$25 ;
+  wire [33:0] \$250 ;
+  wire [33:0] \$251 ;
+  wire [33:0] \$252 ;
+  wire [33:0] \$253 ;
+  wire [33:0] \$254 ;
+  wire [33:0] \$255 ;
+  wire [33:0] \$256 ;
+  wire [33:0] \$257 ;
+  wire [33:0] \$258 ;
+  wire [33:0] \$259 ;
+  wire [33:0] \$26 ;
+  wire [33:0] \$260 ;
+  wire [33:0] \$261 ;
+  wire [33:0] \$262 ;
+  wire [33:0] \$263 ;
+  wire [33:0] \$264 ;
+  wire [33:0] \$265 ;
+  wire [33:0] \$266 ;
+  wire [33:0] \$267 ;
+  wire [33:0] \$268 ;
+  wire [33:0] \$269 ;
+  wire [33:0] \$27 ;
+  wire [33:0] \$270 ;
+  wire [33:0] \$271 ;
+  wire [33:0] \$272 ;
+  wire [33:0] \$273 ;
+  wire [33:0] \$274 ;
+  wire [33:0] \$275 ;
+  wire [33:0] \$276 ;
+  wire [33:0] \$277 ;
+  wire [33:0] \$278 ;
+  wire [33:0] \$279 ;
+  wire [33:0] \$28 ;
+  wire [33:0] \$280 ;
+  wire [33:0] \$281 ;
+  wire [33:0] \$282 ;
+  wire [33:0] \$283 ;
+  wire [33:0] \$284 ;
+  wire [33:0] \$285 ;
+  wire [33:0] \$286 ;
+  wire [33:0] \$287 ;
+  wire [33:0] \$288 ;
+  wire [33:0] \$289 ;
+  wire [33:0] \$29 ;
+  wire [33:0] \$290 ;
+  wire [33:0] \$291 ;
+  wire [33:0] \$292 ;
+  wire [33:0] \$293 ;
+  wire [33:0] \$294 ;
+  wire [33:0] \$295 ;
+  wire [33:0] \$296 ;
+  wire [33:0] \$297 ;
+  wire [33:0] \$298 ;
+  wire [33:0] \$299 ;
   wire [16:0] \$3 ;
-  wire [43:0] \$30 ;
-  wire [43:0] \$31 ;
-  wire \$32 ;
-  reg [4:0] \$33 ;
-  reg [11:0] \$34 ;
-  reg [4:0] \$35 ;
-  reg [11:0] \$36 ;
-  reg [27:0] \$37 ;
-  reg [4:0] \$38 ;
-  reg [41:0] \$39 ;
-  wire [18:0] \$4 ;
-  reg [15:0] \$40 ;
-  reg \$41 ;
-  reg \$42 ;
-  reg \$43 ;
-  reg \$44 ;
-  wire [19:0] \$5 ;
+  wire [33:0] \$30 ;
+  wire [33:0] \$300 ;
+  wire [33:0] \$301 ;
+  wire [33:0] \$302 ;
+  wire [33:0] \$303 ;
+  wire [33:0] \$304 ;
+  wire [33:0] \$305 ;
+  wire [33:0] \$306 ;
+  wire [33:0] \$307 ;
+  wire [33:0] \$308 ;
+  wire [33:0] \$309 ;
+  wire [33:0] \$31 ;
+  wire [33:0] \$310 ;
+  wire [33:0] \$311 ;
+  wire [33:0] \$312 ;
+  wire [33:0] \$313 ;
+  wire [33:0] \$314 ;
+  wire [33:0] \$315 ;
+  wire [33:0] \$316 ;
+  wire [33:0] \$317 ;
+  wire [33:0] \$318 ;
+  wire [33:0] \$319 ;
+  wire [16:0] \$32 ;
+  wire [33:0] \$320 ;
+  wire [33:0] \$321 ;
+  wire [33:0] \$322 ;
+  wire [33:0] \$323 ;
+  wire [33:0] \$324 ;
+  wire [33:0] \$325 ;
+  wire [33:0] \$326 ;
+  wire [33:0] \$327 ;
+  wire [33:0] \$328 ;
+  wire [33:0] \$329 ;
+  wire [17:0] \$33 ;
+  wire [33:0] \$330 ;
+  wire [33:0] \$331 ;
+  wire [33:0] \$332 ;
+  wire [33:0] \$333 ;
+  wire [33:0] \$334 ;
+  wire [16:0] \$335 ;
+  wire [16:0] \$336 ;
+  wire [16:0] \$337 ;
+  wire [16:0] \$338 ;
+  wire [17:0] \$339 ;
+  wire [16:0] \$34 ;
+  wire [17:0] \$340 ;
+  wire [17:0] \$341 ;
+  wire [17:0] \$342 ;
+  wire [17:0] \$343 ;
+  wire [17:0] \$344 ;
+  wire [17:0] \$345 ;
+  wire [17:0] \$346 ;
+  wire [17:0] \$347 ;
+  wire [17:0] \$348 ;
+  wire [17:0] \$349 ;
+  wire [17:0] \$35 ;
+  wire [17:0] \$350 ;
+  wire [31:0] \$351 ;
+  wire [31:0] \$352 ;
+  wire [31:0] \$353 ;
+  wire [33:0] \$354 ;
+  wire [33:0] \$355 ;
+  wire [33:0] \$356 ;
+  wire [33:0] \$357 ;
+  wire [33:0] \$358 ;
+  wire [33:0] \$359 ;
+  wire [16:0] \$36 ;
+  wire [33:0] \$360 ;
+  wire [33:0] \$361 ;
+  wire [33:0] \$362 ;
+  wire [33:0] \$363 ;
+  wire [33:0] \$364 ;
+  wire [33:0] \$365 ;
+  wire [16:0] \$366 ;
+  wire [17:0] \$367 ;
+  wire [16:0] \$368 ;
+  wire [17:0] \$369 ;
+  wire [19:0] \$37 ;
+  wire [16:0] \$370 ;
+  wire [19:0] \$371 ;
+  wire [16:0] \$372 ;
+  wire [19:0] \$373 ;
+  wire [16:0] \$374 ;
+  wire [23:0] \$375 ;
+  wire [16:0] \$376 ;
+  wire [23:0] \$377 ;
+  wire [16:0] \$378 ;
+  wire [23:0] \$379 ;
+  wire [16:0] \$38 ;
+  wire [16:0] \$380 ;
+  wire [23:0] \$381 ;
+  wire [16:0] \$382 ;
+  wire [31:0] \$383 ;
+  wire [16:0] \$384 ;
+  wire [31:0] \$385 ;
+  wire [16:0] \$386 ;
+  wire [31:0] \$387 ;
+  wire [16:0] \$388 ;
+  wire [31:0] \$389 ;
+  wire [19:0] \$39 ;
+  wire [16:0] \$390 ;
+  wire [31:0] \$391 ;
+  wire [16:0] \$392 ;
+  wire [31:0] \$393 ;
+  wire [16:0] \$394 ;
+  wire [31:0] \$395 ;
+  wire [16:0] \$396 ;
+  wire [31:0] \$397 ;
+  wire [16:0] \$398 ;
+  wire [47:0] \$399 ;
+  wire [16:0] \$4 ;
+  wire [16:0] \$40 ;
+  wire [33:0] \$400 ;
+  wire [33:0] \$401 ;
+  wire [33:0] \$402 ;
+  wire [33:0] \$403 ;
+  wire [33:0] \$404 ;
+  wire [33:0] \$405 ;
+  wire [33:0] \$406 ;
+  wire [33:0] \$407 ;
+  wire [33:0] \$408 ;
+  wire [33:0] \$409 ;
+  wire [23:0] \$41 ;
+  wire [33:0] \$410 ;
+  wire [33:0] \$411 ;
+  wire [33:0] \$412 ;
+  wire [33:0] \$413 ;
+  wire [33:0] \$414 ;
+  wire [33:0] \$415 ;
+  wire [33:0] \$416 ;
+  wire [33:0] \$417 ;
+  wire [33:0] \$418 ;
+  wire [33:0] \$419 ;
+  wire [16:0] \$42 ;
+  wire [33:0] \$420 ;
+  wire [33:0] \$421 ;
+  wire [33:0] \$422 ;
+  wire [33:0] \$423 ;
+  wire [33:0] \$424 ;
+  wire [33:0] \$425 ;
+  wire [33:0] \$426 ;
+  wire [33:0] \$427 ;
+  wire [33:0] \$428 ;
+  wire [33:0] \$429 ;
+  wire [23:0] \$43 ;
+  wire [33:0] \$430 ;
+  wire [33:0] \$431 ;
+  wire [33:0] \$432 ;
+  wire [33:0] \$433 ;
+  wire [33:0] \$434 ;
+  wire [33:0] \$435 ;
+  wire [33:0] \$436 ;
+  wire [33:0] \$437 ;
+  wire [33:0] \$438 ;
+  wire [33:0] \$439 ;
+  wire [16:0] \$44 ;
+  wire [33:0] \$440 ;
+  wire [33:0] \$441 ;
+  wire [33:0] \$442 ;
+  wire [33:0] \$443 ;
+  wire [33:0] \$444 ;
+  wire [33:0] \$445 ;
+  wire [33:0] \$446 ;
+  wire [33:0] \$447 ;
+  wire [33:0] \$448 ;
+  wire [33:0] \$449 ;
+  wire [23:0] \$45 ;
+  wire [33:0] \$450 ;
+  wire [33:0] \$451 ;
+  wire [33:0] \$452 ;
+  wire [33:0] \$453 ;
+  wire [33:0] \$454 ;
+  wire [33:0] \$455 ;
+  wire [33:0] \$456 ;
+  wire [33:0] \$457 ;
+  wire [33:0] \$458 ;
+  wire [33:0] \$459 ;
+  wire [16:0] \$46 ;
+  wire [33:0] \$460 ;
+  wire [33:0] \$461 ;
+  wire [33:0] \$462 ;
+  wire [33:0] \$463 ;
+  wire [33:0] \$464 ;
+  wire [33:0] \$465 ;
+  wire [33:0] \$466 ;
+  wire [33:0] \$467 ;
+  wire [33:0] \$468 ;
+  wire [33:0] \$469 ;
+  wire [23:0] \$47 ;
+  wire [33:0] \$470 ;
+  wire [33:0] \$471 ;
+  wire [33:0] \$472 ;
+  wire [33:0] \$473 ;
+  wire [33:0] \$474 ;
+  wire [33:0] \$475 ;
+  wire [33:0] \$476 ;
+  wire [33:0] \$477 ;
+  wire [33:0] \$478 ;
+  wire [33:0] \$479 ;
+  wire [16:0] \$48 ;
+  wire [33:0] \$480 ;
+  wire [33:0] \$481 ;
+  wire [33:0] \$482 ;
+  wire [33:0] \$483 ;
+  wire [33:0] \$484 ;
+  wire [33:0] \$485 ;
+  wire [33:0] \$486 ;
+  wire [33:0] \$487 ;
+  wire [33:0] \$488 ;
+  wire [33:0] \$489 ;
+  wire [31:0] \$49 ;
+  wire [33:0] \$490 ;
+  wire [33:0] \$491 ;
+  wire [33:0] \$492 ;
+  wire [33:0] \$493 ;
+  wire [33:0] \$494 ;
+  wire [33:0] \$495 ;
+  wire [33:0] \$496 ;
+  wire [33:0] \$497 ;
+  wire [33:0] \$498 ;
+  wire [33:0] \$499 ;
+  wire [17:0] \$5 ;
+  wire [16:0] \$50 ;
+  wire [33:0] \$500 ;
+  wire [33:0] \$501 ;
+  wire [16:0] \$502 ;
+  wire [16:0] \$503 ;
+  wire [16:0] \$504 ;
+  wire [16:0] \$505 ;
+  wire [17:0] \$506 ;
+  wire [17:0] \$507 ;
+  wire [17:0] \$508 ;
+  wire [17:0] \$509 ;
+  wire [31:0] \$51 ;
+  wire [17:0] \$510 ;
+  wire [17:0] \$511 ;
+  wire [17:0] \$512 ;
+  wire [17:0] \$513 ;
+  wire [17:0] \$514 ;
+  wire [17:0] \$515 ;
+  wire [17:0] \$516 ;
+  wire [17:0] \$517 ;
+  wire [31:0] \$518 ;
+  wire [31:0] \$519 ;
+  wire [16:0] \$52 ;
+  wire [31:0] \$520 ;
+  wire [33:0] \$521 ;
+  wire [33:0] \$522 ;
+  wire [33:0] \$523 ;
+  wire [33:0] \$524 ;
+  wire [33:0] \$525 ;
+  wire [33:0] \$526 ;
+  wire [33:0] \$527 ;
+  wire [33:0] \$528 ;
+  wire [33:0] \$529 ;
+  wire [31:0] \$53 ;
+  wire [33:0] \$530 ;
+  wire [33:0] \$531 ;
+  wire [33:0] \$532 ;
+  wire [16:0] \$533 ;
+  wire [17:0] \$534 ;
+  wire [16:0] \$535 ;
+  wire [17:0] \$536 ;
+  wire [16:0] \$537 ;
+  wire [19:0] \$538 ;
+  wire [16:0] \$539 ;
+  wire [16:0] \$54 ;
+  wire [19:0] \$540 ;
+  wire [16:0] \$541 ;
+  wire [23:0] \$542 ;
+  wire [16:0] \$543 ;
+  wire [23:0] \$544 ;
+  wire [16:0] \$545 ;
+  wire [23:0] \$546 ;
+  wire [16:0] \$547 ;
+  wire [23:0] \$548 ;
+  wire [16:0] \$549 ;
+  wire [31:0] \$55 ;
+  wire [31:0] \$550 ;
+  wire [16:0] \$551 ;
+  wire [31:0] \$552 ;
+  wire [16:0] \$553 ;
+  wire [31:0] \$554 ;
+  wire [16:0] \$555 ;
+  wire [31:0] \$556 ;
+  wire [16:0] \$557 ;
+  wire [31:0] \$558 ;
+  wire [16:0] \$559 ;
+  wire [16:0] \$56 ;
+  wire [31:0] \$560 ;
+  wire [16:0] \$561 ;
+  wire [31:0] \$562 ;
+  wire [16:0] \$563 ;
+  wire [31:0] \$564 ;
+  wire [16:0] \$565 ;
+  wire [47:0] \$566 ;
+  wire [33:0] \$567 ;
+  wire [33:0] \$568 ;
+  wire [33:0] \$569 ;
+  wire [31:0] \$57 ;
+  wire [33:0] \$570 ;
+  wire [33:0] \$571 ;
+  wire [33:0] \$572 ;
+  wire [33:0] \$573 ;
+  wire [33:0] \$574 ;
+  wire [33:0] \$575 ;
+  wire [33:0] \$576 ;
+  wire [33:0] \$577 ;
+  wire [33:0] \$578 ;
+  wire [33:0] \$579 ;
+  wire [16:0] \$58 ;
+  wire [33:0] \$580 ;
+  wire [33:0] \$581 ;
+  wire [33:0] \$582 ;
+  wire [33:0] \$583 ;
+  wire [33:0] \$584 ;
+  wire [33:0] \$585 ;
+  wire [33:0] \$586 ;
+  wire [33:0] \$587 ;
+  wire [33:0] \$588 ;
+  wire [33:0] \$589 ;
+  wire [31:0] \$59 ;
+  wire [33:0] \$590 ;
+  wire [33:0] \$591 ;
+  wire [33:0] \$592 ;
+  wire [33:0] \$593 ;
+  wire [33:0] \$594 ;
+  wire [33:0] \$595 ;
+  wire [33:0] \$596 ;
+  wire [33:0] \$597 ;
+  wire [33:0] \$598 ;
+  wire [33:0] \$599 ;
   wire [17:0] \$6 ;
-  wire \$7 ;
-  wire [16:0] \$8 ;
+  wire [16:0] \$60 ;
+  wire [33:0] \$600 ;
+  wire [33:0] \$601 ;
+  wire [33:0] \$602 ;
+  wire [33:0] \$603 ;
+  wire [33:0] \$604 ;
+  wire [33:0] \$605 ;
+  wire [33:0] \$606 ;
+  wire [33:0] \$607 ;
+  wire [33:0] \$608 ;
+  wire [33:0] \$609 ;
+  wire [31:0] \$61 ;
+  wire [33:0] \$610 ;
+  wire [33:0] \$611 ;
+  wire [33:0] \$612 ;
+  wire [33:0] \$613 ;
+  wire [33:0] \$614 ;
+  wire [33:0] \$615 ;
+  wire [33:0] \$616 ;
+  wire [33:0] \$617 ;
+  wire [33:0] \$618 ;
+  wire [33:0] \$619 ;
+  wire [16:0] \$62 ;
+  wire [33:0] \$620 ;
+  wire [33:0] \$621 ;
+  wire [33:0] \$622 ;
+  wire [33:0] \$623 ;
+  wire [33:0] \$624 ;
+  wire [33:0] \$625 ;
+  wire [33:0] \$626 ;
+  wire [33:0] \$627 ;
+  wire [33:0] \$628 ;
+  wire [33:0] \$629 ;
+  wire [31:0] \$63 ;
+  wire [33:0] \$630 ;
+  wire [33:0] \$631 ;
+  wire [33:0] \$632 ;
+  wire [33:0] \$633 ;
+  wire [33:0] \$634 ;
+  wire [33:0] \$635 ;
+  wire [33:0] \$636 ;
+  wire [33:0] \$637 ;
+  wire [33:0] \$638 ;
+  wire [33:0] \$639 ;
+  wire [16:0] \$64 ;
+  wire [33:0] \$640 ;
+  wire [33:0] \$641 ;
+  wire [33:0] \$642 ;
+  wire [33:0] \$643 ;
+  wire [33:0] \$644 ;
+  wire [33:0] \$645 ;
+  wire [33:0] \$646 ;
+  wire [33:0] \$647 ;
+  wire [33:0] \$648 ;
+  wire [33:0] \$649 ;
+  wire [47:0] \$65 ;
+  wire [33:0] \$650 ;
+  wire [33:0] \$651 ;
+  wire [33:0] \$652 ;
+  wire [33:0] \$653 ;
+  wire [33:0] \$654 ;
+  wire [33:0] \$655 ;
+  wire [33:0] \$656 ;
+  wire [33:0] \$657 ;
+  wire [33:0] \$658 ;
+  wire [33:0] \$659 ;
+  wire [33:0] \$66 ;
+  wire [33:0] \$660 ;
+  wire [33:0] \$661 ;
+  wire [33:0] \$662 ;
+  wire [33:0] \$663 ;
+  wire [33:0] \$664 ;
+  wire [33:0] \$665 ;
+  wire [33:0] \$666 ;
+  wire [33:0] \$667 ;
+  wire [33:0] \$668 ;
+  wire \$669 ;
+  wire [33:0] \$67 ;
+  wire [5:0] \$670 ;
+  wire [5:0] \$671 ;
+  wire \$672 ;
+  wire [18:0] \$673 ;
+  wire [33:0] \$674 ;
+  wire \$675 ;
+  wire \$676 ;
+  wire \$677 ;
+  wire [4:0] \$678 ;
+  wire [34:0] \$679 ;
+  wire [33:0] \$68 ;
+  wire [48:0] \$680 ;
+  wire [34:0] \$681 ;
+  wire [16:0] \$682 ;
+  wire [18:0] \$683 ;
+  wire [33:0] \$684 ;
+  wire \$685 ;
+  wire \$686 ;
+  wire \$687 ;
+  wire [4:0] \$688 ;
+  wire [34:0] \$689 ;
+  wire [33:0] \$69 ;
+  wire [48:0] \$690 ;
+  wire [34:0] \$691 ;
+  wire [16:0] \$692 ;
+  wire [18:0] \$693 ;
+  wire [33:0] \$694 ;
+  wire \$695 ;
+  wire \$696 ;
+  wire \$697 ;
+  wire [4:0] \$698 ;
+  wire [34:0] \$699 ;
+  wire [17:0] \$7 ;
+  wire [33:0] \$70 ;
+  wire [48:0] \$700 ;
+  wire [34:0] \$701 ;
+  wire [16:0] \$702 ;
+  wire [18:0] \$703 ;
+  wire [33:0] \$704 ;
+  wire \$705 ;
+  wire \$706 ;
+  wire \$707 ;
+  wire [4:0] \$708 ;
+  wire [34:0] \$709 ;
+  wire [33:0] \$71 ;
+  wire [48:0] \$710 ;
+  wire [34:0] \$711 ;
+  wire [16:0] \$712 ;
+  wire \$713 ;
+  wire \$714 ;
+  wire \$715 ;
+  wire \$716 ;
+  wire \$717 ;
+  wire \$718 ;
+  wire [4:0] \$719 ;
+  wire [33:0] \$72 ;
+  wire [4:0] \$720 ;
+  wire \$721 ;
+  wire \$722 ;
+  wire \$723 ;
+  wire \$724 ;
+  wire \$725 ;
+  wire \$726 ;
+  wire \$727 ;
+  wire \$728 ;
+  wire \$729 ;
+  wire [33:0] \$73 ;
+  wire \$730 ;
+  wire \$731 ;
+  wire \$732 ;
+  wire \$733 ;
+  wire \$734 ;
+  wire \$735 ;
+  wire \$736 ;
+  wire \$737 ;
+  wire [16:0] \$738 ;
+  wire [33:0] \$739 ;
+  wire [33:0] \$74 ;
+  wire [4:0] \$740 ;
+  wire [16:0] \$741 ;
+  wire [33:0] \$742 ;
+  wire [33:0] \$743 ;
+  wire [4:0] \$744 ;
+  wire [16:0] \$745 ;
+  wire [16:0] \$746 ;
+  wire [47:0] \$747 ;
+  wire [4:0] \$748 ;
+  wire [33:0] \$749 ;
+  wire [33:0] \$75 ;
+  wire [33:0] \$750 ;
+  wire [33:0] \$751 ;
+  wire [33:0] \$752 ;
+  wire [33:0] \$753 ;
+  wire [33:0] \$754 ;
+  wire [33:0] \$755 ;
+  wire [33:0] \$756 ;
+  wire [33:0] \$757 ;
+  wire [4:0] \$758 ;
+  wire [33:0] \$759 ;
+  wire [33:0] \$76 ;
+  wire [33:0] \$760 ;
+  wire [33:0] \$761 ;
+  wire [4:0] \$762 ;
+  wire [16:0] \$763 ;
+  wire [15:0] \$764 ;
+  wire [16:0] \$765 ;
+  wire [33:0] \$766 ;
+  wire [4:0] \$767 ;
+  wire [16:0] \$768 ;
+  wire [33:0] \$769 ;
+  wire [33:0] \$77 ;
+  wire [33:0] \$770 ;
+  wire [4:0] \$771 ;
+  wire [16:0] \$772 ;
+  wire [16:0] \$773 ;
+  wire [47:0] \$774 ;
+  wire [4:0] \$775 ;
+  wire [33:0] \$776 ;
+  wire [33:0] \$777 ;
+  wire [33:0] \$778 ;
+  wire [33:0] \$779 ;
+  wire [33:0] \$78 ;
+  wire [33:0] \$780 ;
+  wire [33:0] \$781 ;
+  wire [33:0] \$782 ;
+  wire [33:0] \$783 ;
+  wire [33:0] \$784 ;
+  wire [4:0] \$785 ;
+  wire [33:0] \$786 ;
+  wire [33:0] \$787 ;
+  wire [33:0] \$788 ;
+  wire [4:0] \$789 ;
+  wire [33:0] \$79 ;
+  wire [16:0] \$790 ;
+  wire [15:0] \$791 ;
+  wire [16:0] \$792 ;
+  wire [33:0] \$793 ;
+  wire [4:0] \$794 ;
+  wire [16:0] \$795 ;
+  wire [33:0] \$796 ;
+  wire [33:0] \$797 ;
+  wire [4:0] \$798 ;
+  wire [16:0] \$799 ;
+  wire [17:0] \$8 ;
+  wire [33:0] \$80 ;
+  wire [16:0] \$800 ;
+  wire [47:0] \$801 ;
+  wire [4:0] \$802 ;
+  wire [33:0] \$803 ;
+  wire [33:0] \$804 ;
+  wire [33:0] \$805 ;
+  wire [33:0] \$806 ;
+  wire [33:0] \$807 ;
+  wire [33:0] \$808 ;
+  wire [33:0] \$809 ;
+  wire [33:0] \$81 ;
+  wire [33:0] \$810 ;
+  wire [33:0] \$811 ;
+  wire [4:0] \$812 ;
+  wire [33:0] \$813 ;
+  wire [33:0] \$814 ;
+  wire [33:0] \$815 ;
+  wire [4:0] \$816 ;
+  wire [16:0] \$817 ;
+  wire [15:0] \$818 ;
+  wire [16:0] \$819 ;
+  wire [33:0] \$82 ;
+  wire [33:0] \$820 ;
+  wire [4:0] \$821 ;
+  wire [16:0] \$822 ;
+  wire [33:0] \$823 ;
+  wire [33:0] \$824 ;
+  wire [4:0] \$825 ;
+  wire [16:0] \$826 ;
+  wire [16:0] \$827 ;
+  wire [47:0] \$828 ;
+  wire [4:0] \$829 ;
+  wire [33:0] \$83 ;
+  wire [33:0] \$830 ;
+  wire [33:0] \$831 ;
+  wire [33:0] \$832 ;
+  wire [33:0] \$833 ;
+  wire [33:0] \$834 ;
+  wire [33:0] \$835 ;
+  wire [33:0] \$836 ;
+  wire [33:0] \$837 ;
+  wire [33:0] \$838 ;
+  wire [4:0] \$839 ;
+  wire [33:0] \$84 ;
+  wire [33:0] \$840 ;
+  wire [33:0] \$841 ;
+  wire [33:0] \$842 ;
+  wire [4:0] \$843 ;
+  wire [16:0] \$844 ;
+  wire [15:0] \$845 ;
+  reg \$846 ;
+  reg \$847 ;
+  reg \$848 ;
+  reg \$849 ;
+  wire [33:0] \$85 ;
+  reg \$850 ;
+  reg \$851 ;
+  reg \$852 ;
+  reg \$853 ;
+  reg [4:0] \$854 ;
+  reg \$855 ;
+  reg \$856 ;
+  reg [4:0] \$857 ;
+  wire [33:0] \$86 ;
+  wire [33:0] \$87 ;
+  wire [33:0] \$88 ;
+  wire [33:0] \$89 ;
   wire [17:0] \$9 ;
+  wire [33:0] \$90 ;
+  wire [33:0] \$91 ;
+  wire [33:0] \$92 ;
+  wire [33:0] \$93 ;
+  wire [33:0] \$94 ;
+  wire [33:0] \$95 ;
+  wire [33:0] \$96 ;
+  wire [33:0] \$97 ;
+  wire [33:0] \$98 ;
+  wire [33:0] \$99 ;
+  wire [5:0] \$auto$rtlil.cc:2739:Not$10 ;
+  wire [1:0] \$auto$rtlil.cc:2739:Not$12 ;
+  wire \$auto$rtlil.cc:2739:Not$14 ;
+  wire [5:0] \$auto$rtlil.cc:2739:Not$16 ;
+  wire [1:0] \$auto$rtlil.cc:2739:Not$18 ;
+  wire \$auto$rtlil.cc:2739:Not$2 ;
+  wire \$auto$rtlil.cc:2739:Not$20 ;
+  wire [5:0] \$auto$rtlil.cc:2739:Not$22 ;
+  wire [1:0] \$auto$rtlil.cc:2739:Not$24 ;
+  wire [5:0] \$auto$rtlil.cc:2739:Not$4 ;
+  wire [1:0] \$auto$rtlil.cc:2739:Not$6 ;
+  wire \$auto$rtlil.cc:2739:Not$8 ;
+  input [4:0] c__payload;
+  wire [4:0] c__payload;
+  wire [4:0] \c__payload.f ;
+  output c__ready;
+  reg c__ready = 1'h1;
+  input c__valid;
+  wire c__valid;
   input clk;
   wire clk;
-  wire en;
-  input [16:0] i__payload;
-  wire [16:0] i__payload;
+  reg [4:0] f = 5'h00;
+  wire fire;
+  input [67:0] i__payload;
+  wire [67:0] i__payload;
   wire [16:0] \i__payload[0] ;
+  wire [16:0] \i__payload[1] ;
+  wire [16:0] \i__payload[2] ;
+  wire [16:0] \i__payload[3] ;
   output i__ready;
   wire i__ready;
   input i__valid;
   wire i__valid;
-  reg [4:0] l0_s1_exp_q = 5'h00;
-  reg [11:0] l0_s1_exp_r = 12'h000;
-  reg [27:0] l0_s2_exp_h = 28'h0000000;
-  reg [4:0] l0_s2_exp_q = 5'h00;
-  reg [11:0] l0_s2_exp_r = 12'h000;
-  reg [41:0] l0_s3_exp_g = 42'h00000000000;
+  wire [33:0] l0_exp_ga_l0_0;
+  wire [33:0] l0_exp_ga_l0_1;
+  wire [33:0] l0_exp_ga_l0_10;
+  wire [33:0] l0_exp_ga_l0_11;
+  wire [33:0] l0_exp_ga_l0_12;
+  wire [33:0] l0_exp_ga_l0_13;
+  wire [33:0] l0_exp_ga_l0_14;
+  wire [33:0] l0_exp_ga_l0_15;
+  wire [33:0] l0_exp_ga_l0_16;
+  wire [33:0] l0_exp_ga_l0_17;
+  wire [33:0] l0_exp_ga_l0_18;
+  wire [33:0] l0_exp_ga_l0_2;
+  wire [33:0] l0_exp_ga_l0_3;
+  wire [33:0] l0_exp_ga_l0_4;
+  wire [33:0] l0_exp_ga_l0_5;
+  wire [33:0] l0_exp_ga_l0_6;
+  wire [33:0] l0_exp_ga_l0_7;
+  wire [33:0] l0_exp_ga_l0_8;
+  wire [33:0] l0_exp_ga_l0_9;
+  wire [33:0] l0_exp_ga_l1_0;
+  wire [33:0] l0_exp_ga_l1_1;
+  wire [33:0] l0_exp_ga_l1_10;
+  wire [33:0] l0_exp_ga_l1_11;
+  wire [33:0] l0_exp_ga_l1_12;
+  wire [33:0] l0_exp_ga_l1_2;
+  wire [33:0] l0_exp_ga_l1_3;
+  wire [33:0] l0_exp_ga_l1_4;
+  wire [33:0] l0_exp_ga_l1_5;
+  wire [33:0] l0_exp_ga_l1_6;
+  wire [33:0] l0_exp_ga_l1_7;
+  wire [33:0] l0_exp_ga_l1_8;
+  wire [33:0] l0_exp_ga_l1_9;
+  wire [33:0] l0_exp_ga_l2_0;
+  wire [33:0] l0_exp_ga_l2_1;
+  wire [33:0] l0_exp_ga_l2_2;
+  wire [33:0] l0_exp_ga_l2_3;
+  wire [33:0] l0_exp_ga_l2_4;
+  wire [33:0] l0_exp_ga_l2_5;
+  wire [33:0] l0_exp_ga_l2_6;
+  wire [33:0] l0_exp_ga_l2_7;
+  wire [33:0] l0_exp_ga_l2_8;
+  reg [33:0] l0_exp_gb_l0_0 = 34'h000000000;
+  reg [33:0] l0_exp_gb_l0_1 = 34'h000000000;
+  reg [33:0] l0_exp_gb_l0_2 = 34'h000000000;
+  reg [33:0] l0_exp_gb_l0_3 = 34'h000000000;
+  reg [33:0] l0_exp_gb_l0_4 = 34'h000000000;
+  reg [33:0] l0_exp_gb_l0_5 = 34'h000000000;
+  reg [33:0] l0_exp_gb_l0_6 = 34'h000000000;
+  reg [33:0] l0_exp_gb_l0_7 = 34'h000000000;
+  reg [33:0] l0_exp_gb_l0_8 = 34'h000000000;
+  wire [33:0] l0_exp_gb_l1_0;
+  wire [33:0] l0_exp_gb_l1_1;
+  wire [33:0] l0_exp_gb_l1_2;
+  wire [33:0] l0_exp_gb_l1_3;
+  wire [33:0] l0_exp_gb_l1_4;
+  wire [33:0] l0_exp_gb_l1_5;
+  wire [33:0] l0_exp_gb_l2_0;
+  wire [33:0] l0_exp_gb_l2_1;
+  wire [33:0] l0_exp_gb_l2_2;
+  wire [33:0] l0_exp_gb_l2_3;
+  wire [33:0] l0_exp_gb_l3_0;
+  wire [33:0] l0_exp_gb_l3_1;
+  wire [33:0] l0_exp_gb_l3_2;
+  reg [33:0] l0_exp_gc_l0_0 = 34'h000000000;
+  reg [33:0] l0_exp_gc_l0_1 = 34'h000000000;
+  reg [33:0] l0_exp_gc_l0_2 = 34'h000000000;
+  wire [33:0] l0_exp_gc_l1_0;
+  wire [33:0] l0_exp_gc_l1_1;
+  wire [33:0] l0_exp_h_l0_0;
+  wire [33:0] l0_exp_h_l0_1;
+  wire [33:0] l0_exp_h_l0_2;
+  wire [33:0] l0_exp_h_l0_3;
+  wire [33:0] l0_exp_h_l1_0;
+  wire [33:0] l0_exp_h_l1_1;
+  wire [33:0] l0_exp_h_l1_2;
+  wire [33:0] l0_exp_h_l2_0;
+  wire [33:0] l0_exp_h_l2_1;
+  wire [17:0] l0_exp_n_l0_0;
+  wire [17:0] l0_exp_n_l0_1;
+  wire [17:0] l0_exp_n_l0_2;
+  wire [17:0] l0_exp_n_l0_3;
+  wire [17:0] l0_exp_n_l1_0;
+  wire [17:0] l0_exp_n_l1_1;
+  wire [17:0] l0_exp_n_l1_2;
+  wire [17:0] l0_exp_n_l2_0;
+  wire [17:0] l0_exp_n_l2_1;
+  reg [16:0] l0_s1_exp_n = 17'h00000;
+  reg [33:0] l0_s2_exp_t = 34'h000000000;
+  reg [33:0] l0_s3_exp_h0 = 34'h000000000;
+  reg [33:0] l0_s3_exp_h1 = 34'h000000000;
   reg [4:0] l0_s3_exp_q = 5'h00;
-  (* init = 16'h0000 *)
-  wire [15:0] l0_s4_exp;
-  output [15:0] o__payload;
-  reg [15:0] o__payload = 16'h0000;
+  reg [16:0] l0_s3_exp_r = 17'h00000;
+  reg [16:0] l0_s4_exp_hv = 17'h00000;
+  reg [4:0] l0_s4_exp_q = 5'h00;
+  reg [47:0] l0_s4_exp_qh = 48'h000000000000;
+  reg [16:0] l0_s4_exp_r = 17'h00000;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s5_exp_g0;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s5_exp_g1;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s5_exp_g2;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s5_exp_g3;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s5_exp_g4;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s5_exp_g5;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s5_exp_g6;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s5_exp_g7;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s5_exp_g8;
+  reg [4:0] l0_s5_exp_q = 5'h00;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s6_exp_g0;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s6_exp_g1;
+  (* init = 34'h000000000 *)
+  wire [33:0] l0_s6_exp_g2;
+  reg [4:0] l0_s6_exp_q = 5'h00;
+  reg [16:0] l0_s7_exp_gq = 17'h00000;
+  reg [4:0] l0_s7_exp_q = 5'h00;
+  reg [15:0] l0_s8_exp = 16'h0000;
+  wire [33:0] l1_exp_ga_l0_0;
+  wire [33:0] l1_exp_ga_l0_1;
+  wire [33:0] l1_exp_ga_l0_10;
+  wire [33:0] l1_exp_ga_l0_11;
+  wire [33:0] l1_exp_ga_l0_12;
+  wire [33:0] l1_exp_ga_l0_13;
+  wire [33:0] l1_exp_ga_l0_14;
+  wire [33:0] l1_exp_ga_l0_15;
+  wire [33:0] l1_exp_ga_l0_16;
+  wire [33:0] l1_exp_ga_l0_17;
+  wire [33:0] l1_exp_ga_l0_18;
+  wire [33:0] l1_exp_ga_l0_2;
+  wire [33:0] l1_exp_ga_l0_3;
+  wire [33:0] l1_exp_ga_l0_4;
+  wire [33:0] l1_exp_ga_l0_5;
+  wire [33:0] l1_exp_ga_l0_6;
+  wire [33:0] l1_exp_ga_l0_7;
+  wire [33:0] l1_exp_ga_l0_8;
+  wire [33:0] l1_exp_ga_l0_9;
+  wire [33:0] l1_exp_ga_l1_0;
+  wire [33:0] l1_exp_ga_l1_1;
+  wire [33:0] l1_exp_ga_l1_10;
+  wire [33:0] l1_exp_ga_l1_11;
+  wire [33:0] l1_exp_ga_l1_12;
+  wire [33:0] l1_exp_ga_l1_2;
+  wire [33:0] l1_exp_ga_l1_3;
+  wire [33:0] l1_exp_ga_l1_4;
+  wire [33:0] l1_exp_ga_l1_5;
+  wire [33:0] l1_exp_ga_l1_6;
+  wire [33:0] l1_exp_ga_l1_7;
+  wire [33:0] l1_exp_ga_l1_8;
+  wire [33:0] l1_exp_ga_l1_9;
+  wire [33:0] l1_exp_ga_l2_0;
+  wire [33:0] l1_exp_ga_l2_1;
+  wire [33:0] l1_exp_ga_l2_2;
+  wire [33:0] l1_exp_ga_l2_3;
+  wire [33:0] l1_exp_ga_l2_4;
+  wire [33:0] l1_exp_ga_l2_5;
+  wire [33:0] l1_exp_ga_l2_6;
+  wire [33:0] l1_exp_ga_l2_7;
+  wire [33:0] l1_exp_ga_l2_8;
+  reg [33:0] l1_exp_gb_l0_0 = 34'h000000000;
+  reg [33:0] l1_exp_gb_l0_1 = 34'h000000000;
+  reg [33:0] l1_exp_gb_l0_2 = 34'h000000000;
+  reg [33:0] l1_exp_gb_l0_3 = 34'h000000000;
+  reg [33:0] l1_exp_gb_l0_4 = 34'h000000000;
+  reg [33:0] l1_exp_gb_l0_5 = 34'h000000000;
+  reg [33:0] l1_exp_gb_l0_6 = 34'h000000000;
+  reg [33:0] l1_exp_gb_l0_7 = 34'h000000000;
+  reg [33:0] l1_exp_gb_l0_8 = 34'h000000000;
+  wire [33:0] l1_exp_gb_l1_0;
+  wire [33:0] l1_exp_gb_l1_1;
+  wire [33:0] l1_exp_gb_l1_2;
+  wire [33:0] l1_exp_gb_l1_3;
+  wire [33:0] l1_exp_gb_l1_4;
+  wire [33:0] l1_exp_gb_l1_5;
+  wire [33:0] l1_exp_gb_l2_0;
+  wire [33:0] l1_exp_gb_l2_1;
+  wire [33:0] l1_exp_gb_l2_2;
+  wire [33:0] l1_exp_gb_l2_3;
+  wire [33:0] l1_exp_gb_l3_0;
+  wire [33:0] l1_exp_gb_l3_1;
+  wire [33:0] l1_exp_gb_l3_2;
+  reg [33:0] l1_exp_gc_l0_0 = 34'h000000000;
+  reg [33:0] l1_exp_gc_l0_1 = 34'h000000000;
+  reg [33:0] l1_exp_gc_l0_2 = 34'h000000000;
+  wire [33:0] l1_exp_gc_l1_0;
+  wire [33:0] l1_exp_gc_l1_1;
+  wire [33:0] l1_exp_h_l0_0;
+  wire [33:0] l1_exp_h_l0_1;
+  wire [33:0] l1_exp_h_l0_2;
+  wire [33:0] l1_exp_h_l0_3;
+  wire [33:0] l1_exp_h_l1_0;
+  wire [33:0] l1_exp_h_l1_1;
+  wire [33:0] l1_exp_h_l1_2;
+  wire [33:0] l1_exp_h_l2_0;
+  wire [33:0] l1_exp_h_l2_1;
+  wire [17:0] l1_exp_n_l0_0;
+  wire [17:0] l1_exp_n_l0_1;
+  wire [17:0] l1_exp_n_l0_2;
+  wire [17:0] l1_exp_n_l0_3;
+  wire [17:0] l1_exp_n_l1_0;
+  wire [17:0] l1_exp_n_l1_1;
+  wire [17:0] l1_exp_n_l1_2;
+  wire [17:0] l1_exp_n_l2_0;
+  wire [17:0] l1_exp_n_l2_1;
+  reg [16:0] l1_s1_exp_n = 17'h00000;
+  reg [33:0] l1_s2_exp_t = 34'h000000000;
+  reg [33:0] l1_s3_exp_h0 = 34'h000000000;
+  reg [33:0] l1_s3_exp_h1 = 34'h000000000;
+  reg [4:0] l1_s3_exp_q = 5'h00;
+  reg [16:0] l1_s3_exp_r = 17'h00000;
+  reg [16:0] l1_s4_exp_hv = 17'h00000;
+  reg [4:0] l1_s4_exp_q = 5'h00;
+  reg [47:0] l1_s4_exp_qh = 48'h000000000000;
+  reg [16:0] l1_s4_exp_r = 17'h00000;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s5_exp_g0;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s5_exp_g1;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s5_exp_g2;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s5_exp_g3;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s5_exp_g4;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s5_exp_g5;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s5_exp_g6;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s5_exp_g7;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s5_exp_g8;
+  reg [4:0] l1_s5_exp_q = 5'h00;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s6_exp_g0;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s6_exp_g1;
+  (* init = 34'h000000000 *)
+  wire [33:0] l1_s6_exp_g2;
+  reg [4:0] l1_s6_exp_q = 5'h00;
+  reg [16:0] l1_s7_exp_gq = 17'h00000;
+  reg [4:0] l1_s7_exp_q = 5'h00;
+  reg [15:0] l1_s8_exp = 16'h0000;
+  wire [33:0] l2_exp_ga_l0_0;
+  wire [33:0] l2_exp_ga_l0_1;
+  wire [33:0] l2_exp_ga_l0_10;
+  wire [33:0] l2_exp_ga_l0_11;
+  wire [33:0] l2_exp_ga_l0_12;
+  wire [33:0] l2_exp_ga_l0_13;
+  wire [33:0] l2_exp_ga_l0_14;
+  wire [33:0] l2_exp_ga_l0_15;
+  wire [33:0] l2_exp_ga_l0_16;
+  wire [33:0] l2_exp_ga_l0_17;
+  wire [33:0] l2_exp_ga_l0_18;
+  wire [33:0] l2_exp_ga_l0_2;
+  wire [33:0] l2_exp_ga_l0_3;
+  wire [33:0] l2_exp_ga_l0_4;
+  wire [33:0] l2_exp_ga_l0_5;
+  wire [33:0] l2_exp_ga_l0_6;
+  wire [33:0] l2_exp_ga_l0_7;
+  wire [33:0] l2_exp_ga_l0_8;
+  wire [33:0] l2_exp_ga_l0_9;
+  wire [33:0] l2_exp_ga_l1_0;
+  wire [33:0] l2_exp_ga_l1_1;
+  wire [33:0] l2_exp_ga_l1_10;
+  wire [33:0] l2_exp_ga_l1_11;
+  wire [33:0] l2_exp_ga_l1_12;
+  wire [33:0] l2_exp_ga_l1_2;
+  wire [33:0] l2_exp_ga_l1_3;
+  wire [33:0] l2_exp_ga_l1_4;
+  wire [33:0] l2_exp_ga_l1_5;
+  wire [33:0] l2_exp_ga_l1_6;
+  wire [33:0] l2_exp_ga_l1_7;
+  wire [33:0] l2_exp_ga_l1_8;
+  wire [33:0] l2_exp_ga_l1_9;
+  wire [33:0] l2_exp_ga_l2_0;
+  wire [33:0] l2_exp_ga_l2_1;
+  wire [33:0] l2_exp_ga_l2_2;
+  wire [33:0] l2_exp_ga_l2_3;
+  wire [33:0] l2_exp_ga_l2_4;
+  wire [33:0] l2_exp_ga_l2_5;
+  wire [33:0] l2_exp_ga_l2_6;
+  wire [33:0] l2_exp_ga_l2_7;
+  wire [33:0] l2_exp_ga_l2_8;
+  reg [33:0] l2_exp_gb_l0_0 = 34'h000000000;
+  reg [33:0] l2_exp_gb_l0_1 = 34'h000000000;
+  reg [33:0] l2_exp_gb_l0_2 = 34'h000000000;
+  reg [33:0] l2_exp_gb_l0_3 = 34'h000000000;
+  reg [33:0] l2_exp_gb_l0_4 = 34'h000000000;
+  reg [33:0] l2_exp_gb_l0_5 = 34'h000000000;
+  reg [33:0] l2_exp_gb_l0_6 = 34'h000000000;
+  reg [33:0] l2_exp_gb_l0_7 = 34'h000000000;
+  reg [33:0] l2_exp_gb_l0_8 = 34'h000000000;
+  wire [33:0] l2_exp_gb_l1_0;
+  wire [33:0] l2_exp_gb_l1_1;
+  wire [33:0] l2_exp_gb_l1_2;
+  wire [33:0] l2_exp_gb_l1_3;
+  wire [33:0] l2_exp_gb_l1_4;
+  wire [33:0] l2_exp_gb_l1_5;
+  wire [33:0] l2_exp_gb_l2_0;
+  wire [33:0] l2_exp_gb_l2_1;
+  wire [33:0] l2_exp_gb_l2_2;
+  wire [33:0] l2_exp_gb_l2_3;
+  wire [33:0] l2_exp_gb_l3_0;
+  wire [33:0] l2_exp_gb_l3_1;
+  wire [33:0] l2_exp_gb_l3_2;
+  reg [33:0] l2_exp_gc_l0_0 = 34'h000000000;
+  reg [33:0] l2_exp_gc_l0_1 = 34'h000000000;
+  reg [33:0] l2_exp_gc_l0_2 = 34'h000000000;
+  wire [33:0] l2_exp_gc_l1_0;
+  wire [33:0] l2_exp_gc_l1_1;
+  wire [33:0] l2_exp_h_l0_0;
+  wire [33:0] l2_exp_h_l0_1;
+  wire [33:0] l2_exp_h_l0_2;
+  wire [33:0] l2_exp_h_l0_3;
+  wire [33:0] l2_exp_h_l1_0;
+  wire [33:0] l2_exp_h_l1_1;
+  wire [33:0] l2_exp_h_l1_2;
+  wire [33:0] l2_exp_h_l2_0;
+  wire [33:0] l2_exp_h_l2_1;
+  wire [17:0] l2_exp_n_l0_0;
+  wire [17:0] l2_exp_n_l0_1;
+  wire [17:0] l2_exp_n_l0_2;
+  wire [17:0] l2_exp_n_l0_3;
+  wire [17:0] l2_exp_n_l1_0;
+  wire [17:0] l2_exp_n_l1_1;
+  wire [17:0] l2_exp_n_l1_2;
+  wire [17:0] l2_exp_n_l2_0;
+  wire [17:0] l2_exp_n_l2_1;
+  reg [16:0] l2_s1_exp_n = 17'h00000;
+  reg [33:0] l2_s2_exp_t = 34'h000000000;
+  reg [33:0] l2_s3_exp_h0 = 34'h000000000;
+  reg [33:0] l2_s3_exp_h1 = 34'h000000000;
+  reg [4:0] l2_s3_exp_q = 5'h00;
+  reg [16:0] l2_s3_exp_r = 17'h00000;
+  reg [16:0] l2_s4_exp_hv = 17'h00000;
+  reg [4:0] l2_s4_exp_q = 5'h00;
+  reg [47:0] l2_s4_exp_qh = 48'h000000000000;
+  reg [16:0] l2_s4_exp_r = 17'h00000;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s5_exp_g0;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s5_exp_g1;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s5_exp_g2;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s5_exp_g3;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s5_exp_g4;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s5_exp_g5;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s5_exp_g6;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s5_exp_g7;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s5_exp_g8;
+  reg [4:0] l2_s5_exp_q = 5'h00;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s6_exp_g0;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s6_exp_g1;
+  (* init = 34'h000000000 *)
+  wire [33:0] l2_s6_exp_g2;
+  reg [4:0] l2_s6_exp_q = 5'h00;
+  reg [16:0] l2_s7_exp_gq = 17'h00000;
+  reg [4:0] l2_s7_exp_q = 5'h00;
+  reg [15:0] l2_s8_exp = 16'h0000;
+  wire [33:0] l3_exp_ga_l0_0;
+  wire [33:0] l3_exp_ga_l0_1;
+  wire [33:0] l3_exp_ga_l0_10;
+  wire [33:0] l3_exp_ga_l0_11;
+  wire [33:0] l3_exp_ga_l0_12;
+  wire [33:0] l3_exp_ga_l0_13;
+  wire [33:0] l3_exp_ga_l0_14;
+  wire [33:0] l3_exp_ga_l0_15;
+  wire [33:0] l3_exp_ga_l0_16;
+  wire [33:0] l3_exp_ga_l0_17;
+  wire [33:0] l3_exp_ga_l0_18;
+  wire [33:0] l3_exp_ga_l0_2;
+  wire [33:0] l3_exp_ga_l0_3;
+  wire [33:0] l3_exp_ga_l0_4;
+  wire [33:0] l3_exp_ga_l0_5;
+  wire [33:0] l3_exp_ga_l0_6;
+  wire [33:0] l3_exp_ga_l0_7;
+  wire [33:0] l3_exp_ga_l0_8;
+  wire [33:0] l3_exp_ga_l0_9;
+  wire [33:0] l3_exp_ga_l1_0;
+  wire [33:0] l3_exp_ga_l1_1;
+  wire [33:0] l3_exp_ga_l1_10;
+  wire [33:0] l3_exp_ga_l1_11;
+  wire [33:0] l3_exp_ga_l1_12;
+  wire [33:0] l3_exp_ga_l1_2;
+  wire [33:0] l3_exp_ga_l1_3;
+  wire [33:0] l3_exp_ga_l1_4;
+  wire [33:0] l3_exp_ga_l1_5;
+  wire [33:0] l3_exp_ga_l1_6;
+  wire [33:0] l3_exp_ga_l1_7;
+  wire [33:0] l3_exp_ga_l1_8;
+  wire [33:0] l3_exp_ga_l1_9;
+  wire [33:0] l3_exp_ga_l2_0;
+  wire [33:0] l3_exp_ga_l2_1;
+  wire [33:0] l3_exp_ga_l2_2;
+  wire [33:0] l3_exp_ga_l2_3;
+  wire [33:0] l3_exp_ga_l2_4;
+  wire [33:0] l3_exp_ga_l2_5;
+  wire [33:0] l3_exp_ga_l2_6;
+  wire [33:0] l3_exp_ga_l2_7;
+  wire [33:0] l3_exp_ga_l2_8;
+  reg [33:0] l3_exp_gb_l0_0 = 34'h000000000;
+  reg [33:0] l3_exp_gb_l0_1 = 34'h000000000;
+  reg [33:0] l3_exp_gb_l0_2 = 34'h000000000;
+  reg [33:0] l3_exp_gb_l0_3 = 34'h000000000;
+  reg [33:0] l3_exp_gb_l0_4 = 34'h000000000;
+  reg [33:0] l3_exp_gb_l0_5 = 34'h000000000;
+  reg [33:0] l3_exp_gb_l0_6 = 34'h000000000;
+  reg [33:0] l3_exp_gb_l0_7 = 34'h000000000;
+  reg [33:0] l3_exp_gb_l0_8 = 34'h000000000;
+  wire [33:0] l3_exp_gb_l1_0;
+  wire [33:0] l3_exp_gb_l1_1;
+  wire [33:0] l3_exp_gb_l1_2;
+  wire [33:0] l3_exp_gb_l1_3;
+  wire [33:0] l3_exp_gb_l1_4;
+  wire [33:0] l3_exp_gb_l1_5;
+  wire [33:0] l3_exp_gb_l2_0;
+  wire [33:0] l3_exp_gb_l2_1;
+  wire [33:0] l3_exp_gb_l2_2;
+  wire [33:0] l3_exp_gb_l2_3;
+  wire [33:0] l3_exp_gb_l3_0;
+  wire [33:0] l3_exp_gb_l3_1;
+  wire [33:0] l3_exp_gb_l3_2;
+  reg [33:0] l3_exp_gc_l0_0 = 34'h000000000;
+  reg [33:0] l3_exp_gc_l0_1 = 34'h000000000;
+  reg [33:0] l3_exp_gc_l0_2 = 34'h000000000;
+  wire [33:0] l3_exp_gc_l1_0;
+  wire [33:0] l3_exp_gc_l1_1;
+  wire [33:0] l3_exp_h_l0_0;
+  wire [33:0] l3_exp_h_l0_1;
+  wire [33:0] l3_exp_h_l0_2;
+  wire [33:0] l3_exp_h_l0_3;
+  wire [33:0] l3_exp_h_l1_0;
+  wire [33:0] l3_exp_h_l1_1;
+  wire [33:0] l3_exp_h_l1_2;
+  wire [33:0] l3_exp_h_l2_0;
+  wire [33:0] l3_exp_h_l2_1;
+  wire [17:0] l3_exp_n_l0_0;
+  wire [17:0] l3_exp_n_l0_1;
+  wire [17:0] l3_exp_n_l0_2;
+  wire [17:0] l3_exp_n_l0_3;
+  wire [17:0] l3_exp_n_l1_0;
+  wire [17:0] l3_exp_n_l1_1;
+  wire [17:0] l3_exp_n_l1_2;
+  wire [17:0] l3_exp_n_l2_0;
+  wire [17:0] l3_exp_n_l2_1;
+  reg [16:0] l3_s1_exp_n = 17'h00000;
+  reg [33:0] l3_s2_exp_t = 34'h000000000;
+  reg [33:0] l3_s3_exp_h0 = 34'h000000000;
+  reg [33:0] l3_s3_exp_h1 = 34'h000000000;
+  reg [4:0] l3_s3_exp_q = 5'h00;
+  reg [16:0] l3_s3_exp_r = 17'h00000;
+  reg [16:0] l3_s4_exp_hv = 17'h00000;
+  reg [4:0] l3_s4_exp_q = 5'h00;
+  reg [47:0] l3_s4_exp_qh = 48'h000000000000;
+  reg [16:0] l3_s4_exp_r = 17'h00000;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s5_exp_g0;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s5_exp_g1;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s5_exp_g2;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s5_exp_g3;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s5_exp_g4;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s5_exp_g5;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s5_exp_g6;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s5_exp_g7;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s5_exp_g8;
+  reg [4:0] l3_s5_exp_q = 5'h00;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s6_exp_g0;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s6_exp_g1;
+  (* init = 34'h000000000 *)
+  wire [33:0] l3_s6_exp_g2;
+  reg [4:0] l3_s6_exp_q = 5'h00;
+  reg [16:0] l3_s7_exp_gq = 17'h00000;
+  reg [4:0] l3_s7_exp_q = 5'h00;
+  reg [15:0] l3_s8_exp = 16'h0000;
+  output [63:0] o__payload;
+  wire [63:0] o__payload;
   wire [15:0] \o__payload[0] ;
+  wire [15:0] \o__payload[1] ;
+  wire [15:0] \o__payload[2] ;
+  wire [15:0] \o__payload[3] ;
   input o__ready;
   wire o__ready;
   output o__valid;
-  reg o__valid = 1'h0;
+  wire o__valid;
+  wire out_queue_below_full;
+  wire out_queue_below_full1;
+  reg [4:0] out_queue_count = 5'h00;
+  (* init = 1'h1 *)
+  wire out_queue_idle;
+  wire out_queue_is0;
+  wire out_queue_is1;
+  wire [4:0] out_queue_minus1;
+  wire [4:0] out_queue_plus1;
+  reg out_queue_room = 1'h1;
+  wire [63:0] r_data;
+  wire r_en;
+  wire r_rdy;
   input rst;
   wire rst;
   reg valid_s1 = 1'h0;
   reg valid_s2 = 1'h0;
   reg valid_s3 = 1'h0;
+  reg valid_s4 = 1'h0;
+  reg valid_s5 = 1'h0;
+  reg valid_s6 = 1'h0;
+  reg valid_s7 = 1'h0;
   (* init = 1'h0 *)
-  wire valid_s4;
+  wire valid_s8;
+  wire [63:0] w_data;
+  reg w_en = 1'h0;
+  assign \$128  = l0_exp_gb_l0_0 & l0_exp_gb_l0_2;
+  assign \$129  = \$127  | \$128 ;
+  assign \$130  = l0_exp_gb_l0_1 & l0_exp_gb_l0_2;
+  assign \$131  = \$129  | \$130 ;
+  assign \$132  = l0_exp_gb_l0_3 ^ l0_exp_gb_l0_4;
+  assign l0_exp_gb_l1_2 = \$132  ^ l0_exp_gb_l0_5;
+  assign \$133  = l0_exp_gb_l0_3 & l0_exp_gb_l0_4;
+  assign \$134  = l0_exp_gb_l0_3 & l0_exp_gb_l0_5;
+  assign \$135  = \$133  | \$134 ;
+  assign \$136  = l0_exp_gb_l0_4 & l0_exp_gb_l0_5;
+  assign \$137  = \$135  | \$136 ;
+  assign \$138  = l0_exp_gb_l0_6 ^ l0_exp_gb_l0_7;
+  assign l0_exp_gb_l1_4 = \$138  ^ l0_exp_gb_l0_8;
+  assign \$139  = l0_exp_gb_l0_6 & l0_exp_gb_l0_7;
+  assign \$140  = l0_exp_gb_l0_6 & l0_exp_gb_l0_8;
+  assign \$141  = \$139  | \$140 ;
+  assign \$142  = l0_exp_gb_l0_7 & l0_exp_gb_l0_8;
+  assign \$143  = \$141  | \$142 ;
+  assign \$144  = l0_exp_gb_l1_0 ^ { \$131 [32:0], 1'h0 };
+  assign l0_exp_gb_l2_0 = \$144  ^ l0_exp_gb_l1_2;
+  assign \$145  = l0_exp_gb_l1_0 & { \$131 [32:0], 1'h0 };
+  assign \$146  = l0_exp_gb_l1_0 & l0_exp_gb_l1_2;
+  assign \$147  = \$145  | \$146 ;
+  assign \$148  = { \$131 [32:0], 1'h0 } & l0_exp_gb_l1_2;
+  assign \$149  = \$147  | \$148 ;
+  assign \$150  = { \$137 [32:0], 1'h0 } ^ l0_exp_gb_l1_4;
+  assign l0_exp_gb_l2_2 = \$150  ^ { \$143 [32:0], 1'h0 };
+  assign \$151  = { \$137 [32:0], 1'h0 } & l0_exp_gb_l1_4;
+  assign \$152  = { \$137 [32:0], 1'h0 } & { \$143 [32:0], 1'h0 };
+  assign \$153  = \$151  | \$152 ;
+  assign \$154  = l0_exp_gb_l1_4 & { \$143 [32:0], 1'h0 };
+  assign \$155  = \$153  | \$154 ;
+  assign \$156  = l0_exp_gb_l2_0 ^ { \$149 [32:0], 1'h0 };
+  assign l0_exp_gb_l3_0 = \$156  ^ l0_exp_gb_l2_2;
+  assign \$157  = l0_exp_gb_l2_0 & { \$149 [32:0], 1'h0 };
+  assign \$158  = l0_exp_gb_l2_0 & l0_exp_gb_l2_2;
+  assign \$159  = \$157  | \$158 ;
+  assign \$160  = { \$149 [32:0], 1'h0 } & l0_exp_gb_l2_2;
+  assign \$161  = \$159  | \$160 ;
+  assign \$162  = l0_exp_gc_l0_0 ^ l0_exp_gc_l0_1;
+  assign l0_exp_gc_l1_0 = \$162  ^ l0_exp_gc_l0_2;
+  assign \$163  = l0_exp_gc_l0_0 & l0_exp_gc_l0_1;
+  assign \$164  = l0_exp_gc_l0_0 & l0_exp_gc_l0_2;
+  assign \$165  = \$163  | \$164 ;
+  assign \$166  = l0_exp_gc_l0_1 & l0_exp_gc_l0_2;
+  assign \$167  = \$165  | \$166 ;
+  assign \$168  = ~ i__payload[33:17];
+  assign \$170  = ~ \$169 ;
+  assign \$172  = { \$168 [16], \$168  } ^ { \$170 [16], \$170  };
+  assign l1_exp_n_l1_0 = \$172  ^ { \$171 [16], \$171  };
+  assign \$173  = { \$168 [16], \$168  } & { \$170 [16], \$170  };
+  assign \$174  = { \$168 [16], \$168  } & { \$171 [16], \$171  };
+  assign \$175  = \$173  | \$174 ;
+  assign \$176  = { \$170 [16], \$170  } & { \$171 [16], \$171  };
+  assign \$177  = \$175  | \$176 ;
+  assign \$178  = l1_exp_n_l1_0 ^ { \$177 [16:0], 1'h0 };
+  assign \$179  = l1_exp_n_l1_0 & { \$177 [16:0], 1'h0 };
+  assign \$181  = \$179  | \$180 ;
+  assign \$183  = \$181  | \$182 ;
+  assign \$187  = { 2'h0, \$184  } ^ { 2'h0, \$185  };
+  assign l1_exp_h_l1_0 = \$187  ^ { 2'h0, \$186  };
+  assign \$188  = { 2'h0, \$184  } & { 2'h0, \$185  };
+  assign \$189  = { 2'h0, \$184  } & { 2'h0, \$186  };
+  assign \$190  = \$188  | \$189 ;
+  assign \$191  = { 2'h0, \$185  } & { 2'h0, \$186  };
+  assign \$192  = \$190  | \$191 ;
+  assign \$193  = l1_exp_h_l1_0 ^ { \$192 [32:0], 1'h0 };
+  assign \$194  = l1_exp_h_l1_0 & { \$192 [32:0], 1'h0 };
+  assign \$196  = \$194  | \$195 ;
+  assign \$198  = \$196  | \$197 ;
+  assign \$199  = l1_s4_exp_r[0] ? l1_s4_exp_hv : 17'h00000;
+  assign \$201  = l1_s4_exp_r[1] ? l1_s4_exp_hv : 17'h00000;
+  assign \$203  = l1_s4_exp_r[2] ? l1_s4_exp_hv : 17'h00000;
+  assign \$205  = l1_s4_exp_r[3] ? l1_s4_exp_hv : 17'h00000;
+  assign \$207  = l1_s4_exp_r[4] ? l1_s4_exp_hv : 17'h00000;
+  assign \$209  = l1_s4_exp_r[5] ? l1_s4_exp_hv : 17'h00000;
+  assign \$211  = l1_s4_exp_r[6] ? l1_s4_exp_hv : 17'h00000;
+  assign \$213  = l1_s4_exp_r[7] ? l1_s4_exp_hv : 17'h00000;
+  assign \$215  = l1_s4_exp_r[8] ? l1_s4_exp_hv : 17'h00000;
+  assign \$217  = l1_s4_exp_r[9] ? l1_s4_exp_hv : 17'h00000;
+  assign \$219  = l1_s4_exp_r[10] ? l1_s4_exp_hv : 17'h00000;
+  assign \$221  = l1_s4_exp_r[11] ? l1_s4_exp_hv : 17'h00000;
+  assign \$223  = l1_s4_exp_r[12] ? l1_s4_exp_hv : 17'h00000;
+  assign \$225  = l1_s4_exp_r[13] ? l1_s4_exp_hv : 17'h00000;
+  assign \$227  = l1_s4_exp_r[14] ? l1_s4_exp_hv : 17'h00000;
+  assign \$229  = l1_s4_exp_r[15] ? l1_s4_exp_hv : 17'h00000;
+  assign \$231  = l1_s4_exp_r[16] ? l1_s4_exp_hv : 17'h00000;
+  assign \$233  = { \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200  } ^ { \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202  };
+  assign l1_exp_ga_l1_0 = \$233  ^ { \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204  };
+  assign \$234  = { \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200  } & { \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202  };
+  assign \$235  = { \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200  } & { \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204  };
+  assign \$236  = \$234  | \$235 ;
+  assign \$237  = { \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202  } & { \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204  };
+  assign \$238  = \$236  | \$237 ;
+  assign \$239  = { \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206  } ^ { \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208  };
+  assign l1_exp_ga_l1_2 = \$239  ^ { \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210  };
+  assign \$240  = { \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206  } & { \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208  };
+  assign \$241  = { \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206  } & { \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210  };
+  assign \$242  = \$240  | \$241 ;
+  assign \$243  = { \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208  } & { \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210  };
+  assign \$244  = \$242  | \$243 ;
+  assign \$245  = { \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212  } ^ { \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214  };
+  assign l1_exp_ga_l1_4 = \$245  ^ { \$216 [31], \$216 [31], \$216  };
+  assign \$246  = { \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212  } & { \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214  };
+  assign \$247  = { \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212  } & { \$216 [31], \$216 [31], \$216  };
+  assign \$248  = \$246  | \$247 ;
+  assign \$249  = { \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214  } & { \$216 [31], \$216 [31], \$216  };
+  assign \$250  = \$248  | \$249 ;
+  assign \$251  = { \$218 [31], \$218 [31], \$218  } ^ { \$220 [31], \$220 [31], \$220  };
+  assign l1_exp_ga_l1_6 = \$251  ^ { \$222 [31], \$222 [31], \$222  };
+  assign \$252  = { \$218 [31], \$218 [31], \$218  } & { \$220 [31], \$220 [31], \$220  };
+  assign \$253  = { \$218 [31], \$218 [31], \$218  } & { \$222 [31], \$222 [31], \$222  };
+  assign \$254  = \$252  | \$253 ;
+  assign \$255  = { \$220 [31], \$220 [31], \$220  } & { \$222 [31], \$222 [31], \$222  };
+  assign \$256  = \$254  | \$255 ;
+  assign \$257  = { \$224 [31], \$224 [31], \$224  } ^ { \$226 [31], \$226 [31], \$226  };
+  assign l1_exp_ga_l1_8 = \$257  ^ { \$228 [31], \$228 [31], \$228  };
+  assign \$258  = { \$224 [31], \$224 [31], \$224  } & { \$226 [31], \$226 [31], \$226  };
+  assign \$259  = { \$224 [31], \$224 [31], \$224  } & { \$228 [31], \$228 [31], \$228  };
+  assign \$260  = \$258  | \$259 ;
+  assign \$261  = { \$226 [31], \$226 [31], \$226  } & { \$228 [31], \$228 [31], \$228  };
+  assign \$262  = \$260  | \$261 ;
+  assign \$263  = { \$230 [31], \$230 [31], \$230  } ^ \$232 [33:0];
+  assign \$264  = { \$230 [31], \$230 [31], \$230  } & \$232 [33:0];
+  assign \$266  = \$264  | \$265 ;
+  assign \$268  = \$266  | \$267 ;
+  assign \$269  = l1_exp_ga_l1_0 ^ { \$238 [32:0], 1'h0 };
+  assign l1_exp_ga_l2_0 = \$269  ^ l1_exp_ga_l1_2;
+  assign \$270  = l1_exp_ga_l1_0 & { \$238 [32:0], 1'h0 };
+  assign \$271  = l1_exp_ga_l1_0 & l1_exp_ga_l1_2;
+  assign \$272  = \$270  | \$271 ;
+  assign \$273  = { \$238 [32:0], 1'h0 } & l1_exp_ga_l1_2;
+  assign \$274  = \$272  | \$273 ;
+  assign \$275  = { \$244 [32:0], 1'h0 } ^ l1_exp_ga_l1_4;
+  assign l1_exp_ga_l2_2 = \$275  ^ { \$250 [32:0], 1'h0 };
+  assign \$276  = { \$244 [32:0], 1'h0 } & l1_exp_ga_l1_4;
+  assign \$277  = { \$244 [32:0], 1'h0 } & { \$250 [32:0], 1'h0 };
+  assign \$278  = \$276  | \$277 ;
+  assign \$279  = l1_exp_ga_l1_4 & { \$250 [32:0], 1'h0 };
+  assign \$280  = \$278  | \$279 ;
+  assign \$281  = l1_exp_ga_l1_6 ^ { \$256 [32:0], 1'h0 };
+  assign l1_exp_ga_l2_4 = \$281  ^ l1_exp_ga_l1_8;
+  assign \$282  = l1_exp_ga_l1_6 & { \$256 [32:0], 1'h0 };
+  assign \$283  = l1_exp_ga_l1_6 & l1_exp_ga_l1_8;
+  assign \$284  = \$282  | \$283 ;
+  assign \$285  = { \$256 [32:0], 1'h0 } & l1_exp_ga_l1_8;
+  assign \$286  = \$284  | \$285 ;
+  assign \$287  = { \$262 [32:0], 1'h0 } ^ l1_exp_ga_l1_10;
+  assign l1_exp_ga_l2_6 = \$287  ^ { \$268 [32:0], 1'h0 };
+  assign \$288  = { \$262 [32:0], 1'h0 } & l1_exp_ga_l1_10;
+  assign \$289  = { \$262 [32:0], 1'h0 } & { \$268 [32:0], 1'h0 };
+  assign \$290  = \$288  | \$289 ;
+  assign \$291  = l1_exp_ga_l1_10 & { \$268 [32:0], 1'h0 };
+  assign \$292  = \$290  | \$291 ;
+  assign \$293  = l1_exp_gb_l0_0 ^ l1_exp_gb_l0_1;
+  assign l1_exp_gb_l1_0 = \$293  ^ l1_exp_gb_l0_2;
+  assign \$294  = l1_exp_gb_l0_0 & l1_exp_gb_l0_1;
+  assign \$295  = l1_exp_gb_l0_0 & l1_exp_gb_l0_2;
+  assign \$296  = \$294  | \$295 ;
+  assign \$297  = l1_exp_gb_l0_1 & l1_exp_gb_l0_2;
+  assign \$298  = \$296  | \$297 ;
+  assign \$299  = l1_exp_gb_l0_3 ^ l1_exp_gb_l0_4;
+  assign l1_exp_gb_l1_2 = \$299  ^ l1_exp_gb_l0_5;
+  assign \$300  = l1_exp_gb_l0_3 & l1_exp_gb_l0_4;
+  assign \$301  = l1_exp_gb_l0_3 & l1_exp_gb_l0_5;
+  assign \$302  = \$300  | \$301 ;
+  assign \$303  = l1_exp_gb_l0_4 & l1_exp_gb_l0_5;
+  assign \$304  = \$302  | \$303 ;
+  assign \$305  = l1_exp_gb_l0_6 ^ l1_exp_gb_l0_7;
+  assign l1_exp_gb_l1_4 = \$305  ^ l1_exp_gb_l0_8;
+  assign \$306  = l1_exp_gb_l0_6 & l1_exp_gb_l0_7;
+  assign \$307  = l1_exp_gb_l0_6 & l1_exp_gb_l0_8;
+  assign \$308  = \$306  | \$307 ;
+  assign \$309  = l1_exp_gb_l0_7 & l1_exp_gb_l0_8;
+  assign \$310  = \$308  | \$309 ;
+  assign \$311  = l1_exp_gb_l1_0 ^ { \$298 [32:0], 1'h0 };
+  assign l1_exp_gb_l2_0 = \$311  ^ l1_exp_gb_l1_2;
+  assign \$312  = l1_exp_gb_l1_0 & { \$298 [32:0], 1'h0 };
+  assign \$313  = l1_exp_gb_l1_0 & l1_exp_gb_l1_2;
+  assign \$314  = \$312  | \$313 ;
+  assign \$315  = { \$298 [32:0], 1'h0 } & l1_exp_gb_l1_2;
+  assign \$316  = \$314  | \$315 ;
+  assign \$317  = { \$304 [32:0], 1'h0 } ^ l1_exp_gb_l1_4;
+  assign l1_exp_gb_l2_2 = \$317  ^ { \$310 [32:0], 1'h0 };
+  assign \$318  = { \$304 [32:0], 1'h0 } & l1_exp_gb_l1_4;
+  assign \$319  = { \$304 [32:0], 1'h0 } & { \$310 [32:0], 1'h0 };
+  assign \$320  = \$318  | \$319 ;
+  assign \$321  = l1_exp_gb_l1_4 & { \$310 [32:0], 1'h0 };
+  assign \$322  = \$320  | \$321 ;
+  assign \$323  = l1_exp_gb_l2_0 ^ { \$316 [32:0], 1'h0 };
+  assign l1_exp_gb_l3_0 = \$323  ^ l1_exp_gb_l2_2;
+  assign \$324  = l1_exp_gb_l2_0 & { \$316 [32:0], 1'h0 };
+  assign \$325  = l1_exp_gb_l2_0 & l1_exp_gb_l2_2;
+  assign \$326  = \$324  | \$325 ;
+  assign \$327  = { \$316 [32:0], 1'h0 } & l1_exp_gb_l2_2;
+  assign \$328  = \$326  | \$327 ;
+  assign \$329  = l1_exp_gc_l0_0 ^ l1_exp_gc_l0_1;
+  assign l1_exp_gc_l1_0 = \$329  ^ l1_exp_gc_l0_2;
+  assign \$330  = l1_exp_gc_l0_0 & l1_exp_gc_l0_1;
+  assign \$331  = l1_exp_gc_l0_0 & l1_exp_gc_l0_2;
+  assign \$332  = \$330  | \$331 ;
+  assign \$333  = l1_exp_gc_l0_1 & l1_exp_gc_l0_2;
+  assign \$334  = \$332  | \$333 ;
+  assign \$335  = ~ i__payload[50:34];
+  assign \$337  = ~ \$336 ;
+  assign \$339  = { \$335 [16], \$335  } ^ { \$337 [16], \$337  };
+  assign l2_exp_n_l1_0 = \$339  ^ { \$338 [16], \$338  };
+  assign \$340  = { \$335 [16], \$335  } & { \$337 [16], \$337  };
+  assign \$341  = { \$335 [16], \$335  } & { \$338 [16], \$338  };
+  assign \$342  = \$340  | \$341 ;
+  assign \$343  = { \$337 [16], \$337  } & { \$338 [16], \$338  };
+  assign \$344  = \$342  | \$343 ;
+  assign \$345  = l2_exp_n_l1_0 ^ { \$344 [16:0], 1'h0 };
+  assign \$346  = l2_exp_n_l1_0 & { \$344 [16:0], 1'h0 };
+  assign \$348  = \$346  | \$347 ;
+  assign \$350  = \$348  | \$349 ;
+  assign \$354  = { 2'h0, \$351  } ^ { 2'h0, \$352  };
+  assign l2_exp_h_l1_0 = \$354  ^ { 2'h0, \$353  };
+  assign \$355  = { 2'h0, \$351  } & { 2'h0, \$352  };
+  assign \$356  = { 2'h0, \$351  } & { 2'h0, \$353  };
+  assign \$357  = \$355  | \$356 ;
+  assign \$358  = { 2'h0, \$352  } & { 2'h0, \$353  };
+  assign \$359  = \$357  | \$358 ;
+  assign \$360  = l2_exp_h_l1_0 ^ { \$359 [32:0], 1'h0 };
+  assign \$361  = l2_exp_h_l1_0 & { \$359 [32:0], 1'h0 };
+  assign \$363  = \$361  | \$362 ;
+  assign \$365  = \$363  | \$364 ;
+  assign \$366  = l2_s4_exp_r[0] ? l2_s4_exp_hv : 17'h00000;
+  assign \$368  = l2_s4_exp_r[1] ? l2_s4_exp_hv : 17'h00000;
+  assign \$370  = l2_s4_exp_r[2] ? l2_s4_exp_hv : 17'h00000;
+  assign \$372  = l2_s4_exp_r[3] ? l2_s4_exp_hv : 17'h00000;
+  assign \$374  = l2_s4_exp_r[4] ? l2_s4_exp_hv : 17'h00000;
+  assign \$376  = l2_s4_exp_r[5] ? l2_s4_exp_hv : 17'h00000;
+  assign \$378  = l2_s4_exp_r[6] ? l2_s4_exp_hv : 17'h00000;
+  assign \$380  = l2_s4_exp_r[7] ? l2_s4_exp_hv : 17'h00000;
+  assign \$382  = l2_s4_exp_r[8] ? l2_s4_exp_hv : 17'h00000;
+  assign \$384  = l2_s4_exp_r[9] ? l2_s4_exp_hv : 17'h00000;
+  assign \$386  = l2_s4_exp_r[10] ? l2_s4_exp_hv : 17'h00000;
+  assign \$388  = l2_s4_exp_r[11] ? l2_s4_exp_hv : 17'h00000;
+  assign \$390  = l2_s4_exp_r[12] ? l2_s4_exp_hv : 17'h00000;
+  assign \$392  = l2_s4_exp_r[13] ? l2_s4_exp_hv : 17'h00000;
+  assign \$394  = l2_s4_exp_r[14] ? l2_s4_exp_hv : 17'h00000;
+  assign \$396  = l2_s4_exp_r[15] ? l2_s4_exp_hv : 17'h00000;
+  assign \$398  = l2_s4_exp_r[16] ? l2_s4_exp_hv : 17'h00000;
+  assign \$400  = { \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367  } ^ { \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369  };
+  assign l2_exp_ga_l1_0 = \$400  ^ { \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371  };
+  assign \$401  = { \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367  } & { \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369  };
+  assign \$402  = { \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367  } & { \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371  };
+  assign \$403  = \$401  | \$402 ;
+  assign \$404  = { \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369  } & { \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371  };
+  assign \$405  = \$403  | \$404 ;
+  assign \$406  = { \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373  } ^ { \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375  };
+  assign l2_exp_ga_l1_2 = \$406  ^ { \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377  };
+  assign \$407  = { \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373  } & { \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375  };
+  assign \$408  = { \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373  } & { \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377  };
+  assign \$409  = \$407  | \$408 ;
+  assign \$410  = { \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375  } & { \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377  };
+  assign \$411  = \$409  | \$410 ;
+  assign \$412  = { \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379  } ^ { \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381  };
+  assign l2_exp_ga_l1_4 = \$412  ^ { \$383 [31], \$383 [31], \$383  };
+  assign \$413  = { \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379  } & { \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381  };
+  assign \$414  = { \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379  } & { \$383 [31], \$383 [31], \$383  };
+  assign \$415  = \$413  | \$414 ;
+  assign \$416  = { \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381  } & { \$383 [31], \$383 [31], \$383  };
+  assign \$417  = \$415  | \$416 ;
+  assign \$418  = { \$385 [31], \$385 [31], \$385  } ^ { \$387 [31], \$387 [31], \$387  };
+  assign l2_exp_ga_l1_6 = \$418  ^ { \$389 [31], \$389 [31], \$389  };
+  assign \$419  = { \$385 [31], \$385 [31], \$385  } & { \$387 [31], \$387 [31], \$387  };
+  assign \$420  = { \$385 [31], \$385 [31], \$385  } & { \$389 [31], \$389 [31], \$389  };
+  assign \$421  = \$419  | \$420 ;
+  assign \$422  = { \$387 [31], \$387 [31], \$387  } & { \$389 [31], \$389 [31], \$389  };
+  assign \$423  = \$421  | \$422 ;
+  assign \$424  = { \$391 [31], \$391 [31], \$391  } ^ { \$393 [31], \$393 [31], \$393  };
+  assign l2_exp_ga_l1_8 = \$424  ^ { \$395 [31], \$395 [31], \$395  };
+  assign \$425  = { \$391 [31], \$391 [31], \$391  } & { \$393 [31], \$393 [31], \$393  };
+  assign \$426  = { \$391 [31], \$391 [31], \$391  } & { \$395 [31], \$395 [31], \$395  };
+  assign \$427  = \$425  | \$426 ;
+  assign \$428  = { \$393 [31], \$393 [31], \$393  } & { \$395 [31], \$395 [31], \$395  };
+  assign \$429  = \$427  | \$428 ;
+  assign \$430  = { \$397 [31], \$397 [31], \$397  } ^ \$399 [33:0];
+  assign \$431  = { \$397 [31], \$397 [31], \$397  } & \$399 [33:0];
+  assign \$433  = \$431  | \$432 ;
+  assign \$435  = \$433  | \$434 ;
+  assign \$436  = l2_exp_ga_l1_0 ^ { \$405 [32:0], 1'h0 };
+  assign l2_exp_ga_l2_0 = \$436  ^ l2_exp_ga_l1_2;
+  assign \$437  = l2_exp_ga_l1_0 & { \$405 [32:0], 1'h0 };
+  assign \$438  = l2_exp_ga_l1_0 & l2_exp_ga_l1_2;
+  assign \$439  = \$437  | \$438 ;
+  assign \$440  = { \$405 [32:0], 1'h0 } & l2_exp_ga_l1_2;
+  assign \$441  = \$439  | \$440 ;
+  assign \$442  = { \$411 [32:0], 1'h0 } ^ l2_exp_ga_l1_4;
+  assign l2_exp_ga_l2_2 = \$442  ^ { \$417 [32:0], 1'h0 };
+  assign \$443  = { \$411 [32:0], 1'h0 } & l2_exp_ga_l1_4;
+  assign \$444  = { \$411 [32:0], 1'h0 } & { \$417 [32:0], 1'h0 };
+  assign \$445  = \$443  | \$444 ;
+  assign \$446  = l2_exp_ga_l1_4 & { \$417 [32:0], 1'h0 };
+  assign \$447  = \$445  | \$446 ;
+  assign \$448  = l2_exp_ga_l1_6 ^ { \$423 [32:0], 1'h0 };
+  assign l2_exp_ga_l2_4 = \$448  ^ l2_exp_ga_l1_8;
+  assign \$449  = l2_exp_ga_l1_6 & { \$423 [32:0], 1'h0 };
+  assign \$450  = l2_exp_ga_l1_6 & l2_exp_ga_l1_8;
+  assign \$451  = \$449  | \$450 ;
+  assign \$452  = { \$423 [32:0], 1'h0 } & l2_exp_ga_l1_8;
+  assign \$453  = \$451  | \$452 ;
+  assign \$454  = { \$429 [32:0], 1'h0 } ^ l2_exp_ga_l1_10;
+  assign l2_exp_ga_l2_6 = \$454  ^ { \$435 [32:0], 1'h0 };
+  assign \$455  = { \$429 [32:0], 1'h0 } & l2_exp_ga_l1_10;
+  assign \$456  = { \$429 [32:0], 1'h0 } & { \$435 [32:0], 1'h0 };
+  assign \$457  = \$455  | \$456 ;
+  assign \$458  = l2_exp_ga_l1_10 & { \$435 [32:0], 1'h0 };
+  assign \$459  = \$457  | \$458 ;
+  assign \$460  = l2_exp_gb_l0_0 ^ l2_exp_gb_l0_1;
+  assign l2_exp_gb_l1_0 = \$460  ^ l2_exp_gb_l0_2;
+  assign \$461  = l2_exp_gb_l0_0 & l2_exp_gb_l0_1;
+  assign \$462  = l2_exp_gb_l0_0 & l2_exp_gb_l0_2;
+  assign \$463  = \$461  | \$462 ;
+  assign \$464  = l2_exp_gb_l0_1 & l2_exp_gb_l0_2;
+  assign \$465  = \$463  | \$464 ;
+  assign \$466  = l2_exp_gb_l0_3 ^ l2_exp_gb_l0_4;
+  assign l2_exp_gb_l1_2 = \$466  ^ l2_exp_gb_l0_5;
+  assign \$467  = l2_exp_gb_l0_3 & l2_exp_gb_l0_4;
+  assign \$468  = l2_exp_gb_l0_3 & l2_exp_gb_l0_5;
+  assign \$469  = \$467  | \$468 ;
+  assign \$470  = l2_exp_gb_l0_4 & l2_exp_gb_l0_5;
+  assign \$471  = \$469  | \$470 ;
+  assign \$472  = l2_exp_gb_l0_6 ^ l2_exp_gb_l0_7;
+  assign l2_exp_gb_l1_4 = \$472  ^ l2_exp_gb_l0_8;
+  assign \$473  = l2_exp_gb_l0_6 & l2_exp_gb_l0_7;
+  assign \$474  = l2_exp_gb_l0_6 & l2_exp_gb_l0_8;
+  assign \$475  = \$473  | \$474 ;
+  assign \$476  = l2_exp_gb_l0_7 & l2_exp_gb_l0_8;
+  assign \$477  = \$475  | \$476 ;
+  assign \$478  = l2_exp_gb_l1_0 ^ { \$465 [32:0], 1'h0 };
+  assign l2_exp_gb_l2_0 = \$478  ^ l2_exp_gb_l1_2;
+  assign \$479  = l2_exp_gb_l1_0 & { \$465 [32:0], 1'h0 };
+  assign \$480  = l2_exp_gb_l1_0 & l2_exp_gb_l1_2;
+  assign \$481  = \$479  | \$480 ;
+  assign \$482  = { \$465 [32:0], 1'h0 } & l2_exp_gb_l1_2;
+  assign \$483  = \$481  | \$482 ;
+  assign \$484  = { \$471 [32:0], 1'h0 } ^ l2_exp_gb_l1_4;
+  assign l2_exp_gb_l2_2 = \$484  ^ { \$477 [32:0], 1'h0 };
+  assign \$485  = { \$471 [32:0], 1'h0 } & l2_exp_gb_l1_4;
+  assign \$486  = { \$471 [32:0], 1'h0 } & { \$477 [32:0], 1'h0 };
+  assign \$487  = \$485  | \$486 ;
+  assign \$488  = l2_exp_gb_l1_4 & { \$477 [32:0], 1'h0 };
+  assign \$489  = \$487  | \$488 ;
+  assign \$490  = l2_exp_gb_l2_0 ^ { \$483 [32:0], 1'h0 };
+  assign l2_exp_gb_l3_0 = \$490  ^ l2_exp_gb_l2_2;
+  assign \$491  = l2_exp_gb_l2_0 & { \$483 [32:0], 1'h0 };
+  assign \$492  = l2_exp_gb_l2_0 & l2_exp_gb_l2_2;
+  assign \$493  = \$491  | \$492 ;
+  assign \$494  = { \$483 [32:0], 1'h0 } & l2_exp_gb_l2_2;
+  assign \$495  = \$493  | \$494 ;
+  assign \$496  = l2_exp_gc_l0_0 ^ l2_exp_gc_l0_1;
+  assign l2_exp_gc_l1_0 = \$496  ^ l2_exp_gc_l0_2;
+  assign \$497  = l2_exp_gc_l0_0 & l2_exp_gc_l0_1;
+  assign \$498  = l2_exp_gc_l0_0 & l2_exp_gc_l0_2;
+  assign \$499  = \$497  | \$498 ;
+  assign \$500  = l2_exp_gc_l0_1 & l2_exp_gc_l0_2;
+  assign \$501  = \$499  | \$500 ;
+  assign \$502  = ~ i__payload[67:51];
+  assign \$504  = ~ \$503 ;
+  assign \$506  = { \$502 [16], \$502  } ^ { \$504 [16], \$504  };
+  assign l3_exp_n_l1_0 = \$506  ^ { \$505 [16], \$505  };
+  assign \$507  = { \$502 [16], \$502  } & { \$504 [16], \$504  };
+  assign \$508  = { \$502 [16], \$502  } & { \$505 [16], \$505  };
+  assign \$509  = \$507  | \$508 ;
+  assign \$510  = { \$504 [16], \$504  } & { \$505 [16], \$505  };
+  assign \$511  = \$509  | \$510 ;
+  assign \$512  = l3_exp_n_l1_0 ^ { \$511 [16:0], 1'h0 };
+  assign \$513  = l3_exp_n_l1_0 & { \$511 [16:0], 1'h0 };
+  assign \$515  = \$513  | \$514 ;
+  assign \$517  = \$515  | \$516 ;
+  assign \$521  = { 2'h0, \$518  } ^ { 2'h0, \$519  };
+  assign l3_exp_h_l1_0 = \$521  ^ { 2'h0, \$520  };
+  assign \$522  = { 2'h0, \$518  } & { 2'h0, \$519  };
+  assign \$523  = { 2'h0, \$518  } & { 2'h0, \$520  };
+  assign \$524  = \$522  | \$523 ;
+  assign \$525  = { 2'h0, \$519  } & { 2'h0, \$520  };
+  assign \$526  = \$524  | \$525 ;
+  assign \$527  = l3_exp_h_l1_0 ^ { \$526 [32:0], 1'h0 };
+  assign \$528  = l3_exp_h_l1_0 & { \$526 [32:0], 1'h0 };
+  assign \$530  = \$528  | \$529 ;
+  assign \$532  = \$530  | \$531 ;
+  assign \$533  = l3_s4_exp_r[0] ? l3_s4_exp_hv : 17'h00000;
+  assign \$535  = l3_s4_exp_r[1] ? l3_s4_exp_hv : 17'h00000;
+  assign \$537  = l3_s4_exp_r[2] ? l3_s4_exp_hv : 17'h00000;
+  assign \$539  = l3_s4_exp_r[3] ? l3_s4_exp_hv : 17'h00000;
+  assign \$541  = l3_s4_exp_r[4] ? l3_s4_exp_hv : 17'h00000;
+  assign \$543  = l3_s4_exp_r[5] ? l3_s4_exp_hv : 17'h00000;
+  assign \$545  = l3_s4_exp_r[6] ? l3_s4_exp_hv : 17'h00000;
+  assign \$547  = l3_s4_exp_r[7] ? l3_s4_exp_hv : 17'h00000;
+  assign \$549  = l3_s4_exp_r[8] ? l3_s4_exp_hv : 17'h00000;
+  assign \$551  = l3_s4_exp_r[9] ? l3_s4_exp_hv : 17'h00000;
+  assign \$553  = l3_s4_exp_r[10] ? l3_s4_exp_hv : 17'h00000;
+  assign \$555  = l3_s4_exp_r[11] ? l3_s4_exp_hv : 17'h00000;
+  assign \$557  = l3_s4_exp_r[12] ? l3_s4_exp_hv : 17'h00000;
+  assign \$559  = l3_s4_exp_r[13] ? l3_s4_exp_hv : 17'h00000;
+  assign \$561  = l3_s4_exp_r[14] ? l3_s4_exp_hv : 17'h00000;
+  assign \$563  = l3_s4_exp_r[15] ? l3_s4_exp_hv : 17'h00000;
+  assign \$565  = l3_s4_exp_r[16] ? l3_s4_exp_hv : 17'h00000;
+  assign \$567  = { \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534  } ^ { \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536  };
+  assign l3_exp_ga_l1_0 = \$567  ^ { \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538  };
+  assign \$568  = { \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534  } & { \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536  };
+  assign \$569  = { \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534  } & { \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538  };
+  assign \$570  = \$568  | \$569 ;
+  assign \$571  = { \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536  } & { \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538  };
+  assign \$572  = \$570  | \$571 ;
+  assign \$573  = { \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540  } ^ { \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542  };
+  assign l3_exp_ga_l1_2 = \$573  ^ { \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544  };
+  assign \$574  = { \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540  } & { \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542  };
+  assign \$575  = { \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540  } & { \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544  };
+  assign \$576  = \$574  | \$575 ;
+  assign \$577  = { \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542  } & { \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544  };
+  assign \$578  = \$576  | \$577 ;
+  assign \$579  = { \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546  } ^ { \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548  };
+  assign l3_exp_ga_l1_4 = \$579  ^ { \$550 [31], \$550 [31], \$550  };
+  assign \$580  = { \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546  } & { \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548  };
+  assign \$581  = { \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546  } & { \$550 [31], \$550 [31], \$550  };
+  assign \$582  = \$580  | \$581 ;
+  assign \$583  = { \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548  } & { \$550 [31], \$550 [31], \$550  };
+  assign \$584  = \$582  | \$583 ;
+  assign \$585  = { \$552 [31], \$552 [31], \$552  } ^ { \$554 [31], \$554 [31], \$554  };
+  assign l3_exp_ga_l1_6 = \$585  ^ { \$556 [31], \$556 [31], \$556  };
+  assign \$586  = { \$552 [31], \$552 [31], \$552  } & { \$554 [31], \$554 [31], \$554  };
+  assign \$587  = { \$552 [31], \$552 [31], \$552  } & { \$556 [31], \$556 [31], \$556  };
+  assign \$588  = \$586  | \$587 ;
+  assign \$589  = { \$554 [31], \$554 [31], \$554  } & { \$556 [31], \$556 [31], \$556  };
+  assign \$590  = \$588  | \$589 ;
+  assign \$591  = { \$558 [31], \$558 [31], \$558  } ^ { \$560 [31], \$560 [31], \$560  };
+  assign l3_exp_ga_l1_8 = \$591  ^ { \$562 [31], \$562 [31], \$562  };
+  assign \$592  = { \$558 [31], \$558 [31], \$558  } & { \$560 [31], \$560 [31], \$560  };
+  assign \$593  = { \$558 [31], \$558 [31], \$558  } & { \$562 [31], \$562 [31], \$562  };
+  assign \$594  = \$592  | \$593 ;
+  assign \$595  = { \$560 [31], \$560 [31], \$560  } & { \$562 [31], \$562 [31], \$562  };
+  assign \$596  = \$594  | \$595 ;
+  assign \$597  = { \$564 [31], \$564 [31], \$564  } ^ \$566 [33:0];
+  assign \$598  = { \$564 [31], \$564 [31], \$564  } & \$566 [33:0];
+  assign \$600  = \$598  | \$599 ;
+  assign \$602  = \$600  | \$601 ;
+  assign \$603  = l3_exp_ga_l1_0 ^ { \$572 [32:0], 1'h0 };
+  assign l3_exp_ga_l2_0 = \$603  ^ l3_exp_ga_l1_2;
+  assign \$604  = l3_exp_ga_l1_0 & { \$572 [32:0], 1'h0 };
+  assign \$605  = l3_exp_ga_l1_0 & l3_exp_ga_l1_2;
+  assign \$606  = \$604  | \$605 ;
+  assign \$607  = { \$572 [32:0], 1'h0 } & l3_exp_ga_l1_2;
+  assign \$608  = \$606  | \$607 ;
+  assign \$609  = { \$578 [32:0], 1'h0 } ^ l3_exp_ga_l1_4;
+  assign l3_exp_ga_l2_2 = \$609  ^ { \$584 [32:0], 1'h0 };
+  assign \$610  = { \$578 [32:0], 1'h0 } & l3_exp_ga_l1_4;
+  assign \$611  = { \$578 [32:0], 1'h0 } & { \$584 [32:0], 1'h0 };
+  assign \$612  = \$610  | \$611 ;
+  assign \$613  = l3_exp_ga_l1_4 & { \$584 [32:0], 1'h0 };
+  assign \$614  = \$612  | \$613 ;
+  assign \$615  = l3_exp_ga_l1_6 ^ { \$590 [32:0], 1'h0 };
+  assign l3_exp_ga_l2_4 = \$615  ^ l3_exp_ga_l1_8;
+  assign \$616  = l3_exp_ga_l1_6 & { \$590 [32:0], 1'h0 };
+  assign \$617  = l3_exp_ga_l1_6 & l3_exp_ga_l1_8;
+  assign \$618  = \$616  | \$617 ;
+  assign \$619  = { \$590 [32:0], 1'h0 } & l3_exp_ga_l1_8;
+  assign \$620  = \$618  | \$619 ;
+  assign \$621  = { \$596 [32:0], 1'h0 } ^ l3_exp_ga_l1_10;
+  assign l3_exp_ga_l2_6 = \$621  ^ { \$602 [32:0], 1'h0 };
+  assign \$622  = { \$596 [32:0], 1'h0 } & l3_exp_ga_l1_10;
+  assign \$623  = { \$596 [32:0], 1'h0 } & { \$602 [32:0], 1'h0 };
+  assign \$624  = \$622  | \$623 ;
+  assign \$625  = l3_exp_ga_l1_10 & { \$602 [32:0], 1'h0 };
+  assign \$626  = \$624  | \$625 ;
+  assign \$627  = l3_exp_gb_l0_0 ^ l3_exp_gb_l0_1;
+  assign l3_exp_gb_l1_0 = \$627  ^ l3_exp_gb_l0_2;
+  assign \$628  = l3_exp_gb_l0_0 & l3_exp_gb_l0_1;
+  assign \$629  = l3_exp_gb_l0_0 & l3_exp_gb_l0_2;
+  assign \$630  = \$628  | \$629 ;
+  assign \$631  = l3_exp_gb_l0_1 & l3_exp_gb_l0_2;
+  assign \$632  = \$630  | \$631 ;
+  assign \$633  = l3_exp_gb_l0_3 ^ l3_exp_gb_l0_4;
+  assign l3_exp_gb_l1_2 = \$633  ^ l3_exp_gb_l0_5;
+  assign \$634  = l3_exp_gb_l0_3 & l3_exp_gb_l0_4;
+  assign \$635  = l3_exp_gb_l0_3 & l3_exp_gb_l0_5;
+  assign \$636  = \$634  | \$635 ;
+  assign \$637  = l3_exp_gb_l0_4 & l3_exp_gb_l0_5;
+  assign \$638  = \$636  | \$637 ;
+  assign \$639  = l3_exp_gb_l0_6 ^ l3_exp_gb_l0_7;
+  assign l3_exp_gb_l1_4 = \$639  ^ l3_exp_gb_l0_8;
+  assign \$640  = l3_exp_gb_l0_6 & l3_exp_gb_l0_7;
+  assign \$641  = l3_exp_gb_l0_6 & l3_exp_gb_l0_8;
+  assign \$642  = \$640  | \$641 ;
+  assign \$643  = l3_exp_gb_l0_7 & l3_exp_gb_l0_8;
+  assign \$644  = \$642  | \$643 ;
+  assign \$645  = l3_exp_gb_l1_0 ^ { \$632 [32:0], 1'h0 };
+  assign l3_exp_gb_l2_0 = \$645  ^ l3_exp_gb_l1_2;
+  assign \$646  = l3_exp_gb_l1_0 & { \$632 [32:0], 1'h0 };
+  assign \$647  = l3_exp_gb_l1_0 & l3_exp_gb_l1_2;
+  assign \$648  = \$646  | \$647 ;
+  assign \$649  = { \$632 [32:0], 1'h0 } & l3_exp_gb_l1_2;
+  assign \$650  = \$648  | \$649 ;
+  assign \$651  = { \$638 [32:0], 1'h0 } ^ l3_exp_gb_l1_4;
+  assign l3_exp_gb_l2_2 = \$651  ^ { \$644 [32:0], 1'h0 };
+  assign \$652  = { \$638 [32:0], 1'h0 } & l3_exp_gb_l1_4;
+  assign \$653  = { \$638 [32:0], 1'h0 } & { \$644 [32:0], 1'h0 };
+  assign \$654  = \$652  | \$653 ;
+  assign \$655  = l3_exp_gb_l1_4 & { \$644 [32:0], 1'h0 };
+  assign \$656  = \$654  | \$655 ;
+  assign \$657  = l3_exp_gb_l2_0 ^ { \$650 [32:0], 1'h0 };
+  assign l3_exp_gb_l3_0 = \$657  ^ l3_exp_gb_l2_2;
+  assign \$658  = l3_exp_gb_l2_0 & { \$650 [32:0], 1'h0 };
+  assign \$659  = l3_exp_gb_l2_0 & l3_exp_gb_l2_2;
+  assign \$660  = \$658  | \$659 ;
+  assign \$661  = { \$650 [32:0], 1'h0 } & l3_exp_gb_l2_2;
+  assign \$662  = \$660  | \$661 ;
+  assign \$663  = l3_exp_gc_l0_0 ^ l3_exp_gc_l0_1;
+  assign l3_exp_gc_l1_0 = \$663  ^ l3_exp_gc_l0_2;
+  assign \$664  = l3_exp_gc_l0_0 & l3_exp_gc_l0_1;
+  assign \$665  = l3_exp_gc_l0_0 & l3_exp_gc_l0_2;
+  assign \$666  = \$664  | \$665 ;
+  assign \$667  = l3_exp_gc_l0_1 & l3_exp_gc_l0_2;
+  assign \$668  = \$666  | \$667 ;
+  assign out_queue_below_full1 = out_queue_count < 4'hf;
+  assign out_queue_below_full = out_queue_count < 5'h10;
+  assign \$669  = | out_queue_count;
+  assign out_queue_is0 = ~ \$669 ;
+  assign out_queue_is1 = out_queue_count == 1'h1;
+  assign \$670  = out_queue_count + 1'h1;
+  assign \$671  = out_queue_count - 1'h1;
+  assign \$672  = ~ c__valid;
+  assign i__ready = out_queue_room & \$672 ;
+  assign fire = i__valid & i__ready;
+  assign \$673  = l0_exp_n_l2_0 + { \$16 [16:0], 1'h0 };
+  assign \$674  = { l0_s1_exp_n, 17'h00000 } >> f;
+  assign \$675  = | l0_s2_exp_t[33:22];
+  assign \$676  = l0_s2_exp_t[21:17] > 5'h11;
+  assign \$677  = \$675  | \$676 ;
+  assign \$678  = \$677  ? 5'h11 : l0_s2_exp_t[21:17];
+  assign \$679  = l0_s3_exp_h0 + l0_s3_exp_h1;
+  assign \$680  = 1'h1 << l0_s3_exp_q;
+  assign \$681  = l0_exp_gc_l1_0 + { \$167 [32:0], 1'h0 };
+  assign \$682  = l0_s7_exp_gq >> l0_s7_exp_q;
+  assign \$683  = l1_exp_n_l2_0 + { \$183 [16:0], 1'h0 };
+  assign \$684  = { l1_s1_exp_n, 17'h00000 } >> f;
+  assign \$685  = | l1_s2_exp_t[33:22];
+  assign \$686  = l1_s2_exp_t[21:17] > 5'h11;
+  assign \$687  = \$685  | \$686 ;
+  assign \$688  = \$687  ? 5'h11 : l1_s2_exp_t[21:17];
+  assign \$689  = l1_s3_exp_h0 + l1_s3_exp_h1;
+  assign \$690  = 1'h1 << l1_s3_exp_q;
+  assign \$691  = l1_exp_gc_l1_0 + { \$334 [32:0], 1'h0 };
+  assign \$692  = l1_s7_exp_gq >> l1_s7_exp_q;
+  assign \$693  = l2_exp_n_l2_0 + { \$350 [16:0], 1'h0 };
+  assign \$694  = { l2_s1_exp_n, 17'h00000 } >> f;
+  assign \$695  = | l2_s2_exp_t[33:22];
+  assign \$696  = l2_s2_exp_t[21:17] > 5'h11;
+  assign \$697  = \$695  | \$696 ;
+  assign \$698  = \$697  ? 5'h11 : l2_s2_exp_t[21:17];
+  assign \$699  = l2_s3_exp_h0 + l2_s3_exp_h1;
+  assign \$700  = 1'h1 << l2_s3_exp_q;
+  assign \$701  = l2_exp_gc_l1_0 + { \$501 [32:0], 1'h0 };
+  assign \$702  = l2_s7_exp_gq >> l2_s7_exp_q;
+  assign \$703  = l3_exp_n_l2_0 + { \$517 [16:0], 1'h0 };
+  assign \$704  = { l3_s1_exp_n, 17'h00000 } >> f;
+  assign \$705  = | l3_s2_exp_t[33:22];
+  assign \$706  = l3_s2_exp_t[21:17] > 5'h11;
+  assign \$707  = \$705  | \$706 ;
+  assign \$708  = \$707  ? 5'h11 : l3_s2_exp_t[21:17];
+  assign \$709  = l3_s3_exp_h0 + l3_s3_exp_h1;
+  assign \$710  = 1'h1 << l3_s3_exp_q;
+  assign \$711  = l3_exp_gc_l1_0 + { \$668 [32:0], 1'h0 };
+  assign \$712  = l3_s7_exp_gq >> l3_s7_exp_q;
+  assign \$713  = o__valid & o__ready;
+  assign \$714  = ~ \$713 ;
+  assign \$715  = fire & \$714 ;
+  assign \$716  = o__valid & o__ready;
+  assign \$717  = ~ fire;
+  assign \$718  = \$716  & \$717 ;
+  assign \$719  = \$718  ? \$671 [4:0] : out_queue_count;
+  assign \$720  = \$715  ? \$670 [4:0] : \$719 ;
+  assign \$721  = o__valid & o__ready;
+  assign \$722  = ~ \$721 ;
+  assign \$723  = fire & \$722 ;
+  assign \$724  = o__valid & o__ready;
+  assign \$725  = ~ fire;
+  assign \$726  = \$724  & \$725 ;
+  assign \$727  = \$726  ? 1'h1 : out_queue_below_full;
+  assign \$728  = \$723  ? out_queue_below_full1 : \$727 ;
+  assign \$729  = o__valid & o__ready;
+  assign \$730  = ~ \$729 ;
+  assign \$731  = fire & \$730 ;
+  assign \$732  = o__valid & o__ready;
+  assign \$733  = ~ fire;
+  assign \$734  = \$732  & \$733 ;
+  assign \$735  = \$734  ? out_queue_is1 : out_queue_is0;
+  assign \$736  = \$731  ? 1'h0 : \$735 ;
+  assign \$737  = c__valid & c__ready;
   always @(posedge clk)
-    o__valid <= \$44 ;
-  assign \$2  = $signed(i__payload) + $signed(\$1 );
-  assign \$4  = $signed(\$2 ) - $signed(\$3 );
-  assign \$5  = - $signed(\$4 );
-  assign \$7  = \$6  > 5'h11;
-  assign \$9  = $signed(i__payload) + $signed(\$8 );
-  assign \$11  = $signed(\$9 ) - $signed(\$10 );
-  assign \$12  = - $signed(\$11 );
-  assign \$14  = \$7  ? 18'h00011 : \$13 ;
-  assign \$16  = $signed(i__payload) + $signed(\$15 );
-  assign \$18  = $signed(\$16 ) - $signed(\$17 );
-  assign \$19  = - $signed(\$18 );
-  assign \$20  = 13'h1600 * l0_s1_exp_r;
-  assign \$21  = \$20  + 12'h800;
-  assign \$23  = \$22  + 28'hfffaa00;
-  assign \$24  = $signed(l0_s2_exp_h) * $signed({ 1'h0, l0_s2_exp_r });
-  assign \$25  = $signed(\$24 ) + $signed(13'h0800);
-  assign \$27  = $signed(\$26 ) + $signed(17'h08000);
-  assign \$29  = $signed(\$28 ) >>> l0_s3_exp_q;
-  assign \$30  = $signed(\$29 ) + $signed(2'h1);
-  assign \$32  = ~ o__valid;
-  assign i__ready = \$32  | o__ready;
+    l0_s1_exp_n <= \$738 ;
   always @(posedge clk)
-    l0_s1_exp_q <= \$33 ;
+    l0_s2_exp_t <= \$739 ;
   always @(posedge clk)
-    l0_s1_exp_r <= \$34 ;
+    l0_s3_exp_q <= \$740 ;
   always @(posedge clk)
-    l0_s2_exp_q <= \$35 ;
+    l0_s3_exp_r <= \$741 ;
   always @(posedge clk)
-    l0_s2_exp_r <= \$36 ;
+    l0_s3_exp_h0 <= \$742 ;
   always @(posedge clk)
-    l0_s2_exp_h <= \$37 ;
+    l0_s3_exp_h1 <= \$743 ;
   always @(posedge clk)
-    l0_s3_exp_q <= \$38 ;
+    l0_s4_exp_q <= \$744 ;
   always @(posedge clk)
-    l0_s3_exp_g <= \$39 ;
+    l0_s4_exp_r <= \$745 ;
   always @(posedge clk)
-    o__payload <= \$40 ;
+    l0_s4_exp_hv <= \$746 ;
   always @(posedge clk)
-    valid_s1 <= \$41 ;
+    l0_s4_exp_qh <= \$747 ;
   always @(posedge clk)
-    valid_s2 <= \$42 ;
+    l0_s5_exp_q <= \$748 ;
   always @(posedge clk)
-    valid_s3 <= \$43 ;
+    l0_exp_gb_l0_0 <= \$749 ;
+  always @(posedge clk)
+    l0_exp_gb_l0_1 <= \$750 ;
+  always @(posedge clk)
+    l0_exp_gb_l0_2 <= \$751 ;
+  always @(posedge clk)
+    l0_exp_gb_l0_3 <= \$752 ;
+  always @(posedge clk)
+    l0_exp_gb_l0_4 <= \$753 ;
+  always @(posedge clk)
+    l0_exp_gb_l0_5 <= \$754 ;
+  always @(posedge clk)
+    l0_exp_gb_l0_6 <= \$755 ;
+  always @(posedge clk)
+    l0_exp_gb_l0_7 <= \$756 ;
+  always @(posedge clk)
+    l0_exp_gb_l0_8 <= \$757 ;
+  always @(posedge clk)
+    l0_s6_exp_q <= \$758 ;
+  always @(posedge clk)
+    l0_exp_gc_l0_0 <= \$759 ;
+  always @(posedge clk)
+    l0_exp_gc_l0_1 <= \$760 ;
+  always @(posedge clk)
+    l0_exp_gc_l0_2 <= \$761 ;
+  always @(posedge clk)
+    l0_s7_exp_q <= \$762 ;
+  always @(posedge clk)
+    l0_s7_exp_gq <= \$763 ;
+  always @(posedge clk)
+    l0_s8_exp <= \$764 ;
+  always @(posedge clk)
+    l1_s1_exp_n <= \$765 ;
+  always @(posedge clk)
+    l1_s2_exp_t <= \$766 ;
+  always @(posedge clk)
+    l1_s3_exp_q <= \$767 ;
+  always @(posedge clk)
+    l1_s3_exp_r <= \$768 ;
+  always @(posedge clk)
+    l1_s3_exp_h0 <= \$769 ;
+  always @(posedge clk)
+    l1_s3_exp_h1 <= \$770 ;
+  always @(posedge clk)
+    l1_s4_exp_q <= \$771 ;
+  always @(posedge clk)
+    l1_s4_exp_r <= \$772 ;
+  always @(posedge clk)
+    l1_s4_exp_hv <= \$773 ;
+  always @(posedge clk)
+    l1_s4_exp_qh <= \$774 ;
+  always @(posedge clk)
+    l1_s5_exp_q <= \$775 ;
+  always @(posedge clk)
+    l1_exp_gb_l0_0 <= \$776 ;
+  always @(posedge clk)
+    l1_exp_gb_l0_1 <= \$777 ;
+  always @(posedge clk)
+    l1_exp_gb_l0_2 <= \$778 ;
+  always @(posedge clk)
+    l1_exp_gb_l0_3 <= \$779 ;
+  always @(posedge clk)
+    l1_exp_gb_l0_4 <= \$780 ;
+  always @(posedge clk)
+    l1_exp_gb_l0_5 <= \$781 ;
+  always @(posedge clk)
+    l1_exp_gb_l0_6 <= \$782 ;
+  always @(posedge clk)
+    l1_exp_gb_l0_7 <= \$783 ;
+  always @(posedge clk)
+    l1_exp_gb_l0_8 <= \$784 ;
+  always @(posedge clk)
+    l1_s6_exp_q <= \$785 ;
+  always @(posedge clk)
+    l1_exp_gc_l0_0 <= \$786 ;
+  always @(posedge clk)
+    l1_exp_gc_l0_1 <= \$787 ;
+  always @(posedge clk)
+    l1_exp_gc_l0_2 <= \$788 ;
+  always @(posedge clk)
+    l1_s7_exp_q <= \$789 ;
+  always @(posedge clk)
+    l1_s7_exp_gq <= \$790 ;
+  always @(posedge clk)
+    l1_s8_exp <= \$791 ;
+  always @(posedge clk)
+    l2_s1_exp_n <= \$792 ;
+  always @(posedge clk)
+    l2_s2_exp_t <= \$793 ;
+  always @(posedge clk)
+    l2_s3_exp_q <= \$794 ;
+  always @(posedge clk)
+    l2_s3_exp_r <= \$795 ;
+  always @(posedge clk)
+    l2_s3_exp_h0 <= \$796 ;
+  always @(posedge clk)
+    l2_s3_exp_h1 <= \$797 ;
+  always @(posedge clk)
+    l2_s4_exp_q <= \$798 ;
+  always @(posedge clk)
+    l2_s4_exp_r <= \$799 ;
+  always @(posedge clk)
+    l2_s4_exp_hv <= \$800 ;
+  always @(posedge clk)
+    l2_s4_exp_qh <= \$801 ;
+  always @(posedge clk)
+    l2_s5_exp_q <= \$802 ;
+  always @(posedge clk)
+    l2_exp_gb_l0_0 <= \$803 ;
+  always @(posedge clk)
+    l2_exp_gb_l0_1 <= \$804 ;
+  always @(posedge clk)
+    l2_exp_gb_l0_2 <= \$805 ;
+  always @(posedge clk)
+    l2_exp_gb_l0_3 <= \$806 ;
+  always @(posedge clk)
+    l2_exp_gb_l0_4 <= \$807 ;
+  always @(posedge clk)
+    l2_exp_gb_l0_5 <= \$808 ;
+  always @(posedge clk)
+    l2_exp_gb_l0_6 <= \$809 ;
+  always @(posedge clk)
+    l2_exp_gb_l0_7 <= \$810 ;
+  always @(posedge clk)
+    l2_exp_gb_l0_8 <= \$811 ;
+  always @(posedge clk)
+    l2_s6_exp_q <= \$812 ;
+  always @(posedge clk)
+    l2_exp_gc_l0_0 <= \$813 ;
+  always @(posedge clk)
+    l2_exp_gc_l0_1 <= \$814 ;
+  always @(posedge clk)
+    l2_exp_gc_l0_2 <= \$815 ;
+  always @(posedge clk)
+    l2_s7_exp_q <= \$816 ;
+  always @(posedge clk)
+    l2_s7_exp_gq <= \$817 ;
+  always @(posedge clk)
+    l2_s8_exp <= \$818 ;
+  always @(posedge clk)
+    l3_s1_exp_n <= \$819 ;
+  always @(posedge clk)
+    l3_s2_exp_t <= \$820 ;
+  always @(posedge clk)
+    l3_s3_exp_q <= \$821 ;
+  always @(posedge clk)
+    l3_s3_exp_r <= \$822 ;
+  always @(posedge clk)
+    l3_s3_exp_h0 <= \$823 ;
+  always @(posedge clk)
+    l3_s3_exp_h1 <= \$824 ;
+  always @(posedge clk)
+    l3_s4_exp_q <= \$825 ;
+  always @(posedge clk)
+    l3_s4_exp_r <= \$826 ;
+  always @(posedge clk)
+    l3_s4_exp_hv <= \$827 ;
+  always @(posedge clk)
+    l3_s4_exp_qh <= \$828 ;
+  always @(posedge clk)
+    l3_s5_exp_q <= \$829 ;
+  always @(posedge clk)
+    l3_exp_gb_l0_0 <= \$830 ;
+  always @(posedge clk)
+    l3_exp_gb_l0_1 <= \$831 ;
+  always @(posedge clk)
+    l3_exp_gb_l0_2 <= \$832 ;
+  always @(posedge clk)
+    l3_exp_gb_l0_3 <= \$833 ;
+  always @(posedge clk)
+    l3_exp_gb_l0_4 <= \$834 ;
+  always @(posedge clk)
+    l3_exp_gb_l0_5 <= \$835 ;
+  always @(posedge clk)
+    l3_exp_gb_l0_6 <= \$836 ;
+  always @(posedge clk)
+    l3_exp_gb_l0_7 <= \$837 ;
+  always @(posedge clk)
+    l3_exp_gb_l0_8 <= \$838 ;
+  always @(posedge clk)
+    l3_s6_exp_q <= \$839 ;
+  always @(posedge clk)
+    l3_exp_gc_l0_0 <= \$840 ;
+  always @(posedge clk)
+    l3_exp_gc_l0_1 <= \$841 ;
+  always @(posedge clk)
+    l3_exp_gc_l0_2 <= \$842 ;
+  always @(posedge clk)
+    l3_s7_exp_q <= \$843 ;
+  always @(posedge clk)
+    l3_s7_exp_gq <= \$844 ;
+  always @(posedge clk)
+    l3_s8_exp <= \$845 ;
+  always @(posedge clk)
+    valid_s1 <= \$846 ;
+  always @(posedge clk)
+    valid_s2 <= \$847 ;
+  always @(posedge clk)
+    valid_s3 <= \$848 ;
+  always @(posedge clk)
+    valid_s4 <= \$849 ;
+  always @(posedge clk)
+    valid_s5 <= \$850 ;
+  always @(posedge clk)
+    valid_s6 <= \$851 ;
+  always @(posedge clk)
+    valid_s7 <= \$852 ;
+  always @(posedge clk)
+    w_en <= \$853 ;
+  always @(posedge clk)
+    out_queue_count <= \$854 ;
+  always @(posedge clk)
+    out_queue_room <= \$855 ;
+  always @(posedge clk)
+    c__ready <= \$856 ;
+  always @(posedge clk)
+    f <= \$857 ;
+  assign \$1  = ~ i__payload[16:0];
+  assign \$3  = ~ \$2 ;
+  assign \$5  = { \$1 [16], \$1  } ^ { \$3 [16], \$3  };
+  assign l0_exp_n_l1_0 = \$5  ^ { \$4 [16], \$4  };
+  assign \$6  = { \$1 [16], \$1  } & { \$3 [16], \$3  };
+  assign \$7  = { \$1 [16], \$1  } & { \$4 [16], \$4  };
+  assign \$8  = \$6  | \$7 ;
+  assign \$9  = { \$3 [16], \$3  } & { \$4 [16], \$4  };
+  assign \$10  = \$8  | \$9 ;
+  assign \$11  = l0_exp_n_l1_0 ^ { \$10 [16:0], 1'h0 };
+  assign \$12  = l0_exp_n_l1_0 & { \$10 [16:0], 1'h0 };
+  assign \$14  = \$12  | \$13 ;
+  assign \$16  = \$14  | \$15 ;
+  assign \$20  = { 2'h0, \$17  } ^ { 2'h0, \$18  };
+  assign l0_exp_h_l1_0 = \$20  ^ { 2'h0, \$19  };
+  assign \$21  = { 2'h0, \$17  } & { 2'h0, \$18  };
+  assign \$22  = { 2'h0, \$17  } & { 2'h0, \$19  };
+  assign \$23  = \$21  | \$22 ;
+  assign \$24  = { 2'h0, \$18  } & { 2'h0, \$19  };
+  assign \$25  = \$23  | \$24 ;
+  assign \$26  = l0_exp_h_l1_0 ^ { \$25 [32:0], 1'h0 };
+  assign \$27  = l0_exp_h_l1_0 & { \$25 [32:0], 1'h0 };
+  assign \$29  = \$27  | \$28 ;
+  assign \$31  = \$29  | \$30 ;
+  assign \$32  = l0_s4_exp_r[0] ? l0_s4_exp_hv : 17'h00000;
+  assign \$34  = l0_s4_exp_r[1] ? l0_s4_exp_hv : 17'h00000;
+  assign \$36  = l0_s4_exp_r[2] ? l0_s4_exp_hv : 17'h00000;
+  assign \$38  = l0_s4_exp_r[3] ? l0_s4_exp_hv : 17'h00000;
+  assign \$40  = l0_s4_exp_r[4] ? l0_s4_exp_hv : 17'h00000;
+  assign \$42  = l0_s4_exp_r[5] ? l0_s4_exp_hv : 17'h00000;
+  assign \$44  = l0_s4_exp_r[6] ? l0_s4_exp_hv : 17'h00000;
+  assign \$46  = l0_s4_exp_r[7] ? l0_s4_exp_hv : 17'h00000;
+  assign \$48  = l0_s4_exp_r[8] ? l0_s4_exp_hv : 17'h00000;
+  assign \$50  = l0_s4_exp_r[9] ? l0_s4_exp_hv : 17'h00000;
+  assign \$52  = l0_s4_exp_r[10] ? l0_s4_exp_hv : 17'h00000;
+  assign \$54  = l0_s4_exp_r[11] ? l0_s4_exp_hv : 17'h00000;
+  assign \$56  = l0_s4_exp_r[12] ? l0_s4_exp_hv : 17'h00000;
+  assign \$58  = l0_s4_exp_r[13] ? l0_s4_exp_hv : 17'h00000;
+  assign \$60  = l0_s4_exp_r[14] ? l0_s4_exp_hv : 17'h00000;
+  assign \$62  = l0_s4_exp_r[15] ? l0_s4_exp_hv : 17'h00000;
+  assign \$64  = l0_s4_exp_r[16] ? l0_s4_exp_hv : 17'h00000;
+  assign \$66  = { \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33  } ^ { \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35  };
+  assign l0_exp_ga_l1_0 = \$66  ^ { \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37  };
+  assign \$67  = { \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33  } & { \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35  };
+  assign \$68  = { \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33  } & { \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37  };
+  assign \$69  = \$67  | \$68 ;
+  assign \$70  = { \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35  } & { \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37  };
+  assign \$71  = \$69  | \$70 ;
+  assign \$72  = { \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39  } ^ { \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41  };
+  assign l0_exp_ga_l1_2 = \$72  ^ { \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43  };
+  assign \$73  = { \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39  } & { \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41  };
+  assign \$74  = { \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39  } & { \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43  };
+  assign \$75  = \$73  | \$74 ;
+  assign \$76  = { \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41  } & { \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43  };
+  assign \$77  = \$75  | \$76 ;
+  assign \$78  = { \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45  } ^ { \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47  };
+  assign l0_exp_ga_l1_4 = \$78  ^ { \$49 [31], \$49 [31], \$49  };
+  assign \$79  = { \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45  } & { \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47  };
+  assign \$80  = { \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45  } & { \$49 [31], \$49 [31], \$49  };
+  assign \$81  = \$79  | \$80 ;
+  assign \$82  = { \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47  } & { \$49 [31], \$49 [31], \$49  };
+  assign \$83  = \$81  | \$82 ;
+  assign \$84  = { \$51 [31], \$51 [31], \$51  } ^ { \$53 [31], \$53 [31], \$53  };
+  assign l0_exp_ga_l1_6 = \$84  ^ { \$55 [31], \$55 [31], \$55  };
+  assign \$85  = { \$51 [31], \$51 [31], \$51  } & { \$53 [31], \$53 [31], \$53  };
+  assign \$86  = { \$51 [31], \$51 [31], \$51  } & { \$55 [31], \$55 [31], \$55  };
+  assign \$87  = \$85  | \$86 ;
+  assign \$88  = { \$53 [31], \$53 [31], \$53  } & { \$55 [31], \$55 [31], \$55  };
+  assign \$89  = \$87  | \$88 ;
+  assign \$90  = { \$57 [31], \$57 [31], \$57  } ^ { \$59 [31], \$59 [31], \$59  };
+  assign l0_exp_ga_l1_8 = \$90  ^ { \$61 [31], \$61 [31], \$61  };
+  assign \$91  = { \$57 [31], \$57 [31], \$57  } & { \$59 [31], \$59 [31], \$59  };
+  assign \$92  = { \$57 [31], \$57 [31], \$57  } & { \$61 [31], \$61 [31], \$61  };
+  assign \$93  = \$91  | \$92 ;
+  assign \$94  = { \$59 [31], \$59 [31], \$59  } & { \$61 [31], \$61 [31], \$61  };
+  assign \$95  = \$93  | \$94 ;
+  assign \$96  = { \$63 [31], \$63 [31], \$63  } ^ \$65 [33:0];
+  assign \$97  = { \$63 [31], \$63 [31], \$63  } & \$65 [33:0];
+  assign \$99  = \$97  | \$98 ;
+  assign \$101  = \$99  | \$100 ;
+  assign \$102  = l0_exp_ga_l1_0 ^ { \$71 [32:0], 1'h0 };
+  assign l0_exp_ga_l2_0 = \$102  ^ l0_exp_ga_l1_2;
+  assign \$103  = l0_exp_ga_l1_0 & { \$71 [32:0], 1'h0 };
+  assign \$104  = l0_exp_ga_l1_0 & l0_exp_ga_l1_2;
+  assign \$105  = \$103  | \$104 ;
+  assign \$106  = { \$71 [32:0], 1'h0 } & l0_exp_ga_l1_2;
+  assign \$107  = \$105  | \$106 ;
+  assign \$108  = { \$77 [32:0], 1'h0 } ^ l0_exp_ga_l1_4;
+  assign l0_exp_ga_l2_2 = \$108  ^ { \$83 [32:0], 1'h0 };
+  assign \$109  = { \$77 [32:0], 1'h0 } & l0_exp_ga_l1_4;
+  assign \$110  = { \$77 [32:0], 1'h0 } & { \$83 [32:0], 1'h0 };
+  assign \$111  = \$109  | \$110 ;
+  assign \$112  = l0_exp_ga_l1_4 & { \$83 [32:0], 1'h0 };
+  assign \$113  = \$111  | \$112 ;
+  assign \$114  = l0_exp_ga_l1_6 ^ { \$89 [32:0], 1'h0 };
+  assign l0_exp_ga_l2_4 = \$114  ^ l0_exp_ga_l1_8;
+  assign \$115  = l0_exp_ga_l1_6 & { \$89 [32:0], 1'h0 };
+  assign \$116  = l0_exp_ga_l1_6 & l0_exp_ga_l1_8;
+  assign \$117  = \$115  | \$116 ;
+  assign \$118  = { \$89 [32:0], 1'h0 } & l0_exp_ga_l1_8;
+  assign \$119  = \$117  | \$118 ;
+  assign \$120  = { \$95 [32:0], 1'h0 } ^ l0_exp_ga_l1_10;
+  assign l0_exp_ga_l2_6 = \$120  ^ { \$101 [32:0], 1'h0 };
+  assign \$121  = { \$95 [32:0], 1'h0 } & l0_exp_ga_l1_10;
+  assign \$122  = { \$95 [32:0], 1'h0 } & { \$101 [32:0], 1'h0 };
+  assign \$123  = \$121  | \$122 ;
+  assign \$124  = l0_exp_ga_l1_10 & { \$101 [32:0], 1'h0 };
+  assign \$125  = \$123  | \$124 ;
+  assign \$126  = l0_exp_gb_l0_0 ^ l0_exp_gb_l0_1;
+  assign l0_exp_gb_l1_0 = \$126  ^ l0_exp_gb_l0_2;
+  assign \$127  = l0_exp_gb_l0_0 & l0_exp_gb_l0_1;
+  assign \$auto$rtlil.cc:2739:Not$2  = ~ \$11 [1];
+  assign \$auto$rtlil.cc:2739:Not$12  = ~ { \$263 [32], \$263 [16] };
+  assign \$auto$rtlil.cc:2739:Not$14  = ~ \$345 [1];
+  assign \$auto$rtlil.cc:2739:Not$16  = ~ { \$360 [33:32], \$360 [30], \$360 [28], \$360 [26], \$360 [16] };
+  assign \$auto$rtlil.cc:2739:Not$18  = ~ { \$430 [32], \$430 [16] };
+  assign \$auto$rtlil.cc:2739:Not$20  = ~ \$512 [1];
+  assign \$auto$rtlil.cc:2739:Not$22  = ~ { \$527 [33:32], \$527 [30], \$527 [28], \$527 [26], \$527 [16] };
+  assign \$auto$rtlil.cc:2739:Not$24  = ~ { \$597 [32], \$597 [16] };
+  assign \$auto$rtlil.cc:2739:Not$4  = ~ { \$26 [33:32], \$26 [30], \$26 [28], \$26 [26], \$26 [16] };
+  assign \$auto$rtlil.cc:2739:Not$6  = ~ { \$96 [32], \$96 [16] };
+  assign \$auto$rtlil.cc:2739:Not$8  = ~ \$178 [1];
+  assign \$auto$rtlil.cc:2739:Not$10  = ~ { \$193 [33:32], \$193 [30], \$193 [28], \$193 [26], \$193 [16] };
+  \shift_exp.out_queue  out_queue (
+    .clk(clk),
+    .\port$1041$0 (l2_s8_exp),
+    .\port$1095$0 (l3_s8_exp),
+    .\port$933$0 (l0_s8_exp),
+    .\port$987$0 (l1_s8_exp),
+    .r_data(o__payload),
+    .r_en(o__ready),
+    .r_rdy(o__valid),
+    .rst(rst),
+    .w_en(w_en)
+  );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = o__valid;
-    if (i__ready) begin
-      \$44  = valid_s3;
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$846  = fire;
+    if (rst) begin
+      \$846  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$847  = valid_s1;
+    if (rst) begin
+      \$847  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$848  = valid_s2;
+    if (rst) begin
+      \$848  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$849  = valid_s3;
+    if (rst) begin
+      \$849  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$850  = valid_s4;
+    if (rst) begin
+      \$850  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$851  = valid_s5;
+    if (rst) begin
+      \$851  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$852  = valid_s6;
+    if (rst) begin
+      \$852  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$853  = valid_s7;
+    if (rst) begin
+      \$853  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$854  = \$720 ;
+    if (rst) begin
+      \$854  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$855  = \$728 ;
+    if (rst) begin
+      \$855  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$856  = \$736 ;
+    if (rst) begin
+      \$856  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$857  = f;
+    if (\$737 ) begin
+      \$857  = c__payload;
     end
     if (rst) begin
-      \$44  = 1'h0;
+      \$857  = 5'h00;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = l0_s1_exp_q;
-    if (i__ready) begin
-      \$33  = \$14 [4:0];
+  assign l0_exp_n_l0_0 = { \$1 [16], \$1  };
+  assign l0_exp_n_l0_1 = { \$3 [16], \$3  };
+  assign l0_exp_n_l0_2 = { \$4 [16], \$4  };
+  assign l0_exp_n_l0_3 = 18'h00002;
+  assign l0_exp_n_l1_1 = { \$10 [16:0], 1'h0 };
+  assign l0_exp_n_l1_2 = 18'h00002;
+  assign l0_exp_n_l2_1 = { \$16 [16:0], 1'h0 };
+  assign l0_exp_h_l0_0 = { 2'h0, \$17  };
+  assign l0_exp_h_l0_1 = { 2'h0, \$18  };
+  assign l0_exp_h_l0_2 = { 2'h0, \$19  };
+  assign l0_exp_h_l0_3 = 34'h354010000;
+  assign l0_exp_h_l1_1 = { \$25 [32:0], 1'h0 };
+  assign l0_exp_h_l1_2 = 34'h354010000;
+  assign l0_exp_h_l2_1 = { \$31 [32:0], 1'h0 };
+  assign l0_exp_ga_l0_0 = { \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33 [17], \$33  };
+  assign l0_exp_ga_l0_1 = { \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35 [17], \$35  };
+  assign l0_exp_ga_l0_2 = { \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37 [19], \$37  };
+  assign l0_exp_ga_l0_3 = { \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39 [19], \$39  };
+  assign l0_exp_ga_l0_4 = { \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41 [23], \$41  };
+  assign l0_exp_ga_l0_5 = { \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43 [23], \$43  };
+  assign l0_exp_ga_l0_6 = { \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45 [23], \$45  };
+  assign l0_exp_ga_l0_7 = { \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47 [23], \$47  };
+  assign l0_exp_ga_l0_8 = { \$49 [31], \$49 [31], \$49  };
+  assign l0_exp_ga_l0_9 = { \$51 [31], \$51 [31], \$51  };
+  assign l0_exp_ga_l0_10 = { \$53 [31], \$53 [31], \$53  };
+  assign l0_exp_ga_l0_11 = { \$55 [31], \$55 [31], \$55  };
+  assign l0_exp_ga_l0_12 = { \$57 [31], \$57 [31], \$57  };
+  assign l0_exp_ga_l0_13 = { \$59 [31], \$59 [31], \$59  };
+  assign l0_exp_ga_l0_14 = { \$61 [31], \$61 [31], \$61  };
+  assign l0_exp_ga_l0_15 = { \$63 [31], \$63 [31], \$63  };
+  assign l0_exp_ga_l0_16 = \$65 [33:0];
+  assign l0_exp_ga_l0_17 = 34'h100010000;
+  assign l0_exp_ga_l0_18 = { l0_s4_exp_qh[16:0], 17'h00000 };
+  assign l0_exp_ga_l1_1 = { \$71 [32:0], 1'h0 };
+  assign l0_exp_ga_l1_3 = { \$77 [32:0], 1'h0 };
+  assign l0_exp_ga_l1_5 = { \$83 [32:0], 1'h0 };
+  assign l0_exp_ga_l1_7 = { \$89 [32:0], 1'h0 };
+  assign l0_exp_ga_l1_9 = { \$95 [32:0], 1'h0 };
+  assign l0_exp_ga_l1_11 = { \$101 [32:0], 1'h0 };
+  assign l0_exp_ga_l1_12 = { l0_s4_exp_qh[16:0], 17'h00000 };
+  assign l0_exp_ga_l2_1 = { \$107 [32:0], 1'h0 };
+  assign l0_exp_ga_l2_3 = { \$113 [32:0], 1'h0 };
+  assign l0_exp_ga_l2_5 = { \$119 [32:0], 1'h0 };
+  assign l0_exp_ga_l2_7 = { \$125 [32:0], 1'h0 };
+  assign l0_exp_ga_l2_8 = { l0_s4_exp_qh[16:0], 17'h00000 };
+  assign l0_s5_exp_g0 = l0_exp_gb_l0_0;
+  assign l0_s5_exp_g1 = l0_exp_gb_l0_1;
+  assign l0_s5_exp_g2 = l0_exp_gb_l0_2;
+  assign l0_s5_exp_g3 = l0_exp_gb_l0_3;
+  assign l0_s5_exp_g4 = l0_exp_gb_l0_4;
+  assign l0_s5_exp_g5 = l0_exp_gb_l0_5;
+  assign l0_s5_exp_g6 = l0_exp_gb_l0_6;
+  assign l0_s5_exp_g7 = l0_exp_gb_l0_7;
+  assign l0_s5_exp_g8 = l0_exp_gb_l0_8;
+  assign l0_exp_gb_l1_1 = { \$131 [32:0], 1'h0 };
+  assign l0_exp_gb_l1_3 = { \$137 [32:0], 1'h0 };
+  assign l0_exp_gb_l1_5 = { \$143 [32:0], 1'h0 };
+  assign l0_exp_gb_l2_1 = { \$149 [32:0], 1'h0 };
+  assign l0_exp_gb_l2_3 = { \$155 [32:0], 1'h0 };
+  assign l0_exp_gb_l3_1 = { \$161 [32:0], 1'h0 };
+  assign l0_exp_gb_l3_2 = { \$155 [32:0], 1'h0 };
+  assign l0_s6_exp_g0 = l0_exp_gc_l0_0;
+  assign l0_s6_exp_g1 = l0_exp_gc_l0_1;
+  assign l0_s6_exp_g2 = l0_exp_gc_l0_2;
+  assign l0_exp_gc_l1_1 = { \$167 [32:0], 1'h0 };
+  assign l1_exp_n_l0_0 = { \$168 [16], \$168  };
+  assign l1_exp_n_l0_1 = { \$170 [16], \$170  };
+  assign l1_exp_n_l0_2 = { \$171 [16], \$171  };
+  assign l1_exp_n_l0_3 = 18'h00002;
+  assign l1_exp_n_l1_1 = { \$177 [16:0], 1'h0 };
+  assign l1_exp_n_l1_2 = 18'h00002;
+  assign l1_exp_n_l2_1 = { \$183 [16:0], 1'h0 };
+  assign l1_exp_h_l0_0 = { 2'h0, \$184  };
+  assign l1_exp_h_l0_1 = { 2'h0, \$185  };
+  assign l1_exp_h_l0_2 = { 2'h0, \$186  };
+  assign l1_exp_h_l0_3 = 34'h354010000;
+  assign l1_exp_h_l1_1 = { \$192 [32:0], 1'h0 };
+  assign l1_exp_h_l1_2 = 34'h354010000;
+  assign l1_exp_h_l2_1 = { \$198 [32:0], 1'h0 };
+  assign l1_exp_ga_l0_0 = { \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200 [17], \$200  };
+  assign l1_exp_ga_l0_1 = { \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202 [17], \$202  };
+  assign l1_exp_ga_l0_2 = { \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204 [19], \$204  };
+  assign l1_exp_ga_l0_3 = { \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206 [19], \$206  };
+  assign l1_exp_ga_l0_4 = { \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208 [23], \$208  };
+  assign l1_exp_ga_l0_5 = { \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210 [23], \$210  };
+  assign l1_exp_ga_l0_6 = { \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212 [23], \$212  };
+  assign l1_exp_ga_l0_7 = { \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214 [23], \$214  };
+  assign l1_exp_ga_l0_8 = { \$216 [31], \$216 [31], \$216  };
+  assign l1_exp_ga_l0_9 = { \$218 [31], \$218 [31], \$218  };
+  assign l1_exp_ga_l0_10 = { \$220 [31], \$220 [31], \$220  };
+  assign l1_exp_ga_l0_11 = { \$222 [31], \$222 [31], \$222  };
+  assign l1_exp_ga_l0_12 = { \$224 [31], \$224 [31], \$224  };
+  assign l1_exp_ga_l0_13 = { \$226 [31], \$226 [31], \$226  };
+  assign l1_exp_ga_l0_14 = { \$228 [31], \$228 [31], \$228  };
+  assign l1_exp_ga_l0_15 = { \$230 [31], \$230 [31], \$230  };
+  assign l1_exp_ga_l0_16 = \$232 [33:0];
+  assign l1_exp_ga_l0_17 = 34'h100010000;
+  assign l1_exp_ga_l0_18 = { l1_s4_exp_qh[16:0], 17'h00000 };
+  assign l1_exp_ga_l1_1 = { \$238 [32:0], 1'h0 };
+  assign l1_exp_ga_l1_3 = { \$244 [32:0], 1'h0 };
+  assign l1_exp_ga_l1_5 = { \$250 [32:0], 1'h0 };
+  assign l1_exp_ga_l1_7 = { \$256 [32:0], 1'h0 };
+  assign l1_exp_ga_l1_9 = { \$262 [32:0], 1'h0 };
+  assign l1_exp_ga_l1_11 = { \$268 [32:0], 1'h0 };
+  assign l1_exp_ga_l1_12 = { l1_s4_exp_qh[16:0], 17'h00000 };
+  assign l1_exp_ga_l2_1 = { \$274 [32:0], 1'h0 };
+  assign l1_exp_ga_l2_3 = { \$280 [32:0], 1'h0 };
+  assign l1_exp_ga_l2_5 = { \$286 [32:0], 1'h0 };
+  assign l1_exp_ga_l2_7 = { \$292 [32:0], 1'h0 };
+  assign l1_exp_ga_l2_8 = { l1_s4_exp_qh[16:0], 17'h00000 };
+  assign l1_s5_exp_g0 = l1_exp_gb_l0_0;
+  assign l1_s5_exp_g1 = l1_exp_gb_l0_1;
+  assign l1_s5_exp_g2 = l1_exp_gb_l0_2;
+  assign l1_s5_exp_g3 = l1_exp_gb_l0_3;
+  assign l1_s5_exp_g4 = l1_exp_gb_l0_4;
+  assign l1_s5_exp_g5 = l1_exp_gb_l0_5;
+  assign l1_s5_exp_g6 = l1_exp_gb_l0_6;
+  assign l1_s5_exp_g7 = l1_exp_gb_l0_7;
+  assign l1_s5_exp_g8 = l1_exp_gb_l0_8;
+  assign l1_exp_gb_l1_1 = { \$298 [32:0], 1'h0 };
+  assign l1_exp_gb_l1_3 = { \$304 [32:0], 1'h0 };
+  assign l1_exp_gb_l1_5 = { \$310 [32:0], 1'h0 };
+  assign l1_exp_gb_l2_1 = { \$316 [32:0], 1'h0 };
+  assign l1_exp_gb_l2_3 = { \$322 [32:0], 1'h0 };
+  assign l1_exp_gb_l3_1 = { \$328 [32:0], 1'h0 };
+  assign l1_exp_gb_l3_2 = { \$322 [32:0], 1'h0 };
+  assign l1_s6_exp_g0 = l1_exp_gc_l0_0;
+  assign l1_s6_exp_g1 = l1_exp_gc_l0_1;
+  assign l1_s6_exp_g2 = l1_exp_gc_l0_2;
+  assign l1_exp_gc_l1_1 = { \$334 [32:0], 1'h0 };
+  assign l2_exp_n_l0_0 = { \$335 [16], \$335  };
+  assign l2_exp_n_l0_1 = { \$337 [16], \$337  };
+  assign l2_exp_n_l0_2 = { \$338 [16], \$338  };
+  assign l2_exp_n_l0_3 = 18'h00002;
+  assign l2_exp_n_l1_1 = { \$344 [16:0], 1'h0 };
+  assign l2_exp_n_l1_2 = 18'h00002;
+  assign l2_exp_n_l2_1 = { \$350 [16:0], 1'h0 };
+  assign l2_exp_h_l0_0 = { 2'h0, \$351  };
+  assign l2_exp_h_l0_1 = { 2'h0, \$352  };
+  assign l2_exp_h_l0_2 = { 2'h0, \$353  };
+  assign l2_exp_h_l0_3 = 34'h354010000;
+  assign l2_exp_h_l1_1 = { \$359 [32:0], 1'h0 };
+  assign l2_exp_h_l1_2 = 34'h354010000;
+  assign l2_exp_h_l2_1 = { \$365 [32:0], 1'h0 };
+  assign l2_exp_ga_l0_0 = { \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367 [17], \$367  };
+  assign l2_exp_ga_l0_1 = { \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369 [17], \$369  };
+  assign l2_exp_ga_l0_2 = { \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371 [19], \$371  };
+  assign l2_exp_ga_l0_3 = { \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373 [19], \$373  };
+  assign l2_exp_ga_l0_4 = { \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375 [23], \$375  };
+  assign l2_exp_ga_l0_5 = { \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377 [23], \$377  };
+  assign l2_exp_ga_l0_6 = { \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379 [23], \$379  };
+  assign l2_exp_ga_l0_7 = { \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381 [23], \$381  };
+  assign l2_exp_ga_l0_8 = { \$383 [31], \$383 [31], \$383  };
+  assign l2_exp_ga_l0_9 = { \$385 [31], \$385 [31], \$385  };
+  assign l2_exp_ga_l0_10 = { \$387 [31], \$387 [31], \$387  };
+  assign l2_exp_ga_l0_11 = { \$389 [31], \$389 [31], \$389  };
+  assign l2_exp_ga_l0_12 = { \$391 [31], \$391 [31], \$391  };
+  assign l2_exp_ga_l0_13 = { \$393 [31], \$393 [31], \$393  };
+  assign l2_exp_ga_l0_14 = { \$395 [31], \$395 [31], \$395  };
+  assign l2_exp_ga_l0_15 = { \$397 [31], \$397 [31], \$397  };
+  assign l2_exp_ga_l0_16 = \$399 [33:0];
+  assign l2_exp_ga_l0_17 = 34'h100010000;
+  assign l2_exp_ga_l0_18 = { l2_s4_exp_qh[16:0], 17'h00000 };
+  assign l2_exp_ga_l1_1 = { \$405 [32:0], 1'h0 };
+  assign l2_exp_ga_l1_3 = { \$411 [32:0], 1'h0 };
+  assign l2_exp_ga_l1_5 = { \$417 [32:0], 1'h0 };
+  assign l2_exp_ga_l1_7 = { \$423 [32:0], 1'h0 };
+  assign l2_exp_ga_l1_9 = { \$429 [32:0], 1'h0 };
+  assign l2_exp_ga_l1_11 = { \$435 [32:0], 1'h0 };
+  assign l2_exp_ga_l1_12 = { l2_s4_exp_qh[16:0], 17'h00000 };
+  assign l2_exp_ga_l2_1 = { \$441 [32:0], 1'h0 };
+  assign l2_exp_ga_l2_3 = { \$447 [32:0], 1'h0 };
+  assign l2_exp_ga_l2_5 = { \$453 [32:0], 1'h0 };
+  assign l2_exp_ga_l2_7 = { \$459 [32:0], 1'h0 };
+  assign l2_exp_ga_l2_8 = { l2_s4_exp_qh[16:0], 17'h00000 };
+  assign l2_s5_exp_g0 = l2_exp_gb_l0_0;
+  assign l2_s5_exp_g1 = l2_exp_gb_l0_1;
+  assign l2_s5_exp_g2 = l2_exp_gb_l0_2;
+  assign l2_s5_exp_g3 = l2_exp_gb_l0_3;
+  assign l2_s5_exp_g4 = l2_exp_gb_l0_4;
+  assign l2_s5_exp_g5 = l2_exp_gb_l0_5;
+  assign l2_s5_exp_g6 = l2_exp_gb_l0_6;
+  assign l2_s5_exp_g7 = l2_exp_gb_l0_7;
+  assign l2_s5_exp_g8 = l2_exp_gb_l0_8;
+  assign l2_exp_gb_l1_1 = { \$465 [32:0], 1'h0 };
+  assign l2_exp_gb_l1_3 = { \$471 [32:0], 1'h0 };
+  assign l2_exp_gb_l1_5 = { \$477 [32:0], 1'h0 };
+  assign l2_exp_gb_l2_1 = { \$483 [32:0], 1'h0 };
+  assign l2_exp_gb_l2_3 = { \$489 [32:0], 1'h0 };
+  assign l2_exp_gb_l3_1 = { \$495 [32:0], 1'h0 };
+  assign l2_exp_gb_l3_2 = { \$489 [32:0], 1'h0 };
+  assign l2_s6_exp_g0 = l2_exp_gc_l0_0;
+  assign l2_s6_exp_g1 = l2_exp_gc_l0_1;
+  assign l2_s6_exp_g2 = l2_exp_gc_l0_2;
+  assign l2_exp_gc_l1_1 = { \$501 [32:0], 1'h0 };
+  assign l3_exp_n_l0_0 = { \$502 [16], \$502  };
+  assign l3_exp_n_l0_1 = { \$504 [16], \$504  };
+  assign l3_exp_n_l0_2 = { \$505 [16], \$505  };
+  assign l3_exp_n_l0_3 = 18'h00002;
+  assign l3_exp_n_l1_1 = { \$511 [16:0], 1'h0 };
+  assign l3_exp_n_l1_2 = 18'h00002;
+  assign l3_exp_n_l2_1 = { \$517 [16:0], 1'h0 };
+  assign l3_exp_h_l0_0 = { 2'h0, \$518  };
+  assign l3_exp_h_l0_1 = { 2'h0, \$519  };
+  assign l3_exp_h_l0_2 = { 2'h0, \$520  };
+  assign l3_exp_h_l0_3 = 34'h354010000;
+  assign l3_exp_h_l1_1 = { \$526 [32:0], 1'h0 };
+  assign l3_exp_h_l1_2 = 34'h354010000;
+  assign l3_exp_h_l2_1 = { \$532 [32:0], 1'h0 };
+  assign l3_exp_ga_l0_0 = { \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534 [17], \$534  };
+  assign l3_exp_ga_l0_1 = { \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536 [17], \$536  };
+  assign l3_exp_ga_l0_2 = { \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538 [19], \$538  };
+  assign l3_exp_ga_l0_3 = { \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540 [19], \$540  };
+  assign l3_exp_ga_l0_4 = { \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542 [23], \$542  };
+  assign l3_exp_ga_l0_5 = { \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544 [23], \$544  };
+  assign l3_exp_ga_l0_6 = { \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546 [23], \$546  };
+  assign l3_exp_ga_l0_7 = { \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548 [23], \$548  };
+  assign l3_exp_ga_l0_8 = { \$550 [31], \$550 [31], \$550  };
+  assign l3_exp_ga_l0_9 = { \$552 [31], \$552 [31], \$552  };
+  assign l3_exp_ga_l0_10 = { \$554 [31], \$554 [31], \$554  };
+  assign l3_exp_ga_l0_11 = { \$556 [31], \$556 [31], \$556  };
+  assign l3_exp_ga_l0_12 = { \$558 [31], \$558 [31], \$558  };
+  assign l3_exp_ga_l0_13 = { \$560 [31], \$560 [31], \$560  };
+  assign l3_exp_ga_l0_14 = { \$562 [31], \$562 [31], \$562  };
+  assign l3_exp_ga_l0_15 = { \$564 [31], \$564 [31], \$564  };
+  assign l3_exp_ga_l0_16 = \$566 [33:0];
+  assign l3_exp_ga_l0_17 = 34'h100010000;
+  assign l3_exp_ga_l0_18 = { l3_s4_exp_qh[16:0], 17'h00000 };
+  assign l3_exp_ga_l1_1 = { \$572 [32:0], 1'h0 };
+  assign l3_exp_ga_l1_3 = { \$578 [32:0], 1'h0 };
+  assign l3_exp_ga_l1_5 = { \$584 [32:0], 1'h0 };
+  assign l3_exp_ga_l1_7 = { \$590 [32:0], 1'h0 };
+  assign l3_exp_ga_l1_9 = { \$596 [32:0], 1'h0 };
+  assign l3_exp_ga_l1_11 = { \$602 [32:0], 1'h0 };
+  assign l3_exp_ga_l1_12 = { l3_s4_exp_qh[16:0], 17'h00000 };
+  assign l3_exp_ga_l2_1 = { \$608 [32:0], 1'h0 };
+  assign l3_exp_ga_l2_3 = { \$614 [32:0], 1'h0 };
+  assign l3_exp_ga_l2_5 = { \$620 [32:0], 1'h0 };
+  assign l3_exp_ga_l2_7 = { \$626 [32:0], 1'h0 };
+  assign l3_exp_ga_l2_8 = { l3_s4_exp_qh[16:0], 17'h00000 };
+  assign l3_s5_exp_g0 = l3_exp_gb_l0_0;
+  assign l3_s5_exp_g1 = l3_exp_gb_l0_1;
+  assign l3_s5_exp_g2 = l3_exp_gb_l0_2;
+  assign l3_s5_exp_g3 = l3_exp_gb_l0_3;
+  assign l3_s5_exp_g4 = l3_exp_gb_l0_4;
+  assign l3_s5_exp_g5 = l3_exp_gb_l0_5;
+  assign l3_s5_exp_g6 = l3_exp_gb_l0_6;
+  assign l3_s5_exp_g7 = l3_exp_gb_l0_7;
+  assign l3_s5_exp_g8 = l3_exp_gb_l0_8;
+  assign l3_exp_gb_l1_1 = { \$632 [32:0], 1'h0 };
+  assign l3_exp_gb_l1_3 = { \$638 [32:0], 1'h0 };
+  assign l3_exp_gb_l1_5 = { \$644 [32:0], 1'h0 };
+  assign l3_exp_gb_l2_1 = { \$650 [32:0], 1'h0 };
+  assign l3_exp_gb_l2_3 = { \$656 [32:0], 1'h0 };
+  assign l3_exp_gb_l3_1 = { \$662 [32:0], 1'h0 };
+  assign l3_exp_gb_l3_2 = { \$656 [32:0], 1'h0 };
+  assign l3_s6_exp_g0 = l3_exp_gc_l0_0;
+  assign l3_s6_exp_g1 = l3_exp_gc_l0_1;
+  assign l3_s6_exp_g2 = l3_exp_gc_l0_2;
+  assign l3_exp_gc_l1_1 = { \$668 [32:0], 1'h0 };
+  assign valid_s8 = w_en;
+  assign w_data = { l3_s8_exp, l2_s8_exp, l1_s8_exp, l0_s8_exp };
+  assign r_rdy = o__valid;
+  assign r_data = o__payload;
+  assign r_en = o__ready;
+  assign out_queue_plus1 = \$670 [4:0];
+  assign out_queue_minus1 = \$671 [4:0];
+  assign out_queue_idle = c__ready;
+  assign \c__payload.f  = c__payload;
+  assign \i__payload[0]  = i__payload[16:0];
+  assign \i__payload[1]  = i__payload[33:17];
+  assign \i__payload[2]  = i__payload[50:34];
+  assign \i__payload[3]  = i__payload[67:51];
+  assign \o__payload[0]  = o__payload[15:0];
+  assign \o__payload[1]  = o__payload[31:16];
+  assign \o__payload[2]  = o__payload[47:32];
+  assign \o__payload[3]  = o__payload[63:48];
+  assign \$845  = \$712 [15:0];
+  assign \$844  = \$711 [33:17];
+  assign \$843  = l3_s6_exp_q;
+  assign \$842  = { \$656 [32:0], 1'h0 };
+  assign \$841  = { \$662 [32:0], 1'h0 };
+  assign \$840  = l3_exp_gb_l3_0;
+  assign \$839  = l3_s5_exp_q;
+  assign \$838  = { l3_s4_exp_qh[16:0], 17'h00000 };
+  assign \$837  = { \$626 [32:0], 1'h0 };
+  assign \$836  = l3_exp_ga_l2_6;
+  assign \$835  = { \$620 [32:0], 1'h0 };
+  assign \$834  = l3_exp_ga_l2_4;
+  assign \$833  = { \$614 [32:0], 1'h0 };
+  assign \$832  = l3_exp_ga_l2_2;
+  assign \$831  = { \$608 [32:0], 1'h0 };
+  assign \$830  = l3_exp_ga_l2_0;
+  assign \$829  = l3_s4_exp_q;
+  assign \$828  = \$710 [48:1];
+  assign \$827  = \$709 [33:17];
+  assign \$826  = l3_s3_exp_r;
+  assign \$825  = l3_s3_exp_q;
+  assign \$824  = { \$532 [32:0], 1'h0 };
+  assign \$823  = l3_exp_h_l2_0;
+  assign \$822  = l3_s2_exp_t[16:0];
+  assign \$821  = \$708 ;
+  assign \$820  = \$704 ;
+  assign \$819  = \$703 [16:0];
+  assign \$818  = \$702 [15:0];
+  assign \$817  = \$701 [33:17];
+  assign \$816  = l2_s6_exp_q;
+  assign \$815  = { \$489 [32:0], 1'h0 };
+  assign \$814  = { \$495 [32:0], 1'h0 };
+  assign \$813  = l2_exp_gb_l3_0;
+  assign \$812  = l2_s5_exp_q;
+  assign \$811  = { l2_s4_exp_qh[16:0], 17'h00000 };
+  assign \$810  = { \$459 [32:0], 1'h0 };
+  assign \$809  = l2_exp_ga_l2_6;
+  assign \$808  = { \$453 [32:0], 1'h0 };
+  assign \$807  = l2_exp_ga_l2_4;
+  assign \$806  = { \$447 [32:0], 1'h0 };
+  assign \$805  = l2_exp_ga_l2_2;
+  assign \$804  = { \$441 [32:0], 1'h0 };
+  assign \$803  = l2_exp_ga_l2_0;
+  assign \$802  = l2_s4_exp_q;
+  assign \$801  = \$700 [48:1];
+  assign \$800  = \$699 [33:17];
+  assign \$799  = l2_s3_exp_r;
+  assign \$798  = l2_s3_exp_q;
+  assign \$797  = { \$365 [32:0], 1'h0 };
+  assign \$796  = l2_exp_h_l2_0;
+  assign \$795  = l2_s2_exp_t[16:0];
+  assign \$794  = \$698 ;
+  assign \$793  = \$694 ;
+  assign \$792  = \$693 [16:0];
+  assign \$791  = \$692 [15:0];
+  assign \$790  = \$691 [33:17];
+  assign \$789  = l1_s6_exp_q;
+  assign \$788  = { \$322 [32:0], 1'h0 };
+  assign \$787  = { \$328 [32:0], 1'h0 };
+  assign \$786  = l1_exp_gb_l3_0;
+  assign \$785  = l1_s5_exp_q;
+  assign \$784  = { l1_s4_exp_qh[16:0], 17'h00000 };
+  assign \$783  = { \$292 [32:0], 1'h0 };
+  assign \$782  = l1_exp_ga_l2_6;
+  assign \$781  = { \$286 [32:0], 1'h0 };
+  assign \$780  = l1_exp_ga_l2_4;
+  assign \$779  = { \$280 [32:0], 1'h0 };
+  assign \$778  = l1_exp_ga_l2_2;
+  assign \$777  = { \$274 [32:0], 1'h0 };
+  assign \$776  = l1_exp_ga_l2_0;
+  assign \$775  = l1_s4_exp_q;
+  assign \$774  = \$690 [48:1];
+  assign \$773  = \$689 [33:17];
+  assign \$772  = l1_s3_exp_r;
+  assign \$771  = l1_s3_exp_q;
+  assign \$770  = { \$198 [32:0], 1'h0 };
+  assign \$769  = l1_exp_h_l2_0;
+  assign \$768  = l1_s2_exp_t[16:0];
+  assign \$767  = \$688 ;
+  assign \$766  = \$684 ;
+  assign \$765  = \$683 [16:0];
+  assign \$764  = \$682 [15:0];
+  assign \$763  = \$681 [33:17];
+  assign \$762  = l0_s6_exp_q;
+  assign \$761  = { \$155 [32:0], 1'h0 };
+  assign \$760  = { \$161 [32:0], 1'h0 };
+  assign \$759  = l0_exp_gb_l3_0;
+  assign \$758  = l0_s5_exp_q;
+  assign \$757  = { l0_s4_exp_qh[16:0], 17'h00000 };
+  assign \$756  = { \$125 [32:0], 1'h0 };
+  assign \$755  = l0_exp_ga_l2_6;
+  assign \$754  = { \$119 [32:0], 1'h0 };
+  assign \$753  = l0_exp_ga_l2_4;
+  assign \$752  = { \$113 [32:0], 1'h0 };
+  assign \$751  = l0_exp_ga_l2_2;
+  assign \$750  = { \$107 [32:0], 1'h0 };
+  assign \$749  = l0_exp_ga_l2_0;
+  assign \$748  = l0_s4_exp_q;
+  assign \$747  = \$680 [48:1];
+  assign \$746  = \$679 [33:17];
+  assign \$745  = l0_s3_exp_r;
+  assign \$744  = l0_s3_exp_q;
+  assign \$743  = { \$31 [32:0], 1'h0 };
+  assign \$742  = l0_exp_h_l2_0;
+  assign \$741  = l0_s2_exp_t[16:0];
+  assign \$740  = \$678 ;
+  assign \$739  = \$674 ;
+  assign \$738  = \$673 [16:0];
+  assign \$2  = { i__payload[16], i__payload[16:1] };
+  assign \$4  = { i__payload[16], i__payload[16], i__payload[16], i__payload[16], i__payload[16:4] };
+  assign { l0_exp_n_l2_0[17:2], l0_exp_n_l2_0[0] } = { \$11 [17:2], \$11 [0] };
+  assign l0_exp_n_l2_0[1] = \$auto$rtlil.cc:2739:Not$2 ;
+  assign { \$13 [17:2], \$13 [0] } = 17'h00000;
+  assign \$13 [1] = l0_exp_n_l1_0[1];
+  assign { \$15 [17:2], \$15 [0] } = 17'h00000;
+  assign \$15 [1] = \$10 [0];
+  assign \$17  = { 6'h00, l0_s2_exp_t[16:0], 9'h000 };
+  assign \$18  = { 5'h00, l0_s2_exp_t[16:0], 10'h000 };
+  assign \$19  = { 3'h0, l0_s2_exp_t[16:0], 12'h000 };
+  assign { l0_exp_h_l2_0[31], l0_exp_h_l2_0[29], l0_exp_h_l2_0[27], l0_exp_h_l2_0[25:17], l0_exp_h_l2_0[15:0] } = { \$26 [31], \$26 [29], \$26 [27], \$26 [25:17], \$26 [15:0] };
+  assign { l0_exp_h_l2_0[33:32], l0_exp_h_l2_0[30], l0_exp_h_l2_0[28], l0_exp_h_l2_0[26], l0_exp_h_l2_0[16] } = \$auto$rtlil.cc:2739:Not$4 ;
+  assign { \$28 [31], \$28 [29], \$28 [27], \$28 [25:17], \$28 [15:0] } = 28'h0000000;
+  assign { \$28 [33:32], \$28 [30], \$28 [28], \$28 [26], \$28 [16] } = { l0_exp_h_l1_0[33:32], l0_exp_h_l1_0[30], l0_exp_h_l1_0[28], l0_exp_h_l1_0[26], l0_exp_h_l1_0[16] };
+  assign { \$30 [31], \$30 [29], \$30 [27], \$30 [25:17], \$30 [15:0] } = 28'h0000000;
+  assign { \$30 [33:32], \$30 [30], \$30 [28], \$30 [26], \$30 [16] } = { \$25 [32:31], \$25 [29], \$25 [27], \$25 [25], \$25 [15] };
+  assign \$33  = { \$32 [16], \$32  };
+  assign \$35  = { \$34 , 1'h0 };
+  assign \$37  = { \$36 [16], \$36 , 2'h0 };
+  assign \$39  = { \$38 , 3'h0 };
+  assign \$41  = { \$40 [16], \$40 [16], \$40 [16], \$40 , 4'h0 };
+  assign \$43  = { \$42 [16], \$42 [16], \$42 , 5'h00 };
+  assign \$45  = { \$44 [16], \$44 , 6'h00 };
+  assign \$47  = { \$46 , 7'h00 };
+  assign \$49  = { \$48 [16], \$48 [16], \$48 [16], \$48 [16], \$48 [16], \$48 [16], \$48 [16], \$48 , 8'h00 };
+  assign \$51  = { \$50 [16], \$50 [16], \$50 [16], \$50 [16], \$50 [16], \$50 [16], \$50 , 9'h000 };
+  assign \$53  = { \$52 [16], \$52 [16], \$52 [16], \$52 [16], \$52 [16], \$52 , 10'h000 };
+  assign \$55  = { \$54 [16], \$54 [16], \$54 [16], \$54 [16], \$54 , 11'h000 };
+  assign \$57  = { \$56 [16], \$56 [16], \$56 [16], \$56 , 12'h000 };
+  assign \$59  = { \$58 [16], \$58 [16], \$58 , 13'h0000 };
+  assign \$61  = { \$60 [16], \$60 , 14'h0000 };
+  assign \$63  = { \$62 , 15'h0000 };
+  assign \$65  = { \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 [16], \$64 , 16'h0000 };
+  assign { l0_exp_ga_l1_10[33], l0_exp_ga_l1_10[31:17], l0_exp_ga_l1_10[15:0] } = { \$96 [33], \$96 [31:17], \$96 [15:0] };
+  assign { l0_exp_ga_l1_10[32], l0_exp_ga_l1_10[16] } = \$auto$rtlil.cc:2739:Not$6 ;
+  assign { \$98 [33], \$98 [31:17], \$98 [15:0] } = 32'd0;
+  assign { \$98 [32], \$98 [16] } = { \$63 [31], \$63 [16] };
+  assign { \$100 [33], \$100 [31:17], \$100 [15:0] } = 32'd0;
+  assign { \$100 [32], \$100 [16] } = { \$65 [32], \$65 [16] };
+  assign \$169  = { i__payload[33], i__payload[33:18] };
+  assign \$171  = { i__payload[33], i__payload[33], i__payload[33], i__payload[33], i__payload[33:21] };
+  assign { l1_exp_n_l2_0[17:2], l1_exp_n_l2_0[0] } = { \$178 [17:2], \$178 [0] };
+  assign l1_exp_n_l2_0[1] = \$auto$rtlil.cc:2739:Not$8 ;
+  assign { \$180 [17:2], \$180 [0] } = 17'h00000;
+  assign \$180 [1] = l1_exp_n_l1_0[1];
+  assign { \$182 [17:2], \$182 [0] } = 17'h00000;
+  assign \$182 [1] = \$177 [0];
+  assign \$184  = { 6'h00, l1_s2_exp_t[16:0], 9'h000 };
+  assign \$185  = { 5'h00, l1_s2_exp_t[16:0], 10'h000 };
+  assign \$186  = { 3'h0, l1_s2_exp_t[16:0], 12'h000 };
+  assign { l1_exp_h_l2_0[31], l1_exp_h_l2_0[29], l1_exp_h_l2_0[27], l1_exp_h_l2_0[25:17], l1_exp_h_l2_0[15:0] } = { \$193 [31], \$193 [29], \$193 [27], \$193 [25:17], \$193 [15:0] };
+  assign { l1_exp_h_l2_0[33:32], l1_exp_h_l2_0[30], l1_exp_h_l2_0[28], l1_exp_h_l2_0[26], l1_exp_h_l2_0[16] } = \$auto$rtlil.cc:2739:Not$10 ;
+  assign { \$195 [31], \$195 [29], \$195 [27], \$195 [25:17], \$195 [15:0] } = 28'h0000000;
+  assign { \$195 [33:32], \$195 [30], \$195 [28], \$195 [26], \$195 [16] } = { l1_exp_h_l1_0[33:32], l1_exp_h_l1_0[30], l1_exp_h_l1_0[28], l1_exp_h_l1_0[26], l1_exp_h_l1_0[16] };
+  assign { \$197 [31], \$197 [29], \$197 [27], \$197 [25:17], \$197 [15:0] } = 28'h0000000;
+  assign { \$197 [33:32], \$197 [30], \$197 [28], \$197 [26], \$197 [16] } = { \$192 [32:31], \$192 [29], \$192 [27], \$192 [25], \$192 [15] };
+  assign \$200  = { \$199 [16], \$199  };
+  assign \$202  = { \$201 , 1'h0 };
+  assign \$204  = { \$203 [16], \$203 , 2'h0 };
+  assign \$206  = { \$205 , 3'h0 };
+  assign \$208  = { \$207 [16], \$207 [16], \$207 [16], \$207 , 4'h0 };
+  assign \$210  = { \$209 [16], \$209 [16], \$209 , 5'h00 };
+  assign \$212  = { \$211 [16], \$211 , 6'h00 };
+  assign \$214  = { \$213 , 7'h00 };
+  assign \$216  = { \$215 [16], \$215 [16], \$215 [16], \$215 [16], \$215 [16], \$215 [16], \$215 [16], \$215 , 8'h00 };
+  assign \$218  = { \$217 [16], \$217 [16], \$217 [16], \$217 [16], \$217 [16], \$217 [16], \$217 , 9'h000 };
+  assign \$220  = { \$219 [16], \$219 [16], \$219 [16], \$219 [16], \$219 [16], \$219 , 10'h000 };
+  assign \$222  = { \$221 [16], \$221 [16], \$221 [16], \$221 [16], \$221 , 11'h000 };
+  assign \$224  = { \$223 [16], \$223 [16], \$223 [16], \$223 , 12'h000 };
+  assign \$226  = { \$225 [16], \$225 [16], \$225 , 13'h0000 };
+  assign \$228  = { \$227 [16], \$227 , 14'h0000 };
+  assign \$230  = { \$229 , 15'h0000 };
+  assign \$232  = { \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 [16], \$231 , 16'h0000 };
+  assign { l1_exp_ga_l1_10[33], l1_exp_ga_l1_10[31:17], l1_exp_ga_l1_10[15:0] } = { \$263 [33], \$263 [31:17], \$263 [15:0] };
+  assign { l1_exp_ga_l1_10[32], l1_exp_ga_l1_10[16] } = \$auto$rtlil.cc:2739:Not$12 ;
+  assign { \$265 [33], \$265 [31:17], \$265 [15:0] } = 32'd0;
+  assign { \$265 [32], \$265 [16] } = { \$230 [31], \$230 [16] };
+  assign { \$267 [33], \$267 [31:17], \$267 [15:0] } = 32'd0;
+  assign { \$267 [32], \$267 [16] } = { \$232 [32], \$232 [16] };
+  assign \$336  = { i__payload[50], i__payload[50:35] };
+  assign \$338  = { i__payload[50], i__payload[50], i__payload[50], i__payload[50], i__payload[50:38] };
+  assign { l2_exp_n_l2_0[17:2], l2_exp_n_l2_0[0] } = { \$345 [17:2], \$345 [0] };
+  assign l2_exp_n_l2_0[1] = \$auto$rtlil.cc:2739:Not$14 ;
+  assign { \$347 [17:2], \$347 [0] } = 17'h00000;
+  assign \$347 [1] = l2_exp_n_l1_0[1];
+  assign { \$349 [17:2], \$349 [0] } = 17'h00000;
+  assign \$349 [1] = \$344 [0];
+  assign \$351  = { 6'h00, l2_s2_exp_t[16:0], 9'h000 };
+  assign \$352  = { 5'h00, l2_s2_exp_t[16:0], 10'h000 };
+  assign \$353  = { 3'h0, l2_s2_exp_t[16:0], 12'h000 };
+  assign { l2_exp_h_l2_0[31], l2_exp_h_l2_0[29], l2_exp_h_l2_0[27], l2_exp_h_l2_0[25:17], l2_exp_h_l2_0[15:0] } = { \$360 [31], \$360 [29], \$360 [27], \$360 [25:17], \$360 [15:0] };
+  assign { l2_exp_h_l2_0[33:32], l2_exp_h_l2_0[30], l2_exp_h_l2_0[28], l2_exp_h_l2_0[26], l2_exp_h_l2_0[16] } = \$auto$rtlil.cc:2739:Not$16 ;
+  assign { \$362 [31], \$362 [29], \$362 [27], \$362 [25:17], \$362 [15:0] } = 28'h0000000;
+  assign { \$362 [33:32], \$362 [30], \$362 [28], \$362 [26], \$362 [16] } = { l2_exp_h_l1_0[33:32], l2_exp_h_l1_0[30], l2_exp_h_l1_0[28], l2_exp_h_l1_0[26], l2_exp_h_l1_0[16] };
+  assign { \$364 [31], \$364 [29], \$364 [27], \$364 [25:17], \$364 [15:0] } = 28'h0000000;
+  assign { \$364 [33:32], \$364 [30], \$364 [28], \$364 [26], \$364 [16] } = { \$359 [32:31], \$359 [29], \$359 [27], \$359 [25], \$359 [15] };
+  assign \$367  = { \$366 [16], \$366  };
+  assign \$369  = { \$368 , 1'h0 };
+  assign \$371  = { \$370 [16], \$370 , 2'h0 };
+  assign \$373  = { \$372 , 3'h0 };
+  assign \$375  = { \$374 [16], \$374 [16], \$374 [16], \$374 , 4'h0 };
+  assign \$377  = { \$376 [16], \$376 [16], \$376 , 5'h00 };
+  assign \$379  = { \$378 [16], \$378 , 6'h00 };
+  assign \$381  = { \$380 , 7'h00 };
+  assign \$383  = { \$382 [16], \$382 [16], \$382 [16], \$382 [16], \$382 [16], \$382 [16], \$382 [16], \$382 , 8'h00 };
+  assign \$385  = { \$384 [16], \$384 [16], \$384 [16], \$384 [16], \$384 [16], \$384 [16], \$384 , 9'h000 };
+  assign \$387  = { \$386 [16], \$386 [16], \$386 [16], \$386 [16], \$386 [16], \$386 , 10'h000 };
+  assign \$389  = { \$388 [16], \$388 [16], \$388 [16], \$388 [16], \$388 , 11'h000 };
+  assign \$391  = { \$390 [16], \$390 [16], \$390 [16], \$390 , 12'h000 };
+  assign \$393  = { \$392 [16], \$392 [16], \$392 , 13'h0000 };
+  assign \$395  = { \$394 [16], \$394 , 14'h0000 };
+  assign \$397  = { \$396 , 15'h0000 };
+  assign \$399  = { \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 [16], \$398 , 16'h0000 };
+  assign { l2_exp_ga_l1_10[33], l2_exp_ga_l1_10[31:17], l2_exp_ga_l1_10[15:0] } = { \$430 [33], \$430 [31:17], \$430 [15:0] };
+  assign { l2_exp_ga_l1_10[32], l2_exp_ga_l1_10[16] } = \$auto$rtlil.cc:2739:Not$18 ;
+  assign { \$432 [33], \$432 [31:17], \$432 [15:0] } = 32'd0;
+  assign { \$432 [32], \$432 [16] } = { \$397 [31], \$397 [16] };
+  assign { \$434 [33], \$434 [31:17], \$434 [15:0] } = 32'd0;
+  assign { \$434 [32], \$434 [16] } = { \$399 [32], \$399 [16] };
+  assign \$503  = { i__payload[67], i__payload[67:52] };
+  assign \$505  = { i__payload[67], i__payload[67], i__payload[67], i__payload[67], i__payload[67:55] };
+  assign { l3_exp_n_l2_0[17:2], l3_exp_n_l2_0[0] } = { \$512 [17:2], \$512 [0] };
+  assign l3_exp_n_l2_0[1] = \$auto$rtlil.cc:2739:Not$20 ;
+  assign { \$514 [17:2], \$514 [0] } = 17'h00000;
+  assign \$514 [1] = l3_exp_n_l1_0[1];
+  assign { \$516 [17:2], \$516 [0] } = 17'h00000;
+  assign \$516 [1] = \$511 [0];
+  assign \$518  = { 6'h00, l3_s2_exp_t[16:0], 9'h000 };
+  assign \$519  = { 5'h00, l3_s2_exp_t[16:0], 10'h000 };
+  assign \$520  = { 3'h0, l3_s2_exp_t[16:0], 12'h000 };
+  assign { l3_exp_h_l2_0[31], l3_exp_h_l2_0[29], l3_exp_h_l2_0[27], l3_exp_h_l2_0[25:17], l3_exp_h_l2_0[15:0] } = { \$527 [31], \$527 [29], \$527 [27], \$527 [25:17], \$527 [15:0] };
+  assign { l3_exp_h_l2_0[33:32], l3_exp_h_l2_0[30], l3_exp_h_l2_0[28], l3_exp_h_l2_0[26], l3_exp_h_l2_0[16] } = \$auto$rtlil.cc:2739:Not$22 ;
+  assign { \$529 [31], \$529 [29], \$529 [27], \$529 [25:17], \$529 [15:0] } = 28'h0000000;
+  assign { \$529 [33:32], \$529 [30], \$529 [28], \$529 [26], \$529 [16] } = { l3_exp_h_l1_0[33:32], l3_exp_h_l1_0[30], l3_exp_h_l1_0[28], l3_exp_h_l1_0[26], l3_exp_h_l1_0[16] };
+  assign { \$531 [31], \$531 [29], \$531 [27], \$531 [25:17], \$531 [15:0] } = 28'h0000000;
+  assign { \$531 [33:32], \$531 [30], \$531 [28], \$531 [26], \$531 [16] } = { \$526 [32:31], \$526 [29], \$526 [27], \$526 [25], \$526 [15] };
+  assign \$534  = { \$533 [16], \$533  };
+  assign \$536  = { \$535 , 1'h0 };
+  assign \$538  = { \$537 [16], \$537 , 2'h0 };
+  assign \$540  = { \$539 , 3'h0 };
+  assign \$542  = { \$541 [16], \$541 [16], \$541 [16], \$541 , 4'h0 };
+  assign \$544  = { \$543 [16], \$543 [16], \$543 , 5'h00 };
+  assign \$546  = { \$545 [16], \$545 , 6'h00 };
+  assign \$548  = { \$547 , 7'h00 };
+  assign \$550  = { \$549 [16], \$549 [16], \$549 [16], \$549 [16], \$549 [16], \$549 [16], \$549 [16], \$549 , 8'h00 };
+  assign \$552  = { \$551 [16], \$551 [16], \$551 [16], \$551 [16], \$551 [16], \$551 [16], \$551 , 9'h000 };
+  assign \$554  = { \$553 [16], \$553 [16], \$553 [16], \$553 [16], \$553 [16], \$553 , 10'h000 };
+  assign \$556  = { \$555 [16], \$555 [16], \$555 [16], \$555 [16], \$555 , 11'h000 };
+  assign \$558  = { \$557 [16], \$557 [16], \$557 [16], \$557 , 12'h000 };
+  assign \$560  = { \$559 [16], \$559 [16], \$559 , 13'h0000 };
+  assign \$562  = { \$561 [16], \$561 , 14'h0000 };
+  assign \$564  = { \$563 , 15'h0000 };
+  assign \$566  = { \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 [16], \$565 , 16'h0000 };
+  assign { l3_exp_ga_l1_10[33], l3_exp_ga_l1_10[31:17], l3_exp_ga_l1_10[15:0] } = { \$597 [33], \$597 [31:17], \$597 [15:0] };
+  assign { l3_exp_ga_l1_10[32], l3_exp_ga_l1_10[16] } = \$auto$rtlil.cc:2739:Not$24 ;
+  assign { \$599 [33], \$599 [31:17], \$599 [15:0] } = 32'd0;
+  assign { \$599 [32], \$599 [16] } = { \$564 [31], \$564 [16] };
+  assign { \$601 [33], \$601 [31:17], \$601 [15:0] } = 32'd0;
+  assign { \$601 [32], \$601 [16] } = { \$566 [32], \$566 [16] };
+endmodule
+
+(* generator = "Amaranth" *)
+module \shift_exp.out_queue (clk, rst, r_data, \port$933$0 , \port$987$0 , \port$1041$0 , \port$1095$0 , w_en, r_rdy, r_en);
+  reg \$auto$verilog_backend.cc:2355:dump_module$26  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire [4:0] \$11 ;
+  wire [4:0] \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire [4:0] \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire [4:0] \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  reg [3:0] \$30 ;
+  reg [3:0] \$31 ;
+  reg [3:0] \$32 ;
+  reg \$33 ;
+  wire \$4 ;
+  wire [4:0] \$5 ;
+  wire [4:0] \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input clk;
+  wire clk;
+  (* init = 4'h0 *)
+  wire [3:0] consume;
+  reg [3:0] inner_level = 4'h0;
+  wire inner_r_rdy;
+  wire [4:0] level;
+  input [15:0] \port$1041$0 ;
+  wire [15:0] \port$1041$0 ;
+  input [15:0] \port$1095$0 ;
+  wire [15:0] \port$1095$0 ;
+  input [15:0] \port$933$0 ;
+  wire [15:0] \port$933$0 ;
+  input [15:0] \port$987$0 ;
+  wire [15:0] \port$987$0 ;
+  (* init = 4'h0 *)
+  wire [3:0] produce;
+  output [63:0] r_data;
+  wire [63:0] r_data;
+  input r_en;
+  wire r_en;
+  wire [4:0] r_level;
+  reg [3:0] r_port__addr = 4'h0;
+  wire [63:0] r_port__data;
+  wire r_port__en;
+  output r_rdy;
+  reg r_rdy = 1'h0;
+  input rst;
+  wire rst;
+  wire [63:0] w_data;
+  input w_en;
+  wire w_en;
+  wire [4:0] w_level;
+  reg [3:0] w_port__addr = 4'h0;
+  wire [63:0] w_port__data;
+  wire w_port__en;
+  wire w_rdy;
+  reg [63:0] storage [14:0];
+  initial begin
+    storage[0] = 64'h0000000000000000;
+    storage[1] = 64'h0000000000000000;
+    storage[2] = 64'h0000000000000000;
+    storage[3] = 64'h0000000000000000;
+    storage[4] = 64'h0000000000000000;
+    storage[5] = 64'h0000000000000000;
+    storage[6] = 64'h0000000000000000;
+    storage[7] = 64'h0000000000000000;
+    storage[8] = 64'h0000000000000000;
+    storage[9] = 64'h0000000000000000;
+    storage[10] = 64'h0000000000000000;
+    storage[11] = 64'h0000000000000000;
+    storage[12] = 64'h0000000000000000;
+    storage[13] = 64'h0000000000000000;
+    storage[14] = 64'h0000000000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= { \port$1095$0 , \port$1041$0 , \port$987$0 , \port$933$0  };
+  end
+  reg [63:0] _0_;
+  always @(posedge clk) begin
+    if (r_port__en) begin
+      _0_ <= storage[r_port__addr];
     end
   end
+  assign r_data = _0_;
+  assign w_rdy = inner_level != 4'hf;
+  assign inner_r_rdy = | inner_level;
+  assign w_port__en = w_rdy & w_en;
+  assign \$1  = ~ r_rdy;
+  assign \$2  = \$1  | r_en;
+  assign r_port__en = inner_r_rdy & \$2 ;
+  assign w_level = inner_level + r_rdy;
+  assign \$3  = w_rdy & w_en;
+  assign \$4  = w_port__addr == 4'he;
+  assign \$5  = w_port__addr + 1'h1;
+  assign \$6  = \$4  ? 5'h00 : \$5 ;
+  assign \$7  = ~ r_rdy;
+  assign \$8  = \$7  | r_en;
+  assign \$9  = inner_r_rdy & \$8 ;
+  assign \$10  = r_port__addr == 4'he;
+  assign \$11  = r_port__addr + 1'h1;
+  assign \$12  = \$10  ? 5'h00 : \$11 ;
+  assign \$13  = w_rdy & w_en;
+  assign \$14  = ~ r_rdy;
+  assign \$15  = \$14  | r_en;
+  assign \$16  = inner_r_rdy & \$15 ;
+  assign \$17  = ~ \$16 ;
+  assign \$18  = \$13  & \$17 ;
+  assign \$19  = inner_level + 1'h1;
+  assign \$20  = ~ r_rdy;
+  assign \$21  = \$20  | r_en;
+  assign \$22  = inner_r_rdy & \$21 ;
+  assign \$23  = w_rdy & w_en;
+  assign \$24  = ~ \$23 ;
+  assign \$25  = \$22  & \$24 ;
+  assign \$26  = inner_level - 1'h1;
+  assign \$27  = ~ r_rdy;
+  assign \$28  = \$27  | r_en;
+  assign \$29  = inner_r_rdy & \$28 ;
+  always @(posedge clk)
+    w_port__addr <= \$30 ;
+  always @(posedge clk)
+    r_port__addr <= \$31 ;
+  always @(posedge clk)
+    inner_level <= \$32 ;
+  always @(posedge clk)
+    r_rdy <= \$33 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = l0_s1_exp_r;
-    if (i__ready) begin
-      \$34  = \$19 [11:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = l0_s2_exp_q;
-    if (i__ready) begin
-      \$35  = l0_s1_exp_q;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = l0_s2_exp_r;
-    if (i__ready) begin
-      \$36  = l0_s1_exp_r;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = l0_s2_exp_h;
-    if (i__ready) begin
-      \$37  = \$23 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = l0_s3_exp_q;
-    if (i__ready) begin
-      \$38  = l0_s2_exp_q;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = l0_s3_exp_g;
-    if (i__ready) begin
-      \$39  = \$27 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = o__payload;
-    if (i__ready) begin
-      \$40  = \$31 [15:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = valid_s1;
-    if (i__ready) begin
-      \$41  = i__valid;
+    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
+    \$30  = w_port__addr;
+    if (\$3 ) begin
+      \$30  = \$6 [3:0];
     end
     if (rst) begin
-      \$41  = 1'h0;
+      \$30  = 4'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = valid_s2;
-    if (i__ready) begin
-      \$42  = valid_s1;
+    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
+    \$31  = r_port__addr;
+    if (\$9 ) begin
+      \$31  = \$12 [3:0];
     end
     if (rst) begin
-      \$42  = 1'h0;
+      \$31  = 4'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = valid_s3;
-    if (i__ready) begin
-      \$43  = valid_s2;
+    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
+    \$32  = inner_level;
+    if (\$18 ) begin
+      \$32  = \$19 [3:0];
+    end
+    if (\$25 ) begin
+      \$32  = \$26 [3:0];
     end
     if (rst) begin
-      \$43  = 1'h0;
+      \$32  = 4'h0;
     end
   end
-  assign en = i__ready;
-  assign l0_s4_exp = o__payload;
-  assign valid_s4 = o__valid;
-  assign \i__payload[0]  = i__payload;
-  assign \o__payload[0]  = o__payload;
-  assign \$1  = { i__payload[16], i__payload[16:1] };
-  assign \$3  = { i__payload[16], i__payload[16], i__payload[16], i__payload[16], i__payload[16:4] };
-  assign \$6  = { 12'h000, \$5 [17:12] };
-  assign \$8  = { i__payload[16], i__payload[16:1] };
-  assign \$10  = { i__payload[16], i__payload[16], i__payload[16], i__payload[16], i__payload[16:4] };
-  assign \$13  = { 12'h000, \$12 [17:12] };
-  assign \$15  = { i__payload[16], i__payload[16:1] };
-  assign \$17  = { i__payload[16], i__payload[16], i__payload[16], i__payload[16], i__payload[16:4] };
-  assign \$22  = { 12'h000, \$21 [25:12] };
-  assign \$26  = { \$25 [40], \$25 [40], \$25 [40], \$25 [40], \$25 [40], \$25 [40], \$25 [40], \$25 [40], \$25 [40], \$25 [40], \$25 [40], \$25 [40], \$25 [40:12] };
-  assign \$28  = { l0_s3_exp_g, 1'h0 };
-  assign \$31  = { \$30 [43], \$30 [43:1] };
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
+    \$33  = r_rdy;
+    if (\$29 ) begin
+      \$33  = 1'h1;
+    end else if (r_en) begin
+      \$33  = 1'h0;
+    end
+    if (rst) begin
+      \$33  = 1'h0;
+    end
+  end
+  assign level = w_level;
+  assign r_level = w_level;
+  assign produce = w_port__addr;
+  assign w_port__data = { \port$1095$0 , \port$1041$0 , \port$987$0 , \port$933$0  };
+  assign w_data = { \port$1095$0 , \port$1041$0 , \port$987$0 , \port$933$0  };
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
 endmodule

@@ -2,43 +2,43 @@
 
 (* top =  1  *)
 (* generator = "Amaranth" *)
-module softmax(i__valid, o__ready, clk, rst, i__ready, o__payload, o__valid, i__payload);
-  reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
+module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__ready, o__payload, o__valid, c__payload);
+  reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire [16:0] \$100 ;
-  wire [16:0] \$101 ;
-  wire [8:0] \$102 ;
+  wire \$100 ;
+  wire [5:0] \$101 ;
+  wire [6:0] \$102 ;
   wire [8:0] \$103 ;
   wire [9:0] \$104 ;
   wire \$105 ;
-  wire [32:0] \$106 ;
+  wire \$106 ;
   wire [33:0] \$107 ;
   wire [33:0] \$108 ;
-  wire \$109 ;
+  wire [7:0] \$109 ;
   wire \$11 ;
-  wire [33:0] \$110 ;
-  wire [33:0] \$111 ;
-  wire [7:0] \$112 ;
+  wire [4:0] \$110 ;
+  wire \$111 ;
+  wire \$112 ;
   wire \$113 ;
   wire \$114 ;
-  wire [9:0] \$115 ;
-  wire \$116 ;
+  wire [4:0] \$115 ;
+  wire [5:0] \$116 ;
   wire \$117 ;
   wire \$118 ;
   wire \$119 ;
-  wire [15:0] \$12 ;
+  wire \$12 ;
   wire \$120 ;
-  wire \$121 ;
+  wire [6:0] \$121 ;
   wire \$122 ;
   wire \$123 ;
   wire \$124 ;
-  wire [9:0] \$125 ;
+  wire \$125 ;
   wire \$126 ;
   wire \$127 ;
   wire \$128 ;
   wire \$129 ;
-  wire \$13 ;
+  wire [15:0] \$13 ;
   wire \$130 ;
   wire \$131 ;
   wire \$132 ;
@@ -49,7 +49,7 @@ module softmax(i__valid, o__ready, clk, rst, i__ready, o__payload, o__valid, i__
   wire \$137 ;
   wire \$138 ;
   wire \$139 ;
-  wire \$14 ;
+  wire [15:0] \$14 ;
   wire \$140 ;
   wire \$141 ;
   wire \$142 ;
@@ -80,218 +80,775 @@ module softmax(i__valid, o__ready, clk, rst, i__ready, o__payload, o__valid, i__
   wire \$165 ;
   wire \$166 ;
   wire \$167 ;
-  reg [15:0] \$168 ;
-  reg \$169 ;
-  wire \$17 ;
-  reg [7:0] \$170 ;
-  reg \$171 ;
-  reg [8:0] \$172 ;
-  reg [15:0] \$173 ;
-  reg [8:0] \$174 ;
-  reg [15:0] \$175 ;
-  reg \$176 ;
-  reg \$177 ;
-  reg \$178 ;
-  reg \$179 ;
+  wire \$168 ;
+  wire \$169 ;
+  wire [15:0] \$17 ;
+  wire \$170 ;
+  wire \$171 ;
+  wire \$172 ;
+  wire \$173 ;
+  wire \$174 ;
+  wire \$175 ;
+  wire \$176 ;
+  wire \$177 ;
+  wire \$178 ;
+  wire \$179 ;
   wire \$18 ;
-  reg \$180 ;
-  reg \$181 ;
-  reg [7:0] \$182 ;
-  wire [16:0] \$183 ;
-  wire [7:0] \$184 ;
-  wire [4:0] \$185 ;
-  wire [11:0] \$186 ;
-  wire [7:0] \$187 ;
-  wire [4:0] \$188 ;
-  wire [11:0] \$189 ;
-  wire [8:0] \$19 ;
-  wire [27:0] \$190 ;
-  wire [7:0] \$191 ;
-  wire [4:0] \$192 ;
-  wire [41:0] \$193 ;
-  wire [7:0] \$194 ;
-  wire [15:0] \$195 ;
-  wire [7:0] \$196 ;
-  reg [23:0] \$197 ;
-  reg \$198 ;
-  reg \$199 ;
+  wire \$180 ;
+  wire \$181 ;
+  wire \$182 ;
+  wire \$183 ;
+  wire \$184 ;
+  wire \$185 ;
+  wire \$186 ;
+  wire \$187 ;
+  wire \$188 ;
+  wire \$189 ;
+  wire \$19 ;
+  wire \$190 ;
+  wire \$191 ;
+  wire \$192 ;
+  wire \$193 ;
+  wire \$194 ;
+  wire \$195 ;
+  wire [16:0] \$196 ;
+  wire [16:0] \$197 ;
+  wire [16:0] \$198 ;
+  wire [16:0] \$199 ;
   wire \$2 ;
   wire \$20 ;
-  reg [7:0] \$200 ;
-  reg [8:0] \$201 ;
-  reg [15:0] \$202 ;
-  reg \$203 ;
-  reg \$204 ;
-  reg [2:0] \$205 ;
-  reg \$206 ;
-  reg [2:0] \$207 ;
-  reg [8:0] \$208 ;
-  reg [31:0] \$209 ;
+  wire [17:0] \$200 ;
+  wire [17:0] \$201 ;
+  wire [17:0] \$202 ;
+  wire [17:0] \$203 ;
+  wire [17:0] \$204 ;
+  wire [17:0] \$205 ;
+  wire [17:0] \$206 ;
+  wire [17:0] \$207 ;
+  wire [17:0] \$208 ;
+  wire [17:0] \$209 ;
   wire \$21 ;
-  reg [16:0] \$210 ;
-  reg [4:0] \$211 ;
-  reg [39:0] \$212 ;
-  reg [16:0] \$213 ;
-  reg [8:0] \$214 ;
-  reg [16:0] \$215 ;
-  reg [8:0] \$216 ;
-  reg [16:0] \$217 ;
-  reg [8:0] \$218 ;
-  reg [7:0] \$219 ;
-  wire [15:0] \$22 ;
-  reg [2:0] \$220 ;
-  reg [16:0] \$221 ;
-  reg \$222 ;
-  reg [32:0] \$223 ;
-  reg \$224 ;
-  reg [7:0] \$225 ;
-  reg \$226 ;
-  reg \$227 ;
-  reg \$228 ;
-  reg \$229 ;
+  wire [17:0] \$210 ;
+  wire [17:0] \$211 ;
+  wire [31:0] \$212 ;
+  wire [31:0] \$213 ;
+  wire [31:0] \$214 ;
+  wire [33:0] \$215 ;
+  wire [33:0] \$216 ;
+  wire [33:0] \$217 ;
+  wire [33:0] \$218 ;
+  wire [33:0] \$219 ;
+  wire \$22 ;
+  wire [33:0] \$220 ;
+  wire [33:0] \$221 ;
+  wire [33:0] \$222 ;
+  wire [33:0] \$223 ;
+  wire [33:0] \$224 ;
+  wire [33:0] \$225 ;
+  wire [33:0] \$226 ;
+  wire [16:0] \$227 ;
+  wire [17:0] \$228 ;
+  wire [16:0] \$229 ;
   wire \$23 ;
-  reg \$230 ;
-  reg \$231 ;
-  reg \$232 ;
-  reg \$233 ;
-  reg \$234 ;
-  reg \$235 ;
-  reg \$236 ;
-  reg \$237 ;
-  wire [8:0] \$24 ;
-  wire \$25 ;
+  wire [17:0] \$230 ;
+  wire [16:0] \$231 ;
+  wire [19:0] \$232 ;
+  wire [16:0] \$233 ;
+  wire [19:0] \$234 ;
+  wire [16:0] \$235 ;
+  wire [23:0] \$236 ;
+  wire [16:0] \$237 ;
+  wire [23:0] \$238 ;
+  wire [16:0] \$239 ;
+  wire \$24 ;
+  wire [23:0] \$240 ;
+  wire [16:0] \$241 ;
+  wire [23:0] \$242 ;
+  wire [16:0] \$243 ;
+  wire [31:0] \$244 ;
+  wire [16:0] \$245 ;
+  wire [31:0] \$246 ;
+  wire [16:0] \$247 ;
+  wire [31:0] \$248 ;
+  wire [16:0] \$249 ;
+  wire [5:0] \$25 ;
+  wire [31:0] \$250 ;
+  wire [16:0] \$251 ;
+  wire [31:0] \$252 ;
+  wire [16:0] \$253 ;
+  wire [31:0] \$254 ;
+  wire [16:0] \$255 ;
+  wire [31:0] \$256 ;
+  wire [16:0] \$257 ;
+  wire [31:0] \$258 ;
+  wire [16:0] \$259 ;
   wire \$26 ;
-  wire [15:0] \$27 ;
-  wire [8:0] \$28 ;
-  wire [16:0] \$29 ;
+  wire [47:0] \$260 ;
+  wire [33:0] \$261 ;
+  wire [33:0] \$262 ;
+  wire [33:0] \$263 ;
+  wire [33:0] \$264 ;
+  wire [33:0] \$265 ;
+  wire [33:0] \$266 ;
+  wire [33:0] \$267 ;
+  wire [33:0] \$268 ;
+  wire [33:0] \$269 ;
+  wire [16:0] \$27 ;
+  wire [33:0] \$270 ;
+  wire [33:0] \$271 ;
+  wire [33:0] \$272 ;
+  wire [33:0] \$273 ;
+  wire [33:0] \$274 ;
+  wire [33:0] \$275 ;
+  wire [33:0] \$276 ;
+  wire [33:0] \$277 ;
+  wire [33:0] \$278 ;
+  wire [33:0] \$279 ;
+  wire [18:0] \$28 ;
+  wire [33:0] \$280 ;
+  wire [33:0] \$281 ;
+  wire [33:0] \$282 ;
+  wire [33:0] \$283 ;
+  wire [33:0] \$284 ;
+  wire [33:0] \$285 ;
+  wire [33:0] \$286 ;
+  wire [33:0] \$287 ;
+  wire [33:0] \$288 ;
+  wire [33:0] \$289 ;
+  wire [33:0] \$29 ;
+  wire [33:0] \$290 ;
+  wire [33:0] \$291 ;
+  wire [33:0] \$292 ;
+  wire [33:0] \$293 ;
+  wire [33:0] \$294 ;
+  wire [33:0] \$295 ;
+  wire [33:0] \$296 ;
+  wire [33:0] \$297 ;
+  wire [33:0] \$298 ;
+  wire [33:0] \$299 ;
   wire \$3 ;
-  wire [16:0] \$30 ;
-  wire [17:0] \$31 ;
-  wire [16:0] \$32 ;
-  wire [18:0] \$33 ;
-  wire [19:0] \$34 ;
-  wire [17:0] \$35 ;
-  wire \$36 ;
+  wire \$30 ;
+  wire [33:0] \$300 ;
+  wire [33:0] \$301 ;
+  wire [33:0] \$302 ;
+  wire [33:0] \$303 ;
+  wire [33:0] \$304 ;
+  wire [33:0] \$305 ;
+  wire [33:0] \$306 ;
+  wire [33:0] \$307 ;
+  wire [33:0] \$308 ;
+  wire [33:0] \$309 ;
+  wire \$31 ;
+  wire [33:0] \$310 ;
+  wire [33:0] \$311 ;
+  wire [33:0] \$312 ;
+  wire [33:0] \$313 ;
+  wire [33:0] \$314 ;
+  wire [33:0] \$315 ;
+  wire [33:0] \$316 ;
+  wire [33:0] \$317 ;
+  wire [33:0] \$318 ;
+  wire [33:0] \$319 ;
+  wire \$32 ;
+  wire [33:0] \$320 ;
+  wire [33:0] \$321 ;
+  wire [33:0] \$322 ;
+  wire [33:0] \$323 ;
+  wire [33:0] \$324 ;
+  wire [33:0] \$325 ;
+  wire [33:0] \$326 ;
+  wire [33:0] \$327 ;
+  wire [33:0] \$328 ;
+  wire [33:0] \$329 ;
+  wire [4:0] \$33 ;
+  wire [33:0] \$330 ;
+  wire [33:0] \$331 ;
+  wire [33:0] \$332 ;
+  wire [33:0] \$333 ;
+  wire [33:0] \$334 ;
+  wire [33:0] \$335 ;
+  wire [33:0] \$336 ;
+  wire [33:0] \$337 ;
+  wire [33:0] \$338 ;
+  wire [33:0] \$339 ;
+  wire [34:0] \$34 ;
+  wire [33:0] \$340 ;
+  wire [33:0] \$341 ;
+  wire [33:0] \$342 ;
+  wire [33:0] \$343 ;
+  wire [33:0] \$344 ;
+  wire [33:0] \$345 ;
+  wire [33:0] \$346 ;
+  wire [33:0] \$347 ;
+  wire [33:0] \$348 ;
+  wire [33:0] \$349 ;
+  wire [48:0] \$35 ;
+  wire [33:0] \$350 ;
+  wire [33:0] \$351 ;
+  wire [33:0] \$352 ;
+  wire [33:0] \$353 ;
+  wire [33:0] \$354 ;
+  wire [33:0] \$355 ;
+  wire [33:0] \$356 ;
+  wire [33:0] \$357 ;
+  wire [33:0] \$358 ;
+  wire [33:0] \$359 ;
+  wire [34:0] \$36 ;
+  wire [33:0] \$360 ;
+  wire [33:0] \$361 ;
+  wire [33:0] \$362 ;
+  wire \$363 ;
+  wire \$364 ;
+  wire \$365 ;
+  wire \$366 ;
+  wire \$367 ;
+  wire [16:0] \$368 ;
+  wire [17:0] \$369 ;
   wire [16:0] \$37 ;
-  wire [17:0] \$38 ;
-  wire [16:0] \$39 ;
+  wire [16:0] \$370 ;
+  wire [17:0] \$371 ;
+  wire [16:0] \$372 ;
+  wire [19:0] \$373 ;
+  wire [16:0] \$374 ;
+  wire [19:0] \$375 ;
+  wire [16:0] \$376 ;
+  wire [23:0] \$377 ;
+  wire [16:0] \$378 ;
+  wire [23:0] \$379 ;
+  wire [20:0] \$38 ;
+  wire [16:0] \$380 ;
+  wire [23:0] \$381 ;
+  wire [16:0] \$382 ;
+  wire [23:0] \$383 ;
+  wire [16:0] \$384 ;
+  wire [31:0] \$385 ;
+  wire [16:0] \$386 ;
+  wire [31:0] \$387 ;
+  wire [16:0] \$388 ;
+  wire [31:0] \$389 ;
+  wire [4:0] \$39 ;
+  wire [16:0] \$390 ;
+  wire [31:0] \$391 ;
+  wire [16:0] \$392 ;
+  wire [31:0] \$393 ;
+  wire [16:0] \$394 ;
+  wire [31:0] \$395 ;
+  wire [16:0] \$396 ;
+  wire [31:0] \$397 ;
+  wire [16:0] \$398 ;
+  wire [31:0] \$399 ;
   wire \$4 ;
-  wire [18:0] \$40 ;
-  wire [19:0] \$41 ;
-  wire [17:0] \$42 ;
-  wire [17:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire [17:0] \$45 ;
-  wire [16:0] \$46 ;
-  wire [18:0] \$47 ;
-  wire [19:0] \$48 ;
-  wire [24:0] \$49 ;
-  wire [8:0] \$5 ;
-  wire [25:0] \$50 ;
-  wire [25:0] \$51 ;
-  wire [27:0] \$52 ;
-  wire [39:0] \$53 ;
-  wire [40:0] \$54 ;
-  wire [40:0] \$55 ;
-  wire [41:0] \$56 ;
-  wire [42:0] \$57 ;
-  wire [42:0] \$58 ;
-  wire [43:0] \$59 ;
-  wire [8:0] \$6 ;
-  wire [43:0] \$60 ;
-  wire [24:0] \$61 ;
+  wire [4:0] \$40 ;
+  wire [32:0] \$400 ;
+  wire [32:0] \$401 ;
+  wire [32:0] \$402 ;
+  wire [32:0] \$403 ;
+  wire [32:0] \$404 ;
+  wire [32:0] \$405 ;
+  wire [32:0] \$406 ;
+  wire [32:0] \$407 ;
+  wire [32:0] \$408 ;
+  wire [32:0] \$409 ;
+  wire \$41 ;
+  wire [32:0] \$410 ;
+  wire [32:0] \$411 ;
+  wire [32:0] \$412 ;
+  wire [32:0] \$413 ;
+  wire [32:0] \$414 ;
+  wire [32:0] \$415 ;
+  wire [32:0] \$416 ;
+  wire [32:0] \$417 ;
+  wire [32:0] \$418 ;
+  wire [32:0] \$419 ;
+  wire \$42 ;
+  wire [32:0] \$420 ;
+  wire [32:0] \$421 ;
+  wire [32:0] \$422 ;
+  wire [32:0] \$423 ;
+  wire [32:0] \$424 ;
+  wire [32:0] \$425 ;
+  wire [32:0] \$426 ;
+  wire [32:0] \$427 ;
+  wire [32:0] \$428 ;
+  wire [32:0] \$429 ;
+  wire [4:0] \$43 ;
+  wire [32:0] \$430 ;
+  wire [32:0] \$431 ;
+  wire [32:0] \$432 ;
+  wire [32:0] \$433 ;
+  wire [32:0] \$434 ;
+  wire [32:0] \$435 ;
+  wire [32:0] \$436 ;
+  wire [32:0] \$437 ;
+  wire [32:0] \$438 ;
+  wire [32:0] \$439 ;
+  wire [5:0] \$44 ;
+  wire [32:0] \$440 ;
+  wire [32:0] \$441 ;
+  wire [32:0] \$442 ;
+  wire [32:0] \$443 ;
+  wire [32:0] \$444 ;
+  wire [32:0] \$445 ;
+  wire [32:0] \$446 ;
+  wire [32:0] \$447 ;
+  wire [32:0] \$448 ;
+  wire [32:0] \$449 ;
+  wire [15:0] \$45 ;
+  wire [32:0] \$450 ;
+  wire [32:0] \$451 ;
+  wire [32:0] \$452 ;
+  wire [32:0] \$453 ;
+  wire [32:0] \$454 ;
+  wire [32:0] \$455 ;
+  wire [32:0] \$456 ;
+  wire [32:0] \$457 ;
+  wire [32:0] \$458 ;
+  wire [32:0] \$459 ;
+  wire \$46 ;
+  wire [32:0] \$460 ;
+  wire [32:0] \$461 ;
+  wire [32:0] \$462 ;
+  wire [32:0] \$463 ;
+  wire [32:0] \$464 ;
+  wire [32:0] \$465 ;
+  wire [32:0] \$466 ;
+  wire [32:0] \$467 ;
+  wire [32:0] \$468 ;
+  wire [32:0] \$469 ;
+  wire \$47 ;
+  wire [32:0] \$470 ;
+  wire [32:0] \$471 ;
+  wire [32:0] \$472 ;
+  wire [32:0] \$473 ;
+  wire [32:0] \$474 ;
+  wire [32:0] \$475 ;
+  wire [32:0] \$476 ;
+  wire [32:0] \$477 ;
+  wire [32:0] \$478 ;
+  wire [32:0] \$479 ;
+  wire \$48 ;
+  wire [32:0] \$480 ;
+  wire [32:0] \$481 ;
+  wire [32:0] \$482 ;
+  wire [32:0] \$483 ;
+  wire [32:0] \$484 ;
+  wire [32:0] \$485 ;
+  wire [32:0] \$486 ;
+  wire [32:0] \$487 ;
+  wire [32:0] \$488 ;
+  wire [32:0] \$489 ;
+  wire \$49 ;
+  reg \$490 ;
+  reg \$491 ;
+  reg \$492 ;
+  reg [4:0] \$493 ;
+  reg \$494 ;
+  reg [15:0] \$495 ;
+  reg \$496 ;
+  reg \$497 ;
+  reg \$498 ;
+  reg [15:0] \$499 ;
+  wire \$5 ;
+  wire \$50 ;
+  reg [15:0] \$500 ;
+  reg [15:0] \$501 ;
+  reg \$502 ;
+  reg [4:0] \$503 ;
+  reg \$504 ;
+  reg \$505 ;
+  reg [4:0] \$506 ;
+  reg [4:0] \$507 ;
+  reg \$508 ;
+  reg \$509 ;
+  wire \$51 ;
+  reg \$510 ;
+  reg \$511 ;
+  reg \$512 ;
+  reg \$513 ;
+  reg \$514 ;
+  reg \$515 ;
+  reg \$516 ;
+  reg \$517 ;
+  reg \$518 ;
+  reg [4:0] \$519 ;
+  wire \$52 ;
+  reg [4:0] \$520 ;
+  wire [16:0] \$521 ;
+  wire [4:0] \$522 ;
+  wire [16:0] \$523 ;
+  wire [4:0] \$524 ;
+  wire [33:0] \$525 ;
+  wire [4:0] \$526 ;
+  wire [4:0] \$527 ;
+  wire [16:0] \$528 ;
+  wire [33:0] \$529 ;
+  wire \$53 ;
+  wire [33:0] \$530 ;
+  wire [4:0] \$531 ;
+  wire [4:0] \$532 ;
+  wire [16:0] \$533 ;
+  wire [16:0] \$534 ;
+  wire [47:0] \$535 ;
+  wire [4:0] \$536 ;
+  wire [4:0] \$537 ;
+  wire [33:0] \$538 ;
+  wire [33:0] \$539 ;
+  wire \$54 ;
+  wire [33:0] \$540 ;
+  wire [33:0] \$541 ;
+  wire [33:0] \$542 ;
+  wire [33:0] \$543 ;
+  wire [33:0] \$544 ;
+  wire [33:0] \$545 ;
+  wire [33:0] \$546 ;
+  wire [4:0] \$547 ;
+  wire [4:0] \$548 ;
+  wire [33:0] \$549 ;
+  wire \$55 ;
+  wire [33:0] \$550 ;
+  wire [33:0] \$551 ;
+  wire [4:0] \$552 ;
+  wire [4:0] \$553 ;
+  wire [16:0] \$554 ;
+  wire [4:0] \$555 ;
+  wire [15:0] \$556 ;
+  wire [4:0] \$557 ;
+  reg [19:0] \$558 ;
+  reg [4:0] \$559 ;
+  wire [5:0] \$56 ;
+  reg [4:0] \$560 ;
+  reg \$561 ;
+  reg [5:0] \$562 ;
+  reg [15:0] \$563 ;
+  reg \$564 ;
+  reg \$565 ;
+  reg \$566 ;
+  reg \$567 ;
+  reg [2:0] \$568 ;
+  reg \$569 ;
+  wire \$57 ;
+  reg [2:0] \$570 ;
+  reg [4:0] \$571 ;
+  reg [19:0] \$572 ;
+  reg [16:0] \$573 ;
+  reg [4:0] \$574 ;
+  reg \$575 ;
+  reg [19:0] \$576 ;
+  reg [16:0] \$577 ;
+  reg [16:0] \$578 ;
+  reg [4:0] \$579 ;
+  wire \$58 ;
+  reg [16:0] \$580 ;
+  reg [4:0] \$581 ;
+  reg [16:0] \$582 ;
+  reg [4:0] \$583 ;
+  reg \$584 ;
+  reg [4:0] \$585 ;
+  reg \$586 ;
+  reg [5:0] \$587 ;
+  reg [16:0] \$588 ;
+  reg [2:0] \$589 ;
+  wire \$59 ;
+  reg [4:0] \$590 ;
+  reg [7:0] \$591 ;
+  reg \$592 ;
+  reg \$593 ;
+  reg \$594 ;
+  reg \$595 ;
+  reg \$596 ;
+  reg \$597 ;
+  wire [16:0] \$598 ;
+  wire \$599 ;
+  wire \$6 ;
+  wire \$60 ;
+  wire [16:0] \$600 ;
+  wire \$601 ;
+  wire \$602 ;
+  wire [32:0] \$603 ;
+  wire [32:0] \$604 ;
+  wire [32:0] \$605 ;
+  wire [32:0] \$606 ;
+  wire [32:0] \$607 ;
+  wire [32:0] \$608 ;
+  wire [32:0] \$609 ;
+  wire \$61 ;
+  wire [32:0] \$610 ;
+  wire \$611 ;
+  wire [32:0] \$612 ;
+  wire [32:0] \$613 ;
+  wire [32:0] \$614 ;
+  wire [32:0] \$615 ;
+  wire \$616 ;
+  wire [32:0] \$617 ;
+  wire [32:0] \$618 ;
+  wire [7:0] \$619 ;
   wire \$62 ;
+  wire \$620 ;
+  reg \$621 ;
+  reg [3:0] \$622 ;
+  reg [8:0] \$623 ;
+  reg \$624 ;
+  reg [3:0] \$625 ;
+  reg [4:0] \$626 ;
+  reg \$627 ;
+  reg \$628 ;
+  reg \$629 ;
   wire \$63 ;
+  reg \$630 ;
+  reg \$631 ;
+  reg \$632 ;
+  reg \$633 ;
+  reg \$634 ;
+  reg \$635 ;
   wire \$64 ;
   wire \$65 ;
-  wire \$66 ;
+  wire [21:0] \$66 ;
   wire \$67 ;
-  wire [8:0] \$68 ;
-  wire [15:0] \$69 ;
-  wire [9:0] \$7 ;
-  wire [8:0] \$70 ;
-  wire [9:0] \$71 ;
-  wire \$72 ;
-  wire \$73 ;
+  wire [21:0] \$68 ;
+  wire [19:0] \$69 ;
+  wire [15:0] \$7 ;
+  wire [21:0] \$70 ;
+  wire \$71 ;
+  wire [17:0] \$72 ;
+  wire [5:0] \$73 ;
   wire \$74 ;
   wire \$75 ;
-  wire \$76 ;
+  wire [21:0] \$76 ;
   wire \$77 ;
-  wire \$78 ;
+  wire [21:0] \$78 ;
   wire \$79 ;
   wire \$8 ;
-  wire [54:0] \$80 ;
+  wire [21:0] \$80 ;
   wire \$81 ;
-  wire [40:0] \$82 ;
-  wire [40:0] \$83 ;
+  wire \$82 ;
+  wire \$83 ;
   wire \$84 ;
-  wire [39:0] \$85 ;
-  wire [5:0] \$86 ;
-  wire \$87 ;
+  wire \$85 ;
+  wire [4:0] \$86 ;
+  wire [4:0] \$87 ;
   wire \$88 ;
   wire \$89 ;
   wire \$9 ;
-  wire \$90 ;
-  wire \$91 ;
-  wire \$92 ;
-  wire \$93 ;
-  wire \$94 ;
-  wire [8:0] \$95 ;
-  wire [8:0] \$96 ;
-  wire [9:0] \$97 ;
+  wire [4:0] \$90 ;
+  wire [4:0] \$91 ;
+  wire [5:0] \$92 ;
+  wire [16:0] \$93 ;
+  wire [16:0] \$94 ;
+  wire \$95 ;
+  wire \$96 ;
+  wire [5:0] \$97 ;
   wire \$98 ;
-  wire [8:0] \$99 ;
+  wire \$99 ;
+  wire [1:0] \$auto$rtlil.cc:2739:Not$10 ;
+  wire \$auto$rtlil.cc:2739:Not$12 ;
+  wire \$auto$rtlil.cc:2739:Not$2 ;
+  wire \$auto$rtlil.cc:2739:Not$4 ;
+  wire \$auto$rtlil.cc:2739:Not$6 ;
+  wire [5:0] \$auto$rtlil.cc:2739:Not$8 ;
+  (* init = 4'h0 *)
+  wire [3:0] \$signature__addr ;
+  wire [8:0] \$signature__data ;
+  (* init = 1'h0 *)
+  wire \$signature__en ;
+  reg bank_q = 1'h0;
+  input [4:0] c__payload;
+  wire [4:0] c__payload;
+  wire [4:0] \c__payload.f ;
+  output c__ready;
+  wire c__ready;
+  input c__valid;
+  wire c__valid;
   input clk;
   wire clk;
+  reg [4:0] credits = 5'h10;
   reg d_busy = 1'h0;
+  reg d_last = 1'h0;
   reg [2:0] dbank = 3'h0;
   reg [4:0] dcnt = 5'h00;
-  reg [8:0] dlen = 9'h000;
-  reg [39:0] dsh = 40'h0000000000;
+  reg [19:0] den = 20'h00000;
+  reg [4:0] dlenm1 = 5'h00;
   reg e_clear;
   reg ebank0_busy = 1'h0;
   reg ebank0_full = 1'h0;
-  reg [8:0] ebank0_len = 9'h000;
+  reg [4:0] ebank0_lenm1 = 5'h00;
   reg [16:0] ebank0_recip = 17'h00000;
   reg ebank1_busy = 1'h0;
   reg ebank1_full = 1'h0;
-  reg [8:0] ebank1_len = 9'h000;
+  reg [4:0] ebank1_lenm1 = 5'h00;
   reg [16:0] ebank1_recip = 17'h00000;
   reg ebank2_busy = 1'h0;
   reg ebank2_full = 1'h0;
-  reg [8:0] ebank2_len = 9'h000;
+  reg [4:0] ebank2_lenm1 = 5'h00;
   reg [16:0] ebank2_recip = 17'h00000;
-  wire en;
+  reg end_q = 1'h0;
   reg er = 1'h0;
   reg [2:0] ew = 3'h1;
-  wire [9:0] ewp__addr;
-  reg [15:0] ewp__data = 16'h0000;
-  reg ewp__en = 1'h0;
-  reg [7:0] ex_s1_a = 8'h00;
+  wire [33:0] ex_exp_ga_l0_0;
+  wire [33:0] ex_exp_ga_l0_1;
+  wire [33:0] ex_exp_ga_l0_10;
+  wire [33:0] ex_exp_ga_l0_11;
+  wire [33:0] ex_exp_ga_l0_12;
+  wire [33:0] ex_exp_ga_l0_13;
+  wire [33:0] ex_exp_ga_l0_14;
+  wire [33:0] ex_exp_ga_l0_15;
+  wire [33:0] ex_exp_ga_l0_16;
+  wire [33:0] ex_exp_ga_l0_17;
+  wire [33:0] ex_exp_ga_l0_18;
+  wire [33:0] ex_exp_ga_l0_2;
+  wire [33:0] ex_exp_ga_l0_3;
+  wire [33:0] ex_exp_ga_l0_4;
+  wire [33:0] ex_exp_ga_l0_5;
+  wire [33:0] ex_exp_ga_l0_6;
+  wire [33:0] ex_exp_ga_l0_7;
+  wire [33:0] ex_exp_ga_l0_8;
+  wire [33:0] ex_exp_ga_l0_9;
+  wire [33:0] ex_exp_ga_l1_0;
+  wire [33:0] ex_exp_ga_l1_1;
+  wire [33:0] ex_exp_ga_l1_10;
+  wire [33:0] ex_exp_ga_l1_11;
+  wire [33:0] ex_exp_ga_l1_12;
+  wire [33:0] ex_exp_ga_l1_2;
+  wire [33:0] ex_exp_ga_l1_3;
+  wire [33:0] ex_exp_ga_l1_4;
+  wire [33:0] ex_exp_ga_l1_5;
+  wire [33:0] ex_exp_ga_l1_6;
+  wire [33:0] ex_exp_ga_l1_7;
+  wire [33:0] ex_exp_ga_l1_8;
+  wire [33:0] ex_exp_ga_l1_9;
+  wire [33:0] ex_exp_ga_l2_0;
+  wire [33:0] ex_exp_ga_l2_1;
+  wire [33:0] ex_exp_ga_l2_2;
+  wire [33:0] ex_exp_ga_l2_3;
+  wire [33:0] ex_exp_ga_l2_4;
+  wire [33:0] ex_exp_ga_l2_5;
+  wire [33:0] ex_exp_ga_l2_6;
+  wire [33:0] ex_exp_ga_l2_7;
+  wire [33:0] ex_exp_ga_l2_8;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gb_l0_0;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gb_l0_1;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gb_l0_2;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gb_l0_3;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gb_l0_4;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gb_l0_5;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gb_l0_6;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gb_l0_7;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gb_l0_8;
+  wire [33:0] ex_exp_gb_l1_0;
+  wire [33:0] ex_exp_gb_l1_1;
+  wire [33:0] ex_exp_gb_l1_2;
+  wire [33:0] ex_exp_gb_l1_3;
+  wire [33:0] ex_exp_gb_l1_4;
+  wire [33:0] ex_exp_gb_l1_5;
+  wire [33:0] ex_exp_gb_l2_0;
+  wire [33:0] ex_exp_gb_l2_1;
+  wire [33:0] ex_exp_gb_l2_2;
+  wire [33:0] ex_exp_gb_l2_3;
+  wire [33:0] ex_exp_gb_l3_0;
+  wire [33:0] ex_exp_gb_l3_1;
+  wire [33:0] ex_exp_gb_l3_2;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gc_l0_0;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gc_l0_1;
+  (* init = 34'h000000000 *)
+  wire [33:0] ex_exp_gc_l0_2;
+  wire [33:0] ex_exp_gc_l1_0;
+  wire [33:0] ex_exp_gc_l1_1;
+  wire [33:0] ex_exp_h_l0_0;
+  wire [33:0] ex_exp_h_l0_1;
+  wire [33:0] ex_exp_h_l0_2;
+  wire [33:0] ex_exp_h_l0_3;
+  wire [33:0] ex_exp_h_l1_0;
+  wire [33:0] ex_exp_h_l1_1;
+  wire [33:0] ex_exp_h_l1_2;
+  wire [33:0] ex_exp_h_l2_0;
+  wire [33:0] ex_exp_h_l2_1;
+  wire [17:0] ex_exp_n_l0_0;
+  wire [17:0] ex_exp_n_l0_1;
+  wire [17:0] ex_exp_n_l0_2;
+  wire [17:0] ex_exp_n_l0_3;
+  wire [17:0] ex_exp_n_l1_0;
+  wire [17:0] ex_exp_n_l1_1;
+  wire [17:0] ex_exp_n_l1_2;
+  wire [17:0] ex_exp_n_l2_0;
+  wire [17:0] ex_exp_n_l2_1;
+  reg [4:0] ex_s1_a = 5'h00;
   reg [16:0] ex_s1_x = 17'h00000;
-  reg [7:0] ex_s2_a = 8'h00;
-  reg [4:0] ex_s2_exp_q = 5'h00;
-  reg [11:0] ex_s2_exp_r = 12'h000;
-  reg [7:0] ex_s3_a = 8'h00;
-  reg [27:0] ex_s3_exp_h = 28'h0000000;
-  reg [4:0] ex_s3_exp_q = 5'h00;
-  reg [11:0] ex_s3_exp_r = 12'h000;
-  reg [7:0] ex_s4_a = 8'h00;
-  reg [41:0] ex_s4_exp_g = 42'h00000000000;
+  reg [4:0] ex_s2_a = 5'h00;
+  reg [16:0] ex_s2_exp_n = 17'h00000;
+  reg [4:0] ex_s3_a = 5'h00;
+  reg [33:0] ex_s3_exp_t = 34'h000000000;
+  reg [4:0] ex_s4_a = 5'h00;
+  reg [33:0] ex_s4_exp_h0 = 34'h000000000;
+  reg [33:0] ex_s4_exp_h1 = 34'h000000000;
   reg [4:0] ex_s4_exp_q = 5'h00;
-  reg [7:0] ex_s5_a = 8'h00;
+  reg [16:0] ex_s4_exp_r = 17'h00000;
+  reg [4:0] ex_s5_a = 5'h00;
+  reg [16:0] ex_s5_exp_hv = 17'h00000;
+  reg [4:0] ex_s5_exp_q = 5'h00;
+  reg [47:0] ex_s5_exp_qh = 48'h000000000000;
+  reg [16:0] ex_s5_exp_r = 17'h00000;
+  reg [4:0] ex_s6_a = 5'h00;
+  reg [33:0] ex_s6_exp_g0 = 34'h000000000;
+  reg [33:0] ex_s6_exp_g1 = 34'h000000000;
+  reg [33:0] ex_s6_exp_g2 = 34'h000000000;
+  reg [33:0] ex_s6_exp_g3 = 34'h000000000;
+  reg [33:0] ex_s6_exp_g4 = 34'h000000000;
+  reg [33:0] ex_s6_exp_g5 = 34'h000000000;
+  reg [33:0] ex_s6_exp_g6 = 34'h000000000;
+  reg [33:0] ex_s6_exp_g7 = 34'h000000000;
+  reg [33:0] ex_s6_exp_g8 = 34'h000000000;
+  reg [4:0] ex_s6_exp_q = 5'h00;
+  reg [4:0] ex_s7_a = 5'h00;
+  reg [33:0] ex_s7_exp_g0 = 34'h000000000;
+  reg [33:0] ex_s7_exp_g1 = 34'h000000000;
+  reg [33:0] ex_s7_exp_g2 = 34'h000000000;
+  reg [4:0] ex_s7_exp_q = 5'h00;
+  reg [4:0] ex_s8_a = 5'h00;
+  reg [16:0] ex_s8_exp_gq = 17'h00000;
+  reg [4:0] ex_s8_exp_q = 5'h00;
+  reg [4:0] ex_s9_a = 5'h00;
   (* init = 16'h0000 *)
-  wire [15:0] ex_s5_exp;
+  wire [15:0] ex_s9_exp;
   reg exp_drain = 1'h0;
   reg exp_idle = 1'h1;
+  reg [15:0] exp_mem_p0_q = 16'h0000;
+  reg exp_mem_p0_we_q = 1'h0;
+  reg [15:0] exp_mem_p1_q = 16'h0000;
+  reg exp_mem_p1_we_q = 1'h0;
+  reg exp_mem_part = 1'h0;
+  wire [6:0] exp_mem_raddr;
+  reg [15:0] exp_mem_rdata = 16'h0000;
+  wire [6:0] exp_mem_waddr;
+  reg [6:0] exp_mem_waddr_q = 7'h00;
+  reg [15:0] exp_mem_wdata = 16'h0000;
+  reg [15:0] exp_mem_wdata_q = 16'h0000;
+  reg exp_mem_we = 1'h0;
   reg exp_pass = 1'h0;
+  reg [4:0] exp_ra0 = 5'h00;
+  reg [4:0] exp_ra1 = 5'h00;
   reg exp_v0 = 1'h0;
   reg exp_v1 = 1'h0;
+  (* init = 1'h0 *)
+  wire exp_v10;
   reg exp_v2 = 1'h0;
   reg exp_v3 = 1'h0;
   reg exp_v4 = 1'h0;
-  (* init = 1'h0 *)
-  wire exp_v5;
+  reg exp_v5 = 1'h0;
+  reg exp_v6 = 1'h0;
+  reg exp_v7 = 1'h0;
+  reg exp_v8 = 1'h0;
+  reg exp_v9 = 1'h0;
+  reg [4:0] f = 5'h00;
   input [16:0] i__payload;
   wire [16:0] i__payload;
   wire [15:0] \i__payload.data ;
@@ -300,2326 +857,2364 @@ module softmax(i__valid, o__ready, clk, rst, i__ready, o__payload, o__valid, i__
   wire i__ready;
   input i__valid;
   wire i__valid;
-  reg [7:0] lcnt = 8'h00;
+  wire idle;
+  (* init = 16'h0000 *)
+  wire [15:0] in_d;
+  reg in_last = 1'h0;
+  (* init = 1'h0 *)
+  wire in_v;
+  reg [7:0] \inside  = 8'h00;
+  reg [4:0] lcnt = 5'h00;
+  reg lcnt_top = 1'h0;
   reg lw = 1'h0;
+  reg [16:0] nbits = 17'h00000;
   output [8:0] o__payload;
-  wire [8:0] o__payload;
+  reg [8:0] o__payload = 9'h000;
   wire [7:0] \o__payload.data ;
   wire \o__payload.last ;
   input o__ready;
   wire o__ready;
   output o__valid;
   reg o__valid = 1'h0;
-  reg [7:0] oidx = 8'h00;
+  wire o_fire;
+  reg o_last = 1'h0;
+  reg [5:0] o_lenm2 = 6'h00;
+  reg [16:0] o_recip = 17'h00000;
+  reg o_run = 1'h0;
+  reg [4:0] oidx = 5'h00;
+  reg [4:0] oq_count = 5'h00;
+  (* init = 9'h000 *)
+  wire [8:0] oq_data;
+  reg oq_nonempty = 1'h0;
+  reg [3:0] oq_rptr = 4'h0;
+  (* init = 1'h0 *)
+  wire oq_valid;
+  reg [3:0] oq_wptr = 4'h0;
+  reg oq_written = 1'h0;
   reg [2:0] orb = 3'h1;
-  wire [9:0] orp__addr;
-  wire [15:0] orp__data;
-  wire orp__en;
+  wire [32:0] out_csa0_l0_0;
+  wire [32:0] out_csa0_l0_1;
+  wire [32:0] out_csa0_l0_10;
+  wire [32:0] out_csa0_l0_11;
+  wire [32:0] out_csa0_l0_12;
+  wire [32:0] out_csa0_l0_13;
+  wire [32:0] out_csa0_l0_14;
+  wire [32:0] out_csa0_l0_15;
+  wire [32:0] out_csa0_l0_16;
+  wire [32:0] out_csa0_l0_2;
+  wire [32:0] out_csa0_l0_3;
+  wire [32:0] out_csa0_l0_4;
+  wire [32:0] out_csa0_l0_5;
+  wire [32:0] out_csa0_l0_6;
+  wire [32:0] out_csa0_l0_7;
+  wire [32:0] out_csa0_l0_8;
+  wire [32:0] out_csa0_l0_9;
+  wire [32:0] out_csa0_l1_0;
+  wire [32:0] out_csa0_l1_1;
+  wire [32:0] out_csa0_l1_10;
+  wire [32:0] out_csa0_l1_11;
+  wire [32:0] out_csa0_l1_2;
+  wire [32:0] out_csa0_l1_3;
+  wire [32:0] out_csa0_l1_4;
+  wire [32:0] out_csa0_l1_5;
+  wire [32:0] out_csa0_l1_6;
+  wire [32:0] out_csa0_l1_7;
+  wire [32:0] out_csa0_l1_8;
+  wire [32:0] out_csa0_l1_9;
+  wire [32:0] out_csa0_l2_0;
+  wire [32:0] out_csa0_l2_1;
+  wire [32:0] out_csa0_l2_2;
+  wire [32:0] out_csa0_l2_3;
+  wire [32:0] out_csa0_l2_4;
+  wire [32:0] out_csa0_l2_5;
+  wire [32:0] out_csa0_l2_6;
+  wire [32:0] out_csa0_l2_7;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa1_l0_0;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa1_l0_1;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa1_l0_2;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa1_l0_3;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa1_l0_4;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa1_l0_5;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa1_l0_6;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa1_l0_7;
+  wire [32:0] out_csa1_l1_0;
+  wire [32:0] out_csa1_l1_1;
+  wire [32:0] out_csa1_l1_2;
+  wire [32:0] out_csa1_l1_3;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa1_l1_4;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa1_l1_5;
+  wire [32:0] out_csa1_l2_0;
+  wire [32:0] out_csa1_l2_1;
+  wire [32:0] out_csa1_l2_2;
+  wire [32:0] out_csa1_l2_3;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa2_l0_0;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa2_l0_1;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa2_l0_2;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa2_l0_3;
+  wire [32:0] out_csa2_l1_0;
+  wire [32:0] out_csa2_l1_1;
+  (* init = 33'h000000000 *)
+  wire [32:0] out_csa2_l1_2;
+  wire [32:0] out_csa2_l2_0;
+  wire [32:0] out_csa2_l2_1;
   reg out_s1_last = 1'h0;
   reg [16:0] out_s1_recip = 17'h00000;
   reg out_s2_last = 1'h0;
-  reg [32:0] out_s2_prod = 33'h000000000;
+  reg [16:0] out_s2_recip = 17'h00000;
   reg out_s3_last = 1'h0;
-  reg [7:0] out_s3_p = 8'h00;
+  reg [32:0] out_s3_t0 = 33'h000000000;
+  reg [32:0] out_s3_t1 = 33'h000000000;
+  reg [32:0] out_s3_t2 = 33'h000000000;
+  reg [32:0] out_s3_t3 = 33'h000000000;
+  reg [32:0] out_s3_t4 = 33'h000000000;
+  reg [32:0] out_s3_t5 = 33'h000000000;
+  reg [32:0] out_s3_t6 = 33'h000000000;
+  reg [32:0] out_s3_t7 = 33'h000000000;
+  reg out_s4_last = 1'h0;
+  reg [32:0] out_s4_t0 = 33'h000000000;
+  reg [32:0] out_s4_t1 = 33'h000000000;
+  reg [32:0] out_s4_t2 = 33'h000000000;
+  reg [32:0] out_s4_t3 = 33'h000000000;
+  reg out_s5_last = 1'h0;
+  reg [32:0] out_s5_t0 = 33'h000000000;
+  reg [32:0] out_s5_t1 = 33'h000000000;
+  reg out_s6_last = 1'h0;
+  reg [7:0] out_s6_p = 8'h00;
+  reg out_v0 = 1'h0;
+  reg out_v1 = 1'h0;
+  reg out_v2 = 1'h0;
+  reg out_v3 = 1'h0;
+  reg out_v4 = 1'h0;
+  reg out_v5 = 1'h0;
+  reg [19:0] prem = 20'h00000;
   reg [16:0] quo = 17'h00000;
-  reg [7:0] raddr = 8'h00;
-  reg [31:0] rem = 32'd0;
-  reg [7:0] ridx = 8'h00;
-  reg [8:0] rlen = 9'h000;
+  reg r_last = 1'h0;
+  reg [4:0] ridx = 5'h00;
+  reg [4:0] rlenm1 = 5'h00;
+  reg [5:0] rlenm2 = 6'h00;
   reg [15:0] rmax = 16'h0000;
   reg row_first = 1'h1;
-  wire [8:0] rp__addr;
+  wire [5:0] rp__addr;
+  wire [5:0] \rp__addr$222 ;
+  (* init = 5'h00 *)
+  wire [4:0] \rp__addr$226 ;
+  (* init = 4'h0 *)
+  wire [3:0] \rp__addr$348 ;
   wire [15:0] rp__data;
-  wire rp__en;
+  wire [8:0] \rp__data$210 ;
+  wire [15:0] \rp__data$27 ;
+  wire [15:0] \rp__data$30 ;
   input rst;
   wire rst;
   reg [15:0] run_max = 16'h0000;
   reg sbank0_full = 1'h0;
-  reg [8:0] sbank0_len = 9'h000;
+  reg [4:0] sbank0_lenm1 = 5'h00;
   reg [15:0] sbank0_max = 16'h0000;
   reg sbank1_full = 1'h0;
-  reg [8:0] sbank1_len = 9'h000;
+  reg [4:0] sbank1_lenm1 = 5'h00;
   reg [15:0] sbank1_max = 16'h0000;
+  reg [15:0] score_mem_p0_q = 16'h0000;
+  reg score_mem_p0_we_q = 1'h0;
+  wire [5:0] score_mem_raddr;
+  reg [15:0] score_mem_rdata = 16'h0000;
+  wire [5:0] score_mem_waddr;
+  reg [5:0] score_mem_waddr_q = 6'h00;
+  reg [15:0] score_mem_wdata = 16'h0000;
+  reg [15:0] score_mem_wdata_q = 16'h0000;
+  reg score_mem_we = 1'h0;
   wire take;
-  reg [23:0] total = 24'h000000;
-  reg valid_s1 = 1'h0;
-  reg valid_s2 = 1'h0;
-  (* init = 1'h0 *)
-  wire valid_s3;
-  wire [8:0] wp__addr;
+  reg [19:0] total = 20'h00000;
+  (* init = 6'h00 *)
+  wire [5:0] wp__addr;
+  wire [5:0] \wp__addr$219 ;
+  wire [4:0] \wp__addr$223 ;
+  (* init = 16'h0000 *)
   wire [15:0] wp__data;
+  (* init = 16'h0000 *)
+  wire [15:0] \wp__data$220 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \wp__data$224 ;
+  (* init = 1'h0 *)
   wire wp__en;
-  reg [15:0] exp_mem [767:0];
+  (* init = 1'h0 *)
+  wire \wp__en$221 ;
+  (* init = 1'h0 *)
+  wire \wp__en$225 ;
+  (* ram_style = "distributed" *)
+  reg [15:0] exp_mem_p0 [63:0];
   initial begin
-    exp_mem[0] = 16'h0000;
-    exp_mem[1] = 16'h0000;
-    exp_mem[2] = 16'h0000;
-    exp_mem[3] = 16'h0000;
-    exp_mem[4] = 16'h0000;
-    exp_mem[5] = 16'h0000;
-    exp_mem[6] = 16'h0000;
-    exp_mem[7] = 16'h0000;
-    exp_mem[8] = 16'h0000;
-    exp_mem[9] = 16'h0000;
-    exp_mem[10] = 16'h0000;
-    exp_mem[11] = 16'h0000;
-    exp_mem[12] = 16'h0000;
-    exp_mem[13] = 16'h0000;
-    exp_mem[14] = 16'h0000;
-    exp_mem[15] = 16'h0000;
-    exp_mem[16] = 16'h0000;
-    exp_mem[17] = 16'h0000;
-    exp_mem[18] = 16'h0000;
-    exp_mem[19] = 16'h0000;
-    exp_mem[20] = 16'h0000;
-    exp_mem[21] = 16'h0000;
-    exp_mem[22] = 16'h0000;
-    exp_mem[23] = 16'h0000;
-    exp_mem[24] = 16'h0000;
-    exp_mem[25] = 16'h0000;
-    exp_mem[26] = 16'h0000;
-    exp_mem[27] = 16'h0000;
-    exp_mem[28] = 16'h0000;
-    exp_mem[29] = 16'h0000;
-    exp_mem[30] = 16'h0000;
-    exp_mem[31] = 16'h0000;
-    exp_mem[32] = 16'h0000;
-    exp_mem[33] = 16'h0000;
-    exp_mem[34] = 16'h0000;
-    exp_mem[35] = 16'h0000;
-    exp_mem[36] = 16'h0000;
-    exp_mem[37] = 16'h0000;
-    exp_mem[38] = 16'h0000;
-    exp_mem[39] = 16'h0000;
-    exp_mem[40] = 16'h0000;
-    exp_mem[41] = 16'h0000;
-    exp_mem[42] = 16'h0000;
-    exp_mem[43] = 16'h0000;
-    exp_mem[44] = 16'h0000;
-    exp_mem[45] = 16'h0000;
-    exp_mem[46] = 16'h0000;
-    exp_mem[47] = 16'h0000;
-    exp_mem[48] = 16'h0000;
-    exp_mem[49] = 16'h0000;
-    exp_mem[50] = 16'h0000;
-    exp_mem[51] = 16'h0000;
-    exp_mem[52] = 16'h0000;
-    exp_mem[53] = 16'h0000;
-    exp_mem[54] = 16'h0000;
-    exp_mem[55] = 16'h0000;
-    exp_mem[56] = 16'h0000;
-    exp_mem[57] = 16'h0000;
-    exp_mem[58] = 16'h0000;
-    exp_mem[59] = 16'h0000;
-    exp_mem[60] = 16'h0000;
-    exp_mem[61] = 16'h0000;
-    exp_mem[62] = 16'h0000;
-    exp_mem[63] = 16'h0000;
-    exp_mem[64] = 16'h0000;
-    exp_mem[65] = 16'h0000;
-    exp_mem[66] = 16'h0000;
-    exp_mem[67] = 16'h0000;
-    exp_mem[68] = 16'h0000;
-    exp_mem[69] = 16'h0000;
-    exp_mem[70] = 16'h0000;
-    exp_mem[71] = 16'h0000;
-    exp_mem[72] = 16'h0000;
-    exp_mem[73] = 16'h0000;
-    exp_mem[74] = 16'h0000;
-    exp_mem[75] = 16'h0000;
-    exp_mem[76] = 16'h0000;
-    exp_mem[77] = 16'h0000;
-    exp_mem[78] = 16'h0000;
-    exp_mem[79] = 16'h0000;
-    exp_mem[80] = 16'h0000;
-    exp_mem[81] = 16'h0000;
-    exp_mem[82] = 16'h0000;
-    exp_mem[83] = 16'h0000;
-    exp_mem[84] = 16'h0000;
-    exp_mem[85] = 16'h0000;
-    exp_mem[86] = 16'h0000;
-    exp_mem[87] = 16'h0000;
-    exp_mem[88] = 16'h0000;
-    exp_mem[89] = 16'h0000;
-    exp_mem[90] = 16'h0000;
-    exp_mem[91] = 16'h0000;
-    exp_mem[92] = 16'h0000;
-    exp_mem[93] = 16'h0000;
-    exp_mem[94] = 16'h0000;
-    exp_mem[95] = 16'h0000;
-    exp_mem[96] = 16'h0000;
-    exp_mem[97] = 16'h0000;
-    exp_mem[98] = 16'h0000;
-    exp_mem[99] = 16'h0000;
-    exp_mem[100] = 16'h0000;
-    exp_mem[101] = 16'h0000;
-    exp_mem[102] = 16'h0000;
-    exp_mem[103] = 16'h0000;
-    exp_mem[104] = 16'h0000;
-    exp_mem[105] = 16'h0000;
-    exp_mem[106] = 16'h0000;
-    exp_mem[107] = 16'h0000;
-    exp_mem[108] = 16'h0000;
-    exp_mem[109] = 16'h0000;
-    exp_mem[110] = 16'h0000;
-    exp_mem[111] = 16'h0000;
-    exp_mem[112] = 16'h0000;
-    exp_mem[113] = 16'h0000;
-    exp_mem[114] = 16'h0000;
-    exp_mem[115] = 16'h0000;
-    exp_mem[116] = 16'h0000;
-    exp_mem[117] = 16'h0000;
-    exp_mem[118] = 16'h0000;
-    exp_mem[119] = 16'h0000;
-    exp_mem[120] = 16'h0000;
-    exp_mem[121] = 16'h0000;
-    exp_mem[122] = 16'h0000;
-    exp_mem[123] = 16'h0000;
-    exp_mem[124] = 16'h0000;
-    exp_mem[125] = 16'h0000;
-    exp_mem[126] = 16'h0000;
-    exp_mem[127] = 16'h0000;
-    exp_mem[128] = 16'h0000;
-    exp_mem[129] = 16'h0000;
-    exp_mem[130] = 16'h0000;
-    exp_mem[131] = 16'h0000;
-    exp_mem[132] = 16'h0000;
-    exp_mem[133] = 16'h0000;
-    exp_mem[134] = 16'h0000;
-    exp_mem[135] = 16'h0000;
-    exp_mem[136] = 16'h0000;
-    exp_mem[137] = 16'h0000;
-    exp_mem[138] = 16'h0000;
-    exp_mem[139] = 16'h0000;
-    exp_mem[140] = 16'h0000;
-    exp_mem[141] = 16'h0000;
-    exp_mem[142] = 16'h0000;
-    exp_mem[143] = 16'h0000;
-    exp_mem[144] = 16'h0000;
-    exp_mem[145] = 16'h0000;
-    exp_mem[146] = 16'h0000;
-    exp_mem[147] = 16'h0000;
-    exp_mem[148] = 16'h0000;
-    exp_mem[149] = 16'h0000;
-    exp_mem[150] = 16'h0000;
-    exp_mem[151] = 16'h0000;
-    exp_mem[152] = 16'h0000;
-    exp_mem[153] = 16'h0000;
-    exp_mem[154] = 16'h0000;
-    exp_mem[155] = 16'h0000;
-    exp_mem[156] = 16'h0000;
-    exp_mem[157] = 16'h0000;
-    exp_mem[158] = 16'h0000;
-    exp_mem[159] = 16'h0000;
-    exp_mem[160] = 16'h0000;
-    exp_mem[161] = 16'h0000;
-    exp_mem[162] = 16'h0000;
-    exp_mem[163] = 16'h0000;
-    exp_mem[164] = 16'h0000;
-    exp_mem[165] = 16'h0000;
-    exp_mem[166] = 16'h0000;
-    exp_mem[167] = 16'h0000;
-    exp_mem[168] = 16'h0000;
-    exp_mem[169] = 16'h0000;
-    exp_mem[170] = 16'h0000;
-    exp_mem[171] = 16'h0000;
-    exp_mem[172] = 16'h0000;
-    exp_mem[173] = 16'h0000;
-    exp_mem[174] = 16'h0000;
-    exp_mem[175] = 16'h0000;
-    exp_mem[176] = 16'h0000;
-    exp_mem[177] = 16'h0000;
-    exp_mem[178] = 16'h0000;
-    exp_mem[179] = 16'h0000;
-    exp_mem[180] = 16'h0000;
-    exp_mem[181] = 16'h0000;
-    exp_mem[182] = 16'h0000;
-    exp_mem[183] = 16'h0000;
-    exp_mem[184] = 16'h0000;
-    exp_mem[185] = 16'h0000;
-    exp_mem[186] = 16'h0000;
-    exp_mem[187] = 16'h0000;
-    exp_mem[188] = 16'h0000;
-    exp_mem[189] = 16'h0000;
-    exp_mem[190] = 16'h0000;
-    exp_mem[191] = 16'h0000;
-    exp_mem[192] = 16'h0000;
-    exp_mem[193] = 16'h0000;
-    exp_mem[194] = 16'h0000;
-    exp_mem[195] = 16'h0000;
-    exp_mem[196] = 16'h0000;
-    exp_mem[197] = 16'h0000;
-    exp_mem[198] = 16'h0000;
-    exp_mem[199] = 16'h0000;
-    exp_mem[200] = 16'h0000;
-    exp_mem[201] = 16'h0000;
-    exp_mem[202] = 16'h0000;
-    exp_mem[203] = 16'h0000;
-    exp_mem[204] = 16'h0000;
-    exp_mem[205] = 16'h0000;
-    exp_mem[206] = 16'h0000;
-    exp_mem[207] = 16'h0000;
-    exp_mem[208] = 16'h0000;
-    exp_mem[209] = 16'h0000;
-    exp_mem[210] = 16'h0000;
-    exp_mem[211] = 16'h0000;
-    exp_mem[212] = 16'h0000;
-    exp_mem[213] = 16'h0000;
-    exp_mem[214] = 16'h0000;
-    exp_mem[215] = 16'h0000;
-    exp_mem[216] = 16'h0000;
-    exp_mem[217] = 16'h0000;
-    exp_mem[218] = 16'h0000;
-    exp_mem[219] = 16'h0000;
-    exp_mem[220] = 16'h0000;
-    exp_mem[221] = 16'h0000;
-    exp_mem[222] = 16'h0000;
-    exp_mem[223] = 16'h0000;
-    exp_mem[224] = 16'h0000;
-    exp_mem[225] = 16'h0000;
-    exp_mem[226] = 16'h0000;
-    exp_mem[227] = 16'h0000;
-    exp_mem[228] = 16'h0000;
-    exp_mem[229] = 16'h0000;
-    exp_mem[230] = 16'h0000;
-    exp_mem[231] = 16'h0000;
-    exp_mem[232] = 16'h0000;
-    exp_mem[233] = 16'h0000;
-    exp_mem[234] = 16'h0000;
-    exp_mem[235] = 16'h0000;
-    exp_mem[236] = 16'h0000;
-    exp_mem[237] = 16'h0000;
-    exp_mem[238] = 16'h0000;
-    exp_mem[239] = 16'h0000;
-    exp_mem[240] = 16'h0000;
-    exp_mem[241] = 16'h0000;
-    exp_mem[242] = 16'h0000;
-    exp_mem[243] = 16'h0000;
-    exp_mem[244] = 16'h0000;
-    exp_mem[245] = 16'h0000;
-    exp_mem[246] = 16'h0000;
-    exp_mem[247] = 16'h0000;
-    exp_mem[248] = 16'h0000;
-    exp_mem[249] = 16'h0000;
-    exp_mem[250] = 16'h0000;
-    exp_mem[251] = 16'h0000;
-    exp_mem[252] = 16'h0000;
-    exp_mem[253] = 16'h0000;
-    exp_mem[254] = 16'h0000;
-    exp_mem[255] = 16'h0000;
-    exp_mem[256] = 16'h0000;
-    exp_mem[257] = 16'h0000;
-    exp_mem[258] = 16'h0000;
-    exp_mem[259] = 16'h0000;
-    exp_mem[260] = 16'h0000;
-    exp_mem[261] = 16'h0000;
-    exp_mem[262] = 16'h0000;
-    exp_mem[263] = 16'h0000;
-    exp_mem[264] = 16'h0000;
-    exp_mem[265] = 16'h0000;
-    exp_mem[266] = 16'h0000;
-    exp_mem[267] = 16'h0000;
-    exp_mem[268] = 16'h0000;
-    exp_mem[269] = 16'h0000;
-    exp_mem[270] = 16'h0000;
-    exp_mem[271] = 16'h0000;
-    exp_mem[272] = 16'h0000;
-    exp_mem[273] = 16'h0000;
-    exp_mem[274] = 16'h0000;
-    exp_mem[275] = 16'h0000;
-    exp_mem[276] = 16'h0000;
-    exp_mem[277] = 16'h0000;
-    exp_mem[278] = 16'h0000;
-    exp_mem[279] = 16'h0000;
-    exp_mem[280] = 16'h0000;
-    exp_mem[281] = 16'h0000;
-    exp_mem[282] = 16'h0000;
-    exp_mem[283] = 16'h0000;
-    exp_mem[284] = 16'h0000;
-    exp_mem[285] = 16'h0000;
-    exp_mem[286] = 16'h0000;
-    exp_mem[287] = 16'h0000;
-    exp_mem[288] = 16'h0000;
-    exp_mem[289] = 16'h0000;
-    exp_mem[290] = 16'h0000;
-    exp_mem[291] = 16'h0000;
-    exp_mem[292] = 16'h0000;
-    exp_mem[293] = 16'h0000;
-    exp_mem[294] = 16'h0000;
-    exp_mem[295] = 16'h0000;
-    exp_mem[296] = 16'h0000;
-    exp_mem[297] = 16'h0000;
-    exp_mem[298] = 16'h0000;
-    exp_mem[299] = 16'h0000;
-    exp_mem[300] = 16'h0000;
-    exp_mem[301] = 16'h0000;
-    exp_mem[302] = 16'h0000;
-    exp_mem[303] = 16'h0000;
-    exp_mem[304] = 16'h0000;
-    exp_mem[305] = 16'h0000;
-    exp_mem[306] = 16'h0000;
-    exp_mem[307] = 16'h0000;
-    exp_mem[308] = 16'h0000;
-    exp_mem[309] = 16'h0000;
-    exp_mem[310] = 16'h0000;
-    exp_mem[311] = 16'h0000;
-    exp_mem[312] = 16'h0000;
-    exp_mem[313] = 16'h0000;
-    exp_mem[314] = 16'h0000;
-    exp_mem[315] = 16'h0000;
-    exp_mem[316] = 16'h0000;
-    exp_mem[317] = 16'h0000;
-    exp_mem[318] = 16'h0000;
-    exp_mem[319] = 16'h0000;
-    exp_mem[320] = 16'h0000;
-    exp_mem[321] = 16'h0000;
-    exp_mem[322] = 16'h0000;
-    exp_mem[323] = 16'h0000;
-    exp_mem[324] = 16'h0000;
-    exp_mem[325] = 16'h0000;
-    exp_mem[326] = 16'h0000;
-    exp_mem[327] = 16'h0000;
-    exp_mem[328] = 16'h0000;
-    exp_mem[329] = 16'h0000;
-    exp_mem[330] = 16'h0000;
-    exp_mem[331] = 16'h0000;
-    exp_mem[332] = 16'h0000;
-    exp_mem[333] = 16'h0000;
-    exp_mem[334] = 16'h0000;
-    exp_mem[335] = 16'h0000;
-    exp_mem[336] = 16'h0000;
-    exp_mem[337] = 16'h0000;
-    exp_mem[338] = 16'h0000;
-    exp_mem[339] = 16'h0000;
-    exp_mem[340] = 16'h0000;
-    exp_mem[341] = 16'h0000;
-    exp_mem[342] = 16'h0000;
-    exp_mem[343] = 16'h0000;
-    exp_mem[344] = 16'h0000;
-    exp_mem[345] = 16'h0000;
-    exp_mem[346] = 16'h0000;
-    exp_mem[347] = 16'h0000;
-    exp_mem[348] = 16'h0000;
-    exp_mem[349] = 16'h0000;
-    exp_mem[350] = 16'h0000;
-    exp_mem[351] = 16'h0000;
-    exp_mem[352] = 16'h0000;
-    exp_mem[353] = 16'h0000;
-    exp_mem[354] = 16'h0000;
-    exp_mem[355] = 16'h0000;
-    exp_mem[356] = 16'h0000;
-    exp_mem[357] = 16'h0000;
-    exp_mem[358] = 16'h0000;
-    exp_mem[359] = 16'h0000;
-    exp_mem[360] = 16'h0000;
-    exp_mem[361] = 16'h0000;
-    exp_mem[362] = 16'h0000;
-    exp_mem[363] = 16'h0000;
-    exp_mem[364] = 16'h0000;
-    exp_mem[365] = 16'h0000;
-    exp_mem[366] = 16'h0000;
-    exp_mem[367] = 16'h0000;
-    exp_mem[368] = 16'h0000;
-    exp_mem[369] = 16'h0000;
-    exp_mem[370] = 16'h0000;
-    exp_mem[371] = 16'h0000;
-    exp_mem[372] = 16'h0000;
-    exp_mem[373] = 16'h0000;
-    exp_mem[374] = 16'h0000;
-    exp_mem[375] = 16'h0000;
-    exp_mem[376] = 16'h0000;
-    exp_mem[377] = 16'h0000;
-    exp_mem[378] = 16'h0000;
-    exp_mem[379] = 16'h0000;
-    exp_mem[380] = 16'h0000;
-    exp_mem[381] = 16'h0000;
-    exp_mem[382] = 16'h0000;
-    exp_mem[383] = 16'h0000;
-    exp_mem[384] = 16'h0000;
-    exp_mem[385] = 16'h0000;
-    exp_mem[386] = 16'h0000;
-    exp_mem[387] = 16'h0000;
-    exp_mem[388] = 16'h0000;
-    exp_mem[389] = 16'h0000;
-    exp_mem[390] = 16'h0000;
-    exp_mem[391] = 16'h0000;
-    exp_mem[392] = 16'h0000;
-    exp_mem[393] = 16'h0000;
-    exp_mem[394] = 16'h0000;
-    exp_mem[395] = 16'h0000;
-    exp_mem[396] = 16'h0000;
-    exp_mem[397] = 16'h0000;
-    exp_mem[398] = 16'h0000;
-    exp_mem[399] = 16'h0000;
-    exp_mem[400] = 16'h0000;
-    exp_mem[401] = 16'h0000;
-    exp_mem[402] = 16'h0000;
-    exp_mem[403] = 16'h0000;
-    exp_mem[404] = 16'h0000;
-    exp_mem[405] = 16'h0000;
-    exp_mem[406] = 16'h0000;
-    exp_mem[407] = 16'h0000;
-    exp_mem[408] = 16'h0000;
-    exp_mem[409] = 16'h0000;
-    exp_mem[410] = 16'h0000;
-    exp_mem[411] = 16'h0000;
-    exp_mem[412] = 16'h0000;
-    exp_mem[413] = 16'h0000;
-    exp_mem[414] = 16'h0000;
-    exp_mem[415] = 16'h0000;
-    exp_mem[416] = 16'h0000;
-    exp_mem[417] = 16'h0000;
-    exp_mem[418] = 16'h0000;
-    exp_mem[419] = 16'h0000;
-    exp_mem[420] = 16'h0000;
-    exp_mem[421] = 16'h0000;
-    exp_mem[422] = 16'h0000;
-    exp_mem[423] = 16'h0000;
-    exp_mem[424] = 16'h0000;
-    exp_mem[425] = 16'h0000;
-    exp_mem[426] = 16'h0000;
-    exp_mem[427] = 16'h0000;
-    exp_mem[428] = 16'h0000;
-    exp_mem[429] = 16'h0000;
-    exp_mem[430] = 16'h0000;
-    exp_mem[431] = 16'h0000;
-    exp_mem[432] = 16'h0000;
-    exp_mem[433] = 16'h0000;
-    exp_mem[434] = 16'h0000;
-    exp_mem[435] = 16'h0000;
-    exp_mem[436] = 16'h0000;
-    exp_mem[437] = 16'h0000;
-    exp_mem[438] = 16'h0000;
-    exp_mem[439] = 16'h0000;
-    exp_mem[440] = 16'h0000;
-    exp_mem[441] = 16'h0000;
-    exp_mem[442] = 16'h0000;
-    exp_mem[443] = 16'h0000;
-    exp_mem[444] = 16'h0000;
-    exp_mem[445] = 16'h0000;
-    exp_mem[446] = 16'h0000;
-    exp_mem[447] = 16'h0000;
-    exp_mem[448] = 16'h0000;
-    exp_mem[449] = 16'h0000;
-    exp_mem[450] = 16'h0000;
-    exp_mem[451] = 16'h0000;
-    exp_mem[452] = 16'h0000;
-    exp_mem[453] = 16'h0000;
-    exp_mem[454] = 16'h0000;
-    exp_mem[455] = 16'h0000;
-    exp_mem[456] = 16'h0000;
-    exp_mem[457] = 16'h0000;
-    exp_mem[458] = 16'h0000;
-    exp_mem[459] = 16'h0000;
-    exp_mem[460] = 16'h0000;
-    exp_mem[461] = 16'h0000;
-    exp_mem[462] = 16'h0000;
-    exp_mem[463] = 16'h0000;
-    exp_mem[464] = 16'h0000;
-    exp_mem[465] = 16'h0000;
-    exp_mem[466] = 16'h0000;
-    exp_mem[467] = 16'h0000;
-    exp_mem[468] = 16'h0000;
-    exp_mem[469] = 16'h0000;
-    exp_mem[470] = 16'h0000;
-    exp_mem[471] = 16'h0000;
-    exp_mem[472] = 16'h0000;
-    exp_mem[473] = 16'h0000;
-    exp_mem[474] = 16'h0000;
-    exp_mem[475] = 16'h0000;
-    exp_mem[476] = 16'h0000;
-    exp_mem[477] = 16'h0000;
-    exp_mem[478] = 16'h0000;
-    exp_mem[479] = 16'h0000;
-    exp_mem[480] = 16'h0000;
-    exp_mem[481] = 16'h0000;
-    exp_mem[482] = 16'h0000;
-    exp_mem[483] = 16'h0000;
-    exp_mem[484] = 16'h0000;
-    exp_mem[485] = 16'h0000;
-    exp_mem[486] = 16'h0000;
-    exp_mem[487] = 16'h0000;
-    exp_mem[488] = 16'h0000;
-    exp_mem[489] = 16'h0000;
-    exp_mem[490] = 16'h0000;
-    exp_mem[491] = 16'h0000;
-    exp_mem[492] = 16'h0000;
-    exp_mem[493] = 16'h0000;
-    exp_mem[494] = 16'h0000;
-    exp_mem[495] = 16'h0000;
-    exp_mem[496] = 16'h0000;
-    exp_mem[497] = 16'h0000;
-    exp_mem[498] = 16'h0000;
-    exp_mem[499] = 16'h0000;
-    exp_mem[500] = 16'h0000;
-    exp_mem[501] = 16'h0000;
-    exp_mem[502] = 16'h0000;
-    exp_mem[503] = 16'h0000;
-    exp_mem[504] = 16'h0000;
-    exp_mem[505] = 16'h0000;
-    exp_mem[506] = 16'h0000;
-    exp_mem[507] = 16'h0000;
-    exp_mem[508] = 16'h0000;
-    exp_mem[509] = 16'h0000;
-    exp_mem[510] = 16'h0000;
-    exp_mem[511] = 16'h0000;
-    exp_mem[512] = 16'h0000;
-    exp_mem[513] = 16'h0000;
-    exp_mem[514] = 16'h0000;
-    exp_mem[515] = 16'h0000;
-    exp_mem[516] = 16'h0000;
-    exp_mem[517] = 16'h0000;
-    exp_mem[518] = 16'h0000;
-    exp_mem[519] = 16'h0000;
-    exp_mem[520] = 16'h0000;
-    exp_mem[521] = 16'h0000;
-    exp_mem[522] = 16'h0000;
-    exp_mem[523] = 16'h0000;
-    exp_mem[524] = 16'h0000;
-    exp_mem[525] = 16'h0000;
-    exp_mem[526] = 16'h0000;
-    exp_mem[527] = 16'h0000;
-    exp_mem[528] = 16'h0000;
-    exp_mem[529] = 16'h0000;
-    exp_mem[530] = 16'h0000;
-    exp_mem[531] = 16'h0000;
-    exp_mem[532] = 16'h0000;
-    exp_mem[533] = 16'h0000;
-    exp_mem[534] = 16'h0000;
-    exp_mem[535] = 16'h0000;
-    exp_mem[536] = 16'h0000;
-    exp_mem[537] = 16'h0000;
-    exp_mem[538] = 16'h0000;
-    exp_mem[539] = 16'h0000;
-    exp_mem[540] = 16'h0000;
-    exp_mem[541] = 16'h0000;
-    exp_mem[542] = 16'h0000;
-    exp_mem[543] = 16'h0000;
-    exp_mem[544] = 16'h0000;
-    exp_mem[545] = 16'h0000;
-    exp_mem[546] = 16'h0000;
-    exp_mem[547] = 16'h0000;
-    exp_mem[548] = 16'h0000;
-    exp_mem[549] = 16'h0000;
-    exp_mem[550] = 16'h0000;
-    exp_mem[551] = 16'h0000;
-    exp_mem[552] = 16'h0000;
-    exp_mem[553] = 16'h0000;
-    exp_mem[554] = 16'h0000;
-    exp_mem[555] = 16'h0000;
-    exp_mem[556] = 16'h0000;
-    exp_mem[557] = 16'h0000;
-    exp_mem[558] = 16'h0000;
-    exp_mem[559] = 16'h0000;
-    exp_mem[560] = 16'h0000;
-    exp_mem[561] = 16'h0000;
-    exp_mem[562] = 16'h0000;
-    exp_mem[563] = 16'h0000;
-    exp_mem[564] = 16'h0000;
-    exp_mem[565] = 16'h0000;
-    exp_mem[566] = 16'h0000;
-    exp_mem[567] = 16'h0000;
-    exp_mem[568] = 16'h0000;
-    exp_mem[569] = 16'h0000;
-    exp_mem[570] = 16'h0000;
-    exp_mem[571] = 16'h0000;
-    exp_mem[572] = 16'h0000;
-    exp_mem[573] = 16'h0000;
-    exp_mem[574] = 16'h0000;
-    exp_mem[575] = 16'h0000;
-    exp_mem[576] = 16'h0000;
-    exp_mem[577] = 16'h0000;
-    exp_mem[578] = 16'h0000;
-    exp_mem[579] = 16'h0000;
-    exp_mem[580] = 16'h0000;
-    exp_mem[581] = 16'h0000;
-    exp_mem[582] = 16'h0000;
-    exp_mem[583] = 16'h0000;
-    exp_mem[584] = 16'h0000;
-    exp_mem[585] = 16'h0000;
-    exp_mem[586] = 16'h0000;
-    exp_mem[587] = 16'h0000;
-    exp_mem[588] = 16'h0000;
-    exp_mem[589] = 16'h0000;
-    exp_mem[590] = 16'h0000;
-    exp_mem[591] = 16'h0000;
-    exp_mem[592] = 16'h0000;
-    exp_mem[593] = 16'h0000;
-    exp_mem[594] = 16'h0000;
-    exp_mem[595] = 16'h0000;
-    exp_mem[596] = 16'h0000;
-    exp_mem[597] = 16'h0000;
-    exp_mem[598] = 16'h0000;
-    exp_mem[599] = 16'h0000;
-    exp_mem[600] = 16'h0000;
-    exp_mem[601] = 16'h0000;
-    exp_mem[602] = 16'h0000;
-    exp_mem[603] = 16'h0000;
-    exp_mem[604] = 16'h0000;
-    exp_mem[605] = 16'h0000;
-    exp_mem[606] = 16'h0000;
-    exp_mem[607] = 16'h0000;
-    exp_mem[608] = 16'h0000;
-    exp_mem[609] = 16'h0000;
-    exp_mem[610] = 16'h0000;
-    exp_mem[611] = 16'h0000;
-    exp_mem[612] = 16'h0000;
-    exp_mem[613] = 16'h0000;
-    exp_mem[614] = 16'h0000;
-    exp_mem[615] = 16'h0000;
-    exp_mem[616] = 16'h0000;
-    exp_mem[617] = 16'h0000;
-    exp_mem[618] = 16'h0000;
-    exp_mem[619] = 16'h0000;
-    exp_mem[620] = 16'h0000;
-    exp_mem[621] = 16'h0000;
-    exp_mem[622] = 16'h0000;
-    exp_mem[623] = 16'h0000;
-    exp_mem[624] = 16'h0000;
-    exp_mem[625] = 16'h0000;
-    exp_mem[626] = 16'h0000;
-    exp_mem[627] = 16'h0000;
-    exp_mem[628] = 16'h0000;
-    exp_mem[629] = 16'h0000;
-    exp_mem[630] = 16'h0000;
-    exp_mem[631] = 16'h0000;
-    exp_mem[632] = 16'h0000;
-    exp_mem[633] = 16'h0000;
-    exp_mem[634] = 16'h0000;
-    exp_mem[635] = 16'h0000;
-    exp_mem[636] = 16'h0000;
-    exp_mem[637] = 16'h0000;
-    exp_mem[638] = 16'h0000;
-    exp_mem[639] = 16'h0000;
-    exp_mem[640] = 16'h0000;
-    exp_mem[641] = 16'h0000;
-    exp_mem[642] = 16'h0000;
-    exp_mem[643] = 16'h0000;
-    exp_mem[644] = 16'h0000;
-    exp_mem[645] = 16'h0000;
-    exp_mem[646] = 16'h0000;
-    exp_mem[647] = 16'h0000;
-    exp_mem[648] = 16'h0000;
-    exp_mem[649] = 16'h0000;
-    exp_mem[650] = 16'h0000;
-    exp_mem[651] = 16'h0000;
-    exp_mem[652] = 16'h0000;
-    exp_mem[653] = 16'h0000;
-    exp_mem[654] = 16'h0000;
-    exp_mem[655] = 16'h0000;
-    exp_mem[656] = 16'h0000;
-    exp_mem[657] = 16'h0000;
-    exp_mem[658] = 16'h0000;
-    exp_mem[659] = 16'h0000;
-    exp_mem[660] = 16'h0000;
-    exp_mem[661] = 16'h0000;
-    exp_mem[662] = 16'h0000;
-    exp_mem[663] = 16'h0000;
-    exp_mem[664] = 16'h0000;
-    exp_mem[665] = 16'h0000;
-    exp_mem[666] = 16'h0000;
-    exp_mem[667] = 16'h0000;
-    exp_mem[668] = 16'h0000;
-    exp_mem[669] = 16'h0000;
-    exp_mem[670] = 16'h0000;
-    exp_mem[671] = 16'h0000;
-    exp_mem[672] = 16'h0000;
-    exp_mem[673] = 16'h0000;
-    exp_mem[674] = 16'h0000;
-    exp_mem[675] = 16'h0000;
-    exp_mem[676] = 16'h0000;
-    exp_mem[677] = 16'h0000;
-    exp_mem[678] = 16'h0000;
-    exp_mem[679] = 16'h0000;
-    exp_mem[680] = 16'h0000;
-    exp_mem[681] = 16'h0000;
-    exp_mem[682] = 16'h0000;
-    exp_mem[683] = 16'h0000;
-    exp_mem[684] = 16'h0000;
-    exp_mem[685] = 16'h0000;
-    exp_mem[686] = 16'h0000;
-    exp_mem[687] = 16'h0000;
-    exp_mem[688] = 16'h0000;
-    exp_mem[689] = 16'h0000;
-    exp_mem[690] = 16'h0000;
-    exp_mem[691] = 16'h0000;
-    exp_mem[692] = 16'h0000;
-    exp_mem[693] = 16'h0000;
-    exp_mem[694] = 16'h0000;
-    exp_mem[695] = 16'h0000;
-    exp_mem[696] = 16'h0000;
-    exp_mem[697] = 16'h0000;
-    exp_mem[698] = 16'h0000;
-    exp_mem[699] = 16'h0000;
-    exp_mem[700] = 16'h0000;
-    exp_mem[701] = 16'h0000;
-    exp_mem[702] = 16'h0000;
-    exp_mem[703] = 16'h0000;
-    exp_mem[704] = 16'h0000;
-    exp_mem[705] = 16'h0000;
-    exp_mem[706] = 16'h0000;
-    exp_mem[707] = 16'h0000;
-    exp_mem[708] = 16'h0000;
-    exp_mem[709] = 16'h0000;
-    exp_mem[710] = 16'h0000;
-    exp_mem[711] = 16'h0000;
-    exp_mem[712] = 16'h0000;
-    exp_mem[713] = 16'h0000;
-    exp_mem[714] = 16'h0000;
-    exp_mem[715] = 16'h0000;
-    exp_mem[716] = 16'h0000;
-    exp_mem[717] = 16'h0000;
-    exp_mem[718] = 16'h0000;
-    exp_mem[719] = 16'h0000;
-    exp_mem[720] = 16'h0000;
-    exp_mem[721] = 16'h0000;
-    exp_mem[722] = 16'h0000;
-    exp_mem[723] = 16'h0000;
-    exp_mem[724] = 16'h0000;
-    exp_mem[725] = 16'h0000;
-    exp_mem[726] = 16'h0000;
-    exp_mem[727] = 16'h0000;
-    exp_mem[728] = 16'h0000;
-    exp_mem[729] = 16'h0000;
-    exp_mem[730] = 16'h0000;
-    exp_mem[731] = 16'h0000;
-    exp_mem[732] = 16'h0000;
-    exp_mem[733] = 16'h0000;
-    exp_mem[734] = 16'h0000;
-    exp_mem[735] = 16'h0000;
-    exp_mem[736] = 16'h0000;
-    exp_mem[737] = 16'h0000;
-    exp_mem[738] = 16'h0000;
-    exp_mem[739] = 16'h0000;
-    exp_mem[740] = 16'h0000;
-    exp_mem[741] = 16'h0000;
-    exp_mem[742] = 16'h0000;
-    exp_mem[743] = 16'h0000;
-    exp_mem[744] = 16'h0000;
-    exp_mem[745] = 16'h0000;
-    exp_mem[746] = 16'h0000;
-    exp_mem[747] = 16'h0000;
-    exp_mem[748] = 16'h0000;
-    exp_mem[749] = 16'h0000;
-    exp_mem[750] = 16'h0000;
-    exp_mem[751] = 16'h0000;
-    exp_mem[752] = 16'h0000;
-    exp_mem[753] = 16'h0000;
-    exp_mem[754] = 16'h0000;
-    exp_mem[755] = 16'h0000;
-    exp_mem[756] = 16'h0000;
-    exp_mem[757] = 16'h0000;
-    exp_mem[758] = 16'h0000;
-    exp_mem[759] = 16'h0000;
-    exp_mem[760] = 16'h0000;
-    exp_mem[761] = 16'h0000;
-    exp_mem[762] = 16'h0000;
-    exp_mem[763] = 16'h0000;
-    exp_mem[764] = 16'h0000;
-    exp_mem[765] = 16'h0000;
-    exp_mem[766] = 16'h0000;
-    exp_mem[767] = 16'h0000;
+    exp_mem_p0[0] = 16'h0000;
+    exp_mem_p0[1] = 16'h0000;
+    exp_mem_p0[2] = 16'h0000;
+    exp_mem_p0[3] = 16'h0000;
+    exp_mem_p0[4] = 16'h0000;
+    exp_mem_p0[5] = 16'h0000;
+    exp_mem_p0[6] = 16'h0000;
+    exp_mem_p0[7] = 16'h0000;
+    exp_mem_p0[8] = 16'h0000;
+    exp_mem_p0[9] = 16'h0000;
+    exp_mem_p0[10] = 16'h0000;
+    exp_mem_p0[11] = 16'h0000;
+    exp_mem_p0[12] = 16'h0000;
+    exp_mem_p0[13] = 16'h0000;
+    exp_mem_p0[14] = 16'h0000;
+    exp_mem_p0[15] = 16'h0000;
+    exp_mem_p0[16] = 16'h0000;
+    exp_mem_p0[17] = 16'h0000;
+    exp_mem_p0[18] = 16'h0000;
+    exp_mem_p0[19] = 16'h0000;
+    exp_mem_p0[20] = 16'h0000;
+    exp_mem_p0[21] = 16'h0000;
+    exp_mem_p0[22] = 16'h0000;
+    exp_mem_p0[23] = 16'h0000;
+    exp_mem_p0[24] = 16'h0000;
+    exp_mem_p0[25] = 16'h0000;
+    exp_mem_p0[26] = 16'h0000;
+    exp_mem_p0[27] = 16'h0000;
+    exp_mem_p0[28] = 16'h0000;
+    exp_mem_p0[29] = 16'h0000;
+    exp_mem_p0[30] = 16'h0000;
+    exp_mem_p0[31] = 16'h0000;
+    exp_mem_p0[32] = 16'h0000;
+    exp_mem_p0[33] = 16'h0000;
+    exp_mem_p0[34] = 16'h0000;
+    exp_mem_p0[35] = 16'h0000;
+    exp_mem_p0[36] = 16'h0000;
+    exp_mem_p0[37] = 16'h0000;
+    exp_mem_p0[38] = 16'h0000;
+    exp_mem_p0[39] = 16'h0000;
+    exp_mem_p0[40] = 16'h0000;
+    exp_mem_p0[41] = 16'h0000;
+    exp_mem_p0[42] = 16'h0000;
+    exp_mem_p0[43] = 16'h0000;
+    exp_mem_p0[44] = 16'h0000;
+    exp_mem_p0[45] = 16'h0000;
+    exp_mem_p0[46] = 16'h0000;
+    exp_mem_p0[47] = 16'h0000;
+    exp_mem_p0[48] = 16'h0000;
+    exp_mem_p0[49] = 16'h0000;
+    exp_mem_p0[50] = 16'h0000;
+    exp_mem_p0[51] = 16'h0000;
+    exp_mem_p0[52] = 16'h0000;
+    exp_mem_p0[53] = 16'h0000;
+    exp_mem_p0[54] = 16'h0000;
+    exp_mem_p0[55] = 16'h0000;
+    exp_mem_p0[56] = 16'h0000;
+    exp_mem_p0[57] = 16'h0000;
+    exp_mem_p0[58] = 16'h0000;
+    exp_mem_p0[59] = 16'h0000;
+    exp_mem_p0[60] = 16'h0000;
+    exp_mem_p0[61] = 16'h0000;
+    exp_mem_p0[62] = 16'h0000;
+    exp_mem_p0[63] = 16'h0000;
   end
   always @(posedge clk) begin
-    if (ewp__en)
-      exp_mem[{ ew[2:1], ex_s5_a }] <= ewp__data;
+    if (exp_mem_p0_we_q)
+      exp_mem_p0[exp_mem_waddr_q[5:0]] <= exp_mem_wdata_q;
   end
-  reg [15:0] _0_;
+  assign \rp__data$27  = exp_mem_p0[{ orb[1], oidx }];
+  (* ram_style = "distributed" *)
+  reg [15:0] exp_mem_p1 [31:0];
+  initial begin
+    exp_mem_p1[0] = 16'h0000;
+    exp_mem_p1[1] = 16'h0000;
+    exp_mem_p1[2] = 16'h0000;
+    exp_mem_p1[3] = 16'h0000;
+    exp_mem_p1[4] = 16'h0000;
+    exp_mem_p1[5] = 16'h0000;
+    exp_mem_p1[6] = 16'h0000;
+    exp_mem_p1[7] = 16'h0000;
+    exp_mem_p1[8] = 16'h0000;
+    exp_mem_p1[9] = 16'h0000;
+    exp_mem_p1[10] = 16'h0000;
+    exp_mem_p1[11] = 16'h0000;
+    exp_mem_p1[12] = 16'h0000;
+    exp_mem_p1[13] = 16'h0000;
+    exp_mem_p1[14] = 16'h0000;
+    exp_mem_p1[15] = 16'h0000;
+    exp_mem_p1[16] = 16'h0000;
+    exp_mem_p1[17] = 16'h0000;
+    exp_mem_p1[18] = 16'h0000;
+    exp_mem_p1[19] = 16'h0000;
+    exp_mem_p1[20] = 16'h0000;
+    exp_mem_p1[21] = 16'h0000;
+    exp_mem_p1[22] = 16'h0000;
+    exp_mem_p1[23] = 16'h0000;
+    exp_mem_p1[24] = 16'h0000;
+    exp_mem_p1[25] = 16'h0000;
+    exp_mem_p1[26] = 16'h0000;
+    exp_mem_p1[27] = 16'h0000;
+    exp_mem_p1[28] = 16'h0000;
+    exp_mem_p1[29] = 16'h0000;
+    exp_mem_p1[30] = 16'h0000;
+    exp_mem_p1[31] = 16'h0000;
+  end
   always @(posedge clk) begin
-    if (orp__en) begin
-      _0_ <= exp_mem[{ orb[2:1], oidx }];
+    if (exp_mem_p1_we_q)
+      exp_mem_p1[exp_mem_waddr_q[4:0]] <= exp_mem_wdata_q;
+  end
+  assign \rp__data$30  = exp_mem_p1[oidx];
+  (* ram_style = "distributed" *)
+  reg [8:0] out_queue [15:0];
+  initial begin
+    out_queue[0] = 9'h000;
+    out_queue[1] = 9'h000;
+    out_queue[2] = 9'h000;
+    out_queue[3] = 9'h000;
+    out_queue[4] = 9'h000;
+    out_queue[5] = 9'h000;
+    out_queue[6] = 9'h000;
+    out_queue[7] = 9'h000;
+    out_queue[8] = 9'h000;
+    out_queue[9] = 9'h000;
+    out_queue[10] = 9'h000;
+    out_queue[11] = 9'h000;
+    out_queue[12] = 9'h000;
+    out_queue[13] = 9'h000;
+    out_queue[14] = 9'h000;
+    out_queue[15] = 9'h000;
+  end
+  always @(posedge clk) begin
+    if (out_v5)
+      out_queue[oq_wptr] <= { out_s6_last, out_s6_p };
+  end
+  assign \rp__data$210  = out_queue[oq_rptr];
+  (* ram_style = "distributed" *)
+  reg [15:0] score_mem_p0 [63:0];
+  initial begin
+    score_mem_p0[0] = 16'h0000;
+    score_mem_p0[1] = 16'h0000;
+    score_mem_p0[2] = 16'h0000;
+    score_mem_p0[3] = 16'h0000;
+    score_mem_p0[4] = 16'h0000;
+    score_mem_p0[5] = 16'h0000;
+    score_mem_p0[6] = 16'h0000;
+    score_mem_p0[7] = 16'h0000;
+    score_mem_p0[8] = 16'h0000;
+    score_mem_p0[9] = 16'h0000;
+    score_mem_p0[10] = 16'h0000;
+    score_mem_p0[11] = 16'h0000;
+    score_mem_p0[12] = 16'h0000;
+    score_mem_p0[13] = 16'h0000;
+    score_mem_p0[14] = 16'h0000;
+    score_mem_p0[15] = 16'h0000;
+    score_mem_p0[16] = 16'h0000;
+    score_mem_p0[17] = 16'h0000;
+    score_mem_p0[18] = 16'h0000;
+    score_mem_p0[19] = 16'h0000;
+    score_mem_p0[20] = 16'h0000;
+    score_mem_p0[21] = 16'h0000;
+    score_mem_p0[22] = 16'h0000;
+    score_mem_p0[23] = 16'h0000;
+    score_mem_p0[24] = 16'h0000;
+    score_mem_p0[25] = 16'h0000;
+    score_mem_p0[26] = 16'h0000;
+    score_mem_p0[27] = 16'h0000;
+    score_mem_p0[28] = 16'h0000;
+    score_mem_p0[29] = 16'h0000;
+    score_mem_p0[30] = 16'h0000;
+    score_mem_p0[31] = 16'h0000;
+    score_mem_p0[32] = 16'h0000;
+    score_mem_p0[33] = 16'h0000;
+    score_mem_p0[34] = 16'h0000;
+    score_mem_p0[35] = 16'h0000;
+    score_mem_p0[36] = 16'h0000;
+    score_mem_p0[37] = 16'h0000;
+    score_mem_p0[38] = 16'h0000;
+    score_mem_p0[39] = 16'h0000;
+    score_mem_p0[40] = 16'h0000;
+    score_mem_p0[41] = 16'h0000;
+    score_mem_p0[42] = 16'h0000;
+    score_mem_p0[43] = 16'h0000;
+    score_mem_p0[44] = 16'h0000;
+    score_mem_p0[45] = 16'h0000;
+    score_mem_p0[46] = 16'h0000;
+    score_mem_p0[47] = 16'h0000;
+    score_mem_p0[48] = 16'h0000;
+    score_mem_p0[49] = 16'h0000;
+    score_mem_p0[50] = 16'h0000;
+    score_mem_p0[51] = 16'h0000;
+    score_mem_p0[52] = 16'h0000;
+    score_mem_p0[53] = 16'h0000;
+    score_mem_p0[54] = 16'h0000;
+    score_mem_p0[55] = 16'h0000;
+    score_mem_p0[56] = 16'h0000;
+    score_mem_p0[57] = 16'h0000;
+    score_mem_p0[58] = 16'h0000;
+    score_mem_p0[59] = 16'h0000;
+    score_mem_p0[60] = 16'h0000;
+    score_mem_p0[61] = 16'h0000;
+    score_mem_p0[62] = 16'h0000;
+    score_mem_p0[63] = 16'h0000;
+  end
+  always @(posedge clk) begin
+    if (score_mem_p0_we_q)
+      score_mem_p0[score_mem_waddr_q] <= score_mem_wdata_q;
+  end
+  assign rp__data = score_mem_p0[{ er, ridx }];
+  assign \$345  = { \$332 [32:0], 1'h0 } ^ ex_exp_gb_l1_4;
+  assign ex_exp_gb_l2_2 = \$345  ^ { \$338 [32:0], 1'h0 };
+  assign \$346  = { \$332 [32:0], 1'h0 } & ex_exp_gb_l1_4;
+  assign \$347  = { \$332 [32:0], 1'h0 } & { \$338 [32:0], 1'h0 };
+  assign \$348  = \$346  | \$347 ;
+  assign \$349  = ex_exp_gb_l1_4 & { \$338 [32:0], 1'h0 };
+  assign \$350  = \$348  | \$349 ;
+  assign \$351  = ex_exp_gb_l2_0 ^ { \$344 [32:0], 1'h0 };
+  assign ex_exp_gb_l3_0 = \$351  ^ ex_exp_gb_l2_2;
+  assign \$352  = ex_exp_gb_l2_0 & { \$344 [32:0], 1'h0 };
+  assign \$353  = ex_exp_gb_l2_0 & ex_exp_gb_l2_2;
+  assign \$354  = \$352  | \$353 ;
+  assign \$355  = { \$344 [32:0], 1'h0 } & ex_exp_gb_l2_2;
+  assign \$356  = \$354  | \$355 ;
+  assign \$357  = ex_s7_exp_g0 ^ ex_s7_exp_g1;
+  assign ex_exp_gc_l1_0 = \$357  ^ ex_s7_exp_g2;
+  assign \$358  = ex_s7_exp_g0 & ex_s7_exp_g1;
+  assign \$359  = ex_s7_exp_g0 & ex_s7_exp_g2;
+  assign \$360  = \$358  | \$359 ;
+  assign \$361  = ex_s7_exp_g1 & ex_s7_exp_g2;
+  assign \$362  = \$360  | \$361 ;
+  assign \$363  = | credits;
+  assign \$364  = o_run & \$363 ;
+  assign \$365  = | \inside ;
+  assign \$366  = ~ \$365 ;
+  assign \$367  = ~ score_mem_we;
+  assign c__ready = \$366  & \$367 ;
+  assign \$368  = exp_mem_rdata[0] ? out_s2_recip : 17'h00000;
+  assign \$370  = exp_mem_rdata[1] ? out_s2_recip : 17'h00000;
+  assign \$372  = exp_mem_rdata[2] ? out_s2_recip : 17'h00000;
+  assign \$374  = exp_mem_rdata[3] ? out_s2_recip : 17'h00000;
+  assign \$376  = exp_mem_rdata[4] ? out_s2_recip : 17'h00000;
+  assign \$378  = exp_mem_rdata[5] ? out_s2_recip : 17'h00000;
+  assign \$380  = exp_mem_rdata[6] ? out_s2_recip : 17'h00000;
+  assign \$382  = exp_mem_rdata[7] ? out_s2_recip : 17'h00000;
+  assign \$384  = exp_mem_rdata[8] ? out_s2_recip : 17'h00000;
+  assign \$386  = exp_mem_rdata[9] ? out_s2_recip : 17'h00000;
+  assign \$388  = exp_mem_rdata[10] ? out_s2_recip : 17'h00000;
+  assign \$390  = exp_mem_rdata[11] ? out_s2_recip : 17'h00000;
+  assign \$392  = exp_mem_rdata[12] ? out_s2_recip : 17'h00000;
+  assign \$394  = exp_mem_rdata[13] ? out_s2_recip : 17'h00000;
+  assign \$396  = exp_mem_rdata[14] ? out_s2_recip : 17'h00000;
+  assign \$398  = exp_mem_rdata[15] ? out_s2_recip : 17'h00000;
+  assign \$400  = { 15'h0000, \$369  } ^ { 15'h0000, \$371  };
+  assign out_csa0_l1_0 = \$400  ^ { 13'h0000, \$373  };
+  assign \$401  = { 15'h0000, \$369  } & { 15'h0000, \$371  };
+  assign \$402  = { 15'h0000, \$369  } & { 13'h0000, \$373  };
+  assign \$403  = \$401  | \$402 ;
+  assign \$404  = { 15'h0000, \$371  } & { 13'h0000, \$373  };
+  assign \$405  = \$403  | \$404 ;
+  assign \$406  = { 13'h0000, \$375  } ^ { 9'h000, \$377  };
+  assign out_csa0_l1_2 = \$406  ^ { 9'h000, \$379  };
+  assign \$407  = { 13'h0000, \$375  } & { 9'h000, \$377  };
+  assign \$408  = { 13'h0000, \$375  } & { 9'h000, \$379  };
+  assign \$409  = \$407  | \$408 ;
+  assign \$410  = { 9'h000, \$377  } & { 9'h000, \$379  };
+  assign \$411  = \$409  | \$410 ;
+  assign \$412  = { 9'h000, \$381  } ^ { 9'h000, \$383  };
+  assign out_csa0_l1_4 = \$412  ^ { 1'h0, \$385  };
+  assign \$413  = { 9'h000, \$381  } & { 9'h000, \$383  };
+  assign \$414  = { 9'h000, \$381  } & { 1'h0, \$385  };
+  assign \$415  = \$413  | \$414 ;
+  assign \$416  = { 9'h000, \$383  } & { 1'h0, \$385  };
+  assign \$417  = \$415  | \$416 ;
+  assign \$418  = { 1'h0, \$387  } ^ { 1'h0, \$389  };
+  assign out_csa0_l1_6 = \$418  ^ { 1'h0, \$391  };
+  assign \$419  = { 1'h0, \$387  } & { 1'h0, \$389  };
+  assign \$420  = { 1'h0, \$387  } & { 1'h0, \$391  };
+  assign \$421  = \$419  | \$420 ;
+  assign \$422  = { 1'h0, \$389  } & { 1'h0, \$391  };
+  assign \$423  = \$421  | \$422 ;
+  assign \$424  = { 1'h0, \$393  } ^ { 1'h0, \$395  };
+  assign out_csa0_l1_8 = \$424  ^ { 1'h0, \$397  };
+  assign \$425  = { 1'h0, \$393  } & { 1'h0, \$395  };
+  assign \$426  = { 1'h0, \$393  } & { 1'h0, \$397  };
+  assign \$427  = \$425  | \$426 ;
+  assign \$428  = { 1'h0, \$395  } & { 1'h0, \$397  };
+  assign \$429  = \$427  | \$428 ;
+  assign \$430  = out_csa0_l1_0 ^ { \$405 [31:0], 1'h0 };
+  assign out_csa0_l2_0 = \$430  ^ out_csa0_l1_2;
+  assign \$431  = out_csa0_l1_0 & { \$405 [31:0], 1'h0 };
+  assign \$432  = out_csa0_l1_0 & out_csa0_l1_2;
+  assign \$433  = \$431  | \$432 ;
+  assign \$434  = { \$405 [31:0], 1'h0 } & out_csa0_l1_2;
+  assign \$435  = \$433  | \$434 ;
+  assign \$436  = { \$411 [31:0], 1'h0 } ^ out_csa0_l1_4;
+  assign out_csa0_l2_2 = \$436  ^ { \$417 [31:0], 1'h0 };
+  assign \$437  = { \$411 [31:0], 1'h0 } & out_csa0_l1_4;
+  assign \$438  = { \$411 [31:0], 1'h0 } & { \$417 [31:0], 1'h0 };
+  assign \$439  = \$437  | \$438 ;
+  assign \$440  = out_csa0_l1_4 & { \$417 [31:0], 1'h0 };
+  assign \$441  = \$439  | \$440 ;
+  assign \$442  = out_csa0_l1_6 ^ { \$423 [31:0], 1'h0 };
+  assign out_csa0_l2_4 = \$442  ^ out_csa0_l1_8;
+  assign \$443  = out_csa0_l1_6 & { \$423 [31:0], 1'h0 };
+  assign \$444  = out_csa0_l1_6 & out_csa0_l1_8;
+  assign \$445  = \$443  | \$444 ;
+  assign \$446  = { \$423 [31:0], 1'h0 } & out_csa0_l1_8;
+  assign \$447  = \$445  | \$446 ;
+  assign \$448  = { \$429 [31:0], 1'h0 } ^ { 1'h0, \$399  };
+  assign \$449  = { \$429 [31:0], 1'h0 } & { 1'h0, \$399  };
+  assign \$451  = \$449  | \$450 ;
+  assign \$453  = \$451  | \$452 ;
+  assign \$454  = out_s3_t0 ^ out_s3_t1;
+  assign out_csa1_l1_0 = \$454  ^ out_s3_t2;
+  assign \$455  = out_s3_t0 & out_s3_t1;
+  assign \$456  = out_s3_t0 & out_s3_t2;
+  assign \$457  = \$455  | \$456 ;
+  assign \$458  = out_s3_t1 & out_s3_t2;
+  assign \$459  = \$457  | \$458 ;
+  assign \$460  = out_s3_t3 ^ out_s3_t4;
+  assign out_csa1_l1_2 = \$460  ^ out_s3_t5;
+  assign \$461  = out_s3_t3 & out_s3_t4;
+  assign \$462  = out_s3_t3 & out_s3_t5;
+  assign \$463  = \$461  | \$462 ;
+  assign \$464  = out_s3_t4 & out_s3_t5;
+  assign \$465  = \$463  | \$464 ;
+  assign \$466  = out_csa1_l1_0 ^ { \$459 [31:0], 1'h0 };
+  assign out_csa1_l2_0 = \$466  ^ out_csa1_l1_2;
+  assign \$467  = out_csa1_l1_0 & { \$459 [31:0], 1'h0 };
+  assign \$468  = out_csa1_l1_0 & out_csa1_l1_2;
+  assign \$469  = \$467  | \$468 ;
+  assign \$470  = { \$459 [31:0], 1'h0 } & out_csa1_l1_2;
+  assign \$471  = \$469  | \$470 ;
+  assign \$472  = { \$465 [31:0], 1'h0 } ^ out_s3_t6;
+  assign out_csa1_l2_2 = \$472  ^ out_s3_t7;
+  assign \$473  = { \$465 [31:0], 1'h0 } & out_s3_t6;
+  assign \$474  = { \$465 [31:0], 1'h0 } & out_s3_t7;
+  assign \$475  = \$473  | \$474 ;
+  assign \$476  = out_s3_t6 & out_s3_t7;
+  assign \$477  = \$475  | \$476 ;
+  assign \$478  = out_s4_t0 ^ out_s4_t1;
+  assign out_csa2_l1_0 = \$478  ^ out_s4_t2;
+  assign \$479  = out_s4_t0 & out_s4_t1;
+  assign \$480  = out_s4_t0 & out_s4_t2;
+  assign \$481  = \$479  | \$480 ;
+  assign \$482  = out_s4_t1 & out_s4_t2;
+  assign \$483  = \$481  | \$482 ;
+  assign \$484  = out_csa2_l1_0 ^ { \$483 [31:0], 1'h0 };
+  assign out_csa2_l2_0 = \$484  ^ out_s4_t3;
+  assign \$485  = out_csa2_l1_0 & { \$483 [31:0], 1'h0 };
+  assign \$486  = out_csa2_l1_0 & out_s4_t3;
+  assign \$487  = \$485  | \$486 ;
+  assign \$488  = { \$483 [31:0], 1'h0 } & out_s4_t3;
+  assign \$489  = \$487  | \$488 ;
+  assign o_fire = o__valid & o__ready;
+  always @(posedge clk)
+    score_mem_waddr_q <= { lw, lcnt };
+  always @(posedge clk)
+    score_mem_wdata_q <= score_mem_wdata;
+  always @(posedge clk)
+    score_mem_p0_we_q <= \$490 ;
+  always @(posedge clk)
+    score_mem_p0_q <= rp__data;
+  always @(posedge clk)
+    score_mem_rdata <= score_mem_p0_q;
+  always @(posedge clk)
+    exp_mem_waddr_q <= { ew[2:1], ex_s9_a };
+  always @(posedge clk)
+    exp_mem_wdata_q <= exp_mem_wdata;
+  always @(posedge clk)
+    exp_mem_p0_we_q <= \$491 ;
+  always @(posedge clk)
+    exp_mem_p0_q <= \rp__data$27 ;
+  always @(posedge clk)
+    exp_mem_p1_we_q <= \$492 ;
+  always @(posedge clk)
+    exp_mem_p1_q <= \rp__data$30 ;
+  always @(posedge clk)
+    exp_mem_part <= orb[2];
+  always @(posedge clk)
+    exp_mem_rdata <= \$7 ;
+  always @(posedge clk)
+    f <= \$493 ;
+  always @(posedge clk)
+    score_mem_we <= \$494 ;
+  always @(posedge clk)
+    score_mem_wdata <= \$495 ;
+  always @(posedge clk)
+    in_last <= \$496 ;
+  always @(posedge clk)
+    end_q <= \$497 ;
+  always @(posedge clk)
+    bank_q <= \$498 ;
+  always @(posedge clk)
+    sbank0_max <= \$499 ;
+  always @(posedge clk)
+    sbank1_max <= \$500 ;
+  always @(posedge clk)
+    run_max <= \$501 ;
+  always @(posedge clk)
+    row_first <= \$502 ;
+  always @(posedge clk)
+    lcnt <= \$503 ;
+  always @(posedge clk)
+    lcnt_top <= \$504 ;
+  always @(posedge clk)
+    lw <= \$505 ;
+  always @(posedge clk)
+    sbank0_lenm1 <= \$506 ;
+  always @(posedge clk)
+    sbank1_lenm1 <= \$507 ;
+  always @(posedge clk)
+    exp_v0 <= \$508 ;
+  always @(posedge clk)
+    exp_v1 <= \$509 ;
+  always @(posedge clk)
+    exp_v2 <= \$510 ;
+  always @(posedge clk)
+    exp_v3 <= \$511 ;
+  always @(posedge clk)
+    exp_v4 <= \$512 ;
+  always @(posedge clk)
+    exp_v5 <= \$513 ;
+  always @(posedge clk)
+    exp_v6 <= \$514 ;
+  always @(posedge clk)
+    exp_v7 <= \$515 ;
+  always @(posedge clk)
+    exp_v8 <= \$516 ;
+  always @(posedge clk)
+    exp_v9 <= \$517 ;
+  always @(posedge clk)
+    exp_mem_we <= \$518 ;
+  always @(posedge clk)
+    exp_ra0 <= \$519 ;
+  always @(posedge clk)
+    exp_ra1 <= \$520 ;
+  always @(posedge clk)
+    ex_s1_x <= \$521 ;
+  always @(posedge clk)
+    ex_s1_a <= \$522 ;
+  always @(posedge clk)
+    ex_s2_exp_n <= \$523 ;
+  always @(posedge clk)
+    ex_s2_a <= \$524 ;
+  always @(posedge clk)
+    ex_s3_exp_t <= \$525 ;
+  always @(posedge clk)
+    ex_s3_a <= \$526 ;
+  always @(posedge clk)
+    ex_s4_exp_q <= \$527 ;
+  always @(posedge clk)
+    ex_s4_exp_r <= \$528 ;
+  always @(posedge clk)
+    ex_s4_exp_h0 <= \$529 ;
+  always @(posedge clk)
+    ex_s4_exp_h1 <= \$530 ;
+  always @(posedge clk)
+    ex_s4_a <= \$531 ;
+  always @(posedge clk)
+    ex_s5_exp_q <= \$532 ;
+  always @(posedge clk)
+    ex_s5_exp_r <= \$533 ;
+  always @(posedge clk)
+    ex_s5_exp_hv <= \$534 ;
+  always @(posedge clk)
+    ex_s5_exp_qh <= \$535 ;
+  always @(posedge clk)
+    ex_s5_a <= \$536 ;
+  always @(posedge clk)
+    ex_s6_exp_q <= \$537 ;
+  always @(posedge clk)
+    ex_s6_exp_g0 <= \$538 ;
+  always @(posedge clk)
+    ex_s6_exp_g1 <= \$539 ;
+  always @(posedge clk)
+    ex_s6_exp_g2 <= \$540 ;
+  always @(posedge clk)
+    ex_s6_exp_g3 <= \$541 ;
+  always @(posedge clk)
+    ex_s6_exp_g4 <= \$542 ;
+  always @(posedge clk)
+    ex_s6_exp_g5 <= \$543 ;
+  always @(posedge clk)
+    ex_s6_exp_g6 <= \$544 ;
+  always @(posedge clk)
+    ex_s6_exp_g7 <= \$545 ;
+  always @(posedge clk)
+    ex_s6_exp_g8 <= \$546 ;
+  always @(posedge clk)
+    ex_s6_a <= \$547 ;
+  always @(posedge clk)
+    ex_s7_exp_q <= \$548 ;
+  always @(posedge clk)
+    ex_s7_exp_g0 <= \$549 ;
+  always @(posedge clk)
+    ex_s7_exp_g1 <= \$550 ;
+  always @(posedge clk)
+    ex_s7_exp_g2 <= \$551 ;
+  always @(posedge clk)
+    ex_s7_a <= \$552 ;
+  always @(posedge clk)
+    ex_s8_exp_q <= \$553 ;
+  always @(posedge clk)
+    ex_s8_exp_gq <= \$554 ;
+  always @(posedge clk)
+    ex_s8_a <= \$555 ;
+  always @(posedge clk)
+    exp_mem_wdata <= \$556 ;
+  always @(posedge clk)
+    ex_s9_a <= \$557 ;
+  always @(posedge clk)
+    total <= \$558 ;
+  always @(posedge clk)
+    ridx <= \$559 ;
+  always @(posedge clk)
+    rlenm1 <= \$560 ;
+  always @(posedge clk)
+    r_last <= \$561 ;
+  always @(posedge clk)
+    rlenm2 <= \$562 ;
+  always @(posedge clk)
+    rmax <= \$563 ;
+  always @(posedge clk)
+    exp_idle <= \$564 ;
+  always @(posedge clk)
+    exp_pass <= \$565 ;
+  always @(posedge clk)
+    exp_drain <= \$566 ;
+  always @(posedge clk)
+    er <= \$567 ;
+  always @(posedge clk)
+    ew <= \$568 ;
+  always @(posedge clk)
+    d_busy <= \$569 ;
+  always @(posedge clk)
+    dbank <= \$570 ;
+  always @(posedge clk)
+    dlenm1 <= \$571 ;
+  always @(posedge clk)
+    den <= \$572 ;
+  always @(posedge clk)
+    quo <= \$573 ;
+  always @(posedge clk)
+    dcnt <= \$574 ;
+  always @(posedge clk)
+    d_last <= \$575 ;
+  always @(posedge clk)
+    prem <= \$576 ;
+  always @(posedge clk)
+    nbits <= \$577 ;
+  always @(posedge clk)
+    ebank0_recip <= \$578 ;
+  always @(posedge clk)
+    ebank0_lenm1 <= \$579 ;
+  always @(posedge clk)
+    ebank1_recip <= \$580 ;
+  always @(posedge clk)
+    ebank1_lenm1 <= \$581 ;
+  always @(posedge clk)
+    ebank2_recip <= \$582 ;
+  always @(posedge clk)
+    ebank2_lenm1 <= \$583 ;
+  always @(posedge clk)
+    o_run <= \$584 ;
+  always @(posedge clk)
+    oidx <= \$585 ;
+  always @(posedge clk)
+    o_last <= \$586 ;
+  always @(posedge clk)
+    o_lenm2 <= \$587 ;
+  always @(posedge clk)
+    o_recip <= \$588 ;
+  always @(posedge clk)
+    orb <= \$589 ;
+  always @(posedge clk)
+    credits <= \$590 ;
+  always @(posedge clk)
+    \inside  <= \$591 ;
+  always @(posedge clk)
+    out_v0 <= \$592 ;
+  always @(posedge clk)
+    out_v1 <= \$593 ;
+  always @(posedge clk)
+    out_v2 <= \$594 ;
+  always @(posedge clk)
+    out_v3 <= \$595 ;
+  always @(posedge clk)
+    out_v4 <= \$596 ;
+  always @(posedge clk)
+    out_v5 <= \$597 ;
+  always @(posedge clk)
+    out_s1_recip <= \$598 ;
+  always @(posedge clk)
+    out_s1_last <= \$599 ;
+  always @(posedge clk)
+    out_s2_recip <= \$600 ;
+  always @(posedge clk)
+    out_s2_last <= \$601 ;
+  always @(posedge clk)
+    out_s3_last <= \$602 ;
+  always @(posedge clk)
+    out_s3_t0 <= \$603 ;
+  always @(posedge clk)
+    out_s3_t1 <= \$604 ;
+  always @(posedge clk)
+    out_s3_t2 <= \$605 ;
+  always @(posedge clk)
+    out_s3_t3 <= \$606 ;
+  always @(posedge clk)
+    out_s3_t4 <= \$607 ;
+  always @(posedge clk)
+    out_s3_t5 <= \$608 ;
+  always @(posedge clk)
+    out_s3_t6 <= \$609 ;
+  always @(posedge clk)
+    out_s3_t7 <= \$610 ;
+  always @(posedge clk)
+    out_s4_last <= \$611 ;
+  always @(posedge clk)
+    out_s4_t0 <= \$612 ;
+  always @(posedge clk)
+    out_s4_t1 <= \$613 ;
+  always @(posedge clk)
+    out_s4_t2 <= \$614 ;
+  always @(posedge clk)
+    out_s4_t3 <= \$615 ;
+  always @(posedge clk)
+    out_s5_last <= \$616 ;
+  always @(posedge clk)
+    out_s5_t0 <= \$617 ;
+  always @(posedge clk)
+    out_s5_t1 <= \$618 ;
+  always @(posedge clk)
+    out_s6_p <= \$619 ;
+  always @(posedge clk)
+    out_s6_last <= \$620 ;
+  always @(posedge clk)
+    oq_written <= \$621 ;
+  always @(posedge clk)
+    oq_wptr <= \$622 ;
+  always @(posedge clk)
+    o__payload <= \$623 ;
+  always @(posedge clk)
+    o__valid <= \$624 ;
+  always @(posedge clk)
+    oq_rptr <= \$625 ;
+  always @(posedge clk)
+    oq_count <= \$626 ;
+  always @(posedge clk)
+    oq_nonempty <= \$627 ;
+  always @(posedge clk)
+    sbank0_full <= \$628 ;
+  always @(posedge clk)
+    sbank1_full <= \$629 ;
+  always @(posedge clk)
+    ebank0_busy <= \$630 ;
+  always @(posedge clk)
+    ebank0_full <= \$631 ;
+  always @(posedge clk)
+    ebank1_busy <= \$632 ;
+  always @(posedge clk)
+    ebank1_full <= \$633 ;
+  always @(posedge clk)
+    ebank2_busy <= \$634 ;
+  always @(posedge clk)
+    ebank2_full <= \$635 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = exp_mem_we & \$3 ;
+  assign \$6  = exp_mem_we & \$5 ;
+  assign \$7  = exp_mem_part ? exp_mem_p1_q : exp_mem_p0_q;
+  assign \$8  = c__valid & c__ready;
+  assign \$9  = in_last | lcnt_top;
+  assign \$10  = score_mem_we & \$9 ;
+  assign \$11  = ! bank_q;
+  assign \$15  = \$13  > \$14 ;
+  assign \$16  = row_first | \$15 ;
+  assign \$17  = \$16  ? score_mem_wdata : run_max;
+  assign \$18  = in_last | lcnt_top;
+  assign \$19  = score_mem_we & \$18 ;
+  assign \$20  = in_last | lcnt_top;
+  assign \$21  = score_mem_we & \$20 ;
+  assign \$22  = ~ lw;
+  assign \$23  = ! lw;
+  assign \$25  = lcnt + 1'h1;
+  assign \$26  = lcnt == 4'hf;
+  assign \$27  = $signed(score_mem_rdata) - $signed(rmax);
+  assign \$28  = ex_exp_n_l2_0 + { \$211 [16:0], 1'h0 };
+  assign \$29  = { ex_s2_exp_n, 17'h00000 } >> f;
+  assign \$30  = | ex_s3_exp_t[33:22];
+  assign \$31  = ex_s3_exp_t[21:17] > 5'h11;
+  assign \$32  = \$30  | \$31 ;
+  assign \$33  = \$32  ? 5'h11 : ex_s3_exp_t[21:17];
+  assign \$34  = ex_s4_exp_h0 + ex_s4_exp_h1;
+  assign \$35  = 1'h1 << ex_s4_exp_q;
+  assign \$36  = ex_exp_gc_l1_0 + { \$362 [32:0], 1'h0 };
+  assign \$37  = ex_s8_exp_gq >> ex_s8_exp_q;
+  assign \$38  = total + exp_mem_wdata;
+  assign \$39  = er ? sbank1_lenm1 : sbank0_lenm1;
+  assign \$40  = er ? sbank1_lenm1 : sbank0_lenm1;
+  assign \$41  = | \$40 ;
+  assign \$42  = ~ \$41 ;
+  assign \$43  = er ? sbank1_lenm1 : sbank0_lenm1;
+  assign \$44  = \$43  - 1'h1;
+  assign \$45  = er ? sbank1_max : sbank0_max;
+  assign \$46  = er ? sbank1_full : sbank0_full;
+  assign \$47  = exp_idle & \$46 ;
+  assign \$48  = ew[1] ? ebank1_busy : ebank2_busy;
+  assign \$49  = ew[0] ? ebank0_busy : \$48 ;
+  assign \$50  = ~ \$49 ;
+  assign \$51  = \$47  & \$50 ;
+  assign \$52  = bank_q == er;
+  assign \$53  = end_q & \$52 ;
+  assign \$54  = ~ \$53 ;
+  assign \$55  = \$51  & \$54 ;
+  assign \$56  = ridx + 1'h1;
+  assign \$57  = ridx == rlenm2;
+  assign \$58  = exp_pass & r_last;
+  assign \$59  = ~ er;
+  assign \$60  = | { exp_mem_we, exp_v9, exp_v8, exp_v7, exp_v6, exp_v5, exp_v4, exp_v3, exp_v2, exp_v1, exp_v0 };
+  assign \$61  = ~ \$60 ;
+  assign \$62  = exp_drain & \$61 ;
+  assign \$63  = ~ d_busy;
+  assign \$64  = \$62  & \$63 ;
+  assign \$65  = ~ d_busy;
+  assign \$66  = { prem, nbits[16] } - den;
+  assign \$67  = ~ \$66 [21];
+  assign \$68  = { prem, nbits[16] } - den;
+  assign \$69  = \$66 [21] ? { prem[18:0], nbits[16] } : \$68 [19:0];
+  assign \$70  = { prem, nbits[16] } - den;
+  assign \$71  = ~ \$70 [21];
+  assign \$73  = dcnt + 1'h1;
+  assign \$74  = dcnt == 4'hf;
+  assign \$75  = d_busy & d_last;
+  assign \$76  = { prem, nbits[16] } - den;
+  assign \$77  = ~ \$76 [21];
+  assign \$78  = { prem, nbits[16] } - den;
+  assign \$79  = ~ \$78 [21];
+  assign \$80  = { prem, nbits[16] } - den;
+  assign \$81  = ~ \$80 [21];
+  assign \$82  = ~ o_run;
+  assign \$83  = orb[1] ? ebank1_full : ebank2_full;
+  assign \$84  = orb[0] ? ebank0_full : \$83 ;
+  assign \$85  = \$82  & \$84 ;
+  assign \$86  = orb[1] ? ebank1_lenm1 : ebank2_lenm1;
+  assign \$87  = orb[0] ? ebank0_lenm1 : \$86 ;
+  assign \$88  = | \$87 ;
+  assign \$89  = ~ \$88 ;
+  assign \$90  = orb[1] ? ebank1_lenm1 : ebank2_lenm1;
+  assign \$91  = orb[0] ? ebank0_lenm1 : \$90 ;
+  assign \$92  = \$91  - 1'h1;
+  assign \$93  = orb[1] ? ebank1_recip : ebank2_recip;
+  assign \$94  = orb[0] ? ebank0_recip : \$93 ;
+  assign \$95  = | credits;
+  assign \$96  = o_run & \$95 ;
+  assign \$97  = oidx + 1'h1;
+  assign \$98  = oidx == o_lenm2;
+  assign \$99  = | credits;
+  assign \$100  = o_run & \$99 ;
+  assign \$101  = credits - \$100 ;
+  assign \$102  = $signed(\$101 ) + $signed({ 1'h0, o_fire });
+  assign \$103  = \inside  + score_mem_we;
+  assign \$104  = \$103  - o_fire;
+  assign \$105  = | credits;
+  assign \$106  = o_run & \$105 ;
+  assign \$107  = out_s5_t0 + out_s5_t1;
+  assign \$108  = out_s5_t0 + out_s5_t1;
+  assign \$109  = \$107 [32] ? 8'hff : \$108 [31:24];
+  assign \$110  = oq_wptr + 1'h1;
+  assign \$111  = ~ o__valid;
+  assign \$112  = \$111  | o__ready;
+  assign \$113  = oq_nonempty | oq_written;
+  assign \$114  = \$112  & \$113 ;
+  assign \$115  = oq_rptr + 1'h1;
+  assign \$116  = oq_count + oq_written;
+  assign \$117  = ~ o__valid;
+  assign \$118  = \$117  | o__ready;
+  assign \$119  = oq_nonempty | oq_written;
+  assign \$120  = \$118  & \$119 ;
+  assign \$121  = \$116  - \$120 ;
+  assign \$122  = ~ o__valid;
+  assign \$123  = \$122  | o__ready;
+  assign \$124  = oq_nonempty | oq_written;
+  assign \$125  = \$123  & \$124 ;
+  assign \$126  = \$125  ? oq_nonempty : 1'h1;
+  assign \$127  = ~ o__valid;
+  assign \$128  = \$127  | o__ready;
+  assign \$129  = oq_nonempty | oq_written;
+  assign \$130  = \$128  & \$129 ;
+  assign \$131  = oq_count != 1'h1;
+  assign \$132  = \$130  ? \$131  : oq_nonempty;
+  assign \$133  = oq_written ? \$126  : \$132 ;
+  assign \$134  = exp_pass & r_last;
+  assign \$135  = ! er;
+  assign \$136  = \$134  & \$135 ;
+  assign \$137  = in_last | lcnt_top;
+  assign \$138  = score_mem_we & \$137 ;
+  assign \$139  = ! lw;
+  assign \$140  = \$138  & \$139 ;
+  assign \$141  = exp_pass & r_last;
+  assign \$143  = \$141  & \$142 ;
+  assign \$144  = in_last | lcnt_top;
+  assign \$145  = score_mem_we & \$144 ;
+  assign \$147  = \$145  & \$146 ;
+  assign \$148  = e_clear & orb[0];
+  assign \$149  = er ? sbank1_full : sbank0_full;
+  assign \$150  = exp_idle & \$149 ;
+  assign \$151  = ew[1] ? ebank1_busy : ebank2_busy;
+  assign \$152  = ew[0] ? ebank0_busy : \$151 ;
+  assign \$153  = ~ \$152 ;
+  assign \$154  = \$150  & \$153 ;
+  assign \$155  = bank_q == er;
+  assign \$156  = end_q & \$155 ;
+  assign \$157  = ~ \$156 ;
+  assign \$158  = \$154  & \$157 ;
+  assign \$159  = \$158  & ew[0];
+  assign \$160  = d_busy & d_last;
+  assign \$161  = \$160  & dbank[0];
+  assign \$162  = e_clear & orb[1];
+  assign \$163  = er ? sbank1_full : sbank0_full;
+  assign \$164  = exp_idle & \$163 ;
+  assign \$165  = ew[1] ? ebank1_busy : ebank2_busy;
+  assign \$166  = ew[0] ? ebank0_busy : \$165 ;
+  assign \$167  = ~ \$166 ;
+  assign \$168  = \$164  & \$167 ;
+  assign \$169  = bank_q == er;
+  assign \$170  = end_q & \$169 ;
+  assign \$171  = ~ \$170 ;
+  assign \$172  = \$168  & \$171 ;
+  assign \$173  = \$172  & ew[1];
+  assign \$174  = d_busy & d_last;
+  assign \$175  = \$174  & dbank[1];
+  assign \$176  = e_clear & orb[2];
+  assign \$177  = er ? sbank1_full : sbank0_full;
+  assign \$178  = exp_idle & \$177 ;
+  assign \$179  = ew[1] ? ebank1_busy : ebank2_busy;
+  assign \$180  = ew[0] ? ebank0_busy : \$179 ;
+  assign \$181  = ~ \$180 ;
+  assign \$182  = \$178  & \$181 ;
+  assign \$183  = bank_q == er;
+  assign \$184  = end_q & \$183 ;
+  assign \$185  = ~ \$184 ;
+  assign \$186  = \$182  & \$185 ;
+  assign \$187  = \$186  & ew[2];
+  assign \$188  = d_busy & d_last;
+  assign \$189  = \$188  & dbank[2];
+  assign \$190  = in_last | lcnt_top;
+  assign \$191  = score_mem_we & \$190 ;
+  assign \$192  = lw ^ \$191 ;
+  assign \$193  = \$192  ? sbank1_full : sbank0_full;
+  assign \$194  = ~ \$193 ;
+  assign \$195  = ~ c__valid;
+  assign i__ready = \$194  & \$195 ;
+  assign take = i__valid & i__ready;
+  assign \$196  = ~ ex_s1_x;
+  assign \$198  = ~ \$197 ;
+  assign \$200  = { \$196 [16], \$196  } ^ { \$198 [16], \$198  };
+  assign ex_exp_n_l1_0 = \$200  ^ { \$199 [16], \$199  };
+  assign \$201  = { \$196 [16], \$196  } & { \$198 [16], \$198  };
+  assign \$202  = { \$196 [16], \$196  } & { \$199 [16], \$199  };
+  assign \$203  = \$201  | \$202 ;
+  assign \$204  = { \$198 [16], \$198  } & { \$199 [16], \$199  };
+  assign \$205  = \$203  | \$204 ;
+  assign \$206  = ex_exp_n_l1_0 ^ { \$205 [16:0], 1'h0 };
+  assign \$207  = ex_exp_n_l1_0 & { \$205 [16:0], 1'h0 };
+  assign \$209  = \$207  | \$208 ;
+  assign \$211  = \$209  | \$210 ;
+  assign \$215  = { 2'h0, \$212  } ^ { 2'h0, \$213  };
+  assign ex_exp_h_l1_0 = \$215  ^ { 2'h0, \$214  };
+  assign \$216  = { 2'h0, \$212  } & { 2'h0, \$213  };
+  assign \$217  = { 2'h0, \$212  } & { 2'h0, \$214  };
+  assign \$218  = \$216  | \$217 ;
+  assign \$219  = { 2'h0, \$213  } & { 2'h0, \$214  };
+  assign \$220  = \$218  | \$219 ;
+  assign \$221  = ex_exp_h_l1_0 ^ { \$220 [32:0], 1'h0 };
+  assign \$222  = ex_exp_h_l1_0 & { \$220 [32:0], 1'h0 };
+  assign \$224  = \$222  | \$223 ;
+  assign \$226  = \$224  | \$225 ;
+  assign \$227  = ex_s5_exp_r[0] ? ex_s5_exp_hv : 17'h00000;
+  assign \$229  = ex_s5_exp_r[1] ? ex_s5_exp_hv : 17'h00000;
+  assign \$231  = ex_s5_exp_r[2] ? ex_s5_exp_hv : 17'h00000;
+  assign \$233  = ex_s5_exp_r[3] ? ex_s5_exp_hv : 17'h00000;
+  assign \$235  = ex_s5_exp_r[4] ? ex_s5_exp_hv : 17'h00000;
+  assign \$237  = ex_s5_exp_r[5] ? ex_s5_exp_hv : 17'h00000;
+  assign \$239  = ex_s5_exp_r[6] ? ex_s5_exp_hv : 17'h00000;
+  assign \$241  = ex_s5_exp_r[7] ? ex_s5_exp_hv : 17'h00000;
+  assign \$243  = ex_s5_exp_r[8] ? ex_s5_exp_hv : 17'h00000;
+  assign \$245  = ex_s5_exp_r[9] ? ex_s5_exp_hv : 17'h00000;
+  assign \$247  = ex_s5_exp_r[10] ? ex_s5_exp_hv : 17'h00000;
+  assign \$249  = ex_s5_exp_r[11] ? ex_s5_exp_hv : 17'h00000;
+  assign \$251  = ex_s5_exp_r[12] ? ex_s5_exp_hv : 17'h00000;
+  assign \$253  = ex_s5_exp_r[13] ? ex_s5_exp_hv : 17'h00000;
+  assign \$255  = ex_s5_exp_r[14] ? ex_s5_exp_hv : 17'h00000;
+  assign \$257  = ex_s5_exp_r[15] ? ex_s5_exp_hv : 17'h00000;
+  assign \$259  = ex_s5_exp_r[16] ? ex_s5_exp_hv : 17'h00000;
+  assign \$261  = { \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228  } ^ { \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230  };
+  assign ex_exp_ga_l1_0 = \$261  ^ { \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232  };
+  assign \$262  = { \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228  } & { \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230  };
+  assign \$263  = { \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228  } & { \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232  };
+  assign \$264  = \$262  | \$263 ;
+  assign \$265  = { \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230  } & { \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232  };
+  assign \$266  = \$264  | \$265 ;
+  assign \$267  = { \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234  } ^ { \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236  };
+  assign ex_exp_ga_l1_2 = \$267  ^ { \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238  };
+  assign \$268  = { \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234  } & { \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236  };
+  assign \$269  = { \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234  } & { \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238  };
+  assign \$270  = \$268  | \$269 ;
+  assign \$271  = { \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236  } & { \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238  };
+  assign \$272  = \$270  | \$271 ;
+  assign \$273  = { \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240  } ^ { \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242  };
+  assign ex_exp_ga_l1_4 = \$273  ^ { \$244 [31], \$244 [31], \$244  };
+  assign \$274  = { \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240  } & { \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242  };
+  assign \$275  = { \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240  } & { \$244 [31], \$244 [31], \$244  };
+  assign \$276  = \$274  | \$275 ;
+  assign \$277  = { \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242  } & { \$244 [31], \$244 [31], \$244  };
+  assign \$278  = \$276  | \$277 ;
+  assign \$279  = { \$246 [31], \$246 [31], \$246  } ^ { \$248 [31], \$248 [31], \$248  };
+  assign ex_exp_ga_l1_6 = \$279  ^ { \$250 [31], \$250 [31], \$250  };
+  assign \$280  = { \$246 [31], \$246 [31], \$246  } & { \$248 [31], \$248 [31], \$248  };
+  assign \$281  = { \$246 [31], \$246 [31], \$246  } & { \$250 [31], \$250 [31], \$250  };
+  assign \$282  = \$280  | \$281 ;
+  assign \$283  = { \$248 [31], \$248 [31], \$248  } & { \$250 [31], \$250 [31], \$250  };
+  assign \$284  = \$282  | \$283 ;
+  assign \$285  = { \$252 [31], \$252 [31], \$252  } ^ { \$254 [31], \$254 [31], \$254  };
+  assign ex_exp_ga_l1_8 = \$285  ^ { \$256 [31], \$256 [31], \$256  };
+  assign \$286  = { \$252 [31], \$252 [31], \$252  } & { \$254 [31], \$254 [31], \$254  };
+  assign \$287  = { \$252 [31], \$252 [31], \$252  } & { \$256 [31], \$256 [31], \$256  };
+  assign \$288  = \$286  | \$287 ;
+  assign \$289  = { \$254 [31], \$254 [31], \$254  } & { \$256 [31], \$256 [31], \$256  };
+  assign \$290  = \$288  | \$289 ;
+  assign \$291  = { \$258 [31], \$258 [31], \$258  } ^ \$260 [33:0];
+  assign \$292  = { \$258 [31], \$258 [31], \$258  } & \$260 [33:0];
+  assign \$294  = \$292  | \$293 ;
+  assign \$296  = \$294  | \$295 ;
+  assign \$297  = ex_exp_ga_l1_0 ^ { \$266 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_0 = \$297  ^ ex_exp_ga_l1_2;
+  assign \$298  = ex_exp_ga_l1_0 & { \$266 [32:0], 1'h0 };
+  assign \$299  = ex_exp_ga_l1_0 & ex_exp_ga_l1_2;
+  assign \$300  = \$298  | \$299 ;
+  assign \$301  = { \$266 [32:0], 1'h0 } & ex_exp_ga_l1_2;
+  assign \$302  = \$300  | \$301 ;
+  assign \$303  = { \$272 [32:0], 1'h0 } ^ ex_exp_ga_l1_4;
+  assign ex_exp_ga_l2_2 = \$303  ^ { \$278 [32:0], 1'h0 };
+  assign \$304  = { \$272 [32:0], 1'h0 } & ex_exp_ga_l1_4;
+  assign \$305  = { \$272 [32:0], 1'h0 } & { \$278 [32:0], 1'h0 };
+  assign \$306  = \$304  | \$305 ;
+  assign \$307  = ex_exp_ga_l1_4 & { \$278 [32:0], 1'h0 };
+  assign \$308  = \$306  | \$307 ;
+  assign \$309  = ex_exp_ga_l1_6 ^ { \$284 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_4 = \$309  ^ ex_exp_ga_l1_8;
+  assign \$310  = ex_exp_ga_l1_6 & { \$284 [32:0], 1'h0 };
+  assign \$311  = ex_exp_ga_l1_6 & ex_exp_ga_l1_8;
+  assign \$312  = \$310  | \$311 ;
+  assign \$313  = { \$284 [32:0], 1'h0 } & ex_exp_ga_l1_8;
+  assign \$314  = \$312  | \$313 ;
+  assign \$315  = { \$290 [32:0], 1'h0 } ^ ex_exp_ga_l1_10;
+  assign ex_exp_ga_l2_6 = \$315  ^ { \$296 [32:0], 1'h0 };
+  assign \$316  = { \$290 [32:0], 1'h0 } & ex_exp_ga_l1_10;
+  assign \$317  = { \$290 [32:0], 1'h0 } & { \$296 [32:0], 1'h0 };
+  assign \$318  = \$316  | \$317 ;
+  assign \$319  = ex_exp_ga_l1_10 & { \$296 [32:0], 1'h0 };
+  assign \$320  = \$318  | \$319 ;
+  assign \$321  = ex_s6_exp_g0 ^ ex_s6_exp_g1;
+  assign ex_exp_gb_l1_0 = \$321  ^ ex_s6_exp_g2;
+  assign \$322  = ex_s6_exp_g0 & ex_s6_exp_g1;
+  assign \$323  = ex_s6_exp_g0 & ex_s6_exp_g2;
+  assign \$324  = \$322  | \$323 ;
+  assign \$325  = ex_s6_exp_g1 & ex_s6_exp_g2;
+  assign \$326  = \$324  | \$325 ;
+  assign \$327  = ex_s6_exp_g3 ^ ex_s6_exp_g4;
+  assign ex_exp_gb_l1_2 = \$327  ^ ex_s6_exp_g5;
+  assign \$328  = ex_s6_exp_g3 & ex_s6_exp_g4;
+  assign \$329  = ex_s6_exp_g3 & ex_s6_exp_g5;
+  assign \$330  = \$328  | \$329 ;
+  assign \$331  = ex_s6_exp_g4 & ex_s6_exp_g5;
+  assign \$332  = \$330  | \$331 ;
+  assign \$333  = ex_s6_exp_g6 ^ ex_s6_exp_g7;
+  assign ex_exp_gb_l1_4 = \$333  ^ ex_s6_exp_g8;
+  assign \$334  = ex_s6_exp_g6 & ex_s6_exp_g7;
+  assign \$335  = ex_s6_exp_g6 & ex_s6_exp_g8;
+  assign \$336  = \$334  | \$335 ;
+  assign \$337  = ex_s6_exp_g7 & ex_s6_exp_g8;
+  assign \$338  = \$336  | \$337 ;
+  assign \$339  = ex_exp_gb_l1_0 ^ { \$326 [32:0], 1'h0 };
+  assign ex_exp_gb_l2_0 = \$339  ^ ex_exp_gb_l1_2;
+  assign \$340  = ex_exp_gb_l1_0 & { \$326 [32:0], 1'h0 };
+  assign \$341  = ex_exp_gb_l1_0 & ex_exp_gb_l1_2;
+  assign \$342  = \$340  | \$341 ;
+  assign \$343  = { \$326 [32:0], 1'h0 } & ex_exp_gb_l1_2;
+  assign \$344  = \$342  | \$343 ;
+  assign \$auto$rtlil.cc:2739:Not$2  = ~ score_mem_wdata[15];
+  assign \$auto$rtlil.cc:2739:Not$12  = ~ \$448 [23];
+  assign \$auto$rtlil.cc:2739:Not$4  = ~ run_max[15];
+  assign \$auto$rtlil.cc:2739:Not$6  = ~ \$206 [1];
+  assign \$auto$rtlil.cc:2739:Not$8  = ~ { \$221 [33:32], \$221 [30], \$221 [28], \$221 [26], \$221 [16] };
+  assign \$auto$rtlil.cc:2739:Not$10  = ~ { \$291 [32], \$291 [16] };
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$490  = \$1 ;
+    if (rst) begin
+      \$490  = 1'h0;
     end
   end
-  assign orp__data = _0_;
-  reg [15:0] score_mem [511:0];
-  initial begin
-    score_mem[0] = 16'h0000;
-    score_mem[1] = 16'h0000;
-    score_mem[2] = 16'h0000;
-    score_mem[3] = 16'h0000;
-    score_mem[4] = 16'h0000;
-    score_mem[5] = 16'h0000;
-    score_mem[6] = 16'h0000;
-    score_mem[7] = 16'h0000;
-    score_mem[8] = 16'h0000;
-    score_mem[9] = 16'h0000;
-    score_mem[10] = 16'h0000;
-    score_mem[11] = 16'h0000;
-    score_mem[12] = 16'h0000;
-    score_mem[13] = 16'h0000;
-    score_mem[14] = 16'h0000;
-    score_mem[15] = 16'h0000;
-    score_mem[16] = 16'h0000;
-    score_mem[17] = 16'h0000;
-    score_mem[18] = 16'h0000;
-    score_mem[19] = 16'h0000;
-    score_mem[20] = 16'h0000;
-    score_mem[21] = 16'h0000;
-    score_mem[22] = 16'h0000;
-    score_mem[23] = 16'h0000;
-    score_mem[24] = 16'h0000;
-    score_mem[25] = 16'h0000;
-    score_mem[26] = 16'h0000;
-    score_mem[27] = 16'h0000;
-    score_mem[28] = 16'h0000;
-    score_mem[29] = 16'h0000;
-    score_mem[30] = 16'h0000;
-    score_mem[31] = 16'h0000;
-    score_mem[32] = 16'h0000;
-    score_mem[33] = 16'h0000;
-    score_mem[34] = 16'h0000;
-    score_mem[35] = 16'h0000;
-    score_mem[36] = 16'h0000;
-    score_mem[37] = 16'h0000;
-    score_mem[38] = 16'h0000;
-    score_mem[39] = 16'h0000;
-    score_mem[40] = 16'h0000;
-    score_mem[41] = 16'h0000;
-    score_mem[42] = 16'h0000;
-    score_mem[43] = 16'h0000;
-    score_mem[44] = 16'h0000;
-    score_mem[45] = 16'h0000;
-    score_mem[46] = 16'h0000;
-    score_mem[47] = 16'h0000;
-    score_mem[48] = 16'h0000;
-    score_mem[49] = 16'h0000;
-    score_mem[50] = 16'h0000;
-    score_mem[51] = 16'h0000;
-    score_mem[52] = 16'h0000;
-    score_mem[53] = 16'h0000;
-    score_mem[54] = 16'h0000;
-    score_mem[55] = 16'h0000;
-    score_mem[56] = 16'h0000;
-    score_mem[57] = 16'h0000;
-    score_mem[58] = 16'h0000;
-    score_mem[59] = 16'h0000;
-    score_mem[60] = 16'h0000;
-    score_mem[61] = 16'h0000;
-    score_mem[62] = 16'h0000;
-    score_mem[63] = 16'h0000;
-    score_mem[64] = 16'h0000;
-    score_mem[65] = 16'h0000;
-    score_mem[66] = 16'h0000;
-    score_mem[67] = 16'h0000;
-    score_mem[68] = 16'h0000;
-    score_mem[69] = 16'h0000;
-    score_mem[70] = 16'h0000;
-    score_mem[71] = 16'h0000;
-    score_mem[72] = 16'h0000;
-    score_mem[73] = 16'h0000;
-    score_mem[74] = 16'h0000;
-    score_mem[75] = 16'h0000;
-    score_mem[76] = 16'h0000;
-    score_mem[77] = 16'h0000;
-    score_mem[78] = 16'h0000;
-    score_mem[79] = 16'h0000;
-    score_mem[80] = 16'h0000;
-    score_mem[81] = 16'h0000;
-    score_mem[82] = 16'h0000;
-    score_mem[83] = 16'h0000;
-    score_mem[84] = 16'h0000;
-    score_mem[85] = 16'h0000;
-    score_mem[86] = 16'h0000;
-    score_mem[87] = 16'h0000;
-    score_mem[88] = 16'h0000;
-    score_mem[89] = 16'h0000;
-    score_mem[90] = 16'h0000;
-    score_mem[91] = 16'h0000;
-    score_mem[92] = 16'h0000;
-    score_mem[93] = 16'h0000;
-    score_mem[94] = 16'h0000;
-    score_mem[95] = 16'h0000;
-    score_mem[96] = 16'h0000;
-    score_mem[97] = 16'h0000;
-    score_mem[98] = 16'h0000;
-    score_mem[99] = 16'h0000;
-    score_mem[100] = 16'h0000;
-    score_mem[101] = 16'h0000;
-    score_mem[102] = 16'h0000;
-    score_mem[103] = 16'h0000;
-    score_mem[104] = 16'h0000;
-    score_mem[105] = 16'h0000;
-    score_mem[106] = 16'h0000;
-    score_mem[107] = 16'h0000;
-    score_mem[108] = 16'h0000;
-    score_mem[109] = 16'h0000;
-    score_mem[110] = 16'h0000;
-    score_mem[111] = 16'h0000;
-    score_mem[112] = 16'h0000;
-    score_mem[113] = 16'h0000;
-    score_mem[114] = 16'h0000;
-    score_mem[115] = 16'h0000;
-    score_mem[116] = 16'h0000;
-    score_mem[117] = 16'h0000;
-    score_mem[118] = 16'h0000;
-    score_mem[119] = 16'h0000;
-    score_mem[120] = 16'h0000;
-    score_mem[121] = 16'h0000;
-    score_mem[122] = 16'h0000;
-    score_mem[123] = 16'h0000;
-    score_mem[124] = 16'h0000;
-    score_mem[125] = 16'h0000;
-    score_mem[126] = 16'h0000;
-    score_mem[127] = 16'h0000;
-    score_mem[128] = 16'h0000;
-    score_mem[129] = 16'h0000;
-    score_mem[130] = 16'h0000;
-    score_mem[131] = 16'h0000;
-    score_mem[132] = 16'h0000;
-    score_mem[133] = 16'h0000;
-    score_mem[134] = 16'h0000;
-    score_mem[135] = 16'h0000;
-    score_mem[136] = 16'h0000;
-    score_mem[137] = 16'h0000;
-    score_mem[138] = 16'h0000;
-    score_mem[139] = 16'h0000;
-    score_mem[140] = 16'h0000;
-    score_mem[141] = 16'h0000;
-    score_mem[142] = 16'h0000;
-    score_mem[143] = 16'h0000;
-    score_mem[144] = 16'h0000;
-    score_mem[145] = 16'h0000;
-    score_mem[146] = 16'h0000;
-    score_mem[147] = 16'h0000;
-    score_mem[148] = 16'h0000;
-    score_mem[149] = 16'h0000;
-    score_mem[150] = 16'h0000;
-    score_mem[151] = 16'h0000;
-    score_mem[152] = 16'h0000;
-    score_mem[153] = 16'h0000;
-    score_mem[154] = 16'h0000;
-    score_mem[155] = 16'h0000;
-    score_mem[156] = 16'h0000;
-    score_mem[157] = 16'h0000;
-    score_mem[158] = 16'h0000;
-    score_mem[159] = 16'h0000;
-    score_mem[160] = 16'h0000;
-    score_mem[161] = 16'h0000;
-    score_mem[162] = 16'h0000;
-    score_mem[163] = 16'h0000;
-    score_mem[164] = 16'h0000;
-    score_mem[165] = 16'h0000;
-    score_mem[166] = 16'h0000;
-    score_mem[167] = 16'h0000;
-    score_mem[168] = 16'h0000;
-    score_mem[169] = 16'h0000;
-    score_mem[170] = 16'h0000;
-    score_mem[171] = 16'h0000;
-    score_mem[172] = 16'h0000;
-    score_mem[173] = 16'h0000;
-    score_mem[174] = 16'h0000;
-    score_mem[175] = 16'h0000;
-    score_mem[176] = 16'h0000;
-    score_mem[177] = 16'h0000;
-    score_mem[178] = 16'h0000;
-    score_mem[179] = 16'h0000;
-    score_mem[180] = 16'h0000;
-    score_mem[181] = 16'h0000;
-    score_mem[182] = 16'h0000;
-    score_mem[183] = 16'h0000;
-    score_mem[184] = 16'h0000;
-    score_mem[185] = 16'h0000;
-    score_mem[186] = 16'h0000;
-    score_mem[187] = 16'h0000;
-    score_mem[188] = 16'h0000;
-    score_mem[189] = 16'h0000;
-    score_mem[190] = 16'h0000;
-    score_mem[191] = 16'h0000;
-    score_mem[192] = 16'h0000;
-    score_mem[193] = 16'h0000;
-    score_mem[194] = 16'h0000;
-    score_mem[195] = 16'h0000;
-    score_mem[196] = 16'h0000;
-    score_mem[197] = 16'h0000;
-    score_mem[198] = 16'h0000;
-    score_mem[199] = 16'h0000;
-    score_mem[200] = 16'h0000;
-    score_mem[201] = 16'h0000;
-    score_mem[202] = 16'h0000;
-    score_mem[203] = 16'h0000;
-    score_mem[204] = 16'h0000;
-    score_mem[205] = 16'h0000;
-    score_mem[206] = 16'h0000;
-    score_mem[207] = 16'h0000;
-    score_mem[208] = 16'h0000;
-    score_mem[209] = 16'h0000;
-    score_mem[210] = 16'h0000;
-    score_mem[211] = 16'h0000;
-    score_mem[212] = 16'h0000;
-    score_mem[213] = 16'h0000;
-    score_mem[214] = 16'h0000;
-    score_mem[215] = 16'h0000;
-    score_mem[216] = 16'h0000;
-    score_mem[217] = 16'h0000;
-    score_mem[218] = 16'h0000;
-    score_mem[219] = 16'h0000;
-    score_mem[220] = 16'h0000;
-    score_mem[221] = 16'h0000;
-    score_mem[222] = 16'h0000;
-    score_mem[223] = 16'h0000;
-    score_mem[224] = 16'h0000;
-    score_mem[225] = 16'h0000;
-    score_mem[226] = 16'h0000;
-    score_mem[227] = 16'h0000;
-    score_mem[228] = 16'h0000;
-    score_mem[229] = 16'h0000;
-    score_mem[230] = 16'h0000;
-    score_mem[231] = 16'h0000;
-    score_mem[232] = 16'h0000;
-    score_mem[233] = 16'h0000;
-    score_mem[234] = 16'h0000;
-    score_mem[235] = 16'h0000;
-    score_mem[236] = 16'h0000;
-    score_mem[237] = 16'h0000;
-    score_mem[238] = 16'h0000;
-    score_mem[239] = 16'h0000;
-    score_mem[240] = 16'h0000;
-    score_mem[241] = 16'h0000;
-    score_mem[242] = 16'h0000;
-    score_mem[243] = 16'h0000;
-    score_mem[244] = 16'h0000;
-    score_mem[245] = 16'h0000;
-    score_mem[246] = 16'h0000;
-    score_mem[247] = 16'h0000;
-    score_mem[248] = 16'h0000;
-    score_mem[249] = 16'h0000;
-    score_mem[250] = 16'h0000;
-    score_mem[251] = 16'h0000;
-    score_mem[252] = 16'h0000;
-    score_mem[253] = 16'h0000;
-    score_mem[254] = 16'h0000;
-    score_mem[255] = 16'h0000;
-    score_mem[256] = 16'h0000;
-    score_mem[257] = 16'h0000;
-    score_mem[258] = 16'h0000;
-    score_mem[259] = 16'h0000;
-    score_mem[260] = 16'h0000;
-    score_mem[261] = 16'h0000;
-    score_mem[262] = 16'h0000;
-    score_mem[263] = 16'h0000;
-    score_mem[264] = 16'h0000;
-    score_mem[265] = 16'h0000;
-    score_mem[266] = 16'h0000;
-    score_mem[267] = 16'h0000;
-    score_mem[268] = 16'h0000;
-    score_mem[269] = 16'h0000;
-    score_mem[270] = 16'h0000;
-    score_mem[271] = 16'h0000;
-    score_mem[272] = 16'h0000;
-    score_mem[273] = 16'h0000;
-    score_mem[274] = 16'h0000;
-    score_mem[275] = 16'h0000;
-    score_mem[276] = 16'h0000;
-    score_mem[277] = 16'h0000;
-    score_mem[278] = 16'h0000;
-    score_mem[279] = 16'h0000;
-    score_mem[280] = 16'h0000;
-    score_mem[281] = 16'h0000;
-    score_mem[282] = 16'h0000;
-    score_mem[283] = 16'h0000;
-    score_mem[284] = 16'h0000;
-    score_mem[285] = 16'h0000;
-    score_mem[286] = 16'h0000;
-    score_mem[287] = 16'h0000;
-    score_mem[288] = 16'h0000;
-    score_mem[289] = 16'h0000;
-    score_mem[290] = 16'h0000;
-    score_mem[291] = 16'h0000;
-    score_mem[292] = 16'h0000;
-    score_mem[293] = 16'h0000;
-    score_mem[294] = 16'h0000;
-    score_mem[295] = 16'h0000;
-    score_mem[296] = 16'h0000;
-    score_mem[297] = 16'h0000;
-    score_mem[298] = 16'h0000;
-    score_mem[299] = 16'h0000;
-    score_mem[300] = 16'h0000;
-    score_mem[301] = 16'h0000;
-    score_mem[302] = 16'h0000;
-    score_mem[303] = 16'h0000;
-    score_mem[304] = 16'h0000;
-    score_mem[305] = 16'h0000;
-    score_mem[306] = 16'h0000;
-    score_mem[307] = 16'h0000;
-    score_mem[308] = 16'h0000;
-    score_mem[309] = 16'h0000;
-    score_mem[310] = 16'h0000;
-    score_mem[311] = 16'h0000;
-    score_mem[312] = 16'h0000;
-    score_mem[313] = 16'h0000;
-    score_mem[314] = 16'h0000;
-    score_mem[315] = 16'h0000;
-    score_mem[316] = 16'h0000;
-    score_mem[317] = 16'h0000;
-    score_mem[318] = 16'h0000;
-    score_mem[319] = 16'h0000;
-    score_mem[320] = 16'h0000;
-    score_mem[321] = 16'h0000;
-    score_mem[322] = 16'h0000;
-    score_mem[323] = 16'h0000;
-    score_mem[324] = 16'h0000;
-    score_mem[325] = 16'h0000;
-    score_mem[326] = 16'h0000;
-    score_mem[327] = 16'h0000;
-    score_mem[328] = 16'h0000;
-    score_mem[329] = 16'h0000;
-    score_mem[330] = 16'h0000;
-    score_mem[331] = 16'h0000;
-    score_mem[332] = 16'h0000;
-    score_mem[333] = 16'h0000;
-    score_mem[334] = 16'h0000;
-    score_mem[335] = 16'h0000;
-    score_mem[336] = 16'h0000;
-    score_mem[337] = 16'h0000;
-    score_mem[338] = 16'h0000;
-    score_mem[339] = 16'h0000;
-    score_mem[340] = 16'h0000;
-    score_mem[341] = 16'h0000;
-    score_mem[342] = 16'h0000;
-    score_mem[343] = 16'h0000;
-    score_mem[344] = 16'h0000;
-    score_mem[345] = 16'h0000;
-    score_mem[346] = 16'h0000;
-    score_mem[347] = 16'h0000;
-    score_mem[348] = 16'h0000;
-    score_mem[349] = 16'h0000;
-    score_mem[350] = 16'h0000;
-    score_mem[351] = 16'h0000;
-    score_mem[352] = 16'h0000;
-    score_mem[353] = 16'h0000;
-    score_mem[354] = 16'h0000;
-    score_mem[355] = 16'h0000;
-    score_mem[356] = 16'h0000;
-    score_mem[357] = 16'h0000;
-    score_mem[358] = 16'h0000;
-    score_mem[359] = 16'h0000;
-    score_mem[360] = 16'h0000;
-    score_mem[361] = 16'h0000;
-    score_mem[362] = 16'h0000;
-    score_mem[363] = 16'h0000;
-    score_mem[364] = 16'h0000;
-    score_mem[365] = 16'h0000;
-    score_mem[366] = 16'h0000;
-    score_mem[367] = 16'h0000;
-    score_mem[368] = 16'h0000;
-    score_mem[369] = 16'h0000;
-    score_mem[370] = 16'h0000;
-    score_mem[371] = 16'h0000;
-    score_mem[372] = 16'h0000;
-    score_mem[373] = 16'h0000;
-    score_mem[374] = 16'h0000;
-    score_mem[375] = 16'h0000;
-    score_mem[376] = 16'h0000;
-    score_mem[377] = 16'h0000;
-    score_mem[378] = 16'h0000;
-    score_mem[379] = 16'h0000;
-    score_mem[380] = 16'h0000;
-    score_mem[381] = 16'h0000;
-    score_mem[382] = 16'h0000;
-    score_mem[383] = 16'h0000;
-    score_mem[384] = 16'h0000;
-    score_mem[385] = 16'h0000;
-    score_mem[386] = 16'h0000;
-    score_mem[387] = 16'h0000;
-    score_mem[388] = 16'h0000;
-    score_mem[389] = 16'h0000;
-    score_mem[390] = 16'h0000;
-    score_mem[391] = 16'h0000;
-    score_mem[392] = 16'h0000;
-    score_mem[393] = 16'h0000;
-    score_mem[394] = 16'h0000;
-    score_mem[395] = 16'h0000;
-    score_mem[396] = 16'h0000;
-    score_mem[397] = 16'h0000;
-    score_mem[398] = 16'h0000;
-    score_mem[399] = 16'h0000;
-    score_mem[400] = 16'h0000;
-    score_mem[401] = 16'h0000;
-    score_mem[402] = 16'h0000;
-    score_mem[403] = 16'h0000;
-    score_mem[404] = 16'h0000;
-    score_mem[405] = 16'h0000;
-    score_mem[406] = 16'h0000;
-    score_mem[407] = 16'h0000;
-    score_mem[408] = 16'h0000;
-    score_mem[409] = 16'h0000;
-    score_mem[410] = 16'h0000;
-    score_mem[411] = 16'h0000;
-    score_mem[412] = 16'h0000;
-    score_mem[413] = 16'h0000;
-    score_mem[414] = 16'h0000;
-    score_mem[415] = 16'h0000;
-    score_mem[416] = 16'h0000;
-    score_mem[417] = 16'h0000;
-    score_mem[418] = 16'h0000;
-    score_mem[419] = 16'h0000;
-    score_mem[420] = 16'h0000;
-    score_mem[421] = 16'h0000;
-    score_mem[422] = 16'h0000;
-    score_mem[423] = 16'h0000;
-    score_mem[424] = 16'h0000;
-    score_mem[425] = 16'h0000;
-    score_mem[426] = 16'h0000;
-    score_mem[427] = 16'h0000;
-    score_mem[428] = 16'h0000;
-    score_mem[429] = 16'h0000;
-    score_mem[430] = 16'h0000;
-    score_mem[431] = 16'h0000;
-    score_mem[432] = 16'h0000;
-    score_mem[433] = 16'h0000;
-    score_mem[434] = 16'h0000;
-    score_mem[435] = 16'h0000;
-    score_mem[436] = 16'h0000;
-    score_mem[437] = 16'h0000;
-    score_mem[438] = 16'h0000;
-    score_mem[439] = 16'h0000;
-    score_mem[440] = 16'h0000;
-    score_mem[441] = 16'h0000;
-    score_mem[442] = 16'h0000;
-    score_mem[443] = 16'h0000;
-    score_mem[444] = 16'h0000;
-    score_mem[445] = 16'h0000;
-    score_mem[446] = 16'h0000;
-    score_mem[447] = 16'h0000;
-    score_mem[448] = 16'h0000;
-    score_mem[449] = 16'h0000;
-    score_mem[450] = 16'h0000;
-    score_mem[451] = 16'h0000;
-    score_mem[452] = 16'h0000;
-    score_mem[453] = 16'h0000;
-    score_mem[454] = 16'h0000;
-    score_mem[455] = 16'h0000;
-    score_mem[456] = 16'h0000;
-    score_mem[457] = 16'h0000;
-    score_mem[458] = 16'h0000;
-    score_mem[459] = 16'h0000;
-    score_mem[460] = 16'h0000;
-    score_mem[461] = 16'h0000;
-    score_mem[462] = 16'h0000;
-    score_mem[463] = 16'h0000;
-    score_mem[464] = 16'h0000;
-    score_mem[465] = 16'h0000;
-    score_mem[466] = 16'h0000;
-    score_mem[467] = 16'h0000;
-    score_mem[468] = 16'h0000;
-    score_mem[469] = 16'h0000;
-    score_mem[470] = 16'h0000;
-    score_mem[471] = 16'h0000;
-    score_mem[472] = 16'h0000;
-    score_mem[473] = 16'h0000;
-    score_mem[474] = 16'h0000;
-    score_mem[475] = 16'h0000;
-    score_mem[476] = 16'h0000;
-    score_mem[477] = 16'h0000;
-    score_mem[478] = 16'h0000;
-    score_mem[479] = 16'h0000;
-    score_mem[480] = 16'h0000;
-    score_mem[481] = 16'h0000;
-    score_mem[482] = 16'h0000;
-    score_mem[483] = 16'h0000;
-    score_mem[484] = 16'h0000;
-    score_mem[485] = 16'h0000;
-    score_mem[486] = 16'h0000;
-    score_mem[487] = 16'h0000;
-    score_mem[488] = 16'h0000;
-    score_mem[489] = 16'h0000;
-    score_mem[490] = 16'h0000;
-    score_mem[491] = 16'h0000;
-    score_mem[492] = 16'h0000;
-    score_mem[493] = 16'h0000;
-    score_mem[494] = 16'h0000;
-    score_mem[495] = 16'h0000;
-    score_mem[496] = 16'h0000;
-    score_mem[497] = 16'h0000;
-    score_mem[498] = 16'h0000;
-    score_mem[499] = 16'h0000;
-    score_mem[500] = 16'h0000;
-    score_mem[501] = 16'h0000;
-    score_mem[502] = 16'h0000;
-    score_mem[503] = 16'h0000;
-    score_mem[504] = 16'h0000;
-    score_mem[505] = 16'h0000;
-    score_mem[506] = 16'h0000;
-    score_mem[507] = 16'h0000;
-    score_mem[508] = 16'h0000;
-    score_mem[509] = 16'h0000;
-    score_mem[510] = 16'h0000;
-    score_mem[511] = 16'h0000;
-  end
-  always @(posedge clk) begin
-    if (take)
-      score_mem[{ lw, lcnt }] <= i__payload[15:0];
-  end
-  reg [15:0] _1_;
-  always @(posedge clk) begin
-    _1_ <= score_mem[{ er, ridx }];
-  end
-  assign rp__data = _1_;
-  assign \$1  = lw ? sbank1_full : sbank0_full;
-  assign i__ready = ~ \$1 ;
-  assign take = i__valid & i__ready;
-  assign \$2  = orb[1] ? ebank1_full : ebank2_full;
-  assign \$3  = orb[0] ? ebank0_full : \$2 ;
-  assign \$4  = orp__en & \$3 ;
-  assign \$5  = orb[1] ? ebank1_len : ebank2_len;
-  assign \$6  = orb[0] ? ebank0_len : \$5 ;
-  assign \$7  = \$6  - 1'h1;
-  assign \$8  = oidx == \$7 ;
-  assign \$9  = ~ o__valid;
-  assign orp__en = \$9  | o__ready;
-  assign \$10  = $signed(i__payload[15:0]) > $signed(run_max);
-  assign \$11  = row_first | \$10 ;
-  assign \$12  = \$11  ? i__payload[15:0] : run_max;
-  assign \$13  = lcnt == 8'hff;
-  assign \$14  = i__payload[16] | \$13 ;
-  assign \$15  = lcnt == 8'hff;
-  assign \$16  = i__payload[16] | \$15 ;
-  assign \$17  = ~ lw;
-  assign \$18  = ! lw;
-  assign \$19  = lcnt + 1'h1;
-  assign \$20  = $signed(i__payload[15:0]) > $signed(run_max);
-  assign \$21  = row_first | \$20 ;
-  assign \$22  = \$21  ? i__payload[15:0] : run_max;
-  assign \$24  = lcnt + 1'h1;
-  assign \$25  = $signed(i__payload[15:0]) > $signed(run_max);
-  assign \$26  = row_first | \$25 ;
-  assign \$27  = \$26  ? i__payload[15:0] : run_max;
-  assign \$28  = lcnt + 1'h1;
-  assign \$29  = $signed(rp__data) - $signed(rmax);
-  assign \$31  = $signed(ex_s1_x) + $signed(\$30 );
-  assign \$33  = $signed(\$31 ) - $signed(\$32 );
-  assign \$34  = - $signed(\$33 );
-  assign \$36  = \$35  > 5'h11;
-  assign \$38  = $signed(ex_s1_x) + $signed(\$37 );
-  assign \$40  = $signed(\$38 ) - $signed(\$39 );
-  assign \$41  = - $signed(\$40 );
-  assign \$43  = \$36  ? 18'h00011 : \$42 ;
-  assign \$45  = $signed(ex_s1_x) + $signed(\$44 );
-  assign \$47  = $signed(\$45 ) - $signed(\$46 );
-  assign \$48  = - $signed(\$47 );
-  assign \$49  = 13'h1600 * ex_s2_exp_r;
-  assign \$50  = \$49  + 12'h800;
-  assign \$52  = \$51  + 28'hfffaa00;
-  assign \$53  = $signed(ex_s3_exp_h) * $signed({ 1'h0, ex_s3_exp_r });
-  assign \$54  = $signed(\$53 ) + $signed(13'h0800);
-  assign \$56  = $signed(\$55 ) + $signed(17'h08000);
-  assign \$58  = $signed(\$57 ) >>> ex_s4_exp_q;
-  assign \$59  = $signed(\$58 ) + $signed(2'h1);
-  assign \$61  = total + ewp__data;
-  assign \$62  = er ? sbank1_full : sbank0_full;
-  assign \$63  = exp_idle & \$62 ;
-  assign \$64  = ew[1] ? ebank1_busy : ebank2_busy;
-  assign \$65  = ew[0] ? ebank0_busy : \$64 ;
-  assign \$66  = ~ \$65 ;
-  assign \$67  = \$63  & \$66 ;
-  assign \$68  = er ? sbank1_len : sbank0_len;
-  assign \$69  = er ? sbank1_max : sbank0_max;
-  assign \$70  = ridx + 1'h1;
-  assign \$71  = rlen - 1'h1;
-  assign \$72  = ridx == \$71 ;
-  assign \$73  = exp_pass & \$72 ;
-  assign \$74  = ~ er;
-  assign \$75  = | { ewp__en, exp_v4, exp_v3, exp_v2, exp_v1, exp_v0 };
-  assign \$76  = ~ \$75 ;
-  assign \$77  = exp_drain & \$76 ;
-  assign \$78  = ~ d_busy;
-  assign \$79  = \$77  & \$78 ;
-  assign \$81  = rem >= dsh;
-  assign \$82  = rem - dsh;
-  assign \$83  = \$81  ? \$82  : { 9'h000, rem };
-  assign \$84  = rem >= dsh;
-  assign \$86  = dcnt + 1'h1;
-  assign \$87  = dcnt == 5'h10;
-  assign \$88  = d_busy & \$87 ;
-  assign \$89  = rem >= dsh;
-  assign \$90  = rem >= dsh;
-  assign \$91  = rem >= dsh;
-  assign \$92  = orb[1] ? ebank1_full : ebank2_full;
-  assign \$93  = orb[0] ? ebank0_full : \$92 ;
-  assign \$94  = orp__en & \$93 ;
-  assign \$95  = orb[1] ? ebank1_len : ebank2_len;
-  assign \$96  = orb[0] ? ebank0_len : \$95 ;
-  assign \$97  = \$96  - 1'h1;
-  assign \$98  = oidx == \$97 ;
-  assign \$99  = oidx + 1'h1;
-  assign \$100  = orb[1] ? ebank1_recip : ebank2_recip;
-  assign \$101  = orb[0] ? ebank0_recip : \$100 ;
-  assign \$102  = orb[1] ? ebank1_len : ebank2_len;
-  assign \$103  = orb[0] ? ebank0_len : \$102 ;
-  assign \$104  = \$103  - 1'h1;
-  assign \$105  = oidx == \$104 ;
-  assign \$106  = orp__data * out_s1_recip;
-  assign \$107  = out_s2_prod + 24'h800000;
-  assign \$109  = \$108  > 8'hff;
-  assign \$110  = out_s2_prod + 24'h800000;
-  assign \$112  = \$109  ? 8'hff : \$111 [7:0];
-  assign \$113  = orb[1] ? ebank1_full : ebank2_full;
-  assign \$114  = orb[0] ? ebank0_full : \$113 ;
-  assign \$115  = rlen - 1'h1;
-  assign \$116  = ridx == \$115 ;
-  assign \$117  = exp_pass & \$116 ;
-  assign \$118  = ! er;
-  assign \$119  = \$117  & \$118 ;
-  assign \$120  = lcnt == 8'hff;
-  assign \$121  = i__payload[16] | \$120 ;
-  assign \$122  = take & \$121 ;
-  assign \$123  = ! lw;
-  assign \$124  = \$122  & \$123 ;
-  assign \$125  = rlen - 1'h1;
-  assign \$126  = ridx == \$125 ;
-  assign \$127  = exp_pass & \$126 ;
-  assign \$129  = \$127  & \$128 ;
-  assign \$130  = lcnt == 8'hff;
-  assign \$131  = i__payload[16] | \$130 ;
-  assign \$132  = take & \$131 ;
-  assign \$134  = \$132  & \$133 ;
-  assign \$135  = e_clear & orb[0];
-  assign \$136  = er ? sbank1_full : sbank0_full;
-  assign \$137  = exp_idle & \$136 ;
-  assign \$138  = ew[1] ? ebank1_busy : ebank2_busy;
-  assign \$139  = ew[0] ? ebank0_busy : \$138 ;
-  assign \$140  = ~ \$139 ;
-  assign \$141  = \$137  & \$140 ;
-  assign \$142  = \$141  & ew[0];
-  assign \$143  = dcnt == 5'h10;
-  assign \$144  = d_busy & \$143 ;
-  assign \$145  = \$144  & dbank[0];
-  assign \$146  = e_clear & orb[1];
-  assign \$147  = er ? sbank1_full : sbank0_full;
-  assign \$148  = exp_idle & \$147 ;
-  assign \$149  = ew[1] ? ebank1_busy : ebank2_busy;
-  assign \$150  = ew[0] ? ebank0_busy : \$149 ;
-  assign \$151  = ~ \$150 ;
-  assign \$152  = \$148  & \$151 ;
-  assign \$153  = \$152  & ew[1];
-  assign \$154  = dcnt == 5'h10;
-  assign \$155  = d_busy & \$154 ;
-  assign \$156  = \$155  & dbank[1];
-  assign \$157  = e_clear & orb[2];
-  assign \$158  = er ? sbank1_full : sbank0_full;
-  assign \$159  = exp_idle & \$158 ;
-  assign \$160  = ew[1] ? ebank1_busy : ebank2_busy;
-  assign \$161  = ew[0] ? ebank0_busy : \$160 ;
-  assign \$162  = ~ \$161 ;
-  assign \$163  = \$159  & \$162 ;
-  assign \$164  = \$163  & ew[2];
-  assign \$165  = dcnt == 5'h10;
-  assign \$166  = d_busy & \$165 ;
-  assign \$167  = \$166  & dbank[2];
-  always @(posedge clk)
-    run_max <= \$168 ;
-  always @(posedge clk)
-    row_first <= \$169 ;
-  always @(posedge clk)
-    lcnt <= \$170 ;
-  always @(posedge clk)
-    lw <= \$171 ;
-  always @(posedge clk)
-    sbank0_len <= \$172 ;
-  always @(posedge clk)
-    sbank0_max <= \$173 ;
-  always @(posedge clk)
-    sbank1_len <= \$174 ;
-  always @(posedge clk)
-    sbank1_max <= \$175 ;
-  always @(posedge clk)
-    exp_v0 <= \$176 ;
-  always @(posedge clk)
-    exp_v1 <= \$177 ;
-  always @(posedge clk)
-    exp_v2 <= \$178 ;
-  always @(posedge clk)
-    exp_v3 <= \$179 ;
-  always @(posedge clk)
-    exp_v4 <= \$180 ;
-  always @(posedge clk)
-    ewp__en <= \$181 ;
-  always @(posedge clk)
-    raddr <= \$182 ;
-  always @(posedge clk)
-    ex_s1_x <= \$183 ;
-  always @(posedge clk)
-    ex_s1_a <= \$184 ;
-  always @(posedge clk)
-    ex_s2_exp_q <= \$185 ;
-  always @(posedge clk)
-    ex_s2_exp_r <= \$186 ;
-  always @(posedge clk)
-    ex_s2_a <= \$187 ;
-  always @(posedge clk)
-    ex_s3_exp_q <= \$188 ;
-  always @(posedge clk)
-    ex_s3_exp_r <= \$189 ;
-  always @(posedge clk)
-    ex_s3_exp_h <= \$190 ;
-  always @(posedge clk)
-    ex_s3_a <= \$191 ;
-  always @(posedge clk)
-    ex_s4_exp_q <= \$192 ;
-  always @(posedge clk)
-    ex_s4_exp_g <= \$193 ;
-  always @(posedge clk)
-    ex_s4_a <= \$194 ;
-  always @(posedge clk)
-    ewp__data <= \$195 ;
-  always @(posedge clk)
-    ex_s5_a <= \$196 ;
-  always @(posedge clk)
-    total <= \$197 ;
-  always @(posedge clk)
-    exp_idle <= \$198 ;
-  always @(posedge clk)
-    exp_pass <= \$199 ;
-  always @(posedge clk)
-    ridx <= \$200 ;
-  always @(posedge clk)
-    rlen <= \$201 ;
-  always @(posedge clk)
-    rmax <= \$202 ;
-  always @(posedge clk)
-    exp_drain <= \$203 ;
-  always @(posedge clk)
-    er <= \$204 ;
-  always @(posedge clk)
-    ew <= \$205 ;
-  always @(posedge clk)
-    d_busy <= \$206 ;
-  always @(posedge clk)
-    dbank <= \$207 ;
-  always @(posedge clk)
-    dlen <= \$208 ;
-  always @(posedge clk)
-    rem <= \$209 ;
-  always @(posedge clk)
-    quo <= \$210 ;
-  always @(posedge clk)
-    dcnt <= \$211 ;
-  always @(posedge clk)
-    dsh <= \$212 ;
-  always @(posedge clk)
-    ebank0_recip <= \$213 ;
-  always @(posedge clk)
-    ebank0_len <= \$214 ;
-  always @(posedge clk)
-    ebank1_recip <= \$215 ;
-  always @(posedge clk)
-    ebank1_len <= \$216 ;
-  always @(posedge clk)
-    ebank2_recip <= \$217 ;
-  always @(posedge clk)
-    ebank2_len <= \$218 ;
-  always @(posedge clk)
-    oidx <= \$219 ;
-  always @(posedge clk)
-    orb <= \$220 ;
-  always @(posedge clk)
-    out_s1_recip <= \$221 ;
-  always @(posedge clk)
-    out_s1_last <= \$222 ;
-  always @(posedge clk)
-    out_s2_prod <= \$223 ;
-  always @(posedge clk)
-    out_s2_last <= \$224 ;
-  always @(posedge clk)
-    out_s3_p <= \$225 ;
-  always @(posedge clk)
-    out_s3_last <= \$226 ;
-  always @(posedge clk)
-    valid_s1 <= \$227 ;
-  always @(posedge clk)
-    valid_s2 <= \$228 ;
-  always @(posedge clk)
-    o__valid <= \$229 ;
-  always @(posedge clk)
-    sbank0_full <= \$230 ;
-  always @(posedge clk)
-    sbank1_full <= \$231 ;
-  always @(posedge clk)
-    ebank0_busy <= \$232 ;
-  always @(posedge clk)
-    ebank0_full <= \$233 ;
-  always @(posedge clk)
-    ebank1_busy <= \$234 ;
-  always @(posedge clk)
-    ebank1_full <= \$235 ;
-  always @(posedge clk)
-    ebank2_busy <= \$236 ;
-  always @(posedge clk)
-    ebank2_full <= \$237 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$491  = \$4 ;
+    if (rst) begin
+      \$491  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$492  = \$6 ;
+    if (rst) begin
+      \$492  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$493  = f;
+    if (\$8 ) begin
+      \$493  = c__payload;
+    end
+    if (rst) begin
+      \$493  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$494  = take;
+    if (rst) begin
+      \$494  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$495  = score_mem_wdata;
+    if (take) begin
+      \$495  = i__payload[15:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$496  = in_last;
+    if (take) begin
+      \$496  = i__payload[16];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$497  = \$10 ;
+    if (rst) begin
+      \$497  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$498  = lw;
+    if (rst) begin
+      \$498  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$499  = sbank0_max;
+    if (end_q) begin
+      if (\$11 ) begin
+        \$499  = run_max;
+      end
+    end
+    if (rst) begin
+      \$499  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$500  = sbank1_max;
+    if (end_q) begin
+      if (\$12 ) begin
+        \$500  = run_max;
+      end
+    end
+    if (rst) begin
+      \$500  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$501  = run_max;
+    if (score_mem_we) begin
+      \$501  = \$17 ;
+    end
+    if (rst) begin
+      \$501  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$502  = row_first;
+    if (score_mem_we) begin
+      \$502  = \$19 ;
+    end
+    if (rst) begin
+      \$502  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$503  = lcnt;
+    if (score_mem_we) begin
+      (* full_case = 32'd1 *)
+      if (\$21 ) begin
+        \$503  = 5'h00;
+      end else begin
+        \$503  = \$25 [4:0];
+      end
+    end
+    if (rst) begin
+      \$503  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$504  = lcnt_top;
+    if (score_mem_we) begin
+      (* full_case = 32'd1 *)
+      if (\$21 ) begin
+        \$504  = 1'h0;
+      end else begin
+        \$504  = \$26 ;
+      end
+    end
+    if (rst) begin
+      \$504  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$505  = lw;
+    if (score_mem_we) begin
+      if (\$21 ) begin
+        \$505  = \$22 ;
+      end
+    end
+    if (rst) begin
+      \$505  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$506  = sbank0_lenm1;
+    if (score_mem_we) begin
+      if (\$21 ) begin
+        if (\$23 ) begin
+          \$506  = lcnt;
+        end
+      end
+    end
+    if (rst) begin
+      \$506  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$507  = sbank1_lenm1;
+    if (score_mem_we) begin
+      if (\$21 ) begin
+        if (\$24 ) begin
+          \$507  = lcnt;
+        end
+      end
+    end
+    if (rst) begin
+      \$507  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$508  = exp_pass;
+    if (rst) begin
+      \$508  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$509  = exp_v0;
+    if (rst) begin
+      \$509  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$510  = exp_v1;
+    if (rst) begin
+      \$510  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$511  = exp_v2;
+    if (rst) begin
+      \$511  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$512  = exp_v3;
+    if (rst) begin
+      \$512  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$513  = exp_v4;
+    if (rst) begin
+      \$513  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$514  = exp_v5;
+    if (rst) begin
+      \$514  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$515  = exp_v6;
+    if (rst) begin
+      \$515  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$516  = exp_v7;
+    if (rst) begin
+      \$516  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$517  = exp_v8;
+    if (rst) begin
+      \$517  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$518  = exp_v9;
+    if (rst) begin
+      \$518  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$519  = ridx;
+    if (rst) begin
+      \$519  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$520  = exp_ra0;
+    if (rst) begin
+      \$520  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$558  = total;
+    if (exp_mem_we) begin
+      \$558  = \$38 [19:0];
+    end
+    if (exp_idle) begin
+      \$558  = 20'h00000;
+    end
+    if (rst) begin
+      \$558  = 20'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$559  = ridx;
+    if (exp_idle) begin
+      \$559  = 5'h00;
+    end
+    if (exp_pass) begin
+      \$559  = \$56 [4:0];
+    end
+    if (rst) begin
+      \$559  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$560  = rlenm1;
+    if (exp_idle) begin
+      \$560  = \$39 ;
+    end
+    if (rst) begin
+      \$560  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$561  = r_last;
+    if (exp_idle) begin
+      \$561  = \$42 ;
+    end
+    if (exp_pass) begin
+      \$561  = \$57 ;
+    end
+    if (rst) begin
+      \$561  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$562  = rlenm2;
+    if (exp_idle) begin
+      \$562  = \$44 ;
+    end
+    if (rst) begin
+      \$562  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$563  = rmax;
+    if (exp_idle) begin
+      \$563  = \$45 ;
+    end
+    if (rst) begin
+      \$563  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$564  = exp_idle;
+    if (\$55 ) begin
+      \$564  = 1'h0;
+    end
+    if (\$64 ) begin
+      \$564  = 1'h1;
+    end
+    if (rst) begin
+      \$564  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$565  = exp_pass;
+    if (\$55 ) begin
+      \$565  = 1'h1;
+    end
+    if (\$58 ) begin
+      \$565  = 1'h0;
+    end
+    if (rst) begin
+      \$565  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$566  = exp_drain;
+    if (\$58 ) begin
+      \$566  = 1'h1;
+    end
+    if (\$64 ) begin
+      \$566  = 1'h0;
+    end
+    if (rst) begin
+      \$566  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$567  = er;
+    if (\$58 ) begin
+      \$567  = \$59 ;
+    end
+    if (rst) begin
+      \$567  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$568  = ew;
+    if (\$64 ) begin
+      \$568  = { ew[1:0], ew[2] };
+    end
+    if (rst) begin
+      \$568  = 3'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$569  = d_busy;
+    if (\$64 ) begin
+      \$569  = 1'h1;
+    end
+    if (\$75 ) begin
+      \$569  = 1'h0;
+    end
+    if (rst) begin
+      \$569  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$570  = dbank;
+    if (\$65 ) begin
+      \$570  = ew;
+    end
+    if (rst) begin
+      \$570  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$571  = dlenm1;
+    if (\$65 ) begin
+      \$571  = rlenm1;
+    end
+    if (rst) begin
+      \$571  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$572  = den;
+    if (\$65 ) begin
+      \$572  = total;
+    end
+    if (rst) begin
+      \$572  = 20'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$65 ) begin
+      \$573  = 17'h00000;
+    end else begin
+      \$573  = { quo[15:0], \$71  };
+    end
+    if (rst) begin
+      \$573  = 17'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$65 ) begin
+      \$574  = 5'h00;
+    end else begin
+      \$574  = \$73 [4:0];
+    end
+    if (rst) begin
+      \$574  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$65 ) begin
+      \$575  = 1'h0;
+    end else begin
+      \$575  = \$74 ;
+    end
+    if (rst) begin
+      \$575  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$65 ) begin
+      \$576  = 20'h07fff;
+    end else begin
+      \$576  = \$69 ;
+    end
+    if (rst) begin
+      \$576  = 20'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$65 ) begin
+      \$577  = 17'h1ffff;
+    end else begin
+      \$577  = \$72 [16:0];
+    end
+    if (rst) begin
+      \$577  = 17'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$578  = ebank0_recip;
+    if (\$75 ) begin
+      if (dbank[0]) begin
+        \$578  = { quo[15:0], \$77  };
+      end
+    end
+    if (rst) begin
+      \$578  = 17'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$579  = ebank0_lenm1;
+    if (\$75 ) begin
+      if (dbank[0]) begin
+        \$579  = dlenm1;
+      end
+    end
+    if (rst) begin
+      \$579  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$580  = ebank1_recip;
+    if (\$75 ) begin
+      if (dbank[1]) begin
+        \$580  = { quo[15:0], \$79  };
+      end
+    end
+    if (rst) begin
+      \$580  = 17'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$581  = ebank1_lenm1;
+    if (\$75 ) begin
+      if (dbank[1]) begin
+        \$581  = dlenm1;
+      end
+    end
+    if (rst) begin
+      \$581  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$582  = ebank2_recip;
+    if (\$75 ) begin
+      if (dbank[2]) begin
+        \$582  = { quo[15:0], \$81  };
+      end
+    end
+    if (rst) begin
+      \$582  = 17'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$583  = ebank2_lenm1;
+    if (\$75 ) begin
+      if (dbank[2]) begin
+        \$583  = dlenm1;
+      end
+    end
+    if (rst) begin
+      \$583  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$584  = o_run;
+    if (\$85 ) begin
+      \$584  = 1'h1;
+    end
+    if (\$96 ) begin
+      if (o_last) begin
+        \$584  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$584  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$585  = oidx;
+    if (\$85 ) begin
+      \$585  = 5'h00;
+    end
+    if (\$96 ) begin
+      (* full_case = 32'd1 *)
+      if (o_last) begin
+      end else begin
+        \$585  = \$97 [4:0];
+      end
+    end
+    if (rst) begin
+      \$585  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$586  = o_last;
+    if (\$85 ) begin
+      \$586  = \$89 ;
+    end
+    if (\$96 ) begin
+      (* full_case = 32'd1 *)
+      if (o_last) begin
+      end else begin
+        \$586  = \$98 ;
+      end
+    end
+    if (rst) begin
+      \$586  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$587  = o_lenm2;
+    if (\$85 ) begin
+      \$587  = \$92 ;
+    end
+    if (rst) begin
+      \$587  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$588  = o_recip;
+    if (\$85 ) begin
+      \$588  = \$94 ;
+    end
+    if (rst) begin
+      \$588  = 17'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$589  = orb;
+    if (\$96 ) begin
+      if (o_last) begin
+        \$589  = { orb[1:0], orb[2] };
+      end
+    end
+    if (rst) begin
+      \$589  = 3'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$590  = \$102 [4:0];
+    if (rst) begin
+      \$590  = 5'h10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$591  = \$104 [7:0];
+    if (rst) begin
+      \$591  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$592  = \$106 ;
+    if (rst) begin
+      \$592  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$593  = out_v0;
+    if (rst) begin
+      \$593  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$594  = out_v1;
+    if (rst) begin
+      \$594  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$595  = out_v2;
+    if (rst) begin
+      \$595  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$596  = out_v3;
+    if (rst) begin
+      \$596  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$597  = out_v4;
+    if (rst) begin
+      \$597  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$621  = out_v5;
+    if (rst) begin
+      \$621  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$622  = oq_wptr;
+    if (out_v5) begin
+      \$622  = \$110 [3:0];
+    end
+    if (rst) begin
+      \$622  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$623  = o__payload;
+    if (\$114 ) begin
+      \$623  = \rp__data$210 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$624  = o__valid;
+    if (\$114 ) begin
+      \$624  = 1'h1;
+    end else if (o__ready) begin
+      \$624  = 1'h0;
+    end
+    if (rst) begin
+      \$624  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$625  = oq_rptr;
+    if (\$114 ) begin
+      \$625  = \$115 [3:0];
+    end
+    if (rst) begin
+      \$625  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$626  = \$121 [4:0];
+    if (rst) begin
+      \$626  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$627  = \$133 ;
+    if (rst) begin
+      \$627  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$628  = sbank0_full;
+    if (\$136 ) begin
+      \$628  = 1'h0;
+    end
+    if (\$140 ) begin
+      \$628  = 1'h1;
+    end
+    if (rst) begin
+      \$628  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$629  = sbank1_full;
+    if (\$143 ) begin
+      \$629  = 1'h0;
+    end
+    if (\$147 ) begin
+      \$629  = 1'h1;
+    end
+    if (rst) begin
+      \$629  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$630  = ebank0_busy;
+    if (\$148 ) begin
+      \$630  = 1'h0;
+    end
+    if (\$159 ) begin
+      \$630  = 1'h1;
+    end
+    if (rst) begin
+      \$630  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$631  = ebank0_full;
+    if (\$148 ) begin
+      \$631  = 1'h0;
+    end
+    if (\$161 ) begin
+      \$631  = 1'h1;
+    end
+    if (rst) begin
+      \$631  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$632  = ebank1_busy;
+    if (\$162 ) begin
+      \$632  = 1'h0;
+    end
+    if (\$173 ) begin
+      \$632  = 1'h1;
+    end
+    if (rst) begin
+      \$632  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$633  = ebank1_full;
+    if (\$162 ) begin
+      \$633  = 1'h0;
+    end
+    if (\$175 ) begin
+      \$633  = 1'h1;
+    end
+    if (rst) begin
+      \$633  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$634  = ebank2_busy;
+    if (\$176 ) begin
+      \$634  = 1'h0;
+    end
+    if (\$187 ) begin
+      \$634  = 1'h1;
+    end
+    if (rst) begin
+      \$634  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$635  = ebank2_full;
+    if (\$176 ) begin
+      \$635  = 1'h0;
+    end
+    if (\$189 ) begin
+      \$635  = 1'h1;
+    end
+    if (rst) begin
+      \$635  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     e_clear = 1'h0;
-    if (\$4 ) begin
-      if (\$8 ) begin
+    if (\$364 ) begin
+      if (o_last) begin
         e_clear = 1'h1;
       end
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$168  = run_max;
-    if (take) begin
-      \$168  = \$12 ;
-    end
-    if (rst) begin
-      \$168  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$169  = row_first;
-    if (take) begin
-      \$169  = \$14 ;
-    end
-    if (rst) begin
-      \$169  = 1'h1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$170  = lcnt;
-    if (take) begin
-      (* full_case = 32'd1 *)
-      if (\$16 ) begin
-        \$170  = 8'h00;
-      end else begin
-        \$170  = \$28 [7:0];
-      end
-    end
-    if (rst) begin
-      \$170  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$171  = lw;
-    if (take) begin
-      if (\$16 ) begin
-        \$171  = \$17 ;
-      end
-    end
-    if (rst) begin
-      \$171  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$172  = sbank0_len;
-    if (take) begin
-      if (\$16 ) begin
-        if (\$18 ) begin
-          \$172  = \$19 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$172  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$173  = sbank0_max;
-    if (take) begin
-      if (\$16 ) begin
-        if (\$18 ) begin
-          \$173  = \$22 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$173  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$174  = sbank1_len;
-    if (take) begin
-      if (\$16 ) begin
-        if (\$23 ) begin
-          \$174  = \$24 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$174  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$175  = sbank1_max;
-    if (take) begin
-      if (\$16 ) begin
-        if (\$23 ) begin
-          \$175  = \$27 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$175  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$176  = exp_pass;
-    if (rst) begin
-      \$176  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$177  = exp_v0;
-    if (rst) begin
-      \$177  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$178  = exp_v1;
-    if (rst) begin
-      \$178  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$179  = exp_v2;
-    if (rst) begin
-      \$179  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$180  = exp_v3;
-    if (rst) begin
-      \$180  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$181  = exp_v4;
-    if (rst) begin
-      \$181  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$182  = ridx;
-    if (rst) begin
-      \$182  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$197  = total;
-    if (ewp__en) begin
-      \$197  = \$61 [23:0];
-    end
-    if (\$67 ) begin
-      \$197  = 24'h000000;
-    end
-    if (rst) begin
-      \$197  = 24'h000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$198  = exp_idle;
-    if (\$67 ) begin
-      \$198  = 1'h0;
-    end
-    if (\$79 ) begin
-      \$198  = 1'h1;
-    end
-    if (rst) begin
-      \$198  = 1'h1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$199  = exp_pass;
-    if (\$67 ) begin
-      \$199  = 1'h1;
-    end
-    if (\$73 ) begin
-      \$199  = 1'h0;
-    end
-    if (rst) begin
-      \$199  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$200  = ridx;
-    if (\$67 ) begin
-      \$200  = 8'h00;
-    end
-    if (exp_pass) begin
-      \$200  = \$70 [7:0];
-    end
-    if (rst) begin
-      \$200  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$201  = rlen;
-    if (\$67 ) begin
-      \$201  = \$68 ;
-    end
-    if (rst) begin
-      \$201  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$202  = rmax;
-    if (\$67 ) begin
-      \$202  = \$69 ;
-    end
-    if (rst) begin
-      \$202  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$203  = exp_drain;
-    if (\$73 ) begin
-      \$203  = 1'h1;
-    end
-    if (\$79 ) begin
-      \$203  = 1'h0;
-    end
-    if (rst) begin
-      \$203  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$204  = er;
-    if (\$73 ) begin
-      \$204  = \$74 ;
-    end
-    if (rst) begin
-      \$204  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$205  = ew;
-    if (\$79 ) begin
-      \$205  = { ew[1:0], ew[2] };
-    end
-    if (rst) begin
-      \$205  = 3'h1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$206  = d_busy;
-    if (\$79 ) begin
-      \$206  = 1'h1;
-    end
-    if (\$88 ) begin
-      \$206  = 1'h0;
-    end
-    if (rst) begin
-      \$206  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$207  = dbank;
-    if (\$79 ) begin
-      \$207  = ew;
-    end
-    if (rst) begin
-      \$207  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$208  = dlen;
-    if (\$79 ) begin
-      \$208  = rlen;
-    end
-    if (rst) begin
-      \$208  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$209  = rem;
-    if (\$79 ) begin
-      \$209  = 32'd4294967295;
-    end
-    if (d_busy) begin
-      \$209  = \$83 [31:0];
-    end
-    if (rst) begin
-      \$209  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$210  = quo;
-    if (\$79 ) begin
-      \$210  = 17'h00000;
-    end
-    if (d_busy) begin
-      \$210  = { quo[15:0], \$84  };
-    end
-    if (rst) begin
-      \$210  = 17'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$211  = dcnt;
-    if (\$79 ) begin
-      \$211  = 5'h00;
-    end
-    if (d_busy) begin
-      \$211  = \$86 [4:0];
-    end
-    if (rst) begin
-      \$211  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$212  = dsh;
-    if (\$79 ) begin
-      \$212  = \$80 [39:0];
-    end
-    if (d_busy) begin
-      \$212  = \$85 ;
-    end
-    if (rst) begin
-      \$212  = 40'h0000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$213  = ebank0_recip;
-    if (\$88 ) begin
-      if (dbank[0]) begin
-        \$213  = { quo[15:0], \$89  };
-      end
-    end
-    if (rst) begin
-      \$213  = 17'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$214  = ebank0_len;
-    if (\$88 ) begin
-      if (dbank[0]) begin
-        \$214  = dlen;
-      end
-    end
-    if (rst) begin
-      \$214  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$215  = ebank1_recip;
-    if (\$88 ) begin
-      if (dbank[1]) begin
-        \$215  = { quo[15:0], \$90  };
-      end
-    end
-    if (rst) begin
-      \$215  = 17'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$216  = ebank1_len;
-    if (\$88 ) begin
-      if (dbank[1]) begin
-        \$216  = dlen;
-      end
-    end
-    if (rst) begin
-      \$216  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$217  = ebank2_recip;
-    if (\$88 ) begin
-      if (dbank[2]) begin
-        \$217  = { quo[15:0], \$91  };
-      end
-    end
-    if (rst) begin
-      \$217  = 17'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$218  = ebank2_len;
-    if (\$88 ) begin
-      if (dbank[2]) begin
-        \$218  = dlen;
-      end
-    end
-    if (rst) begin
-      \$218  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$219  = oidx;
-    if (\$94 ) begin
-      (* full_case = 32'd1 *)
-      if (\$98 ) begin
-        \$219  = 8'h00;
-      end else begin
-        \$219  = \$99 [7:0];
-      end
-    end
-    if (rst) begin
-      \$219  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$220  = orb;
-    if (\$94 ) begin
-      if (\$98 ) begin
-        \$220  = { orb[1:0], orb[2] };
-      end
-    end
-    if (rst) begin
-      \$220  = 3'h1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$221  = out_s1_recip;
-    if (orp__en) begin
-      \$221  = \$101 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$222  = out_s1_last;
-    if (orp__en) begin
-      \$222  = \$105 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$223  = out_s2_prod;
-    if (orp__en) begin
-      \$223  = \$106 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$224  = out_s2_last;
-    if (orp__en) begin
-      \$224  = out_s1_last;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$225  = out_s3_p;
-    if (orp__en) begin
-      \$225  = \$112 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$226  = out_s3_last;
-    if (orp__en) begin
-      \$226  = out_s2_last;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$227  = valid_s1;
-    if (orp__en) begin
-      \$227  = \$114 ;
-    end
-    if (rst) begin
-      \$227  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$228  = valid_s2;
-    if (orp__en) begin
-      \$228  = valid_s1;
-    end
-    if (rst) begin
-      \$228  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$229  = o__valid;
-    if (orp__en) begin
-      \$229  = valid_s2;
-    end
-    if (rst) begin
-      \$229  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$230  = sbank0_full;
-    if (\$119 ) begin
-      \$230  = 1'h0;
-    end
-    if (\$124 ) begin
-      \$230  = 1'h1;
-    end
-    if (rst) begin
-      \$230  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$231  = sbank1_full;
-    if (\$129 ) begin
-      \$231  = 1'h0;
-    end
-    if (\$134 ) begin
-      \$231  = 1'h1;
-    end
-    if (rst) begin
-      \$231  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$232  = ebank0_busy;
-    if (\$135 ) begin
-      \$232  = 1'h0;
-    end
-    if (\$142 ) begin
-      \$232  = 1'h1;
-    end
-    if (rst) begin
-      \$232  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$233  = ebank0_full;
-    if (\$135 ) begin
-      \$233  = 1'h0;
-    end
-    if (\$145 ) begin
-      \$233  = 1'h1;
-    end
-    if (rst) begin
-      \$233  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$234  = ebank1_busy;
-    if (\$146 ) begin
-      \$234  = 1'h0;
-    end
-    if (\$153 ) begin
-      \$234  = 1'h1;
-    end
-    if (rst) begin
-      \$234  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$235  = ebank1_full;
-    if (\$146 ) begin
-      \$235  = 1'h0;
-    end
-    if (\$156 ) begin
-      \$235  = 1'h1;
-    end
-    if (rst) begin
-      \$235  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$236  = ebank2_busy;
-    if (\$157 ) begin
-      \$236  = 1'h0;
-    end
-    if (\$164 ) begin
-      \$236  = 1'h1;
-    end
-    if (rst) begin
-      \$236  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$237  = ebank2_full;
-    if (\$157 ) begin
-      \$237  = 1'h0;
-    end
-    if (\$167 ) begin
-      \$237  = 1'h1;
-    end
-    if (rst) begin
-      \$237  = 1'h0;
-    end
-  end
-  assign wp__addr = { lw, lcnt };
-  assign wp__data = i__payload[15:0];
-  assign wp__en = take;
+  assign score_mem_waddr = { lw, lcnt };
+  assign exp_mem_waddr = { ew[2:1], ex_s9_a };
+  assign exp_mem_raddr = { orb[2:1], oidx };
+  assign idle = c__ready;
+  assign in_v = score_mem_we;
+  assign in_d = score_mem_wdata;
+  assign exp_v10 = exp_mem_we;
+  assign ex_exp_n_l2_1 = { \$211 [16:0], 1'h0 };
+  assign ex_exp_h_l2_1 = { \$226 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_1 = { \$302 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_3 = { \$308 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_5 = { \$314 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_7 = { \$320 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_8 = { ex_s5_exp_qh[16:0], 17'h00000 };
+  assign ex_exp_gb_l3_1 = { \$356 [32:0], 1'h0 };
+  assign ex_exp_gb_l3_2 = { \$350 [32:0], 1'h0 };
+  assign ex_exp_gc_l1_1 = { \$362 [32:0], 1'h0 };
+  assign ex_s9_exp = exp_mem_wdata;
+  assign out_csa0_l2_1 = { \$435 [31:0], 1'h0 };
+  assign out_csa0_l2_3 = { \$441 [31:0], 1'h0 };
+  assign out_csa0_l2_5 = { \$447 [31:0], 1'h0 };
+  assign out_csa0_l2_7 = { \$453 [31:0], 1'h0 };
+  assign out_csa1_l2_1 = { \$471 [31:0], 1'h0 };
+  assign out_csa1_l2_3 = { \$477 [31:0], 1'h0 };
+  assign out_csa2_l2_1 = { \$489 [31:0], 1'h0 };
+  assign oq_valid = o__valid;
+  assign oq_data = o__payload;
+  assign wp__addr = score_mem_waddr_q;
+  assign wp__data = score_mem_wdata_q;
+  assign wp__en = score_mem_p0_we_q;
   assign rp__addr = { er, ridx };
-  assign rp__en = 1'h1;
-  assign ewp__addr = { ew[2:1], ex_s5_a };
-  assign ex_s5_exp = ewp__data;
-  assign exp_v5 = ewp__en;
-  assign orp__addr = { orb[2:1], oidx };
-  assign en = orp__en;
-  assign valid_s3 = o__valid;
+  assign score_mem_raddr = { er, ridx };
+  assign \wp__addr$219  = exp_mem_waddr_q[5:0];
+  assign \wp__data$220  = exp_mem_wdata_q;
+  assign \wp__en$221  = exp_mem_p0_we_q;
+  assign \rp__addr$222  = { orb[1], oidx };
+  assign \wp__addr$223  = exp_mem_waddr_q[4:0];
+  assign \wp__data$224  = exp_mem_wdata_q;
+  assign \wp__en$225  = exp_mem_p1_we_q;
+  assign \rp__addr$226  = oidx;
+  assign ex_exp_n_l0_0 = { \$196 [16], \$196  };
+  assign ex_exp_n_l0_1 = { \$198 [16], \$198  };
+  assign ex_exp_n_l0_2 = { \$199 [16], \$199  };
+  assign ex_exp_n_l0_3 = 18'h00002;
+  assign ex_exp_n_l1_1 = { \$205 [16:0], 1'h0 };
+  assign ex_exp_n_l1_2 = 18'h00002;
+  assign ex_exp_h_l0_0 = { 2'h0, \$212  };
+  assign ex_exp_h_l0_1 = { 2'h0, \$213  };
+  assign ex_exp_h_l0_2 = { 2'h0, \$214  };
+  assign ex_exp_h_l0_3 = 34'h354010000;
+  assign ex_exp_h_l1_1 = { \$220 [32:0], 1'h0 };
+  assign ex_exp_h_l1_2 = 34'h354010000;
+  assign ex_exp_ga_l0_0 = { \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228 [17], \$228  };
+  assign ex_exp_ga_l0_1 = { \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230 [17], \$230  };
+  assign ex_exp_ga_l0_2 = { \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232 [19], \$232  };
+  assign ex_exp_ga_l0_3 = { \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234 [19], \$234  };
+  assign ex_exp_ga_l0_4 = { \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236 [23], \$236  };
+  assign ex_exp_ga_l0_5 = { \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238 [23], \$238  };
+  assign ex_exp_ga_l0_6 = { \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240 [23], \$240  };
+  assign ex_exp_ga_l0_7 = { \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242 [23], \$242  };
+  assign ex_exp_ga_l0_8 = { \$244 [31], \$244 [31], \$244  };
+  assign ex_exp_ga_l0_9 = { \$246 [31], \$246 [31], \$246  };
+  assign ex_exp_ga_l0_10 = { \$248 [31], \$248 [31], \$248  };
+  assign ex_exp_ga_l0_11 = { \$250 [31], \$250 [31], \$250  };
+  assign ex_exp_ga_l0_12 = { \$252 [31], \$252 [31], \$252  };
+  assign ex_exp_ga_l0_13 = { \$254 [31], \$254 [31], \$254  };
+  assign ex_exp_ga_l0_14 = { \$256 [31], \$256 [31], \$256  };
+  assign ex_exp_ga_l0_15 = { \$258 [31], \$258 [31], \$258  };
+  assign ex_exp_ga_l0_16 = \$260 [33:0];
+  assign ex_exp_ga_l0_17 = 34'h100010000;
+  assign ex_exp_ga_l0_18 = { ex_s5_exp_qh[16:0], 17'h00000 };
+  assign ex_exp_ga_l1_1 = { \$266 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_3 = { \$272 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_5 = { \$278 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_7 = { \$284 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_9 = { \$290 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_11 = { \$296 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_12 = { ex_s5_exp_qh[16:0], 17'h00000 };
+  assign ex_exp_gb_l0_0 = ex_s6_exp_g0;
+  assign ex_exp_gb_l0_1 = ex_s6_exp_g1;
+  assign ex_exp_gb_l0_2 = ex_s6_exp_g2;
+  assign ex_exp_gb_l0_3 = ex_s6_exp_g3;
+  assign ex_exp_gb_l0_4 = ex_s6_exp_g4;
+  assign ex_exp_gb_l0_5 = ex_s6_exp_g5;
+  assign ex_exp_gb_l0_6 = ex_s6_exp_g6;
+  assign ex_exp_gb_l0_7 = ex_s6_exp_g7;
+  assign ex_exp_gb_l0_8 = ex_s6_exp_g8;
+  assign ex_exp_gb_l1_1 = { \$326 [32:0], 1'h0 };
+  assign ex_exp_gb_l1_3 = { \$332 [32:0], 1'h0 };
+  assign ex_exp_gb_l1_5 = { \$338 [32:0], 1'h0 };
+  assign ex_exp_gb_l2_1 = { \$344 [32:0], 1'h0 };
+  assign ex_exp_gb_l2_3 = { \$350 [32:0], 1'h0 };
+  assign ex_exp_gc_l0_0 = ex_s7_exp_g0;
+  assign ex_exp_gc_l0_1 = ex_s7_exp_g1;
+  assign ex_exp_gc_l0_2 = ex_s7_exp_g2;
+  assign out_csa0_l0_0 = { 15'h0000, \$369  };
+  assign out_csa0_l0_1 = { 15'h0000, \$371  };
+  assign out_csa0_l0_2 = { 13'h0000, \$373  };
+  assign out_csa0_l0_3 = { 13'h0000, \$375  };
+  assign out_csa0_l0_4 = { 9'h000, \$377  };
+  assign out_csa0_l0_5 = { 9'h000, \$379  };
+  assign out_csa0_l0_6 = { 9'h000, \$381  };
+  assign out_csa0_l0_7 = { 9'h000, \$383  };
+  assign out_csa0_l0_8 = { 1'h0, \$385  };
+  assign out_csa0_l0_9 = { 1'h0, \$387  };
+  assign out_csa0_l0_10 = { 1'h0, \$389  };
+  assign out_csa0_l0_11 = { 1'h0, \$391  };
+  assign out_csa0_l0_12 = { 1'h0, \$393  };
+  assign out_csa0_l0_13 = { 1'h0, \$395  };
+  assign out_csa0_l0_14 = { 1'h0, \$397  };
+  assign out_csa0_l0_15 = { 1'h0, \$399  };
+  assign out_csa0_l0_16 = 33'h000800000;
+  assign out_csa0_l1_1 = { \$405 [31:0], 1'h0 };
+  assign out_csa0_l1_3 = { \$411 [31:0], 1'h0 };
+  assign out_csa0_l1_5 = { \$417 [31:0], 1'h0 };
+  assign out_csa0_l1_7 = { \$423 [31:0], 1'h0 };
+  assign out_csa0_l1_9 = { \$429 [31:0], 1'h0 };
+  assign out_csa0_l1_10 = { 1'h0, \$399  };
+  assign out_csa0_l1_11 = 33'h000800000;
+  assign out_csa1_l0_0 = out_s3_t0;
+  assign out_csa1_l0_1 = out_s3_t1;
+  assign out_csa1_l0_2 = out_s3_t2;
+  assign out_csa1_l0_3 = out_s3_t3;
+  assign out_csa1_l0_4 = out_s3_t4;
+  assign out_csa1_l0_5 = out_s3_t5;
+  assign out_csa1_l0_6 = out_s3_t6;
+  assign out_csa1_l0_7 = out_s3_t7;
+  assign out_csa1_l1_1 = { \$459 [31:0], 1'h0 };
+  assign out_csa1_l1_3 = { \$465 [31:0], 1'h0 };
+  assign out_csa1_l1_4 = out_s3_t6;
+  assign out_csa1_l1_5 = out_s3_t7;
+  assign out_csa2_l0_0 = out_s4_t0;
+  assign out_csa2_l0_1 = out_s4_t1;
+  assign out_csa2_l0_2 = out_s4_t2;
+  assign out_csa2_l0_3 = out_s4_t3;
+  assign out_csa2_l1_1 = { \$483 [31:0], 1'h0 };
+  assign out_csa2_l1_2 = out_s4_t3;
+  assign \$signature__addr  = oq_wptr;
+  assign \$signature__data  = { out_s6_last, out_s6_p };
+  assign \$signature__en  = out_v5;
+  assign \rp__addr$348  = oq_rptr;
+  assign \c__payload.f  = c__payload;
   assign \i__payload.data  = i__payload[15:0];
   assign \i__payload.last  = i__payload[16];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \$196  = ex_s4_a;
-  assign \$195  = \$60 [15:0];
-  assign \$194  = ex_s3_a;
-  assign \$193  = \$56 ;
-  assign \$192  = ex_s3_exp_q;
-  assign \$191  = ex_s2_a;
-  assign \$190  = \$52 ;
-  assign \$189  = ex_s2_exp_r;
-  assign \$188  = ex_s2_exp_q;
-  assign \$187  = ex_s1_a;
-  assign \$186  = \$48 [11:0];
-  assign \$185  = \$43 [4:0];
-  assign \$184  = raddr;
-  assign \$183  = \$29 ;
-  assign o__payload[8] = out_s3_last;
-  assign o__payload[7:0] = out_s3_p;
-  assign \$23  = lw;
-  assign \$30  = { ex_s1_x[16], ex_s1_x[16:1] };
-  assign \$32  = { ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16:4] };
-  assign \$35  = { 12'h000, \$34 [17:12] };
-  assign \$37  = { ex_s1_x[16], ex_s1_x[16:1] };
-  assign \$39  = { ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16:4] };
-  assign \$42  = { 12'h000, \$41 [17:12] };
-  assign \$44  = { ex_s1_x[16], ex_s1_x[16:1] };
-  assign \$46  = { ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16:4] };
-  assign \$51  = { 12'h000, \$50 [25:12] };
-  assign \$55  = { \$54 [40], \$54 [40], \$54 [40], \$54 [40], \$54 [40], \$54 [40], \$54 [40], \$54 [40], \$54 [40], \$54 [40], \$54 [40], \$54 [40], \$54 [40:12] };
-  assign \$57  = { ex_s4_exp_g, 1'h0 };
-  assign \$60  = { \$59 [43], \$59 [43:1] };
-  assign \$80  = { 15'h0000, total, 16'h0000 };
-  assign \$85  = { 1'h0, dsh[39:1] };
-  assign \$108  = { 24'h000000, \$107 [33:24] };
-  assign \$111  = { 24'h000000, \$110 [33:24] };
-  assign \$128  = er;
-  assign \$133  = lw;
+  assign \$620  = out_s5_last;
+  assign \$619  = \$109 ;
+  assign \$618  = { \$489 [31:0], 1'h0 };
+  assign \$617  = out_csa2_l2_0;
+  assign \$616  = out_s4_last;
+  assign \$615  = { \$477 [31:0], 1'h0 };
+  assign \$614  = out_csa1_l2_2;
+  assign \$613  = { \$471 [31:0], 1'h0 };
+  assign \$612  = out_csa1_l2_0;
+  assign \$611  = out_s3_last;
+  assign \$610  = { \$453 [31:0], 1'h0 };
+  assign \$609  = out_csa0_l2_6;
+  assign \$608  = { \$447 [31:0], 1'h0 };
+  assign \$607  = out_csa0_l2_4;
+  assign \$606  = { \$441 [31:0], 1'h0 };
+  assign \$605  = out_csa0_l2_2;
+  assign \$604  = { \$435 [31:0], 1'h0 };
+  assign \$603  = out_csa0_l2_0;
+  assign \$602  = out_s2_last;
+  assign \$601  = out_s1_last;
+  assign \$600  = out_s1_recip;
+  assign \$599  = o_last;
+  assign \$598  = o_recip;
+  assign \$557  = ex_s8_a;
+  assign \$556  = \$37 [15:0];
+  assign \$555  = ex_s7_a;
+  assign \$554  = \$36 [33:17];
+  assign \$553  = ex_s7_exp_q;
+  assign \$552  = ex_s6_a;
+  assign \$551  = { \$350 [32:0], 1'h0 };
+  assign \$550  = { \$356 [32:0], 1'h0 };
+  assign \$549  = ex_exp_gb_l3_0;
+  assign \$548  = ex_s6_exp_q;
+  assign \$547  = ex_s5_a;
+  assign \$546  = { ex_s5_exp_qh[16:0], 17'h00000 };
+  assign \$545  = { \$320 [32:0], 1'h0 };
+  assign \$544  = ex_exp_ga_l2_6;
+  assign \$543  = { \$314 [32:0], 1'h0 };
+  assign \$542  = ex_exp_ga_l2_4;
+  assign \$541  = { \$308 [32:0], 1'h0 };
+  assign \$540  = ex_exp_ga_l2_2;
+  assign \$539  = { \$302 [32:0], 1'h0 };
+  assign \$538  = ex_exp_ga_l2_0;
+  assign \$537  = ex_s5_exp_q;
+  assign \$536  = ex_s4_a;
+  assign \$535  = \$35 [48:1];
+  assign \$534  = \$34 [33:17];
+  assign \$533  = ex_s4_exp_r;
+  assign \$532  = ex_s4_exp_q;
+  assign \$531  = ex_s3_a;
+  assign \$530  = { \$226 [32:0], 1'h0 };
+  assign \$529  = ex_exp_h_l2_0;
+  assign \$528  = ex_s3_exp_t[16:0];
+  assign \$527  = \$33 ;
+  assign \$526  = ex_s2_a;
+  assign \$525  = \$29 ;
+  assign \$524  = ex_s1_a;
+  assign \$523  = \$28 [16:0];
+  assign \$522  = exp_ra1;
+  assign \$521  = \$27 ;
+  assign \$1  = score_mem_we;
+  assign \$2  = ew[2];
+  assign \$5  = ew[2];
+  assign \$12  = bank_q;
+  assign \$13 [14:0] = score_mem_wdata[14:0];
+  assign \$13 [15] = \$auto$rtlil.cc:2739:Not$2 ;
+  assign \$14 [14:0] = run_max[14:0];
+  assign \$14 [15] = \$auto$rtlil.cc:2739:Not$4 ;
+  assign \$24  = lw;
+  assign \$199  = { ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16:4] };
+  assign \$197  = { ex_s1_x[16], ex_s1_x[16:1] };
+  assign { ex_exp_n_l2_0[17:2], ex_exp_n_l2_0[0] } = { \$206 [17:2], \$206 [0] };
+  assign ex_exp_n_l2_0[1] = \$auto$rtlil.cc:2739:Not$6 ;
+  assign { \$208 [17:2], \$208 [0] } = 17'h00000;
+  assign \$208 [1] = ex_exp_n_l1_0[1];
+  assign { \$210 [17:2], \$210 [0] } = 17'h00000;
+  assign \$210 [1] = \$205 [0];
+  assign \$72  = { nbits, 1'h0 };
+  assign \$142  = er;
+  assign \$146  = lw;
+  assign \$212  = { 6'h00, ex_s3_exp_t[16:0], 9'h000 };
+  assign \$213  = { 5'h00, ex_s3_exp_t[16:0], 10'h000 };
+  assign \$214  = { 3'h0, ex_s3_exp_t[16:0], 12'h000 };
+  assign { ex_exp_h_l2_0[31], ex_exp_h_l2_0[29], ex_exp_h_l2_0[27], ex_exp_h_l2_0[25:17], ex_exp_h_l2_0[15:0] } = { \$221 [31], \$221 [29], \$221 [27], \$221 [25:17], \$221 [15:0] };
+  assign { ex_exp_h_l2_0[33:32], ex_exp_h_l2_0[30], ex_exp_h_l2_0[28], ex_exp_h_l2_0[26], ex_exp_h_l2_0[16] } = \$auto$rtlil.cc:2739:Not$8 ;
+  assign { \$223 [31], \$223 [29], \$223 [27], \$223 [25:17], \$223 [15:0] } = 28'h0000000;
+  assign { \$223 [33:32], \$223 [30], \$223 [28], \$223 [26], \$223 [16] } = { ex_exp_h_l1_0[33:32], ex_exp_h_l1_0[30], ex_exp_h_l1_0[28], ex_exp_h_l1_0[26], ex_exp_h_l1_0[16] };
+  assign { \$225 [31], \$225 [29], \$225 [27], \$225 [25:17], \$225 [15:0] } = 28'h0000000;
+  assign { \$225 [33:32], \$225 [30], \$225 [28], \$225 [26], \$225 [16] } = { \$220 [32:31], \$220 [29], \$220 [27], \$220 [25], \$220 [15] };
+  assign \$228  = { \$227 [16], \$227  };
+  assign \$230  = { \$229 , 1'h0 };
+  assign \$232  = { \$231 [16], \$231 , 2'h0 };
+  assign \$234  = { \$233 , 3'h0 };
+  assign \$236  = { \$235 [16], \$235 [16], \$235 [16], \$235 , 4'h0 };
+  assign \$238  = { \$237 [16], \$237 [16], \$237 , 5'h00 };
+  assign \$240  = { \$239 [16], \$239 , 6'h00 };
+  assign \$242  = { \$241 , 7'h00 };
+  assign \$244  = { \$243 [16], \$243 [16], \$243 [16], \$243 [16], \$243 [16], \$243 [16], \$243 [16], \$243 , 8'h00 };
+  assign \$246  = { \$245 [16], \$245 [16], \$245 [16], \$245 [16], \$245 [16], \$245 [16], \$245 , 9'h000 };
+  assign \$248  = { \$247 [16], \$247 [16], \$247 [16], \$247 [16], \$247 [16], \$247 , 10'h000 };
+  assign \$250  = { \$249 [16], \$249 [16], \$249 [16], \$249 [16], \$249 , 11'h000 };
+  assign \$252  = { \$251 [16], \$251 [16], \$251 [16], \$251 , 12'h000 };
+  assign \$254  = { \$253 [16], \$253 [16], \$253 , 13'h0000 };
+  assign \$256  = { \$255 [16], \$255 , 14'h0000 };
+  assign \$258  = { \$257 , 15'h0000 };
+  assign \$260  = { \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 [16], \$259 , 16'h0000 };
+  assign { ex_exp_ga_l1_10[33], ex_exp_ga_l1_10[31:17], ex_exp_ga_l1_10[15:0] } = { \$291 [33], \$291 [31:17], \$291 [15:0] };
+  assign { ex_exp_ga_l1_10[32], ex_exp_ga_l1_10[16] } = \$auto$rtlil.cc:2739:Not$10 ;
+  assign { \$293 [33], \$293 [31:17], \$293 [15:0] } = 32'd0;
+  assign { \$293 [32], \$293 [16] } = { \$258 [31], \$258 [16] };
+  assign { \$295 [33], \$295 [31:17], \$295 [15:0] } = 32'd0;
+  assign { \$295 [32], \$295 [16] } = { \$260 [32], \$260 [16] };
+  assign \$369  = { 1'h0, \$368  };
+  assign \$371  = { \$370 , 1'h0 };
+  assign \$373  = { 1'h0, \$372 , 2'h0 };
+  assign \$375  = { \$374 , 3'h0 };
+  assign \$377  = { 3'h0, \$376 , 4'h0 };
+  assign \$379  = { 2'h0, \$378 , 5'h00 };
+  assign \$381  = { 1'h0, \$380 , 6'h00 };
+  assign \$383  = { \$382 , 7'h00 };
+  assign \$385  = { 7'h00, \$384 , 8'h00 };
+  assign \$387  = { 6'h00, \$386 , 9'h000 };
+  assign \$389  = { 5'h00, \$388 , 10'h000 };
+  assign \$391  = { 4'h0, \$390 , 11'h000 };
+  assign \$393  = { 3'h0, \$392 , 12'h000 };
+  assign \$395  = { 2'h0, \$394 , 13'h0000 };
+  assign \$397  = { 1'h0, \$396 , 14'h0000 };
+  assign \$399  = { \$398 , 15'h0000 };
+  assign { out_csa0_l2_6[32:24], out_csa0_l2_6[22:0] } = { \$448 [32:24], \$448 [22:0] };
+  assign out_csa0_l2_6[23] = \$auto$rtlil.cc:2739:Not$12 ;
+  assign { \$450 [32:24], \$450 [22:0] } = 32'd0;
+  assign \$450 [23] = \$429 [22];
+  assign { \$452 [32:24], \$452 [22:0] } = 32'd0;
+  assign \$452 [23] = \$399 [23];
 endmodule

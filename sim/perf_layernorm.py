@@ -24,7 +24,7 @@ from hwgen.layernorm import LayerNorm
 from hwgen.verilog import Harness
 from sim import runner
 
-__all__ = ["TB", "standard_unit", "standard_harness", "synthetic_layer", "segment", "unit_data",
+__all__ = ["TB", "standard_unit", "standard_harness", "synthetic_layer", "segment", "unit_data", "random_rows",
            "measure_layernorm_timing", "measure_layernorm_cycles_per_row"]
 
 TB = "sim.tb_layernorm"

@@ -15,10 +15,10 @@ named by ``SIM_DATA``::
 
 A segment is one layer: its ``c`` beats, then its rows.  The host streams a segment's
 beats as soon as the previous segment's last element has been accepted (the unit takes
-them once it is idle).  With ``overlap`` the beats are presented back to back and the
-segment's data is presented from the same cycle on (the unit must take the constants
-first); without it, the beats may have random gaps (``c_gap_prob``) and the data waits
-until the last beat is taken.  The data driver leaves random gaps in ``i.valid``
+them once it is idle), with random gaps in ``c.valid`` after the first beat
+(``c_gap_prob``).  With ``overlap`` the segment's data is presented from the cycle the
+first beat is (the unit must take every constant first, gaps or not); without it the data
+waits until the last beat is taken.  The data driver leaves random gaps in ``i.valid``
 (``gap_prob``), the monitor drops ``o.ready`` at random (``stall_prob`` of the segment
 whose output is due).  The scoreboard compares every output element with the expected one
 in order and names the first mismatch by unit, segment, row and channel.  After every
@@ -119,7 +119,7 @@ class LayerBench:
             seg = self.segs[self.c_seg]
             if self.c_on:
                 want_c = True
-            elif seg.get("overlap") or self.c_idx == 0 or self.rng.random() >= seg.get("c_gap_prob", 0.0):
+            elif self.c_idx == 0 or self.rng.random() >= seg.get("c_gap_prob", 0.0):
                 self.c_payload.value = seg["beats"][self.c_idx]
                 want_c = True
                 if self.c_started[self.c_seg] is None:

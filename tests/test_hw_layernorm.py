@@ -13,10 +13,11 @@ One simulation run switches the unit's constants layer after layer (segments):
   rounding half (positive and negative sums), random rows (full range, realistic spreads,
   tiny spreads, spikes);
 * random gaps in ``i.valid`` and ``c.valid`` and random back-pressure on ``o``; constants
-  presented together with the data (the unit must take the constants first) or before it;
-* two clean segments first (C = 192 and C = 64, no gaps, no back-pressure) on which latency,
-  cycles per row and the loading cycles are measured and compared with the documented
-  formulas.
+  presented together with the data (the unit must take every constant first, also across
+  gaps in ``c.valid``) or before it;
+* three clean segments first (C = 192, 64 and 72, no gaps, no back-pressure: input-, CALC-
+  and row-slot-bound) on which latency, cycles per row and the loading cycles are measured
+  and compared with the documented formulas.
 
 A second run checks that the scoreboard catches a deliberately broken unit (``ln_bad``: the
 mean rounded down) and a corrupted constant (one bit flipped in one ``c`` beat); in both
@@ -137,6 +138,7 @@ def main_run(digits_w8a8, digits_w4a8):
     # clean segments first: timing (the unit is idle at their start)
     add("timing", "timing C=192", synthetic_layer(192, 192), [("random", r) for r in random_rows(6, 192, 3).tolist()])
     add("timing", "timing C=64", synthetic_layer(64, 64), [("random", r) for r in random_rows(12, 64, 4).tolist()])
+    add("timing", "timing C=72", synthetic_layer(72, 72), [("random", r) for r in random_rows(12, 72, 5).tolist()])
     layers = [("digits_w8a8", f"w8a8 {op.name}", {"attrs": op.attrs, "consts": op.consts}) for op in _ln_ops(digits_w8a8)]
     layers += [("digits_w4a8", f"w4a8 {op.name}", {"attrs": op.attrs, "consts": op.consts}) for op in _ln_ops(digits_w4a8)]
     assert len(layers) == 18
@@ -150,8 +152,10 @@ def main_run(digits_w8a8, digits_w4a8):
     for group, name, layer in order:
         c = layer["attrs"]["channels"]
         n_random = 24 if c == 2 else 4
-        add(group, name, layer, _rows(c, n_random, 100 + n), gap=GAP, stall=STALL, c_gap=0.3 if n % 2 else 0.0,
-            overlap=n % 2 == 0)
+        # constants back to back with the data presented at once, with gaps and the data
+        # waiting, or with gaps and the data presented at once
+        add(group, name, layer, _rows(c, n_random, 100 + n), gap=GAP, stall=STALL, c_gap=0.3 if n % 3 else 0.0,
+            overlap=n % 3 != 1)
         n += 1
     res = runner.run(b, TB, {"seed": 5, "units": [unit_data("ln", unit, segs)]}, "main")
     rep = next(u for u in res["units"] if u["name"] == "ln")
@@ -209,21 +213,27 @@ def test_stream_integrity(main_run):
 def test_latency_throughput_and_loading(main_run):
     """The clean segments: latency, cycles per row and loading as documented
     (layernorm_timing).  C = 192 is input-bound (every row: latency as documented, one row
-    per 192 cycles); C = 64 is bound by CALC or the row slots (the steady state as
-    documented).  Loading: C beats in C cycles."""
+    per 192 cycles); C = 64 is bound by CALC (one row per T cycles); C = 72 by the row
+    slots (row_slots rows per 2C + T + 7 cycles).  Loading: C beats in C cycles."""
     res, rep, unit, info = main_run
-    s192, s64 = rep["segments"][0], rep["segments"][1]
-    t192, t64 = unit.timing(192), unit.timing(64)
+    s192, s64, s72 = rep["segments"][:3]
+    t192, t64, t72 = unit.timing(192), unit.timing(64), unit.timing(72)
+    assert t72["cycles_per_row"] > max(72, t72["calc"])             # slot-bound
+    steady = s72["row_periods"][3:]
+    n = unit.row_slots
+    assert [sum(steady[k:k + n]) for k in range(len(steady) - n + 1)] == [t72["slot_cycles"]] * (len(steady) - n + 1)
+    assert s72["row_latency"][0] == t72["latency"]
     assert s192["row_latency"] == [t192["latency"]] * s192["rows"], s192
     assert s192["row_periods"] == [t192["cycles_per_row"]] * (s192["rows"] - 1) == [192] * (s192["rows"] - 1), s192
     assert s64["row_latency"][0] == t64["latency"], s64
     steady = s64["row_periods"][len(s64["row_periods"]) // 2:]
     assert steady == [t64["cycles_per_row"]] * len(steady), s64
-    for s, c in ((s192, 192), (s64, 64)):
+    for s, c in ((s192, 192), (s64, 64), (s72, 72)):
         assert s["load_cycles"] == unit.timing(c)["load"] == c
     print(f"C=192: latency {s192['row_latency'][0]} (documented {t192['latency']}), cycles/row "
           f"{s192['row_periods'][-1]} (documented {t192['cycles_per_row']}); C=64: latency {s64['row_latency'][0]} "
           f"(documented {t64['latency']}), row periods {s64['row_periods']} (documented {t64['cycles_per_row']}); "
+          f"C=72: row periods {s72['row_periods']} ({n} rows per {t72['slot_cycles']} cycles documented); "
           f"loading C beats in C cycles; worst row latency under back-pressure "
           f"{max(max(s['row_latency']) for s in rep['segments'])}")
 

@@ -293,7 +293,7 @@ def test_from_config_and_const_beats(digits_w8a8):
     assert (sm.max_row, sm.variant, sm.out_bits, sm.recip_bits, sm.frac_bits, sm.in_bits) == (197, "shiftfit", 8, 32, 15, 16)
     assert (sm.max_f, sm.f_bits) == (17, 5) and [n for n, _ in sm.c.payload.shape()] == ["f"]
     assert sm.cycles_per_row(197) == 197 + 13 and sm.cycles_per_row(1) == 32 - 15 + 1
-    assert sm.first_output_latency(197) == 197 + 40
+    assert sm.first_output_latency(197) == 197 + 42
     for op in digits_w8a8.graph.ops:
         if op.type == "softmax":
             assert sm.const_beats(op.attrs, op.consts) == [{"f": op.attrs["f"]}]

@@ -106,7 +106,7 @@ def test_layer_beyond_the_units_is_refused(digits_w8a8):
     assert "64" in msg and "32" in msg, msg
 
 
-def test_units_do_not_depend_on_depth(digits_w8a8, digits_images):
+def test_units_do_not_depend_on_depth(digits_model, digits_w8a8, digits_images):
     """The digits ViT at depth 8 (same widths) runs on the same units as at depth 4: the same
     instances with the same Verilog, so the same area; only the constant memories grow."""
     import timm.models.vision_transformer as vt
@@ -115,8 +115,12 @@ def test_units_do_not_depend_on_depth(digits_w8a8, digits_images):
     from hwgen.capabilities import derive_hw
     from hwgen.verilog import emit_verilog
 
-    torch.manual_seed(0)
+    # depth 8: the trained digits blocks 0-3, then the same four again (realistic scales)
     deep = vt.VisionTransformer(**{**MODEL_KWARGS, "depth": 8}).eval()
+    state = digits_model.state_dict()
+    state.update({k.replace(f"blocks.{i}.", f"blocks.{i + 4}.", 1): v for k, v in digits_model.state_dict().items()
+                  for i in range(4) if k.startswith(f"blocks.{i}.")})
+    deep.load_state_dict(state)
     g8 = quantize_model(deep, "digits", digits_images.calib[:16], QuantConfig(w_bits=8, calib_images=16)).graph
     g4 = digits_w8a8.graph
     hw = derive_hw([g4, g8])

@@ -126,6 +126,8 @@ def test_sigkill_then_rerun(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(rtl_executor, "RUNS", runs)         # the same command again
     assert main([*RUN, "--report", str(tmp_path / "resumed.json")]) == 0
     resumed = json.loads((tmp_path / "resumed.json").read_text())
+    keys = sorted(p.name for p in runs.iterdir())
+    assert len(keys) == 1, f"the hardware changed between the two runs (sources edited meanwhile?): {keys}"
     assert resumed["reused"] >= len(kept) and resumed["reused"] + resumed["ran"] == 2
 
     monkeypatch.setattr(rtl_executor, "RUNS", tmp_path / "runs_whole")     # an uninterrupted run
