@@ -29,8 +29,8 @@ per cycle, unconditionally (no enable fans out to thousands of registers), so ro
 column j's chain ``2 i + j`` cycles after the wavefront started; per-column delays align the
 columns, and the rows (one every other cycle) go through the requantizer
 (:func:`hwgen.requant.requant_stages`, inlined so that the unit is one module), which never
-stalls either, into an output queue of ``2 rows`` rows (``amaranth.lib.fifo.SyncFIFOBuffered``)
-that ``o`` reads.  The array, the chains and the requantizer run free, and so does the input
+stalls either, into an output queue of ``2 rows`` rows (distributed memory read
+asynchronously: ``o.payload`` comes from it, ``o.valid`` from its level) that ``o`` reads.  The array, the chains and the requantizer run free, and so does the input
 register (every beat taken enters the array on the next cycle); the only gate is a tile's
 *last* beat, which is not taken (``a.ready``/``w.ready`` low while it is presented) until
 the tile's ``p`` beat is there, the tile period since the previous last beat has passed
@@ -48,12 +48,12 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import GEMM_MULTIPLIERS, check_choice, check_range
 from .pipeline import compress, compress_levels, fit, lane_layout, partial_products, product_shape, sum_pair
-from .requant import E_BITS, requant_decode, requant_decoded_fields, requant_latency, requant_param_fields, requant_stages
+from .requant import E_BITS, requant_decode_stages, requant_decoded_fields, requant_latency, requant_param_fields, requant_stages
 
 __all__ = ["Gemm", "gemm_flush_cycles", "gemm_latency", "gemm_min_tile_period", "pe_depth"]
 
@@ -66,9 +66,9 @@ def pe_depth(mult: str = "dsp") -> int:
 
 def gemm_latency(rows: int, cols: int, mult: str = "dsp", mult_bits: int = 16) -> int:
     """Cycles from the handshake of a tile's last operand beat to its first output beat:
-    1 into the input register, ``cols + 1`` until row 0's sums are aligned at the top of
-    the result chains, the requantizer, 2 through the output queue."""
-    return cols + pe_depth(mult) + requant_latency(mult, mult_bits) + 3
+    1 into the input register, ``cols + pe_depth`` until row 0's sums, aligned, are at the
+    requantizer's input, the requantizer, 1 into the output queue (read asynchronously)."""
+    return cols + pe_depth(mult) + requant_latency(mult, mult_bits) + 2
 
 
 def gemm_min_tile_period(rows: int, cols: int, mult: str = "dsp") -> int:
@@ -145,15 +145,15 @@ class Gemm(wiring.Component):
     (a few dozen flip-flops do, so the reset net's fan-out is small: ``hwgen report`` times
     it): beats already in the array drain on their own (the array, the result chains and the
     requantizer have no enable) and their rows are dropped before the queue.  Until they are
-    gone, at most :func:`gemm_flush_cycles` (41 on 8 x 8 with LUT products) after the last
+    gone, at most :func:`gemm_flush_cycles` (40 on 8 x 8 with LUT products) after the last
     tile's last beat entered, a tile's last beat waits; a reset with no rows in flight costs
     nothing.
 
     Latency and throughput
     ----------------------
-    Latency :func:`gemm_latency` = ``cols + pe_depth + requant_latency + 3`` cycles from the
-    handshake of a tile's last operand beat to its first output row (21 on 8 x 8 with DSP
-    products, 25 with LUT products); the other rows follow every other cycle.  Throughput
+    Latency :func:`gemm_latency` = ``cols + pe_depth + requant_latency + 2`` cycles from the
+    handshake of a tile's last operand beat to its first output row (20 on 8 x 8 with DSP
+    products, 24 with LUT products); the other rows follow every other cycle.  Throughput
     one operand beat (``rows x cols`` MACs) per cycle while tiles have ``K >=``
     :func:`gemm_min_tile_period` (24 or 26 on 8 x 8) and ``o`` is ready; a shorter tile
     still takes that long.  A product of T tiles of depth K thus takes about
@@ -241,6 +241,7 @@ class Gemm(wiring.Component):
         pending = Signal(range(F + 1), reset_less=True)
         stale = Signal(reset_less=True)
         may = Signal()                               # the join may take a beat
+        pop = Signal()                               # o hands a row over
         take = Signal()
         take_last = Signal()
         m.d.comb += [may.eq(~self.a.payload.last | last_ok),
@@ -267,7 +268,7 @@ class Gemm(wiring.Component):
         m.d.sync += [holdoff.eq(Mux(take_last, P - 1, Mux(holdoff.any(), holdoff - 1, 0))),
                      pending.eq(Mux(hold_en, F, Mux(pending.any(), pending - 1, 0))),
                      stale.eq((rst | stale) & busy_next),
-                     credits.eq(credits - Mux(hold_en, R, 0) + (self.o.valid & self.o.ready)),
+                     credits.eq(credits - Mux(hold_en, R, 0) + pop),
                      last_ok.eq(~take_last & (holdoff <= 1) & (p_in_valid | self.p.valid) & (credits >= R) & ~stale)]
 
         # --- skew: row i of a (with its valid/first/last) delayed i, lane j of w delayed j
@@ -349,18 +350,13 @@ class Gemm(wiring.Component):
                     w_in[j] = w_r
 
         # --- deskew the chains' top row (column j is C-1-j cycles ahead of column C-1)
-        #     and the held parameters, decoded into a register of their own one cycle after
-        #     p_hold (still in time for the tile's first row; the previous tile's rows have
-        #     passed requantizer stage 1 by then: gemm_min_tile_period), so that the decode's
-        #     fan-out is not in front of the requantizer
+        #     and the held parameters, decoded in two register stages of their own (right two
+        #     cycles after p_hold changed: in time for the tile's first row, which reaches the
+        #     requantizer cols + pe_depth cycles after the tile's last beat entered the array,
+        #     and not before the previous tile's last row has passed requantizer stage 1:
+        #     gemm_min_tile_period), so that no wide fan-out is in front of the requantizer
         fields = requant_decoded_fields(C, A, self.mult_bits, self.e_bits)
-        p_dec = Signal(data.StructLayout(fields), reset_less=True)
-        dec = requant_decode(p_hold, A)
-        for name in fields:
-            if isinstance(dec[name], list):
-                m.d.sync += [p_dec[name][j].eq(v) for j, v in enumerate(dec[name])]
-            else:
-                m.d.sync += p_dec[name].eq(dec[name])
+        p_dec = requant_decode_stages(m, p_hold, A, name="p_dec")
         rq_in = Signal(data.StructLayout({"acc": lane_layout(signed(A), C), **fields}))
         for j in range(C):
             m.d.comb += rq_in.acc[j].eq(delayed(chain[0][j], C - 1 - j, signed(A), f"deskew{j}"))
@@ -377,7 +373,21 @@ class Gemm(wiring.Component):
             v = Signal(name=f"rq_valid{k + 1}", reset_less=k < L - 1)
             m.d.sync += v.eq(rq_valid & ~stale if k == L - 1 else rq_valid)
             rq_valid = v
-        queue = m.submodules.out_queue = SyncFIFOBuffered(width=C * A, depth=D)
-        m.d.comb += [queue.w_en.eq(rq_valid), queue.w_data.eq(Cat(*outs)),
-                     self.o.valid.eq(queue.r_rdy), self.o.payload.eq(queue.r_data), queue.r_en.eq(self.o.ready)]
+        # --- output queue: D rows in distributed memory, read asynchronously, so that o.ready
+        #     drives no wide enable (an output register would need one); the credits keep room
+        #     for every row written, so a write needs no check either
+        queue = m.submodules.out_queue = Memory(shape=unsigned(C * A), depth=D, init=[])
+        wp = queue.write_port()
+        rp = queue.read_port(domain="comb")
+        produce = Signal(range(D))
+        consume = Signal(range(D))
+        level = Signal(range(D + 1))
+        m.d.comb += [wp.addr.eq(produce), wp.data.eq(Cat(*outs)), wp.en.eq(rq_valid), rp.addr.eq(consume),
+                     pop.eq(self.o.valid & self.o.ready),
+                     self.o.valid.eq(level.any()), self.o.payload.eq(rp.data)]
+        with m.If(rq_valid):
+            m.d.sync += produce.eq(Mux(produce == D - 1, 0, produce + 1))
+        with m.If(pop):
+            m.d.sync += consume.eq(Mux(consume == D - 1, 0, consume + 1))
+        m.d.sync += level.eq(level + rq_valid - pop)
         return m

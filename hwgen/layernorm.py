@@ -83,6 +83,10 @@ __all__ = ["LayerNorm", "layernorm_timing", "layernorm_widths", "OUT_PIPE_DEPTH"
 
 E_BITS = 6              # the shift e: 0..63 (golden.dyadic.MAX_SHIFT is 62)
 CSA_LEVELS = 2          # 3:2 levels (one LUT each) between registers
+# the OUT products' stages: one level where the partial products enter (each selector
+# bit drives a whole row: long wires, and an AND in front of every gate), then two, then
+# three (the last stage has no partial products and no carry chain after it)
+PRODUCT_LEVELS = (1, 2, 3)
 # OUT: address; buffer read; register; y; z (3 carry-save stages, add); v (3, add);
 # two shift levels; saturate; clamp; round
 OUT_PIPE_DEPTH = 16
@@ -346,15 +350,16 @@ class LayerNorm(wiring.Component):
             m.d.sync += s.eq(value)
             return s
 
-        def csa_stages(prefix, terms, width, carry=None):
-            """Carry-save compression of ``terms`` over registered stages of CSA_LEVELS
-            levels until two terms are left; returns the two registered terms and the
-            ``carry`` values delayed alongside (a dict by name per stage)."""
+        def csa_stages(prefix, terms, width, carry=None, levels=()):
+            """Carry-save compression of ``terms`` over registered stages until two terms
+            are left: ``levels[n]`` 3:2 levels in stage n (default CSA_LEVELS); returns the
+            two registered terms and the ``carry`` values delayed alongside (a dict by name
+            per stage)."""
             carry = dict(carry or {})
             history = []
             n = 0
             while len(terms) > 2:
-                terms = compress(m, terms, width, CSA_LEVELS, f"{prefix}{n}")
+                terms = compress(m, terms, width, levels[n] if n < len(levels) else CSA_LEVELS, f"{prefix}{n}")
                 terms = [reg(f"{prefix}{n}_t{k}", t) for k, t in enumerate(terms)]
                 carry = {k: reg(f"{prefix}{n}_{k}", v, reset=k in ("v", "l")) for k, v in carry.items()}
                 history.append(carry)
@@ -368,7 +373,6 @@ class LayerNorm(wiring.Component):
         cm1 = Signal(AB, init=CM - 1)           # C - 1 of the loaded layer
         cm2 = Signal(AB, init=CM - 2)           # C - 2: "the next element is the last"
         ld = Signal(AB)                          # next constant index
-        loading = Signal()                       # a layer's beats begun, its last not yet in
         idle_r = Signal()
         c_take = Signal()
         cp = self.c.payload
@@ -378,7 +382,6 @@ class LayerNorm(wiring.Component):
                      m_ram.wen.eq(c_take), b_ram.wen.eq(c_take)]
         with m.If(c_take):
             m.d.sync += e_r.eq(cp.e)
-            m.d.sync += loading.eq(~cp.last)
             with m.If(cp.last):
                 m.d.sync += [cm1.eq(ld), cm2.eq(ld - 1), ld.eq(0)]
             with m.Else():
@@ -398,10 +401,10 @@ class LayerNorm(wiring.Component):
         accept = Signal()
         rows_held = Signal(range(slots + 1))    # rows fully in, last element not yet issued
         rows_next = Signal(range(slots + 1))
-        room = Signal(init=1)                    # rows_held < slots (registered)
+        room = Signal(init=1)                    # rows_held < slots, and no layer's beats under way
         last_busy = Signal()                     # a row's last element in IN, or its sums wait
         m.d.comb += [
-            self.i.ready.eq(~self.c.valid & ~loading & room & ~(in_last & last_busy)),
+            self.i.ready.eq(~self.c.valid & room & ~(in_last & last_busy)),
             accept.eq(self.i.valid & self.i.ready),
         ]
         with m.If(accept):
@@ -411,11 +414,13 @@ class LayerNorm(wiring.Component):
         with m.If(c_take):                       # the unit is idle: cnt = 0, and C >= 2
             m.d.sync += in_last.eq(0)
         # room follows rows_held without the sum in its path: a row in and none out leaves
-        # room iff rows_held < slots - 1 before; a row out and none in always leaves room
+        # room iff rows_held < slots - 1 before; a row out and none in always leaves room.
+        # From a layer's first beat to its last there is none (the unit is idle then, so
+        # rows_held = 0 and the last beat gives the room back)
         inc, dec = Signal(), Signal()
         m.d.comb += inc.eq(accept & in_last)
         m.d.sync += [rows_held.eq(rows_next),
-                     room.eq(Mux(inc & ~dec, rows_held < slots - 1, Mux(dec & ~inc, 1, room)))]
+                     room.eq(Mux(c_take, cp.last, Mux(inc & ~dec, rows_held < slots - 1, Mux(dec & ~inc, 1, room))))]
 
         # stage 1: the element; stage 2: a = |x| - [x < 0] (ones' complement), s = [x < 0]
         x1 = reg("in1_x", self.i.payload)
@@ -471,6 +476,7 @@ class LayerNorm(wiring.Component):
         hb = Signal()                                    # qbit is a fresh quotient bit
         xc_bits = min(W, (4 * CM << IB).bit_length())    # XC = 4 C q + C < 4 C 2^IB: exact
         xc = Signal(xc_bits, reset_less=True)           # Horner: XC = 4 C q + C
+        xc_add = Signal(xc_bits, reset_less=True)       # b ? 3C : -C for the next Horner step
         zs, zc = Signal(W, reset_less=True), Signal(W, reset_less=True)     # Z = q S
         ys, yc = Signal(W, reset_less=True), Signal(W, reset_less=True)     # Y = C q^2
         vsh = Signal(2 * RB, reset_less=True)           # var, shifted out two bits a cycle
@@ -500,8 +506,8 @@ class LayerNorm(wiring.Component):
             b = qbit
             z_new = compress(m, [zs << 1, zc << 1, Mux(b, s_c, 0)], W, None, "hz")
             y_new = compress(m, [ys << 2, yc << 2, Mux(b, xc, 0)], W, None, "hy")
-            m.d.sync += [xc.eq(((xc << 1) + Mux(b, c3, cneg))[:xc_bits]), zs.eq(z_new[0]), zc.eq(z_new[1]),
-                         ys.eq(y_new[0]), yc.eq(y_new[1])]
+            m.d.sync += [xc.eq(((xc << 1) + xc_add)[:xc_bits]),
+                         zs.eq(z_new[0]), zc.eq(z_new[1]), ys.eq(y_new[0]), yc.eq(y_new[1])]
         # var = Q - 2Z + Y + 2^IB S - 2^(IB-2) (XC - C) + C 2^(2IB-2) (mod 2^W); each negation
         # is ~v + 1, the three +1 ride in the constant term K.  Free-running registers: the
         # inputs are stable from VAR1 on.
@@ -532,6 +538,7 @@ class LayerNorm(wiring.Component):
                 d_rem.eq(Mux(take, diff, t)[:d_bits]),
                 nlo.eq(Cat(take, nlo[:-1])),
                 qbit.eq(take),
+                xc_add.eq(Mux(take, c3, cneg)),          # the operand ready with the bit
                 k.eq(k - 1),
             ]
             with m.If(k_zero):
@@ -615,16 +622,18 @@ class LayerNorm(wiring.Component):
         y3 = reg("o3_y", x2o - mean2)
         fac3, ch3 = reg("o3_factor", fac2), reg("o3_ch", ch2)
         # stages 4-6: z = y factor, |z| <= 2^31 - 1: the partial products over y's bits in a
-        # carry-save tree modulo 2^32 (exact), stage 7: the final add
-        zt, zh = csa_stages("oz", partial_products(fac3, y3), F + 1, {"ch": ch3})
+        # carry-save tree modulo 2^32 (exact), PRODUCT_LEVELS: 18 -> 12 -> 6 -> 2 terms;
+        # stage 7: the add
+        zt, zh = csa_stages("oz", partial_products(fac3, y3), F + 1, {"ch": ch3}, levels=PRODUCT_LEVELS)
         # M_c and B_c: addressed at stage 5, read at 6 and 7
         m.d.comb += [m_ram.raddr.eq(zh[1]["ch"]), b_ram.raddr.eq(zh[1]["ch"])]
         z7 = reg("o7_z", (zt[0] + zt[1])[:F + 1].as_signed())
         mc7, bc7 = m_ram.rdata, b_ram.rdata
-        # stages 8-10: v = z M_c + B_c, one carry-save tree (exact modulo 2^WP), 11: the add
+        # stages 8-10: v = z M_c + B_c, one carry-save tree (exact modulo 2^WP), 18 -> 12 ->
+        # 6 -> 2 terms; 11: the add
         wp_bits = _signed_bits(((1 << F) - 1) * (1 << (MB - 1)) + (1 << (BB - 1)),
                                -((1 << F) - 1) * (1 << (MB - 1)) - (1 << (BB - 1)))
-        vt, vh = csa_stages("ov", [*partial_products(z7, mc7), bc7], wp_bits)
+        vt, vh = csa_stages("ov", [*partial_products(z7, mc7), bc7], wp_bits, levels=PRODUCT_LEVELS)
         v11 = reg("o11_v", (vt[0] + vt[1])[:wp_bits].as_signed())
         # 12, 13: u = (2v) >> e, a barrel shifter in two levels (e & ~7, then e & 7)
         t12 = reg("o12_t", Cat(Const(0, 1), v11).as_signed() >> Cat(Const(0, 3), e_r[3:]))

@@ -231,21 +231,42 @@ def square_partial_products(x: Value) -> list[Value]:
     return [Mux(x[i], Cat(Const(1, 2), x[i + 1:]), 0) << (2 * i) for i in range(len(x))]
 
 
+def without_sign_extension(terms: list[Value], width: int) -> list[Value]:
+    """The same sum modulo ``2^width`` with no term sign-extended: a signed n-bit term
+    ``t = t_low - t_sign 2^(n-1)`` becomes the unsigned ``t_low + (1 - t_sign) 2^(n-1)``
+    (its top bit inverted) and ``-2^(n-1)`` joins one constant term.  A sign-extended
+    term repeats its top bit up to ``width``: in a multiplier's partial products that bit
+    (the multiplicand's sign) would fan out to every row's upper columns, and the carry-save
+    adders on them would double; here it drives one gate a row."""
+    out, const = [], 0
+    for t in terms:
+        t = Value.cast(t)
+        if t.shape().signed and len(t) > 1:
+            n = len(t)
+            out.append(Cat(t[:n - 1], ~t[n - 1]))
+            const -= 1 << (n - 1)
+        else:
+            out.append(t)
+    if const % (1 << width):
+        out.append(Const(const % (1 << width), width))
+    return out
+
+
 def multiply_stages(st: Stager, a: Value, b: Value, carry: dict | None = None, name: str = "mul",
                     levels_per_stage: int = 3) -> tuple[Value, SimpleNamespace]:
     """``a * b`` (exact, :func:`product_shape`) from LUTs: the partial products of ``b``'s bits
     (:func:`partial_products`; pass the narrower operand as ``b``; a square of an unsigned
     value, ``a is b``, takes :func:`square_partial_products`) through a carry-save tree,
     ``levels_per_stage`` 3:2 levels between registers, then the carry-propagate sum in a stage
-    of its own.  Stages: ``ceil(compress_levels(terms) / levels_per_stage) + 1``
-    (:func:`multiply_latency`).  Returns the registered product and the last stage's namespace
+    of its own.  Stages: ``ceil(compress_levels(terms) / levels_per_stage) + 1`` (terms: the
+    partial products, :func:`without_sign_extension`'s constant included).  Returns the registered product and the last stage's namespace
     (``carry`` values ride along under their names)."""
     carry = dict(carry or {})
     a, b = Value.cast(a), Value.cast(b)
     shape = product_shape(a, b)
     W = shape.width
     pps = square_partial_products(a) if a is b and not a.shape().signed else partial_products(a, b)
-    terms = compress(st.m, pps, W, 0, f"{st.prefix}{name}")   # extended to W bits
+    terms = compress(st.m, without_sign_extension(pps, W), W, 0, f"{st.prefix}{name}")   # zero-extended to W bits
     n = 0
     while len(terms) > 2:
         terms = compress(st.m, terms, W, levels_per_stage, f"{st.prefix}{name}{n}")
@@ -255,11 +276,6 @@ def multiply_stages(st: Stager, a: Value, b: Value, carry: dict | None = None, n
         n += 1
     ns = st.stage(**{name: fit(sum_pair(terms), shape)}, **carry)
     return getattr(ns, name), ns
-
-
-def multiply_latency(b_bits: int, b_signed: bool, levels_per_stage: int = 3) -> int:
-    """Stages of :func:`multiply_stages` for a ``b`` of ``b_bits`` bits."""
-    return -(-compress_levels(b_bits + (1 if b_signed else 0)) // levels_per_stage) + 1
 
 
 def rshift_round_stages(st: Stager, v: Value, e: Value, carry: dict | None = None, name: str = "rs",

@@ -42,7 +42,7 @@ from .config import check_range
 from .pipeline import Stager, compress, compress_levels, fit, sum_pair, lane_layout, partial_products, product_shape, stream_pipeline
 
 __all__ = ["Requant", "requant_latency", "product_stages", "requant_param_fields", "requant_decode",
-           "requant_decoded_fields", "requant_stages", "E_BITS"]
+           "requant_decode_stages", "requant_decoded_fields", "requant_stages", "E_BITS"]
 
 CSA_LEVELS_PER_STAGE = 2   # 3:2 compressor levels (one LUT each) between registers
 DSP_SPLIT_BITS = 17   # low part of a split product: unsigned 17 bits fit an 18 x 18 multiplier
@@ -138,6 +138,35 @@ def requant_decode(p, acc_bits: int) -> dict:
             "m": [Mux(raw, 1, p.m[k]) for k in range(lanes)],
             "e": [Mux(raw, 0, p.e[k]) for k in range(lanes)],
             "raw": raw, "hi": hi, "lo": (~hi).as_signed()}
+
+
+def requant_decode_stages(m: Module, p, acc_bits: int, name: str = "pdec"):
+    """:func:`requant_decode` of the parameter beat ``p`` in two register stages (no reset,
+    loaded on every cycle), so that no net with a wide fan-out is driven by logic: stage 1
+    registers, per lane, whether its m must read 1 (a raw beat, or m is 1 already) and whether
+    its e must read 0 (raw, or e is 0 already), the raw flag and the clamp limits; stage 2
+    applies the selects to ``p``'s m and e (one LUT per bit, each select a register of its
+    own: a raw flag shared by every lane would fan out to every m and e bit).  The result (a
+    view with the fields of :func:`requant_decoded_fields`) is right two cycles after ``p``
+    changed, while ``p`` holds still."""
+    lanes = len(p.m)
+    mb, eb = len(p.m[0]), len(p.e[0])
+    ob = p.out_bits
+    raw = ~ob.any()
+    hi = Cat(*(ob > i + 1 for i in range(acc_bits))).as_signed()
+    sel_m = Signal(lanes, name=f"{name}_sel_m", reset_less=True)
+    sel_e = Signal(lanes, name=f"{name}_sel_e", reset_less=True)
+    raw1 = Signal(name=f"{name}_raw", reset_less=True)
+    hi1 = Signal(signed(acc_bits), name=f"{name}_hi", reset_less=True)
+    m.d.sync += [sel_m.eq(Cat(*(raw | (p.m[k] == 1) for k in range(lanes)))),
+                 sel_e.eq(Cat(*(raw | (p.e[k] == 0) for k in range(lanes)))),
+                 raw1.eq(raw), hi1.eq(hi)]
+    out = Signal(data.StructLayout(requant_decoded_fields(lanes, acc_bits, mb, eb)), name=name, reset_less=True)
+    m.d.sync += [out.raw.eq(raw1), out.hi.eq(hi1), out.lo.eq(~hi1)]
+    for k in range(lanes):
+        m.d.sync += [out.bias[k].eq(p.bias[k]), out.m[k].eq(Mux(sel_m[k], 1, p.m[k])),
+                     out.e[k].eq(Mux(sel_e[k], 0, p.e[k]))]
+    return out
 
 
 def product_stages(mult: str = "dsp", mult_bits: int = 16) -> int:

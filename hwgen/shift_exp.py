@@ -67,7 +67,8 @@ def shift_exp_const_layout(max_f: int) -> data.StructLayout:
 
 
 def _signed_width(lo: int, hi: int) -> int:
-    return max(lo.bit_length() + (lo < 0), hi.bit_length() + (hi < 0), 1) + 1
+    """The narrowest two's-complement width holding every value in [lo, hi]."""
+    return max((v if v >= 0 else -v - 1).bit_length() + 1 for v in (lo, hi))
 
 
 def _bounds(variant: str, frac_bits: int) -> tuple[int, int, int, int, int, int]:

@@ -312,6 +312,13 @@ class UnitBench:
             res["const_beats"] = len(self.const.beats)
             res["const_accepted"] = len(self.const.accept_cycle)
             res["const_load_cycles"] = self.const.load_cycles()
+            # per phase: cycles from its last constant beat accepted to its first data beat accepted
+            gaps = []
+            for p, start in enumerate(self.phase_start):
+                last = self.const.first_of[p] + self.const.phase_of.count(p) - 1
+                if last < len(self.const.accept_cycle) and start < len(acc):
+                    gaps.append(acc[start] - self.const.accept_cycle[last])
+            res["const_to_data_cycles"] = gaps
             if self.const.accept_cycle:
                 res["cycles_total"] = (out[n - 1] if n else 0) - min(self.const.accept_cycle[0], acc[0] if acc else 0) + 1
         return res

@@ -212,7 +212,9 @@ def test_reset_mid_run(bench):
     jobs = [pg.linear_job(S8, "reset_sweep", op, x, resets=sweep),
             pg.linear_job(S8, "reset_gaps", op, x, gap=0.2, stall=0.5, seed=81,
                           resets=[[a, 1] for a in (7, 23, 41, 60, 95, 140, 200)]),
-            pg.linear_job(X8, "x_reset_sweep", op, x, resets=sweep)]
+            pg.linear_job(X8, "x_reset_sweep", op, x, resets=sweep),
+            # one-cycle resets while a tile's rows are in the requantizer and the queue
+            pg.linear_job(S8, "reset_rows", op, x, resets=[[a, 1] for a in range(30, 110, 4)])]
     x, op = random_linear(81, 7, 3, 9, out_bits=16)         # K = 3: tiles at the tile period
     jobs.append(pg.linear_job(S8, "reset_short_k", op, x, stall=0.3, seed=82,
                               resets=[[a, 1] for a in range(2, 60, 5)]))

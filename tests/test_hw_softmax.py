@@ -3,7 +3,8 @@
 
 * ONE build holds the configuration's unit (``Softmax.from_config(HwConfig())``), the other
   two exponential variants with the same capabilities, a second configuration (12-bit
-  scores, max_row 200, C = 12, R = 30, 12-bit outputs) and a deliberately broken unit;
+  scores, max_row 200, C = 12, R = 30, 12-bit outputs), the unit for the digits model's
+  rows (max_row 17) and a deliberately broken unit;
 * ONE simulation runs, per unit, layer after layer with the constants switched on the
   ``c`` stream (beats from the unit's own ``const_beats``, each presented together with the
   next layer's first score: the unit must take the constants first): every Softmax layer
@@ -88,6 +89,7 @@ def _units() -> dict:
     cfg = HwConfig()
     units = {f"sm_{v}": Softmax.from_config(cfg, v) for v in EXP_VARIANTS}
     units["sm_alt"] = Softmax(**ALT)
+    units["sm_row17"] = Softmax.from_config(cfg.replace(softmax_max_row=17))     # the digits model's rows
     bad = Softmax("shiftfit", max_row=16)
     bad.recip_numerator = (1 << bad.recip_bits) - 1 - (1 << (bad.recip_bits - 5))   # 3% low: broken
     units["sm_bad"] = bad
@@ -144,6 +146,17 @@ def main_run(sm_build, digits_w8a8, digits_w4a8):
         send_last = [True] * len(rows) + [False, True] + [True] * 6
         segs.append(softmax_segment(alt, _attrs(alt, f), rows_in, send_last))
     data["units"].append(const_unit_data("sm_alt", alt, segs, **TRAFFIC))
+    # the digits model's row length as the longest row: every layer, rows of 1..17 and a row
+    # of 20 without its last flag (closed at 17)
+    u17 = units["sm_row17"]
+    rng = random.Random(301)
+    segs = []
+    for name, attrs in layers:
+        rows = _layer_rows(rng, 17, 17, u17.in_bits, 4) + [_random_row(rng, n, u17.in_bits) for n in range(1, 18)]
+        long_row = _random_row(rng, 20, u17.in_bits)
+        rows_in = rows + [long_row[:17], long_row[17:]] + rows[2:6]
+        segs.append(softmax_segment(u17, attrs, rows_in, [True] * len(rows) + [False, True] + [True] * 4))
+    data["units"].append(const_unit_data("sm_row17", u17, segs, **TRAFFIC))
     res = runner.run(b, TB, data, "layers")
     return res, units, b, data, layers
 
@@ -198,6 +211,18 @@ def test_softmax_alt_config_and_long_row(main_run):
     _assert_clean(r, ud)
     print(f"sm_alt {ALT}: f {[s['const'][0]['f'] for s in ud['segments']]}, {r['rows']} rows ({r['checked']} "
           f"elements) bit-exact, including a {ALT['max_row'] + 3}-element row closed at max_row")
+    assert res["failed"] == 0
+
+
+def test_softmax_rows_of_17(main_run):
+    """The unit for the digits model's capabilities (rows of at most 17): every digits layer."""
+    res, units, b, data, layers = main_run
+    r = _by_name(res)["sm_row17"]
+    ud = next(x for x in data["units"] if x["name"] == "sm_row17")
+    _assert_clean(r, ud)
+    assert len(ud["segments"]) == len(layers) == 8
+    print(f"sm_row17: {len(layers)} digits layers, {r['rows']} rows ({r['checked']} elements) bit-exact, including "
+          f"20-element rows closed at max_row 17")
     assert res["failed"] == 0
 
 
