@@ -4284,8 +4284,8 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [3:0] \$4849 ;
   wire [15:0] \$485 ;
   wire [5:0] \$4850 ;
-  wire \$4851 ;
-  wire [6:0] \$4852 ;
+  wire [6:0] \$4851 ;
+  wire \$4852 ;
   wire \$4853 ;
   wire \$4854 ;
   wire \$4855 ;
@@ -4295,7 +4295,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire \$4859 ;
   wire [15:0] \$486 ;
   wire \$4860 ;
-  wire \$4861 ;
+  wire [16:0] \$4861 ;
   wire [16:0] \$4862 ;
   wire [16:0] \$4863 ;
   wire [16:0] \$4864 ;
@@ -4303,9 +4303,9 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [16:0] \$4866 ;
   wire [16:0] \$4867 ;
   wire [16:0] \$4868 ;
-  wire [16:0] \$4869 ;
+  wire \$4869 ;
   wire [15:0] \$487 ;
-  wire \$4870 ;
+  wire [16:0] \$4870 ;
   wire [16:0] \$4871 ;
   wire [16:0] \$4872 ;
   wire [16:0] \$4873 ;
@@ -4313,8 +4313,8 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [16:0] \$4875 ;
   wire [16:0] \$4876 ;
   wire [16:0] \$4877 ;
-  wire [16:0] \$4878 ;
-  wire \$4879 ;
+  wire \$4878 ;
+  wire [16:0] \$4879 ;
   wire [15:0] \$488 ;
   wire [16:0] \$4880 ;
   wire [16:0] \$4881 ;
@@ -4323,8 +4323,8 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [16:0] \$4884 ;
   wire [16:0] \$4885 ;
   wire [16:0] \$4886 ;
-  wire [16:0] \$4887 ;
-  wire \$4888 ;
+  wire \$4887 ;
+  wire [16:0] \$4888 ;
   wire [16:0] \$4889 ;
   wire [15:0] \$489 ;
   wire [16:0] \$4890 ;
@@ -4333,8 +4333,8 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [16:0] \$4893 ;
   wire [16:0] \$4894 ;
   wire [16:0] \$4895 ;
-  wire [16:0] \$4896 ;
-  wire \$4897 ;
+  wire \$4896 ;
+  wire [16:0] \$4897 ;
   wire [16:0] \$4898 ;
   wire [16:0] \$4899 ;
   wire [15:0] \$49 ;
@@ -4344,8 +4344,8 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [16:0] \$4902 ;
   wire [16:0] \$4903 ;
   wire [16:0] \$4904 ;
-  wire [16:0] \$4905 ;
-  wire \$4906 ;
+  wire \$4905 ;
+  wire [16:0] \$4906 ;
   wire [16:0] \$4907 ;
   wire [16:0] \$4908 ;
   wire [16:0] \$4909 ;
@@ -4354,8 +4354,8 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [16:0] \$4911 ;
   wire [16:0] \$4912 ;
   wire [16:0] \$4913 ;
-  wire [16:0] \$4914 ;
-  wire \$4915 ;
+  wire \$4914 ;
+  wire [16:0] \$4915 ;
   wire [16:0] \$4916 ;
   wire [16:0] \$4917 ;
   wire [16:0] \$4918 ;
@@ -4364,8 +4364,8 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [16:0] \$4920 ;
   wire [16:0] \$4921 ;
   wire [16:0] \$4922 ;
-  wire [16:0] \$4923 ;
-  wire \$4924 ;
+  wire \$4923 ;
+  wire [16:0] \$4924 ;
   wire [16:0] \$4925 ;
   wire [16:0] \$4926 ;
   wire [16:0] \$4927 ;
@@ -4374,61 +4374,61 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [32:0] \$493 ;
   wire [16:0] \$4930 ;
   wire [16:0] \$4931 ;
-  wire [16:0] \$4932 ;
+  wire \$4932 ;
   wire \$4933 ;
   wire \$4934 ;
   wire \$4935 ;
-  wire [15:0] \$4936 ;
+  wire \$4936 ;
   wire \$4937 ;
   wire \$4938 ;
-  wire [15:0] \$4939 ;
+  wire \$4939 ;
   wire [7:0] \$494 ;
   wire \$4940 ;
   wire \$4941 ;
-  wire [15:0] \$4942 ;
+  wire \$4942 ;
   wire \$4943 ;
   wire \$4944 ;
-  wire [15:0] \$4945 ;
+  wire \$4945 ;
   wire \$4946 ;
   wire \$4947 ;
-  wire [15:0] \$4948 ;
+  wire \$4948 ;
   wire \$4949 ;
   wire [8:0] \$495 ;
   wire \$4950 ;
-  wire [15:0] \$4951 ;
+  wire \$4951 ;
   wire \$4952 ;
   wire \$4953 ;
-  wire [15:0] \$4954 ;
+  wire \$4954 ;
   wire \$4955 ;
   wire \$4956 ;
-  wire [15:0] \$4957 ;
+  wire \$4957 ;
   wire \$4958 ;
   wire \$4959 ;
   wire [7:0] \$496 ;
-  wire [5:0] \$4960 ;
+  wire \$4960 ;
   wire \$4961 ;
   wire \$4962 ;
-  wire [5:0] \$4963 ;
+  wire \$4963 ;
   wire \$4964 ;
   wire \$4965 ;
-  wire [5:0] \$4966 ;
+  wire \$4966 ;
   wire \$4967 ;
   wire \$4968 ;
-  wire [5:0] \$4969 ;
+  wire \$4969 ;
   wire [8:0] \$497 ;
   wire \$4970 ;
   wire \$4971 ;
-  wire [5:0] \$4972 ;
+  wire \$4972 ;
   wire \$4973 ;
   wire \$4974 ;
-  wire [5:0] \$4975 ;
+  wire \$4975 ;
   wire \$4976 ;
   wire \$4977 ;
-  wire [5:0] \$4978 ;
+  wire \$4978 ;
   wire \$4979 ;
   wire [7:0] \$498 ;
   wire \$4980 ;
-  wire [5:0] \$4981 ;
+  wire \$4981 ;
   wire \$4982 ;
   wire \$4983 ;
   wire \$4984 ;
@@ -4485,25 +4485,25 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire \$5029 ;
   wire [14:0] \$503 ;
   wire \$5030 ;
-  wire \$5031 ;
-  wire \$5032 ;
-  wire \$5033 ;
-  wire \$5034 ;
-  wire \$5035 ;
-  wire \$5036 ;
-  wire \$5037 ;
-  wire \$5038 ;
-  wire \$5039 ;
+  wire [31:0] \$5031 ;
+  wire [15:0] \$5032 ;
+  wire [5:0] \$5033 ;
+  wire [15:0] \$5034 ;
+  wire [5:0] \$5035 ;
+  wire [15:0] \$5036 ;
+  wire [5:0] \$5037 ;
+  wire [15:0] \$5038 ;
+  wire [5:0] \$5039 ;
   wire [7:0] \$504 ;
-  wire \$5040 ;
-  wire \$5041 ;
-  wire \$5042 ;
-  wire \$5043 ;
-  wire \$5044 ;
-  wire \$5045 ;
-  wire \$5046 ;
-  wire \$5047 ;
-  wire [31:0] \$5048 ;
+  wire [15:0] \$5040 ;
+  wire [5:0] \$5041 ;
+  wire [15:0] \$5042 ;
+  wire [5:0] \$5043 ;
+  wire [15:0] \$5044 ;
+  wire [5:0] \$5045 ;
+  wire [15:0] \$5046 ;
+  wire [5:0] \$5047 ;
+  wire [32:0] \$5048 ;
   wire [32:0] \$5049 ;
   wire [14:0] \$505 ;
   wire [32:0] \$5050 ;
@@ -4512,7 +4512,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [32:0] \$5053 ;
   wire [32:0] \$5054 ;
   wire [32:0] \$5055 ;
-  wire [32:0] \$5056 ;
+  wire [48:0] \$5056 ;
   wire [48:0] \$5057 ;
   wire [48:0] \$5058 ;
   wire [48:0] \$5059 ;
@@ -4547,7 +4547,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [48:0] \$5085 ;
   wire [48:0] \$5086 ;
   wire [48:0] \$5087 ;
-  wire [48:0] \$5088 ;
+  wire [49:0] \$5088 ;
   wire [49:0] \$5089 ;
   wire [14:0] \$509 ;
   wire [49:0] \$5090 ;
@@ -4566,7 +4566,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [49:0] \$5101 ;
   wire [49:0] \$5102 ;
   wire [49:0] \$5103 ;
-  wire [49:0] \$5104 ;
+  wire [50:0] \$5104 ;
   wire [50:0] \$5105 ;
   wire [50:0] \$5106 ;
   wire [50:0] \$5107 ;
@@ -4584,7 +4584,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [50:0] \$5118 ;
   wire [50:0] \$5119 ;
   wire [15:0] \$512 ;
-  wire [50:0] \$5120 ;
+  wire [31:0] \$5120 ;
   wire [31:0] \$5121 ;
   wire [31:0] \$5122 ;
   wire [31:0] \$5123 ;
@@ -4610,26 +4610,26 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [31:0] \$5141 ;
   wire [31:0] \$5142 ;
   wire [31:0] \$5143 ;
-  wire [31:0] \$5144 ;
+  wire \$5144 ;
   wire \$5145 ;
   wire \$5146 ;
-  reg \$5147 ;
-  reg \$5148 ;
-  reg \$5149 ;
+  wire [4:0] \$5147 ;
+  wire [4:0] \$5148 ;
+  wire \$5149 ;
   wire [15:0] \$515 ;
-  reg [437:0] \$5150 ;
-  reg \$5151 ;
-  reg [437:0] \$5152 ;
-  reg [4:0] \$5153 ;
+  wire [4:0] \$5150 ;
+  wire [4:0] \$5151 ;
+  wire [5:0] \$5152 ;
+  wire [6:0] \$5153 ;
   reg \$5154 ;
-  reg [31:0] \$5155 ;
-  reg [31:0] \$5156 ;
-  reg [31:0] \$5157 ;
-  reg [31:0] \$5158 ;
-  reg [31:0] \$5159 ;
+  reg \$5155 ;
+  reg \$5156 ;
+  reg [437:0] \$5157 ;
+  reg \$5158 ;
+  reg [437:0] \$5159 ;
   wire [15:0] \$516 ;
-  reg [31:0] \$5160 ;
-  reg [31:0] \$5161 ;
+  reg [4:0] \$5160 ;
+  reg \$5161 ;
   reg [31:0] \$5162 ;
   reg [31:0] \$5163 ;
   reg [31:0] \$5164 ;
@@ -4764,57 +4764,57 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   reg [31:0] \$5280 ;
   reg [31:0] \$5281 ;
   reg [31:0] \$5282 ;
-  wire [496:0] \$5283 ;
-  wire \$5284 ;
-  wire [31:0] \$5285 ;
-  wire [31:0] \$5286 ;
-  wire [31:0] \$5287 ;
-  wire [31:0] \$5288 ;
-  wire [31:0] \$5289 ;
+  reg [31:0] \$5283 ;
+  reg [31:0] \$5284 ;
+  reg [31:0] \$5285 ;
+  reg [31:0] \$5286 ;
+  reg [31:0] \$5287 ;
+  reg [31:0] \$5288 ;
+  reg [31:0] \$5289 ;
   wire [15:0] \$529 ;
-  wire [31:0] \$5290 ;
-  wire [31:0] \$5291 ;
+  wire [496:0] \$5290 ;
+  wire \$5291 ;
   wire [31:0] \$5292 ;
   wire [31:0] \$5293 ;
   wire [31:0] \$5294 ;
-  wire [15:0] \$5295 ;
-  wire [15:0] \$5296 ;
-  wire [15:0] \$5297 ;
-  wire [15:0] \$5298 ;
-  wire [15:0] \$5299 ;
+  wire [31:0] \$5295 ;
+  wire [31:0] \$5296 ;
+  wire [31:0] \$5297 ;
+  wire [31:0] \$5298 ;
+  wire [31:0] \$5299 ;
   wire [15:0] \$53 ;
   wire [15:0] \$530 ;
-  wire [15:0] \$5300 ;
-  wire [15:0] \$5301 ;
+  wire [31:0] \$5300 ;
+  wire [31:0] \$5301 ;
   wire [15:0] \$5302 ;
-  wire [5:0] \$5303 ;
-  wire [5:0] \$5304 ;
-  wire [5:0] \$5305 ;
-  wire [5:0] \$5306 ;
-  wire [5:0] \$5307 ;
-  wire [5:0] \$5308 ;
-  wire [5:0] \$5309 ;
+  wire [15:0] \$5303 ;
+  wire [15:0] \$5304 ;
+  wire [15:0] \$5305 ;
+  wire [15:0] \$5306 ;
+  wire [15:0] \$5307 ;
+  wire [15:0] \$5308 ;
+  wire [15:0] \$5309 ;
   wire [15:0] \$531 ;
   wire [5:0] \$5310 ;
-  wire \$5311 ;
-  wire [31:0] \$5312 ;
-  wire [31:0] \$5313 ;
+  wire [5:0] \$5311 ;
+  wire [5:0] \$5312 ;
+  wire [5:0] \$5313 ;
   wire [5:0] \$5314 ;
   wire [5:0] \$5315 ;
   wire [5:0] \$5316 ;
   wire [5:0] \$5317 ;
-  wire [5:0] \$5318 ;
-  wire [5:0] \$5319 ;
+  wire \$5318 ;
+  wire [31:0] \$5319 ;
   wire [15:0] \$532 ;
-  wire [5:0] \$5320 ;
+  wire [31:0] \$5320 ;
   wire [5:0] \$5321 ;
-  wire [47:0] \$5322 ;
-  wire [47:0] \$5323 ;
-  wire [47:0] \$5324 ;
-  wire [47:0] \$5325 ;
-  wire [47:0] \$5326 ;
-  wire [47:0] \$5327 ;
-  wire [47:0] \$5328 ;
+  wire [5:0] \$5322 ;
+  wire [5:0] \$5323 ;
+  wire [5:0] \$5324 ;
+  wire [5:0] \$5325 ;
+  wire [5:0] \$5326 ;
+  wire [5:0] \$5327 ;
+  wire [5:0] \$5328 ;
   wire [47:0] \$5329 ;
   wire [15:0] \$533 ;
   wire [47:0] \$5330 ;
@@ -4878,27 +4878,27 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [47:0] \$5383 ;
   wire [47:0] \$5384 ;
   wire [47:0] \$5385 ;
-  wire \$5386 ;
-  wire [31:0] \$5387 ;
-  wire [31:0] \$5388 ;
-  wire [5:0] \$5389 ;
+  wire [47:0] \$5386 ;
+  wire [47:0] \$5387 ;
+  wire [47:0] \$5388 ;
+  wire [47:0] \$5389 ;
   wire [15:0] \$539 ;
-  wire [5:0] \$5390 ;
-  wire [5:0] \$5391 ;
-  wire [5:0] \$5392 ;
-  wire [5:0] \$5393 ;
-  wire [5:0] \$5394 ;
-  wire [5:0] \$5395 ;
+  wire [47:0] \$5390 ;
+  wire [47:0] \$5391 ;
+  wire [47:0] \$5392 ;
+  wire \$5393 ;
+  wire [31:0] \$5394 ;
+  wire [31:0] \$5395 ;
   wire [5:0] \$5396 ;
-  wire [47:0] \$5397 ;
-  wire [47:0] \$5398 ;
-  wire [47:0] \$5399 ;
+  wire [5:0] \$5397 ;
+  wire [5:0] \$5398 ;
+  wire [5:0] \$5399 ;
   wire [15:0] \$54 ;
   wire [15:0] \$540 ;
-  wire [47:0] \$5400 ;
-  wire [47:0] \$5401 ;
-  wire [47:0] \$5402 ;
-  wire [47:0] \$5403 ;
+  wire [5:0] \$5400 ;
+  wire [5:0] \$5401 ;
+  wire [5:0] \$5402 ;
+  wire [5:0] \$5403 ;
   wire [47:0] \$5404 ;
   wire [47:0] \$5405 ;
   wire [47:0] \$5406 ;
@@ -4926,26 +4926,26 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [47:0] \$5426 ;
   wire [47:0] \$5427 ;
   wire [47:0] \$5428 ;
-  wire \$5429 ;
+  wire [47:0] \$5429 ;
   wire [15:0] \$543 ;
-  wire [31:0] \$5430 ;
-  wire [31:0] \$5431 ;
-  wire [5:0] \$5432 ;
-  wire [5:0] \$5433 ;
-  wire [5:0] \$5434 ;
-  wire [5:0] \$5435 ;
-  wire [5:0] \$5436 ;
-  wire [5:0] \$5437 ;
-  wire [5:0] \$5438 ;
+  wire [47:0] \$5430 ;
+  wire [47:0] \$5431 ;
+  wire [47:0] \$5432 ;
+  wire [47:0] \$5433 ;
+  wire [47:0] \$5434 ;
+  wire [47:0] \$5435 ;
+  wire \$5436 ;
+  wire [31:0] \$5437 ;
+  wire [31:0] \$5438 ;
   wire [5:0] \$5439 ;
   wire [15:0] \$544 ;
-  wire [47:0] \$5440 ;
-  wire [47:0] \$5441 ;
-  wire [47:0] \$5442 ;
-  wire [47:0] \$5443 ;
-  wire [47:0] \$5444 ;
-  wire [47:0] \$5445 ;
-  wire [47:0] \$5446 ;
+  wire [5:0] \$5440 ;
+  wire [5:0] \$5441 ;
+  wire [5:0] \$5442 ;
+  wire [5:0] \$5443 ;
+  wire [5:0] \$5444 ;
+  wire [5:0] \$5445 ;
+  wire [5:0] \$5446 ;
   wire [47:0] \$5447 ;
   wire [47:0] \$5448 ;
   wire [47:0] \$5449 ;
@@ -4956,84 +4956,84 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [47:0] \$5453 ;
   wire [47:0] \$5454 ;
   wire [47:0] \$5455 ;
-  wire \$5456 ;
-  wire [31:0] \$5457 ;
-  wire [31:0] \$5458 ;
-  wire [5:0] \$5459 ;
+  wire [47:0] \$5456 ;
+  wire [47:0] \$5457 ;
+  wire [47:0] \$5458 ;
+  wire [47:0] \$5459 ;
   wire [15:0] \$546 ;
-  wire [5:0] \$5460 ;
-  wire [5:0] \$5461 ;
-  wire [5:0] \$5462 ;
-  wire [5:0] \$5463 ;
-  wire [5:0] \$5464 ;
-  wire [5:0] \$5465 ;
+  wire [47:0] \$5460 ;
+  wire [47:0] \$5461 ;
+  wire [47:0] \$5462 ;
+  wire \$5463 ;
+  wire [31:0] \$5464 ;
+  wire [31:0] \$5465 ;
   wire [5:0] \$5466 ;
-  wire [47:0] \$5467 ;
-  wire [47:0] \$5468 ;
-  wire [47:0] \$5469 ;
+  wire [5:0] \$5467 ;
+  wire [5:0] \$5468 ;
+  wire [5:0] \$5469 ;
   wire [15:0] \$547 ;
-  wire [47:0] \$5470 ;
-  wire [47:0] \$5471 ;
-  wire [47:0] \$5472 ;
-  wire [47:0] \$5473 ;
+  wire [5:0] \$5470 ;
+  wire [5:0] \$5471 ;
+  wire [5:0] \$5472 ;
+  wire [5:0] \$5473 ;
   wire [47:0] \$5474 ;
-  wire \$5475 ;
-  wire [31:0] \$5476 ;
-  wire [31:0] \$5477 ;
-  wire [5:0] \$5478 ;
-  wire [5:0] \$5479 ;
+  wire [47:0] \$5475 ;
+  wire [47:0] \$5476 ;
+  wire [47:0] \$5477 ;
+  wire [47:0] \$5478 ;
+  wire [47:0] \$5479 ;
   wire [15:0] \$548 ;
-  wire [5:0] \$5480 ;
-  wire [5:0] \$5481 ;
-  wire [5:0] \$5482 ;
-  wire [5:0] \$5483 ;
-  wire [5:0] \$5484 ;
+  wire [47:0] \$5480 ;
+  wire [47:0] \$5481 ;
+  wire \$5482 ;
+  wire [31:0] \$5483 ;
+  wire [31:0] \$5484 ;
   wire [5:0] \$5485 ;
-  wire [48:0] \$5486 ;
-  wire [48:0] \$5487 ;
-  wire [48:0] \$5488 ;
-  wire [48:0] \$5489 ;
+  wire [5:0] \$5486 ;
+  wire [5:0] \$5487 ;
+  wire [5:0] \$5488 ;
+  wire [5:0] \$5489 ;
   wire [15:0] \$549 ;
-  wire [48:0] \$5490 ;
-  wire [48:0] \$5491 ;
-  wire [48:0] \$5492 ;
+  wire [5:0] \$5490 ;
+  wire [5:0] \$5491 ;
+  wire [5:0] \$5492 ;
   wire [48:0] \$5493 ;
-  wire \$5494 ;
-  wire [31:0] \$5495 ;
-  wire [31:0] \$5496 ;
+  wire [48:0] \$5494 ;
+  wire [48:0] \$5495 ;
+  wire [48:0] \$5496 ;
   wire [48:0] \$5497 ;
   wire [48:0] \$5498 ;
   wire [48:0] \$5499 ;
   wire [15:0] \$55 ;
   wire [15:0] \$550 ;
   wire [48:0] \$5500 ;
-  wire [48:0] \$5501 ;
-  wire [48:0] \$5502 ;
-  wire [48:0] \$5503 ;
+  wire \$5501 ;
+  wire [31:0] \$5502 ;
+  wire [31:0] \$5503 ;
   wire [48:0] \$5504 ;
-  wire \$5505 ;
-  wire [31:0] \$5506 ;
-  wire [31:0] \$5507 ;
-  wire [49:0] \$5508 ;
-  wire [49:0] \$5509 ;
+  wire [48:0] \$5505 ;
+  wire [48:0] \$5506 ;
+  wire [48:0] \$5507 ;
+  wire [48:0] \$5508 ;
+  wire [48:0] \$5509 ;
   wire [15:0] \$551 ;
-  wire [49:0] \$5510 ;
-  wire [49:0] \$5511 ;
-  wire [49:0] \$5512 ;
-  wire [49:0] \$5513 ;
-  wire [49:0] \$5514 ;
+  wire [48:0] \$5510 ;
+  wire [48:0] \$5511 ;
+  wire \$5512 ;
+  wire [31:0] \$5513 ;
+  wire [31:0] \$5514 ;
   wire [49:0] \$5515 ;
-  wire \$5516 ;
-  wire [31:0] \$5517 ;
-  wire [31:0] \$5518 ;
-  wire \$5519 ;
+  wire [49:0] \$5516 ;
+  wire [49:0] \$5517 ;
+  wire [49:0] \$5518 ;
+  wire [49:0] \$5519 ;
   wire [15:0] \$552 ;
-  wire \$5520 ;
-  wire \$5521 ;
-  wire \$5522 ;
+  wire [49:0] \$5520 ;
+  wire [49:0] \$5521 ;
+  wire [49:0] \$5522 ;
   wire \$5523 ;
-  wire \$5524 ;
-  wire \$5525 ;
+  wire [31:0] \$5524 ;
+  wire [31:0] \$5525 ;
   wire \$5526 ;
   wire \$5527 ;
   wire \$5528 ;
@@ -5044,14 +5044,14 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire \$5532 ;
   wire \$5533 ;
   wire \$5534 ;
-  wire [31:0] \$5535 ;
-  wire [31:0] \$5536 ;
-  wire [31:0] \$5537 ;
-  wire [31:0] \$5538 ;
-  wire [31:0] \$5539 ;
+  wire \$5535 ;
+  wire \$5536 ;
+  wire \$5537 ;
+  wire \$5538 ;
+  wire \$5539 ;
   wire [32:0] \$554 ;
-  wire [31:0] \$5540 ;
-  wire [31:0] \$5541 ;
+  wire \$5540 ;
+  wire \$5541 ;
   wire [31:0] \$5542 ;
   wire [31:0] \$5543 ;
   wire [31:0] \$5544 ;
@@ -5062,8 +5062,18 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [31:0] \$5549 ;
   wire [7:0] \$555 ;
   wire [31:0] \$5550 ;
-  reg \$5551 ;
+  wire [31:0] \$5551 ;
+  wire [31:0] \$5552 ;
+  wire [31:0] \$5553 ;
+  wire [31:0] \$5554 ;
+  wire [31:0] \$5555 ;
+  wire [31:0] \$5556 ;
+  wire [31:0] \$5557 ;
+  reg \$5558 ;
+  reg [3:0] \$5559 ;
   wire [8:0] \$556 ;
+  reg [3:0] \$5560 ;
+  reg [4:0] \$5561 ;
   wire [7:0] \$557 ;
   wire [8:0] \$558 ;
   wire [7:0] \$559 ;
@@ -6046,6 +6056,8 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire \c_7_7.valid ;
   input clk;
   wire clk;
+  (* init = 4'h0 *)
+  wire [3:0] consume;
   reg [2:0] cp0_0_0 = 3'h0;
   wire \cp0_0_0.first ;
   wire \cp0_0_0.last ;
@@ -7387,6 +7399,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   reg hold_en = 1'h0;
   reg [4:0] holdoff = 5'h00;
   reg last_ok = 1'h0;
+  reg [4:0] level = 5'h00;
   wire may;
   output [255:0] o__payload;
   wire [255:0] o__payload;
@@ -7467,6 +7480,10 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] \p_dec.m[6] ;
   wire [15:0] \p_dec.m[7] ;
   wire \p_dec.raw ;
+  reg [31:0] p_dec_hi = 32'd0;
+  reg p_dec_raw = 1'h0;
+  reg [7:0] p_dec_sel_e = 8'h00;
+  reg [7:0] p_dec_sel_m = 8'h00;
   reg [437:0] p_hold = 438'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
   wire [255:0] \p_hold.bias ;
   wire [31:0] \p_hold.bias[0] ;
@@ -9383,6 +9400,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_7_7_b_l2_0;
   wire [15:0] pe_7_7_b_l2_1;
   reg [5:0] pending = 6'h00;
+  wire pop;
   reg [15:0] prod_0_0 = 16'h0000;
   reg [15:0] prod_0_1 = 16'h0000;
   reg [15:0] prod_0_2 = 16'h0000;
@@ -9447,6 +9465,8 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   reg [15:0] prod_7_5 = 16'h0000;
   reg [15:0] prod_7_6 = 16'h0000;
   reg [15:0] prod_7_7 = 16'h0000;
+  (* init = 4'h0 *)
+  wire [3:0] produce;
   reg [63:0] r_a = 64'h0000000000000000;
   wire [7:0] \r_a[0] ;
   wire [7:0] \r_a[1] ;
@@ -9456,10 +9476,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [7:0] \r_a[5] ;
   wire [7:0] \r_a[6] ;
   wire [7:0] \r_a[7] ;
-  wire [255:0] r_data;
-  wire r_en;
   reg r_last = 1'h0;
-  wire r_rdy;
   reg r_valid = 1'h0;
   reg [63:0] r_w = 64'h0000000000000000;
   wire [7:0] \r_w[0] ;
@@ -9542,6 +9559,8 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   reg res_valid_5 = 1'h0;
   reg res_valid_6 = 1'h0;
   reg res_valid_7 = 1'h0;
+  reg [3:0] rp__addr = 4'h0;
+  wire [255:0] rp__data;
   wire [47:0] rq_csa0_0_l0_0;
   wire [47:0] rq_csa0_0_l0_1;
   wire [47:0] rq_csa0_0_l0_10;
@@ -10615,8 +10634,6 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire w__ready;
   input w__valid;
   wire w__valid;
-  wire [255:0] w_data;
-  reg w_en = 1'h0;
   reg [7:0] w_skew1_d1 = 8'h00;
   reg [7:0] w_skew2_d1 = 8'h00;
   reg [7:0] w_skew2_d2 = 8'h00;
@@ -10645,6 +10662,38 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   reg [7:0] w_skew7_d5 = 8'h00;
   reg [7:0] w_skew7_d6 = 8'h00;
   reg [7:0] w_skew7_d7 = 8'h00;
+  reg [3:0] wp__addr = 4'h0;
+  wire [255:0] wp__data;
+  reg wp__en = 1'h0;
+  reg [255:0] out_queue [15:0];
+  initial begin
+    out_queue[0] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[1] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[2] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[3] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[4] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[5] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[6] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[7] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[8] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[9] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[10] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[11] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[12] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[13] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[14] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    out_queue[15] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+  end
+  always @(posedge clk) begin
+    if (wp__en)
+      out_queue[wp__addr] <= { rq_s10_o7, rq_s10_o6, rq_s10_o5, rq_s10_o4, rq_s10_o3, rq_s10_o2, rq_s10_o1, rq_s10_o0 };
+  end
+  assign o__payload = out_queue[rp__addr];
+  assign \$3920  = rq_s1_m0[5] ? rq_s1_s0 : 32'd0;
+  assign \$3922  = rq_s1_m0[6] ? rq_s1_s0 : 32'd0;
+  assign \$3924  = rq_s1_m0[7] ? rq_s1_s0 : 32'd0;
+  assign \$3926  = rq_s1_m0[8] ? rq_s1_s0 : 32'd0;
+  assign \$3928  = rq_s1_m0[9] ? rq_s1_s0 : 32'd0;
   assign \$3930  = rq_s1_m0[10] ? rq_s1_s0 : 32'd0;
   assign \$3932  = rq_s1_m0[11] ? rq_s1_s0 : 32'd0;
   assign \$3934  = rq_s1_m0[12] ? rq_s1_s0 : 32'd0;
@@ -11547,6 +11596,8 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \$4835  = \$4833  | \$4834 ;
   assign \$4836  = { \$4831 [46:0], 1'h0 } & rq_csa2_7_l0_3;
   assign \$4837  = \$4835  | \$4836 ;
+  assign pop = o__valid & o__ready;
+  assign o__valid = | level;
   assign \$4838  = ~ p_in_valid;
   assign \$4839  = | holdoff;
   assign \$4840  = holdoff - 1'h1;
@@ -11555,294 +11606,301 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \$4843  = | pending;
   assign \$4844  = pending - 1'h1;
   assign \$4845  = \$4843  ? \$4844  : 7'h00;
-  assign \$4846  = hold_en ? 7'h29 : \$4845 ;
+  assign \$4846  = hold_en ? 7'h28 : \$4845 ;
   assign \$4847  = rst | stale;
   assign \$4848  = \$4847  & busy_next;
   assign \$4849  = hold_en ? 4'h8 : 4'h0;
   assign \$4850  = credits - \$4849 ;
-  assign \$4851  = o__valid & o__ready;
-  assign \$4852  = $signed(\$4850 ) + $signed({ 1'h0, \$4851  });
-  assign \$4853  = ~ take_last;
-  assign \$4854  = holdoff <= 1'h1;
-  assign \$4855  = \$4853  & \$4854 ;
-  assign \$4856  = p_in_valid | p__valid;
-  assign \$4857  = \$4855  & \$4856 ;
-  assign \$4858  = credits >= 4'h8;
-  assign \$4859  = \$4857  & \$4858 ;
-  assign \$4860  = ~ stale;
-  assign \$4861  = \$4859  & \$4860 ;
-  assign \$4862  = csb_0_0_0 + csb_0_0_1;
-  assign \$4863  = csb_0_1_0 + csb_0_1_1;
-  assign \$4864  = csb_0_2_0 + csb_0_2_1;
-  assign \$4865  = csb_0_3_0 + csb_0_3_1;
-  assign \$4866  = csb_0_4_0 + csb_0_4_1;
-  assign \$4867  = csb_0_5_0 + csb_0_5_1;
-  assign \$4868  = csb_0_6_0 + csb_0_6_1;
-  assign \$4869  = csb_0_7_0 + csb_0_7_1;
-  assign \$4870  = done_0_7 | res_valid_1;
-  assign \$4871  = csb_1_0_0 + csb_1_0_1;
-  assign \$4872  = csb_1_1_0 + csb_1_1_1;
-  assign \$4873  = csb_1_2_0 + csb_1_2_1;
-  assign \$4874  = csb_1_3_0 + csb_1_3_1;
-  assign \$4875  = csb_1_4_0 + csb_1_4_1;
-  assign \$4876  = csb_1_5_0 + csb_1_5_1;
-  assign \$4877  = csb_1_6_0 + csb_1_6_1;
-  assign \$4878  = csb_1_7_0 + csb_1_7_1;
-  assign \$4879  = done_1_7 | res_valid_2;
-  assign \$4880  = csb_2_0_0 + csb_2_0_1;
-  assign \$4881  = csb_2_1_0 + csb_2_1_1;
-  assign \$4882  = csb_2_2_0 + csb_2_2_1;
-  assign \$4883  = csb_2_3_0 + csb_2_3_1;
-  assign \$4884  = csb_2_4_0 + csb_2_4_1;
-  assign \$4885  = csb_2_5_0 + csb_2_5_1;
-  assign \$4886  = csb_2_6_0 + csb_2_6_1;
-  assign \$4887  = csb_2_7_0 + csb_2_7_1;
-  assign \$4888  = done_2_7 | res_valid_3;
-  assign \$4889  = csb_3_0_0 + csb_3_0_1;
-  assign \$4890  = csb_3_1_0 + csb_3_1_1;
-  assign \$4891  = csb_3_2_0 + csb_3_2_1;
-  assign \$4892  = csb_3_3_0 + csb_3_3_1;
-  assign \$4893  = csb_3_4_0 + csb_3_4_1;
-  assign \$4894  = csb_3_5_0 + csb_3_5_1;
-  assign \$4895  = csb_3_6_0 + csb_3_6_1;
-  assign \$4896  = csb_3_7_0 + csb_3_7_1;
-  assign \$4897  = done_3_7 | res_valid_4;
-  assign \$4898  = csb_4_0_0 + csb_4_0_1;
-  assign \$4899  = csb_4_1_0 + csb_4_1_1;
-  assign \$4900  = csb_4_2_0 + csb_4_2_1;
-  assign \$4901  = csb_4_3_0 + csb_4_3_1;
-  assign \$4902  = csb_4_4_0 + csb_4_4_1;
-  assign \$4903  = csb_4_5_0 + csb_4_5_1;
-  assign \$4904  = csb_4_6_0 + csb_4_6_1;
-  assign \$4905  = csb_4_7_0 + csb_4_7_1;
-  assign \$4906  = done_4_7 | res_valid_5;
-  assign \$4907  = csb_5_0_0 + csb_5_0_1;
-  assign \$4908  = csb_5_1_0 + csb_5_1_1;
-  assign \$4909  = csb_5_2_0 + csb_5_2_1;
-  assign \$4910  = csb_5_3_0 + csb_5_3_1;
-  assign \$4911  = csb_5_4_0 + csb_5_4_1;
-  assign \$4912  = csb_5_5_0 + csb_5_5_1;
-  assign \$4913  = csb_5_6_0 + csb_5_6_1;
-  assign \$4914  = csb_5_7_0 + csb_5_7_1;
-  assign \$4915  = done_5_7 | res_valid_6;
-  assign \$4916  = csb_6_0_0 + csb_6_0_1;
-  assign \$4917  = csb_6_1_0 + csb_6_1_1;
-  assign \$4918  = csb_6_2_0 + csb_6_2_1;
-  assign \$4919  = csb_6_3_0 + csb_6_3_1;
-  assign \$4920  = csb_6_4_0 + csb_6_4_1;
-  assign \$4921  = csb_6_5_0 + csb_6_5_1;
-  assign \$4922  = csb_6_6_0 + csb_6_6_1;
-  assign \$4923  = csb_6_7_0 + csb_6_7_1;
-  assign \$4924  = done_6_7 | res_valid_7;
-  assign \$4925  = csb_7_0_0 + csb_7_0_1;
-  assign \$4926  = csb_7_1_0 + csb_7_1_1;
-  assign \$4927  = csb_7_2_0 + csb_7_2_1;
-  assign \$4928  = csb_7_3_0 + csb_7_3_1;
-  assign \$4929  = csb_7_4_0 + csb_7_4_1;
-  assign \$4930  = csb_7_5_0 + csb_7_5_1;
-  assign \$4931  = csb_7_6_0 + csb_7_6_1;
-  assign \$4932  = csb_7_7_0 + csb_7_7_1;
-  assign \$4934  = | p_hold[437:432];
-  assign \$4935  = ~ \$4934 ;
-  assign \$4936  = \$4934  ? p_hold[271:256] : 16'h0001;
+  assign \$4851  = $signed(\$4850 ) + $signed({ 1'h0, pop });
+  assign \$4852  = ~ take_last;
+  assign \$4853  = holdoff <= 1'h1;
+  assign \$4854  = \$4852  & \$4853 ;
+  assign \$4855  = p_in_valid | p__valid;
+  assign \$4856  = \$4854  & \$4855 ;
+  assign \$4857  = credits >= 4'h8;
+  assign \$4858  = \$4856  & \$4857 ;
+  assign \$4859  = ~ stale;
+  assign \$4860  = \$4858  & \$4859 ;
+  assign \$4861  = csb_0_0_0 + csb_0_0_1;
+  assign \$4862  = csb_0_1_0 + csb_0_1_1;
+  assign \$4863  = csb_0_2_0 + csb_0_2_1;
+  assign \$4864  = csb_0_3_0 + csb_0_3_1;
+  assign \$4865  = csb_0_4_0 + csb_0_4_1;
+  assign \$4866  = csb_0_5_0 + csb_0_5_1;
+  assign \$4867  = csb_0_6_0 + csb_0_6_1;
+  assign \$4868  = csb_0_7_0 + csb_0_7_1;
+  assign \$4869  = done_0_7 | res_valid_1;
+  assign \$4870  = csb_1_0_0 + csb_1_0_1;
+  assign \$4871  = csb_1_1_0 + csb_1_1_1;
+  assign \$4872  = csb_1_2_0 + csb_1_2_1;
+  assign \$4873  = csb_1_3_0 + csb_1_3_1;
+  assign \$4874  = csb_1_4_0 + csb_1_4_1;
+  assign \$4875  = csb_1_5_0 + csb_1_5_1;
+  assign \$4876  = csb_1_6_0 + csb_1_6_1;
+  assign \$4877  = csb_1_7_0 + csb_1_7_1;
+  assign \$4878  = done_1_7 | res_valid_2;
+  assign \$4879  = csb_2_0_0 + csb_2_0_1;
+  assign \$4880  = csb_2_1_0 + csb_2_1_1;
+  assign \$4881  = csb_2_2_0 + csb_2_2_1;
+  assign \$4882  = csb_2_3_0 + csb_2_3_1;
+  assign \$4883  = csb_2_4_0 + csb_2_4_1;
+  assign \$4884  = csb_2_5_0 + csb_2_5_1;
+  assign \$4885  = csb_2_6_0 + csb_2_6_1;
+  assign \$4886  = csb_2_7_0 + csb_2_7_1;
+  assign \$4887  = done_2_7 | res_valid_3;
+  assign \$4888  = csb_3_0_0 + csb_3_0_1;
+  assign \$4889  = csb_3_1_0 + csb_3_1_1;
+  assign \$4890  = csb_3_2_0 + csb_3_2_1;
+  assign \$4891  = csb_3_3_0 + csb_3_3_1;
+  assign \$4892  = csb_3_4_0 + csb_3_4_1;
+  assign \$4893  = csb_3_5_0 + csb_3_5_1;
+  assign \$4894  = csb_3_6_0 + csb_3_6_1;
+  assign \$4895  = csb_3_7_0 + csb_3_7_1;
+  assign \$4896  = done_3_7 | res_valid_4;
+  assign \$4897  = csb_4_0_0 + csb_4_0_1;
+  assign \$4898  = csb_4_1_0 + csb_4_1_1;
+  assign \$4899  = csb_4_2_0 + csb_4_2_1;
+  assign \$4900  = csb_4_3_0 + csb_4_3_1;
+  assign \$4901  = csb_4_4_0 + csb_4_4_1;
+  assign \$4902  = csb_4_5_0 + csb_4_5_1;
+  assign \$4903  = csb_4_6_0 + csb_4_6_1;
+  assign \$4904  = csb_4_7_0 + csb_4_7_1;
+  assign \$4905  = done_4_7 | res_valid_5;
+  assign \$4906  = csb_5_0_0 + csb_5_0_1;
+  assign \$4907  = csb_5_1_0 + csb_5_1_1;
+  assign \$4908  = csb_5_2_0 + csb_5_2_1;
+  assign \$4909  = csb_5_3_0 + csb_5_3_1;
+  assign \$4910  = csb_5_4_0 + csb_5_4_1;
+  assign \$4911  = csb_5_5_0 + csb_5_5_1;
+  assign \$4912  = csb_5_6_0 + csb_5_6_1;
+  assign \$4913  = csb_5_7_0 + csb_5_7_1;
+  assign \$4914  = done_5_7 | res_valid_6;
+  assign \$4915  = csb_6_0_0 + csb_6_0_1;
+  assign \$4916  = csb_6_1_0 + csb_6_1_1;
+  assign \$4917  = csb_6_2_0 + csb_6_2_1;
+  assign \$4918  = csb_6_3_0 + csb_6_3_1;
+  assign \$4919  = csb_6_4_0 + csb_6_4_1;
+  assign \$4920  = csb_6_5_0 + csb_6_5_1;
+  assign \$4921  = csb_6_6_0 + csb_6_6_1;
+  assign \$4922  = csb_6_7_0 + csb_6_7_1;
+  assign \$4923  = done_6_7 | res_valid_7;
+  assign \$4924  = csb_7_0_0 + csb_7_0_1;
+  assign \$4925  = csb_7_1_0 + csb_7_1_1;
+  assign \$4926  = csb_7_2_0 + csb_7_2_1;
+  assign \$4927  = csb_7_3_0 + csb_7_3_1;
+  assign \$4928  = csb_7_4_0 + csb_7_4_1;
+  assign \$4929  = csb_7_5_0 + csb_7_5_1;
+  assign \$4930  = csb_7_6_0 + csb_7_6_1;
+  assign \$4931  = csb_7_7_0 + csb_7_7_1;
+  assign \$4933  = | p_hold[437:432];
+  assign \$4934  = ~ \$4933 ;
+  assign \$4935  = p_hold[271:256] == 1'h1;
+  assign \$4936  = \$4934  | \$4935 ;
   assign \$4937  = | p_hold[437:432];
   assign \$4938  = ~ \$4937 ;
-  assign \$4939  = \$4937  ? p_hold[287:272] : 16'h0001;
-  assign \$4940  = | p_hold[437:432];
-  assign \$4941  = ~ \$4940 ;
-  assign \$4942  = \$4940  ? p_hold[303:288] : 16'h0001;
-  assign \$4943  = | p_hold[437:432];
-  assign \$4944  = ~ \$4943 ;
-  assign \$4945  = \$4943  ? p_hold[319:304] : 16'h0001;
-  assign \$4946  = | p_hold[437:432];
-  assign \$4947  = ~ \$4946 ;
-  assign \$4948  = \$4946  ? p_hold[335:320] : 16'h0001;
+  assign \$4939  = p_hold[287:272] == 1'h1;
+  assign \$4940  = \$4938  | \$4939 ;
+  assign \$4941  = | p_hold[437:432];
+  assign \$4942  = ~ \$4941 ;
+  assign \$4943  = p_hold[303:288] == 1'h1;
+  assign \$4944  = \$4942  | \$4943 ;
+  assign \$4945  = | p_hold[437:432];
+  assign \$4946  = ~ \$4945 ;
+  assign \$4947  = p_hold[319:304] == 1'h1;
+  assign \$4948  = \$4946  | \$4947 ;
   assign \$4949  = | p_hold[437:432];
   assign \$4950  = ~ \$4949 ;
-  assign \$4951  = \$4949  ? p_hold[351:336] : 16'h0001;
-  assign \$4952  = | p_hold[437:432];
-  assign \$4953  = ~ \$4952 ;
-  assign \$4954  = \$4952  ? p_hold[367:352] : 16'h0001;
-  assign \$4955  = | p_hold[437:432];
-  assign \$4956  = ~ \$4955 ;
-  assign \$4957  = \$4955  ? p_hold[383:368] : 16'h0001;
-  assign \$4958  = | p_hold[437:432];
-  assign \$4959  = ~ \$4958 ;
-  assign \$4960  = \$4958  ? p_hold[389:384] : 6'h00;
+  assign \$4951  = p_hold[335:320] == 1'h1;
+  assign \$4952  = \$4950  | \$4951 ;
+  assign \$4953  = | p_hold[437:432];
+  assign \$4954  = ~ \$4953 ;
+  assign \$4955  = p_hold[351:336] == 1'h1;
+  assign \$4956  = \$4954  | \$4955 ;
+  assign \$4957  = | p_hold[437:432];
+  assign \$4958  = ~ \$4957 ;
+  assign \$4959  = p_hold[367:352] == 1'h1;
+  assign \$4960  = \$4958  | \$4959 ;
   assign \$4961  = | p_hold[437:432];
   assign \$4962  = ~ \$4961 ;
-  assign \$4963  = \$4961  ? p_hold[395:390] : 6'h00;
-  assign \$4964  = | p_hold[437:432];
-  assign \$4965  = ~ \$4964 ;
-  assign \$4966  = \$4964  ? p_hold[401:396] : 6'h00;
-  assign \$4967  = | p_hold[437:432];
-  assign \$4968  = ~ \$4967 ;
-  assign \$4969  = \$4967  ? p_hold[407:402] : 6'h00;
-  assign \$4970  = | p_hold[437:432];
-  assign \$4971  = ~ \$4970 ;
-  assign \$4972  = \$4970  ? p_hold[413:408] : 6'h00;
+  assign \$4963  = p_hold[383:368] == 1'h1;
+  assign \$4964  = \$4962  | \$4963 ;
+  assign \$4965  = | p_hold[437:432];
+  assign \$4966  = ~ \$4965 ;
+  assign \$4967  = ! p_hold[389:384];
+  assign \$4968  = \$4966  | \$4967 ;
+  assign \$4969  = | p_hold[437:432];
+  assign \$4970  = ~ \$4969 ;
+  assign \$4971  = ! p_hold[395:390];
+  assign \$4972  = \$4970  | \$4971 ;
   assign \$4973  = | p_hold[437:432];
   assign \$4974  = ~ \$4973 ;
-  assign \$4975  = \$4973  ? p_hold[419:414] : 6'h00;
-  assign \$4976  = | p_hold[437:432];
-  assign \$4977  = ~ \$4976 ;
-  assign \$4978  = \$4976  ? p_hold[425:420] : 6'h00;
-  assign \$4979  = | p_hold[437:432];
-  assign \$4980  = ~ \$4979 ;
-  assign \$4981  = \$4979  ? p_hold[431:426] : 6'h00;
-  assign \$4982  = | p_hold[437:432];
-  assign \$4983  = ~ \$4982 ;
-  assign \$4984  = p_hold[437:432] > 1'h1;
-  assign \$4985  = p_hold[437:432] > 2'h2;
-  assign \$4986  = p_hold[437:432] > 2'h3;
-  assign \$4987  = p_hold[437:432] > 3'h4;
-  assign \$4988  = p_hold[437:432] > 3'h5;
-  assign \$4989  = p_hold[437:432] > 3'h6;
-  assign \$4990  = p_hold[437:432] > 3'h7;
-  assign \$4991  = p_hold[437:432] > 4'h8;
-  assign \$4992  = p_hold[437:432] > 4'h9;
-  assign \$4993  = p_hold[437:432] > 4'ha;
-  assign \$4994  = p_hold[437:432] > 4'hb;
-  assign \$4995  = p_hold[437:432] > 4'hc;
-  assign \$4996  = p_hold[437:432] > 4'hd;
-  assign \$4997  = p_hold[437:432] > 4'he;
-  assign \$4998  = p_hold[437:432] > 4'hf;
-  assign \$4999  = p_hold[437:432] > 5'h10;
-  assign \$5000  = p_hold[437:432] > 5'h11;
-  assign \$5001  = p_hold[437:432] > 5'h12;
-  assign \$5002  = p_hold[437:432] > 5'h13;
-  assign \$5003  = p_hold[437:432] > 5'h14;
-  assign \$5004  = p_hold[437:432] > 5'h15;
-  assign \$5005  = p_hold[437:432] > 5'h16;
-  assign \$5006  = p_hold[437:432] > 5'h17;
-  assign \$5007  = p_hold[437:432] > 5'h18;
-  assign \$5008  = p_hold[437:432] > 5'h19;
-  assign \$5009  = p_hold[437:432] > 5'h1a;
-  assign \$5010  = p_hold[437:432] > 5'h1b;
-  assign \$5011  = p_hold[437:432] > 5'h1c;
-  assign \$5012  = p_hold[437:432] > 5'h1d;
-  assign \$5013  = p_hold[437:432] > 5'h1e;
-  assign \$5014  = p_hold[437:432] > 5'h1f;
-  assign \$5015  = p_hold[437:432] > 6'h20;
-  assign \$5016  = p_hold[437:432] > 1'h1;
-  assign \$5017  = p_hold[437:432] > 2'h2;
-  assign \$5018  = p_hold[437:432] > 2'h3;
-  assign \$5019  = p_hold[437:432] > 3'h4;
-  assign \$5020  = p_hold[437:432] > 3'h5;
-  assign \$5021  = p_hold[437:432] > 3'h6;
-  assign \$5022  = p_hold[437:432] > 3'h7;
-  assign \$5023  = p_hold[437:432] > 4'h8;
-  assign \$5024  = p_hold[437:432] > 4'h9;
-  assign \$5025  = p_hold[437:432] > 4'ha;
-  assign \$5026  = p_hold[437:432] > 4'hb;
-  assign \$5027  = p_hold[437:432] > 4'hc;
-  assign \$5028  = p_hold[437:432] > 4'hd;
-  assign \$5029  = p_hold[437:432] > 4'he;
-  assign \$5030  = p_hold[437:432] > 4'hf;
-  assign \$5031  = p_hold[437:432] > 5'h10;
-  assign \$5032  = p_hold[437:432] > 5'h11;
-  assign \$5033  = p_hold[437:432] > 5'h12;
-  assign \$5034  = p_hold[437:432] > 5'h13;
-  assign \$5035  = p_hold[437:432] > 5'h14;
-  assign \$5036  = p_hold[437:432] > 5'h15;
-  assign \$5037  = p_hold[437:432] > 5'h16;
-  assign \$5038  = p_hold[437:432] > 5'h17;
-  assign \$5039  = p_hold[437:432] > 5'h18;
-  assign \$5040  = p_hold[437:432] > 5'h19;
-  assign \$5041  = p_hold[437:432] > 5'h1a;
-  assign \$5042  = p_hold[437:432] > 5'h1b;
-  assign \$5043  = p_hold[437:432] > 5'h1c;
-  assign \$5044  = p_hold[437:432] > 5'h1d;
-  assign \$5045  = p_hold[437:432] > 5'h1e;
-  assign \$5046  = p_hold[437:432] > 5'h1f;
-  assign \$5047  = p_hold[437:432] > 6'h20;
-  assign \$5048  = ~ { \$5047 , \$5046 , \$5045 , \$5044 , \$5043 , \$5042 , \$5041 , \$5040 , \$5039 , \$5038 , \$5037 , \$5036 , \$5035 , \$5034 , \$5033 , \$5032 , \$5031 , \$5030 , \$5029 , \$5028 , \$5027 , \$5026 , \$5025 , \$5024 , \$5023 , \$5022 , \$5021 , \$5020 , \$5019 , \$5018 , \$5017 , \$5016  };
-  assign \$5049  = $signed(rq_in[31:0]) + $signed(rq_in[287:256]);
-  assign \$5050  = $signed(rq_in[63:32]) + $signed(rq_in[319:288]);
-  assign \$5051  = $signed(rq_in[95:64]) + $signed(rq_in[351:320]);
-  assign \$5052  = $signed(rq_in[127:96]) + $signed(rq_in[383:352]);
-  assign \$5053  = $signed(rq_in[159:128]) + $signed(rq_in[415:384]);
-  assign \$5054  = $signed(rq_in[191:160]) + $signed(rq_in[447:416]);
-  assign \$5055  = $signed(rq_in[223:192]) + $signed(rq_in[479:448]);
-  assign \$5056  = $signed(rq_in[255:224]) + $signed(rq_in[511:480]);
-  assign \$5057  = rq_s4_c0_0 + rq_s4_c0_1;
-  assign \$5058  = rq_s4_c1_0 + rq_s4_c1_1;
-  assign \$5059  = rq_s4_c2_0 + rq_s4_c2_1;
-  assign \$5060  = rq_s4_c3_0 + rq_s4_c3_1;
-  assign \$5061  = rq_s4_c4_0 + rq_s4_c4_1;
-  assign \$5062  = rq_s4_c5_0 + rq_s4_c5_1;
-  assign \$5063  = rq_s4_c6_0 + rq_s4_c6_1;
-  assign \$5064  = rq_s4_c7_0 + rq_s4_c7_1;
-  assign \$5066  = $signed(\$5065 ) >>> { rq_s5_e0[5:3], 3'h0 };
-  assign \$5068  = $signed(\$5067 ) >>> { rq_s5_e1[5:3], 3'h0 };
-  assign \$5070  = $signed(\$5069 ) >>> { rq_s5_e2[5:3], 3'h0 };
-  assign \$5072  = $signed(\$5071 ) >>> { rq_s5_e3[5:3], 3'h0 };
-  assign \$5074  = $signed(\$5073 ) >>> { rq_s5_e4[5:3], 3'h0 };
-  assign \$5076  = $signed(\$5075 ) >>> { rq_s5_e5[5:3], 3'h0 };
-  assign \$5078  = $signed(\$5077 ) >>> { rq_s5_e6[5:3], 3'h0 };
-  assign \$5080  = $signed(\$5079 ) >>> { rq_s5_e7[5:3], 3'h0 };
-  assign \$5081  = $signed(rq_s6_t0) >>> rq_s6_e0[2:0];
-  assign \$5082  = $signed(rq_s6_t1) >>> rq_s6_e1[2:0];
-  assign \$5083  = $signed(rq_s6_t2) >>> rq_s6_e2[2:0];
-  assign \$5084  = $signed(rq_s6_t3) >>> rq_s6_e3[2:0];
-  assign \$5085  = $signed(rq_s6_t4) >>> rq_s6_e4[2:0];
-  assign \$5086  = $signed(rq_s6_t5) >>> rq_s6_e5[2:0];
-  assign \$5087  = $signed(rq_s6_t6) >>> rq_s6_e6[2:0];
-  assign \$5088  = $signed(rq_s6_t7) >>> rq_s6_e7[2:0];
-  assign \$5089  = $signed(rq_s7_u0) + $signed(2'h1);
-  assign \$5091  = $signed(rq_s7_u1) + $signed(2'h1);
-  assign \$5093  = $signed(rq_s7_u2) + $signed(2'h1);
-  assign \$5095  = $signed(rq_s7_u3) + $signed(2'h1);
-  assign \$5097  = $signed(rq_s7_u4) + $signed(2'h1);
-  assign \$5099  = $signed(rq_s7_u5) + $signed(2'h1);
-  assign \$5101  = $signed(rq_s7_u6) + $signed(2'h1);
-  assign \$5103  = $signed(rq_s7_u7) + $signed(2'h1);
-  assign \$5105  = $signed(rq_s8_r0) - $signed(rq_s8_lo);
-  assign \$5106  = $signed(rq_s8_r1) - $signed(rq_s8_lo);
-  assign \$5107  = $signed(rq_s8_r2) - $signed(rq_s8_lo);
-  assign \$5108  = $signed(rq_s8_r3) - $signed(rq_s8_lo);
-  assign \$5109  = $signed(rq_s8_r4) - $signed(rq_s8_lo);
-  assign \$5110  = $signed(rq_s8_r5) - $signed(rq_s8_lo);
-  assign \$5111  = $signed(rq_s8_r6) - $signed(rq_s8_lo);
-  assign \$5112  = $signed(rq_s8_r7) - $signed(rq_s8_lo);
-  assign \$5113  = $signed(rq_s8_hi) - $signed(rq_s8_r0);
-  assign \$5114  = $signed(rq_s8_hi) - $signed(rq_s8_r1);
-  assign \$5115  = $signed(rq_s8_hi) - $signed(rq_s8_r2);
-  assign \$5116  = $signed(rq_s8_hi) - $signed(rq_s8_r3);
-  assign \$5117  = $signed(rq_s8_hi) - $signed(rq_s8_r4);
-  assign \$5118  = $signed(rq_s8_hi) - $signed(rq_s8_r5);
-  assign \$5119  = $signed(rq_s8_hi) - $signed(rq_s8_r6);
-  assign \$5120  = $signed(rq_s8_hi) - $signed(rq_s8_r7);
-  assign \$5121  = rq_s9_gt0 ? rq_s9_hi : rq_s9_r0;
-  assign \$5122  = rq_s9_lt0 ? rq_s9_lo : \$5121 ;
-  assign \$5123  = rq_s9_raw ? rq_s9_r0 : \$5122 ;
-  assign \$5124  = rq_s9_gt1 ? rq_s9_hi : rq_s9_r1;
-  assign \$5125  = rq_s9_lt1 ? rq_s9_lo : \$5124 ;
-  assign \$5126  = rq_s9_raw ? rq_s9_r1 : \$5125 ;
-  assign \$5127  = rq_s9_gt2 ? rq_s9_hi : rq_s9_r2;
-  assign \$5128  = rq_s9_lt2 ? rq_s9_lo : \$5127 ;
-  assign \$5129  = rq_s9_raw ? rq_s9_r2 : \$5128 ;
-  assign \$5130  = rq_s9_gt3 ? rq_s9_hi : rq_s9_r3;
-  assign \$5131  = rq_s9_lt3 ? rq_s9_lo : \$5130 ;
-  assign \$5132  = rq_s9_raw ? rq_s9_r3 : \$5131 ;
-  assign \$5133  = rq_s9_gt4 ? rq_s9_hi : rq_s9_r4;
-  assign \$5134  = rq_s9_lt4 ? rq_s9_lo : \$5133 ;
-  assign \$5135  = rq_s9_raw ? rq_s9_r4 : \$5134 ;
-  assign \$5136  = rq_s9_gt5 ? rq_s9_hi : rq_s9_r5;
-  assign \$5137  = rq_s9_lt5 ? rq_s9_lo : \$5136 ;
-  assign \$5138  = rq_s9_raw ? rq_s9_r5 : \$5137 ;
-  assign \$5139  = rq_s9_gt6 ? rq_s9_hi : rq_s9_r6;
-  assign \$5140  = rq_s9_lt6 ? rq_s9_lo : \$5139 ;
-  assign \$5141  = rq_s9_raw ? rq_s9_r6 : \$5140 ;
-  assign \$5142  = rq_s9_gt7 ? rq_s9_hi : rq_s9_r7;
-  assign \$5143  = rq_s9_lt7 ? rq_s9_lo : \$5142 ;
-  assign \$5144  = rq_s9_raw ? rq_s9_r7 : \$5143 ;
-  assign \$5145  = ~ stale;
-  assign \$5146  = rq_valid9 & \$5145 ;
+  assign \$4975  = ! p_hold[401:396];
+  assign \$4976  = \$4974  | \$4975 ;
+  assign \$4977  = | p_hold[437:432];
+  assign \$4978  = ~ \$4977 ;
+  assign \$4979  = ! p_hold[407:402];
+  assign \$4980  = \$4978  | \$4979 ;
+  assign \$4981  = | p_hold[437:432];
+  assign \$4982  = ~ \$4981 ;
+  assign \$4983  = ! p_hold[413:408];
+  assign \$4984  = \$4982  | \$4983 ;
+  assign \$4985  = | p_hold[437:432];
+  assign \$4986  = ~ \$4985 ;
+  assign \$4987  = ! p_hold[419:414];
+  assign \$4988  = \$4986  | \$4987 ;
+  assign \$4989  = | p_hold[437:432];
+  assign \$4990  = ~ \$4989 ;
+  assign \$4991  = ! p_hold[425:420];
+  assign \$4992  = \$4990  | \$4991 ;
+  assign \$4993  = | p_hold[437:432];
+  assign \$4994  = ~ \$4993 ;
+  assign \$4995  = ! p_hold[431:426];
+  assign \$4996  = \$4994  | \$4995 ;
+  assign \$4997  = | p_hold[437:432];
+  assign \$4998  = ~ \$4997 ;
+  assign \$4999  = p_hold[437:432] > 1'h1;
+  assign \$5000  = p_hold[437:432] > 2'h2;
+  assign \$5001  = p_hold[437:432] > 2'h3;
+  assign \$5002  = p_hold[437:432] > 3'h4;
+  assign \$5003  = p_hold[437:432] > 3'h5;
+  assign \$5004  = p_hold[437:432] > 3'h6;
+  assign \$5005  = p_hold[437:432] > 3'h7;
+  assign \$5006  = p_hold[437:432] > 4'h8;
+  assign \$5007  = p_hold[437:432] > 4'h9;
+  assign \$5008  = p_hold[437:432] > 4'ha;
+  assign \$5009  = p_hold[437:432] > 4'hb;
+  assign \$5010  = p_hold[437:432] > 4'hc;
+  assign \$5011  = p_hold[437:432] > 4'hd;
+  assign \$5012  = p_hold[437:432] > 4'he;
+  assign \$5013  = p_hold[437:432] > 4'hf;
+  assign \$5014  = p_hold[437:432] > 5'h10;
+  assign \$5015  = p_hold[437:432] > 5'h11;
+  assign \$5016  = p_hold[437:432] > 5'h12;
+  assign \$5017  = p_hold[437:432] > 5'h13;
+  assign \$5018  = p_hold[437:432] > 5'h14;
+  assign \$5019  = p_hold[437:432] > 5'h15;
+  assign \$5020  = p_hold[437:432] > 5'h16;
+  assign \$5021  = p_hold[437:432] > 5'h17;
+  assign \$5022  = p_hold[437:432] > 5'h18;
+  assign \$5023  = p_hold[437:432] > 5'h19;
+  assign \$5024  = p_hold[437:432] > 5'h1a;
+  assign \$5025  = p_hold[437:432] > 5'h1b;
+  assign \$5026  = p_hold[437:432] > 5'h1c;
+  assign \$5027  = p_hold[437:432] > 5'h1d;
+  assign \$5028  = p_hold[437:432] > 5'h1e;
+  assign \$5029  = p_hold[437:432] > 5'h1f;
+  assign \$5030  = p_hold[437:432] > 6'h20;
+  assign \$5031  = ~ p_dec_hi;
+  assign \$5032  = p_dec_sel_m[0] ? 16'h0001 : p_hold[271:256];
+  assign \$5033  = p_dec_sel_e[0] ? 6'h00 : p_hold[389:384];
+  assign \$5034  = p_dec_sel_m[1] ? 16'h0001 : p_hold[287:272];
+  assign \$5035  = p_dec_sel_e[1] ? 6'h00 : p_hold[395:390];
+  assign \$5036  = p_dec_sel_m[2] ? 16'h0001 : p_hold[303:288];
+  assign \$5037  = p_dec_sel_e[2] ? 6'h00 : p_hold[401:396];
+  assign \$5038  = p_dec_sel_m[3] ? 16'h0001 : p_hold[319:304];
+  assign \$5039  = p_dec_sel_e[3] ? 6'h00 : p_hold[407:402];
+  assign \$5040  = p_dec_sel_m[4] ? 16'h0001 : p_hold[335:320];
+  assign \$5041  = p_dec_sel_e[4] ? 6'h00 : p_hold[413:408];
+  assign \$5042  = p_dec_sel_m[5] ? 16'h0001 : p_hold[351:336];
+  assign \$5043  = p_dec_sel_e[5] ? 6'h00 : p_hold[419:414];
+  assign \$5044  = p_dec_sel_m[6] ? 16'h0001 : p_hold[367:352];
+  assign \$5045  = p_dec_sel_e[6] ? 6'h00 : p_hold[425:420];
+  assign \$5046  = p_dec_sel_m[7] ? 16'h0001 : p_hold[383:368];
+  assign \$5047  = p_dec_sel_e[7] ? 6'h00 : p_hold[431:426];
+  assign \$5048  = $signed(rq_in[31:0]) + $signed(rq_in[287:256]);
+  assign \$5049  = $signed(rq_in[63:32]) + $signed(rq_in[319:288]);
+  assign \$5050  = $signed(rq_in[95:64]) + $signed(rq_in[351:320]);
+  assign \$5051  = $signed(rq_in[127:96]) + $signed(rq_in[383:352]);
+  assign \$5052  = $signed(rq_in[159:128]) + $signed(rq_in[415:384]);
+  assign \$5053  = $signed(rq_in[191:160]) + $signed(rq_in[447:416]);
+  assign \$5054  = $signed(rq_in[223:192]) + $signed(rq_in[479:448]);
+  assign \$5055  = $signed(rq_in[255:224]) + $signed(rq_in[511:480]);
+  assign \$5056  = rq_s4_c0_0 + rq_s4_c0_1;
+  assign \$5057  = rq_s4_c1_0 + rq_s4_c1_1;
+  assign \$5058  = rq_s4_c2_0 + rq_s4_c2_1;
+  assign \$5059  = rq_s4_c3_0 + rq_s4_c3_1;
+  assign \$5060  = rq_s4_c4_0 + rq_s4_c4_1;
+  assign \$5061  = rq_s4_c5_0 + rq_s4_c5_1;
+  assign \$5062  = rq_s4_c6_0 + rq_s4_c6_1;
+  assign \$5063  = rq_s4_c7_0 + rq_s4_c7_1;
+  assign \$5065  = $signed(\$5064 ) >>> { rq_s5_e0[5:3], 3'h0 };
+  assign \$5067  = $signed(\$5066 ) >>> { rq_s5_e1[5:3], 3'h0 };
+  assign \$5069  = $signed(\$5068 ) >>> { rq_s5_e2[5:3], 3'h0 };
+  assign \$5071  = $signed(\$5070 ) >>> { rq_s5_e3[5:3], 3'h0 };
+  assign \$5073  = $signed(\$5072 ) >>> { rq_s5_e4[5:3], 3'h0 };
+  assign \$5075  = $signed(\$5074 ) >>> { rq_s5_e5[5:3], 3'h0 };
+  assign \$5077  = $signed(\$5076 ) >>> { rq_s5_e6[5:3], 3'h0 };
+  assign \$5079  = $signed(\$5078 ) >>> { rq_s5_e7[5:3], 3'h0 };
+  assign \$5080  = $signed(rq_s6_t0) >>> rq_s6_e0[2:0];
+  assign \$5081  = $signed(rq_s6_t1) >>> rq_s6_e1[2:0];
+  assign \$5082  = $signed(rq_s6_t2) >>> rq_s6_e2[2:0];
+  assign \$5083  = $signed(rq_s6_t3) >>> rq_s6_e3[2:0];
+  assign \$5084  = $signed(rq_s6_t4) >>> rq_s6_e4[2:0];
+  assign \$5085  = $signed(rq_s6_t5) >>> rq_s6_e5[2:0];
+  assign \$5086  = $signed(rq_s6_t6) >>> rq_s6_e6[2:0];
+  assign \$5087  = $signed(rq_s6_t7) >>> rq_s6_e7[2:0];
+  assign \$5088  = $signed(rq_s7_u0) + $signed(2'h1);
+  assign \$5090  = $signed(rq_s7_u1) + $signed(2'h1);
+  assign \$5092  = $signed(rq_s7_u2) + $signed(2'h1);
+  assign \$5094  = $signed(rq_s7_u3) + $signed(2'h1);
+  assign \$5096  = $signed(rq_s7_u4) + $signed(2'h1);
+  assign \$5098  = $signed(rq_s7_u5) + $signed(2'h1);
+  assign \$5100  = $signed(rq_s7_u6) + $signed(2'h1);
+  assign \$5102  = $signed(rq_s7_u7) + $signed(2'h1);
+  assign \$5104  = $signed(rq_s8_r0) - $signed(rq_s8_lo);
+  assign \$5105  = $signed(rq_s8_r1) - $signed(rq_s8_lo);
+  assign \$5106  = $signed(rq_s8_r2) - $signed(rq_s8_lo);
+  assign \$5107  = $signed(rq_s8_r3) - $signed(rq_s8_lo);
+  assign \$5108  = $signed(rq_s8_r4) - $signed(rq_s8_lo);
+  assign \$5109  = $signed(rq_s8_r5) - $signed(rq_s8_lo);
+  assign \$5110  = $signed(rq_s8_r6) - $signed(rq_s8_lo);
+  assign \$5111  = $signed(rq_s8_r7) - $signed(rq_s8_lo);
+  assign \$5112  = $signed(rq_s8_hi) - $signed(rq_s8_r0);
+  assign \$5113  = $signed(rq_s8_hi) - $signed(rq_s8_r1);
+  assign \$5114  = $signed(rq_s8_hi) - $signed(rq_s8_r2);
+  assign \$5115  = $signed(rq_s8_hi) - $signed(rq_s8_r3);
+  assign \$5116  = $signed(rq_s8_hi) - $signed(rq_s8_r4);
+  assign \$5117  = $signed(rq_s8_hi) - $signed(rq_s8_r5);
+  assign \$5118  = $signed(rq_s8_hi) - $signed(rq_s8_r6);
+  assign \$5119  = $signed(rq_s8_hi) - $signed(rq_s8_r7);
+  assign \$5120  = rq_s9_gt0 ? rq_s9_hi : rq_s9_r0;
+  assign \$5121  = rq_s9_lt0 ? rq_s9_lo : \$5120 ;
+  assign \$5122  = rq_s9_raw ? rq_s9_r0 : \$5121 ;
+  assign \$5123  = rq_s9_gt1 ? rq_s9_hi : rq_s9_r1;
+  assign \$5124  = rq_s9_lt1 ? rq_s9_lo : \$5123 ;
+  assign \$5125  = rq_s9_raw ? rq_s9_r1 : \$5124 ;
+  assign \$5126  = rq_s9_gt2 ? rq_s9_hi : rq_s9_r2;
+  assign \$5127  = rq_s9_lt2 ? rq_s9_lo : \$5126 ;
+  assign \$5128  = rq_s9_raw ? rq_s9_r2 : \$5127 ;
+  assign \$5129  = rq_s9_gt3 ? rq_s9_hi : rq_s9_r3;
+  assign \$5130  = rq_s9_lt3 ? rq_s9_lo : \$5129 ;
+  assign \$5131  = rq_s9_raw ? rq_s9_r3 : \$5130 ;
+  assign \$5132  = rq_s9_gt4 ? rq_s9_hi : rq_s9_r4;
+  assign \$5133  = rq_s9_lt4 ? rq_s9_lo : \$5132 ;
+  assign \$5134  = rq_s9_raw ? rq_s9_r4 : \$5133 ;
+  assign \$5135  = rq_s9_gt5 ? rq_s9_hi : rq_s9_r5;
+  assign \$5136  = rq_s9_lt5 ? rq_s9_lo : \$5135 ;
+  assign \$5137  = rq_s9_raw ? rq_s9_r5 : \$5136 ;
+  assign \$5138  = rq_s9_gt6 ? rq_s9_hi : rq_s9_r6;
+  assign \$5139  = rq_s9_lt6 ? rq_s9_lo : \$5138 ;
+  assign \$5140  = rq_s9_raw ? rq_s9_r6 : \$5139 ;
+  assign \$5141  = rq_s9_gt7 ? rq_s9_hi : rq_s9_r7;
+  assign \$5142  = rq_s9_lt7 ? rq_s9_lo : \$5141 ;
+  assign \$5143  = rq_s9_raw ? rq_s9_r7 : \$5142 ;
+  assign \$5144  = ~ stale;
+  assign \$5145  = rq_valid9 & \$5144 ;
+  assign \$5146  = wp__addr == 4'hf;
+  assign \$5147  = wp__addr + 1'h1;
+  assign \$5148  = \$5146  ? 5'h00 : \$5147 ;
+  assign \$5149  = rp__addr == 4'hf;
+  assign \$5150  = rp__addr + 1'h1;
+  assign \$5151  = \$5149  ? 5'h00 : \$5150 ;
+  assign \$5152  = level + wp__en;
+  assign \$5153  = \$5152  - pop;
   always @(posedge clk)
-    r_valid <= \$5147 ;
+    r_valid <= \$5154 ;
   always @(posedge clk)
-    hold_en <= \$5148 ;
+    hold_en <= \$5155 ;
   always @(posedge clk)
     r_last <= a__payload[64];
   always @(posedge clk)
@@ -11850,13 +11908,13 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     r_w <= w__payload;
   always @(posedge clk)
-    first <= \$5149 ;
+    first <= \$5156 ;
   always @(posedge clk)
-    p_in <= \$5150 ;
+    p_in <= \$5157 ;
   always @(posedge clk)
-    p_in_valid <= \$5151 ;
+    p_in_valid <= \$5158 ;
   always @(posedge clk)
-    p_hold <= \$5152 ;
+    p_hold <= \$5159 ;
   always @(posedge clk)
     holdoff <= \$4842 [4:0];
   always @(posedge clk)
@@ -11864,9 +11922,9 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     stale <= \$4848 ;
   always @(posedge clk)
-    credits <= \$5153 ;
+    credits <= \$5160 ;
   always @(posedge clk)
-    last_ok <= \$5154 ;
+    last_ok <= \$5161 ;
   always @(posedge clk)
     ctl_row1 <= c0;
   always @(posedge clk)
@@ -12006,7 +12064,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_0_0_1 <= { \$64 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_0_0 <= \$4862 [15:0];
+    prod_0_0 <= \$4861 [15:0];
   always @(posedge clk)
     cp0_0_0 <= c_0_0;
   always @(posedge clk)
@@ -12014,11 +12072,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_0 <= c0;
   always @(posedge clk)
-    acc_0_0 <= \$5155 ;
+    acc_0_0 <= \$5162 ;
   always @(posedge clk)
     done_0_0 <= fin_0_0;
   always @(posedge clk)
-    res_0_0 <= \$5156 ;
+    res_0_0 <= \$5163 ;
   always @(posedge clk)
     a_0_0 <= r_a[7:0];
   always @(posedge clk)
@@ -12036,7 +12094,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_0_1_1 <= { \$125 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_0_1 <= \$4863 [15:0];
+    prod_0_1 <= \$4862 [15:0];
   always @(posedge clk)
     cp0_0_1 <= c_0_1;
   always @(posedge clk)
@@ -12044,11 +12102,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_1 <= c_0_0;
   always @(posedge clk)
-    acc_0_1 <= \$5157 ;
+    acc_0_1 <= \$5164 ;
   always @(posedge clk)
     done_0_1 <= fin_0_1;
   always @(posedge clk)
-    res_0_1 <= \$5158 ;
+    res_0_1 <= \$5165 ;
   always @(posedge clk)
     a_0_1 <= a_0_0;
   always @(posedge clk)
@@ -12066,7 +12124,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_0_2_1 <= { \$186 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_0_2 <= \$4864 [15:0];
+    prod_0_2 <= \$4863 [15:0];
   always @(posedge clk)
     cp0_0_2 <= c_0_2;
   always @(posedge clk)
@@ -12074,11 +12132,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_2 <= c_0_1;
   always @(posedge clk)
-    acc_0_2 <= \$5159 ;
+    acc_0_2 <= \$5166 ;
   always @(posedge clk)
     done_0_2 <= fin_0_2;
   always @(posedge clk)
-    res_0_2 <= \$5160 ;
+    res_0_2 <= \$5167 ;
   always @(posedge clk)
     a_0_2 <= a_0_1;
   always @(posedge clk)
@@ -12096,7 +12154,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_0_3_1 <= { \$247 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_0_3 <= \$4865 [15:0];
+    prod_0_3 <= \$4864 [15:0];
   always @(posedge clk)
     cp0_0_3 <= c_0_3;
   always @(posedge clk)
@@ -12104,11 +12162,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_3 <= c_0_2;
   always @(posedge clk)
-    acc_0_3 <= \$5161 ;
+    acc_0_3 <= \$5168 ;
   always @(posedge clk)
     done_0_3 <= fin_0_3;
   always @(posedge clk)
-    res_0_3 <= \$5162 ;
+    res_0_3 <= \$5169 ;
   always @(posedge clk)
     a_0_3 <= a_0_2;
   always @(posedge clk)
@@ -12126,7 +12184,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_0_4_1 <= { \$308 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_0_4 <= \$4866 [15:0];
+    prod_0_4 <= \$4865 [15:0];
   always @(posedge clk)
     cp0_0_4 <= c_0_4;
   always @(posedge clk)
@@ -12134,11 +12192,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_4 <= c_0_3;
   always @(posedge clk)
-    acc_0_4 <= \$5163 ;
+    acc_0_4 <= \$5170 ;
   always @(posedge clk)
     done_0_4 <= fin_0_4;
   always @(posedge clk)
-    res_0_4 <= \$5164 ;
+    res_0_4 <= \$5171 ;
   always @(posedge clk)
     a_0_4 <= a_0_3;
   always @(posedge clk)
@@ -12156,7 +12214,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_0_5_1 <= { \$369 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_0_5 <= \$4867 [15:0];
+    prod_0_5 <= \$4866 [15:0];
   always @(posedge clk)
     cp0_0_5 <= c_0_5;
   always @(posedge clk)
@@ -12164,11 +12222,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_5 <= c_0_4;
   always @(posedge clk)
-    acc_0_5 <= \$5165 ;
+    acc_0_5 <= \$5172 ;
   always @(posedge clk)
     done_0_5 <= fin_0_5;
   always @(posedge clk)
-    res_0_5 <= \$5166 ;
+    res_0_5 <= \$5173 ;
   always @(posedge clk)
     a_0_5 <= a_0_4;
   always @(posedge clk)
@@ -12186,7 +12244,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_0_6_1 <= { \$430 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_0_6 <= \$4868 [15:0];
+    prod_0_6 <= \$4867 [15:0];
   always @(posedge clk)
     cp0_0_6 <= c_0_6;
   always @(posedge clk)
@@ -12194,11 +12252,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_6 <= c_0_5;
   always @(posedge clk)
-    acc_0_6 <= \$5167 ;
+    acc_0_6 <= \$5174 ;
   always @(posedge clk)
     done_0_6 <= fin_0_6;
   always @(posedge clk)
-    res_0_6 <= \$5168 ;
+    res_0_6 <= \$5175 ;
   always @(posedge clk)
     a_0_6 <= a_0_5;
   always @(posedge clk)
@@ -12216,7 +12274,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_0_7_1 <= { \$491 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_0_7 <= \$4869 [15:0];
+    prod_0_7 <= \$4868 [15:0];
   always @(posedge clk)
     cp0_0_7 <= c_0_7;
   always @(posedge clk)
@@ -12224,13 +12282,13 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_7 <= c_0_6;
   always @(posedge clk)
-    acc_0_7 <= \$5169 ;
+    acc_0_7 <= \$5176 ;
   always @(posedge clk)
     done_0_7 <= fin_0_7;
   always @(posedge clk)
-    res_0_7 <= \$5170 ;
+    res_0_7 <= \$5177 ;
   always @(posedge clk)
-    res_valid_0 <= \$4870 ;
+    res_valid_0 <= \$4869 ;
   always @(posedge clk)
     w_0_7 <= w_skew7_d7;
   always @(posedge clk)
@@ -12246,7 +12304,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_1_0_1 <= { \$552 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_1_0 <= \$4871 [15:0];
+    prod_1_0 <= \$4870 [15:0];
   always @(posedge clk)
     cp0_1_0 <= c_1_0;
   always @(posedge clk)
@@ -12254,11 +12312,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_0 <= ctl_row1;
   always @(posedge clk)
-    acc_1_0 <= \$5171 ;
+    acc_1_0 <= \$5178 ;
   always @(posedge clk)
     done_1_0 <= fin_1_0;
   always @(posedge clk)
-    res_1_0 <= \$5172 ;
+    res_1_0 <= \$5179 ;
   always @(posedge clk)
     a_1_0 <= a_skew1_d1;
   always @(posedge clk)
@@ -12276,7 +12334,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_1_1_1 <= { \$613 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_1_1 <= \$4872 [15:0];
+    prod_1_1 <= \$4871 [15:0];
   always @(posedge clk)
     cp0_1_1 <= c_1_1;
   always @(posedge clk)
@@ -12284,11 +12342,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_1 <= c_1_0;
   always @(posedge clk)
-    acc_1_1 <= \$5173 ;
+    acc_1_1 <= \$5180 ;
   always @(posedge clk)
     done_1_1 <= fin_1_1;
   always @(posedge clk)
-    res_1_1 <= \$5174 ;
+    res_1_1 <= \$5181 ;
   always @(posedge clk)
     a_1_1 <= a_1_0;
   always @(posedge clk)
@@ -12306,7 +12364,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_1_2_1 <= { \$674 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_1_2 <= \$4873 [15:0];
+    prod_1_2 <= \$4872 [15:0];
   always @(posedge clk)
     cp0_1_2 <= c_1_2;
   always @(posedge clk)
@@ -12314,11 +12372,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_2 <= c_1_1;
   always @(posedge clk)
-    acc_1_2 <= \$5175 ;
+    acc_1_2 <= \$5182 ;
   always @(posedge clk)
     done_1_2 <= fin_1_2;
   always @(posedge clk)
-    res_1_2 <= \$5176 ;
+    res_1_2 <= \$5183 ;
   always @(posedge clk)
     a_1_2 <= a_1_1;
   always @(posedge clk)
@@ -12336,7 +12394,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_1_3_1 <= { \$735 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_1_3 <= \$4874 [15:0];
+    prod_1_3 <= \$4873 [15:0];
   always @(posedge clk)
     cp0_1_3 <= c_1_3;
   always @(posedge clk)
@@ -12344,11 +12402,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_3 <= c_1_2;
   always @(posedge clk)
-    acc_1_3 <= \$5177 ;
+    acc_1_3 <= \$5184 ;
   always @(posedge clk)
     done_1_3 <= fin_1_3;
   always @(posedge clk)
-    res_1_3 <= \$5178 ;
+    res_1_3 <= \$5185 ;
   always @(posedge clk)
     a_1_3 <= a_1_2;
   always @(posedge clk)
@@ -12366,7 +12424,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_1_4_1 <= { \$796 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_1_4 <= \$4875 [15:0];
+    prod_1_4 <= \$4874 [15:0];
   always @(posedge clk)
     cp0_1_4 <= c_1_4;
   always @(posedge clk)
@@ -12374,11 +12432,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_4 <= c_1_3;
   always @(posedge clk)
-    acc_1_4 <= \$5179 ;
+    acc_1_4 <= \$5186 ;
   always @(posedge clk)
     done_1_4 <= fin_1_4;
   always @(posedge clk)
-    res_1_4 <= \$5180 ;
+    res_1_4 <= \$5187 ;
   always @(posedge clk)
     a_1_4 <= a_1_3;
   always @(posedge clk)
@@ -12396,7 +12454,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_1_5_1 <= { \$857 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_1_5 <= \$4876 [15:0];
+    prod_1_5 <= \$4875 [15:0];
   always @(posedge clk)
     cp0_1_5 <= c_1_5;
   always @(posedge clk)
@@ -12404,11 +12462,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_5 <= c_1_4;
   always @(posedge clk)
-    acc_1_5 <= \$5181 ;
+    acc_1_5 <= \$5188 ;
   always @(posedge clk)
     done_1_5 <= fin_1_5;
   always @(posedge clk)
-    res_1_5 <= \$5182 ;
+    res_1_5 <= \$5189 ;
   always @(posedge clk)
     a_1_5 <= a_1_4;
   always @(posedge clk)
@@ -12426,7 +12484,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_1_6_1 <= { \$918 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_1_6 <= \$4877 [15:0];
+    prod_1_6 <= \$4876 [15:0];
   always @(posedge clk)
     cp0_1_6 <= c_1_6;
   always @(posedge clk)
@@ -12434,11 +12492,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_6 <= c_1_5;
   always @(posedge clk)
-    acc_1_6 <= \$5183 ;
+    acc_1_6 <= \$5190 ;
   always @(posedge clk)
     done_1_6 <= fin_1_6;
   always @(posedge clk)
-    res_1_6 <= \$5184 ;
+    res_1_6 <= \$5191 ;
   always @(posedge clk)
     a_1_6 <= a_1_5;
   always @(posedge clk)
@@ -12456,7 +12514,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_1_7_1 <= { \$979 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_1_7 <= \$4878 [15:0];
+    prod_1_7 <= \$4877 [15:0];
   always @(posedge clk)
     cp0_1_7 <= c_1_7;
   always @(posedge clk)
@@ -12464,13 +12522,13 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_7 <= c_1_6;
   always @(posedge clk)
-    acc_1_7 <= \$5185 ;
+    acc_1_7 <= \$5192 ;
   always @(posedge clk)
     done_1_7 <= fin_1_7;
   always @(posedge clk)
-    res_1_7 <= \$5186 ;
+    res_1_7 <= \$5193 ;
   always @(posedge clk)
-    res_valid_1 <= \$4879 ;
+    res_valid_1 <= \$4878 ;
   always @(posedge clk)
     w_1_7 <= w_0_7;
   always @(posedge clk)
@@ -12486,7 +12544,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_2_0_1 <= { \$1040 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_2_0 <= \$4880 [15:0];
+    prod_2_0 <= \$4879 [15:0];
   always @(posedge clk)
     cp0_2_0 <= c_2_0;
   always @(posedge clk)
@@ -12494,11 +12552,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_0 <= ctl_row2;
   always @(posedge clk)
-    acc_2_0 <= \$5187 ;
+    acc_2_0 <= \$5194 ;
   always @(posedge clk)
     done_2_0 <= fin_2_0;
   always @(posedge clk)
-    res_2_0 <= \$5188 ;
+    res_2_0 <= \$5195 ;
   always @(posedge clk)
     a_2_0 <= a_skew2_d2;
   always @(posedge clk)
@@ -12516,7 +12574,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_2_1_1 <= { \$1101 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_2_1 <= \$4881 [15:0];
+    prod_2_1 <= \$4880 [15:0];
   always @(posedge clk)
     cp0_2_1 <= c_2_1;
   always @(posedge clk)
@@ -12524,11 +12582,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_1 <= c_2_0;
   always @(posedge clk)
-    acc_2_1 <= \$5189 ;
+    acc_2_1 <= \$5196 ;
   always @(posedge clk)
     done_2_1 <= fin_2_1;
   always @(posedge clk)
-    res_2_1 <= \$5190 ;
+    res_2_1 <= \$5197 ;
   always @(posedge clk)
     a_2_1 <= a_2_0;
   always @(posedge clk)
@@ -12546,7 +12604,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_2_2_1 <= { \$1162 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_2_2 <= \$4882 [15:0];
+    prod_2_2 <= \$4881 [15:0];
   always @(posedge clk)
     cp0_2_2 <= c_2_2;
   always @(posedge clk)
@@ -12554,11 +12612,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_2 <= c_2_1;
   always @(posedge clk)
-    acc_2_2 <= \$5191 ;
+    acc_2_2 <= \$5198 ;
   always @(posedge clk)
     done_2_2 <= fin_2_2;
   always @(posedge clk)
-    res_2_2 <= \$5192 ;
+    res_2_2 <= \$5199 ;
   always @(posedge clk)
     a_2_2 <= a_2_1;
   always @(posedge clk)
@@ -12576,7 +12634,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_2_3_1 <= { \$1223 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_2_3 <= \$4883 [15:0];
+    prod_2_3 <= \$4882 [15:0];
   always @(posedge clk)
     cp0_2_3 <= c_2_3;
   always @(posedge clk)
@@ -12584,11 +12642,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_3 <= c_2_2;
   always @(posedge clk)
-    acc_2_3 <= \$5193 ;
+    acc_2_3 <= \$5200 ;
   always @(posedge clk)
     done_2_3 <= fin_2_3;
   always @(posedge clk)
-    res_2_3 <= \$5194 ;
+    res_2_3 <= \$5201 ;
   always @(posedge clk)
     a_2_3 <= a_2_2;
   always @(posedge clk)
@@ -12606,7 +12664,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_2_4_1 <= { \$1284 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_2_4 <= \$4884 [15:0];
+    prod_2_4 <= \$4883 [15:0];
   always @(posedge clk)
     cp0_2_4 <= c_2_4;
   always @(posedge clk)
@@ -12614,11 +12672,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_4 <= c_2_3;
   always @(posedge clk)
-    acc_2_4 <= \$5195 ;
+    acc_2_4 <= \$5202 ;
   always @(posedge clk)
     done_2_4 <= fin_2_4;
   always @(posedge clk)
-    res_2_4 <= \$5196 ;
+    res_2_4 <= \$5203 ;
   always @(posedge clk)
     a_2_4 <= a_2_3;
   always @(posedge clk)
@@ -12636,7 +12694,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_2_5_1 <= { \$1345 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_2_5 <= \$4885 [15:0];
+    prod_2_5 <= \$4884 [15:0];
   always @(posedge clk)
     cp0_2_5 <= c_2_5;
   always @(posedge clk)
@@ -12644,11 +12702,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_5 <= c_2_4;
   always @(posedge clk)
-    acc_2_5 <= \$5197 ;
+    acc_2_5 <= \$5204 ;
   always @(posedge clk)
     done_2_5 <= fin_2_5;
   always @(posedge clk)
-    res_2_5 <= \$5198 ;
+    res_2_5 <= \$5205 ;
   always @(posedge clk)
     a_2_5 <= a_2_4;
   always @(posedge clk)
@@ -12666,7 +12724,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_2_6_1 <= { \$1406 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_2_6 <= \$4886 [15:0];
+    prod_2_6 <= \$4885 [15:0];
   always @(posedge clk)
     cp0_2_6 <= c_2_6;
   always @(posedge clk)
@@ -12674,11 +12732,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_6 <= c_2_5;
   always @(posedge clk)
-    acc_2_6 <= \$5199 ;
+    acc_2_6 <= \$5206 ;
   always @(posedge clk)
     done_2_6 <= fin_2_6;
   always @(posedge clk)
-    res_2_6 <= \$5200 ;
+    res_2_6 <= \$5207 ;
   always @(posedge clk)
     a_2_6 <= a_2_5;
   always @(posedge clk)
@@ -12696,7 +12754,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_2_7_1 <= { \$1467 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_2_7 <= \$4887 [15:0];
+    prod_2_7 <= \$4886 [15:0];
   always @(posedge clk)
     cp0_2_7 <= c_2_7;
   always @(posedge clk)
@@ -12704,13 +12762,13 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_7 <= c_2_6;
   always @(posedge clk)
-    acc_2_7 <= \$5201 ;
+    acc_2_7 <= \$5208 ;
   always @(posedge clk)
     done_2_7 <= fin_2_7;
   always @(posedge clk)
-    res_2_7 <= \$5202 ;
+    res_2_7 <= \$5209 ;
   always @(posedge clk)
-    res_valid_2 <= \$4888 ;
+    res_valid_2 <= \$4887 ;
   always @(posedge clk)
     w_2_7 <= w_1_7;
   always @(posedge clk)
@@ -12726,7 +12784,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_3_0_1 <= { \$1528 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_3_0 <= \$4889 [15:0];
+    prod_3_0 <= \$4888 [15:0];
   always @(posedge clk)
     cp0_3_0 <= c_3_0;
   always @(posedge clk)
@@ -12734,11 +12792,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_0 <= ctl_row3;
   always @(posedge clk)
-    acc_3_0 <= \$5203 ;
+    acc_3_0 <= \$5210 ;
   always @(posedge clk)
     done_3_0 <= fin_3_0;
   always @(posedge clk)
-    res_3_0 <= \$5204 ;
+    res_3_0 <= \$5211 ;
   always @(posedge clk)
     a_3_0 <= a_skew3_d3;
   always @(posedge clk)
@@ -12756,7 +12814,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_3_1_1 <= { \$1589 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_3_1 <= \$4890 [15:0];
+    prod_3_1 <= \$4889 [15:0];
   always @(posedge clk)
     cp0_3_1 <= c_3_1;
   always @(posedge clk)
@@ -12764,11 +12822,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_1 <= c_3_0;
   always @(posedge clk)
-    acc_3_1 <= \$5205 ;
+    acc_3_1 <= \$5212 ;
   always @(posedge clk)
     done_3_1 <= fin_3_1;
   always @(posedge clk)
-    res_3_1 <= \$5206 ;
+    res_3_1 <= \$5213 ;
   always @(posedge clk)
     a_3_1 <= a_3_0;
   always @(posedge clk)
@@ -12786,7 +12844,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_3_2_1 <= { \$1650 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_3_2 <= \$4891 [15:0];
+    prod_3_2 <= \$4890 [15:0];
   always @(posedge clk)
     cp0_3_2 <= c_3_2;
   always @(posedge clk)
@@ -12794,11 +12852,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_2 <= c_3_1;
   always @(posedge clk)
-    acc_3_2 <= \$5207 ;
+    acc_3_2 <= \$5214 ;
   always @(posedge clk)
     done_3_2 <= fin_3_2;
   always @(posedge clk)
-    res_3_2 <= \$5208 ;
+    res_3_2 <= \$5215 ;
   always @(posedge clk)
     a_3_2 <= a_3_1;
   always @(posedge clk)
@@ -12816,7 +12874,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_3_3_1 <= { \$1711 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_3_3 <= \$4892 [15:0];
+    prod_3_3 <= \$4891 [15:0];
   always @(posedge clk)
     cp0_3_3 <= c_3_3;
   always @(posedge clk)
@@ -12824,11 +12882,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_3 <= c_3_2;
   always @(posedge clk)
-    acc_3_3 <= \$5209 ;
+    acc_3_3 <= \$5216 ;
   always @(posedge clk)
     done_3_3 <= fin_3_3;
   always @(posedge clk)
-    res_3_3 <= \$5210 ;
+    res_3_3 <= \$5217 ;
   always @(posedge clk)
     a_3_3 <= a_3_2;
   always @(posedge clk)
@@ -12846,7 +12904,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_3_4_1 <= { \$1772 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_3_4 <= \$4893 [15:0];
+    prod_3_4 <= \$4892 [15:0];
   always @(posedge clk)
     cp0_3_4 <= c_3_4;
   always @(posedge clk)
@@ -12854,11 +12912,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_4 <= c_3_3;
   always @(posedge clk)
-    acc_3_4 <= \$5211 ;
+    acc_3_4 <= \$5218 ;
   always @(posedge clk)
     done_3_4 <= fin_3_4;
   always @(posedge clk)
-    res_3_4 <= \$5212 ;
+    res_3_4 <= \$5219 ;
   always @(posedge clk)
     a_3_4 <= a_3_3;
   always @(posedge clk)
@@ -12876,7 +12934,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_3_5_1 <= { \$1833 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_3_5 <= \$4894 [15:0];
+    prod_3_5 <= \$4893 [15:0];
   always @(posedge clk)
     cp0_3_5 <= c_3_5;
   always @(posedge clk)
@@ -12884,11 +12942,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_5 <= c_3_4;
   always @(posedge clk)
-    acc_3_5 <= \$5213 ;
+    acc_3_5 <= \$5220 ;
   always @(posedge clk)
     done_3_5 <= fin_3_5;
   always @(posedge clk)
-    res_3_5 <= \$5214 ;
+    res_3_5 <= \$5221 ;
   always @(posedge clk)
     a_3_5 <= a_3_4;
   always @(posedge clk)
@@ -12906,7 +12964,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_3_6_1 <= { \$1894 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_3_6 <= \$4895 [15:0];
+    prod_3_6 <= \$4894 [15:0];
   always @(posedge clk)
     cp0_3_6 <= c_3_6;
   always @(posedge clk)
@@ -12914,11 +12972,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_6 <= c_3_5;
   always @(posedge clk)
-    acc_3_6 <= \$5215 ;
+    acc_3_6 <= \$5222 ;
   always @(posedge clk)
     done_3_6 <= fin_3_6;
   always @(posedge clk)
-    res_3_6 <= \$5216 ;
+    res_3_6 <= \$5223 ;
   always @(posedge clk)
     a_3_6 <= a_3_5;
   always @(posedge clk)
@@ -12936,7 +12994,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_3_7_1 <= { \$1955 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_3_7 <= \$4896 [15:0];
+    prod_3_7 <= \$4895 [15:0];
   always @(posedge clk)
     cp0_3_7 <= c_3_7;
   always @(posedge clk)
@@ -12944,13 +13002,13 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_7 <= c_3_6;
   always @(posedge clk)
-    acc_3_7 <= \$5217 ;
+    acc_3_7 <= \$5224 ;
   always @(posedge clk)
     done_3_7 <= fin_3_7;
   always @(posedge clk)
-    res_3_7 <= \$5218 ;
+    res_3_7 <= \$5225 ;
   always @(posedge clk)
-    res_valid_3 <= \$4897 ;
+    res_valid_3 <= \$4896 ;
   always @(posedge clk)
     w_3_7 <= w_2_7;
   always @(posedge clk)
@@ -12966,7 +13024,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_4_0_1 <= { \$2016 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_4_0 <= \$4898 [15:0];
+    prod_4_0 <= \$4897 [15:0];
   always @(posedge clk)
     cp0_4_0 <= c_4_0;
   always @(posedge clk)
@@ -12974,11 +13032,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_0 <= ctl_row4;
   always @(posedge clk)
-    acc_4_0 <= \$5219 ;
+    acc_4_0 <= \$5226 ;
   always @(posedge clk)
     done_4_0 <= fin_4_0;
   always @(posedge clk)
-    res_4_0 <= \$5220 ;
+    res_4_0 <= \$5227 ;
   always @(posedge clk)
     a_4_0 <= a_skew4_d4;
   always @(posedge clk)
@@ -12996,7 +13054,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_4_1_1 <= { \$2077 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_4_1 <= \$4899 [15:0];
+    prod_4_1 <= \$4898 [15:0];
   always @(posedge clk)
     cp0_4_1 <= c_4_1;
   always @(posedge clk)
@@ -13004,11 +13062,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_1 <= c_4_0;
   always @(posedge clk)
-    acc_4_1 <= \$5221 ;
+    acc_4_1 <= \$5228 ;
   always @(posedge clk)
     done_4_1 <= fin_4_1;
   always @(posedge clk)
-    res_4_1 <= \$5222 ;
+    res_4_1 <= \$5229 ;
   always @(posedge clk)
     a_4_1 <= a_4_0;
   always @(posedge clk)
@@ -13026,7 +13084,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_4_2_1 <= { \$2138 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_4_2 <= \$4900 [15:0];
+    prod_4_2 <= \$4899 [15:0];
   always @(posedge clk)
     cp0_4_2 <= c_4_2;
   always @(posedge clk)
@@ -13034,11 +13092,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_2 <= c_4_1;
   always @(posedge clk)
-    acc_4_2 <= \$5223 ;
+    acc_4_2 <= \$5230 ;
   always @(posedge clk)
     done_4_2 <= fin_4_2;
   always @(posedge clk)
-    res_4_2 <= \$5224 ;
+    res_4_2 <= \$5231 ;
   always @(posedge clk)
     a_4_2 <= a_4_1;
   always @(posedge clk)
@@ -13056,7 +13114,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_4_3_1 <= { \$2199 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_4_3 <= \$4901 [15:0];
+    prod_4_3 <= \$4900 [15:0];
   always @(posedge clk)
     cp0_4_3 <= c_4_3;
   always @(posedge clk)
@@ -13064,11 +13122,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_3 <= c_4_2;
   always @(posedge clk)
-    acc_4_3 <= \$5225 ;
+    acc_4_3 <= \$5232 ;
   always @(posedge clk)
     done_4_3 <= fin_4_3;
   always @(posedge clk)
-    res_4_3 <= \$5226 ;
+    res_4_3 <= \$5233 ;
   always @(posedge clk)
     a_4_3 <= a_4_2;
   always @(posedge clk)
@@ -13086,7 +13144,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_4_4_1 <= { \$2260 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_4_4 <= \$4902 [15:0];
+    prod_4_4 <= \$4901 [15:0];
   always @(posedge clk)
     cp0_4_4 <= c_4_4;
   always @(posedge clk)
@@ -13094,11 +13152,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_4 <= c_4_3;
   always @(posedge clk)
-    acc_4_4 <= \$5227 ;
+    acc_4_4 <= \$5234 ;
   always @(posedge clk)
     done_4_4 <= fin_4_4;
   always @(posedge clk)
-    res_4_4 <= \$5228 ;
+    res_4_4 <= \$5235 ;
   always @(posedge clk)
     a_4_4 <= a_4_3;
   always @(posedge clk)
@@ -13116,7 +13174,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_4_5_1 <= { \$2321 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_4_5 <= \$4903 [15:0];
+    prod_4_5 <= \$4902 [15:0];
   always @(posedge clk)
     cp0_4_5 <= c_4_5;
   always @(posedge clk)
@@ -13124,11 +13182,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_5 <= c_4_4;
   always @(posedge clk)
-    acc_4_5 <= \$5229 ;
+    acc_4_5 <= \$5236 ;
   always @(posedge clk)
     done_4_5 <= fin_4_5;
   always @(posedge clk)
-    res_4_5 <= \$5230 ;
+    res_4_5 <= \$5237 ;
   always @(posedge clk)
     a_4_5 <= a_4_4;
   always @(posedge clk)
@@ -13146,7 +13204,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_4_6_1 <= { \$2382 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_4_6 <= \$4904 [15:0];
+    prod_4_6 <= \$4903 [15:0];
   always @(posedge clk)
     cp0_4_6 <= c_4_6;
   always @(posedge clk)
@@ -13154,11 +13212,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_6 <= c_4_5;
   always @(posedge clk)
-    acc_4_6 <= \$5231 ;
+    acc_4_6 <= \$5238 ;
   always @(posedge clk)
     done_4_6 <= fin_4_6;
   always @(posedge clk)
-    res_4_6 <= \$5232 ;
+    res_4_6 <= \$5239 ;
   always @(posedge clk)
     a_4_6 <= a_4_5;
   always @(posedge clk)
@@ -13176,7 +13234,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_4_7_1 <= { \$2443 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_4_7 <= \$4905 [15:0];
+    prod_4_7 <= \$4904 [15:0];
   always @(posedge clk)
     cp0_4_7 <= c_4_7;
   always @(posedge clk)
@@ -13184,13 +13242,13 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_7 <= c_4_6;
   always @(posedge clk)
-    acc_4_7 <= \$5233 ;
+    acc_4_7 <= \$5240 ;
   always @(posedge clk)
     done_4_7 <= fin_4_7;
   always @(posedge clk)
-    res_4_7 <= \$5234 ;
+    res_4_7 <= \$5241 ;
   always @(posedge clk)
-    res_valid_4 <= \$4906 ;
+    res_valid_4 <= \$4905 ;
   always @(posedge clk)
     w_4_7 <= w_3_7;
   always @(posedge clk)
@@ -13206,7 +13264,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_5_0_1 <= { \$2504 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_5_0 <= \$4907 [15:0];
+    prod_5_0 <= \$4906 [15:0];
   always @(posedge clk)
     cp0_5_0 <= c_5_0;
   always @(posedge clk)
@@ -13214,11 +13272,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_0 <= ctl_row5;
   always @(posedge clk)
-    acc_5_0 <= \$5235 ;
+    acc_5_0 <= \$5242 ;
   always @(posedge clk)
     done_5_0 <= fin_5_0;
   always @(posedge clk)
-    res_5_0 <= \$5236 ;
+    res_5_0 <= \$5243 ;
   always @(posedge clk)
     a_5_0 <= a_skew5_d5;
   always @(posedge clk)
@@ -13236,7 +13294,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_5_1_1 <= { \$2565 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_5_1 <= \$4908 [15:0];
+    prod_5_1 <= \$4907 [15:0];
   always @(posedge clk)
     cp0_5_1 <= c_5_1;
   always @(posedge clk)
@@ -13244,11 +13302,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_1 <= c_5_0;
   always @(posedge clk)
-    acc_5_1 <= \$5237 ;
+    acc_5_1 <= \$5244 ;
   always @(posedge clk)
     done_5_1 <= fin_5_1;
   always @(posedge clk)
-    res_5_1 <= \$5238 ;
+    res_5_1 <= \$5245 ;
   always @(posedge clk)
     a_5_1 <= a_5_0;
   always @(posedge clk)
@@ -13266,7 +13324,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_5_2_1 <= { \$2626 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_5_2 <= \$4909 [15:0];
+    prod_5_2 <= \$4908 [15:0];
   always @(posedge clk)
     cp0_5_2 <= c_5_2;
   always @(posedge clk)
@@ -13274,11 +13332,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_2 <= c_5_1;
   always @(posedge clk)
-    acc_5_2 <= \$5239 ;
+    acc_5_2 <= \$5246 ;
   always @(posedge clk)
     done_5_2 <= fin_5_2;
   always @(posedge clk)
-    res_5_2 <= \$5240 ;
+    res_5_2 <= \$5247 ;
   always @(posedge clk)
     a_5_2 <= a_5_1;
   always @(posedge clk)
@@ -13296,7 +13354,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_5_3_1 <= { \$2687 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_5_3 <= \$4910 [15:0];
+    prod_5_3 <= \$4909 [15:0];
   always @(posedge clk)
     cp0_5_3 <= c_5_3;
   always @(posedge clk)
@@ -13304,11 +13362,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_3 <= c_5_2;
   always @(posedge clk)
-    acc_5_3 <= \$5241 ;
+    acc_5_3 <= \$5248 ;
   always @(posedge clk)
     done_5_3 <= fin_5_3;
   always @(posedge clk)
-    res_5_3 <= \$5242 ;
+    res_5_3 <= \$5249 ;
   always @(posedge clk)
     a_5_3 <= a_5_2;
   always @(posedge clk)
@@ -13326,7 +13384,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_5_4_1 <= { \$2748 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_5_4 <= \$4911 [15:0];
+    prod_5_4 <= \$4910 [15:0];
   always @(posedge clk)
     cp0_5_4 <= c_5_4;
   always @(posedge clk)
@@ -13334,11 +13392,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_4 <= c_5_3;
   always @(posedge clk)
-    acc_5_4 <= \$5243 ;
+    acc_5_4 <= \$5250 ;
   always @(posedge clk)
     done_5_4 <= fin_5_4;
   always @(posedge clk)
-    res_5_4 <= \$5244 ;
+    res_5_4 <= \$5251 ;
   always @(posedge clk)
     a_5_4 <= a_5_3;
   always @(posedge clk)
@@ -13356,7 +13414,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_5_5_1 <= { \$2809 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_5_5 <= \$4912 [15:0];
+    prod_5_5 <= \$4911 [15:0];
   always @(posedge clk)
     cp0_5_5 <= c_5_5;
   always @(posedge clk)
@@ -13364,11 +13422,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_5 <= c_5_4;
   always @(posedge clk)
-    acc_5_5 <= \$5245 ;
+    acc_5_5 <= \$5252 ;
   always @(posedge clk)
     done_5_5 <= fin_5_5;
   always @(posedge clk)
-    res_5_5 <= \$5246 ;
+    res_5_5 <= \$5253 ;
   always @(posedge clk)
     a_5_5 <= a_5_4;
   always @(posedge clk)
@@ -13386,7 +13444,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_5_6_1 <= { \$2870 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_5_6 <= \$4913 [15:0];
+    prod_5_6 <= \$4912 [15:0];
   always @(posedge clk)
     cp0_5_6 <= c_5_6;
   always @(posedge clk)
@@ -13394,11 +13452,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_6 <= c_5_5;
   always @(posedge clk)
-    acc_5_6 <= \$5247 ;
+    acc_5_6 <= \$5254 ;
   always @(posedge clk)
     done_5_6 <= fin_5_6;
   always @(posedge clk)
-    res_5_6 <= \$5248 ;
+    res_5_6 <= \$5255 ;
   always @(posedge clk)
     a_5_6 <= a_5_5;
   always @(posedge clk)
@@ -13416,7 +13474,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_5_7_1 <= { \$2931 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_5_7 <= \$4914 [15:0];
+    prod_5_7 <= \$4913 [15:0];
   always @(posedge clk)
     cp0_5_7 <= c_5_7;
   always @(posedge clk)
@@ -13424,13 +13482,13 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_7 <= c_5_6;
   always @(posedge clk)
-    acc_5_7 <= \$5249 ;
+    acc_5_7 <= \$5256 ;
   always @(posedge clk)
     done_5_7 <= fin_5_7;
   always @(posedge clk)
-    res_5_7 <= \$5250 ;
+    res_5_7 <= \$5257 ;
   always @(posedge clk)
-    res_valid_5 <= \$4915 ;
+    res_valid_5 <= \$4914 ;
   always @(posedge clk)
     w_5_7 <= w_4_7;
   always @(posedge clk)
@@ -13446,7 +13504,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_6_0_1 <= { \$2992 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_6_0 <= \$4916 [15:0];
+    prod_6_0 <= \$4915 [15:0];
   always @(posedge clk)
     cp0_6_0 <= c_6_0;
   always @(posedge clk)
@@ -13454,11 +13512,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_0 <= ctl_row6;
   always @(posedge clk)
-    acc_6_0 <= \$5251 ;
+    acc_6_0 <= \$5258 ;
   always @(posedge clk)
     done_6_0 <= fin_6_0;
   always @(posedge clk)
-    res_6_0 <= \$5252 ;
+    res_6_0 <= \$5259 ;
   always @(posedge clk)
     a_6_0 <= a_skew6_d6;
   always @(posedge clk)
@@ -13476,7 +13534,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_6_1_1 <= { \$3053 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_6_1 <= \$4917 [15:0];
+    prod_6_1 <= \$4916 [15:0];
   always @(posedge clk)
     cp0_6_1 <= c_6_1;
   always @(posedge clk)
@@ -13484,11 +13542,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_1 <= c_6_0;
   always @(posedge clk)
-    acc_6_1 <= \$5253 ;
+    acc_6_1 <= \$5260 ;
   always @(posedge clk)
     done_6_1 <= fin_6_1;
   always @(posedge clk)
-    res_6_1 <= \$5254 ;
+    res_6_1 <= \$5261 ;
   always @(posedge clk)
     a_6_1 <= a_6_0;
   always @(posedge clk)
@@ -13506,7 +13564,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_6_2_1 <= { \$3114 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_6_2 <= \$4918 [15:0];
+    prod_6_2 <= \$4917 [15:0];
   always @(posedge clk)
     cp0_6_2 <= c_6_2;
   always @(posedge clk)
@@ -13514,11 +13572,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_2 <= c_6_1;
   always @(posedge clk)
-    acc_6_2 <= \$5255 ;
+    acc_6_2 <= \$5262 ;
   always @(posedge clk)
     done_6_2 <= fin_6_2;
   always @(posedge clk)
-    res_6_2 <= \$5256 ;
+    res_6_2 <= \$5263 ;
   always @(posedge clk)
     a_6_2 <= a_6_1;
   always @(posedge clk)
@@ -13536,7 +13594,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_6_3_1 <= { \$3175 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_6_3 <= \$4919 [15:0];
+    prod_6_3 <= \$4918 [15:0];
   always @(posedge clk)
     cp0_6_3 <= c_6_3;
   always @(posedge clk)
@@ -13544,11 +13602,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_3 <= c_6_2;
   always @(posedge clk)
-    acc_6_3 <= \$5257 ;
+    acc_6_3 <= \$5264 ;
   always @(posedge clk)
     done_6_3 <= fin_6_3;
   always @(posedge clk)
-    res_6_3 <= \$5258 ;
+    res_6_3 <= \$5265 ;
   always @(posedge clk)
     a_6_3 <= a_6_2;
   always @(posedge clk)
@@ -13566,7 +13624,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_6_4_1 <= { \$3236 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_6_4 <= \$4920 [15:0];
+    prod_6_4 <= \$4919 [15:0];
   always @(posedge clk)
     cp0_6_4 <= c_6_4;
   always @(posedge clk)
@@ -13574,11 +13632,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_4 <= c_6_3;
   always @(posedge clk)
-    acc_6_4 <= \$5259 ;
+    acc_6_4 <= \$5266 ;
   always @(posedge clk)
     done_6_4 <= fin_6_4;
   always @(posedge clk)
-    res_6_4 <= \$5260 ;
+    res_6_4 <= \$5267 ;
   always @(posedge clk)
     a_6_4 <= a_6_3;
   always @(posedge clk)
@@ -13596,7 +13654,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_6_5_1 <= { \$3297 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_6_5 <= \$4921 [15:0];
+    prod_6_5 <= \$4920 [15:0];
   always @(posedge clk)
     cp0_6_5 <= c_6_5;
   always @(posedge clk)
@@ -13604,11 +13662,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_5 <= c_6_4;
   always @(posedge clk)
-    acc_6_5 <= \$5261 ;
+    acc_6_5 <= \$5268 ;
   always @(posedge clk)
     done_6_5 <= fin_6_5;
   always @(posedge clk)
-    res_6_5 <= \$5262 ;
+    res_6_5 <= \$5269 ;
   always @(posedge clk)
     a_6_5 <= a_6_4;
   always @(posedge clk)
@@ -13626,7 +13684,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_6_6_1 <= { \$3358 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_6_6 <= \$4922 [15:0];
+    prod_6_6 <= \$4921 [15:0];
   always @(posedge clk)
     cp0_6_6 <= c_6_6;
   always @(posedge clk)
@@ -13634,11 +13692,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_6 <= c_6_5;
   always @(posedge clk)
-    acc_6_6 <= \$5263 ;
+    acc_6_6 <= \$5270 ;
   always @(posedge clk)
     done_6_6 <= fin_6_6;
   always @(posedge clk)
-    res_6_6 <= \$5264 ;
+    res_6_6 <= \$5271 ;
   always @(posedge clk)
     a_6_6 <= a_6_5;
   always @(posedge clk)
@@ -13656,7 +13714,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_6_7_1 <= { \$3419 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_6_7 <= \$4923 [15:0];
+    prod_6_7 <= \$4922 [15:0];
   always @(posedge clk)
     cp0_6_7 <= c_6_7;
   always @(posedge clk)
@@ -13664,13 +13722,13 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_7 <= c_6_6;
   always @(posedge clk)
-    acc_6_7 <= \$5265 ;
+    acc_6_7 <= \$5272 ;
   always @(posedge clk)
     done_6_7 <= fin_6_7;
   always @(posedge clk)
-    res_6_7 <= \$5266 ;
+    res_6_7 <= \$5273 ;
   always @(posedge clk)
-    res_valid_6 <= \$4924 ;
+    res_valid_6 <= \$4923 ;
   always @(posedge clk)
     w_6_7 <= w_5_7;
   always @(posedge clk)
@@ -13686,7 +13744,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_7_0_1 <= { \$3480 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_7_0 <= \$4925 [15:0];
+    prod_7_0 <= \$4924 [15:0];
   always @(posedge clk)
     cp0_7_0 <= c_7_0;
   always @(posedge clk)
@@ -13694,11 +13752,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_0 <= ctl_row7;
   always @(posedge clk)
-    acc_7_0 <= \$5267 ;
+    acc_7_0 <= \$5274 ;
   always @(posedge clk)
     done_7_0 <= fin_7_0;
   always @(posedge clk)
-    res_7_0 <= \$5268 ;
+    res_7_0 <= \$5275 ;
   always @(posedge clk)
     a_7_0 <= a_skew7_d7;
   always @(posedge clk)
@@ -13714,7 +13772,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_7_1_1 <= { \$3541 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_7_1 <= \$4926 [15:0];
+    prod_7_1 <= \$4925 [15:0];
   always @(posedge clk)
     cp0_7_1 <= c_7_1;
   always @(posedge clk)
@@ -13722,11 +13780,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_1 <= c_7_0;
   always @(posedge clk)
-    acc_7_1 <= \$5269 ;
+    acc_7_1 <= \$5276 ;
   always @(posedge clk)
     done_7_1 <= fin_7_1;
   always @(posedge clk)
-    res_7_1 <= \$5270 ;
+    res_7_1 <= \$5277 ;
   always @(posedge clk)
     a_7_1 <= a_7_0;
   always @(posedge clk)
@@ -13742,7 +13800,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_7_2_1 <= { \$3602 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_7_2 <= \$4927 [15:0];
+    prod_7_2 <= \$4926 [15:0];
   always @(posedge clk)
     cp0_7_2 <= c_7_2;
   always @(posedge clk)
@@ -13750,11 +13808,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_2 <= c_7_1;
   always @(posedge clk)
-    acc_7_2 <= \$5271 ;
+    acc_7_2 <= \$5278 ;
   always @(posedge clk)
     done_7_2 <= fin_7_2;
   always @(posedge clk)
-    res_7_2 <= \$5272 ;
+    res_7_2 <= \$5279 ;
   always @(posedge clk)
     a_7_2 <= a_7_1;
   always @(posedge clk)
@@ -13770,7 +13828,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_7_3_1 <= { \$3663 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_7_3 <= \$4928 [15:0];
+    prod_7_3 <= \$4927 [15:0];
   always @(posedge clk)
     cp0_7_3 <= c_7_3;
   always @(posedge clk)
@@ -13778,11 +13836,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_3 <= c_7_2;
   always @(posedge clk)
-    acc_7_3 <= \$5273 ;
+    acc_7_3 <= \$5280 ;
   always @(posedge clk)
     done_7_3 <= fin_7_3;
   always @(posedge clk)
-    res_7_3 <= \$5274 ;
+    res_7_3 <= \$5281 ;
   always @(posedge clk)
     a_7_3 <= a_7_2;
   always @(posedge clk)
@@ -13798,7 +13856,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_7_4_1 <= { \$3724 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_7_4 <= \$4929 [15:0];
+    prod_7_4 <= \$4928 [15:0];
   always @(posedge clk)
     cp0_7_4 <= c_7_4;
   always @(posedge clk)
@@ -13806,11 +13864,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_4 <= c_7_3;
   always @(posedge clk)
-    acc_7_4 <= \$5275 ;
+    acc_7_4 <= \$5282 ;
   always @(posedge clk)
     done_7_4 <= fin_7_4;
   always @(posedge clk)
-    res_7_4 <= \$5276 ;
+    res_7_4 <= \$5283 ;
   always @(posedge clk)
     a_7_4 <= a_7_3;
   always @(posedge clk)
@@ -13826,7 +13884,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_7_5_1 <= { \$3785 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_7_5 <= \$4930 [15:0];
+    prod_7_5 <= \$4929 [15:0];
   always @(posedge clk)
     cp0_7_5 <= c_7_5;
   always @(posedge clk)
@@ -13834,11 +13892,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_5 <= c_7_4;
   always @(posedge clk)
-    acc_7_5 <= \$5277 ;
+    acc_7_5 <= \$5284 ;
   always @(posedge clk)
     done_7_5 <= fin_7_5;
   always @(posedge clk)
-    res_7_5 <= \$5278 ;
+    res_7_5 <= \$5285 ;
   always @(posedge clk)
     a_7_5 <= a_7_4;
   always @(posedge clk)
@@ -13854,7 +13912,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_7_6_1 <= { \$3846 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_7_6 <= \$4931 [15:0];
+    prod_7_6 <= \$4930 [15:0];
   always @(posedge clk)
     cp0_7_6 <= c_7_6;
   always @(posedge clk)
@@ -13862,11 +13920,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_6 <= c_7_5;
   always @(posedge clk)
-    acc_7_6 <= \$5279 ;
+    acc_7_6 <= \$5286 ;
   always @(posedge clk)
     done_7_6 <= fin_7_6;
   always @(posedge clk)
-    res_7_6 <= \$5280 ;
+    res_7_6 <= \$5287 ;
   always @(posedge clk)
     a_7_6 <= a_7_5;
   always @(posedge clk)
@@ -13882,7 +13940,7 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     csb_7_7_1 <= { \$3907 [14:0], 1'h0 };
   always @(posedge clk)
-    prod_7_7 <= \$4932 [15:0];
+    prod_7_7 <= \$4931 [15:0];
   always @(posedge clk)
     cp0_7_7 <= c_7_7;
   always @(posedge clk)
@@ -13890,15 +13948,23 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_7 <= c_7_6;
   always @(posedge clk)
-    acc_7_7 <= \$5281 ;
+    acc_7_7 <= \$5288 ;
   always @(posedge clk)
     done_7_7 <= fin_7_7;
   always @(posedge clk)
-    res_7_7 <= \$5282 ;
+    res_7_7 <= \$5289 ;
   always @(posedge clk)
-    res_valid_7 <= \$4933 ;
+    res_valid_7 <= \$4932 ;
   always @(posedge clk)
-    p_dec <= \$5283 ;
+    p_dec_sel_m <= { \$4964 , \$4960 , \$4956 , \$4952 , \$4948 , \$4944 , \$4940 , \$4936  };
+  always @(posedge clk)
+    p_dec_sel_e <= { \$4996 , \$4992 , \$4988 , \$4984 , \$4980 , \$4976 , \$4972 , \$4968  };
+  always @(posedge clk)
+    p_dec_raw <= \$4998 ;
+  always @(posedge clk)
+    p_dec_hi <= { \$5030 , \$5029 , \$5028 , \$5027 , \$5026 , \$5025 , \$5024 , \$5023 , \$5022 , \$5021 , \$5020 , \$5019 , \$5018 , \$5017 , \$5016 , \$5015 , \$5014 , \$5013 , \$5012 , \$5011 , \$5010 , \$5009 , \$5008 , \$5007 , \$5006 , \$5005 , \$5004 , \$5003 , \$5002 , \$5001 , \$5000 , \$4999  };
+  always @(posedge clk)
+    p_dec <= \$5290 ;
   always @(posedge clk)
     deskew0_d1 <= res_0_0;
   always @(posedge clk)
@@ -13956,539 +14022,539 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     deskew6_d1 <= res_0_6;
   always @(posedge clk)
-    rq_s1_raw <= \$5284 ;
+    rq_s1_raw <= \$5291 ;
   always @(posedge clk)
-    rq_s1_hi <= \$5285 ;
+    rq_s1_hi <= \$5292 ;
   always @(posedge clk)
-    rq_s1_lo <= \$5286 ;
+    rq_s1_lo <= \$5293 ;
   always @(posedge clk)
-    rq_s1_s0 <= \$5287 ;
+    rq_s1_s0 <= \$5294 ;
   always @(posedge clk)
-    rq_s1_s1 <= \$5288 ;
+    rq_s1_s1 <= \$5295 ;
   always @(posedge clk)
-    rq_s1_s2 <= \$5289 ;
+    rq_s1_s2 <= \$5296 ;
   always @(posedge clk)
-    rq_s1_s3 <= \$5290 ;
+    rq_s1_s3 <= \$5297 ;
   always @(posedge clk)
-    rq_s1_s4 <= \$5291 ;
+    rq_s1_s4 <= \$5298 ;
   always @(posedge clk)
-    rq_s1_s5 <= \$5292 ;
+    rq_s1_s5 <= \$5299 ;
   always @(posedge clk)
-    rq_s1_s6 <= \$5293 ;
+    rq_s1_s6 <= \$5300 ;
   always @(posedge clk)
-    rq_s1_s7 <= \$5294 ;
+    rq_s1_s7 <= \$5301 ;
   always @(posedge clk)
-    rq_s1_m0 <= \$5295 ;
+    rq_s1_m0 <= \$5302 ;
   always @(posedge clk)
-    rq_s1_m1 <= \$5296 ;
+    rq_s1_m1 <= \$5303 ;
   always @(posedge clk)
-    rq_s1_m2 <= \$5297 ;
+    rq_s1_m2 <= \$5304 ;
   always @(posedge clk)
-    rq_s1_m3 <= \$5298 ;
+    rq_s1_m3 <= \$5305 ;
   always @(posedge clk)
-    rq_s1_m4 <= \$5299 ;
+    rq_s1_m4 <= \$5306 ;
   always @(posedge clk)
-    rq_s1_m5 <= \$5300 ;
+    rq_s1_m5 <= \$5307 ;
   always @(posedge clk)
-    rq_s1_m6 <= \$5301 ;
+    rq_s1_m6 <= \$5308 ;
   always @(posedge clk)
-    rq_s1_m7 <= \$5302 ;
+    rq_s1_m7 <= \$5309 ;
   always @(posedge clk)
-    rq_s1_e0 <= \$5303 ;
+    rq_s1_e0 <= \$5310 ;
   always @(posedge clk)
-    rq_s1_e1 <= \$5304 ;
+    rq_s1_e1 <= \$5311 ;
   always @(posedge clk)
-    rq_s1_e2 <= \$5305 ;
+    rq_s1_e2 <= \$5312 ;
   always @(posedge clk)
-    rq_s1_e3 <= \$5306 ;
+    rq_s1_e3 <= \$5313 ;
   always @(posedge clk)
-    rq_s1_e4 <= \$5307 ;
+    rq_s1_e4 <= \$5314 ;
   always @(posedge clk)
-    rq_s1_e5 <= \$5308 ;
+    rq_s1_e5 <= \$5315 ;
   always @(posedge clk)
-    rq_s1_e6 <= \$5309 ;
+    rq_s1_e6 <= \$5316 ;
   always @(posedge clk)
-    rq_s1_e7 <= \$5310 ;
+    rq_s1_e7 <= \$5317 ;
   always @(posedge clk)
-    rq_s2_raw <= \$5311 ;
+    rq_s2_raw <= \$5318 ;
   always @(posedge clk)
-    rq_s2_hi <= \$5312 ;
+    rq_s2_hi <= \$5319 ;
   always @(posedge clk)
-    rq_s2_lo <= \$5313 ;
+    rq_s2_lo <= \$5320 ;
   always @(posedge clk)
-    rq_s2_e0 <= \$5314 ;
+    rq_s2_e0 <= \$5321 ;
   always @(posedge clk)
-    rq_s2_e1 <= \$5315 ;
+    rq_s2_e1 <= \$5322 ;
   always @(posedge clk)
-    rq_s2_e2 <= \$5316 ;
+    rq_s2_e2 <= \$5323 ;
   always @(posedge clk)
-    rq_s2_e3 <= \$5317 ;
+    rq_s2_e3 <= \$5324 ;
   always @(posedge clk)
-    rq_s2_e4 <= \$5318 ;
+    rq_s2_e4 <= \$5325 ;
   always @(posedge clk)
-    rq_s2_e5 <= \$5319 ;
+    rq_s2_e5 <= \$5326 ;
   always @(posedge clk)
-    rq_s2_e6 <= \$5320 ;
+    rq_s2_e6 <= \$5327 ;
   always @(posedge clk)
-    rq_s2_e7 <= \$5321 ;
+    rq_s2_e7 <= \$5328 ;
   always @(posedge clk)
-    rq_csa1_0_l0_0 <= \$5322 ;
+    rq_csa1_0_l0_0 <= \$5329 ;
   always @(posedge clk)
-    rq_csa1_0_l0_1 <= \$5323 ;
+    rq_csa1_0_l0_1 <= \$5330 ;
   always @(posedge clk)
-    rq_csa1_0_l0_2 <= \$5324 ;
+    rq_csa1_0_l0_2 <= \$5331 ;
   always @(posedge clk)
-    rq_csa1_0_l0_3 <= \$5325 ;
+    rq_csa1_0_l0_3 <= \$5332 ;
   always @(posedge clk)
-    rq_csa1_0_l0_4 <= \$5326 ;
+    rq_csa1_0_l0_4 <= \$5333 ;
   always @(posedge clk)
-    rq_csa1_0_l0_5 <= \$5327 ;
+    rq_csa1_0_l0_5 <= \$5334 ;
   always @(posedge clk)
-    rq_csa1_0_l0_6 <= \$5328 ;
+    rq_csa1_0_l0_6 <= \$5335 ;
   always @(posedge clk)
-    rq_csa1_0_l0_7 <= \$5329 ;
+    rq_csa1_0_l0_7 <= \$5336 ;
   always @(posedge clk)
-    rq_csa1_1_l0_0 <= \$5330 ;
+    rq_csa1_1_l0_0 <= \$5337 ;
   always @(posedge clk)
-    rq_csa1_1_l0_1 <= \$5331 ;
+    rq_csa1_1_l0_1 <= \$5338 ;
   always @(posedge clk)
-    rq_csa1_1_l0_2 <= \$5332 ;
+    rq_csa1_1_l0_2 <= \$5339 ;
   always @(posedge clk)
-    rq_csa1_1_l0_3 <= \$5333 ;
+    rq_csa1_1_l0_3 <= \$5340 ;
   always @(posedge clk)
-    rq_csa1_1_l0_4 <= \$5334 ;
+    rq_csa1_1_l0_4 <= \$5341 ;
   always @(posedge clk)
-    rq_csa1_1_l0_5 <= \$5335 ;
+    rq_csa1_1_l0_5 <= \$5342 ;
   always @(posedge clk)
-    rq_csa1_1_l0_6 <= \$5336 ;
+    rq_csa1_1_l0_6 <= \$5343 ;
   always @(posedge clk)
-    rq_csa1_1_l0_7 <= \$5337 ;
+    rq_csa1_1_l0_7 <= \$5344 ;
   always @(posedge clk)
-    rq_csa1_2_l0_0 <= \$5338 ;
+    rq_csa1_2_l0_0 <= \$5345 ;
   always @(posedge clk)
-    rq_csa1_2_l0_1 <= \$5339 ;
+    rq_csa1_2_l0_1 <= \$5346 ;
   always @(posedge clk)
-    rq_csa1_2_l0_2 <= \$5340 ;
+    rq_csa1_2_l0_2 <= \$5347 ;
   always @(posedge clk)
-    rq_csa1_2_l0_3 <= \$5341 ;
+    rq_csa1_2_l0_3 <= \$5348 ;
   always @(posedge clk)
-    rq_csa1_2_l0_4 <= \$5342 ;
+    rq_csa1_2_l0_4 <= \$5349 ;
   always @(posedge clk)
-    rq_csa1_2_l0_5 <= \$5343 ;
+    rq_csa1_2_l0_5 <= \$5350 ;
   always @(posedge clk)
-    rq_csa1_2_l0_6 <= \$5344 ;
+    rq_csa1_2_l0_6 <= \$5351 ;
   always @(posedge clk)
-    rq_csa1_2_l0_7 <= \$5345 ;
+    rq_csa1_2_l0_7 <= \$5352 ;
   always @(posedge clk)
-    rq_csa1_3_l0_0 <= \$5346 ;
+    rq_csa1_3_l0_0 <= \$5353 ;
   always @(posedge clk)
-    rq_csa1_3_l0_1 <= \$5347 ;
+    rq_csa1_3_l0_1 <= \$5354 ;
   always @(posedge clk)
-    rq_csa1_3_l0_2 <= \$5348 ;
+    rq_csa1_3_l0_2 <= \$5355 ;
   always @(posedge clk)
-    rq_csa1_3_l0_3 <= \$5349 ;
+    rq_csa1_3_l0_3 <= \$5356 ;
   always @(posedge clk)
-    rq_csa1_3_l0_4 <= \$5350 ;
+    rq_csa1_3_l0_4 <= \$5357 ;
   always @(posedge clk)
-    rq_csa1_3_l0_5 <= \$5351 ;
+    rq_csa1_3_l0_5 <= \$5358 ;
   always @(posedge clk)
-    rq_csa1_3_l0_6 <= \$5352 ;
+    rq_csa1_3_l0_6 <= \$5359 ;
   always @(posedge clk)
-    rq_csa1_3_l0_7 <= \$5353 ;
+    rq_csa1_3_l0_7 <= \$5360 ;
   always @(posedge clk)
-    rq_csa1_4_l0_0 <= \$5354 ;
+    rq_csa1_4_l0_0 <= \$5361 ;
   always @(posedge clk)
-    rq_csa1_4_l0_1 <= \$5355 ;
+    rq_csa1_4_l0_1 <= \$5362 ;
   always @(posedge clk)
-    rq_csa1_4_l0_2 <= \$5356 ;
+    rq_csa1_4_l0_2 <= \$5363 ;
   always @(posedge clk)
-    rq_csa1_4_l0_3 <= \$5357 ;
+    rq_csa1_4_l0_3 <= \$5364 ;
   always @(posedge clk)
-    rq_csa1_4_l0_4 <= \$5358 ;
+    rq_csa1_4_l0_4 <= \$5365 ;
   always @(posedge clk)
-    rq_csa1_4_l0_5 <= \$5359 ;
+    rq_csa1_4_l0_5 <= \$5366 ;
   always @(posedge clk)
-    rq_csa1_4_l0_6 <= \$5360 ;
+    rq_csa1_4_l0_6 <= \$5367 ;
   always @(posedge clk)
-    rq_csa1_4_l0_7 <= \$5361 ;
+    rq_csa1_4_l0_7 <= \$5368 ;
   always @(posedge clk)
-    rq_csa1_5_l0_0 <= \$5362 ;
+    rq_csa1_5_l0_0 <= \$5369 ;
   always @(posedge clk)
-    rq_csa1_5_l0_1 <= \$5363 ;
+    rq_csa1_5_l0_1 <= \$5370 ;
   always @(posedge clk)
-    rq_csa1_5_l0_2 <= \$5364 ;
+    rq_csa1_5_l0_2 <= \$5371 ;
   always @(posedge clk)
-    rq_csa1_5_l0_3 <= \$5365 ;
+    rq_csa1_5_l0_3 <= \$5372 ;
   always @(posedge clk)
-    rq_csa1_5_l0_4 <= \$5366 ;
+    rq_csa1_5_l0_4 <= \$5373 ;
   always @(posedge clk)
-    rq_csa1_5_l0_5 <= \$5367 ;
+    rq_csa1_5_l0_5 <= \$5374 ;
   always @(posedge clk)
-    rq_csa1_5_l0_6 <= \$5368 ;
+    rq_csa1_5_l0_6 <= \$5375 ;
   always @(posedge clk)
-    rq_csa1_5_l0_7 <= \$5369 ;
+    rq_csa1_5_l0_7 <= \$5376 ;
   always @(posedge clk)
-    rq_csa1_6_l0_0 <= \$5370 ;
+    rq_csa1_6_l0_0 <= \$5377 ;
   always @(posedge clk)
-    rq_csa1_6_l0_1 <= \$5371 ;
+    rq_csa1_6_l0_1 <= \$5378 ;
   always @(posedge clk)
-    rq_csa1_6_l0_2 <= \$5372 ;
+    rq_csa1_6_l0_2 <= \$5379 ;
   always @(posedge clk)
-    rq_csa1_6_l0_3 <= \$5373 ;
+    rq_csa1_6_l0_3 <= \$5380 ;
   always @(posedge clk)
-    rq_csa1_6_l0_4 <= \$5374 ;
+    rq_csa1_6_l0_4 <= \$5381 ;
   always @(posedge clk)
-    rq_csa1_6_l0_5 <= \$5375 ;
+    rq_csa1_6_l0_5 <= \$5382 ;
   always @(posedge clk)
-    rq_csa1_6_l0_6 <= \$5376 ;
+    rq_csa1_6_l0_6 <= \$5383 ;
   always @(posedge clk)
-    rq_csa1_6_l0_7 <= \$5377 ;
+    rq_csa1_6_l0_7 <= \$5384 ;
   always @(posedge clk)
-    rq_csa1_7_l0_0 <= \$5378 ;
+    rq_csa1_7_l0_0 <= \$5385 ;
   always @(posedge clk)
-    rq_csa1_7_l0_1 <= \$5379 ;
+    rq_csa1_7_l0_1 <= \$5386 ;
   always @(posedge clk)
-    rq_csa1_7_l0_2 <= \$5380 ;
+    rq_csa1_7_l0_2 <= \$5387 ;
   always @(posedge clk)
-    rq_csa1_7_l0_3 <= \$5381 ;
+    rq_csa1_7_l0_3 <= \$5388 ;
   always @(posedge clk)
-    rq_csa1_7_l0_4 <= \$5382 ;
+    rq_csa1_7_l0_4 <= \$5389 ;
   always @(posedge clk)
-    rq_csa1_7_l0_5 <= \$5383 ;
+    rq_csa1_7_l0_5 <= \$5390 ;
   always @(posedge clk)
-    rq_csa1_7_l0_6 <= \$5384 ;
+    rq_csa1_7_l0_6 <= \$5391 ;
   always @(posedge clk)
-    rq_csa1_7_l0_7 <= \$5385 ;
+    rq_csa1_7_l0_7 <= \$5392 ;
   always @(posedge clk)
-    rq_s3_raw <= \$5386 ;
+    rq_s3_raw <= \$5393 ;
   always @(posedge clk)
-    rq_s3_hi <= \$5387 ;
+    rq_s3_hi <= \$5394 ;
   always @(posedge clk)
-    rq_s3_lo <= \$5388 ;
+    rq_s3_lo <= \$5395 ;
   always @(posedge clk)
-    rq_s3_e0 <= \$5389 ;
+    rq_s3_e0 <= \$5396 ;
   always @(posedge clk)
-    rq_s3_e1 <= \$5390 ;
+    rq_s3_e1 <= \$5397 ;
   always @(posedge clk)
-    rq_s3_e2 <= \$5391 ;
+    rq_s3_e2 <= \$5398 ;
   always @(posedge clk)
-    rq_s3_e3 <= \$5392 ;
+    rq_s3_e3 <= \$5399 ;
   always @(posedge clk)
-    rq_s3_e4 <= \$5393 ;
+    rq_s3_e4 <= \$5400 ;
   always @(posedge clk)
-    rq_s3_e5 <= \$5394 ;
+    rq_s3_e5 <= \$5401 ;
   always @(posedge clk)
-    rq_s3_e6 <= \$5395 ;
+    rq_s3_e6 <= \$5402 ;
   always @(posedge clk)
-    rq_s3_e7 <= \$5396 ;
+    rq_s3_e7 <= \$5403 ;
   always @(posedge clk)
-    rq_csa2_0_l0_0 <= \$5397 ;
+    rq_csa2_0_l0_0 <= \$5404 ;
   always @(posedge clk)
-    rq_csa2_0_l0_1 <= \$5398 ;
+    rq_csa2_0_l0_1 <= \$5405 ;
   always @(posedge clk)
-    rq_csa2_0_l0_2 <= \$5399 ;
+    rq_csa2_0_l0_2 <= \$5406 ;
   always @(posedge clk)
-    rq_csa2_0_l0_3 <= \$5400 ;
+    rq_csa2_0_l0_3 <= \$5407 ;
   always @(posedge clk)
-    rq_csa2_1_l0_0 <= \$5401 ;
+    rq_csa2_1_l0_0 <= \$5408 ;
   always @(posedge clk)
-    rq_csa2_1_l0_1 <= \$5402 ;
+    rq_csa2_1_l0_1 <= \$5409 ;
   always @(posedge clk)
-    rq_csa2_1_l0_2 <= \$5403 ;
+    rq_csa2_1_l0_2 <= \$5410 ;
   always @(posedge clk)
-    rq_csa2_1_l0_3 <= \$5404 ;
+    rq_csa2_1_l0_3 <= \$5411 ;
   always @(posedge clk)
-    rq_csa2_2_l0_0 <= \$5405 ;
+    rq_csa2_2_l0_0 <= \$5412 ;
   always @(posedge clk)
-    rq_csa2_2_l0_1 <= \$5406 ;
+    rq_csa2_2_l0_1 <= \$5413 ;
   always @(posedge clk)
-    rq_csa2_2_l0_2 <= \$5407 ;
+    rq_csa2_2_l0_2 <= \$5414 ;
   always @(posedge clk)
-    rq_csa2_2_l0_3 <= \$5408 ;
+    rq_csa2_2_l0_3 <= \$5415 ;
   always @(posedge clk)
-    rq_csa2_3_l0_0 <= \$5409 ;
+    rq_csa2_3_l0_0 <= \$5416 ;
   always @(posedge clk)
-    rq_csa2_3_l0_1 <= \$5410 ;
+    rq_csa2_3_l0_1 <= \$5417 ;
   always @(posedge clk)
-    rq_csa2_3_l0_2 <= \$5411 ;
+    rq_csa2_3_l0_2 <= \$5418 ;
   always @(posedge clk)
-    rq_csa2_3_l0_3 <= \$5412 ;
+    rq_csa2_3_l0_3 <= \$5419 ;
   always @(posedge clk)
-    rq_csa2_4_l0_0 <= \$5413 ;
+    rq_csa2_4_l0_0 <= \$5420 ;
   always @(posedge clk)
-    rq_csa2_4_l0_1 <= \$5414 ;
+    rq_csa2_4_l0_1 <= \$5421 ;
   always @(posedge clk)
-    rq_csa2_4_l0_2 <= \$5415 ;
+    rq_csa2_4_l0_2 <= \$5422 ;
   always @(posedge clk)
-    rq_csa2_4_l0_3 <= \$5416 ;
+    rq_csa2_4_l0_3 <= \$5423 ;
   always @(posedge clk)
-    rq_csa2_5_l0_0 <= \$5417 ;
+    rq_csa2_5_l0_0 <= \$5424 ;
   always @(posedge clk)
-    rq_csa2_5_l0_1 <= \$5418 ;
+    rq_csa2_5_l0_1 <= \$5425 ;
   always @(posedge clk)
-    rq_csa2_5_l0_2 <= \$5419 ;
+    rq_csa2_5_l0_2 <= \$5426 ;
   always @(posedge clk)
-    rq_csa2_5_l0_3 <= \$5420 ;
+    rq_csa2_5_l0_3 <= \$5427 ;
   always @(posedge clk)
-    rq_csa2_6_l0_0 <= \$5421 ;
+    rq_csa2_6_l0_0 <= \$5428 ;
   always @(posedge clk)
-    rq_csa2_6_l0_1 <= \$5422 ;
+    rq_csa2_6_l0_1 <= \$5429 ;
   always @(posedge clk)
-    rq_csa2_6_l0_2 <= \$5423 ;
+    rq_csa2_6_l0_2 <= \$5430 ;
   always @(posedge clk)
-    rq_csa2_6_l0_3 <= \$5424 ;
+    rq_csa2_6_l0_3 <= \$5431 ;
   always @(posedge clk)
-    rq_csa2_7_l0_0 <= \$5425 ;
+    rq_csa2_7_l0_0 <= \$5432 ;
   always @(posedge clk)
-    rq_csa2_7_l0_1 <= \$5426 ;
+    rq_csa2_7_l0_1 <= \$5433 ;
   always @(posedge clk)
-    rq_csa2_7_l0_2 <= \$5427 ;
+    rq_csa2_7_l0_2 <= \$5434 ;
   always @(posedge clk)
-    rq_csa2_7_l0_3 <= \$5428 ;
+    rq_csa2_7_l0_3 <= \$5435 ;
   always @(posedge clk)
-    rq_s4_raw <= \$5429 ;
+    rq_s4_raw <= \$5436 ;
   always @(posedge clk)
-    rq_s4_hi <= \$5430 ;
+    rq_s4_hi <= \$5437 ;
   always @(posedge clk)
-    rq_s4_lo <= \$5431 ;
+    rq_s4_lo <= \$5438 ;
   always @(posedge clk)
-    rq_s4_e0 <= \$5432 ;
+    rq_s4_e0 <= \$5439 ;
   always @(posedge clk)
-    rq_s4_e1 <= \$5433 ;
+    rq_s4_e1 <= \$5440 ;
   always @(posedge clk)
-    rq_s4_e2 <= \$5434 ;
+    rq_s4_e2 <= \$5441 ;
   always @(posedge clk)
-    rq_s4_e3 <= \$5435 ;
+    rq_s4_e3 <= \$5442 ;
   always @(posedge clk)
-    rq_s4_e4 <= \$5436 ;
+    rq_s4_e4 <= \$5443 ;
   always @(posedge clk)
-    rq_s4_e5 <= \$5437 ;
+    rq_s4_e5 <= \$5444 ;
   always @(posedge clk)
-    rq_s4_e6 <= \$5438 ;
+    rq_s4_e6 <= \$5445 ;
   always @(posedge clk)
-    rq_s4_e7 <= \$5439 ;
+    rq_s4_e7 <= \$5446 ;
   always @(posedge clk)
-    rq_s4_c0_0 <= \$5440 ;
+    rq_s4_c0_0 <= \$5447 ;
   always @(posedge clk)
-    rq_s4_c0_1 <= \$5441 ;
+    rq_s4_c0_1 <= \$5448 ;
   always @(posedge clk)
-    rq_s4_c1_0 <= \$5442 ;
+    rq_s4_c1_0 <= \$5449 ;
   always @(posedge clk)
-    rq_s4_c1_1 <= \$5443 ;
+    rq_s4_c1_1 <= \$5450 ;
   always @(posedge clk)
-    rq_s4_c2_0 <= \$5444 ;
+    rq_s4_c2_0 <= \$5451 ;
   always @(posedge clk)
-    rq_s4_c2_1 <= \$5445 ;
+    rq_s4_c2_1 <= \$5452 ;
   always @(posedge clk)
-    rq_s4_c3_0 <= \$5446 ;
+    rq_s4_c3_0 <= \$5453 ;
   always @(posedge clk)
-    rq_s4_c3_1 <= \$5447 ;
+    rq_s4_c3_1 <= \$5454 ;
   always @(posedge clk)
-    rq_s4_c4_0 <= \$5448 ;
+    rq_s4_c4_0 <= \$5455 ;
   always @(posedge clk)
-    rq_s4_c4_1 <= \$5449 ;
+    rq_s4_c4_1 <= \$5456 ;
   always @(posedge clk)
-    rq_s4_c5_0 <= \$5450 ;
+    rq_s4_c5_0 <= \$5457 ;
   always @(posedge clk)
-    rq_s4_c5_1 <= \$5451 ;
+    rq_s4_c5_1 <= \$5458 ;
   always @(posedge clk)
-    rq_s4_c6_0 <= \$5452 ;
+    rq_s4_c6_0 <= \$5459 ;
   always @(posedge clk)
-    rq_s4_c6_1 <= \$5453 ;
+    rq_s4_c6_1 <= \$5460 ;
   always @(posedge clk)
-    rq_s4_c7_0 <= \$5454 ;
+    rq_s4_c7_0 <= \$5461 ;
   always @(posedge clk)
-    rq_s4_c7_1 <= \$5455 ;
+    rq_s4_c7_1 <= \$5462 ;
   always @(posedge clk)
-    rq_s5_raw <= \$5456 ;
+    rq_s5_raw <= \$5463 ;
   always @(posedge clk)
-    rq_s5_hi <= \$5457 ;
+    rq_s5_hi <= \$5464 ;
   always @(posedge clk)
-    rq_s5_lo <= \$5458 ;
+    rq_s5_lo <= \$5465 ;
   always @(posedge clk)
-    rq_s5_e0 <= \$5459 ;
+    rq_s5_e0 <= \$5466 ;
   always @(posedge clk)
-    rq_s5_e1 <= \$5460 ;
+    rq_s5_e1 <= \$5467 ;
   always @(posedge clk)
-    rq_s5_e2 <= \$5461 ;
+    rq_s5_e2 <= \$5468 ;
   always @(posedge clk)
-    rq_s5_e3 <= \$5462 ;
+    rq_s5_e3 <= \$5469 ;
   always @(posedge clk)
-    rq_s5_e4 <= \$5463 ;
+    rq_s5_e4 <= \$5470 ;
   always @(posedge clk)
-    rq_s5_e5 <= \$5464 ;
+    rq_s5_e5 <= \$5471 ;
   always @(posedge clk)
-    rq_s5_e6 <= \$5465 ;
+    rq_s5_e6 <= \$5472 ;
   always @(posedge clk)
-    rq_s5_e7 <= \$5466 ;
+    rq_s5_e7 <= \$5473 ;
   always @(posedge clk)
-    rq_s5_p0 <= \$5467 ;
+    rq_s5_p0 <= \$5474 ;
   always @(posedge clk)
-    rq_s5_p1 <= \$5468 ;
+    rq_s5_p1 <= \$5475 ;
   always @(posedge clk)
-    rq_s5_p2 <= \$5469 ;
+    rq_s5_p2 <= \$5476 ;
   always @(posedge clk)
-    rq_s5_p3 <= \$5470 ;
+    rq_s5_p3 <= \$5477 ;
   always @(posedge clk)
-    rq_s5_p4 <= \$5471 ;
+    rq_s5_p4 <= \$5478 ;
   always @(posedge clk)
-    rq_s5_p5 <= \$5472 ;
+    rq_s5_p5 <= \$5479 ;
   always @(posedge clk)
-    rq_s5_p6 <= \$5473 ;
+    rq_s5_p6 <= \$5480 ;
   always @(posedge clk)
-    rq_s5_p7 <= \$5474 ;
+    rq_s5_p7 <= \$5481 ;
   always @(posedge clk)
-    rq_s6_raw <= \$5475 ;
+    rq_s6_raw <= \$5482 ;
   always @(posedge clk)
-    rq_s6_hi <= \$5476 ;
+    rq_s6_hi <= \$5483 ;
   always @(posedge clk)
-    rq_s6_lo <= \$5477 ;
+    rq_s6_lo <= \$5484 ;
   always @(posedge clk)
-    rq_s6_e0 <= \$5478 ;
+    rq_s6_e0 <= \$5485 ;
   always @(posedge clk)
-    rq_s6_e1 <= \$5479 ;
+    rq_s6_e1 <= \$5486 ;
   always @(posedge clk)
-    rq_s6_e2 <= \$5480 ;
+    rq_s6_e2 <= \$5487 ;
   always @(posedge clk)
-    rq_s6_e3 <= \$5481 ;
+    rq_s6_e3 <= \$5488 ;
   always @(posedge clk)
-    rq_s6_e4 <= \$5482 ;
+    rq_s6_e4 <= \$5489 ;
   always @(posedge clk)
-    rq_s6_e5 <= \$5483 ;
+    rq_s6_e5 <= \$5490 ;
   always @(posedge clk)
-    rq_s6_e6 <= \$5484 ;
+    rq_s6_e6 <= \$5491 ;
   always @(posedge clk)
-    rq_s6_e7 <= \$5485 ;
+    rq_s6_e7 <= \$5492 ;
   always @(posedge clk)
-    rq_s6_t0 <= \$5486 ;
+    rq_s6_t0 <= \$5493 ;
   always @(posedge clk)
-    rq_s6_t1 <= \$5487 ;
+    rq_s6_t1 <= \$5494 ;
   always @(posedge clk)
-    rq_s6_t2 <= \$5488 ;
+    rq_s6_t2 <= \$5495 ;
   always @(posedge clk)
-    rq_s6_t3 <= \$5489 ;
+    rq_s6_t3 <= \$5496 ;
   always @(posedge clk)
-    rq_s6_t4 <= \$5490 ;
+    rq_s6_t4 <= \$5497 ;
   always @(posedge clk)
-    rq_s6_t5 <= \$5491 ;
+    rq_s6_t5 <= \$5498 ;
   always @(posedge clk)
-    rq_s6_t6 <= \$5492 ;
+    rq_s6_t6 <= \$5499 ;
   always @(posedge clk)
-    rq_s6_t7 <= \$5493 ;
+    rq_s6_t7 <= \$5500 ;
   always @(posedge clk)
-    rq_s7_raw <= \$5494 ;
+    rq_s7_raw <= \$5501 ;
   always @(posedge clk)
-    rq_s7_hi <= \$5495 ;
+    rq_s7_hi <= \$5502 ;
   always @(posedge clk)
-    rq_s7_lo <= \$5496 ;
+    rq_s7_lo <= \$5503 ;
   always @(posedge clk)
-    rq_s7_u0 <= \$5497 ;
+    rq_s7_u0 <= \$5504 ;
   always @(posedge clk)
-    rq_s7_u1 <= \$5498 ;
+    rq_s7_u1 <= \$5505 ;
   always @(posedge clk)
-    rq_s7_u2 <= \$5499 ;
+    rq_s7_u2 <= \$5506 ;
   always @(posedge clk)
-    rq_s7_u3 <= \$5500 ;
+    rq_s7_u3 <= \$5507 ;
   always @(posedge clk)
-    rq_s7_u4 <= \$5501 ;
+    rq_s7_u4 <= \$5508 ;
   always @(posedge clk)
-    rq_s7_u5 <= \$5502 ;
+    rq_s7_u5 <= \$5509 ;
   always @(posedge clk)
-    rq_s7_u6 <= \$5503 ;
+    rq_s7_u6 <= \$5510 ;
   always @(posedge clk)
-    rq_s7_u7 <= \$5504 ;
+    rq_s7_u7 <= \$5511 ;
   always @(posedge clk)
-    rq_s8_raw <= \$5505 ;
+    rq_s8_raw <= \$5512 ;
   always @(posedge clk)
-    rq_s8_hi <= \$5506 ;
+    rq_s8_hi <= \$5513 ;
   always @(posedge clk)
-    rq_s8_lo <= \$5507 ;
+    rq_s8_lo <= \$5514 ;
   always @(posedge clk)
-    rq_s8_r0 <= \$5508 ;
+    rq_s8_r0 <= \$5515 ;
   always @(posedge clk)
-    rq_s8_r1 <= \$5509 ;
+    rq_s8_r1 <= \$5516 ;
   always @(posedge clk)
-    rq_s8_r2 <= \$5510 ;
+    rq_s8_r2 <= \$5517 ;
   always @(posedge clk)
-    rq_s8_r3 <= \$5511 ;
+    rq_s8_r3 <= \$5518 ;
   always @(posedge clk)
-    rq_s8_r4 <= \$5512 ;
+    rq_s8_r4 <= \$5519 ;
   always @(posedge clk)
-    rq_s8_r5 <= \$5513 ;
+    rq_s8_r5 <= \$5520 ;
   always @(posedge clk)
-    rq_s8_r6 <= \$5514 ;
+    rq_s8_r6 <= \$5521 ;
   always @(posedge clk)
-    rq_s8_r7 <= \$5515 ;
+    rq_s8_r7 <= \$5522 ;
   always @(posedge clk)
-    rq_s9_raw <= \$5516 ;
+    rq_s9_raw <= \$5523 ;
   always @(posedge clk)
-    rq_s9_hi <= \$5517 ;
+    rq_s9_hi <= \$5524 ;
   always @(posedge clk)
-    rq_s9_lo <= \$5518 ;
+    rq_s9_lo <= \$5525 ;
   always @(posedge clk)
-    rq_s9_lt0 <= \$5519 ;
+    rq_s9_lt0 <= \$5526 ;
   always @(posedge clk)
-    rq_s9_lt1 <= \$5520 ;
+    rq_s9_lt1 <= \$5527 ;
   always @(posedge clk)
-    rq_s9_lt2 <= \$5521 ;
+    rq_s9_lt2 <= \$5528 ;
   always @(posedge clk)
-    rq_s9_lt3 <= \$5522 ;
+    rq_s9_lt3 <= \$5529 ;
   always @(posedge clk)
-    rq_s9_lt4 <= \$5523 ;
+    rq_s9_lt4 <= \$5530 ;
   always @(posedge clk)
-    rq_s9_lt5 <= \$5524 ;
+    rq_s9_lt5 <= \$5531 ;
   always @(posedge clk)
-    rq_s9_lt6 <= \$5525 ;
+    rq_s9_lt6 <= \$5532 ;
   always @(posedge clk)
-    rq_s9_lt7 <= \$5526 ;
+    rq_s9_lt7 <= \$5533 ;
   always @(posedge clk)
-    rq_s9_gt0 <= \$5527 ;
+    rq_s9_gt0 <= \$5534 ;
   always @(posedge clk)
-    rq_s9_gt1 <= \$5528 ;
+    rq_s9_gt1 <= \$5535 ;
   always @(posedge clk)
-    rq_s9_gt2 <= \$5529 ;
+    rq_s9_gt2 <= \$5536 ;
   always @(posedge clk)
-    rq_s9_gt3 <= \$5530 ;
+    rq_s9_gt3 <= \$5537 ;
   always @(posedge clk)
-    rq_s9_gt4 <= \$5531 ;
+    rq_s9_gt4 <= \$5538 ;
   always @(posedge clk)
-    rq_s9_gt5 <= \$5532 ;
+    rq_s9_gt5 <= \$5539 ;
   always @(posedge clk)
-    rq_s9_gt6 <= \$5533 ;
+    rq_s9_gt6 <= \$5540 ;
   always @(posedge clk)
-    rq_s9_gt7 <= \$5534 ;
+    rq_s9_gt7 <= \$5541 ;
   always @(posedge clk)
-    rq_s9_r0 <= \$5535 ;
+    rq_s9_r0 <= \$5542 ;
   always @(posedge clk)
-    rq_s9_r1 <= \$5536 ;
+    rq_s9_r1 <= \$5543 ;
   always @(posedge clk)
-    rq_s9_r2 <= \$5537 ;
+    rq_s9_r2 <= \$5544 ;
   always @(posedge clk)
-    rq_s9_r3 <= \$5538 ;
+    rq_s9_r3 <= \$5545 ;
   always @(posedge clk)
-    rq_s9_r4 <= \$5539 ;
+    rq_s9_r4 <= \$5546 ;
   always @(posedge clk)
-    rq_s9_r5 <= \$5540 ;
+    rq_s9_r5 <= \$5547 ;
   always @(posedge clk)
-    rq_s9_r6 <= \$5541 ;
+    rq_s9_r6 <= \$5548 ;
   always @(posedge clk)
-    rq_s9_r7 <= \$5542 ;
+    rq_s9_r7 <= \$5549 ;
   always @(posedge clk)
-    rq_s10_o0 <= \$5543 ;
+    rq_s10_o0 <= \$5550 ;
   always @(posedge clk)
-    rq_s10_o1 <= \$5544 ;
+    rq_s10_o1 <= \$5551 ;
   always @(posedge clk)
-    rq_s10_o2 <= \$5545 ;
+    rq_s10_o2 <= \$5552 ;
   always @(posedge clk)
-    rq_s10_o3 <= \$5546 ;
+    rq_s10_o3 <= \$5553 ;
   always @(posedge clk)
-    rq_s10_o4 <= \$5547 ;
+    rq_s10_o4 <= \$5554 ;
   always @(posedge clk)
-    rq_s10_o5 <= \$5548 ;
+    rq_s10_o5 <= \$5555 ;
   always @(posedge clk)
-    rq_s10_o6 <= \$5549 ;
+    rq_s10_o6 <= \$5556 ;
   always @(posedge clk)
-    rq_s10_o7 <= \$5550 ;
+    rq_s10_o7 <= \$5557 ;
   always @(posedge clk)
     rq_valid1 <= res_valid_0;
   always @(posedge clk)
@@ -14508,7 +14574,13 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     rq_valid9 <= rq_valid8;
   always @(posedge clk)
-    w_en <= \$5551 ;
+    wp__en <= \$5558 ;
+  always @(posedge clk)
+    wp__addr <= \$5559 ;
+  always @(posedge clk)
+    rp__addr <= \$5560 ;
+  always @(posedge clk)
+    level <= \$5561 ;
   assign \$1  = ~ a__payload[64];
   assign may = \$1  | last_ok;
   assign \$2  = a__valid & w__valid;
@@ -18174,11 +18246,6 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \$3914  = rq_s1_m0[2] ? rq_s1_s0 : 32'd0;
   assign \$3916  = rq_s1_m0[3] ? rq_s1_s0 : 32'd0;
   assign \$3918  = rq_s1_m0[4] ? rq_s1_s0 : 32'd0;
-  assign \$3920  = rq_s1_m0[5] ? rq_s1_s0 : 32'd0;
-  assign \$3922  = rq_s1_m0[6] ? rq_s1_s0 : 32'd0;
-  assign \$3924  = rq_s1_m0[7] ? rq_s1_s0 : 32'd0;
-  assign \$3926  = rq_s1_m0[8] ? rq_s1_s0 : 32'd0;
-  assign \$3928  = rq_s1_m0[9] ? rq_s1_s0 : 32'd0;
   assign \$auto$rtlil.cc:2739:Not$2  = ~ \$35 [0];
   assign \$auto$rtlil.cc:2739:Not$102  = ~ \$3085 [0];
   assign \$auto$rtlil.cc:2739:Not$104  = ~ \$3146 [0];
@@ -18243,1100 +18310,1111 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \$auto$rtlil.cc:2739:Not$96  = ~ \$2902 [0];
   assign \$auto$rtlil.cc:2739:Not$98  = ~ \$2963 [0];
   assign \$auto$rtlil.cc:2739:Not$100  = ~ \$3024 [0];
-  \gemm.out_queue  out_queue (
-    .clk(clk),
-    .\port$7808$0 (rq_s10_o0),
-    .\port$7810$0 (rq_s10_o1),
-    .\port$7812$0 (rq_s10_o2),
-    .\port$7814$0 (rq_s10_o3),
-    .\port$7816$0 (rq_s10_o4),
-    .\port$7818$0 (rq_s10_o5),
-    .\port$7820$0 (rq_s10_o6),
-    .\port$7822$0 (rq_s10_o7),
-    .r_data(o__payload),
-    .r_en(o__ready),
-    .r_rdy(o__valid),
-    .rst(rst),
-    .w_en(w_en)
-  );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5147  = take;
-    if (rst) begin
-      \$5147  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5148  = take_last;
-    if (rst) begin
-      \$5148  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5149  = first;
-    if (r_valid) begin
-      \$5149  = r_last;
-    end
-    if (rst) begin
-      \$5149  = 1'h1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5150  = p_in;
-    if (\$4838 ) begin
-      \$5150  = p__payload;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5151  = p_in_valid;
-    if (\$4838 ) begin
-      \$5151  = p__valid;
-    end
-    if (hold_en) begin
-      \$5151  = 1'h0;
-    end
-    if (rst) begin
-      \$5151  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5152  = p_hold;
-    if (hold_en) begin
-      \$5152  = p_in;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5153  = \$4852 [4:0];
-    if (rst) begin
-      \$5153  = 5'h10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5154  = \$4861 ;
+    \$5154  = take;
     if (rst) begin
       \$5154  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5155  = acc_0_0;
+    \$5155  = take_last;
+    if (rst) begin
+      \$5155  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
+    \$5156  = first;
+    if (r_valid) begin
+      \$5156  = r_last;
+    end
+    if (rst) begin
+      \$5156  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
+    \$5157  = p_in;
+    if (\$4838 ) begin
+      \$5157  = p__payload;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
+    \$5158  = p_in_valid;
+    if (\$4838 ) begin
+      \$5158  = p__valid;
+    end
+    if (hold_en) begin
+      \$5158  = 1'h0;
+    end
+    if (rst) begin
+      \$5158  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
+    \$5159  = p_hold;
+    if (hold_en) begin
+      \$5159  = p_in;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
+    \$5160  = \$4851 [4:0];
+    if (rst) begin
+      \$5160  = 5'h10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
+    \$5161  = \$4860 ;
+    if (rst) begin
+      \$5161  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
+    \$5162  = acc_0_0;
     if (cp1_0_0[0]) begin
-      \$5155  = \$66 [31:0];
+      \$5162  = \$66 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_0) begin
-      \$5156  = acc_0_0;
+      \$5163  = acc_0_0;
     end else begin
-      \$5156  = res_1_0;
+      \$5163  = res_1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5157  = acc_0_1;
+    \$5164  = acc_0_1;
     if (cp1_0_1[0]) begin
-      \$5157  = \$127 [31:0];
+      \$5164  = \$127 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_1) begin
-      \$5158  = acc_0_1;
+      \$5165  = acc_0_1;
     end else begin
-      \$5158  = res_1_1;
+      \$5165  = res_1_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5159  = acc_0_2;
+    \$5166  = acc_0_2;
     if (cp1_0_2[0]) begin
-      \$5159  = \$188 [31:0];
+      \$5166  = \$188 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_2) begin
-      \$5160  = acc_0_2;
+      \$5167  = acc_0_2;
     end else begin
-      \$5160  = res_1_2;
+      \$5167  = res_1_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5161  = acc_0_3;
+    \$5168  = acc_0_3;
     if (cp1_0_3[0]) begin
-      \$5161  = \$249 [31:0];
+      \$5168  = \$249 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_3) begin
-      \$5162  = acc_0_3;
+      \$5169  = acc_0_3;
     end else begin
-      \$5162  = res_1_3;
+      \$5169  = res_1_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5163  = acc_0_4;
+    \$5170  = acc_0_4;
     if (cp1_0_4[0]) begin
-      \$5163  = \$310 [31:0];
+      \$5170  = \$310 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_4) begin
-      \$5164  = acc_0_4;
+      \$5171  = acc_0_4;
     end else begin
-      \$5164  = res_1_4;
+      \$5171  = res_1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5165  = acc_0_5;
+    \$5172  = acc_0_5;
     if (cp1_0_5[0]) begin
-      \$5165  = \$371 [31:0];
+      \$5172  = \$371 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_5) begin
-      \$5166  = acc_0_5;
+      \$5173  = acc_0_5;
     end else begin
-      \$5166  = res_1_5;
+      \$5173  = res_1_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5167  = acc_0_6;
+    \$5174  = acc_0_6;
     if (cp1_0_6[0]) begin
-      \$5167  = \$432 [31:0];
+      \$5174  = \$432 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_6) begin
-      \$5168  = acc_0_6;
+      \$5175  = acc_0_6;
     end else begin
-      \$5168  = res_1_6;
+      \$5175  = res_1_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5169  = acc_0_7;
+    \$5176  = acc_0_7;
     if (cp1_0_7[0]) begin
-      \$5169  = \$493 [31:0];
+      \$5176  = \$493 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_7) begin
-      \$5170  = acc_0_7;
+      \$5177  = acc_0_7;
     end else begin
-      \$5170  = res_1_7;
+      \$5177  = res_1_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5171  = acc_1_0;
+    \$5178  = acc_1_0;
     if (cp1_1_0[0]) begin
-      \$5171  = \$554 [31:0];
+      \$5178  = \$554 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_0) begin
-      \$5172  = acc_1_0;
+      \$5179  = acc_1_0;
     end else begin
-      \$5172  = res_2_0;
+      \$5179  = res_2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5173  = acc_1_1;
+    \$5180  = acc_1_1;
     if (cp1_1_1[0]) begin
-      \$5173  = \$615 [31:0];
+      \$5180  = \$615 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_1) begin
-      \$5174  = acc_1_1;
+      \$5181  = acc_1_1;
     end else begin
-      \$5174  = res_2_1;
+      \$5181  = res_2_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5175  = acc_1_2;
+    \$5182  = acc_1_2;
     if (cp1_1_2[0]) begin
-      \$5175  = \$676 [31:0];
+      \$5182  = \$676 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_2) begin
-      \$5176  = acc_1_2;
+      \$5183  = acc_1_2;
     end else begin
-      \$5176  = res_2_2;
+      \$5183  = res_2_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5177  = acc_1_3;
+    \$5184  = acc_1_3;
     if (cp1_1_3[0]) begin
-      \$5177  = \$737 [31:0];
+      \$5184  = \$737 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_3) begin
-      \$5178  = acc_1_3;
+      \$5185  = acc_1_3;
     end else begin
-      \$5178  = res_2_3;
+      \$5185  = res_2_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5179  = acc_1_4;
+    \$5186  = acc_1_4;
     if (cp1_1_4[0]) begin
-      \$5179  = \$798 [31:0];
+      \$5186  = \$798 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_4) begin
-      \$5180  = acc_1_4;
+      \$5187  = acc_1_4;
     end else begin
-      \$5180  = res_2_4;
+      \$5187  = res_2_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5181  = acc_1_5;
+    \$5188  = acc_1_5;
     if (cp1_1_5[0]) begin
-      \$5181  = \$859 [31:0];
+      \$5188  = \$859 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_5) begin
-      \$5182  = acc_1_5;
+      \$5189  = acc_1_5;
     end else begin
-      \$5182  = res_2_5;
+      \$5189  = res_2_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5183  = acc_1_6;
+    \$5190  = acc_1_6;
     if (cp1_1_6[0]) begin
-      \$5183  = \$920 [31:0];
+      \$5190  = \$920 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_6) begin
-      \$5184  = acc_1_6;
+      \$5191  = acc_1_6;
     end else begin
-      \$5184  = res_2_6;
+      \$5191  = res_2_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5185  = acc_1_7;
+    \$5192  = acc_1_7;
     if (cp1_1_7[0]) begin
-      \$5185  = \$981 [31:0];
+      \$5192  = \$981 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_7) begin
-      \$5186  = acc_1_7;
+      \$5193  = acc_1_7;
     end else begin
-      \$5186  = res_2_7;
+      \$5193  = res_2_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5187  = acc_2_0;
+    \$5194  = acc_2_0;
     if (cp1_2_0[0]) begin
-      \$5187  = \$1042 [31:0];
+      \$5194  = \$1042 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_0) begin
-      \$5188  = acc_2_0;
+      \$5195  = acc_2_0;
     end else begin
-      \$5188  = res_3_0;
+      \$5195  = res_3_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5189  = acc_2_1;
+    \$5196  = acc_2_1;
     if (cp1_2_1[0]) begin
-      \$5189  = \$1103 [31:0];
+      \$5196  = \$1103 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_1) begin
-      \$5190  = acc_2_1;
+      \$5197  = acc_2_1;
     end else begin
-      \$5190  = res_3_1;
+      \$5197  = res_3_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5191  = acc_2_2;
+    \$5198  = acc_2_2;
     if (cp1_2_2[0]) begin
-      \$5191  = \$1164 [31:0];
+      \$5198  = \$1164 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_2) begin
-      \$5192  = acc_2_2;
+      \$5199  = acc_2_2;
     end else begin
-      \$5192  = res_3_2;
+      \$5199  = res_3_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5193  = acc_2_3;
+    \$5200  = acc_2_3;
     if (cp1_2_3[0]) begin
-      \$5193  = \$1225 [31:0];
+      \$5200  = \$1225 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_3) begin
-      \$5194  = acc_2_3;
+      \$5201  = acc_2_3;
     end else begin
-      \$5194  = res_3_3;
+      \$5201  = res_3_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5195  = acc_2_4;
+    \$5202  = acc_2_4;
     if (cp1_2_4[0]) begin
-      \$5195  = \$1286 [31:0];
+      \$5202  = \$1286 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_4) begin
-      \$5196  = acc_2_4;
+      \$5203  = acc_2_4;
     end else begin
-      \$5196  = res_3_4;
+      \$5203  = res_3_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5197  = acc_2_5;
+    \$5204  = acc_2_5;
     if (cp1_2_5[0]) begin
-      \$5197  = \$1347 [31:0];
+      \$5204  = \$1347 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_5) begin
-      \$5198  = acc_2_5;
+      \$5205  = acc_2_5;
     end else begin
-      \$5198  = res_3_5;
+      \$5205  = res_3_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5199  = acc_2_6;
+    \$5206  = acc_2_6;
     if (cp1_2_6[0]) begin
-      \$5199  = \$1408 [31:0];
+      \$5206  = \$1408 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_6) begin
-      \$5200  = acc_2_6;
+      \$5207  = acc_2_6;
     end else begin
-      \$5200  = res_3_6;
+      \$5207  = res_3_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5201  = acc_2_7;
+    \$5208  = acc_2_7;
     if (cp1_2_7[0]) begin
-      \$5201  = \$1469 [31:0];
+      \$5208  = \$1469 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_7) begin
-      \$5202  = acc_2_7;
+      \$5209  = acc_2_7;
     end else begin
-      \$5202  = res_3_7;
+      \$5209  = res_3_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5203  = acc_3_0;
+    \$5210  = acc_3_0;
     if (cp1_3_0[0]) begin
-      \$5203  = \$1530 [31:0];
+      \$5210  = \$1530 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_0) begin
-      \$5204  = acc_3_0;
+      \$5211  = acc_3_0;
     end else begin
-      \$5204  = res_4_0;
+      \$5211  = res_4_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5205  = acc_3_1;
+    \$5212  = acc_3_1;
     if (cp1_3_1[0]) begin
-      \$5205  = \$1591 [31:0];
+      \$5212  = \$1591 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_1) begin
-      \$5206  = acc_3_1;
+      \$5213  = acc_3_1;
     end else begin
-      \$5206  = res_4_1;
+      \$5213  = res_4_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5207  = acc_3_2;
+    \$5214  = acc_3_2;
     if (cp1_3_2[0]) begin
-      \$5207  = \$1652 [31:0];
+      \$5214  = \$1652 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_2) begin
-      \$5208  = acc_3_2;
+      \$5215  = acc_3_2;
     end else begin
-      \$5208  = res_4_2;
+      \$5215  = res_4_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5209  = acc_3_3;
+    \$5216  = acc_3_3;
     if (cp1_3_3[0]) begin
-      \$5209  = \$1713 [31:0];
+      \$5216  = \$1713 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_3) begin
-      \$5210  = acc_3_3;
+      \$5217  = acc_3_3;
     end else begin
-      \$5210  = res_4_3;
+      \$5217  = res_4_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5211  = acc_3_4;
+    \$5218  = acc_3_4;
     if (cp1_3_4[0]) begin
-      \$5211  = \$1774 [31:0];
+      \$5218  = \$1774 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_4) begin
-      \$5212  = acc_3_4;
+      \$5219  = acc_3_4;
     end else begin
-      \$5212  = res_4_4;
+      \$5219  = res_4_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5213  = acc_3_5;
+    \$5220  = acc_3_5;
     if (cp1_3_5[0]) begin
-      \$5213  = \$1835 [31:0];
+      \$5220  = \$1835 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_5) begin
-      \$5214  = acc_3_5;
+      \$5221  = acc_3_5;
     end else begin
-      \$5214  = res_4_5;
+      \$5221  = res_4_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5215  = acc_3_6;
+    \$5222  = acc_3_6;
     if (cp1_3_6[0]) begin
-      \$5215  = \$1896 [31:0];
+      \$5222  = \$1896 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_6) begin
-      \$5216  = acc_3_6;
+      \$5223  = acc_3_6;
     end else begin
-      \$5216  = res_4_6;
+      \$5223  = res_4_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5217  = acc_3_7;
+    \$5224  = acc_3_7;
     if (cp1_3_7[0]) begin
-      \$5217  = \$1957 [31:0];
+      \$5224  = \$1957 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_7) begin
-      \$5218  = acc_3_7;
+      \$5225  = acc_3_7;
     end else begin
-      \$5218  = res_4_7;
+      \$5225  = res_4_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5219  = acc_4_0;
+    \$5226  = acc_4_0;
     if (cp1_4_0[0]) begin
-      \$5219  = \$2018 [31:0];
+      \$5226  = \$2018 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_0) begin
-      \$5220  = acc_4_0;
+      \$5227  = acc_4_0;
     end else begin
-      \$5220  = res_5_0;
+      \$5227  = res_5_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5221  = acc_4_1;
+    \$5228  = acc_4_1;
     if (cp1_4_1[0]) begin
-      \$5221  = \$2079 [31:0];
+      \$5228  = \$2079 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_1) begin
-      \$5222  = acc_4_1;
+      \$5229  = acc_4_1;
     end else begin
-      \$5222  = res_5_1;
+      \$5229  = res_5_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5223  = acc_4_2;
+    \$5230  = acc_4_2;
     if (cp1_4_2[0]) begin
-      \$5223  = \$2140 [31:0];
+      \$5230  = \$2140 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_2) begin
-      \$5224  = acc_4_2;
+      \$5231  = acc_4_2;
     end else begin
-      \$5224  = res_5_2;
+      \$5231  = res_5_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5225  = acc_4_3;
+    \$5232  = acc_4_3;
     if (cp1_4_3[0]) begin
-      \$5225  = \$2201 [31:0];
+      \$5232  = \$2201 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_3) begin
-      \$5226  = acc_4_3;
+      \$5233  = acc_4_3;
     end else begin
-      \$5226  = res_5_3;
+      \$5233  = res_5_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5227  = acc_4_4;
+    \$5234  = acc_4_4;
     if (cp1_4_4[0]) begin
-      \$5227  = \$2262 [31:0];
+      \$5234  = \$2262 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_4) begin
-      \$5228  = acc_4_4;
+      \$5235  = acc_4_4;
     end else begin
-      \$5228  = res_5_4;
+      \$5235  = res_5_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5229  = acc_4_5;
+    \$5236  = acc_4_5;
     if (cp1_4_5[0]) begin
-      \$5229  = \$2323 [31:0];
+      \$5236  = \$2323 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_5) begin
-      \$5230  = acc_4_5;
+      \$5237  = acc_4_5;
     end else begin
-      \$5230  = res_5_5;
+      \$5237  = res_5_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5231  = acc_4_6;
+    \$5238  = acc_4_6;
     if (cp1_4_6[0]) begin
-      \$5231  = \$2384 [31:0];
+      \$5238  = \$2384 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_6) begin
-      \$5232  = acc_4_6;
+      \$5239  = acc_4_6;
     end else begin
-      \$5232  = res_5_6;
+      \$5239  = res_5_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5233  = acc_4_7;
+    \$5240  = acc_4_7;
     if (cp1_4_7[0]) begin
-      \$5233  = \$2445 [31:0];
+      \$5240  = \$2445 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_7) begin
-      \$5234  = acc_4_7;
+      \$5241  = acc_4_7;
     end else begin
-      \$5234  = res_5_7;
+      \$5241  = res_5_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5235  = acc_5_0;
+    \$5242  = acc_5_0;
     if (cp1_5_0[0]) begin
-      \$5235  = \$2506 [31:0];
+      \$5242  = \$2506 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_0) begin
-      \$5236  = acc_5_0;
+      \$5243  = acc_5_0;
     end else begin
-      \$5236  = res_6_0;
+      \$5243  = res_6_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5237  = acc_5_1;
+    \$5244  = acc_5_1;
     if (cp1_5_1[0]) begin
-      \$5237  = \$2567 [31:0];
+      \$5244  = \$2567 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_1) begin
-      \$5238  = acc_5_1;
+      \$5245  = acc_5_1;
     end else begin
-      \$5238  = res_6_1;
+      \$5245  = res_6_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5239  = acc_5_2;
+    \$5246  = acc_5_2;
     if (cp1_5_2[0]) begin
-      \$5239  = \$2628 [31:0];
+      \$5246  = \$2628 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_2) begin
-      \$5240  = acc_5_2;
+      \$5247  = acc_5_2;
     end else begin
-      \$5240  = res_6_2;
+      \$5247  = res_6_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5241  = acc_5_3;
+    \$5248  = acc_5_3;
     if (cp1_5_3[0]) begin
-      \$5241  = \$2689 [31:0];
+      \$5248  = \$2689 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_3) begin
-      \$5242  = acc_5_3;
+      \$5249  = acc_5_3;
     end else begin
-      \$5242  = res_6_3;
+      \$5249  = res_6_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5243  = acc_5_4;
+    \$5250  = acc_5_4;
     if (cp1_5_4[0]) begin
-      \$5243  = \$2750 [31:0];
+      \$5250  = \$2750 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_4) begin
-      \$5244  = acc_5_4;
+      \$5251  = acc_5_4;
     end else begin
-      \$5244  = res_6_4;
+      \$5251  = res_6_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5245  = acc_5_5;
+    \$5252  = acc_5_5;
     if (cp1_5_5[0]) begin
-      \$5245  = \$2811 [31:0];
+      \$5252  = \$2811 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_5) begin
-      \$5246  = acc_5_5;
+      \$5253  = acc_5_5;
     end else begin
-      \$5246  = res_6_5;
+      \$5253  = res_6_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5247  = acc_5_6;
+    \$5254  = acc_5_6;
     if (cp1_5_6[0]) begin
-      \$5247  = \$2872 [31:0];
+      \$5254  = \$2872 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_6) begin
-      \$5248  = acc_5_6;
+      \$5255  = acc_5_6;
     end else begin
-      \$5248  = res_6_6;
+      \$5255  = res_6_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5249  = acc_5_7;
+    \$5256  = acc_5_7;
     if (cp1_5_7[0]) begin
-      \$5249  = \$2933 [31:0];
+      \$5256  = \$2933 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_7) begin
-      \$5250  = acc_5_7;
+      \$5257  = acc_5_7;
     end else begin
-      \$5250  = res_6_7;
+      \$5257  = res_6_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5251  = acc_6_0;
+    \$5258  = acc_6_0;
     if (cp1_6_0[0]) begin
-      \$5251  = \$2994 [31:0];
+      \$5258  = \$2994 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_0) begin
-      \$5252  = acc_6_0;
+      \$5259  = acc_6_0;
     end else begin
-      \$5252  = res_7_0;
+      \$5259  = res_7_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5253  = acc_6_1;
+    \$5260  = acc_6_1;
     if (cp1_6_1[0]) begin
-      \$5253  = \$3055 [31:0];
+      \$5260  = \$3055 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_1) begin
-      \$5254  = acc_6_1;
+      \$5261  = acc_6_1;
     end else begin
-      \$5254  = res_7_1;
+      \$5261  = res_7_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5255  = acc_6_2;
+    \$5262  = acc_6_2;
     if (cp1_6_2[0]) begin
-      \$5255  = \$3116 [31:0];
+      \$5262  = \$3116 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_2) begin
-      \$5256  = acc_6_2;
+      \$5263  = acc_6_2;
     end else begin
-      \$5256  = res_7_2;
+      \$5263  = res_7_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5257  = acc_6_3;
+    \$5264  = acc_6_3;
     if (cp1_6_3[0]) begin
-      \$5257  = \$3177 [31:0];
+      \$5264  = \$3177 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_3) begin
-      \$5258  = acc_6_3;
+      \$5265  = acc_6_3;
     end else begin
-      \$5258  = res_7_3;
+      \$5265  = res_7_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5259  = acc_6_4;
+    \$5266  = acc_6_4;
     if (cp1_6_4[0]) begin
-      \$5259  = \$3238 [31:0];
+      \$5266  = \$3238 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_4) begin
-      \$5260  = acc_6_4;
+      \$5267  = acc_6_4;
     end else begin
-      \$5260  = res_7_4;
+      \$5267  = res_7_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5261  = acc_6_5;
+    \$5268  = acc_6_5;
     if (cp1_6_5[0]) begin
-      \$5261  = \$3299 [31:0];
+      \$5268  = \$3299 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_5) begin
-      \$5262  = acc_6_5;
+      \$5269  = acc_6_5;
     end else begin
-      \$5262  = res_7_5;
+      \$5269  = res_7_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5263  = acc_6_6;
+    \$5270  = acc_6_6;
     if (cp1_6_6[0]) begin
-      \$5263  = \$3360 [31:0];
+      \$5270  = \$3360 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_6) begin
-      \$5264  = acc_6_6;
+      \$5271  = acc_6_6;
     end else begin
-      \$5264  = res_7_6;
+      \$5271  = res_7_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5265  = acc_6_7;
+    \$5272  = acc_6_7;
     if (cp1_6_7[0]) begin
-      \$5265  = \$3421 [31:0];
+      \$5272  = \$3421 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_7) begin
-      \$5266  = acc_6_7;
+      \$5273  = acc_6_7;
     end else begin
-      \$5266  = res_7_7;
+      \$5273  = res_7_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5267  = acc_7_0;
+    \$5274  = acc_7_0;
     if (cp1_7_0[0]) begin
-      \$5267  = \$3482 [31:0];
+      \$5274  = \$3482 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5268  = res_7_0;
+    \$5275  = res_7_0;
     if (done_7_0) begin
-      \$5268  = acc_7_0;
+      \$5275  = acc_7_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5269  = acc_7_1;
+    \$5276  = acc_7_1;
     if (cp1_7_1[0]) begin
-      \$5269  = \$3543 [31:0];
+      \$5276  = \$3543 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5270  = res_7_1;
+    \$5277  = res_7_1;
     if (done_7_1) begin
-      \$5270  = acc_7_1;
+      \$5277  = acc_7_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5271  = acc_7_2;
+    \$5278  = acc_7_2;
     if (cp1_7_2[0]) begin
-      \$5271  = \$3604 [31:0];
+      \$5278  = \$3604 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5272  = res_7_2;
+    \$5279  = res_7_2;
     if (done_7_2) begin
-      \$5272  = acc_7_2;
+      \$5279  = acc_7_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5273  = acc_7_3;
+    \$5280  = acc_7_3;
     if (cp1_7_3[0]) begin
-      \$5273  = \$3665 [31:0];
+      \$5280  = \$3665 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5274  = res_7_3;
+    \$5281  = res_7_3;
     if (done_7_3) begin
-      \$5274  = acc_7_3;
+      \$5281  = acc_7_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5275  = acc_7_4;
+    \$5282  = acc_7_4;
     if (cp1_7_4[0]) begin
-      \$5275  = \$3726 [31:0];
+      \$5282  = \$3726 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5276  = res_7_4;
+    \$5283  = res_7_4;
     if (done_7_4) begin
-      \$5276  = acc_7_4;
+      \$5283  = acc_7_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5277  = acc_7_5;
+    \$5284  = acc_7_5;
     if (cp1_7_5[0]) begin
-      \$5277  = \$3787 [31:0];
+      \$5284  = \$3787 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5278  = res_7_5;
+    \$5285  = res_7_5;
     if (done_7_5) begin
-      \$5278  = acc_7_5;
+      \$5285  = acc_7_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5279  = acc_7_6;
+    \$5286  = acc_7_6;
     if (cp1_7_6[0]) begin
-      \$5279  = \$3848 [31:0];
+      \$5286  = \$3848 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5280  = res_7_6;
+    \$5287  = res_7_6;
     if (done_7_6) begin
-      \$5280  = acc_7_6;
+      \$5287  = acc_7_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5281  = acc_7_7;
+    \$5288  = acc_7_7;
     if (cp1_7_7[0]) begin
-      \$5281  = \$3909 [31:0];
+      \$5288  = \$3909 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5282  = res_7_7;
+    \$5289  = res_7_7;
     if (done_7_7) begin
-      \$5282  = acc_7_7;
+      \$5289  = acc_7_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5551  = \$5146 ;
+    \$5558  = \$5145 ;
     if (rst) begin
-      \$5551  = 1'h0;
+      \$5558  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
+    \$5559  = wp__addr;
+    if (wp__en) begin
+      \$5559  = \$5148 [3:0];
+    end
+    if (rst) begin
+      \$5559  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
+    \$5560  = rp__addr;
+    if (pop) begin
+      \$5560  = \$5151 [3:0];
+    end
+    if (rst) begin
+      \$5560  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
+    \$5561  = \$5153 [4:0];
+    if (rst) begin
+      \$5561  = 5'h00;
     end
   end
   assign pe_0_0_a_l0_0 = { \$7 [8], \$7 [8], \$7 [8], \$7 [8], \$7 [8], \$7 [8], \$7 [8], \$7  };
@@ -21131,11 +21209,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign rq_csa2_7_l1_1 = { \$4831 [46:0], 1'h0 };
   assign rq_csa2_7_l1_2 = rq_csa2_7_l0_3;
   assign rq_csa2_7_l2_1 = { \$4837 [46:0], 1'h0 };
-  assign rq_valid10 = w_en;
-  assign w_data = { rq_s10_o7, rq_s10_o6, rq_s10_o5, rq_s10_o4, rq_s10_o3, rq_s10_o2, rq_s10_o1, rq_s10_o0 };
-  assign r_rdy = o__valid;
-  assign r_data = o__payload;
-  assign r_en = o__ready;
+  assign produce = wp__addr;
+  assign wp__data = { rq_s10_o7, rq_s10_o6, rq_s10_o5, rq_s10_o4, rq_s10_o3, rq_s10_o2, rq_s10_o1, rq_s10_o0 };
+  assign rq_valid10 = wp__en;
+  assign consume = rp__addr;
+  assign rp__data = o__payload;
   assign \a__payload.data  = a__payload[63:0];
   assign \a__payload.data[0]  = a__payload[7:0];
   assign \a__payload.data[1]  = a__payload[15:8];
@@ -21931,300 +22009,300 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \c_7_7.valid  = c_7_7[0];
   assign \c_7_7.first  = c_7_7[1];
   assign \c_7_7.last  = c_7_7[2];
-  assign \$5550  = \$5144 ;
-  assign \$5549  = \$5141 ;
-  assign \$5548  = \$5138 ;
-  assign \$5547  = \$5135 ;
-  assign \$5546  = \$5132 ;
-  assign \$5545  = \$5129 ;
-  assign \$5544  = \$5126 ;
-  assign \$5543  = \$5123 ;
-  assign \$5542  = rq_s8_r7[31:0];
-  assign \$5541  = rq_s8_r6[31:0];
-  assign \$5540  = rq_s8_r5[31:0];
-  assign \$5539  = rq_s8_r4[31:0];
-  assign \$5538  = rq_s8_r3[31:0];
-  assign \$5537  = rq_s8_r2[31:0];
-  assign \$5536  = rq_s8_r1[31:0];
-  assign \$5535  = rq_s8_r0[31:0];
-  assign \$5534  = \$5120 [50];
-  assign \$5533  = \$5119 [50];
-  assign \$5532  = \$5118 [50];
-  assign \$5531  = \$5117 [50];
-  assign \$5530  = \$5116 [50];
-  assign \$5529  = \$5115 [50];
-  assign \$5528  = \$5114 [50];
-  assign \$5527  = \$5113 [50];
-  assign \$5526  = \$5112 [50];
-  assign \$5525  = \$5111 [50];
-  assign \$5524  = \$5110 [50];
-  assign \$5523  = \$5109 [50];
-  assign \$5522  = \$5108 [50];
-  assign \$5521  = \$5107 [50];
-  assign \$5520  = \$5106 [50];
-  assign \$5519  = \$5105 [50];
-  assign \$5518  = rq_s8_lo;
-  assign \$5517  = rq_s8_hi;
-  assign \$5516  = rq_s8_raw;
-  assign \$5515  = \$5104 ;
-  assign \$5514  = \$5102 ;
-  assign \$5513  = \$5100 ;
-  assign \$5512  = \$5098 ;
-  assign \$5511  = \$5096 ;
-  assign \$5510  = \$5094 ;
-  assign \$5509  = \$5092 ;
-  assign \$5508  = \$5090 ;
-  assign \$5507  = rq_s7_lo;
-  assign \$5506  = rq_s7_hi;
-  assign \$5505  = rq_s7_raw;
-  assign \$5504  = \$5088 ;
-  assign \$5503  = \$5087 ;
-  assign \$5502  = \$5086 ;
-  assign \$5501  = \$5085 ;
-  assign \$5500  = \$5084 ;
-  assign \$5499  = \$5083 ;
-  assign \$5498  = \$5082 ;
-  assign \$5497  = \$5081 ;
-  assign \$5496  = rq_s6_lo;
-  assign \$5495  = rq_s6_hi;
-  assign \$5494  = rq_s6_raw;
-  assign \$5493  = \$5080 ;
-  assign \$5492  = \$5078 ;
-  assign \$5491  = \$5076 ;
-  assign \$5490  = \$5074 ;
-  assign \$5489  = \$5072 ;
-  assign \$5488  = \$5070 ;
-  assign \$5487  = \$5068 ;
-  assign \$5486  = \$5066 ;
-  assign \$5485  = rq_s5_e7;
-  assign \$5484  = rq_s5_e6;
-  assign \$5483  = rq_s5_e5;
-  assign \$5482  = rq_s5_e4;
-  assign \$5481  = rq_s5_e3;
-  assign \$5480  = rq_s5_e2;
-  assign \$5479  = rq_s5_e1;
-  assign \$5478  = rq_s5_e0;
-  assign \$5477  = rq_s5_lo;
-  assign \$5476  = rq_s5_hi;
-  assign \$5475  = rq_s5_raw;
-  assign \$5474  = \$5064 [47:0];
-  assign \$5473  = \$5063 [47:0];
-  assign \$5472  = \$5062 [47:0];
-  assign \$5471  = \$5061 [47:0];
-  assign \$5470  = \$5060 [47:0];
-  assign \$5469  = \$5059 [47:0];
-  assign \$5468  = \$5058 [47:0];
-  assign \$5467  = \$5057 [47:0];
-  assign \$5466  = rq_s4_e7;
-  assign \$5465  = rq_s4_e6;
-  assign \$5464  = rq_s4_e5;
-  assign \$5463  = rq_s4_e4;
-  assign \$5462  = rq_s4_e3;
-  assign \$5461  = rq_s4_e2;
-  assign \$5460  = rq_s4_e1;
-  assign \$5459  = rq_s4_e0;
-  assign \$5458  = rq_s4_lo;
-  assign \$5457  = rq_s4_hi;
-  assign \$5456  = rq_s4_raw;
-  assign \$5455  = { \$4837 [46:0], 1'h0 };
-  assign \$5454  = rq_csa2_7_l2_0;
-  assign \$5453  = { \$4825 [46:0], 1'h0 };
-  assign \$5452  = rq_csa2_6_l2_0;
-  assign \$5451  = { \$4813 [46:0], 1'h0 };
-  assign \$5450  = rq_csa2_5_l2_0;
-  assign \$5449  = { \$4801 [46:0], 1'h0 };
-  assign \$5448  = rq_csa2_4_l2_0;
-  assign \$5447  = { \$4789 [46:0], 1'h0 };
-  assign \$5446  = rq_csa2_3_l2_0;
-  assign \$5445  = { \$4777 [46:0], 1'h0 };
-  assign \$5444  = rq_csa2_2_l2_0;
-  assign \$5443  = { \$4765 [46:0], 1'h0 };
-  assign \$5442  = rq_csa2_1_l2_0;
-  assign \$5441  = { \$4753 [46:0], 1'h0 };
-  assign \$5440  = rq_csa2_0_l2_0;
-  assign \$5439  = rq_s3_e7;
-  assign \$5438  = rq_s3_e6;
-  assign \$5437  = rq_s3_e5;
-  assign \$5436  = rq_s3_e4;
-  assign \$5435  = rq_s3_e3;
-  assign \$5434  = rq_s3_e2;
-  assign \$5433  = rq_s3_e1;
-  assign \$5432  = rq_s3_e0;
-  assign \$5431  = rq_s3_lo;
-  assign \$5430  = rq_s3_hi;
-  assign \$5429  = rq_s3_raw;
-  assign \$5428  = { \$4741 [46:0], 1'h0 };
-  assign \$5427  = rq_csa1_7_l2_2;
-  assign \$5426  = { \$4735 [46:0], 1'h0 };
-  assign \$5425  = rq_csa1_7_l2_0;
-  assign \$5424  = { \$4717 [46:0], 1'h0 };
-  assign \$5423  = rq_csa1_6_l2_2;
-  assign \$5422  = { \$4711 [46:0], 1'h0 };
-  assign \$5421  = rq_csa1_6_l2_0;
-  assign \$5420  = { \$4693 [46:0], 1'h0 };
-  assign \$5419  = rq_csa1_5_l2_2;
-  assign \$5418  = { \$4687 [46:0], 1'h0 };
-  assign \$5417  = rq_csa1_5_l2_0;
-  assign \$5416  = { \$4669 [46:0], 1'h0 };
-  assign \$5415  = rq_csa1_4_l2_2;
-  assign \$5414  = { \$4663 [46:0], 1'h0 };
-  assign \$5413  = rq_csa1_4_l2_0;
-  assign \$5412  = { \$4645 [46:0], 1'h0 };
-  assign \$5411  = rq_csa1_3_l2_2;
-  assign \$5410  = { \$4639 [46:0], 1'h0 };
-  assign \$5409  = rq_csa1_3_l2_0;
-  assign \$5408  = { \$4621 [46:0], 1'h0 };
-  assign \$5407  = rq_csa1_2_l2_2;
-  assign \$5406  = { \$4615 [46:0], 1'h0 };
-  assign \$5405  = rq_csa1_2_l2_0;
-  assign \$5404  = { \$4597 [46:0], 1'h0 };
-  assign \$5403  = rq_csa1_1_l2_2;
-  assign \$5402  = { \$4591 [46:0], 1'h0 };
-  assign \$5401  = rq_csa1_1_l2_0;
-  assign \$5400  = { \$4573 [46:0], 1'h0 };
-  assign \$5399  = rq_csa1_0_l2_2;
-  assign \$5398  = { \$4567 [46:0], 1'h0 };
-  assign \$5397  = rq_csa1_0_l2_0;
-  assign \$5396  = rq_s2_e7;
-  assign \$5395  = rq_s2_e6;
-  assign \$5394  = rq_s2_e5;
-  assign \$5393  = rq_s2_e4;
-  assign \$5392  = rq_s2_e3;
-  assign \$5391  = rq_s2_e2;
-  assign \$5390  = rq_s2_e1;
-  assign \$5389  = rq_s2_e0;
-  assign \$5388  = rq_s2_lo;
-  assign \$5387  = rq_s2_hi;
-  assign \$5386  = rq_s2_raw;
-  assign \$5385  = { \$4501 [46], \$4501  };
-  assign \$5384  = { \$4531 [46:0], 1'h0 };
-  assign \$5383  = { \$4549 [46:0], 1'h0 };
-  assign \$5382  = rq_csa0_7_l2_4;
-  assign \$5381  = { \$4543 [46:0], 1'h0 };
-  assign \$5380  = rq_csa0_7_l2_2;
-  assign \$5379  = { \$4537 [46:0], 1'h0 };
-  assign \$5378  = rq_csa0_7_l2_0;
-  assign \$5377  = { \$4421 [46], \$4421  };
-  assign \$5376  = { \$4451 [46:0], 1'h0 };
-  assign \$5375  = { \$4469 [46:0], 1'h0 };
-  assign \$5374  = rq_csa0_6_l2_4;
-  assign \$5373  = { \$4463 [46:0], 1'h0 };
-  assign \$5372  = rq_csa0_6_l2_2;
-  assign \$5371  = { \$4457 [46:0], 1'h0 };
-  assign \$5370  = rq_csa0_6_l2_0;
-  assign \$5369  = { \$4341 [46], \$4341  };
-  assign \$5368  = { \$4371 [46:0], 1'h0 };
-  assign \$5367  = { \$4389 [46:0], 1'h0 };
-  assign \$5366  = rq_csa0_5_l2_4;
-  assign \$5365  = { \$4383 [46:0], 1'h0 };
-  assign \$5364  = rq_csa0_5_l2_2;
-  assign \$5363  = { \$4377 [46:0], 1'h0 };
-  assign \$5362  = rq_csa0_5_l2_0;
-  assign \$5361  = { \$4261 [46], \$4261  };
-  assign \$5360  = { \$4291 [46:0], 1'h0 };
-  assign \$5359  = { \$4309 [46:0], 1'h0 };
-  assign \$5358  = rq_csa0_4_l2_4;
-  assign \$5357  = { \$4303 [46:0], 1'h0 };
-  assign \$5356  = rq_csa0_4_l2_2;
-  assign \$5355  = { \$4297 [46:0], 1'h0 };
-  assign \$5354  = rq_csa0_4_l2_0;
-  assign \$5353  = { \$4181 [46], \$4181  };
-  assign \$5352  = { \$4211 [46:0], 1'h0 };
-  assign \$5351  = { \$4229 [46:0], 1'h0 };
-  assign \$5350  = rq_csa0_3_l2_4;
-  assign \$5349  = { \$4223 [46:0], 1'h0 };
-  assign \$5348  = rq_csa0_3_l2_2;
-  assign \$5347  = { \$4217 [46:0], 1'h0 };
-  assign \$5346  = rq_csa0_3_l2_0;
-  assign \$5345  = { \$4101 [46], \$4101  };
-  assign \$5344  = { \$4131 [46:0], 1'h0 };
-  assign \$5343  = { \$4149 [46:0], 1'h0 };
-  assign \$5342  = rq_csa0_2_l2_4;
-  assign \$5341  = { \$4143 [46:0], 1'h0 };
-  assign \$5340  = rq_csa0_2_l2_2;
-  assign \$5339  = { \$4137 [46:0], 1'h0 };
-  assign \$5338  = rq_csa0_2_l2_0;
-  assign \$5337  = { \$4021 [46], \$4021  };
-  assign \$5336  = { \$4051 [46:0], 1'h0 };
-  assign \$5335  = { \$4069 [46:0], 1'h0 };
-  assign \$5334  = rq_csa0_1_l2_4;
-  assign \$5333  = { \$4063 [46:0], 1'h0 };
-  assign \$5332  = rq_csa0_1_l2_2;
-  assign \$5331  = { \$4057 [46:0], 1'h0 };
-  assign \$5330  = rq_csa0_1_l2_0;
-  assign \$5329  = { \$3941 [46], \$3941  };
-  assign \$5328  = { \$3971 [46:0], 1'h0 };
-  assign \$5327  = { \$3989 [46:0], 1'h0 };
-  assign \$5326  = rq_csa0_0_l2_4;
-  assign \$5325  = { \$3983 [46:0], 1'h0 };
-  assign \$5324  = rq_csa0_0_l2_2;
-  assign \$5323  = { \$3977 [46:0], 1'h0 };
-  assign \$5322  = rq_csa0_0_l2_0;
-  assign \$5321  = rq_s1_e7;
-  assign \$5320  = rq_s1_e6;
-  assign \$5319  = rq_s1_e5;
-  assign \$5318  = rq_s1_e4;
-  assign \$5317  = rq_s1_e3;
-  assign \$5316  = rq_s1_e2;
-  assign \$5315  = rq_s1_e1;
-  assign \$5314  = rq_s1_e0;
-  assign \$5313  = rq_s1_lo;
-  assign \$5312  = rq_s1_hi;
-  assign \$5311  = rq_s1_raw;
-  assign \$5310  = rq_in[687:682];
-  assign \$5309  = rq_in[681:676];
-  assign \$5308  = rq_in[675:670];
-  assign \$5307  = rq_in[669:664];
-  assign \$5306  = rq_in[663:658];
-  assign \$5305  = rq_in[657:652];
-  assign \$5304  = rq_in[651:646];
-  assign \$5303  = rq_in[645:640];
-  assign \$5302  = rq_in[639:624];
-  assign \$5301  = rq_in[623:608];
-  assign \$5300  = rq_in[607:592];
-  assign \$5299  = rq_in[591:576];
-  assign \$5298  = rq_in[575:560];
-  assign \$5297  = rq_in[559:544];
-  assign \$5296  = rq_in[543:528];
-  assign \$5295  = rq_in[527:512];
-  assign \$5294  = \$5056 [31:0];
-  assign \$5293  = \$5055 [31:0];
-  assign \$5292  = \$5054 [31:0];
-  assign \$5291  = \$5053 [31:0];
-  assign \$5290  = \$5052 [31:0];
-  assign \$5289  = \$5051 [31:0];
-  assign \$5288  = \$5050 [31:0];
-  assign \$5287  = \$5049 [31:0];
-  assign \$5286  = rq_in[752:721];
-  assign \$5285  = rq_in[720:689];
-  assign \$5284  = rq_in[688];
-  assign \$5283 [496:465] = \$5048 ;
-  assign \$5283 [464:433] = { \$5015 , \$5014 , \$5013 , \$5012 , \$5011 , \$5010 , \$5009 , \$5008 , \$5007 , \$5006 , \$5005 , \$5004 , \$5003 , \$5002 , \$5001 , \$5000 , \$4999 , \$4998 , \$4997 , \$4996 , \$4995 , \$4994 , \$4993 , \$4992 , \$4991 , \$4990 , \$4989 , \$4988 , \$4987 , \$4986 , \$4985 , \$4984  };
-  assign \$5283 [432] = \$4983 ;
-  assign \$5283 [431:426] = \$4981 ;
-  assign \$5283 [425:420] = \$4978 ;
-  assign \$5283 [419:414] = \$4975 ;
-  assign \$5283 [413:408] = \$4972 ;
-  assign \$5283 [407:402] = \$4969 ;
-  assign \$5283 [401:396] = \$4966 ;
-  assign \$5283 [395:390] = \$4963 ;
-  assign \$5283 [389:384] = \$4960 ;
-  assign \$5283 [383:368] = \$4957 ;
-  assign \$5283 [367:352] = \$4954 ;
-  assign \$5283 [351:336] = \$4951 ;
-  assign \$5283 [335:320] = \$4948 ;
-  assign \$5283 [319:304] = \$4945 ;
-  assign \$5283 [303:288] = \$4942 ;
-  assign \$5283 [287:272] = \$4939 ;
-  assign \$5283 [271:256] = \$4936 ;
-  assign \$5283 [255:224] = p_hold[255:224];
-  assign \$5283 [223:192] = p_hold[223:192];
-  assign \$5283 [191:160] = p_hold[191:160];
-  assign \$5283 [159:128] = p_hold[159:128];
-  assign \$5283 [127:96] = p_hold[127:96];
-  assign \$5283 [95:64] = p_hold[95:64];
-  assign \$5283 [63:32] = p_hold[63:32];
-  assign \$5283 [31:0] = p_hold[31:0];
+  assign \$5557  = \$5143 ;
+  assign \$5556  = \$5140 ;
+  assign \$5555  = \$5137 ;
+  assign \$5554  = \$5134 ;
+  assign \$5553  = \$5131 ;
+  assign \$5552  = \$5128 ;
+  assign \$5551  = \$5125 ;
+  assign \$5550  = \$5122 ;
+  assign \$5549  = rq_s8_r7[31:0];
+  assign \$5548  = rq_s8_r6[31:0];
+  assign \$5547  = rq_s8_r5[31:0];
+  assign \$5546  = rq_s8_r4[31:0];
+  assign \$5545  = rq_s8_r3[31:0];
+  assign \$5544  = rq_s8_r2[31:0];
+  assign \$5543  = rq_s8_r1[31:0];
+  assign \$5542  = rq_s8_r0[31:0];
+  assign \$5541  = \$5119 [50];
+  assign \$5540  = \$5118 [50];
+  assign \$5539  = \$5117 [50];
+  assign \$5538  = \$5116 [50];
+  assign \$5537  = \$5115 [50];
+  assign \$5536  = \$5114 [50];
+  assign \$5535  = \$5113 [50];
+  assign \$5534  = \$5112 [50];
+  assign \$5533  = \$5111 [50];
+  assign \$5532  = \$5110 [50];
+  assign \$5531  = \$5109 [50];
+  assign \$5530  = \$5108 [50];
+  assign \$5529  = \$5107 [50];
+  assign \$5528  = \$5106 [50];
+  assign \$5527  = \$5105 [50];
+  assign \$5526  = \$5104 [50];
+  assign \$5525  = rq_s8_lo;
+  assign \$5524  = rq_s8_hi;
+  assign \$5523  = rq_s8_raw;
+  assign \$5522  = \$5103 ;
+  assign \$5521  = \$5101 ;
+  assign \$5520  = \$5099 ;
+  assign \$5519  = \$5097 ;
+  assign \$5518  = \$5095 ;
+  assign \$5517  = \$5093 ;
+  assign \$5516  = \$5091 ;
+  assign \$5515  = \$5089 ;
+  assign \$5514  = rq_s7_lo;
+  assign \$5513  = rq_s7_hi;
+  assign \$5512  = rq_s7_raw;
+  assign \$5511  = \$5087 ;
+  assign \$5510  = \$5086 ;
+  assign \$5509  = \$5085 ;
+  assign \$5508  = \$5084 ;
+  assign \$5507  = \$5083 ;
+  assign \$5506  = \$5082 ;
+  assign \$5505  = \$5081 ;
+  assign \$5504  = \$5080 ;
+  assign \$5503  = rq_s6_lo;
+  assign \$5502  = rq_s6_hi;
+  assign \$5501  = rq_s6_raw;
+  assign \$5500  = \$5079 ;
+  assign \$5499  = \$5077 ;
+  assign \$5498  = \$5075 ;
+  assign \$5497  = \$5073 ;
+  assign \$5496  = \$5071 ;
+  assign \$5495  = \$5069 ;
+  assign \$5494  = \$5067 ;
+  assign \$5493  = \$5065 ;
+  assign \$5492  = rq_s5_e7;
+  assign \$5491  = rq_s5_e6;
+  assign \$5490  = rq_s5_e5;
+  assign \$5489  = rq_s5_e4;
+  assign \$5488  = rq_s5_e3;
+  assign \$5487  = rq_s5_e2;
+  assign \$5486  = rq_s5_e1;
+  assign \$5485  = rq_s5_e0;
+  assign \$5484  = rq_s5_lo;
+  assign \$5483  = rq_s5_hi;
+  assign \$5482  = rq_s5_raw;
+  assign \$5481  = \$5063 [47:0];
+  assign \$5480  = \$5062 [47:0];
+  assign \$5479  = \$5061 [47:0];
+  assign \$5478  = \$5060 [47:0];
+  assign \$5477  = \$5059 [47:0];
+  assign \$5476  = \$5058 [47:0];
+  assign \$5475  = \$5057 [47:0];
+  assign \$5474  = \$5056 [47:0];
+  assign \$5473  = rq_s4_e7;
+  assign \$5472  = rq_s4_e6;
+  assign \$5471  = rq_s4_e5;
+  assign \$5470  = rq_s4_e4;
+  assign \$5469  = rq_s4_e3;
+  assign \$5468  = rq_s4_e2;
+  assign \$5467  = rq_s4_e1;
+  assign \$5466  = rq_s4_e0;
+  assign \$5465  = rq_s4_lo;
+  assign \$5464  = rq_s4_hi;
+  assign \$5463  = rq_s4_raw;
+  assign \$5462  = { \$4837 [46:0], 1'h0 };
+  assign \$5461  = rq_csa2_7_l2_0;
+  assign \$5460  = { \$4825 [46:0], 1'h0 };
+  assign \$5459  = rq_csa2_6_l2_0;
+  assign \$5458  = { \$4813 [46:0], 1'h0 };
+  assign \$5457  = rq_csa2_5_l2_0;
+  assign \$5456  = { \$4801 [46:0], 1'h0 };
+  assign \$5455  = rq_csa2_4_l2_0;
+  assign \$5454  = { \$4789 [46:0], 1'h0 };
+  assign \$5453  = rq_csa2_3_l2_0;
+  assign \$5452  = { \$4777 [46:0], 1'h0 };
+  assign \$5451  = rq_csa2_2_l2_0;
+  assign \$5450  = { \$4765 [46:0], 1'h0 };
+  assign \$5449  = rq_csa2_1_l2_0;
+  assign \$5448  = { \$4753 [46:0], 1'h0 };
+  assign \$5447  = rq_csa2_0_l2_0;
+  assign \$5446  = rq_s3_e7;
+  assign \$5445  = rq_s3_e6;
+  assign \$5444  = rq_s3_e5;
+  assign \$5443  = rq_s3_e4;
+  assign \$5442  = rq_s3_e3;
+  assign \$5441  = rq_s3_e2;
+  assign \$5440  = rq_s3_e1;
+  assign \$5439  = rq_s3_e0;
+  assign \$5438  = rq_s3_lo;
+  assign \$5437  = rq_s3_hi;
+  assign \$5436  = rq_s3_raw;
+  assign \$5435  = { \$4741 [46:0], 1'h0 };
+  assign \$5434  = rq_csa1_7_l2_2;
+  assign \$5433  = { \$4735 [46:0], 1'h0 };
+  assign \$5432  = rq_csa1_7_l2_0;
+  assign \$5431  = { \$4717 [46:0], 1'h0 };
+  assign \$5430  = rq_csa1_6_l2_2;
+  assign \$5429  = { \$4711 [46:0], 1'h0 };
+  assign \$5428  = rq_csa1_6_l2_0;
+  assign \$5427  = { \$4693 [46:0], 1'h0 };
+  assign \$5426  = rq_csa1_5_l2_2;
+  assign \$5425  = { \$4687 [46:0], 1'h0 };
+  assign \$5424  = rq_csa1_5_l2_0;
+  assign \$5423  = { \$4669 [46:0], 1'h0 };
+  assign \$5422  = rq_csa1_4_l2_2;
+  assign \$5421  = { \$4663 [46:0], 1'h0 };
+  assign \$5420  = rq_csa1_4_l2_0;
+  assign \$5419  = { \$4645 [46:0], 1'h0 };
+  assign \$5418  = rq_csa1_3_l2_2;
+  assign \$5417  = { \$4639 [46:0], 1'h0 };
+  assign \$5416  = rq_csa1_3_l2_0;
+  assign \$5415  = { \$4621 [46:0], 1'h0 };
+  assign \$5414  = rq_csa1_2_l2_2;
+  assign \$5413  = { \$4615 [46:0], 1'h0 };
+  assign \$5412  = rq_csa1_2_l2_0;
+  assign \$5411  = { \$4597 [46:0], 1'h0 };
+  assign \$5410  = rq_csa1_1_l2_2;
+  assign \$5409  = { \$4591 [46:0], 1'h0 };
+  assign \$5408  = rq_csa1_1_l2_0;
+  assign \$5407  = { \$4573 [46:0], 1'h0 };
+  assign \$5406  = rq_csa1_0_l2_2;
+  assign \$5405  = { \$4567 [46:0], 1'h0 };
+  assign \$5404  = rq_csa1_0_l2_0;
+  assign \$5403  = rq_s2_e7;
+  assign \$5402  = rq_s2_e6;
+  assign \$5401  = rq_s2_e5;
+  assign \$5400  = rq_s2_e4;
+  assign \$5399  = rq_s2_e3;
+  assign \$5398  = rq_s2_e2;
+  assign \$5397  = rq_s2_e1;
+  assign \$5396  = rq_s2_e0;
+  assign \$5395  = rq_s2_lo;
+  assign \$5394  = rq_s2_hi;
+  assign \$5393  = rq_s2_raw;
+  assign \$5392  = { \$4501 [46], \$4501  };
+  assign \$5391  = { \$4531 [46:0], 1'h0 };
+  assign \$5390  = { \$4549 [46:0], 1'h0 };
+  assign \$5389  = rq_csa0_7_l2_4;
+  assign \$5388  = { \$4543 [46:0], 1'h0 };
+  assign \$5387  = rq_csa0_7_l2_2;
+  assign \$5386  = { \$4537 [46:0], 1'h0 };
+  assign \$5385  = rq_csa0_7_l2_0;
+  assign \$5384  = { \$4421 [46], \$4421  };
+  assign \$5383  = { \$4451 [46:0], 1'h0 };
+  assign \$5382  = { \$4469 [46:0], 1'h0 };
+  assign \$5381  = rq_csa0_6_l2_4;
+  assign \$5380  = { \$4463 [46:0], 1'h0 };
+  assign \$5379  = rq_csa0_6_l2_2;
+  assign \$5378  = { \$4457 [46:0], 1'h0 };
+  assign \$5377  = rq_csa0_6_l2_0;
+  assign \$5376  = { \$4341 [46], \$4341  };
+  assign \$5375  = { \$4371 [46:0], 1'h0 };
+  assign \$5374  = { \$4389 [46:0], 1'h0 };
+  assign \$5373  = rq_csa0_5_l2_4;
+  assign \$5372  = { \$4383 [46:0], 1'h0 };
+  assign \$5371  = rq_csa0_5_l2_2;
+  assign \$5370  = { \$4377 [46:0], 1'h0 };
+  assign \$5369  = rq_csa0_5_l2_0;
+  assign \$5368  = { \$4261 [46], \$4261  };
+  assign \$5367  = { \$4291 [46:0], 1'h0 };
+  assign \$5366  = { \$4309 [46:0], 1'h0 };
+  assign \$5365  = rq_csa0_4_l2_4;
+  assign \$5364  = { \$4303 [46:0], 1'h0 };
+  assign \$5363  = rq_csa0_4_l2_2;
+  assign \$5362  = { \$4297 [46:0], 1'h0 };
+  assign \$5361  = rq_csa0_4_l2_0;
+  assign \$5360  = { \$4181 [46], \$4181  };
+  assign \$5359  = { \$4211 [46:0], 1'h0 };
+  assign \$5358  = { \$4229 [46:0], 1'h0 };
+  assign \$5357  = rq_csa0_3_l2_4;
+  assign \$5356  = { \$4223 [46:0], 1'h0 };
+  assign \$5355  = rq_csa0_3_l2_2;
+  assign \$5354  = { \$4217 [46:0], 1'h0 };
+  assign \$5353  = rq_csa0_3_l2_0;
+  assign \$5352  = { \$4101 [46], \$4101  };
+  assign \$5351  = { \$4131 [46:0], 1'h0 };
+  assign \$5350  = { \$4149 [46:0], 1'h0 };
+  assign \$5349  = rq_csa0_2_l2_4;
+  assign \$5348  = { \$4143 [46:0], 1'h0 };
+  assign \$5347  = rq_csa0_2_l2_2;
+  assign \$5346  = { \$4137 [46:0], 1'h0 };
+  assign \$5345  = rq_csa0_2_l2_0;
+  assign \$5344  = { \$4021 [46], \$4021  };
+  assign \$5343  = { \$4051 [46:0], 1'h0 };
+  assign \$5342  = { \$4069 [46:0], 1'h0 };
+  assign \$5341  = rq_csa0_1_l2_4;
+  assign \$5340  = { \$4063 [46:0], 1'h0 };
+  assign \$5339  = rq_csa0_1_l2_2;
+  assign \$5338  = { \$4057 [46:0], 1'h0 };
+  assign \$5337  = rq_csa0_1_l2_0;
+  assign \$5336  = { \$3941 [46], \$3941  };
+  assign \$5335  = { \$3971 [46:0], 1'h0 };
+  assign \$5334  = { \$3989 [46:0], 1'h0 };
+  assign \$5333  = rq_csa0_0_l2_4;
+  assign \$5332  = { \$3983 [46:0], 1'h0 };
+  assign \$5331  = rq_csa0_0_l2_2;
+  assign \$5330  = { \$3977 [46:0], 1'h0 };
+  assign \$5329  = rq_csa0_0_l2_0;
+  assign \$5328  = rq_s1_e7;
+  assign \$5327  = rq_s1_e6;
+  assign \$5326  = rq_s1_e5;
+  assign \$5325  = rq_s1_e4;
+  assign \$5324  = rq_s1_e3;
+  assign \$5323  = rq_s1_e2;
+  assign \$5322  = rq_s1_e1;
+  assign \$5321  = rq_s1_e0;
+  assign \$5320  = rq_s1_lo;
+  assign \$5319  = rq_s1_hi;
+  assign \$5318  = rq_s1_raw;
+  assign \$5317  = rq_in[687:682];
+  assign \$5316  = rq_in[681:676];
+  assign \$5315  = rq_in[675:670];
+  assign \$5314  = rq_in[669:664];
+  assign \$5313  = rq_in[663:658];
+  assign \$5312  = rq_in[657:652];
+  assign \$5311  = rq_in[651:646];
+  assign \$5310  = rq_in[645:640];
+  assign \$5309  = rq_in[639:624];
+  assign \$5308  = rq_in[623:608];
+  assign \$5307  = rq_in[607:592];
+  assign \$5306  = rq_in[591:576];
+  assign \$5305  = rq_in[575:560];
+  assign \$5304  = rq_in[559:544];
+  assign \$5303  = rq_in[543:528];
+  assign \$5302  = rq_in[527:512];
+  assign \$5301  = \$5055 [31:0];
+  assign \$5300  = \$5054 [31:0];
+  assign \$5299  = \$5053 [31:0];
+  assign \$5298  = \$5052 [31:0];
+  assign \$5297  = \$5051 [31:0];
+  assign \$5296  = \$5050 [31:0];
+  assign \$5295  = \$5049 [31:0];
+  assign \$5294  = \$5048 [31:0];
+  assign \$5293  = rq_in[752:721];
+  assign \$5292  = rq_in[720:689];
+  assign \$5291  = rq_in[688];
+  assign \$5290 [431:426] = \$5047 ;
+  assign \$5290 [383:368] = \$5046 ;
+  assign \$5290 [255:224] = p_hold[255:224];
+  assign \$5290 [425:420] = \$5045 ;
+  assign \$5290 [367:352] = \$5044 ;
+  assign \$5290 [223:192] = p_hold[223:192];
+  assign \$5290 [419:414] = \$5043 ;
+  assign \$5290 [351:336] = \$5042 ;
+  assign \$5290 [191:160] = p_hold[191:160];
+  assign \$5290 [413:408] = \$5041 ;
+  assign \$5290 [335:320] = \$5040 ;
+  assign \$5290 [159:128] = p_hold[159:128];
+  assign \$5290 [407:402] = \$5039 ;
+  assign \$5290 [319:304] = \$5038 ;
+  assign \$5290 [127:96] = p_hold[127:96];
+  assign \$5290 [401:396] = \$5037 ;
+  assign \$5290 [303:288] = \$5036 ;
+  assign \$5290 [95:64] = p_hold[95:64];
+  assign \$5290 [395:390] = \$5035 ;
+  assign \$5290 [287:272] = \$5034 ;
+  assign \$5290 [63:32] = p_hold[63:32];
+  assign \$5290 [389:384] = \$5033 ;
+  assign \$5290 [271:256] = \$5032 ;
+  assign \$5290 [31:0] = p_hold[31:0];
+  assign \$5290 [496:465] = \$5031 ;
+  assign \$5290 [464:433] = p_dec_hi;
+  assign \$5290 [432] = p_dec_raw;
   assign rq_in[752:721] = p_dec[496:465];
   assign rq_in[720:689] = p_dec[464:433];
   assign rq_in[688] = p_dec[432];
@@ -23266,23 +23344,23 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \$4497  = { \$4496 [31], \$4496 [31], \$4496 , 13'h0000 };
   assign \$4499  = { \$4498 [31], \$4498 , 14'h0000 };
   assign \$4501  = { \$4500 , 15'h0000 };
-  assign \$4933  = done_7_7;
-  assign \$5065  = { rq_s5_p0, 1'h0 };
-  assign \$5067  = { rq_s5_p1, 1'h0 };
-  assign \$5069  = { rq_s5_p2, 1'h0 };
-  assign \$5071  = { rq_s5_p3, 1'h0 };
-  assign \$5073  = { rq_s5_p4, 1'h0 };
-  assign \$5075  = { rq_s5_p5, 1'h0 };
-  assign \$5077  = { rq_s5_p6, 1'h0 };
-  assign \$5079  = { rq_s5_p7, 1'h0 };
-  assign \$5090  = { \$5089 [49], \$5089 [49:1] };
-  assign \$5092  = { \$5091 [49], \$5091 [49:1] };
-  assign \$5094  = { \$5093 [49], \$5093 [49:1] };
-  assign \$5096  = { \$5095 [49], \$5095 [49:1] };
-  assign \$5098  = { \$5097 [49], \$5097 [49:1] };
-  assign \$5100  = { \$5099 [49], \$5099 [49:1] };
-  assign \$5102  = { \$5101 [49], \$5101 [49:1] };
-  assign \$5104  = { \$5103 [49], \$5103 [49:1] };
+  assign \$4932  = done_7_7;
+  assign \$5064  = { rq_s5_p0, 1'h0 };
+  assign \$5066  = { rq_s5_p1, 1'h0 };
+  assign \$5068  = { rq_s5_p2, 1'h0 };
+  assign \$5070  = { rq_s5_p3, 1'h0 };
+  assign \$5072  = { rq_s5_p4, 1'h0 };
+  assign \$5074  = { rq_s5_p5, 1'h0 };
+  assign \$5076  = { rq_s5_p6, 1'h0 };
+  assign \$5078  = { rq_s5_p7, 1'h0 };
+  assign \$5089  = { \$5088 [49], \$5088 [49:1] };
+  assign \$5091  = { \$5090 [49], \$5090 [49:1] };
+  assign \$5093  = { \$5092 [49], \$5092 [49:1] };
+  assign \$5095  = { \$5094 [49], \$5094 [49:1] };
+  assign \$5097  = { \$5096 [49], \$5096 [49:1] };
+  assign \$5099  = { \$5098 [49], \$5098 [49:1] };
+  assign \$5101  = { \$5100 [49], \$5100 [49:1] };
+  assign \$5103  = { \$5102 [49], \$5102 [49:1] };
   assign \$38  = \$36 ;
   assign \$99  = \$97 ;
   assign \$160  = \$158 ;
@@ -23347,210 +23425,4 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \$3759  = \$3757 ;
   assign \$3820  = \$3818 ;
   assign \$3881  = \$3879 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \gemm.out_queue (clk, rst, r_data, \port$7808$0 , \port$7810$0 , \port$7812$0 , \port$7814$0 , \port$7816$0 , \port$7818$0 , \port$7820$0 , \port$7822$0 , w_en, r_rdy, r_en);
-  reg \$auto$verilog_backend.cc:2355:dump_module$130  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire [4:0] \$11 ;
-  wire [4:0] \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire [4:0] \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire [4:0] \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  reg [3:0] \$30 ;
-  reg [3:0] \$31 ;
-  reg [3:0] \$32 ;
-  reg \$33 ;
-  wire \$4 ;
-  wire [4:0] \$5 ;
-  wire [4:0] \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input clk;
-  wire clk;
-  (* init = 4'h0 *)
-  wire [3:0] consume;
-  reg [3:0] inner_level = 4'h0;
-  wire inner_r_rdy;
-  wire [4:0] level;
-  input [31:0] \port$7808$0 ;
-  wire [31:0] \port$7808$0 ;
-  input [31:0] \port$7810$0 ;
-  wire [31:0] \port$7810$0 ;
-  input [31:0] \port$7812$0 ;
-  wire [31:0] \port$7812$0 ;
-  input [31:0] \port$7814$0 ;
-  wire [31:0] \port$7814$0 ;
-  input [31:0] \port$7816$0 ;
-  wire [31:0] \port$7816$0 ;
-  input [31:0] \port$7818$0 ;
-  wire [31:0] \port$7818$0 ;
-  input [31:0] \port$7820$0 ;
-  wire [31:0] \port$7820$0 ;
-  input [31:0] \port$7822$0 ;
-  wire [31:0] \port$7822$0 ;
-  (* init = 4'h0 *)
-  wire [3:0] produce;
-  output [255:0] r_data;
-  wire [255:0] r_data;
-  input r_en;
-  wire r_en;
-  wire [4:0] r_level;
-  reg [3:0] r_port__addr = 4'h0;
-  wire [255:0] r_port__data;
-  wire r_port__en;
-  output r_rdy;
-  reg r_rdy = 1'h0;
-  input rst;
-  wire rst;
-  wire [255:0] w_data;
-  input w_en;
-  wire w_en;
-  wire [4:0] w_level;
-  reg [3:0] w_port__addr = 4'h0;
-  wire [255:0] w_port__data;
-  wire w_port__en;
-  wire w_rdy;
-  reg [255:0] storage [14:0];
-  initial begin
-    storage[0] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[1] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[2] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[3] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[4] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[5] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[6] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[7] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[8] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[9] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[10] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[11] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[12] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[13] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    storage[14] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  end
-  always @(posedge clk) begin
-    if (w_port__en)
-      storage[w_port__addr] <= { \port$7822$0 , \port$7820$0 , \port$7818$0 , \port$7816$0 , \port$7814$0 , \port$7812$0 , \port$7810$0 , \port$7808$0  };
-  end
-  reg [255:0] _0_;
-  always @(posedge clk) begin
-    if (r_port__en) begin
-      _0_ <= storage[r_port__addr];
-    end
-  end
-  assign r_data = _0_;
-  assign w_rdy = inner_level != 4'hf;
-  assign inner_r_rdy = | inner_level;
-  assign w_port__en = w_rdy & w_en;
-  assign \$1  = ~ r_rdy;
-  assign \$2  = \$1  | r_en;
-  assign r_port__en = inner_r_rdy & \$2 ;
-  assign w_level = inner_level + r_rdy;
-  assign \$3  = w_rdy & w_en;
-  assign \$4  = w_port__addr == 4'he;
-  assign \$5  = w_port__addr + 1'h1;
-  assign \$6  = \$4  ? 5'h00 : \$5 ;
-  assign \$7  = ~ r_rdy;
-  assign \$8  = \$7  | r_en;
-  assign \$9  = inner_r_rdy & \$8 ;
-  assign \$10  = r_port__addr == 4'he;
-  assign \$11  = r_port__addr + 1'h1;
-  assign \$12  = \$10  ? 5'h00 : \$11 ;
-  assign \$13  = w_rdy & w_en;
-  assign \$14  = ~ r_rdy;
-  assign \$15  = \$14  | r_en;
-  assign \$16  = inner_r_rdy & \$15 ;
-  assign \$17  = ~ \$16 ;
-  assign \$18  = \$13  & \$17 ;
-  assign \$19  = inner_level + 1'h1;
-  assign \$20  = ~ r_rdy;
-  assign \$21  = \$20  | r_en;
-  assign \$22  = inner_r_rdy & \$21 ;
-  assign \$23  = w_rdy & w_en;
-  assign \$24  = ~ \$23 ;
-  assign \$25  = \$22  & \$24 ;
-  assign \$26  = inner_level - 1'h1;
-  assign \$27  = ~ r_rdy;
-  assign \$28  = \$27  | r_en;
-  assign \$29  = inner_r_rdy & \$28 ;
-  always @(posedge clk)
-    w_port__addr <= \$30 ;
-  always @(posedge clk)
-    r_port__addr <= \$31 ;
-  always @(posedge clk)
-    inner_level <= \$32 ;
-  always @(posedge clk)
-    r_rdy <= \$33 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$130 ) begin end
-    \$30  = w_port__addr;
-    if (\$3 ) begin
-      \$30  = \$6 [3:0];
-    end
-    if (rst) begin
-      \$30  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$130 ) begin end
-    \$31  = r_port__addr;
-    if (\$9 ) begin
-      \$31  = \$12 [3:0];
-    end
-    if (rst) begin
-      \$31  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$130 ) begin end
-    \$32  = inner_level;
-    if (\$18 ) begin
-      \$32  = \$19 [3:0];
-    end
-    if (\$25 ) begin
-      \$32  = \$26 [3:0];
-    end
-    if (rst) begin
-      \$32  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$130 ) begin end
-    \$33  = r_rdy;
-    if (\$29 ) begin
-      \$33  = 1'h1;
-    end else if (r_en) begin
-      \$33  = 1'h0;
-    end
-    if (rst) begin
-      \$33  = 1'h0;
-    end
-  end
-  assign level = w_level;
-  assign r_level = w_level;
-  assign produce = w_port__addr;
-  assign w_port__data = { \port$7822$0 , \port$7820$0 , \port$7818$0 , \port$7816$0 , \port$7814$0 , \port$7812$0 , \port$7810$0 , \port$7808$0  };
-  assign w_data = { \port$7822$0 , \port$7820$0 , \port$7818$0 , \port$7816$0 , \port$7814$0 , \port$7812$0 , \port$7810$0 , \port$7808$0  };
-  assign consume = r_port__addr;
-  assign r_port__data = r_data;
 endmodule
