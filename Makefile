@@ -34,7 +34,7 @@ simulators:
 
 # The whole suite; the last line says which simulators ran (tests/simulators_report.py).
 test: install
-	$(BIN)/python -m pytest -q -p tests.simulators_report
+	$(BIN)/python -m pytest -q -p tests.simulators_report --durations=20
 
 # The main job on the embedded default: generate the Verilog, run the digits ViT (W8A8, all
 # 360 test images) on the simulated hardware, print FP32 vs golden integer vs RTL.

@@ -26,9 +26,10 @@ registers, :func:`hwgen.pipeline.rshift_round_stages`):
     bits (the remainder's bits below the trial bit are passed on untouched);  7. ``q sig``;
     8. ``. m``;  9. ``rshift_round(., e)``;  10. clamp
 ``lut``
-    The address ``q + 2^(in_bits-1)`` in a register, the table in a RAM of ``2^in_bits``
-    entries per lane (LUT RAM; one write port, loaded from ``c``; one synchronous read
-    port), then a register.
+    Per lane: the address ``q + 2^(in_bits-1)`` in a register; the table in banks of 16
+    entries (LUT RAM, written from ``c``, read asynchronously by the address's low 4 bits),
+    every bank's entry registered; the bank chosen by the high bits, registered.  (One RAM
+    read through a 256-way mux in one cycle missed 150 MHz at 4 lanes.)
 
 The datapath runs without an enable: an output queue with credits
 (:func:`hwgen.pipeline.credited_output`) takes every result, and ``i`` is accepted only while
@@ -38,7 +39,7 @@ no enable fans out to its registers (which have no reset either: a valid chain q
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -63,7 +64,9 @@ FY_MAX = ISHIFT_Y_BITS - 2        # build_gelu's fy is 1..ISHIFT_Y_BITS - 2 (14)
 GELU_EXP_VARIANT = "linear"       # build_gelu's default exponential, the one golden.quantize uses
 QUEUE_LATENCY = 2                 # cycles the output queue adds (written, then read out)
 QUEUE_SLACK = 3                   # queue beats beyond the pipeline depth: one beat a cycle
-LEVELS_PER_STAGE = 3              # 3:2 compressor levels between registers in a multiplier
+TABLE_BANK_BITS = 4               # lut: LUT RAM banks of 16 entries (an ECP5 DPR16X4 is 16 x 4)
+LEVELS_PER_STAGE = 2              # 3:2 compressor levels between registers in a multiplier (3 missed
+                                  # 150 MHz at 4 lanes: the partial products add a LUT level)
 
 
 def _srange(bits: int) -> tuple[int, int]:
@@ -143,7 +146,7 @@ class Gelu(wiring.Component):
     Latency and throughput
     ----------------------
     ``latency`` cycles from an input handshake to its output's valid: the pipeline's depth
-    plus :data:`QUEUE_LATENCY` (8-bit, mult_bits 16: ibert 21, iptq 25, ishift 46, lut 5;
+    plus :data:`QUEUE_LATENCY` (8-bit, mult_bits 16: ibert 24, iptq 29, ishift 49, lut 5;
     measured by tests/test_hw_elementwise.py).  One beat (``lanes`` elements) per cycle while
     ``o.ready`` is high; under back-pressure the pipeline keeps running into its output
     queue (``depth + 3`` beats) and ``i.ready`` drops when the queue's credits are spent.
@@ -358,17 +361,25 @@ class Gelu(wiring.Component):
             waddr = Signal(self.in_bits)   # the next table entry; 0 once the table is whole
             with m.If(c_fire):
                 m.d.sync += waddr.eq(waddr + 1)
+            bank_bits = min(TABLE_BANK_BITS, self.in_bits)
+            banks = 1 << (self.in_bits - bank_bits)
             for k in range(self.lanes):
-                # LUT RAM: a block RAM's clock-to-output (no output register inferred) alone
-                # takes ~5 ns on ECP5
-                mem = m.submodules[f"l{k}_table"] = Memory(shape=signed(self.out_bits), depth=n, init=[],
-                                                           attrs={"ram_style": "distributed"})
-                wp, rp = mem.write_port(), mem.read_port(domain="sync")
                 st = Stager(m, Const(1), prefix=f"l{k}_")
                 addr = st.stage(addr=i.payload[k].as_unsigned() ^ (1 << (self.in_bits - 1))).addr
-                m.d.comb += [wp.addr.eq(waddr), wp.data.eq(c.payload.table), wp.en.eq(c_fire), rp.addr.eq(addr)]
-                st.depth += 1                                          # the RAM's read register
-                outs.append(st.stage(o=rp.data).o)
+                reads = {}
+                for j in range(banks):
+                    mem = Memory(shape=signed(self.out_bits), depth=1 << bank_bits, init=[],
+                                 attrs={"ram_style": "distributed"})
+                    m.submodules[f"l{k}_table{j}"] = mem
+                    wp, rp = mem.write_port(), mem.read_port(domain="comb")
+                    bank = waddr[bank_bits:]
+                    hit = c_fire if banks == 1 else c_fire & (~bank.any() if j == 0 else bank == j)
+                    m.d.comb += [wp.addr.eq(waddr[:bank_bits]), wp.data.eq(c.payload.table), wp.en.eq(hit),
+                                 rp.addr.eq(addr[:bank_bits])]
+                    reads[f"bank{j}"] = rp.data
+                s2 = st.stage(**reads, **({"hi": addr[bank_bits:]} if banks > 1 else {}))
+                entries = [getattr(s2, f"bank{j}") for j in range(banks)]
+                outs.append(st.stage(o=Array(entries)[s2.hi] if banks > 1 else entries[0]).o)
                 assert st.depth == self.depth
             data_ok = ~waddr.any()                                    # the table is whole
         else:

@@ -30,8 +30,9 @@ column j's chain ``2 i + j`` cycles after the wavefront started; per-column dela
 columns, and the rows (one every other cycle) go through the requantizer
 (:func:`hwgen.requant.requant_stages`, inlined so that the unit is one module), which never
 stalls either, into an output queue of ``2 rows`` rows (distributed memory read
-asynchronously: ``o.payload`` comes from it, ``o.valid`` from its level) that ``o`` reads.  The array, the chains and the requantizer run free, and so does the input
-register (every beat taken enters the array on the next cycle); the only gate is a tile's
+asynchronously: ``o.payload`` comes from it, ``o.valid`` from its level) that ``o`` reads.
+The array, the chains and the requantizer run free, and so does the input register (every
+beat taken enters the array on the next cycle); the only gate is a tile's
 *last* beat, which is not taken (``a.ready``/``w.ready`` low while it is presented) until
 the tile's ``p`` beat is there, the tile period since the previous last beat has passed
 (:func:`gemm_min_tile_period`, so that the held parameters and the chains are free) and the

@@ -67,7 +67,7 @@ width ``root_bits = ceil(var_bits / 2)`` (19).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -79,7 +79,7 @@ from golden.layernorm import FACTOR_BITS
 from .config import check_range
 from .pipeline import compress, partial_products
 
-__all__ = ["LayerNorm", "layernorm_timing", "layernorm_widths", "OUT_PIPE_DEPTH", "IN_PIPE_DEPTH", "E_BITS"]
+__all__ = ["LayerNorm", "layernorm_timing", "layernorm_widths", "out_pipe_depth", "IN_PIPE_DEPTH", "E_BITS"]
 
 E_BITS = 6              # the shift e: 0..63 (golden.dyadic.MAX_SHIFT is 62)
 CSA_LEVELS = 2          # 3:2 levels (one LUT each) between registers
@@ -87,9 +87,8 @@ CSA_LEVELS = 2          # 3:2 levels (one LUT each) between registers
 # bit drives a whole row: long wires, and an AND in front of every gate), then two, then
 # three (the last stage has no partial products and no carry chain after it)
 PRODUCT_LEVELS = (1, 2, 3)
-# OUT: address; buffer read; register; y; z (3 carry-save stages, add); v (3, add);
-# two shift levels; saturate; clamp; round
-OUT_PIPE_DEPTH = 16
+RAM_BANK = 64           # entries of a LUT RAM bank (_LutRam)
+RAM_SELECT = 6          # most banks selected in one step (_LutRam)
 # IN: input register; |x|; square (3 carry-save stages); accumulate
 IN_PIPE_DEPTH = 6
 QUEUE_SLACK = 4         # output queue entries beyond the pipeline depth (full rate)
@@ -112,6 +111,19 @@ def layernorm_widths(in_bits: int = 16, max_channels: int = 256) -> dict:
     return {"var_bits": vb, "root_bits": (vb + 1) // 2}
 
 
+def _ram_latency(depth: int) -> int:
+    """Read latency of a :class:`_LutRam` of ``depth`` entries."""
+    return 2 if -(-depth // RAM_BANK) <= RAM_SELECT else 3
+
+
+def out_pipe_depth(max_channels: int = 256, row_slots: int = 3) -> int:
+    """Stages of OUT: the buffer read (2, or 3 past RAM_SELECT banks), y, z (three
+    carry-save stages and the add), v (three and the add), two shift levels, saturation,
+    rounding and the clamp's signs, the clamp."""
+    addr_bits = max(1, (max_channels - 1).bit_length())
+    return _ram_latency(row_slots << addr_bits) + 14
+
+
 def layernorm_timing(channels: int | None = None, in_bits: int = 16, max_channels: int = 256,
                      row_slots: int = 3) -> dict:
     """Cycle counts of a :class:`LayerNorm` (see its docstring), for rows of ``channels``
@@ -132,35 +144,42 @@ def layernorm_timing(channels: int | None = None, in_bits: int = 16, max_channel
     # root R, factor 31, hand-over 1
     calc = 1 + in_bits + 1 + 3 + r + FACTOR_BITS + 1
     # last input -> sums (IN_PIPE_DEPTH), N = 2S + C + C 2^IB (1), T, OUT loads the row as
-    # the hand-over lands and issues the next cycle, OUT_PIPE_DEPTH stages, the queue's
-    # write and output register
-    latency = IN_PIPE_DEPTH + 1 + calc + 1 + OUT_PIPE_DEPTH + 2
+    # the hand-over lands and issues the next cycle, the OUT stages, the queue's write and
+    # output register
+    latency = IN_PIPE_DEPTH + 1 + calc + 1 + out_pipe_depth(max_channels, row_slots) + 2
     slot_cycles = 2 * c + calc + IN_PIPE_DEPTH + 1
     per_row = max(c, calc, -(-slot_cycles // row_slots))
     return {"root_bits": r, "calc": calc, "latency": latency, "cycles_per_row": per_row,
-            "slot_cycles": slot_cycles, "load": c}
+            "slot_cycles": slot_cycles, "load": c, "out_depth": out_pipe_depth(max_channels, row_slots)}
 
 
 class _LutRam:
     """A RAM of LUTs (``ram_style`` "distributed": TRELLIS_DPR16X4 on ECP5) in banks of
-    ``bank_depth`` entries, read in two registered steps: ``rdata`` holds the entry at
-    ``raddr`` two cycles later (each bank's read registered, then the bank selected and
-    registered).  One write port (``waddr``, ``wdata``, ``wen``), written at the clock edge.
+    ``bank_depth`` entries, read in registered steps: ``rdata`` holds the entry at
+    ``raddr`` ``latency`` cycles later (each bank's read registered, then the bank selected
+    and registered: 2; with more than ``max_select`` banks, the banks selected in groups,
+    then the group: 3).  One write port (``waddr``, ``wdata``, ``wen``), registered: the
+    entry is written at the second clock edge.
 
     Why not block RAM: on ECP5 yosys maps a read port to a DP16KD without its output
     register (REGMODE NOREG), whose clock-to-output alone is 5.8 ns in nextpnr's timing
     model, so a block RAM read caps the clock near 135 MHz whatever follows it."""
 
-    def __init__(self, m: Module, name: str, shape, depth: int, bank_depth: int = 64):
+    def __init__(self, m: Module, name: str, shape, depth: int, bank_depth: int, max_select: int):
         bank_depth = min(bank_depth, 1 << max(0, (depth - 1).bit_length()))
         self.bank_bits = (bank_depth - 1).bit_length()
         n_banks = -(-depth // bank_depth)
-        self.waddr = Signal(range(depth), name=f"{name}_waddr", reset_less=True)
-        self.wdata = Signal(shape, name=f"{name}_wdata", reset_less=True)
+        self.waddr = Signal(range(depth), name=f"{name}_waddr")
+        self.wdata = Signal(shape, name=f"{name}_wdata")
         self.wen = Signal(name=f"{name}_wen")
         self.raddr = Signal(range(depth), name=f"{name}_raddr")
-        self.rdata = Signal(shape, name=f"{name}_rdata", reset_less=True)
+        self.rdata = Signal(shape, name=f"{name}_rdata")
         bb = self.bank_bits
+        # the write, registered (address, data, and one enable per bank: each bank's write
+        # enable comes straight from a flip-flop)
+        wa = Signal(bb, name=f"{name}_wa", reset_less=True)
+        wd = Signal(shape, name=f"{name}_wd", reset_less=True)
+        m.d.sync += [wa.eq(self.waddr[:bb]), wd.eq(self.wdata)]
         datas = []
         for k in range(n_banks):
             mem = Memory(shape=shape, depth=bank_depth, init=[], attrs={"ram_style": "distributed"})
@@ -169,21 +188,43 @@ class _LutRam:
             hi = self.waddr[bb:]
             # (`x == 0` is written as a logical not that trips Verilator -Wall's WIDTHTRUNC)
             hit = Const(1, 1) if n_banks == 1 else (~hi.any() if k == 0 else hi == k)
-            m.d.comb += [wp.addr.eq(self.waddr[:bb]), wp.data.eq(self.wdata), wp.en.eq(self.wen & hit),
-                         rp.addr.eq(self.raddr[:bb])]
+            we = Signal(name=f"{name}_we{k}")
+            m.d.sync += we.eq(self.wen & hit)
+            m.d.comb += [wp.addr.eq(wa), wp.data.eq(wd), wp.en.eq(we), rp.addr.eq(self.raddr[:bb])]
             datas.append(rp.data)
         if n_banks > 1:
-            # the bank select, one-hot and registered: an AND-OR tree (two inputs a LUT,
-            # then ORs), shallower than the mux chain a binary select maps to
+            # the bank select, one-hot and registered: AND-OR trees (two inputs a LUT, then
+            # ORs), shallower than the mux chain a binary select maps to; more than
+            # max_select banks are selected in groups, registered, then the group
             sel = Signal(n_banks, name=f"{name}_rsel", reset_less=True)
             m.d.sync += sel.eq(Const(1, n_banks) << self.raddr[bb:])
             width = Shape.cast(shape).width
-            terms = [Value.cast(d).as_unsigned() & sel[k].replicate(width) for k, d in enumerate(datas)]
-            while len(terms) > 1:
-                terms = [terms[i] | terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-            m.d.sync += self.rdata.eq(terms[0])
+            n_groups = -(-n_banks // max_select)
+            per = -(-n_banks // n_groups)
+            groups = []
+            for g in range(n_groups):
+                terms = [Value.cast(datas[k]).as_unsigned() & sel[k].replicate(width)
+                         for k in range(g * per, min(n_banks, (g + 1) * per))]
+                while len(terms) > 1:
+                    terms = [terms[i] | terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+                gr = Signal(width, name=f"{name}_rgroup{g}", reset_less=True)
+                m.d.sync += gr.eq(terms[0])
+                groups.append(gr)
+            if n_groups == 1:
+                m.d.comb += self.rdata.eq(groups[0])
+            else:
+                bank = self.raddr[bb:]
+                gsel = Signal(range(n_groups), name=f"{name}_rgsel", reset_less=True)
+                gsel2 = Signal(range(n_groups), name=f"{name}_rgsel2", reset_less=True)
+                rd = Signal(shape, name=f"{name}_rgroup", reset_less=True)
+                m.d.sync += [gsel.eq(sum(bank >= per * g for g in range(1, n_groups))), gsel2.eq(gsel),
+                             rd.eq(Array(groups)[gsel2])]
+                m.d.comb += self.rdata.eq(rd)
         else:
-            m.d.sync += self.rdata.eq(datas[0])
+            rd = Signal(shape, name=f"{name}_rbank", reset_less=True)
+            m.d.sync += rd.eq(datas[0])
+            m.d.comb += self.rdata.eq(rd)
+        self.latency = 2 if n_banks <= max_select else 3
 
 
 class LayerNorm(wiring.Component):
@@ -223,8 +264,9 @@ class LayerNorm(wiring.Component):
     256 channels of 16 bits) and ``T = in_bits + R + 37`` (CALC cycles per row: take 1,
     mean in_bits, Horner tail 1, var 3, root R, factor 31, hand-over 1; 72 at the defaults,
     for every C).  Latency from the handshake of a row's last element to the handshake of
-    its first output when nothing waits: ``T + 26`` cycles (IN 6, N 1, T, OUT load 1, OUT
-    pipeline 16, queue 2; 98 at the defaults).  Throughput without back-pressure, in
+    its first output when nothing waits: ``T + 10 + D`` cycles (IN 6, N 1, T, OUT load 1,
+    the OUT pipeline's D stages, queue 2), D = 17 (:func:`out_pipe_depth`: 16 when the row
+    buffer has at most 6 banks of 64 entries); 99 at the defaults.  Throughput without back-pressure, in
     steady state: ``max(C, T, ceil((2C + T + 7) / row_slots))`` cycles per row
     (:func:`layernorm_timing`): one element per cycle in and out when rows are long
     (C = 192: 192 cycles per row), T when they are short (C = 64: 72); in between the row
@@ -263,7 +305,8 @@ class LayerNorm(wiring.Component):
         t = layernorm_timing(None, in_bits, max_channels, row_slots)
         self.calc_cycles = t["calc"]
         self.latency = t["latency"]
-        self.queue_depth = OUT_PIPE_DEPTH + QUEUE_SLACK
+        self.out_depth = t["out_depth"]
+        self.queue_depth = self.out_depth + QUEUE_SLACK
         self.c_layout = data.StructLayout({"m": signed(mult_bits), "b": signed(b_bits),
                                            "e": unsigned(E_BITS), "last": unsigned(1)})
         super().__init__({
@@ -367,8 +410,8 @@ class LayerNorm(wiring.Component):
             return terms, history
 
         # --- constants: RAMs, shift, channel count ------------------------------------------
-        m_ram = _LutRam(m, "m_ram", signed(MB), CM)
-        b_ram = _LutRam(m, "b_ram", signed(BB), CM)
+        m_ram = _LutRam(m, "m_ram", signed(MB), CM, RAM_BANK, RAM_SELECT)
+        b_ram = _LutRam(m, "b_ram", signed(BB), CM, RAM_BANK, RAM_SELECT)
         e_r = Signal(E_BITS, reset_less=True)
         cm1 = Signal(AB, init=CM - 1)           # C - 1 of the loaded layer
         cm2 = Signal(AB, init=CM - 2)           # C - 2: "the next element is the last"
@@ -377,8 +420,7 @@ class LayerNorm(wiring.Component):
         c_take = Signal()
         cp = self.c.payload
         m.d.comb += [self.c.ready.eq(idle_r), c_take.eq(self.c.valid & idle_r)]
-        # the constants are written into the RAMs from registers, a cycle after they are taken
-        m.d.sync += [m_ram.waddr.eq(ld), m_ram.wdata.eq(cp.m), b_ram.waddr.eq(ld), b_ram.wdata.eq(cp.b),
+        m.d.comb += [m_ram.waddr.eq(ld), m_ram.wdata.eq(cp.m), b_ram.waddr.eq(ld), b_ram.wdata.eq(cp.b),
                      m_ram.wen.eq(c_take), b_ram.wen.eq(c_take)]
         with m.If(c_take):
             m.d.sync += e_r.eq(cp.e)
@@ -394,7 +436,8 @@ class LayerNorm(wiring.Component):
 
         # --- IN: buffer the row, S and Q -------------------------------------------------------
         stride = 1 << AB
-        buf = _LutRam(m, "buf", signed(IB), slots * stride)
+        buf = _LutRam(m, "buf", signed(IB), slots * stride, RAM_BANK, RAM_SELECT)
+        assert buf.latency == _ram_latency(slots * stride)
         cnt = Signal(AB)
         wslot = Signal(range(slots))
         in_last = Signal()                       # cnt == C - 1 (registered)
@@ -425,8 +468,7 @@ class LayerNorm(wiring.Component):
         # stage 1: the element; stage 2: a = |x| - [x < 0] (ones' complement), s = [x < 0]
         x1 = reg("in1_x", self.i.payload)
         v1, l1 = reg("in1_v", accept, reset=True), reg("in1_l", accept & in_last, reset=True)
-        # the buffer is written from registers, a cycle after the element is taken
-        m.d.comb += [buf.waddr.eq(reg("in1_addr", Cat(cnt, wslot))), buf.wdata.eq(x1), buf.wen.eq(v1)]
+        m.d.comb += [buf.waddr.eq(Cat(cnt, wslot)), buf.wdata.eq(self.i.payload), buf.wen.eq(accept)]
         sgn = x1[-1]
         a2 = reg("in2_a", x1[:IB - 1] ^ sgn.replicate(IB - 1))
         s2, x2 = reg("in2_s", sgn), reg("in2_x", x1)
@@ -615,12 +657,12 @@ class LayerNorm(wiring.Component):
         m.d.comb += [dec.eq(release), rows_next.eq(rows_held + inc - dec)]
 
         # stages 1, 2: the buffer read (banks, then the bank selected), row scalars alongside
-        mean1, fac1, ch1 = reg("o1_mean", cur_mean), reg("o1_factor", cur_factor), reg("o1_ch", ch)
-        x2o = buf.rdata
-        mean2, fac2, ch2 = reg("o2_mean", mean1), reg("o2_factor", fac1), reg("o2_ch", ch1)
-        # stage 3: y = x - mean
-        y3 = reg("o3_y", x2o - mean2)
-        fac3, ch3 = reg("o3_factor", fac2), reg("o3_ch", ch2)
+        mean2, fac2, ch2 = cur_mean, cur_factor, ch
+        for k in range(buf.latency):
+            mean2, fac2, ch2 = reg(f"o{k + 1}_mean", mean2), reg(f"o{k + 1}_factor", fac2), reg(f"o{k + 1}_ch", ch2)
+        # then: y = x - mean
+        y3 = reg("oy_y", buf.rdata - mean2)
+        fac3, ch3 = reg("oy_factor", fac2), reg("oy_ch", ch2)
         # stages 4-6: z = y factor, |z| <= 2^31 - 1: the partial products over y's bits in a
         # carry-save tree modulo 2^32 (exact), PRODUCT_LEVELS: 18 -> 12 -> 6 -> 2 terms;
         # stage 7: the add
@@ -652,8 +694,8 @@ class LayerNorm(wiring.Component):
         lo15 = reg("o15_lo", (n14 - (2 * lo + 1))[-1])
         hi15 = reg("o15_hi", (Const(2 * hi - 2, signed(nb)) - n14)[-1])
         o16 = reg("o16_out", Mux(lo15, Const(lo, signed(OB)), Mux(hi15, Const(hi, signed(OB)), r15)), signed(OB))
-        depth = 3 + len(zh) + 1 + len(vh) + 1 + 5
-        assert depth == OUT_PIPE_DEPTH, depth
+        depth = buf.latency + 1 + len(zh) + 1 + len(vh) + 1 + 5
+        assert depth == self.out_depth, depth
         valid = issue
         for s in range(depth):
             valid = reg(f"o_valid{s + 1}", valid, reset=True)

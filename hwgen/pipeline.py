@@ -253,7 +253,7 @@ def without_sign_extension(terms: list[Value], width: int) -> list[Value]:
 
 
 def multiply_stages(st: Stager, a: Value, b: Value, carry: dict | None = None, name: str = "mul",
-                    levels_per_stage: int = 3) -> tuple[Value, SimpleNamespace]:
+                    levels_per_stage: int = 2) -> tuple[Value, SimpleNamespace]:
     """``a * b`` (exact, :func:`product_shape`) from LUTs: the partial products of ``b``'s bits
     (:func:`partial_products`; pass the narrower operand as ``b``; a square of an unsigned
     value, ``a is b``, takes :func:`square_partial_products`) through a carry-save tree,

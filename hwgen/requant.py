@@ -159,7 +159,7 @@ def requant_decode_stages(m: Module, p, acc_bits: int, name: str = "pdec"):
     raw1 = Signal(name=f"{name}_raw", reset_less=True)
     hi1 = Signal(signed(acc_bits), name=f"{name}_hi", reset_less=True)
     m.d.sync += [sel_m.eq(Cat(*(raw | (p.m[k] == 1) for k in range(lanes)))),
-                 sel_e.eq(Cat(*(raw | (p.e[k] == 0) for k in range(lanes)))),
+                 sel_e.eq(Cat(*(raw | ~p.e[k].any() for k in range(lanes)))),
                  raw1.eq(raw), hi1.eq(hi)]
     out = Signal(data.StructLayout(requant_decoded_fields(lanes, acc_bits, mb, eb)), name=name, reset_less=True)
     m.d.sync += [out.raw.eq(raw1), out.hi.eq(hi1), out.lo.eq(~hi1)]

@@ -10,13 +10,13 @@ generated for capabilities (residual width, multiplier width, lanes); each add l
 =====  =====================================================================================
 stage  operation (per lane, both branches side by side)
 =====  =====================================================================================
-1-3    ``a m_a``, ``b m_b``: LUT carry-save trees (3:2 levels split over registers), then
+1-4    ``a m_a``, ``b m_b``: LUT carry-save trees (two 3:2 levels between registers), then
        the carry-propagate sums (:func:`hwgen.pipeline.multiply_stages`)
-4-6    ``rshift_round(., e)``: the barrel shifter in two stages (3 bits of e each), then the
+5-7    ``rshift_round(., e)``: the barrel shifter in two stages (3 bits of e each), then the
        rounding increment (:func:`hwgen.pipeline.rshift_round_stages`)
-7-8    clamp to residual_bits: the in-range test (no carry chain), then the mux
-9      ``ra + rb``
-10     clamp the sum (its two top bits differ exactly when it overflows)
+8-9    clamp to residual_bits: the in-range test (no carry chain), then the mux
+10     ``ra + rb``
+11     clamp the sum (its two top bits differ exactly when it overflows)
 =====  =====================================================================================
 
 The datapath runs without an enable; an output queue with credits
@@ -41,7 +41,8 @@ __all__ = ["ResidualAdd", "E_BITS", "QUEUE_LATENCY"]
 E_BITS = MAX_SHIFT.bit_length()   # e_a, e_b: rounding shifts 0..63 (golden.dyadic.MAX_SHIFT = 62)
 QUEUE_LATENCY = 2                 # cycles the output queue adds
 QUEUE_SLACK = 3                   # queue beats beyond the pipeline depth: one beat a cycle
-LEVELS_PER_STAGE = 3              # 3:2 compressor levels between registers in a multiplier
+LEVELS_PER_STAGE = 2              # 3:2 compressor levels between registers in a multiplier (3 missed
+                                  # 150 MHz at 4 lanes: the partial products add a LUT level)
 
 
 class ResidualAdd(wiring.Component):
@@ -74,7 +75,7 @@ class ResidualAdd(wiring.Component):
 
     Latency and throughput
     ----------------------
-    ``latency`` cycles (12 at 16 bits, mult_bits 16: the 10 stages above and the output
+    ``latency`` cycles (13 at 16 bits, mult_bits 16: the 11 stages above and the output
     queue's 2) from the input handshake to the output's valid, measured by
     tests/test_hw_elementwise.py; one beat (``lanes`` elements) per cycle while both inputs
     are valid and ``o.ready`` is high.  Under back-pressure the pipeline runs on into its

@@ -64,7 +64,7 @@ SOFTMAX_OUT_LATENCY = 8
 _OUT_CSA_STAGES = 3             # exp * recip: 2 + 2 carry-save levels, then the rest (2 for 16 bits)
 _EXP_PASS_DEPTH = 3 + SHIFT_EXP_LATENCY   # LUT-RAM read (2), x = s - max, the exponential
 _EXP_BANKS = 3                  # exp buffer banks: being written, being divided, being read out
-_OUT_QUEUE = 16                 # output queue entries (>= SOFTMAX_OUT_LATENCY + 1: full rate)
+_OUT_QUEUE = 16                 # output queue entries (>= SOFTMAX_OUT_LATENCY + 3: full rate)
 
 
 def softmax_in_layout(in_bits: int) -> data.StructLayout:
@@ -374,7 +374,9 @@ class Softmax(wiring.Component):
         o_lenm2 = Signal(self.idx_bits + 1)     # the row's length - 2 (compared with oidx)
         o_recip = Signal(qb)
         credits = Signal(range(_OUT_QUEUE + 1), init=_OUT_QUEUE)   # queue entries not yet promised
-        issue = o_run & credits.any()
+        credit_ok = Signal()                    # credits >= 2 last cycle, so >= 1 now: a register
+        m.d.sync += credit_ok.eq(credits >= 2)
+        issue = o_run & credit_ok
         e_clear = Signal()
         m.d.comb += emem.raddr.eq(Cat(oidx, _bank_index(orb)))
         with m.If(~o_run & _pick(orb, e_full)):

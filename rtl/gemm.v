@@ -4485,15 +4485,15 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire \$5029 ;
   wire [14:0] \$503 ;
   wire \$5030 ;
-  wire [31:0] \$5031 ;
-  wire [15:0] \$5032 ;
-  wire [5:0] \$5033 ;
-  wire [15:0] \$5034 ;
-  wire [5:0] \$5035 ;
-  wire [15:0] \$5036 ;
-  wire [5:0] \$5037 ;
-  wire [15:0] \$5038 ;
-  wire [5:0] \$5039 ;
+  wire \$5031 ;
+  wire \$5032 ;
+  wire \$5033 ;
+  wire \$5034 ;
+  wire \$5035 ;
+  wire \$5036 ;
+  wire \$5037 ;
+  wire \$5038 ;
+  wire [31:0] \$5039 ;
   wire [7:0] \$504 ;
   wire [15:0] \$5040 ;
   wire [5:0] \$5041 ;
@@ -4503,24 +4503,24 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [5:0] \$5045 ;
   wire [15:0] \$5046 ;
   wire [5:0] \$5047 ;
-  wire [32:0] \$5048 ;
-  wire [32:0] \$5049 ;
+  wire [15:0] \$5048 ;
+  wire [5:0] \$5049 ;
   wire [14:0] \$505 ;
-  wire [32:0] \$5050 ;
-  wire [32:0] \$5051 ;
-  wire [32:0] \$5052 ;
-  wire [32:0] \$5053 ;
-  wire [32:0] \$5054 ;
-  wire [32:0] \$5055 ;
-  wire [48:0] \$5056 ;
-  wire [48:0] \$5057 ;
-  wire [48:0] \$5058 ;
-  wire [48:0] \$5059 ;
+  wire [15:0] \$5050 ;
+  wire [5:0] \$5051 ;
+  wire [15:0] \$5052 ;
+  wire [5:0] \$5053 ;
+  wire [15:0] \$5054 ;
+  wire [5:0] \$5055 ;
+  wire [32:0] \$5056 ;
+  wire [32:0] \$5057 ;
+  wire [32:0] \$5058 ;
+  wire [32:0] \$5059 ;
   wire [7:0] \$506 ;
-  wire [48:0] \$5060 ;
-  wire [48:0] \$5061 ;
-  wire [48:0] \$5062 ;
-  wire [48:0] \$5063 ;
+  wire [32:0] \$5060 ;
+  wire [32:0] \$5061 ;
+  wire [32:0] \$5062 ;
+  wire [32:0] \$5063 ;
   wire [48:0] \$5064 ;
   wire [48:0] \$5065 ;
   wire [48:0] \$5066 ;
@@ -4547,15 +4547,15 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [48:0] \$5085 ;
   wire [48:0] \$5086 ;
   wire [48:0] \$5087 ;
-  wire [49:0] \$5088 ;
-  wire [49:0] \$5089 ;
+  wire [48:0] \$5088 ;
+  wire [48:0] \$5089 ;
   wire [14:0] \$509 ;
-  wire [49:0] \$5090 ;
-  wire [49:0] \$5091 ;
-  wire [49:0] \$5092 ;
-  wire [49:0] \$5093 ;
-  wire [49:0] \$5094 ;
-  wire [49:0] \$5095 ;
+  wire [48:0] \$5090 ;
+  wire [48:0] \$5091 ;
+  wire [48:0] \$5092 ;
+  wire [48:0] \$5093 ;
+  wire [48:0] \$5094 ;
+  wire [48:0] \$5095 ;
   wire [49:0] \$5096 ;
   wire [49:0] \$5097 ;
   wire [49:0] \$5098 ;
@@ -4566,15 +4566,15 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [49:0] \$5101 ;
   wire [49:0] \$5102 ;
   wire [49:0] \$5103 ;
-  wire [50:0] \$5104 ;
-  wire [50:0] \$5105 ;
-  wire [50:0] \$5106 ;
-  wire [50:0] \$5107 ;
-  wire [50:0] \$5108 ;
-  wire [50:0] \$5109 ;
+  wire [49:0] \$5104 ;
+  wire [49:0] \$5105 ;
+  wire [49:0] \$5106 ;
+  wire [49:0] \$5107 ;
+  wire [49:0] \$5108 ;
+  wire [49:0] \$5109 ;
   wire [15:0] \$511 ;
-  wire [50:0] \$5110 ;
-  wire [50:0] \$5111 ;
+  wire [49:0] \$5110 ;
+  wire [49:0] \$5111 ;
   wire [50:0] \$5112 ;
   wire [50:0] \$5113 ;
   wire [50:0] \$5114 ;
@@ -4584,14 +4584,14 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [50:0] \$5118 ;
   wire [50:0] \$5119 ;
   wire [15:0] \$512 ;
-  wire [31:0] \$5120 ;
-  wire [31:0] \$5121 ;
-  wire [31:0] \$5122 ;
-  wire [31:0] \$5123 ;
-  wire [31:0] \$5124 ;
-  wire [31:0] \$5125 ;
-  wire [31:0] \$5126 ;
-  wire [31:0] \$5127 ;
+  wire [50:0] \$5120 ;
+  wire [50:0] \$5121 ;
+  wire [50:0] \$5122 ;
+  wire [50:0] \$5123 ;
+  wire [50:0] \$5124 ;
+  wire [50:0] \$5125 ;
+  wire [50:0] \$5126 ;
+  wire [50:0] \$5127 ;
   wire [31:0] \$5128 ;
   wire [31:0] \$5129 ;
   wire [15:0] \$513 ;
@@ -4610,34 +4610,34 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [31:0] \$5141 ;
   wire [31:0] \$5142 ;
   wire [31:0] \$5143 ;
-  wire \$5144 ;
-  wire \$5145 ;
-  wire \$5146 ;
-  wire [4:0] \$5147 ;
-  wire [4:0] \$5148 ;
-  wire \$5149 ;
+  wire [31:0] \$5144 ;
+  wire [31:0] \$5145 ;
+  wire [31:0] \$5146 ;
+  wire [31:0] \$5147 ;
+  wire [31:0] \$5148 ;
+  wire [31:0] \$5149 ;
   wire [15:0] \$515 ;
-  wire [4:0] \$5150 ;
-  wire [4:0] \$5151 ;
-  wire [5:0] \$5152 ;
-  wire [6:0] \$5153 ;
-  reg \$5154 ;
-  reg \$5155 ;
-  reg \$5156 ;
-  reg [437:0] \$5157 ;
-  reg \$5158 ;
-  reg [437:0] \$5159 ;
+  wire [31:0] \$5150 ;
+  wire [31:0] \$5151 ;
+  wire \$5152 ;
+  wire \$5153 ;
+  wire \$5154 ;
+  wire [4:0] \$5155 ;
+  wire [4:0] \$5156 ;
+  wire \$5157 ;
+  wire [4:0] \$5158 ;
+  wire [4:0] \$5159 ;
   wire [15:0] \$516 ;
-  reg [4:0] \$5160 ;
-  reg \$5161 ;
-  reg [31:0] \$5162 ;
-  reg [31:0] \$5163 ;
-  reg [31:0] \$5164 ;
-  reg [31:0] \$5165 ;
-  reg [31:0] \$5166 ;
-  reg [31:0] \$5167 ;
-  reg [31:0] \$5168 ;
-  reg [31:0] \$5169 ;
+  wire [5:0] \$5160 ;
+  wire [6:0] \$5161 ;
+  reg \$5162 ;
+  reg \$5163 ;
+  reg \$5164 ;
+  reg [437:0] \$5165 ;
+  reg \$5166 ;
+  reg [437:0] \$5167 ;
+  reg [4:0] \$5168 ;
+  reg \$5169 ;
   wire [15:0] \$517 ;
   reg [31:0] \$5170 ;
   reg [31:0] \$5171 ;
@@ -4772,58 +4772,58 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   reg [31:0] \$5288 ;
   reg [31:0] \$5289 ;
   wire [15:0] \$529 ;
-  wire [496:0] \$5290 ;
-  wire \$5291 ;
-  wire [31:0] \$5292 ;
-  wire [31:0] \$5293 ;
-  wire [31:0] \$5294 ;
-  wire [31:0] \$5295 ;
-  wire [31:0] \$5296 ;
-  wire [31:0] \$5297 ;
-  wire [31:0] \$5298 ;
-  wire [31:0] \$5299 ;
+  reg [31:0] \$5290 ;
+  reg [31:0] \$5291 ;
+  reg [31:0] \$5292 ;
+  reg [31:0] \$5293 ;
+  reg [31:0] \$5294 ;
+  reg [31:0] \$5295 ;
+  reg [31:0] \$5296 ;
+  reg [31:0] \$5297 ;
+  wire [496:0] \$5298 ;
+  wire \$5299 ;
   wire [15:0] \$53 ;
   wire [15:0] \$530 ;
   wire [31:0] \$5300 ;
   wire [31:0] \$5301 ;
-  wire [15:0] \$5302 ;
-  wire [15:0] \$5303 ;
-  wire [15:0] \$5304 ;
-  wire [15:0] \$5305 ;
-  wire [15:0] \$5306 ;
-  wire [15:0] \$5307 ;
-  wire [15:0] \$5308 ;
-  wire [15:0] \$5309 ;
+  wire [31:0] \$5302 ;
+  wire [31:0] \$5303 ;
+  wire [31:0] \$5304 ;
+  wire [31:0] \$5305 ;
+  wire [31:0] \$5306 ;
+  wire [31:0] \$5307 ;
+  wire [31:0] \$5308 ;
+  wire [31:0] \$5309 ;
   wire [15:0] \$531 ;
-  wire [5:0] \$5310 ;
-  wire [5:0] \$5311 ;
-  wire [5:0] \$5312 ;
-  wire [5:0] \$5313 ;
-  wire [5:0] \$5314 ;
-  wire [5:0] \$5315 ;
-  wire [5:0] \$5316 ;
-  wire [5:0] \$5317 ;
-  wire \$5318 ;
-  wire [31:0] \$5319 ;
+  wire [15:0] \$5310 ;
+  wire [15:0] \$5311 ;
+  wire [15:0] \$5312 ;
+  wire [15:0] \$5313 ;
+  wire [15:0] \$5314 ;
+  wire [15:0] \$5315 ;
+  wire [15:0] \$5316 ;
+  wire [15:0] \$5317 ;
+  wire [5:0] \$5318 ;
+  wire [5:0] \$5319 ;
   wire [15:0] \$532 ;
-  wire [31:0] \$5320 ;
+  wire [5:0] \$5320 ;
   wire [5:0] \$5321 ;
   wire [5:0] \$5322 ;
   wire [5:0] \$5323 ;
   wire [5:0] \$5324 ;
   wire [5:0] \$5325 ;
-  wire [5:0] \$5326 ;
-  wire [5:0] \$5327 ;
-  wire [5:0] \$5328 ;
-  wire [47:0] \$5329 ;
+  wire \$5326 ;
+  wire [31:0] \$5327 ;
+  wire [31:0] \$5328 ;
+  wire [5:0] \$5329 ;
   wire [15:0] \$533 ;
-  wire [47:0] \$5330 ;
-  wire [47:0] \$5331 ;
-  wire [47:0] \$5332 ;
-  wire [47:0] \$5333 ;
-  wire [47:0] \$5334 ;
-  wire [47:0] \$5335 ;
-  wire [47:0] \$5336 ;
+  wire [5:0] \$5330 ;
+  wire [5:0] \$5331 ;
+  wire [5:0] \$5332 ;
+  wire [5:0] \$5333 ;
+  wire [5:0] \$5334 ;
+  wire [5:0] \$5335 ;
+  wire [5:0] \$5336 ;
   wire [47:0] \$5337 ;
   wire [47:0] \$5338 ;
   wire [47:0] \$5339 ;
@@ -4886,28 +4886,28 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [47:0] \$5390 ;
   wire [47:0] \$5391 ;
   wire [47:0] \$5392 ;
-  wire \$5393 ;
-  wire [31:0] \$5394 ;
-  wire [31:0] \$5395 ;
-  wire [5:0] \$5396 ;
-  wire [5:0] \$5397 ;
-  wire [5:0] \$5398 ;
-  wire [5:0] \$5399 ;
+  wire [47:0] \$5393 ;
+  wire [47:0] \$5394 ;
+  wire [47:0] \$5395 ;
+  wire [47:0] \$5396 ;
+  wire [47:0] \$5397 ;
+  wire [47:0] \$5398 ;
+  wire [47:0] \$5399 ;
   wire [15:0] \$54 ;
   wire [15:0] \$540 ;
-  wire [5:0] \$5400 ;
-  wire [5:0] \$5401 ;
-  wire [5:0] \$5402 ;
-  wire [5:0] \$5403 ;
-  wire [47:0] \$5404 ;
-  wire [47:0] \$5405 ;
-  wire [47:0] \$5406 ;
-  wire [47:0] \$5407 ;
-  wire [47:0] \$5408 ;
-  wire [47:0] \$5409 ;
+  wire [47:0] \$5400 ;
+  wire \$5401 ;
+  wire [31:0] \$5402 ;
+  wire [31:0] \$5403 ;
+  wire [5:0] \$5404 ;
+  wire [5:0] \$5405 ;
+  wire [5:0] \$5406 ;
+  wire [5:0] \$5407 ;
+  wire [5:0] \$5408 ;
+  wire [5:0] \$5409 ;
   wire [15:0] \$541 ;
-  wire [47:0] \$5410 ;
-  wire [47:0] \$5411 ;
+  wire [5:0] \$5410 ;
+  wire [5:0] \$5411 ;
   wire [47:0] \$5412 ;
   wire [47:0] \$5413 ;
   wire [47:0] \$5414 ;
@@ -4934,27 +4934,27 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [47:0] \$5433 ;
   wire [47:0] \$5434 ;
   wire [47:0] \$5435 ;
-  wire \$5436 ;
-  wire [31:0] \$5437 ;
-  wire [31:0] \$5438 ;
-  wire [5:0] \$5439 ;
+  wire [47:0] \$5436 ;
+  wire [47:0] \$5437 ;
+  wire [47:0] \$5438 ;
+  wire [47:0] \$5439 ;
   wire [15:0] \$544 ;
-  wire [5:0] \$5440 ;
-  wire [5:0] \$5441 ;
-  wire [5:0] \$5442 ;
-  wire [5:0] \$5443 ;
-  wire [5:0] \$5444 ;
-  wire [5:0] \$5445 ;
-  wire [5:0] \$5446 ;
-  wire [47:0] \$5447 ;
-  wire [47:0] \$5448 ;
-  wire [47:0] \$5449 ;
+  wire [47:0] \$5440 ;
+  wire [47:0] \$5441 ;
+  wire [47:0] \$5442 ;
+  wire [47:0] \$5443 ;
+  wire \$5444 ;
+  wire [31:0] \$5445 ;
+  wire [31:0] \$5446 ;
+  wire [5:0] \$5447 ;
+  wire [5:0] \$5448 ;
+  wire [5:0] \$5449 ;
   wire [15:0] \$545 ;
-  wire [47:0] \$5450 ;
-  wire [47:0] \$5451 ;
-  wire [47:0] \$5452 ;
-  wire [47:0] \$5453 ;
-  wire [47:0] \$5454 ;
+  wire [5:0] \$5450 ;
+  wire [5:0] \$5451 ;
+  wire [5:0] \$5452 ;
+  wire [5:0] \$5453 ;
+  wire [5:0] \$5454 ;
   wire [47:0] \$5455 ;
   wire [47:0] \$5456 ;
   wire [47:0] \$5457 ;
@@ -4964,85 +4964,85 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [47:0] \$5460 ;
   wire [47:0] \$5461 ;
   wire [47:0] \$5462 ;
-  wire \$5463 ;
-  wire [31:0] \$5464 ;
-  wire [31:0] \$5465 ;
-  wire [5:0] \$5466 ;
-  wire [5:0] \$5467 ;
-  wire [5:0] \$5468 ;
-  wire [5:0] \$5469 ;
+  wire [47:0] \$5463 ;
+  wire [47:0] \$5464 ;
+  wire [47:0] \$5465 ;
+  wire [47:0] \$5466 ;
+  wire [47:0] \$5467 ;
+  wire [47:0] \$5468 ;
+  wire [47:0] \$5469 ;
   wire [15:0] \$547 ;
-  wire [5:0] \$5470 ;
-  wire [5:0] \$5471 ;
-  wire [5:0] \$5472 ;
-  wire [5:0] \$5473 ;
-  wire [47:0] \$5474 ;
-  wire [47:0] \$5475 ;
-  wire [47:0] \$5476 ;
-  wire [47:0] \$5477 ;
-  wire [47:0] \$5478 ;
-  wire [47:0] \$5479 ;
+  wire [47:0] \$5470 ;
+  wire \$5471 ;
+  wire [31:0] \$5472 ;
+  wire [31:0] \$5473 ;
+  wire [5:0] \$5474 ;
+  wire [5:0] \$5475 ;
+  wire [5:0] \$5476 ;
+  wire [5:0] \$5477 ;
+  wire [5:0] \$5478 ;
+  wire [5:0] \$5479 ;
   wire [15:0] \$548 ;
-  wire [47:0] \$5480 ;
-  wire [47:0] \$5481 ;
-  wire \$5482 ;
-  wire [31:0] \$5483 ;
-  wire [31:0] \$5484 ;
-  wire [5:0] \$5485 ;
-  wire [5:0] \$5486 ;
-  wire [5:0] \$5487 ;
-  wire [5:0] \$5488 ;
-  wire [5:0] \$5489 ;
+  wire [5:0] \$5480 ;
+  wire [5:0] \$5481 ;
+  wire [47:0] \$5482 ;
+  wire [47:0] \$5483 ;
+  wire [47:0] \$5484 ;
+  wire [47:0] \$5485 ;
+  wire [47:0] \$5486 ;
+  wire [47:0] \$5487 ;
+  wire [47:0] \$5488 ;
+  wire [47:0] \$5489 ;
   wire [15:0] \$549 ;
-  wire [5:0] \$5490 ;
-  wire [5:0] \$5491 ;
-  wire [5:0] \$5492 ;
-  wire [48:0] \$5493 ;
-  wire [48:0] \$5494 ;
-  wire [48:0] \$5495 ;
-  wire [48:0] \$5496 ;
-  wire [48:0] \$5497 ;
-  wire [48:0] \$5498 ;
-  wire [48:0] \$5499 ;
+  wire \$5490 ;
+  wire [31:0] \$5491 ;
+  wire [31:0] \$5492 ;
+  wire [5:0] \$5493 ;
+  wire [5:0] \$5494 ;
+  wire [5:0] \$5495 ;
+  wire [5:0] \$5496 ;
+  wire [5:0] \$5497 ;
+  wire [5:0] \$5498 ;
+  wire [5:0] \$5499 ;
   wire [15:0] \$55 ;
   wire [15:0] \$550 ;
-  wire [48:0] \$5500 ;
-  wire \$5501 ;
-  wire [31:0] \$5502 ;
-  wire [31:0] \$5503 ;
+  wire [5:0] \$5500 ;
+  wire [48:0] \$5501 ;
+  wire [48:0] \$5502 ;
+  wire [48:0] \$5503 ;
   wire [48:0] \$5504 ;
   wire [48:0] \$5505 ;
   wire [48:0] \$5506 ;
   wire [48:0] \$5507 ;
   wire [48:0] \$5508 ;
-  wire [48:0] \$5509 ;
+  wire \$5509 ;
   wire [15:0] \$551 ;
-  wire [48:0] \$5510 ;
-  wire [48:0] \$5511 ;
-  wire \$5512 ;
-  wire [31:0] \$5513 ;
-  wire [31:0] \$5514 ;
-  wire [49:0] \$5515 ;
-  wire [49:0] \$5516 ;
-  wire [49:0] \$5517 ;
-  wire [49:0] \$5518 ;
-  wire [49:0] \$5519 ;
+  wire [31:0] \$5510 ;
+  wire [31:0] \$5511 ;
+  wire [48:0] \$5512 ;
+  wire [48:0] \$5513 ;
+  wire [48:0] \$5514 ;
+  wire [48:0] \$5515 ;
+  wire [48:0] \$5516 ;
+  wire [48:0] \$5517 ;
+  wire [48:0] \$5518 ;
+  wire [48:0] \$5519 ;
   wire [15:0] \$552 ;
-  wire [49:0] \$5520 ;
-  wire [49:0] \$5521 ;
-  wire [49:0] \$5522 ;
-  wire \$5523 ;
-  wire [31:0] \$5524 ;
-  wire [31:0] \$5525 ;
-  wire \$5526 ;
-  wire \$5527 ;
-  wire \$5528 ;
-  wire \$5529 ;
+  wire \$5520 ;
+  wire [31:0] \$5521 ;
+  wire [31:0] \$5522 ;
+  wire [49:0] \$5523 ;
+  wire [49:0] \$5524 ;
+  wire [49:0] \$5525 ;
+  wire [49:0] \$5526 ;
+  wire [49:0] \$5527 ;
+  wire [49:0] \$5528 ;
+  wire [49:0] \$5529 ;
   wire [32:0] \$553 ;
-  wire \$5530 ;
+  wire [49:0] \$5530 ;
   wire \$5531 ;
-  wire \$5532 ;
-  wire \$5533 ;
+  wire [31:0] \$5532 ;
+  wire [31:0] \$5533 ;
   wire \$5534 ;
   wire \$5535 ;
   wire \$5536 ;
@@ -5052,14 +5052,14 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [32:0] \$554 ;
   wire \$5540 ;
   wire \$5541 ;
-  wire [31:0] \$5542 ;
-  wire [31:0] \$5543 ;
-  wire [31:0] \$5544 ;
-  wire [31:0] \$5545 ;
-  wire [31:0] \$5546 ;
-  wire [31:0] \$5547 ;
-  wire [31:0] \$5548 ;
-  wire [31:0] \$5549 ;
+  wire \$5542 ;
+  wire \$5543 ;
+  wire \$5544 ;
+  wire \$5545 ;
+  wire \$5546 ;
+  wire \$5547 ;
+  wire \$5548 ;
+  wire \$5549 ;
   wire [7:0] \$555 ;
   wire [31:0] \$5550 ;
   wire [31:0] \$5551 ;
@@ -5069,11 +5069,19 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [31:0] \$5555 ;
   wire [31:0] \$5556 ;
   wire [31:0] \$5557 ;
-  reg \$5558 ;
-  reg [3:0] \$5559 ;
+  wire [31:0] \$5558 ;
+  wire [31:0] \$5559 ;
   wire [8:0] \$556 ;
-  reg [3:0] \$5560 ;
-  reg [4:0] \$5561 ;
+  wire [31:0] \$5560 ;
+  wire [31:0] \$5561 ;
+  wire [31:0] \$5562 ;
+  wire [31:0] \$5563 ;
+  wire [31:0] \$5564 ;
+  wire [31:0] \$5565 ;
+  reg \$5566 ;
+  reg [3:0] \$5567 ;
+  reg [3:0] \$5568 ;
+  reg [4:0] \$5569 ;
   wire [7:0] \$557 ;
   wire [8:0] \$558 ;
   wire [7:0] \$559 ;
@@ -10689,6 +10697,10 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
       out_queue[wp__addr] <= { rq_s10_o7, rq_s10_o6, rq_s10_o5, rq_s10_o4, rq_s10_o3, rq_s10_o2, rq_s10_o1, rq_s10_o0 };
   end
   assign o__payload = out_queue[rp__addr];
+  assign \$3912  = rq_s1_m0[1] ? rq_s1_s0 : 32'd0;
+  assign \$3914  = rq_s1_m0[2] ? rq_s1_s0 : 32'd0;
+  assign \$3916  = rq_s1_m0[3] ? rq_s1_s0 : 32'd0;
+  assign \$3918  = rq_s1_m0[4] ? rq_s1_s0 : 32'd0;
   assign \$3920  = rq_s1_m0[5] ? rq_s1_s0 : 32'd0;
   assign \$3922  = rq_s1_m0[6] ? rq_s1_s0 : 32'd0;
   assign \$3924  = rq_s1_m0[7] ? rq_s1_s0 : 32'd0;
@@ -11726,181 +11738,189 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \$4964  = \$4962  | \$4963 ;
   assign \$4965  = | p_hold[437:432];
   assign \$4966  = ~ \$4965 ;
-  assign \$4967  = ! p_hold[389:384];
-  assign \$4968  = \$4966  | \$4967 ;
-  assign \$4969  = | p_hold[437:432];
-  assign \$4970  = ~ \$4969 ;
-  assign \$4971  = ! p_hold[395:390];
-  assign \$4972  = \$4970  | \$4971 ;
-  assign \$4973  = | p_hold[437:432];
-  assign \$4974  = ~ \$4973 ;
-  assign \$4975  = ! p_hold[401:396];
-  assign \$4976  = \$4974  | \$4975 ;
-  assign \$4977  = | p_hold[437:432];
+  assign \$4967  = | p_hold[389:384];
+  assign \$4968  = ~ \$4967 ;
+  assign \$4969  = \$4966  | \$4968 ;
+  assign \$4970  = | p_hold[437:432];
+  assign \$4971  = ~ \$4970 ;
+  assign \$4972  = | p_hold[395:390];
+  assign \$4973  = ~ \$4972 ;
+  assign \$4974  = \$4971  | \$4973 ;
+  assign \$4975  = | p_hold[437:432];
+  assign \$4976  = ~ \$4975 ;
+  assign \$4977  = | p_hold[401:396];
   assign \$4978  = ~ \$4977 ;
-  assign \$4979  = ! p_hold[407:402];
-  assign \$4980  = \$4978  | \$4979 ;
-  assign \$4981  = | p_hold[437:432];
-  assign \$4982  = ~ \$4981 ;
-  assign \$4983  = ! p_hold[413:408];
-  assign \$4984  = \$4982  | \$4983 ;
+  assign \$4979  = \$4976  | \$4978 ;
+  assign \$4980  = | p_hold[437:432];
+  assign \$4981  = ~ \$4980 ;
+  assign \$4982  = | p_hold[407:402];
+  assign \$4983  = ~ \$4982 ;
+  assign \$4984  = \$4981  | \$4983 ;
   assign \$4985  = | p_hold[437:432];
   assign \$4986  = ~ \$4985 ;
-  assign \$4987  = ! p_hold[419:414];
-  assign \$4988  = \$4986  | \$4987 ;
-  assign \$4989  = | p_hold[437:432];
-  assign \$4990  = ~ \$4989 ;
-  assign \$4991  = ! p_hold[425:420];
-  assign \$4992  = \$4990  | \$4991 ;
-  assign \$4993  = | p_hold[437:432];
-  assign \$4994  = ~ \$4993 ;
-  assign \$4995  = ! p_hold[431:426];
-  assign \$4996  = \$4994  | \$4995 ;
-  assign \$4997  = | p_hold[437:432];
+  assign \$4987  = | p_hold[413:408];
+  assign \$4988  = ~ \$4987 ;
+  assign \$4989  = \$4986  | \$4988 ;
+  assign \$4990  = | p_hold[437:432];
+  assign \$4991  = ~ \$4990 ;
+  assign \$4992  = | p_hold[419:414];
+  assign \$4993  = ~ \$4992 ;
+  assign \$4994  = \$4991  | \$4993 ;
+  assign \$4995  = | p_hold[437:432];
+  assign \$4996  = ~ \$4995 ;
+  assign \$4997  = | p_hold[425:420];
   assign \$4998  = ~ \$4997 ;
-  assign \$4999  = p_hold[437:432] > 1'h1;
-  assign \$5000  = p_hold[437:432] > 2'h2;
-  assign \$5001  = p_hold[437:432] > 2'h3;
-  assign \$5002  = p_hold[437:432] > 3'h4;
-  assign \$5003  = p_hold[437:432] > 3'h5;
-  assign \$5004  = p_hold[437:432] > 3'h6;
-  assign \$5005  = p_hold[437:432] > 3'h7;
-  assign \$5006  = p_hold[437:432] > 4'h8;
-  assign \$5007  = p_hold[437:432] > 4'h9;
-  assign \$5008  = p_hold[437:432] > 4'ha;
-  assign \$5009  = p_hold[437:432] > 4'hb;
-  assign \$5010  = p_hold[437:432] > 4'hc;
-  assign \$5011  = p_hold[437:432] > 4'hd;
-  assign \$5012  = p_hold[437:432] > 4'he;
-  assign \$5013  = p_hold[437:432] > 4'hf;
-  assign \$5014  = p_hold[437:432] > 5'h10;
-  assign \$5015  = p_hold[437:432] > 5'h11;
-  assign \$5016  = p_hold[437:432] > 5'h12;
-  assign \$5017  = p_hold[437:432] > 5'h13;
-  assign \$5018  = p_hold[437:432] > 5'h14;
-  assign \$5019  = p_hold[437:432] > 5'h15;
-  assign \$5020  = p_hold[437:432] > 5'h16;
-  assign \$5021  = p_hold[437:432] > 5'h17;
-  assign \$5022  = p_hold[437:432] > 5'h18;
-  assign \$5023  = p_hold[437:432] > 5'h19;
-  assign \$5024  = p_hold[437:432] > 5'h1a;
-  assign \$5025  = p_hold[437:432] > 5'h1b;
-  assign \$5026  = p_hold[437:432] > 5'h1c;
-  assign \$5027  = p_hold[437:432] > 5'h1d;
-  assign \$5028  = p_hold[437:432] > 5'h1e;
-  assign \$5029  = p_hold[437:432] > 5'h1f;
-  assign \$5030  = p_hold[437:432] > 6'h20;
-  assign \$5031  = ~ p_dec_hi;
-  assign \$5032  = p_dec_sel_m[0] ? 16'h0001 : p_hold[271:256];
-  assign \$5033  = p_dec_sel_e[0] ? 6'h00 : p_hold[389:384];
-  assign \$5034  = p_dec_sel_m[1] ? 16'h0001 : p_hold[287:272];
-  assign \$5035  = p_dec_sel_e[1] ? 6'h00 : p_hold[395:390];
-  assign \$5036  = p_dec_sel_m[2] ? 16'h0001 : p_hold[303:288];
-  assign \$5037  = p_dec_sel_e[2] ? 6'h00 : p_hold[401:396];
-  assign \$5038  = p_dec_sel_m[3] ? 16'h0001 : p_hold[319:304];
-  assign \$5039  = p_dec_sel_e[3] ? 6'h00 : p_hold[407:402];
-  assign \$5040  = p_dec_sel_m[4] ? 16'h0001 : p_hold[335:320];
-  assign \$5041  = p_dec_sel_e[4] ? 6'h00 : p_hold[413:408];
-  assign \$5042  = p_dec_sel_m[5] ? 16'h0001 : p_hold[351:336];
-  assign \$5043  = p_dec_sel_e[5] ? 6'h00 : p_hold[419:414];
-  assign \$5044  = p_dec_sel_m[6] ? 16'h0001 : p_hold[367:352];
-  assign \$5045  = p_dec_sel_e[6] ? 6'h00 : p_hold[425:420];
-  assign \$5046  = p_dec_sel_m[7] ? 16'h0001 : p_hold[383:368];
-  assign \$5047  = p_dec_sel_e[7] ? 6'h00 : p_hold[431:426];
-  assign \$5048  = $signed(rq_in[31:0]) + $signed(rq_in[287:256]);
-  assign \$5049  = $signed(rq_in[63:32]) + $signed(rq_in[319:288]);
-  assign \$5050  = $signed(rq_in[95:64]) + $signed(rq_in[351:320]);
-  assign \$5051  = $signed(rq_in[127:96]) + $signed(rq_in[383:352]);
-  assign \$5052  = $signed(rq_in[159:128]) + $signed(rq_in[415:384]);
-  assign \$5053  = $signed(rq_in[191:160]) + $signed(rq_in[447:416]);
-  assign \$5054  = $signed(rq_in[223:192]) + $signed(rq_in[479:448]);
-  assign \$5055  = $signed(rq_in[255:224]) + $signed(rq_in[511:480]);
-  assign \$5056  = rq_s4_c0_0 + rq_s4_c0_1;
-  assign \$5057  = rq_s4_c1_0 + rq_s4_c1_1;
-  assign \$5058  = rq_s4_c2_0 + rq_s4_c2_1;
-  assign \$5059  = rq_s4_c3_0 + rq_s4_c3_1;
-  assign \$5060  = rq_s4_c4_0 + rq_s4_c4_1;
-  assign \$5061  = rq_s4_c5_0 + rq_s4_c5_1;
-  assign \$5062  = rq_s4_c6_0 + rq_s4_c6_1;
-  assign \$5063  = rq_s4_c7_0 + rq_s4_c7_1;
-  assign \$5065  = $signed(\$5064 ) >>> { rq_s5_e0[5:3], 3'h0 };
-  assign \$5067  = $signed(\$5066 ) >>> { rq_s5_e1[5:3], 3'h0 };
-  assign \$5069  = $signed(\$5068 ) >>> { rq_s5_e2[5:3], 3'h0 };
-  assign \$5071  = $signed(\$5070 ) >>> { rq_s5_e3[5:3], 3'h0 };
-  assign \$5073  = $signed(\$5072 ) >>> { rq_s5_e4[5:3], 3'h0 };
-  assign \$5075  = $signed(\$5074 ) >>> { rq_s5_e5[5:3], 3'h0 };
-  assign \$5077  = $signed(\$5076 ) >>> { rq_s5_e6[5:3], 3'h0 };
-  assign \$5079  = $signed(\$5078 ) >>> { rq_s5_e7[5:3], 3'h0 };
-  assign \$5080  = $signed(rq_s6_t0) >>> rq_s6_e0[2:0];
-  assign \$5081  = $signed(rq_s6_t1) >>> rq_s6_e1[2:0];
-  assign \$5082  = $signed(rq_s6_t2) >>> rq_s6_e2[2:0];
-  assign \$5083  = $signed(rq_s6_t3) >>> rq_s6_e3[2:0];
-  assign \$5084  = $signed(rq_s6_t4) >>> rq_s6_e4[2:0];
-  assign \$5085  = $signed(rq_s6_t5) >>> rq_s6_e5[2:0];
-  assign \$5086  = $signed(rq_s6_t6) >>> rq_s6_e6[2:0];
-  assign \$5087  = $signed(rq_s6_t7) >>> rq_s6_e7[2:0];
-  assign \$5088  = $signed(rq_s7_u0) + $signed(2'h1);
-  assign \$5090  = $signed(rq_s7_u1) + $signed(2'h1);
-  assign \$5092  = $signed(rq_s7_u2) + $signed(2'h1);
-  assign \$5094  = $signed(rq_s7_u3) + $signed(2'h1);
-  assign \$5096  = $signed(rq_s7_u4) + $signed(2'h1);
-  assign \$5098  = $signed(rq_s7_u5) + $signed(2'h1);
-  assign \$5100  = $signed(rq_s7_u6) + $signed(2'h1);
-  assign \$5102  = $signed(rq_s7_u7) + $signed(2'h1);
-  assign \$5104  = $signed(rq_s8_r0) - $signed(rq_s8_lo);
-  assign \$5105  = $signed(rq_s8_r1) - $signed(rq_s8_lo);
-  assign \$5106  = $signed(rq_s8_r2) - $signed(rq_s8_lo);
-  assign \$5107  = $signed(rq_s8_r3) - $signed(rq_s8_lo);
-  assign \$5108  = $signed(rq_s8_r4) - $signed(rq_s8_lo);
-  assign \$5109  = $signed(rq_s8_r5) - $signed(rq_s8_lo);
-  assign \$5110  = $signed(rq_s8_r6) - $signed(rq_s8_lo);
-  assign \$5111  = $signed(rq_s8_r7) - $signed(rq_s8_lo);
-  assign \$5112  = $signed(rq_s8_hi) - $signed(rq_s8_r0);
-  assign \$5113  = $signed(rq_s8_hi) - $signed(rq_s8_r1);
-  assign \$5114  = $signed(rq_s8_hi) - $signed(rq_s8_r2);
-  assign \$5115  = $signed(rq_s8_hi) - $signed(rq_s8_r3);
-  assign \$5116  = $signed(rq_s8_hi) - $signed(rq_s8_r4);
-  assign \$5117  = $signed(rq_s8_hi) - $signed(rq_s8_r5);
-  assign \$5118  = $signed(rq_s8_hi) - $signed(rq_s8_r6);
-  assign \$5119  = $signed(rq_s8_hi) - $signed(rq_s8_r7);
-  assign \$5120  = rq_s9_gt0 ? rq_s9_hi : rq_s9_r0;
-  assign \$5121  = rq_s9_lt0 ? rq_s9_lo : \$5120 ;
-  assign \$5122  = rq_s9_raw ? rq_s9_r0 : \$5121 ;
-  assign \$5123  = rq_s9_gt1 ? rq_s9_hi : rq_s9_r1;
-  assign \$5124  = rq_s9_lt1 ? rq_s9_lo : \$5123 ;
-  assign \$5125  = rq_s9_raw ? rq_s9_r1 : \$5124 ;
-  assign \$5126  = rq_s9_gt2 ? rq_s9_hi : rq_s9_r2;
-  assign \$5127  = rq_s9_lt2 ? rq_s9_lo : \$5126 ;
-  assign \$5128  = rq_s9_raw ? rq_s9_r2 : \$5127 ;
-  assign \$5129  = rq_s9_gt3 ? rq_s9_hi : rq_s9_r3;
-  assign \$5130  = rq_s9_lt3 ? rq_s9_lo : \$5129 ;
-  assign \$5131  = rq_s9_raw ? rq_s9_r3 : \$5130 ;
-  assign \$5132  = rq_s9_gt4 ? rq_s9_hi : rq_s9_r4;
-  assign \$5133  = rq_s9_lt4 ? rq_s9_lo : \$5132 ;
-  assign \$5134  = rq_s9_raw ? rq_s9_r4 : \$5133 ;
-  assign \$5135  = rq_s9_gt5 ? rq_s9_hi : rq_s9_r5;
-  assign \$5136  = rq_s9_lt5 ? rq_s9_lo : \$5135 ;
-  assign \$5137  = rq_s9_raw ? rq_s9_r5 : \$5136 ;
-  assign \$5138  = rq_s9_gt6 ? rq_s9_hi : rq_s9_r6;
-  assign \$5139  = rq_s9_lt6 ? rq_s9_lo : \$5138 ;
-  assign \$5140  = rq_s9_raw ? rq_s9_r6 : \$5139 ;
-  assign \$5141  = rq_s9_gt7 ? rq_s9_hi : rq_s9_r7;
-  assign \$5142  = rq_s9_lt7 ? rq_s9_lo : \$5141 ;
-  assign \$5143  = rq_s9_raw ? rq_s9_r7 : \$5142 ;
-  assign \$5144  = ~ stale;
-  assign \$5145  = rq_valid9 & \$5144 ;
-  assign \$5146  = wp__addr == 4'hf;
-  assign \$5147  = wp__addr + 1'h1;
-  assign \$5148  = \$5146  ? 5'h00 : \$5147 ;
-  assign \$5149  = rp__addr == 4'hf;
-  assign \$5150  = rp__addr + 1'h1;
-  assign \$5151  = \$5149  ? 5'h00 : \$5150 ;
-  assign \$5152  = level + wp__en;
-  assign \$5153  = \$5152  - pop;
+  assign \$4999  = \$4996  | \$4998 ;
+  assign \$5000  = | p_hold[437:432];
+  assign \$5001  = ~ \$5000 ;
+  assign \$5002  = | p_hold[431:426];
+  assign \$5003  = ~ \$5002 ;
+  assign \$5004  = \$5001  | \$5003 ;
+  assign \$5005  = | p_hold[437:432];
+  assign \$5006  = ~ \$5005 ;
+  assign \$5007  = p_hold[437:432] > 1'h1;
+  assign \$5008  = p_hold[437:432] > 2'h2;
+  assign \$5009  = p_hold[437:432] > 2'h3;
+  assign \$5010  = p_hold[437:432] > 3'h4;
+  assign \$5011  = p_hold[437:432] > 3'h5;
+  assign \$5012  = p_hold[437:432] > 3'h6;
+  assign \$5013  = p_hold[437:432] > 3'h7;
+  assign \$5014  = p_hold[437:432] > 4'h8;
+  assign \$5015  = p_hold[437:432] > 4'h9;
+  assign \$5016  = p_hold[437:432] > 4'ha;
+  assign \$5017  = p_hold[437:432] > 4'hb;
+  assign \$5018  = p_hold[437:432] > 4'hc;
+  assign \$5019  = p_hold[437:432] > 4'hd;
+  assign \$5020  = p_hold[437:432] > 4'he;
+  assign \$5021  = p_hold[437:432] > 4'hf;
+  assign \$5022  = p_hold[437:432] > 5'h10;
+  assign \$5023  = p_hold[437:432] > 5'h11;
+  assign \$5024  = p_hold[437:432] > 5'h12;
+  assign \$5025  = p_hold[437:432] > 5'h13;
+  assign \$5026  = p_hold[437:432] > 5'h14;
+  assign \$5027  = p_hold[437:432] > 5'h15;
+  assign \$5028  = p_hold[437:432] > 5'h16;
+  assign \$5029  = p_hold[437:432] > 5'h17;
+  assign \$5030  = p_hold[437:432] > 5'h18;
+  assign \$5031  = p_hold[437:432] > 5'h19;
+  assign \$5032  = p_hold[437:432] > 5'h1a;
+  assign \$5033  = p_hold[437:432] > 5'h1b;
+  assign \$5034  = p_hold[437:432] > 5'h1c;
+  assign \$5035  = p_hold[437:432] > 5'h1d;
+  assign \$5036  = p_hold[437:432] > 5'h1e;
+  assign \$5037  = p_hold[437:432] > 5'h1f;
+  assign \$5038  = p_hold[437:432] > 6'h20;
+  assign \$5039  = ~ p_dec_hi;
+  assign \$5040  = p_dec_sel_m[0] ? 16'h0001 : p_hold[271:256];
+  assign \$5041  = p_dec_sel_e[0] ? 6'h00 : p_hold[389:384];
+  assign \$5042  = p_dec_sel_m[1] ? 16'h0001 : p_hold[287:272];
+  assign \$5043  = p_dec_sel_e[1] ? 6'h00 : p_hold[395:390];
+  assign \$5044  = p_dec_sel_m[2] ? 16'h0001 : p_hold[303:288];
+  assign \$5045  = p_dec_sel_e[2] ? 6'h00 : p_hold[401:396];
+  assign \$5046  = p_dec_sel_m[3] ? 16'h0001 : p_hold[319:304];
+  assign \$5047  = p_dec_sel_e[3] ? 6'h00 : p_hold[407:402];
+  assign \$5048  = p_dec_sel_m[4] ? 16'h0001 : p_hold[335:320];
+  assign \$5049  = p_dec_sel_e[4] ? 6'h00 : p_hold[413:408];
+  assign \$5050  = p_dec_sel_m[5] ? 16'h0001 : p_hold[351:336];
+  assign \$5051  = p_dec_sel_e[5] ? 6'h00 : p_hold[419:414];
+  assign \$5052  = p_dec_sel_m[6] ? 16'h0001 : p_hold[367:352];
+  assign \$5053  = p_dec_sel_e[6] ? 6'h00 : p_hold[425:420];
+  assign \$5054  = p_dec_sel_m[7] ? 16'h0001 : p_hold[383:368];
+  assign \$5055  = p_dec_sel_e[7] ? 6'h00 : p_hold[431:426];
+  assign \$5056  = $signed(rq_in[31:0]) + $signed(rq_in[287:256]);
+  assign \$5057  = $signed(rq_in[63:32]) + $signed(rq_in[319:288]);
+  assign \$5058  = $signed(rq_in[95:64]) + $signed(rq_in[351:320]);
+  assign \$5059  = $signed(rq_in[127:96]) + $signed(rq_in[383:352]);
+  assign \$5060  = $signed(rq_in[159:128]) + $signed(rq_in[415:384]);
+  assign \$5061  = $signed(rq_in[191:160]) + $signed(rq_in[447:416]);
+  assign \$5062  = $signed(rq_in[223:192]) + $signed(rq_in[479:448]);
+  assign \$5063  = $signed(rq_in[255:224]) + $signed(rq_in[511:480]);
+  assign \$5064  = rq_s4_c0_0 + rq_s4_c0_1;
+  assign \$5065  = rq_s4_c1_0 + rq_s4_c1_1;
+  assign \$5066  = rq_s4_c2_0 + rq_s4_c2_1;
+  assign \$5067  = rq_s4_c3_0 + rq_s4_c3_1;
+  assign \$5068  = rq_s4_c4_0 + rq_s4_c4_1;
+  assign \$5069  = rq_s4_c5_0 + rq_s4_c5_1;
+  assign \$5070  = rq_s4_c6_0 + rq_s4_c6_1;
+  assign \$5071  = rq_s4_c7_0 + rq_s4_c7_1;
+  assign \$5073  = $signed(\$5072 ) >>> { rq_s5_e0[5:3], 3'h0 };
+  assign \$5075  = $signed(\$5074 ) >>> { rq_s5_e1[5:3], 3'h0 };
+  assign \$5077  = $signed(\$5076 ) >>> { rq_s5_e2[5:3], 3'h0 };
+  assign \$5079  = $signed(\$5078 ) >>> { rq_s5_e3[5:3], 3'h0 };
+  assign \$5081  = $signed(\$5080 ) >>> { rq_s5_e4[5:3], 3'h0 };
+  assign \$5083  = $signed(\$5082 ) >>> { rq_s5_e5[5:3], 3'h0 };
+  assign \$5085  = $signed(\$5084 ) >>> { rq_s5_e6[5:3], 3'h0 };
+  assign \$5087  = $signed(\$5086 ) >>> { rq_s5_e7[5:3], 3'h0 };
+  assign \$5088  = $signed(rq_s6_t0) >>> rq_s6_e0[2:0];
+  assign \$5089  = $signed(rq_s6_t1) >>> rq_s6_e1[2:0];
+  assign \$5090  = $signed(rq_s6_t2) >>> rq_s6_e2[2:0];
+  assign \$5091  = $signed(rq_s6_t3) >>> rq_s6_e3[2:0];
+  assign \$5092  = $signed(rq_s6_t4) >>> rq_s6_e4[2:0];
+  assign \$5093  = $signed(rq_s6_t5) >>> rq_s6_e5[2:0];
+  assign \$5094  = $signed(rq_s6_t6) >>> rq_s6_e6[2:0];
+  assign \$5095  = $signed(rq_s6_t7) >>> rq_s6_e7[2:0];
+  assign \$5096  = $signed(rq_s7_u0) + $signed(2'h1);
+  assign \$5098  = $signed(rq_s7_u1) + $signed(2'h1);
+  assign \$5100  = $signed(rq_s7_u2) + $signed(2'h1);
+  assign \$5102  = $signed(rq_s7_u3) + $signed(2'h1);
+  assign \$5104  = $signed(rq_s7_u4) + $signed(2'h1);
+  assign \$5106  = $signed(rq_s7_u5) + $signed(2'h1);
+  assign \$5108  = $signed(rq_s7_u6) + $signed(2'h1);
+  assign \$5110  = $signed(rq_s7_u7) + $signed(2'h1);
+  assign \$5112  = $signed(rq_s8_r0) - $signed(rq_s8_lo);
+  assign \$5113  = $signed(rq_s8_r1) - $signed(rq_s8_lo);
+  assign \$5114  = $signed(rq_s8_r2) - $signed(rq_s8_lo);
+  assign \$5115  = $signed(rq_s8_r3) - $signed(rq_s8_lo);
+  assign \$5116  = $signed(rq_s8_r4) - $signed(rq_s8_lo);
+  assign \$5117  = $signed(rq_s8_r5) - $signed(rq_s8_lo);
+  assign \$5118  = $signed(rq_s8_r6) - $signed(rq_s8_lo);
+  assign \$5119  = $signed(rq_s8_r7) - $signed(rq_s8_lo);
+  assign \$5120  = $signed(rq_s8_hi) - $signed(rq_s8_r0);
+  assign \$5121  = $signed(rq_s8_hi) - $signed(rq_s8_r1);
+  assign \$5122  = $signed(rq_s8_hi) - $signed(rq_s8_r2);
+  assign \$5123  = $signed(rq_s8_hi) - $signed(rq_s8_r3);
+  assign \$5124  = $signed(rq_s8_hi) - $signed(rq_s8_r4);
+  assign \$5125  = $signed(rq_s8_hi) - $signed(rq_s8_r5);
+  assign \$5126  = $signed(rq_s8_hi) - $signed(rq_s8_r6);
+  assign \$5127  = $signed(rq_s8_hi) - $signed(rq_s8_r7);
+  assign \$5128  = rq_s9_gt0 ? rq_s9_hi : rq_s9_r0;
+  assign \$5129  = rq_s9_lt0 ? rq_s9_lo : \$5128 ;
+  assign \$5130  = rq_s9_raw ? rq_s9_r0 : \$5129 ;
+  assign \$5131  = rq_s9_gt1 ? rq_s9_hi : rq_s9_r1;
+  assign \$5132  = rq_s9_lt1 ? rq_s9_lo : \$5131 ;
+  assign \$5133  = rq_s9_raw ? rq_s9_r1 : \$5132 ;
+  assign \$5134  = rq_s9_gt2 ? rq_s9_hi : rq_s9_r2;
+  assign \$5135  = rq_s9_lt2 ? rq_s9_lo : \$5134 ;
+  assign \$5136  = rq_s9_raw ? rq_s9_r2 : \$5135 ;
+  assign \$5137  = rq_s9_gt3 ? rq_s9_hi : rq_s9_r3;
+  assign \$5138  = rq_s9_lt3 ? rq_s9_lo : \$5137 ;
+  assign \$5139  = rq_s9_raw ? rq_s9_r3 : \$5138 ;
+  assign \$5140  = rq_s9_gt4 ? rq_s9_hi : rq_s9_r4;
+  assign \$5141  = rq_s9_lt4 ? rq_s9_lo : \$5140 ;
+  assign \$5142  = rq_s9_raw ? rq_s9_r4 : \$5141 ;
+  assign \$5143  = rq_s9_gt5 ? rq_s9_hi : rq_s9_r5;
+  assign \$5144  = rq_s9_lt5 ? rq_s9_lo : \$5143 ;
+  assign \$5145  = rq_s9_raw ? rq_s9_r5 : \$5144 ;
+  assign \$5146  = rq_s9_gt6 ? rq_s9_hi : rq_s9_r6;
+  assign \$5147  = rq_s9_lt6 ? rq_s9_lo : \$5146 ;
+  assign \$5148  = rq_s9_raw ? rq_s9_r6 : \$5147 ;
+  assign \$5149  = rq_s9_gt7 ? rq_s9_hi : rq_s9_r7;
+  assign \$5150  = rq_s9_lt7 ? rq_s9_lo : \$5149 ;
+  assign \$5151  = rq_s9_raw ? rq_s9_r7 : \$5150 ;
+  assign \$5152  = ~ stale;
+  assign \$5153  = rq_valid9 & \$5152 ;
+  assign \$5154  = wp__addr == 4'hf;
+  assign \$5155  = wp__addr + 1'h1;
+  assign \$5156  = \$5154  ? 5'h00 : \$5155 ;
+  assign \$5157  = rp__addr == 4'hf;
+  assign \$5158  = rp__addr + 1'h1;
+  assign \$5159  = \$5157  ? 5'h00 : \$5158 ;
+  assign \$5160  = level + wp__en;
+  assign \$5161  = \$5160  - pop;
   always @(posedge clk)
-    r_valid <= \$5154 ;
+    r_valid <= \$5162 ;
   always @(posedge clk)
-    hold_en <= \$5155 ;
+    hold_en <= \$5163 ;
   always @(posedge clk)
     r_last <= a__payload[64];
   always @(posedge clk)
@@ -11908,13 +11928,13 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     r_w <= w__payload;
   always @(posedge clk)
-    first <= \$5156 ;
+    first <= \$5164 ;
   always @(posedge clk)
-    p_in <= \$5157 ;
+    p_in <= \$5165 ;
   always @(posedge clk)
-    p_in_valid <= \$5158 ;
+    p_in_valid <= \$5166 ;
   always @(posedge clk)
-    p_hold <= \$5159 ;
+    p_hold <= \$5167 ;
   always @(posedge clk)
     holdoff <= \$4842 [4:0];
   always @(posedge clk)
@@ -11922,9 +11942,9 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     stale <= \$4848 ;
   always @(posedge clk)
-    credits <= \$5160 ;
+    credits <= \$5168 ;
   always @(posedge clk)
-    last_ok <= \$5161 ;
+    last_ok <= \$5169 ;
   always @(posedge clk)
     ctl_row1 <= c0;
   always @(posedge clk)
@@ -12072,11 +12092,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_0 <= c0;
   always @(posedge clk)
-    acc_0_0 <= \$5162 ;
+    acc_0_0 <= \$5170 ;
   always @(posedge clk)
     done_0_0 <= fin_0_0;
   always @(posedge clk)
-    res_0_0 <= \$5163 ;
+    res_0_0 <= \$5171 ;
   always @(posedge clk)
     a_0_0 <= r_a[7:0];
   always @(posedge clk)
@@ -12102,11 +12122,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_1 <= c_0_0;
   always @(posedge clk)
-    acc_0_1 <= \$5164 ;
+    acc_0_1 <= \$5172 ;
   always @(posedge clk)
     done_0_1 <= fin_0_1;
   always @(posedge clk)
-    res_0_1 <= \$5165 ;
+    res_0_1 <= \$5173 ;
   always @(posedge clk)
     a_0_1 <= a_0_0;
   always @(posedge clk)
@@ -12132,11 +12152,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_2 <= c_0_1;
   always @(posedge clk)
-    acc_0_2 <= \$5166 ;
+    acc_0_2 <= \$5174 ;
   always @(posedge clk)
     done_0_2 <= fin_0_2;
   always @(posedge clk)
-    res_0_2 <= \$5167 ;
+    res_0_2 <= \$5175 ;
   always @(posedge clk)
     a_0_2 <= a_0_1;
   always @(posedge clk)
@@ -12162,11 +12182,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_3 <= c_0_2;
   always @(posedge clk)
-    acc_0_3 <= \$5168 ;
+    acc_0_3 <= \$5176 ;
   always @(posedge clk)
     done_0_3 <= fin_0_3;
   always @(posedge clk)
-    res_0_3 <= \$5169 ;
+    res_0_3 <= \$5177 ;
   always @(posedge clk)
     a_0_3 <= a_0_2;
   always @(posedge clk)
@@ -12192,11 +12212,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_4 <= c_0_3;
   always @(posedge clk)
-    acc_0_4 <= \$5170 ;
+    acc_0_4 <= \$5178 ;
   always @(posedge clk)
     done_0_4 <= fin_0_4;
   always @(posedge clk)
-    res_0_4 <= \$5171 ;
+    res_0_4 <= \$5179 ;
   always @(posedge clk)
     a_0_4 <= a_0_3;
   always @(posedge clk)
@@ -12222,11 +12242,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_5 <= c_0_4;
   always @(posedge clk)
-    acc_0_5 <= \$5172 ;
+    acc_0_5 <= \$5180 ;
   always @(posedge clk)
     done_0_5 <= fin_0_5;
   always @(posedge clk)
-    res_0_5 <= \$5173 ;
+    res_0_5 <= \$5181 ;
   always @(posedge clk)
     a_0_5 <= a_0_4;
   always @(posedge clk)
@@ -12252,11 +12272,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_6 <= c_0_5;
   always @(posedge clk)
-    acc_0_6 <= \$5174 ;
+    acc_0_6 <= \$5182 ;
   always @(posedge clk)
     done_0_6 <= fin_0_6;
   always @(posedge clk)
-    res_0_6 <= \$5175 ;
+    res_0_6 <= \$5183 ;
   always @(posedge clk)
     a_0_6 <= a_0_5;
   always @(posedge clk)
@@ -12282,11 +12302,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_0_7 <= c_0_6;
   always @(posedge clk)
-    acc_0_7 <= \$5176 ;
+    acc_0_7 <= \$5184 ;
   always @(posedge clk)
     done_0_7 <= fin_0_7;
   always @(posedge clk)
-    res_0_7 <= \$5177 ;
+    res_0_7 <= \$5185 ;
   always @(posedge clk)
     res_valid_0 <= \$4869 ;
   always @(posedge clk)
@@ -12312,11 +12332,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_0 <= ctl_row1;
   always @(posedge clk)
-    acc_1_0 <= \$5178 ;
+    acc_1_0 <= \$5186 ;
   always @(posedge clk)
     done_1_0 <= fin_1_0;
   always @(posedge clk)
-    res_1_0 <= \$5179 ;
+    res_1_0 <= \$5187 ;
   always @(posedge clk)
     a_1_0 <= a_skew1_d1;
   always @(posedge clk)
@@ -12342,11 +12362,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_1 <= c_1_0;
   always @(posedge clk)
-    acc_1_1 <= \$5180 ;
+    acc_1_1 <= \$5188 ;
   always @(posedge clk)
     done_1_1 <= fin_1_1;
   always @(posedge clk)
-    res_1_1 <= \$5181 ;
+    res_1_1 <= \$5189 ;
   always @(posedge clk)
     a_1_1 <= a_1_0;
   always @(posedge clk)
@@ -12372,11 +12392,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_2 <= c_1_1;
   always @(posedge clk)
-    acc_1_2 <= \$5182 ;
+    acc_1_2 <= \$5190 ;
   always @(posedge clk)
     done_1_2 <= fin_1_2;
   always @(posedge clk)
-    res_1_2 <= \$5183 ;
+    res_1_2 <= \$5191 ;
   always @(posedge clk)
     a_1_2 <= a_1_1;
   always @(posedge clk)
@@ -12402,11 +12422,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_3 <= c_1_2;
   always @(posedge clk)
-    acc_1_3 <= \$5184 ;
+    acc_1_3 <= \$5192 ;
   always @(posedge clk)
     done_1_3 <= fin_1_3;
   always @(posedge clk)
-    res_1_3 <= \$5185 ;
+    res_1_3 <= \$5193 ;
   always @(posedge clk)
     a_1_3 <= a_1_2;
   always @(posedge clk)
@@ -12432,11 +12452,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_4 <= c_1_3;
   always @(posedge clk)
-    acc_1_4 <= \$5186 ;
+    acc_1_4 <= \$5194 ;
   always @(posedge clk)
     done_1_4 <= fin_1_4;
   always @(posedge clk)
-    res_1_4 <= \$5187 ;
+    res_1_4 <= \$5195 ;
   always @(posedge clk)
     a_1_4 <= a_1_3;
   always @(posedge clk)
@@ -12462,11 +12482,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_5 <= c_1_4;
   always @(posedge clk)
-    acc_1_5 <= \$5188 ;
+    acc_1_5 <= \$5196 ;
   always @(posedge clk)
     done_1_5 <= fin_1_5;
   always @(posedge clk)
-    res_1_5 <= \$5189 ;
+    res_1_5 <= \$5197 ;
   always @(posedge clk)
     a_1_5 <= a_1_4;
   always @(posedge clk)
@@ -12492,11 +12512,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_6 <= c_1_5;
   always @(posedge clk)
-    acc_1_6 <= \$5190 ;
+    acc_1_6 <= \$5198 ;
   always @(posedge clk)
     done_1_6 <= fin_1_6;
   always @(posedge clk)
-    res_1_6 <= \$5191 ;
+    res_1_6 <= \$5199 ;
   always @(posedge clk)
     a_1_6 <= a_1_5;
   always @(posedge clk)
@@ -12522,11 +12542,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_1_7 <= c_1_6;
   always @(posedge clk)
-    acc_1_7 <= \$5192 ;
+    acc_1_7 <= \$5200 ;
   always @(posedge clk)
     done_1_7 <= fin_1_7;
   always @(posedge clk)
-    res_1_7 <= \$5193 ;
+    res_1_7 <= \$5201 ;
   always @(posedge clk)
     res_valid_1 <= \$4878 ;
   always @(posedge clk)
@@ -12552,11 +12572,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_0 <= ctl_row2;
   always @(posedge clk)
-    acc_2_0 <= \$5194 ;
+    acc_2_0 <= \$5202 ;
   always @(posedge clk)
     done_2_0 <= fin_2_0;
   always @(posedge clk)
-    res_2_0 <= \$5195 ;
+    res_2_0 <= \$5203 ;
   always @(posedge clk)
     a_2_0 <= a_skew2_d2;
   always @(posedge clk)
@@ -12582,11 +12602,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_1 <= c_2_0;
   always @(posedge clk)
-    acc_2_1 <= \$5196 ;
+    acc_2_1 <= \$5204 ;
   always @(posedge clk)
     done_2_1 <= fin_2_1;
   always @(posedge clk)
-    res_2_1 <= \$5197 ;
+    res_2_1 <= \$5205 ;
   always @(posedge clk)
     a_2_1 <= a_2_0;
   always @(posedge clk)
@@ -12612,11 +12632,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_2 <= c_2_1;
   always @(posedge clk)
-    acc_2_2 <= \$5198 ;
+    acc_2_2 <= \$5206 ;
   always @(posedge clk)
     done_2_2 <= fin_2_2;
   always @(posedge clk)
-    res_2_2 <= \$5199 ;
+    res_2_2 <= \$5207 ;
   always @(posedge clk)
     a_2_2 <= a_2_1;
   always @(posedge clk)
@@ -12642,11 +12662,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_3 <= c_2_2;
   always @(posedge clk)
-    acc_2_3 <= \$5200 ;
+    acc_2_3 <= \$5208 ;
   always @(posedge clk)
     done_2_3 <= fin_2_3;
   always @(posedge clk)
-    res_2_3 <= \$5201 ;
+    res_2_3 <= \$5209 ;
   always @(posedge clk)
     a_2_3 <= a_2_2;
   always @(posedge clk)
@@ -12672,11 +12692,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_4 <= c_2_3;
   always @(posedge clk)
-    acc_2_4 <= \$5202 ;
+    acc_2_4 <= \$5210 ;
   always @(posedge clk)
     done_2_4 <= fin_2_4;
   always @(posedge clk)
-    res_2_4 <= \$5203 ;
+    res_2_4 <= \$5211 ;
   always @(posedge clk)
     a_2_4 <= a_2_3;
   always @(posedge clk)
@@ -12702,11 +12722,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_5 <= c_2_4;
   always @(posedge clk)
-    acc_2_5 <= \$5204 ;
+    acc_2_5 <= \$5212 ;
   always @(posedge clk)
     done_2_5 <= fin_2_5;
   always @(posedge clk)
-    res_2_5 <= \$5205 ;
+    res_2_5 <= \$5213 ;
   always @(posedge clk)
     a_2_5 <= a_2_4;
   always @(posedge clk)
@@ -12732,11 +12752,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_6 <= c_2_5;
   always @(posedge clk)
-    acc_2_6 <= \$5206 ;
+    acc_2_6 <= \$5214 ;
   always @(posedge clk)
     done_2_6 <= fin_2_6;
   always @(posedge clk)
-    res_2_6 <= \$5207 ;
+    res_2_6 <= \$5215 ;
   always @(posedge clk)
     a_2_6 <= a_2_5;
   always @(posedge clk)
@@ -12762,11 +12782,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_2_7 <= c_2_6;
   always @(posedge clk)
-    acc_2_7 <= \$5208 ;
+    acc_2_7 <= \$5216 ;
   always @(posedge clk)
     done_2_7 <= fin_2_7;
   always @(posedge clk)
-    res_2_7 <= \$5209 ;
+    res_2_7 <= \$5217 ;
   always @(posedge clk)
     res_valid_2 <= \$4887 ;
   always @(posedge clk)
@@ -12792,11 +12812,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_0 <= ctl_row3;
   always @(posedge clk)
-    acc_3_0 <= \$5210 ;
+    acc_3_0 <= \$5218 ;
   always @(posedge clk)
     done_3_0 <= fin_3_0;
   always @(posedge clk)
-    res_3_0 <= \$5211 ;
+    res_3_0 <= \$5219 ;
   always @(posedge clk)
     a_3_0 <= a_skew3_d3;
   always @(posedge clk)
@@ -12822,11 +12842,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_1 <= c_3_0;
   always @(posedge clk)
-    acc_3_1 <= \$5212 ;
+    acc_3_1 <= \$5220 ;
   always @(posedge clk)
     done_3_1 <= fin_3_1;
   always @(posedge clk)
-    res_3_1 <= \$5213 ;
+    res_3_1 <= \$5221 ;
   always @(posedge clk)
     a_3_1 <= a_3_0;
   always @(posedge clk)
@@ -12852,11 +12872,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_2 <= c_3_1;
   always @(posedge clk)
-    acc_3_2 <= \$5214 ;
+    acc_3_2 <= \$5222 ;
   always @(posedge clk)
     done_3_2 <= fin_3_2;
   always @(posedge clk)
-    res_3_2 <= \$5215 ;
+    res_3_2 <= \$5223 ;
   always @(posedge clk)
     a_3_2 <= a_3_1;
   always @(posedge clk)
@@ -12882,11 +12902,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_3 <= c_3_2;
   always @(posedge clk)
-    acc_3_3 <= \$5216 ;
+    acc_3_3 <= \$5224 ;
   always @(posedge clk)
     done_3_3 <= fin_3_3;
   always @(posedge clk)
-    res_3_3 <= \$5217 ;
+    res_3_3 <= \$5225 ;
   always @(posedge clk)
     a_3_3 <= a_3_2;
   always @(posedge clk)
@@ -12912,11 +12932,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_4 <= c_3_3;
   always @(posedge clk)
-    acc_3_4 <= \$5218 ;
+    acc_3_4 <= \$5226 ;
   always @(posedge clk)
     done_3_4 <= fin_3_4;
   always @(posedge clk)
-    res_3_4 <= \$5219 ;
+    res_3_4 <= \$5227 ;
   always @(posedge clk)
     a_3_4 <= a_3_3;
   always @(posedge clk)
@@ -12942,11 +12962,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_5 <= c_3_4;
   always @(posedge clk)
-    acc_3_5 <= \$5220 ;
+    acc_3_5 <= \$5228 ;
   always @(posedge clk)
     done_3_5 <= fin_3_5;
   always @(posedge clk)
-    res_3_5 <= \$5221 ;
+    res_3_5 <= \$5229 ;
   always @(posedge clk)
     a_3_5 <= a_3_4;
   always @(posedge clk)
@@ -12972,11 +12992,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_6 <= c_3_5;
   always @(posedge clk)
-    acc_3_6 <= \$5222 ;
+    acc_3_6 <= \$5230 ;
   always @(posedge clk)
     done_3_6 <= fin_3_6;
   always @(posedge clk)
-    res_3_6 <= \$5223 ;
+    res_3_6 <= \$5231 ;
   always @(posedge clk)
     a_3_6 <= a_3_5;
   always @(posedge clk)
@@ -13002,11 +13022,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_3_7 <= c_3_6;
   always @(posedge clk)
-    acc_3_7 <= \$5224 ;
+    acc_3_7 <= \$5232 ;
   always @(posedge clk)
     done_3_7 <= fin_3_7;
   always @(posedge clk)
-    res_3_7 <= \$5225 ;
+    res_3_7 <= \$5233 ;
   always @(posedge clk)
     res_valid_3 <= \$4896 ;
   always @(posedge clk)
@@ -13032,11 +13052,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_0 <= ctl_row4;
   always @(posedge clk)
-    acc_4_0 <= \$5226 ;
+    acc_4_0 <= \$5234 ;
   always @(posedge clk)
     done_4_0 <= fin_4_0;
   always @(posedge clk)
-    res_4_0 <= \$5227 ;
+    res_4_0 <= \$5235 ;
   always @(posedge clk)
     a_4_0 <= a_skew4_d4;
   always @(posedge clk)
@@ -13062,11 +13082,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_1 <= c_4_0;
   always @(posedge clk)
-    acc_4_1 <= \$5228 ;
+    acc_4_1 <= \$5236 ;
   always @(posedge clk)
     done_4_1 <= fin_4_1;
   always @(posedge clk)
-    res_4_1 <= \$5229 ;
+    res_4_1 <= \$5237 ;
   always @(posedge clk)
     a_4_1 <= a_4_0;
   always @(posedge clk)
@@ -13092,11 +13112,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_2 <= c_4_1;
   always @(posedge clk)
-    acc_4_2 <= \$5230 ;
+    acc_4_2 <= \$5238 ;
   always @(posedge clk)
     done_4_2 <= fin_4_2;
   always @(posedge clk)
-    res_4_2 <= \$5231 ;
+    res_4_2 <= \$5239 ;
   always @(posedge clk)
     a_4_2 <= a_4_1;
   always @(posedge clk)
@@ -13122,11 +13142,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_3 <= c_4_2;
   always @(posedge clk)
-    acc_4_3 <= \$5232 ;
+    acc_4_3 <= \$5240 ;
   always @(posedge clk)
     done_4_3 <= fin_4_3;
   always @(posedge clk)
-    res_4_3 <= \$5233 ;
+    res_4_3 <= \$5241 ;
   always @(posedge clk)
     a_4_3 <= a_4_2;
   always @(posedge clk)
@@ -13152,11 +13172,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_4 <= c_4_3;
   always @(posedge clk)
-    acc_4_4 <= \$5234 ;
+    acc_4_4 <= \$5242 ;
   always @(posedge clk)
     done_4_4 <= fin_4_4;
   always @(posedge clk)
-    res_4_4 <= \$5235 ;
+    res_4_4 <= \$5243 ;
   always @(posedge clk)
     a_4_4 <= a_4_3;
   always @(posedge clk)
@@ -13182,11 +13202,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_5 <= c_4_4;
   always @(posedge clk)
-    acc_4_5 <= \$5236 ;
+    acc_4_5 <= \$5244 ;
   always @(posedge clk)
     done_4_5 <= fin_4_5;
   always @(posedge clk)
-    res_4_5 <= \$5237 ;
+    res_4_5 <= \$5245 ;
   always @(posedge clk)
     a_4_5 <= a_4_4;
   always @(posedge clk)
@@ -13212,11 +13232,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_6 <= c_4_5;
   always @(posedge clk)
-    acc_4_6 <= \$5238 ;
+    acc_4_6 <= \$5246 ;
   always @(posedge clk)
     done_4_6 <= fin_4_6;
   always @(posedge clk)
-    res_4_6 <= \$5239 ;
+    res_4_6 <= \$5247 ;
   always @(posedge clk)
     a_4_6 <= a_4_5;
   always @(posedge clk)
@@ -13242,11 +13262,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_4_7 <= c_4_6;
   always @(posedge clk)
-    acc_4_7 <= \$5240 ;
+    acc_4_7 <= \$5248 ;
   always @(posedge clk)
     done_4_7 <= fin_4_7;
   always @(posedge clk)
-    res_4_7 <= \$5241 ;
+    res_4_7 <= \$5249 ;
   always @(posedge clk)
     res_valid_4 <= \$4905 ;
   always @(posedge clk)
@@ -13272,11 +13292,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_0 <= ctl_row5;
   always @(posedge clk)
-    acc_5_0 <= \$5242 ;
+    acc_5_0 <= \$5250 ;
   always @(posedge clk)
     done_5_0 <= fin_5_0;
   always @(posedge clk)
-    res_5_0 <= \$5243 ;
+    res_5_0 <= \$5251 ;
   always @(posedge clk)
     a_5_0 <= a_skew5_d5;
   always @(posedge clk)
@@ -13302,11 +13322,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_1 <= c_5_0;
   always @(posedge clk)
-    acc_5_1 <= \$5244 ;
+    acc_5_1 <= \$5252 ;
   always @(posedge clk)
     done_5_1 <= fin_5_1;
   always @(posedge clk)
-    res_5_1 <= \$5245 ;
+    res_5_1 <= \$5253 ;
   always @(posedge clk)
     a_5_1 <= a_5_0;
   always @(posedge clk)
@@ -13332,11 +13352,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_2 <= c_5_1;
   always @(posedge clk)
-    acc_5_2 <= \$5246 ;
+    acc_5_2 <= \$5254 ;
   always @(posedge clk)
     done_5_2 <= fin_5_2;
   always @(posedge clk)
-    res_5_2 <= \$5247 ;
+    res_5_2 <= \$5255 ;
   always @(posedge clk)
     a_5_2 <= a_5_1;
   always @(posedge clk)
@@ -13362,11 +13382,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_3 <= c_5_2;
   always @(posedge clk)
-    acc_5_3 <= \$5248 ;
+    acc_5_3 <= \$5256 ;
   always @(posedge clk)
     done_5_3 <= fin_5_3;
   always @(posedge clk)
-    res_5_3 <= \$5249 ;
+    res_5_3 <= \$5257 ;
   always @(posedge clk)
     a_5_3 <= a_5_2;
   always @(posedge clk)
@@ -13392,11 +13412,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_4 <= c_5_3;
   always @(posedge clk)
-    acc_5_4 <= \$5250 ;
+    acc_5_4 <= \$5258 ;
   always @(posedge clk)
     done_5_4 <= fin_5_4;
   always @(posedge clk)
-    res_5_4 <= \$5251 ;
+    res_5_4 <= \$5259 ;
   always @(posedge clk)
     a_5_4 <= a_5_3;
   always @(posedge clk)
@@ -13422,11 +13442,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_5 <= c_5_4;
   always @(posedge clk)
-    acc_5_5 <= \$5252 ;
+    acc_5_5 <= \$5260 ;
   always @(posedge clk)
     done_5_5 <= fin_5_5;
   always @(posedge clk)
-    res_5_5 <= \$5253 ;
+    res_5_5 <= \$5261 ;
   always @(posedge clk)
     a_5_5 <= a_5_4;
   always @(posedge clk)
@@ -13452,11 +13472,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_6 <= c_5_5;
   always @(posedge clk)
-    acc_5_6 <= \$5254 ;
+    acc_5_6 <= \$5262 ;
   always @(posedge clk)
     done_5_6 <= fin_5_6;
   always @(posedge clk)
-    res_5_6 <= \$5255 ;
+    res_5_6 <= \$5263 ;
   always @(posedge clk)
     a_5_6 <= a_5_5;
   always @(posedge clk)
@@ -13482,11 +13502,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_5_7 <= c_5_6;
   always @(posedge clk)
-    acc_5_7 <= \$5256 ;
+    acc_5_7 <= \$5264 ;
   always @(posedge clk)
     done_5_7 <= fin_5_7;
   always @(posedge clk)
-    res_5_7 <= \$5257 ;
+    res_5_7 <= \$5265 ;
   always @(posedge clk)
     res_valid_5 <= \$4914 ;
   always @(posedge clk)
@@ -13512,11 +13532,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_0 <= ctl_row6;
   always @(posedge clk)
-    acc_6_0 <= \$5258 ;
+    acc_6_0 <= \$5266 ;
   always @(posedge clk)
     done_6_0 <= fin_6_0;
   always @(posedge clk)
-    res_6_0 <= \$5259 ;
+    res_6_0 <= \$5267 ;
   always @(posedge clk)
     a_6_0 <= a_skew6_d6;
   always @(posedge clk)
@@ -13542,11 +13562,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_1 <= c_6_0;
   always @(posedge clk)
-    acc_6_1 <= \$5260 ;
+    acc_6_1 <= \$5268 ;
   always @(posedge clk)
     done_6_1 <= fin_6_1;
   always @(posedge clk)
-    res_6_1 <= \$5261 ;
+    res_6_1 <= \$5269 ;
   always @(posedge clk)
     a_6_1 <= a_6_0;
   always @(posedge clk)
@@ -13572,11 +13592,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_2 <= c_6_1;
   always @(posedge clk)
-    acc_6_2 <= \$5262 ;
+    acc_6_2 <= \$5270 ;
   always @(posedge clk)
     done_6_2 <= fin_6_2;
   always @(posedge clk)
-    res_6_2 <= \$5263 ;
+    res_6_2 <= \$5271 ;
   always @(posedge clk)
     a_6_2 <= a_6_1;
   always @(posedge clk)
@@ -13602,11 +13622,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_3 <= c_6_2;
   always @(posedge clk)
-    acc_6_3 <= \$5264 ;
+    acc_6_3 <= \$5272 ;
   always @(posedge clk)
     done_6_3 <= fin_6_3;
   always @(posedge clk)
-    res_6_3 <= \$5265 ;
+    res_6_3 <= \$5273 ;
   always @(posedge clk)
     a_6_3 <= a_6_2;
   always @(posedge clk)
@@ -13632,11 +13652,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_4 <= c_6_3;
   always @(posedge clk)
-    acc_6_4 <= \$5266 ;
+    acc_6_4 <= \$5274 ;
   always @(posedge clk)
     done_6_4 <= fin_6_4;
   always @(posedge clk)
-    res_6_4 <= \$5267 ;
+    res_6_4 <= \$5275 ;
   always @(posedge clk)
     a_6_4 <= a_6_3;
   always @(posedge clk)
@@ -13662,11 +13682,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_5 <= c_6_4;
   always @(posedge clk)
-    acc_6_5 <= \$5268 ;
+    acc_6_5 <= \$5276 ;
   always @(posedge clk)
     done_6_5 <= fin_6_5;
   always @(posedge clk)
-    res_6_5 <= \$5269 ;
+    res_6_5 <= \$5277 ;
   always @(posedge clk)
     a_6_5 <= a_6_4;
   always @(posedge clk)
@@ -13692,11 +13712,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_6 <= c_6_5;
   always @(posedge clk)
-    acc_6_6 <= \$5270 ;
+    acc_6_6 <= \$5278 ;
   always @(posedge clk)
     done_6_6 <= fin_6_6;
   always @(posedge clk)
-    res_6_6 <= \$5271 ;
+    res_6_6 <= \$5279 ;
   always @(posedge clk)
     a_6_6 <= a_6_5;
   always @(posedge clk)
@@ -13722,11 +13742,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_6_7 <= c_6_6;
   always @(posedge clk)
-    acc_6_7 <= \$5272 ;
+    acc_6_7 <= \$5280 ;
   always @(posedge clk)
     done_6_7 <= fin_6_7;
   always @(posedge clk)
-    res_6_7 <= \$5273 ;
+    res_6_7 <= \$5281 ;
   always @(posedge clk)
     res_valid_6 <= \$4923 ;
   always @(posedge clk)
@@ -13752,11 +13772,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_0 <= ctl_row7;
   always @(posedge clk)
-    acc_7_0 <= \$5274 ;
+    acc_7_0 <= \$5282 ;
   always @(posedge clk)
     done_7_0 <= fin_7_0;
   always @(posedge clk)
-    res_7_0 <= \$5275 ;
+    res_7_0 <= \$5283 ;
   always @(posedge clk)
     a_7_0 <= a_skew7_d7;
   always @(posedge clk)
@@ -13780,11 +13800,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_1 <= c_7_0;
   always @(posedge clk)
-    acc_7_1 <= \$5276 ;
+    acc_7_1 <= \$5284 ;
   always @(posedge clk)
     done_7_1 <= fin_7_1;
   always @(posedge clk)
-    res_7_1 <= \$5277 ;
+    res_7_1 <= \$5285 ;
   always @(posedge clk)
     a_7_1 <= a_7_0;
   always @(posedge clk)
@@ -13808,11 +13828,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_2 <= c_7_1;
   always @(posedge clk)
-    acc_7_2 <= \$5278 ;
+    acc_7_2 <= \$5286 ;
   always @(posedge clk)
     done_7_2 <= fin_7_2;
   always @(posedge clk)
-    res_7_2 <= \$5279 ;
+    res_7_2 <= \$5287 ;
   always @(posedge clk)
     a_7_2 <= a_7_1;
   always @(posedge clk)
@@ -13836,11 +13856,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_3 <= c_7_2;
   always @(posedge clk)
-    acc_7_3 <= \$5280 ;
+    acc_7_3 <= \$5288 ;
   always @(posedge clk)
     done_7_3 <= fin_7_3;
   always @(posedge clk)
-    res_7_3 <= \$5281 ;
+    res_7_3 <= \$5289 ;
   always @(posedge clk)
     a_7_3 <= a_7_2;
   always @(posedge clk)
@@ -13864,11 +13884,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_4 <= c_7_3;
   always @(posedge clk)
-    acc_7_4 <= \$5282 ;
+    acc_7_4 <= \$5290 ;
   always @(posedge clk)
     done_7_4 <= fin_7_4;
   always @(posedge clk)
-    res_7_4 <= \$5283 ;
+    res_7_4 <= \$5291 ;
   always @(posedge clk)
     a_7_4 <= a_7_3;
   always @(posedge clk)
@@ -13892,11 +13912,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_5 <= c_7_4;
   always @(posedge clk)
-    acc_7_5 <= \$5284 ;
+    acc_7_5 <= \$5292 ;
   always @(posedge clk)
     done_7_5 <= fin_7_5;
   always @(posedge clk)
-    res_7_5 <= \$5285 ;
+    res_7_5 <= \$5293 ;
   always @(posedge clk)
     a_7_5 <= a_7_4;
   always @(posedge clk)
@@ -13920,11 +13940,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_6 <= c_7_5;
   always @(posedge clk)
-    acc_7_6 <= \$5286 ;
+    acc_7_6 <= \$5294 ;
   always @(posedge clk)
     done_7_6 <= fin_7_6;
   always @(posedge clk)
-    res_7_6 <= \$5287 ;
+    res_7_6 <= \$5295 ;
   always @(posedge clk)
     a_7_6 <= a_7_5;
   always @(posedge clk)
@@ -13948,23 +13968,23 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     c_7_7 <= c_7_6;
   always @(posedge clk)
-    acc_7_7 <= \$5288 ;
+    acc_7_7 <= \$5296 ;
   always @(posedge clk)
     done_7_7 <= fin_7_7;
   always @(posedge clk)
-    res_7_7 <= \$5289 ;
+    res_7_7 <= \$5297 ;
   always @(posedge clk)
     res_valid_7 <= \$4932 ;
   always @(posedge clk)
     p_dec_sel_m <= { \$4964 , \$4960 , \$4956 , \$4952 , \$4948 , \$4944 , \$4940 , \$4936  };
   always @(posedge clk)
-    p_dec_sel_e <= { \$4996 , \$4992 , \$4988 , \$4984 , \$4980 , \$4976 , \$4972 , \$4968  };
+    p_dec_sel_e <= { \$5004 , \$4999 , \$4994 , \$4989 , \$4984 , \$4979 , \$4974 , \$4969  };
   always @(posedge clk)
-    p_dec_raw <= \$4998 ;
+    p_dec_raw <= \$5006 ;
   always @(posedge clk)
-    p_dec_hi <= { \$5030 , \$5029 , \$5028 , \$5027 , \$5026 , \$5025 , \$5024 , \$5023 , \$5022 , \$5021 , \$5020 , \$5019 , \$5018 , \$5017 , \$5016 , \$5015 , \$5014 , \$5013 , \$5012 , \$5011 , \$5010 , \$5009 , \$5008 , \$5007 , \$5006 , \$5005 , \$5004 , \$5003 , \$5002 , \$5001 , \$5000 , \$4999  };
+    p_dec_hi <= { \$5038 , \$5037 , \$5036 , \$5035 , \$5034 , \$5033 , \$5032 , \$5031 , \$5030 , \$5029 , \$5028 , \$5027 , \$5026 , \$5025 , \$5024 , \$5023 , \$5022 , \$5021 , \$5020 , \$5019 , \$5018 , \$5017 , \$5016 , \$5015 , \$5014 , \$5013 , \$5012 , \$5011 , \$5010 , \$5009 , \$5008 , \$5007  };
   always @(posedge clk)
-    p_dec <= \$5290 ;
+    p_dec <= \$5298 ;
   always @(posedge clk)
     deskew0_d1 <= res_0_0;
   always @(posedge clk)
@@ -14022,539 +14042,539 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     deskew6_d1 <= res_0_6;
   always @(posedge clk)
-    rq_s1_raw <= \$5291 ;
+    rq_s1_raw <= \$5299 ;
   always @(posedge clk)
-    rq_s1_hi <= \$5292 ;
+    rq_s1_hi <= \$5300 ;
   always @(posedge clk)
-    rq_s1_lo <= \$5293 ;
+    rq_s1_lo <= \$5301 ;
   always @(posedge clk)
-    rq_s1_s0 <= \$5294 ;
+    rq_s1_s0 <= \$5302 ;
   always @(posedge clk)
-    rq_s1_s1 <= \$5295 ;
+    rq_s1_s1 <= \$5303 ;
   always @(posedge clk)
-    rq_s1_s2 <= \$5296 ;
+    rq_s1_s2 <= \$5304 ;
   always @(posedge clk)
-    rq_s1_s3 <= \$5297 ;
+    rq_s1_s3 <= \$5305 ;
   always @(posedge clk)
-    rq_s1_s4 <= \$5298 ;
+    rq_s1_s4 <= \$5306 ;
   always @(posedge clk)
-    rq_s1_s5 <= \$5299 ;
+    rq_s1_s5 <= \$5307 ;
   always @(posedge clk)
-    rq_s1_s6 <= \$5300 ;
+    rq_s1_s6 <= \$5308 ;
   always @(posedge clk)
-    rq_s1_s7 <= \$5301 ;
+    rq_s1_s7 <= \$5309 ;
   always @(posedge clk)
-    rq_s1_m0 <= \$5302 ;
+    rq_s1_m0 <= \$5310 ;
   always @(posedge clk)
-    rq_s1_m1 <= \$5303 ;
+    rq_s1_m1 <= \$5311 ;
   always @(posedge clk)
-    rq_s1_m2 <= \$5304 ;
+    rq_s1_m2 <= \$5312 ;
   always @(posedge clk)
-    rq_s1_m3 <= \$5305 ;
+    rq_s1_m3 <= \$5313 ;
   always @(posedge clk)
-    rq_s1_m4 <= \$5306 ;
+    rq_s1_m4 <= \$5314 ;
   always @(posedge clk)
-    rq_s1_m5 <= \$5307 ;
+    rq_s1_m5 <= \$5315 ;
   always @(posedge clk)
-    rq_s1_m6 <= \$5308 ;
+    rq_s1_m6 <= \$5316 ;
   always @(posedge clk)
-    rq_s1_m7 <= \$5309 ;
+    rq_s1_m7 <= \$5317 ;
   always @(posedge clk)
-    rq_s1_e0 <= \$5310 ;
+    rq_s1_e0 <= \$5318 ;
   always @(posedge clk)
-    rq_s1_e1 <= \$5311 ;
+    rq_s1_e1 <= \$5319 ;
   always @(posedge clk)
-    rq_s1_e2 <= \$5312 ;
+    rq_s1_e2 <= \$5320 ;
   always @(posedge clk)
-    rq_s1_e3 <= \$5313 ;
+    rq_s1_e3 <= \$5321 ;
   always @(posedge clk)
-    rq_s1_e4 <= \$5314 ;
+    rq_s1_e4 <= \$5322 ;
   always @(posedge clk)
-    rq_s1_e5 <= \$5315 ;
+    rq_s1_e5 <= \$5323 ;
   always @(posedge clk)
-    rq_s1_e6 <= \$5316 ;
+    rq_s1_e6 <= \$5324 ;
   always @(posedge clk)
-    rq_s1_e7 <= \$5317 ;
+    rq_s1_e7 <= \$5325 ;
   always @(posedge clk)
-    rq_s2_raw <= \$5318 ;
+    rq_s2_raw <= \$5326 ;
   always @(posedge clk)
-    rq_s2_hi <= \$5319 ;
+    rq_s2_hi <= \$5327 ;
   always @(posedge clk)
-    rq_s2_lo <= \$5320 ;
+    rq_s2_lo <= \$5328 ;
   always @(posedge clk)
-    rq_s2_e0 <= \$5321 ;
+    rq_s2_e0 <= \$5329 ;
   always @(posedge clk)
-    rq_s2_e1 <= \$5322 ;
+    rq_s2_e1 <= \$5330 ;
   always @(posedge clk)
-    rq_s2_e2 <= \$5323 ;
+    rq_s2_e2 <= \$5331 ;
   always @(posedge clk)
-    rq_s2_e3 <= \$5324 ;
+    rq_s2_e3 <= \$5332 ;
   always @(posedge clk)
-    rq_s2_e4 <= \$5325 ;
+    rq_s2_e4 <= \$5333 ;
   always @(posedge clk)
-    rq_s2_e5 <= \$5326 ;
+    rq_s2_e5 <= \$5334 ;
   always @(posedge clk)
-    rq_s2_e6 <= \$5327 ;
+    rq_s2_e6 <= \$5335 ;
   always @(posedge clk)
-    rq_s2_e7 <= \$5328 ;
+    rq_s2_e7 <= \$5336 ;
   always @(posedge clk)
-    rq_csa1_0_l0_0 <= \$5329 ;
+    rq_csa1_0_l0_0 <= \$5337 ;
   always @(posedge clk)
-    rq_csa1_0_l0_1 <= \$5330 ;
+    rq_csa1_0_l0_1 <= \$5338 ;
   always @(posedge clk)
-    rq_csa1_0_l0_2 <= \$5331 ;
+    rq_csa1_0_l0_2 <= \$5339 ;
   always @(posedge clk)
-    rq_csa1_0_l0_3 <= \$5332 ;
+    rq_csa1_0_l0_3 <= \$5340 ;
   always @(posedge clk)
-    rq_csa1_0_l0_4 <= \$5333 ;
+    rq_csa1_0_l0_4 <= \$5341 ;
   always @(posedge clk)
-    rq_csa1_0_l0_5 <= \$5334 ;
+    rq_csa1_0_l0_5 <= \$5342 ;
   always @(posedge clk)
-    rq_csa1_0_l0_6 <= \$5335 ;
+    rq_csa1_0_l0_6 <= \$5343 ;
   always @(posedge clk)
-    rq_csa1_0_l0_7 <= \$5336 ;
+    rq_csa1_0_l0_7 <= \$5344 ;
   always @(posedge clk)
-    rq_csa1_1_l0_0 <= \$5337 ;
+    rq_csa1_1_l0_0 <= \$5345 ;
   always @(posedge clk)
-    rq_csa1_1_l0_1 <= \$5338 ;
+    rq_csa1_1_l0_1 <= \$5346 ;
   always @(posedge clk)
-    rq_csa1_1_l0_2 <= \$5339 ;
+    rq_csa1_1_l0_2 <= \$5347 ;
   always @(posedge clk)
-    rq_csa1_1_l0_3 <= \$5340 ;
+    rq_csa1_1_l0_3 <= \$5348 ;
   always @(posedge clk)
-    rq_csa1_1_l0_4 <= \$5341 ;
+    rq_csa1_1_l0_4 <= \$5349 ;
   always @(posedge clk)
-    rq_csa1_1_l0_5 <= \$5342 ;
+    rq_csa1_1_l0_5 <= \$5350 ;
   always @(posedge clk)
-    rq_csa1_1_l0_6 <= \$5343 ;
+    rq_csa1_1_l0_6 <= \$5351 ;
   always @(posedge clk)
-    rq_csa1_1_l0_7 <= \$5344 ;
+    rq_csa1_1_l0_7 <= \$5352 ;
   always @(posedge clk)
-    rq_csa1_2_l0_0 <= \$5345 ;
+    rq_csa1_2_l0_0 <= \$5353 ;
   always @(posedge clk)
-    rq_csa1_2_l0_1 <= \$5346 ;
+    rq_csa1_2_l0_1 <= \$5354 ;
   always @(posedge clk)
-    rq_csa1_2_l0_2 <= \$5347 ;
+    rq_csa1_2_l0_2 <= \$5355 ;
   always @(posedge clk)
-    rq_csa1_2_l0_3 <= \$5348 ;
+    rq_csa1_2_l0_3 <= \$5356 ;
   always @(posedge clk)
-    rq_csa1_2_l0_4 <= \$5349 ;
+    rq_csa1_2_l0_4 <= \$5357 ;
   always @(posedge clk)
-    rq_csa1_2_l0_5 <= \$5350 ;
+    rq_csa1_2_l0_5 <= \$5358 ;
   always @(posedge clk)
-    rq_csa1_2_l0_6 <= \$5351 ;
+    rq_csa1_2_l0_6 <= \$5359 ;
   always @(posedge clk)
-    rq_csa1_2_l0_7 <= \$5352 ;
+    rq_csa1_2_l0_7 <= \$5360 ;
   always @(posedge clk)
-    rq_csa1_3_l0_0 <= \$5353 ;
+    rq_csa1_3_l0_0 <= \$5361 ;
   always @(posedge clk)
-    rq_csa1_3_l0_1 <= \$5354 ;
+    rq_csa1_3_l0_1 <= \$5362 ;
   always @(posedge clk)
-    rq_csa1_3_l0_2 <= \$5355 ;
+    rq_csa1_3_l0_2 <= \$5363 ;
   always @(posedge clk)
-    rq_csa1_3_l0_3 <= \$5356 ;
+    rq_csa1_3_l0_3 <= \$5364 ;
   always @(posedge clk)
-    rq_csa1_3_l0_4 <= \$5357 ;
+    rq_csa1_3_l0_4 <= \$5365 ;
   always @(posedge clk)
-    rq_csa1_3_l0_5 <= \$5358 ;
+    rq_csa1_3_l0_5 <= \$5366 ;
   always @(posedge clk)
-    rq_csa1_3_l0_6 <= \$5359 ;
+    rq_csa1_3_l0_6 <= \$5367 ;
   always @(posedge clk)
-    rq_csa1_3_l0_7 <= \$5360 ;
+    rq_csa1_3_l0_7 <= \$5368 ;
   always @(posedge clk)
-    rq_csa1_4_l0_0 <= \$5361 ;
+    rq_csa1_4_l0_0 <= \$5369 ;
   always @(posedge clk)
-    rq_csa1_4_l0_1 <= \$5362 ;
+    rq_csa1_4_l0_1 <= \$5370 ;
   always @(posedge clk)
-    rq_csa1_4_l0_2 <= \$5363 ;
+    rq_csa1_4_l0_2 <= \$5371 ;
   always @(posedge clk)
-    rq_csa1_4_l0_3 <= \$5364 ;
+    rq_csa1_4_l0_3 <= \$5372 ;
   always @(posedge clk)
-    rq_csa1_4_l0_4 <= \$5365 ;
+    rq_csa1_4_l0_4 <= \$5373 ;
   always @(posedge clk)
-    rq_csa1_4_l0_5 <= \$5366 ;
+    rq_csa1_4_l0_5 <= \$5374 ;
   always @(posedge clk)
-    rq_csa1_4_l0_6 <= \$5367 ;
+    rq_csa1_4_l0_6 <= \$5375 ;
   always @(posedge clk)
-    rq_csa1_4_l0_7 <= \$5368 ;
+    rq_csa1_4_l0_7 <= \$5376 ;
   always @(posedge clk)
-    rq_csa1_5_l0_0 <= \$5369 ;
+    rq_csa1_5_l0_0 <= \$5377 ;
   always @(posedge clk)
-    rq_csa1_5_l0_1 <= \$5370 ;
+    rq_csa1_5_l0_1 <= \$5378 ;
   always @(posedge clk)
-    rq_csa1_5_l0_2 <= \$5371 ;
+    rq_csa1_5_l0_2 <= \$5379 ;
   always @(posedge clk)
-    rq_csa1_5_l0_3 <= \$5372 ;
+    rq_csa1_5_l0_3 <= \$5380 ;
   always @(posedge clk)
-    rq_csa1_5_l0_4 <= \$5373 ;
+    rq_csa1_5_l0_4 <= \$5381 ;
   always @(posedge clk)
-    rq_csa1_5_l0_5 <= \$5374 ;
+    rq_csa1_5_l0_5 <= \$5382 ;
   always @(posedge clk)
-    rq_csa1_5_l0_6 <= \$5375 ;
+    rq_csa1_5_l0_6 <= \$5383 ;
   always @(posedge clk)
-    rq_csa1_5_l0_7 <= \$5376 ;
+    rq_csa1_5_l0_7 <= \$5384 ;
   always @(posedge clk)
-    rq_csa1_6_l0_0 <= \$5377 ;
+    rq_csa1_6_l0_0 <= \$5385 ;
   always @(posedge clk)
-    rq_csa1_6_l0_1 <= \$5378 ;
+    rq_csa1_6_l0_1 <= \$5386 ;
   always @(posedge clk)
-    rq_csa1_6_l0_2 <= \$5379 ;
+    rq_csa1_6_l0_2 <= \$5387 ;
   always @(posedge clk)
-    rq_csa1_6_l0_3 <= \$5380 ;
+    rq_csa1_6_l0_3 <= \$5388 ;
   always @(posedge clk)
-    rq_csa1_6_l0_4 <= \$5381 ;
+    rq_csa1_6_l0_4 <= \$5389 ;
   always @(posedge clk)
-    rq_csa1_6_l0_5 <= \$5382 ;
+    rq_csa1_6_l0_5 <= \$5390 ;
   always @(posedge clk)
-    rq_csa1_6_l0_6 <= \$5383 ;
+    rq_csa1_6_l0_6 <= \$5391 ;
   always @(posedge clk)
-    rq_csa1_6_l0_7 <= \$5384 ;
+    rq_csa1_6_l0_7 <= \$5392 ;
   always @(posedge clk)
-    rq_csa1_7_l0_0 <= \$5385 ;
+    rq_csa1_7_l0_0 <= \$5393 ;
   always @(posedge clk)
-    rq_csa1_7_l0_1 <= \$5386 ;
+    rq_csa1_7_l0_1 <= \$5394 ;
   always @(posedge clk)
-    rq_csa1_7_l0_2 <= \$5387 ;
+    rq_csa1_7_l0_2 <= \$5395 ;
   always @(posedge clk)
-    rq_csa1_7_l0_3 <= \$5388 ;
+    rq_csa1_7_l0_3 <= \$5396 ;
   always @(posedge clk)
-    rq_csa1_7_l0_4 <= \$5389 ;
+    rq_csa1_7_l0_4 <= \$5397 ;
   always @(posedge clk)
-    rq_csa1_7_l0_5 <= \$5390 ;
+    rq_csa1_7_l0_5 <= \$5398 ;
   always @(posedge clk)
-    rq_csa1_7_l0_6 <= \$5391 ;
+    rq_csa1_7_l0_6 <= \$5399 ;
   always @(posedge clk)
-    rq_csa1_7_l0_7 <= \$5392 ;
+    rq_csa1_7_l0_7 <= \$5400 ;
   always @(posedge clk)
-    rq_s3_raw <= \$5393 ;
+    rq_s3_raw <= \$5401 ;
   always @(posedge clk)
-    rq_s3_hi <= \$5394 ;
+    rq_s3_hi <= \$5402 ;
   always @(posedge clk)
-    rq_s3_lo <= \$5395 ;
+    rq_s3_lo <= \$5403 ;
   always @(posedge clk)
-    rq_s3_e0 <= \$5396 ;
+    rq_s3_e0 <= \$5404 ;
   always @(posedge clk)
-    rq_s3_e1 <= \$5397 ;
+    rq_s3_e1 <= \$5405 ;
   always @(posedge clk)
-    rq_s3_e2 <= \$5398 ;
+    rq_s3_e2 <= \$5406 ;
   always @(posedge clk)
-    rq_s3_e3 <= \$5399 ;
+    rq_s3_e3 <= \$5407 ;
   always @(posedge clk)
-    rq_s3_e4 <= \$5400 ;
+    rq_s3_e4 <= \$5408 ;
   always @(posedge clk)
-    rq_s3_e5 <= \$5401 ;
+    rq_s3_e5 <= \$5409 ;
   always @(posedge clk)
-    rq_s3_e6 <= \$5402 ;
+    rq_s3_e6 <= \$5410 ;
   always @(posedge clk)
-    rq_s3_e7 <= \$5403 ;
+    rq_s3_e7 <= \$5411 ;
   always @(posedge clk)
-    rq_csa2_0_l0_0 <= \$5404 ;
+    rq_csa2_0_l0_0 <= \$5412 ;
   always @(posedge clk)
-    rq_csa2_0_l0_1 <= \$5405 ;
+    rq_csa2_0_l0_1 <= \$5413 ;
   always @(posedge clk)
-    rq_csa2_0_l0_2 <= \$5406 ;
+    rq_csa2_0_l0_2 <= \$5414 ;
   always @(posedge clk)
-    rq_csa2_0_l0_3 <= \$5407 ;
+    rq_csa2_0_l0_3 <= \$5415 ;
   always @(posedge clk)
-    rq_csa2_1_l0_0 <= \$5408 ;
+    rq_csa2_1_l0_0 <= \$5416 ;
   always @(posedge clk)
-    rq_csa2_1_l0_1 <= \$5409 ;
+    rq_csa2_1_l0_1 <= \$5417 ;
   always @(posedge clk)
-    rq_csa2_1_l0_2 <= \$5410 ;
+    rq_csa2_1_l0_2 <= \$5418 ;
   always @(posedge clk)
-    rq_csa2_1_l0_3 <= \$5411 ;
+    rq_csa2_1_l0_3 <= \$5419 ;
   always @(posedge clk)
-    rq_csa2_2_l0_0 <= \$5412 ;
+    rq_csa2_2_l0_0 <= \$5420 ;
   always @(posedge clk)
-    rq_csa2_2_l0_1 <= \$5413 ;
+    rq_csa2_2_l0_1 <= \$5421 ;
   always @(posedge clk)
-    rq_csa2_2_l0_2 <= \$5414 ;
+    rq_csa2_2_l0_2 <= \$5422 ;
   always @(posedge clk)
-    rq_csa2_2_l0_3 <= \$5415 ;
+    rq_csa2_2_l0_3 <= \$5423 ;
   always @(posedge clk)
-    rq_csa2_3_l0_0 <= \$5416 ;
+    rq_csa2_3_l0_0 <= \$5424 ;
   always @(posedge clk)
-    rq_csa2_3_l0_1 <= \$5417 ;
+    rq_csa2_3_l0_1 <= \$5425 ;
   always @(posedge clk)
-    rq_csa2_3_l0_2 <= \$5418 ;
+    rq_csa2_3_l0_2 <= \$5426 ;
   always @(posedge clk)
-    rq_csa2_3_l0_3 <= \$5419 ;
+    rq_csa2_3_l0_3 <= \$5427 ;
   always @(posedge clk)
-    rq_csa2_4_l0_0 <= \$5420 ;
+    rq_csa2_4_l0_0 <= \$5428 ;
   always @(posedge clk)
-    rq_csa2_4_l0_1 <= \$5421 ;
+    rq_csa2_4_l0_1 <= \$5429 ;
   always @(posedge clk)
-    rq_csa2_4_l0_2 <= \$5422 ;
+    rq_csa2_4_l0_2 <= \$5430 ;
   always @(posedge clk)
-    rq_csa2_4_l0_3 <= \$5423 ;
+    rq_csa2_4_l0_3 <= \$5431 ;
   always @(posedge clk)
-    rq_csa2_5_l0_0 <= \$5424 ;
+    rq_csa2_5_l0_0 <= \$5432 ;
   always @(posedge clk)
-    rq_csa2_5_l0_1 <= \$5425 ;
+    rq_csa2_5_l0_1 <= \$5433 ;
   always @(posedge clk)
-    rq_csa2_5_l0_2 <= \$5426 ;
+    rq_csa2_5_l0_2 <= \$5434 ;
   always @(posedge clk)
-    rq_csa2_5_l0_3 <= \$5427 ;
+    rq_csa2_5_l0_3 <= \$5435 ;
   always @(posedge clk)
-    rq_csa2_6_l0_0 <= \$5428 ;
+    rq_csa2_6_l0_0 <= \$5436 ;
   always @(posedge clk)
-    rq_csa2_6_l0_1 <= \$5429 ;
+    rq_csa2_6_l0_1 <= \$5437 ;
   always @(posedge clk)
-    rq_csa2_6_l0_2 <= \$5430 ;
+    rq_csa2_6_l0_2 <= \$5438 ;
   always @(posedge clk)
-    rq_csa2_6_l0_3 <= \$5431 ;
+    rq_csa2_6_l0_3 <= \$5439 ;
   always @(posedge clk)
-    rq_csa2_7_l0_0 <= \$5432 ;
+    rq_csa2_7_l0_0 <= \$5440 ;
   always @(posedge clk)
-    rq_csa2_7_l0_1 <= \$5433 ;
+    rq_csa2_7_l0_1 <= \$5441 ;
   always @(posedge clk)
-    rq_csa2_7_l0_2 <= \$5434 ;
+    rq_csa2_7_l0_2 <= \$5442 ;
   always @(posedge clk)
-    rq_csa2_7_l0_3 <= \$5435 ;
+    rq_csa2_7_l0_3 <= \$5443 ;
   always @(posedge clk)
-    rq_s4_raw <= \$5436 ;
+    rq_s4_raw <= \$5444 ;
   always @(posedge clk)
-    rq_s4_hi <= \$5437 ;
+    rq_s4_hi <= \$5445 ;
   always @(posedge clk)
-    rq_s4_lo <= \$5438 ;
+    rq_s4_lo <= \$5446 ;
   always @(posedge clk)
-    rq_s4_e0 <= \$5439 ;
+    rq_s4_e0 <= \$5447 ;
   always @(posedge clk)
-    rq_s4_e1 <= \$5440 ;
+    rq_s4_e1 <= \$5448 ;
   always @(posedge clk)
-    rq_s4_e2 <= \$5441 ;
+    rq_s4_e2 <= \$5449 ;
   always @(posedge clk)
-    rq_s4_e3 <= \$5442 ;
+    rq_s4_e3 <= \$5450 ;
   always @(posedge clk)
-    rq_s4_e4 <= \$5443 ;
+    rq_s4_e4 <= \$5451 ;
   always @(posedge clk)
-    rq_s4_e5 <= \$5444 ;
+    rq_s4_e5 <= \$5452 ;
   always @(posedge clk)
-    rq_s4_e6 <= \$5445 ;
+    rq_s4_e6 <= \$5453 ;
   always @(posedge clk)
-    rq_s4_e7 <= \$5446 ;
+    rq_s4_e7 <= \$5454 ;
   always @(posedge clk)
-    rq_s4_c0_0 <= \$5447 ;
+    rq_s4_c0_0 <= \$5455 ;
   always @(posedge clk)
-    rq_s4_c0_1 <= \$5448 ;
+    rq_s4_c0_1 <= \$5456 ;
   always @(posedge clk)
-    rq_s4_c1_0 <= \$5449 ;
+    rq_s4_c1_0 <= \$5457 ;
   always @(posedge clk)
-    rq_s4_c1_1 <= \$5450 ;
+    rq_s4_c1_1 <= \$5458 ;
   always @(posedge clk)
-    rq_s4_c2_0 <= \$5451 ;
+    rq_s4_c2_0 <= \$5459 ;
   always @(posedge clk)
-    rq_s4_c2_1 <= \$5452 ;
+    rq_s4_c2_1 <= \$5460 ;
   always @(posedge clk)
-    rq_s4_c3_0 <= \$5453 ;
+    rq_s4_c3_0 <= \$5461 ;
   always @(posedge clk)
-    rq_s4_c3_1 <= \$5454 ;
+    rq_s4_c3_1 <= \$5462 ;
   always @(posedge clk)
-    rq_s4_c4_0 <= \$5455 ;
+    rq_s4_c4_0 <= \$5463 ;
   always @(posedge clk)
-    rq_s4_c4_1 <= \$5456 ;
+    rq_s4_c4_1 <= \$5464 ;
   always @(posedge clk)
-    rq_s4_c5_0 <= \$5457 ;
+    rq_s4_c5_0 <= \$5465 ;
   always @(posedge clk)
-    rq_s4_c5_1 <= \$5458 ;
+    rq_s4_c5_1 <= \$5466 ;
   always @(posedge clk)
-    rq_s4_c6_0 <= \$5459 ;
+    rq_s4_c6_0 <= \$5467 ;
   always @(posedge clk)
-    rq_s4_c6_1 <= \$5460 ;
+    rq_s4_c6_1 <= \$5468 ;
   always @(posedge clk)
-    rq_s4_c7_0 <= \$5461 ;
+    rq_s4_c7_0 <= \$5469 ;
   always @(posedge clk)
-    rq_s4_c7_1 <= \$5462 ;
+    rq_s4_c7_1 <= \$5470 ;
   always @(posedge clk)
-    rq_s5_raw <= \$5463 ;
+    rq_s5_raw <= \$5471 ;
   always @(posedge clk)
-    rq_s5_hi <= \$5464 ;
+    rq_s5_hi <= \$5472 ;
   always @(posedge clk)
-    rq_s5_lo <= \$5465 ;
+    rq_s5_lo <= \$5473 ;
   always @(posedge clk)
-    rq_s5_e0 <= \$5466 ;
+    rq_s5_e0 <= \$5474 ;
   always @(posedge clk)
-    rq_s5_e1 <= \$5467 ;
+    rq_s5_e1 <= \$5475 ;
   always @(posedge clk)
-    rq_s5_e2 <= \$5468 ;
+    rq_s5_e2 <= \$5476 ;
   always @(posedge clk)
-    rq_s5_e3 <= \$5469 ;
+    rq_s5_e3 <= \$5477 ;
   always @(posedge clk)
-    rq_s5_e4 <= \$5470 ;
+    rq_s5_e4 <= \$5478 ;
   always @(posedge clk)
-    rq_s5_e5 <= \$5471 ;
+    rq_s5_e5 <= \$5479 ;
   always @(posedge clk)
-    rq_s5_e6 <= \$5472 ;
+    rq_s5_e6 <= \$5480 ;
   always @(posedge clk)
-    rq_s5_e7 <= \$5473 ;
+    rq_s5_e7 <= \$5481 ;
   always @(posedge clk)
-    rq_s5_p0 <= \$5474 ;
+    rq_s5_p0 <= \$5482 ;
   always @(posedge clk)
-    rq_s5_p1 <= \$5475 ;
+    rq_s5_p1 <= \$5483 ;
   always @(posedge clk)
-    rq_s5_p2 <= \$5476 ;
+    rq_s5_p2 <= \$5484 ;
   always @(posedge clk)
-    rq_s5_p3 <= \$5477 ;
+    rq_s5_p3 <= \$5485 ;
   always @(posedge clk)
-    rq_s5_p4 <= \$5478 ;
+    rq_s5_p4 <= \$5486 ;
   always @(posedge clk)
-    rq_s5_p5 <= \$5479 ;
+    rq_s5_p5 <= \$5487 ;
   always @(posedge clk)
-    rq_s5_p6 <= \$5480 ;
+    rq_s5_p6 <= \$5488 ;
   always @(posedge clk)
-    rq_s5_p7 <= \$5481 ;
+    rq_s5_p7 <= \$5489 ;
   always @(posedge clk)
-    rq_s6_raw <= \$5482 ;
+    rq_s6_raw <= \$5490 ;
   always @(posedge clk)
-    rq_s6_hi <= \$5483 ;
+    rq_s6_hi <= \$5491 ;
   always @(posedge clk)
-    rq_s6_lo <= \$5484 ;
+    rq_s6_lo <= \$5492 ;
   always @(posedge clk)
-    rq_s6_e0 <= \$5485 ;
+    rq_s6_e0 <= \$5493 ;
   always @(posedge clk)
-    rq_s6_e1 <= \$5486 ;
+    rq_s6_e1 <= \$5494 ;
   always @(posedge clk)
-    rq_s6_e2 <= \$5487 ;
+    rq_s6_e2 <= \$5495 ;
   always @(posedge clk)
-    rq_s6_e3 <= \$5488 ;
+    rq_s6_e3 <= \$5496 ;
   always @(posedge clk)
-    rq_s6_e4 <= \$5489 ;
+    rq_s6_e4 <= \$5497 ;
   always @(posedge clk)
-    rq_s6_e5 <= \$5490 ;
+    rq_s6_e5 <= \$5498 ;
   always @(posedge clk)
-    rq_s6_e6 <= \$5491 ;
+    rq_s6_e6 <= \$5499 ;
   always @(posedge clk)
-    rq_s6_e7 <= \$5492 ;
+    rq_s6_e7 <= \$5500 ;
   always @(posedge clk)
-    rq_s6_t0 <= \$5493 ;
+    rq_s6_t0 <= \$5501 ;
   always @(posedge clk)
-    rq_s6_t1 <= \$5494 ;
+    rq_s6_t1 <= \$5502 ;
   always @(posedge clk)
-    rq_s6_t2 <= \$5495 ;
+    rq_s6_t2 <= \$5503 ;
   always @(posedge clk)
-    rq_s6_t3 <= \$5496 ;
+    rq_s6_t3 <= \$5504 ;
   always @(posedge clk)
-    rq_s6_t4 <= \$5497 ;
+    rq_s6_t4 <= \$5505 ;
   always @(posedge clk)
-    rq_s6_t5 <= \$5498 ;
+    rq_s6_t5 <= \$5506 ;
   always @(posedge clk)
-    rq_s6_t6 <= \$5499 ;
+    rq_s6_t6 <= \$5507 ;
   always @(posedge clk)
-    rq_s6_t7 <= \$5500 ;
+    rq_s6_t7 <= \$5508 ;
   always @(posedge clk)
-    rq_s7_raw <= \$5501 ;
+    rq_s7_raw <= \$5509 ;
   always @(posedge clk)
-    rq_s7_hi <= \$5502 ;
+    rq_s7_hi <= \$5510 ;
   always @(posedge clk)
-    rq_s7_lo <= \$5503 ;
+    rq_s7_lo <= \$5511 ;
   always @(posedge clk)
-    rq_s7_u0 <= \$5504 ;
+    rq_s7_u0 <= \$5512 ;
   always @(posedge clk)
-    rq_s7_u1 <= \$5505 ;
+    rq_s7_u1 <= \$5513 ;
   always @(posedge clk)
-    rq_s7_u2 <= \$5506 ;
+    rq_s7_u2 <= \$5514 ;
   always @(posedge clk)
-    rq_s7_u3 <= \$5507 ;
+    rq_s7_u3 <= \$5515 ;
   always @(posedge clk)
-    rq_s7_u4 <= \$5508 ;
+    rq_s7_u4 <= \$5516 ;
   always @(posedge clk)
-    rq_s7_u5 <= \$5509 ;
+    rq_s7_u5 <= \$5517 ;
   always @(posedge clk)
-    rq_s7_u6 <= \$5510 ;
+    rq_s7_u6 <= \$5518 ;
   always @(posedge clk)
-    rq_s7_u7 <= \$5511 ;
+    rq_s7_u7 <= \$5519 ;
   always @(posedge clk)
-    rq_s8_raw <= \$5512 ;
+    rq_s8_raw <= \$5520 ;
   always @(posedge clk)
-    rq_s8_hi <= \$5513 ;
+    rq_s8_hi <= \$5521 ;
   always @(posedge clk)
-    rq_s8_lo <= \$5514 ;
+    rq_s8_lo <= \$5522 ;
   always @(posedge clk)
-    rq_s8_r0 <= \$5515 ;
+    rq_s8_r0 <= \$5523 ;
   always @(posedge clk)
-    rq_s8_r1 <= \$5516 ;
+    rq_s8_r1 <= \$5524 ;
   always @(posedge clk)
-    rq_s8_r2 <= \$5517 ;
+    rq_s8_r2 <= \$5525 ;
   always @(posedge clk)
-    rq_s8_r3 <= \$5518 ;
+    rq_s8_r3 <= \$5526 ;
   always @(posedge clk)
-    rq_s8_r4 <= \$5519 ;
+    rq_s8_r4 <= \$5527 ;
   always @(posedge clk)
-    rq_s8_r5 <= \$5520 ;
+    rq_s8_r5 <= \$5528 ;
   always @(posedge clk)
-    rq_s8_r6 <= \$5521 ;
+    rq_s8_r6 <= \$5529 ;
   always @(posedge clk)
-    rq_s8_r7 <= \$5522 ;
+    rq_s8_r7 <= \$5530 ;
   always @(posedge clk)
-    rq_s9_raw <= \$5523 ;
+    rq_s9_raw <= \$5531 ;
   always @(posedge clk)
-    rq_s9_hi <= \$5524 ;
+    rq_s9_hi <= \$5532 ;
   always @(posedge clk)
-    rq_s9_lo <= \$5525 ;
+    rq_s9_lo <= \$5533 ;
   always @(posedge clk)
-    rq_s9_lt0 <= \$5526 ;
+    rq_s9_lt0 <= \$5534 ;
   always @(posedge clk)
-    rq_s9_lt1 <= \$5527 ;
+    rq_s9_lt1 <= \$5535 ;
   always @(posedge clk)
-    rq_s9_lt2 <= \$5528 ;
+    rq_s9_lt2 <= \$5536 ;
   always @(posedge clk)
-    rq_s9_lt3 <= \$5529 ;
+    rq_s9_lt3 <= \$5537 ;
   always @(posedge clk)
-    rq_s9_lt4 <= \$5530 ;
+    rq_s9_lt4 <= \$5538 ;
   always @(posedge clk)
-    rq_s9_lt5 <= \$5531 ;
+    rq_s9_lt5 <= \$5539 ;
   always @(posedge clk)
-    rq_s9_lt6 <= \$5532 ;
+    rq_s9_lt6 <= \$5540 ;
   always @(posedge clk)
-    rq_s9_lt7 <= \$5533 ;
+    rq_s9_lt7 <= \$5541 ;
   always @(posedge clk)
-    rq_s9_gt0 <= \$5534 ;
+    rq_s9_gt0 <= \$5542 ;
   always @(posedge clk)
-    rq_s9_gt1 <= \$5535 ;
+    rq_s9_gt1 <= \$5543 ;
   always @(posedge clk)
-    rq_s9_gt2 <= \$5536 ;
+    rq_s9_gt2 <= \$5544 ;
   always @(posedge clk)
-    rq_s9_gt3 <= \$5537 ;
+    rq_s9_gt3 <= \$5545 ;
   always @(posedge clk)
-    rq_s9_gt4 <= \$5538 ;
+    rq_s9_gt4 <= \$5546 ;
   always @(posedge clk)
-    rq_s9_gt5 <= \$5539 ;
+    rq_s9_gt5 <= \$5547 ;
   always @(posedge clk)
-    rq_s9_gt6 <= \$5540 ;
+    rq_s9_gt6 <= \$5548 ;
   always @(posedge clk)
-    rq_s9_gt7 <= \$5541 ;
+    rq_s9_gt7 <= \$5549 ;
   always @(posedge clk)
-    rq_s9_r0 <= \$5542 ;
+    rq_s9_r0 <= \$5550 ;
   always @(posedge clk)
-    rq_s9_r1 <= \$5543 ;
+    rq_s9_r1 <= \$5551 ;
   always @(posedge clk)
-    rq_s9_r2 <= \$5544 ;
+    rq_s9_r2 <= \$5552 ;
   always @(posedge clk)
-    rq_s9_r3 <= \$5545 ;
+    rq_s9_r3 <= \$5553 ;
   always @(posedge clk)
-    rq_s9_r4 <= \$5546 ;
+    rq_s9_r4 <= \$5554 ;
   always @(posedge clk)
-    rq_s9_r5 <= \$5547 ;
+    rq_s9_r5 <= \$5555 ;
   always @(posedge clk)
-    rq_s9_r6 <= \$5548 ;
+    rq_s9_r6 <= \$5556 ;
   always @(posedge clk)
-    rq_s9_r7 <= \$5549 ;
+    rq_s9_r7 <= \$5557 ;
   always @(posedge clk)
-    rq_s10_o0 <= \$5550 ;
+    rq_s10_o0 <= \$5558 ;
   always @(posedge clk)
-    rq_s10_o1 <= \$5551 ;
+    rq_s10_o1 <= \$5559 ;
   always @(posedge clk)
-    rq_s10_o2 <= \$5552 ;
+    rq_s10_o2 <= \$5560 ;
   always @(posedge clk)
-    rq_s10_o3 <= \$5553 ;
+    rq_s10_o3 <= \$5561 ;
   always @(posedge clk)
-    rq_s10_o4 <= \$5554 ;
+    rq_s10_o4 <= \$5562 ;
   always @(posedge clk)
-    rq_s10_o5 <= \$5555 ;
+    rq_s10_o5 <= \$5563 ;
   always @(posedge clk)
-    rq_s10_o6 <= \$5556 ;
+    rq_s10_o6 <= \$5564 ;
   always @(posedge clk)
-    rq_s10_o7 <= \$5557 ;
+    rq_s10_o7 <= \$5565 ;
   always @(posedge clk)
     rq_valid1 <= res_valid_0;
   always @(posedge clk)
@@ -14574,13 +14594,13 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   always @(posedge clk)
     rq_valid9 <= rq_valid8;
   always @(posedge clk)
-    wp__en <= \$5558 ;
+    wp__en <= \$5566 ;
   always @(posedge clk)
-    wp__addr <= \$5559 ;
+    wp__addr <= \$5567 ;
   always @(posedge clk)
-    rp__addr <= \$5560 ;
+    rp__addr <= \$5568 ;
   always @(posedge clk)
-    level <= \$5561 ;
+    level <= \$5569 ;
   assign \$1  = ~ a__payload[64];
   assign may = \$1  | last_ok;
   assign \$2  = a__valid & w__valid;
@@ -18242,10 +18262,6 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \$3909  = cp1_7_7[1] ? { prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7[15], prod_7_7 } : \$3908 ;
   assign fin_7_7 = cp1_7_7[0] & cp1_7_7[2];
   assign \$3910  = rq_s1_m0[0] ? rq_s1_s0 : 32'd0;
-  assign \$3912  = rq_s1_m0[1] ? rq_s1_s0 : 32'd0;
-  assign \$3914  = rq_s1_m0[2] ? rq_s1_s0 : 32'd0;
-  assign \$3916  = rq_s1_m0[3] ? rq_s1_s0 : 32'd0;
-  assign \$3918  = rq_s1_m0[4] ? rq_s1_s0 : 32'd0;
   assign \$auto$rtlil.cc:2739:Not$2  = ~ \$35 [0];
   assign \$auto$rtlil.cc:2739:Not$102  = ~ \$3085 [0];
   assign \$auto$rtlil.cc:2739:Not$104  = ~ \$3146 [0];
@@ -18312,1109 +18328,1109 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \$auto$rtlil.cc:2739:Not$100  = ~ \$3024 [0];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5154  = take;
+    \$5162  = take;
     if (rst) begin
-      \$5154  = 1'h0;
+      \$5162  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5155  = take_last;
+    \$5163  = take_last;
     if (rst) begin
-      \$5155  = 1'h0;
+      \$5163  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5156  = first;
+    \$5164  = first;
     if (r_valid) begin
-      \$5156  = r_last;
+      \$5164  = r_last;
     end
     if (rst) begin
-      \$5156  = 1'h1;
+      \$5164  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5157  = p_in;
+    \$5165  = p_in;
     if (\$4838 ) begin
-      \$5157  = p__payload;
+      \$5165  = p__payload;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5158  = p_in_valid;
+    \$5166  = p_in_valid;
     if (\$4838 ) begin
-      \$5158  = p__valid;
+      \$5166  = p__valid;
     end
     if (hold_en) begin
-      \$5158  = 1'h0;
+      \$5166  = 1'h0;
     end
     if (rst) begin
-      \$5158  = 1'h0;
+      \$5166  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5159  = p_hold;
+    \$5167  = p_hold;
     if (hold_en) begin
-      \$5159  = p_in;
+      \$5167  = p_in;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5160  = \$4851 [4:0];
+    \$5168  = \$4851 [4:0];
     if (rst) begin
-      \$5160  = 5'h10;
+      \$5168  = 5'h10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5161  = \$4860 ;
+    \$5169  = \$4860 ;
     if (rst) begin
-      \$5161  = 1'h0;
+      \$5169  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5162  = acc_0_0;
+    \$5170  = acc_0_0;
     if (cp1_0_0[0]) begin
-      \$5162  = \$66 [31:0];
+      \$5170  = \$66 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_0) begin
-      \$5163  = acc_0_0;
+      \$5171  = acc_0_0;
     end else begin
-      \$5163  = res_1_0;
+      \$5171  = res_1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5164  = acc_0_1;
+    \$5172  = acc_0_1;
     if (cp1_0_1[0]) begin
-      \$5164  = \$127 [31:0];
+      \$5172  = \$127 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_1) begin
-      \$5165  = acc_0_1;
+      \$5173  = acc_0_1;
     end else begin
-      \$5165  = res_1_1;
+      \$5173  = res_1_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5166  = acc_0_2;
+    \$5174  = acc_0_2;
     if (cp1_0_2[0]) begin
-      \$5166  = \$188 [31:0];
+      \$5174  = \$188 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_2) begin
-      \$5167  = acc_0_2;
+      \$5175  = acc_0_2;
     end else begin
-      \$5167  = res_1_2;
+      \$5175  = res_1_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5168  = acc_0_3;
+    \$5176  = acc_0_3;
     if (cp1_0_3[0]) begin
-      \$5168  = \$249 [31:0];
+      \$5176  = \$249 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_3) begin
-      \$5169  = acc_0_3;
+      \$5177  = acc_0_3;
     end else begin
-      \$5169  = res_1_3;
+      \$5177  = res_1_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5170  = acc_0_4;
+    \$5178  = acc_0_4;
     if (cp1_0_4[0]) begin
-      \$5170  = \$310 [31:0];
+      \$5178  = \$310 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_4) begin
-      \$5171  = acc_0_4;
+      \$5179  = acc_0_4;
     end else begin
-      \$5171  = res_1_4;
+      \$5179  = res_1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5172  = acc_0_5;
+    \$5180  = acc_0_5;
     if (cp1_0_5[0]) begin
-      \$5172  = \$371 [31:0];
+      \$5180  = \$371 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_5) begin
-      \$5173  = acc_0_5;
+      \$5181  = acc_0_5;
     end else begin
-      \$5173  = res_1_5;
+      \$5181  = res_1_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5174  = acc_0_6;
+    \$5182  = acc_0_6;
     if (cp1_0_6[0]) begin
-      \$5174  = \$432 [31:0];
+      \$5182  = \$432 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_6) begin
-      \$5175  = acc_0_6;
+      \$5183  = acc_0_6;
     end else begin
-      \$5175  = res_1_6;
+      \$5183  = res_1_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5176  = acc_0_7;
+    \$5184  = acc_0_7;
     if (cp1_0_7[0]) begin
-      \$5176  = \$493 [31:0];
+      \$5184  = \$493 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_7) begin
-      \$5177  = acc_0_7;
+      \$5185  = acc_0_7;
     end else begin
-      \$5177  = res_1_7;
+      \$5185  = res_1_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5178  = acc_1_0;
+    \$5186  = acc_1_0;
     if (cp1_1_0[0]) begin
-      \$5178  = \$554 [31:0];
+      \$5186  = \$554 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_0) begin
-      \$5179  = acc_1_0;
+      \$5187  = acc_1_0;
     end else begin
-      \$5179  = res_2_0;
+      \$5187  = res_2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5180  = acc_1_1;
+    \$5188  = acc_1_1;
     if (cp1_1_1[0]) begin
-      \$5180  = \$615 [31:0];
+      \$5188  = \$615 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_1) begin
-      \$5181  = acc_1_1;
+      \$5189  = acc_1_1;
     end else begin
-      \$5181  = res_2_1;
+      \$5189  = res_2_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5182  = acc_1_2;
+    \$5190  = acc_1_2;
     if (cp1_1_2[0]) begin
-      \$5182  = \$676 [31:0];
+      \$5190  = \$676 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_2) begin
-      \$5183  = acc_1_2;
+      \$5191  = acc_1_2;
     end else begin
-      \$5183  = res_2_2;
+      \$5191  = res_2_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5184  = acc_1_3;
+    \$5192  = acc_1_3;
     if (cp1_1_3[0]) begin
-      \$5184  = \$737 [31:0];
+      \$5192  = \$737 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_3) begin
-      \$5185  = acc_1_3;
+      \$5193  = acc_1_3;
     end else begin
-      \$5185  = res_2_3;
+      \$5193  = res_2_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5186  = acc_1_4;
+    \$5194  = acc_1_4;
     if (cp1_1_4[0]) begin
-      \$5186  = \$798 [31:0];
+      \$5194  = \$798 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_4) begin
-      \$5187  = acc_1_4;
+      \$5195  = acc_1_4;
     end else begin
-      \$5187  = res_2_4;
+      \$5195  = res_2_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5188  = acc_1_5;
+    \$5196  = acc_1_5;
     if (cp1_1_5[0]) begin
-      \$5188  = \$859 [31:0];
+      \$5196  = \$859 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_5) begin
-      \$5189  = acc_1_5;
+      \$5197  = acc_1_5;
     end else begin
-      \$5189  = res_2_5;
+      \$5197  = res_2_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5190  = acc_1_6;
+    \$5198  = acc_1_6;
     if (cp1_1_6[0]) begin
-      \$5190  = \$920 [31:0];
+      \$5198  = \$920 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_6) begin
-      \$5191  = acc_1_6;
+      \$5199  = acc_1_6;
     end else begin
-      \$5191  = res_2_6;
+      \$5199  = res_2_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5192  = acc_1_7;
+    \$5200  = acc_1_7;
     if (cp1_1_7[0]) begin
-      \$5192  = \$981 [31:0];
+      \$5200  = \$981 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_7) begin
-      \$5193  = acc_1_7;
+      \$5201  = acc_1_7;
     end else begin
-      \$5193  = res_2_7;
+      \$5201  = res_2_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5194  = acc_2_0;
+    \$5202  = acc_2_0;
     if (cp1_2_0[0]) begin
-      \$5194  = \$1042 [31:0];
+      \$5202  = \$1042 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_0) begin
-      \$5195  = acc_2_0;
+      \$5203  = acc_2_0;
     end else begin
-      \$5195  = res_3_0;
+      \$5203  = res_3_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5196  = acc_2_1;
+    \$5204  = acc_2_1;
     if (cp1_2_1[0]) begin
-      \$5196  = \$1103 [31:0];
+      \$5204  = \$1103 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_1) begin
-      \$5197  = acc_2_1;
+      \$5205  = acc_2_1;
     end else begin
-      \$5197  = res_3_1;
+      \$5205  = res_3_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5198  = acc_2_2;
+    \$5206  = acc_2_2;
     if (cp1_2_2[0]) begin
-      \$5198  = \$1164 [31:0];
+      \$5206  = \$1164 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_2) begin
-      \$5199  = acc_2_2;
+      \$5207  = acc_2_2;
     end else begin
-      \$5199  = res_3_2;
+      \$5207  = res_3_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5200  = acc_2_3;
+    \$5208  = acc_2_3;
     if (cp1_2_3[0]) begin
-      \$5200  = \$1225 [31:0];
+      \$5208  = \$1225 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_3) begin
-      \$5201  = acc_2_3;
+      \$5209  = acc_2_3;
     end else begin
-      \$5201  = res_3_3;
+      \$5209  = res_3_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5202  = acc_2_4;
+    \$5210  = acc_2_4;
     if (cp1_2_4[0]) begin
-      \$5202  = \$1286 [31:0];
+      \$5210  = \$1286 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_4) begin
-      \$5203  = acc_2_4;
+      \$5211  = acc_2_4;
     end else begin
-      \$5203  = res_3_4;
+      \$5211  = res_3_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5204  = acc_2_5;
+    \$5212  = acc_2_5;
     if (cp1_2_5[0]) begin
-      \$5204  = \$1347 [31:0];
+      \$5212  = \$1347 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_5) begin
-      \$5205  = acc_2_5;
+      \$5213  = acc_2_5;
     end else begin
-      \$5205  = res_3_5;
+      \$5213  = res_3_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5206  = acc_2_6;
+    \$5214  = acc_2_6;
     if (cp1_2_6[0]) begin
-      \$5206  = \$1408 [31:0];
+      \$5214  = \$1408 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_6) begin
-      \$5207  = acc_2_6;
+      \$5215  = acc_2_6;
     end else begin
-      \$5207  = res_3_6;
+      \$5215  = res_3_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5208  = acc_2_7;
+    \$5216  = acc_2_7;
     if (cp1_2_7[0]) begin
-      \$5208  = \$1469 [31:0];
+      \$5216  = \$1469 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_7) begin
-      \$5209  = acc_2_7;
+      \$5217  = acc_2_7;
     end else begin
-      \$5209  = res_3_7;
+      \$5217  = res_3_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5210  = acc_3_0;
+    \$5218  = acc_3_0;
     if (cp1_3_0[0]) begin
-      \$5210  = \$1530 [31:0];
+      \$5218  = \$1530 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_0) begin
-      \$5211  = acc_3_0;
+      \$5219  = acc_3_0;
     end else begin
-      \$5211  = res_4_0;
+      \$5219  = res_4_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5212  = acc_3_1;
+    \$5220  = acc_3_1;
     if (cp1_3_1[0]) begin
-      \$5212  = \$1591 [31:0];
+      \$5220  = \$1591 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_1) begin
-      \$5213  = acc_3_1;
+      \$5221  = acc_3_1;
     end else begin
-      \$5213  = res_4_1;
+      \$5221  = res_4_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5214  = acc_3_2;
+    \$5222  = acc_3_2;
     if (cp1_3_2[0]) begin
-      \$5214  = \$1652 [31:0];
+      \$5222  = \$1652 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_2) begin
-      \$5215  = acc_3_2;
+      \$5223  = acc_3_2;
     end else begin
-      \$5215  = res_4_2;
+      \$5223  = res_4_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5216  = acc_3_3;
+    \$5224  = acc_3_3;
     if (cp1_3_3[0]) begin
-      \$5216  = \$1713 [31:0];
+      \$5224  = \$1713 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_3) begin
-      \$5217  = acc_3_3;
+      \$5225  = acc_3_3;
     end else begin
-      \$5217  = res_4_3;
+      \$5225  = res_4_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5218  = acc_3_4;
+    \$5226  = acc_3_4;
     if (cp1_3_4[0]) begin
-      \$5218  = \$1774 [31:0];
+      \$5226  = \$1774 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_4) begin
-      \$5219  = acc_3_4;
+      \$5227  = acc_3_4;
     end else begin
-      \$5219  = res_4_4;
+      \$5227  = res_4_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5220  = acc_3_5;
+    \$5228  = acc_3_5;
     if (cp1_3_5[0]) begin
-      \$5220  = \$1835 [31:0];
+      \$5228  = \$1835 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_5) begin
-      \$5221  = acc_3_5;
+      \$5229  = acc_3_5;
     end else begin
-      \$5221  = res_4_5;
+      \$5229  = res_4_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5222  = acc_3_6;
+    \$5230  = acc_3_6;
     if (cp1_3_6[0]) begin
-      \$5222  = \$1896 [31:0];
+      \$5230  = \$1896 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_6) begin
-      \$5223  = acc_3_6;
+      \$5231  = acc_3_6;
     end else begin
-      \$5223  = res_4_6;
+      \$5231  = res_4_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5224  = acc_3_7;
+    \$5232  = acc_3_7;
     if (cp1_3_7[0]) begin
-      \$5224  = \$1957 [31:0];
+      \$5232  = \$1957 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_7) begin
-      \$5225  = acc_3_7;
+      \$5233  = acc_3_7;
     end else begin
-      \$5225  = res_4_7;
+      \$5233  = res_4_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5226  = acc_4_0;
+    \$5234  = acc_4_0;
     if (cp1_4_0[0]) begin
-      \$5226  = \$2018 [31:0];
+      \$5234  = \$2018 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_0) begin
-      \$5227  = acc_4_0;
+      \$5235  = acc_4_0;
     end else begin
-      \$5227  = res_5_0;
+      \$5235  = res_5_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5228  = acc_4_1;
+    \$5236  = acc_4_1;
     if (cp1_4_1[0]) begin
-      \$5228  = \$2079 [31:0];
+      \$5236  = \$2079 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_1) begin
-      \$5229  = acc_4_1;
+      \$5237  = acc_4_1;
     end else begin
-      \$5229  = res_5_1;
+      \$5237  = res_5_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5230  = acc_4_2;
+    \$5238  = acc_4_2;
     if (cp1_4_2[0]) begin
-      \$5230  = \$2140 [31:0];
+      \$5238  = \$2140 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_2) begin
-      \$5231  = acc_4_2;
+      \$5239  = acc_4_2;
     end else begin
-      \$5231  = res_5_2;
+      \$5239  = res_5_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5232  = acc_4_3;
+    \$5240  = acc_4_3;
     if (cp1_4_3[0]) begin
-      \$5232  = \$2201 [31:0];
+      \$5240  = \$2201 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_3) begin
-      \$5233  = acc_4_3;
+      \$5241  = acc_4_3;
     end else begin
-      \$5233  = res_5_3;
+      \$5241  = res_5_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5234  = acc_4_4;
+    \$5242  = acc_4_4;
     if (cp1_4_4[0]) begin
-      \$5234  = \$2262 [31:0];
+      \$5242  = \$2262 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_4) begin
-      \$5235  = acc_4_4;
+      \$5243  = acc_4_4;
     end else begin
-      \$5235  = res_5_4;
+      \$5243  = res_5_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5236  = acc_4_5;
+    \$5244  = acc_4_5;
     if (cp1_4_5[0]) begin
-      \$5236  = \$2323 [31:0];
+      \$5244  = \$2323 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_5) begin
-      \$5237  = acc_4_5;
+      \$5245  = acc_4_5;
     end else begin
-      \$5237  = res_5_5;
+      \$5245  = res_5_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5238  = acc_4_6;
+    \$5246  = acc_4_6;
     if (cp1_4_6[0]) begin
-      \$5238  = \$2384 [31:0];
+      \$5246  = \$2384 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_6) begin
-      \$5239  = acc_4_6;
+      \$5247  = acc_4_6;
     end else begin
-      \$5239  = res_5_6;
+      \$5247  = res_5_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5240  = acc_4_7;
+    \$5248  = acc_4_7;
     if (cp1_4_7[0]) begin
-      \$5240  = \$2445 [31:0];
+      \$5248  = \$2445 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_7) begin
-      \$5241  = acc_4_7;
+      \$5249  = acc_4_7;
     end else begin
-      \$5241  = res_5_7;
+      \$5249  = res_5_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5242  = acc_5_0;
+    \$5250  = acc_5_0;
     if (cp1_5_0[0]) begin
-      \$5242  = \$2506 [31:0];
+      \$5250  = \$2506 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_0) begin
-      \$5243  = acc_5_0;
+      \$5251  = acc_5_0;
     end else begin
-      \$5243  = res_6_0;
+      \$5251  = res_6_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5244  = acc_5_1;
+    \$5252  = acc_5_1;
     if (cp1_5_1[0]) begin
-      \$5244  = \$2567 [31:0];
+      \$5252  = \$2567 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_1) begin
-      \$5245  = acc_5_1;
+      \$5253  = acc_5_1;
     end else begin
-      \$5245  = res_6_1;
+      \$5253  = res_6_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5246  = acc_5_2;
+    \$5254  = acc_5_2;
     if (cp1_5_2[0]) begin
-      \$5246  = \$2628 [31:0];
+      \$5254  = \$2628 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_2) begin
-      \$5247  = acc_5_2;
+      \$5255  = acc_5_2;
     end else begin
-      \$5247  = res_6_2;
+      \$5255  = res_6_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5248  = acc_5_3;
+    \$5256  = acc_5_3;
     if (cp1_5_3[0]) begin
-      \$5248  = \$2689 [31:0];
+      \$5256  = \$2689 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_3) begin
-      \$5249  = acc_5_3;
+      \$5257  = acc_5_3;
     end else begin
-      \$5249  = res_6_3;
+      \$5257  = res_6_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5250  = acc_5_4;
+    \$5258  = acc_5_4;
     if (cp1_5_4[0]) begin
-      \$5250  = \$2750 [31:0];
+      \$5258  = \$2750 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_4) begin
-      \$5251  = acc_5_4;
+      \$5259  = acc_5_4;
     end else begin
-      \$5251  = res_6_4;
+      \$5259  = res_6_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5252  = acc_5_5;
+    \$5260  = acc_5_5;
     if (cp1_5_5[0]) begin
-      \$5252  = \$2811 [31:0];
+      \$5260  = \$2811 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_5) begin
-      \$5253  = acc_5_5;
+      \$5261  = acc_5_5;
     end else begin
-      \$5253  = res_6_5;
+      \$5261  = res_6_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5254  = acc_5_6;
+    \$5262  = acc_5_6;
     if (cp1_5_6[0]) begin
-      \$5254  = \$2872 [31:0];
+      \$5262  = \$2872 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_6) begin
-      \$5255  = acc_5_6;
+      \$5263  = acc_5_6;
     end else begin
-      \$5255  = res_6_6;
+      \$5263  = res_6_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5256  = acc_5_7;
+    \$5264  = acc_5_7;
     if (cp1_5_7[0]) begin
-      \$5256  = \$2933 [31:0];
+      \$5264  = \$2933 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_7) begin
-      \$5257  = acc_5_7;
+      \$5265  = acc_5_7;
     end else begin
-      \$5257  = res_6_7;
+      \$5265  = res_6_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5258  = acc_6_0;
+    \$5266  = acc_6_0;
     if (cp1_6_0[0]) begin
-      \$5258  = \$2994 [31:0];
+      \$5266  = \$2994 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_0) begin
-      \$5259  = acc_6_0;
+      \$5267  = acc_6_0;
     end else begin
-      \$5259  = res_7_0;
+      \$5267  = res_7_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5260  = acc_6_1;
+    \$5268  = acc_6_1;
     if (cp1_6_1[0]) begin
-      \$5260  = \$3055 [31:0];
+      \$5268  = \$3055 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_1) begin
-      \$5261  = acc_6_1;
+      \$5269  = acc_6_1;
     end else begin
-      \$5261  = res_7_1;
+      \$5269  = res_7_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5262  = acc_6_2;
+    \$5270  = acc_6_2;
     if (cp1_6_2[0]) begin
-      \$5262  = \$3116 [31:0];
+      \$5270  = \$3116 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_2) begin
-      \$5263  = acc_6_2;
+      \$5271  = acc_6_2;
     end else begin
-      \$5263  = res_7_2;
+      \$5271  = res_7_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5264  = acc_6_3;
+    \$5272  = acc_6_3;
     if (cp1_6_3[0]) begin
-      \$5264  = \$3177 [31:0];
+      \$5272  = \$3177 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_3) begin
-      \$5265  = acc_6_3;
+      \$5273  = acc_6_3;
     end else begin
-      \$5265  = res_7_3;
+      \$5273  = res_7_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5266  = acc_6_4;
+    \$5274  = acc_6_4;
     if (cp1_6_4[0]) begin
-      \$5266  = \$3238 [31:0];
+      \$5274  = \$3238 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_4) begin
-      \$5267  = acc_6_4;
+      \$5275  = acc_6_4;
     end else begin
-      \$5267  = res_7_4;
+      \$5275  = res_7_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5268  = acc_6_5;
+    \$5276  = acc_6_5;
     if (cp1_6_5[0]) begin
-      \$5268  = \$3299 [31:0];
+      \$5276  = \$3299 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_5) begin
-      \$5269  = acc_6_5;
+      \$5277  = acc_6_5;
     end else begin
-      \$5269  = res_7_5;
+      \$5277  = res_7_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5270  = acc_6_6;
+    \$5278  = acc_6_6;
     if (cp1_6_6[0]) begin
-      \$5270  = \$3360 [31:0];
+      \$5278  = \$3360 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_6) begin
-      \$5271  = acc_6_6;
+      \$5279  = acc_6_6;
     end else begin
-      \$5271  = res_7_6;
+      \$5279  = res_7_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5272  = acc_6_7;
+    \$5280  = acc_6_7;
     if (cp1_6_7[0]) begin
-      \$5272  = \$3421 [31:0];
+      \$5280  = \$3421 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_7) begin
-      \$5273  = acc_6_7;
+      \$5281  = acc_6_7;
     end else begin
-      \$5273  = res_7_7;
+      \$5281  = res_7_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5274  = acc_7_0;
+    \$5282  = acc_7_0;
     if (cp1_7_0[0]) begin
-      \$5274  = \$3482 [31:0];
+      \$5282  = \$3482 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5275  = res_7_0;
+    \$5283  = res_7_0;
     if (done_7_0) begin
-      \$5275  = acc_7_0;
+      \$5283  = acc_7_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5276  = acc_7_1;
+    \$5284  = acc_7_1;
     if (cp1_7_1[0]) begin
-      \$5276  = \$3543 [31:0];
+      \$5284  = \$3543 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5277  = res_7_1;
+    \$5285  = res_7_1;
     if (done_7_1) begin
-      \$5277  = acc_7_1;
+      \$5285  = acc_7_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5278  = acc_7_2;
+    \$5286  = acc_7_2;
     if (cp1_7_2[0]) begin
-      \$5278  = \$3604 [31:0];
+      \$5286  = \$3604 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5279  = res_7_2;
+    \$5287  = res_7_2;
     if (done_7_2) begin
-      \$5279  = acc_7_2;
+      \$5287  = acc_7_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5280  = acc_7_3;
+    \$5288  = acc_7_3;
     if (cp1_7_3[0]) begin
-      \$5280  = \$3665 [31:0];
+      \$5288  = \$3665 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5281  = res_7_3;
+    \$5289  = res_7_3;
     if (done_7_3) begin
-      \$5281  = acc_7_3;
+      \$5289  = acc_7_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5282  = acc_7_4;
+    \$5290  = acc_7_4;
     if (cp1_7_4[0]) begin
-      \$5282  = \$3726 [31:0];
+      \$5290  = \$3726 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5283  = res_7_4;
+    \$5291  = res_7_4;
     if (done_7_4) begin
-      \$5283  = acc_7_4;
+      \$5291  = acc_7_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5284  = acc_7_5;
+    \$5292  = acc_7_5;
     if (cp1_7_5[0]) begin
-      \$5284  = \$3787 [31:0];
+      \$5292  = \$3787 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5285  = res_7_5;
+    \$5293  = res_7_5;
     if (done_7_5) begin
-      \$5285  = acc_7_5;
+      \$5293  = acc_7_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5286  = acc_7_6;
+    \$5294  = acc_7_6;
     if (cp1_7_6[0]) begin
-      \$5286  = \$3848 [31:0];
+      \$5294  = \$3848 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5287  = res_7_6;
+    \$5295  = res_7_6;
     if (done_7_6) begin
-      \$5287  = acc_7_6;
+      \$5295  = acc_7_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5288  = acc_7_7;
+    \$5296  = acc_7_7;
     if (cp1_7_7[0]) begin
-      \$5288  = \$3909 [31:0];
+      \$5296  = \$3909 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5289  = res_7_7;
+    \$5297  = res_7_7;
     if (done_7_7) begin
-      \$5289  = acc_7_7;
+      \$5297  = acc_7_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5558  = \$5145 ;
+    \$5566  = \$5153 ;
     if (rst) begin
-      \$5558  = 1'h0;
+      \$5566  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5559  = wp__addr;
+    \$5567  = wp__addr;
     if (wp__en) begin
-      \$5559  = \$5148 [3:0];
+      \$5567  = \$5156 [3:0];
     end
     if (rst) begin
-      \$5559  = 4'h0;
+      \$5567  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5560  = rp__addr;
+    \$5568  = rp__addr;
     if (pop) begin
-      \$5560  = \$5151 [3:0];
+      \$5568  = \$5159 [3:0];
     end
     if (rst) begin
-      \$5560  = 4'h0;
+      \$5568  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$129 ) begin end
-    \$5561  = \$5153 [4:0];
+    \$5569  = \$5161 [4:0];
     if (rst) begin
-      \$5561  = 5'h00;
+      \$5569  = 5'h00;
     end
   end
   assign pe_0_0_a_l0_0 = { \$7 [8], \$7 [8], \$7 [8], \$7 [8], \$7 [8], \$7 [8], \$7 [8], \$7  };
@@ -22009,22 +22025,30 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \c_7_7.valid  = c_7_7[0];
   assign \c_7_7.first  = c_7_7[1];
   assign \c_7_7.last  = c_7_7[2];
-  assign \$5557  = \$5143 ;
-  assign \$5556  = \$5140 ;
-  assign \$5555  = \$5137 ;
-  assign \$5554  = \$5134 ;
-  assign \$5553  = \$5131 ;
-  assign \$5552  = \$5128 ;
-  assign \$5551  = \$5125 ;
-  assign \$5550  = \$5122 ;
-  assign \$5549  = rq_s8_r7[31:0];
-  assign \$5548  = rq_s8_r6[31:0];
-  assign \$5547  = rq_s8_r5[31:0];
-  assign \$5546  = rq_s8_r4[31:0];
-  assign \$5545  = rq_s8_r3[31:0];
-  assign \$5544  = rq_s8_r2[31:0];
-  assign \$5543  = rq_s8_r1[31:0];
-  assign \$5542  = rq_s8_r0[31:0];
+  assign \$5565  = \$5151 ;
+  assign \$5564  = \$5148 ;
+  assign \$5563  = \$5145 ;
+  assign \$5562  = \$5142 ;
+  assign \$5561  = \$5139 ;
+  assign \$5560  = \$5136 ;
+  assign \$5559  = \$5133 ;
+  assign \$5558  = \$5130 ;
+  assign \$5557  = rq_s8_r7[31:0];
+  assign \$5556  = rq_s8_r6[31:0];
+  assign \$5555  = rq_s8_r5[31:0];
+  assign \$5554  = rq_s8_r4[31:0];
+  assign \$5553  = rq_s8_r3[31:0];
+  assign \$5552  = rq_s8_r2[31:0];
+  assign \$5551  = rq_s8_r1[31:0];
+  assign \$5550  = rq_s8_r0[31:0];
+  assign \$5549  = \$5127 [50];
+  assign \$5548  = \$5126 [50];
+  assign \$5547  = \$5125 [50];
+  assign \$5546  = \$5124 [50];
+  assign \$5545  = \$5123 [50];
+  assign \$5544  = \$5122 [50];
+  assign \$5543  = \$5121 [50];
+  assign \$5542  = \$5120 [50];
   assign \$5541  = \$5119 [50];
   assign \$5540  = \$5118 [50];
   assign \$5539  = \$5117 [50];
@@ -22033,276 +22057,268 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \$5536  = \$5114 [50];
   assign \$5535  = \$5113 [50];
   assign \$5534  = \$5112 [50];
-  assign \$5533  = \$5111 [50];
-  assign \$5532  = \$5110 [50];
-  assign \$5531  = \$5109 [50];
-  assign \$5530  = \$5108 [50];
-  assign \$5529  = \$5107 [50];
-  assign \$5528  = \$5106 [50];
-  assign \$5527  = \$5105 [50];
-  assign \$5526  = \$5104 [50];
-  assign \$5525  = rq_s8_lo;
-  assign \$5524  = rq_s8_hi;
-  assign \$5523  = rq_s8_raw;
-  assign \$5522  = \$5103 ;
-  assign \$5521  = \$5101 ;
-  assign \$5520  = \$5099 ;
-  assign \$5519  = \$5097 ;
-  assign \$5518  = \$5095 ;
+  assign \$5533  = rq_s8_lo;
+  assign \$5532  = rq_s8_hi;
+  assign \$5531  = rq_s8_raw;
+  assign \$5530  = \$5111 ;
+  assign \$5529  = \$5109 ;
+  assign \$5528  = \$5107 ;
+  assign \$5527  = \$5105 ;
+  assign \$5526  = \$5103 ;
+  assign \$5525  = \$5101 ;
+  assign \$5524  = \$5099 ;
+  assign \$5523  = \$5097 ;
+  assign \$5522  = rq_s7_lo;
+  assign \$5521  = rq_s7_hi;
+  assign \$5520  = rq_s7_raw;
+  assign \$5519  = \$5095 ;
+  assign \$5518  = \$5094 ;
   assign \$5517  = \$5093 ;
-  assign \$5516  = \$5091 ;
-  assign \$5515  = \$5089 ;
-  assign \$5514  = rq_s7_lo;
-  assign \$5513  = rq_s7_hi;
-  assign \$5512  = rq_s7_raw;
-  assign \$5511  = \$5087 ;
-  assign \$5510  = \$5086 ;
-  assign \$5509  = \$5085 ;
-  assign \$5508  = \$5084 ;
-  assign \$5507  = \$5083 ;
-  assign \$5506  = \$5082 ;
+  assign \$5516  = \$5092 ;
+  assign \$5515  = \$5091 ;
+  assign \$5514  = \$5090 ;
+  assign \$5513  = \$5089 ;
+  assign \$5512  = \$5088 ;
+  assign \$5511  = rq_s6_lo;
+  assign \$5510  = rq_s6_hi;
+  assign \$5509  = rq_s6_raw;
+  assign \$5508  = \$5087 ;
+  assign \$5507  = \$5085 ;
+  assign \$5506  = \$5083 ;
   assign \$5505  = \$5081 ;
-  assign \$5504  = \$5080 ;
-  assign \$5503  = rq_s6_lo;
-  assign \$5502  = rq_s6_hi;
-  assign \$5501  = rq_s6_raw;
-  assign \$5500  = \$5079 ;
-  assign \$5499  = \$5077 ;
-  assign \$5498  = \$5075 ;
-  assign \$5497  = \$5073 ;
-  assign \$5496  = \$5071 ;
-  assign \$5495  = \$5069 ;
-  assign \$5494  = \$5067 ;
-  assign \$5493  = \$5065 ;
-  assign \$5492  = rq_s5_e7;
-  assign \$5491  = rq_s5_e6;
-  assign \$5490  = rq_s5_e5;
-  assign \$5489  = rq_s5_e4;
-  assign \$5488  = rq_s5_e3;
-  assign \$5487  = rq_s5_e2;
-  assign \$5486  = rq_s5_e1;
-  assign \$5485  = rq_s5_e0;
-  assign \$5484  = rq_s5_lo;
-  assign \$5483  = rq_s5_hi;
-  assign \$5482  = rq_s5_raw;
-  assign \$5481  = \$5063 [47:0];
-  assign \$5480  = \$5062 [47:0];
-  assign \$5479  = \$5061 [47:0];
-  assign \$5478  = \$5060 [47:0];
-  assign \$5477  = \$5059 [47:0];
-  assign \$5476  = \$5058 [47:0];
-  assign \$5475  = \$5057 [47:0];
-  assign \$5474  = \$5056 [47:0];
-  assign \$5473  = rq_s4_e7;
-  assign \$5472  = rq_s4_e6;
-  assign \$5471  = rq_s4_e5;
-  assign \$5470  = rq_s4_e4;
-  assign \$5469  = rq_s4_e3;
-  assign \$5468  = rq_s4_e2;
-  assign \$5467  = rq_s4_e1;
-  assign \$5466  = rq_s4_e0;
-  assign \$5465  = rq_s4_lo;
-  assign \$5464  = rq_s4_hi;
-  assign \$5463  = rq_s4_raw;
-  assign \$5462  = { \$4837 [46:0], 1'h0 };
-  assign \$5461  = rq_csa2_7_l2_0;
-  assign \$5460  = { \$4825 [46:0], 1'h0 };
-  assign \$5459  = rq_csa2_6_l2_0;
-  assign \$5458  = { \$4813 [46:0], 1'h0 };
-  assign \$5457  = rq_csa2_5_l2_0;
-  assign \$5456  = { \$4801 [46:0], 1'h0 };
-  assign \$5455  = rq_csa2_4_l2_0;
-  assign \$5454  = { \$4789 [46:0], 1'h0 };
-  assign \$5453  = rq_csa2_3_l2_0;
-  assign \$5452  = { \$4777 [46:0], 1'h0 };
-  assign \$5451  = rq_csa2_2_l2_0;
-  assign \$5450  = { \$4765 [46:0], 1'h0 };
-  assign \$5449  = rq_csa2_1_l2_0;
-  assign \$5448  = { \$4753 [46:0], 1'h0 };
-  assign \$5447  = rq_csa2_0_l2_0;
-  assign \$5446  = rq_s3_e7;
-  assign \$5445  = rq_s3_e6;
-  assign \$5444  = rq_s3_e5;
-  assign \$5443  = rq_s3_e4;
-  assign \$5442  = rq_s3_e3;
-  assign \$5441  = rq_s3_e2;
-  assign \$5440  = rq_s3_e1;
-  assign \$5439  = rq_s3_e0;
-  assign \$5438  = rq_s3_lo;
-  assign \$5437  = rq_s3_hi;
-  assign \$5436  = rq_s3_raw;
-  assign \$5435  = { \$4741 [46:0], 1'h0 };
-  assign \$5434  = rq_csa1_7_l2_2;
-  assign \$5433  = { \$4735 [46:0], 1'h0 };
-  assign \$5432  = rq_csa1_7_l2_0;
-  assign \$5431  = { \$4717 [46:0], 1'h0 };
-  assign \$5430  = rq_csa1_6_l2_2;
-  assign \$5429  = { \$4711 [46:0], 1'h0 };
-  assign \$5428  = rq_csa1_6_l2_0;
-  assign \$5427  = { \$4693 [46:0], 1'h0 };
-  assign \$5426  = rq_csa1_5_l2_2;
-  assign \$5425  = { \$4687 [46:0], 1'h0 };
-  assign \$5424  = rq_csa1_5_l2_0;
-  assign \$5423  = { \$4669 [46:0], 1'h0 };
-  assign \$5422  = rq_csa1_4_l2_2;
-  assign \$5421  = { \$4663 [46:0], 1'h0 };
-  assign \$5420  = rq_csa1_4_l2_0;
-  assign \$5419  = { \$4645 [46:0], 1'h0 };
-  assign \$5418  = rq_csa1_3_l2_2;
-  assign \$5417  = { \$4639 [46:0], 1'h0 };
-  assign \$5416  = rq_csa1_3_l2_0;
-  assign \$5415  = { \$4621 [46:0], 1'h0 };
-  assign \$5414  = rq_csa1_2_l2_2;
-  assign \$5413  = { \$4615 [46:0], 1'h0 };
-  assign \$5412  = rq_csa1_2_l2_0;
-  assign \$5411  = { \$4597 [46:0], 1'h0 };
-  assign \$5410  = rq_csa1_1_l2_2;
-  assign \$5409  = { \$4591 [46:0], 1'h0 };
-  assign \$5408  = rq_csa1_1_l2_0;
-  assign \$5407  = { \$4573 [46:0], 1'h0 };
-  assign \$5406  = rq_csa1_0_l2_2;
-  assign \$5405  = { \$4567 [46:0], 1'h0 };
-  assign \$5404  = rq_csa1_0_l2_0;
-  assign \$5403  = rq_s2_e7;
-  assign \$5402  = rq_s2_e6;
-  assign \$5401  = rq_s2_e5;
-  assign \$5400  = rq_s2_e4;
-  assign \$5399  = rq_s2_e3;
-  assign \$5398  = rq_s2_e2;
-  assign \$5397  = rq_s2_e1;
-  assign \$5396  = rq_s2_e0;
-  assign \$5395  = rq_s2_lo;
-  assign \$5394  = rq_s2_hi;
-  assign \$5393  = rq_s2_raw;
-  assign \$5392  = { \$4501 [46], \$4501  };
-  assign \$5391  = { \$4531 [46:0], 1'h0 };
-  assign \$5390  = { \$4549 [46:0], 1'h0 };
-  assign \$5389  = rq_csa0_7_l2_4;
-  assign \$5388  = { \$4543 [46:0], 1'h0 };
-  assign \$5387  = rq_csa0_7_l2_2;
-  assign \$5386  = { \$4537 [46:0], 1'h0 };
-  assign \$5385  = rq_csa0_7_l2_0;
-  assign \$5384  = { \$4421 [46], \$4421  };
-  assign \$5383  = { \$4451 [46:0], 1'h0 };
-  assign \$5382  = { \$4469 [46:0], 1'h0 };
-  assign \$5381  = rq_csa0_6_l2_4;
-  assign \$5380  = { \$4463 [46:0], 1'h0 };
-  assign \$5379  = rq_csa0_6_l2_2;
-  assign \$5378  = { \$4457 [46:0], 1'h0 };
-  assign \$5377  = rq_csa0_6_l2_0;
-  assign \$5376  = { \$4341 [46], \$4341  };
-  assign \$5375  = { \$4371 [46:0], 1'h0 };
-  assign \$5374  = { \$4389 [46:0], 1'h0 };
-  assign \$5373  = rq_csa0_5_l2_4;
-  assign \$5372  = { \$4383 [46:0], 1'h0 };
-  assign \$5371  = rq_csa0_5_l2_2;
-  assign \$5370  = { \$4377 [46:0], 1'h0 };
-  assign \$5369  = rq_csa0_5_l2_0;
-  assign \$5368  = { \$4261 [46], \$4261  };
-  assign \$5367  = { \$4291 [46:0], 1'h0 };
-  assign \$5366  = { \$4309 [46:0], 1'h0 };
-  assign \$5365  = rq_csa0_4_l2_4;
-  assign \$5364  = { \$4303 [46:0], 1'h0 };
-  assign \$5363  = rq_csa0_4_l2_2;
-  assign \$5362  = { \$4297 [46:0], 1'h0 };
-  assign \$5361  = rq_csa0_4_l2_0;
-  assign \$5360  = { \$4181 [46], \$4181  };
-  assign \$5359  = { \$4211 [46:0], 1'h0 };
-  assign \$5358  = { \$4229 [46:0], 1'h0 };
-  assign \$5357  = rq_csa0_3_l2_4;
-  assign \$5356  = { \$4223 [46:0], 1'h0 };
-  assign \$5355  = rq_csa0_3_l2_2;
-  assign \$5354  = { \$4217 [46:0], 1'h0 };
-  assign \$5353  = rq_csa0_3_l2_0;
-  assign \$5352  = { \$4101 [46], \$4101  };
-  assign \$5351  = { \$4131 [46:0], 1'h0 };
-  assign \$5350  = { \$4149 [46:0], 1'h0 };
-  assign \$5349  = rq_csa0_2_l2_4;
-  assign \$5348  = { \$4143 [46:0], 1'h0 };
-  assign \$5347  = rq_csa0_2_l2_2;
-  assign \$5346  = { \$4137 [46:0], 1'h0 };
-  assign \$5345  = rq_csa0_2_l2_0;
-  assign \$5344  = { \$4021 [46], \$4021  };
-  assign \$5343  = { \$4051 [46:0], 1'h0 };
-  assign \$5342  = { \$4069 [46:0], 1'h0 };
-  assign \$5341  = rq_csa0_1_l2_4;
-  assign \$5340  = { \$4063 [46:0], 1'h0 };
-  assign \$5339  = rq_csa0_1_l2_2;
-  assign \$5338  = { \$4057 [46:0], 1'h0 };
-  assign \$5337  = rq_csa0_1_l2_0;
-  assign \$5336  = { \$3941 [46], \$3941  };
-  assign \$5335  = { \$3971 [46:0], 1'h0 };
-  assign \$5334  = { \$3989 [46:0], 1'h0 };
-  assign \$5333  = rq_csa0_0_l2_4;
-  assign \$5332  = { \$3983 [46:0], 1'h0 };
-  assign \$5331  = rq_csa0_0_l2_2;
-  assign \$5330  = { \$3977 [46:0], 1'h0 };
-  assign \$5329  = rq_csa0_0_l2_0;
-  assign \$5328  = rq_s1_e7;
-  assign \$5327  = rq_s1_e6;
-  assign \$5326  = rq_s1_e5;
-  assign \$5325  = rq_s1_e4;
-  assign \$5324  = rq_s1_e3;
-  assign \$5323  = rq_s1_e2;
-  assign \$5322  = rq_s1_e1;
-  assign \$5321  = rq_s1_e0;
-  assign \$5320  = rq_s1_lo;
-  assign \$5319  = rq_s1_hi;
-  assign \$5318  = rq_s1_raw;
-  assign \$5317  = rq_in[687:682];
-  assign \$5316  = rq_in[681:676];
-  assign \$5315  = rq_in[675:670];
-  assign \$5314  = rq_in[669:664];
-  assign \$5313  = rq_in[663:658];
-  assign \$5312  = rq_in[657:652];
-  assign \$5311  = rq_in[651:646];
-  assign \$5310  = rq_in[645:640];
-  assign \$5309  = rq_in[639:624];
-  assign \$5308  = rq_in[623:608];
-  assign \$5307  = rq_in[607:592];
-  assign \$5306  = rq_in[591:576];
-  assign \$5305  = rq_in[575:560];
-  assign \$5304  = rq_in[559:544];
-  assign \$5303  = rq_in[543:528];
-  assign \$5302  = rq_in[527:512];
-  assign \$5301  = \$5055 [31:0];
-  assign \$5300  = \$5054 [31:0];
-  assign \$5299  = \$5053 [31:0];
-  assign \$5298  = \$5052 [31:0];
-  assign \$5297  = \$5051 [31:0];
-  assign \$5296  = \$5050 [31:0];
-  assign \$5295  = \$5049 [31:0];
-  assign \$5294  = \$5048 [31:0];
-  assign \$5293  = rq_in[752:721];
-  assign \$5292  = rq_in[720:689];
-  assign \$5291  = rq_in[688];
-  assign \$5290 [431:426] = \$5047 ;
-  assign \$5290 [383:368] = \$5046 ;
-  assign \$5290 [255:224] = p_hold[255:224];
-  assign \$5290 [425:420] = \$5045 ;
-  assign \$5290 [367:352] = \$5044 ;
-  assign \$5290 [223:192] = p_hold[223:192];
-  assign \$5290 [419:414] = \$5043 ;
-  assign \$5290 [351:336] = \$5042 ;
-  assign \$5290 [191:160] = p_hold[191:160];
-  assign \$5290 [413:408] = \$5041 ;
-  assign \$5290 [335:320] = \$5040 ;
-  assign \$5290 [159:128] = p_hold[159:128];
-  assign \$5290 [407:402] = \$5039 ;
-  assign \$5290 [319:304] = \$5038 ;
-  assign \$5290 [127:96] = p_hold[127:96];
-  assign \$5290 [401:396] = \$5037 ;
-  assign \$5290 [303:288] = \$5036 ;
-  assign \$5290 [95:64] = p_hold[95:64];
-  assign \$5290 [395:390] = \$5035 ;
-  assign \$5290 [287:272] = \$5034 ;
-  assign \$5290 [63:32] = p_hold[63:32];
-  assign \$5290 [389:384] = \$5033 ;
-  assign \$5290 [271:256] = \$5032 ;
-  assign \$5290 [31:0] = p_hold[31:0];
-  assign \$5290 [496:465] = \$5031 ;
-  assign \$5290 [464:433] = p_dec_hi;
-  assign \$5290 [432] = p_dec_raw;
+  assign \$5504  = \$5079 ;
+  assign \$5503  = \$5077 ;
+  assign \$5502  = \$5075 ;
+  assign \$5501  = \$5073 ;
+  assign \$5500  = rq_s5_e7;
+  assign \$5499  = rq_s5_e6;
+  assign \$5498  = rq_s5_e5;
+  assign \$5497  = rq_s5_e4;
+  assign \$5496  = rq_s5_e3;
+  assign \$5495  = rq_s5_e2;
+  assign \$5494  = rq_s5_e1;
+  assign \$5493  = rq_s5_e0;
+  assign \$5492  = rq_s5_lo;
+  assign \$5491  = rq_s5_hi;
+  assign \$5490  = rq_s5_raw;
+  assign \$5489  = \$5071 [47:0];
+  assign \$5488  = \$5070 [47:0];
+  assign \$5487  = \$5069 [47:0];
+  assign \$5486  = \$5068 [47:0];
+  assign \$5485  = \$5067 [47:0];
+  assign \$5484  = \$5066 [47:0];
+  assign \$5483  = \$5065 [47:0];
+  assign \$5482  = \$5064 [47:0];
+  assign \$5481  = rq_s4_e7;
+  assign \$5480  = rq_s4_e6;
+  assign \$5479  = rq_s4_e5;
+  assign \$5478  = rq_s4_e4;
+  assign \$5477  = rq_s4_e3;
+  assign \$5476  = rq_s4_e2;
+  assign \$5475  = rq_s4_e1;
+  assign \$5474  = rq_s4_e0;
+  assign \$5473  = rq_s4_lo;
+  assign \$5472  = rq_s4_hi;
+  assign \$5471  = rq_s4_raw;
+  assign \$5470  = { \$4837 [46:0], 1'h0 };
+  assign \$5469  = rq_csa2_7_l2_0;
+  assign \$5468  = { \$4825 [46:0], 1'h0 };
+  assign \$5467  = rq_csa2_6_l2_0;
+  assign \$5466  = { \$4813 [46:0], 1'h0 };
+  assign \$5465  = rq_csa2_5_l2_0;
+  assign \$5464  = { \$4801 [46:0], 1'h0 };
+  assign \$5463  = rq_csa2_4_l2_0;
+  assign \$5462  = { \$4789 [46:0], 1'h0 };
+  assign \$5461  = rq_csa2_3_l2_0;
+  assign \$5460  = { \$4777 [46:0], 1'h0 };
+  assign \$5459  = rq_csa2_2_l2_0;
+  assign \$5458  = { \$4765 [46:0], 1'h0 };
+  assign \$5457  = rq_csa2_1_l2_0;
+  assign \$5456  = { \$4753 [46:0], 1'h0 };
+  assign \$5455  = rq_csa2_0_l2_0;
+  assign \$5454  = rq_s3_e7;
+  assign \$5453  = rq_s3_e6;
+  assign \$5452  = rq_s3_e5;
+  assign \$5451  = rq_s3_e4;
+  assign \$5450  = rq_s3_e3;
+  assign \$5449  = rq_s3_e2;
+  assign \$5448  = rq_s3_e1;
+  assign \$5447  = rq_s3_e0;
+  assign \$5446  = rq_s3_lo;
+  assign \$5445  = rq_s3_hi;
+  assign \$5444  = rq_s3_raw;
+  assign \$5443  = { \$4741 [46:0], 1'h0 };
+  assign \$5442  = rq_csa1_7_l2_2;
+  assign \$5441  = { \$4735 [46:0], 1'h0 };
+  assign \$5440  = rq_csa1_7_l2_0;
+  assign \$5439  = { \$4717 [46:0], 1'h0 };
+  assign \$5438  = rq_csa1_6_l2_2;
+  assign \$5437  = { \$4711 [46:0], 1'h0 };
+  assign \$5436  = rq_csa1_6_l2_0;
+  assign \$5435  = { \$4693 [46:0], 1'h0 };
+  assign \$5434  = rq_csa1_5_l2_2;
+  assign \$5433  = { \$4687 [46:0], 1'h0 };
+  assign \$5432  = rq_csa1_5_l2_0;
+  assign \$5431  = { \$4669 [46:0], 1'h0 };
+  assign \$5430  = rq_csa1_4_l2_2;
+  assign \$5429  = { \$4663 [46:0], 1'h0 };
+  assign \$5428  = rq_csa1_4_l2_0;
+  assign \$5427  = { \$4645 [46:0], 1'h0 };
+  assign \$5426  = rq_csa1_3_l2_2;
+  assign \$5425  = { \$4639 [46:0], 1'h0 };
+  assign \$5424  = rq_csa1_3_l2_0;
+  assign \$5423  = { \$4621 [46:0], 1'h0 };
+  assign \$5422  = rq_csa1_2_l2_2;
+  assign \$5421  = { \$4615 [46:0], 1'h0 };
+  assign \$5420  = rq_csa1_2_l2_0;
+  assign \$5419  = { \$4597 [46:0], 1'h0 };
+  assign \$5418  = rq_csa1_1_l2_2;
+  assign \$5417  = { \$4591 [46:0], 1'h0 };
+  assign \$5416  = rq_csa1_1_l2_0;
+  assign \$5415  = { \$4573 [46:0], 1'h0 };
+  assign \$5414  = rq_csa1_0_l2_2;
+  assign \$5413  = { \$4567 [46:0], 1'h0 };
+  assign \$5412  = rq_csa1_0_l2_0;
+  assign \$5411  = rq_s2_e7;
+  assign \$5410  = rq_s2_e6;
+  assign \$5409  = rq_s2_e5;
+  assign \$5408  = rq_s2_e4;
+  assign \$5407  = rq_s2_e3;
+  assign \$5406  = rq_s2_e2;
+  assign \$5405  = rq_s2_e1;
+  assign \$5404  = rq_s2_e0;
+  assign \$5403  = rq_s2_lo;
+  assign \$5402  = rq_s2_hi;
+  assign \$5401  = rq_s2_raw;
+  assign \$5400  = { \$4501 [46], \$4501  };
+  assign \$5399  = { \$4531 [46:0], 1'h0 };
+  assign \$5398  = { \$4549 [46:0], 1'h0 };
+  assign \$5397  = rq_csa0_7_l2_4;
+  assign \$5396  = { \$4543 [46:0], 1'h0 };
+  assign \$5395  = rq_csa0_7_l2_2;
+  assign \$5394  = { \$4537 [46:0], 1'h0 };
+  assign \$5393  = rq_csa0_7_l2_0;
+  assign \$5392  = { \$4421 [46], \$4421  };
+  assign \$5391  = { \$4451 [46:0], 1'h0 };
+  assign \$5390  = { \$4469 [46:0], 1'h0 };
+  assign \$5389  = rq_csa0_6_l2_4;
+  assign \$5388  = { \$4463 [46:0], 1'h0 };
+  assign \$5387  = rq_csa0_6_l2_2;
+  assign \$5386  = { \$4457 [46:0], 1'h0 };
+  assign \$5385  = rq_csa0_6_l2_0;
+  assign \$5384  = { \$4341 [46], \$4341  };
+  assign \$5383  = { \$4371 [46:0], 1'h0 };
+  assign \$5382  = { \$4389 [46:0], 1'h0 };
+  assign \$5381  = rq_csa0_5_l2_4;
+  assign \$5380  = { \$4383 [46:0], 1'h0 };
+  assign \$5379  = rq_csa0_5_l2_2;
+  assign \$5378  = { \$4377 [46:0], 1'h0 };
+  assign \$5377  = rq_csa0_5_l2_0;
+  assign \$5376  = { \$4261 [46], \$4261  };
+  assign \$5375  = { \$4291 [46:0], 1'h0 };
+  assign \$5374  = { \$4309 [46:0], 1'h0 };
+  assign \$5373  = rq_csa0_4_l2_4;
+  assign \$5372  = { \$4303 [46:0], 1'h0 };
+  assign \$5371  = rq_csa0_4_l2_2;
+  assign \$5370  = { \$4297 [46:0], 1'h0 };
+  assign \$5369  = rq_csa0_4_l2_0;
+  assign \$5368  = { \$4181 [46], \$4181  };
+  assign \$5367  = { \$4211 [46:0], 1'h0 };
+  assign \$5366  = { \$4229 [46:0], 1'h0 };
+  assign \$5365  = rq_csa0_3_l2_4;
+  assign \$5364  = { \$4223 [46:0], 1'h0 };
+  assign \$5363  = rq_csa0_3_l2_2;
+  assign \$5362  = { \$4217 [46:0], 1'h0 };
+  assign \$5361  = rq_csa0_3_l2_0;
+  assign \$5360  = { \$4101 [46], \$4101  };
+  assign \$5359  = { \$4131 [46:0], 1'h0 };
+  assign \$5358  = { \$4149 [46:0], 1'h0 };
+  assign \$5357  = rq_csa0_2_l2_4;
+  assign \$5356  = { \$4143 [46:0], 1'h0 };
+  assign \$5355  = rq_csa0_2_l2_2;
+  assign \$5354  = { \$4137 [46:0], 1'h0 };
+  assign \$5353  = rq_csa0_2_l2_0;
+  assign \$5352  = { \$4021 [46], \$4021  };
+  assign \$5351  = { \$4051 [46:0], 1'h0 };
+  assign \$5350  = { \$4069 [46:0], 1'h0 };
+  assign \$5349  = rq_csa0_1_l2_4;
+  assign \$5348  = { \$4063 [46:0], 1'h0 };
+  assign \$5347  = rq_csa0_1_l2_2;
+  assign \$5346  = { \$4057 [46:0], 1'h0 };
+  assign \$5345  = rq_csa0_1_l2_0;
+  assign \$5344  = { \$3941 [46], \$3941  };
+  assign \$5343  = { \$3971 [46:0], 1'h0 };
+  assign \$5342  = { \$3989 [46:0], 1'h0 };
+  assign \$5341  = rq_csa0_0_l2_4;
+  assign \$5340  = { \$3983 [46:0], 1'h0 };
+  assign \$5339  = rq_csa0_0_l2_2;
+  assign \$5338  = { \$3977 [46:0], 1'h0 };
+  assign \$5337  = rq_csa0_0_l2_0;
+  assign \$5336  = rq_s1_e7;
+  assign \$5335  = rq_s1_e6;
+  assign \$5334  = rq_s1_e5;
+  assign \$5333  = rq_s1_e4;
+  assign \$5332  = rq_s1_e3;
+  assign \$5331  = rq_s1_e2;
+  assign \$5330  = rq_s1_e1;
+  assign \$5329  = rq_s1_e0;
+  assign \$5328  = rq_s1_lo;
+  assign \$5327  = rq_s1_hi;
+  assign \$5326  = rq_s1_raw;
+  assign \$5325  = rq_in[687:682];
+  assign \$5324  = rq_in[681:676];
+  assign \$5323  = rq_in[675:670];
+  assign \$5322  = rq_in[669:664];
+  assign \$5321  = rq_in[663:658];
+  assign \$5320  = rq_in[657:652];
+  assign \$5319  = rq_in[651:646];
+  assign \$5318  = rq_in[645:640];
+  assign \$5317  = rq_in[639:624];
+  assign \$5316  = rq_in[623:608];
+  assign \$5315  = rq_in[607:592];
+  assign \$5314  = rq_in[591:576];
+  assign \$5313  = rq_in[575:560];
+  assign \$5312  = rq_in[559:544];
+  assign \$5311  = rq_in[543:528];
+  assign \$5310  = rq_in[527:512];
+  assign \$5309  = \$5063 [31:0];
+  assign \$5308  = \$5062 [31:0];
+  assign \$5307  = \$5061 [31:0];
+  assign \$5306  = \$5060 [31:0];
+  assign \$5305  = \$5059 [31:0];
+  assign \$5304  = \$5058 [31:0];
+  assign \$5303  = \$5057 [31:0];
+  assign \$5302  = \$5056 [31:0];
+  assign \$5301  = rq_in[752:721];
+  assign \$5300  = rq_in[720:689];
+  assign \$5299  = rq_in[688];
+  assign \$5298 [431:426] = \$5055 ;
+  assign \$5298 [383:368] = \$5054 ;
+  assign \$5298 [255:224] = p_hold[255:224];
+  assign \$5298 [425:420] = \$5053 ;
+  assign \$5298 [367:352] = \$5052 ;
+  assign \$5298 [223:192] = p_hold[223:192];
+  assign \$5298 [419:414] = \$5051 ;
+  assign \$5298 [351:336] = \$5050 ;
+  assign \$5298 [191:160] = p_hold[191:160];
+  assign \$5298 [413:408] = \$5049 ;
+  assign \$5298 [335:320] = \$5048 ;
+  assign \$5298 [159:128] = p_hold[159:128];
+  assign \$5298 [407:402] = \$5047 ;
+  assign \$5298 [319:304] = \$5046 ;
+  assign \$5298 [127:96] = p_hold[127:96];
+  assign \$5298 [401:396] = \$5045 ;
+  assign \$5298 [303:288] = \$5044 ;
+  assign \$5298 [95:64] = p_hold[95:64];
+  assign \$5298 [395:390] = \$5043 ;
+  assign \$5298 [287:272] = \$5042 ;
+  assign \$5298 [63:32] = p_hold[63:32];
+  assign \$5298 [389:384] = \$5041 ;
+  assign \$5298 [271:256] = \$5040 ;
+  assign \$5298 [31:0] = p_hold[31:0];
+  assign \$5298 [496:465] = \$5039 ;
+  assign \$5298 [464:433] = p_dec_hi;
+  assign \$5298 [432] = p_dec_raw;
   assign rq_in[752:721] = p_dec[496:465];
   assign rq_in[720:689] = p_dec[464:433];
   assign rq_in[688] = p_dec[432];
@@ -23345,22 +23361,22 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   assign \$4499  = { \$4498 [31], \$4498 , 14'h0000 };
   assign \$4501  = { \$4500 , 15'h0000 };
   assign \$4932  = done_7_7;
-  assign \$5064  = { rq_s5_p0, 1'h0 };
-  assign \$5066  = { rq_s5_p1, 1'h0 };
-  assign \$5068  = { rq_s5_p2, 1'h0 };
-  assign \$5070  = { rq_s5_p3, 1'h0 };
-  assign \$5072  = { rq_s5_p4, 1'h0 };
-  assign \$5074  = { rq_s5_p5, 1'h0 };
-  assign \$5076  = { rq_s5_p6, 1'h0 };
-  assign \$5078  = { rq_s5_p7, 1'h0 };
-  assign \$5089  = { \$5088 [49], \$5088 [49:1] };
-  assign \$5091  = { \$5090 [49], \$5090 [49:1] };
-  assign \$5093  = { \$5092 [49], \$5092 [49:1] };
-  assign \$5095  = { \$5094 [49], \$5094 [49:1] };
+  assign \$5072  = { rq_s5_p0, 1'h0 };
+  assign \$5074  = { rq_s5_p1, 1'h0 };
+  assign \$5076  = { rq_s5_p2, 1'h0 };
+  assign \$5078  = { rq_s5_p3, 1'h0 };
+  assign \$5080  = { rq_s5_p4, 1'h0 };
+  assign \$5082  = { rq_s5_p5, 1'h0 };
+  assign \$5084  = { rq_s5_p6, 1'h0 };
+  assign \$5086  = { rq_s5_p7, 1'h0 };
   assign \$5097  = { \$5096 [49], \$5096 [49:1] };
   assign \$5099  = { \$5098 [49], \$5098 [49:1] };
   assign \$5101  = { \$5100 [49], \$5100 [49:1] };
   assign \$5103  = { \$5102 [49], \$5102 [49:1] };
+  assign \$5105  = { \$5104 [49], \$5104 [49:1] };
+  assign \$5107  = { \$5106 [49], \$5106 [49:1] };
+  assign \$5109  = { \$5108 [49], \$5108 [49:1] };
+  assign \$5111  = { \$5110 [49], \$5110 [49:1] };
   assign \$38  = \$36 ;
   assign \$99  = \$97 ;
   assign \$160  = \$158 ;

@@ -597,51 +597,51 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire \$153 ;
   wire [31:0] \$1530 ;
   wire [31:0] \$1531 ;
-  wire [32:0] \$1532 ;
-  wire [32:0] \$1533 ;
-  wire [33:0] \$1534 ;
-  wire \$1535 ;
-  wire \$1536 ;
-  wire [15:0] \$1537 ;
-  wire [15:0] \$1538 ;
-  wire [31:0] \$1539 ;
+  wire [31:0] \$1532 ;
+  wire [31:0] \$1533 ;
+  wire [31:0] \$1534 ;
+  wire [31:0] \$1535 ;
+  wire [31:0] \$1536 ;
+  wire [31:0] \$1537 ;
+  wire [32:0] \$1538 ;
+  wire [32:0] \$1539 ;
   wire \$154 ;
-  wire [31:0] \$1540 ;
-  wire [31:0] \$1541 ;
-  wire [31:0] \$1542 ;
-  wire [31:0] \$1543 ;
-  wire [31:0] \$1544 ;
+  wire [33:0] \$1540 ;
+  wire \$1541 ;
+  wire \$1542 ;
+  wire [15:0] \$1543 ;
+  wire [15:0] \$1544 ;
   wire [31:0] \$1545 ;
   wire [31:0] \$1546 ;
   wire [31:0] \$1547 ;
-  wire [32:0] \$1548 ;
-  wire [32:0] \$1549 ;
+  wire [31:0] \$1548 ;
+  wire [31:0] \$1549 ;
   wire \$155 ;
-  wire [33:0] \$1550 ;
-  wire \$1551 ;
-  wire \$1552 ;
-  wire [15:0] \$1553 ;
-  wire [15:0] \$1554 ;
-  wire [16:0] \$1555 ;
-  wire [15:0] \$1556 ;
+  wire [31:0] \$1550 ;
+  wire [31:0] \$1551 ;
+  wire [31:0] \$1552 ;
+  wire [31:0] \$1553 ;
+  wire [31:0] \$1554 ;
+  wire [31:0] \$1555 ;
+  wire [31:0] \$1556 ;
   wire [31:0] \$1557 ;
   wire [31:0] \$1558 ;
   wire [31:0] \$1559 ;
   wire [15:0] \$156 ;
-  wire [31:0] \$1560 ;
-  wire [31:0] \$1561 ;
-  wire [31:0] \$1562 ;
-  wire [31:0] \$1563 ;
-  wire [31:0] \$1564 ;
-  wire [31:0] \$1565 ;
-  wire [32:0] \$1566 ;
-  wire [32:0] \$1567 ;
-  wire [33:0] \$1568 ;
-  wire \$1569 ;
+  wire [32:0] \$1560 ;
+  wire [32:0] \$1561 ;
+  wire [33:0] \$1562 ;
+  wire \$1563 ;
+  wire \$1564 ;
+  wire [15:0] \$1565 ;
+  wire [15:0] \$1566 ;
+  wire [16:0] \$1567 ;
+  wire [15:0] \$1568 ;
+  wire [31:0] \$1569 ;
   wire [16:0] \$157 ;
-  wire \$1570 ;
-  wire [15:0] \$1571 ;
-  wire [15:0] \$1572 ;
+  wire [31:0] \$1570 ;
+  wire [31:0] \$1571 ;
+  wire [31:0] \$1572 ;
   wire [31:0] \$1573 ;
   wire [31:0] \$1574 ;
   wire [31:0] \$1575 ;
@@ -652,14 +652,14 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [15:0] \$158 ;
   wire [31:0] \$1580 ;
   wire [31:0] \$1581 ;
-  wire [32:0] \$1582 ;
-  wire [32:0] \$1583 ;
-  wire [33:0] \$1584 ;
-  wire \$1585 ;
-  wire \$1586 ;
-  wire [15:0] \$1587 ;
-  wire [15:0] \$1588 ;
-  wire [16:0] \$1589 ;
+  wire [31:0] \$1582 ;
+  wire [31:0] \$1583 ;
+  wire [32:0] \$1584 ;
+  wire [32:0] \$1585 ;
+  wire [33:0] \$1586 ;
+  wire \$1587 ;
+  wire \$1588 ;
+  wire [15:0] \$1589 ;
   wire [16:0] \$159 ;
   wire [15:0] \$1590 ;
   wire [31:0] \$1591 ;
@@ -673,51 +673,51 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] \$1599 ;
   wire [16:0] \$16 ;
   wire \$160 ;
-  wire [32:0] \$1600 ;
-  wire [32:0] \$1601 ;
-  wire [33:0] \$1602 ;
-  wire \$1603 ;
-  wire \$1604 ;
-  wire [15:0] \$1605 ;
-  wire [15:0] \$1606 ;
-  wire [31:0] \$1607 ;
-  wire [31:0] \$1608 ;
-  wire [31:0] \$1609 ;
+  wire [31:0] \$1600 ;
+  wire [31:0] \$1601 ;
+  wire [31:0] \$1602 ;
+  wire [31:0] \$1603 ;
+  wire [31:0] \$1604 ;
+  wire [31:0] \$1605 ;
+  wire [32:0] \$1606 ;
+  wire [32:0] \$1607 ;
+  wire [33:0] \$1608 ;
+  wire \$1609 ;
   wire [15:0] \$161 ;
-  wire [31:0] \$1610 ;
-  wire [31:0] \$1611 ;
-  wire [31:0] \$1612 ;
-  wire [31:0] \$1613 ;
-  wire [31:0] \$1614 ;
+  wire \$1610 ;
+  wire [15:0] \$1611 ;
+  wire [15:0] \$1612 ;
+  wire [16:0] \$1613 ;
+  wire [15:0] \$1614 ;
   wire [31:0] \$1615 ;
-  wire [32:0] \$1616 ;
-  wire [32:0] \$1617 ;
-  wire [33:0] \$1618 ;
-  wire \$1619 ;
+  wire [31:0] \$1616 ;
+  wire [31:0] \$1617 ;
+  wire [31:0] \$1618 ;
+  wire [31:0] \$1619 ;
   wire [16:0] \$162 ;
-  wire \$1620 ;
-  wire [15:0] \$1621 ;
-  wire [15:0] \$1622 ;
-  wire [16:0] \$1623 ;
-  wire [15:0] \$1624 ;
+  wire [31:0] \$1620 ;
+  wire [31:0] \$1621 ;
+  wire [31:0] \$1622 ;
+  wire [31:0] \$1623 ;
+  wire [31:0] \$1624 ;
   wire [31:0] \$1625 ;
   wire [31:0] \$1626 ;
   wire [31:0] \$1627 ;
   wire [31:0] \$1628 ;
   wire [31:0] \$1629 ;
   wire [15:0] \$163 ;
-  wire [31:0] \$1630 ;
-  wire [31:0] \$1631 ;
-  wire [31:0] \$1632 ;
-  wire [31:0] \$1633 ;
-  wire [32:0] \$1634 ;
-  wire [32:0] \$1635 ;
-  wire [33:0] \$1636 ;
-  wire \$1637 ;
-  wire \$1638 ;
-  wire [15:0] \$1639 ;
+  wire [32:0] \$1630 ;
+  wire [32:0] \$1631 ;
+  wire [33:0] \$1632 ;
+  wire \$1633 ;
+  wire \$1634 ;
+  wire [15:0] \$1635 ;
+  wire [15:0] \$1636 ;
+  wire [31:0] \$1637 ;
+  wire [31:0] \$1638 ;
+  wire [31:0] \$1639 ;
   wire [16:0] \$164 ;
-  wire [15:0] \$1640 ;
+  wire [31:0] \$1640 ;
   wire [31:0] \$1641 ;
   wire [31:0] \$1642 ;
   wire [31:0] \$1643 ;
@@ -728,36 +728,85 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] \$1648 ;
   wire [31:0] \$1649 ;
   wire \$165 ;
-  wire [32:0] \$1650 ;
-  wire [32:0] \$1651 ;
-  wire [33:0] \$1652 ;
-  wire \$1653 ;
-  wire \$1654 ;
-  wire [15:0] \$1655 ;
-  wire [15:0] \$1656 ;
-  wire [16:0] \$1657 ;
+  wire [31:0] \$1650 ;
+  wire [31:0] \$1651 ;
+  wire [32:0] \$1652 ;
+  wire [32:0] \$1653 ;
+  wire [33:0] \$1654 ;
+  wire \$1655 ;
+  wire \$1656 ;
+  wire [15:0] \$1657 ;
   wire [15:0] \$1658 ;
-  reg \$1659 ;
+  wire [16:0] \$1659 ;
   wire [15:0] \$166 ;
-  reg \$1660 ;
-  reg \$1661 ;
-  reg \$1662 ;
-  reg \$1663 ;
-  reg \$1664 ;
-  reg \$1665 ;
-  reg \$1666 ;
-  reg \$1667 ;
-  reg \$1668 ;
-  reg [3:0] \$1669 ;
+  wire [15:0] \$1660 ;
+  wire [31:0] \$1661 ;
+  wire [31:0] \$1662 ;
+  wire [31:0] \$1663 ;
+  wire [31:0] \$1664 ;
+  wire [31:0] \$1665 ;
+  wire [31:0] \$1666 ;
+  wire [31:0] \$1667 ;
+  wire [31:0] \$1668 ;
+  wire [31:0] \$1669 ;
   wire [18:0] \$167 ;
-  reg \$1670 ;
-  reg \$1671 ;
+  wire [31:0] \$1670 ;
+  wire [31:0] \$1671 ;
+  wire [31:0] \$1672 ;
+  wire [31:0] \$1673 ;
+  wire [31:0] \$1674 ;
+  wire [31:0] \$1675 ;
+  wire [32:0] \$1676 ;
+  wire [32:0] \$1677 ;
+  wire [33:0] \$1678 ;
+  wire \$1679 ;
   wire [15:0] \$168 ;
+  wire \$1680 ;
+  wire [15:0] \$1681 ;
+  wire [15:0] \$1682 ;
+  wire [31:0] \$1683 ;
+  wire [31:0] \$1684 ;
+  wire [31:0] \$1685 ;
+  wire [31:0] \$1686 ;
+  wire [31:0] \$1687 ;
+  wire [31:0] \$1688 ;
+  wire [31:0] \$1689 ;
   wire [18:0] \$169 ;
+  wire [31:0] \$1690 ;
+  wire [31:0] \$1691 ;
+  wire [31:0] \$1692 ;
+  wire [31:0] \$1693 ;
+  wire [31:0] \$1694 ;
+  wire [31:0] \$1695 ;
+  wire [31:0] \$1696 ;
+  wire [31:0] \$1697 ;
+  wire [32:0] \$1698 ;
+  wire [32:0] \$1699 ;
   wire [32:0] \$17 ;
   wire \$170 ;
+  wire [33:0] \$1700 ;
+  wire \$1701 ;
+  wire \$1702 ;
+  wire [15:0] \$1703 ;
+  wire [15:0] \$1704 ;
+  wire [16:0] \$1705 ;
+  wire [15:0] \$1706 ;
+  reg \$1707 ;
+  reg \$1708 ;
+  reg \$1709 ;
   wire [15:0] \$171 ;
+  reg \$1710 ;
+  reg \$1711 ;
+  reg \$1712 ;
+  reg \$1713 ;
+  reg \$1714 ;
+  reg \$1715 ;
+  reg \$1716 ;
+  reg \$1717 ;
+  reg [3:0] \$1718 ;
+  reg \$1719 ;
   wire [18:0] \$172 ;
+  reg \$1720 ;
   wire [15:0] \$173 ;
   wire [18:0] \$174 ;
   wire \$175 ;
@@ -1760,12 +1809,6 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l0a_p0_l2_5;
   wire [31:0] l0a_p0_l2_6;
   wire [31:0] l0a_p0_l2_7;
-  wire [31:0] l0a_p0_l3_0;
-  wire [31:0] l0a_p0_l3_1;
-  wire [31:0] l0a_p0_l3_2;
-  wire [31:0] l0a_p0_l3_3;
-  wire [31:0] l0a_p0_l3_4;
-  wire [31:0] l0a_p0_l3_5;
   (* init = 32'd0 *)
   wire [31:0] l0a_p1_l0_0;
   (* init = 32'd0 *)
@@ -1778,15 +1821,36 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l0a_p1_l0_4;
   (* init = 32'd0 *)
   wire [31:0] l0a_p1_l0_5;
+  (* init = 32'd0 *)
+  wire [31:0] l0a_p1_l0_6;
+  (* init = 32'd0 *)
+  wire [31:0] l0a_p1_l0_7;
   wire [31:0] l0a_p1_l1_0;
   wire [31:0] l0a_p1_l1_1;
   wire [31:0] l0a_p1_l1_2;
   wire [31:0] l0a_p1_l1_3;
+  (* init = 32'd0 *)
+  wire [31:0] l0a_p1_l1_4;
+  (* init = 32'd0 *)
+  wire [31:0] l0a_p1_l1_5;
   wire [31:0] l0a_p1_l2_0;
   wire [31:0] l0a_p1_l2_1;
   wire [31:0] l0a_p1_l2_2;
-  wire [31:0] l0a_p1_l3_0;
-  wire [31:0] l0a_p1_l3_1;
+  wire [31:0] l0a_p1_l2_3;
+  (* init = 32'd0 *)
+  wire [31:0] l0a_p2_l0_0;
+  (* init = 32'd0 *)
+  wire [31:0] l0a_p2_l0_1;
+  (* init = 32'd0 *)
+  wire [31:0] l0a_p2_l0_2;
+  (* init = 32'd0 *)
+  wire [31:0] l0a_p2_l0_3;
+  wire [31:0] l0a_p2_l1_0;
+  wire [31:0] l0a_p2_l1_1;
+  (* init = 32'd0 *)
+  wire [31:0] l0a_p2_l1_2;
+  wire [31:0] l0a_p2_l2_0;
+  wire [31:0] l0a_p2_l2_1;
   wire [31:0] l0a_p_l0_0;
   wire [31:0] l0a_p_l0_1;
   wire [31:0] l0a_p_l0_10;
@@ -1810,16 +1874,22 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   reg [31:0] l0a_s1_p_t3 = 32'd0;
   reg [31:0] l0a_s1_p_t4 = 32'd0;
   reg [31:0] l0a_s1_p_t5 = 32'd0;
+  reg [31:0] l0a_s1_p_t6 = 32'd0;
+  reg [31:0] l0a_s1_p_t7 = 32'd0;
   reg [31:0] l0a_s2_p_t0 = 32'd0;
   reg [31:0] l0a_s2_p_t1 = 32'd0;
-  reg [31:0] l0a_s3_p = 32'd0;
-  reg [32:0] l0a_s4_r_t = 33'h000000000;
+  reg [31:0] l0a_s2_p_t2 = 32'd0;
+  reg [31:0] l0a_s2_p_t3 = 32'd0;
+  reg [31:0] l0a_s3_p_t0 = 32'd0;
+  reg [31:0] l0a_s3_p_t1 = 32'd0;
+  reg [31:0] l0a_s4_p = 32'd0;
   reg [32:0] l0a_s5_r_t = 33'h000000000;
-  reg [33:0] l0a_s6_r = 34'h000000000;
-  reg [15:0] l0a_s7_c_low = 16'h0000;
-  reg l0a_s7_c_neg = 1'h0;
-  reg l0a_s7_c_ok = 1'h0;
-  reg [15:0] l0a_s8_c = 16'h0000;
+  reg [32:0] l0a_s6_r_t = 33'h000000000;
+  reg [33:0] l0a_s7_r = 34'h000000000;
+  reg [15:0] l0a_s8_c_low = 16'h0000;
+  reg l0a_s8_c_neg = 1'h0;
+  reg l0a_s8_c_ok = 1'h0;
+  reg [15:0] l0a_s9_c = 16'h0000;
   wire [31:0] l0b_p0_l0_0;
   wire [31:0] l0b_p0_l0_1;
   wire [31:0] l0b_p0_l0_10;
@@ -1857,12 +1927,6 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l0b_p0_l2_5;
   wire [31:0] l0b_p0_l2_6;
   wire [31:0] l0b_p0_l2_7;
-  wire [31:0] l0b_p0_l3_0;
-  wire [31:0] l0b_p0_l3_1;
-  wire [31:0] l0b_p0_l3_2;
-  wire [31:0] l0b_p0_l3_3;
-  wire [31:0] l0b_p0_l3_4;
-  wire [31:0] l0b_p0_l3_5;
   (* init = 32'd0 *)
   wire [31:0] l0b_p1_l0_0;
   (* init = 32'd0 *)
@@ -1875,15 +1939,36 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l0b_p1_l0_4;
   (* init = 32'd0 *)
   wire [31:0] l0b_p1_l0_5;
+  (* init = 32'd0 *)
+  wire [31:0] l0b_p1_l0_6;
+  (* init = 32'd0 *)
+  wire [31:0] l0b_p1_l0_7;
   wire [31:0] l0b_p1_l1_0;
   wire [31:0] l0b_p1_l1_1;
   wire [31:0] l0b_p1_l1_2;
   wire [31:0] l0b_p1_l1_3;
+  (* init = 32'd0 *)
+  wire [31:0] l0b_p1_l1_4;
+  (* init = 32'd0 *)
+  wire [31:0] l0b_p1_l1_5;
   wire [31:0] l0b_p1_l2_0;
   wire [31:0] l0b_p1_l2_1;
   wire [31:0] l0b_p1_l2_2;
-  wire [31:0] l0b_p1_l3_0;
-  wire [31:0] l0b_p1_l3_1;
+  wire [31:0] l0b_p1_l2_3;
+  (* init = 32'd0 *)
+  wire [31:0] l0b_p2_l0_0;
+  (* init = 32'd0 *)
+  wire [31:0] l0b_p2_l0_1;
+  (* init = 32'd0 *)
+  wire [31:0] l0b_p2_l0_2;
+  (* init = 32'd0 *)
+  wire [31:0] l0b_p2_l0_3;
+  wire [31:0] l0b_p2_l1_0;
+  wire [31:0] l0b_p2_l1_1;
+  (* init = 32'd0 *)
+  wire [31:0] l0b_p2_l1_2;
+  wire [31:0] l0b_p2_l2_0;
+  wire [31:0] l0b_p2_l2_1;
   wire [31:0] l0b_p_l0_0;
   wire [31:0] l0b_p_l0_1;
   wire [31:0] l0b_p_l0_10;
@@ -1907,16 +1992,22 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   reg [31:0] l0b_s1_p_t3 = 32'd0;
   reg [31:0] l0b_s1_p_t4 = 32'd0;
   reg [31:0] l0b_s1_p_t5 = 32'd0;
+  reg [31:0] l0b_s1_p_t6 = 32'd0;
+  reg [31:0] l0b_s1_p_t7 = 32'd0;
   reg [31:0] l0b_s2_p_t0 = 32'd0;
   reg [31:0] l0b_s2_p_t1 = 32'd0;
-  reg [31:0] l0b_s3_p = 32'd0;
-  reg [32:0] l0b_s4_r_t = 33'h000000000;
+  reg [31:0] l0b_s2_p_t2 = 32'd0;
+  reg [31:0] l0b_s2_p_t3 = 32'd0;
+  reg [31:0] l0b_s3_p_t0 = 32'd0;
+  reg [31:0] l0b_s3_p_t1 = 32'd0;
+  reg [31:0] l0b_s4_p = 32'd0;
   reg [32:0] l0b_s5_r_t = 33'h000000000;
-  reg [33:0] l0b_s6_r = 34'h000000000;
-  reg [15:0] l0b_s7_c_low = 16'h0000;
-  reg l0b_s7_c_neg = 1'h0;
-  reg l0b_s7_c_ok = 1'h0;
-  reg [15:0] l0b_s8_c = 16'h0000;
+  reg [32:0] l0b_s6_r_t = 33'h000000000;
+  reg [33:0] l0b_s7_r = 34'h000000000;
+  reg [15:0] l0b_s8_c_low = 16'h0000;
+  reg l0b_s8_c_neg = 1'h0;
+  reg l0b_s8_c_ok = 1'h0;
+  reg [15:0] l0b_s9_c = 16'h0000;
   reg [16:0] l0s_s1_sum = 17'h00000;
   reg [15:0] l0s_s2_o = 16'h0000;
   reg [43:0] l1_const = 44'h00000000000;
@@ -1961,12 +2052,6 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l1a_p0_l2_5;
   wire [31:0] l1a_p0_l2_6;
   wire [31:0] l1a_p0_l2_7;
-  wire [31:0] l1a_p0_l3_0;
-  wire [31:0] l1a_p0_l3_1;
-  wire [31:0] l1a_p0_l3_2;
-  wire [31:0] l1a_p0_l3_3;
-  wire [31:0] l1a_p0_l3_4;
-  wire [31:0] l1a_p0_l3_5;
   (* init = 32'd0 *)
   wire [31:0] l1a_p1_l0_0;
   (* init = 32'd0 *)
@@ -1979,15 +2064,36 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l1a_p1_l0_4;
   (* init = 32'd0 *)
   wire [31:0] l1a_p1_l0_5;
+  (* init = 32'd0 *)
+  wire [31:0] l1a_p1_l0_6;
+  (* init = 32'd0 *)
+  wire [31:0] l1a_p1_l0_7;
   wire [31:0] l1a_p1_l1_0;
   wire [31:0] l1a_p1_l1_1;
   wire [31:0] l1a_p1_l1_2;
   wire [31:0] l1a_p1_l1_3;
+  (* init = 32'd0 *)
+  wire [31:0] l1a_p1_l1_4;
+  (* init = 32'd0 *)
+  wire [31:0] l1a_p1_l1_5;
   wire [31:0] l1a_p1_l2_0;
   wire [31:0] l1a_p1_l2_1;
   wire [31:0] l1a_p1_l2_2;
-  wire [31:0] l1a_p1_l3_0;
-  wire [31:0] l1a_p1_l3_1;
+  wire [31:0] l1a_p1_l2_3;
+  (* init = 32'd0 *)
+  wire [31:0] l1a_p2_l0_0;
+  (* init = 32'd0 *)
+  wire [31:0] l1a_p2_l0_1;
+  (* init = 32'd0 *)
+  wire [31:0] l1a_p2_l0_2;
+  (* init = 32'd0 *)
+  wire [31:0] l1a_p2_l0_3;
+  wire [31:0] l1a_p2_l1_0;
+  wire [31:0] l1a_p2_l1_1;
+  (* init = 32'd0 *)
+  wire [31:0] l1a_p2_l1_2;
+  wire [31:0] l1a_p2_l2_0;
+  wire [31:0] l1a_p2_l2_1;
   wire [31:0] l1a_p_l0_0;
   wire [31:0] l1a_p_l0_1;
   wire [31:0] l1a_p_l0_10;
@@ -2011,16 +2117,22 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   reg [31:0] l1a_s1_p_t3 = 32'd0;
   reg [31:0] l1a_s1_p_t4 = 32'd0;
   reg [31:0] l1a_s1_p_t5 = 32'd0;
+  reg [31:0] l1a_s1_p_t6 = 32'd0;
+  reg [31:0] l1a_s1_p_t7 = 32'd0;
   reg [31:0] l1a_s2_p_t0 = 32'd0;
   reg [31:0] l1a_s2_p_t1 = 32'd0;
-  reg [31:0] l1a_s3_p = 32'd0;
-  reg [32:0] l1a_s4_r_t = 33'h000000000;
+  reg [31:0] l1a_s2_p_t2 = 32'd0;
+  reg [31:0] l1a_s2_p_t3 = 32'd0;
+  reg [31:0] l1a_s3_p_t0 = 32'd0;
+  reg [31:0] l1a_s3_p_t1 = 32'd0;
+  reg [31:0] l1a_s4_p = 32'd0;
   reg [32:0] l1a_s5_r_t = 33'h000000000;
-  reg [33:0] l1a_s6_r = 34'h000000000;
-  reg [15:0] l1a_s7_c_low = 16'h0000;
-  reg l1a_s7_c_neg = 1'h0;
-  reg l1a_s7_c_ok = 1'h0;
-  reg [15:0] l1a_s8_c = 16'h0000;
+  reg [32:0] l1a_s6_r_t = 33'h000000000;
+  reg [33:0] l1a_s7_r = 34'h000000000;
+  reg [15:0] l1a_s8_c_low = 16'h0000;
+  reg l1a_s8_c_neg = 1'h0;
+  reg l1a_s8_c_ok = 1'h0;
+  reg [15:0] l1a_s9_c = 16'h0000;
   wire [31:0] l1b_p0_l0_0;
   wire [31:0] l1b_p0_l0_1;
   wire [31:0] l1b_p0_l0_10;
@@ -2058,12 +2170,6 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l1b_p0_l2_5;
   wire [31:0] l1b_p0_l2_6;
   wire [31:0] l1b_p0_l2_7;
-  wire [31:0] l1b_p0_l3_0;
-  wire [31:0] l1b_p0_l3_1;
-  wire [31:0] l1b_p0_l3_2;
-  wire [31:0] l1b_p0_l3_3;
-  wire [31:0] l1b_p0_l3_4;
-  wire [31:0] l1b_p0_l3_5;
   (* init = 32'd0 *)
   wire [31:0] l1b_p1_l0_0;
   (* init = 32'd0 *)
@@ -2076,15 +2182,36 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l1b_p1_l0_4;
   (* init = 32'd0 *)
   wire [31:0] l1b_p1_l0_5;
+  (* init = 32'd0 *)
+  wire [31:0] l1b_p1_l0_6;
+  (* init = 32'd0 *)
+  wire [31:0] l1b_p1_l0_7;
   wire [31:0] l1b_p1_l1_0;
   wire [31:0] l1b_p1_l1_1;
   wire [31:0] l1b_p1_l1_2;
   wire [31:0] l1b_p1_l1_3;
+  (* init = 32'd0 *)
+  wire [31:0] l1b_p1_l1_4;
+  (* init = 32'd0 *)
+  wire [31:0] l1b_p1_l1_5;
   wire [31:0] l1b_p1_l2_0;
   wire [31:0] l1b_p1_l2_1;
   wire [31:0] l1b_p1_l2_2;
-  wire [31:0] l1b_p1_l3_0;
-  wire [31:0] l1b_p1_l3_1;
+  wire [31:0] l1b_p1_l2_3;
+  (* init = 32'd0 *)
+  wire [31:0] l1b_p2_l0_0;
+  (* init = 32'd0 *)
+  wire [31:0] l1b_p2_l0_1;
+  (* init = 32'd0 *)
+  wire [31:0] l1b_p2_l0_2;
+  (* init = 32'd0 *)
+  wire [31:0] l1b_p2_l0_3;
+  wire [31:0] l1b_p2_l1_0;
+  wire [31:0] l1b_p2_l1_1;
+  (* init = 32'd0 *)
+  wire [31:0] l1b_p2_l1_2;
+  wire [31:0] l1b_p2_l2_0;
+  wire [31:0] l1b_p2_l2_1;
   wire [31:0] l1b_p_l0_0;
   wire [31:0] l1b_p_l0_1;
   wire [31:0] l1b_p_l0_10;
@@ -2108,16 +2235,22 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   reg [31:0] l1b_s1_p_t3 = 32'd0;
   reg [31:0] l1b_s1_p_t4 = 32'd0;
   reg [31:0] l1b_s1_p_t5 = 32'd0;
+  reg [31:0] l1b_s1_p_t6 = 32'd0;
+  reg [31:0] l1b_s1_p_t7 = 32'd0;
   reg [31:0] l1b_s2_p_t0 = 32'd0;
   reg [31:0] l1b_s2_p_t1 = 32'd0;
-  reg [31:0] l1b_s3_p = 32'd0;
-  reg [32:0] l1b_s4_r_t = 33'h000000000;
+  reg [31:0] l1b_s2_p_t2 = 32'd0;
+  reg [31:0] l1b_s2_p_t3 = 32'd0;
+  reg [31:0] l1b_s3_p_t0 = 32'd0;
+  reg [31:0] l1b_s3_p_t1 = 32'd0;
+  reg [31:0] l1b_s4_p = 32'd0;
   reg [32:0] l1b_s5_r_t = 33'h000000000;
-  reg [33:0] l1b_s6_r = 34'h000000000;
-  reg [15:0] l1b_s7_c_low = 16'h0000;
-  reg l1b_s7_c_neg = 1'h0;
-  reg l1b_s7_c_ok = 1'h0;
-  reg [15:0] l1b_s8_c = 16'h0000;
+  reg [32:0] l1b_s6_r_t = 33'h000000000;
+  reg [33:0] l1b_s7_r = 34'h000000000;
+  reg [15:0] l1b_s8_c_low = 16'h0000;
+  reg l1b_s8_c_neg = 1'h0;
+  reg l1b_s8_c_ok = 1'h0;
+  reg [15:0] l1b_s9_c = 16'h0000;
   reg [16:0] l1s_s1_sum = 17'h00000;
   reg [15:0] l1s_s2_o = 16'h0000;
   reg [43:0] l2_const = 44'h00000000000;
@@ -2162,12 +2295,6 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l2a_p0_l2_5;
   wire [31:0] l2a_p0_l2_6;
   wire [31:0] l2a_p0_l2_7;
-  wire [31:0] l2a_p0_l3_0;
-  wire [31:0] l2a_p0_l3_1;
-  wire [31:0] l2a_p0_l3_2;
-  wire [31:0] l2a_p0_l3_3;
-  wire [31:0] l2a_p0_l3_4;
-  wire [31:0] l2a_p0_l3_5;
   (* init = 32'd0 *)
   wire [31:0] l2a_p1_l0_0;
   (* init = 32'd0 *)
@@ -2180,15 +2307,36 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l2a_p1_l0_4;
   (* init = 32'd0 *)
   wire [31:0] l2a_p1_l0_5;
+  (* init = 32'd0 *)
+  wire [31:0] l2a_p1_l0_6;
+  (* init = 32'd0 *)
+  wire [31:0] l2a_p1_l0_7;
   wire [31:0] l2a_p1_l1_0;
   wire [31:0] l2a_p1_l1_1;
   wire [31:0] l2a_p1_l1_2;
   wire [31:0] l2a_p1_l1_3;
+  (* init = 32'd0 *)
+  wire [31:0] l2a_p1_l1_4;
+  (* init = 32'd0 *)
+  wire [31:0] l2a_p1_l1_5;
   wire [31:0] l2a_p1_l2_0;
   wire [31:0] l2a_p1_l2_1;
   wire [31:0] l2a_p1_l2_2;
-  wire [31:0] l2a_p1_l3_0;
-  wire [31:0] l2a_p1_l3_1;
+  wire [31:0] l2a_p1_l2_3;
+  (* init = 32'd0 *)
+  wire [31:0] l2a_p2_l0_0;
+  (* init = 32'd0 *)
+  wire [31:0] l2a_p2_l0_1;
+  (* init = 32'd0 *)
+  wire [31:0] l2a_p2_l0_2;
+  (* init = 32'd0 *)
+  wire [31:0] l2a_p2_l0_3;
+  wire [31:0] l2a_p2_l1_0;
+  wire [31:0] l2a_p2_l1_1;
+  (* init = 32'd0 *)
+  wire [31:0] l2a_p2_l1_2;
+  wire [31:0] l2a_p2_l2_0;
+  wire [31:0] l2a_p2_l2_1;
   wire [31:0] l2a_p_l0_0;
   wire [31:0] l2a_p_l0_1;
   wire [31:0] l2a_p_l0_10;
@@ -2212,16 +2360,22 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   reg [31:0] l2a_s1_p_t3 = 32'd0;
   reg [31:0] l2a_s1_p_t4 = 32'd0;
   reg [31:0] l2a_s1_p_t5 = 32'd0;
+  reg [31:0] l2a_s1_p_t6 = 32'd0;
+  reg [31:0] l2a_s1_p_t7 = 32'd0;
   reg [31:0] l2a_s2_p_t0 = 32'd0;
   reg [31:0] l2a_s2_p_t1 = 32'd0;
-  reg [31:0] l2a_s3_p = 32'd0;
-  reg [32:0] l2a_s4_r_t = 33'h000000000;
+  reg [31:0] l2a_s2_p_t2 = 32'd0;
+  reg [31:0] l2a_s2_p_t3 = 32'd0;
+  reg [31:0] l2a_s3_p_t0 = 32'd0;
+  reg [31:0] l2a_s3_p_t1 = 32'd0;
+  reg [31:0] l2a_s4_p = 32'd0;
   reg [32:0] l2a_s5_r_t = 33'h000000000;
-  reg [33:0] l2a_s6_r = 34'h000000000;
-  reg [15:0] l2a_s7_c_low = 16'h0000;
-  reg l2a_s7_c_neg = 1'h0;
-  reg l2a_s7_c_ok = 1'h0;
-  reg [15:0] l2a_s8_c = 16'h0000;
+  reg [32:0] l2a_s6_r_t = 33'h000000000;
+  reg [33:0] l2a_s7_r = 34'h000000000;
+  reg [15:0] l2a_s8_c_low = 16'h0000;
+  reg l2a_s8_c_neg = 1'h0;
+  reg l2a_s8_c_ok = 1'h0;
+  reg [15:0] l2a_s9_c = 16'h0000;
   wire [31:0] l2b_p0_l0_0;
   wire [31:0] l2b_p0_l0_1;
   wire [31:0] l2b_p0_l0_10;
@@ -2259,12 +2413,6 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l2b_p0_l2_5;
   wire [31:0] l2b_p0_l2_6;
   wire [31:0] l2b_p0_l2_7;
-  wire [31:0] l2b_p0_l3_0;
-  wire [31:0] l2b_p0_l3_1;
-  wire [31:0] l2b_p0_l3_2;
-  wire [31:0] l2b_p0_l3_3;
-  wire [31:0] l2b_p0_l3_4;
-  wire [31:0] l2b_p0_l3_5;
   (* init = 32'd0 *)
   wire [31:0] l2b_p1_l0_0;
   (* init = 32'd0 *)
@@ -2277,15 +2425,36 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l2b_p1_l0_4;
   (* init = 32'd0 *)
   wire [31:0] l2b_p1_l0_5;
+  (* init = 32'd0 *)
+  wire [31:0] l2b_p1_l0_6;
+  (* init = 32'd0 *)
+  wire [31:0] l2b_p1_l0_7;
   wire [31:0] l2b_p1_l1_0;
   wire [31:0] l2b_p1_l1_1;
   wire [31:0] l2b_p1_l1_2;
   wire [31:0] l2b_p1_l1_3;
+  (* init = 32'd0 *)
+  wire [31:0] l2b_p1_l1_4;
+  (* init = 32'd0 *)
+  wire [31:0] l2b_p1_l1_5;
   wire [31:0] l2b_p1_l2_0;
   wire [31:0] l2b_p1_l2_1;
   wire [31:0] l2b_p1_l2_2;
-  wire [31:0] l2b_p1_l3_0;
-  wire [31:0] l2b_p1_l3_1;
+  wire [31:0] l2b_p1_l2_3;
+  (* init = 32'd0 *)
+  wire [31:0] l2b_p2_l0_0;
+  (* init = 32'd0 *)
+  wire [31:0] l2b_p2_l0_1;
+  (* init = 32'd0 *)
+  wire [31:0] l2b_p2_l0_2;
+  (* init = 32'd0 *)
+  wire [31:0] l2b_p2_l0_3;
+  wire [31:0] l2b_p2_l1_0;
+  wire [31:0] l2b_p2_l1_1;
+  (* init = 32'd0 *)
+  wire [31:0] l2b_p2_l1_2;
+  wire [31:0] l2b_p2_l2_0;
+  wire [31:0] l2b_p2_l2_1;
   wire [31:0] l2b_p_l0_0;
   wire [31:0] l2b_p_l0_1;
   wire [31:0] l2b_p_l0_10;
@@ -2309,16 +2478,22 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   reg [31:0] l2b_s1_p_t3 = 32'd0;
   reg [31:0] l2b_s1_p_t4 = 32'd0;
   reg [31:0] l2b_s1_p_t5 = 32'd0;
+  reg [31:0] l2b_s1_p_t6 = 32'd0;
+  reg [31:0] l2b_s1_p_t7 = 32'd0;
   reg [31:0] l2b_s2_p_t0 = 32'd0;
   reg [31:0] l2b_s2_p_t1 = 32'd0;
-  reg [31:0] l2b_s3_p = 32'd0;
-  reg [32:0] l2b_s4_r_t = 33'h000000000;
+  reg [31:0] l2b_s2_p_t2 = 32'd0;
+  reg [31:0] l2b_s2_p_t3 = 32'd0;
+  reg [31:0] l2b_s3_p_t0 = 32'd0;
+  reg [31:0] l2b_s3_p_t1 = 32'd0;
+  reg [31:0] l2b_s4_p = 32'd0;
   reg [32:0] l2b_s5_r_t = 33'h000000000;
-  reg [33:0] l2b_s6_r = 34'h000000000;
-  reg [15:0] l2b_s7_c_low = 16'h0000;
-  reg l2b_s7_c_neg = 1'h0;
-  reg l2b_s7_c_ok = 1'h0;
-  reg [15:0] l2b_s8_c = 16'h0000;
+  reg [32:0] l2b_s6_r_t = 33'h000000000;
+  reg [33:0] l2b_s7_r = 34'h000000000;
+  reg [15:0] l2b_s8_c_low = 16'h0000;
+  reg l2b_s8_c_neg = 1'h0;
+  reg l2b_s8_c_ok = 1'h0;
+  reg [15:0] l2b_s9_c = 16'h0000;
   reg [16:0] l2s_s1_sum = 17'h00000;
   reg [15:0] l2s_s2_o = 16'h0000;
   reg [43:0] l3_const = 44'h00000000000;
@@ -2363,12 +2538,6 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l3a_p0_l2_5;
   wire [31:0] l3a_p0_l2_6;
   wire [31:0] l3a_p0_l2_7;
-  wire [31:0] l3a_p0_l3_0;
-  wire [31:0] l3a_p0_l3_1;
-  wire [31:0] l3a_p0_l3_2;
-  wire [31:0] l3a_p0_l3_3;
-  wire [31:0] l3a_p0_l3_4;
-  wire [31:0] l3a_p0_l3_5;
   (* init = 32'd0 *)
   wire [31:0] l3a_p1_l0_0;
   (* init = 32'd0 *)
@@ -2381,15 +2550,36 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l3a_p1_l0_4;
   (* init = 32'd0 *)
   wire [31:0] l3a_p1_l0_5;
+  (* init = 32'd0 *)
+  wire [31:0] l3a_p1_l0_6;
+  (* init = 32'd0 *)
+  wire [31:0] l3a_p1_l0_7;
   wire [31:0] l3a_p1_l1_0;
   wire [31:0] l3a_p1_l1_1;
   wire [31:0] l3a_p1_l1_2;
   wire [31:0] l3a_p1_l1_3;
+  (* init = 32'd0 *)
+  wire [31:0] l3a_p1_l1_4;
+  (* init = 32'd0 *)
+  wire [31:0] l3a_p1_l1_5;
   wire [31:0] l3a_p1_l2_0;
   wire [31:0] l3a_p1_l2_1;
   wire [31:0] l3a_p1_l2_2;
-  wire [31:0] l3a_p1_l3_0;
-  wire [31:0] l3a_p1_l3_1;
+  wire [31:0] l3a_p1_l2_3;
+  (* init = 32'd0 *)
+  wire [31:0] l3a_p2_l0_0;
+  (* init = 32'd0 *)
+  wire [31:0] l3a_p2_l0_1;
+  (* init = 32'd0 *)
+  wire [31:0] l3a_p2_l0_2;
+  (* init = 32'd0 *)
+  wire [31:0] l3a_p2_l0_3;
+  wire [31:0] l3a_p2_l1_0;
+  wire [31:0] l3a_p2_l1_1;
+  (* init = 32'd0 *)
+  wire [31:0] l3a_p2_l1_2;
+  wire [31:0] l3a_p2_l2_0;
+  wire [31:0] l3a_p2_l2_1;
   wire [31:0] l3a_p_l0_0;
   wire [31:0] l3a_p_l0_1;
   wire [31:0] l3a_p_l0_10;
@@ -2413,16 +2603,22 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   reg [31:0] l3a_s1_p_t3 = 32'd0;
   reg [31:0] l3a_s1_p_t4 = 32'd0;
   reg [31:0] l3a_s1_p_t5 = 32'd0;
+  reg [31:0] l3a_s1_p_t6 = 32'd0;
+  reg [31:0] l3a_s1_p_t7 = 32'd0;
   reg [31:0] l3a_s2_p_t0 = 32'd0;
   reg [31:0] l3a_s2_p_t1 = 32'd0;
-  reg [31:0] l3a_s3_p = 32'd0;
-  reg [32:0] l3a_s4_r_t = 33'h000000000;
+  reg [31:0] l3a_s2_p_t2 = 32'd0;
+  reg [31:0] l3a_s2_p_t3 = 32'd0;
+  reg [31:0] l3a_s3_p_t0 = 32'd0;
+  reg [31:0] l3a_s3_p_t1 = 32'd0;
+  reg [31:0] l3a_s4_p = 32'd0;
   reg [32:0] l3a_s5_r_t = 33'h000000000;
-  reg [33:0] l3a_s6_r = 34'h000000000;
-  reg [15:0] l3a_s7_c_low = 16'h0000;
-  reg l3a_s7_c_neg = 1'h0;
-  reg l3a_s7_c_ok = 1'h0;
-  reg [15:0] l3a_s8_c = 16'h0000;
+  reg [32:0] l3a_s6_r_t = 33'h000000000;
+  reg [33:0] l3a_s7_r = 34'h000000000;
+  reg [15:0] l3a_s8_c_low = 16'h0000;
+  reg l3a_s8_c_neg = 1'h0;
+  reg l3a_s8_c_ok = 1'h0;
+  reg [15:0] l3a_s9_c = 16'h0000;
   wire [31:0] l3b_p0_l0_0;
   wire [31:0] l3b_p0_l0_1;
   wire [31:0] l3b_p0_l0_10;
@@ -2460,12 +2656,6 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l3b_p0_l2_5;
   wire [31:0] l3b_p0_l2_6;
   wire [31:0] l3b_p0_l2_7;
-  wire [31:0] l3b_p0_l3_0;
-  wire [31:0] l3b_p0_l3_1;
-  wire [31:0] l3b_p0_l3_2;
-  wire [31:0] l3b_p0_l3_3;
-  wire [31:0] l3b_p0_l3_4;
-  wire [31:0] l3b_p0_l3_5;
   (* init = 32'd0 *)
   wire [31:0] l3b_p1_l0_0;
   (* init = 32'd0 *)
@@ -2478,15 +2668,36 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire [31:0] l3b_p1_l0_4;
   (* init = 32'd0 *)
   wire [31:0] l3b_p1_l0_5;
+  (* init = 32'd0 *)
+  wire [31:0] l3b_p1_l0_6;
+  (* init = 32'd0 *)
+  wire [31:0] l3b_p1_l0_7;
   wire [31:0] l3b_p1_l1_0;
   wire [31:0] l3b_p1_l1_1;
   wire [31:0] l3b_p1_l1_2;
   wire [31:0] l3b_p1_l1_3;
+  (* init = 32'd0 *)
+  wire [31:0] l3b_p1_l1_4;
+  (* init = 32'd0 *)
+  wire [31:0] l3b_p1_l1_5;
   wire [31:0] l3b_p1_l2_0;
   wire [31:0] l3b_p1_l2_1;
   wire [31:0] l3b_p1_l2_2;
-  wire [31:0] l3b_p1_l3_0;
-  wire [31:0] l3b_p1_l3_1;
+  wire [31:0] l3b_p1_l2_3;
+  (* init = 32'd0 *)
+  wire [31:0] l3b_p2_l0_0;
+  (* init = 32'd0 *)
+  wire [31:0] l3b_p2_l0_1;
+  (* init = 32'd0 *)
+  wire [31:0] l3b_p2_l0_2;
+  (* init = 32'd0 *)
+  wire [31:0] l3b_p2_l0_3;
+  wire [31:0] l3b_p2_l1_0;
+  wire [31:0] l3b_p2_l1_1;
+  (* init = 32'd0 *)
+  wire [31:0] l3b_p2_l1_2;
+  wire [31:0] l3b_p2_l2_0;
+  wire [31:0] l3b_p2_l2_1;
   wire [31:0] l3b_p_l0_0;
   wire [31:0] l3b_p_l0_1;
   wire [31:0] l3b_p_l0_10;
@@ -2510,16 +2721,22 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   reg [31:0] l3b_s1_p_t3 = 32'd0;
   reg [31:0] l3b_s1_p_t4 = 32'd0;
   reg [31:0] l3b_s1_p_t5 = 32'd0;
+  reg [31:0] l3b_s1_p_t6 = 32'd0;
+  reg [31:0] l3b_s1_p_t7 = 32'd0;
   reg [31:0] l3b_s2_p_t0 = 32'd0;
   reg [31:0] l3b_s2_p_t1 = 32'd0;
-  reg [31:0] l3b_s3_p = 32'd0;
-  reg [32:0] l3b_s4_r_t = 33'h000000000;
+  reg [31:0] l3b_s2_p_t2 = 32'd0;
+  reg [31:0] l3b_s2_p_t3 = 32'd0;
+  reg [31:0] l3b_s3_p_t0 = 32'd0;
+  reg [31:0] l3b_s3_p_t1 = 32'd0;
+  reg [31:0] l3b_s4_p = 32'd0;
   reg [32:0] l3b_s5_r_t = 33'h000000000;
-  reg [33:0] l3b_s6_r = 34'h000000000;
-  reg [15:0] l3b_s7_c_low = 16'h0000;
-  reg l3b_s7_c_neg = 1'h0;
-  reg l3b_s7_c_ok = 1'h0;
-  reg [15:0] l3b_s8_c = 16'h0000;
+  reg [32:0] l3b_s6_r_t = 33'h000000000;
+  reg [33:0] l3b_s7_r = 34'h000000000;
+  reg [15:0] l3b_s8_c_low = 16'h0000;
+  reg l3b_s8_c_neg = 1'h0;
+  reg l3b_s8_c_ok = 1'h0;
+  reg [15:0] l3b_s9_c = 16'h0000;
   reg [16:0] l3s_s1_sum = 17'h00000;
   reg [15:0] l3s_s2_o = 16'h0000;
   output [63:0] o__payload;
@@ -2549,6 +2766,7 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   wire rst;
   reg valid_s1 = 1'h0;
   reg valid_s10 = 1'h0;
+  reg valid_s11 = 1'h0;
   reg valid_s2 = 1'h0;
   reg valid_s3 = 1'h0;
   reg valid_s4 = 1'h0;
@@ -2564,99 +2782,99 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$2  = c__valid & c__ready;
   assign \$3  = | const_settle;
   assign \$4  = const_settle - 1'h1;
-  assign \$5  = l0a_s2_p_t0 + l0a_s2_p_t1;
+  assign \$5  = l0a_s3_p_t0 + l0a_s3_p_t1;
   assign \$7  = $signed(\$6 ) >>> { l0_const[21:19], 3'h0 };
-  assign \$8  = $signed(l0a_s4_r_t) >>> l0_const[18:16];
-  assign \$9  = $signed(l0a_s5_r_t) + $signed(2'h1);
-  assign \$11  = & l0a_s6_r[33:15];
-  assign \$12  = | l0a_s6_r[33:15];
+  assign \$8  = $signed(l0a_s5_r_t) >>> l0_const[18:16];
+  assign \$9  = $signed(l0a_s6_r_t) + $signed(2'h1);
+  assign \$11  = & l0a_s7_r[33:15];
+  assign \$12  = | l0a_s7_r[33:15];
   assign \$13  = ~ \$12 ;
   assign \$14  = \$11  | \$13 ;
-  assign \$15  = l0a_s7_c_neg ? 16'h8000 : 16'h7fff;
-  assign \$16  = l0a_s7_c_ok ? { 1'h0, l0a_s7_c_low } : { \$15 [15], \$15  };
-  assign \$17  = l0b_s2_p_t0 + l0b_s2_p_t1;
+  assign \$15  = l0a_s8_c_neg ? 16'h8000 : 16'h7fff;
+  assign \$16  = l0a_s8_c_ok ? { 1'h0, l0a_s8_c_low } : { \$15 [15], \$15  };
+  assign \$17  = l0b_s3_p_t0 + l0b_s3_p_t1;
   assign \$19  = $signed(\$18 ) >>> { l0_const[43:41], 3'h0 };
-  assign \$20  = $signed(l0b_s4_r_t) >>> l0_const[40:38];
-  assign \$21  = $signed(l0b_s5_r_t) + $signed(2'h1);
-  assign \$23  = & l0b_s6_r[33:15];
-  assign \$24  = | l0b_s6_r[33:15];
+  assign \$20  = $signed(l0b_s5_r_t) >>> l0_const[40:38];
+  assign \$21  = $signed(l0b_s6_r_t) + $signed(2'h1);
+  assign \$23  = & l0b_s7_r[33:15];
+  assign \$24  = | l0b_s7_r[33:15];
   assign \$25  = ~ \$24 ;
   assign \$26  = \$23  | \$25 ;
-  assign \$27  = l0b_s7_c_neg ? 16'h8000 : 16'h7fff;
-  assign \$28  = l0b_s7_c_ok ? { 1'h0, l0b_s7_c_low } : { \$27 [15], \$27  };
-  assign \$29  = $signed(l0a_s8_c) + $signed(l0b_s8_c);
+  assign \$27  = l0b_s8_c_neg ? 16'h8000 : 16'h7fff;
+  assign \$28  = l0b_s8_c_ok ? { 1'h0, l0b_s8_c_low } : { \$27 [15], \$27  };
+  assign \$29  = $signed(l0a_s9_c) + $signed(l0b_s9_c);
   assign \$30  = l0s_s1_sum[16] ^ l0s_s1_sum[15];
   assign \$31  = l0s_s1_sum[16] ? 16'h8000 : 16'h7fff;
   assign \$32  = \$30  ? \$31  : l0s_s1_sum[15:0];
-  assign \$33  = l1a_s2_p_t0 + l1a_s2_p_t1;
+  assign \$33  = l1a_s3_p_t0 + l1a_s3_p_t1;
   assign \$35  = $signed(\$34 ) >>> { l1_const[21:19], 3'h0 };
-  assign \$36  = $signed(l1a_s4_r_t) >>> l1_const[18:16];
-  assign \$37  = $signed(l1a_s5_r_t) + $signed(2'h1);
-  assign \$39  = & l1a_s6_r[33:15];
-  assign \$40  = | l1a_s6_r[33:15];
+  assign \$36  = $signed(l1a_s5_r_t) >>> l1_const[18:16];
+  assign \$37  = $signed(l1a_s6_r_t) + $signed(2'h1);
+  assign \$39  = & l1a_s7_r[33:15];
+  assign \$40  = | l1a_s7_r[33:15];
   assign \$41  = ~ \$40 ;
   assign \$42  = \$39  | \$41 ;
-  assign \$43  = l1a_s7_c_neg ? 16'h8000 : 16'h7fff;
-  assign \$44  = l1a_s7_c_ok ? { 1'h0, l1a_s7_c_low } : { \$43 [15], \$43  };
-  assign \$45  = l1b_s2_p_t0 + l1b_s2_p_t1;
+  assign \$43  = l1a_s8_c_neg ? 16'h8000 : 16'h7fff;
+  assign \$44  = l1a_s8_c_ok ? { 1'h0, l1a_s8_c_low } : { \$43 [15], \$43  };
+  assign \$45  = l1b_s3_p_t0 + l1b_s3_p_t1;
   assign \$47  = $signed(\$46 ) >>> { l1_const[43:41], 3'h0 };
-  assign \$48  = $signed(l1b_s4_r_t) >>> l1_const[40:38];
-  assign \$49  = $signed(l1b_s5_r_t) + $signed(2'h1);
-  assign \$51  = & l1b_s6_r[33:15];
-  assign \$52  = | l1b_s6_r[33:15];
+  assign \$48  = $signed(l1b_s5_r_t) >>> l1_const[40:38];
+  assign \$49  = $signed(l1b_s6_r_t) + $signed(2'h1);
+  assign \$51  = & l1b_s7_r[33:15];
+  assign \$52  = | l1b_s7_r[33:15];
   assign \$53  = ~ \$52 ;
   assign \$54  = \$51  | \$53 ;
-  assign \$55  = l1b_s7_c_neg ? 16'h8000 : 16'h7fff;
-  assign \$56  = l1b_s7_c_ok ? { 1'h0, l1b_s7_c_low } : { \$55 [15], \$55  };
-  assign \$57  = $signed(l1a_s8_c) + $signed(l1b_s8_c);
+  assign \$55  = l1b_s8_c_neg ? 16'h8000 : 16'h7fff;
+  assign \$56  = l1b_s8_c_ok ? { 1'h0, l1b_s8_c_low } : { \$55 [15], \$55  };
+  assign \$57  = $signed(l1a_s9_c) + $signed(l1b_s9_c);
   assign \$58  = l1s_s1_sum[16] ^ l1s_s1_sum[15];
   assign \$59  = l1s_s1_sum[16] ? 16'h8000 : 16'h7fff;
   assign \$60  = \$58  ? \$59  : l1s_s1_sum[15:0];
-  assign \$61  = l2a_s2_p_t0 + l2a_s2_p_t1;
+  assign \$61  = l2a_s3_p_t0 + l2a_s3_p_t1;
   assign \$63  = $signed(\$62 ) >>> { l2_const[21:19], 3'h0 };
-  assign \$64  = $signed(l2a_s4_r_t) >>> l2_const[18:16];
-  assign \$65  = $signed(l2a_s5_r_t) + $signed(2'h1);
-  assign \$67  = & l2a_s6_r[33:15];
-  assign \$68  = | l2a_s6_r[33:15];
+  assign \$64  = $signed(l2a_s5_r_t) >>> l2_const[18:16];
+  assign \$65  = $signed(l2a_s6_r_t) + $signed(2'h1);
+  assign \$67  = & l2a_s7_r[33:15];
+  assign \$68  = | l2a_s7_r[33:15];
   assign \$69  = ~ \$68 ;
   assign \$70  = \$67  | \$69 ;
-  assign \$71  = l2a_s7_c_neg ? 16'h8000 : 16'h7fff;
-  assign \$72  = l2a_s7_c_ok ? { 1'h0, l2a_s7_c_low } : { \$71 [15], \$71  };
-  assign \$73  = l2b_s2_p_t0 + l2b_s2_p_t1;
+  assign \$71  = l2a_s8_c_neg ? 16'h8000 : 16'h7fff;
+  assign \$72  = l2a_s8_c_ok ? { 1'h0, l2a_s8_c_low } : { \$71 [15], \$71  };
+  assign \$73  = l2b_s3_p_t0 + l2b_s3_p_t1;
   assign \$75  = $signed(\$74 ) >>> { l2_const[43:41], 3'h0 };
-  assign \$76  = $signed(l2b_s4_r_t) >>> l2_const[40:38];
-  assign \$77  = $signed(l2b_s5_r_t) + $signed(2'h1);
-  assign \$79  = & l2b_s6_r[33:15];
-  assign \$80  = | l2b_s6_r[33:15];
+  assign \$76  = $signed(l2b_s5_r_t) >>> l2_const[40:38];
+  assign \$77  = $signed(l2b_s6_r_t) + $signed(2'h1);
+  assign \$79  = & l2b_s7_r[33:15];
+  assign \$80  = | l2b_s7_r[33:15];
   assign \$81  = ~ \$80 ;
   assign \$82  = \$79  | \$81 ;
-  assign \$83  = l2b_s7_c_neg ? 16'h8000 : 16'h7fff;
-  assign \$84  = l2b_s7_c_ok ? { 1'h0, l2b_s7_c_low } : { \$83 [15], \$83  };
-  assign \$85  = $signed(l2a_s8_c) + $signed(l2b_s8_c);
+  assign \$83  = l2b_s8_c_neg ? 16'h8000 : 16'h7fff;
+  assign \$84  = l2b_s8_c_ok ? { 1'h0, l2b_s8_c_low } : { \$83 [15], \$83  };
+  assign \$85  = $signed(l2a_s9_c) + $signed(l2b_s9_c);
   assign \$86  = l2s_s1_sum[16] ^ l2s_s1_sum[15];
   assign \$87  = l2s_s1_sum[16] ? 16'h8000 : 16'h7fff;
   assign \$88  = \$86  ? \$87  : l2s_s1_sum[15:0];
-  assign \$89  = l3a_s2_p_t0 + l3a_s2_p_t1;
+  assign \$89  = l3a_s3_p_t0 + l3a_s3_p_t1;
   assign \$91  = $signed(\$90 ) >>> { l3_const[21:19], 3'h0 };
-  assign \$92  = $signed(l3a_s4_r_t) >>> l3_const[18:16];
-  assign \$93  = $signed(l3a_s5_r_t) + $signed(2'h1);
-  assign \$95  = & l3a_s6_r[33:15];
-  assign \$96  = | l3a_s6_r[33:15];
+  assign \$92  = $signed(l3a_s5_r_t) >>> l3_const[18:16];
+  assign \$93  = $signed(l3a_s6_r_t) + $signed(2'h1);
+  assign \$95  = & l3a_s7_r[33:15];
+  assign \$96  = | l3a_s7_r[33:15];
   assign \$97  = ~ \$96 ;
   assign \$98  = \$95  | \$97 ;
-  assign \$99  = l3a_s7_c_neg ? 16'h8000 : 16'h7fff;
-  assign \$100  = l3a_s7_c_ok ? { 1'h0, l3a_s7_c_low } : { \$99 [15], \$99  };
-  assign \$101  = l3b_s2_p_t0 + l3b_s2_p_t1;
+  assign \$99  = l3a_s8_c_neg ? 16'h8000 : 16'h7fff;
+  assign \$100  = l3a_s8_c_ok ? { 1'h0, l3a_s8_c_low } : { \$99 [15], \$99  };
+  assign \$101  = l3b_s3_p_t0 + l3b_s3_p_t1;
   assign \$103  = $signed(\$102 ) >>> { l3_const[43:41], 3'h0 };
-  assign \$104  = $signed(l3b_s4_r_t) >>> l3_const[40:38];
-  assign \$105  = $signed(l3b_s5_r_t) + $signed(2'h1);
-  assign \$107  = & l3b_s6_r[33:15];
-  assign \$108  = | l3b_s6_r[33:15];
+  assign \$104  = $signed(l3b_s5_r_t) >>> l3_const[40:38];
+  assign \$105  = $signed(l3b_s6_r_t) + $signed(2'h1);
+  assign \$107  = & l3b_s7_r[33:15];
+  assign \$108  = | l3b_s7_r[33:15];
   assign \$109  = ~ \$108 ;
   assign \$110  = \$107  | \$109 ;
-  assign \$111  = l3b_s7_c_neg ? 16'h8000 : 16'h7fff;
-  assign \$112  = l3b_s7_c_ok ? { 1'h0, l3b_s7_c_low } : { \$111 [15], \$111  };
-  assign \$113  = $signed(l3a_s8_c) + $signed(l3b_s8_c);
+  assign \$111  = l3b_s8_c_neg ? 16'h8000 : 16'h7fff;
+  assign \$112  = l3b_s8_c_ok ? { 1'h0, l3b_s8_c_low } : { \$111 [15], \$111  };
+  assign \$113  = $signed(l3a_s9_c) + $signed(l3b_s9_c);
   assign \$114  = l3s_s1_sum[16] ^ l3s_s1_sum[15];
   assign \$115  = l3s_s1_sum[16] ? 16'h8000 : 16'h7fff;
   assign \$116  = \$114  ? \$115  : l3s_s1_sum[15:0];
@@ -2808,47 +3026,47 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$285  = { \$265 [30:0], 1'h0 } & { 1'h0, \$235 , \$232 [29:0] };
   assign \$287  = \$285  | \$286 ;
   assign \$289  = \$287  | \$288 ;
-  assign \$290  = l0a_p0_l2_0 ^ { \$271 [30:0], 1'h0 };
-  assign l0a_p0_l3_0 = \$290  ^ l0a_p0_l2_2;
-  assign \$291  = l0a_p0_l2_0 & { \$271 [30:0], 1'h0 };
-  assign \$292  = l0a_p0_l2_0 & l0a_p0_l2_2;
+  assign \$290  = l0a_s1_p_t0 ^ l0a_s1_p_t1;
+  assign l0a_p1_l1_0 = \$290  ^ l0a_s1_p_t2;
+  assign \$291  = l0a_s1_p_t0 & l0a_s1_p_t1;
+  assign \$292  = l0a_s1_p_t0 & l0a_s1_p_t2;
   assign \$293  = \$291  | \$292 ;
-  assign \$294  = { \$271 [30:0], 1'h0 } & l0a_p0_l2_2;
+  assign \$294  = l0a_s1_p_t1 & l0a_s1_p_t2;
   assign \$295  = \$293  | \$294 ;
-  assign \$296  = { \$277 [30:0], 1'h0 } ^ l0a_p0_l2_4;
-  assign l0a_p0_l3_2 = \$296  ^ { \$283 [30:0], 1'h0 };
-  assign \$297  = { \$277 [30:0], 1'h0 } & l0a_p0_l2_4;
-  assign \$298  = { \$277 [30:0], 1'h0 } & { \$283 [30:0], 1'h0 };
+  assign \$296  = l0a_s1_p_t3 ^ l0a_s1_p_t4;
+  assign l0a_p1_l1_2 = \$296  ^ l0a_s1_p_t5;
+  assign \$297  = l0a_s1_p_t3 & l0a_s1_p_t4;
+  assign \$298  = l0a_s1_p_t3 & l0a_s1_p_t5;
   assign \$299  = \$297  | \$298 ;
-  assign \$300  = l0a_p0_l2_4 & { \$283 [30:0], 1'h0 };
+  assign \$300  = l0a_s1_p_t4 & l0a_s1_p_t5;
   assign \$301  = \$299  | \$300 ;
-  assign \$302  = l0a_s1_p_t0 ^ l0a_s1_p_t1;
-  assign l0a_p1_l1_0 = \$302  ^ l0a_s1_p_t2;
-  assign \$303  = l0a_s1_p_t0 & l0a_s1_p_t1;
-  assign \$304  = l0a_s1_p_t0 & l0a_s1_p_t2;
+  assign \$302  = l0a_p1_l1_0 ^ { \$295 [30:0], 1'h0 };
+  assign l0a_p1_l2_0 = \$302  ^ l0a_p1_l1_2;
+  assign \$303  = l0a_p1_l1_0 & { \$295 [30:0], 1'h0 };
+  assign \$304  = l0a_p1_l1_0 & l0a_p1_l1_2;
   assign \$305  = \$303  | \$304 ;
-  assign \$306  = l0a_s1_p_t1 & l0a_s1_p_t2;
+  assign \$306  = { \$295 [30:0], 1'h0 } & l0a_p1_l1_2;
   assign \$307  = \$305  | \$306 ;
-  assign \$308  = l0a_s1_p_t3 ^ l0a_s1_p_t4;
-  assign l0a_p1_l1_2 = \$308  ^ l0a_s1_p_t5;
-  assign \$309  = l0a_s1_p_t3 & l0a_s1_p_t4;
-  assign \$310  = l0a_s1_p_t3 & l0a_s1_p_t5;
+  assign \$308  = { \$301 [30:0], 1'h0 } ^ l0a_s1_p_t6;
+  assign l0a_p1_l2_2 = \$308  ^ l0a_s1_p_t7;
+  assign \$309  = { \$301 [30:0], 1'h0 } & l0a_s1_p_t6;
+  assign \$310  = { \$301 [30:0], 1'h0 } & l0a_s1_p_t7;
   assign \$311  = \$309  | \$310 ;
-  assign \$312  = l0a_s1_p_t4 & l0a_s1_p_t5;
+  assign \$312  = l0a_s1_p_t6 & l0a_s1_p_t7;
   assign \$313  = \$311  | \$312 ;
-  assign \$314  = l0a_p1_l1_0 ^ { \$307 [30:0], 1'h0 };
-  assign l0a_p1_l2_0 = \$314  ^ l0a_p1_l1_2;
-  assign \$315  = l0a_p1_l1_0 & { \$307 [30:0], 1'h0 };
-  assign \$316  = l0a_p1_l1_0 & l0a_p1_l1_2;
+  assign \$314  = l0a_s2_p_t0 ^ l0a_s2_p_t1;
+  assign l0a_p2_l1_0 = \$314  ^ l0a_s2_p_t2;
+  assign \$315  = l0a_s2_p_t0 & l0a_s2_p_t1;
+  assign \$316  = l0a_s2_p_t0 & l0a_s2_p_t2;
   assign \$317  = \$315  | \$316 ;
-  assign \$318  = { \$307 [30:0], 1'h0 } & l0a_p1_l1_2;
+  assign \$318  = l0a_s2_p_t1 & l0a_s2_p_t2;
   assign \$319  = \$317  | \$318 ;
-  assign \$320  = l0a_p1_l2_0 ^ { \$319 [30:0], 1'h0 };
-  assign l0a_p1_l3_0 = \$320  ^ { \$313 [30:0], 1'h0 };
-  assign \$321  = l0a_p1_l2_0 & { \$319 [30:0], 1'h0 };
-  assign \$322  = l0a_p1_l2_0 & { \$313 [30:0], 1'h0 };
+  assign \$320  = l0a_p2_l1_0 ^ { \$319 [30:0], 1'h0 };
+  assign l0a_p2_l2_0 = \$320  ^ l0a_s2_p_t3;
+  assign \$321  = l0a_p2_l1_0 & { \$319 [30:0], 1'h0 };
+  assign \$322  = l0a_p2_l1_0 & l0a_s2_p_t3;
   assign \$323  = \$321  | \$322 ;
-  assign \$324  = { \$319 [30:0], 1'h0 } & { \$313 [30:0], 1'h0 };
+  assign \$324  = { \$319 [30:0], 1'h0 } & l0a_s2_p_t3;
   assign \$325  = \$323  | \$324 ;
   assign \$326  = l0_const[22] ? b__payload[15:0] : 16'h0000;
   assign \$328  = l0_const[22] ? b__payload[15:0] : 16'h0000;
@@ -2958,47 +3176,47 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$455  = { \$435 [30:0], 1'h0 } & { 1'h0, \$405 , \$402 [29:0] };
   assign \$457  = \$455  | \$456 ;
   assign \$459  = \$457  | \$458 ;
-  assign \$460  = l0b_p0_l2_0 ^ { \$441 [30:0], 1'h0 };
-  assign l0b_p0_l3_0 = \$460  ^ l0b_p0_l2_2;
-  assign \$461  = l0b_p0_l2_0 & { \$441 [30:0], 1'h0 };
-  assign \$462  = l0b_p0_l2_0 & l0b_p0_l2_2;
+  assign \$460  = l0b_s1_p_t0 ^ l0b_s1_p_t1;
+  assign l0b_p1_l1_0 = \$460  ^ l0b_s1_p_t2;
+  assign \$461  = l0b_s1_p_t0 & l0b_s1_p_t1;
+  assign \$462  = l0b_s1_p_t0 & l0b_s1_p_t2;
   assign \$463  = \$461  | \$462 ;
-  assign \$464  = { \$441 [30:0], 1'h0 } & l0b_p0_l2_2;
+  assign \$464  = l0b_s1_p_t1 & l0b_s1_p_t2;
   assign \$465  = \$463  | \$464 ;
-  assign \$466  = { \$447 [30:0], 1'h0 } ^ l0b_p0_l2_4;
-  assign l0b_p0_l3_2 = \$466  ^ { \$453 [30:0], 1'h0 };
-  assign \$467  = { \$447 [30:0], 1'h0 } & l0b_p0_l2_4;
-  assign \$468  = { \$447 [30:0], 1'h0 } & { \$453 [30:0], 1'h0 };
+  assign \$466  = l0b_s1_p_t3 ^ l0b_s1_p_t4;
+  assign l0b_p1_l1_2 = \$466  ^ l0b_s1_p_t5;
+  assign \$467  = l0b_s1_p_t3 & l0b_s1_p_t4;
+  assign \$468  = l0b_s1_p_t3 & l0b_s1_p_t5;
   assign \$469  = \$467  | \$468 ;
-  assign \$470  = l0b_p0_l2_4 & { \$453 [30:0], 1'h0 };
+  assign \$470  = l0b_s1_p_t4 & l0b_s1_p_t5;
   assign \$471  = \$469  | \$470 ;
-  assign \$472  = l0b_s1_p_t0 ^ l0b_s1_p_t1;
-  assign l0b_p1_l1_0 = \$472  ^ l0b_s1_p_t2;
-  assign \$473  = l0b_s1_p_t0 & l0b_s1_p_t1;
-  assign \$474  = l0b_s1_p_t0 & l0b_s1_p_t2;
+  assign \$472  = l0b_p1_l1_0 ^ { \$465 [30:0], 1'h0 };
+  assign l0b_p1_l2_0 = \$472  ^ l0b_p1_l1_2;
+  assign \$473  = l0b_p1_l1_0 & { \$465 [30:0], 1'h0 };
+  assign \$474  = l0b_p1_l1_0 & l0b_p1_l1_2;
   assign \$475  = \$473  | \$474 ;
-  assign \$476  = l0b_s1_p_t1 & l0b_s1_p_t2;
+  assign \$476  = { \$465 [30:0], 1'h0 } & l0b_p1_l1_2;
   assign \$477  = \$475  | \$476 ;
-  assign \$478  = l0b_s1_p_t3 ^ l0b_s1_p_t4;
-  assign l0b_p1_l1_2 = \$478  ^ l0b_s1_p_t5;
-  assign \$479  = l0b_s1_p_t3 & l0b_s1_p_t4;
-  assign \$480  = l0b_s1_p_t3 & l0b_s1_p_t5;
+  assign \$478  = { \$471 [30:0], 1'h0 } ^ l0b_s1_p_t6;
+  assign l0b_p1_l2_2 = \$478  ^ l0b_s1_p_t7;
+  assign \$479  = { \$471 [30:0], 1'h0 } & l0b_s1_p_t6;
+  assign \$480  = { \$471 [30:0], 1'h0 } & l0b_s1_p_t7;
   assign \$481  = \$479  | \$480 ;
-  assign \$482  = l0b_s1_p_t4 & l0b_s1_p_t5;
+  assign \$482  = l0b_s1_p_t6 & l0b_s1_p_t7;
   assign \$483  = \$481  | \$482 ;
-  assign \$484  = l0b_p1_l1_0 ^ { \$477 [30:0], 1'h0 };
-  assign l0b_p1_l2_0 = \$484  ^ l0b_p1_l1_2;
-  assign \$485  = l0b_p1_l1_0 & { \$477 [30:0], 1'h0 };
-  assign \$486  = l0b_p1_l1_0 & l0b_p1_l1_2;
+  assign \$484  = l0b_s2_p_t0 ^ l0b_s2_p_t1;
+  assign l0b_p2_l1_0 = \$484  ^ l0b_s2_p_t2;
+  assign \$485  = l0b_s2_p_t0 & l0b_s2_p_t1;
+  assign \$486  = l0b_s2_p_t0 & l0b_s2_p_t2;
   assign \$487  = \$485  | \$486 ;
-  assign \$488  = { \$477 [30:0], 1'h0 } & l0b_p1_l1_2;
+  assign \$488  = l0b_s2_p_t1 & l0b_s2_p_t2;
   assign \$489  = \$487  | \$488 ;
-  assign \$490  = l0b_p1_l2_0 ^ { \$489 [30:0], 1'h0 };
-  assign l0b_p1_l3_0 = \$490  ^ { \$483 [30:0], 1'h0 };
-  assign \$491  = l0b_p1_l2_0 & { \$489 [30:0], 1'h0 };
-  assign \$492  = l0b_p1_l2_0 & { \$483 [30:0], 1'h0 };
+  assign \$490  = l0b_p2_l1_0 ^ { \$489 [30:0], 1'h0 };
+  assign l0b_p2_l2_0 = \$490  ^ l0b_s2_p_t3;
+  assign \$491  = l0b_p2_l1_0 & { \$489 [30:0], 1'h0 };
+  assign \$492  = l0b_p2_l1_0 & l0b_s2_p_t3;
   assign \$493  = \$491  | \$492 ;
-  assign \$494  = { \$489 [30:0], 1'h0 } & { \$483 [30:0], 1'h0 };
+  assign \$494  = { \$489 [30:0], 1'h0 } & l0b_s2_p_t3;
   assign \$495  = \$493  | \$494 ;
   assign \$496  = l1_const[0] ? a__payload[31:16] : 16'h0000;
   assign \$498  = l1_const[0] ? a__payload[31:16] : 16'h0000;
@@ -3108,47 +3326,47 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$625  = { \$605 [30:0], 1'h0 } & { 1'h0, \$575 , \$572 [29:0] };
   assign \$627  = \$625  | \$626 ;
   assign \$629  = \$627  | \$628 ;
-  assign \$630  = l1a_p0_l2_0 ^ { \$611 [30:0], 1'h0 };
-  assign l1a_p0_l3_0 = \$630  ^ l1a_p0_l2_2;
-  assign \$631  = l1a_p0_l2_0 & { \$611 [30:0], 1'h0 };
-  assign \$632  = l1a_p0_l2_0 & l1a_p0_l2_2;
+  assign \$630  = l1a_s1_p_t0 ^ l1a_s1_p_t1;
+  assign l1a_p1_l1_0 = \$630  ^ l1a_s1_p_t2;
+  assign \$631  = l1a_s1_p_t0 & l1a_s1_p_t1;
+  assign \$632  = l1a_s1_p_t0 & l1a_s1_p_t2;
   assign \$633  = \$631  | \$632 ;
-  assign \$634  = { \$611 [30:0], 1'h0 } & l1a_p0_l2_2;
+  assign \$634  = l1a_s1_p_t1 & l1a_s1_p_t2;
   assign \$635  = \$633  | \$634 ;
-  assign \$636  = { \$617 [30:0], 1'h0 } ^ l1a_p0_l2_4;
-  assign l1a_p0_l3_2 = \$636  ^ { \$623 [30:0], 1'h0 };
-  assign \$637  = { \$617 [30:0], 1'h0 } & l1a_p0_l2_4;
-  assign \$638  = { \$617 [30:0], 1'h0 } & { \$623 [30:0], 1'h0 };
+  assign \$636  = l1a_s1_p_t3 ^ l1a_s1_p_t4;
+  assign l1a_p1_l1_2 = \$636  ^ l1a_s1_p_t5;
+  assign \$637  = l1a_s1_p_t3 & l1a_s1_p_t4;
+  assign \$638  = l1a_s1_p_t3 & l1a_s1_p_t5;
   assign \$639  = \$637  | \$638 ;
-  assign \$640  = l1a_p0_l2_4 & { \$623 [30:0], 1'h0 };
+  assign \$640  = l1a_s1_p_t4 & l1a_s1_p_t5;
   assign \$641  = \$639  | \$640 ;
-  assign \$642  = l1a_s1_p_t0 ^ l1a_s1_p_t1;
-  assign l1a_p1_l1_0 = \$642  ^ l1a_s1_p_t2;
-  assign \$643  = l1a_s1_p_t0 & l1a_s1_p_t1;
-  assign \$644  = l1a_s1_p_t0 & l1a_s1_p_t2;
+  assign \$642  = l1a_p1_l1_0 ^ { \$635 [30:0], 1'h0 };
+  assign l1a_p1_l2_0 = \$642  ^ l1a_p1_l1_2;
+  assign \$643  = l1a_p1_l1_0 & { \$635 [30:0], 1'h0 };
+  assign \$644  = l1a_p1_l1_0 & l1a_p1_l1_2;
   assign \$645  = \$643  | \$644 ;
-  assign \$646  = l1a_s1_p_t1 & l1a_s1_p_t2;
+  assign \$646  = { \$635 [30:0], 1'h0 } & l1a_p1_l1_2;
   assign \$647  = \$645  | \$646 ;
-  assign \$648  = l1a_s1_p_t3 ^ l1a_s1_p_t4;
-  assign l1a_p1_l1_2 = \$648  ^ l1a_s1_p_t5;
-  assign \$649  = l1a_s1_p_t3 & l1a_s1_p_t4;
-  assign \$650  = l1a_s1_p_t3 & l1a_s1_p_t5;
+  assign \$648  = { \$641 [30:0], 1'h0 } ^ l1a_s1_p_t6;
+  assign l1a_p1_l2_2 = \$648  ^ l1a_s1_p_t7;
+  assign \$649  = { \$641 [30:0], 1'h0 } & l1a_s1_p_t6;
+  assign \$650  = { \$641 [30:0], 1'h0 } & l1a_s1_p_t7;
   assign \$651  = \$649  | \$650 ;
-  assign \$652  = l1a_s1_p_t4 & l1a_s1_p_t5;
+  assign \$652  = l1a_s1_p_t6 & l1a_s1_p_t7;
   assign \$653  = \$651  | \$652 ;
-  assign \$654  = l1a_p1_l1_0 ^ { \$647 [30:0], 1'h0 };
-  assign l1a_p1_l2_0 = \$654  ^ l1a_p1_l1_2;
-  assign \$655  = l1a_p1_l1_0 & { \$647 [30:0], 1'h0 };
-  assign \$656  = l1a_p1_l1_0 & l1a_p1_l1_2;
+  assign \$654  = l1a_s2_p_t0 ^ l1a_s2_p_t1;
+  assign l1a_p2_l1_0 = \$654  ^ l1a_s2_p_t2;
+  assign \$655  = l1a_s2_p_t0 & l1a_s2_p_t1;
+  assign \$656  = l1a_s2_p_t0 & l1a_s2_p_t2;
   assign \$657  = \$655  | \$656 ;
-  assign \$658  = { \$647 [30:0], 1'h0 } & l1a_p1_l1_2;
+  assign \$658  = l1a_s2_p_t1 & l1a_s2_p_t2;
   assign \$659  = \$657  | \$658 ;
-  assign \$660  = l1a_p1_l2_0 ^ { \$659 [30:0], 1'h0 };
-  assign l1a_p1_l3_0 = \$660  ^ { \$653 [30:0], 1'h0 };
-  assign \$661  = l1a_p1_l2_0 & { \$659 [30:0], 1'h0 };
-  assign \$662  = l1a_p1_l2_0 & { \$653 [30:0], 1'h0 };
+  assign \$660  = l1a_p2_l1_0 ^ { \$659 [30:0], 1'h0 };
+  assign l1a_p2_l2_0 = \$660  ^ l1a_s2_p_t3;
+  assign \$661  = l1a_p2_l1_0 & { \$659 [30:0], 1'h0 };
+  assign \$662  = l1a_p2_l1_0 & l1a_s2_p_t3;
   assign \$663  = \$661  | \$662 ;
-  assign \$664  = { \$659 [30:0], 1'h0 } & { \$653 [30:0], 1'h0 };
+  assign \$664  = { \$659 [30:0], 1'h0 } & l1a_s2_p_t3;
   assign \$665  = \$663  | \$664 ;
   assign \$666  = l1_const[22] ? b__payload[31:16] : 16'h0000;
   assign \$668  = l1_const[22] ? b__payload[31:16] : 16'h0000;
@@ -3258,47 +3476,47 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$795  = { \$775 [30:0], 1'h0 } & { 1'h0, \$745 , \$742 [29:0] };
   assign \$797  = \$795  | \$796 ;
   assign \$799  = \$797  | \$798 ;
-  assign \$800  = l1b_p0_l2_0 ^ { \$781 [30:0], 1'h0 };
-  assign l1b_p0_l3_0 = \$800  ^ l1b_p0_l2_2;
-  assign \$801  = l1b_p0_l2_0 & { \$781 [30:0], 1'h0 };
-  assign \$802  = l1b_p0_l2_0 & l1b_p0_l2_2;
+  assign \$800  = l1b_s1_p_t0 ^ l1b_s1_p_t1;
+  assign l1b_p1_l1_0 = \$800  ^ l1b_s1_p_t2;
+  assign \$801  = l1b_s1_p_t0 & l1b_s1_p_t1;
+  assign \$802  = l1b_s1_p_t0 & l1b_s1_p_t2;
   assign \$803  = \$801  | \$802 ;
-  assign \$804  = { \$781 [30:0], 1'h0 } & l1b_p0_l2_2;
+  assign \$804  = l1b_s1_p_t1 & l1b_s1_p_t2;
   assign \$805  = \$803  | \$804 ;
-  assign \$806  = { \$787 [30:0], 1'h0 } ^ l1b_p0_l2_4;
-  assign l1b_p0_l3_2 = \$806  ^ { \$793 [30:0], 1'h0 };
-  assign \$807  = { \$787 [30:0], 1'h0 } & l1b_p0_l2_4;
-  assign \$808  = { \$787 [30:0], 1'h0 } & { \$793 [30:0], 1'h0 };
+  assign \$806  = l1b_s1_p_t3 ^ l1b_s1_p_t4;
+  assign l1b_p1_l1_2 = \$806  ^ l1b_s1_p_t5;
+  assign \$807  = l1b_s1_p_t3 & l1b_s1_p_t4;
+  assign \$808  = l1b_s1_p_t3 & l1b_s1_p_t5;
   assign \$809  = \$807  | \$808 ;
-  assign \$810  = l1b_p0_l2_4 & { \$793 [30:0], 1'h0 };
+  assign \$810  = l1b_s1_p_t4 & l1b_s1_p_t5;
   assign \$811  = \$809  | \$810 ;
-  assign \$812  = l1b_s1_p_t0 ^ l1b_s1_p_t1;
-  assign l1b_p1_l1_0 = \$812  ^ l1b_s1_p_t2;
-  assign \$813  = l1b_s1_p_t0 & l1b_s1_p_t1;
-  assign \$814  = l1b_s1_p_t0 & l1b_s1_p_t2;
+  assign \$812  = l1b_p1_l1_0 ^ { \$805 [30:0], 1'h0 };
+  assign l1b_p1_l2_0 = \$812  ^ l1b_p1_l1_2;
+  assign \$813  = l1b_p1_l1_0 & { \$805 [30:0], 1'h0 };
+  assign \$814  = l1b_p1_l1_0 & l1b_p1_l1_2;
   assign \$815  = \$813  | \$814 ;
-  assign \$816  = l1b_s1_p_t1 & l1b_s1_p_t2;
+  assign \$816  = { \$805 [30:0], 1'h0 } & l1b_p1_l1_2;
   assign \$817  = \$815  | \$816 ;
-  assign \$818  = l1b_s1_p_t3 ^ l1b_s1_p_t4;
-  assign l1b_p1_l1_2 = \$818  ^ l1b_s1_p_t5;
-  assign \$819  = l1b_s1_p_t3 & l1b_s1_p_t4;
-  assign \$820  = l1b_s1_p_t3 & l1b_s1_p_t5;
+  assign \$818  = { \$811 [30:0], 1'h0 } ^ l1b_s1_p_t6;
+  assign l1b_p1_l2_2 = \$818  ^ l1b_s1_p_t7;
+  assign \$819  = { \$811 [30:0], 1'h0 } & l1b_s1_p_t6;
+  assign \$820  = { \$811 [30:0], 1'h0 } & l1b_s1_p_t7;
   assign \$821  = \$819  | \$820 ;
-  assign \$822  = l1b_s1_p_t4 & l1b_s1_p_t5;
+  assign \$822  = l1b_s1_p_t6 & l1b_s1_p_t7;
   assign \$823  = \$821  | \$822 ;
-  assign \$824  = l1b_p1_l1_0 ^ { \$817 [30:0], 1'h0 };
-  assign l1b_p1_l2_0 = \$824  ^ l1b_p1_l1_2;
-  assign \$825  = l1b_p1_l1_0 & { \$817 [30:0], 1'h0 };
-  assign \$826  = l1b_p1_l1_0 & l1b_p1_l1_2;
+  assign \$824  = l1b_s2_p_t0 ^ l1b_s2_p_t1;
+  assign l1b_p2_l1_0 = \$824  ^ l1b_s2_p_t2;
+  assign \$825  = l1b_s2_p_t0 & l1b_s2_p_t1;
+  assign \$826  = l1b_s2_p_t0 & l1b_s2_p_t2;
   assign \$827  = \$825  | \$826 ;
-  assign \$828  = { \$817 [30:0], 1'h0 } & l1b_p1_l1_2;
+  assign \$828  = l1b_s2_p_t1 & l1b_s2_p_t2;
   assign \$829  = \$827  | \$828 ;
-  assign \$830  = l1b_p1_l2_0 ^ { \$829 [30:0], 1'h0 };
-  assign l1b_p1_l3_0 = \$830  ^ { \$823 [30:0], 1'h0 };
-  assign \$831  = l1b_p1_l2_0 & { \$829 [30:0], 1'h0 };
-  assign \$832  = l1b_p1_l2_0 & { \$823 [30:0], 1'h0 };
+  assign \$830  = l1b_p2_l1_0 ^ { \$829 [30:0], 1'h0 };
+  assign l1b_p2_l2_0 = \$830  ^ l1b_s2_p_t3;
+  assign \$831  = l1b_p2_l1_0 & { \$829 [30:0], 1'h0 };
+  assign \$832  = l1b_p2_l1_0 & l1b_s2_p_t3;
   assign \$833  = \$831  | \$832 ;
-  assign \$834  = { \$829 [30:0], 1'h0 } & { \$823 [30:0], 1'h0 };
+  assign \$834  = { \$829 [30:0], 1'h0 } & l1b_s2_p_t3;
   assign \$835  = \$833  | \$834 ;
   assign \$836  = l2_const[0] ? a__payload[47:32] : 16'h0000;
   assign \$838  = l2_const[0] ? a__payload[47:32] : 16'h0000;
@@ -3408,47 +3626,47 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$965  = { \$945 [30:0], 1'h0 } & { 1'h0, \$915 , \$912 [29:0] };
   assign \$967  = \$965  | \$966 ;
   assign \$969  = \$967  | \$968 ;
-  assign \$970  = l2a_p0_l2_0 ^ { \$951 [30:0], 1'h0 };
-  assign l2a_p0_l3_0 = \$970  ^ l2a_p0_l2_2;
-  assign \$971  = l2a_p0_l2_0 & { \$951 [30:0], 1'h0 };
-  assign \$972  = l2a_p0_l2_0 & l2a_p0_l2_2;
+  assign \$970  = l2a_s1_p_t0 ^ l2a_s1_p_t1;
+  assign l2a_p1_l1_0 = \$970  ^ l2a_s1_p_t2;
+  assign \$971  = l2a_s1_p_t0 & l2a_s1_p_t1;
+  assign \$972  = l2a_s1_p_t0 & l2a_s1_p_t2;
   assign \$973  = \$971  | \$972 ;
-  assign \$974  = { \$951 [30:0], 1'h0 } & l2a_p0_l2_2;
+  assign \$974  = l2a_s1_p_t1 & l2a_s1_p_t2;
   assign \$975  = \$973  | \$974 ;
-  assign \$976  = { \$957 [30:0], 1'h0 } ^ l2a_p0_l2_4;
-  assign l2a_p0_l3_2 = \$976  ^ { \$963 [30:0], 1'h0 };
-  assign \$977  = { \$957 [30:0], 1'h0 } & l2a_p0_l2_4;
-  assign \$978  = { \$957 [30:0], 1'h0 } & { \$963 [30:0], 1'h0 };
+  assign \$976  = l2a_s1_p_t3 ^ l2a_s1_p_t4;
+  assign l2a_p1_l1_2 = \$976  ^ l2a_s1_p_t5;
+  assign \$977  = l2a_s1_p_t3 & l2a_s1_p_t4;
+  assign \$978  = l2a_s1_p_t3 & l2a_s1_p_t5;
   assign \$979  = \$977  | \$978 ;
-  assign \$980  = l2a_p0_l2_4 & { \$963 [30:0], 1'h0 };
+  assign \$980  = l2a_s1_p_t4 & l2a_s1_p_t5;
   assign \$981  = \$979  | \$980 ;
-  assign \$982  = l2a_s1_p_t0 ^ l2a_s1_p_t1;
-  assign l2a_p1_l1_0 = \$982  ^ l2a_s1_p_t2;
-  assign \$983  = l2a_s1_p_t0 & l2a_s1_p_t1;
-  assign \$984  = l2a_s1_p_t0 & l2a_s1_p_t2;
+  assign \$982  = l2a_p1_l1_0 ^ { \$975 [30:0], 1'h0 };
+  assign l2a_p1_l2_0 = \$982  ^ l2a_p1_l1_2;
+  assign \$983  = l2a_p1_l1_0 & { \$975 [30:0], 1'h0 };
+  assign \$984  = l2a_p1_l1_0 & l2a_p1_l1_2;
   assign \$985  = \$983  | \$984 ;
-  assign \$986  = l2a_s1_p_t1 & l2a_s1_p_t2;
+  assign \$986  = { \$975 [30:0], 1'h0 } & l2a_p1_l1_2;
   assign \$987  = \$985  | \$986 ;
-  assign \$988  = l2a_s1_p_t3 ^ l2a_s1_p_t4;
-  assign l2a_p1_l1_2 = \$988  ^ l2a_s1_p_t5;
-  assign \$989  = l2a_s1_p_t3 & l2a_s1_p_t4;
-  assign \$990  = l2a_s1_p_t3 & l2a_s1_p_t5;
+  assign \$988  = { \$981 [30:0], 1'h0 } ^ l2a_s1_p_t6;
+  assign l2a_p1_l2_2 = \$988  ^ l2a_s1_p_t7;
+  assign \$989  = { \$981 [30:0], 1'h0 } & l2a_s1_p_t6;
+  assign \$990  = { \$981 [30:0], 1'h0 } & l2a_s1_p_t7;
   assign \$991  = \$989  | \$990 ;
-  assign \$992  = l2a_s1_p_t4 & l2a_s1_p_t5;
+  assign \$992  = l2a_s1_p_t6 & l2a_s1_p_t7;
   assign \$993  = \$991  | \$992 ;
-  assign \$994  = l2a_p1_l1_0 ^ { \$987 [30:0], 1'h0 };
-  assign l2a_p1_l2_0 = \$994  ^ l2a_p1_l1_2;
-  assign \$995  = l2a_p1_l1_0 & { \$987 [30:0], 1'h0 };
-  assign \$996  = l2a_p1_l1_0 & l2a_p1_l1_2;
+  assign \$994  = l2a_s2_p_t0 ^ l2a_s2_p_t1;
+  assign l2a_p2_l1_0 = \$994  ^ l2a_s2_p_t2;
+  assign \$995  = l2a_s2_p_t0 & l2a_s2_p_t1;
+  assign \$996  = l2a_s2_p_t0 & l2a_s2_p_t2;
   assign \$997  = \$995  | \$996 ;
-  assign \$998  = { \$987 [30:0], 1'h0 } & l2a_p1_l1_2;
+  assign \$998  = l2a_s2_p_t1 & l2a_s2_p_t2;
   assign \$999  = \$997  | \$998 ;
-  assign \$1000  = l2a_p1_l2_0 ^ { \$999 [30:0], 1'h0 };
-  assign l2a_p1_l3_0 = \$1000  ^ { \$993 [30:0], 1'h0 };
-  assign \$1001  = l2a_p1_l2_0 & { \$999 [30:0], 1'h0 };
-  assign \$1002  = l2a_p1_l2_0 & { \$993 [30:0], 1'h0 };
+  assign \$1000  = l2a_p2_l1_0 ^ { \$999 [30:0], 1'h0 };
+  assign l2a_p2_l2_0 = \$1000  ^ l2a_s2_p_t3;
+  assign \$1001  = l2a_p2_l1_0 & { \$999 [30:0], 1'h0 };
+  assign \$1002  = l2a_p2_l1_0 & l2a_s2_p_t3;
   assign \$1003  = \$1001  | \$1002 ;
-  assign \$1004  = { \$999 [30:0], 1'h0 } & { \$993 [30:0], 1'h0 };
+  assign \$1004  = { \$999 [30:0], 1'h0 } & l2a_s2_p_t3;
   assign \$1005  = \$1003  | \$1004 ;
   assign \$1006  = l2_const[22] ? b__payload[47:32] : 16'h0000;
   assign \$1008  = l2_const[22] ? b__payload[47:32] : 16'h0000;
@@ -3558,47 +3776,47 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$1135  = { \$1115 [30:0], 1'h0 } & { 1'h0, \$1085 , \$1082 [29:0] };
   assign \$1137  = \$1135  | \$1136 ;
   assign \$1139  = \$1137  | \$1138 ;
-  assign \$1140  = l2b_p0_l2_0 ^ { \$1121 [30:0], 1'h0 };
-  assign l2b_p0_l3_0 = \$1140  ^ l2b_p0_l2_2;
-  assign \$1141  = l2b_p0_l2_0 & { \$1121 [30:0], 1'h0 };
-  assign \$1142  = l2b_p0_l2_0 & l2b_p0_l2_2;
+  assign \$1140  = l2b_s1_p_t0 ^ l2b_s1_p_t1;
+  assign l2b_p1_l1_0 = \$1140  ^ l2b_s1_p_t2;
+  assign \$1141  = l2b_s1_p_t0 & l2b_s1_p_t1;
+  assign \$1142  = l2b_s1_p_t0 & l2b_s1_p_t2;
   assign \$1143  = \$1141  | \$1142 ;
-  assign \$1144  = { \$1121 [30:0], 1'h0 } & l2b_p0_l2_2;
+  assign \$1144  = l2b_s1_p_t1 & l2b_s1_p_t2;
   assign \$1145  = \$1143  | \$1144 ;
-  assign \$1146  = { \$1127 [30:0], 1'h0 } ^ l2b_p0_l2_4;
-  assign l2b_p0_l3_2 = \$1146  ^ { \$1133 [30:0], 1'h0 };
-  assign \$1147  = { \$1127 [30:0], 1'h0 } & l2b_p0_l2_4;
-  assign \$1148  = { \$1127 [30:0], 1'h0 } & { \$1133 [30:0], 1'h0 };
+  assign \$1146  = l2b_s1_p_t3 ^ l2b_s1_p_t4;
+  assign l2b_p1_l1_2 = \$1146  ^ l2b_s1_p_t5;
+  assign \$1147  = l2b_s1_p_t3 & l2b_s1_p_t4;
+  assign \$1148  = l2b_s1_p_t3 & l2b_s1_p_t5;
   assign \$1149  = \$1147  | \$1148 ;
-  assign \$1150  = l2b_p0_l2_4 & { \$1133 [30:0], 1'h0 };
+  assign \$1150  = l2b_s1_p_t4 & l2b_s1_p_t5;
   assign \$1151  = \$1149  | \$1150 ;
-  assign \$1152  = l2b_s1_p_t0 ^ l2b_s1_p_t1;
-  assign l2b_p1_l1_0 = \$1152  ^ l2b_s1_p_t2;
-  assign \$1153  = l2b_s1_p_t0 & l2b_s1_p_t1;
-  assign \$1154  = l2b_s1_p_t0 & l2b_s1_p_t2;
+  assign \$1152  = l2b_p1_l1_0 ^ { \$1145 [30:0], 1'h0 };
+  assign l2b_p1_l2_0 = \$1152  ^ l2b_p1_l1_2;
+  assign \$1153  = l2b_p1_l1_0 & { \$1145 [30:0], 1'h0 };
+  assign \$1154  = l2b_p1_l1_0 & l2b_p1_l1_2;
   assign \$1155  = \$1153  | \$1154 ;
-  assign \$1156  = l2b_s1_p_t1 & l2b_s1_p_t2;
+  assign \$1156  = { \$1145 [30:0], 1'h0 } & l2b_p1_l1_2;
   assign \$1157  = \$1155  | \$1156 ;
-  assign \$1158  = l2b_s1_p_t3 ^ l2b_s1_p_t4;
-  assign l2b_p1_l1_2 = \$1158  ^ l2b_s1_p_t5;
-  assign \$1159  = l2b_s1_p_t3 & l2b_s1_p_t4;
-  assign \$1160  = l2b_s1_p_t3 & l2b_s1_p_t5;
+  assign \$1158  = { \$1151 [30:0], 1'h0 } ^ l2b_s1_p_t6;
+  assign l2b_p1_l2_2 = \$1158  ^ l2b_s1_p_t7;
+  assign \$1159  = { \$1151 [30:0], 1'h0 } & l2b_s1_p_t6;
+  assign \$1160  = { \$1151 [30:0], 1'h0 } & l2b_s1_p_t7;
   assign \$1161  = \$1159  | \$1160 ;
-  assign \$1162  = l2b_s1_p_t4 & l2b_s1_p_t5;
+  assign \$1162  = l2b_s1_p_t6 & l2b_s1_p_t7;
   assign \$1163  = \$1161  | \$1162 ;
-  assign \$1164  = l2b_p1_l1_0 ^ { \$1157 [30:0], 1'h0 };
-  assign l2b_p1_l2_0 = \$1164  ^ l2b_p1_l1_2;
-  assign \$1165  = l2b_p1_l1_0 & { \$1157 [30:0], 1'h0 };
-  assign \$1166  = l2b_p1_l1_0 & l2b_p1_l1_2;
+  assign \$1164  = l2b_s2_p_t0 ^ l2b_s2_p_t1;
+  assign l2b_p2_l1_0 = \$1164  ^ l2b_s2_p_t2;
+  assign \$1165  = l2b_s2_p_t0 & l2b_s2_p_t1;
+  assign \$1166  = l2b_s2_p_t0 & l2b_s2_p_t2;
   assign \$1167  = \$1165  | \$1166 ;
-  assign \$1168  = { \$1157 [30:0], 1'h0 } & l2b_p1_l1_2;
+  assign \$1168  = l2b_s2_p_t1 & l2b_s2_p_t2;
   assign \$1169  = \$1167  | \$1168 ;
-  assign \$1170  = l2b_p1_l2_0 ^ { \$1169 [30:0], 1'h0 };
-  assign l2b_p1_l3_0 = \$1170  ^ { \$1163 [30:0], 1'h0 };
-  assign \$1171  = l2b_p1_l2_0 & { \$1169 [30:0], 1'h0 };
-  assign \$1172  = l2b_p1_l2_0 & { \$1163 [30:0], 1'h0 };
+  assign \$1170  = l2b_p2_l1_0 ^ { \$1169 [30:0], 1'h0 };
+  assign l2b_p2_l2_0 = \$1170  ^ l2b_s2_p_t3;
+  assign \$1171  = l2b_p2_l1_0 & { \$1169 [30:0], 1'h0 };
+  assign \$1172  = l2b_p2_l1_0 & l2b_s2_p_t3;
   assign \$1173  = \$1171  | \$1172 ;
-  assign \$1174  = { \$1169 [30:0], 1'h0 } & { \$1163 [30:0], 1'h0 };
+  assign \$1174  = { \$1169 [30:0], 1'h0 } & l2b_s2_p_t3;
   assign \$1175  = \$1173  | \$1174 ;
   assign \$1176  = l3_const[0] ? a__payload[63:48] : 16'h0000;
   assign \$1178  = l3_const[0] ? a__payload[63:48] : 16'h0000;
@@ -3708,47 +3926,47 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$1305  = { \$1285 [30:0], 1'h0 } & { 1'h0, \$1255 , \$1252 [29:0] };
   assign \$1307  = \$1305  | \$1306 ;
   assign \$1309  = \$1307  | \$1308 ;
-  assign \$1310  = l3a_p0_l2_0 ^ { \$1291 [30:0], 1'h0 };
-  assign l3a_p0_l3_0 = \$1310  ^ l3a_p0_l2_2;
-  assign \$1311  = l3a_p0_l2_0 & { \$1291 [30:0], 1'h0 };
-  assign \$1312  = l3a_p0_l2_0 & l3a_p0_l2_2;
+  assign \$1310  = l3a_s1_p_t0 ^ l3a_s1_p_t1;
+  assign l3a_p1_l1_0 = \$1310  ^ l3a_s1_p_t2;
+  assign \$1311  = l3a_s1_p_t0 & l3a_s1_p_t1;
+  assign \$1312  = l3a_s1_p_t0 & l3a_s1_p_t2;
   assign \$1313  = \$1311  | \$1312 ;
-  assign \$1314  = { \$1291 [30:0], 1'h0 } & l3a_p0_l2_2;
+  assign \$1314  = l3a_s1_p_t1 & l3a_s1_p_t2;
   assign \$1315  = \$1313  | \$1314 ;
-  assign \$1316  = { \$1297 [30:0], 1'h0 } ^ l3a_p0_l2_4;
-  assign l3a_p0_l3_2 = \$1316  ^ { \$1303 [30:0], 1'h0 };
-  assign \$1317  = { \$1297 [30:0], 1'h0 } & l3a_p0_l2_4;
-  assign \$1318  = { \$1297 [30:0], 1'h0 } & { \$1303 [30:0], 1'h0 };
+  assign \$1316  = l3a_s1_p_t3 ^ l3a_s1_p_t4;
+  assign l3a_p1_l1_2 = \$1316  ^ l3a_s1_p_t5;
+  assign \$1317  = l3a_s1_p_t3 & l3a_s1_p_t4;
+  assign \$1318  = l3a_s1_p_t3 & l3a_s1_p_t5;
   assign \$1319  = \$1317  | \$1318 ;
-  assign \$1320  = l3a_p0_l2_4 & { \$1303 [30:0], 1'h0 };
+  assign \$1320  = l3a_s1_p_t4 & l3a_s1_p_t5;
   assign \$1321  = \$1319  | \$1320 ;
-  assign \$1322  = l3a_s1_p_t0 ^ l3a_s1_p_t1;
-  assign l3a_p1_l1_0 = \$1322  ^ l3a_s1_p_t2;
-  assign \$1323  = l3a_s1_p_t0 & l3a_s1_p_t1;
-  assign \$1324  = l3a_s1_p_t0 & l3a_s1_p_t2;
+  assign \$1322  = l3a_p1_l1_0 ^ { \$1315 [30:0], 1'h0 };
+  assign l3a_p1_l2_0 = \$1322  ^ l3a_p1_l1_2;
+  assign \$1323  = l3a_p1_l1_0 & { \$1315 [30:0], 1'h0 };
+  assign \$1324  = l3a_p1_l1_0 & l3a_p1_l1_2;
   assign \$1325  = \$1323  | \$1324 ;
-  assign \$1326  = l3a_s1_p_t1 & l3a_s1_p_t2;
+  assign \$1326  = { \$1315 [30:0], 1'h0 } & l3a_p1_l1_2;
   assign \$1327  = \$1325  | \$1326 ;
-  assign \$1328  = l3a_s1_p_t3 ^ l3a_s1_p_t4;
-  assign l3a_p1_l1_2 = \$1328  ^ l3a_s1_p_t5;
-  assign \$1329  = l3a_s1_p_t3 & l3a_s1_p_t4;
-  assign \$1330  = l3a_s1_p_t3 & l3a_s1_p_t5;
+  assign \$1328  = { \$1321 [30:0], 1'h0 } ^ l3a_s1_p_t6;
+  assign l3a_p1_l2_2 = \$1328  ^ l3a_s1_p_t7;
+  assign \$1329  = { \$1321 [30:0], 1'h0 } & l3a_s1_p_t6;
+  assign \$1330  = { \$1321 [30:0], 1'h0 } & l3a_s1_p_t7;
   assign \$1331  = \$1329  | \$1330 ;
-  assign \$1332  = l3a_s1_p_t4 & l3a_s1_p_t5;
+  assign \$1332  = l3a_s1_p_t6 & l3a_s1_p_t7;
   assign \$1333  = \$1331  | \$1332 ;
-  assign \$1334  = l3a_p1_l1_0 ^ { \$1327 [30:0], 1'h0 };
-  assign l3a_p1_l2_0 = \$1334  ^ l3a_p1_l1_2;
-  assign \$1335  = l3a_p1_l1_0 & { \$1327 [30:0], 1'h0 };
-  assign \$1336  = l3a_p1_l1_0 & l3a_p1_l1_2;
+  assign \$1334  = l3a_s2_p_t0 ^ l3a_s2_p_t1;
+  assign l3a_p2_l1_0 = \$1334  ^ l3a_s2_p_t2;
+  assign \$1335  = l3a_s2_p_t0 & l3a_s2_p_t1;
+  assign \$1336  = l3a_s2_p_t0 & l3a_s2_p_t2;
   assign \$1337  = \$1335  | \$1336 ;
-  assign \$1338  = { \$1327 [30:0], 1'h0 } & l3a_p1_l1_2;
+  assign \$1338  = l3a_s2_p_t1 & l3a_s2_p_t2;
   assign \$1339  = \$1337  | \$1338 ;
-  assign \$1340  = l3a_p1_l2_0 ^ { \$1339 [30:0], 1'h0 };
-  assign l3a_p1_l3_0 = \$1340  ^ { \$1333 [30:0], 1'h0 };
-  assign \$1341  = l3a_p1_l2_0 & { \$1339 [30:0], 1'h0 };
-  assign \$1342  = l3a_p1_l2_0 & { \$1333 [30:0], 1'h0 };
+  assign \$1340  = l3a_p2_l1_0 ^ { \$1339 [30:0], 1'h0 };
+  assign l3a_p2_l2_0 = \$1340  ^ l3a_s2_p_t3;
+  assign \$1341  = l3a_p2_l1_0 & { \$1339 [30:0], 1'h0 };
+  assign \$1342  = l3a_p2_l1_0 & l3a_s2_p_t3;
   assign \$1343  = \$1341  | \$1342 ;
-  assign \$1344  = { \$1339 [30:0], 1'h0 } & { \$1333 [30:0], 1'h0 };
+  assign \$1344  = { \$1339 [30:0], 1'h0 } & l3a_s2_p_t3;
   assign \$1345  = \$1343  | \$1344 ;
   assign \$1346  = l3_const[22] ? b__payload[63:48] : 16'h0000;
   assign \$1348  = l3_const[22] ? b__payload[63:48] : 16'h0000;
@@ -3858,50 +4076,50 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$1475  = { \$1455 [30:0], 1'h0 } & { 1'h0, \$1425 , \$1422 [29:0] };
   assign \$1477  = \$1475  | \$1476 ;
   assign \$1479  = \$1477  | \$1478 ;
-  assign \$1480  = l3b_p0_l2_0 ^ { \$1461 [30:0], 1'h0 };
-  assign l3b_p0_l3_0 = \$1480  ^ l3b_p0_l2_2;
-  assign \$1481  = l3b_p0_l2_0 & { \$1461 [30:0], 1'h0 };
-  assign \$1482  = l3b_p0_l2_0 & l3b_p0_l2_2;
+  assign \$1480  = l3b_s1_p_t0 ^ l3b_s1_p_t1;
+  assign l3b_p1_l1_0 = \$1480  ^ l3b_s1_p_t2;
+  assign \$1481  = l3b_s1_p_t0 & l3b_s1_p_t1;
+  assign \$1482  = l3b_s1_p_t0 & l3b_s1_p_t2;
   assign \$1483  = \$1481  | \$1482 ;
-  assign \$1484  = { \$1461 [30:0], 1'h0 } & l3b_p0_l2_2;
+  assign \$1484  = l3b_s1_p_t1 & l3b_s1_p_t2;
   assign \$1485  = \$1483  | \$1484 ;
-  assign \$1486  = { \$1467 [30:0], 1'h0 } ^ l3b_p0_l2_4;
-  assign l3b_p0_l3_2 = \$1486  ^ { \$1473 [30:0], 1'h0 };
-  assign \$1487  = { \$1467 [30:0], 1'h0 } & l3b_p0_l2_4;
-  assign \$1488  = { \$1467 [30:0], 1'h0 } & { \$1473 [30:0], 1'h0 };
+  assign \$1486  = l3b_s1_p_t3 ^ l3b_s1_p_t4;
+  assign l3b_p1_l1_2 = \$1486  ^ l3b_s1_p_t5;
+  assign \$1487  = l3b_s1_p_t3 & l3b_s1_p_t4;
+  assign \$1488  = l3b_s1_p_t3 & l3b_s1_p_t5;
   assign \$1489  = \$1487  | \$1488 ;
-  assign \$1490  = l3b_p0_l2_4 & { \$1473 [30:0], 1'h0 };
+  assign \$1490  = l3b_s1_p_t4 & l3b_s1_p_t5;
   assign \$1491  = \$1489  | \$1490 ;
-  assign \$1492  = l3b_s1_p_t0 ^ l3b_s1_p_t1;
-  assign l3b_p1_l1_0 = \$1492  ^ l3b_s1_p_t2;
-  assign \$1493  = l3b_s1_p_t0 & l3b_s1_p_t1;
-  assign \$1494  = l3b_s1_p_t0 & l3b_s1_p_t2;
+  assign \$1492  = l3b_p1_l1_0 ^ { \$1485 [30:0], 1'h0 };
+  assign l3b_p1_l2_0 = \$1492  ^ l3b_p1_l1_2;
+  assign \$1493  = l3b_p1_l1_0 & { \$1485 [30:0], 1'h0 };
+  assign \$1494  = l3b_p1_l1_0 & l3b_p1_l1_2;
   assign \$1495  = \$1493  | \$1494 ;
-  assign \$1496  = l3b_s1_p_t1 & l3b_s1_p_t2;
+  assign \$1496  = { \$1485 [30:0], 1'h0 } & l3b_p1_l1_2;
   assign \$1497  = \$1495  | \$1496 ;
-  assign \$1498  = l3b_s1_p_t3 ^ l3b_s1_p_t4;
-  assign l3b_p1_l1_2 = \$1498  ^ l3b_s1_p_t5;
-  assign \$1499  = l3b_s1_p_t3 & l3b_s1_p_t4;
-  assign \$1500  = l3b_s1_p_t3 & l3b_s1_p_t5;
+  assign \$1498  = { \$1491 [30:0], 1'h0 } ^ l3b_s1_p_t6;
+  assign l3b_p1_l2_2 = \$1498  ^ l3b_s1_p_t7;
+  assign \$1499  = { \$1491 [30:0], 1'h0 } & l3b_s1_p_t6;
+  assign \$1500  = { \$1491 [30:0], 1'h0 } & l3b_s1_p_t7;
   assign \$1501  = \$1499  | \$1500 ;
-  assign \$1502  = l3b_s1_p_t4 & l3b_s1_p_t5;
+  assign \$1502  = l3b_s1_p_t6 & l3b_s1_p_t7;
   assign \$1503  = \$1501  | \$1502 ;
-  assign \$1504  = l3b_p1_l1_0 ^ { \$1497 [30:0], 1'h0 };
-  assign l3b_p1_l2_0 = \$1504  ^ l3b_p1_l1_2;
-  assign \$1505  = l3b_p1_l1_0 & { \$1497 [30:0], 1'h0 };
-  assign \$1506  = l3b_p1_l1_0 & l3b_p1_l1_2;
+  assign \$1504  = l3b_s2_p_t0 ^ l3b_s2_p_t1;
+  assign l3b_p2_l1_0 = \$1504  ^ l3b_s2_p_t2;
+  assign \$1505  = l3b_s2_p_t0 & l3b_s2_p_t1;
+  assign \$1506  = l3b_s2_p_t0 & l3b_s2_p_t2;
   assign \$1507  = \$1505  | \$1506 ;
-  assign \$1508  = { \$1497 [30:0], 1'h0 } & l3b_p1_l1_2;
+  assign \$1508  = l3b_s2_p_t1 & l3b_s2_p_t2;
   assign \$1509  = \$1507  | \$1508 ;
-  assign \$1510  = l3b_p1_l2_0 ^ { \$1509 [30:0], 1'h0 };
-  assign l3b_p1_l3_0 = \$1510  ^ { \$1503 [30:0], 1'h0 };
-  assign \$1511  = l3b_p1_l2_0 & { \$1509 [30:0], 1'h0 };
-  assign \$1512  = l3b_p1_l2_0 & { \$1503 [30:0], 1'h0 };
+  assign \$1510  = l3b_p2_l1_0 ^ { \$1509 [30:0], 1'h0 };
+  assign l3b_p2_l2_0 = \$1510  ^ l3b_s2_p_t3;
+  assign \$1511  = l3b_p2_l1_0 & { \$1509 [30:0], 1'h0 };
+  assign \$1512  = l3b_p2_l1_0 & l3b_s2_p_t3;
   assign \$1513  = \$1511  | \$1512 ;
-  assign \$1514  = { \$1509 [30:0], 1'h0 } & { \$1503 [30:0], 1'h0 };
+  assign \$1514  = { \$1509 [30:0], 1'h0 } & l3b_s2_p_t3;
   assign \$1515  = \$1513  | \$1514 ;
-  assign out_queue_below_full1 = out_queue_count < 4'hc;
-  assign out_queue_below_full = out_queue_count < 4'hd;
+  assign out_queue_below_full1 = out_queue_count < 4'hd;
+  assign out_queue_below_full = out_queue_count < 4'he;
   assign \$1516  = | out_queue_count;
   assign out_queue_is0 = ~ \$1516 ;
   assign out_queue_is1 = out_queue_count == 1'h1;
@@ -3935,291 +4153,389 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   always @(posedge clk)
     l0a_s1_p_t5 <= \$1528 ;
   always @(posedge clk)
-    l0a_s2_p_t0 <= \$1529 ;
+    l0a_s1_p_t6 <= \$1529 ;
   always @(posedge clk)
-    l0a_s2_p_t1 <= \$1530 ;
+    l0a_s1_p_t7 <= \$1530 ;
   always @(posedge clk)
-    l0a_s3_p <= \$1531 ;
+    l0a_s2_p_t0 <= \$1531 ;
   always @(posedge clk)
-    l0a_s4_r_t <= \$1532 ;
+    l0a_s2_p_t1 <= \$1532 ;
   always @(posedge clk)
-    l0a_s5_r_t <= \$1533 ;
+    l0a_s2_p_t2 <= \$1533 ;
   always @(posedge clk)
-    l0a_s6_r <= \$1534 ;
+    l0a_s2_p_t3 <= \$1534 ;
   always @(posedge clk)
-    l0a_s7_c_ok <= \$1535 ;
+    l0a_s3_p_t0 <= \$1535 ;
   always @(posedge clk)
-    l0a_s7_c_neg <= \$1536 ;
+    l0a_s3_p_t1 <= \$1536 ;
   always @(posedge clk)
-    l0a_s7_c_low <= \$1537 ;
+    l0a_s4_p <= \$1537 ;
   always @(posedge clk)
-    l0a_s8_c <= \$1538 ;
+    l0a_s5_r_t <= \$1538 ;
   always @(posedge clk)
-    l0b_s1_p_t0 <= \$1539 ;
+    l0a_s6_r_t <= \$1539 ;
   always @(posedge clk)
-    l0b_s1_p_t1 <= \$1540 ;
+    l0a_s7_r <= \$1540 ;
   always @(posedge clk)
-    l0b_s1_p_t2 <= \$1541 ;
+    l0a_s8_c_ok <= \$1541 ;
   always @(posedge clk)
-    l0b_s1_p_t3 <= \$1542 ;
+    l0a_s8_c_neg <= \$1542 ;
   always @(posedge clk)
-    l0b_s1_p_t4 <= \$1543 ;
+    l0a_s8_c_low <= \$1543 ;
   always @(posedge clk)
-    l0b_s1_p_t5 <= \$1544 ;
+    l0a_s9_c <= \$1544 ;
   always @(posedge clk)
-    l0b_s2_p_t0 <= \$1545 ;
+    l0b_s1_p_t0 <= \$1545 ;
   always @(posedge clk)
-    l0b_s2_p_t1 <= \$1546 ;
+    l0b_s1_p_t1 <= \$1546 ;
   always @(posedge clk)
-    l0b_s3_p <= \$1547 ;
+    l0b_s1_p_t2 <= \$1547 ;
   always @(posedge clk)
-    l0b_s4_r_t <= \$1548 ;
+    l0b_s1_p_t3 <= \$1548 ;
   always @(posedge clk)
-    l0b_s5_r_t <= \$1549 ;
+    l0b_s1_p_t4 <= \$1549 ;
   always @(posedge clk)
-    l0b_s6_r <= \$1550 ;
+    l0b_s1_p_t5 <= \$1550 ;
   always @(posedge clk)
-    l0b_s7_c_ok <= \$1551 ;
+    l0b_s1_p_t6 <= \$1551 ;
   always @(posedge clk)
-    l0b_s7_c_neg <= \$1552 ;
+    l0b_s1_p_t7 <= \$1552 ;
   always @(posedge clk)
-    l0b_s7_c_low <= \$1553 ;
+    l0b_s2_p_t0 <= \$1553 ;
   always @(posedge clk)
-    l0b_s8_c <= \$1554 ;
+    l0b_s2_p_t1 <= \$1554 ;
   always @(posedge clk)
-    l0s_s1_sum <= \$1555 ;
+    l0b_s2_p_t2 <= \$1555 ;
   always @(posedge clk)
-    l0s_s2_o <= \$1556 ;
+    l0b_s2_p_t3 <= \$1556 ;
   always @(posedge clk)
-    l1a_s1_p_t0 <= \$1557 ;
+    l0b_s3_p_t0 <= \$1557 ;
   always @(posedge clk)
-    l1a_s1_p_t1 <= \$1558 ;
+    l0b_s3_p_t1 <= \$1558 ;
   always @(posedge clk)
-    l1a_s1_p_t2 <= \$1559 ;
+    l0b_s4_p <= \$1559 ;
   always @(posedge clk)
-    l1a_s1_p_t3 <= \$1560 ;
+    l0b_s5_r_t <= \$1560 ;
   always @(posedge clk)
-    l1a_s1_p_t4 <= \$1561 ;
+    l0b_s6_r_t <= \$1561 ;
   always @(posedge clk)
-    l1a_s1_p_t5 <= \$1562 ;
+    l0b_s7_r <= \$1562 ;
   always @(posedge clk)
-    l1a_s2_p_t0 <= \$1563 ;
+    l0b_s8_c_ok <= \$1563 ;
   always @(posedge clk)
-    l1a_s2_p_t1 <= \$1564 ;
+    l0b_s8_c_neg <= \$1564 ;
   always @(posedge clk)
-    l1a_s3_p <= \$1565 ;
+    l0b_s8_c_low <= \$1565 ;
   always @(posedge clk)
-    l1a_s4_r_t <= \$1566 ;
+    l0b_s9_c <= \$1566 ;
   always @(posedge clk)
-    l1a_s5_r_t <= \$1567 ;
+    l0s_s1_sum <= \$1567 ;
   always @(posedge clk)
-    l1a_s6_r <= \$1568 ;
+    l0s_s2_o <= \$1568 ;
   always @(posedge clk)
-    l1a_s7_c_ok <= \$1569 ;
+    l1a_s1_p_t0 <= \$1569 ;
   always @(posedge clk)
-    l1a_s7_c_neg <= \$1570 ;
+    l1a_s1_p_t1 <= \$1570 ;
   always @(posedge clk)
-    l1a_s7_c_low <= \$1571 ;
+    l1a_s1_p_t2 <= \$1571 ;
   always @(posedge clk)
-    l1a_s8_c <= \$1572 ;
+    l1a_s1_p_t3 <= \$1572 ;
   always @(posedge clk)
-    l1b_s1_p_t0 <= \$1573 ;
+    l1a_s1_p_t4 <= \$1573 ;
   always @(posedge clk)
-    l1b_s1_p_t1 <= \$1574 ;
+    l1a_s1_p_t5 <= \$1574 ;
   always @(posedge clk)
-    l1b_s1_p_t2 <= \$1575 ;
+    l1a_s1_p_t6 <= \$1575 ;
   always @(posedge clk)
-    l1b_s1_p_t3 <= \$1576 ;
+    l1a_s1_p_t7 <= \$1576 ;
   always @(posedge clk)
-    l1b_s1_p_t4 <= \$1577 ;
+    l1a_s2_p_t0 <= \$1577 ;
   always @(posedge clk)
-    l1b_s1_p_t5 <= \$1578 ;
+    l1a_s2_p_t1 <= \$1578 ;
   always @(posedge clk)
-    l1b_s2_p_t0 <= \$1579 ;
+    l1a_s2_p_t2 <= \$1579 ;
   always @(posedge clk)
-    l1b_s2_p_t1 <= \$1580 ;
+    l1a_s2_p_t3 <= \$1580 ;
   always @(posedge clk)
-    l1b_s3_p <= \$1581 ;
+    l1a_s3_p_t0 <= \$1581 ;
   always @(posedge clk)
-    l1b_s4_r_t <= \$1582 ;
+    l1a_s3_p_t1 <= \$1582 ;
   always @(posedge clk)
-    l1b_s5_r_t <= \$1583 ;
+    l1a_s4_p <= \$1583 ;
   always @(posedge clk)
-    l1b_s6_r <= \$1584 ;
+    l1a_s5_r_t <= \$1584 ;
   always @(posedge clk)
-    l1b_s7_c_ok <= \$1585 ;
+    l1a_s6_r_t <= \$1585 ;
   always @(posedge clk)
-    l1b_s7_c_neg <= \$1586 ;
+    l1a_s7_r <= \$1586 ;
   always @(posedge clk)
-    l1b_s7_c_low <= \$1587 ;
+    l1a_s8_c_ok <= \$1587 ;
   always @(posedge clk)
-    l1b_s8_c <= \$1588 ;
+    l1a_s8_c_neg <= \$1588 ;
   always @(posedge clk)
-    l1s_s1_sum <= \$1589 ;
+    l1a_s8_c_low <= \$1589 ;
   always @(posedge clk)
-    l1s_s2_o <= \$1590 ;
+    l1a_s9_c <= \$1590 ;
   always @(posedge clk)
-    l2a_s1_p_t0 <= \$1591 ;
+    l1b_s1_p_t0 <= \$1591 ;
   always @(posedge clk)
-    l2a_s1_p_t1 <= \$1592 ;
+    l1b_s1_p_t1 <= \$1592 ;
   always @(posedge clk)
-    l2a_s1_p_t2 <= \$1593 ;
+    l1b_s1_p_t2 <= \$1593 ;
   always @(posedge clk)
-    l2a_s1_p_t3 <= \$1594 ;
+    l1b_s1_p_t3 <= \$1594 ;
   always @(posedge clk)
-    l2a_s1_p_t4 <= \$1595 ;
+    l1b_s1_p_t4 <= \$1595 ;
   always @(posedge clk)
-    l2a_s1_p_t5 <= \$1596 ;
+    l1b_s1_p_t5 <= \$1596 ;
   always @(posedge clk)
-    l2a_s2_p_t0 <= \$1597 ;
+    l1b_s1_p_t6 <= \$1597 ;
   always @(posedge clk)
-    l2a_s2_p_t1 <= \$1598 ;
+    l1b_s1_p_t7 <= \$1598 ;
   always @(posedge clk)
-    l2a_s3_p <= \$1599 ;
+    l1b_s2_p_t0 <= \$1599 ;
   always @(posedge clk)
-    l2a_s4_r_t <= \$1600 ;
+    l1b_s2_p_t1 <= \$1600 ;
   always @(posedge clk)
-    l2a_s5_r_t <= \$1601 ;
+    l1b_s2_p_t2 <= \$1601 ;
   always @(posedge clk)
-    l2a_s6_r <= \$1602 ;
+    l1b_s2_p_t3 <= \$1602 ;
   always @(posedge clk)
-    l2a_s7_c_ok <= \$1603 ;
+    l1b_s3_p_t0 <= \$1603 ;
   always @(posedge clk)
-    l2a_s7_c_neg <= \$1604 ;
+    l1b_s3_p_t1 <= \$1604 ;
   always @(posedge clk)
-    l2a_s7_c_low <= \$1605 ;
+    l1b_s4_p <= \$1605 ;
   always @(posedge clk)
-    l2a_s8_c <= \$1606 ;
+    l1b_s5_r_t <= \$1606 ;
   always @(posedge clk)
-    l2b_s1_p_t0 <= \$1607 ;
+    l1b_s6_r_t <= \$1607 ;
   always @(posedge clk)
-    l2b_s1_p_t1 <= \$1608 ;
+    l1b_s7_r <= \$1608 ;
   always @(posedge clk)
-    l2b_s1_p_t2 <= \$1609 ;
+    l1b_s8_c_ok <= \$1609 ;
   always @(posedge clk)
-    l2b_s1_p_t3 <= \$1610 ;
+    l1b_s8_c_neg <= \$1610 ;
   always @(posedge clk)
-    l2b_s1_p_t4 <= \$1611 ;
+    l1b_s8_c_low <= \$1611 ;
   always @(posedge clk)
-    l2b_s1_p_t5 <= \$1612 ;
+    l1b_s9_c <= \$1612 ;
   always @(posedge clk)
-    l2b_s2_p_t0 <= \$1613 ;
+    l1s_s1_sum <= \$1613 ;
   always @(posedge clk)
-    l2b_s2_p_t1 <= \$1614 ;
+    l1s_s2_o <= \$1614 ;
   always @(posedge clk)
-    l2b_s3_p <= \$1615 ;
+    l2a_s1_p_t0 <= \$1615 ;
   always @(posedge clk)
-    l2b_s4_r_t <= \$1616 ;
+    l2a_s1_p_t1 <= \$1616 ;
   always @(posedge clk)
-    l2b_s5_r_t <= \$1617 ;
+    l2a_s1_p_t2 <= \$1617 ;
   always @(posedge clk)
-    l2b_s6_r <= \$1618 ;
+    l2a_s1_p_t3 <= \$1618 ;
   always @(posedge clk)
-    l2b_s7_c_ok <= \$1619 ;
+    l2a_s1_p_t4 <= \$1619 ;
   always @(posedge clk)
-    l2b_s7_c_neg <= \$1620 ;
+    l2a_s1_p_t5 <= \$1620 ;
   always @(posedge clk)
-    l2b_s7_c_low <= \$1621 ;
+    l2a_s1_p_t6 <= \$1621 ;
   always @(posedge clk)
-    l2b_s8_c <= \$1622 ;
+    l2a_s1_p_t7 <= \$1622 ;
   always @(posedge clk)
-    l2s_s1_sum <= \$1623 ;
+    l2a_s2_p_t0 <= \$1623 ;
   always @(posedge clk)
-    l2s_s2_o <= \$1624 ;
+    l2a_s2_p_t1 <= \$1624 ;
   always @(posedge clk)
-    l3a_s1_p_t0 <= \$1625 ;
+    l2a_s2_p_t2 <= \$1625 ;
   always @(posedge clk)
-    l3a_s1_p_t1 <= \$1626 ;
+    l2a_s2_p_t3 <= \$1626 ;
   always @(posedge clk)
-    l3a_s1_p_t2 <= \$1627 ;
+    l2a_s3_p_t0 <= \$1627 ;
   always @(posedge clk)
-    l3a_s1_p_t3 <= \$1628 ;
+    l2a_s3_p_t1 <= \$1628 ;
   always @(posedge clk)
-    l3a_s1_p_t4 <= \$1629 ;
+    l2a_s4_p <= \$1629 ;
   always @(posedge clk)
-    l3a_s1_p_t5 <= \$1630 ;
+    l2a_s5_r_t <= \$1630 ;
   always @(posedge clk)
-    l3a_s2_p_t0 <= \$1631 ;
+    l2a_s6_r_t <= \$1631 ;
   always @(posedge clk)
-    l3a_s2_p_t1 <= \$1632 ;
+    l2a_s7_r <= \$1632 ;
   always @(posedge clk)
-    l3a_s3_p <= \$1633 ;
+    l2a_s8_c_ok <= \$1633 ;
   always @(posedge clk)
-    l3a_s4_r_t <= \$1634 ;
+    l2a_s8_c_neg <= \$1634 ;
   always @(posedge clk)
-    l3a_s5_r_t <= \$1635 ;
+    l2a_s8_c_low <= \$1635 ;
   always @(posedge clk)
-    l3a_s6_r <= \$1636 ;
+    l2a_s9_c <= \$1636 ;
   always @(posedge clk)
-    l3a_s7_c_ok <= \$1637 ;
+    l2b_s1_p_t0 <= \$1637 ;
   always @(posedge clk)
-    l3a_s7_c_neg <= \$1638 ;
+    l2b_s1_p_t1 <= \$1638 ;
   always @(posedge clk)
-    l3a_s7_c_low <= \$1639 ;
+    l2b_s1_p_t2 <= \$1639 ;
   always @(posedge clk)
-    l3a_s8_c <= \$1640 ;
+    l2b_s1_p_t3 <= \$1640 ;
   always @(posedge clk)
-    l3b_s1_p_t0 <= \$1641 ;
+    l2b_s1_p_t4 <= \$1641 ;
   always @(posedge clk)
-    l3b_s1_p_t1 <= \$1642 ;
+    l2b_s1_p_t5 <= \$1642 ;
   always @(posedge clk)
-    l3b_s1_p_t2 <= \$1643 ;
+    l2b_s1_p_t6 <= \$1643 ;
   always @(posedge clk)
-    l3b_s1_p_t3 <= \$1644 ;
+    l2b_s1_p_t7 <= \$1644 ;
   always @(posedge clk)
-    l3b_s1_p_t4 <= \$1645 ;
+    l2b_s2_p_t0 <= \$1645 ;
   always @(posedge clk)
-    l3b_s1_p_t5 <= \$1646 ;
+    l2b_s2_p_t1 <= \$1646 ;
   always @(posedge clk)
-    l3b_s2_p_t0 <= \$1647 ;
+    l2b_s2_p_t2 <= \$1647 ;
   always @(posedge clk)
-    l3b_s2_p_t1 <= \$1648 ;
+    l2b_s2_p_t3 <= \$1648 ;
   always @(posedge clk)
-    l3b_s3_p <= \$1649 ;
+    l2b_s3_p_t0 <= \$1649 ;
   always @(posedge clk)
-    l3b_s4_r_t <= \$1650 ;
+    l2b_s3_p_t1 <= \$1650 ;
   always @(posedge clk)
-    l3b_s5_r_t <= \$1651 ;
+    l2b_s4_p <= \$1651 ;
   always @(posedge clk)
-    l3b_s6_r <= \$1652 ;
+    l2b_s5_r_t <= \$1652 ;
   always @(posedge clk)
-    l3b_s7_c_ok <= \$1653 ;
+    l2b_s6_r_t <= \$1653 ;
   always @(posedge clk)
-    l3b_s7_c_neg <= \$1654 ;
+    l2b_s7_r <= \$1654 ;
   always @(posedge clk)
-    l3b_s7_c_low <= \$1655 ;
+    l2b_s8_c_ok <= \$1655 ;
   always @(posedge clk)
-    l3b_s8_c <= \$1656 ;
+    l2b_s8_c_neg <= \$1656 ;
   always @(posedge clk)
-    l3s_s1_sum <= \$1657 ;
+    l2b_s8_c_low <= \$1657 ;
   always @(posedge clk)
-    l3s_s2_o <= \$1658 ;
+    l2b_s9_c <= \$1658 ;
   always @(posedge clk)
-    valid_s1 <= \$1659 ;
+    l2s_s1_sum <= \$1659 ;
   always @(posedge clk)
-    valid_s2 <= \$1660 ;
+    l2s_s2_o <= \$1660 ;
   always @(posedge clk)
-    valid_s3 <= \$1661 ;
+    l3a_s1_p_t0 <= \$1661 ;
   always @(posedge clk)
-    valid_s4 <= \$1662 ;
+    l3a_s1_p_t1 <= \$1662 ;
   always @(posedge clk)
-    valid_s5 <= \$1663 ;
+    l3a_s1_p_t2 <= \$1663 ;
   always @(posedge clk)
-    valid_s6 <= \$1664 ;
+    l3a_s1_p_t3 <= \$1664 ;
   always @(posedge clk)
-    valid_s7 <= \$1665 ;
+    l3a_s1_p_t4 <= \$1665 ;
   always @(posedge clk)
-    valid_s8 <= \$1666 ;
+    l3a_s1_p_t5 <= \$1666 ;
   always @(posedge clk)
-    valid_s9 <= \$1667 ;
+    l3a_s1_p_t6 <= \$1667 ;
   always @(posedge clk)
-    valid_s10 <= \$1668 ;
+    l3a_s1_p_t7 <= \$1668 ;
   always @(posedge clk)
-    out_queue_count <= \$1669 ;
+    l3a_s2_p_t0 <= \$1669 ;
   always @(posedge clk)
-    out_queue_room <= \$1670 ;
+    l3a_s2_p_t1 <= \$1670 ;
   always @(posedge clk)
-    c__ready <= \$1671 ;
+    l3a_s2_p_t2 <= \$1671 ;
+  always @(posedge clk)
+    l3a_s2_p_t3 <= \$1672 ;
+  always @(posedge clk)
+    l3a_s3_p_t0 <= \$1673 ;
+  always @(posedge clk)
+    l3a_s3_p_t1 <= \$1674 ;
+  always @(posedge clk)
+    l3a_s4_p <= \$1675 ;
+  always @(posedge clk)
+    l3a_s5_r_t <= \$1676 ;
+  always @(posedge clk)
+    l3a_s6_r_t <= \$1677 ;
+  always @(posedge clk)
+    l3a_s7_r <= \$1678 ;
+  always @(posedge clk)
+    l3a_s8_c_ok <= \$1679 ;
+  always @(posedge clk)
+    l3a_s8_c_neg <= \$1680 ;
+  always @(posedge clk)
+    l3a_s8_c_low <= \$1681 ;
+  always @(posedge clk)
+    l3a_s9_c <= \$1682 ;
+  always @(posedge clk)
+    l3b_s1_p_t0 <= \$1683 ;
+  always @(posedge clk)
+    l3b_s1_p_t1 <= \$1684 ;
+  always @(posedge clk)
+    l3b_s1_p_t2 <= \$1685 ;
+  always @(posedge clk)
+    l3b_s1_p_t3 <= \$1686 ;
+  always @(posedge clk)
+    l3b_s1_p_t4 <= \$1687 ;
+  always @(posedge clk)
+    l3b_s1_p_t5 <= \$1688 ;
+  always @(posedge clk)
+    l3b_s1_p_t6 <= \$1689 ;
+  always @(posedge clk)
+    l3b_s1_p_t7 <= \$1690 ;
+  always @(posedge clk)
+    l3b_s2_p_t0 <= \$1691 ;
+  always @(posedge clk)
+    l3b_s2_p_t1 <= \$1692 ;
+  always @(posedge clk)
+    l3b_s2_p_t2 <= \$1693 ;
+  always @(posedge clk)
+    l3b_s2_p_t3 <= \$1694 ;
+  always @(posedge clk)
+    l3b_s3_p_t0 <= \$1695 ;
+  always @(posedge clk)
+    l3b_s3_p_t1 <= \$1696 ;
+  always @(posedge clk)
+    l3b_s4_p <= \$1697 ;
+  always @(posedge clk)
+    l3b_s5_r_t <= \$1698 ;
+  always @(posedge clk)
+    l3b_s6_r_t <= \$1699 ;
+  always @(posedge clk)
+    l3b_s7_r <= \$1700 ;
+  always @(posedge clk)
+    l3b_s8_c_ok <= \$1701 ;
+  always @(posedge clk)
+    l3b_s8_c_neg <= \$1702 ;
+  always @(posedge clk)
+    l3b_s8_c_low <= \$1703 ;
+  always @(posedge clk)
+    l3b_s9_c <= \$1704 ;
+  always @(posedge clk)
+    l3s_s1_sum <= \$1705 ;
+  always @(posedge clk)
+    l3s_s2_o <= \$1706 ;
+  always @(posedge clk)
+    valid_s1 <= \$1707 ;
+  always @(posedge clk)
+    valid_s2 <= \$1708 ;
+  always @(posedge clk)
+    valid_s3 <= \$1709 ;
+  always @(posedge clk)
+    valid_s4 <= \$1710 ;
+  always @(posedge clk)
+    valid_s5 <= \$1711 ;
+  always @(posedge clk)
+    valid_s6 <= \$1712 ;
+  always @(posedge clk)
+    valid_s7 <= \$1713 ;
+  always @(posedge clk)
+    valid_s8 <= \$1714 ;
+  always @(posedge clk)
+    valid_s9 <= \$1715 ;
+  always @(posedge clk)
+    valid_s10 <= \$1716 ;
+  always @(posedge clk)
+    valid_s11 <= \$1717 ;
+  always @(posedge clk)
+    out_queue_count <= \$1718 ;
+  always @(posedge clk)
+    out_queue_room <= \$1719 ;
+  always @(posedge clk)
+    c__ready <= \$1720 ;
   assign \$auto$rtlil.cc:2739:Not$2  = ~ { \$284 [31:25], \$284 [23:20], \$284 [18:17] };
   assign \$auto$rtlil.cc:2739:Not$12  = ~ { \$1134 [31:25], \$1134 [23:20], \$1134 [18:17] };
   assign \$auto$rtlil.cc:2739:Not$14  = ~ { \$1304 [31:25], \$1304 [23:20], \$1304 [18:17] };
@@ -4230,15 +4546,15 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$auto$rtlil.cc:2739:Not$10  = ~ { \$964 [31:25], \$964 [23:20], \$964 [18:17] };
   \residual_add.out_queue  out_queue (
     .clk(clk),
-    .\port$1780$0 (l0s_s2_o),
-    .\port$1848$0 (l1s_s2_o),
-    .\port$1916$0 (l2s_s2_o),
-    .\port$1984$0 (l3s_s2_o),
+    .\port$1804$0 (l0s_s2_o),
+    .\port$1896$0 (l1s_s2_o),
+    .\port$1988$0 (l2s_s2_o),
+    .\port$2080$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
     .rst(rst),
-    .w_en(valid_s10)
+    .w_en(valid_s11)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
@@ -4261,127 +4577,158 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1659  = \$118 ;
+    \$1707  = \$118 ;
     if (rst) begin
-      \$1659  = 1'h0;
+      \$1707  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1660  = valid_s1;
+    \$1708  = valid_s1;
     if (rst) begin
-      \$1660  = 1'h0;
+      \$1708  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1661  = valid_s2;
+    \$1709  = valid_s2;
     if (rst) begin
-      \$1661  = 1'h0;
+      \$1709  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1662  = valid_s3;
+    \$1710  = valid_s3;
     if (rst) begin
-      \$1662  = 1'h0;
+      \$1710  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1663  = valid_s4;
+    \$1711  = valid_s4;
     if (rst) begin
-      \$1663  = 1'h0;
+      \$1711  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1664  = valid_s5;
+    \$1712  = valid_s5;
     if (rst) begin
-      \$1664  = 1'h0;
+      \$1712  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1665  = valid_s6;
+    \$1713  = valid_s6;
     if (rst) begin
-      \$1665  = 1'h0;
+      \$1713  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1666  = valid_s7;
+    \$1714  = valid_s7;
     if (rst) begin
-      \$1666  = 1'h0;
+      \$1714  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1667  = valid_s8;
+    \$1715  = valid_s8;
     if (rst) begin
-      \$1667  = 1'h0;
+      \$1715  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1668  = valid_s9;
+    \$1716  = valid_s9;
     if (rst) begin
-      \$1668  = 1'h0;
+      \$1716  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1669  = \$130 ;
+    \$1717  = valid_s10;
     if (rst) begin
-      \$1669  = 4'h0;
+      \$1717  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1670  = \$142 ;
+    \$1718  = \$130 ;
     if (rst) begin
-      \$1670  = 1'h1;
+      \$1718  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$1671  = \$154 ;
+    \$1719  = \$142 ;
     if (rst) begin
-      \$1671  = 1'h1;
+      \$1719  = 1'h1;
     end
   end
-  assign l0a_p0_l3_1 = { \$295 [30:0], 1'h0 };
-  assign l0a_p0_l3_3 = { \$301 [30:0], 1'h0 };
-  assign l0a_p0_l3_5 = { \$289 [30:0], 1'h0 };
-  assign l0a_p1_l3_1 = { \$325 [30:0], 1'h0 };
-  assign l0b_p0_l3_1 = { \$465 [30:0], 1'h0 };
-  assign l0b_p0_l3_3 = { \$471 [30:0], 1'h0 };
-  assign l0b_p0_l3_5 = { \$459 [30:0], 1'h0 };
-  assign l0b_p1_l3_1 = { \$495 [30:0], 1'h0 };
-  assign l1a_p0_l3_1 = { \$635 [30:0], 1'h0 };
-  assign l1a_p0_l3_3 = { \$641 [30:0], 1'h0 };
-  assign l1a_p0_l3_5 = { \$629 [30:0], 1'h0 };
-  assign l1a_p1_l3_1 = { \$665 [30:0], 1'h0 };
-  assign l1b_p0_l3_1 = { \$805 [30:0], 1'h0 };
-  assign l1b_p0_l3_3 = { \$811 [30:0], 1'h0 };
-  assign l1b_p0_l3_5 = { \$799 [30:0], 1'h0 };
-  assign l1b_p1_l3_1 = { \$835 [30:0], 1'h0 };
-  assign l2a_p0_l3_1 = { \$975 [30:0], 1'h0 };
-  assign l2a_p0_l3_3 = { \$981 [30:0], 1'h0 };
-  assign l2a_p0_l3_5 = { \$969 [30:0], 1'h0 };
-  assign l2a_p1_l3_1 = { \$1005 [30:0], 1'h0 };
-  assign l2b_p0_l3_1 = { \$1145 [30:0], 1'h0 };
-  assign l2b_p0_l3_3 = { \$1151 [30:0], 1'h0 };
-  assign l2b_p0_l3_5 = { \$1139 [30:0], 1'h0 };
-  assign l2b_p1_l3_1 = { \$1175 [30:0], 1'h0 };
-  assign l3a_p0_l3_1 = { \$1315 [30:0], 1'h0 };
-  assign l3a_p0_l3_3 = { \$1321 [30:0], 1'h0 };
-  assign l3a_p0_l3_5 = { \$1309 [30:0], 1'h0 };
-  assign l3a_p1_l3_1 = { \$1345 [30:0], 1'h0 };
-  assign l3b_p0_l3_1 = { \$1485 [30:0], 1'h0 };
-  assign l3b_p0_l3_3 = { \$1491 [30:0], 1'h0 };
-  assign l3b_p0_l3_5 = { \$1479 [30:0], 1'h0 };
-  assign l3b_p1_l3_1 = { \$1515 [30:0], 1'h0 };
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$1720  = \$154 ;
+    if (rst) begin
+      \$1720  = 1'h1;
+    end
+  end
+  assign l0a_p0_l2_1 = { \$271 [30:0], 1'h0 };
+  assign l0a_p0_l2_3 = { \$277 [30:0], 1'h0 };
+  assign l0a_p0_l2_5 = { \$283 [30:0], 1'h0 };
+  assign l0a_p0_l2_7 = { \$289 [30:0], 1'h0 };
+  assign l0a_p1_l2_1 = { \$307 [30:0], 1'h0 };
+  assign l0a_p1_l2_3 = { \$313 [30:0], 1'h0 };
+  assign l0a_p2_l2_1 = { \$325 [30:0], 1'h0 };
+  assign l0b_p0_l2_1 = { \$441 [30:0], 1'h0 };
+  assign l0b_p0_l2_3 = { \$447 [30:0], 1'h0 };
+  assign l0b_p0_l2_5 = { \$453 [30:0], 1'h0 };
+  assign l0b_p0_l2_7 = { \$459 [30:0], 1'h0 };
+  assign l0b_p1_l2_1 = { \$477 [30:0], 1'h0 };
+  assign l0b_p1_l2_3 = { \$483 [30:0], 1'h0 };
+  assign l0b_p2_l2_1 = { \$495 [30:0], 1'h0 };
+  assign l1a_p0_l2_1 = { \$611 [30:0], 1'h0 };
+  assign l1a_p0_l2_3 = { \$617 [30:0], 1'h0 };
+  assign l1a_p0_l2_5 = { \$623 [30:0], 1'h0 };
+  assign l1a_p0_l2_7 = { \$629 [30:0], 1'h0 };
+  assign l1a_p1_l2_1 = { \$647 [30:0], 1'h0 };
+  assign l1a_p1_l2_3 = { \$653 [30:0], 1'h0 };
+  assign l1a_p2_l2_1 = { \$665 [30:0], 1'h0 };
+  assign l1b_p0_l2_1 = { \$781 [30:0], 1'h0 };
+  assign l1b_p0_l2_3 = { \$787 [30:0], 1'h0 };
+  assign l1b_p0_l2_5 = { \$793 [30:0], 1'h0 };
+  assign l1b_p0_l2_7 = { \$799 [30:0], 1'h0 };
+  assign l1b_p1_l2_1 = { \$817 [30:0], 1'h0 };
+  assign l1b_p1_l2_3 = { \$823 [30:0], 1'h0 };
+  assign l1b_p2_l2_1 = { \$835 [30:0], 1'h0 };
+  assign l2a_p0_l2_1 = { \$951 [30:0], 1'h0 };
+  assign l2a_p0_l2_3 = { \$957 [30:0], 1'h0 };
+  assign l2a_p0_l2_5 = { \$963 [30:0], 1'h0 };
+  assign l2a_p0_l2_7 = { \$969 [30:0], 1'h0 };
+  assign l2a_p1_l2_1 = { \$987 [30:0], 1'h0 };
+  assign l2a_p1_l2_3 = { \$993 [30:0], 1'h0 };
+  assign l2a_p2_l2_1 = { \$1005 [30:0], 1'h0 };
+  assign l2b_p0_l2_1 = { \$1121 [30:0], 1'h0 };
+  assign l2b_p0_l2_3 = { \$1127 [30:0], 1'h0 };
+  assign l2b_p0_l2_5 = { \$1133 [30:0], 1'h0 };
+  assign l2b_p0_l2_7 = { \$1139 [30:0], 1'h0 };
+  assign l2b_p1_l2_1 = { \$1157 [30:0], 1'h0 };
+  assign l2b_p1_l2_3 = { \$1163 [30:0], 1'h0 };
+  assign l2b_p2_l2_1 = { \$1175 [30:0], 1'h0 };
+  assign l3a_p0_l2_1 = { \$1291 [30:0], 1'h0 };
+  assign l3a_p0_l2_3 = { \$1297 [30:0], 1'h0 };
+  assign l3a_p0_l2_5 = { \$1303 [30:0], 1'h0 };
+  assign l3a_p0_l2_7 = { \$1309 [30:0], 1'h0 };
+  assign l3a_p1_l2_1 = { \$1327 [30:0], 1'h0 };
+  assign l3a_p1_l2_3 = { \$1333 [30:0], 1'h0 };
+  assign l3a_p2_l2_1 = { \$1345 [30:0], 1'h0 };
+  assign l3b_p0_l2_1 = { \$1461 [30:0], 1'h0 };
+  assign l3b_p0_l2_3 = { \$1467 [30:0], 1'h0 };
+  assign l3b_p0_l2_5 = { \$1473 [30:0], 1'h0 };
+  assign l3b_p0_l2_7 = { \$1479 [30:0], 1'h0 };
+  assign l3b_p1_l2_1 = { \$1497 [30:0], 1'h0 };
+  assign l3b_p1_l2_3 = { \$1503 [30:0], 1'h0 };
+  assign l3b_p2_l2_1 = { \$1515 [30:0], 1'h0 };
   assign out_queue_minus1 = \$1518 [3:0];
   assign out_queue_plus1 = \$1517 [3:0];
   assign out_queue_idle = c__ready;
@@ -4426,21 +4773,24 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign l0a_p0_l1_9 = { \$265 [30:0], 1'h0 };
   assign l0a_p0_l1_10 = { 1'h0, \$235 , \$232 [29:0] };
   assign l0a_p0_l1_11 = 32'd4277534720;
-  assign l0a_p0_l2_1 = { \$271 [30:0], 1'h0 };
-  assign l0a_p0_l2_3 = { \$277 [30:0], 1'h0 };
-  assign l0a_p0_l2_5 = { \$283 [30:0], 1'h0 };
-  assign l0a_p0_l2_6 = l0a_p0_l3_4;
-  assign l0a_p0_l2_7 = { \$289 [30:0], 1'h0 };
   assign l0a_p1_l0_0 = l0a_s1_p_t0;
   assign l0a_p1_l0_1 = l0a_s1_p_t1;
   assign l0a_p1_l0_2 = l0a_s1_p_t2;
   assign l0a_p1_l0_3 = l0a_s1_p_t3;
   assign l0a_p1_l0_4 = l0a_s1_p_t4;
   assign l0a_p1_l0_5 = l0a_s1_p_t5;
-  assign l0a_p1_l1_1 = { \$307 [30:0], 1'h0 };
-  assign l0a_p1_l1_3 = { \$313 [30:0], 1'h0 };
-  assign l0a_p1_l2_1 = { \$319 [30:0], 1'h0 };
-  assign l0a_p1_l2_2 = { \$313 [30:0], 1'h0 };
+  assign l0a_p1_l0_6 = l0a_s1_p_t6;
+  assign l0a_p1_l0_7 = l0a_s1_p_t7;
+  assign l0a_p1_l1_1 = { \$295 [30:0], 1'h0 };
+  assign l0a_p1_l1_3 = { \$301 [30:0], 1'h0 };
+  assign l0a_p1_l1_4 = l0a_s1_p_t6;
+  assign l0a_p1_l1_5 = l0a_s1_p_t7;
+  assign l0a_p2_l0_0 = l0a_s2_p_t0;
+  assign l0a_p2_l0_1 = l0a_s2_p_t1;
+  assign l0a_p2_l0_2 = l0a_s2_p_t2;
+  assign l0a_p2_l0_3 = l0a_s2_p_t3;
+  assign l0a_p2_l1_1 = { \$319 [30:0], 1'h0 };
+  assign l0a_p2_l1_2 = l0a_s2_p_t3;
   assign l0b_p_l0_0 = { 15'h0000, \$330 , \$327 [15:0] };
   assign l0b_p_l0_1 = { 15'h0000, \$335 , \$332 [15:0] };
   assign l0b_p_l0_2 = { 13'h0000, \$340 , \$337 [17:0] };
@@ -4482,21 +4832,24 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign l0b_p0_l1_9 = { \$435 [30:0], 1'h0 };
   assign l0b_p0_l1_10 = { 1'h0, \$405 , \$402 [29:0] };
   assign l0b_p0_l1_11 = 32'd4277534720;
-  assign l0b_p0_l2_1 = { \$441 [30:0], 1'h0 };
-  assign l0b_p0_l2_3 = { \$447 [30:0], 1'h0 };
-  assign l0b_p0_l2_5 = { \$453 [30:0], 1'h0 };
-  assign l0b_p0_l2_6 = l0b_p0_l3_4;
-  assign l0b_p0_l2_7 = { \$459 [30:0], 1'h0 };
   assign l0b_p1_l0_0 = l0b_s1_p_t0;
   assign l0b_p1_l0_1 = l0b_s1_p_t1;
   assign l0b_p1_l0_2 = l0b_s1_p_t2;
   assign l0b_p1_l0_3 = l0b_s1_p_t3;
   assign l0b_p1_l0_4 = l0b_s1_p_t4;
   assign l0b_p1_l0_5 = l0b_s1_p_t5;
-  assign l0b_p1_l1_1 = { \$477 [30:0], 1'h0 };
-  assign l0b_p1_l1_3 = { \$483 [30:0], 1'h0 };
-  assign l0b_p1_l2_1 = { \$489 [30:0], 1'h0 };
-  assign l0b_p1_l2_2 = { \$483 [30:0], 1'h0 };
+  assign l0b_p1_l0_6 = l0b_s1_p_t6;
+  assign l0b_p1_l0_7 = l0b_s1_p_t7;
+  assign l0b_p1_l1_1 = { \$465 [30:0], 1'h0 };
+  assign l0b_p1_l1_3 = { \$471 [30:0], 1'h0 };
+  assign l0b_p1_l1_4 = l0b_s1_p_t6;
+  assign l0b_p1_l1_5 = l0b_s1_p_t7;
+  assign l0b_p2_l0_0 = l0b_s2_p_t0;
+  assign l0b_p2_l0_1 = l0b_s2_p_t1;
+  assign l0b_p2_l0_2 = l0b_s2_p_t2;
+  assign l0b_p2_l0_3 = l0b_s2_p_t3;
+  assign l0b_p2_l1_1 = { \$489 [30:0], 1'h0 };
+  assign l0b_p2_l1_2 = l0b_s2_p_t3;
   assign l1a_p_l0_0 = { 15'h0000, \$500 , \$497 [15:0] };
   assign l1a_p_l0_1 = { 15'h0000, \$505 , \$502 [15:0] };
   assign l1a_p_l0_2 = { 13'h0000, \$510 , \$507 [17:0] };
@@ -4538,21 +4891,24 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign l1a_p0_l1_9 = { \$605 [30:0], 1'h0 };
   assign l1a_p0_l1_10 = { 1'h0, \$575 , \$572 [29:0] };
   assign l1a_p0_l1_11 = 32'd4277534720;
-  assign l1a_p0_l2_1 = { \$611 [30:0], 1'h0 };
-  assign l1a_p0_l2_3 = { \$617 [30:0], 1'h0 };
-  assign l1a_p0_l2_5 = { \$623 [30:0], 1'h0 };
-  assign l1a_p0_l2_6 = l1a_p0_l3_4;
-  assign l1a_p0_l2_7 = { \$629 [30:0], 1'h0 };
   assign l1a_p1_l0_0 = l1a_s1_p_t0;
   assign l1a_p1_l0_1 = l1a_s1_p_t1;
   assign l1a_p1_l0_2 = l1a_s1_p_t2;
   assign l1a_p1_l0_3 = l1a_s1_p_t3;
   assign l1a_p1_l0_4 = l1a_s1_p_t4;
   assign l1a_p1_l0_5 = l1a_s1_p_t5;
-  assign l1a_p1_l1_1 = { \$647 [30:0], 1'h0 };
-  assign l1a_p1_l1_3 = { \$653 [30:0], 1'h0 };
-  assign l1a_p1_l2_1 = { \$659 [30:0], 1'h0 };
-  assign l1a_p1_l2_2 = { \$653 [30:0], 1'h0 };
+  assign l1a_p1_l0_6 = l1a_s1_p_t6;
+  assign l1a_p1_l0_7 = l1a_s1_p_t7;
+  assign l1a_p1_l1_1 = { \$635 [30:0], 1'h0 };
+  assign l1a_p1_l1_3 = { \$641 [30:0], 1'h0 };
+  assign l1a_p1_l1_4 = l1a_s1_p_t6;
+  assign l1a_p1_l1_5 = l1a_s1_p_t7;
+  assign l1a_p2_l0_0 = l1a_s2_p_t0;
+  assign l1a_p2_l0_1 = l1a_s2_p_t1;
+  assign l1a_p2_l0_2 = l1a_s2_p_t2;
+  assign l1a_p2_l0_3 = l1a_s2_p_t3;
+  assign l1a_p2_l1_1 = { \$659 [30:0], 1'h0 };
+  assign l1a_p2_l1_2 = l1a_s2_p_t3;
   assign l1b_p_l0_0 = { 15'h0000, \$670 , \$667 [15:0] };
   assign l1b_p_l0_1 = { 15'h0000, \$675 , \$672 [15:0] };
   assign l1b_p_l0_2 = { 13'h0000, \$680 , \$677 [17:0] };
@@ -4594,21 +4950,24 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign l1b_p0_l1_9 = { \$775 [30:0], 1'h0 };
   assign l1b_p0_l1_10 = { 1'h0, \$745 , \$742 [29:0] };
   assign l1b_p0_l1_11 = 32'd4277534720;
-  assign l1b_p0_l2_1 = { \$781 [30:0], 1'h0 };
-  assign l1b_p0_l2_3 = { \$787 [30:0], 1'h0 };
-  assign l1b_p0_l2_5 = { \$793 [30:0], 1'h0 };
-  assign l1b_p0_l2_6 = l1b_p0_l3_4;
-  assign l1b_p0_l2_7 = { \$799 [30:0], 1'h0 };
   assign l1b_p1_l0_0 = l1b_s1_p_t0;
   assign l1b_p1_l0_1 = l1b_s1_p_t1;
   assign l1b_p1_l0_2 = l1b_s1_p_t2;
   assign l1b_p1_l0_3 = l1b_s1_p_t3;
   assign l1b_p1_l0_4 = l1b_s1_p_t4;
   assign l1b_p1_l0_5 = l1b_s1_p_t5;
-  assign l1b_p1_l1_1 = { \$817 [30:0], 1'h0 };
-  assign l1b_p1_l1_3 = { \$823 [30:0], 1'h0 };
-  assign l1b_p1_l2_1 = { \$829 [30:0], 1'h0 };
-  assign l1b_p1_l2_2 = { \$823 [30:0], 1'h0 };
+  assign l1b_p1_l0_6 = l1b_s1_p_t6;
+  assign l1b_p1_l0_7 = l1b_s1_p_t7;
+  assign l1b_p1_l1_1 = { \$805 [30:0], 1'h0 };
+  assign l1b_p1_l1_3 = { \$811 [30:0], 1'h0 };
+  assign l1b_p1_l1_4 = l1b_s1_p_t6;
+  assign l1b_p1_l1_5 = l1b_s1_p_t7;
+  assign l1b_p2_l0_0 = l1b_s2_p_t0;
+  assign l1b_p2_l0_1 = l1b_s2_p_t1;
+  assign l1b_p2_l0_2 = l1b_s2_p_t2;
+  assign l1b_p2_l0_3 = l1b_s2_p_t3;
+  assign l1b_p2_l1_1 = { \$829 [30:0], 1'h0 };
+  assign l1b_p2_l1_2 = l1b_s2_p_t3;
   assign l2a_p_l0_0 = { 15'h0000, \$840 , \$837 [15:0] };
   assign l2a_p_l0_1 = { 15'h0000, \$845 , \$842 [15:0] };
   assign l2a_p_l0_2 = { 13'h0000, \$850 , \$847 [17:0] };
@@ -4650,21 +5009,24 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign l2a_p0_l1_9 = { \$945 [30:0], 1'h0 };
   assign l2a_p0_l1_10 = { 1'h0, \$915 , \$912 [29:0] };
   assign l2a_p0_l1_11 = 32'd4277534720;
-  assign l2a_p0_l2_1 = { \$951 [30:0], 1'h0 };
-  assign l2a_p0_l2_3 = { \$957 [30:0], 1'h0 };
-  assign l2a_p0_l2_5 = { \$963 [30:0], 1'h0 };
-  assign l2a_p0_l2_6 = l2a_p0_l3_4;
-  assign l2a_p0_l2_7 = { \$969 [30:0], 1'h0 };
   assign l2a_p1_l0_0 = l2a_s1_p_t0;
   assign l2a_p1_l0_1 = l2a_s1_p_t1;
   assign l2a_p1_l0_2 = l2a_s1_p_t2;
   assign l2a_p1_l0_3 = l2a_s1_p_t3;
   assign l2a_p1_l0_4 = l2a_s1_p_t4;
   assign l2a_p1_l0_5 = l2a_s1_p_t5;
-  assign l2a_p1_l1_1 = { \$987 [30:0], 1'h0 };
-  assign l2a_p1_l1_3 = { \$993 [30:0], 1'h0 };
-  assign l2a_p1_l2_1 = { \$999 [30:0], 1'h0 };
-  assign l2a_p1_l2_2 = { \$993 [30:0], 1'h0 };
+  assign l2a_p1_l0_6 = l2a_s1_p_t6;
+  assign l2a_p1_l0_7 = l2a_s1_p_t7;
+  assign l2a_p1_l1_1 = { \$975 [30:0], 1'h0 };
+  assign l2a_p1_l1_3 = { \$981 [30:0], 1'h0 };
+  assign l2a_p1_l1_4 = l2a_s1_p_t6;
+  assign l2a_p1_l1_5 = l2a_s1_p_t7;
+  assign l2a_p2_l0_0 = l2a_s2_p_t0;
+  assign l2a_p2_l0_1 = l2a_s2_p_t1;
+  assign l2a_p2_l0_2 = l2a_s2_p_t2;
+  assign l2a_p2_l0_3 = l2a_s2_p_t3;
+  assign l2a_p2_l1_1 = { \$999 [30:0], 1'h0 };
+  assign l2a_p2_l1_2 = l2a_s2_p_t3;
   assign l2b_p_l0_0 = { 15'h0000, \$1010 , \$1007 [15:0] };
   assign l2b_p_l0_1 = { 15'h0000, \$1015 , \$1012 [15:0] };
   assign l2b_p_l0_2 = { 13'h0000, \$1020 , \$1017 [17:0] };
@@ -4706,21 +5068,24 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign l2b_p0_l1_9 = { \$1115 [30:0], 1'h0 };
   assign l2b_p0_l1_10 = { 1'h0, \$1085 , \$1082 [29:0] };
   assign l2b_p0_l1_11 = 32'd4277534720;
-  assign l2b_p0_l2_1 = { \$1121 [30:0], 1'h0 };
-  assign l2b_p0_l2_3 = { \$1127 [30:0], 1'h0 };
-  assign l2b_p0_l2_5 = { \$1133 [30:0], 1'h0 };
-  assign l2b_p0_l2_6 = l2b_p0_l3_4;
-  assign l2b_p0_l2_7 = { \$1139 [30:0], 1'h0 };
   assign l2b_p1_l0_0 = l2b_s1_p_t0;
   assign l2b_p1_l0_1 = l2b_s1_p_t1;
   assign l2b_p1_l0_2 = l2b_s1_p_t2;
   assign l2b_p1_l0_3 = l2b_s1_p_t3;
   assign l2b_p1_l0_4 = l2b_s1_p_t4;
   assign l2b_p1_l0_5 = l2b_s1_p_t5;
-  assign l2b_p1_l1_1 = { \$1157 [30:0], 1'h0 };
-  assign l2b_p1_l1_3 = { \$1163 [30:0], 1'h0 };
-  assign l2b_p1_l2_1 = { \$1169 [30:0], 1'h0 };
-  assign l2b_p1_l2_2 = { \$1163 [30:0], 1'h0 };
+  assign l2b_p1_l0_6 = l2b_s1_p_t6;
+  assign l2b_p1_l0_7 = l2b_s1_p_t7;
+  assign l2b_p1_l1_1 = { \$1145 [30:0], 1'h0 };
+  assign l2b_p1_l1_3 = { \$1151 [30:0], 1'h0 };
+  assign l2b_p1_l1_4 = l2b_s1_p_t6;
+  assign l2b_p1_l1_5 = l2b_s1_p_t7;
+  assign l2b_p2_l0_0 = l2b_s2_p_t0;
+  assign l2b_p2_l0_1 = l2b_s2_p_t1;
+  assign l2b_p2_l0_2 = l2b_s2_p_t2;
+  assign l2b_p2_l0_3 = l2b_s2_p_t3;
+  assign l2b_p2_l1_1 = { \$1169 [30:0], 1'h0 };
+  assign l2b_p2_l1_2 = l2b_s2_p_t3;
   assign l3a_p_l0_0 = { 15'h0000, \$1180 , \$1177 [15:0] };
   assign l3a_p_l0_1 = { 15'h0000, \$1185 , \$1182 [15:0] };
   assign l3a_p_l0_2 = { 13'h0000, \$1190 , \$1187 [17:0] };
@@ -4762,21 +5127,24 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign l3a_p0_l1_9 = { \$1285 [30:0], 1'h0 };
   assign l3a_p0_l1_10 = { 1'h0, \$1255 , \$1252 [29:0] };
   assign l3a_p0_l1_11 = 32'd4277534720;
-  assign l3a_p0_l2_1 = { \$1291 [30:0], 1'h0 };
-  assign l3a_p0_l2_3 = { \$1297 [30:0], 1'h0 };
-  assign l3a_p0_l2_5 = { \$1303 [30:0], 1'h0 };
-  assign l3a_p0_l2_6 = l3a_p0_l3_4;
-  assign l3a_p0_l2_7 = { \$1309 [30:0], 1'h0 };
   assign l3a_p1_l0_0 = l3a_s1_p_t0;
   assign l3a_p1_l0_1 = l3a_s1_p_t1;
   assign l3a_p1_l0_2 = l3a_s1_p_t2;
   assign l3a_p1_l0_3 = l3a_s1_p_t3;
   assign l3a_p1_l0_4 = l3a_s1_p_t4;
   assign l3a_p1_l0_5 = l3a_s1_p_t5;
-  assign l3a_p1_l1_1 = { \$1327 [30:0], 1'h0 };
-  assign l3a_p1_l1_3 = { \$1333 [30:0], 1'h0 };
-  assign l3a_p1_l2_1 = { \$1339 [30:0], 1'h0 };
-  assign l3a_p1_l2_2 = { \$1333 [30:0], 1'h0 };
+  assign l3a_p1_l0_6 = l3a_s1_p_t6;
+  assign l3a_p1_l0_7 = l3a_s1_p_t7;
+  assign l3a_p1_l1_1 = { \$1315 [30:0], 1'h0 };
+  assign l3a_p1_l1_3 = { \$1321 [30:0], 1'h0 };
+  assign l3a_p1_l1_4 = l3a_s1_p_t6;
+  assign l3a_p1_l1_5 = l3a_s1_p_t7;
+  assign l3a_p2_l0_0 = l3a_s2_p_t0;
+  assign l3a_p2_l0_1 = l3a_s2_p_t1;
+  assign l3a_p2_l0_2 = l3a_s2_p_t2;
+  assign l3a_p2_l0_3 = l3a_s2_p_t3;
+  assign l3a_p2_l1_1 = { \$1339 [30:0], 1'h0 };
+  assign l3a_p2_l1_2 = l3a_s2_p_t3;
   assign l3b_p_l0_0 = { 15'h0000, \$1350 , \$1347 [15:0] };
   assign l3b_p_l0_1 = { 15'h0000, \$1355 , \$1352 [15:0] };
   assign l3b_p_l0_2 = { 13'h0000, \$1360 , \$1357 [17:0] };
@@ -4818,22 +5186,25 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign l3b_p0_l1_9 = { \$1455 [30:0], 1'h0 };
   assign l3b_p0_l1_10 = { 1'h0, \$1425 , \$1422 [29:0] };
   assign l3b_p0_l1_11 = 32'd4277534720;
-  assign l3b_p0_l2_1 = { \$1461 [30:0], 1'h0 };
-  assign l3b_p0_l2_3 = { \$1467 [30:0], 1'h0 };
-  assign l3b_p0_l2_5 = { \$1473 [30:0], 1'h0 };
-  assign l3b_p0_l2_6 = l3b_p0_l3_4;
-  assign l3b_p0_l2_7 = { \$1479 [30:0], 1'h0 };
   assign l3b_p1_l0_0 = l3b_s1_p_t0;
   assign l3b_p1_l0_1 = l3b_s1_p_t1;
   assign l3b_p1_l0_2 = l3b_s1_p_t2;
   assign l3b_p1_l0_3 = l3b_s1_p_t3;
   assign l3b_p1_l0_4 = l3b_s1_p_t4;
   assign l3b_p1_l0_5 = l3b_s1_p_t5;
-  assign l3b_p1_l1_1 = { \$1497 [30:0], 1'h0 };
-  assign l3b_p1_l1_3 = { \$1503 [30:0], 1'h0 };
-  assign l3b_p1_l2_1 = { \$1509 [30:0], 1'h0 };
-  assign l3b_p1_l2_2 = { \$1503 [30:0], 1'h0 };
-  assign w_en = valid_s10;
+  assign l3b_p1_l0_6 = l3b_s1_p_t6;
+  assign l3b_p1_l0_7 = l3b_s1_p_t7;
+  assign l3b_p1_l1_1 = { \$1485 [30:0], 1'h0 };
+  assign l3b_p1_l1_3 = { \$1491 [30:0], 1'h0 };
+  assign l3b_p1_l1_4 = l3b_s1_p_t6;
+  assign l3b_p1_l1_5 = l3b_s1_p_t7;
+  assign l3b_p2_l0_0 = l3b_s2_p_t0;
+  assign l3b_p2_l0_1 = l3b_s2_p_t1;
+  assign l3b_p2_l0_2 = l3b_s2_p_t2;
+  assign l3b_p2_l0_3 = l3b_s2_p_t3;
+  assign l3b_p2_l1_1 = { \$1509 [30:0], 1'h0 };
+  assign l3b_p2_l1_2 = l3b_s2_p_t3;
+  assign w_en = valid_s11;
   assign w_data = { l3s_s2_o, l2s_s2_o, l1s_s2_o, l0s_s2_o };
   assign r_rdy = o__valid;
   assign r_data = o__payload;
@@ -4870,157 +5241,205 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \l3_const.e_a  = l3_const[21:16];
   assign \l3_const.m_b  = l3_const[37:22];
   assign \l3_const.e_b  = l3_const[43:38];
-  assign \$1658  = \$116 ;
-  assign \$1657  = \$113 ;
-  assign \$1656  = \$112 [15:0];
-  assign \$1655  = l3b_s6_r[15:0];
-  assign \$1654  = l3b_s6_r[33];
-  assign \$1653  = \$110 ;
-  assign \$1652  = \$106 ;
-  assign \$1651  = \$104 ;
-  assign \$1650  = \$103 ;
-  assign \$1649  = \$101 [31:0];
-  assign \$1648  = { \$1515 [30:0], 1'h0 };
-  assign \$1647  = l3b_p1_l3_0;
-  assign \$1646  = { \$1479 [30:0], 1'h0 };
-  assign \$1645  = l3b_p0_l3_4;
-  assign \$1644  = { \$1491 [30:0], 1'h0 };
-  assign \$1643  = l3b_p0_l3_2;
-  assign \$1642  = { \$1485 [30:0], 1'h0 };
-  assign \$1641  = l3b_p0_l3_0;
-  assign \$1640  = \$100 [15:0];
-  assign \$1639  = l3a_s6_r[15:0];
-  assign \$1638  = l3a_s6_r[33];
-  assign \$1637  = \$98 ;
-  assign \$1636  = \$94 ;
-  assign \$1635  = \$92 ;
-  assign \$1634  = \$91 ;
-  assign \$1633  = \$89 [31:0];
-  assign \$1632  = { \$1345 [30:0], 1'h0 };
-  assign \$1631  = l3a_p1_l3_0;
-  assign \$1630  = { \$1309 [30:0], 1'h0 };
-  assign \$1629  = l3a_p0_l3_4;
-  assign \$1628  = { \$1321 [30:0], 1'h0 };
-  assign \$1627  = l3a_p0_l3_2;
-  assign \$1626  = { \$1315 [30:0], 1'h0 };
-  assign \$1625  = l3a_p0_l3_0;
-  assign \$1624  = \$88 ;
-  assign \$1623  = \$85 ;
-  assign \$1622  = \$84 [15:0];
-  assign \$1621  = l2b_s6_r[15:0];
-  assign \$1620  = l2b_s6_r[33];
-  assign \$1619  = \$82 ;
-  assign \$1618  = \$78 ;
-  assign \$1617  = \$76 ;
-  assign \$1616  = \$75 ;
-  assign \$1615  = \$73 [31:0];
-  assign \$1614  = { \$1175 [30:0], 1'h0 };
-  assign \$1613  = l2b_p1_l3_0;
-  assign \$1612  = { \$1139 [30:0], 1'h0 };
-  assign \$1611  = l2b_p0_l3_4;
-  assign \$1610  = { \$1151 [30:0], 1'h0 };
-  assign \$1609  = l2b_p0_l3_2;
-  assign \$1608  = { \$1145 [30:0], 1'h0 };
-  assign \$1607  = l2b_p0_l3_0;
-  assign \$1606  = \$72 [15:0];
-  assign \$1605  = l2a_s6_r[15:0];
-  assign \$1604  = l2a_s6_r[33];
-  assign \$1603  = \$70 ;
-  assign \$1602  = \$66 ;
-  assign \$1601  = \$64 ;
-  assign \$1600  = \$63 ;
-  assign \$1599  = \$61 [31:0];
-  assign \$1598  = { \$1005 [30:0], 1'h0 };
-  assign \$1597  = l2a_p1_l3_0;
-  assign \$1596  = { \$969 [30:0], 1'h0 };
-  assign \$1595  = l2a_p0_l3_4;
-  assign \$1594  = { \$981 [30:0], 1'h0 };
-  assign \$1593  = l2a_p0_l3_2;
-  assign \$1592  = { \$975 [30:0], 1'h0 };
-  assign \$1591  = l2a_p0_l3_0;
-  assign \$1590  = \$60 ;
-  assign \$1589  = \$57 ;
-  assign \$1588  = \$56 [15:0];
-  assign \$1587  = l1b_s6_r[15:0];
-  assign \$1586  = l1b_s6_r[33];
-  assign \$1585  = \$54 ;
-  assign \$1584  = \$50 ;
-  assign \$1583  = \$48 ;
-  assign \$1582  = \$47 ;
-  assign \$1581  = \$45 [31:0];
-  assign \$1580  = { \$835 [30:0], 1'h0 };
-  assign \$1579  = l1b_p1_l3_0;
-  assign \$1578  = { \$799 [30:0], 1'h0 };
-  assign \$1577  = l1b_p0_l3_4;
-  assign \$1576  = { \$811 [30:0], 1'h0 };
-  assign \$1575  = l1b_p0_l3_2;
-  assign \$1574  = { \$805 [30:0], 1'h0 };
-  assign \$1573  = l1b_p0_l3_0;
-  assign \$1572  = \$44 [15:0];
-  assign \$1571  = l1a_s6_r[15:0];
-  assign \$1570  = l1a_s6_r[33];
-  assign \$1569  = \$42 ;
-  assign \$1568  = \$38 ;
-  assign \$1567  = \$36 ;
-  assign \$1566  = \$35 ;
-  assign \$1565  = \$33 [31:0];
-  assign \$1564  = { \$665 [30:0], 1'h0 };
-  assign \$1563  = l1a_p1_l3_0;
-  assign \$1562  = { \$629 [30:0], 1'h0 };
-  assign \$1561  = l1a_p0_l3_4;
-  assign \$1560  = { \$641 [30:0], 1'h0 };
-  assign \$1559  = l1a_p0_l3_2;
-  assign \$1558  = { \$635 [30:0], 1'h0 };
-  assign \$1557  = l1a_p0_l3_0;
-  assign \$1556  = \$32 ;
-  assign \$1555  = \$29 ;
-  assign \$1554  = \$28 [15:0];
-  assign \$1553  = l0b_s6_r[15:0];
-  assign \$1552  = l0b_s6_r[33];
-  assign \$1551  = \$26 ;
-  assign \$1550  = \$22 ;
-  assign \$1549  = \$20 ;
-  assign \$1548  = \$19 ;
-  assign \$1547  = \$17 [31:0];
-  assign \$1546  = { \$495 [30:0], 1'h0 };
-  assign \$1545  = l0b_p1_l3_0;
-  assign \$1544  = { \$459 [30:0], 1'h0 };
-  assign \$1543  = l0b_p0_l3_4;
-  assign \$1542  = { \$471 [30:0], 1'h0 };
-  assign \$1541  = l0b_p0_l3_2;
-  assign \$1540  = { \$465 [30:0], 1'h0 };
-  assign \$1539  = l0b_p0_l3_0;
-  assign \$1538  = \$16 [15:0];
-  assign \$1537  = l0a_s6_r[15:0];
-  assign \$1536  = l0a_s6_r[33];
-  assign \$1535  = \$14 ;
-  assign \$1534  = \$10 ;
-  assign \$1533  = \$8 ;
-  assign \$1532  = \$7 ;
-  assign \$1531  = \$5 [31:0];
-  assign \$1530  = { \$325 [30:0], 1'h0 };
-  assign \$1529  = l0a_p1_l3_0;
-  assign \$1528  = { \$289 [30:0], 1'h0 };
-  assign \$1527  = l0a_p0_l3_4;
-  assign \$1526  = { \$301 [30:0], 1'h0 };
-  assign \$1525  = l0a_p0_l3_2;
-  assign \$1524  = { \$295 [30:0], 1'h0 };
-  assign \$1523  = l0a_p0_l3_0;
-  assign \$6  = { l0a_s3_p, 1'h0 };
+  assign \$1706  = \$116 ;
+  assign \$1705  = \$113 ;
+  assign \$1704  = \$112 [15:0];
+  assign \$1703  = l3b_s7_r[15:0];
+  assign \$1702  = l3b_s7_r[33];
+  assign \$1701  = \$110 ;
+  assign \$1700  = \$106 ;
+  assign \$1699  = \$104 ;
+  assign \$1698  = \$103 ;
+  assign \$1697  = \$101 [31:0];
+  assign \$1696  = { \$1515 [30:0], 1'h0 };
+  assign \$1695  = l3b_p2_l2_0;
+  assign \$1694  = { \$1503 [30:0], 1'h0 };
+  assign \$1693  = l3b_p1_l2_2;
+  assign \$1692  = { \$1497 [30:0], 1'h0 };
+  assign \$1691  = l3b_p1_l2_0;
+  assign \$1690  = { \$1479 [30:0], 1'h0 };
+  assign \$1689  = l3b_p0_l2_6;
+  assign \$1688  = { \$1473 [30:0], 1'h0 };
+  assign \$1687  = l3b_p0_l2_4;
+  assign \$1686  = { \$1467 [30:0], 1'h0 };
+  assign \$1685  = l3b_p0_l2_2;
+  assign \$1684  = { \$1461 [30:0], 1'h0 };
+  assign \$1683  = l3b_p0_l2_0;
+  assign \$1682  = \$100 [15:0];
+  assign \$1681  = l3a_s7_r[15:0];
+  assign \$1680  = l3a_s7_r[33];
+  assign \$1679  = \$98 ;
+  assign \$1678  = \$94 ;
+  assign \$1677  = \$92 ;
+  assign \$1676  = \$91 ;
+  assign \$1675  = \$89 [31:0];
+  assign \$1674  = { \$1345 [30:0], 1'h0 };
+  assign \$1673  = l3a_p2_l2_0;
+  assign \$1672  = { \$1333 [30:0], 1'h0 };
+  assign \$1671  = l3a_p1_l2_2;
+  assign \$1670  = { \$1327 [30:0], 1'h0 };
+  assign \$1669  = l3a_p1_l2_0;
+  assign \$1668  = { \$1309 [30:0], 1'h0 };
+  assign \$1667  = l3a_p0_l2_6;
+  assign \$1666  = { \$1303 [30:0], 1'h0 };
+  assign \$1665  = l3a_p0_l2_4;
+  assign \$1664  = { \$1297 [30:0], 1'h0 };
+  assign \$1663  = l3a_p0_l2_2;
+  assign \$1662  = { \$1291 [30:0], 1'h0 };
+  assign \$1661  = l3a_p0_l2_0;
+  assign \$1660  = \$88 ;
+  assign \$1659  = \$85 ;
+  assign \$1658  = \$84 [15:0];
+  assign \$1657  = l2b_s7_r[15:0];
+  assign \$1656  = l2b_s7_r[33];
+  assign \$1655  = \$82 ;
+  assign \$1654  = \$78 ;
+  assign \$1653  = \$76 ;
+  assign \$1652  = \$75 ;
+  assign \$1651  = \$73 [31:0];
+  assign \$1650  = { \$1175 [30:0], 1'h0 };
+  assign \$1649  = l2b_p2_l2_0;
+  assign \$1648  = { \$1163 [30:0], 1'h0 };
+  assign \$1647  = l2b_p1_l2_2;
+  assign \$1646  = { \$1157 [30:0], 1'h0 };
+  assign \$1645  = l2b_p1_l2_0;
+  assign \$1644  = { \$1139 [30:0], 1'h0 };
+  assign \$1643  = l2b_p0_l2_6;
+  assign \$1642  = { \$1133 [30:0], 1'h0 };
+  assign \$1641  = l2b_p0_l2_4;
+  assign \$1640  = { \$1127 [30:0], 1'h0 };
+  assign \$1639  = l2b_p0_l2_2;
+  assign \$1638  = { \$1121 [30:0], 1'h0 };
+  assign \$1637  = l2b_p0_l2_0;
+  assign \$1636  = \$72 [15:0];
+  assign \$1635  = l2a_s7_r[15:0];
+  assign \$1634  = l2a_s7_r[33];
+  assign \$1633  = \$70 ;
+  assign \$1632  = \$66 ;
+  assign \$1631  = \$64 ;
+  assign \$1630  = \$63 ;
+  assign \$1629  = \$61 [31:0];
+  assign \$1628  = { \$1005 [30:0], 1'h0 };
+  assign \$1627  = l2a_p2_l2_0;
+  assign \$1626  = { \$993 [30:0], 1'h0 };
+  assign \$1625  = l2a_p1_l2_2;
+  assign \$1624  = { \$987 [30:0], 1'h0 };
+  assign \$1623  = l2a_p1_l2_0;
+  assign \$1622  = { \$969 [30:0], 1'h0 };
+  assign \$1621  = l2a_p0_l2_6;
+  assign \$1620  = { \$963 [30:0], 1'h0 };
+  assign \$1619  = l2a_p0_l2_4;
+  assign \$1618  = { \$957 [30:0], 1'h0 };
+  assign \$1617  = l2a_p0_l2_2;
+  assign \$1616  = { \$951 [30:0], 1'h0 };
+  assign \$1615  = l2a_p0_l2_0;
+  assign \$1614  = \$60 ;
+  assign \$1613  = \$57 ;
+  assign \$1612  = \$56 [15:0];
+  assign \$1611  = l1b_s7_r[15:0];
+  assign \$1610  = l1b_s7_r[33];
+  assign \$1609  = \$54 ;
+  assign \$1608  = \$50 ;
+  assign \$1607  = \$48 ;
+  assign \$1606  = \$47 ;
+  assign \$1605  = \$45 [31:0];
+  assign \$1604  = { \$835 [30:0], 1'h0 };
+  assign \$1603  = l1b_p2_l2_0;
+  assign \$1602  = { \$823 [30:0], 1'h0 };
+  assign \$1601  = l1b_p1_l2_2;
+  assign \$1600  = { \$817 [30:0], 1'h0 };
+  assign \$1599  = l1b_p1_l2_0;
+  assign \$1598  = { \$799 [30:0], 1'h0 };
+  assign \$1597  = l1b_p0_l2_6;
+  assign \$1596  = { \$793 [30:0], 1'h0 };
+  assign \$1595  = l1b_p0_l2_4;
+  assign \$1594  = { \$787 [30:0], 1'h0 };
+  assign \$1593  = l1b_p0_l2_2;
+  assign \$1592  = { \$781 [30:0], 1'h0 };
+  assign \$1591  = l1b_p0_l2_0;
+  assign \$1590  = \$44 [15:0];
+  assign \$1589  = l1a_s7_r[15:0];
+  assign \$1588  = l1a_s7_r[33];
+  assign \$1587  = \$42 ;
+  assign \$1586  = \$38 ;
+  assign \$1585  = \$36 ;
+  assign \$1584  = \$35 ;
+  assign \$1583  = \$33 [31:0];
+  assign \$1582  = { \$665 [30:0], 1'h0 };
+  assign \$1581  = l1a_p2_l2_0;
+  assign \$1580  = { \$653 [30:0], 1'h0 };
+  assign \$1579  = l1a_p1_l2_2;
+  assign \$1578  = { \$647 [30:0], 1'h0 };
+  assign \$1577  = l1a_p1_l2_0;
+  assign \$1576  = { \$629 [30:0], 1'h0 };
+  assign \$1575  = l1a_p0_l2_6;
+  assign \$1574  = { \$623 [30:0], 1'h0 };
+  assign \$1573  = l1a_p0_l2_4;
+  assign \$1572  = { \$617 [30:0], 1'h0 };
+  assign \$1571  = l1a_p0_l2_2;
+  assign \$1570  = { \$611 [30:0], 1'h0 };
+  assign \$1569  = l1a_p0_l2_0;
+  assign \$1568  = \$32 ;
+  assign \$1567  = \$29 ;
+  assign \$1566  = \$28 [15:0];
+  assign \$1565  = l0b_s7_r[15:0];
+  assign \$1564  = l0b_s7_r[33];
+  assign \$1563  = \$26 ;
+  assign \$1562  = \$22 ;
+  assign \$1561  = \$20 ;
+  assign \$1560  = \$19 ;
+  assign \$1559  = \$17 [31:0];
+  assign \$1558  = { \$495 [30:0], 1'h0 };
+  assign \$1557  = l0b_p2_l2_0;
+  assign \$1556  = { \$483 [30:0], 1'h0 };
+  assign \$1555  = l0b_p1_l2_2;
+  assign \$1554  = { \$477 [30:0], 1'h0 };
+  assign \$1553  = l0b_p1_l2_0;
+  assign \$1552  = { \$459 [30:0], 1'h0 };
+  assign \$1551  = l0b_p0_l2_6;
+  assign \$1550  = { \$453 [30:0], 1'h0 };
+  assign \$1549  = l0b_p0_l2_4;
+  assign \$1548  = { \$447 [30:0], 1'h0 };
+  assign \$1547  = l0b_p0_l2_2;
+  assign \$1546  = { \$441 [30:0], 1'h0 };
+  assign \$1545  = l0b_p0_l2_0;
+  assign \$1544  = \$16 [15:0];
+  assign \$1543  = l0a_s7_r[15:0];
+  assign \$1542  = l0a_s7_r[33];
+  assign \$1541  = \$14 ;
+  assign \$1540  = \$10 ;
+  assign \$1539  = \$8 ;
+  assign \$1538  = \$7 ;
+  assign \$1537  = \$5 [31:0];
+  assign \$1536  = { \$325 [30:0], 1'h0 };
+  assign \$1535  = l0a_p2_l2_0;
+  assign \$1534  = { \$313 [30:0], 1'h0 };
+  assign \$1533  = l0a_p1_l2_2;
+  assign \$1532  = { \$307 [30:0], 1'h0 };
+  assign \$1531  = l0a_p1_l2_0;
+  assign \$1530  = { \$289 [30:0], 1'h0 };
+  assign \$1529  = l0a_p0_l2_6;
+  assign \$1528  = { \$283 [30:0], 1'h0 };
+  assign \$1527  = l0a_p0_l2_4;
+  assign \$1526  = { \$277 [30:0], 1'h0 };
+  assign \$1525  = l0a_p0_l2_2;
+  assign \$1524  = { \$271 [30:0], 1'h0 };
+  assign \$1523  = l0a_p0_l2_0;
+  assign \$6  = { l0a_s4_p, 1'h0 };
   assign \$10  = { \$9 [33], \$9 [33:1] };
-  assign \$18  = { l0b_s3_p, 1'h0 };
+  assign \$18  = { l0b_s4_p, 1'h0 };
   assign \$22  = { \$21 [33], \$21 [33:1] };
-  assign \$34  = { l1a_s3_p, 1'h0 };
+  assign \$34  = { l1a_s4_p, 1'h0 };
   assign \$38  = { \$37 [33], \$37 [33:1] };
-  assign \$46  = { l1b_s3_p, 1'h0 };
+  assign \$46  = { l1b_s4_p, 1'h0 };
   assign \$50  = { \$49 [33], \$49 [33:1] };
-  assign \$62  = { l2a_s3_p, 1'h0 };
+  assign \$62  = { l2a_s4_p, 1'h0 };
   assign \$66  = { \$65 [33], \$65 [33:1] };
-  assign \$74  = { l2b_s3_p, 1'h0 };
+  assign \$74  = { l2b_s4_p, 1'h0 };
   assign \$78  = { \$77 [33], \$77 [33:1] };
-  assign \$90  = { l3a_s3_p, 1'h0 };
+  assign \$90  = { l3a_s4_p, 1'h0 };
   assign \$94  = { \$93 [33], \$93 [33:1] };
-  assign \$102  = { l3b_s3_p, 1'h0 };
+  assign \$102  = { l3b_s4_p, 1'h0 };
   assign \$106  = { \$105 [33], \$105 [33:1] };
   assign \$157  = { \$156 [15], \$156  };
   assign \$159  = { \$158 [15], \$158  };
@@ -5054,8 +5473,8 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$229  = { \$228 [15], \$228 , 14'h0000 };
   assign \$232  = { \$231 , 15'h0000 };
   assign \$234  = { \$233 , 15'h0000 };
-  assign { l0a_p0_l3_4[24], l0a_p0_l3_4[19], l0a_p0_l3_4[16:0] } = { \$284 [24], \$284 [19], \$284 [16:0] };
-  assign { l0a_p0_l3_4[31:25], l0a_p0_l3_4[23:20], l0a_p0_l3_4[18:17] } = \$auto$rtlil.cc:2739:Not$2 ;
+  assign { l0a_p0_l2_6[24], l0a_p0_l2_6[19], l0a_p0_l2_6[16:0] } = { \$284 [24], \$284 [19], \$284 [16:0] };
+  assign { l0a_p0_l2_6[31:25], l0a_p0_l2_6[23:20], l0a_p0_l2_6[18:17] } = \$auto$rtlil.cc:2739:Not$2 ;
   assign { \$286 [24], \$286 [19], \$286 [16:0] } = 19'h00000;
   assign { \$286 [31:25], \$286 [23:20], \$286 [18:17] } = { \$265 [30:24], \$265 [22:19], \$265 [17:16] };
   assign { \$288 [24], \$288 [19], \$288 [16:0] } = 19'h00000;
@@ -5092,8 +5511,8 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$399  = { \$398 [15], \$398 , 14'h0000 };
   assign \$402  = { \$401 , 15'h0000 };
   assign \$404  = { \$403 , 15'h0000 };
-  assign { l0b_p0_l3_4[24], l0b_p0_l3_4[19], l0b_p0_l3_4[16:0] } = { \$454 [24], \$454 [19], \$454 [16:0] };
-  assign { l0b_p0_l3_4[31:25], l0b_p0_l3_4[23:20], l0b_p0_l3_4[18:17] } = \$auto$rtlil.cc:2739:Not$4 ;
+  assign { l0b_p0_l2_6[24], l0b_p0_l2_6[19], l0b_p0_l2_6[16:0] } = { \$454 [24], \$454 [19], \$454 [16:0] };
+  assign { l0b_p0_l2_6[31:25], l0b_p0_l2_6[23:20], l0b_p0_l2_6[18:17] } = \$auto$rtlil.cc:2739:Not$4 ;
   assign { \$456 [24], \$456 [19], \$456 [16:0] } = 19'h00000;
   assign { \$456 [31:25], \$456 [23:20], \$456 [18:17] } = { \$435 [30:24], \$435 [22:19], \$435 [17:16] };
   assign { \$458 [24], \$458 [19], \$458 [16:0] } = 19'h00000;
@@ -5130,8 +5549,8 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$569  = { \$568 [15], \$568 , 14'h0000 };
   assign \$572  = { \$571 , 15'h0000 };
   assign \$574  = { \$573 , 15'h0000 };
-  assign { l1a_p0_l3_4[24], l1a_p0_l3_4[19], l1a_p0_l3_4[16:0] } = { \$624 [24], \$624 [19], \$624 [16:0] };
-  assign { l1a_p0_l3_4[31:25], l1a_p0_l3_4[23:20], l1a_p0_l3_4[18:17] } = \$auto$rtlil.cc:2739:Not$6 ;
+  assign { l1a_p0_l2_6[24], l1a_p0_l2_6[19], l1a_p0_l2_6[16:0] } = { \$624 [24], \$624 [19], \$624 [16:0] };
+  assign { l1a_p0_l2_6[31:25], l1a_p0_l2_6[23:20], l1a_p0_l2_6[18:17] } = \$auto$rtlil.cc:2739:Not$6 ;
   assign { \$626 [24], \$626 [19], \$626 [16:0] } = 19'h00000;
   assign { \$626 [31:25], \$626 [23:20], \$626 [18:17] } = { \$605 [30:24], \$605 [22:19], \$605 [17:16] };
   assign { \$628 [24], \$628 [19], \$628 [16:0] } = 19'h00000;
@@ -5168,8 +5587,8 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$739  = { \$738 [15], \$738 , 14'h0000 };
   assign \$742  = { \$741 , 15'h0000 };
   assign \$744  = { \$743 , 15'h0000 };
-  assign { l1b_p0_l3_4[24], l1b_p0_l3_4[19], l1b_p0_l3_4[16:0] } = { \$794 [24], \$794 [19], \$794 [16:0] };
-  assign { l1b_p0_l3_4[31:25], l1b_p0_l3_4[23:20], l1b_p0_l3_4[18:17] } = \$auto$rtlil.cc:2739:Not$8 ;
+  assign { l1b_p0_l2_6[24], l1b_p0_l2_6[19], l1b_p0_l2_6[16:0] } = { \$794 [24], \$794 [19], \$794 [16:0] };
+  assign { l1b_p0_l2_6[31:25], l1b_p0_l2_6[23:20], l1b_p0_l2_6[18:17] } = \$auto$rtlil.cc:2739:Not$8 ;
   assign { \$796 [24], \$796 [19], \$796 [16:0] } = 19'h00000;
   assign { \$796 [31:25], \$796 [23:20], \$796 [18:17] } = { \$775 [30:24], \$775 [22:19], \$775 [17:16] };
   assign { \$798 [24], \$798 [19], \$798 [16:0] } = 19'h00000;
@@ -5206,8 +5625,8 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$909  = { \$908 [15], \$908 , 14'h0000 };
   assign \$912  = { \$911 , 15'h0000 };
   assign \$914  = { \$913 , 15'h0000 };
-  assign { l2a_p0_l3_4[24], l2a_p0_l3_4[19], l2a_p0_l3_4[16:0] } = { \$964 [24], \$964 [19], \$964 [16:0] };
-  assign { l2a_p0_l3_4[31:25], l2a_p0_l3_4[23:20], l2a_p0_l3_4[18:17] } = \$auto$rtlil.cc:2739:Not$10 ;
+  assign { l2a_p0_l2_6[24], l2a_p0_l2_6[19], l2a_p0_l2_6[16:0] } = { \$964 [24], \$964 [19], \$964 [16:0] };
+  assign { l2a_p0_l2_6[31:25], l2a_p0_l2_6[23:20], l2a_p0_l2_6[18:17] } = \$auto$rtlil.cc:2739:Not$10 ;
   assign { \$966 [24], \$966 [19], \$966 [16:0] } = 19'h00000;
   assign { \$966 [31:25], \$966 [23:20], \$966 [18:17] } = { \$945 [30:24], \$945 [22:19], \$945 [17:16] };
   assign { \$968 [24], \$968 [19], \$968 [16:0] } = 19'h00000;
@@ -5244,8 +5663,8 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$1079  = { \$1078 [15], \$1078 , 14'h0000 };
   assign \$1082  = { \$1081 , 15'h0000 };
   assign \$1084  = { \$1083 , 15'h0000 };
-  assign { l2b_p0_l3_4[24], l2b_p0_l3_4[19], l2b_p0_l3_4[16:0] } = { \$1134 [24], \$1134 [19], \$1134 [16:0] };
-  assign { l2b_p0_l3_4[31:25], l2b_p0_l3_4[23:20], l2b_p0_l3_4[18:17] } = \$auto$rtlil.cc:2739:Not$12 ;
+  assign { l2b_p0_l2_6[24], l2b_p0_l2_6[19], l2b_p0_l2_6[16:0] } = { \$1134 [24], \$1134 [19], \$1134 [16:0] };
+  assign { l2b_p0_l2_6[31:25], l2b_p0_l2_6[23:20], l2b_p0_l2_6[18:17] } = \$auto$rtlil.cc:2739:Not$12 ;
   assign { \$1136 [24], \$1136 [19], \$1136 [16:0] } = 19'h00000;
   assign { \$1136 [31:25], \$1136 [23:20], \$1136 [18:17] } = { \$1115 [30:24], \$1115 [22:19], \$1115 [17:16] };
   assign { \$1138 [24], \$1138 [19], \$1138 [16:0] } = 19'h00000;
@@ -5282,8 +5701,8 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$1249  = { \$1248 [15], \$1248 , 14'h0000 };
   assign \$1252  = { \$1251 , 15'h0000 };
   assign \$1254  = { \$1253 , 15'h0000 };
-  assign { l3a_p0_l3_4[24], l3a_p0_l3_4[19], l3a_p0_l3_4[16:0] } = { \$1304 [24], \$1304 [19], \$1304 [16:0] };
-  assign { l3a_p0_l3_4[31:25], l3a_p0_l3_4[23:20], l3a_p0_l3_4[18:17] } = \$auto$rtlil.cc:2739:Not$14 ;
+  assign { l3a_p0_l2_6[24], l3a_p0_l2_6[19], l3a_p0_l2_6[16:0] } = { \$1304 [24], \$1304 [19], \$1304 [16:0] };
+  assign { l3a_p0_l2_6[31:25], l3a_p0_l2_6[23:20], l3a_p0_l2_6[18:17] } = \$auto$rtlil.cc:2739:Not$14 ;
   assign { \$1306 [24], \$1306 [19], \$1306 [16:0] } = 19'h00000;
   assign { \$1306 [31:25], \$1306 [23:20], \$1306 [18:17] } = { \$1285 [30:24], \$1285 [22:19], \$1285 [17:16] };
   assign { \$1308 [24], \$1308 [19], \$1308 [16:0] } = 19'h00000;
@@ -5320,8 +5739,8 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
   assign \$1419  = { \$1418 [15], \$1418 , 14'h0000 };
   assign \$1422  = { \$1421 , 15'h0000 };
   assign \$1424  = { \$1423 , 15'h0000 };
-  assign { l3b_p0_l3_4[24], l3b_p0_l3_4[19], l3b_p0_l3_4[16:0] } = { \$1474 [24], \$1474 [19], \$1474 [16:0] };
-  assign { l3b_p0_l3_4[31:25], l3b_p0_l3_4[23:20], l3b_p0_l3_4[18:17] } = \$auto$rtlil.cc:2739:Not$16 ;
+  assign { l3b_p0_l2_6[24], l3b_p0_l2_6[19], l3b_p0_l2_6[16:0] } = { \$1474 [24], \$1474 [19], \$1474 [16:0] };
+  assign { l3b_p0_l2_6[31:25], l3b_p0_l2_6[23:20], l3b_p0_l2_6[18:17] } = \$auto$rtlil.cc:2739:Not$16 ;
   assign { \$1476 [24], \$1476 [19], \$1476 [16:0] } = 19'h00000;
   assign { \$1476 [31:25], \$1476 [23:20], \$1476 [18:17] } = { \$1455 [30:24], \$1455 [22:19], \$1455 [17:16] };
   assign { \$1478 [24], \$1478 [19], \$1478 [16:0] } = 19'h00000;
@@ -5329,7 +5748,7 @@ module residual_add(c__valid, a__payload, a__valid, b__payload, b__valid, o__rea
 endmodule
 
 (* generator = "Amaranth" *)
-module \residual_add.out_queue (clk, rst, r_data, \port$1780$0 , \port$1848$0 , \port$1916$0 , \port$1984$0 , w_en, r_rdy, r_en);
+module \residual_add.out_queue (clk, rst, r_data, \port$1804$0 , \port$1896$0 , \port$1988$0 , \port$2080$0 , w_en, r_rdy, r_en);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -5372,14 +5791,14 @@ module \residual_add.out_queue (clk, rst, r_data, \port$1780$0 , \port$1848$0 , 
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$1780$0 ;
-  wire [15:0] \port$1780$0 ;
-  input [15:0] \port$1848$0 ;
-  wire [15:0] \port$1848$0 ;
-  input [15:0] \port$1916$0 ;
-  wire [15:0] \port$1916$0 ;
-  input [15:0] \port$1984$0 ;
-  wire [15:0] \port$1984$0 ;
+  input [15:0] \port$1804$0 ;
+  wire [15:0] \port$1804$0 ;
+  input [15:0] \port$1896$0 ;
+  wire [15:0] \port$1896$0 ;
+  input [15:0] \port$1988$0 ;
+  wire [15:0] \port$1988$0 ;
+  input [15:0] \port$2080$0 ;
+  wire [15:0] \port$2080$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -5402,7 +5821,7 @@ module \residual_add.out_queue (clk, rst, r_data, \port$1780$0 , \port$1848$0 , 
   wire [63:0] w_port__data;
   wire w_port__en;
   wire w_rdy;
-  reg [63:0] storage [11:0];
+  reg [63:0] storage [12:0];
   initial begin
     storage[0] = 64'h0000000000000000;
     storage[1] = 64'h0000000000000000;
@@ -5416,10 +5835,11 @@ module \residual_add.out_queue (clk, rst, r_data, \port$1780$0 , \port$1848$0 , 
     storage[9] = 64'h0000000000000000;
     storage[10] = 64'h0000000000000000;
     storage[11] = 64'h0000000000000000;
+    storage[12] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1984$0 , \port$1916$0 , \port$1848$0 , \port$1780$0  };
+      storage[w_port__addr] <= { \port$2080$0 , \port$1988$0 , \port$1896$0 , \port$1804$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -5428,7 +5848,7 @@ module \residual_add.out_queue (clk, rst, r_data, \port$1780$0 , \port$1848$0 , 
     end
   end
   assign r_data = _0_;
-  assign w_rdy = inner_level != 4'hc;
+  assign w_rdy = inner_level != 4'hd;
   assign inner_r_rdy = | inner_level;
   assign w_port__en = w_rdy & w_en;
   assign \$1  = ~ r_rdy;
@@ -5436,13 +5856,13 @@ module \residual_add.out_queue (clk, rst, r_data, \port$1780$0 , \port$1848$0 , 
   assign r_port__en = inner_r_rdy & \$2 ;
   assign \$3  = inner_level + r_rdy;
   assign \$4  = w_rdy & w_en;
-  assign \$5  = w_port__addr == 4'hb;
+  assign \$5  = w_port__addr == 4'hc;
   assign \$6  = w_port__addr + 1'h1;
   assign \$7  = \$5  ? 5'h00 : \$6 ;
   assign \$8  = ~ r_rdy;
   assign \$9  = \$8  | r_en;
   assign \$10  = inner_r_rdy & \$9 ;
-  assign \$11  = r_port__addr == 4'hb;
+  assign \$11  = r_port__addr == 4'hc;
   assign \$12  = r_port__addr + 1'h1;
   assign \$13  = \$11  ? 5'h00 : \$12 ;
   assign \$14  = w_rdy & w_en;
@@ -5519,8 +5939,8 @@ module \residual_add.out_queue (clk, rst, r_data, \port$1780$0 , \port$1848$0 , 
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1984$0 , \port$1916$0 , \port$1848$0 , \port$1780$0  };
-  assign w_data = { \port$1984$0 , \port$1916$0 , \port$1848$0 , \port$1780$0  };
+  assign w_port__data = { \port$2080$0 , \port$1988$0 , \port$1896$0 , \port$1804$0  };
+  assign w_data = { \port$2080$0 , \port$1988$0 , \port$1896$0 , \port$1804$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

@@ -6,30 +6,30 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire \$100 ;
-  wire [5:0] \$101 ;
-  wire [6:0] \$102 ;
-  wire [8:0] \$103 ;
-  wire [9:0] \$104 ;
-  wire \$105 ;
-  wire \$106 ;
-  wire [33:0] \$107 ;
-  wire [33:0] \$108 ;
-  wire [7:0] \$109 ;
+  wire [5:0] \$100 ;
+  wire [6:0] \$101 ;
+  wire [8:0] \$102 ;
+  wire [9:0] \$103 ;
+  wire \$104 ;
+  wire [33:0] \$105 ;
+  wire [33:0] \$106 ;
+  wire [7:0] \$107 ;
+  wire [4:0] \$108 ;
+  wire \$109 ;
   wire \$11 ;
-  wire [4:0] \$110 ;
+  wire \$110 ;
   wire \$111 ;
   wire \$112 ;
-  wire \$113 ;
-  wire \$114 ;
-  wire [4:0] \$115 ;
-  wire [5:0] \$116 ;
+  wire [4:0] \$113 ;
+  wire [5:0] \$114 ;
+  wire \$115 ;
+  wire \$116 ;
   wire \$117 ;
   wire \$118 ;
-  wire \$119 ;
+  wire [6:0] \$119 ;
   wire \$12 ;
   wire \$120 ;
-  wire [6:0] \$121 ;
+  wire \$121 ;
   wire \$122 ;
   wire \$123 ;
   wire \$124 ;
@@ -109,12 +109,12 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   wire \$191 ;
   wire \$192 ;
   wire \$193 ;
-  wire \$194 ;
-  wire \$195 ;
+  wire [16:0] \$194 ;
+  wire [16:0] \$195 ;
   wire [16:0] \$196 ;
   wire [16:0] \$197 ;
-  wire [16:0] \$198 ;
-  wire [16:0] \$199 ;
+  wire [17:0] \$198 ;
+  wire [17:0] \$199 ;
   wire \$2 ;
   wire \$20 ;
   wire [17:0] \$200 ;
@@ -128,11 +128,11 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   wire [17:0] \$208 ;
   wire [17:0] \$209 ;
   wire \$21 ;
-  wire [17:0] \$210 ;
-  wire [17:0] \$211 ;
+  wire [31:0] \$210 ;
+  wire [31:0] \$211 ;
   wire [31:0] \$212 ;
-  wire [31:0] \$213 ;
-  wire [31:0] \$214 ;
+  wire [32:0] \$213 ;
+  wire [32:0] \$214 ;
   wire [32:0] \$215 ;
   wire [32:0] \$216 ;
   wire [32:0] \$217 ;
@@ -144,17 +144,17 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   wire [32:0] \$222 ;
   wire [32:0] \$223 ;
   wire [32:0] \$224 ;
-  wire [32:0] \$225 ;
-  wire [32:0] \$226 ;
+  wire [15:0] \$225 ;
+  wire [16:0] \$226 ;
   wire [15:0] \$227 ;
   wire [16:0] \$228 ;
   wire [15:0] \$229 ;
   wire \$23 ;
-  wire [16:0] \$230 ;
+  wire [18:0] \$230 ;
   wire [15:0] \$231 ;
   wire [18:0] \$232 ;
   wire [15:0] \$233 ;
-  wire [18:0] \$234 ;
+  wire [22:0] \$234 ;
   wire [15:0] \$235 ;
   wire [22:0] \$236 ;
   wire [15:0] \$237 ;
@@ -163,7 +163,7 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   wire \$24 ;
   wire [22:0] \$240 ;
   wire [15:0] \$241 ;
-  wire [22:0] \$242 ;
+  wire [30:0] \$242 ;
   wire [15:0] \$243 ;
   wire [30:0] \$244 ;
   wire [15:0] \$245 ;
@@ -180,10 +180,10 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   wire [15:0] \$255 ;
   wire [30:0] \$256 ;
   wire [15:0] \$257 ;
-  wire [30:0] \$258 ;
-  wire [15:0] \$259 ;
+  wire [46:0] \$258 ;
+  wire [33:0] \$259 ;
   wire \$26 ;
-  wire [46:0] \$260 ;
+  wire [33:0] \$260 ;
   wire [33:0] \$261 ;
   wire [33:0] \$262 ;
   wire [33:0] \$263 ;
@@ -295,48 +295,48 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   wire [33:0] \$359 ;
   wire [34:0] \$36 ;
   wire [33:0] \$360 ;
-  wire [33:0] \$361 ;
-  wire [33:0] \$362 ;
+  wire \$361 ;
+  wire \$362 ;
   wire \$363 ;
   wire \$364 ;
-  wire \$365 ;
-  wire \$366 ;
-  wire \$367 ;
-  wire [16:0] \$368 ;
-  wire [17:0] \$369 ;
+  wire [16:0] \$365 ;
+  wire [17:0] \$366 ;
+  wire [16:0] \$367 ;
+  wire [17:0] \$368 ;
+  wire [16:0] \$369 ;
   wire [16:0] \$37 ;
-  wire [16:0] \$370 ;
-  wire [17:0] \$371 ;
-  wire [16:0] \$372 ;
-  wire [19:0] \$373 ;
-  wire [16:0] \$374 ;
-  wire [19:0] \$375 ;
-  wire [16:0] \$376 ;
-  wire [23:0] \$377 ;
-  wire [16:0] \$378 ;
-  wire [23:0] \$379 ;
+  wire [19:0] \$370 ;
+  wire [16:0] \$371 ;
+  wire [19:0] \$372 ;
+  wire [16:0] \$373 ;
+  wire [23:0] \$374 ;
+  wire [16:0] \$375 ;
+  wire [23:0] \$376 ;
+  wire [16:0] \$377 ;
+  wire [23:0] \$378 ;
+  wire [16:0] \$379 ;
   wire [20:0] \$38 ;
-  wire [16:0] \$380 ;
-  wire [23:0] \$381 ;
-  wire [16:0] \$382 ;
-  wire [23:0] \$383 ;
-  wire [16:0] \$384 ;
-  wire [31:0] \$385 ;
-  wire [16:0] \$386 ;
-  wire [31:0] \$387 ;
-  wire [16:0] \$388 ;
-  wire [31:0] \$389 ;
+  wire [23:0] \$380 ;
+  wire [16:0] \$381 ;
+  wire [31:0] \$382 ;
+  wire [16:0] \$383 ;
+  wire [31:0] \$384 ;
+  wire [16:0] \$385 ;
+  wire [31:0] \$386 ;
+  wire [16:0] \$387 ;
+  wire [31:0] \$388 ;
+  wire [16:0] \$389 ;
   wire [4:0] \$39 ;
-  wire [16:0] \$390 ;
-  wire [31:0] \$391 ;
-  wire [16:0] \$392 ;
-  wire [31:0] \$393 ;
-  wire [16:0] \$394 ;
-  wire [31:0] \$395 ;
-  wire [16:0] \$396 ;
-  wire [31:0] \$397 ;
-  wire [16:0] \$398 ;
-  wire [31:0] \$399 ;
+  wire [31:0] \$390 ;
+  wire [16:0] \$391 ;
+  wire [31:0] \$392 ;
+  wire [16:0] \$393 ;
+  wire [31:0] \$394 ;
+  wire [16:0] \$395 ;
+  wire [31:0] \$396 ;
+  wire [32:0] \$397 ;
+  wire [32:0] \$398 ;
+  wire [32:0] \$399 ;
   wire \$4 ;
   wire [4:0] \$40 ;
   wire [32:0] \$400 ;
@@ -434,30 +434,30 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   wire [32:0] \$484 ;
   wire [32:0] \$485 ;
   wire [32:0] \$486 ;
-  wire [32:0] \$487 ;
-  wire [32:0] \$488 ;
-  wire [32:0] \$489 ;
+  reg \$487 ;
+  reg \$488 ;
+  reg \$489 ;
   wire \$49 ;
-  reg \$490 ;
+  reg [4:0] \$490 ;
   reg \$491 ;
-  reg \$492 ;
-  reg [4:0] \$493 ;
+  reg [15:0] \$492 ;
+  reg \$493 ;
   reg \$494 ;
-  reg [15:0] \$495 ;
-  reg \$496 ;
-  reg \$497 ;
-  reg \$498 ;
-  reg [15:0] \$499 ;
+  reg \$495 ;
+  reg [15:0] \$496 ;
+  reg [15:0] \$497 ;
+  reg [15:0] \$498 ;
+  reg \$499 ;
   wire \$5 ;
   wire \$50 ;
-  reg [15:0] \$500 ;
-  reg [15:0] \$501 ;
+  reg [4:0] \$500 ;
+  reg \$501 ;
   reg \$502 ;
   reg [4:0] \$503 ;
-  reg \$504 ;
+  reg [4:0] \$504 ;
   reg \$505 ;
-  reg [4:0] \$506 ;
-  reg [4:0] \$507 ;
+  reg \$506 ;
+  reg \$507 ;
   reg \$508 ;
   reg \$509 ;
   wire \$51 ;
@@ -467,30 +467,30 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   reg \$513 ;
   reg \$514 ;
   reg \$515 ;
-  reg \$516 ;
-  reg \$517 ;
-  reg \$518 ;
-  reg [4:0] \$519 ;
+  reg [4:0] \$516 ;
+  reg [4:0] \$517 ;
+  wire [16:0] \$518 ;
+  wire [4:0] \$519 ;
   wire \$52 ;
-  reg [4:0] \$520 ;
-  wire [16:0] \$521 ;
-  wire [4:0] \$522 ;
-  wire [16:0] \$523 ;
+  wire [16:0] \$520 ;
+  wire [4:0] \$521 ;
+  wire [33:0] \$522 ;
+  wire [4:0] \$523 ;
   wire [4:0] \$524 ;
-  wire [33:0] \$525 ;
-  wire [4:0] \$526 ;
-  wire [4:0] \$527 ;
-  wire [16:0] \$528 ;
-  wire [32:0] \$529 ;
+  wire [16:0] \$525 ;
+  wire [32:0] \$526 ;
+  wire [32:0] \$527 ;
+  wire [4:0] \$528 ;
+  wire [4:0] \$529 ;
   wire \$53 ;
-  wire [32:0] \$530 ;
-  wire [4:0] \$531 ;
-  wire [4:0] \$532 ;
-  wire [16:0] \$533 ;
-  wire [15:0] \$534 ;
-  wire [47:0] \$535 ;
-  wire [4:0] \$536 ;
-  wire [4:0] \$537 ;
+  wire [16:0] \$530 ;
+  wire [15:0] \$531 ;
+  wire [47:0] \$532 ;
+  wire [4:0] \$533 ;
+  wire [4:0] \$534 ;
+  wire [33:0] \$535 ;
+  wire [33:0] \$536 ;
+  wire [33:0] \$537 ;
   wire [33:0] \$538 ;
   wire [33:0] \$539 ;
   wire \$54 ;
@@ -498,98 +498,98 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   wire [33:0] \$541 ;
   wire [33:0] \$542 ;
   wire [33:0] \$543 ;
-  wire [33:0] \$544 ;
-  wire [33:0] \$545 ;
+  wire [4:0] \$544 ;
+  wire [4:0] \$545 ;
   wire [33:0] \$546 ;
-  wire [4:0] \$547 ;
-  wire [4:0] \$548 ;
-  wire [33:0] \$549 ;
+  wire [33:0] \$547 ;
+  wire [33:0] \$548 ;
+  wire [4:0] \$549 ;
   wire \$55 ;
-  wire [33:0] \$550 ;
-  wire [33:0] \$551 ;
+  wire [4:0] \$550 ;
+  wire [16:0] \$551 ;
   wire [4:0] \$552 ;
-  wire [4:0] \$553 ;
-  wire [16:0] \$554 ;
-  wire [4:0] \$555 ;
-  wire [15:0] \$556 ;
-  wire [4:0] \$557 ;
-  reg [19:0] \$558 ;
-  reg [4:0] \$559 ;
+  wire [15:0] \$553 ;
+  wire [4:0] \$554 ;
+  reg [19:0] \$555 ;
+  reg [4:0] \$556 ;
+  reg [4:0] \$557 ;
+  reg \$558 ;
+  reg [5:0] \$559 ;
   wire [5:0] \$56 ;
-  reg [4:0] \$560 ;
+  reg [15:0] \$560 ;
   reg \$561 ;
-  reg [5:0] \$562 ;
-  reg [15:0] \$563 ;
+  reg \$562 ;
+  reg \$563 ;
   reg \$564 ;
-  reg \$565 ;
+  reg [2:0] \$565 ;
   reg \$566 ;
-  reg \$567 ;
-  reg [2:0] \$568 ;
-  reg \$569 ;
+  reg [2:0] \$567 ;
+  reg [4:0] \$568 ;
+  reg [19:0] \$569 ;
   wire \$57 ;
-  reg [2:0] \$570 ;
+  reg [16:0] \$570 ;
   reg [4:0] \$571 ;
-  reg [19:0] \$572 ;
-  reg [16:0] \$573 ;
-  reg [4:0] \$574 ;
-  reg \$575 ;
-  reg [19:0] \$576 ;
+  reg \$572 ;
+  reg [19:0] \$573 ;
+  reg [16:0] \$574 ;
+  reg [16:0] \$575 ;
+  reg [4:0] \$576 ;
   reg [16:0] \$577 ;
-  reg [16:0] \$578 ;
-  reg [4:0] \$579 ;
+  reg [4:0] \$578 ;
+  reg [16:0] \$579 ;
   wire \$58 ;
-  reg [16:0] \$580 ;
-  reg [4:0] \$581 ;
-  reg [16:0] \$582 ;
+  reg [4:0] \$580 ;
+  reg \$581 ;
+  reg \$582 ;
   reg [4:0] \$583 ;
   reg \$584 ;
-  reg [4:0] \$585 ;
-  reg \$586 ;
-  reg [5:0] \$587 ;
-  reg [16:0] \$588 ;
-  reg [2:0] \$589 ;
+  reg [5:0] \$585 ;
+  reg [16:0] \$586 ;
+  reg [2:0] \$587 ;
+  reg [4:0] \$588 ;
+  reg [7:0] \$589 ;
   wire \$59 ;
-  reg [4:0] \$590 ;
-  reg [7:0] \$591 ;
+  reg \$590 ;
+  reg \$591 ;
   reg \$592 ;
   reg \$593 ;
   reg \$594 ;
   reg \$595 ;
-  reg \$596 ;
-  reg \$597 ;
+  wire [16:0] \$596 ;
+  wire \$597 ;
   wire [16:0] \$598 ;
   wire \$599 ;
   wire \$6 ;
   wire \$60 ;
-  wire [16:0] \$600 ;
-  wire \$601 ;
-  wire \$602 ;
+  wire \$600 ;
+  wire [32:0] \$601 ;
+  wire [32:0] \$602 ;
   wire [32:0] \$603 ;
   wire [32:0] \$604 ;
   wire [32:0] \$605 ;
   wire [32:0] \$606 ;
   wire [32:0] \$607 ;
   wire [32:0] \$608 ;
-  wire [32:0] \$609 ;
+  wire \$609 ;
   wire \$61 ;
   wire [32:0] \$610 ;
-  wire \$611 ;
+  wire [32:0] \$611 ;
   wire [32:0] \$612 ;
   wire [32:0] \$613 ;
-  wire [32:0] \$614 ;
+  wire \$614 ;
   wire [32:0] \$615 ;
-  wire \$616 ;
-  wire [32:0] \$617 ;
-  wire [32:0] \$618 ;
-  wire [7:0] \$619 ;
+  wire [32:0] \$616 ;
+  wire [7:0] \$617 ;
+  wire \$618 ;
+  reg \$619 ;
   wire \$62 ;
-  wire \$620 ;
-  reg \$621 ;
-  reg [3:0] \$622 ;
-  reg [8:0] \$623 ;
-  reg \$624 ;
-  reg [3:0] \$625 ;
-  reg [4:0] \$626 ;
+  reg [3:0] \$620 ;
+  reg [8:0] \$621 ;
+  reg \$622 ;
+  reg [3:0] \$623 ;
+  reg [4:0] \$624 ;
+  reg \$625 ;
+  reg \$626 ;
   reg \$627 ;
   reg \$628 ;
   reg \$629 ;
@@ -598,8 +598,6 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   reg \$631 ;
   reg \$632 ;
   reg \$633 ;
-  reg \$634 ;
-  reg \$635 ;
   wire \$64 ;
   wire \$65 ;
   wire [21:0] \$66 ;
@@ -624,17 +622,17 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   wire \$83 ;
   wire \$84 ;
   wire \$85 ;
-  wire [4:0] \$86 ;
+  wire \$86 ;
   wire [4:0] \$87 ;
-  wire \$88 ;
+  wire [4:0] \$88 ;
   wire \$89 ;
   wire \$9 ;
-  wire [4:0] \$90 ;
+  wire \$90 ;
   wire [4:0] \$91 ;
-  wire [5:0] \$92 ;
-  wire [16:0] \$93 ;
+  wire [4:0] \$92 ;
+  wire [5:0] \$93 ;
   wire [16:0] \$94 ;
-  wire \$95 ;
+  wire [16:0] \$95 ;
   wire \$96 ;
   wire [5:0] \$97 ;
   wire \$98 ;
@@ -660,6 +658,7 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   wire c__valid;
   input clk;
   wire clk;
+  reg credit_ok = 1'h0;
   reg [4:0] credits = 5'h10;
   reg d_busy = 1'h0;
   reg d_last = 1'h0;
@@ -1009,13 +1008,13 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   reg [15:0] rmax = 16'h0000;
   reg row_first = 1'h1;
   wire [5:0] rp__addr;
-  wire [5:0] \rp__addr$222 ;
+  wire [5:0] \rp__addr$223 ;
   (* init = 5'h00 *)
-  wire [4:0] \rp__addr$226 ;
+  wire [4:0] \rp__addr$227 ;
   (* init = 4'h0 *)
-  wire [3:0] \rp__addr$348 ;
+  wire [3:0] \rp__addr$349 ;
   wire [15:0] rp__data;
-  wire [8:0] \rp__data$210 ;
+  wire [8:0] \rp__data$211 ;
   wire [15:0] \rp__data$27 ;
   wire [15:0] \rp__data$30 ;
   input rst;
@@ -1040,20 +1039,20 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   reg [19:0] total = 20'h00000;
   (* init = 6'h00 *)
   wire [5:0] wp__addr;
-  wire [5:0] \wp__addr$219 ;
-  wire [4:0] \wp__addr$223 ;
+  wire [5:0] \wp__addr$220 ;
+  wire [4:0] \wp__addr$224 ;
   (* init = 16'h0000 *)
   wire [15:0] wp__data;
   (* init = 16'h0000 *)
-  wire [15:0] \wp__data$220 ;
+  wire [15:0] \wp__data$221 ;
   (* init = 16'h0000 *)
-  wire [15:0] \wp__data$224 ;
+  wire [15:0] \wp__data$225 ;
   (* init = 1'h0 *)
   wire wp__en;
   (* init = 1'h0 *)
-  wire \wp__en$221 ;
+  wire \wp__en$222 ;
   (* init = 1'h0 *)
-  wire \wp__en$225 ;
+  wire \wp__en$226 ;
   (* ram_style = "distributed" *)
   reg [15:0] exp_mem_p0 [63:0];
   initial begin
@@ -1192,7 +1191,7 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
     if (out_v5)
       out_queue[oq_wptr] <= { out_s6_last, out_s6_p };
   end
-  assign \rp__data$210  = out_queue[oq_rptr];
+  assign \rp__data$211  = out_queue[oq_rptr];
   (* ram_style = "distributed" *)
   reg [15:0] score_mem_p0 [63:0];
   initial begin
@@ -1266,158 +1265,153 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
       score_mem_p0[score_mem_waddr_q] <= score_mem_wdata_q;
   end
   assign rp__data = score_mem_p0[{ er, ridx }];
-  assign \$345  = { \$332 [32:0], 1'h0 } ^ ex_exp_gb_l1_4;
-  assign ex_exp_gb_l2_2 = \$345  ^ { \$338 [32:0], 1'h0 };
-  assign \$346  = { \$332 [32:0], 1'h0 } & ex_exp_gb_l1_4;
-  assign \$347  = { \$332 [32:0], 1'h0 } & { \$338 [32:0], 1'h0 };
+  assign \$346  = \$344  | \$345 ;
+  assign \$347  = ex_exp_gb_l1_4 & { \$336 [32:0], 1'h0 };
   assign \$348  = \$346  | \$347 ;
-  assign \$349  = ex_exp_gb_l1_4 & { \$338 [32:0], 1'h0 };
-  assign \$350  = \$348  | \$349 ;
-  assign \$351  = ex_exp_gb_l2_0 ^ { \$344 [32:0], 1'h0 };
-  assign ex_exp_gb_l3_0 = \$351  ^ ex_exp_gb_l2_2;
-  assign \$352  = ex_exp_gb_l2_0 & { \$344 [32:0], 1'h0 };
-  assign \$353  = ex_exp_gb_l2_0 & ex_exp_gb_l2_2;
+  assign \$349  = ex_exp_gb_l2_0 ^ { \$342 [32:0], 1'h0 };
+  assign ex_exp_gb_l3_0 = \$349  ^ ex_exp_gb_l2_2;
+  assign \$350  = ex_exp_gb_l2_0 & { \$342 [32:0], 1'h0 };
+  assign \$351  = ex_exp_gb_l2_0 & ex_exp_gb_l2_2;
+  assign \$352  = \$350  | \$351 ;
+  assign \$353  = { \$342 [32:0], 1'h0 } & ex_exp_gb_l2_2;
   assign \$354  = \$352  | \$353 ;
-  assign \$355  = { \$344 [32:0], 1'h0 } & ex_exp_gb_l2_2;
-  assign \$356  = \$354  | \$355 ;
-  assign \$357  = ex_s7_exp_g0 ^ ex_s7_exp_g1;
-  assign ex_exp_gc_l1_0 = \$357  ^ ex_s7_exp_g2;
-  assign \$358  = ex_s7_exp_g0 & ex_s7_exp_g1;
-  assign \$359  = ex_s7_exp_g0 & ex_s7_exp_g2;
+  assign \$355  = ex_s7_exp_g0 ^ ex_s7_exp_g1;
+  assign ex_exp_gc_l1_0 = \$355  ^ ex_s7_exp_g2;
+  assign \$356  = ex_s7_exp_g0 & ex_s7_exp_g1;
+  assign \$357  = ex_s7_exp_g0 & ex_s7_exp_g2;
+  assign \$358  = \$356  | \$357 ;
+  assign \$359  = ex_s7_exp_g1 & ex_s7_exp_g2;
   assign \$360  = \$358  | \$359 ;
-  assign \$361  = ex_s7_exp_g1 & ex_s7_exp_g2;
-  assign \$362  = \$360  | \$361 ;
-  assign \$363  = | credits;
-  assign \$364  = o_run & \$363 ;
-  assign \$365  = | \inside ;
-  assign \$366  = ~ \$365 ;
-  assign \$367  = ~ score_mem_we;
-  assign c__ready = \$366  & \$367 ;
-  assign \$368  = exp_mem_rdata[0] ? out_s2_recip : 17'h00000;
-  assign \$370  = exp_mem_rdata[1] ? out_s2_recip : 17'h00000;
-  assign \$372  = exp_mem_rdata[2] ? out_s2_recip : 17'h00000;
-  assign \$374  = exp_mem_rdata[3] ? out_s2_recip : 17'h00000;
-  assign \$376  = exp_mem_rdata[4] ? out_s2_recip : 17'h00000;
-  assign \$378  = exp_mem_rdata[5] ? out_s2_recip : 17'h00000;
-  assign \$380  = exp_mem_rdata[6] ? out_s2_recip : 17'h00000;
-  assign \$382  = exp_mem_rdata[7] ? out_s2_recip : 17'h00000;
-  assign \$384  = exp_mem_rdata[8] ? out_s2_recip : 17'h00000;
-  assign \$386  = exp_mem_rdata[9] ? out_s2_recip : 17'h00000;
-  assign \$388  = exp_mem_rdata[10] ? out_s2_recip : 17'h00000;
-  assign \$390  = exp_mem_rdata[11] ? out_s2_recip : 17'h00000;
-  assign \$392  = exp_mem_rdata[12] ? out_s2_recip : 17'h00000;
-  assign \$394  = exp_mem_rdata[13] ? out_s2_recip : 17'h00000;
-  assign \$396  = exp_mem_rdata[14] ? out_s2_recip : 17'h00000;
-  assign \$398  = exp_mem_rdata[15] ? out_s2_recip : 17'h00000;
-  assign \$400  = { 15'h0000, \$369  } ^ { 15'h0000, \$371  };
-  assign out_csa0_l1_0 = \$400  ^ { 13'h0000, \$373  };
-  assign \$401  = { 15'h0000, \$369  } & { 15'h0000, \$371  };
-  assign \$402  = { 15'h0000, \$369  } & { 13'h0000, \$373  };
-  assign \$403  = \$401  | \$402 ;
-  assign \$404  = { 15'h0000, \$371  } & { 13'h0000, \$373  };
-  assign \$405  = \$403  | \$404 ;
-  assign \$406  = { 13'h0000, \$375  } ^ { 9'h000, \$377  };
-  assign out_csa0_l1_2 = \$406  ^ { 9'h000, \$379  };
-  assign \$407  = { 13'h0000, \$375  } & { 9'h000, \$377  };
-  assign \$408  = { 13'h0000, \$375  } & { 9'h000, \$379  };
-  assign \$409  = \$407  | \$408 ;
-  assign \$410  = { 9'h000, \$377  } & { 9'h000, \$379  };
-  assign \$411  = \$409  | \$410 ;
-  assign \$412  = { 9'h000, \$381  } ^ { 9'h000, \$383  };
-  assign out_csa0_l1_4 = \$412  ^ { 1'h0, \$385  };
-  assign \$413  = { 9'h000, \$381  } & { 9'h000, \$383  };
-  assign \$414  = { 9'h000, \$381  } & { 1'h0, \$385  };
-  assign \$415  = \$413  | \$414 ;
-  assign \$416  = { 9'h000, \$383  } & { 1'h0, \$385  };
-  assign \$417  = \$415  | \$416 ;
-  assign \$418  = { 1'h0, \$387  } ^ { 1'h0, \$389  };
-  assign out_csa0_l1_6 = \$418  ^ { 1'h0, \$391  };
-  assign \$419  = { 1'h0, \$387  } & { 1'h0, \$389  };
-  assign \$420  = { 1'h0, \$387  } & { 1'h0, \$391  };
-  assign \$421  = \$419  | \$420 ;
-  assign \$422  = { 1'h0, \$389  } & { 1'h0, \$391  };
-  assign \$423  = \$421  | \$422 ;
-  assign \$424  = { 1'h0, \$393  } ^ { 1'h0, \$395  };
-  assign out_csa0_l1_8 = \$424  ^ { 1'h0, \$397  };
-  assign \$425  = { 1'h0, \$393  } & { 1'h0, \$395  };
-  assign \$426  = { 1'h0, \$393  } & { 1'h0, \$397  };
-  assign \$427  = \$425  | \$426 ;
-  assign \$428  = { 1'h0, \$395  } & { 1'h0, \$397  };
-  assign \$429  = \$427  | \$428 ;
-  assign \$430  = out_csa0_l1_0 ^ { \$405 [31:0], 1'h0 };
-  assign out_csa0_l2_0 = \$430  ^ out_csa0_l1_2;
-  assign \$431  = out_csa0_l1_0 & { \$405 [31:0], 1'h0 };
-  assign \$432  = out_csa0_l1_0 & out_csa0_l1_2;
-  assign \$433  = \$431  | \$432 ;
-  assign \$434  = { \$405 [31:0], 1'h0 } & out_csa0_l1_2;
-  assign \$435  = \$433  | \$434 ;
-  assign \$436  = { \$411 [31:0], 1'h0 } ^ out_csa0_l1_4;
-  assign out_csa0_l2_2 = \$436  ^ { \$417 [31:0], 1'h0 };
-  assign \$437  = { \$411 [31:0], 1'h0 } & out_csa0_l1_4;
-  assign \$438  = { \$411 [31:0], 1'h0 } & { \$417 [31:0], 1'h0 };
-  assign \$439  = \$437  | \$438 ;
-  assign \$440  = out_csa0_l1_4 & { \$417 [31:0], 1'h0 };
-  assign \$441  = \$439  | \$440 ;
-  assign \$442  = out_csa0_l1_6 ^ { \$423 [31:0], 1'h0 };
-  assign out_csa0_l2_4 = \$442  ^ out_csa0_l1_8;
-  assign \$443  = out_csa0_l1_6 & { \$423 [31:0], 1'h0 };
-  assign \$444  = out_csa0_l1_6 & out_csa0_l1_8;
-  assign \$445  = \$443  | \$444 ;
-  assign \$446  = { \$423 [31:0], 1'h0 } & out_csa0_l1_8;
-  assign \$447  = \$445  | \$446 ;
-  assign \$448  = { \$429 [31:0], 1'h0 } ^ { 1'h0, \$399  };
-  assign \$449  = { \$429 [31:0], 1'h0 } & { 1'h0, \$399  };
-  assign \$451  = \$449  | \$450 ;
-  assign \$453  = \$451  | \$452 ;
-  assign \$454  = out_s3_t0 ^ out_s3_t1;
-  assign out_csa1_l1_0 = \$454  ^ out_s3_t2;
-  assign \$455  = out_s3_t0 & out_s3_t1;
-  assign \$456  = out_s3_t0 & out_s3_t2;
-  assign \$457  = \$455  | \$456 ;
-  assign \$458  = out_s3_t1 & out_s3_t2;
-  assign \$459  = \$457  | \$458 ;
-  assign \$460  = out_s3_t3 ^ out_s3_t4;
-  assign out_csa1_l1_2 = \$460  ^ out_s3_t5;
-  assign \$461  = out_s3_t3 & out_s3_t4;
-  assign \$462  = out_s3_t3 & out_s3_t5;
-  assign \$463  = \$461  | \$462 ;
-  assign \$464  = out_s3_t4 & out_s3_t5;
-  assign \$465  = \$463  | \$464 ;
-  assign \$466  = out_csa1_l1_0 ^ { \$459 [31:0], 1'h0 };
-  assign out_csa1_l2_0 = \$466  ^ out_csa1_l1_2;
-  assign \$467  = out_csa1_l1_0 & { \$459 [31:0], 1'h0 };
-  assign \$468  = out_csa1_l1_0 & out_csa1_l1_2;
-  assign \$469  = \$467  | \$468 ;
-  assign \$470  = { \$459 [31:0], 1'h0 } & out_csa1_l1_2;
-  assign \$471  = \$469  | \$470 ;
-  assign \$472  = { \$465 [31:0], 1'h0 } ^ out_s3_t6;
-  assign out_csa1_l2_2 = \$472  ^ out_s3_t7;
-  assign \$473  = { \$465 [31:0], 1'h0 } & out_s3_t6;
-  assign \$474  = { \$465 [31:0], 1'h0 } & out_s3_t7;
-  assign \$475  = \$473  | \$474 ;
-  assign \$476  = out_s3_t6 & out_s3_t7;
-  assign \$477  = \$475  | \$476 ;
-  assign \$478  = out_s4_t0 ^ out_s4_t1;
-  assign out_csa2_l1_0 = \$478  ^ out_s4_t2;
-  assign \$479  = out_s4_t0 & out_s4_t1;
-  assign \$480  = out_s4_t0 & out_s4_t2;
-  assign \$481  = \$479  | \$480 ;
-  assign \$482  = out_s4_t1 & out_s4_t2;
-  assign \$483  = \$481  | \$482 ;
-  assign \$484  = out_csa2_l1_0 ^ { \$483 [31:0], 1'h0 };
-  assign out_csa2_l2_0 = \$484  ^ out_s4_t3;
-  assign \$485  = out_csa2_l1_0 & { \$483 [31:0], 1'h0 };
-  assign \$486  = out_csa2_l1_0 & out_s4_t3;
-  assign \$487  = \$485  | \$486 ;
-  assign \$488  = { \$483 [31:0], 1'h0 } & out_s4_t3;
-  assign \$489  = \$487  | \$488 ;
+  assign \$361  = o_run & credit_ok;
+  assign \$362  = | \inside ;
+  assign \$363  = ~ \$362 ;
+  assign \$364  = ~ score_mem_we;
+  assign c__ready = \$363  & \$364 ;
+  assign \$365  = exp_mem_rdata[0] ? out_s2_recip : 17'h00000;
+  assign \$367  = exp_mem_rdata[1] ? out_s2_recip : 17'h00000;
+  assign \$369  = exp_mem_rdata[2] ? out_s2_recip : 17'h00000;
+  assign \$371  = exp_mem_rdata[3] ? out_s2_recip : 17'h00000;
+  assign \$373  = exp_mem_rdata[4] ? out_s2_recip : 17'h00000;
+  assign \$375  = exp_mem_rdata[5] ? out_s2_recip : 17'h00000;
+  assign \$377  = exp_mem_rdata[6] ? out_s2_recip : 17'h00000;
+  assign \$379  = exp_mem_rdata[7] ? out_s2_recip : 17'h00000;
+  assign \$381  = exp_mem_rdata[8] ? out_s2_recip : 17'h00000;
+  assign \$383  = exp_mem_rdata[9] ? out_s2_recip : 17'h00000;
+  assign \$385  = exp_mem_rdata[10] ? out_s2_recip : 17'h00000;
+  assign \$387  = exp_mem_rdata[11] ? out_s2_recip : 17'h00000;
+  assign \$389  = exp_mem_rdata[12] ? out_s2_recip : 17'h00000;
+  assign \$391  = exp_mem_rdata[13] ? out_s2_recip : 17'h00000;
+  assign \$393  = exp_mem_rdata[14] ? out_s2_recip : 17'h00000;
+  assign \$395  = exp_mem_rdata[15] ? out_s2_recip : 17'h00000;
+  assign \$397  = { 15'h0000, \$366  } ^ { 15'h0000, \$368  };
+  assign out_csa0_l1_0 = \$397  ^ { 13'h0000, \$370  };
+  assign \$398  = { 15'h0000, \$366  } & { 15'h0000, \$368  };
+  assign \$399  = { 15'h0000, \$366  } & { 13'h0000, \$370  };
+  assign \$400  = \$398  | \$399 ;
+  assign \$401  = { 15'h0000, \$368  } & { 13'h0000, \$370  };
+  assign \$402  = \$400  | \$401 ;
+  assign \$403  = { 13'h0000, \$372  } ^ { 9'h000, \$374  };
+  assign out_csa0_l1_2 = \$403  ^ { 9'h000, \$376  };
+  assign \$404  = { 13'h0000, \$372  } & { 9'h000, \$374  };
+  assign \$405  = { 13'h0000, \$372  } & { 9'h000, \$376  };
+  assign \$406  = \$404  | \$405 ;
+  assign \$407  = { 9'h000, \$374  } & { 9'h000, \$376  };
+  assign \$408  = \$406  | \$407 ;
+  assign \$409  = { 9'h000, \$378  } ^ { 9'h000, \$380  };
+  assign out_csa0_l1_4 = \$409  ^ { 1'h0, \$382  };
+  assign \$410  = { 9'h000, \$378  } & { 9'h000, \$380  };
+  assign \$411  = { 9'h000, \$378  } & { 1'h0, \$382  };
+  assign \$412  = \$410  | \$411 ;
+  assign \$413  = { 9'h000, \$380  } & { 1'h0, \$382  };
+  assign \$414  = \$412  | \$413 ;
+  assign \$415  = { 1'h0, \$384  } ^ { 1'h0, \$386  };
+  assign out_csa0_l1_6 = \$415  ^ { 1'h0, \$388  };
+  assign \$416  = { 1'h0, \$384  } & { 1'h0, \$386  };
+  assign \$417  = { 1'h0, \$384  } & { 1'h0, \$388  };
+  assign \$418  = \$416  | \$417 ;
+  assign \$419  = { 1'h0, \$386  } & { 1'h0, \$388  };
+  assign \$420  = \$418  | \$419 ;
+  assign \$421  = { 1'h0, \$390  } ^ { 1'h0, \$392  };
+  assign out_csa0_l1_8 = \$421  ^ { 1'h0, \$394  };
+  assign \$422  = { 1'h0, \$390  } & { 1'h0, \$392  };
+  assign \$423  = { 1'h0, \$390  } & { 1'h0, \$394  };
+  assign \$424  = \$422  | \$423 ;
+  assign \$425  = { 1'h0, \$392  } & { 1'h0, \$394  };
+  assign \$426  = \$424  | \$425 ;
+  assign \$427  = out_csa0_l1_0 ^ { \$402 [31:0], 1'h0 };
+  assign out_csa0_l2_0 = \$427  ^ out_csa0_l1_2;
+  assign \$428  = out_csa0_l1_0 & { \$402 [31:0], 1'h0 };
+  assign \$429  = out_csa0_l1_0 & out_csa0_l1_2;
+  assign \$430  = \$428  | \$429 ;
+  assign \$431  = { \$402 [31:0], 1'h0 } & out_csa0_l1_2;
+  assign \$432  = \$430  | \$431 ;
+  assign \$433  = { \$408 [31:0], 1'h0 } ^ out_csa0_l1_4;
+  assign out_csa0_l2_2 = \$433  ^ { \$414 [31:0], 1'h0 };
+  assign \$434  = { \$408 [31:0], 1'h0 } & out_csa0_l1_4;
+  assign \$435  = { \$408 [31:0], 1'h0 } & { \$414 [31:0], 1'h0 };
+  assign \$436  = \$434  | \$435 ;
+  assign \$437  = out_csa0_l1_4 & { \$414 [31:0], 1'h0 };
+  assign \$438  = \$436  | \$437 ;
+  assign \$439  = out_csa0_l1_6 ^ { \$420 [31:0], 1'h0 };
+  assign out_csa0_l2_4 = \$439  ^ out_csa0_l1_8;
+  assign \$440  = out_csa0_l1_6 & { \$420 [31:0], 1'h0 };
+  assign \$441  = out_csa0_l1_6 & out_csa0_l1_8;
+  assign \$442  = \$440  | \$441 ;
+  assign \$443  = { \$420 [31:0], 1'h0 } & out_csa0_l1_8;
+  assign \$444  = \$442  | \$443 ;
+  assign \$445  = { \$426 [31:0], 1'h0 } ^ { 1'h0, \$396  };
+  assign \$446  = { \$426 [31:0], 1'h0 } & { 1'h0, \$396  };
+  assign \$448  = \$446  | \$447 ;
+  assign \$450  = \$448  | \$449 ;
+  assign \$451  = out_s3_t0 ^ out_s3_t1;
+  assign out_csa1_l1_0 = \$451  ^ out_s3_t2;
+  assign \$452  = out_s3_t0 & out_s3_t1;
+  assign \$453  = out_s3_t0 & out_s3_t2;
+  assign \$454  = \$452  | \$453 ;
+  assign \$455  = out_s3_t1 & out_s3_t2;
+  assign \$456  = \$454  | \$455 ;
+  assign \$457  = out_s3_t3 ^ out_s3_t4;
+  assign out_csa1_l1_2 = \$457  ^ out_s3_t5;
+  assign \$458  = out_s3_t3 & out_s3_t4;
+  assign \$459  = out_s3_t3 & out_s3_t5;
+  assign \$460  = \$458  | \$459 ;
+  assign \$461  = out_s3_t4 & out_s3_t5;
+  assign \$462  = \$460  | \$461 ;
+  assign \$463  = out_csa1_l1_0 ^ { \$456 [31:0], 1'h0 };
+  assign out_csa1_l2_0 = \$463  ^ out_csa1_l1_2;
+  assign \$464  = out_csa1_l1_0 & { \$456 [31:0], 1'h0 };
+  assign \$465  = out_csa1_l1_0 & out_csa1_l1_2;
+  assign \$466  = \$464  | \$465 ;
+  assign \$467  = { \$456 [31:0], 1'h0 } & out_csa1_l1_2;
+  assign \$468  = \$466  | \$467 ;
+  assign \$469  = { \$462 [31:0], 1'h0 } ^ out_s3_t6;
+  assign out_csa1_l2_2 = \$469  ^ out_s3_t7;
+  assign \$470  = { \$462 [31:0], 1'h0 } & out_s3_t6;
+  assign \$471  = { \$462 [31:0], 1'h0 } & out_s3_t7;
+  assign \$472  = \$470  | \$471 ;
+  assign \$473  = out_s3_t6 & out_s3_t7;
+  assign \$474  = \$472  | \$473 ;
+  assign \$475  = out_s4_t0 ^ out_s4_t1;
+  assign out_csa2_l1_0 = \$475  ^ out_s4_t2;
+  assign \$476  = out_s4_t0 & out_s4_t1;
+  assign \$477  = out_s4_t0 & out_s4_t2;
+  assign \$478  = \$476  | \$477 ;
+  assign \$479  = out_s4_t1 & out_s4_t2;
+  assign \$480  = \$478  | \$479 ;
+  assign \$481  = out_csa2_l1_0 ^ { \$480 [31:0], 1'h0 };
+  assign out_csa2_l2_0 = \$481  ^ out_s4_t3;
+  assign \$482  = out_csa2_l1_0 & { \$480 [31:0], 1'h0 };
+  assign \$483  = out_csa2_l1_0 & out_s4_t3;
+  assign \$484  = \$482  | \$483 ;
+  assign \$485  = { \$480 [31:0], 1'h0 } & out_s4_t3;
+  assign \$486  = \$484  | \$485 ;
   assign o_fire = o__valid & o__ready;
   always @(posedge clk)
     score_mem_waddr_q <= { lw, lcnt };
   always @(posedge clk)
     score_mem_wdata_q <= score_mem_wdata;
   always @(posedge clk)
-    score_mem_p0_we_q <= \$490 ;
+    score_mem_p0_we_q <= \$487 ;
   always @(posedge clk)
     score_mem_p0_q <= rp__data;
   always @(posedge clk)
@@ -1427,11 +1421,11 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   always @(posedge clk)
     exp_mem_wdata_q <= exp_mem_wdata;
   always @(posedge clk)
-    exp_mem_p0_we_q <= \$491 ;
+    exp_mem_p0_we_q <= \$488 ;
   always @(posedge clk)
     exp_mem_p0_q <= \rp__data$27 ;
   always @(posedge clk)
-    exp_mem_p1_we_q <= \$492 ;
+    exp_mem_p1_we_q <= \$489 ;
   always @(posedge clk)
     exp_mem_p1_q <= \rp__data$30 ;
   always @(posedge clk)
@@ -1439,291 +1433,293 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   always @(posedge clk)
     exp_mem_rdata <= \$7 ;
   always @(posedge clk)
-    f <= \$493 ;
+    f <= \$490 ;
   always @(posedge clk)
-    score_mem_we <= \$494 ;
+    score_mem_we <= \$491 ;
   always @(posedge clk)
-    score_mem_wdata <= \$495 ;
+    score_mem_wdata <= \$492 ;
   always @(posedge clk)
-    in_last <= \$496 ;
+    in_last <= \$493 ;
   always @(posedge clk)
-    end_q <= \$497 ;
+    end_q <= \$494 ;
   always @(posedge clk)
-    bank_q <= \$498 ;
+    bank_q <= \$495 ;
   always @(posedge clk)
-    sbank0_max <= \$499 ;
+    sbank0_max <= \$496 ;
   always @(posedge clk)
-    sbank1_max <= \$500 ;
+    sbank1_max <= \$497 ;
   always @(posedge clk)
-    run_max <= \$501 ;
+    run_max <= \$498 ;
   always @(posedge clk)
-    row_first <= \$502 ;
+    row_first <= \$499 ;
   always @(posedge clk)
-    lcnt <= \$503 ;
+    lcnt <= \$500 ;
   always @(posedge clk)
-    lcnt_top <= \$504 ;
+    lcnt_top <= \$501 ;
   always @(posedge clk)
-    lw <= \$505 ;
+    lw <= \$502 ;
   always @(posedge clk)
-    sbank0_lenm1 <= \$506 ;
+    sbank0_lenm1 <= \$503 ;
   always @(posedge clk)
-    sbank1_lenm1 <= \$507 ;
+    sbank1_lenm1 <= \$504 ;
   always @(posedge clk)
-    exp_v0 <= \$508 ;
+    exp_v0 <= \$505 ;
   always @(posedge clk)
-    exp_v1 <= \$509 ;
+    exp_v1 <= \$506 ;
   always @(posedge clk)
-    exp_v2 <= \$510 ;
+    exp_v2 <= \$507 ;
   always @(posedge clk)
-    exp_v3 <= \$511 ;
+    exp_v3 <= \$508 ;
   always @(posedge clk)
-    exp_v4 <= \$512 ;
+    exp_v4 <= \$509 ;
   always @(posedge clk)
-    exp_v5 <= \$513 ;
+    exp_v5 <= \$510 ;
   always @(posedge clk)
-    exp_v6 <= \$514 ;
+    exp_v6 <= \$511 ;
   always @(posedge clk)
-    exp_v7 <= \$515 ;
+    exp_v7 <= \$512 ;
   always @(posedge clk)
-    exp_v8 <= \$516 ;
+    exp_v8 <= \$513 ;
   always @(posedge clk)
-    exp_v9 <= \$517 ;
+    exp_v9 <= \$514 ;
   always @(posedge clk)
-    exp_mem_we <= \$518 ;
+    exp_mem_we <= \$515 ;
   always @(posedge clk)
-    exp_ra0 <= \$519 ;
+    exp_ra0 <= \$516 ;
   always @(posedge clk)
-    exp_ra1 <= \$520 ;
+    exp_ra1 <= \$517 ;
   always @(posedge clk)
-    ex_s1_x <= \$521 ;
+    ex_s1_x <= \$518 ;
   always @(posedge clk)
-    ex_s1_a <= \$522 ;
+    ex_s1_a <= \$519 ;
   always @(posedge clk)
-    ex_s2_exp_n <= \$523 ;
+    ex_s2_exp_n <= \$520 ;
   always @(posedge clk)
-    ex_s2_a <= \$524 ;
+    ex_s2_a <= \$521 ;
   always @(posedge clk)
-    ex_s3_exp_t <= \$525 ;
+    ex_s3_exp_t <= \$522 ;
   always @(posedge clk)
-    ex_s3_a <= \$526 ;
+    ex_s3_a <= \$523 ;
   always @(posedge clk)
-    ex_s4_exp_q <= \$527 ;
+    ex_s4_exp_q <= \$524 ;
   always @(posedge clk)
-    ex_s4_exp_r <= \$528 ;
+    ex_s4_exp_r <= \$525 ;
   always @(posedge clk)
-    ex_s4_exp_h0 <= \$529 ;
+    ex_s4_exp_h0 <= \$526 ;
   always @(posedge clk)
-    ex_s4_exp_h1 <= \$530 ;
+    ex_s4_exp_h1 <= \$527 ;
   always @(posedge clk)
-    ex_s4_a <= \$531 ;
+    ex_s4_a <= \$528 ;
   always @(posedge clk)
-    ex_s5_exp_q <= \$532 ;
+    ex_s5_exp_q <= \$529 ;
   always @(posedge clk)
-    ex_s5_exp_r <= \$533 ;
+    ex_s5_exp_r <= \$530 ;
   always @(posedge clk)
-    ex_s5_exp_hv <= \$534 ;
+    ex_s5_exp_hv <= \$531 ;
   always @(posedge clk)
-    ex_s5_exp_qh <= \$535 ;
+    ex_s5_exp_qh <= \$532 ;
   always @(posedge clk)
-    ex_s5_a <= \$536 ;
+    ex_s5_a <= \$533 ;
   always @(posedge clk)
-    ex_s6_exp_q <= \$537 ;
+    ex_s6_exp_q <= \$534 ;
   always @(posedge clk)
-    ex_s6_exp_g0 <= \$538 ;
+    ex_s6_exp_g0 <= \$535 ;
   always @(posedge clk)
-    ex_s6_exp_g1 <= \$539 ;
+    ex_s6_exp_g1 <= \$536 ;
   always @(posedge clk)
-    ex_s6_exp_g2 <= \$540 ;
+    ex_s6_exp_g2 <= \$537 ;
   always @(posedge clk)
-    ex_s6_exp_g3 <= \$541 ;
+    ex_s6_exp_g3 <= \$538 ;
   always @(posedge clk)
-    ex_s6_exp_g4 <= \$542 ;
+    ex_s6_exp_g4 <= \$539 ;
   always @(posedge clk)
-    ex_s6_exp_g5 <= \$543 ;
+    ex_s6_exp_g5 <= \$540 ;
   always @(posedge clk)
-    ex_s6_exp_g6 <= \$544 ;
+    ex_s6_exp_g6 <= \$541 ;
   always @(posedge clk)
-    ex_s6_exp_g7 <= \$545 ;
+    ex_s6_exp_g7 <= \$542 ;
   always @(posedge clk)
-    ex_s6_exp_g8 <= \$546 ;
+    ex_s6_exp_g8 <= \$543 ;
   always @(posedge clk)
-    ex_s6_a <= \$547 ;
+    ex_s6_a <= \$544 ;
   always @(posedge clk)
-    ex_s7_exp_q <= \$548 ;
+    ex_s7_exp_q <= \$545 ;
   always @(posedge clk)
-    ex_s7_exp_g0 <= \$549 ;
+    ex_s7_exp_g0 <= \$546 ;
   always @(posedge clk)
-    ex_s7_exp_g1 <= \$550 ;
+    ex_s7_exp_g1 <= \$547 ;
   always @(posedge clk)
-    ex_s7_exp_g2 <= \$551 ;
+    ex_s7_exp_g2 <= \$548 ;
   always @(posedge clk)
-    ex_s7_a <= \$552 ;
+    ex_s7_a <= \$549 ;
   always @(posedge clk)
-    ex_s8_exp_q <= \$553 ;
+    ex_s8_exp_q <= \$550 ;
   always @(posedge clk)
-    ex_s8_exp_gq <= \$554 ;
+    ex_s8_exp_gq <= \$551 ;
   always @(posedge clk)
-    ex_s8_a <= \$555 ;
+    ex_s8_a <= \$552 ;
   always @(posedge clk)
-    exp_mem_wdata <= \$556 ;
+    exp_mem_wdata <= \$553 ;
   always @(posedge clk)
-    ex_s9_a <= \$557 ;
+    ex_s9_a <= \$554 ;
   always @(posedge clk)
-    total <= \$558 ;
+    total <= \$555 ;
   always @(posedge clk)
-    ridx <= \$559 ;
+    ridx <= \$556 ;
   always @(posedge clk)
-    rlenm1 <= \$560 ;
+    rlenm1 <= \$557 ;
   always @(posedge clk)
-    r_last <= \$561 ;
+    r_last <= \$558 ;
   always @(posedge clk)
-    rlenm2 <= \$562 ;
+    rlenm2 <= \$559 ;
   always @(posedge clk)
-    rmax <= \$563 ;
+    rmax <= \$560 ;
   always @(posedge clk)
-    exp_idle <= \$564 ;
+    exp_idle <= \$561 ;
   always @(posedge clk)
-    exp_pass <= \$565 ;
+    exp_pass <= \$562 ;
   always @(posedge clk)
-    exp_drain <= \$566 ;
+    exp_drain <= \$563 ;
   always @(posedge clk)
-    er <= \$567 ;
+    er <= \$564 ;
   always @(posedge clk)
-    ew <= \$568 ;
+    ew <= \$565 ;
   always @(posedge clk)
-    d_busy <= \$569 ;
+    d_busy <= \$566 ;
   always @(posedge clk)
-    dbank <= \$570 ;
+    dbank <= \$567 ;
   always @(posedge clk)
-    dlenm1 <= \$571 ;
+    dlenm1 <= \$568 ;
   always @(posedge clk)
-    den <= \$572 ;
+    den <= \$569 ;
   always @(posedge clk)
-    quo <= \$573 ;
+    quo <= \$570 ;
   always @(posedge clk)
-    dcnt <= \$574 ;
+    dcnt <= \$571 ;
   always @(posedge clk)
-    d_last <= \$575 ;
+    d_last <= \$572 ;
   always @(posedge clk)
-    prem <= \$576 ;
+    prem <= \$573 ;
   always @(posedge clk)
-    nbits <= \$577 ;
+    nbits <= \$574 ;
   always @(posedge clk)
-    ebank0_recip <= \$578 ;
+    ebank0_recip <= \$575 ;
   always @(posedge clk)
-    ebank0_lenm1 <= \$579 ;
+    ebank0_lenm1 <= \$576 ;
   always @(posedge clk)
-    ebank1_recip <= \$580 ;
+    ebank1_recip <= \$577 ;
   always @(posedge clk)
-    ebank1_lenm1 <= \$581 ;
+    ebank1_lenm1 <= \$578 ;
   always @(posedge clk)
-    ebank2_recip <= \$582 ;
+    ebank2_recip <= \$579 ;
   always @(posedge clk)
-    ebank2_lenm1 <= \$583 ;
+    ebank2_lenm1 <= \$580 ;
   always @(posedge clk)
-    o_run <= \$584 ;
+    credit_ok <= \$581 ;
   always @(posedge clk)
-    oidx <= \$585 ;
+    o_run <= \$582 ;
   always @(posedge clk)
-    o_last <= \$586 ;
+    oidx <= \$583 ;
   always @(posedge clk)
-    o_lenm2 <= \$587 ;
+    o_last <= \$584 ;
   always @(posedge clk)
-    o_recip <= \$588 ;
+    o_lenm2 <= \$585 ;
   always @(posedge clk)
-    orb <= \$589 ;
+    o_recip <= \$586 ;
   always @(posedge clk)
-    credits <= \$590 ;
+    orb <= \$587 ;
   always @(posedge clk)
-    \inside  <= \$591 ;
+    credits <= \$588 ;
   always @(posedge clk)
-    out_v0 <= \$592 ;
+    \inside  <= \$589 ;
   always @(posedge clk)
-    out_v1 <= \$593 ;
+    out_v0 <= \$590 ;
   always @(posedge clk)
-    out_v2 <= \$594 ;
+    out_v1 <= \$591 ;
   always @(posedge clk)
-    out_v3 <= \$595 ;
+    out_v2 <= \$592 ;
   always @(posedge clk)
-    out_v4 <= \$596 ;
+    out_v3 <= \$593 ;
   always @(posedge clk)
-    out_v5 <= \$597 ;
+    out_v4 <= \$594 ;
   always @(posedge clk)
-    out_s1_recip <= \$598 ;
+    out_v5 <= \$595 ;
   always @(posedge clk)
-    out_s1_last <= \$599 ;
+    out_s1_recip <= \$596 ;
   always @(posedge clk)
-    out_s2_recip <= \$600 ;
+    out_s1_last <= \$597 ;
   always @(posedge clk)
-    out_s2_last <= \$601 ;
+    out_s2_recip <= \$598 ;
   always @(posedge clk)
-    out_s3_last <= \$602 ;
+    out_s2_last <= \$599 ;
   always @(posedge clk)
-    out_s3_t0 <= \$603 ;
+    out_s3_last <= \$600 ;
   always @(posedge clk)
-    out_s3_t1 <= \$604 ;
+    out_s3_t0 <= \$601 ;
   always @(posedge clk)
-    out_s3_t2 <= \$605 ;
+    out_s3_t1 <= \$602 ;
   always @(posedge clk)
-    out_s3_t3 <= \$606 ;
+    out_s3_t2 <= \$603 ;
   always @(posedge clk)
-    out_s3_t4 <= \$607 ;
+    out_s3_t3 <= \$604 ;
   always @(posedge clk)
-    out_s3_t5 <= \$608 ;
+    out_s3_t4 <= \$605 ;
   always @(posedge clk)
-    out_s3_t6 <= \$609 ;
+    out_s3_t5 <= \$606 ;
   always @(posedge clk)
-    out_s3_t7 <= \$610 ;
+    out_s3_t6 <= \$607 ;
   always @(posedge clk)
-    out_s4_last <= \$611 ;
+    out_s3_t7 <= \$608 ;
   always @(posedge clk)
-    out_s4_t0 <= \$612 ;
+    out_s4_last <= \$609 ;
   always @(posedge clk)
-    out_s4_t1 <= \$613 ;
+    out_s4_t0 <= \$610 ;
   always @(posedge clk)
-    out_s4_t2 <= \$614 ;
+    out_s4_t1 <= \$611 ;
   always @(posedge clk)
-    out_s4_t3 <= \$615 ;
+    out_s4_t2 <= \$612 ;
   always @(posedge clk)
-    out_s5_last <= \$616 ;
+    out_s4_t3 <= \$613 ;
   always @(posedge clk)
-    out_s5_t0 <= \$617 ;
+    out_s5_last <= \$614 ;
   always @(posedge clk)
-    out_s5_t1 <= \$618 ;
+    out_s5_t0 <= \$615 ;
   always @(posedge clk)
-    out_s6_p <= \$619 ;
+    out_s5_t1 <= \$616 ;
   always @(posedge clk)
-    out_s6_last <= \$620 ;
+    out_s6_p <= \$617 ;
   always @(posedge clk)
-    oq_written <= \$621 ;
+    out_s6_last <= \$618 ;
   always @(posedge clk)
-    oq_wptr <= \$622 ;
+    oq_written <= \$619 ;
   always @(posedge clk)
-    o__payload <= \$623 ;
+    oq_wptr <= \$620 ;
   always @(posedge clk)
-    o__valid <= \$624 ;
+    o__payload <= \$621 ;
   always @(posedge clk)
-    oq_rptr <= \$625 ;
+    o__valid <= \$622 ;
   always @(posedge clk)
-    oq_count <= \$626 ;
+    oq_rptr <= \$623 ;
   always @(posedge clk)
-    oq_nonempty <= \$627 ;
+    oq_count <= \$624 ;
   always @(posedge clk)
-    sbank0_full <= \$628 ;
+    oq_nonempty <= \$625 ;
   always @(posedge clk)
-    sbank1_full <= \$629 ;
+    sbank0_full <= \$626 ;
   always @(posedge clk)
-    ebank0_busy <= \$630 ;
+    sbank1_full <= \$627 ;
   always @(posedge clk)
-    ebank0_full <= \$631 ;
+    ebank0_busy <= \$628 ;
   always @(posedge clk)
-    ebank1_busy <= \$632 ;
+    ebank0_full <= \$629 ;
   always @(posedge clk)
-    ebank1_full <= \$633 ;
+    ebank1_busy <= \$630 ;
   always @(posedge clk)
-    ebank2_busy <= \$634 ;
+    ebank1_full <= \$631 ;
   always @(posedge clk)
-    ebank2_full <= \$635 ;
+    ebank2_busy <= \$632 ;
+  always @(posedge clk)
+    ebank2_full <= \$633 ;
   assign \$3  = ~ \$2 ;
   assign \$4  = exp_mem_we & \$3 ;
   assign \$6  = exp_mem_we & \$5 ;
@@ -1744,7 +1740,7 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   assign \$25  = lcnt + 1'h1;
   assign \$26  = lcnt == 4'hf;
   assign \$27  = $signed(score_mem_rdata) - $signed(rmax);
-  assign \$28  = ex_exp_n_l2_0 + { \$211 [16:0], 1'h0 };
+  assign \$28  = ex_exp_n_l2_0 + { \$209 [16:0], 1'h0 };
   assign \$29  = { ex_s2_exp_n, 17'h00000 } >> f;
   assign \$30  = | ex_s3_exp_t[33:22];
   assign \$31  = ex_s3_exp_t[21:17] > 5'h11;
@@ -1752,7 +1748,7 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   assign \$33  = \$32  ? 5'h11 : ex_s3_exp_t[21:17];
   assign \$34  = ex_s4_exp_h0 + ex_s4_exp_h1;
   assign \$35  = 1'h1 << ex_s4_exp_q;
-  assign \$36  = ex_exp_gc_l1_0 + { \$362 [32:0], 1'h0 };
+  assign \$36  = ex_exp_gc_l1_0 + { \$360 [32:0], 1'h0 };
   assign \$37  = ex_s8_exp_gq >> ex_s8_exp_q;
   assign \$38  = total + exp_mem_wdata;
   assign \$39  = er ? sbank1_lenm1 : sbank0_lenm1;
@@ -1797,381 +1793,424 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   assign \$79  = ~ \$78 [21];
   assign \$80  = { prem, nbits[16] } - den;
   assign \$81  = ~ \$80 [21];
-  assign \$82  = ~ o_run;
-  assign \$83  = orb[1] ? ebank1_full : ebank2_full;
-  assign \$84  = orb[0] ? ebank0_full : \$83 ;
-  assign \$85  = \$82  & \$84 ;
-  assign \$86  = orb[1] ? ebank1_lenm1 : ebank2_lenm1;
-  assign \$87  = orb[0] ? ebank0_lenm1 : \$86 ;
-  assign \$88  = | \$87 ;
-  assign \$89  = ~ \$88 ;
-  assign \$90  = orb[1] ? ebank1_lenm1 : ebank2_lenm1;
-  assign \$91  = orb[0] ? ebank0_lenm1 : \$90 ;
-  assign \$92  = \$91  - 1'h1;
-  assign \$93  = orb[1] ? ebank1_recip : ebank2_recip;
-  assign \$94  = orb[0] ? ebank0_recip : \$93 ;
-  assign \$95  = | credits;
-  assign \$96  = o_run & \$95 ;
+  assign \$82  = credits >= 2'h2;
+  assign \$83  = ~ o_run;
+  assign \$84  = orb[1] ? ebank1_full : ebank2_full;
+  assign \$85  = orb[0] ? ebank0_full : \$84 ;
+  assign \$86  = \$83  & \$85 ;
+  assign \$87  = orb[1] ? ebank1_lenm1 : ebank2_lenm1;
+  assign \$88  = orb[0] ? ebank0_lenm1 : \$87 ;
+  assign \$89  = | \$88 ;
+  assign \$90  = ~ \$89 ;
+  assign \$91  = orb[1] ? ebank1_lenm1 : ebank2_lenm1;
+  assign \$92  = orb[0] ? ebank0_lenm1 : \$91 ;
+  assign \$93  = \$92  - 1'h1;
+  assign \$94  = orb[1] ? ebank1_recip : ebank2_recip;
+  assign \$95  = orb[0] ? ebank0_recip : \$94 ;
+  assign \$96  = o_run & credit_ok;
   assign \$97  = oidx + 1'h1;
   assign \$98  = oidx == o_lenm2;
-  assign \$99  = | credits;
-  assign \$100  = o_run & \$99 ;
-  assign \$101  = credits - \$100 ;
-  assign \$102  = $signed(\$101 ) + $signed({ 1'h0, o_fire });
-  assign \$103  = \inside  + score_mem_we;
-  assign \$104  = \$103  - o_fire;
-  assign \$105  = | credits;
-  assign \$106  = o_run & \$105 ;
-  assign \$107  = out_s5_t0 + out_s5_t1;
-  assign \$108  = out_s5_t0 + out_s5_t1;
-  assign \$109  = \$107 [32] ? 8'hff : \$108 [31:24];
-  assign \$110  = oq_wptr + 1'h1;
-  assign \$111  = ~ o__valid;
-  assign \$112  = \$111  | o__ready;
-  assign \$113  = oq_nonempty | oq_written;
-  assign \$114  = \$112  & \$113 ;
-  assign \$115  = oq_rptr + 1'h1;
-  assign \$116  = oq_count + oq_written;
-  assign \$117  = ~ o__valid;
-  assign \$118  = \$117  | o__ready;
-  assign \$119  = oq_nonempty | oq_written;
-  assign \$120  = \$118  & \$119 ;
-  assign \$121  = \$116  - \$120 ;
-  assign \$122  = ~ o__valid;
-  assign \$123  = \$122  | o__ready;
-  assign \$124  = oq_nonempty | oq_written;
-  assign \$125  = \$123  & \$124 ;
-  assign \$126  = \$125  ? oq_nonempty : 1'h1;
-  assign \$127  = ~ o__valid;
-  assign \$128  = \$127  | o__ready;
-  assign \$129  = oq_nonempty | oq_written;
-  assign \$130  = \$128  & \$129 ;
-  assign \$131  = oq_count != 1'h1;
-  assign \$132  = \$130  ? \$131  : oq_nonempty;
-  assign \$133  = oq_written ? \$126  : \$132 ;
-  assign \$134  = exp_pass & r_last;
-  assign \$135  = ! er;
-  assign \$136  = \$134  & \$135 ;
-  assign \$137  = in_last | lcnt_top;
-  assign \$138  = score_mem_we & \$137 ;
-  assign \$139  = ! lw;
-  assign \$140  = \$138  & \$139 ;
-  assign \$141  = exp_pass & r_last;
-  assign \$143  = \$141  & \$142 ;
-  assign \$144  = in_last | lcnt_top;
-  assign \$145  = score_mem_we & \$144 ;
-  assign \$147  = \$145  & \$146 ;
-  assign \$148  = e_clear & orb[0];
-  assign \$149  = er ? sbank1_full : sbank0_full;
-  assign \$150  = exp_idle & \$149 ;
-  assign \$151  = ew[1] ? ebank1_busy : ebank2_busy;
-  assign \$152  = ew[0] ? ebank0_busy : \$151 ;
-  assign \$153  = ~ \$152 ;
-  assign \$154  = \$150  & \$153 ;
-  assign \$155  = bank_q == er;
-  assign \$156  = end_q & \$155 ;
-  assign \$157  = ~ \$156 ;
-  assign \$158  = \$154  & \$157 ;
-  assign \$159  = \$158  & ew[0];
-  assign \$160  = d_busy & d_last;
-  assign \$161  = \$160  & dbank[0];
-  assign \$162  = e_clear & orb[1];
-  assign \$163  = er ? sbank1_full : sbank0_full;
-  assign \$164  = exp_idle & \$163 ;
-  assign \$165  = ew[1] ? ebank1_busy : ebank2_busy;
-  assign \$166  = ew[0] ? ebank0_busy : \$165 ;
-  assign \$167  = ~ \$166 ;
-  assign \$168  = \$164  & \$167 ;
-  assign \$169  = bank_q == er;
-  assign \$170  = end_q & \$169 ;
-  assign \$171  = ~ \$170 ;
-  assign \$172  = \$168  & \$171 ;
-  assign \$173  = \$172  & ew[1];
-  assign \$174  = d_busy & d_last;
-  assign \$175  = \$174  & dbank[1];
-  assign \$176  = e_clear & orb[2];
-  assign \$177  = er ? sbank1_full : sbank0_full;
-  assign \$178  = exp_idle & \$177 ;
-  assign \$179  = ew[1] ? ebank1_busy : ebank2_busy;
-  assign \$180  = ew[0] ? ebank0_busy : \$179 ;
-  assign \$181  = ~ \$180 ;
-  assign \$182  = \$178  & \$181 ;
-  assign \$183  = bank_q == er;
-  assign \$184  = end_q & \$183 ;
-  assign \$185  = ~ \$184 ;
-  assign \$186  = \$182  & \$185 ;
-  assign \$187  = \$186  & ew[2];
-  assign \$188  = d_busy & d_last;
-  assign \$189  = \$188  & dbank[2];
-  assign \$190  = in_last | lcnt_top;
-  assign \$191  = score_mem_we & \$190 ;
-  assign \$192  = lw ^ \$191 ;
-  assign \$193  = \$192  ? sbank1_full : sbank0_full;
-  assign \$194  = ~ \$193 ;
-  assign \$195  = ~ c__valid;
-  assign i__ready = \$194  & \$195 ;
+  assign \$99  = o_run & credit_ok;
+  assign \$100  = credits - \$99 ;
+  assign \$101  = $signed(\$100 ) + $signed({ 1'h0, o_fire });
+  assign \$102  = \inside  + score_mem_we;
+  assign \$103  = \$102  - o_fire;
+  assign \$104  = o_run & credit_ok;
+  assign \$105  = out_s5_t0 + out_s5_t1;
+  assign \$106  = out_s5_t0 + out_s5_t1;
+  assign \$107  = \$105 [32] ? 8'hff : \$106 [31:24];
+  assign \$108  = oq_wptr + 1'h1;
+  assign \$109  = ~ o__valid;
+  assign \$110  = \$109  | o__ready;
+  assign \$111  = oq_nonempty | oq_written;
+  assign \$112  = \$110  & \$111 ;
+  assign \$113  = oq_rptr + 1'h1;
+  assign \$114  = oq_count + oq_written;
+  assign \$115  = ~ o__valid;
+  assign \$116  = \$115  | o__ready;
+  assign \$117  = oq_nonempty | oq_written;
+  assign \$118  = \$116  & \$117 ;
+  assign \$119  = \$114  - \$118 ;
+  assign \$120  = ~ o__valid;
+  assign \$121  = \$120  | o__ready;
+  assign \$122  = oq_nonempty | oq_written;
+  assign \$123  = \$121  & \$122 ;
+  assign \$124  = \$123  ? oq_nonempty : 1'h1;
+  assign \$125  = ~ o__valid;
+  assign \$126  = \$125  | o__ready;
+  assign \$127  = oq_nonempty | oq_written;
+  assign \$128  = \$126  & \$127 ;
+  assign \$129  = oq_count != 1'h1;
+  assign \$130  = \$128  ? \$129  : oq_nonempty;
+  assign \$131  = oq_written ? \$124  : \$130 ;
+  assign \$132  = exp_pass & r_last;
+  assign \$133  = ! er;
+  assign \$134  = \$132  & \$133 ;
+  assign \$135  = in_last | lcnt_top;
+  assign \$136  = score_mem_we & \$135 ;
+  assign \$137  = ! lw;
+  assign \$138  = \$136  & \$137 ;
+  assign \$139  = exp_pass & r_last;
+  assign \$141  = \$139  & \$140 ;
+  assign \$142  = in_last | lcnt_top;
+  assign \$143  = score_mem_we & \$142 ;
+  assign \$145  = \$143  & \$144 ;
+  assign \$146  = e_clear & orb[0];
+  assign \$147  = er ? sbank1_full : sbank0_full;
+  assign \$148  = exp_idle & \$147 ;
+  assign \$149  = ew[1] ? ebank1_busy : ebank2_busy;
+  assign \$150  = ew[0] ? ebank0_busy : \$149 ;
+  assign \$151  = ~ \$150 ;
+  assign \$152  = \$148  & \$151 ;
+  assign \$153  = bank_q == er;
+  assign \$154  = end_q & \$153 ;
+  assign \$155  = ~ \$154 ;
+  assign \$156  = \$152  & \$155 ;
+  assign \$157  = \$156  & ew[0];
+  assign \$158  = d_busy & d_last;
+  assign \$159  = \$158  & dbank[0];
+  assign \$160  = e_clear & orb[1];
+  assign \$161  = er ? sbank1_full : sbank0_full;
+  assign \$162  = exp_idle & \$161 ;
+  assign \$163  = ew[1] ? ebank1_busy : ebank2_busy;
+  assign \$164  = ew[0] ? ebank0_busy : \$163 ;
+  assign \$165  = ~ \$164 ;
+  assign \$166  = \$162  & \$165 ;
+  assign \$167  = bank_q == er;
+  assign \$168  = end_q & \$167 ;
+  assign \$169  = ~ \$168 ;
+  assign \$170  = \$166  & \$169 ;
+  assign \$171  = \$170  & ew[1];
+  assign \$172  = d_busy & d_last;
+  assign \$173  = \$172  & dbank[1];
+  assign \$174  = e_clear & orb[2];
+  assign \$175  = er ? sbank1_full : sbank0_full;
+  assign \$176  = exp_idle & \$175 ;
+  assign \$177  = ew[1] ? ebank1_busy : ebank2_busy;
+  assign \$178  = ew[0] ? ebank0_busy : \$177 ;
+  assign \$179  = ~ \$178 ;
+  assign \$180  = \$176  & \$179 ;
+  assign \$181  = bank_q == er;
+  assign \$182  = end_q & \$181 ;
+  assign \$183  = ~ \$182 ;
+  assign \$184  = \$180  & \$183 ;
+  assign \$185  = \$184  & ew[2];
+  assign \$186  = d_busy & d_last;
+  assign \$187  = \$186  & dbank[2];
+  assign \$188  = in_last | lcnt_top;
+  assign \$189  = score_mem_we & \$188 ;
+  assign \$190  = lw ^ \$189 ;
+  assign \$191  = \$190  ? sbank1_full : sbank0_full;
+  assign \$192  = ~ \$191 ;
+  assign \$193  = ~ c__valid;
+  assign i__ready = \$192  & \$193 ;
   assign take = i__valid & i__ready;
-  assign \$196  = ~ ex_s1_x;
-  assign \$198  = ~ \$197 ;
-  assign \$200  = { \$196 [16], \$196  } ^ { \$198 [16], \$198  };
-  assign ex_exp_n_l1_0 = \$200  ^ { \$199 [16], \$199  };
-  assign \$201  = { \$196 [16], \$196  } & { \$198 [16], \$198  };
-  assign \$202  = { \$196 [16], \$196  } & { \$199 [16], \$199  };
+  assign \$194  = ~ ex_s1_x;
+  assign \$196  = ~ \$195 ;
+  assign \$198  = { \$194 [16], \$194  } ^ { \$196 [16], \$196  };
+  assign ex_exp_n_l1_0 = \$198  ^ { \$197 [16], \$197  };
+  assign \$199  = { \$194 [16], \$194  } & { \$196 [16], \$196  };
+  assign \$200  = { \$194 [16], \$194  } & { \$197 [16], \$197  };
+  assign \$201  = \$199  | \$200 ;
+  assign \$202  = { \$196 [16], \$196  } & { \$197 [16], \$197  };
   assign \$203  = \$201  | \$202 ;
-  assign \$204  = { \$198 [16], \$198  } & { \$199 [16], \$199  };
-  assign \$205  = \$203  | \$204 ;
-  assign \$206  = ex_exp_n_l1_0 ^ { \$205 [16:0], 1'h0 };
-  assign \$207  = ex_exp_n_l1_0 & { \$205 [16:0], 1'h0 };
+  assign \$204  = ex_exp_n_l1_0 ^ { \$203 [16:0], 1'h0 };
+  assign \$205  = ex_exp_n_l1_0 & { \$203 [16:0], 1'h0 };
+  assign \$207  = \$205  | \$206 ;
   assign \$209  = \$207  | \$208 ;
-  assign \$211  = \$209  | \$210 ;
-  assign \$215  = { 1'h0, \$212  } ^ { 1'h0, \$213  };
-  assign ex_exp_h_l1_0 = \$215  ^ { 1'h0, \$214  };
-  assign \$216  = { 1'h0, \$212  } & { 1'h0, \$213  };
-  assign \$217  = { 1'h0, \$212  } & { 1'h0, \$214  };
+  assign \$213  = { 1'h0, \$210  } ^ { 1'h0, \$211  };
+  assign ex_exp_h_l1_0 = \$213  ^ { 1'h0, \$212  };
+  assign \$214  = { 1'h0, \$210  } & { 1'h0, \$211  };
+  assign \$215  = { 1'h0, \$210  } & { 1'h0, \$212  };
+  assign \$216  = \$214  | \$215 ;
+  assign \$217  = { 1'h0, \$211  } & { 1'h0, \$212  };
   assign \$218  = \$216  | \$217 ;
-  assign \$219  = { 1'h0, \$213  } & { 1'h0, \$214  };
-  assign \$220  = \$218  | \$219 ;
-  assign \$221  = ex_exp_h_l1_0 ^ { \$220 [31:0], 1'h0 };
-  assign \$222  = ex_exp_h_l1_0 & { \$220 [31:0], 1'h0 };
+  assign \$219  = ex_exp_h_l1_0 ^ { \$218 [31:0], 1'h0 };
+  assign \$220  = ex_exp_h_l1_0 & { \$218 [31:0], 1'h0 };
+  assign \$222  = \$220  | \$221 ;
   assign \$224  = \$222  | \$223 ;
-  assign \$226  = \$224  | \$225 ;
-  assign \$227  = ex_s5_exp_r[0] ? ex_s5_exp_hv : 16'h0000;
-  assign \$229  = ex_s5_exp_r[1] ? ex_s5_exp_hv : 16'h0000;
-  assign \$231  = ex_s5_exp_r[2] ? ex_s5_exp_hv : 16'h0000;
-  assign \$233  = ex_s5_exp_r[3] ? ex_s5_exp_hv : 16'h0000;
-  assign \$235  = ex_s5_exp_r[4] ? ex_s5_exp_hv : 16'h0000;
-  assign \$237  = ex_s5_exp_r[5] ? ex_s5_exp_hv : 16'h0000;
-  assign \$239  = ex_s5_exp_r[6] ? ex_s5_exp_hv : 16'h0000;
-  assign \$241  = ex_s5_exp_r[7] ? ex_s5_exp_hv : 16'h0000;
-  assign \$243  = ex_s5_exp_r[8] ? ex_s5_exp_hv : 16'h0000;
-  assign \$245  = ex_s5_exp_r[9] ? ex_s5_exp_hv : 16'h0000;
-  assign \$247  = ex_s5_exp_r[10] ? ex_s5_exp_hv : 16'h0000;
-  assign \$249  = ex_s5_exp_r[11] ? ex_s5_exp_hv : 16'h0000;
-  assign \$251  = ex_s5_exp_r[12] ? ex_s5_exp_hv : 16'h0000;
-  assign \$253  = ex_s5_exp_r[13] ? ex_s5_exp_hv : 16'h0000;
-  assign \$255  = ex_s5_exp_r[14] ? ex_s5_exp_hv : 16'h0000;
-  assign \$257  = ex_s5_exp_r[15] ? ex_s5_exp_hv : 16'h0000;
-  assign \$259  = ex_s5_exp_r[16] ? ex_s5_exp_hv : 16'h0000;
-  assign \$261  = { \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228  } ^ { \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230  };
-  assign ex_exp_ga_l1_0 = \$261  ^ { \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232  };
-  assign \$262  = { \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228  } & { \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230  };
-  assign \$263  = { \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228  } & { \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232  };
+  assign \$225  = ex_s5_exp_r[0] ? ex_s5_exp_hv : 16'h0000;
+  assign \$227  = ex_s5_exp_r[1] ? ex_s5_exp_hv : 16'h0000;
+  assign \$229  = ex_s5_exp_r[2] ? ex_s5_exp_hv : 16'h0000;
+  assign \$231  = ex_s5_exp_r[3] ? ex_s5_exp_hv : 16'h0000;
+  assign \$233  = ex_s5_exp_r[4] ? ex_s5_exp_hv : 16'h0000;
+  assign \$235  = ex_s5_exp_r[5] ? ex_s5_exp_hv : 16'h0000;
+  assign \$237  = ex_s5_exp_r[6] ? ex_s5_exp_hv : 16'h0000;
+  assign \$239  = ex_s5_exp_r[7] ? ex_s5_exp_hv : 16'h0000;
+  assign \$241  = ex_s5_exp_r[8] ? ex_s5_exp_hv : 16'h0000;
+  assign \$243  = ex_s5_exp_r[9] ? ex_s5_exp_hv : 16'h0000;
+  assign \$245  = ex_s5_exp_r[10] ? ex_s5_exp_hv : 16'h0000;
+  assign \$247  = ex_s5_exp_r[11] ? ex_s5_exp_hv : 16'h0000;
+  assign \$249  = ex_s5_exp_r[12] ? ex_s5_exp_hv : 16'h0000;
+  assign \$251  = ex_s5_exp_r[13] ? ex_s5_exp_hv : 16'h0000;
+  assign \$253  = ex_s5_exp_r[14] ? ex_s5_exp_hv : 16'h0000;
+  assign \$255  = ex_s5_exp_r[15] ? ex_s5_exp_hv : 16'h0000;
+  assign \$257  = ex_s5_exp_r[16] ? ex_s5_exp_hv : 16'h0000;
+  assign \$259  = { \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226  } ^ { \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228  };
+  assign ex_exp_ga_l1_0 = \$259  ^ { \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230  };
+  assign \$260  = { \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226  } & { \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228  };
+  assign \$261  = { \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226  } & { \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230  };
+  assign \$262  = \$260  | \$261 ;
+  assign \$263  = { \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228  } & { \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230  };
   assign \$264  = \$262  | \$263 ;
-  assign \$265  = { \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230  } & { \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232  };
-  assign \$266  = \$264  | \$265 ;
-  assign \$267  = { \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234  } ^ { \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236  };
-  assign ex_exp_ga_l1_2 = \$267  ^ { \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238  };
-  assign \$268  = { \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234  } & { \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236  };
-  assign \$269  = { \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234  } & { \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238  };
+  assign \$265  = { \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232  } ^ { \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234  };
+  assign ex_exp_ga_l1_2 = \$265  ^ { \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236  };
+  assign \$266  = { \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232  } & { \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234  };
+  assign \$267  = { \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232  } & { \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236  };
+  assign \$268  = \$266  | \$267 ;
+  assign \$269  = { \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234  } & { \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236  };
   assign \$270  = \$268  | \$269 ;
-  assign \$271  = { \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236  } & { \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238  };
-  assign \$272  = \$270  | \$271 ;
-  assign \$273  = { \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240  } ^ { \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242  };
-  assign ex_exp_ga_l1_4 = \$273  ^ { \$244 [30], \$244 [30], \$244 [30], \$244  };
-  assign \$274  = { \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240  } & { \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242  };
-  assign \$275  = { \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240  } & { \$244 [30], \$244 [30], \$244 [30], \$244  };
+  assign \$271  = { \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238  } ^ { \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240  };
+  assign ex_exp_ga_l1_4 = \$271  ^ { \$242 [30], \$242 [30], \$242 [30], \$242  };
+  assign \$272  = { \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238  } & { \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240  };
+  assign \$273  = { \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238  } & { \$242 [30], \$242 [30], \$242 [30], \$242  };
+  assign \$274  = \$272  | \$273 ;
+  assign \$275  = { \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240  } & { \$242 [30], \$242 [30], \$242 [30], \$242  };
   assign \$276  = \$274  | \$275 ;
-  assign \$277  = { \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242  } & { \$244 [30], \$244 [30], \$244 [30], \$244  };
-  assign \$278  = \$276  | \$277 ;
-  assign \$279  = { \$246 [30], \$246 [30], \$246 [30], \$246  } ^ { \$248 [30], \$248 [30], \$248 [30], \$248  };
-  assign ex_exp_ga_l1_6 = \$279  ^ { \$250 [30], \$250 [30], \$250 [30], \$250  };
-  assign \$280  = { \$246 [30], \$246 [30], \$246 [30], \$246  } & { \$248 [30], \$248 [30], \$248 [30], \$248  };
-  assign \$281  = { \$246 [30], \$246 [30], \$246 [30], \$246  } & { \$250 [30], \$250 [30], \$250 [30], \$250  };
+  assign \$277  = { \$244 [30], \$244 [30], \$244 [30], \$244  } ^ { \$246 [30], \$246 [30], \$246 [30], \$246  };
+  assign ex_exp_ga_l1_6 = \$277  ^ { \$248 [30], \$248 [30], \$248 [30], \$248  };
+  assign \$278  = { \$244 [30], \$244 [30], \$244 [30], \$244  } & { \$246 [30], \$246 [30], \$246 [30], \$246  };
+  assign \$279  = { \$244 [30], \$244 [30], \$244 [30], \$244  } & { \$248 [30], \$248 [30], \$248 [30], \$248  };
+  assign \$280  = \$278  | \$279 ;
+  assign \$281  = { \$246 [30], \$246 [30], \$246 [30], \$246  } & { \$248 [30], \$248 [30], \$248 [30], \$248  };
   assign \$282  = \$280  | \$281 ;
-  assign \$283  = { \$248 [30], \$248 [30], \$248 [30], \$248  } & { \$250 [30], \$250 [30], \$250 [30], \$250  };
-  assign \$284  = \$282  | \$283 ;
-  assign \$285  = { \$252 [30], \$252 [30], \$252 [30], \$252  } ^ { \$254 [30], \$254 [30], \$254 [30], \$254  };
-  assign ex_exp_ga_l1_8 = \$285  ^ { \$256 [30], \$256 [30], \$256 [30], \$256  };
-  assign \$286  = { \$252 [30], \$252 [30], \$252 [30], \$252  } & { \$254 [30], \$254 [30], \$254 [30], \$254  };
-  assign \$287  = { \$252 [30], \$252 [30], \$252 [30], \$252  } & { \$256 [30], \$256 [30], \$256 [30], \$256  };
+  assign \$283  = { \$250 [30], \$250 [30], \$250 [30], \$250  } ^ { \$252 [30], \$252 [30], \$252 [30], \$252  };
+  assign ex_exp_ga_l1_8 = \$283  ^ { \$254 [30], \$254 [30], \$254 [30], \$254  };
+  assign \$284  = { \$250 [30], \$250 [30], \$250 [30], \$250  } & { \$252 [30], \$252 [30], \$252 [30], \$252  };
+  assign \$285  = { \$250 [30], \$250 [30], \$250 [30], \$250  } & { \$254 [30], \$254 [30], \$254 [30], \$254  };
+  assign \$286  = \$284  | \$285 ;
+  assign \$287  = { \$252 [30], \$252 [30], \$252 [30], \$252  } & { \$254 [30], \$254 [30], \$254 [30], \$254  };
   assign \$288  = \$286  | \$287 ;
-  assign \$289  = { \$254 [30], \$254 [30], \$254 [30], \$254  } & { \$256 [30], \$256 [30], \$256 [30], \$256  };
-  assign \$290  = \$288  | \$289 ;
-  assign \$291  = { \$258 [30], \$258 [30], \$258 [30], \$258  } ^ \$260 [33:0];
-  assign \$292  = { \$258 [30], \$258 [30], \$258 [30], \$258  } & \$260 [33:0];
+  assign \$289  = { \$256 [30], \$256 [30], \$256 [30], \$256  } ^ \$258 [33:0];
+  assign \$290  = { \$256 [30], \$256 [30], \$256 [30], \$256  } & \$258 [33:0];
+  assign \$292  = \$290  | \$291 ;
   assign \$294  = \$292  | \$293 ;
-  assign \$296  = \$294  | \$295 ;
-  assign \$297  = ex_exp_ga_l1_0 ^ { \$266 [32:0], 1'h0 };
-  assign ex_exp_ga_l2_0 = \$297  ^ ex_exp_ga_l1_2;
-  assign \$298  = ex_exp_ga_l1_0 & { \$266 [32:0], 1'h0 };
-  assign \$299  = ex_exp_ga_l1_0 & ex_exp_ga_l1_2;
+  assign \$295  = ex_exp_ga_l1_0 ^ { \$264 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_0 = \$295  ^ ex_exp_ga_l1_2;
+  assign \$296  = ex_exp_ga_l1_0 & { \$264 [32:0], 1'h0 };
+  assign \$297  = ex_exp_ga_l1_0 & ex_exp_ga_l1_2;
+  assign \$298  = \$296  | \$297 ;
+  assign \$299  = { \$264 [32:0], 1'h0 } & ex_exp_ga_l1_2;
   assign \$300  = \$298  | \$299 ;
-  assign \$301  = { \$266 [32:0], 1'h0 } & ex_exp_ga_l1_2;
-  assign \$302  = \$300  | \$301 ;
-  assign \$303  = { \$272 [32:0], 1'h0 } ^ ex_exp_ga_l1_4;
-  assign ex_exp_ga_l2_2 = \$303  ^ { \$278 [32:0], 1'h0 };
-  assign \$304  = { \$272 [32:0], 1'h0 } & ex_exp_ga_l1_4;
-  assign \$305  = { \$272 [32:0], 1'h0 } & { \$278 [32:0], 1'h0 };
+  assign \$301  = { \$270 [32:0], 1'h0 } ^ ex_exp_ga_l1_4;
+  assign ex_exp_ga_l2_2 = \$301  ^ { \$276 [32:0], 1'h0 };
+  assign \$302  = { \$270 [32:0], 1'h0 } & ex_exp_ga_l1_4;
+  assign \$303  = { \$270 [32:0], 1'h0 } & { \$276 [32:0], 1'h0 };
+  assign \$304  = \$302  | \$303 ;
+  assign \$305  = ex_exp_ga_l1_4 & { \$276 [32:0], 1'h0 };
   assign \$306  = \$304  | \$305 ;
-  assign \$307  = ex_exp_ga_l1_4 & { \$278 [32:0], 1'h0 };
-  assign \$308  = \$306  | \$307 ;
-  assign \$309  = ex_exp_ga_l1_6 ^ { \$284 [32:0], 1'h0 };
-  assign ex_exp_ga_l2_4 = \$309  ^ ex_exp_ga_l1_8;
-  assign \$310  = ex_exp_ga_l1_6 & { \$284 [32:0], 1'h0 };
-  assign \$311  = ex_exp_ga_l1_6 & ex_exp_ga_l1_8;
+  assign \$307  = ex_exp_ga_l1_6 ^ { \$282 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_4 = \$307  ^ ex_exp_ga_l1_8;
+  assign \$308  = ex_exp_ga_l1_6 & { \$282 [32:0], 1'h0 };
+  assign \$309  = ex_exp_ga_l1_6 & ex_exp_ga_l1_8;
+  assign \$310  = \$308  | \$309 ;
+  assign \$311  = { \$282 [32:0], 1'h0 } & ex_exp_ga_l1_8;
   assign \$312  = \$310  | \$311 ;
-  assign \$313  = { \$284 [32:0], 1'h0 } & ex_exp_ga_l1_8;
-  assign \$314  = \$312  | \$313 ;
-  assign \$315  = { \$290 [32:0], 1'h0 } ^ ex_exp_ga_l1_10;
-  assign ex_exp_ga_l2_6 = \$315  ^ { \$296 [32:0], 1'h0 };
-  assign \$316  = { \$290 [32:0], 1'h0 } & ex_exp_ga_l1_10;
-  assign \$317  = { \$290 [32:0], 1'h0 } & { \$296 [32:0], 1'h0 };
+  assign \$313  = { \$288 [32:0], 1'h0 } ^ ex_exp_ga_l1_10;
+  assign ex_exp_ga_l2_6 = \$313  ^ { \$294 [32:0], 1'h0 };
+  assign \$314  = { \$288 [32:0], 1'h0 } & ex_exp_ga_l1_10;
+  assign \$315  = { \$288 [32:0], 1'h0 } & { \$294 [32:0], 1'h0 };
+  assign \$316  = \$314  | \$315 ;
+  assign \$317  = ex_exp_ga_l1_10 & { \$294 [32:0], 1'h0 };
   assign \$318  = \$316  | \$317 ;
-  assign \$319  = ex_exp_ga_l1_10 & { \$296 [32:0], 1'h0 };
-  assign \$320  = \$318  | \$319 ;
-  assign \$321  = ex_s6_exp_g0 ^ ex_s6_exp_g1;
-  assign ex_exp_gb_l1_0 = \$321  ^ ex_s6_exp_g2;
-  assign \$322  = ex_s6_exp_g0 & ex_s6_exp_g1;
-  assign \$323  = ex_s6_exp_g0 & ex_s6_exp_g2;
+  assign \$319  = ex_s6_exp_g0 ^ ex_s6_exp_g1;
+  assign ex_exp_gb_l1_0 = \$319  ^ ex_s6_exp_g2;
+  assign \$320  = ex_s6_exp_g0 & ex_s6_exp_g1;
+  assign \$321  = ex_s6_exp_g0 & ex_s6_exp_g2;
+  assign \$322  = \$320  | \$321 ;
+  assign \$323  = ex_s6_exp_g1 & ex_s6_exp_g2;
   assign \$324  = \$322  | \$323 ;
-  assign \$325  = ex_s6_exp_g1 & ex_s6_exp_g2;
-  assign \$326  = \$324  | \$325 ;
-  assign \$327  = ex_s6_exp_g3 ^ ex_s6_exp_g4;
-  assign ex_exp_gb_l1_2 = \$327  ^ ex_s6_exp_g5;
-  assign \$328  = ex_s6_exp_g3 & ex_s6_exp_g4;
-  assign \$329  = ex_s6_exp_g3 & ex_s6_exp_g5;
+  assign \$325  = ex_s6_exp_g3 ^ ex_s6_exp_g4;
+  assign ex_exp_gb_l1_2 = \$325  ^ ex_s6_exp_g5;
+  assign \$326  = ex_s6_exp_g3 & ex_s6_exp_g4;
+  assign \$327  = ex_s6_exp_g3 & ex_s6_exp_g5;
+  assign \$328  = \$326  | \$327 ;
+  assign \$329  = ex_s6_exp_g4 & ex_s6_exp_g5;
   assign \$330  = \$328  | \$329 ;
-  assign \$331  = ex_s6_exp_g4 & ex_s6_exp_g5;
-  assign \$332  = \$330  | \$331 ;
-  assign \$333  = ex_s6_exp_g6 ^ ex_s6_exp_g7;
-  assign ex_exp_gb_l1_4 = \$333  ^ ex_s6_exp_g8;
-  assign \$334  = ex_s6_exp_g6 & ex_s6_exp_g7;
-  assign \$335  = ex_s6_exp_g6 & ex_s6_exp_g8;
+  assign \$331  = ex_s6_exp_g6 ^ ex_s6_exp_g7;
+  assign ex_exp_gb_l1_4 = \$331  ^ ex_s6_exp_g8;
+  assign \$332  = ex_s6_exp_g6 & ex_s6_exp_g7;
+  assign \$333  = ex_s6_exp_g6 & ex_s6_exp_g8;
+  assign \$334  = \$332  | \$333 ;
+  assign \$335  = ex_s6_exp_g7 & ex_s6_exp_g8;
   assign \$336  = \$334  | \$335 ;
-  assign \$337  = ex_s6_exp_g7 & ex_s6_exp_g8;
-  assign \$338  = \$336  | \$337 ;
-  assign \$339  = ex_exp_gb_l1_0 ^ { \$326 [32:0], 1'h0 };
-  assign ex_exp_gb_l2_0 = \$339  ^ ex_exp_gb_l1_2;
-  assign \$340  = ex_exp_gb_l1_0 & { \$326 [32:0], 1'h0 };
-  assign \$341  = ex_exp_gb_l1_0 & ex_exp_gb_l1_2;
+  assign \$337  = ex_exp_gb_l1_0 ^ { \$324 [32:0], 1'h0 };
+  assign ex_exp_gb_l2_0 = \$337  ^ ex_exp_gb_l1_2;
+  assign \$338  = ex_exp_gb_l1_0 & { \$324 [32:0], 1'h0 };
+  assign \$339  = ex_exp_gb_l1_0 & ex_exp_gb_l1_2;
+  assign \$340  = \$338  | \$339 ;
+  assign \$341  = { \$324 [32:0], 1'h0 } & ex_exp_gb_l1_2;
   assign \$342  = \$340  | \$341 ;
-  assign \$343  = { \$326 [32:0], 1'h0 } & ex_exp_gb_l1_2;
-  assign \$344  = \$342  | \$343 ;
+  assign \$343  = { \$330 [32:0], 1'h0 } ^ ex_exp_gb_l1_4;
+  assign ex_exp_gb_l2_2 = \$343  ^ { \$336 [32:0], 1'h0 };
+  assign \$344  = { \$330 [32:0], 1'h0 } & ex_exp_gb_l1_4;
+  assign \$345  = { \$330 [32:0], 1'h0 } & { \$336 [32:0], 1'h0 };
   assign \$auto$rtlil.cc:2739:Not$2  = ~ score_mem_wdata[15];
-  assign \$auto$rtlil.cc:2739:Not$12  = ~ \$448 [23];
+  assign \$auto$rtlil.cc:2739:Not$12  = ~ \$445 [23];
   assign \$auto$rtlil.cc:2739:Not$4  = ~ run_max[15];
-  assign \$auto$rtlil.cc:2739:Not$6  = ~ \$206 [1];
-  assign \$auto$rtlil.cc:2739:Not$8  = ~ { \$221 [32], \$221 [30], \$221 [28], \$221 [26], \$221 [16] };
-  assign \$auto$rtlil.cc:2739:Not$10  = ~ { \$291 [32], \$291 [16] };
+  assign \$auto$rtlil.cc:2739:Not$6  = ~ \$204 [1];
+  assign \$auto$rtlil.cc:2739:Not$8  = ~ { \$219 [32], \$219 [30], \$219 [28], \$219 [26], \$219 [16] };
+  assign \$auto$rtlil.cc:2739:Not$10  = ~ { \$289 [32], \$289 [16] };
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$490  = \$1 ;
+    \$487  = \$1 ;
     if (rst) begin
-      \$490  = 1'h0;
+      \$487  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$491  = \$4 ;
+    \$488  = \$4 ;
+    if (rst) begin
+      \$488  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$489  = \$6 ;
+    if (rst) begin
+      \$489  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$490  = f;
+    if (\$8 ) begin
+      \$490  = c__payload;
+    end
+    if (rst) begin
+      \$490  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$491  = take;
     if (rst) begin
       \$491  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$492  = \$6 ;
-    if (rst) begin
-      \$492  = 1'h0;
+    \$492  = score_mem_wdata;
+    if (take) begin
+      \$492  = i__payload[15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$493  = f;
-    if (\$8 ) begin
-      \$493  = c__payload;
-    end
-    if (rst) begin
-      \$493  = 5'h00;
+    \$493  = in_last;
+    if (take) begin
+      \$493  = i__payload[16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$494  = take;
+    \$494  = \$10 ;
     if (rst) begin
       \$494  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$495  = score_mem_wdata;
-    if (take) begin
-      \$495  = i__payload[15:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$496  = in_last;
-    if (take) begin
-      \$496  = i__payload[16];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$497  = \$10 ;
+    \$495  = lw;
     if (rst) begin
-      \$497  = 1'h0;
+      \$495  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$498  = lw;
-    if (rst) begin
-      \$498  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$499  = sbank0_max;
+    \$496  = sbank0_max;
     if (end_q) begin
       if (\$11 ) begin
-        \$499  = run_max;
+        \$496  = run_max;
       end
     end
     if (rst) begin
-      \$499  = 16'h0000;
+      \$496  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$500  = sbank1_max;
+    \$497  = sbank1_max;
     if (end_q) begin
       if (\$12 ) begin
-        \$500  = run_max;
+        \$497  = run_max;
       end
     end
     if (rst) begin
-      \$500  = 16'h0000;
+      \$497  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$501  = run_max;
+    \$498  = run_max;
     if (score_mem_we) begin
-      \$501  = \$17 ;
+      \$498  = \$17 ;
     end
     if (rst) begin
-      \$501  = 16'h0000;
+      \$498  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$502  = row_first;
+    \$499  = row_first;
     if (score_mem_we) begin
-      \$502  = \$19 ;
+      \$499  = \$19 ;
     end
     if (rst) begin
-      \$502  = 1'h1;
+      \$499  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$503  = lcnt;
+    \$500  = lcnt;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
       if (\$21 ) begin
-        \$503  = 5'h00;
+        \$500  = 5'h00;
       end else begin
-        \$503  = \$25 [4:0];
+        \$500  = \$25 [4:0];
+      end
+    end
+    if (rst) begin
+      \$500  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$501  = lcnt_top;
+    if (score_mem_we) begin
+      (* full_case = 32'd1 *)
+      if (\$21 ) begin
+        \$501  = 1'h0;
+      end else begin
+        \$501  = \$26 ;
+      end
+    end
+    if (rst) begin
+      \$501  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$502  = lw;
+    if (score_mem_we) begin
+      if (\$21 ) begin
+        \$502  = \$22 ;
+      end
+    end
+    if (rst) begin
+      \$502  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$503  = sbank0_lenm1;
+    if (score_mem_we) begin
+      if (\$21 ) begin
+        if (\$23 ) begin
+          \$503  = lcnt;
+        end
       end
     end
     if (rst) begin
@@ -2180,306 +2219,299 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$504  = lcnt_top;
+    \$504  = sbank1_lenm1;
     if (score_mem_we) begin
-      (* full_case = 32'd1 *)
       if (\$21 ) begin
-        \$504  = 1'h0;
-      end else begin
-        \$504  = \$26 ;
+        if (\$24 ) begin
+          \$504  = lcnt;
+        end
       end
     end
     if (rst) begin
-      \$504  = 1'h0;
+      \$504  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$505  = lw;
-    if (score_mem_we) begin
-      if (\$21 ) begin
-        \$505  = \$22 ;
-      end
-    end
+    \$505  = exp_pass;
     if (rst) begin
       \$505  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$506  = sbank0_lenm1;
-    if (score_mem_we) begin
-      if (\$21 ) begin
-        if (\$23 ) begin
-          \$506  = lcnt;
-        end
-      end
-    end
+    \$506  = exp_v0;
     if (rst) begin
-      \$506  = 5'h00;
+      \$506  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$507  = sbank1_lenm1;
-    if (score_mem_we) begin
-      if (\$21 ) begin
-        if (\$24 ) begin
-          \$507  = lcnt;
-        end
-      end
-    end
+    \$507  = exp_v1;
     if (rst) begin
-      \$507  = 5'h00;
+      \$507  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$508  = exp_pass;
+    \$508  = exp_v2;
     if (rst) begin
       \$508  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$509  = exp_v0;
+    \$509  = exp_v3;
     if (rst) begin
       \$509  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$510  = exp_v1;
+    \$510  = exp_v4;
     if (rst) begin
       \$510  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$511  = exp_v2;
+    \$511  = exp_v5;
     if (rst) begin
       \$511  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$512  = exp_v3;
+    \$512  = exp_v6;
     if (rst) begin
       \$512  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$513  = exp_v4;
+    \$513  = exp_v7;
     if (rst) begin
       \$513  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$514  = exp_v5;
+    \$514  = exp_v8;
     if (rst) begin
       \$514  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$515  = exp_v6;
+    \$515  = exp_v9;
     if (rst) begin
       \$515  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$516  = exp_v7;
+    \$516  = ridx;
     if (rst) begin
-      \$516  = 1'h0;
+      \$516  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$517  = exp_v8;
+    \$517  = exp_ra0;
     if (rst) begin
-      \$517  = 1'h0;
+      \$517  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$518  = exp_v9;
-    if (rst) begin
-      \$518  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$519  = ridx;
-    if (rst) begin
-      \$519  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$520  = exp_ra0;
-    if (rst) begin
-      \$520  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$558  = total;
+    \$555  = total;
     if (exp_mem_we) begin
-      \$558  = \$38 [19:0];
+      \$555  = \$38 [19:0];
     end
     if (exp_idle) begin
-      \$558  = 20'h00000;
+      \$555  = 20'h00000;
     end
     if (rst) begin
-      \$558  = 20'h00000;
+      \$555  = 20'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$559  = ridx;
+    \$556  = ridx;
     if (exp_idle) begin
-      \$559  = 5'h00;
+      \$556  = 5'h00;
     end
     if (exp_pass) begin
-      \$559  = \$56 [4:0];
+      \$556  = \$56 [4:0];
     end
     if (rst) begin
-      \$559  = 5'h00;
+      \$556  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$560  = rlenm1;
+    \$557  = rlenm1;
     if (exp_idle) begin
-      \$560  = \$39 ;
+      \$557  = \$39 ;
     end
     if (rst) begin
-      \$560  = 5'h00;
+      \$557  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$561  = r_last;
+    \$558  = r_last;
     if (exp_idle) begin
-      \$561  = \$42 ;
+      \$558  = \$42 ;
     end
     if (exp_pass) begin
-      \$561  = \$57 ;
+      \$558  = \$57 ;
     end
     if (rst) begin
+      \$558  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$559  = rlenm2;
+    if (exp_idle) begin
+      \$559  = \$44 ;
+    end
+    if (rst) begin
+      \$559  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$560  = rmax;
+    if (exp_idle) begin
+      \$560  = \$45 ;
+    end
+    if (rst) begin
+      \$560  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$561  = exp_idle;
+    if (\$55 ) begin
       \$561  = 1'h0;
     end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$562  = rlenm2;
-    if (exp_idle) begin
-      \$562  = \$44 ;
+    if (\$64 ) begin
+      \$561  = 1'h1;
     end
     if (rst) begin
-      \$562  = 6'h00;
+      \$561  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$563  = rmax;
-    if (exp_idle) begin
-      \$563  = \$45 ;
-    end
-    if (rst) begin
-      \$563  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$564  = exp_idle;
+    \$562  = exp_pass;
     if (\$55 ) begin
+      \$562  = 1'h1;
+    end
+    if (\$58 ) begin
+      \$562  = 1'h0;
+    end
+    if (rst) begin
+      \$562  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$563  = exp_drain;
+    if (\$58 ) begin
+      \$563  = 1'h1;
+    end
+    if (\$64 ) begin
+      \$563  = 1'h0;
+    end
+    if (rst) begin
+      \$563  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$564  = er;
+    if (\$58 ) begin
+      \$564  = \$59 ;
+    end
+    if (rst) begin
       \$564  = 1'h0;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$565  = ew;
     if (\$64 ) begin
-      \$564  = 1'h1;
+      \$565  = { ew[1:0], ew[2] };
     end
     if (rst) begin
-      \$564  = 1'h1;
+      \$565  = 3'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$565  = exp_pass;
-    if (\$55 ) begin
-      \$565  = 1'h1;
-    end
-    if (\$58 ) begin
-      \$565  = 1'h0;
-    end
-    if (rst) begin
-      \$565  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$566  = exp_drain;
-    if (\$58 ) begin
+    \$566  = d_busy;
+    if (\$64 ) begin
       \$566  = 1'h1;
     end
-    if (\$64 ) begin
-      \$566  = 1'h0;
-    end
-    if (rst) begin
-      \$566  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$567  = er;
-    if (\$58 ) begin
-      \$567  = \$59 ;
-    end
-    if (rst) begin
-      \$567  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$568  = ew;
-    if (\$64 ) begin
-      \$568  = { ew[1:0], ew[2] };
-    end
-    if (rst) begin
-      \$568  = 3'h1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$569  = d_busy;
-    if (\$64 ) begin
-      \$569  = 1'h1;
-    end
     if (\$75 ) begin
-      \$569  = 1'h0;
+      \$566  = 1'h0;
     end
     if (rst) begin
-      \$569  = 1'h0;
+      \$566  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$570  = dbank;
+    \$567  = dbank;
     if (\$65 ) begin
-      \$570  = ew;
+      \$567  = ew;
     end
     if (rst) begin
-      \$570  = 3'h0;
+      \$567  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$571  = dlenm1;
+    \$568  = dlenm1;
     if (\$65 ) begin
-      \$571  = rlenm1;
+      \$568  = rlenm1;
+    end
+    if (rst) begin
+      \$568  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$569  = den;
+    if (\$65 ) begin
+      \$569  = total;
+    end
+    if (rst) begin
+      \$569  = 20'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$65 ) begin
+      \$570  = 17'h00000;
+    end else begin
+      \$570  = { quo[15:0], \$71  };
+    end
+    if (rst) begin
+      \$570  = 17'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$65 ) begin
+      \$571  = 5'h00;
+    end else begin
+      \$571  = \$73 [4:0];
     end
     if (rst) begin
       \$571  = 5'h00;
@@ -2487,69 +2519,71 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$572  = den;
+    (* full_case = 32'd1 *)
     if (\$65 ) begin
-      \$572  = total;
+      \$572  = 1'h0;
+    end else begin
+      \$572  = \$74 ;
     end
     if (rst) begin
-      \$572  = 20'h00000;
+      \$572  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
-      \$573  = 17'h00000;
+      \$573  = 20'h07fff;
     end else begin
-      \$573  = { quo[15:0], \$71  };
+      \$573  = \$69 ;
     end
     if (rst) begin
-      \$573  = 17'h00000;
+      \$573  = 20'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
-      \$574  = 5'h00;
+      \$574  = 17'h1ffff;
     end else begin
-      \$574  = \$73 [4:0];
+      \$574  = \$72 [16:0];
     end
     if (rst) begin
-      \$574  = 5'h00;
+      \$574  = 17'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    (* full_case = 32'd1 *)
-    if (\$65 ) begin
-      \$575  = 1'h0;
-    end else begin
-      \$575  = \$74 ;
+    \$575  = ebank0_recip;
+    if (\$75 ) begin
+      if (dbank[0]) begin
+        \$575  = { quo[15:0], \$77  };
+      end
     end
     if (rst) begin
-      \$575  = 1'h0;
+      \$575  = 17'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    (* full_case = 32'd1 *)
-    if (\$65 ) begin
-      \$576  = 20'h07fff;
-    end else begin
-      \$576  = \$69 ;
+    \$576  = ebank0_lenm1;
+    if (\$75 ) begin
+      if (dbank[0]) begin
+        \$576  = dlenm1;
+      end
     end
     if (rst) begin
-      \$576  = 20'h00000;
+      \$576  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    (* full_case = 32'd1 *)
-    if (\$65 ) begin
-      \$577  = 17'h1ffff;
-    end else begin
-      \$577  = \$72 [16:0];
+    \$577  = ebank1_recip;
+    if (\$75 ) begin
+      if (dbank[1]) begin
+        \$577  = { quo[15:0], \$79  };
+      end
     end
     if (rst) begin
       \$577  = 17'h00000;
@@ -2557,70 +2591,73 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$578  = ebank0_recip;
-    if (\$75 ) begin
-      if (dbank[0]) begin
-        \$578  = { quo[15:0], \$77  };
-      end
-    end
-    if (rst) begin
-      \$578  = 17'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$579  = ebank0_lenm1;
-    if (\$75 ) begin
-      if (dbank[0]) begin
-        \$579  = dlenm1;
-      end
-    end
-    if (rst) begin
-      \$579  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$580  = ebank1_recip;
+    \$578  = ebank1_lenm1;
     if (\$75 ) begin
       if (dbank[1]) begin
-        \$580  = { quo[15:0], \$79  };
+        \$578  = dlenm1;
       end
     end
     if (rst) begin
-      \$580  = 17'h00000;
+      \$578  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$581  = ebank1_lenm1;
-    if (\$75 ) begin
-      if (dbank[1]) begin
-        \$581  = dlenm1;
-      end
-    end
-    if (rst) begin
-      \$581  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$582  = ebank2_recip;
+    \$579  = ebank2_recip;
     if (\$75 ) begin
       if (dbank[2]) begin
-        \$582  = { quo[15:0], \$81  };
+        \$579  = { quo[15:0], \$81  };
       end
     end
     if (rst) begin
-      \$582  = 17'h00000;
+      \$579  = 17'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$583  = ebank2_lenm1;
+    \$580  = ebank2_lenm1;
     if (\$75 ) begin
       if (dbank[2]) begin
-        \$583  = dlenm1;
+        \$580  = dlenm1;
+      end
+    end
+    if (rst) begin
+      \$580  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$581  = \$82 ;
+    if (rst) begin
+      \$581  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$582  = o_run;
+    if (\$86 ) begin
+      \$582  = 1'h1;
+    end
+    if (\$96 ) begin
+      if (o_last) begin
+        \$582  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$582  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$583  = oidx;
+    if (\$86 ) begin
+      \$583  = 5'h00;
+    end
+    if (\$96 ) begin
+      (* full_case = 32'd1 *)
+      if (o_last) begin
+      end else begin
+        \$583  = \$97 [4:0];
       end
     end
     if (rst) begin
@@ -2629,13 +2666,15 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$584  = o_run;
-    if (\$85 ) begin
-      \$584  = 1'h1;
+    \$584  = o_last;
+    if (\$86 ) begin
+      \$584  = \$90 ;
     end
     if (\$96 ) begin
+      (* full_case = 32'd1 *)
       if (o_last) begin
-        \$584  = 1'h0;
+      end else begin
+        \$584  = \$98 ;
       end
     end
     if (rst) begin
@@ -2644,193 +2683,185 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$585  = oidx;
-    if (\$85 ) begin
-      \$585  = 5'h00;
+    \$585  = o_lenm2;
+    if (\$86 ) begin
+      \$585  = \$93 ;
     end
+    if (rst) begin
+      \$585  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$586  = o_recip;
+    if (\$86 ) begin
+      \$586  = \$95 ;
+    end
+    if (rst) begin
+      \$586  = 17'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$587  = orb;
     if (\$96 ) begin
-      (* full_case = 32'd1 *)
       if (o_last) begin
-      end else begin
-        \$585  = \$97 [4:0];
+        \$587  = { orb[1:0], orb[2] };
       end
     end
     if (rst) begin
-      \$585  = 5'h00;
+      \$587  = 3'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$586  = o_last;
-    if (\$85 ) begin
-      \$586  = \$89 ;
-    end
-    if (\$96 ) begin
-      (* full_case = 32'd1 *)
-      if (o_last) begin
-      end else begin
-        \$586  = \$98 ;
-      end
-    end
+    \$588  = \$101 [4:0];
     if (rst) begin
-      \$586  = 1'h0;
+      \$588  = 5'h10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$587  = o_lenm2;
-    if (\$85 ) begin
-      \$587  = \$92 ;
-    end
+    \$589  = \$103 [7:0];
     if (rst) begin
-      \$587  = 6'h00;
+      \$589  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$588  = o_recip;
-    if (\$85 ) begin
-      \$588  = \$94 ;
-    end
+    \$590  = \$104 ;
     if (rst) begin
-      \$588  = 17'h00000;
+      \$590  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$589  = orb;
-    if (\$96 ) begin
-      if (o_last) begin
-        \$589  = { orb[1:0], orb[2] };
-      end
-    end
+    \$591  = out_v0;
     if (rst) begin
-      \$589  = 3'h1;
+      \$591  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$590  = \$102 [4:0];
-    if (rst) begin
-      \$590  = 5'h10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$591  = \$104 [7:0];
-    if (rst) begin
-      \$591  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$592  = \$106 ;
+    \$592  = out_v1;
     if (rst) begin
       \$592  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$593  = out_v0;
+    \$593  = out_v2;
     if (rst) begin
       \$593  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$594  = out_v1;
+    \$594  = out_v3;
     if (rst) begin
       \$594  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$595  = out_v2;
+    \$595  = out_v4;
     if (rst) begin
       \$595  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$596  = out_v3;
+    \$619  = out_v5;
     if (rst) begin
-      \$596  = 1'h0;
+      \$619  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$597  = out_v4;
-    if (rst) begin
-      \$597  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$621  = out_v5;
-    if (rst) begin
-      \$621  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$622  = oq_wptr;
+    \$620  = oq_wptr;
     if (out_v5) begin
-      \$622  = \$110 [3:0];
+      \$620  = \$108 [3:0];
     end
     if (rst) begin
-      \$622  = 4'h0;
+      \$620  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$623  = o__payload;
-    if (\$114 ) begin
-      \$623  = \rp__data$210 ;
+    \$621  = o__payload;
+    if (\$112 ) begin
+      \$621  = \rp__data$211 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$624  = o__valid;
-    if (\$114 ) begin
-      \$624  = 1'h1;
+    \$622  = o__valid;
+    if (\$112 ) begin
+      \$622  = 1'h1;
     end else if (o__ready) begin
-      \$624  = 1'h0;
+      \$622  = 1'h0;
     end
     if (rst) begin
-      \$624  = 1'h0;
+      \$622  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$625  = oq_rptr;
-    if (\$114 ) begin
-      \$625  = \$115 [3:0];
+    \$623  = oq_rptr;
+    if (\$112 ) begin
+      \$623  = \$113 [3:0];
     end
     if (rst) begin
-      \$625  = 4'h0;
+      \$623  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$626  = \$121 [4:0];
+    \$624  = \$119 [4:0];
     if (rst) begin
-      \$626  = 5'h00;
+      \$624  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$627  = \$133 ;
+    \$625  = \$131 ;
+    if (rst) begin
+      \$625  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$626  = sbank0_full;
+    if (\$134 ) begin
+      \$626  = 1'h0;
+    end
+    if (\$138 ) begin
+      \$626  = 1'h1;
+    end
+    if (rst) begin
+      \$626  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$627  = sbank1_full;
+    if (\$141 ) begin
+      \$627  = 1'h0;
+    end
+    if (\$145 ) begin
+      \$627  = 1'h1;
+    end
     if (rst) begin
       \$627  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$628  = sbank0_full;
-    if (\$136 ) begin
+    \$628  = ebank0_busy;
+    if (\$146 ) begin
       \$628  = 1'h0;
     end
-    if (\$140 ) begin
+    if (\$157 ) begin
       \$628  = 1'h1;
     end
     if (rst) begin
@@ -2839,11 +2870,11 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$629  = sbank1_full;
-    if (\$143 ) begin
+    \$629  = ebank0_full;
+    if (\$146 ) begin
       \$629  = 1'h0;
     end
-    if (\$147 ) begin
+    if (\$159 ) begin
       \$629  = 1'h1;
     end
     if (rst) begin
@@ -2852,11 +2883,11 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$630  = ebank0_busy;
-    if (\$148 ) begin
+    \$630  = ebank1_busy;
+    if (\$160 ) begin
       \$630  = 1'h0;
     end
-    if (\$159 ) begin
+    if (\$171 ) begin
       \$630  = 1'h1;
     end
     if (rst) begin
@@ -2865,11 +2896,11 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$631  = ebank0_full;
-    if (\$148 ) begin
+    \$631  = ebank1_full;
+    if (\$160 ) begin
       \$631  = 1'h0;
     end
-    if (\$161 ) begin
+    if (\$173 ) begin
       \$631  = 1'h1;
     end
     if (rst) begin
@@ -2878,11 +2909,11 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$632  = ebank1_busy;
-    if (\$162 ) begin
+    \$632  = ebank2_busy;
+    if (\$174 ) begin
       \$632  = 1'h0;
     end
-    if (\$173 ) begin
+    if (\$185 ) begin
       \$632  = 1'h1;
     end
     if (rst) begin
@@ -2891,11 +2922,11 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$633  = ebank1_full;
-    if (\$162 ) begin
+    \$633  = ebank2_full;
+    if (\$174 ) begin
       \$633  = 1'h0;
     end
-    if (\$175 ) begin
+    if (\$187 ) begin
       \$633  = 1'h1;
     end
     if (rst) begin
@@ -2904,34 +2935,8 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$634  = ebank2_busy;
-    if (\$176 ) begin
-      \$634  = 1'h0;
-    end
-    if (\$187 ) begin
-      \$634  = 1'h1;
-    end
-    if (rst) begin
-      \$634  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$635  = ebank2_full;
-    if (\$176 ) begin
-      \$635  = 1'h0;
-    end
-    if (\$189 ) begin
-      \$635  = 1'h1;
-    end
-    if (rst) begin
-      \$635  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     e_clear = 1'h0;
-    if (\$364 ) begin
+    if (\$361 ) begin
       if (o_last) begin
         e_clear = 1'h1;
       end
@@ -2944,24 +2949,24 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   assign in_v = score_mem_we;
   assign in_d = score_mem_wdata;
   assign exp_v10 = exp_mem_we;
-  assign ex_exp_n_l2_1 = { \$211 [16:0], 1'h0 };
-  assign ex_exp_h_l2_1 = { \$226 [31:0], 1'h0 };
-  assign ex_exp_ga_l2_1 = { \$302 [32:0], 1'h0 };
-  assign ex_exp_ga_l2_3 = { \$308 [32:0], 1'h0 };
-  assign ex_exp_ga_l2_5 = { \$314 [32:0], 1'h0 };
-  assign ex_exp_ga_l2_7 = { \$320 [32:0], 1'h0 };
+  assign ex_exp_n_l2_1 = { \$209 [16:0], 1'h0 };
+  assign ex_exp_h_l2_1 = { \$224 [31:0], 1'h0 };
+  assign ex_exp_ga_l2_1 = { \$300 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_3 = { \$306 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_5 = { \$312 [32:0], 1'h0 };
+  assign ex_exp_ga_l2_7 = { \$318 [32:0], 1'h0 };
   assign ex_exp_ga_l2_8 = { ex_s5_exp_qh[16:0], 17'h00000 };
-  assign ex_exp_gb_l3_1 = { \$356 [32:0], 1'h0 };
-  assign ex_exp_gb_l3_2 = { \$350 [32:0], 1'h0 };
-  assign ex_exp_gc_l1_1 = { \$362 [32:0], 1'h0 };
+  assign ex_exp_gb_l3_1 = { \$354 [32:0], 1'h0 };
+  assign ex_exp_gb_l3_2 = { \$348 [32:0], 1'h0 };
+  assign ex_exp_gc_l1_1 = { \$360 [32:0], 1'h0 };
   assign ex_s9_exp = exp_mem_wdata;
-  assign out_csa0_l2_1 = { \$435 [31:0], 1'h0 };
-  assign out_csa0_l2_3 = { \$441 [31:0], 1'h0 };
-  assign out_csa0_l2_5 = { \$447 [31:0], 1'h0 };
-  assign out_csa0_l2_7 = { \$453 [31:0], 1'h0 };
-  assign out_csa1_l2_1 = { \$471 [31:0], 1'h0 };
-  assign out_csa1_l2_3 = { \$477 [31:0], 1'h0 };
-  assign out_csa2_l2_1 = { \$489 [31:0], 1'h0 };
+  assign out_csa0_l2_1 = { \$432 [31:0], 1'h0 };
+  assign out_csa0_l2_3 = { \$438 [31:0], 1'h0 };
+  assign out_csa0_l2_5 = { \$444 [31:0], 1'h0 };
+  assign out_csa0_l2_7 = { \$450 [31:0], 1'h0 };
+  assign out_csa1_l2_1 = { \$468 [31:0], 1'h0 };
+  assign out_csa1_l2_3 = { \$474 [31:0], 1'h0 };
+  assign out_csa2_l2_1 = { \$486 [31:0], 1'h0 };
   assign oq_valid = o__valid;
   assign oq_data = o__payload;
   assign wp__addr = score_mem_waddr_q;
@@ -2969,51 +2974,51 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   assign wp__en = score_mem_p0_we_q;
   assign rp__addr = { er, ridx };
   assign score_mem_raddr = { er, ridx };
-  assign \wp__addr$219  = exp_mem_waddr_q[5:0];
-  assign \wp__data$220  = exp_mem_wdata_q;
-  assign \wp__en$221  = exp_mem_p0_we_q;
-  assign \rp__addr$222  = { orb[1], oidx };
-  assign \wp__addr$223  = exp_mem_waddr_q[4:0];
-  assign \wp__data$224  = exp_mem_wdata_q;
-  assign \wp__en$225  = exp_mem_p1_we_q;
-  assign \rp__addr$226  = oidx;
-  assign ex_exp_n_l0_0 = { \$196 [16], \$196  };
-  assign ex_exp_n_l0_1 = { \$198 [16], \$198  };
-  assign ex_exp_n_l0_2 = { \$199 [16], \$199  };
+  assign \wp__addr$220  = exp_mem_waddr_q[5:0];
+  assign \wp__data$221  = exp_mem_wdata_q;
+  assign \wp__en$222  = exp_mem_p0_we_q;
+  assign \rp__addr$223  = { orb[1], oidx };
+  assign \wp__addr$224  = exp_mem_waddr_q[4:0];
+  assign \wp__data$225  = exp_mem_wdata_q;
+  assign \wp__en$226  = exp_mem_p1_we_q;
+  assign \rp__addr$227  = oidx;
+  assign ex_exp_n_l0_0 = { \$194 [16], \$194  };
+  assign ex_exp_n_l0_1 = { \$196 [16], \$196  };
+  assign ex_exp_n_l0_2 = { \$197 [16], \$197  };
   assign ex_exp_n_l0_3 = 18'h00002;
-  assign ex_exp_n_l1_1 = { \$205 [16:0], 1'h0 };
+  assign ex_exp_n_l1_1 = { \$203 [16:0], 1'h0 };
   assign ex_exp_n_l1_2 = 18'h00002;
-  assign ex_exp_h_l0_0 = { 1'h0, \$212  };
-  assign ex_exp_h_l0_1 = { 1'h0, \$213  };
-  assign ex_exp_h_l0_2 = { 1'h0, \$214  };
+  assign ex_exp_h_l0_0 = { 1'h0, \$210  };
+  assign ex_exp_h_l0_1 = { 1'h0, \$211  };
+  assign ex_exp_h_l0_2 = { 1'h0, \$212  };
   assign ex_exp_h_l0_3 = 33'h154010000;
-  assign ex_exp_h_l1_1 = { \$220 [31:0], 1'h0 };
+  assign ex_exp_h_l1_1 = { \$218 [31:0], 1'h0 };
   assign ex_exp_h_l1_2 = 33'h154010000;
-  assign ex_exp_ga_l0_0 = { \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228  };
-  assign ex_exp_ga_l0_1 = { \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230 [16], \$230  };
-  assign ex_exp_ga_l0_2 = { \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232  };
-  assign ex_exp_ga_l0_3 = { \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234 [18], \$234  };
-  assign ex_exp_ga_l0_4 = { \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236  };
-  assign ex_exp_ga_l0_5 = { \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238  };
-  assign ex_exp_ga_l0_6 = { \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240  };
-  assign ex_exp_ga_l0_7 = { \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242 [22], \$242  };
-  assign ex_exp_ga_l0_8 = { \$244 [30], \$244 [30], \$244 [30], \$244  };
-  assign ex_exp_ga_l0_9 = { \$246 [30], \$246 [30], \$246 [30], \$246  };
-  assign ex_exp_ga_l0_10 = { \$248 [30], \$248 [30], \$248 [30], \$248  };
-  assign ex_exp_ga_l0_11 = { \$250 [30], \$250 [30], \$250 [30], \$250  };
-  assign ex_exp_ga_l0_12 = { \$252 [30], \$252 [30], \$252 [30], \$252  };
-  assign ex_exp_ga_l0_13 = { \$254 [30], \$254 [30], \$254 [30], \$254  };
-  assign ex_exp_ga_l0_14 = { \$256 [30], \$256 [30], \$256 [30], \$256  };
-  assign ex_exp_ga_l0_15 = { \$258 [30], \$258 [30], \$258 [30], \$258  };
-  assign ex_exp_ga_l0_16 = \$260 [33:0];
+  assign ex_exp_ga_l0_0 = { \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226 [16], \$226  };
+  assign ex_exp_ga_l0_1 = { \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228 [16], \$228  };
+  assign ex_exp_ga_l0_2 = { \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230 [18], \$230  };
+  assign ex_exp_ga_l0_3 = { \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232 [18], \$232  };
+  assign ex_exp_ga_l0_4 = { \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234 [22], \$234  };
+  assign ex_exp_ga_l0_5 = { \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236 [22], \$236  };
+  assign ex_exp_ga_l0_6 = { \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238 [22], \$238  };
+  assign ex_exp_ga_l0_7 = { \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240 [22], \$240  };
+  assign ex_exp_ga_l0_8 = { \$242 [30], \$242 [30], \$242 [30], \$242  };
+  assign ex_exp_ga_l0_9 = { \$244 [30], \$244 [30], \$244 [30], \$244  };
+  assign ex_exp_ga_l0_10 = { \$246 [30], \$246 [30], \$246 [30], \$246  };
+  assign ex_exp_ga_l0_11 = { \$248 [30], \$248 [30], \$248 [30], \$248  };
+  assign ex_exp_ga_l0_12 = { \$250 [30], \$250 [30], \$250 [30], \$250  };
+  assign ex_exp_ga_l0_13 = { \$252 [30], \$252 [30], \$252 [30], \$252  };
+  assign ex_exp_ga_l0_14 = { \$254 [30], \$254 [30], \$254 [30], \$254  };
+  assign ex_exp_ga_l0_15 = { \$256 [30], \$256 [30], \$256 [30], \$256  };
+  assign ex_exp_ga_l0_16 = \$258 [33:0];
   assign ex_exp_ga_l0_17 = 34'h100010000;
   assign ex_exp_ga_l0_18 = { ex_s5_exp_qh[16:0], 17'h00000 };
-  assign ex_exp_ga_l1_1 = { \$266 [32:0], 1'h0 };
-  assign ex_exp_ga_l1_3 = { \$272 [32:0], 1'h0 };
-  assign ex_exp_ga_l1_5 = { \$278 [32:0], 1'h0 };
-  assign ex_exp_ga_l1_7 = { \$284 [32:0], 1'h0 };
-  assign ex_exp_ga_l1_9 = { \$290 [32:0], 1'h0 };
-  assign ex_exp_ga_l1_11 = { \$296 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_1 = { \$264 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_3 = { \$270 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_5 = { \$276 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_7 = { \$282 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_9 = { \$288 [32:0], 1'h0 };
+  assign ex_exp_ga_l1_11 = { \$294 [32:0], 1'h0 };
   assign ex_exp_ga_l1_12 = { ex_s5_exp_qh[16:0], 17'h00000 };
   assign ex_exp_gb_l0_0 = ex_s6_exp_g0;
   assign ex_exp_gb_l0_1 = ex_s6_exp_g1;
@@ -3024,37 +3029,37 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   assign ex_exp_gb_l0_6 = ex_s6_exp_g6;
   assign ex_exp_gb_l0_7 = ex_s6_exp_g7;
   assign ex_exp_gb_l0_8 = ex_s6_exp_g8;
-  assign ex_exp_gb_l1_1 = { \$326 [32:0], 1'h0 };
-  assign ex_exp_gb_l1_3 = { \$332 [32:0], 1'h0 };
-  assign ex_exp_gb_l1_5 = { \$338 [32:0], 1'h0 };
-  assign ex_exp_gb_l2_1 = { \$344 [32:0], 1'h0 };
-  assign ex_exp_gb_l2_3 = { \$350 [32:0], 1'h0 };
+  assign ex_exp_gb_l1_1 = { \$324 [32:0], 1'h0 };
+  assign ex_exp_gb_l1_3 = { \$330 [32:0], 1'h0 };
+  assign ex_exp_gb_l1_5 = { \$336 [32:0], 1'h0 };
+  assign ex_exp_gb_l2_1 = { \$342 [32:0], 1'h0 };
+  assign ex_exp_gb_l2_3 = { \$348 [32:0], 1'h0 };
   assign ex_exp_gc_l0_0 = ex_s7_exp_g0;
   assign ex_exp_gc_l0_1 = ex_s7_exp_g1;
   assign ex_exp_gc_l0_2 = ex_s7_exp_g2;
-  assign out_csa0_l0_0 = { 15'h0000, \$369  };
-  assign out_csa0_l0_1 = { 15'h0000, \$371  };
-  assign out_csa0_l0_2 = { 13'h0000, \$373  };
-  assign out_csa0_l0_3 = { 13'h0000, \$375  };
-  assign out_csa0_l0_4 = { 9'h000, \$377  };
-  assign out_csa0_l0_5 = { 9'h000, \$379  };
-  assign out_csa0_l0_6 = { 9'h000, \$381  };
-  assign out_csa0_l0_7 = { 9'h000, \$383  };
-  assign out_csa0_l0_8 = { 1'h0, \$385  };
-  assign out_csa0_l0_9 = { 1'h0, \$387  };
-  assign out_csa0_l0_10 = { 1'h0, \$389  };
-  assign out_csa0_l0_11 = { 1'h0, \$391  };
-  assign out_csa0_l0_12 = { 1'h0, \$393  };
-  assign out_csa0_l0_13 = { 1'h0, \$395  };
-  assign out_csa0_l0_14 = { 1'h0, \$397  };
-  assign out_csa0_l0_15 = { 1'h0, \$399  };
+  assign out_csa0_l0_0 = { 15'h0000, \$366  };
+  assign out_csa0_l0_1 = { 15'h0000, \$368  };
+  assign out_csa0_l0_2 = { 13'h0000, \$370  };
+  assign out_csa0_l0_3 = { 13'h0000, \$372  };
+  assign out_csa0_l0_4 = { 9'h000, \$374  };
+  assign out_csa0_l0_5 = { 9'h000, \$376  };
+  assign out_csa0_l0_6 = { 9'h000, \$378  };
+  assign out_csa0_l0_7 = { 9'h000, \$380  };
+  assign out_csa0_l0_8 = { 1'h0, \$382  };
+  assign out_csa0_l0_9 = { 1'h0, \$384  };
+  assign out_csa0_l0_10 = { 1'h0, \$386  };
+  assign out_csa0_l0_11 = { 1'h0, \$388  };
+  assign out_csa0_l0_12 = { 1'h0, \$390  };
+  assign out_csa0_l0_13 = { 1'h0, \$392  };
+  assign out_csa0_l0_14 = { 1'h0, \$394  };
+  assign out_csa0_l0_15 = { 1'h0, \$396  };
   assign out_csa0_l0_16 = 33'h000800000;
-  assign out_csa0_l1_1 = { \$405 [31:0], 1'h0 };
-  assign out_csa0_l1_3 = { \$411 [31:0], 1'h0 };
-  assign out_csa0_l1_5 = { \$417 [31:0], 1'h0 };
-  assign out_csa0_l1_7 = { \$423 [31:0], 1'h0 };
-  assign out_csa0_l1_9 = { \$429 [31:0], 1'h0 };
-  assign out_csa0_l1_10 = { 1'h0, \$399  };
+  assign out_csa0_l1_1 = { \$402 [31:0], 1'h0 };
+  assign out_csa0_l1_3 = { \$408 [31:0], 1'h0 };
+  assign out_csa0_l1_5 = { \$414 [31:0], 1'h0 };
+  assign out_csa0_l1_7 = { \$420 [31:0], 1'h0 };
+  assign out_csa0_l1_9 = { \$426 [31:0], 1'h0 };
+  assign out_csa0_l1_10 = { 1'h0, \$396  };
   assign out_csa0_l1_11 = 33'h000800000;
   assign out_csa1_l0_0 = out_s3_t0;
   assign out_csa1_l0_1 = out_s3_t1;
@@ -3064,85 +3069,85 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   assign out_csa1_l0_5 = out_s3_t5;
   assign out_csa1_l0_6 = out_s3_t6;
   assign out_csa1_l0_7 = out_s3_t7;
-  assign out_csa1_l1_1 = { \$459 [31:0], 1'h0 };
-  assign out_csa1_l1_3 = { \$465 [31:0], 1'h0 };
+  assign out_csa1_l1_1 = { \$456 [31:0], 1'h0 };
+  assign out_csa1_l1_3 = { \$462 [31:0], 1'h0 };
   assign out_csa1_l1_4 = out_s3_t6;
   assign out_csa1_l1_5 = out_s3_t7;
   assign out_csa2_l0_0 = out_s4_t0;
   assign out_csa2_l0_1 = out_s4_t1;
   assign out_csa2_l0_2 = out_s4_t2;
   assign out_csa2_l0_3 = out_s4_t3;
-  assign out_csa2_l1_1 = { \$483 [31:0], 1'h0 };
+  assign out_csa2_l1_1 = { \$480 [31:0], 1'h0 };
   assign out_csa2_l1_2 = out_s4_t3;
   assign \$signature__addr  = oq_wptr;
   assign \$signature__data  = { out_s6_last, out_s6_p };
   assign \$signature__en  = out_v5;
-  assign \rp__addr$348  = oq_rptr;
+  assign \rp__addr$349  = oq_rptr;
   assign \c__payload.f  = c__payload;
   assign \i__payload.data  = i__payload[15:0];
   assign \i__payload.last  = i__payload[16];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \$620  = out_s5_last;
-  assign \$619  = \$109 ;
-  assign \$618  = { \$489 [31:0], 1'h0 };
-  assign \$617  = out_csa2_l2_0;
-  assign \$616  = out_s4_last;
-  assign \$615  = { \$477 [31:0], 1'h0 };
-  assign \$614  = out_csa1_l2_2;
-  assign \$613  = { \$471 [31:0], 1'h0 };
-  assign \$612  = out_csa1_l2_0;
-  assign \$611  = out_s3_last;
-  assign \$610  = { \$453 [31:0], 1'h0 };
-  assign \$609  = out_csa0_l2_6;
-  assign \$608  = { \$447 [31:0], 1'h0 };
-  assign \$607  = out_csa0_l2_4;
-  assign \$606  = { \$441 [31:0], 1'h0 };
-  assign \$605  = out_csa0_l2_2;
-  assign \$604  = { \$435 [31:0], 1'h0 };
-  assign \$603  = out_csa0_l2_0;
-  assign \$602  = out_s2_last;
-  assign \$601  = out_s1_last;
-  assign \$600  = out_s1_recip;
-  assign \$599  = o_last;
-  assign \$598  = o_recip;
-  assign \$557  = ex_s8_a;
-  assign \$556  = \$37 [15:0];
-  assign \$555  = ex_s7_a;
-  assign \$554  = \$36 [33:17];
-  assign \$553  = ex_s7_exp_q;
-  assign \$552  = ex_s6_a;
-  assign \$551  = { \$350 [32:0], 1'h0 };
-  assign \$550  = { \$356 [32:0], 1'h0 };
-  assign \$549  = ex_exp_gb_l3_0;
-  assign \$548  = ex_s6_exp_q;
-  assign \$547  = ex_s5_a;
-  assign \$546  = { ex_s5_exp_qh[16:0], 17'h00000 };
-  assign \$545  = { \$320 [32:0], 1'h0 };
-  assign \$544  = ex_exp_ga_l2_6;
-  assign \$543  = { \$314 [32:0], 1'h0 };
-  assign \$542  = ex_exp_ga_l2_4;
-  assign \$541  = { \$308 [32:0], 1'h0 };
-  assign \$540  = ex_exp_ga_l2_2;
-  assign \$539  = { \$302 [32:0], 1'h0 };
-  assign \$538  = ex_exp_ga_l2_0;
-  assign \$537  = ex_s5_exp_q;
-  assign \$536  = ex_s4_a;
-  assign \$535  = \$35 [48:1];
-  assign \$534  = \$34 [32:17];
-  assign \$533  = ex_s4_exp_r;
-  assign \$532  = ex_s4_exp_q;
-  assign \$531  = ex_s3_a;
-  assign \$530  = { \$226 [31:0], 1'h0 };
-  assign \$529  = ex_exp_h_l2_0;
-  assign \$528  = ex_s3_exp_t[16:0];
-  assign \$527  = \$33 ;
-  assign \$526  = ex_s2_a;
-  assign \$525  = \$29 ;
-  assign \$524  = ex_s1_a;
-  assign \$523  = \$28 [16:0];
-  assign \$522  = exp_ra1;
-  assign \$521  = \$27 ;
+  assign \$618  = out_s5_last;
+  assign \$617  = \$107 ;
+  assign \$616  = { \$486 [31:0], 1'h0 };
+  assign \$615  = out_csa2_l2_0;
+  assign \$614  = out_s4_last;
+  assign \$613  = { \$474 [31:0], 1'h0 };
+  assign \$612  = out_csa1_l2_2;
+  assign \$611  = { \$468 [31:0], 1'h0 };
+  assign \$610  = out_csa1_l2_0;
+  assign \$609  = out_s3_last;
+  assign \$608  = { \$450 [31:0], 1'h0 };
+  assign \$607  = out_csa0_l2_6;
+  assign \$606  = { \$444 [31:0], 1'h0 };
+  assign \$605  = out_csa0_l2_4;
+  assign \$604  = { \$438 [31:0], 1'h0 };
+  assign \$603  = out_csa0_l2_2;
+  assign \$602  = { \$432 [31:0], 1'h0 };
+  assign \$601  = out_csa0_l2_0;
+  assign \$600  = out_s2_last;
+  assign \$599  = out_s1_last;
+  assign \$598  = out_s1_recip;
+  assign \$597  = o_last;
+  assign \$596  = o_recip;
+  assign \$554  = ex_s8_a;
+  assign \$553  = \$37 [15:0];
+  assign \$552  = ex_s7_a;
+  assign \$551  = \$36 [33:17];
+  assign \$550  = ex_s7_exp_q;
+  assign \$549  = ex_s6_a;
+  assign \$548  = { \$348 [32:0], 1'h0 };
+  assign \$547  = { \$354 [32:0], 1'h0 };
+  assign \$546  = ex_exp_gb_l3_0;
+  assign \$545  = ex_s6_exp_q;
+  assign \$544  = ex_s5_a;
+  assign \$543  = { ex_s5_exp_qh[16:0], 17'h00000 };
+  assign \$542  = { \$318 [32:0], 1'h0 };
+  assign \$541  = ex_exp_ga_l2_6;
+  assign \$540  = { \$312 [32:0], 1'h0 };
+  assign \$539  = ex_exp_ga_l2_4;
+  assign \$538  = { \$306 [32:0], 1'h0 };
+  assign \$537  = ex_exp_ga_l2_2;
+  assign \$536  = { \$300 [32:0], 1'h0 };
+  assign \$535  = ex_exp_ga_l2_0;
+  assign \$534  = ex_s5_exp_q;
+  assign \$533  = ex_s4_a;
+  assign \$532  = \$35 [48:1];
+  assign \$531  = \$34 [32:17];
+  assign \$530  = ex_s4_exp_r;
+  assign \$529  = ex_s4_exp_q;
+  assign \$528  = ex_s3_a;
+  assign \$527  = { \$224 [31:0], 1'h0 };
+  assign \$526  = ex_exp_h_l2_0;
+  assign \$525  = ex_s3_exp_t[16:0];
+  assign \$524  = \$33 ;
+  assign \$523  = ex_s2_a;
+  assign \$522  = \$29 ;
+  assign \$521  = ex_s1_a;
+  assign \$520  = \$28 [16:0];
+  assign \$519  = exp_ra1;
+  assign \$518  = \$27 ;
   assign \$1  = score_mem_we;
   assign \$2  = ew[2];
   assign \$5  = ew[2];
@@ -3152,69 +3157,69 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   assign \$14 [14:0] = run_max[14:0];
   assign \$14 [15] = \$auto$rtlil.cc:2739:Not$4 ;
   assign \$24  = lw;
-  assign \$199  = { ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16:4] };
-  assign \$197  = { ex_s1_x[16], ex_s1_x[16:1] };
-  assign { ex_exp_n_l2_0[17:2], ex_exp_n_l2_0[0] } = { \$206 [17:2], \$206 [0] };
+  assign \$197  = { ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16], ex_s1_x[16:4] };
+  assign \$195  = { ex_s1_x[16], ex_s1_x[16:1] };
+  assign { ex_exp_n_l2_0[17:2], ex_exp_n_l2_0[0] } = { \$204 [17:2], \$204 [0] };
   assign ex_exp_n_l2_0[1] = \$auto$rtlil.cc:2739:Not$6 ;
+  assign { \$206 [17:2], \$206 [0] } = 17'h00000;
+  assign \$206 [1] = ex_exp_n_l1_0[1];
   assign { \$208 [17:2], \$208 [0] } = 17'h00000;
-  assign \$208 [1] = ex_exp_n_l1_0[1];
-  assign { \$210 [17:2], \$210 [0] } = 17'h00000;
-  assign \$210 [1] = \$205 [0];
+  assign \$208 [1] = \$203 [0];
   assign \$72  = { nbits, 1'h0 };
-  assign \$142  = er;
-  assign \$146  = lw;
-  assign \$212  = { 6'h00, ex_s3_exp_t[16:0], 9'h000 };
-  assign \$213  = { 5'h00, ex_s3_exp_t[16:0], 10'h000 };
-  assign \$214  = { 3'h0, ex_s3_exp_t[16:0], 12'h000 };
-  assign { ex_exp_h_l2_0[31], ex_exp_h_l2_0[29], ex_exp_h_l2_0[27], ex_exp_h_l2_0[25:17], ex_exp_h_l2_0[15:0] } = { \$221 [31], \$221 [29], \$221 [27], \$221 [25:17], \$221 [15:0] };
+  assign \$140  = er;
+  assign \$144  = lw;
+  assign \$210  = { 6'h00, ex_s3_exp_t[16:0], 9'h000 };
+  assign \$211  = { 5'h00, ex_s3_exp_t[16:0], 10'h000 };
+  assign \$212  = { 3'h0, ex_s3_exp_t[16:0], 12'h000 };
+  assign { ex_exp_h_l2_0[31], ex_exp_h_l2_0[29], ex_exp_h_l2_0[27], ex_exp_h_l2_0[25:17], ex_exp_h_l2_0[15:0] } = { \$219 [31], \$219 [29], \$219 [27], \$219 [25:17], \$219 [15:0] };
   assign { ex_exp_h_l2_0[32], ex_exp_h_l2_0[30], ex_exp_h_l2_0[28], ex_exp_h_l2_0[26], ex_exp_h_l2_0[16] } = \$auto$rtlil.cc:2739:Not$8 ;
+  assign { \$221 [31], \$221 [29], \$221 [27], \$221 [25:17], \$221 [15:0] } = 28'h0000000;
+  assign { \$221 [32], \$221 [30], \$221 [28], \$221 [26], \$221 [16] } = { ex_exp_h_l1_0[32], ex_exp_h_l1_0[30], ex_exp_h_l1_0[28], ex_exp_h_l1_0[26], ex_exp_h_l1_0[16] };
   assign { \$223 [31], \$223 [29], \$223 [27], \$223 [25:17], \$223 [15:0] } = 28'h0000000;
-  assign { \$223 [32], \$223 [30], \$223 [28], \$223 [26], \$223 [16] } = { ex_exp_h_l1_0[32], ex_exp_h_l1_0[30], ex_exp_h_l1_0[28], ex_exp_h_l1_0[26], ex_exp_h_l1_0[16] };
-  assign { \$225 [31], \$225 [29], \$225 [27], \$225 [25:17], \$225 [15:0] } = 28'h0000000;
-  assign { \$225 [32], \$225 [30], \$225 [28], \$225 [26], \$225 [16] } = { \$220 [31], \$220 [29], \$220 [27], \$220 [25], \$220 [15] };
-  assign \$228  = { \$227 [15], \$227  };
-  assign \$230  = { \$229 , 1'h0 };
-  assign \$232  = { \$231 [15], \$231 , 2'h0 };
-  assign \$234  = { \$233 , 3'h0 };
-  assign \$236  = { \$235 [15], \$235 [15], \$235 [15], \$235 , 4'h0 };
-  assign \$238  = { \$237 [15], \$237 [15], \$237 , 5'h00 };
-  assign \$240  = { \$239 [15], \$239 , 6'h00 };
-  assign \$242  = { \$241 , 7'h00 };
-  assign \$244  = { \$243 [15], \$243 [15], \$243 [15], \$243 [15], \$243 [15], \$243 [15], \$243 [15], \$243 , 8'h00 };
-  assign \$246  = { \$245 [15], \$245 [15], \$245 [15], \$245 [15], \$245 [15], \$245 [15], \$245 , 9'h000 };
-  assign \$248  = { \$247 [15], \$247 [15], \$247 [15], \$247 [15], \$247 [15], \$247 , 10'h000 };
-  assign \$250  = { \$249 [15], \$249 [15], \$249 [15], \$249 [15], \$249 , 11'h000 };
-  assign \$252  = { \$251 [15], \$251 [15], \$251 [15], \$251 , 12'h000 };
-  assign \$254  = { \$253 [15], \$253 [15], \$253 , 13'h0000 };
-  assign \$256  = { \$255 [15], \$255 , 14'h0000 };
-  assign \$258  = { \$257 , 15'h0000 };
-  assign \$260  = { \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 [15], \$259 , 16'h0000 };
-  assign { ex_exp_ga_l1_10[33], ex_exp_ga_l1_10[31:17], ex_exp_ga_l1_10[15:0] } = { \$291 [33], \$291 [31:17], \$291 [15:0] };
+  assign { \$223 [32], \$223 [30], \$223 [28], \$223 [26], \$223 [16] } = { \$218 [31], \$218 [29], \$218 [27], \$218 [25], \$218 [15] };
+  assign \$226  = { \$225 [15], \$225  };
+  assign \$228  = { \$227 , 1'h0 };
+  assign \$230  = { \$229 [15], \$229 , 2'h0 };
+  assign \$232  = { \$231 , 3'h0 };
+  assign \$234  = { \$233 [15], \$233 [15], \$233 [15], \$233 , 4'h0 };
+  assign \$236  = { \$235 [15], \$235 [15], \$235 , 5'h00 };
+  assign \$238  = { \$237 [15], \$237 , 6'h00 };
+  assign \$240  = { \$239 , 7'h00 };
+  assign \$242  = { \$241 [15], \$241 [15], \$241 [15], \$241 [15], \$241 [15], \$241 [15], \$241 [15], \$241 , 8'h00 };
+  assign \$244  = { \$243 [15], \$243 [15], \$243 [15], \$243 [15], \$243 [15], \$243 [15], \$243 , 9'h000 };
+  assign \$246  = { \$245 [15], \$245 [15], \$245 [15], \$245 [15], \$245 [15], \$245 , 10'h000 };
+  assign \$248  = { \$247 [15], \$247 [15], \$247 [15], \$247 [15], \$247 , 11'h000 };
+  assign \$250  = { \$249 [15], \$249 [15], \$249 [15], \$249 , 12'h000 };
+  assign \$252  = { \$251 [15], \$251 [15], \$251 , 13'h0000 };
+  assign \$254  = { \$253 [15], \$253 , 14'h0000 };
+  assign \$256  = { \$255 , 15'h0000 };
+  assign \$258  = { \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 [15], \$257 , 16'h0000 };
+  assign { ex_exp_ga_l1_10[33], ex_exp_ga_l1_10[31:17], ex_exp_ga_l1_10[15:0] } = { \$289 [33], \$289 [31:17], \$289 [15:0] };
   assign { ex_exp_ga_l1_10[32], ex_exp_ga_l1_10[16] } = \$auto$rtlil.cc:2739:Not$10 ;
+  assign { \$291 [33], \$291 [31:17], \$291 [15:0] } = 32'd0;
+  assign { \$291 [32], \$291 [16] } = { \$256 [30], \$256 [16] };
   assign { \$293 [33], \$293 [31:17], \$293 [15:0] } = 32'd0;
-  assign { \$293 [32], \$293 [16] } = { \$258 [30], \$258 [16] };
-  assign { \$295 [33], \$295 [31:17], \$295 [15:0] } = 32'd0;
-  assign { \$295 [32], \$295 [16] } = { \$260 [32], \$260 [16] };
-  assign \$369  = { 1'h0, \$368  };
-  assign \$371  = { \$370 , 1'h0 };
-  assign \$373  = { 1'h0, \$372 , 2'h0 };
-  assign \$375  = { \$374 , 3'h0 };
-  assign \$377  = { 3'h0, \$376 , 4'h0 };
-  assign \$379  = { 2'h0, \$378 , 5'h00 };
-  assign \$381  = { 1'h0, \$380 , 6'h00 };
-  assign \$383  = { \$382 , 7'h00 };
-  assign \$385  = { 7'h00, \$384 , 8'h00 };
-  assign \$387  = { 6'h00, \$386 , 9'h000 };
-  assign \$389  = { 5'h00, \$388 , 10'h000 };
-  assign \$391  = { 4'h0, \$390 , 11'h000 };
-  assign \$393  = { 3'h0, \$392 , 12'h000 };
-  assign \$395  = { 2'h0, \$394 , 13'h0000 };
-  assign \$397  = { 1'h0, \$396 , 14'h0000 };
-  assign \$399  = { \$398 , 15'h0000 };
-  assign { out_csa0_l2_6[32:24], out_csa0_l2_6[22:0] } = { \$448 [32:24], \$448 [22:0] };
+  assign { \$293 [32], \$293 [16] } = { \$258 [32], \$258 [16] };
+  assign \$366  = { 1'h0, \$365  };
+  assign \$368  = { \$367 , 1'h0 };
+  assign \$370  = { 1'h0, \$369 , 2'h0 };
+  assign \$372  = { \$371 , 3'h0 };
+  assign \$374  = { 3'h0, \$373 , 4'h0 };
+  assign \$376  = { 2'h0, \$375 , 5'h00 };
+  assign \$378  = { 1'h0, \$377 , 6'h00 };
+  assign \$380  = { \$379 , 7'h00 };
+  assign \$382  = { 7'h00, \$381 , 8'h00 };
+  assign \$384  = { 6'h00, \$383 , 9'h000 };
+  assign \$386  = { 5'h00, \$385 , 10'h000 };
+  assign \$388  = { 4'h0, \$387 , 11'h000 };
+  assign \$390  = { 3'h0, \$389 , 12'h000 };
+  assign \$392  = { 2'h0, \$391 , 13'h0000 };
+  assign \$394  = { 1'h0, \$393 , 14'h0000 };
+  assign \$396  = { \$395 , 15'h0000 };
+  assign { out_csa0_l2_6[32:24], out_csa0_l2_6[22:0] } = { \$445 [32:24], \$445 [22:0] };
   assign out_csa0_l2_6[23] = \$auto$rtlil.cc:2739:Not$12 ;
-  assign { \$450 [32:24], \$450 [22:0] } = 32'd0;
-  assign \$450 [23] = \$429 [22];
-  assign { \$452 [32:24], \$452 [22:0] } = 32'd0;
-  assign \$452 [23] = \$399 [23];
+  assign { \$447 [32:24], \$447 [22:0] } = 32'd0;
+  assign \$447 [23] = \$426 [22];
+  assign { \$449 [32:24], \$449 [22:0] } = 32'd0;
+  assign \$449 [23] = \$396 [23];
 endmodule

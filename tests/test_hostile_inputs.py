@@ -475,14 +475,29 @@ def test_no_warnings_around_the_line_when_elaboration_fails(tmp_path, v2_config)
 
 
 def test_ctrl_c_in_a_real_process(tmp_path):
+    """A real SIGINT while the golden evaluation runs: one line, exit 130, the report untouched.
+    The evaluation is made to wait (after saying so on stderr), so the signal always lands
+    mid-work however fast the machine is."""
     report = tmp_path / "r.json"
     report.write_text('{"old": true}\n')
     (tmp_path / "r.md").write_text("old\n")
-    proc = subprocess.Popen([sys.executable, "-m", "hwgen.cli", "accuracy", "--report", str(report)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    time.sleep(5)                          # the outputs are planned first thing; the work takes longer
+    code = ("import sys, time, golden.evaluate as ev\n"
+            "def slow(*a, **k):\n"
+            "    print('EVALUATING', file=sys.stderr, flush=True)\n"
+            "    time.sleep(120)\n"
+            "ev.evaluate_golden = slow\n"
+            "from hwgen.cli import main\n"
+            f"sys.exit(main(['accuracy', '--report', {str(report)!r}]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "EVALUATING" in line:
+            break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, rest = proc.communicate(timeout=60)
+    err = "".join(seen) + rest
     assert proc.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("hwgen: interrupted:") and "left as they were" in last, err

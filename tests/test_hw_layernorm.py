@@ -310,7 +310,8 @@ def test_verilator_lint(tmp_path):
 def test_timing_formula():
     t = layernorm_timing(192)
     assert t["root_bits"] == 19 and t["calc"] == 16 + 19 + 37 == 72
-    assert t["latency"] == t["calc"] + 26 and t["cycles_per_row"] == 192 and t["load"] == 192
+    assert t["out_depth"] == 17 and layernorm_timing(64, max_channels=64)["out_depth"] == 16
+    assert t["latency"] == t["calc"] + 27 == 99 and t["cycles_per_row"] == 192 and t["load"] == 192
     assert layernorm_timing(64)["cycles_per_row"] == 72                   # CALC-bound
     assert layernorm_timing(72)["cycles_per_row"] == -(-(2 * 72 + 72 + 7) // 3) == 75    # slots
     assert layernorm_timing(64, row_slots=2)["cycles_per_row"] == -(-(2 * 64 + 72 + 7) // 2)

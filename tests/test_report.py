@@ -12,8 +12,10 @@ def test_synthesize_residual_add():
     unit = manifest["units"]["residual_add"]
     res = synthesize((RTL / unit["file"]).read_text(), unit["top"], unit["ports"], use_cache=False)
     e, x = res["ecp5"], res["xilinx"]
-    assert e["lut4"] > 0 and e["ff"] > 0 and e["mult18"] >= 1 and e["fmax_mhz"] > 10
-    assert x["lut6"] > 0 and x["ff"] > 0 and x["dsp48"] >= 1
+    assert e["lut4"] > 0 and e["ff"] > 0 and e["fmax_mhz"] > 10
+    assert x["lut6"] > 0 and x["ff"] > 0
+    # its multipliers are LUT carry-save trees (hwgen/residual_add.py), not DSP blocks
+    assert e["mult18"] == 0 and x["dsp48"] == 0
 
 
 def test_fmax_wrapper_covers_every_port_bit():
