@@ -59,6 +59,7 @@ def derive_hw(graphs, base: HwConfig | None = None) -> HwConfig:
             elif op.type == "softmax":
                 grow("softmax_max_row", a.get("row_len", 2))
                 grow("softmax_in_bits", in_bits[0])
+                grow("softmax_max_f", a["f"])
                 grow("softmax_out_bits", a["out_bits"])
                 grow("recip_bits", a["recip_bits"])
                 choice.setdefault("exp_variant", a["variant"])
@@ -77,6 +78,8 @@ def derive_hw(graphs, base: HwConfig | None = None) -> HwConfig:
     k = need.get("gemm_max_k", 0)
     if k:
         changes["gemm_max_k"] = k
+    if "softmax_max_f" in changes:        # every split of x = s - max, and every layer's f
+        changes["softmax_max_f"] = max(changes["softmax_max_f"], changes["softmax_in_bits"] + 1)
     changes.update(choice)
     return base.replace(**changes)
 

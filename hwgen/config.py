@@ -56,6 +56,7 @@ _RANGES: dict[str, tuple[int, int]] = {
     "recip_bits": (8, 48),        # R: Softmax reciprocal floor((2^R - 1) / sum)
     "softmax_out_bits": (2, 16),  # unsigned Softmax output
     "softmax_in_bits": (2, 23),   # signed Softmax scores (at scale 2^-f)
+    "softmax_max_f": (1, 31),     # largest Softmax scale exponent f (run-time constant)
     "layernorm_row_slots": (2, 4),  # LayerNorm row buffers (3: in, arithmetic, out overlap)
     "layernorm_max_channels": (2, 4096),  # most channels of a LayerNorm row (buffer and constant memories)
     "layernorm_b_bits": (2, 64),  # signed width of the LayerNorm offsets B_c (run-time constants)
@@ -98,6 +99,9 @@ class HwConfig:
         Shift exponential: output scale 2^-C, signed input width, 2^-t approximation.
     recip_bits, softmax_out_bits, softmax_in_bits:
         Softmax reciprocal width R, unsigned output width, signed score width.
+    softmax_max_f:
+        Largest Softmax scale exponent ``f`` (scores at scale 2^-f, a run-time constant);
+        ``hwgen config`` derives ``max(softmax_in_bits + 1, every layer's f)``.
     layernorm_row_slots:
         LayerNorm row buffers: 3 lets input, per-row arithmetic and output overlap.
     layernorm_max_channels, layernorm_b_bits:
@@ -125,6 +129,7 @@ class HwConfig:
     recip_bits: int = RECIP_BITS
     softmax_out_bits: int = 8
     softmax_in_bits: int = 16
+    softmax_max_f: int = 17
     layernorm_row_slots: int = 3
     layernorm_max_channels: int = 256
     layernorm_b_bits: int = 48

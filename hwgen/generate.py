@@ -136,7 +136,8 @@ def _softmax(hw: HwConfig) -> UnitSpec:
     unit = Softmax.from_config(hw)
     length = hw.softmax_max_row
     return UnitSpec("softmax", unit, {"variant": hw.exp_variant, "max_row": hw.softmax_max_row,
-                                      "in_bits": hw.softmax_in_bits, "out_bits": hw.softmax_out_bits,
+                                      "in_bits": hw.softmax_in_bits, "max_f": hw.softmax_max_f,
+                                      "out_bits": hw.softmax_out_bits,
                                       "recip_bits": hw.recip_bits, "frac_bits": hw.exp_frac_bits},
                     f"{unit.first_output_latency(length)} cycles from a {length}-element row's last input "
                     f"to its first output", f"{unit.cycles_per_row(length)} cycles per {length}-element row")

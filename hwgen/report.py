@@ -217,7 +217,7 @@ def hardware_report(rtl_dir: str | Path, reports_dir: str | Path = "reports", pr
     units = {}
     for name, u in tqdm(manifest["units"].items(), desc="synthesize + place and route", disable=not progress):
         res = synthesize((rtl_dir / u["file"]).read_text(), u["top"], u["ports"])
-        units[name] = {"params": u["params"], **res}
+        units[name] = {"params": u["params"], "latency": u.get("latency"), "throughput": u.get("throughput"), **res}
     out = {"device": {k: v for k, v in DEVICE.items() if k != "nextpnr_args"}, "target_mhz": TARGET_MHZ,
            "seeds": list(SEEDS), "method": METHOD, "tools": _tool_versions(), "config": manifest.get("config"),
            "source": manifest.get("source"), "units": units}
@@ -248,6 +248,9 @@ def to_markdown(rep: dict) -> str:
         lines.append(f"| {name} | {e['lut4']} | {e['ff']} | {e['mult18']} | {e.get('ebr', '')} | {e['fmax_mhz']} | "
                      f"{e.get('fmax_median_mhz', '')} | {seeds} | {x['lut6']} | {x['ff']} | {x['dsp48']} | "
                      f"{x.get('bram36', '')} |")
+    lines += ["", "Latency and throughput of each unit (its generator's figures, which its cocotb tests measure):", "",
+              "| unit | latency | throughput |", "| --- | --- | --- |"]
+    lines += [f"| {n} | {u.get('latency') or ''} | {u.get('throughput') or ''} |" for n, u in rep["units"].items()]
     slow = [(n, u["ecp5"]) for n, u in rep["units"].items() if (u["ecp5"]["fmax_mhz"] or 0) < rep["target_mhz"]]
     lines += ["", "Critical path of the worst seed:", ""]
     for name, u in rep["units"].items():

@@ -77,9 +77,9 @@ def softmax_out_layout(out_bits: int) -> data.StructLayout:
     return data.StructLayout({"data": unsigned(out_bits), "last": unsigned(1)})
 
 
-def softmax_const_layout(in_bits: int) -> data.StructLayout:
-    """The ``c`` beat: ``{"f": unsigned(shift_exp_f_bits(in_bits + 1))}`` (f in 1..in_bits + 1)."""
-    return data.StructLayout({"f": unsigned(shift_exp_f_bits(in_bits + 1))})
+def softmax_const_layout(max_f: int) -> data.StructLayout:
+    """The ``c`` beat: ``{"f": unsigned(shift_exp_f_bits(max_f))}`` (f in 1..max_f)."""
+    return data.StructLayout({"f": unsigned(shift_exp_f_bits(max_f))})
 
 
 class Softmax(wiring.Component):
@@ -98,8 +98,13 @@ class Softmax(wiring.Component):
         buffer banks (2 score banks of in_bits, 3 exp banks of C + 1 bits, LUT RAM) has
         ``2^ceil(log2(max_row))`` entries.
     in_bits : int
-        Signed score width (2..23, default 16).  ``f`` may be 1..in_bits + 1 (``max_f``; the
-        exponential's input ``x = s - max`` has in_bits + 1 bits).
+        Signed score width (2..23, default 16).
+    max_f : int or None
+        Largest scale exponent ``f`` the unit takes (1..31; default ``in_bits + 1``, every
+        split of the exponential's input ``x = s - max``, which has in_bits + 1 bits).  Small
+        scores (a layer whose scores span well under one unit) have a larger ``f``; the
+        exponential's one barrel shifter is ``max_f`` bits wider per step above it
+        (:func:`hwgen.shift_exp.shift_exp_stages`).
     out_bits : int
         Unsigned output width (2..recip_bits, default 8): the result is at scale 2^-out_bits.
     recip_bits : int
@@ -111,7 +116,7 @@ class Softmax(wiring.Component):
     -------
     c : In(stream.Signature(StructLayout({"f": unsigned(f_bits)})))
         The layer's scale exponent ``f`` (golden attrs ``f``), one beat per layer
-        (:meth:`const_beats`); ``f_bits = shift_exp_f_bits(in_bits + 1)`` (5 by default).
+        (:meth:`const_beats`); ``f_bits = shift_exp_f_bits(max_f)`` (5 by default).
         Accepted only while the unit is idle: no element of a row in any bank or stage, the
         last output of the previous layer taken.  While ``c.valid`` is high ``i`` accepts
         nothing.  ``f`` persists until the next load; before the first load the output is
@@ -150,13 +155,14 @@ class Softmax(wiring.Component):
     """
 
     def __init__(self, variant: str = "shiftfit", *, max_row: int = 256, in_bits: int = 16,
-                 out_bits: int = 8, recip_bits: int = RECIP_BITS, frac_bits: int = EXP_FRAC_BITS):
+                 out_bits: int = 8, recip_bits: int = RECIP_BITS, frac_bits: int = EXP_FRAC_BITS,
+                 max_f: int | None = None):
         try:
             self._check(variant, max_row, in_bits, out_bits, recip_bits, frac_bits)
+            self.max_f = check_range("softmax_max_f", self.in_bits + 1 if max_f is None else max_f, 1, 31)
         except UserError:
             self._MustUse__silence = True       # refused: never elaborated, no warning about it
             raise
-        self.max_f = self.in_bits + 1
         self.f_bits = shift_exp_f_bits(self.max_f)
         self.idx_bits = max(1, (self.max_row - 1).bit_length())     # element index in a bank
         self.sum_bits = (self.max_row << self.frac_bits).bit_length()
@@ -164,7 +170,7 @@ class Softmax(wiring.Component):
         self.recip_numerator = (1 << self.recip_bits) - 1
         self.out_latency = SOFTMAX_OUT_LATENCY   # the row latency depends on L: first_output_latency()
         super().__init__({
-            "c": In(stream.Signature(softmax_const_layout(self.in_bits))),
+            "c": In(stream.Signature(softmax_const_layout(self.max_f))),
             "i": In(stream.Signature(softmax_in_layout(self.in_bits))),
             "o": Out(stream.Signature(softmax_out_layout(self.out_bits))),
         })
@@ -186,14 +192,15 @@ class Softmax(wiring.Component):
     @classmethod
     def from_config(cls, hw, variant: str | None = None) -> "Softmax":
         """The unit for ``hw``: exp_variant (or ``variant``), softmax_max_row, softmax_in_bits,
-        softmax_out_bits, recip_bits, exp_frac_bits."""
+        softmax_max_f, softmax_out_bits, recip_bits, exp_frac_bits."""
         return cls(variant or hw.exp_variant, max_row=hw.softmax_max_row, in_bits=hw.softmax_in_bits,
-                   out_bits=hw.softmax_out_bits, recip_bits=hw.recip_bits, frac_bits=hw.exp_frac_bits)
+                   out_bits=hw.softmax_out_bits, recip_bits=hw.recip_bits, frac_bits=hw.exp_frac_bits,
+                   max_f=hw.softmax_max_f)
 
     def const_beats(self, attrs: dict, consts: dict | None = None) -> list[dict[str, int]]:
         """The ``c`` beat of a Softmax layer (golden attrs ``f``, ``variant``, ``out_bits``,
         ``recip_bits``, ``row_len``): ``[{"f": f}]``, after checking that the layer fits the
-        unit (f in 1..in_bits + 1; out_bits, recip_bits and the variant equal to the unit's;
+        unit (f in 1..max_f; out_bits, recip_bits and the variant equal to the unit's;
         row_len <= max_row), or a one-line :class:`UserError` naming the field, the need
         and the limit."""
         for field, mine, cap in (("out_bits", self.out_bits, "softmax_out_bits"),
@@ -204,7 +211,7 @@ class Softmax(wiring.Component):
         if "row_len" in attrs and not 1 <= int(attrs["row_len"]) <= self.max_row:
             raise UserError(f"softmax row_len = {attrs['row_len']} does not fit the unit: needs rows of "
                             f"{attrs['row_len']}, the unit holds {self.max_row} (softmax_max_row {self.max_row})")
-        f = check_exp_attrs("softmax", attrs, self.variant, self.max_f, f"softmax_in_bits {self.in_bits}")
+        f = check_exp_attrs("softmax", attrs, self.variant, self.max_f, f"softmax_max_f {self.max_f}")
         return [{"f": int(f)}]
 
     def cycles_per_row(self, length: int) -> int:

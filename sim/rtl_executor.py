@@ -77,10 +77,14 @@ def graph_fingerprint(graph) -> str:
 
 
 def hw_for_graph(graph):
-    """The capabilities ``graph`` needs (:func:`hwgen.capabilities.derive_hw`)."""
+    """The capabilities ``graph`` needs (:func:`hwgen.capabilities.derive_hw`): its widths,
+    longest rows and most channels; the parameters no layer decides (lanes, the GEMM array's
+    shape and multipliers) are those of ``configs/default.json``, the accelerator that
+    ``make verilog`` writes to rtl/ (the digits ViT at W8A8 needs exactly its units)."""
     from hwgen.capabilities import derive_hw
+    from hwgen.generate import DEFAULT_CONFIG, GenConfig
 
-    return derive_hw([graph])
+    return derive_hw([graph], base=GenConfig.load(DEFAULT_CONFIG).hw)
 
 
 def prepare(graph, simulator: str = "verilator", hw=None, progress: bool = True, unit_graph=None) -> RtlModel:

@@ -3,7 +3,7 @@
 
 * ONE build holds the configuration's unit (``Softmax.from_config(HwConfig())``), the other
   two exponential variants with the same capabilities, a second configuration (12-bit
-  scores, max_row 200, C = 12, R = 30, 12-bit outputs), the unit for the digits model's
+  scores, max_row 200, C = 12, R = 30, 12-bit outputs, f up to 20: beyond in_bits + 1), the unit for the digits model's
   rows (max_row 17) and a deliberately broken unit;
 * ONE simulation runs, per unit, layer after layer with the constants switched on the
   ``c`` stream (beats from the unit's own ``const_beats``, each presented together with the
@@ -40,7 +40,7 @@ from sim import runner
 from sim.tb_softmax import const_unit_data, measure_softmax_cycles_per_row, softmax_segment
 
 TB = "sim.tb_softmax"
-ALT = dict(variant="ibert", max_row=200, in_bits=12, out_bits=12, recip_bits=30, frac_bits=12)
+ALT = dict(variant="ibert", max_row=200, in_bits=12, out_bits=12, recip_bits=30, frac_bits=12, max_f=20)
 TRAFFIC = dict(gap_prob=0.2, stall_prob=0.3, burst_prob=0.004, burst_max=400, clean_rows=2, with_data=True)
 
 
@@ -295,7 +295,7 @@ def test_config_rejects(kwargs, needle):
 
 @pytest.mark.parametrize("change,needle", [
     (dict(f=18), "softmax f = 18 does not fit the unit: needs 18 in 1..17, the unit takes f up to 17 "
-                 "(softmax_in_bits 16)"),
+                 "(softmax_max_f 17)"),
     (dict(f=0), "softmax f = 0 does not fit the unit"),
     (dict(out_bits=7), "softmax out_bits = 7 does not fit the unit: needs out_bits 7, the unit has 8 "
                        "(softmax_out_bits 8)"),
@@ -317,6 +317,9 @@ def test_from_config_and_const_beats(digits_w8a8):
     sm = Softmax.from_config(HwConfig(softmax_max_row=197))
     assert (sm.max_row, sm.variant, sm.out_bits, sm.recip_bits, sm.frac_bits, sm.in_bits) == (197, "shiftfit", 8, 32, 15, 16)
     assert (sm.max_f, sm.f_bits) == (17, 5) and [n for n, _ in sm.c.payload.shape()] == ["f"]
+    wide = Softmax.from_config(HwConfig(softmax_max_f=20))                   # small scores: f beyond in_bits + 1
+    assert (wide.max_f, wide.f_bits) == (20, 5) and wide.const_beats({"f": 20}) == [{"f": 20}]
+    wide._MustUse__silence = True
     assert sm.cycles_per_row(197) == 197 + 13 and sm.cycles_per_row(1) == 32 - 15 + 1
     assert sm.first_output_latency(197) == 197 + 42
     for op in digits_w8a8.graph.ops:

@@ -135,13 +135,25 @@ def test_units_do_not_depend_on_depth(digits_model, digits_w8a8, digits_images):
 
 
 @pytest.mark.skipif(not rtl_executor.runner_has("icarus"), reason="iverilog not installed")
-def test_icarus_smoke(digits_w8a8, digits_images):
-    q = digits_w8a8
+def test_icarus_smoke(digits_images):
+    """The whole accelerator on Icarus, one image, logits equal golden.  Icarus simulates a few
+    hundred cycles a second here, so the model is a small ViT of the digits family (8x8 images:
+    5 tokens, one block, random weights): every op type, about a tenth of a digits image's cycles."""
+    import timm.models.vision_transformer as vt
+
+    from golden.digits import MODEL_KWARGS
+
+    torch.manual_seed(0)
+    small = vt.VisionTransformer(**{**MODEL_KWARGS, "img_size": 8, "depth": 1}).eval()
+    images = digits_images.images[:, :, 4:12, 4:12].contiguous()
+    q = quantize_model(small, "digits", digits_images.calib[:16, :, 4:12, 4:12].contiguous(),
+                       QuantConfig(w_bits=8, calib_images=16))
     model = rtl_executor.prepare(q.graph, "icarus", progress=False)
-    xq = q.quantize_input(digits_images.images)
+    xq = q.quantize_input(images)
     res = rtl_executor.run_rtl(model, xq, [7], progress=False, resume=False)
     assert res["failure"] is None, res["failure"]
     assert res["records"][7]["logits"] == _golden_logits(q, xq, [7])[0].tolist()
+    assert set(res["records"][7]["cycles"]) == {"linear", "matmul", "softmax", "gelu", "layernorm", "add"}
 
 
 # --- the host's pieces, without a simulator ------------------------------------------------------

@@ -1,0 +1,308 @@
+"""A functional interpreter of a compiled program: the check of the compile step before any RTL
+runs (FINN / TVM VTA's functional simulator).
+
+It reads only the external-memory image (header, program, weights, constant beats, the input
+written into it) and models the accelerator of a :class:`~hwgen.config.HwConfig`: an
+activation buffer of :attr:`AccelConfig.act_buffer_elems` elements, the GEMM array, and one
+unit per op type (GELU: per variant) whose per-layer constants are the beats the instruction
+points at, decoded with the unit's own ``c`` layout.  Data move only through the loop nests
+the instructions describe (:mod:`hwgen.accel.isa`); the arithmetic of each op is the golden
+executor's per-op function (:mod:`golden.executor`), never re-implemented here:
+
+* ``LINEAR``/``MATMUL``: :func:`golden.executor.run_linear` on the weights and parameter
+  beats read back from the image (a matmul is a linear with ``W = y^T`` and bias 0, which is
+  what the GEMM unit computes);
+* ``SOFTMAX``, ``GELU``, ``LAYERNORM``, ``ADD``: ``run_softmax``, ``run_gelu``,
+  ``run_layernorm``, ``run_add`` with the attributes the unit holds (its generated widths and
+  variant) and the constants its beats carry.
+
+Values are truncated to the width of the wires they cross (a buffer element, a GEMM operand
+lane, a unit's input lane), as the hardware would; a compiled graph never needs it, a damaged
+image shows it.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from golden.errors import UserError
+from golden.executor import run_add, run_gelu, run_layernorm, run_linear, run_softmax
+from golden.graph import Op
+
+from ..capabilities import unit_for
+from ..config import HwConfig
+from .compiler import HEADER_BYTES, HEADER_FIELDS, MAGIC, AccelConfig, Program, c_layout, p_layout, w_layout
+from .isa import (FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_W_EXT, INSTR_BYTES, LEVELS, MOVE_OPS, Instr, Opcode, Port,
+                  beat_bytes, decode, unpack_beats)
+
+__all__ = ["run", "interpret", "header", "write_input", "read_logits", "RunStats"]
+
+
+@dataclass
+class RunStats:
+    """What a run did: instructions executed per opcode, and bytes read from / written to
+    external memory (program fetch included)."""
+
+    instrs: dict[str, int] = field(default_factory=dict)
+    ext_read: int = 0
+    ext_written: int = 0
+
+
+def header(image) -> dict[str, int]:
+    """The image's header fields; a foreign image is refused in one line."""
+    if len(image) < HEADER_BYTES:
+        raise UserError(f"accel image: {len(image)} bytes, shorter than its {HEADER_BYTES}-byte header")
+    vals = struct.unpack_from(f"<{len(HEADER_FIELDS)}I", bytes(image[:HEADER_BYTES]))
+    h = dict(zip(HEADER_FIELDS, vals))
+    if h["magic"] != MAGIC:
+        raise UserError(f"accel image: magic 0x{h['magic']:08x} is not 0x{MAGIC:08x}; not a compiled program")
+    return h
+
+
+def write_input(image: bytearray, x: torch.Tensor) -> None:
+    """Write one integer input image ([C, H, W] or [1, C, H, W]) into the input region."""
+    h = header(image)
+    es = 1 << h["input_esize"]
+    v = x.to(torch.int64).reshape(-1).numpy()
+    if v.size * es != h["input_bytes"]:
+        raise UserError(f"accel input: {v.size} elements; the program takes {h['input_bytes'] // es}")
+    lo, hi = -(1 << (8 * es - 1)), (1 << (8 * es - 1)) - 1
+    if v.size and (int(v.min()) < lo or int(v.max()) > hi):
+        raise UserError(f"accel input: values {int(v.min())}..{int(v.max())} do not fit {es}-byte elements")
+    image[h["input"]:h["input"] + h["input_bytes"]] = v.astype(f"<i{es}").tobytes()
+
+
+def read_logits(image) -> torch.Tensor:
+    """The logits region as int64 [1, classes]."""
+    h = header(image)
+    es = 1 << h["logits_esize"]
+    raw = bytes(image[h["logits"]:h["logits"] + h["logits_count"] * es])
+    return torch.from_numpy(np.frombuffer(raw, dtype=f"<i{es}").astype(np.int64)).reshape(1, -1)
+
+
+@functools.lru_cache(maxsize=32)
+def _unit(hw: HwConfig, kind: str, variant: str | None):
+    """The unit of ``kind`` for ``hw`` (built once per configuration: only its attributes and
+    ``c`` layout are read)."""
+    return unit_for(hw, kind, variant)
+
+
+def _wrap(v: torch.Tensor, bits: int, sgn: bool = True) -> torch.Tensor:
+    """The low ``bits`` bits of each value, sign- or zero-extended (what a narrower wire keeps)."""
+    if bits >= 64 or not v.numel():
+        return v
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if sgn else (0, (1 << bits) - 1)
+    vmin, vmax = torch.aminmax(v)
+    if int(vmin) >= lo and int(vmax) <= hi:           # the usual case: nothing to cut
+        return v
+    v = v & ((1 << bits) - 1)
+    if sgn:
+        v = torch.where(v >= (1 << (bits - 1)), v - (1 << bits), v)
+    return v
+
+
+class _Machine:
+    def __init__(self, image: bytearray, hw: HwConfig, accel: AccelConfig):
+        self.img, self.hw, self.accel = image, hw, accel
+        self.buf = torch.zeros(accel.act_buffer_elems, dtype=torch.int64)
+        self.stats = RunStats()
+        self.where = ""
+
+    # --- memory ---------------------------------------------------------------------------------
+    def ext(self, addr: int, nbytes: int) -> bytes:
+        if addr < 0 or addr + nbytes > len(self.img):
+            raise UserError(f"accel program: reads bytes 0x{addr:x}..0x{addr + nbytes:x} beyond the "
+                            f"{len(self.img)}-byte image{self.where}")
+        self.stats.ext_read += nbytes
+        return bytes(self.img[addr:addr + nbytes])
+
+    def index(self, port: Port, n, dims) -> torch.Tensor:
+        """Element addresses of ``port`` over the loop levels ``dims`` (the others held at 0)."""
+        idx = torch.tensor(port.base, dtype=torch.int64).reshape([1] * len(dims))
+        for j, d in enumerate(dims):             # broadcast: full size only at the last level
+            shape = [1] * len(dims)
+            shape[j] = n[d]
+            idx = idx + torch.arange(n[d], dtype=torch.int64).reshape(shape) * port.strides[d]
+        return idx.expand([n[d] for d in dims])
+
+    def check(self, idx: torch.Tensor, what: str) -> torch.Tensor:
+        lo, hi = torch.aminmax(idx) if idx.numel() else (0, 0)
+        if int(lo) < 0 or int(hi) >= self.buf.numel():
+            raise UserError(f"accel program: {what} addresses {int(lo)}..{int(hi)} leave the "
+                            f"{self.buf.numel()}-element buffer{self.where}")
+        return idx
+
+    def gather(self, port: Port, n, dims, what: str) -> torch.Tensor:
+        return self.buf[self.check(self.index(port, n, dims), what)]
+
+    def scatter(self, port: Port, n, dims, values: torch.Tensor) -> None:
+        idx = self.check(self.index(port, n, dims), "dst")
+        self.buf[idx.reshape(-1)] = _wrap(values.reshape(-1).to(torch.int64), self.accel.act_elem_bits)
+
+    # --- units ------------------------------------------------------------------------------------
+    def unit(self, kind: str, index: int = 0):
+        variant = None
+        if kind == "gelu":
+            gelus = self.accel.gelus(self.hw)
+            if index >= len(gelus):
+                raise UserError(f"accel program: GELU unit {index} does not exist (the accelerator has "
+                                f"{len(gelus)}){self.where}")
+            variant = gelus[index]
+        return _unit(self.hw, kind, variant)
+
+    def beats(self, layout, addr: int, count: int) -> dict[str, np.ndarray]:
+        return unpack_beats(layout, self.ext(addr, count * beat_bytes(layout)))
+
+    # --- execution --------------------------------------------------------------------------------
+    def step(self, ins: Instr) -> None:
+        op = ins.op
+        if any(c < 1 for c in ins.n):
+            raise UserError(f"accel program: {op.name} with a loop count of 0 {ins.n}{self.where}")
+        all_dims = tuple(range(LEVELS))
+        if op in MOVE_OPS:
+            self.scatter(ins.dst, ins.n, all_dims, self.gather(ins.src0, ins.n, all_dims, "src0"))
+        elif op == Opcode.LOAD:
+            es = 1 << ins.esize
+            idx = self.index(ins.src0, ins.n, all_dims)
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0:
+                raise UserError(f"accel program: LOAD with a negative element offset{self.where}")
+            raw = self.ext(ins.ext0, (hi + 1) * es)
+            kind = "i" if ins.flags & FLAG_EXT_SIGNED else "u"
+            vals = torch.from_numpy(np.frombuffer(raw, dtype=f"<{kind}{es}").astype(np.int64))
+            self.scatter(ins.dst, ins.n, all_dims, vals[idx])
+        elif op == Opcode.STORE:
+            es = 1 << ins.esize
+            vals = self.gather(ins.src0, ins.n, all_dims, "src0").reshape(-1).numpy()
+            idx = self.index(ins.dst, ins.n, all_dims).reshape(-1).numpy()
+            if idx.size and (int(idx.min()) < 0 or ins.ext0 + (int(idx.max()) + 1) * es > len(self.img)):
+                raise UserError(f"accel program: STORE beyond the {len(self.img)}-byte image{self.where}")
+            view = np.frombuffer(self.img, dtype=f"<i{es}", count=int(idx.max()) + 1, offset=ins.ext0)
+            view[idx] = vals.astype(f"<i{es}")                  # low bytes kept, as the bus would
+            self.stats.ext_written += idx.size * es
+        elif op in (Opcode.LINEAR, Opcode.MATMUL):
+            self.gemm(ins)
+        elif op == Opcode.SOFTMAX:
+            u = self.unit("softmax")
+            x = _wrap(self.gather(ins.src0, ins.n, all_dims, "src0"), u.in_bits)
+            f = int(self.beats(c_layout(u), ins.ext0, ins.cnt)["f"][0, 0])
+            y = run_softmax(Op("softmax", "", [], [], {"f": f, "variant": u.variant, "out_bits": u.out_bits,
+                                                        "recip_bits": u.recip_bits}), x)
+            self.scatter(ins.dst, ins.n, all_dims, y)
+        elif op == Opcode.GELU:
+            self.gelu(ins)
+        elif op == Opcode.LAYERNORM:
+            u = self.unit("layernorm")
+            if ins.n[-1] != ins.cnt:
+                raise UserError(f"accel program: LAYERNORM rows of {ins.n[-1]} channels with {ins.cnt} "
+                                f"constant beats{self.where}")
+            x = _wrap(self.gather(ins.src0, ins.n, all_dims, "src0"), u.in_bits)
+            c = self.beats(c_layout(u), ins.ext0, ins.cnt)
+            attrs = {"out_bits": u.out_bits, "e": int(c["e"][0, 0]), "channels": ins.cnt}
+            consts = {"m": torch.from_numpy(c["m"][:, 0]), "b": torch.from_numpy(c["b"][:, 0])}
+            self.scatter(ins.dst, ins.n, all_dims, run_layernorm(Op("layernorm", "", [], [], attrs, consts), x))
+        elif op == Opcode.ADD:
+            u = self.unit("add")
+            x = _wrap(self.gather(ins.src0, ins.n, all_dims, "src0"), u.bits)
+            y = _wrap(self.gather(ins.src1, ins.n, all_dims, "src1"), u.bits)
+            c = self.beats(c_layout(u), ins.ext0, ins.cnt)
+            attrs = {"out_bits": u.bits, **{k: int(c[k][0, 0]) for k in ("m_a", "e_a", "m_b", "e_b")}}
+            self.scatter(ins.dst, ins.n, all_dims, run_add(Op("add", "", [], [], attrs), x, y))
+        else:                                                   # END is handled by the caller
+            raise UserError(f"accel program: opcode {op.name} cannot execute here{self.where}")
+
+    def gelu(self, ins: Instr) -> None:
+        u = self.unit("gelu", ins.unit)
+        dims = tuple(range(LEVELS))
+        x = _wrap(self.gather(ins.src0, ins.n, dims, "src0"), u.in_bits)
+        c = self.beats(c_layout(u), ins.ext0, ins.cnt)
+        attrs = {"variant": u.variant, "in_bits": u.in_bits, "out_bits": u.out_bits}
+        consts = {}
+        if u.variant in ("ibert", "iptq"):
+            attrs.update(degree=u.degree, **{k: int(c[k][0, 0]) for k in ("qb", "qc", "sh", "m", "e")})
+        elif u.variant == "ishift":
+            attrs.update(exp_variant=u.exp_variant, **{k: int(c[k][0, 0]) for k in ("fy", "m_y", "e_y", "m", "e")})
+        else:
+            if ins.cnt != 1 << u.in_bits:
+                raise UserError(f"accel program: GELU table of {ins.cnt} beats; the unit takes "
+                                f"{1 << u.in_bits}{self.where}")
+            consts["table"] = torch.from_numpy(c["table"][:, 0])
+        self.scatter(ins.dst, ins.n, dims, run_gelu(Op("gelu", "", [], [], attrs, consts), x))
+
+    def gemm(self, ins: Instr) -> None:
+        hw = self.hw
+        cols = hw.gemm_cols
+        b, m, n, k, rest = ins.n
+        if rest != 1:
+            raise UserError(f"accel program: {ins.op.name} uses 4 loop levels; n4 = {rest}{self.where}")
+        a_signed = bool(ins.flags & FLAG_A_SIGNED)
+        if not 2 <= ins.a_bits <= hw.a_bits or not 2 <= ins.w_bits <= hw.w_bits:
+            raise UserError(f"accel program: {ins.op.name} operands of {ins.a_bits} x {ins.w_bits} bits; the "
+                            f"GEMM takes 2..{hw.a_bits} x 2..{hw.w_bits}{self.where}")
+        nt = -(-n // cols)
+        a = _wrap(self.gather(ins.src0, ins.n, (0, 1, 3), "src0"), ins.a_bits, a_signed)      # [B, M, K]
+        if ins.flags & FLAG_W_EXT:
+            lay = w_layout(ins.w_bits, cols)
+            tiles = self.beats(lay, ins.ext0, nt * k)["data"]                                 # [NT K, cols]
+            w = torch.from_numpy(tiles).reshape(nt, k, cols).permute(0, 2, 1).reshape(1, nt * cols, k)
+            w = w.expand(b, -1, -1)
+        else:
+            w = _wrap(self.gather(ins.src1, ins.n, (0, 2, 3), "src1"), ins.w_bits)             # [B, N, K]
+            w = torch.nn.functional.pad(w, (0, 0, 0, nt * cols - n))
+        p = self.beats(p_layout(hw), ins.ext1, nt)
+        bias, mm, ee = (torch.from_numpy(p[f]).reshape(-1) for f in ("bias", "m", "e"))
+        obits = p["out_bits"][:, 0]
+        attrs = {"a_bits": ins.a_bits, "a_signed": a_signed, "w_bits": ins.w_bits, "acc_bits": hw.acc_bits,
+                 "out_signed": True}
+        # one run of the golden linear per group of column tiles that share out_bits (every
+        # tile, in a compiled program): the output channels are independent
+        out = torch.empty(b, m, nt * cols, dtype=torch.int64)
+        groups: dict[int, list[int]] = {}
+        for t, ob in enumerate(obits.tolist()):
+            groups.setdefault(int(ob), []).append(t)
+        for ob, ts in groups.items():
+            ch = torch.cat([torch.arange(t * cols, (t + 1) * cols) for t in ts])
+            for bi in range(b):
+                op = Op("linear", "", [], [], {**attrs, "out_bits": ob},
+                        {"weight": w[bi, ch], "bias": bias[ch], "m": mm[ch], "e": ee[ch]})
+                out[bi][:, ch] = run_linear(op, a[bi])
+        self.scatter(ins.dst, ins.n, (0, 1, 2), _wrap(out[:, :, :n], hw.acc_bits))
+
+
+def run(image: bytearray, hw: HwConfig, accel: AccelConfig | None = None, max_instrs: int = 1 << 20) -> RunStats:
+    """Execute the program in ``image`` (a bytearray: the logits are written into it) from its
+    header's program address until ``END``.  An unknown opcode, an address outside the buffer
+    or the image, or a program that runs past its end is refused in one line."""
+    accel = accel or AccelConfig()
+    h = header(image)
+    mach = _Machine(image, hw, accel)
+    pc = h["program"]
+    for i in range(max_instrs):
+        mach.where = f" (instruction {i} at 0x{pc:x})"
+        raw = mach.ext(pc, INSTR_BYTES) if pc + INSTR_BYTES <= len(image) else None
+        if raw is None:
+            raise UserError(f"accel program: ran past the end of the image without END{mach.where}")
+        ins = decode(raw, mach.where)
+        mach.stats.instrs[ins.op.name] = mach.stats.instrs.get(ins.op.name, 0) + 1
+        if ins.op == Opcode.END:
+            return mach.stats
+        mach.step(ins)
+        pc += INSTR_BYTES
+    raise UserError(f"accel program: no END after {max_instrs} instructions")
+
+
+def interpret(program: Program, x: torch.Tensor) -> torch.Tensor:
+    """Logits [B, classes] of integer inputs ``x`` [B, C, H, W]: one run of a fresh copy of the
+    image per input."""
+    out = []
+    for i in range(x.shape[0]):
+        image = bytearray(program.image)
+        write_input(image, x[i])
+        run(image, program.hw, program.accel)
+        out.append(read_logits(image))
+    return torch.cat(out)
