@@ -96,3 +96,42 @@ class IntegerGraph:
         except Exception as exc:  # torch raises many types for a damaged file
             raise GraphFileError(f"{path} is not a readable integer graph ({type(exc).__name__})") from None
         return cls.from_dict(d, path)
+
+
+def tensor_shapes(graph) -> dict[str, list[int]]:
+    """The shape of every tensor of ``graph`` at batch size 1, propagated op by op from the
+    input's and the constants' shapes (no data): the plans of the RTL executor and of the
+    accelerator's compiler both lay out their buffers from it."""
+    spec = graph.meta["spec"]
+    shapes: dict[str, list[int]] = {graph.input: [1, spec["in_chans"], spec["img_size"], spec["img_size"]]}
+    for name, t in graph.constants.items():
+        shapes[name] = list(t.shape)
+    for op in graph.ops:
+        ins = [shapes[n] for n in op.inputs]
+        a = op.attrs
+        if op.type == "im2col":
+            b, c, h, w = ins[0]
+            p = a["patch"]
+            outs = [[b, (h // p) * (w // p), c * p * p]]
+        elif op.type == "linear":
+            outs = [ins[0][:-1] + [op.consts["weight"].shape[0]]]
+        elif op.type == "matmul":
+            outs = [ins[0][:-1] + [ins[1][-1]]]
+        elif op.type == "concat":
+            b, n, c = ins[1]
+            outs = [[b, n + ins[0][-2], c]]
+        elif op.type == "split_heads":
+            b, n, c3 = ins[0]
+            h = a["heads"]
+            d = c3 // (3 * h)
+            outs = [[b, h, n, d], [b, h, d, n], [b, h, n, d]]
+        elif op.type == "merge_heads":
+            b, h, n, d = ins[0]
+            outs = [[b, n, h * d]]
+        elif op.type == "select_token":
+            outs = [[ins[0][0], ins[0][2]]]
+        else:                                   # elementwise / row-wise: shape kept
+            outs = [list(ins[0])]
+        for n, s in zip(op.outputs, outs):
+            shapes[n] = s
+    return shapes

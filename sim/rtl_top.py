@@ -46,6 +46,7 @@ from amaranth.hdl import Shape
 from amaranth.lib import data
 
 from golden.errors import UserError
+from golden.graph import tensor_shapes
 
 __all__ = ["Field", "Mem", "Engine", "Plan", "plan_graph", "top_verilog", "unit_verilog", "TOP", "ARITH_OPS", "MOVE_OPS",
            "CONST_PORT"]
@@ -318,44 +319,6 @@ def plan_graph(graph, hw, comps: dict, const_graph=None) -> Plan:
                 else:
                     load_bit += 1
     return Plan(engines, op_engine, load_bit, dump_bit, static, consts)
-
-
-def tensor_shapes(graph) -> dict[str, list[int]]:
-    """The shape of every tensor of the graph at batch size 1 (from a run of the data-movement
-    ops on empty tensors would need values; instead propagate shapes op by op)."""
-    spec = graph.meta["spec"]
-    shapes: dict[str, list[int]] = {graph.input: [1, spec["in_chans"], spec["img_size"], spec["img_size"]]}
-    for name, t in graph.constants.items():
-        shapes[name] = list(t.shape)
-    for op in graph.ops:
-        ins = [shapes[n] for n in op.inputs]
-        a = op.attrs
-        if op.type == "im2col":
-            b, c, h, w = ins[0]
-            p = a["patch"]
-            outs = [[b, (h // p) * (w // p), c * p * p]]
-        elif op.type == "linear":
-            outs = [ins[0][:-1] + [op.consts["weight"].shape[0]]]
-        elif op.type == "matmul":
-            outs = [ins[0][:-1] + [ins[1][-1]]]
-        elif op.type == "concat":
-            b, n, c = ins[1]
-            outs = [[b, n + ins[0][-2], c]]
-        elif op.type == "split_heads":
-            b, n, c3 = ins[0]
-            h = a["heads"]
-            d = c3 // (3 * h)
-            outs = [[b, h, n, d], [b, h, d, n], [b, h, n, d]]
-        elif op.type == "merge_heads":
-            b, h, n, d = ins[0]
-            outs = [[b, n, h * d]]
-        elif op.type == "select_token":
-            outs = [[ins[0][0], ins[0][2]]]
-        else:                                   # elementwise / row-wise: shape kept
-            outs = [list(ins[0])]
-        for n, s in zip(op.outputs, outs):
-            shapes[n] = s
-    return shapes
 
 
 # --- Verilog -----------------------------------------------------------------------------------

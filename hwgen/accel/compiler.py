@@ -43,6 +43,7 @@ from amaranth.lib import data
 
 from golden.errors import UserError
 from golden.gelu import GELU_VARIANTS
+from golden.graph import tensor_shapes
 
 from ..capabilities import check_fits, const_beats, unit_key
 from ..config import HwConfig
@@ -165,42 +166,6 @@ def c_layout(unit):
 
 
 # --- shapes -------------------------------------------------------------------------------------
-
-def tensor_shapes(graph) -> dict[str, list[int]]:
-    """Every tensor's shape at batch 1, propagated op by op (no data)."""
-    spec = graph.meta["spec"]
-    shapes: dict[str, list[int]] = {graph.input: [1, spec["in_chans"], spec["img_size"], spec["img_size"]]}
-    for name, t in graph.constants.items():
-        shapes[name] = list(t.shape)
-    for op in graph.ops:
-        ins = [shapes[n] for n in op.inputs]
-        a = op.attrs
-        if op.type == "im2col":
-            b, c, h, w = ins[0]
-            p = a["patch"]
-            outs = [[b, (h // p) * (w // p), c * p * p]]
-        elif op.type == "linear":
-            outs = [ins[0][:-1] + [op.consts["weight"].shape[0]]]
-        elif op.type == "matmul":
-            outs = [ins[0][:-1] + [ins[1][-1]]]
-        elif op.type == "concat":
-            outs = [[ins[1][0], ins[1][1] + ins[0][-2], ins[1][2]]]
-        elif op.type == "split_heads":
-            b, n, c3 = ins[0]
-            h = a["heads"]
-            d = c3 // (3 * h)
-            outs = [[b, h, n, d], [b, h, d, n], [b, h, n, d]]
-        elif op.type == "merge_heads":
-            b, h, n, d = ins[0]
-            outs = [[b, n, h * d]]
-        elif op.type == "select_token":
-            outs = [[ins[0][0], ins[0][2]]]
-        else:
-            outs = [list(ins[0])]
-        for n, s in zip(op.outputs, outs):
-            shapes[n] = s
-    return shapes
-
 
 def _numel(shape) -> int:
     n = 1
