@@ -56,6 +56,9 @@ def derive_hw(graphs, base: HwConfig | None = None) -> HwConfig:
             if op.type == "linear":          # a matmul's K (head dim, tokens) is below fc2's here
                 grow("gemm_max_k", op.consts["weight"].shape[1])
                 grow("acc_bits", a["acc_bits"])
+            elif op.type == "matmul":        # the same array multiplies Q Kt and P V: at W4A8 its
+                grow("w_bits", a["b_bits"])  # second operand (8-bit K, V) is wider than the weights
+                grow("acc_bits", a["acc_bits"])
             elif op.type == "softmax":
                 grow("softmax_max_row", a.get("row_len", 2))
                 grow("softmax_in_bits", in_bits[0])

@@ -123,3 +123,14 @@ def test_default_config_covers_digits_w8a8_and_w4a8(tmp_path):
     out = tmp_path / "cfg.json"
     assert main(["config", "--model", "digits", "--bits", "w8a8,w4a8", "--set", "lanes=4", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["hw"] == json.loads(DEFAULT_CONFIG.read_text())["hw"]
+
+
+def test_w4a8_alone_keeps_8_bit_matmul_operands(digits_w4a8):
+    """The one GEMM of a configuration also runs Q Kt and P V, whose second operands (K, V) are
+    8-bit at W4A8: the derived w_bits is theirs, not the 4-bit weights'."""
+    from hwgen.capabilities import derive_hw
+
+    widths = {op.attrs["w_bits"] for op in digits_w4a8.graph.ops if op.type == "linear"}
+    operands = {op.attrs["b_bits"] for op in digits_w4a8.graph.ops if op.type == "matmul"}
+    assert widths == {4} and operands == {8}
+    assert derive_hw([digits_w4a8.graph]).w_bits == 8
