@@ -255,10 +255,15 @@ class Gemm(wiring.Component):
                      r_a.eq(self.a.payload.data), r_w.eq(self.w.payload)]
         with m.If(r_valid):
             m.d.sync += first.eq(r_last)
+        # the raw flag (out_bits == 0) rides along in registers of its own: decoded from
+        # p_hold it fanned out to every lane's selects after two LUT levels
+        raw_in = Signal(reset_less=True)
+        raw_hold = Signal(reset_less=True)
         with m.If(~p_in_valid):
-            m.d.sync += [p_in.eq(self.p.payload), p_in_valid.eq(self.p.valid)]
+            m.d.sync += [p_in.eq(self.p.payload), p_in_valid.eq(self.p.valid),
+                         raw_in.eq(~self.p.payload.out_bits.any())]
         with m.If(hold_en):
-            m.d.sync += [p_hold.eq(p_in), p_in_valid.eq(0)]
+            m.d.sync += [p_hold.eq(p_in), p_in_valid.eq(0), raw_hold.eq(raw_in)]
         # last_ok for the next cycle: not right after a last beat (holdoff, loaded when one is
         # taken: P cycles between them), a p beat held or arriving, room for R rows (credits
         # count a tile's rows when its last beat enters the array, holdoff covers the lag), no
@@ -357,7 +362,7 @@ class Gemm(wiring.Component):
         #     and not before the previous tile's last row has passed requantizer stage 1:
         #     gemm_min_tile_period), so that no wide fan-out is in front of the requantizer
         fields = requant_decoded_fields(C, A, self.mult_bits, self.e_bits)
-        p_dec = requant_decode_stages(m, p_hold, A, name="p_dec")
+        p_dec = requant_decode_stages(m, p_hold, A, name="p_dec", raw=raw_hold)
         rq_in = Signal(data.StructLayout({"acc": lane_layout(signed(A), C), **fields}))
         for j in range(C):
             m.d.comb += rq_in.acc[j].eq(delayed(chain[0][j], C - 1 - j, signed(A), f"deskew{j}"))

@@ -140,7 +140,7 @@ def requant_decode(p, acc_bits: int) -> dict:
             "raw": raw, "hi": hi, "lo": (~hi).as_signed()}
 
 
-def requant_decode_stages(m: Module, p, acc_bits: int, name: str = "pdec"):
+def requant_decode_stages(m: Module, p, acc_bits: int, name: str = "pdec", raw: Value | None = None):
     """:func:`requant_decode` of the parameter beat ``p`` in two register stages (no reset,
     loaded on every cycle), so that no net with a wide fan-out is driven by logic: stage 1
     registers, per lane, whether its m must read 1 (a raw beat, or m is 1 already) and whether
@@ -148,11 +148,14 @@ def requant_decode_stages(m: Module, p, acc_bits: int, name: str = "pdec"):
     applies the selects to ``p``'s m and e (one LUT per bit, each select a register of its
     own: a raw flag shared by every lane would fan out to every m and e bit).  The result (a
     view with the fields of :func:`requant_decoded_fields`) is right two cycles after ``p``
-    changed, while ``p`` holds still."""
+    changed, while ``p`` holds still.  ``raw``: the raw flag (``out_bits == 0``) from a
+    register of the caller's, loaded with ``p`` (the GEMM does so: computed from ``p``'s
+    out_bits here, it is two LUT levels whose output fans out to every lane's selects, the
+    GEMM's critical path once placed)."""
     lanes = len(p.m)
     mb, eb = len(p.m[0]), len(p.e[0])
     ob = p.out_bits
-    raw = ~ob.any()
+    raw = ~ob.any() if raw is None else raw
     hi = Cat(*(ob > i + 1 for i in range(acc_bits))).as_signed()
     sel_m = Signal(lanes, name=f"{name}_sel_m", reset_less=True)
     sel_e = Signal(lanes, name=f"{name}_sel_e", reset_less=True)
