@@ -247,7 +247,9 @@ def hardware_report(rtl_dir: str | Path, reports_dir: str | Path = "reports", pr
 METHOD = (f"yosys synth_ecp5 (classic abc -lut 4; check -assert on every netlist), nextpnr-ecp5 on the "
           f"{DEVICE['device']} {DEVICE['package']} at a {TARGET_MHZ} MHz target with seeds "
           f"{', '.join(map(str, SEEDS))}, on a wrapper that drives every input of the unit, reset included, "
-          f"from a register and captures every output in one: every path is register to register. "
+          f"from a register (a serially loaded register with feedback, so that yosys cannot merge the "
+          f"unit's own input delay lines into it) and captures every output in one: every path is "
+          f"register to register. "
           f"Fmax is the minimum over the seeds (the median beside it).")
 
 
