@@ -3,10 +3,13 @@ that calibration saw (max absolute error and MSE, in output units, i.e. output L
 
 The integer inputs come from running the integer graph on the calibration images; each
 variant is built for each layer's own scales and compared with the float function of the
-same dequantized input.
+same dequantized input.  ``iptq`` is fitted to each layer's calibration data, as the
+integer graph builds it.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -25,8 +28,7 @@ def _err(got: torch.Tensor, ref: torch.Tensor, lo: int, hi: int) -> tuple[float,
     return float(d.abs().max()), float((d * d).mean())
 
 
-def _accumulate(rows: dict, key: tuple, layer: str, got, ref, out_bits: int, signed: bool = True) -> None:
-    lo, hi = signed_range(out_bits) if signed else unsigned_range(out_bits)
+def _accumulate(rows: dict, key: tuple, layer: str, got, ref, lo: int, hi: int) -> None:
     mx, mse = _err(got, ref, lo, hi)
     row = rows.setdefault(key, {"op": key[0], "variant": key[1], "max_abs_err": 0.0, "mse": 0.0,
                                 "values": 0, "layers": {}})
@@ -37,31 +39,55 @@ def _accumulate(rows: dict, key: tuple, layer: str, got, ref, out_bits: int, sig
     row["layers"][layer] = {"max_abs_err": mx, "mse": mse}
 
 
-def approximation_errors(q: Quantized, calib: torch.Tensor) -> list[dict]:
+def variant_outputs(q: Quantized, calib: torch.Tensor, layernorm: bool = True):
+    """Every variant of every GELU and Softmax layer (and each LayerNorm) on the activations
+    the calibration images produce: yields ``(op_type, layer, variant, got, ref, lo, hi)``,
+    ``got`` the integer output, ``ref`` the float function of the same dequantized input in
+    output units, ``lo..hi`` the output range."""
     g = q.graph
     _, env = run_graph(g, q.quantize_input(calib), keep=True)
-    rows: dict = {}
     for op in g.ops_of("gelu"):
         x = env[op.inputs[0]]
         s_in, s_out = op.meta["s_in"], op.meta["s_out"]
         ref = gelu_reference(x, s_in, s_out)
         for variant in GELU_VARIANTS:
-            built = build_gelu(variant, s_in, s_out, op.attrs["in_bits"], op.attrs["out_bits"])
-            _accumulate(rows, ("gelu", variant), op.name, gelu_int(x, built["attrs"], built["consts"]), ref,
-                        op.attrs["out_bits"])
+            tap = q.tq.get(op.inputs[0])
+            built = build_gelu(variant, s_in, s_out, op.attrs["in_bits"], op.attrs["out_bits"],
+                               calib_counts=tap.counts if tap is not None else None)
+            yield ("gelu", op.name, variant, gelu_int(x, built["attrs"], built["consts"]), ref,
+                   *signed_range(op.attrs["out_bits"]))
     for op in g.ops_of("softmax"):
         s = env[op.inputs[0]]
         ref = float_softmax(s, op.attrs["f"], op.attrs["out_bits"])
         for variant in EXP_VARIANTS:
             got = shift_softmax(s, op.attrs["f"], variant, op.attrs["out_bits"], op.attrs["recip_bits"])
-            _accumulate(rows, ("softmax", variant), op.name, got, ref, op.attrs["out_bits"], signed=False)
+            yield ("softmax", op.name, variant, got, ref, *unsigned_range(op.attrs["out_bits"]))
+    if not layernorm:
+        return
     prm = q.prm
     for op in g.ops_of("layernorm"):
         x = env[op.inputs[0]]
         ref = layernorm_reference(x, op.meta["s_in"], prm[f"{op.name}.weight"], prm[f"{op.name}.bias"],
                                   op.meta["s_out"], q.spec.eps)
-        _accumulate(rows, ("layernorm", "isqrt"), op.name, layernorm_int(x, op.attrs, op.consts), ref,
-                    op.attrs["out_bits"])
+        yield ("layernorm", op.name, "isqrt", layernorm_int(x, op.attrs, op.consts), ref,
+               *signed_range(op.attrs["out_bits"]))
+
+
+def sqnr_db(got: torch.Tensor, ref: torch.Tensor, lo: int, hi: int) -> float:
+    """10 log10(signal power / error power) of ``got`` against ``ref`` clamped to lo..hi
+    (saturation is the quantizer's, not the approximation's); inf when they are equal."""
+    ref = ref.clamp(lo, hi)
+    noise = float(((got.double() - ref) ** 2).sum())
+    signal = float((ref ** 2).sum())
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * math.log10(max(signal, 1e-300) / noise)
+
+
+def approximation_errors(q: Quantized, calib: torch.Tensor) -> list[dict]:
+    rows: dict = {}
+    for kind, layer, variant, got, ref, lo, hi in variant_outputs(q, calib):
+        _accumulate(rows, (kind, variant), layer, got, ref, lo, hi)
     return list(rows.values())
 
 

@@ -10,10 +10,25 @@ output signed ``out_bits`` at scale S_out.  Each variant has a compile-time buil
     ``erf_int = sgn(q) (Qc - rshift_round(P, sh))`` at scale |a| S_t^d 2^sh, where
     ``Qc = round(1 / (|a| S_t^d 2^sh))`` and ``sh`` keeps Qc within :data:`ERF_BITS` bits.
     Then ``gelu = requant(q (Qc + erf_int), m, e)``.
-    ``ibert``: d = 2, a = -0.2888, b = -1.769 (I-BERT).  ``iptq``: d = 4, a and b fitted by
-    least squares to erf over the range calibration saw at that layer (IPTQ-ViT).
+    ``ibert``: d = 2, a = -0.2888, b = -1.769: I-BERT's i-GELU (erf by
+    ``sgn(q) [(min(|q|, -b/S) + b/S)^2 + 1/(a S^2)]`` at scale a S^2, then
+    ``q (erf + 1/S_erf)``).  How it differs from I-BERT's integer form: the constants b/S
+    and 1/(a S^2) are rounded here (I-BERT floors them), the square is right-shifted by
+    ``sh`` so that ``Qc`` fits :data:`ERF_BITS` bits (I-BERT keeps the full square), and the
+    output is requantized to ``out_bits`` by a dyadic multiplier.
+    ``iptq``: d = 4, a and b fitted per layer by weighted least squares to that layer's
+    calibration data (IPTQ-ViT's "polynomial GELU optimized for vision data"; the paper's
+    exact objective and degree are not public: ours minimizes the squared GELU output error
+    over the calibration inputs, see :func:`calib_fit_points`).
 ``ishift``
-    I-ViT ShiftGELU, x sigma(1.702 x): ``y = requant(q, m_y, e_y)`` is 1.702 x at scale
+    I-ViT ShiftGELU, x sigma(1.702 x).  How it differs from I-ViT: I-ViT forms 1.702 x by
+    the shift-add x + x>>1 + x>>3 + x>>4 (1.6875), subtracts the row maximum, evaluates
+    e^(y - max) and e^(-max) with its ShiftExp and divides with its IntDiv (2^M // sum, then
+    a multiply and shift).  Here 1.702 is a dyadic requant, sigma is taken as
+    1/(1 + e^-|y|) (or its complement for y < 0: the same function, one exponential of
+    -|y| <= 0 and no row maximum), the exponential is this library's shift exponential
+    (``exp_variant``; ``linear`` is I-ViT's 1 + r/2), and the division is an exact floor
+    division.  ``y = requant(q, m_y, e_y)`` is 1.702 x at scale
     2^-fy (16 bits); ``E = shift_exp(-|y|, fy)`` = e^-|1.702x| at scale 2^-C;
     ``sig = ((y >= 0 ? 2^C : E) << SIG_BITS) // (2^C + E)``; ``gelu = requant(q sig, m, e)``.
 ``lut``
@@ -40,22 +55,55 @@ IBERT_A, IBERT_B = -0.2888, -1.769
 IPTQ_DEGREE = 4
 
 
-def fit_erf_poly(t_max: float, degree: int = IPTQ_DEGREE) -> tuple[float, float]:
-    """Least-squares (a, b) of ``a (min(t, -b) + b)^d + 1 ~ erf(t)`` on t in [0, t_max].
+def fit_erf_poly(t_max: float, degree: int = IPTQ_DEGREE, t: torch.Tensor | None = None,
+                 weight: torch.Tensor | None = None) -> tuple[float, float]:
+    """Least-squares (a, b) of ``a (min(t, -b) + b)^d + 1 ~ erf(t)`` for t >= 0.
 
-    For each clip point c = -b on a grid, a has a closed form; the best pair wins.
+    Without ``t``: unweighted, on a uniform grid of t in [0, t_max].  With ``t`` (points,
+    t >= 0) and ``weight`` (one non-negative weight per point): the weighted least squares
+    on those points, which is how a layer's calibration data is fitted (see
+    :func:`calib_fit_points`).  For each clip point c = -b on a grid, a has a closed form;
+    the best pair wins.
     """
     t_max = max(float(t_max), 0.5)
-    t = torch.linspace(0.0, t_max, 4001, dtype=torch.float64)
+    if t is None:
+        t = torch.linspace(0.0, t_max, 4001, dtype=torch.float64)
+        weight = torch.ones_like(t)
+    else:
+        t = t.to(torch.float64).abs()
+        weight = torch.ones_like(t) if weight is None else weight.to(torch.float64)
+        if float(weight.sum()) <= 0:
+            raise ValueError("fit_erf_poly: the weights sum to zero")
     target = torch.erf(t) - 1.0
     best = None
     for c in torch.linspace(0.25, max(4.0, t_max), 800, dtype=torch.float64):
         g = (torch.clamp(t, max=c) - c) ** degree
-        a = float((g * target).sum() / (g * g).sum())
-        err = float(((a * g - target) ** 2).sum())
+        gw = g * weight
+        den = float((gw * g).sum())
+        if den <= 0:
+            continue
+        a = float((gw * target).sum() / den)
+        err = float((weight * (a * g - target) ** 2).sum())
         if best is None or err < best[0]:
             best = (err, a, -float(c))
     return best[1], best[2]
+
+
+def calib_fit_points(counts: torch.Tensor, s_in: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The points and weights of a layer's ``iptq`` fit, from its calibration data.
+
+    ``counts[i]`` is how often calibration saw the input level ``i - 2^(in_bits-1)``.  The
+    fit minimizes the squared error of the GELU *output* over those inputs: GELU's error is
+    ``x/2 * (erf error)``, so each level weighs ``count * t^2`` (t = x / sqrt 2).  Returns
+    (t, weight, t_max), t_max the largest |t| calibration saw.
+    """
+    counts = counts.to(torch.float64)
+    half = len(counts) // 2
+    t = (torch.arange(len(counts), dtype=torch.float64) - half).abs() * s_in / math.sqrt(2.0)
+    seen = counts > 0
+    if not bool(seen.any()):
+        raise ValueError("calib_fit_points: no calibration values")
+    return t[seen], counts[seen] * t[seen] ** 2, float(t[seen].max())
 
 
 def gelu_float(x: torch.Tensor) -> torch.Tensor:
@@ -63,8 +111,16 @@ def gelu_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def build_gelu(variant: str, s_in: float, s_out: float, in_bits: int, out_bits: int,
-               calib_absmax: float | None = None, exp_variant: str = "linear") -> dict:
-    """Integer constants of one GELU layer; returns the op's ``attrs`` and ``consts``."""
+               calib_absmax: float | None = None, exp_variant: str = "linear",
+               calib_counts: torch.Tensor | None = None) -> dict:
+    """Integer constants of one GELU layer; returns the op's ``attrs`` and ``consts``.
+
+    ``iptq`` is fitted to the layer's calibration data when ``calib_counts`` (how often each
+    input level occurred in calibration, ``2^in_bits`` entries) is given (as
+    :func:`golden.quantize.quantize_model` does), else over [0, calib_absmax], else over the
+    whole representable input range.  The fitted (a, b) are compile-time floats; only the
+    integer attrs they fold into (qb, qc, sh, m, e) reach the graph.
+    """
     lo, hi = signed_range(out_bits)
     attrs = {"variant": variant, "in_bits": in_bits, "out_bits": out_bits}
     consts: dict[str, torch.Tensor] = {}
@@ -73,9 +129,18 @@ def build_gelu(variant: str, s_in: float, s_out: float, in_bits: int, out_bits: 
         if variant == "ibert":
             a, b, d = IBERT_A, IBERT_B, 2
         else:
-            t_max = (calib_absmax if calib_absmax is not None else s_in * 2 ** (in_bits - 1)) / math.sqrt(2.0)
             d = IPTQ_DEGREE
-            a, b = fit_erf_poly(t_max, d)
+            if calib_counts is not None:
+                if len(calib_counts) != 1 << in_bits:
+                    raise ValueError(f"gelu iptq: calib_counts has {len(calib_counts)} entries, expected {1 << in_bits}")
+                t, w, t_max = calib_fit_points(calib_counts, s_in)
+                a, b = fit_erf_poly(t_max, d, t, w)
+                meta["fit"] = "calibration data"
+            else:
+                t_max = (calib_absmax if calib_absmax is not None else s_in * 2 ** (in_bits - 1)) / math.sqrt(2.0)
+                a, b = fit_erf_poly(t_max, d)
+                meta["fit"] = "calibration range" if calib_absmax is not None else "representable range"
+            meta["fit_t_max"] = t_max
         if a >= 0:
             raise RangeError(f"gelu {variant}: fitted a = {a:.4g} must be negative")
         s_t = s_in / math.sqrt(2.0)
@@ -131,4 +196,5 @@ def gelu_reference(q: torch.Tensor, s_in: float, s_out: float) -> torch.Tensor:
     return gelu_float(q.double() * s_in) / s_out
 
 
-__all__ = ["GELU_VARIANTS", "build_gelu", "gelu_int", "gelu_reference", "fit_erf_poly", "gelu_float"]
+__all__ = ["GELU_VARIANTS", "build_gelu", "gelu_int", "gelu_reference", "fit_erf_poly", "calib_fit_points",
+           "gelu_float"]

@@ -137,6 +137,9 @@ class TensorQuant:
     bits: int
     signed: bool
     scale: float
+    # how often calibration saw each level (index = level - lo), for 8-bit activation taps:
+    # the per-layer ``iptq`` GELU fit reads its input's counts (compile time only)
+    counts: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def _levels(self, t: torch.Tensor) -> torch.Tensor:
         lo, hi = signed_range(self.bits) if self.signed else unsigned_range(self.bits)
@@ -168,7 +171,10 @@ def assign_scales(obs: Observer, spec: vit_float.ViTSpec) -> dict[str, TensorQua
         elif kind == "logits":
             q[name] = TensorQuant(LOGIT_BITS, True, 4 * obs.absmax[name] / ((1 << 15) - 1))
         else:
-            q[name] = TensorQuant(ACT_BITS, True, mse_scale(torch.cat(obs.samples[name]), obs.absmax[name], ACT_BITS))
+            samples = torch.cat(obs.samples[name])
+            tq = TensorQuant(ACT_BITS, True, mse_scale(samples, obs.absmax[name], ACT_BITS))
+            tq.counts = torch.bincount(tq.quantize(samples) + (1 << (ACT_BITS - 1)), minlength=1 << ACT_BITS)
+            q[name] = tq
     return q
 
 
@@ -301,7 +307,7 @@ class GraphBuilder:
             y = self.linear(f"{p}.fc1", y, f"{p}.fc1", tq[f"{p}.fc1"])
             gq, iq = tq[f"{p}.gelu"], tq[f"{p}.fc1"]
             variant = self.variant(f"{p}.gelu", cfg.gelu)
-            built = build_gelu(variant, iq.scale, gq.scale, iq.bits, gq.bits)
+            built = build_gelu(variant, iq.scale, gq.scale, iq.bits, gq.bits, calib_counts=iq.counts)
             self.ops.append(Op("gelu", f"{p}.gelu", [y], [f"{p}.gelu"], built["attrs"], built["consts"], built["meta"]))
             self.tensor(f"{p}.gelu", gq.bits, True, gq.scale)
             y = self.linear(f"{p}.fc2", f"{p}.gelu", f"{p}.fc2", tq[f"{p}.fc2"])

@@ -12,10 +12,19 @@ Scores arrive at a power-of-two scale 2^-f.  For x = s - max(s) <= 0:
 The variants differ only in (K2, K1, K0):
 
 ``linear``
-    I-ViT Shiftmax: 2^-t ~ 1 - t/2 (max error 0.0430).
+    I-ViT Shiftmax: 2^-t ~ 1 - t/2 (max error 0.0430), on I-ViT's own 1.4375 shift-add.
 ``ibert``
-    I-BERT's second-order polynomial on the natural-log split: e^u ~ 0.35815147 u^2 +
-    0.96963238 u + 1 for u = -t ln 2 in (-ln 2, 0], rewritten in t (max error 0.0019).
+    I-BERT's second-order polynomial, e^p ~ 0.35815147 p^2 + 0.96963238 p + 1 on
+    p in (-ln 2, 0] (I-BERT's i-exp publishes it as 0.3585 (p + 1.353)^2 + 0.344, the same
+    curve within 3e-4 on that interval), rewritten in t (max error 0.0019).  How it
+    differs from I-BERT: I-BERT splits x = -z ln 2 + p with z = floor(-x / ln 2), computed as an integer
+    division by floor(ln 2 / S), and evaluates ``(q_p + floor(b/S))^2 + floor(c/(a S^2))``
+    at the input scale before shifting by z.  Here the split is the base-2 one above:
+    q = floor(-x log2 e) and t = frac(-x log2 e), which is the same split (q = z and
+    p = -t ln 2) except that log2 e is the shift-add 1.4375 (0.36% low in the exponent;
+    I-BERT's floor(ln 2 / S) has a rounding error of its own, below 1 / (2^f ln 2) relative),
+    and the polynomial is evaluated in t in Horner form with its coefficients rounded to
+    2^-C.  Same polynomial, same split up to that constant; not I-BERT's integer steps.
 ``shiftfit``
     Ours: 2^-t ~ 1 - (43/64) t + (11/64) t^2, the least-squares quadratic constrained to
     be exact at t = 0 and t = 1 (so the exponential is continuous and monotonic across
