@@ -82,12 +82,15 @@ class AccelConfig:
     gelu_variants : tuple of str, or None
         The GELU units the accelerator has (instruction field ``unit`` = index); None: only
         ``hw.gelu_variant``.
+    ext_word_bytes : int
+        Width of the external memory (AXI) data bus in bytes: 4..64, a power of two.
     """
 
     act_buffer_elems: int = 16384
     act_elem_bits: int = 16
     weight_buffer_words: int = 1536
     gelu_variants: tuple[str, ...] | None = None
+    ext_word_bytes: int = 8
 
     def __post_init__(self):
         if not 1 <= self.act_buffer_elems <= 1 << ADDR_BITS:
@@ -101,6 +104,9 @@ class AccelConfig:
         for v in self.gelu_variants or ():
             if v not in GELU_VARIANTS:
                 raise UserError(f"accel config: gelu variant {v!r} is not accepted; accepted {', '.join(GELU_VARIANTS)}")
+        if self.ext_word_bytes not in (4, 8, 16, 32, 64):
+            raise UserError(f"accel config: ext_word_bytes = {self.ext_word_bytes} is not accepted; "
+                            f"accepted 4, 8, 16, 32, 64")
         if self.gelu_variants is not None and not 1 <= len(self.gelu_variants) <= 4:
             raise UserError(f"accel config: {len(self.gelu_variants)} GELU units; accepted 1..4 (2-bit unit field)")
 

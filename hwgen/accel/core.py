@@ -1,0 +1,397 @@
+"""The accelerator core: the sequencer that fetches and runs a compiled program
+(:mod:`hwgen.accel.compiler`), the on-chip activation buffer, the address generators and the
+shared units, behind a word-wide external-memory port (:mod:`hwgen.accel.extmem`) and a few
+control and status signals (the AXI4 master and the AXI4-Lite registers wrap them).
+
+Execution (one instruction at a time; :mod:`hwgen.accel.interpreter` is the reference):
+
+* fetch: the 64-byte instruction at ``pc`` is read and held in ``ins``, a view of
+  :data:`hwgen.accel.isa.LAYOUT`;
+* moves (``IM2COL`` .. ``SELECT``): buffer -> buffer, one element per cycle, on the ``src0``
+  and ``dst`` address generators;
+* ``LOAD``: the element at byte ``ext0 + 2^esize src0`` of external memory to ``dst``
+  (sign- or zero-extended); ``STORE``: ``src0`` to byte ``ext0 + 2^esize dst`` (the ``dst``
+  generator walks the external index);
+* ``SOFTMAX``, ``GELU``, ``LAYERNORM``, ``ADD``: first the op's ``cnt`` constant beats from
+  ``ext0`` into the unit's ``c`` stream, then the elements of ``src0`` (and ``src1``) through
+  the unit into ``dst``; the GELU and add units take ``lanes`` elements a beat, packed here
+  (a short last beat is padded; its extra results are dropped);
+* ``END``: done.
+
+A fault never hangs the core: an unknown opcode, a loop count of 0, a buffer address outside
+the buffer, an error response on a read or a write, and a ``start`` while busy each stop it
+with a code in ``error`` (:class:`Error`), after the reads and writes in flight have come
+back; the units are reset on the way.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from amaranth.hdl import Array, Cat, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..capabilities import unit_for
+from ..config import HwConfig
+from .addrgen import AddrGen
+from .compiler import AccelConfig, c_layout
+from .extmem import ExtReader, ExtWriter, read_port, write_port
+from .isa import EXT_BITS, INSTR_BYTES, LAYOUT, LEVELS, FLAG_EXT_SIGNED, MOVE_OPS, Opcode, beat_bytes
+
+__all__ = ["AccelCore", "Error", "CYCLE_BITS"]
+
+CYCLE_BITS = 48
+
+
+class Error(enum.IntEnum):
+    """The core's ``error`` codes."""
+    NONE = 0
+    OPCODE = 1        # an opcode the core does not execute
+    COUNT = 2         # a loop count of 0
+    ADDRESS = 3       # a buffer address outside the buffer
+    READ = 4          # an error response (SLVERR/DECERR) on a read
+    WRITE = 5         # an error response on a write
+    BUSY = 6          # start while busy
+
+
+def _lb(nbytes: int) -> int:
+    return (nbytes - 1).bit_length()
+
+
+class AccelCore(wiring.Component):
+    """Sequencer, activation buffer, address generators and units.
+
+    Parameters
+    ----------
+    hw : HwConfig
+        The units' capabilities.
+    accel : AccelConfig
+        Buffer sizes, external word width, GELU units.
+
+    Members
+    -------
+    start : In(1)
+        Run the program at byte address ``prog`` (one cycle).
+    prog : In(EXT_BITS)
+    busy, done : Out(1)
+        ``done`` rises when the program ends or stops on a fault and stays until ``start``.
+    error : Out(4)
+        :class:`Error` of the last run.
+    pc : Out(EXT_BITS)
+        The instruction being run (on a fault: the faulty one).
+    cycles : Out(CYCLE_BITS)
+        Cycles of the last run, and ``op_cycles[opcode]`` those spent on each opcode.
+    ar, r, aw, b : external memory (:func:`~hwgen.accel.extmem.read_port`, ``write_port``)
+    """
+
+    def __init__(self, hw: HwConfig, accel: AccelConfig | None = None):
+        self.hw, self.accel = hw, accel or AccelConfig()
+        self.word_lb = _lb(self.accel.ext_word_bytes)
+        self.softmax = unit_for(hw, "softmax")
+        self.gelus = [unit_for(hw, "gelu", v) for v in self.accel.gelus(hw)]
+        self.layernorm = unit_for(hw, "layernorm")
+        self.add = unit_for(hw, "add")
+        super().__init__({
+            "start": In(1),
+            "prog": In(EXT_BITS),
+            "busy": Out(1),
+            "done": Out(1),
+            "error": Out(4),
+            "pc": Out(EXT_BITS),
+            "cycles": Out(CYCLE_BITS),
+            "op_cycles": Out(unsigned(CYCLE_BITS)).array(16),
+            **read_port(self.word_lb),
+            **write_port(self.word_lb),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        hw, accel = self.hw, self.accel
+        ab = accel.act_elem_bits
+        depth = accel.act_buffer_elems
+        lanes = hw.lanes
+
+        # --- parts -------------------------------------------------------------------------------
+        m.submodules.reader = reader = ExtReader(self.word_lb)
+        m.submodules.writer = writer = ExtWriter(self.word_lb)
+        wiring.connect(m, wiring.flipped(self.ar), reader.ar)
+        wiring.connect(m, wiring.flipped(self.r), reader.r)
+        wiring.connect(m, wiring.flipped(self.aw), writer.aw)
+        wiring.connect(m, wiring.flipped(self.b), writer.b)
+
+        m.submodules.buffer = buf = Memory(shape=unsigned(ab), depth=depth, init=[])
+        rd0, rd1, wr = buf.read_port(), buf.read_port(), buf.write_port()
+
+        gens = {}
+        for name in ("dst", "src0", "src1"):
+            gens[name] = m.submodules[f"gen_{name}"] = AddrGen()
+        unit_rst = Signal()
+        units = {"softmax": self.softmax, "layernorm": self.layernorm, "add": self.add,
+                 **{f"gelu{k}": g for k, g in enumerate(self.gelus)}}
+        for name, u in units.items():
+            m.submodules[name] = ResetInserter(unit_rst)(u)
+
+        ins = Signal(LAYOUT)
+        pc = Signal(EXT_BITS)
+        m.d.comb += self.pc.eq(pc)
+        op = ins.opcode
+
+        # --- loading the address generators from the instruction --------------------------------
+        load_gens = Signal()
+        for name, g in gens.items():
+            m.d.comb += [g.load.eq(load_gens), g.base.eq(ins[name])]
+            for d in range(LEVELS):
+                m.d.comb += [g.n[d].eq(ins[f"n{d}"]), g.strides[d].eq(ins[f"{name}_s{d}"])]
+
+        # --- buffer sources: src0, src1 -> small queues of (element, row end, final) -------------
+        def source(name, port, run):
+            g = gens[name]
+            fifo = SyncFIFO(width=ab + 2, depth=4)
+            m.submodules[f"q_{name}"] = ResetInserter(unit_rst)(fifo)
+            inflight = Signal(name=f"{name}_inflight")
+            meta = Signal(2, name=f"{name}_meta")
+            issue = Signal(name=f"{name}_issue")
+            m.d.comb += [issue.eq(run & g.valid & (fifo.level + inflight < fifo.depth)),
+                         port.addr.eq(g.addr), port.en.eq(issue), g.next.eq(issue),
+                         fifo.w_en.eq(inflight), fifo.w_data.eq(Cat(port.data, meta))]
+            m.d.sync += [inflight.eq(issue & ~unit_rst), meta.eq(Cat(g.last[LEVELS - 1], g.final))]
+            return fifo
+
+        run0, run1 = Signal(), Signal()
+        q0, q1 = source("src0", rd0, run0), source("src1", rd1, run1)
+        s0_data, s0_row_last, s0_final = q0.r_data[:ab], q0.r_data[ab], q0.r_data[ab + 1]
+        s1_data = q1.r_data[:ab]
+
+        # --- the sink: elements into the buffer at dst ---------------------------------------------
+        sink_valid, sink_data = Signal(), Signal(ab)
+        dst = gens["dst"]
+        sink_ready = dst.valid
+        m.d.comb += [wr.addr.eq(dst.addr), wr.data.eq(sink_data), wr.en.eq(sink_valid & dst.valid),
+                     dst.next.eq(sink_valid & dst.valid)]
+
+        # --- faults that need no state: addresses outside the buffer -------------------------------
+        def outside(g):
+            return g.valid & ((g.addr < 0) | (g.addr >= depth))
+
+        # --- per-op selections ----------------------------------------------------------------------
+        is_op = {o: op == int(o) for o in Opcode}
+        is_move = Signal()
+        m.d.comb += is_move.eq(Cat(*[is_op[o] for o in MOVE_OPS]).any())
+        gelu_sel = [is_op[Opcode.GELU] & (ins.unit == k) for k in range(len(self.gelus))]
+        c_targets = [(is_op[Opcode.SOFTMAX], self.softmax), (is_op[Opcode.LAYERNORM], self.layernorm),
+                     (is_op[Opcode.ADD], self.add), *zip(gelu_sel, self.gelus)]
+        c_lb = Signal(3)
+        for sel, u in c_targets:
+            with m.If(sel):
+                m.d.comb += c_lb.eq(_lb(beat_bytes(c_layout(u))))
+        unit_known = Signal()
+        m.d.comb += unit_known.eq(Cat(*[sel for sel, _ in c_targets]).any())
+
+        # --- the sequencer --------------------------------------------------------------------------
+        error = Signal(4)
+        done = Signal()
+        busy = Signal()
+        m.d.comb += [self.error.eq(error), self.done.eq(done), self.busy.eq(busy)]
+        ci = Signal(16)          # constant beats requested
+        cr = Signal(16)          # constant beats delivered
+        fetch_sent = Signal()
+        fault = Signal(4)        # a fault seen this cycle (0: none)
+        streaming = Signal()     # in STREAM: the data paths below run
+
+        count_zero = Cat(*[ins[f"n{d}"] == 0 for d in range(LEVELS)]).any()
+        in_op = Signal()
+        cycles = Signal(CYCLE_BITS)
+        op_cycles = Array(Signal(CYCLE_BITS, name=f"op_cycles{k}") for k in range(16))
+        m.d.comb += self.cycles.eq(cycles)
+        for k in range(16):
+            m.d.comb += self.op_cycles[k].eq(op_cycles[k])
+        with m.If(busy):
+            m.d.sync += cycles.eq(cycles + 1)
+            with m.If(in_op):
+                m.d.sync += op_cycles[op[:4]].eq(op_cycles[op[:4]] + 1)
+
+        def stop(code):
+            m.d.sync += error.eq(code)
+            m.next = "STOP"
+
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [pc.eq(self.prog), busy.eq(1), done.eq(0), error.eq(0), cycles.eq(0),
+                                 fetch_sent.eq(0)]
+                    m.d.sync += [op_cycles[k].eq(0) for k in range(16)]
+                    m.next = "FETCH"
+
+            with m.State("FETCH"):
+                m.d.comb += [reader.req.valid.eq(~fetch_sent), reader.req.payload.addr.eq(pc),
+                             reader.req.payload.lb.eq(_lb(INSTR_BYTES)), reader.beat.ready.eq(1)]
+                with m.If(reader.req.ready & ~fetch_sent):
+                    m.d.sync += fetch_sent.eq(1)
+                with m.If(reader.beat.valid):
+                    m.d.sync += [ins.as_value().eq(reader.beat.payload.data[:INSTR_BYTES * 8]), fetch_sent.eq(0)]
+                    with m.If(reader.beat.payload.err):
+                        stop(Error.READ)
+                    with m.Else():
+                        m.next = "DECODE"
+
+                with m.If(self.start):      # a start while busy stops the run
+                    stop(Error.BUSY)
+
+            with m.State("DECODE"):
+                m.d.sync += [ci.eq(0), cr.eq(0)]
+                with m.If(is_op[Opcode.END]):
+                    m.d.sync += [busy.eq(0), done.eq(1)]
+                    m.next = "IDLE"
+                with m.Elif(count_zero):
+                    stop(Error.COUNT)
+                with m.Elif(is_move | is_op[Opcode.LOAD] | is_op[Opcode.STORE]):
+                    m.d.comb += load_gens.eq(1)
+                    m.next = "STREAM"
+                with m.Elif(unit_known):
+                    m.d.comb += load_gens.eq(1)
+                    m.next = "CONST"
+                with m.Else():
+                    stop(Error.OPCODE)
+
+                with m.If(self.start):      # a start while busy stops the run
+                    stop(Error.BUSY)
+
+            with m.State("CONST"):          # the op's constant beats into its unit's c stream
+                m.d.comb += in_op.eq(1)
+                m.d.comb += [reader.req.valid.eq(ci != ins.cnt),
+                             reader.req.payload.addr.eq(ins.ext0 + (ci << c_lb)),
+                             reader.req.payload.lb.eq(c_lb)]
+                with m.If(reader.req.valid & reader.req.ready):
+                    m.d.sync += ci.eq(ci + 1)
+                for sel, u in c_targets:
+                    m.d.comb += u.c.payload.as_value().eq(reader.beat.payload.data)
+                    with m.If(sel):
+                        m.d.comb += [u.c.valid.eq(reader.beat.valid), reader.beat.ready.eq(u.c.ready)]
+                with m.If(reader.beat.valid & reader.beat.ready):
+                    m.d.sync += cr.eq(cr + 1)
+                    with m.If(reader.beat.payload.err):
+                        stop(Error.READ)
+                    with m.Elif(cr + 1 == ins.cnt):
+                        m.next = "STREAM"
+                with m.If(ins.cnt == 0):
+                    m.next = "STREAM"
+
+                with m.If(self.start):      # a start while busy stops the run
+                    stop(Error.BUSY)
+
+            with m.State("STREAM"):         # elements from src0 (src1, external memory) to dst
+                m.d.comb += [in_op.eq(1), streaming.eq(1)]
+                with m.If(~dst.valid & writer.idle):
+                    m.d.sync += pc.eq(pc + INSTR_BYTES)
+                    m.next = "FETCH"
+                with m.If(outside(gens["src0"]) & ~is_op[Opcode.LOAD]):
+                    stop(Error.ADDRESS)
+                with m.If(outside(gens["src1"]) & is_op[Opcode.ADD]):
+                    stop(Error.ADDRESS)
+                with m.If(outside(dst) & ~is_op[Opcode.STORE]):
+                    stop(Error.ADDRESS)
+                with m.If(fault != 0):
+                    stop(fault)
+
+                with m.If(self.start):      # a start while busy stops the run
+                    stop(Error.BUSY)
+
+            with m.State("STOP"):           # let reads and writes in flight come back, then halt
+                m.d.comb += [reader.beat.ready.eq(1), unit_rst.eq(1)]
+                with m.If(reader.idle & writer.idle):
+                    m.d.sync += [busy.eq(0), done.eq(1)]
+                    m.next = "IDLE"
+
+        # --- the data paths of STREAM -------------------------------------------------------------
+        with m.If(streaming):
+            with m.If(is_move):
+                m.d.comb += [run0.eq(1), sink_valid.eq(q0.r_rdy), sink_data.eq(s0_data),
+                             q0.r_en.eq(q0.r_rdy & sink_ready)]
+            with m.Elif(is_op[Opcode.LOAD]):         # src0 walks the external index
+                src = gens["src0"]
+                m.d.comb += [reader.req.valid.eq(src.valid),
+                             reader.req.payload.addr.eq(ins.ext0 + (src.addr << ins.esize)),
+                             reader.req.payload.lb.eq(ins.esize),
+                             src.next.eq(src.valid & reader.req.ready),
+                             sink_valid.eq(reader.beat.valid), reader.beat.ready.eq(sink_ready)]
+                ext_signed = (ins.flags & FLAG_EXT_SIGNED) != 0
+                with m.Switch(ins.esize):
+                    for k in range(min(4, self.word_lb + 1)):
+                        with m.Case(k):
+                            v = reader.beat.payload.data[:8 << k]
+                            m.d.comb += sink_data.eq(Mux(ext_signed, v.as_signed(), v))
+                with m.If(reader.beat.valid & reader.beat.payload.err):
+                    m.d.comb += fault.eq(Error.READ)
+            with m.Elif(is_op[Opcode.STORE]):        # dst walks the external index
+                handshake = q0.r_rdy & dst.valid & writer.req.ready
+                m.d.comb += [run0.eq(1), writer.req.valid.eq(q0.r_rdy & dst.valid),
+                             writer.req.payload.addr.eq(ins.ext0 + (dst.addr << ins.esize)),
+                             writer.req.payload.data.eq(s0_data), writer.req.payload.lb.eq(ins.esize),
+                             q0.r_en.eq(handshake), dst.next.eq(handshake)]
+            with m.Elif(is_op[Opcode.SOFTMAX]):
+                sm = self.softmax
+                m.d.comb += [run0.eq(1), sm.i.valid.eq(q0.r_rdy), sm.i.payload.data.eq(s0_data),
+                             sm.i.payload.last.eq(s0_row_last), q0.r_en.eq(q0.r_rdy & sm.i.ready),
+                             sink_valid.eq(sm.o.valid), sink_data.eq(sm.o.payload.data), sm.o.ready.eq(sink_ready)]
+            with m.Elif(is_op[Opcode.LAYERNORM]):
+                ln = self.layernorm
+                m.d.comb += [run0.eq(1), ln.i.valid.eq(q0.r_rdy), ln.i.payload.eq(s0_data),
+                             q0.r_en.eq(q0.r_rdy & ln.i.ready),
+                             sink_valid.eq(ln.o.valid), sink_data.eq(ln.o.payload), ln.o.ready.eq(sink_ready)]
+            with m.Else():                           # GELU, ADD: lanes packed and unpacked
+                self._lanes(m, is_op, gelu_sel, q0, q1, s0_data, s0_final, s1_data, run0, run1,
+                            sink_valid, sink_data, sink_ready, dst, unit_rst)
+        with m.If(streaming & writer.err):
+            m.d.comb += fault.eq(Error.WRITE)
+        m.d.comb += writer.clear.eq(self.start & ~busy)
+        return m
+
+    def _lanes(self, m, is_op, gelu_sel, q0, q1, s0_data, s0_final, s1_data, run0, run1,
+               sink_valid, sink_data, sink_ready, dst, flush):
+        """The GELU and add units take ``lanes`` elements a beat: pack the sources' elements
+        into a beat (a short last beat padded), unpack the results into dst (the padding's
+        results dropped when the dst walk ends)."""
+        ab, lanes = self.accel.act_elem_bits, self.hw.lanes
+        two = is_op[Opcode.ADD]
+        a = Array(Signal(ab, name=f"pack_a{k}") for k in range(lanes))
+        b = Array(Signal(ab, name=f"pack_b{k}") for k in range(lanes))
+        j = Signal(range(lanes + 1))
+        full = Signal()
+        take = ~full & q0.r_rdy & (q1.r_rdy | ~two)
+        m.d.comb += [run0.eq(1), run1.eq(two), q0.r_en.eq(take), q1.r_en.eq(take & two)]
+        with m.If(take):
+            m.d.sync += [a[j].eq(s0_data), b[j].eq(s1_data)]
+            with m.If((j == lanes - 1) | s0_final):
+                m.d.sync += [full.eq(1), j.eq(0)]
+            with m.Else():
+                m.d.sync += j.eq(j + 1)
+        targets = [(two, self.add)] + list(zip(gelu_sel, self.gelus))
+        jo = Signal(range(lanes + 1))
+        out_lanes = Array(Signal(ab, name=f"unpack{k}") for k in range(lanes))
+        out_valid, out_ready, in_ready = Signal(), Signal(), Signal()
+        for sel, u in targets:
+            o = u.o
+            with m.If(sel):
+                m.d.comb += [out_valid.eq(o.valid), o.ready.eq(out_ready)]
+                m.d.comb += [out_lanes[k].eq(o.payload[k]) for k in range(lanes)]
+                if u is self.add:
+                    m.d.comb += [u.a.valid.eq(full), u.b.valid.eq(full), in_ready.eq(u.a.ready & u.b.ready)]
+                    m.d.comb += [u.a.payload[k].eq(a[k]) for k in range(lanes)]
+                    m.d.comb += [u.b.payload[k].eq(b[k]) for k in range(lanes)]
+                else:
+                    m.d.comb += [u.i.valid.eq(full), in_ready.eq(u.i.ready)]
+                    m.d.comb += [u.i.payload[k].eq(a[k]) for k in range(lanes)]
+        with m.If(full & in_ready):
+            m.d.sync += full.eq(0)
+        m.d.comb += [sink_valid.eq(out_valid), sink_data.eq(out_lanes[jo])]
+        with m.If(out_valid & sink_ready):
+            with m.If((jo == lanes - 1) | dst.final):
+                m.d.comb += out_ready.eq(1)
+                m.d.sync += jo.eq(0)
+            with m.Else():
+                m.d.sync += jo.eq(jo + 1)
+        with m.If(flush):
+            m.d.sync += [full.eq(0), j.eq(0), jo.eq(0)]

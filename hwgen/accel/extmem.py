@@ -1,0 +1,190 @@
+"""The accelerator's side of external memory: a word-wide read port and write port (the AXI4
+master, :mod:`hwgen.accel.axi`, carries them to the bus; the simulation memory model serves them
+directly), and the reader and writer that turn beats of any power-of-two size into word
+accesses.
+
+Port protocol (word addresses; a word is ``word_bits`` = 8 x 2^``word_lb`` bits):
+
+* ``ar``: a read request, ``addr`` = byte address >> word_lb; ``r``: the words, in request
+  order, each with ``err`` (an AXI SLVERR/DECERR response);
+* ``aw``: a write of one word, ``addr``, ``data`` and ``strb`` (one bit per byte); ``b``: one
+  response per write, in order, with ``err``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from .isa import EXT_BITS
+
+__all__ = ["ExtReader", "ExtWriter", "MAX_BEAT_LB", "read_port", "write_port"]
+
+MAX_BEAT_LB = 6           # the widest beat is 64 bytes: an instruction
+
+
+def read_port(word_lb: int) -> dict:
+    """The (ar, r) members of a read port, master side."""
+    return {"ar": Out(stream.Signature(data.StructLayout({"addr": unsigned(EXT_BITS - word_lb)}))),
+            "r": In(stream.Signature(data.StructLayout({"data": unsigned(8 << word_lb), "err": 1})))}
+
+
+def write_port(word_lb: int) -> dict:
+    """The (aw, b) members of a write port, master side."""
+    return {"aw": Out(stream.Signature(data.StructLayout({"addr": unsigned(EXT_BITS - word_lb),
+                                                          "data": unsigned(8 << word_lb),
+                                                          "strb": unsigned(1 << word_lb)}))),
+            "b": In(stream.Signature(data.StructLayout({"err": 1})))}
+
+
+class ExtReader(wiring.Component):
+    """Beats of ``2^lb`` bytes (lb <= 6) at byte addresses aligned to their size, read as words.
+
+    A beat narrower than a word takes one word read and its bytes are shifted down; a wider
+    one takes ``2^(lb - word_lb)`` consecutive words, word j in bits ``j word_bits`` up.
+    Requests are issued while a small queue of their shapes has room, so reads overlap.
+
+    Parameters
+    ----------
+    word_lb : int
+        log2 of the bytes of a memory word (3: 64-bit words).
+    depth : int
+        Beats in flight.
+
+    Members
+    -------
+    req : In(stream.Signature({"addr": EXT_BITS, "lb": 3}))
+    beat : Out(stream.Signature({"data": 512, "err": 1}))
+        The beat in the low ``8 2^lb`` bits (the bits above are not defined).
+    ar, r : the read port (:func:`read_port`)
+    idle : Out(1)
+        No beat is in flight (no word response is owed).
+    """
+
+    def __init__(self, word_lb: int = 3, depth: int = 8):
+        self.word_lb, self.depth = word_lb, depth
+        self.word_bits = 8 << word_lb
+        self.slots = max(1, (8 << MAX_BEAT_LB) // self.word_bits)
+        super().__init__({
+            "req": In(stream.Signature(data.StructLayout({"addr": unsigned(EXT_BITS), "lb": unsigned(3)}))),
+            "beat": Out(stream.Signature(data.StructLayout({"data": unsigned(8 << MAX_BEAT_LB), "err": 1}))),
+            **read_port(word_lb),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        wlb, wb, slots = self.word_lb, self.word_bits, self.slots
+        cnt_bits = max(1, slots.bit_length())
+
+        def words(lb):      # words of a beat of 2^lb bytes
+            return Mux(lb > wlb, Const(1, cnt_bits + 1) << (lb - wlb)[:3], 1)
+
+        # the shape of every beat in flight, in order: byte offset in its word, word count
+        m.submodules.shapes = shapes = SyncFIFO(width=max(1, wlb) + cnt_bits + 1, depth=self.depth)
+
+        # --- issue: one request's words, one per cycle ------------------------------------
+        issuing = Signal()
+        word_addr = Signal(EXT_BITS - wlb)
+        left = Signal(cnt_bits + 1)
+        m.d.comb += [self.ar.valid.eq(issuing), self.ar.payload.addr.eq(word_addr)]
+        with m.If(self.ar.valid & self.ar.ready):
+            m.d.sync += [word_addr.eq(word_addr + 1), left.eq(left - 1)]
+            with m.If(left == 1):
+                m.d.sync += issuing.eq(0)
+        m.d.comb += self.req.ready.eq((~issuing | (self.ar.ready & (left == 1))) & shapes.w_rdy)
+        with m.If(self.req.valid & self.req.ready):
+            n = words(self.req.payload.lb)
+            m.d.sync += [issuing.eq(1), word_addr.eq(self.req.payload.addr >> wlb), left.eq(n)]
+            m.d.comb += [shapes.w_en.eq(1),
+                         shapes.w_data.eq(Cat(self.req.payload.addr[:max(1, wlb)], n[:cnt_bits + 1]))]
+
+        # --- assemble: words into beats -----------------------------------------------------
+        off = shapes.r_data[:max(1, wlb)]
+        nwords = shapes.r_data[max(1, wlb):]
+        j = Signal(cnt_bits + 1)
+        acc = [Signal(wb, name=f"acc{k}") for k in range(slots)]
+        err = Signal()
+        out_valid = Signal()
+        out_data = Signal(8 << MAX_BEAT_LB)
+        out_err = Signal()
+        last_word = j == nwords - 1
+        m.d.comb += [self.beat.valid.eq(out_valid), self.beat.payload.data.eq(out_data),
+                     self.beat.payload.err.eq(out_err),
+                     self.r.ready.eq(shapes.r_rdy & (~last_word | ~out_valid | self.beat.ready))]
+        with m.If(self.beat.ready):
+            m.d.sync += out_valid.eq(0)
+        with m.If(self.r.valid & self.r.ready):
+            with m.If(last_word):
+                m.d.comb += shapes.r_en.eq(1)
+                single = (self.r.payload.data >> (off << 3))[:wb]
+                whole = Cat(*[Mux(j == k, self.r.payload.data, acc[k]) for k in range(slots)])
+                m.d.sync += [out_valid.eq(1), out_data.eq(Mux(nwords == 1, single, whole)),
+                             out_err.eq(err | self.r.payload.err), j.eq(0), err.eq(0)]
+            with m.Else():
+                for k in range(slots):
+                    with m.If(j == k):
+                        m.d.sync += acc[k].eq(self.r.payload.data)
+                m.d.sync += [j.eq(j + 1), err.eq(err | self.r.payload.err)]
+        m.d.comb += self.idle.eq(~shapes.r_rdy & ~issuing)
+        return m
+
+
+class ExtWriter(wiring.Component):
+    """Elements of ``2^lb`` bytes (lb <= word_lb) written at byte addresses aligned to their
+    size, one word write each (the other bytes' strobes low).
+
+    Members
+    -------
+    req : In(stream.Signature({"addr": EXT_BITS, "data": word_bits, "lb": 3}))
+        The element in the low bytes of ``data``.
+    aw, b : the write port (:func:`write_port`)
+    idle : Out(1)
+        Every write issued has had its response.
+    err : Out(1)
+        A response of an error came back since ``clear``.
+    clear : In(1)
+    """
+
+    def __init__(self, word_lb: int = 3, max_pending: int = 64):
+        self.word_lb, self.max_pending = word_lb, max_pending
+        super().__init__({
+            "req": In(stream.Signature(data.StructLayout({"addr": unsigned(EXT_BITS), "data": unsigned(8 << word_lb),
+                                                          "lb": unsigned(3)}))),
+            **write_port(word_lb),
+            "idle": Out(1),
+            "err": Out(1),
+            "clear": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        wlb = self.word_lb
+        pending = Signal(range(self.max_pending + 1))
+        off = self.req.payload.addr[:wlb] if wlb else Const(0, 1)
+        nbytes = Signal(range((1 << wlb) + 1))
+        m.d.comb += nbytes.eq(Const(1, wlb + 1) << self.req.payload.lb)
+        strb = Signal(1 << wlb)
+        m.d.comb += strb.eq((((Const(1, (1 << wlb) + 1) << nbytes) - 1) << off)[:1 << wlb])
+        m.d.comb += [
+            self.aw.valid.eq(self.req.valid & (pending < self.max_pending)),
+            self.aw.payload.addr.eq(self.req.payload.addr >> wlb),
+            self.aw.payload.data.eq(self.req.payload.data << (off << 3)),
+            self.aw.payload.strb.eq(strb),
+            self.req.ready.eq(self.aw.ready & (pending < self.max_pending)),
+            self.b.ready.eq(1),
+            self.idle.eq(pending == 0),
+        ]
+        sent = self.aw.valid & self.aw.ready
+        back = self.b.valid
+        with m.If(sent & ~back):
+            m.d.sync += pending.eq(pending + 1)
+        with m.Elif(back & ~sent):
+            m.d.sync += pending.eq(pending - 1)
+        with m.If(self.clear):
+            m.d.sync += self.err.eq(0)
+        with m.Elif(back & self.b.payload.err):
+            m.d.sync += self.err.eq(1)
+        return m

@@ -1,0 +1,119 @@
+"""Python side of accelerator simulations: build :class:`hwgen.accel.memory_model.AccelSimTop`
+once per configuration (Verilator, cached by its Verilog), run cases through
+:mod:`sim.tb_accel`, and make the cases that check one instruction at a time against the
+interpreter.
+
+An *instruction case* runs one instruction of a compiled program on the RTL from the very
+buffer state the interpreter had before it: the memory image is the program's own (so the
+instruction's weights and constants are where it expects them), plus a snapshot of the
+interpreter's buffer and a four-instruction program, ``LOAD`` snapshot -> buffer, the
+instruction, ``STORE`` buffer -> an output region, ``END``.  What the RTL stored must equal
+the interpreter's buffer after the instruction, element for element.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hwgen.accel.compiler import ALIGN, AccelConfig
+from hwgen.accel.interpreter import _Machine, header
+from hwgen.accel.isa import FLAG_EXT_SIGNED, INSTR_BYTES, Instr, Opcode, Port, decode, encode_program
+from hwgen.accel.memory_model import AccelSimTop
+from hwgen.config import HwConfig
+from sim import runner
+
+__all__ = ["build", "run_cases", "Case", "trace", "snapshot_program", "elements", "TOP"]
+
+TOP = "accel_sim"
+TB = "sim.tb_accel"
+
+
+def build(hw: HwConfig, accel: AccelConfig | None = None, words: int = 1 << 16, latency: int = 4):
+    accel = accel or AccelConfig()
+    top = AccelSimTop(hw, accel, words=words, latency=latency)
+    return runner.build(top, TOP, params={"words": words, "latency": latency}, ports_only=True)
+
+
+@dataclass
+class Case:
+    """One run: a memory image, where its program starts, what to read back."""
+    name: str
+    image: bytes
+    prog: int
+    read: list[tuple[int, int]]
+    stall: int = 0
+    err: tuple[int, int] | None = None
+    start_again_after: int | None = None
+    max_cycles: int = 2_000_000
+
+
+def run_cases(b, cases: list[Case], name: str, word_bytes: int = 8) -> list[dict]:
+    """Run ``cases`` in one simulation; the testbench's result per case, with ``read`` as bytes."""
+    tmp = Path(tempfile.mkdtemp(prefix="accel_cases_"))
+    items = []
+    for k, c in enumerate(cases):
+        path = tmp / f"{k}.bin"
+        path.write_bytes(c.image)
+        items.append({"name": c.name, "image": str(path), "prog": c.prog, "stall": c.stall, "err": c.err,
+                      "start_again_after": c.start_again_after, "max_cycles": c.max_cycles,
+                      "read": [list(r) for r in c.read]})
+    res = runner.run(b, TB, {"word_bytes": word_bytes, "cases": items}, name)
+    out = res.get("cases", [])
+    if res.get("failed") or len(out) != len(cases):
+        raise RuntimeError(f"accelerator simulation {name} did not finish its cases (see {res.get('run_dir')})")
+    for r in out:
+        r["read"] = [bytes.fromhex(h) for h in r["read"]]
+    return out
+
+
+def trace(image: bytes, hw: HwConfig, accel: AccelConfig | None = None):
+    """The interpreter's run of ``image``, one step at a time: yields (index, instruction,
+    buffer before it, buffer after it) for every instruction before ``END``."""
+    accel = accel or AccelConfig()
+    img = bytearray(image)
+    mach = _Machine(img, hw, accel)
+    pc = header(img)["program"]
+    k = 0
+    while True:
+        ins = decode(bytes(img[pc:pc + INSTR_BYTES]))
+        if ins.op == Opcode.END:
+            return
+        before = mach.buf.clone()
+        mach.step(ins)
+        yield k, ins, before, mach.buf.clone()
+        pc += INSTR_BYTES
+        k += 1
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def snapshot_program(image: bytes, ins: Instr, before: torch.Tensor, elems: int, ebytes: int = 2):
+    """An image that runs ``ins`` from buffer state ``before`` (its first ``elems`` elements);
+    returns (image, program address, (output address, bytes))."""
+    img = bytearray(image)
+    snap = _align(len(img))
+    out = _align(snap + elems * ebytes)
+    prog = _align(out + elems * ebytes)
+    v = before[:elems].to(torch.int64).numpy()
+    img += bytes(prog - len(img))
+    img[snap:snap + elems * ebytes] = v.astype(f"<i{ebytes}").tobytes()
+    es = (ebytes - 1).bit_length()
+    walk = (1, 1, 1, 1, elems)
+    unit = (0, 0, 0, 0, 1)
+    code = [Instr(Opcode.LOAD, walk, Port(0, unit), Port(0, unit), flags=FLAG_EXT_SIGNED, esize=es, ext0=snap),
+            ins,
+            Instr(Opcode.STORE, walk, Port(0, unit), Port(0, unit), esize=es, ext0=out),
+            Instr(Opcode.END)]
+    img += encode_program(code)
+    return bytes(img), prog, (out, elems * ebytes)
+
+
+def elements(raw: bytes, ebytes: int = 2) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(raw, dtype=f"<i{ebytes}").astype(np.int64))
