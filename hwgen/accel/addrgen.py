@@ -40,6 +40,8 @@ class AddrGen(wiring.Component):
         ``last[d]``: level d is at its last index.
     final : Out(1)
         The current point is the walk's last one.
+    index : Out(ArrayLayout(unsigned(COUNT_BITS), LEVELS))
+        The current point's indices ``i_d``.
     """
 
     def __init__(self):
@@ -53,6 +55,7 @@ class AddrGen(wiring.Component):
             "addr": Out(signed(ADDR_BITS + 2)),
             "last": Out(1).array(LEVELS),
             "final": Out(1),
+            "index": Out(unsigned(COUNT_BITS)).array(LEVELS),
         })
 
     def elaborate(self, platform):
@@ -65,7 +68,7 @@ class AddrGen(wiring.Component):
 
         last = [i[d] == n[d] - 1 for d in range(LEVELS)]
         for d in range(LEVELS):
-            m.d.comb += self.last[d].eq(last[d])
+            m.d.comb += [self.last[d].eq(last[d]), self.index[d].eq(i[d])]
         final = Signal()
         m.d.comb += [
             final.eq(last[0] & last[1] & last[2] & last[3] & last[4]),

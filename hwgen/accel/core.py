@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import enum
 
-from amaranth.hdl import Array, Cat, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, ResetInserter, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -36,10 +36,13 @@ from amaranth.lib.wiring import In, Out
 
 from ..capabilities import unit_for
 from ..config import HwConfig
+from ..gemm import Gemm
 from .addrgen import AddrGen
 from .compiler import AccelConfig, c_layout
 from .extmem import ExtReader, ExtWriter, read_port, write_port
-from .isa import EXT_BITS, INSTR_BYTES, LAYOUT, LEVELS, FLAG_EXT_SIGNED, MOVE_OPS, Opcode, beat_bytes
+from .compiler import p_layout, w_layout
+from .isa import (EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
+                  MOVE_OPS, Opcode, beat_bytes)
 
 __all__ = ["AccelCore", "Error", "CYCLE_BITS"]
 
@@ -94,6 +97,10 @@ class AccelCore(wiring.Component):
         self.gelus = [unit_for(hw, "gelu", v) for v in self.accel.gelus(hw)]
         self.layernorm = unit_for(hw, "layernorm")
         self.add = unit_for(hw, "add")
+        # one GEMM for every operand format: signed lanes one bit wider than a_bits hold the
+        # unsigned Softmax probabilities too (the compiler checks the accumulator bound)
+        self.gemm = Gemm(hw.gemm_rows, hw.gemm_cols, a_bits=hw.a_bits + 1, w_bits=hw.w_bits, acc_bits=hw.acc_bits,
+                         mult_bits=hw.mult_bits, a_signed=True, e_bits=hw.gemm_e_bits, mult=hw.gemm_mult)
         super().__init__({
             "start": In(1),
             "prog": In(EXT_BITS),
@@ -129,7 +136,7 @@ class AccelCore(wiring.Component):
         for name in ("dst", "src0", "src1"):
             gens[name] = m.submodules[f"gen_{name}"] = AddrGen()
         unit_rst = Signal()
-        units = {"softmax": self.softmax, "layernorm": self.layernorm, "add": self.add,
+        units = {"gemm": self.gemm, "softmax": self.softmax, "layernorm": self.layernorm, "add": self.add,
                  **{f"gelu{k}": g for k, g in enumerate(self.gelus)}}
         for name, u in units.items():
             m.submodules[name] = ResetInserter(unit_rst)(u)
@@ -146,18 +153,24 @@ class AccelCore(wiring.Component):
             for d in range(LEVELS):
                 m.d.comb += [g.n[d].eq(ins[f"n{d}"]), g.strides[d].eq(ins[f"{name}_s{d}"])]
 
-        # --- buffer sources: src0, src1 -> small queues of (element, row end, final) -------------
+        is_gemm = Signal()
+        m.d.comb += is_gemm.eq((op == int(Opcode.LINEAR)) | (op == int(Opcode.MATMUL)))
+        with m.If(is_gemm):
+            self._gemm_walks(m, ins, gens)
+
+        # --- buffer sources: src0, src1 -> small queues of (element, row end, k end, final) ------
         def source(name, port, run):
             g = gens[name]
-            fifo = SyncFIFO(width=ab + 2, depth=4)
+            fifo = SyncFIFO(width=ab + 3, depth=4)
             m.submodules[f"q_{name}"] = ResetInserter(unit_rst)(fifo)
             inflight = Signal(name=f"{name}_inflight")
-            meta = Signal(2, name=f"{name}_meta")
+            meta = Signal(3, name=f"{name}_meta")
             issue = Signal(name=f"{name}_issue")
             m.d.comb += [issue.eq(run & g.valid & (fifo.level + inflight < fifo.depth)),
                          port.addr.eq(g.addr), port.en.eq(issue), g.next.eq(issue),
                          fifo.w_en.eq(inflight), fifo.w_data.eq(Cat(port.data, meta))]
-            m.d.sync += [inflight.eq(issue & ~unit_rst), meta.eq(Cat(g.last[LEVELS - 1], g.final))]
+            m.d.sync += [inflight.eq(issue & ~unit_rst),
+                         meta.eq(Cat(g.last[LEVELS - 1], g.final, g.last[LEVELS - 2] & g.last[LEVELS - 1]))]
             return fifo
 
         run0, run1 = Signal(), Signal()
@@ -200,6 +213,7 @@ class AccelCore(wiring.Component):
         fetch_sent = Signal()
         fault = Signal(4)        # a fault seen this cycle (0: none)
         streaming = Signal()     # in STREAM: the data paths below run
+        in_decode = Signal()
 
         count_zero = Cat(*[ins[f"n{d}"] == 0 for d in range(LEVELS)]).any()
         in_op = Signal()
@@ -241,13 +255,14 @@ class AccelCore(wiring.Component):
                     stop(Error.BUSY)
 
             with m.State("DECODE"):
+                m.d.comb += in_decode.eq(1)
                 m.d.sync += [ci.eq(0), cr.eq(0)]
                 with m.If(is_op[Opcode.END]):
                     m.d.sync += [busy.eq(0), done.eq(1)]
                     m.next = "IDLE"
                 with m.Elif(count_zero):
                     stop(Error.COUNT)
-                with m.Elif(is_move | is_op[Opcode.LOAD] | is_op[Opcode.STORE]):
+                with m.Elif(is_move | is_op[Opcode.LOAD] | is_op[Opcode.STORE] | is_gemm):
                     m.d.comb += load_gens.eq(1)
                     m.next = "STREAM"
                 with m.Elif(unit_known):
@@ -287,11 +302,12 @@ class AccelCore(wiring.Component):
                 with m.If(~dst.valid & writer.idle):
                     m.d.sync += pc.eq(pc + INSTR_BYTES)
                     m.next = "FETCH"
-                with m.If(outside(gens["src0"]) & ~is_op[Opcode.LOAD]):
+                # (a GEMM's padding rows and columns may read beyond a tensor: their results are dropped)
+                with m.If(outside(gens["src0"]) & ~is_op[Opcode.LOAD] & ~is_gemm):
                     stop(Error.ADDRESS)
                 with m.If(outside(gens["src1"]) & is_op[Opcode.ADD]):
                     stop(Error.ADDRESS)
-                with m.If(outside(dst) & ~is_op[Opcode.STORE]):
+                with m.If(outside(dst) & ~is_op[Opcode.STORE] & ~is_gemm):
                     stop(Error.ADDRESS)
                 with m.If(fault != 0):
                     stop(fault)
@@ -331,6 +347,8 @@ class AccelCore(wiring.Component):
                              writer.req.payload.addr.eq(ins.ext0 + (dst.addr << ins.esize)),
                              writer.req.payload.data.eq(s0_data), writer.req.payload.lb.eq(ins.esize),
                              q0.r_en.eq(handshake), dst.next.eq(handshake)]
+            with m.Elif(is_gemm):
+                pass                                 # below: _gemm_feed
             with m.Elif(is_op[Opcode.SOFTMAX]):
                 sm = self.softmax
                 m.d.comb += [run0.eq(1), sm.i.valid.eq(q0.r_rdy), sm.i.payload.data.eq(s0_data),
@@ -344,6 +362,7 @@ class AccelCore(wiring.Component):
             with m.Else():                           # GELU, ADD: lanes packed and unpacked
                 self._lanes(m, is_op, gelu_sel, q0, q1, s0_data, s0_final, s1_data, run0, run1,
                             sink_valid, sink_data, sink_ready, dst, unit_rst)
+        self._gemm_feed(m, ins, reader, gens, q0, q1, run0, run1, wr, streaming & is_gemm, in_decode, ab)
         with m.If(streaming & writer.err):
             m.d.comb += fault.eq(Error.WRITE)
         m.d.comb += writer.clear.eq(self.start & ~busy)
@@ -395,3 +414,139 @@ class AccelCore(wiring.Component):
                 m.d.sync += jo.eq(jo + 1)
         with m.If(flush):
             m.d.sync += [full.eq(0), j.eq(0), jo.eq(0)]
+
+    # --- GEMM ------------------------------------------------------------------------------------
+    def _tiles(self, v, size):
+        """ceil(v / size) for a constant size."""
+        if size & (size - 1) == 0:
+            return (v + size - 1) >> (size.bit_length() - 1)
+        return (v + size - 1) // size
+
+    def _gemm_walks(self, m, ins, gens):
+        """A LINEAR/MATMUL instruction's levels are (b, m, n, k); the walks the array needs are
+        per tile: A by (b, mt, nt, k, row), W (from the buffer) by (b, mt, nt, k, col) and the
+        results by (b, mt, nt, row, col).  Padding rows and columns walk on past the tensors'
+        edges (their reads are harmless, their results are dropped)."""
+        R, C = self.hw.gemm_rows, self.hw.gemm_cols
+        b, mm, nn, kk = ins.n0, ins.n1, ins.n2, ins.n3
+        mt, nt = self._tiles(mm, R), self._tiles(nn, C)
+        walks = {"src0": ((b, mt, nt, kk, R), (ins.src0_s0, ins.src0_s1 * R, 0, ins.src0_s3, ins.src0_s1)),
+                 "src1": ((b, mt, nt, kk, C), (ins.src1_s0, 0, ins.src1_s2 * C, ins.src1_s3, ins.src1_s2)),
+                 "dst": ((b, mt, nt, R, C), (ins.dst_s0, ins.dst_s1 * R, ins.dst_s2 * C, ins.dst_s1, ins.dst_s2))}
+        for name, (counts, strides) in walks.items():
+            g = gens[name]
+            for d in range(LEVELS):
+                m.d.comb += [g.n[d].eq(counts[d]), g.strides[d].eq(strides[d])]
+
+    def _gemm_feed(self, m, ins, reader, gens, q0, q1, run0, run1, wr, active, restart, ab):
+        """Operand beats into the GEMM, parameter and weight beats from external memory, result
+        rows into the buffer."""
+        hw, gemm = self.hw, self.gemm
+        R, C = hw.gemm_rows, hw.gemm_cols
+        is_linear = ins.opcode == int(Opcode.LINEAR)
+        a_signed = (ins.flags & FLAG_A_SIGNED) != 0
+        p_lb = _lb(beat_bytes(p_layout(hw)))
+
+        # --- requests: per tile (b, mt, nt) one parameter beat, then (LINEAR) its K weight beats
+        nt_count = self._tiles(ins.n2, C)
+        tiles = Signal(32)           # tiles left to request
+        nt = Signal(16)
+        k = Signal(16)
+        w_row = Signal(32)           # nt K: the tile's first weight beat
+        want_w = Signal()            # the next request is a weight beat
+        w_lb = Signal(3)
+        with m.Switch(ins.w_bits):
+            for wb in range(2, hw.w_bits + 1):
+                with m.Case(wb):
+                    m.d.comb += w_lb.eq(_lb(beat_bytes(w_layout(wb, C))))
+        with m.If(restart):
+            m.d.sync += [tiles.eq(ins.n0 * self._tiles(ins.n1, R) * nt_count), nt.eq(0), k.eq(0), w_row.eq(0),
+                         want_w.eq(0)]
+        with m.If(active):
+            m.d.comb += [reader.req.valid.eq(tiles != 0),
+                         reader.req.payload.addr.eq(Mux(want_w, ins.ext0 + ((w_row + k) << w_lb),
+                                                        ins.ext1 + (nt << p_lb))),
+                         reader.req.payload.lb.eq(Mux(want_w, w_lb, p_lb))]
+            with m.If(reader.req.valid & reader.req.ready):
+                last_beat = ~is_linear | (want_w & (k == ins.n3 - 1))
+                with m.If(~want_w & is_linear):
+                    m.d.sync += want_w.eq(1)
+                with m.Elif(want_w & ~last_beat):
+                    m.d.sync += k.eq(k + 1)
+                with m.If(last_beat):         # next tile
+                    m.d.sync += [tiles.eq(tiles - 1), want_w.eq(0), k.eq(0)]
+                    with m.If(nt == nt_count - 1):
+                        m.d.sync += [nt.eq(0), w_row.eq(0)]
+                    with m.Else():
+                        m.d.sync += [nt.eq(nt + 1), w_row.eq(w_row + ins.n3)]
+
+        # --- beats back, in request order: P, then (LINEAR) K weight beats ------------------------
+        rk = Signal(16)              # beats of the current tile received
+        is_p = ~is_linear | (rk == 0)
+        w_lanes = [Signal(signed(hw.w_bits), name=f"w_lane{j}") for j in range(C)]
+        w_full = Signal()
+        with m.If(restart):
+            m.d.sync += [rk.eq(0), w_full.eq(0)]
+        m.d.comb += gemm.p.payload.as_value().eq(reader.beat.payload.data)
+        with m.If(active):
+            with m.If(is_p):
+                m.d.comb += [gemm.p.valid.eq(reader.beat.valid), reader.beat.ready.eq(gemm.p.ready)]
+            with m.Else():
+                m.d.comb += reader.beat.ready.eq(~w_full)
+            with m.If(reader.beat.valid & reader.beat.ready & is_linear):
+                m.d.sync += rk.eq(Mux(rk == ins.n3, 0, rk + 1))
+                with m.If(~is_p):
+                    m.d.sync += w_full.eq(1)
+                    with m.Switch(ins.w_bits):
+                        for wb in range(2, hw.w_bits + 1):
+                            with m.Case(wb):
+                                m.d.sync += [w_lanes[j].eq(reader.beat.payload.data[j * wb:(j + 1) * wb].as_signed())
+                                             for j in range(C)]
+
+        # --- A (and MATMUL's W) from the buffer: one element a cycle into the beat registers --------
+        def wrap(x, bits_field, sgn, max_bits, target):
+            with m.Switch(bits_field):
+                for nb in range(2, max_bits + 1):
+                    with m.Case(nb):
+                        m.d.sync += target.eq(Mux(sgn, x[:nb].as_signed(), x[:nb]))
+
+        a_lanes = Array(Signal(signed(hw.a_bits + 1), name=f"a_lane{i}") for i in range(R))
+        b_lanes = Array(Signal(signed(hw.w_bits), name=f"b_lane{j}") for j in range(C))
+        ia, jb = Signal(range(R + 1)), Signal(range(C + 1))
+        a_full, a_last, b_full = Signal(), Signal(), Signal()
+        with m.If(restart):
+            m.d.sync += [ia.eq(0), jb.eq(0), a_full.eq(0), b_full.eq(0)]
+        with m.If(active):
+            take_a = ~a_full & q0.r_rdy
+            m.d.comb += [run0.eq(1), q0.r_en.eq(take_a)]
+            with m.If(take_a):
+                wrap(q0.r_data[:ab], ins.a_bits, a_signed, hw.a_bits, a_lanes[ia])
+                with m.If(ia == R - 1):
+                    m.d.sync += [ia.eq(0), a_full.eq(1), a_last.eq(q0.r_data[ab + 2])]
+                with m.Else():
+                    m.d.sync += ia.eq(ia + 1)
+            take_b = ~b_full & q1.r_rdy & ~is_linear
+            m.d.comb += [run1.eq(~is_linear), q1.r_en.eq(take_b)]
+            with m.If(take_b):
+                wrap(q1.r_data[:ab], ins.w_bits, 1, hw.w_bits, b_lanes[jb])
+                with m.If(jb == C - 1):
+                    m.d.sync += [jb.eq(0), b_full.eq(1)]
+                with m.Else():
+                    m.d.sync += jb.eq(jb + 1)
+            m.d.comb += [gemm.a.valid.eq(a_full), gemm.a.payload.last.eq(a_last),
+                         gemm.w.valid.eq(Mux(is_linear, w_full, b_full))]
+            m.d.comb += [gemm.a.payload.data[i].eq(a_lanes[i]) for i in range(R)]
+            m.d.comb += [gemm.w.payload[j].eq(Mux(is_linear, w_lanes[j], b_lanes[j])) for j in range(C)]
+            with m.If(gemm.a.valid & gemm.a.ready):       # a join: w is taken with it
+                m.d.sync += [a_full.eq(0), w_full.eq(0), b_full.eq(0)]
+
+        # --- result rows into the buffer, one element a cycle; padding dropped ----------------------
+        dst = gens["dst"]
+        row = dst.index[1] * R + dst.index[3]
+        col = dst.index[2] * C + dst.index[4]
+        keep = (row < ins.n1) & (col < ins.n2)
+        lane = Array(gemm.o.payload[j] for j in range(C))[dst.index[4]]
+        with m.If(active):
+            step = gemm.o.valid & dst.valid
+            m.d.comb += [wr.addr.eq(dst.addr), wr.data.eq(lane), wr.en.eq(step & keep), dst.next.eq(step),
+                         gemm.o.ready.eq(step & dst.last[LEVELS - 1])]
