@@ -299,7 +299,7 @@ class AccelCore(wiring.Component):
 
             with m.State("STREAM"):         # elements from src0 (src1, external memory) to dst
                 m.d.comb += [in_op.eq(1), streaming.eq(1)]
-                with m.If(~dst.valid & writer.idle):
+                with m.If(~dst.valid & writer.idle & (fault == 0)):
                     m.d.sync += pc.eq(pc + INSTR_BYTES)
                     m.next = "FETCH"
                 # (a GEMM's padding rows and columns may read beyond a tensor: their results are dropped)

@@ -60,7 +60,7 @@ class ExtReader(wiring.Component):
         The beat in the low ``8 2^lb`` bits (the bits above are not defined).
     ar, r : the read port (:func:`read_port`)
     idle : Out(1)
-        No beat is in flight (no word response is owed).
+        No beat is in flight or waiting on ``beat``.
     """
 
     def __init__(self, word_lb: int = 3, depth: int = 8):
@@ -128,7 +128,7 @@ class ExtReader(wiring.Component):
                     with m.If(j == k):
                         m.d.sync += acc[k].eq(self.r.payload.data)
                 m.d.sync += [j.eq(j + 1), err.eq(err | self.r.payload.err)]
-        m.d.comb += self.idle.eq(~shapes.r_rdy & ~issuing)
+        m.d.comb += self.idle.eq(~shapes.r_rdy & ~issuing & ~out_valid)
         return m
 
 

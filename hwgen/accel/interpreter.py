@@ -89,7 +89,9 @@ def read_logits(image) -> torch.Tensor:
 def _unit(hw: HwConfig, kind: str, variant: str | None):
     """The unit of ``kind`` for ``hw`` (built once per configuration: only its attributes and
     ``c`` layout are read)."""
-    return unit_for(hw, kind, variant)
+    unit = unit_for(hw, kind, variant)
+    unit._MustUse__silence = True        # read, never elaborated: no "never used" warning
+    return unit
 
 
 def _wrap(v: torch.Tensor, bits: int, sgn: bool = True) -> torch.Tensor:

@@ -1,0 +1,170 @@
+"""The accelerator's RTL (hwgen.accel.core, in hwgen.accel.memory_model.AccelSimTop) on
+Verilator, against the interpreter and the golden executor:
+
+* every instruction of the digits programs (W8A8 and W4A8), each run alone from the
+  interpreter's buffer state before it: the buffer after it equals the interpreter's, element
+  for element (sim/accel_run.py, "instruction case");
+* whole programs: the logits equal the golden executor's, with and without random
+  back-pressure on every handshake of the memory;
+* faults end in an error code and a clean stop, never a hang: an unknown opcode, a loop count
+  of 0, a buffer address outside the buffer, an error response on a read (data and fetch) and
+  on a write, a start while busy; after each, a good program runs correctly on the same core.
+
+One Verilator build serves every test (cached under sim_build/ by its Verilog).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from golden.executor import run_graph
+from hwgen.accel.compiler import AccelConfig, compile
+from hwgen.accel.core import Error
+from hwgen.accel.interpreter import header, write_input
+from hwgen.accel.isa import FLAG_EXT_SIGNED, INSTR_BYTES, Instr, Opcode, Port, encode_program
+from hwgen.config import HwConfig
+from sim import accel_run, runner
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = 1 << 16            # 512 KiB of external memory: a digits image and a snapshot program
+
+pytestmark = pytest.mark.skipif(not runner.have_simulator("verilator"), reason="verilator is not installed")
+
+
+@pytest.fixture(scope="module")
+def hw():
+    return HwConfig(**json.loads((REPO / "configs" / "default.json").read_text())["hw"])
+
+
+@pytest.fixture(scope="module")
+def sim(hw):
+    return accel_run.build(hw, words=WORDS)
+
+
+@pytest.fixture(scope="module")
+def programs(hw, digits_w8a8, digits_w4a8):
+    return {"w8a8": (digits_w8a8, compile(digits_w8a8.graph, hw)), "w4a8": (digits_w4a8, compile(digits_w4a8.graph, hw))}
+
+
+def _image_with_input(program, quant, x) -> bytes:
+    image = bytearray(program.image)
+    write_input(image, x)
+    return bytes(image)
+
+
+@pytest.mark.parametrize("bits", ["w8a8", "w4a8"])
+def test_every_instruction_equals_the_interpreter(sim, hw, programs, digits_images, bits):
+    quant, program = programs[bits]
+    image = _image_with_input(program, quant, quant.quantize_input(digits_images.images[:1])[0])
+    elems = program.buffer_peak
+    cases, wants = [], []
+    for k, ins, before, after in accel_run.trace(image, hw):
+        img, prog, out = accel_run.snapshot_program(image, ins, before, elems)
+        cases.append(accel_run.Case(f"{k}:{ins.op.name}:{ins.note}", img, prog, [out]))
+        wants.append(after[:elems])
+    assert {Opcode.LINEAR, Opcode.MATMUL, Opcode.SOFTMAX, Opcode.GELU, Opcode.LAYERNORM, Opcode.ADD, Opcode.LOAD,
+            Opcode.STORE, Opcode.IM2COL} <= {Opcode[c.name.split(":")[1]] for c in cases}
+    results = accel_run.run_cases(sim, cases, f"instructions_{bits}")
+    bad = []
+    for c, want, r in zip(cases, wants, results):
+        got = accel_run.elements(r["read"][0])
+        if not (r["done"] and r["error"] == 0 and torch.equal(got, want)):
+            diff = (got != want).nonzero().flatten()
+            bad.append(f"{c.name}: error {r['error']}, {len(diff)} elements differ"
+                       + (f" (first at {int(diff[0])}: {int(got[diff[0]])} != {int(want[diff[0]])})" if len(diff) else ""))
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("bits,index,stall", [("w8a8", 0, 0), ("w4a8", 1, 96)])
+def test_whole_program_logits_equal_golden(sim, programs, digits_images, bits, index, stall):
+    """``stall`` / 256: probability that the memory model holds each of its readies and valids low."""
+    quant, program = programs[bits]
+    x = quant.quantize_input(digits_images.images[index:index + 1])
+    golden = run_graph(quant.graph, x)[0]
+    h = header(program.image)
+    case = accel_run.Case(f"{bits}_{index}", _image_with_input(program, quant, x[0]), h["program"],
+                          [(h["logits"], h["logits_count"] << h["logits_esize"])], stall=stall)
+    r = accel_run.run_cases(sim, [case], f"program_{bits}_{index}_{stall}")[0]
+    assert r["done"] and r["error"] == 0, r
+    assert torch.equal(accel_run.elements(r["read"][0], 1 << h["logits_esize"]), golden)
+    # the per-op counters cover the run but for instruction fetch and decode (77 instructions)
+    extra = r["cycles"] - sum(r["op_cycles"])
+    assert 0 < extra < 0.05 * r["cycles"], r
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+DATA = 4096          # byte address of the good program's data in the small images
+OUT = 8192
+
+
+def _small_image(code: list[Instr], data: bytes = b"") -> bytes:
+    img = bytearray(OUT + 4096)
+    prog = encode_program(code)
+    img[:len(prog)] = prog
+    img[DATA:DATA + len(data)] = data
+    return bytes(img)
+
+
+def _good_case(name: str) -> tuple[accel_run.Case, bytes]:
+    """LOAD 64 int16 values, copy them reversed, STORE them: proves the core runs after a fault."""
+    vals = torch.arange(-32, 32, dtype=torch.int16) * 997
+    unit = (0, 0, 0, 0, 1)
+    walk = (1, 1, 1, 1, 64)
+    code = [Instr(Opcode.LOAD, walk, Port(100, unit), Port(0, unit), flags=FLAG_EXT_SIGNED, esize=1, ext0=DATA),
+            Instr(Opcode.CONCAT, walk, Port(1000, unit), Port(100 + 63, (0, 0, 0, 0, -1))),
+            Instr(Opcode.STORE, walk, Port(0, unit), Port(1000, unit), esize=1, ext0=OUT),
+            Instr(Opcode.END)]
+    want = vals.flip(0).numpy().astype("<i2").tobytes()
+    return accel_run.Case(name, _small_image(code, vals.numpy().astype("<i2").tobytes()), 0, [(OUT, 128)]), want
+
+
+def test_faults_end_in_an_error_code_and_a_clean_stop(sim, hw, programs, digits_images):
+    unit = (0, 0, 0, 0, 1)
+    load = Instr(Opcode.LOAD, (1, 1, 1, 1, 64), Port(0, unit), Port(0, unit), flags=FLAG_EXT_SIGNED, esize=1,
+                 ext0=DATA)
+    bad_opcode = bytearray(_small_image([load, Instr(Opcode.END)]))
+    bad_opcode[INSTR_BYTES] = 63                                 # opcode field: 6 bits at bit 0
+    depth = AccelConfig().act_buffer_elems
+    faults = {
+        "opcode": (bytes(bad_opcode), {}, Error.OPCODE, INSTR_BYTES),
+        "count": (_small_image([load, Instr(Opcode.IM2COL, (1, 0, 1, 1, 4), Port(0, unit), Port(0, unit))]), {},
+                  Error.COUNT, INSTR_BYTES),
+        "address": (_small_image([load, Instr(Opcode.IM2COL, (1, 1, 1, 1, 4), Port(depth - 2, unit), Port(0, unit)),
+                                  Instr(Opcode.END)]), {}, Error.ADDRESS, INSTR_BYTES),
+        "read_data": (_small_image([load, Instr(Opcode.END)]), {"err": (DATA // 8 + 3, DATA // 8 + 4)},
+                      Error.READ, 0),
+        "read_fetch": (_small_image([load, Instr(Opcode.END)]), {"err": (INSTR_BYTES // 8, INSTR_BYTES // 8 + 1)},
+                       Error.READ, INSTR_BYTES),
+        "write": (_small_image([load, Instr(Opcode.STORE, (1, 1, 1, 1, 64), Port(0, unit), Port(0, unit), esize=1,
+                                            ext0=OUT), Instr(Opcode.END)]),
+                  {"err": (OUT // 8 + 5, OUT // 8 + 6)}, Error.WRITE, INSTR_BYTES),
+    }
+    quant, program = programs["w8a8"]
+    busy_image = _image_with_input(program, quant, quant.quantize_input(digits_images.images[:1])[0])
+    cases, checks = [], []
+    for name, (image, kw, code, pc) in faults.items():
+        cases.append(accel_run.Case(name, image, 0, [], max_cycles=100_000, **kw))
+        checks.append((name, code, pc))
+        good, want = _good_case(f"after_{name}")
+        cases.append(good)
+        checks.append((good.name, want, None))
+    cases.append(accel_run.Case("busy", busy_image, header(busy_image)["program"], [], start_again_after=5000))
+    checks.append(("busy", Error.BUSY, None))
+    good, want = _good_case("after_busy")
+    cases.append(good)
+    checks.append((good.name, want, None))
+
+    results = accel_run.run_cases(sim, cases, "faults")
+    for (name, expect, pc), r in zip(checks, results):
+        assert r["done"] == 1, f"{name}: no done within {r['cycles']} cycles (a hang)"
+        if isinstance(expect, bytes):
+            assert r["error"] == 0 and r["read"][0] == expect, f"{name}: the core does not run correctly after the fault"
+        else:
+            assert r["error"] == expect, f"{name}: error {r['error']}, expected {int(expect)} ({expect.name})"
+            if pc is not None:
+                assert r["pc"] == pc, f"{name}: stopped at 0x{r['pc']:x}, expected the faulty instruction at 0x{pc:x}"
