@@ -424,13 +424,13 @@ class AccelCore(wiring.Component):
 
     def _gemm_walks(self, m, ins, gens):
         """A LINEAR/MATMUL instruction's levels are (b, m, n, k); the walks the array needs are
-        per tile: A by (b, mt, nt, k, row), W (from the buffer) by (b, mt, nt, k, col) and the
-        results by (b, mt, nt, row, col).  Padding rows and columns walk on past the tensors'
+        A by block of R rows (b, mt, row, k), read once per block into the lane memories; W (from
+        the buffer) by tile (b, mt, nt, k, col); the results by (b, mt, nt, row, col).  Padding rows and columns walk on past the tensors'
         edges (their reads are harmless, their results are dropped)."""
         R, C = self.hw.gemm_rows, self.hw.gemm_cols
         b, mm, nn, kk = ins.n0, ins.n1, ins.n2, ins.n3
         mt, nt = self._tiles(mm, R), self._tiles(nn, C)
-        walks = {"src0": ((b, mt, nt, kk, R), (ins.src0_s0, ins.src0_s1 * R, 0, ins.src0_s3, ins.src0_s1)),
+        walks = {"src0": ((b, mt, R, kk, 1), (ins.src0_s0, ins.src0_s1 * R, ins.src0_s1, ins.src0_s3, 0)),
                  "src1": ((b, mt, nt, kk, C), (ins.src1_s0, 0, ins.src1_s2 * C, ins.src1_s3, ins.src1_s2)),
                  "dst": ((b, mt, nt, R, C), (ins.dst_s0, ins.dst_s1 * R, ins.dst_s2 * C, ins.dst_s1, ins.dst_s2))}
         for name, (counts, strides) in walks.items():
@@ -485,14 +485,17 @@ class AccelCore(wiring.Component):
         is_p = ~is_linear | (rk == 0)
         w_lanes = [Signal(signed(hw.w_bits), name=f"w_lane{j}") for j in range(C)]
         w_full = Signal()
+        gemm_take = gemm.a.valid & gemm.a.ready
         with m.If(restart):
             m.d.sync += [rk.eq(0), w_full.eq(0)]
         m.d.comb += gemm.p.payload.as_value().eq(reader.beat.payload.data)
         with m.If(active):
+            with m.If(gemm_take):
+                m.d.sync += w_full.eq(0)
             with m.If(is_p):
                 m.d.comb += [gemm.p.valid.eq(reader.beat.valid), reader.beat.ready.eq(gemm.p.ready)]
             with m.Else():
-                m.d.comb += reader.beat.ready.eq(~w_full)
+                m.d.comb += reader.beat.ready.eq(~w_full | gemm_take)
             with m.If(reader.beat.valid & reader.beat.ready & is_linear):
                 m.d.sync += rk.eq(Mux(rk == ins.n3, 0, rk + 1))
                 with m.If(~is_p):
@@ -503,42 +506,85 @@ class AccelCore(wiring.Component):
                                 m.d.sync += [w_lanes[j].eq(reader.beat.payload.data[j * wb:(j + 1) * wb].as_signed())
                                              for j in range(C)]
 
-        # --- A (and MATMUL's W) from the buffer: one element a cycle into the beat registers --------
+        # --- A: each block of R rows (b, mt) is read from the buffer once, one element a cycle, into
+        #     R lane memories (two halves: the next block loads while the column tiles use this one);
+        #     operand beats then read all R lanes at once, for every column tile
         def wrap(x, bits_field, sgn, max_bits, target):
             with m.Switch(bits_field):
                 for nb in range(2, max_bits + 1):
                     with m.Case(nb):
                         m.d.sync += target.eq(Mux(sgn, x[:nb].as_signed(), x[:nb]))
 
-        a_lanes = Array(Signal(signed(hw.a_bits + 1), name=f"a_lane{i}") for i in range(R))
-        b_lanes = Array(Signal(signed(hw.w_bits), name=f"b_lane{j}") for j in range(C))
-        ia, jb = Signal(range(R + 1)), Signal(range(C + 1))
-        a_full, a_last, b_full = Signal(), Signal(), Signal()
+        kmax = hw.gemm_max_k
+        lane_mems = []
+        for i in range(R):
+            mem = Memory(shape=signed(hw.a_bits + 1), depth=2 * kmax, init=[])
+            m.submodules[f"a_cache{i}"] = mem
+            lane_mems.append((mem.write_port(), mem.read_port()))
+        blocks = ins.n0 * self._tiles(ins.n1, R)
+        filled = Array(Signal(name=f"a_filled{h}") for h in range(2))
+        lh, li, lk = Signal(), Signal(range(R + 1)), Signal(16)           # loader: half, row, k
+        fh, fk, fnt = Signal(), Signal(16), Signal(16)                    # feeder: half, k, column tile
+        feed_blocks = Signal(32)
+        a_valid, a_last = Signal(), Signal()
+        elem = Signal(signed(hw.a_bits + 1))
+        take = gemm.a.valid & gemm.a.ready                                # a join: w goes with it
         with m.If(restart):
-            m.d.sync += [ia.eq(0), jb.eq(0), a_full.eq(0), b_full.eq(0)]
+            m.d.sync += [filled[0].eq(0), filled[1].eq(0), lh.eq(0), li.eq(0), lk.eq(0), fh.eq(0), fk.eq(0),
+                         fnt.eq(0), feed_blocks.eq(blocks), a_valid.eq(0)]
+        with m.Switch(ins.a_bits):        # the element wrapped to the op's a_bits (signed or not)
+            for nb in range(2, hw.a_bits + 1):
+                with m.Case(nb):
+                    x = q0.r_data[:nb]
+                    m.d.comb += elem.eq(Mux(a_signed, x.as_signed(), x))
         with m.If(active):
-            take_a = ~a_full & q0.r_rdy
-            m.d.comb += [run0.eq(1), q0.r_en.eq(take_a)]
-            with m.If(take_a):
-                wrap(q0.r_data[:ab], ins.a_bits, a_signed, hw.a_bits, a_lanes[ia])
-                with m.If(ia == R - 1):
-                    m.d.sync += [ia.eq(0), a_full.eq(1), a_last.eq(q0.r_data[ab + 2])]
+            load = q0.r_rdy & ~filled[lh]
+            m.d.comb += [run0.eq(1), q0.r_en.eq(load)]
+            for i, (wp, _) in enumerate(lane_mems):
+                m.d.comb += [wp.addr.eq(lh * kmax + lk), wp.data.eq(elem), wp.en.eq(load & (li == i))]
+            with m.If(load):
+                with m.If(lk == ins.n3 - 1):
+                    m.d.sync += [lk.eq(0), li.eq(li + 1)]
+                    with m.If(li == R - 1):
+                        m.d.sync += [li.eq(0), filled[lh].eq(1), lh.eq(~lh)]
                 with m.Else():
-                    m.d.sync += ia.eq(ia + 1)
-            take_b = ~b_full & q1.r_rdy & ~is_linear
+                    m.d.sync += lk.eq(lk + 1)
+
+            issue = filled[fh] & (~a_valid | take) & (feed_blocks != 0)
+            for wp, rp in lane_mems:
+                m.d.comb += [rp.addr.eq(fh * kmax + fk), rp.en.eq(issue)]
+            with m.If(take):
+                m.d.sync += a_valid.eq(0)
+            with m.If(issue):
+                m.d.sync += [a_valid.eq(1), a_last.eq(fk == ins.n3 - 1)]
+                with m.If(fk == ins.n3 - 1):
+                    m.d.sync += fk.eq(0)
+                    with m.If(fnt == nt_count - 1):      # the block's last beat: its half is free
+                        m.d.sync += [fnt.eq(0), filled[fh].eq(0), fh.eq(~fh), feed_blocks.eq(feed_blocks - 1)]
+                    with m.Else():
+                        m.d.sync += fnt.eq(fnt + 1)
+                with m.Else():
+                    m.d.sync += fk.eq(fk + 1)
+
+            # MATMUL's W from the buffer, one element a cycle
+            b_lanes = Array(Signal(signed(hw.w_bits), name=f"b_lane{j}") for j in range(C))
+            jb, b_full = Signal(range(C + 1)), Signal()
+            take_b = (~b_full | take) & q1.r_rdy & ~is_linear
             m.d.comb += [run1.eq(~is_linear), q1.r_en.eq(take_b)]
+            with m.If(take):
+                m.d.sync += b_full.eq(0)
             with m.If(take_b):
                 wrap(q1.r_data[:ab], ins.w_bits, 1, hw.w_bits, b_lanes[jb])
                 with m.If(jb == C - 1):
                     m.d.sync += [jb.eq(0), b_full.eq(1)]
                 with m.Else():
                     m.d.sync += jb.eq(jb + 1)
-            m.d.comb += [gemm.a.valid.eq(a_full), gemm.a.payload.last.eq(a_last),
+            with m.If(restart):
+                m.d.sync += [jb.eq(0), b_full.eq(0)]
+            m.d.comb += [gemm.a.valid.eq(a_valid), gemm.a.payload.last.eq(a_last),
                          gemm.w.valid.eq(Mux(is_linear, w_full, b_full))]
-            m.d.comb += [gemm.a.payload.data[i].eq(a_lanes[i]) for i in range(R)]
+            m.d.comb += [gemm.a.payload.data[i].eq(rp.data) for i, (_, rp) in enumerate(lane_mems)]
             m.d.comb += [gemm.w.payload[j].eq(Mux(is_linear, w_lanes[j], b_lanes[j])) for j in range(C)]
-            with m.If(gemm.a.valid & gemm.a.ready):       # a join: w is taken with it
-                m.d.sync += [a_full.eq(0), w_full.eq(0), b_full.eq(0)]
 
         # --- result rows into the buffer, one element a cycle; padding dropped ----------------------
         dst = gens["dst"]
