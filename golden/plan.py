@@ -267,6 +267,12 @@ def sweep(make_q, calib: torch.Tensor, images: torch.Tensor, labels: torch.Tenso
                if all(v in layers[n]["candidates"] for n in layers if op_of[n] == "gelu")]
     uniform += [(f"all {v} Softmax", {n: v for n in layers if op_of[n] == "softmax"}) for v in EXP_VARIANTS]
     rows = uniform + [("Omega plan", plan)]
+    if weights.get("c", 0) or weights.get("t", 0):     # what the same measurements pick when cost is free
+        free = {**weights, "c": 0.0, "t": 0.0}
+        scored = {n: {**l, "candidates": {v: {**c, "omega": o} for (v, c), o in
+                                          zip(l["candidates"].items(), omega(l["candidates"], free).values())}}
+                  for n, l in layers.items()}
+        rows.append(("Omega plan, c=0", choose_plan(scored, unit_costs)[0]))
     for name, overrides in tqdm(rows, desc="plan: comparison", disable=not progress, leave=False):
         q = make_q(overrides)
         m = logits_metrics(fp_logits, dequantized_logits(q, images), labels)
@@ -301,7 +307,7 @@ def _input_shapes(q, one_image: torch.Tensor) -> dict[str, tuple[int, ...]]:
 
 def best_uniform(report: dict) -> dict:
     """The most faithful uniform row (lowest logits KL; ties: cheaper)."""
-    rows = [r for r in report["comparison"] if r["plan"] != "Omega plan"]
+    rows = [r for r in report["comparison"] if not r["plan"].startswith("Omega plan")]
     return min(rows, key=lambda r: (r["kl"], r["cost"]))
 
 
@@ -329,11 +335,16 @@ def verdict(report: dict) -> str:
             if alt is None or alt == v or alt not in layer["candidates"]:
                 continue
             c, a = layer["candidates"][v], layer["candidates"][alt]
-            (traded if c["p_kl"] > a["p_kl"] or c["q_db"] < a["q_db"] else unseen).append(f"{n} {v} for {alt}")
+            worse = ([f"P KL {c['p_kl']:.4g} against {a['p_kl']:.4g}"] if c["p_kl"] > a["p_kl"] else []) + \
+                    ([f"Q {c['q_db']:.2f} dB against {a['q_db']:.2f}"] if c["q_db"] < a["q_db"] else [])
+            if worse:
+                traded.append(f"{n}: {v} for {alt}, {', '.join(worse)}, cost {c['cost']:,.0f} against {a['cost']:,.0f}")
+            else:
+                unseen.append(f"{n}: {v} for {alt}")
     reasons = []
     if traded:
-        reasons.append(f"where Omega chose a variant whose own Q or P is worse ({', '.join(traded)}), it paid that "
-                       f"fidelity for a lower unit cost, as its weights ask (q={report['weights']['q']:g}, "
+        reasons.append(f"where Omega chose a variant that measured worse on its own ({'; '.join(traded)}), it paid "
+                       f"that fidelity for a lower unit cost, as its weights ask (q={report['weights']['q']:g}, "
                        f"p={report['weights']['p']:g}, c={report['weights']['c']:g})")
     if unseen:
         reasons.append(f"where the chosen variant measured as good or better one layer at a time "
@@ -364,7 +375,8 @@ def to_markdown(report: dict) -> str:
     for r in report["comparison"]:
         lines.append(f"| {r['plan']} | {r['variants']} | {r['top1'] * 100:.2f}% | {r['agreement'] * 100:.2f}% | "
                      f"{r['kl']:.3g} | {r['cosine']:.5f} | {r['cost']:,.0f} |")
-    lines += ["", f"FP32 top-1: {report['fp32_top1'] * 100:.2f}%.", "", verdict(report), "",
+    lines += ["", f"FP32 top-1: {report['fp32_top1'] * 100:.2f}%. \"Omega plan, c=0\": the plan the same "
+              f"measurements give when cost is free (weights c and t set to 0).", "", verdict(report), "",
               "## Units (real synthesis)", "",
               "| unit | LUT4 | FF | DPR16X4 | MULT18 | EBR | cost |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for k, u in report["units"].items():
@@ -392,13 +404,27 @@ def pareto_png(report: dict, path: str) -> None:
     floor = min([r["kl"] for r in rows if r["kl"] > 0] or [1e-12]) / 10
     points: dict[tuple, list[str]] = {}
     for r in rows:
-        om = r["plan"] == "Omega plan"
+        om = r["plan"].startswith("Omega plan")
         ax.scatter(r["cost"], max(r["kl"], floor), s=90 if om else 35, marker="*" if om else "o",
                    color="tab:red" if om else ("tab:blue" if "GELU" in r["plan"] else "tab:green"),
                    zorder=4 if om else 3)
         points.setdefault((round(r["cost"], 3), float(f"{max(r['kl'], floor):.6g}")), []).append(r["plan"])
-    for (x, y), names in points.items():     # plans at the same point share one label
-        ax.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(6, 2), fontsize=7, va="center")
+    # plans at the same point share one label; labels of nearby points are moved apart
+    xs = [x for x, _ in points]
+    ys = [math.log10(y) for _, y in points]
+    x0, xw = min(xs), (max(xs) - min(xs)) or 1.0
+    y0, yw = min(ys), (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
+    for (x, y), names in sorted(points.items(), key=lambda kv: kv[0][1]):
+        xn, yn = (x - x0) / xw, (math.log10(y) - y0) / yw
+        ly = yn
+        for px, py in placed:
+            if abs(px - xn) < 0.3 and ly < py + 0.07 * len(names):
+                ly = py + 0.07 * len(names)
+        placed.append((xn, ly))
+        ty = 10 ** (y0 + ly * yw)
+        ax.annotate("\n".join(names), (x, y), xytext=(x + 0.02 * xw, ty), fontsize=7, va="center",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"} if ly != yn else None)
     front, best = [], float("inf")
     for r in sorted(rows, key=lambda r: (r["cost"], r["kl"])):
         if r["kl"] < best:
@@ -407,6 +433,7 @@ def pareto_png(report: dict, path: str) -> None:
     ax.step([r["cost"] for r in front], [max(r["kl"], floor) for r in front], where="post", color="grey",
             lw=0.8, zorder=1, label="Pareto front")
     ax.set_yscale("log")
+    ax.margins(x=0.22, y=0.12)
     ax.set_xlabel("hardware cost of the plan's GELU + Softmax units (weighted ECP5 cells)")
     ax.set_ylabel("logits KL against FP32 (lower is better)")
     ax.set_title(f"{report['model']} {report['bits']}: fidelity against cost")

@@ -233,8 +233,8 @@ def test_sweep_report_keys_and_choice(digits_model, digits_images):
         if name.endswith("gelu"):
             assert layer["choice"] == max(layer["candidates"], key=lambda v: layer["candidates"][v]["omega"])
     plans = [r["plan"] for r in res["comparison"]]
-    assert plans[-1] == "Omega plan" and len(plans) == 4 + 3 + 1
+    assert plans[-2:] == ["Omega plan", "Omega plan, c=0"] and len(plans) == 4 + 3 + 2
     for r in res["comparison"]:
         assert {"plan", "top1", "agreement", "kl", "cosine", "cost"} <= set(r)
     # the Omega plan's row is the plan, run whole
-    assert res["comparison"][-1]["layers"] == res["plan"]
+    assert res["comparison"][-2]["layers"] == res["plan"]
