@@ -203,7 +203,8 @@ def _dyadic1(real: float, what: str) -> tuple[int, int]:
 class GraphBuilder:
     """Turns float parameters and tap quantizers into integer ops, one method per op kind."""
 
-    def __init__(self, spec, prm, tq: dict[str, TensorQuant], cfg: QuantConfig):
+    def __init__(self, spec, prm, tq: dict[str, TensorQuant], cfg: QuantConfig, weight_cache: dict | None = None):
+        self.weight_cache = weight_cache    # (layer, w_bits) -> quantize_weight's result, shared by rebuilds
         self.spec, self.prm, self.tq, self.cfg = spec, prm, tq, cfg
         self.ops: list[Op] = []
         self.tensors: dict[str, dict] = {}
@@ -216,7 +217,13 @@ class GraphBuilder:
 
     def linear(self, name: str, x: str, out: str, out_q: list[TensorQuant] | TensorQuant | None,
                a_bits: int = ACT_BITS) -> str:
-        w_int, s_w = quantize_weight(self.prm[f"{name}.weight"], self.cfg.w_bits)
+        key = (name, self.cfg.w_bits)
+        if self.weight_cache is not None and key in self.weight_cache:
+            w_int, s_w = self.weight_cache[key]
+        else:
+            w_int, s_w = quantize_weight(self.prm[f"{name}.weight"], self.cfg.w_bits)
+            if self.weight_cache is not None:
+                self.weight_cache[key] = (w_int, s_w)
         self.weight_scales[name] = s_w
         s_x = self.tensors[x]["scale"]
         s_acc = s_w * s_x
@@ -347,14 +354,23 @@ class Quantized:
             return vit_float.forward(self.spec, self.prm, images)
 
 
-def quantize_model(model, model_name: str, calib: torch.Tensor, cfg: QuantConfig) -> Quantized:
+def quantize_model(model, model_name: str, calib: torch.Tensor, cfg: QuantConfig, reuse: dict | None = None) -> Quantized:
+    """Calibrate and build the integer graph.  ``reuse``: a dict kept by a caller that
+    quantizes the same model on the same calibration images and seed several times with
+    other variants (``hwgen plan``): the calibration and the weight quantization, which the
+    variants do not change, are done once and kept in it (the results are the same)."""
     spec, prm = vit_float.extract(model)
     for name in cfg.overrides:
         kind = name.rsplit(".", 1)[-1]
         if kind not in ("gelu", "softmax"):
             raise UserError(f"variant override {name!r}: only '<block>.gelu' and '<block>.softmax' layers take variants")
-    tq = calibrate(spec, prm, calib, cfg.seed)
-    builder = GraphBuilder(spec, prm, tq, cfg)
+    if reuse is not None and "tq" in reuse:
+        tq = reuse["tq"]
+    else:
+        tq = calibrate(spec, prm, calib, cfg.seed)
+        if reuse is not None:
+            reuse["tq"] = tq
+    builder = GraphBuilder(spec, prm, tq, cfg, None if reuse is None else reuse.setdefault("weights", {}))
     graph = builder.build(model_name)
     fq_prm = dict(prm)
     for op in graph.ops_of("linear"):

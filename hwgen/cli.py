@@ -635,10 +635,12 @@ def _run_plan(args, weights, report, md_path, png) -> int:
     base = _check_common(args)
     w_bits, a_bits = parse_bits(args.bits)
 
+    reuse: dict = {}       # calibration and weights, the same for every variant: done once
+
     def make_q(overrides):
         cfg = QuantConfig(w_bits=w_bits, a_bits=a_bits, gelu=args.gelu, softmax=args.softmax,
                           overrides={**base, **overrides}, calib_images=args.calib, seed=args.seed)
-        return quantize_model(model, args.model, images.calib, cfg)
+        return quantize_model(model, args.model, images.calib, cfg, reuse)
 
     hw = uc.model_hw(q.graph)
     unit_cache: dict = {}

@@ -211,8 +211,11 @@ def test_sweep_report_keys_and_choice(digits_model, digits_images):
     from golden.plan import sweep
     from golden.quantize import QuantConfig, quantize_model
 
+    reuse: dict = {}
+
     def make_q(overrides):
-        return quantize_model(digits_model, "digits", calib, QuantConfig(calib_images=len(calib), overrides=overrides))
+        return quantize_model(digits_model, "digits", calib, QuantConfig(calib_images=len(calib), overrides=overrides),
+                              reuse)
 
     cost = {"gelu:ibert": 10.0, "gelu:iptq": 14.0, "gelu:ishift": 18.0, "gelu:lut": 2.0,
             "softmax:linear": 2.5, "softmax:ibert": 3.4, "softmax:shiftfit": 3.3}
@@ -238,3 +241,18 @@ def test_sweep_report_keys_and_choice(digits_model, digits_images):
         assert {"plan", "top1", "agreement", "kl", "cosine", "cost"} <= set(r)
     # the Omega plan's row is the plan, run whole
     assert res["comparison"][-2]["layers"] == res["plan"]
+
+
+def test_reused_calibration_and_weights_give_the_same_graph(digits_model, digits_images):
+    from golden.quantize import QuantConfig, quantize_model
+
+    calib = digits_images.calib[:8]
+    reuse: dict = {}
+    ov = {"blocks.1.gelu": "lut", "blocks.0.softmax": "linear"}
+    quantize_model(digits_model, "digits", calib, QuantConfig(calib_images=8), reuse)
+    again = quantize_model(digits_model, "digits", calib, QuantConfig(calib_images=8, overrides=ov), reuse)
+    fresh = quantize_model(digits_model, "digits", calib, QuantConfig(calib_images=8, overrides=ov))
+    assert [(o.name, o.attrs) for o in again.graph.ops] == [(o.name, o.attrs) for o in fresh.graph.ops]
+    for a, b in zip(again.graph.ops, fresh.graph.ops):
+        assert a.consts.keys() == b.consts.keys()
+        assert all(torch.equal(a.consts[k], b.consts[k]) for k in a.consts)
