@@ -34,6 +34,7 @@ TB = "sim.tb_accel"
 
 
 def build(hw: HwConfig, accel: AccelConfig | None = None, words: int = 1 << 16, latency: int = 4):
+    """The AXI accelerator with the memory model beside it (one build for both memories)."""
     accel = accel or AccelConfig()
     top = AccelSimTop(hw, accel, words=words, latency=latency)
     return runner.build(top, TOP, params={"words": words, "latency": latency}, ports_only=True)
@@ -52,8 +53,10 @@ class Case:
     max_cycles: int = 2_000_000
 
 
-def run_cases(b, cases: list[Case], name: str, word_bytes: int = 8) -> list[dict]:
-    """Run ``cases`` in one simulation; the testbench's result per case, with ``read`` as bytes."""
+def run_cases(b, cases: list[Case], name: str, memory: str = "model", word_bytes: int = 8,
+              memory_bytes: int = 1 << 20) -> list[dict]:
+    """Run ``cases`` in one simulation, with the memory model (``"model"``) or cocotbext-axi's
+    AxiRam (``"axi"``) as external memory; the testbench's result per case, ``read`` as bytes."""
     tmp = Path(tempfile.mkdtemp(prefix="accel_cases_"))
     items = []
     for k, c in enumerate(cases):
@@ -62,7 +65,8 @@ def run_cases(b, cases: list[Case], name: str, word_bytes: int = 8) -> list[dict
         items.append({"name": c.name, "image": str(path), "prog": c.prog, "stall": c.stall, "err": c.err,
                       "start_again_after": c.start_again_after, "max_cycles": c.max_cycles,
                       "read": [list(r) for r in c.read]})
-    res = runner.run(b, TB, {"word_bytes": word_bytes, "cases": items}, name)
+    res = runner.run(b, TB, {"memory": memory, "word_bytes": word_bytes, "memory_bytes": memory_bytes,
+                             "cases": items}, name)
     out = res.get("cases", [])
     if res.get("failed") or len(out) != len(cases):
         raise RuntimeError(f"accelerator simulation {name} did not finish its cases (see {res.get('run_dir')})")

@@ -1,18 +1,22 @@
-"""cocotb side of the accelerator runs (:class:`hwgen.accel.memory_model.AccelSimTop`): load a
-memory image through the model's host port, start the program, sleep until ``done`` (the
-simulator runs free: no Python on the bus), read regions back.  It only drives and reads;
-the tests compare what it read with the interpreter (:mod:`hwgen.accel.interpreter`).
+"""cocotb side of accelerator runs (:class:`hwgen.accel.memory_model.AccelSimTop`): a host
+driver's steps, on the AXI4-Lite registers through cocotbext-axi's ``AxiLiteMaster``: write
+the memory image, write PROG, enable the interrupt, start, sleep until ``irq`` (the
+simulator runs free), read STATUS, PC and the cycle counters, clear the interrupt, read
+regions back.  The memory is the model inside the design (``"memory": "model"``, loaded
+through its host port) or cocotbext-axi's ``AxiRam`` on the AXI4 master (``"axi"``: Python on
+every beat).  It only drives and reads; the tests compare.
 
 ``SIM_DATA`` (JSON)::
 
-    {"word_bytes": 8,
+    {"memory": "model" | "axi", "word_bytes": 8, "memory_bytes": N,
      "cases": [{"name", "image": PATH (raw bytes), "prog": byte address, "stall": 0..255,
                 "err": [lo, hi] (word addresses answering with an error) or null,
                 "start_again_after": cycles or null (a second start while busy),
                 "max_cycles", "read": [[byte address, bytes], ...]}, ...]}
 
-``SIM_RESULT``: ``{"cases": [{"name", "done", "error", "pc", "cycles", "op_cycles",
-"wall_s", "read": [hex, ...]}]}``.
+``stall`` and ``err`` act on the model only.  ``SIM_RESULT``: ``{"cases": [{"name", "done",
+"busy", "error", "irq", "pc", "cycles", "op_cycles", "id", "unmapped_resp",
+"irq_after_clear", "wall_s", "read": [hex, ...]}]}``.
 """
 
 from __future__ import annotations
@@ -25,18 +29,22 @@ from pathlib import Path
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+
+from hwgen.accel.axi import REGS
 
 CLOCK_NS = 10
+UNMAPPED = 0x3C
 
 
-class Host:
-    """The model's host port and the core's control signals."""
+class ModelMemory:
+    """The memory model's host port (used while the accelerator is idle)."""
 
     def __init__(self, dut, word_bytes: int):
         self.dut, self.wb = dut, word_bytes
         self.nonzero: set[int] = set()       # words written nonzero so far (memory starts at 0)
 
-    async def load(self, image: bytes) -> None:
+    async def write(self, image: bytes) -> None:
         d, wb = self.dut, self.wb
         d.host_we.value = 1
         for w in range(-(-len(image) // wb)):
@@ -62,46 +70,61 @@ class Host:
         return bytes(out[skip:skip + nbytes])
 
 
-async def _start(dut, prog: int) -> None:
-    dut.prog.value = prog
-    dut.start.value = 1
-    await RisingEdge(dut.clk)
-    dut.start.value = 0
+class RamMemory:
+    """cocotbext-axi's AxiRam on the accelerator's AXI4 master."""
+
+    def __init__(self, dut, size: int):
+        self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi"), dut.clk, dut.rst, size=size)
+
+    async def write(self, image: bytes) -> None:
+        self.ram.write(0, image)
+
+    async def read(self, addr: int, nbytes: int) -> bytes:
+        return self.ram.read(addr, nbytes)
 
 
 @cocotb.test()
 async def accel_cases(dut):
     data = json.loads(Path(os.environ["SIM_DATA"]).read_text())
     cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
-    for port in ("start", "prog", "stall", "err_lo", "err_hi", "host_we", "host_addr", "host_wdata"):
+    model = data["memory"] == "model"
+    for port in ("stall", "err_lo", "err_hi", "host_we", "host_addr", "host_wdata"):
         getattr(dut, port).value = 0
+    dut.use_model.value = int(model)
+    mem = ModelMemory(dut, data["word_bytes"]) if model else RamMemory(dut, data["memory_bytes"])
+    lite = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
     dut.rst.value = 1
-    await RisingEdge(dut.clk)
-    await RisingEdge(dut.clk)
+    for _ in range(4):
+        await RisingEdge(dut.clk)
     dut.rst.value = 0
-    host = Host(dut, data["word_bytes"])
+    await RisingEdge(dut.clk)
     results = []
     for case in data["cases"]:
-        await host.load(Path(case["image"]).read_bytes())
+        await mem.write(Path(case["image"]).read_bytes())
         lo, hi = case.get("err") or (0, 0)
         dut.err_lo.value, dut.err_hi.value = lo, hi
         dut.stall.value = case.get("stall", 0)
-        await RisingEdge(dut.clk)
+        await lite.write_dword(REGS["PROG"], case["prog"])
+        await lite.write_dword(REGS["IRQ"], 3)                  # enable, clear a pending one
         t0 = time.time()
-        await _start(dut, case["prog"])
+        await lite.write_dword(REGS["CTRL"], 1)
         again = case.get("start_again_after")
         if again:
             await Timer(again * CLOCK_NS, unit="ns")
-            await _start(dut, case["prog"])
-        # done fell at the start's edge (values read at that edge are still the old ones)
-        await First(RisingEdge(dut.done), Timer(case["max_cycles"] * CLOCK_NS, unit="ns"))
-        await ReadOnly()
-        res = {"name": case["name"], "done": int(dut.done.value), "error": int(dut.error.value),
-               "pc": int(dut.pc.value), "cycles": int(dut.cycles.value),
-               "op_cycles": [int(getattr(dut, f"op_cycles__{k}").value) for k in range(16)],
-               "wall_s": round(time.time() - t0, 3)}
-        await RisingEdge(dut.clk)
+            await lite.write_dword(REGS["CTRL"], 1)
+        if not int(dut.irq.value):
+            await First(RisingEdge(dut.irq), Timer(case["max_cycles"] * CLOCK_NS, unit="ns"))
+        wall = time.time() - t0
         dut.err_lo.value, dut.err_hi.value, dut.stall.value = 0, 0, 0
-        res["read"] = [(await host.read(a, n)).hex() for a, n in case.get("read", [])]
+        status = await lite.read_dword(REGS["STATUS"])
+        res = {"name": case["name"], "irq": int(dut.irq.value), "done": (status >> 1) & 1, "busy": status & 1,
+               "error": (status >> 4) & 15, "pc": await lite.read_dword(REGS["PC"]),
+               "cycles": await lite.read_qword(REGS["CYCLES"]),
+               "op_cycles": [await lite.read_qword(REGS["OP_CYCLES"] + 8 * k) for k in range(16)],
+               "id": await lite.read_dword(REGS["ID"]),
+               "unmapped_resp": int((await lite.read(UNMAPPED, 4)).resp), "wall_s": round(wall, 3)}
+        await lite.write_dword(REGS["IRQ"], 3)
+        res["irq_after_clear"] = int(dut.irq.value)
+        res["read"] = [(await mem.read(a, n)).hex() for a, n in case.get("read", [])]
         results.append(res)
     Path(os.environ["SIM_RESULT"]).write_text(json.dumps({"cases": results}))

@@ -5,8 +5,9 @@ accesses.
 
 Port protocol (word addresses; a word is ``word_bits`` = 8 x 2^``word_lb`` bits):
 
-* ``ar``: a read request, ``addr`` = byte address >> word_lb; ``r``: the words, in request
-  order, each with ``err`` (an AXI SLVERR/DECERR response);
+* ``ar``: a read burst, ``addr`` = byte address >> word_lb, ``len`` + 1 consecutive words
+  (an AXI4 INCR burst); ``r``: the words, in request order, each with ``err`` (an AXI
+  SLVERR/DECERR response);
 * ``aw``: a write of one word, ``addr``, ``data`` and ``strb`` (one bit per byte); ``b``: one
   response per write, in order, with ``err``.
 """
@@ -20,14 +21,18 @@ from amaranth.lib.wiring import In, Out
 
 from .isa import EXT_BITS
 
-__all__ = ["ExtReader", "ExtWriter", "MAX_BEAT_LB", "read_port", "write_port"]
+__all__ = ["ExtReader", "ExtWriter", "MAX_BEAT_LB", "LEN_BITS", "read_port", "write_port"]
 
 MAX_BEAT_LB = 6           # the widest beat is 64 bytes: an instruction
 
 
+LEN_BITS = 8              # an AXI4 burst: up to 256 words
+
+
 def read_port(word_lb: int) -> dict:
     """The (ar, r) members of a read port, master side."""
-    return {"ar": Out(stream.Signature(data.StructLayout({"addr": unsigned(EXT_BITS - word_lb)}))),
+    return {"ar": Out(stream.Signature(data.StructLayout({"addr": unsigned(EXT_BITS - word_lb),
+                                                          "len": unsigned(LEN_BITS)}))),
             "r": In(stream.Signature(data.StructLayout({"data": unsigned(8 << word_lb), "err": 1})))}
 
 
@@ -43,7 +48,7 @@ class ExtReader(wiring.Component):
     """Beats of ``2^lb`` bytes (lb <= 6) at byte addresses aligned to their size, read as words.
 
     A beat narrower than a word takes one word read and its bytes are shifted down; a wider
-    one takes ``2^(lb - word_lb)`` consecutive words, word j in bits ``j word_bits`` up.
+    one is one burst of ``2^(lb - word_lb)`` words, word j in bits ``j word_bits`` up.
     Requests are issued while a small queue of their shapes has room, so reads overlap.
 
     Parameters
@@ -85,21 +90,13 @@ class ExtReader(wiring.Component):
         # the shape of every beat in flight, in order: byte offset in its word, word count
         m.submodules.shapes = shapes = SyncFIFO(width=max(1, wlb) + cnt_bits + 1, depth=self.depth)
 
-        # --- issue: one request's words, one per cycle ------------------------------------
-        issuing = Signal()
-        word_addr = Signal(EXT_BITS - wlb)
-        left = Signal(cnt_bits + 1)
-        m.d.comb += [self.ar.valid.eq(issuing), self.ar.payload.addr.eq(word_addr)]
-        with m.If(self.ar.valid & self.ar.ready):
-            m.d.sync += [word_addr.eq(word_addr + 1), left.eq(left - 1)]
-            with m.If(left == 1):
-                m.d.sync += issuing.eq(0)
-        m.d.comb += self.req.ready.eq((~issuing | (self.ar.ready & (left == 1))) & shapes.w_rdy)
-        with m.If(self.req.valid & self.req.ready):
-            n = words(self.req.payload.lb)
-            m.d.sync += [issuing.eq(1), word_addr.eq(self.req.payload.addr >> wlb), left.eq(n)]
-            m.d.comb += [shapes.w_en.eq(1),
-                         shapes.w_data.eq(Cat(self.req.payload.addr[:max(1, wlb)], n[:cnt_bits + 1]))]
+        # --- issue: one burst a beat ------------------------------------------------------------
+        n = words(self.req.payload.lb)
+        m.d.comb += [self.ar.valid.eq(self.req.valid & shapes.w_rdy),
+                     self.ar.payload.addr.eq(self.req.payload.addr >> wlb), self.ar.payload.len.eq(n - 1),
+                     self.req.ready.eq(self.ar.ready & shapes.w_rdy),
+                     shapes.w_en.eq(self.req.valid & self.req.ready),
+                     shapes.w_data.eq(Cat(self.req.payload.addr[:max(1, wlb)], n[:cnt_bits + 1]))]
 
         # --- assemble: words into beats -----------------------------------------------------
         off = shapes.r_data[:max(1, wlb)]
@@ -128,7 +125,7 @@ class ExtReader(wiring.Component):
                     with m.If(j == k):
                         m.d.sync += acc[k].eq(self.r.payload.data)
                 m.d.sync += [j.eq(j + 1), err.eq(err | self.r.payload.err)]
-        m.d.comb += self.idle.eq(~shapes.r_rdy & ~issuing & ~out_valid)
+        m.d.comb += self.idle.eq(~shapes.r_rdy & ~out_valid)
         return m
 
 

@@ -7,7 +7,7 @@ accelerator.
 fixed read latency, random back-pressure from an LFSR (probability ``stall / 256`` on every
 ready and valid it drives), and an error response for every access to words
 ``err_lo <= addr < err_hi`` (AXI SLVERR).  A host port loads and reads the memory words while
-the core is idle.  :class:`AccelSimTop` is the core plus the model.
+the core is idle.  :class:`AccelSimTop` is the AXI accelerator plus the model.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .core import CYCLE_BITS, AccelCore
-from .extmem import read_port, write_port
+from .extmem import LEN_BITS, read_port, write_port
 from .isa import EXT_BITS
 
 __all__ = ["MemoryModel", "AccelSimTop"]
@@ -42,7 +41,8 @@ class MemoryModel(wiring.Component):
     word_lb : int
         log2 of the bytes of a word.
     latency : int
-        Cycles from a read request's handshake to its data (>= 2).
+        Cycles from a read word's issue to its data (>= 2); a burst's words issue one a cycle
+        after its request is dequeued.
 
     Members
     -------
@@ -85,15 +85,26 @@ class MemoryModel(wiring.Component):
         def bad(addr):
             return (addr >= self.err_lo) & (addr < self.err_hi)
 
-        # --- reads: a delay line of lat - 1 stages, the read port, a response queue -----------
+        # --- reads: bursts queued, their words issued one a cycle into a delay line of lat - 1
+        #     stages, the read port, a response queue ---------------------------------------------
         depth = lat + 4
+        aw = EXT_BITS - self.word_lb
+        m.submodules.arq = arq = SyncFIFO(width=aw + LEN_BITS, depth=4)
         m.submodules.rq = rq = SyncFIFO(width=wb + 1, depth=depth)
+        m.d.comb += [self.ar.ready.eq(go(lfsr_ar) & arq.w_rdy), arq.w_en.eq(self.ar.valid & self.ar.ready),
+                     arq.w_data.eq(Cat(self.ar.payload.addr, self.ar.payload.len))]
         valid = [Signal(name=f"rv{k}") for k in range(lat)]
         addr = [Signal(EXT_BITS, name=f"ra{k}") for k in range(lat)]
         in_flight = Signal(range(depth + 1))
         m.d.comb += in_flight.eq(sum(valid, rq.level))
-        m.d.comb += self.ar.ready.eq(go(lfsr_ar) & (in_flight < depth))
-        m.d.sync += [valid[0].eq(self.ar.valid & self.ar.ready), addr[0].eq(self.ar.payload.addr)]
+        cur, left = Signal(EXT_BITS), Signal(LEN_BITS + 1)
+        word = (left != 0) & (in_flight < depth)
+        m.d.comb += arq.r_en.eq(arq.r_rdy & ((left == 0) | ((left == 1) & word)))   # bursts back to back
+        with m.If(arq.r_en):
+            m.d.sync += [cur.eq(arq.r_data[:aw]), left.eq(arq.r_data[aw:] + 1)]
+        with m.Elif(word):
+            m.d.sync += [cur.eq(cur + 1), left.eq(left - 1)]
+        m.d.sync += [valid[0].eq(word), addr[0].eq(cur)]
         for k in range(1, lat):
             m.d.sync += [valid[k].eq(valid[k - 1]), addr[k].eq(addr[k - 1])]
         m.d.comb += rd.addr.eq(addr[lat - 2])           # data of stage lat - 2 appears at lat - 1
@@ -117,36 +128,80 @@ class MemoryModel(wiring.Component):
 
 
 class AccelSimTop(wiring.Component):
-    """:class:`~hwgen.accel.core.AccelCore` and a :class:`MemoryModel` of ``words`` words: the
-    design the cocotb tests and the RTL backend simulate.
+    """The AXI accelerator (:class:`hwgen.accel.axi.Accelerator`) with a :class:`MemoryModel` of
+    ``words`` words behind an AXI4 slave bridge inside the design: the design every
+    accelerator simulation builds (one Verilator build serves both memories).
+
+    ``use_model`` high: the accelerator's AXI4 master talks to the model (the simulator runs
+    free); low: to the top's ``m_axi_*`` ports, where cocotbext-axi's ``AxiRam`` answers.
+    The bridge takes single-beat writes only (the accelerator writes no bursts).
 
     Members
     -------
-    start, prog, busy, done, error, pc, cycles, op_cycles : the core's
+    m_axi_*, s_axil_*, irq : the accelerator's
+    use_model : In(1)
     stall, err_lo, err_hi, host_* : the memory model's
     """
 
     def __init__(self, hw, accel=None, words: int = 1 << 16, latency: int = 4):
-        self.core = AccelCore(hw, accel)
-        self.model = MemoryModel(words, self.core.word_lb, latency)
-        wb = 8 << self.core.word_lb
+        from .axi import Accelerator
+        self.acc = Accelerator(hw, accel)
+        self.word_lb = self.acc.word_lb
+        self.model = MemoryModel(words, self.word_lb, latency)
+        wb = 8 << self.word_lb
         super().__init__({
-            "start": In(1), "prog": In(EXT_BITS), "busy": Out(1), "done": Out(1), "error": Out(4),
-            "pc": Out(EXT_BITS), "cycles": Out(CYCLE_BITS), "op_cycles": Out(unsigned(CYCLE_BITS)).array(16),
-            "stall": In(8), "err_lo": In(EXT_BITS), "err_hi": In(EXT_BITS),
+            **self.acc.signature.members,
+            "use_model": In(1), "stall": In(8), "err_lo": In(EXT_BITS), "err_hi": In(EXT_BITS),
             "host_addr": In(EXT_BITS), "host_wdata": In(wb), "host_we": In(1), "host_rdata": Out(wb),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.core = core = self.core
+        m.submodules.acc = acc = self.acc
         m.submodules.model = model = self.model
-        for port in ("ar", "r", "aw", "b"):
-            wiring.connect(m, getattr(core, port), getattr(model, port))
-        m.d.comb += [core.start.eq(self.start), core.prog.eq(self.prog), self.busy.eq(core.busy),
-                     self.done.eq(core.done), self.error.eq(core.error), self.pc.eq(core.pc),
-                     self.cycles.eq(core.cycles)]
-        m.d.comb += [self.op_cycles[k].eq(core.op_cycles[k]) for k in range(16)]
+        wlb = self.word_lb
+        use = self.use_model
+        for name, member in self.signature.members.items():
+            if not name.startswith(("s_axil_", "irq", "m_axi_")):
+                continue
+            if member.flow == Out:          # an output of the accelerator
+                value = getattr(acc, name)
+                if name.startswith("m_axi_") and name.endswith(("valid", "ready")):
+                    value = value & ~use    # the outside memory sees nothing while the model serves
+                m.d.comb += getattr(self, name).eq(value)
+            elif not name.startswith("m_axi_"):
+                m.d.comb += getattr(acc, name).eq(getattr(self, name))
+        # the accelerator's AXI inputs: from the outside, or from the bridge to the model
+        lens = SyncFIFO(width=LEN_BITS, depth=8)
+        m.submodules.lens = lens
+        beat = Signal(LEN_BITS)
+        with m.If(~use):
+            for name in ("awready", "wready", "bid", "bresp", "bvalid", "arready", "rid", "rdata", "rresp",
+                         "rlast", "rvalid"):
+                m.d.comb += getattr(acc, f"m_axi_{name}").eq(getattr(self, f"m_axi_{name}"))
+        with m.Else():
+            ar_ok = model.ar.ready & lens.w_rdy
+            m.d.comb += [
+                model.ar.valid.eq(acc.m_axi_arvalid & lens.w_rdy), model.ar.payload.addr.eq(acc.m_axi_araddr >> wlb),
+                model.ar.payload.len.eq(acc.m_axi_arlen), acc.m_axi_arready.eq(ar_ok),
+                lens.w_en.eq(acc.m_axi_arvalid & ar_ok), lens.w_data.eq(acc.m_axi_arlen),
+                acc.m_axi_rvalid.eq(model.r.valid), acc.m_axi_rdata.eq(model.r.payload.data),
+                acc.m_axi_rresp.eq(model.r.payload.err << 1), acc.m_axi_rlast.eq(beat == lens.r_data),
+                model.r.ready.eq(acc.m_axi_rready),
+                model.aw.valid.eq(acc.m_axi_awvalid & acc.m_axi_wvalid),
+                model.aw.payload.addr.eq(acc.m_axi_awaddr >> wlb), model.aw.payload.data.eq(acc.m_axi_wdata),
+                model.aw.payload.strb.eq(acc.m_axi_wstrb),
+                acc.m_axi_awready.eq(model.aw.ready & acc.m_axi_wvalid),
+                acc.m_axi_wready.eq(model.aw.ready & acc.m_axi_awvalid),
+                acc.m_axi_bvalid.eq(model.b.valid), acc.m_axi_bresp.eq(model.b.payload.err << 1),
+                model.b.ready.eq(acc.m_axi_bready),
+            ]
+            with m.If(model.r.valid & model.r.ready):
+                with m.If(beat == lens.r_data):
+                    m.d.comb += lens.r_en.eq(1)
+                    m.d.sync += beat.eq(0)
+                with m.Else():
+                    m.d.sync += beat.eq(beat + 1)
         for name in ("stall", "err_lo", "err_hi", "host_addr", "host_wdata", "host_we"):
             m.d.comb += getattr(model, name).eq(getattr(self, name))
         m.d.comb += self.host_rdata.eq(model.host_rdata)
