@@ -309,6 +309,7 @@ def cmd_accuracy(args) -> int:
         _save_graph(q.graph, args.save_graph)
     res = evaluate_golden(model, q, images.images, images.labels)
     res["data"] = images.name
+    _record_overrides(res, q)
     res["wall_seconds"] = round(time.time() - t0, 1)
     _write_json(report, res)
     _write_text(md_path, _accuracy_markdown(res))
@@ -358,6 +359,7 @@ def _accuracy_rtl(args) -> int:
     res = evaluate_rtl(model, q, images.images, images.labels, indices, workers=args.workers or cpu_workers(),
                        simulator=simulator, resume=not args.fresh)
     res["data"] = images.name
+    _record_overrides(res, q)
     res["wall_seconds_total"] = round(time.time() - t0, 1)
     _write_json(report, res)
     _write_text(md_path, _rtl_markdown(res))
@@ -371,6 +373,17 @@ def _accuracy_rtl(args) -> int:
               + (f"; waveform of that op: {res['waveform']}" if res.get("waveform") else ""), file=sys.stderr)
         return 1
     return 0
+
+
+def _record_overrides(res: dict, q) -> None:
+    """Per-layer variants (--override, --plan) in a report, beside the default gelu/softmax."""
+    if q.graph.meta.get("overrides"):
+        res["overrides"] = dict(q.graph.meta["overrides"])
+
+
+def _overrides_text(res: dict) -> str:
+    ov = res.get("overrides")
+    return f" Per-layer variants: {', '.join(f'{k}={v}' for k, v in ov.items())}." if ov else ""
 
 
 def _rtl_rows(res: dict) -> list[tuple[str, str]]:
@@ -411,7 +424,7 @@ def _rtl_markdown(res: dict) -> str:
     head = (f"{res['model']} at {res['bits']} on simulated hardware ({res['simulator']}): images "
             f"{res['first_index']}..{res['first_index'] + res['requested_images'] - 1} of {res['data']}; "
             f"GELU {res['gelu']}, Softmax {res['softmax']}, {res['calib_images']} calibration images, "
-            f"seed {res['seed']}; {res['units']} units.")
+            f"seed {res['seed']}; {res['units']} units." + _overrides_text(res))
     return metrics_markdown(head, _rtl_rows(res))
 
 
@@ -429,7 +442,8 @@ def _accuracy_rows(res: dict) -> list[tuple[str, str]]:
 
 def _accuracy_markdown(res: dict) -> str:
     head = (f"Accuracy of {res['model']} at {res['bits']} on {res['images']} images ({res['data']}); "
-            f"GELU {res['gelu']}, Softmax {res['softmax']}, {res['calib_images']} calibration images, seed {res['seed']}.")
+            f"GELU {res['gelu']}, Softmax {res['softmax']}, {res['calib_images']} calibration images, seed {res['seed']}."
+            + _overrides_text(res))
     return metrics_markdown(head, _accuracy_rows(res))
 
 
