@@ -215,6 +215,7 @@ _ORIGIN: dict[str, str] = {}     # layer -> the option that named it (for messag
 def _with_plan(overrides: dict[str, str], plan: str | None) -> dict[str, str]:
     """``--override`` merged with ``--plan FILE`` (golden.plan.load_plan checks the file); a
     layer both name with different variants is refused."""
+    _ORIGIN.clear()
     _ORIGIN.update({layer: "--override" for layer in overrides})
     if plan is None:
         return overrides
@@ -225,7 +226,8 @@ def _with_plan(overrides: dict[str, str], plan: str | None) -> dict[str, str]:
         if layer in out and out[layer] != variant:
             raise UserError(f"--plan {plan}: {layer}={variant}, but --override gives {layer}={out[layer]}")
         out[layer] = variant
-        _ORIGIN.setdefault(layer, f"--plan {plan}:")
+        if layer not in overrides:
+            _ORIGIN[layer] = f"--plan {plan}:"
     return out
 
 
