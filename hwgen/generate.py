@@ -32,7 +32,9 @@ CONFIG_FORMAT = "iptq-vit-hwgen-config/2"
 OLD_FORMATS = ("iptq-vit-hwgen-config/1",)
 # Sources whose change can change the generated Verilog (the manifest hashes them).
 GENERATOR_SOURCES = sorted([p for p in (REPO / "hwgen").glob("*.py") if p.name not in ("cli.py", "report.py")]
+                           + sorted((REPO / "hwgen" / "accel").glob("*.py"))
                            + [REPO / "golden" / f for f in ("intops.py", "softmax.py", "gelu.py", "layernorm.py")])
+ACCEL_TOP = "accelerator"
 
 
 @dataclass
@@ -197,7 +199,8 @@ def elaborate(cfg: GenConfig) -> list[UnitSpec]:
 
 
 def generate(cfg: GenConfig, out_dir: str | Path) -> dict:
-    """Write ``<unit>.v`` for every unit and ``manifest.json`` into ``out_dir``."""
+    """Write ``<unit>.v`` for every unit, ``accelerator.v`` (the units in one AXI accelerator)
+    and ``manifest.json`` into ``out_dir``."""
     units = elaborate(cfg)
     out_dir = Path(out_dir)
     manifest = {"generator_sha256": generator_hash(), "config": cfg.to_dict()["hw"], "source": cfg.source,
@@ -208,5 +211,24 @@ def generate(cfg: GenConfig, out_dir: str | Path) -> dict:
             manifest["units"][u.name] = {"file": f"{u.name}.v", "top": u.name, "params": u.params,
                                          "latency": u.latency, "throughput": u.throughput, "ports": u.ports,
                                          "verilog_sha256": source_hash(u.verilog)}
+        acc = elaborate_accelerator(cfg)
+        write_text(str(tmp / f"{ACCEL_TOP}.v"), acc.pop("verilog"))
+        manifest["accelerator"] = acc
         write_json(str(tmp / "manifest.json"), manifest)
     return manifest
+
+
+def elaborate_accelerator(cfg: GenConfig) -> dict:
+    """The AXI accelerator (:class:`hwgen.accel.axi.Accelerator`: the shared units, the GEMM,
+    the sequencer and the buffers of :class:`hwgen.accel.compiler.AccelConfig`) for ``cfg.hw``:
+    its Verilog and what the manifest says about it."""
+    from dataclasses import asdict
+
+    from .accel.axi import REGS, Accelerator
+    from .accel.compiler import AccelConfig
+
+    accel = AccelConfig()
+    verilog = emit_verilog(Accelerator(cfg.hw, accel), ACCEL_TOP)
+    return {"file": f"{ACCEL_TOP}.v", "top": ACCEL_TOP, "accel_config": asdict(accel),
+            "registers": {k: f"0x{v:02x}" for k, v in REGS.items()}, "ports": _ports(verilog, ACCEL_TOP),
+            "verilog_sha256": source_hash(verilog), "verilog": verilog}

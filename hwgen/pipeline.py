@@ -19,9 +19,15 @@ from amaranth.hdl import Cat, Const, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
-__all__ = ["Stager", "stream_pipeline", "rshift_round_const", "rshift_round_var", "clamp", "partial_products", "compress", "compress_levels", "sum_pair", "product_shape", "fit",
+__all__ = ["eq_const", "Stager", "stream_pipeline", "rshift_round_const", "rshift_round_var", "clamp", "partial_products", "compress", "compress_levels", "sum_pair", "product_shape", "fit",
            "divide_stages", "lane_layout"]
 
+
+
+def eq_const(x, k: int):
+    """``x == k`` for a constant ``k``; ``x == 0`` is written ``~x.any()``: Amaranth emits it as a
+    logical not, which Verilator -Wall flags (WIDTHTRUNC) when x has several bits."""
+    return ~x.any() if k == 0 else x == k
 
 def lane_layout(shape: Shape, lanes: int) -> data.ArrayLayout:
     """Payload layout of a multi-lane stream: lane k sits at bits [k w, (k+1) w)."""

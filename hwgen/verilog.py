@@ -11,7 +11,7 @@ from amaranth.lib import wiring
 
 __all__ = ["emit_verilog", "write_verilog", "source_hash", "Harness", "LINT_WAIVERS", "lint"]
 
-# Verilator -Wall on Amaranth's Verilog: the only warnings are these three rules, each a
+# Verilator -Wall on Amaranth's Verilog: the only warnings are these rules, each a
 # property of how Amaranth writes Verilog, not of the design.  Every other rule stays on.
 LINT_WAIVERS = """`verilator_config
 // WIDTHEXPAND: Amaranth sizes every intermediate exactly and relies on Verilog's context
@@ -27,6 +27,11 @@ lint_off -rule UNUSEDSIGNAL
 // DECLFILENAME: Amaranth writes a unit's library submodules (the GEMM's output queue, an
 // amaranth.lib.fifo.SyncFIFOBuffered) into the unit's file as modules named <unit>.<sub>.
 lint_off -rule DECLFILENAME
+// CASEINCOMPLETE: Amaranth writes each signal assigned under a Switch, an FSM state or an
+// Array index as its own always @* block that first assigns the signal's default and then
+// has a casez over the cases that change it; the cases it leaves out keep the default, so
+// no latch is inferred (e.g. `req__valid = 1'h0; casez (seq_state) ...`).
+lint_off -rule CASEINCOMPLETE
 """
 
 

@@ -27,7 +27,11 @@ def test_committed_rtl_is_fresh(tmp_path):
 def test_manifest_describes_every_unit():
     manifest = json.loads((RTL / "manifest.json").read_text())
     files = {p.name for p in RTL.glob("*.v")}
-    assert {u["file"] for u in manifest["units"].values()} == files
+    assert {u["file"] for u in manifest["units"].values()} | {manifest["accelerator"]["file"]} == files
+    acc = manifest["accelerator"]
+    names = {p["name"] for p in acc["ports"]}
+    assert {"clk", "rst", "irq", "m_axi_araddr", "m_axi_rdata", "s_axil_awaddr", "s_axil_rdata"} <= names
+    assert len(acc["verilog_sha256"]) == 64 and acc["accel_config"]["act_buffer_elems"] >= 1
     for name, u in manifest["units"].items():
         names = {p["name"] for p in u["ports"]}
         assert {"clk", "rst"} <= names, name

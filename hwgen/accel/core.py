@@ -37,6 +37,7 @@ from amaranth.lib.wiring import In, Out
 from ..capabilities import unit_for
 from ..config import HwConfig
 from ..gemm import Gemm
+from ..pipeline import eq_const
 from .addrgen import AddrGen
 from .compiler import AccelConfig, c_layout
 from .extmem import ExtReader, ExtWriter, read_port, write_port
@@ -47,6 +48,15 @@ from .isa import (EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_W_EXT, GEMM_OPS
 __all__ = ["AccelCore", "Error", "CYCLE_BITS"]
 
 CYCLE_BITS = 48
+
+
+class _State(enum.IntEnum):
+    IDLE = 0
+    FETCH = 1
+    DECODE = 2
+    CONST = 3
+    STREAM = 4
+    STOP = 5
 
 
 class Error(enum.IntEnum):
@@ -193,7 +203,7 @@ class AccelCore(wiring.Component):
         is_op = {o: op == int(o) for o in Opcode}
         is_move = Signal()
         m.d.comb += is_move.eq(Cat(*[is_op[o] for o in MOVE_OPS]).any())
-        gelu_sel = [is_op[Opcode.GELU] & (ins.unit == k) for k in range(len(self.gelus))]
+        gelu_sel = [is_op[Opcode.GELU] & eq_const(ins.unit, k) for k in range(len(self.gelus))]
         c_targets = [(is_op[Opcode.SOFTMAX], self.softmax), (is_op[Opcode.LAYERNORM], self.layernorm),
                      (is_op[Opcode.ADD], self.add), *zip(gelu_sel, self.gelus)]
         c_lb = Signal(3)
@@ -215,7 +225,7 @@ class AccelCore(wiring.Component):
         streaming = Signal()     # in STREAM: the data paths below run
         in_decode = Signal()
 
-        count_zero = Cat(*[ins[f"n{d}"] == 0 for d in range(LEVELS)]).any()
+        count_zero = Cat(*[~ins[f"n{d}"].any() for d in range(LEVELS)]).any()
         in_op = Signal()
         cycles = Signal(CYCLE_BITS)
         op_cycles = Array(Signal(CYCLE_BITS, name=f"op_cycles{k}") for k in range(16))
@@ -229,17 +239,18 @@ class AccelCore(wiring.Component):
 
         def stop(code):
             m.d.sync += error.eq(code)
-            m.next = "STOP"
+            m.d.sync += state.eq(_State.STOP)
 
-        with m.FSM(name="seq"):
-            with m.State("IDLE"):
+        state = Signal(_State, name="seq_state")
+        with m.Switch(state):
+            with m.Case(_State.IDLE):
                 with m.If(self.start):
                     m.d.sync += [pc.eq(self.prog), busy.eq(1), done.eq(0), error.eq(0), cycles.eq(0),
                                  fetch_sent.eq(0)]
                     m.d.sync += [op_cycles[k].eq(0) for k in range(16)]
-                    m.next = "FETCH"
+                    m.d.sync += state.eq(_State.FETCH)
 
-            with m.State("FETCH"):
+            with m.Case(_State.FETCH):
                 m.d.comb += [reader.req.valid.eq(~fetch_sent), reader.req.payload.addr.eq(pc),
                              reader.req.payload.lb.eq(_lb(INSTR_BYTES)), reader.beat.ready.eq(1)]
                 with m.If(reader.req.ready & ~fetch_sent):
@@ -249,32 +260,32 @@ class AccelCore(wiring.Component):
                     with m.If(reader.beat.payload.err):
                         stop(Error.READ)
                     with m.Else():
-                        m.next = "DECODE"
+                        m.d.sync += state.eq(_State.DECODE)
 
                 with m.If(self.start):      # a start while busy stops the run
                     stop(Error.BUSY)
 
-            with m.State("DECODE"):
+            with m.Case(_State.DECODE):
                 m.d.comb += in_decode.eq(1)
                 m.d.sync += [ci.eq(0), cr.eq(0)]
                 with m.If(is_op[Opcode.END]):
                     m.d.sync += [busy.eq(0), done.eq(1)]
-                    m.next = "IDLE"
+                    m.d.sync += state.eq(_State.IDLE)
                 with m.Elif(count_zero):
                     stop(Error.COUNT)
                 with m.Elif(is_move | is_op[Opcode.LOAD] | is_op[Opcode.STORE] | is_gemm):
                     m.d.comb += load_gens.eq(1)
-                    m.next = "STREAM"
+                    m.d.sync += state.eq(_State.STREAM)
                 with m.Elif(unit_known):
                     m.d.comb += load_gens.eq(1)
-                    m.next = "CONST"
+                    m.d.sync += state.eq(_State.CONST)
                 with m.Else():
                     stop(Error.OPCODE)
 
                 with m.If(self.start):      # a start while busy stops the run
                     stop(Error.BUSY)
 
-            with m.State("CONST"):          # the op's constant beats into its unit's c stream
+            with m.Case(_State.CONST):          # the op's constant beats into its unit's c stream
                 m.d.comb += in_op.eq(1)
                 m.d.comb += [reader.req.valid.eq(ci != ins.cnt),
                              reader.req.payload.addr.eq(ins.ext0 + (ci << c_lb)),
@@ -290,18 +301,18 @@ class AccelCore(wiring.Component):
                     with m.If(reader.beat.payload.err):
                         stop(Error.READ)
                     with m.Elif(cr + 1 == ins.cnt):
-                        m.next = "STREAM"
-                with m.If(ins.cnt == 0):
-                    m.next = "STREAM"
+                        m.d.sync += state.eq(_State.STREAM)
+                with m.If(~ins.cnt.any()):
+                    m.d.sync += state.eq(_State.STREAM)
 
                 with m.If(self.start):      # a start while busy stops the run
                     stop(Error.BUSY)
 
-            with m.State("STREAM"):         # elements from src0 (src1, external memory) to dst
+            with m.Case(_State.STREAM):         # elements from src0 (src1, external memory) to dst
                 m.d.comb += [in_op.eq(1), streaming.eq(1)]
-                with m.If(~dst.valid & writer.idle & (fault == 0)):
+                with m.If(~dst.valid & writer.idle & ~fault.any()):
                     m.d.sync += pc.eq(pc + INSTR_BYTES)
-                    m.next = "FETCH"
+                    m.d.sync += state.eq(_State.FETCH)
                 # (a GEMM's padding rows and columns may read beyond a tensor: their results are dropped)
                 with m.If(outside(gens["src0"]) & ~is_op[Opcode.LOAD] & ~is_gemm):
                     stop(Error.ADDRESS)
@@ -309,17 +320,20 @@ class AccelCore(wiring.Component):
                     stop(Error.ADDRESS)
                 with m.If(outside(dst) & ~is_op[Opcode.STORE] & ~is_gemm):
                     stop(Error.ADDRESS)
-                with m.If(fault != 0):
+                with m.If(fault.any()):
                     stop(fault)
 
                 with m.If(self.start):      # a start while busy stops the run
                     stop(Error.BUSY)
 
-            with m.State("STOP"):           # let reads and writes in flight come back, then halt
+            with m.Case(_State.STOP):           # let reads and writes in flight come back, then halt
                 m.d.comb += [reader.beat.ready.eq(1), unit_rst.eq(1)]
                 with m.If(reader.idle & writer.idle):
                     m.d.sync += [busy.eq(0), done.eq(1)]
-                    m.next = "IDLE"
+                    m.d.sync += state.eq(_State.IDLE)
+
+            with m.Default():               # (unreachable) back to idle
+                m.d.sync += state.eq(_State.IDLE)
 
         # --- the data paths of STREAM -------------------------------------------------------------
         with m.If(streaming):
@@ -333,7 +347,7 @@ class AccelCore(wiring.Component):
                              reader.req.payload.lb.eq(ins.esize),
                              src.next.eq(src.valid & reader.req.ready),
                              sink_valid.eq(reader.beat.valid), reader.beat.ready.eq(sink_ready)]
-                ext_signed = (ins.flags & FLAG_EXT_SIGNED) != 0
+                ext_signed = (ins.flags & FLAG_EXT_SIGNED).any()
                 with m.Switch(ins.esize):
                     for k in range(min(4, self.word_lb + 1)):
                         with m.Case(k):
@@ -383,7 +397,7 @@ class AccelCore(wiring.Component):
         m.d.comb += [run0.eq(1), run1.eq(two), q0.r_en.eq(take), q1.r_en.eq(take & two)]
         with m.If(take):
             m.d.sync += [a[j].eq(s0_data), b[j].eq(s1_data)]
-            with m.If((j == lanes - 1) | s0_final):
+            with m.If(eq_const(j, lanes - 1) | s0_final):
                 m.d.sync += [full.eq(1), j.eq(0)]
             with m.Else():
                 m.d.sync += j.eq(j + 1)
@@ -407,7 +421,7 @@ class AccelCore(wiring.Component):
             m.d.sync += full.eq(0)
         m.d.comb += [sink_valid.eq(out_valid), sink_data.eq(out_lanes[jo])]
         with m.If(out_valid & sink_ready):
-            with m.If((jo == lanes - 1) | dst.final):
+            with m.If(eq_const(jo, lanes - 1) | dst.final):
                 m.d.comb += out_ready.eq(1)
                 m.d.sync += jo.eq(0)
             with m.Else():
@@ -444,7 +458,7 @@ class AccelCore(wiring.Component):
         hw, gemm = self.hw, self.gemm
         R, C = hw.gemm_rows, hw.gemm_cols
         is_linear = ins.opcode == int(Opcode.LINEAR)
-        a_signed = (ins.flags & FLAG_A_SIGNED) != 0
+        a_signed = (ins.flags & FLAG_A_SIGNED).any()
         p_lb = _lb(beat_bytes(p_layout(hw)))
 
         # --- requests: per tile (b, mt, nt) one parameter beat, then (LINEAR) its K weight beats
@@ -463,7 +477,7 @@ class AccelCore(wiring.Component):
             m.d.sync += [tiles.eq(ins.n0 * self._tiles(ins.n1, R) * nt_count), nt.eq(0), k.eq(0), w_row.eq(0),
                          want_w.eq(0)]
         with m.If(active):
-            m.d.comb += [reader.req.valid.eq(tiles != 0),
+            m.d.comb += [reader.req.valid.eq(tiles.any()),
                          reader.req.payload.addr.eq(Mux(want_w, ins.ext0 + ((w_row + k) << w_lb),
                                                         ins.ext1 + (nt << p_lb))),
                          reader.req.payload.lb.eq(Mux(want_w, w_lb, p_lb))]
@@ -482,7 +496,7 @@ class AccelCore(wiring.Component):
 
         # --- beats back, in request order: P, then (LINEAR) K weight beats ------------------------
         rk = Signal(16)              # beats of the current tile received
-        is_p = ~is_linear | (rk == 0)
+        is_p = ~is_linear | ~rk.any()
         w_lanes = [Signal(signed(hw.w_bits), name=f"w_lane{j}") for j in range(C)]
         w_full = Signal()
         gemm_take = gemm.a.valid & gemm.a.ready
@@ -541,16 +555,16 @@ class AccelCore(wiring.Component):
             load = q0.r_rdy & ~filled[lh]
             m.d.comb += [run0.eq(1), q0.r_en.eq(load)]
             for i, (wp, _) in enumerate(lane_mems):
-                m.d.comb += [wp.addr.eq(lh * kmax + lk), wp.data.eq(elem), wp.en.eq(load & (li == i))]
+                m.d.comb += [wp.addr.eq(lh * kmax + lk), wp.data.eq(elem), wp.en.eq(load & eq_const(li, i))]
             with m.If(load):
                 with m.If(lk == ins.n3 - 1):
                     m.d.sync += [lk.eq(0), li.eq(li + 1)]
-                    with m.If(li == R - 1):
+                    with m.If(eq_const(li, R - 1)):
                         m.d.sync += [li.eq(0), filled[lh].eq(1), lh.eq(~lh)]
                 with m.Else():
                     m.d.sync += lk.eq(lk + 1)
 
-            issue = filled[fh] & (~a_valid | take) & (feed_blocks != 0)
+            issue = filled[fh] & (~a_valid | take) & feed_blocks.any()
             for wp, rp in lane_mems:
                 m.d.comb += [rp.addr.eq(fh * kmax + fk), rp.en.eq(issue)]
             with m.If(take):
@@ -575,7 +589,7 @@ class AccelCore(wiring.Component):
                 m.d.sync += b_full.eq(0)
             with m.If(take_b):
                 wrap(q1.r_data[:ab], ins.w_bits, 1, hw.w_bits, b_lanes[jb])
-                with m.If(jb == C - 1):
+                with m.If(eq_const(jb, C - 1)):
                     m.d.sync += [jb.eq(0), b_full.eq(1)]
                 with m.Else():
                     m.d.sync += jb.eq(jb + 1)

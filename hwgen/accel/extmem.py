@@ -19,6 +19,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
+from ..pipeline import eq_const
 from .isa import EXT_BITS
 
 __all__ = ["ExtReader", "ExtWriter", "MAX_BEAT_LB", "LEN_BITS", "read_port", "write_port"]
@@ -117,12 +118,12 @@ class ExtReader(wiring.Component):
             with m.If(last_word):
                 m.d.comb += shapes.r_en.eq(1)
                 single = (self.r.payload.data >> (off << 3))[:wb]
-                whole = Cat(*[Mux(j == k, self.r.payload.data, acc[k]) for k in range(slots)])
+                whole = Cat(*[Mux(eq_const(j, k), self.r.payload.data, acc[k]) for k in range(slots)])
                 m.d.sync += [out_valid.eq(1), out_data.eq(Mux(nwords == 1, single, whole)),
                              out_err.eq(err | self.r.payload.err), j.eq(0), err.eq(0)]
             with m.Else():
                 for k in range(slots):
-                    with m.If(j == k):
+                    with m.If(eq_const(j, k)):
                         m.d.sync += acc[k].eq(self.r.payload.data)
                 m.d.sync += [j.eq(j + 1), err.eq(err | self.r.payload.err)]
         m.d.comb += self.idle.eq(~shapes.r_rdy & ~out_valid)
@@ -172,7 +173,7 @@ class ExtWriter(wiring.Component):
             self.aw.payload.strb.eq(strb),
             self.req.ready.eq(self.aw.ready & (pending < self.max_pending)),
             self.b.ready.eq(1),
-            self.idle.eq(pending == 0),
+            self.idle.eq(~pending.any()),
         ]
         sent = self.aw.valid & self.aw.ready
         back = self.b.valid

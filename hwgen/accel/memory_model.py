@@ -98,8 +98,8 @@ class MemoryModel(wiring.Component):
         in_flight = Signal(range(depth + 1))
         m.d.comb += in_flight.eq(sum(valid, rq.level))
         cur, left = Signal(EXT_BITS), Signal(LEN_BITS + 1)
-        word = (left != 0) & (in_flight < depth)
-        m.d.comb += arq.r_en.eq(arq.r_rdy & ((left == 0) | ((left == 1) & word)))   # bursts back to back
+        word = left.any() & (in_flight < depth)
+        m.d.comb += arq.r_en.eq(arq.r_rdy & (~left.any() | ((left == 1) & word)))   # bursts back to back
         with m.If(arq.r_en):
             m.d.sync += [cur.eq(arq.r_data[:aw]), left.eq(arq.r_data[aw:] + 1)]
         with m.Elif(word):
