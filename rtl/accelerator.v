@@ -768,23 +768,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$126 ;
   wire \$127 ;
   wire \$128 ;
-  reg [15:0] \$129 ;
+  wire \$129 ;
   wire [21:0] \$13 ;
   wire \$130 ;
-  wire \$131 ;
+  reg [15:0] \$131 ;
   wire \$132 ;
   wire \$133 ;
   wire \$134 ;
-  wire [32:0] \$135 ;
-  wire [39:0] \$136 ;
-  wire [40:0] \$137 ;
-  wire [22:0] \$138 ;
-  wire [32:0] \$139 ;
+  wire \$135 ;
+  wire \$136 ;
+  wire [32:0] \$137 ;
+  wire [39:0] \$138 ;
+  wire [40:0] \$139 ;
   wire [16:0] \$14 ;
-  wire [40:0] \$140 ;
-  wire [2:0] \$141 ;
-  wire \$142 ;
-  wire \$143 ;
+  wire [22:0] \$140 ;
+  wire [32:0] \$141 ;
+  wire [40:0] \$142 ;
+  wire [2:0] \$143 ;
   wire \$144 ;
   wire \$145 ;
   wire \$146 ;
@@ -793,173 +793,173 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$149 ;
   wire [17:0] \$15 ;
   wire \$150 ;
-  wire [3:0] \$151 ;
+  wire \$151 ;
   wire \$152 ;
-  wire [2:0] \$153 ;
-  wire [3:0] \$154 ;
-  wire \$155 ;
+  wire [3:0] \$153 ;
+  wire \$154 ;
+  wire [2:0] \$155 ;
   wire [3:0] \$156 ;
-  wire [3:0] \$157 ;
-  wire \$158 ;
-  wire [4:0] \$159 ;
+  wire \$157 ;
+  wire [3:0] \$158 ;
+  wire [3:0] \$159 ;
   wire [17:0] \$16 ;
-  wire [3:0] \$160 ;
-  wire \$161 ;
-  wire [5:0] \$162 ;
-  wire [3:0] \$163 ;
-  wire \$164 ;
-  wire [6:0] \$165 ;
-  wire [3:0] \$166 ;
-  wire \$167 ;
-  wire [7:0] \$168 ;
-  wire [3:0] \$169 ;
+  wire \$160 ;
+  wire [4:0] \$161 ;
+  wire [3:0] \$162 ;
+  wire \$163 ;
+  wire [5:0] \$164 ;
+  wire [3:0] \$165 ;
+  wire \$166 ;
+  wire [6:0] \$167 ;
+  wire [3:0] \$168 ;
+  wire \$169 ;
   wire [21:0] \$17 ;
-  wire \$170 ;
-  wire [8:0] \$171 ;
+  wire [7:0] \$170 ;
+  wire [3:0] \$171 ;
   wire \$172 ;
-  reg \$173 ;
+  wire [8:0] \$173 ;
   wire \$174 ;
-  wire \$175 ;
-  wire [9:0] \$176 ;
-  wire [16:0] \$177 ;
-  reg \$178 ;
-  wire \$179 ;
+  reg \$175 ;
+  wire \$176 ;
+  wire \$177 ;
+  wire [9:0] \$178 ;
+  wire [16:0] \$179 ;
   wire [16:0] \$18 ;
-  wire \$180 ;
+  reg \$180 ;
   wire \$181 ;
   wire \$182 ;
   wire \$183 ;
-  wire [9:0] \$184 ;
-  wire [16:0] \$185 ;
-  reg \$186 ;
-  wire \$187 ;
-  wire \$188 ;
+  wire \$184 ;
+  wire \$185 ;
+  wire [9:0] \$186 ;
+  wire [16:0] \$187 ;
+  reg \$188 ;
   wire \$189 ;
   wire [17:0] \$19 ;
   wire \$190 ;
-  wire [9:0] \$191 ;
-  wire [16:0] \$192 ;
-  reg \$193 ;
-  wire \$194 ;
-  wire \$195 ;
+  wire \$191 ;
+  wire \$192 ;
+  wire [9:0] \$193 ;
+  wire [16:0] \$194 ;
+  reg \$195 ;
   wire \$196 ;
   wire \$197 ;
-  wire [9:0] \$198 ;
-  wire [16:0] \$199 ;
+  wire \$198 ;
+  wire \$199 ;
   wire \$2 ;
   wire [17:0] \$20 ;
-  reg \$200 ;
-  wire \$201 ;
-  wire \$202 ;
+  wire [9:0] \$200 ;
+  wire [16:0] \$201 ;
+  reg \$202 ;
   wire \$203 ;
   wire \$204 ;
-  wire [9:0] \$205 ;
-  wire [16:0] \$206 ;
-  reg \$207 ;
-  wire \$208 ;
-  wire \$209 ;
+  wire \$205 ;
+  wire \$206 ;
+  wire [9:0] \$207 ;
+  wire [16:0] \$208 ;
+  reg \$209 ;
   wire [21:0] \$21 ;
   wire \$210 ;
   wire \$211 ;
-  wire [9:0] \$212 ;
-  wire [16:0] \$213 ;
-  reg \$214 ;
-  wire \$215 ;
-  wire \$216 ;
+  wire \$212 ;
+  wire \$213 ;
+  wire [9:0] \$214 ;
+  wire [16:0] \$215 ;
+  reg \$216 ;
   wire \$217 ;
   wire \$218 ;
-  wire [9:0] \$219 ;
+  wire \$219 ;
   wire \$22 ;
-  wire [16:0] \$220 ;
-  reg \$221 ;
-  wire \$222 ;
-  wire \$223 ;
+  wire \$220 ;
+  wire [9:0] \$221 ;
+  wire [16:0] \$222 ;
+  reg \$223 ;
   wire \$224 ;
   wire \$225 ;
-  wire [9:0] \$226 ;
-  wire [16:0] \$227 ;
-  reg \$228 ;
-  wire \$229 ;
+  wire \$226 ;
+  wire \$227 ;
+  wire [9:0] \$228 ;
+  wire [16:0] \$229 ;
   wire [3:0] \$23 ;
-  wire \$230 ;
+  reg \$230 ;
   wire \$231 ;
   wire \$232 ;
-  wire [9:0] \$233 ;
-  wire [16:0] \$234 ;
-  reg \$235 ;
-  wire \$236 ;
-  wire \$237 ;
+  wire \$233 ;
+  wire \$234 ;
+  wire [9:0] \$235 ;
+  wire [16:0] \$236 ;
+  reg \$237 ;
   wire \$238 ;
   wire \$239 ;
   wire \$24 ;
   wire \$240 ;
   wire \$241 ;
-  wire [9:0] \$242 ;
-  wire [16:0] \$243 ;
-  reg \$244 ;
-  wire \$245 ;
-  wire \$246 ;
+  wire \$242 ;
+  wire \$243 ;
+  wire [9:0] \$244 ;
+  wire [16:0] \$245 ;
+  reg \$246 ;
   wire \$247 ;
   wire \$248 ;
   wire \$249 ;
   wire \$25 ;
   wire \$250 ;
-  wire [9:0] \$251 ;
-  wire [16:0] \$252 ;
-  reg \$253 ;
-  wire \$254 ;
-  wire \$255 ;
+  wire \$251 ;
+  wire \$252 ;
+  wire [9:0] \$253 ;
+  wire [16:0] \$254 ;
+  reg \$255 ;
   wire \$256 ;
   wire \$257 ;
   wire \$258 ;
   wire \$259 ;
   wire [3:0] \$26 ;
-  wire [9:0] \$260 ;
-  wire [16:0] \$261 ;
-  reg \$262 ;
-  wire \$263 ;
-  wire \$264 ;
+  wire \$260 ;
+  wire \$261 ;
+  wire [9:0] \$262 ;
+  wire [16:0] \$263 ;
+  reg \$264 ;
   wire \$265 ;
   wire \$266 ;
   wire \$267 ;
   wire \$268 ;
-  wire [9:0] \$269 ;
+  wire \$269 ;
   wire \$27 ;
-  wire [16:0] \$270 ;
-  reg \$271 ;
-  wire \$272 ;
-  wire \$273 ;
+  wire \$270 ;
+  wire [9:0] \$271 ;
+  wire [16:0] \$272 ;
+  reg \$273 ;
   wire \$274 ;
   wire \$275 ;
   wire \$276 ;
   wire \$277 ;
-  wire [9:0] \$278 ;
-  wire [16:0] \$279 ;
+  wire \$278 ;
+  wire \$279 ;
   wire \$28 ;
-  reg \$280 ;
-  wire \$281 ;
-  wire \$282 ;
+  wire [9:0] \$280 ;
+  wire [16:0] \$281 ;
+  reg \$282 ;
   wire \$283 ;
   wire \$284 ;
   wire \$285 ;
   wire \$286 ;
-  wire [9:0] \$287 ;
-  wire [16:0] \$288 ;
-  reg \$289 ;
+  wire \$287 ;
+  wire \$288 ;
+  wire [9:0] \$289 ;
   wire \$29 ;
-  wire \$290 ;
-  wire \$291 ;
+  wire [16:0] \$290 ;
+  reg \$291 ;
   wire \$292 ;
   wire \$293 ;
   wire \$294 ;
   wire \$295 ;
-  wire [9:0] \$296 ;
-  wire [16:0] \$297 ;
-  reg \$298 ;
-  wire \$299 ;
+  wire \$296 ;
+  wire \$297 ;
+  wire [9:0] \$298 ;
+  wire [16:0] \$299 ;
   wire [16:0] \$3 ;
   wire \$30 ;
-  wire \$300 ;
+  reg \$300 ;
   wire \$301 ;
   wire \$302 ;
   wire \$303 ;
@@ -977,7 +977,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$314 ;
   wire \$315 ;
   wire \$316 ;
-  wire [7:0] \$317 ;
+  wire \$317 ;
   wire \$318 ;
   wire [7:0] \$319 ;
   wire \$32 ;
@@ -995,16 +995,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$330 ;
   wire [7:0] \$331 ;
   wire \$332 ;
-  reg [31:0] \$333 ;
+  wire [7:0] \$333 ;
   wire \$334 ;
-  wire [19:0] \$335 ;
-  wire [20:0] \$336 ;
-  wire \$337 ;
-  wire [19:0] \$338 ;
-  wire [20:0] \$339 ;
+  reg [31:0] \$335 ;
+  wire \$336 ;
+  wire [19:0] \$337 ;
+  wire [20:0] \$338 ;
+  wire \$339 ;
   wire \$34 ;
-  wire \$340 ;
-  wire \$341 ;
+  wire [19:0] \$340 ;
+  wire [20:0] \$341 ;
   wire \$342 ;
   wire \$343 ;
   wire \$344 ;
@@ -1018,11 +1018,11 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$351 ;
   wire \$352 ;
   wire \$353 ;
-  wire [48:0] \$354 ;
-  reg [47:0] \$355 ;
+  wire \$354 ;
+  wire \$355 ;
   wire [48:0] \$356 ;
-  wire \$357 ;
-  wire \$358 ;
+  reg [47:0] \$357 ;
+  wire [48:0] \$358 ;
   wire \$359 ;
   wire \$36 ;
   wire \$360 ;
@@ -1043,23 +1043,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$374 ;
   wire \$375 ;
   wire \$376 ;
-  wire [16:0] \$377 ;
+  wire \$377 ;
   wire \$378 ;
   wire [16:0] \$379 ;
   wire \$38 ;
-  wire [16:0] \$380 ;
-  wire \$381 ;
-  wire \$382 ;
+  wire \$380 ;
+  wire [16:0] \$381 ;
+  wire [16:0] \$382 ;
   wire \$383 ;
   wire \$384 ;
   wire \$385 ;
   wire \$386 ;
   wire \$387 ;
   wire \$388 ;
-  wire [32:0] \$389 ;
+  wire \$389 ;
   wire \$39 ;
   wire \$390 ;
-  wire \$391 ;
+  wire [32:0] \$391 ;
   wire \$392 ;
   wire \$393 ;
   wire \$394 ;
@@ -1100,134 +1100,134 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$425 ;
   wire \$426 ;
   wire \$427 ;
-  wire [3:0] \$428 ;
+  wire \$428 ;
   wire \$429 ;
   wire \$43 ;
   wire \$430 ;
   wire \$431 ;
-  wire \$432 ;
-  wire [3:0] \$433 ;
-  wire [16:0] \$434 ;
-  wire [17:0] \$435 ;
-  wire [17:0] \$436 ;
-  wire [33:0] \$437 ;
-  wire [16:0] \$438 ;
+  wire [3:0] \$432 ;
+  wire \$433 ;
+  wire \$434 ;
+  wire \$435 ;
+  wire [3:0] \$436 ;
+  wire [16:0] \$437 ;
+  wire [17:0] \$438 ;
   wire [17:0] \$439 ;
   wire \$44 ;
-  wire [17:0] \$440 ;
-  wire [51:0] \$441 ;
-  wire \$442 ;
-  wire \$443 ;
-  wire \$444 ;
+  wire [33:0] \$440 ;
+  wire [16:0] \$441 ;
+  wire [17:0] \$442 ;
+  wire [17:0] \$443 ;
+  wire [51:0] \$444 ;
   wire \$445 ;
   wire \$446 ;
   wire \$447 ;
   wire \$448 ;
-  wire [16:0] \$449 ;
+  wire \$449 ;
   wire \$45 ;
   wire \$450 ;
   wire \$451 ;
-  wire \$452 ;
+  wire [16:0] \$452 ;
   wire \$453 ;
   wire \$454 ;
-  wire [16:0] \$455 ;
+  wire \$455 ;
   wire \$456 ;
   wire \$457 ;
   wire [16:0] \$458 ;
   wire \$459 ;
   wire \$46 ;
   wire \$460 ;
-  wire \$461 ;
-  wire [32:0] \$462 ;
-  wire [16:0] \$463 ;
-  wire [17:0] \$464 ;
-  wire [17:0] \$465 ;
-  wire [18:0] \$466 ;
-  wire \$467 ;
-  wire [16:0] \$468 ;
-  wire [32:0] \$469 ;
+  wire [16:0] \$461 ;
+  wire \$462 ;
+  wire \$463 ;
+  wire \$464 ;
+  wire [32:0] \$465 ;
+  wire [16:0] \$466 ;
+  wire [17:0] \$467 ;
+  wire [17:0] \$468 ;
+  wire [18:0] \$469 ;
   wire \$47 ;
   wire \$470 ;
-  wire \$471 ;
-  wire \$472 ;
+  wire [16:0] \$471 ;
+  wire [32:0] \$472 ;
   wire \$473 ;
   wire \$474 ;
   wire \$475 ;
-  wire [16:0] \$476 ;
-  wire [16:0] \$477 ;
+  wire \$476 ;
+  wire \$477 ;
   wire \$478 ;
-  wire \$479 ;
+  wire [16:0] \$479 ;
   wire \$48 ;
-  wire \$480 ;
+  wire [16:0] \$480 ;
   wire \$481 ;
   wire \$482 ;
   wire \$483 ;
-  wire [16:0] \$484 ;
-  wire [17:0] \$485 ;
-  wire [17:0] \$486 ;
-  wire [33:0] \$487 ;
-  wire \$488 ;
-  reg \$489 ;
+  wire \$484 ;
+  wire \$485 ;
+  wire \$486 ;
+  wire [16:0] \$487 ;
+  wire [17:0] \$488 ;
+  wire [17:0] \$489 ;
   wire \$49 ;
-  wire \$490 ;
+  wire [33:0] \$490 ;
   wire \$491 ;
-  wire [16:0] \$492 ;
+  reg \$492 ;
   wire \$493 ;
-  wire [4:0] \$494 ;
-  wire \$495 ;
+  wire \$494 ;
+  wire [16:0] \$495 ;
   wire \$496 ;
-  wire [16:0] \$497 ;
+  wire [4:0] \$497 ;
   wire \$498 ;
-  reg \$499 ;
+  wire \$499 ;
   wire [17:0] \$5 ;
   wire \$50 ;
-  wire \$500 ;
+  wire [16:0] \$500 ;
   wire \$501 ;
-  wire \$502 ;
+  reg \$502 ;
   wire \$503 ;
   wire \$504 ;
   wire \$505 ;
-  wire [16:0] \$506 ;
+  wire \$506 ;
   wire \$507 ;
-  wire [16:0] \$508 ;
-  wire \$509 ;
+  wire \$508 ;
+  wire [16:0] \$509 ;
   wire \$51 ;
-  wire [16:0] \$510 ;
-  wire [17:0] \$511 ;
-  wire [17:0] \$512 ;
-  wire [18:0] \$513 ;
-  wire \$514 ;
-  wire \$515 ;
-  wire [32:0] \$516 ;
-  wire [16:0] \$517 ;
-  wire [16:0] \$518 ;
-  wire \$519 ;
+  wire \$510 ;
+  wire [16:0] \$511 ;
+  wire \$512 ;
+  wire [16:0] \$513 ;
+  wire [17:0] \$514 ;
+  wire [17:0] \$515 ;
+  wire [18:0] \$516 ;
+  wire \$517 ;
+  wire \$518 ;
+  wire [32:0] \$519 ;
   wire \$52 ;
-  wire \$520 ;
-  wire \$521 ;
+  wire [16:0] \$520 ;
+  wire [16:0] \$521 ;
   wire \$522 ;
   wire \$523 ;
   wire \$524 ;
   wire \$525 ;
   wire \$526 ;
-  wire [2:0] \$527 ;
-  wire [3:0] \$528 ;
-  wire [4:0] \$529 ;
+  wire \$527 ;
+  wire \$528 ;
+  wire \$529 ;
   wire \$53 ;
-  wire [5:0] \$530 ;
-  wire [6:0] \$531 ;
-  wire [7:0] \$532 ;
-  wire [8:0] \$533 ;
-  wire \$534 ;
-  wire [4:0] \$535 ;
-  reg \$536 ;
-  reg [2:0] \$537 ;
-  reg \$538 ;
-  reg [2:0] \$539 ;
+  wire [2:0] \$530 ;
+  wire [3:0] \$531 ;
+  wire [4:0] \$532 ;
+  wire [5:0] \$533 ;
+  wire [6:0] \$534 ;
+  wire [7:0] \$535 ;
+  wire [8:0] \$536 ;
+  wire \$537 ;
+  wire [4:0] \$538 ;
+  reg \$539 ;
   wire \$54 ;
-  reg [47:0] \$540 ;
-  reg [47:0] \$541 ;
-  reg [47:0] \$542 ;
+  reg [2:0] \$540 ;
+  reg \$541 ;
+  reg [2:0] \$542 ;
   reg [47:0] \$543 ;
   reg [47:0] \$544 ;
   reg [47:0] \$545 ;
@@ -1243,69 +1243,72 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [47:0] \$554 ;
   reg [47:0] \$555 ;
   reg [47:0] \$556 ;
-  reg [31:0] \$557 ;
-  reg \$558 ;
-  reg \$559 ;
+  reg [47:0] \$557 ;
+  reg [47:0] \$558 ;
+  reg [47:0] \$559 ;
   wire \$56 ;
-  reg [3:0] \$560 ;
+  reg [31:0] \$560 ;
   reg \$561 ;
-  reg [2:0] \$562 ;
-  reg [511:0] \$563 ;
-  reg [15:0] \$564 ;
-  reg [15:0] \$565 ;
-  reg [15:0] \$566 ;
+  reg \$562 ;
+  reg [3:0] \$563 ;
+  reg \$564 ;
+  reg [2:0] \$565 ;
+  reg [511:0] \$566 ;
   reg [15:0] \$567 ;
   reg [15:0] \$568 ;
-  reg [15:0] \$569 ;
+  reg \$569 ;
   wire \$57 ;
   reg [15:0] \$570 ;
   reg [15:0] \$571 ;
   reg [15:0] \$572 ;
   reg [15:0] \$573 ;
-  reg \$574 ;
-  reg [2:0] \$575 ;
-  reg [2:0] \$576 ;
-  reg [31:0] \$577 ;
-  reg [15:0] \$578 ;
-  reg [15:0] \$579 ;
+  reg [15:0] \$574 ;
+  reg [15:0] \$575 ;
+  reg [15:0] \$576 ;
+  reg [15:0] \$577 ;
+  reg [2:0] \$578 ;
+  reg [2:0] \$579 ;
   wire \$58 ;
   reg [31:0] \$580 ;
-  reg \$581 ;
+  reg [15:0] \$581 ;
   reg [15:0] \$582 ;
-  reg \$583 ;
-  reg [7:0] \$584 ;
-  reg [7:0] \$585 ;
-  reg [7:0] \$586 ;
+  reg [31:0] \$583 ;
+  reg \$584 ;
+  reg [15:0] \$585 ;
+  reg \$586 ;
   reg [7:0] \$587 ;
   reg [7:0] \$588 ;
   reg [7:0] \$589 ;
   wire \$59 ;
   reg [7:0] \$590 ;
   reg [7:0] \$591 ;
-  reg \$592 ;
-  reg \$593 ;
-  reg \$594 ;
-  reg [3:0] \$595 ;
-  reg [15:0] \$596 ;
+  reg [7:0] \$592 ;
+  reg [7:0] \$593 ;
+  reg [7:0] \$594 ;
+  reg \$595 ;
+  reg \$596 ;
   reg \$597 ;
-  reg [15:0] \$598 ;
+  reg [3:0] \$598 ;
   reg [15:0] \$599 ;
   wire [21:0] \$6 ;
   wire \$60 ;
-  reg [31:0] \$600 ;
-  reg \$601 ;
-  reg \$602 ;
-  reg \$603 ;
-  reg [7:0] \$604 ;
-  reg [7:0] \$605 ;
-  reg [7:0] \$606 ;
+  reg \$600 ;
+  reg [15:0] \$601 ;
+  reg [15:0] \$602 ;
+  reg [31:0] \$603 ;
+  reg \$604 ;
+  reg \$605 ;
+  reg \$606 ;
   reg [7:0] \$607 ;
   reg [7:0] \$608 ;
   reg [7:0] \$609 ;
   wire \$61 ;
   reg [7:0] \$610 ;
   reg [7:0] \$611 ;
-  reg [3:0] \$612 ;
+  reg [7:0] \$612 ;
+  reg [7:0] \$613 ;
+  reg [7:0] \$614 ;
+  reg [3:0] \$615 ;
   wire \$62 ;
   wire \$63 ;
   wire \$64 ;
@@ -1348,8 +1351,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$98 ;
   wire \$99 ;
   reg \$signal ;
-  reg \$signal$189 ;
-  reg \$signal$192 ;
+  reg \$signal$190 ;
   reg \$signal$235  = 1'h0;
   reg [3:0] \$signal$242  = 4'h0;
   reg \$signal$265  = 1'h0;
@@ -1480,7 +1482,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \b__ready$21 ;
   input b__valid;
   wire b__valid;
-  reg \b__valid$199 ;
+  reg \b__valid$200 ;
   wire \b__valid$23 ;
   reg b_full = 1'h0;
   reg [7:0] b_lane0 = 8'h00;
@@ -1652,11 +1654,11 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [15:0] nt = 16'h0000;
   wire [8:0] o__payload;
   wire [7:0] \o__payload$184 ;
-  wire [63:0] \o__payload$194 ;
-  wire [15:0] \o__payload$194[0] ;
-  wire [15:0] \o__payload$194[1] ;
-  wire [15:0] \o__payload$194[2] ;
-  wire [15:0] \o__payload$194[3] ;
+  wire [63:0] \o__payload$195 ;
+  wire [15:0] \o__payload$195[0] ;
+  wire [15:0] \o__payload$195[1] ;
+  wire [15:0] \o__payload$195[2] ;
+  wire [15:0] \o__payload$195[3] ;
   wire [31:0] \o__payload$215 ;
   wire [7:0] \o__payload$215[0] ;
   wire [7:0] \o__payload$215[1] ;
@@ -1675,12 +1677,12 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \o__payload.last ;
   reg o__ready;
   reg \o__ready$185 ;
-  reg \o__ready$191 ;
+  reg \o__ready$192 ;
   reg \o__ready$214 ;
   reg \o__ready$319 ;
   wire o__valid;
   wire \o__valid$183 ;
-  wire \o__valid$190 ;
+  wire \o__valid$191 ;
   wire \o__valid$213 ;
   wire \o__valid$315 ;
   (* init = 48'h000000000000 *)
@@ -1747,6 +1749,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [47:0] op_cycles__8 = 48'h000000000000;
   output [47:0] op_cycles__9;
   reg [47:0] op_cycles__9 = 48'h000000000000;
+  reg out_ready;
   wire [437:0] p__payload;
   wire [255:0] \p__payload.bias ;
   wire [31:0] \p__payload.bias[0] ;
@@ -1808,9 +1811,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire [18:0] r_data;
   wire [18:0] \r_data$337 ;
   reg r_en;
-  reg \r_en$188 ;
+  reg \r_en$189 ;
   wire r_rdy;
-  wire \r_rdy$187 ;
+  wire \r_rdy$188 ;
   reg [34:0] req__payload;
   reg [98:0] \req__payload$172 ;
   wire [31:0] \req__payload$172.addr ;
@@ -22511,300 +22514,306 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   assign \$signature__data$89  = _8_;
   assign \$signature__data  = _9_;
-  assign \$382  = | ins[511:498];
-  assign \$383  = ~ \$382 ;
-  assign \$384  = ~ \valid$97 ;
-  assign \$385  = \$384  & idle;
-  assign \$386  = | fault;
-  assign \$387  = ~ \$386 ;
-  assign \$388  = \$385  & \$387 ;
-  assign \$389  = pc + 7'h40;
-  assign \$390  = $signed(addr) < $signed(1'h0);
-  assign \$391  = $signed(addr) >= $signed(16'h4000);
-  assign \$392  = \$390  | \$391 ;
-  assign \$393  = valid & \$392 ;
-  assign \$394  = ins[5:0] == 2'h2;
-  assign \$395  = ~ \$394 ;
-  assign \$396  = \$393  & \$395 ;
-  assign \$397  = ~ is_gemm;
-  assign \$398  = \$396  & \$397 ;
-  assign \$399  = $signed(\addr$84 ) < $signed(1'h0);
-  assign \$400  = $signed(\addr$84 ) >= $signed(16'h4000);
-  assign \$401  = \$399  | \$400 ;
-  assign \$402  = \valid$80  & \$401 ;
-  assign \$403  = ins[5:0] == 4'h9;
-  assign \$404  = \$402  & \$403 ;
-  assign \$405  = $signed(\addr$92 ) < $signed(1'h0);
-  assign \$406  = $signed(\addr$92 ) >= $signed(16'h4000);
-  assign \$407  = \$405  | \$406 ;
-  assign \$408  = \valid$97  & \$407 ;
-  assign \$409  = ins[5:0] == 2'h3;
-  assign \$410  = ~ \$409 ;
-  assign \$411  = \$408  & \$410 ;
-  assign \$412  = ~ is_gemm;
-  assign \$413  = \$411  & \$412 ;
-  assign \$414  = | fault;
-  assign \$415  = \idle$335  & idle;
-  assign \$416  = ins[5:0] == 2'h2;
-  assign \$417  = ins[5:0] == 2'h3;
-  assign \$418  = ins[5:0] == 3'h6;
-  assign \$419  = ins[5:0] == 4'h8;
-  assign \$420  = ~ full;
-  assign \$421  = \$420  & r_rdy;
-  assign \$422  = ins[5:0] == 4'h9;
-  assign \$423  = ~ \$422 ;
-  assign \$424  = \r_rdy$187  | \$423 ;
-  assign \$425  = \$421  & \$424 ;
-  assign \$426  = j == 2'h3;
-  assign \$427  = \$426  | r_data[17];
-  assign \$428  = j + 1'h1;
-  assign \$429  = full & in_ready;
-  assign \$430  = \$signal$189  & \valid$97 ;
-  assign \$431  = jo == 2'h3;
-  assign \$432  = \$431  | \final ;
-  assign \$433  = jo + 1'h1;
-  assign \$434  = ins[55:40] + 4'h8;
-  assign \$435  = \$434  - 1'h1;
-  assign \$437  = $signed({ 1'h0, ins[39:24] }) * $signed(\$436 );
-  assign \$438  = ins[71:56] + 4'h8;
-  assign \$439  = \$438  - 1'h1;
-  assign \$441  = $signed(\$437 ) * $signed(\$440 );
-  assign \$442  = streaming & is_gemm;
-  assign \$443  = req__valid & req__ready;
-  assign \$444  = ~ want_w;
-  assign \$445  = ins[5:0] == 3'h4;
-  assign \$446  = \$444  & \$445 ;
-  assign \$447  = ins[5:0] == 3'h4;
-  assign \$448  = ~ \$447 ;
-  assign \$449  = ins[87:72] - 1'h1;
-  assign \$450  = k == \$449 ;
-  assign \$451  = want_w & \$450 ;
-  assign \$452  = \$448  | \$451 ;
-  assign \$453  = ~ \$452 ;
+  assign \$379  = ci + 1'h1;
+  assign \$380  = beat__valid & beat__ready;
+  assign \$381  = cr + 1'h1;
+  assign \$382  = cr + 1'h1;
+  assign \$383  = \$382  == ins[511:498];
+  assign \$384  = | ins[511:498];
+  assign \$385  = ~ \$384 ;
+  assign \$386  = ~ \valid$97 ;
+  assign \$387  = \$386  & idle;
+  assign \$388  = | fault;
+  assign \$389  = ~ \$388 ;
+  assign \$390  = \$387  & \$389 ;
+  assign \$391  = pc + 7'h40;
+  assign \$392  = $signed(addr) < $signed(1'h0);
+  assign \$393  = $signed(addr) >= $signed(16'h4000);
+  assign \$394  = \$392  | \$393 ;
+  assign \$395  = valid & \$394 ;
+  assign \$396  = ins[5:0] == 2'h2;
+  assign \$397  = ~ \$396 ;
+  assign \$398  = \$395  & \$397 ;
+  assign \$399  = ~ is_gemm;
+  assign \$400  = \$398  & \$399 ;
+  assign \$401  = $signed(\addr$84 ) < $signed(1'h0);
+  assign \$402  = $signed(\addr$84 ) >= $signed(16'h4000);
+  assign \$403  = \$401  | \$402 ;
+  assign \$404  = \valid$80  & \$403 ;
+  assign \$405  = ins[5:0] == 4'h9;
+  assign \$406  = \$404  & \$405 ;
+  assign \$407  = $signed(\addr$92 ) < $signed(1'h0);
+  assign \$408  = $signed(\addr$92 ) >= $signed(16'h4000);
+  assign \$409  = \$407  | \$408 ;
+  assign \$410  = \valid$97  & \$409 ;
+  assign \$411  = ins[5:0] == 2'h3;
+  assign \$412  = ~ \$411 ;
+  assign \$413  = \$410  & \$412 ;
+  assign \$414  = ~ is_gemm;
+  assign \$415  = \$413  & \$414 ;
+  assign \$416  = | fault;
+  assign \$417  = \idle$335  & idle;
+  assign \$418  = ins[5:0] == 2'h2;
+  assign \$419  = ins[5:0] == 2'h3;
+  assign \$420  = ins[5:0] == 3'h6;
+  assign \$421  = ins[5:0] == 4'h8;
+  assign \$422  = full & in_ready;
+  assign \$423  = ~ full;
+  assign \$424  = \$423  | in_ready;
+  assign \$425  = \$424  & r_rdy;
+  assign \$426  = ins[5:0] == 4'h9;
+  assign \$427  = ~ \$426 ;
+  assign \$428  = \r_rdy$188  | \$427 ;
+  assign \$429  = \$425  & \$428 ;
+  assign \$430  = j == 2'h3;
+  assign \$431  = \$430  | r_data[17];
+  assign \$432  = j + 1'h1;
+  assign \$433  = \$signal$190  & \valid$97 ;
+  assign \$434  = jo == 2'h3;
+  assign \$435  = \$434  | \final ;
+  assign \$436  = jo + 1'h1;
+  assign \$437  = ins[55:40] + 4'h8;
+  assign \$438  = \$437  - 1'h1;
+  assign \$440  = $signed({ 1'h0, ins[39:24] }) * $signed(\$439 );
+  assign \$441  = ins[71:56] + 4'h8;
+  assign \$442  = \$441  - 1'h1;
+  assign \$444  = $signed(\$440 ) * $signed(\$443 );
+  assign \$445  = streaming & is_gemm;
+  assign \$446  = req__valid & req__ready;
+  assign \$447  = ~ want_w;
+  assign \$448  = ins[5:0] == 3'h4;
+  assign \$449  = \$447  & \$448 ;
+  assign \$450  = ins[5:0] == 3'h4;
+  assign \$451  = ~ \$450 ;
+  assign \$452  = ins[87:72] - 1'h1;
+  assign \$453  = k == \$452 ;
   assign \$454  = want_w & \$453 ;
-  assign \$455  = k + 1'h1;
-  assign \$456  = ins[5:0] == 3'h4;
-  assign \$457  = ~ \$456 ;
-  assign \$458  = ins[87:72] - 1'h1;
-  assign \$459  = k == \$458 ;
-  assign \$460  = want_w & \$459 ;
-  assign \$461  = \$457  | \$460 ;
-  assign \$462  = tiles - 1'h1;
-  assign \$463  = ins[71:56] + 4'h8;
-  assign \$464  = \$463  - 1'h1;
-  assign \$466  = $signed(\$465 ) - $signed(2'h1);
-  assign \$467  = nt == \$466 ;
-  assign \$468  = nt + 1'h1;
-  assign \$469  = w_row + ins[87:72];
-  assign \$470  = streaming & is_gemm;
-  assign \$471  = \a__valid$232  & \a__ready$233 ;
-  assign \$472  = beat__valid & beat__ready;
-  assign \$473  = ins[5:0] == 3'h4;
-  assign \$474  = \$472  & \$473 ;
-  assign \$475  = rk == ins[87:72];
-  assign \$476  = rk + 1'h1;
-  assign \$477  = \$475  ? 17'h00000 : \$476 ;
-  assign \$478  = ins[5:0] == 3'h4;
-  assign \$479  = ~ \$478 ;
-  assign \$480  = | rk;
-  assign \$481  = ~ \$480 ;
-  assign \$482  = \$479  | \$481 ;
-  assign \$483  = ~ \$482 ;
-  assign \$484  = ins[55:40] + 4'h8;
-  assign \$485  = \$484  - 1'h1;
-  assign \$487  = $signed({ 1'h0, ins[39:24] }) * $signed(\$486 );
-  assign \$488  = streaming & is_gemm;
-  assign \$490  = ~ \$489 ;
-  assign \$491  = r_rdy & \$490 ;
-  assign \$492  = ins[87:72] - 1'h1;
-  assign \$493  = lk == \$492 ;
-  assign \$494  = \$signal$242  + 1'h1;
-  assign \$495  = \$signal$242  == 3'h7;
-  assign \$496  = ~ \$signal$235 ;
-  assign \$497  = lk + 1'h1;
-  assign \$498  = \a__valid$232  & \a__ready$233 ;
-  assign \$500  = ~ \$signal$268 ;
+  assign \$455  = \$451  | \$454 ;
+  assign \$456  = ~ \$455 ;
+  assign \$457  = want_w & \$456 ;
+  assign \$458  = k + 1'h1;
+  assign \$459  = ins[5:0] == 3'h4;
+  assign \$460  = ~ \$459 ;
+  assign \$461  = ins[87:72] - 1'h1;
+  assign \$462  = k == \$461 ;
+  assign \$463  = want_w & \$462 ;
+  assign \$464  = \$460  | \$463 ;
+  assign \$465  = tiles - 1'h1;
+  assign \$466  = ins[71:56] + 4'h8;
+  assign \$467  = \$466  - 1'h1;
+  assign \$469  = $signed(\$468 ) - $signed(2'h1);
+  assign \$470  = nt == \$469 ;
+  assign \$471  = nt + 1'h1;
+  assign \$472  = w_row + ins[87:72];
+  assign \$473  = streaming & is_gemm;
+  assign \$474  = \a__valid$232  & \a__ready$233 ;
+  assign \$475  = beat__valid & beat__ready;
+  assign \$476  = ins[5:0] == 3'h4;
+  assign \$477  = \$475  & \$476 ;
+  assign \$478  = rk == ins[87:72];
+  assign \$479  = rk + 1'h1;
+  assign \$480  = \$478  ? 17'h00000 : \$479 ;
+  assign \$481  = ins[5:0] == 3'h4;
+  assign \$482  = ~ \$481 ;
+  assign \$483  = | rk;
+  assign \$484  = ~ \$483 ;
+  assign \$485  = \$482  | \$484 ;
+  assign \$486  = ~ \$485 ;
+  assign \$487  = ins[55:40] + 4'h8;
+  assign \$488  = \$487  - 1'h1;
+  assign \$490  = $signed({ 1'h0, ins[39:24] }) * $signed(\$489 );
+  assign \$491  = streaming & is_gemm;
+  assign \$493  = ~ \$492 ;
+  assign \$494  = r_rdy & \$493 ;
+  assign \$495  = ins[87:72] - 1'h1;
+  assign \$496  = lk == \$495 ;
+  assign \$497  = \$signal$242  + 1'h1;
+  assign \$498  = \$signal$242  == 3'h7;
+  assign \$499  = ~ \$signal$235 ;
+  assign \$500  = lk + 1'h1;
   assign \$501  = \a__valid$232  & \a__ready$233 ;
-  assign \$502  = \$500  | \$501 ;
-  assign \$503  = \$499  & \$502 ;
-  assign \$504  = | feed_blocks;
-  assign \$505  = \$503  & \$504 ;
-  assign \$506  = ins[87:72] - 1'h1;
-  assign \$507  = \$signal$266  == \$506 ;
-  assign \$508  = ins[87:72] - 1'h1;
-  assign \$509  = \$signal$266  == \$508 ;
-  assign \$510  = ins[71:56] + 4'h8;
-  assign \$511  = \$510  - 1'h1;
-  assign \$513  = $signed(\$512 ) - $signed(2'h1);
-  assign \$514  = fnt == \$513 ;
-  assign \$515  = ~ \$signal$265 ;
-  assign \$516  = feed_blocks - 1'h1;
-  assign \$517  = fnt + 1'h1;
-  assign \$518  = \$signal$266  + 1'h1;
-  assign \$519  = \a__valid$232  & \a__ready$233 ;
-  assign \$520  = ~ b_full;
-  assign \$521  = \a__valid$232  & \a__ready$233 ;
-  assign \$522  = \$520  | \$521 ;
-  assign \$523  = \$522  & \r_rdy$187 ;
-  assign \$524  = ins[5:0] == 3'h4;
-  assign \$525  = ~ \$524 ;
-  assign \$526  = \$523  & \$525 ;
-  assign \$534  = \$signal$339  == 3'h7;
-  assign \$535  = \$signal$339  + 1'h1;
+  assign \$503  = ~ \$signal$268 ;
+  assign \$504  = \a__valid$232  & \a__ready$233 ;
+  assign \$505  = \$503  | \$504 ;
+  assign \$506  = \$502  & \$505 ;
+  assign \$507  = | feed_blocks;
+  assign \$508  = \$506  & \$507 ;
+  assign \$509  = ins[87:72] - 1'h1;
+  assign \$510  = \$signal$266  == \$509 ;
+  assign \$511  = ins[87:72] - 1'h1;
+  assign \$512  = \$signal$266  == \$511 ;
+  assign \$513  = ins[71:56] + 4'h8;
+  assign \$514  = \$513  - 1'h1;
+  assign \$516  = $signed(\$515 ) - $signed(2'h1);
+  assign \$517  = fnt == \$516 ;
+  assign \$518  = ~ \$signal$265 ;
+  assign \$519  = feed_blocks - 1'h1;
+  assign \$520  = fnt + 1'h1;
+  assign \$521  = \$signal$266  + 1'h1;
+  assign \$522  = \a__valid$232  & \a__ready$233 ;
+  assign \$523  = ~ b_full;
+  assign \$524  = \a__valid$232  & \a__ready$233 ;
+  assign \$525  = \$523  | \$524 ;
+  assign \$526  = \$525  & \r_rdy$188 ;
+  assign \$527  = ins[5:0] == 3'h4;
+  assign \$528  = ~ \$527 ;
+  assign \$529  = \$526  & \$528 ;
+  assign \$537  = \$signal$339  == 3'h7;
+  assign \$538  = \$signal$339  + 1'h1;
   always @(posedge clk)
-    src0_inflight <= \$536 ;
+    src0_inflight <= \$539 ;
   always @(posedge clk)
-    src0_meta <= \$537 ;
+    src0_meta <= \$540 ;
   always @(posedge clk)
-    src1_inflight <= \$538 ;
+    src1_inflight <= \$541 ;
   always @(posedge clk)
-    src1_meta <= \$539 ;
+    src1_meta <= \$542 ;
   always @(posedge clk)
-    cycles <= \$540 ;
+    cycles <= \$543 ;
   always @(posedge clk)
-    op_cycles__0 <= \$541 ;
+    op_cycles__0 <= \$544 ;
   always @(posedge clk)
-    op_cycles__1 <= \$542 ;
+    op_cycles__1 <= \$545 ;
   always @(posedge clk)
-    op_cycles__2 <= \$543 ;
+    op_cycles__2 <= \$546 ;
   always @(posedge clk)
-    op_cycles__3 <= \$544 ;
+    op_cycles__3 <= \$547 ;
   always @(posedge clk)
-    op_cycles__4 <= \$545 ;
+    op_cycles__4 <= \$548 ;
   always @(posedge clk)
-    op_cycles__5 <= \$546 ;
+    op_cycles__5 <= \$549 ;
   always @(posedge clk)
-    op_cycles__6 <= \$547 ;
+    op_cycles__6 <= \$550 ;
   always @(posedge clk)
-    op_cycles__7 <= \$548 ;
+    op_cycles__7 <= \$551 ;
   always @(posedge clk)
-    op_cycles__8 <= \$549 ;
+    op_cycles__8 <= \$552 ;
   always @(posedge clk)
-    op_cycles__9 <= \$550 ;
+    op_cycles__9 <= \$553 ;
   always @(posedge clk)
-    op_cycles__10 <= \$551 ;
+    op_cycles__10 <= \$554 ;
   always @(posedge clk)
-    op_cycles__11 <= \$552 ;
+    op_cycles__11 <= \$555 ;
   always @(posedge clk)
-    op_cycles__12 <= \$553 ;
+    op_cycles__12 <= \$556 ;
   always @(posedge clk)
-    op_cycles__13 <= \$554 ;
+    op_cycles__13 <= \$557 ;
   always @(posedge clk)
-    op_cycles__14 <= \$555 ;
+    op_cycles__14 <= \$558 ;
   always @(posedge clk)
-    op_cycles__15 <= \$556 ;
+    op_cycles__15 <= \$559 ;
   always @(posedge clk)
-    pc <= \$557 ;
+    pc <= \$560 ;
   always @(posedge clk)
-    busy <= \$558 ;
+    busy <= \$561 ;
   always @(posedge clk)
-    done <= \$559 ;
+    done <= \$562 ;
   always @(posedge clk)
-    error <= \$560 ;
+    error <= \$563 ;
   always @(posedge clk)
-    fetch_sent <= \$561 ;
+    fetch_sent <= \$564 ;
   always @(posedge clk)
-    seq_state <= \$562 ;
+    seq_state <= \$565 ;
   always @(posedge clk)
-    ins <= \$563 ;
+    ins <= \$566 ;
   always @(posedge clk)
-    ci <= \$564 ;
+    ci <= \$567 ;
   always @(posedge clk)
-    cr <= \$565 ;
+    cr <= \$568 ;
   always @(posedge clk)
-    pack_a0 <= \$566 ;
+    full <= \$569 ;
   always @(posedge clk)
-    pack_a1 <= \$567 ;
+    pack_a0 <= \$570 ;
   always @(posedge clk)
-    pack_a2 <= \$568 ;
+    pack_a1 <= \$571 ;
   always @(posedge clk)
-    pack_a3 <= \$569 ;
+    pack_a2 <= \$572 ;
   always @(posedge clk)
-    pack_b0 <= \$570 ;
+    pack_a3 <= \$573 ;
   always @(posedge clk)
-    pack_b1 <= \$571 ;
+    pack_b0 <= \$574 ;
   always @(posedge clk)
-    pack_b2 <= \$572 ;
+    pack_b1 <= \$575 ;
   always @(posedge clk)
-    pack_b3 <= \$573 ;
+    pack_b2 <= \$576 ;
   always @(posedge clk)
-    full <= \$574 ;
+    pack_b3 <= \$577 ;
   always @(posedge clk)
-    j <= \$575 ;
+    j <= \$578 ;
   always @(posedge clk)
-    jo <= \$576 ;
+    jo <= \$579 ;
   always @(posedge clk)
-    tiles <= \$577 ;
+    tiles <= \$580 ;
   always @(posedge clk)
-    nt <= \$578 ;
+    nt <= \$581 ;
   always @(posedge clk)
-    k <= \$579 ;
+    k <= \$582 ;
   always @(posedge clk)
-    w_row <= \$580 ;
+    w_row <= \$583 ;
   always @(posedge clk)
-    want_w <= \$581 ;
+    want_w <= \$584 ;
   always @(posedge clk)
-    rk <= \$582 ;
+    rk <= \$585 ;
   always @(posedge clk)
-    w_full <= \$583 ;
+    w_full <= \$586 ;
   always @(posedge clk)
-    w_lane0 <= \$584 ;
+    w_lane0 <= \$587 ;
   always @(posedge clk)
-    w_lane1 <= \$585 ;
+    w_lane1 <= \$588 ;
   always @(posedge clk)
-    w_lane2 <= \$586 ;
+    w_lane2 <= \$589 ;
   always @(posedge clk)
-    w_lane3 <= \$587 ;
+    w_lane3 <= \$590 ;
   always @(posedge clk)
-    w_lane4 <= \$588 ;
+    w_lane4 <= \$591 ;
   always @(posedge clk)
-    w_lane5 <= \$589 ;
+    w_lane5 <= \$592 ;
   always @(posedge clk)
-    w_lane6 <= \$590 ;
+    w_lane6 <= \$593 ;
   always @(posedge clk)
-    w_lane7 <= \$591 ;
+    w_lane7 <= \$594 ;
   always @(posedge clk)
-    a_filled0 <= \$592 ;
+    a_filled0 <= \$595 ;
   always @(posedge clk)
-    a_filled1 <= \$593 ;
+    a_filled1 <= \$596 ;
   always @(posedge clk)
-    \$signal$235  <= \$594 ;
+    \$signal$235  <= \$597 ;
   always @(posedge clk)
-    \$signal$242  <= \$595 ;
+    \$signal$242  <= \$598 ;
   always @(posedge clk)
-    lk <= \$596 ;
+    lk <= \$599 ;
   always @(posedge clk)
-    \$signal$265  <= \$597 ;
+    \$signal$265  <= \$600 ;
   always @(posedge clk)
-    \$signal$266  <= \$598 ;
+    \$signal$266  <= \$601 ;
   always @(posedge clk)
-    fnt <= \$599 ;
+    fnt <= \$602 ;
   always @(posedge clk)
-    feed_blocks <= \$600 ;
+    feed_blocks <= \$603 ;
   always @(posedge clk)
-    \$signal$268  <= \$601 ;
+    \$signal$268  <= \$604 ;
   always @(posedge clk)
-    a_last <= \$602 ;
+    a_last <= \$605 ;
   always @(posedge clk)
-    b_full <= \$603 ;
+    b_full <= \$606 ;
   always @(posedge clk)
-    b_lane0 <= \$604 ;
+    b_lane0 <= \$607 ;
   always @(posedge clk)
-    b_lane1 <= \$605 ;
+    b_lane1 <= \$608 ;
   always @(posedge clk)
-    b_lane2 <= \$606 ;
+    b_lane2 <= \$609 ;
   always @(posedge clk)
-    b_lane3 <= \$607 ;
+    b_lane3 <= \$610 ;
   always @(posedge clk)
-    b_lane4 <= \$608 ;
+    b_lane4 <= \$611 ;
   always @(posedge clk)
-    b_lane5 <= \$609 ;
+    b_lane5 <= \$612 ;
   always @(posedge clk)
-    b_lane6 <= \$610 ;
+    b_lane6 <= \$613 ;
   always @(posedge clk)
-    b_lane7 <= \$611 ;
+    b_lane7 <= \$614 ;
   always @(posedge clk)
-    \$signal$339  <= \$612 ;
+    \$signal$339  <= \$615 ;
   assign \$1  = ins[5:0] == 3'h4;
   assign \$2  = ins[5:0] == 3'h5;
   assign is_gemm = \$1  | \$2 ;
@@ -22906,258 +22915,255 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \$107  = r_rdy & \i__ready$182 ;
   assign \$108  = ins[5:0] == 4'h9;
   assign \$109  = ~ full;
-  assign \$110  = \$109  & r_rdy;
-  assign \$111  = ins[5:0] == 4'h9;
-  assign \$112  = ~ \$111 ;
-  assign \$113  = \r_rdy$187  | \$112 ;
-  assign \$114  = \$110  & \$113 ;
-  assign \$115  = ~ full;
-  assign \$116  = \$115  & r_rdy;
-  assign \$117  = ins[5:0] == 4'h9;
-  assign \$118  = ~ \$117 ;
-  assign \$119  = \r_rdy$187  | \$118 ;
-  assign \$120  = \$116  & \$119 ;
-  assign \$121  = ins[5:0] == 4'h9;
-  assign \$122  = \$120  & \$121 ;
+  assign \$110  = \$109  | in_ready;
+  assign \$111  = \$110  & r_rdy;
+  assign \$112  = ins[5:0] == 4'h9;
+  assign \$113  = ~ \$112 ;
+  assign \$114  = \r_rdy$188  | \$113 ;
+  assign \$115  = \$111  & \$114 ;
+  assign \$116  = ~ full;
+  assign \$117  = \$116  | in_ready;
+  assign \$118  = \$117  & r_rdy;
+  assign \$119  = ins[5:0] == 4'h9;
+  assign \$120  = ~ \$119 ;
+  assign \$121  = \r_rdy$188  | \$120 ;
+  assign \$122  = \$118  & \$121 ;
   assign \$123  = ins[5:0] == 4'h9;
-  assign \$124  = a__ready & \b__ready$202 ;
-  assign \$125  = ins[5:0] == 3'h7;
-  assign \$126  = | ins[7:6];
-  assign \$127  = ~ \$126 ;
-  assign \$128  = \$125  & \$127 ;
-  assign \$130  = \$signal$189  & \valid$97 ;
-  assign \$131  = jo == 2'h3;
-  assign \$132  = \$131  | \final ;
-  assign \$133  = streaming & is_gemm;
-  assign \$134  = | tiles;
-  assign \$135  = w_row + k;
-  assign \$136  = \$135  << w_lb;
-  assign \$137  = ins[465:434] + \$136 ;
-  assign \$139  = ins[497:466] + \$138 ;
-  assign \$140  = want_w ? \$137  : { 8'h00, \$139  };
-  assign \$141  = want_w ? w_lb : 3'h6;
-  assign \$142  = streaming & is_gemm;
-  assign \$143  = ins[5:0] == 3'h4;
-  assign \$144  = ~ \$143 ;
-  assign \$145  = | rk;
+  assign \$124  = \$122  & \$123 ;
+  assign \$125  = ins[5:0] == 4'h9;
+  assign \$126  = a__ready & \b__ready$202 ;
+  assign \$127  = ins[5:0] == 3'h7;
+  assign \$128  = | ins[7:6];
+  assign \$129  = ~ \$128 ;
+  assign \$130  = \$127  & \$129 ;
+  assign \$132  = \$signal$190  & \valid$97 ;
+  assign \$133  = jo == 2'h3;
+  assign \$134  = \$133  | \final ;
+  assign \$135  = streaming & is_gemm;
+  assign \$136  = | tiles;
+  assign \$137  = w_row + k;
+  assign \$138  = \$137  << w_lb;
+  assign \$139  = ins[465:434] + \$138 ;
+  assign \$141  = ins[497:466] + \$140 ;
+  assign \$142  = want_w ? \$139  : { 8'h00, \$141  };
+  assign \$143  = want_w ? w_lb : 3'h6;
+  assign \$144  = streaming & is_gemm;
+  assign \$145  = ins[5:0] == 3'h4;
   assign \$146  = ~ \$145 ;
-  assign \$147  = \$144  | \$146 ;
-  assign \$148  = ~ w_full;
-  assign \$149  = \a__valid$232  & \a__ready$233 ;
-  assign \$150  = \$148  | \$149 ;
-  assign \$153  = \$152  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
-  assign \$156  = \$155  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
-  assign \$159  = \$158  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
-  assign \$162  = \$161  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
-  assign \$165  = \$164  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
-  assign \$168  = \$167  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
-  assign \$171  = \$170  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
-  assign \$172  = streaming & is_gemm;
-  assign \$174  = ~ \$173 ;
-  assign \$175  = r_rdy & \$174 ;
-  assign \$176  = \$signal$235  * 9'h100;
-  assign \$177  = \$176  + lk;
-  assign \$179  = ~ \$178 ;
-  assign \$180  = r_rdy & \$179 ;
-  assign \$181  = | \$signal$242 ;
-  assign \$182  = ~ \$181 ;
-  assign \$183  = \$180  & \$182 ;
-  assign \$184  = \$signal$235  * 9'h100;
-  assign \$185  = \$184  + lk;
-  assign \$187  = ~ \$186 ;
-  assign \$188  = r_rdy & \$187 ;
-  assign \$189  = \$signal$242  == 1'h1;
-  assign \$190  = \$188  & \$189 ;
-  assign \$191  = \$signal$235  * 9'h100;
-  assign \$192  = \$191  + lk;
-  assign \$194  = ~ \$193 ;
-  assign \$195  = r_rdy & \$194 ;
-  assign \$196  = \$signal$242  == 2'h2;
-  assign \$197  = \$195  & \$196 ;
-  assign \$198  = \$signal$235  * 9'h100;
-  assign \$199  = \$198  + lk;
-  assign \$201  = ~ \$200 ;
-  assign \$202  = r_rdy & \$201 ;
-  assign \$203  = \$signal$242  == 2'h3;
-  assign \$204  = \$202  & \$203 ;
-  assign \$205  = \$signal$235  * 9'h100;
-  assign \$206  = \$205  + lk;
-  assign \$208  = ~ \$207 ;
-  assign \$209  = r_rdy & \$208 ;
-  assign \$210  = \$signal$242  == 3'h4;
-  assign \$211  = \$209  & \$210 ;
-  assign \$212  = \$signal$235  * 9'h100;
-  assign \$213  = \$212  + lk;
-  assign \$215  = ~ \$214 ;
-  assign \$216  = r_rdy & \$215 ;
-  assign \$217  = \$signal$242  == 3'h5;
-  assign \$218  = \$216  & \$217 ;
-  assign \$219  = \$signal$235  * 9'h100;
-  assign \$220  = \$219  + lk;
-  assign \$222  = ~ \$221 ;
-  assign \$223  = r_rdy & \$222 ;
-  assign \$224  = \$signal$242  == 3'h6;
-  assign \$225  = \$223  & \$224 ;
-  assign \$226  = \$signal$235  * 9'h100;
-  assign \$227  = \$226  + lk;
-  assign \$229  = ~ \$228 ;
-  assign \$230  = r_rdy & \$229 ;
-  assign \$231  = \$signal$242  == 3'h7;
-  assign \$232  = \$230  & \$231 ;
-  assign \$233  = \$signal$265  * 9'h100;
-  assign \$234  = \$233  + \$signal$266 ;
-  assign \$236  = ~ \$signal$268 ;
-  assign \$237  = \a__valid$232  & \a__ready$233 ;
-  assign \$238  = \$236  | \$237 ;
-  assign \$239  = \$235  & \$238 ;
-  assign \$240  = | feed_blocks;
-  assign \$241  = \$239  & \$240 ;
-  assign \$242  = \$signal$265  * 9'h100;
-  assign \$243  = \$242  + \$signal$266 ;
-  assign \$245  = ~ \$signal$268 ;
-  assign \$246  = \a__valid$232  & \a__ready$233 ;
-  assign \$247  = \$245  | \$246 ;
-  assign \$248  = \$244  & \$247 ;
-  assign \$249  = | feed_blocks;
-  assign \$250  = \$248  & \$249 ;
-  assign \$251  = \$signal$265  * 9'h100;
-  assign \$252  = \$251  + \$signal$266 ;
-  assign \$254  = ~ \$signal$268 ;
-  assign \$255  = \a__valid$232  & \a__ready$233 ;
-  assign \$256  = \$254  | \$255 ;
-  assign \$257  = \$253  & \$256 ;
-  assign \$258  = | feed_blocks;
-  assign \$259  = \$257  & \$258 ;
-  assign \$260  = \$signal$265  * 9'h100;
-  assign \$261  = \$260  + \$signal$266 ;
-  assign \$263  = ~ \$signal$268 ;
-  assign \$264  = \a__valid$232  & \a__ready$233 ;
-  assign \$265  = \$263  | \$264 ;
-  assign \$266  = \$262  & \$265 ;
-  assign \$267  = | feed_blocks;
-  assign \$268  = \$266  & \$267 ;
-  assign \$269  = \$signal$265  * 9'h100;
-  assign \$270  = \$269  + \$signal$266 ;
-  assign \$272  = ~ \$signal$268 ;
-  assign \$273  = \a__valid$232  & \a__ready$233 ;
-  assign \$274  = \$272  | \$273 ;
-  assign \$275  = \$271  & \$274 ;
-  assign \$276  = | feed_blocks;
-  assign \$277  = \$275  & \$276 ;
-  assign \$278  = \$signal$265  * 9'h100;
-  assign \$279  = \$278  + \$signal$266 ;
-  assign \$281  = ~ \$signal$268 ;
-  assign \$282  = \a__valid$232  & \a__ready$233 ;
-  assign \$283  = \$281  | \$282 ;
-  assign \$284  = \$280  & \$283 ;
-  assign \$285  = | feed_blocks;
-  assign \$286  = \$284  & \$285 ;
-  assign \$287  = \$signal$265  * 9'h100;
-  assign \$288  = \$287  + \$signal$266 ;
-  assign \$290  = ~ \$signal$268 ;
-  assign \$291  = \a__valid$232  & \a__ready$233 ;
-  assign \$292  = \$290  | \$291 ;
-  assign \$293  = \$289  & \$292 ;
-  assign \$294  = | feed_blocks;
-  assign \$295  = \$293  & \$294 ;
-  assign \$296  = \$signal$265  * 9'h100;
-  assign \$297  = \$296  + \$signal$266 ;
-  assign \$299  = ~ \$signal$268 ;
-  assign \$300  = \a__valid$232  & \a__ready$233 ;
-  assign \$301  = \$299  | \$300 ;
-  assign \$302  = \$298  & \$301 ;
-  assign \$303  = | feed_blocks;
-  assign \$304  = \$302  & \$303 ;
-  assign \$305  = ins[5:0] == 3'h4;
-  assign \$306  = ~ \$305 ;
-  assign \$307  = ~ b_full;
-  assign \$308  = \a__valid$232  & \a__ready$233 ;
-  assign \$309  = \$307  | \$308 ;
-  assign \$310  = \$309  & \r_rdy$187 ;
-  assign \$311  = ins[5:0] == 3'h4;
-  assign \$312  = ~ \$311 ;
-  assign \$313  = \$310  & \$312 ;
-  assign \$314  = ins[5:0] == 3'h4;
-  assign \$315  = \$314  ? w_full : b_full;
+  assign \$147  = | rk;
+  assign \$148  = ~ \$147 ;
+  assign \$149  = \$146  | \$148 ;
+  assign \$150  = ~ w_full;
+  assign \$151  = \a__valid$232  & \a__ready$233 ;
+  assign \$152  = \$150  | \$151 ;
+  assign \$155  = \$154  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
+  assign \$158  = \$157  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
+  assign \$161  = \$160  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
+  assign \$164  = \$163  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
+  assign \$167  = \$166  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
+  assign \$170  = \$169  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
+  assign \$173  = \$172  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
+  assign \$174  = streaming & is_gemm;
+  assign \$176  = ~ \$175 ;
+  assign \$177  = r_rdy & \$176 ;
+  assign \$178  = \$signal$235  * 9'h100;
+  assign \$179  = \$178  + lk;
+  assign \$181  = ~ \$180 ;
+  assign \$182  = r_rdy & \$181 ;
+  assign \$183  = | \$signal$242 ;
+  assign \$184  = ~ \$183 ;
+  assign \$185  = \$182  & \$184 ;
+  assign \$186  = \$signal$235  * 9'h100;
+  assign \$187  = \$186  + lk;
+  assign \$189  = ~ \$188 ;
+  assign \$190  = r_rdy & \$189 ;
+  assign \$191  = \$signal$242  == 1'h1;
+  assign \$192  = \$190  & \$191 ;
+  assign \$193  = \$signal$235  * 9'h100;
+  assign \$194  = \$193  + lk;
+  assign \$196  = ~ \$195 ;
+  assign \$197  = r_rdy & \$196 ;
+  assign \$198  = \$signal$242  == 2'h2;
+  assign \$199  = \$197  & \$198 ;
+  assign \$200  = \$signal$235  * 9'h100;
+  assign \$201  = \$200  + lk;
+  assign \$203  = ~ \$202 ;
+  assign \$204  = r_rdy & \$203 ;
+  assign \$205  = \$signal$242  == 2'h3;
+  assign \$206  = \$204  & \$205 ;
+  assign \$207  = \$signal$235  * 9'h100;
+  assign \$208  = \$207  + lk;
+  assign \$210  = ~ \$209 ;
+  assign \$211  = r_rdy & \$210 ;
+  assign \$212  = \$signal$242  == 3'h4;
+  assign \$213  = \$211  & \$212 ;
+  assign \$214  = \$signal$235  * 9'h100;
+  assign \$215  = \$214  + lk;
+  assign \$217  = ~ \$216 ;
+  assign \$218  = r_rdy & \$217 ;
+  assign \$219  = \$signal$242  == 3'h5;
+  assign \$220  = \$218  & \$219 ;
+  assign \$221  = \$signal$235  * 9'h100;
+  assign \$222  = \$221  + lk;
+  assign \$224  = ~ \$223 ;
+  assign \$225  = r_rdy & \$224 ;
+  assign \$226  = \$signal$242  == 3'h6;
+  assign \$227  = \$225  & \$226 ;
+  assign \$228  = \$signal$235  * 9'h100;
+  assign \$229  = \$228  + lk;
+  assign \$231  = ~ \$230 ;
+  assign \$232  = r_rdy & \$231 ;
+  assign \$233  = \$signal$242  == 3'h7;
+  assign \$234  = \$232  & \$233 ;
+  assign \$235  = \$signal$265  * 9'h100;
+  assign \$236  = \$235  + \$signal$266 ;
+  assign \$238  = ~ \$signal$268 ;
+  assign \$239  = \a__valid$232  & \a__ready$233 ;
+  assign \$240  = \$238  | \$239 ;
+  assign \$241  = \$237  & \$240 ;
+  assign \$242  = | feed_blocks;
+  assign \$243  = \$241  & \$242 ;
+  assign \$244  = \$signal$265  * 9'h100;
+  assign \$245  = \$244  + \$signal$266 ;
+  assign \$247  = ~ \$signal$268 ;
+  assign \$248  = \a__valid$232  & \a__ready$233 ;
+  assign \$249  = \$247  | \$248 ;
+  assign \$250  = \$246  & \$249 ;
+  assign \$251  = | feed_blocks;
+  assign \$252  = \$250  & \$251 ;
+  assign \$253  = \$signal$265  * 9'h100;
+  assign \$254  = \$253  + \$signal$266 ;
+  assign \$256  = ~ \$signal$268 ;
+  assign \$257  = \a__valid$232  & \a__ready$233 ;
+  assign \$258  = \$256  | \$257 ;
+  assign \$259  = \$255  & \$258 ;
+  assign \$260  = | feed_blocks;
+  assign \$261  = \$259  & \$260 ;
+  assign \$262  = \$signal$265  * 9'h100;
+  assign \$263  = \$262  + \$signal$266 ;
+  assign \$265  = ~ \$signal$268 ;
+  assign \$266  = \a__valid$232  & \a__ready$233 ;
+  assign \$267  = \$265  | \$266 ;
+  assign \$268  = \$264  & \$267 ;
+  assign \$269  = | feed_blocks;
+  assign \$270  = \$268  & \$269 ;
+  assign \$271  = \$signal$265  * 9'h100;
+  assign \$272  = \$271  + \$signal$266 ;
+  assign \$274  = ~ \$signal$268 ;
+  assign \$275  = \a__valid$232  & \a__ready$233 ;
+  assign \$276  = \$274  | \$275 ;
+  assign \$277  = \$273  & \$276 ;
+  assign \$278  = | feed_blocks;
+  assign \$279  = \$277  & \$278 ;
+  assign \$280  = \$signal$265  * 9'h100;
+  assign \$281  = \$280  + \$signal$266 ;
+  assign \$283  = ~ \$signal$268 ;
+  assign \$284  = \a__valid$232  & \a__ready$233 ;
+  assign \$285  = \$283  | \$284 ;
+  assign \$286  = \$282  & \$285 ;
+  assign \$287  = | feed_blocks;
+  assign \$288  = \$286  & \$287 ;
+  assign \$289  = \$signal$265  * 9'h100;
+  assign \$290  = \$289  + \$signal$266 ;
+  assign \$292  = ~ \$signal$268 ;
+  assign \$293  = \a__valid$232  & \a__ready$233 ;
+  assign \$294  = \$292  | \$293 ;
+  assign \$295  = \$291  & \$294 ;
+  assign \$296  = | feed_blocks;
+  assign \$297  = \$295  & \$296 ;
+  assign \$298  = \$signal$265  * 9'h100;
+  assign \$299  = \$298  + \$signal$266 ;
+  assign \$301  = ~ \$signal$268 ;
+  assign \$302  = \a__valid$232  & \a__ready$233 ;
+  assign \$303  = \$301  | \$302 ;
+  assign \$304  = \$300  & \$303 ;
+  assign \$305  = | feed_blocks;
+  assign \$306  = \$304  & \$305 ;
+  assign \$307  = ins[5:0] == 3'h4;
+  assign \$308  = ~ \$307 ;
+  assign \$309  = ~ b_full;
+  assign \$310  = \a__valid$232  & \a__ready$233 ;
+  assign \$311  = \$309  | \$310 ;
+  assign \$312  = \$311  & \r_rdy$188 ;
+  assign \$313  = ins[5:0] == 3'h4;
+  assign \$314  = ~ \$313 ;
+  assign \$315  = \$312  & \$314 ;
   assign \$316  = ins[5:0] == 3'h4;
-  assign \$317  = \$316  ? w_lane0 : b_lane0;
+  assign \$317  = \$316  ? w_full : b_full;
   assign \$318  = ins[5:0] == 3'h4;
-  assign \$319  = \$318  ? w_lane1 : b_lane1;
+  assign \$319  = \$318  ? w_lane0 : b_lane0;
   assign \$320  = ins[5:0] == 3'h4;
-  assign \$321  = \$320  ? w_lane2 : b_lane2;
+  assign \$321  = \$320  ? w_lane1 : b_lane1;
   assign \$322  = ins[5:0] == 3'h4;
-  assign \$323  = \$322  ? w_lane3 : b_lane3;
+  assign \$323  = \$322  ? w_lane2 : b_lane2;
   assign \$324  = ins[5:0] == 3'h4;
-  assign \$325  = \$324  ? w_lane4 : b_lane4;
+  assign \$325  = \$324  ? w_lane3 : b_lane3;
   assign \$326  = ins[5:0] == 3'h4;
-  assign \$327  = \$326  ? w_lane5 : b_lane5;
+  assign \$327  = \$326  ? w_lane4 : b_lane4;
   assign \$328  = ins[5:0] == 3'h4;
-  assign \$329  = \$328  ? w_lane6 : b_lane6;
+  assign \$329  = \$328  ? w_lane5 : b_lane5;
   assign \$330  = ins[5:0] == 3'h4;
-  assign \$331  = \$330  ? w_lane7 : b_lane7;
-  assign \$332  = streaming & is_gemm;
-  assign \$334  = \o__valid$315  & \valid$97 ;
-  assign \$335  = index__1 * 4'h8;
-  assign \$336  = \$335  + index__3;
-  assign \$337  = \$336  < ins[55:40];
-  assign \$338  = index__2 * 4'h8;
-  assign \$339  = \$338  + index__4;
-  assign \$340  = \$339  < ins[71:56];
-  assign \$341  = \$337  & \$340 ;
-  assign \$342  = \$334  & \$341 ;
-  assign \$343  = \o__valid$315  & \valid$97 ;
-  assign \$344  = \o__valid$315  & \valid$97 ;
-  assign \$345  = \$344  & last__4;
-  assign \$346  = streaming & err;
-  assign \$347  = ~ busy;
-  assign clear = start & \$347 ;
-  assign \$348  = ~ unit_rst;
-  assign \$349  = src0_issue & \$348 ;
-  assign \$350  = last__3 & \last__4$326 ;
-  assign \$351  = ~ unit_rst;
-  assign \$352  = src1_issue & \$351 ;
-  assign \$353  = \last__3$331  & \last__4$329 ;
-  assign \$354  = cycles + 1'h1;
-  assign \$356  = \$355  + 1'h1;
-  assign \$357  = ~ fetch_sent;
-  assign \$358  = req__ready & \$357 ;
-  assign \$359  = ins[5:0] == 1'h1;
-  assign \$360  = | ins[39:24];
-  assign \$361  = ~ \$360 ;
-  assign \$362  = | ins[55:40];
+  assign \$331  = \$330  ? w_lane6 : b_lane6;
+  assign \$332  = ins[5:0] == 3'h4;
+  assign \$333  = \$332  ? w_lane7 : b_lane7;
+  assign \$334  = streaming & is_gemm;
+  assign \$336  = \o__valid$315  & \valid$97 ;
+  assign \$337  = index__1 * 4'h8;
+  assign \$338  = \$337  + index__3;
+  assign \$339  = \$338  < ins[55:40];
+  assign \$340  = index__2 * 4'h8;
+  assign \$341  = \$340  + index__4;
+  assign \$342  = \$341  < ins[71:56];
+  assign \$343  = \$339  & \$342 ;
+  assign \$344  = \$336  & \$343 ;
+  assign \$345  = \o__valid$315  & \valid$97 ;
+  assign \$346  = \o__valid$315  & \valid$97 ;
+  assign \$347  = \$346  & last__4;
+  assign \$348  = streaming & err;
+  assign \$349  = ~ busy;
+  assign clear = start & \$349 ;
+  assign \$350  = ~ unit_rst;
+  assign \$351  = src0_issue & \$350 ;
+  assign \$352  = last__3 & \last__4$326 ;
+  assign \$353  = ~ unit_rst;
+  assign \$354  = src1_issue & \$353 ;
+  assign \$355  = \last__3$331  & \last__4$329 ;
+  assign \$356  = cycles + 1'h1;
+  assign \$358  = \$357  + 1'h1;
+  assign \$359  = ~ fetch_sent;
+  assign \$360  = req__ready & \$359 ;
+  assign \$361  = ins[5:0] == 1'h1;
+  assign \$362  = | ins[39:24];
   assign \$363  = ~ \$362 ;
-  assign \$364  = | ins[71:56];
+  assign \$364  = | ins[55:40];
   assign \$365  = ~ \$364 ;
-  assign \$366  = | ins[87:72];
+  assign \$366  = | ins[71:56];
   assign \$367  = ~ \$366 ;
-  assign \$368  = | ins[103:88];
+  assign \$368  = | ins[87:72];
   assign \$369  = ~ \$368 ;
-  assign \$370  = | { \$369 , \$367 , \$365 , \$363 , \$361  };
-  assign \$371  = ins[5:0] == 2'h2;
-  assign \$372  = is_move | \$371 ;
-  assign \$373  = ins[5:0] == 2'h3;
-  assign \$374  = \$372  | \$373 ;
-  assign \$375  = \$374  | is_gemm;
-  assign \$376  = req__valid & req__ready;
-  assign \$377  = ci + 1'h1;
-  assign \$378  = beat__valid & beat__ready;
-  assign \$379  = cr + 1'h1;
-  assign \$380  = cr + 1'h1;
-  assign \$381  = \$380  == ins[511:498];
+  assign \$370  = | ins[103:88];
+  assign \$371  = ~ \$370 ;
+  assign \$372  = | { \$371 , \$369 , \$367 , \$365 , \$363  };
+  assign \$373  = ins[5:0] == 2'h2;
+  assign \$374  = is_move | \$373 ;
+  assign \$375  = ins[5:0] == 2'h3;
+  assign \$376  = \$374  | \$375 ;
+  assign \$377  = \$376  | is_gemm;
+  assign \$378  = req__valid & req__ready;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
     .b__payload(\b__payload$208 ),
     .b__ready(\b__ready$202 ),
-    .b__valid(\b__valid$199 ),
+    .b__valid(\b__valid$200 ),
     .c__payload(\c__payload$158 ),
     .c__ready(\c__ready$160 ),
     .c__valid(\c__valid$159 ),
     .clk(clk),
-    .o__payload(\o__payload$194 ),
-    .o__ready(\o__ready$191 ),
-    .o__valid(\o__valid$190 ),
+    .o__payload(\o__payload$195 ),
+    .o__ready(\o__ready$192 ),
+    .o__valid(\o__valid$191 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
@@ -23277,8 +23283,8 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$1072$0 (\$signature__data ),
-    .\port$13119$0 (src0_meta),
+    .\port$1075$0 (\$signature__data ),
+    .\port$13122$0 (src0_meta),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -23289,11 +23295,11 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$81 ),
-    .\port$1073$0 (\$signature__data$89 ),
-    .\port$13123$0 (src1_meta),
+    .\port$1076$0 (\$signature__data$89 ),
+    .\port$13126$0 (src1_meta),
     .r_data(\r_data$337 ),
-    .r_en(\r_en$188 ),
-    .r_rdy(\r_rdy$187 ),
+    .r_en(\r_en$189 ),
+    .r_rdy(\r_rdy$188 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -23349,9 +23355,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$235 )
       1'h0:
-          \$489  = a_filled0;
+          \$492  = a_filled0;
       1'h1:
-          \$489  = a_filled1;
+          \$492  = a_filled1;
     endcase
   end
   always @* begin
@@ -23359,9 +23365,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$265 )
       1'h0:
-          \$499  = a_filled0;
+          \$502  = a_filled0;
       1'h1:
-          \$499  = a_filled1;
+          \$502  = a_filled1;
     endcase
   end
   always @* begin
@@ -23587,22 +23593,22 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     wr__addr = \addr$92 [13:0];
-    if (\$332 ) begin
+    if (\$334 ) begin
       wr__addr = \addr$92 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     wr__data = sink_data;
-    if (\$332 ) begin
-      wr__data = \$333 [15:0];
+    if (\$334 ) begin
+      wr__data = \$335 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     wr__en = \$28 ;
-    if (\$332 ) begin
-      wr__en = \$342 ;
+    if (\$334 ) begin
+      wr__en = \$344 ;
     end
   end
   always @* begin
@@ -23615,8 +23621,8 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
         \next$98  = \$105 ;
       end
     end
-    if (\$332 ) begin
-      \next$98  = \$343 ;
+    if (\$334 ) begin
+      \next$98  = \$345 ;
     end
   end
   always @* begin
@@ -23654,8 +23660,8 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
         req__valid = valid;
       end
     end
-    if (\$133 ) begin
-      req__valid = \$134 ;
+    if (\$135 ) begin
+      req__valid = \$136 ;
     end
   end
   always @* begin
@@ -23684,9 +23690,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
         req__payload[34:32] = { 1'h0, ins[23:22] };
       end
     end
-    if (\$133 ) begin
-      req__payload[31:0] = \$140 [31:0];
-      req__payload[34:32] = \$141 ;
+    if (\$135 ) begin
+      req__payload[31:0] = \$142 [31:0];
+      req__payload[34:32] = \$143 ;
     end
   end
   always @* begin
@@ -23725,12 +23731,12 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
         beat__ready = \valid$97 ;
       end
     end
-    if (\$142 ) begin
+    if (\$144 ) begin
       (* full_case = 32'd1 *)
-      if (\$147 ) begin
+      if (\$149 ) begin
         beat__ready = p__ready;
       end else begin
-        beat__ready = \$150 ;
+        beat__ready = \$152 ;
       end
     end
   end
@@ -23953,7 +23959,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
         \$signal  = 1'h1;
       end
     end
-    if (\$172 ) begin
+    if (\$174 ) begin
       \$signal  = 1'h1;
     end
   end
@@ -23973,7 +23979,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$81 ) begin
         \$signal$96  = \o__valid$183 ;
       end else begin
-        \$signal$96  = \$signal$189 ;
+        \$signal$96  = \$signal$190 ;
       end
     end
   end
@@ -24003,7 +24009,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$81 ) begin
         sink_data = { \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184  };
       end else begin
-        sink_data = \$129 ;
+        sink_data = \$131 ;
       end
     end
   end
@@ -24023,11 +24029,11 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$81 ) begin
         r_en = \$107 ;
       end else begin
-        r_en = \$114 ;
+        r_en = \$115 ;
       end
     end
-    if (\$172 ) begin
-      r_en = \$175 ;
+    if (\$174 ) begin
+      r_en = \$177 ;
     end
   end
   always @* begin
@@ -24041,7 +24047,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
         end
       end
     end
-    if (\$346 ) begin
+    if (\$348 ) begin
       fault = 4'h5;
     end
   end
@@ -24166,13 +24172,13 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
         run1 = \$108 ;
       end
     end
-    if (\$172 ) begin
-      run1 = \$306 ;
+    if (\$174 ) begin
+      run1 = \$308 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \r_en$188  = 1'h0;
+    \r_en$189  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
@@ -24182,16 +24188,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        \r_en$188  = \$122 ;
+        \r_en$189  = \$124 ;
       end
     end
-    if (\$172 ) begin
-      \r_en$188  = \$313 ;
+    if (\$174 ) begin
+      \r_en$189  = \$315 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signal$189  = 1'h0;
+    \$signal$190  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
@@ -24201,18 +24207,18 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$123 ) begin
-          \$signal$189  = \o__valid$190 ;
+        if (\$125 ) begin
+          \$signal$190  = \o__valid$191 ;
         end
-        if (\$128 ) begin
-          \$signal$189  = \o__valid$213 ;
+        if (\$130 ) begin
+          \$signal$190  = \o__valid$213 ;
         end
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$191  = 1'h0;
+    \o__ready$192  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
@@ -24222,8 +24228,8 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$123 ) begin
-          \o__ready$191  = \$signal$192 ;
+        if (\$125 ) begin
+          \o__ready$192  = out_ready;
         end
       end
     end
@@ -24240,10 +24246,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$123 ) begin
-          unpack0 = \o__payload$194 [15:0];
+        if (\$125 ) begin
+          unpack0 = \o__payload$195 [15:0];
         end
-        if (\$128 ) begin
+        if (\$130 ) begin
           unpack0 = { \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7:0] };
         end
       end
@@ -24261,10 +24267,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$123 ) begin
-          unpack1 = \o__payload$194 [31:16];
+        if (\$125 ) begin
+          unpack1 = \o__payload$195 [31:16];
         end
-        if (\$128 ) begin
+        if (\$130 ) begin
           unpack1 = { \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15:8] };
         end
       end
@@ -24282,10 +24288,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$123 ) begin
-          unpack2 = \o__payload$194 [47:32];
+        if (\$125 ) begin
+          unpack2 = \o__payload$195 [47:32];
         end
-        if (\$128 ) begin
+        if (\$130 ) begin
           unpack2 = { \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23:16] };
         end
       end
@@ -24303,10 +24309,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$123 ) begin
-          unpack3 = \o__payload$194 [63:48];
+        if (\$125 ) begin
+          unpack3 = \o__payload$195 [63:48];
         end
-        if (\$128 ) begin
+        if (\$130 ) begin
           unpack3 = { \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31:24] };
         end
       end
@@ -24324,7 +24330,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$123 ) begin
+        if (\$125 ) begin
           a__valid = full;
         end
       end
@@ -24332,7 +24338,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \b__valid$199  = 1'h0;
+    \b__valid$200  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
@@ -24342,8 +24348,8 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$123 ) begin
-          \b__valid$199  = full;
+        if (\$125 ) begin
+          \b__valid$200  = full;
         end
       end
     end
@@ -24360,10 +24366,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$123 ) begin
-          in_ready = \$124 ;
+        if (\$125 ) begin
+          in_ready = \$126 ;
         end
-        if (\$128 ) begin
+        if (\$130 ) begin
           in_ready = \i__ready$217 ;
         end
       end
@@ -24381,7 +24387,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$123 ) begin
+        if (\$125 ) begin
           a__payload[15:0] = pack_a0;
           a__payload[31:16] = pack_a1;
           a__payload[47:32] = pack_a2;
@@ -24402,7 +24408,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$123 ) begin
+        if (\$125 ) begin
           \b__payload$208 [15:0] = pack_b0;
           \b__payload$208 [31:16] = pack_b1;
           \b__payload$208 [47:32] = pack_b2;
@@ -24423,8 +24429,8 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$128 ) begin
-          \o__ready$214  = \$signal$192 ;
+        if (\$130 ) begin
+          \o__ready$214  = out_ready;
         end
       end
     end
@@ -24441,7 +24447,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$128 ) begin
+        if (\$130 ) begin
           \i__valid$216  = full;
         end
       end
@@ -24459,7 +24465,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$128 ) begin
+        if (\$130 ) begin
           \i__payload$218 [7:0] = pack_a0[7:0];
           \i__payload$218 [15:8] = pack_a1[7:0];
           \i__payload$218 [23:16] = pack_a2[7:0];
@@ -24470,7 +24476,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signal$192  = 1'h0;
+    out_ready = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
@@ -24480,9 +24486,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       end else if (\$80 ) begin
       end else if (\$81 ) begin
       end else begin
-        if (\$130 ) begin
-          if (\$132 ) begin
-            \$signal$192  = 1'h1;
+        if (\$132 ) begin
+          if (\$134 ) begin
+            out_ready = 1'h1;
           end
         end
       end
@@ -24511,8 +24517,8 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     p__valid = 1'h0;
-    if (\$142 ) begin
-      if (\$147 ) begin
+    if (\$144 ) begin
+      if (\$149 ) begin
         p__valid = beat__valid;
       end
     end
@@ -24522,312 +24528,312 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$153 [2], \$153 [2], \$153 [2], \$153 [2], \$153 [2], \$153 [2], \$153  };
+          elem = { \$155 [2], \$155 [2], \$155 [2], \$155 [2], \$155 [2], \$155 [2], \$155  };
       5'h03:
-          elem = { \$156 [3], \$156 [3], \$156 [3], \$156 [3], \$156 [3], \$156  };
+          elem = { \$158 [3], \$158 [3], \$158 [3], \$158 [3], \$158 [3], \$158  };
       5'h04:
-          elem = { \$159 [4], \$159 [4], \$159 [4], \$159 [4], \$159  };
+          elem = { \$161 [4], \$161 [4], \$161 [4], \$161 [4], \$161  };
       5'h05:
-          elem = { \$162 [5], \$162 [5], \$162 [5], \$162  };
+          elem = { \$164 [5], \$164 [5], \$164 [5], \$164  };
       5'h06:
-          elem = { \$165 [6], \$165 [6], \$165  };
+          elem = { \$167 [6], \$167 [6], \$167  };
       5'h07:
-          elem = { \$168 [7], \$168  };
+          elem = { \$170 [7], \$170  };
       5'h08:
-          elem = \$171 ;
+          elem = \$173 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$238  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$238  = \$177 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$238  = \$179 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$240  = 9'h000;
-    if (\$172 ) begin
+    if (\$174 ) begin
       \$signature__data$240  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$241  = 1'h0;
-    if (\$172 ) begin
-      \$signature__en$241  = \$183 ;
+    if (\$174 ) begin
+      \$signature__en$241  = \$185 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$243  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$243  = \$185 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$243  = \$187 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$244  = 9'h000;
-    if (\$172 ) begin
+    if (\$174 ) begin
       \$signature__data$244  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$245  = 1'h0;
-    if (\$172 ) begin
-      \$signature__en$245  = \$190 ;
+    if (\$174 ) begin
+      \$signature__en$245  = \$192 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$246  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$246  = \$192 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$246  = \$194 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$247  = 9'h000;
-    if (\$172 ) begin
+    if (\$174 ) begin
       \$signature__data$247  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$248  = 1'h0;
-    if (\$172 ) begin
-      \$signature__en$248  = \$197 ;
+    if (\$174 ) begin
+      \$signature__en$248  = \$199 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$249  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$249  = \$199 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$249  = \$201 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$250  = 9'h000;
-    if (\$172 ) begin
+    if (\$174 ) begin
       \$signature__data$250  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$251  = 1'h0;
-    if (\$172 ) begin
-      \$signature__en$251  = \$204 ;
+    if (\$174 ) begin
+      \$signature__en$251  = \$206 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$252  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$252  = \$206 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$252  = \$208 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$253  = 9'h000;
-    if (\$172 ) begin
+    if (\$174 ) begin
       \$signature__data$253  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$254  = 1'h0;
-    if (\$172 ) begin
-      \$signature__en$254  = \$211 ;
+    if (\$174 ) begin
+      \$signature__en$254  = \$213 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$255  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$255  = \$213 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$255  = \$215 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$256  = 9'h000;
-    if (\$172 ) begin
+    if (\$174 ) begin
       \$signature__data$256  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$257  = 1'h0;
-    if (\$172 ) begin
-      \$signature__en$257  = \$218 ;
+    if (\$174 ) begin
+      \$signature__en$257  = \$220 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$258  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$258  = \$220 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$258  = \$222 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$259  = 9'h000;
-    if (\$172 ) begin
+    if (\$174 ) begin
       \$signature__data$259  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$260  = 1'h0;
-    if (\$172 ) begin
-      \$signature__en$260  = \$225 ;
+    if (\$174 ) begin
+      \$signature__en$260  = \$227 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$261  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$261  = \$227 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$261  = \$229 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$262  = 9'h000;
-    if (\$172 ) begin
+    if (\$174 ) begin
       \$signature__data$262  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$263  = 1'h0;
-    if (\$172 ) begin
-      \$signature__en$263  = \$232 ;
+    if (\$174 ) begin
+      \$signature__en$263  = \$234 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$264  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$264  = \$234 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$264  = \$236 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$267  = 1'h1;
-    if (\$172 ) begin
-      \$signature__en$267  = \$241 ;
+    if (\$174 ) begin
+      \$signature__en$267  = \$243 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$270  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$270  = \$243 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$270  = \$245 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$271  = 1'h1;
-    if (\$172 ) begin
-      \$signature__en$271  = \$250 ;
+    if (\$174 ) begin
+      \$signature__en$271  = \$252 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$272  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$272  = \$252 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$272  = \$254 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$273  = 1'h1;
-    if (\$172 ) begin
-      \$signature__en$273  = \$259 ;
+    if (\$174 ) begin
+      \$signature__en$273  = \$261 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$274  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$274  = \$261 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$274  = \$263 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$275  = 1'h1;
-    if (\$172 ) begin
-      \$signature__en$275  = \$268 ;
+    if (\$174 ) begin
+      \$signature__en$275  = \$270 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$276  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$276  = \$270 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$276  = \$272 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$277  = 1'h1;
-    if (\$172 ) begin
-      \$signature__en$277  = \$277 ;
+    if (\$174 ) begin
+      \$signature__en$277  = \$279 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$278  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$278  = \$279 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$278  = \$281 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$279  = 1'h1;
-    if (\$172 ) begin
-      \$signature__en$279  = \$286 ;
+    if (\$174 ) begin
+      \$signature__en$279  = \$288 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$280  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$280  = \$288 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$280  = \$290 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$281  = 1'h1;
-    if (\$172 ) begin
-      \$signature__en$281  = \$295 ;
+    if (\$174 ) begin
+      \$signature__en$281  = \$297 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$282  = 9'h000;
-    if (\$172 ) begin
-      \$signature__addr$282  = \$297 [8:0];
+    if (\$174 ) begin
+      \$signature__addr$282  = \$299 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$283  = 1'h1;
-    if (\$172 ) begin
-      \$signature__en$283  = \$304 ;
+    if (\$174 ) begin
+      \$signature__en$283  = \$306 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \a__valid$232  = 1'h0;
-    if (\$172 ) begin
+    if (\$174 ) begin
       \a__valid$232  = \$signal$268 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \a__payload$285  = 73'h0000000000000000000;
-    if (\$172 ) begin
+    if (\$174 ) begin
       \a__payload$285 [72] = a_last;
       \a__payload$285 [8:0] = \$signature__data$288 ;
       \a__payload$285 [17:9] = \$signature__data$289 ;
@@ -24842,133 +24848,64 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     w__valid = 1'h0;
-    if (\$172 ) begin
-      w__valid = \$315 ;
+    if (\$174 ) begin
+      w__valid = \$317 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     w__payload = 64'h0000000000000000;
-    if (\$172 ) begin
-      w__payload[7:0] = \$317 ;
-      w__payload[15:8] = \$319 ;
-      w__payload[23:16] = \$321 ;
-      w__payload[31:24] = \$323 ;
-      w__payload[39:32] = \$325 ;
-      w__payload[47:40] = \$327 ;
-      w__payload[55:48] = \$329 ;
-      w__payload[63:56] = \$331 ;
+    if (\$174 ) begin
+      w__payload[7:0] = \$319 ;
+      w__payload[15:8] = \$321 ;
+      w__payload[23:16] = \$323 ;
+      w__payload[31:24] = \$325 ;
+      w__payload[39:32] = \$327 ;
+      w__payload[47:40] = \$329 ;
+      w__payload[55:48] = \$331 ;
+      w__payload[63:56] = \$333 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \o__ready$319  = 1'h0;
-    if (\$332 ) begin
-      \o__ready$319  = \$345 ;
+    if (\$334 ) begin
+      \o__ready$319  = \$347 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$536  = \$349 ;
+    \$539  = \$351 ;
     if (rst) begin
-      \$536  = 1'h0;
+      \$539  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$537  = { \$350 , \final$327 , \last__4$326  };
+    \$540  = { \$352 , \final$327 , \last__4$326  };
     if (rst) begin
-      \$537  = 3'h0;
+      \$540  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$538  = \$352 ;
+    \$541  = \$354 ;
     if (rst) begin
-      \$538  = 1'h0;
+      \$541  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$539  = { \$353 , \final$330 , \last__4$329  };
+    \$542  = { \$355 , \final$330 , \last__4$329  };
     if (rst) begin
-      \$539  = 3'h0;
+      \$542  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$540  = cycles;
+    \$543  = cycles;
     if (busy) begin
-      \$540  = \$354 [47:0];
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$540  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$540  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$541  = op_cycles__0;
-    if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              \$541  = \$356 [47:0];
-        endcase
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$541  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$541  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$542  = op_cycles__1;
-    if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              \$542  = \$356 [47:0];
-        endcase
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$542  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$542  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$543  = op_cycles__2;
-    if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              \$543  = \$356 [47:0];
-        endcase
-      end
+      \$543  = \$356 [47:0];
     end
     casez (seq_state)
       3'h0:
@@ -24982,18 +24919,12 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$544  = op_cycles__3;
+    \$544  = op_cycles__0;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
           4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              \$544  = \$356 [47:0];
+              \$544  = \$358 [47:0];
         endcase
       end
     end
@@ -25009,20 +24940,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$545  = op_cycles__4;
+    \$545  = op_cycles__1;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
           4'h0:
               /* empty */;
           4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              \$545  = \$356 [47:0];
+              \$545  = \$358 [47:0];
         endcase
       end
     end
@@ -25038,7 +24963,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$546  = op_cycles__5;
+    \$546  = op_cycles__2;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25047,13 +24972,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h1:
               /* empty */;
           4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              \$546  = \$356 [47:0];
+              \$546  = \$358 [47:0];
         endcase
       end
     end
@@ -25069,7 +24988,94 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$547  = op_cycles__6;
+    \$547  = op_cycles__3;
+    if (busy) begin
+      if (in_op) begin
+        casez (ins[3:0])
+          4'h0:
+              /* empty */;
+          4'h1:
+              /* empty */;
+          4'h2:
+              /* empty */;
+          4'h3:
+              \$547  = \$358 [47:0];
+        endcase
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$547  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$547  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$548  = op_cycles__4;
+    if (busy) begin
+      if (in_op) begin
+        casez (ins[3:0])
+          4'h0:
+              /* empty */;
+          4'h1:
+              /* empty */;
+          4'h2:
+              /* empty */;
+          4'h3:
+              /* empty */;
+          4'h4:
+              \$548  = \$358 [47:0];
+        endcase
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$548  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$548  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$549  = op_cycles__5;
+    if (busy) begin
+      if (in_op) begin
+        casez (ins[3:0])
+          4'h0:
+              /* empty */;
+          4'h1:
+              /* empty */;
+          4'h2:
+              /* empty */;
+          4'h3:
+              /* empty */;
+          4'h4:
+              /* empty */;
+          4'h5:
+              \$549  = \$358 [47:0];
+        endcase
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$549  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$549  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$550  = op_cycles__6;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25086,23 +25092,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h5:
               /* empty */;
           4'h6:
-              \$547  = \$356 [47:0];
+              \$550  = \$358 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$547  = 48'h000000000000;
+            \$550  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$547  = 48'h000000000000;
+      \$550  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$548  = op_cycles__7;
+    \$551  = op_cycles__7;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25121,23 +25127,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h6:
               /* empty */;
           4'h7:
-              \$548  = \$356 [47:0];
+              \$551  = \$358 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$548  = 48'h000000000000;
+            \$551  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$548  = 48'h000000000000;
+      \$551  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$549  = op_cycles__8;
+    \$552  = op_cycles__8;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25158,23 +25164,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h7:
               /* empty */;
           4'h8:
-              \$549  = \$356 [47:0];
+              \$552  = \$358 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$549  = 48'h000000000000;
+            \$552  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$549  = 48'h000000000000;
+      \$552  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$550  = op_cycles__9;
+    \$553  = op_cycles__9;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25197,23 +25203,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h8:
               /* empty */;
           4'h9:
-              \$550  = \$356 [47:0];
+              \$553  = \$358 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$550  = 48'h000000000000;
+            \$553  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$550  = 48'h000000000000;
+      \$553  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$551  = op_cycles__10;
+    \$554  = op_cycles__10;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25238,23 +25244,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h9:
               /* empty */;
           4'ha:
-              \$551  = \$356 [47:0];
+              \$554  = \$358 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$551  = 48'h000000000000;
+            \$554  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$551  = 48'h000000000000;
+      \$554  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$552  = op_cycles__11;
+    \$555  = op_cycles__11;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25281,23 +25287,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'ha:
               /* empty */;
           4'hb:
-              \$552  = \$356 [47:0];
+              \$555  = \$358 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$552  = 48'h000000000000;
+            \$555  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$552  = 48'h000000000000;
+      \$555  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$553  = op_cycles__12;
+    \$556  = op_cycles__12;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25326,23 +25332,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hb:
               /* empty */;
           4'hc:
-              \$553  = \$356 [47:0];
+              \$556  = \$358 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$553  = 48'h000000000000;
+            \$556  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$553  = 48'h000000000000;
+      \$556  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$554  = op_cycles__13;
+    \$557  = op_cycles__13;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25373,23 +25379,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hc:
               /* empty */;
           4'hd:
-              \$554  = \$356 [47:0];
+              \$557  = \$358 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$554  = 48'h000000000000;
+            \$557  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$554  = 48'h000000000000;
+      \$557  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$555  = op_cycles__14;
+    \$558  = op_cycles__14;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25422,23 +25428,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hd:
               /* empty */;
           4'he:
-              \$555  = \$356 [47:0];
+              \$558  = \$358 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$555  = 48'h000000000000;
+            \$558  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$555  = 48'h000000000000;
+      \$558  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$556  = op_cycles__15;
+    \$559  = op_cycles__15;
     if (busy) begin
       if (in_op) begin
         (* full_case = 32'd1 *)
@@ -25474,27 +25480,27 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'he:
               /* empty */;
           4'hf:
-              \$556  = \$356 [47:0];
+              \$559  = \$358 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$556  = 48'h000000000000;
+            \$559  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$556  = 48'h000000000000;
+      \$559  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$557  = pc;
+    \$560  = pc;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$557  = prog;
+            \$560  = prog;
           end
       3'h1:
           /* empty */;
@@ -25503,153 +25509,36 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h3:
           /* empty */;
       3'h4:
-          if (\$388 ) begin
-            \$557  = \$389 [31:0];
+          if (\$390 ) begin
+            \$560  = \$391 [31:0];
           end
     endcase
     if (rst) begin
-      \$557  = 32'd0;
+      \$560  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$558  = busy;
+    \$561  = busy;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$558  = 1'h1;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$359 ) begin
-            \$558  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$415 ) begin
-            \$558  = 1'h0;
-          end
-    endcase
-    if (rst) begin
-      \$558  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$559  = done;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$559  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$359 ) begin
-            \$559  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$415 ) begin
-            \$559  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$559  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$560  = error;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$560  = 4'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$560  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$560  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$359 ) begin
-          end else if (\$370 ) begin
-            \$560  = 4'h2;
-          end else if (\$375 ) begin
-          end else if (unit_known) begin
-          end else begin
-            \$560  = 4'h1;
-          end
-          if (start) begin
-            \$560  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$378 ) begin
-            if (beat__payload[512]) begin
-              \$560  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$560  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (\$398 ) begin
-            \$560  = 4'h3;
-          end
-          if (\$404 ) begin
-            \$560  = 4'h3;
-          end
-          if (\$413 ) begin
-            \$560  = 4'h3;
-          end
-          if (\$414 ) begin
-            \$560  = fault;
-          end
-          if (start) begin
-            \$560  = 4'h6;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$560  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$561  = fetch_sent;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$561  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (\$358 ) begin
             \$561  = 1'h1;
           end
-          if (beat__valid) begin
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$361 ) begin
             \$561  = 1'h0;
           end
-        end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$417 ) begin
+            \$561  = 1'h0;
+          end
     endcase
     if (rst) begin
       \$561  = 1'h0;
@@ -25657,270 +25546,308 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$562  = seq_state;
+    \$562  = done;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$562  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$361 ) begin
+            \$562  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$417 ) begin
+            \$562  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$562  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$563  = error;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$563  = 4'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$563  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$563  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$361 ) begin
+          end else if (\$372 ) begin
+            \$563  = 4'h2;
+          end else if (\$377 ) begin
+          end else if (unit_known) begin
+          end else begin
+            \$563  = 4'h1;
+          end
+          if (start) begin
+            \$563  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$380 ) begin
+            if (beat__payload[512]) begin
+              \$563  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$563  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (\$400 ) begin
+            \$563  = 4'h3;
+          end
+          if (\$406 ) begin
+            \$563  = 4'h3;
+          end
+          if (\$415 ) begin
+            \$563  = 4'h3;
+          end
+          if (\$416 ) begin
+            \$563  = fault;
+          end
+          if (start) begin
+            \$563  = 4'h6;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$563  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$564  = fetch_sent;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$564  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (\$360 ) begin
+            \$564  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$564  = 1'h0;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$564  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$565  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$562  = 3'h1;
+            \$565  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$562  = 3'h5;
+              \$565  = 3'h5;
             end else begin
-              \$562  = 3'h2;
+              \$565  = 3'h2;
             end
           end
           if (start) begin
-            \$562  = 3'h5;
+            \$565  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$359 ) begin
-            \$562  = 3'h0;
-          end else if (\$370 ) begin
-            \$562  = 3'h5;
-          end else if (\$375 ) begin
-            \$562  = 3'h4;
+          if (\$361 ) begin
+            \$565  = 3'h0;
+          end else if (\$372 ) begin
+            \$565  = 3'h5;
+          end else if (\$377 ) begin
+            \$565  = 3'h4;
           end else if (unit_known) begin
-            \$562  = 3'h3;
+            \$565  = 3'h3;
           end else begin
-            \$562  = 3'h5;
+            \$565  = 3'h5;
           end
           if (start) begin
-            \$562  = 3'h5;
+            \$565  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$378 ) begin
+          if (\$380 ) begin
             if (beat__payload[512]) begin
-              \$562  = 3'h5;
-            end else if (\$381 ) begin
-              \$562  = 3'h4;
+              \$565  = 3'h5;
+            end else if (\$383 ) begin
+              \$565  = 3'h4;
             end
           end
-          if (\$383 ) begin
-            \$562  = 3'h4;
+          if (\$385 ) begin
+            \$565  = 3'h4;
           end
           if (start) begin
-            \$562  = 3'h5;
+            \$565  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$388 ) begin
-            \$562  = 3'h1;
+          if (\$390 ) begin
+            \$565  = 3'h1;
           end
-          if (\$398 ) begin
-            \$562  = 3'h5;
+          if (\$400 ) begin
+            \$565  = 3'h5;
           end
-          if (\$404 ) begin
-            \$562  = 3'h5;
+          if (\$406 ) begin
+            \$565  = 3'h5;
           end
-          if (\$413 ) begin
-            \$562  = 3'h5;
+          if (\$415 ) begin
+            \$565  = 3'h5;
           end
-          if (\$414 ) begin
-            \$562  = 3'h5;
+          if (\$416 ) begin
+            \$565  = 3'h5;
           end
           if (start) begin
-            \$562  = 3'h5;
+            \$565  = 3'h5;
           end
         end
       3'h5:
-          if (\$415 ) begin
-            \$562  = 3'h0;
+          if (\$417 ) begin
+            \$565  = 3'h0;
           end
       default:
-          \$562  = 3'h0;
+          \$565  = 3'h0;
     endcase
     if (rst) begin
-      \$562  = 3'h0;
+      \$565  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$563  = ins;
+    \$566  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$563  = beat__payload[511:0];
+            \$566  = beat__payload[511:0];
           end
     endcase
     if (rst) begin
-      \$563  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$566  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$564  = ci;
+    \$567  = ci;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$564  = 16'h0000;
-      3'h3:
-          if (\$376 ) begin
-            \$564  = \$377 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$564  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$565  = cr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$565  = 16'h0000;
+          \$567  = 16'h0000;
       3'h3:
           if (\$378 ) begin
-            \$565  = \$379 [15:0];
+            \$567  = \$379 [15:0];
           end
     endcase
-    if (rst) begin
-      \$565  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$566  = pack_a0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$416 ) begin
-      end else if (\$417 ) begin
-      end else if (is_gemm) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else begin
-        if (\$425 ) begin
-          casez (j)
-            3'h0:
-                \$566  = r_data[15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$566  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$567  = pack_a1;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$416 ) begin
-      end else if (\$417 ) begin
-      end else if (is_gemm) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else begin
-        if (\$425 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                \$567  = r_data[15:0];
-          endcase
-        end
-      end
-    end
     if (rst) begin
       \$567  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$568  = pack_a2;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$416 ) begin
-      end else if (\$417 ) begin
-      end else if (is_gemm) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else begin
-        if (\$425 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                /* empty */;
-            3'h2:
-                \$568  = r_data[15:0];
-          endcase
-        end
-      end
-    end
+    \$568  = cr;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$568  = 16'h0000;
+      3'h3:
+          if (\$380 ) begin
+            \$568  = \$381 [15:0];
+          end
+    endcase
     if (rst) begin
       \$568  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$569  = pack_a3;
+    \$569  = full;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$416 ) begin
-      end else if (\$417 ) begin
-      end else if (is_gemm) begin
       end else if (\$418 ) begin
       end else if (\$419 ) begin
+      end else if (is_gemm) begin
+      end else if (\$420 ) begin
+      end else if (\$421 ) begin
       end else begin
-        if (\$425 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                /* empty */;
-            3'h2:
-                /* empty */;
-            3'h3:
-                \$569  = r_data[15:0];
-          endcase
+        if (\$422 ) begin
+          \$569  = 1'h0;
+        end
+        if (\$429 ) begin
+          if (\$431 ) begin
+            \$569  = 1'h1;
+          end
+        end
+        if (unit_rst) begin
+          \$569  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$569  = 16'h0000;
+      \$569  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$570  = pack_b0;
+    \$570  = pack_a0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$416 ) begin
-      end else if (\$417 ) begin
-      end else if (is_gemm) begin
       end else if (\$418 ) begin
       end else if (\$419 ) begin
+      end else if (is_gemm) begin
+      end else if (\$420 ) begin
+      end else if (\$421 ) begin
       end else begin
-        if (\$425 ) begin
+        if (\$429 ) begin
           casez (j)
             3'h0:
-                \$570  = \r_data$337 [15:0];
+                \$570  = r_data[15:0];
           endcase
         end
       end
@@ -25931,22 +25858,22 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$571  = pack_b1;
+    \$571  = pack_a1;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$416 ) begin
-      end else if (\$417 ) begin
-      end else if (is_gemm) begin
       end else if (\$418 ) begin
       end else if (\$419 ) begin
+      end else if (is_gemm) begin
+      end else if (\$420 ) begin
+      end else if (\$421 ) begin
       end else begin
-        if (\$425 ) begin
+        if (\$429 ) begin
           casez (j)
             3'h0:
                 /* empty */;
             3'h1:
-                \$571  = \r_data$337 [15:0];
+                \$571  = r_data[15:0];
           endcase
         end
       end
@@ -25957,24 +25884,24 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$572  = pack_b2;
+    \$572  = pack_a2;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$416 ) begin
-      end else if (\$417 ) begin
-      end else if (is_gemm) begin
       end else if (\$418 ) begin
       end else if (\$419 ) begin
+      end else if (is_gemm) begin
+      end else if (\$420 ) begin
+      end else if (\$421 ) begin
       end else begin
-        if (\$425 ) begin
+        if (\$429 ) begin
           casez (j)
             3'h0:
                 /* empty */;
             3'h1:
                 /* empty */;
             3'h2:
-                \$572  = \r_data$337 [15:0];
+                \$572  = r_data[15:0];
           endcase
         end
       end
@@ -25985,17 +25912,17 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$573  = pack_b3;
+    \$573  = pack_a3;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$416 ) begin
-      end else if (\$417 ) begin
-      end else if (is_gemm) begin
       end else if (\$418 ) begin
       end else if (\$419 ) begin
+      end else if (is_gemm) begin
+      end else if (\$420 ) begin
+      end else if (\$421 ) begin
       end else begin
-        if (\$425 ) begin
+        if (\$429 ) begin
           casez (j)
             3'h0:
                 /* empty */;
@@ -26004,7 +25931,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
             3'h2:
                 /* empty */;
             3'h3:
-                \$573  = \r_data$337 [15:0];
+                \$573  = r_data[15:0];
           endcase
         end
       end
@@ -26015,166 +25942,180 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$574  = full;
+    \$574  = pack_b0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$416 ) begin
-      end else if (\$417 ) begin
-      end else if (is_gemm) begin
       end else if (\$418 ) begin
       end else if (\$419 ) begin
+      end else if (is_gemm) begin
+      end else if (\$420 ) begin
+      end else if (\$421 ) begin
       end else begin
-        if (\$425 ) begin
-          if (\$427 ) begin
-            \$574  = 1'h1;
-          end
-        end
         if (\$429 ) begin
-          \$574  = 1'h0;
-        end
-        if (unit_rst) begin
-          \$574  = 1'h0;
+          casez (j)
+            3'h0:
+                \$574  = \r_data$337 [15:0];
+          endcase
         end
       end
     end
     if (rst) begin
-      \$574  = 1'h0;
+      \$574  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$575  = j;
+    \$575  = pack_b1;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$416 ) begin
-      end else if (\$417 ) begin
-      end else if (is_gemm) begin
       end else if (\$418 ) begin
       end else if (\$419 ) begin
+      end else if (is_gemm) begin
+      end else if (\$420 ) begin
+      end else if (\$421 ) begin
       end else begin
-        if (\$425 ) begin
-          (* full_case = 32'd1 *)
-          if (\$427 ) begin
-            \$575  = 3'h0;
-          end else begin
-            \$575  = \$428 [2:0];
-          end
-        end
-        if (unit_rst) begin
-          \$575  = 3'h0;
+        if (\$429 ) begin
+          casez (j)
+            3'h0:
+                /* empty */;
+            3'h1:
+                \$575  = \r_data$337 [15:0];
+          endcase
         end
       end
     end
     if (rst) begin
-      \$575  = 3'h0;
+      \$575  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$576  = jo;
+    \$576  = pack_b2;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$416 ) begin
-      end else if (\$417 ) begin
-      end else if (is_gemm) begin
       end else if (\$418 ) begin
       end else if (\$419 ) begin
+      end else if (is_gemm) begin
+      end else if (\$420 ) begin
+      end else if (\$421 ) begin
       end else begin
-        if (\$430 ) begin
+        if (\$429 ) begin
+          casez (j)
+            3'h0:
+                /* empty */;
+            3'h1:
+                /* empty */;
+            3'h2:
+                \$576  = \r_data$337 [15:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$576  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$577  = pack_b3;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$418 ) begin
+      end else if (\$419 ) begin
+      end else if (is_gemm) begin
+      end else if (\$420 ) begin
+      end else if (\$421 ) begin
+      end else begin
+        if (\$429 ) begin
+          casez (j)
+            3'h0:
+                /* empty */;
+            3'h1:
+                /* empty */;
+            3'h2:
+                /* empty */;
+            3'h3:
+                \$577  = \r_data$337 [15:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$577  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$578  = j;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$418 ) begin
+      end else if (\$419 ) begin
+      end else if (is_gemm) begin
+      end else if (\$420 ) begin
+      end else if (\$421 ) begin
+      end else begin
+        if (\$429 ) begin
           (* full_case = 32'd1 *)
-          if (\$432 ) begin
-            \$576  = 3'h0;
+          if (\$431 ) begin
+            \$578  = 3'h0;
           end else begin
-            \$576  = \$433 [2:0];
+            \$578  = \$432 [2:0];
           end
         end
         if (unit_rst) begin
-          \$576  = 3'h0;
+          \$578  = 3'h0;
         end
       end
     end
     if (rst) begin
-      \$576  = 3'h0;
+      \$578  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$577  = tiles;
-    if (in_decode) begin
-      \$577  = \$441 [31:0];
-    end
-    if (\$442 ) begin
-      if (\$443 ) begin
-        if (\$461 ) begin
-          \$577  = \$462 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$577  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$578  = nt;
-    if (in_decode) begin
-      \$578  = 16'h0000;
-    end
-    if (\$442 ) begin
-      if (\$443 ) begin
-        if (\$461 ) begin
+    \$579  = jo;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$418 ) begin
+      end else if (\$419 ) begin
+      end else if (is_gemm) begin
+      end else if (\$420 ) begin
+      end else if (\$421 ) begin
+      end else begin
+        if (\$433 ) begin
           (* full_case = 32'd1 *)
-          if (\$467 ) begin
-            \$578  = 16'h0000;
+          if (\$435 ) begin
+            \$579  = 3'h0;
           end else begin
-            \$578  = \$468 [15:0];
+            \$579  = \$436 [2:0];
           end
         end
-      end
-    end
-    if (rst) begin
-      \$578  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$579  = k;
-    if (in_decode) begin
-      \$579  = 16'h0000;
-    end
-    if (\$442 ) begin
-      if (\$443 ) begin
-        if (\$446 ) begin
-        end else if (\$454 ) begin
-          \$579  = \$455 [15:0];
-        end
-        if (\$461 ) begin
-          \$579  = 16'h0000;
+        if (unit_rst) begin
+          \$579  = 3'h0;
         end
       end
     end
     if (rst) begin
-      \$579  = 16'h0000;
+      \$579  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$580  = w_row;
+    \$580  = tiles;
     if (in_decode) begin
-      \$580  = 32'd0;
+      \$580  = \$444 [31:0];
     end
-    if (\$442 ) begin
-      if (\$443 ) begin
-        if (\$461 ) begin
-          (* full_case = 32'd1 *)
-          if (\$467 ) begin
-            \$580  = 32'd0;
-          end else begin
-            \$580  = \$469 [31:0];
-          end
+    if (\$445 ) begin
+      if (\$446 ) begin
+        if (\$464 ) begin
+          \$580  = \$465 [31:0];
         end
       end
     end
@@ -26184,33 +26125,41 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$581  = want_w;
+    \$581  = nt;
     if (in_decode) begin
-      \$581  = 1'h0;
+      \$581  = 16'h0000;
     end
-    if (\$442 ) begin
-      if (\$443 ) begin
-        if (\$446 ) begin
-          \$581  = 1'h1;
-        end
-        if (\$461 ) begin
-          \$581  = 1'h0;
+    if (\$445 ) begin
+      if (\$446 ) begin
+        if (\$464 ) begin
+          (* full_case = 32'd1 *)
+          if (\$470 ) begin
+            \$581  = 16'h0000;
+          end else begin
+            \$581  = \$471 [15:0];
+          end
         end
       end
     end
     if (rst) begin
-      \$581  = 1'h0;
+      \$581  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$582  = rk;
+    \$582  = k;
     if (in_decode) begin
       \$582  = 16'h0000;
     end
-    if (\$470 ) begin
-      if (\$474 ) begin
-        \$582  = \$477 [15:0];
+    if (\$445 ) begin
+      if (\$446 ) begin
+        if (\$449 ) begin
+        end else if (\$457 ) begin
+          \$582  = \$458 [15:0];
+        end
+        if (\$464 ) begin
+          \$582  = 16'h0000;
+        end
       end
     end
     if (rst) begin
@@ -26219,132 +26168,102 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$583  = w_full;
+    \$583  = w_row;
     if (in_decode) begin
-      \$583  = 1'h0;
+      \$583  = 32'd0;
     end
-    if (\$470 ) begin
-      if (\$471 ) begin
-        \$583  = 1'h0;
-      end
-      if (\$474 ) begin
-        if (\$483 ) begin
-          \$583  = 1'h1;
+    if (\$445 ) begin
+      if (\$446 ) begin
+        if (\$464 ) begin
+          (* full_case = 32'd1 *)
+          if (\$470 ) begin
+            \$583  = 32'd0;
+          end else begin
+            \$583  = \$472 [31:0];
+          end
         end
       end
     end
     if (rst) begin
-      \$583  = 1'h0;
+      \$583  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$584  = w_lane0;
-    if (\$470 ) begin
-      if (\$474 ) begin
-        if (\$483 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$584  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
-            5'h03:
-                \$584  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
-            5'h04:
-                \$584  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
-            5'h05:
-                \$584  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
-            5'h06:
-                \$584  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
-            5'h07:
-                \$584  = { beat__payload[6], beat__payload[6:0] };
-            5'h08:
-                \$584  = beat__payload[7:0];
-          endcase
+    \$584  = want_w;
+    if (in_decode) begin
+      \$584  = 1'h0;
+    end
+    if (\$445 ) begin
+      if (\$446 ) begin
+        if (\$449 ) begin
+          \$584  = 1'h1;
+        end
+        if (\$464 ) begin
+          \$584  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$584  = 8'h00;
+      \$584  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$585  = w_lane1;
-    if (\$470 ) begin
+    \$585  = rk;
+    if (in_decode) begin
+      \$585  = 16'h0000;
+    end
+    if (\$473 ) begin
+      if (\$477 ) begin
+        \$585  = \$480 [15:0];
+      end
+    end
+    if (rst) begin
+      \$585  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$586  = w_full;
+    if (in_decode) begin
+      \$586  = 1'h0;
+    end
+    if (\$473 ) begin
       if (\$474 ) begin
-        if (\$483 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$585  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
-            5'h03:
-                \$585  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
-            5'h04:
-                \$585  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
-            5'h05:
-                \$585  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
-            5'h06:
-                \$585  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
-            5'h07:
-                \$585  = { beat__payload[13], beat__payload[13:7] };
-            5'h08:
-                \$585  = beat__payload[15:8];
-          endcase
+        \$586  = 1'h0;
+      end
+      if (\$477 ) begin
+        if (\$486 ) begin
+          \$586  = 1'h1;
         end
       end
     end
     if (rst) begin
-      \$585  = 8'h00;
+      \$586  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$586  = w_lane2;
-    if (\$470 ) begin
-      if (\$474 ) begin
-        if (\$483 ) begin
+    \$587  = w_lane0;
+    if (\$473 ) begin
+      if (\$477 ) begin
+        if (\$486 ) begin
           casez (ins[21:17])
             5'h02:
-                \$586  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+                \$587  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
             5'h03:
-                \$586  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+                \$587  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
             5'h04:
-                \$586  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+                \$587  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
             5'h05:
-                \$586  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+                \$587  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
             5'h06:
-                \$586  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+                \$587  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
             5'h07:
-                \$586  = { beat__payload[20], beat__payload[20:14] };
+                \$587  = { beat__payload[6], beat__payload[6:0] };
             5'h08:
-                \$586  = beat__payload[23:16];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$586  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$587  = w_lane3;
-    if (\$470 ) begin
-      if (\$474 ) begin
-        if (\$483 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$587  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
-            5'h03:
-                \$587  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
-            5'h04:
-                \$587  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
-            5'h05:
-                \$587  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
-            5'h06:
-                \$587  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
-            5'h07:
-                \$587  = { beat__payload[27], beat__payload[27:21] };
-            5'h08:
-                \$587  = beat__payload[31:24];
+                \$587  = beat__payload[7:0];
           endcase
         end
       end
@@ -26355,25 +26274,25 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$588  = w_lane4;
-    if (\$470 ) begin
-      if (\$474 ) begin
-        if (\$483 ) begin
+    \$588  = w_lane1;
+    if (\$473 ) begin
+      if (\$477 ) begin
+        if (\$486 ) begin
           casez (ins[21:17])
             5'h02:
-                \$588  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+                \$588  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
             5'h03:
-                \$588  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+                \$588  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
             5'h04:
-                \$588  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+                \$588  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
             5'h05:
-                \$588  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+                \$588  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
             5'h06:
-                \$588  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+                \$588  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
             5'h07:
-                \$588  = { beat__payload[34], beat__payload[34:28] };
+                \$588  = { beat__payload[13], beat__payload[13:7] };
             5'h08:
-                \$588  = beat__payload[39:32];
+                \$588  = beat__payload[15:8];
           endcase
         end
       end
@@ -26384,25 +26303,25 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$589  = w_lane5;
-    if (\$470 ) begin
-      if (\$474 ) begin
-        if (\$483 ) begin
+    \$589  = w_lane2;
+    if (\$473 ) begin
+      if (\$477 ) begin
+        if (\$486 ) begin
           casez (ins[21:17])
             5'h02:
-                \$589  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+                \$589  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
             5'h03:
-                \$589  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+                \$589  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
             5'h04:
-                \$589  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+                \$589  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
             5'h05:
-                \$589  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+                \$589  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
             5'h06:
-                \$589  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+                \$589  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
             5'h07:
-                \$589  = { beat__payload[41], beat__payload[41:35] };
+                \$589  = { beat__payload[20], beat__payload[20:14] };
             5'h08:
-                \$589  = beat__payload[47:40];
+                \$589  = beat__payload[23:16];
           endcase
         end
       end
@@ -26413,25 +26332,25 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$590  = w_lane6;
-    if (\$470 ) begin
-      if (\$474 ) begin
-        if (\$483 ) begin
+    \$590  = w_lane3;
+    if (\$473 ) begin
+      if (\$477 ) begin
+        if (\$486 ) begin
           casez (ins[21:17])
             5'h02:
-                \$590  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
+                \$590  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
             5'h03:
-                \$590  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
+                \$590  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
             5'h04:
-                \$590  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
+                \$590  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
             5'h05:
-                \$590  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
+                \$590  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
             5'h06:
-                \$590  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
+                \$590  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
             5'h07:
-                \$590  = { beat__payload[48], beat__payload[48:42] };
+                \$590  = { beat__payload[27], beat__payload[27:21] };
             5'h08:
-                \$590  = beat__payload[55:48];
+                \$590  = beat__payload[31:24];
           endcase
         end
       end
@@ -26442,25 +26361,25 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$591  = w_lane7;
-    if (\$470 ) begin
-      if (\$474 ) begin
-        if (\$483 ) begin
+    \$591  = w_lane4;
+    if (\$473 ) begin
+      if (\$477 ) begin
+        if (\$486 ) begin
           casez (ins[21:17])
             5'h02:
-                \$591  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+                \$591  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
             5'h03:
-                \$591  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+                \$591  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
             5'h04:
-                \$591  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+                \$591  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
             5'h05:
-                \$591  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+                \$591  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
             5'h06:
-                \$591  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+                \$591  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
             5'h07:
-                \$591  = { beat__payload[55], beat__payload[55:49] };
+                \$591  = { beat__payload[34], beat__payload[34:28] };
             5'h08:
-                \$591  = beat__payload[63:56];
+                \$591  = beat__payload[39:32];
           endcase
         end
       end
@@ -26471,144 +26390,172 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$592  = a_filled0;
-    if (in_decode) begin
-      \$592  = 1'h0;
+    \$592  = w_lane5;
+    if (\$473 ) begin
+      if (\$477 ) begin
+        if (\$486 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$592  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+            5'h03:
+                \$592  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+            5'h04:
+                \$592  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+            5'h05:
+                \$592  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+            5'h06:
+                \$592  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+            5'h07:
+                \$592  = { beat__payload[41], beat__payload[41:35] };
+            5'h08:
+                \$592  = beat__payload[47:40];
+          endcase
+        end
+      end
     end
-    if (\$488 ) begin
-      if (\$491 ) begin
-        if (\$493 ) begin
-          if (\$495 ) begin
+    if (rst) begin
+      \$592  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$593  = w_lane6;
+    if (\$473 ) begin
+      if (\$477 ) begin
+        if (\$486 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$593  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
+            5'h03:
+                \$593  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
+            5'h04:
+                \$593  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
+            5'h05:
+                \$593  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
+            5'h06:
+                \$593  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
+            5'h07:
+                \$593  = { beat__payload[48], beat__payload[48:42] };
+            5'h08:
+                \$593  = beat__payload[55:48];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$593  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$594  = w_lane7;
+    if (\$473 ) begin
+      if (\$477 ) begin
+        if (\$486 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$594  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+            5'h03:
+                \$594  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+            5'h04:
+                \$594  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+            5'h05:
+                \$594  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+            5'h06:
+                \$594  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+            5'h07:
+                \$594  = { beat__payload[55], beat__payload[55:49] };
+            5'h08:
+                \$594  = beat__payload[63:56];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$594  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$595  = a_filled0;
+    if (in_decode) begin
+      \$595  = 1'h0;
+    end
+    if (\$491 ) begin
+      if (\$494 ) begin
+        if (\$496 ) begin
+          if (\$498 ) begin
             casez (\$signal$235 )
               1'h0:
-                  \$592  = 1'h1;
+                  \$595  = 1'h1;
             endcase
           end
         end
       end
-      if (\$505 ) begin
-        if (\$509 ) begin
-          if (\$514 ) begin
+      if (\$508 ) begin
+        if (\$512 ) begin
+          if (\$517 ) begin
             casez (\$signal$265 )
               1'h0:
-                  \$592  = 1'h0;
+                  \$595  = 1'h0;
             endcase
           end
         end
       end
     end
     if (rst) begin
-      \$592  = 1'h0;
+      \$595  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$593  = a_filled1;
+    \$596  = a_filled1;
     if (in_decode) begin
-      \$593  = 1'h0;
+      \$596  = 1'h0;
     end
-    if (\$488 ) begin
-      if (\$491 ) begin
-        if (\$493 ) begin
-          if (\$495 ) begin
+    if (\$491 ) begin
+      if (\$494 ) begin
+        if (\$496 ) begin
+          if (\$498 ) begin
             (* full_case = 32'd1 *)
             casez (\$signal$235 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$593  = 1'h1;
+                  \$596  = 1'h1;
             endcase
           end
         end
       end
-      if (\$505 ) begin
-        if (\$509 ) begin
-          if (\$514 ) begin
+      if (\$508 ) begin
+        if (\$512 ) begin
+          if (\$517 ) begin
             (* full_case = 32'd1 *)
             casez (\$signal$265 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$593  = 1'h0;
+                  \$596  = 1'h0;
             endcase
           end
         end
       end
     end
     if (rst) begin
-      \$593  = 1'h0;
+      \$596  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$594  = \$signal$235 ;
-    if (in_decode) begin
-      \$594  = 1'h0;
-    end
-    if (\$488 ) begin
-      if (\$491 ) begin
-        if (\$493 ) begin
-          if (\$495 ) begin
-            \$594  = \$496 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$594  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$595  = \$signal$242 ;
-    if (in_decode) begin
-      \$595  = 4'h0;
-    end
-    if (\$488 ) begin
-      if (\$491 ) begin
-        if (\$493 ) begin
-          \$595  = \$494 [3:0];
-          if (\$495 ) begin
-            \$595  = 4'h0;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$595  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$596  = lk;
-    if (in_decode) begin
-      \$596  = 16'h0000;
-    end
-    if (\$488 ) begin
-      if (\$491 ) begin
-        (* full_case = 32'd1 *)
-        if (\$493 ) begin
-          \$596  = 16'h0000;
-        end else begin
-          \$596  = \$497 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$596  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$597  = \$signal$265 ;
+    \$597  = \$signal$235 ;
     if (in_decode) begin
       \$597  = 1'h0;
     end
-    if (\$488 ) begin
-      if (\$505 ) begin
-        if (\$509 ) begin
-          if (\$514 ) begin
-            \$597  = \$515 ;
+    if (\$491 ) begin
+      if (\$494 ) begin
+        if (\$496 ) begin
+          if (\$498 ) begin
+            \$597  = \$499 ;
           end
         end
       end
@@ -26619,383 +26566,214 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$598  = \$signal$266 ;
+    \$598  = \$signal$242 ;
     if (in_decode) begin
-      \$598  = 16'h0000;
+      \$598  = 4'h0;
     end
-    if (\$488 ) begin
-      if (\$505 ) begin
-        (* full_case = 32'd1 *)
-        if (\$509 ) begin
-          \$598  = 16'h0000;
-        end else begin
-          \$598  = \$518 [15:0];
+    if (\$491 ) begin
+      if (\$494 ) begin
+        if (\$496 ) begin
+          \$598  = \$497 [3:0];
+          if (\$498 ) begin
+            \$598  = 4'h0;
+          end
         end
       end
     end
     if (rst) begin
-      \$598  = 16'h0000;
+      \$598  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$599  = fnt;
+    \$599  = lk;
     if (in_decode) begin
       \$599  = 16'h0000;
     end
-    if (\$488 ) begin
-      if (\$505 ) begin
-        if (\$509 ) begin
+    if (\$491 ) begin
+      if (\$494 ) begin
+        (* full_case = 32'd1 *)
+        if (\$496 ) begin
+          \$599  = 16'h0000;
+        end else begin
+          \$599  = \$500 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$599  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$600  = \$signal$265 ;
+    if (in_decode) begin
+      \$600  = 1'h0;
+    end
+    if (\$491 ) begin
+      if (\$508 ) begin
+        if (\$512 ) begin
+          if (\$517 ) begin
+            \$600  = \$518 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$600  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$601  = \$signal$266 ;
+    if (in_decode) begin
+      \$601  = 16'h0000;
+    end
+    if (\$491 ) begin
+      if (\$508 ) begin
+        (* full_case = 32'd1 *)
+        if (\$512 ) begin
+          \$601  = 16'h0000;
+        end else begin
+          \$601  = \$521 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$601  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$602  = fnt;
+    if (in_decode) begin
+      \$602  = 16'h0000;
+    end
+    if (\$491 ) begin
+      if (\$508 ) begin
+        if (\$512 ) begin
           (* full_case = 32'd1 *)
-          if (\$514 ) begin
-            \$599  = 16'h0000;
+          if (\$517 ) begin
+            \$602  = 16'h0000;
           end else begin
-            \$599  = \$517 [15:0];
+            \$602  = \$520 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$599  = 16'h0000;
+      \$602  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$600  = feed_blocks;
+    \$603  = feed_blocks;
     if (in_decode) begin
-      \$600  = \$487 [31:0];
+      \$603  = \$490 [31:0];
     end
-    if (\$488 ) begin
-      if (\$505 ) begin
-        if (\$509 ) begin
-          if (\$514 ) begin
-            \$600  = \$516 [31:0];
+    if (\$491 ) begin
+      if (\$508 ) begin
+        if (\$512 ) begin
+          if (\$517 ) begin
+            \$603  = \$519 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$600  = 32'd0;
+      \$603  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$601  = \$signal$268 ;
+    \$604  = \$signal$268 ;
     if (in_decode) begin
-      \$601  = 1'h0;
+      \$604  = 1'h0;
     end
-    if (\$488 ) begin
-      if (\$498 ) begin
-        \$601  = 1'h0;
+    if (\$491 ) begin
+      if (\$501 ) begin
+        \$604  = 1'h0;
       end
-      if (\$505 ) begin
-        \$601  = 1'h1;
+      if (\$508 ) begin
+        \$604  = 1'h1;
       end
     end
     if (rst) begin
-      \$601  = 1'h0;
+      \$604  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$602  = a_last;
-    if (\$488 ) begin
-      if (\$505 ) begin
-        \$602  = \$507 ;
+    \$605  = a_last;
+    if (\$491 ) begin
+      if (\$508 ) begin
+        \$605  = \$510 ;
       end
     end
     if (rst) begin
-      \$602  = 1'h0;
+      \$605  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$603  = b_full;
-    if (\$488 ) begin
-      if (\$519 ) begin
-        \$603  = 1'h0;
+    \$606  = b_full;
+    if (\$491 ) begin
+      if (\$522 ) begin
+        \$606  = 1'h0;
       end
-      if (\$526 ) begin
-        if (\$534 ) begin
-          \$603  = 1'h1;
+      if (\$529 ) begin
+        if (\$537 ) begin
+          \$606  = 1'h1;
         end
       end
       if (in_decode) begin
-        \$603  = 1'h0;
+        \$606  = 1'h0;
       end
     end
     if (rst) begin
-      \$603  = 1'h0;
+      \$606  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$604  = b_lane0;
-    if (\$488 ) begin
-      if (\$526 ) begin
+    \$607  = b_lane0;
+    if (\$491 ) begin
+      if (\$529 ) begin
         casez (ins[21:17])
           5'h02:
               casez (\$signal$339 )
                 4'h0:
-                    \$604  = { \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527  };
+                    \$607  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
               endcase
           5'h03:
               casez (\$signal$339 )
                 4'h0:
-                    \$604  = { \$528 [3], \$528 [3], \$528 [3], \$528 [3], \$528  };
+                    \$607  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
               endcase
           5'h04:
               casez (\$signal$339 )
                 4'h0:
-                    \$604  = { \$529 [4], \$529 [4], \$529 [4], \$529  };
+                    \$607  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
               endcase
           5'h05:
               casez (\$signal$339 )
                 4'h0:
-                    \$604  = { \$530 [5], \$530 [5], \$530  };
+                    \$607  = { \$533 [5], \$533 [5], \$533  };
               endcase
           5'h06:
               casez (\$signal$339 )
                 4'h0:
-                    \$604  = { \$531 [6], \$531  };
+                    \$607  = { \$534 [6], \$534  };
               endcase
           5'h07:
               casez (\$signal$339 )
                 4'h0:
-                    \$604  = \$532 ;
+                    \$607  = \$535 ;
               endcase
           5'h08:
               casez (\$signal$339 )
                 4'h0:
-                    \$604  = \$533 [7:0];
-              endcase
-        endcase
-      end
-    end
-    if (rst) begin
-      \$604  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$605  = b_lane1;
-    if (\$488 ) begin
-      if (\$526 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$605  = { \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527  };
-              endcase
-          5'h03:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$605  = { \$528 [3], \$528 [3], \$528 [3], \$528 [3], \$528  };
-              endcase
-          5'h04:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$605  = { \$529 [4], \$529 [4], \$529 [4], \$529  };
-              endcase
-          5'h05:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$605  = { \$530 [5], \$530 [5], \$530  };
-              endcase
-          5'h06:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$605  = { \$531 [6], \$531  };
-              endcase
-          5'h07:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$605  = \$532 ;
-              endcase
-          5'h08:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$605  = \$533 [7:0];
-              endcase
-        endcase
-      end
-    end
-    if (rst) begin
-      \$605  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$606  = b_lane2;
-    if (\$488 ) begin
-      if (\$526 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$606  = { \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527  };
-              endcase
-          5'h03:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$606  = { \$528 [3], \$528 [3], \$528 [3], \$528 [3], \$528  };
-              endcase
-          5'h04:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$606  = { \$529 [4], \$529 [4], \$529 [4], \$529  };
-              endcase
-          5'h05:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$606  = { \$530 [5], \$530 [5], \$530  };
-              endcase
-          5'h06:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$606  = { \$531 [6], \$531  };
-              endcase
-          5'h07:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$606  = \$532 ;
-              endcase
-          5'h08:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$606  = \$533 [7:0];
-              endcase
-        endcase
-      end
-    end
-    if (rst) begin
-      \$606  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$607  = b_lane3;
-    if (\$488 ) begin
-      if (\$526 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$607  = { \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527  };
-              endcase
-          5'h03:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$607  = { \$528 [3], \$528 [3], \$528 [3], \$528 [3], \$528  };
-              endcase
-          5'h04:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$607  = { \$529 [4], \$529 [4], \$529 [4], \$529  };
-              endcase
-          5'h05:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$607  = { \$530 [5], \$530 [5], \$530  };
-              endcase
-          5'h06:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$607  = { \$531 [6], \$531  };
-              endcase
-          5'h07:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$607  = \$532 ;
-              endcase
-          5'h08:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$607  = \$533 [7:0];
+                    \$607  = \$536 [7:0];
               endcase
         endcase
       end
@@ -27006,100 +26784,58 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$608  = b_lane4;
-    if (\$488 ) begin
-      if (\$526 ) begin
+    \$608  = b_lane1;
+    if (\$491 ) begin
+      if (\$529 ) begin
         casez (ins[21:17])
           5'h02:
               casez (\$signal$339 )
                 4'h0:
                     /* empty */;
                 4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$608  = { \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527  };
+                    \$608  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
               endcase
           5'h03:
               casez (\$signal$339 )
                 4'h0:
                     /* empty */;
                 4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$608  = { \$528 [3], \$528 [3], \$528 [3], \$528 [3], \$528  };
+                    \$608  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
               endcase
           5'h04:
               casez (\$signal$339 )
                 4'h0:
                     /* empty */;
                 4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$608  = { \$529 [4], \$529 [4], \$529 [4], \$529  };
+                    \$608  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
               endcase
           5'h05:
               casez (\$signal$339 )
                 4'h0:
                     /* empty */;
                 4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$608  = { \$530 [5], \$530 [5], \$530  };
+                    \$608  = { \$533 [5], \$533 [5], \$533  };
               endcase
           5'h06:
               casez (\$signal$339 )
                 4'h0:
                     /* empty */;
                 4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$608  = { \$531 [6], \$531  };
+                    \$608  = { \$534 [6], \$534  };
               endcase
           5'h07:
               casez (\$signal$339 )
                 4'h0:
                     /* empty */;
                 4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$608  = \$532 ;
+                    \$608  = \$535 ;
               endcase
           5'h08:
               casez (\$signal$339 )
                 4'h0:
                     /* empty */;
                 4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$608  = \$533 [7:0];
+                    \$608  = \$536 [7:0];
               endcase
         endcase
       end
@@ -27110,9 +26846,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$609  = b_lane5;
-    if (\$488 ) begin
-      if (\$526 ) begin
+    \$609  = b_lane2;
+    if (\$491 ) begin
+      if (\$529 ) begin
         casez (ins[21:17])
           5'h02:
               casez (\$signal$339 )
@@ -27121,13 +26857,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h1:
                     /* empty */;
                 4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$609  = { \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527  };
+                    \$609  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
               endcase
           5'h03:
               casez (\$signal$339 )
@@ -27136,13 +26866,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h1:
                     /* empty */;
                 4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$609  = { \$528 [3], \$528 [3], \$528 [3], \$528 [3], \$528  };
+                    \$609  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
               endcase
           5'h04:
               casez (\$signal$339 )
@@ -27151,13 +26875,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h1:
                     /* empty */;
                 4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$609  = { \$529 [4], \$529 [4], \$529 [4], \$529  };
+                    \$609  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
               endcase
           5'h05:
               casez (\$signal$339 )
@@ -27166,13 +26884,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h1:
                     /* empty */;
                 4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$609  = { \$530 [5], \$530 [5], \$530  };
+                    \$609  = { \$533 [5], \$533 [5], \$533  };
               endcase
           5'h06:
               casez (\$signal$339 )
@@ -27181,13 +26893,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h1:
                     /* empty */;
                 4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$609  = { \$531 [6], \$531  };
+                    \$609  = { \$534 [6], \$534  };
               endcase
           5'h07:
               casez (\$signal$339 )
@@ -27196,13 +26902,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h1:
                     /* empty */;
                 4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$609  = \$532 ;
+                    \$609  = \$535 ;
               endcase
           5'h08:
               casez (\$signal$339 )
@@ -27211,13 +26911,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h1:
                     /* empty */;
                 4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$609  = \$533 [7:0];
+                    \$609  = \$536 [7:0];
               endcase
         endcase
       end
@@ -27228,9 +26922,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$610  = b_lane6;
-    if (\$488 ) begin
-      if (\$526 ) begin
+    \$610  = b_lane3;
+    if (\$491 ) begin
+      if (\$529 ) begin
         casez (ins[21:17])
           5'h02:
               casez (\$signal$339 )
@@ -27241,13 +26935,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h2:
                     /* empty */;
                 4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$610  = { \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527  };
+                    \$610  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
               endcase
           5'h03:
               casez (\$signal$339 )
@@ -27258,13 +26946,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h2:
                     /* empty */;
                 4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$610  = { \$528 [3], \$528 [3], \$528 [3], \$528 [3], \$528  };
+                    \$610  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
               endcase
           5'h04:
               casez (\$signal$339 )
@@ -27275,13 +26957,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h2:
                     /* empty */;
                 4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$610  = { \$529 [4], \$529 [4], \$529 [4], \$529  };
+                    \$610  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
               endcase
           5'h05:
               casez (\$signal$339 )
@@ -27292,13 +26968,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h2:
                     /* empty */;
                 4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$610  = { \$530 [5], \$530 [5], \$530  };
+                    \$610  = { \$533 [5], \$533 [5], \$533  };
               endcase
           5'h06:
               casez (\$signal$339 )
@@ -27309,13 +26979,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h2:
                     /* empty */;
                 4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$610  = { \$531 [6], \$531  };
+                    \$610  = { \$534 [6], \$534  };
               endcase
           5'h07:
               casez (\$signal$339 )
@@ -27326,13 +26990,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h2:
                     /* empty */;
                 4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$610  = \$532 ;
+                    \$610  = \$535 ;
               endcase
           5'h08:
               casez (\$signal$339 )
@@ -27343,13 +27001,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h2:
                     /* empty */;
                 4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$610  = \$533 [7:0];
+                    \$610  = \$536 [7:0];
               endcase
         endcase
       end
@@ -27360,9 +27012,363 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$611  = b_lane7;
-    if (\$488 ) begin
-      if (\$526 ) begin
+    \$611  = b_lane4;
+    if (\$491 ) begin
+      if (\$529 ) begin
+        casez (ins[21:17])
+          5'h02:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$611  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
+              endcase
+          5'h03:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$611  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
+              endcase
+          5'h04:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$611  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
+              endcase
+          5'h05:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$611  = { \$533 [5], \$533 [5], \$533  };
+              endcase
+          5'h06:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$611  = { \$534 [6], \$534  };
+              endcase
+          5'h07:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$611  = \$535 ;
+              endcase
+          5'h08:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$611  = \$536 [7:0];
+              endcase
+        endcase
+      end
+    end
+    if (rst) begin
+      \$611  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$612  = b_lane5;
+    if (\$491 ) begin
+      if (\$529 ) begin
+        casez (ins[21:17])
+          5'h02:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$612  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
+              endcase
+          5'h03:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$612  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
+              endcase
+          5'h04:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$612  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
+              endcase
+          5'h05:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$612  = { \$533 [5], \$533 [5], \$533  };
+              endcase
+          5'h06:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$612  = { \$534 [6], \$534  };
+              endcase
+          5'h07:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$612  = \$535 ;
+              endcase
+          5'h08:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$612  = \$536 [7:0];
+              endcase
+        endcase
+      end
+    end
+    if (rst) begin
+      \$612  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$613  = b_lane6;
+    if (\$491 ) begin
+      if (\$529 ) begin
+        casez (ins[21:17])
+          5'h02:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$613  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
+              endcase
+          5'h03:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$613  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
+              endcase
+          5'h04:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$613  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
+              endcase
+          5'h05:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$613  = { \$533 [5], \$533 [5], \$533  };
+              endcase
+          5'h06:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$613  = { \$534 [6], \$534  };
+              endcase
+          5'h07:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$613  = \$535 ;
+              endcase
+          5'h08:
+              casez (\$signal$339 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$613  = \$536 [7:0];
+              endcase
+        endcase
+      end
+    end
+    if (rst) begin
+      \$613  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$614  = b_lane7;
+    if (\$491 ) begin
+      if (\$529 ) begin
         casez (ins[21:17])
           5'h02:
               casez (\$signal$339 )
@@ -27381,7 +27387,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h6:
                     /* empty */;
                 4'h7:
-                    \$611  = { \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527 [2], \$527  };
+                    \$614  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
               endcase
           5'h03:
               casez (\$signal$339 )
@@ -27400,7 +27406,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h6:
                     /* empty */;
                 4'h7:
-                    \$611  = { \$528 [3], \$528 [3], \$528 [3], \$528 [3], \$528  };
+                    \$614  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
               endcase
           5'h04:
               casez (\$signal$339 )
@@ -27419,7 +27425,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h6:
                     /* empty */;
                 4'h7:
-                    \$611  = { \$529 [4], \$529 [4], \$529 [4], \$529  };
+                    \$614  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
               endcase
           5'h05:
               casez (\$signal$339 )
@@ -27438,7 +27444,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h6:
                     /* empty */;
                 4'h7:
-                    \$611  = { \$530 [5], \$530 [5], \$530  };
+                    \$614  = { \$533 [5], \$533 [5], \$533  };
               endcase
           5'h06:
               casez (\$signal$339 )
@@ -27457,7 +27463,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h6:
                     /* empty */;
                 4'h7:
-                    \$611  = { \$531 [6], \$531  };
+                    \$614  = { \$534 [6], \$534  };
               endcase
           5'h07:
               casez (\$signal$339 )
@@ -27476,7 +27482,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h6:
                     /* empty */;
                 4'h7:
-                    \$611  = \$532 ;
+                    \$614  = \$535 ;
               endcase
           5'h08:
               casez (\$signal$339 )
@@ -27495,47 +27501,47 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
                 4'h6:
                     /* empty */;
                 4'h7:
-                    \$611  = \$533 [7:0];
+                    \$614  = \$536 [7:0];
               endcase
         endcase
       end
     end
     if (rst) begin
-      \$611  = 8'h00;
+      \$614  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$612  = \$signal$339 ;
-    if (\$488 ) begin
-      if (\$526 ) begin
+    \$615  = \$signal$339 ;
+    if (\$491 ) begin
+      if (\$529 ) begin
         (* full_case = 32'd1 *)
-        if (\$534 ) begin
-          \$612  = 4'h0;
+        if (\$537 ) begin
+          \$615  = 4'h0;
         end else begin
-          \$612  = \$535 [3:0];
+          \$615  = \$538 [3:0];
         end
       end
       if (in_decode) begin
-        \$612  = 4'h0;
+        \$615  = 4'h0;
       end
     end
     if (rst) begin
-      \$612  = 4'h0;
+      \$615  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$129  = 16'h0000;
+    \$131  = 16'h0000;
     casez (jo)
       3'h0:
-          \$129  = unpack0;
+          \$131  = unpack0;
       3'h1:
-          \$129  = unpack1;
+          \$131  = unpack1;
       3'h2:
-          \$129  = unpack2;
+          \$131  = unpack2;
       3'h3:
-          \$129  = unpack3;
+          \$131  = unpack3;
     endcase
   end
   always @* begin
@@ -27543,9 +27549,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$235 )
       1'h0:
-          \$173  = a_filled0;
+          \$175  = a_filled0;
       1'h1:
-          \$173  = a_filled1;
+          \$175  = a_filled1;
     endcase
   end
   always @* begin
@@ -27553,9 +27559,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$235 )
       1'h0:
-          \$178  = a_filled0;
+          \$180  = a_filled0;
       1'h1:
-          \$178  = a_filled1;
+          \$180  = a_filled1;
     endcase
   end
   always @* begin
@@ -27563,9 +27569,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$235 )
       1'h0:
-          \$186  = a_filled0;
+          \$188  = a_filled0;
       1'h1:
-          \$186  = a_filled1;
+          \$188  = a_filled1;
     endcase
   end
   always @* begin
@@ -27573,9 +27579,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$235 )
       1'h0:
-          \$193  = a_filled0;
+          \$195  = a_filled0;
       1'h1:
-          \$193  = a_filled1;
+          \$195  = a_filled1;
     endcase
   end
   always @* begin
@@ -27583,9 +27589,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$235 )
       1'h0:
-          \$200  = a_filled0;
+          \$202  = a_filled0;
       1'h1:
-          \$200  = a_filled1;
+          \$202  = a_filled1;
     endcase
   end
   always @* begin
@@ -27593,9 +27599,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$235 )
       1'h0:
-          \$207  = a_filled0;
+          \$209  = a_filled0;
       1'h1:
-          \$207  = a_filled1;
+          \$209  = a_filled1;
     endcase
   end
   always @* begin
@@ -27603,9 +27609,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$235 )
       1'h0:
-          \$214  = a_filled0;
+          \$216  = a_filled0;
       1'h1:
-          \$214  = a_filled1;
+          \$216  = a_filled1;
     endcase
   end
   always @* begin
@@ -27613,9 +27619,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$235 )
       1'h0:
-          \$221  = a_filled0;
+          \$223  = a_filled0;
       1'h1:
-          \$221  = a_filled1;
+          \$223  = a_filled1;
     endcase
   end
   always @* begin
@@ -27623,9 +27629,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$235 )
       1'h0:
-          \$228  = a_filled0;
+          \$230  = a_filled0;
       1'h1:
-          \$228  = a_filled1;
+          \$230  = a_filled1;
     endcase
   end
   always @* begin
@@ -27633,9 +27639,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$265 )
       1'h0:
-          \$235  = a_filled0;
+          \$237  = a_filled0;
       1'h1:
-          \$235  = a_filled1;
+          \$237  = a_filled1;
     endcase
   end
   always @* begin
@@ -27643,9 +27649,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$265 )
       1'h0:
-          \$244  = a_filled0;
+          \$246  = a_filled0;
       1'h1:
-          \$244  = a_filled1;
+          \$246  = a_filled1;
     endcase
   end
   always @* begin
@@ -27653,9 +27659,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$265 )
       1'h0:
-          \$253  = a_filled0;
+          \$255  = a_filled0;
       1'h1:
-          \$253  = a_filled1;
+          \$255  = a_filled1;
     endcase
   end
   always @* begin
@@ -27663,9 +27669,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$265 )
       1'h0:
-          \$262  = a_filled0;
+          \$264  = a_filled0;
       1'h1:
-          \$262  = a_filled1;
+          \$264  = a_filled1;
     endcase
   end
   always @* begin
@@ -27673,9 +27679,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$265 )
       1'h0:
-          \$271  = a_filled0;
+          \$273  = a_filled0;
       1'h1:
-          \$271  = a_filled1;
+          \$273  = a_filled1;
     endcase
   end
   always @* begin
@@ -27683,9 +27689,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$265 )
       1'h0:
-          \$280  = a_filled0;
+          \$282  = a_filled0;
       1'h1:
-          \$280  = a_filled1;
+          \$282  = a_filled1;
     endcase
   end
   always @* begin
@@ -27693,9 +27699,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$265 )
       1'h0:
-          \$289  = a_filled0;
+          \$291  = a_filled0;
       1'h1:
-          \$289  = a_filled1;
+          \$291  = a_filled1;
     endcase
   end
   always @* begin
@@ -27703,31 +27709,31 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (\$signal$265 )
       1'h0:
-          \$298  = a_filled0;
+          \$300  = a_filled0;
       1'h1:
-          \$298  = a_filled1;
+          \$300  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$333  = 32'd0;
+    \$335  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$333  = \o__payload$314 [31:0];
+          \$335  = \o__payload$314 [31:0];
       16'h0001:
-          \$333  = \o__payload$314 [63:32];
+          \$335  = \o__payload$314 [63:32];
       16'h0002:
-          \$333  = \o__payload$314 [95:64];
+          \$335  = \o__payload$314 [95:64];
       16'h0003:
-          \$333  = \o__payload$314 [127:96];
+          \$335  = \o__payload$314 [127:96];
       16'h0004:
-          \$333  = \o__payload$314 [159:128];
+          \$335  = \o__payload$314 [159:128];
       16'h0005:
-          \$333  = \o__payload$314 [191:160];
+          \$335  = \o__payload$314 [191:160];
       16'h0006:
-          \$333  = \o__payload$314 [223:192];
+          \$335  = \o__payload$314 [223:192];
       16'h0007:
-          \$333  = \o__payload$314 [255:224];
+          \$335  = \o__payload$314 [255:224];
     endcase
   end
   always @* begin
@@ -27735,37 +27741,37 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     (* full_case = 32'd1 *)
     casez (ins[3:0])
       4'h0:
-          \$355  = op_cycles__0;
+          \$357  = op_cycles__0;
       4'h1:
-          \$355  = op_cycles__1;
+          \$357  = op_cycles__1;
       4'h2:
-          \$355  = op_cycles__2;
+          \$357  = op_cycles__2;
       4'h3:
-          \$355  = op_cycles__3;
+          \$357  = op_cycles__3;
       4'h4:
-          \$355  = op_cycles__4;
+          \$357  = op_cycles__4;
       4'h5:
-          \$355  = op_cycles__5;
+          \$357  = op_cycles__5;
       4'h6:
-          \$355  = op_cycles__6;
+          \$357  = op_cycles__6;
       4'h7:
-          \$355  = op_cycles__7;
+          \$357  = op_cycles__7;
       4'h8:
-          \$355  = op_cycles__8;
+          \$357  = op_cycles__8;
       4'h9:
-          \$355  = op_cycles__9;
+          \$357  = op_cycles__9;
       4'ha:
-          \$355  = op_cycles__10;
+          \$357  = op_cycles__10;
       4'hb:
-          \$355  = op_cycles__11;
+          \$357  = op_cycles__11;
       4'hc:
-          \$355  = op_cycles__12;
+          \$357  = op_cycles__12;
       4'hd:
-          \$355  = op_cycles__13;
+          \$357  = op_cycles__13;
       4'he:
-          \$355  = op_cycles__14;
+          \$357  = op_cycles__14;
       4'hf:
-          \$355  = op_cycles__15;
+          \$357  = op_cycles__15;
     endcase
   end
   assign \ar__payload$1  = ar__payload;
@@ -27891,10 +27897,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \i__payload.last  = i__payload[16];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \o__payload$194[0]  = \o__payload$194 [15:0];
-  assign \o__payload$194[1]  = \o__payload$194 [31:16];
-  assign \o__payload$194[2]  = \o__payload$194 [47:32];
-  assign \o__payload$194[3]  = \o__payload$194 [63:48];
+  assign \o__payload$195[0]  = \o__payload$195 [15:0];
+  assign \o__payload$195[1]  = \o__payload$195 [31:16];
+  assign \o__payload$195[2]  = \o__payload$195 [47:32];
+  assign \o__payload$195[3]  = \o__payload$195 [63:48];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
@@ -27982,40 +27988,40 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign { \$95 [3], \$95 [1:0] } = 3'h0;
   assign \$95 [2] = ins[10];
   assign \$96  = ins[10];
-  assign \$138  = { 1'h0, nt, 6'h00 };
-  assign \$151 [3:1] = 3'h0;
-  assign \$151 [0] = ins[8];
-  assign \$152  = ins[8];
-  assign \$154 [3:1] = 3'h0;
-  assign \$154 [0] = ins[8];
-  assign \$155  = ins[8];
-  assign \$157 [3:1] = 3'h0;
-  assign \$157 [0] = ins[8];
-  assign \$158  = ins[8];
-  assign \$160 [3:1] = 3'h0;
-  assign \$160 [0] = ins[8];
-  assign \$161  = ins[8];
-  assign \$163 [3:1] = 3'h0;
-  assign \$163 [0] = ins[8];
-  assign \$164  = ins[8];
-  assign \$166 [3:1] = 3'h0;
-  assign \$166 [0] = ins[8];
-  assign \$167  = ins[8];
-  assign \$169 [3:1] = 3'h0;
-  assign \$169 [0] = ins[8];
-  assign \$170  = ins[8];
-  assign \$436  = { \$435 [17], \$435 [17], \$435 [17], \$435 [17:3] };
-  assign \$440  = { \$439 [17], \$439 [17], \$439 [17], \$439 [17:3] };
-  assign \$465  = { \$464 [17], \$464 [17], \$464 [17], \$464 [17:3] };
-  assign \$486  = { \$485 [17], \$485 [17], \$485 [17], \$485 [17:3] };
-  assign \$512  = { \$511 [17], \$511 [17], \$511 [17], \$511 [17:3] };
-  assign \$527  = { \r_data$337 [1], \r_data$337 [1:0] };
-  assign \$528  = { \r_data$337 [2], \r_data$337 [2:0] };
-  assign \$529  = { \r_data$337 [3], \r_data$337 [3:0] };
-  assign \$530  = { \r_data$337 [4], \r_data$337 [4:0] };
-  assign \$531  = { \r_data$337 [5], \r_data$337 [5:0] };
-  assign \$532  = { \r_data$337 [6], \r_data$337 [6:0] };
-  assign \$533  = { \r_data$337 [7], \r_data$337 [7:0] };
+  assign \$140  = { 1'h0, nt, 6'h00 };
+  assign \$153 [3:1] = 3'h0;
+  assign \$153 [0] = ins[8];
+  assign \$154  = ins[8];
+  assign \$156 [3:1] = 3'h0;
+  assign \$156 [0] = ins[8];
+  assign \$157  = ins[8];
+  assign \$159 [3:1] = 3'h0;
+  assign \$159 [0] = ins[8];
+  assign \$160  = ins[8];
+  assign \$162 [3:1] = 3'h0;
+  assign \$162 [0] = ins[8];
+  assign \$163  = ins[8];
+  assign \$165 [3:1] = 3'h0;
+  assign \$165 [0] = ins[8];
+  assign \$166  = ins[8];
+  assign \$168 [3:1] = 3'h0;
+  assign \$168 [0] = ins[8];
+  assign \$169  = ins[8];
+  assign \$171 [3:1] = 3'h0;
+  assign \$171 [0] = ins[8];
+  assign \$172  = ins[8];
+  assign \$439  = { \$438 [17], \$438 [17], \$438 [17], \$438 [17:3] };
+  assign \$443  = { \$442 [17], \$442 [17], \$442 [17], \$442 [17:3] };
+  assign \$468  = { \$467 [17], \$467 [17], \$467 [17], \$467 [17:3] };
+  assign \$489  = { \$488 [17], \$488 [17], \$488 [17], \$488 [17:3] };
+  assign \$515  = { \$514 [17], \$514 [17], \$514 [17], \$514 [17:3] };
+  assign \$530  = { \r_data$337 [1], \r_data$337 [1:0] };
+  assign \$531  = { \r_data$337 [2], \r_data$337 [2:0] };
+  assign \$532  = { \r_data$337 [3], \r_data$337 [3:0] };
+  assign \$533  = { \r_data$337 [4], \r_data$337 [4:0] };
+  assign \$534  = { \r_data$337 [5], \r_data$337 [5:0] };
+  assign \$535  = { \r_data$337 [6], \r_data$337 [6:0] };
+  assign \$536  = { \r_data$337 [7], \r_data$337 [7:0] };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -32565,10 +32571,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$15918$0 (l0s_s2_o),
-    .\port$16010$0 (l1s_s2_o),
-    .\port$16102$0 (l2s_s2_o),
-    .\port$16194$0 (l3s_s2_o),
+    .\port$15921$0 (l0s_s2_o),
+    .\port$16013$0 (l1s_s2_o),
+    .\port$16105$0 (l2s_s2_o),
+    .\port$16197$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -33813,7 +33819,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15918$0 , \port$16010$0 , \port$16102$0 , \port$16194$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15921$0 , \port$16013$0 , \port$16105$0 , \port$16197$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$182  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -33856,14 +33862,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15918
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$15918$0 ;
-  wire [15:0] \port$15918$0 ;
-  input [15:0] \port$16010$0 ;
-  wire [15:0] \port$16010$0 ;
-  input [15:0] \port$16102$0 ;
-  wire [15:0] \port$16102$0 ;
-  input [15:0] \port$16194$0 ;
-  wire [15:0] \port$16194$0 ;
+  input [15:0] \port$15921$0 ;
+  wire [15:0] \port$15921$0 ;
+  input [15:0] \port$16013$0 ;
+  wire [15:0] \port$16013$0 ;
+  input [15:0] \port$16105$0 ;
+  wire [15:0] \port$16105$0 ;
+  input [15:0] \port$16197$0 ;
+  wire [15:0] \port$16197$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -33906,7 +33912,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15918
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16194$0 , \port$16102$0 , \port$16010$0 , \port$15918$0  };
+      storage[w_port__addr] <= { \port$16197$0 , \port$16105$0 , \port$16013$0 , \port$15921$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -34018,8 +34024,8 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15918
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16194$0 , \port$16102$0 , \port$16010$0 , \port$15918$0  };
-  assign w_data = { \port$16194$0 , \port$16102$0 , \port$16010$0 , \port$15918$0  };
+  assign w_port__data = { \port$16197$0 , \port$16105$0 , \port$16013$0 , \port$15921$0  };
+  assign w_data = { \port$16197$0 , \port$16105$0 , \port$16013$0 , \port$15921$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -41106,10 +41112,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$16427$0 (l0_s27_o),
-    .\port$16613$0 (l1_s27_o),
-    .\port$16799$0 (l2_s27_o),
-    .\port$16985$0 (l3_s27_o),
+    .\port$16430$0 (l0_s27_o),
+    .\port$16616$0 (l1_s27_o),
+    .\port$16802$0 (l2_s27_o),
+    .\port$16988$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -43164,7 +43170,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$16427$0 , \port$16613$0 , \port$16799$0 , \port$16985$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$16430$0 , \port$16616$0 , \port$16802$0 , \port$16988$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$184  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43207,14 +43213,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$164
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$16427$0 ;
-  wire [7:0] \port$16427$0 ;
-  input [7:0] \port$16613$0 ;
-  wire [7:0] \port$16613$0 ;
-  input [7:0] \port$16799$0 ;
-  wire [7:0] \port$16799$0 ;
-  input [7:0] \port$16985$0 ;
-  wire [7:0] \port$16985$0 ;
+  input [7:0] \port$16430$0 ;
+  wire [7:0] \port$16430$0 ;
+  input [7:0] \port$16616$0 ;
+  wire [7:0] \port$16616$0 ;
+  input [7:0] \port$16802$0 ;
+  wire [7:0] \port$16802$0 ;
+  input [7:0] \port$16988$0 ;
+  wire [7:0] \port$16988$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -43273,7 +43279,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$164
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16985$0 , \port$16799$0 , \port$16613$0 , \port$16427$0  };
+      storage[w_port__addr] <= { \port$16988$0 , \port$16802$0 , \port$16616$0 , \port$16430$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -43385,8 +43391,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$164
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16985$0 , \port$16799$0 , \port$16613$0 , \port$16427$0  };
-  assign w_data = { \port$16985$0 , \port$16799$0 , \port$16613$0 , \port$16427$0  };
+  assign w_port__data = { \port$16988$0 , \port$16802$0 , \port$16616$0 , \port$16430$0  };
+  assign w_data = { \port$16988$0 , \port$16802$0 , \port$16616$0 , \port$16430$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -73088,7 +73094,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, \port$1072$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13119$0 , level, clk);
+module \accelerator.core.q_src0 (rst, \port$1075$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13122$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$191  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73113,10 +73119,10 @@ module \accelerator.core.q_src0 (rst, \port$1072$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1072$0 ;
-  wire [15:0] \port$1072$0 ;
-  input [2:0] \port$13119$0 ;
-  wire [2:0] \port$13119$0 ;
+  input [15:0] \port$1075$0 ;
+  wire [15:0] \port$1075$0 ;
+  input [2:0] \port$13122$0 ;
+  wire [2:0] \port$13122$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -73151,7 +73157,7 @@ module \accelerator.core.q_src0 (rst, \port$1072$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13119$0 , \port$1072$0  };
+      storage[w_port__addr] <= { \port$13122$0 , \port$1075$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -73222,14 +73228,14 @@ module \accelerator.core.q_src0 (rst, \port$1072$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13119$0 , \port$1072$0  };
-  assign w_data = { \port$13119$0 , \port$1072$0  };
+  assign w_port__data = { \port$13122$0 , \port$1075$0  };
+  assign w_data = { \port$13122$0 , \port$1075$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1073$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13123$0 , level, clk);
+module \accelerator.core.q_src1 (rst, \port$1076$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13126$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$192  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73254,10 +73260,10 @@ module \accelerator.core.q_src1 (rst, \port$1073$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1073$0 ;
-  wire [15:0] \port$1073$0 ;
-  input [2:0] \port$13123$0 ;
-  wire [2:0] \port$13123$0 ;
+  input [15:0] \port$1076$0 ;
+  wire [15:0] \port$1076$0 ;
+  input [2:0] \port$13126$0 ;
+  wire [2:0] \port$13126$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -73292,7 +73298,7 @@ module \accelerator.core.q_src1 (rst, \port$1073$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13123$0 , \port$1073$0  };
+      storage[w_port__addr] <= { \port$13126$0 , \port$1076$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -73363,8 +73369,8 @@ module \accelerator.core.q_src1 (rst, \port$1073$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13123$0 , \port$1073$0  };
-  assign w_data = { \port$13123$0 , \port$1073$0  };
+  assign w_port__data = { \port$13126$0 , \port$1076$0  };
+  assign w_data = { \port$13126$0 , \port$1076$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -73588,8 +73594,8 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
   assign \$24  = j == \$23 ;
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$13021$0 (req__payload[2:0]),
-    .\port$938$0 (\$10 [4:0]),
+    .\port$13024$0 (req__payload[2:0]),
+    .\port$941$0 (\$10 [4:0]),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -73822,7 +73828,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$938$0 , w_rdy, r_rdy, r_data, \port$13021$0 , r_en, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$941$0 , w_rdy, r_rdy, r_data, \port$13024$0 , r_en, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73846,10 +73852,10 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$938$0 , w_rdy, r_rdy, r
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [3:0] level = 4'h0;
-  input [2:0] \port$13021$0 ;
-  wire [2:0] \port$13021$0 ;
-  input [4:0] \port$938$0 ;
-  wire [4:0] \port$938$0 ;
+  input [2:0] \port$13024$0 ;
+  wire [2:0] \port$13024$0 ;
+  input [4:0] \port$941$0 ;
+  wire [4:0] \port$941$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [7:0] r_data;
@@ -73887,7 +73893,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$938$0 , w_rdy, r_rdy, r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$938$0 , \port$13021$0  };
+      storage[w_port__addr] <= { \port$941$0 , \port$13024$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 4'h8;
@@ -73949,8 +73955,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$938$0 , w_rdy, r_rdy, r
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$938$0 , \port$13021$0  };
-  assign w_data = { \port$938$0 , \port$13021$0  };
+  assign w_port__data = { \port$941$0 , \port$13024$0  };
+  assign w_data = { \port$941$0 , \port$13024$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

@@ -48,7 +48,7 @@ from golden.graph import tensor_shapes
 from ..capabilities import check_fits, const_beats, unit_key
 from ..config import HwConfig
 from ..requant import requant_param_fields
-from .isa import (ADDR_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_W_EXT, INSTR_BYTES, LEVELS, Instr, Opcode, Port,
+from .isa import (ADDR_BITS, STRIDE_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_W_EXT, INSTR_BYTES, LEVELS, Instr, Opcode, Port,
                   encode_program, pack_beats)
 
 __all__ = ["AccelConfig", "Program", "compile", "HEADER_FIELDS", "MAGIC", "ALIGN", "w_layout", "p_layout",
@@ -302,7 +302,20 @@ class _Compiler:
 
     # --- emission ------------------------------------------------------------------------------
     def emit(self, ins: Instr, ext0: str | None = None, ext1: str | None = None) -> None:
+        if ins.op in (Opcode.LINEAR, Opcode.MATMUL):
+            self._check_gemm_walks(ins)
         self.code.append((ins, ext0, ext1))
+
+    def _check_gemm_walks(self, ins: Instr) -> None:
+        """The RTL walks a GEMM by tiles (hwgen.accel.core): a row stride times the array's rows
+        and a column stride times its columns are strides too, and must fit their field."""
+        rows, cols = self.hw.gemm_rows, self.hw.gemm_cols
+        lim = 1 << (STRIDE_BITS - 1)
+        for what, stride, times in (("src0 row", ins.src0.strides[1], rows), ("src1 column", ins.src1.strides[2], cols),
+                                    ("dst row", ins.dst.strides[1], rows), ("dst column", ins.dst.strides[2], cols)):
+            if not -lim <= stride * times < lim:
+                raise UserError(f"accel compile: {ins.note}: {what} stride {stride} x {times} (a tile) does not fit "
+                                f"the {STRIDE_BITS}-bit stride field")
 
     def blob(self, name: str, raw: bytes) -> str:
         self.blobs.append((name, raw))

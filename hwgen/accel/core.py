@@ -393,8 +393,12 @@ class AccelCore(wiring.Component):
         b = Array(Signal(ab, name=f"pack_b{k}") for k in range(lanes))
         j = Signal(range(lanes + 1))
         full = Signal()
-        take = ~full & q0.r_rdy & (q1.r_rdy | ~two)
+        in_ready = Signal()
+        # a beat is refilled in the cycle the unit takes the previous one
+        take = (~full | in_ready) & q0.r_rdy & (q1.r_rdy | ~two)
         m.d.comb += [run0.eq(1), run1.eq(two), q0.r_en.eq(take), q1.r_en.eq(take & two)]
+        with m.If(full & in_ready):
+            m.d.sync += full.eq(0)
         with m.If(take):
             m.d.sync += [a[j].eq(s0_data), b[j].eq(s1_data)]
             with m.If(eq_const(j, lanes - 1) | s0_final):
@@ -404,7 +408,7 @@ class AccelCore(wiring.Component):
         targets = [(two, self.add)] + list(zip(gelu_sel, self.gelus))
         jo = Signal(range(lanes + 1))
         out_lanes = Array(Signal(ab, name=f"unpack{k}") for k in range(lanes))
-        out_valid, out_ready, in_ready = Signal(), Signal(), Signal()
+        out_valid, out_ready = Signal(), Signal()
         for sel, u in targets:
             o = u.o
             with m.If(sel):
@@ -417,8 +421,6 @@ class AccelCore(wiring.Component):
                 else:
                     m.d.comb += [u.i.valid.eq(full), in_ready.eq(u.i.ready)]
                     m.d.comb += [u.i.payload[k].eq(a[k]) for k in range(lanes)]
-        with m.If(full & in_ready):
-            m.d.sync += full.eq(0)
         m.d.comb += [sink_valid.eq(out_valid), sink_data.eq(out_lanes[jo])]
         with m.If(out_valid & sink_ready):
             with m.If(eq_const(jo, lanes - 1) | dst.final):
