@@ -31,7 +31,7 @@ DEFAULT_CONFIG = REPO / "configs" / "default.json"
 CONFIG_FORMAT = "iptq-vit-hwgen-config/2"
 OLD_FORMATS = ("iptq-vit-hwgen-config/1",)
 # Sources whose change can change the generated Verilog (the manifest hashes them).
-GENERATOR_SOURCES = sorted([p for p in (REPO / "hwgen").glob("*.py") if p.name not in ("cli.py", "report.py")]
+GENERATOR_SOURCES = sorted([p for p in (REPO / "hwgen").glob("*.py") if p.name not in ("cli.py", "report.py", "unit_cost.py")]
                            + sorted((REPO / "hwgen" / "accel").glob("*.py"))
                            + [REPO / "golden" / f for f in ("intops.py", "softmax.py", "gelu.py", "layernorm.py")])
 ACCEL_TOP = "accelerator"

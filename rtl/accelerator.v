@@ -42,25 +42,29 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   wire \$4 ;
   reg [1:0] \$40 ;
   reg [31:0] \$41 ;
-  reg \$42 ;
-  reg \$43 ;
-  reg [1:0] \$44 ;
-  reg [31:0] \$45 ;
+  reg [15:0] \$42 ;
+  reg [31:0] \$43 ;
+  reg \$44 ;
+  reg \$45 ;
+  reg [1:0] \$46 ;
+  reg [31:0] \$47 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
   reg \$signal  = 1'h0;
-  reg \$signal$65  = 1'h0;
-  reg \$signal$67  = 1'h0;
+  (* init = 16'h0001 *)
+  wire [15:0] \$signal$64 ;
+  reg \$signal$69  = 1'h0;
+  reg \$signal$71  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$68 ;
-  reg [7:0] \$signal$71  = 8'h00;
+  wire \$signal$72 ;
+  reg [7:0] \$signal$75  = 8'h00;
   (* init = 1'h0 *)
-  wire \$signal$74 ;
+  wire \$signal$78 ;
   (* init = 32'd0 *)
-  wire [31:0] \$signal$75 ;
+  wire [31:0] \$signal$79 ;
   wire [36:0] ar__payload;
   wire [28:0] \ar__payload.addr ;
   wire [7:0] \ar__payload.len ;
@@ -85,6 +89,10 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   wire done;
   reg done_d = 1'h0;
   wire [3:0] error;
+  reg [31:0] image_stride = 32'd0;
+  (* init = 32'd0 *)
+  wire [31:0] \image_stride$66 ;
+  reg [15:0] images = 16'h0001;
   output irq;
   wire irq;
   output [31:0] m_axi_araddr;
@@ -165,7 +173,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   reg pending = 1'h0;
   reg [31:0] prog = 32'd0;
   (* init = 32'd0 *)
-  wire [31:0] \prog$64 ;
+  wire [31:0] \prog$68 ;
   wire [64:0] r__payload;
   wire [63:0] \r__payload.data ;
   wire \r__payload.err ;
@@ -214,6 +222,8 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   reg w_sent = 1'h0;
   reg [31:0] wdata = 32'd0;
   always @(posedge clk)
+    w_held <= \$36 ;
+  always @(posedge clk)
     wdata <= \$37 ;
   always @(posedge clk)
     s_axil_bvalid <= \$38 ;
@@ -224,13 +234,17 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @(posedge clk)
     prog <= \$41 ;
   always @(posedge clk)
-    \$signal$65  <= \$42 ;
+    images <= \$42 ;
   always @(posedge clk)
-    s_axil_rvalid <= \$43 ;
+    image_stride <= \$43 ;
   always @(posedge clk)
-    s_axil_rresp <= \$44 ;
+    \$signal$69  <= \$44 ;
   always @(posedge clk)
-    s_axil_rdata <= \$45 ;
+    s_axil_rvalid <= \$45 ;
+  always @(posedge clk)
+    s_axil_rresp <= \$46 ;
+  always @(posedge clk)
+    s_axil_rdata <= \$47 ;
   assign \$1  = ~ \$signal ;
   assign m_axi_awvalid = aw__valid & \$1 ;
   assign \$2  = ~ w_sent;
@@ -238,14 +252,14 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   assign \$3  = m_axi_awready | \$signal ;
   assign \$4  = m_axi_wready | w_sent;
   assign aw__ready = \$3  & \$4 ;
-  assign irq = \$signal$65  & pending;
-  assign \$5  = ~ \$signal$67 ;
+  assign irq = \$signal$69  & pending;
+  assign \$5  = ~ \$signal$71 ;
   assign \$6  = ~ s_axil_bvalid;
   assign s_axil_awready = \$5  & \$6 ;
   assign \$7  = ~ w_held;
   assign \$8  = ~ s_axil_bvalid;
   assign s_axil_wready = \$7  & \$8 ;
-  assign \$9  = \$signal$67  & w_held;
+  assign \$9  = \$signal$71  & w_held;
   assign s_axil_arready = ~ s_axil_rvalid;
   assign \$10  = m_axi_awready | \$signal ;
   assign \$11  = aw__valid & \$10 ;
@@ -258,12 +272,12 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   assign \$18  = s_axil_bvalid & s_axil_bready;
   assign \$19  = ~ done_d;
   assign \$20  = done & \$19 ;
-  assign \$21  = \$signal$67  & w_held;
+  assign \$21  = \$signal$71  & w_held;
   assign \$22  = s_axil_rvalid & s_axil_rready;
   assign \$23  = s_axil_arvalid & s_axil_arready;
   assign \$26  = \$24  | { 30'h00000000, \$25  };
   assign \$28  = \$26  | { 21'h000000, \$27  };
-  assign \$30  = { 1'h0, \$signal$65  } | \$29 ;
+  assign \$30  = { 1'h0, \$signal$69  } | \$29 ;
   always @(posedge clk)
     \$signal  <= \$31 ;
   always @(posedge clk)
@@ -271,11 +285,9 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @(posedge clk)
     done_d <= \$33 ;
   always @(posedge clk)
-    \$signal$67  <= \$34 ;
+    \$signal$71  <= \$34 ;
   always @(posedge clk)
-    \$signal$71  <= \$35 ;
-  always @(posedge clk)
-    w_held <= \$36 ;
+    \$signal$75  <= \$35 ;
   \accelerator.core  core (
     .ar__payload(ar__payload),
     .ar__ready(m_axi_arready),
@@ -290,6 +302,8 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
     .cycles(cycles),
     .done(done),
     .error(error),
+    .image_stride(image_stride),
+    .images(images),
     .op_cycles__0(op_cycles__0),
     .op_cycles__1(op_cycles__1),
     .op_cycles__10(op_cycles__10),
@@ -316,6 +330,16 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
+    \$37  = wdata;
+    if (\$17 ) begin
+      \$37  = s_axil_wdata;
+    end
+    if (rst) begin
+      \$37  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
     \$38  = s_axil_bvalid;
     if (\$18 ) begin
       \$38  = 1'h0;
@@ -334,10 +358,14 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
       \$39  = 1'h1;
     end
     if (\$21 ) begin
-      casez (\$signal$71 [7:2])
+      casez (\$signal$75 [7:2])
         6'h00:
             /* empty */;
         6'h02:
+            /* empty */;
+        6'h08:
+            /* empty */;
+        6'h09:
             /* empty */;
         6'h03:
             if (wdata[1]) begin
@@ -355,10 +383,14 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
     if (\$21 ) begin
       \$40  = 2'h0;
       (* full_case = 32'd1 *)
-      casez (\$signal$71 [7:2])
+      casez (\$signal$75 [7:2])
         6'h00:
             /* empty */;
         6'h02:
+            /* empty */;
+        6'h08:
+            /* empty */;
+        6'h09:
             /* empty */;
         6'h03:
             /* empty */;
@@ -374,7 +406,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
     \$41  = prog;
     if (\$21 ) begin
-      casez (\$signal$71 [7:2])
+      casez (\$signal$75 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -387,219 +419,267 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
-    \$42  = \$signal$65 ;
+    \$42  = images;
     if (\$21 ) begin
-      casez (\$signal$71 [7:2])
+      casez (\$signal$75 [7:2])
         6'h00:
             /* empty */;
         6'h02:
             /* empty */;
-        6'h03:
-            \$42  = wdata[0];
+        6'h08:
+            \$42  = wdata[15:0];
       endcase
     end
     if (rst) begin
-      \$42  = 1'h0;
+      \$42  = 16'h0001;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
-    \$43  = s_axil_rvalid;
+    \$43  = image_stride;
+    if (\$21 ) begin
+      casez (\$signal$75 [7:2])
+        6'h00:
+            /* empty */;
+        6'h02:
+            /* empty */;
+        6'h08:
+            /* empty */;
+        6'h09:
+            \$43  = wdata;
+      endcase
+    end
+    if (rst) begin
+      \$43  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
+    \$44  = \$signal$69 ;
+    if (\$21 ) begin
+      casez (\$signal$75 [7:2])
+        6'h00:
+            /* empty */;
+        6'h02:
+            /* empty */;
+        6'h08:
+            /* empty */;
+        6'h09:
+            /* empty */;
+        6'h03:
+            \$44  = wdata[0];
+      endcase
+    end
+    if (rst) begin
+      \$44  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
+    \$45  = s_axil_rvalid;
     if (\$22 ) begin
-      \$43  = 1'h0;
+      \$45  = 1'h0;
     end
     if (\$23 ) begin
-      \$43  = 1'h1;
+      \$45  = 1'h1;
     end
     if (rst) begin
-      \$43  = 1'h0;
+      \$45  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
-    \$44  = s_axil_rresp;
+    \$46  = s_axil_rresp;
     if (\$23 ) begin
-      \$44  = 2'h2;
+      \$46  = 2'h2;
       casez (s_axil_araddr[7:2])
         6'h01:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h02:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h03:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h04:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h05:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h06:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h07:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
+        6'h08:
+            \$46  = 2'h0;
+        6'h09:
+            \$46  = 2'h0;
         6'h10:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h11:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h12:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h13:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h14:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h15:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h16:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h17:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h18:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h19:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h1a:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h1b:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h1c:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h1d:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h1e:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h1f:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h20:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h21:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h22:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h23:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h24:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h25:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h26:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h27:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h28:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h29:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h2a:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h2b:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h2c:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h2d:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h2e:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
         6'h2f:
-            \$44  = 2'h0;
+            \$46  = 2'h0;
       endcase
     end
     if (rst) begin
-      \$44  = 2'h0;
+      \$46  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
-    \$45  = s_axil_rdata;
+    \$47  = s_axil_rdata;
     if (\$23 ) begin
-      \$45  = 32'd0;
+      \$47  = 32'd0;
       casez (s_axil_araddr[7:2])
         6'h01:
-            \$45  = \$28 ;
+            \$47  = \$28 ;
         6'h02:
-            \$45  = prog;
+            \$47  = prog;
         6'h03:
-            \$45  = { 30'h00000000, \$30  };
+            \$47  = { 30'h00000000, \$30  };
         6'h04:
-            \$45  = pc;
+            \$47  = pc;
         6'h05:
-            \$45  = cycles[31:0];
+            \$47  = cycles[31:0];
         6'h06:
-            \$45  = { 16'h0000, cycles[47:32] };
+            \$47  = { 16'h0000, cycles[47:32] };
         6'h07:
-            \$45  = 32'd1414092361;
+            \$47  = 32'd1414092361;
+        6'h08:
+            \$47  = { 16'h0000, images };
+        6'h09:
+            \$47  = image_stride;
         6'h10:
-            \$45  = op_cycles__0[31:0];
+            \$47  = op_cycles__0[31:0];
         6'h11:
-            \$45  = { 16'h0000, op_cycles__0[47:32] };
+            \$47  = { 16'h0000, op_cycles__0[47:32] };
         6'h12:
-            \$45  = op_cycles__1[31:0];
+            \$47  = op_cycles__1[31:0];
         6'h13:
-            \$45  = { 16'h0000, op_cycles__1[47:32] };
+            \$47  = { 16'h0000, op_cycles__1[47:32] };
         6'h14:
-            \$45  = op_cycles__2[31:0];
+            \$47  = op_cycles__2[31:0];
         6'h15:
-            \$45  = { 16'h0000, op_cycles__2[47:32] };
+            \$47  = { 16'h0000, op_cycles__2[47:32] };
         6'h16:
-            \$45  = op_cycles__3[31:0];
+            \$47  = op_cycles__3[31:0];
         6'h17:
-            \$45  = { 16'h0000, op_cycles__3[47:32] };
+            \$47  = { 16'h0000, op_cycles__3[47:32] };
         6'h18:
-            \$45  = op_cycles__4[31:0];
+            \$47  = op_cycles__4[31:0];
         6'h19:
-            \$45  = { 16'h0000, op_cycles__4[47:32] };
+            \$47  = { 16'h0000, op_cycles__4[47:32] };
         6'h1a:
-            \$45  = op_cycles__5[31:0];
+            \$47  = op_cycles__5[31:0];
         6'h1b:
-            \$45  = { 16'h0000, op_cycles__5[47:32] };
+            \$47  = { 16'h0000, op_cycles__5[47:32] };
         6'h1c:
-            \$45  = op_cycles__6[31:0];
+            \$47  = op_cycles__6[31:0];
         6'h1d:
-            \$45  = { 16'h0000, op_cycles__6[47:32] };
+            \$47  = { 16'h0000, op_cycles__6[47:32] };
         6'h1e:
-            \$45  = op_cycles__7[31:0];
+            \$47  = op_cycles__7[31:0];
         6'h1f:
-            \$45  = { 16'h0000, op_cycles__7[47:32] };
+            \$47  = { 16'h0000, op_cycles__7[47:32] };
         6'h20:
-            \$45  = op_cycles__8[31:0];
+            \$47  = op_cycles__8[31:0];
         6'h21:
-            \$45  = { 16'h0000, op_cycles__8[47:32] };
+            \$47  = { 16'h0000, op_cycles__8[47:32] };
         6'h22:
-            \$45  = op_cycles__9[31:0];
+            \$47  = op_cycles__9[31:0];
         6'h23:
-            \$45  = { 16'h0000, op_cycles__9[47:32] };
+            \$47  = { 16'h0000, op_cycles__9[47:32] };
         6'h24:
-            \$45  = op_cycles__10[31:0];
+            \$47  = op_cycles__10[31:0];
         6'h25:
-            \$45  = { 16'h0000, op_cycles__10[47:32] };
+            \$47  = { 16'h0000, op_cycles__10[47:32] };
         6'h26:
-            \$45  = op_cycles__11[31:0];
+            \$47  = op_cycles__11[31:0];
         6'h27:
-            \$45  = { 16'h0000, op_cycles__11[47:32] };
+            \$47  = { 16'h0000, op_cycles__11[47:32] };
         6'h28:
-            \$45  = op_cycles__12[31:0];
+            \$47  = op_cycles__12[31:0];
         6'h29:
-            \$45  = { 16'h0000, op_cycles__12[47:32] };
+            \$47  = { 16'h0000, op_cycles__12[47:32] };
         6'h2a:
-            \$45  = op_cycles__13[31:0];
+            \$47  = op_cycles__13[31:0];
         6'h2b:
-            \$45  = { 16'h0000, op_cycles__13[47:32] };
+            \$47  = { 16'h0000, op_cycles__13[47:32] };
         6'h2c:
-            \$45  = op_cycles__14[31:0];
+            \$47  = op_cycles__14[31:0];
         6'h2d:
-            \$45  = { 16'h0000, op_cycles__14[47:32] };
+            \$47  = { 16'h0000, op_cycles__14[47:32] };
         6'h2e:
-            \$45  = op_cycles__15[31:0];
+            \$47  = op_cycles__15[31:0];
         6'h2f:
-            \$45  = { 16'h0000, op_cycles__15[47:32] };
+            \$47  = { 16'h0000, op_cycles__15[47:32] };
       endcase
     end
     if (rst) begin
-      \$45  = 32'd0;
+      \$47  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
     start = 1'h0;
     if (\$9 ) begin
-      casez (\$signal$71 [7:2])
+      casez (\$signal$75 [7:2])
         6'h00:
             start = wdata[0];
       endcase
@@ -644,7 +724,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
-    \$34  = \$signal$67 ;
+    \$34  = \$signal$71 ;
     if (\$16 ) begin
       \$34  = 1'h1;
     end
@@ -657,7 +737,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
-    \$35  = \$signal$71 ;
+    \$35  = \$signal$75 ;
     if (\$16 ) begin
       \$35  = s_axil_awaddr;
     end
@@ -678,16 +758,6 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
       \$36  = 1'h0;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
-    \$37  = wdata;
-    if (\$17 ) begin
-      \$37  = s_axil_wdata;
-    end
-    if (rst) begin
-      \$37  = 32'd0;
-    end
-  end
   assign ar__valid = m_axi_arvalid;
   assign ar__ready = m_axi_arready;
   assign r__valid = m_axi_rvalid;
@@ -695,11 +765,13 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   assign b__valid = m_axi_bvalid;
   assign b__payload = m_axi_bresp[1];
   assign b__ready = 1'h1;
-  assign \prog$64  = prog;
-  assign \$signal$68  = s_axil_bvalid;
+  assign \$signal$64  = images;
+  assign \image_stride$66  = image_stride;
+  assign \prog$68  = prog;
+  assign \$signal$72  = s_axil_bvalid;
   assign bresp = s_axil_bresp;
-  assign \$signal$74  = s_axil_rvalid;
-  assign \$signal$75  = s_axil_rdata;
+  assign \$signal$78  = s_axil_rvalid;
+  assign \$signal$79  = s_axil_rdata;
   assign rresp = s_axil_rresp;
   assign m_axi_awid = 1'h0;
   assign m_axi_awlen = 8'h00;
@@ -732,20 +804,20 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar__valid, r__ready, aw__valid, r__payload, start, prog, cycles, op_cycles__0, op_cycles__1, op_cycles__2, op_cycles__3, op_cycles__4, op_cycles__5, op_cycles__6, op_cycles__7
-, op_cycles__8, op_cycles__9, op_cycles__10, op_cycles__11, op_cycles__12, op_cycles__13, op_cycles__14, op_cycles__15, pc, busy, done, error, ar__payload, aw__payload, b__payload);
+module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar__valid, r__ready, aw__valid, r__payload, start, prog, images, image_stride, cycles, op_cycles__0, op_cycles__1, op_cycles__2, op_cycles__3, op_cycles__4, op_cycles__5
+, op_cycles__6, op_cycles__7, op_cycles__8, op_cycles__9, op_cycles__10, op_cycles__11, op_cycles__12, op_cycles__13, op_cycles__14, op_cycles__15, pc, busy, done, error, ar__payload, aw__payload, b__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$180  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
-  wire [24:0] \$100 ;
-  wire [33:0] \$101 ;
-  wire \$102 ;
+  wire \$100 ;
+  wire [32:0] \$101 ;
+  wire [3:0] \$102 ;
   wire \$103 ;
-  wire \$104 ;
+  wire [64:0] \$104 ;
   wire \$105 ;
   wire \$106 ;
-  wire \$107 ;
-  wire \$108 ;
+  wire [24:0] \$107 ;
+  wire [33:0] \$108 ;
   wire \$109 ;
   wire [17:0] \$11 ;
   wire \$110 ;
@@ -771,69 +843,69 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$129 ;
   wire [21:0] \$13 ;
   wire \$130 ;
-  reg [15:0] \$131 ;
+  wire \$131 ;
   wire \$132 ;
   wire \$133 ;
   wire \$134 ;
   wire \$135 ;
   wire \$136 ;
-  wire [32:0] \$137 ;
-  wire [39:0] \$138 ;
-  wire [40:0] \$139 ;
+  wire \$137 ;
+  reg [15:0] \$138 ;
+  wire \$139 ;
   wire [16:0] \$14 ;
-  wire [22:0] \$140 ;
-  wire [32:0] \$141 ;
-  wire [40:0] \$142 ;
-  wire [2:0] \$143 ;
-  wire \$144 ;
-  wire \$145 ;
-  wire \$146 ;
-  wire \$147 ;
-  wire \$148 ;
-  wire \$149 ;
+  wire \$140 ;
+  wire \$141 ;
+  wire \$142 ;
+  wire \$143 ;
+  wire [32:0] \$144 ;
+  wire [39:0] \$145 ;
+  wire [40:0] \$146 ;
+  wire [22:0] \$147 ;
+  wire [32:0] \$148 ;
+  wire [40:0] \$149 ;
   wire [17:0] \$15 ;
-  wire \$150 ;
+  wire [2:0] \$150 ;
   wire \$151 ;
   wire \$152 ;
-  wire [3:0] \$153 ;
+  wire \$153 ;
   wire \$154 ;
-  wire [2:0] \$155 ;
-  wire [3:0] \$156 ;
+  wire \$155 ;
+  wire \$156 ;
   wire \$157 ;
-  wire [3:0] \$158 ;
-  wire [3:0] \$159 ;
+  wire \$158 ;
+  wire \$159 ;
   wire [17:0] \$16 ;
-  wire \$160 ;
-  wire [4:0] \$161 ;
-  wire [3:0] \$162 ;
-  wire \$163 ;
-  wire [5:0] \$164 ;
+  wire [3:0] \$160 ;
+  wire \$161 ;
+  wire [2:0] \$162 ;
+  wire [3:0] \$163 ;
+  wire \$164 ;
   wire [3:0] \$165 ;
-  wire \$166 ;
-  wire [6:0] \$167 ;
-  wire [3:0] \$168 ;
-  wire \$169 ;
+  wire [3:0] \$166 ;
+  wire \$167 ;
+  wire [4:0] \$168 ;
+  wire [3:0] \$169 ;
   wire [21:0] \$17 ;
-  wire [7:0] \$170 ;
-  wire [3:0] \$171 ;
-  wire \$172 ;
-  wire [8:0] \$173 ;
-  wire \$174 ;
-  reg \$175 ;
+  wire \$170 ;
+  wire [5:0] \$171 ;
+  wire [3:0] \$172 ;
+  wire \$173 ;
+  wire [6:0] \$174 ;
+  wire [3:0] \$175 ;
   wire \$176 ;
-  wire \$177 ;
-  wire [9:0] \$178 ;
-  wire [16:0] \$179 ;
+  wire [7:0] \$177 ;
+  wire [3:0] \$178 ;
+  wire \$179 ;
   wire [16:0] \$18 ;
-  reg \$180 ;
+  wire [8:0] \$180 ;
   wire \$181 ;
-  wire \$182 ;
+  reg \$182 ;
   wire \$183 ;
   wire \$184 ;
-  wire \$185 ;
-  wire [9:0] \$186 ;
-  wire [16:0] \$187 ;
-  reg \$188 ;
+  wire [9:0] \$185 ;
+  wire [16:0] \$186 ;
+  reg \$187 ;
+  wire \$188 ;
   wire \$189 ;
   wire [17:0] \$19 ;
   wire \$190 ;
@@ -894,79 +966,79 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$24 ;
   wire \$240 ;
   wire \$241 ;
-  wire \$242 ;
-  wire \$243 ;
-  wire [9:0] \$244 ;
-  wire [16:0] \$245 ;
-  reg \$246 ;
+  wire [9:0] \$242 ;
+  wire [16:0] \$243 ;
+  reg \$244 ;
+  wire \$245 ;
+  wire \$246 ;
   wire \$247 ;
   wire \$248 ;
   wire \$249 ;
   wire \$25 ;
   wire \$250 ;
-  wire \$251 ;
-  wire \$252 ;
-  wire [9:0] \$253 ;
-  wire [16:0] \$254 ;
-  reg \$255 ;
+  wire [9:0] \$251 ;
+  wire [16:0] \$252 ;
+  reg \$253 ;
+  wire \$254 ;
+  wire \$255 ;
   wire \$256 ;
   wire \$257 ;
   wire \$258 ;
   wire \$259 ;
   wire [3:0] \$26 ;
-  wire \$260 ;
-  wire \$261 ;
-  wire [9:0] \$262 ;
-  wire [16:0] \$263 ;
-  reg \$264 ;
+  wire [9:0] \$260 ;
+  wire [16:0] \$261 ;
+  reg \$262 ;
+  wire \$263 ;
+  wire \$264 ;
   wire \$265 ;
   wire \$266 ;
   wire \$267 ;
   wire \$268 ;
-  wire \$269 ;
+  wire [9:0] \$269 ;
   wire \$27 ;
-  wire \$270 ;
-  wire [9:0] \$271 ;
-  wire [16:0] \$272 ;
-  reg \$273 ;
+  wire [16:0] \$270 ;
+  reg \$271 ;
+  wire \$272 ;
+  wire \$273 ;
   wire \$274 ;
   wire \$275 ;
   wire \$276 ;
   wire \$277 ;
-  wire \$278 ;
-  wire \$279 ;
+  wire [9:0] \$278 ;
+  wire [16:0] \$279 ;
   wire \$28 ;
-  wire [9:0] \$280 ;
-  wire [16:0] \$281 ;
-  reg \$282 ;
+  reg \$280 ;
+  wire \$281 ;
+  wire \$282 ;
   wire \$283 ;
   wire \$284 ;
   wire \$285 ;
   wire \$286 ;
-  wire \$287 ;
-  wire \$288 ;
-  wire [9:0] \$289 ;
+  wire [9:0] \$287 ;
+  wire [16:0] \$288 ;
+  reg \$289 ;
   wire \$29 ;
-  wire [16:0] \$290 ;
-  reg \$291 ;
+  wire \$290 ;
+  wire \$291 ;
   wire \$292 ;
   wire \$293 ;
   wire \$294 ;
   wire \$295 ;
-  wire \$296 ;
-  wire \$297 ;
-  wire [9:0] \$298 ;
-  wire [16:0] \$299 ;
+  wire [9:0] \$296 ;
+  wire [16:0] \$297 ;
+  reg \$298 ;
+  wire \$299 ;
   wire [16:0] \$3 ;
   wire \$30 ;
-  reg \$300 ;
+  wire \$300 ;
   wire \$301 ;
   wire \$302 ;
   wire \$303 ;
   wire \$304 ;
-  wire \$305 ;
-  wire \$306 ;
-  wire \$307 ;
+  wire [9:0] \$305 ;
+  wire [16:0] \$306 ;
+  reg \$307 ;
   wire \$308 ;
   wire \$309 ;
   wire \$31 ;
@@ -979,39 +1051,39 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$316 ;
   wire \$317 ;
   wire \$318 ;
-  wire [7:0] \$319 ;
+  wire \$319 ;
   wire \$32 ;
   wire \$320 ;
-  wire [7:0] \$321 ;
+  wire \$321 ;
   wire \$322 ;
-  wire [7:0] \$323 ;
+  wire \$323 ;
   wire \$324 ;
-  wire [7:0] \$325 ;
-  wire \$326 ;
-  wire [7:0] \$327 ;
-  wire \$328 ;
-  wire [7:0] \$329 ;
+  wire \$325 ;
+  wire [7:0] \$326 ;
+  wire \$327 ;
+  wire [7:0] \$328 ;
+  wire \$329 ;
   wire \$33 ;
-  wire \$330 ;
-  wire [7:0] \$331 ;
-  wire \$332 ;
-  wire [7:0] \$333 ;
-  wire \$334 ;
-  reg [31:0] \$335 ;
-  wire \$336 ;
-  wire [19:0] \$337 ;
-  wire [20:0] \$338 ;
+  wire [7:0] \$330 ;
+  wire \$331 ;
+  wire [7:0] \$332 ;
+  wire \$333 ;
+  wire [7:0] \$334 ;
+  wire \$335 ;
+  wire [7:0] \$336 ;
+  wire \$337 ;
+  wire [7:0] \$338 ;
   wire \$339 ;
   wire \$34 ;
-  wire [19:0] \$340 ;
-  wire [20:0] \$341 ;
-  wire \$342 ;
+  wire [7:0] \$340 ;
+  wire \$341 ;
+  reg [31:0] \$342 ;
   wire \$343 ;
-  wire \$344 ;
-  wire \$345 ;
+  wire [19:0] \$344 ;
+  wire [20:0] \$345 ;
   wire \$346 ;
-  wire \$347 ;
-  wire \$348 ;
+  wire [19:0] \$347 ;
+  wire [20:0] \$348 ;
   wire \$349 ;
   wire \$35 ;
   wire \$350 ;
@@ -1020,19 +1092,19 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$353 ;
   wire \$354 ;
   wire \$355 ;
-  wire [48:0] \$356 ;
-  reg [47:0] \$357 ;
-  wire [48:0] \$358 ;
+  wire \$356 ;
+  wire \$357 ;
+  wire \$358 ;
   wire \$359 ;
   wire \$36 ;
   wire \$360 ;
   wire \$361 ;
   wire \$362 ;
-  wire \$363 ;
-  wire \$364 ;
-  wire \$365 ;
+  wire [48:0] \$363 ;
+  reg [47:0] \$364 ;
+  wire [48:0] \$365 ;
   wire \$366 ;
-  wire \$367 ;
+  wire [15:0] \$367 ;
   wire \$368 ;
   wire \$369 ;
   wire \$37 ;
@@ -1045,11 +1117,11 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$376 ;
   wire \$377 ;
   wire \$378 ;
-  wire [16:0] \$379 ;
+  wire \$379 ;
   wire \$38 ;
   wire \$380 ;
-  wire [16:0] \$381 ;
-  wire [16:0] \$382 ;
+  wire \$381 ;
+  wire \$382 ;
   wire \$383 ;
   wire \$384 ;
   wire \$385 ;
@@ -1058,13 +1130,13 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$388 ;
   wire \$389 ;
   wire \$39 ;
-  wire \$390 ;
+  wire [16:0] \$390 ;
   wire [32:0] \$391 ;
   wire \$392 ;
-  wire \$393 ;
+  wire [16:0] \$393 ;
   wire \$394 ;
-  wire \$395 ;
-  wire \$396 ;
+  wire [16:0] \$395 ;
+  wire [16:0] \$396 ;
   wire \$397 ;
   wire \$398 ;
   wire \$399 ;
@@ -1075,7 +1147,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$402 ;
   wire \$403 ;
   wire \$404 ;
-  wire \$405 ;
+  wire [32:0] \$405 ;
   wire \$406 ;
   wire \$407 ;
   wire \$408 ;
@@ -1105,200 +1177,200 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$43 ;
   wire \$430 ;
   wire \$431 ;
-  wire [3:0] \$432 ;
+  wire \$432 ;
   wire \$433 ;
   wire \$434 ;
   wire \$435 ;
-  wire [3:0] \$436 ;
-  wire [16:0] \$437 ;
-  wire [17:0] \$438 ;
-  wire [17:0] \$439 ;
+  wire \$436 ;
+  wire \$437 ;
+  wire \$438 ;
+  wire \$439 ;
   wire \$44 ;
-  wire [33:0] \$440 ;
-  wire [16:0] \$441 ;
-  wire [17:0] \$442 ;
-  wire [17:0] \$443 ;
-  wire [51:0] \$444 ;
+  wire \$440 ;
+  wire \$441 ;
+  wire \$442 ;
+  wire \$443 ;
+  wire \$444 ;
   wire \$445 ;
-  wire \$446 ;
+  wire [3:0] \$446 ;
   wire \$447 ;
   wire \$448 ;
   wire \$449 ;
   wire \$45 ;
-  wire \$450 ;
-  wire \$451 ;
-  wire [16:0] \$452 ;
-  wire \$453 ;
-  wire \$454 ;
-  wire \$455 ;
-  wire \$456 ;
-  wire \$457 ;
-  wire [16:0] \$458 ;
+  wire [3:0] \$450 ;
+  wire [16:0] \$451 ;
+  wire [17:0] \$452 ;
+  wire [17:0] \$453 ;
+  wire [33:0] \$454 ;
+  wire [16:0] \$455 ;
+  wire [17:0] \$456 ;
+  wire [17:0] \$457 ;
+  wire [51:0] \$458 ;
   wire \$459 ;
   wire \$46 ;
   wire \$460 ;
-  wire [16:0] \$461 ;
+  wire \$461 ;
   wire \$462 ;
   wire \$463 ;
   wire \$464 ;
-  wire [32:0] \$465 ;
+  wire \$465 ;
   wire [16:0] \$466 ;
-  wire [17:0] \$467 ;
-  wire [17:0] \$468 ;
-  wire [18:0] \$469 ;
+  wire \$467 ;
+  wire \$468 ;
+  wire \$469 ;
   wire \$47 ;
   wire \$470 ;
-  wire [16:0] \$471 ;
-  wire [32:0] \$472 ;
+  wire \$471 ;
+  wire [16:0] \$472 ;
   wire \$473 ;
   wire \$474 ;
-  wire \$475 ;
+  wire [16:0] \$475 ;
   wire \$476 ;
   wire \$477 ;
   wire \$478 ;
-  wire [16:0] \$479 ;
+  wire [32:0] \$479 ;
   wire \$48 ;
   wire [16:0] \$480 ;
-  wire \$481 ;
-  wire \$482 ;
-  wire \$483 ;
+  wire [17:0] \$481 ;
+  wire [17:0] \$482 ;
+  wire [18:0] \$483 ;
   wire \$484 ;
-  wire \$485 ;
-  wire \$486 ;
-  wire [16:0] \$487 ;
-  wire [17:0] \$488 ;
-  wire [17:0] \$489 ;
+  wire [16:0] \$485 ;
+  wire [32:0] \$486 ;
+  wire \$487 ;
+  wire \$488 ;
+  wire \$489 ;
   wire \$49 ;
-  wire [33:0] \$490 ;
+  wire \$490 ;
   wire \$491 ;
-  reg \$492 ;
-  wire \$493 ;
-  wire \$494 ;
-  wire [16:0] \$495 ;
+  wire \$492 ;
+  wire [16:0] \$493 ;
+  wire [16:0] \$494 ;
+  wire \$495 ;
   wire \$496 ;
-  wire [4:0] \$497 ;
+  wire \$497 ;
   wire \$498 ;
   wire \$499 ;
   wire [17:0] \$5 ;
-  wire \$50 ;
-  wire [16:0] \$500 ;
-  wire \$501 ;
-  reg \$502 ;
-  wire \$503 ;
-  wire \$504 ;
+  wire [3:0] \$50 ;
+  wire \$500 ;
+  wire [16:0] \$501 ;
+  wire [17:0] \$502 ;
+  wire [17:0] \$503 ;
+  wire [33:0] \$504 ;
   wire \$505 ;
-  wire \$506 ;
+  reg \$506 ;
   wire \$507 ;
   wire \$508 ;
   wire [16:0] \$509 ;
   wire \$51 ;
   wire \$510 ;
-  wire [16:0] \$511 ;
+  wire [4:0] \$511 ;
   wire \$512 ;
-  wire [16:0] \$513 ;
-  wire [17:0] \$514 ;
-  wire [17:0] \$515 ;
-  wire [18:0] \$516 ;
+  wire \$513 ;
+  wire [16:0] \$514 ;
+  wire \$515 ;
+  reg \$516 ;
   wire \$517 ;
   wire \$518 ;
-  wire [32:0] \$519 ;
-  wire \$52 ;
-  wire [16:0] \$520 ;
-  wire [16:0] \$521 ;
+  wire \$519 ;
+  wire [31:0] \$52 ;
+  wire \$520 ;
+  wire \$521 ;
   wire \$522 ;
-  wire \$523 ;
+  wire [16:0] \$523 ;
   wire \$524 ;
-  wire \$525 ;
+  wire [16:0] \$525 ;
   wire \$526 ;
-  wire \$527 ;
-  wire \$528 ;
-  wire \$529 ;
-  wire \$53 ;
-  wire [2:0] \$530 ;
-  wire [3:0] \$531 ;
-  wire [4:0] \$532 ;
-  wire [5:0] \$533 ;
-  wire [6:0] \$534 ;
-  wire [7:0] \$535 ;
-  wire [8:0] \$536 ;
+  wire [16:0] \$527 ;
+  wire [17:0] \$528 ;
+  wire [17:0] \$529 ;
+  wire [32:0] \$53 ;
+  wire [18:0] \$530 ;
+  wire \$531 ;
+  wire \$532 ;
+  wire [32:0] \$533 ;
+  wire [16:0] \$534 ;
+  wire [16:0] \$535 ;
+  wire \$536 ;
   wire \$537 ;
-  wire [4:0] \$538 ;
-  reg \$539 ;
+  wire \$538 ;
+  wire \$539 ;
   wire \$54 ;
-  reg [2:0] \$540 ;
-  reg \$541 ;
-  reg [2:0] \$542 ;
-  reg [47:0] \$543 ;
-  reg [47:0] \$544 ;
-  reg [47:0] \$545 ;
-  reg [47:0] \$546 ;
-  reg [47:0] \$547 ;
-  reg [47:0] \$548 ;
-  reg [47:0] \$549 ;
+  wire \$540 ;
+  wire \$541 ;
+  wire \$542 ;
+  wire \$543 ;
+  wire [2:0] \$544 ;
+  wire [3:0] \$545 ;
+  wire [4:0] \$546 ;
+  wire [5:0] \$547 ;
+  wire [6:0] \$548 ;
+  wire [7:0] \$549 ;
   wire \$55 ;
-  reg [47:0] \$550 ;
-  reg [47:0] \$551 ;
-  reg [47:0] \$552 ;
-  reg [47:0] \$553 ;
-  reg [47:0] \$554 ;
-  reg [47:0] \$555 ;
-  reg [47:0] \$556 ;
+  wire [8:0] \$550 ;
+  wire \$551 ;
+  wire [4:0] \$552 ;
+  reg \$553 ;
+  reg [2:0] \$554 ;
+  reg \$555 ;
+  reg [2:0] \$556 ;
   reg [47:0] \$557 ;
   reg [47:0] \$558 ;
   reg [47:0] \$559 ;
   wire \$56 ;
-  reg [31:0] \$560 ;
-  reg \$561 ;
-  reg \$562 ;
-  reg [3:0] \$563 ;
-  reg \$564 ;
-  reg [2:0] \$565 ;
-  reg [511:0] \$566 ;
-  reg [15:0] \$567 ;
-  reg [15:0] \$568 ;
-  reg \$569 ;
+  reg [47:0] \$560 ;
+  reg [47:0] \$561 ;
+  reg [47:0] \$562 ;
+  reg [47:0] \$563 ;
+  reg [47:0] \$564 ;
+  reg [47:0] \$565 ;
+  reg [47:0] \$566 ;
+  reg [47:0] \$567 ;
+  reg [47:0] \$568 ;
+  reg [47:0] \$569 ;
   wire \$57 ;
-  reg [15:0] \$570 ;
-  reg [15:0] \$571 ;
-  reg [15:0] \$572 ;
-  reg [15:0] \$573 ;
-  reg [15:0] \$574 ;
-  reg [15:0] \$575 ;
-  reg [15:0] \$576 ;
-  reg [15:0] \$577 ;
-  reg [2:0] \$578 ;
-  reg [2:0] \$579 ;
+  reg [47:0] \$570 ;
+  reg [47:0] \$571 ;
+  reg [47:0] \$572 ;
+  reg [47:0] \$573 ;
+  reg [31:0] \$574 ;
+  reg \$575 ;
+  reg \$576 ;
+  reg [3:0] \$577 ;
+  reg \$578 ;
+  reg [31:0] \$579 ;
   wire \$58 ;
   reg [31:0] \$580 ;
   reg [15:0] \$581 ;
-  reg [15:0] \$582 ;
-  reg [31:0] \$583 ;
-  reg \$584 ;
+  reg [31:0] \$582 ;
+  reg [2:0] \$583 ;
+  reg [511:0] \$584 ;
   reg [15:0] \$585 ;
-  reg \$586 ;
-  reg [7:0] \$587 ;
-  reg [7:0] \$588 ;
-  reg [7:0] \$589 ;
+  reg [15:0] \$586 ;
+  reg \$587 ;
+  reg [15:0] \$588 ;
+  reg [15:0] \$589 ;
   wire \$59 ;
-  reg [7:0] \$590 ;
-  reg [7:0] \$591 ;
-  reg [7:0] \$592 ;
-  reg [7:0] \$593 ;
-  reg [7:0] \$594 ;
-  reg \$595 ;
-  reg \$596 ;
-  reg \$597 ;
-  reg [3:0] \$598 ;
+  reg [15:0] \$590 ;
+  reg [15:0] \$591 ;
+  reg [15:0] \$592 ;
+  reg [15:0] \$593 ;
+  reg [15:0] \$594 ;
+  reg [15:0] \$595 ;
+  reg [2:0] \$596 ;
+  reg [2:0] \$597 ;
+  reg [31:0] \$598 ;
   reg [15:0] \$599 ;
   wire [21:0] \$6 ;
   wire \$60 ;
-  reg \$600 ;
-  reg [15:0] \$601 ;
-  reg [15:0] \$602 ;
-  reg [31:0] \$603 ;
+  reg [15:0] \$600 ;
+  reg [31:0] \$601 ;
+  reg \$602 ;
+  reg [15:0] \$603 ;
   reg \$604 ;
-  reg \$605 ;
-  reg \$606 ;
+  reg [7:0] \$605 ;
+  reg [7:0] \$606 ;
   reg [7:0] \$607 ;
   reg [7:0] \$608 ;
   reg [7:0] \$609 ;
@@ -1306,62 +1378,81 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [7:0] \$610 ;
   reg [7:0] \$611 ;
   reg [7:0] \$612 ;
-  reg [7:0] \$613 ;
-  reg [7:0] \$614 ;
-  reg [3:0] \$615 ;
+  reg \$613 ;
+  reg \$614 ;
+  reg \$615 ;
+  reg [3:0] \$616 ;
+  reg [15:0] \$617 ;
+  reg \$618 ;
+  reg [15:0] \$619 ;
   wire \$62 ;
+  reg [15:0] \$620 ;
+  reg [31:0] \$621 ;
+  reg \$622 ;
+  reg \$623 ;
+  reg \$624 ;
+  reg [7:0] \$625 ;
+  reg [7:0] \$626 ;
+  reg [7:0] \$627 ;
+  reg [7:0] \$628 ;
+  reg [7:0] \$629 ;
   wire \$63 ;
+  reg [7:0] \$630 ;
+  reg [7:0] \$631 ;
+  reg [7:0] \$632 ;
+  reg [3:0] \$633 ;
   wire \$64 ;
   wire \$65 ;
   wire \$66 ;
   wire \$67 ;
   wire \$68 ;
-  wire [22:0] \$69 ;
+  wire \$69 ;
   wire [16:0] \$7 ;
-  wire [32:0] \$70 ;
+  wire \$70 ;
   wire \$71 ;
   wire \$72 ;
   wire \$73 ;
   wire \$74 ;
   wire \$75 ;
-  wire \$76 ;
-  wire \$77 ;
+  wire [22:0] \$76 ;
+  wire [32:0] \$77 ;
   wire \$78 ;
   wire \$79 ;
   wire [17:0] \$8 ;
   wire \$80 ;
   wire \$81 ;
   wire \$82 ;
-  wire [24:0] \$83 ;
-  wire [33:0] \$84 ;
+  wire \$83 ;
+  wire \$84 ;
   wire \$85 ;
-  wire [3:0] \$86 ;
+  wire \$86 ;
   wire \$87 ;
-  wire [8:0] \$88 ;
-  wire [3:0] \$89 ;
+  wire \$88 ;
+  wire \$89 ;
   wire [17:0] \$9 ;
-  wire \$90 ;
-  wire [16:0] \$91 ;
-  wire [3:0] \$92 ;
-  wire \$93 ;
-  wire [32:0] \$94 ;
-  wire [3:0] \$95 ;
-  wire \$96 ;
-  wire [64:0] \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  wire [24:0] \$90 ;
+  wire [33:0] \$91 ;
+  wire \$92 ;
+  wire [3:0] \$93 ;
+  wire \$94 ;
+  wire [8:0] \$95 ;
+  wire [3:0] \$96 ;
+  wire \$97 ;
+  wire [16:0] \$98 ;
+  wire [3:0] \$99 ;
   reg \$signal ;
-  reg \$signal$190 ;
-  reg \$signal$235  = 1'h0;
-  reg [3:0] \$signal$242  = 4'h0;
-  reg \$signal$265  = 1'h0;
-  reg [15:0] \$signal$266  = 16'h0000;
+  reg \$signal$193 ;
+  reg \$signal$238  = 1'h0;
+  reg [3:0] \$signal$245  = 4'h0;
   reg \$signal$268  = 1'h0;
-  reg [3:0] \$signal$339  = 4'h0;
+  reg [15:0] \$signal$269  = 16'h0000;
+  reg \$signal$271  = 1'h0;
+  reg [31:0] \$signal$336  = 32'd0;
+  reg [31:0] \$signal$337  = 32'd0;
+  reg [3:0] \$signal$346  = 4'h0;
   reg \$signal$96 ;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$238 ;
-  reg [8:0] \$signature__addr$243 ;
+  reg [8:0] \$signature__addr$241 ;
   reg [8:0] \$signature__addr$246 ;
   reg [8:0] \$signature__addr$249 ;
   reg [8:0] \$signature__addr$252 ;
@@ -1369,70 +1460,71 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [8:0] \$signature__addr$258 ;
   reg [8:0] \$signature__addr$261 ;
   reg [8:0] \$signature__addr$264 ;
-  reg [8:0] \$signature__addr$270 ;
-  reg [8:0] \$signature__addr$272 ;
-  reg [8:0] \$signature__addr$274 ;
-  reg [8:0] \$signature__addr$276 ;
-  reg [8:0] \$signature__addr$278 ;
-  reg [8:0] \$signature__addr$280 ;
-  reg [8:0] \$signature__addr$282 ;
+  reg [8:0] \$signature__addr$267 ;
+  reg [8:0] \$signature__addr$273 ;
+  reg [8:0] \$signature__addr$275 ;
+  reg [8:0] \$signature__addr$277 ;
+  reg [8:0] \$signature__addr$279 ;
+  reg [8:0] \$signature__addr$281 ;
+  reg [8:0] \$signature__addr$283 ;
+  reg [8:0] \$signature__addr$285 ;
   wire [13:0] \$signature__addr$83 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$240 ;
-  reg [8:0] \$signature__data$244 ;
+  reg [8:0] \$signature__data$243 ;
   reg [8:0] \$signature__data$247 ;
   reg [8:0] \$signature__data$250 ;
   reg [8:0] \$signature__data$253 ;
   reg [8:0] \$signature__data$256 ;
   reg [8:0] \$signature__data$259 ;
   reg [8:0] \$signature__data$262 ;
-  wire [8:0] \$signature__data$288 ;
-  wire [8:0] \$signature__data$289 ;
-  wire [8:0] \$signature__data$290 ;
+  reg [8:0] \$signature__data$265 ;
   wire [8:0] \$signature__data$291 ;
   wire [8:0] \$signature__data$292 ;
   wire [8:0] \$signature__data$293 ;
   wire [8:0] \$signature__data$294 ;
   wire [8:0] \$signature__data$295 ;
+  wire [8:0] \$signature__data$296 ;
+  wire [8:0] \$signature__data$297 ;
+  wire [8:0] \$signature__data$298 ;
   wire [15:0] \$signature__data$89 ;
   wire \$signature__en ;
-  reg \$signature__en$241 ;
-  reg \$signature__en$245 ;
+  reg \$signature__en$244 ;
   reg \$signature__en$248 ;
   reg \$signature__en$251 ;
   reg \$signature__en$254 ;
   reg \$signature__en$257 ;
   reg \$signature__en$260 ;
   reg \$signature__en$263 ;
-  reg \$signature__en$267 ;
-  reg \$signature__en$271 ;
-  reg \$signature__en$273 ;
-  reg \$signature__en$275 ;
-  reg \$signature__en$277 ;
-  reg \$signature__en$279 ;
-  reg \$signature__en$281 ;
-  reg \$signature__en$283 ;
+  reg \$signature__en$266 ;
+  reg \$signature__en$270 ;
+  reg \$signature__en$274 ;
+  reg \$signature__en$276 ;
+  reg \$signature__en$278 ;
+  reg \$signature__en$280 ;
+  reg \$signature__en$282 ;
+  reg \$signature__en$284 ;
+  reg \$signature__en$286 ;
   wire \$signature__en$85 ;
   reg [63:0] a__payload;
-  reg [72:0] \a__payload$285 ;
-  wire [71:0] \a__payload$285.data ;
-  wire [8:0] \a__payload$285.data[0] ;
-  wire [8:0] \a__payload$285.data[1] ;
-  wire [8:0] \a__payload$285.data[2] ;
-  wire [8:0] \a__payload$285.data[3] ;
-  wire [8:0] \a__payload$285.data[4] ;
-  wire [8:0] \a__payload$285.data[5] ;
-  wire [8:0] \a__payload$285.data[6] ;
-  wire [8:0] \a__payload$285.data[7] ;
-  wire \a__payload$285.last ;
+  reg [72:0] \a__payload$288 ;
+  wire [71:0] \a__payload$288.data ;
+  wire [8:0] \a__payload$288.data[0] ;
+  wire [8:0] \a__payload$288.data[1] ;
+  wire [8:0] \a__payload$288.data[2] ;
+  wire [8:0] \a__payload$288.data[3] ;
+  wire [8:0] \a__payload$288.data[4] ;
+  wire [8:0] \a__payload$288.data[5] ;
+  wire [8:0] \a__payload$288.data[6] ;
+  wire [8:0] \a__payload$288.data[7] ;
+  wire \a__payload$288.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$233 ;
+  wire \a__ready$236 ;
   reg a__valid;
-  reg \a__valid$232 ;
+  reg \a__valid$235 ;
   reg a_filled0 = 1'h0;
   reg a_filled1 = 1'h0;
   reg a_last = 1'h0;
@@ -1471,18 +1563,18 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  reg [63:0] \b__payload$208 ;
-  wire [15:0] \b__payload$208[0] ;
-  wire [15:0] \b__payload$208[1] ;
-  wire [15:0] \b__payload$208[2] ;
-  wire [15:0] \b__payload$208[3] ;
+  reg [63:0] \b__payload$211 ;
+  wire [15:0] \b__payload$211[0] ;
+  wire [15:0] \b__payload$211[1] ;
+  wire [15:0] \b__payload$211[2] ;
+  wire [15:0] \b__payload$211[3] ;
   wire \b__payload.err ;
   wire b__ready;
-  wire \b__ready$202 ;
+  wire \b__ready$205 ;
   wire \b__ready$21 ;
   input b__valid;
   wire b__valid;
-  reg \b__valid$200 ;
+  reg \b__valid$203 ;
   wire \b__valid$23 ;
   reg b_full = 1'h0;
   reg [7:0] b_lane0 = 8'h00;
@@ -1506,31 +1598,31 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   (* init = 1'h0 *)
   wire \busy$107 ;
   reg [4:0] c__payload;
-  reg [65:0] \c__payload$155 ;
-  wire [42:0] \c__payload$155.b ;
-  wire [5:0] \c__payload$155.e ;
-  wire \c__payload$155.last ;
-  wire [15:0] \c__payload$155.m ;
-  reg [43:0] \c__payload$158 ;
-  wire [5:0] \c__payload$158.e_a ;
-  wire [5:0] \c__payload$158.e_b ;
-  wire [15:0] \c__payload$158.m_a ;
-  wire [15:0] \c__payload$158.m_b ;
-  reg [52:0] \c__payload$161 ;
-  wire [5:0] \c__payload$161.e ;
-  wire [15:0] \c__payload$161.m ;
-  wire [9:0] \c__payload$161.qb ;
-  wire [14:0] \c__payload$161.qc ;
-  wire [5:0] \c__payload$161.sh ;
+  reg [65:0] \c__payload$158 ;
+  wire [42:0] \c__payload$158.b ;
+  wire [5:0] \c__payload$158.e ;
+  wire \c__payload$158.last ;
+  wire [15:0] \c__payload$158.m ;
+  reg [43:0] \c__payload$161 ;
+  wire [5:0] \c__payload$161.e_a ;
+  wire [5:0] \c__payload$161.e_b ;
+  wire [15:0] \c__payload$161.m_a ;
+  wire [15:0] \c__payload$161.m_b ;
+  reg [52:0] \c__payload$164 ;
+  wire [5:0] \c__payload$164.e ;
+  wire [15:0] \c__payload$164.m ;
+  wire [9:0] \c__payload$164.qb ;
+  wire [14:0] \c__payload$164.qc ;
+  wire [5:0] \c__payload$164.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$157 ;
   wire \c__ready$160 ;
   wire \c__ready$163 ;
+  wire \c__ready$166 ;
   reg c__valid;
-  reg \c__valid$156 ;
   reg \c__valid$159 ;
   reg \c__valid$162 ;
+  reg \c__valid$165 ;
   reg [2:0] c_lb;
   reg [15:0] ci = 16'h0000;
   wire clear;
@@ -1551,31 +1643,37 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
   wire [3:0] \error$103 ;
+  wire [31:0] ext_base;
   reg [3:0] fault;
   reg [31:0] feed_blocks = 32'd0;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$327 ;
   wire \final$330 ;
+  wire \final$333 ;
   reg [15:0] fnt = 16'h0000;
   reg full = 1'h0;
   reg [16:0] i__payload;
-  reg [15:0] \i__payload$181 ;
-  reg [31:0] \i__payload$218 ;
-  wire [7:0] \i__payload$218[0] ;
-  wire [7:0] \i__payload$218[1] ;
-  wire [7:0] \i__payload$218[2] ;
-  wire [7:0] \i__payload$218[3] ;
+  reg [15:0] \i__payload$184 ;
+  reg [31:0] \i__payload$221 ;
+  wire [7:0] \i__payload$221[0] ;
+  wire [7:0] \i__payload$221[1] ;
+  wire [7:0] \i__payload$221[2] ;
+  wire [7:0] \i__payload$221[3] ;
   wire [15:0] \i__payload.data ;
   wire \i__payload.last ;
   wire i__ready;
-  wire \i__ready$182 ;
-  wire \i__ready$217 ;
+  wire \i__ready$185 ;
+  wire \i__ready$220 ;
   reg i__valid;
-  reg \i__valid$180 ;
-  reg \i__valid$216 ;
+  reg \i__valid$183 ;
+  reg \i__valid$219 ;
   wire idle;
-  wire \idle$335 ;
+  wire \idle$342 ;
+  input [31:0] image_stride;
+  wire [31:0] image_stride;
+  input [15:0] images;
+  wire [15:0] images;
+  reg [15:0] images_left = 16'h0000;
   reg in_decode;
   reg in_op;
   reg in_ready;
@@ -1622,10 +1720,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [2:0] jo = 3'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$331 ;
+  wire \last__3$334 ;
   wire last__4;
-  wire \last__4$326 ;
   wire \last__4$329 ;
+  wire \last__4$332 ;
   wire [2:0] level;
   wire [2:0] \level$81 ;
   reg [15:0] lk = 16'h0000;
@@ -1653,38 +1751,39 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg \next$98 ;
   reg [15:0] nt = 16'h0000;
   wire [8:0] o__payload;
-  wire [7:0] \o__payload$184 ;
-  wire [63:0] \o__payload$195 ;
-  wire [15:0] \o__payload$195[0] ;
-  wire [15:0] \o__payload$195[1] ;
-  wire [15:0] \o__payload$195[2] ;
-  wire [15:0] \o__payload$195[3] ;
-  wire [31:0] \o__payload$215 ;
-  wire [7:0] \o__payload$215[0] ;
-  wire [7:0] \o__payload$215[1] ;
-  wire [7:0] \o__payload$215[2] ;
-  wire [7:0] \o__payload$215[3] ;
-  wire [255:0] \o__payload$314 ;
-  wire [31:0] \o__payload$314[0] ;
-  wire [31:0] \o__payload$314[1] ;
-  wire [31:0] \o__payload$314[2] ;
-  wire [31:0] \o__payload$314[3] ;
-  wire [31:0] \o__payload$314[4] ;
-  wire [31:0] \o__payload$314[5] ;
-  wire [31:0] \o__payload$314[6] ;
-  wire [31:0] \o__payload$314[7] ;
+  wire [7:0] \o__payload$187 ;
+  wire [63:0] \o__payload$198 ;
+  wire [15:0] \o__payload$198[0] ;
+  wire [15:0] \o__payload$198[1] ;
+  wire [15:0] \o__payload$198[2] ;
+  wire [15:0] \o__payload$198[3] ;
+  wire [31:0] \o__payload$218 ;
+  wire [7:0] \o__payload$218[0] ;
+  wire [7:0] \o__payload$218[1] ;
+  wire [7:0] \o__payload$218[2] ;
+  wire [7:0] \o__payload$218[3] ;
+  wire [255:0] \o__payload$317 ;
+  wire [31:0] \o__payload$317[0] ;
+  wire [31:0] \o__payload$317[1] ;
+  wire [31:0] \o__payload$317[2] ;
+  wire [31:0] \o__payload$317[3] ;
+  wire [31:0] \o__payload$317[4] ;
+  wire [31:0] \o__payload$317[5] ;
+  wire [31:0] \o__payload$317[6] ;
+  wire [31:0] \o__payload$317[7] ;
   wire [7:0] \o__payload.data ;
   wire \o__payload.last ;
   reg o__ready;
-  reg \o__ready$185 ;
-  reg \o__ready$192 ;
-  reg \o__ready$214 ;
-  reg \o__ready$319 ;
+  reg \o__ready$188 ;
+  reg \o__ready$195 ;
+  reg \o__ready$217 ;
+  reg \o__ready$322 ;
   wire o__valid;
-  wire \o__valid$183 ;
-  wire \o__valid$191 ;
-  wire \o__valid$213 ;
-  wire \o__valid$315 ;
+  wire \o__valid$186 ;
+  wire \o__valid$194 ;
+  wire \o__valid$216 ;
+  wire \o__valid$318 ;
+  reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
   (* init = 48'h000000000000 *)
@@ -1809,22 +1908,22 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire r__valid;
   wire \r__valid$11 ;
   wire [18:0] r_data;
-  wire [18:0] \r_data$337 ;
+  wire [18:0] \r_data$344 ;
   reg r_en;
-  reg \r_en$189 ;
+  reg \r_en$192 ;
   wire r_rdy;
-  wire \r_rdy$188 ;
+  wire \r_rdy$191 ;
   reg [34:0] req__payload;
-  reg [98:0] \req__payload$172 ;
-  wire [31:0] \req__payload$172.addr ;
-  wire [63:0] \req__payload$172.data ;
-  wire [2:0] \req__payload$172.lb ;
+  reg [98:0] \req__payload$175 ;
+  wire [31:0] \req__payload$175.addr ;
+  wire [63:0] \req__payload$175.data ;
+  wire [2:0] \req__payload$175.lb ;
   wire [31:0] \req__payload.addr ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$173 ;
+  wire \req__ready$176 ;
   reg req__valid;
-  reg \req__valid$171 ;
+  reg \req__valid$174 ;
   reg [15:0] rk = 16'h0000;
   input rst;
   wire rst;
@@ -2419,16 +2518,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$241 )
-      a_cache0[\$signature__addr$238 ] <= \$signature__data$240 ;
+    if (\$signature__en$244 )
+      a_cache0[\$signature__addr$241 ] <= \$signature__data$243 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$267 ) begin
-      _0_ <= a_cache0[\$signature__addr$264 ];
+    if (\$signature__en$270 ) begin
+      _0_ <= a_cache0[\$signature__addr$267 ];
     end
   end
-  assign \$signature__data$288  = _0_;
+  assign \$signature__data$291  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -2945,16 +3044,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$245 )
-      a_cache1[\$signature__addr$243 ] <= \$signature__data$244 ;
+    if (\$signature__en$248 )
+      a_cache1[\$signature__addr$246 ] <= \$signature__data$247 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$271 ) begin
-      _1_ <= a_cache1[\$signature__addr$270 ];
+    if (\$signature__en$274 ) begin
+      _1_ <= a_cache1[\$signature__addr$273 ];
     end
   end
-  assign \$signature__data$289  = _1_;
+  assign \$signature__data$292  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -3471,16 +3570,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$248 )
-      a_cache2[\$signature__addr$246 ] <= \$signature__data$247 ;
+    if (\$signature__en$251 )
+      a_cache2[\$signature__addr$249 ] <= \$signature__data$250 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$273 ) begin
-      _2_ <= a_cache2[\$signature__addr$272 ];
+    if (\$signature__en$276 ) begin
+      _2_ <= a_cache2[\$signature__addr$275 ];
     end
   end
-  assign \$signature__data$290  = _2_;
+  assign \$signature__data$293  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -3997,16 +4096,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$251 )
-      a_cache3[\$signature__addr$249 ] <= \$signature__data$250 ;
+    if (\$signature__en$254 )
+      a_cache3[\$signature__addr$252 ] <= \$signature__data$253 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$275 ) begin
-      _3_ <= a_cache3[\$signature__addr$274 ];
+    if (\$signature__en$278 ) begin
+      _3_ <= a_cache3[\$signature__addr$277 ];
     end
   end
-  assign \$signature__data$291  = _3_;
+  assign \$signature__data$294  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -4523,16 +4622,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$254 )
-      a_cache4[\$signature__addr$252 ] <= \$signature__data$253 ;
+    if (\$signature__en$257 )
+      a_cache4[\$signature__addr$255 ] <= \$signature__data$256 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$277 ) begin
-      _4_ <= a_cache4[\$signature__addr$276 ];
+    if (\$signature__en$280 ) begin
+      _4_ <= a_cache4[\$signature__addr$279 ];
     end
   end
-  assign \$signature__data$292  = _4_;
+  assign \$signature__data$295  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -5049,16 +5148,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$257 )
-      a_cache5[\$signature__addr$255 ] <= \$signature__data$256 ;
+    if (\$signature__en$260 )
+      a_cache5[\$signature__addr$258 ] <= \$signature__data$259 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$279 ) begin
-      _5_ <= a_cache5[\$signature__addr$278 ];
+    if (\$signature__en$282 ) begin
+      _5_ <= a_cache5[\$signature__addr$281 ];
     end
   end
-  assign \$signature__data$293  = _5_;
+  assign \$signature__data$296  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -5575,16 +5674,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$260 )
-      a_cache6[\$signature__addr$258 ] <= \$signature__data$259 ;
+    if (\$signature__en$263 )
+      a_cache6[\$signature__addr$261 ] <= \$signature__data$262 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$281 ) begin
-      _6_ <= a_cache6[\$signature__addr$280 ];
+    if (\$signature__en$284 ) begin
+      _6_ <= a_cache6[\$signature__addr$283 ];
     end
   end
-  assign \$signature__data$294  = _6_;
+  assign \$signature__data$297  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -6101,16 +6200,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$263 )
-      a_cache7[\$signature__addr$261 ] <= \$signature__data$262 ;
+    if (\$signature__en$266 )
+      a_cache7[\$signature__addr$264 ] <= \$signature__data$265 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$283 ) begin
-      _7_ <= a_cache7[\$signature__addr$282 ];
+    if (\$signature__en$286 ) begin
+      _7_ <= a_cache7[\$signature__addr$285 ];
     end
   end
-  assign \$signature__data$295  = _7_;
+  assign \$signature__data$298  = _7_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -22514,306 +22613,345 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   assign \$signature__data$89  = _8_;
   assign \$signature__data  = _9_;
-  assign \$379  = ci + 1'h1;
-  assign \$380  = beat__valid & beat__ready;
-  assign \$381  = cr + 1'h1;
-  assign \$382  = cr + 1'h1;
-  assign \$383  = \$382  == ins[511:498];
-  assign \$384  = | ins[511:498];
-  assign \$385  = ~ \$384 ;
-  assign \$386  = ~ \valid$97 ;
-  assign \$387  = \$386  & idle;
-  assign \$388  = | fault;
-  assign \$389  = ~ \$388 ;
-  assign \$390  = \$387  & \$389 ;
-  assign \$391  = pc + 7'h40;
-  assign \$392  = $signed(addr) < $signed(1'h0);
-  assign \$393  = $signed(addr) >= $signed(16'h4000);
-  assign \$394  = \$392  | \$393 ;
-  assign \$395  = valid & \$394 ;
-  assign \$396  = ins[5:0] == 2'h2;
-  assign \$397  = ~ \$396 ;
-  assign \$398  = \$395  & \$397 ;
-  assign \$399  = ~ is_gemm;
-  assign \$400  = \$398  & \$399 ;
-  assign \$401  = $signed(\addr$84 ) < $signed(1'h0);
-  assign \$402  = $signed(\addr$84 ) >= $signed(16'h4000);
-  assign \$403  = \$401  | \$402 ;
-  assign \$404  = \valid$80  & \$403 ;
-  assign \$405  = ins[5:0] == 4'h9;
-  assign \$406  = \$404  & \$405 ;
-  assign \$407  = $signed(\addr$92 ) < $signed(1'h0);
-  assign \$408  = $signed(\addr$92 ) >= $signed(16'h4000);
-  assign \$409  = \$407  | \$408 ;
-  assign \$410  = \valid$97  & \$409 ;
-  assign \$411  = ins[5:0] == 2'h3;
-  assign \$412  = ~ \$411 ;
-  assign \$413  = \$410  & \$412 ;
-  assign \$414  = ~ is_gemm;
-  assign \$415  = \$413  & \$414 ;
-  assign \$416  = | fault;
-  assign \$417  = \idle$335  & idle;
-  assign \$418  = ins[5:0] == 2'h2;
-  assign \$419  = ins[5:0] == 2'h3;
-  assign \$420  = ins[5:0] == 3'h6;
-  assign \$421  = ins[5:0] == 4'h8;
-  assign \$422  = full & in_ready;
-  assign \$423  = ~ full;
-  assign \$424  = \$423  | in_ready;
-  assign \$425  = \$424  & r_rdy;
-  assign \$426  = ins[5:0] == 4'h9;
-  assign \$427  = ~ \$426 ;
-  assign \$428  = \r_rdy$188  | \$427 ;
-  assign \$429  = \$425  & \$428 ;
-  assign \$430  = j == 2'h3;
-  assign \$431  = \$430  | r_data[17];
-  assign \$432  = j + 1'h1;
-  assign \$433  = \$signal$190  & \valid$97 ;
-  assign \$434  = jo == 2'h3;
-  assign \$435  = \$434  | \final ;
-  assign \$436  = jo + 1'h1;
-  assign \$437  = ins[55:40] + 4'h8;
-  assign \$438  = \$437  - 1'h1;
-  assign \$440  = $signed({ 1'h0, ins[39:24] }) * $signed(\$439 );
-  assign \$441  = ins[71:56] + 4'h8;
-  assign \$442  = \$441  - 1'h1;
-  assign \$444  = $signed(\$440 ) * $signed(\$443 );
-  assign \$445  = streaming & is_gemm;
-  assign \$446  = req__valid & req__ready;
-  assign \$447  = ~ want_w;
-  assign \$448  = ins[5:0] == 3'h4;
-  assign \$449  = \$447  & \$448 ;
-  assign \$450  = ins[5:0] == 3'h4;
-  assign \$451  = ~ \$450 ;
-  assign \$452  = ins[87:72] - 1'h1;
-  assign \$453  = k == \$452 ;
-  assign \$454  = want_w & \$453 ;
-  assign \$455  = \$451  | \$454 ;
-  assign \$456  = ~ \$455 ;
-  assign \$457  = want_w & \$456 ;
-  assign \$458  = k + 1'h1;
-  assign \$459  = ins[5:0] == 3'h4;
-  assign \$460  = ~ \$459 ;
-  assign \$461  = ins[87:72] - 1'h1;
-  assign \$462  = k == \$461 ;
-  assign \$463  = want_w & \$462 ;
-  assign \$464  = \$460  | \$463 ;
-  assign \$465  = tiles - 1'h1;
-  assign \$466  = ins[71:56] + 4'h8;
-  assign \$467  = \$466  - 1'h1;
-  assign \$469  = $signed(\$468 ) - $signed(2'h1);
-  assign \$470  = nt == \$469 ;
-  assign \$471  = nt + 1'h1;
-  assign \$472  = w_row + ins[87:72];
-  assign \$473  = streaming & is_gemm;
-  assign \$474  = \a__valid$232  & \a__ready$233 ;
-  assign \$475  = beat__valid & beat__ready;
-  assign \$476  = ins[5:0] == 3'h4;
-  assign \$477  = \$475  & \$476 ;
-  assign \$478  = rk == ins[87:72];
-  assign \$479  = rk + 1'h1;
-  assign \$480  = \$478  ? 17'h00000 : \$479 ;
-  assign \$481  = ins[5:0] == 3'h4;
-  assign \$482  = ~ \$481 ;
-  assign \$483  = | rk;
-  assign \$484  = ~ \$483 ;
-  assign \$485  = \$482  | \$484 ;
-  assign \$486  = ~ \$485 ;
-  assign \$487  = ins[55:40] + 4'h8;
-  assign \$488  = \$487  - 1'h1;
-  assign \$490  = $signed({ 1'h0, ins[39:24] }) * $signed(\$489 );
-  assign \$491  = streaming & is_gemm;
-  assign \$493  = ~ \$492 ;
-  assign \$494  = r_rdy & \$493 ;
-  assign \$495  = ins[87:72] - 1'h1;
-  assign \$496  = lk == \$495 ;
-  assign \$497  = \$signal$242  + 1'h1;
-  assign \$498  = \$signal$242  == 3'h7;
-  assign \$499  = ~ \$signal$235 ;
-  assign \$500  = lk + 1'h1;
-  assign \$501  = \a__valid$232  & \a__ready$233 ;
-  assign \$503  = ~ \$signal$268 ;
-  assign \$504  = \a__valid$232  & \a__ready$233 ;
-  assign \$505  = \$503  | \$504 ;
-  assign \$506  = \$502  & \$505 ;
-  assign \$507  = | feed_blocks;
-  assign \$508  = \$506  & \$507 ;
+  assign \$361  = src1_issue & \$360 ;
+  assign \$362  = \last__3$334  & \last__4$332 ;
+  assign \$363  = cycles + 1'h1;
+  assign \$365  = \$364  + 1'h1;
+  assign \$366  = | images;
+  assign \$367  = \$366  ? images : 16'h0001;
+  assign \$368  = ~ fetch_sent;
+  assign \$369  = req__ready & \$368 ;
+  assign \$370  = ins[5:0] == 1'h1;
+  assign \$371  = images_left > 1'h1;
+  assign \$372  = \$370  & \$371 ;
+  assign \$373  = ins[5:0] == 1'h1;
+  assign \$374  = | ins[39:24];
+  assign \$375  = ~ \$374 ;
+  assign \$376  = | ins[55:40];
+  assign \$377  = ~ \$376 ;
+  assign \$378  = | ins[71:56];
+  assign \$379  = ~ \$378 ;
+  assign \$380  = | ins[87:72];
+  assign \$381  = ~ \$380 ;
+  assign \$382  = | ins[103:88];
+  assign \$383  = ~ \$382 ;
+  assign \$384  = | { \$383 , \$381 , \$379 , \$377 , \$375  };
+  assign \$385  = ins[5:0] == 2'h2;
+  assign \$386  = is_move | \$385 ;
+  assign \$387  = ins[5:0] == 2'h3;
+  assign \$388  = \$386  | \$387 ;
+  assign \$389  = \$388  | is_gemm;
+  assign \$390  = images_left - 1'h1;
+  assign \$391  = offset + \$signal$337 ;
+  assign \$392  = req__valid & req__ready;
+  assign \$393  = ci + 1'h1;
+  assign \$394  = beat__valid & beat__ready;
+  assign \$395  = cr + 1'h1;
+  assign \$396  = cr + 1'h1;
+  assign \$397  = \$396  == ins[511:498];
+  assign \$398  = | ins[511:498];
+  assign \$399  = ~ \$398 ;
+  assign \$400  = ~ \valid$97 ;
+  assign \$401  = \$400  & idle;
+  assign \$402  = | fault;
+  assign \$403  = ~ \$402 ;
+  assign \$404  = \$401  & \$403 ;
+  assign \$405  = pc + 7'h40;
+  assign \$406  = $signed(addr) < $signed(1'h0);
+  assign \$407  = $signed(addr) >= $signed(16'h4000);
+  assign \$408  = \$406  | \$407 ;
+  assign \$409  = valid & \$408 ;
+  assign \$410  = ins[5:0] == 2'h2;
+  assign \$411  = ~ \$410 ;
+  assign \$412  = \$409  & \$411 ;
+  assign \$413  = ~ is_gemm;
+  assign \$414  = \$412  & \$413 ;
+  assign \$415  = $signed(\addr$84 ) < $signed(1'h0);
+  assign \$416  = $signed(\addr$84 ) >= $signed(16'h4000);
+  assign \$417  = \$415  | \$416 ;
+  assign \$418  = \valid$80  & \$417 ;
+  assign \$419  = ins[5:0] == 4'h9;
+  assign \$420  = \$418  & \$419 ;
+  assign \$421  = $signed(\addr$92 ) < $signed(1'h0);
+  assign \$422  = $signed(\addr$92 ) >= $signed(16'h4000);
+  assign \$423  = \$421  | \$422 ;
+  assign \$424  = \valid$97  & \$423 ;
+  assign \$425  = ins[5:0] == 2'h3;
+  assign \$426  = ~ \$425 ;
+  assign \$427  = \$424  & \$426 ;
+  assign \$428  = ~ is_gemm;
+  assign \$429  = \$427  & \$428 ;
+  assign \$430  = | fault;
+  assign \$431  = \idle$342  & idle;
+  assign \$432  = ins[5:0] == 2'h2;
+  assign \$433  = ins[5:0] == 2'h3;
+  assign \$434  = ins[5:0] == 3'h6;
+  assign \$435  = ins[5:0] == 4'h8;
+  assign \$436  = full & in_ready;
+  assign \$437  = ~ full;
+  assign \$438  = \$437  | in_ready;
+  assign \$439  = \$438  & r_rdy;
+  assign \$440  = ins[5:0] == 4'h9;
+  assign \$441  = ~ \$440 ;
+  assign \$442  = \r_rdy$191  | \$441 ;
+  assign \$443  = \$439  & \$442 ;
+  assign \$444  = j == 2'h3;
+  assign \$445  = \$444  | r_data[17];
+  assign \$446  = j + 1'h1;
+  assign \$447  = \$signal$193  & \valid$97 ;
+  assign \$448  = jo == 2'h3;
+  assign \$449  = \$448  | \final ;
+  assign \$450  = jo + 1'h1;
+  assign \$451  = ins[55:40] + 4'h8;
+  assign \$452  = \$451  - 1'h1;
+  assign \$454  = $signed({ 1'h0, ins[39:24] }) * $signed(\$453 );
+  assign \$455  = ins[71:56] + 4'h8;
+  assign \$456  = \$455  - 1'h1;
+  assign \$458  = $signed(\$454 ) * $signed(\$457 );
+  assign \$459  = streaming & is_gemm;
+  assign \$460  = req__valid & req__ready;
+  assign \$461  = ~ want_w;
+  assign \$462  = ins[5:0] == 3'h4;
+  assign \$463  = \$461  & \$462 ;
+  assign \$464  = ins[5:0] == 3'h4;
+  assign \$465  = ~ \$464 ;
+  assign \$466  = ins[87:72] - 1'h1;
+  assign \$467  = k == \$466 ;
+  assign \$468  = want_w & \$467 ;
+  assign \$469  = \$465  | \$468 ;
+  assign \$470  = ~ \$469 ;
+  assign \$471  = want_w & \$470 ;
+  assign \$472  = k + 1'h1;
+  assign \$473  = ins[5:0] == 3'h4;
+  assign \$474  = ~ \$473 ;
+  assign \$475  = ins[87:72] - 1'h1;
+  assign \$476  = k == \$475 ;
+  assign \$477  = want_w & \$476 ;
+  assign \$478  = \$474  | \$477 ;
+  assign \$479  = tiles - 1'h1;
+  assign \$480  = ins[71:56] + 4'h8;
+  assign \$481  = \$480  - 1'h1;
+  assign \$483  = $signed(\$482 ) - $signed(2'h1);
+  assign \$484  = nt == \$483 ;
+  assign \$485  = nt + 1'h1;
+  assign \$486  = w_row + ins[87:72];
+  assign \$487  = streaming & is_gemm;
+  assign \$488  = \a__valid$235  & \a__ready$236 ;
+  assign \$489  = beat__valid & beat__ready;
+  assign \$490  = ins[5:0] == 3'h4;
+  assign \$491  = \$489  & \$490 ;
+  assign \$492  = rk == ins[87:72];
+  assign \$493  = rk + 1'h1;
+  assign \$494  = \$492  ? 17'h00000 : \$493 ;
+  assign \$495  = ins[5:0] == 3'h4;
+  assign \$496  = ~ \$495 ;
+  assign \$497  = | rk;
+  assign \$498  = ~ \$497 ;
+  assign \$499  = \$496  | \$498 ;
+  assign \$500  = ~ \$499 ;
+  assign \$501  = ins[55:40] + 4'h8;
+  assign \$502  = \$501  - 1'h1;
+  assign \$504  = $signed({ 1'h0, ins[39:24] }) * $signed(\$503 );
+  assign \$505  = streaming & is_gemm;
+  assign \$507  = ~ \$506 ;
+  assign \$508  = r_rdy & \$507 ;
   assign \$509  = ins[87:72] - 1'h1;
-  assign \$510  = \$signal$266  == \$509 ;
-  assign \$511  = ins[87:72] - 1'h1;
-  assign \$512  = \$signal$266  == \$511 ;
-  assign \$513  = ins[71:56] + 4'h8;
-  assign \$514  = \$513  - 1'h1;
-  assign \$516  = $signed(\$515 ) - $signed(2'h1);
-  assign \$517  = fnt == \$516 ;
-  assign \$518  = ~ \$signal$265 ;
-  assign \$519  = feed_blocks - 1'h1;
-  assign \$520  = fnt + 1'h1;
-  assign \$521  = \$signal$266  + 1'h1;
-  assign \$522  = \a__valid$232  & \a__ready$233 ;
-  assign \$523  = ~ b_full;
-  assign \$524  = \a__valid$232  & \a__ready$233 ;
-  assign \$525  = \$523  | \$524 ;
-  assign \$526  = \$525  & \r_rdy$188 ;
-  assign \$527  = ins[5:0] == 3'h4;
-  assign \$528  = ~ \$527 ;
-  assign \$529  = \$526  & \$528 ;
-  assign \$537  = \$signal$339  == 3'h7;
-  assign \$538  = \$signal$339  + 1'h1;
+  assign \$510  = lk == \$509 ;
+  assign \$511  = \$signal$245  + 1'h1;
+  assign \$512  = \$signal$245  == 3'h7;
+  assign \$513  = ~ \$signal$238 ;
+  assign \$514  = lk + 1'h1;
+  assign \$515  = \a__valid$235  & \a__ready$236 ;
+  assign \$517  = ~ \$signal$271 ;
+  assign \$518  = \a__valid$235  & \a__ready$236 ;
+  assign \$519  = \$517  | \$518 ;
+  assign \$520  = \$516  & \$519 ;
+  assign \$521  = | feed_blocks;
+  assign \$522  = \$520  & \$521 ;
+  assign \$523  = ins[87:72] - 1'h1;
+  assign \$524  = \$signal$269  == \$523 ;
+  assign \$525  = ins[87:72] - 1'h1;
+  assign \$526  = \$signal$269  == \$525 ;
+  assign \$527  = ins[71:56] + 4'h8;
+  assign \$528  = \$527  - 1'h1;
+  assign \$530  = $signed(\$529 ) - $signed(2'h1);
+  assign \$531  = fnt == \$530 ;
+  assign \$532  = ~ \$signal$268 ;
+  assign \$533  = feed_blocks - 1'h1;
+  assign \$534  = fnt + 1'h1;
+  assign \$535  = \$signal$269  + 1'h1;
+  assign \$536  = \a__valid$235  & \a__ready$236 ;
+  assign \$537  = ~ b_full;
+  assign \$538  = \a__valid$235  & \a__ready$236 ;
+  assign \$539  = \$537  | \$538 ;
+  assign \$540  = \$539  & \r_rdy$191 ;
+  assign \$541  = ins[5:0] == 3'h4;
+  assign \$542  = ~ \$541 ;
+  assign \$543  = \$540  & \$542 ;
+  assign \$551  = \$signal$346  == 3'h7;
+  assign \$552  = \$signal$346  + 1'h1;
   always @(posedge clk)
-    src0_inflight <= \$539 ;
+    src0_inflight <= \$553 ;
   always @(posedge clk)
-    src0_meta <= \$540 ;
+    src0_meta <= \$554 ;
   always @(posedge clk)
-    src1_inflight <= \$541 ;
+    src1_inflight <= \$555 ;
   always @(posedge clk)
-    src1_meta <= \$542 ;
+    src1_meta <= \$556 ;
   always @(posedge clk)
-    cycles <= \$543 ;
+    cycles <= \$557 ;
   always @(posedge clk)
-    op_cycles__0 <= \$544 ;
+    op_cycles__0 <= \$558 ;
   always @(posedge clk)
-    op_cycles__1 <= \$545 ;
+    op_cycles__1 <= \$559 ;
   always @(posedge clk)
-    op_cycles__2 <= \$546 ;
+    op_cycles__2 <= \$560 ;
   always @(posedge clk)
-    op_cycles__3 <= \$547 ;
+    op_cycles__3 <= \$561 ;
   always @(posedge clk)
-    op_cycles__4 <= \$548 ;
+    op_cycles__4 <= \$562 ;
   always @(posedge clk)
-    op_cycles__5 <= \$549 ;
+    op_cycles__5 <= \$563 ;
   always @(posedge clk)
-    op_cycles__6 <= \$550 ;
+    op_cycles__6 <= \$564 ;
   always @(posedge clk)
-    op_cycles__7 <= \$551 ;
+    op_cycles__7 <= \$565 ;
   always @(posedge clk)
-    op_cycles__8 <= \$552 ;
+    op_cycles__8 <= \$566 ;
   always @(posedge clk)
-    op_cycles__9 <= \$553 ;
+    op_cycles__9 <= \$567 ;
   always @(posedge clk)
-    op_cycles__10 <= \$554 ;
+    op_cycles__10 <= \$568 ;
   always @(posedge clk)
-    op_cycles__11 <= \$555 ;
+    op_cycles__11 <= \$569 ;
   always @(posedge clk)
-    op_cycles__12 <= \$556 ;
+    op_cycles__12 <= \$570 ;
   always @(posedge clk)
-    op_cycles__13 <= \$557 ;
+    op_cycles__13 <= \$571 ;
   always @(posedge clk)
-    op_cycles__14 <= \$558 ;
+    op_cycles__14 <= \$572 ;
   always @(posedge clk)
-    op_cycles__15 <= \$559 ;
+    op_cycles__15 <= \$573 ;
   always @(posedge clk)
-    pc <= \$560 ;
+    pc <= \$574 ;
   always @(posedge clk)
-    busy <= \$561 ;
+    busy <= \$575 ;
   always @(posedge clk)
-    done <= \$562 ;
+    done <= \$576 ;
   always @(posedge clk)
-    error <= \$563 ;
+    error <= \$577 ;
   always @(posedge clk)
-    fetch_sent <= \$564 ;
+    fetch_sent <= \$578 ;
   always @(posedge clk)
-    seq_state <= \$565 ;
+    \$signal$336  <= \$579 ;
   always @(posedge clk)
-    ins <= \$566 ;
+    \$signal$337  <= \$580 ;
   always @(posedge clk)
-    ci <= \$567 ;
+    images_left <= \$581 ;
   always @(posedge clk)
-    cr <= \$568 ;
+    offset <= \$582 ;
   always @(posedge clk)
-    full <= \$569 ;
+    seq_state <= \$583 ;
   always @(posedge clk)
-    pack_a0 <= \$570 ;
+    ins <= \$584 ;
   always @(posedge clk)
-    pack_a1 <= \$571 ;
+    ci <= \$585 ;
   always @(posedge clk)
-    pack_a2 <= \$572 ;
+    cr <= \$586 ;
   always @(posedge clk)
-    pack_a3 <= \$573 ;
+    full <= \$587 ;
   always @(posedge clk)
-    pack_b0 <= \$574 ;
+    pack_a0 <= \$588 ;
   always @(posedge clk)
-    pack_b1 <= \$575 ;
+    pack_a1 <= \$589 ;
   always @(posedge clk)
-    pack_b2 <= \$576 ;
+    pack_a2 <= \$590 ;
   always @(posedge clk)
-    pack_b3 <= \$577 ;
+    pack_a3 <= \$591 ;
   always @(posedge clk)
-    j <= \$578 ;
+    pack_b0 <= \$592 ;
   always @(posedge clk)
-    jo <= \$579 ;
+    pack_b1 <= \$593 ;
   always @(posedge clk)
-    tiles <= \$580 ;
+    pack_b2 <= \$594 ;
   always @(posedge clk)
-    nt <= \$581 ;
+    pack_b3 <= \$595 ;
   always @(posedge clk)
-    k <= \$582 ;
+    j <= \$596 ;
   always @(posedge clk)
-    w_row <= \$583 ;
+    jo <= \$597 ;
   always @(posedge clk)
-    want_w <= \$584 ;
+    tiles <= \$598 ;
   always @(posedge clk)
-    rk <= \$585 ;
+    nt <= \$599 ;
   always @(posedge clk)
-    w_full <= \$586 ;
+    k <= \$600 ;
   always @(posedge clk)
-    w_lane0 <= \$587 ;
+    w_row <= \$601 ;
   always @(posedge clk)
-    w_lane1 <= \$588 ;
+    want_w <= \$602 ;
   always @(posedge clk)
-    w_lane2 <= \$589 ;
+    rk <= \$603 ;
   always @(posedge clk)
-    w_lane3 <= \$590 ;
+    w_full <= \$604 ;
   always @(posedge clk)
-    w_lane4 <= \$591 ;
+    w_lane0 <= \$605 ;
   always @(posedge clk)
-    w_lane5 <= \$592 ;
+    w_lane1 <= \$606 ;
   always @(posedge clk)
-    w_lane6 <= \$593 ;
+    w_lane2 <= \$607 ;
   always @(posedge clk)
-    w_lane7 <= \$594 ;
+    w_lane3 <= \$608 ;
   always @(posedge clk)
-    a_filled0 <= \$595 ;
+    w_lane4 <= \$609 ;
   always @(posedge clk)
-    a_filled1 <= \$596 ;
+    w_lane5 <= \$610 ;
   always @(posedge clk)
-    \$signal$235  <= \$597 ;
+    w_lane6 <= \$611 ;
   always @(posedge clk)
-    \$signal$242  <= \$598 ;
+    w_lane7 <= \$612 ;
   always @(posedge clk)
-    lk <= \$599 ;
+    a_filled0 <= \$613 ;
   always @(posedge clk)
-    \$signal$265  <= \$600 ;
+    a_filled1 <= \$614 ;
   always @(posedge clk)
-    \$signal$266  <= \$601 ;
+    \$signal$238  <= \$615 ;
   always @(posedge clk)
-    fnt <= \$602 ;
+    \$signal$245  <= \$616 ;
   always @(posedge clk)
-    feed_blocks <= \$603 ;
+    lk <= \$617 ;
   always @(posedge clk)
-    \$signal$268  <= \$604 ;
+    \$signal$268  <= \$618 ;
   always @(posedge clk)
-    a_last <= \$605 ;
+    \$signal$269  <= \$619 ;
   always @(posedge clk)
-    b_full <= \$606 ;
+    fnt <= \$620 ;
   always @(posedge clk)
-    b_lane0 <= \$607 ;
+    feed_blocks <= \$621 ;
   always @(posedge clk)
-    b_lane1 <= \$608 ;
+    \$signal$271  <= \$622 ;
   always @(posedge clk)
-    b_lane2 <= \$609 ;
+    a_last <= \$623 ;
   always @(posedge clk)
-    b_lane3 <= \$610 ;
+    b_full <= \$624 ;
   always @(posedge clk)
-    b_lane4 <= \$611 ;
+    b_lane0 <= \$625 ;
   always @(posedge clk)
-    b_lane5 <= \$612 ;
+    b_lane1 <= \$626 ;
   always @(posedge clk)
-    b_lane6 <= \$613 ;
+    b_lane2 <= \$627 ;
   always @(posedge clk)
-    b_lane7 <= \$614 ;
+    b_lane3 <= \$628 ;
   always @(posedge clk)
-    \$signal$339  <= \$615 ;
+    b_lane4 <= \$629 ;
+  always @(posedge clk)
+    b_lane5 <= \$630 ;
+  always @(posedge clk)
+    b_lane6 <= \$631 ;
+  always @(posedge clk)
+    b_lane7 <= \$632 ;
+  always @(posedge clk)
+    \$signal$346  <= \$633 ;
   assign \$1  = ins[5:0] == 3'h4;
   assign \$2  = ins[5:0] == 3'h5;
   assign is_gemm = \$1  | \$2 ;
@@ -22863,332 +23001,313 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \$48  = ~ \$47 ;
   assign \$49  = \$46  & \$48 ;
   assign unit_known = | { \$49 , \$45 , \$44 , \$43  };
-  assign \$50  = ~ fetch_sent;
-  assign \$51  = ins[5:0] == 1'h1;
-  assign \$52  = | ins[39:24];
-  assign \$53  = ~ \$52 ;
-  assign \$54  = | ins[55:40];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = | ins[71:56];
-  assign \$57  = ~ \$56 ;
-  assign \$58  = | ins[87:72];
-  assign \$59  = ~ \$58 ;
-  assign \$60  = | ins[103:88];
-  assign \$61  = ~ \$60 ;
-  assign \$62  = | { \$61 , \$59 , \$57 , \$55 , \$53  };
-  assign \$63  = ins[5:0] == 2'h2;
-  assign \$64  = is_move | \$63 ;
-  assign \$65  = ins[5:0] == 2'h3;
-  assign \$66  = \$64  | \$65 ;
-  assign \$67  = \$66  | is_gemm;
-  assign \$68  = ci != ins[511:498];
-  assign \$69  = ci << c_lb;
-  assign \$70  = ins[465:434] + \$69 ;
-  assign \$71  = ins[5:0] == 3'h6;
-  assign \$72  = ins[5:0] == 4'h8;
-  assign \$73  = ins[5:0] == 4'h9;
-  assign \$74  = ins[5:0] == 3'h7;
-  assign \$75  = | ins[7:6];
-  assign \$76  = ~ \$75 ;
-  assign \$77  = \$74  & \$76 ;
-  assign \$78  = ins[5:0] == 2'h2;
-  assign \$79  = ins[5:0] == 2'h3;
-  assign \$80  = ins[5:0] == 3'h6;
-  assign \$81  = ins[5:0] == 4'h8;
-  assign \$82  = r_rdy & \valid$97 ;
-  assign \$83  = $signed(addr) << ins[23:22];
-  assign \$84  = $signed({ 1'h0, ins[465:434] }) + $signed(\$83 );
-  assign \$85  = valid & req__ready;
-  assign \$88  = \$87  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$91  = \$90  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$94  = \$93  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$97  = \$96  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$98  = beat__valid & beat__payload[512];
-  assign \$99  = r_rdy & \valid$97 ;
-  assign \$100  = $signed(\addr$92 ) << ins[23:22];
-  assign \$101  = $signed({ 1'h0, ins[465:434] }) + $signed(\$100 );
-  assign \$102  = r_rdy & \valid$97 ;
-  assign \$103  = \$102  & \req__ready$173 ;
-  assign \$104  = r_rdy & \valid$97 ;
-  assign \$105  = \$104  & \req__ready$173 ;
-  assign \$106  = r_rdy & i__ready;
-  assign \$107  = r_rdy & \i__ready$182 ;
-  assign \$108  = ins[5:0] == 4'h9;
-  assign \$109  = ~ full;
-  assign \$110  = \$109  | in_ready;
-  assign \$111  = \$110  & r_rdy;
-  assign \$112  = ins[5:0] == 4'h9;
-  assign \$113  = ~ \$112 ;
-  assign \$114  = \r_rdy$188  | \$113 ;
-  assign \$115  = \$111  & \$114 ;
+  assign \$52  = \$51  ? offset : 32'd0;
+  assign \$53  = ins[465:434] + \$52 ;
+  assign \$54  = ~ fetch_sent;
+  assign \$55  = ins[5:0] == 1'h1;
+  assign \$56  = images_left > 1'h1;
+  assign \$57  = \$55  & \$56 ;
+  assign \$58  = ins[5:0] == 1'h1;
+  assign \$59  = | ins[39:24];
+  assign \$60  = ~ \$59 ;
+  assign \$61  = | ins[55:40];
+  assign \$62  = ~ \$61 ;
+  assign \$63  = | ins[71:56];
+  assign \$64  = ~ \$63 ;
+  assign \$65  = | ins[87:72];
+  assign \$66  = ~ \$65 ;
+  assign \$67  = | ins[103:88];
+  assign \$68  = ~ \$67 ;
+  assign \$69  = | { \$68 , \$66 , \$64 , \$62 , \$60  };
+  assign \$70  = ins[5:0] == 2'h2;
+  assign \$71  = is_move | \$70 ;
+  assign \$72  = ins[5:0] == 2'h3;
+  assign \$73  = \$71  | \$72 ;
+  assign \$74  = \$73  | is_gemm;
+  assign \$75  = ci != ins[511:498];
+  assign \$76  = ci << c_lb;
+  assign \$77  = ins[465:434] + \$76 ;
+  assign \$78  = ins[5:0] == 3'h6;
+  assign \$79  = ins[5:0] == 4'h8;
+  assign \$80  = ins[5:0] == 4'h9;
+  assign \$81  = ins[5:0] == 3'h7;
+  assign \$82  = | ins[7:6];
+  assign \$83  = ~ \$82 ;
+  assign \$84  = \$81  & \$83 ;
+  assign \$85  = ins[5:0] == 2'h2;
+  assign \$86  = ins[5:0] == 2'h3;
+  assign \$87  = ins[5:0] == 3'h6;
+  assign \$88  = ins[5:0] == 4'h8;
+  assign \$89  = r_rdy & \valid$97 ;
+  assign \$90  = $signed(addr) << ins[23:22];
+  assign \$91  = $signed({ 1'h0, \$53 [31:0] }) + $signed(\$90 );
+  assign \$92  = valid & req__ready;
+  assign \$95  = \$94  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$98  = \$97  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$101  = \$100  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$104  = \$103  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$105  = beat__valid & beat__payload[512];
+  assign \$106  = r_rdy & \valid$97 ;
+  assign \$107  = $signed(\addr$92 ) << ins[23:22];
+  assign \$108  = $signed({ 1'h0, \$53 [31:0] }) + $signed(\$107 );
+  assign \$109  = r_rdy & \valid$97 ;
+  assign \$110  = \$109  & \req__ready$176 ;
+  assign \$111  = r_rdy & \valid$97 ;
+  assign \$112  = \$111  & \req__ready$176 ;
+  assign \$113  = r_rdy & i__ready;
+  assign \$114  = r_rdy & \i__ready$185 ;
+  assign \$115  = ins[5:0] == 4'h9;
   assign \$116  = ~ full;
   assign \$117  = \$116  | in_ready;
   assign \$118  = \$117  & r_rdy;
   assign \$119  = ins[5:0] == 4'h9;
   assign \$120  = ~ \$119 ;
-  assign \$121  = \r_rdy$188  | \$120 ;
+  assign \$121  = \r_rdy$191  | \$120 ;
   assign \$122  = \$118  & \$121 ;
-  assign \$123  = ins[5:0] == 4'h9;
-  assign \$124  = \$122  & \$123 ;
-  assign \$125  = ins[5:0] == 4'h9;
-  assign \$126  = a__ready & \b__ready$202 ;
-  assign \$127  = ins[5:0] == 3'h7;
-  assign \$128  = | ins[7:6];
-  assign \$129  = ~ \$128 ;
-  assign \$130  = \$127  & \$129 ;
-  assign \$132  = \$signal$190  & \valid$97 ;
-  assign \$133  = jo == 2'h3;
-  assign \$134  = \$133  | \final ;
-  assign \$135  = streaming & is_gemm;
-  assign \$136  = | tiles;
-  assign \$137  = w_row + k;
-  assign \$138  = \$137  << w_lb;
-  assign \$139  = ins[465:434] + \$138 ;
-  assign \$141  = ins[497:466] + \$140 ;
-  assign \$142  = want_w ? \$139  : { 8'h00, \$141  };
-  assign \$143  = want_w ? w_lb : 3'h6;
-  assign \$144  = streaming & is_gemm;
-  assign \$145  = ins[5:0] == 3'h4;
-  assign \$146  = ~ \$145 ;
-  assign \$147  = | rk;
-  assign \$148  = ~ \$147 ;
-  assign \$149  = \$146  | \$148 ;
-  assign \$150  = ~ w_full;
-  assign \$151  = \a__valid$232  & \a__ready$233 ;
-  assign \$152  = \$150  | \$151 ;
-  assign \$155  = \$154  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
-  assign \$158  = \$157  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
-  assign \$161  = \$160  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
-  assign \$164  = \$163  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
-  assign \$167  = \$166  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
-  assign \$170  = \$169  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
-  assign \$173  = \$172  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
-  assign \$174  = streaming & is_gemm;
-  assign \$176  = ~ \$175 ;
-  assign \$177  = r_rdy & \$176 ;
-  assign \$178  = \$signal$235  * 9'h100;
-  assign \$179  = \$178  + lk;
-  assign \$181  = ~ \$180 ;
-  assign \$182  = r_rdy & \$181 ;
-  assign \$183  = | \$signal$242 ;
-  assign \$184  = ~ \$183 ;
-  assign \$185  = \$182  & \$184 ;
-  assign \$186  = \$signal$235  * 9'h100;
-  assign \$187  = \$186  + lk;
-  assign \$189  = ~ \$188 ;
-  assign \$190  = r_rdy & \$189 ;
-  assign \$191  = \$signal$242  == 1'h1;
-  assign \$192  = \$190  & \$191 ;
-  assign \$193  = \$signal$235  * 9'h100;
+  assign \$123  = ~ full;
+  assign \$124  = \$123  | in_ready;
+  assign \$125  = \$124  & r_rdy;
+  assign \$126  = ins[5:0] == 4'h9;
+  assign \$127  = ~ \$126 ;
+  assign \$128  = \r_rdy$191  | \$127 ;
+  assign \$129  = \$125  & \$128 ;
+  assign \$130  = ins[5:0] == 4'h9;
+  assign \$131  = \$129  & \$130 ;
+  assign \$132  = ins[5:0] == 4'h9;
+  assign \$133  = a__ready & \b__ready$205 ;
+  assign \$134  = ins[5:0] == 3'h7;
+  assign \$135  = | ins[7:6];
+  assign \$136  = ~ \$135 ;
+  assign \$137  = \$134  & \$136 ;
+  assign \$139  = \$signal$193  & \valid$97 ;
+  assign \$140  = jo == 2'h3;
+  assign \$141  = \$140  | \final ;
+  assign \$142  = streaming & is_gemm;
+  assign \$143  = | tiles;
+  assign \$144  = w_row + k;
+  assign \$145  = \$144  << w_lb;
+  assign \$146  = ins[465:434] + \$145 ;
+  assign \$148  = ins[497:466] + \$147 ;
+  assign \$149  = want_w ? \$146  : { 8'h00, \$148  };
+  assign \$150  = want_w ? w_lb : 3'h6;
+  assign \$151  = streaming & is_gemm;
+  assign \$152  = ins[5:0] == 3'h4;
+  assign \$153  = ~ \$152 ;
+  assign \$154  = | rk;
+  assign \$155  = ~ \$154 ;
+  assign \$156  = \$153  | \$155 ;
+  assign \$157  = ~ w_full;
+  assign \$158  = \a__valid$235  & \a__ready$236 ;
+  assign \$159  = \$157  | \$158 ;
+  assign \$162  = \$161  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
+  assign \$165  = \$164  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
+  assign \$168  = \$167  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
+  assign \$171  = \$170  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
+  assign \$174  = \$173  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
+  assign \$177  = \$176  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
+  assign \$180  = \$179  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
+  assign \$181  = streaming & is_gemm;
+  assign \$183  = ~ \$182 ;
+  assign \$184  = r_rdy & \$183 ;
+  assign \$185  = \$signal$238  * 9'h100;
+  assign \$186  = \$185  + lk;
+  assign \$188  = ~ \$187 ;
+  assign \$189  = r_rdy & \$188 ;
+  assign \$190  = | \$signal$245 ;
+  assign \$191  = ~ \$190 ;
+  assign \$192  = \$189  & \$191 ;
+  assign \$193  = \$signal$238  * 9'h100;
   assign \$194  = \$193  + lk;
   assign \$196  = ~ \$195 ;
   assign \$197  = r_rdy & \$196 ;
-  assign \$198  = \$signal$242  == 2'h2;
+  assign \$198  = \$signal$245  == 1'h1;
   assign \$199  = \$197  & \$198 ;
-  assign \$200  = \$signal$235  * 9'h100;
+  assign \$200  = \$signal$238  * 9'h100;
   assign \$201  = \$200  + lk;
   assign \$203  = ~ \$202 ;
   assign \$204  = r_rdy & \$203 ;
-  assign \$205  = \$signal$242  == 2'h3;
+  assign \$205  = \$signal$245  == 2'h2;
   assign \$206  = \$204  & \$205 ;
-  assign \$207  = \$signal$235  * 9'h100;
+  assign \$207  = \$signal$238  * 9'h100;
   assign \$208  = \$207  + lk;
   assign \$210  = ~ \$209 ;
   assign \$211  = r_rdy & \$210 ;
-  assign \$212  = \$signal$242  == 3'h4;
+  assign \$212  = \$signal$245  == 2'h3;
   assign \$213  = \$211  & \$212 ;
-  assign \$214  = \$signal$235  * 9'h100;
+  assign \$214  = \$signal$238  * 9'h100;
   assign \$215  = \$214  + lk;
   assign \$217  = ~ \$216 ;
   assign \$218  = r_rdy & \$217 ;
-  assign \$219  = \$signal$242  == 3'h5;
+  assign \$219  = \$signal$245  == 3'h4;
   assign \$220  = \$218  & \$219 ;
-  assign \$221  = \$signal$235  * 9'h100;
+  assign \$221  = \$signal$238  * 9'h100;
   assign \$222  = \$221  + lk;
   assign \$224  = ~ \$223 ;
   assign \$225  = r_rdy & \$224 ;
-  assign \$226  = \$signal$242  == 3'h6;
+  assign \$226  = \$signal$245  == 3'h5;
   assign \$227  = \$225  & \$226 ;
-  assign \$228  = \$signal$235  * 9'h100;
+  assign \$228  = \$signal$238  * 9'h100;
   assign \$229  = \$228  + lk;
   assign \$231  = ~ \$230 ;
   assign \$232  = r_rdy & \$231 ;
-  assign \$233  = \$signal$242  == 3'h7;
+  assign \$233  = \$signal$245  == 3'h6;
   assign \$234  = \$232  & \$233 ;
-  assign \$235  = \$signal$265  * 9'h100;
-  assign \$236  = \$235  + \$signal$266 ;
-  assign \$238  = ~ \$signal$268 ;
-  assign \$239  = \a__valid$232  & \a__ready$233 ;
-  assign \$240  = \$238  | \$239 ;
-  assign \$241  = \$237  & \$240 ;
-  assign \$242  = | feed_blocks;
-  assign \$243  = \$241  & \$242 ;
-  assign \$244  = \$signal$265  * 9'h100;
-  assign \$245  = \$244  + \$signal$266 ;
-  assign \$247  = ~ \$signal$268 ;
-  assign \$248  = \a__valid$232  & \a__ready$233 ;
-  assign \$249  = \$247  | \$248 ;
-  assign \$250  = \$246  & \$249 ;
-  assign \$251  = | feed_blocks;
-  assign \$252  = \$250  & \$251 ;
-  assign \$253  = \$signal$265  * 9'h100;
-  assign \$254  = \$253  + \$signal$266 ;
-  assign \$256  = ~ \$signal$268 ;
-  assign \$257  = \a__valid$232  & \a__ready$233 ;
-  assign \$258  = \$256  | \$257 ;
-  assign \$259  = \$255  & \$258 ;
-  assign \$260  = | feed_blocks;
-  assign \$261  = \$259  & \$260 ;
-  assign \$262  = \$signal$265  * 9'h100;
-  assign \$263  = \$262  + \$signal$266 ;
-  assign \$265  = ~ \$signal$268 ;
-  assign \$266  = \a__valid$232  & \a__ready$233 ;
-  assign \$267  = \$265  | \$266 ;
-  assign \$268  = \$264  & \$267 ;
-  assign \$269  = | feed_blocks;
-  assign \$270  = \$268  & \$269 ;
-  assign \$271  = \$signal$265  * 9'h100;
-  assign \$272  = \$271  + \$signal$266 ;
-  assign \$274  = ~ \$signal$268 ;
-  assign \$275  = \a__valid$232  & \a__ready$233 ;
-  assign \$276  = \$274  | \$275 ;
-  assign \$277  = \$273  & \$276 ;
-  assign \$278  = | feed_blocks;
-  assign \$279  = \$277  & \$278 ;
-  assign \$280  = \$signal$265  * 9'h100;
-  assign \$281  = \$280  + \$signal$266 ;
-  assign \$283  = ~ \$signal$268 ;
-  assign \$284  = \a__valid$232  & \a__ready$233 ;
-  assign \$285  = \$283  | \$284 ;
-  assign \$286  = \$282  & \$285 ;
-  assign \$287  = | feed_blocks;
-  assign \$288  = \$286  & \$287 ;
-  assign \$289  = \$signal$265  * 9'h100;
-  assign \$290  = \$289  + \$signal$266 ;
-  assign \$292  = ~ \$signal$268 ;
-  assign \$293  = \a__valid$232  & \a__ready$233 ;
-  assign \$294  = \$292  | \$293 ;
-  assign \$295  = \$291  & \$294 ;
-  assign \$296  = | feed_blocks;
-  assign \$297  = \$295  & \$296 ;
-  assign \$298  = \$signal$265  * 9'h100;
-  assign \$299  = \$298  + \$signal$266 ;
-  assign \$301  = ~ \$signal$268 ;
-  assign \$302  = \a__valid$232  & \a__ready$233 ;
-  assign \$303  = \$301  | \$302 ;
-  assign \$304  = \$300  & \$303 ;
-  assign \$305  = | feed_blocks;
-  assign \$306  = \$304  & \$305 ;
-  assign \$307  = ins[5:0] == 3'h4;
-  assign \$308  = ~ \$307 ;
-  assign \$309  = ~ b_full;
-  assign \$310  = \a__valid$232  & \a__ready$233 ;
-  assign \$311  = \$309  | \$310 ;
-  assign \$312  = \$311  & \r_rdy$188 ;
-  assign \$313  = ins[5:0] == 3'h4;
-  assign \$314  = ~ \$313 ;
-  assign \$315  = \$312  & \$314 ;
-  assign \$316  = ins[5:0] == 3'h4;
-  assign \$317  = \$316  ? w_full : b_full;
-  assign \$318  = ins[5:0] == 3'h4;
-  assign \$319  = \$318  ? w_lane0 : b_lane0;
+  assign \$235  = \$signal$238  * 9'h100;
+  assign \$236  = \$235  + lk;
+  assign \$238  = ~ \$237 ;
+  assign \$239  = r_rdy & \$238 ;
+  assign \$240  = \$signal$245  == 3'h7;
+  assign \$241  = \$239  & \$240 ;
+  assign \$242  = \$signal$268  * 9'h100;
+  assign \$243  = \$242  + \$signal$269 ;
+  assign \$245  = ~ \$signal$271 ;
+  assign \$246  = \a__valid$235  & \a__ready$236 ;
+  assign \$247  = \$245  | \$246 ;
+  assign \$248  = \$244  & \$247 ;
+  assign \$249  = | feed_blocks;
+  assign \$250  = \$248  & \$249 ;
+  assign \$251  = \$signal$268  * 9'h100;
+  assign \$252  = \$251  + \$signal$269 ;
+  assign \$254  = ~ \$signal$271 ;
+  assign \$255  = \a__valid$235  & \a__ready$236 ;
+  assign \$256  = \$254  | \$255 ;
+  assign \$257  = \$253  & \$256 ;
+  assign \$258  = | feed_blocks;
+  assign \$259  = \$257  & \$258 ;
+  assign \$260  = \$signal$268  * 9'h100;
+  assign \$261  = \$260  + \$signal$269 ;
+  assign \$263  = ~ \$signal$271 ;
+  assign \$264  = \a__valid$235  & \a__ready$236 ;
+  assign \$265  = \$263  | \$264 ;
+  assign \$266  = \$262  & \$265 ;
+  assign \$267  = | feed_blocks;
+  assign \$268  = \$266  & \$267 ;
+  assign \$269  = \$signal$268  * 9'h100;
+  assign \$270  = \$269  + \$signal$269 ;
+  assign \$272  = ~ \$signal$271 ;
+  assign \$273  = \a__valid$235  & \a__ready$236 ;
+  assign \$274  = \$272  | \$273 ;
+  assign \$275  = \$271  & \$274 ;
+  assign \$276  = | feed_blocks;
+  assign \$277  = \$275  & \$276 ;
+  assign \$278  = \$signal$268  * 9'h100;
+  assign \$279  = \$278  + \$signal$269 ;
+  assign \$281  = ~ \$signal$271 ;
+  assign \$282  = \a__valid$235  & \a__ready$236 ;
+  assign \$283  = \$281  | \$282 ;
+  assign \$284  = \$280  & \$283 ;
+  assign \$285  = | feed_blocks;
+  assign \$286  = \$284  & \$285 ;
+  assign \$287  = \$signal$268  * 9'h100;
+  assign \$288  = \$287  + \$signal$269 ;
+  assign \$290  = ~ \$signal$271 ;
+  assign \$291  = \a__valid$235  & \a__ready$236 ;
+  assign \$292  = \$290  | \$291 ;
+  assign \$293  = \$289  & \$292 ;
+  assign \$294  = | feed_blocks;
+  assign \$295  = \$293  & \$294 ;
+  assign \$296  = \$signal$268  * 9'h100;
+  assign \$297  = \$296  + \$signal$269 ;
+  assign \$299  = ~ \$signal$271 ;
+  assign \$300  = \a__valid$235  & \a__ready$236 ;
+  assign \$301  = \$299  | \$300 ;
+  assign \$302  = \$298  & \$301 ;
+  assign \$303  = | feed_blocks;
+  assign \$304  = \$302  & \$303 ;
+  assign \$305  = \$signal$268  * 9'h100;
+  assign \$306  = \$305  + \$signal$269 ;
+  assign \$308  = ~ \$signal$271 ;
+  assign \$309  = \a__valid$235  & \a__ready$236 ;
+  assign \$310  = \$308  | \$309 ;
+  assign \$311  = \$307  & \$310 ;
+  assign \$312  = | feed_blocks;
+  assign \$313  = \$311  & \$312 ;
+  assign \$314  = ins[5:0] == 3'h4;
+  assign \$315  = ~ \$314 ;
+  assign \$316  = ~ b_full;
+  assign \$317  = \a__valid$235  & \a__ready$236 ;
+  assign \$318  = \$316  | \$317 ;
+  assign \$319  = \$318  & \r_rdy$191 ;
   assign \$320  = ins[5:0] == 3'h4;
-  assign \$321  = \$320  ? w_lane1 : b_lane1;
-  assign \$322  = ins[5:0] == 3'h4;
-  assign \$323  = \$322  ? w_lane2 : b_lane2;
-  assign \$324  = ins[5:0] == 3'h4;
-  assign \$325  = \$324  ? w_lane3 : b_lane3;
-  assign \$326  = ins[5:0] == 3'h4;
-  assign \$327  = \$326  ? w_lane4 : b_lane4;
-  assign \$328  = ins[5:0] == 3'h4;
-  assign \$329  = \$328  ? w_lane5 : b_lane5;
-  assign \$330  = ins[5:0] == 3'h4;
-  assign \$331  = \$330  ? w_lane6 : b_lane6;
-  assign \$332  = ins[5:0] == 3'h4;
-  assign \$333  = \$332  ? w_lane7 : b_lane7;
-  assign \$334  = streaming & is_gemm;
-  assign \$336  = \o__valid$315  & \valid$97 ;
-  assign \$337  = index__1 * 4'h8;
-  assign \$338  = \$337  + index__3;
-  assign \$339  = \$338  < ins[55:40];
-  assign \$340  = index__2 * 4'h8;
-  assign \$341  = \$340  + index__4;
-  assign \$342  = \$341  < ins[71:56];
-  assign \$343  = \$339  & \$342 ;
-  assign \$344  = \$336  & \$343 ;
-  assign \$345  = \o__valid$315  & \valid$97 ;
-  assign \$346  = \o__valid$315  & \valid$97 ;
-  assign \$347  = \$346  & last__4;
-  assign \$348  = streaming & err;
-  assign \$349  = ~ busy;
-  assign clear = start & \$349 ;
-  assign \$350  = ~ unit_rst;
-  assign \$351  = src0_issue & \$350 ;
-  assign \$352  = last__3 & \last__4$326 ;
-  assign \$353  = ~ unit_rst;
-  assign \$354  = src1_issue & \$353 ;
-  assign \$355  = \last__3$331  & \last__4$329 ;
-  assign \$356  = cycles + 1'h1;
-  assign \$358  = \$357  + 1'h1;
-  assign \$359  = ~ fetch_sent;
-  assign \$360  = req__ready & \$359 ;
-  assign \$361  = ins[5:0] == 1'h1;
-  assign \$362  = | ins[39:24];
-  assign \$363  = ~ \$362 ;
-  assign \$364  = | ins[55:40];
-  assign \$365  = ~ \$364 ;
-  assign \$366  = | ins[71:56];
-  assign \$367  = ~ \$366 ;
-  assign \$368  = | ins[87:72];
-  assign \$369  = ~ \$368 ;
-  assign \$370  = | ins[103:88];
-  assign \$371  = ~ \$370 ;
-  assign \$372  = | { \$371 , \$369 , \$367 , \$365 , \$363  };
-  assign \$373  = ins[5:0] == 2'h2;
-  assign \$374  = is_move | \$373 ;
-  assign \$375  = ins[5:0] == 2'h3;
-  assign \$376  = \$374  | \$375 ;
-  assign \$377  = \$376  | is_gemm;
-  assign \$378  = req__valid & req__ready;
+  assign \$321  = ~ \$320 ;
+  assign \$322  = \$319  & \$321 ;
+  assign \$323  = ins[5:0] == 3'h4;
+  assign \$324  = \$323  ? w_full : b_full;
+  assign \$325  = ins[5:0] == 3'h4;
+  assign \$326  = \$325  ? w_lane0 : b_lane0;
+  assign \$327  = ins[5:0] == 3'h4;
+  assign \$328  = \$327  ? w_lane1 : b_lane1;
+  assign \$329  = ins[5:0] == 3'h4;
+  assign \$330  = \$329  ? w_lane2 : b_lane2;
+  assign \$331  = ins[5:0] == 3'h4;
+  assign \$332  = \$331  ? w_lane3 : b_lane3;
+  assign \$333  = ins[5:0] == 3'h4;
+  assign \$334  = \$333  ? w_lane4 : b_lane4;
+  assign \$335  = ins[5:0] == 3'h4;
+  assign \$336  = \$335  ? w_lane5 : b_lane5;
+  assign \$337  = ins[5:0] == 3'h4;
+  assign \$338  = \$337  ? w_lane6 : b_lane6;
+  assign \$339  = ins[5:0] == 3'h4;
+  assign \$340  = \$339  ? w_lane7 : b_lane7;
+  assign \$341  = streaming & is_gemm;
+  assign \$343  = \o__valid$318  & \valid$97 ;
+  assign \$344  = index__1 * 4'h8;
+  assign \$345  = \$344  + index__3;
+  assign \$346  = \$345  < ins[55:40];
+  assign \$347  = index__2 * 4'h8;
+  assign \$348  = \$347  + index__4;
+  assign \$349  = \$348  < ins[71:56];
+  assign \$350  = \$346  & \$349 ;
+  assign \$351  = \$343  & \$350 ;
+  assign \$352  = \o__valid$318  & \valid$97 ;
+  assign \$353  = \o__valid$318  & \valid$97 ;
+  assign \$354  = \$353  & last__4;
+  assign \$355  = streaming & err;
+  assign \$356  = ~ busy;
+  assign clear = start & \$356 ;
+  assign \$357  = ~ unit_rst;
+  assign \$358  = src0_issue & \$357 ;
+  assign \$359  = last__3 & \last__4$329 ;
+  assign \$360  = ~ unit_rst;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
-    .b__payload(\b__payload$208 ),
-    .b__ready(\b__ready$202 ),
-    .b__valid(\b__valid$200 ),
-    .c__payload(\c__payload$158 ),
-    .c__ready(\c__ready$160 ),
-    .c__valid(\c__valid$159 ),
-    .clk(clk),
-    .o__payload(\o__payload$195 ),
-    .o__ready(\o__ready$192 ),
-    .o__valid(\o__valid$191 ),
-    .rst(rst),
-    .unit_rst(unit_rst)
-  );
-  \accelerator.core.gelu0  gelu0 (
+    .b__payload(\b__payload$211 ),
+    .b__ready(\b__ready$205 ),
+    .b__valid(\b__valid$203 ),
     .c__payload(\c__payload$161 ),
     .c__ready(\c__ready$163 ),
     .c__valid(\c__valid$162 ),
     .clk(clk),
-    .go(\i__ready$217 ),
-    .i__payload(\i__payload$218 ),
-    .i__valid(\i__valid$216 ),
-    .o__payload(\o__payload$215 ),
-    .o__ready(\o__ready$214 ),
-    .o__valid(\o__valid$213 ),
+    .o__payload(\o__payload$198 ),
+    .o__ready(\o__ready$195 ),
+    .o__valid(\o__valid$194 ),
+    .rst(rst),
+    .unit_rst(unit_rst)
+  );
+  \accelerator.core.gelu0  gelu0 (
+    .c__payload(\c__payload$164 ),
+    .c__ready(\c__ready$166 ),
+    .c__valid(\c__valid$165 ),
+    .clk(clk),
+    .go(\i__ready$220 ),
+    .i__payload(\i__payload$221 ),
+    .i__valid(\i__valid$219 ),
+    .o__payload(\o__payload$218 ),
+    .o__ready(\o__ready$217 ),
+    .o__valid(\o__valid$216 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$285 ),
-    .a__ready(\a__ready$233 ),
-    .a__valid(\a__valid$232 ),
+    .a__payload(\a__payload$288 ),
+    .a__ready(\a__ready$236 ),
+    .a__valid(\a__valid$235 ),
     .clk(clk),
-    .o__payload(\o__payload$314 ),
-    .o__ready(\o__ready$319 ),
-    .o__valid(\o__valid$315 ),
+    .o__payload(\o__payload$317 ),
+    .o__ready(\o__ready$322 ),
+    .o__valid(\o__valid$318 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -23226,9 +23345,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$327 ),
+    .\final (\final$330 ),
     .last__3(last__3),
-    .last__4(\last__4$326 ),
+    .last__4(\last__4$329 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -23248,9 +23367,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .addr(\addr$84 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$330 ),
-    .last__3(\last__3$331 ),
-    .last__4(\last__4$329 ),
+    .\final (\final$333 ),
+    .last__3(\last__3$334 ),
+    .last__4(\last__4$332 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -23267,24 +23386,24 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .valid(\valid$80 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\i__payload$181 ),
-    .c__payload(\c__payload$155 ),
-    .c__valid(\c__valid$156 ),
+    .buf_wdata(\i__payload$184 ),
+    .c__payload(\c__payload$158 ),
+    .c__valid(\c__valid$159 ),
     .clk(clk),
-    .i__ready(\i__ready$182 ),
-    .i__valid(\i__valid$180 ),
-    .idle_r(\c__ready$157 ),
-    .o__payload(\o__payload$184 ),
-    .o__ready(\o__ready$185 ),
-    .o__valid(\o__valid$183 ),
+    .i__ready(\i__ready$185 ),
+    .i__valid(\i__valid$183 ),
+    .idle_r(\c__ready$160 ),
+    .o__payload(\o__payload$187 ),
+    .o__ready(\o__ready$188 ),
+    .o__valid(\o__valid$186 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$1075$0 (\$signature__data ),
-    .\port$13122$0 (src0_meta),
+    .\port$1095$0 (\$signature__data ),
+    .\port$13146$0 (src0_meta),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -23295,11 +23414,11 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$81 ),
-    .\port$1076$0 (\$signature__data$89 ),
-    .\port$13126$0 (src1_meta),
-    .r_data(\r_data$337 ),
-    .r_en(\r_en$189 ),
-    .r_rdy(\r_rdy$188 ),
+    .\port$1096$0 (\$signature__data$89 ),
+    .\port$13150$0 (src1_meta),
+    .r_data(\r_data$344 ),
+    .r_en(\r_en$192 ),
+    .r_rdy(\r_rdy$191 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -23312,7 +23431,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .beat__ready(beat__ready),
     .beat__valid(beat__valid),
     .clk(clk),
-    .idle(\idle$335 ),
+    .idle(\idle$342 ),
     .r__payload(r__payload),
     .r__ready(r__ready),
     .r__valid(r__valid),
@@ -23345,29 +23464,67 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .clk(clk),
     .err(err),
     .idle(idle),
-    .req__payload(\req__payload$172 ),
-    .req__ready(\req__ready$173 ),
-    .req__valid(\req__valid$171 ),
+    .req__payload(\req__payload$175 ),
+    .req__ready(\req__ready$176 ),
+    .req__valid(\req__valid$174 ),
     .rst(rst)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$235 )
-      1'h0:
-          \$492  = a_filled0;
-      1'h1:
-          \$492  = a_filled1;
+    casez (ins[3:0])
+      4'h0:
+          \$364  = op_cycles__0;
+      4'h1:
+          \$364  = op_cycles__1;
+      4'h2:
+          \$364  = op_cycles__2;
+      4'h3:
+          \$364  = op_cycles__3;
+      4'h4:
+          \$364  = op_cycles__4;
+      4'h5:
+          \$364  = op_cycles__5;
+      4'h6:
+          \$364  = op_cycles__6;
+      4'h7:
+          \$364  = op_cycles__7;
+      4'h8:
+          \$364  = op_cycles__8;
+      4'h9:
+          \$364  = op_cycles__9;
+      4'ha:
+          \$364  = op_cycles__10;
+      4'hb:
+          \$364  = op_cycles__11;
+      4'hc:
+          \$364  = op_cycles__12;
+      4'hd:
+          \$364  = op_cycles__13;
+      4'he:
+          \$364  = op_cycles__14;
+      4'hf:
+          \$364  = op_cycles__15;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$265 )
+    casez (\$signal$238 )
       1'h0:
-          \$502  = a_filled0;
+          \$506  = a_filled0;
       1'h1:
-          \$502  = a_filled1;
+          \$506  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$268 )
+      1'h0:
+          \$516  = a_filled0;
+      1'h1:
+          \$516  = a_filled1;
     endcase
   end
   always @* begin
@@ -23585,30 +23742,30 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     next = src0_issue;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-        next = \$85 ;
+      end else if (\$85 ) begin
+        next = \$92 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     wr__addr = \addr$92 [13:0];
-    if (\$334 ) begin
+    if (\$341 ) begin
       wr__addr = \addr$92 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     wr__data = sink_data;
-    if (\$334 ) begin
-      wr__data = \$335 [15:0];
+    if (\$341 ) begin
+      wr__data = \$342 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     wr__en = \$28 ;
-    if (\$334 ) begin
-      wr__en = \$344 ;
+    if (\$341 ) begin
+      wr__en = \$351 ;
     end
   end
   always @* begin
@@ -23616,13 +23773,13 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     \next$98  = \$29 ;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
-        \next$98  = \$105 ;
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
+        \next$98  = \$112 ;
       end
     end
-    if (\$334 ) begin
-      \next$98  = \$345 ;
+    if (\$341 ) begin
+      \next$98  = \$352 ;
     end
   end
   always @* begin
@@ -23648,20 +23805,20 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h0:
           /* empty */;
       3'h1:
-          req__valid = \$50 ;
+          req__valid = \$54 ;
       3'h2:
           /* empty */;
       3'h3:
-          req__valid = \$68 ;
+          req__valid = \$75 ;
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
+      end else if (\$85 ) begin
         req__valid = valid;
       end
     end
-    if (\$135 ) begin
-      req__valid = \$136 ;
+    if (\$142 ) begin
+      req__valid = \$143 ;
     end
   end
   always @* begin
@@ -23679,20 +23836,20 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           /* empty */;
       3'h3:
         begin
-          req__payload[31:0] = \$70 [31:0];
+          req__payload[31:0] = \$77 [31:0];
           req__payload[34:32] = c_lb;
         end
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-        req__payload[31:0] = \$84 [31:0];
+      end else if (\$85 ) begin
+        req__payload[31:0] = \$91 [31:0];
         req__payload[34:32] = { 1'h0, ins[23:22] };
       end
     end
-    if (\$135 ) begin
-      req__payload[31:0] = \$142 [31:0];
-      req__payload[34:32] = \$143 ;
+    if (\$142 ) begin
+      req__payload[31:0] = \$149 [31:0];
+      req__payload[34:32] = \$150 ;
     end
   end
   always @* begin
@@ -23707,17 +23864,17 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           /* empty */;
       3'h3:
         begin
-          if (\$71 ) begin
+          if (\$78 ) begin
             beat__ready = c__ready;
           end
-          if (\$72 ) begin
-            beat__ready = \c__ready$157 ;
-          end
-          if (\$73 ) begin
+          if (\$79 ) begin
             beat__ready = \c__ready$160 ;
           end
-          if (\$77 ) begin
+          if (\$80 ) begin
             beat__ready = \c__ready$163 ;
+          end
+          if (\$84 ) begin
+            beat__ready = \c__ready$166 ;
           end
         end
       3'h4:
@@ -23727,16 +23884,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
+      end else if (\$85 ) begin
         beat__ready = \valid$97 ;
       end
     end
-    if (\$144 ) begin
+    if (\$151 ) begin
       (* full_case = 32'd1 *)
-      if (\$149 ) begin
+      if (\$156 ) begin
         beat__ready = p__ready;
       end else begin
-        beat__ready = \$152 ;
+        beat__ready = \$159 ;
       end
     end
   end
@@ -23761,9 +23918,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h1:
           /* empty */;
       3'h2:
-          if (\$51 ) begin
-          end else if (\$62 ) begin
-          end else if (\$67 ) begin
+          if (\$57 ) begin
+          end else if (\$58 ) begin
+          end else if (\$69 ) begin
+          end else if (\$74 ) begin
             load = 1'h1;
           end else if (unit_known) begin
             load = 1'h1;
@@ -23811,14 +23969,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          if (\$71 ) begin
+          if (\$78 ) begin
             c__valid = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__payload$155  = 66'h00000000000000000;
+    \c__payload$158  = 66'h00000000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -23827,37 +23985,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$155  = beat__payload[65:0];
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__valid$156  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$72 ) begin
-            \c__valid$156  = beat__valid;
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__payload$158  = 44'h00000000000;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          \c__payload$158  = beat__payload[43:0];
+          \c__payload$158  = beat__payload[65:0];
     endcase
   end
   always @* begin
@@ -23871,14 +23999,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          if (\$73 ) begin
+          if (\$79 ) begin
             \c__valid$159  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__payload$161  = 53'h00000000000000;
+    \c__payload$161  = 44'h00000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -23887,7 +24015,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$161  = beat__payload[52:0];
+          \c__payload$161  = beat__payload[43:0];
     endcase
   end
   always @* begin
@@ -23901,8 +24029,38 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          if (\$77 ) begin
+          if (\$80 ) begin
             \c__valid$162  = beat__valid;
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \c__payload$164  = 53'h00000000000000;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          \c__payload$164  = beat__payload[52:0];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \c__valid$165  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$84 ) begin
+            \c__valid$165  = beat__valid;
           end
     endcase
   end
@@ -23947,19 +24105,19 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       (* full_case = 32'd1 *)
       if (is_move) begin
         \$signal  = 1'h1;
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
         \$signal  = 1'h1;
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
+      end else if (\$87 ) begin
         \$signal  = 1'h1;
-      end else if (\$81 ) begin
+      end else if (\$88 ) begin
         \$signal  = 1'h1;
       end else begin
         \$signal  = 1'h1;
       end
     end
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signal  = 1'h1;
     end
   end
@@ -23970,16 +24128,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       (* full_case = 32'd1 *)
       if (is_move) begin
         \$signal$96  = r_rdy;
-      end else if (\$78 ) begin
+      end else if (\$85 ) begin
         \$signal$96  = beat__valid;
-      end else if (\$79 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
+      end else if (\$87 ) begin
         \$signal$96  = o__valid;
-      end else if (\$81 ) begin
-        \$signal$96  = \o__valid$183 ;
+      end else if (\$88 ) begin
+        \$signal$96  = \o__valid$186 ;
       end else begin
-        \$signal$96  = \$signal$190 ;
+        \$signal$96  = \$signal$193 ;
       end
     end
   end
@@ -23990,26 +24148,26 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       (* full_case = 32'd1 *)
       if (is_move) begin
         sink_data = r_data[15:0];
-      end else if (\$78 ) begin
+      end else if (\$85 ) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$88 [8], \$88 [8], \$88 [8], \$88 [8], \$88 [8], \$88 [8], \$88 [8], \$88  };
+              sink_data = { \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95  };
           2'h1:
-              sink_data = \$91 [15:0];
+              sink_data = \$98 [15:0];
           2'h2:
-              sink_data = \$94 [15:0];
+              sink_data = \$101 [15:0];
           2'h3:
-              sink_data = \$97 [15:0];
+              sink_data = \$104 [15:0];
         endcase
-      end else if (\$79 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
+      end else if (\$87 ) begin
         sink_data = { 8'h00, o__payload[7:0] };
-      end else if (\$81 ) begin
-        sink_data = { \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184 [7], \o__payload$184  };
+      end else if (\$88 ) begin
+        sink_data = { \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187  };
       end else begin
-        sink_data = \$131 ;
+        sink_data = \$138 ;
       end
     end
   end
@@ -24019,21 +24177,21 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-        r_en = \$82 ;
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
-        r_en = \$103 ;
+        r_en = \$89 ;
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
+        r_en = \$110 ;
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-        r_en = \$106 ;
-      end else if (\$81 ) begin
-        r_en = \$107 ;
+      end else if (\$87 ) begin
+        r_en = \$113 ;
+      end else if (\$88 ) begin
+        r_en = \$114 ;
       end else begin
-        r_en = \$115 ;
+        r_en = \$122 ;
       end
     end
-    if (\$174 ) begin
-      r_en = \$177 ;
+    if (\$181 ) begin
+      r_en = \$184 ;
     end
   end
   always @* begin
@@ -24041,37 +24199,37 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     fault = 4'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-        if (\$98 ) begin
+      end else if (\$85 ) begin
+        if (\$105 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$348 ) begin
+    if (\$355 ) begin
       fault = 4'h5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \req__valid$171  = 1'h0;
+    \req__valid$174  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
-        \req__valid$171  = \$99 ;
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
+        \req__valid$174  = \$106 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \req__payload$172  = 99'h0000000000000000000000000;
+    \req__payload$175  = 99'h0000000000000000000000000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
-        \req__payload$172 [31:0] = \$101 [31:0];
-        \req__payload$172 [95:32] = { 48'h000000000000, r_data[15:0] };
-        \req__payload$172 [98:96] = { 1'h0, ins[23:22] };
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
+        \req__payload$175 [31:0] = \$108 [31:0];
+        \req__payload$175 [95:32] = { 48'h000000000000, r_data[15:0] };
+        \req__payload$175 [98:96] = { 1'h0, ins[23:22] };
       end
     end
   end
@@ -24080,10 +24238,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     i__valid = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
+      end else if (\$87 ) begin
         i__valid = r_rdy;
       end
     end
@@ -24093,10 +24251,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     i__payload = 17'h00000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
+      end else if (\$87 ) begin
         i__payload[15:0] = r_data[15:0];
         i__payload[16] = r_data[16];
       end
@@ -24107,53 +24265,53 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     o__ready = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
+      end else if (\$87 ) begin
         o__ready = \valid$97 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__valid$180  = 1'h0;
+    \i__valid$183  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
-        \i__valid$180  = r_rdy;
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
+        \i__valid$183  = r_rdy;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__payload$181  = 16'h0000;
+    \i__payload$184  = 16'h0000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
-        \i__payload$181  = r_data[15:0];
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
+        \i__payload$184  = r_data[15:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$185  = 1'h0;
+    \o__ready$188  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
-        \o__ready$185  = \valid$97 ;
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
+        \o__ready$188  = \valid$97 ;
       end
     end
   end
@@ -24163,73 +24321,73 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        run1 = \$108 ;
+        run1 = \$115 ;
       end
     end
-    if (\$174 ) begin
-      run1 = \$308 ;
+    if (\$181 ) begin
+      run1 = \$315 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \r_en$189  = 1'h0;
+    \r_en$192  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        \r_en$189  = \$124 ;
+        \r_en$192  = \$131 ;
       end
     end
-    if (\$174 ) begin
-      \r_en$189  = \$315 ;
+    if (\$181 ) begin
+      \r_en$192  = \$322 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signal$190  = 1'h0;
+    \$signal$193  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$125 ) begin
-          \$signal$190  = \o__valid$191 ;
+        if (\$132 ) begin
+          \$signal$193  = \o__valid$194 ;
         end
-        if (\$130 ) begin
-          \$signal$190  = \o__valid$213 ;
+        if (\$137 ) begin
+          \$signal$193  = \o__valid$216 ;
         end
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$192  = 1'h0;
+    \o__ready$195  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$125 ) begin
-          \o__ready$192  = out_ready;
+        if (\$132 ) begin
+          \o__ready$195  = out_ready;
         end
       end
     end
@@ -24240,17 +24398,17 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$125 ) begin
-          unpack0 = \o__payload$195 [15:0];
+        if (\$132 ) begin
+          unpack0 = \o__payload$198 [15:0];
         end
-        if (\$130 ) begin
-          unpack0 = { \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7:0] };
+        if (\$137 ) begin
+          unpack0 = { \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7:0] };
         end
       end
     end
@@ -24261,17 +24419,17 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$125 ) begin
-          unpack1 = \o__payload$195 [31:16];
+        if (\$132 ) begin
+          unpack1 = \o__payload$198 [31:16];
         end
-        if (\$130 ) begin
-          unpack1 = { \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15], \o__payload$215 [15:8] };
+        if (\$137 ) begin
+          unpack1 = { \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15:8] };
         end
       end
     end
@@ -24282,17 +24440,17 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$125 ) begin
-          unpack2 = \o__payload$195 [47:32];
+        if (\$132 ) begin
+          unpack2 = \o__payload$198 [47:32];
         end
-        if (\$130 ) begin
-          unpack2 = { \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23], \o__payload$215 [23:16] };
+        if (\$137 ) begin
+          unpack2 = { \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23:16] };
         end
       end
     end
@@ -24303,17 +24461,17 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$125 ) begin
-          unpack3 = \o__payload$195 [63:48];
+        if (\$132 ) begin
+          unpack3 = \o__payload$198 [63:48];
         end
-        if (\$130 ) begin
-          unpack3 = { \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31], \o__payload$215 [31:24] };
+        if (\$137 ) begin
+          unpack3 = { \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31:24] };
         end
       end
     end
@@ -24324,13 +24482,13 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$125 ) begin
+        if (\$132 ) begin
           a__valid = full;
         end
       end
@@ -24338,18 +24496,18 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \b__valid$200  = 1'h0;
+    \b__valid$203  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$125 ) begin
-          \b__valid$200  = full;
+        if (\$132 ) begin
+          \b__valid$203  = full;
         end
       end
     end
@@ -24360,17 +24518,17 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$125 ) begin
-          in_ready = \$126 ;
+        if (\$132 ) begin
+          in_ready = \$133 ;
         end
-        if (\$130 ) begin
-          in_ready = \i__ready$217 ;
+        if (\$137 ) begin
+          in_ready = \i__ready$220 ;
         end
       end
     end
@@ -24381,13 +24539,13 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$125 ) begin
+        if (\$132 ) begin
           a__payload[15:0] = pack_a0;
           a__payload[31:16] = pack_a1;
           a__payload[47:32] = pack_a2;
@@ -24398,78 +24556,78 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \b__payload$208  = 64'h0000000000000000;
+    \b__payload$211  = 64'h0000000000000000;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$125 ) begin
-          \b__payload$208 [15:0] = pack_b0;
-          \b__payload$208 [31:16] = pack_b1;
-          \b__payload$208 [47:32] = pack_b2;
-          \b__payload$208 [63:48] = pack_b3;
+        if (\$132 ) begin
+          \b__payload$211 [15:0] = pack_b0;
+          \b__payload$211 [31:16] = pack_b1;
+          \b__payload$211 [47:32] = pack_b2;
+          \b__payload$211 [63:48] = pack_b3;
         end
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$214  = 1'h0;
+    \o__ready$217  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$130 ) begin
-          \o__ready$214  = out_ready;
+        if (\$137 ) begin
+          \o__ready$217  = out_ready;
         end
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__valid$216  = 1'h0;
+    \i__valid$219  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$130 ) begin
-          \i__valid$216  = full;
+        if (\$137 ) begin
+          \i__valid$219  = full;
         end
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__payload$218  = 32'd0;
+    \i__payload$221  = 32'd0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$130 ) begin
-          \i__payload$218 [7:0] = pack_a0[7:0];
-          \i__payload$218 [15:8] = pack_a1[7:0];
-          \i__payload$218 [23:16] = pack_a2[7:0];
-          \i__payload$218 [31:24] = pack_a3[7:0];
+        if (\$137 ) begin
+          \i__payload$221 [7:0] = pack_a0[7:0];
+          \i__payload$221 [15:8] = pack_a1[7:0];
+          \i__payload$221 [23:16] = pack_a2[7:0];
+          \i__payload$221 [31:24] = pack_a3[7:0];
         end
       end
     end
@@ -24480,14 +24638,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$78 ) begin
-      end else if (\$79 ) begin
+      end else if (\$85 ) begin
+      end else if (\$86 ) begin
       end else if (is_gemm) begin
-      end else if (\$80 ) begin
-      end else if (\$81 ) begin
+      end else if (\$87 ) begin
+      end else if (\$88 ) begin
       end else begin
-        if (\$132 ) begin
-          if (\$134 ) begin
+        if (\$139 ) begin
+          if (\$141 ) begin
             out_ready = 1'h1;
           end
         end
@@ -24517,8 +24675,8 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     p__valid = 1'h0;
-    if (\$144 ) begin
-      if (\$149 ) begin
+    if (\$151 ) begin
+      if (\$156 ) begin
         p__valid = beat__valid;
       end
     end
@@ -24528,442 +24686,442 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$155 [2], \$155 [2], \$155 [2], \$155 [2], \$155 [2], \$155 [2], \$155  };
+          elem = { \$162 [2], \$162 [2], \$162 [2], \$162 [2], \$162 [2], \$162 [2], \$162  };
       5'h03:
-          elem = { \$158 [3], \$158 [3], \$158 [3], \$158 [3], \$158 [3], \$158  };
+          elem = { \$165 [3], \$165 [3], \$165 [3], \$165 [3], \$165 [3], \$165  };
       5'h04:
-          elem = { \$161 [4], \$161 [4], \$161 [4], \$161 [4], \$161  };
+          elem = { \$168 [4], \$168 [4], \$168 [4], \$168 [4], \$168  };
       5'h05:
-          elem = { \$164 [5], \$164 [5], \$164 [5], \$164  };
+          elem = { \$171 [5], \$171 [5], \$171 [5], \$171  };
       5'h06:
-          elem = { \$167 [6], \$167 [6], \$167  };
+          elem = { \$174 [6], \$174 [6], \$174  };
       5'h07:
-          elem = { \$170 [7], \$170  };
+          elem = { \$177 [7], \$177  };
       5'h08:
-          elem = \$173 ;
+          elem = \$180 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$238  = 9'h000;
-    if (\$174 ) begin
-      \$signature__addr$238  = \$179 [8:0];
+    \$signature__addr$241  = 9'h000;
+    if (\$181 ) begin
+      \$signature__addr$241  = \$186 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$240  = 9'h000;
-    if (\$174 ) begin
-      \$signature__data$240  = elem;
+    \$signature__data$243  = 9'h000;
+    if (\$181 ) begin
+      \$signature__data$243  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$241  = 1'h0;
-    if (\$174 ) begin
-      \$signature__en$241  = \$185 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$243  = 9'h000;
-    if (\$174 ) begin
-      \$signature__addr$243  = \$187 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$244  = 9'h000;
-    if (\$174 ) begin
-      \$signature__data$244  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$245  = 1'h0;
-    if (\$174 ) begin
-      \$signature__en$245  = \$192 ;
+    \$signature__en$244  = 1'h0;
+    if (\$181 ) begin
+      \$signature__en$244  = \$192 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$246  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__addr$246  = \$194 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$247  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__data$247  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$248  = 1'h0;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__en$248  = \$199 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$249  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__addr$249  = \$201 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$250  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__data$250  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$251  = 1'h0;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__en$251  = \$206 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$252  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__addr$252  = \$208 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$253  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__data$253  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$254  = 1'h0;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__en$254  = \$213 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$255  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__addr$255  = \$215 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$256  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__data$256  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$257  = 1'h0;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__en$257  = \$220 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$258  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__addr$258  = \$222 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$259  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__data$259  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$260  = 1'h0;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__en$260  = \$227 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$261  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__addr$261  = \$229 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$262  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__data$262  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$263  = 1'h0;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__en$263  = \$234 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$264  = 9'h000;
-    if (\$174 ) begin
+    if (\$181 ) begin
       \$signature__addr$264  = \$236 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$267  = 1'h1;
-    if (\$174 ) begin
-      \$signature__en$267  = \$243 ;
+    \$signature__data$265  = 9'h000;
+    if (\$181 ) begin
+      \$signature__data$265  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$270  = 9'h000;
-    if (\$174 ) begin
-      \$signature__addr$270  = \$245 [8:0];
+    \$signature__en$266  = 1'h0;
+    if (\$181 ) begin
+      \$signature__en$266  = \$241 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$271  = 1'h1;
-    if (\$174 ) begin
-      \$signature__en$271  = \$252 ;
+    \$signature__addr$267  = 9'h000;
+    if (\$181 ) begin
+      \$signature__addr$267  = \$243 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$272  = 9'h000;
-    if (\$174 ) begin
-      \$signature__addr$272  = \$254 [8:0];
+    \$signature__en$270  = 1'h1;
+    if (\$181 ) begin
+      \$signature__en$270  = \$250 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$273  = 1'h1;
-    if (\$174 ) begin
-      \$signature__en$273  = \$261 ;
+    \$signature__addr$273  = 9'h000;
+    if (\$181 ) begin
+      \$signature__addr$273  = \$252 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$274  = 9'h000;
-    if (\$174 ) begin
-      \$signature__addr$274  = \$263 [8:0];
+    \$signature__en$274  = 1'h1;
+    if (\$181 ) begin
+      \$signature__en$274  = \$259 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$275  = 1'h1;
-    if (\$174 ) begin
-      \$signature__en$275  = \$270 ;
+    \$signature__addr$275  = 9'h000;
+    if (\$181 ) begin
+      \$signature__addr$275  = \$261 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$276  = 9'h000;
-    if (\$174 ) begin
-      \$signature__addr$276  = \$272 [8:0];
+    \$signature__en$276  = 1'h1;
+    if (\$181 ) begin
+      \$signature__en$276  = \$268 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$277  = 1'h1;
-    if (\$174 ) begin
-      \$signature__en$277  = \$279 ;
+    \$signature__addr$277  = 9'h000;
+    if (\$181 ) begin
+      \$signature__addr$277  = \$270 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$278  = 9'h000;
-    if (\$174 ) begin
-      \$signature__addr$278  = \$281 [8:0];
+    \$signature__en$278  = 1'h1;
+    if (\$181 ) begin
+      \$signature__en$278  = \$277 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$279  = 1'h1;
-    if (\$174 ) begin
-      \$signature__en$279  = \$288 ;
+    \$signature__addr$279  = 9'h000;
+    if (\$181 ) begin
+      \$signature__addr$279  = \$279 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$280  = 9'h000;
-    if (\$174 ) begin
-      \$signature__addr$280  = \$290 [8:0];
+    \$signature__en$280  = 1'h1;
+    if (\$181 ) begin
+      \$signature__en$280  = \$286 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$281  = 1'h1;
-    if (\$174 ) begin
-      \$signature__en$281  = \$297 ;
+    \$signature__addr$281  = 9'h000;
+    if (\$181 ) begin
+      \$signature__addr$281  = \$288 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$282  = 9'h000;
-    if (\$174 ) begin
-      \$signature__addr$282  = \$299 [8:0];
+    \$signature__en$282  = 1'h1;
+    if (\$181 ) begin
+      \$signature__en$282  = \$295 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$283  = 1'h1;
-    if (\$174 ) begin
-      \$signature__en$283  = \$306 ;
+    \$signature__addr$283  = 9'h000;
+    if (\$181 ) begin
+      \$signature__addr$283  = \$297 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \a__valid$232  = 1'h0;
-    if (\$174 ) begin
-      \a__valid$232  = \$signal$268 ;
+    \$signature__en$284  = 1'h1;
+    if (\$181 ) begin
+      \$signature__en$284  = \$304 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \a__payload$285  = 73'h0000000000000000000;
-    if (\$174 ) begin
-      \a__payload$285 [72] = a_last;
-      \a__payload$285 [8:0] = \$signature__data$288 ;
-      \a__payload$285 [17:9] = \$signature__data$289 ;
-      \a__payload$285 [26:18] = \$signature__data$290 ;
-      \a__payload$285 [35:27] = \$signature__data$291 ;
-      \a__payload$285 [44:36] = \$signature__data$292 ;
-      \a__payload$285 [53:45] = \$signature__data$293 ;
-      \a__payload$285 [62:54] = \$signature__data$294 ;
-      \a__payload$285 [71:63] = \$signature__data$295 ;
+    \$signature__addr$285  = 9'h000;
+    if (\$181 ) begin
+      \$signature__addr$285  = \$306 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$286  = 1'h1;
+    if (\$181 ) begin
+      \$signature__en$286  = \$313 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \a__valid$235  = 1'h0;
+    if (\$181 ) begin
+      \a__valid$235  = \$signal$271 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \a__payload$288  = 73'h0000000000000000000;
+    if (\$181 ) begin
+      \a__payload$288 [72] = a_last;
+      \a__payload$288 [8:0] = \$signature__data$291 ;
+      \a__payload$288 [17:9] = \$signature__data$292 ;
+      \a__payload$288 [26:18] = \$signature__data$293 ;
+      \a__payload$288 [35:27] = \$signature__data$294 ;
+      \a__payload$288 [44:36] = \$signature__data$295 ;
+      \a__payload$288 [53:45] = \$signature__data$296 ;
+      \a__payload$288 [62:54] = \$signature__data$297 ;
+      \a__payload$288 [71:63] = \$signature__data$298 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     w__valid = 1'h0;
-    if (\$174 ) begin
-      w__valid = \$317 ;
+    if (\$181 ) begin
+      w__valid = \$324 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     w__payload = 64'h0000000000000000;
-    if (\$174 ) begin
-      w__payload[7:0] = \$319 ;
-      w__payload[15:8] = \$321 ;
-      w__payload[23:16] = \$323 ;
-      w__payload[31:24] = \$325 ;
-      w__payload[39:32] = \$327 ;
-      w__payload[47:40] = \$329 ;
-      w__payload[55:48] = \$331 ;
-      w__payload[63:56] = \$333 ;
+    if (\$181 ) begin
+      w__payload[7:0] = \$326 ;
+      w__payload[15:8] = \$328 ;
+      w__payload[23:16] = \$330 ;
+      w__payload[31:24] = \$332 ;
+      w__payload[39:32] = \$334 ;
+      w__payload[47:40] = \$336 ;
+      w__payload[55:48] = \$338 ;
+      w__payload[63:56] = \$340 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$319  = 1'h0;
-    if (\$334 ) begin
-      \o__ready$319  = \$347 ;
+    \o__ready$322  = 1'h0;
+    if (\$341 ) begin
+      \o__ready$322  = \$354 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$539  = \$351 ;
+    \$553  = \$358 ;
     if (rst) begin
-      \$539  = 1'h0;
+      \$553  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$540  = { \$352 , \final$327 , \last__4$326  };
+    \$554  = { \$359 , \final$330 , \last__4$329  };
     if (rst) begin
-      \$540  = 3'h0;
+      \$554  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$541  = \$354 ;
+    \$555  = \$361 ;
     if (rst) begin
-      \$541  = 1'h0;
+      \$555  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$542  = { \$355 , \final$330 , \last__4$329  };
+    \$556  = { \$362 , \final$333 , \last__4$332  };
     if (rst) begin
-      \$542  = 3'h0;
+      \$556  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$543  = cycles;
+    \$557  = cycles;
     if (busy) begin
-      \$543  = \$356 [47:0];
+      \$557  = \$363 [47:0];
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$543  = 48'h000000000000;
+            \$557  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$543  = 48'h000000000000;
+      \$557  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$544  = op_cycles__0;
+    \$558  = op_cycles__0;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
           4'h0:
-              \$544  = \$358 [47:0];
+              \$558  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$544  = 48'h000000000000;
+            \$558  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$544  = 48'h000000000000;
+      \$558  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$545  = op_cycles__1;
+    \$559  = op_cycles__1;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
           4'h0:
               /* empty */;
           4'h1:
-              \$545  = \$358 [47:0];
+              \$559  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$545  = 48'h000000000000;
+            \$559  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$545  = 48'h000000000000;
+      \$559  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$546  = op_cycles__2;
+    \$560  = op_cycles__2;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -24972,23 +25130,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h1:
               /* empty */;
           4'h2:
-              \$546  = \$358 [47:0];
+              \$560  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$546  = 48'h000000000000;
+            \$560  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$546  = 48'h000000000000;
+      \$560  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$547  = op_cycles__3;
+    \$561  = op_cycles__3;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -24999,23 +25157,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h2:
               /* empty */;
           4'h3:
-              \$547  = \$358 [47:0];
+              \$561  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$547  = 48'h000000000000;
+            \$561  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$547  = 48'h000000000000;
+      \$561  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$548  = op_cycles__4;
+    \$562  = op_cycles__4;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25028,23 +25186,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h3:
               /* empty */;
           4'h4:
-              \$548  = \$358 [47:0];
+              \$562  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$548  = 48'h000000000000;
+            \$562  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$548  = 48'h000000000000;
+      \$562  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$549  = op_cycles__5;
+    \$563  = op_cycles__5;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25059,23 +25217,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h4:
               /* empty */;
           4'h5:
-              \$549  = \$358 [47:0];
+              \$563  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$549  = 48'h000000000000;
+            \$563  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$549  = 48'h000000000000;
+      \$563  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$550  = op_cycles__6;
+    \$564  = op_cycles__6;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25092,23 +25250,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h5:
               /* empty */;
           4'h6:
-              \$550  = \$358 [47:0];
+              \$564  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$550  = 48'h000000000000;
+            \$564  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$550  = 48'h000000000000;
+      \$564  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$551  = op_cycles__7;
+    \$565  = op_cycles__7;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25127,23 +25285,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h6:
               /* empty */;
           4'h7:
-              \$551  = \$358 [47:0];
+              \$565  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$551  = 48'h000000000000;
+            \$565  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$551  = 48'h000000000000;
+      \$565  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$552  = op_cycles__8;
+    \$566  = op_cycles__8;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25164,23 +25322,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h7:
               /* empty */;
           4'h8:
-              \$552  = \$358 [47:0];
+              \$566  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$552  = 48'h000000000000;
+            \$566  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$552  = 48'h000000000000;
+      \$566  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$553  = op_cycles__9;
+    \$567  = op_cycles__9;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25203,23 +25361,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h8:
               /* empty */;
           4'h9:
-              \$553  = \$358 [47:0];
+              \$567  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$553  = 48'h000000000000;
+            \$567  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$553  = 48'h000000000000;
+      \$567  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$554  = op_cycles__10;
+    \$568  = op_cycles__10;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25244,23 +25402,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h9:
               /* empty */;
           4'ha:
-              \$554  = \$358 [47:0];
+              \$568  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$554  = 48'h000000000000;
+            \$568  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$554  = 48'h000000000000;
+      \$568  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$555  = op_cycles__11;
+    \$569  = op_cycles__11;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25287,23 +25445,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'ha:
               /* empty */;
           4'hb:
-              \$555  = \$358 [47:0];
+              \$569  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$555  = 48'h000000000000;
+            \$569  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$555  = 48'h000000000000;
+      \$569  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$556  = op_cycles__12;
+    \$570  = op_cycles__12;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25332,23 +25490,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hb:
               /* empty */;
           4'hc:
-              \$556  = \$358 [47:0];
+              \$570  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$556  = 48'h000000000000;
+            \$570  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$556  = 48'h000000000000;
+      \$570  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$557  = op_cycles__13;
+    \$571  = op_cycles__13;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25379,23 +25537,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hc:
               /* empty */;
           4'hd:
-              \$557  = \$358 [47:0];
+              \$571  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$557  = 48'h000000000000;
+            \$571  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$557  = 48'h000000000000;
+      \$571  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$558  = op_cycles__14;
+    \$572  = op_cycles__14;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25428,23 +25586,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hd:
               /* empty */;
           4'he:
-              \$558  = \$358 [47:0];
+              \$572  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$558  = 48'h000000000000;
+            \$572  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$558  = 48'h000000000000;
+      \$572  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$559  = op_cycles__15;
+    \$573  = op_cycles__15;
     if (busy) begin
       if (in_op) begin
         (* full_case = 32'd1 *)
@@ -25480,1123 +25638,735 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'he:
               /* empty */;
           4'hf:
-              \$559  = \$358 [47:0];
+              \$573  = \$365 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$559  = 48'h000000000000;
+            \$573  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$559  = 48'h000000000000;
+      \$573  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$560  = pc;
+    \$574  = pc;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$560  = prog;
+            \$574  = prog;
           end
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          if (\$390 ) begin
-            \$560  = \$391 [31:0];
-          end
-    endcase
-    if (rst) begin
-      \$560  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$561  = busy;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$561  = 1'h1;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$361 ) begin
-            \$561  = 1'h0;
+          if (\$372 ) begin
+            \$574  = \$signal$336 ;
           end
       3'h3:
           /* empty */;
       3'h4:
-          /* empty */;
-      3'h5:
-          if (\$417 ) begin
-            \$561  = 1'h0;
+          if (\$404 ) begin
+            \$574  = \$405 [31:0];
           end
     endcase
     if (rst) begin
-      \$561  = 1'h0;
+      \$574  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$562  = done;
+    \$575  = busy;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$562  = 1'h0;
+            \$575  = 1'h1;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$361 ) begin
-            \$562  = 1'h1;
+          if (\$372 ) begin
+          end else if (\$373 ) begin
+            \$575  = 1'h0;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$417 ) begin
-            \$562  = 1'h1;
+          if (\$431 ) begin
+            \$575  = 1'h0;
           end
     endcase
     if (rst) begin
-      \$562  = 1'h0;
+      \$575  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$563  = error;
+    \$576  = done;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$563  = 4'h0;
+            \$576  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$372 ) begin
+          end else if (\$373 ) begin
+            \$576  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$431 ) begin
+            \$576  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$576  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$577  = error;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$577  = 4'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             if (beat__payload[512]) begin
-              \$563  = 4'h4;
+              \$577  = 4'h4;
             end
           end
           if (start) begin
-            \$563  = 4'h6;
+            \$577  = 4'h6;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$361 ) begin
-          end else if (\$372 ) begin
-            \$563  = 4'h2;
-          end else if (\$377 ) begin
+          if (\$372 ) begin
+          end else if (\$373 ) begin
+          end else if (\$384 ) begin
+            \$577  = 4'h2;
+          end else if (\$389 ) begin
           end else if (unit_known) begin
           end else begin
-            \$563  = 4'h1;
+            \$577  = 4'h1;
           end
           if (start) begin
-            \$563  = 4'h6;
+            \$577  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (\$380 ) begin
+          if (\$394 ) begin
             if (beat__payload[512]) begin
-              \$563  = 4'h4;
+              \$577  = 4'h4;
             end
           end
           if (start) begin
-            \$563  = 4'h6;
+            \$577  = 4'h6;
           end
         end
       3'h4:
         begin
-          if (\$400 ) begin
-            \$563  = 4'h3;
+          if (\$414 ) begin
+            \$577  = 4'h3;
           end
-          if (\$406 ) begin
-            \$563  = 4'h3;
+          if (\$420 ) begin
+            \$577  = 4'h3;
           end
-          if (\$415 ) begin
-            \$563  = 4'h3;
+          if (\$429 ) begin
+            \$577  = 4'h3;
           end
-          if (\$416 ) begin
-            \$563  = fault;
+          if (\$430 ) begin
+            \$577  = fault;
           end
           if (start) begin
-            \$563  = 4'h6;
+            \$577  = 4'h6;
           end
         end
     endcase
     if (rst) begin
-      \$563  = 4'h0;
+      \$577  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$564  = fetch_sent;
+    \$578  = fetch_sent;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$564  = 1'h0;
+            \$578  = 1'h0;
           end
       3'h1:
         begin
-          if (\$360 ) begin
-            \$564  = 1'h1;
+          if (\$369 ) begin
+            \$578  = 1'h1;
           end
           if (beat__valid) begin
-            \$564  = 1'h0;
+            \$578  = 1'h0;
           end
         end
     endcase
     if (rst) begin
-      \$564  = 1'h0;
+      \$578  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$565  = seq_state;
-    (* full_case = 32'd1 *)
+    \$579  = \$signal$336 ;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$565  = 3'h1;
+            \$579  = prog;
           end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$565  = 3'h5;
-            end else begin
-              \$565  = 3'h2;
-            end
-          end
-          if (start) begin
-            \$565  = 3'h5;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$361 ) begin
-            \$565  = 3'h0;
-          end else if (\$372 ) begin
-            \$565  = 3'h5;
-          end else if (\$377 ) begin
-            \$565  = 3'h4;
-          end else if (unit_known) begin
-            \$565  = 3'h3;
-          end else begin
-            \$565  = 3'h5;
-          end
-          if (start) begin
-            \$565  = 3'h5;
-          end
-        end
-      3'h3:
-        begin
-          if (\$380 ) begin
-            if (beat__payload[512]) begin
-              \$565  = 3'h5;
-            end else if (\$383 ) begin
-              \$565  = 3'h4;
-            end
-          end
-          if (\$385 ) begin
-            \$565  = 3'h4;
-          end
-          if (start) begin
-            \$565  = 3'h5;
-          end
-        end
-      3'h4:
-        begin
-          if (\$390 ) begin
-            \$565  = 3'h1;
-          end
-          if (\$400 ) begin
-            \$565  = 3'h5;
-          end
-          if (\$406 ) begin
-            \$565  = 3'h5;
-          end
-          if (\$415 ) begin
-            \$565  = 3'h5;
-          end
-          if (\$416 ) begin
-            \$565  = 3'h5;
-          end
-          if (start) begin
-            \$565  = 3'h5;
-          end
-        end
-      3'h5:
-          if (\$417 ) begin
-            \$565  = 3'h0;
-          end
-      default:
-          \$565  = 3'h0;
     endcase
     if (rst) begin
-      \$565  = 3'h0;
+      \$579  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$566  = ins;
+    \$580  = \$signal$337 ;
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$566  = beat__payload[511:0];
+          if (start) begin
+            \$580  = image_stride;
           end
     endcase
-    if (rst) begin
-      \$566  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$567  = ci;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$567  = 16'h0000;
-      3'h3:
-          if (\$378 ) begin
-            \$567  = \$379 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$567  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$568  = cr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$568  = 16'h0000;
-      3'h3:
-          if (\$380 ) begin
-            \$568  = \$381 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$568  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$569  = full;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else if (is_gemm) begin
-      end else if (\$420 ) begin
-      end else if (\$421 ) begin
-      end else begin
-        if (\$422 ) begin
-          \$569  = 1'h0;
-        end
-        if (\$429 ) begin
-          if (\$431 ) begin
-            \$569  = 1'h1;
-          end
-        end
-        if (unit_rst) begin
-          \$569  = 1'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$569  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$570  = pack_a0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else if (is_gemm) begin
-      end else if (\$420 ) begin
-      end else if (\$421 ) begin
-      end else begin
-        if (\$429 ) begin
-          casez (j)
-            3'h0:
-                \$570  = r_data[15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$570  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$571  = pack_a1;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else if (is_gemm) begin
-      end else if (\$420 ) begin
-      end else if (\$421 ) begin
-      end else begin
-        if (\$429 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                \$571  = r_data[15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$571  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$572  = pack_a2;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else if (is_gemm) begin
-      end else if (\$420 ) begin
-      end else if (\$421 ) begin
-      end else begin
-        if (\$429 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                /* empty */;
-            3'h2:
-                \$572  = r_data[15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$572  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$573  = pack_a3;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else if (is_gemm) begin
-      end else if (\$420 ) begin
-      end else if (\$421 ) begin
-      end else begin
-        if (\$429 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                /* empty */;
-            3'h2:
-                /* empty */;
-            3'h3:
-                \$573  = r_data[15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$573  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$574  = pack_b0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else if (is_gemm) begin
-      end else if (\$420 ) begin
-      end else if (\$421 ) begin
-      end else begin
-        if (\$429 ) begin
-          casez (j)
-            3'h0:
-                \$574  = \r_data$337 [15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$574  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$575  = pack_b1;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else if (is_gemm) begin
-      end else if (\$420 ) begin
-      end else if (\$421 ) begin
-      end else begin
-        if (\$429 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                \$575  = \r_data$337 [15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$575  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$576  = pack_b2;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else if (is_gemm) begin
-      end else if (\$420 ) begin
-      end else if (\$421 ) begin
-      end else begin
-        if (\$429 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                /* empty */;
-            3'h2:
-                \$576  = \r_data$337 [15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$576  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$577  = pack_b3;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else if (is_gemm) begin
-      end else if (\$420 ) begin
-      end else if (\$421 ) begin
-      end else begin
-        if (\$429 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                /* empty */;
-            3'h2:
-                /* empty */;
-            3'h3:
-                \$577  = \r_data$337 [15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$577  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$578  = j;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else if (is_gemm) begin
-      end else if (\$420 ) begin
-      end else if (\$421 ) begin
-      end else begin
-        if (\$429 ) begin
-          (* full_case = 32'd1 *)
-          if (\$431 ) begin
-            \$578  = 3'h0;
-          end else begin
-            \$578  = \$432 [2:0];
-          end
-        end
-        if (unit_rst) begin
-          \$578  = 3'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$578  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$579  = jo;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$418 ) begin
-      end else if (\$419 ) begin
-      end else if (is_gemm) begin
-      end else if (\$420 ) begin
-      end else if (\$421 ) begin
-      end else begin
-        if (\$433 ) begin
-          (* full_case = 32'd1 *)
-          if (\$435 ) begin
-            \$579  = 3'h0;
-          end else begin
-            \$579  = \$436 [2:0];
-          end
-        end
-        if (unit_rst) begin
-          \$579  = 3'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$579  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$580  = tiles;
-    if (in_decode) begin
-      \$580  = \$444 [31:0];
-    end
-    if (\$445 ) begin
-      if (\$446 ) begin
-        if (\$464 ) begin
-          \$580  = \$465 [31:0];
-        end
-      end
-    end
     if (rst) begin
       \$580  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$581  = nt;
-    if (in_decode) begin
-      \$581  = 16'h0000;
-    end
-    if (\$445 ) begin
-      if (\$446 ) begin
-        if (\$464 ) begin
-          (* full_case = 32'd1 *)
-          if (\$470 ) begin
-            \$581  = 16'h0000;
-          end else begin
-            \$581  = \$471 [15:0];
+    \$581  = images_left;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$581  = \$367 ;
           end
-        end
-      end
-    end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$372 ) begin
+            \$581  = \$390 [15:0];
+          end
+    endcase
     if (rst) begin
       \$581  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$582  = k;
-    if (in_decode) begin
-      \$582  = 16'h0000;
-    end
-    if (\$445 ) begin
-      if (\$446 ) begin
-        if (\$449 ) begin
-        end else if (\$457 ) begin
-          \$582  = \$458 [15:0];
-        end
-        if (\$464 ) begin
-          \$582  = 16'h0000;
-        end
-      end
-    end
+    \$582  = offset;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$582  = 32'd0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$372 ) begin
+            \$582  = \$391 [31:0];
+          end
+    endcase
     if (rst) begin
-      \$582  = 16'h0000;
+      \$582  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$583  = w_row;
-    if (in_decode) begin
-      \$583  = 32'd0;
-    end
-    if (\$445 ) begin
-      if (\$446 ) begin
-        if (\$464 ) begin
+    \$583  = seq_state;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$583  = 3'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$583  = 3'h5;
+            end else begin
+              \$583  = 3'h2;
+            end
+          end
+          if (start) begin
+            \$583  = 3'h5;
+          end
+        end
+      3'h2:
+        begin
           (* full_case = 32'd1 *)
-          if (\$470 ) begin
-            \$583  = 32'd0;
+          if (\$372 ) begin
+            \$583  = 3'h1;
+          end else if (\$373 ) begin
+            \$583  = 3'h0;
+          end else if (\$384 ) begin
+            \$583  = 3'h5;
+          end else if (\$389 ) begin
+            \$583  = 3'h4;
+          end else if (unit_known) begin
+            \$583  = 3'h3;
           end else begin
-            \$583  = \$472 [31:0];
+            \$583  = 3'h5;
+          end
+          if (start) begin
+            \$583  = 3'h5;
           end
         end
-      end
-    end
+      3'h3:
+        begin
+          if (\$394 ) begin
+            if (beat__payload[512]) begin
+              \$583  = 3'h5;
+            end else if (\$397 ) begin
+              \$583  = 3'h4;
+            end
+          end
+          if (\$399 ) begin
+            \$583  = 3'h4;
+          end
+          if (start) begin
+            \$583  = 3'h5;
+          end
+        end
+      3'h4:
+        begin
+          if (\$404 ) begin
+            \$583  = 3'h1;
+          end
+          if (\$414 ) begin
+            \$583  = 3'h5;
+          end
+          if (\$420 ) begin
+            \$583  = 3'h5;
+          end
+          if (\$429 ) begin
+            \$583  = 3'h5;
+          end
+          if (\$430 ) begin
+            \$583  = 3'h5;
+          end
+          if (start) begin
+            \$583  = 3'h5;
+          end
+        end
+      3'h5:
+          if (\$431 ) begin
+            \$583  = 3'h0;
+          end
+      default:
+          \$583  = 3'h0;
+    endcase
     if (rst) begin
-      \$583  = 32'd0;
+      \$583  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$584  = want_w;
-    if (in_decode) begin
-      \$584  = 1'h0;
-    end
-    if (\$445 ) begin
-      if (\$446 ) begin
-        if (\$449 ) begin
-          \$584  = 1'h1;
-        end
-        if (\$464 ) begin
-          \$584  = 1'h0;
-        end
-      end
-    end
+    \$584  = ins;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$584  = beat__payload[511:0];
+          end
+    endcase
     if (rst) begin
-      \$584  = 1'h0;
+      \$584  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$585  = rk;
-    if (in_decode) begin
+    \$585  = ci;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$585  = 16'h0000;
+      3'h3:
+          if (\$392 ) begin
+            \$585  = \$393 [15:0];
+          end
+    endcase
+    if (rst) begin
       \$585  = 16'h0000;
     end
-    if (\$473 ) begin
-      if (\$477 ) begin
-        \$585  = \$480 [15:0];
-      end
-    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$586  = cr;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$586  = 16'h0000;
+      3'h3:
+          if (\$394 ) begin
+            \$586  = \$395 [15:0];
+          end
+    endcase
     if (rst) begin
-      \$585  = 16'h0000;
+      \$586  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$586  = w_full;
+    \$587  = full;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$432 ) begin
+      end else if (\$433 ) begin
+      end else if (is_gemm) begin
+      end else if (\$434 ) begin
+      end else if (\$435 ) begin
+      end else begin
+        if (\$436 ) begin
+          \$587  = 1'h0;
+        end
+        if (\$443 ) begin
+          if (\$445 ) begin
+            \$587  = 1'h1;
+          end
+        end
+        if (unit_rst) begin
+          \$587  = 1'h0;
+        end
+      end
+    end
+    if (rst) begin
+      \$587  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$588  = pack_a0;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$432 ) begin
+      end else if (\$433 ) begin
+      end else if (is_gemm) begin
+      end else if (\$434 ) begin
+      end else if (\$435 ) begin
+      end else begin
+        if (\$443 ) begin
+          casez (j)
+            3'h0:
+                \$588  = r_data[15:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$588  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$589  = pack_a1;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$432 ) begin
+      end else if (\$433 ) begin
+      end else if (is_gemm) begin
+      end else if (\$434 ) begin
+      end else if (\$435 ) begin
+      end else begin
+        if (\$443 ) begin
+          casez (j)
+            3'h0:
+                /* empty */;
+            3'h1:
+                \$589  = r_data[15:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$589  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$590  = pack_a2;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$432 ) begin
+      end else if (\$433 ) begin
+      end else if (is_gemm) begin
+      end else if (\$434 ) begin
+      end else if (\$435 ) begin
+      end else begin
+        if (\$443 ) begin
+          casez (j)
+            3'h0:
+                /* empty */;
+            3'h1:
+                /* empty */;
+            3'h2:
+                \$590  = r_data[15:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$590  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$591  = pack_a3;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$432 ) begin
+      end else if (\$433 ) begin
+      end else if (is_gemm) begin
+      end else if (\$434 ) begin
+      end else if (\$435 ) begin
+      end else begin
+        if (\$443 ) begin
+          casez (j)
+            3'h0:
+                /* empty */;
+            3'h1:
+                /* empty */;
+            3'h2:
+                /* empty */;
+            3'h3:
+                \$591  = r_data[15:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$591  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$592  = pack_b0;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$432 ) begin
+      end else if (\$433 ) begin
+      end else if (is_gemm) begin
+      end else if (\$434 ) begin
+      end else if (\$435 ) begin
+      end else begin
+        if (\$443 ) begin
+          casez (j)
+            3'h0:
+                \$592  = \r_data$344 [15:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$592  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$593  = pack_b1;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$432 ) begin
+      end else if (\$433 ) begin
+      end else if (is_gemm) begin
+      end else if (\$434 ) begin
+      end else if (\$435 ) begin
+      end else begin
+        if (\$443 ) begin
+          casez (j)
+            3'h0:
+                /* empty */;
+            3'h1:
+                \$593  = \r_data$344 [15:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$593  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$594  = pack_b2;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$432 ) begin
+      end else if (\$433 ) begin
+      end else if (is_gemm) begin
+      end else if (\$434 ) begin
+      end else if (\$435 ) begin
+      end else begin
+        if (\$443 ) begin
+          casez (j)
+            3'h0:
+                /* empty */;
+            3'h1:
+                /* empty */;
+            3'h2:
+                \$594  = \r_data$344 [15:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$594  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$595  = pack_b3;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$432 ) begin
+      end else if (\$433 ) begin
+      end else if (is_gemm) begin
+      end else if (\$434 ) begin
+      end else if (\$435 ) begin
+      end else begin
+        if (\$443 ) begin
+          casez (j)
+            3'h0:
+                /* empty */;
+            3'h1:
+                /* empty */;
+            3'h2:
+                /* empty */;
+            3'h3:
+                \$595  = \r_data$344 [15:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$595  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$596  = j;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$432 ) begin
+      end else if (\$433 ) begin
+      end else if (is_gemm) begin
+      end else if (\$434 ) begin
+      end else if (\$435 ) begin
+      end else begin
+        if (\$443 ) begin
+          (* full_case = 32'd1 *)
+          if (\$445 ) begin
+            \$596  = 3'h0;
+          end else begin
+            \$596  = \$446 [2:0];
+          end
+        end
+        if (unit_rst) begin
+          \$596  = 3'h0;
+        end
+      end
+    end
+    if (rst) begin
+      \$596  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$597  = jo;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$432 ) begin
+      end else if (\$433 ) begin
+      end else if (is_gemm) begin
+      end else if (\$434 ) begin
+      end else if (\$435 ) begin
+      end else begin
+        if (\$447 ) begin
+          (* full_case = 32'd1 *)
+          if (\$449 ) begin
+            \$597  = 3'h0;
+          end else begin
+            \$597  = \$450 [2:0];
+          end
+        end
+        if (unit_rst) begin
+          \$597  = 3'h0;
+        end
+      end
+    end
+    if (rst) begin
+      \$597  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$598  = tiles;
     if (in_decode) begin
-      \$586  = 1'h0;
+      \$598  = \$458 [31:0];
     end
-    if (\$473 ) begin
-      if (\$474 ) begin
-        \$586  = 1'h0;
-      end
-      if (\$477 ) begin
-        if (\$486 ) begin
-          \$586  = 1'h1;
+    if (\$459 ) begin
+      if (\$460 ) begin
+        if (\$478 ) begin
+          \$598  = \$479 [31:0];
         end
       end
     end
     if (rst) begin
-      \$586  = 1'h0;
+      \$598  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$587  = w_lane0;
-    if (\$473 ) begin
-      if (\$477 ) begin
-        if (\$486 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$587  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
-            5'h03:
-                \$587  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
-            5'h04:
-                \$587  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
-            5'h05:
-                \$587  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
-            5'h06:
-                \$587  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
-            5'h07:
-                \$587  = { beat__payload[6], beat__payload[6:0] };
-            5'h08:
-                \$587  = beat__payload[7:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$587  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$588  = w_lane1;
-    if (\$473 ) begin
-      if (\$477 ) begin
-        if (\$486 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$588  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
-            5'h03:
-                \$588  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
-            5'h04:
-                \$588  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
-            5'h05:
-                \$588  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
-            5'h06:
-                \$588  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
-            5'h07:
-                \$588  = { beat__payload[13], beat__payload[13:7] };
-            5'h08:
-                \$588  = beat__payload[15:8];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$588  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$589  = w_lane2;
-    if (\$473 ) begin
-      if (\$477 ) begin
-        if (\$486 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$589  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
-            5'h03:
-                \$589  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
-            5'h04:
-                \$589  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
-            5'h05:
-                \$589  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
-            5'h06:
-                \$589  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
-            5'h07:
-                \$589  = { beat__payload[20], beat__payload[20:14] };
-            5'h08:
-                \$589  = beat__payload[23:16];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$589  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$590  = w_lane3;
-    if (\$473 ) begin
-      if (\$477 ) begin
-        if (\$486 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$590  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
-            5'h03:
-                \$590  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
-            5'h04:
-                \$590  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
-            5'h05:
-                \$590  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
-            5'h06:
-                \$590  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
-            5'h07:
-                \$590  = { beat__payload[27], beat__payload[27:21] };
-            5'h08:
-                \$590  = beat__payload[31:24];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$590  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$591  = w_lane4;
-    if (\$473 ) begin
-      if (\$477 ) begin
-        if (\$486 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$591  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
-            5'h03:
-                \$591  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
-            5'h04:
-                \$591  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
-            5'h05:
-                \$591  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
-            5'h06:
-                \$591  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
-            5'h07:
-                \$591  = { beat__payload[34], beat__payload[34:28] };
-            5'h08:
-                \$591  = beat__payload[39:32];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$591  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$592  = w_lane5;
-    if (\$473 ) begin
-      if (\$477 ) begin
-        if (\$486 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$592  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
-            5'h03:
-                \$592  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
-            5'h04:
-                \$592  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
-            5'h05:
-                \$592  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
-            5'h06:
-                \$592  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
-            5'h07:
-                \$592  = { beat__payload[41], beat__payload[41:35] };
-            5'h08:
-                \$592  = beat__payload[47:40];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$592  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$593  = w_lane6;
-    if (\$473 ) begin
-      if (\$477 ) begin
-        if (\$486 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$593  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
-            5'h03:
-                \$593  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
-            5'h04:
-                \$593  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
-            5'h05:
-                \$593  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
-            5'h06:
-                \$593  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
-            5'h07:
-                \$593  = { beat__payload[48], beat__payload[48:42] };
-            5'h08:
-                \$593  = beat__payload[55:48];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$593  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$594  = w_lane7;
-    if (\$473 ) begin
-      if (\$477 ) begin
-        if (\$486 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$594  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
-            5'h03:
-                \$594  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
-            5'h04:
-                \$594  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
-            5'h05:
-                \$594  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
-            5'h06:
-                \$594  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
-            5'h07:
-                \$594  = { beat__payload[55], beat__payload[55:49] };
-            5'h08:
-                \$594  = beat__payload[63:56];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$594  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$595  = a_filled0;
-    if (in_decode) begin
-      \$595  = 1'h0;
-    end
-    if (\$491 ) begin
-      if (\$494 ) begin
-        if (\$496 ) begin
-          if (\$498 ) begin
-            casez (\$signal$235 )
-              1'h0:
-                  \$595  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$508 ) begin
-        if (\$512 ) begin
-          if (\$517 ) begin
-            casez (\$signal$265 )
-              1'h0:
-                  \$595  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$595  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$596  = a_filled1;
-    if (in_decode) begin
-      \$596  = 1'h0;
-    end
-    if (\$491 ) begin
-      if (\$494 ) begin
-        if (\$496 ) begin
-          if (\$498 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$235 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$596  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$508 ) begin
-        if (\$512 ) begin
-          if (\$517 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$265 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$596  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$596  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$597  = \$signal$235 ;
-    if (in_decode) begin
-      \$597  = 1'h0;
-    end
-    if (\$491 ) begin
-      if (\$494 ) begin
-        if (\$496 ) begin
-          if (\$498 ) begin
-            \$597  = \$499 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$597  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$598  = \$signal$242 ;
-    if (in_decode) begin
-      \$598  = 4'h0;
-    end
-    if (\$491 ) begin
-      if (\$494 ) begin
-        if (\$496 ) begin
-          \$598  = \$497 [3:0];
-          if (\$498 ) begin
-            \$598  = 4'h0;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$598  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$599  = lk;
+    \$599  = nt;
     if (in_decode) begin
       \$599  = 16'h0000;
     end
-    if (\$491 ) begin
-      if (\$494 ) begin
-        (* full_case = 32'd1 *)
-        if (\$496 ) begin
-          \$599  = 16'h0000;
-        end else begin
-          \$599  = \$500 [15:0];
+    if (\$459 ) begin
+      if (\$460 ) begin
+        if (\$478 ) begin
+          (* full_case = 32'd1 *)
+          if (\$484 ) begin
+            \$599  = 16'h0000;
+          end else begin
+            \$599  = \$485 [15:0];
+          end
         end
       end
     end
@@ -26606,96 +26376,96 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$600  = \$signal$265 ;
+    \$600  = k;
     if (in_decode) begin
-      \$600  = 1'h0;
+      \$600  = 16'h0000;
     end
-    if (\$491 ) begin
-      if (\$508 ) begin
-        if (\$512 ) begin
-          if (\$517 ) begin
-            \$600  = \$518 ;
-          end
+    if (\$459 ) begin
+      if (\$460 ) begin
+        if (\$463 ) begin
+        end else if (\$471 ) begin
+          \$600  = \$472 [15:0];
+        end
+        if (\$478 ) begin
+          \$600  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$600  = 1'h0;
+      \$600  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$601  = \$signal$266 ;
+    \$601  = w_row;
     if (in_decode) begin
-      \$601  = 16'h0000;
+      \$601  = 32'd0;
     end
-    if (\$491 ) begin
-      if (\$508 ) begin
-        (* full_case = 32'd1 *)
-        if (\$512 ) begin
-          \$601  = 16'h0000;
-        end else begin
-          \$601  = \$521 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$601  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$602  = fnt;
-    if (in_decode) begin
-      \$602  = 16'h0000;
-    end
-    if (\$491 ) begin
-      if (\$508 ) begin
-        if (\$512 ) begin
+    if (\$459 ) begin
+      if (\$460 ) begin
+        if (\$478 ) begin
           (* full_case = 32'd1 *)
-          if (\$517 ) begin
-            \$602  = 16'h0000;
+          if (\$484 ) begin
+            \$601  = 32'd0;
           end else begin
-            \$602  = \$520 [15:0];
+            \$601  = \$486 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$602  = 16'h0000;
+      \$601  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$603  = feed_blocks;
+    \$602  = want_w;
     if (in_decode) begin
-      \$603  = \$490 [31:0];
+      \$602  = 1'h0;
     end
-    if (\$491 ) begin
-      if (\$508 ) begin
-        if (\$512 ) begin
-          if (\$517 ) begin
-            \$603  = \$519 [31:0];
-          end
+    if (\$459 ) begin
+      if (\$460 ) begin
+        if (\$463 ) begin
+          \$602  = 1'h1;
+        end
+        if (\$478 ) begin
+          \$602  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$603  = 32'd0;
+      \$602  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$604  = \$signal$268 ;
+    \$603  = rk;
+    if (in_decode) begin
+      \$603  = 16'h0000;
+    end
+    if (\$487 ) begin
+      if (\$491 ) begin
+        \$603  = \$494 [15:0];
+      end
+    end
+    if (rst) begin
+      \$603  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$604  = w_full;
     if (in_decode) begin
       \$604  = 1'h0;
     end
-    if (\$491 ) begin
-      if (\$501 ) begin
+    if (\$487 ) begin
+      if (\$488 ) begin
         \$604  = 1'h0;
       end
-      if (\$508 ) begin
-        \$604  = 1'h1;
+      if (\$491 ) begin
+        if (\$500 ) begin
+          \$604  = 1'h1;
+        end
       end
     end
     if (rst) begin
@@ -26704,78 +26474,85 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$605  = a_last;
-    if (\$491 ) begin
-      if (\$508 ) begin
-        \$605  = \$510 ;
-      end
-    end
-    if (rst) begin
-      \$605  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$606  = b_full;
-    if (\$491 ) begin
-      if (\$522 ) begin
-        \$606  = 1'h0;
-      end
-      if (\$529 ) begin
-        if (\$537 ) begin
-          \$606  = 1'h1;
+    \$605  = w_lane0;
+    if (\$487 ) begin
+      if (\$491 ) begin
+        if (\$500 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$605  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
+            5'h03:
+                \$605  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
+            5'h04:
+                \$605  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
+            5'h05:
+                \$605  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
+            5'h06:
+                \$605  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
+            5'h07:
+                \$605  = { beat__payload[6], beat__payload[6:0] };
+            5'h08:
+                \$605  = beat__payload[7:0];
+          endcase
         end
       end
-      if (in_decode) begin
-        \$606  = 1'h0;
-      end
     end
     if (rst) begin
-      \$606  = 1'h0;
+      \$605  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$607  = b_lane0;
-    if (\$491 ) begin
-      if (\$529 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$339 )
-                4'h0:
-                    \$607  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
-              endcase
-          5'h03:
-              casez (\$signal$339 )
-                4'h0:
-                    \$607  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
-              endcase
-          5'h04:
-              casez (\$signal$339 )
-                4'h0:
-                    \$607  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
-              endcase
-          5'h05:
-              casez (\$signal$339 )
-                4'h0:
-                    \$607  = { \$533 [5], \$533 [5], \$533  };
-              endcase
-          5'h06:
-              casez (\$signal$339 )
-                4'h0:
-                    \$607  = { \$534 [6], \$534  };
-              endcase
-          5'h07:
-              casez (\$signal$339 )
-                4'h0:
-                    \$607  = \$535 ;
-              endcase
-          5'h08:
-              casez (\$signal$339 )
-                4'h0:
-                    \$607  = \$536 [7:0];
-              endcase
-        endcase
+    \$606  = w_lane1;
+    if (\$487 ) begin
+      if (\$491 ) begin
+        if (\$500 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$606  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
+            5'h03:
+                \$606  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
+            5'h04:
+                \$606  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
+            5'h05:
+                \$606  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
+            5'h06:
+                \$606  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
+            5'h07:
+                \$606  = { beat__payload[13], beat__payload[13:7] };
+            5'h08:
+                \$606  = beat__payload[15:8];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$606  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$607  = w_lane2;
+    if (\$487 ) begin
+      if (\$491 ) begin
+        if (\$500 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$607  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+            5'h03:
+                \$607  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+            5'h04:
+                \$607  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+            5'h05:
+                \$607  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+            5'h06:
+                \$607  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+            5'h07:
+                \$607  = { beat__payload[20], beat__payload[20:14] };
+            5'h08:
+                \$607  = beat__payload[23:16];
+          endcase
+        end
       end
     end
     if (rst) begin
@@ -26784,60 +26561,27 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$608  = b_lane1;
-    if (\$491 ) begin
-      if (\$529 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$608  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
-              endcase
-          5'h03:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$608  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
-              endcase
-          5'h04:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$608  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
-              endcase
-          5'h05:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$608  = { \$533 [5], \$533 [5], \$533  };
-              endcase
-          5'h06:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$608  = { \$534 [6], \$534  };
-              endcase
-          5'h07:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$608  = \$535 ;
-              endcase
-          5'h08:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$608  = \$536 [7:0];
-              endcase
-        endcase
+    \$608  = w_lane3;
+    if (\$487 ) begin
+      if (\$491 ) begin
+        if (\$500 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$608  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+            5'h03:
+                \$608  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+            5'h04:
+                \$608  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+            5'h05:
+                \$608  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+            5'h06:
+                \$608  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+            5'h07:
+                \$608  = { beat__payload[27], beat__payload[27:21] };
+            5'h08:
+                \$608  = beat__payload[31:24];
+          endcase
+        end
       end
     end
     if (rst) begin
@@ -26846,74 +26590,27 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$609  = b_lane2;
-    if (\$491 ) begin
-      if (\$529 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$609  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
-              endcase
-          5'h03:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$609  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
-              endcase
-          5'h04:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$609  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
-              endcase
-          5'h05:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$609  = { \$533 [5], \$533 [5], \$533  };
-              endcase
-          5'h06:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$609  = { \$534 [6], \$534  };
-              endcase
-          5'h07:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$609  = \$535 ;
-              endcase
-          5'h08:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$609  = \$536 [7:0];
-              endcase
-        endcase
+    \$609  = w_lane4;
+    if (\$487 ) begin
+      if (\$491 ) begin
+        if (\$500 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$609  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+            5'h03:
+                \$609  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+            5'h04:
+                \$609  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+            5'h05:
+                \$609  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+            5'h06:
+                \$609  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+            5'h07:
+                \$609  = { beat__payload[34], beat__payload[34:28] };
+            5'h08:
+                \$609  = beat__payload[39:32];
+          endcase
+        end
       end
     end
     if (rst) begin
@@ -26922,88 +26619,27 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$610  = b_lane3;
-    if (\$491 ) begin
-      if (\$529 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$610  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
-              endcase
-          5'h03:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$610  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
-              endcase
-          5'h04:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$610  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
-              endcase
-          5'h05:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$610  = { \$533 [5], \$533 [5], \$533  };
-              endcase
-          5'h06:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$610  = { \$534 [6], \$534  };
-              endcase
-          5'h07:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$610  = \$535 ;
-              endcase
-          5'h08:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$610  = \$536 [7:0];
-              endcase
-        endcase
+    \$610  = w_lane5;
+    if (\$487 ) begin
+      if (\$491 ) begin
+        if (\$500 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$610  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+            5'h03:
+                \$610  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+            5'h04:
+                \$610  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+            5'h05:
+                \$610  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+            5'h06:
+                \$610  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+            5'h07:
+                \$610  = { beat__payload[41], beat__payload[41:35] };
+            5'h08:
+                \$610  = beat__payload[47:40];
+          endcase
+        end
       end
     end
     if (rst) begin
@@ -27012,102 +26648,27 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$611  = b_lane4;
-    if (\$491 ) begin
-      if (\$529 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$611  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
-              endcase
-          5'h03:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$611  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
-              endcase
-          5'h04:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$611  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
-              endcase
-          5'h05:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$611  = { \$533 [5], \$533 [5], \$533  };
-              endcase
-          5'h06:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$611  = { \$534 [6], \$534  };
-              endcase
-          5'h07:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$611  = \$535 ;
-              endcase
-          5'h08:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$611  = \$536 [7:0];
-              endcase
-        endcase
+    \$611  = w_lane6;
+    if (\$487 ) begin
+      if (\$491 ) begin
+        if (\$500 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$611  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
+            5'h03:
+                \$611  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
+            5'h04:
+                \$611  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
+            5'h05:
+                \$611  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
+            5'h06:
+                \$611  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
+            5'h07:
+                \$611  = { beat__payload[48], beat__payload[48:42] };
+            5'h08:
+                \$611  = beat__payload[55:48];
+          endcase
+        end
       end
     end
     if (rst) begin
@@ -27116,116 +26677,27 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$612  = b_lane5;
-    if (\$491 ) begin
-      if (\$529 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$612  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
-              endcase
-          5'h03:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$612  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
-              endcase
-          5'h04:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$612  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
-              endcase
-          5'h05:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$612  = { \$533 [5], \$533 [5], \$533  };
-              endcase
-          5'h06:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$612  = { \$534 [6], \$534  };
-              endcase
-          5'h07:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$612  = \$535 ;
-              endcase
-          5'h08:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$612  = \$536 [7:0];
-              endcase
-        endcase
+    \$612  = w_lane7;
+    if (\$487 ) begin
+      if (\$491 ) begin
+        if (\$500 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$612  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+            5'h03:
+                \$612  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+            5'h04:
+                \$612  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+            5'h05:
+                \$612  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+            5'h06:
+                \$612  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+            5'h07:
+                \$612  = { beat__payload[55], beat__payload[55:49] };
+            5'h08:
+                \$612  = beat__payload[63:56];
+          endcase
+        end
       end
     end
     if (rst) begin
@@ -27234,350 +26706,1097 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$613  = b_lane6;
-    if (\$491 ) begin
-      if (\$529 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$613  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
-              endcase
-          5'h03:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$613  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
-              endcase
-          5'h04:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$613  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
-              endcase
-          5'h05:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$613  = { \$533 [5], \$533 [5], \$533  };
-              endcase
-          5'h06:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$613  = { \$534 [6], \$534  };
-              endcase
-          5'h07:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$613  = \$535 ;
-              endcase
-          5'h08:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$613  = \$536 [7:0];
-              endcase
-        endcase
+    \$613  = a_filled0;
+    if (in_decode) begin
+      \$613  = 1'h0;
+    end
+    if (\$505 ) begin
+      if (\$508 ) begin
+        if (\$510 ) begin
+          if (\$512 ) begin
+            casez (\$signal$238 )
+              1'h0:
+                  \$613  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$522 ) begin
+        if (\$526 ) begin
+          if (\$531 ) begin
+            casez (\$signal$268 )
+              1'h0:
+                  \$613  = 1'h0;
+            endcase
+          end
+        end
       end
     end
     if (rst) begin
-      \$613  = 8'h00;
+      \$613  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$614  = b_lane7;
-    if (\$491 ) begin
-      if (\$529 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$614  = { \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530 [2], \$530  };
-              endcase
-          5'h03:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$614  = { \$531 [3], \$531 [3], \$531 [3], \$531 [3], \$531  };
-              endcase
-          5'h04:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$614  = { \$532 [4], \$532 [4], \$532 [4], \$532  };
-              endcase
-          5'h05:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$614  = { \$533 [5], \$533 [5], \$533  };
-              endcase
-          5'h06:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$614  = { \$534 [6], \$534  };
-              endcase
-          5'h07:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$614  = \$535 ;
-              endcase
-          5'h08:
-              casez (\$signal$339 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$614  = \$536 [7:0];
-              endcase
-        endcase
+    \$614  = a_filled1;
+    if (in_decode) begin
+      \$614  = 1'h0;
+    end
+    if (\$505 ) begin
+      if (\$508 ) begin
+        if (\$510 ) begin
+          if (\$512 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$238 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$614  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$522 ) begin
+        if (\$526 ) begin
+          if (\$531 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$268 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$614  = 1'h0;
+            endcase
+          end
+        end
       end
     end
     if (rst) begin
-      \$614  = 8'h00;
+      \$614  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$615  = \$signal$339 ;
-    if (\$491 ) begin
-      if (\$529 ) begin
+    \$615  = \$signal$238 ;
+    if (in_decode) begin
+      \$615  = 1'h0;
+    end
+    if (\$505 ) begin
+      if (\$508 ) begin
+        if (\$510 ) begin
+          if (\$512 ) begin
+            \$615  = \$513 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$615  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$616  = \$signal$245 ;
+    if (in_decode) begin
+      \$616  = 4'h0;
+    end
+    if (\$505 ) begin
+      if (\$508 ) begin
+        if (\$510 ) begin
+          \$616  = \$511 [3:0];
+          if (\$512 ) begin
+            \$616  = 4'h0;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$616  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$617  = lk;
+    if (in_decode) begin
+      \$617  = 16'h0000;
+    end
+    if (\$505 ) begin
+      if (\$508 ) begin
         (* full_case = 32'd1 *)
-        if (\$537 ) begin
-          \$615  = 4'h0;
+        if (\$510 ) begin
+          \$617  = 16'h0000;
         end else begin
-          \$615  = \$538 [3:0];
+          \$617  = \$514 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$617  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$618  = \$signal$268 ;
+    if (in_decode) begin
+      \$618  = 1'h0;
+    end
+    if (\$505 ) begin
+      if (\$522 ) begin
+        if (\$526 ) begin
+          if (\$531 ) begin
+            \$618  = \$532 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$618  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$619  = \$signal$269 ;
+    if (in_decode) begin
+      \$619  = 16'h0000;
+    end
+    if (\$505 ) begin
+      if (\$522 ) begin
+        (* full_case = 32'd1 *)
+        if (\$526 ) begin
+          \$619  = 16'h0000;
+        end else begin
+          \$619  = \$535 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$619  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$620  = fnt;
+    if (in_decode) begin
+      \$620  = 16'h0000;
+    end
+    if (\$505 ) begin
+      if (\$522 ) begin
+        if (\$526 ) begin
+          (* full_case = 32'd1 *)
+          if (\$531 ) begin
+            \$620  = 16'h0000;
+          end else begin
+            \$620  = \$534 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$620  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$621  = feed_blocks;
+    if (in_decode) begin
+      \$621  = \$504 [31:0];
+    end
+    if (\$505 ) begin
+      if (\$522 ) begin
+        if (\$526 ) begin
+          if (\$531 ) begin
+            \$621  = \$533 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$621  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$622  = \$signal$271 ;
+    if (in_decode) begin
+      \$622  = 1'h0;
+    end
+    if (\$505 ) begin
+      if (\$515 ) begin
+        \$622  = 1'h0;
+      end
+      if (\$522 ) begin
+        \$622  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$622  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$623  = a_last;
+    if (\$505 ) begin
+      if (\$522 ) begin
+        \$623  = \$524 ;
+      end
+    end
+    if (rst) begin
+      \$623  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$624  = b_full;
+    if (\$505 ) begin
+      if (\$536 ) begin
+        \$624  = 1'h0;
+      end
+      if (\$543 ) begin
+        if (\$551 ) begin
+          \$624  = 1'h1;
         end
       end
       if (in_decode) begin
-        \$615  = 4'h0;
+        \$624  = 1'h0;
       end
     end
     if (rst) begin
-      \$615  = 4'h0;
+      \$624  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$131  = 16'h0000;
+    \$625  = b_lane0;
+    if (\$505 ) begin
+      if (\$543 ) begin
+        casez (ins[21:17])
+          5'h02:
+              casez (\$signal$346 )
+                4'h0:
+                    \$625  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
+              endcase
+          5'h03:
+              casez (\$signal$346 )
+                4'h0:
+                    \$625  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
+              endcase
+          5'h04:
+              casez (\$signal$346 )
+                4'h0:
+                    \$625  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
+              endcase
+          5'h05:
+              casez (\$signal$346 )
+                4'h0:
+                    \$625  = { \$547 [5], \$547 [5], \$547  };
+              endcase
+          5'h06:
+              casez (\$signal$346 )
+                4'h0:
+                    \$625  = { \$548 [6], \$548  };
+              endcase
+          5'h07:
+              casez (\$signal$346 )
+                4'h0:
+                    \$625  = \$549 ;
+              endcase
+          5'h08:
+              casez (\$signal$346 )
+                4'h0:
+                    \$625  = \$550 [7:0];
+              endcase
+        endcase
+      end
+    end
+    if (rst) begin
+      \$625  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$626  = b_lane1;
+    if (\$505 ) begin
+      if (\$543 ) begin
+        casez (ins[21:17])
+          5'h02:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    \$626  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
+              endcase
+          5'h03:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    \$626  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
+              endcase
+          5'h04:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    \$626  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
+              endcase
+          5'h05:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    \$626  = { \$547 [5], \$547 [5], \$547  };
+              endcase
+          5'h06:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    \$626  = { \$548 [6], \$548  };
+              endcase
+          5'h07:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    \$626  = \$549 ;
+              endcase
+          5'h08:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    \$626  = \$550 [7:0];
+              endcase
+        endcase
+      end
+    end
+    if (rst) begin
+      \$626  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$627  = b_lane2;
+    if (\$505 ) begin
+      if (\$543 ) begin
+        casez (ins[21:17])
+          5'h02:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    \$627  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
+              endcase
+          5'h03:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    \$627  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
+              endcase
+          5'h04:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    \$627  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
+              endcase
+          5'h05:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    \$627  = { \$547 [5], \$547 [5], \$547  };
+              endcase
+          5'h06:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    \$627  = { \$548 [6], \$548  };
+              endcase
+          5'h07:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    \$627  = \$549 ;
+              endcase
+          5'h08:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    \$627  = \$550 [7:0];
+              endcase
+        endcase
+      end
+    end
+    if (rst) begin
+      \$627  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$628  = b_lane3;
+    if (\$505 ) begin
+      if (\$543 ) begin
+        casez (ins[21:17])
+          5'h02:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    \$628  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
+              endcase
+          5'h03:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    \$628  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
+              endcase
+          5'h04:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    \$628  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
+              endcase
+          5'h05:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    \$628  = { \$547 [5], \$547 [5], \$547  };
+              endcase
+          5'h06:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    \$628  = { \$548 [6], \$548  };
+              endcase
+          5'h07:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    \$628  = \$549 ;
+              endcase
+          5'h08:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    \$628  = \$550 [7:0];
+              endcase
+        endcase
+      end
+    end
+    if (rst) begin
+      \$628  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$629  = b_lane4;
+    if (\$505 ) begin
+      if (\$543 ) begin
+        casez (ins[21:17])
+          5'h02:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$629  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
+              endcase
+          5'h03:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$629  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
+              endcase
+          5'h04:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$629  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
+              endcase
+          5'h05:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$629  = { \$547 [5], \$547 [5], \$547  };
+              endcase
+          5'h06:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$629  = { \$548 [6], \$548  };
+              endcase
+          5'h07:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$629  = \$549 ;
+              endcase
+          5'h08:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    \$629  = \$550 [7:0];
+              endcase
+        endcase
+      end
+    end
+    if (rst) begin
+      \$629  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$630  = b_lane5;
+    if (\$505 ) begin
+      if (\$543 ) begin
+        casez (ins[21:17])
+          5'h02:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$630  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
+              endcase
+          5'h03:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$630  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
+              endcase
+          5'h04:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$630  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
+              endcase
+          5'h05:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$630  = { \$547 [5], \$547 [5], \$547  };
+              endcase
+          5'h06:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$630  = { \$548 [6], \$548  };
+              endcase
+          5'h07:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$630  = \$549 ;
+              endcase
+          5'h08:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    \$630  = \$550 [7:0];
+              endcase
+        endcase
+      end
+    end
+    if (rst) begin
+      \$630  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$631  = b_lane6;
+    if (\$505 ) begin
+      if (\$543 ) begin
+        casez (ins[21:17])
+          5'h02:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$631  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
+              endcase
+          5'h03:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$631  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
+              endcase
+          5'h04:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$631  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
+              endcase
+          5'h05:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$631  = { \$547 [5], \$547 [5], \$547  };
+              endcase
+          5'h06:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$631  = { \$548 [6], \$548  };
+              endcase
+          5'h07:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$631  = \$549 ;
+              endcase
+          5'h08:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    \$631  = \$550 [7:0];
+              endcase
+        endcase
+      end
+    end
+    if (rst) begin
+      \$631  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$632  = b_lane7;
+    if (\$505 ) begin
+      if (\$543 ) begin
+        casez (ins[21:17])
+          5'h02:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    /* empty */;
+                4'h7:
+                    \$632  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
+              endcase
+          5'h03:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    /* empty */;
+                4'h7:
+                    \$632  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
+              endcase
+          5'h04:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    /* empty */;
+                4'h7:
+                    \$632  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
+              endcase
+          5'h05:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    /* empty */;
+                4'h7:
+                    \$632  = { \$547 [5], \$547 [5], \$547  };
+              endcase
+          5'h06:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    /* empty */;
+                4'h7:
+                    \$632  = { \$548 [6], \$548  };
+              endcase
+          5'h07:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    /* empty */;
+                4'h7:
+                    \$632  = \$549 ;
+              endcase
+          5'h08:
+              casez (\$signal$346 )
+                4'h0:
+                    /* empty */;
+                4'h1:
+                    /* empty */;
+                4'h2:
+                    /* empty */;
+                4'h3:
+                    /* empty */;
+                4'h4:
+                    /* empty */;
+                4'h5:
+                    /* empty */;
+                4'h6:
+                    /* empty */;
+                4'h7:
+                    \$632  = \$550 [7:0];
+              endcase
+        endcase
+      end
+    end
+    if (rst) begin
+      \$632  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$633  = \$signal$346 ;
+    if (\$505 ) begin
+      if (\$543 ) begin
+        (* full_case = 32'd1 *)
+        if (\$551 ) begin
+          \$633  = 4'h0;
+        end else begin
+          \$633  = \$552 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$633  = 4'h0;
+      end
+    end
+    if (rst) begin
+      \$633  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$138  = 16'h0000;
     casez (jo)
       3'h0:
-          \$131  = unpack0;
+          \$138  = unpack0;
       3'h1:
-          \$131  = unpack1;
+          \$138  = unpack1;
       3'h2:
-          \$131  = unpack2;
+          \$138  = unpack2;
       3'h3:
-          \$131  = unpack3;
+          \$138  = unpack3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$235 )
+    casez (\$signal$238 )
       1'h0:
-          \$175  = a_filled0;
+          \$182  = a_filled0;
       1'h1:
-          \$175  = a_filled1;
+          \$182  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$235 )
+    casez (\$signal$238 )
       1'h0:
-          \$180  = a_filled0;
+          \$187  = a_filled0;
       1'h1:
-          \$180  = a_filled1;
+          \$187  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$235 )
-      1'h0:
-          \$188  = a_filled0;
-      1'h1:
-          \$188  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$235 )
+    casez (\$signal$238 )
       1'h0:
           \$195  = a_filled0;
       1'h1:
@@ -27587,7 +27806,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$235 )
+    casez (\$signal$238 )
       1'h0:
           \$202  = a_filled0;
       1'h1:
@@ -27597,7 +27816,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$235 )
+    casez (\$signal$238 )
       1'h0:
           \$209  = a_filled0;
       1'h1:
@@ -27607,7 +27826,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$235 )
+    casez (\$signal$238 )
       1'h0:
           \$216  = a_filled0;
       1'h1:
@@ -27617,7 +27836,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$235 )
+    casez (\$signal$238 )
       1'h0:
           \$223  = a_filled0;
       1'h1:
@@ -27627,7 +27846,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$235 )
+    casez (\$signal$238 )
       1'h0:
           \$230  = a_filled0;
       1'h1:
@@ -27637,7 +27856,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$265 )
+    casez (\$signal$238 )
       1'h0:
           \$237  = a_filled0;
       1'h1:
@@ -27647,131 +27866,103 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$265 )
+    casez (\$signal$268 )
       1'h0:
-          \$246  = a_filled0;
+          \$244  = a_filled0;
       1'h1:
-          \$246  = a_filled1;
+          \$244  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$265 )
+    casez (\$signal$268 )
       1'h0:
-          \$255  = a_filled0;
+          \$253  = a_filled0;
       1'h1:
-          \$255  = a_filled1;
+          \$253  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$265 )
+    casez (\$signal$268 )
       1'h0:
-          \$264  = a_filled0;
+          \$262  = a_filled0;
       1'h1:
-          \$264  = a_filled1;
+          \$262  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$265 )
+    casez (\$signal$268 )
       1'h0:
-          \$273  = a_filled0;
+          \$271  = a_filled0;
       1'h1:
-          \$273  = a_filled1;
+          \$271  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$265 )
+    casez (\$signal$268 )
       1'h0:
-          \$282  = a_filled0;
+          \$280  = a_filled0;
       1'h1:
-          \$282  = a_filled1;
+          \$280  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$265 )
+    casez (\$signal$268 )
       1'h0:
-          \$291  = a_filled0;
+          \$289  = a_filled0;
       1'h1:
-          \$291  = a_filled1;
+          \$289  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$265 )
+    casez (\$signal$268 )
       1'h0:
-          \$300  = a_filled0;
+          \$298  = a_filled0;
       1'h1:
-          \$300  = a_filled1;
+          \$298  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$335  = 32'd0;
+    (* full_case = 32'd1 *)
+    casez (\$signal$268 )
+      1'h0:
+          \$307  = a_filled0;
+      1'h1:
+          \$307  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$342  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$335  = \o__payload$314 [31:0];
+          \$342  = \o__payload$317 [31:0];
       16'h0001:
-          \$335  = \o__payload$314 [63:32];
+          \$342  = \o__payload$317 [63:32];
       16'h0002:
-          \$335  = \o__payload$314 [95:64];
+          \$342  = \o__payload$317 [95:64];
       16'h0003:
-          \$335  = \o__payload$314 [127:96];
+          \$342  = \o__payload$317 [127:96];
       16'h0004:
-          \$335  = \o__payload$314 [159:128];
+          \$342  = \o__payload$317 [159:128];
       16'h0005:
-          \$335  = \o__payload$314 [191:160];
+          \$342  = \o__payload$317 [191:160];
       16'h0006:
-          \$335  = \o__payload$314 [223:192];
+          \$342  = \o__payload$317 [223:192];
       16'h0007:
-          \$335  = \o__payload$314 [255:224];
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (ins[3:0])
-      4'h0:
-          \$357  = op_cycles__0;
-      4'h1:
-          \$357  = op_cycles__1;
-      4'h2:
-          \$357  = op_cycles__2;
-      4'h3:
-          \$357  = op_cycles__3;
-      4'h4:
-          \$357  = op_cycles__4;
-      4'h5:
-          \$357  = op_cycles__5;
-      4'h6:
-          \$357  = op_cycles__6;
-      4'h7:
-          \$357  = op_cycles__7;
-      4'h8:
-          \$357  = op_cycles__8;
-      4'h9:
-          \$357  = op_cycles__9;
-      4'ha:
-          \$357  = op_cycles__10;
-      4'hb:
-          \$357  = op_cycles__11;
-      4'hc:
-          \$357  = op_cycles__12;
-      4'hd:
-          \$357  = op_cycles__13;
-      4'he:
-          \$357  = op_cycles__14;
-      4'hf:
-          \$357  = op_cycles__15;
+          \$342  = \o__payload$317 [255:224];
     endcase
   end
   assign \ar__payload$1  = ar__payload;
@@ -27823,6 +28014,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign op_cycles13 = op_cycles__13;
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
+  assign ext_base = \$53 [31:0];
   assign p__payload = beat__payload[437:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
@@ -27877,46 +28069,46 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \c__payload.f  = c__payload;
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
-  assign \c__payload$155.m  = \c__payload$155 [15:0];
-  assign \c__payload$155.b  = \c__payload$155 [58:16];
-  assign \c__payload$155.e  = \c__payload$155 [64:59];
-  assign \c__payload$155.last  = \c__payload$155 [65];
-  assign \c__payload$158.m_a  = \c__payload$158 [15:0];
-  assign \c__payload$158.e_a  = \c__payload$158 [21:16];
-  assign \c__payload$158.m_b  = \c__payload$158 [37:22];
-  assign \c__payload$158.e_b  = \c__payload$158 [43:38];
-  assign \c__payload$161.qb  = \c__payload$161 [9:0];
-  assign \c__payload$161.qc  = \c__payload$161 [24:10];
-  assign \c__payload$161.sh  = \c__payload$161 [30:25];
-  assign \c__payload$161.m  = \c__payload$161 [46:31];
-  assign \c__payload$161.e  = \c__payload$161 [52:47];
-  assign \req__payload$172.addr  = \req__payload$172 [31:0];
-  assign \req__payload$172.data  = \req__payload$172 [95:32];
-  assign \req__payload$172.lb  = \req__payload$172 [98:96];
+  assign \c__payload$158.m  = \c__payload$158 [15:0];
+  assign \c__payload$158.b  = \c__payload$158 [58:16];
+  assign \c__payload$158.e  = \c__payload$158 [64:59];
+  assign \c__payload$158.last  = \c__payload$158 [65];
+  assign \c__payload$161.m_a  = \c__payload$161 [15:0];
+  assign \c__payload$161.e_a  = \c__payload$161 [21:16];
+  assign \c__payload$161.m_b  = \c__payload$161 [37:22];
+  assign \c__payload$161.e_b  = \c__payload$161 [43:38];
+  assign \c__payload$164.qb  = \c__payload$164 [9:0];
+  assign \c__payload$164.qc  = \c__payload$164 [24:10];
+  assign \c__payload$164.sh  = \c__payload$164 [30:25];
+  assign \c__payload$164.m  = \c__payload$164 [46:31];
+  assign \c__payload$164.e  = \c__payload$164 [52:47];
+  assign \req__payload$175.addr  = \req__payload$175 [31:0];
+  assign \req__payload$175.data  = \req__payload$175 [95:32];
+  assign \req__payload$175.lb  = \req__payload$175 [98:96];
   assign \i__payload.data  = i__payload[15:0];
   assign \i__payload.last  = i__payload[16];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \o__payload$195[0]  = \o__payload$195 [15:0];
-  assign \o__payload$195[1]  = \o__payload$195 [31:16];
-  assign \o__payload$195[2]  = \o__payload$195 [47:32];
-  assign \o__payload$195[3]  = \o__payload$195 [63:48];
+  assign \o__payload$198[0]  = \o__payload$198 [15:0];
+  assign \o__payload$198[1]  = \o__payload$198 [31:16];
+  assign \o__payload$198[2]  = \o__payload$198 [47:32];
+  assign \o__payload$198[3]  = \o__payload$198 [63:48];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$208[0]  = \b__payload$208 [15:0];
-  assign \b__payload$208[1]  = \b__payload$208 [31:16];
-  assign \b__payload$208[2]  = \b__payload$208 [47:32];
-  assign \b__payload$208[3]  = \b__payload$208 [63:48];
-  assign \o__payload$215[0]  = \o__payload$215 [7:0];
-  assign \o__payload$215[1]  = \o__payload$215 [15:8];
-  assign \o__payload$215[2]  = \o__payload$215 [23:16];
-  assign \o__payload$215[3]  = \o__payload$215 [31:24];
-  assign \i__payload$218[0]  = \i__payload$218 [7:0];
-  assign \i__payload$218[1]  = \i__payload$218 [15:8];
-  assign \i__payload$218[2]  = \i__payload$218 [23:16];
-  assign \i__payload$218[3]  = \i__payload$218 [31:24];
+  assign \b__payload$211[0]  = \b__payload$211 [15:0];
+  assign \b__payload$211[1]  = \b__payload$211 [31:16];
+  assign \b__payload$211[2]  = \b__payload$211 [47:32];
+  assign \b__payload$211[3]  = \b__payload$211 [63:48];
+  assign \o__payload$218[0]  = \o__payload$218 [7:0];
+  assign \o__payload$218[1]  = \o__payload$218 [15:8];
+  assign \o__payload$218[2]  = \o__payload$218 [23:16];
+  assign \o__payload$218[3]  = \o__payload$218 [31:24];
+  assign \i__payload$221[0]  = \i__payload$221 [7:0];
+  assign \i__payload$221[1]  = \i__payload$221 [15:8];
+  assign \i__payload$221[2]  = \i__payload$221 [23:16];
+  assign \i__payload$221[3]  = \i__payload$221 [31:24];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -27945,16 +28137,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$285.data  = \a__payload$285 [71:0];
-  assign \a__payload$285.data[0]  = \a__payload$285 [8:0];
-  assign \a__payload$285.data[1]  = \a__payload$285 [17:9];
-  assign \a__payload$285.data[2]  = \a__payload$285 [26:18];
-  assign \a__payload$285.data[3]  = \a__payload$285 [35:27];
-  assign \a__payload$285.data[4]  = \a__payload$285 [44:36];
-  assign \a__payload$285.data[5]  = \a__payload$285 [53:45];
-  assign \a__payload$285.data[6]  = \a__payload$285 [62:54];
-  assign \a__payload$285.data[7]  = \a__payload$285 [71:63];
-  assign \a__payload$285.last  = \a__payload$285 [72];
+  assign \a__payload$288.data  = \a__payload$288 [71:0];
+  assign \a__payload$288.data[0]  = \a__payload$288 [8:0];
+  assign \a__payload$288.data[1]  = \a__payload$288 [17:9];
+  assign \a__payload$288.data[2]  = \a__payload$288 [26:18];
+  assign \a__payload$288.data[3]  = \a__payload$288 [35:27];
+  assign \a__payload$288.data[4]  = \a__payload$288 [44:36];
+  assign \a__payload$288.data[5]  = \a__payload$288 [53:45];
+  assign \a__payload$288.data[6]  = \a__payload$288 [62:54];
+  assign \a__payload$288.data[7]  = \a__payload$288 [71:63];
+  assign \a__payload$288.last  = \a__payload$288 [72];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -27963,65 +28155,68 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$314[0]  = \o__payload$314 [31:0];
-  assign \o__payload$314[1]  = \o__payload$314 [63:32];
-  assign \o__payload$314[2]  = \o__payload$314 [95:64];
-  assign \o__payload$314[3]  = \o__payload$314 [127:96];
-  assign \o__payload$314[4]  = \o__payload$314 [159:128];
-  assign \o__payload$314[5]  = \o__payload$314 [191:160];
-  assign \o__payload$314[6]  = \o__payload$314 [223:192];
-  assign \o__payload$314[7]  = \o__payload$314 [255:224];
+  assign \o__payload$317[0]  = \o__payload$317 [31:0];
+  assign \o__payload$317[1]  = \o__payload$317 [63:32];
+  assign \o__payload$317[2]  = \o__payload$317 [95:64];
+  assign \o__payload$317[3]  = \o__payload$317 [127:96];
+  assign \o__payload$317[4]  = \o__payload$317 [159:128];
+  assign \o__payload$317[5]  = \o__payload$317 [191:160];
+  assign \o__payload$317[6]  = \o__payload$317 [223:192];
+  assign \o__payload$317[7]  = \o__payload$317 [255:224];
   assign \$5  = { \$4 [17], \$4 [17], \$4 [17], \$4 [17:3] };
   assign \$9  = { \$8 [17], \$8 [17], \$8 [17], \$8 [17:3] };
   assign \$12  = { \$11 [17], \$11 [17], \$11 [17], \$11 [17:3] };
   assign \$16  = { \$15 [17], \$15 [17], \$15 [17], \$15 [17:3] };
   assign \$20  = { \$19 [17], \$19 [17], \$19 [17], \$19 [17:3] };
-  assign { \$86 [3], \$86 [1:0] } = 3'h0;
-  assign \$86 [2] = ins[10];
-  assign \$87  = ins[10];
-  assign { \$89 [3], \$89 [1:0] } = 3'h0;
-  assign \$89 [2] = ins[10];
-  assign \$90  = ins[10];
-  assign { \$92 [3], \$92 [1:0] } = 3'h0;
-  assign \$92 [2] = ins[10];
-  assign \$93  = ins[10];
-  assign { \$95 [3], \$95 [1:0] } = 3'h0;
-  assign \$95 [2] = ins[10];
-  assign \$96  = ins[10];
-  assign \$140  = { 1'h0, nt, 6'h00 };
-  assign \$153 [3:1] = 3'h0;
-  assign \$153 [0] = ins[8];
-  assign \$154  = ins[8];
-  assign \$156 [3:1] = 3'h0;
-  assign \$156 [0] = ins[8];
-  assign \$157  = ins[8];
-  assign \$159 [3:1] = 3'h0;
-  assign \$159 [0] = ins[8];
-  assign \$160  = ins[8];
-  assign \$162 [3:1] = 3'h0;
-  assign \$162 [0] = ins[8];
-  assign \$163  = ins[8];
-  assign \$165 [3:1] = 3'h0;
-  assign \$165 [0] = ins[8];
-  assign \$166  = ins[8];
-  assign \$168 [3:1] = 3'h0;
-  assign \$168 [0] = ins[8];
-  assign \$169  = ins[8];
-  assign \$171 [3:1] = 3'h0;
-  assign \$171 [0] = ins[8];
-  assign \$172  = ins[8];
-  assign \$439  = { \$438 [17], \$438 [17], \$438 [17], \$438 [17:3] };
-  assign \$443  = { \$442 [17], \$442 [17], \$442 [17], \$442 [17:3] };
-  assign \$468  = { \$467 [17], \$467 [17], \$467 [17], \$467 [17:3] };
-  assign \$489  = { \$488 [17], \$488 [17], \$488 [17], \$488 [17:3] };
-  assign \$515  = { \$514 [17], \$514 [17], \$514 [17], \$514 [17:3] };
-  assign \$530  = { \r_data$337 [1], \r_data$337 [1:0] };
-  assign \$531  = { \r_data$337 [2], \r_data$337 [2:0] };
-  assign \$532  = { \r_data$337 [3], \r_data$337 [3:0] };
-  assign \$533  = { \r_data$337 [4], \r_data$337 [4:0] };
-  assign \$534  = { \r_data$337 [5], \r_data$337 [5:0] };
-  assign \$535  = { \r_data$337 [6], \r_data$337 [6:0] };
-  assign \$536  = { \r_data$337 [7], \r_data$337 [7:0] };
+  assign \$50 [2:0] = 3'h0;
+  assign \$50 [3] = ins[11];
+  assign \$51  = ins[11];
+  assign { \$93 [3], \$93 [1:0] } = 3'h0;
+  assign \$93 [2] = ins[10];
+  assign \$94  = ins[10];
+  assign { \$96 [3], \$96 [1:0] } = 3'h0;
+  assign \$96 [2] = ins[10];
+  assign \$97  = ins[10];
+  assign { \$99 [3], \$99 [1:0] } = 3'h0;
+  assign \$99 [2] = ins[10];
+  assign \$100  = ins[10];
+  assign { \$102 [3], \$102 [1:0] } = 3'h0;
+  assign \$102 [2] = ins[10];
+  assign \$103  = ins[10];
+  assign \$147  = { 1'h0, nt, 6'h00 };
+  assign \$160 [3:1] = 3'h0;
+  assign \$160 [0] = ins[8];
+  assign \$161  = ins[8];
+  assign \$163 [3:1] = 3'h0;
+  assign \$163 [0] = ins[8];
+  assign \$164  = ins[8];
+  assign \$166 [3:1] = 3'h0;
+  assign \$166 [0] = ins[8];
+  assign \$167  = ins[8];
+  assign \$169 [3:1] = 3'h0;
+  assign \$169 [0] = ins[8];
+  assign \$170  = ins[8];
+  assign \$172 [3:1] = 3'h0;
+  assign \$172 [0] = ins[8];
+  assign \$173  = ins[8];
+  assign \$175 [3:1] = 3'h0;
+  assign \$175 [0] = ins[8];
+  assign \$176  = ins[8];
+  assign \$178 [3:1] = 3'h0;
+  assign \$178 [0] = ins[8];
+  assign \$179  = ins[8];
+  assign \$453  = { \$452 [17], \$452 [17], \$452 [17], \$452 [17:3] };
+  assign \$457  = { \$456 [17], \$456 [17], \$456 [17], \$456 [17:3] };
+  assign \$482  = { \$481 [17], \$481 [17], \$481 [17], \$481 [17:3] };
+  assign \$503  = { \$502 [17], \$502 [17], \$502 [17], \$502 [17:3] };
+  assign \$529  = { \$528 [17], \$528 [17], \$528 [17], \$528 [17:3] };
+  assign \$544  = { \r_data$344 [1], \r_data$344 [1:0] };
+  assign \$545  = { \r_data$344 [2], \r_data$344 [2:0] };
+  assign \$546  = { \r_data$344 [3], \r_data$344 [3:0] };
+  assign \$547  = { \r_data$344 [4], \r_data$344 [4:0] };
+  assign \$548  = { \r_data$344 [5], \r_data$344 [5:0] };
+  assign \$549  = { \r_data$344 [6], \r_data$344 [6:0] };
+  assign \$550  = { \r_data$344 [7], \r_data$344 [7:0] };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -32571,10 +32766,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$15921$0 (l0s_s2_o),
-    .\port$16013$0 (l1s_s2_o),
-    .\port$16105$0 (l2s_s2_o),
-    .\port$16197$0 (l3s_s2_o),
+    .\port$15953$0 (l0s_s2_o),
+    .\port$16045$0 (l1s_s2_o),
+    .\port$16137$0 (l2s_s2_o),
+    .\port$16229$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -33819,7 +34014,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15921$0 , \port$16013$0 , \port$16105$0 , \port$16197$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15953$0 , \port$16045$0 , \port$16137$0 , \port$16229$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$182  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -33862,14 +34057,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15921
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$15921$0 ;
-  wire [15:0] \port$15921$0 ;
-  input [15:0] \port$16013$0 ;
-  wire [15:0] \port$16013$0 ;
-  input [15:0] \port$16105$0 ;
-  wire [15:0] \port$16105$0 ;
-  input [15:0] \port$16197$0 ;
-  wire [15:0] \port$16197$0 ;
+  input [15:0] \port$15953$0 ;
+  wire [15:0] \port$15953$0 ;
+  input [15:0] \port$16045$0 ;
+  wire [15:0] \port$16045$0 ;
+  input [15:0] \port$16137$0 ;
+  wire [15:0] \port$16137$0 ;
+  input [15:0] \port$16229$0 ;
+  wire [15:0] \port$16229$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -33912,7 +34107,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15921
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16197$0 , \port$16105$0 , \port$16013$0 , \port$15921$0  };
+      storage[w_port__addr] <= { \port$16229$0 , \port$16137$0 , \port$16045$0 , \port$15953$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -34024,8 +34219,8 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15921
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16197$0 , \port$16105$0 , \port$16013$0 , \port$15921$0  };
-  assign w_data = { \port$16197$0 , \port$16105$0 , \port$16013$0 , \port$15921$0  };
+  assign w_port__data = { \port$16229$0 , \port$16137$0 , \port$16045$0 , \port$15953$0  };
+  assign w_data = { \port$16229$0 , \port$16137$0 , \port$16045$0 , \port$15953$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -41112,10 +41307,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$16430$0 (l0_s27_o),
-    .\port$16616$0 (l1_s27_o),
-    .\port$16802$0 (l2_s27_o),
-    .\port$16988$0 (l3_s27_o),
+    .\port$16462$0 (l0_s27_o),
+    .\port$16648$0 (l1_s27_o),
+    .\port$16834$0 (l2_s27_o),
+    .\port$17020$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -43170,7 +43365,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$16430$0 , \port$16616$0 , \port$16802$0 , \port$16988$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$16462$0 , \port$16648$0 , \port$16834$0 , \port$17020$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$184  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43213,14 +43408,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$164
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$16430$0 ;
-  wire [7:0] \port$16430$0 ;
-  input [7:0] \port$16616$0 ;
-  wire [7:0] \port$16616$0 ;
-  input [7:0] \port$16802$0 ;
-  wire [7:0] \port$16802$0 ;
-  input [7:0] \port$16988$0 ;
-  wire [7:0] \port$16988$0 ;
+  input [7:0] \port$16462$0 ;
+  wire [7:0] \port$16462$0 ;
+  input [7:0] \port$16648$0 ;
+  wire [7:0] \port$16648$0 ;
+  input [7:0] \port$16834$0 ;
+  wire [7:0] \port$16834$0 ;
+  input [7:0] \port$17020$0 ;
+  wire [7:0] \port$17020$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -43279,7 +43474,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$164
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16988$0 , \port$16802$0 , \port$16616$0 , \port$16430$0  };
+      storage[w_port__addr] <= { \port$17020$0 , \port$16834$0 , \port$16648$0 , \port$16462$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -43391,8 +43586,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$164
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16988$0 , \port$16802$0 , \port$16616$0 , \port$16430$0  };
-  assign w_data = { \port$16988$0 , \port$16802$0 , \port$16616$0 , \port$16430$0  };
+  assign w_port__data = { \port$17020$0 , \port$16834$0 , \port$16648$0 , \port$16462$0  };
+  assign w_data = { \port$17020$0 , \port$16834$0 , \port$16648$0 , \port$16462$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -73094,7 +73289,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, \port$1075$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13122$0 , level, clk);
+module \accelerator.core.q_src0 (rst, \port$1095$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13146$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$191  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73119,10 +73314,10 @@ module \accelerator.core.q_src0 (rst, \port$1075$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1075$0 ;
-  wire [15:0] \port$1075$0 ;
-  input [2:0] \port$13122$0 ;
-  wire [2:0] \port$13122$0 ;
+  input [15:0] \port$1095$0 ;
+  wire [15:0] \port$1095$0 ;
+  input [2:0] \port$13146$0 ;
+  wire [2:0] \port$13146$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -73157,7 +73352,7 @@ module \accelerator.core.q_src0 (rst, \port$1075$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13122$0 , \port$1075$0  };
+      storage[w_port__addr] <= { \port$13146$0 , \port$1095$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -73228,14 +73423,14 @@ module \accelerator.core.q_src0 (rst, \port$1075$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13122$0 , \port$1075$0  };
-  assign w_data = { \port$13122$0 , \port$1075$0  };
+  assign w_port__data = { \port$13146$0 , \port$1095$0  };
+  assign w_data = { \port$13146$0 , \port$1095$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1076$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13126$0 , level, clk);
+module \accelerator.core.q_src1 (rst, \port$1096$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13150$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$192  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73260,10 +73455,10 @@ module \accelerator.core.q_src1 (rst, \port$1076$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1076$0 ;
-  wire [15:0] \port$1076$0 ;
-  input [2:0] \port$13126$0 ;
-  wire [2:0] \port$13126$0 ;
+  input [15:0] \port$1096$0 ;
+  wire [15:0] \port$1096$0 ;
+  input [2:0] \port$13150$0 ;
+  wire [2:0] \port$13150$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -73298,7 +73493,7 @@ module \accelerator.core.q_src1 (rst, \port$1076$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13126$0 , \port$1076$0  };
+      storage[w_port__addr] <= { \port$13150$0 , \port$1096$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -73369,8 +73564,8 @@ module \accelerator.core.q_src1 (rst, \port$1076$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13126$0 , \port$1076$0  };
-  assign w_data = { \port$13126$0 , \port$1076$0  };
+  assign w_port__data = { \port$13150$0 , \port$1096$0  };
+  assign w_data = { \port$13150$0 , \port$1096$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -73594,8 +73789,8 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
   assign \$24  = j == \$23 ;
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$13024$0 (req__payload[2:0]),
-    .\port$941$0 (\$10 [4:0]),
+    .\port$13048$0 (req__payload[2:0]),
+    .\port$961$0 (\$10 [4:0]),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -73828,7 +74023,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$941$0 , w_rdy, r_rdy, r_data, \port$13024$0 , r_en, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$961$0 , w_rdy, r_rdy, r_data, \port$13048$0 , r_en, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73852,10 +74047,10 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$941$0 , w_rdy, r_rdy, r
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [3:0] level = 4'h0;
-  input [2:0] \port$13024$0 ;
-  wire [2:0] \port$13024$0 ;
-  input [4:0] \port$941$0 ;
-  wire [4:0] \port$941$0 ;
+  input [2:0] \port$13048$0 ;
+  wire [2:0] \port$13048$0 ;
+  input [4:0] \port$961$0 ;
+  wire [4:0] \port$961$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [7:0] r_data;
@@ -73893,7 +74088,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$941$0 , w_rdy, r_rdy, r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$941$0 , \port$13024$0  };
+      storage[w_port__addr] <= { \port$961$0 , \port$13048$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 4'h8;
@@ -73955,8 +74150,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$941$0 , w_rdy, r_rdy, r
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$941$0 , \port$13024$0  };
-  assign w_data = { \port$941$0 , \port$13024$0  };
+  assign w_port__data = { \port$961$0 , \port$13048$0  };
+  assign w_data = { \port$961$0 , \port$13048$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

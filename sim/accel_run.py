@@ -51,6 +51,8 @@ class Case:
     err: tuple[int, int] | None = None
     start_again_after: int | None = None
     max_cycles: int = 2_000_000
+    images: int = 1
+    image_stride: int = 0
 
 
 def run_cases(b, cases: list[Case], name: str, memory: str = "model", word_bytes: int = 8,
@@ -64,6 +66,7 @@ def run_cases(b, cases: list[Case], name: str, memory: str = "model", word_bytes
         path.write_bytes(c.image)
         items.append({"name": c.name, "image": str(path), "prog": c.prog, "stall": c.stall, "err": c.err,
                       "start_again_after": c.start_again_after, "max_cycles": c.max_cycles,
+                      "images": c.images, "image_stride": c.image_stride,
                       "read": [list(r) for r in c.read]})
     res = runner.run(b, TB, {"memory": memory, "word_bytes": word_bytes, "memory_bytes": memory_bytes,
                              "cases": items}, name)

@@ -12,6 +12,7 @@ every beat).  It only drives and reads; the tests compare.
      "cases": [{"name", "image": PATH (raw bytes), "prog": byte address, "stall": 0..255,
                 "err": [lo, hi] (word addresses answering with an error) or null,
                 "start_again_after": cycles or null (a second start while busy),
+                "images": images per start, "image_stride": bytes,
                 "max_cycles", "read": [[byte address, bytes], ...]}, ...]}
 
 ``stall`` and ``err`` act on the model only.  ``SIM_RESULT``: ``{"cases": [{"name", "done",
@@ -105,6 +106,8 @@ async def accel_cases(dut):
         dut.err_lo.value, dut.err_hi.value = lo, hi
         dut.stall.value = case.get("stall", 0)
         await lite.write_dword(REGS["PROG"], case["prog"])
+        await lite.write_dword(REGS["IMAGES"], case.get("images", 1))
+        await lite.write_dword(REGS["IMAGE_STRIDE"], case.get("image_stride", 0))
         await lite.write_dword(REGS["IRQ"], 3)                  # enable, clear a pending one
         t0 = time.time()
         await lite.write_dword(REGS["CTRL"], 1)

@@ -28,7 +28,7 @@ import torch
 from golden.executor import run_graph
 from hwgen.accel.compiler import MAGIC, AccelConfig, compile
 from hwgen.accel.core import Error
-from hwgen.accel.interpreter import header, write_input
+from hwgen.accel.interpreter import batch_image, header, write_input
 from hwgen.accel.isa import FLAG_EXT_SIGNED, GEMM_OPS, INSTR_BYTES, Instr, Opcode, Port, encode_program
 from hwgen.config import HwConfig
 from sim import accel_run, runner
@@ -87,18 +87,25 @@ def test_every_instruction_equals_the_interpreter(sim, hw, programs, digits_imag
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("bits,index,stall", [("w8a8", 0, 0), ("w4a8", 1, 96)])
-def test_whole_program_logits_equal_golden(sim, programs, digits_images, bits, index, stall):
-    """``stall`` / 256: probability that the memory model holds each of its readies and valids low."""
+@pytest.mark.parametrize("bits,index,stall,images", [("w8a8", 0, 0, 3), ("w4a8", 3, 96, 1)])
+def test_whole_program_logits_equal_golden(sim, programs, digits_images, bits, index, stall, images):
+    """``stall`` / 256: probability that the memory model holds each of its readies and valids
+    low.  ``images`` per start (the IMAGES register): each image's logits at its own place."""
     quant, program = programs[bits]
-    x = quant.quantize_input(digits_images.images[index:index + 1])
-    golden = run_graph(quant.graph, x)[0]
+    x = quant.quantize_input(digits_images.images[index:index + images])
+    golden = run_graph(quant.graph, x)
     h = header(program.image)
-    case = accel_run.Case(f"{bits}_{index}", _image_with_input(program, quant, x[0]), h["program"],
-                          [(h["logits"], h["logits_count"] << h["logits_esize"])], stall=stall)
-    r = accel_run.run_cases(sim, [case], f"program_{bits}_{index}_{stall}")[0]
+    image = batch_image(program.image, images)
+    for k in range(images):
+        write_input(image, x[k], k)
+    nbytes = h["logits_count"] << h["logits_esize"]
+    case = accel_run.Case(f"{bits}_{index}", bytes(image), h["program"],
+                          [(h["logits"] + k * h["image_stride"], nbytes) for k in range(images)], stall=stall,
+                          images=images, image_stride=h["image_stride"])
+    r = accel_run.run_cases(sim, [case], f"program_{bits}_{index}_{stall}_{images}")[0]
     assert r["done"] and r["error"] == 0, r
-    assert torch.equal(accel_run.elements(r["read"][0], 1 << h["logits_esize"]), golden)
+    for k in range(images):
+        assert torch.equal(accel_run.elements(r["read"][k], 1 << h["logits_esize"]), golden[k]), f"image {k}"
     # the per-op counters cover the run but for instruction fetch and decode (77 instructions)
     extra = r["cycles"] - sum(r["op_cycles"])
     assert 0 < extra < 0.05 * r["cycles"], r

@@ -18,6 +18,9 @@ Registers (32 bits, byte addresses on the AXI4-Lite slave; an unmapped address a
 ``0x14``  R       CYCLES, low word (cycles of the last run)
 ``0x18``  R       CYCLES, high word
 ``0x1C``  R       ID: 0x54495649 ("IVIT" little-endian, the program image's magic)
+``0x20``  RW      IMAGES: images per start (0 counts as 1); image k's input and logits
+                  sit k x IMAGE_STRIDE bytes on
+``0x24``  RW      IMAGE_STRIDE: the program header's ``image_stride``
 ``0x40``  R       OP_CYCLES: cycles per opcode k at ``0x40 + 8 k`` (low) and ``+ 4`` (high),
                   k = 0..15 (:class:`hwgen.accel.isa.Opcode`)
 ========  ======  ===================================================================
@@ -37,7 +40,7 @@ from .isa import EXT_BITS
 __all__ = ["Accelerator", "REGS"]
 
 REGS = {"CTRL": 0x00, "STATUS": 0x04, "PROG": 0x08, "IRQ": 0x0C, "PC": 0x10, "CYCLES": 0x14, "ID": 0x1C,
-        "OP_CYCLES": 0x40}
+        "IMAGES": 0x20, "IMAGE_STRIDE": 0x24, "OP_CYCLES": 0x40}
 LITE_ADDR_BITS = 8
 ID_BITS = 1               # every transaction has ID 0: responses come back in order
 RESP_OKAY, RESP_SLVERR = 0, 2
@@ -128,6 +131,8 @@ class Accelerator(wiring.Component):
 
     def _registers(self, m, core) -> None:
         prog = Signal(EXT_BITS)
+        images, image_stride = Signal(16, init=1), Signal(EXT_BITS)
+        m.d.comb += [core.images.eq(images), core.image_stride.eq(image_stride)]
         irq_en, pending = Signal(), Signal()
         done_d = Signal()
         m.d.sync += done_d.eq(core.done)
@@ -154,6 +159,10 @@ class Accelerator(wiring.Component):
                     m.d.comb += core.start.eq(wdata[0])
                 with m.Case(REGS["PROG"] >> 2):
                     m.d.sync += prog.eq(wdata)
+                with m.Case(REGS["IMAGES"] >> 2):
+                    m.d.sync += images.eq(wdata)
+                with m.Case(REGS["IMAGE_STRIDE"] >> 2):
+                    m.d.sync += image_stride.eq(wdata)
                 with m.Case(REGS["IRQ"] >> 2):
                     m.d.sync += irq_en.eq(wdata[0])
                     with m.If(wdata[1]):
@@ -170,7 +179,7 @@ class Accelerator(wiring.Component):
         regs = {REGS["STATUS"]: Const(0, 32) | core.busy | (core.done << 1) | (core.error << 4),
                 REGS["PROG"]: prog, REGS["IRQ"]: irq_en | (pending << 1), REGS["PC"]: core.pc,
                 REGS["CYCLES"]: core.cycles[:32], REGS["CYCLES"] + 4: core.cycles[32:],
-                REGS["ID"]: Const(MAGIC, 32)}
+                REGS["ID"]: Const(MAGIC, 32), REGS["IMAGES"]: images, REGS["IMAGE_STRIDE"]: image_stride}
         for k in range(16):
             regs[REGS["OP_CYCLES"] + 8 * k] = core.op_cycles[k][:32]
             regs[REGS["OP_CYCLES"] + 8 * k + 4] = core.op_cycles[k][32:CYCLE_BITS]

@@ -23,6 +23,11 @@ What the compiler decides, and nothing else does:
                       2^esize bytes
   ``input``           the integer input image [C, H, W], written by the host
   ``logits``          the logits, written by the program
+
+  The input and the logits regions come last; for a start of several images (the
+  accelerator's IMAGES register) image k's input and logits sit ``image_stride`` x k bytes
+  further on (header field ``image_stride``: the two regions' aligned sizes), so the images
+  of a batch are laid out as [input 0, logits 0, input 1, logits 1, ...].
   ==================  ====================================================================
 
   Every region starts on a 64-byte boundary (a whole AXI burst on any bus up to 512 bits).
@@ -48,17 +53,17 @@ from golden.graph import tensor_shapes
 from ..capabilities import check_fits, const_beats, unit_key
 from ..config import HwConfig
 from ..requant import requant_param_fields
-from .isa import (ADDR_BITS, STRIDE_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_W_EXT, INSTR_BYTES, LEVELS, Instr, Opcode, Port,
+from .isa import (ADDR_BITS, STRIDE_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, Instr, Opcode, Port,
                   encode_program, pack_beats)
 
 __all__ = ["AccelConfig", "Program", "compile", "HEADER_FIELDS", "MAGIC", "ALIGN", "w_layout", "p_layout",
            "c_layout", "tensor_shapes"]
 
 MAGIC = 0x54495649          # "IVIT", little-endian
-VERSION = 1
+VERSION = 2
 ALIGN = 64
 HEADER_FIELDS = ("magic", "version", "instr_bytes", "program", "n_instr", "input", "input_bytes", "input_esize",
-                 "logits", "logits_bytes", "logits_esize", "logits_count", "image_bytes")
+                 "logits", "logits_bytes", "logits_esize", "logits_count", "image_bytes", "image_stride")
 HEADER_BYTES = 64
 
 
@@ -359,7 +364,7 @@ class _Compiler:
             t = self.g.constants[name].to(torch.int64).reshape(-1).numpy()
             _fits(at, f"constant {name}", t, 8 << es, True, f"{1 << es}-byte elements")
             self.blob(region, t.astype(f"<i{1 << es}").tobytes())
-        flags = FLAG_EXT_SIGNED if info.get("signed", True) else 0
+        flags = (FLAG_EXT_SIGNED if info.get("signed", True) else 0) | (FLAG_PER_IMAGE if name == self.g.input else 0)
         self.emit(Instr(Opcode.LOAD, n, Port(self.buf[name], st), Port(0, st), flags=flags, esize=es,
                         note=f"load {name}"), ext0=region)
 
@@ -367,7 +372,8 @@ class _Compiler:
         name = self.g.output
         es = _esize(self.g.tensors[name]["bits"])
         n, st = _contig(self.shapes[name])
-        self.emit(Instr(Opcode.STORE, n, Port(0, st), Port(self.buf[name], st), esize=es, note=f"store {name}"),
+        self.emit(Instr(Opcode.STORE, n, Port(0, st), Port(self.buf[name], st), flags=FLAG_PER_IMAGE, esize=es,
+                        note=f"store {name}"),
                   ext0="logits")
 
     def _copy(self, opc: Opcode, op, n, dst: Port, src: Port) -> None:
@@ -519,7 +525,7 @@ class _Compiler:
         hdr = {"magic": MAGIC, "version": VERSION, "instr_bytes": INSTR_BYTES, "program": mm["program"][0],
                "n_instr": len(instrs), "input": mm["input"][0], "input_bytes": mm["input"][1], "input_esize": in_es,
                "logits": mm["logits"][0], "logits_bytes": mm["logits"][1], "logits_esize": out_es,
-               "logits_count": n_logits, "image_bytes": at}
+               "logits_count": n_logits, "image_bytes": at, "image_stride": at - mm["input"][0]}
         image[0:4 * len(HEADER_FIELDS)] = struct.pack(f"<{len(HEADER_FIELDS)}I", *(hdr[k] for k in HEADER_FIELDS))
         prog = encode_program(instrs)
         image[mm["program"][0]:mm["program"][0] + len(prog)] = prog

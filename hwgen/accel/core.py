@@ -42,7 +42,7 @@ from .addrgen import AddrGen
 from .compiler import AccelConfig, c_layout
 from .extmem import ExtReader, ExtWriter, read_port, write_port
 from .compiler import p_layout, w_layout
-from .isa import (EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
+from .isa import (EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
                   MOVE_OPS, Opcode, beat_bytes)
 
 __all__ = ["AccelCore", "Error", "CYCLE_BITS"]
@@ -89,6 +89,10 @@ class AccelCore(wiring.Component):
     start : In(1)
         Run the program at byte address ``prog`` (one cycle).
     prog : In(EXT_BITS)
+    images, image_stride : In(16), In(EXT_BITS)
+        Run the program ``images`` times (0 counts as 1); run k adds ``k image_stride`` to the
+        external address of every LOAD and STORE flagged ``FLAG_PER_IMAGE`` (the input, the
+        logits).
     busy, done : Out(1)
         ``done`` rises when the program ends or stops on a fault and stays until ``start``.
     error : Out(4)
@@ -114,6 +118,8 @@ class AccelCore(wiring.Component):
         super().__init__({
             "start": In(1),
             "prog": In(EXT_BITS),
+            "images": In(16),
+            "image_stride": In(EXT_BITS),
             "busy": Out(1),
             "done": Out(1),
             "error": Out(4),
@@ -241,12 +247,17 @@ class AccelCore(wiring.Component):
             m.d.sync += error.eq(code)
             m.d.sync += state.eq(_State.STOP)
 
+        prog, stride, offset = Signal(EXT_BITS), Signal(EXT_BITS), Signal(EXT_BITS)
+        images_left = Signal(16)
+        ext_base = Signal(EXT_BITS)      # a LOAD's or STORE's ext0, moved on for image k of a start
+        m.d.comb += ext_base.eq(ins.ext0 + Mux((ins.flags & FLAG_PER_IMAGE).any(), offset, 0))
         state = Signal(_State, name="seq_state")
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 with m.If(self.start):
                     m.d.sync += [pc.eq(self.prog), busy.eq(1), done.eq(0), error.eq(0), cycles.eq(0),
-                                 fetch_sent.eq(0)]
+                                 fetch_sent.eq(0), prog.eq(self.prog), stride.eq(self.image_stride),
+                                 images_left.eq(Mux(self.images.any(), self.images, 1)), offset.eq(0)]
                     m.d.sync += [op_cycles[k].eq(0) for k in range(16)]
                     m.d.sync += state.eq(_State.FETCH)
 
@@ -268,7 +279,10 @@ class AccelCore(wiring.Component):
             with m.Case(_State.DECODE):
                 m.d.comb += in_decode.eq(1)
                 m.d.sync += [ci.eq(0), cr.eq(0)]
-                with m.If(is_op[Opcode.END]):
+                with m.If(is_op[Opcode.END] & (images_left > 1)):     # the next image of the start
+                    m.d.sync += [images_left.eq(images_left - 1), offset.eq(offset + stride), pc.eq(prog)]
+                    m.d.sync += state.eq(_State.FETCH)
+                with m.Elif(is_op[Opcode.END]):
                     m.d.sync += [busy.eq(0), done.eq(1)]
                     m.d.sync += state.eq(_State.IDLE)
                 with m.Elif(count_zero):
@@ -343,7 +357,7 @@ class AccelCore(wiring.Component):
             with m.Elif(is_op[Opcode.LOAD]):         # src0 walks the external index
                 src = gens["src0"]
                 m.d.comb += [reader.req.valid.eq(src.valid),
-                             reader.req.payload.addr.eq(ins.ext0 + (src.addr << ins.esize)),
+                             reader.req.payload.addr.eq(ext_base + (src.addr << ins.esize)),
                              reader.req.payload.lb.eq(ins.esize),
                              src.next.eq(src.valid & reader.req.ready),
                              sink_valid.eq(reader.beat.valid), reader.beat.ready.eq(sink_ready)]
@@ -358,7 +372,7 @@ class AccelCore(wiring.Component):
             with m.Elif(is_op[Opcode.STORE]):        # dst walks the external index
                 handshake = q0.r_rdy & dst.valid & writer.req.ready
                 m.d.comb += [run0.eq(1), writer.req.valid.eq(q0.r_rdy & dst.valid),
-                             writer.req.payload.addr.eq(ins.ext0 + (dst.addr << ins.esize)),
+                             writer.req.payload.addr.eq(ext_base + (dst.addr << ins.esize)),
                              writer.req.payload.data.eq(s0_data), writer.req.payload.lb.eq(ins.esize),
                              q0.r_en.eq(handshake), dst.next.eq(handshake)]
             with m.Elif(is_gemm):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -37,10 +37,10 @@ from golden.graph import Op
 from ..capabilities import unit_for
 from ..config import HwConfig
 from .compiler import HEADER_BYTES, HEADER_FIELDS, MAGIC, AccelConfig, Program, c_layout, p_layout, w_layout
-from .isa import (FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_W_EXT, INSTR_BYTES, LEVELS, MOVE_OPS, Instr, Opcode, Port,
+from .isa import (FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, MOVE_OPS, Instr, Opcode, Port,
                   beat_bytes, decode, unpack_beats)
 
-__all__ = ["run", "interpret", "header", "write_input", "read_logits", "RunStats"]
+__all__ = ["run", "interpret", "header", "batch_image", "write_input", "read_logits", "RunStats"]
 
 
 @dataclass
@@ -64,9 +64,19 @@ def header(image) -> dict[str, int]:
     return h
 
 
-def write_input(image: bytearray, x: torch.Tensor) -> None:
-    """Write one integer input image ([C, H, W] or [1, C, H, W]) into the input region."""
+def batch_image(image: bytes, count: int) -> bytearray:
+    """The memory image with room for ``count`` images per start (header ``image_stride``)."""
     h = header(image)
+    out = bytearray(image)
+    out += bytes(max(0, h["image_bytes"] + (count - 1) * h["image_stride"] - len(out)))
+    return out
+
+
+def write_input(image: bytearray, x: torch.Tensor, index: int = 0) -> None:
+    """Write one integer input image ([C, H, W] or [1, C, H, W]) into the input region of
+    image ``index`` of a start (:func:`batch_image` makes the room)."""
+    h = header(image)
+    at = h["input"] + index * h["image_stride"]
     es = 1 << h["input_esize"]
     v = x.to(torch.int64).reshape(-1).numpy()
     if v.size * es != h["input_bytes"]:
@@ -74,14 +84,17 @@ def write_input(image: bytearray, x: torch.Tensor) -> None:
     lo, hi = -(1 << (8 * es - 1)), (1 << (8 * es - 1)) - 1
     if v.size and (int(v.min()) < lo or int(v.max()) > hi):
         raise UserError(f"accel input: values {int(v.min())}..{int(v.max())} do not fit {es}-byte elements")
-    image[h["input"]:h["input"] + h["input_bytes"]] = v.astype(f"<i{es}").tobytes()
+    if at + h["input_bytes"] > len(image):
+        raise UserError(f"accel input: image {index} does not fit the {len(image)}-byte memory image")
+    image[at:at + h["input_bytes"]] = v.astype(f"<i{es}").tobytes()
 
 
-def read_logits(image) -> torch.Tensor:
-    """The logits region as int64 [1, classes]."""
+def read_logits(image, index: int = 0) -> torch.Tensor:
+    """The logits region of image ``index`` of a start as int64 [1, classes]."""
     h = header(image)
     es = 1 << h["logits_esize"]
-    raw = bytes(image[h["logits"]:h["logits"] + h["logits_count"] * es])
+    at = h["logits"] + index * h["image_stride"]
+    raw = bytes(image[at:at + h["logits_count"] * es])
     return torch.from_numpy(np.frombuffer(raw, dtype=f"<i{es}").astype(np.int64)).reshape(1, -1)
 
 
@@ -276,13 +289,22 @@ class _Machine:
         self.scatter(ins.dst, ins.n, (0, 1, 2), _wrap(out[:, :, :n], hw.acc_bits))
 
 
-def run(image: bytearray, hw: HwConfig, accel: AccelConfig | None = None, max_instrs: int = 1 << 20) -> RunStats:
+def run(image: bytearray, hw: HwConfig, accel: AccelConfig | None = None, max_instrs: int = 1 << 20,
+        images: int = 1) -> RunStats:
     """Execute the program in ``image`` (a bytearray: the logits are written into it) from its
-    header's program address until ``END``.  An unknown opcode, an address outside the buffer
-    or the image, or a program that runs past its end is refused in one line."""
+    header's program address until ``END``, ``images`` times (image k's input and logits
+    ``k image_stride`` bytes on, as the accelerator's IMAGES register does).  An unknown
+    opcode, an address outside the buffer or the image, or a program that runs past its end
+    is refused in one line."""
     accel = accel or AccelConfig()
     h = header(image)
     mach = _Machine(image, hw, accel)
+    for k in range(images):
+        _run_once(mach, image, h, k * h["image_stride"], max_instrs)
+    return mach.stats
+
+
+def _run_once(mach: _Machine, image, h: dict, offset: int, max_instrs: int) -> None:
     pc = h["program"]
     for i in range(max_instrs):
         mach.where = f" (instruction {i} at 0x{pc:x})"
@@ -292,19 +314,18 @@ def run(image: bytearray, hw: HwConfig, accel: AccelConfig | None = None, max_in
         ins = decode(raw, mach.where)
         mach.stats.instrs[ins.op.name] = mach.stats.instrs.get(ins.op.name, 0) + 1
         if ins.op == Opcode.END:
-            return mach.stats
+            return
+        if ins.flags & FLAG_PER_IMAGE and ins.op in (Opcode.LOAD, Opcode.STORE):
+            ins = replace(ins, ext0=ins.ext0 + offset)
         mach.step(ins)
         pc += INSTR_BYTES
     raise UserError(f"accel program: no END after {max_instrs} instructions")
 
 
 def interpret(program: Program, x: torch.Tensor) -> torch.Tensor:
-    """Logits [B, classes] of integer inputs ``x`` [B, C, H, W]: one run of a fresh copy of the
-    image per input."""
-    out = []
+    """Logits [B, classes] of integer inputs ``x`` [B, C, H, W]: one start of B images."""
+    image = batch_image(program.image, x.shape[0])
     for i in range(x.shape[0]):
-        image = bytearray(program.image)
-        write_input(image, x[i])
-        run(image, program.hw, program.accel)
-        out.append(read_logits(image))
-    return torch.cat(out)
+        write_input(image, x[i], i)
+    run(image, program.hw, program.accel, images=x.shape[0])
+    return torch.cat([read_logits(image, i) for i in range(x.shape[0])])

@@ -23,7 +23,9 @@ Opcodes (semantics in :mod:`hwgen.accel.interpreter`):
                    ``ext0 + 2^esize (sum i_d src0_s_d)`` to ``dst`` (``FLAG_EXT_SIGNED``:
                    sign-extended)
 ``STORE``          buffer -> external memory: ``src0`` to the element at byte
-                   ``ext0 + 2^esize (sum i_d dst_s_d)`` (its low bytes)
+                   ``ext0 + 2^esize (sum i_d dst_s_d)`` (its low bytes).  With
+                   ``FLAG_PER_IMAGE`` (the input's LOAD, the logits' STORE), image k of a
+                   start adds ``k`` times the image stride to ``ext0``
 ``LINEAR``         GEMM over levels (b, m, n, k) = (n0, n1, n2, n3): ``A[b, m, k]`` at
                    ``src0`` (``a_bits``, ``FLAG_A_SIGNED``), ``W[n, k]`` from external
                    memory in tile format at ``ext0`` (``w_bits`` lanes, ``FLAG_W_EXT``), one
@@ -59,7 +61,7 @@ from golden.errors import UserError
 
 __all__ = ["Opcode", "FIELDS", "LAYOUT", "INSTR_BITS", "INSTR_BYTES", "LEVELS", "Port", "Instr", "encode",
            "decode", "encode_program", "leaves", "beat_bytes", "pack_beats", "unpack_beats",
-           "FLAG_A_SIGNED", "FLAG_W_EXT", "FLAG_EXT_SIGNED", "MOVE_OPS", "UNIT_OPS", "GEMM_OPS"]
+           "FLAG_A_SIGNED", "FLAG_W_EXT", "FLAG_EXT_SIGNED", "FLAG_PER_IMAGE", "MOVE_OPS", "UNIT_OPS", "GEMM_OPS"]
 
 
 class Opcode(enum.IntEnum):
@@ -88,6 +90,7 @@ MOVE_OPS = (Opcode.IM2COL, Opcode.CONCAT, Opcode.SPLIT_HEADS, Opcode.MERGE_HEADS
 FLAG_A_SIGNED = 1      # GEMM: operand A is signed (unsigned: Softmax probabilities)
 FLAG_W_EXT = 2         # GEMM: W comes from external memory in tile format (LINEAR)
 FLAG_EXT_SIGNED = 4    # LOAD: sign-extend the external elements
+FLAG_PER_IMAGE = 8     # LOAD/STORE: ext0 moves on by the image stride for each image of a start
 
 LEVELS = 5
 COUNT_BITS = 16
