@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--out", required=True, help="configuration file (.json)")
     cf.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="a generator parameter the model does not decide (lanes=4, gemm_rows=16; repeatable)")
-    gen = sub.add_parser("generate", help="write one Verilog file per unit and manifest.json")
+    gen = sub.add_parser("generate", help="write one Verilog file per unit, the accelerator and manifest.json; "
+                                          "with --model, the model's compiled program and memory image too")
+    _common(gen)
+    next(a for a in gen._actions if a.dest == "model").default = None
     gen.add_argument("--config", help="configuration file (default: configs/default.json)")
     gen.add_argument("--out", default="rtl", help="output folder (default rtl/), replaced as a whole")
     pl = sub.add_parser("plan", help="choose each GELU/Softmax layer's variant by Omega (quality, perturbation, "
@@ -555,11 +558,19 @@ def cmd_generate(args) -> int:
 
     config = _given(args.config, str(DEFAULT_CONFIG))
     cfg = load_config(config)
+    _not_used(args, "generate")
+    if args.model is not None:
+        _check_common(args)
     _OUT.folder(args.out, "--out")
     _check_generate_out(args.out)
+    program = None
+    if args.model is not None:          # the model's program for these units (refused if it does not fit)
+        from hwgen.accel.compiler import compile as compile_program
+        program = compile_program(_quantize(args)[1].graph, cfg.hw)
+        program.source = {"model": args.model, "bits": args.bits}
     _OUT.elaborating = True
     try:
-        manifest = generate(cfg, args.out)
+        manifest = generate(cfg, args.out, program)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if os.environ.get("HWGEN_DEBUG"):
             raise
@@ -569,6 +580,12 @@ def cmd_generate(args) -> int:
     _OUT.wrote(args.out)
     for name, u in manifest["units"].items():
         print(f"{args.out}/{u['file']}: {name}, latency {u['latency']}, {len(u['ports'])} ports")
+    acc = manifest["accelerator"]
+    print(f"{args.out}/{acc['file']}: the AXI accelerator, {len(acc['ports'])} ports")
+    if "program" in manifest:
+        p = manifest["program"]
+        print(f"{args.out}/{p['file']}: {p['model']} {p['bits']}, {p['instructions']} instructions, "
+              f"{p['image_bytes']:,}-byte memory image")
     print(f"wrote {args.out}/manifest.json")
     return 0
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from golden.atomic import replace_dir, write_json, write_text
+from golden.atomic import replace_dir, write_file, write_json, write_text
 from golden.errors import UserError
 
 from .config import HwConfig
@@ -198,10 +198,13 @@ def elaborate(cfg: GenConfig) -> list[UnitSpec]:
     return units
 
 
-def generate(cfg: GenConfig, out_dir: str | Path) -> dict:
+def generate(cfg: GenConfig, out_dir: str | Path, program=None) -> dict:
     """Write ``<unit>.v`` for every unit, ``accelerator.v`` (the units in one AXI accelerator)
-    and ``manifest.json`` into ``out_dir``."""
+    and ``manifest.json`` into ``out_dir``; with ``program`` (a compiled
+    :class:`hwgen.accel.compiler.Program`), also ``program.bin`` (its external-memory image,
+    input region zero: the host writes the images there) and ``program.lst`` (its listing)."""
     units = elaborate(cfg)
+    acc = elaborate_accelerator(cfg)
     out_dir = Path(out_dir)
     manifest = {"generator_sha256": generator_hash(), "config": cfg.to_dict()["hw"], "source": cfg.source,
                 "units": {}}
@@ -211,9 +214,17 @@ def generate(cfg: GenConfig, out_dir: str | Path) -> dict:
             manifest["units"][u.name] = {"file": f"{u.name}.v", "top": u.name, "params": u.params,
                                          "latency": u.latency, "throughput": u.throughput, "ports": u.ports,
                                          "verilog_sha256": source_hash(u.verilog)}
-        acc = elaborate_accelerator(cfg)
         write_text(str(tmp / f"{ACCEL_TOP}.v"), acc.pop("verilog"))
         manifest["accelerator"] = acc
+        if program is not None:
+            write_file(str(tmp / "program.bin"), lambda p: Path(p).write_bytes(program.image))
+            write_text(str(tmp / "program.lst"), program.listing() + "\n")
+            hdr = program.memory_map
+            manifest["program"] = {"file": "program.bin", "listing": "program.lst",
+                                   **(program.source or {}), "instructions": len(program.instrs),
+                                   "image_bytes": len(program.image), "image_sha256": hashlib.sha256(program.image).hexdigest(),
+                                   "memory_map": {k: list(v) for k, v in hdr.items() if "." not in k},
+                                   "buffer_peak_elems": program.buffer_peak}
         write_json(str(tmp / "manifest.json"), manifest)
     return manifest
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hwgen.cli import main
 from hwgen.generate import DEFAULT_CONFIG, GenConfig, generate
@@ -138,3 +139,25 @@ def test_w4a8_alone_keeps_8_bit_matmul_operands(digits_w4a8):
     operands = {op.attrs["b_bits"] for op in digits_w4a8.graph.ops if op.type == "matmul"}
     assert widths == {4} and operands == {8}
     assert derive_hw([digits_w4a8.graph]).w_bits == 8
+
+
+def test_generate_with_a_model_writes_its_program(tmp_path, digits_w8a8, capsys):
+    """`hwgen generate --model digits --bits w8a8` adds the compiled program and its memory
+    image, byte for byte the compiler's, and the interpreter runs it to the golden logits."""
+    from golden.executor import run_graph
+    from hwgen.accel.compiler import compile
+    from hwgen.accel.interpreter import read_logits, run, write_input
+
+    out = tmp_path / "acc"
+    assert main(["generate", "--model", "digits", "--bits", "w8a8", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    image = (out / "program.bin").read_bytes()
+    hw = GenConfig.load(DEFAULT_CONFIG).hw
+    assert image == compile(digits_w8a8.graph, hw).image
+    assert manifest["program"]["model"] == "digits" and manifest["program"]["image_bytes"] == len(image)
+    assert (out / "accelerator.v").exists() and "program.bin" in capsys.readouterr().out
+    x = digits_w8a8.quantize_input(torch.zeros(1, 1, 16, 16))
+    mem = bytearray(image)
+    write_input(mem, x[0])
+    run(mem, hw)
+    assert torch.equal(read_logits(mem), run_graph(digits_w8a8.graph, x))

@@ -211,6 +211,8 @@ def _fake_units(monkeypatch, text="new"):
                              ports=[]) for n in ("alpha", "beta")]
 
     monkeypatch.setattr(gen, "elaborate", elaborate)
+    monkeypatch.setattr(gen, "elaborate_accelerator",
+                        lambda cfg: {"file": "accelerator.v", "ports": [], "verilog": f"module accelerator; // {text}\nendmodule\n"})
 
 
 def _old_rtl(path: Path) -> Path:
@@ -226,7 +228,7 @@ def test_generate_replaces_the_folder_as_a_whole(monkeypatch, tmp_path, capsys, 
     out = _old_rtl(tmp_path / "rtl")
     out.chmod(0o750)
     assert main(["generate", "--config", str(v2_config), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["alpha.v", "beta.v", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["accelerator.v", "alpha.v", "beta.v", "manifest.json"]
     assert out.stat().st_mode & 0o777 == 0o750                  # the folder keeps its mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hw.json", "rtl"]   # no temporary folder left
 

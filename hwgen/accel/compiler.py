@@ -138,6 +138,8 @@ class Program:
         (log2 bytes) in external memory (also in the header).
     buffer_peak : int
         Elements of the activation buffer in use at the worst point.
+    source : dict or None
+        What it was compiled from (model, bits), for manifests.
     """
 
     instrs: list[Instr]
@@ -150,6 +152,7 @@ class Program:
     input_esize: int
     logits_esize: int
     buffer_peak: int
+    source: dict | None = None      # what it was compiled from (model, bits), for manifests
 
     def listing(self) -> str:
         """One line per instruction (opcode, graph op, loop counts, addresses)."""
