@@ -204,7 +204,7 @@ def generate(cfg: GenConfig, out_dir: str | Path, program=None) -> dict:
     :class:`hwgen.accel.compiler.Program`), also ``program.bin`` (its external-memory image,
     input region zero: the host writes the images there) and ``program.lst`` (its listing)."""
     units = elaborate(cfg)
-    acc = elaborate_accelerator(cfg)
+    acc = elaborate_accelerator(cfg, program.accel if program is not None else None)
     out_dir = Path(out_dir)
     manifest = {"generator_sha256": generator_hash(), "config": cfg.to_dict()["hw"], "source": cfg.source,
                 "units": {}}
@@ -229,16 +229,16 @@ def generate(cfg: GenConfig, out_dir: str | Path, program=None) -> dict:
     return manifest
 
 
-def elaborate_accelerator(cfg: GenConfig) -> dict:
+def elaborate_accelerator(cfg: GenConfig, accel=None) -> dict:
     """The AXI accelerator (:class:`hwgen.accel.axi.Accelerator`: the shared units, the GEMM,
-    the sequencer and the buffers of :class:`hwgen.accel.compiler.AccelConfig`) for ``cfg.hw``:
-    its Verilog and what the manifest says about it."""
+    the sequencer and the buffers of :class:`hwgen.accel.compiler.AccelConfig`, default or
+    ``accel``) for ``cfg.hw``: its Verilog and what the manifest says about it."""
     from dataclasses import asdict
 
     from .accel.axi import REGS, Accelerator
     from .accel.compiler import AccelConfig
 
-    accel = AccelConfig()
+    accel = accel or AccelConfig()
     verilog = emit_verilog(Accelerator(cfg.hw, accel), ACCEL_TOP)
     return {"file": f"{ACCEL_TOP}.v", "top": ACCEL_TOP, "accel_config": asdict(accel),
             "registers": {k: f"0x{v:02x}" for k, v in REGS.items()}, "ports": _ports(verilog, ACCEL_TOP),

@@ -212,7 +212,7 @@ def _fake_units(monkeypatch, text="new"):
 
     monkeypatch.setattr(gen, "elaborate", elaborate)
     monkeypatch.setattr(gen, "elaborate_accelerator",
-                        lambda cfg: {"file": "accelerator.v", "ports": [], "verilog": f"module accelerator; // {text}\nendmodule\n"})
+                        lambda cfg, accel=None: {"file": "accelerator.v", "ports": [], "verilog": f"module accelerator; // {text}\nendmodule\n"})
 
 
 def _old_rtl(path: Path) -> Path:
