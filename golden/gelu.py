@@ -53,17 +53,20 @@ ISHIFT_Y_BITS = 16
 LUT_MAX_IN_BITS = 10
 IBERT_A, IBERT_B = -0.2888, -1.769
 IPTQ_DEGREE = 4
+QB_EXTRA_BITS = 2      # qb < 2^(in_bits + QB_EXTRA_BITS): the clip point's integer field (hwgen.gelu)
 
 
 def fit_erf_poly(t_max: float, degree: int = IPTQ_DEGREE, t: torch.Tensor | None = None,
-                 weight: torch.Tensor | None = None) -> tuple[float, float]:
+                 weight: torch.Tensor | None = None, c_max: float | None = None) -> tuple[float, float]:
     """Least-squares (a, b) of ``a (min(t, -b) + b)^d + 1 ~ erf(t)`` for t >= 0.
 
     Without ``t``: unweighted, on a uniform grid of t in [0, t_max].  With ``t`` (points,
     t >= 0) and ``weight`` (one non-negative weight per point): the weighted least squares
     on those points, which is how a layer's calibration data is fitted (see
     :func:`calib_fit_points`).  For each clip point c = -b on a grid, a has a closed form;
-    the best pair wins.
+    the best pair wins.  ``c_max``: the largest clip point the integer format holds; when the
+    best grid point lies beyond it, the best of the grid points up to it and ``c_max`` itself
+    wins (a narrow calibration range can favour a clip far outside the input range).
     """
     t_max = max(float(t_max), 0.5)
     if t is None:
@@ -75,8 +78,17 @@ def fit_erf_poly(t_max: float, degree: int = IPTQ_DEGREE, t: torch.Tensor | None
         if float(weight.sum()) <= 0:
             raise ValueError("fit_erf_poly: the weights sum to zero")
     target = torch.erf(t) - 1.0
+    grid = torch.linspace(0.25, max(4.0, t_max), 800, dtype=torch.float64)
+    a, b = _best_clip(grid, t, weight, target, degree)
+    if c_max is not None and -b > c_max:
+        grid = torch.cat([grid[grid <= c_max], torch.tensor([float(c_max)], dtype=torch.float64)])
+        a, b = _best_clip(grid, t, weight, target, degree)
+    return a, b
+
+
+def _best_clip(grid, t, weight, target, degree: int) -> tuple[float, float]:
     best = None
-    for c in torch.linspace(0.25, max(4.0, t_max), 800, dtype=torch.float64):
+    for c in grid:
         g = (torch.clamp(t, max=c) - c) ** degree
         gw = g * weight
         den = float((gw * g).sum())
@@ -134,11 +146,11 @@ def build_gelu(variant: str, s_in: float, s_out: float, in_bits: int, out_bits: 
                 if len(calib_counts) != 1 << in_bits:
                     raise ValueError(f"gelu iptq: calib_counts has {len(calib_counts)} entries, expected {1 << in_bits}")
                 t, w, t_max = calib_fit_points(calib_counts, s_in)
-                a, b = fit_erf_poly(t_max, d, t, w)
+                a, b = fit_erf_poly(t_max, d, t, w, c_max=((1 << (in_bits + QB_EXTRA_BITS)) - 1) * s_in / math.sqrt(2.0))
                 meta["fit"] = "calibration data"
             else:
                 t_max = (calib_absmax if calib_absmax is not None else s_in * 2 ** (in_bits - 1)) / math.sqrt(2.0)
-                a, b = fit_erf_poly(t_max, d)
+                a, b = fit_erf_poly(t_max, d, c_max=((1 << (in_bits + QB_EXTRA_BITS)) - 1) * s_in / math.sqrt(2.0))
                 meta["fit"] = "calibration range" if calib_absmax is not None else "representable range"
             meta["fit_t_max"] = t_max
         if a >= 0:

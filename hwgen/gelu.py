@@ -46,7 +46,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.dyadic import MAX_SHIFT, MULT_BITS
 from golden.errors import UserError
-from golden.gelu import ERF_BITS, GELU_VARIANTS, IPTQ_DEGREE, ISHIFT_Y_BITS, LUT_MAX_IN_BITS, SIG_BITS
+from golden.gelu import ERF_BITS, GELU_VARIANTS, IPTQ_DEGREE, ISHIFT_Y_BITS, LUT_MAX_IN_BITS, QB_EXTRA_BITS, SIG_BITS
 from golden.softmax import EXP_FRAC_BITS, EXP_VARIANTS
 
 from .config import check_choice, check_range
@@ -173,7 +173,7 @@ class Gelu(wiring.Component):
             self.degree = check_range("gelu degree", d, 2, 16)
             if d % 2:
                 raise UserError(f"hwgen config: gelu degree = {d} is not accepted; accepted even values 2..16")
-            self.qb_bits = check_range("gelu qb_bits", in_bits + 2 if qb_bits is None else qb_bits, 2, 16)
+            self.qb_bits = check_range("gelu qb_bits", in_bits + QB_EXTRA_BITS if qb_bits is None else qb_bits, 2, 16)
             self.sh_bits = (self.degree * self.qb_bits).bit_length()
             fields = {"qb": unsigned(self.qb_bits), "qc": unsigned(QC_BITS), "sh": unsigned(self.sh_bits),
                       "m": unsigned(mult_bits), "e": unsigned(E_BITS)}

@@ -110,3 +110,15 @@ def test_layernorm_random_rows_close_to_float():
         ref = layernorm_reference(x, 1e-3, gamma, beta, 0.05).clamp(-128, 127)
         assert float((out - ref).abs().max()) <= 1.0
         assert math.isfinite(float(ref.sum()))
+
+
+def test_iptq_fit_keeps_the_clip_point_inside_its_integer_field():
+    """A narrow calibration range can favour a clip point far outside the inputs; the fit is
+    held to qb < 2^(in_bits + QB_EXTRA_BITS), the GELU unit's field (a random-weight ViT hit
+    qb = 1042 against 10 bits before)."""
+    from golden.gelu import QB_EXTRA_BITS, build_gelu, fit_erf_poly
+
+    free_a, free_b = fit_erf_poly(0.05 / 2 ** 0.5)
+    built = build_gelu("iptq", 0.001, 0.001, 8, 8, calib_absmax=0.05)
+    assert -free_b / (0.001 / 2 ** 0.5) >= 1 << (8 + QB_EXTRA_BITS)      # unconstrained: it would not fit
+    assert 1 <= built["attrs"]["qb"] < 1 << (8 + QB_EXTRA_BITS)
