@@ -152,14 +152,9 @@ def test_weights_refused_in_one_line():
 # --- plan files on the command line --------------------------------------------------------
 
 from hwgen.cli import main  # noqa: E402
+from tests.test_cli import _fails_with  # noqa: E402  (one checker of one-line refusals)
 
 
-def _fails_with(capsys, argv, *needles):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("hwgen: error:"), err
-    for n in needles:
-        assert n in err, err
 
 
 @pytest.mark.parametrize("content, needle", [
