@@ -388,7 +388,8 @@ def _record_overrides(res: dict, q) -> None:
 
 def _overrides_text(res: dict) -> str:
     ov = res.get("overrides")
-    return f" Per-layer variants: {', '.join(f'{k}={v}' for k, v in ov.items())}." if ov else ""
+    return (f" Per-layer variants, which take the place of those defaults: {', '.join(f'{k}={v}' for k, v in ov.items())}."
+            if ov else "")
 
 
 def _rtl_rows(res: dict) -> list[tuple[str, str]]:

@@ -808,29 +808,65 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
 , op_cycles__6, op_cycles__7, op_cycles__8, op_cycles__9, op_cycles__10, op_cycles__11, op_cycles__12, op_cycles__13, op_cycles__14, op_cycles__15, pc, busy, done, error, ar__payload, aw__payload, b__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$180  = 0;
   wire \$1 ;
-  wire [16:0] \$10 ;
+  wire \$10 ;
   wire \$100 ;
-  wire [32:0] \$101 ;
-  wire [3:0] \$102 ;
+  reg [15:0] \$1000 ;
+  reg [15:0] \$1001 ;
+  reg [31:0] \$1002 ;
+  reg \$1003 ;
+  reg [15:0] \$1004 ;
+  reg \$1005 ;
+  reg [7:0] \$1006 ;
+  reg [7:0] \$1007 ;
+  reg [7:0] \$1008 ;
+  reg [7:0] \$1009 ;
+  wire \$101 ;
+  reg [7:0] \$1010 ;
+  reg [7:0] \$1011 ;
+  reg [7:0] \$1012 ;
+  reg [7:0] \$1013 ;
+  reg \$1014 ;
+  reg \$1015 ;
+  reg \$1016 ;
+  reg [3:0] \$1017 ;
+  reg [15:0] \$1018 ;
+  reg \$1019 ;
+  wire \$102 ;
+  reg [15:0] \$1020 ;
+  reg [15:0] \$1021 ;
+  reg [31:0] \$1022 ;
+  reg \$1023 ;
+  reg \$1024 ;
+  reg [3:0] \$1025 ;
+  reg [15:0] \$1026 ;
+  reg [9:0] \$1027 ;
+  reg [15:0] \$1028 ;
+  reg \$1029 ;
   wire \$103 ;
-  wire [64:0] \$104 ;
+  reg \$1030 ;
+  reg \$1031 ;
+  reg [31:0] \$1032 ;
+  reg [15:0] \$1033 ;
+  reg \$1034 ;
+  reg [2:0] \$1035 ;
+  wire \$104 ;
   wire \$105 ;
   wire \$106 ;
-  wire [24:0] \$107 ;
-  wire [33:0] \$108 ;
+  wire \$107 ;
+  wire \$108 ;
   wire \$109 ;
-  wire [17:0] \$11 ;
-  wire \$110 ;
-  wire \$111 ;
-  wire \$112 ;
-  wire \$113 ;
-  wire \$114 ;
-  wire \$115 ;
+  wire \$11 ;
+  wire [32:0] \$110 ;
+  wire [32:0] \$111 ;
+  wire [33:0] \$112 ;
+  wire [33:0] \$113 ;
+  wire [22:0] \$114 ;
+  wire [34:0] \$115 ;
   wire \$116 ;
   wire \$117 ;
   wire \$118 ;
   wire \$119 ;
-  wire [17:0] \$12 ;
+  wire [16:0] \$12 ;
   wire \$120 ;
   wire \$121 ;
   wire \$122 ;
@@ -839,32 +875,32 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$125 ;
   wire \$126 ;
   wire \$127 ;
-  wire \$128 ;
-  wire \$129 ;
-  wire [21:0] \$13 ;
+  wire [24:0] \$128 ;
+  wire [33:0] \$129 ;
+  wire [17:0] \$13 ;
   wire \$130 ;
-  wire \$131 ;
+  wire [3:0] \$131 ;
   wire \$132 ;
-  wire \$133 ;
-  wire \$134 ;
+  wire [8:0] \$133 ;
+  wire [3:0] \$134 ;
   wire \$135 ;
-  wire \$136 ;
-  wire \$137 ;
-  reg [15:0] \$138 ;
-  wire \$139 ;
-  wire [16:0] \$14 ;
-  wire \$140 ;
+  wire [16:0] \$136 ;
+  wire [3:0] \$137 ;
+  wire \$138 ;
+  wire [32:0] \$139 ;
+  wire [17:0] \$14 ;
+  wire [3:0] \$140 ;
   wire \$141 ;
-  wire \$142 ;
+  wire [64:0] \$142 ;
   wire \$143 ;
-  wire [32:0] \$144 ;
-  wire [39:0] \$145 ;
-  wire [40:0] \$146 ;
-  wire [22:0] \$147 ;
-  wire [32:0] \$148 ;
-  wire [40:0] \$149 ;
-  wire [17:0] \$15 ;
-  wire [2:0] \$150 ;
+  wire \$144 ;
+  wire [24:0] \$145 ;
+  wire [33:0] \$146 ;
+  wire \$147 ;
+  wire \$148 ;
+  wire \$149 ;
+  wire [21:0] \$15 ;
+  wire \$150 ;
   wire \$151 ;
   wire \$152 ;
   wire \$153 ;
@@ -874,285 +910,285 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$157 ;
   wire \$158 ;
   wire \$159 ;
-  wire [17:0] \$16 ;
-  wire [3:0] \$160 ;
+  wire [15:0] \$16 ;
+  wire \$160 ;
   wire \$161 ;
-  wire [2:0] \$162 ;
-  wire [3:0] \$163 ;
+  wire \$162 ;
+  wire \$163 ;
   wire \$164 ;
-  wire [3:0] \$165 ;
-  wire [3:0] \$166 ;
+  wire \$165 ;
+  wire \$166 ;
   wire \$167 ;
-  wire [4:0] \$168 ;
-  wire [3:0] \$169 ;
-  wire [21:0] \$17 ;
+  wire \$168 ;
+  wire \$169 ;
+  wire [17:0] \$17 ;
   wire \$170 ;
-  wire [5:0] \$171 ;
-  wire [3:0] \$172 ;
+  wire \$171 ;
+  wire \$172 ;
   wire \$173 ;
-  wire [6:0] \$174 ;
-  wire [3:0] \$175 ;
+  wire \$174 ;
+  wire \$175 ;
   wire \$176 ;
-  wire [7:0] \$177 ;
-  wire [3:0] \$178 ;
+  wire \$177 ;
+  reg [15:0] \$178 ;
   wire \$179 ;
   wire [16:0] \$18 ;
-  wire [8:0] \$180 ;
+  wire \$180 ;
   wire \$181 ;
-  reg \$182 ;
+  wire \$182 ;
   wire \$183 ;
-  wire \$184 ;
-  wire [9:0] \$185 ;
-  wire [16:0] \$186 ;
-  reg \$187 ;
-  wire \$188 ;
-  wire \$189 ;
+  wire [32:0] \$184 ;
+  wire [39:0] \$185 ;
+  wire [40:0] \$186 ;
+  wire [22:0] \$187 ;
+  wire [32:0] \$188 ;
+  wire [40:0] \$189 ;
   wire [17:0] \$19 ;
-  wire \$190 ;
+  wire [2:0] \$190 ;
   wire \$191 ;
   wire \$192 ;
-  wire [9:0] \$193 ;
-  wire [16:0] \$194 ;
-  reg \$195 ;
+  wire \$193 ;
+  wire \$194 ;
+  wire \$195 ;
   wire \$196 ;
   wire \$197 ;
   wire \$198 ;
   wire \$199 ;
   wire \$2 ;
   wire [17:0] \$20 ;
-  wire [9:0] \$200 ;
-  wire [16:0] \$201 ;
-  reg \$202 ;
-  wire \$203 ;
+  wire [3:0] \$200 ;
+  wire \$201 ;
+  wire [2:0] \$202 ;
+  wire [3:0] \$203 ;
   wire \$204 ;
-  wire \$205 ;
-  wire \$206 ;
-  wire [9:0] \$207 ;
-  wire [16:0] \$208 ;
-  reg \$209 ;
-  wire [21:0] \$21 ;
+  wire [3:0] \$205 ;
+  wire [3:0] \$206 ;
+  wire \$207 ;
+  wire [4:0] \$208 ;
+  wire [3:0] \$209 ;
+  wire [17:0] \$21 ;
   wire \$210 ;
-  wire \$211 ;
-  wire \$212 ;
+  wire [5:0] \$211 ;
+  wire [3:0] \$212 ;
   wire \$213 ;
-  wire [9:0] \$214 ;
-  wire [16:0] \$215 ;
-  reg \$216 ;
-  wire \$217 ;
-  wire \$218 ;
+  wire [6:0] \$214 ;
+  wire [3:0] \$215 ;
+  wire \$216 ;
+  wire [7:0] \$217 ;
+  wire [3:0] \$218 ;
   wire \$219 ;
-  wire \$22 ;
-  wire \$220 ;
-  wire [9:0] \$221 ;
-  wire [16:0] \$222 ;
-  reg \$223 ;
+  wire [21:0] \$22 ;
+  wire [8:0] \$220 ;
+  wire \$221 ;
+  reg \$222 ;
+  wire \$223 ;
   wire \$224 ;
-  wire \$225 ;
-  wire \$226 ;
-  wire \$227 ;
-  wire [9:0] \$228 ;
-  wire [16:0] \$229 ;
-  wire [3:0] \$23 ;
-  reg \$230 ;
+  wire [9:0] \$225 ;
+  wire [16:0] \$226 ;
+  reg \$227 ;
+  wire \$228 ;
+  wire \$229 ;
+  wire [21:0] \$23 ;
+  wire \$230 ;
   wire \$231 ;
   wire \$232 ;
-  wire \$233 ;
-  wire \$234 ;
-  wire [9:0] \$235 ;
-  wire [16:0] \$236 ;
-  reg \$237 ;
+  wire [9:0] \$233 ;
+  wire [16:0] \$234 ;
+  reg \$235 ;
+  wire \$236 ;
+  wire \$237 ;
   wire \$238 ;
   wire \$239 ;
-  wire \$24 ;
-  wire \$240 ;
-  wire \$241 ;
-  wire [9:0] \$242 ;
-  wire [16:0] \$243 ;
-  reg \$244 ;
+  wire [16:0] \$24 ;
+  wire [9:0] \$240 ;
+  wire [16:0] \$241 ;
+  reg \$242 ;
+  wire \$243 ;
+  wire \$244 ;
   wire \$245 ;
   wire \$246 ;
-  wire \$247 ;
-  wire \$248 ;
-  wire \$249 ;
-  wire \$25 ;
+  wire [9:0] \$247 ;
+  wire [16:0] \$248 ;
+  reg \$249 ;
+  wire [17:0] \$25 ;
   wire \$250 ;
-  wire [9:0] \$251 ;
-  wire [16:0] \$252 ;
-  reg \$253 ;
-  wire \$254 ;
-  wire \$255 ;
-  wire \$256 ;
+  wire \$251 ;
+  wire \$252 ;
+  wire \$253 ;
+  wire [9:0] \$254 ;
+  wire [16:0] \$255 ;
+  reg \$256 ;
   wire \$257 ;
   wire \$258 ;
   wire \$259 ;
-  wire [3:0] \$26 ;
-  wire [9:0] \$260 ;
-  wire [16:0] \$261 ;
-  reg \$262 ;
-  wire \$263 ;
+  wire [17:0] \$26 ;
+  wire \$260 ;
+  wire [9:0] \$261 ;
+  wire [16:0] \$262 ;
+  reg \$263 ;
   wire \$264 ;
   wire \$265 ;
   wire \$266 ;
   wire \$267 ;
-  wire \$268 ;
-  wire [9:0] \$269 ;
-  wire \$27 ;
-  wire [16:0] \$270 ;
-  reg \$271 ;
+  wire [9:0] \$268 ;
+  wire [16:0] \$269 ;
+  wire [16:0] \$27 ;
+  reg \$270 ;
+  wire \$271 ;
   wire \$272 ;
   wire \$273 ;
   wire \$274 ;
-  wire \$275 ;
-  wire \$276 ;
-  wire \$277 ;
-  wire [9:0] \$278 ;
-  wire [16:0] \$279 ;
-  wire \$28 ;
-  reg \$280 ;
+  wire [9:0] \$275 ;
+  wire [16:0] \$276 ;
+  reg \$277 ;
+  wire \$278 ;
+  wire \$279 ;
+  wire [17:0] \$28 ;
+  wire \$280 ;
   wire \$281 ;
-  wire \$282 ;
-  wire \$283 ;
-  wire \$284 ;
+  wire [9:0] \$282 ;
+  wire [16:0] \$283 ;
+  reg \$284 ;
   wire \$285 ;
   wire \$286 ;
-  wire [9:0] \$287 ;
-  wire [16:0] \$288 ;
-  reg \$289 ;
-  wire \$29 ;
-  wire \$290 ;
+  wire \$287 ;
+  wire \$288 ;
+  wire \$289 ;
+  wire [17:0] \$29 ;
+  reg \$290 ;
   wire \$291 ;
   wire \$292 ;
   wire \$293 ;
   wire \$294 ;
   wire \$295 ;
-  wire [9:0] \$296 ;
-  wire [16:0] \$297 ;
-  reg \$298 ;
-  wire \$299 ;
-  wire [16:0] \$3 ;
-  wire \$30 ;
-  wire \$300 ;
-  wire \$301 ;
+  wire \$296 ;
+  wire \$297 ;
+  wire \$298 ;
+  wire [9:0] \$299 ;
+  wire \$3 ;
+  wire [17:0] \$30 ;
+  wire [16:0] \$300 ;
+  reg \$301 ;
   wire \$302 ;
   wire \$303 ;
   wire \$304 ;
-  wire [9:0] \$305 ;
-  wire [16:0] \$306 ;
+  wire \$305 ;
+  wire \$306 ;
   reg \$307 ;
   wire \$308 ;
   wire \$309 ;
-  wire \$31 ;
+  wire [21:0] \$31 ;
   wire \$310 ;
   wire \$311 ;
   wire \$312 ;
   wire \$313 ;
   wire \$314 ;
   wire \$315 ;
-  wire \$316 ;
-  wire \$317 ;
-  wire \$318 ;
+  wire [9:0] \$316 ;
+  wire [16:0] \$317 ;
+  reg \$318 ;
   wire \$319 ;
-  wire \$32 ;
+  wire [21:0] \$32 ;
   wire \$320 ;
   wire \$321 ;
   wire \$322 ;
   wire \$323 ;
-  wire \$324 ;
+  reg \$324 ;
   wire \$325 ;
-  wire [7:0] \$326 ;
+  wire \$326 ;
   wire \$327 ;
-  wire [7:0] \$328 ;
+  wire \$328 ;
   wire \$329 ;
-  wire \$33 ;
-  wire [7:0] \$330 ;
+  wire [21:0] \$33 ;
+  wire \$330 ;
   wire \$331 ;
-  wire [7:0] \$332 ;
-  wire \$333 ;
-  wire [7:0] \$334 ;
-  wire \$335 ;
-  wire [7:0] \$336 ;
+  wire \$332 ;
+  wire [9:0] \$333 ;
+  wire [16:0] \$334 ;
+  reg \$335 ;
+  wire \$336 ;
   wire \$337 ;
-  wire [7:0] \$338 ;
+  wire \$338 ;
   wire \$339 ;
-  wire \$34 ;
-  wire [7:0] \$340 ;
-  wire \$341 ;
-  reg [31:0] \$342 ;
+  wire [15:0] \$34 ;
+  wire \$340 ;
+  reg \$341 ;
+  wire \$342 ;
   wire \$343 ;
-  wire [19:0] \$344 ;
-  wire [20:0] \$345 ;
+  wire \$344 ;
+  wire \$345 ;
   wire \$346 ;
-  wire [19:0] \$347 ;
-  wire [20:0] \$348 ;
+  wire \$347 ;
+  wire \$348 ;
   wire \$349 ;
-  wire \$35 ;
-  wire \$350 ;
-  wire \$351 ;
-  wire \$352 ;
+  wire [17:0] \$35 ;
+  wire [9:0] \$350 ;
+  wire [16:0] \$351 ;
+  reg \$352 ;
   wire \$353 ;
   wire \$354 ;
   wire \$355 ;
   wire \$356 ;
   wire \$357 ;
-  wire \$358 ;
+  reg \$358 ;
   wire \$359 ;
-  wire \$36 ;
+  wire [3:0] \$36 ;
   wire \$360 ;
   wire \$361 ;
   wire \$362 ;
-  wire [48:0] \$363 ;
-  reg [47:0] \$364 ;
-  wire [48:0] \$365 ;
+  wire \$363 ;
+  wire \$364 ;
+  wire \$365 ;
   wire \$366 ;
-  wire [15:0] \$367 ;
-  wire \$368 ;
-  wire \$369 ;
-  wire \$37 ;
+  wire [9:0] \$367 ;
+  wire [16:0] \$368 ;
+  reg \$369 ;
+  wire [17:0] \$37 ;
   wire \$370 ;
   wire \$371 ;
   wire \$372 ;
   wire \$373 ;
   wire \$374 ;
-  wire \$375 ;
+  reg \$375 ;
   wire \$376 ;
   wire \$377 ;
   wire \$378 ;
   wire \$379 ;
-  wire \$38 ;
+  wire [16:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
   wire \$382 ;
   wire \$383 ;
-  wire \$384 ;
-  wire \$385 ;
-  wire \$386 ;
+  wire [9:0] \$384 ;
+  wire [16:0] \$385 ;
+  reg \$386 ;
   wire \$387 ;
   wire \$388 ;
   wire \$389 ;
-  wire \$39 ;
-  wire [16:0] \$390 ;
-  wire [32:0] \$391 ;
-  wire \$392 ;
-  wire [16:0] \$393 ;
+  wire [17:0] \$39 ;
+  wire \$390 ;
+  wire \$391 ;
+  reg \$392 ;
+  wire \$393 ;
   wire \$394 ;
-  wire [16:0] \$395 ;
-  wire [16:0] \$396 ;
+  wire \$395 ;
+  wire \$396 ;
   wire \$397 ;
   wire \$398 ;
   wire \$399 ;
-  wire [17:0] \$4 ;
-  wire \$40 ;
+  wire \$4 ;
+  wire [17:0] \$40 ;
   wire \$400 ;
-  wire \$401 ;
-  wire \$402 ;
-  wire \$403 ;
+  wire [9:0] \$401 ;
+  wire [16:0] \$402 ;
+  reg \$403 ;
   wire \$404 ;
-  wire [32:0] \$405 ;
+  wire \$405 ;
   wire \$406 ;
   wire \$407 ;
   wire \$408 ;
-  wire \$409 ;
-  wire \$41 ;
+  reg \$409 ;
+  wire [21:0] \$41 ;
   wire \$410 ;
   wire \$411 ;
   wire \$412 ;
@@ -1163,18 +1199,18 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$417 ;
   wire \$418 ;
   wire \$419 ;
-  wire \$42 ;
-  wire \$420 ;
+  wire [16:0] \$42 ;
+  reg \$420 ;
   wire \$421 ;
   wire \$422 ;
   wire \$423 ;
   wire \$424 ;
   wire \$425 ;
-  wire \$426 ;
-  wire \$427 ;
-  wire \$428 ;
+  wire [9:0] \$426 ;
+  wire [10:0] \$427 ;
+  reg \$428 ;
   wire \$429 ;
-  wire \$43 ;
+  wire [17:0] \$43 ;
   wire \$430 ;
   wire \$431 ;
   wire \$432 ;
@@ -1182,31 +1218,31 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$434 ;
   wire \$435 ;
   wire \$436 ;
-  wire \$437 ;
-  wire \$438 ;
-  wire \$439 ;
-  wire \$44 ;
+  wire [9:0] \$437 ;
+  wire [10:0] \$438 ;
+  reg \$439 ;
+  wire [17:0] \$44 ;
   wire \$440 ;
   wire \$441 ;
   wire \$442 ;
   wire \$443 ;
   wire \$444 ;
   wire \$445 ;
-  wire [3:0] \$446 ;
-  wire \$447 ;
-  wire \$448 ;
-  wire \$449 ;
-  wire \$45 ;
-  wire [3:0] \$450 ;
-  wire [16:0] \$451 ;
-  wire [17:0] \$452 ;
-  wire [17:0] \$453 ;
-  wire [33:0] \$454 ;
-  wire [16:0] \$455 ;
-  wire [17:0] \$456 ;
-  wire [17:0] \$457 ;
-  wire [51:0] \$458 ;
-  wire \$459 ;
+  wire \$446 ;
+  wire [9:0] \$447 ;
+  wire [10:0] \$448 ;
+  reg \$449 ;
+  wire [21:0] \$45 ;
+  wire \$450 ;
+  wire \$451 ;
+  wire \$452 ;
+  wire \$453 ;
+  wire \$454 ;
+  wire \$455 ;
+  wire \$456 ;
+  wire [9:0] \$457 ;
+  wire [10:0] \$458 ;
+  reg \$459 ;
   wire \$46 ;
   wire \$460 ;
   wire \$461 ;
@@ -1214,84 +1250,84 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$463 ;
   wire \$464 ;
   wire \$465 ;
-  wire [16:0] \$466 ;
-  wire \$467 ;
-  wire \$468 ;
-  wire \$469 ;
-  wire \$47 ;
+  wire \$466 ;
+  wire [9:0] \$467 ;
+  wire [10:0] \$468 ;
+  reg \$469 ;
+  wire [3:0] \$47 ;
   wire \$470 ;
   wire \$471 ;
-  wire [16:0] \$472 ;
+  wire \$472 ;
   wire \$473 ;
   wire \$474 ;
-  wire [16:0] \$475 ;
+  wire \$475 ;
   wire \$476 ;
-  wire \$477 ;
-  wire \$478 ;
-  wire [32:0] \$479 ;
+  wire [9:0] \$477 ;
+  wire [10:0] \$478 ;
+  reg \$479 ;
   wire \$48 ;
-  wire [16:0] \$480 ;
-  wire [17:0] \$481 ;
-  wire [17:0] \$482 ;
-  wire [18:0] \$483 ;
+  wire \$480 ;
+  wire \$481 ;
+  wire \$482 ;
+  wire \$483 ;
   wire \$484 ;
-  wire [16:0] \$485 ;
-  wire [32:0] \$486 ;
-  wire \$487 ;
-  wire \$488 ;
-  wire \$489 ;
+  wire \$485 ;
+  wire \$486 ;
+  wire [9:0] \$487 ;
+  wire [10:0] \$488 ;
+  reg \$489 ;
   wire \$49 ;
   wire \$490 ;
   wire \$491 ;
   wire \$492 ;
-  wire [16:0] \$493 ;
-  wire [16:0] \$494 ;
+  wire \$493 ;
+  wire \$494 ;
   wire \$495 ;
   wire \$496 ;
-  wire \$497 ;
-  wire \$498 ;
-  wire \$499 ;
-  wire [17:0] \$5 ;
+  wire [9:0] \$497 ;
+  wire [10:0] \$498 ;
+  reg \$499 ;
+  wire \$5 ;
   wire [3:0] \$50 ;
   wire \$500 ;
-  wire [16:0] \$501 ;
-  wire [17:0] \$502 ;
-  wire [17:0] \$503 ;
-  wire [33:0] \$504 ;
+  wire \$501 ;
+  wire \$502 ;
+  wire \$503 ;
+  wire \$504 ;
   wire \$505 ;
-  reg \$506 ;
-  wire \$507 ;
-  wire \$508 ;
-  wire [16:0] \$509 ;
+  wire \$506 ;
+  wire [9:0] \$507 ;
+  wire [32:0] \$508 ;
+  wire [33:0] \$509 ;
   wire \$51 ;
-  wire \$510 ;
-  wire [4:0] \$511 ;
+  reg \$510 ;
+  wire \$511 ;
   wire \$512 ;
   wire \$513 ;
-  wire [16:0] \$514 ;
+  wire \$514 ;
   wire \$515 ;
   reg \$516 ;
   wire \$517 ;
   wire \$518 ;
   wire \$519 ;
-  wire [31:0] \$52 ;
+  wire \$52 ;
   wire \$520 ;
   wire \$521 ;
   wire \$522 ;
-  wire [16:0] \$523 ;
+  wire \$523 ;
   wire \$524 ;
-  wire [16:0] \$525 ;
-  wire \$526 ;
-  wire [16:0] \$527 ;
-  wire [17:0] \$528 ;
-  wire [17:0] \$529 ;
-  wire [32:0] \$53 ;
-  wire [18:0] \$530 ;
+  wire [9:0] \$525 ;
+  wire [32:0] \$526 ;
+  wire [33:0] \$527 ;
+  reg \$528 ;
+  wire \$529 ;
+  wire \$53 ;
+  wire \$530 ;
   wire \$531 ;
   wire \$532 ;
-  wire [32:0] \$533 ;
-  wire [16:0] \$534 ;
-  wire [16:0] \$535 ;
+  wire \$533 ;
+  reg \$534 ;
+  wire \$535 ;
   wire \$536 ;
   wire \$537 ;
   wire \$538 ;
@@ -1300,237 +1336,654 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$540 ;
   wire \$541 ;
   wire \$542 ;
-  wire \$543 ;
-  wire [2:0] \$544 ;
-  wire [3:0] \$545 ;
-  wire [4:0] \$546 ;
-  wire [5:0] \$547 ;
-  wire [6:0] \$548 ;
-  wire [7:0] \$549 ;
+  wire [9:0] \$543 ;
+  wire [32:0] \$544 ;
+  wire [33:0] \$545 ;
+  reg \$546 ;
+  wire \$547 ;
+  wire \$548 ;
+  wire \$549 ;
   wire \$55 ;
-  wire [8:0] \$550 ;
+  wire \$550 ;
   wire \$551 ;
-  wire [4:0] \$552 ;
-  reg \$553 ;
-  reg [2:0] \$554 ;
-  reg \$555 ;
-  reg [2:0] \$556 ;
-  reg [47:0] \$557 ;
-  reg [47:0] \$558 ;
-  reg [47:0] \$559 ;
+  reg \$552 ;
+  wire \$553 ;
+  wire \$554 ;
+  wire \$555 ;
+  wire \$556 ;
+  wire \$557 ;
+  wire \$558 ;
+  wire \$559 ;
   wire \$56 ;
-  reg [47:0] \$560 ;
-  reg [47:0] \$561 ;
-  reg [47:0] \$562 ;
-  reg [47:0] \$563 ;
-  reg [47:0] \$564 ;
-  reg [47:0] \$565 ;
-  reg [47:0] \$566 ;
-  reg [47:0] \$567 ;
-  reg [47:0] \$568 ;
-  reg [47:0] \$569 ;
+  wire \$560 ;
+  wire [9:0] \$561 ;
+  wire [32:0] \$562 ;
+  wire [33:0] \$563 ;
+  reg \$564 ;
+  wire \$565 ;
+  wire \$566 ;
+  wire \$567 ;
+  wire \$568 ;
+  wire \$569 ;
   wire \$57 ;
-  reg [47:0] \$570 ;
-  reg [47:0] \$571 ;
-  reg [47:0] \$572 ;
-  reg [47:0] \$573 ;
-  reg [31:0] \$574 ;
-  reg \$575 ;
-  reg \$576 ;
-  reg [3:0] \$577 ;
-  reg \$578 ;
-  reg [31:0] \$579 ;
+  reg \$570 ;
+  wire \$571 ;
+  wire \$572 ;
+  wire \$573 ;
+  wire \$574 ;
+  wire \$575 ;
+  wire \$576 ;
+  wire \$577 ;
+  wire \$578 ;
+  wire [9:0] \$579 ;
   wire \$58 ;
-  reg [31:0] \$580 ;
-  reg [15:0] \$581 ;
-  reg [31:0] \$582 ;
-  reg [2:0] \$583 ;
-  reg [511:0] \$584 ;
-  reg [15:0] \$585 ;
-  reg [15:0] \$586 ;
-  reg \$587 ;
-  reg [15:0] \$588 ;
-  reg [15:0] \$589 ;
+  wire [32:0] \$580 ;
+  wire [33:0] \$581 ;
+  reg \$582 ;
+  wire \$583 ;
+  wire \$584 ;
+  wire \$585 ;
+  wire \$586 ;
+  wire \$587 ;
+  reg \$588 ;
+  wire \$589 ;
   wire \$59 ;
-  reg [15:0] \$590 ;
-  reg [15:0] \$591 ;
-  reg [15:0] \$592 ;
-  reg [15:0] \$593 ;
-  reg [15:0] \$594 ;
-  reg [15:0] \$595 ;
-  reg [2:0] \$596 ;
-  reg [2:0] \$597 ;
-  reg [31:0] \$598 ;
-  reg [15:0] \$599 ;
-  wire [21:0] \$6 ;
+  wire \$590 ;
+  wire \$591 ;
+  wire \$592 ;
+  wire \$593 ;
+  wire \$594 ;
+  wire \$595 ;
+  wire \$596 ;
+  wire [9:0] \$597 ;
+  wire [32:0] \$598 ;
+  wire [33:0] \$599 ;
+  wire \$6 ;
   wire \$60 ;
-  reg [15:0] \$600 ;
-  reg [31:0] \$601 ;
-  reg \$602 ;
-  reg [15:0] \$603 ;
-  reg \$604 ;
-  reg [7:0] \$605 ;
-  reg [7:0] \$606 ;
-  reg [7:0] \$607 ;
-  reg [7:0] \$608 ;
-  reg [7:0] \$609 ;
+  reg \$600 ;
+  wire \$601 ;
+  wire \$602 ;
+  wire \$603 ;
+  wire \$604 ;
+  wire \$605 ;
+  reg \$606 ;
+  wire \$607 ;
+  wire \$608 ;
+  wire \$609 ;
   wire \$61 ;
-  reg [7:0] \$610 ;
-  reg [7:0] \$611 ;
-  reg [7:0] \$612 ;
-  reg \$613 ;
-  reg \$614 ;
-  reg \$615 ;
-  reg [3:0] \$616 ;
-  reg [15:0] \$617 ;
+  wire \$610 ;
+  wire \$611 ;
+  wire \$612 ;
+  wire \$613 ;
+  wire \$614 ;
+  wire [9:0] \$615 ;
+  wire [32:0] \$616 ;
+  wire [33:0] \$617 ;
   reg \$618 ;
-  reg [15:0] \$619 ;
+  wire \$619 ;
   wire \$62 ;
-  reg [15:0] \$620 ;
-  reg [31:0] \$621 ;
-  reg \$622 ;
-  reg \$623 ;
+  wire \$620 ;
+  wire \$621 ;
+  wire \$622 ;
+  wire \$623 ;
   reg \$624 ;
-  reg [7:0] \$625 ;
-  reg [7:0] \$626 ;
-  reg [7:0] \$627 ;
-  reg [7:0] \$628 ;
-  reg [7:0] \$629 ;
+  wire \$625 ;
+  wire \$626 ;
+  wire \$627 ;
+  wire \$628 ;
+  wire \$629 ;
   wire \$63 ;
-  reg [7:0] \$630 ;
-  reg [7:0] \$631 ;
-  reg [7:0] \$632 ;
-  reg [3:0] \$633 ;
+  wire \$630 ;
+  wire \$631 ;
+  wire \$632 ;
+  wire [9:0] \$633 ;
+  wire [32:0] \$634 ;
+  wire [33:0] \$635 ;
+  reg \$636 ;
+  wire \$637 ;
+  wire \$638 ;
+  wire \$639 ;
   wire \$64 ;
+  wire \$640 ;
+  wire \$641 ;
+  reg \$642 ;
+  wire \$643 ;
+  wire \$644 ;
+  wire \$645 ;
+  wire \$646 ;
+  wire \$647 ;
+  wire \$648 ;
+  wire \$649 ;
   wire \$65 ;
+  wire \$650 ;
+  wire \$651 ;
+  wire \$652 ;
+  wire \$653 ;
+  wire [7:0] \$654 ;
+  wire \$655 ;
+  wire [7:0] \$656 ;
+  wire \$657 ;
+  wire [7:0] \$658 ;
+  wire \$659 ;
   wire \$66 ;
+  wire [7:0] \$660 ;
+  wire \$661 ;
+  wire [7:0] \$662 ;
+  wire \$663 ;
+  wire [7:0] \$664 ;
+  wire \$665 ;
+  wire [7:0] \$666 ;
+  wire \$667 ;
+  wire [7:0] \$668 ;
+  wire \$669 ;
   wire \$67 ;
+  wire \$670 ;
+  wire \$671 ;
+  wire \$672 ;
+  reg [31:0] \$673 ;
+  wire \$674 ;
+  wire [19:0] \$675 ;
+  wire [20:0] \$676 ;
+  wire \$677 ;
+  wire [19:0] \$678 ;
+  wire [20:0] \$679 ;
   wire \$68 ;
+  wire \$680 ;
+  wire \$681 ;
+  wire \$682 ;
+  wire \$683 ;
+  wire \$684 ;
+  wire \$685 ;
+  wire \$686 ;
+  wire \$687 ;
+  wire \$688 ;
+  reg [31:0] \$689 ;
   wire \$69 ;
-  wire [16:0] \$7 ;
+  wire \$690 ;
+  wire \$691 ;
+  wire \$692 ;
+  wire [19:0] \$693 ;
+  wire [20:0] \$694 ;
+  wire \$695 ;
+  wire [19:0] \$696 ;
+  wire [20:0] \$697 ;
+  wire \$698 ;
+  wire \$699 ;
+  wire \$7 ;
   wire \$70 ;
+  wire \$700 ;
+  wire \$701 ;
+  wire \$702 ;
+  wire \$703 ;
+  wire \$704 ;
+  wire \$705 ;
+  wire \$706 ;
+  wire \$707 ;
+  wire \$708 ;
+  wire [48:0] \$709 ;
   wire \$71 ;
+  reg [47:0] \$710 ;
+  wire [48:0] \$711 ;
+  wire \$712 ;
+  wire [15:0] \$713 ;
+  wire \$714 ;
+  wire \$715 ;
+  wire \$716 ;
+  wire \$717 ;
+  wire \$718 ;
+  wire \$719 ;
   wire \$72 ;
+  wire \$720 ;
+  wire \$721 ;
+  wire \$722 ;
+  wire \$723 ;
+  wire \$724 ;
+  wire \$725 ;
+  wire \$726 ;
+  wire \$727 ;
+  wire \$728 ;
+  wire \$729 ;
   wire \$73 ;
+  wire \$730 ;
+  wire \$731 ;
+  wire \$732 ;
+  wire \$733 ;
+  wire \$734 ;
+  wire \$735 ;
+  wire \$736 ;
+  wire \$737 ;
+  wire \$738 ;
+  wire \$739 ;
   wire \$74 ;
-  wire \$75 ;
-  wire [22:0] \$76 ;
-  wire [32:0] \$77 ;
-  wire \$78 ;
-  wire \$79 ;
-  wire [17:0] \$8 ;
+  wire \$740 ;
+  wire [16:0] \$741 ;
+  wire [32:0] \$742 ;
+  wire \$743 ;
+  wire [16:0] \$744 ;
+  wire \$745 ;
+  wire [16:0] \$746 ;
+  wire [16:0] \$747 ;
+  wire \$748 ;
+  wire \$749 ;
+  wire [16:0] \$75 ;
+  wire \$750 ;
+  wire \$751 ;
+  wire \$752 ;
+  wire \$753 ;
+  wire \$754 ;
+  wire \$755 ;
+  wire [32:0] \$756 ;
+  wire \$757 ;
+  wire \$758 ;
+  wire \$759 ;
+  wire [17:0] \$76 ;
+  wire \$760 ;
+  wire \$761 ;
+  wire \$762 ;
+  wire \$763 ;
+  wire \$764 ;
+  wire \$765 ;
+  wire \$766 ;
+  wire \$767 ;
+  wire \$768 ;
+  wire \$769 ;
+  wire [17:0] \$77 ;
+  wire \$770 ;
+  wire \$771 ;
+  wire \$772 ;
+  wire \$773 ;
+  wire \$774 ;
+  wire \$775 ;
+  wire \$776 ;
+  wire \$777 ;
+  wire \$778 ;
+  wire \$779 ;
+  wire [24:0] \$78 ;
+  wire \$780 ;
+  wire \$781 ;
+  wire \$782 ;
+  wire \$783 ;
+  wire \$784 ;
+  wire \$785 ;
+  wire \$786 ;
+  wire \$787 ;
+  wire \$788 ;
+  wire \$789 ;
+  wire [3:0] \$79 ;
+  wire \$790 ;
+  wire \$791 ;
+  wire \$792 ;
+  wire \$793 ;
+  wire \$794 ;
+  wire \$795 ;
+  wire \$796 ;
+  wire \$797 ;
+  wire [3:0] \$798 ;
+  wire \$799 ;
+  wire \$8 ;
   wire \$80 ;
-  wire \$81 ;
-  wire \$82 ;
+  wire \$800 ;
+  wire \$801 ;
+  wire [3:0] \$802 ;
+  wire [16:0] \$803 ;
+  wire [17:0] \$804 ;
+  wire [17:0] \$805 ;
+  wire [33:0] \$806 ;
+  wire [16:0] \$807 ;
+  wire [17:0] \$808 ;
+  wire [17:0] \$809 ;
+  wire [31:0] \$81 ;
+  wire [51:0] \$810 ;
+  wire \$811 ;
+  wire \$812 ;
+  wire \$813 ;
+  wire \$814 ;
+  wire \$815 ;
+  wire \$816 ;
+  wire \$817 ;
+  wire [16:0] \$818 ;
+  wire \$819 ;
+  wire [32:0] \$82 ;
+  wire \$820 ;
+  wire \$821 ;
+  wire \$822 ;
+  wire \$823 ;
+  wire [16:0] \$824 ;
+  wire \$825 ;
+  wire \$826 ;
+  wire [16:0] \$827 ;
+  wire \$828 ;
+  wire \$829 ;
   wire \$83 ;
+  wire \$830 ;
+  wire [32:0] \$831 ;
+  wire [16:0] \$832 ;
+  wire [17:0] \$833 ;
+  wire [17:0] \$834 ;
+  wire [18:0] \$835 ;
+  wire \$836 ;
+  wire [16:0] \$837 ;
+  wire [32:0] \$838 ;
+  wire \$839 ;
   wire \$84 ;
+  wire \$840 ;
+  wire \$841 ;
+  wire \$842 ;
+  wire \$843 ;
+  wire \$844 ;
+  wire [16:0] \$845 ;
+  wire [16:0] \$846 ;
+  wire \$847 ;
+  wire \$848 ;
+  wire \$849 ;
   wire \$85 ;
+  wire \$850 ;
+  wire \$851 ;
+  wire \$852 ;
+  wire [16:0] \$853 ;
+  wire [17:0] \$854 ;
+  wire [17:0] \$855 ;
+  wire [33:0] \$856 ;
+  wire \$857 ;
+  reg \$858 ;
+  wire \$859 ;
   wire \$86 ;
+  wire \$860 ;
+  wire \$861 ;
+  wire [16:0] \$862 ;
+  wire [16:0] \$863 ;
+  wire \$864 ;
+  wire \$865 ;
+  wire [4:0] \$866 ;
+  wire \$867 ;
+  reg \$868 ;
+  wire \$869 ;
   wire \$87 ;
+  wire \$870 ;
+  wire \$871 ;
+  wire \$872 ;
+  wire \$873 ;
+  reg \$874 ;
+  wire \$875 ;
+  wire \$876 ;
+  wire \$877 ;
+  wire \$878 ;
+  wire \$879 ;
   wire \$88 ;
+  wire \$880 ;
+  wire \$881 ;
+  wire \$882 ;
+  wire [16:0] \$883 ;
+  wire \$884 ;
+  wire [16:0] \$885 ;
+  wire \$886 ;
+  wire [16:0] \$887 ;
+  wire [17:0] \$888 ;
+  wire [17:0] \$889 ;
   wire \$89 ;
-  wire [17:0] \$9 ;
-  wire [24:0] \$90 ;
-  wire [33:0] \$91 ;
+  wire [18:0] \$890 ;
+  wire \$891 ;
+  wire \$892 ;
+  wire [32:0] \$893 ;
+  wire [16:0] \$894 ;
+  wire [16:0] \$895 ;
+  reg \$896 ;
+  wire \$897 ;
+  wire \$898 ;
+  wire \$899 ;
+  wire \$9 ;
+  wire \$90 ;
+  wire \$900 ;
+  wire \$901 ;
+  wire \$902 ;
+  wire [16:0] \$903 ;
+  wire [10:0] \$904 ;
+  wire [16:0] \$905 ;
+  wire \$906 ;
+  wire [16:0] \$907 ;
+  wire [16:0] \$908 ;
+  wire [17:0] \$909 ;
+  wire \$91 ;
+  wire [17:0] \$910 ;
+  wire [18:0] \$911 ;
+  wire \$912 ;
+  wire \$913 ;
+  wire [4:0] \$914 ;
+  reg \$915 ;
+  wire \$916 ;
+  wire \$917 ;
+  wire \$918 ;
+  wire \$919 ;
   wire \$92 ;
-  wire [3:0] \$93 ;
+  wire \$920 ;
+  reg \$921 ;
+  wire \$922 ;
+  wire \$923 ;
+  wire \$924 ;
+  wire \$925 ;
+  wire \$926 ;
+  wire \$927 ;
+  wire \$928 ;
+  wire \$929 ;
+  wire \$93 ;
+  wire \$930 ;
+  wire \$931 ;
+  wire \$932 ;
+  wire [16:0] \$933 ;
+  wire \$934 ;
+  wire [16:0] \$935 ;
+  wire [17:0] \$936 ;
+  wire [17:0] \$937 ;
+  wire [18:0] \$938 ;
+  wire \$939 ;
   wire \$94 ;
-  wire [8:0] \$95 ;
-  wire [3:0] \$96 ;
+  wire [16:0] \$940 ;
+  wire [17:0] \$941 ;
+  wire [17:0] \$942 ;
+  wire [18:0] \$943 ;
+  wire \$944 ;
+  wire \$945 ;
+  wire [16:0] \$946 ;
+  wire [32:0] \$947 ;
+  wire \$948 ;
+  wire \$949 ;
+  wire \$95 ;
+  wire \$950 ;
+  wire \$951 ;
+  wire [3:0] \$952 ;
+  wire [3:0] \$953 ;
+  reg \$954 ;
+  reg [2:0] \$955 ;
+  reg \$956 ;
+  reg [2:0] \$957 ;
+  reg [47:0] \$958 ;
+  reg [47:0] \$959 ;
+  wire \$96 ;
+  reg [47:0] \$960 ;
+  reg [47:0] \$961 ;
+  reg [47:0] \$962 ;
+  reg [47:0] \$963 ;
+  reg [47:0] \$964 ;
+  reg [47:0] \$965 ;
+  reg [47:0] \$966 ;
+  reg [47:0] \$967 ;
+  reg [47:0] \$968 ;
+  reg [47:0] \$969 ;
   wire \$97 ;
-  wire [16:0] \$98 ;
-  wire [3:0] \$99 ;
-  reg \$signal ;
-  reg \$signal$193 ;
-  reg \$signal$238  = 1'h0;
-  reg [3:0] \$signal$245  = 4'h0;
-  reg \$signal$268  = 1'h0;
-  reg [15:0] \$signal$269  = 16'h0000;
-  reg \$signal$271  = 1'h0;
-  reg [31:0] \$signal$336  = 32'd0;
-  reg [31:0] \$signal$337  = 32'd0;
-  reg [3:0] \$signal$346  = 4'h0;
-  reg \$signal$96 ;
+  reg [47:0] \$970 ;
+  reg [47:0] \$971 ;
+  reg [47:0] \$972 ;
+  reg [47:0] \$973 ;
+  reg [47:0] \$974 ;
+  reg [31:0] \$975 ;
+  reg \$976 ;
+  reg \$977 ;
+  reg [3:0] \$978 ;
+  reg \$979 ;
+  wire \$98 ;
+  reg [31:0] \$980 ;
+  reg [31:0] \$981 ;
+  reg [15:0] \$982 ;
+  reg [31:0] \$983 ;
+  reg [2:0] \$984 ;
+  reg [511:0] \$985 ;
+  reg [15:0] \$986 ;
+  reg [15:0] \$987 ;
+  reg \$988 ;
+  reg [15:0] \$989 ;
+  wire \$99 ;
+  reg [15:0] \$990 ;
+  reg [15:0] \$991 ;
+  reg [15:0] \$992 ;
+  reg [15:0] \$993 ;
+  reg [15:0] \$994 ;
+  reg [15:0] \$995 ;
+  reg [15:0] \$996 ;
+  reg [2:0] \$997 ;
+  reg [2:0] \$998 ;
+  reg [31:0] \$999 ;
+  wire \$signal ;
+  reg \$signal$202 ;
+  reg \$signal$247  = 1'h0;
+  reg [3:0] \$signal$254  = 4'h0;
+  reg \$signal$277  = 1'h0;
+  reg [15:0] \$signal$278  = 16'h0000;
+  reg \$signal$283  = 1'h0;
+  reg [31:0] \$signal$394  = 32'd0;
+  reg [31:0] \$signal$395  = 32'd0;
+  wire \$signal$66 ;
+  wire \$signal$67 ;
+  reg \$signal$69 ;
+  reg \$signal$99 ;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$241 ;
-  reg [8:0] \$signature__addr$246 ;
-  reg [8:0] \$signature__addr$249 ;
-  reg [8:0] \$signature__addr$252 ;
+  reg [8:0] \$signature__addr$250 ;
   reg [8:0] \$signature__addr$255 ;
   reg [8:0] \$signature__addr$258 ;
   reg [8:0] \$signature__addr$261 ;
   reg [8:0] \$signature__addr$264 ;
   reg [8:0] \$signature__addr$267 ;
+  reg [8:0] \$signature__addr$270 ;
   reg [8:0] \$signature__addr$273 ;
-  reg [8:0] \$signature__addr$275 ;
-  reg [8:0] \$signature__addr$277 ;
-  reg [8:0] \$signature__addr$279 ;
-  reg [8:0] \$signature__addr$281 ;
-  reg [8:0] \$signature__addr$283 ;
+  reg [8:0] \$signature__addr$276 ;
   reg [8:0] \$signature__addr$285 ;
-  wire [13:0] \$signature__addr$83 ;
+  reg [8:0] \$signature__addr$287 ;
+  reg [8:0] \$signature__addr$289 ;
+  reg [8:0] \$signature__addr$291 ;
+  reg [8:0] \$signature__addr$293 ;
+  reg [8:0] \$signature__addr$295 ;
+  reg [8:0] \$signature__addr$297 ;
+  reg [8:0] \$signature__addr$302 ;
+  reg [8:0] \$signature__addr$307 ;
+  reg [8:0] \$signature__addr$310 ;
+  reg [8:0] \$signature__addr$313 ;
+  reg [8:0] \$signature__addr$316 ;
+  reg [8:0] \$signature__addr$319 ;
+  reg [8:0] \$signature__addr$322 ;
+  reg [8:0] \$signature__addr$325 ;
+  reg [8:0] \$signature__addr$328 ;
+  reg [8:0] \$signature__addr$331 ;
+  reg [8:0] \$signature__addr$333 ;
+  reg [8:0] \$signature__addr$335 ;
+  reg [8:0] \$signature__addr$337 ;
+  reg [8:0] \$signature__addr$339 ;
+  reg [8:0] \$signature__addr$341 ;
+  reg [8:0] \$signature__addr$343 ;
+  wire [13:0] \$signature__addr$86 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$243 ;
-  reg [8:0] \$signature__data$247 ;
-  reg [8:0] \$signature__data$250 ;
-  reg [8:0] \$signature__data$253 ;
+  reg [8:0] \$signature__data$252 ;
   reg [8:0] \$signature__data$256 ;
   reg [8:0] \$signature__data$259 ;
   reg [8:0] \$signature__data$262 ;
   reg [8:0] \$signature__data$265 ;
-  wire [8:0] \$signature__data$291 ;
-  wire [8:0] \$signature__data$292 ;
-  wire [8:0] \$signature__data$293 ;
-  wire [8:0] \$signature__data$294 ;
-  wire [8:0] \$signature__data$295 ;
-  wire [8:0] \$signature__data$296 ;
-  wire [8:0] \$signature__data$297 ;
-  wire [8:0] \$signature__data$298 ;
-  wire [15:0] \$signature__data$89 ;
+  reg [8:0] \$signature__data$268 ;
+  reg [8:0] \$signature__data$271 ;
+  reg [8:0] \$signature__data$274 ;
+  reg [7:0] \$signature__data$304 ;
+  reg [7:0] \$signature__data$308 ;
+  reg [7:0] \$signature__data$311 ;
+  reg [7:0] \$signature__data$314 ;
+  reg [7:0] \$signature__data$317 ;
+  reg [7:0] \$signature__data$320 ;
+  reg [7:0] \$signature__data$323 ;
+  reg [7:0] \$signature__data$326 ;
+  wire [8:0] \$signature__data$348 ;
+  wire [8:0] \$signature__data$349 ;
+  wire [8:0] \$signature__data$350 ;
+  wire [8:0] \$signature__data$351 ;
+  wire [8:0] \$signature__data$352 ;
+  wire [8:0] \$signature__data$353 ;
+  wire [8:0] \$signature__data$354 ;
+  wire [8:0] \$signature__data$355 ;
+  wire [7:0] \$signature__data$357 ;
+  wire [7:0] \$signature__data$359 ;
+  wire [7:0] \$signature__data$361 ;
+  wire [7:0] \$signature__data$363 ;
+  wire [7:0] \$signature__data$365 ;
+  wire [7:0] \$signature__data$367 ;
+  wire [7:0] \$signature__data$369 ;
+  wire [7:0] \$signature__data$371 ;
+  wire [15:0] \$signature__data$92 ;
   wire \$signature__en ;
-  reg \$signature__en$244 ;
-  reg \$signature__en$248 ;
-  reg \$signature__en$251 ;
-  reg \$signature__en$254 ;
+  reg \$signature__en$253 ;
   reg \$signature__en$257 ;
   reg \$signature__en$260 ;
   reg \$signature__en$263 ;
   reg \$signature__en$266 ;
-  reg \$signature__en$270 ;
-  reg \$signature__en$274 ;
-  reg \$signature__en$276 ;
-  reg \$signature__en$278 ;
-  reg \$signature__en$280 ;
-  reg \$signature__en$282 ;
-  reg \$signature__en$284 ;
+  reg \$signature__en$269 ;
+  reg \$signature__en$272 ;
+  reg \$signature__en$275 ;
+  reg \$signature__en$279 ;
   reg \$signature__en$286 ;
-  wire \$signature__en$85 ;
+  reg \$signature__en$288 ;
+  reg \$signature__en$290 ;
+  reg \$signature__en$292 ;
+  reg \$signature__en$294 ;
+  reg \$signature__en$296 ;
+  reg \$signature__en$298 ;
+  reg \$signature__en$305 ;
+  reg \$signature__en$309 ;
+  reg \$signature__en$312 ;
+  reg \$signature__en$315 ;
+  reg \$signature__en$318 ;
+  reg \$signature__en$321 ;
+  reg \$signature__en$324 ;
+  reg \$signature__en$327 ;
+  reg \$signature__en$330 ;
+  reg \$signature__en$332 ;
+  reg \$signature__en$334 ;
+  reg \$signature__en$336 ;
+  reg \$signature__en$338 ;
+  reg \$signature__en$340 ;
+  reg \$signature__en$342 ;
+  reg \$signature__en$344 ;
+  wire \$signature__en$88 ;
   reg [63:0] a__payload;
-  reg [72:0] \a__payload$288 ;
-  wire [71:0] \a__payload$288.data ;
-  wire [8:0] \a__payload$288.data[0] ;
-  wire [8:0] \a__payload$288.data[1] ;
-  wire [8:0] \a__payload$288.data[2] ;
-  wire [8:0] \a__payload$288.data[3] ;
-  wire [8:0] \a__payload$288.data[4] ;
-  wire [8:0] \a__payload$288.data[5] ;
-  wire [8:0] \a__payload$288.data[6] ;
-  wire [8:0] \a__payload$288.data[7] ;
-  wire \a__payload$288.last ;
+  reg [72:0] \a__payload$345 ;
+  wire [71:0] \a__payload$345.data ;
+  wire [8:0] \a__payload$345.data[0] ;
+  wire [8:0] \a__payload$345.data[1] ;
+  wire [8:0] \a__payload$345.data[2] ;
+  wire [8:0] \a__payload$345.data[3] ;
+  wire [8:0] \a__payload$345.data[4] ;
+  wire [8:0] \a__payload$345.data[5] ;
+  wire [8:0] \a__payload$345.data[6] ;
+  wire [8:0] \a__payload$345.data[7] ;
+  wire \a__payload$345.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$236 ;
+  wire \a__ready$245 ;
   reg a__valid;
-  reg \a__valid$235 ;
+  reg \a__valid$244 ;
   reg a_filled0 = 1'h0;
   reg a_filled1 = 1'h0;
   reg a_last = 1'h0;
+  wire add_sel;
   wire [21:0] addr;
-  wire [21:0] \addr$84 ;
-  wire [21:0] \addr$92 ;
+  wire [21:0] \addr$87 ;
+  wire [21:0] \addr$95 ;
   output [36:0] ar__payload;
   wire [36:0] ar__payload;
   wire [36:0] \ar__payload$1 ;
@@ -1563,28 +2016,19 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  reg [63:0] \b__payload$211 ;
-  wire [15:0] \b__payload$211[0] ;
-  wire [15:0] \b__payload$211[1] ;
-  wire [15:0] \b__payload$211[2] ;
-  wire [15:0] \b__payload$211[3] ;
+  reg [63:0] \b__payload$220 ;
+  wire [15:0] \b__payload$220[0] ;
+  wire [15:0] \b__payload$220[1] ;
+  wire [15:0] \b__payload$220[2] ;
+  wire [15:0] \b__payload$220[3] ;
   wire \b__payload.err ;
   wire b__ready;
-  wire \b__ready$205 ;
   wire \b__ready$21 ;
+  wire \b__ready$214 ;
   input b__valid;
   wire b__valid;
-  reg \b__valid$203 ;
+  reg \b__valid$212 ;
   wire \b__valid$23 ;
-  reg b_full = 1'h0;
-  reg [7:0] b_lane0 = 8'h00;
-  reg [7:0] b_lane1 = 8'h00;
-  reg [7:0] b_lane2 = 8'h00;
-  reg [7:0] b_lane3 = 8'h00;
-  reg [7:0] b_lane4 = 8'h00;
-  reg [7:0] b_lane5 = 8'h00;
-  reg [7:0] b_lane6 = 8'h00;
-  reg [7:0] b_lane7 = 8'h00;
   wire [19:0] base;
   wire [19:0] \base$41 ;
   wire [19:0] \base$53 ;
@@ -1596,33 +2040,33 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   output busy;
   reg busy = 1'h0;
   (* init = 1'h0 *)
-  wire \busy$107 ;
+  wire \busy$112 ;
   reg [4:0] c__payload;
-  reg [65:0] \c__payload$158 ;
-  wire [42:0] \c__payload$158.b ;
-  wire [5:0] \c__payload$158.e ;
-  wire \c__payload$158.last ;
-  wire [15:0] \c__payload$158.m ;
-  reg [43:0] \c__payload$161 ;
-  wire [5:0] \c__payload$161.e_a ;
-  wire [5:0] \c__payload$161.e_b ;
-  wire [15:0] \c__payload$161.m_a ;
-  wire [15:0] \c__payload$161.m_b ;
-  reg [52:0] \c__payload$164 ;
-  wire [5:0] \c__payload$164.e ;
-  wire [15:0] \c__payload$164.m ;
-  wire [9:0] \c__payload$164.qb ;
-  wire [14:0] \c__payload$164.qc ;
-  wire [5:0] \c__payload$164.sh ;
+  reg [65:0] \c__payload$163 ;
+  wire [42:0] \c__payload$163.b ;
+  wire [5:0] \c__payload$163.e ;
+  wire \c__payload$163.last ;
+  wire [15:0] \c__payload$163.m ;
+  reg [43:0] \c__payload$166 ;
+  wire [5:0] \c__payload$166.e_a ;
+  wire [5:0] \c__payload$166.e_b ;
+  wire [15:0] \c__payload$166.m_a ;
+  wire [15:0] \c__payload$166.m_b ;
+  reg [52:0] \c__payload$169 ;
+  wire [5:0] \c__payload$169.e ;
+  wire [15:0] \c__payload$169.m ;
+  wire [9:0] \c__payload$169.qb ;
+  wire [14:0] \c__payload$169.qc ;
+  wire [5:0] \c__payload$169.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$160 ;
-  wire \c__ready$163 ;
-  wire \c__ready$166 ;
+  wire \c__ready$165 ;
+  wire \c__ready$168 ;
+  wire \c__ready$171 ;
   reg c__valid;
-  reg \c__valid$159 ;
-  reg \c__valid$162 ;
-  reg \c__valid$165 ;
+  reg \c__valid$164 ;
+  reg \c__valid$167 ;
+  reg \c__valid$170 ;
   reg [2:0] c_lb;
   reg [15:0] ci = 16'h0000;
   wire clear;
@@ -1632,43 +2076,48 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$109 ;
+  wire [47:0] \cycles$114 ;
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
-  wire \done$105 ;
+  wire \done$110 ;
   reg [8:0] elem;
+  reg [15:0] elem_data;
+  reg elem_final;
+  reg elem_take;
+  reg elem_valid;
   wire err;
   output [3:0] error;
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
-  wire [3:0] \error$103 ;
+  wire [3:0] \error$108 ;
   wire [31:0] ext_base;
   reg [3:0] fault;
   reg [31:0] feed_blocks = 32'd0;
+  reg [15:0] feed_mt = 16'h0000;
+  reg [31:0] feed_ntk = 32'd0;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$330 ;
-  wire \final$333 ;
+  wire \final$388 ;
+  wire \final$391 ;
   reg [15:0] fnt = 16'h0000;
-  reg full = 1'h0;
   reg [16:0] i__payload;
-  reg [15:0] \i__payload$184 ;
-  reg [31:0] \i__payload$221 ;
-  wire [7:0] \i__payload$221[0] ;
-  wire [7:0] \i__payload$221[1] ;
-  wire [7:0] \i__payload$221[2] ;
-  wire [7:0] \i__payload$221[3] ;
+  reg [15:0] \i__payload$189 ;
+  reg [31:0] \i__payload$230 ;
+  wire [7:0] \i__payload$230[0] ;
+  wire [7:0] \i__payload$230[1] ;
+  wire [7:0] \i__payload$230[2] ;
+  wire [7:0] \i__payload$230[3] ;
   wire [15:0] \i__payload.data ;
   wire \i__payload.last ;
   wire i__ready;
-  wire \i__ready$185 ;
-  wire \i__ready$220 ;
+  wire \i__ready$190 ;
+  wire \i__ready$229 ;
   reg i__valid;
-  reg \i__valid$183 ;
-  reg \i__valid$219 ;
+  reg \i__valid$188 ;
+  reg \i__valid$228 ;
   wire idle;
-  wire \idle$342 ;
+  wire \idle$400 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -1683,7 +2132,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire [15:0] index__4;
   reg [511:0] ins = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
   wire [4:0] \ins.a_bits ;
-  wire [13:0] \ins.cnt ;
+  wire [11:0] \ins.cnt ;
   wire [19:0] \ins.dst ;
   wire [17:0] \ins.dst_s0 ;
   wire [17:0] \ins.dst_s1 ;
@@ -1700,6 +2149,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire [15:0] \ins.n3 ;
   wire [15:0] \ins.n4 ;
   wire [5:0] \ins.opcode ;
+  wire [1:0] \ins.post ;
   wire [19:0] \ins.src0 ;
   wire [17:0] \ins.src0_s0 ;
   wire [17:0] \ins.src0_s1 ;
@@ -1716,16 +2166,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire [4:0] \ins.w_bits ;
   wire is_gemm;
   wire is_move;
-  reg [2:0] j = 3'h0;
-  reg [2:0] jo = 3'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$334 ;
+  wire \last__3$392 ;
   wire last__4;
-  wire \last__4$329 ;
-  wire \last__4$332 ;
+  wire \last__4$387 ;
+  wire \last__4$390 ;
   wire [2:0] level;
-  wire [2:0] \level$81 ;
+  wire [2:0] \level$84 ;
   reg [15:0] lk = 16'h0000;
   reg load;
   wire \load$40 ;
@@ -1747,42 +2195,42 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [15:0] \n__4$50 ;
   reg [15:0] \n__4$62 ;
   reg next;
-  wire \next$86 ;
-  reg \next$98 ;
+  reg \next$101 ;
+  wire \next$89 ;
   reg [15:0] nt = 16'h0000;
   wire [8:0] o__payload;
-  wire [7:0] \o__payload$187 ;
-  wire [63:0] \o__payload$198 ;
-  wire [15:0] \o__payload$198[0] ;
-  wire [15:0] \o__payload$198[1] ;
-  wire [15:0] \o__payload$198[2] ;
-  wire [15:0] \o__payload$198[3] ;
-  wire [31:0] \o__payload$218 ;
-  wire [7:0] \o__payload$218[0] ;
-  wire [7:0] \o__payload$218[1] ;
-  wire [7:0] \o__payload$218[2] ;
-  wire [7:0] \o__payload$218[3] ;
-  wire [255:0] \o__payload$317 ;
-  wire [31:0] \o__payload$317[0] ;
-  wire [31:0] \o__payload$317[1] ;
-  wire [31:0] \o__payload$317[2] ;
-  wire [31:0] \o__payload$317[3] ;
-  wire [31:0] \o__payload$317[4] ;
-  wire [31:0] \o__payload$317[5] ;
-  wire [31:0] \o__payload$317[6] ;
-  wire [31:0] \o__payload$317[7] ;
+  wire [7:0] \o__payload$192 ;
+  wire [63:0] \o__payload$207 ;
+  wire [15:0] \o__payload$207[0] ;
+  wire [15:0] \o__payload$207[1] ;
+  wire [15:0] \o__payload$207[2] ;
+  wire [15:0] \o__payload$207[3] ;
+  wire [31:0] \o__payload$227 ;
+  wire [7:0] \o__payload$227[0] ;
+  wire [7:0] \o__payload$227[1] ;
+  wire [7:0] \o__payload$227[2] ;
+  wire [7:0] \o__payload$227[3] ;
+  wire [255:0] \o__payload$374 ;
+  wire [31:0] \o__payload$374[0] ;
+  wire [31:0] \o__payload$374[1] ;
+  wire [31:0] \o__payload$374[2] ;
+  wire [31:0] \o__payload$374[3] ;
+  wire [31:0] \o__payload$374[4] ;
+  wire [31:0] \o__payload$374[5] ;
+  wire [31:0] \o__payload$374[6] ;
+  wire [31:0] \o__payload$374[7] ;
   wire [7:0] \o__payload.data ;
   wire \o__payload.last ;
   reg o__ready;
-  reg \o__ready$188 ;
-  reg \o__ready$195 ;
-  reg \o__ready$217 ;
-  reg \o__ready$322 ;
+  reg \o__ready$193 ;
+  reg \o__ready$204 ;
+  reg \o__ready$226 ;
+  reg \o__ready$379 ;
   wire o__valid;
-  wire \o__valid$186 ;
-  wire \o__valid$194 ;
-  wire \o__valid$216 ;
-  wire \o__valid$318 ;
+  wire \o__valid$191 ;
+  wire \o__valid$203 ;
+  wire \o__valid$225 ;
+  wire \o__valid$375 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -1880,6 +2328,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire [5:0] \p__payload.out_bits ;
   wire p__ready;
   reg p__valid;
+  wire [31:0] p_bytes;
   reg [15:0] pack_a0 = 16'h0000;
   reg [15:0] pack_a1 = 16'h0000;
   reg [15:0] pack_a2 = 16'h0000;
@@ -1888,10 +2337,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [15:0] pack_b1 = 16'h0000;
   reg [15:0] pack_b2 = 16'h0000;
   reg [15:0] pack_b3 = 16'h0000;
+  reg pack_full = 1'h0;
+  reg [2:0] pack_j = 3'h0;
+  reg [2:0] pack_jo = 3'h0;
   output [31:0] pc;
   reg [31:0] pc = 32'd0;
   (* init = 32'd0 *)
   wire [31:0] \pc$25 ;
+  reg [2:0] post_col = 3'h0;
   input [31:0] prog;
   wire [31:0] prog;
   input [64:0] r__payload;
@@ -1908,22 +2361,22 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire r__valid;
   wire \r__valid$11 ;
   wire [18:0] r_data;
-  wire [18:0] \r_data$344 ;
+  wire [18:0] \r_data$300 ;
   reg r_en;
-  reg \r_en$192 ;
+  reg \r_en$201 ;
   wire r_rdy;
-  wire \r_rdy$191 ;
+  wire \r_rdy$200 ;
   reg [34:0] req__payload;
-  reg [98:0] \req__payload$175 ;
-  wire [31:0] \req__payload$175.addr ;
-  wire [63:0] \req__payload$175.data ;
-  wire [2:0] \req__payload$175.lb ;
+  reg [98:0] \req__payload$180 ;
+  wire [31:0] \req__payload$180.addr ;
+  wire [63:0] \req__payload$180.data ;
+  wire [2:0] \req__payload$180.lb ;
   wire [31:0] \req__payload.addr ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$176 ;
+  wire \req__ready$181 ;
   reg req__valid;
-  reg \req__valid$174 ;
+  reg \req__valid$179 ;
   reg [15:0] rk = 16'h0000;
   input rst;
   wire rst;
@@ -1969,8 +2422,8 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [15:0] unpack2;
   reg [15:0] unpack3;
   wire valid;
-  wire \valid$80 ;
-  wire \valid$97 ;
+  wire \valid$100 ;
+  wire \valid$83 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
   wire [7:0] \w__payload[1] ;
@@ -1982,11 +2435,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire [7:0] \w__payload[7] ;
   reg w__valid;
   wire [18:0] w_data;
-  wire [18:0] \w_data$88 ;
+  wire [18:0] \w_data$91 ;
   (* init = 1'h0 *)
   wire w_en;
   (* init = 1'h0 *)
-  wire \w_en$87 ;
+  wire \w_en$90 ;
+  reg w_feed_half = 1'h0;
+  reg w_filled0 = 1'h0;
+  reg w_filled1 = 1'h0;
   reg w_full = 1'h0;
   reg [7:0] w_lane0 = 8'h00;
   reg [7:0] w_lane1 = 8'h00;
@@ -1997,8 +2453,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [7:0] w_lane6 = 8'h00;
   reg [7:0] w_lane7 = 8'h00;
   reg [2:0] w_lb;
+  reg [9:0] w_load_addr = 10'h000;
+  reg w_load_half = 1'h0;
+  reg [15:0] w_load_k = 16'h0000;
+  reg [3:0] w_load_lane = 4'h0;
+  reg [15:0] w_load_nt = 16'h0000;
   reg [31:0] w_row = 32'd0;
   reg want_w = 1'h0;
+  reg [7:0] welem;
   reg [13:0] wr__addr;
   reg [15:0] wr__data;
   reg wr__en;
@@ -2518,16 +2980,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$244 )
-      a_cache0[\$signature__addr$241 ] <= \$signature__data$243 ;
+    if (\$signature__en$253 )
+      a_cache0[\$signature__addr$250 ] <= \$signature__data$252 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$270 ) begin
-      _0_ <= a_cache0[\$signature__addr$267 ];
+    if (\$signature__en$279 ) begin
+      _0_ <= a_cache0[\$signature__addr$276 ];
     end
   end
-  assign \$signature__data$291  = _0_;
+  assign \$signature__data$348  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -3044,16 +3506,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$248 )
-      a_cache1[\$signature__addr$246 ] <= \$signature__data$247 ;
+    if (\$signature__en$257 )
+      a_cache1[\$signature__addr$255 ] <= \$signature__data$256 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$274 ) begin
-      _1_ <= a_cache1[\$signature__addr$273 ];
+    if (\$signature__en$286 ) begin
+      _1_ <= a_cache1[\$signature__addr$285 ];
     end
   end
-  assign \$signature__data$292  = _1_;
+  assign \$signature__data$349  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -3570,16 +4032,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$251 )
-      a_cache2[\$signature__addr$249 ] <= \$signature__data$250 ;
+    if (\$signature__en$260 )
+      a_cache2[\$signature__addr$258 ] <= \$signature__data$259 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$276 ) begin
-      _2_ <= a_cache2[\$signature__addr$275 ];
+    if (\$signature__en$288 ) begin
+      _2_ <= a_cache2[\$signature__addr$287 ];
     end
   end
-  assign \$signature__data$293  = _2_;
+  assign \$signature__data$350  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -4096,16 +4558,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$254 )
-      a_cache3[\$signature__addr$252 ] <= \$signature__data$253 ;
+    if (\$signature__en$263 )
+      a_cache3[\$signature__addr$261 ] <= \$signature__data$262 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$278 ) begin
-      _3_ <= a_cache3[\$signature__addr$277 ];
+    if (\$signature__en$290 ) begin
+      _3_ <= a_cache3[\$signature__addr$289 ];
     end
   end
-  assign \$signature__data$294  = _3_;
+  assign \$signature__data$351  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -4622,16 +5084,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$257 )
-      a_cache4[\$signature__addr$255 ] <= \$signature__data$256 ;
+    if (\$signature__en$266 )
+      a_cache4[\$signature__addr$264 ] <= \$signature__data$265 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$280 ) begin
-      _4_ <= a_cache4[\$signature__addr$279 ];
+    if (\$signature__en$292 ) begin
+      _4_ <= a_cache4[\$signature__addr$291 ];
     end
   end
-  assign \$signature__data$295  = _4_;
+  assign \$signature__data$352  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -5148,16 +5610,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$260 )
-      a_cache5[\$signature__addr$258 ] <= \$signature__data$259 ;
+    if (\$signature__en$269 )
+      a_cache5[\$signature__addr$267 ] <= \$signature__data$268 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$282 ) begin
-      _5_ <= a_cache5[\$signature__addr$281 ];
+    if (\$signature__en$294 ) begin
+      _5_ <= a_cache5[\$signature__addr$293 ];
     end
   end
-  assign \$signature__data$296  = _5_;
+  assign \$signature__data$353  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -5674,16 +6136,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$263 )
-      a_cache6[\$signature__addr$261 ] <= \$signature__data$262 ;
+    if (\$signature__en$272 )
+      a_cache6[\$signature__addr$270 ] <= \$signature__data$271 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$284 ) begin
-      _6_ <= a_cache6[\$signature__addr$283 ];
+    if (\$signature__en$296 ) begin
+      _6_ <= a_cache6[\$signature__addr$295 ];
     end
   end
-  assign \$signature__data$297  = _6_;
+  assign \$signature__data$354  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -6200,16 +6662,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$266 )
-      a_cache7[\$signature__addr$264 ] <= \$signature__data$265 ;
+    if (\$signature__en$275 )
+      a_cache7[\$signature__addr$273 ] <= \$signature__data$274 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$286 ) begin
-      _7_ <= a_cache7[\$signature__addr$285 ];
+    if (\$signature__en$298 ) begin
+      _7_ <= a_cache7[\$signature__addr$297 ];
     end
   end
-  assign \$signature__data$298  = _7_;
+  assign \$signature__data$355  = _7_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -22605,709 +23067,5282 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [15:0] _9_;
   always @(posedge clk) begin
     if (src1_issue) begin
-      _8_ <= buffer[\addr$84 [13:0]];
+      _8_ <= buffer[\addr$87 [13:0]];
     end
     if (src0_issue) begin
       _9_ <= buffer[addr[13:0]];
     end
   end
-  assign \$signature__data$89  = _8_;
+  assign \$signature__data$92  = _8_;
   assign \$signature__data  = _9_;
-  assign \$361  = src1_issue & \$360 ;
-  assign \$362  = \last__3$334  & \last__4$332 ;
-  assign \$363  = cycles + 1'h1;
-  assign \$365  = \$364  + 1'h1;
-  assign \$366  = | images;
-  assign \$367  = \$366  ? images : 16'h0001;
-  assign \$368  = ~ fetch_sent;
-  assign \$369  = req__ready & \$368 ;
-  assign \$370  = ins[5:0] == 1'h1;
-  assign \$371  = images_left > 1'h1;
-  assign \$372  = \$370  & \$371 ;
-  assign \$373  = ins[5:0] == 1'h1;
-  assign \$374  = | ins[39:24];
-  assign \$375  = ~ \$374 ;
-  assign \$376  = | ins[55:40];
-  assign \$377  = ~ \$376 ;
-  assign \$378  = | ins[71:56];
-  assign \$379  = ~ \$378 ;
-  assign \$380  = | ins[87:72];
-  assign \$381  = ~ \$380 ;
-  assign \$382  = | ins[103:88];
-  assign \$383  = ~ \$382 ;
-  assign \$384  = | { \$383 , \$381 , \$379 , \$377 , \$375  };
-  assign \$385  = ins[5:0] == 2'h2;
-  assign \$386  = is_move | \$385 ;
-  assign \$387  = ins[5:0] == 2'h3;
-  assign \$388  = \$386  | \$387 ;
-  assign \$389  = \$388  | is_gemm;
-  assign \$390  = images_left - 1'h1;
-  assign \$391  = offset + \$signal$337 ;
-  assign \$392  = req__valid & req__ready;
-  assign \$393  = ci + 1'h1;
-  assign \$394  = beat__valid & beat__ready;
-  assign \$395  = cr + 1'h1;
-  assign \$396  = cr + 1'h1;
-  assign \$397  = \$396  == ins[511:498];
-  assign \$398  = | ins[511:498];
-  assign \$399  = ~ \$398 ;
-  assign \$400  = ~ \valid$97 ;
-  assign \$401  = \$400  & idle;
-  assign \$402  = | fault;
-  assign \$403  = ~ \$402 ;
-  assign \$404  = \$401  & \$403 ;
-  assign \$405  = pc + 7'h40;
-  assign \$406  = $signed(addr) < $signed(1'h0);
-  assign \$407  = $signed(addr) >= $signed(16'h4000);
-  assign \$408  = \$406  | \$407 ;
-  assign \$409  = valid & \$408 ;
-  assign \$410  = ins[5:0] == 2'h2;
-  assign \$411  = ~ \$410 ;
-  assign \$412  = \$409  & \$411 ;
-  assign \$413  = ~ is_gemm;
-  assign \$414  = \$412  & \$413 ;
-  assign \$415  = $signed(\addr$84 ) < $signed(1'h0);
-  assign \$416  = $signed(\addr$84 ) >= $signed(16'h4000);
-  assign \$417  = \$415  | \$416 ;
-  assign \$418  = \valid$80  & \$417 ;
-  assign \$419  = ins[5:0] == 4'h9;
-  assign \$420  = \$418  & \$419 ;
-  assign \$421  = $signed(\addr$92 ) < $signed(1'h0);
-  assign \$422  = $signed(\addr$92 ) >= $signed(16'h4000);
-  assign \$423  = \$421  | \$422 ;
-  assign \$424  = \valid$97  & \$423 ;
-  assign \$425  = ins[5:0] == 2'h3;
-  assign \$426  = ~ \$425 ;
-  assign \$427  = \$424  & \$426 ;
-  assign \$428  = ~ is_gemm;
-  assign \$429  = \$427  & \$428 ;
-  assign \$430  = | fault;
-  assign \$431  = \idle$342  & idle;
-  assign \$432  = ins[5:0] == 2'h2;
-  assign \$433  = ins[5:0] == 2'h3;
-  assign \$434  = ins[5:0] == 3'h6;
-  assign \$435  = ins[5:0] == 4'h8;
-  assign \$436  = full & in_ready;
-  assign \$437  = ~ full;
-  assign \$438  = \$437  | in_ready;
-  assign \$439  = \$438  & r_rdy;
-  assign \$440  = ins[5:0] == 4'h9;
-  assign \$441  = ~ \$440 ;
-  assign \$442  = \r_rdy$191  | \$441 ;
-  assign \$443  = \$439  & \$442 ;
-  assign \$444  = j == 2'h3;
-  assign \$445  = \$444  | r_data[17];
-  assign \$446  = j + 1'h1;
-  assign \$447  = \$signal$193  & \valid$97 ;
-  assign \$448  = jo == 2'h3;
-  assign \$449  = \$448  | \final ;
-  assign \$450  = jo + 1'h1;
-  assign \$451  = ins[55:40] + 4'h8;
-  assign \$452  = \$451  - 1'h1;
-  assign \$454  = $signed({ 1'h0, ins[39:24] }) * $signed(\$453 );
-  assign \$455  = ins[71:56] + 4'h8;
-  assign \$456  = \$455  - 1'h1;
-  assign \$458  = $signed(\$454 ) * $signed(\$457 );
-  assign \$459  = streaming & is_gemm;
-  assign \$460  = req__valid & req__ready;
-  assign \$461  = ~ want_w;
-  assign \$462  = ins[5:0] == 3'h4;
-  assign \$463  = \$461  & \$462 ;
-  assign \$464  = ins[5:0] == 3'h4;
-  assign \$465  = ~ \$464 ;
-  assign \$466  = ins[87:72] - 1'h1;
-  assign \$467  = k == \$466 ;
-  assign \$468  = want_w & \$467 ;
-  assign \$469  = \$465  | \$468 ;
-  assign \$470  = ~ \$469 ;
-  assign \$471  = want_w & \$470 ;
-  assign \$472  = k + 1'h1;
-  assign \$473  = ins[5:0] == 3'h4;
-  assign \$474  = ~ \$473 ;
-  assign \$475  = ins[87:72] - 1'h1;
-  assign \$476  = k == \$475 ;
-  assign \$477  = want_w & \$476 ;
-  assign \$478  = \$474  | \$477 ;
-  assign \$479  = tiles - 1'h1;
-  assign \$480  = ins[71:56] + 4'h8;
-  assign \$481  = \$480  - 1'h1;
-  assign \$483  = $signed(\$482 ) - $signed(2'h1);
-  assign \$484  = nt == \$483 ;
-  assign \$485  = nt + 1'h1;
-  assign \$486  = w_row + ins[87:72];
-  assign \$487  = streaming & is_gemm;
-  assign \$488  = \a__valid$235  & \a__ready$236 ;
-  assign \$489  = beat__valid & beat__ready;
-  assign \$490  = ins[5:0] == 3'h4;
-  assign \$491  = \$489  & \$490 ;
-  assign \$492  = rk == ins[87:72];
-  assign \$493  = rk + 1'h1;
-  assign \$494  = \$492  ? 17'h00000 : \$493 ;
-  assign \$495  = ins[5:0] == 3'h4;
-  assign \$496  = ~ \$495 ;
-  assign \$497  = | rk;
-  assign \$498  = ~ \$497 ;
-  assign \$499  = \$496  | \$498 ;
-  assign \$500  = ~ \$499 ;
-  assign \$501  = ins[55:40] + 4'h8;
-  assign \$502  = \$501  - 1'h1;
-  assign \$504  = $signed({ 1'h0, ins[39:24] }) * $signed(\$503 );
-  assign \$505  = streaming & is_gemm;
-  assign \$507  = ~ \$506 ;
-  assign \$508  = r_rdy & \$507 ;
-  assign \$509  = ins[87:72] - 1'h1;
-  assign \$510  = lk == \$509 ;
-  assign \$511  = \$signal$245  + 1'h1;
-  assign \$512  = \$signal$245  == 3'h7;
-  assign \$513  = ~ \$signal$238 ;
-  assign \$514  = lk + 1'h1;
-  assign \$515  = \a__valid$235  & \a__ready$236 ;
-  assign \$517  = ~ \$signal$271 ;
-  assign \$518  = \a__valid$235  & \a__ready$236 ;
-  assign \$519  = \$517  | \$518 ;
-  assign \$520  = \$516  & \$519 ;
-  assign \$521  = | feed_blocks;
-  assign \$522  = \$520  & \$521 ;
-  assign \$523  = ins[87:72] - 1'h1;
-  assign \$524  = \$signal$269  == \$523 ;
-  assign \$525  = ins[87:72] - 1'h1;
-  assign \$526  = \$signal$269  == \$525 ;
-  assign \$527  = ins[71:56] + 4'h8;
-  assign \$528  = \$527  - 1'h1;
-  assign \$530  = $signed(\$529 ) - $signed(2'h1);
-  assign \$531  = fnt == \$530 ;
-  assign \$532  = ~ \$signal$268 ;
-  assign \$533  = feed_blocks - 1'h1;
-  assign \$534  = fnt + 1'h1;
-  assign \$535  = \$signal$269  + 1'h1;
-  assign \$536  = \a__valid$235  & \a__ready$236 ;
-  assign \$537  = ~ b_full;
-  assign \$538  = \a__valid$235  & \a__ready$236 ;
-  assign \$539  = \$537  | \$538 ;
-  assign \$540  = \$539  & \r_rdy$191 ;
-  assign \$541  = ins[5:0] == 3'h4;
-  assign \$542  = ~ \$541 ;
-  assign \$543  = \$540  & \$542 ;
-  assign \$551  = \$signal$346  == 3'h7;
-  assign \$552  = \$signal$346  + 1'h1;
-  always @(posedge clk)
-    src0_inflight <= \$553 ;
-  always @(posedge clk)
-    src0_meta <= \$554 ;
-  always @(posedge clk)
-    src1_inflight <= \$555 ;
-  always @(posedge clk)
-    src1_meta <= \$556 ;
-  always @(posedge clk)
-    cycles <= \$557 ;
-  always @(posedge clk)
-    op_cycles__0 <= \$558 ;
-  always @(posedge clk)
-    op_cycles__1 <= \$559 ;
-  always @(posedge clk)
-    op_cycles__2 <= \$560 ;
-  always @(posedge clk)
-    op_cycles__3 <= \$561 ;
-  always @(posedge clk)
-    op_cycles__4 <= \$562 ;
-  always @(posedge clk)
-    op_cycles__5 <= \$563 ;
-  always @(posedge clk)
-    op_cycles__6 <= \$564 ;
-  always @(posedge clk)
-    op_cycles__7 <= \$565 ;
-  always @(posedge clk)
-    op_cycles__8 <= \$566 ;
-  always @(posedge clk)
-    op_cycles__9 <= \$567 ;
-  always @(posedge clk)
-    op_cycles__10 <= \$568 ;
-  always @(posedge clk)
-    op_cycles__11 <= \$569 ;
-  always @(posedge clk)
-    op_cycles__12 <= \$570 ;
-  always @(posedge clk)
-    op_cycles__13 <= \$571 ;
-  always @(posedge clk)
-    op_cycles__14 <= \$572 ;
-  always @(posedge clk)
-    op_cycles__15 <= \$573 ;
-  always @(posedge clk)
-    pc <= \$574 ;
-  always @(posedge clk)
-    busy <= \$575 ;
-  always @(posedge clk)
-    done <= \$576 ;
-  always @(posedge clk)
-    error <= \$577 ;
-  always @(posedge clk)
-    fetch_sent <= \$578 ;
-  always @(posedge clk)
-    \$signal$336  <= \$579 ;
-  always @(posedge clk)
-    \$signal$337  <= \$580 ;
-  always @(posedge clk)
-    images_left <= \$581 ;
-  always @(posedge clk)
-    offset <= \$582 ;
-  always @(posedge clk)
-    seq_state <= \$583 ;
-  always @(posedge clk)
-    ins <= \$584 ;
-  always @(posedge clk)
-    ci <= \$585 ;
-  always @(posedge clk)
-    cr <= \$586 ;
-  always @(posedge clk)
-    full <= \$587 ;
-  always @(posedge clk)
-    pack_a0 <= \$588 ;
-  always @(posedge clk)
-    pack_a1 <= \$589 ;
-  always @(posedge clk)
-    pack_a2 <= \$590 ;
-  always @(posedge clk)
-    pack_a3 <= \$591 ;
-  always @(posedge clk)
-    pack_b0 <= \$592 ;
-  always @(posedge clk)
-    pack_b1 <= \$593 ;
-  always @(posedge clk)
-    pack_b2 <= \$594 ;
-  always @(posedge clk)
-    pack_b3 <= \$595 ;
-  always @(posedge clk)
-    j <= \$596 ;
-  always @(posedge clk)
-    jo <= \$597 ;
-  always @(posedge clk)
-    tiles <= \$598 ;
-  always @(posedge clk)
-    nt <= \$599 ;
-  always @(posedge clk)
-    k <= \$600 ;
-  always @(posedge clk)
-    w_row <= \$601 ;
-  always @(posedge clk)
-    want_w <= \$602 ;
-  always @(posedge clk)
-    rk <= \$603 ;
-  always @(posedge clk)
-    w_full <= \$604 ;
-  always @(posedge clk)
-    w_lane0 <= \$605 ;
-  always @(posedge clk)
-    w_lane1 <= \$606 ;
-  always @(posedge clk)
-    w_lane2 <= \$607 ;
-  always @(posedge clk)
-    w_lane3 <= \$608 ;
-  always @(posedge clk)
-    w_lane4 <= \$609 ;
-  always @(posedge clk)
-    w_lane5 <= \$610 ;
-  always @(posedge clk)
-    w_lane6 <= \$611 ;
-  always @(posedge clk)
-    w_lane7 <= \$612 ;
-  always @(posedge clk)
-    a_filled0 <= \$613 ;
-  always @(posedge clk)
-    a_filled1 <= \$614 ;
-  always @(posedge clk)
-    \$signal$238  <= \$615 ;
-  always @(posedge clk)
-    \$signal$245  <= \$616 ;
-  always @(posedge clk)
-    lk <= \$617 ;
-  always @(posedge clk)
-    \$signal$268  <= \$618 ;
-  always @(posedge clk)
-    \$signal$269  <= \$619 ;
-  always @(posedge clk)
-    fnt <= \$620 ;
-  always @(posedge clk)
-    feed_blocks <= \$621 ;
-  always @(posedge clk)
-    \$signal$271  <= \$622 ;
-  always @(posedge clk)
-    a_last <= \$623 ;
-  always @(posedge clk)
-    b_full <= \$624 ;
-  always @(posedge clk)
-    b_lane0 <= \$625 ;
-  always @(posedge clk)
-    b_lane1 <= \$626 ;
-  always @(posedge clk)
-    b_lane2 <= \$627 ;
-  always @(posedge clk)
-    b_lane3 <= \$628 ;
-  always @(posedge clk)
-    b_lane4 <= \$629 ;
-  always @(posedge clk)
-    b_lane5 <= \$630 ;
-  always @(posedge clk)
-    b_lane6 <= \$631 ;
-  always @(posedge clk)
-    b_lane7 <= \$632 ;
-  always @(posedge clk)
-    \$signal$346  <= \$633 ;
+  reg [7:0] w_cache0 [511:0];
+  initial begin
+    w_cache0[0] = 8'h00;
+    w_cache0[1] = 8'h00;
+    w_cache0[2] = 8'h00;
+    w_cache0[3] = 8'h00;
+    w_cache0[4] = 8'h00;
+    w_cache0[5] = 8'h00;
+    w_cache0[6] = 8'h00;
+    w_cache0[7] = 8'h00;
+    w_cache0[8] = 8'h00;
+    w_cache0[9] = 8'h00;
+    w_cache0[10] = 8'h00;
+    w_cache0[11] = 8'h00;
+    w_cache0[12] = 8'h00;
+    w_cache0[13] = 8'h00;
+    w_cache0[14] = 8'h00;
+    w_cache0[15] = 8'h00;
+    w_cache0[16] = 8'h00;
+    w_cache0[17] = 8'h00;
+    w_cache0[18] = 8'h00;
+    w_cache0[19] = 8'h00;
+    w_cache0[20] = 8'h00;
+    w_cache0[21] = 8'h00;
+    w_cache0[22] = 8'h00;
+    w_cache0[23] = 8'h00;
+    w_cache0[24] = 8'h00;
+    w_cache0[25] = 8'h00;
+    w_cache0[26] = 8'h00;
+    w_cache0[27] = 8'h00;
+    w_cache0[28] = 8'h00;
+    w_cache0[29] = 8'h00;
+    w_cache0[30] = 8'h00;
+    w_cache0[31] = 8'h00;
+    w_cache0[32] = 8'h00;
+    w_cache0[33] = 8'h00;
+    w_cache0[34] = 8'h00;
+    w_cache0[35] = 8'h00;
+    w_cache0[36] = 8'h00;
+    w_cache0[37] = 8'h00;
+    w_cache0[38] = 8'h00;
+    w_cache0[39] = 8'h00;
+    w_cache0[40] = 8'h00;
+    w_cache0[41] = 8'h00;
+    w_cache0[42] = 8'h00;
+    w_cache0[43] = 8'h00;
+    w_cache0[44] = 8'h00;
+    w_cache0[45] = 8'h00;
+    w_cache0[46] = 8'h00;
+    w_cache0[47] = 8'h00;
+    w_cache0[48] = 8'h00;
+    w_cache0[49] = 8'h00;
+    w_cache0[50] = 8'h00;
+    w_cache0[51] = 8'h00;
+    w_cache0[52] = 8'h00;
+    w_cache0[53] = 8'h00;
+    w_cache0[54] = 8'h00;
+    w_cache0[55] = 8'h00;
+    w_cache0[56] = 8'h00;
+    w_cache0[57] = 8'h00;
+    w_cache0[58] = 8'h00;
+    w_cache0[59] = 8'h00;
+    w_cache0[60] = 8'h00;
+    w_cache0[61] = 8'h00;
+    w_cache0[62] = 8'h00;
+    w_cache0[63] = 8'h00;
+    w_cache0[64] = 8'h00;
+    w_cache0[65] = 8'h00;
+    w_cache0[66] = 8'h00;
+    w_cache0[67] = 8'h00;
+    w_cache0[68] = 8'h00;
+    w_cache0[69] = 8'h00;
+    w_cache0[70] = 8'h00;
+    w_cache0[71] = 8'h00;
+    w_cache0[72] = 8'h00;
+    w_cache0[73] = 8'h00;
+    w_cache0[74] = 8'h00;
+    w_cache0[75] = 8'h00;
+    w_cache0[76] = 8'h00;
+    w_cache0[77] = 8'h00;
+    w_cache0[78] = 8'h00;
+    w_cache0[79] = 8'h00;
+    w_cache0[80] = 8'h00;
+    w_cache0[81] = 8'h00;
+    w_cache0[82] = 8'h00;
+    w_cache0[83] = 8'h00;
+    w_cache0[84] = 8'h00;
+    w_cache0[85] = 8'h00;
+    w_cache0[86] = 8'h00;
+    w_cache0[87] = 8'h00;
+    w_cache0[88] = 8'h00;
+    w_cache0[89] = 8'h00;
+    w_cache0[90] = 8'h00;
+    w_cache0[91] = 8'h00;
+    w_cache0[92] = 8'h00;
+    w_cache0[93] = 8'h00;
+    w_cache0[94] = 8'h00;
+    w_cache0[95] = 8'h00;
+    w_cache0[96] = 8'h00;
+    w_cache0[97] = 8'h00;
+    w_cache0[98] = 8'h00;
+    w_cache0[99] = 8'h00;
+    w_cache0[100] = 8'h00;
+    w_cache0[101] = 8'h00;
+    w_cache0[102] = 8'h00;
+    w_cache0[103] = 8'h00;
+    w_cache0[104] = 8'h00;
+    w_cache0[105] = 8'h00;
+    w_cache0[106] = 8'h00;
+    w_cache0[107] = 8'h00;
+    w_cache0[108] = 8'h00;
+    w_cache0[109] = 8'h00;
+    w_cache0[110] = 8'h00;
+    w_cache0[111] = 8'h00;
+    w_cache0[112] = 8'h00;
+    w_cache0[113] = 8'h00;
+    w_cache0[114] = 8'h00;
+    w_cache0[115] = 8'h00;
+    w_cache0[116] = 8'h00;
+    w_cache0[117] = 8'h00;
+    w_cache0[118] = 8'h00;
+    w_cache0[119] = 8'h00;
+    w_cache0[120] = 8'h00;
+    w_cache0[121] = 8'h00;
+    w_cache0[122] = 8'h00;
+    w_cache0[123] = 8'h00;
+    w_cache0[124] = 8'h00;
+    w_cache0[125] = 8'h00;
+    w_cache0[126] = 8'h00;
+    w_cache0[127] = 8'h00;
+    w_cache0[128] = 8'h00;
+    w_cache0[129] = 8'h00;
+    w_cache0[130] = 8'h00;
+    w_cache0[131] = 8'h00;
+    w_cache0[132] = 8'h00;
+    w_cache0[133] = 8'h00;
+    w_cache0[134] = 8'h00;
+    w_cache0[135] = 8'h00;
+    w_cache0[136] = 8'h00;
+    w_cache0[137] = 8'h00;
+    w_cache0[138] = 8'h00;
+    w_cache0[139] = 8'h00;
+    w_cache0[140] = 8'h00;
+    w_cache0[141] = 8'h00;
+    w_cache0[142] = 8'h00;
+    w_cache0[143] = 8'h00;
+    w_cache0[144] = 8'h00;
+    w_cache0[145] = 8'h00;
+    w_cache0[146] = 8'h00;
+    w_cache0[147] = 8'h00;
+    w_cache0[148] = 8'h00;
+    w_cache0[149] = 8'h00;
+    w_cache0[150] = 8'h00;
+    w_cache0[151] = 8'h00;
+    w_cache0[152] = 8'h00;
+    w_cache0[153] = 8'h00;
+    w_cache0[154] = 8'h00;
+    w_cache0[155] = 8'h00;
+    w_cache0[156] = 8'h00;
+    w_cache0[157] = 8'h00;
+    w_cache0[158] = 8'h00;
+    w_cache0[159] = 8'h00;
+    w_cache0[160] = 8'h00;
+    w_cache0[161] = 8'h00;
+    w_cache0[162] = 8'h00;
+    w_cache0[163] = 8'h00;
+    w_cache0[164] = 8'h00;
+    w_cache0[165] = 8'h00;
+    w_cache0[166] = 8'h00;
+    w_cache0[167] = 8'h00;
+    w_cache0[168] = 8'h00;
+    w_cache0[169] = 8'h00;
+    w_cache0[170] = 8'h00;
+    w_cache0[171] = 8'h00;
+    w_cache0[172] = 8'h00;
+    w_cache0[173] = 8'h00;
+    w_cache0[174] = 8'h00;
+    w_cache0[175] = 8'h00;
+    w_cache0[176] = 8'h00;
+    w_cache0[177] = 8'h00;
+    w_cache0[178] = 8'h00;
+    w_cache0[179] = 8'h00;
+    w_cache0[180] = 8'h00;
+    w_cache0[181] = 8'h00;
+    w_cache0[182] = 8'h00;
+    w_cache0[183] = 8'h00;
+    w_cache0[184] = 8'h00;
+    w_cache0[185] = 8'h00;
+    w_cache0[186] = 8'h00;
+    w_cache0[187] = 8'h00;
+    w_cache0[188] = 8'h00;
+    w_cache0[189] = 8'h00;
+    w_cache0[190] = 8'h00;
+    w_cache0[191] = 8'h00;
+    w_cache0[192] = 8'h00;
+    w_cache0[193] = 8'h00;
+    w_cache0[194] = 8'h00;
+    w_cache0[195] = 8'h00;
+    w_cache0[196] = 8'h00;
+    w_cache0[197] = 8'h00;
+    w_cache0[198] = 8'h00;
+    w_cache0[199] = 8'h00;
+    w_cache0[200] = 8'h00;
+    w_cache0[201] = 8'h00;
+    w_cache0[202] = 8'h00;
+    w_cache0[203] = 8'h00;
+    w_cache0[204] = 8'h00;
+    w_cache0[205] = 8'h00;
+    w_cache0[206] = 8'h00;
+    w_cache0[207] = 8'h00;
+    w_cache0[208] = 8'h00;
+    w_cache0[209] = 8'h00;
+    w_cache0[210] = 8'h00;
+    w_cache0[211] = 8'h00;
+    w_cache0[212] = 8'h00;
+    w_cache0[213] = 8'h00;
+    w_cache0[214] = 8'h00;
+    w_cache0[215] = 8'h00;
+    w_cache0[216] = 8'h00;
+    w_cache0[217] = 8'h00;
+    w_cache0[218] = 8'h00;
+    w_cache0[219] = 8'h00;
+    w_cache0[220] = 8'h00;
+    w_cache0[221] = 8'h00;
+    w_cache0[222] = 8'h00;
+    w_cache0[223] = 8'h00;
+    w_cache0[224] = 8'h00;
+    w_cache0[225] = 8'h00;
+    w_cache0[226] = 8'h00;
+    w_cache0[227] = 8'h00;
+    w_cache0[228] = 8'h00;
+    w_cache0[229] = 8'h00;
+    w_cache0[230] = 8'h00;
+    w_cache0[231] = 8'h00;
+    w_cache0[232] = 8'h00;
+    w_cache0[233] = 8'h00;
+    w_cache0[234] = 8'h00;
+    w_cache0[235] = 8'h00;
+    w_cache0[236] = 8'h00;
+    w_cache0[237] = 8'h00;
+    w_cache0[238] = 8'h00;
+    w_cache0[239] = 8'h00;
+    w_cache0[240] = 8'h00;
+    w_cache0[241] = 8'h00;
+    w_cache0[242] = 8'h00;
+    w_cache0[243] = 8'h00;
+    w_cache0[244] = 8'h00;
+    w_cache0[245] = 8'h00;
+    w_cache0[246] = 8'h00;
+    w_cache0[247] = 8'h00;
+    w_cache0[248] = 8'h00;
+    w_cache0[249] = 8'h00;
+    w_cache0[250] = 8'h00;
+    w_cache0[251] = 8'h00;
+    w_cache0[252] = 8'h00;
+    w_cache0[253] = 8'h00;
+    w_cache0[254] = 8'h00;
+    w_cache0[255] = 8'h00;
+    w_cache0[256] = 8'h00;
+    w_cache0[257] = 8'h00;
+    w_cache0[258] = 8'h00;
+    w_cache0[259] = 8'h00;
+    w_cache0[260] = 8'h00;
+    w_cache0[261] = 8'h00;
+    w_cache0[262] = 8'h00;
+    w_cache0[263] = 8'h00;
+    w_cache0[264] = 8'h00;
+    w_cache0[265] = 8'h00;
+    w_cache0[266] = 8'h00;
+    w_cache0[267] = 8'h00;
+    w_cache0[268] = 8'h00;
+    w_cache0[269] = 8'h00;
+    w_cache0[270] = 8'h00;
+    w_cache0[271] = 8'h00;
+    w_cache0[272] = 8'h00;
+    w_cache0[273] = 8'h00;
+    w_cache0[274] = 8'h00;
+    w_cache0[275] = 8'h00;
+    w_cache0[276] = 8'h00;
+    w_cache0[277] = 8'h00;
+    w_cache0[278] = 8'h00;
+    w_cache0[279] = 8'h00;
+    w_cache0[280] = 8'h00;
+    w_cache0[281] = 8'h00;
+    w_cache0[282] = 8'h00;
+    w_cache0[283] = 8'h00;
+    w_cache0[284] = 8'h00;
+    w_cache0[285] = 8'h00;
+    w_cache0[286] = 8'h00;
+    w_cache0[287] = 8'h00;
+    w_cache0[288] = 8'h00;
+    w_cache0[289] = 8'h00;
+    w_cache0[290] = 8'h00;
+    w_cache0[291] = 8'h00;
+    w_cache0[292] = 8'h00;
+    w_cache0[293] = 8'h00;
+    w_cache0[294] = 8'h00;
+    w_cache0[295] = 8'h00;
+    w_cache0[296] = 8'h00;
+    w_cache0[297] = 8'h00;
+    w_cache0[298] = 8'h00;
+    w_cache0[299] = 8'h00;
+    w_cache0[300] = 8'h00;
+    w_cache0[301] = 8'h00;
+    w_cache0[302] = 8'h00;
+    w_cache0[303] = 8'h00;
+    w_cache0[304] = 8'h00;
+    w_cache0[305] = 8'h00;
+    w_cache0[306] = 8'h00;
+    w_cache0[307] = 8'h00;
+    w_cache0[308] = 8'h00;
+    w_cache0[309] = 8'h00;
+    w_cache0[310] = 8'h00;
+    w_cache0[311] = 8'h00;
+    w_cache0[312] = 8'h00;
+    w_cache0[313] = 8'h00;
+    w_cache0[314] = 8'h00;
+    w_cache0[315] = 8'h00;
+    w_cache0[316] = 8'h00;
+    w_cache0[317] = 8'h00;
+    w_cache0[318] = 8'h00;
+    w_cache0[319] = 8'h00;
+    w_cache0[320] = 8'h00;
+    w_cache0[321] = 8'h00;
+    w_cache0[322] = 8'h00;
+    w_cache0[323] = 8'h00;
+    w_cache0[324] = 8'h00;
+    w_cache0[325] = 8'h00;
+    w_cache0[326] = 8'h00;
+    w_cache0[327] = 8'h00;
+    w_cache0[328] = 8'h00;
+    w_cache0[329] = 8'h00;
+    w_cache0[330] = 8'h00;
+    w_cache0[331] = 8'h00;
+    w_cache0[332] = 8'h00;
+    w_cache0[333] = 8'h00;
+    w_cache0[334] = 8'h00;
+    w_cache0[335] = 8'h00;
+    w_cache0[336] = 8'h00;
+    w_cache0[337] = 8'h00;
+    w_cache0[338] = 8'h00;
+    w_cache0[339] = 8'h00;
+    w_cache0[340] = 8'h00;
+    w_cache0[341] = 8'h00;
+    w_cache0[342] = 8'h00;
+    w_cache0[343] = 8'h00;
+    w_cache0[344] = 8'h00;
+    w_cache0[345] = 8'h00;
+    w_cache0[346] = 8'h00;
+    w_cache0[347] = 8'h00;
+    w_cache0[348] = 8'h00;
+    w_cache0[349] = 8'h00;
+    w_cache0[350] = 8'h00;
+    w_cache0[351] = 8'h00;
+    w_cache0[352] = 8'h00;
+    w_cache0[353] = 8'h00;
+    w_cache0[354] = 8'h00;
+    w_cache0[355] = 8'h00;
+    w_cache0[356] = 8'h00;
+    w_cache0[357] = 8'h00;
+    w_cache0[358] = 8'h00;
+    w_cache0[359] = 8'h00;
+    w_cache0[360] = 8'h00;
+    w_cache0[361] = 8'h00;
+    w_cache0[362] = 8'h00;
+    w_cache0[363] = 8'h00;
+    w_cache0[364] = 8'h00;
+    w_cache0[365] = 8'h00;
+    w_cache0[366] = 8'h00;
+    w_cache0[367] = 8'h00;
+    w_cache0[368] = 8'h00;
+    w_cache0[369] = 8'h00;
+    w_cache0[370] = 8'h00;
+    w_cache0[371] = 8'h00;
+    w_cache0[372] = 8'h00;
+    w_cache0[373] = 8'h00;
+    w_cache0[374] = 8'h00;
+    w_cache0[375] = 8'h00;
+    w_cache0[376] = 8'h00;
+    w_cache0[377] = 8'h00;
+    w_cache0[378] = 8'h00;
+    w_cache0[379] = 8'h00;
+    w_cache0[380] = 8'h00;
+    w_cache0[381] = 8'h00;
+    w_cache0[382] = 8'h00;
+    w_cache0[383] = 8'h00;
+    w_cache0[384] = 8'h00;
+    w_cache0[385] = 8'h00;
+    w_cache0[386] = 8'h00;
+    w_cache0[387] = 8'h00;
+    w_cache0[388] = 8'h00;
+    w_cache0[389] = 8'h00;
+    w_cache0[390] = 8'h00;
+    w_cache0[391] = 8'h00;
+    w_cache0[392] = 8'h00;
+    w_cache0[393] = 8'h00;
+    w_cache0[394] = 8'h00;
+    w_cache0[395] = 8'h00;
+    w_cache0[396] = 8'h00;
+    w_cache0[397] = 8'h00;
+    w_cache0[398] = 8'h00;
+    w_cache0[399] = 8'h00;
+    w_cache0[400] = 8'h00;
+    w_cache0[401] = 8'h00;
+    w_cache0[402] = 8'h00;
+    w_cache0[403] = 8'h00;
+    w_cache0[404] = 8'h00;
+    w_cache0[405] = 8'h00;
+    w_cache0[406] = 8'h00;
+    w_cache0[407] = 8'h00;
+    w_cache0[408] = 8'h00;
+    w_cache0[409] = 8'h00;
+    w_cache0[410] = 8'h00;
+    w_cache0[411] = 8'h00;
+    w_cache0[412] = 8'h00;
+    w_cache0[413] = 8'h00;
+    w_cache0[414] = 8'h00;
+    w_cache0[415] = 8'h00;
+    w_cache0[416] = 8'h00;
+    w_cache0[417] = 8'h00;
+    w_cache0[418] = 8'h00;
+    w_cache0[419] = 8'h00;
+    w_cache0[420] = 8'h00;
+    w_cache0[421] = 8'h00;
+    w_cache0[422] = 8'h00;
+    w_cache0[423] = 8'h00;
+    w_cache0[424] = 8'h00;
+    w_cache0[425] = 8'h00;
+    w_cache0[426] = 8'h00;
+    w_cache0[427] = 8'h00;
+    w_cache0[428] = 8'h00;
+    w_cache0[429] = 8'h00;
+    w_cache0[430] = 8'h00;
+    w_cache0[431] = 8'h00;
+    w_cache0[432] = 8'h00;
+    w_cache0[433] = 8'h00;
+    w_cache0[434] = 8'h00;
+    w_cache0[435] = 8'h00;
+    w_cache0[436] = 8'h00;
+    w_cache0[437] = 8'h00;
+    w_cache0[438] = 8'h00;
+    w_cache0[439] = 8'h00;
+    w_cache0[440] = 8'h00;
+    w_cache0[441] = 8'h00;
+    w_cache0[442] = 8'h00;
+    w_cache0[443] = 8'h00;
+    w_cache0[444] = 8'h00;
+    w_cache0[445] = 8'h00;
+    w_cache0[446] = 8'h00;
+    w_cache0[447] = 8'h00;
+    w_cache0[448] = 8'h00;
+    w_cache0[449] = 8'h00;
+    w_cache0[450] = 8'h00;
+    w_cache0[451] = 8'h00;
+    w_cache0[452] = 8'h00;
+    w_cache0[453] = 8'h00;
+    w_cache0[454] = 8'h00;
+    w_cache0[455] = 8'h00;
+    w_cache0[456] = 8'h00;
+    w_cache0[457] = 8'h00;
+    w_cache0[458] = 8'h00;
+    w_cache0[459] = 8'h00;
+    w_cache0[460] = 8'h00;
+    w_cache0[461] = 8'h00;
+    w_cache0[462] = 8'h00;
+    w_cache0[463] = 8'h00;
+    w_cache0[464] = 8'h00;
+    w_cache0[465] = 8'h00;
+    w_cache0[466] = 8'h00;
+    w_cache0[467] = 8'h00;
+    w_cache0[468] = 8'h00;
+    w_cache0[469] = 8'h00;
+    w_cache0[470] = 8'h00;
+    w_cache0[471] = 8'h00;
+    w_cache0[472] = 8'h00;
+    w_cache0[473] = 8'h00;
+    w_cache0[474] = 8'h00;
+    w_cache0[475] = 8'h00;
+    w_cache0[476] = 8'h00;
+    w_cache0[477] = 8'h00;
+    w_cache0[478] = 8'h00;
+    w_cache0[479] = 8'h00;
+    w_cache0[480] = 8'h00;
+    w_cache0[481] = 8'h00;
+    w_cache0[482] = 8'h00;
+    w_cache0[483] = 8'h00;
+    w_cache0[484] = 8'h00;
+    w_cache0[485] = 8'h00;
+    w_cache0[486] = 8'h00;
+    w_cache0[487] = 8'h00;
+    w_cache0[488] = 8'h00;
+    w_cache0[489] = 8'h00;
+    w_cache0[490] = 8'h00;
+    w_cache0[491] = 8'h00;
+    w_cache0[492] = 8'h00;
+    w_cache0[493] = 8'h00;
+    w_cache0[494] = 8'h00;
+    w_cache0[495] = 8'h00;
+    w_cache0[496] = 8'h00;
+    w_cache0[497] = 8'h00;
+    w_cache0[498] = 8'h00;
+    w_cache0[499] = 8'h00;
+    w_cache0[500] = 8'h00;
+    w_cache0[501] = 8'h00;
+    w_cache0[502] = 8'h00;
+    w_cache0[503] = 8'h00;
+    w_cache0[504] = 8'h00;
+    w_cache0[505] = 8'h00;
+    w_cache0[506] = 8'h00;
+    w_cache0[507] = 8'h00;
+    w_cache0[508] = 8'h00;
+    w_cache0[509] = 8'h00;
+    w_cache0[510] = 8'h00;
+    w_cache0[511] = 8'h00;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en$305 )
+      w_cache0[\$signature__addr$302 ] <= \$signature__data$304 ;
+  end
+  reg [7:0] _10_;
+  always @(posedge clk) begin
+    if (\$signature__en$330 ) begin
+      _10_ <= w_cache0[\$signature__addr$328 ];
+    end
+  end
+  assign \$signature__data$357  = _10_;
+  reg [7:0] w_cache1 [511:0];
+  initial begin
+    w_cache1[0] = 8'h00;
+    w_cache1[1] = 8'h00;
+    w_cache1[2] = 8'h00;
+    w_cache1[3] = 8'h00;
+    w_cache1[4] = 8'h00;
+    w_cache1[5] = 8'h00;
+    w_cache1[6] = 8'h00;
+    w_cache1[7] = 8'h00;
+    w_cache1[8] = 8'h00;
+    w_cache1[9] = 8'h00;
+    w_cache1[10] = 8'h00;
+    w_cache1[11] = 8'h00;
+    w_cache1[12] = 8'h00;
+    w_cache1[13] = 8'h00;
+    w_cache1[14] = 8'h00;
+    w_cache1[15] = 8'h00;
+    w_cache1[16] = 8'h00;
+    w_cache1[17] = 8'h00;
+    w_cache1[18] = 8'h00;
+    w_cache1[19] = 8'h00;
+    w_cache1[20] = 8'h00;
+    w_cache1[21] = 8'h00;
+    w_cache1[22] = 8'h00;
+    w_cache1[23] = 8'h00;
+    w_cache1[24] = 8'h00;
+    w_cache1[25] = 8'h00;
+    w_cache1[26] = 8'h00;
+    w_cache1[27] = 8'h00;
+    w_cache1[28] = 8'h00;
+    w_cache1[29] = 8'h00;
+    w_cache1[30] = 8'h00;
+    w_cache1[31] = 8'h00;
+    w_cache1[32] = 8'h00;
+    w_cache1[33] = 8'h00;
+    w_cache1[34] = 8'h00;
+    w_cache1[35] = 8'h00;
+    w_cache1[36] = 8'h00;
+    w_cache1[37] = 8'h00;
+    w_cache1[38] = 8'h00;
+    w_cache1[39] = 8'h00;
+    w_cache1[40] = 8'h00;
+    w_cache1[41] = 8'h00;
+    w_cache1[42] = 8'h00;
+    w_cache1[43] = 8'h00;
+    w_cache1[44] = 8'h00;
+    w_cache1[45] = 8'h00;
+    w_cache1[46] = 8'h00;
+    w_cache1[47] = 8'h00;
+    w_cache1[48] = 8'h00;
+    w_cache1[49] = 8'h00;
+    w_cache1[50] = 8'h00;
+    w_cache1[51] = 8'h00;
+    w_cache1[52] = 8'h00;
+    w_cache1[53] = 8'h00;
+    w_cache1[54] = 8'h00;
+    w_cache1[55] = 8'h00;
+    w_cache1[56] = 8'h00;
+    w_cache1[57] = 8'h00;
+    w_cache1[58] = 8'h00;
+    w_cache1[59] = 8'h00;
+    w_cache1[60] = 8'h00;
+    w_cache1[61] = 8'h00;
+    w_cache1[62] = 8'h00;
+    w_cache1[63] = 8'h00;
+    w_cache1[64] = 8'h00;
+    w_cache1[65] = 8'h00;
+    w_cache1[66] = 8'h00;
+    w_cache1[67] = 8'h00;
+    w_cache1[68] = 8'h00;
+    w_cache1[69] = 8'h00;
+    w_cache1[70] = 8'h00;
+    w_cache1[71] = 8'h00;
+    w_cache1[72] = 8'h00;
+    w_cache1[73] = 8'h00;
+    w_cache1[74] = 8'h00;
+    w_cache1[75] = 8'h00;
+    w_cache1[76] = 8'h00;
+    w_cache1[77] = 8'h00;
+    w_cache1[78] = 8'h00;
+    w_cache1[79] = 8'h00;
+    w_cache1[80] = 8'h00;
+    w_cache1[81] = 8'h00;
+    w_cache1[82] = 8'h00;
+    w_cache1[83] = 8'h00;
+    w_cache1[84] = 8'h00;
+    w_cache1[85] = 8'h00;
+    w_cache1[86] = 8'h00;
+    w_cache1[87] = 8'h00;
+    w_cache1[88] = 8'h00;
+    w_cache1[89] = 8'h00;
+    w_cache1[90] = 8'h00;
+    w_cache1[91] = 8'h00;
+    w_cache1[92] = 8'h00;
+    w_cache1[93] = 8'h00;
+    w_cache1[94] = 8'h00;
+    w_cache1[95] = 8'h00;
+    w_cache1[96] = 8'h00;
+    w_cache1[97] = 8'h00;
+    w_cache1[98] = 8'h00;
+    w_cache1[99] = 8'h00;
+    w_cache1[100] = 8'h00;
+    w_cache1[101] = 8'h00;
+    w_cache1[102] = 8'h00;
+    w_cache1[103] = 8'h00;
+    w_cache1[104] = 8'h00;
+    w_cache1[105] = 8'h00;
+    w_cache1[106] = 8'h00;
+    w_cache1[107] = 8'h00;
+    w_cache1[108] = 8'h00;
+    w_cache1[109] = 8'h00;
+    w_cache1[110] = 8'h00;
+    w_cache1[111] = 8'h00;
+    w_cache1[112] = 8'h00;
+    w_cache1[113] = 8'h00;
+    w_cache1[114] = 8'h00;
+    w_cache1[115] = 8'h00;
+    w_cache1[116] = 8'h00;
+    w_cache1[117] = 8'h00;
+    w_cache1[118] = 8'h00;
+    w_cache1[119] = 8'h00;
+    w_cache1[120] = 8'h00;
+    w_cache1[121] = 8'h00;
+    w_cache1[122] = 8'h00;
+    w_cache1[123] = 8'h00;
+    w_cache1[124] = 8'h00;
+    w_cache1[125] = 8'h00;
+    w_cache1[126] = 8'h00;
+    w_cache1[127] = 8'h00;
+    w_cache1[128] = 8'h00;
+    w_cache1[129] = 8'h00;
+    w_cache1[130] = 8'h00;
+    w_cache1[131] = 8'h00;
+    w_cache1[132] = 8'h00;
+    w_cache1[133] = 8'h00;
+    w_cache1[134] = 8'h00;
+    w_cache1[135] = 8'h00;
+    w_cache1[136] = 8'h00;
+    w_cache1[137] = 8'h00;
+    w_cache1[138] = 8'h00;
+    w_cache1[139] = 8'h00;
+    w_cache1[140] = 8'h00;
+    w_cache1[141] = 8'h00;
+    w_cache1[142] = 8'h00;
+    w_cache1[143] = 8'h00;
+    w_cache1[144] = 8'h00;
+    w_cache1[145] = 8'h00;
+    w_cache1[146] = 8'h00;
+    w_cache1[147] = 8'h00;
+    w_cache1[148] = 8'h00;
+    w_cache1[149] = 8'h00;
+    w_cache1[150] = 8'h00;
+    w_cache1[151] = 8'h00;
+    w_cache1[152] = 8'h00;
+    w_cache1[153] = 8'h00;
+    w_cache1[154] = 8'h00;
+    w_cache1[155] = 8'h00;
+    w_cache1[156] = 8'h00;
+    w_cache1[157] = 8'h00;
+    w_cache1[158] = 8'h00;
+    w_cache1[159] = 8'h00;
+    w_cache1[160] = 8'h00;
+    w_cache1[161] = 8'h00;
+    w_cache1[162] = 8'h00;
+    w_cache1[163] = 8'h00;
+    w_cache1[164] = 8'h00;
+    w_cache1[165] = 8'h00;
+    w_cache1[166] = 8'h00;
+    w_cache1[167] = 8'h00;
+    w_cache1[168] = 8'h00;
+    w_cache1[169] = 8'h00;
+    w_cache1[170] = 8'h00;
+    w_cache1[171] = 8'h00;
+    w_cache1[172] = 8'h00;
+    w_cache1[173] = 8'h00;
+    w_cache1[174] = 8'h00;
+    w_cache1[175] = 8'h00;
+    w_cache1[176] = 8'h00;
+    w_cache1[177] = 8'h00;
+    w_cache1[178] = 8'h00;
+    w_cache1[179] = 8'h00;
+    w_cache1[180] = 8'h00;
+    w_cache1[181] = 8'h00;
+    w_cache1[182] = 8'h00;
+    w_cache1[183] = 8'h00;
+    w_cache1[184] = 8'h00;
+    w_cache1[185] = 8'h00;
+    w_cache1[186] = 8'h00;
+    w_cache1[187] = 8'h00;
+    w_cache1[188] = 8'h00;
+    w_cache1[189] = 8'h00;
+    w_cache1[190] = 8'h00;
+    w_cache1[191] = 8'h00;
+    w_cache1[192] = 8'h00;
+    w_cache1[193] = 8'h00;
+    w_cache1[194] = 8'h00;
+    w_cache1[195] = 8'h00;
+    w_cache1[196] = 8'h00;
+    w_cache1[197] = 8'h00;
+    w_cache1[198] = 8'h00;
+    w_cache1[199] = 8'h00;
+    w_cache1[200] = 8'h00;
+    w_cache1[201] = 8'h00;
+    w_cache1[202] = 8'h00;
+    w_cache1[203] = 8'h00;
+    w_cache1[204] = 8'h00;
+    w_cache1[205] = 8'h00;
+    w_cache1[206] = 8'h00;
+    w_cache1[207] = 8'h00;
+    w_cache1[208] = 8'h00;
+    w_cache1[209] = 8'h00;
+    w_cache1[210] = 8'h00;
+    w_cache1[211] = 8'h00;
+    w_cache1[212] = 8'h00;
+    w_cache1[213] = 8'h00;
+    w_cache1[214] = 8'h00;
+    w_cache1[215] = 8'h00;
+    w_cache1[216] = 8'h00;
+    w_cache1[217] = 8'h00;
+    w_cache1[218] = 8'h00;
+    w_cache1[219] = 8'h00;
+    w_cache1[220] = 8'h00;
+    w_cache1[221] = 8'h00;
+    w_cache1[222] = 8'h00;
+    w_cache1[223] = 8'h00;
+    w_cache1[224] = 8'h00;
+    w_cache1[225] = 8'h00;
+    w_cache1[226] = 8'h00;
+    w_cache1[227] = 8'h00;
+    w_cache1[228] = 8'h00;
+    w_cache1[229] = 8'h00;
+    w_cache1[230] = 8'h00;
+    w_cache1[231] = 8'h00;
+    w_cache1[232] = 8'h00;
+    w_cache1[233] = 8'h00;
+    w_cache1[234] = 8'h00;
+    w_cache1[235] = 8'h00;
+    w_cache1[236] = 8'h00;
+    w_cache1[237] = 8'h00;
+    w_cache1[238] = 8'h00;
+    w_cache1[239] = 8'h00;
+    w_cache1[240] = 8'h00;
+    w_cache1[241] = 8'h00;
+    w_cache1[242] = 8'h00;
+    w_cache1[243] = 8'h00;
+    w_cache1[244] = 8'h00;
+    w_cache1[245] = 8'h00;
+    w_cache1[246] = 8'h00;
+    w_cache1[247] = 8'h00;
+    w_cache1[248] = 8'h00;
+    w_cache1[249] = 8'h00;
+    w_cache1[250] = 8'h00;
+    w_cache1[251] = 8'h00;
+    w_cache1[252] = 8'h00;
+    w_cache1[253] = 8'h00;
+    w_cache1[254] = 8'h00;
+    w_cache1[255] = 8'h00;
+    w_cache1[256] = 8'h00;
+    w_cache1[257] = 8'h00;
+    w_cache1[258] = 8'h00;
+    w_cache1[259] = 8'h00;
+    w_cache1[260] = 8'h00;
+    w_cache1[261] = 8'h00;
+    w_cache1[262] = 8'h00;
+    w_cache1[263] = 8'h00;
+    w_cache1[264] = 8'h00;
+    w_cache1[265] = 8'h00;
+    w_cache1[266] = 8'h00;
+    w_cache1[267] = 8'h00;
+    w_cache1[268] = 8'h00;
+    w_cache1[269] = 8'h00;
+    w_cache1[270] = 8'h00;
+    w_cache1[271] = 8'h00;
+    w_cache1[272] = 8'h00;
+    w_cache1[273] = 8'h00;
+    w_cache1[274] = 8'h00;
+    w_cache1[275] = 8'h00;
+    w_cache1[276] = 8'h00;
+    w_cache1[277] = 8'h00;
+    w_cache1[278] = 8'h00;
+    w_cache1[279] = 8'h00;
+    w_cache1[280] = 8'h00;
+    w_cache1[281] = 8'h00;
+    w_cache1[282] = 8'h00;
+    w_cache1[283] = 8'h00;
+    w_cache1[284] = 8'h00;
+    w_cache1[285] = 8'h00;
+    w_cache1[286] = 8'h00;
+    w_cache1[287] = 8'h00;
+    w_cache1[288] = 8'h00;
+    w_cache1[289] = 8'h00;
+    w_cache1[290] = 8'h00;
+    w_cache1[291] = 8'h00;
+    w_cache1[292] = 8'h00;
+    w_cache1[293] = 8'h00;
+    w_cache1[294] = 8'h00;
+    w_cache1[295] = 8'h00;
+    w_cache1[296] = 8'h00;
+    w_cache1[297] = 8'h00;
+    w_cache1[298] = 8'h00;
+    w_cache1[299] = 8'h00;
+    w_cache1[300] = 8'h00;
+    w_cache1[301] = 8'h00;
+    w_cache1[302] = 8'h00;
+    w_cache1[303] = 8'h00;
+    w_cache1[304] = 8'h00;
+    w_cache1[305] = 8'h00;
+    w_cache1[306] = 8'h00;
+    w_cache1[307] = 8'h00;
+    w_cache1[308] = 8'h00;
+    w_cache1[309] = 8'h00;
+    w_cache1[310] = 8'h00;
+    w_cache1[311] = 8'h00;
+    w_cache1[312] = 8'h00;
+    w_cache1[313] = 8'h00;
+    w_cache1[314] = 8'h00;
+    w_cache1[315] = 8'h00;
+    w_cache1[316] = 8'h00;
+    w_cache1[317] = 8'h00;
+    w_cache1[318] = 8'h00;
+    w_cache1[319] = 8'h00;
+    w_cache1[320] = 8'h00;
+    w_cache1[321] = 8'h00;
+    w_cache1[322] = 8'h00;
+    w_cache1[323] = 8'h00;
+    w_cache1[324] = 8'h00;
+    w_cache1[325] = 8'h00;
+    w_cache1[326] = 8'h00;
+    w_cache1[327] = 8'h00;
+    w_cache1[328] = 8'h00;
+    w_cache1[329] = 8'h00;
+    w_cache1[330] = 8'h00;
+    w_cache1[331] = 8'h00;
+    w_cache1[332] = 8'h00;
+    w_cache1[333] = 8'h00;
+    w_cache1[334] = 8'h00;
+    w_cache1[335] = 8'h00;
+    w_cache1[336] = 8'h00;
+    w_cache1[337] = 8'h00;
+    w_cache1[338] = 8'h00;
+    w_cache1[339] = 8'h00;
+    w_cache1[340] = 8'h00;
+    w_cache1[341] = 8'h00;
+    w_cache1[342] = 8'h00;
+    w_cache1[343] = 8'h00;
+    w_cache1[344] = 8'h00;
+    w_cache1[345] = 8'h00;
+    w_cache1[346] = 8'h00;
+    w_cache1[347] = 8'h00;
+    w_cache1[348] = 8'h00;
+    w_cache1[349] = 8'h00;
+    w_cache1[350] = 8'h00;
+    w_cache1[351] = 8'h00;
+    w_cache1[352] = 8'h00;
+    w_cache1[353] = 8'h00;
+    w_cache1[354] = 8'h00;
+    w_cache1[355] = 8'h00;
+    w_cache1[356] = 8'h00;
+    w_cache1[357] = 8'h00;
+    w_cache1[358] = 8'h00;
+    w_cache1[359] = 8'h00;
+    w_cache1[360] = 8'h00;
+    w_cache1[361] = 8'h00;
+    w_cache1[362] = 8'h00;
+    w_cache1[363] = 8'h00;
+    w_cache1[364] = 8'h00;
+    w_cache1[365] = 8'h00;
+    w_cache1[366] = 8'h00;
+    w_cache1[367] = 8'h00;
+    w_cache1[368] = 8'h00;
+    w_cache1[369] = 8'h00;
+    w_cache1[370] = 8'h00;
+    w_cache1[371] = 8'h00;
+    w_cache1[372] = 8'h00;
+    w_cache1[373] = 8'h00;
+    w_cache1[374] = 8'h00;
+    w_cache1[375] = 8'h00;
+    w_cache1[376] = 8'h00;
+    w_cache1[377] = 8'h00;
+    w_cache1[378] = 8'h00;
+    w_cache1[379] = 8'h00;
+    w_cache1[380] = 8'h00;
+    w_cache1[381] = 8'h00;
+    w_cache1[382] = 8'h00;
+    w_cache1[383] = 8'h00;
+    w_cache1[384] = 8'h00;
+    w_cache1[385] = 8'h00;
+    w_cache1[386] = 8'h00;
+    w_cache1[387] = 8'h00;
+    w_cache1[388] = 8'h00;
+    w_cache1[389] = 8'h00;
+    w_cache1[390] = 8'h00;
+    w_cache1[391] = 8'h00;
+    w_cache1[392] = 8'h00;
+    w_cache1[393] = 8'h00;
+    w_cache1[394] = 8'h00;
+    w_cache1[395] = 8'h00;
+    w_cache1[396] = 8'h00;
+    w_cache1[397] = 8'h00;
+    w_cache1[398] = 8'h00;
+    w_cache1[399] = 8'h00;
+    w_cache1[400] = 8'h00;
+    w_cache1[401] = 8'h00;
+    w_cache1[402] = 8'h00;
+    w_cache1[403] = 8'h00;
+    w_cache1[404] = 8'h00;
+    w_cache1[405] = 8'h00;
+    w_cache1[406] = 8'h00;
+    w_cache1[407] = 8'h00;
+    w_cache1[408] = 8'h00;
+    w_cache1[409] = 8'h00;
+    w_cache1[410] = 8'h00;
+    w_cache1[411] = 8'h00;
+    w_cache1[412] = 8'h00;
+    w_cache1[413] = 8'h00;
+    w_cache1[414] = 8'h00;
+    w_cache1[415] = 8'h00;
+    w_cache1[416] = 8'h00;
+    w_cache1[417] = 8'h00;
+    w_cache1[418] = 8'h00;
+    w_cache1[419] = 8'h00;
+    w_cache1[420] = 8'h00;
+    w_cache1[421] = 8'h00;
+    w_cache1[422] = 8'h00;
+    w_cache1[423] = 8'h00;
+    w_cache1[424] = 8'h00;
+    w_cache1[425] = 8'h00;
+    w_cache1[426] = 8'h00;
+    w_cache1[427] = 8'h00;
+    w_cache1[428] = 8'h00;
+    w_cache1[429] = 8'h00;
+    w_cache1[430] = 8'h00;
+    w_cache1[431] = 8'h00;
+    w_cache1[432] = 8'h00;
+    w_cache1[433] = 8'h00;
+    w_cache1[434] = 8'h00;
+    w_cache1[435] = 8'h00;
+    w_cache1[436] = 8'h00;
+    w_cache1[437] = 8'h00;
+    w_cache1[438] = 8'h00;
+    w_cache1[439] = 8'h00;
+    w_cache1[440] = 8'h00;
+    w_cache1[441] = 8'h00;
+    w_cache1[442] = 8'h00;
+    w_cache1[443] = 8'h00;
+    w_cache1[444] = 8'h00;
+    w_cache1[445] = 8'h00;
+    w_cache1[446] = 8'h00;
+    w_cache1[447] = 8'h00;
+    w_cache1[448] = 8'h00;
+    w_cache1[449] = 8'h00;
+    w_cache1[450] = 8'h00;
+    w_cache1[451] = 8'h00;
+    w_cache1[452] = 8'h00;
+    w_cache1[453] = 8'h00;
+    w_cache1[454] = 8'h00;
+    w_cache1[455] = 8'h00;
+    w_cache1[456] = 8'h00;
+    w_cache1[457] = 8'h00;
+    w_cache1[458] = 8'h00;
+    w_cache1[459] = 8'h00;
+    w_cache1[460] = 8'h00;
+    w_cache1[461] = 8'h00;
+    w_cache1[462] = 8'h00;
+    w_cache1[463] = 8'h00;
+    w_cache1[464] = 8'h00;
+    w_cache1[465] = 8'h00;
+    w_cache1[466] = 8'h00;
+    w_cache1[467] = 8'h00;
+    w_cache1[468] = 8'h00;
+    w_cache1[469] = 8'h00;
+    w_cache1[470] = 8'h00;
+    w_cache1[471] = 8'h00;
+    w_cache1[472] = 8'h00;
+    w_cache1[473] = 8'h00;
+    w_cache1[474] = 8'h00;
+    w_cache1[475] = 8'h00;
+    w_cache1[476] = 8'h00;
+    w_cache1[477] = 8'h00;
+    w_cache1[478] = 8'h00;
+    w_cache1[479] = 8'h00;
+    w_cache1[480] = 8'h00;
+    w_cache1[481] = 8'h00;
+    w_cache1[482] = 8'h00;
+    w_cache1[483] = 8'h00;
+    w_cache1[484] = 8'h00;
+    w_cache1[485] = 8'h00;
+    w_cache1[486] = 8'h00;
+    w_cache1[487] = 8'h00;
+    w_cache1[488] = 8'h00;
+    w_cache1[489] = 8'h00;
+    w_cache1[490] = 8'h00;
+    w_cache1[491] = 8'h00;
+    w_cache1[492] = 8'h00;
+    w_cache1[493] = 8'h00;
+    w_cache1[494] = 8'h00;
+    w_cache1[495] = 8'h00;
+    w_cache1[496] = 8'h00;
+    w_cache1[497] = 8'h00;
+    w_cache1[498] = 8'h00;
+    w_cache1[499] = 8'h00;
+    w_cache1[500] = 8'h00;
+    w_cache1[501] = 8'h00;
+    w_cache1[502] = 8'h00;
+    w_cache1[503] = 8'h00;
+    w_cache1[504] = 8'h00;
+    w_cache1[505] = 8'h00;
+    w_cache1[506] = 8'h00;
+    w_cache1[507] = 8'h00;
+    w_cache1[508] = 8'h00;
+    w_cache1[509] = 8'h00;
+    w_cache1[510] = 8'h00;
+    w_cache1[511] = 8'h00;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en$309 )
+      w_cache1[\$signature__addr$307 ] <= \$signature__data$308 ;
+  end
+  reg [7:0] _11_;
+  always @(posedge clk) begin
+    if (\$signature__en$332 ) begin
+      _11_ <= w_cache1[\$signature__addr$331 ];
+    end
+  end
+  assign \$signature__data$359  = _11_;
+  reg [7:0] w_cache2 [511:0];
+  initial begin
+    w_cache2[0] = 8'h00;
+    w_cache2[1] = 8'h00;
+    w_cache2[2] = 8'h00;
+    w_cache2[3] = 8'h00;
+    w_cache2[4] = 8'h00;
+    w_cache2[5] = 8'h00;
+    w_cache2[6] = 8'h00;
+    w_cache2[7] = 8'h00;
+    w_cache2[8] = 8'h00;
+    w_cache2[9] = 8'h00;
+    w_cache2[10] = 8'h00;
+    w_cache2[11] = 8'h00;
+    w_cache2[12] = 8'h00;
+    w_cache2[13] = 8'h00;
+    w_cache2[14] = 8'h00;
+    w_cache2[15] = 8'h00;
+    w_cache2[16] = 8'h00;
+    w_cache2[17] = 8'h00;
+    w_cache2[18] = 8'h00;
+    w_cache2[19] = 8'h00;
+    w_cache2[20] = 8'h00;
+    w_cache2[21] = 8'h00;
+    w_cache2[22] = 8'h00;
+    w_cache2[23] = 8'h00;
+    w_cache2[24] = 8'h00;
+    w_cache2[25] = 8'h00;
+    w_cache2[26] = 8'h00;
+    w_cache2[27] = 8'h00;
+    w_cache2[28] = 8'h00;
+    w_cache2[29] = 8'h00;
+    w_cache2[30] = 8'h00;
+    w_cache2[31] = 8'h00;
+    w_cache2[32] = 8'h00;
+    w_cache2[33] = 8'h00;
+    w_cache2[34] = 8'h00;
+    w_cache2[35] = 8'h00;
+    w_cache2[36] = 8'h00;
+    w_cache2[37] = 8'h00;
+    w_cache2[38] = 8'h00;
+    w_cache2[39] = 8'h00;
+    w_cache2[40] = 8'h00;
+    w_cache2[41] = 8'h00;
+    w_cache2[42] = 8'h00;
+    w_cache2[43] = 8'h00;
+    w_cache2[44] = 8'h00;
+    w_cache2[45] = 8'h00;
+    w_cache2[46] = 8'h00;
+    w_cache2[47] = 8'h00;
+    w_cache2[48] = 8'h00;
+    w_cache2[49] = 8'h00;
+    w_cache2[50] = 8'h00;
+    w_cache2[51] = 8'h00;
+    w_cache2[52] = 8'h00;
+    w_cache2[53] = 8'h00;
+    w_cache2[54] = 8'h00;
+    w_cache2[55] = 8'h00;
+    w_cache2[56] = 8'h00;
+    w_cache2[57] = 8'h00;
+    w_cache2[58] = 8'h00;
+    w_cache2[59] = 8'h00;
+    w_cache2[60] = 8'h00;
+    w_cache2[61] = 8'h00;
+    w_cache2[62] = 8'h00;
+    w_cache2[63] = 8'h00;
+    w_cache2[64] = 8'h00;
+    w_cache2[65] = 8'h00;
+    w_cache2[66] = 8'h00;
+    w_cache2[67] = 8'h00;
+    w_cache2[68] = 8'h00;
+    w_cache2[69] = 8'h00;
+    w_cache2[70] = 8'h00;
+    w_cache2[71] = 8'h00;
+    w_cache2[72] = 8'h00;
+    w_cache2[73] = 8'h00;
+    w_cache2[74] = 8'h00;
+    w_cache2[75] = 8'h00;
+    w_cache2[76] = 8'h00;
+    w_cache2[77] = 8'h00;
+    w_cache2[78] = 8'h00;
+    w_cache2[79] = 8'h00;
+    w_cache2[80] = 8'h00;
+    w_cache2[81] = 8'h00;
+    w_cache2[82] = 8'h00;
+    w_cache2[83] = 8'h00;
+    w_cache2[84] = 8'h00;
+    w_cache2[85] = 8'h00;
+    w_cache2[86] = 8'h00;
+    w_cache2[87] = 8'h00;
+    w_cache2[88] = 8'h00;
+    w_cache2[89] = 8'h00;
+    w_cache2[90] = 8'h00;
+    w_cache2[91] = 8'h00;
+    w_cache2[92] = 8'h00;
+    w_cache2[93] = 8'h00;
+    w_cache2[94] = 8'h00;
+    w_cache2[95] = 8'h00;
+    w_cache2[96] = 8'h00;
+    w_cache2[97] = 8'h00;
+    w_cache2[98] = 8'h00;
+    w_cache2[99] = 8'h00;
+    w_cache2[100] = 8'h00;
+    w_cache2[101] = 8'h00;
+    w_cache2[102] = 8'h00;
+    w_cache2[103] = 8'h00;
+    w_cache2[104] = 8'h00;
+    w_cache2[105] = 8'h00;
+    w_cache2[106] = 8'h00;
+    w_cache2[107] = 8'h00;
+    w_cache2[108] = 8'h00;
+    w_cache2[109] = 8'h00;
+    w_cache2[110] = 8'h00;
+    w_cache2[111] = 8'h00;
+    w_cache2[112] = 8'h00;
+    w_cache2[113] = 8'h00;
+    w_cache2[114] = 8'h00;
+    w_cache2[115] = 8'h00;
+    w_cache2[116] = 8'h00;
+    w_cache2[117] = 8'h00;
+    w_cache2[118] = 8'h00;
+    w_cache2[119] = 8'h00;
+    w_cache2[120] = 8'h00;
+    w_cache2[121] = 8'h00;
+    w_cache2[122] = 8'h00;
+    w_cache2[123] = 8'h00;
+    w_cache2[124] = 8'h00;
+    w_cache2[125] = 8'h00;
+    w_cache2[126] = 8'h00;
+    w_cache2[127] = 8'h00;
+    w_cache2[128] = 8'h00;
+    w_cache2[129] = 8'h00;
+    w_cache2[130] = 8'h00;
+    w_cache2[131] = 8'h00;
+    w_cache2[132] = 8'h00;
+    w_cache2[133] = 8'h00;
+    w_cache2[134] = 8'h00;
+    w_cache2[135] = 8'h00;
+    w_cache2[136] = 8'h00;
+    w_cache2[137] = 8'h00;
+    w_cache2[138] = 8'h00;
+    w_cache2[139] = 8'h00;
+    w_cache2[140] = 8'h00;
+    w_cache2[141] = 8'h00;
+    w_cache2[142] = 8'h00;
+    w_cache2[143] = 8'h00;
+    w_cache2[144] = 8'h00;
+    w_cache2[145] = 8'h00;
+    w_cache2[146] = 8'h00;
+    w_cache2[147] = 8'h00;
+    w_cache2[148] = 8'h00;
+    w_cache2[149] = 8'h00;
+    w_cache2[150] = 8'h00;
+    w_cache2[151] = 8'h00;
+    w_cache2[152] = 8'h00;
+    w_cache2[153] = 8'h00;
+    w_cache2[154] = 8'h00;
+    w_cache2[155] = 8'h00;
+    w_cache2[156] = 8'h00;
+    w_cache2[157] = 8'h00;
+    w_cache2[158] = 8'h00;
+    w_cache2[159] = 8'h00;
+    w_cache2[160] = 8'h00;
+    w_cache2[161] = 8'h00;
+    w_cache2[162] = 8'h00;
+    w_cache2[163] = 8'h00;
+    w_cache2[164] = 8'h00;
+    w_cache2[165] = 8'h00;
+    w_cache2[166] = 8'h00;
+    w_cache2[167] = 8'h00;
+    w_cache2[168] = 8'h00;
+    w_cache2[169] = 8'h00;
+    w_cache2[170] = 8'h00;
+    w_cache2[171] = 8'h00;
+    w_cache2[172] = 8'h00;
+    w_cache2[173] = 8'h00;
+    w_cache2[174] = 8'h00;
+    w_cache2[175] = 8'h00;
+    w_cache2[176] = 8'h00;
+    w_cache2[177] = 8'h00;
+    w_cache2[178] = 8'h00;
+    w_cache2[179] = 8'h00;
+    w_cache2[180] = 8'h00;
+    w_cache2[181] = 8'h00;
+    w_cache2[182] = 8'h00;
+    w_cache2[183] = 8'h00;
+    w_cache2[184] = 8'h00;
+    w_cache2[185] = 8'h00;
+    w_cache2[186] = 8'h00;
+    w_cache2[187] = 8'h00;
+    w_cache2[188] = 8'h00;
+    w_cache2[189] = 8'h00;
+    w_cache2[190] = 8'h00;
+    w_cache2[191] = 8'h00;
+    w_cache2[192] = 8'h00;
+    w_cache2[193] = 8'h00;
+    w_cache2[194] = 8'h00;
+    w_cache2[195] = 8'h00;
+    w_cache2[196] = 8'h00;
+    w_cache2[197] = 8'h00;
+    w_cache2[198] = 8'h00;
+    w_cache2[199] = 8'h00;
+    w_cache2[200] = 8'h00;
+    w_cache2[201] = 8'h00;
+    w_cache2[202] = 8'h00;
+    w_cache2[203] = 8'h00;
+    w_cache2[204] = 8'h00;
+    w_cache2[205] = 8'h00;
+    w_cache2[206] = 8'h00;
+    w_cache2[207] = 8'h00;
+    w_cache2[208] = 8'h00;
+    w_cache2[209] = 8'h00;
+    w_cache2[210] = 8'h00;
+    w_cache2[211] = 8'h00;
+    w_cache2[212] = 8'h00;
+    w_cache2[213] = 8'h00;
+    w_cache2[214] = 8'h00;
+    w_cache2[215] = 8'h00;
+    w_cache2[216] = 8'h00;
+    w_cache2[217] = 8'h00;
+    w_cache2[218] = 8'h00;
+    w_cache2[219] = 8'h00;
+    w_cache2[220] = 8'h00;
+    w_cache2[221] = 8'h00;
+    w_cache2[222] = 8'h00;
+    w_cache2[223] = 8'h00;
+    w_cache2[224] = 8'h00;
+    w_cache2[225] = 8'h00;
+    w_cache2[226] = 8'h00;
+    w_cache2[227] = 8'h00;
+    w_cache2[228] = 8'h00;
+    w_cache2[229] = 8'h00;
+    w_cache2[230] = 8'h00;
+    w_cache2[231] = 8'h00;
+    w_cache2[232] = 8'h00;
+    w_cache2[233] = 8'h00;
+    w_cache2[234] = 8'h00;
+    w_cache2[235] = 8'h00;
+    w_cache2[236] = 8'h00;
+    w_cache2[237] = 8'h00;
+    w_cache2[238] = 8'h00;
+    w_cache2[239] = 8'h00;
+    w_cache2[240] = 8'h00;
+    w_cache2[241] = 8'h00;
+    w_cache2[242] = 8'h00;
+    w_cache2[243] = 8'h00;
+    w_cache2[244] = 8'h00;
+    w_cache2[245] = 8'h00;
+    w_cache2[246] = 8'h00;
+    w_cache2[247] = 8'h00;
+    w_cache2[248] = 8'h00;
+    w_cache2[249] = 8'h00;
+    w_cache2[250] = 8'h00;
+    w_cache2[251] = 8'h00;
+    w_cache2[252] = 8'h00;
+    w_cache2[253] = 8'h00;
+    w_cache2[254] = 8'h00;
+    w_cache2[255] = 8'h00;
+    w_cache2[256] = 8'h00;
+    w_cache2[257] = 8'h00;
+    w_cache2[258] = 8'h00;
+    w_cache2[259] = 8'h00;
+    w_cache2[260] = 8'h00;
+    w_cache2[261] = 8'h00;
+    w_cache2[262] = 8'h00;
+    w_cache2[263] = 8'h00;
+    w_cache2[264] = 8'h00;
+    w_cache2[265] = 8'h00;
+    w_cache2[266] = 8'h00;
+    w_cache2[267] = 8'h00;
+    w_cache2[268] = 8'h00;
+    w_cache2[269] = 8'h00;
+    w_cache2[270] = 8'h00;
+    w_cache2[271] = 8'h00;
+    w_cache2[272] = 8'h00;
+    w_cache2[273] = 8'h00;
+    w_cache2[274] = 8'h00;
+    w_cache2[275] = 8'h00;
+    w_cache2[276] = 8'h00;
+    w_cache2[277] = 8'h00;
+    w_cache2[278] = 8'h00;
+    w_cache2[279] = 8'h00;
+    w_cache2[280] = 8'h00;
+    w_cache2[281] = 8'h00;
+    w_cache2[282] = 8'h00;
+    w_cache2[283] = 8'h00;
+    w_cache2[284] = 8'h00;
+    w_cache2[285] = 8'h00;
+    w_cache2[286] = 8'h00;
+    w_cache2[287] = 8'h00;
+    w_cache2[288] = 8'h00;
+    w_cache2[289] = 8'h00;
+    w_cache2[290] = 8'h00;
+    w_cache2[291] = 8'h00;
+    w_cache2[292] = 8'h00;
+    w_cache2[293] = 8'h00;
+    w_cache2[294] = 8'h00;
+    w_cache2[295] = 8'h00;
+    w_cache2[296] = 8'h00;
+    w_cache2[297] = 8'h00;
+    w_cache2[298] = 8'h00;
+    w_cache2[299] = 8'h00;
+    w_cache2[300] = 8'h00;
+    w_cache2[301] = 8'h00;
+    w_cache2[302] = 8'h00;
+    w_cache2[303] = 8'h00;
+    w_cache2[304] = 8'h00;
+    w_cache2[305] = 8'h00;
+    w_cache2[306] = 8'h00;
+    w_cache2[307] = 8'h00;
+    w_cache2[308] = 8'h00;
+    w_cache2[309] = 8'h00;
+    w_cache2[310] = 8'h00;
+    w_cache2[311] = 8'h00;
+    w_cache2[312] = 8'h00;
+    w_cache2[313] = 8'h00;
+    w_cache2[314] = 8'h00;
+    w_cache2[315] = 8'h00;
+    w_cache2[316] = 8'h00;
+    w_cache2[317] = 8'h00;
+    w_cache2[318] = 8'h00;
+    w_cache2[319] = 8'h00;
+    w_cache2[320] = 8'h00;
+    w_cache2[321] = 8'h00;
+    w_cache2[322] = 8'h00;
+    w_cache2[323] = 8'h00;
+    w_cache2[324] = 8'h00;
+    w_cache2[325] = 8'h00;
+    w_cache2[326] = 8'h00;
+    w_cache2[327] = 8'h00;
+    w_cache2[328] = 8'h00;
+    w_cache2[329] = 8'h00;
+    w_cache2[330] = 8'h00;
+    w_cache2[331] = 8'h00;
+    w_cache2[332] = 8'h00;
+    w_cache2[333] = 8'h00;
+    w_cache2[334] = 8'h00;
+    w_cache2[335] = 8'h00;
+    w_cache2[336] = 8'h00;
+    w_cache2[337] = 8'h00;
+    w_cache2[338] = 8'h00;
+    w_cache2[339] = 8'h00;
+    w_cache2[340] = 8'h00;
+    w_cache2[341] = 8'h00;
+    w_cache2[342] = 8'h00;
+    w_cache2[343] = 8'h00;
+    w_cache2[344] = 8'h00;
+    w_cache2[345] = 8'h00;
+    w_cache2[346] = 8'h00;
+    w_cache2[347] = 8'h00;
+    w_cache2[348] = 8'h00;
+    w_cache2[349] = 8'h00;
+    w_cache2[350] = 8'h00;
+    w_cache2[351] = 8'h00;
+    w_cache2[352] = 8'h00;
+    w_cache2[353] = 8'h00;
+    w_cache2[354] = 8'h00;
+    w_cache2[355] = 8'h00;
+    w_cache2[356] = 8'h00;
+    w_cache2[357] = 8'h00;
+    w_cache2[358] = 8'h00;
+    w_cache2[359] = 8'h00;
+    w_cache2[360] = 8'h00;
+    w_cache2[361] = 8'h00;
+    w_cache2[362] = 8'h00;
+    w_cache2[363] = 8'h00;
+    w_cache2[364] = 8'h00;
+    w_cache2[365] = 8'h00;
+    w_cache2[366] = 8'h00;
+    w_cache2[367] = 8'h00;
+    w_cache2[368] = 8'h00;
+    w_cache2[369] = 8'h00;
+    w_cache2[370] = 8'h00;
+    w_cache2[371] = 8'h00;
+    w_cache2[372] = 8'h00;
+    w_cache2[373] = 8'h00;
+    w_cache2[374] = 8'h00;
+    w_cache2[375] = 8'h00;
+    w_cache2[376] = 8'h00;
+    w_cache2[377] = 8'h00;
+    w_cache2[378] = 8'h00;
+    w_cache2[379] = 8'h00;
+    w_cache2[380] = 8'h00;
+    w_cache2[381] = 8'h00;
+    w_cache2[382] = 8'h00;
+    w_cache2[383] = 8'h00;
+    w_cache2[384] = 8'h00;
+    w_cache2[385] = 8'h00;
+    w_cache2[386] = 8'h00;
+    w_cache2[387] = 8'h00;
+    w_cache2[388] = 8'h00;
+    w_cache2[389] = 8'h00;
+    w_cache2[390] = 8'h00;
+    w_cache2[391] = 8'h00;
+    w_cache2[392] = 8'h00;
+    w_cache2[393] = 8'h00;
+    w_cache2[394] = 8'h00;
+    w_cache2[395] = 8'h00;
+    w_cache2[396] = 8'h00;
+    w_cache2[397] = 8'h00;
+    w_cache2[398] = 8'h00;
+    w_cache2[399] = 8'h00;
+    w_cache2[400] = 8'h00;
+    w_cache2[401] = 8'h00;
+    w_cache2[402] = 8'h00;
+    w_cache2[403] = 8'h00;
+    w_cache2[404] = 8'h00;
+    w_cache2[405] = 8'h00;
+    w_cache2[406] = 8'h00;
+    w_cache2[407] = 8'h00;
+    w_cache2[408] = 8'h00;
+    w_cache2[409] = 8'h00;
+    w_cache2[410] = 8'h00;
+    w_cache2[411] = 8'h00;
+    w_cache2[412] = 8'h00;
+    w_cache2[413] = 8'h00;
+    w_cache2[414] = 8'h00;
+    w_cache2[415] = 8'h00;
+    w_cache2[416] = 8'h00;
+    w_cache2[417] = 8'h00;
+    w_cache2[418] = 8'h00;
+    w_cache2[419] = 8'h00;
+    w_cache2[420] = 8'h00;
+    w_cache2[421] = 8'h00;
+    w_cache2[422] = 8'h00;
+    w_cache2[423] = 8'h00;
+    w_cache2[424] = 8'h00;
+    w_cache2[425] = 8'h00;
+    w_cache2[426] = 8'h00;
+    w_cache2[427] = 8'h00;
+    w_cache2[428] = 8'h00;
+    w_cache2[429] = 8'h00;
+    w_cache2[430] = 8'h00;
+    w_cache2[431] = 8'h00;
+    w_cache2[432] = 8'h00;
+    w_cache2[433] = 8'h00;
+    w_cache2[434] = 8'h00;
+    w_cache2[435] = 8'h00;
+    w_cache2[436] = 8'h00;
+    w_cache2[437] = 8'h00;
+    w_cache2[438] = 8'h00;
+    w_cache2[439] = 8'h00;
+    w_cache2[440] = 8'h00;
+    w_cache2[441] = 8'h00;
+    w_cache2[442] = 8'h00;
+    w_cache2[443] = 8'h00;
+    w_cache2[444] = 8'h00;
+    w_cache2[445] = 8'h00;
+    w_cache2[446] = 8'h00;
+    w_cache2[447] = 8'h00;
+    w_cache2[448] = 8'h00;
+    w_cache2[449] = 8'h00;
+    w_cache2[450] = 8'h00;
+    w_cache2[451] = 8'h00;
+    w_cache2[452] = 8'h00;
+    w_cache2[453] = 8'h00;
+    w_cache2[454] = 8'h00;
+    w_cache2[455] = 8'h00;
+    w_cache2[456] = 8'h00;
+    w_cache2[457] = 8'h00;
+    w_cache2[458] = 8'h00;
+    w_cache2[459] = 8'h00;
+    w_cache2[460] = 8'h00;
+    w_cache2[461] = 8'h00;
+    w_cache2[462] = 8'h00;
+    w_cache2[463] = 8'h00;
+    w_cache2[464] = 8'h00;
+    w_cache2[465] = 8'h00;
+    w_cache2[466] = 8'h00;
+    w_cache2[467] = 8'h00;
+    w_cache2[468] = 8'h00;
+    w_cache2[469] = 8'h00;
+    w_cache2[470] = 8'h00;
+    w_cache2[471] = 8'h00;
+    w_cache2[472] = 8'h00;
+    w_cache2[473] = 8'h00;
+    w_cache2[474] = 8'h00;
+    w_cache2[475] = 8'h00;
+    w_cache2[476] = 8'h00;
+    w_cache2[477] = 8'h00;
+    w_cache2[478] = 8'h00;
+    w_cache2[479] = 8'h00;
+    w_cache2[480] = 8'h00;
+    w_cache2[481] = 8'h00;
+    w_cache2[482] = 8'h00;
+    w_cache2[483] = 8'h00;
+    w_cache2[484] = 8'h00;
+    w_cache2[485] = 8'h00;
+    w_cache2[486] = 8'h00;
+    w_cache2[487] = 8'h00;
+    w_cache2[488] = 8'h00;
+    w_cache2[489] = 8'h00;
+    w_cache2[490] = 8'h00;
+    w_cache2[491] = 8'h00;
+    w_cache2[492] = 8'h00;
+    w_cache2[493] = 8'h00;
+    w_cache2[494] = 8'h00;
+    w_cache2[495] = 8'h00;
+    w_cache2[496] = 8'h00;
+    w_cache2[497] = 8'h00;
+    w_cache2[498] = 8'h00;
+    w_cache2[499] = 8'h00;
+    w_cache2[500] = 8'h00;
+    w_cache2[501] = 8'h00;
+    w_cache2[502] = 8'h00;
+    w_cache2[503] = 8'h00;
+    w_cache2[504] = 8'h00;
+    w_cache2[505] = 8'h00;
+    w_cache2[506] = 8'h00;
+    w_cache2[507] = 8'h00;
+    w_cache2[508] = 8'h00;
+    w_cache2[509] = 8'h00;
+    w_cache2[510] = 8'h00;
+    w_cache2[511] = 8'h00;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en$312 )
+      w_cache2[\$signature__addr$310 ] <= \$signature__data$311 ;
+  end
+  reg [7:0] _12_;
+  always @(posedge clk) begin
+    if (\$signature__en$334 ) begin
+      _12_ <= w_cache2[\$signature__addr$333 ];
+    end
+  end
+  assign \$signature__data$361  = _12_;
+  reg [7:0] w_cache3 [511:0];
+  initial begin
+    w_cache3[0] = 8'h00;
+    w_cache3[1] = 8'h00;
+    w_cache3[2] = 8'h00;
+    w_cache3[3] = 8'h00;
+    w_cache3[4] = 8'h00;
+    w_cache3[5] = 8'h00;
+    w_cache3[6] = 8'h00;
+    w_cache3[7] = 8'h00;
+    w_cache3[8] = 8'h00;
+    w_cache3[9] = 8'h00;
+    w_cache3[10] = 8'h00;
+    w_cache3[11] = 8'h00;
+    w_cache3[12] = 8'h00;
+    w_cache3[13] = 8'h00;
+    w_cache3[14] = 8'h00;
+    w_cache3[15] = 8'h00;
+    w_cache3[16] = 8'h00;
+    w_cache3[17] = 8'h00;
+    w_cache3[18] = 8'h00;
+    w_cache3[19] = 8'h00;
+    w_cache3[20] = 8'h00;
+    w_cache3[21] = 8'h00;
+    w_cache3[22] = 8'h00;
+    w_cache3[23] = 8'h00;
+    w_cache3[24] = 8'h00;
+    w_cache3[25] = 8'h00;
+    w_cache3[26] = 8'h00;
+    w_cache3[27] = 8'h00;
+    w_cache3[28] = 8'h00;
+    w_cache3[29] = 8'h00;
+    w_cache3[30] = 8'h00;
+    w_cache3[31] = 8'h00;
+    w_cache3[32] = 8'h00;
+    w_cache3[33] = 8'h00;
+    w_cache3[34] = 8'h00;
+    w_cache3[35] = 8'h00;
+    w_cache3[36] = 8'h00;
+    w_cache3[37] = 8'h00;
+    w_cache3[38] = 8'h00;
+    w_cache3[39] = 8'h00;
+    w_cache3[40] = 8'h00;
+    w_cache3[41] = 8'h00;
+    w_cache3[42] = 8'h00;
+    w_cache3[43] = 8'h00;
+    w_cache3[44] = 8'h00;
+    w_cache3[45] = 8'h00;
+    w_cache3[46] = 8'h00;
+    w_cache3[47] = 8'h00;
+    w_cache3[48] = 8'h00;
+    w_cache3[49] = 8'h00;
+    w_cache3[50] = 8'h00;
+    w_cache3[51] = 8'h00;
+    w_cache3[52] = 8'h00;
+    w_cache3[53] = 8'h00;
+    w_cache3[54] = 8'h00;
+    w_cache3[55] = 8'h00;
+    w_cache3[56] = 8'h00;
+    w_cache3[57] = 8'h00;
+    w_cache3[58] = 8'h00;
+    w_cache3[59] = 8'h00;
+    w_cache3[60] = 8'h00;
+    w_cache3[61] = 8'h00;
+    w_cache3[62] = 8'h00;
+    w_cache3[63] = 8'h00;
+    w_cache3[64] = 8'h00;
+    w_cache3[65] = 8'h00;
+    w_cache3[66] = 8'h00;
+    w_cache3[67] = 8'h00;
+    w_cache3[68] = 8'h00;
+    w_cache3[69] = 8'h00;
+    w_cache3[70] = 8'h00;
+    w_cache3[71] = 8'h00;
+    w_cache3[72] = 8'h00;
+    w_cache3[73] = 8'h00;
+    w_cache3[74] = 8'h00;
+    w_cache3[75] = 8'h00;
+    w_cache3[76] = 8'h00;
+    w_cache3[77] = 8'h00;
+    w_cache3[78] = 8'h00;
+    w_cache3[79] = 8'h00;
+    w_cache3[80] = 8'h00;
+    w_cache3[81] = 8'h00;
+    w_cache3[82] = 8'h00;
+    w_cache3[83] = 8'h00;
+    w_cache3[84] = 8'h00;
+    w_cache3[85] = 8'h00;
+    w_cache3[86] = 8'h00;
+    w_cache3[87] = 8'h00;
+    w_cache3[88] = 8'h00;
+    w_cache3[89] = 8'h00;
+    w_cache3[90] = 8'h00;
+    w_cache3[91] = 8'h00;
+    w_cache3[92] = 8'h00;
+    w_cache3[93] = 8'h00;
+    w_cache3[94] = 8'h00;
+    w_cache3[95] = 8'h00;
+    w_cache3[96] = 8'h00;
+    w_cache3[97] = 8'h00;
+    w_cache3[98] = 8'h00;
+    w_cache3[99] = 8'h00;
+    w_cache3[100] = 8'h00;
+    w_cache3[101] = 8'h00;
+    w_cache3[102] = 8'h00;
+    w_cache3[103] = 8'h00;
+    w_cache3[104] = 8'h00;
+    w_cache3[105] = 8'h00;
+    w_cache3[106] = 8'h00;
+    w_cache3[107] = 8'h00;
+    w_cache3[108] = 8'h00;
+    w_cache3[109] = 8'h00;
+    w_cache3[110] = 8'h00;
+    w_cache3[111] = 8'h00;
+    w_cache3[112] = 8'h00;
+    w_cache3[113] = 8'h00;
+    w_cache3[114] = 8'h00;
+    w_cache3[115] = 8'h00;
+    w_cache3[116] = 8'h00;
+    w_cache3[117] = 8'h00;
+    w_cache3[118] = 8'h00;
+    w_cache3[119] = 8'h00;
+    w_cache3[120] = 8'h00;
+    w_cache3[121] = 8'h00;
+    w_cache3[122] = 8'h00;
+    w_cache3[123] = 8'h00;
+    w_cache3[124] = 8'h00;
+    w_cache3[125] = 8'h00;
+    w_cache3[126] = 8'h00;
+    w_cache3[127] = 8'h00;
+    w_cache3[128] = 8'h00;
+    w_cache3[129] = 8'h00;
+    w_cache3[130] = 8'h00;
+    w_cache3[131] = 8'h00;
+    w_cache3[132] = 8'h00;
+    w_cache3[133] = 8'h00;
+    w_cache3[134] = 8'h00;
+    w_cache3[135] = 8'h00;
+    w_cache3[136] = 8'h00;
+    w_cache3[137] = 8'h00;
+    w_cache3[138] = 8'h00;
+    w_cache3[139] = 8'h00;
+    w_cache3[140] = 8'h00;
+    w_cache3[141] = 8'h00;
+    w_cache3[142] = 8'h00;
+    w_cache3[143] = 8'h00;
+    w_cache3[144] = 8'h00;
+    w_cache3[145] = 8'h00;
+    w_cache3[146] = 8'h00;
+    w_cache3[147] = 8'h00;
+    w_cache3[148] = 8'h00;
+    w_cache3[149] = 8'h00;
+    w_cache3[150] = 8'h00;
+    w_cache3[151] = 8'h00;
+    w_cache3[152] = 8'h00;
+    w_cache3[153] = 8'h00;
+    w_cache3[154] = 8'h00;
+    w_cache3[155] = 8'h00;
+    w_cache3[156] = 8'h00;
+    w_cache3[157] = 8'h00;
+    w_cache3[158] = 8'h00;
+    w_cache3[159] = 8'h00;
+    w_cache3[160] = 8'h00;
+    w_cache3[161] = 8'h00;
+    w_cache3[162] = 8'h00;
+    w_cache3[163] = 8'h00;
+    w_cache3[164] = 8'h00;
+    w_cache3[165] = 8'h00;
+    w_cache3[166] = 8'h00;
+    w_cache3[167] = 8'h00;
+    w_cache3[168] = 8'h00;
+    w_cache3[169] = 8'h00;
+    w_cache3[170] = 8'h00;
+    w_cache3[171] = 8'h00;
+    w_cache3[172] = 8'h00;
+    w_cache3[173] = 8'h00;
+    w_cache3[174] = 8'h00;
+    w_cache3[175] = 8'h00;
+    w_cache3[176] = 8'h00;
+    w_cache3[177] = 8'h00;
+    w_cache3[178] = 8'h00;
+    w_cache3[179] = 8'h00;
+    w_cache3[180] = 8'h00;
+    w_cache3[181] = 8'h00;
+    w_cache3[182] = 8'h00;
+    w_cache3[183] = 8'h00;
+    w_cache3[184] = 8'h00;
+    w_cache3[185] = 8'h00;
+    w_cache3[186] = 8'h00;
+    w_cache3[187] = 8'h00;
+    w_cache3[188] = 8'h00;
+    w_cache3[189] = 8'h00;
+    w_cache3[190] = 8'h00;
+    w_cache3[191] = 8'h00;
+    w_cache3[192] = 8'h00;
+    w_cache3[193] = 8'h00;
+    w_cache3[194] = 8'h00;
+    w_cache3[195] = 8'h00;
+    w_cache3[196] = 8'h00;
+    w_cache3[197] = 8'h00;
+    w_cache3[198] = 8'h00;
+    w_cache3[199] = 8'h00;
+    w_cache3[200] = 8'h00;
+    w_cache3[201] = 8'h00;
+    w_cache3[202] = 8'h00;
+    w_cache3[203] = 8'h00;
+    w_cache3[204] = 8'h00;
+    w_cache3[205] = 8'h00;
+    w_cache3[206] = 8'h00;
+    w_cache3[207] = 8'h00;
+    w_cache3[208] = 8'h00;
+    w_cache3[209] = 8'h00;
+    w_cache3[210] = 8'h00;
+    w_cache3[211] = 8'h00;
+    w_cache3[212] = 8'h00;
+    w_cache3[213] = 8'h00;
+    w_cache3[214] = 8'h00;
+    w_cache3[215] = 8'h00;
+    w_cache3[216] = 8'h00;
+    w_cache3[217] = 8'h00;
+    w_cache3[218] = 8'h00;
+    w_cache3[219] = 8'h00;
+    w_cache3[220] = 8'h00;
+    w_cache3[221] = 8'h00;
+    w_cache3[222] = 8'h00;
+    w_cache3[223] = 8'h00;
+    w_cache3[224] = 8'h00;
+    w_cache3[225] = 8'h00;
+    w_cache3[226] = 8'h00;
+    w_cache3[227] = 8'h00;
+    w_cache3[228] = 8'h00;
+    w_cache3[229] = 8'h00;
+    w_cache3[230] = 8'h00;
+    w_cache3[231] = 8'h00;
+    w_cache3[232] = 8'h00;
+    w_cache3[233] = 8'h00;
+    w_cache3[234] = 8'h00;
+    w_cache3[235] = 8'h00;
+    w_cache3[236] = 8'h00;
+    w_cache3[237] = 8'h00;
+    w_cache3[238] = 8'h00;
+    w_cache3[239] = 8'h00;
+    w_cache3[240] = 8'h00;
+    w_cache3[241] = 8'h00;
+    w_cache3[242] = 8'h00;
+    w_cache3[243] = 8'h00;
+    w_cache3[244] = 8'h00;
+    w_cache3[245] = 8'h00;
+    w_cache3[246] = 8'h00;
+    w_cache3[247] = 8'h00;
+    w_cache3[248] = 8'h00;
+    w_cache3[249] = 8'h00;
+    w_cache3[250] = 8'h00;
+    w_cache3[251] = 8'h00;
+    w_cache3[252] = 8'h00;
+    w_cache3[253] = 8'h00;
+    w_cache3[254] = 8'h00;
+    w_cache3[255] = 8'h00;
+    w_cache3[256] = 8'h00;
+    w_cache3[257] = 8'h00;
+    w_cache3[258] = 8'h00;
+    w_cache3[259] = 8'h00;
+    w_cache3[260] = 8'h00;
+    w_cache3[261] = 8'h00;
+    w_cache3[262] = 8'h00;
+    w_cache3[263] = 8'h00;
+    w_cache3[264] = 8'h00;
+    w_cache3[265] = 8'h00;
+    w_cache3[266] = 8'h00;
+    w_cache3[267] = 8'h00;
+    w_cache3[268] = 8'h00;
+    w_cache3[269] = 8'h00;
+    w_cache3[270] = 8'h00;
+    w_cache3[271] = 8'h00;
+    w_cache3[272] = 8'h00;
+    w_cache3[273] = 8'h00;
+    w_cache3[274] = 8'h00;
+    w_cache3[275] = 8'h00;
+    w_cache3[276] = 8'h00;
+    w_cache3[277] = 8'h00;
+    w_cache3[278] = 8'h00;
+    w_cache3[279] = 8'h00;
+    w_cache3[280] = 8'h00;
+    w_cache3[281] = 8'h00;
+    w_cache3[282] = 8'h00;
+    w_cache3[283] = 8'h00;
+    w_cache3[284] = 8'h00;
+    w_cache3[285] = 8'h00;
+    w_cache3[286] = 8'h00;
+    w_cache3[287] = 8'h00;
+    w_cache3[288] = 8'h00;
+    w_cache3[289] = 8'h00;
+    w_cache3[290] = 8'h00;
+    w_cache3[291] = 8'h00;
+    w_cache3[292] = 8'h00;
+    w_cache3[293] = 8'h00;
+    w_cache3[294] = 8'h00;
+    w_cache3[295] = 8'h00;
+    w_cache3[296] = 8'h00;
+    w_cache3[297] = 8'h00;
+    w_cache3[298] = 8'h00;
+    w_cache3[299] = 8'h00;
+    w_cache3[300] = 8'h00;
+    w_cache3[301] = 8'h00;
+    w_cache3[302] = 8'h00;
+    w_cache3[303] = 8'h00;
+    w_cache3[304] = 8'h00;
+    w_cache3[305] = 8'h00;
+    w_cache3[306] = 8'h00;
+    w_cache3[307] = 8'h00;
+    w_cache3[308] = 8'h00;
+    w_cache3[309] = 8'h00;
+    w_cache3[310] = 8'h00;
+    w_cache3[311] = 8'h00;
+    w_cache3[312] = 8'h00;
+    w_cache3[313] = 8'h00;
+    w_cache3[314] = 8'h00;
+    w_cache3[315] = 8'h00;
+    w_cache3[316] = 8'h00;
+    w_cache3[317] = 8'h00;
+    w_cache3[318] = 8'h00;
+    w_cache3[319] = 8'h00;
+    w_cache3[320] = 8'h00;
+    w_cache3[321] = 8'h00;
+    w_cache3[322] = 8'h00;
+    w_cache3[323] = 8'h00;
+    w_cache3[324] = 8'h00;
+    w_cache3[325] = 8'h00;
+    w_cache3[326] = 8'h00;
+    w_cache3[327] = 8'h00;
+    w_cache3[328] = 8'h00;
+    w_cache3[329] = 8'h00;
+    w_cache3[330] = 8'h00;
+    w_cache3[331] = 8'h00;
+    w_cache3[332] = 8'h00;
+    w_cache3[333] = 8'h00;
+    w_cache3[334] = 8'h00;
+    w_cache3[335] = 8'h00;
+    w_cache3[336] = 8'h00;
+    w_cache3[337] = 8'h00;
+    w_cache3[338] = 8'h00;
+    w_cache3[339] = 8'h00;
+    w_cache3[340] = 8'h00;
+    w_cache3[341] = 8'h00;
+    w_cache3[342] = 8'h00;
+    w_cache3[343] = 8'h00;
+    w_cache3[344] = 8'h00;
+    w_cache3[345] = 8'h00;
+    w_cache3[346] = 8'h00;
+    w_cache3[347] = 8'h00;
+    w_cache3[348] = 8'h00;
+    w_cache3[349] = 8'h00;
+    w_cache3[350] = 8'h00;
+    w_cache3[351] = 8'h00;
+    w_cache3[352] = 8'h00;
+    w_cache3[353] = 8'h00;
+    w_cache3[354] = 8'h00;
+    w_cache3[355] = 8'h00;
+    w_cache3[356] = 8'h00;
+    w_cache3[357] = 8'h00;
+    w_cache3[358] = 8'h00;
+    w_cache3[359] = 8'h00;
+    w_cache3[360] = 8'h00;
+    w_cache3[361] = 8'h00;
+    w_cache3[362] = 8'h00;
+    w_cache3[363] = 8'h00;
+    w_cache3[364] = 8'h00;
+    w_cache3[365] = 8'h00;
+    w_cache3[366] = 8'h00;
+    w_cache3[367] = 8'h00;
+    w_cache3[368] = 8'h00;
+    w_cache3[369] = 8'h00;
+    w_cache3[370] = 8'h00;
+    w_cache3[371] = 8'h00;
+    w_cache3[372] = 8'h00;
+    w_cache3[373] = 8'h00;
+    w_cache3[374] = 8'h00;
+    w_cache3[375] = 8'h00;
+    w_cache3[376] = 8'h00;
+    w_cache3[377] = 8'h00;
+    w_cache3[378] = 8'h00;
+    w_cache3[379] = 8'h00;
+    w_cache3[380] = 8'h00;
+    w_cache3[381] = 8'h00;
+    w_cache3[382] = 8'h00;
+    w_cache3[383] = 8'h00;
+    w_cache3[384] = 8'h00;
+    w_cache3[385] = 8'h00;
+    w_cache3[386] = 8'h00;
+    w_cache3[387] = 8'h00;
+    w_cache3[388] = 8'h00;
+    w_cache3[389] = 8'h00;
+    w_cache3[390] = 8'h00;
+    w_cache3[391] = 8'h00;
+    w_cache3[392] = 8'h00;
+    w_cache3[393] = 8'h00;
+    w_cache3[394] = 8'h00;
+    w_cache3[395] = 8'h00;
+    w_cache3[396] = 8'h00;
+    w_cache3[397] = 8'h00;
+    w_cache3[398] = 8'h00;
+    w_cache3[399] = 8'h00;
+    w_cache3[400] = 8'h00;
+    w_cache3[401] = 8'h00;
+    w_cache3[402] = 8'h00;
+    w_cache3[403] = 8'h00;
+    w_cache3[404] = 8'h00;
+    w_cache3[405] = 8'h00;
+    w_cache3[406] = 8'h00;
+    w_cache3[407] = 8'h00;
+    w_cache3[408] = 8'h00;
+    w_cache3[409] = 8'h00;
+    w_cache3[410] = 8'h00;
+    w_cache3[411] = 8'h00;
+    w_cache3[412] = 8'h00;
+    w_cache3[413] = 8'h00;
+    w_cache3[414] = 8'h00;
+    w_cache3[415] = 8'h00;
+    w_cache3[416] = 8'h00;
+    w_cache3[417] = 8'h00;
+    w_cache3[418] = 8'h00;
+    w_cache3[419] = 8'h00;
+    w_cache3[420] = 8'h00;
+    w_cache3[421] = 8'h00;
+    w_cache3[422] = 8'h00;
+    w_cache3[423] = 8'h00;
+    w_cache3[424] = 8'h00;
+    w_cache3[425] = 8'h00;
+    w_cache3[426] = 8'h00;
+    w_cache3[427] = 8'h00;
+    w_cache3[428] = 8'h00;
+    w_cache3[429] = 8'h00;
+    w_cache3[430] = 8'h00;
+    w_cache3[431] = 8'h00;
+    w_cache3[432] = 8'h00;
+    w_cache3[433] = 8'h00;
+    w_cache3[434] = 8'h00;
+    w_cache3[435] = 8'h00;
+    w_cache3[436] = 8'h00;
+    w_cache3[437] = 8'h00;
+    w_cache3[438] = 8'h00;
+    w_cache3[439] = 8'h00;
+    w_cache3[440] = 8'h00;
+    w_cache3[441] = 8'h00;
+    w_cache3[442] = 8'h00;
+    w_cache3[443] = 8'h00;
+    w_cache3[444] = 8'h00;
+    w_cache3[445] = 8'h00;
+    w_cache3[446] = 8'h00;
+    w_cache3[447] = 8'h00;
+    w_cache3[448] = 8'h00;
+    w_cache3[449] = 8'h00;
+    w_cache3[450] = 8'h00;
+    w_cache3[451] = 8'h00;
+    w_cache3[452] = 8'h00;
+    w_cache3[453] = 8'h00;
+    w_cache3[454] = 8'h00;
+    w_cache3[455] = 8'h00;
+    w_cache3[456] = 8'h00;
+    w_cache3[457] = 8'h00;
+    w_cache3[458] = 8'h00;
+    w_cache3[459] = 8'h00;
+    w_cache3[460] = 8'h00;
+    w_cache3[461] = 8'h00;
+    w_cache3[462] = 8'h00;
+    w_cache3[463] = 8'h00;
+    w_cache3[464] = 8'h00;
+    w_cache3[465] = 8'h00;
+    w_cache3[466] = 8'h00;
+    w_cache3[467] = 8'h00;
+    w_cache3[468] = 8'h00;
+    w_cache3[469] = 8'h00;
+    w_cache3[470] = 8'h00;
+    w_cache3[471] = 8'h00;
+    w_cache3[472] = 8'h00;
+    w_cache3[473] = 8'h00;
+    w_cache3[474] = 8'h00;
+    w_cache3[475] = 8'h00;
+    w_cache3[476] = 8'h00;
+    w_cache3[477] = 8'h00;
+    w_cache3[478] = 8'h00;
+    w_cache3[479] = 8'h00;
+    w_cache3[480] = 8'h00;
+    w_cache3[481] = 8'h00;
+    w_cache3[482] = 8'h00;
+    w_cache3[483] = 8'h00;
+    w_cache3[484] = 8'h00;
+    w_cache3[485] = 8'h00;
+    w_cache3[486] = 8'h00;
+    w_cache3[487] = 8'h00;
+    w_cache3[488] = 8'h00;
+    w_cache3[489] = 8'h00;
+    w_cache3[490] = 8'h00;
+    w_cache3[491] = 8'h00;
+    w_cache3[492] = 8'h00;
+    w_cache3[493] = 8'h00;
+    w_cache3[494] = 8'h00;
+    w_cache3[495] = 8'h00;
+    w_cache3[496] = 8'h00;
+    w_cache3[497] = 8'h00;
+    w_cache3[498] = 8'h00;
+    w_cache3[499] = 8'h00;
+    w_cache3[500] = 8'h00;
+    w_cache3[501] = 8'h00;
+    w_cache3[502] = 8'h00;
+    w_cache3[503] = 8'h00;
+    w_cache3[504] = 8'h00;
+    w_cache3[505] = 8'h00;
+    w_cache3[506] = 8'h00;
+    w_cache3[507] = 8'h00;
+    w_cache3[508] = 8'h00;
+    w_cache3[509] = 8'h00;
+    w_cache3[510] = 8'h00;
+    w_cache3[511] = 8'h00;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en$315 )
+      w_cache3[\$signature__addr$313 ] <= \$signature__data$314 ;
+  end
+  reg [7:0] _13_;
+  always @(posedge clk) begin
+    if (\$signature__en$336 ) begin
+      _13_ <= w_cache3[\$signature__addr$335 ];
+    end
+  end
+  assign \$signature__data$363  = _13_;
+  reg [7:0] w_cache4 [511:0];
+  initial begin
+    w_cache4[0] = 8'h00;
+    w_cache4[1] = 8'h00;
+    w_cache4[2] = 8'h00;
+    w_cache4[3] = 8'h00;
+    w_cache4[4] = 8'h00;
+    w_cache4[5] = 8'h00;
+    w_cache4[6] = 8'h00;
+    w_cache4[7] = 8'h00;
+    w_cache4[8] = 8'h00;
+    w_cache4[9] = 8'h00;
+    w_cache4[10] = 8'h00;
+    w_cache4[11] = 8'h00;
+    w_cache4[12] = 8'h00;
+    w_cache4[13] = 8'h00;
+    w_cache4[14] = 8'h00;
+    w_cache4[15] = 8'h00;
+    w_cache4[16] = 8'h00;
+    w_cache4[17] = 8'h00;
+    w_cache4[18] = 8'h00;
+    w_cache4[19] = 8'h00;
+    w_cache4[20] = 8'h00;
+    w_cache4[21] = 8'h00;
+    w_cache4[22] = 8'h00;
+    w_cache4[23] = 8'h00;
+    w_cache4[24] = 8'h00;
+    w_cache4[25] = 8'h00;
+    w_cache4[26] = 8'h00;
+    w_cache4[27] = 8'h00;
+    w_cache4[28] = 8'h00;
+    w_cache4[29] = 8'h00;
+    w_cache4[30] = 8'h00;
+    w_cache4[31] = 8'h00;
+    w_cache4[32] = 8'h00;
+    w_cache4[33] = 8'h00;
+    w_cache4[34] = 8'h00;
+    w_cache4[35] = 8'h00;
+    w_cache4[36] = 8'h00;
+    w_cache4[37] = 8'h00;
+    w_cache4[38] = 8'h00;
+    w_cache4[39] = 8'h00;
+    w_cache4[40] = 8'h00;
+    w_cache4[41] = 8'h00;
+    w_cache4[42] = 8'h00;
+    w_cache4[43] = 8'h00;
+    w_cache4[44] = 8'h00;
+    w_cache4[45] = 8'h00;
+    w_cache4[46] = 8'h00;
+    w_cache4[47] = 8'h00;
+    w_cache4[48] = 8'h00;
+    w_cache4[49] = 8'h00;
+    w_cache4[50] = 8'h00;
+    w_cache4[51] = 8'h00;
+    w_cache4[52] = 8'h00;
+    w_cache4[53] = 8'h00;
+    w_cache4[54] = 8'h00;
+    w_cache4[55] = 8'h00;
+    w_cache4[56] = 8'h00;
+    w_cache4[57] = 8'h00;
+    w_cache4[58] = 8'h00;
+    w_cache4[59] = 8'h00;
+    w_cache4[60] = 8'h00;
+    w_cache4[61] = 8'h00;
+    w_cache4[62] = 8'h00;
+    w_cache4[63] = 8'h00;
+    w_cache4[64] = 8'h00;
+    w_cache4[65] = 8'h00;
+    w_cache4[66] = 8'h00;
+    w_cache4[67] = 8'h00;
+    w_cache4[68] = 8'h00;
+    w_cache4[69] = 8'h00;
+    w_cache4[70] = 8'h00;
+    w_cache4[71] = 8'h00;
+    w_cache4[72] = 8'h00;
+    w_cache4[73] = 8'h00;
+    w_cache4[74] = 8'h00;
+    w_cache4[75] = 8'h00;
+    w_cache4[76] = 8'h00;
+    w_cache4[77] = 8'h00;
+    w_cache4[78] = 8'h00;
+    w_cache4[79] = 8'h00;
+    w_cache4[80] = 8'h00;
+    w_cache4[81] = 8'h00;
+    w_cache4[82] = 8'h00;
+    w_cache4[83] = 8'h00;
+    w_cache4[84] = 8'h00;
+    w_cache4[85] = 8'h00;
+    w_cache4[86] = 8'h00;
+    w_cache4[87] = 8'h00;
+    w_cache4[88] = 8'h00;
+    w_cache4[89] = 8'h00;
+    w_cache4[90] = 8'h00;
+    w_cache4[91] = 8'h00;
+    w_cache4[92] = 8'h00;
+    w_cache4[93] = 8'h00;
+    w_cache4[94] = 8'h00;
+    w_cache4[95] = 8'h00;
+    w_cache4[96] = 8'h00;
+    w_cache4[97] = 8'h00;
+    w_cache4[98] = 8'h00;
+    w_cache4[99] = 8'h00;
+    w_cache4[100] = 8'h00;
+    w_cache4[101] = 8'h00;
+    w_cache4[102] = 8'h00;
+    w_cache4[103] = 8'h00;
+    w_cache4[104] = 8'h00;
+    w_cache4[105] = 8'h00;
+    w_cache4[106] = 8'h00;
+    w_cache4[107] = 8'h00;
+    w_cache4[108] = 8'h00;
+    w_cache4[109] = 8'h00;
+    w_cache4[110] = 8'h00;
+    w_cache4[111] = 8'h00;
+    w_cache4[112] = 8'h00;
+    w_cache4[113] = 8'h00;
+    w_cache4[114] = 8'h00;
+    w_cache4[115] = 8'h00;
+    w_cache4[116] = 8'h00;
+    w_cache4[117] = 8'h00;
+    w_cache4[118] = 8'h00;
+    w_cache4[119] = 8'h00;
+    w_cache4[120] = 8'h00;
+    w_cache4[121] = 8'h00;
+    w_cache4[122] = 8'h00;
+    w_cache4[123] = 8'h00;
+    w_cache4[124] = 8'h00;
+    w_cache4[125] = 8'h00;
+    w_cache4[126] = 8'h00;
+    w_cache4[127] = 8'h00;
+    w_cache4[128] = 8'h00;
+    w_cache4[129] = 8'h00;
+    w_cache4[130] = 8'h00;
+    w_cache4[131] = 8'h00;
+    w_cache4[132] = 8'h00;
+    w_cache4[133] = 8'h00;
+    w_cache4[134] = 8'h00;
+    w_cache4[135] = 8'h00;
+    w_cache4[136] = 8'h00;
+    w_cache4[137] = 8'h00;
+    w_cache4[138] = 8'h00;
+    w_cache4[139] = 8'h00;
+    w_cache4[140] = 8'h00;
+    w_cache4[141] = 8'h00;
+    w_cache4[142] = 8'h00;
+    w_cache4[143] = 8'h00;
+    w_cache4[144] = 8'h00;
+    w_cache4[145] = 8'h00;
+    w_cache4[146] = 8'h00;
+    w_cache4[147] = 8'h00;
+    w_cache4[148] = 8'h00;
+    w_cache4[149] = 8'h00;
+    w_cache4[150] = 8'h00;
+    w_cache4[151] = 8'h00;
+    w_cache4[152] = 8'h00;
+    w_cache4[153] = 8'h00;
+    w_cache4[154] = 8'h00;
+    w_cache4[155] = 8'h00;
+    w_cache4[156] = 8'h00;
+    w_cache4[157] = 8'h00;
+    w_cache4[158] = 8'h00;
+    w_cache4[159] = 8'h00;
+    w_cache4[160] = 8'h00;
+    w_cache4[161] = 8'h00;
+    w_cache4[162] = 8'h00;
+    w_cache4[163] = 8'h00;
+    w_cache4[164] = 8'h00;
+    w_cache4[165] = 8'h00;
+    w_cache4[166] = 8'h00;
+    w_cache4[167] = 8'h00;
+    w_cache4[168] = 8'h00;
+    w_cache4[169] = 8'h00;
+    w_cache4[170] = 8'h00;
+    w_cache4[171] = 8'h00;
+    w_cache4[172] = 8'h00;
+    w_cache4[173] = 8'h00;
+    w_cache4[174] = 8'h00;
+    w_cache4[175] = 8'h00;
+    w_cache4[176] = 8'h00;
+    w_cache4[177] = 8'h00;
+    w_cache4[178] = 8'h00;
+    w_cache4[179] = 8'h00;
+    w_cache4[180] = 8'h00;
+    w_cache4[181] = 8'h00;
+    w_cache4[182] = 8'h00;
+    w_cache4[183] = 8'h00;
+    w_cache4[184] = 8'h00;
+    w_cache4[185] = 8'h00;
+    w_cache4[186] = 8'h00;
+    w_cache4[187] = 8'h00;
+    w_cache4[188] = 8'h00;
+    w_cache4[189] = 8'h00;
+    w_cache4[190] = 8'h00;
+    w_cache4[191] = 8'h00;
+    w_cache4[192] = 8'h00;
+    w_cache4[193] = 8'h00;
+    w_cache4[194] = 8'h00;
+    w_cache4[195] = 8'h00;
+    w_cache4[196] = 8'h00;
+    w_cache4[197] = 8'h00;
+    w_cache4[198] = 8'h00;
+    w_cache4[199] = 8'h00;
+    w_cache4[200] = 8'h00;
+    w_cache4[201] = 8'h00;
+    w_cache4[202] = 8'h00;
+    w_cache4[203] = 8'h00;
+    w_cache4[204] = 8'h00;
+    w_cache4[205] = 8'h00;
+    w_cache4[206] = 8'h00;
+    w_cache4[207] = 8'h00;
+    w_cache4[208] = 8'h00;
+    w_cache4[209] = 8'h00;
+    w_cache4[210] = 8'h00;
+    w_cache4[211] = 8'h00;
+    w_cache4[212] = 8'h00;
+    w_cache4[213] = 8'h00;
+    w_cache4[214] = 8'h00;
+    w_cache4[215] = 8'h00;
+    w_cache4[216] = 8'h00;
+    w_cache4[217] = 8'h00;
+    w_cache4[218] = 8'h00;
+    w_cache4[219] = 8'h00;
+    w_cache4[220] = 8'h00;
+    w_cache4[221] = 8'h00;
+    w_cache4[222] = 8'h00;
+    w_cache4[223] = 8'h00;
+    w_cache4[224] = 8'h00;
+    w_cache4[225] = 8'h00;
+    w_cache4[226] = 8'h00;
+    w_cache4[227] = 8'h00;
+    w_cache4[228] = 8'h00;
+    w_cache4[229] = 8'h00;
+    w_cache4[230] = 8'h00;
+    w_cache4[231] = 8'h00;
+    w_cache4[232] = 8'h00;
+    w_cache4[233] = 8'h00;
+    w_cache4[234] = 8'h00;
+    w_cache4[235] = 8'h00;
+    w_cache4[236] = 8'h00;
+    w_cache4[237] = 8'h00;
+    w_cache4[238] = 8'h00;
+    w_cache4[239] = 8'h00;
+    w_cache4[240] = 8'h00;
+    w_cache4[241] = 8'h00;
+    w_cache4[242] = 8'h00;
+    w_cache4[243] = 8'h00;
+    w_cache4[244] = 8'h00;
+    w_cache4[245] = 8'h00;
+    w_cache4[246] = 8'h00;
+    w_cache4[247] = 8'h00;
+    w_cache4[248] = 8'h00;
+    w_cache4[249] = 8'h00;
+    w_cache4[250] = 8'h00;
+    w_cache4[251] = 8'h00;
+    w_cache4[252] = 8'h00;
+    w_cache4[253] = 8'h00;
+    w_cache4[254] = 8'h00;
+    w_cache4[255] = 8'h00;
+    w_cache4[256] = 8'h00;
+    w_cache4[257] = 8'h00;
+    w_cache4[258] = 8'h00;
+    w_cache4[259] = 8'h00;
+    w_cache4[260] = 8'h00;
+    w_cache4[261] = 8'h00;
+    w_cache4[262] = 8'h00;
+    w_cache4[263] = 8'h00;
+    w_cache4[264] = 8'h00;
+    w_cache4[265] = 8'h00;
+    w_cache4[266] = 8'h00;
+    w_cache4[267] = 8'h00;
+    w_cache4[268] = 8'h00;
+    w_cache4[269] = 8'h00;
+    w_cache4[270] = 8'h00;
+    w_cache4[271] = 8'h00;
+    w_cache4[272] = 8'h00;
+    w_cache4[273] = 8'h00;
+    w_cache4[274] = 8'h00;
+    w_cache4[275] = 8'h00;
+    w_cache4[276] = 8'h00;
+    w_cache4[277] = 8'h00;
+    w_cache4[278] = 8'h00;
+    w_cache4[279] = 8'h00;
+    w_cache4[280] = 8'h00;
+    w_cache4[281] = 8'h00;
+    w_cache4[282] = 8'h00;
+    w_cache4[283] = 8'h00;
+    w_cache4[284] = 8'h00;
+    w_cache4[285] = 8'h00;
+    w_cache4[286] = 8'h00;
+    w_cache4[287] = 8'h00;
+    w_cache4[288] = 8'h00;
+    w_cache4[289] = 8'h00;
+    w_cache4[290] = 8'h00;
+    w_cache4[291] = 8'h00;
+    w_cache4[292] = 8'h00;
+    w_cache4[293] = 8'h00;
+    w_cache4[294] = 8'h00;
+    w_cache4[295] = 8'h00;
+    w_cache4[296] = 8'h00;
+    w_cache4[297] = 8'h00;
+    w_cache4[298] = 8'h00;
+    w_cache4[299] = 8'h00;
+    w_cache4[300] = 8'h00;
+    w_cache4[301] = 8'h00;
+    w_cache4[302] = 8'h00;
+    w_cache4[303] = 8'h00;
+    w_cache4[304] = 8'h00;
+    w_cache4[305] = 8'h00;
+    w_cache4[306] = 8'h00;
+    w_cache4[307] = 8'h00;
+    w_cache4[308] = 8'h00;
+    w_cache4[309] = 8'h00;
+    w_cache4[310] = 8'h00;
+    w_cache4[311] = 8'h00;
+    w_cache4[312] = 8'h00;
+    w_cache4[313] = 8'h00;
+    w_cache4[314] = 8'h00;
+    w_cache4[315] = 8'h00;
+    w_cache4[316] = 8'h00;
+    w_cache4[317] = 8'h00;
+    w_cache4[318] = 8'h00;
+    w_cache4[319] = 8'h00;
+    w_cache4[320] = 8'h00;
+    w_cache4[321] = 8'h00;
+    w_cache4[322] = 8'h00;
+    w_cache4[323] = 8'h00;
+    w_cache4[324] = 8'h00;
+    w_cache4[325] = 8'h00;
+    w_cache4[326] = 8'h00;
+    w_cache4[327] = 8'h00;
+    w_cache4[328] = 8'h00;
+    w_cache4[329] = 8'h00;
+    w_cache4[330] = 8'h00;
+    w_cache4[331] = 8'h00;
+    w_cache4[332] = 8'h00;
+    w_cache4[333] = 8'h00;
+    w_cache4[334] = 8'h00;
+    w_cache4[335] = 8'h00;
+    w_cache4[336] = 8'h00;
+    w_cache4[337] = 8'h00;
+    w_cache4[338] = 8'h00;
+    w_cache4[339] = 8'h00;
+    w_cache4[340] = 8'h00;
+    w_cache4[341] = 8'h00;
+    w_cache4[342] = 8'h00;
+    w_cache4[343] = 8'h00;
+    w_cache4[344] = 8'h00;
+    w_cache4[345] = 8'h00;
+    w_cache4[346] = 8'h00;
+    w_cache4[347] = 8'h00;
+    w_cache4[348] = 8'h00;
+    w_cache4[349] = 8'h00;
+    w_cache4[350] = 8'h00;
+    w_cache4[351] = 8'h00;
+    w_cache4[352] = 8'h00;
+    w_cache4[353] = 8'h00;
+    w_cache4[354] = 8'h00;
+    w_cache4[355] = 8'h00;
+    w_cache4[356] = 8'h00;
+    w_cache4[357] = 8'h00;
+    w_cache4[358] = 8'h00;
+    w_cache4[359] = 8'h00;
+    w_cache4[360] = 8'h00;
+    w_cache4[361] = 8'h00;
+    w_cache4[362] = 8'h00;
+    w_cache4[363] = 8'h00;
+    w_cache4[364] = 8'h00;
+    w_cache4[365] = 8'h00;
+    w_cache4[366] = 8'h00;
+    w_cache4[367] = 8'h00;
+    w_cache4[368] = 8'h00;
+    w_cache4[369] = 8'h00;
+    w_cache4[370] = 8'h00;
+    w_cache4[371] = 8'h00;
+    w_cache4[372] = 8'h00;
+    w_cache4[373] = 8'h00;
+    w_cache4[374] = 8'h00;
+    w_cache4[375] = 8'h00;
+    w_cache4[376] = 8'h00;
+    w_cache4[377] = 8'h00;
+    w_cache4[378] = 8'h00;
+    w_cache4[379] = 8'h00;
+    w_cache4[380] = 8'h00;
+    w_cache4[381] = 8'h00;
+    w_cache4[382] = 8'h00;
+    w_cache4[383] = 8'h00;
+    w_cache4[384] = 8'h00;
+    w_cache4[385] = 8'h00;
+    w_cache4[386] = 8'h00;
+    w_cache4[387] = 8'h00;
+    w_cache4[388] = 8'h00;
+    w_cache4[389] = 8'h00;
+    w_cache4[390] = 8'h00;
+    w_cache4[391] = 8'h00;
+    w_cache4[392] = 8'h00;
+    w_cache4[393] = 8'h00;
+    w_cache4[394] = 8'h00;
+    w_cache4[395] = 8'h00;
+    w_cache4[396] = 8'h00;
+    w_cache4[397] = 8'h00;
+    w_cache4[398] = 8'h00;
+    w_cache4[399] = 8'h00;
+    w_cache4[400] = 8'h00;
+    w_cache4[401] = 8'h00;
+    w_cache4[402] = 8'h00;
+    w_cache4[403] = 8'h00;
+    w_cache4[404] = 8'h00;
+    w_cache4[405] = 8'h00;
+    w_cache4[406] = 8'h00;
+    w_cache4[407] = 8'h00;
+    w_cache4[408] = 8'h00;
+    w_cache4[409] = 8'h00;
+    w_cache4[410] = 8'h00;
+    w_cache4[411] = 8'h00;
+    w_cache4[412] = 8'h00;
+    w_cache4[413] = 8'h00;
+    w_cache4[414] = 8'h00;
+    w_cache4[415] = 8'h00;
+    w_cache4[416] = 8'h00;
+    w_cache4[417] = 8'h00;
+    w_cache4[418] = 8'h00;
+    w_cache4[419] = 8'h00;
+    w_cache4[420] = 8'h00;
+    w_cache4[421] = 8'h00;
+    w_cache4[422] = 8'h00;
+    w_cache4[423] = 8'h00;
+    w_cache4[424] = 8'h00;
+    w_cache4[425] = 8'h00;
+    w_cache4[426] = 8'h00;
+    w_cache4[427] = 8'h00;
+    w_cache4[428] = 8'h00;
+    w_cache4[429] = 8'h00;
+    w_cache4[430] = 8'h00;
+    w_cache4[431] = 8'h00;
+    w_cache4[432] = 8'h00;
+    w_cache4[433] = 8'h00;
+    w_cache4[434] = 8'h00;
+    w_cache4[435] = 8'h00;
+    w_cache4[436] = 8'h00;
+    w_cache4[437] = 8'h00;
+    w_cache4[438] = 8'h00;
+    w_cache4[439] = 8'h00;
+    w_cache4[440] = 8'h00;
+    w_cache4[441] = 8'h00;
+    w_cache4[442] = 8'h00;
+    w_cache4[443] = 8'h00;
+    w_cache4[444] = 8'h00;
+    w_cache4[445] = 8'h00;
+    w_cache4[446] = 8'h00;
+    w_cache4[447] = 8'h00;
+    w_cache4[448] = 8'h00;
+    w_cache4[449] = 8'h00;
+    w_cache4[450] = 8'h00;
+    w_cache4[451] = 8'h00;
+    w_cache4[452] = 8'h00;
+    w_cache4[453] = 8'h00;
+    w_cache4[454] = 8'h00;
+    w_cache4[455] = 8'h00;
+    w_cache4[456] = 8'h00;
+    w_cache4[457] = 8'h00;
+    w_cache4[458] = 8'h00;
+    w_cache4[459] = 8'h00;
+    w_cache4[460] = 8'h00;
+    w_cache4[461] = 8'h00;
+    w_cache4[462] = 8'h00;
+    w_cache4[463] = 8'h00;
+    w_cache4[464] = 8'h00;
+    w_cache4[465] = 8'h00;
+    w_cache4[466] = 8'h00;
+    w_cache4[467] = 8'h00;
+    w_cache4[468] = 8'h00;
+    w_cache4[469] = 8'h00;
+    w_cache4[470] = 8'h00;
+    w_cache4[471] = 8'h00;
+    w_cache4[472] = 8'h00;
+    w_cache4[473] = 8'h00;
+    w_cache4[474] = 8'h00;
+    w_cache4[475] = 8'h00;
+    w_cache4[476] = 8'h00;
+    w_cache4[477] = 8'h00;
+    w_cache4[478] = 8'h00;
+    w_cache4[479] = 8'h00;
+    w_cache4[480] = 8'h00;
+    w_cache4[481] = 8'h00;
+    w_cache4[482] = 8'h00;
+    w_cache4[483] = 8'h00;
+    w_cache4[484] = 8'h00;
+    w_cache4[485] = 8'h00;
+    w_cache4[486] = 8'h00;
+    w_cache4[487] = 8'h00;
+    w_cache4[488] = 8'h00;
+    w_cache4[489] = 8'h00;
+    w_cache4[490] = 8'h00;
+    w_cache4[491] = 8'h00;
+    w_cache4[492] = 8'h00;
+    w_cache4[493] = 8'h00;
+    w_cache4[494] = 8'h00;
+    w_cache4[495] = 8'h00;
+    w_cache4[496] = 8'h00;
+    w_cache4[497] = 8'h00;
+    w_cache4[498] = 8'h00;
+    w_cache4[499] = 8'h00;
+    w_cache4[500] = 8'h00;
+    w_cache4[501] = 8'h00;
+    w_cache4[502] = 8'h00;
+    w_cache4[503] = 8'h00;
+    w_cache4[504] = 8'h00;
+    w_cache4[505] = 8'h00;
+    w_cache4[506] = 8'h00;
+    w_cache4[507] = 8'h00;
+    w_cache4[508] = 8'h00;
+    w_cache4[509] = 8'h00;
+    w_cache4[510] = 8'h00;
+    w_cache4[511] = 8'h00;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en$318 )
+      w_cache4[\$signature__addr$316 ] <= \$signature__data$317 ;
+  end
+  reg [7:0] _14_;
+  always @(posedge clk) begin
+    if (\$signature__en$338 ) begin
+      _14_ <= w_cache4[\$signature__addr$337 ];
+    end
+  end
+  assign \$signature__data$365  = _14_;
+  reg [7:0] w_cache5 [511:0];
+  initial begin
+    w_cache5[0] = 8'h00;
+    w_cache5[1] = 8'h00;
+    w_cache5[2] = 8'h00;
+    w_cache5[3] = 8'h00;
+    w_cache5[4] = 8'h00;
+    w_cache5[5] = 8'h00;
+    w_cache5[6] = 8'h00;
+    w_cache5[7] = 8'h00;
+    w_cache5[8] = 8'h00;
+    w_cache5[9] = 8'h00;
+    w_cache5[10] = 8'h00;
+    w_cache5[11] = 8'h00;
+    w_cache5[12] = 8'h00;
+    w_cache5[13] = 8'h00;
+    w_cache5[14] = 8'h00;
+    w_cache5[15] = 8'h00;
+    w_cache5[16] = 8'h00;
+    w_cache5[17] = 8'h00;
+    w_cache5[18] = 8'h00;
+    w_cache5[19] = 8'h00;
+    w_cache5[20] = 8'h00;
+    w_cache5[21] = 8'h00;
+    w_cache5[22] = 8'h00;
+    w_cache5[23] = 8'h00;
+    w_cache5[24] = 8'h00;
+    w_cache5[25] = 8'h00;
+    w_cache5[26] = 8'h00;
+    w_cache5[27] = 8'h00;
+    w_cache5[28] = 8'h00;
+    w_cache5[29] = 8'h00;
+    w_cache5[30] = 8'h00;
+    w_cache5[31] = 8'h00;
+    w_cache5[32] = 8'h00;
+    w_cache5[33] = 8'h00;
+    w_cache5[34] = 8'h00;
+    w_cache5[35] = 8'h00;
+    w_cache5[36] = 8'h00;
+    w_cache5[37] = 8'h00;
+    w_cache5[38] = 8'h00;
+    w_cache5[39] = 8'h00;
+    w_cache5[40] = 8'h00;
+    w_cache5[41] = 8'h00;
+    w_cache5[42] = 8'h00;
+    w_cache5[43] = 8'h00;
+    w_cache5[44] = 8'h00;
+    w_cache5[45] = 8'h00;
+    w_cache5[46] = 8'h00;
+    w_cache5[47] = 8'h00;
+    w_cache5[48] = 8'h00;
+    w_cache5[49] = 8'h00;
+    w_cache5[50] = 8'h00;
+    w_cache5[51] = 8'h00;
+    w_cache5[52] = 8'h00;
+    w_cache5[53] = 8'h00;
+    w_cache5[54] = 8'h00;
+    w_cache5[55] = 8'h00;
+    w_cache5[56] = 8'h00;
+    w_cache5[57] = 8'h00;
+    w_cache5[58] = 8'h00;
+    w_cache5[59] = 8'h00;
+    w_cache5[60] = 8'h00;
+    w_cache5[61] = 8'h00;
+    w_cache5[62] = 8'h00;
+    w_cache5[63] = 8'h00;
+    w_cache5[64] = 8'h00;
+    w_cache5[65] = 8'h00;
+    w_cache5[66] = 8'h00;
+    w_cache5[67] = 8'h00;
+    w_cache5[68] = 8'h00;
+    w_cache5[69] = 8'h00;
+    w_cache5[70] = 8'h00;
+    w_cache5[71] = 8'h00;
+    w_cache5[72] = 8'h00;
+    w_cache5[73] = 8'h00;
+    w_cache5[74] = 8'h00;
+    w_cache5[75] = 8'h00;
+    w_cache5[76] = 8'h00;
+    w_cache5[77] = 8'h00;
+    w_cache5[78] = 8'h00;
+    w_cache5[79] = 8'h00;
+    w_cache5[80] = 8'h00;
+    w_cache5[81] = 8'h00;
+    w_cache5[82] = 8'h00;
+    w_cache5[83] = 8'h00;
+    w_cache5[84] = 8'h00;
+    w_cache5[85] = 8'h00;
+    w_cache5[86] = 8'h00;
+    w_cache5[87] = 8'h00;
+    w_cache5[88] = 8'h00;
+    w_cache5[89] = 8'h00;
+    w_cache5[90] = 8'h00;
+    w_cache5[91] = 8'h00;
+    w_cache5[92] = 8'h00;
+    w_cache5[93] = 8'h00;
+    w_cache5[94] = 8'h00;
+    w_cache5[95] = 8'h00;
+    w_cache5[96] = 8'h00;
+    w_cache5[97] = 8'h00;
+    w_cache5[98] = 8'h00;
+    w_cache5[99] = 8'h00;
+    w_cache5[100] = 8'h00;
+    w_cache5[101] = 8'h00;
+    w_cache5[102] = 8'h00;
+    w_cache5[103] = 8'h00;
+    w_cache5[104] = 8'h00;
+    w_cache5[105] = 8'h00;
+    w_cache5[106] = 8'h00;
+    w_cache5[107] = 8'h00;
+    w_cache5[108] = 8'h00;
+    w_cache5[109] = 8'h00;
+    w_cache5[110] = 8'h00;
+    w_cache5[111] = 8'h00;
+    w_cache5[112] = 8'h00;
+    w_cache5[113] = 8'h00;
+    w_cache5[114] = 8'h00;
+    w_cache5[115] = 8'h00;
+    w_cache5[116] = 8'h00;
+    w_cache5[117] = 8'h00;
+    w_cache5[118] = 8'h00;
+    w_cache5[119] = 8'h00;
+    w_cache5[120] = 8'h00;
+    w_cache5[121] = 8'h00;
+    w_cache5[122] = 8'h00;
+    w_cache5[123] = 8'h00;
+    w_cache5[124] = 8'h00;
+    w_cache5[125] = 8'h00;
+    w_cache5[126] = 8'h00;
+    w_cache5[127] = 8'h00;
+    w_cache5[128] = 8'h00;
+    w_cache5[129] = 8'h00;
+    w_cache5[130] = 8'h00;
+    w_cache5[131] = 8'h00;
+    w_cache5[132] = 8'h00;
+    w_cache5[133] = 8'h00;
+    w_cache5[134] = 8'h00;
+    w_cache5[135] = 8'h00;
+    w_cache5[136] = 8'h00;
+    w_cache5[137] = 8'h00;
+    w_cache5[138] = 8'h00;
+    w_cache5[139] = 8'h00;
+    w_cache5[140] = 8'h00;
+    w_cache5[141] = 8'h00;
+    w_cache5[142] = 8'h00;
+    w_cache5[143] = 8'h00;
+    w_cache5[144] = 8'h00;
+    w_cache5[145] = 8'h00;
+    w_cache5[146] = 8'h00;
+    w_cache5[147] = 8'h00;
+    w_cache5[148] = 8'h00;
+    w_cache5[149] = 8'h00;
+    w_cache5[150] = 8'h00;
+    w_cache5[151] = 8'h00;
+    w_cache5[152] = 8'h00;
+    w_cache5[153] = 8'h00;
+    w_cache5[154] = 8'h00;
+    w_cache5[155] = 8'h00;
+    w_cache5[156] = 8'h00;
+    w_cache5[157] = 8'h00;
+    w_cache5[158] = 8'h00;
+    w_cache5[159] = 8'h00;
+    w_cache5[160] = 8'h00;
+    w_cache5[161] = 8'h00;
+    w_cache5[162] = 8'h00;
+    w_cache5[163] = 8'h00;
+    w_cache5[164] = 8'h00;
+    w_cache5[165] = 8'h00;
+    w_cache5[166] = 8'h00;
+    w_cache5[167] = 8'h00;
+    w_cache5[168] = 8'h00;
+    w_cache5[169] = 8'h00;
+    w_cache5[170] = 8'h00;
+    w_cache5[171] = 8'h00;
+    w_cache5[172] = 8'h00;
+    w_cache5[173] = 8'h00;
+    w_cache5[174] = 8'h00;
+    w_cache5[175] = 8'h00;
+    w_cache5[176] = 8'h00;
+    w_cache5[177] = 8'h00;
+    w_cache5[178] = 8'h00;
+    w_cache5[179] = 8'h00;
+    w_cache5[180] = 8'h00;
+    w_cache5[181] = 8'h00;
+    w_cache5[182] = 8'h00;
+    w_cache5[183] = 8'h00;
+    w_cache5[184] = 8'h00;
+    w_cache5[185] = 8'h00;
+    w_cache5[186] = 8'h00;
+    w_cache5[187] = 8'h00;
+    w_cache5[188] = 8'h00;
+    w_cache5[189] = 8'h00;
+    w_cache5[190] = 8'h00;
+    w_cache5[191] = 8'h00;
+    w_cache5[192] = 8'h00;
+    w_cache5[193] = 8'h00;
+    w_cache5[194] = 8'h00;
+    w_cache5[195] = 8'h00;
+    w_cache5[196] = 8'h00;
+    w_cache5[197] = 8'h00;
+    w_cache5[198] = 8'h00;
+    w_cache5[199] = 8'h00;
+    w_cache5[200] = 8'h00;
+    w_cache5[201] = 8'h00;
+    w_cache5[202] = 8'h00;
+    w_cache5[203] = 8'h00;
+    w_cache5[204] = 8'h00;
+    w_cache5[205] = 8'h00;
+    w_cache5[206] = 8'h00;
+    w_cache5[207] = 8'h00;
+    w_cache5[208] = 8'h00;
+    w_cache5[209] = 8'h00;
+    w_cache5[210] = 8'h00;
+    w_cache5[211] = 8'h00;
+    w_cache5[212] = 8'h00;
+    w_cache5[213] = 8'h00;
+    w_cache5[214] = 8'h00;
+    w_cache5[215] = 8'h00;
+    w_cache5[216] = 8'h00;
+    w_cache5[217] = 8'h00;
+    w_cache5[218] = 8'h00;
+    w_cache5[219] = 8'h00;
+    w_cache5[220] = 8'h00;
+    w_cache5[221] = 8'h00;
+    w_cache5[222] = 8'h00;
+    w_cache5[223] = 8'h00;
+    w_cache5[224] = 8'h00;
+    w_cache5[225] = 8'h00;
+    w_cache5[226] = 8'h00;
+    w_cache5[227] = 8'h00;
+    w_cache5[228] = 8'h00;
+    w_cache5[229] = 8'h00;
+    w_cache5[230] = 8'h00;
+    w_cache5[231] = 8'h00;
+    w_cache5[232] = 8'h00;
+    w_cache5[233] = 8'h00;
+    w_cache5[234] = 8'h00;
+    w_cache5[235] = 8'h00;
+    w_cache5[236] = 8'h00;
+    w_cache5[237] = 8'h00;
+    w_cache5[238] = 8'h00;
+    w_cache5[239] = 8'h00;
+    w_cache5[240] = 8'h00;
+    w_cache5[241] = 8'h00;
+    w_cache5[242] = 8'h00;
+    w_cache5[243] = 8'h00;
+    w_cache5[244] = 8'h00;
+    w_cache5[245] = 8'h00;
+    w_cache5[246] = 8'h00;
+    w_cache5[247] = 8'h00;
+    w_cache5[248] = 8'h00;
+    w_cache5[249] = 8'h00;
+    w_cache5[250] = 8'h00;
+    w_cache5[251] = 8'h00;
+    w_cache5[252] = 8'h00;
+    w_cache5[253] = 8'h00;
+    w_cache5[254] = 8'h00;
+    w_cache5[255] = 8'h00;
+    w_cache5[256] = 8'h00;
+    w_cache5[257] = 8'h00;
+    w_cache5[258] = 8'h00;
+    w_cache5[259] = 8'h00;
+    w_cache5[260] = 8'h00;
+    w_cache5[261] = 8'h00;
+    w_cache5[262] = 8'h00;
+    w_cache5[263] = 8'h00;
+    w_cache5[264] = 8'h00;
+    w_cache5[265] = 8'h00;
+    w_cache5[266] = 8'h00;
+    w_cache5[267] = 8'h00;
+    w_cache5[268] = 8'h00;
+    w_cache5[269] = 8'h00;
+    w_cache5[270] = 8'h00;
+    w_cache5[271] = 8'h00;
+    w_cache5[272] = 8'h00;
+    w_cache5[273] = 8'h00;
+    w_cache5[274] = 8'h00;
+    w_cache5[275] = 8'h00;
+    w_cache5[276] = 8'h00;
+    w_cache5[277] = 8'h00;
+    w_cache5[278] = 8'h00;
+    w_cache5[279] = 8'h00;
+    w_cache5[280] = 8'h00;
+    w_cache5[281] = 8'h00;
+    w_cache5[282] = 8'h00;
+    w_cache5[283] = 8'h00;
+    w_cache5[284] = 8'h00;
+    w_cache5[285] = 8'h00;
+    w_cache5[286] = 8'h00;
+    w_cache5[287] = 8'h00;
+    w_cache5[288] = 8'h00;
+    w_cache5[289] = 8'h00;
+    w_cache5[290] = 8'h00;
+    w_cache5[291] = 8'h00;
+    w_cache5[292] = 8'h00;
+    w_cache5[293] = 8'h00;
+    w_cache5[294] = 8'h00;
+    w_cache5[295] = 8'h00;
+    w_cache5[296] = 8'h00;
+    w_cache5[297] = 8'h00;
+    w_cache5[298] = 8'h00;
+    w_cache5[299] = 8'h00;
+    w_cache5[300] = 8'h00;
+    w_cache5[301] = 8'h00;
+    w_cache5[302] = 8'h00;
+    w_cache5[303] = 8'h00;
+    w_cache5[304] = 8'h00;
+    w_cache5[305] = 8'h00;
+    w_cache5[306] = 8'h00;
+    w_cache5[307] = 8'h00;
+    w_cache5[308] = 8'h00;
+    w_cache5[309] = 8'h00;
+    w_cache5[310] = 8'h00;
+    w_cache5[311] = 8'h00;
+    w_cache5[312] = 8'h00;
+    w_cache5[313] = 8'h00;
+    w_cache5[314] = 8'h00;
+    w_cache5[315] = 8'h00;
+    w_cache5[316] = 8'h00;
+    w_cache5[317] = 8'h00;
+    w_cache5[318] = 8'h00;
+    w_cache5[319] = 8'h00;
+    w_cache5[320] = 8'h00;
+    w_cache5[321] = 8'h00;
+    w_cache5[322] = 8'h00;
+    w_cache5[323] = 8'h00;
+    w_cache5[324] = 8'h00;
+    w_cache5[325] = 8'h00;
+    w_cache5[326] = 8'h00;
+    w_cache5[327] = 8'h00;
+    w_cache5[328] = 8'h00;
+    w_cache5[329] = 8'h00;
+    w_cache5[330] = 8'h00;
+    w_cache5[331] = 8'h00;
+    w_cache5[332] = 8'h00;
+    w_cache5[333] = 8'h00;
+    w_cache5[334] = 8'h00;
+    w_cache5[335] = 8'h00;
+    w_cache5[336] = 8'h00;
+    w_cache5[337] = 8'h00;
+    w_cache5[338] = 8'h00;
+    w_cache5[339] = 8'h00;
+    w_cache5[340] = 8'h00;
+    w_cache5[341] = 8'h00;
+    w_cache5[342] = 8'h00;
+    w_cache5[343] = 8'h00;
+    w_cache5[344] = 8'h00;
+    w_cache5[345] = 8'h00;
+    w_cache5[346] = 8'h00;
+    w_cache5[347] = 8'h00;
+    w_cache5[348] = 8'h00;
+    w_cache5[349] = 8'h00;
+    w_cache5[350] = 8'h00;
+    w_cache5[351] = 8'h00;
+    w_cache5[352] = 8'h00;
+    w_cache5[353] = 8'h00;
+    w_cache5[354] = 8'h00;
+    w_cache5[355] = 8'h00;
+    w_cache5[356] = 8'h00;
+    w_cache5[357] = 8'h00;
+    w_cache5[358] = 8'h00;
+    w_cache5[359] = 8'h00;
+    w_cache5[360] = 8'h00;
+    w_cache5[361] = 8'h00;
+    w_cache5[362] = 8'h00;
+    w_cache5[363] = 8'h00;
+    w_cache5[364] = 8'h00;
+    w_cache5[365] = 8'h00;
+    w_cache5[366] = 8'h00;
+    w_cache5[367] = 8'h00;
+    w_cache5[368] = 8'h00;
+    w_cache5[369] = 8'h00;
+    w_cache5[370] = 8'h00;
+    w_cache5[371] = 8'h00;
+    w_cache5[372] = 8'h00;
+    w_cache5[373] = 8'h00;
+    w_cache5[374] = 8'h00;
+    w_cache5[375] = 8'h00;
+    w_cache5[376] = 8'h00;
+    w_cache5[377] = 8'h00;
+    w_cache5[378] = 8'h00;
+    w_cache5[379] = 8'h00;
+    w_cache5[380] = 8'h00;
+    w_cache5[381] = 8'h00;
+    w_cache5[382] = 8'h00;
+    w_cache5[383] = 8'h00;
+    w_cache5[384] = 8'h00;
+    w_cache5[385] = 8'h00;
+    w_cache5[386] = 8'h00;
+    w_cache5[387] = 8'h00;
+    w_cache5[388] = 8'h00;
+    w_cache5[389] = 8'h00;
+    w_cache5[390] = 8'h00;
+    w_cache5[391] = 8'h00;
+    w_cache5[392] = 8'h00;
+    w_cache5[393] = 8'h00;
+    w_cache5[394] = 8'h00;
+    w_cache5[395] = 8'h00;
+    w_cache5[396] = 8'h00;
+    w_cache5[397] = 8'h00;
+    w_cache5[398] = 8'h00;
+    w_cache5[399] = 8'h00;
+    w_cache5[400] = 8'h00;
+    w_cache5[401] = 8'h00;
+    w_cache5[402] = 8'h00;
+    w_cache5[403] = 8'h00;
+    w_cache5[404] = 8'h00;
+    w_cache5[405] = 8'h00;
+    w_cache5[406] = 8'h00;
+    w_cache5[407] = 8'h00;
+    w_cache5[408] = 8'h00;
+    w_cache5[409] = 8'h00;
+    w_cache5[410] = 8'h00;
+    w_cache5[411] = 8'h00;
+    w_cache5[412] = 8'h00;
+    w_cache5[413] = 8'h00;
+    w_cache5[414] = 8'h00;
+    w_cache5[415] = 8'h00;
+    w_cache5[416] = 8'h00;
+    w_cache5[417] = 8'h00;
+    w_cache5[418] = 8'h00;
+    w_cache5[419] = 8'h00;
+    w_cache5[420] = 8'h00;
+    w_cache5[421] = 8'h00;
+    w_cache5[422] = 8'h00;
+    w_cache5[423] = 8'h00;
+    w_cache5[424] = 8'h00;
+    w_cache5[425] = 8'h00;
+    w_cache5[426] = 8'h00;
+    w_cache5[427] = 8'h00;
+    w_cache5[428] = 8'h00;
+    w_cache5[429] = 8'h00;
+    w_cache5[430] = 8'h00;
+    w_cache5[431] = 8'h00;
+    w_cache5[432] = 8'h00;
+    w_cache5[433] = 8'h00;
+    w_cache5[434] = 8'h00;
+    w_cache5[435] = 8'h00;
+    w_cache5[436] = 8'h00;
+    w_cache5[437] = 8'h00;
+    w_cache5[438] = 8'h00;
+    w_cache5[439] = 8'h00;
+    w_cache5[440] = 8'h00;
+    w_cache5[441] = 8'h00;
+    w_cache5[442] = 8'h00;
+    w_cache5[443] = 8'h00;
+    w_cache5[444] = 8'h00;
+    w_cache5[445] = 8'h00;
+    w_cache5[446] = 8'h00;
+    w_cache5[447] = 8'h00;
+    w_cache5[448] = 8'h00;
+    w_cache5[449] = 8'h00;
+    w_cache5[450] = 8'h00;
+    w_cache5[451] = 8'h00;
+    w_cache5[452] = 8'h00;
+    w_cache5[453] = 8'h00;
+    w_cache5[454] = 8'h00;
+    w_cache5[455] = 8'h00;
+    w_cache5[456] = 8'h00;
+    w_cache5[457] = 8'h00;
+    w_cache5[458] = 8'h00;
+    w_cache5[459] = 8'h00;
+    w_cache5[460] = 8'h00;
+    w_cache5[461] = 8'h00;
+    w_cache5[462] = 8'h00;
+    w_cache5[463] = 8'h00;
+    w_cache5[464] = 8'h00;
+    w_cache5[465] = 8'h00;
+    w_cache5[466] = 8'h00;
+    w_cache5[467] = 8'h00;
+    w_cache5[468] = 8'h00;
+    w_cache5[469] = 8'h00;
+    w_cache5[470] = 8'h00;
+    w_cache5[471] = 8'h00;
+    w_cache5[472] = 8'h00;
+    w_cache5[473] = 8'h00;
+    w_cache5[474] = 8'h00;
+    w_cache5[475] = 8'h00;
+    w_cache5[476] = 8'h00;
+    w_cache5[477] = 8'h00;
+    w_cache5[478] = 8'h00;
+    w_cache5[479] = 8'h00;
+    w_cache5[480] = 8'h00;
+    w_cache5[481] = 8'h00;
+    w_cache5[482] = 8'h00;
+    w_cache5[483] = 8'h00;
+    w_cache5[484] = 8'h00;
+    w_cache5[485] = 8'h00;
+    w_cache5[486] = 8'h00;
+    w_cache5[487] = 8'h00;
+    w_cache5[488] = 8'h00;
+    w_cache5[489] = 8'h00;
+    w_cache5[490] = 8'h00;
+    w_cache5[491] = 8'h00;
+    w_cache5[492] = 8'h00;
+    w_cache5[493] = 8'h00;
+    w_cache5[494] = 8'h00;
+    w_cache5[495] = 8'h00;
+    w_cache5[496] = 8'h00;
+    w_cache5[497] = 8'h00;
+    w_cache5[498] = 8'h00;
+    w_cache5[499] = 8'h00;
+    w_cache5[500] = 8'h00;
+    w_cache5[501] = 8'h00;
+    w_cache5[502] = 8'h00;
+    w_cache5[503] = 8'h00;
+    w_cache5[504] = 8'h00;
+    w_cache5[505] = 8'h00;
+    w_cache5[506] = 8'h00;
+    w_cache5[507] = 8'h00;
+    w_cache5[508] = 8'h00;
+    w_cache5[509] = 8'h00;
+    w_cache5[510] = 8'h00;
+    w_cache5[511] = 8'h00;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en$321 )
+      w_cache5[\$signature__addr$319 ] <= \$signature__data$320 ;
+  end
+  reg [7:0] _15_;
+  always @(posedge clk) begin
+    if (\$signature__en$340 ) begin
+      _15_ <= w_cache5[\$signature__addr$339 ];
+    end
+  end
+  assign \$signature__data$367  = _15_;
+  reg [7:0] w_cache6 [511:0];
+  initial begin
+    w_cache6[0] = 8'h00;
+    w_cache6[1] = 8'h00;
+    w_cache6[2] = 8'h00;
+    w_cache6[3] = 8'h00;
+    w_cache6[4] = 8'h00;
+    w_cache6[5] = 8'h00;
+    w_cache6[6] = 8'h00;
+    w_cache6[7] = 8'h00;
+    w_cache6[8] = 8'h00;
+    w_cache6[9] = 8'h00;
+    w_cache6[10] = 8'h00;
+    w_cache6[11] = 8'h00;
+    w_cache6[12] = 8'h00;
+    w_cache6[13] = 8'h00;
+    w_cache6[14] = 8'h00;
+    w_cache6[15] = 8'h00;
+    w_cache6[16] = 8'h00;
+    w_cache6[17] = 8'h00;
+    w_cache6[18] = 8'h00;
+    w_cache6[19] = 8'h00;
+    w_cache6[20] = 8'h00;
+    w_cache6[21] = 8'h00;
+    w_cache6[22] = 8'h00;
+    w_cache6[23] = 8'h00;
+    w_cache6[24] = 8'h00;
+    w_cache6[25] = 8'h00;
+    w_cache6[26] = 8'h00;
+    w_cache6[27] = 8'h00;
+    w_cache6[28] = 8'h00;
+    w_cache6[29] = 8'h00;
+    w_cache6[30] = 8'h00;
+    w_cache6[31] = 8'h00;
+    w_cache6[32] = 8'h00;
+    w_cache6[33] = 8'h00;
+    w_cache6[34] = 8'h00;
+    w_cache6[35] = 8'h00;
+    w_cache6[36] = 8'h00;
+    w_cache6[37] = 8'h00;
+    w_cache6[38] = 8'h00;
+    w_cache6[39] = 8'h00;
+    w_cache6[40] = 8'h00;
+    w_cache6[41] = 8'h00;
+    w_cache6[42] = 8'h00;
+    w_cache6[43] = 8'h00;
+    w_cache6[44] = 8'h00;
+    w_cache6[45] = 8'h00;
+    w_cache6[46] = 8'h00;
+    w_cache6[47] = 8'h00;
+    w_cache6[48] = 8'h00;
+    w_cache6[49] = 8'h00;
+    w_cache6[50] = 8'h00;
+    w_cache6[51] = 8'h00;
+    w_cache6[52] = 8'h00;
+    w_cache6[53] = 8'h00;
+    w_cache6[54] = 8'h00;
+    w_cache6[55] = 8'h00;
+    w_cache6[56] = 8'h00;
+    w_cache6[57] = 8'h00;
+    w_cache6[58] = 8'h00;
+    w_cache6[59] = 8'h00;
+    w_cache6[60] = 8'h00;
+    w_cache6[61] = 8'h00;
+    w_cache6[62] = 8'h00;
+    w_cache6[63] = 8'h00;
+    w_cache6[64] = 8'h00;
+    w_cache6[65] = 8'h00;
+    w_cache6[66] = 8'h00;
+    w_cache6[67] = 8'h00;
+    w_cache6[68] = 8'h00;
+    w_cache6[69] = 8'h00;
+    w_cache6[70] = 8'h00;
+    w_cache6[71] = 8'h00;
+    w_cache6[72] = 8'h00;
+    w_cache6[73] = 8'h00;
+    w_cache6[74] = 8'h00;
+    w_cache6[75] = 8'h00;
+    w_cache6[76] = 8'h00;
+    w_cache6[77] = 8'h00;
+    w_cache6[78] = 8'h00;
+    w_cache6[79] = 8'h00;
+    w_cache6[80] = 8'h00;
+    w_cache6[81] = 8'h00;
+    w_cache6[82] = 8'h00;
+    w_cache6[83] = 8'h00;
+    w_cache6[84] = 8'h00;
+    w_cache6[85] = 8'h00;
+    w_cache6[86] = 8'h00;
+    w_cache6[87] = 8'h00;
+    w_cache6[88] = 8'h00;
+    w_cache6[89] = 8'h00;
+    w_cache6[90] = 8'h00;
+    w_cache6[91] = 8'h00;
+    w_cache6[92] = 8'h00;
+    w_cache6[93] = 8'h00;
+    w_cache6[94] = 8'h00;
+    w_cache6[95] = 8'h00;
+    w_cache6[96] = 8'h00;
+    w_cache6[97] = 8'h00;
+    w_cache6[98] = 8'h00;
+    w_cache6[99] = 8'h00;
+    w_cache6[100] = 8'h00;
+    w_cache6[101] = 8'h00;
+    w_cache6[102] = 8'h00;
+    w_cache6[103] = 8'h00;
+    w_cache6[104] = 8'h00;
+    w_cache6[105] = 8'h00;
+    w_cache6[106] = 8'h00;
+    w_cache6[107] = 8'h00;
+    w_cache6[108] = 8'h00;
+    w_cache6[109] = 8'h00;
+    w_cache6[110] = 8'h00;
+    w_cache6[111] = 8'h00;
+    w_cache6[112] = 8'h00;
+    w_cache6[113] = 8'h00;
+    w_cache6[114] = 8'h00;
+    w_cache6[115] = 8'h00;
+    w_cache6[116] = 8'h00;
+    w_cache6[117] = 8'h00;
+    w_cache6[118] = 8'h00;
+    w_cache6[119] = 8'h00;
+    w_cache6[120] = 8'h00;
+    w_cache6[121] = 8'h00;
+    w_cache6[122] = 8'h00;
+    w_cache6[123] = 8'h00;
+    w_cache6[124] = 8'h00;
+    w_cache6[125] = 8'h00;
+    w_cache6[126] = 8'h00;
+    w_cache6[127] = 8'h00;
+    w_cache6[128] = 8'h00;
+    w_cache6[129] = 8'h00;
+    w_cache6[130] = 8'h00;
+    w_cache6[131] = 8'h00;
+    w_cache6[132] = 8'h00;
+    w_cache6[133] = 8'h00;
+    w_cache6[134] = 8'h00;
+    w_cache6[135] = 8'h00;
+    w_cache6[136] = 8'h00;
+    w_cache6[137] = 8'h00;
+    w_cache6[138] = 8'h00;
+    w_cache6[139] = 8'h00;
+    w_cache6[140] = 8'h00;
+    w_cache6[141] = 8'h00;
+    w_cache6[142] = 8'h00;
+    w_cache6[143] = 8'h00;
+    w_cache6[144] = 8'h00;
+    w_cache6[145] = 8'h00;
+    w_cache6[146] = 8'h00;
+    w_cache6[147] = 8'h00;
+    w_cache6[148] = 8'h00;
+    w_cache6[149] = 8'h00;
+    w_cache6[150] = 8'h00;
+    w_cache6[151] = 8'h00;
+    w_cache6[152] = 8'h00;
+    w_cache6[153] = 8'h00;
+    w_cache6[154] = 8'h00;
+    w_cache6[155] = 8'h00;
+    w_cache6[156] = 8'h00;
+    w_cache6[157] = 8'h00;
+    w_cache6[158] = 8'h00;
+    w_cache6[159] = 8'h00;
+    w_cache6[160] = 8'h00;
+    w_cache6[161] = 8'h00;
+    w_cache6[162] = 8'h00;
+    w_cache6[163] = 8'h00;
+    w_cache6[164] = 8'h00;
+    w_cache6[165] = 8'h00;
+    w_cache6[166] = 8'h00;
+    w_cache6[167] = 8'h00;
+    w_cache6[168] = 8'h00;
+    w_cache6[169] = 8'h00;
+    w_cache6[170] = 8'h00;
+    w_cache6[171] = 8'h00;
+    w_cache6[172] = 8'h00;
+    w_cache6[173] = 8'h00;
+    w_cache6[174] = 8'h00;
+    w_cache6[175] = 8'h00;
+    w_cache6[176] = 8'h00;
+    w_cache6[177] = 8'h00;
+    w_cache6[178] = 8'h00;
+    w_cache6[179] = 8'h00;
+    w_cache6[180] = 8'h00;
+    w_cache6[181] = 8'h00;
+    w_cache6[182] = 8'h00;
+    w_cache6[183] = 8'h00;
+    w_cache6[184] = 8'h00;
+    w_cache6[185] = 8'h00;
+    w_cache6[186] = 8'h00;
+    w_cache6[187] = 8'h00;
+    w_cache6[188] = 8'h00;
+    w_cache6[189] = 8'h00;
+    w_cache6[190] = 8'h00;
+    w_cache6[191] = 8'h00;
+    w_cache6[192] = 8'h00;
+    w_cache6[193] = 8'h00;
+    w_cache6[194] = 8'h00;
+    w_cache6[195] = 8'h00;
+    w_cache6[196] = 8'h00;
+    w_cache6[197] = 8'h00;
+    w_cache6[198] = 8'h00;
+    w_cache6[199] = 8'h00;
+    w_cache6[200] = 8'h00;
+    w_cache6[201] = 8'h00;
+    w_cache6[202] = 8'h00;
+    w_cache6[203] = 8'h00;
+    w_cache6[204] = 8'h00;
+    w_cache6[205] = 8'h00;
+    w_cache6[206] = 8'h00;
+    w_cache6[207] = 8'h00;
+    w_cache6[208] = 8'h00;
+    w_cache6[209] = 8'h00;
+    w_cache6[210] = 8'h00;
+    w_cache6[211] = 8'h00;
+    w_cache6[212] = 8'h00;
+    w_cache6[213] = 8'h00;
+    w_cache6[214] = 8'h00;
+    w_cache6[215] = 8'h00;
+    w_cache6[216] = 8'h00;
+    w_cache6[217] = 8'h00;
+    w_cache6[218] = 8'h00;
+    w_cache6[219] = 8'h00;
+    w_cache6[220] = 8'h00;
+    w_cache6[221] = 8'h00;
+    w_cache6[222] = 8'h00;
+    w_cache6[223] = 8'h00;
+    w_cache6[224] = 8'h00;
+    w_cache6[225] = 8'h00;
+    w_cache6[226] = 8'h00;
+    w_cache6[227] = 8'h00;
+    w_cache6[228] = 8'h00;
+    w_cache6[229] = 8'h00;
+    w_cache6[230] = 8'h00;
+    w_cache6[231] = 8'h00;
+    w_cache6[232] = 8'h00;
+    w_cache6[233] = 8'h00;
+    w_cache6[234] = 8'h00;
+    w_cache6[235] = 8'h00;
+    w_cache6[236] = 8'h00;
+    w_cache6[237] = 8'h00;
+    w_cache6[238] = 8'h00;
+    w_cache6[239] = 8'h00;
+    w_cache6[240] = 8'h00;
+    w_cache6[241] = 8'h00;
+    w_cache6[242] = 8'h00;
+    w_cache6[243] = 8'h00;
+    w_cache6[244] = 8'h00;
+    w_cache6[245] = 8'h00;
+    w_cache6[246] = 8'h00;
+    w_cache6[247] = 8'h00;
+    w_cache6[248] = 8'h00;
+    w_cache6[249] = 8'h00;
+    w_cache6[250] = 8'h00;
+    w_cache6[251] = 8'h00;
+    w_cache6[252] = 8'h00;
+    w_cache6[253] = 8'h00;
+    w_cache6[254] = 8'h00;
+    w_cache6[255] = 8'h00;
+    w_cache6[256] = 8'h00;
+    w_cache6[257] = 8'h00;
+    w_cache6[258] = 8'h00;
+    w_cache6[259] = 8'h00;
+    w_cache6[260] = 8'h00;
+    w_cache6[261] = 8'h00;
+    w_cache6[262] = 8'h00;
+    w_cache6[263] = 8'h00;
+    w_cache6[264] = 8'h00;
+    w_cache6[265] = 8'h00;
+    w_cache6[266] = 8'h00;
+    w_cache6[267] = 8'h00;
+    w_cache6[268] = 8'h00;
+    w_cache6[269] = 8'h00;
+    w_cache6[270] = 8'h00;
+    w_cache6[271] = 8'h00;
+    w_cache6[272] = 8'h00;
+    w_cache6[273] = 8'h00;
+    w_cache6[274] = 8'h00;
+    w_cache6[275] = 8'h00;
+    w_cache6[276] = 8'h00;
+    w_cache6[277] = 8'h00;
+    w_cache6[278] = 8'h00;
+    w_cache6[279] = 8'h00;
+    w_cache6[280] = 8'h00;
+    w_cache6[281] = 8'h00;
+    w_cache6[282] = 8'h00;
+    w_cache6[283] = 8'h00;
+    w_cache6[284] = 8'h00;
+    w_cache6[285] = 8'h00;
+    w_cache6[286] = 8'h00;
+    w_cache6[287] = 8'h00;
+    w_cache6[288] = 8'h00;
+    w_cache6[289] = 8'h00;
+    w_cache6[290] = 8'h00;
+    w_cache6[291] = 8'h00;
+    w_cache6[292] = 8'h00;
+    w_cache6[293] = 8'h00;
+    w_cache6[294] = 8'h00;
+    w_cache6[295] = 8'h00;
+    w_cache6[296] = 8'h00;
+    w_cache6[297] = 8'h00;
+    w_cache6[298] = 8'h00;
+    w_cache6[299] = 8'h00;
+    w_cache6[300] = 8'h00;
+    w_cache6[301] = 8'h00;
+    w_cache6[302] = 8'h00;
+    w_cache6[303] = 8'h00;
+    w_cache6[304] = 8'h00;
+    w_cache6[305] = 8'h00;
+    w_cache6[306] = 8'h00;
+    w_cache6[307] = 8'h00;
+    w_cache6[308] = 8'h00;
+    w_cache6[309] = 8'h00;
+    w_cache6[310] = 8'h00;
+    w_cache6[311] = 8'h00;
+    w_cache6[312] = 8'h00;
+    w_cache6[313] = 8'h00;
+    w_cache6[314] = 8'h00;
+    w_cache6[315] = 8'h00;
+    w_cache6[316] = 8'h00;
+    w_cache6[317] = 8'h00;
+    w_cache6[318] = 8'h00;
+    w_cache6[319] = 8'h00;
+    w_cache6[320] = 8'h00;
+    w_cache6[321] = 8'h00;
+    w_cache6[322] = 8'h00;
+    w_cache6[323] = 8'h00;
+    w_cache6[324] = 8'h00;
+    w_cache6[325] = 8'h00;
+    w_cache6[326] = 8'h00;
+    w_cache6[327] = 8'h00;
+    w_cache6[328] = 8'h00;
+    w_cache6[329] = 8'h00;
+    w_cache6[330] = 8'h00;
+    w_cache6[331] = 8'h00;
+    w_cache6[332] = 8'h00;
+    w_cache6[333] = 8'h00;
+    w_cache6[334] = 8'h00;
+    w_cache6[335] = 8'h00;
+    w_cache6[336] = 8'h00;
+    w_cache6[337] = 8'h00;
+    w_cache6[338] = 8'h00;
+    w_cache6[339] = 8'h00;
+    w_cache6[340] = 8'h00;
+    w_cache6[341] = 8'h00;
+    w_cache6[342] = 8'h00;
+    w_cache6[343] = 8'h00;
+    w_cache6[344] = 8'h00;
+    w_cache6[345] = 8'h00;
+    w_cache6[346] = 8'h00;
+    w_cache6[347] = 8'h00;
+    w_cache6[348] = 8'h00;
+    w_cache6[349] = 8'h00;
+    w_cache6[350] = 8'h00;
+    w_cache6[351] = 8'h00;
+    w_cache6[352] = 8'h00;
+    w_cache6[353] = 8'h00;
+    w_cache6[354] = 8'h00;
+    w_cache6[355] = 8'h00;
+    w_cache6[356] = 8'h00;
+    w_cache6[357] = 8'h00;
+    w_cache6[358] = 8'h00;
+    w_cache6[359] = 8'h00;
+    w_cache6[360] = 8'h00;
+    w_cache6[361] = 8'h00;
+    w_cache6[362] = 8'h00;
+    w_cache6[363] = 8'h00;
+    w_cache6[364] = 8'h00;
+    w_cache6[365] = 8'h00;
+    w_cache6[366] = 8'h00;
+    w_cache6[367] = 8'h00;
+    w_cache6[368] = 8'h00;
+    w_cache6[369] = 8'h00;
+    w_cache6[370] = 8'h00;
+    w_cache6[371] = 8'h00;
+    w_cache6[372] = 8'h00;
+    w_cache6[373] = 8'h00;
+    w_cache6[374] = 8'h00;
+    w_cache6[375] = 8'h00;
+    w_cache6[376] = 8'h00;
+    w_cache6[377] = 8'h00;
+    w_cache6[378] = 8'h00;
+    w_cache6[379] = 8'h00;
+    w_cache6[380] = 8'h00;
+    w_cache6[381] = 8'h00;
+    w_cache6[382] = 8'h00;
+    w_cache6[383] = 8'h00;
+    w_cache6[384] = 8'h00;
+    w_cache6[385] = 8'h00;
+    w_cache6[386] = 8'h00;
+    w_cache6[387] = 8'h00;
+    w_cache6[388] = 8'h00;
+    w_cache6[389] = 8'h00;
+    w_cache6[390] = 8'h00;
+    w_cache6[391] = 8'h00;
+    w_cache6[392] = 8'h00;
+    w_cache6[393] = 8'h00;
+    w_cache6[394] = 8'h00;
+    w_cache6[395] = 8'h00;
+    w_cache6[396] = 8'h00;
+    w_cache6[397] = 8'h00;
+    w_cache6[398] = 8'h00;
+    w_cache6[399] = 8'h00;
+    w_cache6[400] = 8'h00;
+    w_cache6[401] = 8'h00;
+    w_cache6[402] = 8'h00;
+    w_cache6[403] = 8'h00;
+    w_cache6[404] = 8'h00;
+    w_cache6[405] = 8'h00;
+    w_cache6[406] = 8'h00;
+    w_cache6[407] = 8'h00;
+    w_cache6[408] = 8'h00;
+    w_cache6[409] = 8'h00;
+    w_cache6[410] = 8'h00;
+    w_cache6[411] = 8'h00;
+    w_cache6[412] = 8'h00;
+    w_cache6[413] = 8'h00;
+    w_cache6[414] = 8'h00;
+    w_cache6[415] = 8'h00;
+    w_cache6[416] = 8'h00;
+    w_cache6[417] = 8'h00;
+    w_cache6[418] = 8'h00;
+    w_cache6[419] = 8'h00;
+    w_cache6[420] = 8'h00;
+    w_cache6[421] = 8'h00;
+    w_cache6[422] = 8'h00;
+    w_cache6[423] = 8'h00;
+    w_cache6[424] = 8'h00;
+    w_cache6[425] = 8'h00;
+    w_cache6[426] = 8'h00;
+    w_cache6[427] = 8'h00;
+    w_cache6[428] = 8'h00;
+    w_cache6[429] = 8'h00;
+    w_cache6[430] = 8'h00;
+    w_cache6[431] = 8'h00;
+    w_cache6[432] = 8'h00;
+    w_cache6[433] = 8'h00;
+    w_cache6[434] = 8'h00;
+    w_cache6[435] = 8'h00;
+    w_cache6[436] = 8'h00;
+    w_cache6[437] = 8'h00;
+    w_cache6[438] = 8'h00;
+    w_cache6[439] = 8'h00;
+    w_cache6[440] = 8'h00;
+    w_cache6[441] = 8'h00;
+    w_cache6[442] = 8'h00;
+    w_cache6[443] = 8'h00;
+    w_cache6[444] = 8'h00;
+    w_cache6[445] = 8'h00;
+    w_cache6[446] = 8'h00;
+    w_cache6[447] = 8'h00;
+    w_cache6[448] = 8'h00;
+    w_cache6[449] = 8'h00;
+    w_cache6[450] = 8'h00;
+    w_cache6[451] = 8'h00;
+    w_cache6[452] = 8'h00;
+    w_cache6[453] = 8'h00;
+    w_cache6[454] = 8'h00;
+    w_cache6[455] = 8'h00;
+    w_cache6[456] = 8'h00;
+    w_cache6[457] = 8'h00;
+    w_cache6[458] = 8'h00;
+    w_cache6[459] = 8'h00;
+    w_cache6[460] = 8'h00;
+    w_cache6[461] = 8'h00;
+    w_cache6[462] = 8'h00;
+    w_cache6[463] = 8'h00;
+    w_cache6[464] = 8'h00;
+    w_cache6[465] = 8'h00;
+    w_cache6[466] = 8'h00;
+    w_cache6[467] = 8'h00;
+    w_cache6[468] = 8'h00;
+    w_cache6[469] = 8'h00;
+    w_cache6[470] = 8'h00;
+    w_cache6[471] = 8'h00;
+    w_cache6[472] = 8'h00;
+    w_cache6[473] = 8'h00;
+    w_cache6[474] = 8'h00;
+    w_cache6[475] = 8'h00;
+    w_cache6[476] = 8'h00;
+    w_cache6[477] = 8'h00;
+    w_cache6[478] = 8'h00;
+    w_cache6[479] = 8'h00;
+    w_cache6[480] = 8'h00;
+    w_cache6[481] = 8'h00;
+    w_cache6[482] = 8'h00;
+    w_cache6[483] = 8'h00;
+    w_cache6[484] = 8'h00;
+    w_cache6[485] = 8'h00;
+    w_cache6[486] = 8'h00;
+    w_cache6[487] = 8'h00;
+    w_cache6[488] = 8'h00;
+    w_cache6[489] = 8'h00;
+    w_cache6[490] = 8'h00;
+    w_cache6[491] = 8'h00;
+    w_cache6[492] = 8'h00;
+    w_cache6[493] = 8'h00;
+    w_cache6[494] = 8'h00;
+    w_cache6[495] = 8'h00;
+    w_cache6[496] = 8'h00;
+    w_cache6[497] = 8'h00;
+    w_cache6[498] = 8'h00;
+    w_cache6[499] = 8'h00;
+    w_cache6[500] = 8'h00;
+    w_cache6[501] = 8'h00;
+    w_cache6[502] = 8'h00;
+    w_cache6[503] = 8'h00;
+    w_cache6[504] = 8'h00;
+    w_cache6[505] = 8'h00;
+    w_cache6[506] = 8'h00;
+    w_cache6[507] = 8'h00;
+    w_cache6[508] = 8'h00;
+    w_cache6[509] = 8'h00;
+    w_cache6[510] = 8'h00;
+    w_cache6[511] = 8'h00;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en$324 )
+      w_cache6[\$signature__addr$322 ] <= \$signature__data$323 ;
+  end
+  reg [7:0] _16_;
+  always @(posedge clk) begin
+    if (\$signature__en$342 ) begin
+      _16_ <= w_cache6[\$signature__addr$341 ];
+    end
+  end
+  assign \$signature__data$369  = _16_;
+  reg [7:0] w_cache7 [511:0];
+  initial begin
+    w_cache7[0] = 8'h00;
+    w_cache7[1] = 8'h00;
+    w_cache7[2] = 8'h00;
+    w_cache7[3] = 8'h00;
+    w_cache7[4] = 8'h00;
+    w_cache7[5] = 8'h00;
+    w_cache7[6] = 8'h00;
+    w_cache7[7] = 8'h00;
+    w_cache7[8] = 8'h00;
+    w_cache7[9] = 8'h00;
+    w_cache7[10] = 8'h00;
+    w_cache7[11] = 8'h00;
+    w_cache7[12] = 8'h00;
+    w_cache7[13] = 8'h00;
+    w_cache7[14] = 8'h00;
+    w_cache7[15] = 8'h00;
+    w_cache7[16] = 8'h00;
+    w_cache7[17] = 8'h00;
+    w_cache7[18] = 8'h00;
+    w_cache7[19] = 8'h00;
+    w_cache7[20] = 8'h00;
+    w_cache7[21] = 8'h00;
+    w_cache7[22] = 8'h00;
+    w_cache7[23] = 8'h00;
+    w_cache7[24] = 8'h00;
+    w_cache7[25] = 8'h00;
+    w_cache7[26] = 8'h00;
+    w_cache7[27] = 8'h00;
+    w_cache7[28] = 8'h00;
+    w_cache7[29] = 8'h00;
+    w_cache7[30] = 8'h00;
+    w_cache7[31] = 8'h00;
+    w_cache7[32] = 8'h00;
+    w_cache7[33] = 8'h00;
+    w_cache7[34] = 8'h00;
+    w_cache7[35] = 8'h00;
+    w_cache7[36] = 8'h00;
+    w_cache7[37] = 8'h00;
+    w_cache7[38] = 8'h00;
+    w_cache7[39] = 8'h00;
+    w_cache7[40] = 8'h00;
+    w_cache7[41] = 8'h00;
+    w_cache7[42] = 8'h00;
+    w_cache7[43] = 8'h00;
+    w_cache7[44] = 8'h00;
+    w_cache7[45] = 8'h00;
+    w_cache7[46] = 8'h00;
+    w_cache7[47] = 8'h00;
+    w_cache7[48] = 8'h00;
+    w_cache7[49] = 8'h00;
+    w_cache7[50] = 8'h00;
+    w_cache7[51] = 8'h00;
+    w_cache7[52] = 8'h00;
+    w_cache7[53] = 8'h00;
+    w_cache7[54] = 8'h00;
+    w_cache7[55] = 8'h00;
+    w_cache7[56] = 8'h00;
+    w_cache7[57] = 8'h00;
+    w_cache7[58] = 8'h00;
+    w_cache7[59] = 8'h00;
+    w_cache7[60] = 8'h00;
+    w_cache7[61] = 8'h00;
+    w_cache7[62] = 8'h00;
+    w_cache7[63] = 8'h00;
+    w_cache7[64] = 8'h00;
+    w_cache7[65] = 8'h00;
+    w_cache7[66] = 8'h00;
+    w_cache7[67] = 8'h00;
+    w_cache7[68] = 8'h00;
+    w_cache7[69] = 8'h00;
+    w_cache7[70] = 8'h00;
+    w_cache7[71] = 8'h00;
+    w_cache7[72] = 8'h00;
+    w_cache7[73] = 8'h00;
+    w_cache7[74] = 8'h00;
+    w_cache7[75] = 8'h00;
+    w_cache7[76] = 8'h00;
+    w_cache7[77] = 8'h00;
+    w_cache7[78] = 8'h00;
+    w_cache7[79] = 8'h00;
+    w_cache7[80] = 8'h00;
+    w_cache7[81] = 8'h00;
+    w_cache7[82] = 8'h00;
+    w_cache7[83] = 8'h00;
+    w_cache7[84] = 8'h00;
+    w_cache7[85] = 8'h00;
+    w_cache7[86] = 8'h00;
+    w_cache7[87] = 8'h00;
+    w_cache7[88] = 8'h00;
+    w_cache7[89] = 8'h00;
+    w_cache7[90] = 8'h00;
+    w_cache7[91] = 8'h00;
+    w_cache7[92] = 8'h00;
+    w_cache7[93] = 8'h00;
+    w_cache7[94] = 8'h00;
+    w_cache7[95] = 8'h00;
+    w_cache7[96] = 8'h00;
+    w_cache7[97] = 8'h00;
+    w_cache7[98] = 8'h00;
+    w_cache7[99] = 8'h00;
+    w_cache7[100] = 8'h00;
+    w_cache7[101] = 8'h00;
+    w_cache7[102] = 8'h00;
+    w_cache7[103] = 8'h00;
+    w_cache7[104] = 8'h00;
+    w_cache7[105] = 8'h00;
+    w_cache7[106] = 8'h00;
+    w_cache7[107] = 8'h00;
+    w_cache7[108] = 8'h00;
+    w_cache7[109] = 8'h00;
+    w_cache7[110] = 8'h00;
+    w_cache7[111] = 8'h00;
+    w_cache7[112] = 8'h00;
+    w_cache7[113] = 8'h00;
+    w_cache7[114] = 8'h00;
+    w_cache7[115] = 8'h00;
+    w_cache7[116] = 8'h00;
+    w_cache7[117] = 8'h00;
+    w_cache7[118] = 8'h00;
+    w_cache7[119] = 8'h00;
+    w_cache7[120] = 8'h00;
+    w_cache7[121] = 8'h00;
+    w_cache7[122] = 8'h00;
+    w_cache7[123] = 8'h00;
+    w_cache7[124] = 8'h00;
+    w_cache7[125] = 8'h00;
+    w_cache7[126] = 8'h00;
+    w_cache7[127] = 8'h00;
+    w_cache7[128] = 8'h00;
+    w_cache7[129] = 8'h00;
+    w_cache7[130] = 8'h00;
+    w_cache7[131] = 8'h00;
+    w_cache7[132] = 8'h00;
+    w_cache7[133] = 8'h00;
+    w_cache7[134] = 8'h00;
+    w_cache7[135] = 8'h00;
+    w_cache7[136] = 8'h00;
+    w_cache7[137] = 8'h00;
+    w_cache7[138] = 8'h00;
+    w_cache7[139] = 8'h00;
+    w_cache7[140] = 8'h00;
+    w_cache7[141] = 8'h00;
+    w_cache7[142] = 8'h00;
+    w_cache7[143] = 8'h00;
+    w_cache7[144] = 8'h00;
+    w_cache7[145] = 8'h00;
+    w_cache7[146] = 8'h00;
+    w_cache7[147] = 8'h00;
+    w_cache7[148] = 8'h00;
+    w_cache7[149] = 8'h00;
+    w_cache7[150] = 8'h00;
+    w_cache7[151] = 8'h00;
+    w_cache7[152] = 8'h00;
+    w_cache7[153] = 8'h00;
+    w_cache7[154] = 8'h00;
+    w_cache7[155] = 8'h00;
+    w_cache7[156] = 8'h00;
+    w_cache7[157] = 8'h00;
+    w_cache7[158] = 8'h00;
+    w_cache7[159] = 8'h00;
+    w_cache7[160] = 8'h00;
+    w_cache7[161] = 8'h00;
+    w_cache7[162] = 8'h00;
+    w_cache7[163] = 8'h00;
+    w_cache7[164] = 8'h00;
+    w_cache7[165] = 8'h00;
+    w_cache7[166] = 8'h00;
+    w_cache7[167] = 8'h00;
+    w_cache7[168] = 8'h00;
+    w_cache7[169] = 8'h00;
+    w_cache7[170] = 8'h00;
+    w_cache7[171] = 8'h00;
+    w_cache7[172] = 8'h00;
+    w_cache7[173] = 8'h00;
+    w_cache7[174] = 8'h00;
+    w_cache7[175] = 8'h00;
+    w_cache7[176] = 8'h00;
+    w_cache7[177] = 8'h00;
+    w_cache7[178] = 8'h00;
+    w_cache7[179] = 8'h00;
+    w_cache7[180] = 8'h00;
+    w_cache7[181] = 8'h00;
+    w_cache7[182] = 8'h00;
+    w_cache7[183] = 8'h00;
+    w_cache7[184] = 8'h00;
+    w_cache7[185] = 8'h00;
+    w_cache7[186] = 8'h00;
+    w_cache7[187] = 8'h00;
+    w_cache7[188] = 8'h00;
+    w_cache7[189] = 8'h00;
+    w_cache7[190] = 8'h00;
+    w_cache7[191] = 8'h00;
+    w_cache7[192] = 8'h00;
+    w_cache7[193] = 8'h00;
+    w_cache7[194] = 8'h00;
+    w_cache7[195] = 8'h00;
+    w_cache7[196] = 8'h00;
+    w_cache7[197] = 8'h00;
+    w_cache7[198] = 8'h00;
+    w_cache7[199] = 8'h00;
+    w_cache7[200] = 8'h00;
+    w_cache7[201] = 8'h00;
+    w_cache7[202] = 8'h00;
+    w_cache7[203] = 8'h00;
+    w_cache7[204] = 8'h00;
+    w_cache7[205] = 8'h00;
+    w_cache7[206] = 8'h00;
+    w_cache7[207] = 8'h00;
+    w_cache7[208] = 8'h00;
+    w_cache7[209] = 8'h00;
+    w_cache7[210] = 8'h00;
+    w_cache7[211] = 8'h00;
+    w_cache7[212] = 8'h00;
+    w_cache7[213] = 8'h00;
+    w_cache7[214] = 8'h00;
+    w_cache7[215] = 8'h00;
+    w_cache7[216] = 8'h00;
+    w_cache7[217] = 8'h00;
+    w_cache7[218] = 8'h00;
+    w_cache7[219] = 8'h00;
+    w_cache7[220] = 8'h00;
+    w_cache7[221] = 8'h00;
+    w_cache7[222] = 8'h00;
+    w_cache7[223] = 8'h00;
+    w_cache7[224] = 8'h00;
+    w_cache7[225] = 8'h00;
+    w_cache7[226] = 8'h00;
+    w_cache7[227] = 8'h00;
+    w_cache7[228] = 8'h00;
+    w_cache7[229] = 8'h00;
+    w_cache7[230] = 8'h00;
+    w_cache7[231] = 8'h00;
+    w_cache7[232] = 8'h00;
+    w_cache7[233] = 8'h00;
+    w_cache7[234] = 8'h00;
+    w_cache7[235] = 8'h00;
+    w_cache7[236] = 8'h00;
+    w_cache7[237] = 8'h00;
+    w_cache7[238] = 8'h00;
+    w_cache7[239] = 8'h00;
+    w_cache7[240] = 8'h00;
+    w_cache7[241] = 8'h00;
+    w_cache7[242] = 8'h00;
+    w_cache7[243] = 8'h00;
+    w_cache7[244] = 8'h00;
+    w_cache7[245] = 8'h00;
+    w_cache7[246] = 8'h00;
+    w_cache7[247] = 8'h00;
+    w_cache7[248] = 8'h00;
+    w_cache7[249] = 8'h00;
+    w_cache7[250] = 8'h00;
+    w_cache7[251] = 8'h00;
+    w_cache7[252] = 8'h00;
+    w_cache7[253] = 8'h00;
+    w_cache7[254] = 8'h00;
+    w_cache7[255] = 8'h00;
+    w_cache7[256] = 8'h00;
+    w_cache7[257] = 8'h00;
+    w_cache7[258] = 8'h00;
+    w_cache7[259] = 8'h00;
+    w_cache7[260] = 8'h00;
+    w_cache7[261] = 8'h00;
+    w_cache7[262] = 8'h00;
+    w_cache7[263] = 8'h00;
+    w_cache7[264] = 8'h00;
+    w_cache7[265] = 8'h00;
+    w_cache7[266] = 8'h00;
+    w_cache7[267] = 8'h00;
+    w_cache7[268] = 8'h00;
+    w_cache7[269] = 8'h00;
+    w_cache7[270] = 8'h00;
+    w_cache7[271] = 8'h00;
+    w_cache7[272] = 8'h00;
+    w_cache7[273] = 8'h00;
+    w_cache7[274] = 8'h00;
+    w_cache7[275] = 8'h00;
+    w_cache7[276] = 8'h00;
+    w_cache7[277] = 8'h00;
+    w_cache7[278] = 8'h00;
+    w_cache7[279] = 8'h00;
+    w_cache7[280] = 8'h00;
+    w_cache7[281] = 8'h00;
+    w_cache7[282] = 8'h00;
+    w_cache7[283] = 8'h00;
+    w_cache7[284] = 8'h00;
+    w_cache7[285] = 8'h00;
+    w_cache7[286] = 8'h00;
+    w_cache7[287] = 8'h00;
+    w_cache7[288] = 8'h00;
+    w_cache7[289] = 8'h00;
+    w_cache7[290] = 8'h00;
+    w_cache7[291] = 8'h00;
+    w_cache7[292] = 8'h00;
+    w_cache7[293] = 8'h00;
+    w_cache7[294] = 8'h00;
+    w_cache7[295] = 8'h00;
+    w_cache7[296] = 8'h00;
+    w_cache7[297] = 8'h00;
+    w_cache7[298] = 8'h00;
+    w_cache7[299] = 8'h00;
+    w_cache7[300] = 8'h00;
+    w_cache7[301] = 8'h00;
+    w_cache7[302] = 8'h00;
+    w_cache7[303] = 8'h00;
+    w_cache7[304] = 8'h00;
+    w_cache7[305] = 8'h00;
+    w_cache7[306] = 8'h00;
+    w_cache7[307] = 8'h00;
+    w_cache7[308] = 8'h00;
+    w_cache7[309] = 8'h00;
+    w_cache7[310] = 8'h00;
+    w_cache7[311] = 8'h00;
+    w_cache7[312] = 8'h00;
+    w_cache7[313] = 8'h00;
+    w_cache7[314] = 8'h00;
+    w_cache7[315] = 8'h00;
+    w_cache7[316] = 8'h00;
+    w_cache7[317] = 8'h00;
+    w_cache7[318] = 8'h00;
+    w_cache7[319] = 8'h00;
+    w_cache7[320] = 8'h00;
+    w_cache7[321] = 8'h00;
+    w_cache7[322] = 8'h00;
+    w_cache7[323] = 8'h00;
+    w_cache7[324] = 8'h00;
+    w_cache7[325] = 8'h00;
+    w_cache7[326] = 8'h00;
+    w_cache7[327] = 8'h00;
+    w_cache7[328] = 8'h00;
+    w_cache7[329] = 8'h00;
+    w_cache7[330] = 8'h00;
+    w_cache7[331] = 8'h00;
+    w_cache7[332] = 8'h00;
+    w_cache7[333] = 8'h00;
+    w_cache7[334] = 8'h00;
+    w_cache7[335] = 8'h00;
+    w_cache7[336] = 8'h00;
+    w_cache7[337] = 8'h00;
+    w_cache7[338] = 8'h00;
+    w_cache7[339] = 8'h00;
+    w_cache7[340] = 8'h00;
+    w_cache7[341] = 8'h00;
+    w_cache7[342] = 8'h00;
+    w_cache7[343] = 8'h00;
+    w_cache7[344] = 8'h00;
+    w_cache7[345] = 8'h00;
+    w_cache7[346] = 8'h00;
+    w_cache7[347] = 8'h00;
+    w_cache7[348] = 8'h00;
+    w_cache7[349] = 8'h00;
+    w_cache7[350] = 8'h00;
+    w_cache7[351] = 8'h00;
+    w_cache7[352] = 8'h00;
+    w_cache7[353] = 8'h00;
+    w_cache7[354] = 8'h00;
+    w_cache7[355] = 8'h00;
+    w_cache7[356] = 8'h00;
+    w_cache7[357] = 8'h00;
+    w_cache7[358] = 8'h00;
+    w_cache7[359] = 8'h00;
+    w_cache7[360] = 8'h00;
+    w_cache7[361] = 8'h00;
+    w_cache7[362] = 8'h00;
+    w_cache7[363] = 8'h00;
+    w_cache7[364] = 8'h00;
+    w_cache7[365] = 8'h00;
+    w_cache7[366] = 8'h00;
+    w_cache7[367] = 8'h00;
+    w_cache7[368] = 8'h00;
+    w_cache7[369] = 8'h00;
+    w_cache7[370] = 8'h00;
+    w_cache7[371] = 8'h00;
+    w_cache7[372] = 8'h00;
+    w_cache7[373] = 8'h00;
+    w_cache7[374] = 8'h00;
+    w_cache7[375] = 8'h00;
+    w_cache7[376] = 8'h00;
+    w_cache7[377] = 8'h00;
+    w_cache7[378] = 8'h00;
+    w_cache7[379] = 8'h00;
+    w_cache7[380] = 8'h00;
+    w_cache7[381] = 8'h00;
+    w_cache7[382] = 8'h00;
+    w_cache7[383] = 8'h00;
+    w_cache7[384] = 8'h00;
+    w_cache7[385] = 8'h00;
+    w_cache7[386] = 8'h00;
+    w_cache7[387] = 8'h00;
+    w_cache7[388] = 8'h00;
+    w_cache7[389] = 8'h00;
+    w_cache7[390] = 8'h00;
+    w_cache7[391] = 8'h00;
+    w_cache7[392] = 8'h00;
+    w_cache7[393] = 8'h00;
+    w_cache7[394] = 8'h00;
+    w_cache7[395] = 8'h00;
+    w_cache7[396] = 8'h00;
+    w_cache7[397] = 8'h00;
+    w_cache7[398] = 8'h00;
+    w_cache7[399] = 8'h00;
+    w_cache7[400] = 8'h00;
+    w_cache7[401] = 8'h00;
+    w_cache7[402] = 8'h00;
+    w_cache7[403] = 8'h00;
+    w_cache7[404] = 8'h00;
+    w_cache7[405] = 8'h00;
+    w_cache7[406] = 8'h00;
+    w_cache7[407] = 8'h00;
+    w_cache7[408] = 8'h00;
+    w_cache7[409] = 8'h00;
+    w_cache7[410] = 8'h00;
+    w_cache7[411] = 8'h00;
+    w_cache7[412] = 8'h00;
+    w_cache7[413] = 8'h00;
+    w_cache7[414] = 8'h00;
+    w_cache7[415] = 8'h00;
+    w_cache7[416] = 8'h00;
+    w_cache7[417] = 8'h00;
+    w_cache7[418] = 8'h00;
+    w_cache7[419] = 8'h00;
+    w_cache7[420] = 8'h00;
+    w_cache7[421] = 8'h00;
+    w_cache7[422] = 8'h00;
+    w_cache7[423] = 8'h00;
+    w_cache7[424] = 8'h00;
+    w_cache7[425] = 8'h00;
+    w_cache7[426] = 8'h00;
+    w_cache7[427] = 8'h00;
+    w_cache7[428] = 8'h00;
+    w_cache7[429] = 8'h00;
+    w_cache7[430] = 8'h00;
+    w_cache7[431] = 8'h00;
+    w_cache7[432] = 8'h00;
+    w_cache7[433] = 8'h00;
+    w_cache7[434] = 8'h00;
+    w_cache7[435] = 8'h00;
+    w_cache7[436] = 8'h00;
+    w_cache7[437] = 8'h00;
+    w_cache7[438] = 8'h00;
+    w_cache7[439] = 8'h00;
+    w_cache7[440] = 8'h00;
+    w_cache7[441] = 8'h00;
+    w_cache7[442] = 8'h00;
+    w_cache7[443] = 8'h00;
+    w_cache7[444] = 8'h00;
+    w_cache7[445] = 8'h00;
+    w_cache7[446] = 8'h00;
+    w_cache7[447] = 8'h00;
+    w_cache7[448] = 8'h00;
+    w_cache7[449] = 8'h00;
+    w_cache7[450] = 8'h00;
+    w_cache7[451] = 8'h00;
+    w_cache7[452] = 8'h00;
+    w_cache7[453] = 8'h00;
+    w_cache7[454] = 8'h00;
+    w_cache7[455] = 8'h00;
+    w_cache7[456] = 8'h00;
+    w_cache7[457] = 8'h00;
+    w_cache7[458] = 8'h00;
+    w_cache7[459] = 8'h00;
+    w_cache7[460] = 8'h00;
+    w_cache7[461] = 8'h00;
+    w_cache7[462] = 8'h00;
+    w_cache7[463] = 8'h00;
+    w_cache7[464] = 8'h00;
+    w_cache7[465] = 8'h00;
+    w_cache7[466] = 8'h00;
+    w_cache7[467] = 8'h00;
+    w_cache7[468] = 8'h00;
+    w_cache7[469] = 8'h00;
+    w_cache7[470] = 8'h00;
+    w_cache7[471] = 8'h00;
+    w_cache7[472] = 8'h00;
+    w_cache7[473] = 8'h00;
+    w_cache7[474] = 8'h00;
+    w_cache7[475] = 8'h00;
+    w_cache7[476] = 8'h00;
+    w_cache7[477] = 8'h00;
+    w_cache7[478] = 8'h00;
+    w_cache7[479] = 8'h00;
+    w_cache7[480] = 8'h00;
+    w_cache7[481] = 8'h00;
+    w_cache7[482] = 8'h00;
+    w_cache7[483] = 8'h00;
+    w_cache7[484] = 8'h00;
+    w_cache7[485] = 8'h00;
+    w_cache7[486] = 8'h00;
+    w_cache7[487] = 8'h00;
+    w_cache7[488] = 8'h00;
+    w_cache7[489] = 8'h00;
+    w_cache7[490] = 8'h00;
+    w_cache7[491] = 8'h00;
+    w_cache7[492] = 8'h00;
+    w_cache7[493] = 8'h00;
+    w_cache7[494] = 8'h00;
+    w_cache7[495] = 8'h00;
+    w_cache7[496] = 8'h00;
+    w_cache7[497] = 8'h00;
+    w_cache7[498] = 8'h00;
+    w_cache7[499] = 8'h00;
+    w_cache7[500] = 8'h00;
+    w_cache7[501] = 8'h00;
+    w_cache7[502] = 8'h00;
+    w_cache7[503] = 8'h00;
+    w_cache7[504] = 8'h00;
+    w_cache7[505] = 8'h00;
+    w_cache7[506] = 8'h00;
+    w_cache7[507] = 8'h00;
+    w_cache7[508] = 8'h00;
+    w_cache7[509] = 8'h00;
+    w_cache7[510] = 8'h00;
+    w_cache7[511] = 8'h00;
+  end
+  always @(posedge clk) begin
+    if (\$signature__en$327 )
+      w_cache7[\$signature__addr$325 ] <= \$signature__data$326 ;
+  end
+  reg [7:0] _17_;
+  always @(posedge clk) begin
+    if (\$signature__en$344 ) begin
+      _17_ <= w_cache7[\$signature__addr$343 ];
+    end
+  end
+  assign \$signature__data$371  = _17_;
   assign \$1  = ins[5:0] == 3'h4;
   assign \$2  = ins[5:0] == 3'h5;
   assign is_gemm = \$1  | \$2 ;
-  assign \$3  = ins[55:40] + 4'h8;
-  assign \$4  = \$3  - 1'h1;
-  assign \$6  = $signed(ins[269:252]) * $signed(5'h08);
-  assign \$7  = ins[55:40] + 4'h8;
-  assign \$8  = \$7  - 1'h1;
-  assign \$10  = ins[71:56] + 4'h8;
-  assign \$11  = \$10  - 1'h1;
-  assign \$13  = $signed(ins[397:380]) * $signed(5'h08);
-  assign \$14  = ins[55:40] + 4'h8;
-  assign \$15  = \$14  - 1'h1;
-  assign \$17  = $signed(ins[159:142]) * $signed(5'h08);
-  assign \$18  = ins[71:56] + 4'h8;
+  assign \$3  = ins[5:0] == 3'h4;
+  assign \$4  = ins[511:510] == 1'h1;
+  assign \$signal  = \$3  & \$4 ;
+  assign \$5  = ins[5:0] == 3'h4;
+  assign \$6  = ins[511:510] == 2'h2;
+  assign \$signal$66  = \$5  & \$6 ;
+  assign \$7  = | ins[511:510];
+  assign \$8  = is_gemm & \$7 ;
+  assign \$9  = ~ \$signal ;
+  assign \$10  = \$8  & \$9 ;
+  assign \$11  = ~ \$signal$66 ;
+  assign \$signal$67  = \$10  & \$11 ;
+  assign \$12  = ins[55:40] + 4'h8;
+  assign \$13  = \$12  - 1'h1;
+  assign \$15  = $signed(ins[269:252]) * $signed(5'h08);
+  assign \$18  = ins[55:40] + 4'h8;
   assign \$19  = \$18  - 1'h1;
-  assign \$21  = $signed(ins[177:160]) * $signed(5'h08);
-  assign \$22  = \$signal  & valid;
-  assign \$23  = level + src0_inflight;
-  assign \$24  = \$23  < 3'h4;
-  assign src0_issue = \$22  & \$24 ;
-  assign \$25  = run1 & \valid$80 ;
-  assign \$26  = \level$81  + src1_inflight;
-  assign \$27  = \$26  < 3'h4;
-  assign src1_issue = \$25  & \$27 ;
-  assign \$28  = \$signal$96  & \valid$97 ;
-  assign \$29  = \$signal$96  & \valid$97 ;
-  assign \$30  = ins[5:0] == 4'ha;
-  assign \$31  = ins[5:0] == 4'hb;
-  assign \$32  = ins[5:0] == 4'hc;
-  assign \$33  = ins[5:0] == 4'hd;
-  assign \$34  = ins[5:0] == 4'he;
-  assign \$35  = ins[5:0] == 4'hf;
-  assign is_move = | { \$35 , \$34 , \$33 , \$32 , \$31 , \$30  };
-  assign \$36  = ins[5:0] == 3'h6;
-  assign \$37  = ins[5:0] == 4'h8;
-  assign \$38  = ins[5:0] == 4'h9;
-  assign \$39  = ins[5:0] == 3'h7;
-  assign \$40  = | ins[7:6];
-  assign \$41  = ~ \$40 ;
-  assign \$42  = \$39  & \$41 ;
-  assign \$43  = ins[5:0] == 3'h6;
-  assign \$44  = ins[5:0] == 4'h8;
-  assign \$45  = ins[5:0] == 4'h9;
-  assign \$46  = ins[5:0] == 3'h7;
-  assign \$47  = | ins[7:6];
-  assign \$48  = ~ \$47 ;
-  assign \$49  = \$46  & \$48 ;
-  assign unit_known = | { \$49 , \$45 , \$44 , \$43  };
-  assign \$52  = \$51  ? offset : 32'd0;
-  assign \$53  = ins[465:434] + \$52 ;
-  assign \$54  = ~ fetch_sent;
-  assign \$55  = ins[5:0] == 1'h1;
-  assign \$56  = images_left > 1'h1;
-  assign \$57  = \$55  & \$56 ;
-  assign \$58  = ins[5:0] == 1'h1;
-  assign \$59  = | ins[39:24];
-  assign \$60  = ~ \$59 ;
-  assign \$61  = | ins[55:40];
-  assign \$62  = ~ \$61 ;
-  assign \$63  = | ins[71:56];
-  assign \$64  = ~ \$63 ;
-  assign \$65  = | ins[87:72];
+  assign \$21  = \$signal$66  ? \$20  : 18'h00001;
+  assign \$22  = $signed(ins[379:362]) * $signed(5'h08);
+  assign \$23  = \$signal$66  ? \$22  : 22'h000000;
+  assign \$24  = ins[71:56] + 4'h8;
+  assign \$25  = \$24  - 1'h1;
+  assign \$27  = ins[71:56] + 4'h8;
+  assign \$28  = \$27  - 1'h1;
+  assign \$30  = \$signal$66  ? \$26  : \$29 ;
+  assign \$31  = $signed(ins[397:380]) * $signed(5'h08);
+  assign \$32  = $signed(ins[397:380]) * $signed(5'h08);
+  assign \$33  = \$signal$66  ? \$31  : \$32 ;
+  assign \$34  = \$signal$66  ? 16'h0008 : ins[87:72];
+  assign \$35  = \$signal$66  ? ins[379:362] : ins[415:398];
+  assign \$38  = ins[55:40] + 4'h8;
+  assign \$39  = \$38  - 1'h1;
+  assign \$41  = $signed(ins[159:142]) * $signed(5'h08);
+  assign \$42  = ins[71:56] + 4'h8;
+  assign \$43  = \$42  - 1'h1;
+  assign \$45  = $signed(ins[177:160]) * $signed(5'h08);
+  assign \$46  = \$signal$69  & valid;
+  assign \$47  = level + src0_inflight;
+  assign \$48  = \$47  < 3'h4;
+  assign src0_issue = \$46  & \$48 ;
+  assign \$49  = run1 & \valid$83 ;
+  assign \$50  = \level$84  + src1_inflight;
+  assign \$51  = \$50  < 3'h4;
+  assign src1_issue = \$49  & \$51 ;
+  assign \$52  = \$signal$99  & \valid$100 ;
+  assign \$53  = \$signal$99  & \valid$100 ;
+  assign \$54  = ins[5:0] == 4'ha;
+  assign \$55  = ins[5:0] == 4'hb;
+  assign \$56  = ins[5:0] == 4'hc;
+  assign \$57  = ins[5:0] == 4'hd;
+  assign \$58  = ins[5:0] == 4'he;
+  assign \$59  = ins[5:0] == 4'hf;
+  assign is_move = | { \$59 , \$58 , \$57 , \$56 , \$55 , \$54  };
+  assign \$60  = ins[5:0] == 4'h9;
+  assign add_sel = \$60  | \$signal$66 ;
+  assign \$61  = ins[5:0] == 3'h6;
+  assign \$62  = ins[5:0] == 4'h8;
+  assign \$63  = ins[5:0] == 3'h7;
+  assign \$64  = \$63  | \$signal ;
+  assign \$65  = | ins[7:6];
   assign \$66  = ~ \$65 ;
-  assign \$67  = | ins[103:88];
-  assign \$68  = ~ \$67 ;
-  assign \$69  = | { \$68 , \$66 , \$64 , \$62 , \$60  };
-  assign \$70  = ins[5:0] == 2'h2;
-  assign \$71  = is_move | \$70 ;
-  assign \$72  = ins[5:0] == 2'h3;
-  assign \$73  = \$71  | \$72 ;
-  assign \$74  = \$73  | is_gemm;
-  assign \$75  = ci != ins[511:498];
-  assign \$76  = ci << c_lb;
-  assign \$77  = ins[465:434] + \$76 ;
-  assign \$78  = ins[5:0] == 3'h6;
-  assign \$79  = ins[5:0] == 4'h8;
-  assign \$80  = ins[5:0] == 4'h9;
-  assign \$81  = ins[5:0] == 3'h7;
-  assign \$82  = | ins[7:6];
-  assign \$83  = ~ \$82 ;
-  assign \$84  = \$81  & \$83 ;
-  assign \$85  = ins[5:0] == 2'h2;
-  assign \$86  = ins[5:0] == 2'h3;
-  assign \$87  = ins[5:0] == 3'h6;
-  assign \$88  = ins[5:0] == 4'h8;
-  assign \$89  = r_rdy & \valid$97 ;
-  assign \$90  = $signed(addr) << ins[23:22];
-  assign \$91  = $signed({ 1'h0, \$53 [31:0] }) + $signed(\$90 );
-  assign \$92  = valid & req__ready;
-  assign \$95  = \$94  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$98  = \$97  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$101  = \$100  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$104  = \$103  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$105  = beat__valid & beat__payload[512];
-  assign \$106  = r_rdy & \valid$97 ;
-  assign \$107  = $signed(\addr$92 ) << ins[23:22];
-  assign \$108  = $signed({ 1'h0, \$53 [31:0] }) + $signed(\$107 );
-  assign \$109  = r_rdy & \valid$97 ;
-  assign \$110  = \$109  & \req__ready$176 ;
-  assign \$111  = r_rdy & \valid$97 ;
-  assign \$112  = \$111  & \req__ready$176 ;
-  assign \$113  = r_rdy & i__ready;
-  assign \$114  = r_rdy & \i__ready$185 ;
-  assign \$115  = ins[5:0] == 4'h9;
-  assign \$116  = ~ full;
-  assign \$117  = \$116  | in_ready;
-  assign \$118  = \$117  & r_rdy;
-  assign \$119  = ins[5:0] == 4'h9;
-  assign \$120  = ~ \$119 ;
-  assign \$121  = \r_rdy$191  | \$120 ;
-  assign \$122  = \$118  & \$121 ;
-  assign \$123  = ~ full;
-  assign \$124  = \$123  | in_ready;
-  assign \$125  = \$124  & r_rdy;
-  assign \$126  = ins[5:0] == 4'h9;
-  assign \$127  = ~ \$126 ;
-  assign \$128  = \r_rdy$191  | \$127 ;
-  assign \$129  = \$125  & \$128 ;
-  assign \$130  = ins[5:0] == 4'h9;
-  assign \$131  = \$129  & \$130 ;
-  assign \$132  = ins[5:0] == 4'h9;
-  assign \$133  = a__ready & \b__ready$205 ;
-  assign \$134  = ins[5:0] == 3'h7;
-  assign \$135  = | ins[7:6];
-  assign \$136  = ~ \$135 ;
-  assign \$137  = \$134  & \$136 ;
-  assign \$139  = \$signal$193  & \valid$97 ;
-  assign \$140  = jo == 2'h3;
-  assign \$141  = \$140  | \final ;
-  assign \$142  = streaming & is_gemm;
-  assign \$143  = | tiles;
-  assign \$144  = w_row + k;
-  assign \$145  = \$144  << w_lb;
-  assign \$146  = ins[465:434] + \$145 ;
-  assign \$148  = ins[497:466] + \$147 ;
-  assign \$149  = want_w ? \$146  : { 8'h00, \$148  };
-  assign \$150  = want_w ? w_lb : 3'h6;
-  assign \$151  = streaming & is_gemm;
-  assign \$152  = ins[5:0] == 3'h4;
-  assign \$153  = ~ \$152 ;
-  assign \$154  = | rk;
-  assign \$155  = ~ \$154 ;
-  assign \$156  = \$153  | \$155 ;
-  assign \$157  = ~ w_full;
-  assign \$158  = \a__valid$235  & \a__ready$236 ;
-  assign \$159  = \$157  | \$158 ;
-  assign \$162  = \$161  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
-  assign \$165  = \$164  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
-  assign \$168  = \$167  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
-  assign \$171  = \$170  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
-  assign \$174  = \$173  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
-  assign \$177  = \$176  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
-  assign \$180  = \$179  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
-  assign \$181  = streaming & is_gemm;
-  assign \$183  = ~ \$182 ;
-  assign \$184  = r_rdy & \$183 ;
-  assign \$185  = \$signal$238  * 9'h100;
-  assign \$186  = \$185  + lk;
-  assign \$188  = ~ \$187 ;
-  assign \$189  = r_rdy & \$188 ;
-  assign \$190  = | \$signal$245 ;
-  assign \$191  = ~ \$190 ;
-  assign \$192  = \$189  & \$191 ;
-  assign \$193  = \$signal$238  * 9'h100;
-  assign \$194  = \$193  + lk;
-  assign \$196  = ~ \$195 ;
-  assign \$197  = r_rdy & \$196 ;
-  assign \$198  = \$signal$245  == 1'h1;
-  assign \$199  = \$197  & \$198 ;
-  assign \$200  = \$signal$238  * 9'h100;
-  assign \$201  = \$200  + lk;
-  assign \$203  = ~ \$202 ;
-  assign \$204  = r_rdy & \$203 ;
-  assign \$205  = \$signal$245  == 2'h2;
-  assign \$206  = \$204  & \$205 ;
-  assign \$207  = \$signal$238  * 9'h100;
-  assign \$208  = \$207  + lk;
-  assign \$210  = ~ \$209 ;
-  assign \$211  = r_rdy & \$210 ;
-  assign \$212  = \$signal$245  == 2'h3;
-  assign \$213  = \$211  & \$212 ;
-  assign \$214  = \$signal$238  * 9'h100;
-  assign \$215  = \$214  + lk;
-  assign \$217  = ~ \$216 ;
-  assign \$218  = r_rdy & \$217 ;
-  assign \$219  = \$signal$245  == 3'h4;
-  assign \$220  = \$218  & \$219 ;
-  assign \$221  = \$signal$238  * 9'h100;
-  assign \$222  = \$221  + lk;
-  assign \$224  = ~ \$223 ;
-  assign \$225  = r_rdy & \$224 ;
-  assign \$226  = \$signal$245  == 3'h5;
-  assign \$227  = \$225  & \$226 ;
-  assign \$228  = \$signal$238  * 9'h100;
-  assign \$229  = \$228  + lk;
+  assign \$67  = \$64  & \$66 ;
+  assign \$68  = ins[5:0] == 3'h6;
+  assign \$69  = ins[5:0] == 4'h8;
+  assign \$70  = ins[5:0] == 3'h7;
+  assign \$71  = \$70  | \$signal ;
+  assign \$72  = | ins[7:6];
+  assign \$73  = ~ \$72 ;
+  assign \$74  = \$71  & \$73 ;
+  assign unit_known = | { \$74 , add_sel, \$69 , \$68  };
+  assign \$75  = ins[71:56] + 4'h8;
+  assign \$76  = \$75  - 1'h1;
+  assign \$81  = \$80  ? offset : 32'd0;
+  assign \$82  = ins[465:434] + \$81 ;
+  assign \$83  = ~ fetch_sent;
+  assign \$84  = ins[5:0] == 1'h1;
+  assign \$85  = images_left > 1'h1;
+  assign \$86  = \$84  & \$85 ;
+  assign \$87  = ins[5:0] == 1'h1;
+  assign \$88  = | ins[39:24];
+  assign \$89  = ~ \$88 ;
+  assign \$90  = | ins[55:40];
+  assign \$91  = ~ \$90 ;
+  assign \$92  = | ins[71:56];
+  assign \$93  = ~ \$92 ;
+  assign \$94  = | ins[87:72];
+  assign \$95  = ~ \$94 ;
+  assign \$96  = | ins[103:88];
+  assign \$97  = ~ \$96 ;
+  assign \$98  = | { \$97 , \$95 , \$93 , \$91 , \$89  };
+  assign \$99  = \$signal  | \$signal$66 ;
+  assign \$100  = ~ unit_known;
+  assign \$101  = \$99  & \$100 ;
+  assign \$102  = \$signal$67  | \$101 ;
+  assign \$103  = \$signal  | \$signal$66 ;
+  assign \$104  = ins[5:0] == 2'h2;
+  assign \$105  = is_move | \$104 ;
+  assign \$106  = ins[5:0] == 2'h3;
+  assign \$107  = \$105  | \$106 ;
+  assign \$108  = \$107  | is_gemm;
+  assign \$109  = ci != ins[509:498];
+  assign \$110  = { \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78  } + 6'h3f;
+  assign \$112  = ins[497:466] + \$111 ;
+  assign \$113  = is_gemm ? \$112  : { 2'h0, ins[465:434] };
+  assign \$114  = ci << c_lb;
+  assign \$115  = \$113  + \$114 ;
+  assign \$116  = ins[5:0] == 3'h6;
+  assign \$117  = ins[5:0] == 4'h8;
+  assign \$118  = ins[5:0] == 3'h7;
+  assign \$119  = \$118  | \$signal ;
+  assign \$120  = | ins[7:6];
+  assign \$121  = ~ \$120 ;
+  assign \$122  = \$119  & \$121 ;
+  assign \$123  = ins[5:0] == 2'h2;
+  assign \$124  = ins[5:0] == 2'h3;
+  assign \$125  = ins[5:0] == 3'h6;
+  assign \$126  = ins[5:0] == 4'h8;
+  assign \$127  = r_rdy & \valid$100 ;
+  assign \$128  = $signed(addr) << ins[23:22];
+  assign \$129  = $signed({ 1'h0, \$82 [31:0] }) + $signed(\$128 );
+  assign \$130  = valid & req__ready;
+  assign \$133  = \$132  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$136  = \$135  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$139  = \$138  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$142  = \$141  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$143  = beat__valid & beat__payload[512];
+  assign \$144  = r_rdy & \valid$100 ;
+  assign \$145  = $signed(\addr$95 ) << ins[23:22];
+  assign \$146  = $signed({ 1'h0, \$82 [31:0] }) + $signed(\$145 );
+  assign \$147  = r_rdy & \valid$100 ;
+  assign \$148  = \$147  & \req__ready$181 ;
+  assign \$149  = r_rdy & \valid$100 ;
+  assign \$150  = \$149  & \req__ready$181 ;
+  assign \$151  = r_rdy & i__ready;
+  assign \$152  = r_rdy & \i__ready$190 ;
+  assign \$153  = ins[5:0] == 3'h7;
+  assign \$154  = ins[5:0] == 4'h9;
+  assign \$155  = \$153  | \$154 ;
+  assign \$156  = \$155  | \$signal ;
+  assign \$157  = \$156  | \$signal$66 ;
+  assign \$158  = streaming & \$157 ;
+  assign \$159  = ~ pack_full;
+  assign \$160  = \$159  | in_ready;
+  assign \$161  = \$160  & elem_valid;
+  assign \$162  = ~ add_sel;
+  assign \$163  = \r_rdy$200  | \$162 ;
+  assign \$164  = \$161  & \$163 ;
+  assign \$165  = ~ pack_full;
+  assign \$166  = \$165  | in_ready;
+  assign \$167  = \$166  & elem_valid;
+  assign \$168  = ~ add_sel;
+  assign \$169  = \r_rdy$200  | \$168 ;
+  assign \$170  = \$167  & \$169 ;
+  assign \$171  = \$170  & add_sel;
+  assign \$172  = a__ready & \b__ready$214 ;
+  assign \$173  = ins[5:0] == 3'h7;
+  assign \$174  = \$173  | \$signal ;
+  assign \$175  = | ins[7:6];
+  assign \$176  = ~ \$175 ;
+  assign \$177  = \$174  & \$176 ;
+  assign \$179  = \$signal$202  & \valid$100 ;
+  assign \$180  = pack_jo == 2'h3;
+  assign \$181  = \$180  | \final ;
+  assign \$182  = streaming & is_gemm;
+  assign \$183  = | tiles;
+  assign \$184  = w_row + k;
+  assign \$185  = \$184  << w_lb;
+  assign \$186  = ins[465:434] + \$185 ;
+  assign \$188  = ins[497:466] + \$187 ;
+  assign \$189  = want_w ? \$186  : { 8'h00, \$188  };
+  assign \$190  = want_w ? w_lb : 3'h6;
+  assign \$191  = streaming & is_gemm;
+  assign \$192  = ins[5:0] == 3'h4;
+  assign \$193  = ~ \$192 ;
+  assign \$194  = | rk;
+  assign \$195  = ~ \$194 ;
+  assign \$196  = \$193  | \$195 ;
+  assign \$197  = ~ w_full;
+  assign \$198  = \a__valid$244  & \a__ready$245 ;
+  assign \$199  = \$197  | \$198 ;
+  assign \$202  = \$201  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
+  assign \$205  = \$204  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
+  assign \$208  = \$207  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
+  assign \$211  = \$210  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
+  assign \$214  = \$213  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
+  assign \$217  = \$216  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
+  assign \$220  = \$219  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
+  assign \$221  = streaming & is_gemm;
+  assign \$223  = ~ \$222 ;
+  assign \$224  = r_rdy & \$223 ;
+  assign \$225  = \$signal$247  * 9'h100;
+  assign \$226  = \$225  + lk;
+  assign \$228  = ~ \$227 ;
+  assign \$229  = r_rdy & \$228 ;
+  assign \$230  = | \$signal$254 ;
   assign \$231  = ~ \$230 ;
-  assign \$232  = r_rdy & \$231 ;
-  assign \$233  = \$signal$245  == 3'h6;
-  assign \$234  = \$232  & \$233 ;
-  assign \$235  = \$signal$238  * 9'h100;
-  assign \$236  = \$235  + lk;
-  assign \$238  = ~ \$237 ;
-  assign \$239  = r_rdy & \$238 ;
-  assign \$240  = \$signal$245  == 3'h7;
-  assign \$241  = \$239  & \$240 ;
-  assign \$242  = \$signal$268  * 9'h100;
-  assign \$243  = \$242  + \$signal$269 ;
-  assign \$245  = ~ \$signal$271 ;
-  assign \$246  = \a__valid$235  & \a__ready$236 ;
-  assign \$247  = \$245  | \$246 ;
-  assign \$248  = \$244  & \$247 ;
-  assign \$249  = | feed_blocks;
-  assign \$250  = \$248  & \$249 ;
-  assign \$251  = \$signal$268  * 9'h100;
-  assign \$252  = \$251  + \$signal$269 ;
-  assign \$254  = ~ \$signal$271 ;
-  assign \$255  = \a__valid$235  & \a__ready$236 ;
-  assign \$256  = \$254  | \$255 ;
-  assign \$257  = \$253  & \$256 ;
-  assign \$258  = | feed_blocks;
-  assign \$259  = \$257  & \$258 ;
-  assign \$260  = \$signal$268  * 9'h100;
-  assign \$261  = \$260  + \$signal$269 ;
-  assign \$263  = ~ \$signal$271 ;
-  assign \$264  = \a__valid$235  & \a__ready$236 ;
-  assign \$265  = \$263  | \$264 ;
-  assign \$266  = \$262  & \$265 ;
-  assign \$267  = | feed_blocks;
-  assign \$268  = \$266  & \$267 ;
-  assign \$269  = \$signal$268  * 9'h100;
-  assign \$270  = \$269  + \$signal$269 ;
-  assign \$272  = ~ \$signal$271 ;
-  assign \$273  = \a__valid$235  & \a__ready$236 ;
-  assign \$274  = \$272  | \$273 ;
-  assign \$275  = \$271  & \$274 ;
-  assign \$276  = | feed_blocks;
-  assign \$277  = \$275  & \$276 ;
-  assign \$278  = \$signal$268  * 9'h100;
-  assign \$279  = \$278  + \$signal$269 ;
-  assign \$281  = ~ \$signal$271 ;
-  assign \$282  = \a__valid$235  & \a__ready$236 ;
-  assign \$283  = \$281  | \$282 ;
-  assign \$284  = \$280  & \$283 ;
-  assign \$285  = | feed_blocks;
-  assign \$286  = \$284  & \$285 ;
-  assign \$287  = \$signal$268  * 9'h100;
-  assign \$288  = \$287  + \$signal$269 ;
-  assign \$290  = ~ \$signal$271 ;
-  assign \$291  = \a__valid$235  & \a__ready$236 ;
-  assign \$292  = \$290  | \$291 ;
-  assign \$293  = \$289  & \$292 ;
-  assign \$294  = | feed_blocks;
-  assign \$295  = \$293  & \$294 ;
-  assign \$296  = \$signal$268  * 9'h100;
-  assign \$297  = \$296  + \$signal$269 ;
-  assign \$299  = ~ \$signal$271 ;
-  assign \$300  = \a__valid$235  & \a__ready$236 ;
-  assign \$301  = \$299  | \$300 ;
-  assign \$302  = \$298  & \$301 ;
-  assign \$303  = | feed_blocks;
+  assign \$232  = \$229  & \$231 ;
+  assign \$233  = \$signal$247  * 9'h100;
+  assign \$234  = \$233  + lk;
+  assign \$236  = ~ \$235 ;
+  assign \$237  = r_rdy & \$236 ;
+  assign \$238  = \$signal$254  == 1'h1;
+  assign \$239  = \$237  & \$238 ;
+  assign \$240  = \$signal$247  * 9'h100;
+  assign \$241  = \$240  + lk;
+  assign \$243  = ~ \$242 ;
+  assign \$244  = r_rdy & \$243 ;
+  assign \$245  = \$signal$254  == 2'h2;
+  assign \$246  = \$244  & \$245 ;
+  assign \$247  = \$signal$247  * 9'h100;
+  assign \$248  = \$247  + lk;
+  assign \$250  = ~ \$249 ;
+  assign \$251  = r_rdy & \$250 ;
+  assign \$252  = \$signal$254  == 2'h3;
+  assign \$253  = \$251  & \$252 ;
+  assign \$254  = \$signal$247  * 9'h100;
+  assign \$255  = \$254  + lk;
+  assign \$257  = ~ \$256 ;
+  assign \$258  = r_rdy & \$257 ;
+  assign \$259  = \$signal$254  == 3'h4;
+  assign \$260  = \$258  & \$259 ;
+  assign \$261  = \$signal$247  * 9'h100;
+  assign \$262  = \$261  + lk;
+  assign \$264  = ~ \$263 ;
+  assign \$265  = r_rdy & \$264 ;
+  assign \$266  = \$signal$254  == 3'h5;
+  assign \$267  = \$265  & \$266 ;
+  assign \$268  = \$signal$247  * 9'h100;
+  assign \$269  = \$268  + lk;
+  assign \$271  = ~ \$270 ;
+  assign \$272  = r_rdy & \$271 ;
+  assign \$273  = \$signal$254  == 3'h6;
+  assign \$274  = \$272  & \$273 ;
+  assign \$275  = \$signal$247  * 9'h100;
+  assign \$276  = \$275  + lk;
+  assign \$278  = ~ \$277 ;
+  assign \$279  = r_rdy & \$278 ;
+  assign \$280  = \$signal$254  == 3'h7;
+  assign \$281  = \$279  & \$280 ;
+  assign \$282  = \$signal$277  * 9'h100;
+  assign \$283  = \$282  + \$signal$278 ;
+  assign \$285  = \$signal$247  == \$signal$277 ;
+  assign \$286  = lk > \$signal$278 ;
+  assign \$287  = \$285  & \$286 ;
+  assign \$288  = \$284  | \$287 ;
+  assign \$289  = ins[5:0] == 3'h4;
+  assign \$291  = \$289  | \$290 ;
+  assign \$292  = \$288  & \$291 ;
+  assign \$293  = ~ \$signal$283 ;
+  assign \$294  = \a__valid$244  & \a__ready$245 ;
+  assign \$295  = \$293  | \$294 ;
+  assign \$296  = \$292  & \$295 ;
+  assign \$297  = | feed_blocks;
+  assign \$298  = \$296  & \$297 ;
+  assign \$299  = \$signal$277  * 9'h100;
+  assign \$300  = \$299  + \$signal$278 ;
+  assign \$302  = \$signal$247  == \$signal$277 ;
+  assign \$303  = lk > \$signal$278 ;
   assign \$304  = \$302  & \$303 ;
-  assign \$305  = \$signal$268  * 9'h100;
-  assign \$306  = \$305  + \$signal$269 ;
-  assign \$308  = ~ \$signal$271 ;
-  assign \$309  = \a__valid$235  & \a__ready$236 ;
-  assign \$310  = \$308  | \$309 ;
-  assign \$311  = \$307  & \$310 ;
-  assign \$312  = | feed_blocks;
-  assign \$313  = \$311  & \$312 ;
-  assign \$314  = ins[5:0] == 3'h4;
-  assign \$315  = ~ \$314 ;
-  assign \$316  = ~ b_full;
-  assign \$317  = \a__valid$235  & \a__ready$236 ;
-  assign \$318  = \$316  | \$317 ;
-  assign \$319  = \$318  & \r_rdy$191 ;
-  assign \$320  = ins[5:0] == 3'h4;
-  assign \$321  = ~ \$320 ;
-  assign \$322  = \$319  & \$321 ;
+  assign \$305  = \$301  | \$304 ;
+  assign \$306  = ins[5:0] == 3'h4;
+  assign \$308  = \$306  | \$307 ;
+  assign \$309  = \$305  & \$308 ;
+  assign \$310  = ~ \$signal$283 ;
+  assign \$311  = \a__valid$244  & \a__ready$245 ;
+  assign \$312  = \$310  | \$311 ;
+  assign \$313  = \$309  & \$312 ;
+  assign \$314  = | feed_blocks;
+  assign \$315  = \$313  & \$314 ;
+  assign \$316  = \$signal$277  * 9'h100;
+  assign \$317  = \$316  + \$signal$278 ;
+  assign \$319  = \$signal$247  == \$signal$277 ;
+  assign \$320  = lk > \$signal$278 ;
+  assign \$321  = \$319  & \$320 ;
+  assign \$322  = \$318  | \$321 ;
   assign \$323  = ins[5:0] == 3'h4;
-  assign \$324  = \$323  ? w_full : b_full;
-  assign \$325  = ins[5:0] == 3'h4;
-  assign \$326  = \$325  ? w_lane0 : b_lane0;
-  assign \$327  = ins[5:0] == 3'h4;
-  assign \$328  = \$327  ? w_lane1 : b_lane1;
-  assign \$329  = ins[5:0] == 3'h4;
-  assign \$330  = \$329  ? w_lane2 : b_lane2;
-  assign \$331  = ins[5:0] == 3'h4;
-  assign \$332  = \$331  ? w_lane3 : b_lane3;
-  assign \$333  = ins[5:0] == 3'h4;
-  assign \$334  = \$333  ? w_lane4 : b_lane4;
-  assign \$335  = ins[5:0] == 3'h4;
-  assign \$336  = \$335  ? w_lane5 : b_lane5;
-  assign \$337  = ins[5:0] == 3'h4;
-  assign \$338  = \$337  ? w_lane6 : b_lane6;
-  assign \$339  = ins[5:0] == 3'h4;
-  assign \$340  = \$339  ? w_lane7 : b_lane7;
-  assign \$341  = streaming & is_gemm;
-  assign \$343  = \o__valid$318  & \valid$97 ;
-  assign \$344  = index__1 * 4'h8;
-  assign \$345  = \$344  + index__3;
-  assign \$346  = \$345  < ins[55:40];
-  assign \$347  = index__2 * 4'h8;
-  assign \$348  = \$347  + index__4;
-  assign \$349  = \$348  < ins[71:56];
-  assign \$350  = \$346  & \$349 ;
-  assign \$351  = \$343  & \$350 ;
-  assign \$352  = \o__valid$318  & \valid$97 ;
-  assign \$353  = \o__valid$318  & \valid$97 ;
-  assign \$354  = \$353  & last__4;
-  assign \$355  = streaming & err;
-  assign \$356  = ~ busy;
-  assign clear = start & \$356 ;
-  assign \$357  = ~ unit_rst;
-  assign \$358  = src0_issue & \$357 ;
-  assign \$359  = last__3 & \last__4$329 ;
-  assign \$360  = ~ unit_rst;
+  assign \$325  = \$323  | \$324 ;
+  assign \$326  = \$322  & \$325 ;
+  assign \$327  = ~ \$signal$283 ;
+  assign \$328  = \a__valid$244  & \a__ready$245 ;
+  assign \$329  = \$327  | \$328 ;
+  assign \$330  = \$326  & \$329 ;
+  assign \$331  = | feed_blocks;
+  assign \$332  = \$330  & \$331 ;
+  assign \$333  = \$signal$277  * 9'h100;
+  assign \$334  = \$333  + \$signal$278 ;
+  assign \$336  = \$signal$247  == \$signal$277 ;
+  assign \$337  = lk > \$signal$278 ;
+  assign \$338  = \$336  & \$337 ;
+  assign \$339  = \$335  | \$338 ;
+  assign \$340  = ins[5:0] == 3'h4;
+  assign \$342  = \$340  | \$341 ;
+  assign \$343  = \$339  & \$342 ;
+  assign \$344  = ~ \$signal$283 ;
+  assign \$345  = \a__valid$244  & \a__ready$245 ;
+  assign \$346  = \$344  | \$345 ;
+  assign \$347  = \$343  & \$346 ;
+  assign \$348  = | feed_blocks;
+  assign \$349  = \$347  & \$348 ;
+  assign \$350  = \$signal$277  * 9'h100;
+  assign \$351  = \$350  + \$signal$278 ;
+  assign \$353  = \$signal$247  == \$signal$277 ;
+  assign \$354  = lk > \$signal$278 ;
+  assign \$355  = \$353  & \$354 ;
+  assign \$356  = \$352  | \$355 ;
+  assign \$357  = ins[5:0] == 3'h4;
+  assign \$359  = \$357  | \$358 ;
+  assign \$360  = \$356  & \$359 ;
+  assign \$361  = ~ \$signal$283 ;
+  assign \$362  = \a__valid$244  & \a__ready$245 ;
+  assign \$363  = \$361  | \$362 ;
+  assign \$364  = \$360  & \$363 ;
+  assign \$365  = | feed_blocks;
+  assign \$366  = \$364  & \$365 ;
+  assign \$367  = \$signal$277  * 9'h100;
+  assign \$368  = \$367  + \$signal$278 ;
+  assign \$370  = \$signal$247  == \$signal$277 ;
+  assign \$371  = lk > \$signal$278 ;
+  assign \$372  = \$370  & \$371 ;
+  assign \$373  = \$369  | \$372 ;
+  assign \$374  = ins[5:0] == 3'h4;
+  assign \$376  = \$374  | \$375 ;
+  assign \$377  = \$373  & \$376 ;
+  assign \$378  = ~ \$signal$283 ;
+  assign \$379  = \a__valid$244  & \a__ready$245 ;
+  assign \$380  = \$378  | \$379 ;
+  assign \$381  = \$377  & \$380 ;
+  assign \$382  = | feed_blocks;
+  assign \$383  = \$381  & \$382 ;
+  assign \$384  = \$signal$277  * 9'h100;
+  assign \$385  = \$384  + \$signal$278 ;
+  assign \$387  = \$signal$247  == \$signal$277 ;
+  assign \$388  = lk > \$signal$278 ;
+  assign \$389  = \$387  & \$388 ;
+  assign \$390  = \$386  | \$389 ;
+  assign \$391  = ins[5:0] == 3'h4;
+  assign \$393  = \$391  | \$392 ;
+  assign \$394  = \$390  & \$393 ;
+  assign \$395  = ~ \$signal$283 ;
+  assign \$396  = \a__valid$244  & \a__ready$245 ;
+  assign \$397  = \$395  | \$396 ;
+  assign \$398  = \$394  & \$397 ;
+  assign \$399  = | feed_blocks;
+  assign \$400  = \$398  & \$399 ;
+  assign \$401  = \$signal$277  * 9'h100;
+  assign \$402  = \$401  + \$signal$278 ;
+  assign \$404  = \$signal$247  == \$signal$277 ;
+  assign \$405  = lk > \$signal$278 ;
+  assign \$406  = \$404  & \$405 ;
+  assign \$407  = \$403  | \$406 ;
+  assign \$408  = ins[5:0] == 3'h4;
+  assign \$410  = \$408  | \$409 ;
+  assign \$411  = \$407  & \$410 ;
+  assign \$412  = ~ \$signal$283 ;
+  assign \$413  = \a__valid$244  & \a__ready$245 ;
+  assign \$414  = \$412  | \$413 ;
+  assign \$415  = \$411  & \$414 ;
+  assign \$416  = | feed_blocks;
+  assign \$417  = \$415  & \$416 ;
+  assign \$418  = ins[5:0] == 3'h4;
+  assign \$419  = ~ \$418 ;
+  assign \$421  = ~ \$420 ;
+  assign \$422  = \r_rdy$200  & \$421 ;
+  assign \$423  = ins[5:0] == 3'h4;
+  assign \$424  = ~ \$423 ;
+  assign \$425  = \$422  & \$424 ;
+  assign \$426  = w_load_half * 9'h100;
+  assign \$427  = \$426  + w_load_addr;
+  assign \$429  = ~ \$428 ;
+  assign \$430  = \r_rdy$200  & \$429 ;
+  assign \$431  = ins[5:0] == 3'h4;
+  assign \$432  = ~ \$431 ;
+  assign \$433  = \$430  & \$432 ;
+  assign \$434  = | w_load_lane;
+  assign \$435  = ~ \$434 ;
+  assign \$436  = \$433  & \$435 ;
+  assign \$437  = w_load_half * 9'h100;
+  assign \$438  = \$437  + w_load_addr;
+  assign \$440  = ~ \$439 ;
+  assign \$441  = \r_rdy$200  & \$440 ;
+  assign \$442  = ins[5:0] == 3'h4;
+  assign \$443  = ~ \$442 ;
+  assign \$444  = \$441  & \$443 ;
+  assign \$445  = w_load_lane == 1'h1;
+  assign \$446  = \$444  & \$445 ;
+  assign \$447  = w_load_half * 9'h100;
+  assign \$448  = \$447  + w_load_addr;
+  assign \$450  = ~ \$449 ;
+  assign \$451  = \r_rdy$200  & \$450 ;
+  assign \$452  = ins[5:0] == 3'h4;
+  assign \$453  = ~ \$452 ;
+  assign \$454  = \$451  & \$453 ;
+  assign \$455  = w_load_lane == 2'h2;
+  assign \$456  = \$454  & \$455 ;
+  assign \$457  = w_load_half * 9'h100;
+  assign \$458  = \$457  + w_load_addr;
+  assign \$460  = ~ \$459 ;
+  assign \$461  = \r_rdy$200  & \$460 ;
+  assign \$462  = ins[5:0] == 3'h4;
+  assign \$463  = ~ \$462 ;
+  assign \$464  = \$461  & \$463 ;
+  assign \$465  = w_load_lane == 2'h3;
+  assign \$466  = \$464  & \$465 ;
+  assign \$467  = w_load_half * 9'h100;
+  assign \$468  = \$467  + w_load_addr;
+  assign \$470  = ~ \$469 ;
+  assign \$471  = \r_rdy$200  & \$470 ;
+  assign \$472  = ins[5:0] == 3'h4;
+  assign \$473  = ~ \$472 ;
+  assign \$474  = \$471  & \$473 ;
+  assign \$475  = w_load_lane == 3'h4;
+  assign \$476  = \$474  & \$475 ;
+  assign \$477  = w_load_half * 9'h100;
+  assign \$478  = \$477  + w_load_addr;
+  assign \$480  = ~ \$479 ;
+  assign \$481  = \r_rdy$200  & \$480 ;
+  assign \$482  = ins[5:0] == 3'h4;
+  assign \$483  = ~ \$482 ;
+  assign \$484  = \$481  & \$483 ;
+  assign \$485  = w_load_lane == 3'h5;
+  assign \$486  = \$484  & \$485 ;
+  assign \$487  = w_load_half * 9'h100;
+  assign \$488  = \$487  + w_load_addr;
+  assign \$490  = ~ \$489 ;
+  assign \$491  = \r_rdy$200  & \$490 ;
+  assign \$492  = ins[5:0] == 3'h4;
+  assign \$493  = ~ \$492 ;
+  assign \$494  = \$491  & \$493 ;
+  assign \$495  = w_load_lane == 3'h6;
+  assign \$496  = \$494  & \$495 ;
+  assign \$497  = w_load_half * 9'h100;
+  assign \$498  = \$497  + w_load_addr;
+  assign \$500  = ~ \$499 ;
+  assign \$501  = \r_rdy$200  & \$500 ;
+  assign \$502  = ins[5:0] == 3'h4;
+  assign \$503  = ~ \$502 ;
+  assign \$504  = \$501  & \$503 ;
+  assign \$505  = w_load_lane == 3'h7;
+  assign \$506  = \$504  & \$505 ;
+  assign \$507  = w_feed_half * 9'h100;
+  assign \$508  = \$507  + feed_ntk;
+  assign \$509  = \$508  + \$signal$278 ;
+  assign \$511  = \$signal$247  == \$signal$277 ;
+  assign \$512  = lk > \$signal$278 ;
+  assign \$513  = \$511  & \$512 ;
+  assign \$514  = \$510  | \$513 ;
+  assign \$515  = ins[5:0] == 3'h4;
+  assign \$517  = \$515  | \$516 ;
+  assign \$518  = \$514  & \$517 ;
+  assign \$519  = ~ \$signal$283 ;
+  assign \$520  = \a__valid$244  & \a__ready$245 ;
+  assign \$521  = \$519  | \$520 ;
+  assign \$522  = \$518  & \$521 ;
+  assign \$523  = | feed_blocks;
+  assign \$524  = \$522  & \$523 ;
+  assign \$525  = w_feed_half * 9'h100;
+  assign \$526  = \$525  + feed_ntk;
+  assign \$527  = \$526  + \$signal$278 ;
+  assign \$529  = \$signal$247  == \$signal$277 ;
+  assign \$530  = lk > \$signal$278 ;
+  assign \$531  = \$529  & \$530 ;
+  assign \$532  = \$528  | \$531 ;
+  assign \$533  = ins[5:0] == 3'h4;
+  assign \$535  = \$533  | \$534 ;
+  assign \$536  = \$532  & \$535 ;
+  assign \$537  = ~ \$signal$283 ;
+  assign \$538  = \a__valid$244  & \a__ready$245 ;
+  assign \$539  = \$537  | \$538 ;
+  assign \$540  = \$536  & \$539 ;
+  assign \$541  = | feed_blocks;
+  assign \$542  = \$540  & \$541 ;
+  assign \$543  = w_feed_half * 9'h100;
+  assign \$544  = \$543  + feed_ntk;
+  assign \$545  = \$544  + \$signal$278 ;
+  assign \$547  = \$signal$247  == \$signal$277 ;
+  assign \$548  = lk > \$signal$278 ;
+  assign \$549  = \$547  & \$548 ;
+  assign \$550  = \$546  | \$549 ;
+  assign \$551  = ins[5:0] == 3'h4;
+  assign \$553  = \$551  | \$552 ;
+  assign \$554  = \$550  & \$553 ;
+  assign \$555  = ~ \$signal$283 ;
+  assign \$556  = \a__valid$244  & \a__ready$245 ;
+  assign \$557  = \$555  | \$556 ;
+  assign \$558  = \$554  & \$557 ;
+  assign \$559  = | feed_blocks;
+  assign \$560  = \$558  & \$559 ;
+  assign \$561  = w_feed_half * 9'h100;
+  assign \$562  = \$561  + feed_ntk;
+  assign \$563  = \$562  + \$signal$278 ;
+  assign \$565  = \$signal$247  == \$signal$277 ;
+  assign \$566  = lk > \$signal$278 ;
+  assign \$567  = \$565  & \$566 ;
+  assign \$568  = \$564  | \$567 ;
+  assign \$569  = ins[5:0] == 3'h4;
+  assign \$571  = \$569  | \$570 ;
+  assign \$572  = \$568  & \$571 ;
+  assign \$573  = ~ \$signal$283 ;
+  assign \$574  = \a__valid$244  & \a__ready$245 ;
+  assign \$575  = \$573  | \$574 ;
+  assign \$576  = \$572  & \$575 ;
+  assign \$577  = | feed_blocks;
+  assign \$578  = \$576  & \$577 ;
+  assign \$579  = w_feed_half * 9'h100;
+  assign \$580  = \$579  + feed_ntk;
+  assign \$581  = \$580  + \$signal$278 ;
+  assign \$583  = \$signal$247  == \$signal$277 ;
+  assign \$584  = lk > \$signal$278 ;
+  assign \$585  = \$583  & \$584 ;
+  assign \$586  = \$582  | \$585 ;
+  assign \$587  = ins[5:0] == 3'h4;
+  assign \$589  = \$587  | \$588 ;
+  assign \$590  = \$586  & \$589 ;
+  assign \$591  = ~ \$signal$283 ;
+  assign \$592  = \a__valid$244  & \a__ready$245 ;
+  assign \$593  = \$591  | \$592 ;
+  assign \$594  = \$590  & \$593 ;
+  assign \$595  = | feed_blocks;
+  assign \$596  = \$594  & \$595 ;
+  assign \$597  = w_feed_half * 9'h100;
+  assign \$598  = \$597  + feed_ntk;
+  assign \$599  = \$598  + \$signal$278 ;
+  assign \$601  = \$signal$247  == \$signal$277 ;
+  assign \$602  = lk > \$signal$278 ;
+  assign \$603  = \$601  & \$602 ;
+  assign \$604  = \$600  | \$603 ;
+  assign \$605  = ins[5:0] == 3'h4;
+  assign \$607  = \$605  | \$606 ;
+  assign \$608  = \$604  & \$607 ;
+  assign \$609  = ~ \$signal$283 ;
+  assign \$610  = \a__valid$244  & \a__ready$245 ;
+  assign \$611  = \$609  | \$610 ;
+  assign \$612  = \$608  & \$611 ;
+  assign \$613  = | feed_blocks;
+  assign \$614  = \$612  & \$613 ;
+  assign \$615  = w_feed_half * 9'h100;
+  assign \$616  = \$615  + feed_ntk;
+  assign \$617  = \$616  + \$signal$278 ;
+  assign \$619  = \$signal$247  == \$signal$277 ;
+  assign \$620  = lk > \$signal$278 ;
+  assign \$621  = \$619  & \$620 ;
+  assign \$622  = \$618  | \$621 ;
+  assign \$623  = ins[5:0] == 3'h4;
+  assign \$625  = \$623  | \$624 ;
+  assign \$626  = \$622  & \$625 ;
+  assign \$627  = ~ \$signal$283 ;
+  assign \$628  = \a__valid$244  & \a__ready$245 ;
+  assign \$629  = \$627  | \$628 ;
+  assign \$630  = \$626  & \$629 ;
+  assign \$631  = | feed_blocks;
+  assign \$632  = \$630  & \$631 ;
+  assign \$633  = w_feed_half * 9'h100;
+  assign \$634  = \$633  + feed_ntk;
+  assign \$635  = \$634  + \$signal$278 ;
+  assign \$637  = \$signal$247  == \$signal$277 ;
+  assign \$638  = lk > \$signal$278 ;
+  assign \$639  = \$637  & \$638 ;
+  assign \$640  = \$636  | \$639 ;
+  assign \$641  = ins[5:0] == 3'h4;
+  assign \$643  = \$641  | \$642 ;
+  assign \$644  = \$640  & \$643 ;
+  assign \$645  = ~ \$signal$283 ;
+  assign \$646  = \a__valid$244  & \a__ready$245 ;
+  assign \$647  = \$645  | \$646 ;
+  assign \$648  = \$644  & \$647 ;
+  assign \$649  = | feed_blocks;
+  assign \$650  = \$648  & \$649 ;
+  assign \$651  = ins[5:0] == 3'h4;
+  assign \$652  = \$651  ? w_full : \$signal$283 ;
+  assign \$653  = ins[5:0] == 3'h4;
+  assign \$654  = \$653  ? w_lane0 : \$signature__data$357 ;
+  assign \$655  = ins[5:0] == 3'h4;
+  assign \$656  = \$655  ? w_lane1 : \$signature__data$359 ;
+  assign \$657  = ins[5:0] == 3'h4;
+  assign \$658  = \$657  ? w_lane2 : \$signature__data$361 ;
+  assign \$659  = ins[5:0] == 3'h4;
+  assign \$660  = \$659  ? w_lane3 : \$signature__data$363 ;
+  assign \$661  = ins[5:0] == 3'h4;
+  assign \$662  = \$661  ? w_lane4 : \$signature__data$365 ;
+  assign \$663  = ins[5:0] == 3'h4;
+  assign \$664  = \$663  ? w_lane5 : \$signature__data$367 ;
+  assign \$665  = ins[5:0] == 3'h4;
+  assign \$666  = \$665  ? w_lane6 : \$signature__data$369 ;
+  assign \$667  = ins[5:0] == 3'h4;
+  assign \$668  = \$667  ? w_lane7 : \$signature__data$371 ;
+  assign \$669  = streaming & is_gemm;
+  assign \$670  = \$signal  | \$signal$66 ;
+  assign \$671  = ~ \$670 ;
+  assign \$672  = \$669  & \$671 ;
+  assign \$674  = \o__valid$375  & \valid$100 ;
+  assign \$675  = index__1 * 4'h8;
+  assign \$676  = \$675  + index__3;
+  assign \$677  = \$676  < ins[55:40];
+  assign \$678  = index__2 * 4'h8;
+  assign \$679  = \$678  + index__4;
+  assign \$680  = \$679  < ins[71:56];
+  assign \$681  = \$677  & \$680 ;
+  assign \$682  = \$674  & \$681 ;
+  assign \$683  = \o__valid$375  & \valid$100 ;
+  assign \$684  = \o__valid$375  & \valid$100 ;
+  assign \$685  = \$684  & last__4;
+  assign \$686  = streaming & is_gemm;
+  assign \$687  = \$signal  | \$signal$66 ;
+  assign \$688  = \$686  & \$687 ;
+  assign \$690  = post_col == 3'h7;
+  assign \$691  = elem_take & \$690 ;
+  assign \$692  = \$signal$99  & \valid$100 ;
+  assign \$693  = index__1 * 4'h8;
+  assign \$694  = \$693  + index__3;
+  assign \$695  = \$694  < ins[55:40];
+  assign \$696  = index__2 * 4'h8;
+  assign \$697  = \$696  + index__4;
+  assign \$698  = \$697  < ins[71:56];
+  assign \$699  = \$695  & \$698 ;
+  assign \$700  = \$692  & \$699 ;
+  assign \$701  = streaming & err;
+  assign \$702  = ~ busy;
+  assign clear = start & \$702 ;
+  assign \$703  = ~ unit_rst;
+  assign \$704  = src0_issue & \$703 ;
+  assign \$705  = last__3 & \last__4$387 ;
+  assign \$706  = ~ unit_rst;
+  assign \$707  = src1_issue & \$706 ;
+  assign \$708  = \last__3$392  & \last__4$390 ;
+  assign \$709  = cycles + 1'h1;
+  assign \$711  = \$710  + 1'h1;
+  assign \$712  = | images;
+  assign \$713  = \$712  ? images : 16'h0001;
+  assign \$714  = ~ fetch_sent;
+  assign \$715  = req__ready & \$714 ;
+  assign \$716  = ins[5:0] == 1'h1;
+  assign \$717  = images_left > 1'h1;
+  assign \$718  = \$716  & \$717 ;
+  assign \$719  = ins[5:0] == 1'h1;
+  assign \$720  = | ins[39:24];
+  assign \$721  = ~ \$720 ;
+  assign \$722  = | ins[55:40];
+  assign \$723  = ~ \$722 ;
+  assign \$724  = | ins[71:56];
+  assign \$725  = ~ \$724 ;
+  assign \$726  = | ins[87:72];
+  assign \$727  = ~ \$726 ;
+  assign \$728  = | ins[103:88];
+  assign \$729  = ~ \$728 ;
+  assign \$730  = | { \$729 , \$727 , \$725 , \$723 , \$721  };
+  assign \$731  = \$signal  | \$signal$66 ;
+  assign \$732  = ~ unit_known;
+  assign \$733  = \$731  & \$732 ;
+  assign \$734  = \$signal$67  | \$733 ;
+  assign \$735  = \$signal  | \$signal$66 ;
+  assign \$736  = ins[5:0] == 2'h2;
+  assign \$737  = is_move | \$736 ;
+  assign \$738  = ins[5:0] == 2'h3;
+  assign \$739  = \$737  | \$738 ;
+  assign \$740  = \$739  | is_gemm;
+  assign \$741  = images_left - 1'h1;
+  assign \$742  = offset + \$signal$395 ;
+  assign \$743  = req__valid & req__ready;
+  assign \$744  = ci + 1'h1;
+  assign \$745  = beat__valid & beat__ready;
+  assign \$746  = cr + 1'h1;
+  assign \$747  = cr + 1'h1;
+  assign \$748  = \$747  == ins[509:498];
+  assign \$749  = | ins[509:498];
+  assign \$750  = ~ \$749 ;
+  assign \$751  = ~ \valid$100 ;
+  assign \$752  = \$751  & idle;
+  assign \$753  = | fault;
+  assign \$754  = ~ \$753 ;
+  assign \$755  = \$752  & \$754 ;
+  assign \$756  = pc + 7'h40;
+  assign \$757  = $signed(addr) < $signed(1'h0);
+  assign \$758  = $signed(addr) >= $signed(16'h4000);
+  assign \$759  = \$757  | \$758 ;
+  assign \$760  = valid & \$759 ;
+  assign \$761  = ins[5:0] == 2'h2;
+  assign \$762  = ~ \$761 ;
+  assign \$763  = \$760  & \$762 ;
+  assign \$764  = ~ is_gemm;
+  assign \$765  = \$763  & \$764 ;
+  assign \$766  = $signed(\addr$87 ) < $signed(1'h0);
+  assign \$767  = $signed(\addr$87 ) >= $signed(16'h4000);
+  assign \$768  = \$766  | \$767 ;
+  assign \$769  = \valid$83  & \$768 ;
+  assign \$770  = ins[5:0] == 4'h9;
+  assign \$771  = \$769  & \$770 ;
+  assign \$772  = $signed(\addr$95 ) < $signed(1'h0);
+  assign \$773  = $signed(\addr$95 ) >= $signed(16'h4000);
+  assign \$774  = \$772  | \$773 ;
+  assign \$775  = \valid$100  & \$774 ;
+  assign \$776  = ins[5:0] == 2'h3;
+  assign \$777  = ~ \$776 ;
+  assign \$778  = \$775  & \$777 ;
+  assign \$779  = ~ is_gemm;
+  assign \$780  = \$778  & \$779 ;
+  assign \$781  = | fault;
+  assign \$782  = \idle$400  & idle;
+  assign \$783  = ins[5:0] == 3'h7;
+  assign \$784  = ins[5:0] == 4'h9;
+  assign \$785  = \$783  | \$784 ;
+  assign \$786  = \$785  | \$signal ;
+  assign \$787  = \$786  | \$signal$66 ;
+  assign \$788  = streaming & \$787 ;
+  assign \$789  = pack_full & in_ready;
+  assign \$790  = ~ pack_full;
+  assign \$791  = \$790  | in_ready;
+  assign \$792  = \$791  & elem_valid;
+  assign \$793  = ~ add_sel;
+  assign \$794  = \r_rdy$200  | \$793 ;
+  assign \$795  = \$792  & \$794 ;
+  assign \$796  = pack_j == 2'h3;
+  assign \$797  = \$796  | elem_final;
+  assign \$798  = pack_j + 1'h1;
+  assign \$799  = \$signal$202  & \valid$100 ;
+  assign \$800  = pack_jo == 2'h3;
+  assign \$801  = \$800  | \final ;
+  assign \$802  = pack_jo + 1'h1;
+  assign \$803  = ins[55:40] + 4'h8;
+  assign \$804  = \$803  - 1'h1;
+  assign \$806  = $signed({ 1'h0, ins[39:24] }) * $signed(\$805 );
+  assign \$807  = ins[71:56] + 4'h8;
+  assign \$808  = \$807  - 1'h1;
+  assign \$810  = $signed(\$806 ) * $signed(\$809 );
+  assign \$811  = streaming & is_gemm;
+  assign \$812  = req__valid & req__ready;
+  assign \$813  = ~ want_w;
+  assign \$814  = ins[5:0] == 3'h4;
+  assign \$815  = \$813  & \$814 ;
+  assign \$816  = ins[5:0] == 3'h4;
+  assign \$817  = ~ \$816 ;
+  assign \$818  = ins[87:72] - 1'h1;
+  assign \$819  = k == \$818 ;
+  assign \$820  = want_w & \$819 ;
+  assign \$821  = \$817  | \$820 ;
+  assign \$822  = ~ \$821 ;
+  assign \$823  = want_w & \$822 ;
+  assign \$824  = k + 1'h1;
+  assign \$825  = ins[5:0] == 3'h4;
+  assign \$826  = ~ \$825 ;
+  assign \$827  = ins[87:72] - 1'h1;
+  assign \$828  = k == \$827 ;
+  assign \$829  = want_w & \$828 ;
+  assign \$830  = \$826  | \$829 ;
+  assign \$831  = tiles - 1'h1;
+  assign \$832  = ins[71:56] + 4'h8;
+  assign \$833  = \$832  - 1'h1;
+  assign \$835  = $signed(\$834 ) - $signed(2'h1);
+  assign \$836  = nt == \$835 ;
+  assign \$837  = nt + 1'h1;
+  assign \$838  = w_row + ins[87:72];
+  assign \$839  = streaming & is_gemm;
+  assign \$840  = \a__valid$244  & \a__ready$245 ;
+  assign \$841  = beat__valid & beat__ready;
+  assign \$842  = ins[5:0] == 3'h4;
+  assign \$843  = \$841  & \$842 ;
+  assign \$844  = rk == ins[87:72];
+  assign \$845  = rk + 1'h1;
+  assign \$846  = \$844  ? 17'h00000 : \$845 ;
+  assign \$847  = ins[5:0] == 3'h4;
+  assign \$848  = ~ \$847 ;
+  assign \$849  = | rk;
+  assign \$850  = ~ \$849 ;
+  assign \$851  = \$848  | \$850 ;
+  assign \$852  = ~ \$851 ;
+  assign \$853  = ins[55:40] + 4'h8;
+  assign \$854  = \$853  - 1'h1;
+  assign \$856  = $signed({ 1'h0, ins[39:24] }) * $signed(\$855 );
+  assign \$857  = streaming & is_gemm;
+  assign \$859  = ~ \$858 ;
+  assign \$860  = r_rdy & \$859 ;
+  assign \$861  = \$signal$254  == 3'h7;
+  assign \$862  = lk + 1'h1;
+  assign \$863  = ins[87:72] - 1'h1;
+  assign \$864  = lk == \$863 ;
+  assign \$865  = ~ \$signal$247 ;
+  assign \$866  = \$signal$254  + 1'h1;
+  assign \$867  = \a__valid$244  & \a__ready$245 ;
+  assign \$869  = \$signal$247  == \$signal$277 ;
+  assign \$870  = lk > \$signal$278 ;
+  assign \$871  = \$869  & \$870 ;
+  assign \$872  = \$868  | \$871 ;
+  assign \$873  = ins[5:0] == 3'h4;
+  assign \$875  = \$873  | \$874 ;
+  assign \$876  = \$872  & \$875 ;
+  assign \$877  = ~ \$signal$283 ;
+  assign \$878  = \a__valid$244  & \a__ready$245 ;
+  assign \$879  = \$877  | \$878 ;
+  assign \$880  = \$876  & \$879 ;
+  assign \$881  = | feed_blocks;
+  assign \$882  = \$880  & \$881 ;
+  assign \$883  = ins[87:72] - 1'h1;
+  assign \$884  = \$signal$278  == \$883 ;
+  assign \$885  = ins[87:72] - 1'h1;
+  assign \$886  = \$signal$278  == \$885 ;
+  assign \$887  = ins[71:56] + 4'h8;
+  assign \$888  = \$887  - 1'h1;
+  assign \$890  = $signed(\$889 ) - $signed(2'h1);
+  assign \$891  = fnt == \$890 ;
+  assign \$892  = ~ \$signal$277 ;
+  assign \$893  = feed_blocks - 1'h1;
+  assign \$894  = fnt + 1'h1;
+  assign \$895  = \$signal$278  + 1'h1;
+  assign \$897  = ~ \$896 ;
+  assign \$898  = \r_rdy$200  & \$897 ;
+  assign \$899  = ins[5:0] == 3'h4;
+  assign \$900  = ~ \$899 ;
+  assign \$901  = \$898  & \$900 ;
+  assign \$902  = w_load_lane == 3'h7;
+  assign \$903  = w_load_k + 1'h1;
+  assign \$904  = w_load_addr + 1'h1;
+  assign \$905  = ins[87:72] - 1'h1;
+  assign \$906  = w_load_k == \$905 ;
+  assign \$907  = w_load_nt + 1'h1;
+  assign \$908  = ins[71:56] + 4'h8;
+  assign \$909  = \$908  - 1'h1;
+  assign \$911  = $signed(\$910 ) - $signed(2'h1);
+  assign \$912  = w_load_nt == \$911 ;
+  assign \$913  = ~ w_load_half;
+  assign \$914  = w_load_lane + 1'h1;
+  assign \$916  = \$signal$247  == \$signal$277 ;
+  assign \$917  = lk > \$signal$278 ;
+  assign \$918  = \$916  & \$917 ;
+  assign \$919  = \$915  | \$918 ;
+  assign \$920  = ins[5:0] == 3'h4;
+  assign \$922  = \$920  | \$921 ;
+  assign \$923  = \$919  & \$922 ;
+  assign \$924  = ~ \$signal$283 ;
+  assign \$925  = \a__valid$244  & \a__ready$245 ;
+  assign \$926  = \$924  | \$925 ;
+  assign \$927  = \$923  & \$926 ;
+  assign \$928  = | feed_blocks;
+  assign \$929  = \$927  & \$928 ;
+  assign \$930  = ins[5:0] == 3'h4;
+  assign \$931  = ~ \$930 ;
+  assign \$932  = \$929  & \$931 ;
+  assign \$933  = ins[87:72] - 1'h1;
+  assign \$934  = \$signal$278  == \$933 ;
+  assign \$935  = ins[71:56] + 4'h8;
+  assign \$936  = \$935  - 1'h1;
+  assign \$938  = $signed(\$937 ) - $signed(2'h1);
+  assign \$939  = fnt == \$938 ;
+  assign \$940  = ins[55:40] + 4'h8;
+  assign \$941  = \$940  - 1'h1;
+  assign \$943  = $signed(\$942 ) - $signed(2'h1);
+  assign \$944  = feed_mt == \$943 ;
+  assign \$945  = ~ w_feed_half;
+  assign \$946  = feed_mt + 1'h1;
+  assign \$947  = feed_ntk + ins[87:72];
+  assign \$948  = streaming & is_gemm;
+  assign \$949  = \$signal  | \$signal$66 ;
+  assign \$950  = \$948  & \$949 ;
+  assign \$951  = post_col == 3'h7;
+  assign \$952  = post_col + 1'h1;
+  assign \$953  = \$951  ? 4'h0 : \$952 ;
+  always @(posedge clk)
+    src0_inflight <= \$954 ;
+  always @(posedge clk)
+    src0_meta <= \$955 ;
+  always @(posedge clk)
+    src1_inflight <= \$956 ;
+  always @(posedge clk)
+    src1_meta <= \$957 ;
+  always @(posedge clk)
+    cycles <= \$958 ;
+  always @(posedge clk)
+    op_cycles__0 <= \$959 ;
+  always @(posedge clk)
+    op_cycles__1 <= \$960 ;
+  always @(posedge clk)
+    op_cycles__2 <= \$961 ;
+  always @(posedge clk)
+    op_cycles__3 <= \$962 ;
+  always @(posedge clk)
+    op_cycles__4 <= \$963 ;
+  always @(posedge clk)
+    op_cycles__5 <= \$964 ;
+  always @(posedge clk)
+    op_cycles__6 <= \$965 ;
+  always @(posedge clk)
+    op_cycles__7 <= \$966 ;
+  always @(posedge clk)
+    op_cycles__8 <= \$967 ;
+  always @(posedge clk)
+    op_cycles__9 <= \$968 ;
+  always @(posedge clk)
+    op_cycles__10 <= \$969 ;
+  always @(posedge clk)
+    op_cycles__11 <= \$970 ;
+  always @(posedge clk)
+    op_cycles__12 <= \$971 ;
+  always @(posedge clk)
+    op_cycles__13 <= \$972 ;
+  always @(posedge clk)
+    op_cycles__14 <= \$973 ;
+  always @(posedge clk)
+    op_cycles__15 <= \$974 ;
+  always @(posedge clk)
+    pc <= \$975 ;
+  always @(posedge clk)
+    busy <= \$976 ;
+  always @(posedge clk)
+    done <= \$977 ;
+  always @(posedge clk)
+    error <= \$978 ;
+  always @(posedge clk)
+    fetch_sent <= \$979 ;
+  always @(posedge clk)
+    \$signal$394  <= \$980 ;
+  always @(posedge clk)
+    \$signal$395  <= \$981 ;
+  always @(posedge clk)
+    images_left <= \$982 ;
+  always @(posedge clk)
+    offset <= \$983 ;
+  always @(posedge clk)
+    seq_state <= \$984 ;
+  always @(posedge clk)
+    ins <= \$985 ;
+  always @(posedge clk)
+    ci <= \$986 ;
+  always @(posedge clk)
+    cr <= \$987 ;
+  always @(posedge clk)
+    pack_full <= \$988 ;
+  always @(posedge clk)
+    pack_a0 <= \$989 ;
+  always @(posedge clk)
+    pack_a1 <= \$990 ;
+  always @(posedge clk)
+    pack_a2 <= \$991 ;
+  always @(posedge clk)
+    pack_a3 <= \$992 ;
+  always @(posedge clk)
+    pack_b0 <= \$993 ;
+  always @(posedge clk)
+    pack_b1 <= \$994 ;
+  always @(posedge clk)
+    pack_b2 <= \$995 ;
+  always @(posedge clk)
+    pack_b3 <= \$996 ;
+  always @(posedge clk)
+    pack_j <= \$997 ;
+  always @(posedge clk)
+    pack_jo <= \$998 ;
+  always @(posedge clk)
+    tiles <= \$999 ;
+  always @(posedge clk)
+    nt <= \$1000 ;
+  always @(posedge clk)
+    k <= \$1001 ;
+  always @(posedge clk)
+    w_row <= \$1002 ;
+  always @(posedge clk)
+    want_w <= \$1003 ;
+  always @(posedge clk)
+    rk <= \$1004 ;
+  always @(posedge clk)
+    w_full <= \$1005 ;
+  always @(posedge clk)
+    w_lane0 <= \$1006 ;
+  always @(posedge clk)
+    w_lane1 <= \$1007 ;
+  always @(posedge clk)
+    w_lane2 <= \$1008 ;
+  always @(posedge clk)
+    w_lane3 <= \$1009 ;
+  always @(posedge clk)
+    w_lane4 <= \$1010 ;
+  always @(posedge clk)
+    w_lane5 <= \$1011 ;
+  always @(posedge clk)
+    w_lane6 <= \$1012 ;
+  always @(posedge clk)
+    w_lane7 <= \$1013 ;
+  always @(posedge clk)
+    a_filled0 <= \$1014 ;
+  always @(posedge clk)
+    a_filled1 <= \$1015 ;
+  always @(posedge clk)
+    \$signal$247  <= \$1016 ;
+  always @(posedge clk)
+    \$signal$254  <= \$1017 ;
+  always @(posedge clk)
+    lk <= \$1018 ;
+  always @(posedge clk)
+    \$signal$277  <= \$1019 ;
+  always @(posedge clk)
+    \$signal$278  <= \$1020 ;
+  always @(posedge clk)
+    fnt <= \$1021 ;
+  always @(posedge clk)
+    feed_blocks <= \$1022 ;
+  always @(posedge clk)
+    \$signal$283  <= \$1023 ;
+  always @(posedge clk)
+    a_last <= \$1024 ;
+  always @(posedge clk)
+    w_load_lane <= \$1025 ;
+  always @(posedge clk)
+    w_load_k <= \$1026 ;
+  always @(posedge clk)
+    w_load_addr <= \$1027 ;
+  always @(posedge clk)
+    w_load_nt <= \$1028 ;
+  always @(posedge clk)
+    w_filled0 <= \$1029 ;
+  always @(posedge clk)
+    w_filled1 <= \$1030 ;
+  always @(posedge clk)
+    w_load_half <= \$1031 ;
+  always @(posedge clk)
+    feed_ntk <= \$1032 ;
+  always @(posedge clk)
+    feed_mt <= \$1033 ;
+  always @(posedge clk)
+    w_feed_half <= \$1034 ;
+  always @(posedge clk)
+    post_col <= \$1035 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
-    .b__payload(\b__payload$211 ),
-    .b__ready(\b__ready$205 ),
-    .b__valid(\b__valid$203 ),
-    .c__payload(\c__payload$161 ),
-    .c__ready(\c__ready$163 ),
-    .c__valid(\c__valid$162 ),
+    .b__payload(\b__payload$220 ),
+    .b__ready(\b__ready$214 ),
+    .b__valid(\b__valid$212 ),
+    .c__payload(\c__payload$166 ),
+    .c__ready(\c__ready$168 ),
+    .c__valid(\c__valid$167 ),
     .clk(clk),
-    .o__payload(\o__payload$198 ),
-    .o__ready(\o__ready$195 ),
-    .o__valid(\o__valid$194 ),
+    .o__payload(\o__payload$207 ),
+    .o__ready(\o__ready$204 ),
+    .o__valid(\o__valid$203 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gelu0  gelu0 (
-    .c__payload(\c__payload$164 ),
-    .c__ready(\c__ready$166 ),
-    .c__valid(\c__valid$165 ),
+    .c__payload(\c__payload$169 ),
+    .c__ready(\c__ready$171 ),
+    .c__valid(\c__valid$170 ),
     .clk(clk),
-    .go(\i__ready$220 ),
-    .i__payload(\i__payload$221 ),
-    .i__valid(\i__valid$219 ),
-    .o__payload(\o__payload$218 ),
-    .o__ready(\o__ready$217 ),
-    .o__valid(\o__valid$216 ),
+    .go(\i__ready$229 ),
+    .i__payload(\i__payload$230 ),
+    .i__valid(\i__valid$228 ),
+    .o__payload(\o__payload$227 ),
+    .o__ready(\o__ready$226 ),
+    .o__valid(\o__valid$225 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$288 ),
-    .a__ready(\a__ready$236 ),
-    .a__valid(\a__valid$235 ),
+    .a__payload(\a__payload$345 ),
+    .a__ready(\a__ready$245 ),
+    .a__valid(\a__valid$244 ),
     .clk(clk),
-    .o__payload(\o__payload$317 ),
-    .o__ready(\o__ready$322 ),
-    .o__valid(\o__valid$318 ),
+    .o__payload(\o__payload$374 ),
+    .o__ready(\o__ready$379 ),
+    .o__valid(\o__valid$375 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -23317,7 +28352,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .w__valid(w__valid)
   );
   \accelerator.core.gen_dst  gen_dst (
-    .addr(\addr$92 ),
+    .addr(\addr$95 ),
     .base(ins[123:104]),
     .clk(clk),
     .\final (\final ),
@@ -23332,22 +28367,22 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .n__2(n__2),
     .n__3(n__3),
     .n__4(n__4),
-    .next(\next$98 ),
+    .next(\next$101 ),
     .rst(rst),
     .strides__0(strides__0),
     .strides__1(strides__1),
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .valid(\valid$97 )
+    .valid(\valid$100 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$330 ),
+    .\final (\final$388 ),
     .last__3(last__3),
-    .last__4(\last__4$329 ),
+    .last__4(\last__4$387 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -23364,12 +28399,12 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .valid(valid)
   );
   \accelerator.core.gen_src1  gen_src1 (
-    .addr(\addr$84 ),
+    .addr(\addr$87 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$333 ),
-    .last__3(\last__3$334 ),
-    .last__4(\last__4$332 ),
+    .\final (\final$391 ),
+    .last__3(\last__3$392 ),
+    .last__4(\last__4$390 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -23383,27 +28418,27 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .strides__2(\strides__2$59 ),
     .strides__3(\strides__3$61 ),
     .strides__4(\strides__4$63 ),
-    .valid(\valid$80 )
+    .valid(\valid$83 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\i__payload$184 ),
-    .c__payload(\c__payload$158 ),
-    .c__valid(\c__valid$159 ),
+    .buf_wdata(\i__payload$189 ),
+    .c__payload(\c__payload$163 ),
+    .c__valid(\c__valid$164 ),
     .clk(clk),
-    .i__ready(\i__ready$185 ),
-    .i__valid(\i__valid$183 ),
-    .idle_r(\c__ready$160 ),
-    .o__payload(\o__payload$187 ),
-    .o__ready(\o__ready$188 ),
-    .o__valid(\o__valid$186 ),
+    .i__ready(\i__ready$190 ),
+    .i__valid(\i__valid$188 ),
+    .idle_r(\c__ready$165 ),
+    .o__payload(\o__payload$192 ),
+    .o__ready(\o__ready$193 ),
+    .o__valid(\o__valid$191 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$1095$0 (\$signature__data ),
-    .\port$13146$0 (src0_meta),
+    .\port$13647$0 (src0_meta),
+    .\port$1527$0 (\$signature__data ),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -23413,12 +28448,12 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
-    .level(\level$81 ),
-    .\port$1096$0 (\$signature__data$89 ),
-    .\port$13150$0 (src1_meta),
-    .r_data(\r_data$344 ),
-    .r_en(\r_en$192 ),
-    .r_rdy(\r_rdy$191 ),
+    .level(\level$84 ),
+    .\port$13651$0 (src1_meta),
+    .\port$1528$0 (\$signature__data$92 ),
+    .r_data(\r_data$300 ),
+    .r_en(\r_en$201 ),
+    .r_rdy(\r_rdy$200 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -23431,7 +28466,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .beat__ready(beat__ready),
     .beat__valid(beat__valid),
     .clk(clk),
-    .idle(\idle$342 ),
+    .idle(\idle$400 ),
     .r__payload(r__payload),
     .r__ready(r__ready),
     .r__valid(r__valid),
@@ -23464,67 +28499,665 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .clk(clk),
     .err(err),
     .idle(idle),
-    .req__payload(\req__payload$175 ),
-    .req__ready(\req__ready$176 ),
-    .req__valid(\req__valid$174 ),
+    .req__payload(\req__payload$180 ),
+    .req__ready(\req__ready$181 ),
+    .req__valid(\req__valid$179 ),
     .rst(rst)
   );
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$178  = 16'h0000;
+    casez (pack_jo)
+      3'h0:
+          \$178  = unpack0;
+      3'h1:
+          \$178  = unpack1;
+      3'h2:
+          \$178  = unpack2;
+      3'h3:
+          \$178  = unpack3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$247 )
+      1'h0:
+          \$222  = a_filled0;
+      1'h1:
+          \$222  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$247 )
+      1'h0:
+          \$227  = a_filled0;
+      1'h1:
+          \$227  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$247 )
+      1'h0:
+          \$235  = a_filled0;
+      1'h1:
+          \$235  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$247 )
+      1'h0:
+          \$242  = a_filled0;
+      1'h1:
+          \$242  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$247 )
+      1'h0:
+          \$249  = a_filled0;
+      1'h1:
+          \$249  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$247 )
+      1'h0:
+          \$256  = a_filled0;
+      1'h1:
+          \$256  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$247 )
+      1'h0:
+          \$263  = a_filled0;
+      1'h1:
+          \$263  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$247 )
+      1'h0:
+          \$270  = a_filled0;
+      1'h1:
+          \$270  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$247 )
+      1'h0:
+          \$277  = a_filled0;
+      1'h1:
+          \$277  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$284  = a_filled0;
+      1'h1:
+          \$284  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$290  = w_filled0;
+      1'h1:
+          \$290  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$301  = a_filled0;
+      1'h1:
+          \$301  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$307  = w_filled0;
+      1'h1:
+          \$307  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$318  = a_filled0;
+      1'h1:
+          \$318  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$324  = w_filled0;
+      1'h1:
+          \$324  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$335  = a_filled0;
+      1'h1:
+          \$335  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$341  = w_filled0;
+      1'h1:
+          \$341  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$352  = a_filled0;
+      1'h1:
+          \$352  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$358  = w_filled0;
+      1'h1:
+          \$358  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$369  = a_filled0;
+      1'h1:
+          \$369  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$375  = w_filled0;
+      1'h1:
+          \$375  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$386  = a_filled0;
+      1'h1:
+          \$386  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$392  = w_filled0;
+      1'h1:
+          \$392  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$403  = a_filled0;
+      1'h1:
+          \$403  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$409  = w_filled0;
+      1'h1:
+          \$409  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$420  = w_filled0;
+      1'h1:
+          \$420  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$428  = w_filled0;
+      1'h1:
+          \$428  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$439  = w_filled0;
+      1'h1:
+          \$439  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$449  = w_filled0;
+      1'h1:
+          \$449  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$459  = w_filled0;
+      1'h1:
+          \$459  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$469  = w_filled0;
+      1'h1:
+          \$469  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$479  = w_filled0;
+      1'h1:
+          \$479  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$489  = w_filled0;
+      1'h1:
+          \$489  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$499  = w_filled0;
+      1'h1:
+          \$499  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$510  = a_filled0;
+      1'h1:
+          \$510  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$516  = w_filled0;
+      1'h1:
+          \$516  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$528  = a_filled0;
+      1'h1:
+          \$528  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$534  = w_filled0;
+      1'h1:
+          \$534  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$546  = a_filled0;
+      1'h1:
+          \$546  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$552  = w_filled0;
+      1'h1:
+          \$552  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$564  = a_filled0;
+      1'h1:
+          \$564  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$570  = w_filled0;
+      1'h1:
+          \$570  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$582  = a_filled0;
+      1'h1:
+          \$582  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$588  = w_filled0;
+      1'h1:
+          \$588  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$600  = a_filled0;
+      1'h1:
+          \$600  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$606  = w_filled0;
+      1'h1:
+          \$606  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$618  = a_filled0;
+      1'h1:
+          \$618  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$624  = w_filled0;
+      1'h1:
+          \$624  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$636  = a_filled0;
+      1'h1:
+          \$636  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$642  = w_filled0;
+      1'h1:
+          \$642  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$673  = 32'd0;
+    casez (index__4)
+      16'h0000:
+          \$673  = \o__payload$374 [31:0];
+      16'h0001:
+          \$673  = \o__payload$374 [63:32];
+      16'h0002:
+          \$673  = \o__payload$374 [95:64];
+      16'h0003:
+          \$673  = \o__payload$374 [127:96];
+      16'h0004:
+          \$673  = \o__payload$374 [159:128];
+      16'h0005:
+          \$673  = \o__payload$374 [191:160];
+      16'h0006:
+          \$673  = \o__payload$374 [223:192];
+      16'h0007:
+          \$673  = \o__payload$374 [255:224];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (post_col)
+      3'h0:
+          \$689  = \o__payload$374 [31:0];
+      3'h1:
+          \$689  = \o__payload$374 [63:32];
+      3'h2:
+          \$689  = \o__payload$374 [95:64];
+      3'h3:
+          \$689  = \o__payload$374 [127:96];
+      3'h4:
+          \$689  = \o__payload$374 [159:128];
+      3'h5:
+          \$689  = \o__payload$374 [191:160];
+      3'h6:
+          \$689  = \o__payload$374 [223:192];
+      3'h7:
+          \$689  = \o__payload$374 [255:224];
+    endcase
+  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
     casez (ins[3:0])
       4'h0:
-          \$364  = op_cycles__0;
+          \$710  = op_cycles__0;
       4'h1:
-          \$364  = op_cycles__1;
+          \$710  = op_cycles__1;
       4'h2:
-          \$364  = op_cycles__2;
+          \$710  = op_cycles__2;
       4'h3:
-          \$364  = op_cycles__3;
+          \$710  = op_cycles__3;
       4'h4:
-          \$364  = op_cycles__4;
+          \$710  = op_cycles__4;
       4'h5:
-          \$364  = op_cycles__5;
+          \$710  = op_cycles__5;
       4'h6:
-          \$364  = op_cycles__6;
+          \$710  = op_cycles__6;
       4'h7:
-          \$364  = op_cycles__7;
+          \$710  = op_cycles__7;
       4'h8:
-          \$364  = op_cycles__8;
+          \$710  = op_cycles__8;
       4'h9:
-          \$364  = op_cycles__9;
+          \$710  = op_cycles__9;
       4'ha:
-          \$364  = op_cycles__10;
+          \$710  = op_cycles__10;
       4'hb:
-          \$364  = op_cycles__11;
+          \$710  = op_cycles__11;
       4'hc:
-          \$364  = op_cycles__12;
+          \$710  = op_cycles__12;
       4'hd:
-          \$364  = op_cycles__13;
+          \$710  = op_cycles__13;
       4'he:
-          \$364  = op_cycles__14;
+          \$710  = op_cycles__14;
       4'hf:
-          \$364  = op_cycles__15;
+          \$710  = op_cycles__15;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$238 )
+    casez (\$signal$247 )
       1'h0:
-          \$506  = a_filled0;
+          \$858  = a_filled0;
       1'h1:
-          \$506  = a_filled1;
+          \$858  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$268 )
+    casez (\$signal$277 )
       1'h0:
-          \$516  = a_filled0;
+          \$868  = a_filled0;
       1'h1:
-          \$516  = a_filled1;
+          \$868  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$874  = w_filled0;
+      1'h1:
+          \$874  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$896  = w_filled0;
+      1'h1:
+          \$896  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$915  = a_filled0;
+      1'h1:
+          \$915  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$921  = w_filled0;
+      1'h1:
+          \$921  = w_filled1;
     endcase
   end
   always @* begin
@@ -23545,28 +29178,28 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     n__1 = ins[55:40];
     if (is_gemm) begin
-      n__1 = \$16 [15:0];
+      n__1 = \$40 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     strides__1 = ins[159:142];
     if (is_gemm) begin
-      strides__1 = \$17 [17:0];
+      strides__1 = \$41 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     n__2 = ins[71:56];
     if (is_gemm) begin
-      n__2 = \$20 [15:0];
+      n__2 = \$44 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     strides__2 = ins[177:160];
     if (is_gemm) begin
-      strides__2 = \$21 [17:0];
+      strides__2 = \$45 [17:0];
     end
   end
   always @* begin
@@ -23615,42 +29248,42 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \n__1$44  = ins[55:40];
     if (is_gemm) begin
-      \n__1$44  = \$5 [15:0];
+      \n__1$44  = \$14 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \strides__1$45  = ins[269:252];
     if (is_gemm) begin
-      \strides__1$45  = \$6 [17:0];
+      \strides__1$45  = \$15 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \n__2$46  = ins[71:56];
     if (is_gemm) begin
-      \n__2$46  = 16'h0008;
+      \n__2$46  = ins[87:72];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \strides__2$47  = ins[287:270];
     if (is_gemm) begin
-      \strides__2$47  = ins[269:252];
+      \strides__2$47  = ins[305:288];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \n__3$48  = ins[87:72];
     if (is_gemm) begin
-      \n__3$48  = ins[87:72];
+      \n__3$48  = 16'h0008;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \strides__3$49  = ins[305:288];
     if (is_gemm) begin
-      \strides__3$49  = ins[305:288];
+      \strides__3$49  = ins[269:252];
     end
   end
   always @* begin
@@ -23671,70 +29304,70 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \n__0$54  = ins[39:24];
     if (is_gemm) begin
-      \n__0$54  = ins[39:24];
+      \n__0$54  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \strides__0$55  = ins[361:344];
     if (is_gemm) begin
-      \strides__0$55  = ins[361:344];
+      \strides__0$55  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \n__1$56  = ins[55:40];
     if (is_gemm) begin
-      \n__1$56  = \$9 [15:0];
+      \n__1$56  = \$21 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \strides__1$57  = ins[379:362];
     if (is_gemm) begin
-      \strides__1$57  = 18'h00000;
+      \strides__1$57  = \$23 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \n__2$58  = ins[71:56];
     if (is_gemm) begin
-      \n__2$58  = \$12 [15:0];
+      \n__2$58  = \$30 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \strides__2$59  = ins[397:380];
     if (is_gemm) begin
-      \strides__2$59  = \$13 [17:0];
+      \strides__2$59  = \$33 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \n__3$60  = ins[87:72];
     if (is_gemm) begin
-      \n__3$60  = ins[87:72];
+      \n__3$60  = \$34 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \strides__3$61  = ins[415:398];
     if (is_gemm) begin
-      \strides__3$61  = ins[415:398];
+      \strides__3$61  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \n__4$62  = ins[103:88];
     if (is_gemm) begin
-      \n__4$62  = 16'h0008;
+      \n__4$62  = { 12'h000, \$36  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \strides__4$63  = ins[433:416];
     if (is_gemm) begin
-      \strides__4$63  = ins[397:380];
+      \strides__4$63  = \$37 ;
     end
   end
   always @* begin
@@ -23742,59 +29375,62 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     next = src0_issue;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-        next = \$92 ;
+      end else if (\$123 ) begin
+        next = \$130 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    wr__addr = \addr$92 [13:0];
-    if (\$341 ) begin
-      wr__addr = \addr$92 [13:0];
+    wr__addr = \addr$95 [13:0];
+    if (\$672 ) begin
+      wr__addr = \addr$95 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     wr__data = sink_data;
-    if (\$341 ) begin
-      wr__data = \$342 [15:0];
+    if (\$672 ) begin
+      wr__data = \$673 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    wr__en = \$28 ;
-    if (\$341 ) begin
-      wr__en = \$351 ;
+    wr__en = \$52 ;
+    if (\$672 ) begin
+      wr__en = \$682 ;
+    end
+    if (\$688 ) begin
+      wr__en = \$700 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \next$98  = \$29 ;
+    \next$101  = \$53 ;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-        \next$98  = \$112 ;
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
+        \next$101  = \$150 ;
       end
     end
-    if (\$341 ) begin
-      \next$98  = \$352 ;
+    if (\$672 ) begin
+      \next$101  = \$683 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     c_lb = 3'h0;
-    if (\$36 ) begin
+    if (\$61 ) begin
       c_lb = 3'h0;
     end
-    if (\$37 ) begin
+    if (\$62 ) begin
       c_lb = 3'h4;
     end
-    if (\$38 ) begin
+    if (add_sel) begin
       c_lb = 3'h3;
     end
-    if (\$42 ) begin
+    if (\$67 ) begin
       c_lb = 3'h3;
     end
   end
@@ -23805,20 +29441,20 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h0:
           /* empty */;
       3'h1:
-          req__valid = \$54 ;
+          req__valid = \$83 ;
       3'h2:
           /* empty */;
       3'h3:
-          req__valid = \$75 ;
+          req__valid = \$109 ;
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
+      end else if (\$123 ) begin
         req__valid = valid;
       end
     end
-    if (\$142 ) begin
-      req__valid = \$143 ;
+    if (\$182 ) begin
+      req__valid = \$183 ;
     end
   end
   always @* begin
@@ -23836,20 +29472,20 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           /* empty */;
       3'h3:
         begin
-          req__payload[31:0] = \$77 [31:0];
+          req__payload[31:0] = \$115 [31:0];
           req__payload[34:32] = c_lb;
         end
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-        req__payload[31:0] = \$91 [31:0];
+      end else if (\$123 ) begin
+        req__payload[31:0] = \$129 [31:0];
         req__payload[34:32] = { 1'h0, ins[23:22] };
       end
     end
-    if (\$142 ) begin
-      req__payload[31:0] = \$149 [31:0];
-      req__payload[34:32] = \$150 ;
+    if (\$182 ) begin
+      req__payload[31:0] = \$189 [31:0];
+      req__payload[34:32] = \$190 ;
     end
   end
   always @* begin
@@ -23864,17 +29500,17 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           /* empty */;
       3'h3:
         begin
-          if (\$78 ) begin
+          if (\$116 ) begin
             beat__ready = c__ready;
           end
-          if (\$79 ) begin
-            beat__ready = \c__ready$160 ;
+          if (\$117 ) begin
+            beat__ready = \c__ready$165 ;
           end
-          if (\$80 ) begin
-            beat__ready = \c__ready$163 ;
+          if (add_sel) begin
+            beat__ready = \c__ready$168 ;
           end
-          if (\$84 ) begin
-            beat__ready = \c__ready$166 ;
+          if (\$122 ) begin
+            beat__ready = \c__ready$171 ;
           end
         end
       3'h4:
@@ -23884,16 +29520,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-        beat__ready = \valid$97 ;
+      end else if (\$123 ) begin
+        beat__ready = \valid$100 ;
       end
     end
-    if (\$151 ) begin
+    if (\$191 ) begin
       (* full_case = 32'd1 *)
-      if (\$156 ) begin
+      if (\$196 ) begin
         beat__ready = p__ready;
       end else begin
-        beat__ready = \$159 ;
+        beat__ready = \$199 ;
       end
     end
   end
@@ -23918,10 +29554,13 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h1:
           /* empty */;
       3'h2:
-          if (\$57 ) begin
-          end else if (\$58 ) begin
-          end else if (\$69 ) begin
-          end else if (\$74 ) begin
+          if (\$86 ) begin
+          end else if (\$87 ) begin
+          end else if (\$98 ) begin
+          end else if (\$102 ) begin
+          end else if (\$103 ) begin
+            load = 1'h1;
+          end else if (\$108 ) begin
             load = 1'h1;
           end else if (unit_known) begin
             load = 1'h1;
@@ -23969,14 +29608,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          if (\$78 ) begin
+          if (\$116 ) begin
             c__valid = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__payload$158  = 66'h00000000000000000;
+    \c__payload$163  = 66'h00000000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -23985,12 +29624,12 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$158  = beat__payload[65:0];
+          \c__payload$163  = beat__payload[65:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__valid$159  = 1'h0;
+    \c__valid$164  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -23999,14 +29638,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          if (\$79 ) begin
-            \c__valid$159  = beat__valid;
+          if (\$117 ) begin
+            \c__valid$164  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__payload$161  = 44'h00000000000;
+    \c__payload$166  = 44'h00000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -24015,12 +29654,12 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$161  = beat__payload[43:0];
+          \c__payload$166  = beat__payload[43:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__valid$162  = 1'h0;
+    \c__valid$167  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -24029,14 +29668,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          if (\$80 ) begin
-            \c__valid$162  = beat__valid;
+          if (add_sel) begin
+            \c__valid$167  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__payload$164  = 53'h00000000000000;
+    \c__payload$169  = 53'h00000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -24045,12 +29684,12 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$164  = beat__payload[52:0];
+          \c__payload$169  = beat__payload[52:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__valid$165  = 1'h0;
+    \c__valid$170  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -24059,8 +29698,8 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          if (\$84 ) begin
-            \c__valid$165  = beat__valid;
+          if (\$122 ) begin
+            \c__valid$170  = beat__valid;
           end
     endcase
   end
@@ -24100,75 +29739,75 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signal  = 1'h0;
+    \$signal$69  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-        \$signal  = 1'h1;
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-        \$signal  = 1'h1;
+        \$signal$69  = 1'h1;
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
+        \$signal$69  = 1'h1;
       end else if (is_gemm) begin
-      end else if (\$87 ) begin
-        \$signal  = 1'h1;
-      end else if (\$88 ) begin
-        \$signal  = 1'h1;
+      end else if (\$125 ) begin
+        \$signal$69  = 1'h1;
+      end else if (\$126 ) begin
+        \$signal$69  = 1'h1;
       end else begin
-        \$signal  = 1'h1;
+        \$signal$69  = 1'h1;
       end
     end
-    if (\$181 ) begin
-      \$signal  = 1'h1;
+    if (\$221 ) begin
+      \$signal$69  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signal$96  = 1'h0;
+    \$signal$99  = 1'h0;
     if (streaming) begin
-      (* full_case = 32'd1 *)
       if (is_move) begin
-        \$signal$96  = r_rdy;
-      end else if (\$85 ) begin
-        \$signal$96  = beat__valid;
-      end else if (\$86 ) begin
+        \$signal$99  = r_rdy;
+      end else if (\$123 ) begin
+        \$signal$99  = beat__valid;
+      end else if (\$124 ) begin
       end else if (is_gemm) begin
-      end else if (\$87 ) begin
-        \$signal$96  = o__valid;
-      end else if (\$88 ) begin
-        \$signal$96  = \o__valid$186 ;
-      end else begin
-        \$signal$96  = \$signal$193 ;
+      end else if (\$125 ) begin
+        \$signal$99  = o__valid;
+      end else if (\$126 ) begin
+        \$signal$99  = \o__valid$191 ;
       end
+    end
+    if (\$158 ) begin
+      \$signal$99  = \$signal$202 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     sink_data = 16'h0000;
     if (streaming) begin
-      (* full_case = 32'd1 *)
       if (is_move) begin
         sink_data = r_data[15:0];
-      end else if (\$85 ) begin
+      end else if (\$123 ) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95  };
+              sink_data = { \$133 [8], \$133 [8], \$133 [8], \$133 [8], \$133 [8], \$133 [8], \$133 [8], \$133  };
           2'h1:
-              sink_data = \$98 [15:0];
+              sink_data = \$136 [15:0];
           2'h2:
-              sink_data = \$101 [15:0];
+              sink_data = \$139 [15:0];
           2'h3:
-              sink_data = \$104 [15:0];
+              sink_data = \$142 [15:0];
         endcase
-      end else if (\$86 ) begin
+      end else if (\$124 ) begin
       end else if (is_gemm) begin
-      end else if (\$87 ) begin
+      end else if (\$125 ) begin
         sink_data = { 8'h00, o__payload[7:0] };
-      end else if (\$88 ) begin
-        sink_data = { \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187 [7], \o__payload$187  };
-      end else begin
-        sink_data = \$138 ;
+      end else if (\$126 ) begin
+        sink_data = { \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192  };
       end
+    end
+    if (\$158 ) begin
+      sink_data = \$178 ;
     end
   end
   always @* begin
@@ -24177,21 +29816,21 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-        r_en = \$89 ;
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-        r_en = \$110 ;
+        r_en = \$127 ;
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
+        r_en = \$148 ;
       end else if (is_gemm) begin
-      end else if (\$87 ) begin
-        r_en = \$113 ;
-      end else if (\$88 ) begin
-        r_en = \$114 ;
+      end else if (\$125 ) begin
+        r_en = \$151 ;
+      end else if (\$126 ) begin
+        r_en = \$152 ;
       end else begin
-        r_en = \$122 ;
+        r_en = elem_take;
       end
     end
-    if (\$181 ) begin
-      r_en = \$184 ;
+    if (\$221 ) begin
+      r_en = \$224 ;
     end
   end
   always @* begin
@@ -24199,37 +29838,37 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     fault = 4'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-        if (\$105 ) begin
+      end else if (\$123 ) begin
+        if (\$143 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$355 ) begin
+    if (\$701 ) begin
       fault = 4'h5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \req__valid$174  = 1'h0;
+    \req__valid$179  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-        \req__valid$174  = \$106 ;
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
+        \req__valid$179  = \$144 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \req__payload$175  = 99'h0000000000000000000000000;
+    \req__payload$180  = 99'h0000000000000000000000000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-        \req__payload$175 [31:0] = \$108 [31:0];
-        \req__payload$175 [95:32] = { 48'h000000000000, r_data[15:0] };
-        \req__payload$175 [98:96] = { 1'h0, ins[23:22] };
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
+        \req__payload$180 [31:0] = \$146 [31:0];
+        \req__payload$180 [95:32] = { 48'h000000000000, r_data[15:0] };
+        \req__payload$180 [98:96] = { 1'h0, ins[23:22] };
       end
     end
   end
@@ -24238,10 +29877,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     i__valid = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
       end else if (is_gemm) begin
-      end else if (\$87 ) begin
+      end else if (\$125 ) begin
         i__valid = r_rdy;
       end
     end
@@ -24251,10 +29890,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     i__payload = 17'h00000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
       end else if (is_gemm) begin
-      end else if (\$87 ) begin
+      end else if (\$125 ) begin
         i__payload[15:0] = r_data[15:0];
         i__payload[16] = r_data[16];
       end
@@ -24265,389 +29904,301 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     o__ready = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
       end else if (is_gemm) begin
-      end else if (\$87 ) begin
-        o__ready = \valid$97 ;
+      end else if (\$125 ) begin
+        o__ready = \valid$100 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__valid$183  = 1'h0;
+    \i__valid$188  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
       end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-        \i__valid$183  = r_rdy;
+      end else if (\$125 ) begin
+      end else if (\$126 ) begin
+        \i__valid$188  = r_rdy;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__payload$184  = 16'h0000;
+    \i__payload$189  = 16'h0000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
       end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-        \i__payload$184  = r_data[15:0];
+      end else if (\$125 ) begin
+      end else if (\$126 ) begin
+        \i__payload$189  = r_data[15:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$188  = 1'h0;
+    \o__ready$193  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
       end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-        \o__ready$188  = \valid$97 ;
+      end else if (\$125 ) begin
+      end else if (\$126 ) begin
+        \o__ready$193  = \valid$100 ;
       end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    elem_valid = 1'h0;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
+      end else if (is_gemm) begin
+      end else if (\$125 ) begin
+      end else if (\$126 ) begin
+      end else begin
+        elem_valid = r_rdy;
+      end
+    end
+    if (\$688 ) begin
+      elem_valid = \o__valid$375 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    elem_data = 16'h0000;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
+      end else if (is_gemm) begin
+      end else if (\$125 ) begin
+      end else if (\$126 ) begin
+      end else begin
+        elem_data = r_data[15:0];
+      end
+    end
+    if (\$688 ) begin
+      elem_data = \$689 [15:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    elem_final = 1'h0;
+    if (streaming) begin
+      (* full_case = 32'd1 *)
+      if (is_move) begin
+      end else if (\$123 ) begin
+      end else if (\$124 ) begin
+      end else if (is_gemm) begin
+      end else if (\$125 ) begin
+      end else if (\$126 ) begin
+      end else begin
+        elem_final = r_data[17];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    elem_take = 1'h0;
+    if (\$158 ) begin
+      elem_take = \$164 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     run1 = 1'h0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        run1 = \$115 ;
-      end
+    if (\$158 ) begin
+      run1 = add_sel;
     end
-    if (\$181 ) begin
-      run1 = \$315 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \r_en$192  = 1'h0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        \r_en$192  = \$131 ;
-      end
-    end
-    if (\$181 ) begin
-      \r_en$192  = \$322 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signal$193  = 1'h0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$132 ) begin
-          \$signal$193  = \o__valid$194 ;
-        end
-        if (\$137 ) begin
-          \$signal$193  = \o__valid$216 ;
-        end
+    if (\$221 ) begin
+      if (\$419 ) begin
+        run1 = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$195  = 1'h0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$132 ) begin
-          \o__ready$195  = out_ready;
-        end
+    \r_en$201  = 1'h0;
+    if (\$158 ) begin
+      \r_en$201  = \$171 ;
+    end
+    if (\$221 ) begin
+      if (\$419 ) begin
+        \r_en$201  = \$425 ;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signal$202  = 1'h0;
+    if (\$158 ) begin
+      if (add_sel) begin
+        \$signal$202  = \o__valid$203 ;
+      end
+      if (\$177 ) begin
+        \$signal$202  = \o__valid$225 ;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \o__ready$204  = 1'h0;
+    if (\$158 ) begin
+      if (add_sel) begin
+        \o__ready$204  = out_ready;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     unpack0 = 16'h0000;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$132 ) begin
-          unpack0 = \o__payload$198 [15:0];
-        end
-        if (\$137 ) begin
-          unpack0 = { \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7], \o__payload$218 [7:0] };
-        end
+    if (\$158 ) begin
+      if (add_sel) begin
+        unpack0 = \o__payload$207 [15:0];
+      end
+      if (\$177 ) begin
+        unpack0 = { \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7:0] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     unpack1 = 16'h0000;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$132 ) begin
-          unpack1 = \o__payload$198 [31:16];
-        end
-        if (\$137 ) begin
-          unpack1 = { \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15], \o__payload$218 [15:8] };
-        end
+    if (\$158 ) begin
+      if (add_sel) begin
+        unpack1 = \o__payload$207 [31:16];
+      end
+      if (\$177 ) begin
+        unpack1 = { \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15:8] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     unpack2 = 16'h0000;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$132 ) begin
-          unpack2 = \o__payload$198 [47:32];
-        end
-        if (\$137 ) begin
-          unpack2 = { \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23], \o__payload$218 [23:16] };
-        end
+    if (\$158 ) begin
+      if (add_sel) begin
+        unpack2 = \o__payload$207 [47:32];
+      end
+      if (\$177 ) begin
+        unpack2 = { \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23:16] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     unpack3 = 16'h0000;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$132 ) begin
-          unpack3 = \o__payload$198 [63:48];
-        end
-        if (\$137 ) begin
-          unpack3 = { \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31], \o__payload$218 [31:24] };
-        end
+    if (\$158 ) begin
+      if (add_sel) begin
+        unpack3 = \o__payload$207 [63:48];
+      end
+      if (\$177 ) begin
+        unpack3 = { \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31:24] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     a__valid = 1'h0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$132 ) begin
-          a__valid = full;
-        end
+    if (\$158 ) begin
+      if (add_sel) begin
+        a__valid = pack_full;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \b__valid$203  = 1'h0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$132 ) begin
-          \b__valid$203  = full;
-        end
+    \b__valid$212  = 1'h0;
+    if (\$158 ) begin
+      if (add_sel) begin
+        \b__valid$212  = pack_full;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     in_ready = 1'h0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$132 ) begin
-          in_ready = \$133 ;
-        end
-        if (\$137 ) begin
-          in_ready = \i__ready$220 ;
-        end
+    if (\$158 ) begin
+      if (add_sel) begin
+        in_ready = \$172 ;
+      end
+      if (\$177 ) begin
+        in_ready = \i__ready$229 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     a__payload = 64'h0000000000000000;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$132 ) begin
-          a__payload[15:0] = pack_a0;
-          a__payload[31:16] = pack_a1;
-          a__payload[47:32] = pack_a2;
-          a__payload[63:48] = pack_a3;
-        end
+    if (\$158 ) begin
+      if (add_sel) begin
+        a__payload[15:0] = pack_a0;
+        a__payload[31:16] = pack_a1;
+        a__payload[47:32] = pack_a2;
+        a__payload[63:48] = pack_a3;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \b__payload$211  = 64'h0000000000000000;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$132 ) begin
-          \b__payload$211 [15:0] = pack_b0;
-          \b__payload$211 [31:16] = pack_b1;
-          \b__payload$211 [47:32] = pack_b2;
-          \b__payload$211 [63:48] = pack_b3;
-        end
+    \b__payload$220  = 64'h0000000000000000;
+    if (\$158 ) begin
+      if (add_sel) begin
+        \b__payload$220 [15:0] = pack_b0;
+        \b__payload$220 [31:16] = pack_b1;
+        \b__payload$220 [47:32] = pack_b2;
+        \b__payload$220 [63:48] = pack_b3;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$217  = 1'h0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$137 ) begin
-          \o__ready$217  = out_ready;
-        end
+    \o__ready$226  = 1'h0;
+    if (\$158 ) begin
+      if (\$177 ) begin
+        \o__ready$226  = out_ready;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__valid$219  = 1'h0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$137 ) begin
-          \i__valid$219  = full;
-        end
+    \i__valid$228  = 1'h0;
+    if (\$158 ) begin
+      if (\$177 ) begin
+        \i__valid$228  = pack_full;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__payload$221  = 32'd0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$137 ) begin
-          \i__payload$221 [7:0] = pack_a0[7:0];
-          \i__payload$221 [15:8] = pack_a1[7:0];
-          \i__payload$221 [23:16] = pack_a2[7:0];
-          \i__payload$221 [31:24] = pack_a3[7:0];
-        end
+    \i__payload$230  = 32'd0;
+    if (\$158 ) begin
+      if (\$177 ) begin
+        \i__payload$230 [7:0] = pack_a0[7:0];
+        \i__payload$230 [15:8] = pack_a1[7:0];
+        \i__payload$230 [23:16] = pack_a2[7:0];
+        \i__payload$230 [31:24] = pack_a3[7:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     out_ready = 1'h0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$85 ) begin
-      end else if (\$86 ) begin
-      end else if (is_gemm) begin
-      end else if (\$87 ) begin
-      end else if (\$88 ) begin
-      end else begin
-        if (\$139 ) begin
-          if (\$141 ) begin
-            out_ready = 1'h1;
-          end
+    if (\$158 ) begin
+      if (\$179 ) begin
+        if (\$181 ) begin
+          out_ready = 1'h1;
         end
       end
     end
@@ -24675,8 +30226,8 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     p__valid = 1'h0;
-    if (\$151 ) begin
-      if (\$156 ) begin
+    if (\$191 ) begin
+      if (\$196 ) begin
         p__valid = beat__valid;
       end
     end
@@ -24686,442 +30237,747 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$162 [2], \$162 [2], \$162 [2], \$162 [2], \$162 [2], \$162 [2], \$162  };
+          elem = { \$202 [2], \$202 [2], \$202 [2], \$202 [2], \$202 [2], \$202 [2], \$202  };
       5'h03:
-          elem = { \$165 [3], \$165 [3], \$165 [3], \$165 [3], \$165 [3], \$165  };
+          elem = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
       5'h04:
-          elem = { \$168 [4], \$168 [4], \$168 [4], \$168 [4], \$168  };
+          elem = { \$208 [4], \$208 [4], \$208 [4], \$208 [4], \$208  };
       5'h05:
-          elem = { \$171 [5], \$171 [5], \$171 [5], \$171  };
+          elem = { \$211 [5], \$211 [5], \$211 [5], \$211  };
       5'h06:
-          elem = { \$174 [6], \$174 [6], \$174  };
+          elem = { \$214 [6], \$214 [6], \$214  };
       5'h07:
-          elem = { \$177 [7], \$177  };
+          elem = { \$217 [7], \$217  };
       5'h08:
-          elem = \$180 ;
+          elem = \$220 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$241  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$241  = \$186 [8:0];
+    \$signature__addr$250  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$250  = \$226 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$243  = 9'h000;
-    if (\$181 ) begin
-      \$signature__data$243  = elem;
+    \$signature__data$252  = 9'h000;
+    if (\$221 ) begin
+      \$signature__data$252  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$244  = 1'h0;
-    if (\$181 ) begin
-      \$signature__en$244  = \$192 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$246  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$246  = \$194 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$247  = 9'h000;
-    if (\$181 ) begin
-      \$signature__data$247  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$248  = 1'h0;
-    if (\$181 ) begin
-      \$signature__en$248  = \$199 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$249  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$249  = \$201 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$250  = 9'h000;
-    if (\$181 ) begin
-      \$signature__data$250  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$251  = 1'h0;
-    if (\$181 ) begin
-      \$signature__en$251  = \$206 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$252  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$252  = \$208 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$253  = 9'h000;
-    if (\$181 ) begin
-      \$signature__data$253  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$254  = 1'h0;
-    if (\$181 ) begin
-      \$signature__en$254  = \$213 ;
+    \$signature__en$253  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$253  = \$232 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$255  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$255  = \$215 [8:0];
+    if (\$221 ) begin
+      \$signature__addr$255  = \$234 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$256  = 9'h000;
-    if (\$181 ) begin
+    if (\$221 ) begin
       \$signature__data$256  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$257  = 1'h0;
-    if (\$181 ) begin
-      \$signature__en$257  = \$220 ;
+    if (\$221 ) begin
+      \$signature__en$257  = \$239 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$258  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$258  = \$222 [8:0];
+    if (\$221 ) begin
+      \$signature__addr$258  = \$241 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$259  = 9'h000;
-    if (\$181 ) begin
+    if (\$221 ) begin
       \$signature__data$259  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$260  = 1'h0;
-    if (\$181 ) begin
-      \$signature__en$260  = \$227 ;
+    if (\$221 ) begin
+      \$signature__en$260  = \$246 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$261  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$261  = \$229 [8:0];
+    if (\$221 ) begin
+      \$signature__addr$261  = \$248 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$262  = 9'h000;
-    if (\$181 ) begin
+    if (\$221 ) begin
       \$signature__data$262  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$263  = 1'h0;
-    if (\$181 ) begin
-      \$signature__en$263  = \$234 ;
+    if (\$221 ) begin
+      \$signature__en$263  = \$253 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$264  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$264  = \$236 [8:0];
+    if (\$221 ) begin
+      \$signature__addr$264  = \$255 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__data$265  = 9'h000;
-    if (\$181 ) begin
+    if (\$221 ) begin
       \$signature__data$265  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$266  = 1'h0;
-    if (\$181 ) begin
-      \$signature__en$266  = \$241 ;
+    if (\$221 ) begin
+      \$signature__en$266  = \$260 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$267  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$267  = \$243 [8:0];
+    if (\$221 ) begin
+      \$signature__addr$267  = \$262 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$270  = 1'h1;
-    if (\$181 ) begin
-      \$signature__en$270  = \$250 ;
+    \$signature__data$268  = 9'h000;
+    if (\$221 ) begin
+      \$signature__data$268  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$269  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$269  = \$267 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$270  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$270  = \$269 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__data$271  = 9'h000;
+    if (\$221 ) begin
+      \$signature__data$271  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$272  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$272  = \$274 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$273  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$273  = \$252 [8:0];
+    if (\$221 ) begin
+      \$signature__addr$273  = \$276 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$274  = 1'h1;
-    if (\$181 ) begin
-      \$signature__en$274  = \$259 ;
+    \$signature__data$274  = 9'h000;
+    if (\$221 ) begin
+      \$signature__data$274  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$275  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$275  = \$261 [8:0];
+    \$signature__en$275  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$275  = \$281 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$276  = 1'h1;
-    if (\$181 ) begin
-      \$signature__en$276  = \$268 ;
+    \$signature__addr$276  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$276  = \$283 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$277  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$277  = \$270 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$278  = 1'h1;
-    if (\$181 ) begin
-      \$signature__en$278  = \$277 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$279  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$279  = \$279 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$280  = 1'h1;
-    if (\$181 ) begin
-      \$signature__en$280  = \$286 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$281  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$281  = \$288 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$282  = 1'h1;
-    if (\$181 ) begin
-      \$signature__en$282  = \$295 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$283  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$283  = \$297 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$284  = 1'h1;
-    if (\$181 ) begin
-      \$signature__en$284  = \$304 ;
+    \$signature__en$279  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$279  = \$298 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__addr$285  = 9'h000;
-    if (\$181 ) begin
-      \$signature__addr$285  = \$306 [8:0];
+    if (\$221 ) begin
+      \$signature__addr$285  = \$300 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     \$signature__en$286  = 1'h1;
-    if (\$181 ) begin
-      \$signature__en$286  = \$313 ;
+    if (\$221 ) begin
+      \$signature__en$286  = \$315 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \a__valid$235  = 1'h0;
-    if (\$181 ) begin
-      \a__valid$235  = \$signal$271 ;
+    \$signature__addr$287  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$287  = \$317 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \a__payload$288  = 73'h0000000000000000000;
-    if (\$181 ) begin
-      \a__payload$288 [72] = a_last;
-      \a__payload$288 [8:0] = \$signature__data$291 ;
-      \a__payload$288 [17:9] = \$signature__data$292 ;
-      \a__payload$288 [26:18] = \$signature__data$293 ;
-      \a__payload$288 [35:27] = \$signature__data$294 ;
-      \a__payload$288 [44:36] = \$signature__data$295 ;
-      \a__payload$288 [53:45] = \$signature__data$296 ;
-      \a__payload$288 [62:54] = \$signature__data$297 ;
-      \a__payload$288 [71:63] = \$signature__data$298 ;
+    \$signature__en$288  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$288  = \$332 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$289  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$289  = \$334 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$290  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$290  = \$349 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$291  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$291  = \$351 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$292  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$292  = \$366 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$293  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$293  = \$368 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$294  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$294  = \$383 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$295  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$295  = \$385 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$296  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$296  = \$400 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$297  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$297  = \$402 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$298  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$298  = \$417 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    welem = 8'h00;
+    if (\$221 ) begin
+      casez (ins[21:17])
+        5'h02:
+            welem = { \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1:0] };
+        5'h03:
+            welem = { \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2:0] };
+        5'h04:
+            welem = { \r_data$300 [3], \r_data$300 [3], \r_data$300 [3], \r_data$300 [3], \r_data$300 [3:0] };
+        5'h05:
+            welem = { \r_data$300 [4], \r_data$300 [4], \r_data$300 [4], \r_data$300 [4:0] };
+        5'h06:
+            welem = { \r_data$300 [5], \r_data$300 [5], \r_data$300 [5:0] };
+        5'h07:
+            welem = { \r_data$300 [6], \r_data$300 [6:0] };
+        5'h08:
+            welem = \r_data$300 [7:0];
+      endcase
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$302  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$302  = \$427 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__data$304  = 8'h00;
+    if (\$221 ) begin
+      \$signature__data$304  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$305  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$305  = \$436 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$307  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$307  = \$438 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__data$308  = 8'h00;
+    if (\$221 ) begin
+      \$signature__data$308  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$309  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$309  = \$446 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$310  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$310  = \$448 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__data$311  = 8'h00;
+    if (\$221 ) begin
+      \$signature__data$311  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$312  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$312  = \$456 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$313  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$313  = \$458 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__data$314  = 8'h00;
+    if (\$221 ) begin
+      \$signature__data$314  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$315  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$315  = \$466 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$316  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$316  = \$468 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__data$317  = 8'h00;
+    if (\$221 ) begin
+      \$signature__data$317  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$318  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$318  = \$476 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$319  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$319  = \$478 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__data$320  = 8'h00;
+    if (\$221 ) begin
+      \$signature__data$320  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$321  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$321  = \$486 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$322  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$322  = \$488 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__data$323  = 8'h00;
+    if (\$221 ) begin
+      \$signature__data$323  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$324  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$324  = \$496 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$325  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$325  = \$498 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__data$326  = 8'h00;
+    if (\$221 ) begin
+      \$signature__data$326  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$327  = 1'h0;
+    if (\$221 ) begin
+      \$signature__en$327  = \$506 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$328  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$328  = \$509 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$330  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$330  = \$524 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$331  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$331  = \$527 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$332  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$332  = \$542 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$333  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$333  = \$545 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$334  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$334  = \$560 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$335  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$335  = \$563 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$336  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$336  = \$578 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$337  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$337  = \$581 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$338  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$338  = \$596 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$339  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$339  = \$599 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$340  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$340  = \$614 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$341  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$341  = \$617 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$342  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$342  = \$632 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__addr$343  = 9'h000;
+    if (\$221 ) begin
+      \$signature__addr$343  = \$635 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$signature__en$344  = 1'h1;
+    if (\$221 ) begin
+      \$signature__en$344  = \$650 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \a__valid$244  = 1'h0;
+    if (\$221 ) begin
+      \a__valid$244  = \$signal$283 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \a__payload$345  = 73'h0000000000000000000;
+    if (\$221 ) begin
+      \a__payload$345 [72] = a_last;
+      \a__payload$345 [8:0] = \$signature__data$348 ;
+      \a__payload$345 [17:9] = \$signature__data$349 ;
+      \a__payload$345 [26:18] = \$signature__data$350 ;
+      \a__payload$345 [35:27] = \$signature__data$351 ;
+      \a__payload$345 [44:36] = \$signature__data$352 ;
+      \a__payload$345 [53:45] = \$signature__data$353 ;
+      \a__payload$345 [62:54] = \$signature__data$354 ;
+      \a__payload$345 [71:63] = \$signature__data$355 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     w__valid = 1'h0;
-    if (\$181 ) begin
-      w__valid = \$324 ;
+    if (\$221 ) begin
+      w__valid = \$652 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
     w__payload = 64'h0000000000000000;
-    if (\$181 ) begin
-      w__payload[7:0] = \$326 ;
-      w__payload[15:8] = \$328 ;
-      w__payload[23:16] = \$330 ;
-      w__payload[31:24] = \$332 ;
-      w__payload[39:32] = \$334 ;
-      w__payload[47:40] = \$336 ;
-      w__payload[55:48] = \$338 ;
-      w__payload[63:56] = \$340 ;
+    if (\$221 ) begin
+      w__payload[7:0] = \$654 ;
+      w__payload[15:8] = \$656 ;
+      w__payload[23:16] = \$658 ;
+      w__payload[31:24] = \$660 ;
+      w__payload[39:32] = \$662 ;
+      w__payload[47:40] = \$664 ;
+      w__payload[55:48] = \$666 ;
+      w__payload[63:56] = \$668 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$322  = 1'h0;
-    if (\$341 ) begin
-      \o__ready$322  = \$354 ;
+    \o__ready$379  = 1'h0;
+    if (\$672 ) begin
+      \o__ready$379  = \$685 ;
+    end
+    if (\$688 ) begin
+      \o__ready$379  = \$691 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$553  = \$358 ;
+    \$954  = \$704 ;
     if (rst) begin
-      \$553  = 1'h0;
+      \$954  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$554  = { \$359 , \final$330 , \last__4$329  };
+    \$955  = { \$705 , \final$388 , \last__4$387  };
     if (rst) begin
-      \$554  = 3'h0;
+      \$955  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$555  = \$361 ;
+    \$956  = \$707 ;
     if (rst) begin
-      \$555  = 1'h0;
+      \$956  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$556  = { \$362 , \final$333 , \last__4$332  };
+    \$957  = { \$708 , \final$391 , \last__4$390  };
     if (rst) begin
-      \$556  = 3'h0;
+      \$957  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$557  = cycles;
+    \$958  = cycles;
     if (busy) begin
-      \$557  = \$363 [47:0];
+      \$958  = \$709 [47:0];
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$557  = 48'h000000000000;
+            \$958  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$557  = 48'h000000000000;
+      \$958  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$558  = op_cycles__0;
+    \$959  = op_cycles__0;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
           4'h0:
-              \$558  = \$365 [47:0];
+              \$959  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$558  = 48'h000000000000;
+            \$959  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$558  = 48'h000000000000;
+      \$959  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$559  = op_cycles__1;
+    \$960  = op_cycles__1;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
           4'h0:
               /* empty */;
           4'h1:
-              \$559  = \$365 [47:0];
+              \$960  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$559  = 48'h000000000000;
+            \$960  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$559  = 48'h000000000000;
+      \$960  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$560  = op_cycles__2;
+    \$961  = op_cycles__2;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25130,23 +30986,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h1:
               /* empty */;
           4'h2:
-              \$560  = \$365 [47:0];
+              \$961  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$560  = 48'h000000000000;
+            \$961  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$560  = 48'h000000000000;
+      \$961  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$561  = op_cycles__3;
+    \$962  = op_cycles__3;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25157,23 +31013,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h2:
               /* empty */;
           4'h3:
-              \$561  = \$365 [47:0];
+              \$962  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$561  = 48'h000000000000;
+            \$962  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$561  = 48'h000000000000;
+      \$962  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$562  = op_cycles__4;
+    \$963  = op_cycles__4;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25186,23 +31042,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h3:
               /* empty */;
           4'h4:
-              \$562  = \$365 [47:0];
+              \$963  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$562  = 48'h000000000000;
+            \$963  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$562  = 48'h000000000000;
+      \$963  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$563  = op_cycles__5;
+    \$964  = op_cycles__5;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25217,23 +31073,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h4:
               /* empty */;
           4'h5:
-              \$563  = \$365 [47:0];
+              \$964  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$563  = 48'h000000000000;
+            \$964  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$563  = 48'h000000000000;
+      \$964  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$564  = op_cycles__6;
+    \$965  = op_cycles__6;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25250,23 +31106,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h5:
               /* empty */;
           4'h6:
-              \$564  = \$365 [47:0];
+              \$965  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$564  = 48'h000000000000;
+            \$965  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$564  = 48'h000000000000;
+      \$965  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$565  = op_cycles__7;
+    \$966  = op_cycles__7;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25285,23 +31141,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h6:
               /* empty */;
           4'h7:
-              \$565  = \$365 [47:0];
+              \$966  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$565  = 48'h000000000000;
+            \$966  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$565  = 48'h000000000000;
+      \$966  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$566  = op_cycles__8;
+    \$967  = op_cycles__8;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25322,23 +31178,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h7:
               /* empty */;
           4'h8:
-              \$566  = \$365 [47:0];
+              \$967  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$566  = 48'h000000000000;
+            \$967  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$566  = 48'h000000000000;
+      \$967  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$567  = op_cycles__9;
+    \$968  = op_cycles__9;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25361,23 +31217,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h8:
               /* empty */;
           4'h9:
-              \$567  = \$365 [47:0];
+              \$968  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$567  = 48'h000000000000;
+            \$968  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$567  = 48'h000000000000;
+      \$968  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$568  = op_cycles__10;
+    \$969  = op_cycles__10;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25402,23 +31258,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h9:
               /* empty */;
           4'ha:
-              \$568  = \$365 [47:0];
+              \$969  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$568  = 48'h000000000000;
+            \$969  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$568  = 48'h000000000000;
+      \$969  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$569  = op_cycles__11;
+    \$970  = op_cycles__11;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25445,23 +31301,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'ha:
               /* empty */;
           4'hb:
-              \$569  = \$365 [47:0];
+              \$970  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$569  = 48'h000000000000;
+            \$970  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$569  = 48'h000000000000;
+      \$970  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$570  = op_cycles__12;
+    \$971  = op_cycles__12;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25490,23 +31346,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hb:
               /* empty */;
           4'hc:
-              \$570  = \$365 [47:0];
+              \$971  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$570  = 48'h000000000000;
+            \$971  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$570  = 48'h000000000000;
+      \$971  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$571  = op_cycles__13;
+    \$972  = op_cycles__13;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25537,23 +31393,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hc:
               /* empty */;
           4'hd:
-              \$571  = \$365 [47:0];
+              \$972  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$571  = 48'h000000000000;
+            \$972  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$571  = 48'h000000000000;
+      \$972  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$572  = op_cycles__14;
+    \$973  = op_cycles__14;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -25586,23 +31442,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hd:
               /* empty */;
           4'he:
-              \$572  = \$365 [47:0];
+              \$973  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$572  = 48'h000000000000;
+            \$973  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$572  = 48'h000000000000;
+      \$973  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$573  = op_cycles__15;
+    \$974  = op_cycles__15;
     if (busy) begin
       if (in_op) begin
         (* full_case = 32'd1 *)
@@ -25638,2332 +31494,1483 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'he:
               /* empty */;
           4'hf:
-              \$573  = \$365 [47:0];
+              \$974  = \$711 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$573  = 48'h000000000000;
+            \$974  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$573  = 48'h000000000000;
+      \$974  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$574  = pc;
+    \$975  = pc;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$574  = prog;
+            \$975  = prog;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$372 ) begin
-            \$574  = \$signal$336 ;
+          if (\$718 ) begin
+            \$975  = \$signal$394 ;
           end
       3'h3:
           /* empty */;
       3'h4:
-          if (\$404 ) begin
-            \$574  = \$405 [31:0];
+          if (\$755 ) begin
+            \$975  = \$756 [31:0];
           end
     endcase
     if (rst) begin
-      \$574  = 32'd0;
+      \$975  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$575  = busy;
+    \$976  = busy;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$575  = 1'h1;
+            \$976  = 1'h1;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$372 ) begin
-          end else if (\$373 ) begin
-            \$575  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$431 ) begin
-            \$575  = 1'h0;
-          end
-    endcase
-    if (rst) begin
-      \$575  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$576  = done;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$576  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$372 ) begin
-          end else if (\$373 ) begin
-            \$576  = 1'h1;
+          if (\$718 ) begin
+          end else if (\$719 ) begin
+            \$976  = 1'h0;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$431 ) begin
-            \$576  = 1'h1;
+          if (\$782 ) begin
+            \$976  = 1'h0;
           end
     endcase
     if (rst) begin
-      \$576  = 1'h0;
+      \$976  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$577  = error;
+    \$977  = done;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$577  = 4'h0;
+            \$977  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$718 ) begin
+          end else if (\$719 ) begin
+            \$977  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$782 ) begin
+            \$977  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$977  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$978  = error;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$978  = 4'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             if (beat__payload[512]) begin
-              \$577  = 4'h4;
+              \$978  = 4'h4;
             end
           end
           if (start) begin
-            \$577  = 4'h6;
+            \$978  = 4'h6;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$372 ) begin
-          end else if (\$373 ) begin
-          end else if (\$384 ) begin
-            \$577  = 4'h2;
-          end else if (\$389 ) begin
+          if (\$718 ) begin
+          end else if (\$719 ) begin
+          end else if (\$730 ) begin
+            \$978  = 4'h2;
+          end else if (\$734 ) begin
+            \$978  = 4'h1;
+          end else if (\$735 ) begin
+          end else if (\$740 ) begin
           end else if (unit_known) begin
           end else begin
-            \$577  = 4'h1;
+            \$978  = 4'h1;
           end
           if (start) begin
-            \$577  = 4'h6;
+            \$978  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (\$394 ) begin
+          if (\$745 ) begin
             if (beat__payload[512]) begin
-              \$577  = 4'h4;
+              \$978  = 4'h4;
             end
           end
           if (start) begin
-            \$577  = 4'h6;
+            \$978  = 4'h6;
           end
         end
       3'h4:
         begin
-          if (\$414 ) begin
-            \$577  = 4'h3;
+          if (\$765 ) begin
+            \$978  = 4'h3;
           end
-          if (\$420 ) begin
-            \$577  = 4'h3;
+          if (\$771 ) begin
+            \$978  = 4'h3;
           end
-          if (\$429 ) begin
-            \$577  = 4'h3;
+          if (\$780 ) begin
+            \$978  = 4'h3;
           end
-          if (\$430 ) begin
-            \$577  = fault;
+          if (\$781 ) begin
+            \$978  = fault;
           end
           if (start) begin
-            \$577  = 4'h6;
+            \$978  = 4'h6;
           end
         end
     endcase
     if (rst) begin
-      \$577  = 4'h0;
+      \$978  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$578  = fetch_sent;
+    \$979  = fetch_sent;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$578  = 1'h0;
+            \$979  = 1'h0;
           end
       3'h1:
         begin
-          if (\$369 ) begin
-            \$578  = 1'h1;
+          if (\$715 ) begin
+            \$979  = 1'h1;
           end
           if (beat__valid) begin
-            \$578  = 1'h0;
+            \$979  = 1'h0;
           end
         end
     endcase
     if (rst) begin
-      \$578  = 1'h0;
+      \$979  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$579  = \$signal$336 ;
+    \$980  = \$signal$394 ;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$579  = prog;
+            \$980  = prog;
           end
     endcase
     if (rst) begin
-      \$579  = 32'd0;
+      \$980  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$580  = \$signal$337 ;
+    \$981  = \$signal$395 ;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$580  = image_stride;
+            \$981  = image_stride;
           end
     endcase
     if (rst) begin
-      \$580  = 32'd0;
+      \$981  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$581  = images_left;
+    \$982  = images_left;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$581  = \$367 ;
+            \$982  = \$713 ;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$372 ) begin
-            \$581  = \$390 [15:0];
+          if (\$718 ) begin
+            \$982  = \$741 [15:0];
           end
     endcase
     if (rst) begin
-      \$581  = 16'h0000;
+      \$982  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$582  = offset;
+    \$983  = offset;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$582  = 32'd0;
+            \$983  = 32'd0;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$372 ) begin
-            \$582  = \$391 [31:0];
+          if (\$718 ) begin
+            \$983  = \$742 [31:0];
           end
     endcase
     if (rst) begin
-      \$582  = 32'd0;
+      \$983  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$583  = seq_state;
+    \$984  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$583  = 3'h1;
+            \$984  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$583  = 3'h5;
+              \$984  = 3'h5;
             end else begin
-              \$583  = 3'h2;
+              \$984  = 3'h2;
             end
           end
           if (start) begin
-            \$583  = 3'h5;
+            \$984  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$372 ) begin
-            \$583  = 3'h1;
-          end else if (\$373 ) begin
-            \$583  = 3'h0;
-          end else if (\$384 ) begin
-            \$583  = 3'h5;
-          end else if (\$389 ) begin
-            \$583  = 3'h4;
+          if (\$718 ) begin
+            \$984  = 3'h1;
+          end else if (\$719 ) begin
+            \$984  = 3'h0;
+          end else if (\$730 ) begin
+            \$984  = 3'h5;
+          end else if (\$734 ) begin
+            \$984  = 3'h5;
+          end else if (\$735 ) begin
+            \$984  = 3'h3;
+          end else if (\$740 ) begin
+            \$984  = 3'h4;
           end else if (unit_known) begin
-            \$583  = 3'h3;
+            \$984  = 3'h3;
           end else begin
-            \$583  = 3'h5;
+            \$984  = 3'h5;
           end
           if (start) begin
-            \$583  = 3'h5;
+            \$984  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$394 ) begin
+          if (\$745 ) begin
             if (beat__payload[512]) begin
-              \$583  = 3'h5;
-            end else if (\$397 ) begin
-              \$583  = 3'h4;
+              \$984  = 3'h5;
+            end else if (\$748 ) begin
+              \$984  = 3'h4;
             end
           end
-          if (\$399 ) begin
-            \$583  = 3'h4;
+          if (\$750 ) begin
+            \$984  = 3'h4;
           end
           if (start) begin
-            \$583  = 3'h5;
+            \$984  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$404 ) begin
-            \$583  = 3'h1;
+          if (\$755 ) begin
+            \$984  = 3'h1;
           end
-          if (\$414 ) begin
-            \$583  = 3'h5;
+          if (\$765 ) begin
+            \$984  = 3'h5;
           end
-          if (\$420 ) begin
-            \$583  = 3'h5;
+          if (\$771 ) begin
+            \$984  = 3'h5;
           end
-          if (\$429 ) begin
-            \$583  = 3'h5;
+          if (\$780 ) begin
+            \$984  = 3'h5;
           end
-          if (\$430 ) begin
-            \$583  = 3'h5;
+          if (\$781 ) begin
+            \$984  = 3'h5;
           end
           if (start) begin
-            \$583  = 3'h5;
+            \$984  = 3'h5;
           end
         end
       3'h5:
-          if (\$431 ) begin
-            \$583  = 3'h0;
+          if (\$782 ) begin
+            \$984  = 3'h0;
           end
       default:
-          \$583  = 3'h0;
+          \$984  = 3'h0;
     endcase
     if (rst) begin
-      \$583  = 3'h0;
+      \$984  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$584  = ins;
+    \$985  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$584  = beat__payload[511:0];
+            \$985  = beat__payload[511:0];
           end
     endcase
     if (rst) begin
-      \$584  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$985  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$585  = ci;
+    \$986  = ci;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$585  = 16'h0000;
+          \$986  = 16'h0000;
       3'h3:
-          if (\$392 ) begin
-            \$585  = \$393 [15:0];
+          if (\$743 ) begin
+            \$986  = \$744 [15:0];
           end
     endcase
     if (rst) begin
-      \$585  = 16'h0000;
+      \$986  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$586  = cr;
+    \$987  = cr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$586  = 16'h0000;
+          \$987  = 16'h0000;
       3'h3:
-          if (\$394 ) begin
-            \$586  = \$395 [15:0];
+          if (\$745 ) begin
+            \$987  = \$746 [15:0];
           end
     endcase
     if (rst) begin
-      \$586  = 16'h0000;
+      \$987  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$587  = full;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$432 ) begin
-      end else if (\$433 ) begin
-      end else if (is_gemm) begin
-      end else if (\$434 ) begin
-      end else if (\$435 ) begin
-      end else begin
-        if (\$436 ) begin
-          \$587  = 1'h0;
+    \$988  = pack_full;
+    if (\$788 ) begin
+      if (\$789 ) begin
+        \$988  = 1'h0;
+      end
+      if (\$795 ) begin
+        if (\$797 ) begin
+          \$988  = 1'h1;
         end
-        if (\$443 ) begin
-          if (\$445 ) begin
-            \$587  = 1'h1;
-          end
+      end
+    end
+    if (unit_rst) begin
+      \$988  = 1'h0;
+    end
+    if (rst) begin
+      \$988  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$989  = pack_a0;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              \$989  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$989  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$990  = pack_a1;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$990  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$990  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$991  = pack_a2;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$991  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$991  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$992  = pack_a3;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$992  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$992  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$993  = pack_b0;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              \$993  = \r_data$300 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$993  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$994  = pack_b1;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$994  = \r_data$300 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$994  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$995  = pack_b2;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$995  = \r_data$300 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$995  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$996  = pack_b3;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$996  = \r_data$300 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$996  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$997  = pack_j;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        (* full_case = 32'd1 *)
+        if (\$797 ) begin
+          \$997  = 3'h0;
+        end else begin
+          \$997  = \$798 [2:0];
         end
-        if (unit_rst) begin
-          \$587  = 1'h0;
+      end
+    end
+    if (unit_rst) begin
+      \$997  = 3'h0;
+    end
+    if (rst) begin
+      \$997  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$998  = pack_jo;
+    if (\$788 ) begin
+      if (\$799 ) begin
+        (* full_case = 32'd1 *)
+        if (\$801 ) begin
+          \$998  = 3'h0;
+        end else begin
+          \$998  = \$802 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$998  = 3'h0;
+    end
+    if (rst) begin
+      \$998  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$999  = tiles;
+    if (in_decode) begin
+      \$999  = \$810 [31:0];
+    end
+    if (\$811 ) begin
+      if (\$812 ) begin
+        if (\$830 ) begin
+          \$999  = \$831 [31:0];
         end
       end
     end
     if (rst) begin
-      \$587  = 1'h0;
+      \$999  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$588  = pack_a0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$432 ) begin
-      end else if (\$433 ) begin
-      end else if (is_gemm) begin
-      end else if (\$434 ) begin
-      end else if (\$435 ) begin
-      end else begin
-        if (\$443 ) begin
-          casez (j)
-            3'h0:
-                \$588  = r_data[15:0];
-          endcase
-        end
-      end
+    \$1000  = nt;
+    if (in_decode) begin
+      \$1000  = 16'h0000;
     end
-    if (rst) begin
-      \$588  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$589  = pack_a1;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$432 ) begin
-      end else if (\$433 ) begin
-      end else if (is_gemm) begin
-      end else if (\$434 ) begin
-      end else if (\$435 ) begin
-      end else begin
-        if (\$443 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                \$589  = r_data[15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$589  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$590  = pack_a2;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$432 ) begin
-      end else if (\$433 ) begin
-      end else if (is_gemm) begin
-      end else if (\$434 ) begin
-      end else if (\$435 ) begin
-      end else begin
-        if (\$443 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                /* empty */;
-            3'h2:
-                \$590  = r_data[15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$590  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$591  = pack_a3;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$432 ) begin
-      end else if (\$433 ) begin
-      end else if (is_gemm) begin
-      end else if (\$434 ) begin
-      end else if (\$435 ) begin
-      end else begin
-        if (\$443 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                /* empty */;
-            3'h2:
-                /* empty */;
-            3'h3:
-                \$591  = r_data[15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$591  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$592  = pack_b0;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$432 ) begin
-      end else if (\$433 ) begin
-      end else if (is_gemm) begin
-      end else if (\$434 ) begin
-      end else if (\$435 ) begin
-      end else begin
-        if (\$443 ) begin
-          casez (j)
-            3'h0:
-                \$592  = \r_data$344 [15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$592  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$593  = pack_b1;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$432 ) begin
-      end else if (\$433 ) begin
-      end else if (is_gemm) begin
-      end else if (\$434 ) begin
-      end else if (\$435 ) begin
-      end else begin
-        if (\$443 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                \$593  = \r_data$344 [15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$593  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$594  = pack_b2;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$432 ) begin
-      end else if (\$433 ) begin
-      end else if (is_gemm) begin
-      end else if (\$434 ) begin
-      end else if (\$435 ) begin
-      end else begin
-        if (\$443 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                /* empty */;
-            3'h2:
-                \$594  = \r_data$344 [15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$594  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$595  = pack_b3;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$432 ) begin
-      end else if (\$433 ) begin
-      end else if (is_gemm) begin
-      end else if (\$434 ) begin
-      end else if (\$435 ) begin
-      end else begin
-        if (\$443 ) begin
-          casez (j)
-            3'h0:
-                /* empty */;
-            3'h1:
-                /* empty */;
-            3'h2:
-                /* empty */;
-            3'h3:
-                \$595  = \r_data$344 [15:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$595  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$596  = j;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$432 ) begin
-      end else if (\$433 ) begin
-      end else if (is_gemm) begin
-      end else if (\$434 ) begin
-      end else if (\$435 ) begin
-      end else begin
-        if (\$443 ) begin
+    if (\$811 ) begin
+      if (\$812 ) begin
+        if (\$830 ) begin
           (* full_case = 32'd1 *)
-          if (\$445 ) begin
-            \$596  = 3'h0;
+          if (\$836 ) begin
+            \$1000  = 16'h0000;
           end else begin
-            \$596  = \$446 [2:0];
+            \$1000  = \$837 [15:0];
           end
-        end
-        if (unit_rst) begin
-          \$596  = 3'h0;
         end
       end
     end
     if (rst) begin
-      \$596  = 3'h0;
+      \$1000  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$597  = jo;
-    if (streaming) begin
-      (* full_case = 32'd1 *)
-      if (is_move) begin
-      end else if (\$432 ) begin
-      end else if (\$433 ) begin
-      end else if (is_gemm) begin
-      end else if (\$434 ) begin
-      end else if (\$435 ) begin
-      end else begin
-        if (\$447 ) begin
+    \$1001  = k;
+    if (in_decode) begin
+      \$1001  = 16'h0000;
+    end
+    if (\$811 ) begin
+      if (\$812 ) begin
+        if (\$815 ) begin
+        end else if (\$823 ) begin
+          \$1001  = \$824 [15:0];
+        end
+        if (\$830 ) begin
+          \$1001  = 16'h0000;
+        end
+      end
+    end
+    if (rst) begin
+      \$1001  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$1002  = w_row;
+    if (in_decode) begin
+      \$1002  = 32'd0;
+    end
+    if (\$811 ) begin
+      if (\$812 ) begin
+        if (\$830 ) begin
           (* full_case = 32'd1 *)
-          if (\$449 ) begin
-            \$597  = 3'h0;
+          if (\$836 ) begin
+            \$1002  = 32'd0;
           end else begin
-            \$597  = \$450 [2:0];
-          end
-        end
-        if (unit_rst) begin
-          \$597  = 3'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$597  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$598  = tiles;
-    if (in_decode) begin
-      \$598  = \$458 [31:0];
-    end
-    if (\$459 ) begin
-      if (\$460 ) begin
-        if (\$478 ) begin
-          \$598  = \$479 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$598  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$599  = nt;
-    if (in_decode) begin
-      \$599  = 16'h0000;
-    end
-    if (\$459 ) begin
-      if (\$460 ) begin
-        if (\$478 ) begin
-          (* full_case = 32'd1 *)
-          if (\$484 ) begin
-            \$599  = 16'h0000;
-          end else begin
-            \$599  = \$485 [15:0];
+            \$1002  = \$838 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$599  = 16'h0000;
+      \$1002  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$600  = k;
+    \$1003  = want_w;
     if (in_decode) begin
-      \$600  = 16'h0000;
+      \$1003  = 1'h0;
     end
-    if (\$459 ) begin
-      if (\$460 ) begin
-        if (\$463 ) begin
-        end else if (\$471 ) begin
-          \$600  = \$472 [15:0];
+    if (\$811 ) begin
+      if (\$812 ) begin
+        if (\$815 ) begin
+          \$1003  = 1'h1;
         end
-        if (\$478 ) begin
-          \$600  = 16'h0000;
+        if (\$830 ) begin
+          \$1003  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$600  = 16'h0000;
+      \$1003  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$601  = w_row;
+    \$1004  = rk;
     if (in_decode) begin
-      \$601  = 32'd0;
+      \$1004  = 16'h0000;
     end
-    if (\$459 ) begin
-      if (\$460 ) begin
-        if (\$478 ) begin
-          (* full_case = 32'd1 *)
-          if (\$484 ) begin
-            \$601  = 32'd0;
-          end else begin
-            \$601  = \$486 [31:0];
-          end
-        end
+    if (\$839 ) begin
+      if (\$843 ) begin
+        \$1004  = \$846 [15:0];
       end
     end
     if (rst) begin
-      \$601  = 32'd0;
+      \$1004  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$602  = want_w;
+    \$1005  = w_full;
     if (in_decode) begin
-      \$602  = 1'h0;
+      \$1005  = 1'h0;
     end
-    if (\$459 ) begin
-      if (\$460 ) begin
-        if (\$463 ) begin
-          \$602  = 1'h1;
-        end
-        if (\$478 ) begin
-          \$602  = 1'h0;
+    if (\$839 ) begin
+      if (\$840 ) begin
+        \$1005  = 1'h0;
+      end
+      if (\$843 ) begin
+        if (\$852 ) begin
+          \$1005  = 1'h1;
         end
       end
     end
     if (rst) begin
-      \$602  = 1'h0;
+      \$1005  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$603  = rk;
+    \$1006  = w_lane0;
+    if (\$839 ) begin
+      if (\$843 ) begin
+        if (\$852 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1006  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
+            5'h03:
+                \$1006  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
+            5'h04:
+                \$1006  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
+            5'h05:
+                \$1006  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
+            5'h06:
+                \$1006  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
+            5'h07:
+                \$1006  = { beat__payload[6], beat__payload[6:0] };
+            5'h08:
+                \$1006  = beat__payload[7:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1006  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$1007  = w_lane1;
+    if (\$839 ) begin
+      if (\$843 ) begin
+        if (\$852 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1007  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
+            5'h03:
+                \$1007  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
+            5'h04:
+                \$1007  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
+            5'h05:
+                \$1007  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
+            5'h06:
+                \$1007  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
+            5'h07:
+                \$1007  = { beat__payload[13], beat__payload[13:7] };
+            5'h08:
+                \$1007  = beat__payload[15:8];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1007  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$1008  = w_lane2;
+    if (\$839 ) begin
+      if (\$843 ) begin
+        if (\$852 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1008  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+            5'h03:
+                \$1008  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+            5'h04:
+                \$1008  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+            5'h05:
+                \$1008  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+            5'h06:
+                \$1008  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+            5'h07:
+                \$1008  = { beat__payload[20], beat__payload[20:14] };
+            5'h08:
+                \$1008  = beat__payload[23:16];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1008  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$1009  = w_lane3;
+    if (\$839 ) begin
+      if (\$843 ) begin
+        if (\$852 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1009  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+            5'h03:
+                \$1009  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+            5'h04:
+                \$1009  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+            5'h05:
+                \$1009  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+            5'h06:
+                \$1009  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+            5'h07:
+                \$1009  = { beat__payload[27], beat__payload[27:21] };
+            5'h08:
+                \$1009  = beat__payload[31:24];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1009  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$1010  = w_lane4;
+    if (\$839 ) begin
+      if (\$843 ) begin
+        if (\$852 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1010  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+            5'h03:
+                \$1010  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+            5'h04:
+                \$1010  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+            5'h05:
+                \$1010  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+            5'h06:
+                \$1010  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+            5'h07:
+                \$1010  = { beat__payload[34], beat__payload[34:28] };
+            5'h08:
+                \$1010  = beat__payload[39:32];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1010  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$1011  = w_lane5;
+    if (\$839 ) begin
+      if (\$843 ) begin
+        if (\$852 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1011  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+            5'h03:
+                \$1011  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+            5'h04:
+                \$1011  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+            5'h05:
+                \$1011  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+            5'h06:
+                \$1011  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+            5'h07:
+                \$1011  = { beat__payload[41], beat__payload[41:35] };
+            5'h08:
+                \$1011  = beat__payload[47:40];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1011  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$1012  = w_lane6;
+    if (\$839 ) begin
+      if (\$843 ) begin
+        if (\$852 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1012  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
+            5'h03:
+                \$1012  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
+            5'h04:
+                \$1012  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
+            5'h05:
+                \$1012  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
+            5'h06:
+                \$1012  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
+            5'h07:
+                \$1012  = { beat__payload[48], beat__payload[48:42] };
+            5'h08:
+                \$1012  = beat__payload[55:48];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1012  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$1013  = w_lane7;
+    if (\$839 ) begin
+      if (\$843 ) begin
+        if (\$852 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1013  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+            5'h03:
+                \$1013  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+            5'h04:
+                \$1013  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+            5'h05:
+                \$1013  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+            5'h06:
+                \$1013  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+            5'h07:
+                \$1013  = { beat__payload[55], beat__payload[55:49] };
+            5'h08:
+                \$1013  = beat__payload[63:56];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1013  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$1014  = a_filled0;
     if (in_decode) begin
-      \$603  = 16'h0000;
+      \$1014  = 1'h0;
     end
-    if (\$487 ) begin
-      if (\$491 ) begin
-        \$603  = \$494 [15:0];
-      end
-    end
-    if (rst) begin
-      \$603  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$604  = w_full;
-    if (in_decode) begin
-      \$604  = 1'h0;
-    end
-    if (\$487 ) begin
-      if (\$488 ) begin
-        \$604  = 1'h0;
-      end
-      if (\$491 ) begin
-        if (\$500 ) begin
-          \$604  = 1'h1;
-        end
-      end
-    end
-    if (rst) begin
-      \$604  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$605  = w_lane0;
-    if (\$487 ) begin
-      if (\$491 ) begin
-        if (\$500 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$605  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
-            5'h03:
-                \$605  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
-            5'h04:
-                \$605  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
-            5'h05:
-                \$605  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
-            5'h06:
-                \$605  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
-            5'h07:
-                \$605  = { beat__payload[6], beat__payload[6:0] };
-            5'h08:
-                \$605  = beat__payload[7:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$605  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$606  = w_lane1;
-    if (\$487 ) begin
-      if (\$491 ) begin
-        if (\$500 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$606  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
-            5'h03:
-                \$606  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
-            5'h04:
-                \$606  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
-            5'h05:
-                \$606  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
-            5'h06:
-                \$606  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
-            5'h07:
-                \$606  = { beat__payload[13], beat__payload[13:7] };
-            5'h08:
-                \$606  = beat__payload[15:8];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$606  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$607  = w_lane2;
-    if (\$487 ) begin
-      if (\$491 ) begin
-        if (\$500 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$607  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
-            5'h03:
-                \$607  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
-            5'h04:
-                \$607  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
-            5'h05:
-                \$607  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
-            5'h06:
-                \$607  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
-            5'h07:
-                \$607  = { beat__payload[20], beat__payload[20:14] };
-            5'h08:
-                \$607  = beat__payload[23:16];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$607  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$608  = w_lane3;
-    if (\$487 ) begin
-      if (\$491 ) begin
-        if (\$500 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$608  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
-            5'h03:
-                \$608  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
-            5'h04:
-                \$608  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
-            5'h05:
-                \$608  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
-            5'h06:
-                \$608  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
-            5'h07:
-                \$608  = { beat__payload[27], beat__payload[27:21] };
-            5'h08:
-                \$608  = beat__payload[31:24];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$608  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$609  = w_lane4;
-    if (\$487 ) begin
-      if (\$491 ) begin
-        if (\$500 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$609  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
-            5'h03:
-                \$609  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
-            5'h04:
-                \$609  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
-            5'h05:
-                \$609  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
-            5'h06:
-                \$609  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
-            5'h07:
-                \$609  = { beat__payload[34], beat__payload[34:28] };
-            5'h08:
-                \$609  = beat__payload[39:32];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$609  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$610  = w_lane5;
-    if (\$487 ) begin
-      if (\$491 ) begin
-        if (\$500 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$610  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
-            5'h03:
-                \$610  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
-            5'h04:
-                \$610  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
-            5'h05:
-                \$610  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
-            5'h06:
-                \$610  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
-            5'h07:
-                \$610  = { beat__payload[41], beat__payload[41:35] };
-            5'h08:
-                \$610  = beat__payload[47:40];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$610  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$611  = w_lane6;
-    if (\$487 ) begin
-      if (\$491 ) begin
-        if (\$500 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$611  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
-            5'h03:
-                \$611  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
-            5'h04:
-                \$611  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
-            5'h05:
-                \$611  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
-            5'h06:
-                \$611  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
-            5'h07:
-                \$611  = { beat__payload[48], beat__payload[48:42] };
-            5'h08:
-                \$611  = beat__payload[55:48];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$611  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$612  = w_lane7;
-    if (\$487 ) begin
-      if (\$491 ) begin
-        if (\$500 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$612  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
-            5'h03:
-                \$612  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
-            5'h04:
-                \$612  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
-            5'h05:
-                \$612  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
-            5'h06:
-                \$612  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
-            5'h07:
-                \$612  = { beat__payload[55], beat__payload[55:49] };
-            5'h08:
-                \$612  = beat__payload[63:56];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$612  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$613  = a_filled0;
-    if (in_decode) begin
-      \$613  = 1'h0;
-    end
-    if (\$505 ) begin
-      if (\$508 ) begin
-        if (\$510 ) begin
-          if (\$512 ) begin
-            casez (\$signal$238 )
+    if (\$857 ) begin
+      if (\$860 ) begin
+        if (\$861 ) begin
+          if (\$864 ) begin
+            casez (\$signal$247 )
               1'h0:
-                  \$613  = 1'h1;
+                  \$1014  = 1'h1;
             endcase
           end
         end
       end
-      if (\$522 ) begin
-        if (\$526 ) begin
-          if (\$531 ) begin
-            casez (\$signal$268 )
+      if (\$882 ) begin
+        if (\$886 ) begin
+          if (\$891 ) begin
+            casez (\$signal$277 )
               1'h0:
-                  \$613  = 1'h0;
+                  \$1014  = 1'h0;
             endcase
           end
         end
       end
     end
     if (rst) begin
-      \$613  = 1'h0;
+      \$1014  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$614  = a_filled1;
+    \$1015  = a_filled1;
     if (in_decode) begin
-      \$614  = 1'h0;
+      \$1015  = 1'h0;
     end
-    if (\$505 ) begin
-      if (\$508 ) begin
-        if (\$510 ) begin
-          if (\$512 ) begin
+    if (\$857 ) begin
+      if (\$860 ) begin
+        if (\$861 ) begin
+          if (\$864 ) begin
             (* full_case = 32'd1 *)
-            casez (\$signal$238 )
+            casez (\$signal$247 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$614  = 1'h1;
+                  \$1015  = 1'h1;
             endcase
           end
         end
       end
-      if (\$522 ) begin
-        if (\$526 ) begin
-          if (\$531 ) begin
+      if (\$882 ) begin
+        if (\$886 ) begin
+          if (\$891 ) begin
             (* full_case = 32'd1 *)
-            casez (\$signal$268 )
+            casez (\$signal$277 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$614  = 1'h0;
+                  \$1015  = 1'h0;
             endcase
           end
         end
       end
     end
     if (rst) begin
-      \$614  = 1'h0;
+      \$1015  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$615  = \$signal$238 ;
+    \$1016  = \$signal$247 ;
     if (in_decode) begin
-      \$615  = 1'h0;
+      \$1016  = 1'h0;
     end
-    if (\$505 ) begin
-      if (\$508 ) begin
-        if (\$510 ) begin
-          if (\$512 ) begin
-            \$615  = \$513 ;
+    if (\$857 ) begin
+      if (\$860 ) begin
+        if (\$861 ) begin
+          if (\$864 ) begin
+            \$1016  = \$865 ;
           end
         end
       end
     end
     if (rst) begin
-      \$615  = 1'h0;
+      \$1016  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$616  = \$signal$245 ;
+    \$1017  = \$signal$254 ;
     if (in_decode) begin
-      \$616  = 4'h0;
+      \$1017  = 4'h0;
     end
-    if (\$505 ) begin
-      if (\$508 ) begin
-        if (\$510 ) begin
-          \$616  = \$511 [3:0];
-          if (\$512 ) begin
-            \$616  = 4'h0;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$616  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$617  = lk;
-    if (in_decode) begin
-      \$617  = 16'h0000;
-    end
-    if (\$505 ) begin
-      if (\$508 ) begin
+    if (\$857 ) begin
+      if (\$860 ) begin
         (* full_case = 32'd1 *)
-        if (\$510 ) begin
-          \$617  = 16'h0000;
+        if (\$861 ) begin
+          \$1017  = 4'h0;
         end else begin
-          \$617  = \$514 [15:0];
+          \$1017  = \$866 [3:0];
         end
       end
     end
     if (rst) begin
-      \$617  = 16'h0000;
+      \$1017  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$618  = \$signal$268 ;
+    \$1018  = lk;
     if (in_decode) begin
-      \$618  = 1'h0;
+      \$1018  = 16'h0000;
     end
-    if (\$505 ) begin
-      if (\$522 ) begin
-        if (\$526 ) begin
-          if (\$531 ) begin
-            \$618  = \$532 ;
+    if (\$857 ) begin
+      if (\$860 ) begin
+        if (\$861 ) begin
+          \$1018  = \$862 [15:0];
+          if (\$864 ) begin
+            \$1018  = 16'h0000;
           end
         end
       end
     end
     if (rst) begin
-      \$618  = 1'h0;
+      \$1018  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$619  = \$signal$269 ;
+    \$1019  = \$signal$277 ;
     if (in_decode) begin
-      \$619  = 16'h0000;
+      \$1019  = 1'h0;
     end
-    if (\$505 ) begin
-      if (\$522 ) begin
-        (* full_case = 32'd1 *)
-        if (\$526 ) begin
-          \$619  = 16'h0000;
-        end else begin
-          \$619  = \$535 [15:0];
+    if (\$857 ) begin
+      if (\$882 ) begin
+        if (\$886 ) begin
+          if (\$891 ) begin
+            \$1019  = \$892 ;
+          end
         end
       end
     end
     if (rst) begin
-      \$619  = 16'h0000;
+      \$1019  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$620  = fnt;
+    \$1020  = \$signal$278 ;
     if (in_decode) begin
-      \$620  = 16'h0000;
+      \$1020  = 16'h0000;
     end
-    if (\$505 ) begin
-      if (\$522 ) begin
-        if (\$526 ) begin
+    if (\$857 ) begin
+      if (\$882 ) begin
+        (* full_case = 32'd1 *)
+        if (\$886 ) begin
+          \$1020  = 16'h0000;
+        end else begin
+          \$1020  = \$895 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1020  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$1021  = fnt;
+    if (in_decode) begin
+      \$1021  = 16'h0000;
+    end
+    if (\$857 ) begin
+      if (\$882 ) begin
+        if (\$886 ) begin
           (* full_case = 32'd1 *)
-          if (\$531 ) begin
-            \$620  = 16'h0000;
+          if (\$891 ) begin
+            \$1021  = 16'h0000;
           end else begin
-            \$620  = \$534 [15:0];
+            \$1021  = \$894 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$620  = 16'h0000;
+      \$1021  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$621  = feed_blocks;
+    \$1022  = feed_blocks;
     if (in_decode) begin
-      \$621  = \$504 [31:0];
+      \$1022  = \$856 [31:0];
     end
-    if (\$505 ) begin
-      if (\$522 ) begin
-        if (\$526 ) begin
-          if (\$531 ) begin
-            \$621  = \$533 [31:0];
+    if (\$857 ) begin
+      if (\$882 ) begin
+        if (\$886 ) begin
+          if (\$891 ) begin
+            \$1022  = \$893 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$621  = 32'd0;
+      \$1022  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$622  = \$signal$271 ;
+    \$1023  = \$signal$283 ;
     if (in_decode) begin
-      \$622  = 1'h0;
+      \$1023  = 1'h0;
     end
-    if (\$505 ) begin
-      if (\$515 ) begin
-        \$622  = 1'h0;
+    if (\$857 ) begin
+      if (\$867 ) begin
+        \$1023  = 1'h0;
       end
-      if (\$522 ) begin
-        \$622  = 1'h1;
+      if (\$882 ) begin
+        \$1023  = 1'h1;
       end
     end
     if (rst) begin
-      \$622  = 1'h0;
+      \$1023  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$623  = a_last;
-    if (\$505 ) begin
-      if (\$522 ) begin
-        \$623  = \$524 ;
+    \$1024  = a_last;
+    if (\$857 ) begin
+      if (\$882 ) begin
+        \$1024  = \$884 ;
       end
     end
     if (rst) begin
-      \$623  = 1'h0;
+      \$1024  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$624  = b_full;
-    if (\$505 ) begin
-      if (\$536 ) begin
-        \$624  = 1'h0;
-      end
-      if (\$543 ) begin
-        if (\$551 ) begin
-          \$624  = 1'h1;
-        end
-      end
-      if (in_decode) begin
-        \$624  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$624  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$625  = b_lane0;
-    if (\$505 ) begin
-      if (\$543 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$346 )
-                4'h0:
-                    \$625  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
-              endcase
-          5'h03:
-              casez (\$signal$346 )
-                4'h0:
-                    \$625  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
-              endcase
-          5'h04:
-              casez (\$signal$346 )
-                4'h0:
-                    \$625  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
-              endcase
-          5'h05:
-              casez (\$signal$346 )
-                4'h0:
-                    \$625  = { \$547 [5], \$547 [5], \$547  };
-              endcase
-          5'h06:
-              casez (\$signal$346 )
-                4'h0:
-                    \$625  = { \$548 [6], \$548  };
-              endcase
-          5'h07:
-              casez (\$signal$346 )
-                4'h0:
-                    \$625  = \$549 ;
-              endcase
-          5'h08:
-              casez (\$signal$346 )
-                4'h0:
-                    \$625  = \$550 [7:0];
-              endcase
-        endcase
-      end
-    end
-    if (rst) begin
-      \$625  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$626  = b_lane1;
-    if (\$505 ) begin
-      if (\$543 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$626  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
-              endcase
-          5'h03:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$626  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
-              endcase
-          5'h04:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$626  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
-              endcase
-          5'h05:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$626  = { \$547 [5], \$547 [5], \$547  };
-              endcase
-          5'h06:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$626  = { \$548 [6], \$548  };
-              endcase
-          5'h07:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$626  = \$549 ;
-              endcase
-          5'h08:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    \$626  = \$550 [7:0];
-              endcase
-        endcase
-      end
-    end
-    if (rst) begin
-      \$626  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$627  = b_lane2;
-    if (\$505 ) begin
-      if (\$543 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$627  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
-              endcase
-          5'h03:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$627  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
-              endcase
-          5'h04:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$627  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
-              endcase
-          5'h05:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$627  = { \$547 [5], \$547 [5], \$547  };
-              endcase
-          5'h06:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$627  = { \$548 [6], \$548  };
-              endcase
-          5'h07:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$627  = \$549 ;
-              endcase
-          5'h08:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    \$627  = \$550 [7:0];
-              endcase
-        endcase
-      end
-    end
-    if (rst) begin
-      \$627  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$628  = b_lane3;
-    if (\$505 ) begin
-      if (\$543 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$628  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
-              endcase
-          5'h03:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$628  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
-              endcase
-          5'h04:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$628  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
-              endcase
-          5'h05:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$628  = { \$547 [5], \$547 [5], \$547  };
-              endcase
-          5'h06:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$628  = { \$548 [6], \$548  };
-              endcase
-          5'h07:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$628  = \$549 ;
-              endcase
-          5'h08:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    \$628  = \$550 [7:0];
-              endcase
-        endcase
-      end
-    end
-    if (rst) begin
-      \$628  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$629  = b_lane4;
-    if (\$505 ) begin
-      if (\$543 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$629  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
-              endcase
-          5'h03:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$629  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
-              endcase
-          5'h04:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$629  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
-              endcase
-          5'h05:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$629  = { \$547 [5], \$547 [5], \$547  };
-              endcase
-          5'h06:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$629  = { \$548 [6], \$548  };
-              endcase
-          5'h07:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$629  = \$549 ;
-              endcase
-          5'h08:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    \$629  = \$550 [7:0];
-              endcase
-        endcase
-      end
-    end
-    if (rst) begin
-      \$629  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$630  = b_lane5;
-    if (\$505 ) begin
-      if (\$543 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$630  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
-              endcase
-          5'h03:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$630  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
-              endcase
-          5'h04:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$630  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
-              endcase
-          5'h05:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$630  = { \$547 [5], \$547 [5], \$547  };
-              endcase
-          5'h06:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$630  = { \$548 [6], \$548  };
-              endcase
-          5'h07:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$630  = \$549 ;
-              endcase
-          5'h08:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    \$630  = \$550 [7:0];
-              endcase
-        endcase
-      end
-    end
-    if (rst) begin
-      \$630  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$631  = b_lane6;
-    if (\$505 ) begin
-      if (\$543 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$631  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
-              endcase
-          5'h03:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$631  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
-              endcase
-          5'h04:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$631  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
-              endcase
-          5'h05:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$631  = { \$547 [5], \$547 [5], \$547  };
-              endcase
-          5'h06:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$631  = { \$548 [6], \$548  };
-              endcase
-          5'h07:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$631  = \$549 ;
-              endcase
-          5'h08:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    \$631  = \$550 [7:0];
-              endcase
-        endcase
-      end
-    end
-    if (rst) begin
-      \$631  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$632  = b_lane7;
-    if (\$505 ) begin
-      if (\$543 ) begin
-        casez (ins[21:17])
-          5'h02:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$632  = { \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544 [2], \$544  };
-              endcase
-          5'h03:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$632  = { \$545 [3], \$545 [3], \$545 [3], \$545 [3], \$545  };
-              endcase
-          5'h04:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$632  = { \$546 [4], \$546 [4], \$546 [4], \$546  };
-              endcase
-          5'h05:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$632  = { \$547 [5], \$547 [5], \$547  };
-              endcase
-          5'h06:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$632  = { \$548 [6], \$548  };
-              endcase
-          5'h07:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$632  = \$549 ;
-              endcase
-          5'h08:
-              casez (\$signal$346 )
-                4'h0:
-                    /* empty */;
-                4'h1:
-                    /* empty */;
-                4'h2:
-                    /* empty */;
-                4'h3:
-                    /* empty */;
-                4'h4:
-                    /* empty */;
-                4'h5:
-                    /* empty */;
-                4'h6:
-                    /* empty */;
-                4'h7:
-                    \$632  = \$550 [7:0];
-              endcase
-        endcase
-      end
-    end
-    if (rst) begin
-      \$632  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$633  = \$signal$346 ;
-    if (\$505 ) begin
-      if (\$543 ) begin
+    \$1025  = w_load_lane;
+    if (\$857 ) begin
+      if (\$901 ) begin
         (* full_case = 32'd1 *)
-        if (\$551 ) begin
-          \$633  = 4'h0;
+        if (\$902 ) begin
+          \$1025  = 4'h0;
         end else begin
-          \$633  = \$552 [3:0];
+          \$1025  = \$914 [3:0];
         end
       end
       if (in_decode) begin
-        \$633  = 4'h0;
+        \$1025  = 4'h0;
       end
     end
     if (rst) begin
-      \$633  = 4'h0;
+      \$1025  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$138  = 16'h0000;
-    casez (jo)
-      3'h0:
-          \$138  = unpack0;
-      3'h1:
-          \$138  = unpack1;
-      3'h2:
-          \$138  = unpack2;
-      3'h3:
-          \$138  = unpack3;
-    endcase
+    \$1026  = w_load_k;
+    if (\$857 ) begin
+      if (\$901 ) begin
+        if (\$902 ) begin
+          \$1026  = \$903 [15:0];
+          if (\$906 ) begin
+            \$1026  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1026  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1026  = 16'h0000;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$238 )
-      1'h0:
-          \$182  = a_filled0;
-      1'h1:
-          \$182  = a_filled1;
-    endcase
+    \$1027  = w_load_addr;
+    if (\$857 ) begin
+      if (\$901 ) begin
+        if (\$902 ) begin
+          \$1027  = \$904 [9:0];
+          if (\$906 ) begin
+            if (\$912 ) begin
+              \$1027  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1027  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1027  = 10'h000;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$238 )
-      1'h0:
-          \$187  = a_filled0;
-      1'h1:
-          \$187  = a_filled1;
-    endcase
+    \$1028  = w_load_nt;
+    if (\$857 ) begin
+      if (\$901 ) begin
+        if (\$902 ) begin
+          if (\$906 ) begin
+            \$1028  = \$907 [15:0];
+            if (\$912 ) begin
+              \$1028  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1028  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1028  = 16'h0000;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$238 )
-      1'h0:
-          \$195  = a_filled0;
-      1'h1:
-          \$195  = a_filled1;
-    endcase
+    \$1029  = w_filled0;
+    if (\$857 ) begin
+      if (\$901 ) begin
+        if (\$902 ) begin
+          if (\$906 ) begin
+            if (\$912 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1029  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$932 ) begin
+        if (\$934 ) begin
+          if (\$939 ) begin
+            if (\$944 ) begin
+              casez (w_feed_half)
+                1'h0:
+                    \$1029  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1029  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1029  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$238 )
-      1'h0:
-          \$202  = a_filled0;
-      1'h1:
-          \$202  = a_filled1;
-    endcase
+    \$1030  = w_filled1;
+    if (\$857 ) begin
+      if (\$901 ) begin
+        if (\$902 ) begin
+          if (\$906 ) begin
+            if (\$912 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1030  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$932 ) begin
+        if (\$934 ) begin
+          if (\$939 ) begin
+            if (\$944 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1030  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1030  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1030  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$238 )
-      1'h0:
-          \$209  = a_filled0;
-      1'h1:
-          \$209  = a_filled1;
-    endcase
+    \$1031  = w_load_half;
+    if (\$857 ) begin
+      if (\$901 ) begin
+        if (\$902 ) begin
+          if (\$906 ) begin
+            if (\$912 ) begin
+              \$1031  = \$913 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1031  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1031  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$238 )
-      1'h0:
-          \$216  = a_filled0;
-      1'h1:
-          \$216  = a_filled1;
-    endcase
+    \$1032  = feed_ntk;
+    if (\$857 ) begin
+      if (\$932 ) begin
+        if (\$934 ) begin
+          (* full_case = 32'd1 *)
+          if (\$939 ) begin
+            \$1032  = 32'd0;
+          end else begin
+            \$1032  = \$947 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1032  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1032  = 32'd0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$238 )
-      1'h0:
-          \$223  = a_filled0;
-      1'h1:
-          \$223  = a_filled1;
-    endcase
+    \$1033  = feed_mt;
+    if (\$857 ) begin
+      if (\$932 ) begin
+        if (\$934 ) begin
+          if (\$939 ) begin
+            (* full_case = 32'd1 *)
+            if (\$944 ) begin
+              \$1033  = 16'h0000;
+            end else begin
+              \$1033  = \$946 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1033  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1033  = 16'h0000;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$238 )
-      1'h0:
-          \$230  = a_filled0;
-      1'h1:
-          \$230  = a_filled1;
-    endcase
+    \$1034  = w_feed_half;
+    if (\$857 ) begin
+      if (\$932 ) begin
+        if (\$934 ) begin
+          if (\$939 ) begin
+            if (\$944 ) begin
+              \$1034  = \$945 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1034  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1034  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$238 )
-      1'h0:
-          \$237  = a_filled0;
-      1'h1:
-          \$237  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$268 )
-      1'h0:
-          \$244  = a_filled0;
-      1'h1:
-          \$244  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$268 )
-      1'h0:
-          \$253  = a_filled0;
-      1'h1:
-          \$253  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$268 )
-      1'h0:
-          \$262  = a_filled0;
-      1'h1:
-          \$262  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$268 )
-      1'h0:
-          \$271  = a_filled0;
-      1'h1:
-          \$271  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$268 )
-      1'h0:
-          \$280  = a_filled0;
-      1'h1:
-          \$280  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$268 )
-      1'h0:
-          \$289  = a_filled0;
-      1'h1:
-          \$289  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$268 )
-      1'h0:
-          \$298  = a_filled0;
-      1'h1:
-          \$298  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$268 )
-      1'h0:
-          \$307  = a_filled0;
-      1'h1:
-          \$307  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$342  = 32'd0;
-    casez (index__4)
-      16'h0000:
-          \$342  = \o__payload$317 [31:0];
-      16'h0001:
-          \$342  = \o__payload$317 [63:32];
-      16'h0002:
-          \$342  = \o__payload$317 [95:64];
-      16'h0003:
-          \$342  = \o__payload$317 [127:96];
-      16'h0004:
-          \$342  = \o__payload$317 [159:128];
-      16'h0005:
-          \$342  = \o__payload$317 [191:160];
-      16'h0006:
-          \$342  = \o__payload$317 [223:192];
-      16'h0007:
-          \$342  = \o__payload$317 [255:224];
-    endcase
+    \$1035  = post_col;
+    if (in_decode) begin
+      \$1035  = 3'h0;
+    end
+    if (\$950 ) begin
+      if (elem_take) begin
+        \$1035  = \$953 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1035  = 3'h0;
+    end
   end
   assign \ar__payload$1  = ar__payload;
   assign \ar__ready$3  = ar__ready;
@@ -27989,15 +32996,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \$signature__en  = src0_issue;
   assign w_en = src0_inflight;
   assign w_data = { src0_meta, \$signature__data  };
-  assign \$signature__addr$83  = \addr$84 [13:0];
-  assign \$signature__en$85  = src1_issue;
-  assign \next$86  = src1_issue;
-  assign \w_en$87  = src1_inflight;
-  assign \w_data$88  = { src1_meta, \$signature__data$89  };
-  assign \error$103  = error;
-  assign \done$105  = done;
-  assign \busy$107  = busy;
-  assign \cycles$109  = cycles;
+  assign \$signature__addr$86  = \addr$87 [13:0];
+  assign \$signature__en$88  = src1_issue;
+  assign \next$89  = src1_issue;
+  assign \w_en$90  = src1_inflight;
+  assign \w_data$91  = { src1_meta, \$signature__data$92  };
+  assign p_bytes = { \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78  };
+  assign \error$108  = error;
+  assign \done$110  = done;
+  assign \busy$112  = busy;
+  assign \cycles$114  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -28014,7 +33022,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign op_cycles13 = op_cycles__13;
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
-  assign ext_base = \$53 [31:0];
+  assign ext_base = \$82 [31:0];
   assign p__payload = beat__payload[437:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
@@ -28063,52 +33071,53 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \ins.src1_s4  = ins[433:416];
   assign \ins.ext0  = ins[465:434];
   assign \ins.ext1  = ins[497:466];
-  assign \ins.cnt  = ins[511:498];
+  assign \ins.cnt  = ins[509:498];
+  assign \ins.post  = ins[511:510];
   assign \req__payload.addr  = req__payload[31:0];
   assign \req__payload.lb  = req__payload[34:32];
   assign \c__payload.f  = c__payload;
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
-  assign \c__payload$158.m  = \c__payload$158 [15:0];
-  assign \c__payload$158.b  = \c__payload$158 [58:16];
-  assign \c__payload$158.e  = \c__payload$158 [64:59];
-  assign \c__payload$158.last  = \c__payload$158 [65];
-  assign \c__payload$161.m_a  = \c__payload$161 [15:0];
-  assign \c__payload$161.e_a  = \c__payload$161 [21:16];
-  assign \c__payload$161.m_b  = \c__payload$161 [37:22];
-  assign \c__payload$161.e_b  = \c__payload$161 [43:38];
-  assign \c__payload$164.qb  = \c__payload$164 [9:0];
-  assign \c__payload$164.qc  = \c__payload$164 [24:10];
-  assign \c__payload$164.sh  = \c__payload$164 [30:25];
-  assign \c__payload$164.m  = \c__payload$164 [46:31];
-  assign \c__payload$164.e  = \c__payload$164 [52:47];
-  assign \req__payload$175.addr  = \req__payload$175 [31:0];
-  assign \req__payload$175.data  = \req__payload$175 [95:32];
-  assign \req__payload$175.lb  = \req__payload$175 [98:96];
+  assign \c__payload$163.m  = \c__payload$163 [15:0];
+  assign \c__payload$163.b  = \c__payload$163 [58:16];
+  assign \c__payload$163.e  = \c__payload$163 [64:59];
+  assign \c__payload$163.last  = \c__payload$163 [65];
+  assign \c__payload$166.m_a  = \c__payload$166 [15:0];
+  assign \c__payload$166.e_a  = \c__payload$166 [21:16];
+  assign \c__payload$166.m_b  = \c__payload$166 [37:22];
+  assign \c__payload$166.e_b  = \c__payload$166 [43:38];
+  assign \c__payload$169.qb  = \c__payload$169 [9:0];
+  assign \c__payload$169.qc  = \c__payload$169 [24:10];
+  assign \c__payload$169.sh  = \c__payload$169 [30:25];
+  assign \c__payload$169.m  = \c__payload$169 [46:31];
+  assign \c__payload$169.e  = \c__payload$169 [52:47];
+  assign \req__payload$180.addr  = \req__payload$180 [31:0];
+  assign \req__payload$180.data  = \req__payload$180 [95:32];
+  assign \req__payload$180.lb  = \req__payload$180 [98:96];
   assign \i__payload.data  = i__payload[15:0];
   assign \i__payload.last  = i__payload[16];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \o__payload$198[0]  = \o__payload$198 [15:0];
-  assign \o__payload$198[1]  = \o__payload$198 [31:16];
-  assign \o__payload$198[2]  = \o__payload$198 [47:32];
-  assign \o__payload$198[3]  = \o__payload$198 [63:48];
+  assign \o__payload$207[0]  = \o__payload$207 [15:0];
+  assign \o__payload$207[1]  = \o__payload$207 [31:16];
+  assign \o__payload$207[2]  = \o__payload$207 [47:32];
+  assign \o__payload$207[3]  = \o__payload$207 [63:48];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$211[0]  = \b__payload$211 [15:0];
-  assign \b__payload$211[1]  = \b__payload$211 [31:16];
-  assign \b__payload$211[2]  = \b__payload$211 [47:32];
-  assign \b__payload$211[3]  = \b__payload$211 [63:48];
-  assign \o__payload$218[0]  = \o__payload$218 [7:0];
-  assign \o__payload$218[1]  = \o__payload$218 [15:8];
-  assign \o__payload$218[2]  = \o__payload$218 [23:16];
-  assign \o__payload$218[3]  = \o__payload$218 [31:24];
-  assign \i__payload$221[0]  = \i__payload$221 [7:0];
-  assign \i__payload$221[1]  = \i__payload$221 [15:8];
-  assign \i__payload$221[2]  = \i__payload$221 [23:16];
-  assign \i__payload$221[3]  = \i__payload$221 [31:24];
+  assign \b__payload$220[0]  = \b__payload$220 [15:0];
+  assign \b__payload$220[1]  = \b__payload$220 [31:16];
+  assign \b__payload$220[2]  = \b__payload$220 [47:32];
+  assign \b__payload$220[3]  = \b__payload$220 [63:48];
+  assign \o__payload$227[0]  = \o__payload$227 [7:0];
+  assign \o__payload$227[1]  = \o__payload$227 [15:8];
+  assign \o__payload$227[2]  = \o__payload$227 [23:16];
+  assign \o__payload$227[3]  = \o__payload$227 [31:24];
+  assign \i__payload$230[0]  = \i__payload$230 [7:0];
+  assign \i__payload$230[1]  = \i__payload$230 [15:8];
+  assign \i__payload$230[2]  = \i__payload$230 [23:16];
+  assign \i__payload$230[3]  = \i__payload$230 [31:24];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -28137,16 +33146,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$288.data  = \a__payload$288 [71:0];
-  assign \a__payload$288.data[0]  = \a__payload$288 [8:0];
-  assign \a__payload$288.data[1]  = \a__payload$288 [17:9];
-  assign \a__payload$288.data[2]  = \a__payload$288 [26:18];
-  assign \a__payload$288.data[3]  = \a__payload$288 [35:27];
-  assign \a__payload$288.data[4]  = \a__payload$288 [44:36];
-  assign \a__payload$288.data[5]  = \a__payload$288 [53:45];
-  assign \a__payload$288.data[6]  = \a__payload$288 [62:54];
-  assign \a__payload$288.data[7]  = \a__payload$288 [71:63];
-  assign \a__payload$288.last  = \a__payload$288 [72];
+  assign \a__payload$345.data  = \a__payload$345 [71:0];
+  assign \a__payload$345.data[0]  = \a__payload$345 [8:0];
+  assign \a__payload$345.data[1]  = \a__payload$345 [17:9];
+  assign \a__payload$345.data[2]  = \a__payload$345 [26:18];
+  assign \a__payload$345.data[3]  = \a__payload$345 [35:27];
+  assign \a__payload$345.data[4]  = \a__payload$345 [44:36];
+  assign \a__payload$345.data[5]  = \a__payload$345 [53:45];
+  assign \a__payload$345.data[6]  = \a__payload$345 [62:54];
+  assign \a__payload$345.data[7]  = \a__payload$345 [71:63];
+  assign \a__payload$345.last  = \a__payload$345 [72];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -28155,68 +33164,73 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$317[0]  = \o__payload$317 [31:0];
-  assign \o__payload$317[1]  = \o__payload$317 [63:32];
-  assign \o__payload$317[2]  = \o__payload$317 [95:64];
-  assign \o__payload$317[3]  = \o__payload$317 [127:96];
-  assign \o__payload$317[4]  = \o__payload$317 [159:128];
-  assign \o__payload$317[5]  = \o__payload$317 [191:160];
-  assign \o__payload$317[6]  = \o__payload$317 [223:192];
-  assign \o__payload$317[7]  = \o__payload$317 [255:224];
-  assign \$5  = { \$4 [17], \$4 [17], \$4 [17], \$4 [17:3] };
-  assign \$9  = { \$8 [17], \$8 [17], \$8 [17], \$8 [17:3] };
-  assign \$12  = { \$11 [17], \$11 [17], \$11 [17], \$11 [17:3] };
-  assign \$16  = { \$15 [17], \$15 [17], \$15 [17], \$15 [17:3] };
+  assign \o__payload$374[0]  = \o__payload$374 [31:0];
+  assign \o__payload$374[1]  = \o__payload$374 [63:32];
+  assign \o__payload$374[2]  = \o__payload$374 [95:64];
+  assign \o__payload$374[3]  = \o__payload$374 [127:96];
+  assign \o__payload$374[4]  = \o__payload$374 [159:128];
+  assign \o__payload$374[5]  = \o__payload$374 [191:160];
+  assign \o__payload$374[6]  = \o__payload$374 [223:192];
+  assign \o__payload$374[7]  = \o__payload$374 [255:224];
+  assign \$14  = { \$13 [17], \$13 [17], \$13 [17], \$13 [17:3] };
+  assign \$16  = ins[39:24];
+  assign \$17  = ins[361:344];
   assign \$20  = { \$19 [17], \$19 [17], \$19 [17], \$19 [17:3] };
-  assign \$50 [2:0] = 3'h0;
-  assign \$50 [3] = ins[11];
-  assign \$51  = ins[11];
-  assign { \$93 [3], \$93 [1:0] } = 3'h0;
-  assign \$93 [2] = ins[10];
-  assign \$94  = ins[10];
-  assign { \$96 [3], \$96 [1:0] } = 3'h0;
-  assign \$96 [2] = ins[10];
-  assign \$97  = ins[10];
-  assign { \$99 [3], \$99 [1:0] } = 3'h0;
-  assign \$99 [2] = ins[10];
-  assign \$100  = ins[10];
-  assign { \$102 [3], \$102 [1:0] } = 3'h0;
-  assign \$102 [2] = ins[10];
-  assign \$103  = ins[10];
-  assign \$147  = { 1'h0, nt, 6'h00 };
-  assign \$160 [3:1] = 3'h0;
-  assign \$160 [0] = ins[8];
-  assign \$161  = ins[8];
-  assign \$163 [3:1] = 3'h0;
-  assign \$163 [0] = ins[8];
-  assign \$164  = ins[8];
-  assign \$166 [3:1] = 3'h0;
-  assign \$166 [0] = ins[8];
-  assign \$167  = ins[8];
-  assign \$169 [3:1] = 3'h0;
-  assign \$169 [0] = ins[8];
-  assign \$170  = ins[8];
-  assign \$172 [3:1] = 3'h0;
-  assign \$172 [0] = ins[8];
-  assign \$173  = ins[8];
-  assign \$175 [3:1] = 3'h0;
-  assign \$175 [0] = ins[8];
-  assign \$176  = ins[8];
-  assign \$178 [3:1] = 3'h0;
-  assign \$178 [0] = ins[8];
-  assign \$179  = ins[8];
-  assign \$453  = { \$452 [17], \$452 [17], \$452 [17], \$452 [17:3] };
-  assign \$457  = { \$456 [17], \$456 [17], \$456 [17], \$456 [17:3] };
-  assign \$482  = { \$481 [17], \$481 [17], \$481 [17], \$481 [17:3] };
-  assign \$503  = { \$502 [17], \$502 [17], \$502 [17], \$502 [17:3] };
-  assign \$529  = { \$528 [17], \$528 [17], \$528 [17], \$528 [17:3] };
-  assign \$544  = { \r_data$344 [1], \r_data$344 [1:0] };
-  assign \$545  = { \r_data$344 [2], \r_data$344 [2:0] };
-  assign \$546  = { \r_data$344 [3], \r_data$344 [3:0] };
-  assign \$547  = { \r_data$344 [4], \r_data$344 [4:0] };
-  assign \$548  = { \r_data$344 [5], \r_data$344 [5:0] };
-  assign \$549  = { \r_data$344 [6], \r_data$344 [6:0] };
-  assign \$550  = { \r_data$344 [7], \r_data$344 [7:0] };
+  assign \$26  = { \$25 [17], \$25 [17], \$25 [17], \$25 [17:3] };
+  assign \$29  = { \$28 [17], \$28 [17], \$28 [17], \$28 [17:3] };
+  assign \$36  = 4'h8;
+  assign \$37  = ins[397:380];
+  assign \$40  = { \$39 [17], \$39 [17], \$39 [17], \$39 [17:3] };
+  assign \$44  = { \$43 [17], \$43 [17], \$43 [17], \$43 [17:3] };
+  assign \$77  = { \$76 [17], \$76 [17], \$76 [17], \$76 [17:3] };
+  assign \$78  = { \$77 [17], \$77 , 6'h00 };
+  assign \$79 [2:0] = 3'h0;
+  assign \$79 [3] = ins[11];
+  assign \$80  = ins[11];
+  assign { \$111 [32], \$111 [5:0] } = 7'h00;
+  assign \$111 [31:6] = \$110 [31:6];
+  assign { \$131 [3], \$131 [1:0] } = 3'h0;
+  assign \$131 [2] = ins[10];
+  assign \$132  = ins[10];
+  assign { \$134 [3], \$134 [1:0] } = 3'h0;
+  assign \$134 [2] = ins[10];
+  assign \$135  = ins[10];
+  assign { \$137 [3], \$137 [1:0] } = 3'h0;
+  assign \$137 [2] = ins[10];
+  assign \$138  = ins[10];
+  assign { \$140 [3], \$140 [1:0] } = 3'h0;
+  assign \$140 [2] = ins[10];
+  assign \$141  = ins[10];
+  assign \$187  = { 1'h0, nt, 6'h00 };
+  assign \$200 [3:1] = 3'h0;
+  assign \$200 [0] = ins[8];
+  assign \$201  = ins[8];
+  assign \$203 [3:1] = 3'h0;
+  assign \$203 [0] = ins[8];
+  assign \$204  = ins[8];
+  assign \$206 [3:1] = 3'h0;
+  assign \$206 [0] = ins[8];
+  assign \$207  = ins[8];
+  assign \$209 [3:1] = 3'h0;
+  assign \$209 [0] = ins[8];
+  assign \$210  = ins[8];
+  assign \$212 [3:1] = 3'h0;
+  assign \$212 [0] = ins[8];
+  assign \$213  = ins[8];
+  assign \$215 [3:1] = 3'h0;
+  assign \$215 [0] = ins[8];
+  assign \$216  = ins[8];
+  assign \$218 [3:1] = 3'h0;
+  assign \$218 [0] = ins[8];
+  assign \$219  = ins[8];
+  assign \$805  = { \$804 [17], \$804 [17], \$804 [17], \$804 [17:3] };
+  assign \$809  = { \$808 [17], \$808 [17], \$808 [17], \$808 [17:3] };
+  assign \$834  = { \$833 [17], \$833 [17], \$833 [17], \$833 [17:3] };
+  assign \$855  = { \$854 [17], \$854 [17], \$854 [17], \$854 [17:3] };
+  assign \$889  = { \$888 [17], \$888 [17], \$888 [17], \$888 [17:3] };
+  assign \$910  = { \$909 [17], \$909 [17], \$909 [17], \$909 [17:3] };
+  assign \$937  = { \$936 [17], \$936 [17], \$936 [17], \$936 [17:3] };
+  assign \$942  = { \$941 [17], \$941 [17], \$941 [17], \$941 [17:3] };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -32766,10 +37780,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$15953$0 (l0s_s2_o),
-    .\port$16045$0 (l1s_s2_o),
-    .\port$16137$0 (l2s_s2_o),
-    .\port$16229$0 (l3s_s2_o),
+    .\port$16456$0 (l0s_s2_o),
+    .\port$16548$0 (l1s_s2_o),
+    .\port$16640$0 (l2s_s2_o),
+    .\port$16732$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -34014,7 +39028,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15953$0 , \port$16045$0 , \port$16137$0 , \port$16229$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16456$0 , \port$16548$0 , \port$16640$0 , \port$16732$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$182  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -34057,14 +39071,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15953
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$15953$0 ;
-  wire [15:0] \port$15953$0 ;
-  input [15:0] \port$16045$0 ;
-  wire [15:0] \port$16045$0 ;
-  input [15:0] \port$16137$0 ;
-  wire [15:0] \port$16137$0 ;
-  input [15:0] \port$16229$0 ;
-  wire [15:0] \port$16229$0 ;
+  input [15:0] \port$16456$0 ;
+  wire [15:0] \port$16456$0 ;
+  input [15:0] \port$16548$0 ;
+  wire [15:0] \port$16548$0 ;
+  input [15:0] \port$16640$0 ;
+  wire [15:0] \port$16640$0 ;
+  input [15:0] \port$16732$0 ;
+  wire [15:0] \port$16732$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -34107,7 +39121,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15953
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16229$0 , \port$16137$0 , \port$16045$0 , \port$15953$0  };
+      storage[w_port__addr] <= { \port$16732$0 , \port$16640$0 , \port$16548$0 , \port$16456$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -34219,8 +39233,8 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$15953
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16229$0 , \port$16137$0 , \port$16045$0 , \port$15953$0  };
-  assign w_data = { \port$16229$0 , \port$16137$0 , \port$16045$0 , \port$15953$0  };
+  assign w_port__data = { \port$16732$0 , \port$16640$0 , \port$16548$0 , \port$16456$0  };
+  assign w_data = { \port$16732$0 , \port$16640$0 , \port$16548$0 , \port$16456$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -41307,10 +46321,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$16462$0 (l0_s27_o),
-    .\port$16648$0 (l1_s27_o),
-    .\port$16834$0 (l2_s27_o),
-    .\port$17020$0 (l3_s27_o),
+    .\port$16965$0 (l0_s27_o),
+    .\port$17151$0 (l1_s27_o),
+    .\port$17337$0 (l2_s27_o),
+    .\port$17523$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -43365,7 +48379,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$16462$0 , \port$16648$0 , \port$16834$0 , \port$17020$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$16965$0 , \port$17151$0 , \port$17337$0 , \port$17523$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$184  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43408,14 +48422,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$164
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$16462$0 ;
-  wire [7:0] \port$16462$0 ;
-  input [7:0] \port$16648$0 ;
-  wire [7:0] \port$16648$0 ;
-  input [7:0] \port$16834$0 ;
-  wire [7:0] \port$16834$0 ;
-  input [7:0] \port$17020$0 ;
-  wire [7:0] \port$17020$0 ;
+  input [7:0] \port$16965$0 ;
+  wire [7:0] \port$16965$0 ;
+  input [7:0] \port$17151$0 ;
+  wire [7:0] \port$17151$0 ;
+  input [7:0] \port$17337$0 ;
+  wire [7:0] \port$17337$0 ;
+  input [7:0] \port$17523$0 ;
+  wire [7:0] \port$17523$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -43474,7 +48488,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$164
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$17020$0 , \port$16834$0 , \port$16648$0 , \port$16462$0  };
+      storage[w_port__addr] <= { \port$17523$0 , \port$17337$0 , \port$17151$0 , \port$16965$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -43586,8 +48600,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$164
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$17020$0 , \port$16834$0 , \port$16648$0 , \port$16462$0  };
-  assign w_data = { \port$17020$0 , \port$16834$0 , \port$16648$0 , \port$16462$0  };
+  assign w_port__data = { \port$17523$0 , \port$17337$0 , \port$17151$0 , \port$16965$0  };
+  assign w_data = { \port$17523$0 , \port$17337$0 , \port$17151$0 , \port$16965$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -73289,7 +78303,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, \port$1095$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13146$0 , level, clk);
+module \accelerator.core.q_src0 (rst, \port$1527$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13647$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$191  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73314,10 +78328,10 @@ module \accelerator.core.q_src0 (rst, \port$1095$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1095$0 ;
-  wire [15:0] \port$1095$0 ;
-  input [2:0] \port$13146$0 ;
-  wire [2:0] \port$13146$0 ;
+  input [2:0] \port$13647$0 ;
+  wire [2:0] \port$13647$0 ;
+  input [15:0] \port$1527$0 ;
+  wire [15:0] \port$1527$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -73352,7 +78366,7 @@ module \accelerator.core.q_src0 (rst, \port$1095$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13146$0 , \port$1095$0  };
+      storage[w_port__addr] <= { \port$13647$0 , \port$1527$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -73423,14 +78437,14 @@ module \accelerator.core.q_src0 (rst, \port$1095$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13146$0 , \port$1095$0  };
-  assign w_data = { \port$13146$0 , \port$1095$0  };
+  assign w_port__data = { \port$13647$0 , \port$1527$0  };
+  assign w_data = { \port$13647$0 , \port$1527$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1096$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13150$0 , level, clk);
+module \accelerator.core.q_src1 (rst, \port$1528$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13651$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$192  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73455,10 +78469,10 @@ module \accelerator.core.q_src1 (rst, \port$1096$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1096$0 ;
-  wire [15:0] \port$1096$0 ;
-  input [2:0] \port$13150$0 ;
-  wire [2:0] \port$13150$0 ;
+  input [2:0] \port$13651$0 ;
+  wire [2:0] \port$13651$0 ;
+  input [15:0] \port$1528$0 ;
+  wire [15:0] \port$1528$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -73493,7 +78507,7 @@ module \accelerator.core.q_src1 (rst, \port$1096$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13150$0 , \port$1096$0  };
+      storage[w_port__addr] <= { \port$13651$0 , \port$1528$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -73564,8 +78578,8 @@ module \accelerator.core.q_src1 (rst, \port$1096$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13150$0 , \port$1096$0  };
-  assign w_data = { \port$13150$0 , \port$1096$0  };
+  assign w_port__data = { \port$13651$0 , \port$1528$0  };
+  assign w_data = { \port$13651$0 , \port$1528$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -73789,8 +78803,8 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
   assign \$24  = j == \$23 ;
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$13048$0 (req__payload[2:0]),
-    .\port$961$0 (\$10 [4:0]),
+    .\port$13504$0 (req__payload[2:0]),
+    .\port$1393$0 (\$10 [4:0]),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -74023,7 +79037,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$961$0 , w_rdy, r_rdy, r_data, \port$13048$0 , r_en, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1393$0 , w_rdy, r_rdy, r_data, \port$13504$0 , r_en, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -74047,10 +79061,10 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$961$0 , w_rdy, r_rdy, r
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [3:0] level = 4'h0;
-  input [2:0] \port$13048$0 ;
-  wire [2:0] \port$13048$0 ;
-  input [4:0] \port$961$0 ;
-  wire [4:0] \port$961$0 ;
+  input [2:0] \port$13504$0 ;
+  wire [2:0] \port$13504$0 ;
+  input [4:0] \port$1393$0 ;
+  wire [4:0] \port$1393$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [7:0] r_data;
@@ -74088,7 +79102,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$961$0 , w_rdy, r_rdy, r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$961$0 , \port$13048$0  };
+      storage[w_port__addr] <= { \port$1393$0 , \port$13504$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 4'h8;
@@ -74150,8 +79164,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$961$0 , w_rdy, r_rdy, r
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$961$0 , \port$13048$0  };
-  assign w_data = { \port$961$0 , \port$13048$0  };
+  assign w_port__data = { \port$1393$0 , \port$13504$0  };
+  assign w_data = { \port$1393$0 , \port$13504$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

@@ -15,7 +15,7 @@ from golden.errors import UserError
 from golden.executor import run_graph
 from hwgen.accel.compiler import AccelConfig, compile
 from hwgen.accel.interpreter import header, interpret, read_logits, run, write_input
-from hwgen.accel.isa import FIELDS, INSTR_BYTES, LAYOUT, LEVELS, Instr, Opcode, Port, decode, encode
+from hwgen.accel.isa import FIELDS, INSTR_BYTES, LAYOUT, LEVELS, POST_ADD, POST_GELU, Instr, Opcode, Port, decode, encode
 from hwgen.config import HwConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +109,39 @@ def test_interpreter_equals_golden(programs, digits_images, bits):
     x = quant.quantize_input(digits_images.images[:N_IMAGES])
     golden = run_graph(quant.graph, x)
     assert torch.equal(interpret(program, x), golden)
+
+
+def test_views_and_fused_units_change_the_program_not_the_logits(hw, programs, digits_w8a8, digits_images):
+    """Folded head splits/merges and GELU/adds streamed beside the GEMM: fewer instructions,
+    fewer buffer elements, the same logits as every op on its own."""
+    _, program = programs["w8a8"]
+    plain = compile(digits_w8a8.graph, hw, fold_views=False, fuse=False)
+    ops = lambda p: [i.op for i in p.instrs]  # noqa: E731
+    blocks = sum(1 for op in digits_w8a8.graph.ops if op.type == "split_heads")
+    for gone in (Opcode.SPLIT_HEADS, Opcode.TRANSPOSE, Opcode.MERGE_HEADS, Opcode.GELU):
+        assert gone in ops(plain) and gone not in ops(program)
+    assert ops(plain).count(Opcode.ADD) - ops(program).count(Opcode.ADD) == 2 * blocks
+    assert sum(i.post == POST_GELU for i in program.instrs) == blocks
+    assert sum(i.post == POST_ADD for i in program.instrs) == 2 * blocks
+    assert program.buffer_peak < plain.buffer_peak
+    x = digits_w8a8.quantize_input(digits_images.images[:N_IMAGES])
+    assert torch.equal(interpret(program, x), interpret(plain, x))
+
+
+def test_matmul_split_into_column_groups_that_fit_the_w_cache(hw, programs, digits_w8a8, digits_images):
+    """A W cache of 32 elements a lane holds two column tiles of K = 16: every MATMUL becomes
+    two instructions (the second at a column offset), with the same logits; a K above the
+    cache is refused in one line."""
+    _, program = programs["w8a8"]
+    small = compile(digits_w8a8.graph, hw, AccelConfig(w_cache_elems=32))
+    count = lambda p: sum(i.op == Opcode.MATMUL for i in p.instrs)  # noqa: E731
+    assert count(small) == 2 * count(program)
+    assert all(i.n[2] * i.n[3] <= 32 * hw.gemm_cols for i in small.instrs if i.op == Opcode.MATMUL)
+    x = digits_w8a8.quantize_input(digits_images.images[:N_IMAGES])
+    assert torch.equal(interpret(small, x), interpret(program, x))
+    with pytest.raises(UserError) as exc:
+        compile(digits_w8a8.graph, hw, AccelConfig(w_cache_elems=16))
+    assert "K = 17" in _one_line(exc) and "w_cache_elems = 16" in str(exc.value)
 
 
 def test_memory_map_and_header(programs):

@@ -6,6 +6,15 @@ What the compiler decides, and nothing else does:
 * where every activation tensor lives in the on-chip activation buffer (an element-addressed
   scratchpad of :attr:`AccelConfig.act_buffer_elems` elements; first fit, freed after the last
   use), and the strided loop nest that moves or computes each op (:mod:`hwgen.accel.isa`);
+* which data moves need no instruction at all: a head split (Q, K^T, V out of the QKV tensor)
+  whose outputs only feed MATMULs, and a head merge whose input only comes from a MATMUL, are
+  *views*: the MATMULs walk the QKV tensor, and write the merged tensor, with the strides of
+  the split or merge (``fold_views``; off, they are ``SPLIT_HEADS``/``TRANSPOSE``/``MERGE_HEADS``
+  copies);
+* which GELU and residual adds stream beside the GEMM: a linear layer whose only consumer is a
+  GELU (an MLP's fc1) or a residual add (the attention projection, fc2) streams its results
+  through that unit on their way into the buffer (the instruction's ``post``), so the GELU and
+  the add cost no pass of their own (``fuse``; off, each is its own instruction);
 * what external memory holds, and where (:attr:`Program.memory_map`):
 
   ==================  ====================================================================
@@ -53,11 +62,11 @@ from golden.graph import tensor_shapes
 from ..capabilities import check_fits, const_beats, unit_key
 from ..config import HwConfig
 from ..requant import requant_param_fields
-from .isa import (ADDR_BITS, STRIDE_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, Instr, Opcode, Port,
+from .isa import (POST_ADD, POST_GELU, POST_NONE, beat_bytes, ADDR_BITS, STRIDE_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, Instr, Opcode, Port,
                   encode_program, pack_beats)
 
 __all__ = ["AccelConfig", "Program", "compile", "HEADER_FIELDS", "MAGIC", "ALIGN", "w_layout", "p_layout",
-           "c_layout", "tensor_shapes"]
+           "c_layout", "post_consts", "tensor_shapes"]
 
 MAGIC = 0x54495649          # "IVIT", little-endian
 VERSION = 2
@@ -84,6 +93,10 @@ class AccelConfig:
     weight_buffer_words : int
         GEMM weight buffer, in beats of ``cols`` weights: holds two column tiles of K beats
         each (one in use, the next one loading), so K <= weight_buffer_words / 2.
+    w_cache_elems : int
+        A MATMUL's second operand is read once per batch (head) into ``cols`` lane memories of
+        two halves of this many elements: a batch's column tiles times K must fit a half (the
+        compiler splits a MATMUL into column groups that do); at least ``gemm_max_k``.
     gelu_variants : tuple of str, or None
         The GELU units the accelerator has (instruction field ``unit`` = index); None: only
         ``hw.gelu_variant``.
@@ -94,6 +107,7 @@ class AccelConfig:
     act_buffer_elems: int = 16384
     act_elem_bits: int = 16
     weight_buffer_words: int = 1536
+    w_cache_elems: int = 256
     gelu_variants: tuple[str, ...] | None = None
     ext_word_bytes: int = 8
 
@@ -103,6 +117,8 @@ class AccelConfig:
                             f"accepted 1..{1 << ADDR_BITS}")
         if not 2 <= self.act_elem_bits <= 64:
             raise UserError(f"accel config: act_elem_bits = {self.act_elem_bits} is out of range; accepted 2..64")
+        if self.w_cache_elems < 1:
+            raise UserError(f"accel config: w_cache_elems = {self.w_cache_elems} is out of range; accepted 1 or more")
         if self.weight_buffer_words < 2:
             raise UserError(f"accel config: weight_buffer_words = {self.weight_buffer_words} is out of range; "
                             f"accepted 2 or more")
@@ -172,6 +188,12 @@ def w_layout(w_bits: int, cols: int) -> data.ArrayLayout:
 def p_layout(hw: HwConfig) -> data.StructLayout:
     """The GEMM's ``p`` beat (:func:`hwgen.requant.requant_param_fields`, as hwgen.gemm.Gemm)."""
     return data.StructLayout(requant_param_fields(hw.gemm_cols, hw.acc_bits, hw.mult_bits, hw.gemm_e_bits))
+
+
+def post_consts(ext1: int, nt: int, hw: HwConfig) -> int:
+    """Where a LINEAR's ``post`` unit constants sit: after its ``nt`` parameter beats at ``ext1``,
+    rounded up to 64 bytes (the RTL adds the same)."""
+    return ext1 + -(-(nt * beat_bytes(p_layout(hw))) // ALIGN) * ALIGN
 
 
 def c_layout(unit):
@@ -255,12 +277,104 @@ def _fits(op_name: str, what: str, values, bits: int, sgn: bool, cap: str) -> No
 
 
 class _Compiler:
-    def __init__(self, graph, hw: HwConfig, accel: AccelConfig):
+    def __init__(self, graph, hw: HwConfig, accel: AccelConfig, fold_views: bool = True, fuse: bool = True):
         self.g, self.hw, self.accel = graph, hw, accel
         self.shapes = tensor_shapes(graph)
         self.buf = _Buffer()
-        self.code: list[tuple[Instr, str | None, str | None]] = []   # instr, ext0 region, ext1 region
+        self.code: list[tuple[Instr, object, object]] = []   # instr, ext0 and ext1: region or (region, offset)
         self.blobs: list[tuple[str, bytes]] = []                      # const regions in order
+        # tensor -> (root tensor, element offset, stride per dimension): where a view lives
+        self.views: dict[str, tuple[str, int, tuple[int, ...]]] = {}
+        self.folded: set[str] = set()                                 # ops that are views (no instruction)
+        if fold_views:
+            self._fold_views()
+        self.posts: dict[str, object] = {}                            # linear op -> the GELU/add it streams through
+        if fuse:
+            self._fuse_posts()
+
+    def _fuse_posts(self) -> None:
+        """A linear layer whose output feeds only a GELU, or only one side of a residual add,
+        streams through that unit (the unit takes ``lanes`` results a beat: the array's columns
+        must be a multiple)."""
+        g, hw = self.g, self.hw
+        if hw.gemm_cols % hw.lanes:
+            return
+        consumers: dict[str, list] = {}
+        for op in g.ops:
+            for n in op.inputs:
+                consumers.setdefault(n, []).append(op)
+        for op in g.ops:
+            if op.type != "linear":
+                continue
+            t = op.outputs[0]
+            users = consumers.get(t, [])
+            if t == g.output or t in self.views or len(users) != 1:
+                continue
+            post = users[0]
+            if post.type == "gelu" or (post.type == "add" and post.inputs.count(t) == 1
+                                       and not any(n in self.views for n in post.inputs)
+                                       and self.shapes[post.inputs[0]] == self.shapes[post.inputs[1]]):
+                self.posts[op.name] = post
+                self.folded.add(post.name)
+
+    # --- views ----------------------------------------------------------------------------------
+    def _fold_views(self) -> None:
+        """Head splits whose outputs only feed MATMULs and head merges whose input only comes
+        from a MATMUL become views (the GEMM walks any strides; see the module docstring)."""
+        g = self.g
+        producer = {n: op for op in g.ops for n in op.outputs}
+        consumers: dict[str, list] = {}
+        for op in g.ops:
+            for n in op.inputs:
+                consumers.setdefault(n, []).append(op)
+        only_matmul = lambda n: n != g.output and all(c.type == "matmul" for c in consumers.get(n, [None]))  # noqa: E731
+        for op in g.ops:
+            if op.type == "split_heads" and all(only_matmul(o) for o in op.outputs) \
+                    and op.inputs[0] not in self.views:
+                _, n, c3 = self.shapes[op.inputs[0]]
+                h = op.attrs["heads"]
+                d = c3 // (3 * h)
+                q, kt, v = op.outputs
+                src = op.inputs[0]
+                self.views[q] = (src, 0, (0, d, c3, 1))
+                self.views[kt] = (src, h * d, (0, d, 1, c3))
+                self.views[v] = (src, 2 * h * d, (0, d, c3, 1))
+                self.folded.add(op.name)
+            elif op.type == "merge_heads":
+                x = op.inputs[0]
+                p = producer.get(x)
+                if p is None or p.type != "matmul" or len(consumers.get(x, [])) != 1 or x == g.output:
+                    continue
+                _, h, n, d = self.shapes[x]
+                self.views[x] = (op.outputs[0], 0, (0, d, h * d, 1))
+                self.folded.add(op.name)
+
+    def root(self, name: str) -> str:
+        return self.views[name][0] if name in self.views else name
+
+    def addr(self, name: str) -> int:
+        """The buffer address of a tensor's first element (a view's: its root's plus offset)."""
+        return self.buf[self.root(name)] + (self.views[name][1] if name in self.views else 0)
+
+    def strides(self, name: str) -> tuple[int, ...]:
+        """A tensor's stride per dimension (row-major unless it is a view)."""
+        if name in self.views:
+            return self.views[name][2]
+        shape, acc, out = self.shapes[name], 1, []
+        for s in reversed(shape):
+            out.append(acc)
+            acc *= s
+        return tuple(reversed(out))
+
+    def batch_stride(self, name: str) -> int:
+        """The stride of a tensor's leading (batch) dimensions taken as one: they must merge."""
+        shape, st = self.shapes[name][:-2], self.strides(name)[:-2]
+        dims = [(s, t) for s, t in zip(shape, st) if s > 1]
+        for (s0, t0), (s1, t1) in zip(dims, dims[1:]):
+            if t0 != t1 * s1:
+                raise UserError(f"accel compile: tensor {name}: its batch dimensions (shape {self.shapes[name]}, "
+                                f"strides {self.strides(name)}) do not merge into one loop")
+        return dims[-1][1] if dims else 0
 
     # --- checks -----------------------------------------------------------------------------
     def check(self) -> dict:
@@ -297,6 +411,9 @@ class _Compiler:
         k = op.consts["weight"].shape[1] if op.type == "linear" else self.shapes[op.inputs[0]][-1]
         if k > hw.gemm_max_k:
             raise UserError(f"accel compile: {op.name}: reduction K = {k} exceeds gemm_max_k = {hw.gemm_max_k}")
+        if op.type == "matmul" and k > self.accel.w_cache_elems:
+            raise UserError(f"accel compile: {op.name}: one column tile of the second operand needs K = {k} elements "
+                            f"a lane; w_cache_elems = {self.accel.w_cache_elems} (short by {k - self.accel.w_cache_elems})")
         if op.type == "linear" and 2 * k > self.accel.weight_buffer_words:
             raise UserError(f"accel compile: {op.name}: two column tiles of weights need 2 x K = {2 * k} beats; "
                             f"weight_buffer_words = {self.accel.weight_buffer_words} "
@@ -309,7 +426,7 @@ class _Compiler:
                             f"acc_bits = {hw.acc_bits}")
 
     # --- emission ------------------------------------------------------------------------------
-    def emit(self, ins: Instr, ext0: str | None = None, ext1: str | None = None) -> None:
+    def emit(self, ins: Instr, ext0=None, ext1=None) -> None:
         if ins.op in (Opcode.LINEAR, Opcode.MATMUL):
             self._check_gemm_walks(ins)
         self.code.append((ins, ext0, ext1))
@@ -331,10 +448,10 @@ class _Compiler:
 
     def run(self, units: dict) -> Program:
         g, accel = self.g, self.accel
-        last_use: dict[str, int] = {}
+        last_use: dict[str, int] = {}          # per root: a view keeps its root alive
         for i, op in enumerate(g.ops):
-            for n in op.inputs:
-                last_use[n] = i
+            for n in op.inputs + op.outputs:
+                last_use[self.root(n)] = max(last_use.get(self.root(n), -1), i if n in op.inputs else -1)
         last_use[g.output] = len(g.ops)
         loaded = set()
         for i, op in enumerate(g.ops):
@@ -342,12 +459,16 @@ class _Compiler:
                 if n not in loaded and (n == g.input or n in g.constants):
                     loaded.add(n)
                     self._load(n, op.name)
-            for n in op.outputs:
-                self.buf.alloc(n, _numel(self.shapes[n]), op.name)
-            getattr(self, f"_op_{op.type}")(op, units)
+            post = self.posts.get(op.name)
+            for n in (post.outputs if post else op.outputs):   # a view's root: with its first part
+                r = self.root(n)
+                if r not in self.buf.blocks:
+                    self.buf.alloc(r, _numel(self.shapes[r]), op.name)
+            if op.name not in self.folded:
+                getattr(self, f"_op_{op.type}")(op, units)
             for n in op.inputs + op.outputs:
-                if last_use.get(n, -1) <= i:
-                    self.buf.free(n)
+                if last_use.get(self.root(n), -1) <= i:
+                    self.buf.free(self.root(n))
         self._store_logits()
         self.emit(Instr(Opcode.END, note="end"))
         if self.buf.peak > accel.act_buffer_elems:
@@ -423,7 +544,9 @@ class _Compiler:
                    Port(self.buf[op.inputs[0]] + idx * c, (1,)))
 
     # --- GEMM -------------------------------------------------------------------------------
-    def _params(self, op, bias, m, e, out_bits: int, n: int) -> str:
+    def _params(self, op, bias, m, e, out_bits: int, n: int, after: bytes = b"") -> str:
+        """The parameter beats of a GEMM op, then (``after``, 64-byte aligned: :func:`post_consts`)
+        the constant beats of the unit its results stream through."""
         hw = self.hw
         cols = hw.gemm_cols
         nt = -(-n // cols)
@@ -434,7 +557,16 @@ class _Compiler:
         vals = {k: np.pad(np.asarray(v, dtype=np.int64), (0, pad)).reshape(nt, cols)
                 for k, v in (("bias", bias), ("m", m), ("e", e))}
         vals["out_bits"] = np.full((nt, 1), out_bits, dtype=np.int64)
-        return self.blob(f"{op.name}.params", pack_beats(p_layout(hw), vals))
+        raw = pack_beats(p_layout(hw), vals)
+        if after:
+            raw += bytes(post_consts(0, nt, hw) - len(raw)) + after
+        return self.blob(f"{op.name}.params", raw)
+
+    def _consts(self, unit, op) -> tuple[bytes, int]:
+        """The ``c`` beats of ``op``'s constants for ``unit``: bytes and count."""
+        beats = const_beats(unit, op)
+        vals = {k: np.array([b[k] for b in beats], dtype=np.int64) for k in beats[0]}
+        return pack_beats(c_layout(unit), vals), len(beats)
 
     def _op_linear(self, op, units) -> None:
         a, cols = op.attrs, self.hw.gemm_cols
@@ -448,14 +580,30 @@ class _Compiler:
         tiles = wp.reshape(nt, cols, k).transpose(0, 2, 1).reshape(nt * k, cols)    # beat (nt, k), lane j
         _fits(op.name, "weight", w, a["w_bits"], True, f"w_bits {a['w_bits']}")
         wreg = self.blob(f"{op.name}.weights", pack_beats(w_layout(a["w_bits"], cols), {"data": tiles}))
+        # the unit the results stream through, if any: its constants follow the parameter beats
+        post, out, src1, unit, kind, after, cnt = self.posts.get(op.name), op.outputs[0], Port(), 0, POST_NONE, b"", 0
+        if post is not None:
+            out = post.outputs[0]
+            if post.type == "gelu":
+                kind, unit = POST_GELU, self.accel.gelus(self.hw).index(post.attrs["variant"])
+                after, cnt = self._consts(units[unit_key(post)], post)
+            else:                                   # the GEMM's results are the add's first operand
+                kind = POST_ADD
+                res = post.inputs[1] if post.inputs[0] == op.outputs[0] else post.inputs[0]
+                pa = dict(post.attrs)
+                if post.inputs[0] != op.outputs[0]:
+                    pa.update(m_a=post.attrs["m_b"], e_a=post.attrs["e_b"], m_b=post.attrs["m_a"], e_b=post.attrs["e_a"])
+                after, cnt = self._consts(units[unit_key(post)], replace(post, attrs=pa))
+                src1 = Port(self.buf[res], (0, n, 1, 0, 0))
         ob = int(a.get("out_bits") or 0)
         zeros = np.zeros(n, dtype=np.int64)
         preg = self._params(op, op.consts["bias"].numpy(), op.consts["m"].numpy() if ob else zeros,
-                            op.consts["e"].numpy() if ob else zeros, ob, n)
+                            op.consts["e"].numpy() if ob else zeros, ob, n, after)
         flags = FLAG_W_EXT | (FLAG_A_SIGNED if a.get("a_signed", True) else 0)
-        self.emit(Instr(Opcode.LINEAR, (1, rows, n, k, 1), Port(self.buf[op.outputs[0]], (0, n, 1, 0, 0)),
-                        Port(self.buf[op.inputs[0]], (0, k, 0, 1, 0)), flags=flags, a_bits=a["a_bits"],
-                        w_bits=a["w_bits"], note=op.name), ext0=wreg, ext1=preg)
+        self.emit(Instr(Opcode.LINEAR, (1, rows, n, k, 1), Port(self.buf[out], (0, n, 1, 0, 0)),
+                        Port(self.buf[op.inputs[0]], (0, k, 0, 1, 0)), src1, flags=flags, a_bits=a["a_bits"],
+                        w_bits=a["w_bits"], unit=unit, cnt=cnt, post=kind,
+                        note=op.name if post is None else f"{op.name}+{post.type}"), ext0=wreg, ext1=preg)
 
     def _op_matmul(self, op, units) -> None:
         a = op.attrs
@@ -468,23 +616,31 @@ class _Compiler:
         preg = self._params(op, np.zeros(n, dtype=np.int64), np.full(n, a["m"]), np.full(n, a["e"]),
                             int(a["out_bits"]), n)
         flags = FLAG_A_SIGNED if a.get("a_signed", True) else 0
-        # W[b, n, k] = y[b, k, n]: the transpose the GEMM wants is a choice of strides
-        self.emit(Instr(Opcode.MATMUL, (b, m, n, k, 1), Port(self.buf[op.outputs[0]], (m * n, n, 1, 0, 0)),
-                        Port(self.buf[op.inputs[0]], (m * k, k, 0, 1, 0)),
-                        Port(self.buf[op.inputs[1]], (k * n, 0, 1, n, 0)), flags=flags, a_bits=a["a_bits"],
-                        w_bits=a["b_bits"], note=op.name), ext1=preg)
+        x, y, out = op.inputs[0], op.inputs[1], op.outputs[0]
+        xs_, ys_, os_ = self.strides(x), self.strides(y), self.strides(out)
+        # W[b, n, k] = y[b, k, n]: the transpose the GEMM wants is a choice of strides (and so are
+        # the head split and merge of a folded view).  A batch's W is read once into the W cache:
+        # one instruction per group of column tiles that fits it
+        cols = self.hw.gemm_cols
+        group = self.accel.w_cache_elems // k * cols
+        p_bytes = beat_bytes(p_layout(self.hw))
+        for n0 in range(0, n, group):
+            nn = min(group, n - n0)
+            self.emit(Instr(Opcode.MATMUL, (b, m, nn, k, 1),
+                            Port(self.addr(out) + n0 * os_[-1], (self.batch_stride(out), os_[-2], os_[-1], 0, 0)),
+                            Port(self.addr(x), (self.batch_stride(x), xs_[-2], 0, xs_[-1], 0)),
+                            Port(self.addr(y) + n0 * ys_[-1], (self.batch_stride(y), 0, ys_[-1], ys_[-2], 0)), flags=flags,
+                            a_bits=a["a_bits"], w_bits=a["b_bits"], note=op.name if nn == n else f"{op.name}[{n0}:{n0 + nn}]"),
+                      ext1=(preg, n0 // cols * p_bytes))
 
     # --- Softmax, GELU, LayerNorm, add --------------------------------------------------------
     def _unit_op(self, opc: Opcode, op, units, unit_index: int = 0) -> None:
-        unit = units[unit_key(op)]
-        beats = const_beats(unit, op)
-        lay = c_layout(unit)
-        vals = {k: np.array([b[k] for b in beats], dtype=np.int64) for k in beats[0]}
-        creg = self.blob(f"{op.name}.consts", pack_beats(lay, vals))
+        raw, cnt = self._consts(units[unit_key(op)], op)
+        creg = self.blob(f"{op.name}.consts", raw)
         n, st = _contig(self.shapes[op.inputs[0]])
         src1 = Port(self.buf[op.inputs[1]], st) if len(op.inputs) > 1 else Port()
         self.emit(Instr(opc, n, Port(self.buf[op.outputs[0]], st), Port(self.buf[op.inputs[0]], st), src1,
-                        unit=unit_index, cnt=len(beats), note=op.name), ext0=creg)
+                        unit=unit_index, cnt=cnt, note=op.name), ext0=creg)
 
     def _op_softmax(self, op, units) -> None:
         self._unit_op(Opcode.SOFTMAX, op, units)
@@ -522,8 +678,13 @@ class _Compiler:
         n_logits = _numel(self.shapes[g.output])
         place("input", _numel(in_shape) << in_es)
         place("logits", n_logits << out_es)
-        instrs = [replace(ins, ext0=mm[r0][0] if r0 else ins.ext0, ext1=mm[r1][0] if r1 else ins.ext1)
-                  for ins, r0, r1 in self.code]
+        def at_(ref, default):           # a region's address, or (region, byte offset) into it
+            if not ref:
+                return default
+            name, off = (ref, 0) if isinstance(ref, str) else ref
+            return mm[name][0] + off
+
+        instrs = [replace(ins, ext0=at_(r0, ins.ext0), ext1=at_(r1, ins.ext1)) for ins, r0, r1 in self.code]
         image = bytearray(at)
         hdr = {"magic": MAGIC, "version": VERSION, "instr_bytes": INSTR_BYTES, "program": mm["program"][0],
                "n_instr": len(instrs), "input": mm["input"][0], "input_bytes": mm["input"][1], "input_esize": in_es,
@@ -538,10 +699,14 @@ class _Compiler:
                        self.buf.peak)
 
 
-def compile(graph, hw: HwConfig, accel: AccelConfig | None = None) -> Program:  # noqa: A001 (the brief's name)
+def compile(graph, hw: HwConfig, accel: AccelConfig | None = None, fold_views: bool = True,  # noqa: A001
+            fuse: bool = True) -> Program:
     """The program and memory image of ``graph`` on the accelerator of ``hw`` (and ``accel``);
-    a graph the accelerator cannot run is refused in one line (:class:`UserError`)."""
+    a graph the accelerator cannot run is refused in one line (:class:`UserError`).
+    ``fold_views=False`` copies every head split and merge (SPLIT_HEADS, TRANSPOSE, MERGE_HEADS)
+    instead of folding it into the MATMULs' strides; ``fuse=False`` runs every GELU and residual
+    add as its own instruction instead of streaming a linear layer's results through it."""
     accel = accel or AccelConfig()
-    c = _Compiler(graph, hw, accel)
+    c = _Compiler(graph, hw, accel, fold_views, fuse)
     units = c.check()
     return c.run(units)

@@ -16,6 +16,9 @@ Execution (one instruction at a time; :mod:`hwgen.accel.interpreter` is the refe
   ``ext0`` into the unit's ``c`` stream, then the elements of ``src0`` (and ``src1``) through
   the unit into ``dst``; the GELU and add units take ``lanes`` elements a beat, packed here
   (a short last beat is padded; its extra results are dropped);
+* ``LINEAR`` with a ``post`` unit: its constant beats first (after the parameter beats), then
+  the GEMM, whose result rows go element by element through the same packer into the GELU or
+  add unit (the add's second operand from ``src1``, walked like ``dst``) and on into ``dst``;
 * ``END``: done.
 
 A fault never hangs the core: an unknown opcode, a loop count of 0, a buffer address outside
@@ -27,6 +30,7 @@ back; the units are reset on the way.
 from __future__ import annotations
 
 import enum
+from types import SimpleNamespace
 
 from amaranth.hdl import Array, Cat, Module, Mux, ResetInserter, Signal, signed, unsigned
 from amaranth.lib import wiring
@@ -42,7 +46,7 @@ from .addrgen import AddrGen
 from .compiler import AccelConfig, c_layout
 from .extmem import ExtReader, ExtWriter, read_port, write_port
 from .compiler import p_layout, w_layout
-from .isa import (EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
+from .isa import (POST_ADD, POST_GELU, EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
                   MOVE_OPS, Opcode, beat_bytes)
 
 __all__ = ["AccelCore", "Error", "CYCLE_BITS"]
@@ -171,8 +175,12 @@ class AccelCore(wiring.Component):
 
         is_gemm = Signal()
         m.d.comb += is_gemm.eq((op == int(Opcode.LINEAR)) | (op == int(Opcode.MATMUL)))
+        post_gelu, post_add, post_bad = Signal(), Signal(), Signal()    # a LINEAR's results through a unit
+        m.d.comb += [post_gelu.eq((op == int(Opcode.LINEAR)) & eq_const(ins.post, POST_GELU)),
+                     post_add.eq((op == int(Opcode.LINEAR)) & eq_const(ins.post, POST_ADD)),
+                     post_bad.eq(is_gemm & ins.post.any() & ~post_gelu & ~post_add)]
         with m.If(is_gemm):
-            self._gemm_walks(m, ins, gens)
+            self._gemm_walks(m, ins, gens, post_add)
 
         # --- buffer sources: src0, src1 -> small queues of (element, row end, k end, final) ------
         def source(name, port, run):
@@ -209,15 +217,21 @@ class AccelCore(wiring.Component):
         is_op = {o: op == int(o) for o in Opcode}
         is_move = Signal()
         m.d.comb += is_move.eq(Cat(*[is_op[o] for o in MOVE_OPS]).any())
-        gelu_sel = [is_op[Opcode.GELU] & eq_const(ins.unit, k) for k in range(len(self.gelus))]
+        gelu_sel = [(is_op[Opcode.GELU] | post_gelu) & eq_const(ins.unit, k) for k in range(len(self.gelus))]
+        add_sel = Signal()
+        m.d.comb += add_sel.eq(is_op[Opcode.ADD] | post_add)
         c_targets = [(is_op[Opcode.SOFTMAX], self.softmax), (is_op[Opcode.LAYERNORM], self.layernorm),
-                     (is_op[Opcode.ADD], self.add), *zip(gelu_sel, self.gelus)]
+                     (add_sel, self.add), *zip(gelu_sel, self.gelus)]
         c_lb = Signal(3)
         for sel, u in c_targets:
             with m.If(sel):
                 m.d.comb += c_lb.eq(_lb(beat_bytes(c_layout(u))))
         unit_known = Signal()
         m.d.comb += unit_known.eq(Cat(*[sel for sel, _ in c_targets]).any())
+        # a post unit's constant beats follow the parameter beats, 64-byte aligned (compiler.post_consts)
+        p_bytes = Signal(EXT_BITS)
+        m.d.comb += p_bytes.eq(self._tiles(ins.n2, hw.gemm_cols) << _lb(beat_bytes(p_layout(hw))))
+        c_base = Mux(is_gemm, ins.ext1 + ((p_bytes + 63) & ((1 << EXT_BITS) - 64)), ins.ext0)
 
         # --- the sequencer --------------------------------------------------------------------------
         error = Signal(4)
@@ -287,6 +301,11 @@ class AccelCore(wiring.Component):
                     m.d.sync += state.eq(_State.IDLE)
                 with m.Elif(count_zero):
                     stop(Error.COUNT)
+                with m.Elif(post_bad | ((post_gelu | post_add) & ~unit_known)):
+                    stop(Error.OPCODE)
+                with m.Elif(post_gelu | post_add):
+                    m.d.comb += load_gens.eq(1)
+                    m.d.sync += state.eq(_State.CONST)
                 with m.Elif(is_move | is_op[Opcode.LOAD] | is_op[Opcode.STORE] | is_gemm):
                     m.d.comb += load_gens.eq(1)
                     m.d.sync += state.eq(_State.STREAM)
@@ -302,7 +321,7 @@ class AccelCore(wiring.Component):
             with m.Case(_State.CONST):          # the op's constant beats into its unit's c stream
                 m.d.comb += in_op.eq(1)
                 m.d.comb += [reader.req.valid.eq(ci != ins.cnt),
-                             reader.req.payload.addr.eq(ins.ext0 + (ci << c_lb)),
+                             reader.req.payload.addr.eq(c_base + (ci << c_lb)),
                              reader.req.payload.lb.eq(c_lb)]
                 with m.If(reader.req.valid & reader.req.ready):
                     m.d.sync += ci.eq(ci + 1)
@@ -350,6 +369,12 @@ class AccelCore(wiring.Component):
                 m.d.sync += state.eq(_State.IDLE)
 
         # --- the data paths of STREAM -------------------------------------------------------------
+        # elements on their way into the GELU / add packer: from src0 (GELU, ADD) or from the
+        # GEMM's result rows (a LINEAR's post unit)
+        elems = SimpleNamespace(valid=Signal(name="elem_valid"), data=Signal(ab, name="elem_data"),
+                                final=Signal(name="elem_final"), take=Signal(name="elem_take"))
+        self.packer = packer = SimpleNamespace(full=Signal(name="pack_full"), j=Signal(range(lanes + 1), name="pack_j"),
+                                               jo=Signal(range(lanes + 1), name="pack_jo"))
         with m.If(streaming):
             with m.If(is_move):
                 m.d.comb += [run0.eq(1), sink_valid.eq(q0.r_rdy), sink_data.eq(s0_data),
@@ -387,40 +412,41 @@ class AccelCore(wiring.Component):
                 m.d.comb += [run0.eq(1), ln.i.valid.eq(q0.r_rdy), ln.i.payload.eq(s0_data),
                              q0.r_en.eq(q0.r_rdy & ln.i.ready),
                              sink_valid.eq(ln.o.valid), sink_data.eq(ln.o.payload), ln.o.ready.eq(sink_ready)]
-            with m.Else():                           # GELU, ADD: lanes packed and unpacked
-                self._lanes(m, is_op, gelu_sel, q0, q1, s0_data, s0_final, s1_data, run0, run1,
-                            sink_valid, sink_data, sink_ready, dst, unit_rst)
-        self._gemm_feed(m, ins, reader, gens, q0, q1, run0, run1, wr, streaming & is_gemm, in_decode, ab)
+            with m.Else():                           # GELU, ADD: src0's elements into the packer
+                m.d.comb += [run0.eq(1), elems.valid.eq(q0.r_rdy), elems.data.eq(s0_data),
+                             elems.final.eq(s0_final), q0.r_en.eq(elems.take)]
+        with m.If(streaming & (is_op[Opcode.GELU] | is_op[Opcode.ADD] | post_gelu | post_add)):
+            self._lanes(m, add_sel, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst)
+        with m.If(unit_rst):
+            m.d.sync += [packer.full.eq(0), packer.j.eq(0), packer.jo.eq(0)]
+        self._gemm_feed(m, ins, reader, gens, q0, q1, run0, run1, wr, streaming & is_gemm, in_decode, ab,
+                        post_gelu | post_add, elems, sink_valid, sink_data)
         with m.If(streaming & writer.err):
             m.d.comb += fault.eq(Error.WRITE)
         m.d.comb += writer.clear.eq(self.start & ~busy)
         return m
 
-    def _lanes(self, m, is_op, gelu_sel, q0, q1, s0_data, s0_final, s1_data, run0, run1,
-               sink_valid, sink_data, sink_ready, dst, flush):
-        """The GELU and add units take ``lanes`` elements a beat: pack the sources' elements
-        into a beat (a short last beat padded), unpack the results into dst (the padding's
-        results dropped when the dst walk ends)."""
+    def _lanes(self, m, two, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst):
+        """The GELU and add units take ``lanes`` elements a beat: pack ``elems`` (and, for the
+        add, src1's elements) into a beat (a short last beat padded), unpack the results into
+        dst (the padding's results dropped when the dst walk ends)."""
         ab, lanes = self.accel.act_elem_bits, self.hw.lanes
-        two = is_op[Opcode.ADD]
+        full, j, jo = self.packer.full, self.packer.j, self.packer.jo
         a = Array(Signal(ab, name=f"pack_a{k}") for k in range(lanes))
         b = Array(Signal(ab, name=f"pack_b{k}") for k in range(lanes))
-        j = Signal(range(lanes + 1))
-        full = Signal()
         in_ready = Signal()
         # a beat is refilled in the cycle the unit takes the previous one
-        take = (~full | in_ready) & q0.r_rdy & (q1.r_rdy | ~two)
-        m.d.comb += [run0.eq(1), run1.eq(two), q0.r_en.eq(take), q1.r_en.eq(take & two)]
+        take = (~full | in_ready) & elems.valid & (q1.r_rdy | ~two)
+        m.d.comb += [elems.take.eq(take), run1.eq(two), q1.r_en.eq(take & two)]
         with m.If(full & in_ready):
             m.d.sync += full.eq(0)
         with m.If(take):
-            m.d.sync += [a[j].eq(s0_data), b[j].eq(s1_data)]
-            with m.If(eq_const(j, lanes - 1) | s0_final):
+            m.d.sync += [a[j].eq(elems.data), b[j].eq(s1_data)]
+            with m.If(eq_const(j, lanes - 1) | elems.final):
                 m.d.sync += [full.eq(1), j.eq(0)]
             with m.Else():
                 m.d.sync += j.eq(j + 1)
         targets = [(two, self.add)] + list(zip(gelu_sel, self.gelus))
-        jo = Signal(range(lanes + 1))
         out_lanes = Array(Signal(ab, name=f"unpack{k}") for k in range(lanes))
         out_valid, out_ready = Signal(), Signal()
         for sel, u in targets:
@@ -442,8 +468,6 @@ class AccelCore(wiring.Component):
                 m.d.sync += jo.eq(0)
             with m.Else():
                 m.d.sync += jo.eq(jo + 1)
-        with m.If(flush):
-            m.d.sync += [full.eq(0), j.eq(0), jo.eq(0)]
 
     # --- GEMM ------------------------------------------------------------------------------------
     def _tiles(self, v, size):
@@ -452,26 +476,35 @@ class AccelCore(wiring.Component):
             return (v + size - 1) >> (size.bit_length() - 1)
         return (v + size - 1) // size
 
-    def _gemm_walks(self, m, ins, gens):
+    def _gemm_walks(self, m, ins, gens, post_add):
         """A LINEAR/MATMUL instruction's levels are (b, m, n, k); the walks the array needs are
-        A by block of R rows (b, mt, row, k), read once per block into the lane memories; W (from
-        the buffer) by tile (b, mt, nt, k, col); the results by (b, mt, nt, row, col).  Padding rows and columns walk on past the tensors'
+        A by block of R rows (b, mt, k, row), read once per block into the lane memories (k by k,
+        so that the block's first column tile can start before the block is in); W (from
+        the buffer) once per batch (b, nt, k, col) into the W cache; the results by (b, mt, nt, row, col).  Padding rows and columns walk on past the tensors'
         edges (their reads are harmless, their results are dropped)."""
         R, C = self.hw.gemm_rows, self.hw.gemm_cols
         b, mm, nn, kk = ins.n0, ins.n1, ins.n2, ins.n3
         mt, nt = self._tiles(mm, R), self._tiles(nn, C)
-        walks = {"src0": ((b, mt, R, kk, 1), (ins.src0_s0, ins.src0_s1 * R, ins.src0_s1, ins.src0_s3, 0)),
-                 "src1": ((b, mt, nt, kk, C), (ins.src1_s0, 0, ins.src1_s2 * C, ins.src1_s3, ins.src1_s2)),
-                 "dst": ((b, mt, nt, R, C), (ins.dst_s0, ins.dst_s1 * R, ins.dst_s2 * C, ins.dst_s1, ins.dst_s2))}
+        def by_tile(p):          # (b, mt, nt, row, col): the order result rows leave the array
+            return ((b, mt, nt, R, C), (ins[f"{p}_s0"], ins[f"{p}_s1"] * R, ins[f"{p}_s2"] * C, ins[f"{p}_s1"],
+                                        ins[f"{p}_s2"]))
+
+        walks = {"src0": ((b, mt, kk, R, 1), (ins.src0_s0, ins.src0_s1 * R, ins.src0_s3, ins.src0_s1, 0)),
+                 "src1": ((b, 1, nt, kk, C), (ins.src1_s0, 0, ins.src1_s2 * C, ins.src1_s3, ins.src1_s2)),
+                 "dst": by_tile("dst")}
         for name, (counts, strides) in walks.items():
+            if name == "src1":           # a post add's second operand goes with the results
+                counts = [Mux(post_add, x, y) for x, y in zip(by_tile("src1")[0], counts)]
+                strides = [Mux(post_add, x, y) for x, y in zip(by_tile("src1")[1], strides)]
             g = gens[name]
             for d in range(LEVELS):
                 m.d.comb += [g.n[d].eq(counts[d]), g.strides[d].eq(strides[d])]
 
-    def _gemm_feed(self, m, ins, reader, gens, q0, q1, run0, run1, wr, active, restart, ab):
+    def _gemm_feed(self, m, ins, reader, gens, q0, q1, run0, run1, wr, active, restart, ab, post, elems,
+                   sink_valid, sink_data):
         """Operand beats into the GEMM, parameter and weight beats from external memory, result
-        rows into the buffer."""
-        hw, gemm = self.hw, self.gemm
+        rows into the buffer (or, with a ``post`` unit, element by element into the packer)."""
+        hw, accel, gemm = self.hw, self.accel, self.gemm
         R, C = hw.gemm_rows, hw.gemm_cols
         is_linear = ins.opcode == int(Opcode.LINEAR)
         a_signed = (ins.flags & FLAG_A_SIGNED).any()
@@ -551,7 +584,15 @@ class AccelCore(wiring.Component):
             mem = Memory(shape=signed(hw.a_bits + 1), depth=2 * kmax, init=[])
             m.submodules[f"a_cache{i}"] = mem
             lane_mems.append((mem.write_port(), mem.read_port()))
-        blocks = ins.n0 * self._tiles(ins.n1, R)
+        w_mems = []
+        for j in range(C):
+            mem = Memory(shape=signed(hw.w_bits), depth=2 * accel.w_cache_elems, init=[])
+            m.submodules[f"w_cache{j}"] = mem
+            w_mems.append((mem.write_port(), mem.read_port()))
+        wfilled = Array(Signal(name=f"w_filled{h}") for h in range(2))
+        fw = Signal(name="w_feed_half")
+        mt_count = self._tiles(ins.n1, R)
+        blocks = ins.n0 * mt_count
         filled = Array(Signal(name=f"a_filled{h}") for h in range(2))
         lh, li, lk = Signal(), Signal(range(R + 1)), Signal(16)           # loader: half, row, k
         fh, fk, fnt = Signal(), Signal(16), Signal(16)                    # feeder: half, k, column tile
@@ -572,15 +613,18 @@ class AccelCore(wiring.Component):
             m.d.comb += [run0.eq(1), q0.r_en.eq(load)]
             for i, (wp, _) in enumerate(lane_mems):
                 m.d.comb += [wp.addr.eq(lh * kmax + lk), wp.data.eq(elem), wp.en.eq(load & eq_const(li, i))]
-            with m.If(load):
-                with m.If(lk == ins.n3 - 1):
-                    m.d.sync += [lk.eq(0), li.eq(li + 1)]
-                    with m.If(eq_const(li, R - 1)):
-                        m.d.sync += [li.eq(0), filled[lh].eq(1), lh.eq(~lh)]
+            with m.If(load):              # k by k, the R rows of each k (the walk's order)
+                with m.If(eq_const(li, R - 1)):
+                    m.d.sync += [li.eq(0), lk.eq(lk + 1)]
+                    with m.If(lk == ins.n3 - 1):
+                        m.d.sync += [lk.eq(0), filled[lh].eq(1), lh.eq(~lh)]
                 with m.Else():
-                    m.d.sync += lk.eq(lk + 1)
+                    m.d.sync += li.eq(li + 1)
 
-            issue = filled[fh] & (~a_valid | take) & feed_blocks.any()
+            # a block's first column tile follows its loading: beat k goes once all R rows of k
+            # are in (the loader on this half, past k)
+            ready_k = filled[fh] | ((lh == fh) & (lk > fk))
+            issue = ready_k & (is_linear | wfilled[fw]) & (~a_valid | take) & feed_blocks.any()
             for wp, rp in lane_mems:
                 m.d.comb += [rp.addr.eq(fh * kmax + fk), rp.en.eq(issue)]
             with m.If(take):
@@ -596,25 +640,52 @@ class AccelCore(wiring.Component):
                 with m.Else():
                     m.d.sync += fk.eq(fk + 1)
 
-            # MATMUL's W from the buffer, one element a cycle
-            b_lanes = Array(Signal(signed(hw.w_bits), name=f"b_lane{j}") for j in range(C))
-            jb, b_full = Signal(range(C + 1)), Signal()
-            take_b = (~b_full | take) & q1.r_rdy & ~is_linear
-            m.d.comb += [run1.eq(~is_linear), q1.r_en.eq(take_b)]
-            with m.If(take):
-                m.d.sync += b_full.eq(0)
-            with m.If(take_b):
-                wrap(q1.r_data[:ab], ins.w_bits, 1, hw.w_bits, b_lanes[jb])
-                with m.If(eq_const(jb, C - 1)):
-                    m.d.sync += [jb.eq(0), b_full.eq(1)]
+            # MATMUL's W from the buffer: each batch's W (every column tile, K beats of C lanes) is
+            # read once, one element a cycle, into C lane memories (two halves: the next batch
+            # loads while this one is used), then read a whole beat at a time beside A's
+            wh = accel.w_cache_elems
+            lw, lwj, lwk, lwnt, lwa = (Signal(name="w_load_half"), Signal(range(C + 1), name="w_load_lane"),
+                                      Signal(16, name="w_load_k"), Signal(16, name="w_load_nt"),
+                                      Signal(range(2 * wh + 1), name="w_load_addr"))
+            fmt, fntk = Signal(16, name="feed_mt"), Signal(32, name="feed_ntk")
+            welem = Signal(signed(hw.w_bits))
+            with m.Switch(ins.w_bits):
+                for nb in range(2, hw.w_bits + 1):
+                    with m.Case(nb):
+                        m.d.comb += welem.eq(q1.r_data[:nb].as_signed())
+            w_load = q1.r_rdy & ~wfilled[lw] & ~is_linear
+            with m.If(~is_linear):
+                m.d.comb += [run1.eq(1), q1.r_en.eq(w_load)]
+            for j, (wp, _) in enumerate(w_mems):
+                m.d.comb += [wp.addr.eq(lw * wh + lwa), wp.data.eq(welem), wp.en.eq(w_load & eq_const(lwj, j))]
+            with m.If(w_load):            # lane by lane, k by k, column tile by column tile
+                with m.If(eq_const(lwj, C - 1)):
+                    m.d.sync += [lwj.eq(0), lwk.eq(lwk + 1), lwa.eq(lwa + 1)]
+                    with m.If(lwk == ins.n3 - 1):
+                        m.d.sync += [lwk.eq(0), lwnt.eq(lwnt + 1)]
+                        with m.If(lwnt == nt_count - 1):
+                            m.d.sync += [lwnt.eq(0), lwa.eq(0), wfilled[lw].eq(1), lw.eq(~lw)]
                 with m.Else():
-                    m.d.sync += jb.eq(jb + 1)
+                    m.d.sync += lwj.eq(lwj + 1)
+            with m.If(issue & ~is_linear):
+                with m.If(fk == ins.n3 - 1):
+                    with m.If(fnt == nt_count - 1):
+                        m.d.sync += fntk.eq(0)
+                        with m.If(fmt == mt_count - 1):      # the batch's last beat: its W half is free
+                            m.d.sync += [fmt.eq(0), wfilled[fw].eq(0), fw.eq(~fw)]
+                        with m.Else():
+                            m.d.sync += fmt.eq(fmt + 1)
+                    with m.Else():
+                        m.d.sync += fntk.eq(fntk + ins.n3)
+            for wp, rp in w_mems:
+                m.d.comb += [rp.addr.eq(fw * wh + fntk + fk), rp.en.eq(issue)]
             with m.If(restart):
-                m.d.sync += [jb.eq(0), b_full.eq(0)]
+                m.d.sync += [lw.eq(0), lwj.eq(0), lwk.eq(0), lwnt.eq(0), lwa.eq(0), wfilled[0].eq(0), wfilled[1].eq(0),
+                             fw.eq(0), fmt.eq(0), fntk.eq(0)]
             m.d.comb += [gemm.a.valid.eq(a_valid), gemm.a.payload.last.eq(a_last),
-                         gemm.w.valid.eq(Mux(is_linear, w_full, b_full))]
+                         gemm.w.valid.eq(Mux(is_linear, w_full, a_valid))]
             m.d.comb += [gemm.a.payload.data[i].eq(rp.data) for i, (_, rp) in enumerate(lane_mems)]
-            m.d.comb += [gemm.w.payload[j].eq(Mux(is_linear, w_lanes[j], b_lanes[j])) for j in range(C)]
+            m.d.comb += [gemm.w.payload[j].eq(Mux(is_linear, w_lanes[j], w_mems[j][1].data)) for j in range(C)]
 
         # --- result rows into the buffer, one element a cycle; padding dropped ----------------------
         dst = gens["dst"]
@@ -622,7 +693,18 @@ class AccelCore(wiring.Component):
         col = dst.index[2] * C + dst.index[4]
         keep = (row < ins.n1) & (col < ins.n2)
         lane = Array(gemm.o.payload[j] for j in range(C))[dst.index[4]]
-        with m.If(active):
+        jc = Signal(range(C), name="post_col")       # the result row's element going to the packer
+        with m.If(restart):
+            m.d.sync += jc.eq(0)
+        with m.If(active & ~post):
             step = gemm.o.valid & dst.valid
             m.d.comb += [wr.addr.eq(dst.addr), wr.data.eq(lane), wr.en.eq(step & keep), dst.next.eq(step),
                          gemm.o.ready.eq(step & dst.last[LEVELS - 1])]
+        with m.If(active & post):
+            # every element of every row, padding too, goes through the unit (the packer's beats
+            # stay whole); the dst walk drops the padding's results as they come out
+            m.d.comb += [elems.valid.eq(gemm.o.valid), elems.data.eq(Array(gemm.o.payload[j] for j in range(C))[jc]),
+                         gemm.o.ready.eq(elems.take & eq_const(jc, C - 1)),
+                         wr.en.eq(sink_valid & dst.valid & keep)]
+            with m.If(elems.take):
+                m.d.sync += jc.eq(Mux(eq_const(jc, C - 1), 0, jc + 1))

@@ -36,8 +36,8 @@ from golden.graph import Op
 
 from ..capabilities import unit_for
 from ..config import HwConfig
-from .compiler import HEADER_BYTES, HEADER_FIELDS, MAGIC, AccelConfig, Program, c_layout, p_layout, w_layout
-from .isa import (FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, MOVE_OPS, Instr, Opcode, Port,
+from .compiler import HEADER_BYTES, HEADER_FIELDS, MAGIC, AccelConfig, Program, c_layout, p_layout, post_consts, w_layout
+from .isa import (POST_ADD, POST_GELU, POST_NONE, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, MOVE_OPS, Instr, Opcode, Port,
                   beat_bytes, decode, unpack_beats)
 
 __all__ = ["run", "interpret", "header", "batch_image", "write_input", "read_logits", "RunStats"]
@@ -222,20 +222,23 @@ class _Machine:
             consts = {"m": torch.from_numpy(c["m"][:, 0]), "b": torch.from_numpy(c["b"][:, 0])}
             self.scatter(ins.dst, ins.n, all_dims, run_layernorm(Op("layernorm", "", [], [], attrs, consts), x))
         elif op == Opcode.ADD:
-            u = self.unit("add")
-            x = _wrap(self.gather(ins.src0, ins.n, all_dims, "src0"), u.bits)
-            y = _wrap(self.gather(ins.src1, ins.n, all_dims, "src1"), u.bits)
-            c = self.beats(c_layout(u), ins.ext0, ins.cnt)
-            attrs = {"out_bits": u.bits, **{k: int(c[k][0, 0]) for k in ("m_a", "e_a", "m_b", "e_b")}}
-            self.scatter(ins.dst, ins.n, all_dims, run_add(Op("add", "", [], [], attrs), x, y))
+            x = self.gather(ins.src0, ins.n, all_dims, "src0")
+            y = self.gather(ins.src1, ins.n, all_dims, "src1")
+            self.scatter(ins.dst, ins.n, all_dims, self.add_values(ins.ext0, ins.cnt, x, y))
         else:                                                   # END is handled by the caller
             raise UserError(f"accel program: opcode {op.name} cannot execute here{self.where}")
 
     def gelu(self, ins: Instr) -> None:
         u = self.unit("gelu", ins.unit)
         dims = tuple(range(LEVELS))
-        x = _wrap(self.gather(ins.src0, ins.n, dims, "src0"), u.in_bits)
-        c = self.beats(c_layout(u), ins.ext0, ins.cnt)
+        x = self.gather(ins.src0, ins.n, dims, "src0")
+        self.scatter(ins.dst, ins.n, dims, self.gelu_values(ins.unit, ins.ext0, ins.cnt, x))
+
+    def gelu_values(self, index: int, ext: int, cnt: int, x: torch.Tensor) -> torch.Tensor:
+        """GELU unit ``index`` on ``x``, its ``cnt`` constant beats at ``ext``."""
+        u = self.unit("gelu", index)
+        x = _wrap(x, u.in_bits)
+        c = self.beats(c_layout(u), ext, cnt)
         attrs = {"variant": u.variant, "in_bits": u.in_bits, "out_bits": u.out_bits}
         consts = {}
         if u.variant in ("ibert", "iptq"):
@@ -243,11 +246,18 @@ class _Machine:
         elif u.variant == "ishift":
             attrs.update(exp_variant=u.exp_variant, **{k: int(c[k][0, 0]) for k in ("fy", "m_y", "e_y", "m", "e")})
         else:
-            if ins.cnt != 1 << u.in_bits:
-                raise UserError(f"accel program: GELU table of {ins.cnt} beats; the unit takes "
+            if cnt != 1 << u.in_bits:
+                raise UserError(f"accel program: GELU table of {cnt} beats; the unit takes "
                                 f"{1 << u.in_bits}{self.where}")
             consts["table"] = torch.from_numpy(c["table"][:, 0])
-        self.scatter(ins.dst, ins.n, dims, run_gelu(Op("gelu", "", [], [], attrs, consts), x))
+        return run_gelu(Op("gelu", "", [], [], attrs, consts), x)
+
+    def add_values(self, ext: int, cnt: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The residual add unit on ``x`` and ``y``, its ``cnt`` constant beats at ``ext``."""
+        u = self.unit("add")
+        c = self.beats(c_layout(u), ext, cnt)
+        attrs = {"out_bits": u.bits, **{k: int(c[k][0, 0]) for k in ("m_a", "e_a", "m_b", "e_b")}}
+        return run_add(Op("add", "", [], [], attrs), _wrap(x, u.bits), _wrap(y, u.bits))
 
     def gemm(self, ins: Instr) -> None:
         hw = self.hw
@@ -267,6 +277,9 @@ class _Machine:
             w = torch.from_numpy(tiles).reshape(nt, k, cols).permute(0, 2, 1).reshape(1, nt * cols, k)
             w = w.expand(b, -1, -1)
         else:
+            if nt * k > self.accel.w_cache_elems:
+                raise UserError(f"accel program: MATMUL with {nt} column tiles of K = {k}: {nt * k} elements a lane; "
+                                f"the W cache holds {self.accel.w_cache_elems}{self.where}")
             w = _wrap(self.gather(ins.src1, ins.n, (0, 2, 3), "src1"), ins.w_bits)             # [B, N, K]
             w = torch.nn.functional.pad(w, (0, 0, 0, nt * cols - n))
         p = self.beats(p_layout(hw), ins.ext1, nt)
@@ -286,7 +299,20 @@ class _Machine:
                 op = Op("linear", "", [], [], {**attrs, "out_bits": ob},
                         {"weight": w[bi, ch], "bias": bias[ch], "m": mm[ch], "e": ee[ch]})
                 out[bi][:, ch] = run_linear(op, a[bi])
-        self.scatter(ins.dst, ins.n, (0, 1, 2), _wrap(out[:, :, :n], hw.acc_bits))
+        out = _wrap(out[:, :, :n], hw.acc_bits)
+        if ins.post and ins.op != Opcode.LINEAR:
+            raise UserError(f"accel program: {ins.op.name} with post {ins.post}; only LINEAR streams its results "
+                            f"through a unit{self.where}")
+        consts = post_consts(ins.ext1, nt, hw)
+        if ins.post == POST_GELU:
+            out = self.gelu_values(ins.unit, consts, ins.cnt, _wrap(out, self.accel.act_elem_bits))
+        elif ins.post == POST_ADD:
+            r = self.gather(ins.src1, ins.n, (0, 1, 2), "src1")
+            out = self.add_values(consts, ins.cnt, _wrap(out, self.accel.act_elem_bits), r)
+        elif ins.post != POST_NONE:
+            raise UserError(f"accel program: LINEAR post {ins.post} is not accepted; accepted {POST_NONE} (none), "
+                            f"{POST_GELU} (GELU), {POST_ADD} (add){self.where}")
+        self.scatter(ins.dst, ins.n, (0, 1, 2), out)
 
 
 def run(image: bytearray, hw: HwConfig, accel: AccelConfig | None = None, max_instrs: int = 1 << 20,

@@ -29,7 +29,12 @@ Opcodes (semantics in :mod:`hwgen.accel.interpreter`):
 ``LINEAR``         GEMM over levels (b, m, n, k) = (n0, n1, n2, n3): ``A[b, m, k]`` at
                    ``src0`` (``a_bits``, ``FLAG_A_SIGNED``), ``W[n, k]`` from external
                    memory in tile format at ``ext0`` (``w_bits`` lanes, ``FLAG_W_EXT``), one
-                   parameter beat per column tile at ``ext1``, ``C[b, m, n]`` to ``dst``
+                   parameter beat per column tile at ``ext1``, ``C[b, m, n]`` to ``dst``.
+                   ``post`` streams the results through a unit on their way to ``dst``
+                   (``POST_GELU``: GELU unit ``unit``; ``POST_ADD``: the residual add, with
+                   ``R[b, m, n]`` at ``src1`` (strides of levels 0..2) as its second operand);
+                   its ``cnt`` constant beats follow the parameter beats, at ``ext1`` plus
+                   the parameter beats' bytes rounded up to 64
 ``MATMUL``         the same GEMM with ``W[b, n, k]`` from the buffer at ``src1`` (the
                    graph's ``y^T``: a choice of strides), parameter beats at ``ext1``
 ``SOFTMAX``        rows of ``n4`` elements, ``src0`` -> ``dst``; ``cnt`` constant beats at
@@ -61,7 +66,7 @@ from golden.errors import UserError
 
 __all__ = ["Opcode", "FIELDS", "LAYOUT", "INSTR_BITS", "INSTR_BYTES", "LEVELS", "Port", "Instr", "encode",
            "decode", "encode_program", "leaves", "beat_bytes", "pack_beats", "unpack_beats",
-           "FLAG_A_SIGNED", "FLAG_W_EXT", "FLAG_EXT_SIGNED", "FLAG_PER_IMAGE", "MOVE_OPS", "UNIT_OPS", "GEMM_OPS"]
+           "FLAG_A_SIGNED", "FLAG_W_EXT", "FLAG_EXT_SIGNED", "FLAG_PER_IMAGE", "POST_NONE", "POST_GELU", "POST_ADD", "MOVE_OPS", "UNIT_OPS", "GEMM_OPS"]
 
 
 class Opcode(enum.IntEnum):
@@ -92,12 +97,16 @@ FLAG_W_EXT = 2         # GEMM: W comes from external memory in tile format (LINE
 FLAG_EXT_SIGNED = 4    # LOAD: sign-extend the external elements
 FLAG_PER_IMAGE = 8     # LOAD/STORE: ext0 moves on by the image stride for each image of a start
 
+POST_NONE = 0          # LINEAR: results straight into the buffer
+POST_GELU = 1          # LINEAR: results through GELU unit ``unit`` (the fc1 + GELU of an MLP)
+POST_ADD = 2           # LINEAR: results through the residual add with ``src1`` (the add's first operand)
+
 LEVELS = 5
 COUNT_BITS = 16
 ADDR_BITS = 20         # buffer element address: 1 Mi elements
 STRIDE_BITS = 18       # signed element stride
 EXT_BITS = 32          # external byte address
-CNT_BITS = 14          # constant beats of one op (a 2^10 GELU table, 4096 LayerNorm channels)
+CNT_BITS = 12          # constant beats of one op (a 2^10 GELU table, 4095 LayerNorm channels)
 
 
 def _port_fields(name: str) -> list[tuple[str, int, bool]]:
@@ -119,6 +128,7 @@ FIELDS: list[tuple[str, int, bool]] = [
     ("ext0", EXT_BITS, False),   # weights / constant beats / external tensor
     ("ext1", EXT_BITS, False),   # GEMM parameter beats
     ("cnt", CNT_BITS, False),    # constant beats
+    ("post", 2, False),          # LINEAR: the unit its results stream through (POST_*)
 ]
 
 INSTR_BITS = sum(w for _, w, _ in FIELDS)
@@ -165,11 +175,13 @@ class Instr:
     ext0: int = 0
     ext1: int = 0
     cnt: int = 0
+    post: int = 0
     note: str = field(default="", compare=False)
 
     def fields(self) -> dict[str, int]:
         out = {"opcode": int(self.op), "unit": self.unit, "flags": self.flags, "a_bits": self.a_bits,
-               "w_bits": self.w_bits, "esize": self.esize, "ext0": self.ext0, "ext1": self.ext1, "cnt": self.cnt}
+               "w_bits": self.w_bits, "esize": self.esize, "ext0": self.ext0, "ext1": self.ext1, "cnt": self.cnt,
+               "post": self.post}
         for d in range(LEVELS):
             out[f"n{d}"] = self.n[d]
         for name in ("dst", "src0", "src1"):
@@ -219,7 +231,7 @@ def decode(raw: bytes, where: str = "") -> Instr:
              for name in ("dst", "src0", "src1")}
     return Instr(op, tuple(vals[f"n{d}"] for d in range(LEVELS)), ports["dst"], ports["src0"], ports["src1"],
                  vals["unit"], vals["flags"], vals["a_bits"], vals["w_bits"], vals["esize"], vals["ext0"],
-                 vals["ext1"], vals["cnt"])
+                 vals["ext1"], vals["cnt"], vals["post"])
 
 
 def encode_program(instrs: list[Instr]) -> bytes:
