@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install simulators test demo accuracy report hw-report verilog bench rtl-deit train-digits clean
+.PHONY: install simulators test demo demo-accel accuracy report hw-report verilog bench rtl-deit train-digits clean
 
 install: $(STAMP) simulators
 
@@ -40,6 +40,10 @@ test: install
 # 360 test images) on the simulated hardware, print FP32 vs golden integer vs RTL.
 demo: verilog
 	$(BIN)/hwgen accuracy --backend rtl --model digits --bits w8a8
+
+# The same job on the accelerator: the compiled program on the AXI accelerator, 20 images a start.
+demo-accel: $(STAMP)
+	$(BIN)/hwgen accuracy --backend accel --model digits --bits w8a8 --report reports/accuracy_accel_w8a8.json
 
 # Every accuracy table of the README: golden W8A8 and W4A8, RTL W4A8 (RTL W8A8 is the demo).
 accuracy: $(STAMP)

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     acc = sub.add_parser("accuracy", help="FP32 vs fake-quant vs integer-only top-1")
     _common(acc)
     acc.add_argument("--backend", default="golden",
-                     help="golden (the PyTorch integer executor) or rtl (the generated hardware in simulation)")
+                     help="golden (the PyTorch integer executor), rtl (the generated units in simulation, the host "
+                          "starting every op) or accel (the compiled program on the AXI accelerator in Verilator)")
     acc.add_argument("--start", type=int, help="rtl: first image index (shard or resume a run; default 0)")
     acc.add_argument("--count", type=int, help="rtl: number of images from --start (default: --images, else all)")
     acc.add_argument("--workers", type=int, help="rtl: simulator processes in parallel (default: CPU cores)")
@@ -295,13 +296,13 @@ def _quantize(args, check_images=None):
 
 
 def cmd_accuracy(args) -> int:
-    if args.backend not in ("golden", "rtl"):
-        raise UserError(f"backend {args.backend!r} is not available; accepted: golden, rtl")
-    if args.backend == "rtl":
+    if args.backend not in ("golden", "rtl", "accel"):
+        raise UserError(f"backend {args.backend!r} is not available; accepted: golden, rtl, accel")
+    if args.backend in ("rtl", "accel"):
         return _accuracy_rtl(args)
     given = [f"--{o}" for o in RTL_ONLY if getattr(args, o) is not None and getattr(args, o) is not False]
     if given:
-        raise UserError(f"{', '.join(given)}: used by --backend rtl only (this run is --backend golden)")
+        raise UserError(f"{', '.join(given)}: used by --backend rtl and accel only (this run is --backend golden)")
     report, md_path = _OUT.report(_given(args.report, f"{DEFAULT_REPORTS}/accuracy_{args.backend}.json"), "--report")
     if args.save_graph is not None:
         _OUT.file(args.save_graph, "--save-graph")
@@ -325,8 +326,10 @@ def cmd_accuracy(args) -> int:
 
 def _accuracy_rtl(args) -> int:
     simulator = _given(args.simulator, "verilator")
-    if simulator not in ("verilator", "icarus"):
-        raise UserError(f"--simulator {simulator!r} is not accepted; accepted: verilator, icarus")
+    accel = args.backend == "accel"
+    if simulator not in (("verilator",) if accel else ("verilator", "icarus")):
+        raise UserError(f"--simulator {simulator!r} is not accepted; accepted: verilator"
+                        + ("" if accel else ", icarus") + f" (--backend {args.backend})")
     start = 0 if args.start is None else args.start
     if start < 0:
         raise UserError(f"--start must be 0 or more, got {start}")
@@ -337,7 +340,7 @@ def _accuracy_rtl(args) -> int:
         raise UserError(f"--count {args.count} and --images {args.images}: give one (both set how many images run)")
     count = _given(args.count, args.images)
     args.images = None                    # quantize on the calibration images, select below
-    report, md_path = _OUT.report(_given(args.report, f"{DEFAULT_REPORTS}/accuracy_rtl.json"), "--report")
+    report, md_path = _OUT.report(_given(args.report, f"{DEFAULT_REPORTS}/accuracy_{args.backend}.json"), "--report")
     if args.save_graph is not None:
         _OUT.file(args.save_graph, "--save-graph")
     _check_common(args)
@@ -361,8 +364,13 @@ def _accuracy_rtl(args) -> int:
     n = len(images.labels)
     end = n if count is None else min(n, start + count)
     indices = list(range(start, end))
-    res = evaluate_rtl(model, q, images.images, images.labels, indices, workers=args.workers or cpu_workers(),
-                       simulator=simulator, resume=not args.fresh)
+    if accel:
+        from sim.accel_executor import evaluate_accel
+        res = evaluate_accel(model, q, images.images, images.labels, indices, workers=args.workers or cpu_workers(),
+                             resume=not args.fresh)
+    else:
+        res = evaluate_rtl(model, q, images.images, images.labels, indices, workers=args.workers or cpu_workers(),
+                           simulator=simulator, resume=not args.fresh)
     res["data"] = images.name
     _record_overrides(res, q)
     res["wall_seconds_total"] = round(time.time() - t0, 1)
@@ -372,8 +380,8 @@ def _accuracy_rtl(args) -> int:
     print(f"wrote {report}")
     f = res["failure"]
     if f:
-        where = ", ".join(f"{k} {f[k]}" for k in ("image", "op", "type", "tile", "element", "expected", "got", "problem")
-                          if k in f)
+        where = ", ".join(f"{k} {f[k]}" for k in ("image", "instruction", "opcode", "op", "type", "tile", "element",
+                                                  "expected", "got", "first", "problem") if k in f)
         print(f"hwgen: RTL differs from the golden model: {where}"
               + (f"; waveform of that op: {res['waveform']}" if res.get("waveform") else ""), file=sys.stderr)
         return 1
@@ -427,10 +435,13 @@ def print_metrics(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def _rtl_markdown(res: dict) -> str:
-    head = (f"{res['model']} at {res['bits']} on simulated hardware ({res['simulator']}): images "
+    where = ("the compiled program on the AXI accelerator, " if res.get("backend") == "accel" else "") + res["simulator"]
+    head = (f"{res['model']} at {res['bits']} on simulated hardware ({where}): images "
             f"{res['first_index']}..{res['first_index'] + res['requested_images'] - 1} of {res['data']}; "
             f"GELU {res['gelu']}, Softmax {res['softmax']}, {res['calib_images']} calibration images, "
-            f"seed {res['seed']}; {res['units']} units." + _overrides_text(res))
+            f"seed {res['seed']}; {res['units']} units"
+            + (f"; {res['images_per_start']} images per start" if res.get("images_per_start") else "")
+            + "." + _overrides_text(res))
     return metrics_markdown(head, _rtl_rows(res))
 
 

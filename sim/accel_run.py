@@ -53,12 +53,14 @@ class Case:
     max_cycles: int = 2_000_000
     images: int = 1
     image_stride: int = 0
+    tag: object = None          # passed through to the result (e.g. the images' indices)
 
 
 def run_cases(b, cases: list[Case], name: str, memory: str = "model", word_bytes: int = 8,
-              memory_bytes: int = 1 << 20) -> list[dict]:
+              memory_bytes: int = 1 << 20, lines: Path | None = None) -> list[dict]:
     """Run ``cases`` in one simulation, with the memory model (``"model"``) or cocotbext-axi's
-    AxiRam (``"axi"``) as external memory; the testbench's result per case, ``read`` as bytes."""
+    AxiRam (``"axi"``) as external memory; the testbench's result per case, ``read`` as bytes.
+    ``lines``: also append each case's result there (JSON lines, ``read`` as hex) as it ends."""
     tmp = Path(tempfile.mkdtemp(prefix="accel_cases_"))
     items = []
     for k, c in enumerate(cases):
@@ -66,10 +68,10 @@ def run_cases(b, cases: list[Case], name: str, memory: str = "model", word_bytes
         path.write_bytes(c.image)
         items.append({"name": c.name, "image": str(path), "prog": c.prog, "stall": c.stall, "err": c.err,
                       "start_again_after": c.start_again_after, "max_cycles": c.max_cycles,
-                      "images": c.images, "image_stride": c.image_stride,
+                      "images": c.images, "image_stride": c.image_stride, "tag": c.tag,
                       "read": [list(r) for r in c.read]})
     res = runner.run(b, TB, {"memory": memory, "word_bytes": word_bytes, "memory_bytes": memory_bytes,
-                             "cases": items}, name)
+                             "cases": items, "lines": str(lines) if lines else None}, name)
     out = res.get("cases", [])
     if res.get("failed") or len(out) != len(cases):
         raise RuntimeError(f"accelerator simulation {name} did not finish its cases (see {res.get('run_dir')})")

@@ -32,7 +32,7 @@ from golden.errors import UserError
 
 from .rtl_top import TOP, Plan, plan_graph, top_verilog, unit_components, unit_verilog
 
-__all__ = ["RtlModel", "prepare", "run_rtl", "graph_fingerprint", "RUNS", "RunInterrupted"]
+__all__ = ["RtlModel", "prepare", "run_rtl", "graph_fingerprint", "RUNS", "RunInterrupted", "run_in_threads"]
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = Path(os.environ.get("RTL_RUNS_DIR", REPO / "build" / "rtl_runs"))
@@ -230,9 +230,7 @@ def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers
         jobs.append((f"w{k}-{stamp}", data, res_path))
     outs: list[dict] = [None] * len(jobs)
 
-    stopping = threading.Event()          # set on Ctrl-C: a worker whose simulator was stopped is quiet
-
-    def work(k):
+    def work(k, stopping):
         name, data, _ = jobs[k]
         try:
             outs[k] = runner.run(model.build, TB, data, name, waves_on_fail=False)
@@ -240,18 +238,14 @@ def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers
             if not stopping.is_set():
                 raise
 
-    threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(len(jobs))]
-    t0 = time.time()
-    try:
-        for t in threads:
-            t.start()
-        _follow(threads, [j[2] for j in jobs], len(todo), progress)
-    except KeyboardInterrupt:
-        stopping.set()
-        _stop_simulators(threads)
+    def interrupted():
         images_path.unlink(missing_ok=True)
-        finished = len(set(_read_results(run_dir)) & set(indices))
-        raise RunInterrupted(run_dir, finished, len(indices)) from None
+        return RunInterrupted(run_dir, len(set(_read_results(run_dir)) & set(indices)), len(indices))
+
+    paths = [j[2] for j in jobs]
+    t0 = time.time()
+    run_in_threads(work, len(jobs), lambda: sum(p.read_text().count("\n") for p in paths if p.exists()),
+                   len(todo), progress, "images on simulated hardware", interrupted)
     wall = time.time() - t0
     images_path.unlink(missing_ok=True)
     records = {i: r for i, r in _read_results(run_dir).items() if i in set(indices)}
@@ -271,25 +265,36 @@ def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers
             "ran": len(todo), "reused": len(set(indices) & set(done))}
 
 
-def _follow(threads, paths: list[Path], total: int, progress: bool) -> None:
-    """Show progress from the workers' result files until every worker has finished."""
+def run_in_threads(work, n: int, count, total: int, progress: bool, desc: str, interrupted) -> None:
+    """Run ``work(k, stopping)`` for k < n, one thread each (each starts a simulator), with a
+    progress bar of ``count()`` out of ``total`` until all have finished.  Ctrl-C sets
+    ``stopping`` (a worker whose simulator was stopped stays quiet), stops the simulators and
+    raises ``interrupted()``."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="images on simulated hardware", unit="img", disable=not progress or total == 0)
+    stopping = threading.Event()
+    threads = [threading.Thread(target=work, args=(k, stopping), daemon=True) for k in range(n)]
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress or total == 0)
     seen = 0
     try:
+        for t in threads:
+            t.start()
         while any(t.is_alive() for t in threads):
             time.sleep(0.5)
-            n = sum(p.read_text().count("\n") for p in paths if p.exists())
-            if n > seen:
-                bar.update(n - seen)
-                seen = n
+            c = count()
+            if c > seen:
+                bar.update(c - seen)
+                seen = c
         for t in threads:
             t.join()
-        n = sum(p.read_text().count("\n") for p in paths if p.exists())
-        bar.update(max(0, n - seen))
+        bar.update(max(0, count() - seen))
+    except KeyboardInterrupt:
+        bar.close()             # before any message about the interrupt, not after it
+        stopping.set()
+        _stop_simulators(threads)
+        raise interrupted() from None
     finally:
-        bar.close()             # before any message about an interrupt, not after it
+        bar.close()
 
 
 def _replay(model: RtlModel, failure: dict, failed_run_dir: str) -> str | None:
@@ -348,19 +353,7 @@ def evaluate_rtl(float_model, q, images: torch.Tensor, labels: torch.Tensor, ind
     rtl = torch.tensor([recs[i]["logits"] for i in indices if i in recs], dtype=torch.int64)
     have = torch.tensor([i in recs for i in indices], dtype=torch.bool)
     exact = int((rtl == gold[have]).all(-1).sum()) if len(rtl) else 0
-    per_op: dict[str, int] = {}
-    sim_cycles = 0
-    seconds = 0.0
-    for i in indices:
-        r = recs.get(i)
-        if r is None:
-            continue
-        for k, v in r["cycles"].items():
-            per_op[k] = per_op.get(k, 0) + v
-        sim_cycles += r["sim_cycles"]
-        seconds += r["seconds"]
-    free_c = sum(recs[i]["free_cycles"] for i in indices if i in recs)
-    free_s = sum(recs[i]["free_seconds"] for i in indices if i in recs)
+    per_op, sim_cycles, seconds, free_c, free_s = sum_records(recs, indices)
     free = free_c / free_s if free_s else 0.0
     rate = sim_cycles / seconds if seconds else 0.0
     n_done = int(have.sum())
@@ -385,6 +378,24 @@ def evaluate_rtl(float_model, q, images: torch.Tensor, labels: torch.Tensor, ind
         "calib_images": q.graph.meta["calib_images"], "seed": q.graph.meta["seed"],
     }
     return report
+
+
+def sum_records(recs: dict[int, dict], indices: list[int]):
+    """Over the finished images among ``indices``: cycles per op type, simulated cycles and
+    seconds, and the free-running share of both."""
+    per_op: dict[str, float] = {}
+    sim_cycles = seconds = free_c = free_s = 0
+    for i in indices:
+        r = recs.get(i)
+        if r is None:
+            continue
+        for k, v in r["cycles"].items():
+            per_op[k] = per_op.get(k, 0) + v
+        sim_cycles += r["sim_cycles"]
+        seconds += r["seconds"]
+        free_c += r["free_cycles"]
+        free_s += r["free_seconds"]
+    return per_op, sim_cycles, seconds, free_c, free_s
 
 
 def runner_has(simulator: str) -> bool:

@@ -13,11 +13,15 @@ every beat).  It only drives and reads; the tests compare.
                 "err": [lo, hi] (word addresses answering with an error) or null,
                 "start_again_after": cycles or null (a second start while busy),
                 "images": images per start, "image_stride": bytes,
-                "max_cycles", "read": [[byte address, bytes], ...]}, ...]}
+                "max_cycles", "read": [[byte address, bytes], ...], "tag": anything}, ...],
+     "lines": PATH or null}
 
 ``stall`` and ``err`` act on the model only.  ``SIM_RESULT``: ``{"cases": [{"name", "done",
 "busy", "error", "irq", "pc", "cycles", "op_cycles", "id", "unmapped_resp",
-"irq_after_clear", "wall_s", "read": [hex, ...]}]}``.
+"irq_after_clear", "wall_s", "case_s", "tag", "read": [hex, ...]}]}``; with ``lines``, each case's
+result is also appended there as one JSON line as soon as the case ends (progress, and what
+a stopped run keeps).  ``wall_s``: from start to done (the simulator running free);
+``case_s``: the whole case, memory writes and reads included.
 """
 
 from __future__ import annotations
@@ -39,24 +43,39 @@ UNMAPPED = 0x3C
 
 
 class ModelMemory:
-    """The memory model's host port (used while the accelerator is idle)."""
+    """The memory model's host port (used while the accelerator is idle).
+
+    Writing an image writes only the words that differ from what the memory holds: the
+    words the host wrote last (the memory starts at 0), except those the accelerator may have
+    written since, which are the regions a case reads back (:meth:`forget`).  Consecutive
+    cases on one program image (instruction cases, batches) then cost a few words each."""
 
     def __init__(self, dut, word_bytes: int):
         self.dut, self.wb = dut, word_bytes
-        self.nonzero: set[int] = set()       # words written nonzero so far (memory starts at 0)
+        self.held: dict[int, int] = {}       # word -> value, where known and nonzero
+        self.unknown: set[int] = set()
+
+    def forget(self, addr: int, nbytes: int) -> None:
+        self.unknown.update(range(addr // self.wb, -(-(addr + nbytes) // self.wb)))
 
     async def write(self, image: bytes) -> None:
         d, wb = self.dut, self.wb
+        n = -(-len(image) // wb)
+        stale = {w for w in self.held if w >= n} | {w for w in self.unknown if w >= n}
         d.host_we.value = 1
-        for w in range(-(-len(image) // wb)):
-            word = int.from_bytes(image[w * wb:(w + 1) * wb], "little")
-            if word == 0 and w not in self.nonzero:
+        for w in list(range(n)) + sorted(stale):
+            word = int.from_bytes(image[w * wb:(w + 1) * wb], "little") if w < n else 0
+            if word == self.held.get(w, 0) and w not in self.unknown:
                 continue
-            (self.nonzero.add if word else self.nonzero.discard)(w)
+            if word:
+                self.held[w] = word
+            else:
+                self.held.pop(w, None)
             d.host_addr.value = w
             d.host_wdata.value = word
             await RisingEdge(d.clk)
         d.host_we.value = 0
+        self.unknown.clear()
 
     async def read(self, addr: int, nbytes: int) -> bytes:
         d, wb = self.dut, self.wb
@@ -100,7 +119,9 @@ async def accel_cases(dut):
     dut.rst.value = 0
     await RisingEdge(dut.clk)
     results = []
+    lines = data.get("lines")
     for case in data["cases"]:
+        t_case = time.time()
         await mem.write(Path(case["image"]).read_bytes())
         lo, hi = case.get("err") or (0, 0)
         dut.err_lo.value, dut.err_hi.value = lo, hi
@@ -129,5 +150,12 @@ async def accel_cases(dut):
         await lite.write_dword(REGS["IRQ"], 3)
         res["irq_after_clear"] = int(dut.irq.value)
         res["read"] = [(await mem.read(a, n)).hex() for a, n in case.get("read", [])]
+        if model:
+            for a, n in case.get("read", []):
+                mem.forget(a, n)
+        res["case_s"], res["tag"] = round(time.time() - t_case, 3), case.get("tag")
         results.append(res)
+        if lines:
+            with open(lines, "a") as f:
+                f.write(json.dumps(res) + "\n")
     Path(os.environ["SIM_RESULT"]).write_text(json.dumps({"cases": results}))

@@ -117,4 +117,12 @@ def test_rtl_backend_bad_options(capsys, argv, needles):
 
 
 def test_unknown_backend(capsys):
-    _fails_with(capsys, ["accuracy", "--backend", "fpga"], "backend", "golden, rtl")
+    _fails_with(capsys, ["accuracy", "--backend", "fpga"], "backend", "golden, rtl, accel")
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--simulator", "icarus"], ("--simulator 'icarus'", "accepted: verilator (--backend accel)")),
+    (["--workers", "0"], ("--workers",)),
+])
+def test_accel_backend_bad_options(capsys, argv, needles):
+    _fails_with(capsys, ["accuracy", "--backend", "accel", *argv], *needles)

@@ -709,4 +709,6 @@ def compile(graph, hw: HwConfig, accel: AccelConfig | None = None, fold_views: b
     accel = accel or AccelConfig()
     c = _Compiler(graph, hw, accel, fold_views, fuse)
     units = c.check()
+    for u in units.values():          # read for their constants' layouts, never elaborated here
+        u._MustUse__silence = True
     return c.run(units)

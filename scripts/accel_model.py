@@ -1,14 +1,22 @@
-"""The digits ViT on the RTL accelerator (hwgen.accel: one compiled program, the AXI accelerator
-with the memory model inside the simulated design): logits against the golden executor,
-cycles per image against the GEMM-bound minimum, the breakdown per op type, the simulator's
-speed.  Writes reports/accel_digits_<bits>.{json,md}.
+"""A ViT on the RTL accelerator (hwgen.accel: one compiled program, the AXI accelerator with the
+memory model inside the simulated design): logits against the golden executor, cycles per
+image against the GEMM-bound minimum, the breakdown per op type, the external traffic, the
+simulator's speed.  Writes reports/accel_<model>_<bits>.{json,md}.
 
-    python scripts/accel_digits.py [--bits w8a8|w4a8] [--images N]
+    python scripts/accel_model.py [--model digits] [--bits w8a8|w4a8] [--images N]
+    python scripts/accel_model.py --model deit_tiny_patch16_224      # one image, random weights
+
+digits runs on the committed configuration (configs/default.json) and the default
+AccelConfig.  deit_tiny_patch16_224 (timm's init, seed 0; a random 224x224 image, 2 random
+calibration images) runs on the capabilities its graph needs (hwgen.capabilities.derive_hw)
+and an AccelConfig sized for it (DEIT_ACCEL: its activations peak at about 460k elements, far
+beyond an ECP5's block RAM: a size for a larger part, or for the simulation).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -21,12 +29,20 @@ from golden.atomic import write_json, write_text  # noqa: E402
 from golden.executor import run_graph  # noqa: E402
 from golden.graph import tensor_shapes  # noqa: E402
 from golden.quantize import QuantConfig, quantize_model  # noqa: E402
-from hwgen.accel.compiler import compile  # noqa: E402
+from golden import vit_float  # noqa: E402
+from hwgen.accel.compiler import AccelConfig, compile  # noqa: E402
+from hwgen.capabilities import derive_hw  # noqa: E402
 from hwgen.accel.interpreter import header, run, write_input  # noqa: E402
 from hwgen.accel.isa import Opcode  # noqa: E402
 from hwgen.cli import metrics_markdown, print_metrics  # noqa: E402
 from hwgen.generate import DEFAULT_CONFIG, GenConfig  # noqa: E402
 from sim import accel_run  # noqa: E402
+
+
+DEIT = "deit_tiny_patch16_224"
+# 2^19 elements of activations (the graph peaks at 459,798), a W cache that holds a head's
+# 25 column tiles x K = 64 of its attention scores
+DEIT_ACCEL = AccelConfig(act_buffer_elems=1 << 19, w_cache_elems=2048)
 
 
 def gemm_macs(graph) -> int:
@@ -50,16 +66,27 @@ def gemm_macs(graph) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="digits", choices=["digits", DEIT])
     ap.add_argument("--bits", default="w8a8", choices=["w8a8", "w4a8"])
-    ap.add_argument("--images", type=int, default=20)
+    ap.add_argument("--images", type=int, default=20, help="digits test images (deit: always 1)")
     args = ap.parse_args()
     t0 = time.time()
-    hw = GenConfig.load(DEFAULT_CONFIG).hw
-    imgs = datasets.digits_set(calib=64, images=args.images, seed=0)
-    q = quantize_model(models.load_model("digits"), "digits", imgs.calib,
-                       QuantConfig(w_bits=4 if args.bits == "w4a8" else 8))
-    program = compile(q.graph, hw)
-    x = q.quantize_input(imgs.images)
+    w_bits = 4 if args.bits == "w4a8" else 8
+    if args.model == "digits":
+        hw, accel = GenConfig.load(DEFAULT_CONFIG).hw, AccelConfig()
+        imgs = datasets.digits_set(calib=64, images=args.images, seed=0)
+        q = quantize_model(models.load_model("digits"), "digits", imgs.calib, QuantConfig(w_bits=w_bits))
+        images = imgs.images
+    else:
+        torch.manual_seed(0)
+        model = models.load_model(DEIT)
+        spec, _ = vit_float.extract(model)
+        calib = datasets.random_images(spec, 2, seed=0)
+        images = datasets.random_images(spec, 1, seed=1)
+        q = quantize_model(model, DEIT, calib, QuantConfig(w_bits=w_bits, calib_images=2, seed=0))
+        hw, accel = derive_hw([q.graph]), DEIT_ACCEL
+    program = compile(q.graph, hw, accel)
+    x = q.quantize_input(images)
     golden = run_graph(q.graph, x)
     h = header(program.image)
     nbytes = h["logits_count"] << h["logits_esize"]
@@ -67,12 +94,13 @@ def main() -> int:
     for i in range(len(x)):
         image = bytearray(program.image)
         write_input(image, x[i])
-        cases.append(accel_run.Case(f"image{i}", bytes(image), h["program"], [(h["logits"], nbytes)]))
-    stats = run(bytearray(cases[0].image), hw)          # the program's external traffic (interpreter)
+        cases.append(accel_run.Case(f"image{i}", bytes(image), h["program"], [(h["logits"], nbytes)],
+                                    max_cycles=1 << 30))
+    stats = run(bytearray(cases[0].image), hw, accel)   # the program's external traffic (interpreter)
     words = 1 << ((len(program.image) - 1) // 8).bit_length()
-    b = accel_run.build(hw, words=words)
+    b = accel_run.build(hw, accel, words=words)
     t1 = time.time()
-    results = accel_run.run_cases(b, cases, f"accel_digits_{args.bits}")
+    results = accel_run.run_cases(b, cases, f"accel_{args.model}_{args.bits}")
     t2 = time.time()
     equal = sum(torch.equal(accel_run.elements(r["read"][0], 1 << h["logits_esize"]), golden[i])
                 for i, r in enumerate(results))
@@ -88,7 +116,8 @@ def main() -> int:
     bound = -(-macs // (hw.gemm_rows * hw.gemm_cols))
     mean = sum(cycles) / len(cycles)
     sim_s = sum(r["wall_s"] for r in results)
-    out = {"model": "digits", "bits": args.bits, "images": len(results), "logits_equal_golden": equal,
+    out = {"model": args.model, "bits": args.bits, "hw": dataclasses.asdict(hw),
+           "accel": dataclasses.asdict(accel), "images": len(results), "logits_equal_golden": equal,
            "cycles_per_image": round(mean), "cycles_min": min(cycles), "cycles_max": max(cycles),
            "gemm_macs": macs, "gemm_bound_cycles": bound, "ratio_to_gemm_bound": round(mean / bound, 2),
            "per_op_cycles": per_op, "array": f"{hw.gemm_rows}x{hw.gemm_cols}",
@@ -107,14 +136,15 @@ def main() -> int:
             ("external bytes read / written per image", f"{stats.ext_read:,} / {stats.ext_written:,}"),
             ("simulated cycles per second", f"{out['sim_cycles_per_second']:,}"),
             ("simulation seconds (all images)", f"{out['sim_seconds']}")]
-    title = f"digits {args.bits} on the RTL accelerator ({len(results)} images)"
+    title = f"{args.model} {args.bits} on the RTL accelerator ({len(results)} image{'s' if len(results) > 1 else ''})"
     print_metrics(title, rows)
-    base = os.path.join("reports", f"accel_digits_{args.bits}")
+    base = os.path.join("reports", f"accel_{args.model}_{args.bits}")
     write_json(base + ".json", out)
     write_text(base + ".md", metrics_markdown(
         f"# {title}\n\nOne compiled program (hwgen.accel.compiler) on the AXI accelerator "
         f"(hwgen.accel.axi), Verilator, memory: {out['memory']}.  Command: "
-        f"`python scripts/accel_digits.py --bits {args.bits} --images {args.images}`.  "
+        f"`python scripts/accel_model.py --model {args.model} --bits {args.bits}"
+        f"{f' --images {args.images}' if args.model == 'digits' else ''}`.  "
         f"External traffic: {out['ext_traffic_note']}.", rows))
     return 0 if equal == len(results) else 1
 
