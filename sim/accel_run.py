@@ -14,7 +14,7 @@ the interpreter's buffer after the instruction, element for element.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +33,19 @@ TOP = "accel_sim"
 TB = "sim.tb_accel"
 
 
+_BUILDS: dict = {}
+
+
 def build(hw: HwConfig, accel: AccelConfig | None = None, words: int = 1 << 16, latency: int = 4):
-    """The AXI accelerator with the memory model beside it (one build for both memories)."""
+    """The AXI accelerator with the memory model beside it (one build for both memories).
+    Cached on disk by its Verilog, and in this process by its parameters (elaborating the
+    design to find its Verilog takes about a minute)."""
     accel = accel or AccelConfig()
-    top = AccelSimTop(hw, accel, words=words, latency=latency)
-    return runner.build(top, TOP, params={"words": words, "latency": latency}, ports_only=True)
+    key = (hw, replace(accel, gelu_variants=accel.gelus(hw)), words, latency)
+    if key not in _BUILDS or not (_BUILDS[key].build_dir / ".built").exists():
+        top = AccelSimTop(hw, accel, words=words, latency=latency)
+        _BUILDS[key] = runner.build(top, TOP, params={"words": words, "latency": latency}, ports_only=True)
+    return _BUILDS[key]
 
 
 @dataclass
