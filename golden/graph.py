@@ -98,6 +98,12 @@ class IntegerGraph:
         return cls.from_dict(d, path)
 
 
+def gelu_variants(graph) -> tuple[str, ...]:
+    """The GELU variants ``graph``'s layers use, sorted (a per-layer plan may mix them; the
+    accelerator has one GELU unit per variant)."""
+    return tuple(sorted({op.attrs["variant"] for op in graph.ops if op.type == "gelu"}))
+
+
 def tensor_shapes(graph) -> dict[str, list[int]]:
     """The shape of every tensor of ``graph`` at batch size 1, propagated op by op from the
     input's and the constants' shapes (no data): the plans of the RTL executor and of the

@@ -579,10 +579,10 @@ def cmd_generate(args) -> int:
     if args.model is not None:          # the model's program for these units (refused if it does not fit)
         from hwgen.accel.compiler import AccelConfig
         from hwgen.accel.compiler import compile as compile_program
+        from golden.graph import gelu_variants
         graph = _quantize(args)[1].graph
         # one GELU unit per variant the model uses (a plan may mix them)
-        gelus = tuple(sorted({op.attrs["variant"] for op in graph.ops if op.type == "gelu"}))
-        program = compile_program(graph, cfg.hw, AccelConfig(gelu_variants=gelus or None))
+        program = compile_program(graph, cfg.hw, AccelConfig(gelu_variants=gelu_variants(graph) or None))
         program.source = {"model": args.model, "bits": args.bits}
     _OUT.elaborating = True
     try:

