@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install simulators test demo demo-accel accuracy report hw-report verilog bench rtl-deit train-digits clean
+.PHONY: install simulators test demo accuracy report hw-report verilog bench train-digits clean
 
 install: $(STAMP) simulators
 
@@ -33,27 +33,22 @@ simulators:
 	fi
 
 # The whole suite; the last line says which simulators ran (tests/simulators_report.py).
+# Two pytest-xdist workers, a test file each at a time (module fixtures and Verilator builds
+# stay shared within a file; builds shared across files wait on one another's file lock).
 test: install
-	$(BIN)/python -m pytest -q -p tests.simulators_report --durations=20
+	$(BIN)/python -m pytest -q -p tests.simulators_report --durations=20 -n 2 --dist loadfile
 
 # The main job on the embedded default: generate the Verilog, run the digits ViT (W8A8, all
-# 360 test images) on the simulated hardware, print FP32 vs golden integer vs RTL.
+# 360 test images) as a compiled program on the simulated AXI accelerator, print FP32 vs
+# golden integer vs RTL.
 demo: verilog
 	$(BIN)/hwgen accuracy --backend rtl --model digits --bits w8a8
-
-# The same job on the accelerator: the compiled program on the AXI accelerator, 20 images a start.
-demo-accel: $(STAMP)
-	$(BIN)/hwgen accuracy --backend accel --model digits --bits w8a8 --report reports/accuracy_accel_w8a8.json
 
 # Every accuracy table of the README: golden W8A8 and W4A8, RTL W4A8 (RTL W8A8 is the demo).
 accuracy: $(STAMP)
 	$(BIN)/hwgen accuracy --backend golden --model digits --bits w8a8
 	$(BIN)/hwgen accuracy --backend golden --model digits --bits w4a8 --report reports/accuracy_golden_w4a8.json
 	$(BIN)/hwgen accuracy --backend rtl --model digits --bits w4a8 --report reports/accuracy_rtl_w4a8.json
-
-# The real-size check: one deit_tiny_patch16_224 image on the simulated hardware.
-rtl-deit: $(STAMP)
-	$(BIN)/python scripts/rtl_deit_tiny.py
 
 # Error of every GELU / Softmax / LayerNorm variant on the calibrated activations.
 report: $(STAMP)

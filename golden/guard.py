@@ -59,8 +59,9 @@ class DataMovementGuard(TorchDispatchMode):
     """Raises :class:`HostArithmetic` on the first torch operation that is not data movement
     (:data:`DATA_MOVEMENT_OPS`), or that touches a floating-point tensor; counts the ops seen.
 
-    The RTL executor's host runs under it: every add, multiply, shift, compare or divide of an
-    inference must happen in the simulated hardware."""
+    The RTL executor's host (:func:`sim.rtl_executor.run_rtl`) writes the accelerator's input
+    images under it: every add, multiply, shift, compare or divide of an inference must happen
+    in the simulated hardware."""
 
     def __init__(self):
         super().__init__()

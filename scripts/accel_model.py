@@ -97,7 +97,7 @@ def main() -> int:
         cases.append(accel_run.Case(f"image{i}", bytes(image), h["program"], [(h["logits"], nbytes)],
                                     max_cycles=1 << 30))
     stats = run(bytearray(cases[0].image), hw, accel)   # the program's external traffic (interpreter)
-    words = 1 << ((len(program.image) - 1) // 8).bit_length()
+    words = max(accel_run.WORDS, 1 << ((len(program.image) - 1) // 8).bit_length())
     b = accel_run.build(hw, accel, words=words)
     t1 = time.time()
     results = accel_run.run_cases(b, cases, f"accel_{args.model}_{args.bits}")

@@ -13,8 +13,11 @@ the interpreter's buffer after the instruction, element for element.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from hwgen.accel.interpreter import _Machine, header
 from hwgen.accel.isa import FLAG_EXT_SIGNED, INSTR_BYTES, Instr, Opcode, Port, decode, encode_program
 from hwgen.accel.memory_model import AccelSimTop
 from hwgen.config import HwConfig
+from hwgen.verilog import emit_verilog
 from sim import runner
 
 __all__ = ["build", "run_cases", "Case", "trace", "snapshot_program", "elements", "TOP"]
@@ -34,17 +38,38 @@ TB = "sim.tb_accel"
 
 
 _BUILDS: dict = {}
+# 1 MiB of simulated external memory: 20 digits images a start (sim.rtl_executor) or a snapshot
+# program; one size for the tests and the accuracy runs, so that they share one build
+WORDS = 1 << 17
 
 
-def build(hw: HwConfig, accel: AccelConfig | None = None, words: int = 1 << 16, latency: int = 4):
+def build(hw: HwConfig, accel: AccelConfig | None = None, words: int = WORDS, latency: int = 4,
+          fast: bool = True):
     """The AXI accelerator with the memory model beside it (one build for both memories).
-    Cached on disk by its Verilog, and in this process by its parameters (elaborating the
-    design to find its Verilog takes about a minute)."""
+
+    Elaborating the design to its Verilog takes about a minute, so the Verilog is kept under
+    ``sim_build/_accel/``, keyed by the parameters and :func:`hwgen.generate.generator_hash`
+    (any change to a generator source makes a new one); the Verilator build is cached by the
+    Verilog as every build is.  ``fast``: no trace support, -O2 (:func:`sim.runner.build`);
+    whole-model runs are 2^17 cycles an image."""
+    from hwgen.generate import generator_hash
+
     accel = accel or AccelConfig()
-    key = (hw, replace(accel, gelu_variants=accel.gelus(hw)), words, latency)
+    key = (hw, replace(accel, gelu_variants=accel.gelus(hw)), words, latency, fast)
     if key not in _BUILDS or not (_BUILDS[key].build_dir / ".built").exists():
-        top = AccelSimTop(hw, accel, words=words, latency=latency)
-        _BUILDS[key] = runner.build(top, TOP, params={"words": words, "latency": latency}, ports_only=True)
+        desc = json.dumps([hw.as_dict(), asdict(key[1]), words, latency, generator_hash()], sort_keys=True,
+                          default=str)
+        vcache = runner.SIM_BUILD / "_accel" / f"{hashlib.sha256(desc.encode()).hexdigest()[:16]}.v"
+        if vcache.exists():
+            text = vcache.read_text()
+        else:
+            text = emit_verilog(AccelSimTop(hw, accel, words=words, latency=latency), TOP)
+            vcache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = vcache.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(text)
+            tmp.rename(vcache)
+        _BUILDS[key] = runner.build(None, TOP, params={"words": words, "latency": latency}, verilog_text=text,
+                                    ports_only=True, fast=fast)
     return _BUILDS[key]
 
 

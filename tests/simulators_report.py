@@ -4,6 +4,10 @@ Loaded with ``-p tests.simulators_report``.  It counts the tests that built or r
 simulation (``sim.runner.build`` / ``sim.runner.run``, Verilator lint) per simulator, and
 the tests skipped for want of one, and prints one line per simulator at the end, e.g.
 ``simulators: verilator ran in 61 tests; icarus skipped in 3 tests (iverilog is not on PATH)``.
+
+Under pytest-xdist (``make test`` runs two workers) the tests run in worker processes: each
+test's report carries the simulators it used (``user_properties``), and the counting is done
+on the reports, which reach the controlling process too.
 """
 from __future__ import annotations
 
@@ -12,14 +16,15 @@ import functools
 import pytest
 
 SIMULATORS = ("verilator", "icarus")
-_ran: dict[str, set[str]] = {s: set() for s in SIMULATORS}
+_used: dict[str, set[str]] = {}                 # this process: test -> simulators it used
+_ran: dict[str, set[str]] = {s: set() for s in SIMULATORS}      # from the reports: simulator -> tests
 _skipped: dict[str, list[str]] = {s: [] for s in SIMULATORS}
 _current: list[str] = []
 
 
 def _note(sim: str) -> None:
-    if _current and sim in _ran:
-        _ran[sim].add(_current[-1])
+    if _current and sim in SIMULATORS:
+        _used.setdefault(_current[-1], set()).add(sim)
 
 
 def _wrap(module, name: str, simulator_of) -> None:
@@ -59,7 +64,20 @@ def pytest_runtest_protocol(item, nextitem):
         _current.pop()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    sims = _used.get(item.nodeid)
+    if sims:
+        outcome.get_result().user_properties.append(("simulators", sorted(sims)))
+
+
 def pytest_runtest_logreport(report):
+    for key, value in getattr(report, "user_properties", ()):
+        if key == "simulators":
+            for sim in value:
+                if sim in _ran:
+                    _ran[sim].add(report.nodeid)
     if report.skipped:
         reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
         reason = reason.removeprefix("Skipped: ").strip()

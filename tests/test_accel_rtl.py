@@ -34,7 +34,6 @@ from hwgen.config import HwConfig
 from sim import accel_run, runner
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = 1 << 16            # 512 KiB of external memory: a digits image and a snapshot program
 
 pytestmark = pytest.mark.skipif(not runner.have_simulator("verilator"), reason="verilator is not installed")
 
@@ -46,7 +45,7 @@ def hw():
 
 @pytest.fixture(scope="module")
 def sim(hw):
-    return accel_run.build(hw, words=WORDS)
+    return accel_run.build(hw)          # the build sim/rtl_executor.py uses for digits
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,7 @@ def _cli_cases(w: Path):
             lambda fs: ["accuracy", *[x for f in fs for x in ([f] if f == "--fresh" else [f, "1"])], *rep]),
         st.one_of(st.tuples(st.just("--start"), st.integers(max_value=-1).map(str)),
                   st.tuples(st.sampled_from(["--workers", "--count"]), st.integers(max_value=0).map(str)),
-                  st.tuples(st.just("--simulator"), _TEXT.filter(lambda t: t not in ("verilator", "icarus")))).map(
+                  st.tuples(st.just("--simulator"), _TEXT.filter(lambda t: t != "verilator"))).map(
             lambda o: ["accuracy", "--backend", "rtl", o[0], o[1], *rep]),
         _TEXT.filter(lambda t: t not in ("golden", "rtl")).map(lambda b: ["accuracy", "--backend", b, *rep]),
         # options that do not exist, commands that do not exist, bare junk

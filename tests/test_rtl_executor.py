@@ -1,119 +1,91 @@
-"""The RTL executor: the digits ViT on the generated hardware in simulation, bit for bit.
+"""``hwgen accuracy --backend rtl`` underneath (sim/rtl_executor.py): the graph compiled and run
+on the AXI accelerator, images in batches, one start per batch (the IMAGES register), logits
+read back and compared with the golden executor per image, finished batches kept as the
+resume state.  Shares the Verilator build of tests/test_accel_rtl.py (the committed
+configuration, 2^16 words of memory).  The 360-image runs are `make demo` and the README's
+table, not tests."""
 
-Each test builds (once, cached in sim_build/) the accelerator for a quantized graph and runs
-a few images through it; every op's RTL output is compared with the golden executor inside
-the simulation, and the logits here once more.  The 360-image runs are `make demo` and the
-README's table, not tests.
-"""
-import copy
+from __future__ import annotations
 
 import pytest
 import torch
 
-from golden import executor
+from golden.errors import UserError
+from golden.executor import run_graph
 from golden.guard import DataMovementGuard, HostArithmetic
 from golden.quantize import QuantConfig, quantize_model
-from sim import rtl_executor
-from sim.rtl_host import pack_words, unpack_words
-from golden.errors import UserError
-from sim.rtl_top import Field, Mem, plan_graph, tensor_shapes, unit_components
+from hwgen.accel.compiler import AccelConfig, compile
+from sim import rtl_executor, runner
 
-pytestmark = pytest.mark.skipif(not rtl_executor.verilator_available(), reason="verilator not installed")
+needs_verilator = pytest.mark.skipif(not runner.have_simulator("verilator"), reason="verilator is not installed")
 
 
-@pytest.fixture(autouse=True)
-def _runs_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(rtl_executor, "RUNS", tmp_path / "rtl_runs")
+@pytest.fixture(scope="module")
+def model(digits_w8a8):
+    return rtl_executor.prepare(digits_w8a8.graph, progress=False)
 
 
-def _golden_logits(q, xq, indices):
-    return executor.run_graph(q.graph, xq[indices])
+@needs_verilator
+def test_batches_equal_golden_and_a_second_run_reuses_them(tmp_path, monkeypatch, model, digits_w8a8, digits_images):
+    monkeypatch.setattr(rtl_executor, "RUNS", tmp_path)
+    xq = digits_w8a8.quantize_input(digits_images.images[:5])
+    golden = run_graph(digits_w8a8.graph, xq)
+    indices = [4, 0, 2]                         # two starts: 2 images, then 1
+    res = rtl_executor.run_rtl(model, xq, indices, batch=2, progress=False)
+    assert res["ran"] == 3 and res["reused"] == 0 and res["problem"] is None and res["batch"] == 2
+    for i in indices:
+        r = res["records"][i]
+        assert r["error"] == 0 and r["logits"] == golden[i].tolist(), i
+        assert r["sim_cycles"] > 0 and sum(r["cycles"].values()) <= r["sim_cycles"]
+    again = rtl_executor.run_rtl(model, xq, indices + [1], batch=2, progress=False)
+    assert again["ran"] == 1 and again["reused"] == 3
+    assert {i: r["logits"] for i, r in again["records"].items()} == {i: golden[i].tolist() for i in indices + [1]}
 
 
-def _run(q, images, indices, **kw):
-    model = rtl_executor.prepare(q.graph, progress=False, **{k: v for k, v in kw.items() if k == "unit_graph"})
-    xq = q.quantize_input(images)
-    res = rtl_executor.run_rtl(model, xq, indices, progress=False, resume=False,
-                               **{k: v for k, v in kw.items() if k != "unit_graph"})
-    return model, xq, res
+@needs_verilator
+def test_first_difference_finds_no_instruction_on_a_good_image(model, digits_w8a8, digits_images):
+    """The first 12 instructions of an image (up to the first Softmax and MATMULs), each alone
+    on the RTL, equal the interpreter: the search a mismatch starts, which names the first
+    instruction that does not."""
+    assert rtl_executor.first_difference(model, digits_w8a8.quantize_input(digits_images.images[7:8])[0],
+                                         upto=12) is None
 
 
-@pytest.mark.parametrize("bits", ["w8a8", "w4a8"])
-def test_digits_logits_equal_golden(bits, digits_w8a8, digits_w4a8, digits_images):
-    q = {"w8a8": digits_w8a8, "w4a8": digits_w4a8}[bits]
-    indices = [0, 179, 359]                  # first, middle, last test image
-    _, xq, res = _run(q, digits_images.images, indices, workers=2 if bits == "w8a8" else 1)
-    assert res["failure"] is None, res["failure"]
-    got = torch.tensor([res["records"][i]["logits"] for i in indices])
-    want = _golden_logits(q, xq, indices)
-    assert torch.equal(got, want), (got, want)
-    rec = res["records"][0]
-    # every arithmetic op type ran on its unit and took cycles
-    assert set(rec["cycles"]) == {"linear", "matmul", "softmax", "gelu", "layernorm", "add"}
-    assert all(c > 0 for c in rec["cycles"].values())
-    assert rec["sim_cycles"] >= sum(rec["cycles"].values())
+@needs_verilator
+def test_accuracy_command_on_the_accelerator(tmp_path, monkeypatch):
+    """``hwgen accuracy --backend rtl``: the report names the backend and counts the images
+    whose accelerator logits equal the golden executor's; two workers share the images."""
+    import json
 
+    from hwgen.cli import main
 
-def test_host_arithmetic_is_caught(digits_w8a8, digits_images):
-    """The host runs under the data-movement guard: a host that adds is stopped, naming the op."""
-    probe = f"{__file__.rsplit('/', 1)[0]}/rtl_probes.py:add_in_host"
-    _, _, res = _run(digits_w8a8, digits_images.images, [0], probe=probe)
-    assert res["failure"] is not None
-    assert res["workers"][0]["failed"]
-    log = (rtl_executor.Path(res["workers"][0]["run_dir"]) / "sim.log").read_text()
-    assert "HostArithmetic" in log and "aten.add" in log
-
-
-def test_corrupted_constant_is_caught(digits_w8a8, digits_images):
-    """The LayerNorm unit's constant memory loaded with one multiplier's sign flipped: the run stops
-    at that op, names it with the element, expected and got values, and leaves a waveform of that op."""
-    bad = copy.deepcopy(digits_w8a8.graph)
-    m = bad.op("blocks.1.norm2").consts["m"]
-    m[5] = -m[5]                             # the sign of channel 5's gamma flipped
-    _, _, res = _run(digits_w8a8, digits_images.images, [0, 1], unit_graph=bad)
-    f = res["failure"]
-    assert f is not None and f["op"] == "blocks.1.norm2" and f["image"] == 0, f
-    assert f["element"][-1] == 5 and f["expected"] != f["got"], f
-    assert res["waveform"] and rtl_executor.Path(res["waveform"]).stat().st_size > 0
-    assert not res["records"]                # nothing was reported as a finished image
-
-
-@pytest.mark.parametrize("bits, gemms", [("w8a8", 2), ("w4a8", 3)])
-def test_one_unit_per_op_type(bits, gemms, digits_w8a8, digits_w4a8):
-    """One Softmax, one GELU, one LayerNorm and one add unit serve every layer (they were 28 per-layer
-    units); a GEMM per operand format; each op's constants sit in its unit's constant memory."""
-    q = {"w8a8": digits_w8a8, "w4a8": digits_w4a8}[bits]
-    hw = rtl_executor.hw_for_graph(q.graph)
-    comps = unit_components(q.graph, hw)
-    plan = plan_graph(q.graph, hw, comps)
-    kinds = sorted(e.kind for e in plan.engines)
-    assert kinds == sorted(["gemm"] * gemms + ["softmax", "gelu", "layernorm", "add"]), kinds
-    for op in q.graph.ops:
-        if op.type in ("softmax", "gelu", "layernorm", "add"):
-            st = plan.static[op.name]
-            assert st["c_count"] == (op.attrs["channels"] if op.type == "layernorm" else 1), op.name
-    counts = {e.name: len(e.instances) for e in plan.engines if e.kind != "gemm"}
-    assert counts == {"softmax": 4, "gelu_iptq": 4, "layernorm": 9, "residual_add": 9}, counts
+    monkeypatch.setattr(rtl_executor, "RUNS", tmp_path / "runs")
+    report = tmp_path / "acc.json"
+    assert main(["accuracy", "--backend", "rtl", "--model", "digits", "--bits", "w8a8", "--start", "10",
+                 "--count", "3", "--workers", "2", "--report", str(report)]) == 0
+    res = json.loads(report.read_text())
+    assert res["backend"] == "rtl" and res["requested_images"] == 3 and res["bit_exact_images"] == 3
+    assert res["failure"] is None and res["cycles_per_image"] > 0
+    assert res["workers"] == 2 and res["images_per_start"] == 2
+    assert "compiled program on the AXI accelerator" in (tmp_path / "acc.md").read_text()
 
 
 def test_layer_beyond_the_units_is_refused(digits_w8a8):
     """A graph whose layer needs more than the units offer: one line naming layer, field, need, limit."""
     hw = rtl_executor.hw_for_graph(digits_w8a8.graph).replace(layernorm_max_channels=32)
     with pytest.raises(UserError) as exc:
-        unit_components(digits_w8a8.graph, hw)
+        compile(digits_w8a8.graph, hw, AccelConfig())
     msg = str(exc.value)
     assert "\n" not in msg and msg.startswith("blocks.0.norm1"), msg
     assert "64" in msg and "32" in msg, msg
 
 
-def test_units_do_not_depend_on_depth(digits_model, digits_w8a8, digits_images):
-    """The digits ViT at depth 8 (same widths) runs on the same units as at depth 4: the same
-    instances with the same Verilog, so the same area; only the constant memories grow."""
+def test_the_accelerator_does_not_depend_on_depth(digits_model, digits_w8a8, digits_images):
+    """The digits ViT at depth 8 (same widths) runs on the same accelerator as at depth 4: the
+    capabilities it needs are the same; only the program and the weights in memory grow."""
     import timm.models.vision_transformer as vt
 
     from golden.digits import MODEL_KWARGS
-    from hwgen.capabilities import derive_hw
-    from hwgen.verilog import emit_verilog
 
     # depth 8: the trained digits blocks 0-3, then the same four again (realistic scales)
     deep = vt.VisionTransformer(**{**MODEL_KWARGS, "depth": 8}).eval()
@@ -123,52 +95,12 @@ def test_units_do_not_depend_on_depth(digits_model, digits_w8a8, digits_images):
     deep.load_state_dict(state)
     g8 = quantize_model(deep, "digits", digits_images.calib[:16], QuantConfig(w_bits=8, calib_images=16)).graph
     g4 = digits_w8a8.graph
-    hw = derive_hw([g4, g8])
-    u4, u8 = unit_components(g4, hw), unit_components(g8, hw)
-    assert sorted(u4) == sorted(u8)
-    for name in u4:
-        assert emit_verilog(u4[name], name) == emit_verilog(u8[name], name), name
-    p4, p8 = plan_graph(g4, hw, u4), plan_graph(g8, hw, u8)
-    assert len(p4.engines) == len(p8.engines)
-    assert p8.engines[[e.name for e in p8.engines].index("layernorm")].mems["c"].depth == 17 * 64
-    assert p4.engines[[e.name for e in p4.engines].index("layernorm")].mems["c"].depth == 9 * 64
-
-
-@pytest.mark.skipif(not rtl_executor.runner_has("icarus"), reason="iverilog not installed")
-def test_icarus_smoke(digits_images):
-    """The whole accelerator on Icarus, one image, logits equal golden.  Icarus simulates a few
-    hundred cycles a second here, so the model is a small ViT of the digits family (8x8 images:
-    5 tokens, one block, random weights): every op type, about a tenth of a digits image's cycles."""
-    import timm.models.vision_transformer as vt
-
-    from golden.digits import MODEL_KWARGS
-
-    torch.manual_seed(0)
-    small = vt.VisionTransformer(**{**MODEL_KWARGS, "img_size": 8, "depth": 1}).eval()
-    images = digits_images.images[:, :, 4:12, 4:12].contiguous()
-    q = quantize_model(small, "digits", digits_images.calib[:16, :, 4:12, 4:12].contiguous(),
-                       QuantConfig(w_bits=8, calib_images=16))
-    model = rtl_executor.prepare(q.graph, "icarus", progress=False)
-    xq = q.quantize_input(images)
-    res = rtl_executor.run_rtl(model, xq, [7], progress=False, resume=False)
-    assert res["failure"] is None, res["failure"]
-    assert res["records"][7]["logits"] == _golden_logits(q, xq, [7])[0].tolist()
-    assert set(res["records"][7]["cycles"]) == {"linear", "matmul", "softmax", "gelu", "layernorm", "add"}
-
-
-# --- the host's pieces, without a simulator ------------------------------------------------------
-
-def test_word_packing_round_trip():
-    mem = Mem("m", "o", "sink", 0, 16, [Field("data", 0, 12, True, 3, 2), Field("last", 36, 1, False, 1, 1),
-                                         Field("u", 37, 8, False, 2, 1)])
-    g = torch.Generator().manual_seed(1)
-    vals = {"data": torch.randint(-2048, 2048, (5, 3), generator=g), "last": torch.randint(0, 2, (5, 1), generator=g),
-            "u": torch.randint(0, 256, (5, 2), generator=g)}
-    text = pack_words(mem, vals)
-    assert len(text.splitlines()) == 5 and all(len(line) == 2 * mem.nbytes for line in text.splitlines())
-    back = unpack_words(mem, "// a comment line, as Icarus writes\n" + text, 5)
-    for k, v in vals.items():
-        assert torch.equal(back[k].to(torch.int64), v), k
+    hw = rtl_executor.hw_for_graph(g4)
+    assert rtl_executor.hw_for_graph(g8) == hw
+    p4, p8 = compile(g4, hw, AccelConfig()), compile(g8, hw, AccelConfig())
+    assert p4.buffer_peak == p8.buffer_peak
+    blocks = lambda p: len(p.instrs) - len([i for i in p.instrs if "blocks." not in (i.note or "")])  # noqa: E731
+    assert blocks(p8) == 2 * blocks(p4) and len(p8.image) > len(p4.image)
 
 
 def test_guard_allows_movement_and_refuses_arithmetic():
@@ -182,9 +114,19 @@ def test_guard_allows_movement_and_refuses_arithmetic():
                 fn()
 
 
-def test_tensor_shapes_match_golden_run(digits_w8a8, digits_images):
-    q = digits_w8a8
-    _, env = executor.run_graph(q.graph, q.quantize_input(digits_images.images[:1]), keep=True)
-    shapes = tensor_shapes(q.graph)
-    for name, t in env.items():
-        assert list(t.shape) == shapes[name], name
+def test_a_host_that_computes_is_stopped(tmp_path, monkeypatch, digits_w8a8, digits_images):
+    """The host writes the images into the memory image under the data-movement guard: one that
+    adds (here, to the input before writing it) is stopped before any simulator starts."""
+    from types import SimpleNamespace
+
+    from hwgen.accel import interpreter
+
+    real = interpreter.write_input
+    monkeypatch.setattr(rtl_executor, "write_input", lambda image, x, index=0: real(image, x + 1, index))
+    monkeypatch.setattr(rtl_executor, "RUNS", tmp_path)
+    monkeypatch.setattr("sim.runner.run", lambda *a, **k: pytest.fail("a simulator was started"))
+    hw = rtl_executor.hw_for_graph(digits_w8a8.graph)
+    model = rtl_executor.RtlModel(digits_w8a8.graph, hw, AccelConfig(), compile(digits_w8a8.graph, hw, AccelConfig()),
+                                  SimpleNamespace(seconds=0.0), "k")
+    with pytest.raises(HostArithmetic, match="add"):
+        rtl_executor.run_rtl(model, digits_w8a8.quantize_input(digits_images.images[:2]), [0, 1], progress=False)
