@@ -26,7 +26,7 @@ import torch
 from hwgen.accel.compiler import ALIGN, AccelConfig
 from hwgen.accel.interpreter import _Machine, header
 from hwgen.accel.isa import FLAG_EXT_SIGNED, INSTR_BYTES, Instr, Opcode, Port, decode, encode_program
-from hwgen.accel.memory_model import AccelSimTop
+from hwgen.accel.memory_model import WORDS_VERILOG, AccelSimTop
 from hwgen.config import HwConfig
 from hwgen.verilog import emit_verilog
 from sim import runner
@@ -63,7 +63,7 @@ def build(hw: HwConfig, accel: AccelConfig | None = None, words: int = WORDS, la
         if vcache.exists():
             text = vcache.read_text()
         else:
-            text = emit_verilog(AccelSimTop(hw, accel, words=words, latency=latency), TOP)
+            text = emit_verilog(AccelSimTop(hw, accel, words=words, latency=latency), TOP) + WORDS_VERILOG
             vcache.parent.mkdir(parents=True, exist_ok=True)
             tmp = vcache.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(text)

@@ -8,20 +8,48 @@ fixed read latency, random back-pressure from an LFSR (probability ``stall / 256
 ready and valid it drives), and an error response for every access to words
 ``err_lo <= addr < err_hi`` (AXI SLVERR).  A host port loads and reads the memory words while
 the core is idle.  :class:`AccelSimTop` is the AXI accelerator plus the model.
+
+The model's words are a Verilog module of its own (:data:`WORDS_VERILOG`, instantiated by
+name; :func:`sim.accel_run.build` appends it), not an ``amaranth.lib.memory.Memory``:
+Amaranth writes a memory's initial contents one bit at a time, and for the 2^20 words of 64
+bits a DeiT-Tiny image needs that took minutes (2^17 x 16 bits: 9 s).  Verilator starts
+every word at zero, as the Memory's ``init=[]`` did.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, unsigned
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, ClockSignal, Instance, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .extmem import LEN_BITS, read_port, write_port
 from .isa import EXT_BITS
 
-__all__ = ["MemoryModel", "AccelSimTop"]
+__all__ = ["MemoryModel", "AccelSimTop", "WORDS_VERILOG"]
+
+WORDS_MODULE = "accel_sim_words"
+# Two reads (the model's, the host's) and one byte-enabled write per cycle; reads return the
+# word before this cycle's write, one cycle after the address (a non-transparent read port).
+WORDS_VERILOG = f"""
+module {WORDS_MODULE} #(parameter WIDTH = 64, parameter DEPTH = 1024, parameter ABITS = 10) (
+  input clk,
+  input [ABITS-1:0] raddr, output reg [WIDTH-1:0] rdata,
+  input [ABITS-1:0] haddr, output reg [WIDTH-1:0] hdata,
+  input [ABITS-1:0] waddr, input [WIDTH-1:0] wdata, input [WIDTH/8-1:0] wen
+);
+  reg [WIDTH-1:0] mem [0:DEPTH-1];
+  integer i;
+  always @(posedge clk) begin
+    rdata <= mem[raddr];
+    hdata <= mem[haddr];
+    for (i = 0; i < WIDTH / 8; i = i + 1)
+      if (wen[i]) mem[waddr][i * 8 +: 8] <= wdata[i * 8 +: 8];
+  end
+endmodule
+"""
 
 
 def _lfsr(m: Module, name: str, seed: int) -> Signal:
@@ -72,10 +100,16 @@ class MemoryModel(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         wb, lat = 8 << self.word_lb, self.latency
-        m.submodules.mem = mem = Memory(shape=unsigned(wb), depth=self.words, init=[])
-        rd, hrd = mem.read_port(), mem.read_port()
-        wr = mem.write_port(granularity=8)
-        m.d.comb += [hrd.addr.eq(self.host_addr), self.host_rdata.eq(hrd.data)]
+        abits = max(1, (self.words - 1).bit_length())
+        rd = SimpleNamespace(addr=Signal(abits, name="rd_addr"), data=Signal(wb, name="rd_data"))
+        wr = SimpleNamespace(addr=Signal(abits, name="wr_addr"), data=Signal(wb, name="wr_data"),
+                             en=Signal(wb // 8, name="wr_en"))
+        host_addr = Signal(abits)
+        m.submodules.words = Instance(WORDS_MODULE, p_WIDTH=wb, p_DEPTH=self.words, p_ABITS=abits,
+                                      i_clk=ClockSignal(), i_raddr=rd.addr, o_rdata=rd.data,
+                                      i_haddr=host_addr, o_hdata=self.host_rdata,
+                                      i_waddr=wr.addr, i_wdata=wr.data, i_wen=wr.en)
+        m.d.comb += host_addr.eq(self.host_addr)
 
         lfsr_ar, lfsr_r, lfsr_aw = _lfsr(m, "lfsr_ar", 0xACE1), _lfsr(m, "lfsr_r", 0x1D2B), _lfsr(m, "lfsr_aw", 0x7F31)
 
