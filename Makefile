@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install simulators test demo accuracy report hw-report verilog bench train-digits clean
+.PHONY: install simulators test demo accuracy rtl-deit report hw-report verilog bench train-digits clean
 
 install: $(STAMP) simulators
 
@@ -49,6 +49,11 @@ accuracy: $(STAMP)
 	$(BIN)/hwgen accuracy --backend golden --model digits --bits w8a8
 	$(BIN)/hwgen accuracy --backend golden --model digits --bits w4a8 --report reports/accuracy_golden_w4a8.json
 	$(BIN)/hwgen accuracy --backend rtl --model digits --bits w4a8 --report reports/accuracy_rtl_w4a8.json
+
+# The real-size check: one deit_tiny_patch16_224 image (random weights) on the simulated
+# accelerator, all 1000 logits against golden (about 10 minutes on 2 cores).
+rtl-deit: $(STAMP)
+	$(BIN)/python scripts/accel_model.py --model deit_tiny_patch16_224
 
 # Error of every GELU / Softmax / LayerNorm variant on the calibrated activations.
 report: $(STAMP)
