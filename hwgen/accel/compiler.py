@@ -25,7 +25,7 @@ What the compiler decides, and nothing else does:
                       (``W[nt cols + j, k]`` in lane j, zero padded), each beat
                       :func:`~hwgen.accel.isa.beat_bytes` long
   ``<op>.params``     a GEMM op's parameter beats, one per column tile (bias, m, e per lane,
-                      out_bits), in the GEMM's ``p`` layout (as sim/rtl_host.py builds them)
+                      out_bits), in the GEMM's ``p`` layout (:attr:`hwgen.gemm.Gemm.p_layout`)
   ``<op>.consts``     a Softmax/GELU/LayerNorm/add op's constant beats, in its unit's ``c``
                       layout (the unit's own ``const_beats``, via hwgen.capabilities)
   ``const.<name>``    a graph constant (class token, position embedding), one element per
