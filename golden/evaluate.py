@@ -27,10 +27,16 @@ def integer_logits(q: Quantized, images: torch.Tensor, batch: int = 64, progress
     return torch.cat(outs)
 
 
+def float_logits(model, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """The FP32 model's logits, ``batch`` images at a time (an empty tensor for no image)."""
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)]) if len(images) \
+            else torch.zeros(0)
+
+
 def evaluate_golden(model, q: Quantized, images: torch.Tensor, labels: torch.Tensor,
                     batch: int = 64, progress: bool = True) -> dict:
-    with torch.no_grad():
-        fp = torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)])
+    fp = float_logits(model, images, batch)
     fq = torch.cat([q.fake_quant_logits(images[i:i + batch]) for i in range(0, len(images), batch)])
     il = integer_logits(q, images, batch, progress)
     s_logits = q.graph.tensors[q.graph.output]["scale"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from hwgen.accel.isa import Opcode
 from . import accel_run
 
 __all__ = ["RtlModel", "prepare", "run_rtl", "evaluate_rtl", "first_difference", "RUNS", "RunInterrupted",
-           "run_in_threads", "graph_fingerprint", "hw_for_graph"]
+           "run_in_threads", "hw_for_graph"]
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = Path(os.environ.get("RTL_RUNS_DIR", REPO / "build" / "rtl_runs"))
@@ -55,8 +56,6 @@ class RunInterrupted(KeyboardInterrupt):
         self.kept = (f"kept {finished} of {requested} finished RTL images in {run_dir} "
                      f"(the same command continues from there)")
         super().__init__(self.kept)
-
-
 
 
 @dataclass
@@ -78,19 +77,6 @@ class RtlModel:
         return 4 + len(self.accel.gelus(self.hw))
 
 
-def graph_fingerprint(graph) -> str:
-    """A hash of everything that defines the graph's integer semantics."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"ops": [[o.type, o.name, o.inputs, o.outputs, o.attrs] for o in graph.ops],
-                         "meta": graph.meta.get("spec")}, sort_keys=True, default=str).encode())
-    for o in graph.ops:
-        for k in sorted(o.consts):
-            h.update(k.encode() + o.consts[k].to(torch.int64).numpy().tobytes())
-    for k in sorted(graph.constants):
-        h.update(k.encode() + graph.constants[k].to(torch.int64).numpy().tobytes())
-    return h.hexdigest()
-
-
 def hw_for_graph(graph):
     """The capabilities ``graph`` needs (:func:`hwgen.capabilities.derive_hw`): its widths,
     longest rows and most channels; the parameters no layer decides (lanes, the GEMM array's
@@ -103,9 +89,9 @@ def hw_for_graph(graph):
 
 
 def prepare(graph, hw=None, accel: AccelConfig | None = None, progress: bool = True) -> RtlModel:
-    """Compile ``graph`` and build the accelerator it runs on (the build is cached)."""
-    import sys
-
+    """Compile ``graph`` and build the accelerator it runs on (the build is cached).  A run's
+    key is the build's and the memory image's: the image holds the program, every weight and
+    constant, so it alone decides what the accelerator computes."""
     from . import runner
 
     if not runner.have_simulator("verilator"):
@@ -119,7 +105,7 @@ def prepare(graph, hw=None, accel: AccelConfig | None = None, progress: bool = T
         print("building the Verilator model of the accelerator (cached after the first time)", file=sys.stderr,
               flush=True)
     b = accel_run.build(hw, accel, words=words)
-    key = hashlib.sha256(f"{b.key}|{graph_fingerprint(graph)}|".encode() + program.image).hexdigest()[:16]
+    key = hashlib.sha256(f"{b.key}|".encode() + program.image).hexdigest()[:16]
     return RtlModel(graph, hw, accel, program, b, key)
 
 
@@ -142,7 +128,7 @@ def _read_results(run_dir: Path) -> dict[int, dict]:
                 done[i] = {"index": i, "logits": logits, "error": rec["error"],
                            "cycles": {Opcode(j).name.lower(): c / n for j, c in enumerate(rec["op_cycles"])
                                       if c and j in Opcode._value2member_map_},
-                           "sim_cycles": rec["cycles"] / n, "free_cycles": rec["cycles"] / n, "seconds": rec["case_s"] / n,
+                           "sim_cycles": rec["cycles"] / n, "seconds": rec["case_s"] / n,
                            "free_seconds": rec["wall_s"] / n}
     return done
 
@@ -309,14 +295,12 @@ def first_difference(model: RtlModel, image_q: torch.Tensor, upto: int | None = 
 
 def evaluate_rtl(float_model, q, images: torch.Tensor, labels: torch.Tensor, indices: list[int], workers: int = 1,
                  progress: bool = True, resume: bool = True, batch: int = BATCH) -> dict:
-    """FP32, golden integer and accelerator top-1 on ``images[indices]``, with cycles and speed,
-   ."""
-    from golden.evaluate import integer_logits, top1
+    """FP32, golden integer and accelerator top-1 on ``images[indices]``, with cycles and speed."""
+    from golden.evaluate import float_logits, integer_logits, top1
 
     sel = torch.tensor(indices, dtype=torch.int64)
     imgs, labs = images[sel], labels[sel]
-    with torch.no_grad():
-        fp = torch.cat([float_model(imgs[i:i + 64]) for i in range(0, len(imgs), 64)]) if len(imgs) else torch.zeros(0)
+    fp = float_logits(float_model, imgs)
     gold = integer_logits(q, imgs, progress=False)
     model = prepare(q.graph, progress=progress)
     xq = q.quantize_input(images)
@@ -326,7 +310,7 @@ def evaluate_rtl(float_model, q, images: torch.Tensor, labels: torch.Tensor, ind
     rtl = torch.tensor([recs[i]["logits"] for i in indices if i in recs], dtype=torch.int64)
     same = (rtl == gold[have]).all(-1) if len(rtl) else torch.zeros(0, dtype=torch.bool)
     exact = int(same.sum())
-    per_op, sim_cycles, seconds, _, free_s = sum_records(recs, indices)
+    per_op, sim_cycles, seconds, free_s = sum_records(recs, indices)
     n_done = int(have.sum())
     failure = None
     if res["problem"]:
@@ -363,7 +347,7 @@ def evaluate_rtl(float_model, q, images: torch.Tensor, labels: torch.Tensor, ind
         "accel": {"act_buffer_elems": model.accel.act_buffer_elems, "w_cache_elems": model.accel.w_cache_elems,
                   "gelu_variants": list(model.accel.gelus(model.hw)), "buffer_peak": model.program.buffer_peak,
                   "instructions": len(model.program.instrs)},
-        "failure": failure, "waveform": None,
+        "failure": failure,
         "gelu": q.graph.meta["gelu"], "softmax": q.graph.meta["softmax"],
         "calib_images": q.graph.meta["calib_images"], "seed": q.graph.meta["seed"],
     }
@@ -373,15 +357,11 @@ def cpu_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def verilator_available() -> bool:
-    return runner_has("verilator")
-
-
 def sum_records(recs: dict[int, dict], indices: list[int]):
-    """Over the finished images among ``indices``: cycles per op type, simulated cycles and
-    seconds, and the free-running share of both."""
+    """Over the finished images among ``indices``: cycles per op type, simulated cycles,
+    seconds (memory-image writes included) and free-running seconds (start to done)."""
     per_op: dict[str, float] = {}
-    sim_cycles = seconds = free_c = free_s = 0
+    sim_cycles = seconds = free_s = 0
     for i in indices:
         r = recs.get(i)
         if r is None:
@@ -390,11 +370,5 @@ def sum_records(recs: dict[int, dict], indices: list[int]):
             per_op[k] = per_op.get(k, 0) + v
         sim_cycles += r["sim_cycles"]
         seconds += r["seconds"]
-        free_c += r["free_cycles"]
         free_s += r["free_seconds"]
-    return per_op, sim_cycles, seconds, free_c, free_s
-
-
-def runner_has(simulator: str) -> bool:
-    from . import runner
-    return runner.have_simulator(simulator)
+    return per_op, sim_cycles, seconds, free_s

@@ -26,7 +26,7 @@ from golden.executor import run_graph
 from hwgen.accel.compiler import AccelConfig, compile
 from hwgen.accel.interpreter import header
 from hwgen.cli import main
-from sim import rtl_executor
+from sim import rtl_executor, runner
 
 REPO = Path(__file__).resolve().parent.parent
 # fields of an RTL report that depend on timing or on how the run was made, not on its results
@@ -98,7 +98,7 @@ RUN = ["accuracy", "--backend", "rtl", "--bits", "w4a8", "--images", "3", "--wor
 BUILD_LIMIT_S = 1800     # a cold accelerator build (when no other test has made it) is slow
 
 
-@pytest.mark.skipif(not rtl_executor.verilator_available(), reason="verilator not installed")
+@pytest.mark.skipif(not runner.have_simulator("verilator"), reason="verilator not installed")
 def test_sigkill_then_rerun(tmp_path, monkeypatch, capsys):
     runs = tmp_path / "runs"
     log = tmp_path / "killed.log"
