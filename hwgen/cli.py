@@ -637,6 +637,20 @@ def cmd_report(args) -> int:
         table.add_row(name, str(e["lut4"]), str(e["ff"]), str(e["mult18"]), str(e["fmax_mhz"]),
                       str(x["lut6"]), str(x["ff"]), str(x["dsp48"]))
     Console().print(table)
+    if rep.get("accelerator"):
+        a = rep["accelerator"]
+        e, x = a["ecp5"], a["xilinx"]
+        acc = Table(title="the whole accelerator (accelerator.v)")
+        for col in ("LUT4", "FF", "EBR", "MULT18", f"fits {rep['device']['device']}", "Fmax MHz", "LUT6", "BRAM36",
+                    "DSP48"):
+            acc.add_column(col, justify="right")
+        acc.add_row(str(e["lut4"]), str(e["ff"]), str(e["ebr"]), str(e["mult18"]), "yes" if a["fits_lfe5u_85f"] else "NO",
+                    str(e["fmax_mhz"]), str(x["lut6"]), str(x["bram36"]), str(x["dsp48"]))
+        Console().print(acc)
+        for model, t in a["throughput"].items():
+            print(f"{model}: {t['cycles_per_image']:,} cycles per image -> {t['images_per_second']} images/s at "
+                  f"{e['fmax_mhz']} MHz ({t['measured_by']})")
+        print(f"bandwidth assumed: {a['bandwidth_assumed']}")
     print(f"wrote {args.reports}/hw.json and {args.reports}/hw.md")
     return 0
 

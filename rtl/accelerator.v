@@ -54,17 +54,17 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   wire \$8 ;
   wire \$9 ;
   reg \$signal  = 1'h0;
-  (* init = 16'h0001 *)
-  wire [15:0] \$signal$64 ;
-  reg \$signal$69  = 1'h0;
-  reg \$signal$71  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$72 ;
-  reg [7:0] \$signal$75  = 8'h00;
-  (* init = 1'h0 *)
-  wire \$signal$78 ;
+  wire \$signal$102 ;
   (* init = 32'd0 *)
-  wire [31:0] \$signal$79 ;
+  wire [31:0] \$signal$103 ;
+  (* init = 16'h0001 *)
+  wire [15:0] \$signal$88 ;
+  reg \$signal$93  = 1'h0;
+  reg \$signal$95  = 1'h0;
+  (* init = 1'h0 *)
+  wire \$signal$96 ;
+  reg [7:0] \$signal$99  = 8'h00;
   wire [36:0] ar__payload;
   wire [28:0] \ar__payload.addr ;
   wire [7:0] \ar__payload.len ;
@@ -91,7 +91,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   wire [3:0] error;
   reg [31:0] image_stride = 32'd0;
   (* init = 32'd0 *)
-  wire [31:0] \image_stride$66 ;
+  wire [31:0] \image_stride$90 ;
   reg [15:0] images = 16'h0001;
   output irq;
   wire irq;
@@ -173,12 +173,24 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   reg pending = 1'h0;
   reg [31:0] prog = 32'd0;
   (* init = 32'd0 *)
-  wire [31:0] \prog$68 ;
+  wire [31:0] \prog$92 ;
   wire [64:0] r__payload;
   wire [63:0] \r__payload.data ;
   wire \r__payload.err ;
   wire r__ready;
   wire r__valid;
+  wire [36:0] r_data;
+  wire [64:0] \r_data$64 ;
+  wire \r_data$73 ;
+  wire [100:0] \r_data$82 ;
+  wire r_en;
+  wire \r_en$65 ;
+  wire \r_en$74 ;
+  wire \r_en$86 ;
+  wire r_rdy;
+  wire \r_rdy$62 ;
+  wire \r_rdy$71 ;
+  wire \r_rdy$83 ;
   (* init = 2'h0 *)
   wire [1:0] rresp;
   input rst;
@@ -218,11 +230,21 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   input s_axil_wvalid;
   wire s_axil_wvalid;
   reg start;
+  wire [36:0] w_data;
+  wire [64:0] \w_data$59 ;
+  wire \w_data$68 ;
+  wire [100:0] \w_data$78 ;
+  wire w_en;
+  wire \w_en$58 ;
+  wire \w_en$67 ;
+  wire \w_en$76 ;
   reg w_held = 1'h0;
+  wire w_rdy;
+  wire \w_rdy$60 ;
+  wire \w_rdy$69 ;
+  wire \w_rdy$81 ;
   reg w_sent = 1'h0;
   reg [31:0] wdata = 32'd0;
-  always @(posedge clk)
-    w_held <= \$36 ;
   always @(posedge clk)
     wdata <= \$37 ;
   always @(posedge clk)
@@ -238,7 +260,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @(posedge clk)
     image_stride <= \$43 ;
   always @(posedge clk)
-    \$signal$69  <= \$44 ;
+    \$signal$93  <= \$44 ;
   always @(posedge clk)
     s_axil_rvalid <= \$45 ;
   always @(posedge clk)
@@ -246,23 +268,23 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @(posedge clk)
     s_axil_rdata <= \$47 ;
   assign \$1  = ~ \$signal ;
-  assign m_axi_awvalid = aw__valid & \$1 ;
+  assign m_axi_awvalid = \r_rdy$83  & \$1 ;
   assign \$2  = ~ w_sent;
-  assign m_axi_wvalid = aw__valid & \$2 ;
+  assign m_axi_wvalid = \r_rdy$83  & \$2 ;
   assign \$3  = m_axi_awready | \$signal ;
   assign \$4  = m_axi_wready | w_sent;
-  assign aw__ready = \$3  & \$4 ;
-  assign irq = \$signal$69  & pending;
-  assign \$5  = ~ \$signal$71 ;
+  assign \r_en$86  = \$3  & \$4 ;
+  assign irq = \$signal$93  & pending;
+  assign \$5  = ~ \$signal$95 ;
   assign \$6  = ~ s_axil_bvalid;
   assign s_axil_awready = \$5  & \$6 ;
   assign \$7  = ~ w_held;
   assign \$8  = ~ s_axil_bvalid;
   assign s_axil_wready = \$7  & \$8 ;
-  assign \$9  = \$signal$71  & w_held;
+  assign \$9  = \$signal$95  & w_held;
   assign s_axil_arready = ~ s_axil_rvalid;
   assign \$10  = m_axi_awready | \$signal ;
-  assign \$11  = aw__valid & \$10 ;
+  assign \$11  = \r_rdy$83  & \$10 ;
   assign \$12  = m_axi_wready | w_sent;
   assign \$13  = \$11  & \$12 ;
   assign \$14  = m_axi_awvalid & m_axi_awready;
@@ -272,12 +294,12 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   assign \$18  = s_axil_bvalid & s_axil_bready;
   assign \$19  = ~ done_d;
   assign \$20  = done & \$19 ;
-  assign \$21  = \$signal$71  & w_held;
+  assign \$21  = \$signal$95  & w_held;
   assign \$22  = s_axil_rvalid & s_axil_rready;
   assign \$23  = s_axil_arvalid & s_axil_arready;
   assign \$26  = \$24  | { 30'h00000000, \$25  };
   assign \$28  = \$26  | { 21'h000000, \$27  };
-  assign \$30  = { 1'h0, \$signal$69  } | \$29 ;
+  assign \$30  = { 1'h0, \$signal$93  } | \$29 ;
   always @(posedge clk)
     \$signal  <= \$31 ;
   always @(posedge clk)
@@ -285,18 +307,49 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @(posedge clk)
     done_d <= \$33 ;
   always @(posedge clk)
-    \$signal$71  <= \$34 ;
+    \$signal$95  <= \$34 ;
   always @(posedge clk)
-    \$signal$75  <= \$35 ;
+    \$signal$99  <= \$35 ;
+  always @(posedge clk)
+    w_held <= \$36 ;
+  \accelerator.ar_slice  ar_slice (
+    .clk(clk),
+    .r_data(r_data),
+    .r_en(m_axi_arready),
+    .r_rdy(m_axi_arvalid),
+    .rst(rst),
+    .w_en(w_en),
+    .w_port__data(w_data),
+    .w_rdy(ar__ready)
+  );
+  \accelerator.aw_slice  aw_slice (
+    .clk(clk),
+    .r_data(\r_data$82 ),
+    .r_en(\r_en$86 ),
+    .r_rdy(\r_rdy$83 ),
+    .rst(rst),
+    .w_en(\w_en$76 ),
+    .w_port__data(\w_data$78 ),
+    .w_rdy(aw__ready)
+  );
+  \accelerator.b_slice  b_slice (
+    .clk(clk),
+    .r_data(b__payload),
+    .r_rdy(b__valid),
+    .rst(rst),
+    .w_en(m_axi_bvalid),
+    .w_port__data(m_axi_bresp[1]),
+    .w_rdy(m_axi_bready)
+  );
   \accelerator.core  core (
-    .ar__payload(ar__payload),
-    .ar__ready(m_axi_arready),
-    .ar__valid(m_axi_arvalid),
-    .aw__payload(aw__payload),
+    .ar__payload(w_data),
+    .ar__ready(ar__ready),
+    .ar__valid(w_en),
+    .aw__payload(\w_data$78 ),
     .aw__ready(aw__ready),
-    .aw__valid(aw__valid),
-    .b__payload(m_axi_bresp[1]),
-    .b__valid(m_axi_bvalid),
+    .aw__valid(\w_en$76 ),
+    .b__payload(b__payload),
+    .b__valid(b__valid),
     .busy(busy),
     .clk(clk),
     .cycles(cycles),
@@ -323,10 +376,21 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
     .pc(pc),
     .prog(prog),
     .r__payload(r__payload),
-    .r__ready(m_axi_rready),
-    .r__valid(m_axi_rvalid),
+    .r__ready(\r_en$65 ),
+    .r__valid(r__valid),
     .rst(rst),
     .start(start)
+  );
+  \accelerator.r_slice  r_slice (
+    .clk(clk),
+    .\port$0$10 (m_axi_rdata),
+    .\port$0$75 (m_axi_rresp[1]),
+    .r_data(r__payload),
+    .r_en(\r_en$65 ),
+    .r_rdy(r__valid),
+    .rst(rst),
+    .w_en(m_axi_rvalid),
+    .w_rdy(m_axi_rready)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
@@ -358,7 +422,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
       \$39  = 1'h1;
     end
     if (\$21 ) begin
-      casez (\$signal$75 [7:2])
+      casez (\$signal$99 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -383,7 +447,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
     if (\$21 ) begin
       \$40  = 2'h0;
       (* full_case = 32'd1 *)
-      casez (\$signal$75 [7:2])
+      casez (\$signal$99 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -406,7 +470,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
     \$41  = prog;
     if (\$21 ) begin
-      casez (\$signal$75 [7:2])
+      casez (\$signal$99 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -421,7 +485,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
     \$42  = images;
     if (\$21 ) begin
-      casez (\$signal$75 [7:2])
+      casez (\$signal$99 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -438,7 +502,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
     \$43  = image_stride;
     if (\$21 ) begin
-      casez (\$signal$75 [7:2])
+      casez (\$signal$99 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -455,9 +519,9 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
-    \$44  = \$signal$69 ;
+    \$44  = \$signal$93 ;
     if (\$21 ) begin
-      casez (\$signal$75 [7:2])
+      casez (\$signal$99 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -679,7 +743,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
     start = 1'h0;
     if (\$9 ) begin
-      casez (\$signal$75 [7:2])
+      casez (\$signal$99 [7:2])
         6'h00:
             start = wdata[0];
       endcase
@@ -724,7 +788,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
-    \$34  = \$signal$71 ;
+    \$34  = \$signal$95 ;
     if (\$16 ) begin
       \$34  = 1'h1;
     end
@@ -737,7 +801,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$179 ) begin end
-    \$35  = \$signal$75 ;
+    \$35  = \$signal$99 ;
     if (\$16 ) begin
       \$35  = s_axil_awaddr;
     end
@@ -758,45 +822,56 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
       \$36  = 1'h0;
     end
   end
-  assign ar__valid = m_axi_arvalid;
-  assign ar__ready = m_axi_arready;
-  assign r__valid = m_axi_rvalid;
-  assign r__ready = m_axi_rready;
-  assign b__valid = m_axi_bvalid;
-  assign b__payload = m_axi_bresp[1];
+  assign ar__valid = w_en;
+  assign ar__payload = w_data;
+  assign w_rdy = ar__ready;
+  assign r_rdy = m_axi_arvalid;
+  assign r_en = m_axi_arready;
+  assign \w_en$58  = m_axi_rvalid;
+  assign \w_data$59  = { m_axi_rresp[1], m_axi_rdata };
+  assign \w_rdy$60  = m_axi_rready;
+  assign \r_rdy$62  = r__valid;
+  assign \r_data$64  = r__payload;
+  assign r__ready = \r_en$65 ;
+  assign \w_en$67  = m_axi_bvalid;
+  assign \w_data$68  = m_axi_bresp[1];
+  assign \w_rdy$69  = m_axi_bready;
+  assign \r_rdy$71  = b__valid;
+  assign \r_data$73  = b__payload;
+  assign \r_en$74  = 1'h1;
   assign b__ready = 1'h1;
-  assign \$signal$64  = images;
-  assign \image_stride$66  = image_stride;
-  assign \prog$68  = prog;
-  assign \$signal$72  = s_axil_bvalid;
+  assign aw__valid = \w_en$76 ;
+  assign aw__payload = \w_data$78 ;
+  assign \w_rdy$81  = aw__ready;
+  assign \$signal$88  = images;
+  assign \image_stride$90  = image_stride;
+  assign \prog$92  = prog;
+  assign \$signal$96  = s_axil_bvalid;
   assign bresp = s_axil_bresp;
-  assign \$signal$78  = s_axil_rvalid;
-  assign \$signal$79  = s_axil_rdata;
+  assign \$signal$102  = s_axil_rvalid;
+  assign \$signal$103  = s_axil_rdata;
   assign rresp = s_axil_rresp;
   assign m_axi_awid = 1'h0;
   assign m_axi_awlen = 8'h00;
   assign m_axi_awsize = 3'h3;
   assign m_axi_awburst = 2'h1;
-  assign m_axi_wdata = aw__payload[92:29];
-  assign m_axi_wstrb = aw__payload[100:93];
+  assign m_axi_wdata = \r_data$82 [92:29];
+  assign m_axi_wstrb = \r_data$82 [100:93];
   assign m_axi_wlast = 1'h1;
-  assign m_axi_bready = 1'h1;
   assign m_axi_arid = 1'h0;
-  assign m_axi_arlen = ar__payload[36:29];
+  assign m_axi_arlen = r_data[36:29];
   assign m_axi_arsize = 3'h3;
   assign m_axi_arburst = 2'h1;
-  assign \ar__payload.addr  = ar__payload[28:0];
-  assign \ar__payload.len  = ar__payload[36:29];
+  assign \ar__payload.addr  = w_data[28:0];
+  assign \ar__payload.len  = w_data[36:29];
   assign \r__payload.data  = r__payload[63:0];
   assign \r__payload.err  = r__payload[64];
-  assign \b__payload.err  = m_axi_bresp[1];
-  assign \aw__payload.addr  = aw__payload[28:0];
-  assign \aw__payload.data  = aw__payload[92:29];
-  assign \aw__payload.strb  = aw__payload[100:93];
-  assign r__payload[64] = m_axi_rresp[1];
-  assign r__payload[63:0] = m_axi_rdata;
-  assign m_axi_araddr = { ar__payload[28:0], 3'h0 };
-  assign m_axi_awaddr = { aw__payload[28:0], 3'h0 };
+  assign \b__payload.err  = b__payload;
+  assign \aw__payload.addr  = \w_data$78 [28:0];
+  assign \aw__payload.data  = \w_data$78 [92:29];
+  assign \aw__payload.strb  = \w_data$78 [100:93];
+  assign m_axi_araddr = { r_data[28:0], 3'h0 };
+  assign m_axi_awaddr = { \r_data$82 [28:0], 3'h0 };
   assign \$24  = { 31'h00000000, busy };
   assign \$25  = { done, 1'h0 };
   assign \$27  = { 3'h0, error, 4'h0 };
@@ -804,9 +879,381 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar__valid, r__ready, aw__valid, r__payload, start, prog, images, image_stride, cycles, op_cycles__0, op_cycles__1, op_cycles__2, op_cycles__3, op_cycles__4, op_cycles__5
-, op_cycles__6, op_cycles__7, op_cycles__8, op_cycles__9, op_cycles__10, op_cycles__11, op_cycles__12, op_cycles__13, op_cycles__14, op_cycles__15, pc, busy, done, error, ar__payload, aw__payload, b__payload);
+module \accelerator.ar_slice (clk, rst, w_en, w_rdy, r_rdy, r_data, w_port__data, r_en);
   reg \$auto$verilog_backend.cc:2355:dump_module$180  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  (* init = 1'h0 *)
+  wire produce;
+  output [36:0] r_data;
+  wire [36:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [36:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  wire [36:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  input [36:0] w_port__data;
+  wire [36:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [36:0] storage [1:0];
+  initial begin
+    storage[0] = 37'h0000000000;
+    storage[1] = 37'h0000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= w_port__data;
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_data = w_port__data;
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.aw_slice (rst, r_en, w_en, w_rdy, r_rdy, r_data, w_port__data, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$181  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  (* init = 1'h0 *)
+  wire produce;
+  output [100:0] r_data;
+  wire [100:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [100:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  wire [100:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  input [100:0] w_port__data;
+  wire [100:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [100:0] storage [1:0];
+  initial begin
+    storage[0] = 101'h00000000000000000000000000;
+    storage[1] = 101'h00000000000000000000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= w_port__data;
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_data = w_port__data;
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.b_slice (w_en, clk, rst, w_rdy, r_rdy, r_data, w_port__data);
+  reg \$auto$verilog_backend.cc:2355:dump_module$182  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  (* init = 1'h0 *)
+  wire produce;
+  output r_data;
+  wire r_data;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  wire w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  input w_port__data;
+  wire w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [0:0] storage [1:0];
+  initial begin
+    storage[0] = 1'h0;
+    storage[1] = 1'h0;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= w_port__data;
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$182 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$182 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$182 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_data = w_port__data;
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+  assign r_en = 1'h1;
+  assign \$3  = r_rdy;
+  assign \$6  = r_rdy;
+  assign \$10  = r_rdy;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__valid, r__payload, b__valid, b__payload, aw__ready, start, prog, images, image_stride, cycles, op_cycles__0, op_cycles__1, op_cycles__2, op_cycles__3, op_cycles__4, op_cycles__5
+, op_cycles__6, op_cycles__7, op_cycles__8, op_cycles__9, op_cycles__10, op_cycles__11, op_cycles__12, op_cycles__13, op_cycles__14, op_cycles__15, pc, busy, done, error, ar__payload, aw__payload, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$183  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
@@ -814,88 +1261,68 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [15:0] \$1001 ;
   reg [31:0] \$1002 ;
   reg \$1003 ;
-  reg [15:0] \$1004 ;
-  reg \$1005 ;
-  reg [7:0] \$1006 ;
-  reg [7:0] \$1007 ;
-  reg [7:0] \$1008 ;
-  reg [7:0] \$1009 ;
+  reg \$1004 ;
+  reg [3:0] \$1005 ;
+  reg [15:0] \$1006 ;
+  reg [9:0] \$1007 ;
+  reg [15:0] \$1008 ;
+  reg \$1009 ;
   wire \$101 ;
-  reg [7:0] \$1010 ;
-  reg [7:0] \$1011 ;
-  reg [7:0] \$1012 ;
-  reg [7:0] \$1013 ;
+  reg \$1010 ;
+  reg \$1011 ;
+  reg [31:0] \$1012 ;
+  reg [15:0] \$1013 ;
   reg \$1014 ;
-  reg \$1015 ;
-  reg \$1016 ;
-  reg [3:0] \$1017 ;
-  reg [15:0] \$1018 ;
-  reg \$1019 ;
+  reg [2:0] \$1015 ;
   wire \$102 ;
-  reg [15:0] \$1020 ;
-  reg [15:0] \$1021 ;
-  reg [31:0] \$1022 ;
-  reg \$1023 ;
-  reg \$1024 ;
-  reg [3:0] \$1025 ;
-  reg [15:0] \$1026 ;
-  reg [9:0] \$1027 ;
-  reg [15:0] \$1028 ;
-  reg \$1029 ;
   wire \$103 ;
-  reg \$1030 ;
-  reg \$1031 ;
-  reg [31:0] \$1032 ;
-  reg [15:0] \$1033 ;
-  reg \$1034 ;
-  reg [2:0] \$1035 ;
   wire \$104 ;
   wire \$105 ;
   wire \$106 ;
-  wire \$107 ;
-  wire \$108 ;
+  wire [22:0] \$107 ;
+  wire [32:0] \$108 ;
   wire \$109 ;
   wire \$11 ;
-  wire [32:0] \$110 ;
-  wire [32:0] \$111 ;
-  wire [33:0] \$112 ;
-  wire [33:0] \$113 ;
-  wire [22:0] \$114 ;
-  wire [34:0] \$115 ;
+  wire \$110 ;
+  wire \$111 ;
+  wire \$112 ;
+  wire \$113 ;
+  wire \$114 ;
+  wire \$115 ;
   wire \$116 ;
   wire \$117 ;
   wire \$118 ;
   wire \$119 ;
   wire [16:0] \$12 ;
   wire \$120 ;
-  wire \$121 ;
-  wire \$122 ;
+  wire [24:0] \$121 ;
+  wire [33:0] \$122 ;
   wire \$123 ;
-  wire \$124 ;
+  wire [3:0] \$124 ;
   wire \$125 ;
-  wire \$126 ;
-  wire \$127 ;
-  wire [24:0] \$128 ;
-  wire [33:0] \$129 ;
+  wire [8:0] \$126 ;
+  wire [3:0] \$127 ;
+  wire \$128 ;
+  wire [16:0] \$129 ;
   wire [17:0] \$13 ;
-  wire \$130 ;
-  wire [3:0] \$131 ;
-  wire \$132 ;
-  wire [8:0] \$133 ;
-  wire [3:0] \$134 ;
-  wire \$135 ;
-  wire [16:0] \$136 ;
-  wire [3:0] \$137 ;
-  wire \$138 ;
-  wire [32:0] \$139 ;
+  wire [3:0] \$130 ;
+  wire \$131 ;
+  wire [32:0] \$132 ;
+  wire [3:0] \$133 ;
+  wire \$134 ;
+  wire [64:0] \$135 ;
+  wire \$136 ;
+  wire \$137 ;
+  wire [24:0] \$138 ;
+  wire [33:0] \$139 ;
   wire [17:0] \$14 ;
-  wire [3:0] \$140 ;
+  wire \$140 ;
   wire \$141 ;
-  wire [64:0] \$142 ;
+  wire \$142 ;
   wire \$143 ;
   wire \$144 ;
-  wire [24:0] \$145 ;
-  wire [33:0] \$146 ;
+  wire \$145 ;
+  wire \$146 ;
   wire \$147 ;
   wire \$148 ;
   wire \$149 ;
@@ -923,293 +1350,293 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$169 ;
   wire [17:0] \$17 ;
   wire \$170 ;
-  wire \$171 ;
+  reg [15:0] \$171 ;
   wire \$172 ;
   wire \$173 ;
   wire \$174 ;
   wire \$175 ;
   wire \$176 ;
-  wire \$177 ;
-  reg [15:0] \$178 ;
-  wire \$179 ;
+  wire [22:0] \$177 ;
+  wire [32:0] \$178 ;
+  wire [32:0] \$179 ;
   wire [16:0] \$18 ;
-  wire \$180 ;
+  wire [2:0] \$180 ;
   wire \$181 ;
   wire \$182 ;
   wire \$183 ;
-  wire [32:0] \$184 ;
-  wire [39:0] \$185 ;
-  wire [40:0] \$186 ;
-  wire [22:0] \$187 ;
-  wire [32:0] \$188 ;
-  wire [40:0] \$189 ;
+  wire \$184 ;
+  wire \$185 ;
+  wire \$186 ;
+  wire \$187 ;
+  wire \$188 ;
+  wire \$189 ;
   wire [17:0] \$19 ;
-  wire [2:0] \$190 ;
+  wire [3:0] \$190 ;
   wire \$191 ;
-  wire \$192 ;
-  wire \$193 ;
+  wire [2:0] \$192 ;
+  wire [3:0] \$193 ;
   wire \$194 ;
-  wire \$195 ;
-  wire \$196 ;
+  wire [3:0] \$195 ;
+  wire [3:0] \$196 ;
   wire \$197 ;
-  wire \$198 ;
-  wire \$199 ;
+  wire [4:0] \$198 ;
+  wire [3:0] \$199 ;
   wire \$2 ;
   wire [17:0] \$20 ;
-  wire [3:0] \$200 ;
-  wire \$201 ;
-  wire [2:0] \$202 ;
-  wire [3:0] \$203 ;
-  wire \$204 ;
+  wire \$200 ;
+  wire [5:0] \$201 ;
+  wire [3:0] \$202 ;
+  wire \$203 ;
+  wire [6:0] \$204 ;
   wire [3:0] \$205 ;
-  wire [3:0] \$206 ;
-  wire \$207 ;
-  wire [4:0] \$208 ;
-  wire [3:0] \$209 ;
+  wire \$206 ;
+  wire [7:0] \$207 ;
+  wire [3:0] \$208 ;
+  wire \$209 ;
   wire [17:0] \$21 ;
-  wire \$210 ;
-  wire [5:0] \$211 ;
-  wire [3:0] \$212 ;
+  wire [8:0] \$210 ;
+  wire \$211 ;
+  reg \$212 ;
   wire \$213 ;
-  wire [6:0] \$214 ;
-  wire [3:0] \$215 ;
-  wire \$216 ;
-  wire [7:0] \$217 ;
-  wire [3:0] \$218 ;
+  wire \$214 ;
+  wire [9:0] \$215 ;
+  wire [16:0] \$216 ;
+  reg \$217 ;
+  wire \$218 ;
   wire \$219 ;
   wire [21:0] \$22 ;
-  wire [8:0] \$220 ;
+  wire \$220 ;
   wire \$221 ;
-  reg \$222 ;
-  wire \$223 ;
-  wire \$224 ;
-  wire [9:0] \$225 ;
-  wire [16:0] \$226 ;
-  reg \$227 ;
+  wire \$222 ;
+  wire [9:0] \$223 ;
+  wire [16:0] \$224 ;
+  reg \$225 ;
+  wire \$226 ;
+  wire \$227 ;
   wire \$228 ;
   wire \$229 ;
   wire [21:0] \$23 ;
-  wire \$230 ;
-  wire \$231 ;
-  wire \$232 ;
-  wire [9:0] \$233 ;
-  wire [16:0] \$234 ;
-  reg \$235 ;
+  wire [9:0] \$230 ;
+  wire [16:0] \$231 ;
+  reg \$232 ;
+  wire \$233 ;
+  wire \$234 ;
+  wire \$235 ;
   wire \$236 ;
-  wire \$237 ;
-  wire \$238 ;
-  wire \$239 ;
+  wire [9:0] \$237 ;
+  wire [16:0] \$238 ;
+  reg \$239 ;
   wire [16:0] \$24 ;
-  wire [9:0] \$240 ;
-  wire [16:0] \$241 ;
-  reg \$242 ;
+  wire \$240 ;
+  wire \$241 ;
+  wire \$242 ;
   wire \$243 ;
-  wire \$244 ;
-  wire \$245 ;
-  wire \$246 ;
-  wire [9:0] \$247 ;
-  wire [16:0] \$248 ;
-  reg \$249 ;
+  wire [9:0] \$244 ;
+  wire [16:0] \$245 ;
+  reg \$246 ;
+  wire \$247 ;
+  wire \$248 ;
+  wire \$249 ;
   wire [17:0] \$25 ;
   wire \$250 ;
-  wire \$251 ;
-  wire \$252 ;
-  wire \$253 ;
-  wire [9:0] \$254 ;
-  wire [16:0] \$255 ;
-  reg \$256 ;
+  wire [9:0] \$251 ;
+  wire [16:0] \$252 ;
+  reg \$253 ;
+  wire \$254 ;
+  wire \$255 ;
+  wire \$256 ;
   wire \$257 ;
-  wire \$258 ;
-  wire \$259 ;
+  wire [9:0] \$258 ;
+  wire [16:0] \$259 ;
   wire [17:0] \$26 ;
-  wire \$260 ;
-  wire [9:0] \$261 ;
-  wire [16:0] \$262 ;
-  reg \$263 ;
+  reg \$260 ;
+  wire \$261 ;
+  wire \$262 ;
+  wire \$263 ;
   wire \$264 ;
-  wire \$265 ;
-  wire \$266 ;
-  wire \$267 ;
-  wire [9:0] \$268 ;
-  wire [16:0] \$269 ;
+  wire [9:0] \$265 ;
+  wire [16:0] \$266 ;
+  reg \$267 ;
+  wire \$268 ;
+  wire \$269 ;
   wire [16:0] \$27 ;
-  reg \$270 ;
+  wire \$270 ;
   wire \$271 ;
-  wire \$272 ;
-  wire \$273 ;
-  wire \$274 ;
-  wire [9:0] \$275 ;
-  wire [16:0] \$276 ;
-  reg \$277 ;
+  wire [9:0] \$272 ;
+  wire [16:0] \$273 ;
+  reg \$274 ;
+  wire \$275 ;
+  wire \$276 ;
+  wire \$277 ;
   wire \$278 ;
   wire \$279 ;
   wire [17:0] \$28 ;
-  wire \$280 ;
+  reg \$280 ;
   wire \$281 ;
-  wire [9:0] \$282 ;
-  wire [16:0] \$283 ;
-  reg \$284 ;
+  wire \$282 ;
+  wire \$283 ;
+  wire \$284 ;
   wire \$285 ;
   wire \$286 ;
   wire \$287 ;
   wire \$288 ;
-  wire \$289 ;
+  wire [9:0] \$289 ;
   wire [17:0] \$29 ;
-  reg \$290 ;
-  wire \$291 ;
+  wire [16:0] \$290 ;
+  reg \$291 ;
   wire \$292 ;
   wire \$293 ;
   wire \$294 ;
   wire \$295 ;
   wire \$296 ;
-  wire \$297 ;
+  reg \$297 ;
   wire \$298 ;
-  wire [9:0] \$299 ;
+  wire \$299 ;
   wire \$3 ;
   wire [17:0] \$30 ;
-  wire [16:0] \$300 ;
-  reg \$301 ;
+  wire \$300 ;
+  wire \$301 ;
   wire \$302 ;
   wire \$303 ;
   wire \$304 ;
   wire \$305 ;
-  wire \$306 ;
-  reg \$307 ;
-  wire \$308 ;
+  wire [9:0] \$306 ;
+  wire [16:0] \$307 ;
+  reg \$308 ;
   wire \$309 ;
   wire [21:0] \$31 ;
   wire \$310 ;
   wire \$311 ;
   wire \$312 ;
   wire \$313 ;
-  wire \$314 ;
+  reg \$314 ;
   wire \$315 ;
-  wire [9:0] \$316 ;
-  wire [16:0] \$317 ;
-  reg \$318 ;
+  wire \$316 ;
+  wire \$317 ;
+  wire \$318 ;
   wire \$319 ;
   wire [21:0] \$32 ;
   wire \$320 ;
   wire \$321 ;
   wire \$322 ;
-  wire \$323 ;
-  reg \$324 ;
-  wire \$325 ;
+  wire [9:0] \$323 ;
+  wire [16:0] \$324 ;
+  reg \$325 ;
   wire \$326 ;
   wire \$327 ;
   wire \$328 ;
   wire \$329 ;
   wire [21:0] \$33 ;
   wire \$330 ;
-  wire \$331 ;
+  reg \$331 ;
   wire \$332 ;
-  wire [9:0] \$333 ;
-  wire [16:0] \$334 ;
-  reg \$335 ;
+  wire \$333 ;
+  wire \$334 ;
+  wire \$335 ;
   wire \$336 ;
   wire \$337 ;
   wire \$338 ;
   wire \$339 ;
   wire [15:0] \$34 ;
-  wire \$340 ;
-  reg \$341 ;
-  wire \$342 ;
+  wire [9:0] \$340 ;
+  wire [16:0] \$341 ;
+  reg \$342 ;
   wire \$343 ;
   wire \$344 ;
   wire \$345 ;
   wire \$346 ;
   wire \$347 ;
-  wire \$348 ;
+  reg \$348 ;
   wire \$349 ;
   wire [17:0] \$35 ;
-  wire [9:0] \$350 ;
-  wire [16:0] \$351 ;
-  reg \$352 ;
+  wire \$350 ;
+  wire \$351 ;
+  wire \$352 ;
   wire \$353 ;
   wire \$354 ;
   wire \$355 ;
   wire \$356 ;
-  wire \$357 ;
-  reg \$358 ;
-  wire \$359 ;
+  wire [9:0] \$357 ;
+  wire [16:0] \$358 ;
+  reg \$359 ;
   wire [3:0] \$36 ;
   wire \$360 ;
   wire \$361 ;
   wire \$362 ;
   wire \$363 ;
   wire \$364 ;
-  wire \$365 ;
+  reg \$365 ;
   wire \$366 ;
-  wire [9:0] \$367 ;
-  wire [16:0] \$368 ;
-  reg \$369 ;
+  wire \$367 ;
+  wire \$368 ;
+  wire \$369 ;
   wire [17:0] \$37 ;
   wire \$370 ;
   wire \$371 ;
   wire \$372 ;
   wire \$373 ;
-  wire \$374 ;
-  reg \$375 ;
-  wire \$376 ;
+  wire [9:0] \$374 ;
+  wire [16:0] \$375 ;
+  reg \$376 ;
   wire \$377 ;
   wire \$378 ;
   wire \$379 ;
   wire [16:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
-  wire \$382 ;
+  reg \$382 ;
   wire \$383 ;
-  wire [9:0] \$384 ;
-  wire [16:0] \$385 ;
-  reg \$386 ;
+  wire \$384 ;
+  wire \$385 ;
+  wire \$386 ;
   wire \$387 ;
   wire \$388 ;
   wire \$389 ;
   wire [17:0] \$39 ;
   wire \$390 ;
-  wire \$391 ;
-  reg \$392 ;
-  wire \$393 ;
+  wire [9:0] \$391 ;
+  wire [16:0] \$392 ;
+  reg \$393 ;
   wire \$394 ;
   wire \$395 ;
   wire \$396 ;
   wire \$397 ;
   wire \$398 ;
-  wire \$399 ;
+  reg \$399 ;
   wire \$4 ;
   wire [17:0] \$40 ;
   wire \$400 ;
-  wire [9:0] \$401 ;
-  wire [16:0] \$402 ;
-  reg \$403 ;
+  wire \$401 ;
+  wire \$402 ;
+  wire \$403 ;
   wire \$404 ;
   wire \$405 ;
   wire \$406 ;
   wire \$407 ;
   wire \$408 ;
-  reg \$409 ;
+  wire \$409 ;
   wire [21:0] \$41 ;
-  wire \$410 ;
+  reg \$410 ;
   wire \$411 ;
   wire \$412 ;
   wire \$413 ;
   wire \$414 ;
   wire \$415 ;
-  wire \$416 ;
-  wire \$417 ;
-  wire \$418 ;
+  wire [9:0] \$416 ;
+  wire [10:0] \$417 ;
+  reg \$418 ;
   wire \$419 ;
   wire [16:0] \$42 ;
-  reg \$420 ;
+  wire \$420 ;
   wire \$421 ;
   wire \$422 ;
   wire \$423 ;
   wire \$424 ;
   wire \$425 ;
-  wire [9:0] \$426 ;
-  wire [10:0] \$427 ;
-  reg \$428 ;
-  wire \$429 ;
+  wire \$426 ;
+  wire [9:0] \$427 ;
+  wire [10:0] \$428 ;
+  reg \$429 ;
   wire [17:0] \$43 ;
   wire \$430 ;
   wire \$431 ;
@@ -1285,179 +1712,179 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$495 ;
   wire \$496 ;
   wire [9:0] \$497 ;
-  wire [10:0] \$498 ;
-  reg \$499 ;
+  wire [32:0] \$498 ;
+  wire [33:0] \$499 ;
   wire \$5 ;
   wire [3:0] \$50 ;
-  wire \$500 ;
+  reg \$500 ;
   wire \$501 ;
   wire \$502 ;
   wire \$503 ;
   wire \$504 ;
   wire \$505 ;
-  wire \$506 ;
-  wire [9:0] \$507 ;
-  wire [32:0] \$508 ;
-  wire [33:0] \$509 ;
+  reg \$506 ;
+  wire \$507 ;
+  wire \$508 ;
+  wire \$509 ;
   wire \$51 ;
-  reg \$510 ;
+  wire \$510 ;
   wire \$511 ;
   wire \$512 ;
   wire \$513 ;
   wire \$514 ;
-  wire \$515 ;
-  reg \$516 ;
-  wire \$517 ;
-  wire \$518 ;
+  wire [9:0] \$515 ;
+  wire [32:0] \$516 ;
+  wire [33:0] \$517 ;
+  reg \$518 ;
   wire \$519 ;
   wire \$52 ;
   wire \$520 ;
   wire \$521 ;
   wire \$522 ;
   wire \$523 ;
-  wire \$524 ;
-  wire [9:0] \$525 ;
-  wire [32:0] \$526 ;
-  wire [33:0] \$527 ;
-  reg \$528 ;
+  reg \$524 ;
+  wire \$525 ;
+  wire \$526 ;
+  wire \$527 ;
+  wire \$528 ;
   wire \$529 ;
   wire \$53 ;
   wire \$530 ;
   wire \$531 ;
   wire \$532 ;
-  wire \$533 ;
-  reg \$534 ;
-  wire \$535 ;
-  wire \$536 ;
+  wire [9:0] \$533 ;
+  wire [32:0] \$534 ;
+  wire [33:0] \$535 ;
+  reg \$536 ;
   wire \$537 ;
   wire \$538 ;
   wire \$539 ;
   wire \$54 ;
   wire \$540 ;
   wire \$541 ;
-  wire \$542 ;
-  wire [9:0] \$543 ;
-  wire [32:0] \$544 ;
-  wire [33:0] \$545 ;
-  reg \$546 ;
+  reg \$542 ;
+  wire \$543 ;
+  wire \$544 ;
+  wire \$545 ;
+  wire \$546 ;
   wire \$547 ;
   wire \$548 ;
   wire \$549 ;
   wire \$55 ;
   wire \$550 ;
-  wire \$551 ;
-  reg \$552 ;
-  wire \$553 ;
-  wire \$554 ;
+  wire [9:0] \$551 ;
+  wire [32:0] \$552 ;
+  wire [33:0] \$553 ;
+  reg \$554 ;
   wire \$555 ;
   wire \$556 ;
   wire \$557 ;
   wire \$558 ;
   wire \$559 ;
   wire \$56 ;
-  wire \$560 ;
-  wire [9:0] \$561 ;
-  wire [32:0] \$562 ;
-  wire [33:0] \$563 ;
-  reg \$564 ;
+  reg \$560 ;
+  wire \$561 ;
+  wire \$562 ;
+  wire \$563 ;
+  wire \$564 ;
   wire \$565 ;
   wire \$566 ;
   wire \$567 ;
   wire \$568 ;
-  wire \$569 ;
+  wire [9:0] \$569 ;
   wire \$57 ;
-  reg \$570 ;
-  wire \$571 ;
-  wire \$572 ;
+  wire [32:0] \$570 ;
+  wire [33:0] \$571 ;
+  reg \$572 ;
   wire \$573 ;
   wire \$574 ;
   wire \$575 ;
   wire \$576 ;
   wire \$577 ;
-  wire \$578 ;
-  wire [9:0] \$579 ;
+  reg \$578 ;
+  wire \$579 ;
   wire \$58 ;
-  wire [32:0] \$580 ;
-  wire [33:0] \$581 ;
-  reg \$582 ;
+  wire \$580 ;
+  wire \$581 ;
+  wire \$582 ;
   wire \$583 ;
   wire \$584 ;
   wire \$585 ;
   wire \$586 ;
-  wire \$587 ;
-  reg \$588 ;
-  wire \$589 ;
+  wire [9:0] \$587 ;
+  wire [32:0] \$588 ;
+  wire [33:0] \$589 ;
   wire \$59 ;
-  wire \$590 ;
+  reg \$590 ;
   wire \$591 ;
   wire \$592 ;
   wire \$593 ;
   wire \$594 ;
   wire \$595 ;
-  wire \$596 ;
-  wire [9:0] \$597 ;
-  wire [32:0] \$598 ;
-  wire [33:0] \$599 ;
+  reg \$596 ;
+  wire \$597 ;
+  wire \$598 ;
+  wire \$599 ;
   wire \$6 ;
   wire \$60 ;
-  reg \$600 ;
+  wire \$600 ;
   wire \$601 ;
   wire \$602 ;
   wire \$603 ;
   wire \$604 ;
-  wire \$605 ;
-  reg \$606 ;
-  wire \$607 ;
-  wire \$608 ;
+  wire [9:0] \$605 ;
+  wire [32:0] \$606 ;
+  wire [33:0] \$607 ;
+  reg \$608 ;
   wire \$609 ;
   wire \$61 ;
   wire \$610 ;
   wire \$611 ;
   wire \$612 ;
   wire \$613 ;
-  wire \$614 ;
-  wire [9:0] \$615 ;
-  wire [32:0] \$616 ;
-  wire [33:0] \$617 ;
-  reg \$618 ;
+  reg \$614 ;
+  wire \$615 ;
+  wire \$616 ;
+  wire \$617 ;
+  wire \$618 ;
   wire \$619 ;
   wire \$62 ;
   wire \$620 ;
   wire \$621 ;
   wire \$622 ;
-  wire \$623 ;
-  reg \$624 ;
-  wire \$625 ;
-  wire \$626 ;
+  wire [9:0] \$623 ;
+  wire [32:0] \$624 ;
+  wire [33:0] \$625 ;
+  reg \$626 ;
   wire \$627 ;
   wire \$628 ;
   wire \$629 ;
   wire \$63 ;
   wire \$630 ;
   wire \$631 ;
-  wire \$632 ;
-  wire [9:0] \$633 ;
-  wire [32:0] \$634 ;
-  wire [33:0] \$635 ;
-  reg \$636 ;
+  reg \$632 ;
+  wire \$633 ;
+  wire \$634 ;
+  wire \$635 ;
+  wire \$636 ;
   wire \$637 ;
   wire \$638 ;
   wire \$639 ;
   wire \$64 ;
   wire \$640 ;
   wire \$641 ;
-  reg \$642 ;
+  wire \$642 ;
   wire \$643 ;
-  wire \$644 ;
+  wire [7:0] \$644 ;
   wire \$645 ;
-  wire \$646 ;
+  wire [7:0] \$646 ;
   wire \$647 ;
-  wire \$648 ;
+  wire [7:0] \$648 ;
   wire \$649 ;
   wire \$65 ;
-  wire \$650 ;
+  wire [7:0] \$650 ;
   wire \$651 ;
-  wire \$652 ;
+  wire [7:0] \$652 ;
   wire \$653 ;
   wire [7:0] \$654 ;
   wire \$655 ;
@@ -1466,72 +1893,72 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire [7:0] \$658 ;
   wire \$659 ;
   wire \$66 ;
-  wire [7:0] \$660 ;
+  wire \$660 ;
   wire \$661 ;
-  wire [7:0] \$662 ;
-  wire \$663 ;
-  wire [7:0] \$664 ;
-  wire \$665 ;
-  wire [7:0] \$666 ;
+  wire \$662 ;
+  reg [31:0] \$663 ;
+  wire \$664 ;
+  wire [19:0] \$665 ;
+  wire [20:0] \$666 ;
   wire \$667 ;
-  wire [7:0] \$668 ;
-  wire \$669 ;
+  wire [19:0] \$668 ;
+  wire [20:0] \$669 ;
   wire \$67 ;
   wire \$670 ;
   wire \$671 ;
   wire \$672 ;
-  reg [31:0] \$673 ;
+  wire \$673 ;
   wire \$674 ;
-  wire [19:0] \$675 ;
-  wire [20:0] \$676 ;
+  wire \$675 ;
+  wire \$676 ;
   wire \$677 ;
-  wire [19:0] \$678 ;
-  wire [20:0] \$679 ;
+  wire \$678 ;
+  reg [31:0] \$679 ;
   wire \$68 ;
   wire \$680 ;
   wire \$681 ;
   wire \$682 ;
-  wire \$683 ;
-  wire \$684 ;
+  wire [19:0] \$683 ;
+  wire [20:0] \$684 ;
   wire \$685 ;
-  wire \$686 ;
-  wire \$687 ;
+  wire [19:0] \$686 ;
+  wire [20:0] \$687 ;
   wire \$688 ;
-  reg [31:0] \$689 ;
+  wire \$689 ;
   wire \$69 ;
   wire \$690 ;
   wire \$691 ;
   wire \$692 ;
-  wire [19:0] \$693 ;
-  wire [20:0] \$694 ;
+  wire \$693 ;
+  wire \$694 ;
   wire \$695 ;
-  wire [19:0] \$696 ;
-  wire [20:0] \$697 ;
+  wire \$696 ;
+  wire \$697 ;
   wire \$698 ;
-  wire \$699 ;
+  wire [16:0] \$699 ;
   wire \$7 ;
   wire \$70 ;
-  wire \$700 ;
-  wire \$701 ;
-  wire \$702 ;
-  wire \$703 ;
-  wire \$704 ;
-  wire \$705 ;
-  wire \$706 ;
-  wire \$707 ;
-  wire \$708 ;
-  wire [48:0] \$709 ;
+  wire [17:0] \$700 ;
+  wire [17:0] \$701 ;
+  wire [16:0] \$702 ;
+  wire [17:0] \$703 ;
+  wire [17:0] \$704 ;
+  wire [16:0] \$705 ;
+  wire [16:0] \$706 ;
+  wire [16:0] \$707 ;
+  wire [31:0] \$708 ;
+  wire [22:0] \$709 ;
   wire \$71 ;
-  reg [47:0] \$710 ;
-  wire [48:0] \$711 ;
-  wire \$712 ;
-  wire [15:0] \$713 ;
-  wire \$714 ;
-  wire \$715 ;
-  wire \$716 ;
-  wire \$717 ;
+  wire [23:0] \$710 ;
+  wire [31:0] \$711 ;
+  wire [32:0] \$712 ;
+  wire [32:0] \$713 ;
+  wire [47:0] \$714 ;
+  wire [48:0] \$715 ;
+  reg [47:0] \$716 ;
+  wire [48:0] \$717 ;
   wire \$718 ;
-  wire \$719 ;
+  wire [15:0] \$719 ;
   wire \$72 ;
   wire \$720 ;
   wire \$721 ;
@@ -1556,38 +1983,38 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$739 ;
   wire \$74 ;
   wire \$740 ;
-  wire [16:0] \$741 ;
-  wire [32:0] \$742 ;
+  wire \$741 ;
+  wire \$742 ;
   wire \$743 ;
-  wire [16:0] \$744 ;
+  wire \$744 ;
   wire \$745 ;
-  wire [16:0] \$746 ;
-  wire [16:0] \$747 ;
-  wire \$748 ;
-  wire \$749 ;
-  wire [16:0] \$75 ;
-  wire \$750 ;
+  wire \$746 ;
+  wire \$747 ;
+  wire [2:0] \$748 ;
+  wire [16:0] \$749 ;
+  wire [3:0] \$75 ;
+  wire [32:0] \$750 ;
   wire \$751 ;
-  wire \$752 ;
+  wire [16:0] \$752 ;
   wire \$753 ;
-  wire \$754 ;
-  wire \$755 ;
-  wire [32:0] \$756 ;
+  wire [16:0] \$754 ;
+  wire [16:0] \$755 ;
+  wire \$756 ;
   wire \$757 ;
   wire \$758 ;
   wire \$759 ;
-  wire [17:0] \$76 ;
+  wire \$76 ;
   wire \$760 ;
   wire \$761 ;
   wire \$762 ;
   wire \$763 ;
-  wire \$764 ;
+  wire [32:0] \$764 ;
   wire \$765 ;
   wire \$766 ;
   wire \$767 ;
   wire \$768 ;
   wire \$769 ;
-  wire [17:0] \$77 ;
+  wire [31:0] \$77 ;
   wire \$770 ;
   wire \$771 ;
   wire \$772 ;
@@ -1598,7 +2025,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$777 ;
   wire \$778 ;
   wire \$779 ;
-  wire [24:0] \$78 ;
+  wire [32:0] \$78 ;
   wire \$780 ;
   wire \$781 ;
   wire \$782 ;
@@ -1609,7 +2036,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$787 ;
   wire \$788 ;
   wire \$789 ;
-  wire [3:0] \$79 ;
+  wire \$79 ;
   wire \$790 ;
   wire \$791 ;
   wire \$792 ;
@@ -1618,22 +2045,22 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$795 ;
   wire \$796 ;
   wire \$797 ;
-  wire [3:0] \$798 ;
+  wire \$798 ;
   wire \$799 ;
   wire \$8 ;
   wire \$80 ;
   wire \$800 ;
   wire \$801 ;
-  wire [3:0] \$802 ;
-  wire [16:0] \$803 ;
-  wire [17:0] \$804 ;
-  wire [17:0] \$805 ;
-  wire [33:0] \$806 ;
-  wire [16:0] \$807 ;
-  wire [17:0] \$808 ;
-  wire [17:0] \$809 ;
-  wire [31:0] \$81 ;
-  wire [51:0] \$810 ;
+  wire \$802 ;
+  wire \$803 ;
+  wire \$804 ;
+  wire \$805 ;
+  wire [3:0] \$806 ;
+  wire \$807 ;
+  wire \$808 ;
+  wire \$809 ;
+  wire \$81 ;
+  wire [3:0] \$810 ;
   wire \$811 ;
   wire \$812 ;
   wire \$813 ;
@@ -1641,272 +2068,271 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \$815 ;
   wire \$816 ;
   wire \$817 ;
-  wire [16:0] \$818 ;
+  wire \$818 ;
   wire \$819 ;
-  wire [32:0] \$82 ;
+  wire \$82 ;
   wire \$820 ;
   wire \$821 ;
   wire \$822 ;
-  wire \$823 ;
-  wire [16:0] \$824 ;
-  wire \$825 ;
+  wire [16:0] \$823 ;
+  wire [14:0] \$824 ;
+  wire [32:0] \$825 ;
   wire \$826 ;
-  wire [16:0] \$827 ;
+  wire \$827 ;
   wire \$828 ;
   wire \$829 ;
   wire \$83 ;
   wire \$830 ;
   wire [32:0] \$831 ;
-  wire [16:0] \$832 ;
-  wire [17:0] \$833 ;
-  wire [17:0] \$834 ;
-  wire [18:0] \$835 ;
+  wire \$832 ;
+  wire [16:0] \$833 ;
+  wire \$834 ;
+  wire \$835 ;
   wire \$836 ;
-  wire [16:0] \$837 ;
-  wire [32:0] \$838 ;
+  wire \$837 ;
+  wire \$838 ;
   wire \$839 ;
   wire \$84 ;
-  wire \$840 ;
-  wire \$841 ;
+  wire [16:0] \$840 ;
+  wire [16:0] \$841 ;
   wire \$842 ;
   wire \$843 ;
   wire \$844 ;
-  wire [16:0] \$845 ;
-  wire [16:0] \$846 ;
+  wire \$845 ;
+  wire \$846 ;
   wire \$847 ;
   wire \$848 ;
-  wire \$849 ;
+  reg \$849 ;
   wire \$85 ;
   wire \$850 ;
   wire \$851 ;
   wire \$852 ;
   wire [16:0] \$853 ;
-  wire [17:0] \$854 ;
-  wire [17:0] \$855 ;
-  wire [33:0] \$856 ;
+  wire \$854 ;
+  wire \$855 ;
+  wire [4:0] \$856 ;
   wire \$857 ;
   reg \$858 ;
   wire \$859 ;
   wire \$86 ;
   wire \$860 ;
   wire \$861 ;
-  wire [16:0] \$862 ;
-  wire [16:0] \$863 ;
-  wire \$864 ;
+  wire \$862 ;
+  wire \$863 ;
+  reg \$864 ;
   wire \$865 ;
-  wire [4:0] \$866 ;
+  wire \$866 ;
   wire \$867 ;
-  reg \$868 ;
+  wire \$868 ;
   wire \$869 ;
   wire \$87 ;
   wire \$870 ;
   wire \$871 ;
   wire \$872 ;
   wire \$873 ;
-  reg \$874 ;
+  wire \$874 ;
   wire \$875 ;
   wire \$876 ;
-  wire \$877 ;
-  wire \$878 ;
-  wire \$879 ;
+  wire [32:0] \$877 ;
+  wire [16:0] \$878 ;
+  wire [16:0] \$879 ;
   wire \$88 ;
-  wire \$880 ;
+  reg \$880 ;
   wire \$881 ;
   wire \$882 ;
-  wire [16:0] \$883 ;
+  wire \$883 ;
   wire \$884 ;
-  wire [16:0] \$885 ;
+  wire \$885 ;
   wire \$886 ;
   wire [16:0] \$887 ;
-  wire [17:0] \$888 ;
-  wire [17:0] \$889 ;
+  wire [10:0] \$888 ;
+  wire \$889 ;
   wire \$89 ;
-  wire [18:0] \$890 ;
+  wire [16:0] \$890 ;
   wire \$891 ;
   wire \$892 ;
-  wire [32:0] \$893 ;
-  wire [16:0] \$894 ;
-  wire [16:0] \$895 ;
-  reg \$896 ;
+  wire [4:0] \$893 ;
+  reg \$894 ;
+  wire \$895 ;
+  wire \$896 ;
   wire \$897 ;
   wire \$898 ;
   wire \$899 ;
   wire \$9 ;
   wire \$90 ;
-  wire \$900 ;
+  reg \$900 ;
   wire \$901 ;
   wire \$902 ;
-  wire [16:0] \$903 ;
-  wire [10:0] \$904 ;
-  wire [16:0] \$905 ;
+  wire \$903 ;
+  wire \$904 ;
+  wire \$905 ;
   wire \$906 ;
-  wire [16:0] \$907 ;
-  wire [16:0] \$908 ;
-  wire [17:0] \$909 ;
+  wire \$907 ;
+  wire \$908 ;
+  wire \$909 ;
   wire \$91 ;
-  wire [17:0] \$910 ;
-  wire [18:0] \$911 ;
+  wire \$910 ;
+  wire \$911 ;
   wire \$912 ;
   wire \$913 ;
-  wire [4:0] \$914 ;
-  reg \$915 ;
-  wire \$916 ;
-  wire \$917 ;
+  wire \$914 ;
+  wire \$915 ;
+  wire [16:0] \$916 ;
+  wire [32:0] \$917 ;
   wire \$918 ;
   wire \$919 ;
   wire \$92 ;
   wire \$920 ;
-  reg \$921 ;
-  wire \$922 ;
-  wire \$923 ;
-  wire \$924 ;
-  wire \$925 ;
-  wire \$926 ;
-  wire \$927 ;
-  wire \$928 ;
-  wire \$929 ;
+  wire \$921 ;
+  wire [3:0] \$922 ;
+  wire [3:0] \$923 ;
+  reg \$924 ;
+  reg [2:0] \$925 ;
+  reg \$926 ;
+  reg [2:0] \$927 ;
+  reg [15:0] \$928 ;
+  reg [15:0] \$929 ;
   wire \$93 ;
-  wire \$930 ;
-  wire \$931 ;
-  wire \$932 ;
-  wire [16:0] \$933 ;
-  wire \$934 ;
-  wire [16:0] \$935 ;
-  wire [17:0] \$936 ;
-  wire [17:0] \$937 ;
-  wire [18:0] \$938 ;
-  wire \$939 ;
+  reg [15:0] \$930 ;
+  reg [2:0] \$931 ;
+  reg [15:0] \$932 ;
+  reg [15:0] \$933 ;
+  reg [31:0] \$934 ;
+  reg [31:0] \$935 ;
+  reg [31:0] \$936 ;
+  reg [47:0] \$937 ;
+  reg [47:0] \$938 ;
+  reg [47:0] \$939 ;
   wire \$94 ;
-  wire [16:0] \$940 ;
-  wire [17:0] \$941 ;
-  wire [17:0] \$942 ;
-  wire [18:0] \$943 ;
-  wire \$944 ;
-  wire \$945 ;
-  wire [16:0] \$946 ;
-  wire [32:0] \$947 ;
-  wire \$948 ;
-  wire \$949 ;
+  reg [47:0] \$940 ;
+  reg [47:0] \$941 ;
+  reg [47:0] \$942 ;
+  reg [47:0] \$943 ;
+  reg [47:0] \$944 ;
+  reg [47:0] \$945 ;
+  reg [47:0] \$946 ;
+  reg [47:0] \$947 ;
+  reg [47:0] \$948 ;
+  reg [47:0] \$949 ;
   wire \$95 ;
-  wire \$950 ;
-  wire \$951 ;
-  wire [3:0] \$952 ;
-  wire [3:0] \$953 ;
-  reg \$954 ;
-  reg [2:0] \$955 ;
+  reg [47:0] \$950 ;
+  reg [47:0] \$951 ;
+  reg [47:0] \$952 ;
+  reg [47:0] \$953 ;
+  reg [31:0] \$954 ;
+  reg \$955 ;
   reg \$956 ;
-  reg [2:0] \$957 ;
-  reg [47:0] \$958 ;
-  reg [47:0] \$959 ;
+  reg [3:0] \$957 ;
+  reg \$958 ;
+  reg [31:0] \$959 ;
   wire \$96 ;
-  reg [47:0] \$960 ;
-  reg [47:0] \$961 ;
-  reg [47:0] \$962 ;
-  reg [47:0] \$963 ;
-  reg [47:0] \$964 ;
-  reg [47:0] \$965 ;
-  reg [47:0] \$966 ;
-  reg [47:0] \$967 ;
-  reg [47:0] \$968 ;
-  reg [47:0] \$969 ;
+  reg [31:0] \$960 ;
+  reg [15:0] \$961 ;
+  reg [31:0] \$962 ;
+  reg [2:0] \$963 ;
+  reg [511:0] \$964 ;
+  reg [1:0] \$965 ;
+  reg [15:0] \$966 ;
+  reg [15:0] \$967 ;
+  reg \$968 ;
+  reg [15:0] \$969 ;
   wire \$97 ;
-  reg [47:0] \$970 ;
-  reg [47:0] \$971 ;
-  reg [47:0] \$972 ;
-  reg [47:0] \$973 ;
-  reg [47:0] \$974 ;
-  reg [31:0] \$975 ;
-  reg \$976 ;
-  reg \$977 ;
-  reg [3:0] \$978 ;
-  reg \$979 ;
+  reg [15:0] \$970 ;
+  reg [15:0] \$971 ;
+  reg [15:0] \$972 ;
+  reg [15:0] \$973 ;
+  reg [15:0] \$974 ;
+  reg [15:0] \$975 ;
+  reg [15:0] \$976 ;
+  reg [2:0] \$977 ;
+  reg [2:0] \$978 ;
+  reg [31:0] \$979 ;
   wire \$98 ;
-  reg [31:0] \$980 ;
-  reg [31:0] \$981 ;
-  reg [15:0] \$982 ;
-  reg [31:0] \$983 ;
-  reg [2:0] \$984 ;
-  reg [511:0] \$985 ;
-  reg [15:0] \$986 ;
-  reg [15:0] \$987 ;
-  reg \$988 ;
-  reg [15:0] \$989 ;
+  reg [15:0] \$980 ;
+  reg [15:0] \$981 ;
+  reg [31:0] \$982 ;
+  reg \$983 ;
+  reg [15:0] \$984 ;
+  reg \$985 ;
+  reg [7:0] \$986 ;
+  reg [7:0] \$987 ;
+  reg [7:0] \$988 ;
+  reg [7:0] \$989 ;
   wire \$99 ;
-  reg [15:0] \$990 ;
-  reg [15:0] \$991 ;
-  reg [15:0] \$992 ;
-  reg [15:0] \$993 ;
-  reg [15:0] \$994 ;
-  reg [15:0] \$995 ;
-  reg [15:0] \$996 ;
-  reg [2:0] \$997 ;
-  reg [2:0] \$998 ;
-  reg [31:0] \$999 ;
+  reg [7:0] \$990 ;
+  reg [7:0] \$991 ;
+  reg [7:0] \$992 ;
+  reg [7:0] \$993 ;
+  reg \$994 ;
+  reg \$995 ;
+  reg \$996 ;
+  reg [3:0] \$997 ;
+  reg [15:0] \$998 ;
+  reg \$999 ;
   wire \$signal ;
-  reg \$signal$202 ;
-  reg \$signal$247  = 1'h0;
-  reg [3:0] \$signal$254  = 4'h0;
-  reg \$signal$277  = 1'h0;
-  reg [15:0] \$signal$278  = 16'h0000;
-  reg \$signal$283  = 1'h0;
-  reg [31:0] \$signal$394  = 32'd0;
-  reg [31:0] \$signal$395  = 32'd0;
+  reg \$signal$204 ;
+  reg \$signal$248  = 1'h0;
+  reg [3:0] \$signal$255  = 4'h0;
+  reg \$signal$278  = 1'h0;
+  reg [15:0] \$signal$279  = 16'h0000;
+  reg \$signal$284  = 1'h0;
+  reg [31:0] \$signal$402  = 32'd0;
+  reg [31:0] \$signal$403  = 32'd0;
   wire \$signal$66 ;
   wire \$signal$67 ;
   reg \$signal$69 ;
   reg \$signal$99 ;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$250 ;
-  reg [8:0] \$signature__addr$255 ;
-  reg [8:0] \$signature__addr$258 ;
-  reg [8:0] \$signature__addr$261 ;
-  reg [8:0] \$signature__addr$264 ;
-  reg [8:0] \$signature__addr$267 ;
-  reg [8:0] \$signature__addr$270 ;
-  reg [8:0] \$signature__addr$273 ;
-  reg [8:0] \$signature__addr$276 ;
-  reg [8:0] \$signature__addr$285 ;
-  reg [8:0] \$signature__addr$287 ;
-  reg [8:0] \$signature__addr$289 ;
-  reg [8:0] \$signature__addr$291 ;
-  reg [8:0] \$signature__addr$293 ;
-  reg [8:0] \$signature__addr$295 ;
-  reg [8:0] \$signature__addr$297 ;
-  reg [8:0] \$signature__addr$302 ;
-  reg [8:0] \$signature__addr$307 ;
-  reg [8:0] \$signature__addr$310 ;
-  reg [8:0] \$signature__addr$313 ;
-  reg [8:0] \$signature__addr$316 ;
-  reg [8:0] \$signature__addr$319 ;
-  reg [8:0] \$signature__addr$322 ;
-  reg [8:0] \$signature__addr$325 ;
-  reg [8:0] \$signature__addr$328 ;
-  reg [8:0] \$signature__addr$331 ;
-  reg [8:0] \$signature__addr$333 ;
-  reg [8:0] \$signature__addr$335 ;
-  reg [8:0] \$signature__addr$337 ;
-  reg [8:0] \$signature__addr$339 ;
-  reg [8:0] \$signature__addr$341 ;
-  reg [8:0] \$signature__addr$343 ;
+  reg [8:0] \$signature__addr$251 ;
+  reg [8:0] \$signature__addr$256 ;
+  reg [8:0] \$signature__addr$259 ;
+  reg [8:0] \$signature__addr$262 ;
+  reg [8:0] \$signature__addr$265 ;
+  reg [8:0] \$signature__addr$268 ;
+  reg [8:0] \$signature__addr$271 ;
+  reg [8:0] \$signature__addr$274 ;
+  reg [8:0] \$signature__addr$277 ;
+  reg [8:0] \$signature__addr$286 ;
+  reg [8:0] \$signature__addr$288 ;
+  reg [8:0] \$signature__addr$290 ;
+  reg [8:0] \$signature__addr$292 ;
+  reg [8:0] \$signature__addr$294 ;
+  reg [8:0] \$signature__addr$296 ;
+  reg [8:0] \$signature__addr$298 ;
+  reg [8:0] \$signature__addr$303 ;
+  reg [8:0] \$signature__addr$308 ;
+  reg [8:0] \$signature__addr$311 ;
+  reg [8:0] \$signature__addr$314 ;
+  reg [8:0] \$signature__addr$317 ;
+  reg [8:0] \$signature__addr$320 ;
+  reg [8:0] \$signature__addr$323 ;
+  reg [8:0] \$signature__addr$326 ;
+  reg [8:0] \$signature__addr$329 ;
+  reg [8:0] \$signature__addr$332 ;
+  reg [8:0] \$signature__addr$334 ;
+  reg [8:0] \$signature__addr$336 ;
+  reg [8:0] \$signature__addr$338 ;
+  reg [8:0] \$signature__addr$340 ;
+  reg [8:0] \$signature__addr$342 ;
+  reg [8:0] \$signature__addr$344 ;
   wire [13:0] \$signature__addr$86 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$252 ;
-  reg [8:0] \$signature__data$256 ;
-  reg [8:0] \$signature__data$259 ;
-  reg [8:0] \$signature__data$262 ;
-  reg [8:0] \$signature__data$265 ;
-  reg [8:0] \$signature__data$268 ;
-  reg [8:0] \$signature__data$271 ;
-  reg [8:0] \$signature__data$274 ;
-  reg [7:0] \$signature__data$304 ;
-  reg [7:0] \$signature__data$308 ;
-  reg [7:0] \$signature__data$311 ;
-  reg [7:0] \$signature__data$314 ;
-  reg [7:0] \$signature__data$317 ;
-  reg [7:0] \$signature__data$320 ;
-  reg [7:0] \$signature__data$323 ;
-  reg [7:0] \$signature__data$326 ;
-  wire [8:0] \$signature__data$348 ;
+  reg [8:0] \$signature__data$253 ;
+  reg [8:0] \$signature__data$257 ;
+  reg [8:0] \$signature__data$260 ;
+  reg [8:0] \$signature__data$263 ;
+  reg [8:0] \$signature__data$266 ;
+  reg [8:0] \$signature__data$269 ;
+  reg [8:0] \$signature__data$272 ;
+  reg [8:0] \$signature__data$275 ;
+  reg [7:0] \$signature__data$305 ;
+  reg [7:0] \$signature__data$309 ;
+  reg [7:0] \$signature__data$312 ;
+  reg [7:0] \$signature__data$315 ;
+  reg [7:0] \$signature__data$318 ;
+  reg [7:0] \$signature__data$321 ;
+  reg [7:0] \$signature__data$324 ;
+  reg [7:0] \$signature__data$327 ;
   wire [8:0] \$signature__data$349 ;
   wire [8:0] \$signature__data$350 ;
   wire [8:0] \$signature__data$351 ;
@@ -1914,69 +2340,70 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire [8:0] \$signature__data$353 ;
   wire [8:0] \$signature__data$354 ;
   wire [8:0] \$signature__data$355 ;
-  wire [7:0] \$signature__data$357 ;
-  wire [7:0] \$signature__data$359 ;
-  wire [7:0] \$signature__data$361 ;
-  wire [7:0] \$signature__data$363 ;
-  wire [7:0] \$signature__data$365 ;
-  wire [7:0] \$signature__data$367 ;
-  wire [7:0] \$signature__data$369 ;
-  wire [7:0] \$signature__data$371 ;
+  wire [8:0] \$signature__data$356 ;
+  wire [7:0] \$signature__data$358 ;
+  wire [7:0] \$signature__data$360 ;
+  wire [7:0] \$signature__data$362 ;
+  wire [7:0] \$signature__data$364 ;
+  wire [7:0] \$signature__data$366 ;
+  wire [7:0] \$signature__data$368 ;
+  wire [7:0] \$signature__data$370 ;
+  wire [7:0] \$signature__data$372 ;
   wire [15:0] \$signature__data$92 ;
   wire \$signature__en ;
-  reg \$signature__en$253 ;
-  reg \$signature__en$257 ;
-  reg \$signature__en$260 ;
-  reg \$signature__en$263 ;
-  reg \$signature__en$266 ;
-  reg \$signature__en$269 ;
-  reg \$signature__en$272 ;
-  reg \$signature__en$275 ;
-  reg \$signature__en$279 ;
-  reg \$signature__en$286 ;
-  reg \$signature__en$288 ;
-  reg \$signature__en$290 ;
-  reg \$signature__en$292 ;
-  reg \$signature__en$294 ;
-  reg \$signature__en$296 ;
-  reg \$signature__en$298 ;
-  reg \$signature__en$305 ;
-  reg \$signature__en$309 ;
-  reg \$signature__en$312 ;
-  reg \$signature__en$315 ;
-  reg \$signature__en$318 ;
-  reg \$signature__en$321 ;
-  reg \$signature__en$324 ;
-  reg \$signature__en$327 ;
-  reg \$signature__en$330 ;
-  reg \$signature__en$332 ;
-  reg \$signature__en$334 ;
-  reg \$signature__en$336 ;
-  reg \$signature__en$338 ;
-  reg \$signature__en$340 ;
-  reg \$signature__en$342 ;
-  reg \$signature__en$344 ;
+  reg \$signature__en$254 ;
+  reg \$signature__en$258 ;
+  reg \$signature__en$261 ;
+  reg \$signature__en$264 ;
+  reg \$signature__en$267 ;
+  reg \$signature__en$270 ;
+  reg \$signature__en$273 ;
+  reg \$signature__en$276 ;
+  reg \$signature__en$280 ;
+  reg \$signature__en$287 ;
+  reg \$signature__en$289 ;
+  reg \$signature__en$291 ;
+  reg \$signature__en$293 ;
+  reg \$signature__en$295 ;
+  reg \$signature__en$297 ;
+  reg \$signature__en$299 ;
+  reg \$signature__en$306 ;
+  reg \$signature__en$310 ;
+  reg \$signature__en$313 ;
+  reg \$signature__en$316 ;
+  reg \$signature__en$319 ;
+  reg \$signature__en$322 ;
+  reg \$signature__en$325 ;
+  reg \$signature__en$328 ;
+  reg \$signature__en$331 ;
+  reg \$signature__en$333 ;
+  reg \$signature__en$335 ;
+  reg \$signature__en$337 ;
+  reg \$signature__en$339 ;
+  reg \$signature__en$341 ;
+  reg \$signature__en$343 ;
+  reg \$signature__en$345 ;
   wire \$signature__en$88 ;
   reg [63:0] a__payload;
-  reg [72:0] \a__payload$345 ;
-  wire [71:0] \a__payload$345.data ;
-  wire [8:0] \a__payload$345.data[0] ;
-  wire [8:0] \a__payload$345.data[1] ;
-  wire [8:0] \a__payload$345.data[2] ;
-  wire [8:0] \a__payload$345.data[3] ;
-  wire [8:0] \a__payload$345.data[4] ;
-  wire [8:0] \a__payload$345.data[5] ;
-  wire [8:0] \a__payload$345.data[6] ;
-  wire [8:0] \a__payload$345.data[7] ;
-  wire \a__payload$345.last ;
+  reg [72:0] \a__payload$346 ;
+  wire [71:0] \a__payload$346.data ;
+  wire [8:0] \a__payload$346.data[0] ;
+  wire [8:0] \a__payload$346.data[1] ;
+  wire [8:0] \a__payload$346.data[2] ;
+  wire [8:0] \a__payload$346.data[3] ;
+  wire [8:0] \a__payload$346.data[4] ;
+  wire [8:0] \a__payload$346.data[5] ;
+  wire [8:0] \a__payload$346.data[6] ;
+  wire [8:0] \a__payload$346.data[7] ;
+  wire \a__payload$346.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$245 ;
+  wire \a__ready$246 ;
   reg a__valid;
-  reg \a__valid$244 ;
+  reg \a__valid$245 ;
   reg a_filled0 = 1'h0;
   reg a_filled1 = 1'h0;
   reg a_last = 1'h0;
@@ -2016,18 +2443,18 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  reg [63:0] \b__payload$220 ;
-  wire [15:0] \b__payload$220[0] ;
-  wire [15:0] \b__payload$220[1] ;
-  wire [15:0] \b__payload$220[2] ;
-  wire [15:0] \b__payload$220[3] ;
+  reg [63:0] \b__payload$222 ;
+  wire [15:0] \b__payload$222[0] ;
+  wire [15:0] \b__payload$222[1] ;
+  wire [15:0] \b__payload$222[2] ;
+  wire [15:0] \b__payload$222[3] ;
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$214 ;
+  wire \b__ready$216 ;
   input b__valid;
   wire b__valid;
-  reg \b__valid$212 ;
+  reg \b__valid$214 ;
   wire \b__valid$23 ;
   wire [19:0] base;
   wire [19:0] \base$41 ;
@@ -2040,33 +2467,33 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   output busy;
   reg busy = 1'h0;
   (* init = 1'h0 *)
-  wire \busy$112 ;
+  wire \busy$111 ;
   reg [4:0] c__payload;
-  reg [65:0] \c__payload$163 ;
-  wire [42:0] \c__payload$163.b ;
-  wire [5:0] \c__payload$163.e ;
-  wire \c__payload$163.last ;
-  wire [15:0] \c__payload$163.m ;
-  reg [43:0] \c__payload$166 ;
-  wire [5:0] \c__payload$166.e_a ;
-  wire [5:0] \c__payload$166.e_b ;
-  wire [15:0] \c__payload$166.m_a ;
-  wire [15:0] \c__payload$166.m_b ;
-  reg [52:0] \c__payload$169 ;
-  wire [5:0] \c__payload$169.e ;
-  wire [15:0] \c__payload$169.m ;
-  wire [9:0] \c__payload$169.qb ;
-  wire [14:0] \c__payload$169.qc ;
-  wire [5:0] \c__payload$169.sh ;
+  reg [65:0] \c__payload$165 ;
+  wire [42:0] \c__payload$165.b ;
+  wire [5:0] \c__payload$165.e ;
+  wire \c__payload$165.last ;
+  wire [15:0] \c__payload$165.m ;
+  reg [43:0] \c__payload$168 ;
+  wire [5:0] \c__payload$168.e_a ;
+  wire [5:0] \c__payload$168.e_b ;
+  wire [15:0] \c__payload$168.m_a ;
+  wire [15:0] \c__payload$168.m_b ;
+  reg [52:0] \c__payload$171 ;
+  wire [5:0] \c__payload$171.e ;
+  wire [15:0] \c__payload$171.m ;
+  wire [9:0] \c__payload$171.qb ;
+  wire [14:0] \c__payload$171.qc ;
+  wire [5:0] \c__payload$171.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$165 ;
-  wire \c__ready$168 ;
-  wire \c__ready$171 ;
+  wire \c__ready$167 ;
+  wire \c__ready$170 ;
+  wire \c__ready$173 ;
   reg c__valid;
-  reg \c__valid$164 ;
-  reg \c__valid$167 ;
-  reg \c__valid$170 ;
+  reg \c__valid$166 ;
+  reg \c__valid$169 ;
+  reg \c__valid$172 ;
   reg [2:0] c_lb;
   reg [15:0] ci = 16'h0000;
   wire clear;
@@ -2076,11 +2503,21 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$114 ;
+  wire [47:0] \cycles$113 ;
+  reg [31:0] dec_blocks = 32'd0;
+  reg [31:0] dec_c_base = 32'd0;
+  reg [2:0] dec_c_lb = 3'h0;
+  reg [15:0] dec_k_last = 16'h0000;
+  reg [15:0] dec_mt = 16'h0000;
+  reg [15:0] dec_mt_last = 16'h0000;
+  reg [15:0] dec_nt = 16'h0000;
+  reg [15:0] dec_nt_last = 16'h0000;
+  reg [31:0] dec_tiles = 32'd0;
+  reg [1:0] decode_wait = 2'h0;
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
-  wire \done$110 ;
+  wire \done$109 ;
   reg [8:0] elem;
   reg [15:0] elem_data;
   reg elem_final;
@@ -2090,7 +2527,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   output [3:0] error;
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
-  wire [3:0] \error$108 ;
+  wire [3:0] \error$107 ;
   wire [31:0] ext_base;
   reg [3:0] fault;
   reg [31:0] feed_blocks = 32'd0;
@@ -2098,26 +2535,26 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [31:0] feed_ntk = 32'd0;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$388 ;
-  wire \final$391 ;
+  wire \final$389 ;
+  wire \final$392 ;
   reg [15:0] fnt = 16'h0000;
   reg [16:0] i__payload;
-  reg [15:0] \i__payload$189 ;
-  reg [31:0] \i__payload$230 ;
-  wire [7:0] \i__payload$230[0] ;
-  wire [7:0] \i__payload$230[1] ;
-  wire [7:0] \i__payload$230[2] ;
-  wire [7:0] \i__payload$230[3] ;
+  reg [15:0] \i__payload$191 ;
+  reg [31:0] \i__payload$232 ;
+  wire [7:0] \i__payload$232[0] ;
+  wire [7:0] \i__payload$232[1] ;
+  wire [7:0] \i__payload$232[2] ;
+  wire [7:0] \i__payload$232[3] ;
   wire [15:0] \i__payload.data ;
   wire \i__payload.last ;
   wire i__ready;
-  wire \i__ready$190 ;
-  wire \i__ready$229 ;
+  wire \i__ready$192 ;
+  wire \i__ready$231 ;
   reg i__valid;
-  reg \i__valid$188 ;
-  reg \i__valid$228 ;
+  reg \i__valid$190 ;
+  reg \i__valid$230 ;
   wire idle;
-  wire \idle$400 ;
+  wire \idle$408 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2168,10 +2605,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire is_move;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$392 ;
+  wire \last__3$393 ;
   wire last__4;
-  wire \last__4$387 ;
-  wire \last__4$390 ;
+  wire \last__4$388 ;
+  wire \last__4$391 ;
   wire [2:0] level;
   wire [2:0] \level$84 ;
   reg [15:0] lk = 16'h0000;
@@ -2199,38 +2636,38 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire \next$89 ;
   reg [15:0] nt = 16'h0000;
   wire [8:0] o__payload;
-  wire [7:0] \o__payload$192 ;
-  wire [63:0] \o__payload$207 ;
-  wire [15:0] \o__payload$207[0] ;
-  wire [15:0] \o__payload$207[1] ;
-  wire [15:0] \o__payload$207[2] ;
-  wire [15:0] \o__payload$207[3] ;
-  wire [31:0] \o__payload$227 ;
-  wire [7:0] \o__payload$227[0] ;
-  wire [7:0] \o__payload$227[1] ;
-  wire [7:0] \o__payload$227[2] ;
-  wire [7:0] \o__payload$227[3] ;
-  wire [255:0] \o__payload$374 ;
-  wire [31:0] \o__payload$374[0] ;
-  wire [31:0] \o__payload$374[1] ;
-  wire [31:0] \o__payload$374[2] ;
-  wire [31:0] \o__payload$374[3] ;
-  wire [31:0] \o__payload$374[4] ;
-  wire [31:0] \o__payload$374[5] ;
-  wire [31:0] \o__payload$374[6] ;
-  wire [31:0] \o__payload$374[7] ;
+  wire [7:0] \o__payload$194 ;
+  wire [63:0] \o__payload$209 ;
+  wire [15:0] \o__payload$209[0] ;
+  wire [15:0] \o__payload$209[1] ;
+  wire [15:0] \o__payload$209[2] ;
+  wire [15:0] \o__payload$209[3] ;
+  wire [31:0] \o__payload$229 ;
+  wire [7:0] \o__payload$229[0] ;
+  wire [7:0] \o__payload$229[1] ;
+  wire [7:0] \o__payload$229[2] ;
+  wire [7:0] \o__payload$229[3] ;
+  wire [255:0] \o__payload$375 ;
+  wire [31:0] \o__payload$375[0] ;
+  wire [31:0] \o__payload$375[1] ;
+  wire [31:0] \o__payload$375[2] ;
+  wire [31:0] \o__payload$375[3] ;
+  wire [31:0] \o__payload$375[4] ;
+  wire [31:0] \o__payload$375[5] ;
+  wire [31:0] \o__payload$375[6] ;
+  wire [31:0] \o__payload$375[7] ;
   wire [7:0] \o__payload.data ;
   wire \o__payload.last ;
   reg o__ready;
-  reg \o__ready$193 ;
-  reg \o__ready$204 ;
-  reg \o__ready$226 ;
-  reg \o__ready$379 ;
+  reg \o__ready$195 ;
+  reg \o__ready$206 ;
+  reg \o__ready$228 ;
+  reg \o__ready$380 ;
   wire o__valid;
-  wire \o__valid$191 ;
-  wire \o__valid$203 ;
-  wire \o__valid$225 ;
-  wire \o__valid$375 ;
+  wire \o__valid$193 ;
+  wire \o__valid$205 ;
+  wire \o__valid$227 ;
+  wire \o__valid$376 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2328,7 +2765,6 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire [5:0] \p__payload.out_bits ;
   wire p__ready;
   reg p__valid;
-  wire [31:0] p_bytes;
   reg [15:0] pack_a0 = 16'h0000;
   reg [15:0] pack_a1 = 16'h0000;
   reg [15:0] pack_a2 = 16'h0000;
@@ -2361,22 +2797,22 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire r__valid;
   wire \r__valid$11 ;
   wire [18:0] r_data;
-  wire [18:0] \r_data$300 ;
+  wire [18:0] \r_data$301 ;
   reg r_en;
-  reg \r_en$201 ;
+  reg \r_en$203 ;
   wire r_rdy;
-  wire \r_rdy$200 ;
+  wire \r_rdy$202 ;
   reg [34:0] req__payload;
-  reg [98:0] \req__payload$180 ;
-  wire [31:0] \req__payload$180.addr ;
-  wire [63:0] \req__payload$180.data ;
-  wire [2:0] \req__payload$180.lb ;
+  reg [98:0] \req__payload$182 ;
+  wire [31:0] \req__payload$182.addr ;
+  wire [63:0] \req__payload$182.data ;
+  wire [2:0] \req__payload$182.lb ;
   wire [31:0] \req__payload.addr ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$181 ;
+  wire \req__ready$183 ;
   reg req__valid;
-  reg \req__valid$179 ;
+  reg \req__valid$181 ;
   reg [15:0] rk = 16'h0000;
   input rst;
   wire rst;
@@ -2434,6 +2870,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   wire [7:0] \w__payload[6] ;
   wire [7:0] \w__payload[7] ;
   reg w__valid;
+  reg [31:0] w_addr = 32'd0;
   wire [18:0] w_data;
   wire [18:0] \w_data$91 ;
   (* init = 1'h0 *)
@@ -2458,7 +2895,6 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   reg [15:0] w_load_k = 16'h0000;
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
-  reg [31:0] w_row = 32'd0;
   reg want_w = 1'h0;
   reg [7:0] welem;
   reg [13:0] wr__addr;
@@ -2980,16 +3416,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$253 )
-      a_cache0[\$signature__addr$250 ] <= \$signature__data$252 ;
+    if (\$signature__en$254 )
+      a_cache0[\$signature__addr$251 ] <= \$signature__data$253 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$279 ) begin
-      _0_ <= a_cache0[\$signature__addr$276 ];
+    if (\$signature__en$280 ) begin
+      _0_ <= a_cache0[\$signature__addr$277 ];
     end
   end
-  assign \$signature__data$348  = _0_;
+  assign \$signature__data$349  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -3506,16 +3942,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$257 )
-      a_cache1[\$signature__addr$255 ] <= \$signature__data$256 ;
+    if (\$signature__en$258 )
+      a_cache1[\$signature__addr$256 ] <= \$signature__data$257 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$286 ) begin
-      _1_ <= a_cache1[\$signature__addr$285 ];
+    if (\$signature__en$287 ) begin
+      _1_ <= a_cache1[\$signature__addr$286 ];
     end
   end
-  assign \$signature__data$349  = _1_;
+  assign \$signature__data$350  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4032,16 +4468,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$260 )
-      a_cache2[\$signature__addr$258 ] <= \$signature__data$259 ;
+    if (\$signature__en$261 )
+      a_cache2[\$signature__addr$259 ] <= \$signature__data$260 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$288 ) begin
-      _2_ <= a_cache2[\$signature__addr$287 ];
+    if (\$signature__en$289 ) begin
+      _2_ <= a_cache2[\$signature__addr$288 ];
     end
   end
-  assign \$signature__data$350  = _2_;
+  assign \$signature__data$351  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -4558,16 +4994,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$263 )
-      a_cache3[\$signature__addr$261 ] <= \$signature__data$262 ;
+    if (\$signature__en$264 )
+      a_cache3[\$signature__addr$262 ] <= \$signature__data$263 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$290 ) begin
-      _3_ <= a_cache3[\$signature__addr$289 ];
+    if (\$signature__en$291 ) begin
+      _3_ <= a_cache3[\$signature__addr$290 ];
     end
   end
-  assign \$signature__data$351  = _3_;
+  assign \$signature__data$352  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5084,16 +5520,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$266 )
-      a_cache4[\$signature__addr$264 ] <= \$signature__data$265 ;
+    if (\$signature__en$267 )
+      a_cache4[\$signature__addr$265 ] <= \$signature__data$266 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$292 ) begin
-      _4_ <= a_cache4[\$signature__addr$291 ];
+    if (\$signature__en$293 ) begin
+      _4_ <= a_cache4[\$signature__addr$292 ];
     end
   end
-  assign \$signature__data$352  = _4_;
+  assign \$signature__data$353  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -5610,16 +6046,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$269 )
-      a_cache5[\$signature__addr$267 ] <= \$signature__data$268 ;
+    if (\$signature__en$270 )
+      a_cache5[\$signature__addr$268 ] <= \$signature__data$269 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$294 ) begin
-      _5_ <= a_cache5[\$signature__addr$293 ];
+    if (\$signature__en$295 ) begin
+      _5_ <= a_cache5[\$signature__addr$294 ];
     end
   end
-  assign \$signature__data$353  = _5_;
+  assign \$signature__data$354  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6136,16 +6572,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$272 )
-      a_cache6[\$signature__addr$270 ] <= \$signature__data$271 ;
+    if (\$signature__en$273 )
+      a_cache6[\$signature__addr$271 ] <= \$signature__data$272 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$296 ) begin
-      _6_ <= a_cache6[\$signature__addr$295 ];
+    if (\$signature__en$297 ) begin
+      _6_ <= a_cache6[\$signature__addr$296 ];
     end
   end
-  assign \$signature__data$354  = _6_;
+  assign \$signature__data$355  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -6662,16 +7098,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$275 )
-      a_cache7[\$signature__addr$273 ] <= \$signature__data$274 ;
+    if (\$signature__en$276 )
+      a_cache7[\$signature__addr$274 ] <= \$signature__data$275 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$298 ) begin
-      _7_ <= a_cache7[\$signature__addr$297 ];
+    if (\$signature__en$299 ) begin
+      _7_ <= a_cache7[\$signature__addr$298 ];
     end
   end
-  assign \$signature__data$355  = _7_;
+  assign \$signature__data$356  = _7_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -23591,16 +24027,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     w_cache0[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$305 )
-      w_cache0[\$signature__addr$302 ] <= \$signature__data$304 ;
+    if (\$signature__en$306 )
+      w_cache0[\$signature__addr$303 ] <= \$signature__data$305 ;
   end
   reg [7:0] _10_;
   always @(posedge clk) begin
-    if (\$signature__en$330 ) begin
-      _10_ <= w_cache0[\$signature__addr$328 ];
+    if (\$signature__en$331 ) begin
+      _10_ <= w_cache0[\$signature__addr$329 ];
     end
   end
-  assign \$signature__data$357  = _10_;
+  assign \$signature__data$358  = _10_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -24117,16 +24553,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     w_cache1[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$309 )
-      w_cache1[\$signature__addr$307 ] <= \$signature__data$308 ;
+    if (\$signature__en$310 )
+      w_cache1[\$signature__addr$308 ] <= \$signature__data$309 ;
   end
   reg [7:0] _11_;
   always @(posedge clk) begin
-    if (\$signature__en$332 ) begin
-      _11_ <= w_cache1[\$signature__addr$331 ];
+    if (\$signature__en$333 ) begin
+      _11_ <= w_cache1[\$signature__addr$332 ];
     end
   end
-  assign \$signature__data$359  = _11_;
+  assign \$signature__data$360  = _11_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -24643,16 +25079,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     w_cache2[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$312 )
-      w_cache2[\$signature__addr$310 ] <= \$signature__data$311 ;
+    if (\$signature__en$313 )
+      w_cache2[\$signature__addr$311 ] <= \$signature__data$312 ;
   end
   reg [7:0] _12_;
   always @(posedge clk) begin
-    if (\$signature__en$334 ) begin
-      _12_ <= w_cache2[\$signature__addr$333 ];
+    if (\$signature__en$335 ) begin
+      _12_ <= w_cache2[\$signature__addr$334 ];
     end
   end
-  assign \$signature__data$361  = _12_;
+  assign \$signature__data$362  = _12_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -25169,16 +25605,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     w_cache3[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$315 )
-      w_cache3[\$signature__addr$313 ] <= \$signature__data$314 ;
+    if (\$signature__en$316 )
+      w_cache3[\$signature__addr$314 ] <= \$signature__data$315 ;
   end
   reg [7:0] _13_;
   always @(posedge clk) begin
-    if (\$signature__en$336 ) begin
-      _13_ <= w_cache3[\$signature__addr$335 ];
+    if (\$signature__en$337 ) begin
+      _13_ <= w_cache3[\$signature__addr$336 ];
     end
   end
-  assign \$signature__data$363  = _13_;
+  assign \$signature__data$364  = _13_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -25695,16 +26131,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     w_cache4[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$318 )
-      w_cache4[\$signature__addr$316 ] <= \$signature__data$317 ;
+    if (\$signature__en$319 )
+      w_cache4[\$signature__addr$317 ] <= \$signature__data$318 ;
   end
   reg [7:0] _14_;
   always @(posedge clk) begin
-    if (\$signature__en$338 ) begin
-      _14_ <= w_cache4[\$signature__addr$337 ];
+    if (\$signature__en$339 ) begin
+      _14_ <= w_cache4[\$signature__addr$338 ];
     end
   end
-  assign \$signature__data$365  = _14_;
+  assign \$signature__data$366  = _14_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -26221,16 +26657,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     w_cache5[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$321 )
-      w_cache5[\$signature__addr$319 ] <= \$signature__data$320 ;
+    if (\$signature__en$322 )
+      w_cache5[\$signature__addr$320 ] <= \$signature__data$321 ;
   end
   reg [7:0] _15_;
   always @(posedge clk) begin
-    if (\$signature__en$340 ) begin
-      _15_ <= w_cache5[\$signature__addr$339 ];
+    if (\$signature__en$341 ) begin
+      _15_ <= w_cache5[\$signature__addr$340 ];
     end
   end
-  assign \$signature__data$367  = _15_;
+  assign \$signature__data$368  = _15_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -26747,16 +27183,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     w_cache6[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$324 )
-      w_cache6[\$signature__addr$322 ] <= \$signature__data$323 ;
+    if (\$signature__en$325 )
+      w_cache6[\$signature__addr$323 ] <= \$signature__data$324 ;
   end
   reg [7:0] _16_;
   always @(posedge clk) begin
-    if (\$signature__en$342 ) begin
-      _16_ <= w_cache6[\$signature__addr$341 ];
+    if (\$signature__en$343 ) begin
+      _16_ <= w_cache6[\$signature__addr$342 ];
     end
   end
-  assign \$signature__data$369  = _16_;
+  assign \$signature__data$370  = _16_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -27273,16 +27709,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     w_cache7[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$327 )
-      w_cache7[\$signature__addr$325 ] <= \$signature__data$326 ;
+    if (\$signature__en$328 )
+      w_cache7[\$signature__addr$326 ] <= \$signature__data$327 ;
   end
   reg [7:0] _17_;
   always @(posedge clk) begin
-    if (\$signature__en$344 ) begin
-      _17_ <= w_cache7[\$signature__addr$343 ];
+    if (\$signature__en$345 ) begin
+      _17_ <= w_cache7[\$signature__addr$344 ];
     end
   end
-  assign \$signature__data$371  = _17_;
+  assign \$signature__data$372  = _17_;
   assign \$1  = ins[5:0] == 3'h4;
   assign \$2  = ins[5:0] == 3'h5;
   assign is_gemm = \$1  | \$2 ;
@@ -27356,659 +27792,660 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \$73  = ~ \$72 ;
   assign \$74  = \$71  & \$73 ;
   assign unit_known = | { \$74 , add_sel, \$69 , \$68  };
-  assign \$75  = ins[71:56] + 4'h8;
-  assign \$76  = \$75  - 1'h1;
-  assign \$81  = \$80  ? offset : 32'd0;
-  assign \$82  = ins[465:434] + \$81 ;
-  assign \$83  = ~ fetch_sent;
+  assign \$77  = \$76  ? offset : 32'd0;
+  assign \$78  = ins[465:434] + \$77 ;
+  assign \$79  = ~ fetch_sent;
+  assign \$80  = | decode_wait;
+  assign \$81  = ins[5:0] == 1'h1;
+  assign \$82  = images_left > 1'h1;
+  assign \$83  = \$81  & \$82 ;
   assign \$84  = ins[5:0] == 1'h1;
-  assign \$85  = images_left > 1'h1;
-  assign \$86  = \$84  & \$85 ;
-  assign \$87  = ins[5:0] == 1'h1;
-  assign \$88  = | ins[39:24];
-  assign \$89  = ~ \$88 ;
-  assign \$90  = | ins[55:40];
-  assign \$91  = ~ \$90 ;
-  assign \$92  = | ins[71:56];
-  assign \$93  = ~ \$92 ;
-  assign \$94  = | ins[87:72];
-  assign \$95  = ~ \$94 ;
-  assign \$96  = | ins[103:88];
-  assign \$97  = ~ \$96 ;
-  assign \$98  = | { \$97 , \$95 , \$93 , \$91 , \$89  };
-  assign \$99  = \$signal  | \$signal$66 ;
-  assign \$100  = ~ unit_known;
-  assign \$101  = \$99  & \$100 ;
-  assign \$102  = \$signal$67  | \$101 ;
-  assign \$103  = \$signal  | \$signal$66 ;
-  assign \$104  = ins[5:0] == 2'h2;
-  assign \$105  = is_move | \$104 ;
-  assign \$106  = ins[5:0] == 2'h3;
-  assign \$107  = \$105  | \$106 ;
-  assign \$108  = \$107  | is_gemm;
-  assign \$109  = ci != ins[509:498];
-  assign \$110  = { \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78  } + 6'h3f;
-  assign \$112  = ins[497:466] + \$111 ;
-  assign \$113  = is_gemm ? \$112  : { 2'h0, ins[465:434] };
-  assign \$114  = ci << c_lb;
-  assign \$115  = \$113  + \$114 ;
-  assign \$116  = ins[5:0] == 3'h6;
-  assign \$117  = ins[5:0] == 4'h8;
-  assign \$118  = ins[5:0] == 3'h7;
-  assign \$119  = \$118  | \$signal ;
-  assign \$120  = | ins[7:6];
-  assign \$121  = ~ \$120 ;
-  assign \$122  = \$119  & \$121 ;
-  assign \$123  = ins[5:0] == 2'h2;
-  assign \$124  = ins[5:0] == 2'h3;
-  assign \$125  = ins[5:0] == 3'h6;
-  assign \$126  = ins[5:0] == 4'h8;
-  assign \$127  = r_rdy & \valid$100 ;
-  assign \$128  = $signed(addr) << ins[23:22];
-  assign \$129  = $signed({ 1'h0, \$82 [31:0] }) + $signed(\$128 );
-  assign \$130  = valid & req__ready;
-  assign \$133  = \$132  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$136  = \$135  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$139  = \$138  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$142  = \$141  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$143  = beat__valid & beat__payload[512];
-  assign \$144  = r_rdy & \valid$100 ;
-  assign \$145  = $signed(\addr$95 ) << ins[23:22];
-  assign \$146  = $signed({ 1'h0, \$82 [31:0] }) + $signed(\$145 );
-  assign \$147  = r_rdy & \valid$100 ;
-  assign \$148  = \$147  & \req__ready$181 ;
-  assign \$149  = r_rdy & \valid$100 ;
-  assign \$150  = \$149  & \req__ready$181 ;
-  assign \$151  = r_rdy & i__ready;
-  assign \$152  = r_rdy & \i__ready$190 ;
-  assign \$153  = ins[5:0] == 3'h7;
-  assign \$154  = ins[5:0] == 4'h9;
-  assign \$155  = \$153  | \$154 ;
-  assign \$156  = \$155  | \$signal ;
-  assign \$157  = \$156  | \$signal$66 ;
-  assign \$158  = streaming & \$157 ;
-  assign \$159  = ~ pack_full;
-  assign \$160  = \$159  | in_ready;
-  assign \$161  = \$160  & elem_valid;
-  assign \$162  = ~ add_sel;
-  assign \$163  = \r_rdy$200  | \$162 ;
-  assign \$164  = \$161  & \$163 ;
-  assign \$165  = ~ pack_full;
-  assign \$166  = \$165  | in_ready;
-  assign \$167  = \$166  & elem_valid;
-  assign \$168  = ~ add_sel;
-  assign \$169  = \r_rdy$200  | \$168 ;
+  assign \$85  = | ins[39:24];
+  assign \$86  = ~ \$85 ;
+  assign \$87  = | ins[55:40];
+  assign \$88  = ~ \$87 ;
+  assign \$89  = | ins[71:56];
+  assign \$90  = ~ \$89 ;
+  assign \$91  = | ins[87:72];
+  assign \$92  = ~ \$91 ;
+  assign \$93  = | ins[103:88];
+  assign \$94  = ~ \$93 ;
+  assign \$95  = | { \$94 , \$92 , \$90 , \$88 , \$86  };
+  assign \$96  = \$signal  | \$signal$66 ;
+  assign \$97  = ~ unit_known;
+  assign \$98  = \$96  & \$97 ;
+  assign \$99  = \$signal$67  | \$98 ;
+  assign \$100  = \$signal  | \$signal$66 ;
+  assign \$101  = ins[5:0] == 2'h2;
+  assign \$102  = is_move | \$101 ;
+  assign \$103  = ins[5:0] == 2'h3;
+  assign \$104  = \$102  | \$103 ;
+  assign \$105  = \$104  | is_gemm;
+  assign \$106  = ci != ins[509:498];
+  assign \$107  = ci << dec_c_lb;
+  assign \$108  = dec_c_base + \$107 ;
+  assign \$109  = ins[5:0] == 3'h6;
+  assign \$110  = ins[5:0] == 4'h8;
+  assign \$111  = ins[5:0] == 3'h7;
+  assign \$112  = \$111  | \$signal ;
+  assign \$113  = | ins[7:6];
+  assign \$114  = ~ \$113 ;
+  assign \$115  = \$112  & \$114 ;
+  assign \$116  = ins[5:0] == 2'h2;
+  assign \$117  = ins[5:0] == 2'h3;
+  assign \$118  = ins[5:0] == 3'h6;
+  assign \$119  = ins[5:0] == 4'h8;
+  assign \$120  = r_rdy & \valid$100 ;
+  assign \$121  = $signed(addr) << ins[23:22];
+  assign \$122  = $signed({ 1'h0, \$78 [31:0] }) + $signed(\$121 );
+  assign \$123  = valid & req__ready;
+  assign \$126  = \$125  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$129  = \$128  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$132  = \$131  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$135  = \$134  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$136  = beat__valid & beat__payload[512];
+  assign \$137  = r_rdy & \valid$100 ;
+  assign \$138  = $signed(\addr$95 ) << ins[23:22];
+  assign \$139  = $signed({ 1'h0, \$78 [31:0] }) + $signed(\$138 );
+  assign \$140  = r_rdy & \valid$100 ;
+  assign \$141  = \$140  & \req__ready$183 ;
+  assign \$142  = r_rdy & \valid$100 ;
+  assign \$143  = \$142  & \req__ready$183 ;
+  assign \$144  = r_rdy & i__ready;
+  assign \$145  = r_rdy & \i__ready$192 ;
+  assign \$146  = ins[5:0] == 3'h7;
+  assign \$147  = ins[5:0] == 4'h9;
+  assign \$148  = \$146  | \$147 ;
+  assign \$149  = \$148  | \$signal ;
+  assign \$150  = \$149  | \$signal$66 ;
+  assign \$151  = streaming & \$150 ;
+  assign \$152  = ~ pack_full;
+  assign \$153  = \$152  | in_ready;
+  assign \$154  = \$153  & elem_valid;
+  assign \$155  = ~ add_sel;
+  assign \$156  = \r_rdy$202  | \$155 ;
+  assign \$157  = \$154  & \$156 ;
+  assign \$158  = ~ pack_full;
+  assign \$159  = \$158  | in_ready;
+  assign \$160  = \$159  & elem_valid;
+  assign \$161  = ~ add_sel;
+  assign \$162  = \r_rdy$202  | \$161 ;
+  assign \$163  = \$160  & \$162 ;
+  assign \$164  = \$163  & add_sel;
+  assign \$165  = a__ready & \b__ready$216 ;
+  assign \$166  = ins[5:0] == 3'h7;
+  assign \$167  = \$166  | \$signal ;
+  assign \$168  = | ins[7:6];
+  assign \$169  = ~ \$168 ;
   assign \$170  = \$167  & \$169 ;
-  assign \$171  = \$170  & add_sel;
-  assign \$172  = a__ready & \b__ready$214 ;
-  assign \$173  = ins[5:0] == 3'h7;
-  assign \$174  = \$173  | \$signal ;
-  assign \$175  = | ins[7:6];
-  assign \$176  = ~ \$175 ;
-  assign \$177  = \$174  & \$176 ;
-  assign \$179  = \$signal$202  & \valid$100 ;
-  assign \$180  = pack_jo == 2'h3;
-  assign \$181  = \$180  | \final ;
-  assign \$182  = streaming & is_gemm;
-  assign \$183  = | tiles;
-  assign \$184  = w_row + k;
-  assign \$185  = \$184  << w_lb;
-  assign \$186  = ins[465:434] + \$185 ;
-  assign \$188  = ins[497:466] + \$187 ;
-  assign \$189  = want_w ? \$186  : { 8'h00, \$188  };
-  assign \$190  = want_w ? w_lb : 3'h6;
-  assign \$191  = streaming & is_gemm;
-  assign \$192  = ins[5:0] == 3'h4;
-  assign \$193  = ~ \$192 ;
-  assign \$194  = | rk;
-  assign \$195  = ~ \$194 ;
-  assign \$196  = \$193  | \$195 ;
-  assign \$197  = ~ w_full;
-  assign \$198  = \a__valid$244  & \a__ready$245 ;
-  assign \$199  = \$197  | \$198 ;
-  assign \$202  = \$201  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
-  assign \$205  = \$204  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
-  assign \$208  = \$207  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
-  assign \$211  = \$210  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
-  assign \$214  = \$213  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
-  assign \$217  = \$216  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
-  assign \$220  = \$219  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
-  assign \$221  = streaming & is_gemm;
-  assign \$223  = ~ \$222 ;
-  assign \$224  = r_rdy & \$223 ;
-  assign \$225  = \$signal$247  * 9'h100;
-  assign \$226  = \$225  + lk;
-  assign \$228  = ~ \$227 ;
-  assign \$229  = r_rdy & \$228 ;
-  assign \$230  = | \$signal$254 ;
-  assign \$231  = ~ \$230 ;
-  assign \$232  = \$229  & \$231 ;
-  assign \$233  = \$signal$247  * 9'h100;
-  assign \$234  = \$233  + lk;
-  assign \$236  = ~ \$235 ;
-  assign \$237  = r_rdy & \$236 ;
-  assign \$238  = \$signal$254  == 1'h1;
-  assign \$239  = \$237  & \$238 ;
-  assign \$240  = \$signal$247  * 9'h100;
-  assign \$241  = \$240  + lk;
-  assign \$243  = ~ \$242 ;
-  assign \$244  = r_rdy & \$243 ;
-  assign \$245  = \$signal$254  == 2'h2;
-  assign \$246  = \$244  & \$245 ;
-  assign \$247  = \$signal$247  * 9'h100;
-  assign \$248  = \$247  + lk;
-  assign \$250  = ~ \$249 ;
-  assign \$251  = r_rdy & \$250 ;
-  assign \$252  = \$signal$254  == 2'h3;
-  assign \$253  = \$251  & \$252 ;
-  assign \$254  = \$signal$247  * 9'h100;
-  assign \$255  = \$254  + lk;
-  assign \$257  = ~ \$256 ;
-  assign \$258  = r_rdy & \$257 ;
-  assign \$259  = \$signal$254  == 3'h4;
-  assign \$260  = \$258  & \$259 ;
-  assign \$261  = \$signal$247  * 9'h100;
-  assign \$262  = \$261  + lk;
-  assign \$264  = ~ \$263 ;
-  assign \$265  = r_rdy & \$264 ;
-  assign \$266  = \$signal$254  == 3'h5;
-  assign \$267  = \$265  & \$266 ;
-  assign \$268  = \$signal$247  * 9'h100;
-  assign \$269  = \$268  + lk;
-  assign \$271  = ~ \$270 ;
-  assign \$272  = r_rdy & \$271 ;
-  assign \$273  = \$signal$254  == 3'h6;
-  assign \$274  = \$272  & \$273 ;
-  assign \$275  = \$signal$247  * 9'h100;
-  assign \$276  = \$275  + lk;
-  assign \$278  = ~ \$277 ;
-  assign \$279  = r_rdy & \$278 ;
-  assign \$280  = \$signal$254  == 3'h7;
-  assign \$281  = \$279  & \$280 ;
-  assign \$282  = \$signal$277  * 9'h100;
-  assign \$283  = \$282  + \$signal$278 ;
-  assign \$285  = \$signal$247  == \$signal$277 ;
-  assign \$286  = lk > \$signal$278 ;
-  assign \$287  = \$285  & \$286 ;
-  assign \$288  = \$284  | \$287 ;
-  assign \$289  = ins[5:0] == 3'h4;
-  assign \$291  = \$289  | \$290 ;
-  assign \$292  = \$288  & \$291 ;
-  assign \$293  = ~ \$signal$283 ;
-  assign \$294  = \a__valid$244  & \a__ready$245 ;
-  assign \$295  = \$293  | \$294 ;
-  assign \$296  = \$292  & \$295 ;
-  assign \$297  = | feed_blocks;
-  assign \$298  = \$296  & \$297 ;
-  assign \$299  = \$signal$277  * 9'h100;
-  assign \$300  = \$299  + \$signal$278 ;
-  assign \$302  = \$signal$247  == \$signal$277 ;
-  assign \$303  = lk > \$signal$278 ;
-  assign \$304  = \$302  & \$303 ;
-  assign \$305  = \$301  | \$304 ;
-  assign \$306  = ins[5:0] == 3'h4;
-  assign \$308  = \$306  | \$307 ;
-  assign \$309  = \$305  & \$308 ;
-  assign \$310  = ~ \$signal$283 ;
-  assign \$311  = \a__valid$244  & \a__ready$245 ;
-  assign \$312  = \$310  | \$311 ;
-  assign \$313  = \$309  & \$312 ;
-  assign \$314  = | feed_blocks;
-  assign \$315  = \$313  & \$314 ;
-  assign \$316  = \$signal$277  * 9'h100;
-  assign \$317  = \$316  + \$signal$278 ;
-  assign \$319  = \$signal$247  == \$signal$277 ;
-  assign \$320  = lk > \$signal$278 ;
-  assign \$321  = \$319  & \$320 ;
-  assign \$322  = \$318  | \$321 ;
-  assign \$323  = ins[5:0] == 3'h4;
-  assign \$325  = \$323  | \$324 ;
-  assign \$326  = \$322  & \$325 ;
-  assign \$327  = ~ \$signal$283 ;
-  assign \$328  = \a__valid$244  & \a__ready$245 ;
-  assign \$329  = \$327  | \$328 ;
-  assign \$330  = \$326  & \$329 ;
-  assign \$331  = | feed_blocks;
-  assign \$332  = \$330  & \$331 ;
-  assign \$333  = \$signal$277  * 9'h100;
-  assign \$334  = \$333  + \$signal$278 ;
-  assign \$336  = \$signal$247  == \$signal$277 ;
-  assign \$337  = lk > \$signal$278 ;
-  assign \$338  = \$336  & \$337 ;
-  assign \$339  = \$335  | \$338 ;
-  assign \$340  = ins[5:0] == 3'h4;
-  assign \$342  = \$340  | \$341 ;
-  assign \$343  = \$339  & \$342 ;
-  assign \$344  = ~ \$signal$283 ;
-  assign \$345  = \a__valid$244  & \a__ready$245 ;
-  assign \$346  = \$344  | \$345 ;
-  assign \$347  = \$343  & \$346 ;
-  assign \$348  = | feed_blocks;
-  assign \$349  = \$347  & \$348 ;
-  assign \$350  = \$signal$277  * 9'h100;
-  assign \$351  = \$350  + \$signal$278 ;
-  assign \$353  = \$signal$247  == \$signal$277 ;
-  assign \$354  = lk > \$signal$278 ;
-  assign \$355  = \$353  & \$354 ;
-  assign \$356  = \$352  | \$355 ;
-  assign \$357  = ins[5:0] == 3'h4;
-  assign \$359  = \$357  | \$358 ;
-  assign \$360  = \$356  & \$359 ;
-  assign \$361  = ~ \$signal$283 ;
-  assign \$362  = \a__valid$244  & \a__ready$245 ;
-  assign \$363  = \$361  | \$362 ;
-  assign \$364  = \$360  & \$363 ;
-  assign \$365  = | feed_blocks;
-  assign \$366  = \$364  & \$365 ;
-  assign \$367  = \$signal$277  * 9'h100;
-  assign \$368  = \$367  + \$signal$278 ;
-  assign \$370  = \$signal$247  == \$signal$277 ;
-  assign \$371  = lk > \$signal$278 ;
-  assign \$372  = \$370  & \$371 ;
-  assign \$373  = \$369  | \$372 ;
-  assign \$374  = ins[5:0] == 3'h4;
-  assign \$376  = \$374  | \$375 ;
-  assign \$377  = \$373  & \$376 ;
-  assign \$378  = ~ \$signal$283 ;
-  assign \$379  = \a__valid$244  & \a__ready$245 ;
-  assign \$380  = \$378  | \$379 ;
-  assign \$381  = \$377  & \$380 ;
-  assign \$382  = | feed_blocks;
-  assign \$383  = \$381  & \$382 ;
-  assign \$384  = \$signal$277  * 9'h100;
-  assign \$385  = \$384  + \$signal$278 ;
-  assign \$387  = \$signal$247  == \$signal$277 ;
-  assign \$388  = lk > \$signal$278 ;
-  assign \$389  = \$387  & \$388 ;
-  assign \$390  = \$386  | \$389 ;
-  assign \$391  = ins[5:0] == 3'h4;
-  assign \$393  = \$391  | \$392 ;
-  assign \$394  = \$390  & \$393 ;
-  assign \$395  = ~ \$signal$283 ;
-  assign \$396  = \a__valid$244  & \a__ready$245 ;
-  assign \$397  = \$395  | \$396 ;
-  assign \$398  = \$394  & \$397 ;
-  assign \$399  = | feed_blocks;
-  assign \$400  = \$398  & \$399 ;
-  assign \$401  = \$signal$277  * 9'h100;
-  assign \$402  = \$401  + \$signal$278 ;
-  assign \$404  = \$signal$247  == \$signal$277 ;
-  assign \$405  = lk > \$signal$278 ;
-  assign \$406  = \$404  & \$405 ;
-  assign \$407  = \$403  | \$406 ;
+  assign \$172  = \$signal$204  & \valid$100 ;
+  assign \$173  = pack_jo == 2'h3;
+  assign \$174  = \$173  | \final ;
+  assign \$175  = streaming & is_gemm;
+  assign \$176  = | tiles;
+  assign \$178  = ins[497:466] + \$177 ;
+  assign \$179  = want_w ? { 1'h0, w_addr } : \$178 ;
+  assign \$180  = want_w ? w_lb : 3'h6;
+  assign \$181  = streaming & is_gemm;
+  assign \$182  = ins[5:0] == 3'h4;
+  assign \$183  = ~ \$182 ;
+  assign \$184  = | rk;
+  assign \$185  = ~ \$184 ;
+  assign \$186  = \$183  | \$185 ;
+  assign \$187  = ~ w_full;
+  assign \$188  = \a__valid$245  & \a__ready$246 ;
+  assign \$189  = \$187  | \$188 ;
+  assign \$192  = \$191  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
+  assign \$195  = \$194  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
+  assign \$198  = \$197  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
+  assign \$201  = \$200  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
+  assign \$204  = \$203  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
+  assign \$207  = \$206  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
+  assign \$210  = \$209  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
+  assign \$211  = streaming & is_gemm;
+  assign \$213  = ~ \$212 ;
+  assign \$214  = r_rdy & \$213 ;
+  assign \$215  = \$signal$248  * 9'h100;
+  assign \$216  = \$215  + lk;
+  assign \$218  = ~ \$217 ;
+  assign \$219  = r_rdy & \$218 ;
+  assign \$220  = | \$signal$255 ;
+  assign \$221  = ~ \$220 ;
+  assign \$222  = \$219  & \$221 ;
+  assign \$223  = \$signal$248  * 9'h100;
+  assign \$224  = \$223  + lk;
+  assign \$226  = ~ \$225 ;
+  assign \$227  = r_rdy & \$226 ;
+  assign \$228  = \$signal$255  == 1'h1;
+  assign \$229  = \$227  & \$228 ;
+  assign \$230  = \$signal$248  * 9'h100;
+  assign \$231  = \$230  + lk;
+  assign \$233  = ~ \$232 ;
+  assign \$234  = r_rdy & \$233 ;
+  assign \$235  = \$signal$255  == 2'h2;
+  assign \$236  = \$234  & \$235 ;
+  assign \$237  = \$signal$248  * 9'h100;
+  assign \$238  = \$237  + lk;
+  assign \$240  = ~ \$239 ;
+  assign \$241  = r_rdy & \$240 ;
+  assign \$242  = \$signal$255  == 2'h3;
+  assign \$243  = \$241  & \$242 ;
+  assign \$244  = \$signal$248  * 9'h100;
+  assign \$245  = \$244  + lk;
+  assign \$247  = ~ \$246 ;
+  assign \$248  = r_rdy & \$247 ;
+  assign \$249  = \$signal$255  == 3'h4;
+  assign \$250  = \$248  & \$249 ;
+  assign \$251  = \$signal$248  * 9'h100;
+  assign \$252  = \$251  + lk;
+  assign \$254  = ~ \$253 ;
+  assign \$255  = r_rdy & \$254 ;
+  assign \$256  = \$signal$255  == 3'h5;
+  assign \$257  = \$255  & \$256 ;
+  assign \$258  = \$signal$248  * 9'h100;
+  assign \$259  = \$258  + lk;
+  assign \$261  = ~ \$260 ;
+  assign \$262  = r_rdy & \$261 ;
+  assign \$263  = \$signal$255  == 3'h6;
+  assign \$264  = \$262  & \$263 ;
+  assign \$265  = \$signal$248  * 9'h100;
+  assign \$266  = \$265  + lk;
+  assign \$268  = ~ \$267 ;
+  assign \$269  = r_rdy & \$268 ;
+  assign \$270  = \$signal$255  == 3'h7;
+  assign \$271  = \$269  & \$270 ;
+  assign \$272  = \$signal$278  * 9'h100;
+  assign \$273  = \$272  + \$signal$279 ;
+  assign \$275  = \$signal$248  == \$signal$278 ;
+  assign \$276  = lk > \$signal$279 ;
+  assign \$277  = \$275  & \$276 ;
+  assign \$278  = \$274  | \$277 ;
+  assign \$279  = ins[5:0] == 3'h4;
+  assign \$281  = \$279  | \$280 ;
+  assign \$282  = \$278  & \$281 ;
+  assign \$283  = ~ \$signal$284 ;
+  assign \$284  = \a__valid$245  & \a__ready$246 ;
+  assign \$285  = \$283  | \$284 ;
+  assign \$286  = \$282  & \$285 ;
+  assign \$287  = | feed_blocks;
+  assign \$288  = \$286  & \$287 ;
+  assign \$289  = \$signal$278  * 9'h100;
+  assign \$290  = \$289  + \$signal$279 ;
+  assign \$292  = \$signal$248  == \$signal$278 ;
+  assign \$293  = lk > \$signal$279 ;
+  assign \$294  = \$292  & \$293 ;
+  assign \$295  = \$291  | \$294 ;
+  assign \$296  = ins[5:0] == 3'h4;
+  assign \$298  = \$296  | \$297 ;
+  assign \$299  = \$295  & \$298 ;
+  assign \$300  = ~ \$signal$284 ;
+  assign \$301  = \a__valid$245  & \a__ready$246 ;
+  assign \$302  = \$300  | \$301 ;
+  assign \$303  = \$299  & \$302 ;
+  assign \$304  = | feed_blocks;
+  assign \$305  = \$303  & \$304 ;
+  assign \$306  = \$signal$278  * 9'h100;
+  assign \$307  = \$306  + \$signal$279 ;
+  assign \$309  = \$signal$248  == \$signal$278 ;
+  assign \$310  = lk > \$signal$279 ;
+  assign \$311  = \$309  & \$310 ;
+  assign \$312  = \$308  | \$311 ;
+  assign \$313  = ins[5:0] == 3'h4;
+  assign \$315  = \$313  | \$314 ;
+  assign \$316  = \$312  & \$315 ;
+  assign \$317  = ~ \$signal$284 ;
+  assign \$318  = \a__valid$245  & \a__ready$246 ;
+  assign \$319  = \$317  | \$318 ;
+  assign \$320  = \$316  & \$319 ;
+  assign \$321  = | feed_blocks;
+  assign \$322  = \$320  & \$321 ;
+  assign \$323  = \$signal$278  * 9'h100;
+  assign \$324  = \$323  + \$signal$279 ;
+  assign \$326  = \$signal$248  == \$signal$278 ;
+  assign \$327  = lk > \$signal$279 ;
+  assign \$328  = \$326  & \$327 ;
+  assign \$329  = \$325  | \$328 ;
+  assign \$330  = ins[5:0] == 3'h4;
+  assign \$332  = \$330  | \$331 ;
+  assign \$333  = \$329  & \$332 ;
+  assign \$334  = ~ \$signal$284 ;
+  assign \$335  = \a__valid$245  & \a__ready$246 ;
+  assign \$336  = \$334  | \$335 ;
+  assign \$337  = \$333  & \$336 ;
+  assign \$338  = | feed_blocks;
+  assign \$339  = \$337  & \$338 ;
+  assign \$340  = \$signal$278  * 9'h100;
+  assign \$341  = \$340  + \$signal$279 ;
+  assign \$343  = \$signal$248  == \$signal$278 ;
+  assign \$344  = lk > \$signal$279 ;
+  assign \$345  = \$343  & \$344 ;
+  assign \$346  = \$342  | \$345 ;
+  assign \$347  = ins[5:0] == 3'h4;
+  assign \$349  = \$347  | \$348 ;
+  assign \$350  = \$346  & \$349 ;
+  assign \$351  = ~ \$signal$284 ;
+  assign \$352  = \a__valid$245  & \a__ready$246 ;
+  assign \$353  = \$351  | \$352 ;
+  assign \$354  = \$350  & \$353 ;
+  assign \$355  = | feed_blocks;
+  assign \$356  = \$354  & \$355 ;
+  assign \$357  = \$signal$278  * 9'h100;
+  assign \$358  = \$357  + \$signal$279 ;
+  assign \$360  = \$signal$248  == \$signal$278 ;
+  assign \$361  = lk > \$signal$279 ;
+  assign \$362  = \$360  & \$361 ;
+  assign \$363  = \$359  | \$362 ;
+  assign \$364  = ins[5:0] == 3'h4;
+  assign \$366  = \$364  | \$365 ;
+  assign \$367  = \$363  & \$366 ;
+  assign \$368  = ~ \$signal$284 ;
+  assign \$369  = \a__valid$245  & \a__ready$246 ;
+  assign \$370  = \$368  | \$369 ;
+  assign \$371  = \$367  & \$370 ;
+  assign \$372  = | feed_blocks;
+  assign \$373  = \$371  & \$372 ;
+  assign \$374  = \$signal$278  * 9'h100;
+  assign \$375  = \$374  + \$signal$279 ;
+  assign \$377  = \$signal$248  == \$signal$278 ;
+  assign \$378  = lk > \$signal$279 ;
+  assign \$379  = \$377  & \$378 ;
+  assign \$380  = \$376  | \$379 ;
+  assign \$381  = ins[5:0] == 3'h4;
+  assign \$383  = \$381  | \$382 ;
+  assign \$384  = \$380  & \$383 ;
+  assign \$385  = ~ \$signal$284 ;
+  assign \$386  = \a__valid$245  & \a__ready$246 ;
+  assign \$387  = \$385  | \$386 ;
+  assign \$388  = \$384  & \$387 ;
+  assign \$389  = | feed_blocks;
+  assign \$390  = \$388  & \$389 ;
+  assign \$391  = \$signal$278  * 9'h100;
+  assign \$392  = \$391  + \$signal$279 ;
+  assign \$394  = \$signal$248  == \$signal$278 ;
+  assign \$395  = lk > \$signal$279 ;
+  assign \$396  = \$394  & \$395 ;
+  assign \$397  = \$393  | \$396 ;
+  assign \$398  = ins[5:0] == 3'h4;
+  assign \$400  = \$398  | \$399 ;
+  assign \$401  = \$397  & \$400 ;
+  assign \$402  = ~ \$signal$284 ;
+  assign \$403  = \a__valid$245  & \a__ready$246 ;
+  assign \$404  = \$402  | \$403 ;
+  assign \$405  = \$401  & \$404 ;
+  assign \$406  = | feed_blocks;
+  assign \$407  = \$405  & \$406 ;
   assign \$408  = ins[5:0] == 3'h4;
-  assign \$410  = \$408  | \$409 ;
-  assign \$411  = \$407  & \$410 ;
-  assign \$412  = ~ \$signal$283 ;
-  assign \$413  = \a__valid$244  & \a__ready$245 ;
-  assign \$414  = \$412  | \$413 ;
-  assign \$415  = \$411  & \$414 ;
-  assign \$416  = | feed_blocks;
-  assign \$417  = \$415  & \$416 ;
-  assign \$418  = ins[5:0] == 3'h4;
+  assign \$409  = ~ \$408 ;
+  assign \$411  = ~ \$410 ;
+  assign \$412  = \r_rdy$202  & \$411 ;
+  assign \$413  = ins[5:0] == 3'h4;
+  assign \$414  = ~ \$413 ;
+  assign \$415  = \$412  & \$414 ;
+  assign \$416  = w_load_half * 9'h100;
+  assign \$417  = \$416  + w_load_addr;
   assign \$419  = ~ \$418 ;
-  assign \$421  = ~ \$420 ;
-  assign \$422  = \r_rdy$200  & \$421 ;
-  assign \$423  = ins[5:0] == 3'h4;
-  assign \$424  = ~ \$423 ;
-  assign \$425  = \$422  & \$424 ;
-  assign \$426  = w_load_half * 9'h100;
-  assign \$427  = \$426  + w_load_addr;
-  assign \$429  = ~ \$428 ;
-  assign \$430  = \r_rdy$200  & \$429 ;
-  assign \$431  = ins[5:0] == 3'h4;
-  assign \$432  = ~ \$431 ;
-  assign \$433  = \$430  & \$432 ;
-  assign \$434  = | w_load_lane;
-  assign \$435  = ~ \$434 ;
-  assign \$436  = \$433  & \$435 ;
+  assign \$420  = \r_rdy$202  & \$419 ;
+  assign \$421  = ins[5:0] == 3'h4;
+  assign \$422  = ~ \$421 ;
+  assign \$423  = \$420  & \$422 ;
+  assign \$424  = | w_load_lane;
+  assign \$425  = ~ \$424 ;
+  assign \$426  = \$423  & \$425 ;
+  assign \$427  = w_load_half * 9'h100;
+  assign \$428  = \$427  + w_load_addr;
+  assign \$430  = ~ \$429 ;
+  assign \$431  = \r_rdy$202  & \$430 ;
+  assign \$432  = ins[5:0] == 3'h4;
+  assign \$433  = ~ \$432 ;
+  assign \$434  = \$431  & \$433 ;
+  assign \$435  = w_load_lane == 1'h1;
+  assign \$436  = \$434  & \$435 ;
   assign \$437  = w_load_half * 9'h100;
   assign \$438  = \$437  + w_load_addr;
   assign \$440  = ~ \$439 ;
-  assign \$441  = \r_rdy$200  & \$440 ;
+  assign \$441  = \r_rdy$202  & \$440 ;
   assign \$442  = ins[5:0] == 3'h4;
   assign \$443  = ~ \$442 ;
   assign \$444  = \$441  & \$443 ;
-  assign \$445  = w_load_lane == 1'h1;
+  assign \$445  = w_load_lane == 2'h2;
   assign \$446  = \$444  & \$445 ;
   assign \$447  = w_load_half * 9'h100;
   assign \$448  = \$447  + w_load_addr;
   assign \$450  = ~ \$449 ;
-  assign \$451  = \r_rdy$200  & \$450 ;
+  assign \$451  = \r_rdy$202  & \$450 ;
   assign \$452  = ins[5:0] == 3'h4;
   assign \$453  = ~ \$452 ;
   assign \$454  = \$451  & \$453 ;
-  assign \$455  = w_load_lane == 2'h2;
+  assign \$455  = w_load_lane == 2'h3;
   assign \$456  = \$454  & \$455 ;
   assign \$457  = w_load_half * 9'h100;
   assign \$458  = \$457  + w_load_addr;
   assign \$460  = ~ \$459 ;
-  assign \$461  = \r_rdy$200  & \$460 ;
+  assign \$461  = \r_rdy$202  & \$460 ;
   assign \$462  = ins[5:0] == 3'h4;
   assign \$463  = ~ \$462 ;
   assign \$464  = \$461  & \$463 ;
-  assign \$465  = w_load_lane == 2'h3;
+  assign \$465  = w_load_lane == 3'h4;
   assign \$466  = \$464  & \$465 ;
   assign \$467  = w_load_half * 9'h100;
   assign \$468  = \$467  + w_load_addr;
   assign \$470  = ~ \$469 ;
-  assign \$471  = \r_rdy$200  & \$470 ;
+  assign \$471  = \r_rdy$202  & \$470 ;
   assign \$472  = ins[5:0] == 3'h4;
   assign \$473  = ~ \$472 ;
   assign \$474  = \$471  & \$473 ;
-  assign \$475  = w_load_lane == 3'h4;
+  assign \$475  = w_load_lane == 3'h5;
   assign \$476  = \$474  & \$475 ;
   assign \$477  = w_load_half * 9'h100;
   assign \$478  = \$477  + w_load_addr;
   assign \$480  = ~ \$479 ;
-  assign \$481  = \r_rdy$200  & \$480 ;
+  assign \$481  = \r_rdy$202  & \$480 ;
   assign \$482  = ins[5:0] == 3'h4;
   assign \$483  = ~ \$482 ;
   assign \$484  = \$481  & \$483 ;
-  assign \$485  = w_load_lane == 3'h5;
+  assign \$485  = w_load_lane == 3'h6;
   assign \$486  = \$484  & \$485 ;
   assign \$487  = w_load_half * 9'h100;
   assign \$488  = \$487  + w_load_addr;
   assign \$490  = ~ \$489 ;
-  assign \$491  = \r_rdy$200  & \$490 ;
+  assign \$491  = \r_rdy$202  & \$490 ;
   assign \$492  = ins[5:0] == 3'h4;
   assign \$493  = ~ \$492 ;
   assign \$494  = \$491  & \$493 ;
-  assign \$495  = w_load_lane == 3'h6;
+  assign \$495  = w_load_lane == 3'h7;
   assign \$496  = \$494  & \$495 ;
-  assign \$497  = w_load_half * 9'h100;
-  assign \$498  = \$497  + w_load_addr;
-  assign \$500  = ~ \$499 ;
-  assign \$501  = \r_rdy$200  & \$500 ;
-  assign \$502  = ins[5:0] == 3'h4;
-  assign \$503  = ~ \$502 ;
-  assign \$504  = \$501  & \$503 ;
-  assign \$505  = w_load_lane == 3'h7;
-  assign \$506  = \$504  & \$505 ;
-  assign \$507  = w_feed_half * 9'h100;
-  assign \$508  = \$507  + feed_ntk;
-  assign \$509  = \$508  + \$signal$278 ;
-  assign \$511  = \$signal$247  == \$signal$277 ;
-  assign \$512  = lk > \$signal$278 ;
-  assign \$513  = \$511  & \$512 ;
-  assign \$514  = \$510  | \$513 ;
-  assign \$515  = ins[5:0] == 3'h4;
-  assign \$517  = \$515  | \$516 ;
-  assign \$518  = \$514  & \$517 ;
-  assign \$519  = ~ \$signal$283 ;
-  assign \$520  = \a__valid$244  & \a__ready$245 ;
-  assign \$521  = \$519  | \$520 ;
-  assign \$522  = \$518  & \$521 ;
-  assign \$523  = | feed_blocks;
-  assign \$524  = \$522  & \$523 ;
-  assign \$525  = w_feed_half * 9'h100;
-  assign \$526  = \$525  + feed_ntk;
-  assign \$527  = \$526  + \$signal$278 ;
-  assign \$529  = \$signal$247  == \$signal$277 ;
-  assign \$530  = lk > \$signal$278 ;
-  assign \$531  = \$529  & \$530 ;
-  assign \$532  = \$528  | \$531 ;
-  assign \$533  = ins[5:0] == 3'h4;
-  assign \$535  = \$533  | \$534 ;
-  assign \$536  = \$532  & \$535 ;
-  assign \$537  = ~ \$signal$283 ;
-  assign \$538  = \a__valid$244  & \a__ready$245 ;
-  assign \$539  = \$537  | \$538 ;
-  assign \$540  = \$536  & \$539 ;
-  assign \$541  = | feed_blocks;
-  assign \$542  = \$540  & \$541 ;
-  assign \$543  = w_feed_half * 9'h100;
-  assign \$544  = \$543  + feed_ntk;
-  assign \$545  = \$544  + \$signal$278 ;
-  assign \$547  = \$signal$247  == \$signal$277 ;
-  assign \$548  = lk > \$signal$278 ;
-  assign \$549  = \$547  & \$548 ;
-  assign \$550  = \$546  | \$549 ;
-  assign \$551  = ins[5:0] == 3'h4;
-  assign \$553  = \$551  | \$552 ;
-  assign \$554  = \$550  & \$553 ;
-  assign \$555  = ~ \$signal$283 ;
-  assign \$556  = \a__valid$244  & \a__ready$245 ;
-  assign \$557  = \$555  | \$556 ;
-  assign \$558  = \$554  & \$557 ;
-  assign \$559  = | feed_blocks;
-  assign \$560  = \$558  & \$559 ;
-  assign \$561  = w_feed_half * 9'h100;
-  assign \$562  = \$561  + feed_ntk;
-  assign \$563  = \$562  + \$signal$278 ;
-  assign \$565  = \$signal$247  == \$signal$277 ;
-  assign \$566  = lk > \$signal$278 ;
-  assign \$567  = \$565  & \$566 ;
-  assign \$568  = \$564  | \$567 ;
-  assign \$569  = ins[5:0] == 3'h4;
-  assign \$571  = \$569  | \$570 ;
-  assign \$572  = \$568  & \$571 ;
-  assign \$573  = ~ \$signal$283 ;
-  assign \$574  = \a__valid$244  & \a__ready$245 ;
-  assign \$575  = \$573  | \$574 ;
-  assign \$576  = \$572  & \$575 ;
-  assign \$577  = | feed_blocks;
-  assign \$578  = \$576  & \$577 ;
-  assign \$579  = w_feed_half * 9'h100;
-  assign \$580  = \$579  + feed_ntk;
-  assign \$581  = \$580  + \$signal$278 ;
-  assign \$583  = \$signal$247  == \$signal$277 ;
-  assign \$584  = lk > \$signal$278 ;
-  assign \$585  = \$583  & \$584 ;
-  assign \$586  = \$582  | \$585 ;
-  assign \$587  = ins[5:0] == 3'h4;
-  assign \$589  = \$587  | \$588 ;
-  assign \$590  = \$586  & \$589 ;
-  assign \$591  = ~ \$signal$283 ;
-  assign \$592  = \a__valid$244  & \a__ready$245 ;
-  assign \$593  = \$591  | \$592 ;
-  assign \$594  = \$590  & \$593 ;
-  assign \$595  = | feed_blocks;
-  assign \$596  = \$594  & \$595 ;
-  assign \$597  = w_feed_half * 9'h100;
-  assign \$598  = \$597  + feed_ntk;
-  assign \$599  = \$598  + \$signal$278 ;
-  assign \$601  = \$signal$247  == \$signal$277 ;
-  assign \$602  = lk > \$signal$278 ;
-  assign \$603  = \$601  & \$602 ;
-  assign \$604  = \$600  | \$603 ;
-  assign \$605  = ins[5:0] == 3'h4;
-  assign \$607  = \$605  | \$606 ;
-  assign \$608  = \$604  & \$607 ;
-  assign \$609  = ~ \$signal$283 ;
-  assign \$610  = \a__valid$244  & \a__ready$245 ;
-  assign \$611  = \$609  | \$610 ;
-  assign \$612  = \$608  & \$611 ;
-  assign \$613  = | feed_blocks;
-  assign \$614  = \$612  & \$613 ;
-  assign \$615  = w_feed_half * 9'h100;
-  assign \$616  = \$615  + feed_ntk;
-  assign \$617  = \$616  + \$signal$278 ;
-  assign \$619  = \$signal$247  == \$signal$277 ;
-  assign \$620  = lk > \$signal$278 ;
-  assign \$621  = \$619  & \$620 ;
-  assign \$622  = \$618  | \$621 ;
-  assign \$623  = ins[5:0] == 3'h4;
-  assign \$625  = \$623  | \$624 ;
-  assign \$626  = \$622  & \$625 ;
-  assign \$627  = ~ \$signal$283 ;
-  assign \$628  = \a__valid$244  & \a__ready$245 ;
-  assign \$629  = \$627  | \$628 ;
-  assign \$630  = \$626  & \$629 ;
-  assign \$631  = | feed_blocks;
-  assign \$632  = \$630  & \$631 ;
-  assign \$633  = w_feed_half * 9'h100;
-  assign \$634  = \$633  + feed_ntk;
-  assign \$635  = \$634  + \$signal$278 ;
-  assign \$637  = \$signal$247  == \$signal$277 ;
-  assign \$638  = lk > \$signal$278 ;
-  assign \$639  = \$637  & \$638 ;
-  assign \$640  = \$636  | \$639 ;
+  assign \$497  = w_feed_half * 9'h100;
+  assign \$498  = \$497  + feed_ntk;
+  assign \$499  = \$498  + \$signal$279 ;
+  assign \$501  = \$signal$248  == \$signal$278 ;
+  assign \$502  = lk > \$signal$279 ;
+  assign \$503  = \$501  & \$502 ;
+  assign \$504  = \$500  | \$503 ;
+  assign \$505  = ins[5:0] == 3'h4;
+  assign \$507  = \$505  | \$506 ;
+  assign \$508  = \$504  & \$507 ;
+  assign \$509  = ~ \$signal$284 ;
+  assign \$510  = \a__valid$245  & \a__ready$246 ;
+  assign \$511  = \$509  | \$510 ;
+  assign \$512  = \$508  & \$511 ;
+  assign \$513  = | feed_blocks;
+  assign \$514  = \$512  & \$513 ;
+  assign \$515  = w_feed_half * 9'h100;
+  assign \$516  = \$515  + feed_ntk;
+  assign \$517  = \$516  + \$signal$279 ;
+  assign \$519  = \$signal$248  == \$signal$278 ;
+  assign \$520  = lk > \$signal$279 ;
+  assign \$521  = \$519  & \$520 ;
+  assign \$522  = \$518  | \$521 ;
+  assign \$523  = ins[5:0] == 3'h4;
+  assign \$525  = \$523  | \$524 ;
+  assign \$526  = \$522  & \$525 ;
+  assign \$527  = ~ \$signal$284 ;
+  assign \$528  = \a__valid$245  & \a__ready$246 ;
+  assign \$529  = \$527  | \$528 ;
+  assign \$530  = \$526  & \$529 ;
+  assign \$531  = | feed_blocks;
+  assign \$532  = \$530  & \$531 ;
+  assign \$533  = w_feed_half * 9'h100;
+  assign \$534  = \$533  + feed_ntk;
+  assign \$535  = \$534  + \$signal$279 ;
+  assign \$537  = \$signal$248  == \$signal$278 ;
+  assign \$538  = lk > \$signal$279 ;
+  assign \$539  = \$537  & \$538 ;
+  assign \$540  = \$536  | \$539 ;
+  assign \$541  = ins[5:0] == 3'h4;
+  assign \$543  = \$541  | \$542 ;
+  assign \$544  = \$540  & \$543 ;
+  assign \$545  = ~ \$signal$284 ;
+  assign \$546  = \a__valid$245  & \a__ready$246 ;
+  assign \$547  = \$545  | \$546 ;
+  assign \$548  = \$544  & \$547 ;
+  assign \$549  = | feed_blocks;
+  assign \$550  = \$548  & \$549 ;
+  assign \$551  = w_feed_half * 9'h100;
+  assign \$552  = \$551  + feed_ntk;
+  assign \$553  = \$552  + \$signal$279 ;
+  assign \$555  = \$signal$248  == \$signal$278 ;
+  assign \$556  = lk > \$signal$279 ;
+  assign \$557  = \$555  & \$556 ;
+  assign \$558  = \$554  | \$557 ;
+  assign \$559  = ins[5:0] == 3'h4;
+  assign \$561  = \$559  | \$560 ;
+  assign \$562  = \$558  & \$561 ;
+  assign \$563  = ~ \$signal$284 ;
+  assign \$564  = \a__valid$245  & \a__ready$246 ;
+  assign \$565  = \$563  | \$564 ;
+  assign \$566  = \$562  & \$565 ;
+  assign \$567  = | feed_blocks;
+  assign \$568  = \$566  & \$567 ;
+  assign \$569  = w_feed_half * 9'h100;
+  assign \$570  = \$569  + feed_ntk;
+  assign \$571  = \$570  + \$signal$279 ;
+  assign \$573  = \$signal$248  == \$signal$278 ;
+  assign \$574  = lk > \$signal$279 ;
+  assign \$575  = \$573  & \$574 ;
+  assign \$576  = \$572  | \$575 ;
+  assign \$577  = ins[5:0] == 3'h4;
+  assign \$579  = \$577  | \$578 ;
+  assign \$580  = \$576  & \$579 ;
+  assign \$581  = ~ \$signal$284 ;
+  assign \$582  = \a__valid$245  & \a__ready$246 ;
+  assign \$583  = \$581  | \$582 ;
+  assign \$584  = \$580  & \$583 ;
+  assign \$585  = | feed_blocks;
+  assign \$586  = \$584  & \$585 ;
+  assign \$587  = w_feed_half * 9'h100;
+  assign \$588  = \$587  + feed_ntk;
+  assign \$589  = \$588  + \$signal$279 ;
+  assign \$591  = \$signal$248  == \$signal$278 ;
+  assign \$592  = lk > \$signal$279 ;
+  assign \$593  = \$591  & \$592 ;
+  assign \$594  = \$590  | \$593 ;
+  assign \$595  = ins[5:0] == 3'h4;
+  assign \$597  = \$595  | \$596 ;
+  assign \$598  = \$594  & \$597 ;
+  assign \$599  = ~ \$signal$284 ;
+  assign \$600  = \a__valid$245  & \a__ready$246 ;
+  assign \$601  = \$599  | \$600 ;
+  assign \$602  = \$598  & \$601 ;
+  assign \$603  = | feed_blocks;
+  assign \$604  = \$602  & \$603 ;
+  assign \$605  = w_feed_half * 9'h100;
+  assign \$606  = \$605  + feed_ntk;
+  assign \$607  = \$606  + \$signal$279 ;
+  assign \$609  = \$signal$248  == \$signal$278 ;
+  assign \$610  = lk > \$signal$279 ;
+  assign \$611  = \$609  & \$610 ;
+  assign \$612  = \$608  | \$611 ;
+  assign \$613  = ins[5:0] == 3'h4;
+  assign \$615  = \$613  | \$614 ;
+  assign \$616  = \$612  & \$615 ;
+  assign \$617  = ~ \$signal$284 ;
+  assign \$618  = \a__valid$245  & \a__ready$246 ;
+  assign \$619  = \$617  | \$618 ;
+  assign \$620  = \$616  & \$619 ;
+  assign \$621  = | feed_blocks;
+  assign \$622  = \$620  & \$621 ;
+  assign \$623  = w_feed_half * 9'h100;
+  assign \$624  = \$623  + feed_ntk;
+  assign \$625  = \$624  + \$signal$279 ;
+  assign \$627  = \$signal$248  == \$signal$278 ;
+  assign \$628  = lk > \$signal$279 ;
+  assign \$629  = \$627  & \$628 ;
+  assign \$630  = \$626  | \$629 ;
+  assign \$631  = ins[5:0] == 3'h4;
+  assign \$633  = \$631  | \$632 ;
+  assign \$634  = \$630  & \$633 ;
+  assign \$635  = ~ \$signal$284 ;
+  assign \$636  = \a__valid$245  & \a__ready$246 ;
+  assign \$637  = \$635  | \$636 ;
+  assign \$638  = \$634  & \$637 ;
+  assign \$639  = | feed_blocks;
+  assign \$640  = \$638  & \$639 ;
   assign \$641  = ins[5:0] == 3'h4;
-  assign \$643  = \$641  | \$642 ;
-  assign \$644  = \$640  & \$643 ;
-  assign \$645  = ~ \$signal$283 ;
-  assign \$646  = \a__valid$244  & \a__ready$245 ;
-  assign \$647  = \$645  | \$646 ;
-  assign \$648  = \$644  & \$647 ;
-  assign \$649  = | feed_blocks;
-  assign \$650  = \$648  & \$649 ;
+  assign \$642  = \$641  ? w_full : \$signal$284 ;
+  assign \$643  = ins[5:0] == 3'h4;
+  assign \$644  = \$643  ? w_lane0 : \$signature__data$358 ;
+  assign \$645  = ins[5:0] == 3'h4;
+  assign \$646  = \$645  ? w_lane1 : \$signature__data$360 ;
+  assign \$647  = ins[5:0] == 3'h4;
+  assign \$648  = \$647  ? w_lane2 : \$signature__data$362 ;
+  assign \$649  = ins[5:0] == 3'h4;
+  assign \$650  = \$649  ? w_lane3 : \$signature__data$364 ;
   assign \$651  = ins[5:0] == 3'h4;
-  assign \$652  = \$651  ? w_full : \$signal$283 ;
+  assign \$652  = \$651  ? w_lane4 : \$signature__data$366 ;
   assign \$653  = ins[5:0] == 3'h4;
-  assign \$654  = \$653  ? w_lane0 : \$signature__data$357 ;
+  assign \$654  = \$653  ? w_lane5 : \$signature__data$368 ;
   assign \$655  = ins[5:0] == 3'h4;
-  assign \$656  = \$655  ? w_lane1 : \$signature__data$359 ;
+  assign \$656  = \$655  ? w_lane6 : \$signature__data$370 ;
   assign \$657  = ins[5:0] == 3'h4;
-  assign \$658  = \$657  ? w_lane2 : \$signature__data$361 ;
-  assign \$659  = ins[5:0] == 3'h4;
-  assign \$660  = \$659  ? w_lane3 : \$signature__data$363 ;
-  assign \$661  = ins[5:0] == 3'h4;
-  assign \$662  = \$661  ? w_lane4 : \$signature__data$365 ;
-  assign \$663  = ins[5:0] == 3'h4;
-  assign \$664  = \$663  ? w_lane5 : \$signature__data$367 ;
-  assign \$665  = ins[5:0] == 3'h4;
-  assign \$666  = \$665  ? w_lane6 : \$signature__data$369 ;
-  assign \$667  = ins[5:0] == 3'h4;
-  assign \$668  = \$667  ? w_lane7 : \$signature__data$371 ;
-  assign \$669  = streaming & is_gemm;
-  assign \$670  = \$signal  | \$signal$66 ;
-  assign \$671  = ~ \$670 ;
-  assign \$672  = \$669  & \$671 ;
-  assign \$674  = \o__valid$375  & \valid$100 ;
-  assign \$675  = index__1 * 4'h8;
-  assign \$676  = \$675  + index__3;
-  assign \$677  = \$676  < ins[55:40];
-  assign \$678  = index__2 * 4'h8;
-  assign \$679  = \$678  + index__4;
-  assign \$680  = \$679  < ins[71:56];
-  assign \$681  = \$677  & \$680 ;
-  assign \$682  = \$674  & \$681 ;
-  assign \$683  = \o__valid$375  & \valid$100 ;
-  assign \$684  = \o__valid$375  & \valid$100 ;
-  assign \$685  = \$684  & last__4;
-  assign \$686  = streaming & is_gemm;
-  assign \$687  = \$signal  | \$signal$66 ;
-  assign \$688  = \$686  & \$687 ;
-  assign \$690  = post_col == 3'h7;
-  assign \$691  = elem_take & \$690 ;
-  assign \$692  = \$signal$99  & \valid$100 ;
-  assign \$693  = index__1 * 4'h8;
-  assign \$694  = \$693  + index__3;
-  assign \$695  = \$694  < ins[55:40];
-  assign \$696  = index__2 * 4'h8;
-  assign \$697  = \$696  + index__4;
-  assign \$698  = \$697  < ins[71:56];
-  assign \$699  = \$695  & \$698 ;
-  assign \$700  = \$692  & \$699 ;
-  assign \$701  = streaming & err;
-  assign \$702  = ~ busy;
-  assign clear = start & \$702 ;
-  assign \$703  = ~ unit_rst;
-  assign \$704  = src0_issue & \$703 ;
-  assign \$705  = last__3 & \last__4$387 ;
-  assign \$706  = ~ unit_rst;
-  assign \$707  = src1_issue & \$706 ;
-  assign \$708  = \last__3$392  & \last__4$390 ;
-  assign \$709  = cycles + 1'h1;
-  assign \$711  = \$710  + 1'h1;
-  assign \$712  = | images;
-  assign \$713  = \$712  ? images : 16'h0001;
-  assign \$714  = ~ fetch_sent;
-  assign \$715  = req__ready & \$714 ;
-  assign \$716  = ins[5:0] == 1'h1;
-  assign \$717  = images_left > 1'h1;
-  assign \$718  = \$716  & \$717 ;
-  assign \$719  = ins[5:0] == 1'h1;
-  assign \$720  = | ins[39:24];
-  assign \$721  = ~ \$720 ;
-  assign \$722  = | ins[55:40];
-  assign \$723  = ~ \$722 ;
-  assign \$724  = | ins[71:56];
-  assign \$725  = ~ \$724 ;
-  assign \$726  = | ins[87:72];
-  assign \$727  = ~ \$726 ;
-  assign \$728  = | ins[103:88];
-  assign \$729  = ~ \$728 ;
-  assign \$730  = | { \$729 , \$727 , \$725 , \$723 , \$721  };
-  assign \$731  = \$signal  | \$signal$66 ;
-  assign \$732  = ~ unit_known;
-  assign \$733  = \$731  & \$732 ;
-  assign \$734  = \$signal$67  | \$733 ;
-  assign \$735  = \$signal  | \$signal$66 ;
-  assign \$736  = ins[5:0] == 2'h2;
-  assign \$737  = is_move | \$736 ;
-  assign \$738  = ins[5:0] == 2'h3;
-  assign \$739  = \$737  | \$738 ;
-  assign \$740  = \$739  | is_gemm;
-  assign \$741  = images_left - 1'h1;
-  assign \$742  = offset + \$signal$395 ;
-  assign \$743  = req__valid & req__ready;
-  assign \$744  = ci + 1'h1;
-  assign \$745  = beat__valid & beat__ready;
-  assign \$746  = cr + 1'h1;
-  assign \$747  = cr + 1'h1;
-  assign \$748  = \$747  == ins[509:498];
-  assign \$749  = | ins[509:498];
-  assign \$750  = ~ \$749 ;
-  assign \$751  = ~ \valid$100 ;
-  assign \$752  = \$751  & idle;
-  assign \$753  = | fault;
-  assign \$754  = ~ \$753 ;
-  assign \$755  = \$752  & \$754 ;
-  assign \$756  = pc + 7'h40;
-  assign \$757  = $signed(addr) < $signed(1'h0);
-  assign \$758  = $signed(addr) >= $signed(16'h4000);
-  assign \$759  = \$757  | \$758 ;
-  assign \$760  = valid & \$759 ;
-  assign \$761  = ins[5:0] == 2'h2;
+  assign \$658  = \$657  ? w_lane7 : \$signature__data$372 ;
+  assign \$659  = streaming & is_gemm;
+  assign \$660  = \$signal  | \$signal$66 ;
+  assign \$661  = ~ \$660 ;
+  assign \$662  = \$659  & \$661 ;
+  assign \$664  = \o__valid$376  & \valid$100 ;
+  assign \$665  = index__1 * 4'h8;
+  assign \$666  = \$665  + index__3;
+  assign \$667  = \$666  < ins[55:40];
+  assign \$668  = index__2 * 4'h8;
+  assign \$669  = \$668  + index__4;
+  assign \$670  = \$669  < ins[71:56];
+  assign \$671  = \$667  & \$670 ;
+  assign \$672  = \$664  & \$671 ;
+  assign \$673  = \o__valid$376  & \valid$100 ;
+  assign \$674  = \o__valid$376  & \valid$100 ;
+  assign \$675  = \$674  & last__4;
+  assign \$676  = streaming & is_gemm;
+  assign \$677  = \$signal  | \$signal$66 ;
+  assign \$678  = \$676  & \$677 ;
+  assign \$680  = post_col == 3'h7;
+  assign \$681  = elem_take & \$680 ;
+  assign \$682  = \$signal$99  & \valid$100 ;
+  assign \$683  = index__1 * 4'h8;
+  assign \$684  = \$683  + index__3;
+  assign \$685  = \$684  < ins[55:40];
+  assign \$686  = index__2 * 4'h8;
+  assign \$687  = \$686  + index__4;
+  assign \$688  = \$687  < ins[71:56];
+  assign \$689  = \$685  & \$688 ;
+  assign \$690  = \$682  & \$689 ;
+  assign \$691  = streaming & err;
+  assign \$692  = ~ busy;
+  assign clear = start & \$692 ;
+  assign \$693  = ~ unit_rst;
+  assign \$694  = src0_issue & \$693 ;
+  assign \$695  = last__3 & \last__4$388 ;
+  assign \$696  = ~ unit_rst;
+  assign \$697  = src1_issue & \$696 ;
+  assign \$698  = \last__3$393  & \last__4$391 ;
+  assign \$699  = ins[55:40] + 4'h8;
+  assign \$700  = \$699  - 1'h1;
+  assign \$702  = ins[71:56] + 4'h8;
+  assign \$703  = \$702  - 1'h1;
+  assign \$705  = ins[87:72] - 1'h1;
+  assign \$706  = dec_mt - 1'h1;
+  assign \$707  = dec_nt - 1'h1;
+  assign \$708  = ins[39:24] * dec_mt;
+  assign \$710  = \$709  + 6'h3f;
+  assign \$712  = ins[497:466] + \$711 ;
+  assign \$713  = is_gemm ? \$712  : { 1'h0, ins[465:434] };
+  assign \$714  = dec_blocks * dec_nt;
+  assign \$715  = cycles + 1'h1;
+  assign \$717  = \$716  + 1'h1;
+  assign \$718  = | images;
+  assign \$719  = \$718  ? images : 16'h0001;
+  assign \$720  = ~ fetch_sent;
+  assign \$721  = req__ready & \$720 ;
+  assign \$722  = | decode_wait;
+  assign \$723  = ins[5:0] == 1'h1;
+  assign \$724  = images_left > 1'h1;
+  assign \$725  = \$723  & \$724 ;
+  assign \$726  = ins[5:0] == 1'h1;
+  assign \$727  = | ins[39:24];
+  assign \$728  = ~ \$727 ;
+  assign \$729  = | ins[55:40];
+  assign \$730  = ~ \$729 ;
+  assign \$731  = | ins[71:56];
+  assign \$732  = ~ \$731 ;
+  assign \$733  = | ins[87:72];
+  assign \$734  = ~ \$733 ;
+  assign \$735  = | ins[103:88];
+  assign \$736  = ~ \$735 ;
+  assign \$737  = | { \$736 , \$734 , \$732 , \$730 , \$728  };
+  assign \$738  = \$signal  | \$signal$66 ;
+  assign \$739  = ~ unit_known;
+  assign \$740  = \$738  & \$739 ;
+  assign \$741  = \$signal$67  | \$740 ;
+  assign \$742  = \$signal  | \$signal$66 ;
+  assign \$743  = ins[5:0] == 2'h2;
+  assign \$744  = is_move | \$743 ;
+  assign \$745  = ins[5:0] == 2'h3;
+  assign \$746  = \$744  | \$745 ;
+  assign \$747  = \$746  | is_gemm;
+  assign \$748  = decode_wait - 1'h1;
+  assign \$749  = images_left - 1'h1;
+  assign \$750  = offset + \$signal$403 ;
+  assign \$751  = req__valid & req__ready;
+  assign \$752  = ci + 1'h1;
+  assign \$753  = beat__valid & beat__ready;
+  assign \$754  = cr + 1'h1;
+  assign \$755  = cr + 1'h1;
+  assign \$756  = \$755  == ins[509:498];
+  assign \$757  = | ins[509:498];
+  assign \$758  = ~ \$757 ;
+  assign \$759  = ~ \valid$100 ;
+  assign \$760  = \$759  & idle;
+  assign \$761  = | fault;
   assign \$762  = ~ \$761 ;
   assign \$763  = \$760  & \$762 ;
-  assign \$764  = ~ is_gemm;
-  assign \$765  = \$763  & \$764 ;
-  assign \$766  = $signed(\addr$87 ) < $signed(1'h0);
-  assign \$767  = $signed(\addr$87 ) >= $signed(16'h4000);
-  assign \$768  = \$766  | \$767 ;
-  assign \$769  = \valid$83  & \$768 ;
-  assign \$770  = ins[5:0] == 4'h9;
-  assign \$771  = \$769  & \$770 ;
-  assign \$772  = $signed(\addr$95 ) < $signed(1'h0);
-  assign \$773  = $signed(\addr$95 ) >= $signed(16'h4000);
-  assign \$774  = \$772  | \$773 ;
-  assign \$775  = \valid$100  & \$774 ;
-  assign \$776  = ins[5:0] == 2'h3;
-  assign \$777  = ~ \$776 ;
-  assign \$778  = \$775  & \$777 ;
-  assign \$779  = ~ is_gemm;
-  assign \$780  = \$778  & \$779 ;
-  assign \$781  = | fault;
-  assign \$782  = \idle$400  & idle;
-  assign \$783  = ins[5:0] == 3'h7;
-  assign \$784  = ins[5:0] == 4'h9;
-  assign \$785  = \$783  | \$784 ;
-  assign \$786  = \$785  | \$signal ;
-  assign \$787  = \$786  | \$signal$66 ;
-  assign \$788  = streaming & \$787 ;
-  assign \$789  = pack_full & in_ready;
-  assign \$790  = ~ pack_full;
-  assign \$791  = \$790  | in_ready;
-  assign \$792  = \$791  & elem_valid;
-  assign \$793  = ~ add_sel;
-  assign \$794  = \r_rdy$200  | \$793 ;
-  assign \$795  = \$792  & \$794 ;
-  assign \$796  = pack_j == 2'h3;
-  assign \$797  = \$796  | elem_final;
-  assign \$798  = pack_j + 1'h1;
-  assign \$799  = \$signal$202  & \valid$100 ;
-  assign \$800  = pack_jo == 2'h3;
-  assign \$801  = \$800  | \final ;
-  assign \$802  = pack_jo + 1'h1;
-  assign \$803  = ins[55:40] + 4'h8;
-  assign \$804  = \$803  - 1'h1;
-  assign \$806  = $signed({ 1'h0, ins[39:24] }) * $signed(\$805 );
-  assign \$807  = ins[71:56] + 4'h8;
-  assign \$808  = \$807  - 1'h1;
-  assign \$810  = $signed(\$806 ) * $signed(\$809 );
+  assign \$764  = pc + 7'h40;
+  assign \$765  = $signed(addr) < $signed(1'h0);
+  assign \$766  = $signed(addr) >= $signed(16'h4000);
+  assign \$767  = \$765  | \$766 ;
+  assign \$768  = valid & \$767 ;
+  assign \$769  = ins[5:0] == 2'h2;
+  assign \$770  = ~ \$769 ;
+  assign \$771  = \$768  & \$770 ;
+  assign \$772  = ~ is_gemm;
+  assign \$773  = \$771  & \$772 ;
+  assign \$774  = $signed(\addr$87 ) < $signed(1'h0);
+  assign \$775  = $signed(\addr$87 ) >= $signed(16'h4000);
+  assign \$776  = \$774  | \$775 ;
+  assign \$777  = \valid$83  & \$776 ;
+  assign \$778  = ins[5:0] == 4'h9;
+  assign \$779  = \$777  & \$778 ;
+  assign \$780  = $signed(\addr$95 ) < $signed(1'h0);
+  assign \$781  = $signed(\addr$95 ) >= $signed(16'h4000);
+  assign \$782  = \$780  | \$781 ;
+  assign \$783  = \valid$100  & \$782 ;
+  assign \$784  = ins[5:0] == 2'h3;
+  assign \$785  = ~ \$784 ;
+  assign \$786  = \$783  & \$785 ;
+  assign \$787  = ~ is_gemm;
+  assign \$788  = \$786  & \$787 ;
+  assign \$789  = | fault;
+  assign \$790  = \idle$408  & idle;
+  assign \$791  = ins[5:0] == 3'h7;
+  assign \$792  = ins[5:0] == 4'h9;
+  assign \$793  = \$791  | \$792 ;
+  assign \$794  = \$793  | \$signal ;
+  assign \$795  = \$794  | \$signal$66 ;
+  assign \$796  = streaming & \$795 ;
+  assign \$797  = pack_full & in_ready;
+  assign \$798  = ~ pack_full;
+  assign \$799  = \$798  | in_ready;
+  assign \$800  = \$799  & elem_valid;
+  assign \$801  = ~ add_sel;
+  assign \$802  = \r_rdy$202  | \$801 ;
+  assign \$803  = \$800  & \$802 ;
+  assign \$804  = pack_j == 2'h3;
+  assign \$805  = \$804  | elem_final;
+  assign \$806  = pack_j + 1'h1;
+  assign \$807  = \$signal$204  & \valid$100 ;
+  assign \$808  = pack_jo == 2'h3;
+  assign \$809  = \$808  | \final ;
+  assign \$810  = pack_jo + 1'h1;
   assign \$811  = streaming & is_gemm;
   assign \$812  = req__valid & req__ready;
   assign \$813  = ~ want_w;
@@ -28016,333 +28453,329 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \$815  = \$813  & \$814 ;
   assign \$816  = ins[5:0] == 3'h4;
   assign \$817  = ~ \$816 ;
-  assign \$818  = ins[87:72] - 1'h1;
-  assign \$819  = k == \$818 ;
-  assign \$820  = want_w & \$819 ;
-  assign \$821  = \$817  | \$820 ;
-  assign \$822  = ~ \$821 ;
-  assign \$823  = want_w & \$822 ;
-  assign \$824  = k + 1'h1;
-  assign \$825  = ins[5:0] == 3'h4;
-  assign \$826  = ~ \$825 ;
-  assign \$827  = ins[87:72] - 1'h1;
-  assign \$828  = k == \$827 ;
+  assign \$818  = k == dec_k_last;
+  assign \$819  = want_w & \$818 ;
+  assign \$820  = \$817  | \$819 ;
+  assign \$821  = ~ \$820 ;
+  assign \$822  = want_w & \$821 ;
+  assign \$823  = k + 1'h1;
+  assign \$824  = 1'h1 << w_lb;
+  assign \$825  = w_addr + \$824 ;
+  assign \$826  = ins[5:0] == 3'h4;
+  assign \$827  = ~ \$826 ;
+  assign \$828  = k == dec_k_last;
   assign \$829  = want_w & \$828 ;
-  assign \$830  = \$826  | \$829 ;
+  assign \$830  = \$827  | \$829 ;
   assign \$831  = tiles - 1'h1;
-  assign \$832  = ins[71:56] + 4'h8;
-  assign \$833  = \$832  - 1'h1;
-  assign \$835  = $signed(\$834 ) - $signed(2'h1);
-  assign \$836  = nt == \$835 ;
-  assign \$837  = nt + 1'h1;
-  assign \$838  = w_row + ins[87:72];
-  assign \$839  = streaming & is_gemm;
-  assign \$840  = \a__valid$244  & \a__ready$245 ;
-  assign \$841  = beat__valid & beat__ready;
+  assign \$832  = nt == dec_nt_last;
+  assign \$833  = nt + 1'h1;
+  assign \$834  = streaming & is_gemm;
+  assign \$835  = \a__valid$245  & \a__ready$246 ;
+  assign \$836  = beat__valid & beat__ready;
+  assign \$837  = ins[5:0] == 3'h4;
+  assign \$838  = \$836  & \$837 ;
+  assign \$839  = rk == ins[87:72];
+  assign \$840  = rk + 1'h1;
+  assign \$841  = \$839  ? 17'h00000 : \$840 ;
   assign \$842  = ins[5:0] == 3'h4;
-  assign \$843  = \$841  & \$842 ;
-  assign \$844  = rk == ins[87:72];
-  assign \$845  = rk + 1'h1;
-  assign \$846  = \$844  ? 17'h00000 : \$845 ;
-  assign \$847  = ins[5:0] == 3'h4;
-  assign \$848  = ~ \$847 ;
-  assign \$849  = | rk;
+  assign \$843  = ~ \$842 ;
+  assign \$844  = | rk;
+  assign \$845  = ~ \$844 ;
+  assign \$846  = \$843  | \$845 ;
+  assign \$847  = ~ \$846 ;
+  assign \$848  = streaming & is_gemm;
   assign \$850  = ~ \$849 ;
-  assign \$851  = \$848  | \$850 ;
-  assign \$852  = ~ \$851 ;
-  assign \$853  = ins[55:40] + 4'h8;
-  assign \$854  = \$853  - 1'h1;
-  assign \$856  = $signed({ 1'h0, ins[39:24] }) * $signed(\$855 );
-  assign \$857  = streaming & is_gemm;
-  assign \$859  = ~ \$858 ;
-  assign \$860  = r_rdy & \$859 ;
-  assign \$861  = \$signal$254  == 3'h7;
-  assign \$862  = lk + 1'h1;
-  assign \$863  = ins[87:72] - 1'h1;
-  assign \$864  = lk == \$863 ;
-  assign \$865  = ~ \$signal$247 ;
-  assign \$866  = \$signal$254  + 1'h1;
-  assign \$867  = \a__valid$244  & \a__ready$245 ;
-  assign \$869  = \$signal$247  == \$signal$277 ;
-  assign \$870  = lk > \$signal$278 ;
-  assign \$871  = \$869  & \$870 ;
-  assign \$872  = \$868  | \$871 ;
-  assign \$873  = ins[5:0] == 3'h4;
-  assign \$875  = \$873  | \$874 ;
-  assign \$876  = \$872  & \$875 ;
-  assign \$877  = ~ \$signal$283 ;
-  assign \$878  = \a__valid$244  & \a__ready$245 ;
-  assign \$879  = \$877  | \$878 ;
-  assign \$880  = \$876  & \$879 ;
-  assign \$881  = | feed_blocks;
-  assign \$882  = \$880  & \$881 ;
-  assign \$883  = ins[87:72] - 1'h1;
-  assign \$884  = \$signal$278  == \$883 ;
-  assign \$885  = ins[87:72] - 1'h1;
-  assign \$886  = \$signal$278  == \$885 ;
-  assign \$887  = ins[71:56] + 4'h8;
-  assign \$888  = \$887  - 1'h1;
-  assign \$890  = $signed(\$889 ) - $signed(2'h1);
-  assign \$891  = fnt == \$890 ;
-  assign \$892  = ~ \$signal$277 ;
-  assign \$893  = feed_blocks - 1'h1;
-  assign \$894  = fnt + 1'h1;
-  assign \$895  = \$signal$278  + 1'h1;
-  assign \$897  = ~ \$896 ;
-  assign \$898  = \r_rdy$200  & \$897 ;
+  assign \$851  = r_rdy & \$850 ;
+  assign \$852  = \$signal$255  == 3'h7;
+  assign \$853  = lk + 1'h1;
+  assign \$854  = lk == dec_k_last;
+  assign \$855  = ~ \$signal$248 ;
+  assign \$856  = \$signal$255  + 1'h1;
+  assign \$857  = \a__valid$245  & \a__ready$246 ;
+  assign \$859  = \$signal$248  == \$signal$278 ;
+  assign \$860  = lk > \$signal$279 ;
+  assign \$861  = \$859  & \$860 ;
+  assign \$862  = \$858  | \$861 ;
+  assign \$863  = ins[5:0] == 3'h4;
+  assign \$865  = \$863  | \$864 ;
+  assign \$866  = \$862  & \$865 ;
+  assign \$867  = ~ \$signal$284 ;
+  assign \$868  = \a__valid$245  & \a__ready$246 ;
+  assign \$869  = \$867  | \$868 ;
+  assign \$870  = \$866  & \$869 ;
+  assign \$871  = | feed_blocks;
+  assign \$872  = \$870  & \$871 ;
+  assign \$873  = \$signal$279  == dec_k_last;
+  assign \$874  = \$signal$279  == dec_k_last;
+  assign \$875  = fnt == dec_nt_last;
+  assign \$876  = ~ \$signal$278 ;
+  assign \$877  = feed_blocks - 1'h1;
+  assign \$878  = fnt + 1'h1;
+  assign \$879  = \$signal$279  + 1'h1;
+  assign \$881  = ~ \$880 ;
+  assign \$882  = \r_rdy$202  & \$881 ;
+  assign \$883  = ins[5:0] == 3'h4;
+  assign \$884  = ~ \$883 ;
+  assign \$885  = \$882  & \$884 ;
+  assign \$886  = w_load_lane == 3'h7;
+  assign \$887  = w_load_k + 1'h1;
+  assign \$888  = w_load_addr + 1'h1;
+  assign \$889  = w_load_k == dec_k_last;
+  assign \$890  = w_load_nt + 1'h1;
+  assign \$891  = w_load_nt == dec_nt_last;
+  assign \$892  = ~ w_load_half;
+  assign \$893  = w_load_lane + 1'h1;
+  assign \$895  = \$signal$248  == \$signal$278 ;
+  assign \$896  = lk > \$signal$279 ;
+  assign \$897  = \$895  & \$896 ;
+  assign \$898  = \$894  | \$897 ;
   assign \$899  = ins[5:0] == 3'h4;
-  assign \$900  = ~ \$899 ;
-  assign \$901  = \$898  & \$900 ;
-  assign \$902  = w_load_lane == 3'h7;
-  assign \$903  = w_load_k + 1'h1;
-  assign \$904  = w_load_addr + 1'h1;
-  assign \$905  = ins[87:72] - 1'h1;
-  assign \$906  = w_load_k == \$905 ;
-  assign \$907  = w_load_nt + 1'h1;
-  assign \$908  = ins[71:56] + 4'h8;
-  assign \$909  = \$908  - 1'h1;
-  assign \$911  = $signed(\$910 ) - $signed(2'h1);
-  assign \$912  = w_load_nt == \$911 ;
-  assign \$913  = ~ w_load_half;
-  assign \$914  = w_load_lane + 1'h1;
-  assign \$916  = \$signal$247  == \$signal$277 ;
-  assign \$917  = lk > \$signal$278 ;
-  assign \$918  = \$916  & \$917 ;
-  assign \$919  = \$915  | \$918 ;
-  assign \$920  = ins[5:0] == 3'h4;
-  assign \$922  = \$920  | \$921 ;
-  assign \$923  = \$919  & \$922 ;
-  assign \$924  = ~ \$signal$283 ;
-  assign \$925  = \a__valid$244  & \a__ready$245 ;
-  assign \$926  = \$924  | \$925 ;
-  assign \$927  = \$923  & \$926 ;
-  assign \$928  = | feed_blocks;
-  assign \$929  = \$927  & \$928 ;
-  assign \$930  = ins[5:0] == 3'h4;
-  assign \$931  = ~ \$930 ;
-  assign \$932  = \$929  & \$931 ;
-  assign \$933  = ins[87:72] - 1'h1;
-  assign \$934  = \$signal$278  == \$933 ;
-  assign \$935  = ins[71:56] + 4'h8;
-  assign \$936  = \$935  - 1'h1;
-  assign \$938  = $signed(\$937 ) - $signed(2'h1);
-  assign \$939  = fnt == \$938 ;
-  assign \$940  = ins[55:40] + 4'h8;
-  assign \$941  = \$940  - 1'h1;
-  assign \$943  = $signed(\$942 ) - $signed(2'h1);
-  assign \$944  = feed_mt == \$943 ;
-  assign \$945  = ~ w_feed_half;
-  assign \$946  = feed_mt + 1'h1;
-  assign \$947  = feed_ntk + ins[87:72];
-  assign \$948  = streaming & is_gemm;
-  assign \$949  = \$signal  | \$signal$66 ;
-  assign \$950  = \$948  & \$949 ;
-  assign \$951  = post_col == 3'h7;
-  assign \$952  = post_col + 1'h1;
-  assign \$953  = \$951  ? 4'h0 : \$952 ;
+  assign \$901  = \$899  | \$900 ;
+  assign \$902  = \$898  & \$901 ;
+  assign \$903  = ~ \$signal$284 ;
+  assign \$904  = \a__valid$245  & \a__ready$246 ;
+  assign \$905  = \$903  | \$904 ;
+  assign \$906  = \$902  & \$905 ;
+  assign \$907  = | feed_blocks;
+  assign \$908  = \$906  & \$907 ;
+  assign \$909  = ins[5:0] == 3'h4;
+  assign \$910  = ~ \$909 ;
+  assign \$911  = \$908  & \$910 ;
+  assign \$912  = \$signal$279  == dec_k_last;
+  assign \$913  = fnt == dec_nt_last;
+  assign \$914  = feed_mt == dec_mt_last;
+  assign \$915  = ~ w_feed_half;
+  assign \$916  = feed_mt + 1'h1;
+  assign \$917  = feed_ntk + ins[87:72];
+  assign \$918  = streaming & is_gemm;
+  assign \$919  = \$signal  | \$signal$66 ;
+  assign \$920  = \$918  & \$919 ;
+  assign \$921  = post_col == 3'h7;
+  assign \$922  = post_col + 1'h1;
+  assign \$923  = \$921  ? 4'h0 : \$922 ;
   always @(posedge clk)
-    src0_inflight <= \$954 ;
+    src0_inflight <= \$924 ;
   always @(posedge clk)
-    src0_meta <= \$955 ;
+    src0_meta <= \$925 ;
   always @(posedge clk)
-    src1_inflight <= \$956 ;
+    src1_inflight <= \$926 ;
   always @(posedge clk)
-    src1_meta <= \$957 ;
+    src1_meta <= \$927 ;
   always @(posedge clk)
-    cycles <= \$958 ;
+    dec_mt <= \$928 ;
   always @(posedge clk)
-    op_cycles__0 <= \$959 ;
+    dec_nt <= \$929 ;
   always @(posedge clk)
-    op_cycles__1 <= \$960 ;
+    dec_k_last <= \$930 ;
   always @(posedge clk)
-    op_cycles__2 <= \$961 ;
+    dec_c_lb <= \$931 ;
   always @(posedge clk)
-    op_cycles__3 <= \$962 ;
+    dec_mt_last <= \$932 ;
   always @(posedge clk)
-    op_cycles__4 <= \$963 ;
+    dec_nt_last <= \$933 ;
   always @(posedge clk)
-    op_cycles__5 <= \$964 ;
+    dec_blocks <= \$934 ;
   always @(posedge clk)
-    op_cycles__6 <= \$965 ;
+    dec_c_base <= \$935 ;
   always @(posedge clk)
-    op_cycles__7 <= \$966 ;
+    dec_tiles <= \$936 ;
   always @(posedge clk)
-    op_cycles__8 <= \$967 ;
+    cycles <= \$937 ;
   always @(posedge clk)
-    op_cycles__9 <= \$968 ;
+    op_cycles__0 <= \$938 ;
   always @(posedge clk)
-    op_cycles__10 <= \$969 ;
+    op_cycles__1 <= \$939 ;
   always @(posedge clk)
-    op_cycles__11 <= \$970 ;
+    op_cycles__2 <= \$940 ;
   always @(posedge clk)
-    op_cycles__12 <= \$971 ;
+    op_cycles__3 <= \$941 ;
   always @(posedge clk)
-    op_cycles__13 <= \$972 ;
+    op_cycles__4 <= \$942 ;
   always @(posedge clk)
-    op_cycles__14 <= \$973 ;
+    op_cycles__5 <= \$943 ;
   always @(posedge clk)
-    op_cycles__15 <= \$974 ;
+    op_cycles__6 <= \$944 ;
   always @(posedge clk)
-    pc <= \$975 ;
+    op_cycles__7 <= \$945 ;
   always @(posedge clk)
-    busy <= \$976 ;
+    op_cycles__8 <= \$946 ;
   always @(posedge clk)
-    done <= \$977 ;
+    op_cycles__9 <= \$947 ;
   always @(posedge clk)
-    error <= \$978 ;
+    op_cycles__10 <= \$948 ;
   always @(posedge clk)
-    fetch_sent <= \$979 ;
+    op_cycles__11 <= \$949 ;
   always @(posedge clk)
-    \$signal$394  <= \$980 ;
+    op_cycles__12 <= \$950 ;
   always @(posedge clk)
-    \$signal$395  <= \$981 ;
+    op_cycles__13 <= \$951 ;
   always @(posedge clk)
-    images_left <= \$982 ;
+    op_cycles__14 <= \$952 ;
   always @(posedge clk)
-    offset <= \$983 ;
+    op_cycles__15 <= \$953 ;
   always @(posedge clk)
-    seq_state <= \$984 ;
+    pc <= \$954 ;
   always @(posedge clk)
-    ins <= \$985 ;
+    busy <= \$955 ;
   always @(posedge clk)
-    ci <= \$986 ;
+    done <= \$956 ;
   always @(posedge clk)
-    cr <= \$987 ;
+    error <= \$957 ;
   always @(posedge clk)
-    pack_full <= \$988 ;
+    fetch_sent <= \$958 ;
   always @(posedge clk)
-    pack_a0 <= \$989 ;
+    \$signal$402  <= \$959 ;
   always @(posedge clk)
-    pack_a1 <= \$990 ;
+    \$signal$403  <= \$960 ;
   always @(posedge clk)
-    pack_a2 <= \$991 ;
+    images_left <= \$961 ;
   always @(posedge clk)
-    pack_a3 <= \$992 ;
+    offset <= \$962 ;
   always @(posedge clk)
-    pack_b0 <= \$993 ;
+    seq_state <= \$963 ;
   always @(posedge clk)
-    pack_b1 <= \$994 ;
+    ins <= \$964 ;
   always @(posedge clk)
-    pack_b2 <= \$995 ;
+    decode_wait <= \$965 ;
   always @(posedge clk)
-    pack_b3 <= \$996 ;
+    ci <= \$966 ;
   always @(posedge clk)
-    pack_j <= \$997 ;
+    cr <= \$967 ;
   always @(posedge clk)
-    pack_jo <= \$998 ;
+    pack_full <= \$968 ;
   always @(posedge clk)
-    tiles <= \$999 ;
+    pack_a0 <= \$969 ;
   always @(posedge clk)
-    nt <= \$1000 ;
+    pack_a1 <= \$970 ;
   always @(posedge clk)
-    k <= \$1001 ;
+    pack_a2 <= \$971 ;
   always @(posedge clk)
-    w_row <= \$1002 ;
+    pack_a3 <= \$972 ;
   always @(posedge clk)
-    want_w <= \$1003 ;
+    pack_b0 <= \$973 ;
   always @(posedge clk)
-    rk <= \$1004 ;
+    pack_b1 <= \$974 ;
   always @(posedge clk)
-    w_full <= \$1005 ;
+    pack_b2 <= \$975 ;
   always @(posedge clk)
-    w_lane0 <= \$1006 ;
+    pack_b3 <= \$976 ;
   always @(posedge clk)
-    w_lane1 <= \$1007 ;
+    pack_j <= \$977 ;
   always @(posedge clk)
-    w_lane2 <= \$1008 ;
+    pack_jo <= \$978 ;
   always @(posedge clk)
-    w_lane3 <= \$1009 ;
+    tiles <= \$979 ;
   always @(posedge clk)
-    w_lane4 <= \$1010 ;
+    nt <= \$980 ;
   always @(posedge clk)
-    w_lane5 <= \$1011 ;
+    k <= \$981 ;
   always @(posedge clk)
-    w_lane6 <= \$1012 ;
+    w_addr <= \$982 ;
   always @(posedge clk)
-    w_lane7 <= \$1013 ;
+    want_w <= \$983 ;
   always @(posedge clk)
-    a_filled0 <= \$1014 ;
+    rk <= \$984 ;
   always @(posedge clk)
-    a_filled1 <= \$1015 ;
+    w_full <= \$985 ;
   always @(posedge clk)
-    \$signal$247  <= \$1016 ;
+    w_lane0 <= \$986 ;
   always @(posedge clk)
-    \$signal$254  <= \$1017 ;
+    w_lane1 <= \$987 ;
   always @(posedge clk)
-    lk <= \$1018 ;
+    w_lane2 <= \$988 ;
   always @(posedge clk)
-    \$signal$277  <= \$1019 ;
+    w_lane3 <= \$989 ;
   always @(posedge clk)
-    \$signal$278  <= \$1020 ;
+    w_lane4 <= \$990 ;
   always @(posedge clk)
-    fnt <= \$1021 ;
+    w_lane5 <= \$991 ;
   always @(posedge clk)
-    feed_blocks <= \$1022 ;
+    w_lane6 <= \$992 ;
   always @(posedge clk)
-    \$signal$283  <= \$1023 ;
+    w_lane7 <= \$993 ;
   always @(posedge clk)
-    a_last <= \$1024 ;
+    a_filled0 <= \$994 ;
   always @(posedge clk)
-    w_load_lane <= \$1025 ;
+    a_filled1 <= \$995 ;
   always @(posedge clk)
-    w_load_k <= \$1026 ;
+    \$signal$248  <= \$996 ;
   always @(posedge clk)
-    w_load_addr <= \$1027 ;
+    \$signal$255  <= \$997 ;
   always @(posedge clk)
-    w_load_nt <= \$1028 ;
+    lk <= \$998 ;
   always @(posedge clk)
-    w_filled0 <= \$1029 ;
+    \$signal$278  <= \$999 ;
   always @(posedge clk)
-    w_filled1 <= \$1030 ;
+    \$signal$279  <= \$1000 ;
   always @(posedge clk)
-    w_load_half <= \$1031 ;
+    fnt <= \$1001 ;
   always @(posedge clk)
-    feed_ntk <= \$1032 ;
+    feed_blocks <= \$1002 ;
   always @(posedge clk)
-    feed_mt <= \$1033 ;
+    \$signal$284  <= \$1003 ;
   always @(posedge clk)
-    w_feed_half <= \$1034 ;
+    a_last <= \$1004 ;
   always @(posedge clk)
-    post_col <= \$1035 ;
+    w_load_lane <= \$1005 ;
+  always @(posedge clk)
+    w_load_k <= \$1006 ;
+  always @(posedge clk)
+    w_load_addr <= \$1007 ;
+  always @(posedge clk)
+    w_load_nt <= \$1008 ;
+  always @(posedge clk)
+    w_filled0 <= \$1009 ;
+  always @(posedge clk)
+    w_filled1 <= \$1010 ;
+  always @(posedge clk)
+    w_load_half <= \$1011 ;
+  always @(posedge clk)
+    feed_ntk <= \$1012 ;
+  always @(posedge clk)
+    feed_mt <= \$1013 ;
+  always @(posedge clk)
+    w_feed_half <= \$1014 ;
+  always @(posedge clk)
+    post_col <= \$1015 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
-    .b__payload(\b__payload$220 ),
-    .b__ready(\b__ready$214 ),
-    .b__valid(\b__valid$212 ),
-    .c__payload(\c__payload$166 ),
-    .c__ready(\c__ready$168 ),
-    .c__valid(\c__valid$167 ),
+    .b__payload(\b__payload$222 ),
+    .b__ready(\b__ready$216 ),
+    .b__valid(\b__valid$214 ),
+    .c__payload(\c__payload$168 ),
+    .c__ready(\c__ready$170 ),
+    .c__valid(\c__valid$169 ),
     .clk(clk),
-    .o__payload(\o__payload$207 ),
-    .o__ready(\o__ready$204 ),
-    .o__valid(\o__valid$203 ),
+    .o__payload(\o__payload$209 ),
+    .o__ready(\o__ready$206 ),
+    .o__valid(\o__valid$205 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gelu0  gelu0 (
-    .c__payload(\c__payload$169 ),
-    .c__ready(\c__ready$171 ),
-    .c__valid(\c__valid$170 ),
+    .c__payload(\c__payload$171 ),
+    .c__ready(\c__ready$173 ),
+    .c__valid(\c__valid$172 ),
     .clk(clk),
-    .go(\i__ready$229 ),
-    .i__payload(\i__payload$230 ),
-    .i__valid(\i__valid$228 ),
-    .o__payload(\o__payload$227 ),
-    .o__ready(\o__ready$226 ),
-    .o__valid(\o__valid$225 ),
+    .go(\i__ready$231 ),
+    .i__payload(\i__payload$232 ),
+    .i__valid(\i__valid$230 ),
+    .o__payload(\o__payload$229 ),
+    .o__ready(\o__ready$228 ),
+    .o__valid(\o__valid$227 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$345 ),
-    .a__ready(\a__ready$245 ),
-    .a__valid(\a__valid$244 ),
+    .a__payload(\a__payload$346 ),
+    .a__ready(\a__ready$246 ),
+    .a__valid(\a__valid$245 ),
     .clk(clk),
-    .o__payload(\o__payload$374 ),
-    .o__ready(\o__ready$379 ),
-    .o__valid(\o__valid$375 ),
+    .o__payload(\o__payload$375 ),
+    .o__ready(\o__ready$380 ),
+    .o__valid(\o__valid$376 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -28380,9 +28813,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$388 ),
+    .\final (\final$389 ),
     .last__3(last__3),
-    .last__4(\last__4$387 ),
+    .last__4(\last__4$388 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -28402,9 +28835,9 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .addr(\addr$87 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$391 ),
-    .last__3(\last__3$392 ),
-    .last__4(\last__4$390 ),
+    .\final (\final$392 ),
+    .last__3(\last__3$393 ),
+    .last__4(\last__4$391 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -28421,24 +28854,24 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .valid(\valid$83 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\i__payload$189 ),
-    .c__payload(\c__payload$163 ),
-    .c__valid(\c__valid$164 ),
+    .buf_wdata(\i__payload$191 ),
+    .c__payload(\c__payload$165 ),
+    .c__valid(\c__valid$166 ),
     .clk(clk),
-    .i__ready(\i__ready$190 ),
-    .i__valid(\i__valid$188 ),
-    .idle_r(\c__ready$165 ),
-    .o__payload(\o__payload$192 ),
-    .o__ready(\o__ready$193 ),
-    .o__valid(\o__valid$191 ),
+    .i__ready(\i__ready$192 ),
+    .i__valid(\i__valid$190 ),
+    .idle_r(\c__ready$167 ),
+    .o__payload(\o__payload$194 ),
+    .o__ready(\o__ready$195 ),
+    .o__valid(\o__valid$193 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$13647$0 (src0_meta),
-    .\port$1527$0 (\$signature__data ),
+    .\port$13732$0 (src0_meta),
+    .\port$1501$0 (\$signature__data ),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -28449,11 +28882,11 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$84 ),
-    .\port$13651$0 (src1_meta),
-    .\port$1528$0 (\$signature__data$92 ),
-    .r_data(\r_data$300 ),
-    .r_en(\r_en$201 ),
-    .r_rdy(\r_rdy$200 ),
+    .\port$13736$0 (src1_meta),
+    .\port$1502$0 (\$signature__data$92 ),
+    .r_data(\r_data$301 ),
+    .r_en(\r_en$203 ),
+    .r_rdy(\r_rdy$202 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -28466,7 +28899,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .beat__ready(beat__ready),
     .beat__valid(beat__valid),
     .clk(clk),
-    .idle(\idle$400 ),
+    .idle(\idle$408 ),
     .r__payload(r__payload),
     .r__ready(r__ready),
     .r__valid(r__valid),
@@ -28499,297 +28932,307 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     .clk(clk),
     .err(err),
     .idle(idle),
-    .req__payload(\req__payload$180 ),
-    .req__ready(\req__ready$181 ),
-    .req__valid(\req__valid$179 ),
+    .req__payload(\req__payload$182 ),
+    .req__ready(\req__ready$183 ),
+    .req__valid(\req__valid$181 ),
     .rst(rst)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$178  = 16'h0000;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$171  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$178  = unpack0;
+          \$171  = unpack0;
       3'h1:
-          \$178  = unpack1;
+          \$171  = unpack1;
       3'h2:
-          \$178  = unpack2;
+          \$171  = unpack2;
       3'h3:
-          \$178  = unpack3;
+          \$171  = unpack3;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$248 )
       1'h0:
-          \$222  = a_filled0;
+          \$212  = a_filled0;
       1'h1:
-          \$222  = a_filled1;
+          \$212  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$248 )
       1'h0:
-          \$227  = a_filled0;
+          \$217  = a_filled0;
       1'h1:
-          \$227  = a_filled1;
+          \$217  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$248 )
       1'h0:
-          \$235  = a_filled0;
+          \$225  = a_filled0;
       1'h1:
-          \$235  = a_filled1;
+          \$225  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$248 )
       1'h0:
-          \$242  = a_filled0;
+          \$232  = a_filled0;
       1'h1:
-          \$242  = a_filled1;
+          \$232  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$248 )
       1'h0:
-          \$249  = a_filled0;
+          \$239  = a_filled0;
       1'h1:
-          \$249  = a_filled1;
+          \$239  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$248 )
       1'h0:
-          \$256  = a_filled0;
+          \$246  = a_filled0;
       1'h1:
-          \$256  = a_filled1;
+          \$246  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$248 )
       1'h0:
-          \$263  = a_filled0;
+          \$253  = a_filled0;
       1'h1:
-          \$263  = a_filled1;
+          \$253  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$248 )
       1'h0:
-          \$270  = a_filled0;
+          \$260  = a_filled0;
       1'h1:
-          \$270  = a_filled1;
+          \$260  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$248 )
       1'h0:
-          \$277  = a_filled0;
+          \$267  = a_filled0;
       1'h1:
-          \$277  = a_filled1;
+          \$267  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$278 )
       1'h0:
-          \$284  = a_filled0;
+          \$274  = a_filled0;
       1'h1:
-          \$284  = a_filled1;
+          \$274  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$290  = w_filled0;
-      1'h1:
-          \$290  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$301  = a_filled0;
-      1'h1:
-          \$301  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$307  = w_filled0;
+          \$280  = w_filled0;
       1'h1:
-          \$307  = w_filled1;
+          \$280  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$278 )
       1'h0:
-          \$318  = a_filled0;
+          \$291  = a_filled0;
       1'h1:
-          \$318  = a_filled1;
+          \$291  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$324  = w_filled0;
-      1'h1:
-          \$324  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$335  = a_filled0;
-      1'h1:
-          \$335  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$341  = w_filled0;
+          \$297  = w_filled0;
       1'h1:
-          \$341  = w_filled1;
+          \$297  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$278 )
       1'h0:
-          \$352  = a_filled0;
+          \$308  = a_filled0;
       1'h1:
-          \$352  = a_filled1;
+          \$308  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$358  = w_filled0;
-      1'h1:
-          \$358  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$369  = a_filled0;
-      1'h1:
-          \$369  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$375  = w_filled0;
+          \$314  = w_filled0;
       1'h1:
-          \$375  = w_filled1;
+          \$314  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$278 )
       1'h0:
-          \$386  = a_filled0;
+          \$325  = a_filled0;
       1'h1:
-          \$386  = a_filled1;
+          \$325  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$392  = w_filled0;
-      1'h1:
-          \$392  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$403  = a_filled0;
-      1'h1:
-          \$403  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$409  = w_filled0;
+          \$331  = w_filled0;
       1'h1:
-          \$409  = w_filled1;
+          \$331  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$278 )
+      1'h0:
+          \$342  = a_filled0;
+      1'h1:
+          \$342  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$348  = w_filled0;
+      1'h1:
+          \$348  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$278 )
+      1'h0:
+          \$359  = a_filled0;
+      1'h1:
+          \$359  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$365  = w_filled0;
+      1'h1:
+          \$365  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$278 )
+      1'h0:
+          \$376  = a_filled0;
+      1'h1:
+          \$376  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$382  = w_filled0;
+      1'h1:
+          \$382  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$278 )
+      1'h0:
+          \$393  = a_filled0;
+      1'h1:
+          \$393  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$399  = w_filled0;
+      1'h1:
+          \$399  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$420  = w_filled0;
+          \$410  = w_filled0;
       1'h1:
-          \$420  = w_filled1;
+          \$410  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$428  = w_filled0;
+          \$418  = w_filled0;
       1'h1:
-          \$428  = w_filled1;
+          \$418  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$429  = w_filled0;
+      1'h1:
+          \$429  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
@@ -28799,7 +29242,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
@@ -28809,7 +29252,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
@@ -28819,7 +29262,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
@@ -28829,7 +29272,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
@@ -28839,7 +29282,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
@@ -28849,261 +29292,261 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (w_load_half)
+    casez (\$signal$278 )
       1'h0:
-          \$499  = w_filled0;
+          \$500  = a_filled0;
       1'h1:
-          \$499  = w_filled1;
+          \$500  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$510  = a_filled0;
-      1'h1:
-          \$510  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$516  = w_filled0;
+          \$506  = w_filled0;
       1'h1:
-          \$516  = w_filled1;
+          \$506  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$278 )
       1'h0:
-          \$528  = a_filled0;
+          \$518  = a_filled0;
       1'h1:
-          \$528  = a_filled1;
+          \$518  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$534  = w_filled0;
-      1'h1:
-          \$534  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$546  = a_filled0;
-      1'h1:
-          \$546  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$552  = w_filled0;
+          \$524  = w_filled0;
       1'h1:
-          \$552  = w_filled1;
+          \$524  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$278 )
       1'h0:
-          \$564  = a_filled0;
+          \$536  = a_filled0;
       1'h1:
-          \$564  = a_filled1;
+          \$536  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$570  = w_filled0;
-      1'h1:
-          \$570  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$582  = a_filled0;
-      1'h1:
-          \$582  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$588  = w_filled0;
+          \$542  = w_filled0;
       1'h1:
-          \$588  = w_filled1;
+          \$542  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$278 )
       1'h0:
-          \$600  = a_filled0;
+          \$554  = a_filled0;
       1'h1:
-          \$600  = a_filled1;
+          \$554  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$606  = w_filled0;
-      1'h1:
-          \$606  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$618  = a_filled0;
-      1'h1:
-          \$618  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$624  = w_filled0;
+          \$560  = w_filled0;
       1'h1:
-          \$624  = w_filled1;
+          \$560  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$278 )
       1'h0:
-          \$636  = a_filled0;
+          \$572  = a_filled0;
       1'h1:
-          \$636  = a_filled1;
+          \$572  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$642  = w_filled0;
+          \$578  = w_filled0;
       1'h1:
-          \$642  = w_filled1;
+          \$578  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$673  = 32'd0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$278 )
+      1'h0:
+          \$590  = a_filled0;
+      1'h1:
+          \$590  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$596  = w_filled0;
+      1'h1:
+          \$596  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$278 )
+      1'h0:
+          \$608  = a_filled0;
+      1'h1:
+          \$608  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$614  = w_filled0;
+      1'h1:
+          \$614  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$278 )
+      1'h0:
+          \$626  = a_filled0;
+      1'h1:
+          \$626  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$632  = w_filled0;
+      1'h1:
+          \$632  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$663  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$673  = \o__payload$374 [31:0];
+          \$663  = \o__payload$375 [31:0];
       16'h0001:
-          \$673  = \o__payload$374 [63:32];
+          \$663  = \o__payload$375 [63:32];
       16'h0002:
-          \$673  = \o__payload$374 [95:64];
+          \$663  = \o__payload$375 [95:64];
       16'h0003:
-          \$673  = \o__payload$374 [127:96];
+          \$663  = \o__payload$375 [127:96];
       16'h0004:
-          \$673  = \o__payload$374 [159:128];
+          \$663  = \o__payload$375 [159:128];
       16'h0005:
-          \$673  = \o__payload$374 [191:160];
+          \$663  = \o__payload$375 [191:160];
       16'h0006:
-          \$673  = \o__payload$374 [223:192];
+          \$663  = \o__payload$375 [223:192];
       16'h0007:
-          \$673  = \o__payload$374 [255:224];
+          \$663  = \o__payload$375 [255:224];
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$689  = \o__payload$374 [31:0];
+          \$679  = \o__payload$375 [31:0];
       3'h1:
-          \$689  = \o__payload$374 [63:32];
+          \$679  = \o__payload$375 [63:32];
       3'h2:
-          \$689  = \o__payload$374 [95:64];
+          \$679  = \o__payload$375 [95:64];
       3'h3:
-          \$689  = \o__payload$374 [127:96];
+          \$679  = \o__payload$375 [127:96];
       3'h4:
-          \$689  = \o__payload$374 [159:128];
+          \$679  = \o__payload$375 [159:128];
       3'h5:
-          \$689  = \o__payload$374 [191:160];
+          \$679  = \o__payload$375 [191:160];
       3'h6:
-          \$689  = \o__payload$374 [223:192];
+          \$679  = \o__payload$375 [223:192];
       3'h7:
-          \$689  = \o__payload$374 [255:224];
+          \$679  = \o__payload$375 [255:224];
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (ins[3:0])
       4'h0:
-          \$710  = op_cycles__0;
+          \$716  = op_cycles__0;
       4'h1:
-          \$710  = op_cycles__1;
+          \$716  = op_cycles__1;
       4'h2:
-          \$710  = op_cycles__2;
+          \$716  = op_cycles__2;
       4'h3:
-          \$710  = op_cycles__3;
+          \$716  = op_cycles__3;
       4'h4:
-          \$710  = op_cycles__4;
+          \$716  = op_cycles__4;
       4'h5:
-          \$710  = op_cycles__5;
+          \$716  = op_cycles__5;
       4'h6:
-          \$710  = op_cycles__6;
+          \$716  = op_cycles__6;
       4'h7:
-          \$710  = op_cycles__7;
+          \$716  = op_cycles__7;
       4'h8:
-          \$710  = op_cycles__8;
+          \$716  = op_cycles__8;
       4'h9:
-          \$710  = op_cycles__9;
+          \$716  = op_cycles__9;
       4'ha:
-          \$710  = op_cycles__10;
+          \$716  = op_cycles__10;
       4'hb:
-          \$710  = op_cycles__11;
+          \$716  = op_cycles__11;
       4'hc:
-          \$710  = op_cycles__12;
+          \$716  = op_cycles__12;
       4'hd:
-          \$710  = op_cycles__13;
+          \$716  = op_cycles__13;
       4'he:
-          \$710  = op_cycles__14;
+          \$716  = op_cycles__14;
       4'hf:
-          \$710  = op_cycles__15;
+          \$716  = op_cycles__15;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$248 )
+      1'h0:
+          \$849  = a_filled0;
+      1'h1:
+          \$849  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$278 )
       1'h0:
           \$858  = a_filled0;
       1'h1:
@@ -29111,315 +29554,305 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$868  = a_filled0;
-      1'h1:
-          \$868  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$874  = w_filled0;
+          \$864  = w_filled0;
       1'h1:
-          \$874  = w_filled1;
+          \$864  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$896  = w_filled0;
+          \$880  = w_filled0;
       1'h1:
-          \$896  = w_filled1;
+          \$880  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$278 )
       1'h0:
-          \$915  = a_filled0;
+          \$894  = a_filled0;
       1'h1:
-          \$915  = a_filled1;
+          \$894  = a_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$921  = w_filled0;
+          \$900  = w_filled0;
       1'h1:
-          \$921  = w_filled1;
+          \$900  = w_filled1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     n__0 = ins[39:24];
     if (is_gemm) begin
       n__0 = ins[39:24];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     strides__0 = ins[141:124];
     if (is_gemm) begin
       strides__0 = ins[141:124];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     n__1 = ins[55:40];
     if (is_gemm) begin
       n__1 = \$40 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     strides__1 = ins[159:142];
     if (is_gemm) begin
       strides__1 = \$41 [17:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     n__2 = ins[71:56];
     if (is_gemm) begin
       n__2 = \$44 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     strides__2 = ins[177:160];
     if (is_gemm) begin
       strides__2 = \$45 [17:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     n__3 = ins[87:72];
     if (is_gemm) begin
       n__3 = 16'h0008;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     strides__3 = ins[195:178];
     if (is_gemm) begin
       strides__3 = ins[159:142];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     n__4 = ins[103:88];
     if (is_gemm) begin
       n__4 = 16'h0008;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     strides__4 = ins[213:196];
     if (is_gemm) begin
       strides__4 = ins[177:160];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__0$42  = ins[39:24];
     if (is_gemm) begin
       \n__0$42  = ins[39:24];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__0$43  = ins[251:234];
     if (is_gemm) begin
       \strides__0$43  = ins[251:234];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__1$44  = ins[55:40];
     if (is_gemm) begin
       \n__1$44  = \$14 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__1$45  = ins[269:252];
     if (is_gemm) begin
       \strides__1$45  = \$15 [17:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__2$46  = ins[71:56];
     if (is_gemm) begin
       \n__2$46  = ins[87:72];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__2$47  = ins[287:270];
     if (is_gemm) begin
       \strides__2$47  = ins[305:288];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__3$48  = ins[87:72];
     if (is_gemm) begin
       \n__3$48  = 16'h0008;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__3$49  = ins[305:288];
     if (is_gemm) begin
       \strides__3$49  = ins[269:252];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__4$50  = ins[103:88];
     if (is_gemm) begin
       \n__4$50  = 16'h0001;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__4$51  = ins[323:306];
     if (is_gemm) begin
       \strides__4$51  = 18'h00000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__0$54  = ins[39:24];
     if (is_gemm) begin
       \n__0$54  = \$16 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__0$55  = ins[361:344];
     if (is_gemm) begin
       \strides__0$55  = \$17 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__1$56  = ins[55:40];
     if (is_gemm) begin
       \n__1$56  = \$21 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__1$57  = ins[379:362];
     if (is_gemm) begin
       \strides__1$57  = \$23 [17:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__2$58  = ins[71:56];
     if (is_gemm) begin
       \n__2$58  = \$30 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__2$59  = ins[397:380];
     if (is_gemm) begin
       \strides__2$59  = \$33 [17:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__3$60  = ins[87:72];
     if (is_gemm) begin
       \n__3$60  = \$34 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__3$61  = ins[415:398];
     if (is_gemm) begin
       \strides__3$61  = \$35 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__4$62  = ins[103:88];
     if (is_gemm) begin
       \n__4$62  = { 12'h000, \$36  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__4$63  = ins[433:416];
     if (is_gemm) begin
       \strides__4$63  = \$37 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     next = src0_issue;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-        next = \$130 ;
+      end else if (\$116 ) begin
+        next = \$123 ;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__addr = \addr$95 [13:0];
-    if (\$672 ) begin
+    if (\$662 ) begin
       wr__addr = \addr$95 [13:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__data = sink_data;
-    if (\$672 ) begin
-      wr__data = \$673 [15:0];
+    if (\$662 ) begin
+      wr__data = \$663 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__en = \$52 ;
-    if (\$672 ) begin
-      wr__en = \$682 ;
+    if (\$662 ) begin
+      wr__en = \$672 ;
     end
-    if (\$688 ) begin
-      wr__en = \$700 ;
+    if (\$678 ) begin
+      wr__en = \$690 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \next$101  = \$53 ;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
-        \next$101  = \$150 ;
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
+        \next$101  = \$143 ;
       end
     end
-    if (\$672 ) begin
-      \next$101  = \$683 ;
+    if (\$662 ) begin
+      \next$101  = \$673 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     c_lb = 3'h0;
     if (\$61 ) begin
       c_lb = 3'h0;
@@ -29435,30 +29868,30 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     req__valid = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
-          req__valid = \$83 ;
+          req__valid = \$79 ;
       3'h2:
           /* empty */;
       3'h3:
-          req__valid = \$109 ;
+          req__valid = \$106 ;
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
+      end else if (\$116 ) begin
         req__valid = valid;
       end
     end
-    if (\$182 ) begin
-      req__valid = \$183 ;
+    if (\$175 ) begin
+      req__valid = \$176 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     req__payload = 35'h000000000;
     casez (seq_state)
       3'h0:
@@ -29472,24 +29905,24 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           /* empty */;
       3'h3:
         begin
-          req__payload[31:0] = \$115 [31:0];
-          req__payload[34:32] = c_lb;
+          req__payload[31:0] = \$108 [31:0];
+          req__payload[34:32] = dec_c_lb;
         end
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-        req__payload[31:0] = \$129 [31:0];
+      end else if (\$116 ) begin
+        req__payload[31:0] = \$122 [31:0];
         req__payload[34:32] = { 1'h0, ins[23:22] };
       end
     end
-    if (\$182 ) begin
-      req__payload[31:0] = \$189 [31:0];
-      req__payload[34:32] = \$190 ;
+    if (\$175 ) begin
+      req__payload[31:0] = \$179 [31:0];
+      req__payload[34:32] = \$180 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     beat__ready = 1'h0;
     casez (seq_state)
       3'h0:
@@ -29500,17 +29933,17 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           /* empty */;
       3'h3:
         begin
-          if (\$116 ) begin
+          if (\$109 ) begin
             beat__ready = c__ready;
           end
-          if (\$117 ) begin
-            beat__ready = \c__ready$165 ;
+          if (\$110 ) begin
+            beat__ready = \c__ready$167 ;
           end
           if (add_sel) begin
-            beat__ready = \c__ready$168 ;
+            beat__ready = \c__ready$170 ;
           end
-          if (\$122 ) begin
-            beat__ready = \c__ready$171 ;
+          if (\$115 ) begin
+            beat__ready = \c__ready$173 ;
           end
         end
       3'h4:
@@ -29520,21 +29953,21 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
+      end else if (\$116 ) begin
         beat__ready = \valid$100 ;
       end
     end
-    if (\$191 ) begin
+    if (\$181 ) begin
       (* full_case = 32'd1 *)
-      if (\$196 ) begin
+      if (\$186 ) begin
         beat__ready = p__ready;
       end else begin
-        beat__ready = \$199 ;
+        beat__ready = \$189 ;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     in_decode = 1'h0;
     casez (seq_state)
       3'h0:
@@ -29546,7 +29979,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     load = 1'h0;
     casez (seq_state)
       3'h0:
@@ -29554,13 +29987,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h1:
           /* empty */;
       3'h2:
-          if (\$86 ) begin
-          end else if (\$87 ) begin
-          end else if (\$98 ) begin
-          end else if (\$102 ) begin
-          end else if (\$103 ) begin
+          if (\$80 ) begin
+          end else if (\$83 ) begin
+          end else if (\$84 ) begin
+          end else if (\$95 ) begin
+          end else if (\$99 ) begin
+          end else if (\$100 ) begin
             load = 1'h1;
-          end else if (\$108 ) begin
+          end else if (\$105 ) begin
             load = 1'h1;
           end else if (unit_known) begin
             load = 1'h1;
@@ -29568,7 +30002,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     in_op = 1'h0;
     casez (seq_state)
       3'h0:
@@ -29584,7 +30018,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     c__payload = 5'h00;
     casez (seq_state)
       3'h0:
@@ -29598,7 +30032,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     c__valid = 1'h0;
     casez (seq_state)
       3'h0:
@@ -29608,14 +30042,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          if (\$116 ) begin
+          if (\$109 ) begin
             c__valid = beat__valid;
           end
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__payload$163  = 66'h00000000000000000;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \c__payload$165  = 66'h00000000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -29624,12 +30058,12 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$163  = beat__payload[65:0];
+          \c__payload$165  = beat__payload[65:0];
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__valid$164  = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \c__valid$166  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -29638,14 +30072,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          if (\$117 ) begin
-            \c__valid$164  = beat__valid;
+          if (\$110 ) begin
+            \c__valid$166  = beat__valid;
           end
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__payload$166  = 44'h00000000000;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \c__payload$168  = 44'h00000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -29654,12 +30088,12 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$166  = beat__payload[43:0];
+          \c__payload$168  = beat__payload[43:0];
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__valid$167  = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \c__valid$169  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -29669,13 +30103,13 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           /* empty */;
       3'h3:
           if (add_sel) begin
-            \c__valid$167  = beat__valid;
+            \c__valid$169  = beat__valid;
           end
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__payload$169  = 53'h00000000000000;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \c__payload$171  = 53'h00000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -29684,12 +30118,12 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$169  = beat__payload[52:0];
+          \c__payload$171  = beat__payload[52:0];
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \c__valid$170  = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \c__valid$172  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -29698,13 +30132,13 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
       3'h2:
           /* empty */;
       3'h3:
-          if (\$122 ) begin
-            \c__valid$170  = beat__valid;
+          if (\$115 ) begin
+            \c__valid$172  = beat__valid;
           end
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     streaming = 1'h0;
     casez (seq_state)
       3'h0:
@@ -29720,7 +30154,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unit_rst = 1'h0;
     casez (seq_state)
       3'h0:
@@ -29738,410 +30172,410 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signal$69  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
         \$signal$69  = 1'h1;
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
         \$signal$69  = 1'h1;
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
+      end else if (\$118 ) begin
         \$signal$69  = 1'h1;
-      end else if (\$126 ) begin
+      end else if (\$119 ) begin
         \$signal$69  = 1'h1;
       end else begin
         \$signal$69  = 1'h1;
       end
     end
-    if (\$221 ) begin
+    if (\$211 ) begin
       \$signal$69  = 1'h1;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signal$99  = 1'h0;
     if (streaming) begin
       if (is_move) begin
         \$signal$99  = r_rdy;
-      end else if (\$123 ) begin
+      end else if (\$116 ) begin
         \$signal$99  = beat__valid;
-      end else if (\$124 ) begin
+      end else if (\$117 ) begin
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
+      end else if (\$118 ) begin
         \$signal$99  = o__valid;
-      end else if (\$126 ) begin
-        \$signal$99  = \o__valid$191 ;
+      end else if (\$119 ) begin
+        \$signal$99  = \o__valid$193 ;
       end
     end
-    if (\$158 ) begin
-      \$signal$99  = \$signal$202 ;
+    if (\$151 ) begin
+      \$signal$99  = \$signal$204 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     sink_data = 16'h0000;
     if (streaming) begin
       if (is_move) begin
         sink_data = r_data[15:0];
-      end else if (\$123 ) begin
+      end else if (\$116 ) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$133 [8], \$133 [8], \$133 [8], \$133 [8], \$133 [8], \$133 [8], \$133 [8], \$133  };
+              sink_data = { \$126 [8], \$126 [8], \$126 [8], \$126 [8], \$126 [8], \$126 [8], \$126 [8], \$126  };
           2'h1:
-              sink_data = \$136 [15:0];
+              sink_data = \$129 [15:0];
           2'h2:
-              sink_data = \$139 [15:0];
+              sink_data = \$132 [15:0];
           2'h3:
-              sink_data = \$142 [15:0];
+              sink_data = \$135 [15:0];
         endcase
-      end else if (\$124 ) begin
+      end else if (\$117 ) begin
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
+      end else if (\$118 ) begin
         sink_data = { 8'h00, o__payload[7:0] };
-      end else if (\$126 ) begin
-        sink_data = { \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192 [7], \o__payload$192  };
+      end else if (\$119 ) begin
+        sink_data = { \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194  };
       end
     end
-    if (\$158 ) begin
-      sink_data = \$178 ;
+    if (\$151 ) begin
+      sink_data = \$171 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     r_en = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-        r_en = \$127 ;
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
-        r_en = \$148 ;
+        r_en = \$120 ;
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
+        r_en = \$141 ;
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
-        r_en = \$151 ;
-      end else if (\$126 ) begin
-        r_en = \$152 ;
+      end else if (\$118 ) begin
+        r_en = \$144 ;
+      end else if (\$119 ) begin
+        r_en = \$145 ;
       end else begin
         r_en = elem_take;
       end
     end
-    if (\$221 ) begin
-      r_en = \$224 ;
+    if (\$211 ) begin
+      r_en = \$214 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     fault = 4'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-        if (\$143 ) begin
+      end else if (\$116 ) begin
+        if (\$136 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$701 ) begin
+    if (\$691 ) begin
       fault = 4'h5;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \req__valid$179  = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \req__valid$181  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
-        \req__valid$179  = \$144 ;
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
+        \req__valid$181  = \$137 ;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \req__payload$180  = 99'h0000000000000000000000000;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \req__payload$182  = 99'h0000000000000000000000000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
-        \req__payload$180 [31:0] = \$146 [31:0];
-        \req__payload$180 [95:32] = { 48'h000000000000, r_data[15:0] };
-        \req__payload$180 [98:96] = { 1'h0, ins[23:22] };
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
+        \req__payload$182 [31:0] = \$139 [31:0];
+        \req__payload$182 [95:32] = { 48'h000000000000, r_data[15:0] };
+        \req__payload$182 [98:96] = { 1'h0, ins[23:22] };
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     i__valid = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
+      end else if (\$118 ) begin
         i__valid = r_rdy;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     i__payload = 17'h00000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
+      end else if (\$118 ) begin
         i__payload[15:0] = r_data[15:0];
         i__payload[16] = r_data[16];
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     o__ready = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
+      end else if (\$118 ) begin
         o__ready = \valid$100 ;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__valid$188  = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \i__valid$190  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
-      end else if (\$126 ) begin
-        \i__valid$188  = r_rdy;
+      end else if (\$118 ) begin
+      end else if (\$119 ) begin
+        \i__valid$190  = r_rdy;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__payload$189  = 16'h0000;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \i__payload$191  = 16'h0000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
-      end else if (\$126 ) begin
-        \i__payload$189  = r_data[15:0];
+      end else if (\$118 ) begin
+      end else if (\$119 ) begin
+        \i__payload$191  = r_data[15:0];
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$193  = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \o__ready$195  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
-      end else if (\$126 ) begin
-        \o__ready$193  = \valid$100 ;
+      end else if (\$118 ) begin
+      end else if (\$119 ) begin
+        \o__ready$195  = \valid$100 ;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_valid = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
-      end else if (\$126 ) begin
+      end else if (\$118 ) begin
+      end else if (\$119 ) begin
       end else begin
         elem_valid = r_rdy;
       end
     end
-    if (\$688 ) begin
-      elem_valid = \o__valid$375 ;
+    if (\$678 ) begin
+      elem_valid = \o__valid$376 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_data = 16'h0000;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
-      end else if (\$126 ) begin
+      end else if (\$118 ) begin
+      end else if (\$119 ) begin
       end else begin
         elem_data = r_data[15:0];
       end
     end
-    if (\$688 ) begin
-      elem_data = \$689 [15:0];
+    if (\$678 ) begin
+      elem_data = \$679 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_final = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$123 ) begin
-      end else if (\$124 ) begin
+      end else if (\$116 ) begin
+      end else if (\$117 ) begin
       end else if (is_gemm) begin
-      end else if (\$125 ) begin
-      end else if (\$126 ) begin
+      end else if (\$118 ) begin
+      end else if (\$119 ) begin
       end else begin
         elem_final = r_data[17];
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_take = 1'h0;
-    if (\$158 ) begin
-      elem_take = \$164 ;
+    if (\$151 ) begin
+      elem_take = \$157 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     run1 = 1'h0;
-    if (\$158 ) begin
+    if (\$151 ) begin
       run1 = add_sel;
     end
-    if (\$221 ) begin
-      if (\$419 ) begin
+    if (\$211 ) begin
+      if (\$409 ) begin
         run1 = 1'h1;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \r_en$201  = 1'h0;
-    if (\$158 ) begin
-      \r_en$201  = \$171 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \r_en$203  = 1'h0;
+    if (\$151 ) begin
+      \r_en$203  = \$164 ;
     end
-    if (\$221 ) begin
-      if (\$419 ) begin
-        \r_en$201  = \$425 ;
+    if (\$211 ) begin
+      if (\$409 ) begin
+        \r_en$203  = \$415 ;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signal$202  = 1'h0;
-    if (\$158 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signal$204  = 1'h0;
+    if (\$151 ) begin
       if (add_sel) begin
-        \$signal$202  = \o__valid$203 ;
+        \$signal$204  = \o__valid$205 ;
       end
-      if (\$177 ) begin
-        \$signal$202  = \o__valid$225 ;
+      if (\$170 ) begin
+        \$signal$204  = \o__valid$227 ;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$204  = 1'h0;
-    if (\$158 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \o__ready$206  = 1'h0;
+    if (\$151 ) begin
       if (add_sel) begin
-        \o__ready$204  = out_ready;
+        \o__ready$206  = out_ready;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack0 = 16'h0000;
-    if (\$158 ) begin
+    if (\$151 ) begin
       if (add_sel) begin
-        unpack0 = \o__payload$207 [15:0];
+        unpack0 = \o__payload$209 [15:0];
       end
-      if (\$177 ) begin
-        unpack0 = { \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7], \o__payload$227 [7:0] };
+      if (\$170 ) begin
+        unpack0 = { \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7:0] };
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack1 = 16'h0000;
-    if (\$158 ) begin
+    if (\$151 ) begin
       if (add_sel) begin
-        unpack1 = \o__payload$207 [31:16];
+        unpack1 = \o__payload$209 [31:16];
       end
-      if (\$177 ) begin
-        unpack1 = { \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15], \o__payload$227 [15:8] };
+      if (\$170 ) begin
+        unpack1 = { \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15:8] };
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack2 = 16'h0000;
-    if (\$158 ) begin
+    if (\$151 ) begin
       if (add_sel) begin
-        unpack2 = \o__payload$207 [47:32];
+        unpack2 = \o__payload$209 [47:32];
       end
-      if (\$177 ) begin
-        unpack2 = { \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23], \o__payload$227 [23:16] };
+      if (\$170 ) begin
+        unpack2 = { \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23:16] };
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack3 = 16'h0000;
-    if (\$158 ) begin
+    if (\$151 ) begin
       if (add_sel) begin
-        unpack3 = \o__payload$207 [63:48];
+        unpack3 = \o__payload$209 [63:48];
       end
-      if (\$177 ) begin
-        unpack3 = { \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31], \o__payload$227 [31:24] };
+      if (\$170 ) begin
+        unpack3 = { \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31:24] };
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     a__valid = 1'h0;
-    if (\$158 ) begin
+    if (\$151 ) begin
       if (add_sel) begin
         a__valid = pack_full;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \b__valid$212  = 1'h0;
-    if (\$158 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \b__valid$214  = 1'h0;
+    if (\$151 ) begin
       if (add_sel) begin
-        \b__valid$212  = pack_full;
+        \b__valid$214  = pack_full;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     in_ready = 1'h0;
-    if (\$158 ) begin
+    if (\$151 ) begin
       if (add_sel) begin
-        in_ready = \$172 ;
+        in_ready = \$165 ;
       end
-      if (\$177 ) begin
-        in_ready = \i__ready$229 ;
+      if (\$170 ) begin
+        in_ready = \i__ready$231 ;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     a__payload = 64'h0000000000000000;
-    if (\$158 ) begin
+    if (\$151 ) begin
       if (add_sel) begin
         a__payload[15:0] = pack_a0;
         a__payload[31:16] = pack_a1;
@@ -30151,60 +30585,60 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \b__payload$220  = 64'h0000000000000000;
-    if (\$158 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \b__payload$222  = 64'h0000000000000000;
+    if (\$151 ) begin
       if (add_sel) begin
-        \b__payload$220 [15:0] = pack_b0;
-        \b__payload$220 [31:16] = pack_b1;
-        \b__payload$220 [47:32] = pack_b2;
-        \b__payload$220 [63:48] = pack_b3;
+        \b__payload$222 [15:0] = pack_b0;
+        \b__payload$222 [31:16] = pack_b1;
+        \b__payload$222 [47:32] = pack_b2;
+        \b__payload$222 [63:48] = pack_b3;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$226  = 1'h0;
-    if (\$158 ) begin
-      if (\$177 ) begin
-        \o__ready$226  = out_ready;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \o__ready$228  = 1'h0;
+    if (\$151 ) begin
+      if (\$170 ) begin
+        \o__ready$228  = out_ready;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__valid$228  = 1'h0;
-    if (\$158 ) begin
-      if (\$177 ) begin
-        \i__valid$228  = pack_full;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \i__valid$230  = 1'h0;
+    if (\$151 ) begin
+      if (\$170 ) begin
+        \i__valid$230  = pack_full;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \i__payload$230  = 32'd0;
-    if (\$158 ) begin
-      if (\$177 ) begin
-        \i__payload$230 [7:0] = pack_a0[7:0];
-        \i__payload$230 [15:8] = pack_a1[7:0];
-        \i__payload$230 [23:16] = pack_a2[7:0];
-        \i__payload$230 [31:24] = pack_a3[7:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \i__payload$232  = 32'd0;
+    if (\$151 ) begin
+      if (\$170 ) begin
+        \i__payload$232 [7:0] = pack_a0[7:0];
+        \i__payload$232 [15:8] = pack_a1[7:0];
+        \i__payload$232 [23:16] = pack_a2[7:0];
+        \i__payload$232 [31:24] = pack_a3[7:0];
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     out_ready = 1'h0;
-    if (\$158 ) begin
-      if (\$179 ) begin
-        if (\$181 ) begin
+    if (\$151 ) begin
+      if (\$172 ) begin
+        if (\$174 ) begin
           out_ready = 1'h1;
         end
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w_lb = 3'h0;
     casez (ins[21:17])
       5'h02:
@@ -30224,760 +30658,823 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     p__valid = 1'h0;
-    if (\$191 ) begin
-      if (\$196 ) begin
+    if (\$181 ) begin
+      if (\$186 ) begin
         p__valid = beat__valid;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$202 [2], \$202 [2], \$202 [2], \$202 [2], \$202 [2], \$202 [2], \$202  };
+          elem = { \$192 [2], \$192 [2], \$192 [2], \$192 [2], \$192 [2], \$192 [2], \$192  };
       5'h03:
-          elem = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
+          elem = { \$195 [3], \$195 [3], \$195 [3], \$195 [3], \$195 [3], \$195  };
       5'h04:
-          elem = { \$208 [4], \$208 [4], \$208 [4], \$208 [4], \$208  };
+          elem = { \$198 [4], \$198 [4], \$198 [4], \$198 [4], \$198  };
       5'h05:
-          elem = { \$211 [5], \$211 [5], \$211 [5], \$211  };
+          elem = { \$201 [5], \$201 [5], \$201 [5], \$201  };
       5'h06:
-          elem = { \$214 [6], \$214 [6], \$214  };
+          elem = { \$204 [6], \$204 [6], \$204  };
       5'h07:
-          elem = { \$217 [7], \$217  };
+          elem = { \$207 [7], \$207  };
       5'h08:
-          elem = \$220 ;
+          elem = \$210 ;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$250  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$250  = \$226 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$251  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$251  = \$216 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$252  = 9'h000;
-    if (\$221 ) begin
-      \$signature__data$252  = elem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$253  = 9'h000;
+    if (\$211 ) begin
+      \$signature__data$253  = elem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$253  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$253  = \$232 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$254  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$254  = \$222 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$255  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$255  = \$234 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$256  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$256  = \$224 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$256  = 9'h000;
-    if (\$221 ) begin
-      \$signature__data$256  = elem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$257  = 9'h000;
+    if (\$211 ) begin
+      \$signature__data$257  = elem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$257  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$257  = \$239 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$258  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$258  = \$229 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$258  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$258  = \$241 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$259  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$259  = \$231 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$259  = 9'h000;
-    if (\$221 ) begin
-      \$signature__data$259  = elem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$260  = 9'h000;
+    if (\$211 ) begin
+      \$signature__data$260  = elem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$260  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$260  = \$246 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$261  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$261  = \$236 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$261  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$261  = \$248 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$262  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$262  = \$238 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$262  = 9'h000;
-    if (\$221 ) begin
-      \$signature__data$262  = elem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$263  = 9'h000;
+    if (\$211 ) begin
+      \$signature__data$263  = elem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$263  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$263  = \$253 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$264  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$264  = \$243 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$264  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$264  = \$255 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$265  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$265  = \$245 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$265  = 9'h000;
-    if (\$221 ) begin
-      \$signature__data$265  = elem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$266  = 9'h000;
+    if (\$211 ) begin
+      \$signature__data$266  = elem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$266  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$266  = \$260 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$267  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$267  = \$250 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$267  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$267  = \$262 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$268  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$268  = \$252 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$268  = 9'h000;
-    if (\$221 ) begin
-      \$signature__data$268  = elem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$269  = 9'h000;
+    if (\$211 ) begin
+      \$signature__data$269  = elem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$269  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$269  = \$267 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$270  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$270  = \$257 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$270  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$270  = \$269 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$271  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$271  = \$259 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$271  = 9'h000;
-    if (\$221 ) begin
-      \$signature__data$271  = elem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$272  = 9'h000;
+    if (\$211 ) begin
+      \$signature__data$272  = elem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$272  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$272  = \$274 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$273  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$273  = \$264 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$273  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$273  = \$276 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$274  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$274  = \$266 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$274  = 9'h000;
-    if (\$221 ) begin
-      \$signature__data$274  = elem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$275  = 9'h000;
+    if (\$211 ) begin
+      \$signature__data$275  = elem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$275  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$275  = \$281 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$276  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$276  = \$271 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$276  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$276  = \$283 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$277  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$277  = \$273 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$279  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$279  = \$298 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$280  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$280  = \$288 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$285  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$285  = \$300 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$286  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$286  = \$290 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$286  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$286  = \$315 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$287  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$287  = \$305 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$287  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$287  = \$317 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$288  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$288  = \$307 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$288  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$288  = \$332 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$289  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$289  = \$322 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$289  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$289  = \$334 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$290  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$290  = \$324 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$290  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$290  = \$349 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$291  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$291  = \$339 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$291  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$291  = \$351 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$292  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$292  = \$341 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$292  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$292  = \$366 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$293  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$293  = \$356 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$293  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$293  = \$368 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$294  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$294  = \$358 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$294  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$294  = \$383 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$295  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$295  = \$373 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$295  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$295  = \$385 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$296  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$296  = \$375 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$296  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$296  = \$400 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$297  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$297  = \$390 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$297  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$297  = \$402 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$298  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$298  = \$392 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$298  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$298  = \$417 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$299  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$299  = \$407 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     welem = 8'h00;
-    if (\$221 ) begin
+    if (\$211 ) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1:0] };
+            welem = { \r_data$301 [1], \r_data$301 [1], \r_data$301 [1], \r_data$301 [1], \r_data$301 [1], \r_data$301 [1], \r_data$301 [1:0] };
         5'h03:
-            welem = { \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2:0] };
+            welem = { \r_data$301 [2], \r_data$301 [2], \r_data$301 [2], \r_data$301 [2], \r_data$301 [2], \r_data$301 [2:0] };
         5'h04:
-            welem = { \r_data$300 [3], \r_data$300 [3], \r_data$300 [3], \r_data$300 [3], \r_data$300 [3:0] };
+            welem = { \r_data$301 [3], \r_data$301 [3], \r_data$301 [3], \r_data$301 [3], \r_data$301 [3:0] };
         5'h05:
-            welem = { \r_data$300 [4], \r_data$300 [4], \r_data$300 [4], \r_data$300 [4:0] };
+            welem = { \r_data$301 [4], \r_data$301 [4], \r_data$301 [4], \r_data$301 [4:0] };
         5'h06:
-            welem = { \r_data$300 [5], \r_data$300 [5], \r_data$300 [5:0] };
+            welem = { \r_data$301 [5], \r_data$301 [5], \r_data$301 [5:0] };
         5'h07:
-            welem = { \r_data$300 [6], \r_data$300 [6:0] };
+            welem = { \r_data$301 [6], \r_data$301 [6:0] };
         5'h08:
-            welem = \r_data$300 [7:0];
+            welem = \r_data$301 [7:0];
       endcase
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$302  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$302  = \$427 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$303  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$303  = \$417 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$304  = 8'h00;
-    if (\$221 ) begin
-      \$signature__data$304  = welem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$305  = 8'h00;
+    if (\$211 ) begin
+      \$signature__data$305  = welem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$305  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$305  = \$436 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$306  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$306  = \$426 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$307  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$307  = \$438 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$308  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$308  = \$428 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$308  = 8'h00;
-    if (\$221 ) begin
-      \$signature__data$308  = welem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$309  = 8'h00;
+    if (\$211 ) begin
+      \$signature__data$309  = welem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$309  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$309  = \$446 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$310  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$310  = \$436 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$310  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$310  = \$448 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$311  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$311  = \$438 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$311  = 8'h00;
-    if (\$221 ) begin
-      \$signature__data$311  = welem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$312  = 8'h00;
+    if (\$211 ) begin
+      \$signature__data$312  = welem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$312  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$312  = \$456 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$313  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$313  = \$446 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$313  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$313  = \$458 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$314  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$314  = \$448 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$314  = 8'h00;
-    if (\$221 ) begin
-      \$signature__data$314  = welem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$315  = 8'h00;
+    if (\$211 ) begin
+      \$signature__data$315  = welem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$315  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$315  = \$466 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$316  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$316  = \$456 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$316  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$316  = \$468 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$317  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$317  = \$458 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$317  = 8'h00;
-    if (\$221 ) begin
-      \$signature__data$317  = welem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$318  = 8'h00;
+    if (\$211 ) begin
+      \$signature__data$318  = welem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$318  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$318  = \$476 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$319  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$319  = \$466 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$319  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$319  = \$478 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$320  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$320  = \$468 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$320  = 8'h00;
-    if (\$221 ) begin
-      \$signature__data$320  = welem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$321  = 8'h00;
+    if (\$211 ) begin
+      \$signature__data$321  = welem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$321  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$321  = \$486 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$322  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$322  = \$476 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$322  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$322  = \$488 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$323  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$323  = \$478 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$323  = 8'h00;
-    if (\$221 ) begin
-      \$signature__data$323  = welem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$324  = 8'h00;
+    if (\$211 ) begin
+      \$signature__data$324  = welem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$324  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$324  = \$496 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$325  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$325  = \$486 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$325  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$325  = \$498 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$326  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$326  = \$488 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__data$326  = 8'h00;
-    if (\$221 ) begin
-      \$signature__data$326  = welem;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$327  = 8'h00;
+    if (\$211 ) begin
+      \$signature__data$327  = welem;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$327  = 1'h0;
-    if (\$221 ) begin
-      \$signature__en$327  = \$506 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$328  = 1'h0;
+    if (\$211 ) begin
+      \$signature__en$328  = \$496 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$328  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$328  = \$509 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$329  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$329  = \$499 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$330  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$330  = \$524 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$331  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$331  = \$514 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$331  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$331  = \$527 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$332  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$332  = \$517 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$332  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$332  = \$542 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$333  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$333  = \$532 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$333  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$333  = \$545 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$334  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$334  = \$535 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$334  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$334  = \$560 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$335  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$335  = \$550 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$335  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$335  = \$563 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$336  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$336  = \$553 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$336  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$336  = \$578 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$337  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$337  = \$568 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$337  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$337  = \$581 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$338  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$338  = \$571 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$338  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$338  = \$596 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$339  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$339  = \$586 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$339  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$339  = \$599 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$340  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$340  = \$589 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$340  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$340  = \$614 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$341  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$341  = \$604 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$341  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$341  = \$617 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$342  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$342  = \$607 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$342  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$342  = \$632 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$343  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$343  = \$622 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__addr$343  = 9'h000;
-    if (\$221 ) begin
-      \$signature__addr$343  = \$635 [8:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$344  = 9'h000;
+    if (\$211 ) begin
+      \$signature__addr$344  = \$625 [8:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$signature__en$344  = 1'h1;
-    if (\$221 ) begin
-      \$signature__en$344  = \$650 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$345  = 1'h1;
+    if (\$211 ) begin
+      \$signature__en$345  = \$640 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \a__valid$244  = 1'h0;
-    if (\$221 ) begin
-      \a__valid$244  = \$signal$283 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \a__valid$245  = 1'h0;
+    if (\$211 ) begin
+      \a__valid$245  = \$signal$284 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \a__payload$345  = 73'h0000000000000000000;
-    if (\$221 ) begin
-      \a__payload$345 [72] = a_last;
-      \a__payload$345 [8:0] = \$signature__data$348 ;
-      \a__payload$345 [17:9] = \$signature__data$349 ;
-      \a__payload$345 [26:18] = \$signature__data$350 ;
-      \a__payload$345 [35:27] = \$signature__data$351 ;
-      \a__payload$345 [44:36] = \$signature__data$352 ;
-      \a__payload$345 [53:45] = \$signature__data$353 ;
-      \a__payload$345 [62:54] = \$signature__data$354 ;
-      \a__payload$345 [71:63] = \$signature__data$355 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \a__payload$346  = 73'h0000000000000000000;
+    if (\$211 ) begin
+      \a__payload$346 [72] = a_last;
+      \a__payload$346 [8:0] = \$signature__data$349 ;
+      \a__payload$346 [17:9] = \$signature__data$350 ;
+      \a__payload$346 [26:18] = \$signature__data$351 ;
+      \a__payload$346 [35:27] = \$signature__data$352 ;
+      \a__payload$346 [44:36] = \$signature__data$353 ;
+      \a__payload$346 [53:45] = \$signature__data$354 ;
+      \a__payload$346 [62:54] = \$signature__data$355 ;
+      \a__payload$346 [71:63] = \$signature__data$356 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__valid = 1'h0;
-    if (\$221 ) begin
-      w__valid = \$652 ;
+    if (\$211 ) begin
+      w__valid = \$642 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__payload = 64'h0000000000000000;
-    if (\$221 ) begin
-      w__payload[7:0] = \$654 ;
-      w__payload[15:8] = \$656 ;
-      w__payload[23:16] = \$658 ;
-      w__payload[31:24] = \$660 ;
-      w__payload[39:32] = \$662 ;
-      w__payload[47:40] = \$664 ;
-      w__payload[55:48] = \$666 ;
-      w__payload[63:56] = \$668 ;
+    if (\$211 ) begin
+      w__payload[7:0] = \$644 ;
+      w__payload[15:8] = \$646 ;
+      w__payload[23:16] = \$648 ;
+      w__payload[31:24] = \$650 ;
+      w__payload[39:32] = \$652 ;
+      w__payload[47:40] = \$654 ;
+      w__payload[55:48] = \$656 ;
+      w__payload[63:56] = \$658 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \o__ready$379  = 1'h0;
-    if (\$672 ) begin
-      \o__ready$379  = \$685 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \o__ready$380  = 1'h0;
+    if (\$662 ) begin
+      \o__ready$380  = \$675 ;
     end
-    if (\$688 ) begin
-      \o__ready$379  = \$691 ;
+    if (\$678 ) begin
+      \o__ready$380  = \$681 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$954  = \$704 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$924  = \$694 ;
     if (rst) begin
-      \$954  = 1'h0;
+      \$924  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$955  = { \$705 , \final$388 , \last__4$387  };
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$925  = { \$695 , \final$389 , \last__4$388  };
     if (rst) begin
-      \$955  = 3'h0;
+      \$925  = 3'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$956  = \$707 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$926  = \$697 ;
     if (rst) begin
-      \$956  = 1'h0;
+      \$926  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$957  = { \$708 , \final$391 , \last__4$390  };
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$927  = { \$698 , \final$392 , \last__4$391  };
     if (rst) begin
-      \$957  = 3'h0;
+      \$927  = 3'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$958  = cycles;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$928  = \$701 [15:0];
+    if (rst) begin
+      \$928  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$929  = \$704 [15:0];
+    if (rst) begin
+      \$929  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$930  = \$705 [15:0];
+    if (rst) begin
+      \$930  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$931  = c_lb;
+    if (rst) begin
+      \$931  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$932  = \$706 [15:0];
+    if (rst) begin
+      \$932  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$933  = \$707 [15:0];
+    if (rst) begin
+      \$933  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$934  = \$708 ;
+    if (rst) begin
+      \$934  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$935  = \$713 [31:0];
+    if (rst) begin
+      \$935  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$936  = \$714 [31:0];
+    if (rst) begin
+      \$936  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$937  = cycles;
     if (busy) begin
-      \$958  = \$709 [47:0];
+      \$937  = \$715 [47:0];
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$958  = 48'h000000000000;
+            \$937  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$958  = 48'h000000000000;
+      \$937  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$959  = op_cycles__0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$938  = op_cycles__0;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
           4'h0:
-              \$959  = \$711 [47:0];
+              \$938  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$959  = 48'h000000000000;
+            \$938  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$959  = 48'h000000000000;
+      \$938  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$960  = op_cycles__1;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$939  = op_cycles__1;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
           4'h0:
               /* empty */;
           4'h1:
-              \$960  = \$711 [47:0];
+              \$939  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$960  = 48'h000000000000;
+            \$939  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$960  = 48'h000000000000;
+      \$939  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$961  = op_cycles__2;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$940  = op_cycles__2;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -30986,23 +31483,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h1:
               /* empty */;
           4'h2:
-              \$961  = \$711 [47:0];
+              \$940  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$961  = 48'h000000000000;
+            \$940  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$961  = 48'h000000000000;
+      \$940  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$962  = op_cycles__3;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$941  = op_cycles__3;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31013,23 +31510,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h2:
               /* empty */;
           4'h3:
-              \$962  = \$711 [47:0];
+              \$941  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$962  = 48'h000000000000;
+            \$941  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$962  = 48'h000000000000;
+      \$941  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$963  = op_cycles__4;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$942  = op_cycles__4;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31042,23 +31539,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h3:
               /* empty */;
           4'h4:
-              \$963  = \$711 [47:0];
+              \$942  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$963  = 48'h000000000000;
+            \$942  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$963  = 48'h000000000000;
+      \$942  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$964  = op_cycles__5;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$943  = op_cycles__5;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31073,23 +31570,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h4:
               /* empty */;
           4'h5:
-              \$964  = \$711 [47:0];
+              \$943  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$964  = 48'h000000000000;
+            \$943  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$964  = 48'h000000000000;
+      \$943  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$965  = op_cycles__6;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$944  = op_cycles__6;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31106,23 +31603,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h5:
               /* empty */;
           4'h6:
-              \$965  = \$711 [47:0];
+              \$944  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$965  = 48'h000000000000;
+            \$944  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$965  = 48'h000000000000;
+      \$944  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$966  = op_cycles__7;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$945  = op_cycles__7;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31141,23 +31638,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h6:
               /* empty */;
           4'h7:
-              \$966  = \$711 [47:0];
+              \$945  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$966  = 48'h000000000000;
+            \$945  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$966  = 48'h000000000000;
+      \$945  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$967  = op_cycles__8;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$946  = op_cycles__8;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31178,23 +31675,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h7:
               /* empty */;
           4'h8:
-              \$967  = \$711 [47:0];
+              \$946  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$967  = 48'h000000000000;
+            \$946  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$967  = 48'h000000000000;
+      \$946  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$968  = op_cycles__9;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$947  = op_cycles__9;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31217,23 +31714,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h8:
               /* empty */;
           4'h9:
-              \$968  = \$711 [47:0];
+              \$947  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$968  = 48'h000000000000;
+            \$947  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$968  = 48'h000000000000;
+      \$947  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$969  = op_cycles__10;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$948  = op_cycles__10;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31258,23 +31755,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'h9:
               /* empty */;
           4'ha:
-              \$969  = \$711 [47:0];
+              \$948  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$969  = 48'h000000000000;
+            \$948  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$969  = 48'h000000000000;
+      \$948  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$970  = op_cycles__11;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$949  = op_cycles__11;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31301,23 +31798,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'ha:
               /* empty */;
           4'hb:
-              \$970  = \$711 [47:0];
+              \$949  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$970  = 48'h000000000000;
+            \$949  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$970  = 48'h000000000000;
+      \$949  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$971  = op_cycles__12;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$950  = op_cycles__12;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31346,23 +31843,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hb:
               /* empty */;
           4'hc:
-              \$971  = \$711 [47:0];
+              \$950  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$971  = 48'h000000000000;
+            \$950  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$971  = 48'h000000000000;
+      \$950  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$972  = op_cycles__13;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$951  = op_cycles__13;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31393,23 +31890,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hc:
               /* empty */;
           4'hd:
-              \$972  = \$711 [47:0];
+              \$951  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$972  = 48'h000000000000;
+            \$951  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$972  = 48'h000000000000;
+      \$951  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$973  = op_cycles__14;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$952  = op_cycles__14;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31442,23 +31939,23 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'hd:
               /* empty */;
           4'he:
-              \$973  = \$711 [47:0];
+              \$952  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$973  = 48'h000000000000;
+            \$952  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$973  = 48'h000000000000;
+      \$952  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$974  = op_cycles__15;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$953  = op_cycles__15;
     if (busy) begin
       if (in_op) begin
         (* full_case = 32'd1 *)
@@ -31494,483 +31991,509 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           4'he:
               /* empty */;
           4'hf:
-              \$974  = \$711 [47:0];
+              \$953  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$974  = 48'h000000000000;
+            \$953  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$974  = 48'h000000000000;
+      \$953  = 48'h000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$975  = pc;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$954  = pc;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$975  = prog;
+            \$954  = prog;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$718 ) begin
-            \$975  = \$signal$394 ;
+          if (\$722 ) begin
+          end else if (\$725 ) begin
+            \$954  = \$signal$402 ;
           end
       3'h3:
           /* empty */;
       3'h4:
-          if (\$755 ) begin
-            \$975  = \$756 [31:0];
+          if (\$763 ) begin
+            \$954  = \$764 [31:0];
           end
     endcase
     if (rst) begin
-      \$975  = 32'd0;
+      \$954  = 32'd0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$976  = busy;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$955  = busy;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$976  = 1'h1;
+            \$955  = 1'h1;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$718 ) begin
-          end else if (\$719 ) begin
-            \$976  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$782 ) begin
-            \$976  = 1'h0;
-          end
-    endcase
-    if (rst) begin
-      \$976  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$977  = done;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$977  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$718 ) begin
-          end else if (\$719 ) begin
-            \$977  = 1'h1;
+          if (\$722 ) begin
+          end else if (\$725 ) begin
+          end else if (\$726 ) begin
+            \$955  = 1'h0;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$782 ) begin
-            \$977  = 1'h1;
+          if (\$790 ) begin
+            \$955  = 1'h0;
           end
     endcase
     if (rst) begin
-      \$977  = 1'h0;
+      \$955  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$978  = error;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$956  = done;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$978  = 4'h0;
+            \$956  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$722 ) begin
+          end else if (\$725 ) begin
+          end else if (\$726 ) begin
+            \$956  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$790 ) begin
+            \$956  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$956  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$957  = error;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$957  = 4'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             if (beat__payload[512]) begin
-              \$978  = 4'h4;
+              \$957  = 4'h4;
             end
           end
           if (start) begin
-            \$978  = 4'h6;
+            \$957  = 4'h6;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$718 ) begin
-          end else if (\$719 ) begin
-          end else if (\$730 ) begin
-            \$978  = 4'h2;
-          end else if (\$734 ) begin
-            \$978  = 4'h1;
-          end else if (\$735 ) begin
-          end else if (\$740 ) begin
+          if (\$722 ) begin
+          end else if (\$725 ) begin
+          end else if (\$726 ) begin
+          end else if (\$737 ) begin
+            \$957  = 4'h2;
+          end else if (\$741 ) begin
+            \$957  = 4'h1;
+          end else if (\$742 ) begin
+          end else if (\$747 ) begin
           end else if (unit_known) begin
           end else begin
-            \$978  = 4'h1;
+            \$957  = 4'h1;
           end
           if (start) begin
-            \$978  = 4'h6;
+            \$957  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (\$745 ) begin
+          if (\$753 ) begin
             if (beat__payload[512]) begin
-              \$978  = 4'h4;
+              \$957  = 4'h4;
             end
           end
           if (start) begin
-            \$978  = 4'h6;
+            \$957  = 4'h6;
           end
         end
       3'h4:
         begin
-          if (\$765 ) begin
-            \$978  = 4'h3;
+          if (\$773 ) begin
+            \$957  = 4'h3;
           end
-          if (\$771 ) begin
-            \$978  = 4'h3;
+          if (\$779 ) begin
+            \$957  = 4'h3;
           end
-          if (\$780 ) begin
-            \$978  = 4'h3;
+          if (\$788 ) begin
+            \$957  = 4'h3;
           end
-          if (\$781 ) begin
-            \$978  = fault;
+          if (\$789 ) begin
+            \$957  = fault;
           end
           if (start) begin
-            \$978  = 4'h6;
+            \$957  = 4'h6;
           end
         end
     endcase
     if (rst) begin
-      \$978  = 4'h0;
+      \$957  = 4'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$979  = fetch_sent;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$958  = fetch_sent;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$979  = 1'h0;
+            \$958  = 1'h0;
           end
       3'h1:
         begin
-          if (\$715 ) begin
-            \$979  = 1'h1;
+          if (\$721 ) begin
+            \$958  = 1'h1;
           end
           if (beat__valid) begin
-            \$979  = 1'h0;
+            \$958  = 1'h0;
           end
         end
     endcase
     if (rst) begin
-      \$979  = 1'h0;
+      \$958  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$980  = \$signal$394 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$959  = \$signal$402 ;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$980  = prog;
+            \$959  = prog;
           end
     endcase
     if (rst) begin
-      \$980  = 32'd0;
+      \$959  = 32'd0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$981  = \$signal$395 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$960  = \$signal$403 ;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$981  = image_stride;
+            \$960  = image_stride;
           end
     endcase
     if (rst) begin
-      \$981  = 32'd0;
+      \$960  = 32'd0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$982  = images_left;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$961  = images_left;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$982  = \$713 ;
+            \$961  = \$719 ;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$718 ) begin
-            \$982  = \$741 [15:0];
+          if (\$722 ) begin
+          end else if (\$725 ) begin
+            \$961  = \$749 [15:0];
           end
     endcase
     if (rst) begin
-      \$982  = 16'h0000;
+      \$961  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$983  = offset;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$962  = offset;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$983  = 32'd0;
+            \$962  = 32'd0;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$718 ) begin
-            \$983  = \$742 [31:0];
+          if (\$722 ) begin
+          end else if (\$725 ) begin
+            \$962  = \$750 [31:0];
           end
     endcase
     if (rst) begin
-      \$983  = 32'd0;
+      \$962  = 32'd0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$984  = seq_state;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$963  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$984  = 3'h1;
+            \$963  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$984  = 3'h5;
+              \$963  = 3'h5;
             end else begin
-              \$984  = 3'h2;
+              \$963  = 3'h2;
             end
           end
           if (start) begin
-            \$984  = 3'h5;
+            \$963  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$718 ) begin
-            \$984  = 3'h1;
-          end else if (\$719 ) begin
-            \$984  = 3'h0;
-          end else if (\$730 ) begin
-            \$984  = 3'h5;
-          end else if (\$734 ) begin
-            \$984  = 3'h5;
-          end else if (\$735 ) begin
-            \$984  = 3'h3;
-          end else if (\$740 ) begin
-            \$984  = 3'h4;
+          if (\$722 ) begin
+          end else if (\$725 ) begin
+            \$963  = 3'h1;
+          end else if (\$726 ) begin
+            \$963  = 3'h0;
+          end else if (\$737 ) begin
+            \$963  = 3'h5;
+          end else if (\$741 ) begin
+            \$963  = 3'h5;
+          end else if (\$742 ) begin
+            \$963  = 3'h3;
+          end else if (\$747 ) begin
+            \$963  = 3'h4;
           end else if (unit_known) begin
-            \$984  = 3'h3;
+            \$963  = 3'h3;
           end else begin
-            \$984  = 3'h5;
+            \$963  = 3'h5;
           end
           if (start) begin
-            \$984  = 3'h5;
+            \$963  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$745 ) begin
+          if (\$753 ) begin
             if (beat__payload[512]) begin
-              \$984  = 3'h5;
-            end else if (\$748 ) begin
-              \$984  = 3'h4;
+              \$963  = 3'h5;
+            end else if (\$756 ) begin
+              \$963  = 3'h4;
             end
           end
-          if (\$750 ) begin
-            \$984  = 3'h4;
+          if (\$758 ) begin
+            \$963  = 3'h4;
           end
           if (start) begin
-            \$984  = 3'h5;
+            \$963  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$755 ) begin
-            \$984  = 3'h1;
+          if (\$763 ) begin
+            \$963  = 3'h1;
           end
-          if (\$765 ) begin
-            \$984  = 3'h5;
+          if (\$773 ) begin
+            \$963  = 3'h5;
           end
-          if (\$771 ) begin
-            \$984  = 3'h5;
+          if (\$779 ) begin
+            \$963  = 3'h5;
           end
-          if (\$780 ) begin
-            \$984  = 3'h5;
+          if (\$788 ) begin
+            \$963  = 3'h5;
           end
-          if (\$781 ) begin
-            \$984  = 3'h5;
+          if (\$789 ) begin
+            \$963  = 3'h5;
           end
           if (start) begin
-            \$984  = 3'h5;
+            \$963  = 3'h5;
           end
         end
       3'h5:
-          if (\$782 ) begin
-            \$984  = 3'h0;
+          if (\$790 ) begin
+            \$963  = 3'h0;
           end
       default:
-          \$984  = 3'h0;
+          \$963  = 3'h0;
     endcase
     if (rst) begin
-      \$984  = 3'h0;
+      \$963  = 3'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$985  = ins;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$964  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$985  = beat__payload[511:0];
+            \$964  = beat__payload[511:0];
           end
     endcase
     if (rst) begin
-      \$985  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$964  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$986  = ci;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$965  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$965  = 2'h3;
+          end
+      3'h2:
+          if (\$722 ) begin
+            \$965  = \$748 [1:0];
+          end
+    endcase
+    if (rst) begin
+      \$965  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$966  = ci;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$986  = 16'h0000;
+          \$966  = 16'h0000;
       3'h3:
-          if (\$743 ) begin
-            \$986  = \$744 [15:0];
+          if (\$751 ) begin
+            \$966  = \$752 [15:0];
           end
     endcase
     if (rst) begin
-      \$986  = 16'h0000;
+      \$966  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$987  = cr;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$967  = cr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$987  = 16'h0000;
+          \$967  = 16'h0000;
       3'h3:
-          if (\$745 ) begin
-            \$987  = \$746 [15:0];
+          if (\$753 ) begin
+            \$967  = \$754 [15:0];
           end
     endcase
     if (rst) begin
-      \$987  = 16'h0000;
+      \$967  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$988  = pack_full;
-    if (\$788 ) begin
-      if (\$789 ) begin
-        \$988  = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$968  = pack_full;
+    if (\$796 ) begin
+      if (\$797 ) begin
+        \$968  = 1'h0;
       end
-      if (\$795 ) begin
-        if (\$797 ) begin
-          \$988  = 1'h1;
+      if (\$803 ) begin
+        if (\$805 ) begin
+          \$968  = 1'h1;
         end
       end
     end
     if (unit_rst) begin
-      \$988  = 1'h0;
+      \$968  = 1'h0;
     end
     if (rst) begin
-      \$988  = 1'h0;
+      \$968  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$989  = pack_a0;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$969  = pack_a0;
+    if (\$796 ) begin
+      if (\$803 ) begin
         casez (pack_j)
           3'h0:
-              \$989  = elem_data;
+              \$969  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$989  = 16'h0000;
+      \$969  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$990  = pack_a1;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$970  = pack_a1;
+    if (\$796 ) begin
+      if (\$803 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              \$990  = elem_data;
+              \$970  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$990  = 16'h0000;
+      \$970  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$991  = pack_a2;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$971  = pack_a2;
+    if (\$796 ) begin
+      if (\$803 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
               /* empty */;
           3'h2:
-              \$991  = elem_data;
+              \$971  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$991  = 16'h0000;
+      \$971  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$992  = pack_a3;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$972  = pack_a3;
+    if (\$796 ) begin
+      if (\$803 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
@@ -31979,70 +32502,70 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           3'h2:
               /* empty */;
           3'h3:
-              \$992  = elem_data;
+              \$972  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$992  = 16'h0000;
+      \$972  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$993  = pack_b0;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$973  = pack_b0;
+    if (\$796 ) begin
+      if (\$803 ) begin
         casez (pack_j)
           3'h0:
-              \$993  = \r_data$300 [15:0];
+              \$973  = \r_data$301 [15:0];
         endcase
       end
     end
     if (rst) begin
-      \$993  = 16'h0000;
+      \$973  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$994  = pack_b1;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$974  = pack_b1;
+    if (\$796 ) begin
+      if (\$803 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              \$994  = \r_data$300 [15:0];
+              \$974  = \r_data$301 [15:0];
         endcase
       end
     end
     if (rst) begin
-      \$994  = 16'h0000;
+      \$974  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$995  = pack_b2;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$975  = pack_b2;
+    if (\$796 ) begin
+      if (\$803 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
               /* empty */;
           3'h2:
-              \$995  = \r_data$300 [15:0];
+              \$975  = \r_data$301 [15:0];
         endcase
       end
     end
     if (rst) begin
-      \$995  = 16'h0000;
+      \$975  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$996  = pack_b3;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$976  = pack_b3;
+    if (\$796 ) begin
+      if (\$803 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
@@ -32051,107 +32574,606 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
           3'h2:
               /* empty */;
           3'h3:
-              \$996  = \r_data$300 [15:0];
+              \$976  = \r_data$301 [15:0];
         endcase
       end
     end
     if (rst) begin
-      \$996  = 16'h0000;
+      \$976  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$997  = pack_j;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$977  = pack_j;
+    if (\$796 ) begin
+      if (\$803 ) begin
         (* full_case = 32'd1 *)
-        if (\$797 ) begin
-          \$997  = 3'h0;
+        if (\$805 ) begin
+          \$977  = 3'h0;
         end else begin
-          \$997  = \$798 [2:0];
+          \$977  = \$806 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$997  = 3'h0;
+      \$977  = 3'h0;
     end
     if (rst) begin
-      \$997  = 3'h0;
+      \$977  = 3'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$998  = pack_jo;
-    if (\$788 ) begin
-      if (\$799 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$978  = pack_jo;
+    if (\$796 ) begin
+      if (\$807 ) begin
         (* full_case = 32'd1 *)
-        if (\$801 ) begin
-          \$998  = 3'h0;
+        if (\$809 ) begin
+          \$978  = 3'h0;
         end else begin
-          \$998  = \$802 [2:0];
+          \$978  = \$810 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$998  = 3'h0;
+      \$978  = 3'h0;
     end
     if (rst) begin
-      \$998  = 3'h0;
+      \$978  = 3'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$999  = tiles;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$979  = tiles;
     if (in_decode) begin
-      \$999  = \$810 [31:0];
+      \$979  = dec_tiles;
     end
     if (\$811 ) begin
       if (\$812 ) begin
         if (\$830 ) begin
-          \$999  = \$831 [31:0];
+          \$979  = \$831 [31:0];
         end
       end
     end
     if (rst) begin
-      \$999  = 32'd0;
+      \$979  = 32'd0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1000  = nt;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$980  = nt;
     if (in_decode) begin
-      \$1000  = 16'h0000;
+      \$980  = 16'h0000;
     end
     if (\$811 ) begin
       if (\$812 ) begin
         if (\$830 ) begin
           (* full_case = 32'd1 *)
-          if (\$836 ) begin
-            \$1000  = 16'h0000;
+          if (\$832 ) begin
+            \$980  = 16'h0000;
           end else begin
-            \$1000  = \$837 [15:0];
+            \$980  = \$833 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1000  = 16'h0000;
+      \$980  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1001  = k;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$981  = k;
     if (in_decode) begin
-      \$1001  = 16'h0000;
+      \$981  = 16'h0000;
     end
     if (\$811 ) begin
       if (\$812 ) begin
         if (\$815 ) begin
-        end else if (\$823 ) begin
-          \$1001  = \$824 [15:0];
+        end else if (\$822 ) begin
+          \$981  = \$823 [15:0];
         end
         if (\$830 ) begin
-          \$1001  = 16'h0000;
+          \$981  = 16'h0000;
+        end
+      end
+    end
+    if (rst) begin
+      \$981  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$982  = w_addr;
+    if (in_decode) begin
+      \$982  = ins[465:434];
+    end
+    if (\$811 ) begin
+      if (\$812 ) begin
+        if (want_w) begin
+          \$982  = \$825 [31:0];
+        end
+        if (\$830 ) begin
+          if (\$832 ) begin
+            \$982  = ins[465:434];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$982  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$983  = want_w;
+    if (in_decode) begin
+      \$983  = 1'h0;
+    end
+    if (\$811 ) begin
+      if (\$812 ) begin
+        if (\$815 ) begin
+          \$983  = 1'h1;
+        end
+        if (\$830 ) begin
+          \$983  = 1'h0;
+        end
+      end
+    end
+    if (rst) begin
+      \$983  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$984  = rk;
+    if (in_decode) begin
+      \$984  = 16'h0000;
+    end
+    if (\$834 ) begin
+      if (\$838 ) begin
+        \$984  = \$841 [15:0];
+      end
+    end
+    if (rst) begin
+      \$984  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$985  = w_full;
+    if (in_decode) begin
+      \$985  = 1'h0;
+    end
+    if (\$834 ) begin
+      if (\$835 ) begin
+        \$985  = 1'h0;
+      end
+      if (\$838 ) begin
+        if (\$847 ) begin
+          \$985  = 1'h1;
+        end
+      end
+    end
+    if (rst) begin
+      \$985  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$986  = w_lane0;
+    if (\$834 ) begin
+      if (\$838 ) begin
+        if (\$847 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$986  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
+            5'h03:
+                \$986  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
+            5'h04:
+                \$986  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
+            5'h05:
+                \$986  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
+            5'h06:
+                \$986  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
+            5'h07:
+                \$986  = { beat__payload[6], beat__payload[6:0] };
+            5'h08:
+                \$986  = beat__payload[7:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$986  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$987  = w_lane1;
+    if (\$834 ) begin
+      if (\$838 ) begin
+        if (\$847 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$987  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
+            5'h03:
+                \$987  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
+            5'h04:
+                \$987  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
+            5'h05:
+                \$987  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
+            5'h06:
+                \$987  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
+            5'h07:
+                \$987  = { beat__payload[13], beat__payload[13:7] };
+            5'h08:
+                \$987  = beat__payload[15:8];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$987  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$988  = w_lane2;
+    if (\$834 ) begin
+      if (\$838 ) begin
+        if (\$847 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$988  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+            5'h03:
+                \$988  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+            5'h04:
+                \$988  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+            5'h05:
+                \$988  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+            5'h06:
+                \$988  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+            5'h07:
+                \$988  = { beat__payload[20], beat__payload[20:14] };
+            5'h08:
+                \$988  = beat__payload[23:16];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$988  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$989  = w_lane3;
+    if (\$834 ) begin
+      if (\$838 ) begin
+        if (\$847 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$989  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+            5'h03:
+                \$989  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+            5'h04:
+                \$989  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+            5'h05:
+                \$989  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+            5'h06:
+                \$989  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+            5'h07:
+                \$989  = { beat__payload[27], beat__payload[27:21] };
+            5'h08:
+                \$989  = beat__payload[31:24];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$989  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$990  = w_lane4;
+    if (\$834 ) begin
+      if (\$838 ) begin
+        if (\$847 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$990  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+            5'h03:
+                \$990  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+            5'h04:
+                \$990  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+            5'h05:
+                \$990  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+            5'h06:
+                \$990  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+            5'h07:
+                \$990  = { beat__payload[34], beat__payload[34:28] };
+            5'h08:
+                \$990  = beat__payload[39:32];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$990  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$991  = w_lane5;
+    if (\$834 ) begin
+      if (\$838 ) begin
+        if (\$847 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$991  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+            5'h03:
+                \$991  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+            5'h04:
+                \$991  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+            5'h05:
+                \$991  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+            5'h06:
+                \$991  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+            5'h07:
+                \$991  = { beat__payload[41], beat__payload[41:35] };
+            5'h08:
+                \$991  = beat__payload[47:40];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$991  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$992  = w_lane6;
+    if (\$834 ) begin
+      if (\$838 ) begin
+        if (\$847 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$992  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
+            5'h03:
+                \$992  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
+            5'h04:
+                \$992  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
+            5'h05:
+                \$992  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
+            5'h06:
+                \$992  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
+            5'h07:
+                \$992  = { beat__payload[48], beat__payload[48:42] };
+            5'h08:
+                \$992  = beat__payload[55:48];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$992  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$993  = w_lane7;
+    if (\$834 ) begin
+      if (\$838 ) begin
+        if (\$847 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$993  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+            5'h03:
+                \$993  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+            5'h04:
+                \$993  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+            5'h05:
+                \$993  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+            5'h06:
+                \$993  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+            5'h07:
+                \$993  = { beat__payload[55], beat__payload[55:49] };
+            5'h08:
+                \$993  = beat__payload[63:56];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$993  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$994  = a_filled0;
+    if (in_decode) begin
+      \$994  = 1'h0;
+    end
+    if (\$848 ) begin
+      if (\$851 ) begin
+        if (\$852 ) begin
+          if (\$854 ) begin
+            casez (\$signal$248 )
+              1'h0:
+                  \$994  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$872 ) begin
+        if (\$874 ) begin
+          if (\$875 ) begin
+            casez (\$signal$278 )
+              1'h0:
+                  \$994  = 1'h0;
+            endcase
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$994  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$995  = a_filled1;
+    if (in_decode) begin
+      \$995  = 1'h0;
+    end
+    if (\$848 ) begin
+      if (\$851 ) begin
+        if (\$852 ) begin
+          if (\$854 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$248 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$995  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$872 ) begin
+        if (\$874 ) begin
+          if (\$875 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$278 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$995  = 1'h0;
+            endcase
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$995  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$996  = \$signal$248 ;
+    if (in_decode) begin
+      \$996  = 1'h0;
+    end
+    if (\$848 ) begin
+      if (\$851 ) begin
+        if (\$852 ) begin
+          if (\$854 ) begin
+            \$996  = \$855 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$996  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$997  = \$signal$255 ;
+    if (in_decode) begin
+      \$997  = 4'h0;
+    end
+    if (\$848 ) begin
+      if (\$851 ) begin
+        (* full_case = 32'd1 *)
+        if (\$852 ) begin
+          \$997  = 4'h0;
+        end else begin
+          \$997  = \$856 [3:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$997  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$998  = lk;
+    if (in_decode) begin
+      \$998  = 16'h0000;
+    end
+    if (\$848 ) begin
+      if (\$851 ) begin
+        if (\$852 ) begin
+          \$998  = \$853 [15:0];
+          if (\$854 ) begin
+            \$998  = 16'h0000;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$998  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$999  = \$signal$278 ;
+    if (in_decode) begin
+      \$999  = 1'h0;
+    end
+    if (\$848 ) begin
+      if (\$872 ) begin
+        if (\$874 ) begin
+          if (\$875 ) begin
+            \$999  = \$876 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$999  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1000  = \$signal$279 ;
+    if (in_decode) begin
+      \$1000  = 16'h0000;
+    end
+    if (\$848 ) begin
+      if (\$872 ) begin
+        (* full_case = 32'd1 *)
+        if (\$874 ) begin
+          \$1000  = 16'h0000;
+        end else begin
+          \$1000  = \$879 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1000  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1001  = fnt;
+    if (in_decode) begin
+      \$1001  = 16'h0000;
+    end
+    if (\$848 ) begin
+      if (\$872 ) begin
+        if (\$874 ) begin
+          (* full_case = 32'd1 *)
+          if (\$875 ) begin
+            \$1001  = 16'h0000;
+          end else begin
+            \$1001  = \$878 [15:0];
+          end
         end
       end
     end
@@ -32160,19 +33182,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1002  = w_row;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1002  = feed_blocks;
     if (in_decode) begin
-      \$1002  = 32'd0;
+      \$1002  = dec_blocks;
     end
-    if (\$811 ) begin
-      if (\$812 ) begin
-        if (\$830 ) begin
-          (* full_case = 32'd1 *)
-          if (\$836 ) begin
-            \$1002  = 32'd0;
-          end else begin
-            \$1002  = \$838 [31:0];
+    if (\$848 ) begin
+      if (\$872 ) begin
+        if (\$874 ) begin
+          if (\$875 ) begin
+            \$1002  = \$877 [31:0];
           end
         end
       end
@@ -32182,19 +33201,17 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1003  = want_w;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1003  = \$signal$284 ;
     if (in_decode) begin
       \$1003  = 1'h0;
     end
-    if (\$811 ) begin
-      if (\$812 ) begin
-        if (\$815 ) begin
-          \$1003  = 1'h1;
-        end
-        if (\$830 ) begin
-          \$1003  = 1'h0;
-        end
+    if (\$848 ) begin
+      if (\$857 ) begin
+        \$1003  = 1'h0;
+      end
+      if (\$872 ) begin
+        \$1003  = 1'h1;
       end
     end
     if (rst) begin
@@ -32202,774 +33219,280 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1004  = rk;
-    if (in_decode) begin
-      \$1004  = 16'h0000;
-    end
-    if (\$839 ) begin
-      if (\$843 ) begin
-        \$1004  = \$846 [15:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1004  = a_last;
+    if (\$848 ) begin
+      if (\$872 ) begin
+        \$1004  = \$873 ;
       end
     end
     if (rst) begin
-      \$1004  = 16'h0000;
+      \$1004  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1005  = w_full;
-    if (in_decode) begin
-      \$1005  = 1'h0;
-    end
-    if (\$839 ) begin
-      if (\$840 ) begin
-        \$1005  = 1'h0;
-      end
-      if (\$843 ) begin
-        if (\$852 ) begin
-          \$1005  = 1'h1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1005  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1006  = w_lane0;
-    if (\$839 ) begin
-      if (\$843 ) begin
-        if (\$852 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1006  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
-            5'h03:
-                \$1006  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
-            5'h04:
-                \$1006  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
-            5'h05:
-                \$1006  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
-            5'h06:
-                \$1006  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
-            5'h07:
-                \$1006  = { beat__payload[6], beat__payload[6:0] };
-            5'h08:
-                \$1006  = beat__payload[7:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1006  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1007  = w_lane1;
-    if (\$839 ) begin
-      if (\$843 ) begin
-        if (\$852 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1007  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
-            5'h03:
-                \$1007  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
-            5'h04:
-                \$1007  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
-            5'h05:
-                \$1007  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
-            5'h06:
-                \$1007  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
-            5'h07:
-                \$1007  = { beat__payload[13], beat__payload[13:7] };
-            5'h08:
-                \$1007  = beat__payload[15:8];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1007  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1008  = w_lane2;
-    if (\$839 ) begin
-      if (\$843 ) begin
-        if (\$852 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1008  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
-            5'h03:
-                \$1008  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
-            5'h04:
-                \$1008  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
-            5'h05:
-                \$1008  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
-            5'h06:
-                \$1008  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
-            5'h07:
-                \$1008  = { beat__payload[20], beat__payload[20:14] };
-            5'h08:
-                \$1008  = beat__payload[23:16];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1008  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1009  = w_lane3;
-    if (\$839 ) begin
-      if (\$843 ) begin
-        if (\$852 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1009  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
-            5'h03:
-                \$1009  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
-            5'h04:
-                \$1009  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
-            5'h05:
-                \$1009  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
-            5'h06:
-                \$1009  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
-            5'h07:
-                \$1009  = { beat__payload[27], beat__payload[27:21] };
-            5'h08:
-                \$1009  = beat__payload[31:24];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1009  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1010  = w_lane4;
-    if (\$839 ) begin
-      if (\$843 ) begin
-        if (\$852 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1010  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
-            5'h03:
-                \$1010  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
-            5'h04:
-                \$1010  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
-            5'h05:
-                \$1010  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
-            5'h06:
-                \$1010  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
-            5'h07:
-                \$1010  = { beat__payload[34], beat__payload[34:28] };
-            5'h08:
-                \$1010  = beat__payload[39:32];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1010  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1011  = w_lane5;
-    if (\$839 ) begin
-      if (\$843 ) begin
-        if (\$852 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1011  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
-            5'h03:
-                \$1011  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
-            5'h04:
-                \$1011  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
-            5'h05:
-                \$1011  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
-            5'h06:
-                \$1011  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
-            5'h07:
-                \$1011  = { beat__payload[41], beat__payload[41:35] };
-            5'h08:
-                \$1011  = beat__payload[47:40];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1011  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1012  = w_lane6;
-    if (\$839 ) begin
-      if (\$843 ) begin
-        if (\$852 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1012  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
-            5'h03:
-                \$1012  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
-            5'h04:
-                \$1012  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
-            5'h05:
-                \$1012  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
-            5'h06:
-                \$1012  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
-            5'h07:
-                \$1012  = { beat__payload[48], beat__payload[48:42] };
-            5'h08:
-                \$1012  = beat__payload[55:48];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1012  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1013  = w_lane7;
-    if (\$839 ) begin
-      if (\$843 ) begin
-        if (\$852 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1013  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
-            5'h03:
-                \$1013  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
-            5'h04:
-                \$1013  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
-            5'h05:
-                \$1013  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
-            5'h06:
-                \$1013  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
-            5'h07:
-                \$1013  = { beat__payload[55], beat__payload[55:49] };
-            5'h08:
-                \$1013  = beat__payload[63:56];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1013  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1014  = a_filled0;
-    if (in_decode) begin
-      \$1014  = 1'h0;
-    end
-    if (\$857 ) begin
-      if (\$860 ) begin
-        if (\$861 ) begin
-          if (\$864 ) begin
-            casez (\$signal$247 )
-              1'h0:
-                  \$1014  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$882 ) begin
-        if (\$886 ) begin
-          if (\$891 ) begin
-            casez (\$signal$277 )
-              1'h0:
-                  \$1014  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1014  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1015  = a_filled1;
-    if (in_decode) begin
-      \$1015  = 1'h0;
-    end
-    if (\$857 ) begin
-      if (\$860 ) begin
-        if (\$861 ) begin
-          if (\$864 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$247 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1015  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$882 ) begin
-        if (\$886 ) begin
-          if (\$891 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$277 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1015  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1015  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1016  = \$signal$247 ;
-    if (in_decode) begin
-      \$1016  = 1'h0;
-    end
-    if (\$857 ) begin
-      if (\$860 ) begin
-        if (\$861 ) begin
-          if (\$864 ) begin
-            \$1016  = \$865 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1016  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1017  = \$signal$254 ;
-    if (in_decode) begin
-      \$1017  = 4'h0;
-    end
-    if (\$857 ) begin
-      if (\$860 ) begin
-        (* full_case = 32'd1 *)
-        if (\$861 ) begin
-          \$1017  = 4'h0;
-        end else begin
-          \$1017  = \$866 [3:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1017  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1018  = lk;
-    if (in_decode) begin
-      \$1018  = 16'h0000;
-    end
-    if (\$857 ) begin
-      if (\$860 ) begin
-        if (\$861 ) begin
-          \$1018  = \$862 [15:0];
-          if (\$864 ) begin
-            \$1018  = 16'h0000;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1018  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1019  = \$signal$277 ;
-    if (in_decode) begin
-      \$1019  = 1'h0;
-    end
-    if (\$857 ) begin
-      if (\$882 ) begin
-        if (\$886 ) begin
-          if (\$891 ) begin
-            \$1019  = \$892 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1019  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1020  = \$signal$278 ;
-    if (in_decode) begin
-      \$1020  = 16'h0000;
-    end
-    if (\$857 ) begin
-      if (\$882 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1005  = w_load_lane;
+    if (\$848 ) begin
+      if (\$885 ) begin
         (* full_case = 32'd1 *)
         if (\$886 ) begin
-          \$1020  = 16'h0000;
+          \$1005  = 4'h0;
         end else begin
-          \$1020  = \$895 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1020  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1021  = fnt;
-    if (in_decode) begin
-      \$1021  = 16'h0000;
-    end
-    if (\$857 ) begin
-      if (\$882 ) begin
-        if (\$886 ) begin
-          (* full_case = 32'd1 *)
-          if (\$891 ) begin
-            \$1021  = 16'h0000;
-          end else begin
-            \$1021  = \$894 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1021  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1022  = feed_blocks;
-    if (in_decode) begin
-      \$1022  = \$856 [31:0];
-    end
-    if (\$857 ) begin
-      if (\$882 ) begin
-        if (\$886 ) begin
-          if (\$891 ) begin
-            \$1022  = \$893 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1022  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1023  = \$signal$283 ;
-    if (in_decode) begin
-      \$1023  = 1'h0;
-    end
-    if (\$857 ) begin
-      if (\$867 ) begin
-        \$1023  = 1'h0;
-      end
-      if (\$882 ) begin
-        \$1023  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1023  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1024  = a_last;
-    if (\$857 ) begin
-      if (\$882 ) begin
-        \$1024  = \$884 ;
-      end
-    end
-    if (rst) begin
-      \$1024  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1025  = w_load_lane;
-    if (\$857 ) begin
-      if (\$901 ) begin
-        (* full_case = 32'd1 *)
-        if (\$902 ) begin
-          \$1025  = 4'h0;
-        end else begin
-          \$1025  = \$914 [3:0];
+          \$1005  = \$893 [3:0];
         end
       end
       if (in_decode) begin
-        \$1025  = 4'h0;
+        \$1005  = 4'h0;
       end
     end
     if (rst) begin
-      \$1025  = 4'h0;
+      \$1005  = 4'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1026  = w_load_k;
-    if (\$857 ) begin
-      if (\$901 ) begin
-        if (\$902 ) begin
-          \$1026  = \$903 [15:0];
-          if (\$906 ) begin
-            \$1026  = 16'h0000;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1006  = w_load_k;
+    if (\$848 ) begin
+      if (\$885 ) begin
+        if (\$886 ) begin
+          \$1006  = \$887 [15:0];
+          if (\$889 ) begin
+            \$1006  = 16'h0000;
           end
         end
       end
       if (in_decode) begin
-        \$1026  = 16'h0000;
+        \$1006  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1026  = 16'h0000;
+      \$1006  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1027  = w_load_addr;
-    if (\$857 ) begin
-      if (\$901 ) begin
-        if (\$902 ) begin
-          \$1027  = \$904 [9:0];
-          if (\$906 ) begin
-            if (\$912 ) begin
-              \$1027  = 10'h000;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1007  = w_load_addr;
+    if (\$848 ) begin
+      if (\$885 ) begin
+        if (\$886 ) begin
+          \$1007  = \$888 [9:0];
+          if (\$889 ) begin
+            if (\$891 ) begin
+              \$1007  = 10'h000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1027  = 10'h000;
+        \$1007  = 10'h000;
       end
     end
     if (rst) begin
-      \$1027  = 10'h000;
+      \$1007  = 10'h000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1028  = w_load_nt;
-    if (\$857 ) begin
-      if (\$901 ) begin
-        if (\$902 ) begin
-          if (\$906 ) begin
-            \$1028  = \$907 [15:0];
-            if (\$912 ) begin
-              \$1028  = 16'h0000;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1008  = w_load_nt;
+    if (\$848 ) begin
+      if (\$885 ) begin
+        if (\$886 ) begin
+          if (\$889 ) begin
+            \$1008  = \$890 [15:0];
+            if (\$891 ) begin
+              \$1008  = 16'h0000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1028  = 16'h0000;
+        \$1008  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1028  = 16'h0000;
+      \$1008  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1029  = w_filled0;
-    if (\$857 ) begin
-      if (\$901 ) begin
-        if (\$902 ) begin
-          if (\$906 ) begin
-            if (\$912 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1009  = w_filled0;
+    if (\$848 ) begin
+      if (\$885 ) begin
+        if (\$886 ) begin
+          if (\$889 ) begin
+            if (\$891 ) begin
               casez (w_load_half)
                 1'h0:
-                    \$1029  = 1'h1;
+                    \$1009  = 1'h1;
               endcase
             end
           end
         end
       end
-      if (\$932 ) begin
-        if (\$934 ) begin
-          if (\$939 ) begin
-            if (\$944 ) begin
+      if (\$911 ) begin
+        if (\$912 ) begin
+          if (\$913 ) begin
+            if (\$914 ) begin
               casez (w_feed_half)
                 1'h0:
-                    \$1029  = 1'h0;
+                    \$1009  = 1'h0;
               endcase
             end
           end
         end
       end
       if (in_decode) begin
-        \$1029  = 1'h0;
+        \$1009  = 1'h0;
       end
     end
     if (rst) begin
-      \$1029  = 1'h0;
+      \$1009  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1030  = w_filled1;
-    if (\$857 ) begin
-      if (\$901 ) begin
-        if (\$902 ) begin
-          if (\$906 ) begin
-            if (\$912 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1010  = w_filled1;
+    if (\$848 ) begin
+      if (\$885 ) begin
+        if (\$886 ) begin
+          if (\$889 ) begin
+            if (\$891 ) begin
               (* full_case = 32'd1 *)
               casez (w_load_half)
                 1'h0:
                     /* empty */;
                 1'h1:
-                    \$1030  = 1'h1;
+                    \$1010  = 1'h1;
               endcase
             end
           end
         end
       end
-      if (\$932 ) begin
-        if (\$934 ) begin
-          if (\$939 ) begin
-            if (\$944 ) begin
+      if (\$911 ) begin
+        if (\$912 ) begin
+          if (\$913 ) begin
+            if (\$914 ) begin
               (* full_case = 32'd1 *)
               casez (w_feed_half)
                 1'h0:
                     /* empty */;
                 1'h1:
-                    \$1030  = 1'h0;
+                    \$1010  = 1'h0;
               endcase
             end
           end
         end
       end
       if (in_decode) begin
-        \$1030  = 1'h0;
+        \$1010  = 1'h0;
       end
     end
     if (rst) begin
-      \$1030  = 1'h0;
+      \$1010  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1031  = w_load_half;
-    if (\$857 ) begin
-      if (\$901 ) begin
-        if (\$902 ) begin
-          if (\$906 ) begin
-            if (\$912 ) begin
-              \$1031  = \$913 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1011  = w_load_half;
+    if (\$848 ) begin
+      if (\$885 ) begin
+        if (\$886 ) begin
+          if (\$889 ) begin
+            if (\$891 ) begin
+              \$1011  = \$892 ;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1031  = 1'h0;
+        \$1011  = 1'h0;
       end
     end
     if (rst) begin
-      \$1031  = 1'h0;
+      \$1011  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1032  = feed_ntk;
-    if (\$857 ) begin
-      if (\$932 ) begin
-        if (\$934 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1012  = feed_ntk;
+    if (\$848 ) begin
+      if (\$911 ) begin
+        if (\$912 ) begin
           (* full_case = 32'd1 *)
-          if (\$939 ) begin
-            \$1032  = 32'd0;
+          if (\$913 ) begin
+            \$1012  = 32'd0;
           end else begin
-            \$1032  = \$947 [31:0];
+            \$1012  = \$917 [31:0];
           end
         end
       end
       if (in_decode) begin
-        \$1032  = 32'd0;
+        \$1012  = 32'd0;
       end
     end
     if (rst) begin
-      \$1032  = 32'd0;
+      \$1012  = 32'd0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1033  = feed_mt;
-    if (\$857 ) begin
-      if (\$932 ) begin
-        if (\$934 ) begin
-          if (\$939 ) begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1013  = feed_mt;
+    if (\$848 ) begin
+      if (\$911 ) begin
+        if (\$912 ) begin
+          if (\$913 ) begin
             (* full_case = 32'd1 *)
-            if (\$944 ) begin
-              \$1033  = 16'h0000;
+            if (\$914 ) begin
+              \$1013  = 16'h0000;
             end else begin
-              \$1033  = \$946 [15:0];
+              \$1013  = \$916 [15:0];
             end
           end
         end
       end
       if (in_decode) begin
-        \$1033  = 16'h0000;
+        \$1013  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1033  = 16'h0000;
+      \$1013  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1034  = w_feed_half;
-    if (\$857 ) begin
-      if (\$932 ) begin
-        if (\$934 ) begin
-          if (\$939 ) begin
-            if (\$944 ) begin
-              \$1034  = \$945 ;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1014  = w_feed_half;
+    if (\$848 ) begin
+      if (\$911 ) begin
+        if (\$912 ) begin
+          if (\$913 ) begin
+            if (\$914 ) begin
+              \$1014  = \$915 ;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1034  = 1'h0;
+        \$1014  = 1'h0;
       end
     end
     if (rst) begin
-      \$1034  = 1'h0;
+      \$1014  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$180 ) begin end
-    \$1035  = post_col;
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1015  = post_col;
     if (in_decode) begin
-      \$1035  = 3'h0;
+      \$1015  = 3'h0;
     end
-    if (\$950 ) begin
+    if (\$920 ) begin
       if (elem_take) begin
-        \$1035  = \$953 [2:0];
+        \$1015  = \$923 [2:0];
       end
     end
     if (rst) begin
-      \$1035  = 3'h0;
+      \$1015  = 3'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -33001,11 +33524,10 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \next$89  = src1_issue;
   assign \w_en$90  = src1_inflight;
   assign \w_data$91  = { src1_meta, \$signature__data$92  };
-  assign p_bytes = { \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78 [24], \$78  };
-  assign \error$108  = error;
-  assign \done$110  = done;
-  assign \busy$112  = busy;
-  assign \cycles$114  = cycles;
+  assign \error$107  = error;
+  assign \done$109  = done;
+  assign \busy$111  = busy;
+  assign \cycles$113  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -33022,7 +33544,7 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign op_cycles13 = op_cycles__13;
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
-  assign ext_base = \$82 [31:0];
+  assign ext_base = \$78 [31:0];
   assign p__payload = beat__payload[437:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
@@ -33078,46 +33600,46 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \c__payload.f  = c__payload;
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
-  assign \c__payload$163.m  = \c__payload$163 [15:0];
-  assign \c__payload$163.b  = \c__payload$163 [58:16];
-  assign \c__payload$163.e  = \c__payload$163 [64:59];
-  assign \c__payload$163.last  = \c__payload$163 [65];
-  assign \c__payload$166.m_a  = \c__payload$166 [15:0];
-  assign \c__payload$166.e_a  = \c__payload$166 [21:16];
-  assign \c__payload$166.m_b  = \c__payload$166 [37:22];
-  assign \c__payload$166.e_b  = \c__payload$166 [43:38];
-  assign \c__payload$169.qb  = \c__payload$169 [9:0];
-  assign \c__payload$169.qc  = \c__payload$169 [24:10];
-  assign \c__payload$169.sh  = \c__payload$169 [30:25];
-  assign \c__payload$169.m  = \c__payload$169 [46:31];
-  assign \c__payload$169.e  = \c__payload$169 [52:47];
-  assign \req__payload$180.addr  = \req__payload$180 [31:0];
-  assign \req__payload$180.data  = \req__payload$180 [95:32];
-  assign \req__payload$180.lb  = \req__payload$180 [98:96];
+  assign \c__payload$165.m  = \c__payload$165 [15:0];
+  assign \c__payload$165.b  = \c__payload$165 [58:16];
+  assign \c__payload$165.e  = \c__payload$165 [64:59];
+  assign \c__payload$165.last  = \c__payload$165 [65];
+  assign \c__payload$168.m_a  = \c__payload$168 [15:0];
+  assign \c__payload$168.e_a  = \c__payload$168 [21:16];
+  assign \c__payload$168.m_b  = \c__payload$168 [37:22];
+  assign \c__payload$168.e_b  = \c__payload$168 [43:38];
+  assign \c__payload$171.qb  = \c__payload$171 [9:0];
+  assign \c__payload$171.qc  = \c__payload$171 [24:10];
+  assign \c__payload$171.sh  = \c__payload$171 [30:25];
+  assign \c__payload$171.m  = \c__payload$171 [46:31];
+  assign \c__payload$171.e  = \c__payload$171 [52:47];
+  assign \req__payload$182.addr  = \req__payload$182 [31:0];
+  assign \req__payload$182.data  = \req__payload$182 [95:32];
+  assign \req__payload$182.lb  = \req__payload$182 [98:96];
   assign \i__payload.data  = i__payload[15:0];
   assign \i__payload.last  = i__payload[16];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \o__payload$207[0]  = \o__payload$207 [15:0];
-  assign \o__payload$207[1]  = \o__payload$207 [31:16];
-  assign \o__payload$207[2]  = \o__payload$207 [47:32];
-  assign \o__payload$207[3]  = \o__payload$207 [63:48];
+  assign \o__payload$209[0]  = \o__payload$209 [15:0];
+  assign \o__payload$209[1]  = \o__payload$209 [31:16];
+  assign \o__payload$209[2]  = \o__payload$209 [47:32];
+  assign \o__payload$209[3]  = \o__payload$209 [63:48];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$220[0]  = \b__payload$220 [15:0];
-  assign \b__payload$220[1]  = \b__payload$220 [31:16];
-  assign \b__payload$220[2]  = \b__payload$220 [47:32];
-  assign \b__payload$220[3]  = \b__payload$220 [63:48];
-  assign \o__payload$227[0]  = \o__payload$227 [7:0];
-  assign \o__payload$227[1]  = \o__payload$227 [15:8];
-  assign \o__payload$227[2]  = \o__payload$227 [23:16];
-  assign \o__payload$227[3]  = \o__payload$227 [31:24];
-  assign \i__payload$230[0]  = \i__payload$230 [7:0];
-  assign \i__payload$230[1]  = \i__payload$230 [15:8];
-  assign \i__payload$230[2]  = \i__payload$230 [23:16];
-  assign \i__payload$230[3]  = \i__payload$230 [31:24];
+  assign \b__payload$222[0]  = \b__payload$222 [15:0];
+  assign \b__payload$222[1]  = \b__payload$222 [31:16];
+  assign \b__payload$222[2]  = \b__payload$222 [47:32];
+  assign \b__payload$222[3]  = \b__payload$222 [63:48];
+  assign \o__payload$229[0]  = \o__payload$229 [7:0];
+  assign \o__payload$229[1]  = \o__payload$229 [15:8];
+  assign \o__payload$229[2]  = \o__payload$229 [23:16];
+  assign \o__payload$229[3]  = \o__payload$229 [31:24];
+  assign \i__payload$232[0]  = \i__payload$232 [7:0];
+  assign \i__payload$232[1]  = \i__payload$232 [15:8];
+  assign \i__payload$232[2]  = \i__payload$232 [23:16];
+  assign \i__payload$232[3]  = \i__payload$232 [31:24];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -33146,16 +33668,16 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$345.data  = \a__payload$345 [71:0];
-  assign \a__payload$345.data[0]  = \a__payload$345 [8:0];
-  assign \a__payload$345.data[1]  = \a__payload$345 [17:9];
-  assign \a__payload$345.data[2]  = \a__payload$345 [26:18];
-  assign \a__payload$345.data[3]  = \a__payload$345 [35:27];
-  assign \a__payload$345.data[4]  = \a__payload$345 [44:36];
-  assign \a__payload$345.data[5]  = \a__payload$345 [53:45];
-  assign \a__payload$345.data[6]  = \a__payload$345 [62:54];
-  assign \a__payload$345.data[7]  = \a__payload$345 [71:63];
-  assign \a__payload$345.last  = \a__payload$345 [72];
+  assign \a__payload$346.data  = \a__payload$346 [71:0];
+  assign \a__payload$346.data[0]  = \a__payload$346 [8:0];
+  assign \a__payload$346.data[1]  = \a__payload$346 [17:9];
+  assign \a__payload$346.data[2]  = \a__payload$346 [26:18];
+  assign \a__payload$346.data[3]  = \a__payload$346 [35:27];
+  assign \a__payload$346.data[4]  = \a__payload$346 [44:36];
+  assign \a__payload$346.data[5]  = \a__payload$346 [53:45];
+  assign \a__payload$346.data[6]  = \a__payload$346 [62:54];
+  assign \a__payload$346.data[7]  = \a__payload$346 [71:63];
+  assign \a__payload$346.last  = \a__payload$346 [72];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -33164,14 +33686,14 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$374[0]  = \o__payload$374 [31:0];
-  assign \o__payload$374[1]  = \o__payload$374 [63:32];
-  assign \o__payload$374[2]  = \o__payload$374 [95:64];
-  assign \o__payload$374[3]  = \o__payload$374 [127:96];
-  assign \o__payload$374[4]  = \o__payload$374 [159:128];
-  assign \o__payload$374[5]  = \o__payload$374 [191:160];
-  assign \o__payload$374[6]  = \o__payload$374 [223:192];
-  assign \o__payload$374[7]  = \o__payload$374 [255:224];
+  assign \o__payload$375[0]  = \o__payload$375 [31:0];
+  assign \o__payload$375[1]  = \o__payload$375 [63:32];
+  assign \o__payload$375[2]  = \o__payload$375 [95:64];
+  assign \o__payload$375[3]  = \o__payload$375 [127:96];
+  assign \o__payload$375[4]  = \o__payload$375 [159:128];
+  assign \o__payload$375[5]  = \o__payload$375 [191:160];
+  assign \o__payload$375[6]  = \o__payload$375 [223:192];
+  assign \o__payload$375[7]  = \o__payload$375 [255:224];
   assign \$14  = { \$13 [17], \$13 [17], \$13 [17], \$13 [17:3] };
   assign \$16  = ins[39:24];
   assign \$17  = ins[361:344];
@@ -33182,60 +33704,53 @@ module \accelerator.core (b__valid, ar__ready, r__valid, clk, rst, aw__ready, ar
   assign \$37  = ins[397:380];
   assign \$40  = { \$39 [17], \$39 [17], \$39 [17], \$39 [17:3] };
   assign \$44  = { \$43 [17], \$43 [17], \$43 [17], \$43 [17:3] };
-  assign \$77  = { \$76 [17], \$76 [17], \$76 [17], \$76 [17:3] };
-  assign \$78  = { \$77 [17], \$77 , 6'h00 };
-  assign \$79 [2:0] = 3'h0;
-  assign \$79 [3] = ins[11];
-  assign \$80  = ins[11];
-  assign { \$111 [32], \$111 [5:0] } = 7'h00;
-  assign \$111 [31:6] = \$110 [31:6];
-  assign { \$131 [3], \$131 [1:0] } = 3'h0;
-  assign \$131 [2] = ins[10];
-  assign \$132  = ins[10];
-  assign { \$134 [3], \$134 [1:0] } = 3'h0;
-  assign \$134 [2] = ins[10];
-  assign \$135  = ins[10];
-  assign { \$137 [3], \$137 [1:0] } = 3'h0;
-  assign \$137 [2] = ins[10];
-  assign \$138  = ins[10];
-  assign { \$140 [3], \$140 [1:0] } = 3'h0;
-  assign \$140 [2] = ins[10];
-  assign \$141  = ins[10];
-  assign \$187  = { 1'h0, nt, 6'h00 };
-  assign \$200 [3:1] = 3'h0;
-  assign \$200 [0] = ins[8];
-  assign \$201  = ins[8];
-  assign \$203 [3:1] = 3'h0;
-  assign \$203 [0] = ins[8];
-  assign \$204  = ins[8];
-  assign \$206 [3:1] = 3'h0;
-  assign \$206 [0] = ins[8];
-  assign \$207  = ins[8];
-  assign \$209 [3:1] = 3'h0;
-  assign \$209 [0] = ins[8];
-  assign \$210  = ins[8];
-  assign \$212 [3:1] = 3'h0;
-  assign \$212 [0] = ins[8];
-  assign \$213  = ins[8];
-  assign \$215 [3:1] = 3'h0;
-  assign \$215 [0] = ins[8];
-  assign \$216  = ins[8];
-  assign \$218 [3:1] = 3'h0;
-  assign \$218 [0] = ins[8];
-  assign \$219  = ins[8];
-  assign \$805  = { \$804 [17], \$804 [17], \$804 [17], \$804 [17:3] };
-  assign \$809  = { \$808 [17], \$808 [17], \$808 [17], \$808 [17:3] };
-  assign \$834  = { \$833 [17], \$833 [17], \$833 [17], \$833 [17:3] };
-  assign \$855  = { \$854 [17], \$854 [17], \$854 [17], \$854 [17:3] };
-  assign \$889  = { \$888 [17], \$888 [17], \$888 [17], \$888 [17:3] };
-  assign \$910  = { \$909 [17], \$909 [17], \$909 [17], \$909 [17:3] };
-  assign \$937  = { \$936 [17], \$936 [17], \$936 [17], \$936 [17:3] };
-  assign \$942  = { \$941 [17], \$941 [17], \$941 [17], \$941 [17:3] };
+  assign \$75 [2:0] = 3'h0;
+  assign \$75 [3] = ins[11];
+  assign \$76  = ins[11];
+  assign { \$124 [3], \$124 [1:0] } = 3'h0;
+  assign \$124 [2] = ins[10];
+  assign \$125  = ins[10];
+  assign { \$127 [3], \$127 [1:0] } = 3'h0;
+  assign \$127 [2] = ins[10];
+  assign \$128  = ins[10];
+  assign { \$130 [3], \$130 [1:0] } = 3'h0;
+  assign \$130 [2] = ins[10];
+  assign \$131  = ins[10];
+  assign { \$133 [3], \$133 [1:0] } = 3'h0;
+  assign \$133 [2] = ins[10];
+  assign \$134  = ins[10];
+  assign \$177  = { 1'h0, nt, 6'h00 };
+  assign \$190 [3:1] = 3'h0;
+  assign \$190 [0] = ins[8];
+  assign \$191  = ins[8];
+  assign \$193 [3:1] = 3'h0;
+  assign \$193 [0] = ins[8];
+  assign \$194  = ins[8];
+  assign \$196 [3:1] = 3'h0;
+  assign \$196 [0] = ins[8];
+  assign \$197  = ins[8];
+  assign \$199 [3:1] = 3'h0;
+  assign \$199 [0] = ins[8];
+  assign \$200  = ins[8];
+  assign \$202 [3:1] = 3'h0;
+  assign \$202 [0] = ins[8];
+  assign \$203  = ins[8];
+  assign \$205 [3:1] = 3'h0;
+  assign \$205 [0] = ins[8];
+  assign \$206  = ins[8];
+  assign \$208 [3:1] = 3'h0;
+  assign \$208 [0] = ins[8];
+  assign \$209  = ins[8];
+  assign \$701  = { \$700 [17], \$700 [17], \$700 [17], \$700 [17:3] };
+  assign \$704  = { \$703 [17], \$703 [17], \$703 [17], \$703 [17:3] };
+  assign \$709  = { 1'h0, dec_nt, 6'h00 };
+  assign \$711 [5:0] = 6'h00;
+  assign \$711 [31:6] = { 8'h00, \$710 [23:6] };
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c__valid, unit_rst, o__ready, a__valid, b__valid, a__payload, b__payload, c__ready, o__valid, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$181  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$184  = 0;
   wire \$1 ;
   wire [33:0] \$10 ;
   wire [16:0] \$100 ;
@@ -37780,10 +38295,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$16456$0 (l0s_s2_o),
-    .\port$16548$0 (l1s_s2_o),
-    .\port$16640$0 (l2s_s2_o),
-    .\port$16732$0 (l3s_s2_o),
+    .\port$16561$0 (l0s_s2_o),
+    .\port$16653$0 (l1s_s2_o),
+    .\port$16745$0 (l2s_s2_o),
+    .\port$16837$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -37792,14 +38307,14 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     .w_en(valid_s11)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1521  = l0_const;
     if (\$1 ) begin
       \$1521  = c__payload;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1522  = const_settle;
     if (\$2 ) begin
       \$1522  = 2'h3;
@@ -37814,7 +38329,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1707  = \$118 ;
     if (unit_rst) begin
       \$1707  = 1'h0;
@@ -37824,7 +38339,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1708  = valid_s1;
     if (unit_rst) begin
       \$1708  = 1'h0;
@@ -37834,7 +38349,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1709  = valid_s2;
     if (unit_rst) begin
       \$1709  = 1'h0;
@@ -37844,7 +38359,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1710  = valid_s3;
     if (unit_rst) begin
       \$1710  = 1'h0;
@@ -37854,7 +38369,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1711  = valid_s4;
     if (unit_rst) begin
       \$1711  = 1'h0;
@@ -37864,7 +38379,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1712  = valid_s5;
     if (unit_rst) begin
       \$1712  = 1'h0;
@@ -37874,7 +38389,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1713  = valid_s6;
     if (unit_rst) begin
       \$1713  = 1'h0;
@@ -37884,7 +38399,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1714  = valid_s7;
     if (unit_rst) begin
       \$1714  = 1'h0;
@@ -37894,7 +38409,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1715  = valid_s8;
     if (unit_rst) begin
       \$1715  = 1'h0;
@@ -37904,7 +38419,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1716  = valid_s9;
     if (unit_rst) begin
       \$1716  = 1'h0;
@@ -37914,7 +38429,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1717  = valid_s10;
     if (unit_rst) begin
       \$1717  = 1'h0;
@@ -37924,7 +38439,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1718  = \$130 ;
     if (unit_rst) begin
       \$1718  = 4'h0;
@@ -37934,7 +38449,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1719  = \$142 ;
     if (unit_rst) begin
       \$1719  = 1'h1;
@@ -37944,7 +38459,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$181 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
     \$1720  = \$154 ;
     if (unit_rst) begin
       \$1720  = 1'h1;
@@ -39028,8 +39543,8 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16456$0 , \port$16548$0 , \port$16640$0 , \port$16732$0 , w_en, r_rdy, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$182  = 0;
+module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16561$0 , \port$16653$0 , \port$16745$0 , \port$16837$0 , w_en, r_rdy, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$185  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -39071,14 +39586,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16456
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$16456$0 ;
-  wire [15:0] \port$16456$0 ;
-  input [15:0] \port$16548$0 ;
-  wire [15:0] \port$16548$0 ;
-  input [15:0] \port$16640$0 ;
-  wire [15:0] \port$16640$0 ;
-  input [15:0] \port$16732$0 ;
-  wire [15:0] \port$16732$0 ;
+  input [15:0] \port$16561$0 ;
+  wire [15:0] \port$16561$0 ;
+  input [15:0] \port$16653$0 ;
+  wire [15:0] \port$16653$0 ;
+  input [15:0] \port$16745$0 ;
+  wire [15:0] \port$16745$0 ;
+  input [15:0] \port$16837$0 ;
+  wire [15:0] \port$16837$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -39121,7 +39636,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16456
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16732$0 , \port$16640$0 , \port$16548$0 , \port$16456$0  };
+      storage[w_port__addr] <= { \port$16837$0 , \port$16745$0 , \port$16653$0 , \port$16561$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -39173,7 +39688,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16456
   always @(posedge clk)
     r_rdy <= \$34 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$182 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
     \$31  = w_port__addr;
     if (\$4 ) begin
       \$31  = \$7 [3:0];
@@ -39186,7 +39701,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16456
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$182 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
     \$32  = r_port__addr;
     if (\$10 ) begin
       \$32  = \$13 [3:0];
@@ -39199,7 +39714,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16456
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$182 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
     \$33  = inner_level;
     if (\$19 ) begin
       \$33  = \$20 [3:0];
@@ -39215,7 +39730,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16456
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$182 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
     \$34  = r_rdy;
     if (\$30 ) begin
       \$34  = 1'h1;
@@ -39233,15 +39748,15 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16456
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16732$0 , \port$16640$0 , \port$16548$0 , \port$16456$0  };
-  assign w_data = { \port$16732$0 , \port$16640$0 , \port$16548$0 , \port$16456$0  };
+  assign w_port__data = { \port$16837$0 , \port$16745$0 , \port$16653$0 , \port$16561$0  };
+  assign w_data = { \port$16837$0 , \port$16745$0 , \port$16653$0 , \port$16561$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_rst, o__ready, i__valid, i__payload, c__ready, o__valid, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$183  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$186  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [42:0] \$100 ;
@@ -46321,10 +46836,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$16965$0 (l0_s27_o),
-    .\port$17151$0 (l1_s27_o),
-    .\port$17337$0 (l2_s27_o),
-    .\port$17523$0 (l3_s27_o),
+    .\port$17070$0 (l0_s27_o),
+    .\port$17256$0 (l1_s27_o),
+    .\port$17442$0 (l2_s27_o),
+    .\port$17628$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -46333,14 +46848,14 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     .w_en(valid_s27)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2074  = l0_const;
     if (\$1 ) begin
       \$2074  = c__payload;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2075  = const_settle;
     if (\$2 ) begin
       \$2075  = 2'h3;
@@ -46355,7 +46870,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2448  = \$141 ;
     if (unit_rst) begin
       \$2448  = 1'h0;
@@ -46365,7 +46880,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2449  = valid_s1;
     if (unit_rst) begin
       \$2449  = 1'h0;
@@ -46375,7 +46890,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2450  = valid_s2;
     if (unit_rst) begin
       \$2450  = 1'h0;
@@ -46385,7 +46900,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2451  = valid_s3;
     if (unit_rst) begin
       \$2451  = 1'h0;
@@ -46395,7 +46910,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2452  = valid_s4;
     if (unit_rst) begin
       \$2452  = 1'h0;
@@ -46405,7 +46920,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2453  = valid_s5;
     if (unit_rst) begin
       \$2453  = 1'h0;
@@ -46415,7 +46930,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2454  = valid_s6;
     if (unit_rst) begin
       \$2454  = 1'h0;
@@ -46425,7 +46940,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2455  = valid_s7;
     if (unit_rst) begin
       \$2455  = 1'h0;
@@ -46435,7 +46950,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2456  = valid_s8;
     if (unit_rst) begin
       \$2456  = 1'h0;
@@ -46445,7 +46960,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2457  = valid_s9;
     if (unit_rst) begin
       \$2457  = 1'h0;
@@ -46455,7 +46970,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2458  = valid_s10;
     if (unit_rst) begin
       \$2458  = 1'h0;
@@ -46465,7 +46980,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2459  = valid_s11;
     if (unit_rst) begin
       \$2459  = 1'h0;
@@ -46475,7 +46990,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2460  = valid_s12;
     if (unit_rst) begin
       \$2460  = 1'h0;
@@ -46485,7 +47000,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2461  = valid_s13;
     if (unit_rst) begin
       \$2461  = 1'h0;
@@ -46495,7 +47010,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2462  = valid_s14;
     if (unit_rst) begin
       \$2462  = 1'h0;
@@ -46505,7 +47020,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2463  = valid_s15;
     if (unit_rst) begin
       \$2463  = 1'h0;
@@ -46515,7 +47030,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2464  = valid_s16;
     if (unit_rst) begin
       \$2464  = 1'h0;
@@ -46525,7 +47040,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2465  = valid_s17;
     if (unit_rst) begin
       \$2465  = 1'h0;
@@ -46535,7 +47050,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2466  = valid_s18;
     if (unit_rst) begin
       \$2466  = 1'h0;
@@ -46545,7 +47060,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2467  = valid_s19;
     if (unit_rst) begin
       \$2467  = 1'h0;
@@ -46555,7 +47070,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2468  = valid_s20;
     if (unit_rst) begin
       \$2468  = 1'h0;
@@ -46565,7 +47080,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2469  = valid_s21;
     if (unit_rst) begin
       \$2469  = 1'h0;
@@ -46575,7 +47090,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2470  = valid_s22;
     if (unit_rst) begin
       \$2470  = 1'h0;
@@ -46585,7 +47100,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2471  = valid_s23;
     if (unit_rst) begin
       \$2471  = 1'h0;
@@ -46595,7 +47110,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2472  = valid_s24;
     if (unit_rst) begin
       \$2472  = 1'h0;
@@ -46605,7 +47120,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2473  = valid_s25;
     if (unit_rst) begin
       \$2473  = 1'h0;
@@ -46615,7 +47130,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2474  = valid_s26;
     if (unit_rst) begin
       \$2474  = 1'h0;
@@ -46625,7 +47140,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2475  = \$151 ;
     if (unit_rst) begin
       \$2475  = 5'h00;
@@ -46635,7 +47150,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2476  = \$161 ;
     if (unit_rst) begin
       \$2476  = 1'h1;
@@ -46645,7 +47160,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
     \$2477  = \$171 ;
     if (unit_rst) begin
       \$2477  = 1'h1;
@@ -48379,8 +48894,8 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$16965$0 , \port$17151$0 , \port$17337$0 , \port$17523$0 , w_en, r_rdy, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$184  = 0;
+module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17070$0 , \port$17256$0 , \port$17442$0 , \port$17628$0 , w_en, r_rdy, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$187  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -48422,14 +48937,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$169
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$16965$0 ;
-  wire [7:0] \port$16965$0 ;
-  input [7:0] \port$17151$0 ;
-  wire [7:0] \port$17151$0 ;
-  input [7:0] \port$17337$0 ;
-  wire [7:0] \port$17337$0 ;
-  input [7:0] \port$17523$0 ;
-  wire [7:0] \port$17523$0 ;
+  input [7:0] \port$17070$0 ;
+  wire [7:0] \port$17070$0 ;
+  input [7:0] \port$17256$0 ;
+  wire [7:0] \port$17256$0 ;
+  input [7:0] \port$17442$0 ;
+  wire [7:0] \port$17442$0 ;
+  input [7:0] \port$17628$0 ;
+  wire [7:0] \port$17628$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -48488,7 +49003,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$169
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$17523$0 , \port$17337$0 , \port$17151$0 , \port$16965$0  };
+      storage[w_port__addr] <= { \port$17628$0 , \port$17442$0 , \port$17256$0 , \port$17070$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -48540,7 +49055,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$169
   always @(posedge clk)
     r_rdy <= \$34 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
     \$31  = w_port__addr;
     if (\$4 ) begin
       \$31  = \$7 [4:0];
@@ -48553,7 +49068,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$169
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
     \$32  = r_port__addr;
     if (\$10 ) begin
       \$32  = \$13 [4:0];
@@ -48566,7 +49081,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$169
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
     \$33  = inner_level;
     if (\$19 ) begin
       \$33  = \$20 [4:0];
@@ -48582,7 +49097,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$169
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$184 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
     \$34  = r_rdy;
     if (\$30 ) begin
       \$34  = 1'h1;
@@ -48600,15 +49115,15 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$169
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$17523$0 , \port$17337$0 , \port$17151$0 , \port$16965$0  };
-  assign w_data = { \port$17523$0 , \port$17337$0 , \port$17151$0 , \port$16965$0  };
+  assign w_port__data = { \port$17628$0 , \port$17442$0 , \port$17256$0 , \port$17070$0  };
+  assign w_data = { \port$17628$0 , \port$17442$0 , \port$17256$0 , \port$17070$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, unit_rst, p__valid, a__valid, a__payload, w__valid, w__payload, o__ready, p__payload, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$185  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$188  = 0;
   wire \$1 ;
   wire [8:0] \$10 ;
   wire [16:0] \$100 ;
@@ -66877,7 +67392,7 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
   assign \$auto$rtlil.cc:2739:Not$98  = ~ \$1438 [0];
   assign \$auto$rtlil.cc:2739:Not$100  = ~ \$1499 [0];
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5130  = take;
     if (unit_rst) begin
       \$5130  = 1'h0;
@@ -66887,7 +67402,7 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5131  = take_last;
     if (unit_rst) begin
       \$5131  = 1'h0;
@@ -66897,7 +67412,7 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5132  = first;
     if (r_valid) begin
       \$5132  = r_last;
@@ -66910,14 +67425,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5133  = p_in;
     if (\$4838 ) begin
       \$5133  = p__payload;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5134  = p_in_valid;
     if (\$4838 ) begin
       \$5134  = p__valid;
@@ -66933,28 +67448,28 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5135  = raw_in;
     if (\$4838 ) begin
       \$5135  = \$4840 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5136  = p_hold;
     if (hold_en) begin
       \$5136  = p_in;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5137  = raw_hold;
     if (hold_en) begin
       \$5137  = raw_in;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5138  = \$4853 [4:0];
     if (unit_rst) begin
       \$5138  = 5'h10;
@@ -66964,7 +67479,7 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5139  = \$4862 ;
     if (unit_rst) begin
       \$5139  = 1'h0;
@@ -66974,14 +67489,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5140  = acc_0_0;
     if (cp1_0_0[0]) begin
       \$5140  = \$66 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_0) begin
       \$5141  = acc_0_0;
@@ -66990,14 +67505,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5142  = acc_0_1;
     if (cp1_0_1[0]) begin
       \$5142  = \$127 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_1) begin
       \$5143  = acc_0_1;
@@ -67006,14 +67521,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5144  = acc_0_2;
     if (cp1_0_2[0]) begin
       \$5144  = \$188 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_2) begin
       \$5145  = acc_0_2;
@@ -67022,14 +67537,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5146  = acc_0_3;
     if (cp1_0_3[0]) begin
       \$5146  = \$249 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_3) begin
       \$5147  = acc_0_3;
@@ -67038,14 +67553,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5148  = acc_0_4;
     if (cp1_0_4[0]) begin
       \$5148  = \$310 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_4) begin
       \$5149  = acc_0_4;
@@ -67054,14 +67569,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5150  = acc_0_5;
     if (cp1_0_5[0]) begin
       \$5150  = \$371 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_5) begin
       \$5151  = acc_0_5;
@@ -67070,14 +67585,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5152  = acc_0_6;
     if (cp1_0_6[0]) begin
       \$5152  = \$432 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_6) begin
       \$5153  = acc_0_6;
@@ -67086,14 +67601,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5154  = acc_0_7;
     if (cp1_0_7[0]) begin
       \$5154  = \$493 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_7) begin
       \$5155  = acc_0_7;
@@ -67102,14 +67617,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5156  = acc_1_0;
     if (cp1_1_0[0]) begin
       \$5156  = \$554 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_0) begin
       \$5157  = acc_1_0;
@@ -67118,14 +67633,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5158  = acc_1_1;
     if (cp1_1_1[0]) begin
       \$5158  = \$615 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_1) begin
       \$5159  = acc_1_1;
@@ -67134,14 +67649,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5160  = acc_1_2;
     if (cp1_1_2[0]) begin
       \$5160  = \$676 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_2) begin
       \$5161  = acc_1_2;
@@ -67150,14 +67665,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5162  = acc_1_3;
     if (cp1_1_3[0]) begin
       \$5162  = \$737 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_3) begin
       \$5163  = acc_1_3;
@@ -67166,14 +67681,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5164  = acc_1_4;
     if (cp1_1_4[0]) begin
       \$5164  = \$798 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_4) begin
       \$5165  = acc_1_4;
@@ -67182,14 +67697,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5166  = acc_1_5;
     if (cp1_1_5[0]) begin
       \$5166  = \$859 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_5) begin
       \$5167  = acc_1_5;
@@ -67198,14 +67713,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5168  = acc_1_6;
     if (cp1_1_6[0]) begin
       \$5168  = \$920 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_6) begin
       \$5169  = acc_1_6;
@@ -67214,14 +67729,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5170  = acc_1_7;
     if (cp1_1_7[0]) begin
       \$5170  = \$981 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_7) begin
       \$5171  = acc_1_7;
@@ -67230,14 +67745,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5172  = acc_2_0;
     if (cp1_2_0[0]) begin
       \$5172  = \$1042 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_0) begin
       \$5173  = acc_2_0;
@@ -67246,14 +67761,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5174  = acc_2_1;
     if (cp1_2_1[0]) begin
       \$5174  = \$1103 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_1) begin
       \$5175  = acc_2_1;
@@ -67262,14 +67777,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5176  = acc_2_2;
     if (cp1_2_2[0]) begin
       \$5176  = \$1164 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_2) begin
       \$5177  = acc_2_2;
@@ -67278,14 +67793,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5178  = acc_2_3;
     if (cp1_2_3[0]) begin
       \$5178  = \$1225 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_3) begin
       \$5179  = acc_2_3;
@@ -67294,14 +67809,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5180  = acc_2_4;
     if (cp1_2_4[0]) begin
       \$5180  = \$1286 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_4) begin
       \$5181  = acc_2_4;
@@ -67310,14 +67825,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5182  = acc_2_5;
     if (cp1_2_5[0]) begin
       \$5182  = \$1347 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_5) begin
       \$5183  = acc_2_5;
@@ -67326,14 +67841,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5184  = acc_2_6;
     if (cp1_2_6[0]) begin
       \$5184  = \$1408 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_6) begin
       \$5185  = acc_2_6;
@@ -67342,14 +67857,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5186  = acc_2_7;
     if (cp1_2_7[0]) begin
       \$5186  = \$1469 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_7) begin
       \$5187  = acc_2_7;
@@ -67358,14 +67873,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5188  = acc_3_0;
     if (cp1_3_0[0]) begin
       \$5188  = \$1530 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_0) begin
       \$5189  = acc_3_0;
@@ -67374,14 +67889,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5190  = acc_3_1;
     if (cp1_3_1[0]) begin
       \$5190  = \$1591 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_1) begin
       \$5191  = acc_3_1;
@@ -67390,14 +67905,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5192  = acc_3_2;
     if (cp1_3_2[0]) begin
       \$5192  = \$1652 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_2) begin
       \$5193  = acc_3_2;
@@ -67406,14 +67921,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5194  = acc_3_3;
     if (cp1_3_3[0]) begin
       \$5194  = \$1713 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_3) begin
       \$5195  = acc_3_3;
@@ -67422,14 +67937,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5196  = acc_3_4;
     if (cp1_3_4[0]) begin
       \$5196  = \$1774 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_4) begin
       \$5197  = acc_3_4;
@@ -67438,14 +67953,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5198  = acc_3_5;
     if (cp1_3_5[0]) begin
       \$5198  = \$1835 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_5) begin
       \$5199  = acc_3_5;
@@ -67454,14 +67969,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5200  = acc_3_6;
     if (cp1_3_6[0]) begin
       \$5200  = \$1896 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_6) begin
       \$5201  = acc_3_6;
@@ -67470,14 +67985,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5202  = acc_3_7;
     if (cp1_3_7[0]) begin
       \$5202  = \$1957 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_7) begin
       \$5203  = acc_3_7;
@@ -67486,14 +68001,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5204  = acc_4_0;
     if (cp1_4_0[0]) begin
       \$5204  = \$2018 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_0) begin
       \$5205  = acc_4_0;
@@ -67502,14 +68017,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5206  = acc_4_1;
     if (cp1_4_1[0]) begin
       \$5206  = \$2079 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_1) begin
       \$5207  = acc_4_1;
@@ -67518,14 +68033,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5208  = acc_4_2;
     if (cp1_4_2[0]) begin
       \$5208  = \$2140 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_2) begin
       \$5209  = acc_4_2;
@@ -67534,14 +68049,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5210  = acc_4_3;
     if (cp1_4_3[0]) begin
       \$5210  = \$2201 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_3) begin
       \$5211  = acc_4_3;
@@ -67550,14 +68065,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5212  = acc_4_4;
     if (cp1_4_4[0]) begin
       \$5212  = \$2262 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_4) begin
       \$5213  = acc_4_4;
@@ -67566,14 +68081,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5214  = acc_4_5;
     if (cp1_4_5[0]) begin
       \$5214  = \$2323 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_5) begin
       \$5215  = acc_4_5;
@@ -67582,14 +68097,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5216  = acc_4_6;
     if (cp1_4_6[0]) begin
       \$5216  = \$2384 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_6) begin
       \$5217  = acc_4_6;
@@ -67598,14 +68113,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5218  = acc_4_7;
     if (cp1_4_7[0]) begin
       \$5218  = \$2445 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_7) begin
       \$5219  = acc_4_7;
@@ -67614,14 +68129,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5220  = acc_5_0;
     if (cp1_5_0[0]) begin
       \$5220  = \$2506 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_0) begin
       \$5221  = acc_5_0;
@@ -67630,14 +68145,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5222  = acc_5_1;
     if (cp1_5_1[0]) begin
       \$5222  = \$2567 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_1) begin
       \$5223  = acc_5_1;
@@ -67646,14 +68161,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5224  = acc_5_2;
     if (cp1_5_2[0]) begin
       \$5224  = \$2628 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_2) begin
       \$5225  = acc_5_2;
@@ -67662,14 +68177,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5226  = acc_5_3;
     if (cp1_5_3[0]) begin
       \$5226  = \$2689 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_3) begin
       \$5227  = acc_5_3;
@@ -67678,14 +68193,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5228  = acc_5_4;
     if (cp1_5_4[0]) begin
       \$5228  = \$2750 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_4) begin
       \$5229  = acc_5_4;
@@ -67694,14 +68209,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5230  = acc_5_5;
     if (cp1_5_5[0]) begin
       \$5230  = \$2811 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_5) begin
       \$5231  = acc_5_5;
@@ -67710,14 +68225,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5232  = acc_5_6;
     if (cp1_5_6[0]) begin
       \$5232  = \$2872 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_6) begin
       \$5233  = acc_5_6;
@@ -67726,14 +68241,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5234  = acc_5_7;
     if (cp1_5_7[0]) begin
       \$5234  = \$2933 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_7) begin
       \$5235  = acc_5_7;
@@ -67742,14 +68257,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5236  = acc_6_0;
     if (cp1_6_0[0]) begin
       \$5236  = \$2994 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_0) begin
       \$5237  = acc_6_0;
@@ -67758,14 +68273,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5238  = acc_6_1;
     if (cp1_6_1[0]) begin
       \$5238  = \$3055 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_1) begin
       \$5239  = acc_6_1;
@@ -67774,14 +68289,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5240  = acc_6_2;
     if (cp1_6_2[0]) begin
       \$5240  = \$3116 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_2) begin
       \$5241  = acc_6_2;
@@ -67790,14 +68305,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5242  = acc_6_3;
     if (cp1_6_3[0]) begin
       \$5242  = \$3177 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_3) begin
       \$5243  = acc_6_3;
@@ -67806,14 +68321,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5244  = acc_6_4;
     if (cp1_6_4[0]) begin
       \$5244  = \$3238 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_4) begin
       \$5245  = acc_6_4;
@@ -67822,14 +68337,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5246  = acc_6_5;
     if (cp1_6_5[0]) begin
       \$5246  = \$3299 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_5) begin
       \$5247  = acc_6_5;
@@ -67838,14 +68353,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5248  = acc_6_6;
     if (cp1_6_6[0]) begin
       \$5248  = \$3360 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_6) begin
       \$5249  = acc_6_6;
@@ -67854,14 +68369,14 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5250  = acc_6_7;
     if (cp1_6_7[0]) begin
       \$5250  = \$3421 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_7) begin
       \$5251  = acc_6_7;
@@ -67870,119 +68385,119 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5252  = acc_7_0;
     if (cp1_7_0[0]) begin
       \$5252  = \$3482 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5253  = res_7_0;
     if (done_7_0) begin
       \$5253  = acc_7_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5254  = acc_7_1;
     if (cp1_7_1[0]) begin
       \$5254  = \$3543 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5255  = res_7_1;
     if (done_7_1) begin
       \$5255  = acc_7_1;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5256  = acc_7_2;
     if (cp1_7_2[0]) begin
       \$5256  = \$3604 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5257  = res_7_2;
     if (done_7_2) begin
       \$5257  = acc_7_2;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5258  = acc_7_3;
     if (cp1_7_3[0]) begin
       \$5258  = \$3665 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5259  = res_7_3;
     if (done_7_3) begin
       \$5259  = acc_7_3;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5260  = acc_7_4;
     if (cp1_7_4[0]) begin
       \$5260  = \$3726 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5261  = res_7_4;
     if (done_7_4) begin
       \$5261  = acc_7_4;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5262  = acc_7_5;
     if (cp1_7_5[0]) begin
       \$5262  = \$3787 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5263  = res_7_5;
     if (done_7_5) begin
       \$5263  = acc_7_5;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5264  = acc_7_6;
     if (cp1_7_6[0]) begin
       \$5264  = \$3848 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5265  = res_7_6;
     if (done_7_6) begin
       \$5265  = acc_7_6;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5266  = acc_7_7;
     if (cp1_7_7[0]) begin
       \$5266  = \$3909 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5267  = res_7_7;
     if (done_7_7) begin
       \$5267  = acc_7_7;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5536  = \$5121 ;
     if (unit_rst) begin
       \$5536  = 1'h0;
@@ -67992,7 +68507,7 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5537  = wp__addr;
     if (wp__en) begin
       \$5537  = \$5124 [3:0];
@@ -68005,7 +68520,7 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5538  = rp__addr;
     if (pop) begin
       \$5538  = \$5127 [3:0];
@@ -68018,7 +68533,7 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$185 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
     \$5539  = \$5129 [4:0];
     if (unit_rst) begin
       \$5539  = 5'h00;
@@ -72040,7 +72555,7 @@ endmodule
 (* generator = "Amaranth" *)
 module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, next, load, base, valid, i1, i2, i3, i4
 , addr, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$186  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$189  = 0;
   wire [16:0] \$1 ;
   wire \$10 ;
   reg [15:0] \$100 ;
@@ -72359,7 +72874,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
   always @(posedge clk)
     addr <= \$105 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$85  = valid;
     if (load) begin
       \$85  = 1'h1;
@@ -72373,7 +72888,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$86  = n0;
     if (load) begin
       \$86  = n__0;
@@ -72383,7 +72898,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$87  = s0;
     if (load) begin
       \$87  = strides__0;
@@ -72393,7 +72908,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$88  = i0;
     if (load) begin
       \$88  = 16'h0000;
@@ -72411,7 +72926,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$89  = start0;
     if (load) begin
       \$89  = { 2'h0, base };
@@ -72429,7 +72944,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$90  = n1;
     if (load) begin
       \$90  = n__1;
@@ -72439,7 +72954,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$91  = s1;
     if (load) begin
       \$91  = strides__1;
@@ -72449,7 +72964,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$92  = i1;
     if (load) begin
       \$92  = 16'h0000;
@@ -72468,7 +72983,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$93  = start1;
     if (load) begin
       \$93  = { 2'h0, base };
@@ -72487,7 +73002,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$94  = n2;
     if (load) begin
       \$94  = n__2;
@@ -72497,7 +73012,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$95  = s2;
     if (load) begin
       \$95  = strides__2;
@@ -72507,7 +73022,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$96  = i2;
     if (load) begin
       \$96  = 16'h0000;
@@ -72527,7 +73042,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$97  = start2;
     if (load) begin
       \$97  = { 2'h0, base };
@@ -72547,7 +73062,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$98  = n3;
     if (load) begin
       \$98  = n__3;
@@ -72557,7 +73072,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$99  = s3;
     if (load) begin
       \$99  = strides__3;
@@ -72567,7 +73082,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$100  = i3;
     if (load) begin
       \$100  = 16'h0000;
@@ -72588,7 +73103,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$101  = start3;
     if (load) begin
       \$101  = { 2'h0, base };
@@ -72609,7 +73124,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$102  = n4;
     if (load) begin
       \$102  = n__4;
@@ -72619,7 +73134,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$103  = s4;
     if (load) begin
       \$103  = strides__4;
@@ -72629,7 +73144,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$104  = i4;
     if (load) begin
       \$104  = 16'h0000;
@@ -72651,7 +73166,7 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$186 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
     \$105  = addr;
     if (load) begin
       \$105  = { 2'h0, base };
@@ -72684,7 +73199,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, next, load, base, valid, addr, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$187  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$190  = 0;
   wire [16:0] \$1 ;
   wire \$10 ;
   reg [15:0] \$100 ;
@@ -73000,7 +73515,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
   always @(posedge clk)
     addr <= \$105 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$85  = valid;
     if (load) begin
       \$85  = 1'h1;
@@ -73014,7 +73529,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$86  = n0;
     if (load) begin
       \$86  = n__0;
@@ -73024,7 +73539,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$87  = s0;
     if (load) begin
       \$87  = strides__0;
@@ -73034,7 +73549,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$88  = i0;
     if (load) begin
       \$88  = 16'h0000;
@@ -73052,7 +73567,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$89  = start0;
     if (load) begin
       \$89  = { 2'h0, base };
@@ -73070,7 +73585,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$90  = n1;
     if (load) begin
       \$90  = n__1;
@@ -73080,7 +73595,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$91  = s1;
     if (load) begin
       \$91  = strides__1;
@@ -73090,7 +73605,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$92  = i1;
     if (load) begin
       \$92  = 16'h0000;
@@ -73109,7 +73624,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$93  = start1;
     if (load) begin
       \$93  = { 2'h0, base };
@@ -73128,7 +73643,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$94  = n2;
     if (load) begin
       \$94  = n__2;
@@ -73138,7 +73653,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$95  = s2;
     if (load) begin
       \$95  = strides__2;
@@ -73148,7 +73663,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$96  = i2;
     if (load) begin
       \$96  = 16'h0000;
@@ -73168,7 +73683,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$97  = start2;
     if (load) begin
       \$97  = { 2'h0, base };
@@ -73188,7 +73703,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$98  = n3;
     if (load) begin
       \$98  = n__3;
@@ -73198,7 +73713,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$99  = s3;
     if (load) begin
       \$99  = strides__3;
@@ -73208,7 +73723,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$100  = i3;
     if (load) begin
       \$100  = 16'h0000;
@@ -73229,7 +73744,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$101  = start3;
     if (load) begin
       \$101  = { 2'h0, base };
@@ -73250,7 +73765,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$102  = n4;
     if (load) begin
       \$102  = n__4;
@@ -73260,7 +73775,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$103  = s4;
     if (load) begin
       \$103  = strides__4;
@@ -73270,7 +73785,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$104  = i4;
     if (load) begin
       \$104  = 16'h0000;
@@ -73292,7 +73807,7 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$187 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$105  = addr;
     if (load) begin
       \$105  = { 2'h0, base };
@@ -73325,7 +73840,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, valid, addr, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$188  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$191  = 0;
   wire [16:0] \$1 ;
   wire \$10 ;
   reg [15:0] \$100 ;
@@ -73641,7 +74156,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
   always @(posedge clk)
     addr <= \$105 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$85  = valid;
     if (load) begin
       \$85  = 1'h1;
@@ -73655,7 +74170,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$86  = n0;
     if (load) begin
       \$86  = n__0;
@@ -73665,7 +74180,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$87  = s0;
     if (load) begin
       \$87  = strides__0;
@@ -73675,7 +74190,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$88  = i0;
     if (load) begin
       \$88  = 16'h0000;
@@ -73693,7 +74208,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$89  = start0;
     if (load) begin
       \$89  = { 2'h0, base };
@@ -73711,7 +74226,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$90  = n1;
     if (load) begin
       \$90  = n__1;
@@ -73721,7 +74236,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$91  = s1;
     if (load) begin
       \$91  = strides__1;
@@ -73731,7 +74246,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$92  = i1;
     if (load) begin
       \$92  = 16'h0000;
@@ -73750,7 +74265,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$93  = start1;
     if (load) begin
       \$93  = { 2'h0, base };
@@ -73769,7 +74284,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$94  = n2;
     if (load) begin
       \$94  = n__2;
@@ -73779,7 +74294,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$95  = s2;
     if (load) begin
       \$95  = strides__2;
@@ -73789,7 +74304,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$96  = i2;
     if (load) begin
       \$96  = 16'h0000;
@@ -73809,7 +74324,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$97  = start2;
     if (load) begin
       \$97  = { 2'h0, base };
@@ -73829,7 +74344,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$98  = n3;
     if (load) begin
       \$98  = n__3;
@@ -73839,7 +74354,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$99  = s3;
     if (load) begin
       \$99  = strides__3;
@@ -73849,7 +74364,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$100  = i3;
     if (load) begin
       \$100  = 16'h0000;
@@ -73870,7 +74385,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$101  = start3;
     if (load) begin
       \$101  = { 2'h0, base };
@@ -73891,7 +74406,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$102  = n4;
     if (load) begin
       \$102  = n__4;
@@ -73901,7 +74416,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$103  = s4;
     if (load) begin
       \$103  = strides__4;
@@ -73911,7 +74426,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$104  = i4;
     if (load) begin
       \$104  = 16'h0000;
@@ -73933,7 +74448,7 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$188 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
     \$105  = addr;
     if (load) begin
       \$105  = { 2'h0, base };
@@ -73966,7 +74481,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__valid, unit_rst, i__valid, buf_wdata, o__ready, idle_r, o__valid, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$189  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$192  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [2:0] \$100 ;
@@ -76656,7 +77171,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     .w_port__data(o16_out)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$603  = \$1 ;
     if (unit_rst) begin
       \$603  = 1'h0;
@@ -76666,7 +77181,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$604  = \$2 ;
     if (unit_rst) begin
       \$604  = 1'h0;
@@ -76676,14 +77191,14 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$605  = e_r;
     if (m_ram_wen) begin
       \$605  = c__payload[64:59];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$606  = cm1;
     if (m_ram_wen) begin
       if (c__payload[65]) begin
@@ -76698,7 +77213,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$607  = cm2;
     if (m_ram_wen) begin
       if (c__payload[65]) begin
@@ -76713,7 +77228,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$608  = m_ram_waddr;
     if (m_ram_wen) begin
       (* full_case = 32'd1 *)
@@ -76731,7 +77246,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$609  = \$11 ;
     if (unit_rst) begin
       \$609  = 1'h0;
@@ -76741,7 +77256,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$610  = \$13 ;
     if (unit_rst) begin
       \$610  = 1'h0;
@@ -76751,7 +77266,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$611  = \$15 ;
     if (unit_rst) begin
       \$611  = 1'h0;
@@ -76761,7 +77276,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$612  = cnt;
     if (buf_wen) begin
       \$612  = \$23 [5:0];
@@ -76774,7 +77289,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$613  = in_last;
     if (buf_wen) begin
       \$613  = \$26 ;
@@ -76790,7 +77305,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$614  = wslot;
     if (buf_wen) begin
       if (in_last) begin
@@ -76805,7 +77320,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$615  = \$344 [1:0];
     if (unit_rst) begin
       \$615  = 2'h0;
@@ -76815,7 +77330,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$616  = \$37 ;
     if (unit_rst) begin
       \$616  = 1'h1;
@@ -76825,7 +77340,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$617  = buf_wen;
     if (unit_rst) begin
       \$617  = 1'h0;
@@ -76835,7 +77350,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$618  = \$38 ;
     if (unit_rst) begin
       \$618  = 1'h0;
@@ -76845,7 +77360,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$619  = in1_v;
     if (unit_rst) begin
       \$619  = 1'h0;
@@ -76855,7 +77370,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$620  = in1_l;
     if (unit_rst) begin
       \$620  = 1'h0;
@@ -76865,7 +77380,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$621  = in2_v;
     if (unit_rst) begin
       \$621  = 1'h0;
@@ -76875,7 +77390,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$622  = in2_l;
     if (unit_rst) begin
       \$622  = 1'h0;
@@ -76885,7 +77400,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$623  = sq0_v;
     if (unit_rst) begin
       \$623  = 1'h0;
@@ -76895,7 +77410,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$624  = sq0_l;
     if (unit_rst) begin
       \$624  = 1'h0;
@@ -76905,7 +77420,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$625  = sq1_v;
     if (unit_rst) begin
       \$625  = 1'h0;
@@ -76915,7 +77430,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$626  = sq1_l;
     if (unit_rst) begin
       \$626  = 1'h0;
@@ -76925,7 +77440,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$627  = h1_s;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -76934,7 +77449,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$628  = h1_qs;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -76943,7 +77458,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$629  = h1_qc;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -76952,7 +77467,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$630  = h1_valid;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -76972,7 +77487,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$631  = s_acc;
     if (sq2_v) begin
       (* full_case = 32'd1 *)
@@ -76990,7 +77505,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$632  = qs_acc;
     if (sq2_v) begin
       (* full_case = 32'd1 *)
@@ -77008,7 +77523,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$633  = qc_acc;
     if (sq2_v) begin
       (* full_case = 32'd1 *)
@@ -77026,7 +77541,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$634  = \$42 ;
     if (unit_rst) begin
       \$634  = 1'h0;
@@ -77036,7 +77551,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$635  = calc_div;
     if (unit_rst) begin
       \$635  = 1'h0;
@@ -77046,7 +77561,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$636  = xc;
     if (hb) begin
       \$636  = \$47 [24:0];
@@ -77058,7 +77573,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$637  = \$signal$112 ;
     if (hb) begin
       \$637  = hz_l1_0;
@@ -77070,7 +77585,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$638  = zc;
     if (hb) begin
       \$638  = hz_l1_1;
@@ -77082,7 +77597,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$639  = \$signal$116 ;
     if (hb) begin
       \$639  = hy_l1_0;
@@ -77094,7 +77609,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$640  = yc;
     if (hb) begin
       \$640  = hy_l1_1;
@@ -77106,7 +77621,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$641  = \$56 ;
     if (unit_rst) begin
       \$641  = 1'h0;
@@ -77116,7 +77631,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$642  = d_rem;
     if (calc_idle) begin
       \$642  = h1_n[22:16];
@@ -77126,7 +77641,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$643  = nlo;
     if (calc_idle) begin
       \$643  = h1_n[15:0];
@@ -77136,7 +77651,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$644  = k;
     if (calc_idle) begin
       \$644  = 5'h0f;
@@ -77164,7 +77679,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$645  = s_c;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -77173,7 +77688,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$646  = qs_c;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -77182,7 +77697,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$647  = qc_c;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -77191,7 +77706,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$648  = calc_idle;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -77209,7 +77724,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$649  = calc_div;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -77229,21 +77744,21 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$650  = qbit;
     if (calc_div) begin
       \$650  = \$64 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$651  = xc_add;
     if (calc_div) begin
       \$651  = \$67 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$652  = calc_tail;
     if (calc_div) begin
       if (\$70 ) begin
@@ -77261,7 +77776,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$653  = calc_var1;
     if (calc_tail) begin
       \$653  = 1'h1;
@@ -77277,7 +77792,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$654  = calc_var2;
     if (calc_var1) begin
       \$654  = 1'h1;
@@ -77293,7 +77808,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$655  = calc_var3;
     if (calc_var2) begin
       \$655  = 1'h1;
@@ -77309,7 +77824,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$656  = vsh;
     if (calc_var3) begin
       \$656  = \$71 [35:0];
@@ -77319,7 +77834,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$657  = r_rem;
     if (calc_var3) begin
       \$657  = 19'h00000;
@@ -77329,7 +77844,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$658  = root;
     if (calc_var3) begin
       \$658  = 18'h00000;
@@ -77339,7 +77854,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$659  = f_rem;
     if (calc_var3) begin
       \$659  = 18'h00000;
@@ -77349,7 +77864,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$660  = calc_root;
     if (calc_var3) begin
       \$660  = 1'h1;
@@ -77367,7 +77882,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$661  = calc_fact;
     if (calc_root) begin
       if (\$81 ) begin
@@ -77387,14 +77902,14 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$662  = f_q;
     if (calc_fact) begin
       \$662  = { f_q[29:0], \$87  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$663  = calc_push;
     if (calc_fact) begin
       if (\$90 ) begin
@@ -77412,21 +77927,21 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$664  = h2_mean;
     if (\$92 ) begin
       \$664  = \$93 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$665  = h2_factor;
     if (\$92 ) begin
       \$665  = f_q;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$666  = h2_valid;
     if (\$92 ) begin
       \$666  = 1'h1;
@@ -77442,7 +77957,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$667  = ch;
     if (issue) begin
       \$667  = \$95 [5:0];
@@ -77455,7 +77970,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$668  = out_last;
     if (issue) begin
       \$668  = \$98 ;
@@ -77471,7 +77986,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$669  = active;
     if (issue) begin
       if (out_last) begin
@@ -77489,7 +78004,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$670  = rslot;
     if (issue) begin
       if (out_last) begin
@@ -77504,21 +78019,21 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$671  = cur_mean;
     if (load) begin
       \$671  = h2_mean;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$672  = cur_factor;
     if (load) begin
       \$672  = h2_factor;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$673  = issue;
     if (unit_rst) begin
       \$673  = 1'h0;
@@ -77528,7 +78043,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$674  = o_valid1;
     if (unit_rst) begin
       \$674  = 1'h0;
@@ -77538,7 +78053,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$675  = o_valid2;
     if (unit_rst) begin
       \$675  = 1'h0;
@@ -77548,7 +78063,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$676  = o_valid3;
     if (unit_rst) begin
       \$676  = 1'h0;
@@ -77558,7 +78073,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$677  = o_valid4;
     if (unit_rst) begin
       \$677  = 1'h0;
@@ -77568,7 +78083,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$678  = o_valid5;
     if (unit_rst) begin
       \$678  = 1'h0;
@@ -77578,7 +78093,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$679  = o_valid6;
     if (unit_rst) begin
       \$679  = 1'h0;
@@ -77588,7 +78103,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$680  = o_valid7;
     if (unit_rst) begin
       \$680  = 1'h0;
@@ -77598,7 +78113,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$681  = o_valid8;
     if (unit_rst) begin
       \$681  = 1'h0;
@@ -77608,7 +78123,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$682  = o_valid9;
     if (unit_rst) begin
       \$682  = 1'h0;
@@ -77618,7 +78133,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$683  = o_valid10;
     if (unit_rst) begin
       \$683  = 1'h0;
@@ -77628,7 +78143,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$684  = o_valid11;
     if (unit_rst) begin
       \$684  = 1'h0;
@@ -77638,7 +78153,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$685  = o_valid12;
     if (unit_rst) begin
       \$685  = 1'h0;
@@ -77648,7 +78163,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$686  = o_valid13;
     if (unit_rst) begin
       \$686  = 1'h0;
@@ -77658,7 +78173,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$687  = o_valid14;
     if (unit_rst) begin
       \$687  = 1'h0;
@@ -77668,7 +78183,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$688  = o_valid15;
     if (unit_rst) begin
       \$688  = 1'h0;
@@ -77678,7 +78193,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$689  = \$121 [4:0];
     if (unit_rst) begin
       \$689  = 5'h14;
@@ -77688,7 +78203,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$690  = \$130 ;
     if (unit_rst) begin
       \$690  = 1'h1;
@@ -77698,7 +78213,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     \$691  = \$139 ;
     if (unit_rst) begin
       \$691  = 1'h0;
@@ -77708,70 +78223,70 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     hz_l0_0 = 36'h000000000;
     if (hb) begin
       hz_l0_0 = \$271 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     hz_l0_1 = 36'h000000000;
     if (hb) begin
       hz_l0_1 = \$272 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     hz_l0_2 = 36'h000000000;
     if (hb) begin
       hz_l0_2 = { \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     hz_l1_0 = 36'h000000000;
     if (hb) begin
       hz_l1_0 = \$275 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     hz_l1_1 = 36'h000000000;
     if (hb) begin
       hz_l1_1 = { \$280 [34:0], 1'h0 };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     hy_l0_0 = 36'h000000000;
     if (hb) begin
       hy_l0_0 = \$281 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     hy_l0_1 = 36'h000000000;
     if (hb) begin
       hy_l0_1 = \$282 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     hy_l0_2 = 36'h000000000;
     if (hb) begin
       hy_l0_2 = { 11'h000, \$283  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     hy_l1_0 = 36'h000000000;
     if (hb) begin
       hy_l1_0 = \$285 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
     hy_l1_1 = 36'h000000000;
     if (hb) begin
       hy_l1_1 = { \$290 [34:0], 1'h0 };
@@ -78094,7 +78609,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_port__data, w_en, r_rdy, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$190  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$193  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -78237,7 +78752,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
   always @(posedge clk)
     r_rdy <= \$34 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$31  = w_port__addr;
     if (\$4 ) begin
       \$31  = \$7 [4:0];
@@ -78250,7 +78765,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$32  = r_port__addr;
     if (\$10 ) begin
       \$32  = \$13 [4:0];
@@ -78263,7 +78778,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$33  = inner_level;
     if (\$19 ) begin
       \$33  = \$20 [4:0];
@@ -78279,7 +78794,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$34  = r_rdy;
     if (\$30 ) begin
       \$34  = 1'h1;
@@ -78303,8 +78818,8 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, \port$1527$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13647$0 , level, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$191  = 0;
+module \accelerator.core.q_src0 (rst, \port$1501$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13732$0 , level, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -78328,10 +78843,10 @@ module \accelerator.core.q_src0 (rst, \port$1527$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13647$0 ;
-  wire [2:0] \port$13647$0 ;
-  input [15:0] \port$1527$0 ;
-  wire [15:0] \port$1527$0 ;
+  input [2:0] \port$13732$0 ;
+  wire [2:0] \port$13732$0 ;
+  input [15:0] \port$1501$0 ;
+  wire [15:0] \port$1501$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -78366,7 +78881,7 @@ module \accelerator.core.q_src0 (rst, \port$1527$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13647$0 , \port$1527$0  };
+      storage[w_port__addr] <= { \port$13732$0 , \port$1501$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -78393,7 +78908,7 @@ module \accelerator.core.q_src0 (rst, \port$1527$0 , r_rdy, r_data, unit_rst, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [1:0];
@@ -78406,7 +78921,7 @@ module \accelerator.core.q_src0 (rst, \port$1527$0 , r_rdy, r_data, unit_rst, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [1:0];
@@ -78419,7 +78934,7 @@ module \accelerator.core.q_src0 (rst, \port$1527$0 , r_rdy, r_data, unit_rst, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [2:0];
@@ -78437,15 +78952,15 @@ module \accelerator.core.q_src0 (rst, \port$1527$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13647$0 , \port$1527$0  };
-  assign w_data = { \port$13647$0 , \port$1527$0  };
+  assign w_port__data = { \port$13732$0 , \port$1501$0  };
+  assign w_data = { \port$13732$0 , \port$1501$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1528$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13651$0 , level, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$192  = 0;
+module \accelerator.core.q_src1 (rst, \port$1502$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13736$0 , level, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$195  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -78469,10 +78984,10 @@ module \accelerator.core.q_src1 (rst, \port$1528$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13651$0 ;
-  wire [2:0] \port$13651$0 ;
-  input [15:0] \port$1528$0 ;
-  wire [15:0] \port$1528$0 ;
+  input [2:0] \port$13736$0 ;
+  wire [2:0] \port$13736$0 ;
+  input [15:0] \port$1502$0 ;
+  wire [15:0] \port$1502$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -78507,7 +79022,7 @@ module \accelerator.core.q_src1 (rst, \port$1528$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13651$0 , \port$1528$0  };
+      storage[w_port__addr] <= { \port$13736$0 , \port$1502$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -78534,7 +79049,7 @@ module \accelerator.core.q_src1 (rst, \port$1528$0 , r_rdy, r_data, unit_rst, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [1:0];
@@ -78547,7 +79062,7 @@ module \accelerator.core.q_src1 (rst, \port$1528$0 , r_rdy, r_data, unit_rst, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [1:0];
@@ -78560,7 +79075,7 @@ module \accelerator.core.q_src1 (rst, \port$1528$0 , r_rdy, r_data, unit_rst, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [2:0];
@@ -78578,15 +79093,15 @@ module \accelerator.core.q_src1 (rst, \port$1528$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13651$0 , \port$1528$0  };
-  assign w_data = { \port$13651$0 , \port$1528$0  };
+  assign w_port__data = { \port$13736$0 , \port$1502$0  };
+  assign w_data = { \port$13736$0 , \port$1502$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__ready, idle, r__payload, req__valid, req__payload, beat__ready, ar__payload, beat__payload, beat__valid, ar__ready);
-  reg \$auto$verilog_backend.cc:2355:dump_module$193  = 0;
+module \accelerator.core.reader (rst, ar__valid, req__ready, r__ready, idle, ar__ready, r__valid, r__payload, req__valid, req__payload, beat__ready, ar__payload, beat__payload, beat__valid, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$196  = 0;
   wire [31:0] \$1 ;
   wire [11:0] \$10 ;
   wire [5:0] \$11 ;
@@ -78803,8 +79318,8 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
   assign \$24  = j == \$23 ;
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$13504$0 (req__payload[2:0]),
-    .\port$1393$0 (\$10 [4:0]),
+    .\port$13589$0 (req__payload[2:0]),
+    .\port$1367$0 (\$10 [4:0]),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -78813,7 +79328,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     .w_rdy(w_rdy)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     r_en = 1'h0;
     if (\$17 ) begin
       if (\$19 ) begin
@@ -78822,7 +79337,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$58  = beat__valid;
     if (beat__ready) begin
       \$58  = 1'h0;
@@ -78837,7 +79352,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$59  = out_data;
     if (\$22 ) begin
       if (\$24 ) begin
@@ -78849,7 +79364,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$60  = out_err;
     if (\$22 ) begin
       if (\$24 ) begin
@@ -78861,7 +79376,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$61  = j;
     if (\$22 ) begin
       (* full_case = 32'd1 *)
@@ -78876,7 +79391,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$62  = err;
     if (\$22 ) begin
       (* full_case = 32'd1 *)
@@ -78891,7 +79406,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$63  = acc0;
     if (\$22 ) begin
       (* full_case = 32'd1 *)
@@ -78907,7 +79422,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$64  = acc1;
     if (\$22 ) begin
       (* full_case = 32'd1 *)
@@ -78923,7 +79438,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$65  = acc2;
     if (\$22 ) begin
       (* full_case = 32'd1 *)
@@ -78939,7 +79454,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$66  = acc3;
     if (\$22 ) begin
       (* full_case = 32'd1 *)
@@ -78955,7 +79470,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$67  = acc4;
     if (\$22 ) begin
       (* full_case = 32'd1 *)
@@ -78971,7 +79486,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$68  = acc5;
     if (\$22 ) begin
       (* full_case = 32'd1 *)
@@ -78987,7 +79502,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$69  = acc6;
     if (\$22 ) begin
       (* full_case = 32'd1 *)
@@ -79003,7 +79518,7 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
     \$70  = acc7;
     if (\$22 ) begin
       (* full_case = 32'd1 *)
@@ -79037,8 +79552,8 @@ module \accelerator.core.reader (r__valid, clk, rst, ar__valid, req__ready, r__r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1393$0 , w_rdy, r_rdy, r_data, \port$13504$0 , r_en, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
+module \accelerator.core.reader.shapes (rst, w_en, \port$1367$0 , w_rdy, r_rdy, r_data, \port$13589$0 , r_en, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$197  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -79061,10 +79576,10 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1393$0 , w_rdy, r_rdy, 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [3:0] level = 4'h0;
-  input [2:0] \port$13504$0 ;
-  wire [2:0] \port$13504$0 ;
-  input [4:0] \port$1393$0 ;
-  wire [4:0] \port$1393$0 ;
+  input [2:0] \port$13589$0 ;
+  wire [2:0] \port$13589$0 ;
+  input [4:0] \port$1367$0 ;
+  wire [4:0] \port$1367$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [7:0] r_data;
@@ -79102,7 +79617,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1393$0 , w_rdy, r_rdy, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1393$0 , \port$13504$0  };
+      storage[w_port__addr] <= { \port$1367$0 , \port$13589$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 4'h8;
@@ -79129,7 +79644,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1393$0 , w_rdy, r_rdy, 
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [2:0];
@@ -79139,7 +79654,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1393$0 , w_rdy, r_rdy, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [2:0];
@@ -79149,7 +79664,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1393$0 , w_rdy, r_rdy, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [3:0];
@@ -79164,15 +79679,15 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1393$0 , w_rdy, r_rdy, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1393$0 , \port$13504$0  };
-  assign w_data = { \port$1393$0 , \port$13504$0  };
+  assign w_port__data = { \port$1367$0 , \port$13589$0  };
+  assign w_data = { \port$1367$0 , \port$13589$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, unit_rst, i__valid, i__payload, o__ready, oq_data, oq_valid, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$195  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$198  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [5:0] \$100 ;
@@ -81223,7 +81738,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
   assign \$auto$rtlil.cc:2739:Not$48  = ~ { \$289 [32], \$289 [16] };
   assign \$auto$rtlil.cc:2739:Not$50  = ~ \$445 [23];
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$487  = \$1 ;
     if (unit_rst) begin
       \$487  = 1'h0;
@@ -81233,7 +81748,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$488  = \$4 ;
     if (unit_rst) begin
       \$488  = 1'h0;
@@ -81243,7 +81758,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$489  = \$6 ;
     if (unit_rst) begin
       \$489  = 1'h0;
@@ -81253,7 +81768,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$490  = f;
     if (\$8 ) begin
       \$490  = c__payload;
@@ -81266,7 +81781,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$491  = take;
     if (unit_rst) begin
       \$491  = 1'h0;
@@ -81276,21 +81791,21 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$492  = score_mem_wdata;
     if (take) begin
       \$492  = i__payload[15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$493  = in_last;
     if (take) begin
       \$493  = i__payload[16];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$494  = \$10 ;
     if (unit_rst) begin
       \$494  = 1'h0;
@@ -81300,7 +81815,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$495  = lw;
     if (unit_rst) begin
       \$495  = 1'h0;
@@ -81310,7 +81825,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$496  = sbank0_max;
     if (end_q) begin
       if (\$11 ) begin
@@ -81325,7 +81840,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$497  = sbank1_max;
     if (end_q) begin
       if (\$12 ) begin
@@ -81340,7 +81855,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$498  = run_max;
     if (score_mem_we) begin
       \$498  = \$17 ;
@@ -81353,7 +81868,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$499  = row_first;
     if (score_mem_we) begin
       \$499  = \$19 ;
@@ -81366,7 +81881,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$500  = lcnt;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -81384,7 +81899,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$501  = lcnt_top;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -81402,7 +81917,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$502  = lw;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -81417,7 +81932,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$503  = sbank0_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -81434,7 +81949,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$504  = sbank1_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -81451,7 +81966,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$505  = exp_pass;
     if (unit_rst) begin
       \$505  = 1'h0;
@@ -81461,7 +81976,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$506  = exp_v0;
     if (unit_rst) begin
       \$506  = 1'h0;
@@ -81471,7 +81986,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$507  = exp_v1;
     if (unit_rst) begin
       \$507  = 1'h0;
@@ -81481,7 +81996,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$508  = exp_v2;
     if (unit_rst) begin
       \$508  = 1'h0;
@@ -81491,7 +82006,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$509  = exp_v3;
     if (unit_rst) begin
       \$509  = 1'h0;
@@ -81501,7 +82016,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$510  = exp_v4;
     if (unit_rst) begin
       \$510  = 1'h0;
@@ -81511,7 +82026,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$511  = exp_v5;
     if (unit_rst) begin
       \$511  = 1'h0;
@@ -81521,7 +82036,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$512  = exp_v6;
     if (unit_rst) begin
       \$512  = 1'h0;
@@ -81531,7 +82046,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$513  = exp_v7;
     if (unit_rst) begin
       \$513  = 1'h0;
@@ -81541,7 +82056,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$514  = exp_v8;
     if (unit_rst) begin
       \$514  = 1'h0;
@@ -81551,7 +82066,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$515  = exp_v9;
     if (unit_rst) begin
       \$515  = 1'h0;
@@ -81561,7 +82076,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$516  = ridx;
     if (unit_rst) begin
       \$516  = 5'h00;
@@ -81571,7 +82086,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$517  = exp_ra0;
     if (unit_rst) begin
       \$517  = 5'h00;
@@ -81581,7 +82096,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$555  = total;
     if (exp_mem_we) begin
       \$555  = \$38 [19:0];
@@ -81597,7 +82112,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$556  = ridx;
     if (exp_idle) begin
       \$556  = 5'h00;
@@ -81613,7 +82128,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$557  = rlenm1;
     if (exp_idle) begin
       \$557  = \$39 ;
@@ -81626,7 +82141,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$558  = r_last;
     if (exp_idle) begin
       \$558  = \$42 ;
@@ -81642,7 +82157,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$559  = rlenm2;
     if (exp_idle) begin
       \$559  = \$44 ;
@@ -81655,7 +82170,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$560  = rmax;
     if (exp_idle) begin
       \$560  = \$45 ;
@@ -81668,7 +82183,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$561  = exp_idle;
     if (\$55 ) begin
       \$561  = 1'h0;
@@ -81684,7 +82199,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$562  = exp_pass;
     if (\$55 ) begin
       \$562  = 1'h1;
@@ -81700,7 +82215,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$563  = exp_drain;
     if (\$58 ) begin
       \$563  = 1'h1;
@@ -81716,7 +82231,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$564  = er;
     if (\$58 ) begin
       \$564  = \$59 ;
@@ -81729,7 +82244,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$565  = ew;
     if (\$64 ) begin
       \$565  = { ew[1:0], ew[2] };
@@ -81742,7 +82257,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$566  = d_busy;
     if (\$64 ) begin
       \$566  = 1'h1;
@@ -81758,7 +82273,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$567  = dbank;
     if (\$65 ) begin
       \$567  = ew;
@@ -81771,7 +82286,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$568  = dlenm1;
     if (\$65 ) begin
       \$568  = rlenm1;
@@ -81784,7 +82299,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$569  = den;
     if (\$65 ) begin
       \$569  = total;
@@ -81797,7 +82312,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$570  = 17'h00000;
@@ -81812,7 +82327,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$571  = 5'h00;
@@ -81827,7 +82342,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$572  = 1'h0;
@@ -81842,7 +82357,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$573  = 20'h07fff;
@@ -81857,7 +82372,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$574  = 17'h1ffff;
@@ -81872,7 +82387,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$575  = ebank0_recip;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -81887,7 +82402,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$576  = ebank0_lenm1;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -81902,7 +82417,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$577  = ebank1_recip;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -81917,7 +82432,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$578  = ebank1_lenm1;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -81932,7 +82447,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$579  = ebank2_recip;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -81947,7 +82462,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$580  = ebank2_lenm1;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -81962,7 +82477,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$581  = \$82 ;
     if (unit_rst) begin
       \$581  = 1'h0;
@@ -81972,7 +82487,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$582  = o_run;
     if (\$86 ) begin
       \$582  = 1'h1;
@@ -81990,7 +82505,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$583  = oidx;
     if (\$86 ) begin
       \$583  = 5'h00;
@@ -82010,7 +82525,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$584  = o_last;
     if (\$86 ) begin
       \$584  = \$90 ;
@@ -82030,7 +82545,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$585  = o_lenm2;
     if (\$86 ) begin
       \$585  = \$93 ;
@@ -82043,7 +82558,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$586  = o_recip;
     if (\$86 ) begin
       \$586  = \$95 ;
@@ -82056,7 +82571,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$587  = orb;
     if (\$96 ) begin
       if (o_last) begin
@@ -82071,7 +82586,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$588  = \$101 [4:0];
     if (unit_rst) begin
       \$588  = 5'h10;
@@ -82081,7 +82596,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$589  = \$103 [7:0];
     if (unit_rst) begin
       \$589  = 8'h00;
@@ -82091,7 +82606,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$590  = \$104 ;
     if (unit_rst) begin
       \$590  = 1'h0;
@@ -82101,7 +82616,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$591  = out_v0;
     if (unit_rst) begin
       \$591  = 1'h0;
@@ -82111,7 +82626,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$592  = out_v1;
     if (unit_rst) begin
       \$592  = 1'h0;
@@ -82121,7 +82636,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$593  = out_v2;
     if (unit_rst) begin
       \$593  = 1'h0;
@@ -82131,7 +82646,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$594  = out_v3;
     if (unit_rst) begin
       \$594  = 1'h0;
@@ -82141,7 +82656,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$595  = out_v4;
     if (unit_rst) begin
       \$595  = 1'h0;
@@ -82151,7 +82666,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$619  = out_v5;
     if (unit_rst) begin
       \$619  = 1'h0;
@@ -82161,7 +82676,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$620  = oq_wptr;
     if (out_v5) begin
       \$620  = \$108 [3:0];
@@ -82174,14 +82689,14 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$621  = oq_data;
     if (\$112 ) begin
       \$621  = \rp__data$206 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$622  = oq_valid;
     if (\$112 ) begin
       \$622  = 1'h1;
@@ -82196,7 +82711,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$623  = oq_rptr;
     if (\$112 ) begin
       \$623  = \$113 [3:0];
@@ -82209,7 +82724,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$624  = \$119 [4:0];
     if (unit_rst) begin
       \$624  = 5'h00;
@@ -82219,7 +82734,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$625  = \$131 ;
     if (unit_rst) begin
       \$625  = 1'h0;
@@ -82229,7 +82744,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$626  = sbank0_full;
     if (\$134 ) begin
       \$626  = 1'h0;
@@ -82245,7 +82760,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$627  = sbank1_full;
     if (\$141 ) begin
       \$627  = 1'h0;
@@ -82261,7 +82776,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$628  = ebank0_busy;
     if (\$146 ) begin
       \$628  = 1'h0;
@@ -82277,7 +82792,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$629  = ebank0_full;
     if (\$146 ) begin
       \$629  = 1'h0;
@@ -82293,7 +82808,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$630  = ebank1_busy;
     if (\$160 ) begin
       \$630  = 1'h0;
@@ -82309,7 +82824,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$631  = ebank1_full;
     if (\$160 ) begin
       \$631  = 1'h0;
@@ -82325,7 +82840,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$632  = ebank2_busy;
     if (\$174 ) begin
       \$632  = 1'h0;
@@ -82341,7 +82856,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$633  = ebank2_full;
     if (\$174 ) begin
       \$633  = 1'h0;
@@ -82357,7 +82872,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$195 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     e_clear = 1'h0;
     if (\$361 ) begin
       if (o_last) begin
@@ -82648,8 +83163,8 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.writer (b__valid, clk, rst, aw__ready, clear, aw__valid, req__ready, idle, req__valid, req__payload, aw__payload, err, b__payload);
-  reg \$auto$verilog_backend.cc:2355:dump_module$196  = 0;
+module \accelerator.core.writer (rst, clear, aw__valid, req__ready, idle, b__valid, b__payload, aw__ready, req__valid, req__payload, aw__payload, err, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$199  = 0;
   wire [10:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -82733,7 +83248,7 @@ module \accelerator.core.writer (b__valid, clk, rst, aw__ready, clear, aw__valid
   always @(posedge clk)
     err <= \$21 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$20  = pending;
     if (\$13 ) begin
       \$20  = \$17 [6:0];
@@ -82745,7 +83260,7 @@ module \accelerator.core.writer (b__valid, clk, rst, aw__ready, clear, aw__valid
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$21  = err;
     if (clear) begin
       \$21  = 1'h0;
@@ -82771,4 +83286,132 @@ module \accelerator.core.writer (b__valid, clk, rst, aw__ready, clear, aw__valid
   assign aw__payload[28:0] = \$6 [28:0];
   assign \$6  = { 3'h0, req__payload[31:3] };
   assign \$7  = { req__payload[2:0], 3'h0 };
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_data, \port$0$10 );
+  reg \$auto$verilog_backend.cc:2355:dump_module$200  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  input [63:0] \port$0$10 ;
+  wire [63:0] \port$0$10 ;
+  input \port$0$75 ;
+  wire \port$0$75 ;
+  (* init = 1'h0 *)
+  wire produce;
+  output [64:0] r_data;
+  wire [64:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [64:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  wire [64:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  wire [64:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [64:0] storage [1:0];
+  initial begin
+    storage[0] = 65'h00000000000000000;
+    storage[1] = 65'h00000000000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= { \port$0$75 , \port$0$10  };
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_port__data = { \port$0$75 , \port$0$10  };
+  assign w_data = { \port$0$75 , \port$0$10  };
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
 endmodule

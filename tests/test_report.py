@@ -1,5 +1,7 @@
 """The hardware report runs real yosys (ECP5, Xilinx) and nextpnr-ecp5 on a generated unit."""
-from hwgen.report import fmax_wrapper, measure_component
+import json
+
+from hwgen.report import LFE5U_85F, accelerator_entry, accelerator_markdown, fmax_wrapper, measure_component
 from hwgen.residual_add import ResidualAdd
 
 
@@ -21,3 +23,33 @@ def test_fmax_wrapper_covers_every_port_bit():
     text = fmax_wrapper("u", ports)
     assert "reg [7:0] ish" in text and "reg [6:0] osh" in text
     assert ".a(ish[4:0])" in text and ".b(ish[7:5])" in text and ".y(outs[6:0])" in text
+
+
+def _synth_result(lut4: int, fmax: float) -> dict:
+    return {"ecp5": {"lut4": lut4, "ff": 40000, "ebr": 40, "mult18": 3, "fmax_mhz": fmax, "fmax_median_mhz": fmax,
+                     "fmax_by_seed": {"1": fmax}, "critical_path": {"from": "a", "to": "b", "delay_ns": 20.0, "steps": 9},
+                     "flow": "abc -lut 4"},
+            "xilinx": {"lut6": 60000, "ff": 40000, "bram36": 20.0, "dsp48": 0, "flow": "abc -luts"}}
+
+
+def test_accelerator_entry_images_per_second_and_fit(tmp_path):
+    """images/s = Fmax / cycles per image of the run that measured them; a cycle count measured on
+    another AccelConfig is marked; a part too small is said."""
+    accel = {"act_buffer_elems": 16384, "ext_word_bytes": 8}
+    manifest = {"accelerator": {"accel_config": accel, "verilog_sha256": "x"}, "config": {"hw": {"lanes": 4}}}
+    small, big = tmp_path / "small.json", tmp_path / "big.json"
+    small.write_text(json.dumps({"cycles_per_image": 125_000, "gemm_bound_cycles": 50_000, "accel": accel,
+                                 "ext_bytes_read_per_image": 200_000}))
+    big.write_text(json.dumps({"cycles_per_image": 25_000_000, "accel": {**accel, "act_buffer_elems": 1 << 19},
+                               "ext_bytes_read_per_image": 6_000_000}))
+    entry = accelerator_entry(_synth_result(70_000, 50.0), manifest, {"digits": small, "deit": big,
+                                                                      "absent": tmp_path / "none.json"})
+    d, t = entry["throughput"]["digits"], entry["throughput"]["deit"]
+    assert d["images_per_second"] == 400.0 and d["ext_read_mb_per_s"] == 80.0 and d["same_accel_config"]
+    assert t["images_per_second"] == 2.0 and not t["same_accel_config"] and "AccelConfig" in t["note"]
+    assert "absent" not in entry["throughput"]
+    assert entry["fits_lfe5u_85f"] and "400.0 MB/s" in entry["bandwidth_assumed"]
+    md = "\n".join(accelerator_markdown(entry))
+    assert "| digits | 125,000 | 50,000 | 400.0 | 80.0 |" in md and "a larger AccelConfig" in md
+    over = accelerator_entry(_synth_result(LFE5U_85F["lut4"] + 1, 50.0), manifest, {})
+    assert not over["fits_lfe5u_85f"] and "NO" in "\n".join(accelerator_markdown(over))

@@ -28,8 +28,9 @@ Registers (32 bits, byte addresses on the AXI4-Lite slave; an unmapped address a
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Signal
-from amaranth.lib import wiring
+from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from .compiler import MAGIC
@@ -70,6 +71,14 @@ def _axi4_lite_slave() -> dict:
     }
 
 
+def _slice(m, name: str, width: int) -> SyncFIFO:
+    """A register slice on one AXI channel: a two-entry FIFO (``lib.fifo``), whose ``w_rdy``
+    and ``r_rdy`` come from its level register, so neither valid nor ready crosses it
+    combinationally and it still passes a beat every cycle."""
+    m.submodules[f"{name}_slice"] = fifo = SyncFIFO(width=width, depth=2)
+    return fifo
+
+
 class Accelerator(wiring.Component):
     """:class:`~hwgen.accel.core.AccelCore` behind an AXI4 master, an AXI4-Lite register slave
     (module docstring) and an interrupt.
@@ -100,28 +109,40 @@ class Accelerator(wiring.Component):
 
     def _master(self, m, core) -> None:
         """The core's word ports on AXI4: a read request is one INCR burst; a write is one
-        AW beat and one W beat (each handshakes on its own) per word."""
+        AW beat and one W beat (each handshakes on its own) per word.  Every channel passes a
+        register slice (:func:`_slice`), so the bus's valid, ready and payload signals are
+        flip-flops on this side: no path runs from the bus through the core's handshakes."""
         wlb = self.word_lb
+        ar = _slice(m, "ar", core.ar.payload.shape().size)
+        m.d.comb += [ar.w_en.eq(core.ar.valid), ar.w_data.eq(core.ar.payload.as_value()), core.ar.ready.eq(ar.w_rdy)]
+        ar_out = data.View(core.ar.payload.shape(), ar.r_data)
         m.d.comb += [
-            self.m_axi_araddr.eq(core.ar.payload.addr << wlb), self.m_axi_arlen.eq(core.ar.payload.len),
-            self.m_axi_arsize.eq(wlb), self.m_axi_arburst.eq(1), self.m_axi_arvalid.eq(core.ar.valid),
-            core.ar.ready.eq(self.m_axi_arready),
-            core.r.valid.eq(self.m_axi_rvalid), core.r.payload.data.eq(self.m_axi_rdata),
-            core.r.payload.err.eq(self.m_axi_rresp[1]), self.m_axi_rready.eq(core.r.ready),
-            core.b.valid.eq(self.m_axi_bvalid), core.b.payload.err.eq(self.m_axi_bresp[1]),
-            self.m_axi_bready.eq(core.b.ready),
+            self.m_axi_araddr.eq(ar_out.addr << wlb), self.m_axi_arlen.eq(ar_out.len),
+            self.m_axi_arsize.eq(wlb), self.m_axi_arburst.eq(1), self.m_axi_arvalid.eq(ar.r_rdy),
+            ar.r_en.eq(self.m_axi_arready),
         ]
+        r = _slice(m, "r", core.r.payload.shape().size)
+        m.d.comb += [r.w_en.eq(self.m_axi_rvalid), r.w_data.eq(Cat(self.m_axi_rdata, self.m_axi_rresp[1])),
+                     self.m_axi_rready.eq(r.w_rdy),
+                     core.r.valid.eq(r.r_rdy), core.r.payload.as_value().eq(r.r_data), r.r_en.eq(core.r.ready)]
+        b = _slice(m, "b", 1)
+        m.d.comb += [b.w_en.eq(self.m_axi_bvalid), b.w_data.eq(self.m_axi_bresp[1]), self.m_axi_bready.eq(b.w_rdy),
+                     core.b.valid.eq(b.r_rdy), core.b.payload.err.eq(b.r_data), b.r_en.eq(core.b.ready)]
+
+        aw = _slice(m, "aw", core.aw.payload.shape().size)
+        m.d.comb += [aw.w_en.eq(core.aw.valid), aw.w_data.eq(core.aw.payload.as_value()), core.aw.ready.eq(aw.w_rdy)]
+        aw_out = data.View(core.aw.payload.shape(), aw.r_data)
         aw_sent, w_sent = Signal(), Signal()
         aw_ok = self.m_axi_awready | aw_sent
         w_ok = self.m_axi_wready | w_sent
         m.d.comb += [
-            self.m_axi_awaddr.eq(core.aw.payload.addr << wlb), self.m_axi_awlen.eq(0), self.m_axi_awsize.eq(wlb),
-            self.m_axi_awburst.eq(1), self.m_axi_awvalid.eq(core.aw.valid & ~aw_sent),
-            self.m_axi_wdata.eq(core.aw.payload.data), self.m_axi_wstrb.eq(core.aw.payload.strb),
-            self.m_axi_wlast.eq(1), self.m_axi_wvalid.eq(core.aw.valid & ~w_sent),
-            core.aw.ready.eq(aw_ok & w_ok),
+            self.m_axi_awaddr.eq(aw_out.addr << wlb), self.m_axi_awlen.eq(0), self.m_axi_awsize.eq(wlb),
+            self.m_axi_awburst.eq(1), self.m_axi_awvalid.eq(aw.r_rdy & ~aw_sent),
+            self.m_axi_wdata.eq(aw_out.data), self.m_axi_wstrb.eq(aw_out.strb),
+            self.m_axi_wlast.eq(1), self.m_axi_wvalid.eq(aw.r_rdy & ~w_sent),
+            aw.r_en.eq(aw_ok & w_ok),
         ]
-        with m.If(core.aw.valid & aw_ok & w_ok):
+        with m.If(aw.r_rdy & aw_ok & w_ok):
             m.d.sync += [aw_sent.eq(0), w_sent.eq(0)]
         with m.Else():
             with m.If(self.m_axi_awvalid & self.m_axi_awready):

@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 from types import SimpleNamespace
 
-from amaranth.hdl import Array, Cat, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -46,12 +46,13 @@ from .addrgen import AddrGen
 from .compiler import AccelConfig, c_layout
 from .extmem import ExtReader, ExtWriter, read_port, write_port
 from .compiler import p_layout, w_layout
-from .isa import (POST_ADD, POST_GELU, EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
+from .isa import (COUNT_BITS, POST_ADD, POST_GELU, EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
                   MOVE_OPS, Opcode, beat_bytes)
 
 __all__ = ["AccelCore", "Error", "CYCLE_BITS"]
 
 CYCLE_BITS = 48
+DECODE_STAGES = 3         # the decode pipeline's depth: DECODE waits this many cycles
 
 
 class _State(enum.IntEnum):
@@ -228,10 +229,22 @@ class AccelCore(wiring.Component):
                 m.d.comb += c_lb.eq(_lb(beat_bytes(c_layout(u))))
         unit_known = Signal()
         m.d.comb += unit_known.eq(Cat(*[sel for sel, _ in c_targets]).any())
+        # --- decode: what the instruction implies, registered in a short pipeline (two products and
+        #     a few additions would otherwise lie on every cycle's paths); DECODE waits for it -----
+        dec = self.decoded = SimpleNamespace(
+            mt=Signal(COUNT_BITS, name="dec_mt"), nt=Signal(COUNT_BITS, name="dec_nt"),
+            mt_last=Signal(COUNT_BITS, name="dec_mt_last"), nt_last=Signal(COUNT_BITS, name="dec_nt_last"),
+            k_last=Signal(COUNT_BITS, name="dec_k_last"), blocks=Signal(32, name="dec_blocks"),
+            tiles=Signal(32, name="dec_tiles"), c_base=Signal(EXT_BITS, name="dec_c_base"),
+            c_lb=Signal(3, name="dec_c_lb"))
         # a post unit's constant beats follow the parameter beats, 64-byte aligned (compiler.post_consts)
-        p_bytes = Signal(EXT_BITS)
-        m.d.comb += p_bytes.eq(self._tiles(ins.n2, hw.gemm_cols) << _lb(beat_bytes(p_layout(hw))))
-        c_base = Mux(is_gemm, ins.ext1 + ((p_bytes + 63) & ((1 << EXT_BITS) - 64)), ins.ext0)
+        p_bytes = dec.nt << _lb(beat_bytes(p_layout(hw)))
+        m.d.sync += [dec.mt.eq(self._tiles(ins.n1, hw.gemm_rows)), dec.nt.eq(self._tiles(ins.n2, hw.gemm_cols)),
+                     dec.k_last.eq(ins.n3 - 1), dec.c_lb.eq(c_lb),
+                     dec.mt_last.eq(dec.mt - 1), dec.nt_last.eq(dec.nt - 1), dec.blocks.eq(ins.n0 * dec.mt),
+                     dec.c_base.eq(Mux(is_gemm, ins.ext1 + ((p_bytes + 63) & ((1 << EXT_BITS) - 64)), ins.ext0)),
+                     dec.tiles.eq(dec.blocks * dec.nt)]
+        decode_wait = Signal(range(DECODE_STAGES + 1))
 
         # --- the sequencer --------------------------------------------------------------------------
         error = Signal(4)
@@ -281,7 +294,8 @@ class AccelCore(wiring.Component):
                 with m.If(reader.req.ready & ~fetch_sent):
                     m.d.sync += fetch_sent.eq(1)
                 with m.If(reader.beat.valid):
-                    m.d.sync += [ins.as_value().eq(reader.beat.payload.data[:INSTR_BYTES * 8]), fetch_sent.eq(0)]
+                    m.d.sync += [ins.as_value().eq(reader.beat.payload.data[:INSTR_BYTES * 8]), fetch_sent.eq(0),
+                                 decode_wait.eq(DECODE_STAGES)]
                     with m.If(reader.beat.payload.err):
                         stop(Error.READ)
                     with m.Else():
@@ -293,7 +307,9 @@ class AccelCore(wiring.Component):
             with m.Case(_State.DECODE):
                 m.d.comb += in_decode.eq(1)
                 m.d.sync += [ci.eq(0), cr.eq(0)]
-                with m.If(is_op[Opcode.END] & (images_left > 1)):     # the next image of the start
+                with m.If(decode_wait.any()):                         # the decode pipeline fills
+                    m.d.sync += decode_wait.eq(decode_wait - 1)
+                with m.Elif(is_op[Opcode.END] & (images_left > 1)):     # the next image of the start
                     m.d.sync += [images_left.eq(images_left - 1), offset.eq(offset + stride), pc.eq(prog)]
                     m.d.sync += state.eq(_State.FETCH)
                 with m.Elif(is_op[Opcode.END]):
@@ -321,8 +337,8 @@ class AccelCore(wiring.Component):
             with m.Case(_State.CONST):          # the op's constant beats into its unit's c stream
                 m.d.comb += in_op.eq(1)
                 m.d.comb += [reader.req.valid.eq(ci != ins.cnt),
-                             reader.req.payload.addr.eq(c_base + (ci << c_lb)),
-                             reader.req.payload.lb.eq(c_lb)]
+                             reader.req.payload.addr.eq(dec.c_base + (ci << dec.c_lb)),
+                             reader.req.payload.lb.eq(dec.c_lb)]
                 with m.If(reader.req.valid & reader.req.ready):
                     m.d.sync += ci.eq(ci + 1)
                 for sel, u in c_targets:
@@ -511,11 +527,12 @@ class AccelCore(wiring.Component):
         p_lb = _lb(beat_bytes(p_layout(hw)))
 
         # --- requests: per tile (b, mt, nt) one parameter beat, then (LINEAR) its K weight beats
-        nt_count = self._tiles(ins.n2, C)
+        dec = self.decoded
         tiles = Signal(32)           # tiles left to request
         nt = Signal(16)
         k = Signal(16)
-        w_row = Signal(32)           # nt K: the tile's first weight beat
+        w_addr = Signal(EXT_BITS)    # the next weight beat's byte address: a tile's K beats follow the
+                                     # previous tile's, so it only steps on (and returns at a new block)
         want_w = Signal()            # the next request is a weight beat
         w_lb = Signal(3)
         with m.Switch(ins.w_bits):
@@ -523,25 +540,25 @@ class AccelCore(wiring.Component):
                 with m.Case(wb):
                     m.d.comb += w_lb.eq(_lb(beat_bytes(w_layout(wb, C))))
         with m.If(restart):
-            m.d.sync += [tiles.eq(ins.n0 * self._tiles(ins.n1, R) * nt_count), nt.eq(0), k.eq(0), w_row.eq(0),
-                         want_w.eq(0)]
+            m.d.sync += [tiles.eq(dec.tiles), nt.eq(0), k.eq(0), w_addr.eq(ins.ext0), want_w.eq(0)]
         with m.If(active):
             m.d.comb += [reader.req.valid.eq(tiles.any()),
-                         reader.req.payload.addr.eq(Mux(want_w, ins.ext0 + ((w_row + k) << w_lb),
-                                                        ins.ext1 + (nt << p_lb))),
+                         reader.req.payload.addr.eq(Mux(want_w, w_addr, ins.ext1 + (nt << p_lb))),
                          reader.req.payload.lb.eq(Mux(want_w, w_lb, p_lb))]
             with m.If(reader.req.valid & reader.req.ready):
-                last_beat = ~is_linear | (want_w & (k == ins.n3 - 1))
+                last_beat = ~is_linear | (want_w & (k == dec.k_last))
                 with m.If(~want_w & is_linear):
                     m.d.sync += want_w.eq(1)
                 with m.Elif(want_w & ~last_beat):
                     m.d.sync += k.eq(k + 1)
+                with m.If(want_w):
+                    m.d.sync += w_addr.eq(w_addr + (Const(1, 8) << w_lb))
                 with m.If(last_beat):         # next tile
                     m.d.sync += [tiles.eq(tiles - 1), want_w.eq(0), k.eq(0)]
-                    with m.If(nt == nt_count - 1):
-                        m.d.sync += [nt.eq(0), w_row.eq(0)]
+                    with m.If(nt == dec.nt_last):
+                        m.d.sync += [nt.eq(0), w_addr.eq(ins.ext0)]
                     with m.Else():
-                        m.d.sync += [nt.eq(nt + 1), w_row.eq(w_row + ins.n3)]
+                        m.d.sync += nt.eq(nt + 1)
 
         # --- beats back, in request order: P, then (LINEAR) K weight beats ------------------------
         rk = Signal(16)              # beats of the current tile received
@@ -591,8 +608,6 @@ class AccelCore(wiring.Component):
             w_mems.append((mem.write_port(), mem.read_port()))
         wfilled = Array(Signal(name=f"w_filled{h}") for h in range(2))
         fw = Signal(name="w_feed_half")
-        mt_count = self._tiles(ins.n1, R)
-        blocks = ins.n0 * mt_count
         filled = Array(Signal(name=f"a_filled{h}") for h in range(2))
         lh, li, lk = Signal(), Signal(range(R + 1)), Signal(16)           # loader: half, row, k
         fh, fk, fnt = Signal(), Signal(16), Signal(16)                    # feeder: half, k, column tile
@@ -602,7 +617,7 @@ class AccelCore(wiring.Component):
         take = gemm.a.valid & gemm.a.ready                                # a join: w goes with it
         with m.If(restart):
             m.d.sync += [filled[0].eq(0), filled[1].eq(0), lh.eq(0), li.eq(0), lk.eq(0), fh.eq(0), fk.eq(0),
-                         fnt.eq(0), feed_blocks.eq(blocks), a_valid.eq(0)]
+                         fnt.eq(0), feed_blocks.eq(dec.blocks), a_valid.eq(0)]
         with m.Switch(ins.a_bits):        # the element wrapped to the op's a_bits (signed or not)
             for nb in range(2, hw.a_bits + 1):
                 with m.Case(nb):
@@ -616,7 +631,7 @@ class AccelCore(wiring.Component):
             with m.If(load):              # k by k, the R rows of each k (the walk's order)
                 with m.If(eq_const(li, R - 1)):
                     m.d.sync += [li.eq(0), lk.eq(lk + 1)]
-                    with m.If(lk == ins.n3 - 1):
+                    with m.If(lk == dec.k_last):
                         m.d.sync += [lk.eq(0), filled[lh].eq(1), lh.eq(~lh)]
                 with m.Else():
                     m.d.sync += li.eq(li + 1)
@@ -630,10 +645,10 @@ class AccelCore(wiring.Component):
             with m.If(take):
                 m.d.sync += a_valid.eq(0)
             with m.If(issue):
-                m.d.sync += [a_valid.eq(1), a_last.eq(fk == ins.n3 - 1)]
-                with m.If(fk == ins.n3 - 1):
+                m.d.sync += [a_valid.eq(1), a_last.eq(fk == dec.k_last)]
+                with m.If(fk == dec.k_last):
                     m.d.sync += fk.eq(0)
-                    with m.If(fnt == nt_count - 1):      # the block's last beat: its half is free
+                    with m.If(fnt == dec.nt_last):      # the block's last beat: its half is free
                         m.d.sync += [fnt.eq(0), filled[fh].eq(0), fh.eq(~fh), feed_blocks.eq(feed_blocks - 1)]
                     with m.Else():
                         m.d.sync += fnt.eq(fnt + 1)
@@ -661,17 +676,17 @@ class AccelCore(wiring.Component):
             with m.If(w_load):            # lane by lane, k by k, column tile by column tile
                 with m.If(eq_const(lwj, C - 1)):
                     m.d.sync += [lwj.eq(0), lwk.eq(lwk + 1), lwa.eq(lwa + 1)]
-                    with m.If(lwk == ins.n3 - 1):
+                    with m.If(lwk == dec.k_last):
                         m.d.sync += [lwk.eq(0), lwnt.eq(lwnt + 1)]
-                        with m.If(lwnt == nt_count - 1):
+                        with m.If(lwnt == dec.nt_last):
                             m.d.sync += [lwnt.eq(0), lwa.eq(0), wfilled[lw].eq(1), lw.eq(~lw)]
                 with m.Else():
                     m.d.sync += lwj.eq(lwj + 1)
             with m.If(issue & ~is_linear):
-                with m.If(fk == ins.n3 - 1):
-                    with m.If(fnt == nt_count - 1):
+                with m.If(fk == dec.k_last):
+                    with m.If(fnt == dec.nt_last):
                         m.d.sync += fntk.eq(0)
-                        with m.If(fmt == mt_count - 1):      # the batch's last beat: its W half is free
+                        with m.If(fmt == dec.mt_last):      # the batch's last beat: its W half is free
                             m.d.sync += [fmt.eq(0), wfilled[fw].eq(0), fw.eq(~fw)]
                         with m.Else():
                             m.d.sync += fmt.eq(fmt + 1)
