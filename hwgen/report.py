@@ -274,19 +274,24 @@ def accelerator_entry(res: dict, manifest: dict, cycle_reports: dict | None = No
     fits = {k: e[k] <= cap for k, cap in LFE5U_85F.items()}
     throughput = {}
     for model, path in (CYCLE_REPORTS if cycle_reports is None else cycle_reports).items():
-        if not Path(path).is_file():
+        path = Path(path)
+        if not path.is_file():
             continue
-        r = json.loads(Path(path).read_text())
+        r = json.loads(path.read_text())
         ips = fmax * 1e6 / r["cycles_per_image"] if fmax else None
         same = r["accel"] == acc["accel_config"]
+        # cycles measured by other generator sources than the synthesized Verilog's are not its cycles
+        fresh = r.get("generator_sha256") == manifest.get("generator_sha256")
         throughput[model] = {
             "cycles_per_image": r["cycles_per_image"], "gemm_bound_cycles": r.get("gemm_bound_cycles"),
             "images_per_second": round(ips, 2) if ips else None,
             "ext_bytes_read_per_image": r.get("ext_bytes_read_per_image"),
             "ext_read_mb_per_s": round(r["ext_bytes_read_per_image"] * ips / 1e6, 1)
             if ips and r.get("ext_bytes_read_per_image") else None,
-            "measured_by": f"reports/{Path(path).name}",
+            "measured_by": f"reports/{path.name}",
             "same_accel_config": same,
+            **({} if fresh else {"stale": "cycles measured on other generator sources than this Verilog's "
+                                          f"(generator_sha256 {r.get('generator_sha256')}); re-run {path.name}'s command"}),
             **({} if same else {"note": "measured on an accelerator with this AccelConfig, not the one synthesized "
                                          f"here: {r['accel']}; images per second at the synthesized Fmax"}),
         }
@@ -363,6 +368,6 @@ def accelerator_markdown(acc: dict) -> list[str]:
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for model, t in acc["throughput"].items():
         bound = f"{t['gemm_bound_cycles']:,}" if t.get("gemm_bound_cycles") else ""
-        lines.append(f"| {model} | {t['cycles_per_image']:,} | {bound} | {t['images_per_second']} | "
+        lines.append(f"| {model}{' (stale: ' + t['stale'] + ')' if t.get('stale') else ''} | {t['cycles_per_image']:,} | {bound} | {t['images_per_second']} | "
                      f"{t['ext_read_mb_per_s']} | {t['measured_by']}{'' if t['same_accel_config'] else ' (a larger AccelConfig)'} |")
     return lines

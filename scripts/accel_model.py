@@ -35,7 +35,7 @@ from hwgen.capabilities import derive_hw  # noqa: E402
 from hwgen.accel.interpreter import header, run, write_input  # noqa: E402
 from hwgen.accel.isa import Opcode  # noqa: E402
 from hwgen.cli import metrics_markdown, print_metrics  # noqa: E402
-from hwgen.generate import DEFAULT_CONFIG, GenConfig  # noqa: E402
+from hwgen.generate import DEFAULT_CONFIG, GenConfig, generator_hash  # noqa: E402
 from sim import accel_run  # noqa: E402
 
 
@@ -116,7 +116,7 @@ def main() -> int:
     bound = -(-macs // (hw.gemm_rows * hw.gemm_cols))
     mean = sum(cycles) / len(cycles)
     sim_s = sum(r["wall_s"] for r in results)
-    out = {"model": args.model, "bits": args.bits, "hw": dataclasses.asdict(hw),
+    out = {"model": args.model, "bits": args.bits, "generator_sha256": generator_hash(), "hw": dataclasses.asdict(hw),
            "accel": dataclasses.asdict(accel), "images": len(results), "logits_equal_golden": equal,
            "cycles_per_image": round(mean), "cycles_min": min(cycles), "cycles_max": max(cycles),
            "gemm_macs": macs, "gemm_bound_cycles": bound, "ratio_to_gemm_bound": round(mean / bound, 2),

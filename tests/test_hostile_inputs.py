@@ -490,8 +490,10 @@ def test_ctrl_c_in_a_real_process(tmp_path):
             "ev.evaluate_golden = slow\n"
             "from hwgen.cli import main\n"
             f"sys.exit(main(['accuracy', '--report', {str(report)!r}]))\n")
+    # the child gets SIGINT's default action as a user's terminal gives it: a background job of a
+    # non-interactive shell (`make test &`) ignores SIGINT, and Popen's children inherit that
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
+                            text=True, cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stderr:
         seen.append(line)

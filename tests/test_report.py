@@ -36,11 +36,12 @@ def test_accelerator_entry_images_per_second_and_fit(tmp_path):
     """images/s = Fmax / cycles per image of the run that measured them; a cycle count measured on
     another AccelConfig is marked; a part too small is said."""
     accel = {"act_buffer_elems": 16384, "ext_word_bytes": 8}
-    manifest = {"accelerator": {"accel_config": accel, "verilog_sha256": "x"}, "config": {"hw": {"lanes": 4}}}
+    manifest = {"accelerator": {"accel_config": accel, "verilog_sha256": "x"}, "config": {"hw": {"lanes": 4}},
+                "generator_sha256": "g1"}
     small, big = tmp_path / "small.json", tmp_path / "big.json"
-    small.write_text(json.dumps({"cycles_per_image": 125_000, "gemm_bound_cycles": 50_000, "accel": accel,
+    small.write_text(json.dumps({"generator_sha256": "g1", "cycles_per_image": 125_000, "gemm_bound_cycles": 50_000, "accel": accel,
                                  "ext_bytes_read_per_image": 200_000}))
-    big.write_text(json.dumps({"cycles_per_image": 25_000_000, "accel": {**accel, "act_buffer_elems": 1 << 19},
+    big.write_text(json.dumps({"generator_sha256": "g0", "cycles_per_image": 25_000_000, "accel": {**accel, "act_buffer_elems": 1 << 19},
                                "ext_bytes_read_per_image": 6_000_000}))
     entry = accelerator_entry(_synth_result(70_000, 50.0), manifest, {"digits": small, "deit": big,
                                                                       "absent": tmp_path / "none.json"})
@@ -48,6 +49,7 @@ def test_accelerator_entry_images_per_second_and_fit(tmp_path):
     assert d["images_per_second"] == 400.0 and d["ext_read_mb_per_s"] == 80.0 and d["same_accel_config"]
     assert t["images_per_second"] == 2.0 and not t["same_accel_config"] and "AccelConfig" in t["note"]
     assert "absent" not in entry["throughput"]
+    assert "stale" not in d and "g0" in t["stale"]       # measured on other generator sources
     assert entry["fits_lfe5u_85f"] and "400.0 MB/s" in entry["bandwidth_assumed"]
     md = "\n".join(accelerator_markdown(entry))
     assert "| digits | 125,000 | 50,000 | 400.0 | 80.0 |" in md and "a larger AccelConfig" in md
