@@ -20,7 +20,7 @@ from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
 __all__ = ["eq_const", "Stager", "stream_pipeline", "rshift_round_const", "rshift_round_var", "clamp", "partial_products", "compress", "compress_levels", "sum_pair", "product_shape", "fit",
-           "divide_stages", "lane_layout"]
+           "divide_stages", "lane_layout", "register_slice"]
 
 
 
@@ -346,6 +346,19 @@ def valid_chain(m, depth: int, fire: Value, name: str = "valid") -> Value:
         m.d.sync += s.eq(v)
         v = s
     return v
+
+
+def register_slice(m, name: str, valid: Value, payload: Value, ready: Value):
+    """A register slice on a valid/ready channel: a two-entry ``lib.fifo.SyncFIFO`` whose input
+    side is connected here (``valid`` and ``payload`` in, ``ready`` driven).  Its ``w_rdy`` and
+    ``r_rdy`` come from its level register, so no valid, ready or payload path crosses it
+    combinationally, and it still passes one beat a cycle.  Returns the FIFO: the caller drives
+    ``r_en`` and reads ``r_rdy`` (valid out) and ``r_data`` (payload out)."""
+    from amaranth.lib.fifo import SyncFIFO
+
+    m.submodules[f"{name}_slice"] = fifo = SyncFIFO(width=len(payload), depth=2)
+    m.d.comb += [fifo.w_en.eq(valid), fifo.w_data.eq(payload), ready.eq(fifo.w_rdy)]
+    return fifo
 
 
 def credited_output(m, o, data: Value, valid: Value, fire: Value, depth: int,

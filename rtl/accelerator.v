@@ -1257,30 +1257,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
-  reg [15:0] \$1000 ;
+  reg \$1000 ;
   reg [15:0] \$1001 ;
-  reg [31:0] \$1002 ;
-  reg \$1003 ;
+  reg [15:0] \$1002 ;
+  reg [31:0] \$1003 ;
   reg \$1004 ;
-  reg [3:0] \$1005 ;
-  reg [15:0] \$1006 ;
-  reg [9:0] \$1007 ;
-  reg [15:0] \$1008 ;
-  reg \$1009 ;
+  reg \$1005 ;
+  reg [3:0] \$1006 ;
+  reg [15:0] \$1007 ;
+  reg [9:0] \$1008 ;
+  reg [15:0] \$1009 ;
   wire \$101 ;
   reg \$1010 ;
   reg \$1011 ;
-  reg [31:0] \$1012 ;
-  reg [15:0] \$1013 ;
-  reg \$1014 ;
-  reg [2:0] \$1015 ;
+  reg \$1012 ;
+  reg [31:0] \$1013 ;
+  reg [15:0] \$1014 ;
+  reg \$1015 ;
+  reg [2:0] \$1016 ;
   wire \$102 ;
-  wire \$103 ;
-  wire \$104 ;
+  wire [22:0] \$103 ;
+  wire [32:0] \$104 ;
   wire \$105 ;
   wire \$106 ;
-  wire [22:0] \$107 ;
-  wire [32:0] \$108 ;
+  wire \$107 ;
+  wire \$108 ;
   wire \$109 ;
   wire \$11 ;
   wire \$110 ;
@@ -1290,31 +1291,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$114 ;
   wire \$115 ;
   wire \$116 ;
-  wire \$117 ;
-  wire \$118 ;
+  wire [24:0] \$117 ;
+  wire [33:0] \$118 ;
   wire \$119 ;
   wire [16:0] \$12 ;
-  wire \$120 ;
-  wire [24:0] \$121 ;
-  wire [33:0] \$122 ;
-  wire \$123 ;
-  wire [3:0] \$124 ;
-  wire \$125 ;
-  wire [8:0] \$126 ;
-  wire [3:0] \$127 ;
-  wire \$128 ;
-  wire [16:0] \$129 ;
+  wire [3:0] \$120 ;
+  wire \$121 ;
+  wire [8:0] \$122 ;
+  wire [3:0] \$123 ;
+  wire \$124 ;
+  wire [16:0] \$125 ;
+  wire [3:0] \$126 ;
+  wire \$127 ;
+  wire [32:0] \$128 ;
+  wire [3:0] \$129 ;
   wire [17:0] \$13 ;
-  wire [3:0] \$130 ;
-  wire \$131 ;
-  wire [32:0] \$132 ;
-  wire [3:0] \$133 ;
-  wire \$134 ;
-  wire [64:0] \$135 ;
+  wire \$130 ;
+  wire [64:0] \$131 ;
+  wire \$132 ;
+  wire \$133 ;
+  wire [24:0] \$134 ;
+  wire [33:0] \$135 ;
   wire \$136 ;
   wire \$137 ;
-  wire [24:0] \$138 ;
-  wire [33:0] \$139 ;
+  wire \$138 ;
+  wire \$139 ;
   wire [17:0] \$14 ;
   wire \$140 ;
   wire \$141 ;
@@ -1345,264 +1346,264 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$164 ;
   wire \$165 ;
   wire \$166 ;
-  wire \$167 ;
+  reg [15:0] \$167 ;
   wire \$168 ;
   wire \$169 ;
   wire [17:0] \$17 ;
   wire \$170 ;
-  reg [15:0] \$171 ;
+  wire \$171 ;
   wire \$172 ;
-  wire \$173 ;
-  wire \$174 ;
-  wire \$175 ;
-  wire \$176 ;
-  wire [22:0] \$177 ;
-  wire [32:0] \$178 ;
-  wire [32:0] \$179 ;
+  wire [22:0] \$173 ;
+  wire [32:0] \$174 ;
+  wire [32:0] \$175 ;
+  wire [2:0] \$176 ;
+  wire \$177 ;
+  wire \$178 ;
+  wire \$179 ;
   wire [16:0] \$18 ;
-  wire [2:0] \$180 ;
+  wire \$180 ;
   wire \$181 ;
   wire \$182 ;
   wire \$183 ;
   wire \$184 ;
   wire \$185 ;
-  wire \$186 ;
+  wire [3:0] \$186 ;
   wire \$187 ;
-  wire \$188 ;
-  wire \$189 ;
+  wire [2:0] \$188 ;
+  wire [3:0] \$189 ;
   wire [17:0] \$19 ;
-  wire [3:0] \$190 ;
-  wire \$191 ;
-  wire [2:0] \$192 ;
-  wire [3:0] \$193 ;
-  wire \$194 ;
+  wire \$190 ;
+  wire [3:0] \$191 ;
+  wire [3:0] \$192 ;
+  wire \$193 ;
+  wire [4:0] \$194 ;
   wire [3:0] \$195 ;
-  wire [3:0] \$196 ;
-  wire \$197 ;
-  wire [4:0] \$198 ;
-  wire [3:0] \$199 ;
+  wire \$196 ;
+  wire [5:0] \$197 ;
+  wire [3:0] \$198 ;
+  wire \$199 ;
   wire \$2 ;
   wire [17:0] \$20 ;
-  wire \$200 ;
-  wire [5:0] \$201 ;
-  wire [3:0] \$202 ;
-  wire \$203 ;
-  wire [6:0] \$204 ;
-  wire [3:0] \$205 ;
-  wire \$206 ;
-  wire [7:0] \$207 ;
-  wire [3:0] \$208 ;
+  wire [6:0] \$200 ;
+  wire [3:0] \$201 ;
+  wire \$202 ;
+  wire [7:0] \$203 ;
+  wire [3:0] \$204 ;
+  wire \$205 ;
+  wire [8:0] \$206 ;
+  wire \$207 ;
+  reg \$208 ;
   wire \$209 ;
   wire [17:0] \$21 ;
-  wire [8:0] \$210 ;
-  wire \$211 ;
-  reg \$212 ;
-  wire \$213 ;
+  wire \$210 ;
+  wire [9:0] \$211 ;
+  wire [16:0] \$212 ;
+  reg \$213 ;
   wire \$214 ;
-  wire [9:0] \$215 ;
-  wire [16:0] \$216 ;
-  reg \$217 ;
+  wire \$215 ;
+  wire \$216 ;
+  wire \$217 ;
   wire \$218 ;
-  wire \$219 ;
+  wire [9:0] \$219 ;
   wire [21:0] \$22 ;
-  wire \$220 ;
-  wire \$221 ;
+  wire [16:0] \$220 ;
+  reg \$221 ;
   wire \$222 ;
-  wire [9:0] \$223 ;
-  wire [16:0] \$224 ;
-  reg \$225 ;
-  wire \$226 ;
-  wire \$227 ;
-  wire \$228 ;
+  wire \$223 ;
+  wire \$224 ;
+  wire \$225 ;
+  wire [9:0] \$226 ;
+  wire [16:0] \$227 ;
+  reg \$228 ;
   wire \$229 ;
   wire [21:0] \$23 ;
-  wire [9:0] \$230 ;
-  wire [16:0] \$231 ;
-  reg \$232 ;
-  wire \$233 ;
-  wire \$234 ;
-  wire \$235 ;
+  wire \$230 ;
+  wire \$231 ;
+  wire \$232 ;
+  wire [9:0] \$233 ;
+  wire [16:0] \$234 ;
+  reg \$235 ;
   wire \$236 ;
-  wire [9:0] \$237 ;
-  wire [16:0] \$238 ;
-  reg \$239 ;
+  wire \$237 ;
+  wire \$238 ;
+  wire \$239 ;
   wire [16:0] \$24 ;
-  wire \$240 ;
-  wire \$241 ;
-  wire \$242 ;
+  wire [9:0] \$240 ;
+  wire [16:0] \$241 ;
+  reg \$242 ;
   wire \$243 ;
-  wire [9:0] \$244 ;
-  wire [16:0] \$245 ;
-  reg \$246 ;
-  wire \$247 ;
-  wire \$248 ;
-  wire \$249 ;
+  wire \$244 ;
+  wire \$245 ;
+  wire \$246 ;
+  wire [9:0] \$247 ;
+  wire [16:0] \$248 ;
+  reg \$249 ;
   wire [17:0] \$25 ;
   wire \$250 ;
-  wire [9:0] \$251 ;
-  wire [16:0] \$252 ;
-  reg \$253 ;
-  wire \$254 ;
-  wire \$255 ;
-  wire \$256 ;
+  wire \$251 ;
+  wire \$252 ;
+  wire \$253 ;
+  wire [9:0] \$254 ;
+  wire [16:0] \$255 ;
+  reg \$256 ;
   wire \$257 ;
-  wire [9:0] \$258 ;
-  wire [16:0] \$259 ;
+  wire \$258 ;
+  wire \$259 ;
   wire [17:0] \$26 ;
-  reg \$260 ;
-  wire \$261 ;
-  wire \$262 ;
-  wire \$263 ;
+  wire \$260 ;
+  wire [9:0] \$261 ;
+  wire [16:0] \$262 ;
+  reg \$263 ;
   wire \$264 ;
-  wire [9:0] \$265 ;
-  wire [16:0] \$266 ;
-  reg \$267 ;
-  wire \$268 ;
-  wire \$269 ;
+  wire \$265 ;
+  wire \$266 ;
+  wire \$267 ;
+  wire [9:0] \$268 ;
+  wire [16:0] \$269 ;
   wire [16:0] \$27 ;
-  wire \$270 ;
+  reg \$270 ;
   wire \$271 ;
-  wire [9:0] \$272 ;
-  wire [16:0] \$273 ;
-  reg \$274 ;
+  wire \$272 ;
+  wire \$273 ;
+  wire \$274 ;
   wire \$275 ;
-  wire \$276 ;
+  reg \$276 ;
   wire \$277 ;
   wire \$278 ;
   wire \$279 ;
   wire [17:0] \$28 ;
-  reg \$280 ;
+  wire \$280 ;
   wire \$281 ;
   wire \$282 ;
   wire \$283 ;
   wire \$284 ;
-  wire \$285 ;
-  wire \$286 ;
-  wire \$287 ;
+  wire [9:0] \$285 ;
+  wire [16:0] \$286 ;
+  reg \$287 ;
   wire \$288 ;
-  wire [9:0] \$289 ;
+  wire \$289 ;
   wire [17:0] \$29 ;
-  wire [16:0] \$290 ;
-  reg \$291 ;
+  wire \$290 ;
+  wire \$291 ;
   wire \$292 ;
-  wire \$293 ;
+  reg \$293 ;
   wire \$294 ;
   wire \$295 ;
   wire \$296 ;
-  reg \$297 ;
+  wire \$297 ;
   wire \$298 ;
   wire \$299 ;
   wire \$3 ;
   wire [17:0] \$30 ;
   wire \$300 ;
   wire \$301 ;
-  wire \$302 ;
-  wire \$303 ;
-  wire \$304 ;
+  wire [9:0] \$302 ;
+  wire [16:0] \$303 ;
+  reg \$304 ;
   wire \$305 ;
-  wire [9:0] \$306 ;
-  wire [16:0] \$307 ;
-  reg \$308 ;
+  wire \$306 ;
+  wire \$307 ;
+  wire \$308 ;
   wire \$309 ;
   wire [21:0] \$31 ;
-  wire \$310 ;
+  reg \$310 ;
   wire \$311 ;
   wire \$312 ;
   wire \$313 ;
-  reg \$314 ;
+  wire \$314 ;
   wire \$315 ;
   wire \$316 ;
   wire \$317 ;
   wire \$318 ;
-  wire \$319 ;
+  wire [9:0] \$319 ;
   wire [21:0] \$32 ;
-  wire \$320 ;
-  wire \$321 ;
+  wire [16:0] \$320 ;
+  reg \$321 ;
   wire \$322 ;
-  wire [9:0] \$323 ;
-  wire [16:0] \$324 ;
-  reg \$325 ;
+  wire \$323 ;
+  wire \$324 ;
+  wire \$325 ;
   wire \$326 ;
-  wire \$327 ;
+  reg \$327 ;
   wire \$328 ;
   wire \$329 ;
   wire [21:0] \$33 ;
   wire \$330 ;
-  reg \$331 ;
+  wire \$331 ;
   wire \$332 ;
   wire \$333 ;
   wire \$334 ;
   wire \$335 ;
-  wire \$336 ;
-  wire \$337 ;
-  wire \$338 ;
+  wire [9:0] \$336 ;
+  wire [16:0] \$337 ;
+  reg \$338 ;
   wire \$339 ;
   wire [15:0] \$34 ;
-  wire [9:0] \$340 ;
-  wire [16:0] \$341 ;
-  reg \$342 ;
+  wire \$340 ;
+  wire \$341 ;
+  wire \$342 ;
   wire \$343 ;
-  wire \$344 ;
+  reg \$344 ;
   wire \$345 ;
   wire \$346 ;
   wire \$347 ;
-  reg \$348 ;
+  wire \$348 ;
   wire \$349 ;
   wire [17:0] \$35 ;
   wire \$350 ;
   wire \$351 ;
   wire \$352 ;
-  wire \$353 ;
-  wire \$354 ;
-  wire \$355 ;
+  wire [9:0] \$353 ;
+  wire [16:0] \$354 ;
+  reg \$355 ;
   wire \$356 ;
-  wire [9:0] \$357 ;
-  wire [16:0] \$358 ;
-  reg \$359 ;
+  wire \$357 ;
+  wire \$358 ;
+  wire \$359 ;
   wire [3:0] \$36 ;
   wire \$360 ;
-  wire \$361 ;
+  reg \$361 ;
   wire \$362 ;
   wire \$363 ;
   wire \$364 ;
-  reg \$365 ;
+  wire \$365 ;
   wire \$366 ;
   wire \$367 ;
   wire \$368 ;
   wire \$369 ;
   wire [17:0] \$37 ;
-  wire \$370 ;
-  wire \$371 ;
-  wire \$372 ;
+  wire [9:0] \$370 ;
+  wire [16:0] \$371 ;
+  reg \$372 ;
   wire \$373 ;
-  wire [9:0] \$374 ;
-  wire [16:0] \$375 ;
-  reg \$376 ;
+  wire \$374 ;
+  wire \$375 ;
+  wire \$376 ;
   wire \$377 ;
-  wire \$378 ;
+  reg \$378 ;
   wire \$379 ;
   wire [16:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
-  reg \$382 ;
+  wire \$382 ;
   wire \$383 ;
   wire \$384 ;
   wire \$385 ;
   wire \$386 ;
-  wire \$387 ;
-  wire \$388 ;
-  wire \$389 ;
+  wire [9:0] \$387 ;
+  wire [16:0] \$388 ;
+  reg \$389 ;
   wire [17:0] \$39 ;
   wire \$390 ;
-  wire [9:0] \$391 ;
-  wire [16:0] \$392 ;
-  reg \$393 ;
+  wire \$391 ;
+  wire \$392 ;
+  wire \$393 ;
   wire \$394 ;
-  wire \$395 ;
+  reg \$395 ;
   wire \$396 ;
   wire \$397 ;
   wire \$398 ;
-  reg \$399 ;
+  wire \$399 ;
   wire \$4 ;
   wire [17:0] \$40 ;
   wire \$400 ;
@@ -1611,258 +1612,258 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$403 ;
   wire \$404 ;
   wire \$405 ;
-  wire \$406 ;
+  reg \$406 ;
   wire \$407 ;
   wire \$408 ;
   wire \$409 ;
   wire [21:0] \$41 ;
-  reg \$410 ;
+  wire \$410 ;
   wire \$411 ;
-  wire \$412 ;
-  wire \$413 ;
-  wire \$414 ;
+  wire [9:0] \$412 ;
+  wire [10:0] \$413 ;
+  reg \$414 ;
   wire \$415 ;
-  wire [9:0] \$416 ;
-  wire [10:0] \$417 ;
-  reg \$418 ;
+  wire \$416 ;
+  wire \$417 ;
+  wire \$418 ;
   wire \$419 ;
   wire [16:0] \$42 ;
   wire \$420 ;
   wire \$421 ;
   wire \$422 ;
-  wire \$423 ;
-  wire \$424 ;
-  wire \$425 ;
+  wire [9:0] \$423 ;
+  wire [10:0] \$424 ;
+  reg \$425 ;
   wire \$426 ;
-  wire [9:0] \$427 ;
-  wire [10:0] \$428 ;
-  reg \$429 ;
+  wire \$427 ;
+  wire \$428 ;
+  wire \$429 ;
   wire [17:0] \$43 ;
   wire \$430 ;
   wire \$431 ;
   wire \$432 ;
-  wire \$433 ;
-  wire \$434 ;
-  wire \$435 ;
+  wire [9:0] \$433 ;
+  wire [10:0] \$434 ;
+  reg \$435 ;
   wire \$436 ;
-  wire [9:0] \$437 ;
-  wire [10:0] \$438 ;
-  reg \$439 ;
+  wire \$437 ;
+  wire \$438 ;
+  wire \$439 ;
   wire [17:0] \$44 ;
   wire \$440 ;
   wire \$441 ;
   wire \$442 ;
-  wire \$443 ;
-  wire \$444 ;
-  wire \$445 ;
+  wire [9:0] \$443 ;
+  wire [10:0] \$444 ;
+  reg \$445 ;
   wire \$446 ;
-  wire [9:0] \$447 ;
-  wire [10:0] \$448 ;
-  reg \$449 ;
+  wire \$447 ;
+  wire \$448 ;
+  wire \$449 ;
   wire [21:0] \$45 ;
   wire \$450 ;
   wire \$451 ;
   wire \$452 ;
-  wire \$453 ;
-  wire \$454 ;
-  wire \$455 ;
+  wire [9:0] \$453 ;
+  wire [10:0] \$454 ;
+  reg \$455 ;
   wire \$456 ;
-  wire [9:0] \$457 ;
-  wire [10:0] \$458 ;
-  reg \$459 ;
+  wire \$457 ;
+  wire \$458 ;
+  wire \$459 ;
   wire \$46 ;
   wire \$460 ;
   wire \$461 ;
   wire \$462 ;
-  wire \$463 ;
-  wire \$464 ;
-  wire \$465 ;
+  wire [9:0] \$463 ;
+  wire [10:0] \$464 ;
+  reg \$465 ;
   wire \$466 ;
-  wire [9:0] \$467 ;
-  wire [10:0] \$468 ;
-  reg \$469 ;
+  wire \$467 ;
+  wire \$468 ;
+  wire \$469 ;
   wire [3:0] \$47 ;
   wire \$470 ;
   wire \$471 ;
   wire \$472 ;
-  wire \$473 ;
-  wire \$474 ;
-  wire \$475 ;
+  wire [9:0] \$473 ;
+  wire [10:0] \$474 ;
+  reg \$475 ;
   wire \$476 ;
-  wire [9:0] \$477 ;
-  wire [10:0] \$478 ;
-  reg \$479 ;
+  wire \$477 ;
+  wire \$478 ;
+  wire \$479 ;
   wire \$48 ;
   wire \$480 ;
   wire \$481 ;
   wire \$482 ;
-  wire \$483 ;
-  wire \$484 ;
-  wire \$485 ;
+  wire [9:0] \$483 ;
+  wire [10:0] \$484 ;
+  reg \$485 ;
   wire \$486 ;
-  wire [9:0] \$487 ;
-  wire [10:0] \$488 ;
-  reg \$489 ;
+  wire \$487 ;
+  wire \$488 ;
+  wire \$489 ;
   wire \$49 ;
   wire \$490 ;
   wire \$491 ;
   wire \$492 ;
-  wire \$493 ;
-  wire \$494 ;
-  wire \$495 ;
-  wire \$496 ;
-  wire [9:0] \$497 ;
-  wire [32:0] \$498 ;
-  wire [33:0] \$499 ;
+  wire [9:0] \$493 ;
+  wire [32:0] \$494 ;
+  wire [33:0] \$495 ;
+  reg \$496 ;
+  wire \$497 ;
+  wire \$498 ;
+  wire \$499 ;
   wire \$5 ;
   wire [3:0] \$50 ;
-  reg \$500 ;
+  wire \$500 ;
   wire \$501 ;
-  wire \$502 ;
+  reg \$502 ;
   wire \$503 ;
   wire \$504 ;
   wire \$505 ;
-  reg \$506 ;
+  wire \$506 ;
   wire \$507 ;
   wire \$508 ;
   wire \$509 ;
   wire \$51 ;
   wire \$510 ;
-  wire \$511 ;
-  wire \$512 ;
-  wire \$513 ;
-  wire \$514 ;
-  wire [9:0] \$515 ;
-  wire [32:0] \$516 ;
-  wire [33:0] \$517 ;
-  reg \$518 ;
+  wire [9:0] \$511 ;
+  wire [32:0] \$512 ;
+  wire [33:0] \$513 ;
+  reg \$514 ;
+  wire \$515 ;
+  wire \$516 ;
+  wire \$517 ;
+  wire \$518 ;
   wire \$519 ;
   wire \$52 ;
-  wire \$520 ;
+  reg \$520 ;
   wire \$521 ;
   wire \$522 ;
   wire \$523 ;
-  reg \$524 ;
+  wire \$524 ;
   wire \$525 ;
   wire \$526 ;
   wire \$527 ;
   wire \$528 ;
-  wire \$529 ;
+  wire [9:0] \$529 ;
   wire \$53 ;
-  wire \$530 ;
-  wire \$531 ;
-  wire \$532 ;
-  wire [9:0] \$533 ;
-  wire [32:0] \$534 ;
-  wire [33:0] \$535 ;
-  reg \$536 ;
+  wire [32:0] \$530 ;
+  wire [33:0] \$531 ;
+  reg \$532 ;
+  wire \$533 ;
+  wire \$534 ;
+  wire \$535 ;
+  wire \$536 ;
   wire \$537 ;
-  wire \$538 ;
+  reg \$538 ;
   wire \$539 ;
   wire \$54 ;
   wire \$540 ;
   wire \$541 ;
-  reg \$542 ;
+  wire \$542 ;
   wire \$543 ;
   wire \$544 ;
   wire \$545 ;
   wire \$546 ;
-  wire \$547 ;
-  wire \$548 ;
-  wire \$549 ;
+  wire [9:0] \$547 ;
+  wire [32:0] \$548 ;
+  wire [33:0] \$549 ;
   wire \$55 ;
-  wire \$550 ;
-  wire [9:0] \$551 ;
-  wire [32:0] \$552 ;
-  wire [33:0] \$553 ;
-  reg \$554 ;
+  reg \$550 ;
+  wire \$551 ;
+  wire \$552 ;
+  wire \$553 ;
+  wire \$554 ;
   wire \$555 ;
-  wire \$556 ;
+  reg \$556 ;
   wire \$557 ;
   wire \$558 ;
   wire \$559 ;
   wire \$56 ;
-  reg \$560 ;
+  wire \$560 ;
   wire \$561 ;
   wire \$562 ;
   wire \$563 ;
   wire \$564 ;
-  wire \$565 ;
-  wire \$566 ;
-  wire \$567 ;
-  wire \$568 ;
-  wire [9:0] \$569 ;
+  wire [9:0] \$565 ;
+  wire [32:0] \$566 ;
+  wire [33:0] \$567 ;
+  reg \$568 ;
+  wire \$569 ;
   wire \$57 ;
-  wire [32:0] \$570 ;
-  wire [33:0] \$571 ;
-  reg \$572 ;
+  wire \$570 ;
+  wire \$571 ;
+  wire \$572 ;
   wire \$573 ;
-  wire \$574 ;
+  reg \$574 ;
   wire \$575 ;
   wire \$576 ;
   wire \$577 ;
-  reg \$578 ;
+  wire \$578 ;
   wire \$579 ;
   wire \$58 ;
   wire \$580 ;
   wire \$581 ;
   wire \$582 ;
-  wire \$583 ;
-  wire \$584 ;
-  wire \$585 ;
-  wire \$586 ;
-  wire [9:0] \$587 ;
-  wire [32:0] \$588 ;
-  wire [33:0] \$589 ;
+  wire [9:0] \$583 ;
+  wire [32:0] \$584 ;
+  wire [33:0] \$585 ;
+  reg \$586 ;
+  wire \$587 ;
+  wire \$588 ;
+  wire \$589 ;
   wire \$59 ;
-  reg \$590 ;
+  wire \$590 ;
   wire \$591 ;
-  wire \$592 ;
+  reg \$592 ;
   wire \$593 ;
   wire \$594 ;
   wire \$595 ;
-  reg \$596 ;
+  wire \$596 ;
   wire \$597 ;
   wire \$598 ;
   wire \$599 ;
   wire \$6 ;
   wire \$60 ;
   wire \$600 ;
-  wire \$601 ;
-  wire \$602 ;
-  wire \$603 ;
-  wire \$604 ;
-  wire [9:0] \$605 ;
-  wire [32:0] \$606 ;
-  wire [33:0] \$607 ;
-  reg \$608 ;
+  wire [9:0] \$601 ;
+  wire [32:0] \$602 ;
+  wire [33:0] \$603 ;
+  reg \$604 ;
+  wire \$605 ;
+  wire \$606 ;
+  wire \$607 ;
+  wire \$608 ;
   wire \$609 ;
   wire \$61 ;
-  wire \$610 ;
+  reg \$610 ;
   wire \$611 ;
   wire \$612 ;
   wire \$613 ;
-  reg \$614 ;
+  wire \$614 ;
   wire \$615 ;
   wire \$616 ;
   wire \$617 ;
   wire \$618 ;
-  wire \$619 ;
+  wire [9:0] \$619 ;
   wire \$62 ;
-  wire \$620 ;
-  wire \$621 ;
-  wire \$622 ;
-  wire [9:0] \$623 ;
-  wire [32:0] \$624 ;
-  wire [33:0] \$625 ;
-  reg \$626 ;
+  wire [32:0] \$620 ;
+  wire [33:0] \$621 ;
+  reg \$622 ;
+  wire \$623 ;
+  wire \$624 ;
+  wire \$625 ;
+  wire \$626 ;
   wire \$627 ;
-  wire \$628 ;
+  reg \$628 ;
   wire \$629 ;
   wire \$63 ;
   wire \$630 ;
   wire \$631 ;
-  reg \$632 ;
+  wire \$632 ;
   wire \$633 ;
   wire \$634 ;
   wire \$635 ;
@@ -1871,9 +1872,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$638 ;
   wire \$639 ;
   wire \$64 ;
-  wire \$640 ;
+  wire [7:0] \$640 ;
   wire \$641 ;
-  wire \$642 ;
+  wire [7:0] \$642 ;
   wire \$643 ;
   wire [7:0] \$644 ;
   wire \$645 ;
@@ -1888,41 +1889,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$653 ;
   wire [7:0] \$654 ;
   wire \$655 ;
-  wire [7:0] \$656 ;
+  wire \$656 ;
   wire \$657 ;
-  wire [7:0] \$658 ;
-  wire \$659 ;
+  wire \$658 ;
+  reg [31:0] \$659 ;
   wire \$66 ;
   wire \$660 ;
-  wire \$661 ;
-  wire \$662 ;
-  reg [31:0] \$663 ;
-  wire \$664 ;
-  wire [19:0] \$665 ;
-  wire [20:0] \$666 ;
+  wire [19:0] \$661 ;
+  wire [20:0] \$662 ;
+  wire \$663 ;
+  wire [19:0] \$664 ;
+  wire [20:0] \$665 ;
+  wire \$666 ;
   wire \$667 ;
-  wire [19:0] \$668 ;
-  wire [20:0] \$669 ;
+  wire \$668 ;
+  wire \$669 ;
   wire \$67 ;
   wire \$670 ;
   wire \$671 ;
   wire \$672 ;
   wire \$673 ;
   wire \$674 ;
-  wire \$675 ;
+  reg [31:0] \$675 ;
   wire \$676 ;
   wire \$677 ;
   wire \$678 ;
-  reg [31:0] \$679 ;
+  wire [19:0] \$679 ;
   wire \$68 ;
-  wire \$680 ;
+  wire [20:0] \$680 ;
   wire \$681 ;
-  wire \$682 ;
-  wire [19:0] \$683 ;
-  wire [20:0] \$684 ;
+  wire [19:0] \$682 ;
+  wire [20:0] \$683 ;
+  wire \$684 ;
   wire \$685 ;
-  wire [19:0] \$686 ;
-  wire [20:0] \$687 ;
+  wire \$686 ;
+  wire \$687 ;
   wire \$688 ;
   wire \$689 ;
   wire \$69 ;
@@ -1931,29 +1932,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$692 ;
   wire \$693 ;
   wire \$694 ;
-  wire \$695 ;
-  wire \$696 ;
-  wire \$697 ;
-  wire \$698 ;
-  wire [16:0] \$699 ;
+  wire [16:0] \$695 ;
+  wire [17:0] \$696 ;
+  wire [17:0] \$697 ;
+  wire [16:0] \$698 ;
+  wire [17:0] \$699 ;
   wire \$7 ;
   wire \$70 ;
   wire [17:0] \$700 ;
-  wire [17:0] \$701 ;
+  wire [16:0] \$701 ;
   wire [16:0] \$702 ;
-  wire [17:0] \$703 ;
-  wire [17:0] \$704 ;
-  wire [16:0] \$705 ;
-  wire [16:0] \$706 ;
-  wire [16:0] \$707 ;
-  wire [31:0] \$708 ;
-  wire [22:0] \$709 ;
+  wire [16:0] \$703 ;
+  wire [31:0] \$704 ;
+  wire [22:0] \$705 ;
+  wire [23:0] \$706 ;
+  wire [31:0] \$707 ;
+  wire [32:0] \$708 ;
+  wire [32:0] \$709 ;
   wire \$71 ;
-  wire [23:0] \$710 ;
-  wire [31:0] \$711 ;
-  wire [32:0] \$712 ;
-  wire [32:0] \$713 ;
-  wire [47:0] \$714 ;
+  wire [47:0] \$710 ;
+  wire [3:0] \$711 ;
+  wire \$712 ;
+  wire [31:0] \$713 ;
+  wire [32:0] \$714 ;
   wire [48:0] \$715 ;
   reg [47:0] \$716 ;
   wire [48:0] \$717 ;
@@ -1992,7 +1993,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$747 ;
   wire [2:0] \$748 ;
   wire [16:0] \$749 ;
-  wire [3:0] \$75 ;
+  wire \$75 ;
   wire [32:0] \$750 ;
   wire \$751 ;
   wire [16:0] \$752 ;
@@ -2014,7 +2015,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$767 ;
   wire \$768 ;
   wire \$769 ;
-  wire [31:0] \$77 ;
+  wire \$77 ;
   wire \$770 ;
   wire \$771 ;
   wire \$772 ;
@@ -2025,7 +2026,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$777 ;
   wire \$778 ;
   wire \$779 ;
-  wire [32:0] \$78 ;
+  wire \$78 ;
   wire \$780 ;
   wire \$781 ;
   wire \$782 ;
@@ -2200,7 +2201,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] \$934 ;
   reg [31:0] \$935 ;
   reg [31:0] \$936 ;
-  reg [47:0] \$937 ;
+  reg [31:0] \$937 ;
   reg [47:0] \$938 ;
   reg [47:0] \$939 ;
   wire \$94 ;
@@ -2219,23 +2220,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$951 ;
   reg [47:0] \$952 ;
   reg [47:0] \$953 ;
-  reg [31:0] \$954 ;
-  reg \$955 ;
+  reg [47:0] \$954 ;
+  reg [31:0] \$955 ;
   reg \$956 ;
-  reg [3:0] \$957 ;
-  reg \$958 ;
-  reg [31:0] \$959 ;
+  reg \$957 ;
+  reg [3:0] \$958 ;
+  reg \$959 ;
   wire \$96 ;
   reg [31:0] \$960 ;
-  reg [15:0] \$961 ;
-  reg [31:0] \$962 ;
-  reg [2:0] \$963 ;
-  reg [511:0] \$964 ;
-  reg [1:0] \$965 ;
-  reg [15:0] \$966 ;
+  reg [31:0] \$961 ;
+  reg [15:0] \$962 ;
+  reg [31:0] \$963 ;
+  reg [2:0] \$964 ;
+  reg [511:0] \$965 ;
+  reg [1:0] \$966 ;
   reg [15:0] \$967 ;
-  reg \$968 ;
-  reg [15:0] \$969 ;
+  reg [15:0] \$968 ;
+  reg \$969 ;
   wire \$97 ;
   reg [15:0] \$970 ;
   reg [15:0] \$971 ;
@@ -2244,17 +2245,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \$974 ;
   reg [15:0] \$975 ;
   reg [15:0] \$976 ;
-  reg [2:0] \$977 ;
+  reg [15:0] \$977 ;
   reg [2:0] \$978 ;
-  reg [31:0] \$979 ;
+  reg [2:0] \$979 ;
   wire \$98 ;
-  reg [15:0] \$980 ;
+  reg [31:0] \$980 ;
   reg [15:0] \$981 ;
-  reg [31:0] \$982 ;
-  reg \$983 ;
-  reg [15:0] \$984 ;
-  reg \$985 ;
-  reg [7:0] \$986 ;
+  reg [15:0] \$982 ;
+  reg [31:0] \$983 ;
+  reg \$984 ;
+  reg [15:0] \$985 ;
+  reg \$986 ;
   reg [7:0] \$987 ;
   reg [7:0] \$988 ;
   reg [7:0] \$989 ;
@@ -2263,19 +2264,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [7:0] \$991 ;
   reg [7:0] \$992 ;
   reg [7:0] \$993 ;
-  reg \$994 ;
+  reg [7:0] \$994 ;
   reg \$995 ;
   reg \$996 ;
-  reg [3:0] \$997 ;
-  reg [15:0] \$998 ;
-  reg \$999 ;
+  reg \$997 ;
+  reg [3:0] \$998 ;
+  reg [15:0] \$999 ;
   wire \$signal ;
-  reg \$signal$204 ;
-  reg \$signal$248  = 1'h0;
-  reg [3:0] \$signal$255  = 4'h0;
-  reg \$signal$278  = 1'h0;
-  reg [15:0] \$signal$279  = 16'h0000;
-  reg \$signal$284  = 1'h0;
+  reg \$signal$203 ;
+  reg \$signal$247  = 1'h0;
+  reg [3:0] \$signal$254  = 4'h0;
+  reg \$signal$277  = 1'h0;
+  reg [15:0] \$signal$278  = 16'h0000;
+  reg \$signal$283  = 1'h0;
   reg [31:0] \$signal$402  = 32'd0;
   reg [31:0] \$signal$403  = 32'd0;
   wire \$signal$66 ;
@@ -2283,56 +2284,57 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signal$69 ;
   reg \$signal$99 ;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$251 ;
-  reg [8:0] \$signature__addr$256 ;
-  reg [8:0] \$signature__addr$259 ;
-  reg [8:0] \$signature__addr$262 ;
-  reg [8:0] \$signature__addr$265 ;
-  reg [8:0] \$signature__addr$268 ;
-  reg [8:0] \$signature__addr$271 ;
-  reg [8:0] \$signature__addr$274 ;
-  reg [8:0] \$signature__addr$277 ;
-  reg [8:0] \$signature__addr$286 ;
-  reg [8:0] \$signature__addr$288 ;
-  reg [8:0] \$signature__addr$290 ;
-  reg [8:0] \$signature__addr$292 ;
-  reg [8:0] \$signature__addr$294 ;
-  reg [8:0] \$signature__addr$296 ;
-  reg [8:0] \$signature__addr$298 ;
-  reg [8:0] \$signature__addr$303 ;
-  reg [8:0] \$signature__addr$308 ;
-  reg [8:0] \$signature__addr$311 ;
-  reg [8:0] \$signature__addr$314 ;
-  reg [8:0] \$signature__addr$317 ;
-  reg [8:0] \$signature__addr$320 ;
-  reg [8:0] \$signature__addr$323 ;
-  reg [8:0] \$signature__addr$326 ;
-  reg [8:0] \$signature__addr$329 ;
-  reg [8:0] \$signature__addr$332 ;
-  reg [8:0] \$signature__addr$334 ;
-  reg [8:0] \$signature__addr$336 ;
-  reg [8:0] \$signature__addr$338 ;
-  reg [8:0] \$signature__addr$340 ;
-  reg [8:0] \$signature__addr$342 ;
-  reg [8:0] \$signature__addr$344 ;
+  reg [8:0] \$signature__addr$250 ;
+  reg [8:0] \$signature__addr$255 ;
+  reg [8:0] \$signature__addr$258 ;
+  reg [8:0] \$signature__addr$261 ;
+  reg [8:0] \$signature__addr$264 ;
+  reg [8:0] \$signature__addr$267 ;
+  reg [8:0] \$signature__addr$270 ;
+  reg [8:0] \$signature__addr$273 ;
+  reg [8:0] \$signature__addr$276 ;
+  reg [8:0] \$signature__addr$285 ;
+  reg [8:0] \$signature__addr$287 ;
+  reg [8:0] \$signature__addr$289 ;
+  reg [8:0] \$signature__addr$291 ;
+  reg [8:0] \$signature__addr$293 ;
+  reg [8:0] \$signature__addr$295 ;
+  reg [8:0] \$signature__addr$297 ;
+  reg [8:0] \$signature__addr$302 ;
+  reg [8:0] \$signature__addr$307 ;
+  reg [8:0] \$signature__addr$310 ;
+  reg [8:0] \$signature__addr$313 ;
+  reg [8:0] \$signature__addr$316 ;
+  reg [8:0] \$signature__addr$319 ;
+  reg [8:0] \$signature__addr$322 ;
+  reg [8:0] \$signature__addr$325 ;
+  reg [8:0] \$signature__addr$328 ;
+  reg [8:0] \$signature__addr$331 ;
+  reg [8:0] \$signature__addr$333 ;
+  reg [8:0] \$signature__addr$335 ;
+  reg [8:0] \$signature__addr$337 ;
+  reg [8:0] \$signature__addr$339 ;
+  reg [8:0] \$signature__addr$341 ;
+  reg [8:0] \$signature__addr$343 ;
   wire [13:0] \$signature__addr$86 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$253 ;
-  reg [8:0] \$signature__data$257 ;
-  reg [8:0] \$signature__data$260 ;
-  reg [8:0] \$signature__data$263 ;
-  reg [8:0] \$signature__data$266 ;
-  reg [8:0] \$signature__data$269 ;
-  reg [8:0] \$signature__data$272 ;
-  reg [8:0] \$signature__data$275 ;
-  reg [7:0] \$signature__data$305 ;
-  reg [7:0] \$signature__data$309 ;
-  reg [7:0] \$signature__data$312 ;
-  reg [7:0] \$signature__data$315 ;
-  reg [7:0] \$signature__data$318 ;
-  reg [7:0] \$signature__data$321 ;
-  reg [7:0] \$signature__data$324 ;
-  reg [7:0] \$signature__data$327 ;
+  reg [8:0] \$signature__data$252 ;
+  reg [8:0] \$signature__data$256 ;
+  reg [8:0] \$signature__data$259 ;
+  reg [8:0] \$signature__data$262 ;
+  reg [8:0] \$signature__data$265 ;
+  reg [8:0] \$signature__data$268 ;
+  reg [8:0] \$signature__data$271 ;
+  reg [8:0] \$signature__data$274 ;
+  reg [7:0] \$signature__data$304 ;
+  reg [7:0] \$signature__data$308 ;
+  reg [7:0] \$signature__data$311 ;
+  reg [7:0] \$signature__data$314 ;
+  reg [7:0] \$signature__data$317 ;
+  reg [7:0] \$signature__data$320 ;
+  reg [7:0] \$signature__data$323 ;
+  reg [7:0] \$signature__data$326 ;
+  wire [8:0] \$signature__data$348 ;
   wire [8:0] \$signature__data$349 ;
   wire [8:0] \$signature__data$350 ;
   wire [8:0] \$signature__data$351 ;
@@ -2340,70 +2342,69 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [8:0] \$signature__data$353 ;
   wire [8:0] \$signature__data$354 ;
   wire [8:0] \$signature__data$355 ;
-  wire [8:0] \$signature__data$356 ;
-  wire [7:0] \$signature__data$358 ;
-  wire [7:0] \$signature__data$360 ;
-  wire [7:0] \$signature__data$362 ;
-  wire [7:0] \$signature__data$364 ;
-  wire [7:0] \$signature__data$366 ;
-  wire [7:0] \$signature__data$368 ;
-  wire [7:0] \$signature__data$370 ;
-  wire [7:0] \$signature__data$372 ;
+  wire [7:0] \$signature__data$357 ;
+  wire [7:0] \$signature__data$359 ;
+  wire [7:0] \$signature__data$361 ;
+  wire [7:0] \$signature__data$363 ;
+  wire [7:0] \$signature__data$365 ;
+  wire [7:0] \$signature__data$367 ;
+  wire [7:0] \$signature__data$369 ;
+  wire [7:0] \$signature__data$371 ;
   wire [15:0] \$signature__data$92 ;
   wire \$signature__en ;
-  reg \$signature__en$254 ;
-  reg \$signature__en$258 ;
-  reg \$signature__en$261 ;
-  reg \$signature__en$264 ;
-  reg \$signature__en$267 ;
-  reg \$signature__en$270 ;
-  reg \$signature__en$273 ;
-  reg \$signature__en$276 ;
-  reg \$signature__en$280 ;
-  reg \$signature__en$287 ;
-  reg \$signature__en$289 ;
-  reg \$signature__en$291 ;
-  reg \$signature__en$293 ;
-  reg \$signature__en$295 ;
-  reg \$signature__en$297 ;
-  reg \$signature__en$299 ;
-  reg \$signature__en$306 ;
-  reg \$signature__en$310 ;
-  reg \$signature__en$313 ;
-  reg \$signature__en$316 ;
-  reg \$signature__en$319 ;
-  reg \$signature__en$322 ;
-  reg \$signature__en$325 ;
-  reg \$signature__en$328 ;
-  reg \$signature__en$331 ;
-  reg \$signature__en$333 ;
-  reg \$signature__en$335 ;
-  reg \$signature__en$337 ;
-  reg \$signature__en$339 ;
-  reg \$signature__en$341 ;
-  reg \$signature__en$343 ;
-  reg \$signature__en$345 ;
+  reg \$signature__en$253 ;
+  reg \$signature__en$257 ;
+  reg \$signature__en$260 ;
+  reg \$signature__en$263 ;
+  reg \$signature__en$266 ;
+  reg \$signature__en$269 ;
+  reg \$signature__en$272 ;
+  reg \$signature__en$275 ;
+  reg \$signature__en$279 ;
+  reg \$signature__en$286 ;
+  reg \$signature__en$288 ;
+  reg \$signature__en$290 ;
+  reg \$signature__en$292 ;
+  reg \$signature__en$294 ;
+  reg \$signature__en$296 ;
+  reg \$signature__en$298 ;
+  reg \$signature__en$305 ;
+  reg \$signature__en$309 ;
+  reg \$signature__en$312 ;
+  reg \$signature__en$315 ;
+  reg \$signature__en$318 ;
+  reg \$signature__en$321 ;
+  reg \$signature__en$324 ;
+  reg \$signature__en$327 ;
+  reg \$signature__en$330 ;
+  reg \$signature__en$332 ;
+  reg \$signature__en$334 ;
+  reg \$signature__en$336 ;
+  reg \$signature__en$338 ;
+  reg \$signature__en$340 ;
+  reg \$signature__en$342 ;
+  reg \$signature__en$344 ;
   wire \$signature__en$88 ;
   reg [63:0] a__payload;
-  reg [72:0] \a__payload$346 ;
-  wire [71:0] \a__payload$346.data ;
-  wire [8:0] \a__payload$346.data[0] ;
-  wire [8:0] \a__payload$346.data[1] ;
-  wire [8:0] \a__payload$346.data[2] ;
-  wire [8:0] \a__payload$346.data[3] ;
-  wire [8:0] \a__payload$346.data[4] ;
-  wire [8:0] \a__payload$346.data[5] ;
-  wire [8:0] \a__payload$346.data[6] ;
-  wire [8:0] \a__payload$346.data[7] ;
-  wire \a__payload$346.last ;
+  reg [72:0] \a__payload$345 ;
+  wire [71:0] \a__payload$345.data ;
+  wire [8:0] \a__payload$345.data[0] ;
+  wire [8:0] \a__payload$345.data[1] ;
+  wire [8:0] \a__payload$345.data[2] ;
+  wire [8:0] \a__payload$345.data[3] ;
+  wire [8:0] \a__payload$345.data[4] ;
+  wire [8:0] \a__payload$345.data[5] ;
+  wire [8:0] \a__payload$345.data[6] ;
+  wire [8:0] \a__payload$345.data[7] ;
+  wire \a__payload$345.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$246 ;
+  wire \a__ready$245 ;
   reg a__valid;
-  reg \a__valid$245 ;
+  reg \a__valid$244 ;
   reg a_filled0 = 1'h0;
   reg a_filled1 = 1'h0;
   reg a_last = 1'h0;
@@ -2443,18 +2444,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  reg [63:0] \b__payload$222 ;
-  wire [15:0] \b__payload$222[0] ;
-  wire [15:0] \b__payload$222[1] ;
-  wire [15:0] \b__payload$222[2] ;
-  wire [15:0] \b__payload$222[3] ;
+  reg [63:0] \b__payload$221 ;
+  wire [15:0] \b__payload$221[0] ;
+  wire [15:0] \b__payload$221[1] ;
+  wire [15:0] \b__payload$221[2] ;
+  wire [15:0] \b__payload$221[3] ;
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$216 ;
+  wire \b__ready$215 ;
   input b__valid;
   wire b__valid;
-  reg \b__valid$214 ;
+  reg \b__valid$213 ;
   wire \b__valid$23 ;
   wire [19:0] base;
   wire [19:0] \base$41 ;
@@ -2469,31 +2470,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 1'h0 *)
   wire \busy$111 ;
   reg [4:0] c__payload;
-  reg [65:0] \c__payload$165 ;
-  wire [42:0] \c__payload$165.b ;
-  wire [5:0] \c__payload$165.e ;
-  wire \c__payload$165.last ;
-  wire [15:0] \c__payload$165.m ;
-  reg [43:0] \c__payload$168 ;
-  wire [5:0] \c__payload$168.e_a ;
-  wire [5:0] \c__payload$168.e_b ;
-  wire [15:0] \c__payload$168.m_a ;
-  wire [15:0] \c__payload$168.m_b ;
-  reg [52:0] \c__payload$171 ;
-  wire [5:0] \c__payload$171.e ;
-  wire [15:0] \c__payload$171.m ;
-  wire [9:0] \c__payload$171.qb ;
-  wire [14:0] \c__payload$171.qc ;
-  wire [5:0] \c__payload$171.sh ;
+  reg [65:0] \c__payload$163 ;
+  wire [42:0] \c__payload$163.b ;
+  wire [5:0] \c__payload$163.e ;
+  wire \c__payload$163.last ;
+  wire [15:0] \c__payload$163.m ;
+  reg [43:0] \c__payload$166 ;
+  wire [5:0] \c__payload$166.e_a ;
+  wire [5:0] \c__payload$166.e_b ;
+  wire [15:0] \c__payload$166.m_a ;
+  wire [15:0] \c__payload$166.m_b ;
+  reg [52:0] \c__payload$169 ;
+  wire [5:0] \c__payload$169.e ;
+  wire [15:0] \c__payload$169.m ;
+  wire [9:0] \c__payload$169.qb ;
+  wire [14:0] \c__payload$169.qc ;
+  wire [5:0] \c__payload$169.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$167 ;
-  wire \c__ready$170 ;
-  wire \c__ready$173 ;
+  wire \c__ready$165 ;
+  wire \c__ready$168 ;
+  wire \c__ready$171 ;
   reg c__valid;
-  reg \c__valid$166 ;
-  reg \c__valid$169 ;
-  reg \c__valid$172 ;
+  reg \c__valid$164 ;
+  reg \c__valid$167 ;
+  reg \c__valid$170 ;
   reg [2:0] c_lb;
   reg [15:0] ci = 16'h0000;
   wire clear;
@@ -2507,6 +2508,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] dec_blocks = 32'd0;
   reg [31:0] dec_c_base = 32'd0;
   reg [2:0] dec_c_lb = 3'h0;
+  reg [31:0] dec_ext_base = 32'd0;
   reg [15:0] dec_k_last = 16'h0000;
   reg [15:0] dec_mt = 16'h0000;
   reg [15:0] dec_mt_last = 16'h0000;
@@ -2528,31 +2530,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
   wire [3:0] \error$107 ;
-  wire [31:0] ext_base;
   reg [3:0] fault;
   reg [31:0] feed_blocks = 32'd0;
   reg [15:0] feed_mt = 16'h0000;
   reg [31:0] feed_ntk = 32'd0;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$389 ;
-  wire \final$392 ;
+  wire \final$388 ;
+  wire \final$391 ;
   reg [15:0] fnt = 16'h0000;
   reg [16:0] i__payload;
-  reg [15:0] \i__payload$191 ;
-  reg [31:0] \i__payload$232 ;
-  wire [7:0] \i__payload$232[0] ;
-  wire [7:0] \i__payload$232[1] ;
-  wire [7:0] \i__payload$232[2] ;
-  wire [7:0] \i__payload$232[3] ;
+  reg [15:0] \i__payload$190 ;
+  reg [31:0] \i__payload$231 ;
+  wire [7:0] \i__payload$231[0] ;
+  wire [7:0] \i__payload$231[1] ;
+  wire [7:0] \i__payload$231[2] ;
+  wire [7:0] \i__payload$231[3] ;
   wire [15:0] \i__payload.data ;
   wire \i__payload.last ;
   wire i__ready;
-  wire \i__ready$192 ;
-  wire \i__ready$231 ;
+  wire \i__ready$191 ;
+  wire \i__ready$230 ;
   reg i__valid;
-  reg \i__valid$190 ;
-  reg \i__valid$230 ;
+  reg \i__valid$189 ;
+  reg \i__valid$229 ;
   wire idle;
   wire \idle$408 ;
   input [31:0] image_stride;
@@ -2605,10 +2606,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire is_move;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$393 ;
+  wire \last__3$392 ;
   wire last__4;
-  wire \last__4$388 ;
-  wire \last__4$391 ;
+  wire \last__4$387 ;
+  wire \last__4$390 ;
   wire [2:0] level;
   wire [2:0] \level$84 ;
   reg [15:0] lk = 16'h0000;
@@ -2636,38 +2637,38 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \next$89 ;
   reg [15:0] nt = 16'h0000;
   wire [8:0] o__payload;
-  wire [7:0] \o__payload$194 ;
-  wire [63:0] \o__payload$209 ;
-  wire [15:0] \o__payload$209[0] ;
-  wire [15:0] \o__payload$209[1] ;
-  wire [15:0] \o__payload$209[2] ;
-  wire [15:0] \o__payload$209[3] ;
-  wire [31:0] \o__payload$229 ;
-  wire [7:0] \o__payload$229[0] ;
-  wire [7:0] \o__payload$229[1] ;
-  wire [7:0] \o__payload$229[2] ;
-  wire [7:0] \o__payload$229[3] ;
-  wire [255:0] \o__payload$375 ;
-  wire [31:0] \o__payload$375[0] ;
-  wire [31:0] \o__payload$375[1] ;
-  wire [31:0] \o__payload$375[2] ;
-  wire [31:0] \o__payload$375[3] ;
-  wire [31:0] \o__payload$375[4] ;
-  wire [31:0] \o__payload$375[5] ;
-  wire [31:0] \o__payload$375[6] ;
-  wire [31:0] \o__payload$375[7] ;
+  wire [7:0] \o__payload$193 ;
+  wire [63:0] \o__payload$208 ;
+  wire [15:0] \o__payload$208[0] ;
+  wire [15:0] \o__payload$208[1] ;
+  wire [15:0] \o__payload$208[2] ;
+  wire [15:0] \o__payload$208[3] ;
+  wire [31:0] \o__payload$228 ;
+  wire [7:0] \o__payload$228[0] ;
+  wire [7:0] \o__payload$228[1] ;
+  wire [7:0] \o__payload$228[2] ;
+  wire [7:0] \o__payload$228[3] ;
+  wire [255:0] \o__payload$374 ;
+  wire [31:0] \o__payload$374[0] ;
+  wire [31:0] \o__payload$374[1] ;
+  wire [31:0] \o__payload$374[2] ;
+  wire [31:0] \o__payload$374[3] ;
+  wire [31:0] \o__payload$374[4] ;
+  wire [31:0] \o__payload$374[5] ;
+  wire [31:0] \o__payload$374[6] ;
+  wire [31:0] \o__payload$374[7] ;
   wire [7:0] \o__payload.data ;
   wire \o__payload.last ;
   reg o__ready;
-  reg \o__ready$195 ;
-  reg \o__ready$206 ;
-  reg \o__ready$228 ;
-  reg \o__ready$380 ;
+  reg \o__ready$194 ;
+  reg \o__ready$205 ;
+  reg \o__ready$227 ;
+  reg \o__ready$379 ;
   wire o__valid;
-  wire \o__valid$193 ;
-  wire \o__valid$205 ;
-  wire \o__valid$227 ;
-  wire \o__valid$376 ;
+  wire \o__valid$192 ;
+  wire \o__valid$204 ;
+  wire \o__valid$226 ;
+  wire \o__valid$375 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2797,22 +2798,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [18:0] r_data;
-  wire [18:0] \r_data$301 ;
+  wire [18:0] \r_data$300 ;
   reg r_en;
-  reg \r_en$203 ;
+  reg \r_en$202 ;
   wire r_rdy;
-  wire \r_rdy$202 ;
+  wire \r_rdy$201 ;
   reg [34:0] req__payload;
-  reg [98:0] \req__payload$182 ;
-  wire [31:0] \req__payload$182.addr ;
-  wire [63:0] \req__payload$182.data ;
-  wire [2:0] \req__payload$182.lb ;
+  reg [98:0] \req__payload$181 ;
+  wire [31:0] \req__payload$181.addr ;
+  wire [63:0] \req__payload$181.data ;
+  wire [2:0] \req__payload$181.lb ;
   wire [31:0] \req__payload.addr ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$183 ;
+  wire \req__ready$182 ;
   reg req__valid;
-  reg \req__valid$181 ;
+  reg \req__valid$180 ;
   reg [15:0] rk = 16'h0000;
   input rst;
   wire rst;
@@ -3416,16 +3417,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$254 )
-      a_cache0[\$signature__addr$251 ] <= \$signature__data$253 ;
+    if (\$signature__en$253 )
+      a_cache0[\$signature__addr$250 ] <= \$signature__data$252 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$280 ) begin
-      _0_ <= a_cache0[\$signature__addr$277 ];
+    if (\$signature__en$279 ) begin
+      _0_ <= a_cache0[\$signature__addr$276 ];
     end
   end
-  assign \$signature__data$349  = _0_;
+  assign \$signature__data$348  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -3942,16 +3943,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$258 )
-      a_cache1[\$signature__addr$256 ] <= \$signature__data$257 ;
+    if (\$signature__en$257 )
+      a_cache1[\$signature__addr$255 ] <= \$signature__data$256 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$287 ) begin
-      _1_ <= a_cache1[\$signature__addr$286 ];
+    if (\$signature__en$286 ) begin
+      _1_ <= a_cache1[\$signature__addr$285 ];
     end
   end
-  assign \$signature__data$350  = _1_;
+  assign \$signature__data$349  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4468,16 +4469,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$261 )
-      a_cache2[\$signature__addr$259 ] <= \$signature__data$260 ;
+    if (\$signature__en$260 )
+      a_cache2[\$signature__addr$258 ] <= \$signature__data$259 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$289 ) begin
-      _2_ <= a_cache2[\$signature__addr$288 ];
+    if (\$signature__en$288 ) begin
+      _2_ <= a_cache2[\$signature__addr$287 ];
     end
   end
-  assign \$signature__data$351  = _2_;
+  assign \$signature__data$350  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -4994,16 +4995,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$264 )
-      a_cache3[\$signature__addr$262 ] <= \$signature__data$263 ;
+    if (\$signature__en$263 )
+      a_cache3[\$signature__addr$261 ] <= \$signature__data$262 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$291 ) begin
-      _3_ <= a_cache3[\$signature__addr$290 ];
+    if (\$signature__en$290 ) begin
+      _3_ <= a_cache3[\$signature__addr$289 ];
     end
   end
-  assign \$signature__data$352  = _3_;
+  assign \$signature__data$351  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5520,16 +5521,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$267 )
-      a_cache4[\$signature__addr$265 ] <= \$signature__data$266 ;
+    if (\$signature__en$266 )
+      a_cache4[\$signature__addr$264 ] <= \$signature__data$265 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$293 ) begin
-      _4_ <= a_cache4[\$signature__addr$292 ];
+    if (\$signature__en$292 ) begin
+      _4_ <= a_cache4[\$signature__addr$291 ];
     end
   end
-  assign \$signature__data$353  = _4_;
+  assign \$signature__data$352  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6046,16 +6047,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$270 )
-      a_cache5[\$signature__addr$268 ] <= \$signature__data$269 ;
+    if (\$signature__en$269 )
+      a_cache5[\$signature__addr$267 ] <= \$signature__data$268 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$295 ) begin
-      _5_ <= a_cache5[\$signature__addr$294 ];
+    if (\$signature__en$294 ) begin
+      _5_ <= a_cache5[\$signature__addr$293 ];
     end
   end
-  assign \$signature__data$354  = _5_;
+  assign \$signature__data$353  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6572,16 +6573,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$273 )
-      a_cache6[\$signature__addr$271 ] <= \$signature__data$272 ;
+    if (\$signature__en$272 )
+      a_cache6[\$signature__addr$270 ] <= \$signature__data$271 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$297 ) begin
-      _6_ <= a_cache6[\$signature__addr$296 ];
+    if (\$signature__en$296 ) begin
+      _6_ <= a_cache6[\$signature__addr$295 ];
     end
   end
-  assign \$signature__data$355  = _6_;
+  assign \$signature__data$354  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7098,16 +7099,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$276 )
-      a_cache7[\$signature__addr$274 ] <= \$signature__data$275 ;
+    if (\$signature__en$275 )
+      a_cache7[\$signature__addr$273 ] <= \$signature__data$274 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$299 ) begin
-      _7_ <= a_cache7[\$signature__addr$298 ];
+    if (\$signature__en$298 ) begin
+      _7_ <= a_cache7[\$signature__addr$297 ];
     end
   end
-  assign \$signature__data$356  = _7_;
+  assign \$signature__data$355  = _7_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24027,16 +24028,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$306 )
-      w_cache0[\$signature__addr$303 ] <= \$signature__data$305 ;
+    if (\$signature__en$305 )
+      w_cache0[\$signature__addr$302 ] <= \$signature__data$304 ;
   end
   reg [7:0] _10_;
   always @(posedge clk) begin
-    if (\$signature__en$331 ) begin
-      _10_ <= w_cache0[\$signature__addr$329 ];
+    if (\$signature__en$330 ) begin
+      _10_ <= w_cache0[\$signature__addr$328 ];
     end
   end
-  assign \$signature__data$358  = _10_;
+  assign \$signature__data$357  = _10_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -24553,16 +24554,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$310 )
-      w_cache1[\$signature__addr$308 ] <= \$signature__data$309 ;
+    if (\$signature__en$309 )
+      w_cache1[\$signature__addr$307 ] <= \$signature__data$308 ;
   end
   reg [7:0] _11_;
   always @(posedge clk) begin
-    if (\$signature__en$333 ) begin
-      _11_ <= w_cache1[\$signature__addr$332 ];
+    if (\$signature__en$332 ) begin
+      _11_ <= w_cache1[\$signature__addr$331 ];
     end
   end
-  assign \$signature__data$360  = _11_;
+  assign \$signature__data$359  = _11_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25079,16 +25080,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$313 )
-      w_cache2[\$signature__addr$311 ] <= \$signature__data$312 ;
+    if (\$signature__en$312 )
+      w_cache2[\$signature__addr$310 ] <= \$signature__data$311 ;
   end
   reg [7:0] _12_;
   always @(posedge clk) begin
-    if (\$signature__en$335 ) begin
-      _12_ <= w_cache2[\$signature__addr$334 ];
+    if (\$signature__en$334 ) begin
+      _12_ <= w_cache2[\$signature__addr$333 ];
     end
   end
-  assign \$signature__data$362  = _12_;
+  assign \$signature__data$361  = _12_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -25605,16 +25606,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$316 )
-      w_cache3[\$signature__addr$314 ] <= \$signature__data$315 ;
+    if (\$signature__en$315 )
+      w_cache3[\$signature__addr$313 ] <= \$signature__data$314 ;
   end
   reg [7:0] _13_;
   always @(posedge clk) begin
-    if (\$signature__en$337 ) begin
-      _13_ <= w_cache3[\$signature__addr$336 ];
+    if (\$signature__en$336 ) begin
+      _13_ <= w_cache3[\$signature__addr$335 ];
     end
   end
-  assign \$signature__data$364  = _13_;
+  assign \$signature__data$363  = _13_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26131,16 +26132,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$319 )
-      w_cache4[\$signature__addr$317 ] <= \$signature__data$318 ;
+    if (\$signature__en$318 )
+      w_cache4[\$signature__addr$316 ] <= \$signature__data$317 ;
   end
   reg [7:0] _14_;
   always @(posedge clk) begin
-    if (\$signature__en$339 ) begin
-      _14_ <= w_cache4[\$signature__addr$338 ];
+    if (\$signature__en$338 ) begin
+      _14_ <= w_cache4[\$signature__addr$337 ];
     end
   end
-  assign \$signature__data$366  = _14_;
+  assign \$signature__data$365  = _14_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -26657,16 +26658,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$322 )
-      w_cache5[\$signature__addr$320 ] <= \$signature__data$321 ;
+    if (\$signature__en$321 )
+      w_cache5[\$signature__addr$319 ] <= \$signature__data$320 ;
   end
   reg [7:0] _15_;
   always @(posedge clk) begin
-    if (\$signature__en$341 ) begin
-      _15_ <= w_cache5[\$signature__addr$340 ];
+    if (\$signature__en$340 ) begin
+      _15_ <= w_cache5[\$signature__addr$339 ];
     end
   end
-  assign \$signature__data$368  = _15_;
+  assign \$signature__data$367  = _15_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27183,16 +27184,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$325 )
-      w_cache6[\$signature__addr$323 ] <= \$signature__data$324 ;
+    if (\$signature__en$324 )
+      w_cache6[\$signature__addr$322 ] <= \$signature__data$323 ;
   end
   reg [7:0] _16_;
   always @(posedge clk) begin
-    if (\$signature__en$343 ) begin
-      _16_ <= w_cache6[\$signature__addr$342 ];
+    if (\$signature__en$342 ) begin
+      _16_ <= w_cache6[\$signature__addr$341 ];
     end
   end
-  assign \$signature__data$370  = _16_;
+  assign \$signature__data$369  = _16_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -27709,16 +27710,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$328 )
-      w_cache7[\$signature__addr$326 ] <= \$signature__data$327 ;
+    if (\$signature__en$327 )
+      w_cache7[\$signature__addr$325 ] <= \$signature__data$326 ;
   end
   reg [7:0] _17_;
   always @(posedge clk) begin
-    if (\$signature__en$345 ) begin
-      _17_ <= w_cache7[\$signature__addr$344 ];
+    if (\$signature__en$344 ) begin
+      _17_ <= w_cache7[\$signature__addr$343 ];
     end
   end
-  assign \$signature__data$372  = _17_;
+  assign \$signature__data$371  = _17_;
   assign \$1  = ins[5:0] == 3'h4;
   assign \$2  = ins[5:0] == 3'h5;
   assign is_gemm = \$1  | \$2 ;
@@ -27792,565 +27793,565 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$73  = ~ \$72 ;
   assign \$74  = \$71  & \$73 ;
   assign unit_known = | { \$74 , add_sel, \$69 , \$68  };
-  assign \$77  = \$76  ? offset : 32'd0;
-  assign \$78  = ins[465:434] + \$77 ;
-  assign \$79  = ~ fetch_sent;
-  assign \$80  = | decode_wait;
-  assign \$81  = ins[5:0] == 1'h1;
-  assign \$82  = images_left > 1'h1;
-  assign \$83  = \$81  & \$82 ;
-  assign \$84  = ins[5:0] == 1'h1;
-  assign \$85  = | ins[39:24];
+  assign \$75  = ~ fetch_sent;
+  assign \$76  = | decode_wait;
+  assign \$77  = ins[5:0] == 1'h1;
+  assign \$78  = images_left > 1'h1;
+  assign \$79  = \$77  & \$78 ;
+  assign \$80  = ins[5:0] == 1'h1;
+  assign \$81  = | ins[39:24];
+  assign \$82  = ~ \$81 ;
+  assign \$83  = | ins[55:40];
+  assign \$84  = ~ \$83 ;
+  assign \$85  = | ins[71:56];
   assign \$86  = ~ \$85 ;
-  assign \$87  = | ins[55:40];
+  assign \$87  = | ins[87:72];
   assign \$88  = ~ \$87 ;
-  assign \$89  = | ins[71:56];
+  assign \$89  = | ins[103:88];
   assign \$90  = ~ \$89 ;
-  assign \$91  = | ins[87:72];
-  assign \$92  = ~ \$91 ;
-  assign \$93  = | ins[103:88];
-  assign \$94  = ~ \$93 ;
-  assign \$95  = | { \$94 , \$92 , \$90 , \$88 , \$86  };
+  assign \$91  = | { \$90 , \$88 , \$86 , \$84 , \$82  };
+  assign \$92  = \$signal  | \$signal$66 ;
+  assign \$93  = ~ unit_known;
+  assign \$94  = \$92  & \$93 ;
+  assign \$95  = \$signal$67  | \$94 ;
   assign \$96  = \$signal  | \$signal$66 ;
-  assign \$97  = ~ unit_known;
-  assign \$98  = \$96  & \$97 ;
-  assign \$99  = \$signal$67  | \$98 ;
-  assign \$100  = \$signal  | \$signal$66 ;
-  assign \$101  = ins[5:0] == 2'h2;
-  assign \$102  = is_move | \$101 ;
-  assign \$103  = ins[5:0] == 2'h3;
-  assign \$104  = \$102  | \$103 ;
-  assign \$105  = \$104  | is_gemm;
-  assign \$106  = ci != ins[509:498];
-  assign \$107  = ci << dec_c_lb;
-  assign \$108  = dec_c_base + \$107 ;
-  assign \$109  = ins[5:0] == 3'h6;
-  assign \$110  = ins[5:0] == 4'h8;
-  assign \$111  = ins[5:0] == 3'h7;
-  assign \$112  = \$111  | \$signal ;
-  assign \$113  = | ins[7:6];
-  assign \$114  = ~ \$113 ;
-  assign \$115  = \$112  & \$114 ;
-  assign \$116  = ins[5:0] == 2'h2;
-  assign \$117  = ins[5:0] == 2'h3;
-  assign \$118  = ins[5:0] == 3'h6;
-  assign \$119  = ins[5:0] == 4'h8;
-  assign \$120  = r_rdy & \valid$100 ;
-  assign \$121  = $signed(addr) << ins[23:22];
-  assign \$122  = $signed({ 1'h0, \$78 [31:0] }) + $signed(\$121 );
-  assign \$123  = valid & req__ready;
-  assign \$126  = \$125  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$129  = \$128  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$132  = \$131  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$135  = \$134  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$136  = beat__valid & beat__payload[512];
-  assign \$137  = r_rdy & \valid$100 ;
-  assign \$138  = $signed(\addr$95 ) << ins[23:22];
-  assign \$139  = $signed({ 1'h0, \$78 [31:0] }) + $signed(\$138 );
-  assign \$140  = r_rdy & \valid$100 ;
-  assign \$141  = \$140  & \req__ready$183 ;
-  assign \$142  = r_rdy & \valid$100 ;
-  assign \$143  = \$142  & \req__ready$183 ;
-  assign \$144  = r_rdy & i__ready;
-  assign \$145  = r_rdy & \i__ready$192 ;
-  assign \$146  = ins[5:0] == 3'h7;
-  assign \$147  = ins[5:0] == 4'h9;
-  assign \$148  = \$146  | \$147 ;
-  assign \$149  = \$148  | \$signal ;
-  assign \$150  = \$149  | \$signal$66 ;
-  assign \$151  = streaming & \$150 ;
-  assign \$152  = ~ pack_full;
-  assign \$153  = \$152  | in_ready;
-  assign \$154  = \$153  & elem_valid;
-  assign \$155  = ~ add_sel;
-  assign \$156  = \r_rdy$202  | \$155 ;
-  assign \$157  = \$154  & \$156 ;
-  assign \$158  = ~ pack_full;
-  assign \$159  = \$158  | in_ready;
-  assign \$160  = \$159  & elem_valid;
-  assign \$161  = ~ add_sel;
-  assign \$162  = \r_rdy$202  | \$161 ;
-  assign \$163  = \$160  & \$162 ;
-  assign \$164  = \$163  & add_sel;
-  assign \$165  = a__ready & \b__ready$216 ;
-  assign \$166  = ins[5:0] == 3'h7;
-  assign \$167  = \$166  | \$signal ;
-  assign \$168  = | ins[7:6];
-  assign \$169  = ~ \$168 ;
-  assign \$170  = \$167  & \$169 ;
-  assign \$172  = \$signal$204  & \valid$100 ;
-  assign \$173  = pack_jo == 2'h3;
-  assign \$174  = \$173  | \final ;
-  assign \$175  = streaming & is_gemm;
-  assign \$176  = | tiles;
-  assign \$178  = ins[497:466] + \$177 ;
-  assign \$179  = want_w ? { 1'h0, w_addr } : \$178 ;
-  assign \$180  = want_w ? w_lb : 3'h6;
-  assign \$181  = streaming & is_gemm;
-  assign \$182  = ins[5:0] == 3'h4;
-  assign \$183  = ~ \$182 ;
-  assign \$184  = | rk;
-  assign \$185  = ~ \$184 ;
-  assign \$186  = \$183  | \$185 ;
-  assign \$187  = ~ w_full;
-  assign \$188  = \a__valid$245  & \a__ready$246 ;
-  assign \$189  = \$187  | \$188 ;
-  assign \$192  = \$191  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
-  assign \$195  = \$194  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
-  assign \$198  = \$197  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
-  assign \$201  = \$200  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
-  assign \$204  = \$203  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
-  assign \$207  = \$206  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
-  assign \$210  = \$209  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
-  assign \$211  = streaming & is_gemm;
-  assign \$213  = ~ \$212 ;
-  assign \$214  = r_rdy & \$213 ;
-  assign \$215  = \$signal$248  * 9'h100;
-  assign \$216  = \$215  + lk;
-  assign \$218  = ~ \$217 ;
-  assign \$219  = r_rdy & \$218 ;
-  assign \$220  = | \$signal$255 ;
-  assign \$221  = ~ \$220 ;
-  assign \$222  = \$219  & \$221 ;
-  assign \$223  = \$signal$248  * 9'h100;
-  assign \$224  = \$223  + lk;
-  assign \$226  = ~ \$225 ;
-  assign \$227  = r_rdy & \$226 ;
-  assign \$228  = \$signal$255  == 1'h1;
-  assign \$229  = \$227  & \$228 ;
-  assign \$230  = \$signal$248  * 9'h100;
-  assign \$231  = \$230  + lk;
-  assign \$233  = ~ \$232 ;
-  assign \$234  = r_rdy & \$233 ;
-  assign \$235  = \$signal$255  == 2'h2;
-  assign \$236  = \$234  & \$235 ;
-  assign \$237  = \$signal$248  * 9'h100;
-  assign \$238  = \$237  + lk;
-  assign \$240  = ~ \$239 ;
-  assign \$241  = r_rdy & \$240 ;
-  assign \$242  = \$signal$255  == 2'h3;
-  assign \$243  = \$241  & \$242 ;
-  assign \$244  = \$signal$248  * 9'h100;
-  assign \$245  = \$244  + lk;
-  assign \$247  = ~ \$246 ;
-  assign \$248  = r_rdy & \$247 ;
-  assign \$249  = \$signal$255  == 3'h4;
-  assign \$250  = \$248  & \$249 ;
-  assign \$251  = \$signal$248  * 9'h100;
-  assign \$252  = \$251  + lk;
-  assign \$254  = ~ \$253 ;
-  assign \$255  = r_rdy & \$254 ;
-  assign \$256  = \$signal$255  == 3'h5;
-  assign \$257  = \$255  & \$256 ;
-  assign \$258  = \$signal$248  * 9'h100;
-  assign \$259  = \$258  + lk;
-  assign \$261  = ~ \$260 ;
-  assign \$262  = r_rdy & \$261 ;
-  assign \$263  = \$signal$255  == 3'h6;
-  assign \$264  = \$262  & \$263 ;
-  assign \$265  = \$signal$248  * 9'h100;
-  assign \$266  = \$265  + lk;
-  assign \$268  = ~ \$267 ;
-  assign \$269  = r_rdy & \$268 ;
-  assign \$270  = \$signal$255  == 3'h7;
-  assign \$271  = \$269  & \$270 ;
-  assign \$272  = \$signal$278  * 9'h100;
-  assign \$273  = \$272  + \$signal$279 ;
-  assign \$275  = \$signal$248  == \$signal$278 ;
-  assign \$276  = lk > \$signal$279 ;
-  assign \$277  = \$275  & \$276 ;
-  assign \$278  = \$274  | \$277 ;
-  assign \$279  = ins[5:0] == 3'h4;
+  assign \$97  = ins[5:0] == 2'h2;
+  assign \$98  = is_move | \$97 ;
+  assign \$99  = ins[5:0] == 2'h3;
+  assign \$100  = \$98  | \$99 ;
+  assign \$101  = \$100  | is_gemm;
+  assign \$102  = ci != ins[509:498];
+  assign \$103  = ci << dec_c_lb;
+  assign \$104  = dec_c_base + \$103 ;
+  assign \$105  = ins[5:0] == 3'h6;
+  assign \$106  = ins[5:0] == 4'h8;
+  assign \$107  = ins[5:0] == 3'h7;
+  assign \$108  = \$107  | \$signal ;
+  assign \$109  = | ins[7:6];
+  assign \$110  = ~ \$109 ;
+  assign \$111  = \$108  & \$110 ;
+  assign \$112  = ins[5:0] == 2'h2;
+  assign \$113  = ins[5:0] == 2'h3;
+  assign \$114  = ins[5:0] == 3'h6;
+  assign \$115  = ins[5:0] == 4'h8;
+  assign \$116  = r_rdy & \valid$100 ;
+  assign \$117  = $signed(addr) << ins[23:22];
+  assign \$118  = $signed({ 1'h0, dec_ext_base }) + $signed(\$117 );
+  assign \$119  = valid & req__ready;
+  assign \$122  = \$121  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$125  = \$124  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$128  = \$127  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$131  = \$130  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$132  = beat__valid & beat__payload[512];
+  assign \$133  = r_rdy & \valid$100 ;
+  assign \$134  = $signed(\addr$95 ) << ins[23:22];
+  assign \$135  = $signed({ 1'h0, dec_ext_base }) + $signed(\$134 );
+  assign \$136  = r_rdy & \valid$100 ;
+  assign \$137  = \$136  & \req__ready$182 ;
+  assign \$138  = r_rdy & \valid$100 ;
+  assign \$139  = \$138  & \req__ready$182 ;
+  assign \$140  = r_rdy & i__ready;
+  assign \$141  = r_rdy & \i__ready$191 ;
+  assign \$142  = ins[5:0] == 3'h7;
+  assign \$143  = ins[5:0] == 4'h9;
+  assign \$144  = \$142  | \$143 ;
+  assign \$145  = \$144  | \$signal ;
+  assign \$146  = \$145  | \$signal$66 ;
+  assign \$147  = streaming & \$146 ;
+  assign \$148  = ~ pack_full;
+  assign \$149  = \$148  | in_ready;
+  assign \$150  = \$149  & elem_valid;
+  assign \$151  = ~ add_sel;
+  assign \$152  = \r_rdy$201  | \$151 ;
+  assign \$153  = \$150  & \$152 ;
+  assign \$154  = ~ pack_full;
+  assign \$155  = \$154  | in_ready;
+  assign \$156  = \$155  & elem_valid;
+  assign \$157  = ~ add_sel;
+  assign \$158  = \r_rdy$201  | \$157 ;
+  assign \$159  = \$156  & \$158 ;
+  assign \$160  = \$159  & add_sel;
+  assign \$161  = a__ready & \b__ready$215 ;
+  assign \$162  = ins[5:0] == 3'h7;
+  assign \$163  = \$162  | \$signal ;
+  assign \$164  = | ins[7:6];
+  assign \$165  = ~ \$164 ;
+  assign \$166  = \$163  & \$165 ;
+  assign \$168  = \$signal$203  & \valid$100 ;
+  assign \$169  = pack_jo == 2'h3;
+  assign \$170  = \$169  | \final ;
+  assign \$171  = streaming & is_gemm;
+  assign \$172  = | tiles;
+  assign \$174  = ins[497:466] + \$173 ;
+  assign \$175  = want_w ? { 1'h0, w_addr } : \$174 ;
+  assign \$176  = want_w ? w_lb : 3'h6;
+  assign \$177  = streaming & is_gemm;
+  assign \$178  = ins[5:0] == 3'h4;
+  assign \$179  = ~ \$178 ;
+  assign \$180  = | rk;
+  assign \$181  = ~ \$180 ;
+  assign \$182  = \$179  | \$181 ;
+  assign \$183  = ~ w_full;
+  assign \$184  = \a__valid$244  & \a__ready$245 ;
+  assign \$185  = \$183  | \$184 ;
+  assign \$188  = \$187  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
+  assign \$191  = \$190  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
+  assign \$194  = \$193  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
+  assign \$197  = \$196  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
+  assign \$200  = \$199  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
+  assign \$203  = \$202  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
+  assign \$206  = \$205  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
+  assign \$207  = streaming & is_gemm;
+  assign \$209  = ~ \$208 ;
+  assign \$210  = r_rdy & \$209 ;
+  assign \$211  = \$signal$247  * 9'h100;
+  assign \$212  = \$211  + lk;
+  assign \$214  = ~ \$213 ;
+  assign \$215  = r_rdy & \$214 ;
+  assign \$216  = | \$signal$254 ;
+  assign \$217  = ~ \$216 ;
+  assign \$218  = \$215  & \$217 ;
+  assign \$219  = \$signal$247  * 9'h100;
+  assign \$220  = \$219  + lk;
+  assign \$222  = ~ \$221 ;
+  assign \$223  = r_rdy & \$222 ;
+  assign \$224  = \$signal$254  == 1'h1;
+  assign \$225  = \$223  & \$224 ;
+  assign \$226  = \$signal$247  * 9'h100;
+  assign \$227  = \$226  + lk;
+  assign \$229  = ~ \$228 ;
+  assign \$230  = r_rdy & \$229 ;
+  assign \$231  = \$signal$254  == 2'h2;
+  assign \$232  = \$230  & \$231 ;
+  assign \$233  = \$signal$247  * 9'h100;
+  assign \$234  = \$233  + lk;
+  assign \$236  = ~ \$235 ;
+  assign \$237  = r_rdy & \$236 ;
+  assign \$238  = \$signal$254  == 2'h3;
+  assign \$239  = \$237  & \$238 ;
+  assign \$240  = \$signal$247  * 9'h100;
+  assign \$241  = \$240  + lk;
+  assign \$243  = ~ \$242 ;
+  assign \$244  = r_rdy & \$243 ;
+  assign \$245  = \$signal$254  == 3'h4;
+  assign \$246  = \$244  & \$245 ;
+  assign \$247  = \$signal$247  * 9'h100;
+  assign \$248  = \$247  + lk;
+  assign \$250  = ~ \$249 ;
+  assign \$251  = r_rdy & \$250 ;
+  assign \$252  = \$signal$254  == 3'h5;
+  assign \$253  = \$251  & \$252 ;
+  assign \$254  = \$signal$247  * 9'h100;
+  assign \$255  = \$254  + lk;
+  assign \$257  = ~ \$256 ;
+  assign \$258  = r_rdy & \$257 ;
+  assign \$259  = \$signal$254  == 3'h6;
+  assign \$260  = \$258  & \$259 ;
+  assign \$261  = \$signal$247  * 9'h100;
+  assign \$262  = \$261  + lk;
+  assign \$264  = ~ \$263 ;
+  assign \$265  = r_rdy & \$264 ;
+  assign \$266  = \$signal$254  == 3'h7;
+  assign \$267  = \$265  & \$266 ;
+  assign \$268  = \$signal$277  * 9'h100;
+  assign \$269  = \$268  + \$signal$278 ;
+  assign \$271  = \$signal$247  == \$signal$277 ;
+  assign \$272  = lk > \$signal$278 ;
+  assign \$273  = \$271  & \$272 ;
+  assign \$274  = \$270  | \$273 ;
+  assign \$275  = ins[5:0] == 3'h4;
+  assign \$277  = \$275  | \$276 ;
+  assign \$278  = \$274  & \$277 ;
+  assign \$279  = ~ \$signal$283 ;
+  assign \$280  = \a__valid$244  & \a__ready$245 ;
   assign \$281  = \$279  | \$280 ;
   assign \$282  = \$278  & \$281 ;
-  assign \$283  = ~ \$signal$284 ;
-  assign \$284  = \a__valid$245  & \a__ready$246 ;
-  assign \$285  = \$283  | \$284 ;
-  assign \$286  = \$282  & \$285 ;
-  assign \$287  = | feed_blocks;
-  assign \$288  = \$286  & \$287 ;
-  assign \$289  = \$signal$278  * 9'h100;
-  assign \$290  = \$289  + \$signal$279 ;
-  assign \$292  = \$signal$248  == \$signal$278 ;
-  assign \$293  = lk > \$signal$279 ;
-  assign \$294  = \$292  & \$293 ;
-  assign \$295  = \$291  | \$294 ;
-  assign \$296  = ins[5:0] == 3'h4;
+  assign \$283  = | feed_blocks;
+  assign \$284  = \$282  & \$283 ;
+  assign \$285  = \$signal$277  * 9'h100;
+  assign \$286  = \$285  + \$signal$278 ;
+  assign \$288  = \$signal$247  == \$signal$277 ;
+  assign \$289  = lk > \$signal$278 ;
+  assign \$290  = \$288  & \$289 ;
+  assign \$291  = \$287  | \$290 ;
+  assign \$292  = ins[5:0] == 3'h4;
+  assign \$294  = \$292  | \$293 ;
+  assign \$295  = \$291  & \$294 ;
+  assign \$296  = ~ \$signal$283 ;
+  assign \$297  = \a__valid$244  & \a__ready$245 ;
   assign \$298  = \$296  | \$297 ;
   assign \$299  = \$295  & \$298 ;
-  assign \$300  = ~ \$signal$284 ;
-  assign \$301  = \a__valid$245  & \a__ready$246 ;
-  assign \$302  = \$300  | \$301 ;
-  assign \$303  = \$299  & \$302 ;
-  assign \$304  = | feed_blocks;
-  assign \$305  = \$303  & \$304 ;
-  assign \$306  = \$signal$278  * 9'h100;
-  assign \$307  = \$306  + \$signal$279 ;
-  assign \$309  = \$signal$248  == \$signal$278 ;
-  assign \$310  = lk > \$signal$279 ;
-  assign \$311  = \$309  & \$310 ;
-  assign \$312  = \$308  | \$311 ;
-  assign \$313  = ins[5:0] == 3'h4;
+  assign \$300  = | feed_blocks;
+  assign \$301  = \$299  & \$300 ;
+  assign \$302  = \$signal$277  * 9'h100;
+  assign \$303  = \$302  + \$signal$278 ;
+  assign \$305  = \$signal$247  == \$signal$277 ;
+  assign \$306  = lk > \$signal$278 ;
+  assign \$307  = \$305  & \$306 ;
+  assign \$308  = \$304  | \$307 ;
+  assign \$309  = ins[5:0] == 3'h4;
+  assign \$311  = \$309  | \$310 ;
+  assign \$312  = \$308  & \$311 ;
+  assign \$313  = ~ \$signal$283 ;
+  assign \$314  = \a__valid$244  & \a__ready$245 ;
   assign \$315  = \$313  | \$314 ;
   assign \$316  = \$312  & \$315 ;
-  assign \$317  = ~ \$signal$284 ;
-  assign \$318  = \a__valid$245  & \a__ready$246 ;
-  assign \$319  = \$317  | \$318 ;
-  assign \$320  = \$316  & \$319 ;
-  assign \$321  = | feed_blocks;
-  assign \$322  = \$320  & \$321 ;
-  assign \$323  = \$signal$278  * 9'h100;
-  assign \$324  = \$323  + \$signal$279 ;
-  assign \$326  = \$signal$248  == \$signal$278 ;
-  assign \$327  = lk > \$signal$279 ;
-  assign \$328  = \$326  & \$327 ;
-  assign \$329  = \$325  | \$328 ;
-  assign \$330  = ins[5:0] == 3'h4;
+  assign \$317  = | feed_blocks;
+  assign \$318  = \$316  & \$317 ;
+  assign \$319  = \$signal$277  * 9'h100;
+  assign \$320  = \$319  + \$signal$278 ;
+  assign \$322  = \$signal$247  == \$signal$277 ;
+  assign \$323  = lk > \$signal$278 ;
+  assign \$324  = \$322  & \$323 ;
+  assign \$325  = \$321  | \$324 ;
+  assign \$326  = ins[5:0] == 3'h4;
+  assign \$328  = \$326  | \$327 ;
+  assign \$329  = \$325  & \$328 ;
+  assign \$330  = ~ \$signal$283 ;
+  assign \$331  = \a__valid$244  & \a__ready$245 ;
   assign \$332  = \$330  | \$331 ;
   assign \$333  = \$329  & \$332 ;
-  assign \$334  = ~ \$signal$284 ;
-  assign \$335  = \a__valid$245  & \a__ready$246 ;
-  assign \$336  = \$334  | \$335 ;
-  assign \$337  = \$333  & \$336 ;
-  assign \$338  = | feed_blocks;
-  assign \$339  = \$337  & \$338 ;
-  assign \$340  = \$signal$278  * 9'h100;
-  assign \$341  = \$340  + \$signal$279 ;
-  assign \$343  = \$signal$248  == \$signal$278 ;
-  assign \$344  = lk > \$signal$279 ;
-  assign \$345  = \$343  & \$344 ;
-  assign \$346  = \$342  | \$345 ;
-  assign \$347  = ins[5:0] == 3'h4;
+  assign \$334  = | feed_blocks;
+  assign \$335  = \$333  & \$334 ;
+  assign \$336  = \$signal$277  * 9'h100;
+  assign \$337  = \$336  + \$signal$278 ;
+  assign \$339  = \$signal$247  == \$signal$277 ;
+  assign \$340  = lk > \$signal$278 ;
+  assign \$341  = \$339  & \$340 ;
+  assign \$342  = \$338  | \$341 ;
+  assign \$343  = ins[5:0] == 3'h4;
+  assign \$345  = \$343  | \$344 ;
+  assign \$346  = \$342  & \$345 ;
+  assign \$347  = ~ \$signal$283 ;
+  assign \$348  = \a__valid$244  & \a__ready$245 ;
   assign \$349  = \$347  | \$348 ;
   assign \$350  = \$346  & \$349 ;
-  assign \$351  = ~ \$signal$284 ;
-  assign \$352  = \a__valid$245  & \a__ready$246 ;
-  assign \$353  = \$351  | \$352 ;
-  assign \$354  = \$350  & \$353 ;
-  assign \$355  = | feed_blocks;
-  assign \$356  = \$354  & \$355 ;
-  assign \$357  = \$signal$278  * 9'h100;
-  assign \$358  = \$357  + \$signal$279 ;
-  assign \$360  = \$signal$248  == \$signal$278 ;
-  assign \$361  = lk > \$signal$279 ;
-  assign \$362  = \$360  & \$361 ;
-  assign \$363  = \$359  | \$362 ;
-  assign \$364  = ins[5:0] == 3'h4;
+  assign \$351  = | feed_blocks;
+  assign \$352  = \$350  & \$351 ;
+  assign \$353  = \$signal$277  * 9'h100;
+  assign \$354  = \$353  + \$signal$278 ;
+  assign \$356  = \$signal$247  == \$signal$277 ;
+  assign \$357  = lk > \$signal$278 ;
+  assign \$358  = \$356  & \$357 ;
+  assign \$359  = \$355  | \$358 ;
+  assign \$360  = ins[5:0] == 3'h4;
+  assign \$362  = \$360  | \$361 ;
+  assign \$363  = \$359  & \$362 ;
+  assign \$364  = ~ \$signal$283 ;
+  assign \$365  = \a__valid$244  & \a__ready$245 ;
   assign \$366  = \$364  | \$365 ;
   assign \$367  = \$363  & \$366 ;
-  assign \$368  = ~ \$signal$284 ;
-  assign \$369  = \a__valid$245  & \a__ready$246 ;
-  assign \$370  = \$368  | \$369 ;
-  assign \$371  = \$367  & \$370 ;
-  assign \$372  = | feed_blocks;
-  assign \$373  = \$371  & \$372 ;
-  assign \$374  = \$signal$278  * 9'h100;
-  assign \$375  = \$374  + \$signal$279 ;
-  assign \$377  = \$signal$248  == \$signal$278 ;
-  assign \$378  = lk > \$signal$279 ;
-  assign \$379  = \$377  & \$378 ;
-  assign \$380  = \$376  | \$379 ;
-  assign \$381  = ins[5:0] == 3'h4;
+  assign \$368  = | feed_blocks;
+  assign \$369  = \$367  & \$368 ;
+  assign \$370  = \$signal$277  * 9'h100;
+  assign \$371  = \$370  + \$signal$278 ;
+  assign \$373  = \$signal$247  == \$signal$277 ;
+  assign \$374  = lk > \$signal$278 ;
+  assign \$375  = \$373  & \$374 ;
+  assign \$376  = \$372  | \$375 ;
+  assign \$377  = ins[5:0] == 3'h4;
+  assign \$379  = \$377  | \$378 ;
+  assign \$380  = \$376  & \$379 ;
+  assign \$381  = ~ \$signal$283 ;
+  assign \$382  = \a__valid$244  & \a__ready$245 ;
   assign \$383  = \$381  | \$382 ;
   assign \$384  = \$380  & \$383 ;
-  assign \$385  = ~ \$signal$284 ;
-  assign \$386  = \a__valid$245  & \a__ready$246 ;
-  assign \$387  = \$385  | \$386 ;
-  assign \$388  = \$384  & \$387 ;
-  assign \$389  = | feed_blocks;
-  assign \$390  = \$388  & \$389 ;
-  assign \$391  = \$signal$278  * 9'h100;
-  assign \$392  = \$391  + \$signal$279 ;
-  assign \$394  = \$signal$248  == \$signal$278 ;
-  assign \$395  = lk > \$signal$279 ;
-  assign \$396  = \$394  & \$395 ;
-  assign \$397  = \$393  | \$396 ;
-  assign \$398  = ins[5:0] == 3'h4;
+  assign \$385  = | feed_blocks;
+  assign \$386  = \$384  & \$385 ;
+  assign \$387  = \$signal$277  * 9'h100;
+  assign \$388  = \$387  + \$signal$278 ;
+  assign \$390  = \$signal$247  == \$signal$277 ;
+  assign \$391  = lk > \$signal$278 ;
+  assign \$392  = \$390  & \$391 ;
+  assign \$393  = \$389  | \$392 ;
+  assign \$394  = ins[5:0] == 3'h4;
+  assign \$396  = \$394  | \$395 ;
+  assign \$397  = \$393  & \$396 ;
+  assign \$398  = ~ \$signal$283 ;
+  assign \$399  = \a__valid$244  & \a__ready$245 ;
   assign \$400  = \$398  | \$399 ;
   assign \$401  = \$397  & \$400 ;
-  assign \$402  = ~ \$signal$284 ;
-  assign \$403  = \a__valid$245  & \a__ready$246 ;
-  assign \$404  = \$402  | \$403 ;
-  assign \$405  = \$401  & \$404 ;
-  assign \$406  = | feed_blocks;
-  assign \$407  = \$405  & \$406 ;
-  assign \$408  = ins[5:0] == 3'h4;
-  assign \$409  = ~ \$408 ;
-  assign \$411  = ~ \$410 ;
-  assign \$412  = \r_rdy$202  & \$411 ;
-  assign \$413  = ins[5:0] == 3'h4;
-  assign \$414  = ~ \$413 ;
-  assign \$415  = \$412  & \$414 ;
-  assign \$416  = w_load_half * 9'h100;
-  assign \$417  = \$416  + w_load_addr;
-  assign \$419  = ~ \$418 ;
-  assign \$420  = \r_rdy$202  & \$419 ;
-  assign \$421  = ins[5:0] == 3'h4;
-  assign \$422  = ~ \$421 ;
-  assign \$423  = \$420  & \$422 ;
-  assign \$424  = | w_load_lane;
-  assign \$425  = ~ \$424 ;
-  assign \$426  = \$423  & \$425 ;
-  assign \$427  = w_load_half * 9'h100;
-  assign \$428  = \$427  + w_load_addr;
-  assign \$430  = ~ \$429 ;
-  assign \$431  = \r_rdy$202  & \$430 ;
-  assign \$432  = ins[5:0] == 3'h4;
-  assign \$433  = ~ \$432 ;
-  assign \$434  = \$431  & \$433 ;
-  assign \$435  = w_load_lane == 1'h1;
-  assign \$436  = \$434  & \$435 ;
-  assign \$437  = w_load_half * 9'h100;
-  assign \$438  = \$437  + w_load_addr;
-  assign \$440  = ~ \$439 ;
-  assign \$441  = \r_rdy$202  & \$440 ;
-  assign \$442  = ins[5:0] == 3'h4;
-  assign \$443  = ~ \$442 ;
-  assign \$444  = \$441  & \$443 ;
-  assign \$445  = w_load_lane == 2'h2;
-  assign \$446  = \$444  & \$445 ;
-  assign \$447  = w_load_half * 9'h100;
-  assign \$448  = \$447  + w_load_addr;
-  assign \$450  = ~ \$449 ;
-  assign \$451  = \r_rdy$202  & \$450 ;
-  assign \$452  = ins[5:0] == 3'h4;
-  assign \$453  = ~ \$452 ;
-  assign \$454  = \$451  & \$453 ;
-  assign \$455  = w_load_lane == 2'h3;
-  assign \$456  = \$454  & \$455 ;
-  assign \$457  = w_load_half * 9'h100;
-  assign \$458  = \$457  + w_load_addr;
-  assign \$460  = ~ \$459 ;
-  assign \$461  = \r_rdy$202  & \$460 ;
-  assign \$462  = ins[5:0] == 3'h4;
-  assign \$463  = ~ \$462 ;
-  assign \$464  = \$461  & \$463 ;
-  assign \$465  = w_load_lane == 3'h4;
-  assign \$466  = \$464  & \$465 ;
-  assign \$467  = w_load_half * 9'h100;
-  assign \$468  = \$467  + w_load_addr;
-  assign \$470  = ~ \$469 ;
-  assign \$471  = \r_rdy$202  & \$470 ;
-  assign \$472  = ins[5:0] == 3'h4;
-  assign \$473  = ~ \$472 ;
-  assign \$474  = \$471  & \$473 ;
-  assign \$475  = w_load_lane == 3'h5;
-  assign \$476  = \$474  & \$475 ;
-  assign \$477  = w_load_half * 9'h100;
-  assign \$478  = \$477  + w_load_addr;
-  assign \$480  = ~ \$479 ;
-  assign \$481  = \r_rdy$202  & \$480 ;
-  assign \$482  = ins[5:0] == 3'h4;
-  assign \$483  = ~ \$482 ;
-  assign \$484  = \$481  & \$483 ;
-  assign \$485  = w_load_lane == 3'h6;
-  assign \$486  = \$484  & \$485 ;
-  assign \$487  = w_load_half * 9'h100;
-  assign \$488  = \$487  + w_load_addr;
-  assign \$490  = ~ \$489 ;
-  assign \$491  = \r_rdy$202  & \$490 ;
-  assign \$492  = ins[5:0] == 3'h4;
-  assign \$493  = ~ \$492 ;
-  assign \$494  = \$491  & \$493 ;
-  assign \$495  = w_load_lane == 3'h7;
-  assign \$496  = \$494  & \$495 ;
-  assign \$497  = w_feed_half * 9'h100;
-  assign \$498  = \$497  + feed_ntk;
-  assign \$499  = \$498  + \$signal$279 ;
-  assign \$501  = \$signal$248  == \$signal$278 ;
-  assign \$502  = lk > \$signal$279 ;
-  assign \$503  = \$501  & \$502 ;
-  assign \$504  = \$500  | \$503 ;
-  assign \$505  = ins[5:0] == 3'h4;
+  assign \$402  = | feed_blocks;
+  assign \$403  = \$401  & \$402 ;
+  assign \$404  = ins[5:0] == 3'h4;
+  assign \$405  = ~ \$404 ;
+  assign \$407  = ~ \$406 ;
+  assign \$408  = \r_rdy$201  & \$407 ;
+  assign \$409  = ins[5:0] == 3'h4;
+  assign \$410  = ~ \$409 ;
+  assign \$411  = \$408  & \$410 ;
+  assign \$412  = w_load_half * 9'h100;
+  assign \$413  = \$412  + w_load_addr;
+  assign \$415  = ~ \$414 ;
+  assign \$416  = \r_rdy$201  & \$415 ;
+  assign \$417  = ins[5:0] == 3'h4;
+  assign \$418  = ~ \$417 ;
+  assign \$419  = \$416  & \$418 ;
+  assign \$420  = | w_load_lane;
+  assign \$421  = ~ \$420 ;
+  assign \$422  = \$419  & \$421 ;
+  assign \$423  = w_load_half * 9'h100;
+  assign \$424  = \$423  + w_load_addr;
+  assign \$426  = ~ \$425 ;
+  assign \$427  = \r_rdy$201  & \$426 ;
+  assign \$428  = ins[5:0] == 3'h4;
+  assign \$429  = ~ \$428 ;
+  assign \$430  = \$427  & \$429 ;
+  assign \$431  = w_load_lane == 1'h1;
+  assign \$432  = \$430  & \$431 ;
+  assign \$433  = w_load_half * 9'h100;
+  assign \$434  = \$433  + w_load_addr;
+  assign \$436  = ~ \$435 ;
+  assign \$437  = \r_rdy$201  & \$436 ;
+  assign \$438  = ins[5:0] == 3'h4;
+  assign \$439  = ~ \$438 ;
+  assign \$440  = \$437  & \$439 ;
+  assign \$441  = w_load_lane == 2'h2;
+  assign \$442  = \$440  & \$441 ;
+  assign \$443  = w_load_half * 9'h100;
+  assign \$444  = \$443  + w_load_addr;
+  assign \$446  = ~ \$445 ;
+  assign \$447  = \r_rdy$201  & \$446 ;
+  assign \$448  = ins[5:0] == 3'h4;
+  assign \$449  = ~ \$448 ;
+  assign \$450  = \$447  & \$449 ;
+  assign \$451  = w_load_lane == 2'h3;
+  assign \$452  = \$450  & \$451 ;
+  assign \$453  = w_load_half * 9'h100;
+  assign \$454  = \$453  + w_load_addr;
+  assign \$456  = ~ \$455 ;
+  assign \$457  = \r_rdy$201  & \$456 ;
+  assign \$458  = ins[5:0] == 3'h4;
+  assign \$459  = ~ \$458 ;
+  assign \$460  = \$457  & \$459 ;
+  assign \$461  = w_load_lane == 3'h4;
+  assign \$462  = \$460  & \$461 ;
+  assign \$463  = w_load_half * 9'h100;
+  assign \$464  = \$463  + w_load_addr;
+  assign \$466  = ~ \$465 ;
+  assign \$467  = \r_rdy$201  & \$466 ;
+  assign \$468  = ins[5:0] == 3'h4;
+  assign \$469  = ~ \$468 ;
+  assign \$470  = \$467  & \$469 ;
+  assign \$471  = w_load_lane == 3'h5;
+  assign \$472  = \$470  & \$471 ;
+  assign \$473  = w_load_half * 9'h100;
+  assign \$474  = \$473  + w_load_addr;
+  assign \$476  = ~ \$475 ;
+  assign \$477  = \r_rdy$201  & \$476 ;
+  assign \$478  = ins[5:0] == 3'h4;
+  assign \$479  = ~ \$478 ;
+  assign \$480  = \$477  & \$479 ;
+  assign \$481  = w_load_lane == 3'h6;
+  assign \$482  = \$480  & \$481 ;
+  assign \$483  = w_load_half * 9'h100;
+  assign \$484  = \$483  + w_load_addr;
+  assign \$486  = ~ \$485 ;
+  assign \$487  = \r_rdy$201  & \$486 ;
+  assign \$488  = ins[5:0] == 3'h4;
+  assign \$489  = ~ \$488 ;
+  assign \$490  = \$487  & \$489 ;
+  assign \$491  = w_load_lane == 3'h7;
+  assign \$492  = \$490  & \$491 ;
+  assign \$493  = w_feed_half * 9'h100;
+  assign \$494  = \$493  + feed_ntk;
+  assign \$495  = \$494  + \$signal$278 ;
+  assign \$497  = \$signal$247  == \$signal$277 ;
+  assign \$498  = lk > \$signal$278 ;
+  assign \$499  = \$497  & \$498 ;
+  assign \$500  = \$496  | \$499 ;
+  assign \$501  = ins[5:0] == 3'h4;
+  assign \$503  = \$501  | \$502 ;
+  assign \$504  = \$500  & \$503 ;
+  assign \$505  = ~ \$signal$283 ;
+  assign \$506  = \a__valid$244  & \a__ready$245 ;
   assign \$507  = \$505  | \$506 ;
   assign \$508  = \$504  & \$507 ;
-  assign \$509  = ~ \$signal$284 ;
-  assign \$510  = \a__valid$245  & \a__ready$246 ;
-  assign \$511  = \$509  | \$510 ;
-  assign \$512  = \$508  & \$511 ;
-  assign \$513  = | feed_blocks;
-  assign \$514  = \$512  & \$513 ;
-  assign \$515  = w_feed_half * 9'h100;
-  assign \$516  = \$515  + feed_ntk;
-  assign \$517  = \$516  + \$signal$279 ;
-  assign \$519  = \$signal$248  == \$signal$278 ;
-  assign \$520  = lk > \$signal$279 ;
-  assign \$521  = \$519  & \$520 ;
-  assign \$522  = \$518  | \$521 ;
-  assign \$523  = ins[5:0] == 3'h4;
+  assign \$509  = | feed_blocks;
+  assign \$510  = \$508  & \$509 ;
+  assign \$511  = w_feed_half * 9'h100;
+  assign \$512  = \$511  + feed_ntk;
+  assign \$513  = \$512  + \$signal$278 ;
+  assign \$515  = \$signal$247  == \$signal$277 ;
+  assign \$516  = lk > \$signal$278 ;
+  assign \$517  = \$515  & \$516 ;
+  assign \$518  = \$514  | \$517 ;
+  assign \$519  = ins[5:0] == 3'h4;
+  assign \$521  = \$519  | \$520 ;
+  assign \$522  = \$518  & \$521 ;
+  assign \$523  = ~ \$signal$283 ;
+  assign \$524  = \a__valid$244  & \a__ready$245 ;
   assign \$525  = \$523  | \$524 ;
   assign \$526  = \$522  & \$525 ;
-  assign \$527  = ~ \$signal$284 ;
-  assign \$528  = \a__valid$245  & \a__ready$246 ;
-  assign \$529  = \$527  | \$528 ;
-  assign \$530  = \$526  & \$529 ;
-  assign \$531  = | feed_blocks;
-  assign \$532  = \$530  & \$531 ;
-  assign \$533  = w_feed_half * 9'h100;
-  assign \$534  = \$533  + feed_ntk;
-  assign \$535  = \$534  + \$signal$279 ;
-  assign \$537  = \$signal$248  == \$signal$278 ;
-  assign \$538  = lk > \$signal$279 ;
-  assign \$539  = \$537  & \$538 ;
-  assign \$540  = \$536  | \$539 ;
-  assign \$541  = ins[5:0] == 3'h4;
+  assign \$527  = | feed_blocks;
+  assign \$528  = \$526  & \$527 ;
+  assign \$529  = w_feed_half * 9'h100;
+  assign \$530  = \$529  + feed_ntk;
+  assign \$531  = \$530  + \$signal$278 ;
+  assign \$533  = \$signal$247  == \$signal$277 ;
+  assign \$534  = lk > \$signal$278 ;
+  assign \$535  = \$533  & \$534 ;
+  assign \$536  = \$532  | \$535 ;
+  assign \$537  = ins[5:0] == 3'h4;
+  assign \$539  = \$537  | \$538 ;
+  assign \$540  = \$536  & \$539 ;
+  assign \$541  = ~ \$signal$283 ;
+  assign \$542  = \a__valid$244  & \a__ready$245 ;
   assign \$543  = \$541  | \$542 ;
   assign \$544  = \$540  & \$543 ;
-  assign \$545  = ~ \$signal$284 ;
-  assign \$546  = \a__valid$245  & \a__ready$246 ;
-  assign \$547  = \$545  | \$546 ;
-  assign \$548  = \$544  & \$547 ;
-  assign \$549  = | feed_blocks;
-  assign \$550  = \$548  & \$549 ;
-  assign \$551  = w_feed_half * 9'h100;
-  assign \$552  = \$551  + feed_ntk;
-  assign \$553  = \$552  + \$signal$279 ;
-  assign \$555  = \$signal$248  == \$signal$278 ;
-  assign \$556  = lk > \$signal$279 ;
-  assign \$557  = \$555  & \$556 ;
-  assign \$558  = \$554  | \$557 ;
-  assign \$559  = ins[5:0] == 3'h4;
+  assign \$545  = | feed_blocks;
+  assign \$546  = \$544  & \$545 ;
+  assign \$547  = w_feed_half * 9'h100;
+  assign \$548  = \$547  + feed_ntk;
+  assign \$549  = \$548  + \$signal$278 ;
+  assign \$551  = \$signal$247  == \$signal$277 ;
+  assign \$552  = lk > \$signal$278 ;
+  assign \$553  = \$551  & \$552 ;
+  assign \$554  = \$550  | \$553 ;
+  assign \$555  = ins[5:0] == 3'h4;
+  assign \$557  = \$555  | \$556 ;
+  assign \$558  = \$554  & \$557 ;
+  assign \$559  = ~ \$signal$283 ;
+  assign \$560  = \a__valid$244  & \a__ready$245 ;
   assign \$561  = \$559  | \$560 ;
   assign \$562  = \$558  & \$561 ;
-  assign \$563  = ~ \$signal$284 ;
-  assign \$564  = \a__valid$245  & \a__ready$246 ;
-  assign \$565  = \$563  | \$564 ;
-  assign \$566  = \$562  & \$565 ;
-  assign \$567  = | feed_blocks;
-  assign \$568  = \$566  & \$567 ;
-  assign \$569  = w_feed_half * 9'h100;
-  assign \$570  = \$569  + feed_ntk;
-  assign \$571  = \$570  + \$signal$279 ;
-  assign \$573  = \$signal$248  == \$signal$278 ;
-  assign \$574  = lk > \$signal$279 ;
-  assign \$575  = \$573  & \$574 ;
-  assign \$576  = \$572  | \$575 ;
-  assign \$577  = ins[5:0] == 3'h4;
+  assign \$563  = | feed_blocks;
+  assign \$564  = \$562  & \$563 ;
+  assign \$565  = w_feed_half * 9'h100;
+  assign \$566  = \$565  + feed_ntk;
+  assign \$567  = \$566  + \$signal$278 ;
+  assign \$569  = \$signal$247  == \$signal$277 ;
+  assign \$570  = lk > \$signal$278 ;
+  assign \$571  = \$569  & \$570 ;
+  assign \$572  = \$568  | \$571 ;
+  assign \$573  = ins[5:0] == 3'h4;
+  assign \$575  = \$573  | \$574 ;
+  assign \$576  = \$572  & \$575 ;
+  assign \$577  = ~ \$signal$283 ;
+  assign \$578  = \a__valid$244  & \a__ready$245 ;
   assign \$579  = \$577  | \$578 ;
   assign \$580  = \$576  & \$579 ;
-  assign \$581  = ~ \$signal$284 ;
-  assign \$582  = \a__valid$245  & \a__ready$246 ;
-  assign \$583  = \$581  | \$582 ;
-  assign \$584  = \$580  & \$583 ;
-  assign \$585  = | feed_blocks;
-  assign \$586  = \$584  & \$585 ;
-  assign \$587  = w_feed_half * 9'h100;
-  assign \$588  = \$587  + feed_ntk;
-  assign \$589  = \$588  + \$signal$279 ;
-  assign \$591  = \$signal$248  == \$signal$278 ;
-  assign \$592  = lk > \$signal$279 ;
-  assign \$593  = \$591  & \$592 ;
-  assign \$594  = \$590  | \$593 ;
-  assign \$595  = ins[5:0] == 3'h4;
+  assign \$581  = | feed_blocks;
+  assign \$582  = \$580  & \$581 ;
+  assign \$583  = w_feed_half * 9'h100;
+  assign \$584  = \$583  + feed_ntk;
+  assign \$585  = \$584  + \$signal$278 ;
+  assign \$587  = \$signal$247  == \$signal$277 ;
+  assign \$588  = lk > \$signal$278 ;
+  assign \$589  = \$587  & \$588 ;
+  assign \$590  = \$586  | \$589 ;
+  assign \$591  = ins[5:0] == 3'h4;
+  assign \$593  = \$591  | \$592 ;
+  assign \$594  = \$590  & \$593 ;
+  assign \$595  = ~ \$signal$283 ;
+  assign \$596  = \a__valid$244  & \a__ready$245 ;
   assign \$597  = \$595  | \$596 ;
   assign \$598  = \$594  & \$597 ;
-  assign \$599  = ~ \$signal$284 ;
-  assign \$600  = \a__valid$245  & \a__ready$246 ;
-  assign \$601  = \$599  | \$600 ;
-  assign \$602  = \$598  & \$601 ;
-  assign \$603  = | feed_blocks;
-  assign \$604  = \$602  & \$603 ;
-  assign \$605  = w_feed_half * 9'h100;
-  assign \$606  = \$605  + feed_ntk;
-  assign \$607  = \$606  + \$signal$279 ;
-  assign \$609  = \$signal$248  == \$signal$278 ;
-  assign \$610  = lk > \$signal$279 ;
-  assign \$611  = \$609  & \$610 ;
-  assign \$612  = \$608  | \$611 ;
-  assign \$613  = ins[5:0] == 3'h4;
+  assign \$599  = | feed_blocks;
+  assign \$600  = \$598  & \$599 ;
+  assign \$601  = w_feed_half * 9'h100;
+  assign \$602  = \$601  + feed_ntk;
+  assign \$603  = \$602  + \$signal$278 ;
+  assign \$605  = \$signal$247  == \$signal$277 ;
+  assign \$606  = lk > \$signal$278 ;
+  assign \$607  = \$605  & \$606 ;
+  assign \$608  = \$604  | \$607 ;
+  assign \$609  = ins[5:0] == 3'h4;
+  assign \$611  = \$609  | \$610 ;
+  assign \$612  = \$608  & \$611 ;
+  assign \$613  = ~ \$signal$283 ;
+  assign \$614  = \a__valid$244  & \a__ready$245 ;
   assign \$615  = \$613  | \$614 ;
   assign \$616  = \$612  & \$615 ;
-  assign \$617  = ~ \$signal$284 ;
-  assign \$618  = \a__valid$245  & \a__ready$246 ;
-  assign \$619  = \$617  | \$618 ;
-  assign \$620  = \$616  & \$619 ;
-  assign \$621  = | feed_blocks;
-  assign \$622  = \$620  & \$621 ;
-  assign \$623  = w_feed_half * 9'h100;
-  assign \$624  = \$623  + feed_ntk;
-  assign \$625  = \$624  + \$signal$279 ;
-  assign \$627  = \$signal$248  == \$signal$278 ;
-  assign \$628  = lk > \$signal$279 ;
-  assign \$629  = \$627  & \$628 ;
-  assign \$630  = \$626  | \$629 ;
-  assign \$631  = ins[5:0] == 3'h4;
+  assign \$617  = | feed_blocks;
+  assign \$618  = \$616  & \$617 ;
+  assign \$619  = w_feed_half * 9'h100;
+  assign \$620  = \$619  + feed_ntk;
+  assign \$621  = \$620  + \$signal$278 ;
+  assign \$623  = \$signal$247  == \$signal$277 ;
+  assign \$624  = lk > \$signal$278 ;
+  assign \$625  = \$623  & \$624 ;
+  assign \$626  = \$622  | \$625 ;
+  assign \$627  = ins[5:0] == 3'h4;
+  assign \$629  = \$627  | \$628 ;
+  assign \$630  = \$626  & \$629 ;
+  assign \$631  = ~ \$signal$283 ;
+  assign \$632  = \a__valid$244  & \a__ready$245 ;
   assign \$633  = \$631  | \$632 ;
   assign \$634  = \$630  & \$633 ;
-  assign \$635  = ~ \$signal$284 ;
-  assign \$636  = \a__valid$245  & \a__ready$246 ;
-  assign \$637  = \$635  | \$636 ;
-  assign \$638  = \$634  & \$637 ;
-  assign \$639  = | feed_blocks;
-  assign \$640  = \$638  & \$639 ;
+  assign \$635  = | feed_blocks;
+  assign \$636  = \$634  & \$635 ;
+  assign \$637  = ins[5:0] == 3'h4;
+  assign \$638  = \$637  ? w_full : \$signal$283 ;
+  assign \$639  = ins[5:0] == 3'h4;
+  assign \$640  = \$639  ? w_lane0 : \$signature__data$357 ;
   assign \$641  = ins[5:0] == 3'h4;
-  assign \$642  = \$641  ? w_full : \$signal$284 ;
+  assign \$642  = \$641  ? w_lane1 : \$signature__data$359 ;
   assign \$643  = ins[5:0] == 3'h4;
-  assign \$644  = \$643  ? w_lane0 : \$signature__data$358 ;
+  assign \$644  = \$643  ? w_lane2 : \$signature__data$361 ;
   assign \$645  = ins[5:0] == 3'h4;
-  assign \$646  = \$645  ? w_lane1 : \$signature__data$360 ;
+  assign \$646  = \$645  ? w_lane3 : \$signature__data$363 ;
   assign \$647  = ins[5:0] == 3'h4;
-  assign \$648  = \$647  ? w_lane2 : \$signature__data$362 ;
+  assign \$648  = \$647  ? w_lane4 : \$signature__data$365 ;
   assign \$649  = ins[5:0] == 3'h4;
-  assign \$650  = \$649  ? w_lane3 : \$signature__data$364 ;
+  assign \$650  = \$649  ? w_lane5 : \$signature__data$367 ;
   assign \$651  = ins[5:0] == 3'h4;
-  assign \$652  = \$651  ? w_lane4 : \$signature__data$366 ;
+  assign \$652  = \$651  ? w_lane6 : \$signature__data$369 ;
   assign \$653  = ins[5:0] == 3'h4;
-  assign \$654  = \$653  ? w_lane5 : \$signature__data$368 ;
-  assign \$655  = ins[5:0] == 3'h4;
-  assign \$656  = \$655  ? w_lane6 : \$signature__data$370 ;
-  assign \$657  = ins[5:0] == 3'h4;
-  assign \$658  = \$657  ? w_lane7 : \$signature__data$372 ;
-  assign \$659  = streaming & is_gemm;
-  assign \$660  = \$signal  | \$signal$66 ;
-  assign \$661  = ~ \$660 ;
-  assign \$662  = \$659  & \$661 ;
-  assign \$664  = \o__valid$376  & \valid$100 ;
-  assign \$665  = index__1 * 4'h8;
-  assign \$666  = \$665  + index__3;
-  assign \$667  = \$666  < ins[55:40];
-  assign \$668  = index__2 * 4'h8;
-  assign \$669  = \$668  + index__4;
-  assign \$670  = \$669  < ins[71:56];
-  assign \$671  = \$667  & \$670 ;
-  assign \$672  = \$664  & \$671 ;
-  assign \$673  = \o__valid$376  & \valid$100 ;
-  assign \$674  = \o__valid$376  & \valid$100 ;
-  assign \$675  = \$674  & last__4;
-  assign \$676  = streaming & is_gemm;
-  assign \$677  = \$signal  | \$signal$66 ;
-  assign \$678  = \$676  & \$677 ;
-  assign \$680  = post_col == 3'h7;
-  assign \$681  = elem_take & \$680 ;
-  assign \$682  = \$signal$99  & \valid$100 ;
-  assign \$683  = index__1 * 4'h8;
-  assign \$684  = \$683  + index__3;
-  assign \$685  = \$684  < ins[55:40];
-  assign \$686  = index__2 * 4'h8;
-  assign \$687  = \$686  + index__4;
-  assign \$688  = \$687  < ins[71:56];
-  assign \$689  = \$685  & \$688 ;
-  assign \$690  = \$682  & \$689 ;
-  assign \$691  = streaming & err;
-  assign \$692  = ~ busy;
-  assign clear = start & \$692 ;
-  assign \$693  = ~ unit_rst;
-  assign \$694  = src0_issue & \$693 ;
-  assign \$695  = last__3 & \last__4$388 ;
-  assign \$696  = ~ unit_rst;
-  assign \$697  = src1_issue & \$696 ;
-  assign \$698  = \last__3$393  & \last__4$391 ;
-  assign \$699  = ins[55:40] + 4'h8;
-  assign \$700  = \$699  - 1'h1;
-  assign \$702  = ins[71:56] + 4'h8;
-  assign \$703  = \$702  - 1'h1;
-  assign \$705  = ins[87:72] - 1'h1;
-  assign \$706  = dec_mt - 1'h1;
-  assign \$707  = dec_nt - 1'h1;
-  assign \$708  = ins[39:24] * dec_mt;
-  assign \$710  = \$709  + 6'h3f;
-  assign \$712  = ins[497:466] + \$711 ;
-  assign \$713  = is_gemm ? \$712  : { 1'h0, ins[465:434] };
-  assign \$714  = dec_blocks * dec_nt;
+  assign \$654  = \$653  ? w_lane7 : \$signature__data$371 ;
+  assign \$655  = streaming & is_gemm;
+  assign \$656  = \$signal  | \$signal$66 ;
+  assign \$657  = ~ \$656 ;
+  assign \$658  = \$655  & \$657 ;
+  assign \$660  = \o__valid$375  & \valid$100 ;
+  assign \$661  = index__1 * 4'h8;
+  assign \$662  = \$661  + index__3;
+  assign \$663  = \$662  < ins[55:40];
+  assign \$664  = index__2 * 4'h8;
+  assign \$665  = \$664  + index__4;
+  assign \$666  = \$665  < ins[71:56];
+  assign \$667  = \$663  & \$666 ;
+  assign \$668  = \$660  & \$667 ;
+  assign \$669  = \o__valid$375  & \valid$100 ;
+  assign \$670  = \o__valid$375  & \valid$100 ;
+  assign \$671  = \$670  & last__4;
+  assign \$672  = streaming & is_gemm;
+  assign \$673  = \$signal  | \$signal$66 ;
+  assign \$674  = \$672  & \$673 ;
+  assign \$676  = post_col == 3'h7;
+  assign \$677  = elem_take & \$676 ;
+  assign \$678  = \$signal$99  & \valid$100 ;
+  assign \$679  = index__1 * 4'h8;
+  assign \$680  = \$679  + index__3;
+  assign \$681  = \$680  < ins[55:40];
+  assign \$682  = index__2 * 4'h8;
+  assign \$683  = \$682  + index__4;
+  assign \$684  = \$683  < ins[71:56];
+  assign \$685  = \$681  & \$684 ;
+  assign \$686  = \$678  & \$685 ;
+  assign \$687  = streaming & err;
+  assign \$688  = ~ busy;
+  assign clear = start & \$688 ;
+  assign \$689  = ~ unit_rst;
+  assign \$690  = src0_issue & \$689 ;
+  assign \$691  = last__3 & \last__4$387 ;
+  assign \$692  = ~ unit_rst;
+  assign \$693  = src1_issue & \$692 ;
+  assign \$694  = \last__3$392  & \last__4$390 ;
+  assign \$695  = ins[55:40] + 4'h8;
+  assign \$696  = \$695  - 1'h1;
+  assign \$698  = ins[71:56] + 4'h8;
+  assign \$699  = \$698  - 1'h1;
+  assign \$701  = ins[87:72] - 1'h1;
+  assign \$702  = dec_mt - 1'h1;
+  assign \$703  = dec_nt - 1'h1;
+  assign \$704  = ins[39:24] * dec_mt;
+  assign \$706  = \$705  + 6'h3f;
+  assign \$708  = ins[497:466] + \$707 ;
+  assign \$709  = is_gemm ? \$708  : { 1'h0, ins[465:434] };
+  assign \$710  = dec_blocks * dec_nt;
+  assign \$713  = \$712  ? offset : 32'd0;
+  assign \$714  = ins[465:434] + \$713 ;
   assign \$715  = cycles + 1'h1;
   assign \$717  = \$716  + 1'h1;
   assign \$718  = | images;
@@ -28437,12 +28438,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$799  = \$798  | in_ready;
   assign \$800  = \$799  & elem_valid;
   assign \$801  = ~ add_sel;
-  assign \$802  = \r_rdy$202  | \$801 ;
+  assign \$802  = \r_rdy$201  | \$801 ;
   assign \$803  = \$800  & \$802 ;
   assign \$804  = pack_j == 2'h3;
   assign \$805  = \$804  | elem_final;
   assign \$806  = pack_j + 1'h1;
-  assign \$807  = \$signal$204  & \valid$100 ;
+  assign \$807  = \$signal$203  & \valid$100 ;
   assign \$808  = pack_jo == 2'h3;
   assign \$809  = \$808  | \final ;
   assign \$810  = pack_jo + 1'h1;
@@ -28470,7 +28471,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$832  = nt == dec_nt_last;
   assign \$833  = nt + 1'h1;
   assign \$834  = streaming & is_gemm;
-  assign \$835  = \a__valid$245  & \a__ready$246 ;
+  assign \$835  = \a__valid$244  & \a__ready$245 ;
   assign \$836  = beat__valid & beat__ready;
   assign \$837  = ins[5:0] == 3'h4;
   assign \$838  = \$836  & \$837 ;
@@ -28486,34 +28487,34 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$848  = streaming & is_gemm;
   assign \$850  = ~ \$849 ;
   assign \$851  = r_rdy & \$850 ;
-  assign \$852  = \$signal$255  == 3'h7;
+  assign \$852  = \$signal$254  == 3'h7;
   assign \$853  = lk + 1'h1;
   assign \$854  = lk == dec_k_last;
-  assign \$855  = ~ \$signal$248 ;
-  assign \$856  = \$signal$255  + 1'h1;
-  assign \$857  = \a__valid$245  & \a__ready$246 ;
-  assign \$859  = \$signal$248  == \$signal$278 ;
-  assign \$860  = lk > \$signal$279 ;
+  assign \$855  = ~ \$signal$247 ;
+  assign \$856  = \$signal$254  + 1'h1;
+  assign \$857  = \a__valid$244  & \a__ready$245 ;
+  assign \$859  = \$signal$247  == \$signal$277 ;
+  assign \$860  = lk > \$signal$278 ;
   assign \$861  = \$859  & \$860 ;
   assign \$862  = \$858  | \$861 ;
   assign \$863  = ins[5:0] == 3'h4;
   assign \$865  = \$863  | \$864 ;
   assign \$866  = \$862  & \$865 ;
-  assign \$867  = ~ \$signal$284 ;
-  assign \$868  = \a__valid$245  & \a__ready$246 ;
+  assign \$867  = ~ \$signal$283 ;
+  assign \$868  = \a__valid$244  & \a__ready$245 ;
   assign \$869  = \$867  | \$868 ;
   assign \$870  = \$866  & \$869 ;
   assign \$871  = | feed_blocks;
   assign \$872  = \$870  & \$871 ;
-  assign \$873  = \$signal$279  == dec_k_last;
-  assign \$874  = \$signal$279  == dec_k_last;
+  assign \$873  = \$signal$278  == dec_k_last;
+  assign \$874  = \$signal$278  == dec_k_last;
   assign \$875  = fnt == dec_nt_last;
-  assign \$876  = ~ \$signal$278 ;
+  assign \$876  = ~ \$signal$277 ;
   assign \$877  = feed_blocks - 1'h1;
   assign \$878  = fnt + 1'h1;
-  assign \$879  = \$signal$279  + 1'h1;
+  assign \$879  = \$signal$278  + 1'h1;
   assign \$881  = ~ \$880 ;
-  assign \$882  = \r_rdy$202  & \$881 ;
+  assign \$882  = \r_rdy$201  & \$881 ;
   assign \$883  = ins[5:0] == 3'h4;
   assign \$884  = ~ \$883 ;
   assign \$885  = \$882  & \$884 ;
@@ -28525,15 +28526,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$891  = w_load_nt == dec_nt_last;
   assign \$892  = ~ w_load_half;
   assign \$893  = w_load_lane + 1'h1;
-  assign \$895  = \$signal$248  == \$signal$278 ;
-  assign \$896  = lk > \$signal$279 ;
+  assign \$895  = \$signal$247  == \$signal$277 ;
+  assign \$896  = lk > \$signal$278 ;
   assign \$897  = \$895  & \$896 ;
   assign \$898  = \$894  | \$897 ;
   assign \$899  = ins[5:0] == 3'h4;
   assign \$901  = \$899  | \$900 ;
   assign \$902  = \$898  & \$901 ;
-  assign \$903  = ~ \$signal$284 ;
-  assign \$904  = \a__valid$245  & \a__ready$246 ;
+  assign \$903  = ~ \$signal$283 ;
+  assign \$904  = \a__valid$244  & \a__ready$245 ;
   assign \$905  = \$903  | \$904 ;
   assign \$906  = \$902  & \$905 ;
   assign \$907  = | feed_blocks;
@@ -28541,7 +28542,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$909  = ins[5:0] == 3'h4;
   assign \$910  = ~ \$909 ;
   assign \$911  = \$908  & \$910 ;
-  assign \$912  = \$signal$279  == dec_k_last;
+  assign \$912  = \$signal$278  == dec_k_last;
   assign \$913  = fnt == dec_nt_last;
   assign \$914  = feed_mt == dec_mt_last;
   assign \$915  = ~ w_feed_half;
@@ -28580,202 +28581,204 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @(posedge clk)
     dec_tiles <= \$936 ;
   always @(posedge clk)
-    cycles <= \$937 ;
+    dec_ext_base <= \$937 ;
   always @(posedge clk)
-    op_cycles__0 <= \$938 ;
+    cycles <= \$938 ;
   always @(posedge clk)
-    op_cycles__1 <= \$939 ;
+    op_cycles__0 <= \$939 ;
   always @(posedge clk)
-    op_cycles__2 <= \$940 ;
+    op_cycles__1 <= \$940 ;
   always @(posedge clk)
-    op_cycles__3 <= \$941 ;
+    op_cycles__2 <= \$941 ;
   always @(posedge clk)
-    op_cycles__4 <= \$942 ;
+    op_cycles__3 <= \$942 ;
   always @(posedge clk)
-    op_cycles__5 <= \$943 ;
+    op_cycles__4 <= \$943 ;
   always @(posedge clk)
-    op_cycles__6 <= \$944 ;
+    op_cycles__5 <= \$944 ;
   always @(posedge clk)
-    op_cycles__7 <= \$945 ;
+    op_cycles__6 <= \$945 ;
   always @(posedge clk)
-    op_cycles__8 <= \$946 ;
+    op_cycles__7 <= \$946 ;
   always @(posedge clk)
-    op_cycles__9 <= \$947 ;
+    op_cycles__8 <= \$947 ;
   always @(posedge clk)
-    op_cycles__10 <= \$948 ;
+    op_cycles__9 <= \$948 ;
   always @(posedge clk)
-    op_cycles__11 <= \$949 ;
+    op_cycles__10 <= \$949 ;
   always @(posedge clk)
-    op_cycles__12 <= \$950 ;
+    op_cycles__11 <= \$950 ;
   always @(posedge clk)
-    op_cycles__13 <= \$951 ;
+    op_cycles__12 <= \$951 ;
   always @(posedge clk)
-    op_cycles__14 <= \$952 ;
+    op_cycles__13 <= \$952 ;
   always @(posedge clk)
-    op_cycles__15 <= \$953 ;
+    op_cycles__14 <= \$953 ;
   always @(posedge clk)
-    pc <= \$954 ;
+    op_cycles__15 <= \$954 ;
   always @(posedge clk)
-    busy <= \$955 ;
+    pc <= \$955 ;
   always @(posedge clk)
-    done <= \$956 ;
+    busy <= \$956 ;
   always @(posedge clk)
-    error <= \$957 ;
+    done <= \$957 ;
   always @(posedge clk)
-    fetch_sent <= \$958 ;
+    error <= \$958 ;
   always @(posedge clk)
-    \$signal$402  <= \$959 ;
+    fetch_sent <= \$959 ;
   always @(posedge clk)
-    \$signal$403  <= \$960 ;
+    \$signal$402  <= \$960 ;
   always @(posedge clk)
-    images_left <= \$961 ;
+    \$signal$403  <= \$961 ;
   always @(posedge clk)
-    offset <= \$962 ;
+    images_left <= \$962 ;
   always @(posedge clk)
-    seq_state <= \$963 ;
+    offset <= \$963 ;
   always @(posedge clk)
-    ins <= \$964 ;
+    seq_state <= \$964 ;
   always @(posedge clk)
-    decode_wait <= \$965 ;
+    ins <= \$965 ;
   always @(posedge clk)
-    ci <= \$966 ;
+    decode_wait <= \$966 ;
   always @(posedge clk)
-    cr <= \$967 ;
+    ci <= \$967 ;
   always @(posedge clk)
-    pack_full <= \$968 ;
+    cr <= \$968 ;
   always @(posedge clk)
-    pack_a0 <= \$969 ;
+    pack_full <= \$969 ;
   always @(posedge clk)
-    pack_a1 <= \$970 ;
+    pack_a0 <= \$970 ;
   always @(posedge clk)
-    pack_a2 <= \$971 ;
+    pack_a1 <= \$971 ;
   always @(posedge clk)
-    pack_a3 <= \$972 ;
+    pack_a2 <= \$972 ;
   always @(posedge clk)
-    pack_b0 <= \$973 ;
+    pack_a3 <= \$973 ;
   always @(posedge clk)
-    pack_b1 <= \$974 ;
+    pack_b0 <= \$974 ;
   always @(posedge clk)
-    pack_b2 <= \$975 ;
+    pack_b1 <= \$975 ;
   always @(posedge clk)
-    pack_b3 <= \$976 ;
+    pack_b2 <= \$976 ;
   always @(posedge clk)
-    pack_j <= \$977 ;
+    pack_b3 <= \$977 ;
   always @(posedge clk)
-    pack_jo <= \$978 ;
+    pack_j <= \$978 ;
   always @(posedge clk)
-    tiles <= \$979 ;
+    pack_jo <= \$979 ;
   always @(posedge clk)
-    nt <= \$980 ;
+    tiles <= \$980 ;
   always @(posedge clk)
-    k <= \$981 ;
+    nt <= \$981 ;
   always @(posedge clk)
-    w_addr <= \$982 ;
+    k <= \$982 ;
   always @(posedge clk)
-    want_w <= \$983 ;
+    w_addr <= \$983 ;
   always @(posedge clk)
-    rk <= \$984 ;
+    want_w <= \$984 ;
   always @(posedge clk)
-    w_full <= \$985 ;
+    rk <= \$985 ;
   always @(posedge clk)
-    w_lane0 <= \$986 ;
+    w_full <= \$986 ;
   always @(posedge clk)
-    w_lane1 <= \$987 ;
+    w_lane0 <= \$987 ;
   always @(posedge clk)
-    w_lane2 <= \$988 ;
+    w_lane1 <= \$988 ;
   always @(posedge clk)
-    w_lane3 <= \$989 ;
+    w_lane2 <= \$989 ;
   always @(posedge clk)
-    w_lane4 <= \$990 ;
+    w_lane3 <= \$990 ;
   always @(posedge clk)
-    w_lane5 <= \$991 ;
+    w_lane4 <= \$991 ;
   always @(posedge clk)
-    w_lane6 <= \$992 ;
+    w_lane5 <= \$992 ;
   always @(posedge clk)
-    w_lane7 <= \$993 ;
+    w_lane6 <= \$993 ;
   always @(posedge clk)
-    a_filled0 <= \$994 ;
+    w_lane7 <= \$994 ;
   always @(posedge clk)
-    a_filled1 <= \$995 ;
+    a_filled0 <= \$995 ;
   always @(posedge clk)
-    \$signal$248  <= \$996 ;
+    a_filled1 <= \$996 ;
   always @(posedge clk)
-    \$signal$255  <= \$997 ;
+    \$signal$247  <= \$997 ;
   always @(posedge clk)
-    lk <= \$998 ;
+    \$signal$254  <= \$998 ;
   always @(posedge clk)
-    \$signal$278  <= \$999 ;
+    lk <= \$999 ;
   always @(posedge clk)
-    \$signal$279  <= \$1000 ;
+    \$signal$277  <= \$1000 ;
   always @(posedge clk)
-    fnt <= \$1001 ;
+    \$signal$278  <= \$1001 ;
   always @(posedge clk)
-    feed_blocks <= \$1002 ;
+    fnt <= \$1002 ;
   always @(posedge clk)
-    \$signal$284  <= \$1003 ;
+    feed_blocks <= \$1003 ;
   always @(posedge clk)
-    a_last <= \$1004 ;
+    \$signal$283  <= \$1004 ;
   always @(posedge clk)
-    w_load_lane <= \$1005 ;
+    a_last <= \$1005 ;
   always @(posedge clk)
-    w_load_k <= \$1006 ;
+    w_load_lane <= \$1006 ;
   always @(posedge clk)
-    w_load_addr <= \$1007 ;
+    w_load_k <= \$1007 ;
   always @(posedge clk)
-    w_load_nt <= \$1008 ;
+    w_load_addr <= \$1008 ;
   always @(posedge clk)
-    w_filled0 <= \$1009 ;
+    w_load_nt <= \$1009 ;
   always @(posedge clk)
-    w_filled1 <= \$1010 ;
+    w_filled0 <= \$1010 ;
   always @(posedge clk)
-    w_load_half <= \$1011 ;
+    w_filled1 <= \$1011 ;
   always @(posedge clk)
-    feed_ntk <= \$1012 ;
+    w_load_half <= \$1012 ;
   always @(posedge clk)
-    feed_mt <= \$1013 ;
+    feed_ntk <= \$1013 ;
   always @(posedge clk)
-    w_feed_half <= \$1014 ;
+    feed_mt <= \$1014 ;
   always @(posedge clk)
-    post_col <= \$1015 ;
+    w_feed_half <= \$1015 ;
+  always @(posedge clk)
+    post_col <= \$1016 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
-    .b__payload(\b__payload$222 ),
-    .b__ready(\b__ready$216 ),
-    .b__valid(\b__valid$214 ),
-    .c__payload(\c__payload$168 ),
-    .c__ready(\c__ready$170 ),
-    .c__valid(\c__valid$169 ),
+    .b__payload(\b__payload$221 ),
+    .b__ready(\b__ready$215 ),
+    .b__valid(\b__valid$213 ),
+    .c__payload(\c__payload$166 ),
+    .c__ready(\c__ready$168 ),
+    .c__valid(\c__valid$167 ),
     .clk(clk),
-    .o__payload(\o__payload$209 ),
-    .o__ready(\o__ready$206 ),
-    .o__valid(\o__valid$205 ),
+    .o__payload(\o__payload$208 ),
+    .o__ready(\o__ready$205 ),
+    .o__valid(\o__valid$204 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gelu0  gelu0 (
-    .c__payload(\c__payload$171 ),
-    .c__ready(\c__ready$173 ),
-    .c__valid(\c__valid$172 ),
+    .c__payload(\c__payload$169 ),
+    .c__ready(\c__ready$171 ),
+    .c__valid(\c__valid$170 ),
     .clk(clk),
-    .go(\i__ready$231 ),
-    .i__payload(\i__payload$232 ),
-    .i__valid(\i__valid$230 ),
-    .o__payload(\o__payload$229 ),
-    .o__ready(\o__ready$228 ),
-    .o__valid(\o__valid$227 ),
+    .go(\i__ready$230 ),
+    .i__payload(\i__payload$231 ),
+    .i__valid(\i__valid$229 ),
+    .o__payload(\o__payload$228 ),
+    .o__ready(\o__ready$227 ),
+    .o__valid(\o__valid$226 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$346 ),
-    .a__ready(\a__ready$246 ),
-    .a__valid(\a__valid$245 ),
+    .a__payload(\a__payload$345 ),
+    .a__ready(\a__ready$245 ),
+    .a__valid(\a__valid$244 ),
     .clk(clk),
-    .o__payload(\o__payload$375 ),
-    .o__ready(\o__ready$380 ),
-    .o__valid(\o__valid$376 ),
+    .o__payload(\o__payload$374 ),
+    .o__ready(\o__ready$379 ),
+    .o__valid(\o__valid$375 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -28813,9 +28816,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$389 ),
+    .\final (\final$388 ),
     .last__3(last__3),
-    .last__4(\last__4$388 ),
+    .last__4(\last__4$387 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -28835,9 +28838,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$87 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$392 ),
-    .last__3(\last__3$393 ),
-    .last__4(\last__4$391 ),
+    .\final (\final$391 ),
+    .last__3(\last__3$392 ),
+    .last__4(\last__4$390 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -28854,24 +28857,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .valid(\valid$83 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\i__payload$191 ),
-    .c__payload(\c__payload$165 ),
-    .c__valid(\c__valid$166 ),
+    .buf_wdata(\i__payload$190 ),
+    .c__payload(\c__payload$163 ),
+    .c__valid(\c__valid$164 ),
     .clk(clk),
-    .i__ready(\i__ready$192 ),
-    .i__valid(\i__valid$190 ),
-    .idle_r(\c__ready$167 ),
-    .o__payload(\o__payload$194 ),
-    .o__ready(\o__ready$195 ),
-    .o__valid(\o__valid$193 ),
+    .i__ready(\i__ready$191 ),
+    .i__valid(\i__valid$189 ),
+    .idle_r(\c__ready$165 ),
+    .o__payload(\o__payload$193 ),
+    .o__ready(\o__ready$194 ),
+    .o__valid(\o__valid$192 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$13732$0 (src0_meta),
-    .\port$1501$0 (\$signature__data ),
+    .\port$13794$0 (src0_meta),
+    .\port$1563$0 (\$signature__data ),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -28882,11 +28885,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$84 ),
-    .\port$13736$0 (src1_meta),
-    .\port$1502$0 (\$signature__data$92 ),
-    .r_data(\r_data$301 ),
-    .r_en(\r_en$203 ),
-    .r_rdy(\r_rdy$202 ),
+    .\port$13798$0 (src1_meta),
+    .\port$1564$0 (\$signature__data$92 ),
+    .r_data(\r_data$300 ),
+    .r_en(\r_en$202 ),
+    .r_rdy(\r_rdy$201 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -28903,10 +28906,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .r__payload(r__payload),
     .r__ready(r__ready),
     .r__valid(r__valid),
-    .req__payload(req__payload),
     .req__ready(req__ready),
-    .req__valid(req__valid),
-    .rst(rst)
+    .rst(rst),
+    .w_data(req__payload),
+    .w_en(req__valid)
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c__payload),
@@ -28932,143 +28935,123 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clk(clk),
     .err(err),
     .idle(idle),
-    .req__payload(\req__payload$182 ),
-    .req__ready(\req__ready$183 ),
-    .req__valid(\req__valid$181 ),
-    .rst(rst)
+    .req__ready(\req__ready$182 ),
+    .rst(rst),
+    .w_data(\req__payload$181 ),
+    .w_en(\req__valid$180 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$171  = 16'h0000;
+    \$167  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$171  = unpack0;
+          \$167  = unpack0;
       3'h1:
-          \$171  = unpack1;
+          \$167  = unpack1;
       3'h2:
-          \$171  = unpack2;
+          \$167  = unpack2;
       3'h3:
-          \$171  = unpack3;
+          \$167  = unpack3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$248 )
+    casez (\$signal$247 )
       1'h0:
-          \$212  = a_filled0;
+          \$208  = a_filled0;
       1'h1:
-          \$212  = a_filled1;
+          \$208  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$248 )
+    casez (\$signal$247 )
       1'h0:
-          \$217  = a_filled0;
+          \$213  = a_filled0;
       1'h1:
-          \$217  = a_filled1;
+          \$213  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$248 )
+    casez (\$signal$247 )
       1'h0:
-          \$225  = a_filled0;
+          \$221  = a_filled0;
       1'h1:
-          \$225  = a_filled1;
+          \$221  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$248 )
+    casez (\$signal$247 )
       1'h0:
-          \$232  = a_filled0;
+          \$228  = a_filled0;
       1'h1:
-          \$232  = a_filled1;
+          \$228  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$248 )
+    casez (\$signal$247 )
       1'h0:
-          \$239  = a_filled0;
+          \$235  = a_filled0;
       1'h1:
-          \$239  = a_filled1;
+          \$235  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$248 )
+    casez (\$signal$247 )
       1'h0:
-          \$246  = a_filled0;
+          \$242  = a_filled0;
       1'h1:
-          \$246  = a_filled1;
+          \$242  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$248 )
+    casez (\$signal$247 )
       1'h0:
-          \$253  = a_filled0;
+          \$249  = a_filled0;
       1'h1:
-          \$253  = a_filled1;
+          \$249  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$248 )
+    casez (\$signal$247 )
       1'h0:
-          \$260  = a_filled0;
+          \$256  = a_filled0;
       1'h1:
-          \$260  = a_filled1;
+          \$256  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$248 )
+    casez (\$signal$247 )
       1'h0:
-          \$267  = a_filled0;
+          \$263  = a_filled0;
       1'h1:
-          \$267  = a_filled1;
+          \$263  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$278 )
+    casez (\$signal$277 )
       1'h0:
-          \$274  = a_filled0;
+          \$270  = a_filled0;
       1'h1:
-          \$274  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$280  = w_filled0;
-      1'h1:
-          \$280  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$278 )
-      1'h0:
-          \$291  = a_filled0;
-      1'h1:
-          \$291  = a_filled1;
+          \$270  = a_filled1;
     endcase
   end
   always @* begin
@@ -29076,39 +29059,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$297  = w_filled0;
+          \$276  = w_filled0;
       1'h1:
-          \$297  = w_filled1;
+          \$276  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$278 )
+    casez (\$signal$277 )
       1'h0:
-          \$308  = a_filled0;
+          \$287  = a_filled0;
       1'h1:
-          \$308  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$314  = w_filled0;
-      1'h1:
-          \$314  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$278 )
-      1'h0:
-          \$325  = a_filled0;
-      1'h1:
-          \$325  = a_filled1;
+          \$287  = a_filled1;
     endcase
   end
   always @* begin
@@ -29116,39 +29079,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$331  = w_filled0;
+          \$293  = w_filled0;
       1'h1:
-          \$331  = w_filled1;
+          \$293  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$278 )
+    casez (\$signal$277 )
       1'h0:
-          \$342  = a_filled0;
+          \$304  = a_filled0;
       1'h1:
-          \$342  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$348  = w_filled0;
-      1'h1:
-          \$348  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$278 )
-      1'h0:
-          \$359  = a_filled0;
-      1'h1:
-          \$359  = a_filled1;
+          \$304  = a_filled1;
     endcase
   end
   always @* begin
@@ -29156,39 +29099,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$365  = w_filled0;
+          \$310  = w_filled0;
       1'h1:
-          \$365  = w_filled1;
+          \$310  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$278 )
+    casez (\$signal$277 )
       1'h0:
-          \$376  = a_filled0;
+          \$321  = a_filled0;
       1'h1:
-          \$376  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$382  = w_filled0;
-      1'h1:
-          \$382  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$278 )
-      1'h0:
-          \$393  = a_filled0;
-      1'h1:
-          \$393  = a_filled1;
+          \$321  = a_filled1;
     endcase
   end
   always @* begin
@@ -29196,9 +29119,89 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$399  = w_filled0;
+          \$327  = w_filled0;
       1'h1:
-          \$399  = w_filled1;
+          \$327  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$338  = a_filled0;
+      1'h1:
+          \$338  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$344  = w_filled0;
+      1'h1:
+          \$344  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$355  = a_filled0;
+      1'h1:
+          \$355  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$361  = w_filled0;
+      1'h1:
+          \$361  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$372  = a_filled0;
+      1'h1:
+          \$372  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$378  = w_filled0;
+      1'h1:
+          \$378  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$389  = a_filled0;
+      1'h1:
+          \$389  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$395  = w_filled0;
+      1'h1:
+          \$395  = w_filled1;
     endcase
   end
   always @* begin
@@ -29206,9 +29209,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$410  = w_filled0;
+          \$406  = w_filled0;
       1'h1:
-          \$410  = w_filled1;
+          \$406  = w_filled1;
     endcase
   end
   always @* begin
@@ -29216,9 +29219,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$418  = w_filled0;
+          \$414  = w_filled0;
       1'h1:
-          \$418  = w_filled1;
+          \$414  = w_filled1;
     endcase
   end
   always @* begin
@@ -29226,9 +29229,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$429  = w_filled0;
+          \$425  = w_filled0;
       1'h1:
-          \$429  = w_filled1;
+          \$425  = w_filled1;
     endcase
   end
   always @* begin
@@ -29236,9 +29239,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$439  = w_filled0;
+          \$435  = w_filled0;
       1'h1:
-          \$439  = w_filled1;
+          \$435  = w_filled1;
     endcase
   end
   always @* begin
@@ -29246,9 +29249,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$449  = w_filled0;
+          \$445  = w_filled0;
       1'h1:
-          \$449  = w_filled1;
+          \$445  = w_filled1;
     endcase
   end
   always @* begin
@@ -29256,9 +29259,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$459  = w_filled0;
+          \$455  = w_filled0;
       1'h1:
-          \$459  = w_filled1;
+          \$455  = w_filled1;
     endcase
   end
   always @* begin
@@ -29266,9 +29269,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$469  = w_filled0;
+          \$465  = w_filled0;
       1'h1:
-          \$469  = w_filled1;
+          \$465  = w_filled1;
     endcase
   end
   always @* begin
@@ -29276,9 +29279,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$479  = w_filled0;
+          \$475  = w_filled0;
       1'h1:
-          \$479  = w_filled1;
+          \$475  = w_filled1;
     endcase
   end
   always @* begin
@@ -29286,39 +29289,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$489  = w_filled0;
+          \$485  = w_filled0;
       1'h1:
-          \$489  = w_filled1;
+          \$485  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$278 )
+    casez (\$signal$277 )
       1'h0:
-          \$500  = a_filled0;
+          \$496  = a_filled0;
       1'h1:
-          \$500  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$506  = w_filled0;
-      1'h1:
-          \$506  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$278 )
-      1'h0:
-          \$518  = a_filled0;
-      1'h1:
-          \$518  = a_filled1;
+          \$496  = a_filled1;
     endcase
   end
   always @* begin
@@ -29326,39 +29309,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$524  = w_filled0;
+          \$502  = w_filled0;
       1'h1:
-          \$524  = w_filled1;
+          \$502  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$278 )
+    casez (\$signal$277 )
       1'h0:
-          \$536  = a_filled0;
+          \$514  = a_filled0;
       1'h1:
-          \$536  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$542  = w_filled0;
-      1'h1:
-          \$542  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$278 )
-      1'h0:
-          \$554  = a_filled0;
-      1'h1:
-          \$554  = a_filled1;
+          \$514  = a_filled1;
     endcase
   end
   always @* begin
@@ -29366,39 +29329,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$560  = w_filled0;
+          \$520  = w_filled0;
       1'h1:
-          \$560  = w_filled1;
+          \$520  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$278 )
+    casez (\$signal$277 )
       1'h0:
-          \$572  = a_filled0;
+          \$532  = a_filled0;
       1'h1:
-          \$572  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$578  = w_filled0;
-      1'h1:
-          \$578  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$278 )
-      1'h0:
-          \$590  = a_filled0;
-      1'h1:
-          \$590  = a_filled1;
+          \$532  = a_filled1;
     endcase
   end
   always @* begin
@@ -29406,39 +29349,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$596  = w_filled0;
+          \$538  = w_filled0;
       1'h1:
-          \$596  = w_filled1;
+          \$538  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$278 )
+    casez (\$signal$277 )
       1'h0:
-          \$608  = a_filled0;
+          \$550  = a_filled0;
       1'h1:
-          \$608  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$614  = w_filled0;
-      1'h1:
-          \$614  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$278 )
-      1'h0:
-          \$626  = a_filled0;
-      1'h1:
-          \$626  = a_filled1;
+          \$550  = a_filled1;
     endcase
   end
   always @* begin
@@ -29446,31 +29369,111 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$632  = w_filled0;
+          \$556  = w_filled0;
       1'h1:
-          \$632  = w_filled1;
+          \$556  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$663  = 32'd0;
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$568  = a_filled0;
+      1'h1:
+          \$568  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$574  = w_filled0;
+      1'h1:
+          \$574  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$586  = a_filled0;
+      1'h1:
+          \$586  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$592  = w_filled0;
+      1'h1:
+          \$592  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$604  = a_filled0;
+      1'h1:
+          \$604  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$610  = w_filled0;
+      1'h1:
+          \$610  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$277 )
+      1'h0:
+          \$622  = a_filled0;
+      1'h1:
+          \$622  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$628  = w_filled0;
+      1'h1:
+          \$628  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$659  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$663  = \o__payload$375 [31:0];
+          \$659  = \o__payload$374 [31:0];
       16'h0001:
-          \$663  = \o__payload$375 [63:32];
+          \$659  = \o__payload$374 [63:32];
       16'h0002:
-          \$663  = \o__payload$375 [95:64];
+          \$659  = \o__payload$374 [95:64];
       16'h0003:
-          \$663  = \o__payload$375 [127:96];
+          \$659  = \o__payload$374 [127:96];
       16'h0004:
-          \$663  = \o__payload$375 [159:128];
+          \$659  = \o__payload$374 [159:128];
       16'h0005:
-          \$663  = \o__payload$375 [191:160];
+          \$659  = \o__payload$374 [191:160];
       16'h0006:
-          \$663  = \o__payload$375 [223:192];
+          \$659  = \o__payload$374 [223:192];
       16'h0007:
-          \$663  = \o__payload$375 [255:224];
+          \$659  = \o__payload$374 [255:224];
     endcase
   end
   always @* begin
@@ -29478,21 +29481,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$679  = \o__payload$375 [31:0];
+          \$675  = \o__payload$374 [31:0];
       3'h1:
-          \$679  = \o__payload$375 [63:32];
+          \$675  = \o__payload$374 [63:32];
       3'h2:
-          \$679  = \o__payload$375 [95:64];
+          \$675  = \o__payload$374 [95:64];
       3'h3:
-          \$679  = \o__payload$375 [127:96];
+          \$675  = \o__payload$374 [127:96];
       3'h4:
-          \$679  = \o__payload$375 [159:128];
+          \$675  = \o__payload$374 [159:128];
       3'h5:
-          \$679  = \o__payload$375 [191:160];
+          \$675  = \o__payload$374 [191:160];
       3'h6:
-          \$679  = \o__payload$375 [223:192];
+          \$675  = \o__payload$374 [223:192];
       3'h7:
-          \$679  = \o__payload$375 [255:224];
+          \$675  = \o__payload$374 [255:224];
     endcase
   end
   always @* begin
@@ -29536,7 +29539,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$248 )
+    casez (\$signal$247 )
       1'h0:
           \$849  = a_filled0;
       1'h1:
@@ -29546,7 +29549,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$278 )
+    casez (\$signal$277 )
       1'h0:
           \$858  = a_filled0;
       1'h1:
@@ -29576,7 +29579,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$278 )
+    casez (\$signal$277 )
       1'h0:
           \$894  = a_filled0;
       1'h1:
@@ -29808,33 +29811,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     next = src0_issue;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-        next = \$123 ;
+      end else if (\$112 ) begin
+        next = \$119 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__addr = \addr$95 [13:0];
-    if (\$662 ) begin
+    if (\$658 ) begin
       wr__addr = \addr$95 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__data = sink_data;
-    if (\$662 ) begin
-      wr__data = \$663 [15:0];
+    if (\$658 ) begin
+      wr__data = \$659 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__en = \$52 ;
-    if (\$662 ) begin
-      wr__en = \$672 ;
+    if (\$658 ) begin
+      wr__en = \$668 ;
     end
-    if (\$678 ) begin
-      wr__en = \$690 ;
+    if (\$674 ) begin
+      wr__en = \$686 ;
     end
   end
   always @* begin
@@ -29842,13 +29845,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     \next$101  = \$53 ;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
-        \next$101  = \$143 ;
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
+        \next$101  = \$139 ;
       end
     end
-    if (\$662 ) begin
-      \next$101  = \$673 ;
+    if (\$658 ) begin
+      \next$101  = \$669 ;
     end
   end
   always @* begin
@@ -29874,20 +29877,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h0:
           /* empty */;
       3'h1:
-          req__valid = \$79 ;
+          req__valid = \$75 ;
       3'h2:
           /* empty */;
       3'h3:
-          req__valid = \$106 ;
+          req__valid = \$102 ;
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
+      end else if (\$112 ) begin
         req__valid = valid;
       end
     end
-    if (\$175 ) begin
-      req__valid = \$176 ;
+    if (\$171 ) begin
+      req__valid = \$172 ;
     end
   end
   always @* begin
@@ -29905,20 +29908,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          req__payload[31:0] = \$108 [31:0];
+          req__payload[31:0] = \$104 [31:0];
           req__payload[34:32] = dec_c_lb;
         end
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-        req__payload[31:0] = \$122 [31:0];
+      end else if (\$112 ) begin
+        req__payload[31:0] = \$118 [31:0];
         req__payload[34:32] = { 1'h0, ins[23:22] };
       end
     end
-    if (\$175 ) begin
-      req__payload[31:0] = \$179 [31:0];
-      req__payload[34:32] = \$180 ;
+    if (\$171 ) begin
+      req__payload[31:0] = \$175 [31:0];
+      req__payload[34:32] = \$176 ;
     end
   end
   always @* begin
@@ -29933,17 +29936,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$109 ) begin
+          if (\$105 ) begin
             beat__ready = c__ready;
           end
-          if (\$110 ) begin
-            beat__ready = \c__ready$167 ;
+          if (\$106 ) begin
+            beat__ready = \c__ready$165 ;
           end
           if (add_sel) begin
-            beat__ready = \c__ready$170 ;
+            beat__ready = \c__ready$168 ;
           end
-          if (\$115 ) begin
-            beat__ready = \c__ready$173 ;
+          if (\$111 ) begin
+            beat__ready = \c__ready$171 ;
           end
         end
       3'h4:
@@ -29953,16 +29956,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
+      end else if (\$112 ) begin
         beat__ready = \valid$100 ;
       end
     end
-    if (\$181 ) begin
+    if (\$177 ) begin
       (* full_case = 32'd1 *)
-      if (\$186 ) begin
+      if (\$182 ) begin
         beat__ready = p__ready;
       end else begin
-        beat__ready = \$189 ;
+        beat__ready = \$185 ;
       end
     end
   end
@@ -29987,14 +29990,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$80 ) begin
-          end else if (\$83 ) begin
-          end else if (\$84 ) begin
+          if (\$76 ) begin
+          end else if (\$79 ) begin
+          end else if (\$80 ) begin
+          end else if (\$91 ) begin
           end else if (\$95 ) begin
-          end else if (\$99 ) begin
-          end else if (\$100 ) begin
+          end else if (\$96 ) begin
             load = 1'h1;
-          end else if (\$105 ) begin
+          end else if (\$101 ) begin
             load = 1'h1;
           end else if (unit_known) begin
             load = 1'h1;
@@ -30042,14 +30045,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (\$109 ) begin
+          if (\$105 ) begin
             c__valid = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$165  = 66'h00000000000000000;
+    \c__payload$163  = 66'h00000000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30058,12 +30061,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$165  = beat__payload[65:0];
+          \c__payload$163  = beat__payload[65:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$166  = 1'h0;
+    \c__valid$164  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30072,14 +30075,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (\$110 ) begin
-            \c__valid$166  = beat__valid;
+          if (\$106 ) begin
+            \c__valid$164  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$168  = 44'h00000000000;
+    \c__payload$166  = 44'h00000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30088,12 +30091,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$168  = beat__payload[43:0];
+          \c__payload$166  = beat__payload[43:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$169  = 1'h0;
+    \c__valid$167  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30103,13 +30106,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
           if (add_sel) begin
-            \c__valid$169  = beat__valid;
+            \c__valid$167  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$171  = 53'h00000000000000;
+    \c__payload$169  = 53'h00000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30118,12 +30121,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$171  = beat__payload[52:0];
+          \c__payload$169  = beat__payload[52:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$172  = 1'h0;
+    \c__valid$170  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30132,8 +30135,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (\$115 ) begin
-            \c__valid$172  = beat__valid;
+          if (\$111 ) begin
+            \c__valid$170  = beat__valid;
           end
     endcase
   end
@@ -30178,19 +30181,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       (* full_case = 32'd1 *)
       if (is_move) begin
         \$signal$69  = 1'h1;
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
         \$signal$69  = 1'h1;
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
+      end else if (\$114 ) begin
         \$signal$69  = 1'h1;
-      end else if (\$119 ) begin
+      end else if (\$115 ) begin
         \$signal$69  = 1'h1;
       end else begin
         \$signal$69  = 1'h1;
       end
     end
-    if (\$211 ) begin
+    if (\$207 ) begin
       \$signal$69  = 1'h1;
     end
   end
@@ -30200,18 +30203,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       if (is_move) begin
         \$signal$99  = r_rdy;
-      end else if (\$116 ) begin
+      end else if (\$112 ) begin
         \$signal$99  = beat__valid;
-      end else if (\$117 ) begin
+      end else if (\$113 ) begin
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
+      end else if (\$114 ) begin
         \$signal$99  = o__valid;
-      end else if (\$119 ) begin
-        \$signal$99  = \o__valid$193 ;
+      end else if (\$115 ) begin
+        \$signal$99  = \o__valid$192 ;
       end
     end
-    if (\$151 ) begin
-      \$signal$99  = \$signal$204 ;
+    if (\$147 ) begin
+      \$signal$99  = \$signal$203 ;
     end
   end
   always @* begin
@@ -30220,28 +30223,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       if (is_move) begin
         sink_data = r_data[15:0];
-      end else if (\$116 ) begin
+      end else if (\$112 ) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$126 [8], \$126 [8], \$126 [8], \$126 [8], \$126 [8], \$126 [8], \$126 [8], \$126  };
+              sink_data = { \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122  };
           2'h1:
-              sink_data = \$129 [15:0];
+              sink_data = \$125 [15:0];
           2'h2:
-              sink_data = \$132 [15:0];
+              sink_data = \$128 [15:0];
           2'h3:
-              sink_data = \$135 [15:0];
+              sink_data = \$131 [15:0];
         endcase
-      end else if (\$117 ) begin
+      end else if (\$113 ) begin
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
+      end else if (\$114 ) begin
         sink_data = { 8'h00, o__payload[7:0] };
-      end else if (\$119 ) begin
-        sink_data = { \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194 [7], \o__payload$194  };
+      end else if (\$115 ) begin
+        sink_data = { \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193  };
       end
     end
-    if (\$151 ) begin
-      sink_data = \$171 ;
+    if (\$147 ) begin
+      sink_data = \$167 ;
     end
   end
   always @* begin
@@ -30250,21 +30253,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-        r_en = \$120 ;
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
-        r_en = \$141 ;
+        r_en = \$116 ;
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
+        r_en = \$137 ;
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
-        r_en = \$144 ;
-      end else if (\$119 ) begin
-        r_en = \$145 ;
+      end else if (\$114 ) begin
+        r_en = \$140 ;
+      end else if (\$115 ) begin
+        r_en = \$141 ;
       end else begin
         r_en = elem_take;
       end
     end
-    if (\$211 ) begin
-      r_en = \$214 ;
+    if (\$207 ) begin
+      r_en = \$210 ;
     end
   end
   always @* begin
@@ -30272,37 +30275,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     fault = 4'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-        if (\$136 ) begin
+      end else if (\$112 ) begin
+        if (\$132 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$691 ) begin
+    if (\$687 ) begin
       fault = 4'h5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \req__valid$181  = 1'h0;
+    \req__valid$180  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
-        \req__valid$181  = \$137 ;
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
+        \req__valid$180  = \$133 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \req__payload$182  = 99'h0000000000000000000000000;
+    \req__payload$181  = 99'h0000000000000000000000000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
-        \req__payload$182 [31:0] = \$139 [31:0];
-        \req__payload$182 [95:32] = { 48'h000000000000, r_data[15:0] };
-        \req__payload$182 [98:96] = { 1'h0, ins[23:22] };
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
+        \req__payload$181 [31:0] = \$135 [31:0];
+        \req__payload$181 [95:32] = { 48'h000000000000, r_data[15:0] };
+        \req__payload$181 [98:96] = { 1'h0, ins[23:22] };
       end
     end
   end
@@ -30311,10 +30314,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     i__valid = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
+      end else if (\$114 ) begin
         i__valid = r_rdy;
       end
     end
@@ -30324,10 +30327,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     i__payload = 17'h00000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
+      end else if (\$114 ) begin
         i__payload[15:0] = r_data[15:0];
         i__payload[16] = r_data[16];
       end
@@ -30338,53 +30341,53 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     o__ready = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
+      end else if (\$114 ) begin
         o__ready = \valid$100 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__valid$190  = 1'h0;
+    \i__valid$189  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
-      end else if (\$119 ) begin
-        \i__valid$190  = r_rdy;
+      end else if (\$114 ) begin
+      end else if (\$115 ) begin
+        \i__valid$189  = r_rdy;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__payload$191  = 16'h0000;
+    \i__payload$190  = 16'h0000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
-      end else if (\$119 ) begin
-        \i__payload$191  = r_data[15:0];
+      end else if (\$114 ) begin
+      end else if (\$115 ) begin
+        \i__payload$190  = r_data[15:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$195  = 1'h0;
+    \o__ready$194  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
-      end else if (\$119 ) begin
-        \o__ready$195  = \valid$100 ;
+      end else if (\$114 ) begin
+      end else if (\$115 ) begin
+        \o__ready$194  = \valid$100 ;
       end
     end
   end
@@ -30394,17 +30397,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
-      end else if (\$119 ) begin
+      end else if (\$114 ) begin
+      end else if (\$115 ) begin
       end else begin
         elem_valid = r_rdy;
       end
     end
-    if (\$678 ) begin
-      elem_valid = \o__valid$376 ;
+    if (\$674 ) begin
+      elem_valid = \o__valid$375 ;
     end
   end
   always @* begin
@@ -30413,17 +30416,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
-      end else if (\$119 ) begin
+      end else if (\$114 ) begin
+      end else if (\$115 ) begin
       end else begin
         elem_data = r_data[15:0];
       end
     end
-    if (\$678 ) begin
-      elem_data = \$679 [15:0];
+    if (\$674 ) begin
+      elem_data = \$675 [15:0];
     end
   end
   always @* begin
@@ -30432,11 +30435,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$116 ) begin
-      end else if (\$117 ) begin
+      end else if (\$112 ) begin
+      end else if (\$113 ) begin
       end else if (is_gemm) begin
-      end else if (\$118 ) begin
-      end else if (\$119 ) begin
+      end else if (\$114 ) begin
+      end else if (\$115 ) begin
       end else begin
         elem_final = r_data[17];
       end
@@ -30445,107 +30448,107 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_take = 1'h0;
-    if (\$151 ) begin
-      elem_take = \$157 ;
+    if (\$147 ) begin
+      elem_take = \$153 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     run1 = 1'h0;
-    if (\$151 ) begin
+    if (\$147 ) begin
       run1 = add_sel;
     end
-    if (\$211 ) begin
-      if (\$409 ) begin
+    if (\$207 ) begin
+      if (\$405 ) begin
         run1 = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \r_en$203  = 1'h0;
-    if (\$151 ) begin
-      \r_en$203  = \$164 ;
+    \r_en$202  = 1'h0;
+    if (\$147 ) begin
+      \r_en$202  = \$160 ;
     end
-    if (\$211 ) begin
-      if (\$409 ) begin
-        \r_en$203  = \$415 ;
+    if (\$207 ) begin
+      if (\$405 ) begin
+        \r_en$202  = \$411 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signal$204  = 1'h0;
-    if (\$151 ) begin
+    \$signal$203  = 1'h0;
+    if (\$147 ) begin
       if (add_sel) begin
-        \$signal$204  = \o__valid$205 ;
+        \$signal$203  = \o__valid$204 ;
       end
-      if (\$170 ) begin
-        \$signal$204  = \o__valid$227 ;
+      if (\$166 ) begin
+        \$signal$203  = \o__valid$226 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$206  = 1'h0;
-    if (\$151 ) begin
+    \o__ready$205  = 1'h0;
+    if (\$147 ) begin
       if (add_sel) begin
-        \o__ready$206  = out_ready;
+        \o__ready$205  = out_ready;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack0 = 16'h0000;
-    if (\$151 ) begin
+    if (\$147 ) begin
       if (add_sel) begin
-        unpack0 = \o__payload$209 [15:0];
+        unpack0 = \o__payload$208 [15:0];
       end
-      if (\$170 ) begin
-        unpack0 = { \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7], \o__payload$229 [7:0] };
+      if (\$166 ) begin
+        unpack0 = { \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7:0] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack1 = 16'h0000;
-    if (\$151 ) begin
+    if (\$147 ) begin
       if (add_sel) begin
-        unpack1 = \o__payload$209 [31:16];
+        unpack1 = \o__payload$208 [31:16];
       end
-      if (\$170 ) begin
-        unpack1 = { \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15], \o__payload$229 [15:8] };
+      if (\$166 ) begin
+        unpack1 = { \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15:8] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack2 = 16'h0000;
-    if (\$151 ) begin
+    if (\$147 ) begin
       if (add_sel) begin
-        unpack2 = \o__payload$209 [47:32];
+        unpack2 = \o__payload$208 [47:32];
       end
-      if (\$170 ) begin
-        unpack2 = { \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23], \o__payload$229 [23:16] };
+      if (\$166 ) begin
+        unpack2 = { \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23:16] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack3 = 16'h0000;
-    if (\$151 ) begin
+    if (\$147 ) begin
       if (add_sel) begin
-        unpack3 = \o__payload$209 [63:48];
+        unpack3 = \o__payload$208 [63:48];
       end
-      if (\$170 ) begin
-        unpack3 = { \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31], \o__payload$229 [31:24] };
+      if (\$166 ) begin
+        unpack3 = { \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31:24] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     a__valid = 1'h0;
-    if (\$151 ) begin
+    if (\$147 ) begin
       if (add_sel) begin
         a__valid = pack_full;
       end
@@ -30553,29 +30556,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \b__valid$214  = 1'h0;
-    if (\$151 ) begin
+    \b__valid$213  = 1'h0;
+    if (\$147 ) begin
       if (add_sel) begin
-        \b__valid$214  = pack_full;
+        \b__valid$213  = pack_full;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     in_ready = 1'h0;
-    if (\$151 ) begin
+    if (\$147 ) begin
       if (add_sel) begin
-        in_ready = \$165 ;
+        in_ready = \$161 ;
       end
-      if (\$170 ) begin
-        in_ready = \i__ready$231 ;
+      if (\$166 ) begin
+        in_ready = \i__ready$230 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     a__payload = 64'h0000000000000000;
-    if (\$151 ) begin
+    if (\$147 ) begin
       if (add_sel) begin
         a__payload[15:0] = pack_a0;
         a__payload[31:16] = pack_a1;
@@ -30586,52 +30589,52 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \b__payload$222  = 64'h0000000000000000;
-    if (\$151 ) begin
+    \b__payload$221  = 64'h0000000000000000;
+    if (\$147 ) begin
       if (add_sel) begin
-        \b__payload$222 [15:0] = pack_b0;
-        \b__payload$222 [31:16] = pack_b1;
-        \b__payload$222 [47:32] = pack_b2;
-        \b__payload$222 [63:48] = pack_b3;
+        \b__payload$221 [15:0] = pack_b0;
+        \b__payload$221 [31:16] = pack_b1;
+        \b__payload$221 [47:32] = pack_b2;
+        \b__payload$221 [63:48] = pack_b3;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$228  = 1'h0;
-    if (\$151 ) begin
-      if (\$170 ) begin
-        \o__ready$228  = out_ready;
+    \o__ready$227  = 1'h0;
+    if (\$147 ) begin
+      if (\$166 ) begin
+        \o__ready$227  = out_ready;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__valid$230  = 1'h0;
-    if (\$151 ) begin
-      if (\$170 ) begin
-        \i__valid$230  = pack_full;
+    \i__valid$229  = 1'h0;
+    if (\$147 ) begin
+      if (\$166 ) begin
+        \i__valid$229  = pack_full;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__payload$232  = 32'd0;
-    if (\$151 ) begin
-      if (\$170 ) begin
-        \i__payload$232 [7:0] = pack_a0[7:0];
-        \i__payload$232 [15:8] = pack_a1[7:0];
-        \i__payload$232 [23:16] = pack_a2[7:0];
-        \i__payload$232 [31:24] = pack_a3[7:0];
+    \i__payload$231  = 32'd0;
+    if (\$147 ) begin
+      if (\$166 ) begin
+        \i__payload$231 [7:0] = pack_a0[7:0];
+        \i__payload$231 [15:8] = pack_a1[7:0];
+        \i__payload$231 [23:16] = pack_a2[7:0];
+        \i__payload$231 [31:24] = pack_a3[7:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     out_ready = 1'h0;
-    if (\$151 ) begin
-      if (\$172 ) begin
-        if (\$174 ) begin
+    if (\$147 ) begin
+      if (\$168 ) begin
+        if (\$170 ) begin
           out_ready = 1'h1;
         end
       end
@@ -30660,8 +30663,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     p__valid = 1'h0;
-    if (\$181 ) begin
-      if (\$186 ) begin
+    if (\$177 ) begin
+      if (\$182 ) begin
         p__valid = beat__valid;
       end
     end
@@ -30671,701 +30674,701 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$192 [2], \$192 [2], \$192 [2], \$192 [2], \$192 [2], \$192 [2], \$192  };
+          elem = { \$188 [2], \$188 [2], \$188 [2], \$188 [2], \$188 [2], \$188 [2], \$188  };
       5'h03:
-          elem = { \$195 [3], \$195 [3], \$195 [3], \$195 [3], \$195 [3], \$195  };
+          elem = { \$191 [3], \$191 [3], \$191 [3], \$191 [3], \$191 [3], \$191  };
       5'h04:
-          elem = { \$198 [4], \$198 [4], \$198 [4], \$198 [4], \$198  };
+          elem = { \$194 [4], \$194 [4], \$194 [4], \$194 [4], \$194  };
       5'h05:
-          elem = { \$201 [5], \$201 [5], \$201 [5], \$201  };
+          elem = { \$197 [5], \$197 [5], \$197 [5], \$197  };
       5'h06:
-          elem = { \$204 [6], \$204 [6], \$204  };
+          elem = { \$200 [6], \$200 [6], \$200  };
       5'h07:
-          elem = { \$207 [7], \$207  };
+          elem = { \$203 [7], \$203  };
       5'h08:
-          elem = \$210 ;
+          elem = \$206 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$251  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$251  = \$216 [8:0];
+    \$signature__addr$250  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$250  = \$212 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$253  = 9'h000;
-    if (\$211 ) begin
-      \$signature__data$253  = elem;
+    \$signature__data$252  = 9'h000;
+    if (\$207 ) begin
+      \$signature__data$252  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$254  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$254  = \$222 ;
+    \$signature__en$253  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$253  = \$218 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$256  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$256  = \$224 [8:0];
+    \$signature__addr$255  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$255  = \$220 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$257  = 9'h000;
-    if (\$211 ) begin
-      \$signature__data$257  = elem;
+    \$signature__data$256  = 9'h000;
+    if (\$207 ) begin
+      \$signature__data$256  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$258  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$258  = \$229 ;
+    \$signature__en$257  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$257  = \$225 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$259  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$259  = \$231 [8:0];
+    \$signature__addr$258  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$258  = \$227 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$260  = 9'h000;
-    if (\$211 ) begin
-      \$signature__data$260  = elem;
+    \$signature__data$259  = 9'h000;
+    if (\$207 ) begin
+      \$signature__data$259  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$261  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$261  = \$236 ;
+    \$signature__en$260  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$260  = \$232 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$262  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$262  = \$238 [8:0];
+    \$signature__addr$261  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$261  = \$234 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$263  = 9'h000;
-    if (\$211 ) begin
-      \$signature__data$263  = elem;
+    \$signature__data$262  = 9'h000;
+    if (\$207 ) begin
+      \$signature__data$262  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$264  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$264  = \$243 ;
+    \$signature__en$263  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$263  = \$239 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$265  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$265  = \$245 [8:0];
+    \$signature__addr$264  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$264  = \$241 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$266  = 9'h000;
-    if (\$211 ) begin
-      \$signature__data$266  = elem;
+    \$signature__data$265  = 9'h000;
+    if (\$207 ) begin
+      \$signature__data$265  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$267  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$267  = \$250 ;
+    \$signature__en$266  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$266  = \$246 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$268  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$268  = \$252 [8:0];
+    \$signature__addr$267  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$267  = \$248 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$269  = 9'h000;
-    if (\$211 ) begin
-      \$signature__data$269  = elem;
+    \$signature__data$268  = 9'h000;
+    if (\$207 ) begin
+      \$signature__data$268  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$270  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$270  = \$257 ;
+    \$signature__en$269  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$269  = \$253 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$271  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$271  = \$259 [8:0];
+    \$signature__addr$270  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$270  = \$255 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$272  = 9'h000;
-    if (\$211 ) begin
-      \$signature__data$272  = elem;
+    \$signature__data$271  = 9'h000;
+    if (\$207 ) begin
+      \$signature__data$271  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$273  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$273  = \$264 ;
+    \$signature__en$272  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$272  = \$260 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$274  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$274  = \$266 [8:0];
+    \$signature__addr$273  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$273  = \$262 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$275  = 9'h000;
-    if (\$211 ) begin
-      \$signature__data$275  = elem;
+    \$signature__data$274  = 9'h000;
+    if (\$207 ) begin
+      \$signature__data$274  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$276  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$276  = \$271 ;
+    \$signature__en$275  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$275  = \$267 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$277  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$277  = \$273 [8:0];
+    \$signature__addr$276  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$276  = \$269 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$280  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$280  = \$288 ;
+    \$signature__en$279  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$279  = \$284 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$286  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$286  = \$290 [8:0];
+    \$signature__addr$285  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$285  = \$286 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$287  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$287  = \$305 ;
+    \$signature__en$286  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$286  = \$301 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$288  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$288  = \$307 [8:0];
+    \$signature__addr$287  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$287  = \$303 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$289  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$289  = \$322 ;
+    \$signature__en$288  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$288  = \$318 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$290  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$290  = \$324 [8:0];
+    \$signature__addr$289  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$289  = \$320 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$291  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$291  = \$339 ;
+    \$signature__en$290  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$290  = \$335 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$292  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$292  = \$341 [8:0];
+    \$signature__addr$291  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$291  = \$337 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$293  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$293  = \$356 ;
+    \$signature__en$292  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$292  = \$352 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$294  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$294  = \$358 [8:0];
+    \$signature__addr$293  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$293  = \$354 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$295  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$295  = \$373 ;
+    \$signature__en$294  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$294  = \$369 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$296  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$296  = \$375 [8:0];
+    \$signature__addr$295  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$295  = \$371 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$297  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$297  = \$390 ;
+    \$signature__en$296  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$296  = \$386 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$298  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$298  = \$392 [8:0];
+    \$signature__addr$297  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$297  = \$388 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$299  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$299  = \$407 ;
+    \$signature__en$298  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$298  = \$403 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     welem = 8'h00;
-    if (\$211 ) begin
+    if (\$207 ) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$301 [1], \r_data$301 [1], \r_data$301 [1], \r_data$301 [1], \r_data$301 [1], \r_data$301 [1], \r_data$301 [1:0] };
+            welem = { \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1:0] };
         5'h03:
-            welem = { \r_data$301 [2], \r_data$301 [2], \r_data$301 [2], \r_data$301 [2], \r_data$301 [2], \r_data$301 [2:0] };
+            welem = { \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2:0] };
         5'h04:
-            welem = { \r_data$301 [3], \r_data$301 [3], \r_data$301 [3], \r_data$301 [3], \r_data$301 [3:0] };
+            welem = { \r_data$300 [3], \r_data$300 [3], \r_data$300 [3], \r_data$300 [3], \r_data$300 [3:0] };
         5'h05:
-            welem = { \r_data$301 [4], \r_data$301 [4], \r_data$301 [4], \r_data$301 [4:0] };
+            welem = { \r_data$300 [4], \r_data$300 [4], \r_data$300 [4], \r_data$300 [4:0] };
         5'h06:
-            welem = { \r_data$301 [5], \r_data$301 [5], \r_data$301 [5:0] };
+            welem = { \r_data$300 [5], \r_data$300 [5], \r_data$300 [5:0] };
         5'h07:
-            welem = { \r_data$301 [6], \r_data$301 [6:0] };
+            welem = { \r_data$300 [6], \r_data$300 [6:0] };
         5'h08:
-            welem = \r_data$301 [7:0];
+            welem = \r_data$300 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$303  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$303  = \$417 [8:0];
+    \$signature__addr$302  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$302  = \$413 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$305  = 8'h00;
-    if (\$211 ) begin
-      \$signature__data$305  = welem;
+    \$signature__data$304  = 8'h00;
+    if (\$207 ) begin
+      \$signature__data$304  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$306  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$306  = \$426 ;
+    \$signature__en$305  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$305  = \$422 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$308  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$308  = \$428 [8:0];
+    \$signature__addr$307  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$307  = \$424 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$309  = 8'h00;
-    if (\$211 ) begin
-      \$signature__data$309  = welem;
+    \$signature__data$308  = 8'h00;
+    if (\$207 ) begin
+      \$signature__data$308  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$310  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$310  = \$436 ;
+    \$signature__en$309  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$309  = \$432 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$311  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$311  = \$438 [8:0];
+    \$signature__addr$310  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$310  = \$434 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$312  = 8'h00;
-    if (\$211 ) begin
-      \$signature__data$312  = welem;
+    \$signature__data$311  = 8'h00;
+    if (\$207 ) begin
+      \$signature__data$311  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$313  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$313  = \$446 ;
+    \$signature__en$312  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$312  = \$442 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$314  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$314  = \$448 [8:0];
+    \$signature__addr$313  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$313  = \$444 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$315  = 8'h00;
-    if (\$211 ) begin
-      \$signature__data$315  = welem;
+    \$signature__data$314  = 8'h00;
+    if (\$207 ) begin
+      \$signature__data$314  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$316  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$316  = \$456 ;
+    \$signature__en$315  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$315  = \$452 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$317  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$317  = \$458 [8:0];
+    \$signature__addr$316  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$316  = \$454 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$318  = 8'h00;
-    if (\$211 ) begin
-      \$signature__data$318  = welem;
+    \$signature__data$317  = 8'h00;
+    if (\$207 ) begin
+      \$signature__data$317  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$319  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$319  = \$466 ;
+    \$signature__en$318  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$318  = \$462 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$320  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$320  = \$468 [8:0];
+    \$signature__addr$319  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$319  = \$464 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$321  = 8'h00;
-    if (\$211 ) begin
-      \$signature__data$321  = welem;
+    \$signature__data$320  = 8'h00;
+    if (\$207 ) begin
+      \$signature__data$320  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$322  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$322  = \$476 ;
+    \$signature__en$321  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$321  = \$472 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$323  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$323  = \$478 [8:0];
+    \$signature__addr$322  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$322  = \$474 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$324  = 8'h00;
-    if (\$211 ) begin
-      \$signature__data$324  = welem;
+    \$signature__data$323  = 8'h00;
+    if (\$207 ) begin
+      \$signature__data$323  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$325  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$325  = \$486 ;
+    \$signature__en$324  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$324  = \$482 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$326  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$326  = \$488 [8:0];
+    \$signature__addr$325  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$325  = \$484 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$327  = 8'h00;
-    if (\$211 ) begin
-      \$signature__data$327  = welem;
+    \$signature__data$326  = 8'h00;
+    if (\$207 ) begin
+      \$signature__data$326  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$328  = 1'h0;
-    if (\$211 ) begin
-      \$signature__en$328  = \$496 ;
+    \$signature__en$327  = 1'h0;
+    if (\$207 ) begin
+      \$signature__en$327  = \$492 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$329  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$329  = \$499 [8:0];
+    \$signature__addr$328  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$328  = \$495 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$331  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$331  = \$514 ;
+    \$signature__en$330  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$330  = \$510 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$332  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$332  = \$517 [8:0];
+    \$signature__addr$331  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$331  = \$513 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$333  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$333  = \$532 ;
+    \$signature__en$332  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$332  = \$528 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$334  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$334  = \$535 [8:0];
+    \$signature__addr$333  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$333  = \$531 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$335  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$335  = \$550 ;
+    \$signature__en$334  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$334  = \$546 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$336  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$336  = \$553 [8:0];
+    \$signature__addr$335  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$335  = \$549 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$337  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$337  = \$568 ;
+    \$signature__en$336  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$336  = \$564 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$338  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$338  = \$571 [8:0];
+    \$signature__addr$337  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$337  = \$567 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$339  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$339  = \$586 ;
+    \$signature__en$338  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$338  = \$582 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$340  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$340  = \$589 [8:0];
+    \$signature__addr$339  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$339  = \$585 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$341  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$341  = \$604 ;
+    \$signature__en$340  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$340  = \$600 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$342  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$342  = \$607 [8:0];
+    \$signature__addr$341  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$341  = \$603 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$343  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$343  = \$622 ;
+    \$signature__en$342  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$342  = \$618 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$344  = 9'h000;
-    if (\$211 ) begin
-      \$signature__addr$344  = \$625 [8:0];
+    \$signature__addr$343  = 9'h000;
+    if (\$207 ) begin
+      \$signature__addr$343  = \$621 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$345  = 1'h1;
-    if (\$211 ) begin
-      \$signature__en$345  = \$640 ;
+    \$signature__en$344  = 1'h1;
+    if (\$207 ) begin
+      \$signature__en$344  = \$636 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \a__valid$245  = 1'h0;
-    if (\$211 ) begin
-      \a__valid$245  = \$signal$284 ;
+    \a__valid$244  = 1'h0;
+    if (\$207 ) begin
+      \a__valid$244  = \$signal$283 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \a__payload$346  = 73'h0000000000000000000;
-    if (\$211 ) begin
-      \a__payload$346 [72] = a_last;
-      \a__payload$346 [8:0] = \$signature__data$349 ;
-      \a__payload$346 [17:9] = \$signature__data$350 ;
-      \a__payload$346 [26:18] = \$signature__data$351 ;
-      \a__payload$346 [35:27] = \$signature__data$352 ;
-      \a__payload$346 [44:36] = \$signature__data$353 ;
-      \a__payload$346 [53:45] = \$signature__data$354 ;
-      \a__payload$346 [62:54] = \$signature__data$355 ;
-      \a__payload$346 [71:63] = \$signature__data$356 ;
+    \a__payload$345  = 73'h0000000000000000000;
+    if (\$207 ) begin
+      \a__payload$345 [72] = a_last;
+      \a__payload$345 [8:0] = \$signature__data$348 ;
+      \a__payload$345 [17:9] = \$signature__data$349 ;
+      \a__payload$345 [26:18] = \$signature__data$350 ;
+      \a__payload$345 [35:27] = \$signature__data$351 ;
+      \a__payload$345 [44:36] = \$signature__data$352 ;
+      \a__payload$345 [53:45] = \$signature__data$353 ;
+      \a__payload$345 [62:54] = \$signature__data$354 ;
+      \a__payload$345 [71:63] = \$signature__data$355 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__valid = 1'h0;
-    if (\$211 ) begin
-      w__valid = \$642 ;
+    if (\$207 ) begin
+      w__valid = \$638 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__payload = 64'h0000000000000000;
-    if (\$211 ) begin
-      w__payload[7:0] = \$644 ;
-      w__payload[15:8] = \$646 ;
-      w__payload[23:16] = \$648 ;
-      w__payload[31:24] = \$650 ;
-      w__payload[39:32] = \$652 ;
-      w__payload[47:40] = \$654 ;
-      w__payload[55:48] = \$656 ;
-      w__payload[63:56] = \$658 ;
+    if (\$207 ) begin
+      w__payload[7:0] = \$640 ;
+      w__payload[15:8] = \$642 ;
+      w__payload[23:16] = \$644 ;
+      w__payload[31:24] = \$646 ;
+      w__payload[39:32] = \$648 ;
+      w__payload[47:40] = \$650 ;
+      w__payload[55:48] = \$652 ;
+      w__payload[63:56] = \$654 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$380  = 1'h0;
-    if (\$662 ) begin
-      \o__ready$380  = \$675 ;
+    \o__ready$379  = 1'h0;
+    if (\$658 ) begin
+      \o__ready$379  = \$671 ;
     end
-    if (\$678 ) begin
-      \o__ready$380  = \$681 ;
+    if (\$674 ) begin
+      \o__ready$379  = \$677 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$924  = \$694 ;
+    \$924  = \$690 ;
     if (rst) begin
       \$924  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$925  = { \$695 , \final$389 , \last__4$388  };
+    \$925  = { \$691 , \final$388 , \last__4$387  };
     if (rst) begin
       \$925  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$926  = \$697 ;
+    \$926  = \$693 ;
     if (rst) begin
       \$926  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$927  = { \$698 , \final$392 , \last__4$391  };
+    \$927  = { \$694 , \final$391 , \last__4$390  };
     if (rst) begin
       \$927  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$928  = \$701 [15:0];
+    \$928  = \$697 [15:0];
     if (rst) begin
       \$928  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$929  = \$704 [15:0];
+    \$929  = \$700 [15:0];
     if (rst) begin
       \$929  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$930  = \$705 [15:0];
+    \$930  = \$701 [15:0];
     if (rst) begin
       \$930  = 16'h0000;
     end
@@ -31379,65 +31382,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$932  = \$706 [15:0];
+    \$932  = \$702 [15:0];
     if (rst) begin
       \$932  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$933  = \$707 [15:0];
+    \$933  = \$703 [15:0];
     if (rst) begin
       \$933  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$934  = \$708 ;
+    \$934  = \$704 ;
     if (rst) begin
       \$934  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$935  = \$713 [31:0];
+    \$935  = \$709 [31:0];
     if (rst) begin
       \$935  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$936  = \$714 [31:0];
+    \$936  = \$710 [31:0];
     if (rst) begin
       \$936  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$937  = cycles;
-    if (busy) begin
-      \$937  = \$715 [47:0];
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$937  = 48'h000000000000;
-          end
-    endcase
+    \$937  = \$714 [31:0];
     if (rst) begin
-      \$937  = 48'h000000000000;
+      \$937  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$938  = op_cycles__0;
+    \$938  = cycles;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              \$938  = \$717 [47:0];
-        endcase
-      end
+      \$938  = \$715 [47:0];
     end
     casez (seq_state)
       3'h0:
@@ -31451,13 +31440,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$939  = op_cycles__1;
+    \$939  = op_cycles__0;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
           4'h0:
-              /* empty */;
-          4'h1:
               \$939  = \$717 [47:0];
         endcase
       end
@@ -31474,15 +31461,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$940  = op_cycles__2;
+    \$940  = op_cycles__1;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
           4'h0:
               /* empty */;
           4'h1:
-              /* empty */;
-          4'h2:
               \$940  = \$717 [47:0];
         endcase
       end
@@ -31499,7 +31484,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$941  = op_cycles__3;
+    \$941  = op_cycles__2;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31508,8 +31493,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'h1:
               /* empty */;
           4'h2:
-              /* empty */;
-          4'h3:
               \$941  = \$717 [47:0];
         endcase
       end
@@ -31526,7 +31509,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$942  = op_cycles__4;
+    \$942  = op_cycles__3;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31537,8 +31520,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'h2:
               /* empty */;
           4'h3:
-              /* empty */;
-          4'h4:
               \$942  = \$717 [47:0];
         endcase
       end
@@ -31555,7 +31536,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$943  = op_cycles__5;
+    \$943  = op_cycles__4;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31568,8 +31549,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'h3:
               /* empty */;
           4'h4:
-              /* empty */;
-          4'h5:
               \$943  = \$717 [47:0];
         endcase
       end
@@ -31586,7 +31565,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$944  = op_cycles__6;
+    \$944  = op_cycles__5;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31601,8 +31580,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'h4:
               /* empty */;
           4'h5:
-              /* empty */;
-          4'h6:
               \$944  = \$717 [47:0];
         endcase
       end
@@ -31619,7 +31596,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$945  = op_cycles__7;
+    \$945  = op_cycles__6;
+    if (busy) begin
+      if (in_op) begin
+        casez (ins[3:0])
+          4'h0:
+              /* empty */;
+          4'h1:
+              /* empty */;
+          4'h2:
+              /* empty */;
+          4'h3:
+              /* empty */;
+          4'h4:
+              /* empty */;
+          4'h5:
+              /* empty */;
+          4'h6:
+              \$945  = \$717 [47:0];
+        endcase
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$945  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$945  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$946  = op_cycles__7;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31638,23 +31648,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'h6:
               /* empty */;
           4'h7:
-              \$945  = \$717 [47:0];
+              \$946  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$945  = 48'h000000000000;
+            \$946  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$945  = 48'h000000000000;
+      \$946  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$946  = op_cycles__8;
+    \$947  = op_cycles__8;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31675,23 +31685,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'h7:
               /* empty */;
           4'h8:
-              \$946  = \$717 [47:0];
+              \$947  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$946  = 48'h000000000000;
+            \$947  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$946  = 48'h000000000000;
+      \$947  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$947  = op_cycles__9;
+    \$948  = op_cycles__9;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31714,23 +31724,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'h8:
               /* empty */;
           4'h9:
-              \$947  = \$717 [47:0];
+              \$948  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$947  = 48'h000000000000;
+            \$948  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$947  = 48'h000000000000;
+      \$948  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$948  = op_cycles__10;
+    \$949  = op_cycles__10;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31755,23 +31765,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'h9:
               /* empty */;
           4'ha:
-              \$948  = \$717 [47:0];
+              \$949  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$948  = 48'h000000000000;
+            \$949  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$948  = 48'h000000000000;
+      \$949  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$949  = op_cycles__11;
+    \$950  = op_cycles__11;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31798,23 +31808,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'ha:
               /* empty */;
           4'hb:
-              \$949  = \$717 [47:0];
+              \$950  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$949  = 48'h000000000000;
+            \$950  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$949  = 48'h000000000000;
+      \$950  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$950  = op_cycles__12;
+    \$951  = op_cycles__12;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31843,23 +31853,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'hb:
               /* empty */;
           4'hc:
-              \$950  = \$717 [47:0];
+              \$951  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$950  = 48'h000000000000;
+            \$951  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$950  = 48'h000000000000;
+      \$951  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$951  = op_cycles__13;
+    \$952  = op_cycles__13;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31890,23 +31900,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'hc:
               /* empty */;
           4'hd:
-              \$951  = \$717 [47:0];
+              \$952  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$951  = 48'h000000000000;
+            \$952  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$951  = 48'h000000000000;
+      \$952  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$952  = op_cycles__14;
+    \$953  = op_cycles__14;
     if (busy) begin
       if (in_op) begin
         casez (ins[3:0])
@@ -31939,23 +31949,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'hd:
               /* empty */;
           4'he:
-              \$952  = \$717 [47:0];
+              \$953  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$952  = 48'h000000000000;
+            \$953  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$952  = 48'h000000000000;
+      \$953  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$953  = op_cycles__15;
+    \$954  = op_cycles__15;
     if (busy) begin
       if (in_op) begin
         (* full_case = 32'd1 *)
@@ -31991,53 +32001,53 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           4'he:
               /* empty */;
           4'hf:
-              \$953  = \$717 [47:0];
+              \$954  = \$717 [47:0];
         endcase
       end
     end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$953  = 48'h000000000000;
+            \$954  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$953  = 48'h000000000000;
+      \$954  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$954  = pc;
+    \$955  = pc;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$954  = prog;
+            \$955  = prog;
           end
       3'h1:
           /* empty */;
       3'h2:
           if (\$722 ) begin
           end else if (\$725 ) begin
-            \$954  = \$signal$402 ;
+            \$955  = \$signal$402 ;
           end
       3'h3:
           /* empty */;
       3'h4:
           if (\$763 ) begin
-            \$954  = \$764 [31:0];
+            \$955  = \$764 [31:0];
           end
     endcase
     if (rst) begin
-      \$954  = 32'd0;
+      \$955  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$955  = busy;
+    \$956  = busy;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$955  = 1'h1;
+            \$956  = 1'h1;
           end
       3'h1:
           /* empty */;
@@ -32045,44 +32055,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (\$722 ) begin
           end else if (\$725 ) begin
           end else if (\$726 ) begin
-            \$955  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$790 ) begin
-            \$955  = 1'h0;
-          end
-    endcase
-    if (rst) begin
-      \$955  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$956  = done;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
             \$956  = 1'h0;
           end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$722 ) begin
-          end else if (\$725 ) begin
-          end else if (\$726 ) begin
-            \$956  = 1'h1;
-          end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
           if (\$790 ) begin
-            \$956  = 1'h1;
+            \$956  = 1'h0;
           end
     endcase
     if (rst) begin
@@ -32091,21 +32072,50 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$957  = error;
+    \$957  = done;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$957  = 4'h0;
+            \$957  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$722 ) begin
+          end else if (\$725 ) begin
+          end else if (\$726 ) begin
+            \$957  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$790 ) begin
+            \$957  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$957  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$958  = error;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$958  = 4'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             if (beat__payload[512]) begin
-              \$957  = 4'h4;
+              \$958  = 4'h4;
             end
           end
           if (start) begin
-            \$957  = 4'h6;
+            \$958  = 4'h6;
           end
         end
       3'h2:
@@ -32115,95 +32125,82 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (\$725 ) begin
           end else if (\$726 ) begin
           end else if (\$737 ) begin
-            \$957  = 4'h2;
+            \$958  = 4'h2;
           end else if (\$741 ) begin
-            \$957  = 4'h1;
+            \$958  = 4'h1;
           end else if (\$742 ) begin
           end else if (\$747 ) begin
           end else if (unit_known) begin
           end else begin
-            \$957  = 4'h1;
+            \$958  = 4'h1;
           end
           if (start) begin
-            \$957  = 4'h6;
+            \$958  = 4'h6;
           end
         end
       3'h3:
         begin
           if (\$753 ) begin
             if (beat__payload[512]) begin
-              \$957  = 4'h4;
+              \$958  = 4'h4;
             end
           end
           if (start) begin
-            \$957  = 4'h6;
+            \$958  = 4'h6;
           end
         end
       3'h4:
         begin
           if (\$773 ) begin
-            \$957  = 4'h3;
+            \$958  = 4'h3;
           end
           if (\$779 ) begin
-            \$957  = 4'h3;
+            \$958  = 4'h3;
           end
           if (\$788 ) begin
-            \$957  = 4'h3;
+            \$958  = 4'h3;
           end
           if (\$789 ) begin
-            \$957  = fault;
+            \$958  = fault;
           end
           if (start) begin
-            \$957  = 4'h6;
+            \$958  = 4'h6;
           end
         end
     endcase
     if (rst) begin
-      \$957  = 4'h0;
+      \$958  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$958  = fetch_sent;
+    \$959  = fetch_sent;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$958  = 1'h0;
+            \$959  = 1'h0;
           end
       3'h1:
         begin
           if (\$721 ) begin
-            \$958  = 1'h1;
+            \$959  = 1'h1;
           end
           if (beat__valid) begin
-            \$958  = 1'h0;
+            \$959  = 1'h0;
           end
         end
     endcase
     if (rst) begin
-      \$958  = 1'h0;
+      \$959  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$959  = \$signal$402 ;
+    \$960  = \$signal$402 ;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$959  = prog;
-          end
-    endcase
-    if (rst) begin
-      \$959  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$960  = \$signal$403 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$960  = image_stride;
+            \$960  = prog;
           end
     endcase
     if (rst) begin
@@ -32212,65 +32209,78 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$961  = images_left;
+    \$961  = \$signal$403 ;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$961  = \$719 ;
+            \$961  = image_stride;
+          end
+    endcase
+    if (rst) begin
+      \$961  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$962  = images_left;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$962  = \$719 ;
           end
       3'h1:
           /* empty */;
       3'h2:
           if (\$722 ) begin
           end else if (\$725 ) begin
-            \$961  = \$749 [15:0];
+            \$962  = \$749 [15:0];
           end
     endcase
     if (rst) begin
-      \$961  = 16'h0000;
+      \$962  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$962  = offset;
+    \$963  = offset;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$962  = 32'd0;
+            \$963  = 32'd0;
           end
       3'h1:
           /* empty */;
       3'h2:
           if (\$722 ) begin
           end else if (\$725 ) begin
-            \$962  = \$750 [31:0];
+            \$963  = \$750 [31:0];
           end
     endcase
     if (rst) begin
-      \$962  = 32'd0;
+      \$963  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$963  = seq_state;
+    \$964  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$963  = 3'h1;
+            \$964  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$963  = 3'h5;
+              \$964  = 3'h5;
             end else begin
-              \$963  = 3'h2;
+              \$964  = 3'h2;
             end
           end
           if (start) begin
-            \$963  = 3'h5;
+            \$964  = 3'h5;
           end
         end
       3'h2:
@@ -32278,130 +32288,111 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           (* full_case = 32'd1 *)
           if (\$722 ) begin
           end else if (\$725 ) begin
-            \$963  = 3'h1;
+            \$964  = 3'h1;
           end else if (\$726 ) begin
-            \$963  = 3'h0;
+            \$964  = 3'h0;
           end else if (\$737 ) begin
-            \$963  = 3'h5;
+            \$964  = 3'h5;
           end else if (\$741 ) begin
-            \$963  = 3'h5;
+            \$964  = 3'h5;
           end else if (\$742 ) begin
-            \$963  = 3'h3;
+            \$964  = 3'h3;
           end else if (\$747 ) begin
-            \$963  = 3'h4;
+            \$964  = 3'h4;
           end else if (unit_known) begin
-            \$963  = 3'h3;
+            \$964  = 3'h3;
           end else begin
-            \$963  = 3'h5;
+            \$964  = 3'h5;
           end
           if (start) begin
-            \$963  = 3'h5;
+            \$964  = 3'h5;
           end
         end
       3'h3:
         begin
           if (\$753 ) begin
             if (beat__payload[512]) begin
-              \$963  = 3'h5;
+              \$964  = 3'h5;
             end else if (\$756 ) begin
-              \$963  = 3'h4;
+              \$964  = 3'h4;
             end
           end
           if (\$758 ) begin
-            \$963  = 3'h4;
+            \$964  = 3'h4;
           end
           if (start) begin
-            \$963  = 3'h5;
+            \$964  = 3'h5;
           end
         end
       3'h4:
         begin
           if (\$763 ) begin
-            \$963  = 3'h1;
+            \$964  = 3'h1;
           end
           if (\$773 ) begin
-            \$963  = 3'h5;
+            \$964  = 3'h5;
           end
           if (\$779 ) begin
-            \$963  = 3'h5;
+            \$964  = 3'h5;
           end
           if (\$788 ) begin
-            \$963  = 3'h5;
+            \$964  = 3'h5;
           end
           if (\$789 ) begin
-            \$963  = 3'h5;
+            \$964  = 3'h5;
           end
           if (start) begin
-            \$963  = 3'h5;
+            \$964  = 3'h5;
           end
         end
       3'h5:
           if (\$790 ) begin
-            \$963  = 3'h0;
+            \$964  = 3'h0;
           end
       default:
-          \$963  = 3'h0;
+          \$964  = 3'h0;
     endcase
     if (rst) begin
-      \$963  = 3'h0;
+      \$964  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$964  = ins;
+    \$965  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$964  = beat__payload[511:0];
+            \$965  = beat__payload[511:0];
           end
     endcase
     if (rst) begin
-      \$964  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$965  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$965  = decode_wait;
+    \$966  = decode_wait;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$965  = 2'h3;
+            \$966  = 2'h3;
           end
       3'h2:
           if (\$722 ) begin
-            \$965  = \$748 [1:0];
+            \$966  = \$748 [1:0];
           end
     endcase
     if (rst) begin
-      \$965  = 2'h0;
+      \$966  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$966  = ci;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$966  = 16'h0000;
-      3'h3:
-          if (\$751 ) begin
-            \$966  = \$752 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$966  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$967  = cr;
+    \$967  = ci;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -32410,8 +32401,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           \$967  = 16'h0000;
       3'h3:
-          if (\$753 ) begin
-            \$967  = \$754 [15:0];
+          if (\$751 ) begin
+            \$967  = \$752 [15:0];
           end
     endcase
     if (rst) begin
@@ -32420,48 +32411,50 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$968  = pack_full;
+    \$968  = cr;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$968  = 16'h0000;
+      3'h3:
+          if (\$753 ) begin
+            \$968  = \$754 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$968  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$969  = pack_full;
     if (\$796 ) begin
       if (\$797 ) begin
-        \$968  = 1'h0;
+        \$969  = 1'h0;
       end
       if (\$803 ) begin
         if (\$805 ) begin
-          \$968  = 1'h1;
+          \$969  = 1'h1;
         end
       end
     end
     if (unit_rst) begin
-      \$968  = 1'h0;
+      \$969  = 1'h0;
     end
     if (rst) begin
-      \$968  = 1'h0;
+      \$969  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$969  = pack_a0;
+    \$970  = pack_a0;
     if (\$796 ) begin
       if (\$803 ) begin
         casez (pack_j)
           3'h0:
-              \$969  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$969  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$970  = pack_a1;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
               \$970  = elem_data;
         endcase
       end
@@ -32472,15 +32465,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$971  = pack_a2;
+    \$971  = pack_a1;
     if (\$796 ) begin
       if (\$803 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              /* empty */;
-          3'h2:
               \$971  = elem_data;
         endcase
       end
@@ -32491,7 +32482,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$972  = pack_a3;
+    \$972  = pack_a2;
     if (\$796 ) begin
       if (\$803 ) begin
         casez (pack_j)
@@ -32500,8 +32491,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           3'h1:
               /* empty */;
           3'h2:
-              /* empty */;
-          3'h3:
               \$972  = elem_data;
         endcase
       end
@@ -32512,58 +32501,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$973  = pack_b0;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        casez (pack_j)
-          3'h0:
-              \$973  = \r_data$301 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$973  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$974  = pack_b1;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$974  = \r_data$301 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$974  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$975  = pack_b2;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$975  = \r_data$301 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$975  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$976  = pack_b3;
+    \$973  = pack_a3;
     if (\$796 ) begin
       if (\$803 ) begin
         casez (pack_j)
@@ -32574,7 +32512,58 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           3'h2:
               /* empty */;
           3'h3:
-              \$976  = \r_data$301 [15:0];
+              \$973  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$973  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$974  = pack_b0;
+    if (\$796 ) begin
+      if (\$803 ) begin
+        casez (pack_j)
+          3'h0:
+              \$974  = \r_data$300 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$974  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$975  = pack_b1;
+    if (\$796 ) begin
+      if (\$803 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$975  = \r_data$300 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$975  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$976  = pack_b2;
+    if (\$796 ) begin
+      if (\$803 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$976  = \r_data$300 [15:0];
         endcase
       end
     end
@@ -32584,231 +32573,223 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$977  = pack_j;
+    \$977  = pack_b3;
+    if (\$796 ) begin
+      if (\$803 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$977  = \r_data$300 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$977  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$978  = pack_j;
     if (\$796 ) begin
       if (\$803 ) begin
         (* full_case = 32'd1 *)
         if (\$805 ) begin
-          \$977  = 3'h0;
+          \$978  = 3'h0;
         end else begin
-          \$977  = \$806 [2:0];
+          \$978  = \$806 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$977  = 3'h0;
+      \$978  = 3'h0;
     end
     if (rst) begin
-      \$977  = 3'h0;
+      \$978  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$978  = pack_jo;
+    \$979  = pack_jo;
     if (\$796 ) begin
       if (\$807 ) begin
         (* full_case = 32'd1 *)
         if (\$809 ) begin
-          \$978  = 3'h0;
+          \$979  = 3'h0;
         end else begin
-          \$978  = \$810 [2:0];
+          \$979  = \$810 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$978  = 3'h0;
+      \$979  = 3'h0;
     end
     if (rst) begin
-      \$978  = 3'h0;
+      \$979  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$979  = tiles;
+    \$980  = tiles;
     if (in_decode) begin
-      \$979  = dec_tiles;
+      \$980  = dec_tiles;
     end
     if (\$811 ) begin
       if (\$812 ) begin
         if (\$830 ) begin
-          \$979  = \$831 [31:0];
+          \$980  = \$831 [31:0];
         end
       end
     end
     if (rst) begin
-      \$979  = 32'd0;
+      \$980  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$980  = nt;
+    \$981  = nt;
     if (in_decode) begin
-      \$980  = 16'h0000;
+      \$981  = 16'h0000;
     end
     if (\$811 ) begin
       if (\$812 ) begin
         if (\$830 ) begin
           (* full_case = 32'd1 *)
           if (\$832 ) begin
-            \$980  = 16'h0000;
+            \$981  = 16'h0000;
           end else begin
-            \$980  = \$833 [15:0];
+            \$981  = \$833 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$980  = 16'h0000;
+      \$981  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$981  = k;
+    \$982  = k;
     if (in_decode) begin
-      \$981  = 16'h0000;
+      \$982  = 16'h0000;
     end
     if (\$811 ) begin
       if (\$812 ) begin
         if (\$815 ) begin
         end else if (\$822 ) begin
-          \$981  = \$823 [15:0];
+          \$982  = \$823 [15:0];
         end
         if (\$830 ) begin
-          \$981  = 16'h0000;
+          \$982  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$981  = 16'h0000;
+      \$982  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$982  = w_addr;
+    \$983  = w_addr;
     if (in_decode) begin
-      \$982  = ins[465:434];
+      \$983  = ins[465:434];
     end
     if (\$811 ) begin
       if (\$812 ) begin
         if (want_w) begin
-          \$982  = \$825 [31:0];
+          \$983  = \$825 [31:0];
         end
         if (\$830 ) begin
           if (\$832 ) begin
-            \$982  = ins[465:434];
+            \$983  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$982  = 32'd0;
+      \$983  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$983  = want_w;
+    \$984  = want_w;
     if (in_decode) begin
-      \$983  = 1'h0;
+      \$984  = 1'h0;
     end
     if (\$811 ) begin
       if (\$812 ) begin
         if (\$815 ) begin
-          \$983  = 1'h1;
+          \$984  = 1'h1;
         end
         if (\$830 ) begin
-          \$983  = 1'h0;
+          \$984  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$983  = 1'h0;
+      \$984  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$984  = rk;
+    \$985  = rk;
     if (in_decode) begin
-      \$984  = 16'h0000;
+      \$985  = 16'h0000;
     end
     if (\$834 ) begin
       if (\$838 ) begin
-        \$984  = \$841 [15:0];
+        \$985  = \$841 [15:0];
       end
     end
     if (rst) begin
-      \$984  = 16'h0000;
+      \$985  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$985  = w_full;
+    \$986  = w_full;
     if (in_decode) begin
-      \$985  = 1'h0;
+      \$986  = 1'h0;
     end
     if (\$834 ) begin
       if (\$835 ) begin
-        \$985  = 1'h0;
+        \$986  = 1'h0;
       end
       if (\$838 ) begin
         if (\$847 ) begin
-          \$985  = 1'h1;
+          \$986  = 1'h1;
         end
       end
     end
     if (rst) begin
-      \$985  = 1'h0;
+      \$986  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$986  = w_lane0;
+    \$987  = w_lane0;
     if (\$834 ) begin
       if (\$838 ) begin
         if (\$847 ) begin
           casez (ins[21:17])
             5'h02:
-                \$986  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
+                \$987  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
             5'h03:
-                \$986  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
+                \$987  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
             5'h04:
-                \$986  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
+                \$987  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
             5'h05:
-                \$986  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
+                \$987  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
             5'h06:
-                \$986  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
+                \$987  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
             5'h07:
-                \$986  = { beat__payload[6], beat__payload[6:0] };
+                \$987  = { beat__payload[6], beat__payload[6:0] };
             5'h08:
-                \$986  = beat__payload[7:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$986  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$987  = w_lane1;
-    if (\$834 ) begin
-      if (\$838 ) begin
-        if (\$847 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$987  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
-            5'h03:
-                \$987  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
-            5'h04:
-                \$987  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
-            5'h05:
-                \$987  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
-            5'h06:
-                \$987  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
-            5'h07:
-                \$987  = { beat__payload[13], beat__payload[13:7] };
-            5'h08:
-                \$987  = beat__payload[15:8];
+                \$987  = beat__payload[7:0];
           endcase
         end
       end
@@ -32819,25 +32800,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$988  = w_lane2;
+    \$988  = w_lane1;
     if (\$834 ) begin
       if (\$838 ) begin
         if (\$847 ) begin
           casez (ins[21:17])
             5'h02:
-                \$988  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+                \$988  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
             5'h03:
-                \$988  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+                \$988  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
             5'h04:
-                \$988  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+                \$988  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
             5'h05:
-                \$988  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+                \$988  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
             5'h06:
-                \$988  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+                \$988  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
             5'h07:
-                \$988  = { beat__payload[20], beat__payload[20:14] };
+                \$988  = { beat__payload[13], beat__payload[13:7] };
             5'h08:
-                \$988  = beat__payload[23:16];
+                \$988  = beat__payload[15:8];
           endcase
         end
       end
@@ -32848,25 +32829,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$989  = w_lane3;
+    \$989  = w_lane2;
     if (\$834 ) begin
       if (\$838 ) begin
         if (\$847 ) begin
           casez (ins[21:17])
             5'h02:
-                \$989  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+                \$989  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
             5'h03:
-                \$989  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+                \$989  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
             5'h04:
-                \$989  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+                \$989  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
             5'h05:
-                \$989  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+                \$989  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
             5'h06:
-                \$989  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+                \$989  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
             5'h07:
-                \$989  = { beat__payload[27], beat__payload[27:21] };
+                \$989  = { beat__payload[20], beat__payload[20:14] };
             5'h08:
-                \$989  = beat__payload[31:24];
+                \$989  = beat__payload[23:16];
           endcase
         end
       end
@@ -32877,25 +32858,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$990  = w_lane4;
+    \$990  = w_lane3;
     if (\$834 ) begin
       if (\$838 ) begin
         if (\$847 ) begin
           casez (ins[21:17])
             5'h02:
-                \$990  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+                \$990  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
             5'h03:
-                \$990  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+                \$990  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
             5'h04:
-                \$990  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+                \$990  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
             5'h05:
-                \$990  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+                \$990  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
             5'h06:
-                \$990  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+                \$990  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
             5'h07:
-                \$990  = { beat__payload[34], beat__payload[34:28] };
+                \$990  = { beat__payload[27], beat__payload[27:21] };
             5'h08:
-                \$990  = beat__payload[39:32];
+                \$990  = beat__payload[31:24];
           endcase
         end
       end
@@ -32906,25 +32887,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$991  = w_lane5;
+    \$991  = w_lane4;
     if (\$834 ) begin
       if (\$838 ) begin
         if (\$847 ) begin
           casez (ins[21:17])
             5'h02:
-                \$991  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+                \$991  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
             5'h03:
-                \$991  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+                \$991  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
             5'h04:
-                \$991  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+                \$991  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
             5'h05:
-                \$991  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+                \$991  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
             5'h06:
-                \$991  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+                \$991  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
             5'h07:
-                \$991  = { beat__payload[41], beat__payload[41:35] };
+                \$991  = { beat__payload[34], beat__payload[34:28] };
             5'h08:
-                \$991  = beat__payload[47:40];
+                \$991  = beat__payload[39:32];
           endcase
         end
       end
@@ -32935,25 +32916,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$992  = w_lane6;
+    \$992  = w_lane5;
     if (\$834 ) begin
       if (\$838 ) begin
         if (\$847 ) begin
           casez (ins[21:17])
             5'h02:
-                \$992  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
+                \$992  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
             5'h03:
-                \$992  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
+                \$992  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
             5'h04:
-                \$992  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
+                \$992  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
             5'h05:
-                \$992  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
+                \$992  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
             5'h06:
-                \$992  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
+                \$992  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
             5'h07:
-                \$992  = { beat__payload[48], beat__payload[48:42] };
+                \$992  = { beat__payload[41], beat__payload[41:35] };
             5'h08:
-                \$992  = beat__payload[55:48];
+                \$992  = beat__payload[47:40];
           endcase
         end
       end
@@ -32964,25 +32945,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$993  = w_lane7;
+    \$993  = w_lane6;
     if (\$834 ) begin
       if (\$838 ) begin
         if (\$847 ) begin
           casez (ins[21:17])
             5'h02:
-                \$993  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+                \$993  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
             5'h03:
-                \$993  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+                \$993  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
             5'h04:
-                \$993  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+                \$993  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
             5'h05:
-                \$993  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+                \$993  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
             5'h06:
-                \$993  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+                \$993  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
             5'h07:
-                \$993  = { beat__payload[55], beat__payload[55:49] };
+                \$993  = { beat__payload[48], beat__payload[48:42] };
             5'h08:
-                \$993  = beat__payload[63:56];
+                \$993  = beat__payload[55:48];
           endcase
         end
       end
@@ -32993,39 +32974,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$994  = a_filled0;
-    if (in_decode) begin
-      \$994  = 1'h0;
-    end
-    if (\$848 ) begin
-      if (\$851 ) begin
-        if (\$852 ) begin
-          if (\$854 ) begin
-            casez (\$signal$248 )
-              1'h0:
-                  \$994  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$872 ) begin
-        if (\$874 ) begin
-          if (\$875 ) begin
-            casez (\$signal$278 )
-              1'h0:
-                  \$994  = 1'h0;
-            endcase
-          end
+    \$994  = w_lane7;
+    if (\$834 ) begin
+      if (\$838 ) begin
+        if (\$847 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$994  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+            5'h03:
+                \$994  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+            5'h04:
+                \$994  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+            5'h05:
+                \$994  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+            5'h06:
+                \$994  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+            5'h07:
+                \$994  = { beat__payload[55], beat__payload[55:49] };
+            5'h08:
+                \$994  = beat__payload[63:56];
+          endcase
         end
       end
     end
     if (rst) begin
-      \$994  = 1'h0;
+      \$994  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$995  = a_filled1;
+    \$995  = a_filled0;
     if (in_decode) begin
       \$995  = 1'h0;
     end
@@ -33033,11 +33011,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       if (\$851 ) begin
         if (\$852 ) begin
           if (\$854 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$248 )
+            casez (\$signal$247 )
               1'h0:
-                  /* empty */;
-              1'h1:
                   \$995  = 1'h1;
             endcase
           end
@@ -33046,11 +33021,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       if (\$872 ) begin
         if (\$874 ) begin
           if (\$875 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$278 )
+            casez (\$signal$277 )
               1'h0:
-                  /* empty */;
-              1'h1:
                   \$995  = 1'h0;
             endcase
           end
@@ -33063,7 +33035,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$996  = \$signal$248 ;
+    \$996  = a_filled1;
     if (in_decode) begin
       \$996  = 1'h0;
     end
@@ -33071,7 +33043,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       if (\$851 ) begin
         if (\$852 ) begin
           if (\$854 ) begin
-            \$996  = \$855 ;
+            (* full_case = 32'd1 *)
+            casez (\$signal$247 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$996  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$872 ) begin
+        if (\$874 ) begin
+          if (\$875 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$277 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$996  = 1'h0;
+            endcase
           end
         end
       end
@@ -33082,148 +33073,155 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$997  = \$signal$255 ;
+    \$997  = \$signal$247 ;
     if (in_decode) begin
-      \$997  = 4'h0;
+      \$997  = 1'h0;
+    end
+    if (\$848 ) begin
+      if (\$851 ) begin
+        if (\$852 ) begin
+          if (\$854 ) begin
+            \$997  = \$855 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$997  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$998  = \$signal$254 ;
+    if (in_decode) begin
+      \$998  = 4'h0;
     end
     if (\$848 ) begin
       if (\$851 ) begin
         (* full_case = 32'd1 *)
         if (\$852 ) begin
-          \$997  = 4'h0;
+          \$998  = 4'h0;
         end else begin
-          \$997  = \$856 [3:0];
+          \$998  = \$856 [3:0];
         end
       end
     end
     if (rst) begin
-      \$997  = 4'h0;
+      \$998  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$998  = lk;
+    \$999  = lk;
     if (in_decode) begin
-      \$998  = 16'h0000;
+      \$999  = 16'h0000;
     end
     if (\$848 ) begin
       if (\$851 ) begin
         if (\$852 ) begin
-          \$998  = \$853 [15:0];
+          \$999  = \$853 [15:0];
           if (\$854 ) begin
-            \$998  = 16'h0000;
+            \$999  = 16'h0000;
           end
         end
       end
     end
     if (rst) begin
-      \$998  = 16'h0000;
+      \$999  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$999  = \$signal$278 ;
+    \$1000  = \$signal$277 ;
     if (in_decode) begin
-      \$999  = 1'h0;
+      \$1000  = 1'h0;
     end
     if (\$848 ) begin
       if (\$872 ) begin
         if (\$874 ) begin
           if (\$875 ) begin
-            \$999  = \$876 ;
+            \$1000  = \$876 ;
           end
         end
       end
     end
     if (rst) begin
-      \$999  = 1'h0;
+      \$1000  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1000  = \$signal$279 ;
+    \$1001  = \$signal$278 ;
     if (in_decode) begin
-      \$1000  = 16'h0000;
+      \$1001  = 16'h0000;
     end
     if (\$848 ) begin
       if (\$872 ) begin
         (* full_case = 32'd1 *)
         if (\$874 ) begin
-          \$1000  = 16'h0000;
+          \$1001  = 16'h0000;
         end else begin
-          \$1000  = \$879 [15:0];
+          \$1001  = \$879 [15:0];
         end
       end
     end
     if (rst) begin
-      \$1000  = 16'h0000;
+      \$1001  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1001  = fnt;
+    \$1002  = fnt;
     if (in_decode) begin
-      \$1001  = 16'h0000;
+      \$1002  = 16'h0000;
     end
     if (\$848 ) begin
       if (\$872 ) begin
         if (\$874 ) begin
           (* full_case = 32'd1 *)
           if (\$875 ) begin
-            \$1001  = 16'h0000;
+            \$1002  = 16'h0000;
           end else begin
-            \$1001  = \$878 [15:0];
+            \$1002  = \$878 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1001  = 16'h0000;
+      \$1002  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1002  = feed_blocks;
+    \$1003  = feed_blocks;
     if (in_decode) begin
-      \$1002  = dec_blocks;
+      \$1003  = dec_blocks;
     end
     if (\$848 ) begin
       if (\$872 ) begin
         if (\$874 ) begin
           if (\$875 ) begin
-            \$1002  = \$877 [31:0];
+            \$1003  = \$877 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1002  = 32'd0;
+      \$1003  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1003  = \$signal$284 ;
+    \$1004  = \$signal$283 ;
     if (in_decode) begin
-      \$1003  = 1'h0;
+      \$1004  = 1'h0;
     end
     if (\$848 ) begin
       if (\$857 ) begin
-        \$1003  = 1'h0;
+        \$1004  = 1'h0;
       end
       if (\$872 ) begin
-        \$1003  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1003  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1004  = a_last;
-    if (\$848 ) begin
-      if (\$872 ) begin
-        \$1004  = \$873 ;
+        \$1004  = 1'h1;
       end
     end
     if (rst) begin
@@ -33232,91 +33230,103 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1005  = w_load_lane;
+    \$1005  = a_last;
+    if (\$848 ) begin
+      if (\$872 ) begin
+        \$1005  = \$873 ;
+      end
+    end
+    if (rst) begin
+      \$1005  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1006  = w_load_lane;
     if (\$848 ) begin
       if (\$885 ) begin
         (* full_case = 32'd1 *)
         if (\$886 ) begin
-          \$1005  = 4'h0;
+          \$1006  = 4'h0;
         end else begin
-          \$1005  = \$893 [3:0];
+          \$1006  = \$893 [3:0];
         end
       end
       if (in_decode) begin
-        \$1005  = 4'h0;
+        \$1006  = 4'h0;
       end
     end
     if (rst) begin
-      \$1005  = 4'h0;
+      \$1006  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1006  = w_load_k;
+    \$1007  = w_load_k;
     if (\$848 ) begin
       if (\$885 ) begin
         if (\$886 ) begin
-          \$1006  = \$887 [15:0];
+          \$1007  = \$887 [15:0];
           if (\$889 ) begin
-            \$1006  = 16'h0000;
+            \$1007  = 16'h0000;
           end
         end
       end
       if (in_decode) begin
-        \$1006  = 16'h0000;
+        \$1007  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1006  = 16'h0000;
+      \$1007  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1007  = w_load_addr;
+    \$1008  = w_load_addr;
     if (\$848 ) begin
       if (\$885 ) begin
         if (\$886 ) begin
-          \$1007  = \$888 [9:0];
+          \$1008  = \$888 [9:0];
           if (\$889 ) begin
             if (\$891 ) begin
-              \$1007  = 10'h000;
+              \$1008  = 10'h000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1007  = 10'h000;
+        \$1008  = 10'h000;
       end
     end
     if (rst) begin
-      \$1007  = 10'h000;
+      \$1008  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1008  = w_load_nt;
+    \$1009  = w_load_nt;
     if (\$848 ) begin
       if (\$885 ) begin
         if (\$886 ) begin
           if (\$889 ) begin
-            \$1008  = \$890 [15:0];
+            \$1009  = \$890 [15:0];
             if (\$891 ) begin
-              \$1008  = 16'h0000;
+              \$1009  = 16'h0000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1008  = 16'h0000;
+        \$1009  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1008  = 16'h0000;
+      \$1009  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1009  = w_filled0;
+    \$1010  = w_filled0;
     if (\$848 ) begin
       if (\$885 ) begin
         if (\$886 ) begin
@@ -33324,45 +33334,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (\$891 ) begin
               casez (w_load_half)
                 1'h0:
-                    \$1009  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$911 ) begin
-        if (\$912 ) begin
-          if (\$913 ) begin
-            if (\$914 ) begin
-              casez (w_feed_half)
-                1'h0:
-                    \$1009  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1009  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1009  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1010  = w_filled1;
-    if (\$848 ) begin
-      if (\$885 ) begin
-        if (\$886 ) begin
-          if (\$889 ) begin
-            if (\$891 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
                     \$1010  = 1'h1;
               endcase
             end
@@ -33373,11 +33344,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         if (\$912 ) begin
           if (\$913 ) begin
             if (\$914 ) begin
-              (* full_case = 32'd1 *)
               casez (w_feed_half)
                 1'h0:
-                    /* empty */;
-                1'h1:
                     \$1010  = 1'h0;
               endcase
             end
@@ -33394,13 +33362,34 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1011  = w_load_half;
+    \$1011  = w_filled1;
     if (\$848 ) begin
       if (\$885 ) begin
         if (\$886 ) begin
           if (\$889 ) begin
             if (\$891 ) begin
-              \$1011  = \$892 ;
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1011  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$911 ) begin
+        if (\$912 ) begin
+          if (\$913 ) begin
+            if (\$914 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1011  = 1'h0;
+              endcase
             end
           end
         end
@@ -33415,84 +33404,105 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1012  = feed_ntk;
+    \$1012  = w_load_half;
+    if (\$848 ) begin
+      if (\$885 ) begin
+        if (\$886 ) begin
+          if (\$889 ) begin
+            if (\$891 ) begin
+              \$1012  = \$892 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1012  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1012  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1013  = feed_ntk;
     if (\$848 ) begin
       if (\$911 ) begin
         if (\$912 ) begin
           (* full_case = 32'd1 *)
           if (\$913 ) begin
-            \$1012  = 32'd0;
+            \$1013  = 32'd0;
           end else begin
-            \$1012  = \$917 [31:0];
+            \$1013  = \$917 [31:0];
           end
         end
       end
       if (in_decode) begin
-        \$1012  = 32'd0;
+        \$1013  = 32'd0;
       end
     end
     if (rst) begin
-      \$1012  = 32'd0;
+      \$1013  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1013  = feed_mt;
+    \$1014  = feed_mt;
     if (\$848 ) begin
       if (\$911 ) begin
         if (\$912 ) begin
           if (\$913 ) begin
             (* full_case = 32'd1 *)
             if (\$914 ) begin
-              \$1013  = 16'h0000;
+              \$1014  = 16'h0000;
             end else begin
-              \$1013  = \$916 [15:0];
+              \$1014  = \$916 [15:0];
             end
           end
         end
       end
       if (in_decode) begin
-        \$1013  = 16'h0000;
+        \$1014  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1013  = 16'h0000;
+      \$1014  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1014  = w_feed_half;
+    \$1015  = w_feed_half;
     if (\$848 ) begin
       if (\$911 ) begin
         if (\$912 ) begin
           if (\$913 ) begin
             if (\$914 ) begin
-              \$1014  = \$915 ;
+              \$1015  = \$915 ;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1014  = 1'h0;
+        \$1015  = 1'h0;
       end
     end
     if (rst) begin
-      \$1014  = 1'h0;
+      \$1015  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1015  = post_col;
+    \$1016  = post_col;
     if (in_decode) begin
-      \$1015  = 3'h0;
+      \$1016  = 3'h0;
     end
     if (\$920 ) begin
       if (elem_take) begin
-        \$1015  = \$923 [2:0];
+        \$1016  = \$923 [2:0];
       end
     end
     if (rst) begin
-      \$1015  = 3'h0;
+      \$1016  = 3'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -33544,7 +33554,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign op_cycles13 = op_cycles__13;
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
-  assign ext_base = \$78 [31:0];
   assign p__payload = beat__payload[437:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
@@ -33600,46 +33609,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \c__payload.f  = c__payload;
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
-  assign \c__payload$165.m  = \c__payload$165 [15:0];
-  assign \c__payload$165.b  = \c__payload$165 [58:16];
-  assign \c__payload$165.e  = \c__payload$165 [64:59];
-  assign \c__payload$165.last  = \c__payload$165 [65];
-  assign \c__payload$168.m_a  = \c__payload$168 [15:0];
-  assign \c__payload$168.e_a  = \c__payload$168 [21:16];
-  assign \c__payload$168.m_b  = \c__payload$168 [37:22];
-  assign \c__payload$168.e_b  = \c__payload$168 [43:38];
-  assign \c__payload$171.qb  = \c__payload$171 [9:0];
-  assign \c__payload$171.qc  = \c__payload$171 [24:10];
-  assign \c__payload$171.sh  = \c__payload$171 [30:25];
-  assign \c__payload$171.m  = \c__payload$171 [46:31];
-  assign \c__payload$171.e  = \c__payload$171 [52:47];
-  assign \req__payload$182.addr  = \req__payload$182 [31:0];
-  assign \req__payload$182.data  = \req__payload$182 [95:32];
-  assign \req__payload$182.lb  = \req__payload$182 [98:96];
+  assign \c__payload$163.m  = \c__payload$163 [15:0];
+  assign \c__payload$163.b  = \c__payload$163 [58:16];
+  assign \c__payload$163.e  = \c__payload$163 [64:59];
+  assign \c__payload$163.last  = \c__payload$163 [65];
+  assign \c__payload$166.m_a  = \c__payload$166 [15:0];
+  assign \c__payload$166.e_a  = \c__payload$166 [21:16];
+  assign \c__payload$166.m_b  = \c__payload$166 [37:22];
+  assign \c__payload$166.e_b  = \c__payload$166 [43:38];
+  assign \c__payload$169.qb  = \c__payload$169 [9:0];
+  assign \c__payload$169.qc  = \c__payload$169 [24:10];
+  assign \c__payload$169.sh  = \c__payload$169 [30:25];
+  assign \c__payload$169.m  = \c__payload$169 [46:31];
+  assign \c__payload$169.e  = \c__payload$169 [52:47];
+  assign \req__payload$181.addr  = \req__payload$181 [31:0];
+  assign \req__payload$181.data  = \req__payload$181 [95:32];
+  assign \req__payload$181.lb  = \req__payload$181 [98:96];
   assign \i__payload.data  = i__payload[15:0];
   assign \i__payload.last  = i__payload[16];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \o__payload$209[0]  = \o__payload$209 [15:0];
-  assign \o__payload$209[1]  = \o__payload$209 [31:16];
-  assign \o__payload$209[2]  = \o__payload$209 [47:32];
-  assign \o__payload$209[3]  = \o__payload$209 [63:48];
+  assign \o__payload$208[0]  = \o__payload$208 [15:0];
+  assign \o__payload$208[1]  = \o__payload$208 [31:16];
+  assign \o__payload$208[2]  = \o__payload$208 [47:32];
+  assign \o__payload$208[3]  = \o__payload$208 [63:48];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$222[0]  = \b__payload$222 [15:0];
-  assign \b__payload$222[1]  = \b__payload$222 [31:16];
-  assign \b__payload$222[2]  = \b__payload$222 [47:32];
-  assign \b__payload$222[3]  = \b__payload$222 [63:48];
-  assign \o__payload$229[0]  = \o__payload$229 [7:0];
-  assign \o__payload$229[1]  = \o__payload$229 [15:8];
-  assign \o__payload$229[2]  = \o__payload$229 [23:16];
-  assign \o__payload$229[3]  = \o__payload$229 [31:24];
-  assign \i__payload$232[0]  = \i__payload$232 [7:0];
-  assign \i__payload$232[1]  = \i__payload$232 [15:8];
-  assign \i__payload$232[2]  = \i__payload$232 [23:16];
-  assign \i__payload$232[3]  = \i__payload$232 [31:24];
+  assign \b__payload$221[0]  = \b__payload$221 [15:0];
+  assign \b__payload$221[1]  = \b__payload$221 [31:16];
+  assign \b__payload$221[2]  = \b__payload$221 [47:32];
+  assign \b__payload$221[3]  = \b__payload$221 [63:48];
+  assign \o__payload$228[0]  = \o__payload$228 [7:0];
+  assign \o__payload$228[1]  = \o__payload$228 [15:8];
+  assign \o__payload$228[2]  = \o__payload$228 [23:16];
+  assign \o__payload$228[3]  = \o__payload$228 [31:24];
+  assign \i__payload$231[0]  = \i__payload$231 [7:0];
+  assign \i__payload$231[1]  = \i__payload$231 [15:8];
+  assign \i__payload$231[2]  = \i__payload$231 [23:16];
+  assign \i__payload$231[3]  = \i__payload$231 [31:24];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -33668,16 +33677,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$346.data  = \a__payload$346 [71:0];
-  assign \a__payload$346.data[0]  = \a__payload$346 [8:0];
-  assign \a__payload$346.data[1]  = \a__payload$346 [17:9];
-  assign \a__payload$346.data[2]  = \a__payload$346 [26:18];
-  assign \a__payload$346.data[3]  = \a__payload$346 [35:27];
-  assign \a__payload$346.data[4]  = \a__payload$346 [44:36];
-  assign \a__payload$346.data[5]  = \a__payload$346 [53:45];
-  assign \a__payload$346.data[6]  = \a__payload$346 [62:54];
-  assign \a__payload$346.data[7]  = \a__payload$346 [71:63];
-  assign \a__payload$346.last  = \a__payload$346 [72];
+  assign \a__payload$345.data  = \a__payload$345 [71:0];
+  assign \a__payload$345.data[0]  = \a__payload$345 [8:0];
+  assign \a__payload$345.data[1]  = \a__payload$345 [17:9];
+  assign \a__payload$345.data[2]  = \a__payload$345 [26:18];
+  assign \a__payload$345.data[3]  = \a__payload$345 [35:27];
+  assign \a__payload$345.data[4]  = \a__payload$345 [44:36];
+  assign \a__payload$345.data[5]  = \a__payload$345 [53:45];
+  assign \a__payload$345.data[6]  = \a__payload$345 [62:54];
+  assign \a__payload$345.data[7]  = \a__payload$345 [71:63];
+  assign \a__payload$345.last  = \a__payload$345 [72];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -33686,14 +33695,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$375[0]  = \o__payload$375 [31:0];
-  assign \o__payload$375[1]  = \o__payload$375 [63:32];
-  assign \o__payload$375[2]  = \o__payload$375 [95:64];
-  assign \o__payload$375[3]  = \o__payload$375 [127:96];
-  assign \o__payload$375[4]  = \o__payload$375 [159:128];
-  assign \o__payload$375[5]  = \o__payload$375 [191:160];
-  assign \o__payload$375[6]  = \o__payload$375 [223:192];
-  assign \o__payload$375[7]  = \o__payload$375 [255:224];
+  assign \o__payload$374[0]  = \o__payload$374 [31:0];
+  assign \o__payload$374[1]  = \o__payload$374 [63:32];
+  assign \o__payload$374[2]  = \o__payload$374 [95:64];
+  assign \o__payload$374[3]  = \o__payload$374 [127:96];
+  assign \o__payload$374[4]  = \o__payload$374 [159:128];
+  assign \o__payload$374[5]  = \o__payload$374 [191:160];
+  assign \o__payload$374[6]  = \o__payload$374 [223:192];
+  assign \o__payload$374[7]  = \o__payload$374 [255:224];
   assign \$14  = { \$13 [17], \$13 [17], \$13 [17], \$13 [17:3] };
   assign \$16  = ins[39:24];
   assign \$17  = ins[361:344];
@@ -33704,48 +33713,48 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$37  = ins[397:380];
   assign \$40  = { \$39 [17], \$39 [17], \$39 [17], \$39 [17:3] };
   assign \$44  = { \$43 [17], \$43 [17], \$43 [17], \$43 [17:3] };
-  assign \$75 [2:0] = 3'h0;
-  assign \$75 [3] = ins[11];
-  assign \$76  = ins[11];
-  assign { \$124 [3], \$124 [1:0] } = 3'h0;
-  assign \$124 [2] = ins[10];
-  assign \$125  = ins[10];
-  assign { \$127 [3], \$127 [1:0] } = 3'h0;
-  assign \$127 [2] = ins[10];
-  assign \$128  = ins[10];
-  assign { \$130 [3], \$130 [1:0] } = 3'h0;
-  assign \$130 [2] = ins[10];
-  assign \$131  = ins[10];
-  assign { \$133 [3], \$133 [1:0] } = 3'h0;
-  assign \$133 [2] = ins[10];
-  assign \$134  = ins[10];
-  assign \$177  = { 1'h0, nt, 6'h00 };
-  assign \$190 [3:1] = 3'h0;
-  assign \$190 [0] = ins[8];
-  assign \$191  = ins[8];
-  assign \$193 [3:1] = 3'h0;
-  assign \$193 [0] = ins[8];
-  assign \$194  = ins[8];
-  assign \$196 [3:1] = 3'h0;
-  assign \$196 [0] = ins[8];
-  assign \$197  = ins[8];
-  assign \$199 [3:1] = 3'h0;
-  assign \$199 [0] = ins[8];
-  assign \$200  = ins[8];
-  assign \$202 [3:1] = 3'h0;
-  assign \$202 [0] = ins[8];
-  assign \$203  = ins[8];
-  assign \$205 [3:1] = 3'h0;
-  assign \$205 [0] = ins[8];
-  assign \$206  = ins[8];
-  assign \$208 [3:1] = 3'h0;
-  assign \$208 [0] = ins[8];
-  assign \$209  = ins[8];
-  assign \$701  = { \$700 [17], \$700 [17], \$700 [17], \$700 [17:3] };
-  assign \$704  = { \$703 [17], \$703 [17], \$703 [17], \$703 [17:3] };
-  assign \$709  = { 1'h0, dec_nt, 6'h00 };
-  assign \$711 [5:0] = 6'h00;
-  assign \$711 [31:6] = { 8'h00, \$710 [23:6] };
+  assign { \$120 [3], \$120 [1:0] } = 3'h0;
+  assign \$120 [2] = ins[10];
+  assign \$121  = ins[10];
+  assign { \$123 [3], \$123 [1:0] } = 3'h0;
+  assign \$123 [2] = ins[10];
+  assign \$124  = ins[10];
+  assign { \$126 [3], \$126 [1:0] } = 3'h0;
+  assign \$126 [2] = ins[10];
+  assign \$127  = ins[10];
+  assign { \$129 [3], \$129 [1:0] } = 3'h0;
+  assign \$129 [2] = ins[10];
+  assign \$130  = ins[10];
+  assign \$173  = { 1'h0, nt, 6'h00 };
+  assign \$186 [3:1] = 3'h0;
+  assign \$186 [0] = ins[8];
+  assign \$187  = ins[8];
+  assign \$189 [3:1] = 3'h0;
+  assign \$189 [0] = ins[8];
+  assign \$190  = ins[8];
+  assign \$192 [3:1] = 3'h0;
+  assign \$192 [0] = ins[8];
+  assign \$193  = ins[8];
+  assign \$195 [3:1] = 3'h0;
+  assign \$195 [0] = ins[8];
+  assign \$196  = ins[8];
+  assign \$198 [3:1] = 3'h0;
+  assign \$198 [0] = ins[8];
+  assign \$199  = ins[8];
+  assign \$201 [3:1] = 3'h0;
+  assign \$201 [0] = ins[8];
+  assign \$202  = ins[8];
+  assign \$204 [3:1] = 3'h0;
+  assign \$204 [0] = ins[8];
+  assign \$205  = ins[8];
+  assign \$697  = { \$696 [17], \$696 [17], \$696 [17], \$696 [17:3] };
+  assign \$700  = { \$699 [17], \$699 [17], \$699 [17], \$699 [17:3] };
+  assign \$705  = { 1'h0, dec_nt, 6'h00 };
+  assign \$707 [5:0] = 6'h00;
+  assign \$707 [31:6] = { 8'h00, \$706 [23:6] };
+  assign \$711 [2:0] = 3'h0;
+  assign \$711 [3] = ins[11];
+  assign \$712  = ins[11];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -38295,10 +38304,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$16561$0 (l0s_s2_o),
-    .\port$16653$0 (l1s_s2_o),
-    .\port$16745$0 (l2s_s2_o),
-    .\port$16837$0 (l3s_s2_o),
+    .\port$16641$0 (l0s_s2_o),
+    .\port$16733$0 (l1s_s2_o),
+    .\port$16825$0 (l2s_s2_o),
+    .\port$16917$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -39543,7 +39552,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16561$0 , \port$16653$0 , \port$16745$0 , \port$16837$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16641$0 , \port$16733$0 , \port$16825$0 , \port$16917$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$185  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -39586,14 +39595,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16561
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$16561$0 ;
-  wire [15:0] \port$16561$0 ;
-  input [15:0] \port$16653$0 ;
-  wire [15:0] \port$16653$0 ;
-  input [15:0] \port$16745$0 ;
-  wire [15:0] \port$16745$0 ;
-  input [15:0] \port$16837$0 ;
-  wire [15:0] \port$16837$0 ;
+  input [15:0] \port$16641$0 ;
+  wire [15:0] \port$16641$0 ;
+  input [15:0] \port$16733$0 ;
+  wire [15:0] \port$16733$0 ;
+  input [15:0] \port$16825$0 ;
+  wire [15:0] \port$16825$0 ;
+  input [15:0] \port$16917$0 ;
+  wire [15:0] \port$16917$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -39636,7 +39645,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16561
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16837$0 , \port$16745$0 , \port$16653$0 , \port$16561$0  };
+      storage[w_port__addr] <= { \port$16917$0 , \port$16825$0 , \port$16733$0 , \port$16641$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -39748,8 +39757,8 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16561
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16837$0 , \port$16745$0 , \port$16653$0 , \port$16561$0  };
-  assign w_data = { \port$16837$0 , \port$16745$0 , \port$16653$0 , \port$16561$0  };
+  assign w_port__data = { \port$16917$0 , \port$16825$0 , \port$16733$0 , \port$16641$0  };
+  assign w_data = { \port$16917$0 , \port$16825$0 , \port$16733$0 , \port$16641$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -46836,10 +46845,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$17070$0 (l0_s27_o),
-    .\port$17256$0 (l1_s27_o),
-    .\port$17442$0 (l2_s27_o),
-    .\port$17628$0 (l3_s27_o),
+    .\port$17150$0 (l0_s27_o),
+    .\port$17336$0 (l1_s27_o),
+    .\port$17522$0 (l2_s27_o),
+    .\port$17708$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -48894,7 +48903,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17070$0 , \port$17256$0 , \port$17442$0 , \port$17628$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17150$0 , \port$17336$0 , \port$17522$0 , \port$17708$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$187  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -48937,14 +48946,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$170
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$17070$0 ;
-  wire [7:0] \port$17070$0 ;
-  input [7:0] \port$17256$0 ;
-  wire [7:0] \port$17256$0 ;
-  input [7:0] \port$17442$0 ;
-  wire [7:0] \port$17442$0 ;
-  input [7:0] \port$17628$0 ;
-  wire [7:0] \port$17628$0 ;
+  input [7:0] \port$17150$0 ;
+  wire [7:0] \port$17150$0 ;
+  input [7:0] \port$17336$0 ;
+  wire [7:0] \port$17336$0 ;
+  input [7:0] \port$17522$0 ;
+  wire [7:0] \port$17522$0 ;
+  input [7:0] \port$17708$0 ;
+  wire [7:0] \port$17708$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -49003,7 +49012,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$170
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$17628$0 , \port$17442$0 , \port$17256$0 , \port$17070$0  };
+      storage[w_port__addr] <= { \port$17708$0 , \port$17522$0 , \port$17336$0 , \port$17150$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -49115,8 +49124,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$170
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$17628$0 , \port$17442$0 , \port$17256$0 , \port$17070$0  };
-  assign w_data = { \port$17628$0 , \port$17442$0 , \port$17256$0 , \port$17070$0  };
+  assign w_port__data = { \port$17708$0 , \port$17522$0 , \port$17336$0 , \port$17150$0  };
+  assign w_data = { \port$17708$0 , \port$17522$0 , \port$17336$0 , \port$17150$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -78818,7 +78827,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, \port$1501$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13732$0 , level, clk);
+module \accelerator.core.q_src0 (rst, \port$1563$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13794$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -78843,10 +78852,10 @@ module \accelerator.core.q_src0 (rst, \port$1501$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13732$0 ;
-  wire [2:0] \port$13732$0 ;
-  input [15:0] \port$1501$0 ;
-  wire [15:0] \port$1501$0 ;
+  input [2:0] \port$13794$0 ;
+  wire [2:0] \port$13794$0 ;
+  input [15:0] \port$1563$0 ;
+  wire [15:0] \port$1563$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -78881,7 +78890,7 @@ module \accelerator.core.q_src0 (rst, \port$1501$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13732$0 , \port$1501$0  };
+      storage[w_port__addr] <= { \port$13794$0 , \port$1563$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -78952,14 +78961,14 @@ module \accelerator.core.q_src0 (rst, \port$1501$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13732$0 , \port$1501$0  };
-  assign w_data = { \port$13732$0 , \port$1501$0  };
+  assign w_port__data = { \port$13794$0 , \port$1563$0  };
+  assign w_data = { \port$13794$0 , \port$1563$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1502$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13736$0 , level, clk);
+module \accelerator.core.q_src1 (rst, \port$1564$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13798$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$195  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -78984,10 +78993,10 @@ module \accelerator.core.q_src1 (rst, \port$1502$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13736$0 ;
-  wire [2:0] \port$13736$0 ;
-  input [15:0] \port$1502$0 ;
-  wire [15:0] \port$1502$0 ;
+  input [2:0] \port$13798$0 ;
+  wire [2:0] \port$13798$0 ;
+  input [15:0] \port$1564$0 ;
+  wire [15:0] \port$1564$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -79022,7 +79031,7 @@ module \accelerator.core.q_src1 (rst, \port$1502$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13736$0 , \port$1502$0  };
+      storage[w_port__addr] <= { \port$13798$0 , \port$1564$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -79093,41 +79102,41 @@ module \accelerator.core.q_src1 (rst, \port$1502$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13736$0 , \port$1502$0  };
-  assign w_data = { \port$13736$0 , \port$1502$0  };
+  assign w_port__data = { \port$13798$0 , \port$1564$0  };
+  assign w_data = { \port$13798$0 , \port$1564$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader (rst, ar__valid, req__ready, r__ready, idle, ar__ready, r__valid, r__payload, req__valid, req__payload, beat__ready, ar__payload, beat__payload, beat__valid, clk);
+module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar__ready, r__valid, r__payload, w_en, w_data, beat__ready, ar__payload, beat__payload, beat__valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$196  = 0;
   wire [31:0] \$1 ;
-  wire [11:0] \$10 ;
-  wire [5:0] \$11 ;
-  wire \$12 ;
-  wire \$13 ;
+  wire [3:0] \$10 ;
+  wire [11:0] \$11 ;
+  wire [11:0] \$12 ;
+  wire [5:0] \$13 ;
   wire \$14 ;
   wire \$15 ;
   wire \$16 ;
   wire \$17 ;
-  wire [5:0] \$18 ;
+  wire \$18 ;
   wire \$19 ;
   wire \$2 ;
-  wire \$20 ;
+  wire [5:0] \$20 ;
   wire \$21 ;
   wire \$22 ;
-  wire [5:0] \$23 ;
+  wire \$23 ;
   wire \$24 ;
   wire \$25 ;
-  wire [5:0] \$26 ;
-  wire [63:0] \$27 ;
+  wire \$26 ;
+  wire [5:0] \$27 ;
   wire \$28 ;
   wire \$29 ;
   wire [3:0] \$3 ;
-  wire [63:0] \$30 ;
-  wire \$31 ;
-  wire [63:0] \$32 ;
+  wire [5:0] \$30 ;
+  wire [63:0] \$31 ;
+  wire \$32 ;
   wire \$33 ;
   wire [63:0] \$34 ;
   wire \$35 ;
@@ -79141,11 +79150,11 @@ module \accelerator.core.reader (rst, ar__valid, req__ready, r__ready, idle, ar_
   wire [63:0] \$42 ;
   wire \$43 ;
   wire [63:0] \$44 ;
-  wire [511:0] \$45 ;
-  wire \$46 ;
+  wire \$45 ;
+  wire [63:0] \$46 ;
   wire \$47 ;
-  wire \$48 ;
-  wire \$49 ;
+  wire [63:0] \$48 ;
+  wire [511:0] \$49 ;
   wire [11:0] \$5 ;
   wire \$50 ;
   wire \$51 ;
@@ -79153,25 +79162,29 @@ module \accelerator.core.reader (rst, ar__valid, req__ready, r__ready, idle, ar_
   wire \$53 ;
   wire \$54 ;
   wire \$55 ;
-  wire [5:0] \$56 ;
+  wire \$56 ;
   wire \$57 ;
-  reg \$58 ;
-  reg [511:0] \$59 ;
+  wire \$58 ;
+  wire \$59 ;
   wire [12:0] \$6 ;
-  reg \$60 ;
-  reg [4:0] \$61 ;
+  wire [5:0] \$60 ;
+  wire \$61 ;
   reg \$62 ;
-  reg [63:0] \$63 ;
-  reg [63:0] \$64 ;
-  reg [63:0] \$65 ;
-  reg [63:0] \$66 ;
+  reg [511:0] \$63 ;
+  reg \$64 ;
+  reg [4:0] \$65 ;
+  reg \$66 ;
   reg [63:0] \$67 ;
   reg [63:0] \$68 ;
   reg [63:0] \$69 ;
   wire \$7 ;
   reg [63:0] \$70 ;
-  wire [3:0] \$8 ;
-  wire [11:0] \$9 ;
+  reg [63:0] \$71 ;
+  reg [63:0] \$72 ;
+  reg [63:0] \$73 ;
+  reg [63:0] \$74 ;
+  wire \$8 ;
+  wire \$9 ;
   reg [63:0] acc0 = 64'h0000000000000000;
   reg [63:0] acc1 = 64'h0000000000000000;
   reg [63:0] acc2 = 64'h0000000000000000;
@@ -79214,191 +79227,157 @@ module \accelerator.core.reader (rst, ar__valid, req__ready, r__ready, idle, ar_
   wire r__ready;
   input r__valid;
   wire r__valid;
-  wire [7:0] r_data;
-  reg r_en;
+  wire [34:0] r_data;
+  wire [7:0] \r_data$23 ;
+  wire r_en;
+  reg \r_en$26 ;
   wire r_rdy;
-  input [34:0] req__payload;
+  wire \r_rdy$21 ;
   wire [34:0] req__payload;
   wire [31:0] \req__payload.addr ;
   wire [2:0] \req__payload.lb ;
   output req__ready;
   wire req__ready;
-  input req__valid;
   wire req__valid;
   input rst;
   wire rst;
-  wire [7:0] w_data;
+  input [34:0] w_data;
+  wire [34:0] w_data;
+  wire [7:0] \w_data$14 ;
+  input w_en;
   wire w_en;
+  wire \w_en$13 ;
   wire w_rdy;
-  assign \$25  = r_data[7:3] == 1'h1;
-  assign \$27  = r__payload[63:0] >> \$26 ;
-  assign \$28  = | j;
-  assign \$29  = ~ \$28 ;
-  assign \$30  = \$28  ? acc0 : r__payload[63:0];
-  assign \$31  = j == 1'h1;
-  assign \$32  = \$31  ? r__payload[63:0] : acc1;
-  assign \$33  = j == 2'h2;
-  assign \$34  = \$33  ? r__payload[63:0] : acc2;
-  assign \$35  = j == 2'h3;
-  assign \$36  = \$35  ? r__payload[63:0] : acc3;
-  assign \$37  = j == 3'h4;
-  assign \$38  = \$37  ? r__payload[63:0] : acc4;
-  assign \$39  = j == 3'h5;
-  assign \$40  = \$39  ? r__payload[63:0] : acc5;
-  assign \$41  = j == 3'h6;
-  assign \$42  = \$41  ? r__payload[63:0] : acc6;
-  assign \$43  = j == 3'h7;
-  assign \$44  = \$43  ? r__payload[63:0] : acc7;
-  assign \$45  = \$25  ? { 448'h0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000, \$27  } : { \$44 , \$42 , \$40 , \$38 , \$36 , \$34 , \$32 , \$30  };
-  assign \$46  = err | r__payload[64];
-  assign \$47  = | j;
-  assign \$48  = ~ \$47 ;
-  assign \$49  = j == 1'h1;
-  assign \$50  = j == 2'h2;
-  assign \$51  = j == 2'h3;
-  assign \$52  = j == 3'h4;
-  assign \$53  = j == 3'h5;
-  assign \$54  = j == 3'h6;
-  assign \$55  = j == 3'h7;
-  assign \$56  = j + 1'h1;
-  assign \$57  = err | r__payload[64];
+  wire \w_rdy$8 ;
+  assign \$22  = ~ r_rdy;
+  assign \$23  = ~ \r_rdy$21 ;
+  assign \$24  = \$22  & \$23 ;
+  assign \$25  = ~ beat__valid;
+  assign idle = \$24  & \$25 ;
+  assign \$26  = r__valid & r__ready;
+  assign \$27  = \r_data$23 [7:3] - 1'h1;
+  assign \$28  = j == \$27 ;
+  assign \$29  = \r_data$23 [7:3] == 1'h1;
+  assign \$31  = r__payload[63:0] >> \$30 ;
+  assign \$32  = | j;
+  assign \$33  = ~ \$32 ;
+  assign \$34  = \$32  ? acc0 : r__payload[63:0];
+  assign \$35  = j == 1'h1;
+  assign \$36  = \$35  ? r__payload[63:0] : acc1;
+  assign \$37  = j == 2'h2;
+  assign \$38  = \$37  ? r__payload[63:0] : acc2;
+  assign \$39  = j == 2'h3;
+  assign \$40  = \$39  ? r__payload[63:0] : acc3;
+  assign \$41  = j == 3'h4;
+  assign \$42  = \$41  ? r__payload[63:0] : acc4;
+  assign \$43  = j == 3'h5;
+  assign \$44  = \$43  ? r__payload[63:0] : acc5;
+  assign \$45  = j == 3'h6;
+  assign \$46  = \$45  ? r__payload[63:0] : acc6;
+  assign \$47  = j == 3'h7;
+  assign \$48  = \$47  ? r__payload[63:0] : acc7;
+  assign \$49  = \$29  ? { 448'h0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000, \$31  } : { \$48 , \$46 , \$44 , \$42 , \$40 , \$38 , \$36 , \$34  };
+  assign \$50  = err | r__payload[64];
+  assign \$51  = | j;
+  assign \$52  = ~ \$51 ;
+  assign \$53  = j == 1'h1;
+  assign \$54  = j == 2'h2;
+  assign \$55  = j == 2'h3;
+  assign \$56  = j == 3'h4;
+  assign \$57  = j == 3'h5;
+  assign \$58  = j == 3'h6;
+  assign \$59  = j == 3'h7;
+  assign \$60  = j + 1'h1;
+  assign \$61  = err | r__payload[64];
   always @(posedge clk)
-    beat__valid <= \$58 ;
+    beat__valid <= \$62 ;
   always @(posedge clk)
-    out_data <= \$59 ;
+    out_data <= \$63 ;
   always @(posedge clk)
-    out_err <= \$60 ;
+    out_err <= \$64 ;
   always @(posedge clk)
-    j <= \$61 ;
+    j <= \$65 ;
   always @(posedge clk)
-    err <= \$62 ;
+    err <= \$66 ;
   always @(posedge clk)
-    acc0 <= \$63 ;
+    acc0 <= \$67 ;
   always @(posedge clk)
-    acc1 <= \$64 ;
+    acc1 <= \$68 ;
   always @(posedge clk)
-    acc2 <= \$65 ;
+    acc2 <= \$69 ;
   always @(posedge clk)
-    acc3 <= \$66 ;
+    acc3 <= \$70 ;
   always @(posedge clk)
-    acc4 <= \$67 ;
+    acc4 <= \$71 ;
   always @(posedge clk)
-    acc5 <= \$68 ;
+    acc5 <= \$72 ;
   always @(posedge clk)
-    acc6 <= \$69 ;
+    acc6 <= \$73 ;
   always @(posedge clk)
-    acc7 <= \$70 ;
-  assign ar__valid = req__valid & w_rdy;
-  assign \$2  = req__payload[34:32] > 2'h3;
-  assign \$3  = req__payload[34:32] - 2'h3;
+    acc7 <= \$74 ;
+  assign ar__valid = r_rdy & \w_rdy$8 ;
+  assign \$2  = r_data[34:32] > 2'h3;
+  assign \$3  = r_data[34:32] - 2'h3;
   assign \$4  = 1'h1 << \$3 [2:0];
   assign \$5  = \$2  ? \$4  : 12'h001;
   assign \$6  = \$5  - 1'h1;
-  assign req__ready = ar__ready & w_rdy;
-  assign w_en = req__valid & req__ready;
-  assign \$7  = req__payload[34:32] > 2'h3;
-  assign \$8  = req__payload[34:32] - 2'h3;
-  assign \$9  = 1'h1 << \$8 [2:0];
-  assign \$10  = \$7  ? \$9  : 12'h001;
-  assign \$11  = r_data[7:3] - 1'h1;
-  assign \$12  = j == \$11 ;
-  assign \$13  = ~ \$12 ;
-  assign \$14  = ~ beat__valid;
-  assign \$15  = \$13  | \$14 ;
-  assign \$16  = \$15  | beat__ready;
-  assign r__ready = r_rdy & \$16 ;
-  assign \$17  = r__valid & r__ready;
-  assign \$18  = r_data[7:3] - 1'h1;
-  assign \$19  = j == \$18 ;
-  assign \$20  = ~ r_rdy;
-  assign \$21  = ~ beat__valid;
-  assign idle = \$20  & \$21 ;
-  assign \$22  = r__valid & r__ready;
-  assign \$23  = r_data[7:3] - 1'h1;
-  assign \$24  = j == \$23 ;
-  \accelerator.core.reader.shapes  shapes (
+  assign \$7  = r_rdy & ar__ready;
+  assign r_en = \$7  & \w_rdy$8 ;
+  assign \$8  = r_rdy & ar__ready;
+  assign \w_en$13  = \$8  & \w_rdy$8 ;
+  assign \$9  = r_data[34:32] > 2'h3;
+  assign \$10  = r_data[34:32] - 2'h3;
+  assign \$11  = 1'h1 << \$10 [2:0];
+  assign \$12  = \$9  ? \$11  : 12'h001;
+  assign \$13  = \r_data$23 [7:3] - 1'h1;
+  assign \$14  = j == \$13 ;
+  assign \$15  = ~ \$14 ;
+  assign \$16  = ~ beat__valid;
+  assign \$17  = \$15  | \$16 ;
+  assign \$18  = \$17  | beat__ready;
+  assign r__ready = \r_rdy$21  & \$18 ;
+  assign \$19  = r__valid & r__ready;
+  assign \$20  = \r_data$23 [7:3] - 1'h1;
+  assign \$21  = j == \$20 ;
+  \accelerator.core.reader.req_slice  req_slice (
     .clk(clk),
-    .\port$13589$0 (req__payload[2:0]),
-    .\port$1367$0 (\$10 [4:0]),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
     .rst(rst),
     .w_en(w_en),
-    .w_rdy(w_rdy)
+    .w_port__data(w_data),
+    .w_rdy(req__ready)
+  );
+  \accelerator.core.reader.shapes  shapes (
+    .clk(clk),
+    .\port$1369$0 (\$12 [4:0]),
+    .\port$1502$0 (r_data[2:0]),
+    .r_data(\r_data$23 ),
+    .r_en(\r_en$26 ),
+    .r_rdy(\r_rdy$21 ),
+    .rst(rst),
+    .w_en(\w_en$13 ),
+    .w_rdy(\w_rdy$8 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    r_en = 1'h0;
-    if (\$17 ) begin
-      if (\$19 ) begin
-        r_en = 1'h1;
+    \r_en$26  = 1'h0;
+    if (\$19 ) begin
+      if (\$21 ) begin
+        \r_en$26  = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$58  = beat__valid;
+    \$62  = beat__valid;
     if (beat__ready) begin
-      \$58  = 1'h0;
+      \$62  = 1'h0;
     end
-    if (\$22 ) begin
-      if (\$24 ) begin
-        \$58  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$58  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$59  = out_data;
-    if (\$22 ) begin
-      if (\$24 ) begin
-        \$59  = \$45 ;
-      end
-    end
-    if (rst) begin
-      \$59  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$60  = out_err;
-    if (\$22 ) begin
-      if (\$24 ) begin
-        \$60  = \$46 ;
-      end
-    end
-    if (rst) begin
-      \$60  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$61  = j;
-    if (\$22 ) begin
-      (* full_case = 32'd1 *)
-      if (\$24 ) begin
-        \$61  = 5'h00;
-      end else begin
-        \$61  = \$56 [4:0];
-      end
-    end
-    if (rst) begin
-      \$61  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$62  = err;
-    if (\$22 ) begin
-      (* full_case = 32'd1 *)
-      if (\$24 ) begin
-        \$62  = 1'h0;
-      end else begin
-        \$62  = \$57 ;
+    if (\$26 ) begin
+      if (\$28 ) begin
+        \$62  = 1'h1;
       end
     end
     if (rst) begin
@@ -79407,74 +79386,64 @@ module \accelerator.core.reader (rst, ar__valid, req__ready, r__ready, idle, ar_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$63  = acc0;
-    if (\$22 ) begin
-      (* full_case = 32'd1 *)
-      if (\$24 ) begin
-      end else begin
-        if (\$48 ) begin
-          \$63  = r__payload[63:0];
-        end
+    \$63  = out_data;
+    if (\$26 ) begin
+      if (\$28 ) begin
+        \$63  = \$49 ;
       end
     end
     if (rst) begin
-      \$63  = 64'h0000000000000000;
+      \$63  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$64  = acc1;
-    if (\$22 ) begin
-      (* full_case = 32'd1 *)
-      if (\$24 ) begin
-      end else begin
-        if (\$49 ) begin
-          \$64  = r__payload[63:0];
-        end
+    \$64  = out_err;
+    if (\$26 ) begin
+      if (\$28 ) begin
+        \$64  = \$50 ;
       end
     end
     if (rst) begin
-      \$64  = 64'h0000000000000000;
+      \$64  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$65  = acc2;
-    if (\$22 ) begin
+    \$65  = j;
+    if (\$26 ) begin
       (* full_case = 32'd1 *)
-      if (\$24 ) begin
+      if (\$28 ) begin
+        \$65  = 5'h00;
       end else begin
-        if (\$50 ) begin
-          \$65  = r__payload[63:0];
-        end
+        \$65  = \$60 [4:0];
       end
     end
     if (rst) begin
-      \$65  = 64'h0000000000000000;
+      \$65  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$66  = acc3;
-    if (\$22 ) begin
+    \$66  = err;
+    if (\$26 ) begin
       (* full_case = 32'd1 *)
-      if (\$24 ) begin
+      if (\$28 ) begin
+        \$66  = 1'h0;
       end else begin
-        if (\$51 ) begin
-          \$66  = r__payload[63:0];
-        end
+        \$66  = \$61 ;
       end
     end
     if (rst) begin
-      \$66  = 64'h0000000000000000;
+      \$66  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$67  = acc4;
-    if (\$22 ) begin
+    \$67  = acc0;
+    if (\$26 ) begin
       (* full_case = 32'd1 *)
-      if (\$24 ) begin
+      if (\$28 ) begin
       end else begin
         if (\$52 ) begin
           \$67  = r__payload[63:0];
@@ -79487,10 +79456,10 @@ module \accelerator.core.reader (rst, ar__valid, req__ready, r__ready, idle, ar_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$68  = acc5;
-    if (\$22 ) begin
+    \$68  = acc1;
+    if (\$26 ) begin
       (* full_case = 32'd1 *)
-      if (\$24 ) begin
+      if (\$28 ) begin
       end else begin
         if (\$53 ) begin
           \$68  = r__payload[63:0];
@@ -79503,10 +79472,10 @@ module \accelerator.core.reader (rst, ar__valid, req__ready, r__ready, idle, ar_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$69  = acc6;
-    if (\$22 ) begin
+    \$69  = acc2;
+    if (\$26 ) begin
       (* full_case = 32'd1 *)
-      if (\$24 ) begin
+      if (\$28 ) begin
       end else begin
         if (\$54 ) begin
           \$69  = r__payload[63:0];
@@ -79519,10 +79488,10 @@ module \accelerator.core.reader (rst, ar__valid, req__ready, r__ready, idle, ar_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$70  = acc7;
-    if (\$22 ) begin
+    \$70  = acc3;
+    if (\$26 ) begin
       (* full_case = 32'd1 *)
-      if (\$24 ) begin
+      if (\$28 ) begin
       end else begin
         if (\$55 ) begin
           \$70  = r__payload[63:0];
@@ -79533,12 +79502,79 @@ module \accelerator.core.reader (rst, ar__valid, req__ready, r__ready, idle, ar_
       \$70  = 64'h0000000000000000;
     end
   end
-  assign w_data = { \$10 [4:0], req__payload[2:0] };
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$71  = acc4;
+    if (\$26 ) begin
+      (* full_case = 32'd1 *)
+      if (\$28 ) begin
+      end else begin
+        if (\$56 ) begin
+          \$71  = r__payload[63:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$71  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$72  = acc5;
+    if (\$26 ) begin
+      (* full_case = 32'd1 *)
+      if (\$28 ) begin
+      end else begin
+        if (\$57 ) begin
+          \$72  = r__payload[63:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$72  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$73  = acc6;
+    if (\$26 ) begin
+      (* full_case = 32'd1 *)
+      if (\$28 ) begin
+      end else begin
+        if (\$58 ) begin
+          \$73  = r__payload[63:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$73  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$74  = acc7;
+    if (\$26 ) begin
+      (* full_case = 32'd1 *)
+      if (\$28 ) begin
+      end else begin
+        if (\$59 ) begin
+          \$74  = r__payload[63:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$74  = 64'h0000000000000000;
+    end
+  end
+  assign req__valid = w_en;
+  assign req__payload = w_data;
+  assign w_rdy = req__ready;
+  assign \w_data$14  = { \$12 [4:0], r_data[2:0] };
   assign out_valid = beat__valid;
+  assign \req__payload.addr  = w_data[31:0];
+  assign \req__payload.lb  = w_data[34:32];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
-  assign \req__payload.addr  = req__payload[31:0];
-  assign \req__payload.lb  = req__payload[34:32];
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
   assign \r__payload.data  = r__payload[63:0];
@@ -79547,80 +79583,71 @@ module \accelerator.core.reader (rst, ar__valid, req__ready, r__ready, idle, ar_
   assign beat__payload[511:0] = out_data;
   assign ar__payload[36:29] = \$6 [7:0];
   assign ar__payload[28:0] = \$1 [28:0];
-  assign \$1  = { 3'h0, req__payload[31:3] };
-  assign \$26  = { r_data[2:0], 3'h0 };
+  assign \$1  = { 3'h0, r_data[31:3] };
+  assign \$30  = { \r_data$23 [2:0], 3'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1367$0 , w_rdy, r_rdy, r_data, \port$13589$0 , r_en, clk);
+module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$197  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
   wire \$13 ;
-  wire [4:0] \$14 ;
-  reg [2:0] \$15 ;
-  reg [2:0] \$16 ;
-  reg [3:0] \$17 ;
-  wire [3:0] \$2 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
   wire \$3 ;
-  wire [3:0] \$4 ;
+  wire [1:0] \$4 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
-  wire [4:0] \$9 ;
+  wire [2:0] \$9 ;
   input clk;
   wire clk;
-  (* init = 3'h0 *)
-  wire [2:0] consume;
-  reg [3:0] level = 4'h0;
-  input [2:0] \port$13589$0 ;
-  wire [2:0] \port$13589$0 ;
-  input [4:0] \port$1367$0 ;
-  wire [4:0] \port$1367$0 ;
-  (* init = 3'h0 *)
-  wire [2:0] produce;
-  output [7:0] r_data;
-  wire [7:0] r_data;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  (* init = 1'h0 *)
+  wire produce;
+  output [34:0] r_data;
+  wire [34:0] r_data;
   input r_en;
   wire r_en;
-  (* init = 4'h0 *)
-  wire [3:0] r_level;
-  reg [2:0] r_port__addr = 3'h0;
-  wire [7:0] r_port__data;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [34:0] r_port__data;
   output r_rdy;
   wire r_rdy;
   input rst;
   wire rst;
-  wire [7:0] w_data;
+  wire [34:0] w_data;
   input w_en;
   wire w_en;
-  (* init = 4'h0 *)
-  wire [3:0] w_level;
-  reg [2:0] w_port__addr = 3'h0;
-  wire [7:0] w_port__data;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  input [34:0] w_port__data;
+  wire [34:0] w_port__data;
   wire w_port__en;
   output w_rdy;
   wire w_rdy;
-  reg [7:0] storage [7:0];
+  reg [34:0] storage [1:0];
   initial begin
-    storage[0] = 8'h00;
-    storage[1] = 8'h00;
-    storage[2] = 8'h00;
-    storage[3] = 8'h00;
-    storage[4] = 8'h00;
-    storage[5] = 8'h00;
-    storage[6] = 8'h00;
-    storage[7] = 8'h00;
+    storage[0] = 35'h000000000;
+    storage[1] = 35'h000000000;
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1367$0 , \port$13589$0  };
+      storage[w_port__addr] <= w_port__data;
   end
   assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 4'h8;
+  assign w_rdy = level != 2'h2;
   assign r_rdy = | level;
   assign w_port__en = w_en & w_rdy;
   assign \$1  = w_rdy & w_en;
@@ -79647,47 +79674,188 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1367$0 , w_rdy, r_rdy, 
     if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
-      \$15  = \$2 [2:0];
+      \$15  = \$2 [0];
     end
     if (rst) begin
-      \$15  = 3'h0;
+      \$15  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
-      \$16  = \$4 [2:0];
+      \$16  = \$4 [0];
     end
     if (rst) begin
-      \$16  = 3'h0;
+      \$16  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$17  = level;
     if (\$8 ) begin
-      \$17  = \$9 [3:0];
+      \$17  = \$9 [1:0];
     end
     if (\$13 ) begin
-      \$17  = \$14 [3:0];
+      \$17  = \$14 [1:0];
     end
     if (rst) begin
-      \$17  = 4'h0;
+      \$17  = 2'h0;
     end
   end
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1367$0 , \port$13589$0  };
-  assign w_data = { \port$1367$0 , \port$13589$0  };
+  assign w_data = w_port__data;
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.reader.shapes (rst, w_en, \port$1369$0 , w_rdy, r_rdy, r_data, \port$1502$0 , r_en, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$198  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [5:0] \$14 ;
+  reg [3:0] \$15 ;
+  reg [3:0] \$16 ;
+  reg [4:0] \$17 ;
+  wire [4:0] \$2 ;
+  wire \$3 ;
+  wire [4:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [5:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 4'h0 *)
+  wire [3:0] consume;
+  reg [4:0] level = 5'h00;
+  input [4:0] \port$1369$0 ;
+  wire [4:0] \port$1369$0 ;
+  input [2:0] \port$1502$0 ;
+  wire [2:0] \port$1502$0 ;
+  (* init = 4'h0 *)
+  wire [3:0] produce;
+  output [7:0] r_data;
+  wire [7:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 5'h00 *)
+  wire [4:0] r_level;
+  reg [3:0] r_port__addr = 4'h0;
+  wire [7:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  wire [7:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 5'h00 *)
+  wire [4:0] w_level;
+  reg [3:0] w_port__addr = 4'h0;
+  wire [7:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [7:0] storage [15:0];
+  initial begin
+    storage[0] = 8'h00;
+    storage[1] = 8'h00;
+    storage[2] = 8'h00;
+    storage[3] = 8'h00;
+    storage[4] = 8'h00;
+    storage[5] = 8'h00;
+    storage[6] = 8'h00;
+    storage[7] = 8'h00;
+    storage[8] = 8'h00;
+    storage[9] = 8'h00;
+    storage[10] = 8'h00;
+    storage[11] = 8'h00;
+    storage[12] = 8'h00;
+    storage[13] = 8'h00;
+    storage[14] = 8'h00;
+    storage[15] = 8'h00;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= { \port$1369$0 , \port$1502$0  };
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 5'h10;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [3:0];
+    end
+    if (rst) begin
+      \$15  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [3:0];
+    end
+    if (rst) begin
+      \$16  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [4:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [4:0];
+    end
+    if (rst) begin
+      \$17  = 5'h00;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_port__data = { \port$1369$0 , \port$1502$0  };
+  assign w_data = { \port$1369$0 , \port$1502$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, unit_rst, i__valid, i__payload, o__ready, oq_data, oq_valid, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$198  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$199  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [5:0] \$100 ;
@@ -81738,7 +81906,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
   assign \$auto$rtlil.cc:2739:Not$48  = ~ { \$289 [32], \$289 [16] };
   assign \$auto$rtlil.cc:2739:Not$50  = ~ \$445 [23];
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$487  = \$1 ;
     if (unit_rst) begin
       \$487  = 1'h0;
@@ -81748,7 +81916,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$488  = \$4 ;
     if (unit_rst) begin
       \$488  = 1'h0;
@@ -81758,7 +81926,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$489  = \$6 ;
     if (unit_rst) begin
       \$489  = 1'h0;
@@ -81768,7 +81936,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$490  = f;
     if (\$8 ) begin
       \$490  = c__payload;
@@ -81781,7 +81949,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$491  = take;
     if (unit_rst) begin
       \$491  = 1'h0;
@@ -81791,21 +81959,21 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$492  = score_mem_wdata;
     if (take) begin
       \$492  = i__payload[15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$493  = in_last;
     if (take) begin
       \$493  = i__payload[16];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$494  = \$10 ;
     if (unit_rst) begin
       \$494  = 1'h0;
@@ -81815,7 +81983,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$495  = lw;
     if (unit_rst) begin
       \$495  = 1'h0;
@@ -81825,7 +81993,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$496  = sbank0_max;
     if (end_q) begin
       if (\$11 ) begin
@@ -81840,7 +82008,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$497  = sbank1_max;
     if (end_q) begin
       if (\$12 ) begin
@@ -81855,7 +82023,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$498  = run_max;
     if (score_mem_we) begin
       \$498  = \$17 ;
@@ -81868,7 +82036,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$499  = row_first;
     if (score_mem_we) begin
       \$499  = \$19 ;
@@ -81881,7 +82049,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$500  = lcnt;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -81899,7 +82067,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$501  = lcnt_top;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -81917,7 +82085,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$502  = lw;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -81932,7 +82100,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$503  = sbank0_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -81949,7 +82117,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$504  = sbank1_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -81966,7 +82134,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$505  = exp_pass;
     if (unit_rst) begin
       \$505  = 1'h0;
@@ -81976,7 +82144,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$506  = exp_v0;
     if (unit_rst) begin
       \$506  = 1'h0;
@@ -81986,7 +82154,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$507  = exp_v1;
     if (unit_rst) begin
       \$507  = 1'h0;
@@ -81996,7 +82164,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$508  = exp_v2;
     if (unit_rst) begin
       \$508  = 1'h0;
@@ -82006,7 +82174,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$509  = exp_v3;
     if (unit_rst) begin
       \$509  = 1'h0;
@@ -82016,7 +82184,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$510  = exp_v4;
     if (unit_rst) begin
       \$510  = 1'h0;
@@ -82026,7 +82194,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$511  = exp_v5;
     if (unit_rst) begin
       \$511  = 1'h0;
@@ -82036,7 +82204,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$512  = exp_v6;
     if (unit_rst) begin
       \$512  = 1'h0;
@@ -82046,7 +82214,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$513  = exp_v7;
     if (unit_rst) begin
       \$513  = 1'h0;
@@ -82056,7 +82224,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$514  = exp_v8;
     if (unit_rst) begin
       \$514  = 1'h0;
@@ -82066,7 +82234,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$515  = exp_v9;
     if (unit_rst) begin
       \$515  = 1'h0;
@@ -82076,7 +82244,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$516  = ridx;
     if (unit_rst) begin
       \$516  = 5'h00;
@@ -82086,7 +82254,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$517  = exp_ra0;
     if (unit_rst) begin
       \$517  = 5'h00;
@@ -82096,7 +82264,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$555  = total;
     if (exp_mem_we) begin
       \$555  = \$38 [19:0];
@@ -82112,7 +82280,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$556  = ridx;
     if (exp_idle) begin
       \$556  = 5'h00;
@@ -82128,7 +82296,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$557  = rlenm1;
     if (exp_idle) begin
       \$557  = \$39 ;
@@ -82141,7 +82309,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$558  = r_last;
     if (exp_idle) begin
       \$558  = \$42 ;
@@ -82157,7 +82325,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$559  = rlenm2;
     if (exp_idle) begin
       \$559  = \$44 ;
@@ -82170,7 +82338,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$560  = rmax;
     if (exp_idle) begin
       \$560  = \$45 ;
@@ -82183,7 +82351,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$561  = exp_idle;
     if (\$55 ) begin
       \$561  = 1'h0;
@@ -82199,7 +82367,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$562  = exp_pass;
     if (\$55 ) begin
       \$562  = 1'h1;
@@ -82215,7 +82383,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$563  = exp_drain;
     if (\$58 ) begin
       \$563  = 1'h1;
@@ -82231,7 +82399,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$564  = er;
     if (\$58 ) begin
       \$564  = \$59 ;
@@ -82244,7 +82412,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$565  = ew;
     if (\$64 ) begin
       \$565  = { ew[1:0], ew[2] };
@@ -82257,7 +82425,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$566  = d_busy;
     if (\$64 ) begin
       \$566  = 1'h1;
@@ -82273,7 +82441,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$567  = dbank;
     if (\$65 ) begin
       \$567  = ew;
@@ -82286,7 +82454,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$568  = dlenm1;
     if (\$65 ) begin
       \$568  = rlenm1;
@@ -82299,7 +82467,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$569  = den;
     if (\$65 ) begin
       \$569  = total;
@@ -82312,7 +82480,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$570  = 17'h00000;
@@ -82327,7 +82495,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$571  = 5'h00;
@@ -82342,7 +82510,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$572  = 1'h0;
@@ -82357,7 +82525,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$573  = 20'h07fff;
@@ -82372,7 +82540,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$574  = 17'h1ffff;
@@ -82387,7 +82555,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$575  = ebank0_recip;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -82402,7 +82570,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$576  = ebank0_lenm1;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -82417,7 +82585,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$577  = ebank1_recip;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -82432,7 +82600,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$578  = ebank1_lenm1;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -82447,7 +82615,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$579  = ebank2_recip;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -82462,7 +82630,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$580  = ebank2_lenm1;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -82477,7 +82645,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$581  = \$82 ;
     if (unit_rst) begin
       \$581  = 1'h0;
@@ -82487,7 +82655,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$582  = o_run;
     if (\$86 ) begin
       \$582  = 1'h1;
@@ -82505,7 +82673,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$583  = oidx;
     if (\$86 ) begin
       \$583  = 5'h00;
@@ -82525,7 +82693,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$584  = o_last;
     if (\$86 ) begin
       \$584  = \$90 ;
@@ -82545,7 +82713,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$585  = o_lenm2;
     if (\$86 ) begin
       \$585  = \$93 ;
@@ -82558,7 +82726,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$586  = o_recip;
     if (\$86 ) begin
       \$586  = \$95 ;
@@ -82571,7 +82739,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$587  = orb;
     if (\$96 ) begin
       if (o_last) begin
@@ -82586,7 +82754,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$588  = \$101 [4:0];
     if (unit_rst) begin
       \$588  = 5'h10;
@@ -82596,7 +82764,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$589  = \$103 [7:0];
     if (unit_rst) begin
       \$589  = 8'h00;
@@ -82606,7 +82774,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$590  = \$104 ;
     if (unit_rst) begin
       \$590  = 1'h0;
@@ -82616,7 +82784,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$591  = out_v0;
     if (unit_rst) begin
       \$591  = 1'h0;
@@ -82626,7 +82794,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$592  = out_v1;
     if (unit_rst) begin
       \$592  = 1'h0;
@@ -82636,7 +82804,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$593  = out_v2;
     if (unit_rst) begin
       \$593  = 1'h0;
@@ -82646,7 +82814,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$594  = out_v3;
     if (unit_rst) begin
       \$594  = 1'h0;
@@ -82656,7 +82824,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$595  = out_v4;
     if (unit_rst) begin
       \$595  = 1'h0;
@@ -82666,7 +82834,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$619  = out_v5;
     if (unit_rst) begin
       \$619  = 1'h0;
@@ -82676,7 +82844,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$620  = oq_wptr;
     if (out_v5) begin
       \$620  = \$108 [3:0];
@@ -82689,14 +82857,14 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$621  = oq_data;
     if (\$112 ) begin
       \$621  = \rp__data$206 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$622  = oq_valid;
     if (\$112 ) begin
       \$622  = 1'h1;
@@ -82711,7 +82879,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$623  = oq_rptr;
     if (\$112 ) begin
       \$623  = \$113 [3:0];
@@ -82724,7 +82892,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$624  = \$119 [4:0];
     if (unit_rst) begin
       \$624  = 5'h00;
@@ -82734,7 +82902,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$625  = \$131 ;
     if (unit_rst) begin
       \$625  = 1'h0;
@@ -82744,7 +82912,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$626  = sbank0_full;
     if (\$134 ) begin
       \$626  = 1'h0;
@@ -82760,7 +82928,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$627  = sbank1_full;
     if (\$141 ) begin
       \$627  = 1'h0;
@@ -82776,7 +82944,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$628  = ebank0_busy;
     if (\$146 ) begin
       \$628  = 1'h0;
@@ -82792,7 +82960,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$629  = ebank0_full;
     if (\$146 ) begin
       \$629  = 1'h0;
@@ -82808,7 +82976,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$630  = ebank1_busy;
     if (\$160 ) begin
       \$630  = 1'h0;
@@ -82824,7 +82992,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$631  = ebank1_full;
     if (\$160 ) begin
       \$631  = 1'h0;
@@ -82840,7 +83008,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$632  = ebank2_busy;
     if (\$174 ) begin
       \$632  = 1'h0;
@@ -82856,7 +83024,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$633  = ebank2_full;
     if (\$174 ) begin
       \$633  = 1'h0;
@@ -82872,7 +83040,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     e_clear = 1'h0;
     if (\$361 ) begin
       if (o_last) begin
@@ -83163,8 +83331,8 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.writer (rst, clear, aw__valid, req__ready, idle, b__valid, b__payload, aw__ready, req__valid, req__payload, aw__payload, err, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$199  = 0;
+module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$200  = 0;
   wire [10:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -83173,12 +83341,14 @@ module \accelerator.core.writer (rst, clear, aw__valid, req__ready, idle, b__val
   wire \$14 ;
   wire \$15 ;
   wire \$16 ;
-  wire [7:0] \$17 ;
-  wire [7:0] \$18 ;
-  wire \$19 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire [7:0] \$19 ;
   wire [23:0] \$2 ;
-  reg [6:0] \$20 ;
-  reg \$21 ;
+  wire [7:0] \$20 ;
+  wire \$21 ;
+  reg [6:0] \$22 ;
+  reg \$23 ;
   wire [24:0] \$3 ;
   wire [31:0] \$4 ;
   wire \$5 ;
@@ -83211,72 +83381,93 @@ module \accelerator.core.writer (rst, clear, aw__valid, req__ready, idle, b__val
   wire idle;
   wire [3:0] nbytes;
   reg [6:0] pending = 7'h00;
-  input [98:0] req__payload;
+  wire [98:0] r_data;
+  wire r_en;
+  wire r_rdy;
   wire [98:0] req__payload;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   output req__ready;
   wire req__ready;
-  input req__valid;
   wire req__valid;
   input rst;
   wire rst;
   wire [7:0] strb;
-  assign \$1  = 1'h1 << req__payload[98:96];
+  input [98:0] w_data;
+  wire [98:0] w_data;
+  input w_en;
+  wire w_en;
+  wire w_rdy;
+  assign \$1  = 1'h1 << r_data[98:96];
   assign \$2  = 1'h1 << \$1 [3:0];
   assign \$3  = \$2  - 1'h1;
-  assign \$4  = $signed(\$3 ) << req__payload[2:0];
+  assign \$4  = $signed(\$3 ) << r_data[2:0];
   assign \$5  = pending < 7'h40;
-  assign aw__valid = req__valid & \$5 ;
-  assign \$8  = req__payload[95:32] << \$7 ;
+  assign aw__valid = r_rdy & \$5 ;
+  assign \$8  = r_data[95:32] << \$7 ;
   assign \$9  = pending < 7'h40;
-  assign req__ready = aw__ready & \$9 ;
+  assign r_en = aw__ready & \$9 ;
   assign \$10  = | pending;
-  assign idle = ~ \$10 ;
-  assign \$11  = aw__valid & aw__ready;
-  assign \$12  = ~ b__valid;
-  assign \$13  = \$11  & \$12 ;
-  assign \$14  = aw__valid & aw__ready;
-  assign \$15  = ~ \$14 ;
-  assign \$16  = b__valid & \$15 ;
-  assign \$17  = pending + 1'h1;
-  assign \$18  = pending - 1'h1;
-  assign \$19  = b__valid & b__payload;
+  assign \$11  = ~ \$10 ;
+  assign \$12  = ~ r_rdy;
+  assign idle = \$11  & \$12 ;
+  assign \$13  = aw__valid & aw__ready;
+  assign \$14  = ~ b__valid;
+  assign \$15  = \$13  & \$14 ;
+  assign \$16  = aw__valid & aw__ready;
+  assign \$17  = ~ \$16 ;
+  assign \$18  = b__valid & \$17 ;
+  assign \$19  = pending + 1'h1;
+  assign \$20  = pending - 1'h1;
+  assign \$21  = b__valid & b__payload;
   always @(posedge clk)
-    pending <= \$20 ;
+    pending <= \$22 ;
   always @(posedge clk)
-    err <= \$21 ;
+    err <= \$23 ;
+  \accelerator.core.writer.req_slice  req_slice (
+    .clk(clk),
+    .r_data(r_data),
+    .r_en(r_en),
+    .r_rdy(r_rdy),
+    .rst(rst),
+    .w_en(w_en),
+    .w_port__data(w_data),
+    .w_rdy(req__ready)
+  );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
-    \$20  = pending;
-    if (\$13 ) begin
-      \$20  = \$17 [6:0];
-    end else if (\$16 ) begin
-      \$20  = \$18 [6:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    \$22  = pending;
+    if (\$15 ) begin
+      \$22  = \$19 [6:0];
+    end else if (\$18 ) begin
+      \$22  = \$20 [6:0];
     end
     if (rst) begin
-      \$20  = 7'h00;
+      \$22  = 7'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
-    \$21  = err;
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    \$23  = err;
     if (clear) begin
-      \$21  = 1'h0;
-    end else if (\$19 ) begin
-      \$21  = 1'h1;
+      \$23  = 1'h0;
+    end else if (\$21 ) begin
+      \$23  = 1'h1;
     end
     if (rst) begin
-      \$21  = 1'h0;
+      \$23  = 1'h0;
     end
   end
+  assign req__valid = w_en;
+  assign req__payload = w_data;
+  assign w_rdy = req__ready;
   assign nbytes = \$1 [3:0];
   assign strb = \$4 [7:0];
   assign b__ready = 1'h1;
-  assign \req__payload.addr  = req__payload[31:0];
-  assign \req__payload.data  = req__payload[95:32];
-  assign \req__payload.lb  = req__payload[98:96];
+  assign \req__payload.addr  = w_data[31:0];
+  assign \req__payload.data  = w_data[95:32];
+  assign \req__payload.lb  = w_data[98:96];
   assign \aw__payload.addr  = aw__payload[28:0];
   assign \aw__payload.data  = aw__payload[92:29];
   assign \aw__payload.strb  = aw__payload[100:93];
@@ -83284,13 +83475,137 @@ module \accelerator.core.writer (rst, clear, aw__valid, req__ready, idle, b__val
   assign aw__payload[100:93] = \$4 [7:0];
   assign aw__payload[92:29] = \$8 [63:0];
   assign aw__payload[28:0] = \$6 [28:0];
-  assign \$6  = { 3'h0, req__payload[31:3] };
-  assign \$7  = { req__payload[2:0], 3'h0 };
+  assign \$6  = { 3'h0, r_data[31:3] };
+  assign \$7  = { r_data[2:0], 3'h0 };
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$201  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  (* init = 1'h0 *)
+  wire produce;
+  output [98:0] r_data;
+  wire [98:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [98:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  wire [98:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  input [98:0] w_port__data;
+  wire [98:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [98:0] storage [1:0];
+  initial begin
+    storage[0] = 99'h0000000000000000000000000;
+    storage[1] = 99'h0000000000000000000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= w_port__data;
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_data = w_port__data;
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_data, \port$0$10 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$200  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$202  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -83375,7 +83690,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -83385,7 +83700,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -83395,7 +83710,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];

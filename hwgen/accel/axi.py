@@ -30,13 +30,13 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import data, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from .compiler import MAGIC
 from .core import CYCLE_BITS, AccelCore
 from .extmem import LEN_BITS
 from .isa import EXT_BITS
+from ..pipeline import register_slice
 
 __all__ = ["Accelerator", "REGS"]
 
@@ -71,14 +71,6 @@ def _axi4_lite_slave() -> dict:
     }
 
 
-def _slice(m, name: str, width: int) -> SyncFIFO:
-    """A register slice on one AXI channel: a two-entry FIFO (``lib.fifo``), whose ``w_rdy``
-    and ``r_rdy`` come from its level register, so neither valid nor ready crosses it
-    combinationally and it still passes a beat every cycle."""
-    m.submodules[f"{name}_slice"] = fifo = SyncFIFO(width=width, depth=2)
-    return fifo
-
-
 class Accelerator(wiring.Component):
     """:class:`~hwgen.accel.core.AccelCore` behind an AXI4 master, an AXI4-Lite register slave
     (module docstring) and an interrupt.
@@ -110,27 +102,22 @@ class Accelerator(wiring.Component):
     def _master(self, m, core) -> None:
         """The core's word ports on AXI4: a read request is one INCR burst; a write is one
         AW beat and one W beat (each handshakes on its own) per word.  Every channel passes a
-        register slice (:func:`_slice`), so the bus's valid, ready and payload signals are
+        register slice (:func:`hwgen.pipeline.register_slice`), so the bus's valid, ready and payload signals are
         flip-flops on this side: no path runs from the bus through the core's handshakes."""
         wlb = self.word_lb
-        ar = _slice(m, "ar", core.ar.payload.shape().size)
-        m.d.comb += [ar.w_en.eq(core.ar.valid), ar.w_data.eq(core.ar.payload.as_value()), core.ar.ready.eq(ar.w_rdy)]
+        ar = register_slice(m, "ar", core.ar.valid, core.ar.payload.as_value(), core.ar.ready)
         ar_out = data.View(core.ar.payload.shape(), ar.r_data)
         m.d.comb += [
             self.m_axi_araddr.eq(ar_out.addr << wlb), self.m_axi_arlen.eq(ar_out.len),
             self.m_axi_arsize.eq(wlb), self.m_axi_arburst.eq(1), self.m_axi_arvalid.eq(ar.r_rdy),
             ar.r_en.eq(self.m_axi_arready),
         ]
-        r = _slice(m, "r", core.r.payload.shape().size)
-        m.d.comb += [r.w_en.eq(self.m_axi_rvalid), r.w_data.eq(Cat(self.m_axi_rdata, self.m_axi_rresp[1])),
-                     self.m_axi_rready.eq(r.w_rdy),
-                     core.r.valid.eq(r.r_rdy), core.r.payload.as_value().eq(r.r_data), r.r_en.eq(core.r.ready)]
-        b = _slice(m, "b", 1)
-        m.d.comb += [b.w_en.eq(self.m_axi_bvalid), b.w_data.eq(self.m_axi_bresp[1]), self.m_axi_bready.eq(b.w_rdy),
-                     core.b.valid.eq(b.r_rdy), core.b.payload.err.eq(b.r_data), b.r_en.eq(core.b.ready)]
+        r = register_slice(m, "r", self.m_axi_rvalid, Cat(self.m_axi_rdata, self.m_axi_rresp[1]), self.m_axi_rready)
+        m.d.comb += [core.r.valid.eq(r.r_rdy), core.r.payload.as_value().eq(r.r_data), r.r_en.eq(core.r.ready)]
+        b = register_slice(m, "b", self.m_axi_bvalid, self.m_axi_bresp[1], self.m_axi_bready)
+        m.d.comb += [core.b.valid.eq(b.r_rdy), core.b.payload.err.eq(b.r_data), b.r_en.eq(core.b.ready)]
 
-        aw = _slice(m, "aw", core.aw.payload.shape().size)
-        m.d.comb += [aw.w_en.eq(core.aw.valid), aw.w_data.eq(core.aw.payload.as_value()), core.aw.ready.eq(aw.w_rdy)]
+        aw = register_slice(m, "aw", core.aw.valid, core.aw.payload.as_value(), core.aw.ready)
         aw_out = data.View(core.aw.payload.shape(), aw.r_data)
         aw_sent, w_sent = Signal(), Signal()
         aw_ok = self.m_axi_awready | aw_sent

@@ -236,14 +236,17 @@ class AccelCore(wiring.Component):
             mt_last=Signal(COUNT_BITS, name="dec_mt_last"), nt_last=Signal(COUNT_BITS, name="dec_nt_last"),
             k_last=Signal(COUNT_BITS, name="dec_k_last"), blocks=Signal(32, name="dec_blocks"),
             tiles=Signal(32, name="dec_tiles"), c_base=Signal(EXT_BITS, name="dec_c_base"),
-            c_lb=Signal(3, name="dec_c_lb"))
+            c_lb=Signal(3, name="dec_c_lb"), ext_base=Signal(EXT_BITS, name="dec_ext_base"))
+        prog, stride, offset = Signal(EXT_BITS), Signal(EXT_BITS), Signal(EXT_BITS)   # of this start
         # a post unit's constant beats follow the parameter beats, 64-byte aligned (compiler.post_consts)
         p_bytes = dec.nt << _lb(beat_bytes(p_layout(hw)))
         m.d.sync += [dec.mt.eq(self._tiles(ins.n1, hw.gemm_rows)), dec.nt.eq(self._tiles(ins.n2, hw.gemm_cols)),
                      dec.k_last.eq(ins.n3 - 1), dec.c_lb.eq(c_lb),
                      dec.mt_last.eq(dec.mt - 1), dec.nt_last.eq(dec.nt - 1), dec.blocks.eq(ins.n0 * dec.mt),
                      dec.c_base.eq(Mux(is_gemm, ins.ext1 + ((p_bytes + 63) & ((1 << EXT_BITS) - 64)), ins.ext0)),
-                     dec.tiles.eq(dec.blocks * dec.nt)]
+                     dec.tiles.eq(dec.blocks * dec.nt),
+                     # a LOAD's or STORE's ext0, moved on for image k of a start
+                     dec.ext_base.eq(ins.ext0 + Mux((ins.flags & FLAG_PER_IMAGE).any(), offset, 0))]
         decode_wait = Signal(range(DECODE_STAGES + 1))
 
         # --- the sequencer --------------------------------------------------------------------------
@@ -274,10 +277,7 @@ class AccelCore(wiring.Component):
             m.d.sync += error.eq(code)
             m.d.sync += state.eq(_State.STOP)
 
-        prog, stride, offset = Signal(EXT_BITS), Signal(EXT_BITS), Signal(EXT_BITS)
         images_left = Signal(16)
-        ext_base = Signal(EXT_BITS)      # a LOAD's or STORE's ext0, moved on for image k of a start
-        m.d.comb += ext_base.eq(ins.ext0 + Mux((ins.flags & FLAG_PER_IMAGE).any(), offset, 0))
         state = Signal(_State, name="seq_state")
         with m.Switch(state):
             with m.Case(_State.IDLE):
@@ -398,7 +398,7 @@ class AccelCore(wiring.Component):
             with m.Elif(is_op[Opcode.LOAD]):         # src0 walks the external index
                 src = gens["src0"]
                 m.d.comb += [reader.req.valid.eq(src.valid),
-                             reader.req.payload.addr.eq(ext_base + (src.addr << ins.esize)),
+                             reader.req.payload.addr.eq(dec.ext_base + (src.addr << ins.esize)),
                              reader.req.payload.lb.eq(ins.esize),
                              src.next.eq(src.valid & reader.req.ready),
                              sink_valid.eq(reader.beat.valid), reader.beat.ready.eq(sink_ready)]
@@ -413,7 +413,7 @@ class AccelCore(wiring.Component):
             with m.Elif(is_op[Opcode.STORE]):        # dst walks the external index
                 handshake = q0.r_rdy & dst.valid & writer.req.ready
                 m.d.comb += [run0.eq(1), writer.req.valid.eq(q0.r_rdy & dst.valid),
-                             writer.req.payload.addr.eq(ext_base + (dst.addr << ins.esize)),
+                             writer.req.payload.addr.eq(dec.ext_base + (dst.addr << ins.esize)),
                              writer.req.payload.data.eq(s0_data), writer.req.payload.lb.eq(ins.esize),
                              q0.r_en.eq(handshake), dst.next.eq(handshake)]
             with m.Elif(is_gemm):
