@@ -1255,35 +1255,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
 , op_cycles__6, op_cycles__7, op_cycles__8, op_cycles__9, op_cycles__10, op_cycles__11, op_cycles__12, op_cycles__13, op_cycles__14, op_cycles__15, pc, busy, done, error, ar__payload, aw__payload, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$183  = 0;
   wire \$1 ;
-  wire \$10 ;
+  wire [15:0] \$10 ;
   wire \$100 ;
-  reg \$1000 ;
-  reg [15:0] \$1001 ;
-  reg [15:0] \$1002 ;
-  reg [31:0] \$1003 ;
+  reg [7:0] \$1000 ;
+  reg [7:0] \$1001 ;
+  reg [7:0] \$1002 ;
+  reg \$1003 ;
   reg \$1004 ;
   reg \$1005 ;
   reg [3:0] \$1006 ;
   reg [15:0] \$1007 ;
-  reg [9:0] \$1008 ;
+  reg \$1008 ;
   reg [15:0] \$1009 ;
   wire \$101 ;
-  reg \$1010 ;
-  reg \$1011 ;
+  reg [15:0] \$1010 ;
+  reg [31:0] \$1011 ;
   reg \$1012 ;
-  reg [31:0] \$1013 ;
-  reg [15:0] \$1014 ;
-  reg \$1015 ;
-  reg [2:0] \$1016 ;
+  reg \$1013 ;
+  reg [3:0] \$1014 ;
+  reg [15:0] \$1015 ;
+  reg [9:0] \$1016 ;
+  reg [15:0] \$1017 ;
+  reg \$1018 ;
+  reg \$1019 ;
   wire \$102 ;
-  wire [22:0] \$103 ;
-  wire [32:0] \$104 ;
+  reg \$1020 ;
+  reg [31:0] \$1021 ;
+  reg [15:0] \$1022 ;
+  reg \$1023 ;
+  reg [2:0] \$1024 ;
+  wire \$103 ;
+  wire \$104 ;
   wire \$105 ;
   wire \$106 ;
   wire \$107 ;
   wire \$108 ;
   wire \$109 ;
-  wire \$11 ;
+  wire [17:0] \$11 ;
   wire \$110 ;
   wire \$111 ;
   wire \$112 ;
@@ -1291,221 +1299,221 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$114 ;
   wire \$115 ;
   wire \$116 ;
-  wire [24:0] \$117 ;
-  wire [33:0] \$118 ;
+  wire \$117 ;
+  wire \$118 ;
   wire \$119 ;
   wire [16:0] \$12 ;
-  wire [3:0] \$120 ;
+  wire \$120 ;
   wire \$121 ;
-  wire [8:0] \$122 ;
-  wire [3:0] \$123 ;
+  wire \$122 ;
+  wire \$123 ;
   wire \$124 ;
-  wire [16:0] \$125 ;
-  wire [3:0] \$126 ;
+  reg [15:0] \$125 ;
+  wire \$126 ;
   wire \$127 ;
-  wire [32:0] \$128 ;
-  wire [3:0] \$129 ;
+  wire \$128 ;
+  wire \$129 ;
   wire [17:0] \$13 ;
   wire \$130 ;
-  wire [64:0] \$131 ;
-  wire \$132 ;
+  wire [31:0] \$131 ;
+  wire [2:0] \$132 ;
   wire \$133 ;
-  wire [24:0] \$134 ;
-  wire [33:0] \$135 ;
+  wire \$134 ;
+  wire \$135 ;
   wire \$136 ;
   wire \$137 ;
   wire \$138 ;
   wire \$139 ;
   wire [17:0] \$14 ;
   wire \$140 ;
-  wire \$141 ;
+  wire [3:0] \$141 ;
   wire \$142 ;
-  wire \$143 ;
-  wire \$144 ;
+  wire [2:0] \$143 ;
+  wire [3:0] \$144 ;
   wire \$145 ;
-  wire \$146 ;
-  wire \$147 ;
+  wire [3:0] \$146 ;
+  wire [3:0] \$147 ;
   wire \$148 ;
-  wire \$149 ;
-  wire [21:0] \$15 ;
-  wire \$150 ;
+  wire [4:0] \$149 ;
+  wire [17:0] \$15 ;
+  wire [3:0] \$150 ;
   wire \$151 ;
-  wire \$152 ;
-  wire \$153 ;
+  wire [5:0] \$152 ;
+  wire [3:0] \$153 ;
   wire \$154 ;
-  wire \$155 ;
-  wire \$156 ;
+  wire [6:0] \$155 ;
+  wire [3:0] \$156 ;
   wire \$157 ;
-  wire \$158 ;
-  wire \$159 ;
-  wire [15:0] \$16 ;
+  wire [7:0] \$158 ;
+  wire [3:0] \$159 ;
+  wire [21:0] \$16 ;
   wire \$160 ;
-  wire \$161 ;
+  wire [8:0] \$161 ;
   wire \$162 ;
-  wire \$163 ;
+  reg \$163 ;
   wire \$164 ;
   wire \$165 ;
-  wire \$166 ;
-  reg [15:0] \$167 ;
-  wire \$168 ;
+  wire [9:0] \$166 ;
+  wire [16:0] \$167 ;
+  reg \$168 ;
   wire \$169 ;
-  wire [17:0] \$17 ;
+  wire [21:0] \$17 ;
   wire \$170 ;
   wire \$171 ;
   wire \$172 ;
-  wire [22:0] \$173 ;
-  wire [32:0] \$174 ;
-  wire [32:0] \$175 ;
-  wire [2:0] \$176 ;
+  wire \$173 ;
+  wire [9:0] \$174 ;
+  wire [16:0] \$175 ;
+  reg \$176 ;
   wire \$177 ;
   wire \$178 ;
   wire \$179 ;
   wire [16:0] \$18 ;
   wire \$180 ;
-  wire \$181 ;
-  wire \$182 ;
-  wire \$183 ;
+  wire [9:0] \$181 ;
+  wire [16:0] \$182 ;
+  reg \$183 ;
   wire \$184 ;
   wire \$185 ;
-  wire [3:0] \$186 ;
+  wire \$186 ;
   wire \$187 ;
-  wire [2:0] \$188 ;
-  wire [3:0] \$189 ;
+  wire [9:0] \$188 ;
+  wire [16:0] \$189 ;
   wire [17:0] \$19 ;
-  wire \$190 ;
-  wire [3:0] \$191 ;
-  wire [3:0] \$192 ;
+  reg \$190 ;
+  wire \$191 ;
+  wire \$192 ;
   wire \$193 ;
-  wire [4:0] \$194 ;
-  wire [3:0] \$195 ;
-  wire \$196 ;
-  wire [5:0] \$197 ;
-  wire [3:0] \$198 ;
+  wire \$194 ;
+  wire [9:0] \$195 ;
+  wire [16:0] \$196 ;
+  reg \$197 ;
+  wire \$198 ;
   wire \$199 ;
   wire \$2 ;
   wire [17:0] \$20 ;
-  wire [6:0] \$200 ;
-  wire [3:0] \$201 ;
-  wire \$202 ;
-  wire [7:0] \$203 ;
-  wire [3:0] \$204 ;
+  wire \$200 ;
+  wire \$201 ;
+  wire [9:0] \$202 ;
+  wire [16:0] \$203 ;
+  reg \$204 ;
   wire \$205 ;
-  wire [8:0] \$206 ;
+  wire \$206 ;
   wire \$207 ;
-  reg \$208 ;
-  wire \$209 ;
-  wire [17:0] \$21 ;
-  wire \$210 ;
-  wire [9:0] \$211 ;
-  wire [16:0] \$212 ;
-  reg \$213 ;
+  wire \$208 ;
+  wire [9:0] \$209 ;
+  wire [16:0] \$21 ;
+  wire [16:0] \$210 ;
+  reg \$211 ;
+  wire \$212 ;
+  wire \$213 ;
   wire \$214 ;
   wire \$215 ;
-  wire \$216 ;
-  wire \$217 ;
-  wire \$218 ;
-  wire [9:0] \$219 ;
-  wire [21:0] \$22 ;
-  wire [16:0] \$220 ;
-  reg \$221 ;
+  wire [9:0] \$216 ;
+  wire [16:0] \$217 ;
+  reg \$218 ;
+  wire \$219 ;
+  wire [17:0] \$22 ;
+  wire \$220 ;
+  wire \$221 ;
   wire \$222 ;
-  wire \$223 ;
-  wire \$224 ;
-  wire \$225 ;
-  wire [9:0] \$226 ;
-  wire [16:0] \$227 ;
-  reg \$228 ;
+  wire [9:0] \$223 ;
+  wire [16:0] \$224 ;
+  reg \$225 ;
+  wire \$226 ;
+  wire \$227 ;
+  wire \$228 ;
   wire \$229 ;
-  wire [21:0] \$23 ;
-  wire \$230 ;
+  wire [17:0] \$23 ;
+  reg \$230 ;
   wire \$231 ;
   wire \$232 ;
-  wire [9:0] \$233 ;
-  wire [16:0] \$234 ;
-  reg \$235 ;
+  wire \$233 ;
+  wire \$234 ;
+  wire \$235 ;
   wire \$236 ;
   wire \$237 ;
   wire \$238 ;
-  wire \$239 ;
-  wire [16:0] \$24 ;
-  wire [9:0] \$240 ;
-  wire [16:0] \$241 ;
-  reg \$242 ;
+  wire [9:0] \$239 ;
+  wire [17:0] \$24 ;
+  wire [16:0] \$240 ;
+  reg \$241 ;
+  wire \$242 ;
   wire \$243 ;
   wire \$244 ;
   wire \$245 ;
-  wire \$246 ;
-  wire [9:0] \$247 ;
-  wire [16:0] \$248 ;
-  reg \$249 ;
-  wire [17:0] \$25 ;
+  reg \$246 ;
+  wire \$247 ;
+  wire \$248 ;
+  wire \$249 ;
+  wire [21:0] \$25 ;
   wire \$250 ;
   wire \$251 ;
   wire \$252 ;
   wire \$253 ;
-  wire [9:0] \$254 ;
-  wire [16:0] \$255 ;
-  reg \$256 ;
-  wire \$257 ;
+  wire \$254 ;
+  wire [9:0] \$255 ;
+  wire [16:0] \$256 ;
+  reg \$257 ;
   wire \$258 ;
   wire \$259 ;
-  wire [17:0] \$26 ;
+  wire [21:0] \$26 ;
   wire \$260 ;
-  wire [9:0] \$261 ;
-  wire [16:0] \$262 ;
-  reg \$263 ;
+  wire \$261 ;
+  reg \$262 ;
+  wire \$263 ;
   wire \$264 ;
   wire \$265 ;
   wire \$266 ;
   wire \$267 ;
-  wire [9:0] \$268 ;
-  wire [16:0] \$269 ;
-  wire [16:0] \$27 ;
-  reg \$270 ;
-  wire \$271 ;
-  wire \$272 ;
-  wire \$273 ;
+  wire \$268 ;
+  wire \$269 ;
+  wire [21:0] \$27 ;
+  wire \$270 ;
+  wire [9:0] \$271 ;
+  wire [16:0] \$272 ;
+  reg \$273 ;
   wire \$274 ;
   wire \$275 ;
-  reg \$276 ;
+  wire \$276 ;
   wire \$277 ;
-  wire \$278 ;
+  reg \$278 ;
   wire \$279 ;
-  wire [17:0] \$28 ;
+  wire [15:0] \$28 ;
   wire \$280 ;
   wire \$281 ;
   wire \$282 ;
   wire \$283 ;
   wire \$284 ;
-  wire [9:0] \$285 ;
-  wire [16:0] \$286 ;
-  reg \$287 ;
-  wire \$288 ;
-  wire \$289 ;
+  wire \$285 ;
+  wire \$286 ;
+  wire [9:0] \$287 ;
+  wire [16:0] \$288 ;
+  reg \$289 ;
   wire [17:0] \$29 ;
   wire \$290 ;
   wire \$291 ;
   wire \$292 ;
-  reg \$293 ;
-  wire \$294 ;
+  wire \$293 ;
+  reg \$294 ;
   wire \$295 ;
   wire \$296 ;
   wire \$297 ;
   wire \$298 ;
   wire \$299 ;
   wire \$3 ;
-  wire [17:0] \$30 ;
+  wire [3:0] \$30 ;
   wire \$300 ;
   wire \$301 ;
-  wire [9:0] \$302 ;
-  wire [16:0] \$303 ;
-  reg \$304 ;
-  wire \$305 ;
+  wire \$302 ;
+  wire [9:0] \$303 ;
+  wire [16:0] \$304 ;
+  reg \$305 ;
   wire \$306 ;
   wire \$307 ;
   wire \$308 ;
   wire \$309 ;
-  wire [21:0] \$31 ;
+  wire [17:0] \$31 ;
   reg \$310 ;
   wire \$311 ;
   wire \$312 ;
@@ -1516,107 +1524,107 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$317 ;
   wire \$318 ;
   wire [9:0] \$319 ;
-  wire [21:0] \$32 ;
+  wire [16:0] \$32 ;
   wire [16:0] \$320 ;
   reg \$321 ;
   wire \$322 ;
   wire \$323 ;
   wire \$324 ;
   wire \$325 ;
-  wire \$326 ;
-  reg \$327 ;
+  reg \$326 ;
+  wire \$327 ;
   wire \$328 ;
   wire \$329 ;
-  wire [21:0] \$33 ;
+  wire [17:0] \$33 ;
   wire \$330 ;
   wire \$331 ;
   wire \$332 ;
   wire \$333 ;
   wire \$334 ;
-  wire \$335 ;
-  wire [9:0] \$336 ;
-  wire [16:0] \$337 ;
-  reg \$338 ;
+  wire [9:0] \$335 ;
+  wire [16:0] \$336 ;
+  reg \$337 ;
+  wire \$338 ;
   wire \$339 ;
-  wire [15:0] \$34 ;
+  wire [17:0] \$34 ;
   wire \$340 ;
   wire \$341 ;
-  wire \$342 ;
+  reg \$342 ;
   wire \$343 ;
-  reg \$344 ;
+  wire \$344 ;
   wire \$345 ;
   wire \$346 ;
   wire \$347 ;
   wire \$348 ;
   wire \$349 ;
-  wire [17:0] \$35 ;
+  wire [21:0] \$35 ;
   wire \$350 ;
   wire \$351 ;
-  wire \$352 ;
-  wire [9:0] \$353 ;
-  wire [16:0] \$354 ;
-  reg \$355 ;
+  reg \$352 ;
+  wire \$353 ;
+  wire \$354 ;
+  wire \$355 ;
   wire \$356 ;
-  wire \$357 ;
-  wire \$358 ;
-  wire \$359 ;
-  wire [3:0] \$36 ;
+  wire [9:0] \$357 ;
+  wire [10:0] \$358 ;
+  reg \$359 ;
+  wire [16:0] \$36 ;
   wire \$360 ;
-  reg \$361 ;
+  wire \$361 ;
   wire \$362 ;
   wire \$363 ;
   wire \$364 ;
   wire \$365 ;
   wire \$366 ;
-  wire \$367 ;
-  wire \$368 ;
-  wire \$369 ;
+  wire [9:0] \$367 ;
+  wire [10:0] \$368 ;
+  reg \$369 ;
   wire [17:0] \$37 ;
-  wire [9:0] \$370 ;
-  wire [16:0] \$371 ;
-  reg \$372 ;
+  wire \$370 ;
+  wire \$371 ;
+  wire \$372 ;
   wire \$373 ;
   wire \$374 ;
   wire \$375 ;
-  wire \$376 ;
-  wire \$377 ;
+  wire [9:0] \$376 ;
+  wire [10:0] \$377 ;
   reg \$378 ;
   wire \$379 ;
-  wire [16:0] \$38 ;
+  wire [17:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
   wire \$382 ;
   wire \$383 ;
   wire \$384 ;
-  wire \$385 ;
-  wire \$386 ;
-  wire [9:0] \$387 ;
-  wire [16:0] \$388 ;
-  reg \$389 ;
-  wire [17:0] \$39 ;
+  wire [9:0] \$385 ;
+  wire [10:0] \$386 ;
+  reg \$387 ;
+  wire \$388 ;
+  wire \$389 ;
+  wire [21:0] \$39 ;
   wire \$390 ;
   wire \$391 ;
   wire \$392 ;
   wire \$393 ;
-  wire \$394 ;
-  reg \$395 ;
-  wire \$396 ;
+  wire [9:0] \$394 ;
+  wire [10:0] \$395 ;
+  reg \$396 ;
   wire \$397 ;
   wire \$398 ;
   wire \$399 ;
   wire \$4 ;
-  wire [17:0] \$40 ;
+  wire \$40 ;
   wire \$400 ;
   wire \$401 ;
   wire \$402 ;
-  wire \$403 ;
-  wire \$404 ;
-  wire \$405 ;
-  reg \$406 ;
+  wire [9:0] \$403 ;
+  wire [10:0] \$404 ;
+  reg \$405 ;
+  wire \$406 ;
   wire \$407 ;
   wire \$408 ;
   wire \$409 ;
-  wire [21:0] \$41 ;
+  wire [3:0] \$41 ;
   wire \$410 ;
   wire \$411 ;
   wire [9:0] \$412 ;
@@ -1627,45 +1635,45 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$417 ;
   wire \$418 ;
   wire \$419 ;
-  wire [16:0] \$42 ;
+  wire \$42 ;
   wire \$420 ;
-  wire \$421 ;
-  wire \$422 ;
-  wire [9:0] \$423 ;
-  wire [10:0] \$424 ;
-  reg \$425 ;
+  wire [9:0] \$421 ;
+  wire [10:0] \$422 ;
+  reg \$423 ;
+  wire \$424 ;
+  wire \$425 ;
   wire \$426 ;
   wire \$427 ;
   wire \$428 ;
   wire \$429 ;
-  wire [17:0] \$43 ;
-  wire \$430 ;
-  wire \$431 ;
-  wire \$432 ;
-  wire [9:0] \$433 ;
-  wire [10:0] \$434 ;
-  reg \$435 ;
+  wire \$43 ;
+  wire [9:0] \$430 ;
+  wire [32:0] \$431 ;
+  wire [33:0] \$432 ;
+  reg \$433 ;
+  wire \$434 ;
+  wire \$435 ;
   wire \$436 ;
   wire \$437 ;
-  wire \$438 ;
+  reg \$438 ;
   wire \$439 ;
-  wire [17:0] \$44 ;
+  wire [3:0] \$44 ;
   wire \$440 ;
   wire \$441 ;
   wire \$442 ;
-  wire [9:0] \$443 ;
-  wire [10:0] \$444 ;
-  reg \$445 ;
+  wire \$443 ;
+  wire \$444 ;
+  wire \$445 ;
   wire \$446 ;
-  wire \$447 ;
-  wire \$448 ;
-  wire \$449 ;
-  wire [21:0] \$45 ;
-  wire \$450 ;
+  wire [9:0] \$447 ;
+  wire [32:0] \$448 ;
+  wire [33:0] \$449 ;
+  wire \$45 ;
+  reg \$450 ;
   wire \$451 ;
   wire \$452 ;
-  wire [9:0] \$453 ;
-  wire [10:0] \$454 ;
+  wire \$453 ;
+  wire \$454 ;
   reg \$455 ;
   wire \$456 ;
   wire \$457 ;
@@ -1675,111 +1683,111 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$460 ;
   wire \$461 ;
   wire \$462 ;
-  wire [9:0] \$463 ;
-  wire [10:0] \$464 ;
-  reg \$465 ;
-  wire \$466 ;
-  wire \$467 ;
+  wire \$463 ;
+  wire [9:0] \$464 ;
+  wire [32:0] \$465 ;
+  wire [33:0] \$466 ;
+  reg \$467 ;
   wire \$468 ;
   wire \$469 ;
-  wire [3:0] \$47 ;
+  wire \$47 ;
   wire \$470 ;
   wire \$471 ;
-  wire \$472 ;
-  wire [9:0] \$473 ;
-  wire [10:0] \$474 ;
-  reg \$475 ;
+  reg \$472 ;
+  wire \$473 ;
+  wire \$474 ;
+  wire \$475 ;
   wire \$476 ;
   wire \$477 ;
   wire \$478 ;
   wire \$479 ;
   wire \$48 ;
   wire \$480 ;
-  wire \$481 ;
-  wire \$482 ;
-  wire [9:0] \$483 ;
-  wire [10:0] \$484 ;
-  reg \$485 ;
+  wire [9:0] \$481 ;
+  wire [32:0] \$482 ;
+  wire [33:0] \$483 ;
+  reg \$484 ;
+  wire \$485 ;
   wire \$486 ;
   wire \$487 ;
   wire \$488 ;
-  wire \$489 ;
+  reg \$489 ;
   wire \$49 ;
   wire \$490 ;
   wire \$491 ;
   wire \$492 ;
-  wire [9:0] \$493 ;
-  wire [32:0] \$494 ;
-  wire [33:0] \$495 ;
-  reg \$496 ;
+  wire \$493 ;
+  wire \$494 ;
+  wire \$495 ;
+  wire \$496 ;
   wire \$497 ;
-  wire \$498 ;
-  wire \$499 ;
+  wire [9:0] \$498 ;
+  wire [32:0] \$499 ;
   wire \$5 ;
-  wire [3:0] \$50 ;
-  wire \$500 ;
-  wire \$501 ;
-  reg \$502 ;
+  wire \$50 ;
+  wire [33:0] \$500 ;
+  reg \$501 ;
+  wire \$502 ;
   wire \$503 ;
   wire \$504 ;
   wire \$505 ;
-  wire \$506 ;
+  reg \$506 ;
   wire \$507 ;
   wire \$508 ;
   wire \$509 ;
   wire \$51 ;
   wire \$510 ;
-  wire [9:0] \$511 ;
-  wire [32:0] \$512 ;
-  wire [33:0] \$513 ;
-  reg \$514 ;
-  wire \$515 ;
-  wire \$516 ;
-  wire \$517 ;
-  wire \$518 ;
+  wire \$511 ;
+  wire \$512 ;
+  wire \$513 ;
+  wire \$514 ;
+  wire [9:0] \$515 ;
+  wire [32:0] \$516 ;
+  wire [33:0] \$517 ;
+  reg \$518 ;
   wire \$519 ;
   wire \$52 ;
-  reg \$520 ;
+  wire \$520 ;
   wire \$521 ;
   wire \$522 ;
-  wire \$523 ;
+  reg \$523 ;
   wire \$524 ;
   wire \$525 ;
   wire \$526 ;
   wire \$527 ;
   wire \$528 ;
-  wire [9:0] \$529 ;
+  wire \$529 ;
   wire \$53 ;
-  wire [32:0] \$530 ;
-  wire [33:0] \$531 ;
-  reg \$532 ;
-  wire \$533 ;
-  wire \$534 ;
-  wire \$535 ;
+  wire \$530 ;
+  wire \$531 ;
+  wire [9:0] \$532 ;
+  wire [32:0] \$533 ;
+  wire [33:0] \$534 ;
+  reg \$535 ;
   wire \$536 ;
   wire \$537 ;
-  reg \$538 ;
+  wire \$538 ;
   wire \$539 ;
   wire \$54 ;
-  wire \$540 ;
+  reg \$540 ;
   wire \$541 ;
   wire \$542 ;
   wire \$543 ;
   wire \$544 ;
   wire \$545 ;
   wire \$546 ;
-  wire [9:0] \$547 ;
-  wire [32:0] \$548 ;
-  wire [33:0] \$549 ;
+  wire \$547 ;
+  wire \$548 ;
+  wire [9:0] \$549 ;
   wire \$55 ;
-  reg \$550 ;
-  wire \$551 ;
-  wire \$552 ;
+  wire [32:0] \$550 ;
+  wire [33:0] \$551 ;
+  reg \$552 ;
   wire \$553 ;
   wire \$554 ;
   wire \$555 ;
-  reg \$556 ;
-  wire \$557 ;
+  wire \$556 ;
+  reg \$557 ;
   wire \$558 ;
   wire \$559 ;
   wire \$56 ;
@@ -1788,58 +1796,58 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$562 ;
   wire \$563 ;
   wire \$564 ;
-  wire [9:0] \$565 ;
-  wire [32:0] \$566 ;
-  wire [33:0] \$567 ;
-  reg \$568 ;
-  wire \$569 ;
+  wire \$565 ;
+  wire \$566 ;
+  wire [7:0] \$567 ;
+  wire [7:0] \$568 ;
+  wire [7:0] \$569 ;
   wire \$57 ;
-  wire \$570 ;
-  wire \$571 ;
-  wire \$572 ;
-  wire \$573 ;
-  reg \$574 ;
+  wire [7:0] \$570 ;
+  wire [7:0] \$571 ;
+  wire [7:0] \$572 ;
+  wire [7:0] \$573 ;
+  wire [7:0] \$574 ;
   wire \$575 ;
   wire \$576 ;
   wire \$577 ;
   wire \$578 ;
-  wire \$579 ;
+  reg [31:0] \$579 ;
   wire \$58 ;
   wire \$580 ;
-  wire \$581 ;
-  wire \$582 ;
-  wire [9:0] \$583 ;
-  wire [32:0] \$584 ;
-  wire [33:0] \$585 ;
-  reg \$586 ;
+  wire [19:0] \$581 ;
+  wire [20:0] \$582 ;
+  wire \$583 ;
+  wire [19:0] \$584 ;
+  wire [20:0] \$585 ;
+  wire \$586 ;
   wire \$587 ;
   wire \$588 ;
   wire \$589 ;
   wire \$59 ;
   wire \$590 ;
   wire \$591 ;
-  reg \$592 ;
+  wire \$592 ;
   wire \$593 ;
   wire \$594 ;
-  wire \$595 ;
+  reg [31:0] \$595 ;
   wire \$596 ;
   wire \$597 ;
   wire \$598 ;
-  wire \$599 ;
-  wire \$6 ;
+  wire [19:0] \$599 ;
+  wire [16:0] \$6 ;
   wire \$60 ;
-  wire \$600 ;
-  wire [9:0] \$601 ;
-  wire [32:0] \$602 ;
-  wire [33:0] \$603 ;
-  reg \$604 ;
+  wire [20:0] \$600 ;
+  wire \$601 ;
+  wire [19:0] \$602 ;
+  wire [20:0] \$603 ;
+  wire \$604 ;
   wire \$605 ;
   wire \$606 ;
   wire \$607 ;
   wire \$608 ;
   wire \$609 ;
   wire \$61 ;
-  reg \$610 ;
+  wire \$610 ;
   wire \$611 ;
   wire \$612 ;
   wire \$613 ;
@@ -1848,17 +1856,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$616 ;
   wire \$617 ;
   wire \$618 ;
-  wire [9:0] \$619 ;
+  wire \$619 ;
   wire \$62 ;
-  wire [32:0] \$620 ;
-  wire [33:0] \$621 ;
-  reg \$622 ;
+  wire \$620 ;
+  wire \$621 ;
+  wire \$622 ;
   wire \$623 ;
-  wire \$624 ;
+  wire [30:0] \$624 ;
   wire \$625 ;
   wire \$626 ;
   wire \$627 ;
-  reg \$628 ;
+  wire \$628 ;
   wire \$629 ;
   wire \$63 ;
   wire \$630 ;
@@ -1872,94 +1880,94 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$638 ;
   wire \$639 ;
   wire \$64 ;
-  wire [7:0] \$640 ;
+  wire \$640 ;
   wire \$641 ;
-  wire [7:0] \$642 ;
+  wire \$642 ;
   wire \$643 ;
-  wire [7:0] \$644 ;
+  wire \$644 ;
   wire \$645 ;
-  wire [7:0] \$646 ;
+  wire \$646 ;
   wire \$647 ;
-  wire [7:0] \$648 ;
-  wire \$649 ;
+  wire \$648 ;
+  wire [16:0] \$649 ;
   wire \$65 ;
-  wire [7:0] \$650 ;
-  wire \$651 ;
-  wire [7:0] \$652 ;
-  wire \$653 ;
-  wire [7:0] \$654 ;
-  wire \$655 ;
-  wire \$656 ;
-  wire \$657 ;
-  wire \$658 ;
-  reg [31:0] \$659 ;
+  wire [17:0] \$650 ;
+  wire [17:0] \$651 ;
+  wire [16:0] \$652 ;
+  wire [17:0] \$653 ;
+  wire [17:0] \$654 ;
+  wire [16:0] \$655 ;
+  wire [16:0] \$656 ;
+  wire [16:0] \$657 ;
+  wire [31:0] \$658 ;
+  wire [22:0] \$659 ;
   wire \$66 ;
-  wire \$660 ;
-  wire [19:0] \$661 ;
-  wire [20:0] \$662 ;
-  wire \$663 ;
-  wire [19:0] \$664 ;
-  wire [20:0] \$665 ;
+  wire [23:0] \$660 ;
+  wire [31:0] \$661 ;
+  wire [32:0] \$662 ;
+  wire [32:0] \$663 ;
+  wire [47:0] \$664 ;
+  wire [3:0] \$665 ;
   wire \$666 ;
-  wire \$667 ;
-  wire \$668 ;
-  wire \$669 ;
+  wire [31:0] \$667 ;
+  wire [32:0] \$668 ;
+  wire [48:0] \$669 ;
   wire \$67 ;
   wire \$670 ;
-  wire \$671 ;
+  wire [48:0] \$671 ;
   wire \$672 ;
-  wire \$673 ;
+  wire [48:0] \$673 ;
   wire \$674 ;
-  reg [31:0] \$675 ;
+  wire [48:0] \$675 ;
   wire \$676 ;
-  wire \$677 ;
+  wire [48:0] \$677 ;
   wire \$678 ;
-  wire [19:0] \$679 ;
+  wire [48:0] \$679 ;
   wire \$68 ;
-  wire [20:0] \$680 ;
-  wire \$681 ;
-  wire [19:0] \$682 ;
-  wire [20:0] \$683 ;
+  wire \$680 ;
+  wire [48:0] \$681 ;
+  wire \$682 ;
+  wire [48:0] \$683 ;
   wire \$684 ;
-  wire \$685 ;
+  wire [48:0] \$685 ;
   wire \$686 ;
-  wire \$687 ;
+  wire [48:0] \$687 ;
   wire \$688 ;
-  wire \$689 ;
+  wire [48:0] \$689 ;
   wire \$69 ;
   wire \$690 ;
-  wire \$691 ;
+  wire [48:0] \$691 ;
   wire \$692 ;
-  wire \$693 ;
+  wire [48:0] \$693 ;
   wire \$694 ;
-  wire [16:0] \$695 ;
-  wire [17:0] \$696 ;
-  wire [17:0] \$697 ;
-  wire [16:0] \$698 ;
-  wire [17:0] \$699 ;
-  wire \$7 ;
+  wire [48:0] \$695 ;
+  wire \$696 ;
+  wire [48:0] \$697 ;
+  wire \$698 ;
+  wire [48:0] \$699 ;
+  wire [17:0] \$7 ;
   wire \$70 ;
-  wire [17:0] \$700 ;
-  wire [16:0] \$701 ;
-  wire [16:0] \$702 ;
-  wire [16:0] \$703 ;
-  wire [31:0] \$704 ;
-  wire [22:0] \$705 ;
-  wire [23:0] \$706 ;
-  wire [31:0] \$707 ;
-  wire [32:0] \$708 ;
-  wire [32:0] \$709 ;
+  wire \$700 ;
+  wire [48:0] \$701 ;
+  wire \$702 ;
+  wire [15:0] \$703 ;
+  wire \$704 ;
+  wire \$705 ;
+  wire \$706 ;
+  wire \$707 ;
+  wire \$708 ;
+  wire \$709 ;
   wire \$71 ;
-  wire [47:0] \$710 ;
-  wire [3:0] \$711 ;
+  wire \$710 ;
+  wire \$711 ;
   wire \$712 ;
-  wire [31:0] \$713 ;
-  wire [32:0] \$714 ;
-  wire [48:0] \$715 ;
-  reg [47:0] \$716 ;
-  wire [48:0] \$717 ;
+  wire \$713 ;
+  wire \$714 ;
+  wire \$715 ;
+  wire \$716 ;
+  wire \$717 ;
   wire \$718 ;
-  wire [15:0] \$719 ;
+  wire \$719 ;
   wire \$72 ;
   wire \$720 ;
   wire \$721 ;
@@ -1969,16 +1977,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$725 ;
   wire \$726 ;
   wire \$727 ;
-  wire \$728 ;
-  wire \$729 ;
+  wire [2:0] \$728 ;
+  wire [16:0] \$729 ;
   wire \$73 ;
-  wire \$730 ;
+  wire [32:0] \$730 ;
   wire \$731 ;
-  wire \$732 ;
-  wire \$733 ;
-  wire \$734 ;
+  wire [16:0] \$732 ;
+  wire [14:0] \$733 ;
+  wire [32:0] \$734 ;
   wire \$735 ;
-  wire \$736 ;
+  wire [16:0] \$736 ;
   wire \$737 ;
   wire \$738 ;
   wire \$739 ;
@@ -1990,16 +1998,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$744 ;
   wire \$745 ;
   wire \$746 ;
-  wire \$747 ;
-  wire [2:0] \$748 ;
-  wire [16:0] \$749 ;
+  wire [32:0] \$747 ;
+  wire \$748 ;
+  wire \$749 ;
   wire \$75 ;
-  wire [32:0] \$750 ;
+  wire \$750 ;
   wire \$751 ;
-  wire [16:0] \$752 ;
+  wire \$752 ;
   wire \$753 ;
-  wire [16:0] \$754 ;
-  wire [16:0] \$755 ;
+  wire \$754 ;
+  wire \$755 ;
   wire \$756 ;
   wire \$757 ;
   wire \$758 ;
@@ -2009,7 +2017,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$761 ;
   wire \$762 ;
   wire \$763 ;
-  wire [32:0] \$764 ;
+  wire \$764 ;
   wire \$765 ;
   wire \$766 ;
   wire \$767 ;
@@ -2019,8 +2027,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$770 ;
   wire \$771 ;
   wire \$772 ;
-  wire \$773 ;
-  wire \$774 ;
+  wire [24:0] \$773 ;
+  wire [33:0] \$774 ;
   wire \$775 ;
   wire \$776 ;
   wire \$777 ;
@@ -2028,8 +2036,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$779 ;
   wire \$78 ;
   wire \$780 ;
-  wire \$781 ;
-  wire \$782 ;
+  wire [24:0] \$781 ;
+  wire [33:0] \$782 ;
   wire \$783 ;
   wire \$784 ;
   wire \$785 ;
@@ -2044,169 +2052,169 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$793 ;
   wire \$794 ;
   wire \$795 ;
-  wire \$796 ;
+  wire [3:0] \$796 ;
   wire \$797 ;
   wire \$798 ;
   wire \$799 ;
-  wire \$8 ;
+  wire [17:0] \$8 ;
   wire \$80 ;
-  wire \$800 ;
+  wire [3:0] \$800 ;
   wire \$801 ;
   wire \$802 ;
   wire \$803 ;
   wire \$804 ;
   wire \$805 ;
-  wire [3:0] \$806 ;
+  wire \$806 ;
   wire \$807 ;
   wire \$808 ;
   wire \$809 ;
   wire \$81 ;
-  wire [3:0] \$810 ;
-  wire \$811 ;
-  wire \$812 ;
-  wire \$813 ;
+  wire \$810 ;
+  wire [16:0] \$811 ;
+  wire [14:0] \$812 ;
+  wire [32:0] \$813 ;
   wire \$814 ;
   wire \$815 ;
   wire \$816 ;
   wire \$817 ;
-  wire \$818 ;
+  wire [32:0] \$818 ;
   wire \$819 ;
-  wire \$82 ;
-  wire \$820 ;
-  wire \$821 ;
+  wire [3:0] \$82 ;
+  wire [16:0] \$820 ;
+  wire [32:0] \$821 ;
   wire \$822 ;
-  wire [16:0] \$823 ;
-  wire [14:0] \$824 ;
-  wire [32:0] \$825 ;
+  wire \$823 ;
+  wire \$824 ;
+  wire \$825 ;
   wire \$826 ;
-  wire \$827 ;
-  wire \$828 ;
+  wire [16:0] \$827 ;
+  wire [16:0] \$828 ;
   wire \$829 ;
   wire \$83 ;
   wire \$830 ;
-  wire [32:0] \$831 ;
+  wire \$831 ;
   wire \$832 ;
-  wire [16:0] \$833 ;
+  wire \$833 ;
   wire \$834 ;
-  wire \$835 ;
+  reg \$835 ;
   wire \$836 ;
   wire \$837 ;
   wire \$838 ;
-  wire \$839 ;
-  wire \$84 ;
-  wire [16:0] \$840 ;
-  wire [16:0] \$841 ;
-  wire \$842 ;
+  wire [16:0] \$839 ;
+  wire [8:0] \$84 ;
+  wire \$840 ;
+  wire \$841 ;
+  wire [4:0] \$842 ;
   wire \$843 ;
-  wire \$844 ;
+  reg \$844 ;
   wire \$845 ;
   wire \$846 ;
   wire \$847 ;
   wire \$848 ;
   reg \$849 ;
-  wire \$85 ;
+  wire [3:0] \$85 ;
   wire \$850 ;
   wire \$851 ;
   wire \$852 ;
-  wire [16:0] \$853 ;
+  wire \$853 ;
   wire \$854 ;
   wire \$855 ;
-  wire [4:0] \$856 ;
+  wire \$856 ;
   wire \$857 ;
-  reg \$858 ;
+  wire \$858 ;
   wire \$859 ;
   wire \$86 ;
   wire \$860 ;
   wire \$861 ;
-  wire \$862 ;
-  wire \$863 ;
-  reg \$864 ;
-  wire \$865 ;
+  wire [32:0] \$862 ;
+  wire [16:0] \$863 ;
+  wire [16:0] \$864 ;
+  reg \$865 ;
   wire \$866 ;
   wire \$867 ;
   wire \$868 ;
   wire \$869 ;
-  wire \$87 ;
+  wire [16:0] \$87 ;
   wire \$870 ;
-  wire \$871 ;
-  wire \$872 ;
+  wire [16:0] \$871 ;
+  wire [10:0] \$872 ;
   wire \$873 ;
-  wire \$874 ;
+  wire [16:0] \$874 ;
   wire \$875 ;
   wire \$876 ;
-  wire [32:0] \$877 ;
-  wire [16:0] \$878 ;
-  wire [16:0] \$879 ;
-  wire \$88 ;
-  reg \$880 ;
+  wire [4:0] \$877 ;
+  reg \$878 ;
+  wire \$879 ;
+  wire [3:0] \$88 ;
+  wire \$880 ;
   wire \$881 ;
   wire \$882 ;
-  wire \$883 ;
+  reg \$883 ;
   wire \$884 ;
   wire \$885 ;
   wire \$886 ;
-  wire [16:0] \$887 ;
-  wire [10:0] \$888 ;
+  wire \$887 ;
+  wire \$888 ;
   wire \$889 ;
   wire \$89 ;
-  wire [16:0] \$890 ;
+  wire \$890 ;
   wire \$891 ;
   wire \$892 ;
-  wire [4:0] \$893 ;
-  reg \$894 ;
+  wire \$893 ;
+  wire \$894 ;
   wire \$895 ;
   wire \$896 ;
   wire \$897 ;
-  wire \$898 ;
-  wire \$899 ;
-  wire \$9 ;
-  wire \$90 ;
-  reg \$900 ;
+  wire [16:0] \$898 ;
+  wire [32:0] \$899 ;
+  wire [21:0] \$9 ;
+  wire [32:0] \$90 ;
+  wire \$900 ;
   wire \$901 ;
   wire \$902 ;
   wire \$903 ;
-  wire \$904 ;
-  wire \$905 ;
-  wire \$906 ;
-  wire \$907 ;
-  wire \$908 ;
-  wire \$909 ;
-  wire \$91 ;
-  wire \$910 ;
-  wire \$911 ;
-  wire \$912 ;
-  wire \$913 ;
-  wire \$914 ;
-  wire \$915 ;
-  wire [16:0] \$916 ;
-  wire [32:0] \$917 ;
-  wire \$918 ;
-  wire \$919 ;
+  wire [3:0] \$904 ;
+  wire [3:0] \$905 ;
+  reg \$906 ;
+  reg \$907 ;
+  reg \$908 ;
+  reg \$909 ;
+  wire [3:0] \$91 ;
+  reg \$910 ;
+  reg \$911 ;
+  reg \$912 ;
+  reg \$913 ;
+  reg \$914 ;
+  reg \$915 ;
+  reg \$916 ;
+  reg \$917 ;
+  reg \$918 ;
+  reg \$919 ;
   wire \$92 ;
-  wire \$920 ;
-  wire \$921 ;
-  wire [3:0] \$922 ;
-  wire [3:0] \$923 ;
+  reg \$920 ;
+  reg [15:0] \$921 ;
+  reg \$922 ;
+  reg \$923 ;
   reg \$924 ;
-  reg [2:0] \$925 ;
-  reg \$926 ;
-  reg [2:0] \$927 ;
-  reg [15:0] \$928 ;
-  reg [15:0] \$929 ;
-  wire \$93 ;
-  reg [15:0] \$930 ;
-  reg [2:0] \$931 ;
+  reg \$925 ;
+  reg [2:0] \$926 ;
+  reg \$927 ;
+  reg [2:0] \$928 ;
+  reg \$929 ;
+  wire [64:0] \$93 ;
+  reg \$930 ;
+  reg [15:0] \$931 ;
   reg [15:0] \$932 ;
   reg [15:0] \$933 ;
-  reg [31:0] \$934 ;
-  reg [31:0] \$935 ;
-  reg [31:0] \$936 ;
+  reg [2:0] \$934 ;
+  reg [15:0] \$935 ;
+  reg [15:0] \$936 ;
   reg [31:0] \$937 ;
-  reg [47:0] \$938 ;
-  reg [47:0] \$939 ;
+  reg [31:0] \$938 ;
+  reg [31:0] \$939 ;
   wire \$94 ;
-  reg [47:0] \$940 ;
-  reg [47:0] \$941 ;
+  reg [31:0] \$940 ;
+  reg \$941 ;
   reg [47:0] \$942 ;
   reg [47:0] \$943 ;
   reg [47:0] \$944 ;
@@ -2221,190 +2229,187 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$952 ;
   reg [47:0] \$953 ;
   reg [47:0] \$954 ;
-  reg [31:0] \$955 ;
-  reg \$956 ;
-  reg \$957 ;
-  reg [3:0] \$958 ;
-  reg \$959 ;
+  reg [47:0] \$955 ;
+  reg [47:0] \$956 ;
+  reg [47:0] \$957 ;
+  reg [47:0] \$958 ;
+  reg [31:0] \$959 ;
   wire \$96 ;
-  reg [31:0] \$960 ;
-  reg [31:0] \$961 ;
-  reg [15:0] \$962 ;
-  reg [31:0] \$963 ;
-  reg [2:0] \$964 ;
-  reg [511:0] \$965 ;
-  reg [1:0] \$966 ;
-  reg [15:0] \$967 ;
-  reg [15:0] \$968 ;
-  reg \$969 ;
+  reg \$960 ;
+  reg \$961 ;
+  reg [3:0] \$962 ;
+  reg \$963 ;
+  reg [31:0] \$964 ;
+  reg [31:0] \$965 ;
+  reg [15:0] \$966 ;
+  reg [31:0] \$967 ;
+  reg [2:0] \$968 ;
+  reg [511:0] \$969 ;
   wire \$97 ;
-  reg [15:0] \$970 ;
-  reg [15:0] \$971 ;
+  reg [1:0] \$970 ;
+  reg [31:0] \$971 ;
   reg [15:0] \$972 ;
   reg [15:0] \$973 ;
-  reg [15:0] \$974 ;
+  reg [31:0] \$974 ;
   reg [15:0] \$975 ;
-  reg [15:0] \$976 ;
+  reg \$976 ;
   reg [15:0] \$977 ;
-  reg [2:0] \$978 ;
-  reg [2:0] \$979 ;
+  reg [15:0] \$978 ;
+  reg [15:0] \$979 ;
   wire \$98 ;
-  reg [31:0] \$980 ;
+  reg [15:0] \$980 ;
   reg [15:0] \$981 ;
   reg [15:0] \$982 ;
-  reg [31:0] \$983 ;
-  reg \$984 ;
-  reg [15:0] \$985 ;
-  reg \$986 ;
-  reg [7:0] \$987 ;
-  reg [7:0] \$988 ;
-  reg [7:0] \$989 ;
+  reg [15:0] \$983 ;
+  reg [15:0] \$984 ;
+  reg [2:0] \$985 ;
+  reg [2:0] \$986 ;
+  reg [31:0] \$987 ;
+  reg [15:0] \$988 ;
+  reg [15:0] \$989 ;
   wire \$99 ;
-  reg [7:0] \$990 ;
-  reg [7:0] \$991 ;
-  reg [7:0] \$992 ;
-  reg [7:0] \$993 ;
-  reg [7:0] \$994 ;
-  reg \$995 ;
-  reg \$996 ;
-  reg \$997 ;
-  reg [3:0] \$998 ;
-  reg [15:0] \$999 ;
-  wire \$signal ;
-  reg \$signal$203 ;
-  reg \$signal$247  = 1'h0;
-  reg [3:0] \$signal$254  = 4'h0;
-  reg \$signal$277  = 1'h0;
-  reg [15:0] \$signal$278  = 16'h0000;
-  reg \$signal$283  = 1'h0;
-  reg [31:0] \$signal$402  = 32'd0;
-  reg [31:0] \$signal$403  = 32'd0;
-  wire \$signal$66 ;
-  wire \$signal$67 ;
-  reg \$signal$69 ;
+  reg [31:0] \$990 ;
+  reg [31:0] \$991 ;
+  reg \$992 ;
+  reg [15:0] \$993 ;
+  reg \$994 ;
+  reg [7:0] \$995 ;
+  reg [7:0] \$996 ;
+  reg [7:0] \$997 ;
+  reg [7:0] \$998 ;
+  reg [7:0] \$999 ;
+  reg \$signal ;
+  reg \$signal$213 ;
+  reg \$signal$258  = 1'h0;
+  reg [3:0] \$signal$265  = 4'h0;
+  reg \$signal$288  = 1'h0;
+  reg [15:0] \$signal$289  = 16'h0000;
+  reg \$signal$294  = 1'h0;
+  reg [31:0] \$signal$423  = 32'd0;
+  reg [31:0] \$signal$424  = 32'd0;
   reg \$signal$99 ;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$250 ;
-  reg [8:0] \$signature__addr$255 ;
-  reg [8:0] \$signature__addr$258 ;
   reg [8:0] \$signature__addr$261 ;
-  reg [8:0] \$signature__addr$264 ;
-  reg [8:0] \$signature__addr$267 ;
-  reg [8:0] \$signature__addr$270 ;
-  reg [8:0] \$signature__addr$273 ;
-  reg [8:0] \$signature__addr$276 ;
-  reg [8:0] \$signature__addr$285 ;
+  reg [8:0] \$signature__addr$266 ;
+  reg [8:0] \$signature__addr$269 ;
+  reg [8:0] \$signature__addr$272 ;
+  reg [8:0] \$signature__addr$275 ;
+  reg [8:0] \$signature__addr$278 ;
+  reg [8:0] \$signature__addr$281 ;
+  reg [8:0] \$signature__addr$284 ;
   reg [8:0] \$signature__addr$287 ;
-  reg [8:0] \$signature__addr$289 ;
-  reg [8:0] \$signature__addr$291 ;
-  reg [8:0] \$signature__addr$293 ;
-  reg [8:0] \$signature__addr$295 ;
-  reg [8:0] \$signature__addr$297 ;
+  reg [8:0] \$signature__addr$296 ;
+  reg [8:0] \$signature__addr$298 ;
+  reg [8:0] \$signature__addr$300 ;
   reg [8:0] \$signature__addr$302 ;
-  reg [8:0] \$signature__addr$307 ;
-  reg [8:0] \$signature__addr$310 ;
+  reg [8:0] \$signature__addr$304 ;
+  reg [8:0] \$signature__addr$306 ;
+  reg [8:0] \$signature__addr$308 ;
   reg [8:0] \$signature__addr$313 ;
-  reg [8:0] \$signature__addr$316 ;
-  reg [8:0] \$signature__addr$319 ;
-  reg [8:0] \$signature__addr$322 ;
-  reg [8:0] \$signature__addr$325 ;
-  reg [8:0] \$signature__addr$328 ;
-  reg [8:0] \$signature__addr$331 ;
+  reg [8:0] \$signature__addr$318 ;
+  reg [8:0] \$signature__addr$321 ;
+  reg [8:0] \$signature__addr$324 ;
+  reg [8:0] \$signature__addr$327 ;
+  reg [8:0] \$signature__addr$330 ;
   reg [8:0] \$signature__addr$333 ;
-  reg [8:0] \$signature__addr$335 ;
-  reg [8:0] \$signature__addr$337 ;
+  reg [8:0] \$signature__addr$336 ;
   reg [8:0] \$signature__addr$339 ;
-  reg [8:0] \$signature__addr$341 ;
-  reg [8:0] \$signature__addr$343 ;
+  reg [8:0] \$signature__addr$342 ;
+  reg [8:0] \$signature__addr$344 ;
+  reg [8:0] \$signature__addr$346 ;
+  reg [8:0] \$signature__addr$348 ;
+  reg [8:0] \$signature__addr$350 ;
+  reg [8:0] \$signature__addr$352 ;
+  reg [8:0] \$signature__addr$354 ;
   wire [13:0] \$signature__addr$86 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$252 ;
-  reg [8:0] \$signature__data$256 ;
-  reg [8:0] \$signature__data$259 ;
-  reg [8:0] \$signature__data$262 ;
-  reg [8:0] \$signature__data$265 ;
-  reg [8:0] \$signature__data$268 ;
-  reg [8:0] \$signature__data$271 ;
-  reg [8:0] \$signature__data$274 ;
-  reg [7:0] \$signature__data$304 ;
-  reg [7:0] \$signature__data$308 ;
-  reg [7:0] \$signature__data$311 ;
-  reg [7:0] \$signature__data$314 ;
-  reg [7:0] \$signature__data$317 ;
-  reg [7:0] \$signature__data$320 ;
-  reg [7:0] \$signature__data$323 ;
-  reg [7:0] \$signature__data$326 ;
-  wire [8:0] \$signature__data$348 ;
-  wire [8:0] \$signature__data$349 ;
-  wire [8:0] \$signature__data$350 ;
-  wire [8:0] \$signature__data$351 ;
-  wire [8:0] \$signature__data$352 ;
-  wire [8:0] \$signature__data$353 ;
-  wire [8:0] \$signature__data$354 ;
-  wire [8:0] \$signature__data$355 ;
-  wire [7:0] \$signature__data$357 ;
-  wire [7:0] \$signature__data$359 ;
-  wire [7:0] \$signature__data$361 ;
-  wire [7:0] \$signature__data$363 ;
-  wire [7:0] \$signature__data$365 ;
-  wire [7:0] \$signature__data$367 ;
-  wire [7:0] \$signature__data$369 ;
-  wire [7:0] \$signature__data$371 ;
+  reg [8:0] \$signature__data$263 ;
+  reg [8:0] \$signature__data$267 ;
+  reg [8:0] \$signature__data$270 ;
+  reg [8:0] \$signature__data$273 ;
+  reg [8:0] \$signature__data$276 ;
+  reg [8:0] \$signature__data$279 ;
+  reg [8:0] \$signature__data$282 ;
+  reg [8:0] \$signature__data$285 ;
+  reg [7:0] \$signature__data$315 ;
+  reg [7:0] \$signature__data$319 ;
+  reg [7:0] \$signature__data$322 ;
+  reg [7:0] \$signature__data$325 ;
+  reg [7:0] \$signature__data$328 ;
+  reg [7:0] \$signature__data$331 ;
+  reg [7:0] \$signature__data$334 ;
+  reg [7:0] \$signature__data$337 ;
+  wire [8:0] \$signature__data$359 ;
+  wire [8:0] \$signature__data$360 ;
+  wire [8:0] \$signature__data$361 ;
+  wire [8:0] \$signature__data$362 ;
+  wire [8:0] \$signature__data$363 ;
+  wire [8:0] \$signature__data$364 ;
+  wire [8:0] \$signature__data$365 ;
+  wire [8:0] \$signature__data$366 ;
+  wire [7:0] \$signature__data$368 ;
+  wire [7:0] \$signature__data$370 ;
+  wire [7:0] \$signature__data$372 ;
+  wire [7:0] \$signature__data$374 ;
+  wire [7:0] \$signature__data$376 ;
+  wire [7:0] \$signature__data$378 ;
+  wire [7:0] \$signature__data$380 ;
+  wire [7:0] \$signature__data$382 ;
   wire [15:0] \$signature__data$92 ;
   wire \$signature__en ;
-  reg \$signature__en$253 ;
-  reg \$signature__en$257 ;
-  reg \$signature__en$260 ;
-  reg \$signature__en$263 ;
-  reg \$signature__en$266 ;
-  reg \$signature__en$269 ;
-  reg \$signature__en$272 ;
-  reg \$signature__en$275 ;
-  reg \$signature__en$279 ;
+  reg \$signature__en$264 ;
+  reg \$signature__en$268 ;
+  reg \$signature__en$271 ;
+  reg \$signature__en$274 ;
+  reg \$signature__en$277 ;
+  reg \$signature__en$280 ;
+  reg \$signature__en$283 ;
   reg \$signature__en$286 ;
-  reg \$signature__en$288 ;
   reg \$signature__en$290 ;
-  reg \$signature__en$292 ;
-  reg \$signature__en$294 ;
-  reg \$signature__en$296 ;
-  reg \$signature__en$298 ;
+  reg \$signature__en$297 ;
+  reg \$signature__en$299 ;
+  reg \$signature__en$301 ;
+  reg \$signature__en$303 ;
   reg \$signature__en$305 ;
+  reg \$signature__en$307 ;
   reg \$signature__en$309 ;
-  reg \$signature__en$312 ;
-  reg \$signature__en$315 ;
-  reg \$signature__en$318 ;
-  reg \$signature__en$321 ;
-  reg \$signature__en$324 ;
-  reg \$signature__en$327 ;
-  reg \$signature__en$330 ;
+  reg \$signature__en$316 ;
+  reg \$signature__en$320 ;
+  reg \$signature__en$323 ;
+  reg \$signature__en$326 ;
+  reg \$signature__en$329 ;
   reg \$signature__en$332 ;
-  reg \$signature__en$334 ;
-  reg \$signature__en$336 ;
+  reg \$signature__en$335 ;
   reg \$signature__en$338 ;
-  reg \$signature__en$340 ;
-  reg \$signature__en$342 ;
-  reg \$signature__en$344 ;
+  reg \$signature__en$341 ;
+  reg \$signature__en$343 ;
+  reg \$signature__en$345 ;
+  reg \$signature__en$347 ;
+  reg \$signature__en$349 ;
+  reg \$signature__en$351 ;
+  reg \$signature__en$353 ;
+  reg \$signature__en$355 ;
   wire \$signature__en$88 ;
   reg [63:0] a__payload;
-  reg [72:0] \a__payload$345 ;
-  wire [71:0] \a__payload$345.data ;
-  wire [8:0] \a__payload$345.data[0] ;
-  wire [8:0] \a__payload$345.data[1] ;
-  wire [8:0] \a__payload$345.data[2] ;
-  wire [8:0] \a__payload$345.data[3] ;
-  wire [8:0] \a__payload$345.data[4] ;
-  wire [8:0] \a__payload$345.data[5] ;
-  wire [8:0] \a__payload$345.data[6] ;
-  wire [8:0] \a__payload$345.data[7] ;
-  wire \a__payload$345.last ;
+  reg [72:0] \a__payload$356 ;
+  wire [71:0] \a__payload$356.data ;
+  wire [8:0] \a__payload$356.data[0] ;
+  wire [8:0] \a__payload$356.data[1] ;
+  wire [8:0] \a__payload$356.data[2] ;
+  wire [8:0] \a__payload$356.data[3] ;
+  wire [8:0] \a__payload$356.data[4] ;
+  wire [8:0] \a__payload$356.data[5] ;
+  wire [8:0] \a__payload$356.data[6] ;
+  wire [8:0] \a__payload$356.data[7] ;
+  wire \a__payload$356.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$245 ;
+  wire \a__ready$256 ;
   reg a__valid;
-  reg \a__valid$244 ;
+  reg \a__valid$255 ;
   reg a_filled0 = 1'h0;
   reg a_filled1 = 1'h0;
   reg a_last = 1'h0;
@@ -2444,18 +2449,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  reg [63:0] \b__payload$221 ;
-  wire [15:0] \b__payload$221[0] ;
-  wire [15:0] \b__payload$221[1] ;
-  wire [15:0] \b__payload$221[2] ;
-  wire [15:0] \b__payload$221[3] ;
+  reg [63:0] \b__payload$231 ;
+  wire [15:0] \b__payload$231[0] ;
+  wire [15:0] \b__payload$231[1] ;
+  wire [15:0] \b__payload$231[2] ;
+  wire [15:0] \b__payload$231[3] ;
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$215 ;
+  wire \b__ready$225 ;
   input b__valid;
   wire b__valid;
-  reg \b__valid$213 ;
+  reg \b__valid$223 ;
   wire \b__valid$23 ;
   wire [19:0] base;
   wire [19:0] \base$41 ;
@@ -2468,43 +2473,44 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output busy;
   reg busy = 1'h0;
   (* init = 1'h0 *)
-  wire \busy$111 ;
+  wire \busy$115 ;
   reg [4:0] c__payload;
-  reg [65:0] \c__payload$163 ;
-  wire [42:0] \c__payload$163.b ;
-  wire [5:0] \c__payload$163.e ;
-  wire \c__payload$163.last ;
-  wire [15:0] \c__payload$163.m ;
-  reg [43:0] \c__payload$166 ;
-  wire [5:0] \c__payload$166.e_a ;
-  wire [5:0] \c__payload$166.e_b ;
-  wire [15:0] \c__payload$166.m_a ;
-  wire [15:0] \c__payload$166.m_b ;
-  reg [52:0] \c__payload$169 ;
-  wire [5:0] \c__payload$169.e ;
-  wire [15:0] \c__payload$169.m ;
-  wire [9:0] \c__payload$169.qb ;
-  wire [14:0] \c__payload$169.qc ;
-  wire [5:0] \c__payload$169.sh ;
+  reg [65:0] \c__payload$171 ;
+  wire [42:0] \c__payload$171.b ;
+  wire [5:0] \c__payload$171.e ;
+  wire \c__payload$171.last ;
+  wire [15:0] \c__payload$171.m ;
+  reg [43:0] \c__payload$174 ;
+  wire [5:0] \c__payload$174.e_a ;
+  wire [5:0] \c__payload$174.e_b ;
+  wire [15:0] \c__payload$174.m_a ;
+  wire [15:0] \c__payload$174.m_b ;
+  reg [52:0] \c__payload$177 ;
+  wire [5:0] \c__payload$177.e ;
+  wire [15:0] \c__payload$177.m ;
+  wire [9:0] \c__payload$177.qb ;
+  wire [14:0] \c__payload$177.qc ;
+  wire [5:0] \c__payload$177.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$165 ;
-  wire \c__ready$168 ;
-  wire \c__ready$171 ;
+  wire \c__ready$173 ;
+  wire \c__ready$176 ;
+  wire \c__ready$179 ;
   reg c__valid;
-  reg \c__valid$164 ;
-  reg \c__valid$167 ;
-  reg \c__valid$170 ;
+  reg \c__valid$172 ;
+  reg \c__valid$175 ;
+  reg \c__valid$178 ;
+  reg [31:0] c_addr = 32'd0;
+  reg [15:0] c_ask = 16'h0000;
+  reg [15:0] c_due = 16'h0000;
   reg [2:0] c_lb;
-  reg [15:0] ci = 16'h0000;
   wire clear;
   input clk;
   wire clk;
-  reg [15:0] cr = 16'h0000;
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$113 ;
+  wire [47:0] \cycles$117 ;
   reg [31:0] dec_blocks = 32'd0;
   reg [31:0] dec_c_base = 32'd0;
   reg [2:0] dec_c_lb = 3'h0;
@@ -2519,7 +2525,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
-  wire \done$109 ;
+  wire \done$113 ;
   reg [8:0] elem;
   reg [15:0] elem_data;
   reg elem_final;
@@ -2529,33 +2535,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [3:0] error;
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
-  wire [3:0] \error$107 ;
+  wire [3:0] \error$111 ;
+  reg [31:0] ext_req_addr = 32'd0;
+  reg [15:0] ext_req_data = 16'h0000;
+  reg ext_req_valid = 1'h0;
   reg [3:0] fault;
   reg [31:0] feed_blocks = 32'd0;
   reg [15:0] feed_mt = 16'h0000;
   reg [31:0] feed_ntk = 32'd0;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$388 ;
-  wire \final$391 ;
+  wire \final$407 ;
+  wire \final$410 ;
   reg [15:0] fnt = 16'h0000;
   reg [16:0] i__payload;
-  reg [15:0] \i__payload$190 ;
-  reg [31:0] \i__payload$231 ;
-  wire [7:0] \i__payload$231[0] ;
-  wire [7:0] \i__payload$231[1] ;
-  wire [7:0] \i__payload$231[2] ;
-  wire [7:0] \i__payload$231[3] ;
+  reg [15:0] \i__payload$200 ;
+  reg [31:0] \i__payload$241 ;
+  wire [7:0] \i__payload$241[0] ;
+  wire [7:0] \i__payload$241[1] ;
+  wire [7:0] \i__payload$241[2] ;
+  wire [7:0] \i__payload$241[3] ;
   wire [15:0] \i__payload.data ;
   wire \i__payload.last ;
   wire i__ready;
-  wire \i__ready$191 ;
-  wire \i__ready$230 ;
+  wire \i__ready$201 ;
+  wire \i__ready$240 ;
   reg i__valid;
-  reg \i__valid$189 ;
-  reg \i__valid$229 ;
+  reg \i__valid$199 ;
+  reg \i__valid$239 ;
   wire idle;
-  wire \idle$408 ;
+  wire \idle$429 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2602,14 +2611,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [17:0] \ins.src1_s4 ;
   wire [1:0] \ins.unit ;
   wire [4:0] \ins.w_bits ;
-  wire is_gemm;
-  wire is_move;
+  reg is_add = 1'h0;
+  reg is_concat = 1'h0;
+  reg is_end = 1'h0;
+  reg is_gelu = 1'h0;
+  reg is_gemm = 1'h0;
+  reg is_im2col = 1'h0;
+  reg is_layernorm = 1'h0;
+  reg is_linear = 1'h0;
+  reg is_load = 1'h0;
+  reg is_matmul = 1'h0;
+  reg is_merge_heads = 1'h0;
+  reg is_move = 1'h0;
+  reg is_select = 1'h0;
+  reg is_softmax = 1'h0;
+  reg is_split_heads = 1'h0;
+  reg is_store = 1'h0;
+  reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$392 ;
+  wire \last__3$411 ;
   wire last__4;
-  wire \last__4$387 ;
-  wire \last__4$390 ;
+  wire \last__4$406 ;
+  wire \last__4$409 ;
   wire [2:0] level;
   wire [2:0] \level$84 ;
   reg [15:0] lk = 16'h0000;
@@ -2637,38 +2661,38 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \next$89 ;
   reg [15:0] nt = 16'h0000;
   wire [8:0] o__payload;
-  wire [7:0] \o__payload$193 ;
-  wire [63:0] \o__payload$208 ;
-  wire [15:0] \o__payload$208[0] ;
-  wire [15:0] \o__payload$208[1] ;
-  wire [15:0] \o__payload$208[2] ;
-  wire [15:0] \o__payload$208[3] ;
-  wire [31:0] \o__payload$228 ;
-  wire [7:0] \o__payload$228[0] ;
-  wire [7:0] \o__payload$228[1] ;
-  wire [7:0] \o__payload$228[2] ;
-  wire [7:0] \o__payload$228[3] ;
-  wire [255:0] \o__payload$374 ;
-  wire [31:0] \o__payload$374[0] ;
-  wire [31:0] \o__payload$374[1] ;
-  wire [31:0] \o__payload$374[2] ;
-  wire [31:0] \o__payload$374[3] ;
-  wire [31:0] \o__payload$374[4] ;
-  wire [31:0] \o__payload$374[5] ;
-  wire [31:0] \o__payload$374[6] ;
-  wire [31:0] \o__payload$374[7] ;
+  wire [7:0] \o__payload$203 ;
+  wire [63:0] \o__payload$218 ;
+  wire [15:0] \o__payload$218[0] ;
+  wire [15:0] \o__payload$218[1] ;
+  wire [15:0] \o__payload$218[2] ;
+  wire [15:0] \o__payload$218[3] ;
+  wire [31:0] \o__payload$238 ;
+  wire [7:0] \o__payload$238[0] ;
+  wire [7:0] \o__payload$238[1] ;
+  wire [7:0] \o__payload$238[2] ;
+  wire [7:0] \o__payload$238[3] ;
+  wire [255:0] \o__payload$385 ;
+  wire [31:0] \o__payload$385[0] ;
+  wire [31:0] \o__payload$385[1] ;
+  wire [31:0] \o__payload$385[2] ;
+  wire [31:0] \o__payload$385[3] ;
+  wire [31:0] \o__payload$385[4] ;
+  wire [31:0] \o__payload$385[5] ;
+  wire [31:0] \o__payload$385[6] ;
+  wire [31:0] \o__payload$385[7] ;
   wire [7:0] \o__payload.data ;
   wire \o__payload.last ;
   reg o__ready;
-  reg \o__ready$194 ;
-  reg \o__ready$205 ;
-  reg \o__ready$227 ;
-  reg \o__ready$379 ;
+  reg \o__ready$204 ;
+  reg \o__ready$215 ;
+  reg \o__ready$237 ;
+  reg \o__ready$390 ;
   wire o__valid;
-  wire \o__valid$192 ;
-  wire \o__valid$204 ;
-  wire \o__valid$226 ;
-  wire \o__valid$375 ;
+  wire \o__valid$202 ;
+  wire \o__valid$214 ;
+  wire \o__valid$236 ;
+  wire \o__valid$386 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2734,6 +2758,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] op_cycles__8 = 48'h000000000000;
   output [47:0] op_cycles__9;
   reg [47:0] op_cycles__9 = 48'h000000000000;
+  reg [15:0] op_onehot = 16'h0000;
   reg out_ready;
   wire [437:0] p__payload;
   wire [255:0] \p__payload.bias ;
@@ -2766,6 +2791,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [5:0] \p__payload.out_bits ;
   wire p__ready;
   reg p__valid;
+  reg [31:0] p_addr = 32'd0;
   reg [15:0] pack_a0 = 16'h0000;
   reg [15:0] pack_a1 = 16'h0000;
   reg [15:0] pack_a2 = 16'h0000;
@@ -2781,7 +2807,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] pc = 32'd0;
   (* init = 32'd0 *)
   wire [31:0] \pc$25 ;
+  reg post_add = 1'h0;
+  wire post_bad;
   reg [2:0] post_col = 3'h0;
+  reg post_gelu = 1'h0;
   input [31:0] prog;
   wire [31:0] prog;
   input [64:0] r__payload;
@@ -2798,22 +2827,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [18:0] r_data;
-  wire [18:0] \r_data$300 ;
+  wire [18:0] \r_data$311 ;
   reg r_en;
-  reg \r_en$202 ;
+  reg \r_en$212 ;
   wire r_rdy;
-  wire \r_rdy$201 ;
+  wire \r_rdy$211 ;
   reg [34:0] req__payload;
-  reg [98:0] \req__payload$181 ;
-  wire [31:0] \req__payload$181.addr ;
-  wire [63:0] \req__payload$181.data ;
-  wire [2:0] \req__payload$181.lb ;
+  reg [98:0] \req__payload$190 ;
+  wire [31:0] \req__payload$190.addr ;
+  wire [63:0] \req__payload$190.data ;
+  wire [2:0] \req__payload$190.lb ;
   wire [31:0] \req__payload.addr ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$182 ;
+  wire \req__ready$192 ;
   reg req__valid;
-  reg \req__valid$180 ;
+  reg \req__valid$189 ;
   reg [15:0] rk = 16'h0000;
   input rst;
   wire rst;
@@ -2852,6 +2881,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [17:0] \strides__4$51 ;
   reg [17:0] \strides__4$63 ;
   reg [31:0] tiles = 32'd0;
+  reg unit_is0 = 1'h0;
   wire unit_known;
   reg unit_rst;
   reg [15:0] unpack0;
@@ -3417,16 +3447,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$253 )
-      a_cache0[\$signature__addr$250 ] <= \$signature__data$252 ;
+    if (\$signature__en$264 )
+      a_cache0[\$signature__addr$261 ] <= \$signature__data$263 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$279 ) begin
-      _0_ <= a_cache0[\$signature__addr$276 ];
+    if (\$signature__en$290 ) begin
+      _0_ <= a_cache0[\$signature__addr$287 ];
     end
   end
-  assign \$signature__data$348  = _0_;
+  assign \$signature__data$359  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -3943,16 +3973,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$257 )
-      a_cache1[\$signature__addr$255 ] <= \$signature__data$256 ;
+    if (\$signature__en$268 )
+      a_cache1[\$signature__addr$266 ] <= \$signature__data$267 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$286 ) begin
-      _1_ <= a_cache1[\$signature__addr$285 ];
+    if (\$signature__en$297 ) begin
+      _1_ <= a_cache1[\$signature__addr$296 ];
     end
   end
-  assign \$signature__data$349  = _1_;
+  assign \$signature__data$360  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4469,16 +4499,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$260 )
-      a_cache2[\$signature__addr$258 ] <= \$signature__data$259 ;
+    if (\$signature__en$271 )
+      a_cache2[\$signature__addr$269 ] <= \$signature__data$270 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$288 ) begin
-      _2_ <= a_cache2[\$signature__addr$287 ];
+    if (\$signature__en$299 ) begin
+      _2_ <= a_cache2[\$signature__addr$298 ];
     end
   end
-  assign \$signature__data$350  = _2_;
+  assign \$signature__data$361  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -4995,16 +5025,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$263 )
-      a_cache3[\$signature__addr$261 ] <= \$signature__data$262 ;
+    if (\$signature__en$274 )
+      a_cache3[\$signature__addr$272 ] <= \$signature__data$273 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$290 ) begin
-      _3_ <= a_cache3[\$signature__addr$289 ];
+    if (\$signature__en$301 ) begin
+      _3_ <= a_cache3[\$signature__addr$300 ];
     end
   end
-  assign \$signature__data$351  = _3_;
+  assign \$signature__data$362  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5521,16 +5551,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$266 )
-      a_cache4[\$signature__addr$264 ] <= \$signature__data$265 ;
+    if (\$signature__en$277 )
+      a_cache4[\$signature__addr$275 ] <= \$signature__data$276 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$292 ) begin
-      _4_ <= a_cache4[\$signature__addr$291 ];
+    if (\$signature__en$303 ) begin
+      _4_ <= a_cache4[\$signature__addr$302 ];
     end
   end
-  assign \$signature__data$352  = _4_;
+  assign \$signature__data$363  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6047,16 +6077,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$269 )
-      a_cache5[\$signature__addr$267 ] <= \$signature__data$268 ;
+    if (\$signature__en$280 )
+      a_cache5[\$signature__addr$278 ] <= \$signature__data$279 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$294 ) begin
-      _5_ <= a_cache5[\$signature__addr$293 ];
+    if (\$signature__en$305 ) begin
+      _5_ <= a_cache5[\$signature__addr$304 ];
     end
   end
-  assign \$signature__data$353  = _5_;
+  assign \$signature__data$364  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6573,16 +6603,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$272 )
-      a_cache6[\$signature__addr$270 ] <= \$signature__data$271 ;
+    if (\$signature__en$283 )
+      a_cache6[\$signature__addr$281 ] <= \$signature__data$282 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$296 ) begin
-      _6_ <= a_cache6[\$signature__addr$295 ];
+    if (\$signature__en$307 ) begin
+      _6_ <= a_cache6[\$signature__addr$306 ];
     end
   end
-  assign \$signature__data$354  = _6_;
+  assign \$signature__data$365  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7099,16 +7129,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$275 )
-      a_cache7[\$signature__addr$273 ] <= \$signature__data$274 ;
+    if (\$signature__en$286 )
+      a_cache7[\$signature__addr$284 ] <= \$signature__data$285 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$298 ) begin
-      _7_ <= a_cache7[\$signature__addr$297 ];
+    if (\$signature__en$309 ) begin
+      _7_ <= a_cache7[\$signature__addr$308 ];
     end
   end
-  assign \$signature__data$355  = _7_;
+  assign \$signature__data$366  = _7_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24028,16 +24058,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$305 )
-      w_cache0[\$signature__addr$302 ] <= \$signature__data$304 ;
+    if (\$signature__en$316 )
+      w_cache0[\$signature__addr$313 ] <= \$signature__data$315 ;
   end
   reg [7:0] _10_;
   always @(posedge clk) begin
-    if (\$signature__en$330 ) begin
-      _10_ <= w_cache0[\$signature__addr$328 ];
+    if (\$signature__en$341 ) begin
+      _10_ <= w_cache0[\$signature__addr$339 ];
     end
   end
-  assign \$signature__data$357  = _10_;
+  assign \$signature__data$368  = _10_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -24554,16 +24584,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$309 )
-      w_cache1[\$signature__addr$307 ] <= \$signature__data$308 ;
+    if (\$signature__en$320 )
+      w_cache1[\$signature__addr$318 ] <= \$signature__data$319 ;
   end
   reg [7:0] _11_;
   always @(posedge clk) begin
-    if (\$signature__en$332 ) begin
-      _11_ <= w_cache1[\$signature__addr$331 ];
+    if (\$signature__en$343 ) begin
+      _11_ <= w_cache1[\$signature__addr$342 ];
     end
   end
-  assign \$signature__data$359  = _11_;
+  assign \$signature__data$370  = _11_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25080,16 +25110,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$312 )
-      w_cache2[\$signature__addr$310 ] <= \$signature__data$311 ;
+    if (\$signature__en$323 )
+      w_cache2[\$signature__addr$321 ] <= \$signature__data$322 ;
   end
   reg [7:0] _12_;
   always @(posedge clk) begin
-    if (\$signature__en$334 ) begin
-      _12_ <= w_cache2[\$signature__addr$333 ];
+    if (\$signature__en$345 ) begin
+      _12_ <= w_cache2[\$signature__addr$344 ];
     end
   end
-  assign \$signature__data$361  = _12_;
+  assign \$signature__data$372  = _12_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -25606,16 +25636,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$315 )
-      w_cache3[\$signature__addr$313 ] <= \$signature__data$314 ;
+    if (\$signature__en$326 )
+      w_cache3[\$signature__addr$324 ] <= \$signature__data$325 ;
   end
   reg [7:0] _13_;
   always @(posedge clk) begin
-    if (\$signature__en$336 ) begin
-      _13_ <= w_cache3[\$signature__addr$335 ];
+    if (\$signature__en$347 ) begin
+      _13_ <= w_cache3[\$signature__addr$346 ];
     end
   end
-  assign \$signature__data$363  = _13_;
+  assign \$signature__data$374  = _13_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26132,16 +26162,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$318 )
-      w_cache4[\$signature__addr$316 ] <= \$signature__data$317 ;
+    if (\$signature__en$329 )
+      w_cache4[\$signature__addr$327 ] <= \$signature__data$328 ;
   end
   reg [7:0] _14_;
   always @(posedge clk) begin
-    if (\$signature__en$338 ) begin
-      _14_ <= w_cache4[\$signature__addr$337 ];
+    if (\$signature__en$349 ) begin
+      _14_ <= w_cache4[\$signature__addr$348 ];
     end
   end
-  assign \$signature__data$365  = _14_;
+  assign \$signature__data$376  = _14_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -26658,16 +26688,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$321 )
-      w_cache5[\$signature__addr$319 ] <= \$signature__data$320 ;
+    if (\$signature__en$332 )
+      w_cache5[\$signature__addr$330 ] <= \$signature__data$331 ;
   end
   reg [7:0] _15_;
   always @(posedge clk) begin
-    if (\$signature__en$340 ) begin
-      _15_ <= w_cache5[\$signature__addr$339 ];
+    if (\$signature__en$351 ) begin
+      _15_ <= w_cache5[\$signature__addr$350 ];
     end
   end
-  assign \$signature__data$367  = _15_;
+  assign \$signature__data$378  = _15_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27184,16 +27214,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$324 )
-      w_cache6[\$signature__addr$322 ] <= \$signature__data$323 ;
+    if (\$signature__en$335 )
+      w_cache6[\$signature__addr$333 ] <= \$signature__data$334 ;
   end
   reg [7:0] _16_;
   always @(posedge clk) begin
-    if (\$signature__en$342 ) begin
-      _16_ <= w_cache6[\$signature__addr$341 ];
+    if (\$signature__en$353 ) begin
+      _16_ <= w_cache6[\$signature__addr$352 ];
     end
   end
-  assign \$signature__data$369  = _16_;
+  assign \$signature__data$380  = _16_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -27710,1075 +27740,1107 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$327 )
-      w_cache7[\$signature__addr$325 ] <= \$signature__data$326 ;
+    if (\$signature__en$338 )
+      w_cache7[\$signature__addr$336 ] <= \$signature__data$337 ;
   end
   reg [7:0] _17_;
   always @(posedge clk) begin
-    if (\$signature__en$344 ) begin
-      _17_ <= w_cache7[\$signature__addr$343 ];
+    if (\$signature__en$355 ) begin
+      _17_ <= w_cache7[\$signature__addr$354 ];
     end
   end
-  assign \$signature__data$371  = _17_;
-  assign \$1  = ins[5:0] == 3'h4;
-  assign \$2  = ins[5:0] == 3'h5;
-  assign is_gemm = \$1  | \$2 ;
-  assign \$3  = ins[5:0] == 3'h4;
-  assign \$4  = ins[511:510] == 1'h1;
-  assign \$signal  = \$3  & \$4 ;
-  assign \$5  = ins[5:0] == 3'h4;
-  assign \$6  = ins[511:510] == 2'h2;
-  assign \$signal$66  = \$5  & \$6 ;
-  assign \$7  = | ins[511:510];
-  assign \$8  = is_gemm & \$7 ;
-  assign \$9  = ~ \$signal ;
-  assign \$10  = \$8  & \$9 ;
-  assign \$11  = ~ \$signal$66 ;
-  assign \$signal$67  = \$10  & \$11 ;
+  assign \$signature__data$382  = _17_;
+  assign \$1  = | ins[511:510];
+  assign \$2  = is_gemm & \$1 ;
+  assign \$3  = ~ post_gelu;
+  assign \$4  = \$2  & \$3 ;
+  assign \$5  = ~ post_add;
+  assign post_bad = \$4  & \$5 ;
+  assign \$6  = ins[55:40] + 4'h8;
+  assign \$7  = \$6  - 1'h1;
+  assign \$9  = $signed(ins[269:252]) * $signed(5'h08);
   assign \$12  = ins[55:40] + 4'h8;
   assign \$13  = \$12  - 1'h1;
-  assign \$15  = $signed(ins[269:252]) * $signed(5'h08);
-  assign \$18  = ins[55:40] + 4'h8;
+  assign \$15  = post_add ? \$14  : 18'h00001;
+  assign \$16  = $signed(ins[379:362]) * $signed(5'h08);
+  assign \$17  = post_add ? \$16  : 22'h000000;
+  assign \$18  = ins[71:56] + 4'h8;
   assign \$19  = \$18  - 1'h1;
-  assign \$21  = \$signal$66  ? \$20  : 18'h00001;
-  assign \$22  = $signed(ins[379:362]) * $signed(5'h08);
-  assign \$23  = \$signal$66  ? \$22  : 22'h000000;
-  assign \$24  = ins[71:56] + 4'h8;
-  assign \$25  = \$24  - 1'h1;
-  assign \$27  = ins[71:56] + 4'h8;
-  assign \$28  = \$27  - 1'h1;
-  assign \$30  = \$signal$66  ? \$26  : \$29 ;
-  assign \$31  = $signed(ins[397:380]) * $signed(5'h08);
-  assign \$32  = $signed(ins[397:380]) * $signed(5'h08);
-  assign \$33  = \$signal$66  ? \$31  : \$32 ;
-  assign \$34  = \$signal$66  ? 16'h0008 : ins[87:72];
-  assign \$35  = \$signal$66  ? ins[379:362] : ins[415:398];
-  assign \$38  = ins[55:40] + 4'h8;
-  assign \$39  = \$38  - 1'h1;
-  assign \$41  = $signed(ins[159:142]) * $signed(5'h08);
-  assign \$42  = ins[71:56] + 4'h8;
-  assign \$43  = \$42  - 1'h1;
-  assign \$45  = $signed(ins[177:160]) * $signed(5'h08);
-  assign \$46  = \$signal$69  & valid;
-  assign \$47  = level + src0_inflight;
-  assign \$48  = \$47  < 3'h4;
-  assign src0_issue = \$46  & \$48 ;
-  assign \$49  = run1 & \valid$83 ;
-  assign \$50  = \level$84  + src1_inflight;
-  assign \$51  = \$50  < 3'h4;
-  assign src1_issue = \$49  & \$51 ;
-  assign \$52  = \$signal$99  & \valid$100 ;
-  assign \$53  = \$signal$99  & \valid$100 ;
-  assign \$54  = ins[5:0] == 4'ha;
-  assign \$55  = ins[5:0] == 4'hb;
-  assign \$56  = ins[5:0] == 4'hc;
-  assign \$57  = ins[5:0] == 4'hd;
-  assign \$58  = ins[5:0] == 4'he;
-  assign \$59  = ins[5:0] == 4'hf;
-  assign is_move = | { \$59 , \$58 , \$57 , \$56 , \$55 , \$54  };
-  assign \$60  = ins[5:0] == 4'h9;
-  assign add_sel = \$60  | \$signal$66 ;
-  assign \$61  = ins[5:0] == 3'h6;
-  assign \$62  = ins[5:0] == 4'h8;
-  assign \$63  = ins[5:0] == 3'h7;
-  assign \$64  = \$63  | \$signal ;
-  assign \$65  = | ins[7:6];
-  assign \$66  = ~ \$65 ;
-  assign \$67  = \$64  & \$66 ;
-  assign \$68  = ins[5:0] == 3'h6;
-  assign \$69  = ins[5:0] == 4'h8;
-  assign \$70  = ins[5:0] == 3'h7;
-  assign \$71  = \$70  | \$signal ;
-  assign \$72  = | ins[7:6];
-  assign \$73  = ~ \$72 ;
-  assign \$74  = \$71  & \$73 ;
-  assign unit_known = | { \$74 , add_sel, \$69 , \$68  };
-  assign \$75  = ~ fetch_sent;
-  assign \$76  = | decode_wait;
-  assign \$77  = ins[5:0] == 1'h1;
-  assign \$78  = images_left > 1'h1;
-  assign \$79  = \$77  & \$78 ;
-  assign \$80  = ins[5:0] == 1'h1;
-  assign \$81  = | ins[39:24];
-  assign \$82  = ~ \$81 ;
-  assign \$83  = | ins[55:40];
-  assign \$84  = ~ \$83 ;
-  assign \$85  = | ins[71:56];
-  assign \$86  = ~ \$85 ;
-  assign \$87  = | ins[87:72];
-  assign \$88  = ~ \$87 ;
-  assign \$89  = | ins[103:88];
-  assign \$90  = ~ \$89 ;
-  assign \$91  = | { \$90 , \$88 , \$86 , \$84 , \$82  };
-  assign \$92  = \$signal  | \$signal$66 ;
-  assign \$93  = ~ unit_known;
-  assign \$94  = \$92  & \$93 ;
-  assign \$95  = \$signal$67  | \$94 ;
-  assign \$96  = \$signal  | \$signal$66 ;
-  assign \$97  = ins[5:0] == 2'h2;
-  assign \$98  = is_move | \$97 ;
-  assign \$99  = ins[5:0] == 2'h3;
-  assign \$100  = \$98  | \$99 ;
-  assign \$101  = \$100  | is_gemm;
-  assign \$102  = ci != ins[509:498];
-  assign \$103  = ci << dec_c_lb;
-  assign \$104  = dec_c_base + \$103 ;
-  assign \$105  = ins[5:0] == 3'h6;
-  assign \$106  = ins[5:0] == 4'h8;
-  assign \$107  = ins[5:0] == 3'h7;
-  assign \$108  = \$107  | \$signal ;
-  assign \$109  = | ins[7:6];
-  assign \$110  = ~ \$109 ;
-  assign \$111  = \$108  & \$110 ;
-  assign \$112  = ins[5:0] == 2'h2;
-  assign \$113  = ins[5:0] == 2'h3;
-  assign \$114  = ins[5:0] == 3'h6;
-  assign \$115  = ins[5:0] == 4'h8;
-  assign \$116  = r_rdy & \valid$100 ;
-  assign \$117  = $signed(addr) << ins[23:22];
-  assign \$118  = $signed({ 1'h0, dec_ext_base }) + $signed(\$117 );
-  assign \$119  = valid & req__ready;
-  assign \$122  = \$121  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$125  = \$124  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$128  = \$127  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$131  = \$130  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$132  = beat__valid & beat__payload[512];
-  assign \$133  = r_rdy & \valid$100 ;
-  assign \$134  = $signed(\addr$95 ) << ins[23:22];
-  assign \$135  = $signed({ 1'h0, dec_ext_base }) + $signed(\$134 );
-  assign \$136  = r_rdy & \valid$100 ;
-  assign \$137  = \$136  & \req__ready$182 ;
-  assign \$138  = r_rdy & \valid$100 ;
-  assign \$139  = \$138  & \req__ready$182 ;
-  assign \$140  = r_rdy & i__ready;
-  assign \$141  = r_rdy & \i__ready$191 ;
-  assign \$142  = ins[5:0] == 3'h7;
-  assign \$143  = ins[5:0] == 4'h9;
-  assign \$144  = \$142  | \$143 ;
-  assign \$145  = \$144  | \$signal ;
-  assign \$146  = \$145  | \$signal$66 ;
-  assign \$147  = streaming & \$146 ;
-  assign \$148  = ~ pack_full;
-  assign \$149  = \$148  | in_ready;
-  assign \$150  = \$149  & elem_valid;
-  assign \$151  = ~ add_sel;
-  assign \$152  = \r_rdy$201  | \$151 ;
-  assign \$153  = \$150  & \$152 ;
-  assign \$154  = ~ pack_full;
-  assign \$155  = \$154  | in_ready;
-  assign \$156  = \$155  & elem_valid;
-  assign \$157  = ~ add_sel;
-  assign \$158  = \r_rdy$201  | \$157 ;
-  assign \$159  = \$156  & \$158 ;
-  assign \$160  = \$159  & add_sel;
-  assign \$161  = a__ready & \b__ready$215 ;
-  assign \$162  = ins[5:0] == 3'h7;
-  assign \$163  = \$162  | \$signal ;
-  assign \$164  = | ins[7:6];
-  assign \$165  = ~ \$164 ;
-  assign \$166  = \$163  & \$165 ;
-  assign \$168  = \$signal$203  & \valid$100 ;
-  assign \$169  = pack_jo == 2'h3;
-  assign \$170  = \$169  | \final ;
-  assign \$171  = streaming & is_gemm;
-  assign \$172  = | tiles;
-  assign \$174  = ins[497:466] + \$173 ;
-  assign \$175  = want_w ? { 1'h0, w_addr } : \$174 ;
-  assign \$176  = want_w ? w_lb : 3'h6;
-  assign \$177  = streaming & is_gemm;
-  assign \$178  = ins[5:0] == 3'h4;
-  assign \$179  = ~ \$178 ;
-  assign \$180  = | rk;
-  assign \$181  = ~ \$180 ;
-  assign \$182  = \$179  | \$181 ;
-  assign \$183  = ~ w_full;
-  assign \$184  = \a__valid$244  & \a__ready$245 ;
-  assign \$185  = \$183  | \$184 ;
-  assign \$188  = \$187  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
-  assign \$191  = \$190  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
-  assign \$194  = \$193  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
-  assign \$197  = \$196  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
-  assign \$200  = \$199  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
-  assign \$203  = \$202  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
-  assign \$206  = \$205  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
-  assign \$207  = streaming & is_gemm;
-  assign \$209  = ~ \$208 ;
-  assign \$210  = r_rdy & \$209 ;
-  assign \$211  = \$signal$247  * 9'h100;
-  assign \$212  = \$211  + lk;
-  assign \$214  = ~ \$213 ;
-  assign \$215  = r_rdy & \$214 ;
-  assign \$216  = | \$signal$254 ;
-  assign \$217  = ~ \$216 ;
-  assign \$218  = \$215  & \$217 ;
-  assign \$219  = \$signal$247  * 9'h100;
-  assign \$220  = \$219  + lk;
-  assign \$222  = ~ \$221 ;
-  assign \$223  = r_rdy & \$222 ;
-  assign \$224  = \$signal$254  == 1'h1;
-  assign \$225  = \$223  & \$224 ;
-  assign \$226  = \$signal$247  * 9'h100;
-  assign \$227  = \$226  + lk;
-  assign \$229  = ~ \$228 ;
-  assign \$230  = r_rdy & \$229 ;
-  assign \$231  = \$signal$254  == 2'h2;
-  assign \$232  = \$230  & \$231 ;
-  assign \$233  = \$signal$247  * 9'h100;
-  assign \$234  = \$233  + lk;
-  assign \$236  = ~ \$235 ;
-  assign \$237  = r_rdy & \$236 ;
-  assign \$238  = \$signal$254  == 2'h3;
-  assign \$239  = \$237  & \$238 ;
-  assign \$240  = \$signal$247  * 9'h100;
-  assign \$241  = \$240  + lk;
-  assign \$243  = ~ \$242 ;
-  assign \$244  = r_rdy & \$243 ;
-  assign \$245  = \$signal$254  == 3'h4;
-  assign \$246  = \$244  & \$245 ;
-  assign \$247  = \$signal$247  * 9'h100;
-  assign \$248  = \$247  + lk;
-  assign \$250  = ~ \$249 ;
-  assign \$251  = r_rdy & \$250 ;
-  assign \$252  = \$signal$254  == 3'h5;
-  assign \$253  = \$251  & \$252 ;
-  assign \$254  = \$signal$247  * 9'h100;
-  assign \$255  = \$254  + lk;
-  assign \$257  = ~ \$256 ;
-  assign \$258  = r_rdy & \$257 ;
-  assign \$259  = \$signal$254  == 3'h6;
+  assign \$21  = ins[71:56] + 4'h8;
+  assign \$22  = \$21  - 1'h1;
+  assign \$24  = post_add ? \$20  : \$23 ;
+  assign \$25  = $signed(ins[397:380]) * $signed(5'h08);
+  assign \$26  = $signed(ins[397:380]) * $signed(5'h08);
+  assign \$27  = post_add ? \$25  : \$26 ;
+  assign \$28  = post_add ? 16'h0008 : ins[87:72];
+  assign \$29  = post_add ? ins[379:362] : ins[415:398];
+  assign \$32  = ins[55:40] + 4'h8;
+  assign \$33  = \$32  - 1'h1;
+  assign \$35  = $signed(ins[159:142]) * $signed(5'h08);
+  assign \$36  = ins[71:56] + 4'h8;
+  assign \$37  = \$36  - 1'h1;
+  assign \$39  = $signed(ins[177:160]) * $signed(5'h08);
+  assign \$40  = \$signal  & valid;
+  assign \$41  = level + src0_inflight;
+  assign \$42  = \$41  < 3'h4;
+  assign src0_issue = \$40  & \$42 ;
+  assign \$43  = run1 & \valid$83 ;
+  assign \$44  = \level$84  + src1_inflight;
+  assign \$45  = \$44  < 3'h4;
+  assign src1_issue = \$43  & \$45 ;
+  assign \$46  = \$signal$99  & \valid$100 ;
+  assign \$47  = \$signal$99  & \valid$100 ;
+  assign add_sel = is_add | post_add;
+  assign \$48  = is_gelu | post_gelu;
+  assign \$49  = unit_is0 & \$48 ;
+  assign \$50  = is_gelu | post_gelu;
+  assign \$51  = unit_is0 & \$50 ;
+  assign unit_known = | { \$51 , add_sel, is_layernorm, is_softmax };
+  assign \$52  = ~ fetch_sent;
+  assign \$53  = | decode_wait;
+  assign \$54  = images_left > 1'h1;
+  assign \$55  = is_end & \$54 ;
+  assign \$56  = | ins[39:24];
+  assign \$57  = ~ \$56 ;
+  assign \$58  = | ins[55:40];
+  assign \$59  = ~ \$58 ;
+  assign \$60  = | ins[71:56];
+  assign \$61  = ~ \$60 ;
+  assign \$62  = | ins[87:72];
+  assign \$63  = ~ \$62 ;
+  assign \$64  = | ins[103:88];
+  assign \$65  = ~ \$64 ;
+  assign \$66  = | { \$65 , \$63 , \$61 , \$59 , \$57  };
+  assign \$67  = post_gelu | post_add;
+  assign \$68  = ~ unit_known;
+  assign \$69  = \$67  & \$68 ;
+  assign \$70  = post_bad | \$69 ;
+  assign \$71  = post_gelu | post_add;
+  assign \$72  = is_move | is_load;
+  assign \$73  = \$72  | is_store;
+  assign \$74  = \$73  | is_gemm;
+  assign \$75  = | c_ask;
+  assign \$76  = is_gelu | post_gelu;
+  assign \$77  = unit_is0 & \$76 ;
+  assign \$78  = r_rdy & \valid$100 ;
+  assign \$79  = ~ ext_req_valid;
+  assign \$80  = \$79  | req__ready;
+  assign \$81  = valid & \$80 ;
+  assign \$84  = \$83  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$87  = \$86  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$90  = \$89  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$93  = \$92  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$94  = beat__valid & beat__payload[512];
+  assign \$95  = r_rdy & \valid$100 ;
+  assign \$96  = ~ ext_req_valid;
+  assign \$97  = \$96  | \req__ready$192 ;
+  assign \$98  = \$95  & \$97 ;
+  assign \$99  = r_rdy & \valid$100 ;
+  assign \$100  = ~ ext_req_valid;
+  assign \$101  = \$100  | \req__ready$192 ;
+  assign \$102  = \$99  & \$101 ;
+  assign \$103  = r_rdy & i__ready;
+  assign \$104  = r_rdy & \i__ready$201 ;
+  assign \$105  = is_gelu | is_add;
+  assign \$106  = \$105  | post_gelu;
+  assign \$107  = \$106  | post_add;
+  assign \$108  = streaming & \$107 ;
+  assign \$109  = ~ pack_full;
+  assign \$110  = \$109  | in_ready;
+  assign \$111  = \$110  & elem_valid;
+  assign \$112  = ~ add_sel;
+  assign \$113  = \r_rdy$211  | \$112 ;
+  assign \$114  = \$111  & \$113 ;
+  assign \$115  = ~ pack_full;
+  assign \$116  = \$115  | in_ready;
+  assign \$117  = \$116  & elem_valid;
+  assign \$118  = ~ add_sel;
+  assign \$119  = \r_rdy$211  | \$118 ;
+  assign \$120  = \$117  & \$119 ;
+  assign \$121  = \$120  & add_sel;
+  assign \$122  = a__ready & \b__ready$225 ;
+  assign \$123  = is_gelu | post_gelu;
+  assign \$124  = unit_is0 & \$123 ;
+  assign \$126  = \$signal$213  & \valid$100 ;
+  assign \$127  = pack_jo == 2'h3;
+  assign \$128  = \$127  | \final ;
+  assign \$129  = streaming & is_gemm;
+  assign \$130  = | tiles;
+  assign \$131  = want_w ? w_addr : p_addr;
+  assign \$132  = want_w ? w_lb : 3'h6;
+  assign \$133  = streaming & is_gemm;
+  assign \$134  = ~ is_linear;
+  assign \$135  = | rk;
+  assign \$136  = ~ \$135 ;
+  assign \$137  = \$134  | \$136 ;
+  assign \$138  = ~ w_full;
+  assign \$139  = \a__valid$255  & \a__ready$256 ;
+  assign \$140  = \$138  | \$139 ;
+  assign \$143  = \$142  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
+  assign \$146  = \$145  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
+  assign \$149  = \$148  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
+  assign \$152  = \$151  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
+  assign \$155  = \$154  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
+  assign \$158  = \$157  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
+  assign \$161  = \$160  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
+  assign \$162  = streaming & is_gemm;
+  assign \$164  = ~ \$163 ;
+  assign \$165  = r_rdy & \$164 ;
+  assign \$166  = \$signal$258  * 9'h100;
+  assign \$167  = \$166  + lk;
+  assign \$169  = ~ \$168 ;
+  assign \$170  = r_rdy & \$169 ;
+  assign \$171  = | \$signal$265 ;
+  assign \$172  = ~ \$171 ;
+  assign \$173  = \$170  & \$172 ;
+  assign \$174  = \$signal$258  * 9'h100;
+  assign \$175  = \$174  + lk;
+  assign \$177  = ~ \$176 ;
+  assign \$178  = r_rdy & \$177 ;
+  assign \$179  = \$signal$265  == 1'h1;
+  assign \$180  = \$178  & \$179 ;
+  assign \$181  = \$signal$258  * 9'h100;
+  assign \$182  = \$181  + lk;
+  assign \$184  = ~ \$183 ;
+  assign \$185  = r_rdy & \$184 ;
+  assign \$186  = \$signal$265  == 2'h2;
+  assign \$187  = \$185  & \$186 ;
+  assign \$188  = \$signal$258  * 9'h100;
+  assign \$189  = \$188  + lk;
+  assign \$191  = ~ \$190 ;
+  assign \$192  = r_rdy & \$191 ;
+  assign \$193  = \$signal$265  == 2'h3;
+  assign \$194  = \$192  & \$193 ;
+  assign \$195  = \$signal$258  * 9'h100;
+  assign \$196  = \$195  + lk;
+  assign \$198  = ~ \$197 ;
+  assign \$199  = r_rdy & \$198 ;
+  assign \$200  = \$signal$265  == 3'h4;
+  assign \$201  = \$199  & \$200 ;
+  assign \$202  = \$signal$258  * 9'h100;
+  assign \$203  = \$202  + lk;
+  assign \$205  = ~ \$204 ;
+  assign \$206  = r_rdy & \$205 ;
+  assign \$207  = \$signal$265  == 3'h5;
+  assign \$208  = \$206  & \$207 ;
+  assign \$209  = \$signal$258  * 9'h100;
+  assign \$210  = \$209  + lk;
+  assign \$212  = ~ \$211 ;
+  assign \$213  = r_rdy & \$212 ;
+  assign \$214  = \$signal$265  == 3'h6;
+  assign \$215  = \$213  & \$214 ;
+  assign \$216  = \$signal$258  * 9'h100;
+  assign \$217  = \$216  + lk;
+  assign \$219  = ~ \$218 ;
+  assign \$220  = r_rdy & \$219 ;
+  assign \$221  = \$signal$265  == 3'h7;
+  assign \$222  = \$220  & \$221 ;
+  assign \$223  = \$signal$288  * 9'h100;
+  assign \$224  = \$223  + \$signal$289 ;
+  assign \$226  = \$signal$258  == \$signal$288 ;
+  assign \$227  = lk > \$signal$289 ;
+  assign \$228  = \$226  & \$227 ;
+  assign \$229  = \$225  | \$228 ;
+  assign \$231  = is_linear | \$230 ;
+  assign \$232  = \$229  & \$231 ;
+  assign \$233  = ~ \$signal$294 ;
+  assign \$234  = \a__valid$255  & \a__ready$256 ;
+  assign \$235  = \$233  | \$234 ;
+  assign \$236  = \$232  & \$235 ;
+  assign \$237  = | feed_blocks;
+  assign \$238  = \$236  & \$237 ;
+  assign \$239  = \$signal$288  * 9'h100;
+  assign \$240  = \$239  + \$signal$289 ;
+  assign \$242  = \$signal$258  == \$signal$288 ;
+  assign \$243  = lk > \$signal$289 ;
+  assign \$244  = \$242  & \$243 ;
+  assign \$245  = \$241  | \$244 ;
+  assign \$247  = is_linear | \$246 ;
+  assign \$248  = \$245  & \$247 ;
+  assign \$249  = ~ \$signal$294 ;
+  assign \$250  = \a__valid$255  & \a__ready$256 ;
+  assign \$251  = \$249  | \$250 ;
+  assign \$252  = \$248  & \$251 ;
+  assign \$253  = | feed_blocks;
+  assign \$254  = \$252  & \$253 ;
+  assign \$255  = \$signal$288  * 9'h100;
+  assign \$256  = \$255  + \$signal$289 ;
+  assign \$258  = \$signal$258  == \$signal$288 ;
+  assign \$259  = lk > \$signal$289 ;
   assign \$260  = \$258  & \$259 ;
-  assign \$261  = \$signal$247  * 9'h100;
-  assign \$262  = \$261  + lk;
-  assign \$264  = ~ \$263 ;
-  assign \$265  = r_rdy & \$264 ;
-  assign \$266  = \$signal$254  == 3'h7;
-  assign \$267  = \$265  & \$266 ;
-  assign \$268  = \$signal$277  * 9'h100;
-  assign \$269  = \$268  + \$signal$278 ;
-  assign \$271  = \$signal$247  == \$signal$277 ;
-  assign \$272  = lk > \$signal$278 ;
-  assign \$273  = \$271  & \$272 ;
-  assign \$274  = \$270  | \$273 ;
-  assign \$275  = ins[5:0] == 3'h4;
-  assign \$277  = \$275  | \$276 ;
-  assign \$278  = \$274  & \$277 ;
-  assign \$279  = ~ \$signal$283 ;
-  assign \$280  = \a__valid$244  & \a__ready$245 ;
-  assign \$281  = \$279  | \$280 ;
-  assign \$282  = \$278  & \$281 ;
-  assign \$283  = | feed_blocks;
-  assign \$284  = \$282  & \$283 ;
-  assign \$285  = \$signal$277  * 9'h100;
-  assign \$286  = \$285  + \$signal$278 ;
-  assign \$288  = \$signal$247  == \$signal$277 ;
-  assign \$289  = lk > \$signal$278 ;
-  assign \$290  = \$288  & \$289 ;
-  assign \$291  = \$287  | \$290 ;
-  assign \$292  = ins[5:0] == 3'h4;
-  assign \$294  = \$292  | \$293 ;
-  assign \$295  = \$291  & \$294 ;
-  assign \$296  = ~ \$signal$283 ;
-  assign \$297  = \a__valid$244  & \a__ready$245 ;
-  assign \$298  = \$296  | \$297 ;
-  assign \$299  = \$295  & \$298 ;
-  assign \$300  = | feed_blocks;
-  assign \$301  = \$299  & \$300 ;
-  assign \$302  = \$signal$277  * 9'h100;
-  assign \$303  = \$302  + \$signal$278 ;
-  assign \$305  = \$signal$247  == \$signal$277 ;
-  assign \$306  = lk > \$signal$278 ;
-  assign \$307  = \$305  & \$306 ;
-  assign \$308  = \$304  | \$307 ;
-  assign \$309  = ins[5:0] == 3'h4;
-  assign \$311  = \$309  | \$310 ;
-  assign \$312  = \$308  & \$311 ;
-  assign \$313  = ~ \$signal$283 ;
-  assign \$314  = \a__valid$244  & \a__ready$245 ;
+  assign \$261  = \$257  | \$260 ;
+  assign \$263  = is_linear | \$262 ;
+  assign \$264  = \$261  & \$263 ;
+  assign \$265  = ~ \$signal$294 ;
+  assign \$266  = \a__valid$255  & \a__ready$256 ;
+  assign \$267  = \$265  | \$266 ;
+  assign \$268  = \$264  & \$267 ;
+  assign \$269  = | feed_blocks;
+  assign \$270  = \$268  & \$269 ;
+  assign \$271  = \$signal$288  * 9'h100;
+  assign \$272  = \$271  + \$signal$289 ;
+  assign \$274  = \$signal$258  == \$signal$288 ;
+  assign \$275  = lk > \$signal$289 ;
+  assign \$276  = \$274  & \$275 ;
+  assign \$277  = \$273  | \$276 ;
+  assign \$279  = is_linear | \$278 ;
+  assign \$280  = \$277  & \$279 ;
+  assign \$281  = ~ \$signal$294 ;
+  assign \$282  = \a__valid$255  & \a__ready$256 ;
+  assign \$283  = \$281  | \$282 ;
+  assign \$284  = \$280  & \$283 ;
+  assign \$285  = | feed_blocks;
+  assign \$286  = \$284  & \$285 ;
+  assign \$287  = \$signal$288  * 9'h100;
+  assign \$288  = \$287  + \$signal$289 ;
+  assign \$290  = \$signal$258  == \$signal$288 ;
+  assign \$291  = lk > \$signal$289 ;
+  assign \$292  = \$290  & \$291 ;
+  assign \$293  = \$289  | \$292 ;
+  assign \$295  = is_linear | \$294 ;
+  assign \$296  = \$293  & \$295 ;
+  assign \$297  = ~ \$signal$294 ;
+  assign \$298  = \a__valid$255  & \a__ready$256 ;
+  assign \$299  = \$297  | \$298 ;
+  assign \$300  = \$296  & \$299 ;
+  assign \$301  = | feed_blocks;
+  assign \$302  = \$300  & \$301 ;
+  assign \$303  = \$signal$288  * 9'h100;
+  assign \$304  = \$303  + \$signal$289 ;
+  assign \$306  = \$signal$258  == \$signal$288 ;
+  assign \$307  = lk > \$signal$289 ;
+  assign \$308  = \$306  & \$307 ;
+  assign \$309  = \$305  | \$308 ;
+  assign \$311  = is_linear | \$310 ;
+  assign \$312  = \$309  & \$311 ;
+  assign \$313  = ~ \$signal$294 ;
+  assign \$314  = \a__valid$255  & \a__ready$256 ;
   assign \$315  = \$313  | \$314 ;
   assign \$316  = \$312  & \$315 ;
   assign \$317  = | feed_blocks;
   assign \$318  = \$316  & \$317 ;
-  assign \$319  = \$signal$277  * 9'h100;
-  assign \$320  = \$319  + \$signal$278 ;
-  assign \$322  = \$signal$247  == \$signal$277 ;
-  assign \$323  = lk > \$signal$278 ;
+  assign \$319  = \$signal$288  * 9'h100;
+  assign \$320  = \$319  + \$signal$289 ;
+  assign \$322  = \$signal$258  == \$signal$288 ;
+  assign \$323  = lk > \$signal$289 ;
   assign \$324  = \$322  & \$323 ;
   assign \$325  = \$321  | \$324 ;
-  assign \$326  = ins[5:0] == 3'h4;
-  assign \$328  = \$326  | \$327 ;
-  assign \$329  = \$325  & \$328 ;
-  assign \$330  = ~ \$signal$283 ;
-  assign \$331  = \a__valid$244  & \a__ready$245 ;
-  assign \$332  = \$330  | \$331 ;
-  assign \$333  = \$329  & \$332 ;
-  assign \$334  = | feed_blocks;
-  assign \$335  = \$333  & \$334 ;
-  assign \$336  = \$signal$277  * 9'h100;
-  assign \$337  = \$336  + \$signal$278 ;
-  assign \$339  = \$signal$247  == \$signal$277 ;
-  assign \$340  = lk > \$signal$278 ;
-  assign \$341  = \$339  & \$340 ;
-  assign \$342  = \$338  | \$341 ;
-  assign \$343  = ins[5:0] == 3'h4;
-  assign \$345  = \$343  | \$344 ;
-  assign \$346  = \$342  & \$345 ;
-  assign \$347  = ~ \$signal$283 ;
-  assign \$348  = \a__valid$244  & \a__ready$245 ;
-  assign \$349  = \$347  | \$348 ;
-  assign \$350  = \$346  & \$349 ;
-  assign \$351  = | feed_blocks;
-  assign \$352  = \$350  & \$351 ;
-  assign \$353  = \$signal$277  * 9'h100;
-  assign \$354  = \$353  + \$signal$278 ;
-  assign \$356  = \$signal$247  == \$signal$277 ;
-  assign \$357  = lk > \$signal$278 ;
-  assign \$358  = \$356  & \$357 ;
-  assign \$359  = \$355  | \$358 ;
-  assign \$360  = ins[5:0] == 3'h4;
-  assign \$362  = \$360  | \$361 ;
-  assign \$363  = \$359  & \$362 ;
-  assign \$364  = ~ \$signal$283 ;
-  assign \$365  = \a__valid$244  & \a__ready$245 ;
-  assign \$366  = \$364  | \$365 ;
-  assign \$367  = \$363  & \$366 ;
-  assign \$368  = | feed_blocks;
-  assign \$369  = \$367  & \$368 ;
-  assign \$370  = \$signal$277  * 9'h100;
-  assign \$371  = \$370  + \$signal$278 ;
-  assign \$373  = \$signal$247  == \$signal$277 ;
-  assign \$374  = lk > \$signal$278 ;
+  assign \$327  = is_linear | \$326 ;
+  assign \$328  = \$325  & \$327 ;
+  assign \$329  = ~ \$signal$294 ;
+  assign \$330  = \a__valid$255  & \a__ready$256 ;
+  assign \$331  = \$329  | \$330 ;
+  assign \$332  = \$328  & \$331 ;
+  assign \$333  = | feed_blocks;
+  assign \$334  = \$332  & \$333 ;
+  assign \$335  = \$signal$288  * 9'h100;
+  assign \$336  = \$335  + \$signal$289 ;
+  assign \$338  = \$signal$258  == \$signal$288 ;
+  assign \$339  = lk > \$signal$289 ;
+  assign \$340  = \$338  & \$339 ;
+  assign \$341  = \$337  | \$340 ;
+  assign \$343  = is_linear | \$342 ;
+  assign \$344  = \$341  & \$343 ;
+  assign \$345  = ~ \$signal$294 ;
+  assign \$346  = \a__valid$255  & \a__ready$256 ;
+  assign \$347  = \$345  | \$346 ;
+  assign \$348  = \$344  & \$347 ;
+  assign \$349  = | feed_blocks;
+  assign \$350  = \$348  & \$349 ;
+  assign \$351  = ~ is_linear;
+  assign \$353  = ~ \$352 ;
+  assign \$354  = \r_rdy$211  & \$353 ;
+  assign \$355  = ~ is_linear;
+  assign \$356  = \$354  & \$355 ;
+  assign \$357  = w_load_half * 9'h100;
+  assign \$358  = \$357  + w_load_addr;
+  assign \$360  = ~ \$359 ;
+  assign \$361  = \r_rdy$211  & \$360 ;
+  assign \$362  = ~ is_linear;
+  assign \$363  = \$361  & \$362 ;
+  assign \$364  = | w_load_lane;
+  assign \$365  = ~ \$364 ;
+  assign \$366  = \$363  & \$365 ;
+  assign \$367  = w_load_half * 9'h100;
+  assign \$368  = \$367  + w_load_addr;
+  assign \$370  = ~ \$369 ;
+  assign \$371  = \r_rdy$211  & \$370 ;
+  assign \$372  = ~ is_linear;
+  assign \$373  = \$371  & \$372 ;
+  assign \$374  = w_load_lane == 1'h1;
   assign \$375  = \$373  & \$374 ;
-  assign \$376  = \$372  | \$375 ;
-  assign \$377  = ins[5:0] == 3'h4;
-  assign \$379  = \$377  | \$378 ;
-  assign \$380  = \$376  & \$379 ;
-  assign \$381  = ~ \$signal$283 ;
-  assign \$382  = \a__valid$244  & \a__ready$245 ;
-  assign \$383  = \$381  | \$382 ;
-  assign \$384  = \$380  & \$383 ;
-  assign \$385  = | feed_blocks;
-  assign \$386  = \$384  & \$385 ;
-  assign \$387  = \$signal$277  * 9'h100;
-  assign \$388  = \$387  + \$signal$278 ;
-  assign \$390  = \$signal$247  == \$signal$277 ;
-  assign \$391  = lk > \$signal$278 ;
-  assign \$392  = \$390  & \$391 ;
-  assign \$393  = \$389  | \$392 ;
-  assign \$394  = ins[5:0] == 3'h4;
-  assign \$396  = \$394  | \$395 ;
-  assign \$397  = \$393  & \$396 ;
-  assign \$398  = ~ \$signal$283 ;
-  assign \$399  = \a__valid$244  & \a__ready$245 ;
-  assign \$400  = \$398  | \$399 ;
-  assign \$401  = \$397  & \$400 ;
-  assign \$402  = | feed_blocks;
-  assign \$403  = \$401  & \$402 ;
-  assign \$404  = ins[5:0] == 3'h4;
-  assign \$405  = ~ \$404 ;
-  assign \$407  = ~ \$406 ;
-  assign \$408  = \r_rdy$201  & \$407 ;
-  assign \$409  = ins[5:0] == 3'h4;
-  assign \$410  = ~ \$409 ;
-  assign \$411  = \$408  & \$410 ;
+  assign \$376  = w_load_half * 9'h100;
+  assign \$377  = \$376  + w_load_addr;
+  assign \$379  = ~ \$378 ;
+  assign \$380  = \r_rdy$211  & \$379 ;
+  assign \$381  = ~ is_linear;
+  assign \$382  = \$380  & \$381 ;
+  assign \$383  = w_load_lane == 2'h2;
+  assign \$384  = \$382  & \$383 ;
+  assign \$385  = w_load_half * 9'h100;
+  assign \$386  = \$385  + w_load_addr;
+  assign \$388  = ~ \$387 ;
+  assign \$389  = \r_rdy$211  & \$388 ;
+  assign \$390  = ~ is_linear;
+  assign \$391  = \$389  & \$390 ;
+  assign \$392  = w_load_lane == 2'h3;
+  assign \$393  = \$391  & \$392 ;
+  assign \$394  = w_load_half * 9'h100;
+  assign \$395  = \$394  + w_load_addr;
+  assign \$397  = ~ \$396 ;
+  assign \$398  = \r_rdy$211  & \$397 ;
+  assign \$399  = ~ is_linear;
+  assign \$400  = \$398  & \$399 ;
+  assign \$401  = w_load_lane == 3'h4;
+  assign \$402  = \$400  & \$401 ;
+  assign \$403  = w_load_half * 9'h100;
+  assign \$404  = \$403  + w_load_addr;
+  assign \$406  = ~ \$405 ;
+  assign \$407  = \r_rdy$211  & \$406 ;
+  assign \$408  = ~ is_linear;
+  assign \$409  = \$407  & \$408 ;
+  assign \$410  = w_load_lane == 3'h5;
+  assign \$411  = \$409  & \$410 ;
   assign \$412  = w_load_half * 9'h100;
   assign \$413  = \$412  + w_load_addr;
   assign \$415  = ~ \$414 ;
-  assign \$416  = \r_rdy$201  & \$415 ;
-  assign \$417  = ins[5:0] == 3'h4;
-  assign \$418  = ~ \$417 ;
-  assign \$419  = \$416  & \$418 ;
-  assign \$420  = | w_load_lane;
-  assign \$421  = ~ \$420 ;
-  assign \$422  = \$419  & \$421 ;
-  assign \$423  = w_load_half * 9'h100;
-  assign \$424  = \$423  + w_load_addr;
-  assign \$426  = ~ \$425 ;
-  assign \$427  = \r_rdy$201  & \$426 ;
-  assign \$428  = ins[5:0] == 3'h4;
-  assign \$429  = ~ \$428 ;
-  assign \$430  = \$427  & \$429 ;
-  assign \$431  = w_load_lane == 1'h1;
-  assign \$432  = \$430  & \$431 ;
-  assign \$433  = w_load_half * 9'h100;
-  assign \$434  = \$433  + w_load_addr;
-  assign \$436  = ~ \$435 ;
-  assign \$437  = \r_rdy$201  & \$436 ;
-  assign \$438  = ins[5:0] == 3'h4;
-  assign \$439  = ~ \$438 ;
+  assign \$416  = \r_rdy$211  & \$415 ;
+  assign \$417  = ~ is_linear;
+  assign \$418  = \$416  & \$417 ;
+  assign \$419  = w_load_lane == 3'h6;
+  assign \$420  = \$418  & \$419 ;
+  assign \$421  = w_load_half * 9'h100;
+  assign \$422  = \$421  + w_load_addr;
+  assign \$424  = ~ \$423 ;
+  assign \$425  = \r_rdy$211  & \$424 ;
+  assign \$426  = ~ is_linear;
+  assign \$427  = \$425  & \$426 ;
+  assign \$428  = w_load_lane == 3'h7;
+  assign \$429  = \$427  & \$428 ;
+  assign \$430  = w_feed_half * 9'h100;
+  assign \$431  = \$430  + feed_ntk;
+  assign \$432  = \$431  + \$signal$289 ;
+  assign \$434  = \$signal$258  == \$signal$288 ;
+  assign \$435  = lk > \$signal$289 ;
+  assign \$436  = \$434  & \$435 ;
+  assign \$437  = \$433  | \$436 ;
+  assign \$439  = is_linear | \$438 ;
   assign \$440  = \$437  & \$439 ;
-  assign \$441  = w_load_lane == 2'h2;
-  assign \$442  = \$440  & \$441 ;
-  assign \$443  = w_load_half * 9'h100;
-  assign \$444  = \$443  + w_load_addr;
-  assign \$446  = ~ \$445 ;
-  assign \$447  = \r_rdy$201  & \$446 ;
-  assign \$448  = ins[5:0] == 3'h4;
-  assign \$449  = ~ \$448 ;
-  assign \$450  = \$447  & \$449 ;
-  assign \$451  = w_load_lane == 2'h3;
-  assign \$452  = \$450  & \$451 ;
-  assign \$453  = w_load_half * 9'h100;
-  assign \$454  = \$453  + w_load_addr;
-  assign \$456  = ~ \$455 ;
-  assign \$457  = \r_rdy$201  & \$456 ;
-  assign \$458  = ins[5:0] == 3'h4;
-  assign \$459  = ~ \$458 ;
-  assign \$460  = \$457  & \$459 ;
-  assign \$461  = w_load_lane == 3'h4;
-  assign \$462  = \$460  & \$461 ;
-  assign \$463  = w_load_half * 9'h100;
-  assign \$464  = \$463  + w_load_addr;
-  assign \$466  = ~ \$465 ;
-  assign \$467  = \r_rdy$201  & \$466 ;
-  assign \$468  = ins[5:0] == 3'h4;
-  assign \$469  = ~ \$468 ;
-  assign \$470  = \$467  & \$469 ;
-  assign \$471  = w_load_lane == 3'h5;
-  assign \$472  = \$470  & \$471 ;
-  assign \$473  = w_load_half * 9'h100;
-  assign \$474  = \$473  + w_load_addr;
-  assign \$476  = ~ \$475 ;
-  assign \$477  = \r_rdy$201  & \$476 ;
-  assign \$478  = ins[5:0] == 3'h4;
-  assign \$479  = ~ \$478 ;
-  assign \$480  = \$477  & \$479 ;
-  assign \$481  = w_load_lane == 3'h6;
-  assign \$482  = \$480  & \$481 ;
-  assign \$483  = w_load_half * 9'h100;
-  assign \$484  = \$483  + w_load_addr;
-  assign \$486  = ~ \$485 ;
-  assign \$487  = \r_rdy$201  & \$486 ;
-  assign \$488  = ins[5:0] == 3'h4;
-  assign \$489  = ~ \$488 ;
-  assign \$490  = \$487  & \$489 ;
-  assign \$491  = w_load_lane == 3'h7;
-  assign \$492  = \$490  & \$491 ;
-  assign \$493  = w_feed_half * 9'h100;
-  assign \$494  = \$493  + feed_ntk;
-  assign \$495  = \$494  + \$signal$278 ;
-  assign \$497  = \$signal$247  == \$signal$277 ;
-  assign \$498  = lk > \$signal$278 ;
-  assign \$499  = \$497  & \$498 ;
-  assign \$500  = \$496  | \$499 ;
-  assign \$501  = ins[5:0] == 3'h4;
-  assign \$503  = \$501  | \$502 ;
-  assign \$504  = \$500  & \$503 ;
-  assign \$505  = ~ \$signal$283 ;
-  assign \$506  = \a__valid$244  & \a__ready$245 ;
-  assign \$507  = \$505  | \$506 ;
-  assign \$508  = \$504  & \$507 ;
-  assign \$509  = | feed_blocks;
-  assign \$510  = \$508  & \$509 ;
-  assign \$511  = w_feed_half * 9'h100;
-  assign \$512  = \$511  + feed_ntk;
-  assign \$513  = \$512  + \$signal$278 ;
-  assign \$515  = \$signal$247  == \$signal$277 ;
-  assign \$516  = lk > \$signal$278 ;
-  assign \$517  = \$515  & \$516 ;
-  assign \$518  = \$514  | \$517 ;
-  assign \$519  = ins[5:0] == 3'h4;
-  assign \$521  = \$519  | \$520 ;
-  assign \$522  = \$518  & \$521 ;
-  assign \$523  = ~ \$signal$283 ;
-  assign \$524  = \a__valid$244  & \a__ready$245 ;
-  assign \$525  = \$523  | \$524 ;
-  assign \$526  = \$522  & \$525 ;
-  assign \$527  = | feed_blocks;
-  assign \$528  = \$526  & \$527 ;
-  assign \$529  = w_feed_half * 9'h100;
-  assign \$530  = \$529  + feed_ntk;
-  assign \$531  = \$530  + \$signal$278 ;
-  assign \$533  = \$signal$247  == \$signal$277 ;
-  assign \$534  = lk > \$signal$278 ;
-  assign \$535  = \$533  & \$534 ;
-  assign \$536  = \$532  | \$535 ;
-  assign \$537  = ins[5:0] == 3'h4;
-  assign \$539  = \$537  | \$538 ;
-  assign \$540  = \$536  & \$539 ;
-  assign \$541  = ~ \$signal$283 ;
-  assign \$542  = \a__valid$244  & \a__ready$245 ;
-  assign \$543  = \$541  | \$542 ;
-  assign \$544  = \$540  & \$543 ;
-  assign \$545  = | feed_blocks;
-  assign \$546  = \$544  & \$545 ;
-  assign \$547  = w_feed_half * 9'h100;
-  assign \$548  = \$547  + feed_ntk;
-  assign \$549  = \$548  + \$signal$278 ;
-  assign \$551  = \$signal$247  == \$signal$277 ;
-  assign \$552  = lk > \$signal$278 ;
-  assign \$553  = \$551  & \$552 ;
-  assign \$554  = \$550  | \$553 ;
-  assign \$555  = ins[5:0] == 3'h4;
-  assign \$557  = \$555  | \$556 ;
-  assign \$558  = \$554  & \$557 ;
-  assign \$559  = ~ \$signal$283 ;
-  assign \$560  = \a__valid$244  & \a__ready$245 ;
-  assign \$561  = \$559  | \$560 ;
-  assign \$562  = \$558  & \$561 ;
-  assign \$563  = | feed_blocks;
-  assign \$564  = \$562  & \$563 ;
-  assign \$565  = w_feed_half * 9'h100;
-  assign \$566  = \$565  + feed_ntk;
-  assign \$567  = \$566  + \$signal$278 ;
-  assign \$569  = \$signal$247  == \$signal$277 ;
-  assign \$570  = lk > \$signal$278 ;
-  assign \$571  = \$569  & \$570 ;
-  assign \$572  = \$568  | \$571 ;
-  assign \$573  = ins[5:0] == 3'h4;
-  assign \$575  = \$573  | \$574 ;
-  assign \$576  = \$572  & \$575 ;
-  assign \$577  = ~ \$signal$283 ;
-  assign \$578  = \a__valid$244  & \a__ready$245 ;
-  assign \$579  = \$577  | \$578 ;
-  assign \$580  = \$576  & \$579 ;
-  assign \$581  = | feed_blocks;
-  assign \$582  = \$580  & \$581 ;
-  assign \$583  = w_feed_half * 9'h100;
-  assign \$584  = \$583  + feed_ntk;
-  assign \$585  = \$584  + \$signal$278 ;
-  assign \$587  = \$signal$247  == \$signal$277 ;
-  assign \$588  = lk > \$signal$278 ;
-  assign \$589  = \$587  & \$588 ;
-  assign \$590  = \$586  | \$589 ;
-  assign \$591  = ins[5:0] == 3'h4;
-  assign \$593  = \$591  | \$592 ;
-  assign \$594  = \$590  & \$593 ;
-  assign \$595  = ~ \$signal$283 ;
-  assign \$596  = \a__valid$244  & \a__ready$245 ;
-  assign \$597  = \$595  | \$596 ;
-  assign \$598  = \$594  & \$597 ;
-  assign \$599  = | feed_blocks;
-  assign \$600  = \$598  & \$599 ;
-  assign \$601  = w_feed_half * 9'h100;
-  assign \$602  = \$601  + feed_ntk;
-  assign \$603  = \$602  + \$signal$278 ;
-  assign \$605  = \$signal$247  == \$signal$277 ;
-  assign \$606  = lk > \$signal$278 ;
-  assign \$607  = \$605  & \$606 ;
-  assign \$608  = \$604  | \$607 ;
-  assign \$609  = ins[5:0] == 3'h4;
-  assign \$611  = \$609  | \$610 ;
-  assign \$612  = \$608  & \$611 ;
-  assign \$613  = ~ \$signal$283 ;
-  assign \$614  = \a__valid$244  & \a__ready$245 ;
-  assign \$615  = \$613  | \$614 ;
-  assign \$616  = \$612  & \$615 ;
-  assign \$617  = | feed_blocks;
-  assign \$618  = \$616  & \$617 ;
-  assign \$619  = w_feed_half * 9'h100;
-  assign \$620  = \$619  + feed_ntk;
-  assign \$621  = \$620  + \$signal$278 ;
-  assign \$623  = \$signal$247  == \$signal$277 ;
-  assign \$624  = lk > \$signal$278 ;
-  assign \$625  = \$623  & \$624 ;
-  assign \$626  = \$622  | \$625 ;
-  assign \$627  = ins[5:0] == 3'h4;
-  assign \$629  = \$627  | \$628 ;
-  assign \$630  = \$626  & \$629 ;
-  assign \$631  = ~ \$signal$283 ;
-  assign \$632  = \a__valid$244  & \a__ready$245 ;
-  assign \$633  = \$631  | \$632 ;
-  assign \$634  = \$630  & \$633 ;
-  assign \$635  = | feed_blocks;
-  assign \$636  = \$634  & \$635 ;
-  assign \$637  = ins[5:0] == 3'h4;
-  assign \$638  = \$637  ? w_full : \$signal$283 ;
-  assign \$639  = ins[5:0] == 3'h4;
-  assign \$640  = \$639  ? w_lane0 : \$signature__data$357 ;
-  assign \$641  = ins[5:0] == 3'h4;
-  assign \$642  = \$641  ? w_lane1 : \$signature__data$359 ;
-  assign \$643  = ins[5:0] == 3'h4;
-  assign \$644  = \$643  ? w_lane2 : \$signature__data$361 ;
-  assign \$645  = ins[5:0] == 3'h4;
-  assign \$646  = \$645  ? w_lane3 : \$signature__data$363 ;
-  assign \$647  = ins[5:0] == 3'h4;
-  assign \$648  = \$647  ? w_lane4 : \$signature__data$365 ;
-  assign \$649  = ins[5:0] == 3'h4;
-  assign \$650  = \$649  ? w_lane5 : \$signature__data$367 ;
-  assign \$651  = ins[5:0] == 3'h4;
-  assign \$652  = \$651  ? w_lane6 : \$signature__data$369 ;
-  assign \$653  = ins[5:0] == 3'h4;
-  assign \$654  = \$653  ? w_lane7 : \$signature__data$371 ;
-  assign \$655  = streaming & is_gemm;
-  assign \$656  = \$signal  | \$signal$66 ;
-  assign \$657  = ~ \$656 ;
-  assign \$658  = \$655  & \$657 ;
-  assign \$660  = \o__valid$375  & \valid$100 ;
-  assign \$661  = index__1 * 4'h8;
-  assign \$662  = \$661  + index__3;
-  assign \$663  = \$662  < ins[55:40];
-  assign \$664  = index__2 * 4'h8;
-  assign \$665  = \$664  + index__4;
-  assign \$666  = \$665  < ins[71:56];
-  assign \$667  = \$663  & \$666 ;
-  assign \$668  = \$660  & \$667 ;
-  assign \$669  = \o__valid$375  & \valid$100 ;
-  assign \$670  = \o__valid$375  & \valid$100 ;
-  assign \$671  = \$670  & last__4;
-  assign \$672  = streaming & is_gemm;
-  assign \$673  = \$signal  | \$signal$66 ;
-  assign \$674  = \$672  & \$673 ;
-  assign \$676  = post_col == 3'h7;
-  assign \$677  = elem_take & \$676 ;
-  assign \$678  = \$signal$99  & \valid$100 ;
-  assign \$679  = index__1 * 4'h8;
-  assign \$680  = \$679  + index__3;
-  assign \$681  = \$680  < ins[55:40];
-  assign \$682  = index__2 * 4'h8;
-  assign \$683  = \$682  + index__4;
-  assign \$684  = \$683  < ins[71:56];
-  assign \$685  = \$681  & \$684 ;
-  assign \$686  = \$678  & \$685 ;
-  assign \$687  = streaming & err;
-  assign \$688  = ~ busy;
-  assign clear = start & \$688 ;
-  assign \$689  = ~ unit_rst;
-  assign \$690  = src0_issue & \$689 ;
-  assign \$691  = last__3 & \last__4$387 ;
-  assign \$692  = ~ unit_rst;
-  assign \$693  = src1_issue & \$692 ;
-  assign \$694  = \last__3$392  & \last__4$390 ;
-  assign \$695  = ins[55:40] + 4'h8;
-  assign \$696  = \$695  - 1'h1;
-  assign \$698  = ins[71:56] + 4'h8;
-  assign \$699  = \$698  - 1'h1;
-  assign \$701  = ins[87:72] - 1'h1;
-  assign \$702  = dec_mt - 1'h1;
-  assign \$703  = dec_nt - 1'h1;
-  assign \$704  = ins[39:24] * dec_mt;
-  assign \$706  = \$705  + 6'h3f;
-  assign \$708  = ins[497:466] + \$707 ;
-  assign \$709  = is_gemm ? \$708  : { 1'h0, ins[465:434] };
-  assign \$710  = dec_blocks * dec_nt;
-  assign \$713  = \$712  ? offset : 32'd0;
-  assign \$714  = ins[465:434] + \$713 ;
-  assign \$715  = cycles + 1'h1;
-  assign \$717  = \$716  + 1'h1;
-  assign \$718  = | images;
-  assign \$719  = \$718  ? images : 16'h0001;
-  assign \$720  = ~ fetch_sent;
-  assign \$721  = req__ready & \$720 ;
-  assign \$722  = | decode_wait;
-  assign \$723  = ins[5:0] == 1'h1;
-  assign \$724  = images_left > 1'h1;
-  assign \$725  = \$723  & \$724 ;
-  assign \$726  = ins[5:0] == 1'h1;
-  assign \$727  = | ins[39:24];
-  assign \$728  = ~ \$727 ;
-  assign \$729  = | ins[55:40];
-  assign \$730  = ~ \$729 ;
-  assign \$731  = | ins[71:56];
-  assign \$732  = ~ \$731 ;
-  assign \$733  = | ins[87:72];
-  assign \$734  = ~ \$733 ;
-  assign \$735  = | ins[103:88];
-  assign \$736  = ~ \$735 ;
-  assign \$737  = | { \$736 , \$734 , \$732 , \$730 , \$728  };
-  assign \$738  = \$signal  | \$signal$66 ;
-  assign \$739  = ~ unit_known;
-  assign \$740  = \$738  & \$739 ;
-  assign \$741  = \$signal$67  | \$740 ;
-  assign \$742  = \$signal  | \$signal$66 ;
-  assign \$743  = ins[5:0] == 2'h2;
-  assign \$744  = is_move | \$743 ;
-  assign \$745  = ins[5:0] == 2'h3;
-  assign \$746  = \$744  | \$745 ;
-  assign \$747  = \$746  | is_gemm;
-  assign \$748  = decode_wait - 1'h1;
-  assign \$749  = images_left - 1'h1;
-  assign \$750  = offset + \$signal$403 ;
-  assign \$751  = req__valid & req__ready;
-  assign \$752  = ci + 1'h1;
-  assign \$753  = beat__valid & beat__ready;
-  assign \$754  = cr + 1'h1;
-  assign \$755  = cr + 1'h1;
-  assign \$756  = \$755  == ins[509:498];
-  assign \$757  = | ins[509:498];
-  assign \$758  = ~ \$757 ;
-  assign \$759  = ~ \valid$100 ;
-  assign \$760  = \$759  & idle;
-  assign \$761  = | fault;
-  assign \$762  = ~ \$761 ;
-  assign \$763  = \$760  & \$762 ;
-  assign \$764  = pc + 7'h40;
-  assign \$765  = $signed(addr) < $signed(1'h0);
-  assign \$766  = $signed(addr) >= $signed(16'h4000);
-  assign \$767  = \$765  | \$766 ;
-  assign \$768  = valid & \$767 ;
-  assign \$769  = ins[5:0] == 2'h2;
-  assign \$770  = ~ \$769 ;
-  assign \$771  = \$768  & \$770 ;
-  assign \$772  = ~ is_gemm;
-  assign \$773  = \$771  & \$772 ;
-  assign \$774  = $signed(\addr$87 ) < $signed(1'h0);
-  assign \$775  = $signed(\addr$87 ) >= $signed(16'h4000);
-  assign \$776  = \$774  | \$775 ;
-  assign \$777  = \valid$83  & \$776 ;
-  assign \$778  = ins[5:0] == 4'h9;
-  assign \$779  = \$777  & \$778 ;
-  assign \$780  = $signed(\addr$95 ) < $signed(1'h0);
-  assign \$781  = $signed(\addr$95 ) >= $signed(16'h4000);
-  assign \$782  = \$780  | \$781 ;
-  assign \$783  = \valid$100  & \$782 ;
-  assign \$784  = ins[5:0] == 2'h3;
-  assign \$785  = ~ \$784 ;
-  assign \$786  = \$783  & \$785 ;
-  assign \$787  = ~ is_gemm;
-  assign \$788  = \$786  & \$787 ;
-  assign \$789  = | fault;
-  assign \$790  = \idle$408  & idle;
-  assign \$791  = ins[5:0] == 3'h7;
-  assign \$792  = ins[5:0] == 4'h9;
-  assign \$793  = \$791  | \$792 ;
-  assign \$794  = \$793  | \$signal ;
-  assign \$795  = \$794  | \$signal$66 ;
-  assign \$796  = streaming & \$795 ;
-  assign \$797  = pack_full & in_ready;
-  assign \$798  = ~ pack_full;
-  assign \$799  = \$798  | in_ready;
-  assign \$800  = \$799  & elem_valid;
-  assign \$801  = ~ add_sel;
-  assign \$802  = \r_rdy$201  | \$801 ;
-  assign \$803  = \$800  & \$802 ;
-  assign \$804  = pack_j == 2'h3;
-  assign \$805  = \$804  | elem_final;
-  assign \$806  = pack_j + 1'h1;
-  assign \$807  = \$signal$203  & \valid$100 ;
-  assign \$808  = pack_jo == 2'h3;
-  assign \$809  = \$808  | \final ;
-  assign \$810  = pack_jo + 1'h1;
-  assign \$811  = streaming & is_gemm;
-  assign \$812  = req__valid & req__ready;
-  assign \$813  = ~ want_w;
-  assign \$814  = ins[5:0] == 3'h4;
-  assign \$815  = \$813  & \$814 ;
-  assign \$816  = ins[5:0] == 3'h4;
-  assign \$817  = ~ \$816 ;
-  assign \$818  = k == dec_k_last;
-  assign \$819  = want_w & \$818 ;
-  assign \$820  = \$817  | \$819 ;
-  assign \$821  = ~ \$820 ;
-  assign \$822  = want_w & \$821 ;
-  assign \$823  = k + 1'h1;
-  assign \$824  = 1'h1 << w_lb;
-  assign \$825  = w_addr + \$824 ;
-  assign \$826  = ins[5:0] == 3'h4;
-  assign \$827  = ~ \$826 ;
-  assign \$828  = k == dec_k_last;
-  assign \$829  = want_w & \$828 ;
-  assign \$830  = \$827  | \$829 ;
-  assign \$831  = tiles - 1'h1;
-  assign \$832  = nt == dec_nt_last;
-  assign \$833  = nt + 1'h1;
+  assign \$441  = ~ \$signal$294 ;
+  assign \$442  = \a__valid$255  & \a__ready$256 ;
+  assign \$443  = \$441  | \$442 ;
+  assign \$444  = \$440  & \$443 ;
+  assign \$445  = | feed_blocks;
+  assign \$446  = \$444  & \$445 ;
+  assign \$447  = w_feed_half * 9'h100;
+  assign \$448  = \$447  + feed_ntk;
+  assign \$449  = \$448  + \$signal$289 ;
+  assign \$451  = \$signal$258  == \$signal$288 ;
+  assign \$452  = lk > \$signal$289 ;
+  assign \$453  = \$451  & \$452 ;
+  assign \$454  = \$450  | \$453 ;
+  assign \$456  = is_linear | \$455 ;
+  assign \$457  = \$454  & \$456 ;
+  assign \$458  = ~ \$signal$294 ;
+  assign \$459  = \a__valid$255  & \a__ready$256 ;
+  assign \$460  = \$458  | \$459 ;
+  assign \$461  = \$457  & \$460 ;
+  assign \$462  = | feed_blocks;
+  assign \$463  = \$461  & \$462 ;
+  assign \$464  = w_feed_half * 9'h100;
+  assign \$465  = \$464  + feed_ntk;
+  assign \$466  = \$465  + \$signal$289 ;
+  assign \$468  = \$signal$258  == \$signal$288 ;
+  assign \$469  = lk > \$signal$289 ;
+  assign \$470  = \$468  & \$469 ;
+  assign \$471  = \$467  | \$470 ;
+  assign \$473  = is_linear | \$472 ;
+  assign \$474  = \$471  & \$473 ;
+  assign \$475  = ~ \$signal$294 ;
+  assign \$476  = \a__valid$255  & \a__ready$256 ;
+  assign \$477  = \$475  | \$476 ;
+  assign \$478  = \$474  & \$477 ;
+  assign \$479  = | feed_blocks;
+  assign \$480  = \$478  & \$479 ;
+  assign \$481  = w_feed_half * 9'h100;
+  assign \$482  = \$481  + feed_ntk;
+  assign \$483  = \$482  + \$signal$289 ;
+  assign \$485  = \$signal$258  == \$signal$288 ;
+  assign \$486  = lk > \$signal$289 ;
+  assign \$487  = \$485  & \$486 ;
+  assign \$488  = \$484  | \$487 ;
+  assign \$490  = is_linear | \$489 ;
+  assign \$491  = \$488  & \$490 ;
+  assign \$492  = ~ \$signal$294 ;
+  assign \$493  = \a__valid$255  & \a__ready$256 ;
+  assign \$494  = \$492  | \$493 ;
+  assign \$495  = \$491  & \$494 ;
+  assign \$496  = | feed_blocks;
+  assign \$497  = \$495  & \$496 ;
+  assign \$498  = w_feed_half * 9'h100;
+  assign \$499  = \$498  + feed_ntk;
+  assign \$500  = \$499  + \$signal$289 ;
+  assign \$502  = \$signal$258  == \$signal$288 ;
+  assign \$503  = lk > \$signal$289 ;
+  assign \$504  = \$502  & \$503 ;
+  assign \$505  = \$501  | \$504 ;
+  assign \$507  = is_linear | \$506 ;
+  assign \$508  = \$505  & \$507 ;
+  assign \$509  = ~ \$signal$294 ;
+  assign \$510  = \a__valid$255  & \a__ready$256 ;
+  assign \$511  = \$509  | \$510 ;
+  assign \$512  = \$508  & \$511 ;
+  assign \$513  = | feed_blocks;
+  assign \$514  = \$512  & \$513 ;
+  assign \$515  = w_feed_half * 9'h100;
+  assign \$516  = \$515  + feed_ntk;
+  assign \$517  = \$516  + \$signal$289 ;
+  assign \$519  = \$signal$258  == \$signal$288 ;
+  assign \$520  = lk > \$signal$289 ;
+  assign \$521  = \$519  & \$520 ;
+  assign \$522  = \$518  | \$521 ;
+  assign \$524  = is_linear | \$523 ;
+  assign \$525  = \$522  & \$524 ;
+  assign \$526  = ~ \$signal$294 ;
+  assign \$527  = \a__valid$255  & \a__ready$256 ;
+  assign \$528  = \$526  | \$527 ;
+  assign \$529  = \$525  & \$528 ;
+  assign \$530  = | feed_blocks;
+  assign \$531  = \$529  & \$530 ;
+  assign \$532  = w_feed_half * 9'h100;
+  assign \$533  = \$532  + feed_ntk;
+  assign \$534  = \$533  + \$signal$289 ;
+  assign \$536  = \$signal$258  == \$signal$288 ;
+  assign \$537  = lk > \$signal$289 ;
+  assign \$538  = \$536  & \$537 ;
+  assign \$539  = \$535  | \$538 ;
+  assign \$541  = is_linear | \$540 ;
+  assign \$542  = \$539  & \$541 ;
+  assign \$543  = ~ \$signal$294 ;
+  assign \$544  = \a__valid$255  & \a__ready$256 ;
+  assign \$545  = \$543  | \$544 ;
+  assign \$546  = \$542  & \$545 ;
+  assign \$547  = | feed_blocks;
+  assign \$548  = \$546  & \$547 ;
+  assign \$549  = w_feed_half * 9'h100;
+  assign \$550  = \$549  + feed_ntk;
+  assign \$551  = \$550  + \$signal$289 ;
+  assign \$553  = \$signal$258  == \$signal$288 ;
+  assign \$554  = lk > \$signal$289 ;
+  assign \$555  = \$553  & \$554 ;
+  assign \$556  = \$552  | \$555 ;
+  assign \$558  = is_linear | \$557 ;
+  assign \$559  = \$556  & \$558 ;
+  assign \$560  = ~ \$signal$294 ;
+  assign \$561  = \a__valid$255  & \a__ready$256 ;
+  assign \$562  = \$560  | \$561 ;
+  assign \$563  = \$559  & \$562 ;
+  assign \$564  = | feed_blocks;
+  assign \$565  = \$563  & \$564 ;
+  assign \$566  = is_linear ? w_full : \$signal$294 ;
+  assign \$567  = is_linear ? w_lane0 : \$signature__data$368 ;
+  assign \$568  = is_linear ? w_lane1 : \$signature__data$370 ;
+  assign \$569  = is_linear ? w_lane2 : \$signature__data$372 ;
+  assign \$570  = is_linear ? w_lane3 : \$signature__data$374 ;
+  assign \$571  = is_linear ? w_lane4 : \$signature__data$376 ;
+  assign \$572  = is_linear ? w_lane5 : \$signature__data$378 ;
+  assign \$573  = is_linear ? w_lane6 : \$signature__data$380 ;
+  assign \$574  = is_linear ? w_lane7 : \$signature__data$382 ;
+  assign \$575  = streaming & is_gemm;
+  assign \$576  = post_gelu | post_add;
+  assign \$577  = ~ \$576 ;
+  assign \$578  = \$575  & \$577 ;
+  assign \$580  = \o__valid$386  & \valid$100 ;
+  assign \$581  = index__1 * 4'h8;
+  assign \$582  = \$581  + index__3;
+  assign \$583  = \$582  < ins[55:40];
+  assign \$584  = index__2 * 4'h8;
+  assign \$585  = \$584  + index__4;
+  assign \$586  = \$585  < ins[71:56];
+  assign \$587  = \$583  & \$586 ;
+  assign \$588  = \$580  & \$587 ;
+  assign \$589  = \o__valid$386  & \valid$100 ;
+  assign \$590  = \o__valid$386  & \valid$100 ;
+  assign \$591  = \$590  & last__4;
+  assign \$592  = streaming & is_gemm;
+  assign \$593  = post_gelu | post_add;
+  assign \$594  = \$592  & \$593 ;
+  assign \$596  = post_col == 3'h7;
+  assign \$597  = elem_take & \$596 ;
+  assign \$598  = \$signal$99  & \valid$100 ;
+  assign \$599  = index__1 * 4'h8;
+  assign \$600  = \$599  + index__3;
+  assign \$601  = \$600  < ins[55:40];
+  assign \$602  = index__2 * 4'h8;
+  assign \$603  = \$602  + index__4;
+  assign \$604  = \$603  < ins[71:56];
+  assign \$605  = \$601  & \$604 ;
+  assign \$606  = \$598  & \$605 ;
+  assign \$607  = streaming & err;
+  assign \$608  = ~ busy;
+  assign clear = start & \$608 ;
+  assign \$609  = ins[5:0] == 1'h1;
+  assign \$610  = ins[5:0] == 2'h2;
+  assign \$611  = ins[5:0] == 2'h3;
+  assign \$612  = ins[5:0] == 3'h4;
+  assign \$613  = ins[5:0] == 3'h5;
+  assign \$614  = ins[5:0] == 3'h6;
+  assign \$615  = ins[5:0] == 3'h7;
+  assign \$616  = ins[5:0] == 4'h8;
+  assign \$617  = ins[5:0] == 4'h9;
+  assign \$618  = ins[5:0] == 4'ha;
+  assign \$619  = ins[5:0] == 4'hb;
+  assign \$620  = ins[5:0] == 4'hc;
+  assign \$621  = ins[5:0] == 4'hd;
+  assign \$622  = ins[5:0] == 4'he;
+  assign \$623  = ins[5:0] == 4'hf;
+  assign \$624  = 1'h1 << ins[3:0];
+  assign \$625  = ins[5:0] == 3'h4;
+  assign \$626  = ins[5:0] == 3'h5;
+  assign \$627  = \$625  | \$626 ;
+  assign \$628  = ins[5:0] == 3'h4;
+  assign \$629  = ins[511:510] == 1'h1;
+  assign \$630  = \$628  & \$629 ;
+  assign \$631  = ins[5:0] == 3'h4;
+  assign \$632  = ins[511:510] == 2'h2;
+  assign \$633  = \$631  & \$632 ;
+  assign \$634  = ~ unit_rst;
+  assign \$635  = src0_issue & \$634 ;
+  assign \$636  = last__3 & \last__4$406 ;
+  assign \$637  = ~ unit_rst;
+  assign \$638  = src1_issue & \$637 ;
+  assign \$639  = \last__3$411  & \last__4$409 ;
+  assign \$640  = ins[5:0] == 4'ha;
+  assign \$641  = ins[5:0] == 4'hb;
+  assign \$642  = ins[5:0] == 4'hc;
+  assign \$643  = ins[5:0] == 4'hd;
+  assign \$644  = ins[5:0] == 4'he;
+  assign \$645  = ins[5:0] == 4'hf;
+  assign \$646  = | { \$645 , \$644 , \$643 , \$642 , \$641 , \$640  };
+  assign \$647  = | ins[7:6];
+  assign \$648  = ~ \$647 ;
+  assign \$649  = ins[55:40] + 4'h8;
+  assign \$650  = \$649  - 1'h1;
+  assign \$652  = ins[71:56] + 4'h8;
+  assign \$653  = \$652  - 1'h1;
+  assign \$655  = ins[87:72] - 1'h1;
+  assign \$656  = dec_mt - 1'h1;
+  assign \$657  = dec_nt - 1'h1;
+  assign \$658  = ins[39:24] * dec_mt;
+  assign \$660  = \$659  + 6'h3f;
+  assign \$662  = ins[497:466] + \$661 ;
+  assign \$663  = is_gemm ? \$662  : { 1'h0, ins[465:434] };
+  assign \$664  = dec_blocks * dec_nt;
+  assign \$667  = \$666  ? offset : 32'd0;
+  assign \$668  = ins[465:434] + \$667 ;
+  assign \$669  = cycles + 1'h1;
+  assign \$670  = in_op & op_onehot[0];
+  assign \$671  = op_cycles__0 + 1'h1;
+  assign \$672  = in_op & op_onehot[1];
+  assign \$673  = op_cycles__1 + 1'h1;
+  assign \$674  = in_op & op_onehot[2];
+  assign \$675  = op_cycles__2 + 1'h1;
+  assign \$676  = in_op & op_onehot[3];
+  assign \$677  = op_cycles__3 + 1'h1;
+  assign \$678  = in_op & op_onehot[4];
+  assign \$679  = op_cycles__4 + 1'h1;
+  assign \$680  = in_op & op_onehot[5];
+  assign \$681  = op_cycles__5 + 1'h1;
+  assign \$682  = in_op & op_onehot[6];
+  assign \$683  = op_cycles__6 + 1'h1;
+  assign \$684  = in_op & op_onehot[7];
+  assign \$685  = op_cycles__7 + 1'h1;
+  assign \$686  = in_op & op_onehot[8];
+  assign \$687  = op_cycles__8 + 1'h1;
+  assign \$688  = in_op & op_onehot[9];
+  assign \$689  = op_cycles__9 + 1'h1;
+  assign \$690  = in_op & op_onehot[10];
+  assign \$691  = op_cycles__10 + 1'h1;
+  assign \$692  = in_op & op_onehot[11];
+  assign \$693  = op_cycles__11 + 1'h1;
+  assign \$694  = in_op & op_onehot[12];
+  assign \$695  = op_cycles__12 + 1'h1;
+  assign \$696  = in_op & op_onehot[13];
+  assign \$697  = op_cycles__13 + 1'h1;
+  assign \$698  = in_op & op_onehot[14];
+  assign \$699  = op_cycles__14 + 1'h1;
+  assign \$700  = in_op & op_onehot[15];
+  assign \$701  = op_cycles__15 + 1'h1;
+  assign \$702  = | images;
+  assign \$703  = \$702  ? images : 16'h0001;
+  assign \$704  = ~ fetch_sent;
+  assign \$705  = req__ready & \$704 ;
+  assign \$706  = | decode_wait;
+  assign \$707  = images_left > 1'h1;
+  assign \$708  = is_end & \$707 ;
+  assign \$709  = | ins[39:24];
+  assign \$710  = ~ \$709 ;
+  assign \$711  = | ins[55:40];
+  assign \$712  = ~ \$711 ;
+  assign \$713  = | ins[71:56];
+  assign \$714  = ~ \$713 ;
+  assign \$715  = | ins[87:72];
+  assign \$716  = ~ \$715 ;
+  assign \$717  = | ins[103:88];
+  assign \$718  = ~ \$717 ;
+  assign \$719  = | { \$718 , \$716 , \$714 , \$712 , \$710  };
+  assign \$720  = post_gelu | post_add;
+  assign \$721  = ~ unit_known;
+  assign \$722  = \$720  & \$721 ;
+  assign \$723  = post_bad | \$722 ;
+  assign \$724  = post_gelu | post_add;
+  assign \$725  = is_move | is_load;
+  assign \$726  = \$725  | is_store;
+  assign \$727  = \$726  | is_gemm;
+  assign \$728  = decode_wait - 1'h1;
+  assign \$729  = images_left - 1'h1;
+  assign \$730  = offset + \$signal$424 ;
+  assign \$731  = req__valid & req__ready;
+  assign \$732  = c_ask - 1'h1;
+  assign \$733  = 1'h1 << dec_c_lb;
+  assign \$734  = c_addr + \$733 ;
+  assign \$735  = beat__valid & beat__ready;
+  assign \$736  = c_due - 1'h1;
+  assign \$737  = c_due == 1'h1;
+  assign \$738  = | ins[509:498];
+  assign \$739  = ~ \$738 ;
+  assign \$740  = ~ \valid$100 ;
+  assign \$741  = ~ ext_req_valid;
+  assign \$742  = \$740  & \$741 ;
+  assign \$743  = \$742  & idle;
+  assign \$744  = | fault;
+  assign \$745  = ~ \$744 ;
+  assign \$746  = \$743  & \$745 ;
+  assign \$747  = pc + 7'h40;
+  assign \$748  = $signed(addr) < $signed(1'h0);
+  assign \$749  = $signed(addr) >= $signed(16'h4000);
+  assign \$750  = \$748  | \$749 ;
+  assign \$751  = valid & \$750 ;
+  assign \$752  = ~ is_load;
+  assign \$753  = \$751  & \$752 ;
+  assign \$754  = ~ is_gemm;
+  assign \$755  = \$753  & \$754 ;
+  assign \$756  = $signed(\addr$87 ) < $signed(1'h0);
+  assign \$757  = $signed(\addr$87 ) >= $signed(16'h4000);
+  assign \$758  = \$756  | \$757 ;
+  assign \$759  = \valid$83  & \$758 ;
+  assign \$760  = \$759  & is_add;
+  assign \$761  = $signed(\addr$95 ) < $signed(1'h0);
+  assign \$762  = $signed(\addr$95 ) >= $signed(16'h4000);
+  assign \$763  = \$761  | \$762 ;
+  assign \$764  = \valid$100  & \$763 ;
+  assign \$765  = ~ is_store;
+  assign \$766  = \$764  & \$765 ;
+  assign \$767  = ~ is_gemm;
+  assign \$768  = \$766  & \$767 ;
+  assign \$769  = | fault;
+  assign \$770  = \idle$429  & idle;
+  assign \$771  = ~ ext_req_valid;
+  assign \$772  = \$771  | req__ready;
+  assign \$773  = $signed(addr) << ins[23:22];
+  assign \$774  = $signed({ 1'h0, dec_ext_base }) + $signed(\$773 );
+  assign \$775  = ~ ext_req_valid;
+  assign \$776  = \$775  | \req__ready$192 ;
+  assign \$777  = r_rdy & \valid$100 ;
+  assign \$778  = ~ ext_req_valid;
+  assign \$779  = \$778  | \req__ready$192 ;
+  assign \$780  = \$777  & \$779 ;
+  assign \$781  = $signed(\addr$95 ) << ins[23:22];
+  assign \$782  = $signed({ 1'h0, dec_ext_base }) + $signed(\$781 );
+  assign \$783  = is_gelu | is_add;
+  assign \$784  = \$783  | post_gelu;
+  assign \$785  = \$784  | post_add;
+  assign \$786  = streaming & \$785 ;
+  assign \$787  = pack_full & in_ready;
+  assign \$788  = ~ pack_full;
+  assign \$789  = \$788  | in_ready;
+  assign \$790  = \$789  & elem_valid;
+  assign \$791  = ~ add_sel;
+  assign \$792  = \r_rdy$211  | \$791 ;
+  assign \$793  = \$790  & \$792 ;
+  assign \$794  = pack_j == 2'h3;
+  assign \$795  = \$794  | elem_final;
+  assign \$796  = pack_j + 1'h1;
+  assign \$797  = \$signal$213  & \valid$100 ;
+  assign \$798  = pack_jo == 2'h3;
+  assign \$799  = \$798  | \final ;
+  assign \$800  = pack_jo + 1'h1;
+  assign \$801  = streaming & is_gemm;
+  assign \$802  = req__valid & req__ready;
+  assign \$803  = ~ want_w;
+  assign \$804  = \$803  & is_linear;
+  assign \$805  = ~ is_linear;
+  assign \$806  = k == dec_k_last;
+  assign \$807  = want_w & \$806 ;
+  assign \$808  = \$805  | \$807 ;
+  assign \$809  = ~ \$808 ;
+  assign \$810  = want_w & \$809 ;
+  assign \$811  = k + 1'h1;
+  assign \$812  = 1'h1 << w_lb;
+  assign \$813  = w_addr + \$812 ;
+  assign \$814  = ~ is_linear;
+  assign \$815  = k == dec_k_last;
+  assign \$816  = want_w & \$815 ;
+  assign \$817  = \$814  | \$816 ;
+  assign \$818  = tiles - 1'h1;
+  assign \$819  = nt == dec_nt_last;
+  assign \$820  = nt + 1'h1;
+  assign \$821  = p_addr + 7'h40;
+  assign \$822  = streaming & is_gemm;
+  assign \$823  = \a__valid$255  & \a__ready$256 ;
+  assign \$824  = beat__valid & beat__ready;
+  assign \$825  = \$824  & is_linear;
+  assign \$826  = rk == ins[87:72];
+  assign \$827  = rk + 1'h1;
+  assign \$828  = \$826  ? 17'h00000 : \$827 ;
+  assign \$829  = ~ is_linear;
+  assign \$830  = | rk;
+  assign \$831  = ~ \$830 ;
+  assign \$832  = \$829  | \$831 ;
+  assign \$833  = ~ \$832 ;
   assign \$834  = streaming & is_gemm;
-  assign \$835  = \a__valid$244  & \a__ready$245 ;
-  assign \$836  = beat__valid & beat__ready;
-  assign \$837  = ins[5:0] == 3'h4;
-  assign \$838  = \$836  & \$837 ;
-  assign \$839  = rk == ins[87:72];
-  assign \$840  = rk + 1'h1;
-  assign \$841  = \$839  ? 17'h00000 : \$840 ;
-  assign \$842  = ins[5:0] == 3'h4;
-  assign \$843  = ~ \$842 ;
-  assign \$844  = | rk;
-  assign \$845  = ~ \$844 ;
-  assign \$846  = \$843  | \$845 ;
-  assign \$847  = ~ \$846 ;
-  assign \$848  = streaming & is_gemm;
-  assign \$850  = ~ \$849 ;
-  assign \$851  = r_rdy & \$850 ;
-  assign \$852  = \$signal$254  == 3'h7;
-  assign \$853  = lk + 1'h1;
-  assign \$854  = lk == dec_k_last;
-  assign \$855  = ~ \$signal$247 ;
-  assign \$856  = \$signal$254  + 1'h1;
-  assign \$857  = \a__valid$244  & \a__ready$245 ;
-  assign \$859  = \$signal$247  == \$signal$277 ;
-  assign \$860  = lk > \$signal$278 ;
-  assign \$861  = \$859  & \$860 ;
-  assign \$862  = \$858  | \$861 ;
-  assign \$863  = ins[5:0] == 3'h4;
-  assign \$865  = \$863  | \$864 ;
-  assign \$866  = \$862  & \$865 ;
-  assign \$867  = ~ \$signal$283 ;
-  assign \$868  = \a__valid$244  & \a__ready$245 ;
-  assign \$869  = \$867  | \$868 ;
-  assign \$870  = \$866  & \$869 ;
-  assign \$871  = | feed_blocks;
-  assign \$872  = \$870  & \$871 ;
-  assign \$873  = \$signal$278  == dec_k_last;
-  assign \$874  = \$signal$278  == dec_k_last;
-  assign \$875  = fnt == dec_nt_last;
-  assign \$876  = ~ \$signal$277 ;
-  assign \$877  = feed_blocks - 1'h1;
-  assign \$878  = fnt + 1'h1;
-  assign \$879  = \$signal$278  + 1'h1;
-  assign \$881  = ~ \$880 ;
-  assign \$882  = \r_rdy$201  & \$881 ;
-  assign \$883  = ins[5:0] == 3'h4;
-  assign \$884  = ~ \$883 ;
+  assign \$836  = ~ \$835 ;
+  assign \$837  = r_rdy & \$836 ;
+  assign \$838  = \$signal$265  == 3'h7;
+  assign \$839  = lk + 1'h1;
+  assign \$840  = lk == dec_k_last;
+  assign \$841  = ~ \$signal$258 ;
+  assign \$842  = \$signal$265  + 1'h1;
+  assign \$843  = \a__valid$255  & \a__ready$256 ;
+  assign \$845  = \$signal$258  == \$signal$288 ;
+  assign \$846  = lk > \$signal$289 ;
+  assign \$847  = \$845  & \$846 ;
+  assign \$848  = \$844  | \$847 ;
+  assign \$850  = is_linear | \$849 ;
+  assign \$851  = \$848  & \$850 ;
+  assign \$852  = ~ \$signal$294 ;
+  assign \$853  = \a__valid$255  & \a__ready$256 ;
+  assign \$854  = \$852  | \$853 ;
+  assign \$855  = \$851  & \$854 ;
+  assign \$856  = | feed_blocks;
+  assign \$857  = \$855  & \$856 ;
+  assign \$858  = \$signal$289  == dec_k_last;
+  assign \$859  = \$signal$289  == dec_k_last;
+  assign \$860  = fnt == dec_nt_last;
+  assign \$861  = ~ \$signal$288 ;
+  assign \$862  = feed_blocks - 1'h1;
+  assign \$863  = fnt + 1'h1;
+  assign \$864  = \$signal$289  + 1'h1;
+  assign \$866  = ~ \$865 ;
+  assign \$867  = \r_rdy$211  & \$866 ;
+  assign \$868  = ~ is_linear;
+  assign \$869  = \$867  & \$868 ;
+  assign \$870  = w_load_lane == 3'h7;
+  assign \$871  = w_load_k + 1'h1;
+  assign \$872  = w_load_addr + 1'h1;
+  assign \$873  = w_load_k == dec_k_last;
+  assign \$874  = w_load_nt + 1'h1;
+  assign \$875  = w_load_nt == dec_nt_last;
+  assign \$876  = ~ w_load_half;
+  assign \$877  = w_load_lane + 1'h1;
+  assign \$879  = \$signal$258  == \$signal$288 ;
+  assign \$880  = lk > \$signal$289 ;
+  assign \$881  = \$879  & \$880 ;
+  assign \$882  = \$878  | \$881 ;
+  assign \$884  = is_linear | \$883 ;
   assign \$885  = \$882  & \$884 ;
-  assign \$886  = w_load_lane == 3'h7;
-  assign \$887  = w_load_k + 1'h1;
-  assign \$888  = w_load_addr + 1'h1;
-  assign \$889  = w_load_k == dec_k_last;
-  assign \$890  = w_load_nt + 1'h1;
-  assign \$891  = w_load_nt == dec_nt_last;
-  assign \$892  = ~ w_load_half;
-  assign \$893  = w_load_lane + 1'h1;
-  assign \$895  = \$signal$247  == \$signal$277 ;
-  assign \$896  = lk > \$signal$278 ;
-  assign \$897  = \$895  & \$896 ;
-  assign \$898  = \$894  | \$897 ;
-  assign \$899  = ins[5:0] == 3'h4;
-  assign \$901  = \$899  | \$900 ;
-  assign \$902  = \$898  & \$901 ;
-  assign \$903  = ~ \$signal$283 ;
-  assign \$904  = \a__valid$244  & \a__ready$245 ;
-  assign \$905  = \$903  | \$904 ;
-  assign \$906  = \$902  & \$905 ;
-  assign \$907  = | feed_blocks;
-  assign \$908  = \$906  & \$907 ;
-  assign \$909  = ins[5:0] == 3'h4;
-  assign \$910  = ~ \$909 ;
-  assign \$911  = \$908  & \$910 ;
-  assign \$912  = \$signal$278  == dec_k_last;
-  assign \$913  = fnt == dec_nt_last;
-  assign \$914  = feed_mt == dec_mt_last;
-  assign \$915  = ~ w_feed_half;
-  assign \$916  = feed_mt + 1'h1;
-  assign \$917  = feed_ntk + ins[87:72];
-  assign \$918  = streaming & is_gemm;
-  assign \$919  = \$signal  | \$signal$66 ;
-  assign \$920  = \$918  & \$919 ;
-  assign \$921  = post_col == 3'h7;
-  assign \$922  = post_col + 1'h1;
-  assign \$923  = \$921  ? 4'h0 : \$922 ;
+  assign \$886  = ~ \$signal$294 ;
+  assign \$887  = \a__valid$255  & \a__ready$256 ;
+  assign \$888  = \$886  | \$887 ;
+  assign \$889  = \$885  & \$888 ;
+  assign \$890  = | feed_blocks;
+  assign \$891  = \$889  & \$890 ;
+  assign \$892  = ~ is_linear;
+  assign \$893  = \$891  & \$892 ;
+  assign \$894  = \$signal$289  == dec_k_last;
+  assign \$895  = fnt == dec_nt_last;
+  assign \$896  = feed_mt == dec_mt_last;
+  assign \$897  = ~ w_feed_half;
+  assign \$898  = feed_mt + 1'h1;
+  assign \$899  = feed_ntk + ins[87:72];
+  assign \$900  = streaming & is_gemm;
+  assign \$901  = post_gelu | post_add;
+  assign \$902  = \$900  & \$901 ;
+  assign \$903  = post_col == 3'h7;
+  assign \$904  = post_col + 1'h1;
+  assign \$905  = \$903  ? 4'h0 : \$904 ;
   always @(posedge clk)
-    src0_inflight <= \$924 ;
+    is_end <= \$906 ;
   always @(posedge clk)
-    src0_meta <= \$925 ;
+    is_load <= \$907 ;
   always @(posedge clk)
-    src1_inflight <= \$926 ;
+    is_store <= \$908 ;
   always @(posedge clk)
-    src1_meta <= \$927 ;
+    is_linear <= \$909 ;
   always @(posedge clk)
-    dec_mt <= \$928 ;
+    is_matmul <= \$910 ;
   always @(posedge clk)
-    dec_nt <= \$929 ;
+    is_softmax <= \$911 ;
   always @(posedge clk)
-    dec_k_last <= \$930 ;
+    is_gelu <= \$912 ;
   always @(posedge clk)
-    dec_c_lb <= \$931 ;
+    is_layernorm <= \$913 ;
   always @(posedge clk)
-    dec_mt_last <= \$932 ;
+    is_add <= \$914 ;
   always @(posedge clk)
-    dec_nt_last <= \$933 ;
+    is_im2col <= \$915 ;
   always @(posedge clk)
-    dec_blocks <= \$934 ;
+    is_concat <= \$916 ;
   always @(posedge clk)
-    dec_c_base <= \$935 ;
+    is_split_heads <= \$917 ;
   always @(posedge clk)
-    dec_tiles <= \$936 ;
+    is_merge_heads <= \$918 ;
   always @(posedge clk)
-    dec_ext_base <= \$937 ;
+    is_transpose <= \$919 ;
   always @(posedge clk)
-    cycles <= \$938 ;
+    is_select <= \$920 ;
   always @(posedge clk)
-    op_cycles__0 <= \$939 ;
+    op_onehot <= \$921 ;
   always @(posedge clk)
-    op_cycles__1 <= \$940 ;
+    is_gemm <= \$922 ;
   always @(posedge clk)
-    op_cycles__2 <= \$941 ;
+    post_gelu <= \$923 ;
   always @(posedge clk)
-    op_cycles__3 <= \$942 ;
+    post_add <= \$924 ;
   always @(posedge clk)
-    op_cycles__4 <= \$943 ;
+    src0_inflight <= \$925 ;
   always @(posedge clk)
-    op_cycles__5 <= \$944 ;
+    src0_meta <= \$926 ;
   always @(posedge clk)
-    op_cycles__6 <= \$945 ;
+    src1_inflight <= \$927 ;
   always @(posedge clk)
-    op_cycles__7 <= \$946 ;
+    src1_meta <= \$928 ;
   always @(posedge clk)
-    op_cycles__8 <= \$947 ;
+    is_move <= \$929 ;
   always @(posedge clk)
-    op_cycles__9 <= \$948 ;
+    unit_is0 <= \$930 ;
   always @(posedge clk)
-    op_cycles__10 <= \$949 ;
+    dec_mt <= \$931 ;
   always @(posedge clk)
-    op_cycles__11 <= \$950 ;
+    dec_nt <= \$932 ;
   always @(posedge clk)
-    op_cycles__12 <= \$951 ;
+    dec_k_last <= \$933 ;
   always @(posedge clk)
-    op_cycles__13 <= \$952 ;
+    dec_c_lb <= \$934 ;
   always @(posedge clk)
-    op_cycles__14 <= \$953 ;
+    dec_mt_last <= \$935 ;
   always @(posedge clk)
-    op_cycles__15 <= \$954 ;
+    dec_nt_last <= \$936 ;
   always @(posedge clk)
-    pc <= \$955 ;
+    dec_blocks <= \$937 ;
   always @(posedge clk)
-    busy <= \$956 ;
+    dec_c_base <= \$938 ;
   always @(posedge clk)
-    done <= \$957 ;
+    dec_tiles <= \$939 ;
   always @(posedge clk)
-    error <= \$958 ;
+    dec_ext_base <= \$940 ;
   always @(posedge clk)
-    fetch_sent <= \$959 ;
+    ext_req_valid <= \$941 ;
   always @(posedge clk)
-    \$signal$402  <= \$960 ;
+    cycles <= \$942 ;
   always @(posedge clk)
-    \$signal$403  <= \$961 ;
+    op_cycles__0 <= \$943 ;
   always @(posedge clk)
-    images_left <= \$962 ;
+    op_cycles__1 <= \$944 ;
   always @(posedge clk)
-    offset <= \$963 ;
+    op_cycles__2 <= \$945 ;
   always @(posedge clk)
-    seq_state <= \$964 ;
+    op_cycles__3 <= \$946 ;
   always @(posedge clk)
-    ins <= \$965 ;
+    op_cycles__4 <= \$947 ;
   always @(posedge clk)
-    decode_wait <= \$966 ;
+    op_cycles__5 <= \$948 ;
   always @(posedge clk)
-    ci <= \$967 ;
+    op_cycles__6 <= \$949 ;
   always @(posedge clk)
-    cr <= \$968 ;
+    op_cycles__7 <= \$950 ;
   always @(posedge clk)
-    pack_full <= \$969 ;
+    op_cycles__8 <= \$951 ;
   always @(posedge clk)
-    pack_a0 <= \$970 ;
+    op_cycles__9 <= \$952 ;
   always @(posedge clk)
-    pack_a1 <= \$971 ;
+    op_cycles__10 <= \$953 ;
   always @(posedge clk)
-    pack_a2 <= \$972 ;
+    op_cycles__11 <= \$954 ;
   always @(posedge clk)
-    pack_a3 <= \$973 ;
+    op_cycles__12 <= \$955 ;
   always @(posedge clk)
-    pack_b0 <= \$974 ;
+    op_cycles__13 <= \$956 ;
   always @(posedge clk)
-    pack_b1 <= \$975 ;
+    op_cycles__14 <= \$957 ;
   always @(posedge clk)
-    pack_b2 <= \$976 ;
+    op_cycles__15 <= \$958 ;
   always @(posedge clk)
-    pack_b3 <= \$977 ;
+    pc <= \$959 ;
   always @(posedge clk)
-    pack_j <= \$978 ;
+    busy <= \$960 ;
   always @(posedge clk)
-    pack_jo <= \$979 ;
+    done <= \$961 ;
   always @(posedge clk)
-    tiles <= \$980 ;
+    error <= \$962 ;
   always @(posedge clk)
-    nt <= \$981 ;
+    fetch_sent <= \$963 ;
   always @(posedge clk)
-    k <= \$982 ;
+    \$signal$423  <= \$964 ;
   always @(posedge clk)
-    w_addr <= \$983 ;
+    \$signal$424  <= \$965 ;
   always @(posedge clk)
-    want_w <= \$984 ;
+    images_left <= \$966 ;
   always @(posedge clk)
-    rk <= \$985 ;
+    offset <= \$967 ;
   always @(posedge clk)
-    w_full <= \$986 ;
+    seq_state <= \$968 ;
   always @(posedge clk)
-    w_lane0 <= \$987 ;
+    ins <= \$969 ;
   always @(posedge clk)
-    w_lane1 <= \$988 ;
+    decode_wait <= \$970 ;
   always @(posedge clk)
-    w_lane2 <= \$989 ;
+    c_addr <= \$971 ;
   always @(posedge clk)
-    w_lane3 <= \$990 ;
+    c_ask <= \$972 ;
   always @(posedge clk)
-    w_lane4 <= \$991 ;
+    c_due <= \$973 ;
   always @(posedge clk)
-    w_lane5 <= \$992 ;
+    ext_req_addr <= \$974 ;
   always @(posedge clk)
-    w_lane6 <= \$993 ;
+    ext_req_data <= \$975 ;
   always @(posedge clk)
-    w_lane7 <= \$994 ;
+    pack_full <= \$976 ;
   always @(posedge clk)
-    a_filled0 <= \$995 ;
+    pack_a0 <= \$977 ;
   always @(posedge clk)
-    a_filled1 <= \$996 ;
+    pack_a1 <= \$978 ;
   always @(posedge clk)
-    \$signal$247  <= \$997 ;
+    pack_a2 <= \$979 ;
   always @(posedge clk)
-    \$signal$254  <= \$998 ;
+    pack_a3 <= \$980 ;
   always @(posedge clk)
-    lk <= \$999 ;
+    pack_b0 <= \$981 ;
   always @(posedge clk)
-    \$signal$277  <= \$1000 ;
+    pack_b1 <= \$982 ;
   always @(posedge clk)
-    \$signal$278  <= \$1001 ;
+    pack_b2 <= \$983 ;
   always @(posedge clk)
-    fnt <= \$1002 ;
+    pack_b3 <= \$984 ;
   always @(posedge clk)
-    feed_blocks <= \$1003 ;
+    pack_j <= \$985 ;
   always @(posedge clk)
-    \$signal$283  <= \$1004 ;
+    pack_jo <= \$986 ;
   always @(posedge clk)
-    a_last <= \$1005 ;
+    tiles <= \$987 ;
   always @(posedge clk)
-    w_load_lane <= \$1006 ;
+    nt <= \$988 ;
   always @(posedge clk)
-    w_load_k <= \$1007 ;
+    k <= \$989 ;
   always @(posedge clk)
-    w_load_addr <= \$1008 ;
+    w_addr <= \$990 ;
   always @(posedge clk)
-    w_load_nt <= \$1009 ;
+    p_addr <= \$991 ;
   always @(posedge clk)
-    w_filled0 <= \$1010 ;
+    want_w <= \$992 ;
   always @(posedge clk)
-    w_filled1 <= \$1011 ;
+    rk <= \$993 ;
   always @(posedge clk)
-    w_load_half <= \$1012 ;
+    w_full <= \$994 ;
   always @(posedge clk)
-    feed_ntk <= \$1013 ;
+    w_lane0 <= \$995 ;
   always @(posedge clk)
-    feed_mt <= \$1014 ;
+    w_lane1 <= \$996 ;
   always @(posedge clk)
-    w_feed_half <= \$1015 ;
+    w_lane2 <= \$997 ;
   always @(posedge clk)
-    post_col <= \$1016 ;
+    w_lane3 <= \$998 ;
+  always @(posedge clk)
+    w_lane4 <= \$999 ;
+  always @(posedge clk)
+    w_lane5 <= \$1000 ;
+  always @(posedge clk)
+    w_lane6 <= \$1001 ;
+  always @(posedge clk)
+    w_lane7 <= \$1002 ;
+  always @(posedge clk)
+    a_filled0 <= \$1003 ;
+  always @(posedge clk)
+    a_filled1 <= \$1004 ;
+  always @(posedge clk)
+    \$signal$258  <= \$1005 ;
+  always @(posedge clk)
+    \$signal$265  <= \$1006 ;
+  always @(posedge clk)
+    lk <= \$1007 ;
+  always @(posedge clk)
+    \$signal$288  <= \$1008 ;
+  always @(posedge clk)
+    \$signal$289  <= \$1009 ;
+  always @(posedge clk)
+    fnt <= \$1010 ;
+  always @(posedge clk)
+    feed_blocks <= \$1011 ;
+  always @(posedge clk)
+    \$signal$294  <= \$1012 ;
+  always @(posedge clk)
+    a_last <= \$1013 ;
+  always @(posedge clk)
+    w_load_lane <= \$1014 ;
+  always @(posedge clk)
+    w_load_k <= \$1015 ;
+  always @(posedge clk)
+    w_load_addr <= \$1016 ;
+  always @(posedge clk)
+    w_load_nt <= \$1017 ;
+  always @(posedge clk)
+    w_filled0 <= \$1018 ;
+  always @(posedge clk)
+    w_filled1 <= \$1019 ;
+  always @(posedge clk)
+    w_load_half <= \$1020 ;
+  always @(posedge clk)
+    feed_ntk <= \$1021 ;
+  always @(posedge clk)
+    feed_mt <= \$1022 ;
+  always @(posedge clk)
+    w_feed_half <= \$1023 ;
+  always @(posedge clk)
+    post_col <= \$1024 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
-    .b__payload(\b__payload$221 ),
-    .b__ready(\b__ready$215 ),
-    .b__valid(\b__valid$213 ),
-    .c__payload(\c__payload$166 ),
-    .c__ready(\c__ready$168 ),
-    .c__valid(\c__valid$167 ),
+    .b__payload(\b__payload$231 ),
+    .b__ready(\b__ready$225 ),
+    .b__valid(\b__valid$223 ),
+    .c__payload(\c__payload$174 ),
+    .c__ready(\c__ready$176 ),
+    .c__valid(\c__valid$175 ),
     .clk(clk),
-    .o__payload(\o__payload$208 ),
-    .o__ready(\o__ready$205 ),
-    .o__valid(\o__valid$204 ),
+    .o__payload(\o__payload$218 ),
+    .o__ready(\o__ready$215 ),
+    .o__valid(\o__valid$214 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gelu0  gelu0 (
-    .c__payload(\c__payload$169 ),
-    .c__ready(\c__ready$171 ),
-    .c__valid(\c__valid$170 ),
+    .c__payload(\c__payload$177 ),
+    .c__ready(\c__ready$179 ),
+    .c__valid(\c__valid$178 ),
     .clk(clk),
-    .go(\i__ready$230 ),
-    .i__payload(\i__payload$231 ),
-    .i__valid(\i__valid$229 ),
-    .o__payload(\o__payload$228 ),
-    .o__ready(\o__ready$227 ),
-    .o__valid(\o__valid$226 ),
+    .go(\i__ready$240 ),
+    .i__payload(\i__payload$241 ),
+    .i__valid(\i__valid$239 ),
+    .o__payload(\o__payload$238 ),
+    .o__ready(\o__ready$237 ),
+    .o__valid(\o__valid$236 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$345 ),
-    .a__ready(\a__ready$245 ),
-    .a__valid(\a__valid$244 ),
+    .a__payload(\a__payload$356 ),
+    .a__ready(\a__ready$256 ),
+    .a__valid(\a__valid$255 ),
     .clk(clk),
-    .o__payload(\o__payload$374 ),
-    .o__ready(\o__ready$379 ),
-    .o__valid(\o__valid$375 ),
+    .o__payload(\o__payload$385 ),
+    .o__ready(\o__ready$390 ),
+    .o__valid(\o__valid$386 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -28792,10 +28854,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .base(ins[123:104]),
     .clk(clk),
     .\final (\final ),
-    .i1(index__1),
-    .i2(index__2),
-    .i3(index__3),
-    .i4(index__4),
+    .index__1(index__1),
+    .index__2(index__2),
+    .index__3(index__3),
+    .index__4(index__4),
     .last__4(last__4),
     .load(load),
     .n__0(n__0),
@@ -28816,9 +28878,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$388 ),
+    .\final (\final$407 ),
     .last__3(last__3),
-    .last__4(\last__4$387 ),
+    .last__4(\last__4$406 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -28838,9 +28900,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$87 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$391 ),
-    .last__3(\last__3$392 ),
-    .last__4(\last__4$390 ),
+    .\final (\final$410 ),
+    .last__3(\last__3$411 ),
+    .last__4(\last__4$409 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -28857,24 +28919,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .valid(\valid$83 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\i__payload$190 ),
-    .c__payload(\c__payload$163 ),
-    .c__valid(\c__valid$164 ),
+    .buf_wdata(\i__payload$200 ),
+    .c__payload(\c__payload$171 ),
+    .c__valid(\c__valid$172 ),
     .clk(clk),
-    .i__ready(\i__ready$191 ),
-    .i__valid(\i__valid$189 ),
-    .idle_r(\c__ready$165 ),
-    .o__payload(\o__payload$193 ),
-    .o__ready(\o__ready$194 ),
-    .o__valid(\o__valid$192 ),
+    .i__ready(\i__ready$201 ),
+    .i__valid(\i__valid$199 ),
+    .idle_r(\c__ready$173 ),
+    .o__payload(\o__payload$203 ),
+    .o__ready(\o__ready$204 ),
+    .o__valid(\o__valid$202 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$13794$0 (src0_meta),
-    .\port$1563$0 (\$signature__data ),
+    .\port$13738$0 (src0_meta),
+    .\port$1559$0 (\$signature__data ),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -28885,11 +28947,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$84 ),
-    .\port$13798$0 (src1_meta),
-    .\port$1564$0 (\$signature__data$92 ),
-    .r_data(\r_data$300 ),
-    .r_en(\r_en$202 ),
-    .r_rdy(\r_rdy$201 ),
+    .\port$13742$0 (src1_meta),
+    .\port$1560$0 (\$signature__data$92 ),
+    .r_data(\r_data$311 ),
+    .r_en(\r_en$212 ),
+    .r_rdy(\r_rdy$211 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -28902,7 +28964,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .beat__ready(beat__ready),
     .beat__valid(beat__valid),
     .clk(clk),
-    .idle(\idle$408 ),
+    .idle(\idle$429 ),
     .r__payload(r__payload),
     .r__ready(r__ready),
     .r__valid(r__valid),
@@ -28935,143 +28997,123 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clk(clk),
     .err(err),
     .idle(idle),
-    .req__ready(\req__ready$182 ),
+    .req__ready(\req__ready$192 ),
     .rst(rst),
-    .w_data(\req__payload$181 ),
-    .w_en(\req__valid$180 )
+    .w_data(\req__payload$190 ),
+    .w_en(\req__valid$189 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$167  = 16'h0000;
+    \$125  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$167  = unpack0;
+          \$125  = unpack0;
       3'h1:
-          \$167  = unpack1;
+          \$125  = unpack1;
       3'h2:
-          \$167  = unpack2;
+          \$125  = unpack2;
       3'h3:
-          \$167  = unpack3;
+          \$125  = unpack3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$258 )
       1'h0:
-          \$208  = a_filled0;
+          \$163  = a_filled0;
       1'h1:
-          \$208  = a_filled1;
+          \$163  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$258 )
       1'h0:
-          \$213  = a_filled0;
+          \$168  = a_filled0;
       1'h1:
-          \$213  = a_filled1;
+          \$168  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$258 )
       1'h0:
-          \$221  = a_filled0;
+          \$176  = a_filled0;
       1'h1:
-          \$221  = a_filled1;
+          \$176  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$258 )
       1'h0:
-          \$228  = a_filled0;
+          \$183  = a_filled0;
       1'h1:
-          \$228  = a_filled1;
+          \$183  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$258 )
       1'h0:
-          \$235  = a_filled0;
+          \$190  = a_filled0;
       1'h1:
-          \$235  = a_filled1;
+          \$190  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$258 )
       1'h0:
-          \$242  = a_filled0;
+          \$197  = a_filled0;
       1'h1:
-          \$242  = a_filled1;
+          \$197  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$258 )
       1'h0:
-          \$249  = a_filled0;
+          \$204  = a_filled0;
       1'h1:
-          \$249  = a_filled1;
+          \$204  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$258 )
       1'h0:
-          \$256  = a_filled0;
+          \$211  = a_filled0;
       1'h1:
-          \$256  = a_filled1;
+          \$211  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$258 )
       1'h0:
-          \$263  = a_filled0;
+          \$218  = a_filled0;
       1'h1:
-          \$263  = a_filled1;
+          \$218  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$288 )
       1'h0:
-          \$270  = a_filled0;
+          \$225  = a_filled0;
       1'h1:
-          \$270  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$276  = w_filled0;
-      1'h1:
-          \$276  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$287  = a_filled0;
-      1'h1:
-          \$287  = a_filled1;
+          \$225  = a_filled1;
     endcase
   end
   always @* begin
@@ -29079,19 +29121,99 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$293  = w_filled0;
+          \$230  = w_filled0;
       1'h1:
-          \$293  = w_filled1;
+          \$230  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$288 )
       1'h0:
-          \$304  = a_filled0;
+          \$241  = a_filled0;
       1'h1:
-          \$304  = a_filled1;
+          \$241  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$246  = w_filled0;
+      1'h1:
+          \$246  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$288 )
+      1'h0:
+          \$257  = a_filled0;
+      1'h1:
+          \$257  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$262  = w_filled0;
+      1'h1:
+          \$262  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$288 )
+      1'h0:
+          \$273  = a_filled0;
+      1'h1:
+          \$273  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$278  = w_filled0;
+      1'h1:
+          \$278  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$288 )
+      1'h0:
+          \$289  = a_filled0;
+      1'h1:
+          \$289  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$294  = w_filled0;
+      1'h1:
+          \$294  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$288 )
+      1'h0:
+          \$305  = a_filled0;
+      1'h1:
+          \$305  = a_filled1;
     endcase
   end
   always @* begin
@@ -29107,7 +29229,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$288 )
       1'h0:
           \$321  = a_filled0;
       1'h1:
@@ -29119,19 +29241,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$327  = w_filled0;
+          \$326  = w_filled0;
       1'h1:
-          \$327  = w_filled1;
+          \$326  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$288 )
       1'h0:
-          \$338  = a_filled0;
+          \$337  = a_filled0;
       1'h1:
-          \$338  = a_filled1;
+          \$337  = a_filled1;
     endcase
   end
   always @* begin
@@ -29139,45 +29261,45 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$344  = w_filled0;
+          \$342  = w_filled0;
       1'h1:
-          \$344  = w_filled1;
+          \$342  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (w_load_half)
       1'h0:
-          \$355  = a_filled0;
+          \$352  = w_filled0;
       1'h1:
-          \$355  = a_filled1;
+          \$352  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (w_feed_half)
+    casez (w_load_half)
       1'h0:
-          \$361  = w_filled0;
+          \$359  = w_filled0;
       1'h1:
-          \$361  = w_filled1;
+          \$359  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (w_load_half)
       1'h0:
-          \$372  = a_filled0;
+          \$369  = w_filled0;
       1'h1:
-          \$372  = a_filled1;
+          \$369  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (w_feed_half)
+    casez (w_load_half)
       1'h0:
           \$378  = w_filled0;
       1'h1:
@@ -29187,21 +29309,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (w_load_half)
       1'h0:
-          \$389  = a_filled0;
+          \$387  = w_filled0;
       1'h1:
-          \$389  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$395  = w_filled0;
-      1'h1:
-          \$395  = w_filled1;
+          \$387  = w_filled1;
     endcase
   end
   always @* begin
@@ -29209,9 +29321,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$406  = w_filled0;
+          \$396  = w_filled0;
       1'h1:
-          \$406  = w_filled1;
+          \$396  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$405  = w_filled0;
+      1'h1:
+          \$405  = w_filled1;
     endcase
   end
   always @* begin
@@ -29229,35 +29351,45 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$425  = w_filled0;
+          \$423  = w_filled0;
       1'h1:
-          \$425  = w_filled1;
+          \$423  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (w_load_half)
+    casez (\$signal$288 )
       1'h0:
-          \$435  = w_filled0;
+          \$433  = a_filled0;
       1'h1:
-          \$435  = w_filled1;
+          \$433  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (w_load_half)
+    casez (w_feed_half)
       1'h0:
-          \$445  = w_filled0;
+          \$438  = w_filled0;
       1'h1:
-          \$445  = w_filled1;
+          \$438  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (w_load_half)
+    casez (\$signal$288 )
+      1'h0:
+          \$450  = a_filled0;
+      1'h1:
+          \$450  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
       1'h0:
           \$455  = w_filled0;
       1'h1:
@@ -29267,41 +29399,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (w_load_half)
+    casez (\$signal$288 )
       1'h0:
-          \$465  = w_filled0;
+          \$467  = a_filled0;
       1'h1:
-          \$465  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$475  = w_filled0;
-      1'h1:
-          \$475  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$485  = w_filled0;
-      1'h1:
-          \$485  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$496  = a_filled0;
-      1'h1:
-          \$496  = a_filled1;
+          \$467  = a_filled1;
     endcase
   end
   always @* begin
@@ -29309,39 +29411,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$502  = w_filled0;
+          \$472  = w_filled0;
       1'h1:
-          \$502  = w_filled1;
+          \$472  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$288 )
       1'h0:
-          \$514  = a_filled0;
+          \$484  = a_filled0;
       1'h1:
-          \$514  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$520  = w_filled0;
-      1'h1:
-          \$520  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$532  = a_filled0;
-      1'h1:
-          \$532  = a_filled1;
+          \$484  = a_filled1;
     endcase
   end
   always @* begin
@@ -29349,39 +29431,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$538  = w_filled0;
+          \$489  = w_filled0;
       1'h1:
-          \$538  = w_filled1;
+          \$489  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$288 )
       1'h0:
-          \$550  = a_filled0;
+          \$501  = a_filled0;
       1'h1:
-          \$550  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$556  = w_filled0;
-      1'h1:
-          \$556  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$568  = a_filled0;
-      1'h1:
-          \$568  = a_filled1;
+          \$501  = a_filled1;
     endcase
   end
   always @* begin
@@ -29389,39 +29451,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$574  = w_filled0;
+          \$506  = w_filled0;
       1'h1:
-          \$574  = w_filled1;
+          \$506  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$288 )
       1'h0:
-          \$586  = a_filled0;
+          \$518  = a_filled0;
       1'h1:
-          \$586  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$592  = w_filled0;
-      1'h1:
-          \$592  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$604  = a_filled0;
-      1'h1:
-          \$604  = a_filled1;
+          \$518  = a_filled1;
     endcase
   end
   always @* begin
@@ -29429,19 +29471,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$610  = w_filled0;
+          \$523  = w_filled0;
       1'h1:
-          \$610  = w_filled1;
+          \$523  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$288 )
       1'h0:
-          \$622  = a_filled0;
+          \$535  = a_filled0;
       1'h1:
-          \$622  = a_filled1;
+          \$535  = a_filled1;
     endcase
   end
   always @* begin
@@ -29449,31 +29491,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$628  = w_filled0;
+          \$540  = w_filled0;
       1'h1:
-          \$628  = w_filled1;
+          \$540  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$659  = 32'd0;
+    (* full_case = 32'd1 *)
+    casez (\$signal$288 )
+      1'h0:
+          \$552  = a_filled0;
+      1'h1:
+          \$552  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$557  = w_filled0;
+      1'h1:
+          \$557  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$579  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$659  = \o__payload$374 [31:0];
+          \$579  = \o__payload$385 [31:0];
       16'h0001:
-          \$659  = \o__payload$374 [63:32];
+          \$579  = \o__payload$385 [63:32];
       16'h0002:
-          \$659  = \o__payload$374 [95:64];
+          \$579  = \o__payload$385 [95:64];
       16'h0003:
-          \$659  = \o__payload$374 [127:96];
+          \$579  = \o__payload$385 [127:96];
       16'h0004:
-          \$659  = \o__payload$374 [159:128];
+          \$579  = \o__payload$385 [159:128];
       16'h0005:
-          \$659  = \o__payload$374 [191:160];
+          \$579  = \o__payload$385 [191:160];
       16'h0006:
-          \$659  = \o__payload$374 [223:192];
+          \$579  = \o__payload$385 [223:192];
       16'h0007:
-          \$659  = \o__payload$374 [255:224];
+          \$579  = \o__payload$385 [255:224];
     endcase
   end
   always @* begin
@@ -29481,79 +29543,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$675  = \o__payload$374 [31:0];
+          \$595  = \o__payload$385 [31:0];
       3'h1:
-          \$675  = \o__payload$374 [63:32];
+          \$595  = \o__payload$385 [63:32];
       3'h2:
-          \$675  = \o__payload$374 [95:64];
+          \$595  = \o__payload$385 [95:64];
       3'h3:
-          \$675  = \o__payload$374 [127:96];
+          \$595  = \o__payload$385 [127:96];
       3'h4:
-          \$675  = \o__payload$374 [159:128];
+          \$595  = \o__payload$385 [159:128];
       3'h5:
-          \$675  = \o__payload$374 [191:160];
+          \$595  = \o__payload$385 [191:160];
       3'h6:
-          \$675  = \o__payload$374 [223:192];
+          \$595  = \o__payload$385 [223:192];
       3'h7:
-          \$675  = \o__payload$374 [255:224];
+          \$595  = \o__payload$385 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (ins[3:0])
-      4'h0:
-          \$716  = op_cycles__0;
-      4'h1:
-          \$716  = op_cycles__1;
-      4'h2:
-          \$716  = op_cycles__2;
-      4'h3:
-          \$716  = op_cycles__3;
-      4'h4:
-          \$716  = op_cycles__4;
-      4'h5:
-          \$716  = op_cycles__5;
-      4'h6:
-          \$716  = op_cycles__6;
-      4'h7:
-          \$716  = op_cycles__7;
-      4'h8:
-          \$716  = op_cycles__8;
-      4'h9:
-          \$716  = op_cycles__9;
-      4'ha:
-          \$716  = op_cycles__10;
-      4'hb:
-          \$716  = op_cycles__11;
-      4'hc:
-          \$716  = op_cycles__12;
-      4'hd:
-          \$716  = op_cycles__13;
-      4'he:
-          \$716  = op_cycles__14;
-      4'hf:
-          \$716  = op_cycles__15;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$258 )
       1'h0:
-          \$849  = a_filled0;
+          \$835  = a_filled0;
       1'h1:
-          \$849  = a_filled1;
+          \$835  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$288 )
       1'h0:
-          \$858  = a_filled0;
+          \$844  = a_filled0;
       1'h1:
-          \$858  = a_filled1;
+          \$844  = a_filled1;
     endcase
   end
   always @* begin
@@ -29561,9 +29585,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$864  = w_filled0;
+          \$849  = w_filled0;
       1'h1:
-          \$864  = w_filled1;
+          \$849  = w_filled1;
     endcase
   end
   always @* begin
@@ -29571,19 +29595,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$880  = w_filled0;
+          \$865  = w_filled0;
       1'h1:
-          \$880  = w_filled1;
+          \$865  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$288 )
       1'h0:
-          \$894  = a_filled0;
+          \$878  = a_filled0;
       1'h1:
-          \$894  = a_filled1;
+          \$878  = a_filled1;
     endcase
   end
   always @* begin
@@ -29591,9 +29615,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$900  = w_filled0;
+          \$883  = w_filled0;
       1'h1:
-          \$900  = w_filled1;
+          \$883  = w_filled1;
     endcase
   end
   always @* begin
@@ -29614,28 +29638,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     n__1 = ins[55:40];
     if (is_gemm) begin
-      n__1 = \$40 [15:0];
+      n__1 = \$34 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     strides__1 = ins[159:142];
     if (is_gemm) begin
-      strides__1 = \$41 [17:0];
+      strides__1 = \$35 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     n__2 = ins[71:56];
     if (is_gemm) begin
-      n__2 = \$44 [15:0];
+      n__2 = \$38 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     strides__2 = ins[177:160];
     if (is_gemm) begin
-      strides__2 = \$45 [17:0];
+      strides__2 = \$39 [17:0];
     end
   end
   always @* begin
@@ -29684,14 +29708,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__1$44  = ins[55:40];
     if (is_gemm) begin
-      \n__1$44  = \$14 [15:0];
+      \n__1$44  = \$8 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__1$45  = ins[269:252];
     if (is_gemm) begin
-      \strides__1$45  = \$15 [17:0];
+      \strides__1$45  = \$9 [17:0];
     end
   end
   always @* begin
@@ -29740,70 +29764,70 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__0$54  = ins[39:24];
     if (is_gemm) begin
-      \n__0$54  = \$16 ;
+      \n__0$54  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__0$55  = ins[361:344];
     if (is_gemm) begin
-      \strides__0$55  = \$17 ;
+      \strides__0$55  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__1$56  = ins[55:40];
     if (is_gemm) begin
-      \n__1$56  = \$21 [15:0];
+      \n__1$56  = \$15 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__1$57  = ins[379:362];
     if (is_gemm) begin
-      \strides__1$57  = \$23 [17:0];
+      \strides__1$57  = \$17 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__2$58  = ins[71:56];
     if (is_gemm) begin
-      \n__2$58  = \$30 [15:0];
+      \n__2$58  = \$24 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__2$59  = ins[397:380];
     if (is_gemm) begin
-      \strides__2$59  = \$33 [17:0];
+      \strides__2$59  = \$27 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__3$60  = ins[87:72];
     if (is_gemm) begin
-      \n__3$60  = \$34 ;
+      \n__3$60  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__3$61  = ins[415:398];
     if (is_gemm) begin
-      \strides__3$61  = \$35 ;
+      \strides__3$61  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__4$62  = ins[103:88];
     if (is_gemm) begin
-      \n__4$62  = { 12'h000, \$36  };
+      \n__4$62  = { 12'h000, \$30  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__4$63  = ins[433:416];
     if (is_gemm) begin
-      \strides__4$63  = \$37 ;
+      \strides__4$63  = \$31 ;
     end
   end
   always @* begin
@@ -29811,62 +29835,62 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     next = src0_issue;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-        next = \$119 ;
+      end else if (is_load) begin
+        next = \$81 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__addr = \addr$95 [13:0];
-    if (\$658 ) begin
+    if (\$578 ) begin
       wr__addr = \addr$95 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__data = sink_data;
-    if (\$658 ) begin
-      wr__data = \$659 [15:0];
+    if (\$578 ) begin
+      wr__data = \$579 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    wr__en = \$52 ;
-    if (\$658 ) begin
-      wr__en = \$668 ;
+    wr__en = \$46 ;
+    if (\$578 ) begin
+      wr__en = \$588 ;
     end
-    if (\$674 ) begin
-      wr__en = \$686 ;
+    if (\$594 ) begin
+      wr__en = \$606 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \next$101  = \$53 ;
+    \next$101  = \$47 ;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
-        \next$101  = \$139 ;
+      end else if (is_load) begin
+      end else if (is_store) begin
+        \next$101  = \$102 ;
       end
     end
-    if (\$658 ) begin
-      \next$101  = \$669 ;
+    if (\$578 ) begin
+      \next$101  = \$589 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     c_lb = 3'h0;
-    if (\$61 ) begin
+    if (is_softmax) begin
       c_lb = 3'h0;
     end
-    if (\$62 ) begin
+    if (is_layernorm) begin
       c_lb = 3'h4;
     end
     if (add_sel) begin
       c_lb = 3'h3;
     end
-    if (\$67 ) begin
+    if (\$49 ) begin
       c_lb = 3'h3;
     end
   end
@@ -29877,20 +29901,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h0:
           /* empty */;
       3'h1:
-          req__valid = \$75 ;
+          req__valid = \$52 ;
       3'h2:
           /* empty */;
       3'h3:
-          req__valid = \$102 ;
+          req__valid = \$75 ;
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-        req__valid = valid;
+      end else if (is_load) begin
+        req__valid = ext_req_valid;
       end
     end
-    if (\$171 ) begin
-      req__valid = \$172 ;
+    if (\$129 ) begin
+      req__valid = \$130 ;
     end
   end
   always @* begin
@@ -29908,20 +29932,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          req__payload[31:0] = \$104 [31:0];
+          req__payload[31:0] = c_addr;
           req__payload[34:32] = dec_c_lb;
         end
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-        req__payload[31:0] = \$118 [31:0];
+      end else if (is_load) begin
+        req__payload[31:0] = ext_req_addr;
         req__payload[34:32] = { 1'h0, ins[23:22] };
       end
     end
-    if (\$171 ) begin
-      req__payload[31:0] = \$175 [31:0];
-      req__payload[34:32] = \$176 ;
+    if (\$129 ) begin
+      req__payload[31:0] = \$131 ;
+      req__payload[34:32] = \$132 ;
     end
   end
   always @* begin
@@ -29936,17 +29960,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$105 ) begin
+          if (is_softmax) begin
             beat__ready = c__ready;
           end
-          if (\$106 ) begin
-            beat__ready = \c__ready$165 ;
+          if (is_layernorm) begin
+            beat__ready = \c__ready$173 ;
           end
           if (add_sel) begin
-            beat__ready = \c__ready$168 ;
+            beat__ready = \c__ready$176 ;
           end
-          if (\$111 ) begin
-            beat__ready = \c__ready$171 ;
+          if (\$77 ) begin
+            beat__ready = \c__ready$179 ;
           end
         end
       3'h4:
@@ -29956,16 +29980,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     endcase
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
+      end else if (is_load) begin
         beat__ready = \valid$100 ;
       end
     end
-    if (\$177 ) begin
+    if (\$133 ) begin
       (* full_case = 32'd1 *)
-      if (\$182 ) begin
+      if (\$137 ) begin
         beat__ready = p__ready;
       end else begin
-        beat__ready = \$185 ;
+        beat__ready = \$140 ;
       end
     end
   end
@@ -29990,14 +30014,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$76 ) begin
-          end else if (\$79 ) begin
-          end else if (\$80 ) begin
-          end else if (\$91 ) begin
-          end else if (\$95 ) begin
-          end else if (\$96 ) begin
+          if (\$53 ) begin
+          end else if (\$55 ) begin
+          end else if (is_end) begin
+          end else if (\$66 ) begin
+          end else if (\$70 ) begin
+          end else if (\$71 ) begin
             load = 1'h1;
-          end else if (\$101 ) begin
+          end else if (\$74 ) begin
             load = 1'h1;
           end else if (unit_known) begin
             load = 1'h1;
@@ -30045,14 +30069,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (\$105 ) begin
+          if (is_softmax) begin
             c__valid = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$163  = 66'h00000000000000000;
+    \c__payload$171  = 66'h00000000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30061,12 +30085,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$163  = beat__payload[65:0];
+          \c__payload$171  = beat__payload[65:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$164  = 1'h0;
+    \c__valid$172  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30075,14 +30099,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (\$106 ) begin
-            \c__valid$164  = beat__valid;
+          if (is_layernorm) begin
+            \c__valid$172  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$166  = 44'h00000000000;
+    \c__payload$174  = 44'h00000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30091,12 +30115,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$166  = beat__payload[43:0];
+          \c__payload$174  = beat__payload[43:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$167  = 1'h0;
+    \c__valid$175  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30106,13 +30130,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
           if (add_sel) begin
-            \c__valid$167  = beat__valid;
+            \c__valid$175  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$169  = 53'h00000000000000;
+    \c__payload$177  = 53'h00000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30121,12 +30145,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$169  = beat__payload[52:0];
+          \c__payload$177  = beat__payload[52:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$170  = 1'h0;
+    \c__valid$178  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30135,8 +30159,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (\$111 ) begin
-            \c__valid$170  = beat__valid;
+          if (\$77 ) begin
+            \c__valid$178  = beat__valid;
           end
     endcase
   end
@@ -30176,25 +30200,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signal$69  = 1'h0;
+    \$signal  = 1'h0;
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-        \$signal$69  = 1'h1;
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
-        \$signal$69  = 1'h1;
+        \$signal  = 1'h1;
+      end else if (is_load) begin
+      end else if (is_store) begin
+        \$signal  = 1'h1;
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
-        \$signal$69  = 1'h1;
-      end else if (\$115 ) begin
-        \$signal$69  = 1'h1;
+      end else if (is_softmax) begin
+        \$signal  = 1'h1;
+      end else if (is_layernorm) begin
+        \$signal  = 1'h1;
       end else begin
-        \$signal$69  = 1'h1;
+        \$signal  = 1'h1;
       end
     end
-    if (\$207 ) begin
-      \$signal$69  = 1'h1;
+    if (\$162 ) begin
+      \$signal  = 1'h1;
     end
   end
   always @* begin
@@ -30203,18 +30227,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       if (is_move) begin
         \$signal$99  = r_rdy;
-      end else if (\$112 ) begin
+      end else if (is_load) begin
         \$signal$99  = beat__valid;
-      end else if (\$113 ) begin
+      end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
+      end else if (is_softmax) begin
         \$signal$99  = o__valid;
-      end else if (\$115 ) begin
-        \$signal$99  = \o__valid$192 ;
+      end else if (is_layernorm) begin
+        \$signal$99  = \o__valid$202 ;
       end
     end
-    if (\$147 ) begin
-      \$signal$99  = \$signal$203 ;
+    if (\$108 ) begin
+      \$signal$99  = \$signal$213 ;
     end
   end
   always @* begin
@@ -30223,28 +30247,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       if (is_move) begin
         sink_data = r_data[15:0];
-      end else if (\$112 ) begin
+      end else if (is_load) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122  };
+              sink_data = { \$84 [8], \$84 [8], \$84 [8], \$84 [8], \$84 [8], \$84 [8], \$84 [8], \$84  };
           2'h1:
-              sink_data = \$125 [15:0];
+              sink_data = \$87 [15:0];
           2'h2:
-              sink_data = \$128 [15:0];
+              sink_data = \$90 [15:0];
           2'h3:
-              sink_data = \$131 [15:0];
+              sink_data = \$93 [15:0];
         endcase
-      end else if (\$113 ) begin
+      end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
+      end else if (is_softmax) begin
         sink_data = { 8'h00, o__payload[7:0] };
-      end else if (\$115 ) begin
-        sink_data = { \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193 [7], \o__payload$193  };
+      end else if (is_layernorm) begin
+        sink_data = { \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203  };
       end
     end
-    if (\$147 ) begin
-      sink_data = \$167 ;
+    if (\$108 ) begin
+      sink_data = \$125 ;
     end
   end
   always @* begin
@@ -30253,21 +30277,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-        r_en = \$116 ;
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
-        r_en = \$137 ;
+        r_en = \$78 ;
+      end else if (is_load) begin
+      end else if (is_store) begin
+        r_en = \$98 ;
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
-        r_en = \$140 ;
-      end else if (\$115 ) begin
-        r_en = \$141 ;
+      end else if (is_softmax) begin
+        r_en = \$103 ;
+      end else if (is_layernorm) begin
+        r_en = \$104 ;
       end else begin
         r_en = elem_take;
       end
     end
-    if (\$207 ) begin
-      r_en = \$210 ;
+    if (\$162 ) begin
+      r_en = \$165 ;
     end
   end
   always @* begin
@@ -30275,37 +30299,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     fault = 4'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-        if (\$132 ) begin
+      end else if (is_load) begin
+        if (\$94 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$687 ) begin
+    if (\$607 ) begin
       fault = 4'h5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \req__valid$180  = 1'h0;
+    \req__valid$189  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
-        \req__valid$180  = \$133 ;
+      end else if (is_load) begin
+      end else if (is_store) begin
+        \req__valid$189  = ext_req_valid;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \req__payload$181  = 99'h0000000000000000000000000;
+    \req__payload$190  = 99'h0000000000000000000000000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
-        \req__payload$181 [31:0] = \$135 [31:0];
-        \req__payload$181 [95:32] = { 48'h000000000000, r_data[15:0] };
-        \req__payload$181 [98:96] = { 1'h0, ins[23:22] };
+      end else if (is_load) begin
+      end else if (is_store) begin
+        \req__payload$190 [31:0] = ext_req_addr;
+        \req__payload$190 [95:32] = { 48'h000000000000, ext_req_data };
+        \req__payload$190 [98:96] = { 1'h0, ins[23:22] };
       end
     end
   end
@@ -30314,10 +30338,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     i__valid = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
+      end else if (is_softmax) begin
         i__valid = r_rdy;
       end
     end
@@ -30327,10 +30351,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     i__payload = 17'h00000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
+      end else if (is_softmax) begin
         i__payload[15:0] = r_data[15:0];
         i__payload[16] = r_data[16];
       end
@@ -30341,53 +30365,53 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     o__ready = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
+      end else if (is_softmax) begin
         o__ready = \valid$100 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__valid$189  = 1'h0;
+    \i__valid$199  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
-      end else if (\$115 ) begin
-        \i__valid$189  = r_rdy;
+      end else if (is_softmax) begin
+      end else if (is_layernorm) begin
+        \i__valid$199  = r_rdy;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__payload$190  = 16'h0000;
+    \i__payload$200  = 16'h0000;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
-      end else if (\$115 ) begin
-        \i__payload$190  = r_data[15:0];
+      end else if (is_softmax) begin
+      end else if (is_layernorm) begin
+        \i__payload$200  = r_data[15:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$194  = 1'h0;
+    \o__ready$204  = 1'h0;
     if (streaming) begin
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
-      end else if (\$115 ) begin
-        \o__ready$194  = \valid$100 ;
+      end else if (is_softmax) begin
+      end else if (is_layernorm) begin
+        \o__ready$204  = \valid$100 ;
       end
     end
   end
@@ -30397,17 +30421,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
-      end else if (\$115 ) begin
+      end else if (is_softmax) begin
+      end else if (is_layernorm) begin
       end else begin
         elem_valid = r_rdy;
       end
     end
-    if (\$674 ) begin
-      elem_valid = \o__valid$375 ;
+    if (\$594 ) begin
+      elem_valid = \o__valid$386 ;
     end
   end
   always @* begin
@@ -30416,17 +30440,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
-      end else if (\$115 ) begin
+      end else if (is_softmax) begin
+      end else if (is_layernorm) begin
       end else begin
         elem_data = r_data[15:0];
       end
     end
-    if (\$674 ) begin
-      elem_data = \$675 [15:0];
+    if (\$594 ) begin
+      elem_data = \$595 [15:0];
     end
   end
   always @* begin
@@ -30435,11 +30459,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (streaming) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-      end else if (\$112 ) begin
-      end else if (\$113 ) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$114 ) begin
-      end else if (\$115 ) begin
+      end else if (is_softmax) begin
+      end else if (is_layernorm) begin
       end else begin
         elem_final = r_data[17];
       end
@@ -30448,107 +30472,107 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_take = 1'h0;
-    if (\$147 ) begin
-      elem_take = \$153 ;
+    if (\$108 ) begin
+      elem_take = \$114 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     run1 = 1'h0;
-    if (\$147 ) begin
+    if (\$108 ) begin
       run1 = add_sel;
     end
-    if (\$207 ) begin
-      if (\$405 ) begin
+    if (\$162 ) begin
+      if (\$351 ) begin
         run1 = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \r_en$202  = 1'h0;
-    if (\$147 ) begin
-      \r_en$202  = \$160 ;
+    \r_en$212  = 1'h0;
+    if (\$108 ) begin
+      \r_en$212  = \$121 ;
     end
-    if (\$207 ) begin
-      if (\$405 ) begin
-        \r_en$202  = \$411 ;
+    if (\$162 ) begin
+      if (\$351 ) begin
+        \r_en$212  = \$356 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signal$203  = 1'h0;
-    if (\$147 ) begin
+    \$signal$213  = 1'h0;
+    if (\$108 ) begin
       if (add_sel) begin
-        \$signal$203  = \o__valid$204 ;
+        \$signal$213  = \o__valid$214 ;
       end
-      if (\$166 ) begin
-        \$signal$203  = \o__valid$226 ;
+      if (\$124 ) begin
+        \$signal$213  = \o__valid$236 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$205  = 1'h0;
-    if (\$147 ) begin
+    \o__ready$215  = 1'h0;
+    if (\$108 ) begin
       if (add_sel) begin
-        \o__ready$205  = out_ready;
+        \o__ready$215  = out_ready;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack0 = 16'h0000;
-    if (\$147 ) begin
+    if (\$108 ) begin
       if (add_sel) begin
-        unpack0 = \o__payload$208 [15:0];
+        unpack0 = \o__payload$218 [15:0];
       end
-      if (\$166 ) begin
-        unpack0 = { \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7], \o__payload$228 [7:0] };
+      if (\$124 ) begin
+        unpack0 = { \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7:0] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack1 = 16'h0000;
-    if (\$147 ) begin
+    if (\$108 ) begin
       if (add_sel) begin
-        unpack1 = \o__payload$208 [31:16];
+        unpack1 = \o__payload$218 [31:16];
       end
-      if (\$166 ) begin
-        unpack1 = { \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15], \o__payload$228 [15:8] };
+      if (\$124 ) begin
+        unpack1 = { \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15:8] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack2 = 16'h0000;
-    if (\$147 ) begin
+    if (\$108 ) begin
       if (add_sel) begin
-        unpack2 = \o__payload$208 [47:32];
+        unpack2 = \o__payload$218 [47:32];
       end
-      if (\$166 ) begin
-        unpack2 = { \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23], \o__payload$228 [23:16] };
+      if (\$124 ) begin
+        unpack2 = { \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23:16] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack3 = 16'h0000;
-    if (\$147 ) begin
+    if (\$108 ) begin
       if (add_sel) begin
-        unpack3 = \o__payload$208 [63:48];
+        unpack3 = \o__payload$218 [63:48];
       end
-      if (\$166 ) begin
-        unpack3 = { \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31], \o__payload$228 [31:24] };
+      if (\$124 ) begin
+        unpack3 = { \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31:24] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     a__valid = 1'h0;
-    if (\$147 ) begin
+    if (\$108 ) begin
       if (add_sel) begin
         a__valid = pack_full;
       end
@@ -30556,29 +30580,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \b__valid$213  = 1'h0;
-    if (\$147 ) begin
+    \b__valid$223  = 1'h0;
+    if (\$108 ) begin
       if (add_sel) begin
-        \b__valid$213  = pack_full;
+        \b__valid$223  = pack_full;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     in_ready = 1'h0;
-    if (\$147 ) begin
+    if (\$108 ) begin
       if (add_sel) begin
-        in_ready = \$161 ;
+        in_ready = \$122 ;
       end
-      if (\$166 ) begin
-        in_ready = \i__ready$230 ;
+      if (\$124 ) begin
+        in_ready = \i__ready$240 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     a__payload = 64'h0000000000000000;
-    if (\$147 ) begin
+    if (\$108 ) begin
       if (add_sel) begin
         a__payload[15:0] = pack_a0;
         a__payload[31:16] = pack_a1;
@@ -30589,52 +30613,52 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \b__payload$221  = 64'h0000000000000000;
-    if (\$147 ) begin
+    \b__payload$231  = 64'h0000000000000000;
+    if (\$108 ) begin
       if (add_sel) begin
-        \b__payload$221 [15:0] = pack_b0;
-        \b__payload$221 [31:16] = pack_b1;
-        \b__payload$221 [47:32] = pack_b2;
-        \b__payload$221 [63:48] = pack_b3;
+        \b__payload$231 [15:0] = pack_b0;
+        \b__payload$231 [31:16] = pack_b1;
+        \b__payload$231 [47:32] = pack_b2;
+        \b__payload$231 [63:48] = pack_b3;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$227  = 1'h0;
-    if (\$147 ) begin
-      if (\$166 ) begin
-        \o__ready$227  = out_ready;
+    \o__ready$237  = 1'h0;
+    if (\$108 ) begin
+      if (\$124 ) begin
+        \o__ready$237  = out_ready;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__valid$229  = 1'h0;
-    if (\$147 ) begin
-      if (\$166 ) begin
-        \i__valid$229  = pack_full;
+    \i__valid$239  = 1'h0;
+    if (\$108 ) begin
+      if (\$124 ) begin
+        \i__valid$239  = pack_full;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__payload$231  = 32'd0;
-    if (\$147 ) begin
-      if (\$166 ) begin
-        \i__payload$231 [7:0] = pack_a0[7:0];
-        \i__payload$231 [15:8] = pack_a1[7:0];
-        \i__payload$231 [23:16] = pack_a2[7:0];
-        \i__payload$231 [31:24] = pack_a3[7:0];
+    \i__payload$241  = 32'd0;
+    if (\$108 ) begin
+      if (\$124 ) begin
+        \i__payload$241 [7:0] = pack_a0[7:0];
+        \i__payload$241 [15:8] = pack_a1[7:0];
+        \i__payload$241 [23:16] = pack_a2[7:0];
+        \i__payload$241 [31:24] = pack_a3[7:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     out_ready = 1'h0;
-    if (\$147 ) begin
-      if (\$168 ) begin
-        if (\$170 ) begin
+    if (\$108 ) begin
+      if (\$126 ) begin
+        if (\$128 ) begin
           out_ready = 1'h1;
         end
       end
@@ -30663,8 +30687,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     p__valid = 1'h0;
-    if (\$177 ) begin
-      if (\$182 ) begin
+    if (\$133 ) begin
+      if (\$137 ) begin
         p__valid = beat__valid;
       end
     end
@@ -30674,855 +30698,928 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$188 [2], \$188 [2], \$188 [2], \$188 [2], \$188 [2], \$188 [2], \$188  };
+          elem = { \$143 [2], \$143 [2], \$143 [2], \$143 [2], \$143 [2], \$143 [2], \$143  };
       5'h03:
-          elem = { \$191 [3], \$191 [3], \$191 [3], \$191 [3], \$191 [3], \$191  };
+          elem = { \$146 [3], \$146 [3], \$146 [3], \$146 [3], \$146 [3], \$146  };
       5'h04:
-          elem = { \$194 [4], \$194 [4], \$194 [4], \$194 [4], \$194  };
+          elem = { \$149 [4], \$149 [4], \$149 [4], \$149 [4], \$149  };
       5'h05:
-          elem = { \$197 [5], \$197 [5], \$197 [5], \$197  };
+          elem = { \$152 [5], \$152 [5], \$152 [5], \$152  };
       5'h06:
-          elem = { \$200 [6], \$200 [6], \$200  };
+          elem = { \$155 [6], \$155 [6], \$155  };
       5'h07:
-          elem = { \$203 [7], \$203  };
+          elem = { \$158 [7], \$158  };
       5'h08:
-          elem = \$206 ;
+          elem = \$161 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$250  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$250  = \$212 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$252  = 9'h000;
-    if (\$207 ) begin
-      \$signature__data$252  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$253  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$253  = \$218 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$255  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$255  = \$220 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$256  = 9'h000;
-    if (\$207 ) begin
-      \$signature__data$256  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$257  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$257  = \$225 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$258  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$258  = \$227 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$259  = 9'h000;
-    if (\$207 ) begin
-      \$signature__data$259  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$260  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$260  = \$232 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$261  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$261  = \$234 [8:0];
+    if (\$162 ) begin
+      \$signature__addr$261  = \$167 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$262  = 9'h000;
-    if (\$207 ) begin
-      \$signature__data$262  = elem;
+    \$signature__data$263  = 9'h000;
+    if (\$162 ) begin
+      \$signature__data$263  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$263  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$263  = \$239 ;
+    \$signature__en$264  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$264  = \$173 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$264  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$264  = \$241 [8:0];
+    \$signature__addr$266  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$266  = \$175 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$265  = 9'h000;
-    if (\$207 ) begin
-      \$signature__data$265  = elem;
+    \$signature__data$267  = 9'h000;
+    if (\$162 ) begin
+      \$signature__data$267  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$266  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$266  = \$246 ;
+    \$signature__en$268  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$268  = \$180 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$267  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$267  = \$248 [8:0];
+    \$signature__addr$269  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$269  = \$182 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$268  = 9'h000;
-    if (\$207 ) begin
-      \$signature__data$268  = elem;
+    \$signature__data$270  = 9'h000;
+    if (\$162 ) begin
+      \$signature__data$270  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$269  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$269  = \$253 ;
+    \$signature__en$271  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$271  = \$187 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$270  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$270  = \$255 [8:0];
+    \$signature__addr$272  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$272  = \$189 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$271  = 9'h000;
-    if (\$207 ) begin
-      \$signature__data$271  = elem;
+    \$signature__data$273  = 9'h000;
+    if (\$162 ) begin
+      \$signature__data$273  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$272  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$272  = \$260 ;
+    \$signature__en$274  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$274  = \$194 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$273  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$273  = \$262 [8:0];
+    \$signature__addr$275  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$275  = \$196 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$274  = 9'h000;
-    if (\$207 ) begin
-      \$signature__data$274  = elem;
+    \$signature__data$276  = 9'h000;
+    if (\$162 ) begin
+      \$signature__data$276  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$275  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$275  = \$267 ;
+    \$signature__en$277  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$277  = \$201 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$276  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$276  = \$269 [8:0];
+    \$signature__addr$278  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$278  = \$203 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$279  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$279  = \$284 ;
+    \$signature__data$279  = 9'h000;
+    if (\$162 ) begin
+      \$signature__data$279  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$285  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$285  = \$286 [8:0];
+    \$signature__en$280  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$280  = \$208 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$286  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$286  = \$301 ;
+    \$signature__addr$281  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$281  = \$210 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$282  = 9'h000;
+    if (\$162 ) begin
+      \$signature__data$282  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$283  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$283  = \$215 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$284  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$284  = \$217 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__data$285  = 9'h000;
+    if (\$162 ) begin
+      \$signature__data$285  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$286  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$286  = \$222 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$287  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$287  = \$303 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$288  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$288  = \$318 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$289  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$289  = \$320 [8:0];
+    if (\$162 ) begin
+      \$signature__addr$287  = \$224 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$290  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$290  = \$335 ;
+    if (\$162 ) begin
+      \$signature__en$290  = \$238 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$291  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$291  = \$337 [8:0];
+    \$signature__addr$296  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$296  = \$240 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$292  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$292  = \$352 ;
+    \$signature__en$297  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$297  = \$254 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$293  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$293  = \$354 [8:0];
+    \$signature__addr$298  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$298  = \$256 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$294  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$294  = \$369 ;
+    \$signature__en$299  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$299  = \$270 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$295  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$295  = \$371 [8:0];
+    \$signature__addr$300  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$300  = \$272 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$296  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$296  = \$386 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$297  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$297  = \$388 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$298  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$298  = \$403 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    welem = 8'h00;
-    if (\$207 ) begin
-      casez (ins[21:17])
-        5'h02:
-            welem = { \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1], \r_data$300 [1:0] };
-        5'h03:
-            welem = { \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2], \r_data$300 [2:0] };
-        5'h04:
-            welem = { \r_data$300 [3], \r_data$300 [3], \r_data$300 [3], \r_data$300 [3], \r_data$300 [3:0] };
-        5'h05:
-            welem = { \r_data$300 [4], \r_data$300 [4], \r_data$300 [4], \r_data$300 [4:0] };
-        5'h06:
-            welem = { \r_data$300 [5], \r_data$300 [5], \r_data$300 [5:0] };
-        5'h07:
-            welem = { \r_data$300 [6], \r_data$300 [6:0] };
-        5'h08:
-            welem = \r_data$300 [7:0];
-      endcase
+    \$signature__en$301  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$301  = \$286 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$302  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$302  = \$413 [8:0];
+    if (\$162 ) begin
+      \$signature__addr$302  = \$288 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$304  = 8'h00;
-    if (\$207 ) begin
-      \$signature__data$304  = welem;
+    \$signature__en$303  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$303  = \$302 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$305  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$305  = \$422 ;
+    \$signature__addr$304  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$304  = \$304 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$307  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$307  = \$424 [8:0];
+    \$signature__en$305  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$305  = \$318 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$308  = 8'h00;
-    if (\$207 ) begin
-      \$signature__data$308  = welem;
+    \$signature__addr$306  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$306  = \$320 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$309  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$309  = \$432 ;
+    \$signature__en$307  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$307  = \$334 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$310  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$310  = \$434 [8:0];
+    \$signature__addr$308  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$308  = \$336 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$311  = 8'h00;
-    if (\$207 ) begin
-      \$signature__data$311  = welem;
+    \$signature__en$309  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$309  = \$350 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$312  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$312  = \$442 ;
+    welem = 8'h00;
+    if (\$162 ) begin
+      casez (ins[21:17])
+        5'h02:
+            welem = { \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1:0] };
+        5'h03:
+            welem = { \r_data$311 [2], \r_data$311 [2], \r_data$311 [2], \r_data$311 [2], \r_data$311 [2], \r_data$311 [2:0] };
+        5'h04:
+            welem = { \r_data$311 [3], \r_data$311 [3], \r_data$311 [3], \r_data$311 [3], \r_data$311 [3:0] };
+        5'h05:
+            welem = { \r_data$311 [4], \r_data$311 [4], \r_data$311 [4], \r_data$311 [4:0] };
+        5'h06:
+            welem = { \r_data$311 [5], \r_data$311 [5], \r_data$311 [5:0] };
+        5'h07:
+            welem = { \r_data$311 [6], \r_data$311 [6:0] };
+        5'h08:
+            welem = \r_data$311 [7:0];
+      endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$313  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$313  = \$444 [8:0];
+    if (\$162 ) begin
+      \$signature__addr$313  = \$358 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$314  = 8'h00;
-    if (\$207 ) begin
-      \$signature__data$314  = welem;
+    \$signature__data$315  = 8'h00;
+    if (\$162 ) begin
+      \$signature__data$315  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$315  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$315  = \$452 ;
+    \$signature__en$316  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$316  = \$366 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$316  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$316  = \$454 [8:0];
+    \$signature__addr$318  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$318  = \$368 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$317  = 8'h00;
-    if (\$207 ) begin
-      \$signature__data$317  = welem;
+    \$signature__data$319  = 8'h00;
+    if (\$162 ) begin
+      \$signature__data$319  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$318  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$318  = \$462 ;
+    \$signature__en$320  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$320  = \$375 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$319  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$319  = \$464 [8:0];
+    \$signature__addr$321  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$321  = \$377 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$320  = 8'h00;
-    if (\$207 ) begin
-      \$signature__data$320  = welem;
+    \$signature__data$322  = 8'h00;
+    if (\$162 ) begin
+      \$signature__data$322  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$321  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$321  = \$472 ;
+    \$signature__en$323  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$323  = \$384 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$322  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$322  = \$474 [8:0];
+    \$signature__addr$324  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$324  = \$386 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$323  = 8'h00;
-    if (\$207 ) begin
-      \$signature__data$323  = welem;
+    \$signature__data$325  = 8'h00;
+    if (\$162 ) begin
+      \$signature__data$325  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$324  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$324  = \$482 ;
+    \$signature__en$326  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$326  = \$393 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$325  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$325  = \$484 [8:0];
+    \$signature__addr$327  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$327  = \$395 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$326  = 8'h00;
-    if (\$207 ) begin
-      \$signature__data$326  = welem;
+    \$signature__data$328  = 8'h00;
+    if (\$162 ) begin
+      \$signature__data$328  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$327  = 1'h0;
-    if (\$207 ) begin
-      \$signature__en$327  = \$492 ;
+    \$signature__en$329  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$329  = \$402 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$328  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$328  = \$495 [8:0];
+    \$signature__addr$330  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$330  = \$404 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$330  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$330  = \$510 ;
+    \$signature__data$331  = 8'h00;
+    if (\$162 ) begin
+      \$signature__data$331  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$331  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$331  = \$513 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$332  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$332  = \$528 ;
+    \$signature__en$332  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$332  = \$411 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$333  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$333  = \$531 [8:0];
+    if (\$162 ) begin
+      \$signature__addr$333  = \$413 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$334  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$334  = \$546 ;
+    \$signature__data$334  = 8'h00;
+    if (\$162 ) begin
+      \$signature__data$334  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$335  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$335  = \$549 [8:0];
+    \$signature__en$335  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$335  = \$420 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$336  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$336  = \$564 ;
+    \$signature__addr$336  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$336  = \$422 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$337  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$337  = \$567 [8:0];
+    \$signature__data$337  = 8'h00;
+    if (\$162 ) begin
+      \$signature__data$337  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$338  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$338  = \$582 ;
+    \$signature__en$338  = 1'h0;
+    if (\$162 ) begin
+      \$signature__en$338  = \$429 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$339  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$339  = \$585 [8:0];
+    if (\$162 ) begin
+      \$signature__addr$339  = \$432 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$340  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$340  = \$600 ;
+    \$signature__en$341  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$341  = \$446 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$341  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$341  = \$603 [8:0];
+    \$signature__addr$342  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$342  = \$449 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$342  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$342  = \$618 ;
+    \$signature__en$343  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$343  = \$463 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$343  = 9'h000;
-    if (\$207 ) begin
-      \$signature__addr$343  = \$621 [8:0];
+    \$signature__addr$344  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$344  = \$466 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$344  = 1'h1;
-    if (\$207 ) begin
-      \$signature__en$344  = \$636 ;
+    \$signature__en$345  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$345  = \$480 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \a__valid$244  = 1'h0;
-    if (\$207 ) begin
-      \a__valid$244  = \$signal$283 ;
+    \$signature__addr$346  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$346  = \$483 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \a__payload$345  = 73'h0000000000000000000;
-    if (\$207 ) begin
-      \a__payload$345 [72] = a_last;
-      \a__payload$345 [8:0] = \$signature__data$348 ;
-      \a__payload$345 [17:9] = \$signature__data$349 ;
-      \a__payload$345 [26:18] = \$signature__data$350 ;
-      \a__payload$345 [35:27] = \$signature__data$351 ;
-      \a__payload$345 [44:36] = \$signature__data$352 ;
-      \a__payload$345 [53:45] = \$signature__data$353 ;
-      \a__payload$345 [62:54] = \$signature__data$354 ;
-      \a__payload$345 [71:63] = \$signature__data$355 ;
+    \$signature__en$347  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$347  = \$497 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$348  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$348  = \$500 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$349  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$349  = \$514 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$350  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$350  = \$517 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$351  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$351  = \$531 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$352  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$352  = \$534 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$353  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$353  = \$548 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$354  = 9'h000;
+    if (\$162 ) begin
+      \$signature__addr$354  = \$551 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$355  = 1'h1;
+    if (\$162 ) begin
+      \$signature__en$355  = \$565 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \a__valid$255  = 1'h0;
+    if (\$162 ) begin
+      \a__valid$255  = \$signal$294 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \a__payload$356  = 73'h0000000000000000000;
+    if (\$162 ) begin
+      \a__payload$356 [72] = a_last;
+      \a__payload$356 [8:0] = \$signature__data$359 ;
+      \a__payload$356 [17:9] = \$signature__data$360 ;
+      \a__payload$356 [26:18] = \$signature__data$361 ;
+      \a__payload$356 [35:27] = \$signature__data$362 ;
+      \a__payload$356 [44:36] = \$signature__data$363 ;
+      \a__payload$356 [53:45] = \$signature__data$364 ;
+      \a__payload$356 [62:54] = \$signature__data$365 ;
+      \a__payload$356 [71:63] = \$signature__data$366 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__valid = 1'h0;
-    if (\$207 ) begin
-      w__valid = \$638 ;
+    if (\$162 ) begin
+      w__valid = \$566 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__payload = 64'h0000000000000000;
-    if (\$207 ) begin
-      w__payload[7:0] = \$640 ;
-      w__payload[15:8] = \$642 ;
-      w__payload[23:16] = \$644 ;
-      w__payload[31:24] = \$646 ;
-      w__payload[39:32] = \$648 ;
-      w__payload[47:40] = \$650 ;
-      w__payload[55:48] = \$652 ;
-      w__payload[63:56] = \$654 ;
+    if (\$162 ) begin
+      w__payload[7:0] = \$567 ;
+      w__payload[15:8] = \$568 ;
+      w__payload[23:16] = \$569 ;
+      w__payload[31:24] = \$570 ;
+      w__payload[39:32] = \$571 ;
+      w__payload[47:40] = \$572 ;
+      w__payload[55:48] = \$573 ;
+      w__payload[63:56] = \$574 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$379  = 1'h0;
-    if (\$658 ) begin
-      \o__ready$379  = \$671 ;
+    \o__ready$390  = 1'h0;
+    if (\$578 ) begin
+      \o__ready$390  = \$591 ;
     end
-    if (\$674 ) begin
-      \o__ready$379  = \$677 ;
+    if (\$594 ) begin
+      \o__ready$390  = \$597 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$924  = \$690 ;
+    \$906  = \$609 ;
+    if (rst) begin
+      \$906  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$907  = \$610 ;
+    if (rst) begin
+      \$907  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$908  = \$611 ;
+    if (rst) begin
+      \$908  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$909  = \$612 ;
+    if (rst) begin
+      \$909  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$910  = \$613 ;
+    if (rst) begin
+      \$910  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$911  = \$614 ;
+    if (rst) begin
+      \$911  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$912  = \$615 ;
+    if (rst) begin
+      \$912  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$913  = \$616 ;
+    if (rst) begin
+      \$913  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$914  = \$617 ;
+    if (rst) begin
+      \$914  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$915  = \$618 ;
+    if (rst) begin
+      \$915  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$916  = \$619 ;
+    if (rst) begin
+      \$916  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$917  = \$620 ;
+    if (rst) begin
+      \$917  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$918  = \$621 ;
+    if (rst) begin
+      \$918  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$919  = \$622 ;
+    if (rst) begin
+      \$919  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$920  = \$623 ;
+    if (rst) begin
+      \$920  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$921  = \$624 [15:0];
+    if (rst) begin
+      \$921  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$922  = \$627 ;
+    if (rst) begin
+      \$922  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$923  = \$630 ;
+    if (rst) begin
+      \$923  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$924  = \$633 ;
     if (rst) begin
       \$924  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$925  = { \$691 , \final$388 , \last__4$387  };
+    \$925  = \$635 ;
     if (rst) begin
-      \$925  = 3'h0;
+      \$925  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$926  = \$693 ;
+    \$926  = { \$636 , \final$407 , \last__4$406  };
     if (rst) begin
-      \$926  = 1'h0;
+      \$926  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$927  = { \$694 , \final$391 , \last__4$390  };
+    \$927  = \$638 ;
     if (rst) begin
-      \$927  = 3'h0;
+      \$927  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$928  = \$697 [15:0];
+    \$928  = { \$639 , \final$410 , \last__4$409  };
     if (rst) begin
-      \$928  = 16'h0000;
+      \$928  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$929  = \$700 [15:0];
+    \$929  = \$646 ;
     if (rst) begin
-      \$929  = 16'h0000;
+      \$929  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$930  = \$701 [15:0];
+    \$930  = \$648 ;
     if (rst) begin
-      \$930  = 16'h0000;
+      \$930  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$931  = c_lb;
+    \$931  = \$651 [15:0];
     if (rst) begin
-      \$931  = 3'h0;
+      \$931  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$932  = \$702 [15:0];
+    \$932  = \$654 [15:0];
     if (rst) begin
       \$932  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$933  = \$703 [15:0];
+    \$933  = \$655 [15:0];
     if (rst) begin
       \$933  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$934  = \$704 ;
+    \$934  = c_lb;
     if (rst) begin
-      \$934  = 32'd0;
+      \$934  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$935  = \$709 [31:0];
+    \$935  = \$656 [15:0];
     if (rst) begin
-      \$935  = 32'd0;
+      \$935  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$936  = \$710 [31:0];
+    \$936  = \$657 [15:0];
     if (rst) begin
-      \$936  = 32'd0;
+      \$936  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$937  = \$714 [31:0];
+    \$937  = \$658 ;
     if (rst) begin
       \$937  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$938  = cycles;
-    if (busy) begin
-      \$938  = \$715 [47:0];
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$938  = 48'h000000000000;
-          end
-    endcase
+    \$938  = \$663 [31:0];
     if (rst) begin
-      \$938  = 48'h000000000000;
+      \$938  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$939  = op_cycles__0;
-    if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              \$939  = \$717 [47:0];
-        endcase
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$939  = 48'h000000000000;
-          end
-    endcase
+    \$939  = \$664 [31:0];
     if (rst) begin
-      \$939  = 48'h000000000000;
+      \$939  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$940  = op_cycles__1;
-    if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              \$940  = \$717 [47:0];
-        endcase
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$940  = 48'h000000000000;
-          end
-    endcase
+    \$940  = \$668 [31:0];
     if (rst) begin
-      \$940  = 48'h000000000000;
+      \$940  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$941  = op_cycles__2;
-    if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              \$941  = \$717 [47:0];
-        endcase
+    \$941  = ext_req_valid;
+    if (in_decode) begin
+      \$941  = 1'h0;
+    end
+    if (streaming) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$772 ) begin
+          \$941  = valid;
+        end
+      end else if (is_store) begin
+        if (\$776 ) begin
+          \$941  = \$780 ;
+        end
       end
     end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$941  = 48'h000000000000;
-          end
-    endcase
     if (rst) begin
-      \$941  = 48'h000000000000;
+      \$941  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$942  = op_cycles__3;
+    \$942  = cycles;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              \$942  = \$717 [47:0];
-        endcase
-      end
+      \$942  = \$669 [47:0];
     end
     casez (seq_state)
       3'h0:
@@ -31536,21 +31633,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$943  = op_cycles__4;
+    \$943  = op_cycles__0;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              \$943  = \$717 [47:0];
-        endcase
+      if (\$670 ) begin
+        \$943  = \$671 [47:0];
       end
     end
     casez (seq_state)
@@ -31565,23 +31651,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$944  = op_cycles__5;
+    \$944  = op_cycles__1;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              \$944  = \$717 [47:0];
-        endcase
+      if (\$672 ) begin
+        \$944  = \$673 [47:0];
       end
     end
     casez (seq_state)
@@ -31596,25 +31669,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$945  = op_cycles__6;
+    \$945  = op_cycles__2;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              \$945  = \$717 [47:0];
-        endcase
+      if (\$674 ) begin
+        \$945  = \$675 [47:0];
       end
     end
     casez (seq_state)
@@ -31629,27 +31687,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$946  = op_cycles__7;
+    \$946  = op_cycles__3;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              \$946  = \$717 [47:0];
-        endcase
+      if (\$676 ) begin
+        \$946  = \$677 [47:0];
       end
     end
     casez (seq_state)
@@ -31664,29 +31705,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$947  = op_cycles__8;
+    \$947  = op_cycles__4;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              /* empty */;
-          4'h8:
-              \$947  = \$717 [47:0];
-        endcase
+      if (\$678 ) begin
+        \$947  = \$679 [47:0];
       end
     end
     casez (seq_state)
@@ -31701,31 +31723,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$948  = op_cycles__9;
+    \$948  = op_cycles__5;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              /* empty */;
-          4'h8:
-              /* empty */;
-          4'h9:
-              \$948  = \$717 [47:0];
-        endcase
+      if (\$680 ) begin
+        \$948  = \$681 [47:0];
       end
     end
     casez (seq_state)
@@ -31740,33 +31741,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$949  = op_cycles__10;
+    \$949  = op_cycles__6;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              /* empty */;
-          4'h8:
-              /* empty */;
-          4'h9:
-              /* empty */;
-          4'ha:
-              \$949  = \$717 [47:0];
-        endcase
+      if (\$682 ) begin
+        \$949  = \$683 [47:0];
       end
     end
     casez (seq_state)
@@ -31781,35 +31759,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$950  = op_cycles__11;
+    \$950  = op_cycles__7;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              /* empty */;
-          4'h8:
-              /* empty */;
-          4'h9:
-              /* empty */;
-          4'ha:
-              /* empty */;
-          4'hb:
-              \$950  = \$717 [47:0];
-        endcase
+      if (\$684 ) begin
+        \$950  = \$685 [47:0];
       end
     end
     casez (seq_state)
@@ -31824,37 +31777,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$951  = op_cycles__12;
+    \$951  = op_cycles__8;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              /* empty */;
-          4'h8:
-              /* empty */;
-          4'h9:
-              /* empty */;
-          4'ha:
-              /* empty */;
-          4'hb:
-              /* empty */;
-          4'hc:
-              \$951  = \$717 [47:0];
-        endcase
+      if (\$686 ) begin
+        \$951  = \$687 [47:0];
       end
     end
     casez (seq_state)
@@ -31869,39 +31795,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$952  = op_cycles__13;
+    \$952  = op_cycles__9;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              /* empty */;
-          4'h8:
-              /* empty */;
-          4'h9:
-              /* empty */;
-          4'ha:
-              /* empty */;
-          4'hb:
-              /* empty */;
-          4'hc:
-              /* empty */;
-          4'hd:
-              \$952  = \$717 [47:0];
-        endcase
+      if (\$688 ) begin
+        \$952  = \$689 [47:0];
       end
     end
     casez (seq_state)
@@ -31916,41 +31813,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$953  = op_cycles__14;
+    \$953  = op_cycles__10;
     if (busy) begin
-      if (in_op) begin
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              /* empty */;
-          4'h8:
-              /* empty */;
-          4'h9:
-              /* empty */;
-          4'ha:
-              /* empty */;
-          4'hb:
-              /* empty */;
-          4'hc:
-              /* empty */;
-          4'hd:
-              /* empty */;
-          4'he:
-              \$953  = \$717 [47:0];
-        endcase
+      if (\$690 ) begin
+        \$953  = \$691 [47:0];
       end
     end
     casez (seq_state)
@@ -31965,44 +31831,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$954  = op_cycles__15;
+    \$954  = op_cycles__11;
     if (busy) begin
-      if (in_op) begin
-        (* full_case = 32'd1 *)
-        casez (ins[3:0])
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              /* empty */;
-          4'h8:
-              /* empty */;
-          4'h9:
-              /* empty */;
-          4'ha:
-              /* empty */;
-          4'hb:
-              /* empty */;
-          4'hc:
-              /* empty */;
-          4'hd:
-              /* empty */;
-          4'he:
-              /* empty */;
-          4'hf:
-              \$954  = \$717 [47:0];
-        endcase
+      if (\$692 ) begin
+        \$954  = \$693 [47:0];
       end
     end
     casez (seq_state)
@@ -32017,535 +31849,537 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$955  = pc;
+    \$955  = op_cycles__12;
+    if (busy) begin
+      if (\$694 ) begin
+        \$955  = \$695 [47:0];
+      end
+    end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$955  = prog;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$722 ) begin
-          end else if (\$725 ) begin
-            \$955  = \$signal$402 ;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          if (\$763 ) begin
-            \$955  = \$764 [31:0];
+            \$955  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$955  = 32'd0;
+      \$955  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$956  = busy;
+    \$956  = op_cycles__13;
+    if (busy) begin
+      if (\$696 ) begin
+        \$956  = \$697 [47:0];
+      end
+    end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$956  = 1'h1;
+            \$956  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$956  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$957  = op_cycles__14;
+    if (busy) begin
+      if (\$698 ) begin
+        \$957  = \$699 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$957  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$957  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$958  = op_cycles__15;
+    if (busy) begin
+      if (\$700 ) begin
+        \$958  = \$701 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$958  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$958  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$959  = pc;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$959  = prog;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$722 ) begin
-          end else if (\$725 ) begin
-          end else if (\$726 ) begin
-            \$956  = 1'h0;
+          if (\$706 ) begin
+          end else if (\$708 ) begin
+            \$959  = \$signal$423 ;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          if (\$746 ) begin
+            \$959  = \$747 [31:0];
+          end
+    endcase
+    if (rst) begin
+      \$959  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$960  = busy;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$960  = 1'h1;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$706 ) begin
+          end else if (\$708 ) begin
+          end else if (is_end) begin
+            \$960  = 1'h0;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$790 ) begin
-            \$956  = 1'h0;
+          if (\$770 ) begin
+            \$960  = 1'h0;
           end
     endcase
     if (rst) begin
-      \$956  = 1'h0;
+      \$960  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$957  = done;
+    \$961  = done;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$957  = 1'h0;
+            \$961  = 1'h0;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$722 ) begin
-          end else if (\$725 ) begin
-          end else if (\$726 ) begin
-            \$957  = 1'h1;
+          if (\$706 ) begin
+          end else if (\$708 ) begin
+          end else if (is_end) begin
+            \$961  = 1'h1;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$790 ) begin
-            \$957  = 1'h1;
+          if (\$770 ) begin
+            \$961  = 1'h1;
           end
     endcase
     if (rst) begin
-      \$957  = 1'h0;
+      \$961  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$958  = error;
+    \$962  = error;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$958  = 4'h0;
+            \$962  = 4'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             if (beat__payload[512]) begin
-              \$958  = 4'h4;
+              \$962  = 4'h4;
             end
           end
           if (start) begin
-            \$958  = 4'h6;
+            \$962  = 4'h6;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$722 ) begin
-          end else if (\$725 ) begin
-          end else if (\$726 ) begin
-          end else if (\$737 ) begin
-            \$958  = 4'h2;
-          end else if (\$741 ) begin
-            \$958  = 4'h1;
-          end else if (\$742 ) begin
-          end else if (\$747 ) begin
+          if (\$706 ) begin
+          end else if (\$708 ) begin
+          end else if (is_end) begin
+          end else if (\$719 ) begin
+            \$962  = 4'h2;
+          end else if (\$723 ) begin
+            \$962  = 4'h1;
+          end else if (\$724 ) begin
+          end else if (\$727 ) begin
           end else if (unit_known) begin
           end else begin
-            \$958  = 4'h1;
+            \$962  = 4'h1;
           end
           if (start) begin
-            \$958  = 4'h6;
+            \$962  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (\$753 ) begin
+          if (\$735 ) begin
             if (beat__payload[512]) begin
-              \$958  = 4'h4;
+              \$962  = 4'h4;
             end
           end
           if (start) begin
-            \$958  = 4'h6;
+            \$962  = 4'h6;
           end
         end
       3'h4:
         begin
-          if (\$773 ) begin
-            \$958  = 4'h3;
+          if (\$755 ) begin
+            \$962  = 4'h3;
           end
-          if (\$779 ) begin
-            \$958  = 4'h3;
+          if (\$760 ) begin
+            \$962  = 4'h3;
           end
-          if (\$788 ) begin
-            \$958  = 4'h3;
+          if (\$768 ) begin
+            \$962  = 4'h3;
           end
-          if (\$789 ) begin
-            \$958  = fault;
+          if (\$769 ) begin
+            \$962  = fault;
           end
           if (start) begin
-            \$958  = 4'h6;
+            \$962  = 4'h6;
           end
         end
     endcase
     if (rst) begin
-      \$958  = 4'h0;
+      \$962  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$959  = fetch_sent;
+    \$963  = fetch_sent;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$959  = 1'h0;
+            \$963  = 1'h0;
           end
       3'h1:
         begin
-          if (\$721 ) begin
-            \$959  = 1'h1;
+          if (\$705 ) begin
+            \$963  = 1'h1;
           end
           if (beat__valid) begin
-            \$959  = 1'h0;
+            \$963  = 1'h0;
           end
         end
     endcase
     if (rst) begin
-      \$959  = 1'h0;
+      \$963  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$960  = \$signal$402 ;
+    \$964  = \$signal$423 ;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$960  = prog;
+            \$964  = prog;
           end
     endcase
     if (rst) begin
-      \$960  = 32'd0;
+      \$964  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$961  = \$signal$403 ;
+    \$965  = \$signal$424 ;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$961  = image_stride;
+            \$965  = image_stride;
           end
     endcase
     if (rst) begin
-      \$961  = 32'd0;
+      \$965  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$962  = images_left;
+    \$966  = images_left;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$962  = \$719 ;
+            \$966  = \$703 ;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$722 ) begin
-          end else if (\$725 ) begin
-            \$962  = \$749 [15:0];
+          if (\$706 ) begin
+          end else if (\$708 ) begin
+            \$966  = \$729 [15:0];
           end
     endcase
     if (rst) begin
-      \$962  = 16'h0000;
+      \$966  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$963  = offset;
+    \$967  = offset;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$963  = 32'd0;
+            \$967  = 32'd0;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$722 ) begin
-          end else if (\$725 ) begin
-            \$963  = \$750 [31:0];
+          if (\$706 ) begin
+          end else if (\$708 ) begin
+            \$967  = \$730 [31:0];
           end
     endcase
     if (rst) begin
-      \$963  = 32'd0;
+      \$967  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$964  = seq_state;
+    \$968  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$964  = 3'h1;
+            \$968  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$964  = 3'h5;
+              \$968  = 3'h5;
             end else begin
-              \$964  = 3'h2;
+              \$968  = 3'h2;
             end
           end
           if (start) begin
-            \$964  = 3'h5;
+            \$968  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$722 ) begin
-          end else if (\$725 ) begin
-            \$964  = 3'h1;
-          end else if (\$726 ) begin
-            \$964  = 3'h0;
-          end else if (\$737 ) begin
-            \$964  = 3'h5;
-          end else if (\$741 ) begin
-            \$964  = 3'h5;
-          end else if (\$742 ) begin
-            \$964  = 3'h3;
-          end else if (\$747 ) begin
-            \$964  = 3'h4;
+          if (\$706 ) begin
+          end else if (\$708 ) begin
+            \$968  = 3'h1;
+          end else if (is_end) begin
+            \$968  = 3'h0;
+          end else if (\$719 ) begin
+            \$968  = 3'h5;
+          end else if (\$723 ) begin
+            \$968  = 3'h5;
+          end else if (\$724 ) begin
+            \$968  = 3'h3;
+          end else if (\$727 ) begin
+            \$968  = 3'h4;
           end else if (unit_known) begin
-            \$964  = 3'h3;
+            \$968  = 3'h3;
           end else begin
-            \$964  = 3'h5;
+            \$968  = 3'h5;
           end
           if (start) begin
-            \$964  = 3'h5;
+            \$968  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$753 ) begin
+          if (\$735 ) begin
             if (beat__payload[512]) begin
-              \$964  = 3'h5;
-            end else if (\$756 ) begin
-              \$964  = 3'h4;
+              \$968  = 3'h5;
+            end else if (\$737 ) begin
+              \$968  = 3'h4;
             end
           end
-          if (\$758 ) begin
-            \$964  = 3'h4;
+          if (\$739 ) begin
+            \$968  = 3'h4;
           end
           if (start) begin
-            \$964  = 3'h5;
+            \$968  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$763 ) begin
-            \$964  = 3'h1;
+          if (\$746 ) begin
+            \$968  = 3'h1;
           end
-          if (\$773 ) begin
-            \$964  = 3'h5;
+          if (\$755 ) begin
+            \$968  = 3'h5;
           end
-          if (\$779 ) begin
-            \$964  = 3'h5;
+          if (\$760 ) begin
+            \$968  = 3'h5;
           end
-          if (\$788 ) begin
-            \$964  = 3'h5;
+          if (\$768 ) begin
+            \$968  = 3'h5;
           end
-          if (\$789 ) begin
-            \$964  = 3'h5;
+          if (\$769 ) begin
+            \$968  = 3'h5;
           end
           if (start) begin
-            \$964  = 3'h5;
+            \$968  = 3'h5;
           end
         end
       3'h5:
-          if (\$790 ) begin
-            \$964  = 3'h0;
+          if (\$770 ) begin
+            \$968  = 3'h0;
           end
       default:
-          \$964  = 3'h0;
+          \$968  = 3'h0;
     endcase
     if (rst) begin
-      \$964  = 3'h0;
+      \$968  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$965  = ins;
+    \$969  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$965  = beat__payload[511:0];
+            \$969  = beat__payload[511:0];
           end
     endcase
     if (rst) begin
-      \$965  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$969  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$966  = decode_wait;
+    \$970  = decode_wait;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$966  = 2'h3;
+            \$970  = 2'h3;
           end
       3'h2:
-          if (\$722 ) begin
-            \$966  = \$748 [1:0];
+          if (\$706 ) begin
+            \$970  = \$728 [1:0];
           end
     endcase
     if (rst) begin
-      \$966  = 2'h0;
+      \$970  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$967  = ci;
+    \$971  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$967  = 16'h0000;
+          \$971  = dec_c_base;
       3'h3:
-          if (\$751 ) begin
-            \$967  = \$752 [15:0];
+          if (\$731 ) begin
+            \$971  = \$734 [31:0];
           end
     endcase
     if (rst) begin
-      \$967  = 16'h0000;
+      \$971  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$968  = cr;
+    \$972  = c_ask;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$968  = 16'h0000;
+          \$972  = { 4'h0, ins[509:498] };
       3'h3:
-          if (\$753 ) begin
-            \$968  = \$754 [15:0];
+          if (\$731 ) begin
+            \$972  = \$732 [15:0];
           end
     endcase
-    if (rst) begin
-      \$968  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$969  = pack_full;
-    if (\$796 ) begin
-      if (\$797 ) begin
-        \$969  = 1'h0;
-      end
-      if (\$803 ) begin
-        if (\$805 ) begin
-          \$969  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$969  = 1'h0;
-    end
-    if (rst) begin
-      \$969  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$970  = pack_a0;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        casez (pack_j)
-          3'h0:
-              \$970  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$970  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$971  = pack_a1;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$971  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$971  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$972  = pack_a2;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$972  = elem_data;
-        endcase
-      end
-    end
     if (rst) begin
       \$972  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$973  = pack_a3;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$973  = elem_data;
-        endcase
-      end
-    end
+    \$973  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$973  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$735 ) begin
+            \$973  = \$736 [15:0];
+          end
+    endcase
     if (rst) begin
       \$973  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$974  = pack_b0;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        casez (pack_j)
-          3'h0:
-              \$974  = \r_data$300 [15:0];
-        endcase
+    \$974  = ext_req_addr;
+    if (streaming) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$772 ) begin
+          \$974  = \$774 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$776 ) begin
+          \$974  = \$782 [31:0];
+        end
       end
     end
     if (rst) begin
-      \$974  = 16'h0000;
+      \$974  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$975  = pack_b1;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$975  = \r_data$300 [15:0];
-        endcase
+    \$975  = ext_req_data;
+    if (streaming) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$776 ) begin
+          \$975  = r_data[15:0];
+        end
       end
     end
     if (rst) begin
@@ -32554,37 +32388,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$976  = pack_b2;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$976  = \r_data$300 [15:0];
-        endcase
+    \$976  = pack_full;
+    if (\$786 ) begin
+      if (\$787 ) begin
+        \$976  = 1'h0;
+      end
+      if (\$793 ) begin
+        if (\$795 ) begin
+          \$976  = 1'h1;
+        end
       end
     end
+    if (unit_rst) begin
+      \$976  = 1'h0;
+    end
     if (rst) begin
-      \$976  = 16'h0000;
+      \$976  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$977  = pack_b3;
-    if (\$796 ) begin
-      if (\$803 ) begin
+    \$977  = pack_a0;
+    if (\$786 ) begin
+      if (\$793 ) begin
         casez (pack_j)
           3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$977  = \r_data$300 [15:0];
+              \$977  = elem_data;
         endcase
       end
     end
@@ -32594,634 +32423,628 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$978  = pack_j;
-    if (\$796 ) begin
-      if (\$803 ) begin
-        (* full_case = 32'd1 *)
-        if (\$805 ) begin
-          \$978  = 3'h0;
-        end else begin
-          \$978  = \$806 [2:0];
-        end
+    \$978  = pack_a1;
+    if (\$786 ) begin
+      if (\$793 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$978  = elem_data;
+        endcase
       end
     end
-    if (unit_rst) begin
-      \$978  = 3'h0;
-    end
     if (rst) begin
-      \$978  = 3'h0;
+      \$978  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$979  = pack_jo;
-    if (\$796 ) begin
-      if (\$807 ) begin
-        (* full_case = 32'd1 *)
-        if (\$809 ) begin
-          \$979  = 3'h0;
-        end else begin
-          \$979  = \$810 [2:0];
-        end
+    \$979  = pack_a2;
+    if (\$786 ) begin
+      if (\$793 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$979  = elem_data;
+        endcase
       end
     end
-    if (unit_rst) begin
-      \$979  = 3'h0;
-    end
     if (rst) begin
-      \$979  = 3'h0;
+      \$979  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$980  = tiles;
-    if (in_decode) begin
-      \$980  = dec_tiles;
-    end
-    if (\$811 ) begin
-      if (\$812 ) begin
-        if (\$830 ) begin
-          \$980  = \$831 [31:0];
-        end
+    \$980  = pack_a3;
+    if (\$786 ) begin
+      if (\$793 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$980  = elem_data;
+        endcase
       end
     end
     if (rst) begin
-      \$980  = 32'd0;
+      \$980  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$981  = nt;
-    if (in_decode) begin
+    \$981  = pack_b0;
+    if (\$786 ) begin
+      if (\$793 ) begin
+        casez (pack_j)
+          3'h0:
+              \$981  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
       \$981  = 16'h0000;
     end
-    if (\$811 ) begin
-      if (\$812 ) begin
-        if (\$830 ) begin
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$982  = pack_b1;
+    if (\$786 ) begin
+      if (\$793 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$982  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$982  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$983  = pack_b2;
+    if (\$786 ) begin
+      if (\$793 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$983  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$983  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$984  = pack_b3;
+    if (\$786 ) begin
+      if (\$793 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$984  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$984  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$985  = pack_j;
+    if (\$786 ) begin
+      if (\$793 ) begin
+        (* full_case = 32'd1 *)
+        if (\$795 ) begin
+          \$985  = 3'h0;
+        end else begin
+          \$985  = \$796 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$985  = 3'h0;
+    end
+    if (rst) begin
+      \$985  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$986  = pack_jo;
+    if (\$786 ) begin
+      if (\$797 ) begin
+        (* full_case = 32'd1 *)
+        if (\$799 ) begin
+          \$986  = 3'h0;
+        end else begin
+          \$986  = \$800 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$986  = 3'h0;
+    end
+    if (rst) begin
+      \$986  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$987  = tiles;
+    if (in_decode) begin
+      \$987  = dec_tiles;
+    end
+    if (\$801 ) begin
+      if (\$802 ) begin
+        if (\$817 ) begin
+          \$987  = \$818 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$987  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$988  = nt;
+    if (in_decode) begin
+      \$988  = 16'h0000;
+    end
+    if (\$801 ) begin
+      if (\$802 ) begin
+        if (\$817 ) begin
           (* full_case = 32'd1 *)
-          if (\$832 ) begin
-            \$981  = 16'h0000;
+          if (\$819 ) begin
+            \$988  = 16'h0000;
           end else begin
-            \$981  = \$833 [15:0];
+            \$988  = \$820 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$981  = 16'h0000;
+      \$988  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$982  = k;
+    \$989  = k;
     if (in_decode) begin
-      \$982  = 16'h0000;
+      \$989  = 16'h0000;
     end
-    if (\$811 ) begin
-      if (\$812 ) begin
-        if (\$815 ) begin
-        end else if (\$822 ) begin
-          \$982  = \$823 [15:0];
+    if (\$801 ) begin
+      if (\$802 ) begin
+        if (\$804 ) begin
+        end else if (\$810 ) begin
+          \$989  = \$811 [15:0];
         end
-        if (\$830 ) begin
-          \$982  = 16'h0000;
+        if (\$817 ) begin
+          \$989  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$982  = 16'h0000;
+      \$989  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$983  = w_addr;
+    \$990  = w_addr;
     if (in_decode) begin
-      \$983  = ins[465:434];
+      \$990  = ins[465:434];
     end
-    if (\$811 ) begin
-      if (\$812 ) begin
+    if (\$801 ) begin
+      if (\$802 ) begin
         if (want_w) begin
-          \$983  = \$825 [31:0];
+          \$990  = \$813 [31:0];
         end
-        if (\$830 ) begin
-          if (\$832 ) begin
-            \$983  = ins[465:434];
+        if (\$817 ) begin
+          if (\$819 ) begin
+            \$990  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$983  = 32'd0;
+      \$990  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$984  = want_w;
+    \$991  = p_addr;
     if (in_decode) begin
-      \$984  = 1'h0;
+      \$991  = ins[497:466];
     end
-    if (\$811 ) begin
-      if (\$812 ) begin
-        if (\$815 ) begin
-          \$984  = 1'h1;
-        end
-        if (\$830 ) begin
-          \$984  = 1'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$984  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$985  = rk;
-    if (in_decode) begin
-      \$985  = 16'h0000;
-    end
-    if (\$834 ) begin
-      if (\$838 ) begin
-        \$985  = \$841 [15:0];
-      end
-    end
-    if (rst) begin
-      \$985  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$986  = w_full;
-    if (in_decode) begin
-      \$986  = 1'h0;
-    end
-    if (\$834 ) begin
-      if (\$835 ) begin
-        \$986  = 1'h0;
-      end
-      if (\$838 ) begin
-        if (\$847 ) begin
-          \$986  = 1'h1;
-        end
-      end
-    end
-    if (rst) begin
-      \$986  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$987  = w_lane0;
-    if (\$834 ) begin
-      if (\$838 ) begin
-        if (\$847 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$987  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
-            5'h03:
-                \$987  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
-            5'h04:
-                \$987  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
-            5'h05:
-                \$987  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
-            5'h06:
-                \$987  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
-            5'h07:
-                \$987  = { beat__payload[6], beat__payload[6:0] };
-            5'h08:
-                \$987  = beat__payload[7:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$987  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$988  = w_lane1;
-    if (\$834 ) begin
-      if (\$838 ) begin
-        if (\$847 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$988  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
-            5'h03:
-                \$988  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
-            5'h04:
-                \$988  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
-            5'h05:
-                \$988  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
-            5'h06:
-                \$988  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
-            5'h07:
-                \$988  = { beat__payload[13], beat__payload[13:7] };
-            5'h08:
-                \$988  = beat__payload[15:8];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$988  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$989  = w_lane2;
-    if (\$834 ) begin
-      if (\$838 ) begin
-        if (\$847 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$989  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
-            5'h03:
-                \$989  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
-            5'h04:
-                \$989  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
-            5'h05:
-                \$989  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
-            5'h06:
-                \$989  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
-            5'h07:
-                \$989  = { beat__payload[20], beat__payload[20:14] };
-            5'h08:
-                \$989  = beat__payload[23:16];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$989  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$990  = w_lane3;
-    if (\$834 ) begin
-      if (\$838 ) begin
-        if (\$847 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$990  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
-            5'h03:
-                \$990  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
-            5'h04:
-                \$990  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
-            5'h05:
-                \$990  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
-            5'h06:
-                \$990  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
-            5'h07:
-                \$990  = { beat__payload[27], beat__payload[27:21] };
-            5'h08:
-                \$990  = beat__payload[31:24];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$990  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$991  = w_lane4;
-    if (\$834 ) begin
-      if (\$838 ) begin
-        if (\$847 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$991  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
-            5'h03:
-                \$991  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
-            5'h04:
-                \$991  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
-            5'h05:
-                \$991  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
-            5'h06:
-                \$991  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
-            5'h07:
-                \$991  = { beat__payload[34], beat__payload[34:28] };
-            5'h08:
-                \$991  = beat__payload[39:32];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$991  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$992  = w_lane5;
-    if (\$834 ) begin
-      if (\$838 ) begin
-        if (\$847 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$992  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
-            5'h03:
-                \$992  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
-            5'h04:
-                \$992  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
-            5'h05:
-                \$992  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
-            5'h06:
-                \$992  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
-            5'h07:
-                \$992  = { beat__payload[41], beat__payload[41:35] };
-            5'h08:
-                \$992  = beat__payload[47:40];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$992  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$993  = w_lane6;
-    if (\$834 ) begin
-      if (\$838 ) begin
-        if (\$847 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$993  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
-            5'h03:
-                \$993  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
-            5'h04:
-                \$993  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
-            5'h05:
-                \$993  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
-            5'h06:
-                \$993  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
-            5'h07:
-                \$993  = { beat__payload[48], beat__payload[48:42] };
-            5'h08:
-                \$993  = beat__payload[55:48];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$993  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$994  = w_lane7;
-    if (\$834 ) begin
-      if (\$838 ) begin
-        if (\$847 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$994  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
-            5'h03:
-                \$994  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
-            5'h04:
-                \$994  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
-            5'h05:
-                \$994  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
-            5'h06:
-                \$994  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
-            5'h07:
-                \$994  = { beat__payload[55], beat__payload[55:49] };
-            5'h08:
-                \$994  = beat__payload[63:56];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$994  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$995  = a_filled0;
-    if (in_decode) begin
-      \$995  = 1'h0;
-    end
-    if (\$848 ) begin
-      if (\$851 ) begin
-        if (\$852 ) begin
-          if (\$854 ) begin
-            casez (\$signal$247 )
-              1'h0:
-                  \$995  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$872 ) begin
-        if (\$874 ) begin
-          if (\$875 ) begin
-            casez (\$signal$277 )
-              1'h0:
-                  \$995  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$995  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$996  = a_filled1;
-    if (in_decode) begin
-      \$996  = 1'h0;
-    end
-    if (\$848 ) begin
-      if (\$851 ) begin
-        if (\$852 ) begin
-          if (\$854 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$247 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$996  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$872 ) begin
-        if (\$874 ) begin
-          if (\$875 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$277 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$996  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$996  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$997  = \$signal$247 ;
-    if (in_decode) begin
-      \$997  = 1'h0;
-    end
-    if (\$848 ) begin
-      if (\$851 ) begin
-        if (\$852 ) begin
-          if (\$854 ) begin
-            \$997  = \$855 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$997  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$998  = \$signal$254 ;
-    if (in_decode) begin
-      \$998  = 4'h0;
-    end
-    if (\$848 ) begin
-      if (\$851 ) begin
-        (* full_case = 32'd1 *)
-        if (\$852 ) begin
-          \$998  = 4'h0;
-        end else begin
-          \$998  = \$856 [3:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$998  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$999  = lk;
-    if (in_decode) begin
-      \$999  = 16'h0000;
-    end
-    if (\$848 ) begin
-      if (\$851 ) begin
-        if (\$852 ) begin
-          \$999  = \$853 [15:0];
-          if (\$854 ) begin
-            \$999  = 16'h0000;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$999  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1000  = \$signal$277 ;
-    if (in_decode) begin
-      \$1000  = 1'h0;
-    end
-    if (\$848 ) begin
-      if (\$872 ) begin
-        if (\$874 ) begin
-          if (\$875 ) begin
-            \$1000  = \$876 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1000  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1001  = \$signal$278 ;
-    if (in_decode) begin
-      \$1001  = 16'h0000;
-    end
-    if (\$848 ) begin
-      if (\$872 ) begin
-        (* full_case = 32'd1 *)
-        if (\$874 ) begin
-          \$1001  = 16'h0000;
-        end else begin
-          \$1001  = \$879 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1001  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1002  = fnt;
-    if (in_decode) begin
-      \$1002  = 16'h0000;
-    end
-    if (\$848 ) begin
-      if (\$872 ) begin
-        if (\$874 ) begin
+    if (\$801 ) begin
+      if (\$802 ) begin
+        if (\$817 ) begin
           (* full_case = 32'd1 *)
-          if (\$875 ) begin
-            \$1002  = 16'h0000;
+          if (\$819 ) begin
+            \$991  = ins[497:466];
           end else begin
-            \$1002  = \$878 [15:0];
+            \$991  = \$821 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1002  = 16'h0000;
+      \$991  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1003  = feed_blocks;
+    \$992  = want_w;
     if (in_decode) begin
-      \$1003  = dec_blocks;
+      \$992  = 1'h0;
     end
-    if (\$848 ) begin
-      if (\$872 ) begin
-        if (\$874 ) begin
-          if (\$875 ) begin
-            \$1003  = \$877 [31:0];
-          end
+    if (\$801 ) begin
+      if (\$802 ) begin
+        if (\$804 ) begin
+          \$992  = 1'h1;
+        end
+        if (\$817 ) begin
+          \$992  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$1003  = 32'd0;
+      \$992  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1004  = \$signal$283 ;
+    \$993  = rk;
     if (in_decode) begin
-      \$1004  = 1'h0;
+      \$993  = 16'h0000;
     end
-    if (\$848 ) begin
+    if (\$822 ) begin
+      if (\$825 ) begin
+        \$993  = \$828 [15:0];
+      end
+    end
+    if (rst) begin
+      \$993  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$994  = w_full;
+    if (in_decode) begin
+      \$994  = 1'h0;
+    end
+    if (\$822 ) begin
+      if (\$823 ) begin
+        \$994  = 1'h0;
+      end
+      if (\$825 ) begin
+        if (\$833 ) begin
+          \$994  = 1'h1;
+        end
+      end
+    end
+    if (rst) begin
+      \$994  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$995  = w_lane0;
+    if (\$822 ) begin
+      if (\$825 ) begin
+        if (\$833 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$995  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
+            5'h03:
+                \$995  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
+            5'h04:
+                \$995  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
+            5'h05:
+                \$995  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
+            5'h06:
+                \$995  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
+            5'h07:
+                \$995  = { beat__payload[6], beat__payload[6:0] };
+            5'h08:
+                \$995  = beat__payload[7:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$995  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$996  = w_lane1;
+    if (\$822 ) begin
+      if (\$825 ) begin
+        if (\$833 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$996  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
+            5'h03:
+                \$996  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
+            5'h04:
+                \$996  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
+            5'h05:
+                \$996  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
+            5'h06:
+                \$996  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
+            5'h07:
+                \$996  = { beat__payload[13], beat__payload[13:7] };
+            5'h08:
+                \$996  = beat__payload[15:8];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$996  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$997  = w_lane2;
+    if (\$822 ) begin
+      if (\$825 ) begin
+        if (\$833 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$997  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+            5'h03:
+                \$997  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+            5'h04:
+                \$997  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+            5'h05:
+                \$997  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+            5'h06:
+                \$997  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+            5'h07:
+                \$997  = { beat__payload[20], beat__payload[20:14] };
+            5'h08:
+                \$997  = beat__payload[23:16];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$997  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$998  = w_lane3;
+    if (\$822 ) begin
+      if (\$825 ) begin
+        if (\$833 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$998  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+            5'h03:
+                \$998  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+            5'h04:
+                \$998  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+            5'h05:
+                \$998  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+            5'h06:
+                \$998  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+            5'h07:
+                \$998  = { beat__payload[27], beat__payload[27:21] };
+            5'h08:
+                \$998  = beat__payload[31:24];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$998  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$999  = w_lane4;
+    if (\$822 ) begin
+      if (\$825 ) begin
+        if (\$833 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$999  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+            5'h03:
+                \$999  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+            5'h04:
+                \$999  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+            5'h05:
+                \$999  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+            5'h06:
+                \$999  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+            5'h07:
+                \$999  = { beat__payload[34], beat__payload[34:28] };
+            5'h08:
+                \$999  = beat__payload[39:32];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$999  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1000  = w_lane5;
+    if (\$822 ) begin
+      if (\$825 ) begin
+        if (\$833 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1000  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+            5'h03:
+                \$1000  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+            5'h04:
+                \$1000  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+            5'h05:
+                \$1000  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+            5'h06:
+                \$1000  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+            5'h07:
+                \$1000  = { beat__payload[41], beat__payload[41:35] };
+            5'h08:
+                \$1000  = beat__payload[47:40];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1000  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1001  = w_lane6;
+    if (\$822 ) begin
+      if (\$825 ) begin
+        if (\$833 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1001  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
+            5'h03:
+                \$1001  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
+            5'h04:
+                \$1001  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
+            5'h05:
+                \$1001  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
+            5'h06:
+                \$1001  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
+            5'h07:
+                \$1001  = { beat__payload[48], beat__payload[48:42] };
+            5'h08:
+                \$1001  = beat__payload[55:48];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1001  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1002  = w_lane7;
+    if (\$822 ) begin
+      if (\$825 ) begin
+        if (\$833 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1002  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+            5'h03:
+                \$1002  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+            5'h04:
+                \$1002  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+            5'h05:
+                \$1002  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+            5'h06:
+                \$1002  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+            5'h07:
+                \$1002  = { beat__payload[55], beat__payload[55:49] };
+            5'h08:
+                \$1002  = beat__payload[63:56];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1002  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1003  = a_filled0;
+    if (in_decode) begin
+      \$1003  = 1'h0;
+    end
+    if (\$834 ) begin
+      if (\$837 ) begin
+        if (\$838 ) begin
+          if (\$840 ) begin
+            casez (\$signal$258 )
+              1'h0:
+                  \$1003  = 1'h1;
+            endcase
+          end
+        end
+      end
       if (\$857 ) begin
-        \$1004  = 1'h0;
+        if (\$859 ) begin
+          if (\$860 ) begin
+            casez (\$signal$288 )
+              1'h0:
+                  \$1003  = 1'h0;
+            endcase
+          end
+        end
       end
-      if (\$872 ) begin
-        \$1004  = 1'h1;
+    end
+    if (rst) begin
+      \$1003  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1004  = a_filled1;
+    if (in_decode) begin
+      \$1004  = 1'h0;
+    end
+    if (\$834 ) begin
+      if (\$837 ) begin
+        if (\$838 ) begin
+          if (\$840 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$258 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1004  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$857 ) begin
+        if (\$859 ) begin
+          if (\$860 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$288 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1004  = 1'h0;
+            endcase
+          end
+        end
       end
     end
     if (rst) begin
@@ -33230,10 +33053,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1005  = a_last;
-    if (\$848 ) begin
-      if (\$872 ) begin
-        \$1005  = \$873 ;
+    \$1005  = \$signal$258 ;
+    if (in_decode) begin
+      \$1005  = 1'h0;
+    end
+    if (\$834 ) begin
+      if (\$837 ) begin
+        if (\$838 ) begin
+          if (\$840 ) begin
+            \$1005  = \$841 ;
+          end
+        end
       end
     end
     if (rst) begin
@@ -33242,18 +33072,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1006  = w_load_lane;
-    if (\$848 ) begin
-      if (\$885 ) begin
+    \$1006  = \$signal$265 ;
+    if (in_decode) begin
+      \$1006  = 4'h0;
+    end
+    if (\$834 ) begin
+      if (\$837 ) begin
         (* full_case = 32'd1 *)
-        if (\$886 ) begin
+        if (\$838 ) begin
           \$1006  = 4'h0;
         end else begin
-          \$1006  = \$893 [3:0];
+          \$1006  = \$842 [3:0];
         end
-      end
-      if (in_decode) begin
-        \$1006  = 4'h0;
       end
     end
     if (rst) begin
@@ -33262,18 +33092,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1007  = w_load_k;
-    if (\$848 ) begin
-      if (\$885 ) begin
-        if (\$886 ) begin
-          \$1007  = \$887 [15:0];
-          if (\$889 ) begin
+    \$1007  = lk;
+    if (in_decode) begin
+      \$1007  = 16'h0000;
+    end
+    if (\$834 ) begin
+      if (\$837 ) begin
+        if (\$838 ) begin
+          \$1007  = \$839 [15:0];
+          if (\$840 ) begin
             \$1007  = 16'h0000;
           end
         end
-      end
-      if (in_decode) begin
-        \$1007  = 16'h0000;
       end
     end
     if (rst) begin
@@ -33282,42 +33112,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1008  = w_load_addr;
-    if (\$848 ) begin
-      if (\$885 ) begin
-        if (\$886 ) begin
-          \$1008  = \$888 [9:0];
-          if (\$889 ) begin
-            if (\$891 ) begin
-              \$1008  = 10'h000;
-            end
+    \$1008  = \$signal$288 ;
+    if (in_decode) begin
+      \$1008  = 1'h0;
+    end
+    if (\$834 ) begin
+      if (\$857 ) begin
+        if (\$859 ) begin
+          if (\$860 ) begin
+            \$1008  = \$861 ;
           end
         end
       end
-      if (in_decode) begin
-        \$1008  = 10'h000;
-      end
     end
     if (rst) begin
-      \$1008  = 10'h000;
+      \$1008  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1009  = w_load_nt;
-    if (\$848 ) begin
-      if (\$885 ) begin
-        if (\$886 ) begin
-          if (\$889 ) begin
-            \$1009  = \$890 [15:0];
-            if (\$891 ) begin
-              \$1009  = 16'h0000;
-            end
-          end
+    \$1009  = \$signal$289 ;
+    if (in_decode) begin
+      \$1009  = 16'h0000;
+    end
+    if (\$834 ) begin
+      if (\$857 ) begin
+        (* full_case = 32'd1 *)
+        if (\$859 ) begin
+          \$1009  = 16'h0000;
+        end else begin
+          \$1009  = \$864 [15:0];
         end
-      end
-      if (in_decode) begin
-        \$1009  = 16'h0000;
       end
     end
     if (rst) begin
@@ -33326,97 +33151,57 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1010  = w_filled0;
-    if (\$848 ) begin
-      if (\$885 ) begin
-        if (\$886 ) begin
-          if (\$889 ) begin
-            if (\$891 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1010  = 1'h1;
-              endcase
-            end
+    \$1010  = fnt;
+    if (in_decode) begin
+      \$1010  = 16'h0000;
+    end
+    if (\$834 ) begin
+      if (\$857 ) begin
+        if (\$859 ) begin
+          (* full_case = 32'd1 *)
+          if (\$860 ) begin
+            \$1010  = 16'h0000;
+          end else begin
+            \$1010  = \$863 [15:0];
           end
         end
-      end
-      if (\$911 ) begin
-        if (\$912 ) begin
-          if (\$913 ) begin
-            if (\$914 ) begin
-              casez (w_feed_half)
-                1'h0:
-                    \$1010  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1010  = 1'h0;
       end
     end
     if (rst) begin
-      \$1010  = 1'h0;
+      \$1010  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1011  = w_filled1;
-    if (\$848 ) begin
-      if (\$885 ) begin
-        if (\$886 ) begin
-          if (\$889 ) begin
-            if (\$891 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1011  = 1'h1;
-              endcase
-            end
+    \$1011  = feed_blocks;
+    if (in_decode) begin
+      \$1011  = dec_blocks;
+    end
+    if (\$834 ) begin
+      if (\$857 ) begin
+        if (\$859 ) begin
+          if (\$860 ) begin
+            \$1011  = \$862 [31:0];
           end
         end
-      end
-      if (\$911 ) begin
-        if (\$912 ) begin
-          if (\$913 ) begin
-            if (\$914 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_feed_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1011  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1011  = 1'h0;
       end
     end
     if (rst) begin
-      \$1011  = 1'h0;
+      \$1011  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1012  = w_load_half;
-    if (\$848 ) begin
-      if (\$885 ) begin
-        if (\$886 ) begin
-          if (\$889 ) begin
-            if (\$891 ) begin
-              \$1012  = \$892 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
+    \$1012  = \$signal$294 ;
+    if (in_decode) begin
+      \$1012  = 1'h0;
+    end
+    if (\$834 ) begin
+      if (\$843 ) begin
         \$1012  = 1'h0;
+      end
+      if (\$857 ) begin
+        \$1012  = 1'h1;
       end
     end
     if (rst) begin
@@ -33425,84 +33210,279 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1013  = feed_ntk;
-    if (\$848 ) begin
-      if (\$911 ) begin
-        if (\$912 ) begin
+    \$1013  = a_last;
+    if (\$834 ) begin
+      if (\$857 ) begin
+        \$1013  = \$858 ;
+      end
+    end
+    if (rst) begin
+      \$1013  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1014  = w_load_lane;
+    if (\$834 ) begin
+      if (\$869 ) begin
+        (* full_case = 32'd1 *)
+        if (\$870 ) begin
+          \$1014  = 4'h0;
+        end else begin
+          \$1014  = \$877 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1014  = 4'h0;
+      end
+    end
+    if (rst) begin
+      \$1014  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1015  = w_load_k;
+    if (\$834 ) begin
+      if (\$869 ) begin
+        if (\$870 ) begin
+          \$1015  = \$871 [15:0];
+          if (\$873 ) begin
+            \$1015  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1015  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1015  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1016  = w_load_addr;
+    if (\$834 ) begin
+      if (\$869 ) begin
+        if (\$870 ) begin
+          \$1016  = \$872 [9:0];
+          if (\$873 ) begin
+            if (\$875 ) begin
+              \$1016  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1016  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1016  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1017  = w_load_nt;
+    if (\$834 ) begin
+      if (\$869 ) begin
+        if (\$870 ) begin
+          if (\$873 ) begin
+            \$1017  = \$874 [15:0];
+            if (\$875 ) begin
+              \$1017  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1017  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1017  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1018  = w_filled0;
+    if (\$834 ) begin
+      if (\$869 ) begin
+        if (\$870 ) begin
+          if (\$873 ) begin
+            if (\$875 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1018  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$893 ) begin
+        if (\$894 ) begin
+          if (\$895 ) begin
+            if (\$896 ) begin
+              casez (w_feed_half)
+                1'h0:
+                    \$1018  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1018  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1018  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1019  = w_filled1;
+    if (\$834 ) begin
+      if (\$869 ) begin
+        if (\$870 ) begin
+          if (\$873 ) begin
+            if (\$875 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1019  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$893 ) begin
+        if (\$894 ) begin
+          if (\$895 ) begin
+            if (\$896 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1019  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1019  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1019  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1020  = w_load_half;
+    if (\$834 ) begin
+      if (\$869 ) begin
+        if (\$870 ) begin
+          if (\$873 ) begin
+            if (\$875 ) begin
+              \$1020  = \$876 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1020  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1020  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1021  = feed_ntk;
+    if (\$834 ) begin
+      if (\$893 ) begin
+        if (\$894 ) begin
           (* full_case = 32'd1 *)
-          if (\$913 ) begin
-            \$1013  = 32'd0;
+          if (\$895 ) begin
+            \$1021  = 32'd0;
           end else begin
-            \$1013  = \$917 [31:0];
+            \$1021  = \$899 [31:0];
           end
         end
       end
       if (in_decode) begin
-        \$1013  = 32'd0;
+        \$1021  = 32'd0;
       end
     end
     if (rst) begin
-      \$1013  = 32'd0;
+      \$1021  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1014  = feed_mt;
-    if (\$848 ) begin
-      if (\$911 ) begin
-        if (\$912 ) begin
-          if (\$913 ) begin
+    \$1022  = feed_mt;
+    if (\$834 ) begin
+      if (\$893 ) begin
+        if (\$894 ) begin
+          if (\$895 ) begin
             (* full_case = 32'd1 *)
-            if (\$914 ) begin
-              \$1014  = 16'h0000;
+            if (\$896 ) begin
+              \$1022  = 16'h0000;
             end else begin
-              \$1014  = \$916 [15:0];
+              \$1022  = \$898 [15:0];
             end
           end
         end
       end
       if (in_decode) begin
-        \$1014  = 16'h0000;
+        \$1022  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1014  = 16'h0000;
+      \$1022  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1015  = w_feed_half;
-    if (\$848 ) begin
-      if (\$911 ) begin
-        if (\$912 ) begin
-          if (\$913 ) begin
-            if (\$914 ) begin
-              \$1015  = \$915 ;
+    \$1023  = w_feed_half;
+    if (\$834 ) begin
+      if (\$893 ) begin
+        if (\$894 ) begin
+          if (\$895 ) begin
+            if (\$896 ) begin
+              \$1023  = \$897 ;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1015  = 1'h0;
+        \$1023  = 1'h0;
       end
     end
     if (rst) begin
-      \$1015  = 1'h0;
+      \$1023  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1016  = post_col;
+    \$1024  = post_col;
     if (in_decode) begin
-      \$1016  = 3'h0;
+      \$1024  = 3'h0;
     end
-    if (\$920 ) begin
+    if (\$902 ) begin
       if (elem_take) begin
-        \$1016  = \$923 [2:0];
+        \$1024  = \$905 [2:0];
       end
     end
     if (rst) begin
-      \$1016  = 3'h0;
+      \$1024  = 3'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -33534,10 +33514,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \next$89  = src1_issue;
   assign \w_en$90  = src1_inflight;
   assign \w_data$91  = { src1_meta, \$signature__data$92  };
-  assign \error$107  = error;
-  assign \done$109  = done;
-  assign \busy$111  = busy;
-  assign \cycles$113  = cycles;
+  assign \error$111  = error;
+  assign \done$113  = done;
+  assign \busy$115  = busy;
+  assign \cycles$117  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -33609,46 +33589,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \c__payload.f  = c__payload;
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
-  assign \c__payload$163.m  = \c__payload$163 [15:0];
-  assign \c__payload$163.b  = \c__payload$163 [58:16];
-  assign \c__payload$163.e  = \c__payload$163 [64:59];
-  assign \c__payload$163.last  = \c__payload$163 [65];
-  assign \c__payload$166.m_a  = \c__payload$166 [15:0];
-  assign \c__payload$166.e_a  = \c__payload$166 [21:16];
-  assign \c__payload$166.m_b  = \c__payload$166 [37:22];
-  assign \c__payload$166.e_b  = \c__payload$166 [43:38];
-  assign \c__payload$169.qb  = \c__payload$169 [9:0];
-  assign \c__payload$169.qc  = \c__payload$169 [24:10];
-  assign \c__payload$169.sh  = \c__payload$169 [30:25];
-  assign \c__payload$169.m  = \c__payload$169 [46:31];
-  assign \c__payload$169.e  = \c__payload$169 [52:47];
-  assign \req__payload$181.addr  = \req__payload$181 [31:0];
-  assign \req__payload$181.data  = \req__payload$181 [95:32];
-  assign \req__payload$181.lb  = \req__payload$181 [98:96];
+  assign \c__payload$171.m  = \c__payload$171 [15:0];
+  assign \c__payload$171.b  = \c__payload$171 [58:16];
+  assign \c__payload$171.e  = \c__payload$171 [64:59];
+  assign \c__payload$171.last  = \c__payload$171 [65];
+  assign \c__payload$174.m_a  = \c__payload$174 [15:0];
+  assign \c__payload$174.e_a  = \c__payload$174 [21:16];
+  assign \c__payload$174.m_b  = \c__payload$174 [37:22];
+  assign \c__payload$174.e_b  = \c__payload$174 [43:38];
+  assign \c__payload$177.qb  = \c__payload$177 [9:0];
+  assign \c__payload$177.qc  = \c__payload$177 [24:10];
+  assign \c__payload$177.sh  = \c__payload$177 [30:25];
+  assign \c__payload$177.m  = \c__payload$177 [46:31];
+  assign \c__payload$177.e  = \c__payload$177 [52:47];
+  assign \req__payload$190.addr  = \req__payload$190 [31:0];
+  assign \req__payload$190.data  = \req__payload$190 [95:32];
+  assign \req__payload$190.lb  = \req__payload$190 [98:96];
   assign \i__payload.data  = i__payload[15:0];
   assign \i__payload.last  = i__payload[16];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \o__payload$208[0]  = \o__payload$208 [15:0];
-  assign \o__payload$208[1]  = \o__payload$208 [31:16];
-  assign \o__payload$208[2]  = \o__payload$208 [47:32];
-  assign \o__payload$208[3]  = \o__payload$208 [63:48];
+  assign \o__payload$218[0]  = \o__payload$218 [15:0];
+  assign \o__payload$218[1]  = \o__payload$218 [31:16];
+  assign \o__payload$218[2]  = \o__payload$218 [47:32];
+  assign \o__payload$218[3]  = \o__payload$218 [63:48];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$221[0]  = \b__payload$221 [15:0];
-  assign \b__payload$221[1]  = \b__payload$221 [31:16];
-  assign \b__payload$221[2]  = \b__payload$221 [47:32];
-  assign \b__payload$221[3]  = \b__payload$221 [63:48];
-  assign \o__payload$228[0]  = \o__payload$228 [7:0];
-  assign \o__payload$228[1]  = \o__payload$228 [15:8];
-  assign \o__payload$228[2]  = \o__payload$228 [23:16];
-  assign \o__payload$228[3]  = \o__payload$228 [31:24];
-  assign \i__payload$231[0]  = \i__payload$231 [7:0];
-  assign \i__payload$231[1]  = \i__payload$231 [15:8];
-  assign \i__payload$231[2]  = \i__payload$231 [23:16];
-  assign \i__payload$231[3]  = \i__payload$231 [31:24];
+  assign \b__payload$231[0]  = \b__payload$231 [15:0];
+  assign \b__payload$231[1]  = \b__payload$231 [31:16];
+  assign \b__payload$231[2]  = \b__payload$231 [47:32];
+  assign \b__payload$231[3]  = \b__payload$231 [63:48];
+  assign \o__payload$238[0]  = \o__payload$238 [7:0];
+  assign \o__payload$238[1]  = \o__payload$238 [15:8];
+  assign \o__payload$238[2]  = \o__payload$238 [23:16];
+  assign \o__payload$238[3]  = \o__payload$238 [31:24];
+  assign \i__payload$241[0]  = \i__payload$241 [7:0];
+  assign \i__payload$241[1]  = \i__payload$241 [15:8];
+  assign \i__payload$241[2]  = \i__payload$241 [23:16];
+  assign \i__payload$241[3]  = \i__payload$241 [31:24];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -33677,16 +33657,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$345.data  = \a__payload$345 [71:0];
-  assign \a__payload$345.data[0]  = \a__payload$345 [8:0];
-  assign \a__payload$345.data[1]  = \a__payload$345 [17:9];
-  assign \a__payload$345.data[2]  = \a__payload$345 [26:18];
-  assign \a__payload$345.data[3]  = \a__payload$345 [35:27];
-  assign \a__payload$345.data[4]  = \a__payload$345 [44:36];
-  assign \a__payload$345.data[5]  = \a__payload$345 [53:45];
-  assign \a__payload$345.data[6]  = \a__payload$345 [62:54];
-  assign \a__payload$345.data[7]  = \a__payload$345 [71:63];
-  assign \a__payload$345.last  = \a__payload$345 [72];
+  assign \a__payload$356.data  = \a__payload$356 [71:0];
+  assign \a__payload$356.data[0]  = \a__payload$356 [8:0];
+  assign \a__payload$356.data[1]  = \a__payload$356 [17:9];
+  assign \a__payload$356.data[2]  = \a__payload$356 [26:18];
+  assign \a__payload$356.data[3]  = \a__payload$356 [35:27];
+  assign \a__payload$356.data[4]  = \a__payload$356 [44:36];
+  assign \a__payload$356.data[5]  = \a__payload$356 [53:45];
+  assign \a__payload$356.data[6]  = \a__payload$356 [62:54];
+  assign \a__payload$356.data[7]  = \a__payload$356 [71:63];
+  assign \a__payload$356.last  = \a__payload$356 [72];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -33695,66 +33675,65 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$374[0]  = \o__payload$374 [31:0];
-  assign \o__payload$374[1]  = \o__payload$374 [63:32];
-  assign \o__payload$374[2]  = \o__payload$374 [95:64];
-  assign \o__payload$374[3]  = \o__payload$374 [127:96];
-  assign \o__payload$374[4]  = \o__payload$374 [159:128];
-  assign \o__payload$374[5]  = \o__payload$374 [191:160];
-  assign \o__payload$374[6]  = \o__payload$374 [223:192];
-  assign \o__payload$374[7]  = \o__payload$374 [255:224];
+  assign \o__payload$385[0]  = \o__payload$385 [31:0];
+  assign \o__payload$385[1]  = \o__payload$385 [63:32];
+  assign \o__payload$385[2]  = \o__payload$385 [95:64];
+  assign \o__payload$385[3]  = \o__payload$385 [127:96];
+  assign \o__payload$385[4]  = \o__payload$385 [159:128];
+  assign \o__payload$385[5]  = \o__payload$385 [191:160];
+  assign \o__payload$385[6]  = \o__payload$385 [223:192];
+  assign \o__payload$385[7]  = \o__payload$385 [255:224];
+  assign \$8  = { \$7 [17], \$7 [17], \$7 [17], \$7 [17:3] };
+  assign \$10  = ins[39:24];
+  assign \$11  = ins[361:344];
   assign \$14  = { \$13 [17], \$13 [17], \$13 [17], \$13 [17:3] };
-  assign \$16  = ins[39:24];
-  assign \$17  = ins[361:344];
   assign \$20  = { \$19 [17], \$19 [17], \$19 [17], \$19 [17:3] };
-  assign \$26  = { \$25 [17], \$25 [17], \$25 [17], \$25 [17:3] };
-  assign \$29  = { \$28 [17], \$28 [17], \$28 [17], \$28 [17:3] };
-  assign \$36  = 4'h8;
-  assign \$37  = ins[397:380];
-  assign \$40  = { \$39 [17], \$39 [17], \$39 [17], \$39 [17:3] };
-  assign \$44  = { \$43 [17], \$43 [17], \$43 [17], \$43 [17:3] };
-  assign { \$120 [3], \$120 [1:0] } = 3'h0;
-  assign \$120 [2] = ins[10];
-  assign \$121  = ins[10];
-  assign { \$123 [3], \$123 [1:0] } = 3'h0;
-  assign \$123 [2] = ins[10];
-  assign \$124  = ins[10];
-  assign { \$126 [3], \$126 [1:0] } = 3'h0;
-  assign \$126 [2] = ins[10];
-  assign \$127  = ins[10];
-  assign { \$129 [3], \$129 [1:0] } = 3'h0;
-  assign \$129 [2] = ins[10];
-  assign \$130  = ins[10];
-  assign \$173  = { 1'h0, nt, 6'h00 };
-  assign \$186 [3:1] = 3'h0;
-  assign \$186 [0] = ins[8];
-  assign \$187  = ins[8];
-  assign \$189 [3:1] = 3'h0;
-  assign \$189 [0] = ins[8];
-  assign \$190  = ins[8];
-  assign \$192 [3:1] = 3'h0;
-  assign \$192 [0] = ins[8];
-  assign \$193  = ins[8];
-  assign \$195 [3:1] = 3'h0;
-  assign \$195 [0] = ins[8];
-  assign \$196  = ins[8];
-  assign \$198 [3:1] = 3'h0;
-  assign \$198 [0] = ins[8];
-  assign \$199  = ins[8];
-  assign \$201 [3:1] = 3'h0;
-  assign \$201 [0] = ins[8];
-  assign \$202  = ins[8];
-  assign \$204 [3:1] = 3'h0;
-  assign \$204 [0] = ins[8];
-  assign \$205  = ins[8];
-  assign \$697  = { \$696 [17], \$696 [17], \$696 [17], \$696 [17:3] };
-  assign \$700  = { \$699 [17], \$699 [17], \$699 [17], \$699 [17:3] };
-  assign \$705  = { 1'h0, dec_nt, 6'h00 };
-  assign \$707 [5:0] = 6'h00;
-  assign \$707 [31:6] = { 8'h00, \$706 [23:6] };
-  assign \$711 [2:0] = 3'h0;
-  assign \$711 [3] = ins[11];
-  assign \$712  = ins[11];
+  assign \$23  = { \$22 [17], \$22 [17], \$22 [17], \$22 [17:3] };
+  assign \$30  = 4'h8;
+  assign \$31  = ins[397:380];
+  assign \$34  = { \$33 [17], \$33 [17], \$33 [17], \$33 [17:3] };
+  assign \$38  = { \$37 [17], \$37 [17], \$37 [17], \$37 [17:3] };
+  assign { \$82 [3], \$82 [1:0] } = 3'h0;
+  assign \$82 [2] = ins[10];
+  assign \$83  = ins[10];
+  assign { \$85 [3], \$85 [1:0] } = 3'h0;
+  assign \$85 [2] = ins[10];
+  assign \$86  = ins[10];
+  assign { \$88 [3], \$88 [1:0] } = 3'h0;
+  assign \$88 [2] = ins[10];
+  assign \$89  = ins[10];
+  assign { \$91 [3], \$91 [1:0] } = 3'h0;
+  assign \$91 [2] = ins[10];
+  assign \$92  = ins[10];
+  assign \$141 [3:1] = 3'h0;
+  assign \$141 [0] = ins[8];
+  assign \$142  = ins[8];
+  assign \$144 [3:1] = 3'h0;
+  assign \$144 [0] = ins[8];
+  assign \$145  = ins[8];
+  assign \$147 [3:1] = 3'h0;
+  assign \$147 [0] = ins[8];
+  assign \$148  = ins[8];
+  assign \$150 [3:1] = 3'h0;
+  assign \$150 [0] = ins[8];
+  assign \$151  = ins[8];
+  assign \$153 [3:1] = 3'h0;
+  assign \$153 [0] = ins[8];
+  assign \$154  = ins[8];
+  assign \$156 [3:1] = 3'h0;
+  assign \$156 [0] = ins[8];
+  assign \$157  = ins[8];
+  assign \$159 [3:1] = 3'h0;
+  assign \$159 [0] = ins[8];
+  assign \$160  = ins[8];
+  assign \$651  = { \$650 [17], \$650 [17], \$650 [17], \$650 [17:3] };
+  assign \$654  = { \$653 [17], \$653 [17], \$653 [17], \$653 [17:3] };
+  assign \$659  = { 1'h0, dec_nt, 6'h00 };
+  assign \$661 [5:0] = 6'h00;
+  assign \$661 [31:6] = { 8'h00, \$660 [23:6] };
+  assign \$665 [2:0] = 3'h0;
+  assign \$665 [3] = ins[11];
+  assign \$666  = ins[11];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -38304,10 +38283,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$16641$0 (l0s_s2_o),
-    .\port$16733$0 (l1s_s2_o),
-    .\port$16825$0 (l2s_s2_o),
-    .\port$16917$0 (l3s_s2_o),
+    .\port$16659$0 (l0s_s2_o),
+    .\port$16751$0 (l1s_s2_o),
+    .\port$16843$0 (l2s_s2_o),
+    .\port$16935$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -39552,7 +39531,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16641$0 , \port$16733$0 , \port$16825$0 , \port$16917$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16659$0 , \port$16751$0 , \port$16843$0 , \port$16935$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$185  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -39595,14 +39574,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16641
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$16641$0 ;
-  wire [15:0] \port$16641$0 ;
-  input [15:0] \port$16733$0 ;
-  wire [15:0] \port$16733$0 ;
-  input [15:0] \port$16825$0 ;
-  wire [15:0] \port$16825$0 ;
-  input [15:0] \port$16917$0 ;
-  wire [15:0] \port$16917$0 ;
+  input [15:0] \port$16659$0 ;
+  wire [15:0] \port$16659$0 ;
+  input [15:0] \port$16751$0 ;
+  wire [15:0] \port$16751$0 ;
+  input [15:0] \port$16843$0 ;
+  wire [15:0] \port$16843$0 ;
+  input [15:0] \port$16935$0 ;
+  wire [15:0] \port$16935$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -39645,7 +39624,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16641
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16917$0 , \port$16825$0 , \port$16733$0 , \port$16641$0  };
+      storage[w_port__addr] <= { \port$16935$0 , \port$16843$0 , \port$16751$0 , \port$16659$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -39757,8 +39736,8 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16641
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16917$0 , \port$16825$0 , \port$16733$0 , \port$16641$0  };
-  assign w_data = { \port$16917$0 , \port$16825$0 , \port$16733$0 , \port$16641$0  };
+  assign w_port__data = { \port$16935$0 , \port$16843$0 , \port$16751$0 , \port$16659$0  };
+  assign w_data = { \port$16935$0 , \port$16843$0 , \port$16751$0 , \port$16659$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -46845,10 +46824,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$17150$0 (l0_s27_o),
-    .\port$17336$0 (l1_s27_o),
-    .\port$17522$0 (l2_s27_o),
-    .\port$17708$0 (l3_s27_o),
+    .\port$17168$0 (l0_s27_o),
+    .\port$17354$0 (l1_s27_o),
+    .\port$17540$0 (l2_s27_o),
+    .\port$17726$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -48903,7 +48882,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17150$0 , \port$17336$0 , \port$17522$0 , \port$17708$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17168$0 , \port$17354$0 , \port$17540$0 , \port$17726$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$187  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -48946,14 +48925,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$17150$0 ;
-  wire [7:0] \port$17150$0 ;
-  input [7:0] \port$17336$0 ;
-  wire [7:0] \port$17336$0 ;
-  input [7:0] \port$17522$0 ;
-  wire [7:0] \port$17522$0 ;
-  input [7:0] \port$17708$0 ;
-  wire [7:0] \port$17708$0 ;
+  input [7:0] \port$17168$0 ;
+  wire [7:0] \port$17168$0 ;
+  input [7:0] \port$17354$0 ;
+  wire [7:0] \port$17354$0 ;
+  input [7:0] \port$17540$0 ;
+  wire [7:0] \port$17540$0 ;
+  input [7:0] \port$17726$0 ;
+  wire [7:0] \port$17726$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -49012,7 +48991,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$17708$0 , \port$17522$0 , \port$17336$0 , \port$17150$0  };
+      storage[w_port__addr] <= { \port$17726$0 , \port$17540$0 , \port$17354$0 , \port$17168$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -49124,8 +49103,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$17708$0 , \port$17522$0 , \port$17336$0 , \port$17150$0  };
-  assign w_data = { \port$17708$0 , \port$17522$0 , \port$17336$0 , \port$17150$0  };
+  assign w_port__data = { \port$17726$0 , \port$17540$0 , \port$17354$0 , \port$17168$0  };
+  assign w_data = { \port$17726$0 , \port$17540$0 , \port$17354$0 , \port$17168$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -72562,17 +72541,11 @@ module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, un
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, next, load, base, valid, i1, i2, i3, i4
+module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, next, load, base, valid, index__1, index__2, index__3, last__4, index__4
 , addr, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$189  = 0;
-  wire [16:0] \$1 ;
+  wire \$1 ;
   wire \$10 ;
-  reg [15:0] \$100 ;
-  reg [21:0] \$101 ;
-  reg [15:0] \$102 ;
-  reg [17:0] \$103 ;
-  reg [15:0] \$104 ;
-  reg [21:0] \$105 ;
   wire [16:0] \$11 ;
   wire \$12 ;
   wire \$13 ;
@@ -72582,94 +72555,85 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
   wire [16:0] \$17 ;
   wire \$18 ;
   wire \$19 ;
-  wire [16:0] \$2 ;
-  wire [16:0] \$20 ;
+  wire \$2 ;
+  wire \$20 ;
   wire \$21 ;
   wire \$22 ;
-  wire [16:0] \$23 ;
+  wire \$23 ;
   wire \$24 ;
   wire \$25 ;
-  wire [16:0] \$26 ;
+  wire \$26 ;
   wire \$27 ;
   wire \$28 ;
-  wire [16:0] \$29 ;
-  wire [16:0] \$3 ;
+  wire \$29 ;
+  wire \$3 ;
   wire \$30 ;
   wire \$31 ;
-  wire [16:0] \$32 ;
+  wire \$32 ;
   wire \$33 ;
-  wire [16:0] \$34 ;
-  wire \$35 ;
-  wire \$36 ;
+  wire \$34 ;
+  wire [16:0] \$35 ;
+  wire [22:0] \$36 ;
   wire \$37 ;
   wire [16:0] \$38 ;
-  wire \$39 ;
-  wire [16:0] \$4 ;
+  wire [22:0] \$39 ;
+  wire \$4 ;
   wire \$40 ;
-  wire [16:0] \$41 ;
-  wire \$42 ;
-  wire [16:0] \$43 ;
+  wire [22:0] \$41 ;
+  wire [16:0] \$42 ;
+  wire [22:0] \$43 ;
   wire \$44 ;
-  wire \$45 ;
-  wire [16:0] \$46 ;
-  wire \$47 ;
-  wire \$48 ;
+  wire [22:0] \$45 ;
+  wire [22:0] \$46 ;
+  wire [16:0] \$47 ;
+  wire [22:0] \$48 ;
   wire \$49 ;
   wire [16:0] \$5 ;
-  wire [16:0] \$50 ;
-  wire \$51 ;
-  wire \$52 ;
+  wire [22:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
   wire [16:0] \$53 ;
-  wire \$54 ;
-  wire [16:0] \$55 ;
-  wire \$56 ;
-  wire \$57 ;
-  wire [16:0] \$58 ;
-  wire \$59 ;
-  wire [16:0] \$6 ;
-  wire \$60 ;
-  wire [16:0] \$61 ;
-  wire \$62 ;
-  wire \$63 ;
-  wire \$64 ;
-  wire [16:0] \$65 ;
-  wire [22:0] \$66 ;
-  wire [16:0] \$67 ;
-  wire [22:0] \$68 ;
-  wire [22:0] \$69 ;
+  wire [22:0] \$54 ;
+  wire \$55 ;
+  wire [22:0] \$56 ;
+  wire [22:0] \$57 ;
+  wire [22:0] \$58 ;
+  wire [22:0] \$59 ;
+  wire \$6 ;
+  reg \$60 ;
+  reg [15:0] \$61 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg [17:0] \$64 ;
+  reg [15:0] \$65 ;
+  reg [21:0] \$66 ;
+  reg [15:0] \$67 ;
+  reg \$68 ;
+  reg \$69 ;
   wire \$7 ;
-  wire [16:0] \$70 ;
-  wire [22:0] \$71 ;
-  wire [22:0] \$72 ;
-  wire [22:0] \$73 ;
-  wire [16:0] \$74 ;
-  wire [22:0] \$75 ;
-  wire [22:0] \$76 ;
-  wire [22:0] \$77 ;
-  wire [22:0] \$78 ;
-  wire [16:0] \$79 ;
+  reg [17:0] \$70 ;
+  reg [15:0] \$71 ;
+  reg [21:0] \$72 ;
+  reg [15:0] \$73 ;
+  reg \$74 ;
+  reg \$75 ;
+  reg [17:0] \$76 ;
+  reg [15:0] \$77 ;
+  reg [21:0] \$78 ;
+  reg [15:0] \$79 ;
   wire [16:0] \$8 ;
-  wire [22:0] \$80 ;
-  wire [22:0] \$81 ;
-  wire [22:0] \$82 ;
-  wire [22:0] \$83 ;
-  wire [22:0] \$84 ;
-  reg \$85 ;
-  reg [15:0] \$86 ;
-  reg [17:0] \$87 ;
-  reg [15:0] \$88 ;
-  reg [21:0] \$89 ;
+  reg \$80 ;
+  reg \$81 ;
+  reg [17:0] \$82 ;
+  reg [15:0] \$83 ;
+  reg [21:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg \$86 ;
+  reg \$87 ;
+  reg [17:0] \$88 ;
+  reg [15:0] \$89 ;
   wire \$9 ;
-  reg [15:0] \$90 ;
-  reg [17:0] \$91 ;
-  reg [15:0] \$92 ;
-  reg [21:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [17:0] \$95 ;
-  reg [15:0] \$96 ;
-  reg [21:0] \$97 ;
-  reg [15:0] \$98 ;
-  reg [17:0] \$99 ;
+  reg [21:0] \$90 ;
   output [21:0] addr;
   reg [21:0] addr = 22'h000000;
   input [19:0] base;
@@ -72679,38 +72643,43 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
   output \final ;
   wire \final ;
   wire \final$21 ;
-  reg [15:0] i0 = 16'h0000;
-  output [15:0] i1;
-  reg [15:0] i1 = 16'h0000;
-  output [15:0] i2;
-  reg [15:0] i2 = 16'h0000;
-  output [15:0] i3;
-  reg [15:0] i3 = 16'h0000;
-  output [15:0] i4;
-  reg [15:0] i4 = 16'h0000;
   (* init = 16'h0000 *)
-  wire [15:0] index__0;
+  wire [15:0] i0;
   (* init = 16'h0000 *)
-  wire [15:0] index__1;
+  wire [15:0] i1;
   (* init = 16'h0000 *)
-  wire [15:0] index__2;
+  wire [15:0] i2;
   (* init = 16'h0000 *)
-  wire [15:0] index__3;
+  wire [15:0] i3;
   (* init = 16'h0000 *)
-  wire [15:0] index__4;
-  wire last__0;
-  wire last__1;
-  wire last__2;
-  wire last__3;
+  wire [15:0] i4;
+  reg [15:0] index__0 = 16'h0000;
+  output [15:0] index__1;
+  reg [15:0] index__1 = 16'h0000;
+  output [15:0] index__2;
+  reg [15:0] index__2 = 16'h0000;
+  output [15:0] index__3;
+  reg [15:0] index__3 = 16'h0000;
+  output [15:0] index__4;
+  reg [15:0] index__4 = 16'h0000;
+  (* init = 1'h0 *)
+  wire last0;
+  (* init = 1'h0 *)
+  wire last1;
+  (* init = 1'h0 *)
+  wire last2;
+  (* init = 1'h0 *)
+  wire last3;
+  (* init = 1'h0 *)
+  wire last4;
+  reg last__0 = 1'h0;
+  reg last__1 = 1'h0;
+  reg last__2 = 1'h0;
+  reg last__3 = 1'h0;
   output last__4;
-  wire last__4;
+  reg last__4 = 1'h0;
   input load;
   wire load;
-  reg [15:0] n0 = 16'h0000;
-  reg [15:0] n1 = 16'h0000;
-  reg [15:0] n2 = 16'h0000;
-  reg [15:0] n3 = 16'h0000;
-  reg [15:0] n4 = 16'h0000;
   input [15:0] n__0;
   wire [15:0] n__0;
   input [15:0] n__1;
@@ -72723,6 +72692,16 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
   wire [15:0] n__4;
   input next;
   wire next;
+  reg [15:0] nm2_0 = 16'h0000;
+  reg [15:0] nm2_1 = 16'h0000;
+  reg [15:0] nm2_2 = 16'h0000;
+  reg [15:0] nm2_3 = 16'h0000;
+  reg [15:0] nm2_4 = 16'h0000;
+  reg one0 = 1'h0;
+  reg one1 = 1'h0;
+  reg one2 = 1'h0;
+  reg one3 = 1'h0;
+  reg one4 = 1'h0;
   input rst;
   wire rst;
   reg [17:0] s0 = 18'h00000;
@@ -72750,473 +72729,612 @@ module \accelerator.core.gen_dst (rst, last__4, \final , n__0, strides__0, n__1,
   reg valid = 1'h0;
   (* init = 1'h0 *)
   wire \valid$23 ;
-  assign \$1  = n0 - 1'h1;
-  assign last__0 = i0 == \$1 ;
-  assign \$2  = n1 - 1'h1;
-  assign last__1 = i1 == \$2 ;
-  assign \$3  = n2 - 1'h1;
-  assign last__2 = i2 == \$3 ;
-  assign \$4  = n3 - 1'h1;
-  assign last__3 = i3 == \$4 ;
-  assign \$5  = n4 - 1'h1;
-  assign last__4 = i4 == \$5 ;
-  assign \$6  = n0 - 1'h1;
-  assign \$7  = i0 == \$6 ;
-  assign \$8  = n1 - 1'h1;
-  assign \$9  = i1 == \$8 ;
-  assign \$10  = \$7  & \$9 ;
-  assign \$11  = n2 - 1'h1;
-  assign \$12  = i2 == \$11 ;
-  assign \$13  = \$10  & \$12 ;
-  assign \$14  = n3 - 1'h1;
-  assign \$15  = i3 == \$14 ;
-  assign \$16  = \$13  & \$15 ;
-  assign \$17  = n4 - 1'h1;
-  assign \$18  = i4 == \$17 ;
-  assign \final  = \$16  & \$18 ;
-  assign \$19  = next & valid;
-  assign \$20  = n4 - 1'h1;
-  assign \$21  = i4 == \$20 ;
-  assign \$22  = ~ \$21 ;
-  assign \$23  = n3 - 1'h1;
-  assign \$24  = i3 == \$23 ;
-  assign \$25  = ~ \$24 ;
-  assign \$26  = n4 - 1'h1;
-  assign \$27  = i4 == \$26 ;
-  assign \$28  = \$25  & \$27 ;
-  assign \$29  = n2 - 1'h1;
-  assign \$30  = i2 == \$29 ;
-  assign \$31  = ~ \$30 ;
-  assign \$32  = n3 - 1'h1;
-  assign \$33  = i3 == \$32 ;
-  assign \$34  = n4 - 1'h1;
-  assign \$35  = i4 == \$34 ;
-  assign \$36  = \$33  & \$35 ;
-  assign \$37  = \$31  & \$36 ;
-  assign \$38  = n1 - 1'h1;
-  assign \$39  = i1 == \$38 ;
-  assign \$40  = ~ \$39 ;
-  assign \$41  = n2 - 1'h1;
-  assign \$42  = i2 == \$41 ;
-  assign \$43  = n3 - 1'h1;
-  assign \$44  = i3 == \$43 ;
-  assign \$45  = \$42  & \$44 ;
-  assign \$46  = n4 - 1'h1;
-  assign \$47  = i4 == \$46 ;
-  assign \$48  = \$45  & \$47 ;
-  assign \$49  = \$40  & \$48 ;
-  assign \$50  = n0 - 1'h1;
-  assign \$51  = i0 == \$50 ;
-  assign \$52  = ~ \$51 ;
-  assign \$53  = n1 - 1'h1;
-  assign \$54  = i1 == \$53 ;
-  assign \$55  = n2 - 1'h1;
-  assign \$56  = i2 == \$55 ;
-  assign \$57  = \$54  & \$56 ;
-  assign \$58  = n3 - 1'h1;
-  assign \$59  = i3 == \$58 ;
-  assign \$60  = \$57  & \$59 ;
-  assign \$61  = n4 - 1'h1;
-  assign \$62  = i4 == \$61 ;
-  assign \$63  = \$60  & \$62 ;
-  assign \$64  = \$52  & \$63 ;
-  assign \$65  = i4 + 1'h1;
-  assign \$66  = $signed(addr) + $signed(s4);
-  assign \$67  = i3 + 1'h1;
-  assign \$68  = $signed(start3) + $signed(s3);
-  assign \$69  = $signed(start3) + $signed(s3);
-  assign \$70  = i2 + 1'h1;
-  assign \$71  = $signed(start2) + $signed(s2);
-  assign \$72  = $signed(start2) + $signed(s2);
-  assign \$73  = $signed(start2) + $signed(s2);
-  assign \$74  = i1 + 1'h1;
-  assign \$75  = $signed(start1) + $signed(s1);
-  assign \$76  = $signed(start1) + $signed(s1);
-  assign \$77  = $signed(start1) + $signed(s1);
-  assign \$78  = $signed(start1) + $signed(s1);
-  assign \$79  = i0 + 1'h1;
-  assign \$80  = $signed(start0) + $signed(s0);
-  assign \$81  = $signed(start0) + $signed(s0);
-  assign \$82  = $signed(start0) + $signed(s0);
-  assign \$83  = $signed(start0) + $signed(s0);
-  assign \$84  = $signed(start0) + $signed(s0);
+  assign \$9  = n__1 == 1'h1;
+  assign \$10  = n__1 == 1'h1;
+  assign \$11  = n__2 - 2'h2;
+  assign \$12  = n__2 == 1'h1;
+  assign \$13  = n__2 == 1'h1;
+  assign \$14  = n__3 - 2'h2;
+  assign \$15  = n__3 == 1'h1;
+  assign \$16  = n__3 == 1'h1;
+  assign \$17  = n__4 - 2'h2;
+  assign \$18  = n__4 == 1'h1;
+  assign \$19  = n__4 == 1'h1;
+  assign \$20  = ~ last__4;
+  assign \$21  = ~ last__3;
+  assign \$22  = \$21  & last__4;
+  assign \$23  = ~ last__2;
+  assign \$24  = last__3 & last__4;
+  assign \$25  = \$23  & \$24 ;
+  assign \$26  = ~ last__1;
+  assign \$27  = last__2 & last__3;
+  assign \$28  = \$27  & last__4;
+  assign \$29  = \$26  & \$28 ;
+  assign \$30  = ~ last__0;
+  assign \$31  = last__1 & last__2;
+  assign \$32  = \$31  & last__3;
+  assign \$33  = \$32  & last__4;
+  assign \$34  = \$30  & \$33 ;
+  assign \$35  = index__4 + 1'h1;
+  assign \$36  = $signed(addr) + $signed(s4);
+  assign \$37  = index__4 == nm2_4;
+  assign \$38  = index__3 + 1'h1;
+  assign \$39  = $signed(start3) + $signed(s3);
+  assign \$40  = index__3 == nm2_3;
+  assign \$41  = $signed(start3) + $signed(s3);
+  assign \$42  = index__2 + 1'h1;
+  assign \$43  = $signed(start2) + $signed(s2);
+  assign \$44  = index__2 == nm2_2;
+  assign \$45  = $signed(start2) + $signed(s2);
+  assign \$46  = $signed(start2) + $signed(s2);
+  assign \$47  = index__1 + 1'h1;
+  assign \$48  = $signed(start1) + $signed(s1);
+  assign \$49  = index__1 == nm2_1;
+  assign \$50  = $signed(start1) + $signed(s1);
+  assign \$51  = $signed(start1) + $signed(s1);
+  assign \$52  = $signed(start1) + $signed(s1);
+  assign \$53  = index__0 + 1'h1;
+  assign \$54  = $signed(start0) + $signed(s0);
+  assign \$55  = index__0 == nm2_0;
+  assign \$56  = $signed(start0) + $signed(s0);
+  assign \$57  = $signed(start0) + $signed(s0);
+  assign \$58  = $signed(start0) + $signed(s0);
+  assign \$59  = $signed(start0) + $signed(s0);
   always @(posedge clk)
-    valid <= \$85 ;
+    valid <= \$60 ;
   always @(posedge clk)
-    n0 <= \$86 ;
+    nm2_0 <= \$61 ;
   always @(posedge clk)
-    s0 <= \$87 ;
+    one0 <= \$62 ;
   always @(posedge clk)
-    i0 <= \$88 ;
+    last__0 <= \$63 ;
   always @(posedge clk)
-    start0 <= \$89 ;
+    s0 <= \$64 ;
   always @(posedge clk)
-    n1 <= \$90 ;
+    index__0 <= \$65 ;
   always @(posedge clk)
-    s1 <= \$91 ;
+    start0 <= \$66 ;
   always @(posedge clk)
-    i1 <= \$92 ;
+    nm2_1 <= \$67 ;
   always @(posedge clk)
-    start1 <= \$93 ;
+    one1 <= \$68 ;
   always @(posedge clk)
-    n2 <= \$94 ;
+    last__1 <= \$69 ;
   always @(posedge clk)
-    s2 <= \$95 ;
+    s1 <= \$70 ;
   always @(posedge clk)
-    i2 <= \$96 ;
+    index__1 <= \$71 ;
   always @(posedge clk)
-    start2 <= \$97 ;
+    start1 <= \$72 ;
   always @(posedge clk)
-    n3 <= \$98 ;
+    nm2_2 <= \$73 ;
   always @(posedge clk)
-    s3 <= \$99 ;
+    one2 <= \$74 ;
   always @(posedge clk)
-    i3 <= \$100 ;
+    last__2 <= \$75 ;
   always @(posedge clk)
-    start3 <= \$101 ;
+    s2 <= \$76 ;
   always @(posedge clk)
-    n4 <= \$102 ;
+    index__2 <= \$77 ;
   always @(posedge clk)
-    s4 <= \$103 ;
+    start2 <= \$78 ;
   always @(posedge clk)
-    i4 <= \$104 ;
+    nm2_3 <= \$79 ;
   always @(posedge clk)
-    addr <= \$105 ;
+    one3 <= \$80 ;
+  always @(posedge clk)
+    last__3 <= \$81 ;
+  always @(posedge clk)
+    s3 <= \$82 ;
+  always @(posedge clk)
+    index__3 <= \$83 ;
+  always @(posedge clk)
+    start3 <= \$84 ;
+  always @(posedge clk)
+    nm2_4 <= \$85 ;
+  always @(posedge clk)
+    one4 <= \$86 ;
+  always @(posedge clk)
+    last__4 <= \$87 ;
+  always @(posedge clk)
+    s4 <= \$88 ;
+  always @(posedge clk)
+    index__4 <= \$89 ;
+  always @(posedge clk)
+    addr <= \$90 ;
+  assign \$1  = last__0 & last__1;
+  assign \$2  = \$1  & last__2;
+  assign \$3  = \$2  & last__3;
+  assign \final  = \$3  & last__4;
+  assign \$4  = next & valid;
+  assign \$5  = n__0 - 2'h2;
+  assign \$6  = n__0 == 1'h1;
+  assign \$7  = n__0 == 1'h1;
+  assign \$8  = n__1 - 2'h2;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$85  = valid;
+    \$60  = valid;
     if (load) begin
-      \$85  = 1'h1;
-    end else if (\$19 ) begin
+      \$60  = 1'h1;
+    end else if (\$4 ) begin
       if (\final ) begin
-        \$85  = 1'h0;
+        \$60  = 1'h0;
       end
     end
     if (rst) begin
-      \$85  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$86  = n0;
+    \$61  = nm2_0;
     if (load) begin
-      \$86  = n__0;
+      \$61  = \$5 [15:0];
     end
     if (rst) begin
-      \$86  = 16'h0000;
+      \$61  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$87  = s0;
+    \$62  = one0;
     if (load) begin
-      \$87  = strides__0;
+      \$62  = \$6 ;
     end
     if (rst) begin
-      \$87  = 18'h00000;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$88  = i0;
+    \$63  = last__0;
     if (load) begin
-      \$88  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-      end else if (\$64 ) begin
-        \$88  = \$79 [15:0];
+      \$63  = \$7 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$63  = \$55 ;
       end
     end
     if (rst) begin
-      \$88  = 16'h0000;
+      \$63  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$89  = start0;
+    \$64  = s0;
     if (load) begin
-      \$89  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-      end else if (\$64 ) begin
-        \$89  = \$80 [21:0];
+      \$64  = strides__0;
+    end
+    if (rst) begin
+      \$64  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$65  = index__0;
+    if (load) begin
+      \$65  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$65  = \$53 [15:0];
       end
     end
     if (rst) begin
-      \$89  = 22'h000000;
+      \$65  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$90  = n1;
+    \$66  = start0;
     if (load) begin
-      \$90  = n__1;
-    end
-    if (rst) begin
-      \$90  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$91  = s1;
-    if (load) begin
-      \$91  = strides__1;
-    end
-    if (rst) begin
-      \$91  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$92  = i1;
-    if (load) begin
-      \$92  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-        \$92  = \$74 [15:0];
-      end else if (\$64 ) begin
-        \$92  = 16'h0000;
+      \$66  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$66  = \$54 [21:0];
       end
     end
     if (rst) begin
-      \$92  = 16'h0000;
+      \$66  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$93  = start1;
+    \$67  = nm2_1;
     if (load) begin
-      \$93  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-        \$93  = \$75 [21:0];
-      end else if (\$64 ) begin
-        \$93  = \$81 [21:0];
+      \$67  = \$8 [15:0];
+    end
+    if (rst) begin
+      \$67  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$68  = one1;
+    if (load) begin
+      \$68  = \$9 ;
+    end
+    if (rst) begin
+      \$68  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$69  = last__1;
+    if (load) begin
+      \$69  = \$10 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$69  = \$49 ;
+      end else if (\$34 ) begin
+        \$69  = one1;
       end
     end
     if (rst) begin
-      \$93  = 22'h000000;
+      \$69  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$94  = n2;
+    \$70  = s1;
     if (load) begin
-      \$94  = n__2;
+      \$70  = strides__1;
     end
     if (rst) begin
-      \$94  = 16'h0000;
+      \$70  = 18'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$95  = s2;
+    \$71  = index__1;
     if (load) begin
-      \$95  = strides__2;
-    end
-    if (rst) begin
-      \$95  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$96  = i2;
-    if (load) begin
-      \$96  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-        \$96  = \$70 [15:0];
-      end else if (\$49 ) begin
-        \$96  = 16'h0000;
-      end else if (\$64 ) begin
-        \$96  = 16'h0000;
+      \$71  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$71  = \$47 [15:0];
+      end else if (\$34 ) begin
+        \$71  = 16'h0000;
       end
     end
     if (rst) begin
-      \$96  = 16'h0000;
+      \$71  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$97  = start2;
+    \$72  = start1;
     if (load) begin
-      \$97  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-        \$97  = \$71 [21:0];
-      end else if (\$49 ) begin
-        \$97  = \$76 [21:0];
-      end else if (\$64 ) begin
-        \$97  = \$82 [21:0];
+      \$72  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$72  = \$48 [21:0];
+      end else if (\$34 ) begin
+        \$72  = \$56 [21:0];
       end
     end
     if (rst) begin
-      \$97  = 22'h000000;
+      \$72  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$98  = n3;
+    \$73  = nm2_2;
     if (load) begin
-      \$98  = n__3;
+      \$73  = \$11 [15:0];
     end
     if (rst) begin
-      \$98  = 16'h0000;
+      \$73  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$99  = s3;
+    \$74  = one2;
     if (load) begin
-      \$99  = strides__3;
+      \$74  = \$12 ;
     end
     if (rst) begin
-      \$99  = 18'h00000;
+      \$74  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$100  = i3;
+    \$75  = last__2;
     if (load) begin
-      \$100  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-        \$100  = \$67 [15:0];
-      end else if (\$37 ) begin
-        \$100  = 16'h0000;
-      end else if (\$49 ) begin
-        \$100  = 16'h0000;
-      end else if (\$64 ) begin
-        \$100  = 16'h0000;
+      \$75  = \$13 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$75  = \$44 ;
+      end else if (\$29 ) begin
+        \$75  = one2;
+      end else if (\$34 ) begin
+        \$75  = one2;
       end
     end
     if (rst) begin
-      \$100  = 16'h0000;
+      \$75  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$101  = start3;
+    \$76  = s2;
     if (load) begin
-      \$101  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-        \$101  = \$68 [21:0];
-      end else if (\$37 ) begin
-        \$101  = \$72 [21:0];
-      end else if (\$49 ) begin
-        \$101  = \$77 [21:0];
-      end else if (\$64 ) begin
-        \$101  = \$83 [21:0];
+      \$76  = strides__2;
+    end
+    if (rst) begin
+      \$76  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$77  = index__2;
+    if (load) begin
+      \$77  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$77  = \$42 [15:0];
+      end else if (\$29 ) begin
+        \$77  = 16'h0000;
+      end else if (\$34 ) begin
+        \$77  = 16'h0000;
       end
     end
     if (rst) begin
-      \$101  = 22'h000000;
+      \$77  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$102  = n4;
+    \$78  = start2;
     if (load) begin
-      \$102  = n__4;
-    end
-    if (rst) begin
-      \$102  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$103  = s4;
-    if (load) begin
-      \$103  = strides__4;
-    end
-    if (rst) begin
-      \$103  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$104  = i4;
-    if (load) begin
-      \$104  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-        \$104  = \$65 [15:0];
-      end else if (\$28 ) begin
-        \$104  = 16'h0000;
-      end else if (\$37 ) begin
-        \$104  = 16'h0000;
-      end else if (\$49 ) begin
-        \$104  = 16'h0000;
-      end else if (\$64 ) begin
-        \$104  = 16'h0000;
+      \$78  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$78  = \$43 [21:0];
+      end else if (\$29 ) begin
+        \$78  = \$50 [21:0];
+      end else if (\$34 ) begin
+        \$78  = \$57 [21:0];
       end
     end
     if (rst) begin
-      \$104  = 16'h0000;
+      \$78  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
-    \$105  = addr;
+    \$79  = nm2_3;
     if (load) begin
-      \$105  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-        \$105  = \$66 [21:0];
-      end else if (\$28 ) begin
-        \$105  = \$69 [21:0];
-      end else if (\$37 ) begin
-        \$105  = \$73 [21:0];
-      end else if (\$49 ) begin
-        \$105  = \$78 [21:0];
-      end else if (\$64 ) begin
-        \$105  = \$84 [21:0];
+      \$79  = \$14 [15:0];
+    end
+    if (rst) begin
+      \$79  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$80  = one3;
+    if (load) begin
+      \$80  = \$15 ;
+    end
+    if (rst) begin
+      \$80  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$81  = last__3;
+    if (load) begin
+      \$81  = \$16 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$81  = \$40 ;
+      end else if (\$25 ) begin
+        \$81  = one3;
+      end else if (\$29 ) begin
+        \$81  = one3;
+      end else if (\$34 ) begin
+        \$81  = one3;
       end
     end
     if (rst) begin
-      \$105  = 22'h000000;
+      \$81  = 1'h0;
     end
   end
-  assign index__0 = i0;
-  assign index__1 = i1;
-  assign index__2 = i2;
-  assign index__3 = i3;
-  assign index__4 = i4;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$82  = s3;
+    if (load) begin
+      \$82  = strides__3;
+    end
+    if (rst) begin
+      \$82  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$83  = index__3;
+    if (load) begin
+      \$83  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$83  = \$38 [15:0];
+      end else if (\$25 ) begin
+        \$83  = 16'h0000;
+      end else if (\$29 ) begin
+        \$83  = 16'h0000;
+      end else if (\$34 ) begin
+        \$83  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$83  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$84  = start3;
+    if (load) begin
+      \$84  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$84  = \$39 [21:0];
+      end else if (\$25 ) begin
+        \$84  = \$45 [21:0];
+      end else if (\$29 ) begin
+        \$84  = \$51 [21:0];
+      end else if (\$34 ) begin
+        \$84  = \$58 [21:0];
+      end
+    end
+    if (rst) begin
+      \$84  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$85  = nm2_4;
+    if (load) begin
+      \$85  = \$17 [15:0];
+    end
+    if (rst) begin
+      \$85  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$86  = one4;
+    if (load) begin
+      \$86  = \$18 ;
+    end
+    if (rst) begin
+      \$86  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$87  = last__4;
+    if (load) begin
+      \$87  = \$19 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$87  = \$37 ;
+      end else if (\$22 ) begin
+        \$87  = one4;
+      end else if (\$25 ) begin
+        \$87  = one4;
+      end else if (\$29 ) begin
+        \$87  = one4;
+      end else if (\$34 ) begin
+        \$87  = one4;
+      end
+    end
+    if (rst) begin
+      \$87  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$88  = s4;
+    if (load) begin
+      \$88  = strides__4;
+    end
+    if (rst) begin
+      \$88  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$89  = index__4;
+    if (load) begin
+      \$89  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$89  = \$35 [15:0];
+      end else if (\$22 ) begin
+        \$89  = 16'h0000;
+      end else if (\$25 ) begin
+        \$89  = 16'h0000;
+      end else if (\$29 ) begin
+        \$89  = 16'h0000;
+      end else if (\$34 ) begin
+        \$89  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$89  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$90  = addr;
+    if (load) begin
+      \$90  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$90  = \$36 [21:0];
+      end else if (\$22 ) begin
+        \$90  = \$41 [21:0];
+      end else if (\$25 ) begin
+        \$90  = \$46 [21:0];
+      end else if (\$29 ) begin
+        \$90  = \$52 [21:0];
+      end else if (\$34 ) begin
+        \$90  = \$59 [21:0];
+      end
+    end
+    if (rst) begin
+      \$90  = 22'h000000;
+    end
+  end
+  assign last0 = last__0;
+  assign i0 = index__0;
+  assign last1 = last__1;
+  assign i1 = index__1;
+  assign last2 = last__2;
+  assign i2 = index__2;
+  assign last3 = last__3;
+  assign i3 = index__3;
+  assign last4 = last__4;
+  assign i4 = index__4;
   assign \final$21  = \final ;
   assign \valid$23  = valid;
   assign start4 = addr;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, next, load, base, valid, addr, clk);
+module \accelerator.core.gen_src0 (rst, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, next, load, base, valid, last__3, last__4, addr, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$190  = 0;
-  wire [16:0] \$1 ;
+  wire \$1 ;
   wire \$10 ;
-  reg [15:0] \$100 ;
-  reg [21:0] \$101 ;
-  reg [15:0] \$102 ;
-  reg [17:0] \$103 ;
-  reg [15:0] \$104 ;
-  reg [21:0] \$105 ;
   wire [16:0] \$11 ;
   wire \$12 ;
   wire \$13 ;
@@ -73226,94 +73344,85 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
   wire [16:0] \$17 ;
   wire \$18 ;
   wire \$19 ;
-  wire [16:0] \$2 ;
-  wire [16:0] \$20 ;
+  wire \$2 ;
+  wire \$20 ;
   wire \$21 ;
   wire \$22 ;
-  wire [16:0] \$23 ;
+  wire \$23 ;
   wire \$24 ;
   wire \$25 ;
-  wire [16:0] \$26 ;
+  wire \$26 ;
   wire \$27 ;
   wire \$28 ;
-  wire [16:0] \$29 ;
-  wire [16:0] \$3 ;
+  wire \$29 ;
+  wire \$3 ;
   wire \$30 ;
   wire \$31 ;
-  wire [16:0] \$32 ;
+  wire \$32 ;
   wire \$33 ;
-  wire [16:0] \$34 ;
-  wire \$35 ;
-  wire \$36 ;
+  wire \$34 ;
+  wire [16:0] \$35 ;
+  wire [22:0] \$36 ;
   wire \$37 ;
   wire [16:0] \$38 ;
-  wire \$39 ;
-  wire [16:0] \$4 ;
+  wire [22:0] \$39 ;
+  wire \$4 ;
   wire \$40 ;
-  wire [16:0] \$41 ;
-  wire \$42 ;
-  wire [16:0] \$43 ;
+  wire [22:0] \$41 ;
+  wire [16:0] \$42 ;
+  wire [22:0] \$43 ;
   wire \$44 ;
-  wire \$45 ;
-  wire [16:0] \$46 ;
-  wire \$47 ;
-  wire \$48 ;
+  wire [22:0] \$45 ;
+  wire [22:0] \$46 ;
+  wire [16:0] \$47 ;
+  wire [22:0] \$48 ;
   wire \$49 ;
   wire [16:0] \$5 ;
-  wire [16:0] \$50 ;
-  wire \$51 ;
-  wire \$52 ;
+  wire [22:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
   wire [16:0] \$53 ;
-  wire \$54 ;
-  wire [16:0] \$55 ;
-  wire \$56 ;
-  wire \$57 ;
-  wire [16:0] \$58 ;
-  wire \$59 ;
-  wire [16:0] \$6 ;
-  wire \$60 ;
-  wire [16:0] \$61 ;
-  wire \$62 ;
-  wire \$63 ;
-  wire \$64 ;
-  wire [16:0] \$65 ;
-  wire [22:0] \$66 ;
-  wire [16:0] \$67 ;
-  wire [22:0] \$68 ;
-  wire [22:0] \$69 ;
+  wire [22:0] \$54 ;
+  wire \$55 ;
+  wire [22:0] \$56 ;
+  wire [22:0] \$57 ;
+  wire [22:0] \$58 ;
+  wire [22:0] \$59 ;
+  wire \$6 ;
+  reg \$60 ;
+  reg [15:0] \$61 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg [17:0] \$64 ;
+  reg [15:0] \$65 ;
+  reg [21:0] \$66 ;
+  reg [15:0] \$67 ;
+  reg \$68 ;
+  reg \$69 ;
   wire \$7 ;
-  wire [16:0] \$70 ;
-  wire [22:0] \$71 ;
-  wire [22:0] \$72 ;
-  wire [22:0] \$73 ;
-  wire [16:0] \$74 ;
-  wire [22:0] \$75 ;
-  wire [22:0] \$76 ;
-  wire [22:0] \$77 ;
-  wire [22:0] \$78 ;
-  wire [16:0] \$79 ;
+  reg [17:0] \$70 ;
+  reg [15:0] \$71 ;
+  reg [21:0] \$72 ;
+  reg [15:0] \$73 ;
+  reg \$74 ;
+  reg \$75 ;
+  reg [17:0] \$76 ;
+  reg [15:0] \$77 ;
+  reg [21:0] \$78 ;
+  reg [15:0] \$79 ;
   wire [16:0] \$8 ;
-  wire [22:0] \$80 ;
-  wire [22:0] \$81 ;
-  wire [22:0] \$82 ;
-  wire [22:0] \$83 ;
-  wire [22:0] \$84 ;
-  reg \$85 ;
-  reg [15:0] \$86 ;
-  reg [17:0] \$87 ;
-  reg [15:0] \$88 ;
-  reg [21:0] \$89 ;
+  reg \$80 ;
+  reg \$81 ;
+  reg [17:0] \$82 ;
+  reg [15:0] \$83 ;
+  reg [21:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg \$86 ;
+  reg \$87 ;
+  reg [17:0] \$88 ;
+  reg [15:0] \$89 ;
   wire \$9 ;
-  reg [15:0] \$90 ;
-  reg [17:0] \$91 ;
-  reg [15:0] \$92 ;
-  reg [21:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [17:0] \$95 ;
-  reg [15:0] \$96 ;
-  reg [21:0] \$97 ;
-  reg [15:0] \$98 ;
-  reg [17:0] \$99 ;
+  reg [21:0] \$90 ;
   output [21:0] addr;
   reg [21:0] addr = 22'h000000;
   input [19:0] base;
@@ -73323,35 +73432,40 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
   output \final ;
   wire \final ;
   wire \final$21 ;
-  reg [15:0] i0 = 16'h0000;
-  reg [15:0] i1 = 16'h0000;
-  reg [15:0] i2 = 16'h0000;
-  reg [15:0] i3 = 16'h0000;
-  reg [15:0] i4 = 16'h0000;
   (* init = 16'h0000 *)
-  wire [15:0] index__0;
+  wire [15:0] i0;
   (* init = 16'h0000 *)
-  wire [15:0] index__1;
+  wire [15:0] i1;
   (* init = 16'h0000 *)
-  wire [15:0] index__2;
+  wire [15:0] i2;
   (* init = 16'h0000 *)
-  wire [15:0] index__3;
+  wire [15:0] i3;
   (* init = 16'h0000 *)
-  wire [15:0] index__4;
-  wire last__0;
-  wire last__1;
-  wire last__2;
+  wire [15:0] i4;
+  reg [15:0] index__0 = 16'h0000;
+  reg [15:0] index__1 = 16'h0000;
+  reg [15:0] index__2 = 16'h0000;
+  reg [15:0] index__3 = 16'h0000;
+  reg [15:0] index__4 = 16'h0000;
+  (* init = 1'h0 *)
+  wire last0;
+  (* init = 1'h0 *)
+  wire last1;
+  (* init = 1'h0 *)
+  wire last2;
+  (* init = 1'h0 *)
+  wire last3;
+  (* init = 1'h0 *)
+  wire last4;
+  reg last__0 = 1'h0;
+  reg last__1 = 1'h0;
+  reg last__2 = 1'h0;
   output last__3;
-  wire last__3;
+  reg last__3 = 1'h0;
   output last__4;
-  wire last__4;
+  reg last__4 = 1'h0;
   input load;
   wire load;
-  reg [15:0] n0 = 16'h0000;
-  reg [15:0] n1 = 16'h0000;
-  reg [15:0] n2 = 16'h0000;
-  reg [15:0] n3 = 16'h0000;
-  reg [15:0] n4 = 16'h0000;
   input [15:0] n__0;
   wire [15:0] n__0;
   input [15:0] n__1;
@@ -73364,6 +73478,16 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
   wire [15:0] n__4;
   input next;
   wire next;
+  reg [15:0] nm2_0 = 16'h0000;
+  reg [15:0] nm2_1 = 16'h0000;
+  reg [15:0] nm2_2 = 16'h0000;
+  reg [15:0] nm2_3 = 16'h0000;
+  reg [15:0] nm2_4 = 16'h0000;
+  reg one0 = 1'h0;
+  reg one1 = 1'h0;
+  reg one2 = 1'h0;
+  reg one3 = 1'h0;
+  reg one4 = 1'h0;
   input rst;
   wire rst;
   reg [17:0] s0 = 18'h00000;
@@ -73391,473 +73515,612 @@ module \accelerator.core.gen_src0 (rst, last__3, last__4, \final , n__0, strides
   reg valid = 1'h0;
   (* init = 1'h0 *)
   wire \valid$23 ;
-  assign \$1  = n0 - 1'h1;
-  assign last__0 = i0 == \$1 ;
-  assign \$2  = n1 - 1'h1;
-  assign last__1 = i1 == \$2 ;
-  assign \$3  = n2 - 1'h1;
-  assign last__2 = i2 == \$3 ;
-  assign \$4  = n3 - 1'h1;
-  assign last__3 = i3 == \$4 ;
-  assign \$5  = n4 - 1'h1;
-  assign last__4 = i4 == \$5 ;
-  assign \$6  = n0 - 1'h1;
-  assign \$7  = i0 == \$6 ;
-  assign \$8  = n1 - 1'h1;
-  assign \$9  = i1 == \$8 ;
-  assign \$10  = \$7  & \$9 ;
-  assign \$11  = n2 - 1'h1;
-  assign \$12  = i2 == \$11 ;
-  assign \$13  = \$10  & \$12 ;
-  assign \$14  = n3 - 1'h1;
-  assign \$15  = i3 == \$14 ;
-  assign \$16  = \$13  & \$15 ;
-  assign \$17  = n4 - 1'h1;
-  assign \$18  = i4 == \$17 ;
-  assign \final  = \$16  & \$18 ;
-  assign \$19  = next & valid;
-  assign \$20  = n4 - 1'h1;
-  assign \$21  = i4 == \$20 ;
-  assign \$22  = ~ \$21 ;
-  assign \$23  = n3 - 1'h1;
-  assign \$24  = i3 == \$23 ;
-  assign \$25  = ~ \$24 ;
-  assign \$26  = n4 - 1'h1;
-  assign \$27  = i4 == \$26 ;
-  assign \$28  = \$25  & \$27 ;
-  assign \$29  = n2 - 1'h1;
-  assign \$30  = i2 == \$29 ;
-  assign \$31  = ~ \$30 ;
-  assign \$32  = n3 - 1'h1;
-  assign \$33  = i3 == \$32 ;
-  assign \$34  = n4 - 1'h1;
-  assign \$35  = i4 == \$34 ;
-  assign \$36  = \$33  & \$35 ;
-  assign \$37  = \$31  & \$36 ;
-  assign \$38  = n1 - 1'h1;
-  assign \$39  = i1 == \$38 ;
-  assign \$40  = ~ \$39 ;
-  assign \$41  = n2 - 1'h1;
-  assign \$42  = i2 == \$41 ;
-  assign \$43  = n3 - 1'h1;
-  assign \$44  = i3 == \$43 ;
-  assign \$45  = \$42  & \$44 ;
-  assign \$46  = n4 - 1'h1;
-  assign \$47  = i4 == \$46 ;
-  assign \$48  = \$45  & \$47 ;
-  assign \$49  = \$40  & \$48 ;
-  assign \$50  = n0 - 1'h1;
-  assign \$51  = i0 == \$50 ;
-  assign \$52  = ~ \$51 ;
-  assign \$53  = n1 - 1'h1;
-  assign \$54  = i1 == \$53 ;
-  assign \$55  = n2 - 1'h1;
-  assign \$56  = i2 == \$55 ;
-  assign \$57  = \$54  & \$56 ;
-  assign \$58  = n3 - 1'h1;
-  assign \$59  = i3 == \$58 ;
-  assign \$60  = \$57  & \$59 ;
-  assign \$61  = n4 - 1'h1;
-  assign \$62  = i4 == \$61 ;
-  assign \$63  = \$60  & \$62 ;
-  assign \$64  = \$52  & \$63 ;
-  assign \$65  = i4 + 1'h1;
-  assign \$66  = $signed(addr) + $signed(s4);
-  assign \$67  = i3 + 1'h1;
-  assign \$68  = $signed(start3) + $signed(s3);
-  assign \$69  = $signed(start3) + $signed(s3);
-  assign \$70  = i2 + 1'h1;
-  assign \$71  = $signed(start2) + $signed(s2);
-  assign \$72  = $signed(start2) + $signed(s2);
-  assign \$73  = $signed(start2) + $signed(s2);
-  assign \$74  = i1 + 1'h1;
-  assign \$75  = $signed(start1) + $signed(s1);
-  assign \$76  = $signed(start1) + $signed(s1);
-  assign \$77  = $signed(start1) + $signed(s1);
-  assign \$78  = $signed(start1) + $signed(s1);
-  assign \$79  = i0 + 1'h1;
-  assign \$80  = $signed(start0) + $signed(s0);
-  assign \$81  = $signed(start0) + $signed(s0);
-  assign \$82  = $signed(start0) + $signed(s0);
-  assign \$83  = $signed(start0) + $signed(s0);
-  assign \$84  = $signed(start0) + $signed(s0);
+  assign \$9  = n__1 == 1'h1;
+  assign \$10  = n__1 == 1'h1;
+  assign \$11  = n__2 - 2'h2;
+  assign \$12  = n__2 == 1'h1;
+  assign \$13  = n__2 == 1'h1;
+  assign \$14  = n__3 - 2'h2;
+  assign \$15  = n__3 == 1'h1;
+  assign \$16  = n__3 == 1'h1;
+  assign \$17  = n__4 - 2'h2;
+  assign \$18  = n__4 == 1'h1;
+  assign \$19  = n__4 == 1'h1;
+  assign \$20  = ~ last__4;
+  assign \$21  = ~ last__3;
+  assign \$22  = \$21  & last__4;
+  assign \$23  = ~ last__2;
+  assign \$24  = last__3 & last__4;
+  assign \$25  = \$23  & \$24 ;
+  assign \$26  = ~ last__1;
+  assign \$27  = last__2 & last__3;
+  assign \$28  = \$27  & last__4;
+  assign \$29  = \$26  & \$28 ;
+  assign \$30  = ~ last__0;
+  assign \$31  = last__1 & last__2;
+  assign \$32  = \$31  & last__3;
+  assign \$33  = \$32  & last__4;
+  assign \$34  = \$30  & \$33 ;
+  assign \$35  = index__4 + 1'h1;
+  assign \$36  = $signed(addr) + $signed(s4);
+  assign \$37  = index__4 == nm2_4;
+  assign \$38  = index__3 + 1'h1;
+  assign \$39  = $signed(start3) + $signed(s3);
+  assign \$40  = index__3 == nm2_3;
+  assign \$41  = $signed(start3) + $signed(s3);
+  assign \$42  = index__2 + 1'h1;
+  assign \$43  = $signed(start2) + $signed(s2);
+  assign \$44  = index__2 == nm2_2;
+  assign \$45  = $signed(start2) + $signed(s2);
+  assign \$46  = $signed(start2) + $signed(s2);
+  assign \$47  = index__1 + 1'h1;
+  assign \$48  = $signed(start1) + $signed(s1);
+  assign \$49  = index__1 == nm2_1;
+  assign \$50  = $signed(start1) + $signed(s1);
+  assign \$51  = $signed(start1) + $signed(s1);
+  assign \$52  = $signed(start1) + $signed(s1);
+  assign \$53  = index__0 + 1'h1;
+  assign \$54  = $signed(start0) + $signed(s0);
+  assign \$55  = index__0 == nm2_0;
+  assign \$56  = $signed(start0) + $signed(s0);
+  assign \$57  = $signed(start0) + $signed(s0);
+  assign \$58  = $signed(start0) + $signed(s0);
+  assign \$59  = $signed(start0) + $signed(s0);
   always @(posedge clk)
-    valid <= \$85 ;
+    valid <= \$60 ;
   always @(posedge clk)
-    n0 <= \$86 ;
+    nm2_0 <= \$61 ;
   always @(posedge clk)
-    s0 <= \$87 ;
+    one0 <= \$62 ;
   always @(posedge clk)
-    i0 <= \$88 ;
+    last__0 <= \$63 ;
   always @(posedge clk)
-    start0 <= \$89 ;
+    s0 <= \$64 ;
   always @(posedge clk)
-    n1 <= \$90 ;
+    index__0 <= \$65 ;
   always @(posedge clk)
-    s1 <= \$91 ;
+    start0 <= \$66 ;
   always @(posedge clk)
-    i1 <= \$92 ;
+    nm2_1 <= \$67 ;
   always @(posedge clk)
-    start1 <= \$93 ;
+    one1 <= \$68 ;
   always @(posedge clk)
-    n2 <= \$94 ;
+    last__1 <= \$69 ;
   always @(posedge clk)
-    s2 <= \$95 ;
+    s1 <= \$70 ;
   always @(posedge clk)
-    i2 <= \$96 ;
+    index__1 <= \$71 ;
   always @(posedge clk)
-    start2 <= \$97 ;
+    start1 <= \$72 ;
   always @(posedge clk)
-    n3 <= \$98 ;
+    nm2_2 <= \$73 ;
   always @(posedge clk)
-    s3 <= \$99 ;
+    one2 <= \$74 ;
   always @(posedge clk)
-    i3 <= \$100 ;
+    last__2 <= \$75 ;
   always @(posedge clk)
-    start3 <= \$101 ;
+    s2 <= \$76 ;
   always @(posedge clk)
-    n4 <= \$102 ;
+    index__2 <= \$77 ;
   always @(posedge clk)
-    s4 <= \$103 ;
+    start2 <= \$78 ;
   always @(posedge clk)
-    i4 <= \$104 ;
+    nm2_3 <= \$79 ;
   always @(posedge clk)
-    addr <= \$105 ;
+    one3 <= \$80 ;
+  always @(posedge clk)
+    last__3 <= \$81 ;
+  always @(posedge clk)
+    s3 <= \$82 ;
+  always @(posedge clk)
+    index__3 <= \$83 ;
+  always @(posedge clk)
+    start3 <= \$84 ;
+  always @(posedge clk)
+    nm2_4 <= \$85 ;
+  always @(posedge clk)
+    one4 <= \$86 ;
+  always @(posedge clk)
+    last__4 <= \$87 ;
+  always @(posedge clk)
+    s4 <= \$88 ;
+  always @(posedge clk)
+    index__4 <= \$89 ;
+  always @(posedge clk)
+    addr <= \$90 ;
+  assign \$1  = last__0 & last__1;
+  assign \$2  = \$1  & last__2;
+  assign \$3  = \$2  & last__3;
+  assign \final  = \$3  & last__4;
+  assign \$4  = next & valid;
+  assign \$5  = n__0 - 2'h2;
+  assign \$6  = n__0 == 1'h1;
+  assign \$7  = n__0 == 1'h1;
+  assign \$8  = n__1 - 2'h2;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$85  = valid;
+    \$60  = valid;
     if (load) begin
-      \$85  = 1'h1;
-    end else if (\$19 ) begin
+      \$60  = 1'h1;
+    end else if (\$4 ) begin
       if (\final ) begin
-        \$85  = 1'h0;
+        \$60  = 1'h0;
       end
     end
     if (rst) begin
-      \$85  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$86  = n0;
+    \$61  = nm2_0;
     if (load) begin
-      \$86  = n__0;
+      \$61  = \$5 [15:0];
     end
     if (rst) begin
-      \$86  = 16'h0000;
+      \$61  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$87  = s0;
+    \$62  = one0;
     if (load) begin
-      \$87  = strides__0;
+      \$62  = \$6 ;
     end
     if (rst) begin
-      \$87  = 18'h00000;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$88  = i0;
+    \$63  = last__0;
     if (load) begin
-      \$88  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-      end else if (\$64 ) begin
-        \$88  = \$79 [15:0];
+      \$63  = \$7 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$63  = \$55 ;
       end
     end
     if (rst) begin
-      \$88  = 16'h0000;
+      \$63  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$89  = start0;
+    \$64  = s0;
     if (load) begin
-      \$89  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-      end else if (\$64 ) begin
-        \$89  = \$80 [21:0];
+      \$64  = strides__0;
+    end
+    if (rst) begin
+      \$64  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$65  = index__0;
+    if (load) begin
+      \$65  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$65  = \$53 [15:0];
       end
     end
     if (rst) begin
-      \$89  = 22'h000000;
+      \$65  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$90  = n1;
+    \$66  = start0;
     if (load) begin
-      \$90  = n__1;
-    end
-    if (rst) begin
-      \$90  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$91  = s1;
-    if (load) begin
-      \$91  = strides__1;
-    end
-    if (rst) begin
-      \$91  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$92  = i1;
-    if (load) begin
-      \$92  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-        \$92  = \$74 [15:0];
-      end else if (\$64 ) begin
-        \$92  = 16'h0000;
+      \$66  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$66  = \$54 [21:0];
       end
     end
     if (rst) begin
-      \$92  = 16'h0000;
+      \$66  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$93  = start1;
+    \$67  = nm2_1;
     if (load) begin
-      \$93  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-        \$93  = \$75 [21:0];
-      end else if (\$64 ) begin
-        \$93  = \$81 [21:0];
+      \$67  = \$8 [15:0];
+    end
+    if (rst) begin
+      \$67  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$68  = one1;
+    if (load) begin
+      \$68  = \$9 ;
+    end
+    if (rst) begin
+      \$68  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$69  = last__1;
+    if (load) begin
+      \$69  = \$10 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$69  = \$49 ;
+      end else if (\$34 ) begin
+        \$69  = one1;
       end
     end
     if (rst) begin
-      \$93  = 22'h000000;
+      \$69  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$94  = n2;
+    \$70  = s1;
     if (load) begin
-      \$94  = n__2;
+      \$70  = strides__1;
     end
     if (rst) begin
-      \$94  = 16'h0000;
+      \$70  = 18'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$95  = s2;
+    \$71  = index__1;
     if (load) begin
-      \$95  = strides__2;
-    end
-    if (rst) begin
-      \$95  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$96  = i2;
-    if (load) begin
-      \$96  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-        \$96  = \$70 [15:0];
-      end else if (\$49 ) begin
-        \$96  = 16'h0000;
-      end else if (\$64 ) begin
-        \$96  = 16'h0000;
+      \$71  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$71  = \$47 [15:0];
+      end else if (\$34 ) begin
+        \$71  = 16'h0000;
       end
     end
     if (rst) begin
-      \$96  = 16'h0000;
+      \$71  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$97  = start2;
+    \$72  = start1;
     if (load) begin
-      \$97  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-        \$97  = \$71 [21:0];
-      end else if (\$49 ) begin
-        \$97  = \$76 [21:0];
-      end else if (\$64 ) begin
-        \$97  = \$82 [21:0];
+      \$72  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$72  = \$48 [21:0];
+      end else if (\$34 ) begin
+        \$72  = \$56 [21:0];
       end
     end
     if (rst) begin
-      \$97  = 22'h000000;
+      \$72  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$98  = n3;
+    \$73  = nm2_2;
     if (load) begin
-      \$98  = n__3;
+      \$73  = \$11 [15:0];
     end
     if (rst) begin
-      \$98  = 16'h0000;
+      \$73  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$99  = s3;
+    \$74  = one2;
     if (load) begin
-      \$99  = strides__3;
+      \$74  = \$12 ;
     end
     if (rst) begin
-      \$99  = 18'h00000;
+      \$74  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$100  = i3;
+    \$75  = last__2;
     if (load) begin
-      \$100  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-        \$100  = \$67 [15:0];
-      end else if (\$37 ) begin
-        \$100  = 16'h0000;
-      end else if (\$49 ) begin
-        \$100  = 16'h0000;
-      end else if (\$64 ) begin
-        \$100  = 16'h0000;
+      \$75  = \$13 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$75  = \$44 ;
+      end else if (\$29 ) begin
+        \$75  = one2;
+      end else if (\$34 ) begin
+        \$75  = one2;
       end
     end
     if (rst) begin
-      \$100  = 16'h0000;
+      \$75  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$101  = start3;
+    \$76  = s2;
     if (load) begin
-      \$101  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-        \$101  = \$68 [21:0];
-      end else if (\$37 ) begin
-        \$101  = \$72 [21:0];
-      end else if (\$49 ) begin
-        \$101  = \$77 [21:0];
-      end else if (\$64 ) begin
-        \$101  = \$83 [21:0];
+      \$76  = strides__2;
+    end
+    if (rst) begin
+      \$76  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$77  = index__2;
+    if (load) begin
+      \$77  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$77  = \$42 [15:0];
+      end else if (\$29 ) begin
+        \$77  = 16'h0000;
+      end else if (\$34 ) begin
+        \$77  = 16'h0000;
       end
     end
     if (rst) begin
-      \$101  = 22'h000000;
+      \$77  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$102  = n4;
+    \$78  = start2;
     if (load) begin
-      \$102  = n__4;
-    end
-    if (rst) begin
-      \$102  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$103  = s4;
-    if (load) begin
-      \$103  = strides__4;
-    end
-    if (rst) begin
-      \$103  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$104  = i4;
-    if (load) begin
-      \$104  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-        \$104  = \$65 [15:0];
-      end else if (\$28 ) begin
-        \$104  = 16'h0000;
-      end else if (\$37 ) begin
-        \$104  = 16'h0000;
-      end else if (\$49 ) begin
-        \$104  = 16'h0000;
-      end else if (\$64 ) begin
-        \$104  = 16'h0000;
+      \$78  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$78  = \$43 [21:0];
+      end else if (\$29 ) begin
+        \$78  = \$50 [21:0];
+      end else if (\$34 ) begin
+        \$78  = \$57 [21:0];
       end
     end
     if (rst) begin
-      \$104  = 16'h0000;
+      \$78  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$105  = addr;
+    \$79  = nm2_3;
     if (load) begin
-      \$105  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-        \$105  = \$66 [21:0];
-      end else if (\$28 ) begin
-        \$105  = \$69 [21:0];
-      end else if (\$37 ) begin
-        \$105  = \$73 [21:0];
-      end else if (\$49 ) begin
-        \$105  = \$78 [21:0];
-      end else if (\$64 ) begin
-        \$105  = \$84 [21:0];
+      \$79  = \$14 [15:0];
+    end
+    if (rst) begin
+      \$79  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$80  = one3;
+    if (load) begin
+      \$80  = \$15 ;
+    end
+    if (rst) begin
+      \$80  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$81  = last__3;
+    if (load) begin
+      \$81  = \$16 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$81  = \$40 ;
+      end else if (\$25 ) begin
+        \$81  = one3;
+      end else if (\$29 ) begin
+        \$81  = one3;
+      end else if (\$34 ) begin
+        \$81  = one3;
       end
     end
     if (rst) begin
-      \$105  = 22'h000000;
+      \$81  = 1'h0;
     end
   end
-  assign index__0 = i0;
-  assign index__1 = i1;
-  assign index__2 = i2;
-  assign index__3 = i3;
-  assign index__4 = i4;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$82  = s3;
+    if (load) begin
+      \$82  = strides__3;
+    end
+    if (rst) begin
+      \$82  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$83  = index__3;
+    if (load) begin
+      \$83  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$83  = \$38 [15:0];
+      end else if (\$25 ) begin
+        \$83  = 16'h0000;
+      end else if (\$29 ) begin
+        \$83  = 16'h0000;
+      end else if (\$34 ) begin
+        \$83  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$83  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$84  = start3;
+    if (load) begin
+      \$84  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$84  = \$39 [21:0];
+      end else if (\$25 ) begin
+        \$84  = \$45 [21:0];
+      end else if (\$29 ) begin
+        \$84  = \$51 [21:0];
+      end else if (\$34 ) begin
+        \$84  = \$58 [21:0];
+      end
+    end
+    if (rst) begin
+      \$84  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$85  = nm2_4;
+    if (load) begin
+      \$85  = \$17 [15:0];
+    end
+    if (rst) begin
+      \$85  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$86  = one4;
+    if (load) begin
+      \$86  = \$18 ;
+    end
+    if (rst) begin
+      \$86  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$87  = last__4;
+    if (load) begin
+      \$87  = \$19 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$87  = \$37 ;
+      end else if (\$22 ) begin
+        \$87  = one4;
+      end else if (\$25 ) begin
+        \$87  = one4;
+      end else if (\$29 ) begin
+        \$87  = one4;
+      end else if (\$34 ) begin
+        \$87  = one4;
+      end
+    end
+    if (rst) begin
+      \$87  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$88  = s4;
+    if (load) begin
+      \$88  = strides__4;
+    end
+    if (rst) begin
+      \$88  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$89  = index__4;
+    if (load) begin
+      \$89  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$89  = \$35 [15:0];
+      end else if (\$22 ) begin
+        \$89  = 16'h0000;
+      end else if (\$25 ) begin
+        \$89  = 16'h0000;
+      end else if (\$29 ) begin
+        \$89  = 16'h0000;
+      end else if (\$34 ) begin
+        \$89  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$89  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
+    \$90  = addr;
+    if (load) begin
+      \$90  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$90  = \$36 [21:0];
+      end else if (\$22 ) begin
+        \$90  = \$41 [21:0];
+      end else if (\$25 ) begin
+        \$90  = \$46 [21:0];
+      end else if (\$29 ) begin
+        \$90  = \$52 [21:0];
+      end else if (\$34 ) begin
+        \$90  = \$59 [21:0];
+      end
+    end
+    if (rst) begin
+      \$90  = 22'h000000;
+    end
+  end
+  assign last0 = last__0;
+  assign i0 = index__0;
+  assign last1 = last__1;
+  assign i1 = index__1;
+  assign last2 = last__2;
+  assign i2 = index__2;
+  assign last3 = last__3;
+  assign i3 = index__3;
+  assign last4 = last__4;
+  assign i4 = index__4;
   assign \final$21  = \final ;
   assign \valid$23  = valid;
   assign start4 = addr;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, valid, addr, clk);
+module \accelerator.core.gen_src1 (rst, next, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, valid, last__3, last__4, addr, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$191  = 0;
-  wire [16:0] \$1 ;
+  wire \$1 ;
   wire \$10 ;
-  reg [15:0] \$100 ;
-  reg [21:0] \$101 ;
-  reg [15:0] \$102 ;
-  reg [17:0] \$103 ;
-  reg [15:0] \$104 ;
-  reg [21:0] \$105 ;
   wire [16:0] \$11 ;
   wire \$12 ;
   wire \$13 ;
@@ -73867,94 +74130,85 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
   wire [16:0] \$17 ;
   wire \$18 ;
   wire \$19 ;
-  wire [16:0] \$2 ;
-  wire [16:0] \$20 ;
+  wire \$2 ;
+  wire \$20 ;
   wire \$21 ;
   wire \$22 ;
-  wire [16:0] \$23 ;
+  wire \$23 ;
   wire \$24 ;
   wire \$25 ;
-  wire [16:0] \$26 ;
+  wire \$26 ;
   wire \$27 ;
   wire \$28 ;
-  wire [16:0] \$29 ;
-  wire [16:0] \$3 ;
+  wire \$29 ;
+  wire \$3 ;
   wire \$30 ;
   wire \$31 ;
-  wire [16:0] \$32 ;
+  wire \$32 ;
   wire \$33 ;
-  wire [16:0] \$34 ;
-  wire \$35 ;
-  wire \$36 ;
+  wire \$34 ;
+  wire [16:0] \$35 ;
+  wire [22:0] \$36 ;
   wire \$37 ;
   wire [16:0] \$38 ;
-  wire \$39 ;
-  wire [16:0] \$4 ;
+  wire [22:0] \$39 ;
+  wire \$4 ;
   wire \$40 ;
-  wire [16:0] \$41 ;
-  wire \$42 ;
-  wire [16:0] \$43 ;
+  wire [22:0] \$41 ;
+  wire [16:0] \$42 ;
+  wire [22:0] \$43 ;
   wire \$44 ;
-  wire \$45 ;
-  wire [16:0] \$46 ;
-  wire \$47 ;
-  wire \$48 ;
+  wire [22:0] \$45 ;
+  wire [22:0] \$46 ;
+  wire [16:0] \$47 ;
+  wire [22:0] \$48 ;
   wire \$49 ;
   wire [16:0] \$5 ;
-  wire [16:0] \$50 ;
-  wire \$51 ;
-  wire \$52 ;
+  wire [22:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
   wire [16:0] \$53 ;
-  wire \$54 ;
-  wire [16:0] \$55 ;
-  wire \$56 ;
-  wire \$57 ;
-  wire [16:0] \$58 ;
-  wire \$59 ;
-  wire [16:0] \$6 ;
-  wire \$60 ;
-  wire [16:0] \$61 ;
-  wire \$62 ;
-  wire \$63 ;
-  wire \$64 ;
-  wire [16:0] \$65 ;
-  wire [22:0] \$66 ;
-  wire [16:0] \$67 ;
-  wire [22:0] \$68 ;
-  wire [22:0] \$69 ;
+  wire [22:0] \$54 ;
+  wire \$55 ;
+  wire [22:0] \$56 ;
+  wire [22:0] \$57 ;
+  wire [22:0] \$58 ;
+  wire [22:0] \$59 ;
+  wire \$6 ;
+  reg \$60 ;
+  reg [15:0] \$61 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg [17:0] \$64 ;
+  reg [15:0] \$65 ;
+  reg [21:0] \$66 ;
+  reg [15:0] \$67 ;
+  reg \$68 ;
+  reg \$69 ;
   wire \$7 ;
-  wire [16:0] \$70 ;
-  wire [22:0] \$71 ;
-  wire [22:0] \$72 ;
-  wire [22:0] \$73 ;
-  wire [16:0] \$74 ;
-  wire [22:0] \$75 ;
-  wire [22:0] \$76 ;
-  wire [22:0] \$77 ;
-  wire [22:0] \$78 ;
-  wire [16:0] \$79 ;
+  reg [17:0] \$70 ;
+  reg [15:0] \$71 ;
+  reg [21:0] \$72 ;
+  reg [15:0] \$73 ;
+  reg \$74 ;
+  reg \$75 ;
+  reg [17:0] \$76 ;
+  reg [15:0] \$77 ;
+  reg [21:0] \$78 ;
+  reg [15:0] \$79 ;
   wire [16:0] \$8 ;
-  wire [22:0] \$80 ;
-  wire [22:0] \$81 ;
-  wire [22:0] \$82 ;
-  wire [22:0] \$83 ;
-  wire [22:0] \$84 ;
-  reg \$85 ;
-  reg [15:0] \$86 ;
-  reg [17:0] \$87 ;
-  reg [15:0] \$88 ;
-  reg [21:0] \$89 ;
+  reg \$80 ;
+  reg \$81 ;
+  reg [17:0] \$82 ;
+  reg [15:0] \$83 ;
+  reg [21:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg \$86 ;
+  reg \$87 ;
+  reg [17:0] \$88 ;
+  reg [15:0] \$89 ;
   wire \$9 ;
-  reg [15:0] \$90 ;
-  reg [17:0] \$91 ;
-  reg [15:0] \$92 ;
-  reg [21:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [17:0] \$95 ;
-  reg [15:0] \$96 ;
-  reg [21:0] \$97 ;
-  reg [15:0] \$98 ;
-  reg [17:0] \$99 ;
+  reg [21:0] \$90 ;
   output [21:0] addr;
   reg [21:0] addr = 22'h000000;
   input [19:0] base;
@@ -73964,35 +74218,40 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
   output \final ;
   wire \final ;
   wire \final$21 ;
-  reg [15:0] i0 = 16'h0000;
-  reg [15:0] i1 = 16'h0000;
-  reg [15:0] i2 = 16'h0000;
-  reg [15:0] i3 = 16'h0000;
-  reg [15:0] i4 = 16'h0000;
   (* init = 16'h0000 *)
-  wire [15:0] index__0;
+  wire [15:0] i0;
   (* init = 16'h0000 *)
-  wire [15:0] index__1;
+  wire [15:0] i1;
   (* init = 16'h0000 *)
-  wire [15:0] index__2;
+  wire [15:0] i2;
   (* init = 16'h0000 *)
-  wire [15:0] index__3;
+  wire [15:0] i3;
   (* init = 16'h0000 *)
-  wire [15:0] index__4;
-  wire last__0;
-  wire last__1;
-  wire last__2;
+  wire [15:0] i4;
+  reg [15:0] index__0 = 16'h0000;
+  reg [15:0] index__1 = 16'h0000;
+  reg [15:0] index__2 = 16'h0000;
+  reg [15:0] index__3 = 16'h0000;
+  reg [15:0] index__4 = 16'h0000;
+  (* init = 1'h0 *)
+  wire last0;
+  (* init = 1'h0 *)
+  wire last1;
+  (* init = 1'h0 *)
+  wire last2;
+  (* init = 1'h0 *)
+  wire last3;
+  (* init = 1'h0 *)
+  wire last4;
+  reg last__0 = 1'h0;
+  reg last__1 = 1'h0;
+  reg last__2 = 1'h0;
   output last__3;
-  wire last__3;
+  reg last__3 = 1'h0;
   output last__4;
-  wire last__4;
+  reg last__4 = 1'h0;
   input load;
   wire load;
-  reg [15:0] n0 = 16'h0000;
-  reg [15:0] n1 = 16'h0000;
-  reg [15:0] n2 = 16'h0000;
-  reg [15:0] n3 = 16'h0000;
-  reg [15:0] n4 = 16'h0000;
   input [15:0] n__0;
   wire [15:0] n__0;
   input [15:0] n__1;
@@ -74005,6 +74264,16 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
   wire [15:0] n__4;
   input next;
   wire next;
+  reg [15:0] nm2_0 = 16'h0000;
+  reg [15:0] nm2_1 = 16'h0000;
+  reg [15:0] nm2_2 = 16'h0000;
+  reg [15:0] nm2_3 = 16'h0000;
+  reg [15:0] nm2_4 = 16'h0000;
+  reg one0 = 1'h0;
+  reg one1 = 1'h0;
+  reg one2 = 1'h0;
+  reg one3 = 1'h0;
+  reg one4 = 1'h0;
   input rst;
   wire rst;
   reg [17:0] s0 = 18'h00000;
@@ -74032,457 +74301,602 @@ module \accelerator.core.gen_src1 (rst, next, last__3, last__4, \final , n__0, s
   reg valid = 1'h0;
   (* init = 1'h0 *)
   wire \valid$23 ;
-  assign \$1  = n0 - 1'h1;
-  assign last__0 = i0 == \$1 ;
-  assign \$2  = n1 - 1'h1;
-  assign last__1 = i1 == \$2 ;
-  assign \$3  = n2 - 1'h1;
-  assign last__2 = i2 == \$3 ;
-  assign \$4  = n3 - 1'h1;
-  assign last__3 = i3 == \$4 ;
-  assign \$5  = n4 - 1'h1;
-  assign last__4 = i4 == \$5 ;
-  assign \$6  = n0 - 1'h1;
-  assign \$7  = i0 == \$6 ;
-  assign \$8  = n1 - 1'h1;
-  assign \$9  = i1 == \$8 ;
-  assign \$10  = \$7  & \$9 ;
-  assign \$11  = n2 - 1'h1;
-  assign \$12  = i2 == \$11 ;
-  assign \$13  = \$10  & \$12 ;
-  assign \$14  = n3 - 1'h1;
-  assign \$15  = i3 == \$14 ;
-  assign \$16  = \$13  & \$15 ;
-  assign \$17  = n4 - 1'h1;
-  assign \$18  = i4 == \$17 ;
-  assign \final  = \$16  & \$18 ;
-  assign \$19  = next & valid;
-  assign \$20  = n4 - 1'h1;
-  assign \$21  = i4 == \$20 ;
-  assign \$22  = ~ \$21 ;
-  assign \$23  = n3 - 1'h1;
-  assign \$24  = i3 == \$23 ;
-  assign \$25  = ~ \$24 ;
-  assign \$26  = n4 - 1'h1;
-  assign \$27  = i4 == \$26 ;
-  assign \$28  = \$25  & \$27 ;
-  assign \$29  = n2 - 1'h1;
-  assign \$30  = i2 == \$29 ;
-  assign \$31  = ~ \$30 ;
-  assign \$32  = n3 - 1'h1;
-  assign \$33  = i3 == \$32 ;
-  assign \$34  = n4 - 1'h1;
-  assign \$35  = i4 == \$34 ;
-  assign \$36  = \$33  & \$35 ;
-  assign \$37  = \$31  & \$36 ;
-  assign \$38  = n1 - 1'h1;
-  assign \$39  = i1 == \$38 ;
-  assign \$40  = ~ \$39 ;
-  assign \$41  = n2 - 1'h1;
-  assign \$42  = i2 == \$41 ;
-  assign \$43  = n3 - 1'h1;
-  assign \$44  = i3 == \$43 ;
-  assign \$45  = \$42  & \$44 ;
-  assign \$46  = n4 - 1'h1;
-  assign \$47  = i4 == \$46 ;
-  assign \$48  = \$45  & \$47 ;
-  assign \$49  = \$40  & \$48 ;
-  assign \$50  = n0 - 1'h1;
-  assign \$51  = i0 == \$50 ;
-  assign \$52  = ~ \$51 ;
-  assign \$53  = n1 - 1'h1;
-  assign \$54  = i1 == \$53 ;
-  assign \$55  = n2 - 1'h1;
-  assign \$56  = i2 == \$55 ;
-  assign \$57  = \$54  & \$56 ;
-  assign \$58  = n3 - 1'h1;
-  assign \$59  = i3 == \$58 ;
-  assign \$60  = \$57  & \$59 ;
-  assign \$61  = n4 - 1'h1;
-  assign \$62  = i4 == \$61 ;
-  assign \$63  = \$60  & \$62 ;
-  assign \$64  = \$52  & \$63 ;
-  assign \$65  = i4 + 1'h1;
-  assign \$66  = $signed(addr) + $signed(s4);
-  assign \$67  = i3 + 1'h1;
-  assign \$68  = $signed(start3) + $signed(s3);
-  assign \$69  = $signed(start3) + $signed(s3);
-  assign \$70  = i2 + 1'h1;
-  assign \$71  = $signed(start2) + $signed(s2);
-  assign \$72  = $signed(start2) + $signed(s2);
-  assign \$73  = $signed(start2) + $signed(s2);
-  assign \$74  = i1 + 1'h1;
-  assign \$75  = $signed(start1) + $signed(s1);
-  assign \$76  = $signed(start1) + $signed(s1);
-  assign \$77  = $signed(start1) + $signed(s1);
-  assign \$78  = $signed(start1) + $signed(s1);
-  assign \$79  = i0 + 1'h1;
-  assign \$80  = $signed(start0) + $signed(s0);
-  assign \$81  = $signed(start0) + $signed(s0);
-  assign \$82  = $signed(start0) + $signed(s0);
-  assign \$83  = $signed(start0) + $signed(s0);
-  assign \$84  = $signed(start0) + $signed(s0);
+  assign \$9  = n__1 == 1'h1;
+  assign \$10  = n__1 == 1'h1;
+  assign \$11  = n__2 - 2'h2;
+  assign \$12  = n__2 == 1'h1;
+  assign \$13  = n__2 == 1'h1;
+  assign \$14  = n__3 - 2'h2;
+  assign \$15  = n__3 == 1'h1;
+  assign \$16  = n__3 == 1'h1;
+  assign \$17  = n__4 - 2'h2;
+  assign \$18  = n__4 == 1'h1;
+  assign \$19  = n__4 == 1'h1;
+  assign \$20  = ~ last__4;
+  assign \$21  = ~ last__3;
+  assign \$22  = \$21  & last__4;
+  assign \$23  = ~ last__2;
+  assign \$24  = last__3 & last__4;
+  assign \$25  = \$23  & \$24 ;
+  assign \$26  = ~ last__1;
+  assign \$27  = last__2 & last__3;
+  assign \$28  = \$27  & last__4;
+  assign \$29  = \$26  & \$28 ;
+  assign \$30  = ~ last__0;
+  assign \$31  = last__1 & last__2;
+  assign \$32  = \$31  & last__3;
+  assign \$33  = \$32  & last__4;
+  assign \$34  = \$30  & \$33 ;
+  assign \$35  = index__4 + 1'h1;
+  assign \$36  = $signed(addr) + $signed(s4);
+  assign \$37  = index__4 == nm2_4;
+  assign \$38  = index__3 + 1'h1;
+  assign \$39  = $signed(start3) + $signed(s3);
+  assign \$40  = index__3 == nm2_3;
+  assign \$41  = $signed(start3) + $signed(s3);
+  assign \$42  = index__2 + 1'h1;
+  assign \$43  = $signed(start2) + $signed(s2);
+  assign \$44  = index__2 == nm2_2;
+  assign \$45  = $signed(start2) + $signed(s2);
+  assign \$46  = $signed(start2) + $signed(s2);
+  assign \$47  = index__1 + 1'h1;
+  assign \$48  = $signed(start1) + $signed(s1);
+  assign \$49  = index__1 == nm2_1;
+  assign \$50  = $signed(start1) + $signed(s1);
+  assign \$51  = $signed(start1) + $signed(s1);
+  assign \$52  = $signed(start1) + $signed(s1);
+  assign \$53  = index__0 + 1'h1;
+  assign \$54  = $signed(start0) + $signed(s0);
+  assign \$55  = index__0 == nm2_0;
+  assign \$56  = $signed(start0) + $signed(s0);
+  assign \$57  = $signed(start0) + $signed(s0);
+  assign \$58  = $signed(start0) + $signed(s0);
+  assign \$59  = $signed(start0) + $signed(s0);
   always @(posedge clk)
-    valid <= \$85 ;
+    valid <= \$60 ;
   always @(posedge clk)
-    n0 <= \$86 ;
+    nm2_0 <= \$61 ;
   always @(posedge clk)
-    s0 <= \$87 ;
+    one0 <= \$62 ;
   always @(posedge clk)
-    i0 <= \$88 ;
+    last__0 <= \$63 ;
   always @(posedge clk)
-    start0 <= \$89 ;
+    s0 <= \$64 ;
   always @(posedge clk)
-    n1 <= \$90 ;
+    index__0 <= \$65 ;
   always @(posedge clk)
-    s1 <= \$91 ;
+    start0 <= \$66 ;
   always @(posedge clk)
-    i1 <= \$92 ;
+    nm2_1 <= \$67 ;
   always @(posedge clk)
-    start1 <= \$93 ;
+    one1 <= \$68 ;
   always @(posedge clk)
-    n2 <= \$94 ;
+    last__1 <= \$69 ;
   always @(posedge clk)
-    s2 <= \$95 ;
+    s1 <= \$70 ;
   always @(posedge clk)
-    i2 <= \$96 ;
+    index__1 <= \$71 ;
   always @(posedge clk)
-    start2 <= \$97 ;
+    start1 <= \$72 ;
   always @(posedge clk)
-    n3 <= \$98 ;
+    nm2_2 <= \$73 ;
   always @(posedge clk)
-    s3 <= \$99 ;
+    one2 <= \$74 ;
   always @(posedge clk)
-    i3 <= \$100 ;
+    last__2 <= \$75 ;
   always @(posedge clk)
-    start3 <= \$101 ;
+    s2 <= \$76 ;
   always @(posedge clk)
-    n4 <= \$102 ;
+    index__2 <= \$77 ;
   always @(posedge clk)
-    s4 <= \$103 ;
+    start2 <= \$78 ;
   always @(posedge clk)
-    i4 <= \$104 ;
+    nm2_3 <= \$79 ;
   always @(posedge clk)
-    addr <= \$105 ;
+    one3 <= \$80 ;
+  always @(posedge clk)
+    last__3 <= \$81 ;
+  always @(posedge clk)
+    s3 <= \$82 ;
+  always @(posedge clk)
+    index__3 <= \$83 ;
+  always @(posedge clk)
+    start3 <= \$84 ;
+  always @(posedge clk)
+    nm2_4 <= \$85 ;
+  always @(posedge clk)
+    one4 <= \$86 ;
+  always @(posedge clk)
+    last__4 <= \$87 ;
+  always @(posedge clk)
+    s4 <= \$88 ;
+  always @(posedge clk)
+    index__4 <= \$89 ;
+  always @(posedge clk)
+    addr <= \$90 ;
+  assign \$1  = last__0 & last__1;
+  assign \$2  = \$1  & last__2;
+  assign \$3  = \$2  & last__3;
+  assign \final  = \$3  & last__4;
+  assign \$4  = next & valid;
+  assign \$5  = n__0 - 2'h2;
+  assign \$6  = n__0 == 1'h1;
+  assign \$7  = n__0 == 1'h1;
+  assign \$8  = n__1 - 2'h2;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$85  = valid;
+    \$60  = valid;
     if (load) begin
-      \$85  = 1'h1;
-    end else if (\$19 ) begin
+      \$60  = 1'h1;
+    end else if (\$4 ) begin
       if (\final ) begin
-        \$85  = 1'h0;
+        \$60  = 1'h0;
       end
     end
     if (rst) begin
-      \$85  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$86  = n0;
+    \$61  = nm2_0;
     if (load) begin
-      \$86  = n__0;
+      \$61  = \$5 [15:0];
     end
     if (rst) begin
-      \$86  = 16'h0000;
+      \$61  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$87  = s0;
+    \$62  = one0;
     if (load) begin
-      \$87  = strides__0;
+      \$62  = \$6 ;
     end
     if (rst) begin
-      \$87  = 18'h00000;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$88  = i0;
+    \$63  = last__0;
     if (load) begin
-      \$88  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-      end else if (\$64 ) begin
-        \$88  = \$79 [15:0];
+      \$63  = \$7 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$63  = \$55 ;
       end
     end
     if (rst) begin
-      \$88  = 16'h0000;
+      \$63  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$89  = start0;
+    \$64  = s0;
     if (load) begin
-      \$89  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-      end else if (\$64 ) begin
-        \$89  = \$80 [21:0];
+      \$64  = strides__0;
+    end
+    if (rst) begin
+      \$64  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$65  = index__0;
+    if (load) begin
+      \$65  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$65  = \$53 [15:0];
       end
     end
     if (rst) begin
-      \$89  = 22'h000000;
+      \$65  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$90  = n1;
+    \$66  = start0;
     if (load) begin
-      \$90  = n__1;
-    end
-    if (rst) begin
-      \$90  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$91  = s1;
-    if (load) begin
-      \$91  = strides__1;
-    end
-    if (rst) begin
-      \$91  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$92  = i1;
-    if (load) begin
-      \$92  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-        \$92  = \$74 [15:0];
-      end else if (\$64 ) begin
-        \$92  = 16'h0000;
+      \$66  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$66  = \$54 [21:0];
       end
     end
     if (rst) begin
-      \$92  = 16'h0000;
+      \$66  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$93  = start1;
+    \$67  = nm2_1;
     if (load) begin
-      \$93  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-      end else if (\$49 ) begin
-        \$93  = \$75 [21:0];
-      end else if (\$64 ) begin
-        \$93  = \$81 [21:0];
+      \$67  = \$8 [15:0];
+    end
+    if (rst) begin
+      \$67  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$68  = one1;
+    if (load) begin
+      \$68  = \$9 ;
+    end
+    if (rst) begin
+      \$68  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$69  = last__1;
+    if (load) begin
+      \$69  = \$10 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$69  = \$49 ;
+      end else if (\$34 ) begin
+        \$69  = one1;
       end
     end
     if (rst) begin
-      \$93  = 22'h000000;
+      \$69  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$94  = n2;
+    \$70  = s1;
     if (load) begin
-      \$94  = n__2;
+      \$70  = strides__1;
     end
     if (rst) begin
-      \$94  = 16'h0000;
+      \$70  = 18'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$95  = s2;
+    \$71  = index__1;
     if (load) begin
-      \$95  = strides__2;
-    end
-    if (rst) begin
-      \$95  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$96  = i2;
-    if (load) begin
-      \$96  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-        \$96  = \$70 [15:0];
-      end else if (\$49 ) begin
-        \$96  = 16'h0000;
-      end else if (\$64 ) begin
-        \$96  = 16'h0000;
+      \$71  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$71  = \$47 [15:0];
+      end else if (\$34 ) begin
+        \$71  = 16'h0000;
       end
     end
     if (rst) begin
-      \$96  = 16'h0000;
+      \$71  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$97  = start2;
+    \$72  = start1;
     if (load) begin
-      \$97  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-      end else if (\$37 ) begin
-        \$97  = \$71 [21:0];
-      end else if (\$49 ) begin
-        \$97  = \$76 [21:0];
-      end else if (\$64 ) begin
-        \$97  = \$82 [21:0];
+      \$72  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$72  = \$48 [21:0];
+      end else if (\$34 ) begin
+        \$72  = \$56 [21:0];
       end
     end
     if (rst) begin
-      \$97  = 22'h000000;
+      \$72  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$98  = n3;
+    \$73  = nm2_2;
     if (load) begin
-      \$98  = n__3;
+      \$73  = \$11 [15:0];
     end
     if (rst) begin
-      \$98  = 16'h0000;
+      \$73  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$99  = s3;
+    \$74  = one2;
     if (load) begin
-      \$99  = strides__3;
+      \$74  = \$12 ;
     end
     if (rst) begin
-      \$99  = 18'h00000;
+      \$74  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$100  = i3;
+    \$75  = last__2;
     if (load) begin
-      \$100  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-        \$100  = \$67 [15:0];
-      end else if (\$37 ) begin
-        \$100  = 16'h0000;
-      end else if (\$49 ) begin
-        \$100  = 16'h0000;
-      end else if (\$64 ) begin
-        \$100  = 16'h0000;
+      \$75  = \$13 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$75  = \$44 ;
+      end else if (\$29 ) begin
+        \$75  = one2;
+      end else if (\$34 ) begin
+        \$75  = one2;
       end
     end
     if (rst) begin
-      \$100  = 16'h0000;
+      \$75  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$101  = start3;
+    \$76  = s2;
     if (load) begin
-      \$101  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-      end else if (\$28 ) begin
-        \$101  = \$68 [21:0];
-      end else if (\$37 ) begin
-        \$101  = \$72 [21:0];
-      end else if (\$49 ) begin
-        \$101  = \$77 [21:0];
-      end else if (\$64 ) begin
-        \$101  = \$83 [21:0];
+      \$76  = strides__2;
+    end
+    if (rst) begin
+      \$76  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$77  = index__2;
+    if (load) begin
+      \$77  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$77  = \$42 [15:0];
+      end else if (\$29 ) begin
+        \$77  = 16'h0000;
+      end else if (\$34 ) begin
+        \$77  = 16'h0000;
       end
     end
     if (rst) begin
-      \$101  = 22'h000000;
+      \$77  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$102  = n4;
+    \$78  = start2;
     if (load) begin
-      \$102  = n__4;
-    end
-    if (rst) begin
-      \$102  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$103  = s4;
-    if (load) begin
-      \$103  = strides__4;
-    end
-    if (rst) begin
-      \$103  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$104  = i4;
-    if (load) begin
-      \$104  = 16'h0000;
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-        \$104  = \$65 [15:0];
-      end else if (\$28 ) begin
-        \$104  = 16'h0000;
-      end else if (\$37 ) begin
-        \$104  = 16'h0000;
-      end else if (\$49 ) begin
-        \$104  = 16'h0000;
-      end else if (\$64 ) begin
-        \$104  = 16'h0000;
+      \$78  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$78  = \$43 [21:0];
+      end else if (\$29 ) begin
+        \$78  = \$50 [21:0];
+      end else if (\$34 ) begin
+        \$78  = \$57 [21:0];
       end
     end
     if (rst) begin
-      \$104  = 16'h0000;
+      \$78  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
-    \$105  = addr;
+    \$79  = nm2_3;
     if (load) begin
-      \$105  = { 2'h0, base };
-    end else if (\$19 ) begin
-      if (\$22 ) begin
-        \$105  = \$66 [21:0];
-      end else if (\$28 ) begin
-        \$105  = \$69 [21:0];
-      end else if (\$37 ) begin
-        \$105  = \$73 [21:0];
-      end else if (\$49 ) begin
-        \$105  = \$78 [21:0];
-      end else if (\$64 ) begin
-        \$105  = \$84 [21:0];
+      \$79  = \$14 [15:0];
+    end
+    if (rst) begin
+      \$79  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$80  = one3;
+    if (load) begin
+      \$80  = \$15 ;
+    end
+    if (rst) begin
+      \$80  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$81  = last__3;
+    if (load) begin
+      \$81  = \$16 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$81  = \$40 ;
+      end else if (\$25 ) begin
+        \$81  = one3;
+      end else if (\$29 ) begin
+        \$81  = one3;
+      end else if (\$34 ) begin
+        \$81  = one3;
       end
     end
     if (rst) begin
-      \$105  = 22'h000000;
+      \$81  = 1'h0;
     end
   end
-  assign index__0 = i0;
-  assign index__1 = i1;
-  assign index__2 = i2;
-  assign index__3 = i3;
-  assign index__4 = i4;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$82  = s3;
+    if (load) begin
+      \$82  = strides__3;
+    end
+    if (rst) begin
+      \$82  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$83  = index__3;
+    if (load) begin
+      \$83  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$83  = \$38 [15:0];
+      end else if (\$25 ) begin
+        \$83  = 16'h0000;
+      end else if (\$29 ) begin
+        \$83  = 16'h0000;
+      end else if (\$34 ) begin
+        \$83  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$83  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$84  = start3;
+    if (load) begin
+      \$84  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$84  = \$39 [21:0];
+      end else if (\$25 ) begin
+        \$84  = \$45 [21:0];
+      end else if (\$29 ) begin
+        \$84  = \$51 [21:0];
+      end else if (\$34 ) begin
+        \$84  = \$58 [21:0];
+      end
+    end
+    if (rst) begin
+      \$84  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$85  = nm2_4;
+    if (load) begin
+      \$85  = \$17 [15:0];
+    end
+    if (rst) begin
+      \$85  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$86  = one4;
+    if (load) begin
+      \$86  = \$18 ;
+    end
+    if (rst) begin
+      \$86  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$87  = last__4;
+    if (load) begin
+      \$87  = \$19 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$87  = \$37 ;
+      end else if (\$22 ) begin
+        \$87  = one4;
+      end else if (\$25 ) begin
+        \$87  = one4;
+      end else if (\$29 ) begin
+        \$87  = one4;
+      end else if (\$34 ) begin
+        \$87  = one4;
+      end
+    end
+    if (rst) begin
+      \$87  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$88  = s4;
+    if (load) begin
+      \$88  = strides__4;
+    end
+    if (rst) begin
+      \$88  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$89  = index__4;
+    if (load) begin
+      \$89  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$89  = \$35 [15:0];
+      end else if (\$22 ) begin
+        \$89  = 16'h0000;
+      end else if (\$25 ) begin
+        \$89  = 16'h0000;
+      end else if (\$29 ) begin
+        \$89  = 16'h0000;
+      end else if (\$34 ) begin
+        \$89  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$89  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$191 ) begin end
+    \$90  = addr;
+    if (load) begin
+      \$90  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$90  = \$36 [21:0];
+      end else if (\$22 ) begin
+        \$90  = \$41 [21:0];
+      end else if (\$25 ) begin
+        \$90  = \$46 [21:0];
+      end else if (\$29 ) begin
+        \$90  = \$52 [21:0];
+      end else if (\$34 ) begin
+        \$90  = \$59 [21:0];
+      end
+    end
+    if (rst) begin
+      \$90  = 22'h000000;
+    end
+  end
+  assign last0 = last__0;
+  assign i0 = index__0;
+  assign last1 = last__1;
+  assign i1 = index__1;
+  assign last2 = last__2;
+  assign i2 = index__2;
+  assign last3 = last__3;
+  assign i3 = index__3;
+  assign last4 = last__4;
+  assign i4 = index__4;
   assign \final$21  = \final ;
   assign \valid$23  = valid;
   assign start4 = addr;
@@ -78827,7 +79241,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, \port$1563$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13794$0 , level, clk);
+module \accelerator.core.q_src0 (rst, \port$1559$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13738$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -78852,10 +79266,10 @@ module \accelerator.core.q_src0 (rst, \port$1563$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13794$0 ;
-  wire [2:0] \port$13794$0 ;
-  input [15:0] \port$1563$0 ;
-  wire [15:0] \port$1563$0 ;
+  input [2:0] \port$13738$0 ;
+  wire [2:0] \port$13738$0 ;
+  input [15:0] \port$1559$0 ;
+  wire [15:0] \port$1559$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -78890,7 +79304,7 @@ module \accelerator.core.q_src0 (rst, \port$1563$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13794$0 , \port$1563$0  };
+      storage[w_port__addr] <= { \port$13738$0 , \port$1559$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -78961,14 +79375,14 @@ module \accelerator.core.q_src0 (rst, \port$1563$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13794$0 , \port$1563$0  };
-  assign w_data = { \port$13794$0 , \port$1563$0  };
+  assign w_port__data = { \port$13738$0 , \port$1559$0  };
+  assign w_data = { \port$13738$0 , \port$1559$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1564$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13798$0 , level, clk);
+module \accelerator.core.q_src1 (rst, \port$1560$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13742$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$195  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -78993,10 +79407,10 @@ module \accelerator.core.q_src1 (rst, \port$1564$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13798$0 ;
-  wire [2:0] \port$13798$0 ;
-  input [15:0] \port$1564$0 ;
-  wire [15:0] \port$1564$0 ;
+  input [2:0] \port$13742$0 ;
+  wire [2:0] \port$13742$0 ;
+  input [15:0] \port$1560$0 ;
+  wire [15:0] \port$1560$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -79031,7 +79445,7 @@ module \accelerator.core.q_src1 (rst, \port$1564$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13798$0 , \port$1564$0  };
+      storage[w_port__addr] <= { \port$13742$0 , \port$1560$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -79102,8 +79516,8 @@ module \accelerator.core.q_src1 (rst, \port$1564$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13798$0 , \port$1564$0  };
-  assign w_data = { \port$13798$0 , \port$1564$0  };
+  assign w_port__data = { \port$13742$0 , \port$1560$0  };
+  assign w_data = { \port$13742$0 , \port$1560$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -79351,8 +79765,8 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1369$0 (\$12 [4:0]),
-    .\port$1502$0 (r_data[2:0]),
+    .\port$1365$0 (\$12 [4:0]),
+    .\port$1498$0 (r_data[2:0]),
     .r_data(\r_data$23 ),
     .r_en(\r_en$26 ),
     .r_rdy(\r_rdy$21 ),
@@ -79712,7 +80126,7 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1369$0 , w_rdy, r_rdy, r_data, \port$1502$0 , r_en, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1365$0 , w_rdy, r_rdy, r_data, \port$1498$0 , r_en, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$198  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -79736,10 +80150,10 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1369$0 , w_rdy, r_rdy, 
   (* init = 4'h0 *)
   wire [3:0] consume;
   reg [4:0] level = 5'h00;
-  input [4:0] \port$1369$0 ;
-  wire [4:0] \port$1369$0 ;
-  input [2:0] \port$1502$0 ;
-  wire [2:0] \port$1502$0 ;
+  input [4:0] \port$1365$0 ;
+  wire [4:0] \port$1365$0 ;
+  input [2:0] \port$1498$0 ;
+  wire [2:0] \port$1498$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [7:0] r_data;
@@ -79785,7 +80199,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1369$0 , w_rdy, r_rdy, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1369$0 , \port$1502$0  };
+      storage[w_port__addr] <= { \port$1365$0 , \port$1498$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 5'h10;
@@ -79847,8 +80261,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1369$0 , w_rdy, r_rdy, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1369$0 , \port$1502$0  };
-  assign w_data = { \port$1369$0 , \port$1502$0  };
+  assign w_port__data = { \port$1365$0 , \port$1498$0  };
+  assign w_data = { \port$1365$0 , \port$1498$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

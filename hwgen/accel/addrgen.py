@@ -60,13 +60,17 @@ class AddrGen(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        n = [Signal(unsigned(COUNT_BITS), name=f"n{d}") for d in range(LEVELS)]
+        # The walk keeps n_d - 2 and n_d == 1 rather than n_d, so that each level's "at its last
+        # index" flag is a register: no subtractor or comparator sits between the walk and the
+        # handshakes that read ``last`` and ``final`` (they were on the critical path).
+        nm2 = [Signal(unsigned(COUNT_BITS), name=f"nm2_{d}") for d in range(LEVELS)]
+        one = [Signal(name=f"one{d}") for d in range(LEVELS)]
         s = [Signal(signed(STRIDE_BITS), name=f"s{d}") for d in range(LEVELS)]
         i = [Signal(unsigned(COUNT_BITS), name=f"i{d}") for d in range(LEVELS)]
+        last = [Signal(name=f"last{d}") for d in range(LEVELS)]
         start = [Signal(signed(ADDR_BITS + 2), name=f"start{d}") for d in range(LEVELS)]
         valid = Signal()
 
-        last = [i[d] == n[d] - 1 for d in range(LEVELS)]
         for d in range(LEVELS):
             m.d.comb += [self.last[d].eq(last[d]), self.index[d].eq(i[d])]
         final = Signal()
@@ -80,20 +84,23 @@ class AddrGen(wiring.Component):
         with m.If(self.load):
             m.d.sync += valid.eq(1)
             for d in range(LEVELS):
-                m.d.sync += [n[d].eq(self.n[d]), s[d].eq(self.strides[d]), i[d].eq(0), start[d].eq(self.base)]
+                m.d.sync += [
+                    nm2[d].eq(self.n[d] - 2), one[d].eq(self.n[d] == 1), last[d].eq(self.n[d] == 1),
+                    s[d].eq(self.strides[d]), i[d].eq(0), start[d].eq(self.base),
+                ]
         with m.Elif(self.next & valid):
             with m.If(final):
                 m.d.sync += valid.eq(0)
             # the innermost level not at its last index steps; the levels inside it restart
             with m.If(~last[4]):
-                m.d.sync += [i[4].eq(i[4] + 1), start[4].eq(start[4] + s[4])]
+                m.d.sync += [i[4].eq(i[4] + 1), start[4].eq(start[4] + s[4]), last[4].eq(i[4] == nm2[4])]
             for d in range(LEVELS - 2, -1, -1):
                 inner_done = last[d + 1]
                 for e in range(d + 2, LEVELS):
                     inner_done = inner_done & last[e]
                 with m.Elif(~last[d] & inner_done):
                     nxt = start[d] + s[d]
-                    m.d.sync += [i[d].eq(i[d] + 1), start[d].eq(nxt)]
+                    m.d.sync += [i[d].eq(i[d] + 1), start[d].eq(nxt), last[d].eq(i[d] == nm2[d])]
                     for e in range(d + 1, LEVELS):
-                        m.d.sync += [i[e].eq(0), start[e].eq(nxt)]
+                        m.d.sync += [i[e].eq(0), start[e].eq(nxt), last[e].eq(one[e])]
         return m

@@ -174,12 +174,22 @@ class AccelCore(wiring.Component):
             for d in range(LEVELS):
                 m.d.comb += [g.n[d].eq(ins[f"n{d}"]), g.strides[d].eq(ins[f"{name}_s{d}"])]
 
-        is_gemm = Signal()
-        m.d.comb += is_gemm.eq((op == int(Opcode.LINEAR)) | (op == int(Opcode.MATMUL)))
-        post_gelu, post_add, post_bad = Signal(), Signal(), Signal()    # a LINEAR's results through a unit
-        m.d.comb += [post_gelu.eq((op == int(Opcode.LINEAR)) & eq_const(ins.post, POST_GELU)),
-                     post_add.eq((op == int(Opcode.LINEAR)) & eq_const(ins.post, POST_ADD)),
-                     post_bad.eq(is_gemm & ins.post.any() & ~post_gelu & ~post_add)]
+        # The op's selects are registered from ``ins`` (DECODE waits while they settle): they fan
+        # out to every data path's multiplexers, and a comparator of the opcode in front of
+        # those was on the critical path.
+        def registered(expr, name):
+            sig = Signal(name=name)
+            m.d.sync += sig.eq(expr)
+            return sig
+
+        is_op = {o: registered(op == int(o), f"is_{o.name.lower()}") for o in Opcode}
+        op_onehot = Signal(16)      # the op's cycle counter (indexed by the opcode's low 4 bits)
+        m.d.sync += op_onehot.eq(Const(1, 16) << op[:4])
+        is_gemm = registered((op == int(Opcode.LINEAR)) | (op == int(Opcode.MATMUL)), "is_gemm")
+        post_gelu = registered((op == int(Opcode.LINEAR)) & eq_const(ins.post, POST_GELU), "post_gelu")
+        post_add = registered((op == int(Opcode.LINEAR)) & eq_const(ins.post, POST_ADD), "post_add")
+        post_bad = Signal()         # a LINEAR's results through a unit
+        m.d.comb += post_bad.eq(is_gemm & ins.post.any() & ~post_gelu & ~post_add)
         with m.If(is_gemm):
             self._gemm_walks(m, ins, gens, post_add)
 
@@ -215,10 +225,9 @@ class AccelCore(wiring.Component):
             return g.valid & ((g.addr < 0) | (g.addr >= depth))
 
         # --- per-op selections ----------------------------------------------------------------------
-        is_op = {o: op == int(o) for o in Opcode}
-        is_move = Signal()
-        m.d.comb += is_move.eq(Cat(*[is_op[o] for o in MOVE_OPS]).any())
-        gelu_sel = [(is_op[Opcode.GELU] | post_gelu) & eq_const(ins.unit, k) for k in range(len(self.gelus))]
+        is_move = registered(Cat(*[op == int(o) for o in MOVE_OPS]).any(), "is_move")
+        gelu_sel = [registered(eq_const(ins.unit, k), f"unit_is{k}") & (is_op[Opcode.GELU] | post_gelu)
+                    for k in range(len(self.gelus))]
         add_sel = Signal()
         m.d.comb += add_sel.eq(is_op[Opcode.ADD] | post_add)
         c_targets = [(is_op[Opcode.SOFTMAX], self.softmax), (is_op[Opcode.LAYERNORM], self.layernorm),
@@ -254,24 +263,32 @@ class AccelCore(wiring.Component):
         done = Signal()
         busy = Signal()
         m.d.comb += [self.error.eq(error), self.done.eq(done), self.busy.eq(busy)]
-        ci = Signal(16)          # constant beats requested
-        cr = Signal(16)          # constant beats delivered
+        c_addr = Signal(EXT_BITS)  # the next constant beat's byte address
+        c_ask = Signal(16)       # constant beats still to request
+        c_due = Signal(16)       # constant beats still to come
         fetch_sent = Signal()
         fault = Signal(4)        # a fault seen this cycle (0: none)
         streaming = Signal()     # in STREAM: the data paths below run
         in_decode = Signal()
+        # a LOAD's or STORE's external request, registered between its address generator and the
+        # reader or writer (the address arithmetic ends here, not in the request slice)
+        ext_req = SimpleNamespace(valid=Signal(name="ext_req_valid"), addr=Signal(EXT_BITS, name="ext_req_addr"),
+                                  data=Signal(ab, name="ext_req_data"))
+        with m.If(in_decode):
+            m.d.sync += ext_req.valid.eq(0)
 
         count_zero = Cat(*[~ins[f"n{d}"].any() for d in range(LEVELS)]).any()
         in_op = Signal()
         cycles = Signal(CYCLE_BITS)
-        op_cycles = Array(Signal(CYCLE_BITS, name=f"op_cycles{k}") for k in range(16))
+        op_cycles = [Signal(CYCLE_BITS, name=f"op_cycles{k}") for k in range(16)]
         m.d.comb += self.cycles.eq(cycles)
         for k in range(16):
             m.d.comb += self.op_cycles[k].eq(op_cycles[k])
         with m.If(busy):
             m.d.sync += cycles.eq(cycles + 1)
-            with m.If(in_op):
-                m.d.sync += op_cycles[op[:4]].eq(op_cycles[op[:4]] + 1)
+            for k in range(16):
+                with m.If(in_op & op_onehot[k]):
+                    m.d.sync += op_cycles[k].eq(op_cycles[k] + 1)
 
         def stop(code):
             m.d.sync += error.eq(code)
@@ -306,7 +323,7 @@ class AccelCore(wiring.Component):
 
             with m.Case(_State.DECODE):
                 m.d.comb += in_decode.eq(1)
-                m.d.sync += [ci.eq(0), cr.eq(0)]
+                m.d.sync += [c_addr.eq(dec.c_base), c_ask.eq(ins.cnt), c_due.eq(ins.cnt)]
                 with m.If(decode_wait.any()):                         # the decode pipeline fills
                     m.d.sync += decode_wait.eq(decode_wait - 1)
                 with m.Elif(is_op[Opcode.END] & (images_left > 1)):     # the next image of the start
@@ -336,20 +353,19 @@ class AccelCore(wiring.Component):
 
             with m.Case(_State.CONST):          # the op's constant beats into its unit's c stream
                 m.d.comb += in_op.eq(1)
-                m.d.comb += [reader.req.valid.eq(ci != ins.cnt),
-                             reader.req.payload.addr.eq(dec.c_base + (ci << dec.c_lb)),
+                m.d.comb += [reader.req.valid.eq(c_ask.any()), reader.req.payload.addr.eq(c_addr),
                              reader.req.payload.lb.eq(dec.c_lb)]
                 with m.If(reader.req.valid & reader.req.ready):
-                    m.d.sync += ci.eq(ci + 1)
+                    m.d.sync += [c_ask.eq(c_ask - 1), c_addr.eq(c_addr + (Const(1, 8) << dec.c_lb))]
                 for sel, u in c_targets:
                     m.d.comb += u.c.payload.as_value().eq(reader.beat.payload.data)
                     with m.If(sel):
                         m.d.comb += [u.c.valid.eq(reader.beat.valid), reader.beat.ready.eq(u.c.ready)]
                 with m.If(reader.beat.valid & reader.beat.ready):
-                    m.d.sync += cr.eq(cr + 1)
+                    m.d.sync += c_due.eq(c_due - 1)
                     with m.If(reader.beat.payload.err):
                         stop(Error.READ)
-                    with m.Elif(cr + 1 == ins.cnt):
+                    with m.Elif(c_due == 1):
                         m.d.sync += state.eq(_State.STREAM)
                 with m.If(~ins.cnt.any()):
                     m.d.sync += state.eq(_State.STREAM)
@@ -359,7 +375,7 @@ class AccelCore(wiring.Component):
 
             with m.Case(_State.STREAM):         # elements from src0 (src1, external memory) to dst
                 m.d.comb += [in_op.eq(1), streaming.eq(1)]
-                with m.If(~dst.valid & writer.idle & ~fault.any()):
+                with m.If(~dst.valid & ~ext_req.valid & writer.idle & ~fault.any()):
                     m.d.sync += pc.eq(pc + INSTR_BYTES)
                     m.d.sync += state.eq(_State.FETCH)
                 # (a GEMM's padding rows and columns may read beyond a tensor: their results are dropped)
@@ -397,10 +413,9 @@ class AccelCore(wiring.Component):
                              q0.r_en.eq(q0.r_rdy & sink_ready)]
             with m.Elif(is_op[Opcode.LOAD]):         # src0 walks the external index
                 src = gens["src0"]
-                m.d.comb += [reader.req.valid.eq(src.valid),
-                             reader.req.payload.addr.eq(dec.ext_base + (src.addr << ins.esize)),
-                             reader.req.payload.lb.eq(ins.esize),
-                             src.next.eq(src.valid & reader.req.ready),
+                advance = ~ext_req.valid | reader.req.ready
+                m.d.comb += [reader.req.valid.eq(ext_req.valid), reader.req.payload.addr.eq(ext_req.addr),
+                             reader.req.payload.lb.eq(ins.esize), src.next.eq(src.valid & advance),
                              sink_valid.eq(reader.beat.valid), reader.beat.ready.eq(sink_ready)]
                 ext_signed = (ins.flags & FLAG_EXT_SIGNED).any()
                 with m.Switch(ins.esize):
@@ -408,14 +423,19 @@ class AccelCore(wiring.Component):
                         with m.Case(k):
                             v = reader.beat.payload.data[:8 << k]
                             m.d.comb += sink_data.eq(Mux(ext_signed, v.as_signed(), v))
+                with m.If(advance):
+                    m.d.sync += [ext_req.valid.eq(src.valid), ext_req.addr.eq(dec.ext_base + (src.addr << ins.esize))]
                 with m.If(reader.beat.valid & reader.beat.payload.err):
                     m.d.comb += fault.eq(Error.READ)
             with m.Elif(is_op[Opcode.STORE]):        # dst walks the external index
-                handshake = q0.r_rdy & dst.valid & writer.req.ready
-                m.d.comb += [run0.eq(1), writer.req.valid.eq(q0.r_rdy & dst.valid),
-                             writer.req.payload.addr.eq(dec.ext_base + (dst.addr << ins.esize)),
-                             writer.req.payload.data.eq(s0_data), writer.req.payload.lb.eq(ins.esize),
+                advance = ~ext_req.valid | writer.req.ready
+                handshake = q0.r_rdy & dst.valid & advance
+                m.d.comb += [run0.eq(1), writer.req.valid.eq(ext_req.valid), writer.req.payload.addr.eq(ext_req.addr),
+                             writer.req.payload.data.eq(ext_req.data), writer.req.payload.lb.eq(ins.esize),
                              q0.r_en.eq(handshake), dst.next.eq(handshake)]
+                with m.If(advance):
+                    m.d.sync += [ext_req.valid.eq(handshake), ext_req.addr.eq(dec.ext_base + (dst.addr << ins.esize)),
+                                 ext_req.data.eq(s0_data)]
             with m.Elif(is_gemm):
                 pass                                 # below: _gemm_feed
             with m.Elif(is_op[Opcode.SOFTMAX]):
@@ -435,7 +455,7 @@ class AccelCore(wiring.Component):
             self._lanes(m, add_sel, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst)
         with m.If(unit_rst):
             m.d.sync += [packer.full.eq(0), packer.j.eq(0), packer.jo.eq(0)]
-        self._gemm_feed(m, ins, reader, gens, q0, q1, run0, run1, wr, streaming & is_gemm, in_decode, ab,
+        self._gemm_feed(m, ins, is_op[Opcode.LINEAR], reader, gens, q0, q1, run0, run1, wr, streaming & is_gemm, in_decode, ab,
                         post_gelu | post_add, elems, sink_valid, sink_data)
         with m.If(streaming & writer.err):
             m.d.comb += fault.eq(Error.WRITE)
@@ -516,13 +536,12 @@ class AccelCore(wiring.Component):
             for d in range(LEVELS):
                 m.d.comb += [g.n[d].eq(counts[d]), g.strides[d].eq(strides[d])]
 
-    def _gemm_feed(self, m, ins, reader, gens, q0, q1, run0, run1, wr, active, restart, ab, post, elems,
+    def _gemm_feed(self, m, ins, is_linear, reader, gens, q0, q1, run0, run1, wr, active, restart, ab, post, elems,
                    sink_valid, sink_data):
         """Operand beats into the GEMM, parameter and weight beats from external memory, result
         rows into the buffer (or, with a ``post`` unit, element by element into the packer)."""
         hw, accel, gemm = self.hw, self.accel, self.gemm
         R, C = hw.gemm_rows, hw.gemm_cols
-        is_linear = ins.opcode == int(Opcode.LINEAR)
         a_signed = (ins.flags & FLAG_A_SIGNED).any()
         p_lb = _lb(beat_bytes(p_layout(hw)))
 
@@ -533,6 +552,7 @@ class AccelCore(wiring.Component):
         k = Signal(16)
         w_addr = Signal(EXT_BITS)    # the next weight beat's byte address: a tile's K beats follow the
                                      # previous tile's, so it only steps on (and returns at a new block)
+        p_addr = Signal(EXT_BITS)    # the next parameter beat's byte address (likewise)
         want_w = Signal()            # the next request is a weight beat
         w_lb = Signal(3)
         with m.Switch(ins.w_bits):
@@ -540,10 +560,11 @@ class AccelCore(wiring.Component):
                 with m.Case(wb):
                     m.d.comb += w_lb.eq(_lb(beat_bytes(w_layout(wb, C))))
         with m.If(restart):
-            m.d.sync += [tiles.eq(dec.tiles), nt.eq(0), k.eq(0), w_addr.eq(ins.ext0), want_w.eq(0)]
+            m.d.sync += [tiles.eq(dec.tiles), nt.eq(0), k.eq(0), w_addr.eq(ins.ext0), p_addr.eq(ins.ext1),
+                         want_w.eq(0)]
         with m.If(active):
             m.d.comb += [reader.req.valid.eq(tiles.any()),
-                         reader.req.payload.addr.eq(Mux(want_w, w_addr, ins.ext1 + (nt << p_lb))),
+                         reader.req.payload.addr.eq(Mux(want_w, w_addr, p_addr)),
                          reader.req.payload.lb.eq(Mux(want_w, w_lb, p_lb))]
             with m.If(reader.req.valid & reader.req.ready):
                 last_beat = ~is_linear | (want_w & (k == dec.k_last))
@@ -556,9 +577,9 @@ class AccelCore(wiring.Component):
                 with m.If(last_beat):         # next tile
                     m.d.sync += [tiles.eq(tiles - 1), want_w.eq(0), k.eq(0)]
                     with m.If(nt == dec.nt_last):
-                        m.d.sync += [nt.eq(0), w_addr.eq(ins.ext0)]
+                        m.d.sync += [nt.eq(0), w_addr.eq(ins.ext0), p_addr.eq(ins.ext1)]
                     with m.Else():
-                        m.d.sync += nt.eq(nt + 1)
+                        m.d.sync += [nt.eq(nt + 1), p_addr.eq(p_addr + (1 << p_lb))]
 
         # --- beats back, in request order: P, then (LINEAR) K weight beats ------------------------
         rk = Signal(16)              # beats of the current tile received
