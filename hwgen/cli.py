@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import json
 import os
 import re
 import sys
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     next(a for a in gen._actions if a.dest == "model").default = None
     gen.add_argument("--config", help="configuration file (default: configs/default.json)")
     gen.add_argument("--out", default="rtl", help="output folder (default rtl/), replaced as a whole")
+    gen.add_argument("--force", action="store_true",
+                     help="write the folder even if it is up to date (same generator sources and configuration, "
+                          "files unedited)")
     pl = sub.add_parser("plan", help="choose each GELU/Softmax layer's variant by Omega (quality, perturbation, "
                                       "synthesized cost): reports/plan_<model>_<bits>.{json,md,png}")
     _common(pl)
@@ -557,6 +561,29 @@ def _check_generate_out(out: str) -> None:
                             f"replaced as a whole: give a new or empty folder")
 
 
+def _generated_up_to_date(cfg, out: str) -> bool:
+    """``out`` holds exactly what ``hwgen generate`` would write for ``cfg`` (no program): its
+    manifest names the same generator sources (hash) and configuration, and every file it
+    lists is there, unedited (its hash), with nothing else in the folder.  Elaborating every
+    unit and the accelerator takes most of a minute, which ``make demo`` would otherwise spend
+    on every run."""
+    from hwgen.generate import generator_hash
+    from hwgen.verilog import source_hash
+
+    folder = Path(out)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if (manifest.get("generator_sha256") != generator_hash() or manifest.get("config") != cfg.to_dict()["hw"]
+                or manifest.get("source") != cfg.source or "program" in manifest):
+            return False
+        files = [*manifest["units"].values(), manifest["accelerator"]]
+        if {e.name for e in folder.iterdir()} != {f["file"] for f in files} | {"manifest.json"}:
+            return False
+        return all(source_hash((folder / f["file"]).read_text()) == f["verilog_sha256"] for f in files)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        return False
+
+
 def cmd_generate(args) -> int:
     from hwgen.generate import DEFAULT_CONFIG, generate
 
@@ -576,6 +603,10 @@ def cmd_generate(args) -> int:
         # one GELU unit per variant the model uses (a plan may mix them)
         program = compile_program(graph, cfg.hw, AccelConfig(gelu_variants=gelu_variants(graph) or None))
         program.source = {"model": args.model, "bits": args.bits}
+    if program is None and not args.force and _generated_up_to_date(cfg, args.out):
+        print(f"{args.out}/ is up to date: manifest.json names these generator sources and this configuration, "
+              f"and every file matches its hash; nothing written (--force writes it again)")
+        return 0
     _OUT.elaborating = True
     try:
         manifest = generate(cfg, args.out, program)

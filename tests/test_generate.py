@@ -27,6 +27,32 @@ def test_committed_rtl_is_fresh(tmp_path):
     assert fresh == committed, "rtl/ is stale: run `make verilog` and commit"
     for name in fresh:
         assert (tmp_path / name).read_text() == (RTL / name).read_text(), f"rtl/{name} is stale: run `make verilog`"
+    _check_up_to_date_skip(tmp_path)
+
+
+def _check_up_to_date_skip(out: Path):
+    """A second `hwgen generate` on its own fresh output writes nothing; an edited file, a file
+    that is not the generator's or another configuration each make it write."""
+    from dataclasses import replace
+
+    from hwgen.cli import _generated_up_to_date
+
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    proc = subprocess.run([sys.executable, "-m", "hwgen.cli", "generate", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "up to date" in proc.stdout, proc.stdout + proc.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+    cfg = GenConfig.load(DEFAULT_CONFIG)
+    assert _generated_up_to_date(cfg, str(out))
+    other = GenConfig.load(DEFAULT_CONFIG)
+    other.hw = replace(other.hw, lanes=other.hw.lanes * 2)
+    assert not _generated_up_to_date(other, str(out))
+    (out / "notes.txt").write_text("mine\n")
+    assert not _generated_up_to_date(cfg, str(out))
+    (out / "notes.txt").unlink()
+    with open(out / "gemm.v", "a") as f:
+        f.write("// an edit\n")
+    assert not _generated_up_to_date(cfg, str(out))
 
 
 def test_manifest_describes_every_unit():
