@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from golden.errors import UserError
 from hwgen.accel.compiler import ALIGN, AccelConfig
 from hwgen.accel.interpreter import _Machine, header
 from hwgen.accel.isa import FLAG_EXT_SIGNED, INSTR_BYTES, Instr, Opcode, Port, decode, encode_program
@@ -34,6 +35,8 @@ from sim import runner
 __all__ = ["build", "run_cases", "Case", "trace", "snapshot_program", "elements", "TOP"]
 
 TOP = "accel_sim"
+ACC_MODULE = "accelerator"      # the accelerator's module in the simulated Verilog (rtl/accelerator.v's)
+RTL = Path(__file__).resolve().parent.parent / "rtl"
 TB = "sim.tb_accel"
 
 
@@ -63,7 +66,8 @@ def build(hw: HwConfig, accel: AccelConfig | None = None, words: int = WORDS, la
         if vcache.exists():
             text = vcache.read_text()
         else:
-            text = emit_verilog(AccelSimTop(hw, accel, words=words, latency=latency), TOP) + WORDS_VERILOG
+            text = (emit_verilog(AccelSimTop(hw, accel, words=words, latency=latency, acc_module=ACC_MODULE), TOP)
+                    + accelerator_verilog(hw, accel) + WORDS_VERILOG)
             vcache.parent.mkdir(parents=True, exist_ok=True)
             tmp = vcache.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(text)
@@ -71,6 +75,30 @@ def build(hw: HwConfig, accel: AccelConfig | None = None, words: int = WORDS, la
         _BUILDS[key] = runner.build(None, TOP, params={"words": words, "latency": latency}, verilog_text=text,
                                     ports_only=True, fast=fast)
     return _BUILDS[key]
+
+
+def accelerator_verilog(hw: HwConfig, accel: AccelConfig) -> str:
+    """The Verilog of the accelerator (module ``accelerator``) for ``hw`` and ``accel``: the
+    committed ``rtl/accelerator.v`` when ``rtl/manifest.json`` says it was generated from
+    these generator sources, this configuration and these buffers, and the file is unedited;
+    otherwise elaborated here."""
+    from hwgen.accel.axi import Accelerator
+    from hwgen.generate import ACCEL_TOP, generator_hash
+    from hwgen.verilog import source_hash
+
+    assert ACC_MODULE == ACCEL_TOP
+    try:
+        manifest = json.loads((RTL / "manifest.json").read_text())
+        acc = manifest["accelerator"]
+        committed = AccelConfig(**acc["accel_config"])
+        same = replace(committed, gelu_variants=committed.gelus(hw)) == replace(accel, gelu_variants=accel.gelus(hw))
+        if manifest["generator_sha256"] == generator_hash() and manifest["config"] == hw.as_dict() and same:
+            text = (RTL / acc["file"]).read_text()
+            if source_hash(text) == acc["verilog_sha256"]:
+                return text
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        pass
+    return emit_verilog(Accelerator(hw, accel), ACC_MODULE)
 
 
 @dataclass

@@ -212,3 +212,20 @@ def test_faults_end_in_an_error_code_and_a_clean_stop(sim, hw, programs, digits_
             assert r["error"] == expect, f"{name}: error {r['error']}, expected {int(expect)} ({expect.name})"
             if pc is not None:
                 assert r["pc"] == pc, f"{name}: stopped at 0x{r['pc']:x}, expected the faulty instruction at 0x{pc:x}"
+
+
+def test_the_simulated_accelerator_is_the_committed_rtl(hw, monkeypatch, tmp_path):
+    """Accelerator simulations of the default configuration run rtl/accelerator.v itself (the file
+    of record, not a second elaboration); another configuration, or an edited file, is
+    elaborated instead."""
+    monkeypatch.setattr(accel_run, "emit_verilog", lambda component, name: f"// elaborated {name}\n")
+    committed = (REPO / "rtl" / "accelerator.v").read_text()
+    assert accel_run.accelerator_verilog(hw, AccelConfig()) == committed
+    assert accel_run.accelerator_verilog(hw, AccelConfig(gelu_variants=(hw.gelu_variant,))) == committed
+    assert accel_run.accelerator_verilog(hw, AccelConfig(w_cache_elems=32)) == "// elaborated accelerator\n"
+    edited = tmp_path / "rtl"
+    edited.mkdir()
+    (edited / "manifest.json").write_text((REPO / "rtl" / "manifest.json").read_text())
+    (edited / "accelerator.v").write_text(committed + "// an edit\n")
+    monkeypatch.setattr(accel_run, "RTL", edited)
+    assert accel_run.accelerator_verilog(hw, AccelConfig()) == "// elaborated accelerator\n"

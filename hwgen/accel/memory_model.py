@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, ClockSignal, Instance, Module, Signal
+from amaranth.hdl import Cat, ClockSignal, Instance, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -166,6 +166,12 @@ class AccelSimTop(wiring.Component):
     ``words`` words behind an AXI4 slave bridge inside the design: the design every
     accelerator simulation builds (one Verilator build serves both memories).
 
+    The accelerator is an instance of the module ``acc_module`` (its ports are the
+    :class:`~hwgen.accel.axi.Accelerator`'s, with ``clk`` and ``rst``), whose Verilog the
+    builder supplies (:func:`sim.accel_run.build`: the committed ``rtl/accelerator.v`` when it
+    is this very design, so the simulation runs the file of record, and elaborating the
+    accelerator, most of a minute, is skipped).
+
     ``use_model`` high: the accelerator's AXI4 master talks to the model (the simulator runs
     free); low: to the top's ``m_axi_*`` ports, where cocotbext-axi's ``AxiRam`` answers.
     The bridge takes single-beat writes only (the accelerator writes no bursts).
@@ -177,9 +183,10 @@ class AccelSimTop(wiring.Component):
     stall, err_lo, err_hi, host_* : the memory model's
     """
 
-    def __init__(self, hw, accel=None, words: int = 1 << 16, latency: int = 4):
+    def __init__(self, hw, accel=None, words: int = 1 << 16, latency: int = 4, acc_module: str = "accelerator"):
         from .axi import Accelerator
-        self.acc = Accelerator(hw, accel)
+        self.acc = Accelerator(hw, accel)       # (for its ports; elaborated on its own)
+        self.acc_module = acc_module
         self.word_lb = self.acc.word_lb
         self.model = MemoryModel(words, self.word_lb, latency)
         wb = 8 << self.word_lb
@@ -191,7 +198,12 @@ class AccelSimTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.acc = acc = self.acc
+        acc = SimpleNamespace(**{name: Signal(member.shape, name=f"acc_{name}")
+                                 for name, member in self.acc.signature.members.items()})
+        m.submodules.acc = Instance(
+            self.acc_module, i_clk=ClockSignal(), i_rst=ResetSignal(),
+            **{("o_" if member.flow == Out else "i_") + name: getattr(acc, name)
+               for name, member in self.acc.signature.members.items()})
         m.submodules.model = model = self.model
         wlb = self.word_lb
         use = self.use_model
