@@ -1257,34 +1257,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire [15:0] \$10 ;
   wire \$100 ;
-  reg [7:0] \$1000 ;
-  reg [7:0] \$1001 ;
-  reg [7:0] \$1002 ;
+  reg \$1000 ;
+  reg \$1001 ;
+  reg \$1002 ;
   reg \$1003 ;
-  reg \$1004 ;
+  reg [15:0] \$1004 ;
   reg \$1005 ;
-  reg [3:0] \$1006 ;
-  reg [15:0] \$1007 ;
-  reg \$1008 ;
-  reg [15:0] \$1009 ;
+  reg \$1006 ;
+  reg [7:0] \$1007 ;
+  reg [7:0] \$1008 ;
+  reg [7:0] \$1009 ;
   wire \$101 ;
-  reg [15:0] \$1010 ;
-  reg [31:0] \$1011 ;
-  reg \$1012 ;
-  reg \$1013 ;
-  reg [3:0] \$1014 ;
-  reg [15:0] \$1015 ;
-  reg [9:0] \$1016 ;
-  reg [15:0] \$1017 ;
-  reg \$1018 ;
-  reg \$1019 ;
+  reg [7:0] \$1010 ;
+  reg [7:0] \$1011 ;
+  reg [7:0] \$1012 ;
+  reg [7:0] \$1013 ;
+  reg [7:0] \$1014 ;
+  reg \$1015 ;
+  reg \$1016 ;
+  reg \$1017 ;
+  reg [3:0] \$1018 ;
+  reg [15:0] \$1019 ;
   wire \$102 ;
   reg \$1020 ;
-  reg [31:0] \$1021 ;
+  reg [15:0] \$1021 ;
   reg [15:0] \$1022 ;
-  reg \$1023 ;
-  reg [2:0] \$1024 ;
+  reg [31:0] \$1023 ;
+  reg \$1024 ;
+  reg \$1025 ;
+  reg [3:0] \$1026 ;
+  reg [15:0] \$1027 ;
+  reg [9:0] \$1028 ;
+  reg [15:0] \$1029 ;
   wire \$103 ;
+  reg \$1030 ;
+  reg \$1031 ;
+  reg \$1032 ;
+  reg [31:0] \$1033 ;
+  reg [15:0] \$1034 ;
+  reg \$1035 ;
+  reg [2:0] \$1036 ;
   wire \$104 ;
   wire \$105 ;
   wire \$106 ;
@@ -1314,188 +1326,188 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$128 ;
   wire \$129 ;
   wire [17:0] \$13 ;
-  wire \$130 ;
-  wire [31:0] \$131 ;
-  wire [2:0] \$132 ;
+  wire [31:0] \$130 ;
+  wire [2:0] \$131 ;
+  wire \$132 ;
   wire \$133 ;
   wire \$134 ;
   wire \$135 ;
   wire \$136 ;
   wire \$137 ;
-  wire \$138 ;
+  wire [3:0] \$138 ;
   wire \$139 ;
   wire [17:0] \$14 ;
-  wire \$140 ;
+  wire [2:0] \$140 ;
   wire [3:0] \$141 ;
   wire \$142 ;
-  wire [2:0] \$143 ;
+  wire [3:0] \$143 ;
   wire [3:0] \$144 ;
   wire \$145 ;
-  wire [3:0] \$146 ;
+  wire [4:0] \$146 ;
   wire [3:0] \$147 ;
   wire \$148 ;
-  wire [4:0] \$149 ;
+  wire [5:0] \$149 ;
   wire [17:0] \$15 ;
   wire [3:0] \$150 ;
   wire \$151 ;
-  wire [5:0] \$152 ;
+  wire [6:0] \$152 ;
   wire [3:0] \$153 ;
   wire \$154 ;
-  wire [6:0] \$155 ;
+  wire [7:0] \$155 ;
   wire [3:0] \$156 ;
   wire \$157 ;
-  wire [7:0] \$158 ;
-  wire [3:0] \$159 ;
+  wire [8:0] \$158 ;
+  wire \$159 ;
   wire [21:0] \$16 ;
-  wire \$160 ;
-  wire [8:0] \$161 ;
+  reg \$160 ;
+  wire \$161 ;
   wire \$162 ;
-  reg \$163 ;
-  wire \$164 ;
-  wire \$165 ;
-  wire [9:0] \$166 ;
-  wire [16:0] \$167 ;
-  reg \$168 ;
+  wire [9:0] \$163 ;
+  wire [16:0] \$164 ;
+  reg \$165 ;
+  wire \$166 ;
+  wire \$167 ;
+  wire \$168 ;
   wire \$169 ;
   wire [21:0] \$17 ;
   wire \$170 ;
-  wire \$171 ;
-  wire \$172 ;
-  wire \$173 ;
-  wire [9:0] \$174 ;
-  wire [16:0] \$175 ;
-  reg \$176 ;
+  wire [9:0] \$171 ;
+  wire [16:0] \$172 ;
+  reg \$173 ;
+  wire \$174 ;
+  wire \$175 ;
+  wire \$176 ;
   wire \$177 ;
-  wire \$178 ;
-  wire \$179 ;
+  wire [9:0] \$178 ;
+  wire [16:0] \$179 ;
   wire [16:0] \$18 ;
-  wire \$180 ;
-  wire [9:0] \$181 ;
-  wire [16:0] \$182 ;
-  reg \$183 ;
+  reg \$180 ;
+  wire \$181 ;
+  wire \$182 ;
+  wire \$183 ;
   wire \$184 ;
-  wire \$185 ;
-  wire \$186 ;
-  wire \$187 ;
-  wire [9:0] \$188 ;
-  wire [16:0] \$189 ;
+  wire [9:0] \$185 ;
+  wire [16:0] \$186 ;
+  reg \$187 ;
+  wire \$188 ;
+  wire \$189 ;
   wire [17:0] \$19 ;
-  reg \$190 ;
+  wire \$190 ;
   wire \$191 ;
-  wire \$192 ;
-  wire \$193 ;
-  wire \$194 ;
-  wire [9:0] \$195 ;
-  wire [16:0] \$196 ;
-  reg \$197 ;
+  wire [9:0] \$192 ;
+  wire [16:0] \$193 ;
+  reg \$194 ;
+  wire \$195 ;
+  wire \$196 ;
+  wire \$197 ;
   wire \$198 ;
-  wire \$199 ;
+  wire [9:0] \$199 ;
   wire \$2 ;
   wire [17:0] \$20 ;
-  wire \$200 ;
-  wire \$201 ;
-  wire [9:0] \$202 ;
-  wire [16:0] \$203 ;
-  reg \$204 ;
+  wire [16:0] \$200 ;
+  reg \$201 ;
+  wire \$202 ;
+  wire \$203 ;
+  wire \$204 ;
   wire \$205 ;
-  wire \$206 ;
-  wire \$207 ;
-  wire \$208 ;
-  wire [9:0] \$209 ;
+  wire [9:0] \$206 ;
+  wire [16:0] \$207 ;
+  reg \$208 ;
+  wire \$209 ;
   wire [16:0] \$21 ;
-  wire [16:0] \$210 ;
-  reg \$211 ;
+  wire \$210 ;
+  wire \$211 ;
   wire \$212 ;
-  wire \$213 ;
-  wire \$214 ;
-  wire \$215 ;
-  wire [9:0] \$216 ;
-  wire [16:0] \$217 ;
-  reg \$218 ;
+  wire [9:0] \$213 ;
+  wire [16:0] \$214 ;
+  reg \$215 ;
+  wire \$216 ;
+  wire \$217 ;
+  wire \$218 ;
   wire \$219 ;
   wire [17:0] \$22 ;
-  wire \$220 ;
-  wire \$221 ;
-  wire \$222 ;
-  wire [9:0] \$223 ;
-  wire [16:0] \$224 ;
-  reg \$225 ;
+  wire [9:0] \$220 ;
+  wire [16:0] \$221 ;
+  reg \$222 ;
+  wire \$223 ;
+  wire \$224 ;
+  wire \$225 ;
   wire \$226 ;
-  wire \$227 ;
+  reg \$227 ;
   wire \$228 ;
   wire \$229 ;
   wire [17:0] \$23 ;
-  reg \$230 ;
+  wire \$230 ;
   wire \$231 ;
   wire \$232 ;
   wire \$233 ;
   wire \$234 ;
   wire \$235 ;
-  wire \$236 ;
-  wire \$237 ;
-  wire \$238 ;
-  wire [9:0] \$239 ;
+  wire [9:0] \$236 ;
+  wire [16:0] \$237 ;
+  reg \$238 ;
+  wire \$239 ;
   wire [17:0] \$24 ;
-  wire [16:0] \$240 ;
-  reg \$241 ;
+  wire \$240 ;
+  wire \$241 ;
   wire \$242 ;
-  wire \$243 ;
+  reg \$243 ;
   wire \$244 ;
   wire \$245 ;
-  reg \$246 ;
+  wire \$246 ;
   wire \$247 ;
   wire \$248 ;
   wire \$249 ;
   wire [21:0] \$25 ;
   wire \$250 ;
   wire \$251 ;
-  wire \$252 ;
-  wire \$253 ;
-  wire \$254 ;
-  wire [9:0] \$255 ;
-  wire [16:0] \$256 ;
-  reg \$257 ;
+  wire [9:0] \$252 ;
+  wire [16:0] \$253 ;
+  reg \$254 ;
+  wire \$255 ;
+  wire \$256 ;
+  wire \$257 ;
   wire \$258 ;
-  wire \$259 ;
+  reg \$259 ;
   wire [21:0] \$26 ;
   wire \$260 ;
   wire \$261 ;
-  reg \$262 ;
+  wire \$262 ;
   wire \$263 ;
   wire \$264 ;
   wire \$265 ;
   wire \$266 ;
   wire \$267 ;
-  wire \$268 ;
-  wire \$269 ;
+  wire [9:0] \$268 ;
+  wire [16:0] \$269 ;
   wire [21:0] \$27 ;
-  wire \$270 ;
-  wire [9:0] \$271 ;
-  wire [16:0] \$272 ;
-  reg \$273 ;
+  reg \$270 ;
+  wire \$271 ;
+  wire \$272 ;
+  wire \$273 ;
   wire \$274 ;
-  wire \$275 ;
+  reg \$275 ;
   wire \$276 ;
   wire \$277 ;
-  reg \$278 ;
+  wire \$278 ;
   wire \$279 ;
   wire [15:0] \$28 ;
   wire \$280 ;
   wire \$281 ;
   wire \$282 ;
   wire \$283 ;
-  wire \$284 ;
-  wire \$285 ;
-  wire \$286 ;
-  wire [9:0] \$287 ;
-  wire [16:0] \$288 ;
-  reg \$289 ;
+  wire [9:0] \$284 ;
+  wire [16:0] \$285 ;
+  reg \$286 ;
+  wire \$287 ;
+  wire \$288 ;
+  wire \$289 ;
   wire [17:0] \$29 ;
   wire \$290 ;
-  wire \$291 ;
+  reg \$291 ;
   wire \$292 ;
   wire \$293 ;
-  reg \$294 ;
+  wire \$294 ;
   wire \$295 ;
   wire \$296 ;
   wire \$297 ;
@@ -1503,291 +1515,291 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$299 ;
   wire \$3 ;
   wire [3:0] \$30 ;
-  wire \$300 ;
-  wire \$301 ;
-  wire \$302 ;
-  wire [9:0] \$303 ;
-  wire [16:0] \$304 ;
-  reg \$305 ;
+  wire [9:0] \$300 ;
+  wire [16:0] \$301 ;
+  reg \$302 ;
+  wire \$303 ;
+  wire \$304 ;
+  wire \$305 ;
   wire \$306 ;
-  wire \$307 ;
+  reg \$307 ;
   wire \$308 ;
   wire \$309 ;
   wire [17:0] \$31 ;
-  reg \$310 ;
+  wire \$310 ;
   wire \$311 ;
   wire \$312 ;
   wire \$313 ;
   wire \$314 ;
   wire \$315 ;
-  wire \$316 ;
-  wire \$317 ;
-  wire \$318 ;
-  wire [9:0] \$319 ;
+  wire [9:0] \$316 ;
+  wire [16:0] \$317 ;
+  reg \$318 ;
+  wire \$319 ;
   wire [16:0] \$32 ;
-  wire [16:0] \$320 ;
-  reg \$321 ;
+  wire \$320 ;
+  wire \$321 ;
   wire \$322 ;
-  wire \$323 ;
+  reg \$323 ;
   wire \$324 ;
   wire \$325 ;
-  reg \$326 ;
+  wire \$326 ;
   wire \$327 ;
   wire \$328 ;
   wire \$329 ;
   wire [17:0] \$33 ;
   wire \$330 ;
   wire \$331 ;
-  wire \$332 ;
-  wire \$333 ;
-  wire \$334 ;
-  wire [9:0] \$335 ;
-  wire [16:0] \$336 ;
-  reg \$337 ;
+  wire [9:0] \$332 ;
+  wire [16:0] \$333 ;
+  reg \$334 ;
+  wire \$335 ;
+  wire \$336 ;
+  wire \$337 ;
   wire \$338 ;
-  wire \$339 ;
+  reg \$339 ;
   wire [17:0] \$34 ;
   wire \$340 ;
   wire \$341 ;
-  reg \$342 ;
+  wire \$342 ;
   wire \$343 ;
   wire \$344 ;
   wire \$345 ;
   wire \$346 ;
   wire \$347 ;
   wire \$348 ;
-  wire \$349 ;
+  reg \$349 ;
   wire [21:0] \$35 ;
   wire \$350 ;
   wire \$351 ;
-  reg \$352 ;
+  wire \$352 ;
   wire \$353 ;
-  wire \$354 ;
-  wire \$355 ;
-  wire \$356 ;
-  wire [9:0] \$357 ;
-  wire [10:0] \$358 ;
-  reg \$359 ;
+  wire [9:0] \$354 ;
+  wire [10:0] \$355 ;
+  reg \$356 ;
+  wire \$357 ;
+  wire \$358 ;
+  wire \$359 ;
   wire [16:0] \$36 ;
   wire \$360 ;
   wire \$361 ;
   wire \$362 ;
   wire \$363 ;
-  wire \$364 ;
-  wire \$365 ;
-  wire \$366 ;
-  wire [9:0] \$367 ;
-  wire [10:0] \$368 ;
-  reg \$369 ;
+  wire [9:0] \$364 ;
+  wire [10:0] \$365 ;
+  reg \$366 ;
+  wire \$367 ;
+  wire \$368 ;
+  wire \$369 ;
   wire [17:0] \$37 ;
   wire \$370 ;
   wire \$371 ;
   wire \$372 ;
-  wire \$373 ;
-  wire \$374 ;
-  wire \$375 ;
-  wire [9:0] \$376 ;
-  wire [10:0] \$377 ;
-  reg \$378 ;
+  wire [9:0] \$373 ;
+  wire [10:0] \$374 ;
+  reg \$375 ;
+  wire \$376 ;
+  wire \$377 ;
+  wire \$378 ;
   wire \$379 ;
   wire [17:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
-  wire \$382 ;
-  wire \$383 ;
-  wire \$384 ;
-  wire [9:0] \$385 ;
-  wire [10:0] \$386 ;
-  reg \$387 ;
+  wire [9:0] \$382 ;
+  wire [10:0] \$383 ;
+  reg \$384 ;
+  wire \$385 ;
+  wire \$386 ;
+  wire \$387 ;
   wire \$388 ;
   wire \$389 ;
   wire [21:0] \$39 ;
   wire \$390 ;
-  wire \$391 ;
-  wire \$392 ;
-  wire \$393 ;
-  wire [9:0] \$394 ;
-  wire [10:0] \$395 ;
-  reg \$396 ;
+  wire [9:0] \$391 ;
+  wire [10:0] \$392 ;
+  reg \$393 ;
+  wire \$394 ;
+  wire \$395 ;
+  wire \$396 ;
   wire \$397 ;
   wire \$398 ;
   wire \$399 ;
   wire \$4 ;
   wire \$40 ;
-  wire \$400 ;
-  wire \$401 ;
-  wire \$402 ;
-  wire [9:0] \$403 ;
-  wire [10:0] \$404 ;
-  reg \$405 ;
+  wire [9:0] \$400 ;
+  wire [10:0] \$401 ;
+  reg \$402 ;
+  wire \$403 ;
+  wire \$404 ;
+  wire \$405 ;
   wire \$406 ;
   wire \$407 ;
   wire \$408 ;
-  wire \$409 ;
+  wire [9:0] \$409 ;
   wire [3:0] \$41 ;
-  wire \$410 ;
-  wire \$411 ;
-  wire [9:0] \$412 ;
-  wire [10:0] \$413 ;
-  reg \$414 ;
+  wire [10:0] \$410 ;
+  reg \$411 ;
+  wire \$412 ;
+  wire \$413 ;
+  wire \$414 ;
   wire \$415 ;
   wire \$416 ;
   wire \$417 ;
-  wire \$418 ;
-  wire \$419 ;
+  wire [9:0] \$418 ;
+  wire [10:0] \$419 ;
   wire \$42 ;
-  wire \$420 ;
-  wire [9:0] \$421 ;
-  wire [10:0] \$422 ;
-  reg \$423 ;
+  reg \$420 ;
+  wire \$421 ;
+  wire \$422 ;
+  wire \$423 ;
   wire \$424 ;
   wire \$425 ;
   wire \$426 ;
-  wire \$427 ;
-  wire \$428 ;
-  wire \$429 ;
+  wire [9:0] \$427 ;
+  wire [32:0] \$428 ;
+  wire [33:0] \$429 ;
   wire \$43 ;
-  wire [9:0] \$430 ;
-  wire [32:0] \$431 ;
-  wire [33:0] \$432 ;
-  reg \$433 ;
+  reg \$430 ;
+  wire \$431 ;
+  wire \$432 ;
+  wire \$433 ;
   wire \$434 ;
-  wire \$435 ;
+  reg \$435 ;
   wire \$436 ;
   wire \$437 ;
-  reg \$438 ;
+  wire \$438 ;
   wire \$439 ;
   wire [3:0] \$44 ;
   wire \$440 ;
   wire \$441 ;
   wire \$442 ;
   wire \$443 ;
-  wire \$444 ;
-  wire \$445 ;
-  wire \$446 ;
-  wire [9:0] \$447 ;
-  wire [32:0] \$448 ;
-  wire [33:0] \$449 ;
+  wire [9:0] \$444 ;
+  wire [32:0] \$445 ;
+  wire [33:0] \$446 ;
+  reg \$447 ;
+  wire \$448 ;
+  wire \$449 ;
   wire \$45 ;
-  reg \$450 ;
+  wire \$450 ;
   wire \$451 ;
-  wire \$452 ;
+  reg \$452 ;
   wire \$453 ;
   wire \$454 ;
-  reg \$455 ;
+  wire \$455 ;
   wire \$456 ;
   wire \$457 ;
   wire \$458 ;
   wire \$459 ;
   wire \$46 ;
   wire \$460 ;
-  wire \$461 ;
-  wire \$462 ;
-  wire \$463 ;
-  wire [9:0] \$464 ;
-  wire [32:0] \$465 ;
-  wire [33:0] \$466 ;
-  reg \$467 ;
+  wire [9:0] \$461 ;
+  wire [32:0] \$462 ;
+  wire [33:0] \$463 ;
+  reg \$464 ;
+  wire \$465 ;
+  wire \$466 ;
+  wire \$467 ;
   wire \$468 ;
-  wire \$469 ;
+  reg \$469 ;
   wire \$47 ;
   wire \$470 ;
   wire \$471 ;
-  reg \$472 ;
+  wire \$472 ;
   wire \$473 ;
   wire \$474 ;
   wire \$475 ;
   wire \$476 ;
   wire \$477 ;
-  wire \$478 ;
-  wire \$479 ;
+  wire [9:0] \$478 ;
+  wire [32:0] \$479 ;
   wire \$48 ;
-  wire \$480 ;
-  wire [9:0] \$481 ;
-  wire [32:0] \$482 ;
-  wire [33:0] \$483 ;
-  reg \$484 ;
+  wire [33:0] \$480 ;
+  reg \$481 ;
+  wire \$482 ;
+  wire \$483 ;
+  wire \$484 ;
   wire \$485 ;
-  wire \$486 ;
+  reg \$486 ;
   wire \$487 ;
   wire \$488 ;
-  reg \$489 ;
+  wire \$489 ;
   wire \$49 ;
   wire \$490 ;
   wire \$491 ;
   wire \$492 ;
   wire \$493 ;
   wire \$494 ;
-  wire \$495 ;
-  wire \$496 ;
-  wire \$497 ;
-  wire [9:0] \$498 ;
-  wire [32:0] \$499 ;
+  wire [9:0] \$495 ;
+  wire [32:0] \$496 ;
+  wire [33:0] \$497 ;
+  reg \$498 ;
+  wire \$499 ;
   wire \$5 ;
   wire \$50 ;
-  wire [33:0] \$500 ;
-  reg \$501 ;
+  wire \$500 ;
+  wire \$501 ;
   wire \$502 ;
-  wire \$503 ;
+  reg \$503 ;
   wire \$504 ;
   wire \$505 ;
-  reg \$506 ;
+  wire \$506 ;
   wire \$507 ;
   wire \$508 ;
   wire \$509 ;
   wire \$51 ;
   wire \$510 ;
   wire \$511 ;
-  wire \$512 ;
-  wire \$513 ;
-  wire \$514 ;
-  wire [9:0] \$515 ;
-  wire [32:0] \$516 ;
-  wire [33:0] \$517 ;
-  reg \$518 ;
+  wire [9:0] \$512 ;
+  wire [32:0] \$513 ;
+  wire [33:0] \$514 ;
+  reg \$515 ;
+  wire \$516 ;
+  wire \$517 ;
+  wire \$518 ;
   wire \$519 ;
   wire \$52 ;
-  wire \$520 ;
+  reg \$520 ;
   wire \$521 ;
   wire \$522 ;
-  reg \$523 ;
+  wire \$523 ;
   wire \$524 ;
   wire \$525 ;
   wire \$526 ;
   wire \$527 ;
   wire \$528 ;
-  wire \$529 ;
+  wire [9:0] \$529 ;
   wire \$53 ;
-  wire \$530 ;
-  wire \$531 ;
-  wire [9:0] \$532 ;
-  wire [32:0] \$533 ;
-  wire [33:0] \$534 ;
-  reg \$535 ;
+  wire [32:0] \$530 ;
+  wire [33:0] \$531 ;
+  reg \$532 ;
+  wire \$533 ;
+  wire \$534 ;
+  wire \$535 ;
   wire \$536 ;
-  wire \$537 ;
+  reg \$537 ;
   wire \$538 ;
   wire \$539 ;
   wire \$54 ;
-  reg \$540 ;
+  wire \$540 ;
   wire \$541 ;
   wire \$542 ;
   wire \$543 ;
   wire \$544 ;
   wire \$545 ;
-  wire \$546 ;
-  wire \$547 ;
-  wire \$548 ;
-  wire [9:0] \$549 ;
+  wire [9:0] \$546 ;
+  wire [32:0] \$547 ;
+  wire [33:0] \$548 ;
+  reg \$549 ;
   wire \$55 ;
-  wire [32:0] \$550 ;
-  wire [33:0] \$551 ;
-  reg \$552 ;
+  wire \$550 ;
+  wire \$551 ;
+  wire \$552 ;
   wire \$553 ;
-  wire \$554 ;
+  reg \$554 ;
   wire \$555 ;
   wire \$556 ;
-  reg \$557 ;
+  wire \$557 ;
   wire \$558 ;
   wire \$559 ;
   wire \$56 ;
@@ -1795,30 +1807,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$561 ;
   wire \$562 ;
   wire \$563 ;
-  wire \$564 ;
-  wire \$565 ;
-  wire \$566 ;
+  wire [7:0] \$564 ;
+  wire [7:0] \$565 ;
+  wire [7:0] \$566 ;
   wire [7:0] \$567 ;
   wire [7:0] \$568 ;
   wire [7:0] \$569 ;
   wire \$57 ;
   wire [7:0] \$570 ;
   wire [7:0] \$571 ;
-  wire [7:0] \$572 ;
-  wire [7:0] \$573 ;
-  wire [7:0] \$574 ;
+  wire \$572 ;
+  wire \$573 ;
+  wire \$574 ;
   wire \$575 ;
-  wire \$576 ;
+  reg [31:0] \$576 ;
   wire \$577 ;
-  wire \$578 ;
-  reg [31:0] \$579 ;
+  wire [19:0] \$578 ;
+  wire [20:0] \$579 ;
   wire \$58 ;
   wire \$580 ;
   wire [19:0] \$581 ;
   wire [20:0] \$582 ;
   wire \$583 ;
-  wire [19:0] \$584 ;
-  wire [20:0] \$585 ;
+  wire \$584 ;
+  wire \$585 ;
   wire \$586 ;
   wire \$587 ;
   wire \$588 ;
@@ -1826,20 +1838,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$59 ;
   wire \$590 ;
   wire \$591 ;
-  wire \$592 ;
+  reg [31:0] \$592 ;
   wire \$593 ;
   wire \$594 ;
-  reg [31:0] \$595 ;
-  wire \$596 ;
-  wire \$597 ;
+  wire \$595 ;
+  wire [19:0] \$596 ;
+  wire [20:0] \$597 ;
   wire \$598 ;
   wire [19:0] \$599 ;
   wire [16:0] \$6 ;
   wire \$60 ;
   wire [20:0] \$600 ;
   wire \$601 ;
-  wire [19:0] \$602 ;
-  wire [20:0] \$603 ;
+  wire \$602 ;
+  wire \$603 ;
   wire \$604 ;
   wire \$605 ;
   wire \$606 ;
@@ -1859,10 +1871,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$619 ;
   wire \$62 ;
   wire \$620 ;
-  wire \$621 ;
+  wire [30:0] \$621 ;
   wire \$622 ;
   wire \$623 ;
-  wire [30:0] \$624 ;
+  wire \$624 ;
   wire \$625 ;
   wire \$626 ;
   wire \$627 ;
@@ -1886,71 +1898,71 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$643 ;
   wire \$644 ;
   wire \$645 ;
-  wire \$646 ;
-  wire \$647 ;
-  wire \$648 ;
+  wire [16:0] \$646 ;
+  wire [17:0] \$647 ;
+  wire [17:0] \$648 ;
   wire [16:0] \$649 ;
   wire \$65 ;
   wire [17:0] \$650 ;
   wire [17:0] \$651 ;
   wire [16:0] \$652 ;
-  wire [17:0] \$653 ;
-  wire [17:0] \$654 ;
-  wire [16:0] \$655 ;
-  wire [16:0] \$656 ;
-  wire [16:0] \$657 ;
+  wire [16:0] \$653 ;
+  wire [16:0] \$654 ;
+  wire [31:0] \$655 ;
+  wire [22:0] \$656 ;
+  wire [23:0] \$657 ;
   wire [31:0] \$658 ;
-  wire [22:0] \$659 ;
+  wire [32:0] \$659 ;
   wire \$66 ;
-  wire [23:0] \$660 ;
-  wire [31:0] \$661 ;
-  wire [32:0] \$662 ;
-  wire [32:0] \$663 ;
-  wire [47:0] \$664 ;
-  wire [3:0] \$665 ;
-  wire \$666 ;
-  wire [31:0] \$667 ;
-  wire [32:0] \$668 ;
-  wire [48:0] \$669 ;
+  wire [32:0] \$660 ;
+  wire [47:0] \$661 ;
+  wire [3:0] \$662 ;
+  wire \$663 ;
+  wire [31:0] \$664 ;
+  wire [32:0] \$665 ;
+  wire [48:0] \$666 ;
+  wire \$667 ;
+  wire [48:0] \$668 ;
+  wire \$669 ;
   wire \$67 ;
-  wire \$670 ;
-  wire [48:0] \$671 ;
-  wire \$672 ;
-  wire [48:0] \$673 ;
-  wire \$674 ;
-  wire [48:0] \$675 ;
-  wire \$676 ;
-  wire [48:0] \$677 ;
-  wire \$678 ;
-  wire [48:0] \$679 ;
+  wire [48:0] \$670 ;
+  wire \$671 ;
+  wire [48:0] \$672 ;
+  wire \$673 ;
+  wire [48:0] \$674 ;
+  wire \$675 ;
+  wire [48:0] \$676 ;
+  wire \$677 ;
+  wire [48:0] \$678 ;
+  wire \$679 ;
   wire \$68 ;
-  wire \$680 ;
-  wire [48:0] \$681 ;
-  wire \$682 ;
-  wire [48:0] \$683 ;
-  wire \$684 ;
-  wire [48:0] \$685 ;
-  wire \$686 ;
-  wire [48:0] \$687 ;
-  wire \$688 ;
-  wire [48:0] \$689 ;
+  wire [48:0] \$680 ;
+  wire \$681 ;
+  wire [48:0] \$682 ;
+  wire \$683 ;
+  wire [48:0] \$684 ;
+  wire \$685 ;
+  wire [48:0] \$686 ;
+  wire \$687 ;
+  wire [48:0] \$688 ;
+  wire \$689 ;
   wire \$69 ;
-  wire \$690 ;
-  wire [48:0] \$691 ;
-  wire \$692 ;
-  wire [48:0] \$693 ;
-  wire \$694 ;
-  wire [48:0] \$695 ;
-  wire \$696 ;
-  wire [48:0] \$697 ;
-  wire \$698 ;
-  wire [48:0] \$699 ;
+  wire [48:0] \$690 ;
+  wire \$691 ;
+  wire [48:0] \$692 ;
+  wire \$693 ;
+  wire [48:0] \$694 ;
+  wire \$695 ;
+  wire [48:0] \$696 ;
+  wire \$697 ;
+  wire [48:0] \$698 ;
+  wire \$699 ;
   wire [17:0] \$7 ;
   wire \$70 ;
-  wire \$700 ;
-  wire [48:0] \$701 ;
+  wire [15:0] \$700 ;
+  wire \$701 ;
   wire \$702 ;
-  wire [15:0] \$703 ;
+  wire \$703 ;
   wire \$704 ;
   wire \$705 ;
   wire \$706 ;
@@ -1974,19 +1986,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$722 ;
   wire \$723 ;
   wire \$724 ;
-  wire \$725 ;
-  wire \$726 ;
-  wire \$727 ;
-  wire [2:0] \$728 ;
-  wire [16:0] \$729 ;
+  wire [2:0] \$725 ;
+  wire [16:0] \$726 ;
+  wire [32:0] \$727 ;
+  wire \$728 ;
+  wire \$729 ;
   wire \$73 ;
-  wire [32:0] \$730 ;
-  wire \$731 ;
-  wire [16:0] \$732 ;
-  wire [14:0] \$733 ;
-  wire [32:0] \$734 ;
+  wire [16:0] \$730 ;
+  wire [14:0] \$731 ;
+  wire [32:0] \$732 ;
+  wire \$733 ;
+  wire [16:0] \$734 ;
   wire \$735 ;
-  wire [16:0] \$736 ;
+  wire \$736 ;
   wire \$737 ;
   wire \$738 ;
   wire \$739 ;
@@ -1996,9 +2008,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$742 ;
   wire \$743 ;
   wire \$744 ;
-  wire \$745 ;
+  wire [32:0] \$745 ;
   wire \$746 ;
-  wire [32:0] \$747 ;
+  wire \$747 ;
   wire \$748 ;
   wire \$749 ;
   wire \$75 ;
@@ -2025,19 +2037,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$769 ;
   wire \$77 ;
   wire \$770 ;
-  wire \$771 ;
-  wire \$772 ;
-  wire [24:0] \$773 ;
-  wire [33:0] \$774 ;
+  wire [24:0] \$771 ;
+  wire [33:0] \$772 ;
+  wire \$773 ;
+  wire \$774 ;
   wire \$775 ;
   wire \$776 ;
   wire \$777 ;
   wire \$778 ;
-  wire \$779 ;
+  wire [24:0] \$779 ;
   wire \$78 ;
-  wire \$780 ;
-  wire [24:0] \$781 ;
-  wire [33:0] \$782 ;
+  wire [33:0] \$780 ;
+  wire \$781 ;
+  wire \$782 ;
   wire \$783 ;
   wire \$784 ;
   wire \$785 ;
@@ -2050,15 +2062,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$791 ;
   wire \$792 ;
   wire \$793 ;
-  wire \$794 ;
+  wire [3:0] \$794 ;
   wire \$795 ;
-  wire [3:0] \$796 ;
+  wire \$796 ;
   wire \$797 ;
-  wire \$798 ;
+  wire [3:0] \$798 ;
   wire \$799 ;
   wire [17:0] \$8 ;
   wire \$80 ;
-  wire [3:0] \$800 ;
+  wire \$800 ;
   wire \$801 ;
   wire \$802 ;
   wire \$803 ;
@@ -2070,17 +2082,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$809 ;
   wire \$81 ;
   wire \$810 ;
-  wire [16:0] \$811 ;
-  wire [14:0] \$812 ;
-  wire [32:0] \$813 ;
-  wire \$814 ;
+  wire \$811 ;
+  wire \$812 ;
+  wire [16:0] \$813 ;
+  wire [16:0] \$814 ;
   wire \$815 ;
-  wire \$816 ;
-  wire \$817 ;
-  wire [32:0] \$818 ;
+  wire [14:0] \$816 ;
+  wire [32:0] \$817 ;
+  wire \$818 ;
   wire \$819 ;
   wire [3:0] \$82 ;
-  wire [16:0] \$820 ;
+  wire \$820 ;
   wire [32:0] \$821 ;
   wire \$822 ;
   wire \$823 ;
@@ -2091,99 +2103,99 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [16:0] \$828 ;
   wire \$829 ;
   wire \$83 ;
-  wire \$830 ;
+  wire [32:0] \$830 ;
   wire \$831 ;
   wire \$832 ;
   wire \$833 ;
   wire \$834 ;
-  reg \$835 ;
-  wire \$836 ;
-  wire \$837 ;
+  wire \$835 ;
+  wire [16:0] \$836 ;
+  wire [16:0] \$837 ;
   wire \$838 ;
-  wire [16:0] \$839 ;
+  wire \$839 ;
   wire [8:0] \$84 ;
   wire \$840 ;
   wire \$841 ;
-  wire [4:0] \$842 ;
-  wire \$843 ;
-  reg \$844 ;
+  wire \$842 ;
+  reg \$843 ;
+  wire \$844 ;
   wire \$845 ;
   wire \$846 ;
-  wire \$847 ;
+  wire [16:0] \$847 ;
   wire \$848 ;
-  reg \$849 ;
+  wire \$849 ;
   wire [3:0] \$85 ;
-  wire \$850 ;
+  wire [4:0] \$850 ;
   wire \$851 ;
-  wire \$852 ;
+  reg \$852 ;
   wire \$853 ;
   wire \$854 ;
   wire \$855 ;
   wire \$856 ;
-  wire \$857 ;
+  reg \$857 ;
   wire \$858 ;
   wire \$859 ;
   wire \$86 ;
   wire \$860 ;
   wire \$861 ;
-  wire [32:0] \$862 ;
-  wire [16:0] \$863 ;
-  wire [16:0] \$864 ;
-  reg \$865 ;
+  wire \$862 ;
+  wire \$863 ;
+  wire \$864 ;
+  wire \$865 ;
   wire \$866 ;
   wire \$867 ;
   wire \$868 ;
   wire \$869 ;
   wire [16:0] \$87 ;
-  wire \$870 ;
+  wire [32:0] \$870 ;
   wire [16:0] \$871 ;
-  wire [10:0] \$872 ;
-  wire \$873 ;
-  wire [16:0] \$874 ;
+  wire [16:0] \$872 ;
+  reg \$873 ;
+  wire \$874 ;
   wire \$875 ;
   wire \$876 ;
-  wire [4:0] \$877 ;
-  reg \$878 ;
-  wire \$879 ;
+  wire \$877 ;
+  wire \$878 ;
+  wire [16:0] \$879 ;
   wire [3:0] \$88 ;
-  wire \$880 ;
+  wire [10:0] \$880 ;
   wire \$881 ;
-  wire \$882 ;
-  reg \$883 ;
+  wire [16:0] \$882 ;
+  wire \$883 ;
   wire \$884 ;
-  wire \$885 ;
-  wire \$886 ;
+  wire [4:0] \$885 ;
+  reg \$886 ;
   wire \$887 ;
   wire \$888 ;
   wire \$889 ;
   wire \$89 ;
   wire \$890 ;
-  wire \$891 ;
+  reg \$891 ;
   wire \$892 ;
   wire \$893 ;
   wire \$894 ;
   wire \$895 ;
   wire \$896 ;
   wire \$897 ;
-  wire [16:0] \$898 ;
-  wire [32:0] \$899 ;
+  wire \$898 ;
+  wire \$899 ;
   wire [21:0] \$9 ;
   wire [32:0] \$90 ;
   wire \$900 ;
   wire \$901 ;
   wire \$902 ;
   wire \$903 ;
-  wire [3:0] \$904 ;
-  wire [3:0] \$905 ;
-  reg \$906 ;
-  reg \$907 ;
-  reg \$908 ;
-  reg \$909 ;
+  wire \$904 ;
+  wire \$905 ;
+  wire [16:0] \$906 ;
+  wire [32:0] \$907 ;
+  wire \$908 ;
+  wire \$909 ;
   wire [3:0] \$91 ;
-  reg \$910 ;
-  reg \$911 ;
-  reg \$912 ;
-  reg \$913 ;
+  wire \$910 ;
+  wire \$911 ;
+  wire [3:0] \$912 ;
+  wire [3:0] \$913 ;
   reg \$914 ;
   reg \$915 ;
   reg \$916 ;
@@ -2192,37 +2204,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$919 ;
   wire \$92 ;
   reg \$920 ;
-  reg [15:0] \$921 ;
+  reg \$921 ;
   reg \$922 ;
   reg \$923 ;
   reg \$924 ;
   reg \$925 ;
-  reg [2:0] \$926 ;
+  reg \$926 ;
   reg \$927 ;
-  reg [2:0] \$928 ;
-  reg \$929 ;
+  reg \$928 ;
+  reg [15:0] \$929 ;
   wire [64:0] \$93 ;
   reg \$930 ;
-  reg [15:0] \$931 ;
-  reg [15:0] \$932 ;
-  reg [15:0] \$933 ;
+  reg \$931 ;
+  reg \$932 ;
+  reg \$933 ;
   reg [2:0] \$934 ;
-  reg [15:0] \$935 ;
-  reg [15:0] \$936 ;
-  reg [31:0] \$937 ;
-  reg [31:0] \$938 ;
-  reg [31:0] \$939 ;
+  reg \$935 ;
+  reg [2:0] \$936 ;
+  reg \$937 ;
+  reg \$938 ;
+  reg [15:0] \$939 ;
   wire \$94 ;
-  reg [31:0] \$940 ;
-  reg \$941 ;
-  reg [47:0] \$942 ;
-  reg [47:0] \$943 ;
-  reg [47:0] \$944 ;
-  reg [47:0] \$945 ;
-  reg [47:0] \$946 ;
-  reg [47:0] \$947 ;
-  reg [47:0] \$948 ;
-  reg [47:0] \$949 ;
+  reg [15:0] \$940 ;
+  reg [15:0] \$941 ;
+  reg [2:0] \$942 ;
+  reg [15:0] \$943 ;
+  reg [15:0] \$944 ;
+  reg [31:0] \$945 ;
+  reg [31:0] \$946 ;
+  reg [31:0] \$947 ;
+  reg [31:0] \$948 ;
+  reg \$949 ;
   wire \$95 ;
   reg [47:0] \$950 ;
   reg [47:0] \$951 ;
@@ -2233,53 +2245,54 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$956 ;
   reg [47:0] \$957 ;
   reg [47:0] \$958 ;
-  reg [31:0] \$959 ;
+  reg [47:0] \$959 ;
   wire \$96 ;
-  reg \$960 ;
-  reg \$961 ;
-  reg [3:0] \$962 ;
-  reg \$963 ;
-  reg [31:0] \$964 ;
-  reg [31:0] \$965 ;
-  reg [15:0] \$966 ;
+  reg [47:0] \$960 ;
+  reg [47:0] \$961 ;
+  reg [47:0] \$962 ;
+  reg [47:0] \$963 ;
+  reg [47:0] \$964 ;
+  reg [47:0] \$965 ;
+  reg [47:0] \$966 ;
   reg [31:0] \$967 ;
-  reg [2:0] \$968 ;
-  reg [511:0] \$969 ;
+  reg \$968 ;
+  reg \$969 ;
   wire \$97 ;
-  reg [1:0] \$970 ;
-  reg [31:0] \$971 ;
-  reg [15:0] \$972 ;
-  reg [15:0] \$973 ;
-  reg [31:0] \$974 ;
-  reg [15:0] \$975 ;
-  reg \$976 ;
-  reg [15:0] \$977 ;
-  reg [15:0] \$978 ;
-  reg [15:0] \$979 ;
+  reg [3:0] \$970 ;
+  reg \$971 ;
+  reg [31:0] \$972 ;
+  reg [31:0] \$973 ;
+  reg [15:0] \$974 ;
+  reg [31:0] \$975 ;
+  reg [2:0] \$976 ;
+  reg [511:0] \$977 ;
+  reg [1:0] \$978 ;
+  reg [31:0] \$979 ;
   wire \$98 ;
   reg [15:0] \$980 ;
   reg [15:0] \$981 ;
-  reg [15:0] \$982 ;
+  reg [31:0] \$982 ;
   reg [15:0] \$983 ;
-  reg [15:0] \$984 ;
-  reg [2:0] \$985 ;
-  reg [2:0] \$986 ;
-  reg [31:0] \$987 ;
+  reg \$984 ;
+  reg [15:0] \$985 ;
+  reg [15:0] \$986 ;
+  reg [15:0] \$987 ;
   reg [15:0] \$988 ;
   reg [15:0] \$989 ;
   wire \$99 ;
-  reg [31:0] \$990 ;
-  reg [31:0] \$991 ;
-  reg \$992 ;
-  reg [15:0] \$993 ;
-  reg \$994 ;
-  reg [7:0] \$995 ;
-  reg [7:0] \$996 ;
-  reg [7:0] \$997 ;
-  reg [7:0] \$998 ;
-  reg [7:0] \$999 ;
+  reg [15:0] \$990 ;
+  reg [15:0] \$991 ;
+  reg [15:0] \$992 ;
+  reg [2:0] \$993 ;
+  reg [2:0] \$994 ;
+  reg [31:0] \$995 ;
+  reg [15:0] \$996 ;
+  reg [15:0] \$997 ;
+  reg [31:0] \$998 ;
+  reg [31:0] \$999 ;
   reg \$signal ;
   reg \$signal$213 ;
+  reg \$signal$245  = 1'h0;
   reg \$signal$258  = 1'h0;
   reg [3:0] \$signal$265  = 4'h0;
   reg \$signal$288  = 1'h0;
@@ -2287,6 +2300,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signal$294  = 1'h0;
   reg [31:0] \$signal$423  = 32'd0;
   reg [31:0] \$signal$424  = 32'd0;
+  reg \$signal$434  = 1'h0;
   reg \$signal$99 ;
   wire [13:0] \$signature__addr ;
   reg [8:0] \$signature__addr$261 ;
@@ -2660,6 +2674,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \next$101 ;
   wire \next$89 ;
   reg [15:0] nt = 16'h0000;
+  reg nt_hit = 1'h0;
   wire [8:0] o__payload;
   wire [7:0] \o__payload$203 ;
   wire [63:0] \o__payload$218 ;
@@ -2844,6 +2859,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg req__valid;
   reg \req__valid$189 ;
   reg [15:0] rk = 16'h0000;
+  reg rk_zero = 1'h0;
   input rst;
   wire rst;
   reg run1;
@@ -27865,943 +27881,959 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$127  = pack_jo == 2'h3;
   assign \$128  = \$127  | \final ;
   assign \$129  = streaming & is_gemm;
-  assign \$130  = | tiles;
-  assign \$131  = want_w ? w_addr : p_addr;
-  assign \$132  = want_w ? w_lb : 3'h6;
-  assign \$133  = streaming & is_gemm;
-  assign \$134  = ~ is_linear;
-  assign \$135  = | rk;
-  assign \$136  = ~ \$135 ;
-  assign \$137  = \$134  | \$136 ;
-  assign \$138  = ~ w_full;
-  assign \$139  = \a__valid$255  & \a__ready$256 ;
-  assign \$140  = \$138  | \$139 ;
-  assign \$143  = \$142  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
-  assign \$146  = \$145  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
-  assign \$149  = \$148  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
-  assign \$152  = \$151  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
-  assign \$155  = \$154  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
-  assign \$158  = \$157  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
-  assign \$161  = \$160  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
-  assign \$162  = streaming & is_gemm;
-  assign \$164  = ~ \$163 ;
-  assign \$165  = r_rdy & \$164 ;
-  assign \$166  = \$signal$258  * 9'h100;
-  assign \$167  = \$166  + lk;
+  assign \$130  = want_w ? w_addr : p_addr;
+  assign \$131  = want_w ? w_lb : 3'h6;
+  assign \$132  = streaming & is_gemm;
+  assign \$133  = ~ is_linear;
+  assign \$134  = \$133  | rk_zero;
+  assign \$135  = ~ w_full;
+  assign \$136  = \a__valid$255  & \a__ready$256 ;
+  assign \$137  = \$135  | \$136 ;
+  assign \$140  = \$139  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
+  assign \$143  = \$142  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
+  assign \$146  = \$145  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
+  assign \$149  = \$148  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
+  assign \$152  = \$151  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
+  assign \$155  = \$154  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
+  assign \$158  = \$157  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
+  assign \$159  = streaming & is_gemm;
+  assign \$161  = ~ \$160 ;
+  assign \$162  = r_rdy & \$161 ;
+  assign \$163  = \$signal$258  * 9'h100;
+  assign \$164  = \$163  + lk;
+  assign \$166  = ~ \$165 ;
+  assign \$167  = r_rdy & \$166 ;
+  assign \$168  = | \$signal$265 ;
   assign \$169  = ~ \$168 ;
-  assign \$170  = r_rdy & \$169 ;
-  assign \$171  = | \$signal$265 ;
-  assign \$172  = ~ \$171 ;
-  assign \$173  = \$170  & \$172 ;
-  assign \$174  = \$signal$258  * 9'h100;
-  assign \$175  = \$174  + lk;
-  assign \$177  = ~ \$176 ;
-  assign \$178  = r_rdy & \$177 ;
-  assign \$179  = \$signal$265  == 1'h1;
-  assign \$180  = \$178  & \$179 ;
-  assign \$181  = \$signal$258  * 9'h100;
-  assign \$182  = \$181  + lk;
-  assign \$184  = ~ \$183 ;
-  assign \$185  = r_rdy & \$184 ;
-  assign \$186  = \$signal$265  == 2'h2;
-  assign \$187  = \$185  & \$186 ;
-  assign \$188  = \$signal$258  * 9'h100;
-  assign \$189  = \$188  + lk;
-  assign \$191  = ~ \$190 ;
-  assign \$192  = r_rdy & \$191 ;
-  assign \$193  = \$signal$265  == 2'h3;
-  assign \$194  = \$192  & \$193 ;
-  assign \$195  = \$signal$258  * 9'h100;
-  assign \$196  = \$195  + lk;
-  assign \$198  = ~ \$197 ;
-  assign \$199  = r_rdy & \$198 ;
-  assign \$200  = \$signal$265  == 3'h4;
-  assign \$201  = \$199  & \$200 ;
-  assign \$202  = \$signal$258  * 9'h100;
-  assign \$203  = \$202  + lk;
-  assign \$205  = ~ \$204 ;
-  assign \$206  = r_rdy & \$205 ;
-  assign \$207  = \$signal$265  == 3'h5;
-  assign \$208  = \$206  & \$207 ;
-  assign \$209  = \$signal$258  * 9'h100;
-  assign \$210  = \$209  + lk;
-  assign \$212  = ~ \$211 ;
-  assign \$213  = r_rdy & \$212 ;
-  assign \$214  = \$signal$265  == 3'h6;
-  assign \$215  = \$213  & \$214 ;
-  assign \$216  = \$signal$258  * 9'h100;
-  assign \$217  = \$216  + lk;
-  assign \$219  = ~ \$218 ;
-  assign \$220  = r_rdy & \$219 ;
-  assign \$221  = \$signal$265  == 3'h7;
-  assign \$222  = \$220  & \$221 ;
-  assign \$223  = \$signal$288  * 9'h100;
-  assign \$224  = \$223  + \$signal$289 ;
-  assign \$226  = \$signal$258  == \$signal$288 ;
-  assign \$227  = lk > \$signal$289 ;
-  assign \$228  = \$226  & \$227 ;
-  assign \$229  = \$225  | \$228 ;
-  assign \$231  = is_linear | \$230 ;
-  assign \$232  = \$229  & \$231 ;
-  assign \$233  = ~ \$signal$294 ;
-  assign \$234  = \a__valid$255  & \a__ready$256 ;
-  assign \$235  = \$233  | \$234 ;
-  assign \$236  = \$232  & \$235 ;
-  assign \$237  = | feed_blocks;
-  assign \$238  = \$236  & \$237 ;
-  assign \$239  = \$signal$288  * 9'h100;
-  assign \$240  = \$239  + \$signal$289 ;
-  assign \$242  = \$signal$258  == \$signal$288 ;
-  assign \$243  = lk > \$signal$289 ;
-  assign \$244  = \$242  & \$243 ;
-  assign \$245  = \$241  | \$244 ;
-  assign \$247  = is_linear | \$246 ;
-  assign \$248  = \$245  & \$247 ;
-  assign \$249  = ~ \$signal$294 ;
-  assign \$250  = \a__valid$255  & \a__ready$256 ;
-  assign \$251  = \$249  | \$250 ;
-  assign \$252  = \$248  & \$251 ;
-  assign \$253  = | feed_blocks;
-  assign \$254  = \$252  & \$253 ;
-  assign \$255  = \$signal$288  * 9'h100;
-  assign \$256  = \$255  + \$signal$289 ;
-  assign \$258  = \$signal$258  == \$signal$288 ;
-  assign \$259  = lk > \$signal$289 ;
-  assign \$260  = \$258  & \$259 ;
-  assign \$261  = \$257  | \$260 ;
-  assign \$263  = is_linear | \$262 ;
-  assign \$264  = \$261  & \$263 ;
-  assign \$265  = ~ \$signal$294 ;
-  assign \$266  = \a__valid$255  & \a__ready$256 ;
-  assign \$267  = \$265  | \$266 ;
-  assign \$268  = \$264  & \$267 ;
-  assign \$269  = | feed_blocks;
-  assign \$270  = \$268  & \$269 ;
-  assign \$271  = \$signal$288  * 9'h100;
-  assign \$272  = \$271  + \$signal$289 ;
-  assign \$274  = \$signal$258  == \$signal$288 ;
-  assign \$275  = lk > \$signal$289 ;
-  assign \$276  = \$274  & \$275 ;
-  assign \$277  = \$273  | \$276 ;
-  assign \$279  = is_linear | \$278 ;
-  assign \$280  = \$277  & \$279 ;
-  assign \$281  = ~ \$signal$294 ;
-  assign \$282  = \a__valid$255  & \a__ready$256 ;
-  assign \$283  = \$281  | \$282 ;
-  assign \$284  = \$280  & \$283 ;
-  assign \$285  = | feed_blocks;
-  assign \$286  = \$284  & \$285 ;
-  assign \$287  = \$signal$288  * 9'h100;
-  assign \$288  = \$287  + \$signal$289 ;
-  assign \$290  = \$signal$258  == \$signal$288 ;
-  assign \$291  = lk > \$signal$289 ;
-  assign \$292  = \$290  & \$291 ;
-  assign \$293  = \$289  | \$292 ;
-  assign \$295  = is_linear | \$294 ;
-  assign \$296  = \$293  & \$295 ;
-  assign \$297  = ~ \$signal$294 ;
-  assign \$298  = \a__valid$255  & \a__ready$256 ;
-  assign \$299  = \$297  | \$298 ;
-  assign \$300  = \$296  & \$299 ;
-  assign \$301  = | feed_blocks;
-  assign \$302  = \$300  & \$301 ;
-  assign \$303  = \$signal$288  * 9'h100;
-  assign \$304  = \$303  + \$signal$289 ;
-  assign \$306  = \$signal$258  == \$signal$288 ;
-  assign \$307  = lk > \$signal$289 ;
-  assign \$308  = \$306  & \$307 ;
-  assign \$309  = \$305  | \$308 ;
-  assign \$311  = is_linear | \$310 ;
-  assign \$312  = \$309  & \$311 ;
-  assign \$313  = ~ \$signal$294 ;
-  assign \$314  = \a__valid$255  & \a__ready$256 ;
-  assign \$315  = \$313  | \$314 ;
-  assign \$316  = \$312  & \$315 ;
-  assign \$317  = | feed_blocks;
-  assign \$318  = \$316  & \$317 ;
-  assign \$319  = \$signal$288  * 9'h100;
-  assign \$320  = \$319  + \$signal$289 ;
-  assign \$322  = \$signal$258  == \$signal$288 ;
-  assign \$323  = lk > \$signal$289 ;
-  assign \$324  = \$322  & \$323 ;
-  assign \$325  = \$321  | \$324 ;
-  assign \$327  = is_linear | \$326 ;
-  assign \$328  = \$325  & \$327 ;
-  assign \$329  = ~ \$signal$294 ;
-  assign \$330  = \a__valid$255  & \a__ready$256 ;
-  assign \$331  = \$329  | \$330 ;
-  assign \$332  = \$328  & \$331 ;
-  assign \$333  = | feed_blocks;
-  assign \$334  = \$332  & \$333 ;
-  assign \$335  = \$signal$288  * 9'h100;
-  assign \$336  = \$335  + \$signal$289 ;
-  assign \$338  = \$signal$258  == \$signal$288 ;
-  assign \$339  = lk > \$signal$289 ;
-  assign \$340  = \$338  & \$339 ;
-  assign \$341  = \$337  | \$340 ;
-  assign \$343  = is_linear | \$342 ;
-  assign \$344  = \$341  & \$343 ;
-  assign \$345  = ~ \$signal$294 ;
-  assign \$346  = \a__valid$255  & \a__ready$256 ;
-  assign \$347  = \$345  | \$346 ;
-  assign \$348  = \$344  & \$347 ;
-  assign \$349  = | feed_blocks;
-  assign \$350  = \$348  & \$349 ;
-  assign \$351  = ~ is_linear;
-  assign \$353  = ~ \$352 ;
-  assign \$354  = \r_rdy$211  & \$353 ;
-  assign \$355  = ~ is_linear;
-  assign \$356  = \$354  & \$355 ;
-  assign \$357  = w_load_half * 9'h100;
-  assign \$358  = \$357  + w_load_addr;
-  assign \$360  = ~ \$359 ;
-  assign \$361  = \r_rdy$211  & \$360 ;
-  assign \$362  = ~ is_linear;
-  assign \$363  = \$361  & \$362 ;
-  assign \$364  = | w_load_lane;
-  assign \$365  = ~ \$364 ;
-  assign \$366  = \$363  & \$365 ;
-  assign \$367  = w_load_half * 9'h100;
-  assign \$368  = \$367  + w_load_addr;
-  assign \$370  = ~ \$369 ;
-  assign \$371  = \r_rdy$211  & \$370 ;
-  assign \$372  = ~ is_linear;
-  assign \$373  = \$371  & \$372 ;
-  assign \$374  = w_load_lane == 1'h1;
-  assign \$375  = \$373  & \$374 ;
-  assign \$376  = w_load_half * 9'h100;
-  assign \$377  = \$376  + w_load_addr;
-  assign \$379  = ~ \$378 ;
-  assign \$380  = \r_rdy$211  & \$379 ;
-  assign \$381  = ~ is_linear;
-  assign \$382  = \$380  & \$381 ;
-  assign \$383  = w_load_lane == 2'h2;
-  assign \$384  = \$382  & \$383 ;
-  assign \$385  = w_load_half * 9'h100;
-  assign \$386  = \$385  + w_load_addr;
-  assign \$388  = ~ \$387 ;
-  assign \$389  = \r_rdy$211  & \$388 ;
-  assign \$390  = ~ is_linear;
-  assign \$391  = \$389  & \$390 ;
-  assign \$392  = w_load_lane == 2'h3;
-  assign \$393  = \$391  & \$392 ;
-  assign \$394  = w_load_half * 9'h100;
-  assign \$395  = \$394  + w_load_addr;
-  assign \$397  = ~ \$396 ;
-  assign \$398  = \r_rdy$211  & \$397 ;
-  assign \$399  = ~ is_linear;
-  assign \$400  = \$398  & \$399 ;
-  assign \$401  = w_load_lane == 3'h4;
-  assign \$402  = \$400  & \$401 ;
-  assign \$403  = w_load_half * 9'h100;
-  assign \$404  = \$403  + w_load_addr;
-  assign \$406  = ~ \$405 ;
-  assign \$407  = \r_rdy$211  & \$406 ;
-  assign \$408  = ~ is_linear;
-  assign \$409  = \$407  & \$408 ;
-  assign \$410  = w_load_lane == 3'h5;
-  assign \$411  = \$409  & \$410 ;
-  assign \$412  = w_load_half * 9'h100;
-  assign \$413  = \$412  + w_load_addr;
-  assign \$415  = ~ \$414 ;
-  assign \$416  = \r_rdy$211  & \$415 ;
-  assign \$417  = ~ is_linear;
-  assign \$418  = \$416  & \$417 ;
-  assign \$419  = w_load_lane == 3'h6;
-  assign \$420  = \$418  & \$419 ;
-  assign \$421  = w_load_half * 9'h100;
-  assign \$422  = \$421  + w_load_addr;
-  assign \$424  = ~ \$423 ;
-  assign \$425  = \r_rdy$211  & \$424 ;
-  assign \$426  = ~ is_linear;
-  assign \$427  = \$425  & \$426 ;
-  assign \$428  = w_load_lane == 3'h7;
-  assign \$429  = \$427  & \$428 ;
-  assign \$430  = w_feed_half * 9'h100;
-  assign \$431  = \$430  + feed_ntk;
-  assign \$432  = \$431  + \$signal$289 ;
-  assign \$434  = \$signal$258  == \$signal$288 ;
-  assign \$435  = lk > \$signal$289 ;
-  assign \$436  = \$434  & \$435 ;
-  assign \$437  = \$433  | \$436 ;
-  assign \$439  = is_linear | \$438 ;
-  assign \$440  = \$437  & \$439 ;
-  assign \$441  = ~ \$signal$294 ;
-  assign \$442  = \a__valid$255  & \a__ready$256 ;
-  assign \$443  = \$441  | \$442 ;
-  assign \$444  = \$440  & \$443 ;
-  assign \$445  = | feed_blocks;
-  assign \$446  = \$444  & \$445 ;
-  assign \$447  = w_feed_half * 9'h100;
-  assign \$448  = \$447  + feed_ntk;
-  assign \$449  = \$448  + \$signal$289 ;
-  assign \$451  = \$signal$258  == \$signal$288 ;
-  assign \$452  = lk > \$signal$289 ;
-  assign \$453  = \$451  & \$452 ;
-  assign \$454  = \$450  | \$453 ;
-  assign \$456  = is_linear | \$455 ;
-  assign \$457  = \$454  & \$456 ;
-  assign \$458  = ~ \$signal$294 ;
-  assign \$459  = \a__valid$255  & \a__ready$256 ;
-  assign \$460  = \$458  | \$459 ;
-  assign \$461  = \$457  & \$460 ;
-  assign \$462  = | feed_blocks;
-  assign \$463  = \$461  & \$462 ;
-  assign \$464  = w_feed_half * 9'h100;
-  assign \$465  = \$464  + feed_ntk;
-  assign \$466  = \$465  + \$signal$289 ;
-  assign \$468  = \$signal$258  == \$signal$288 ;
-  assign \$469  = lk > \$signal$289 ;
-  assign \$470  = \$468  & \$469 ;
-  assign \$471  = \$467  | \$470 ;
-  assign \$473  = is_linear | \$472 ;
-  assign \$474  = \$471  & \$473 ;
-  assign \$475  = ~ \$signal$294 ;
-  assign \$476  = \a__valid$255  & \a__ready$256 ;
-  assign \$477  = \$475  | \$476 ;
-  assign \$478  = \$474  & \$477 ;
-  assign \$479  = | feed_blocks;
-  assign \$480  = \$478  & \$479 ;
-  assign \$481  = w_feed_half * 9'h100;
-  assign \$482  = \$481  + feed_ntk;
-  assign \$483  = \$482  + \$signal$289 ;
-  assign \$485  = \$signal$258  == \$signal$288 ;
-  assign \$486  = lk > \$signal$289 ;
-  assign \$487  = \$485  & \$486 ;
-  assign \$488  = \$484  | \$487 ;
-  assign \$490  = is_linear | \$489 ;
-  assign \$491  = \$488  & \$490 ;
-  assign \$492  = ~ \$signal$294 ;
-  assign \$493  = \a__valid$255  & \a__ready$256 ;
-  assign \$494  = \$492  | \$493 ;
-  assign \$495  = \$491  & \$494 ;
-  assign \$496  = | feed_blocks;
-  assign \$497  = \$495  & \$496 ;
-  assign \$498  = w_feed_half * 9'h100;
-  assign \$499  = \$498  + feed_ntk;
-  assign \$500  = \$499  + \$signal$289 ;
-  assign \$502  = \$signal$258  == \$signal$288 ;
-  assign \$503  = lk > \$signal$289 ;
-  assign \$504  = \$502  & \$503 ;
-  assign \$505  = \$501  | \$504 ;
-  assign \$507  = is_linear | \$506 ;
-  assign \$508  = \$505  & \$507 ;
-  assign \$509  = ~ \$signal$294 ;
-  assign \$510  = \a__valid$255  & \a__ready$256 ;
-  assign \$511  = \$509  | \$510 ;
-  assign \$512  = \$508  & \$511 ;
-  assign \$513  = | feed_blocks;
-  assign \$514  = \$512  & \$513 ;
-  assign \$515  = w_feed_half * 9'h100;
-  assign \$516  = \$515  + feed_ntk;
-  assign \$517  = \$516  + \$signal$289 ;
-  assign \$519  = \$signal$258  == \$signal$288 ;
-  assign \$520  = lk > \$signal$289 ;
-  assign \$521  = \$519  & \$520 ;
-  assign \$522  = \$518  | \$521 ;
-  assign \$524  = is_linear | \$523 ;
-  assign \$525  = \$522  & \$524 ;
-  assign \$526  = ~ \$signal$294 ;
-  assign \$527  = \a__valid$255  & \a__ready$256 ;
-  assign \$528  = \$526  | \$527 ;
-  assign \$529  = \$525  & \$528 ;
-  assign \$530  = | feed_blocks;
-  assign \$531  = \$529  & \$530 ;
-  assign \$532  = w_feed_half * 9'h100;
-  assign \$533  = \$532  + feed_ntk;
-  assign \$534  = \$533  + \$signal$289 ;
-  assign \$536  = \$signal$258  == \$signal$288 ;
-  assign \$537  = lk > \$signal$289 ;
-  assign \$538  = \$536  & \$537 ;
-  assign \$539  = \$535  | \$538 ;
-  assign \$541  = is_linear | \$540 ;
-  assign \$542  = \$539  & \$541 ;
-  assign \$543  = ~ \$signal$294 ;
-  assign \$544  = \a__valid$255  & \a__ready$256 ;
-  assign \$545  = \$543  | \$544 ;
-  assign \$546  = \$542  & \$545 ;
-  assign \$547  = | feed_blocks;
-  assign \$548  = \$546  & \$547 ;
-  assign \$549  = w_feed_half * 9'h100;
-  assign \$550  = \$549  + feed_ntk;
-  assign \$551  = \$550  + \$signal$289 ;
-  assign \$553  = \$signal$258  == \$signal$288 ;
-  assign \$554  = lk > \$signal$289 ;
-  assign \$555  = \$553  & \$554 ;
-  assign \$556  = \$552  | \$555 ;
-  assign \$558  = is_linear | \$557 ;
-  assign \$559  = \$556  & \$558 ;
-  assign \$560  = ~ \$signal$294 ;
-  assign \$561  = \a__valid$255  & \a__ready$256 ;
-  assign \$562  = \$560  | \$561 ;
-  assign \$563  = \$559  & \$562 ;
-  assign \$564  = | feed_blocks;
-  assign \$565  = \$563  & \$564 ;
-  assign \$566  = is_linear ? w_full : \$signal$294 ;
-  assign \$567  = is_linear ? w_lane0 : \$signature__data$368 ;
-  assign \$568  = is_linear ? w_lane1 : \$signature__data$370 ;
-  assign \$569  = is_linear ? w_lane2 : \$signature__data$372 ;
-  assign \$570  = is_linear ? w_lane3 : \$signature__data$374 ;
-  assign \$571  = is_linear ? w_lane4 : \$signature__data$376 ;
-  assign \$572  = is_linear ? w_lane5 : \$signature__data$378 ;
-  assign \$573  = is_linear ? w_lane6 : \$signature__data$380 ;
-  assign \$574  = is_linear ? w_lane7 : \$signature__data$382 ;
-  assign \$575  = streaming & is_gemm;
-  assign \$576  = post_gelu | post_add;
-  assign \$577  = ~ \$576 ;
-  assign \$578  = \$575  & \$577 ;
-  assign \$580  = \o__valid$386  & \valid$100 ;
-  assign \$581  = index__1 * 4'h8;
-  assign \$582  = \$581  + index__3;
-  assign \$583  = \$582  < ins[55:40];
-  assign \$584  = index__2 * 4'h8;
-  assign \$585  = \$584  + index__4;
-  assign \$586  = \$585  < ins[71:56];
-  assign \$587  = \$583  & \$586 ;
-  assign \$588  = \$580  & \$587 ;
-  assign \$589  = \o__valid$386  & \valid$100 ;
-  assign \$590  = \o__valid$386  & \valid$100 ;
-  assign \$591  = \$590  & last__4;
-  assign \$592  = streaming & is_gemm;
-  assign \$593  = post_gelu | post_add;
-  assign \$594  = \$592  & \$593 ;
-  assign \$596  = post_col == 3'h7;
-  assign \$597  = elem_take & \$596 ;
-  assign \$598  = \$signal$99  & \valid$100 ;
-  assign \$599  = index__1 * 4'h8;
-  assign \$600  = \$599  + index__3;
-  assign \$601  = \$600  < ins[55:40];
-  assign \$602  = index__2 * 4'h8;
-  assign \$603  = \$602  + index__4;
-  assign \$604  = \$603  < ins[71:56];
-  assign \$605  = \$601  & \$604 ;
-  assign \$606  = \$598  & \$605 ;
-  assign \$607  = streaming & err;
-  assign \$608  = ~ busy;
-  assign clear = start & \$608 ;
-  assign \$609  = ins[5:0] == 1'h1;
-  assign \$610  = ins[5:0] == 2'h2;
-  assign \$611  = ins[5:0] == 2'h3;
-  assign \$612  = ins[5:0] == 3'h4;
-  assign \$613  = ins[5:0] == 3'h5;
-  assign \$614  = ins[5:0] == 3'h6;
-  assign \$615  = ins[5:0] == 3'h7;
-  assign \$616  = ins[5:0] == 4'h8;
-  assign \$617  = ins[5:0] == 4'h9;
-  assign \$618  = ins[5:0] == 4'ha;
-  assign \$619  = ins[5:0] == 4'hb;
-  assign \$620  = ins[5:0] == 4'hc;
-  assign \$621  = ins[5:0] == 4'hd;
-  assign \$622  = ins[5:0] == 4'he;
-  assign \$623  = ins[5:0] == 4'hf;
-  assign \$624  = 1'h1 << ins[3:0];
+  assign \$170  = \$167  & \$169 ;
+  assign \$171  = \$signal$258  * 9'h100;
+  assign \$172  = \$171  + lk;
+  assign \$174  = ~ \$173 ;
+  assign \$175  = r_rdy & \$174 ;
+  assign \$176  = \$signal$265  == 1'h1;
+  assign \$177  = \$175  & \$176 ;
+  assign \$178  = \$signal$258  * 9'h100;
+  assign \$179  = \$178  + lk;
+  assign \$181  = ~ \$180 ;
+  assign \$182  = r_rdy & \$181 ;
+  assign \$183  = \$signal$265  == 2'h2;
+  assign \$184  = \$182  & \$183 ;
+  assign \$185  = \$signal$258  * 9'h100;
+  assign \$186  = \$185  + lk;
+  assign \$188  = ~ \$187 ;
+  assign \$189  = r_rdy & \$188 ;
+  assign \$190  = \$signal$265  == 2'h3;
+  assign \$191  = \$189  & \$190 ;
+  assign \$192  = \$signal$258  * 9'h100;
+  assign \$193  = \$192  + lk;
+  assign \$195  = ~ \$194 ;
+  assign \$196  = r_rdy & \$195 ;
+  assign \$197  = \$signal$265  == 3'h4;
+  assign \$198  = \$196  & \$197 ;
+  assign \$199  = \$signal$258  * 9'h100;
+  assign \$200  = \$199  + lk;
+  assign \$202  = ~ \$201 ;
+  assign \$203  = r_rdy & \$202 ;
+  assign \$204  = \$signal$265  == 3'h5;
+  assign \$205  = \$203  & \$204 ;
+  assign \$206  = \$signal$258  * 9'h100;
+  assign \$207  = \$206  + lk;
+  assign \$209  = ~ \$208 ;
+  assign \$210  = r_rdy & \$209 ;
+  assign \$211  = \$signal$265  == 3'h6;
+  assign \$212  = \$210  & \$211 ;
+  assign \$213  = \$signal$258  * 9'h100;
+  assign \$214  = \$213  + lk;
+  assign \$216  = ~ \$215 ;
+  assign \$217  = r_rdy & \$216 ;
+  assign \$218  = \$signal$265  == 3'h7;
+  assign \$219  = \$217  & \$218 ;
+  assign \$220  = \$signal$288  * 9'h100;
+  assign \$221  = \$220  + \$signal$289 ;
+  assign \$223  = \$signal$258  == \$signal$288 ;
+  assign \$224  = lk > \$signal$289 ;
+  assign \$225  = \$223  & \$224 ;
+  assign \$226  = \$222  | \$225 ;
+  assign \$228  = is_linear | \$227 ;
+  assign \$229  = \$226  & \$228 ;
+  assign \$230  = ~ \$signal$294 ;
+  assign \$231  = \a__valid$255  & \a__ready$256 ;
+  assign \$232  = \$230  | \$231 ;
+  assign \$233  = \$229  & \$232 ;
+  assign \$234  = | feed_blocks;
+  assign \$235  = \$233  & \$234 ;
+  assign \$236  = \$signal$288  * 9'h100;
+  assign \$237  = \$236  + \$signal$289 ;
+  assign \$239  = \$signal$258  == \$signal$288 ;
+  assign \$240  = lk > \$signal$289 ;
+  assign \$241  = \$239  & \$240 ;
+  assign \$242  = \$238  | \$241 ;
+  assign \$244  = is_linear | \$243 ;
+  assign \$245  = \$242  & \$244 ;
+  assign \$246  = ~ \$signal$294 ;
+  assign \$247  = \a__valid$255  & \a__ready$256 ;
+  assign \$248  = \$246  | \$247 ;
+  assign \$249  = \$245  & \$248 ;
+  assign \$250  = | feed_blocks;
+  assign \$251  = \$249  & \$250 ;
+  assign \$252  = \$signal$288  * 9'h100;
+  assign \$253  = \$252  + \$signal$289 ;
+  assign \$255  = \$signal$258  == \$signal$288 ;
+  assign \$256  = lk > \$signal$289 ;
+  assign \$257  = \$255  & \$256 ;
+  assign \$258  = \$254  | \$257 ;
+  assign \$260  = is_linear | \$259 ;
+  assign \$261  = \$258  & \$260 ;
+  assign \$262  = ~ \$signal$294 ;
+  assign \$263  = \a__valid$255  & \a__ready$256 ;
+  assign \$264  = \$262  | \$263 ;
+  assign \$265  = \$261  & \$264 ;
+  assign \$266  = | feed_blocks;
+  assign \$267  = \$265  & \$266 ;
+  assign \$268  = \$signal$288  * 9'h100;
+  assign \$269  = \$268  + \$signal$289 ;
+  assign \$271  = \$signal$258  == \$signal$288 ;
+  assign \$272  = lk > \$signal$289 ;
+  assign \$273  = \$271  & \$272 ;
+  assign \$274  = \$270  | \$273 ;
+  assign \$276  = is_linear | \$275 ;
+  assign \$277  = \$274  & \$276 ;
+  assign \$278  = ~ \$signal$294 ;
+  assign \$279  = \a__valid$255  & \a__ready$256 ;
+  assign \$280  = \$278  | \$279 ;
+  assign \$281  = \$277  & \$280 ;
+  assign \$282  = | feed_blocks;
+  assign \$283  = \$281  & \$282 ;
+  assign \$284  = \$signal$288  * 9'h100;
+  assign \$285  = \$284  + \$signal$289 ;
+  assign \$287  = \$signal$258  == \$signal$288 ;
+  assign \$288  = lk > \$signal$289 ;
+  assign \$289  = \$287  & \$288 ;
+  assign \$290  = \$286  | \$289 ;
+  assign \$292  = is_linear | \$291 ;
+  assign \$293  = \$290  & \$292 ;
+  assign \$294  = ~ \$signal$294 ;
+  assign \$295  = \a__valid$255  & \a__ready$256 ;
+  assign \$296  = \$294  | \$295 ;
+  assign \$297  = \$293  & \$296 ;
+  assign \$298  = | feed_blocks;
+  assign \$299  = \$297  & \$298 ;
+  assign \$300  = \$signal$288  * 9'h100;
+  assign \$301  = \$300  + \$signal$289 ;
+  assign \$303  = \$signal$258  == \$signal$288 ;
+  assign \$304  = lk > \$signal$289 ;
+  assign \$305  = \$303  & \$304 ;
+  assign \$306  = \$302  | \$305 ;
+  assign \$308  = is_linear | \$307 ;
+  assign \$309  = \$306  & \$308 ;
+  assign \$310  = ~ \$signal$294 ;
+  assign \$311  = \a__valid$255  & \a__ready$256 ;
+  assign \$312  = \$310  | \$311 ;
+  assign \$313  = \$309  & \$312 ;
+  assign \$314  = | feed_blocks;
+  assign \$315  = \$313  & \$314 ;
+  assign \$316  = \$signal$288  * 9'h100;
+  assign \$317  = \$316  + \$signal$289 ;
+  assign \$319  = \$signal$258  == \$signal$288 ;
+  assign \$320  = lk > \$signal$289 ;
+  assign \$321  = \$319  & \$320 ;
+  assign \$322  = \$318  | \$321 ;
+  assign \$324  = is_linear | \$323 ;
+  assign \$325  = \$322  & \$324 ;
+  assign \$326  = ~ \$signal$294 ;
+  assign \$327  = \a__valid$255  & \a__ready$256 ;
+  assign \$328  = \$326  | \$327 ;
+  assign \$329  = \$325  & \$328 ;
+  assign \$330  = | feed_blocks;
+  assign \$331  = \$329  & \$330 ;
+  assign \$332  = \$signal$288  * 9'h100;
+  assign \$333  = \$332  + \$signal$289 ;
+  assign \$335  = \$signal$258  == \$signal$288 ;
+  assign \$336  = lk > \$signal$289 ;
+  assign \$337  = \$335  & \$336 ;
+  assign \$338  = \$334  | \$337 ;
+  assign \$340  = is_linear | \$339 ;
+  assign \$341  = \$338  & \$340 ;
+  assign \$342  = ~ \$signal$294 ;
+  assign \$343  = \a__valid$255  & \a__ready$256 ;
+  assign \$344  = \$342  | \$343 ;
+  assign \$345  = \$341  & \$344 ;
+  assign \$346  = | feed_blocks;
+  assign \$347  = \$345  & \$346 ;
+  assign \$348  = ~ is_linear;
+  assign \$350  = ~ \$349 ;
+  assign \$351  = \r_rdy$211  & \$350 ;
+  assign \$352  = ~ is_linear;
+  assign \$353  = \$351  & \$352 ;
+  assign \$354  = w_load_half * 9'h100;
+  assign \$355  = \$354  + w_load_addr;
+  assign \$357  = ~ \$356 ;
+  assign \$358  = \r_rdy$211  & \$357 ;
+  assign \$359  = ~ is_linear;
+  assign \$360  = \$358  & \$359 ;
+  assign \$361  = | w_load_lane;
+  assign \$362  = ~ \$361 ;
+  assign \$363  = \$360  & \$362 ;
+  assign \$364  = w_load_half * 9'h100;
+  assign \$365  = \$364  + w_load_addr;
+  assign \$367  = ~ \$366 ;
+  assign \$368  = \r_rdy$211  & \$367 ;
+  assign \$369  = ~ is_linear;
+  assign \$370  = \$368  & \$369 ;
+  assign \$371  = w_load_lane == 1'h1;
+  assign \$372  = \$370  & \$371 ;
+  assign \$373  = w_load_half * 9'h100;
+  assign \$374  = \$373  + w_load_addr;
+  assign \$376  = ~ \$375 ;
+  assign \$377  = \r_rdy$211  & \$376 ;
+  assign \$378  = ~ is_linear;
+  assign \$379  = \$377  & \$378 ;
+  assign \$380  = w_load_lane == 2'h2;
+  assign \$381  = \$379  & \$380 ;
+  assign \$382  = w_load_half * 9'h100;
+  assign \$383  = \$382  + w_load_addr;
+  assign \$385  = ~ \$384 ;
+  assign \$386  = \r_rdy$211  & \$385 ;
+  assign \$387  = ~ is_linear;
+  assign \$388  = \$386  & \$387 ;
+  assign \$389  = w_load_lane == 2'h3;
+  assign \$390  = \$388  & \$389 ;
+  assign \$391  = w_load_half * 9'h100;
+  assign \$392  = \$391  + w_load_addr;
+  assign \$394  = ~ \$393 ;
+  assign \$395  = \r_rdy$211  & \$394 ;
+  assign \$396  = ~ is_linear;
+  assign \$397  = \$395  & \$396 ;
+  assign \$398  = w_load_lane == 3'h4;
+  assign \$399  = \$397  & \$398 ;
+  assign \$400  = w_load_half * 9'h100;
+  assign \$401  = \$400  + w_load_addr;
+  assign \$403  = ~ \$402 ;
+  assign \$404  = \r_rdy$211  & \$403 ;
+  assign \$405  = ~ is_linear;
+  assign \$406  = \$404  & \$405 ;
+  assign \$407  = w_load_lane == 3'h5;
+  assign \$408  = \$406  & \$407 ;
+  assign \$409  = w_load_half * 9'h100;
+  assign \$410  = \$409  + w_load_addr;
+  assign \$412  = ~ \$411 ;
+  assign \$413  = \r_rdy$211  & \$412 ;
+  assign \$414  = ~ is_linear;
+  assign \$415  = \$413  & \$414 ;
+  assign \$416  = w_load_lane == 3'h6;
+  assign \$417  = \$415  & \$416 ;
+  assign \$418  = w_load_half * 9'h100;
+  assign \$419  = \$418  + w_load_addr;
+  assign \$421  = ~ \$420 ;
+  assign \$422  = \r_rdy$211  & \$421 ;
+  assign \$423  = ~ is_linear;
+  assign \$424  = \$422  & \$423 ;
+  assign \$425  = w_load_lane == 3'h7;
+  assign \$426  = \$424  & \$425 ;
+  assign \$427  = w_feed_half * 9'h100;
+  assign \$428  = \$427  + feed_ntk;
+  assign \$429  = \$428  + \$signal$289 ;
+  assign \$431  = \$signal$258  == \$signal$288 ;
+  assign \$432  = lk > \$signal$289 ;
+  assign \$433  = \$431  & \$432 ;
+  assign \$434  = \$430  | \$433 ;
+  assign \$436  = is_linear | \$435 ;
+  assign \$437  = \$434  & \$436 ;
+  assign \$438  = ~ \$signal$294 ;
+  assign \$439  = \a__valid$255  & \a__ready$256 ;
+  assign \$440  = \$438  | \$439 ;
+  assign \$441  = \$437  & \$440 ;
+  assign \$442  = | feed_blocks;
+  assign \$443  = \$441  & \$442 ;
+  assign \$444  = w_feed_half * 9'h100;
+  assign \$445  = \$444  + feed_ntk;
+  assign \$446  = \$445  + \$signal$289 ;
+  assign \$448  = \$signal$258  == \$signal$288 ;
+  assign \$449  = lk > \$signal$289 ;
+  assign \$450  = \$448  & \$449 ;
+  assign \$451  = \$447  | \$450 ;
+  assign \$453  = is_linear | \$452 ;
+  assign \$454  = \$451  & \$453 ;
+  assign \$455  = ~ \$signal$294 ;
+  assign \$456  = \a__valid$255  & \a__ready$256 ;
+  assign \$457  = \$455  | \$456 ;
+  assign \$458  = \$454  & \$457 ;
+  assign \$459  = | feed_blocks;
+  assign \$460  = \$458  & \$459 ;
+  assign \$461  = w_feed_half * 9'h100;
+  assign \$462  = \$461  + feed_ntk;
+  assign \$463  = \$462  + \$signal$289 ;
+  assign \$465  = \$signal$258  == \$signal$288 ;
+  assign \$466  = lk > \$signal$289 ;
+  assign \$467  = \$465  & \$466 ;
+  assign \$468  = \$464  | \$467 ;
+  assign \$470  = is_linear | \$469 ;
+  assign \$471  = \$468  & \$470 ;
+  assign \$472  = ~ \$signal$294 ;
+  assign \$473  = \a__valid$255  & \a__ready$256 ;
+  assign \$474  = \$472  | \$473 ;
+  assign \$475  = \$471  & \$474 ;
+  assign \$476  = | feed_blocks;
+  assign \$477  = \$475  & \$476 ;
+  assign \$478  = w_feed_half * 9'h100;
+  assign \$479  = \$478  + feed_ntk;
+  assign \$480  = \$479  + \$signal$289 ;
+  assign \$482  = \$signal$258  == \$signal$288 ;
+  assign \$483  = lk > \$signal$289 ;
+  assign \$484  = \$482  & \$483 ;
+  assign \$485  = \$481  | \$484 ;
+  assign \$487  = is_linear | \$486 ;
+  assign \$488  = \$485  & \$487 ;
+  assign \$489  = ~ \$signal$294 ;
+  assign \$490  = \a__valid$255  & \a__ready$256 ;
+  assign \$491  = \$489  | \$490 ;
+  assign \$492  = \$488  & \$491 ;
+  assign \$493  = | feed_blocks;
+  assign \$494  = \$492  & \$493 ;
+  assign \$495  = w_feed_half * 9'h100;
+  assign \$496  = \$495  + feed_ntk;
+  assign \$497  = \$496  + \$signal$289 ;
+  assign \$499  = \$signal$258  == \$signal$288 ;
+  assign \$500  = lk > \$signal$289 ;
+  assign \$501  = \$499  & \$500 ;
+  assign \$502  = \$498  | \$501 ;
+  assign \$504  = is_linear | \$503 ;
+  assign \$505  = \$502  & \$504 ;
+  assign \$506  = ~ \$signal$294 ;
+  assign \$507  = \a__valid$255  & \a__ready$256 ;
+  assign \$508  = \$506  | \$507 ;
+  assign \$509  = \$505  & \$508 ;
+  assign \$510  = | feed_blocks;
+  assign \$511  = \$509  & \$510 ;
+  assign \$512  = w_feed_half * 9'h100;
+  assign \$513  = \$512  + feed_ntk;
+  assign \$514  = \$513  + \$signal$289 ;
+  assign \$516  = \$signal$258  == \$signal$288 ;
+  assign \$517  = lk > \$signal$289 ;
+  assign \$518  = \$516  & \$517 ;
+  assign \$519  = \$515  | \$518 ;
+  assign \$521  = is_linear | \$520 ;
+  assign \$522  = \$519  & \$521 ;
+  assign \$523  = ~ \$signal$294 ;
+  assign \$524  = \a__valid$255  & \a__ready$256 ;
+  assign \$525  = \$523  | \$524 ;
+  assign \$526  = \$522  & \$525 ;
+  assign \$527  = | feed_blocks;
+  assign \$528  = \$526  & \$527 ;
+  assign \$529  = w_feed_half * 9'h100;
+  assign \$530  = \$529  + feed_ntk;
+  assign \$531  = \$530  + \$signal$289 ;
+  assign \$533  = \$signal$258  == \$signal$288 ;
+  assign \$534  = lk > \$signal$289 ;
+  assign \$535  = \$533  & \$534 ;
+  assign \$536  = \$532  | \$535 ;
+  assign \$538  = is_linear | \$537 ;
+  assign \$539  = \$536  & \$538 ;
+  assign \$540  = ~ \$signal$294 ;
+  assign \$541  = \a__valid$255  & \a__ready$256 ;
+  assign \$542  = \$540  | \$541 ;
+  assign \$543  = \$539  & \$542 ;
+  assign \$544  = | feed_blocks;
+  assign \$545  = \$543  & \$544 ;
+  assign \$546  = w_feed_half * 9'h100;
+  assign \$547  = \$546  + feed_ntk;
+  assign \$548  = \$547  + \$signal$289 ;
+  assign \$550  = \$signal$258  == \$signal$288 ;
+  assign \$551  = lk > \$signal$289 ;
+  assign \$552  = \$550  & \$551 ;
+  assign \$553  = \$549  | \$552 ;
+  assign \$555  = is_linear | \$554 ;
+  assign \$556  = \$553  & \$555 ;
+  assign \$557  = ~ \$signal$294 ;
+  assign \$558  = \a__valid$255  & \a__ready$256 ;
+  assign \$559  = \$557  | \$558 ;
+  assign \$560  = \$556  & \$559 ;
+  assign \$561  = | feed_blocks;
+  assign \$562  = \$560  & \$561 ;
+  assign \$563  = is_linear ? w_full : \$signal$294 ;
+  assign \$564  = is_linear ? w_lane0 : \$signature__data$368 ;
+  assign \$565  = is_linear ? w_lane1 : \$signature__data$370 ;
+  assign \$566  = is_linear ? w_lane2 : \$signature__data$372 ;
+  assign \$567  = is_linear ? w_lane3 : \$signature__data$374 ;
+  assign \$568  = is_linear ? w_lane4 : \$signature__data$376 ;
+  assign \$569  = is_linear ? w_lane5 : \$signature__data$378 ;
+  assign \$570  = is_linear ? w_lane6 : \$signature__data$380 ;
+  assign \$571  = is_linear ? w_lane7 : \$signature__data$382 ;
+  assign \$572  = streaming & is_gemm;
+  assign \$573  = post_gelu | post_add;
+  assign \$574  = ~ \$573 ;
+  assign \$575  = \$572  & \$574 ;
+  assign \$577  = \o__valid$386  & \valid$100 ;
+  assign \$578  = index__1 * 4'h8;
+  assign \$579  = \$578  + index__3;
+  assign \$580  = \$579  < ins[55:40];
+  assign \$581  = index__2 * 4'h8;
+  assign \$582  = \$581  + index__4;
+  assign \$583  = \$582  < ins[71:56];
+  assign \$584  = \$580  & \$583 ;
+  assign \$585  = \$577  & \$584 ;
+  assign \$586  = \o__valid$386  & \valid$100 ;
+  assign \$587  = \o__valid$386  & \valid$100 ;
+  assign \$588  = \$587  & last__4;
+  assign \$589  = streaming & is_gemm;
+  assign \$590  = post_gelu | post_add;
+  assign \$591  = \$589  & \$590 ;
+  assign \$593  = post_col == 3'h7;
+  assign \$594  = elem_take & \$593 ;
+  assign \$595  = \$signal$99  & \valid$100 ;
+  assign \$596  = index__1 * 4'h8;
+  assign \$597  = \$596  + index__3;
+  assign \$598  = \$597  < ins[55:40];
+  assign \$599  = index__2 * 4'h8;
+  assign \$600  = \$599  + index__4;
+  assign \$601  = \$600  < ins[71:56];
+  assign \$602  = \$598  & \$601 ;
+  assign \$603  = \$595  & \$602 ;
+  assign \$604  = streaming & err;
+  assign \$605  = ~ busy;
+  assign clear = start & \$605 ;
+  assign \$606  = ins[5:0] == 1'h1;
+  assign \$607  = ins[5:0] == 2'h2;
+  assign \$608  = ins[5:0] == 2'h3;
+  assign \$609  = ins[5:0] == 3'h4;
+  assign \$610  = ins[5:0] == 3'h5;
+  assign \$611  = ins[5:0] == 3'h6;
+  assign \$612  = ins[5:0] == 3'h7;
+  assign \$613  = ins[5:0] == 4'h8;
+  assign \$614  = ins[5:0] == 4'h9;
+  assign \$615  = ins[5:0] == 4'ha;
+  assign \$616  = ins[5:0] == 4'hb;
+  assign \$617  = ins[5:0] == 4'hc;
+  assign \$618  = ins[5:0] == 4'hd;
+  assign \$619  = ins[5:0] == 4'he;
+  assign \$620  = ins[5:0] == 4'hf;
+  assign \$621  = 1'h1 << ins[3:0];
+  assign \$622  = ins[5:0] == 3'h4;
+  assign \$623  = ins[5:0] == 3'h5;
+  assign \$624  = \$622  | \$623 ;
   assign \$625  = ins[5:0] == 3'h4;
-  assign \$626  = ins[5:0] == 3'h5;
-  assign \$627  = \$625  | \$626 ;
+  assign \$626  = ins[511:510] == 1'h1;
+  assign \$627  = \$625  & \$626 ;
   assign \$628  = ins[5:0] == 3'h4;
-  assign \$629  = ins[511:510] == 1'h1;
+  assign \$629  = ins[511:510] == 2'h2;
   assign \$630  = \$628  & \$629 ;
-  assign \$631  = ins[5:0] == 3'h4;
-  assign \$632  = ins[511:510] == 2'h2;
-  assign \$633  = \$631  & \$632 ;
+  assign \$631  = ~ unit_rst;
+  assign \$632  = src0_issue & \$631 ;
+  assign \$633  = last__3 & \last__4$406 ;
   assign \$634  = ~ unit_rst;
-  assign \$635  = src0_issue & \$634 ;
-  assign \$636  = last__3 & \last__4$406 ;
-  assign \$637  = ~ unit_rst;
-  assign \$638  = src1_issue & \$637 ;
-  assign \$639  = \last__3$411  & \last__4$409 ;
-  assign \$640  = ins[5:0] == 4'ha;
-  assign \$641  = ins[5:0] == 4'hb;
-  assign \$642  = ins[5:0] == 4'hc;
-  assign \$643  = ins[5:0] == 4'hd;
-  assign \$644  = ins[5:0] == 4'he;
-  assign \$645  = ins[5:0] == 4'hf;
-  assign \$646  = | { \$645 , \$644 , \$643 , \$642 , \$641 , \$640  };
-  assign \$647  = | ins[7:6];
-  assign \$648  = ~ \$647 ;
-  assign \$649  = ins[55:40] + 4'h8;
+  assign \$635  = src1_issue & \$634 ;
+  assign \$636  = \last__3$411  & \last__4$409 ;
+  assign \$637  = ins[5:0] == 4'ha;
+  assign \$638  = ins[5:0] == 4'hb;
+  assign \$639  = ins[5:0] == 4'hc;
+  assign \$640  = ins[5:0] == 4'hd;
+  assign \$641  = ins[5:0] == 4'he;
+  assign \$642  = ins[5:0] == 4'hf;
+  assign \$643  = | { \$642 , \$641 , \$640 , \$639 , \$638 , \$637  };
+  assign \$644  = | ins[7:6];
+  assign \$645  = ~ \$644 ;
+  assign \$646  = ins[55:40] + 4'h8;
+  assign \$647  = \$646  - 1'h1;
+  assign \$649  = ins[71:56] + 4'h8;
   assign \$650  = \$649  - 1'h1;
-  assign \$652  = ins[71:56] + 4'h8;
-  assign \$653  = \$652  - 1'h1;
-  assign \$655  = ins[87:72] - 1'h1;
-  assign \$656  = dec_mt - 1'h1;
-  assign \$657  = dec_nt - 1'h1;
-  assign \$658  = ins[39:24] * dec_mt;
-  assign \$660  = \$659  + 6'h3f;
-  assign \$662  = ins[497:466] + \$661 ;
-  assign \$663  = is_gemm ? \$662  : { 1'h0, ins[465:434] };
-  assign \$664  = dec_blocks * dec_nt;
-  assign \$667  = \$666  ? offset : 32'd0;
-  assign \$668  = ins[465:434] + \$667 ;
-  assign \$669  = cycles + 1'h1;
-  assign \$670  = in_op & op_onehot[0];
-  assign \$671  = op_cycles__0 + 1'h1;
-  assign \$672  = in_op & op_onehot[1];
-  assign \$673  = op_cycles__1 + 1'h1;
-  assign \$674  = in_op & op_onehot[2];
-  assign \$675  = op_cycles__2 + 1'h1;
-  assign \$676  = in_op & op_onehot[3];
-  assign \$677  = op_cycles__3 + 1'h1;
-  assign \$678  = in_op & op_onehot[4];
-  assign \$679  = op_cycles__4 + 1'h1;
-  assign \$680  = in_op & op_onehot[5];
-  assign \$681  = op_cycles__5 + 1'h1;
-  assign \$682  = in_op & op_onehot[6];
-  assign \$683  = op_cycles__6 + 1'h1;
-  assign \$684  = in_op & op_onehot[7];
-  assign \$685  = op_cycles__7 + 1'h1;
-  assign \$686  = in_op & op_onehot[8];
-  assign \$687  = op_cycles__8 + 1'h1;
-  assign \$688  = in_op & op_onehot[9];
-  assign \$689  = op_cycles__9 + 1'h1;
-  assign \$690  = in_op & op_onehot[10];
-  assign \$691  = op_cycles__10 + 1'h1;
-  assign \$692  = in_op & op_onehot[11];
-  assign \$693  = op_cycles__11 + 1'h1;
-  assign \$694  = in_op & op_onehot[12];
-  assign \$695  = op_cycles__12 + 1'h1;
-  assign \$696  = in_op & op_onehot[13];
-  assign \$697  = op_cycles__13 + 1'h1;
-  assign \$698  = in_op & op_onehot[14];
-  assign \$699  = op_cycles__14 + 1'h1;
-  assign \$700  = in_op & op_onehot[15];
-  assign \$701  = op_cycles__15 + 1'h1;
-  assign \$702  = | images;
-  assign \$703  = \$702  ? images : 16'h0001;
-  assign \$704  = ~ fetch_sent;
-  assign \$705  = req__ready & \$704 ;
-  assign \$706  = | decode_wait;
-  assign \$707  = images_left > 1'h1;
-  assign \$708  = is_end & \$707 ;
-  assign \$709  = | ins[39:24];
-  assign \$710  = ~ \$709 ;
-  assign \$711  = | ins[55:40];
-  assign \$712  = ~ \$711 ;
-  assign \$713  = | ins[71:56];
-  assign \$714  = ~ \$713 ;
-  assign \$715  = | ins[87:72];
-  assign \$716  = ~ \$715 ;
-  assign \$717  = | ins[103:88];
-  assign \$718  = ~ \$717 ;
-  assign \$719  = | { \$718 , \$716 , \$714 , \$712 , \$710  };
-  assign \$720  = post_gelu | post_add;
-  assign \$721  = ~ unit_known;
-  assign \$722  = \$720  & \$721 ;
-  assign \$723  = post_bad | \$722 ;
-  assign \$724  = post_gelu | post_add;
-  assign \$725  = is_move | is_load;
-  assign \$726  = \$725  | is_store;
-  assign \$727  = \$726  | is_gemm;
-  assign \$728  = decode_wait - 1'h1;
-  assign \$729  = images_left - 1'h1;
-  assign \$730  = offset + \$signal$424 ;
-  assign \$731  = req__valid & req__ready;
-  assign \$732  = c_ask - 1'h1;
-  assign \$733  = 1'h1 << dec_c_lb;
-  assign \$734  = c_addr + \$733 ;
-  assign \$735  = beat__valid & beat__ready;
-  assign \$736  = c_due - 1'h1;
-  assign \$737  = c_due == 1'h1;
-  assign \$738  = | ins[509:498];
-  assign \$739  = ~ \$738 ;
-  assign \$740  = ~ \valid$100 ;
-  assign \$741  = ~ ext_req_valid;
-  assign \$742  = \$740  & \$741 ;
-  assign \$743  = \$742  & idle;
-  assign \$744  = | fault;
-  assign \$745  = ~ \$744 ;
-  assign \$746  = \$743  & \$745 ;
-  assign \$747  = pc + 7'h40;
-  assign \$748  = $signed(addr) < $signed(1'h0);
-  assign \$749  = $signed(addr) >= $signed(16'h4000);
-  assign \$750  = \$748  | \$749 ;
-  assign \$751  = valid & \$750 ;
-  assign \$752  = ~ is_load;
+  assign \$652  = ins[87:72] - 1'h1;
+  assign \$653  = dec_mt - 1'h1;
+  assign \$654  = dec_nt - 1'h1;
+  assign \$655  = ins[39:24] * dec_mt;
+  assign \$657  = \$656  + 6'h3f;
+  assign \$659  = ins[497:466] + \$658 ;
+  assign \$660  = is_gemm ? \$659  : { 1'h0, ins[465:434] };
+  assign \$661  = dec_blocks * dec_nt;
+  assign \$664  = \$663  ? offset : 32'd0;
+  assign \$665  = ins[465:434] + \$664 ;
+  assign \$666  = cycles + 1'h1;
+  assign \$667  = in_op & op_onehot[0];
+  assign \$668  = op_cycles__0 + 1'h1;
+  assign \$669  = in_op & op_onehot[1];
+  assign \$670  = op_cycles__1 + 1'h1;
+  assign \$671  = in_op & op_onehot[2];
+  assign \$672  = op_cycles__2 + 1'h1;
+  assign \$673  = in_op & op_onehot[3];
+  assign \$674  = op_cycles__3 + 1'h1;
+  assign \$675  = in_op & op_onehot[4];
+  assign \$676  = op_cycles__4 + 1'h1;
+  assign \$677  = in_op & op_onehot[5];
+  assign \$678  = op_cycles__5 + 1'h1;
+  assign \$679  = in_op & op_onehot[6];
+  assign \$680  = op_cycles__6 + 1'h1;
+  assign \$681  = in_op & op_onehot[7];
+  assign \$682  = op_cycles__7 + 1'h1;
+  assign \$683  = in_op & op_onehot[8];
+  assign \$684  = op_cycles__8 + 1'h1;
+  assign \$685  = in_op & op_onehot[9];
+  assign \$686  = op_cycles__9 + 1'h1;
+  assign \$687  = in_op & op_onehot[10];
+  assign \$688  = op_cycles__10 + 1'h1;
+  assign \$689  = in_op & op_onehot[11];
+  assign \$690  = op_cycles__11 + 1'h1;
+  assign \$691  = in_op & op_onehot[12];
+  assign \$692  = op_cycles__12 + 1'h1;
+  assign \$693  = in_op & op_onehot[13];
+  assign \$694  = op_cycles__13 + 1'h1;
+  assign \$695  = in_op & op_onehot[14];
+  assign \$696  = op_cycles__14 + 1'h1;
+  assign \$697  = in_op & op_onehot[15];
+  assign \$698  = op_cycles__15 + 1'h1;
+  assign \$699  = | images;
+  assign \$700  = \$699  ? images : 16'h0001;
+  assign \$701  = ~ fetch_sent;
+  assign \$702  = req__ready & \$701 ;
+  assign \$703  = | decode_wait;
+  assign \$704  = images_left > 1'h1;
+  assign \$705  = is_end & \$704 ;
+  assign \$706  = | ins[39:24];
+  assign \$707  = ~ \$706 ;
+  assign \$708  = | ins[55:40];
+  assign \$709  = ~ \$708 ;
+  assign \$710  = | ins[71:56];
+  assign \$711  = ~ \$710 ;
+  assign \$712  = | ins[87:72];
+  assign \$713  = ~ \$712 ;
+  assign \$714  = | ins[103:88];
+  assign \$715  = ~ \$714 ;
+  assign \$716  = | { \$715 , \$713 , \$711 , \$709 , \$707  };
+  assign \$717  = post_gelu | post_add;
+  assign \$718  = ~ unit_known;
+  assign \$719  = \$717  & \$718 ;
+  assign \$720  = post_bad | \$719 ;
+  assign \$721  = post_gelu | post_add;
+  assign \$722  = is_move | is_load;
+  assign \$723  = \$722  | is_store;
+  assign \$724  = \$723  | is_gemm;
+  assign \$725  = decode_wait - 1'h1;
+  assign \$726  = images_left - 1'h1;
+  assign \$727  = offset + \$signal$424 ;
+  assign \$728  = | c_ask;
+  assign \$729  = \$728  & req__ready;
+  assign \$730  = c_ask - 1'h1;
+  assign \$731  = 1'h1 << dec_c_lb;
+  assign \$732  = c_addr + \$731 ;
+  assign \$733  = beat__valid & beat__ready;
+  assign \$734  = c_due - 1'h1;
+  assign \$735  = c_due == 1'h1;
+  assign \$736  = | ins[509:498];
+  assign \$737  = ~ \$736 ;
+  assign \$738  = ~ \valid$100 ;
+  assign \$739  = ~ ext_req_valid;
+  assign \$740  = \$738  & \$739 ;
+  assign \$741  = \$740  & idle;
+  assign \$742  = | fault;
+  assign \$743  = ~ \$742 ;
+  assign \$744  = \$741  & \$743 ;
+  assign \$745  = pc + 7'h40;
+  assign \$746  = $signed(addr) < $signed(1'h0);
+  assign \$747  = $signed(addr) >= $signed(16'h4000);
+  assign \$748  = \$746  | \$747 ;
+  assign \$749  = valid & \$748 ;
+  assign \$750  = ~ is_load;
+  assign \$751  = \$749  & \$750 ;
+  assign \$752  = ~ is_gemm;
   assign \$753  = \$751  & \$752 ;
-  assign \$754  = ~ is_gemm;
-  assign \$755  = \$753  & \$754 ;
-  assign \$756  = $signed(\addr$87 ) < $signed(1'h0);
-  assign \$757  = $signed(\addr$87 ) >= $signed(16'h4000);
-  assign \$758  = \$756  | \$757 ;
-  assign \$759  = \valid$83  & \$758 ;
-  assign \$760  = \$759  & is_add;
-  assign \$761  = $signed(\addr$95 ) < $signed(1'h0);
-  assign \$762  = $signed(\addr$95 ) >= $signed(16'h4000);
-  assign \$763  = \$761  | \$762 ;
-  assign \$764  = \valid$100  & \$763 ;
-  assign \$765  = ~ is_store;
+  assign \$754  = $signed(\addr$87 ) < $signed(1'h0);
+  assign \$755  = $signed(\addr$87 ) >= $signed(16'h4000);
+  assign \$756  = \$754  | \$755 ;
+  assign \$757  = \valid$83  & \$756 ;
+  assign \$758  = \$757  & is_add;
+  assign \$759  = $signed(\addr$95 ) < $signed(1'h0);
+  assign \$760  = $signed(\addr$95 ) >= $signed(16'h4000);
+  assign \$761  = \$759  | \$760 ;
+  assign \$762  = \valid$100  & \$761 ;
+  assign \$763  = ~ is_store;
+  assign \$764  = \$762  & \$763 ;
+  assign \$765  = ~ is_gemm;
   assign \$766  = \$764  & \$765 ;
-  assign \$767  = ~ is_gemm;
-  assign \$768  = \$766  & \$767 ;
-  assign \$769  = | fault;
-  assign \$770  = \idle$429  & idle;
-  assign \$771  = ~ ext_req_valid;
-  assign \$772  = \$771  | req__ready;
-  assign \$773  = $signed(addr) << ins[23:22];
-  assign \$774  = $signed({ 1'h0, dec_ext_base }) + $signed(\$773 );
-  assign \$775  = ~ ext_req_valid;
-  assign \$776  = \$775  | \req__ready$192 ;
-  assign \$777  = r_rdy & \valid$100 ;
-  assign \$778  = ~ ext_req_valid;
-  assign \$779  = \$778  | \req__ready$192 ;
-  assign \$780  = \$777  & \$779 ;
-  assign \$781  = $signed(\addr$95 ) << ins[23:22];
-  assign \$782  = $signed({ 1'h0, dec_ext_base }) + $signed(\$781 );
-  assign \$783  = is_gelu | is_add;
-  assign \$784  = \$783  | post_gelu;
-  assign \$785  = \$784  | post_add;
-  assign \$786  = streaming & \$785 ;
-  assign \$787  = pack_full & in_ready;
-  assign \$788  = ~ pack_full;
-  assign \$789  = \$788  | in_ready;
-  assign \$790  = \$789  & elem_valid;
-  assign \$791  = ~ add_sel;
-  assign \$792  = \r_rdy$211  | \$791 ;
-  assign \$793  = \$790  & \$792 ;
-  assign \$794  = pack_j == 2'h3;
-  assign \$795  = \$794  | elem_final;
-  assign \$796  = pack_j + 1'h1;
-  assign \$797  = \$signal$213  & \valid$100 ;
-  assign \$798  = pack_jo == 2'h3;
-  assign \$799  = \$798  | \final ;
-  assign \$800  = pack_jo + 1'h1;
-  assign \$801  = streaming & is_gemm;
-  assign \$802  = req__valid & req__ready;
-  assign \$803  = ~ want_w;
-  assign \$804  = \$803  & is_linear;
-  assign \$805  = ~ is_linear;
-  assign \$806  = k == dec_k_last;
-  assign \$807  = want_w & \$806 ;
-  assign \$808  = \$805  | \$807 ;
-  assign \$809  = ~ \$808 ;
-  assign \$810  = want_w & \$809 ;
-  assign \$811  = k + 1'h1;
-  assign \$812  = 1'h1 << w_lb;
-  assign \$813  = w_addr + \$812 ;
-  assign \$814  = ~ is_linear;
-  assign \$815  = k == dec_k_last;
-  assign \$816  = want_w & \$815 ;
-  assign \$817  = \$814  | \$816 ;
-  assign \$818  = tiles - 1'h1;
-  assign \$819  = nt == dec_nt_last;
-  assign \$820  = nt + 1'h1;
-  assign \$821  = p_addr + 7'h40;
-  assign \$822  = streaming & is_gemm;
-  assign \$823  = \a__valid$255  & \a__ready$256 ;
-  assign \$824  = beat__valid & beat__ready;
-  assign \$825  = \$824  & is_linear;
-  assign \$826  = rk == ins[87:72];
-  assign \$827  = rk + 1'h1;
-  assign \$828  = \$826  ? 17'h00000 : \$827 ;
-  assign \$829  = ~ is_linear;
-  assign \$830  = | rk;
-  assign \$831  = ~ \$830 ;
-  assign \$832  = \$829  | \$831 ;
-  assign \$833  = ~ \$832 ;
-  assign \$834  = streaming & is_gemm;
-  assign \$836  = ~ \$835 ;
-  assign \$837  = r_rdy & \$836 ;
-  assign \$838  = \$signal$265  == 3'h7;
-  assign \$839  = lk + 1'h1;
-  assign \$840  = lk == dec_k_last;
-  assign \$841  = ~ \$signal$258 ;
-  assign \$842  = \$signal$265  + 1'h1;
-  assign \$843  = \a__valid$255  & \a__ready$256 ;
-  assign \$845  = \$signal$258  == \$signal$288 ;
-  assign \$846  = lk > \$signal$289 ;
-  assign \$847  = \$845  & \$846 ;
-  assign \$848  = \$844  | \$847 ;
-  assign \$850  = is_linear | \$849 ;
-  assign \$851  = \$848  & \$850 ;
-  assign \$852  = ~ \$signal$294 ;
-  assign \$853  = \a__valid$255  & \a__ready$256 ;
-  assign \$854  = \$852  | \$853 ;
-  assign \$855  = \$851  & \$854 ;
-  assign \$856  = | feed_blocks;
-  assign \$857  = \$855  & \$856 ;
-  assign \$858  = \$signal$289  == dec_k_last;
-  assign \$859  = \$signal$289  == dec_k_last;
-  assign \$860  = fnt == dec_nt_last;
-  assign \$861  = ~ \$signal$288 ;
-  assign \$862  = feed_blocks - 1'h1;
-  assign \$863  = fnt + 1'h1;
-  assign \$864  = \$signal$289  + 1'h1;
-  assign \$866  = ~ \$865 ;
-  assign \$867  = \r_rdy$211  & \$866 ;
-  assign \$868  = ~ is_linear;
-  assign \$869  = \$867  & \$868 ;
-  assign \$870  = w_load_lane == 3'h7;
-  assign \$871  = w_load_k + 1'h1;
-  assign \$872  = w_load_addr + 1'h1;
-  assign \$873  = w_load_k == dec_k_last;
-  assign \$874  = w_load_nt + 1'h1;
-  assign \$875  = w_load_nt == dec_nt_last;
-  assign \$876  = ~ w_load_half;
-  assign \$877  = w_load_lane + 1'h1;
-  assign \$879  = \$signal$258  == \$signal$288 ;
-  assign \$880  = lk > \$signal$289 ;
-  assign \$881  = \$879  & \$880 ;
-  assign \$882  = \$878  | \$881 ;
-  assign \$884  = is_linear | \$883 ;
-  assign \$885  = \$882  & \$884 ;
-  assign \$886  = ~ \$signal$294 ;
-  assign \$887  = \a__valid$255  & \a__ready$256 ;
-  assign \$888  = \$886  | \$887 ;
-  assign \$889  = \$885  & \$888 ;
-  assign \$890  = | feed_blocks;
-  assign \$891  = \$889  & \$890 ;
-  assign \$892  = ~ is_linear;
-  assign \$893  = \$891  & \$892 ;
-  assign \$894  = \$signal$289  == dec_k_last;
-  assign \$895  = fnt == dec_nt_last;
-  assign \$896  = feed_mt == dec_mt_last;
-  assign \$897  = ~ w_feed_half;
-  assign \$898  = feed_mt + 1'h1;
-  assign \$899  = feed_ntk + ins[87:72];
-  assign \$900  = streaming & is_gemm;
-  assign \$901  = post_gelu | post_add;
-  assign \$902  = \$900  & \$901 ;
-  assign \$903  = post_col == 3'h7;
-  assign \$904  = post_col + 1'h1;
-  assign \$905  = \$903  ? 4'h0 : \$904 ;
+  assign \$767  = | fault;
+  assign \$768  = \idle$429  & idle;
+  assign \$769  = ~ ext_req_valid;
+  assign \$770  = \$769  | req__ready;
+  assign \$771  = $signed(addr) << ins[23:22];
+  assign \$772  = $signed({ 1'h0, dec_ext_base }) + $signed(\$771 );
+  assign \$773  = ~ ext_req_valid;
+  assign \$774  = \$773  | \req__ready$192 ;
+  assign \$775  = r_rdy & \valid$100 ;
+  assign \$776  = ~ ext_req_valid;
+  assign \$777  = \$776  | \req__ready$192 ;
+  assign \$778  = \$775  & \$777 ;
+  assign \$779  = $signed(\addr$95 ) << ins[23:22];
+  assign \$780  = $signed({ 1'h0, dec_ext_base }) + $signed(\$779 );
+  assign \$781  = is_gelu | is_add;
+  assign \$782  = \$781  | post_gelu;
+  assign \$783  = \$782  | post_add;
+  assign \$784  = streaming & \$783 ;
+  assign \$785  = pack_full & in_ready;
+  assign \$786  = ~ pack_full;
+  assign \$787  = \$786  | in_ready;
+  assign \$788  = \$787  & elem_valid;
+  assign \$789  = ~ add_sel;
+  assign \$790  = \r_rdy$211  | \$789 ;
+  assign \$791  = \$788  & \$790 ;
+  assign \$792  = pack_j == 2'h3;
+  assign \$793  = \$792  | elem_final;
+  assign \$794  = pack_j + 1'h1;
+  assign \$795  = \$signal$213  & \valid$100 ;
+  assign \$796  = pack_jo == 2'h3;
+  assign \$797  = \$796  | \final ;
+  assign \$798  = pack_jo + 1'h1;
+  assign \$799  = | dec_tiles;
+  assign \$800  = | dec_k_last;
+  assign \$801  = ~ \$800 ;
+  assign \$802  = | dec_nt_last;
+  assign \$803  = ~ \$802 ;
+  assign \$804  = streaming & is_gemm;
+  assign \$805  = \$signal$245  & req__ready;
+  assign \$806  = ~ want_w;
+  assign \$807  = \$806  & is_linear;
+  assign \$808  = ~ is_linear;
+  assign \$809  = want_w & \$signal$434 ;
+  assign \$810  = \$808  | \$809 ;
+  assign \$811  = ~ \$810 ;
+  assign \$812  = want_w & \$811 ;
+  assign \$813  = k + 1'h1;
+  assign \$814  = k + 1'h1;
+  assign \$815  = \$814  == dec_k_last;
+  assign \$816  = 1'h1 << w_lb;
+  assign \$817  = w_addr + \$816 ;
+  assign \$818  = ~ is_linear;
+  assign \$819  = want_w & \$signal$434 ;
+  assign \$820  = \$818  | \$819 ;
+  assign \$821  = tiles - 1'h1;
+  assign \$822  = tiles != 1'h1;
+  assign \$823  = | dec_k_last;
+  assign \$824  = ~ \$823 ;
+  assign \$825  = | dec_nt_last;
+  assign \$826  = ~ \$825 ;
+  assign \$827  = nt + 1'h1;
+  assign \$828  = nt + 1'h1;
+  assign \$829  = \$828  == dec_nt_last;
+  assign \$830  = p_addr + 7'h40;
+  assign \$831  = streaming & is_gemm;
+  assign \$832  = \a__valid$255  & \a__ready$256 ;
+  assign \$833  = beat__valid & beat__ready;
+  assign \$834  = \$833  & is_linear;
+  assign \$835  = rk == ins[87:72];
+  assign \$836  = rk + 1'h1;
+  assign \$837  = \$835  ? 17'h00000 : \$836 ;
+  assign \$838  = rk == ins[87:72];
+  assign \$839  = ~ is_linear;
+  assign \$840  = \$839  | rk_zero;
+  assign \$841  = ~ \$840 ;
+  assign \$842  = streaming & is_gemm;
+  assign \$844  = ~ \$843 ;
+  assign \$845  = r_rdy & \$844 ;
+  assign \$846  = \$signal$265  == 3'h7;
+  assign \$847  = lk + 1'h1;
+  assign \$848  = lk == dec_k_last;
+  assign \$849  = ~ \$signal$258 ;
+  assign \$850  = \$signal$265  + 1'h1;
+  assign \$851  = \a__valid$255  & \a__ready$256 ;
+  assign \$853  = \$signal$258  == \$signal$288 ;
+  assign \$854  = lk > \$signal$289 ;
+  assign \$855  = \$853  & \$854 ;
+  assign \$856  = \$852  | \$855 ;
+  assign \$858  = is_linear | \$857 ;
+  assign \$859  = \$856  & \$858 ;
+  assign \$860  = ~ \$signal$294 ;
+  assign \$861  = \a__valid$255  & \a__ready$256 ;
+  assign \$862  = \$860  | \$861 ;
+  assign \$863  = \$859  & \$862 ;
+  assign \$864  = | feed_blocks;
+  assign \$865  = \$863  & \$864 ;
+  assign \$866  = \$signal$289  == dec_k_last;
+  assign \$867  = \$signal$289  == dec_k_last;
+  assign \$868  = fnt == dec_nt_last;
+  assign \$869  = ~ \$signal$288 ;
+  assign \$870  = feed_blocks - 1'h1;
+  assign \$871  = fnt + 1'h1;
+  assign \$872  = \$signal$289  + 1'h1;
+  assign \$874  = ~ \$873 ;
+  assign \$875  = \r_rdy$211  & \$874 ;
+  assign \$876  = ~ is_linear;
+  assign \$877  = \$875  & \$876 ;
+  assign \$878  = w_load_lane == 3'h7;
+  assign \$879  = w_load_k + 1'h1;
+  assign \$880  = w_load_addr + 1'h1;
+  assign \$881  = w_load_k == dec_k_last;
+  assign \$882  = w_load_nt + 1'h1;
+  assign \$883  = w_load_nt == dec_nt_last;
+  assign \$884  = ~ w_load_half;
+  assign \$885  = w_load_lane + 1'h1;
+  assign \$887  = \$signal$258  == \$signal$288 ;
+  assign \$888  = lk > \$signal$289 ;
+  assign \$889  = \$887  & \$888 ;
+  assign \$890  = \$886  | \$889 ;
+  assign \$892  = is_linear | \$891 ;
+  assign \$893  = \$890  & \$892 ;
+  assign \$894  = ~ \$signal$294 ;
+  assign \$895  = \a__valid$255  & \a__ready$256 ;
+  assign \$896  = \$894  | \$895 ;
+  assign \$897  = \$893  & \$896 ;
+  assign \$898  = | feed_blocks;
+  assign \$899  = \$897  & \$898 ;
+  assign \$900  = ~ is_linear;
+  assign \$901  = \$899  & \$900 ;
+  assign \$902  = \$signal$289  == dec_k_last;
+  assign \$903  = fnt == dec_nt_last;
+  assign \$904  = feed_mt == dec_mt_last;
+  assign \$905  = ~ w_feed_half;
+  assign \$906  = feed_mt + 1'h1;
+  assign \$907  = feed_ntk + ins[87:72];
+  assign \$908  = streaming & is_gemm;
+  assign \$909  = post_gelu | post_add;
+  assign \$910  = \$908  & \$909 ;
+  assign \$911  = post_col == 3'h7;
+  assign \$912  = post_col + 1'h1;
+  assign \$913  = \$911  ? 4'h0 : \$912 ;
   always @(posedge clk)
-    is_end <= \$906 ;
+    is_end <= \$914 ;
   always @(posedge clk)
-    is_load <= \$907 ;
+    is_load <= \$915 ;
   always @(posedge clk)
-    is_store <= \$908 ;
+    is_store <= \$916 ;
   always @(posedge clk)
-    is_linear <= \$909 ;
+    is_linear <= \$917 ;
   always @(posedge clk)
-    is_matmul <= \$910 ;
+    is_matmul <= \$918 ;
   always @(posedge clk)
-    is_softmax <= \$911 ;
+    is_softmax <= \$919 ;
   always @(posedge clk)
-    is_gelu <= \$912 ;
+    is_gelu <= \$920 ;
   always @(posedge clk)
-    is_layernorm <= \$913 ;
+    is_layernorm <= \$921 ;
   always @(posedge clk)
-    is_add <= \$914 ;
+    is_add <= \$922 ;
   always @(posedge clk)
-    is_im2col <= \$915 ;
+    is_im2col <= \$923 ;
   always @(posedge clk)
-    is_concat <= \$916 ;
+    is_concat <= \$924 ;
   always @(posedge clk)
-    is_split_heads <= \$917 ;
+    is_split_heads <= \$925 ;
   always @(posedge clk)
-    is_merge_heads <= \$918 ;
+    is_merge_heads <= \$926 ;
   always @(posedge clk)
-    is_transpose <= \$919 ;
+    is_transpose <= \$927 ;
   always @(posedge clk)
-    is_select <= \$920 ;
+    is_select <= \$928 ;
   always @(posedge clk)
-    op_onehot <= \$921 ;
+    op_onehot <= \$929 ;
   always @(posedge clk)
-    is_gemm <= \$922 ;
+    is_gemm <= \$930 ;
   always @(posedge clk)
-    post_gelu <= \$923 ;
+    post_gelu <= \$931 ;
   always @(posedge clk)
-    post_add <= \$924 ;
+    post_add <= \$932 ;
   always @(posedge clk)
-    src0_inflight <= \$925 ;
+    src0_inflight <= \$933 ;
   always @(posedge clk)
-    src0_meta <= \$926 ;
+    src0_meta <= \$934 ;
   always @(posedge clk)
-    src1_inflight <= \$927 ;
+    src1_inflight <= \$935 ;
   always @(posedge clk)
-    src1_meta <= \$928 ;
+    src1_meta <= \$936 ;
   always @(posedge clk)
-    is_move <= \$929 ;
+    is_move <= \$937 ;
   always @(posedge clk)
-    unit_is0 <= \$930 ;
+    unit_is0 <= \$938 ;
   always @(posedge clk)
-    dec_mt <= \$931 ;
+    dec_mt <= \$939 ;
   always @(posedge clk)
-    dec_nt <= \$932 ;
+    dec_nt <= \$940 ;
   always @(posedge clk)
-    dec_k_last <= \$933 ;
+    dec_k_last <= \$941 ;
   always @(posedge clk)
-    dec_c_lb <= \$934 ;
+    dec_c_lb <= \$942 ;
   always @(posedge clk)
-    dec_mt_last <= \$935 ;
+    dec_mt_last <= \$943 ;
   always @(posedge clk)
-    dec_nt_last <= \$936 ;
+    dec_nt_last <= \$944 ;
   always @(posedge clk)
-    dec_blocks <= \$937 ;
+    dec_blocks <= \$945 ;
   always @(posedge clk)
-    dec_c_base <= \$938 ;
+    dec_c_base <= \$946 ;
   always @(posedge clk)
-    dec_tiles <= \$939 ;
+    dec_tiles <= \$947 ;
   always @(posedge clk)
-    dec_ext_base <= \$940 ;
+    dec_ext_base <= \$948 ;
   always @(posedge clk)
-    ext_req_valid <= \$941 ;
+    ext_req_valid <= \$949 ;
   always @(posedge clk)
-    cycles <= \$942 ;
+    cycles <= \$950 ;
   always @(posedge clk)
-    op_cycles__0 <= \$943 ;
+    op_cycles__0 <= \$951 ;
   always @(posedge clk)
-    op_cycles__1 <= \$944 ;
+    op_cycles__1 <= \$952 ;
   always @(posedge clk)
-    op_cycles__2 <= \$945 ;
+    op_cycles__2 <= \$953 ;
   always @(posedge clk)
-    op_cycles__3 <= \$946 ;
+    op_cycles__3 <= \$954 ;
   always @(posedge clk)
-    op_cycles__4 <= \$947 ;
+    op_cycles__4 <= \$955 ;
   always @(posedge clk)
-    op_cycles__5 <= \$948 ;
+    op_cycles__5 <= \$956 ;
   always @(posedge clk)
-    op_cycles__6 <= \$949 ;
+    op_cycles__6 <= \$957 ;
   always @(posedge clk)
-    op_cycles__7 <= \$950 ;
+    op_cycles__7 <= \$958 ;
   always @(posedge clk)
-    op_cycles__8 <= \$951 ;
+    op_cycles__8 <= \$959 ;
   always @(posedge clk)
-    op_cycles__9 <= \$952 ;
+    op_cycles__9 <= \$960 ;
   always @(posedge clk)
-    op_cycles__10 <= \$953 ;
+    op_cycles__10 <= \$961 ;
   always @(posedge clk)
-    op_cycles__11 <= \$954 ;
+    op_cycles__11 <= \$962 ;
   always @(posedge clk)
-    op_cycles__12 <= \$955 ;
+    op_cycles__12 <= \$963 ;
   always @(posedge clk)
-    op_cycles__13 <= \$956 ;
+    op_cycles__13 <= \$964 ;
   always @(posedge clk)
-    op_cycles__14 <= \$957 ;
+    op_cycles__14 <= \$965 ;
   always @(posedge clk)
-    op_cycles__15 <= \$958 ;
+    op_cycles__15 <= \$966 ;
   always @(posedge clk)
-    pc <= \$959 ;
+    pc <= \$967 ;
   always @(posedge clk)
-    busy <= \$960 ;
+    busy <= \$968 ;
   always @(posedge clk)
-    done <= \$961 ;
+    done <= \$969 ;
   always @(posedge clk)
-    error <= \$962 ;
+    error <= \$970 ;
   always @(posedge clk)
-    fetch_sent <= \$963 ;
+    fetch_sent <= \$971 ;
   always @(posedge clk)
-    \$signal$423  <= \$964 ;
+    \$signal$423  <= \$972 ;
   always @(posedge clk)
-    \$signal$424  <= \$965 ;
+    \$signal$424  <= \$973 ;
   always @(posedge clk)
-    images_left <= \$966 ;
+    images_left <= \$974 ;
   always @(posedge clk)
-    offset <= \$967 ;
+    offset <= \$975 ;
   always @(posedge clk)
-    seq_state <= \$968 ;
+    seq_state <= \$976 ;
   always @(posedge clk)
-    ins <= \$969 ;
+    ins <= \$977 ;
   always @(posedge clk)
-    decode_wait <= \$970 ;
+    decode_wait <= \$978 ;
   always @(posedge clk)
-    c_addr <= \$971 ;
+    c_addr <= \$979 ;
   always @(posedge clk)
-    c_ask <= \$972 ;
+    c_ask <= \$980 ;
   always @(posedge clk)
-    c_due <= \$973 ;
+    c_due <= \$981 ;
   always @(posedge clk)
-    ext_req_addr <= \$974 ;
+    ext_req_addr <= \$982 ;
   always @(posedge clk)
-    ext_req_data <= \$975 ;
+    ext_req_data <= \$983 ;
   always @(posedge clk)
-    pack_full <= \$976 ;
+    pack_full <= \$984 ;
   always @(posedge clk)
-    pack_a0 <= \$977 ;
+    pack_a0 <= \$985 ;
   always @(posedge clk)
-    pack_a1 <= \$978 ;
+    pack_a1 <= \$986 ;
   always @(posedge clk)
-    pack_a2 <= \$979 ;
+    pack_a2 <= \$987 ;
   always @(posedge clk)
-    pack_a3 <= \$980 ;
+    pack_a3 <= \$988 ;
   always @(posedge clk)
-    pack_b0 <= \$981 ;
+    pack_b0 <= \$989 ;
   always @(posedge clk)
-    pack_b1 <= \$982 ;
+    pack_b1 <= \$990 ;
   always @(posedge clk)
-    pack_b2 <= \$983 ;
+    pack_b2 <= \$991 ;
   always @(posedge clk)
-    pack_b3 <= \$984 ;
+    pack_b3 <= \$992 ;
   always @(posedge clk)
-    pack_j <= \$985 ;
+    pack_j <= \$993 ;
   always @(posedge clk)
-    pack_jo <= \$986 ;
+    pack_jo <= \$994 ;
   always @(posedge clk)
-    tiles <= \$987 ;
+    tiles <= \$995 ;
   always @(posedge clk)
-    nt <= \$988 ;
+    nt <= \$996 ;
   always @(posedge clk)
-    k <= \$989 ;
+    k <= \$997 ;
   always @(posedge clk)
-    w_addr <= \$990 ;
+    w_addr <= \$998 ;
   always @(posedge clk)
-    p_addr <= \$991 ;
+    p_addr <= \$999 ;
   always @(posedge clk)
-    want_w <= \$992 ;
+    want_w <= \$1000 ;
   always @(posedge clk)
-    rk <= \$993 ;
+    \$signal$245  <= \$1001 ;
   always @(posedge clk)
-    w_full <= \$994 ;
+    \$signal$434  <= \$1002 ;
   always @(posedge clk)
-    w_lane0 <= \$995 ;
+    nt_hit <= \$1003 ;
   always @(posedge clk)
-    w_lane1 <= \$996 ;
+    rk <= \$1004 ;
   always @(posedge clk)
-    w_lane2 <= \$997 ;
+    rk_zero <= \$1005 ;
   always @(posedge clk)
-    w_lane3 <= \$998 ;
+    w_full <= \$1006 ;
   always @(posedge clk)
-    w_lane4 <= \$999 ;
+    w_lane0 <= \$1007 ;
   always @(posedge clk)
-    w_lane5 <= \$1000 ;
+    w_lane1 <= \$1008 ;
   always @(posedge clk)
-    w_lane6 <= \$1001 ;
+    w_lane2 <= \$1009 ;
   always @(posedge clk)
-    w_lane7 <= \$1002 ;
+    w_lane3 <= \$1010 ;
   always @(posedge clk)
-    a_filled0 <= \$1003 ;
+    w_lane4 <= \$1011 ;
   always @(posedge clk)
-    a_filled1 <= \$1004 ;
+    w_lane5 <= \$1012 ;
   always @(posedge clk)
-    \$signal$258  <= \$1005 ;
+    w_lane6 <= \$1013 ;
   always @(posedge clk)
-    \$signal$265  <= \$1006 ;
+    w_lane7 <= \$1014 ;
   always @(posedge clk)
-    lk <= \$1007 ;
+    a_filled0 <= \$1015 ;
   always @(posedge clk)
-    \$signal$288  <= \$1008 ;
+    a_filled1 <= \$1016 ;
   always @(posedge clk)
-    \$signal$289  <= \$1009 ;
+    \$signal$258  <= \$1017 ;
   always @(posedge clk)
-    fnt <= \$1010 ;
+    \$signal$265  <= \$1018 ;
   always @(posedge clk)
-    feed_blocks <= \$1011 ;
+    lk <= \$1019 ;
   always @(posedge clk)
-    \$signal$294  <= \$1012 ;
+    \$signal$288  <= \$1020 ;
   always @(posedge clk)
-    a_last <= \$1013 ;
+    \$signal$289  <= \$1021 ;
   always @(posedge clk)
-    w_load_lane <= \$1014 ;
+    fnt <= \$1022 ;
   always @(posedge clk)
-    w_load_k <= \$1015 ;
+    feed_blocks <= \$1023 ;
   always @(posedge clk)
-    w_load_addr <= \$1016 ;
+    \$signal$294  <= \$1024 ;
   always @(posedge clk)
-    w_load_nt <= \$1017 ;
+    a_last <= \$1025 ;
   always @(posedge clk)
-    w_filled0 <= \$1018 ;
+    w_load_lane <= \$1026 ;
   always @(posedge clk)
-    w_filled1 <= \$1019 ;
+    w_load_k <= \$1027 ;
   always @(posedge clk)
-    w_load_half <= \$1020 ;
+    w_load_addr <= \$1028 ;
   always @(posedge clk)
-    feed_ntk <= \$1021 ;
+    w_load_nt <= \$1029 ;
   always @(posedge clk)
-    feed_mt <= \$1022 ;
+    w_filled0 <= \$1030 ;
   always @(posedge clk)
-    w_feed_half <= \$1023 ;
+    w_filled1 <= \$1031 ;
   always @(posedge clk)
-    post_col <= \$1024 ;
+    w_load_half <= \$1032 ;
+  always @(posedge clk)
+    feed_ntk <= \$1033 ;
+  always @(posedge clk)
+    feed_mt <= \$1034 ;
+  always @(posedge clk)
+    w_feed_half <= \$1035 ;
+  always @(posedge clk)
+    post_col <= \$1036 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
@@ -28935,8 +28967,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$13738$0 (src0_meta),
-    .\port$1559$0 (\$signature__data ),
+    .\port$13746$0 (src0_meta),
+    .\port$1567$0 (\$signature__data ),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -28947,8 +28979,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$84 ),
-    .\port$13742$0 (src1_meta),
-    .\port$1560$0 (\$signature__data$92 ),
+    .\port$13750$0 (src1_meta),
+    .\port$1568$0 (\$signature__data$92 ),
     .r_data(\r_data$311 ),
     .r_en(\r_en$212 ),
     .r_rdy(\r_rdy$211 ),
@@ -29021,9 +29053,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$163  = a_filled0;
+          \$160  = a_filled0;
       1'h1:
-          \$163  = a_filled1;
+          \$160  = a_filled1;
     endcase
   end
   always @* begin
@@ -29031,9 +29063,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$168  = a_filled0;
+          \$165  = a_filled0;
       1'h1:
-          \$168  = a_filled1;
+          \$165  = a_filled1;
     endcase
   end
   always @* begin
@@ -29041,9 +29073,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$176  = a_filled0;
+          \$173  = a_filled0;
       1'h1:
-          \$176  = a_filled1;
+          \$173  = a_filled1;
     endcase
   end
   always @* begin
@@ -29051,9 +29083,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$183  = a_filled0;
+          \$180  = a_filled0;
       1'h1:
-          \$183  = a_filled1;
+          \$180  = a_filled1;
     endcase
   end
   always @* begin
@@ -29061,9 +29093,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$190  = a_filled0;
+          \$187  = a_filled0;
       1'h1:
-          \$190  = a_filled1;
+          \$187  = a_filled1;
     endcase
   end
   always @* begin
@@ -29071,9 +29103,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$197  = a_filled0;
+          \$194  = a_filled0;
       1'h1:
-          \$197  = a_filled1;
+          \$194  = a_filled1;
     endcase
   end
   always @* begin
@@ -29081,9 +29113,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$204  = a_filled0;
+          \$201  = a_filled0;
       1'h1:
-          \$204  = a_filled1;
+          \$201  = a_filled1;
     endcase
   end
   always @* begin
@@ -29091,9 +29123,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$211  = a_filled0;
+          \$208  = a_filled0;
       1'h1:
-          \$211  = a_filled1;
+          \$208  = a_filled1;
     endcase
   end
   always @* begin
@@ -29101,9 +29133,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$218  = a_filled0;
+          \$215  = a_filled0;
       1'h1:
-          \$218  = a_filled1;
+          \$215  = a_filled1;
     endcase
   end
   always @* begin
@@ -29111,9 +29143,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$225  = a_filled0;
+          \$222  = a_filled0;
       1'h1:
-          \$225  = a_filled1;
+          \$222  = a_filled1;
     endcase
   end
   always @* begin
@@ -29121,9 +29153,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$230  = w_filled0;
+          \$227  = w_filled0;
       1'h1:
-          \$230  = w_filled1;
+          \$227  = w_filled1;
     endcase
   end
   always @* begin
@@ -29131,9 +29163,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$241  = a_filled0;
+          \$238  = a_filled0;
       1'h1:
-          \$241  = a_filled1;
+          \$238  = a_filled1;
     endcase
   end
   always @* begin
@@ -29141,9 +29173,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$246  = w_filled0;
+          \$243  = w_filled0;
       1'h1:
-          \$246  = w_filled1;
+          \$243  = w_filled1;
     endcase
   end
   always @* begin
@@ -29151,9 +29183,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$257  = a_filled0;
+          \$254  = a_filled0;
       1'h1:
-          \$257  = a_filled1;
+          \$254  = a_filled1;
     endcase
   end
   always @* begin
@@ -29161,9 +29193,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$262  = w_filled0;
+          \$259  = w_filled0;
       1'h1:
-          \$262  = w_filled1;
+          \$259  = w_filled1;
     endcase
   end
   always @* begin
@@ -29171,9 +29203,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$273  = a_filled0;
+          \$270  = a_filled0;
       1'h1:
-          \$273  = a_filled1;
+          \$270  = a_filled1;
     endcase
   end
   always @* begin
@@ -29181,9 +29213,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$278  = w_filled0;
+          \$275  = w_filled0;
       1'h1:
-          \$278  = w_filled1;
+          \$275  = w_filled1;
     endcase
   end
   always @* begin
@@ -29191,9 +29223,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$289  = a_filled0;
+          \$286  = a_filled0;
       1'h1:
-          \$289  = a_filled1;
+          \$286  = a_filled1;
     endcase
   end
   always @* begin
@@ -29201,9 +29233,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$294  = w_filled0;
+          \$291  = w_filled0;
       1'h1:
-          \$294  = w_filled1;
+          \$291  = w_filled1;
     endcase
   end
   always @* begin
@@ -29211,9 +29243,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$305  = a_filled0;
+          \$302  = a_filled0;
       1'h1:
-          \$305  = a_filled1;
+          \$302  = a_filled1;
     endcase
   end
   always @* begin
@@ -29221,9 +29253,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$310  = w_filled0;
+          \$307  = w_filled0;
       1'h1:
-          \$310  = w_filled1;
+          \$307  = w_filled1;
     endcase
   end
   always @* begin
@@ -29231,9 +29263,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$321  = a_filled0;
+          \$318  = a_filled0;
       1'h1:
-          \$321  = a_filled1;
+          \$318  = a_filled1;
     endcase
   end
   always @* begin
@@ -29241,9 +29273,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$326  = w_filled0;
+          \$323  = w_filled0;
       1'h1:
-          \$326  = w_filled1;
+          \$323  = w_filled1;
     endcase
   end
   always @* begin
@@ -29251,9 +29283,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$337  = a_filled0;
+          \$334  = a_filled0;
       1'h1:
-          \$337  = a_filled1;
+          \$334  = a_filled1;
     endcase
   end
   always @* begin
@@ -29261,9 +29293,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$342  = w_filled0;
+          \$339  = w_filled0;
       1'h1:
-          \$342  = w_filled1;
+          \$339  = w_filled1;
     endcase
   end
   always @* begin
@@ -29271,9 +29303,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$352  = w_filled0;
+          \$349  = w_filled0;
       1'h1:
-          \$352  = w_filled1;
+          \$349  = w_filled1;
     endcase
   end
   always @* begin
@@ -29281,9 +29313,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$359  = w_filled0;
+          \$356  = w_filled0;
       1'h1:
-          \$359  = w_filled1;
+          \$356  = w_filled1;
     endcase
   end
   always @* begin
@@ -29291,9 +29323,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$369  = w_filled0;
+          \$366  = w_filled0;
       1'h1:
-          \$369  = w_filled1;
+          \$366  = w_filled1;
     endcase
   end
   always @* begin
@@ -29301,9 +29333,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$378  = w_filled0;
+          \$375  = w_filled0;
       1'h1:
-          \$378  = w_filled1;
+          \$375  = w_filled1;
     endcase
   end
   always @* begin
@@ -29311,9 +29343,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$387  = w_filled0;
+          \$384  = w_filled0;
       1'h1:
-          \$387  = w_filled1;
+          \$384  = w_filled1;
     endcase
   end
   always @* begin
@@ -29321,9 +29353,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$396  = w_filled0;
+          \$393  = w_filled0;
       1'h1:
-          \$396  = w_filled1;
+          \$393  = w_filled1;
     endcase
   end
   always @* begin
@@ -29331,9 +29363,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$405  = w_filled0;
+          \$402  = w_filled0;
       1'h1:
-          \$405  = w_filled1;
+          \$402  = w_filled1;
     endcase
   end
   always @* begin
@@ -29341,9 +29373,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$414  = w_filled0;
+          \$411  = w_filled0;
       1'h1:
-          \$414  = w_filled1;
+          \$411  = w_filled1;
     endcase
   end
   always @* begin
@@ -29351,9 +29383,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$423  = w_filled0;
+          \$420  = w_filled0;
       1'h1:
-          \$423  = w_filled1;
+          \$420  = w_filled1;
     endcase
   end
   always @* begin
@@ -29361,9 +29393,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$433  = a_filled0;
+          \$430  = a_filled0;
       1'h1:
-          \$433  = a_filled1;
+          \$430  = a_filled1;
     endcase
   end
   always @* begin
@@ -29371,9 +29403,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$438  = w_filled0;
+          \$435  = w_filled0;
       1'h1:
-          \$438  = w_filled1;
+          \$435  = w_filled1;
     endcase
   end
   always @* begin
@@ -29381,9 +29413,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$450  = a_filled0;
+          \$447  = a_filled0;
       1'h1:
-          \$450  = a_filled1;
+          \$447  = a_filled1;
     endcase
   end
   always @* begin
@@ -29391,9 +29423,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$455  = w_filled0;
+          \$452  = w_filled0;
       1'h1:
-          \$455  = w_filled1;
+          \$452  = w_filled1;
     endcase
   end
   always @* begin
@@ -29401,9 +29433,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$467  = a_filled0;
+          \$464  = a_filled0;
       1'h1:
-          \$467  = a_filled1;
+          \$464  = a_filled1;
     endcase
   end
   always @* begin
@@ -29411,9 +29443,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$472  = w_filled0;
+          \$469  = w_filled0;
       1'h1:
-          \$472  = w_filled1;
+          \$469  = w_filled1;
     endcase
   end
   always @* begin
@@ -29421,9 +29453,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$484  = a_filled0;
+          \$481  = a_filled0;
       1'h1:
-          \$484  = a_filled1;
+          \$481  = a_filled1;
     endcase
   end
   always @* begin
@@ -29431,9 +29463,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$489  = w_filled0;
+          \$486  = w_filled0;
       1'h1:
-          \$489  = w_filled1;
+          \$486  = w_filled1;
     endcase
   end
   always @* begin
@@ -29441,9 +29473,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$501  = a_filled0;
+          \$498  = a_filled0;
       1'h1:
-          \$501  = a_filled1;
+          \$498  = a_filled1;
     endcase
   end
   always @* begin
@@ -29451,9 +29483,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$506  = w_filled0;
+          \$503  = w_filled0;
       1'h1:
-          \$506  = w_filled1;
+          \$503  = w_filled1;
     endcase
   end
   always @* begin
@@ -29461,9 +29493,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$518  = a_filled0;
+          \$515  = a_filled0;
       1'h1:
-          \$518  = a_filled1;
+          \$515  = a_filled1;
     endcase
   end
   always @* begin
@@ -29471,9 +29503,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$523  = w_filled0;
+          \$520  = w_filled0;
       1'h1:
-          \$523  = w_filled1;
+          \$520  = w_filled1;
     endcase
   end
   always @* begin
@@ -29481,9 +29513,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$535  = a_filled0;
+          \$532  = a_filled0;
       1'h1:
-          \$535  = a_filled1;
+          \$532  = a_filled1;
     endcase
   end
   always @* begin
@@ -29491,9 +29523,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$540  = w_filled0;
+          \$537  = w_filled0;
       1'h1:
-          \$540  = w_filled1;
+          \$537  = w_filled1;
     endcase
   end
   always @* begin
@@ -29501,9 +29533,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$552  = a_filled0;
+          \$549  = a_filled0;
       1'h1:
-          \$552  = a_filled1;
+          \$549  = a_filled1;
     endcase
   end
   always @* begin
@@ -29511,31 +29543,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$557  = w_filled0;
+          \$554  = w_filled0;
       1'h1:
-          \$557  = w_filled1;
+          \$554  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$579  = 32'd0;
+    \$576  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$579  = \o__payload$385 [31:0];
+          \$576  = \o__payload$385 [31:0];
       16'h0001:
-          \$579  = \o__payload$385 [63:32];
+          \$576  = \o__payload$385 [63:32];
       16'h0002:
-          \$579  = \o__payload$385 [95:64];
+          \$576  = \o__payload$385 [95:64];
       16'h0003:
-          \$579  = \o__payload$385 [127:96];
+          \$576  = \o__payload$385 [127:96];
       16'h0004:
-          \$579  = \o__payload$385 [159:128];
+          \$576  = \o__payload$385 [159:128];
       16'h0005:
-          \$579  = \o__payload$385 [191:160];
+          \$576  = \o__payload$385 [191:160];
       16'h0006:
-          \$579  = \o__payload$385 [223:192];
+          \$576  = \o__payload$385 [223:192];
       16'h0007:
-          \$579  = \o__payload$385 [255:224];
+          \$576  = \o__payload$385 [255:224];
     endcase
   end
   always @* begin
@@ -29543,21 +29575,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$595  = \o__payload$385 [31:0];
+          \$592  = \o__payload$385 [31:0];
       3'h1:
-          \$595  = \o__payload$385 [63:32];
+          \$592  = \o__payload$385 [63:32];
       3'h2:
-          \$595  = \o__payload$385 [95:64];
+          \$592  = \o__payload$385 [95:64];
       3'h3:
-          \$595  = \o__payload$385 [127:96];
+          \$592  = \o__payload$385 [127:96];
       3'h4:
-          \$595  = \o__payload$385 [159:128];
+          \$592  = \o__payload$385 [159:128];
       3'h5:
-          \$595  = \o__payload$385 [191:160];
+          \$592  = \o__payload$385 [191:160];
       3'h6:
-          \$595  = \o__payload$385 [223:192];
+          \$592  = \o__payload$385 [223:192];
       3'h7:
-          \$595  = \o__payload$385 [255:224];
+          \$592  = \o__payload$385 [255:224];
     endcase
   end
   always @* begin
@@ -29565,9 +29597,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$835  = a_filled0;
+          \$843  = a_filled0;
       1'h1:
-          \$835  = a_filled1;
+          \$843  = a_filled1;
     endcase
   end
   always @* begin
@@ -29575,9 +29607,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$844  = a_filled0;
+          \$852  = a_filled0;
       1'h1:
-          \$844  = a_filled1;
+          \$852  = a_filled1;
     endcase
   end
   always @* begin
@@ -29585,9 +29617,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$849  = w_filled0;
+          \$857  = w_filled0;
       1'h1:
-          \$849  = w_filled1;
+          \$857  = w_filled1;
     endcase
   end
   always @* begin
@@ -29595,9 +29627,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$865  = w_filled0;
+          \$873  = w_filled0;
       1'h1:
-          \$865  = w_filled1;
+          \$873  = w_filled1;
     endcase
   end
   always @* begin
@@ -29605,9 +29637,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$878  = a_filled0;
+          \$886  = a_filled0;
       1'h1:
-          \$878  = a_filled1;
+          \$886  = a_filled1;
     endcase
   end
   always @* begin
@@ -29615,9 +29647,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$883  = w_filled0;
+          \$891  = w_filled0;
       1'h1:
-          \$883  = w_filled1;
+          \$891  = w_filled1;
     endcase
   end
   always @* begin
@@ -29843,25 +29875,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__addr = \addr$95 [13:0];
-    if (\$578 ) begin
+    if (\$575 ) begin
       wr__addr = \addr$95 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__data = sink_data;
-    if (\$578 ) begin
-      wr__data = \$579 [15:0];
+    if (\$575 ) begin
+      wr__data = \$576 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__en = \$46 ;
-    if (\$578 ) begin
-      wr__en = \$588 ;
+    if (\$575 ) begin
+      wr__en = \$585 ;
     end
-    if (\$594 ) begin
-      wr__en = \$606 ;
+    if (\$591 ) begin
+      wr__en = \$603 ;
     end
   end
   always @* begin
@@ -29874,8 +29906,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         \next$101  = \$102 ;
       end
     end
-    if (\$578 ) begin
-      \next$101  = \$589 ;
+    if (\$575 ) begin
+      \next$101  = \$586 ;
     end
   end
   always @* begin
@@ -29914,7 +29946,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end
     end
     if (\$129 ) begin
-      req__valid = \$130 ;
+      req__valid = \$signal$245 ;
     end
   end
   always @* begin
@@ -29944,8 +29976,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end
     end
     if (\$129 ) begin
-      req__payload[31:0] = \$131 ;
-      req__payload[34:32] = \$132 ;
+      req__payload[31:0] = \$130 ;
+      req__payload[34:32] = \$131 ;
     end
   end
   always @* begin
@@ -29984,12 +30016,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         beat__ready = \valid$100 ;
       end
     end
-    if (\$133 ) begin
+    if (\$132 ) begin
       (* full_case = 32'd1 *)
-      if (\$137 ) begin
+      if (\$134 ) begin
         beat__ready = p__ready;
       end else begin
-        beat__ready = \$140 ;
+        beat__ready = \$137 ;
       end
     end
   end
@@ -30217,7 +30249,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         \$signal  = 1'h1;
       end
     end
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signal  = 1'h1;
     end
   end
@@ -30290,8 +30322,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         r_en = elem_take;
       end
     end
-    if (\$162 ) begin
-      r_en = \$165 ;
+    if (\$159 ) begin
+      r_en = \$162 ;
     end
   end
   always @* begin
@@ -30305,7 +30337,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       end
     end
-    if (\$607 ) begin
+    if (\$604 ) begin
       fault = 4'h5;
     end
   end
@@ -30430,7 +30462,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         elem_valid = r_rdy;
       end
     end
-    if (\$594 ) begin
+    if (\$591 ) begin
       elem_valid = \o__valid$386 ;
     end
   end
@@ -30449,8 +30481,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         elem_data = r_data[15:0];
       end
     end
-    if (\$594 ) begin
-      elem_data = \$595 [15:0];
+    if (\$591 ) begin
+      elem_data = \$592 [15:0];
     end
   end
   always @* begin
@@ -30482,8 +30514,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$108 ) begin
       run1 = add_sel;
     end
-    if (\$162 ) begin
-      if (\$351 ) begin
+    if (\$159 ) begin
+      if (\$348 ) begin
         run1 = 1'h1;
       end
     end
@@ -30494,9 +30526,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$108 ) begin
       \r_en$212  = \$121 ;
     end
-    if (\$162 ) begin
-      if (\$351 ) begin
-        \r_en$212  = \$356 ;
+    if (\$159 ) begin
+      if (\$348 ) begin
+        \r_en$212  = \$353 ;
       end
     end
   end
@@ -30687,8 +30719,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     p__valid = 1'h0;
-    if (\$133 ) begin
-      if (\$137 ) begin
+    if (\$132 ) begin
+      if (\$134 ) begin
         p__valid = beat__valid;
       end
     end
@@ -30698,305 +30730,305 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$143 [2], \$143 [2], \$143 [2], \$143 [2], \$143 [2], \$143 [2], \$143  };
+          elem = { \$140 [2], \$140 [2], \$140 [2], \$140 [2], \$140 [2], \$140 [2], \$140  };
       5'h03:
-          elem = { \$146 [3], \$146 [3], \$146 [3], \$146 [3], \$146 [3], \$146  };
+          elem = { \$143 [3], \$143 [3], \$143 [3], \$143 [3], \$143 [3], \$143  };
       5'h04:
-          elem = { \$149 [4], \$149 [4], \$149 [4], \$149 [4], \$149  };
+          elem = { \$146 [4], \$146 [4], \$146 [4], \$146 [4], \$146  };
       5'h05:
-          elem = { \$152 [5], \$152 [5], \$152 [5], \$152  };
+          elem = { \$149 [5], \$149 [5], \$149 [5], \$149  };
       5'h06:
-          elem = { \$155 [6], \$155 [6], \$155  };
+          elem = { \$152 [6], \$152 [6], \$152  };
       5'h07:
-          elem = { \$158 [7], \$158  };
+          elem = { \$155 [7], \$155  };
       5'h08:
-          elem = \$161 ;
+          elem = \$158 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$261  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$261  = \$167 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$261  = \$164 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$263  = 9'h000;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$263  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$264  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$264  = \$173 ;
+    if (\$159 ) begin
+      \$signature__en$264  = \$170 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$266  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$266  = \$175 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$266  = \$172 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$267  = 9'h000;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$267  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$268  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$268  = \$180 ;
+    if (\$159 ) begin
+      \$signature__en$268  = \$177 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$269  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$269  = \$182 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$269  = \$179 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$270  = 9'h000;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$270  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$271  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$271  = \$187 ;
+    if (\$159 ) begin
+      \$signature__en$271  = \$184 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$272  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$272  = \$189 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$272  = \$186 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$273  = 9'h000;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$273  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$274  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$274  = \$194 ;
+    if (\$159 ) begin
+      \$signature__en$274  = \$191 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$275  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$275  = \$196 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$275  = \$193 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$276  = 9'h000;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$276  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$277  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$277  = \$201 ;
+    if (\$159 ) begin
+      \$signature__en$277  = \$198 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$278  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$278  = \$203 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$278  = \$200 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$279  = 9'h000;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$279  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$280  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$280  = \$208 ;
+    if (\$159 ) begin
+      \$signature__en$280  = \$205 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$281  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$281  = \$210 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$281  = \$207 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$282  = 9'h000;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$282  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$283  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$283  = \$215 ;
+    if (\$159 ) begin
+      \$signature__en$283  = \$212 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$284  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$284  = \$217 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$284  = \$214 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$285  = 9'h000;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$285  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$286  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$286  = \$222 ;
+    if (\$159 ) begin
+      \$signature__en$286  = \$219 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$287  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$287  = \$224 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$287  = \$221 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$290  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$290  = \$238 ;
+    if (\$159 ) begin
+      \$signature__en$290  = \$235 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$296  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$296  = \$240 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$296  = \$237 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$297  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$297  = \$254 ;
+    if (\$159 ) begin
+      \$signature__en$297  = \$251 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$298  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$298  = \$256 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$298  = \$253 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$299  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$299  = \$270 ;
+    if (\$159 ) begin
+      \$signature__en$299  = \$267 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$300  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$300  = \$272 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$300  = \$269 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$301  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$301  = \$286 ;
+    if (\$159 ) begin
+      \$signature__en$301  = \$283 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$302  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$302  = \$288 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$302  = \$285 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$303  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$303  = \$302 ;
+    if (\$159 ) begin
+      \$signature__en$303  = \$299 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$304  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$304  = \$304 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$304  = \$301 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$305  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$305  = \$318 ;
+    if (\$159 ) begin
+      \$signature__en$305  = \$315 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$306  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$306  = \$320 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$306  = \$317 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$307  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$307  = \$334 ;
+    if (\$159 ) begin
+      \$signature__en$307  = \$331 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$308  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$308  = \$336 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$308  = \$333 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$309  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$309  = \$350 ;
+    if (\$159 ) begin
+      \$signature__en$309  = \$347 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     welem = 8'h00;
-    if (\$162 ) begin
+    if (\$159 ) begin
       casez (ins[21:17])
         5'h02:
             welem = { \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1:0] };
@@ -31018,294 +31050,294 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$313  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$313  = \$358 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$313  = \$355 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$315  = 8'h00;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$315  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$316  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$316  = \$366 ;
+    if (\$159 ) begin
+      \$signature__en$316  = \$363 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$318  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$318  = \$368 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$318  = \$365 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$319  = 8'h00;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$319  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$320  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$320  = \$375 ;
+    if (\$159 ) begin
+      \$signature__en$320  = \$372 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$321  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$321  = \$377 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$321  = \$374 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$322  = 8'h00;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$322  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$323  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$323  = \$384 ;
+    if (\$159 ) begin
+      \$signature__en$323  = \$381 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$324  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$324  = \$386 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$324  = \$383 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$325  = 8'h00;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$325  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$326  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$326  = \$393 ;
+    if (\$159 ) begin
+      \$signature__en$326  = \$390 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$327  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$327  = \$395 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$327  = \$392 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$328  = 8'h00;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$328  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$329  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$329  = \$402 ;
+    if (\$159 ) begin
+      \$signature__en$329  = \$399 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$330  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$330  = \$404 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$330  = \$401 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$331  = 8'h00;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$331  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$332  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$332  = \$411 ;
+    if (\$159 ) begin
+      \$signature__en$332  = \$408 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$333  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$333  = \$413 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$333  = \$410 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$334  = 8'h00;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$334  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$335  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$335  = \$420 ;
+    if (\$159 ) begin
+      \$signature__en$335  = \$417 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$336  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$336  = \$422 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$336  = \$419 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$337  = 8'h00;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \$signature__data$337  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$338  = 1'h0;
-    if (\$162 ) begin
-      \$signature__en$338  = \$429 ;
+    if (\$159 ) begin
+      \$signature__en$338  = \$426 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$339  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$339  = \$432 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$339  = \$429 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$341  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$341  = \$446 ;
+    if (\$159 ) begin
+      \$signature__en$341  = \$443 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$342  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$342  = \$449 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$342  = \$446 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$343  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$343  = \$463 ;
+    if (\$159 ) begin
+      \$signature__en$343  = \$460 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$344  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$344  = \$466 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$344  = \$463 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$345  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$345  = \$480 ;
+    if (\$159 ) begin
+      \$signature__en$345  = \$477 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$346  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$346  = \$483 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$346  = \$480 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$347  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$347  = \$497 ;
+    if (\$159 ) begin
+      \$signature__en$347  = \$494 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$348  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$348  = \$500 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$348  = \$497 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$349  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$349  = \$514 ;
+    if (\$159 ) begin
+      \$signature__en$349  = \$511 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$350  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$350  = \$517 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$350  = \$514 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$351  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$351  = \$531 ;
+    if (\$159 ) begin
+      \$signature__en$351  = \$528 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$352  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$352  = \$534 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$352  = \$531 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$353  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$353  = \$548 ;
+    if (\$159 ) begin
+      \$signature__en$353  = \$545 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$354  = 9'h000;
-    if (\$162 ) begin
-      \$signature__addr$354  = \$551 [8:0];
+    if (\$159 ) begin
+      \$signature__addr$354  = \$548 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$355  = 1'h1;
-    if (\$162 ) begin
-      \$signature__en$355  = \$565 ;
+    if (\$159 ) begin
+      \$signature__en$355  = \$562 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \a__valid$255  = 1'h0;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \a__valid$255  = \$signal$294 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \a__payload$356  = 73'h0000000000000000000;
-    if (\$162 ) begin
+    if (\$159 ) begin
       \a__payload$356 [72] = a_last;
       \a__payload$356 [8:0] = \$signature__data$359 ;
       \a__payload$356 [17:9] = \$signature__data$360 ;
@@ -31320,450 +31352,306 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__valid = 1'h0;
-    if (\$162 ) begin
-      w__valid = \$566 ;
+    if (\$159 ) begin
+      w__valid = \$563 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__payload = 64'h0000000000000000;
-    if (\$162 ) begin
-      w__payload[7:0] = \$567 ;
-      w__payload[15:8] = \$568 ;
-      w__payload[23:16] = \$569 ;
-      w__payload[31:24] = \$570 ;
-      w__payload[39:32] = \$571 ;
-      w__payload[47:40] = \$572 ;
-      w__payload[55:48] = \$573 ;
-      w__payload[63:56] = \$574 ;
+    if (\$159 ) begin
+      w__payload[7:0] = \$564 ;
+      w__payload[15:8] = \$565 ;
+      w__payload[23:16] = \$566 ;
+      w__payload[31:24] = \$567 ;
+      w__payload[39:32] = \$568 ;
+      w__payload[47:40] = \$569 ;
+      w__payload[55:48] = \$570 ;
+      w__payload[63:56] = \$571 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \o__ready$390  = 1'h0;
-    if (\$578 ) begin
-      \o__ready$390  = \$591 ;
+    if (\$575 ) begin
+      \o__ready$390  = \$588 ;
     end
-    if (\$594 ) begin
-      \o__ready$390  = \$597 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$906  = \$609 ;
-    if (rst) begin
-      \$906  = 1'h0;
+    if (\$591 ) begin
+      \o__ready$390  = \$594 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$907  = \$610 ;
-    if (rst) begin
-      \$907  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$908  = \$611 ;
-    if (rst) begin
-      \$908  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$909  = \$612 ;
-    if (rst) begin
-      \$909  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$910  = \$613 ;
-    if (rst) begin
-      \$910  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$911  = \$614 ;
-    if (rst) begin
-      \$911  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$912  = \$615 ;
-    if (rst) begin
-      \$912  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$913  = \$616 ;
-    if (rst) begin
-      \$913  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$914  = \$617 ;
+    \$914  = \$606 ;
     if (rst) begin
       \$914  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$915  = \$618 ;
+    \$915  = \$607 ;
     if (rst) begin
       \$915  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$916  = \$619 ;
+    \$916  = \$608 ;
     if (rst) begin
       \$916  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$917  = \$620 ;
+    \$917  = \$609 ;
     if (rst) begin
       \$917  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$918  = \$621 ;
+    \$918  = \$610 ;
     if (rst) begin
       \$918  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$919  = \$622 ;
+    \$919  = \$611 ;
     if (rst) begin
       \$919  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$920  = \$623 ;
+    \$920  = \$612 ;
     if (rst) begin
       \$920  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$921  = \$624 [15:0];
+    \$921  = \$613 ;
     if (rst) begin
-      \$921  = 16'h0000;
+      \$921  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$922  = \$627 ;
+    \$922  = \$614 ;
     if (rst) begin
       \$922  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$923  = \$630 ;
+    \$923  = \$615 ;
     if (rst) begin
       \$923  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$924  = \$633 ;
+    \$924  = \$616 ;
     if (rst) begin
       \$924  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$925  = \$635 ;
+    \$925  = \$617 ;
     if (rst) begin
       \$925  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$926  = { \$636 , \final$407 , \last__4$406  };
+    \$926  = \$618 ;
     if (rst) begin
-      \$926  = 3'h0;
+      \$926  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$927  = \$638 ;
+    \$927  = \$619 ;
     if (rst) begin
       \$927  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$928  = { \$639 , \final$410 , \last__4$409  };
+    \$928  = \$620 ;
     if (rst) begin
-      \$928  = 3'h0;
+      \$928  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$929  = \$646 ;
+    \$929  = \$621 [15:0];
     if (rst) begin
-      \$929  = 1'h0;
+      \$929  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$930  = \$648 ;
+    \$930  = \$624 ;
     if (rst) begin
       \$930  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$931  = \$651 [15:0];
+    \$931  = \$627 ;
     if (rst) begin
-      \$931  = 16'h0000;
+      \$931  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$932  = \$654 [15:0];
+    \$932  = \$630 ;
     if (rst) begin
-      \$932  = 16'h0000;
+      \$932  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$933  = \$655 [15:0];
+    \$933  = \$632 ;
     if (rst) begin
-      \$933  = 16'h0000;
+      \$933  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$934  = c_lb;
+    \$934  = { \$633 , \final$407 , \last__4$406  };
     if (rst) begin
       \$934  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$935  = \$656 [15:0];
+    \$935  = \$635 ;
     if (rst) begin
-      \$935  = 16'h0000;
+      \$935  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$936  = \$657 [15:0];
+    \$936  = { \$636 , \final$410 , \last__4$409  };
     if (rst) begin
-      \$936  = 16'h0000;
+      \$936  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$937  = \$658 ;
+    \$937  = \$643 ;
     if (rst) begin
-      \$937  = 32'd0;
+      \$937  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$938  = \$663 [31:0];
+    \$938  = \$645 ;
     if (rst) begin
-      \$938  = 32'd0;
+      \$938  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$939  = \$664 [31:0];
+    \$939  = \$648 [15:0];
     if (rst) begin
-      \$939  = 32'd0;
+      \$939  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$940  = \$668 [31:0];
+    \$940  = \$651 [15:0];
     if (rst) begin
-      \$940  = 32'd0;
+      \$940  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$941  = ext_req_valid;
+    \$941  = \$652 [15:0];
+    if (rst) begin
+      \$941  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$942  = c_lb;
+    if (rst) begin
+      \$942  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$943  = \$653 [15:0];
+    if (rst) begin
+      \$943  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$944  = \$654 [15:0];
+    if (rst) begin
+      \$944  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$945  = \$655 ;
+    if (rst) begin
+      \$945  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$946  = \$660 [31:0];
+    if (rst) begin
+      \$946  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$947  = \$661 [31:0];
+    if (rst) begin
+      \$947  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$948  = \$665 [31:0];
+    if (rst) begin
+      \$948  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$949  = ext_req_valid;
     if (in_decode) begin
-      \$941  = 1'h0;
+      \$949  = 1'h0;
     end
     if (streaming) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$772 ) begin
-          \$941  = valid;
+        if (\$770 ) begin
+          \$949  = valid;
         end
       end else if (is_store) begin
-        if (\$776 ) begin
-          \$941  = \$780 ;
+        if (\$774 ) begin
+          \$949  = \$778 ;
         end
       end
     end
     if (rst) begin
-      \$941  = 1'h0;
+      \$949  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$942  = cycles;
+    \$950  = cycles;
     if (busy) begin
-      \$942  = \$669 [47:0];
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$942  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$942  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$943  = op_cycles__0;
-    if (busy) begin
-      if (\$670 ) begin
-        \$943  = \$671 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$943  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$943  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$944  = op_cycles__1;
-    if (busy) begin
-      if (\$672 ) begin
-        \$944  = \$673 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$944  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$944  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$945  = op_cycles__2;
-    if (busy) begin
-      if (\$674 ) begin
-        \$945  = \$675 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$945  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$945  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$946  = op_cycles__3;
-    if (busy) begin
-      if (\$676 ) begin
-        \$946  = \$677 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$946  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$946  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$947  = op_cycles__4;
-    if (busy) begin
-      if (\$678 ) begin
-        \$947  = \$679 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$947  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$947  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$948  = op_cycles__5;
-    if (busy) begin
-      if (\$680 ) begin
-        \$948  = \$681 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$948  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$948  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$949  = op_cycles__6;
-    if (busy) begin
-      if (\$682 ) begin
-        \$949  = \$683 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$949  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$949  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$950  = op_cycles__7;
-    if (busy) begin
-      if (\$684 ) begin
-        \$950  = \$685 [47:0];
-      end
+      \$950  = \$666 [47:0];
     end
     casez (seq_state)
       3'h0:
@@ -31777,10 +31665,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$951  = op_cycles__8;
+    \$951  = op_cycles__0;
     if (busy) begin
-      if (\$686 ) begin
-        \$951  = \$687 [47:0];
+      if (\$667 ) begin
+        \$951  = \$668 [47:0];
       end
     end
     casez (seq_state)
@@ -31795,10 +31683,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$952  = op_cycles__9;
+    \$952  = op_cycles__1;
     if (busy) begin
-      if (\$688 ) begin
-        \$952  = \$689 [47:0];
+      if (\$669 ) begin
+        \$952  = \$670 [47:0];
       end
     end
     casez (seq_state)
@@ -31813,10 +31701,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$953  = op_cycles__10;
+    \$953  = op_cycles__2;
     if (busy) begin
-      if (\$690 ) begin
-        \$953  = \$691 [47:0];
+      if (\$671 ) begin
+        \$953  = \$672 [47:0];
       end
     end
     casez (seq_state)
@@ -31831,10 +31719,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$954  = op_cycles__11;
+    \$954  = op_cycles__3;
     if (busy) begin
-      if (\$692 ) begin
-        \$954  = \$693 [47:0];
+      if (\$673 ) begin
+        \$954  = \$674 [47:0];
       end
     end
     casez (seq_state)
@@ -31849,10 +31737,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$955  = op_cycles__12;
+    \$955  = op_cycles__4;
     if (busy) begin
-      if (\$694 ) begin
-        \$955  = \$695 [47:0];
+      if (\$675 ) begin
+        \$955  = \$676 [47:0];
       end
     end
     casez (seq_state)
@@ -31867,10 +31755,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$956  = op_cycles__13;
+    \$956  = op_cycles__5;
     if (busy) begin
-      if (\$696 ) begin
-        \$956  = \$697 [47:0];
+      if (\$677 ) begin
+        \$956  = \$678 [47:0];
       end
     end
     casez (seq_state)
@@ -31885,10 +31773,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$957  = op_cycles__14;
+    \$957  = op_cycles__6;
     if (busy) begin
-      if (\$698 ) begin
-        \$957  = \$699 [47:0];
+      if (\$679 ) begin
+        \$957  = \$680 [47:0];
       end
     end
     casez (seq_state)
@@ -31903,10 +31791,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$958  = op_cycles__15;
+    \$958  = op_cycles__7;
     if (busy) begin
-      if (\$700 ) begin
-        \$958  = \$701 [47:0];
+      if (\$681 ) begin
+        \$958  = \$682 [47:0];
       end
     end
     casez (seq_state)
@@ -31921,243 +31809,168 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$959  = pc;
+    \$959  = op_cycles__8;
+    if (busy) begin
+      if (\$683 ) begin
+        \$959  = \$684 [47:0];
+      end
+    end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$959  = prog;
+            \$959  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$959  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$960  = op_cycles__9;
+    if (busy) begin
+      if (\$685 ) begin
+        \$960  = \$686 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$960  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$960  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$961  = op_cycles__10;
+    if (busy) begin
+      if (\$687 ) begin
+        \$961  = \$688 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$961  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$961  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$962  = op_cycles__11;
+    if (busy) begin
+      if (\$689 ) begin
+        \$962  = \$690 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$962  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$962  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$963  = op_cycles__12;
+    if (busy) begin
+      if (\$691 ) begin
+        \$963  = \$692 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$963  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$963  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$964  = op_cycles__13;
+    if (busy) begin
+      if (\$693 ) begin
+        \$964  = \$694 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$964  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$964  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$965  = op_cycles__14;
+    if (busy) begin
+      if (\$695 ) begin
+        \$965  = \$696 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$965  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$965  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$966  = op_cycles__15;
+    if (busy) begin
+      if (\$697 ) begin
+        \$966  = \$698 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$966  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$966  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$967  = pc;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$967  = prog;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$706 ) begin
-          end else if (\$708 ) begin
-            \$959  = \$signal$423 ;
+          if (\$703 ) begin
+          end else if (\$705 ) begin
+            \$967  = \$signal$423 ;
           end
       3'h3:
           /* empty */;
       3'h4:
-          if (\$746 ) begin
-            \$959  = \$747 [31:0];
-          end
-    endcase
-    if (rst) begin
-      \$959  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$960  = busy;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$960  = 1'h1;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$706 ) begin
-          end else if (\$708 ) begin
-          end else if (is_end) begin
-            \$960  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$770 ) begin
-            \$960  = 1'h0;
-          end
-    endcase
-    if (rst) begin
-      \$960  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$961  = done;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$961  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$706 ) begin
-          end else if (\$708 ) begin
-          end else if (is_end) begin
-            \$961  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$770 ) begin
-            \$961  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$961  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$962  = error;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$962  = 4'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$962  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$962  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$706 ) begin
-          end else if (\$708 ) begin
-          end else if (is_end) begin
-          end else if (\$719 ) begin
-            \$962  = 4'h2;
-          end else if (\$723 ) begin
-            \$962  = 4'h1;
-          end else if (\$724 ) begin
-          end else if (\$727 ) begin
-          end else if (unit_known) begin
-          end else begin
-            \$962  = 4'h1;
-          end
-          if (start) begin
-            \$962  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$735 ) begin
-            if (beat__payload[512]) begin
-              \$962  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$962  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (\$755 ) begin
-            \$962  = 4'h3;
-          end
-          if (\$760 ) begin
-            \$962  = 4'h3;
-          end
-          if (\$768 ) begin
-            \$962  = 4'h3;
-          end
-          if (\$769 ) begin
-            \$962  = fault;
-          end
-          if (start) begin
-            \$962  = 4'h6;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$962  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$963  = fetch_sent;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$963  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (\$705 ) begin
-            \$963  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$963  = 1'h0;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$963  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$964  = \$signal$423 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$964  = prog;
-          end
-    endcase
-    if (rst) begin
-      \$964  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$965  = \$signal$424 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$965  = image_stride;
-          end
-    endcase
-    if (rst) begin
-      \$965  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$966  = images_left;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$966  = \$703 ;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$706 ) begin
-          end else if (\$708 ) begin
-            \$966  = \$729 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$966  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$967  = offset;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$967  = 32'd0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$706 ) begin
-          end else if (\$708 ) begin
-            \$967  = \$730 [31:0];
+          if (\$744 ) begin
+            \$967  = \$745 [31:0];
           end
     endcase
     if (rst) begin
@@ -32166,363 +31979,439 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$968  = seq_state;
+    \$968  = busy;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$968  = 1'h1;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$703 ) begin
+          end else if (\$705 ) begin
+          end else if (is_end) begin
+            \$968  = 1'h0;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$768 ) begin
+            \$968  = 1'h0;
+          end
+    endcase
+    if (rst) begin
+      \$968  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$969  = done;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$969  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$703 ) begin
+          end else if (\$705 ) begin
+          end else if (is_end) begin
+            \$969  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$768 ) begin
+            \$969  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$969  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$970  = error;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$970  = 4'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$970  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$970  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$703 ) begin
+          end else if (\$705 ) begin
+          end else if (is_end) begin
+          end else if (\$716 ) begin
+            \$970  = 4'h2;
+          end else if (\$720 ) begin
+            \$970  = 4'h1;
+          end else if (\$721 ) begin
+          end else if (\$724 ) begin
+          end else if (unit_known) begin
+          end else begin
+            \$970  = 4'h1;
+          end
+          if (start) begin
+            \$970  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$733 ) begin
+            if (beat__payload[512]) begin
+              \$970  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$970  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (\$753 ) begin
+            \$970  = 4'h3;
+          end
+          if (\$758 ) begin
+            \$970  = 4'h3;
+          end
+          if (\$766 ) begin
+            \$970  = 4'h3;
+          end
+          if (\$767 ) begin
+            \$970  = fault;
+          end
+          if (start) begin
+            \$970  = 4'h6;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$970  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$971  = fetch_sent;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$971  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (\$702 ) begin
+            \$971  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$971  = 1'h0;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$971  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$972  = \$signal$423 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$972  = prog;
+          end
+    endcase
+    if (rst) begin
+      \$972  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$973  = \$signal$424 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$973  = image_stride;
+          end
+    endcase
+    if (rst) begin
+      \$973  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$974  = images_left;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$974  = \$700 ;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$703 ) begin
+          end else if (\$705 ) begin
+            \$974  = \$726 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$974  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$975  = offset;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$975  = 32'd0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$703 ) begin
+          end else if (\$705 ) begin
+            \$975  = \$727 [31:0];
+          end
+    endcase
+    if (rst) begin
+      \$975  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$976  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$968  = 3'h1;
+            \$976  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$968  = 3'h5;
+              \$976  = 3'h5;
             end else begin
-              \$968  = 3'h2;
+              \$976  = 3'h2;
             end
           end
           if (start) begin
-            \$968  = 3'h5;
+            \$976  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$706 ) begin
-          end else if (\$708 ) begin
-            \$968  = 3'h1;
+          if (\$703 ) begin
+          end else if (\$705 ) begin
+            \$976  = 3'h1;
           end else if (is_end) begin
-            \$968  = 3'h0;
-          end else if (\$719 ) begin
-            \$968  = 3'h5;
-          end else if (\$723 ) begin
-            \$968  = 3'h5;
+            \$976  = 3'h0;
+          end else if (\$716 ) begin
+            \$976  = 3'h5;
+          end else if (\$720 ) begin
+            \$976  = 3'h5;
+          end else if (\$721 ) begin
+            \$976  = 3'h3;
           end else if (\$724 ) begin
-            \$968  = 3'h3;
-          end else if (\$727 ) begin
-            \$968  = 3'h4;
+            \$976  = 3'h4;
           end else if (unit_known) begin
-            \$968  = 3'h3;
+            \$976  = 3'h3;
           end else begin
-            \$968  = 3'h5;
+            \$976  = 3'h5;
           end
           if (start) begin
-            \$968  = 3'h5;
+            \$976  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$735 ) begin
+          if (\$733 ) begin
             if (beat__payload[512]) begin
-              \$968  = 3'h5;
-            end else if (\$737 ) begin
-              \$968  = 3'h4;
+              \$976  = 3'h5;
+            end else if (\$735 ) begin
+              \$976  = 3'h4;
             end
           end
-          if (\$739 ) begin
-            \$968  = 3'h4;
+          if (\$737 ) begin
+            \$976  = 3'h4;
           end
           if (start) begin
-            \$968  = 3'h5;
+            \$976  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$746 ) begin
-            \$968  = 3'h1;
+          if (\$744 ) begin
+            \$976  = 3'h1;
           end
-          if (\$755 ) begin
-            \$968  = 3'h5;
+          if (\$753 ) begin
+            \$976  = 3'h5;
           end
-          if (\$760 ) begin
-            \$968  = 3'h5;
+          if (\$758 ) begin
+            \$976  = 3'h5;
           end
-          if (\$768 ) begin
-            \$968  = 3'h5;
+          if (\$766 ) begin
+            \$976  = 3'h5;
           end
-          if (\$769 ) begin
-            \$968  = 3'h5;
+          if (\$767 ) begin
+            \$976  = 3'h5;
           end
           if (start) begin
-            \$968  = 3'h5;
+            \$976  = 3'h5;
           end
         end
       3'h5:
-          if (\$770 ) begin
-            \$968  = 3'h0;
+          if (\$768 ) begin
+            \$976  = 3'h0;
           end
       default:
-          \$968  = 3'h0;
+          \$976  = 3'h0;
     endcase
     if (rst) begin
-      \$968  = 3'h0;
+      \$976  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$969  = ins;
+    \$977  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$969  = beat__payload[511:0];
+            \$977  = beat__payload[511:0];
           end
     endcase
     if (rst) begin
-      \$969  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$977  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$970  = decode_wait;
+    \$978  = decode_wait;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$970  = 2'h3;
+            \$978  = 2'h3;
           end
       3'h2:
-          if (\$706 ) begin
-            \$970  = \$728 [1:0];
+          if (\$703 ) begin
+            \$978  = \$725 [1:0];
           end
     endcase
     if (rst) begin
-      \$970  = 2'h0;
+      \$978  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$971  = c_addr;
+    \$979  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$971  = dec_c_base;
+          \$979  = dec_c_base;
       3'h3:
-          if (\$731 ) begin
-            \$971  = \$734 [31:0];
+          if (\$729 ) begin
+            \$979  = \$732 [31:0];
           end
     endcase
     if (rst) begin
-      \$971  = 32'd0;
+      \$979  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$972  = c_ask;
+    \$980  = c_ask;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$972  = { 4'h0, ins[509:498] };
+          \$980  = { 4'h0, ins[509:498] };
       3'h3:
-          if (\$731 ) begin
-            \$972  = \$732 [15:0];
+          if (\$729 ) begin
+            \$980  = \$730 [15:0];
           end
     endcase
-    if (rst) begin
-      \$972  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$973  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$973  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$735 ) begin
-            \$973  = \$736 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$973  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$974  = ext_req_addr;
-    if (streaming) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$772 ) begin
-          \$974  = \$774 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$776 ) begin
-          \$974  = \$782 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$974  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$975  = ext_req_data;
-    if (streaming) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$776 ) begin
-          \$975  = r_data[15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$975  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$976  = pack_full;
-    if (\$786 ) begin
-      if (\$787 ) begin
-        \$976  = 1'h0;
-      end
-      if (\$793 ) begin
-        if (\$795 ) begin
-          \$976  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$976  = 1'h0;
-    end
-    if (rst) begin
-      \$976  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$977  = pack_a0;
-    if (\$786 ) begin
-      if (\$793 ) begin
-        casez (pack_j)
-          3'h0:
-              \$977  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$977  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$978  = pack_a1;
-    if (\$786 ) begin
-      if (\$793 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$978  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$978  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$979  = pack_a2;
-    if (\$786 ) begin
-      if (\$793 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$979  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$979  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$980  = pack_a3;
-    if (\$786 ) begin
-      if (\$793 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$980  = elem_data;
-        endcase
-      end
-    end
     if (rst) begin
       \$980  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$981  = pack_b0;
-    if (\$786 ) begin
-      if (\$793 ) begin
-        casez (pack_j)
-          3'h0:
-              \$981  = \r_data$311 [15:0];
-        endcase
-      end
-    end
+    \$981  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$981  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$733 ) begin
+            \$981  = \$734 [15:0];
+          end
+    endcase
     if (rst) begin
       \$981  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$982  = pack_b1;
-    if (\$786 ) begin
-      if (\$793 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$982  = \r_data$311 [15:0];
-        endcase
+    \$982  = ext_req_addr;
+    if (streaming) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$770 ) begin
+          \$982  = \$772 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$774 ) begin
+          \$982  = \$780 [31:0];
+        end
       end
     end
     if (rst) begin
-      \$982  = 16'h0000;
+      \$982  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$983  = pack_b2;
-    if (\$786 ) begin
-      if (\$793 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$983  = \r_data$311 [15:0];
-        endcase
+    \$983  = ext_req_data;
+    if (streaming) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$774 ) begin
+          \$983  = r_data[15:0];
+        end
       end
     end
     if (rst) begin
@@ -32531,9 +32420,80 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$984  = pack_b3;
-    if (\$786 ) begin
-      if (\$793 ) begin
+    \$984  = pack_full;
+    if (\$784 ) begin
+      if (\$785 ) begin
+        \$984  = 1'h0;
+      end
+      if (\$791 ) begin
+        if (\$793 ) begin
+          \$984  = 1'h1;
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$984  = 1'h0;
+    end
+    if (rst) begin
+      \$984  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$985  = pack_a0;
+    if (\$784 ) begin
+      if (\$791 ) begin
+        casez (pack_j)
+          3'h0:
+              \$985  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$985  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$986  = pack_a1;
+    if (\$784 ) begin
+      if (\$791 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$986  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$986  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$987  = pack_a2;
+    if (\$784 ) begin
+      if (\$791 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$987  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$987  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$988  = pack_a3;
+    if (\$784 ) begin
+      if (\$791 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
@@ -32542,469 +32502,302 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           3'h2:
               /* empty */;
           3'h3:
-              \$984  = \r_data$311 [15:0];
+              \$988  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$984  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$985  = pack_j;
-    if (\$786 ) begin
-      if (\$793 ) begin
-        (* full_case = 32'd1 *)
-        if (\$795 ) begin
-          \$985  = 3'h0;
-        end else begin
-          \$985  = \$796 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$985  = 3'h0;
-    end
-    if (rst) begin
-      \$985  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$986  = pack_jo;
-    if (\$786 ) begin
-      if (\$797 ) begin
-        (* full_case = 32'd1 *)
-        if (\$799 ) begin
-          \$986  = 3'h0;
-        end else begin
-          \$986  = \$800 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$986  = 3'h0;
-    end
-    if (rst) begin
-      \$986  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$987  = tiles;
-    if (in_decode) begin
-      \$987  = dec_tiles;
-    end
-    if (\$801 ) begin
-      if (\$802 ) begin
-        if (\$817 ) begin
-          \$987  = \$818 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$987  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$988  = nt;
-    if (in_decode) begin
       \$988  = 16'h0000;
     end
-    if (\$801 ) begin
-      if (\$802 ) begin
-        if (\$817 ) begin
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$989  = pack_b0;
+    if (\$784 ) begin
+      if (\$791 ) begin
+        casez (pack_j)
+          3'h0:
+              \$989  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$989  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$990  = pack_b1;
+    if (\$784 ) begin
+      if (\$791 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$990  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$990  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$991  = pack_b2;
+    if (\$784 ) begin
+      if (\$791 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$991  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$991  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$992  = pack_b3;
+    if (\$784 ) begin
+      if (\$791 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$992  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$992  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$993  = pack_j;
+    if (\$784 ) begin
+      if (\$791 ) begin
+        (* full_case = 32'd1 *)
+        if (\$793 ) begin
+          \$993  = 3'h0;
+        end else begin
+          \$993  = \$794 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$993  = 3'h0;
+    end
+    if (rst) begin
+      \$993  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$994  = pack_jo;
+    if (\$784 ) begin
+      if (\$795 ) begin
+        (* full_case = 32'd1 *)
+        if (\$797 ) begin
+          \$994  = 3'h0;
+        end else begin
+          \$994  = \$798 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$994  = 3'h0;
+    end
+    if (rst) begin
+      \$994  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$995  = tiles;
+    if (in_decode) begin
+      \$995  = dec_tiles;
+    end
+    if (\$804 ) begin
+      if (\$805 ) begin
+        if (\$820 ) begin
+          \$995  = \$821 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$995  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$996  = nt;
+    if (in_decode) begin
+      \$996  = 16'h0000;
+    end
+    if (\$804 ) begin
+      if (\$805 ) begin
+        if (\$820 ) begin
           (* full_case = 32'd1 *)
-          if (\$819 ) begin
-            \$988  = 16'h0000;
+          if (nt_hit) begin
+            \$996  = 16'h0000;
           end else begin
-            \$988  = \$820 [15:0];
+            \$996  = \$827 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$988  = 16'h0000;
+      \$996  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$989  = k;
+    \$997  = k;
     if (in_decode) begin
-      \$989  = 16'h0000;
+      \$997  = 16'h0000;
     end
-    if (\$801 ) begin
-      if (\$802 ) begin
-        if (\$804 ) begin
-        end else if (\$810 ) begin
-          \$989  = \$811 [15:0];
+    if (\$804 ) begin
+      if (\$805 ) begin
+        if (\$807 ) begin
+        end else if (\$812 ) begin
+          \$997  = \$813 [15:0];
         end
-        if (\$817 ) begin
-          \$989  = 16'h0000;
+        if (\$820 ) begin
+          \$997  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$989  = 16'h0000;
+      \$997  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$990  = w_addr;
+    \$998  = w_addr;
     if (in_decode) begin
-      \$990  = ins[465:434];
+      \$998  = ins[465:434];
     end
-    if (\$801 ) begin
-      if (\$802 ) begin
+    if (\$804 ) begin
+      if (\$805 ) begin
         if (want_w) begin
-          \$990  = \$813 [31:0];
+          \$998  = \$817 [31:0];
         end
-        if (\$817 ) begin
-          if (\$819 ) begin
-            \$990  = ins[465:434];
+        if (\$820 ) begin
+          if (nt_hit) begin
+            \$998  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$990  = 32'd0;
+      \$998  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$991  = p_addr;
+    \$999  = p_addr;
     if (in_decode) begin
-      \$991  = ins[497:466];
+      \$999  = ins[497:466];
     end
-    if (\$801 ) begin
-      if (\$802 ) begin
-        if (\$817 ) begin
+    if (\$804 ) begin
+      if (\$805 ) begin
+        if (\$820 ) begin
           (* full_case = 32'd1 *)
-          if (\$819 ) begin
-            \$991  = ins[497:466];
+          if (nt_hit) begin
+            \$999  = ins[497:466];
           end else begin
-            \$991  = \$821 [31:0];
+            \$999  = \$830 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$991  = 32'd0;
+      \$999  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$992  = want_w;
+    \$1000  = want_w;
     if (in_decode) begin
-      \$992  = 1'h0;
+      \$1000  = 1'h0;
     end
-    if (\$801 ) begin
-      if (\$802 ) begin
-        if (\$804 ) begin
-          \$992  = 1'h1;
+    if (\$804 ) begin
+      if (\$805 ) begin
+        if (\$807 ) begin
+          \$1000  = 1'h1;
         end
-        if (\$817 ) begin
-          \$992  = 1'h0;
+        if (\$820 ) begin
+          \$1000  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$992  = 1'h0;
+      \$1000  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$993  = rk;
+    \$1001  = \$signal$245 ;
     if (in_decode) begin
-      \$993  = 16'h0000;
+      \$1001  = \$799 ;
     end
-    if (\$822 ) begin
-      if (\$825 ) begin
-        \$993  = \$828 [15:0];
+    if (\$804 ) begin
+      if (\$805 ) begin
+        if (\$820 ) begin
+          \$1001  = \$822 ;
+        end
       end
     end
     if (rst) begin
-      \$993  = 16'h0000;
+      \$1001  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$994  = w_full;
+    \$1002  = \$signal$434 ;
     if (in_decode) begin
-      \$994  = 1'h0;
+      \$1002  = \$801 ;
     end
-    if (\$822 ) begin
-      if (\$823 ) begin
-        \$994  = 1'h0;
-      end
-      if (\$825 ) begin
-        if (\$833 ) begin
-          \$994  = 1'h1;
+    if (\$804 ) begin
+      if (\$805 ) begin
+        if (\$807 ) begin
+        end else if (\$812 ) begin
+          \$1002  = \$815 ;
+        end
+        if (\$820 ) begin
+          \$1002  = \$824 ;
         end
       end
     end
     if (rst) begin
-      \$994  = 1'h0;
+      \$1002  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$995  = w_lane0;
-    if (\$822 ) begin
-      if (\$825 ) begin
-        if (\$833 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$995  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
-            5'h03:
-                \$995  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
-            5'h04:
-                \$995  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
-            5'h05:
-                \$995  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
-            5'h06:
-                \$995  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
-            5'h07:
-                \$995  = { beat__payload[6], beat__payload[6:0] };
-            5'h08:
-                \$995  = beat__payload[7:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$995  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$996  = w_lane1;
-    if (\$822 ) begin
-      if (\$825 ) begin
-        if (\$833 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$996  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
-            5'h03:
-                \$996  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
-            5'h04:
-                \$996  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
-            5'h05:
-                \$996  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
-            5'h06:
-                \$996  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
-            5'h07:
-                \$996  = { beat__payload[13], beat__payload[13:7] };
-            5'h08:
-                \$996  = beat__payload[15:8];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$996  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$997  = w_lane2;
-    if (\$822 ) begin
-      if (\$825 ) begin
-        if (\$833 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$997  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
-            5'h03:
-                \$997  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
-            5'h04:
-                \$997  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
-            5'h05:
-                \$997  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
-            5'h06:
-                \$997  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
-            5'h07:
-                \$997  = { beat__payload[20], beat__payload[20:14] };
-            5'h08:
-                \$997  = beat__payload[23:16];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$997  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$998  = w_lane3;
-    if (\$822 ) begin
-      if (\$825 ) begin
-        if (\$833 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$998  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
-            5'h03:
-                \$998  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
-            5'h04:
-                \$998  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
-            5'h05:
-                \$998  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
-            5'h06:
-                \$998  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
-            5'h07:
-                \$998  = { beat__payload[27], beat__payload[27:21] };
-            5'h08:
-                \$998  = beat__payload[31:24];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$998  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$999  = w_lane4;
-    if (\$822 ) begin
-      if (\$825 ) begin
-        if (\$833 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$999  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
-            5'h03:
-                \$999  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
-            5'h04:
-                \$999  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
-            5'h05:
-                \$999  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
-            5'h06:
-                \$999  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
-            5'h07:
-                \$999  = { beat__payload[34], beat__payload[34:28] };
-            5'h08:
-                \$999  = beat__payload[39:32];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$999  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1000  = w_lane5;
-    if (\$822 ) begin
-      if (\$825 ) begin
-        if (\$833 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1000  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
-            5'h03:
-                \$1000  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
-            5'h04:
-                \$1000  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
-            5'h05:
-                \$1000  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
-            5'h06:
-                \$1000  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
-            5'h07:
-                \$1000  = { beat__payload[41], beat__payload[41:35] };
-            5'h08:
-                \$1000  = beat__payload[47:40];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1000  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1001  = w_lane6;
-    if (\$822 ) begin
-      if (\$825 ) begin
-        if (\$833 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1001  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
-            5'h03:
-                \$1001  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
-            5'h04:
-                \$1001  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
-            5'h05:
-                \$1001  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
-            5'h06:
-                \$1001  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
-            5'h07:
-                \$1001  = { beat__payload[48], beat__payload[48:42] };
-            5'h08:
-                \$1001  = beat__payload[55:48];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1001  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1002  = w_lane7;
-    if (\$822 ) begin
-      if (\$825 ) begin
-        if (\$833 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1002  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
-            5'h03:
-                \$1002  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
-            5'h04:
-                \$1002  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
-            5'h05:
-                \$1002  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
-            5'h06:
-                \$1002  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
-            5'h07:
-                \$1002  = { beat__payload[55], beat__payload[55:49] };
-            5'h08:
-                \$1002  = beat__payload[63:56];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1002  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1003  = a_filled0;
+    \$1003  = nt_hit;
     if (in_decode) begin
-      \$1003  = 1'h0;
+      \$1003  = \$803 ;
     end
-    if (\$834 ) begin
-      if (\$837 ) begin
-        if (\$838 ) begin
-          if (\$840 ) begin
-            casez (\$signal$258 )
-              1'h0:
-                  \$1003  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$857 ) begin
-        if (\$859 ) begin
-          if (\$860 ) begin
-            casez (\$signal$288 )
-              1'h0:
-                  \$1003  = 1'h0;
-            endcase
+    if (\$804 ) begin
+      if (\$805 ) begin
+        if (\$820 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1003  = \$826 ;
+          end else begin
+            \$1003  = \$829 ;
           end
         end
       end
@@ -33015,388 +32808,428 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1004  = a_filled1;
+    \$1004  = rk;
     if (in_decode) begin
-      \$1004  = 1'h0;
+      \$1004  = 16'h0000;
     end
-    if (\$834 ) begin
-      if (\$837 ) begin
-        if (\$838 ) begin
-          if (\$840 ) begin
+    if (\$831 ) begin
+      if (\$834 ) begin
+        \$1004  = \$837 [15:0];
+      end
+    end
+    if (rst) begin
+      \$1004  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1005  = rk_zero;
+    if (in_decode) begin
+      \$1005  = 1'h1;
+    end
+    if (\$831 ) begin
+      if (\$834 ) begin
+        \$1005  = \$838 ;
+      end
+    end
+    if (rst) begin
+      \$1005  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1006  = w_full;
+    if (in_decode) begin
+      \$1006  = 1'h0;
+    end
+    if (\$831 ) begin
+      if (\$832 ) begin
+        \$1006  = 1'h0;
+      end
+      if (\$834 ) begin
+        if (\$841 ) begin
+          \$1006  = 1'h1;
+        end
+      end
+    end
+    if (rst) begin
+      \$1006  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1007  = w_lane0;
+    if (\$831 ) begin
+      if (\$834 ) begin
+        if (\$841 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1007  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
+            5'h03:
+                \$1007  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
+            5'h04:
+                \$1007  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
+            5'h05:
+                \$1007  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
+            5'h06:
+                \$1007  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
+            5'h07:
+                \$1007  = { beat__payload[6], beat__payload[6:0] };
+            5'h08:
+                \$1007  = beat__payload[7:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1007  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1008  = w_lane1;
+    if (\$831 ) begin
+      if (\$834 ) begin
+        if (\$841 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1008  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
+            5'h03:
+                \$1008  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
+            5'h04:
+                \$1008  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
+            5'h05:
+                \$1008  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
+            5'h06:
+                \$1008  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
+            5'h07:
+                \$1008  = { beat__payload[13], beat__payload[13:7] };
+            5'h08:
+                \$1008  = beat__payload[15:8];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1008  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1009  = w_lane2;
+    if (\$831 ) begin
+      if (\$834 ) begin
+        if (\$841 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1009  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+            5'h03:
+                \$1009  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+            5'h04:
+                \$1009  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+            5'h05:
+                \$1009  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+            5'h06:
+                \$1009  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+            5'h07:
+                \$1009  = { beat__payload[20], beat__payload[20:14] };
+            5'h08:
+                \$1009  = beat__payload[23:16];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1009  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1010  = w_lane3;
+    if (\$831 ) begin
+      if (\$834 ) begin
+        if (\$841 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1010  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+            5'h03:
+                \$1010  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+            5'h04:
+                \$1010  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+            5'h05:
+                \$1010  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+            5'h06:
+                \$1010  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+            5'h07:
+                \$1010  = { beat__payload[27], beat__payload[27:21] };
+            5'h08:
+                \$1010  = beat__payload[31:24];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1010  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1011  = w_lane4;
+    if (\$831 ) begin
+      if (\$834 ) begin
+        if (\$841 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1011  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+            5'h03:
+                \$1011  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+            5'h04:
+                \$1011  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+            5'h05:
+                \$1011  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+            5'h06:
+                \$1011  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+            5'h07:
+                \$1011  = { beat__payload[34], beat__payload[34:28] };
+            5'h08:
+                \$1011  = beat__payload[39:32];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1011  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1012  = w_lane5;
+    if (\$831 ) begin
+      if (\$834 ) begin
+        if (\$841 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1012  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+            5'h03:
+                \$1012  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+            5'h04:
+                \$1012  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+            5'h05:
+                \$1012  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+            5'h06:
+                \$1012  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+            5'h07:
+                \$1012  = { beat__payload[41], beat__payload[41:35] };
+            5'h08:
+                \$1012  = beat__payload[47:40];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1012  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1013  = w_lane6;
+    if (\$831 ) begin
+      if (\$834 ) begin
+        if (\$841 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1013  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
+            5'h03:
+                \$1013  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
+            5'h04:
+                \$1013  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
+            5'h05:
+                \$1013  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
+            5'h06:
+                \$1013  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
+            5'h07:
+                \$1013  = { beat__payload[48], beat__payload[48:42] };
+            5'h08:
+                \$1013  = beat__payload[55:48];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1013  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1014  = w_lane7;
+    if (\$831 ) begin
+      if (\$834 ) begin
+        if (\$841 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1014  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+            5'h03:
+                \$1014  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+            5'h04:
+                \$1014  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+            5'h05:
+                \$1014  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+            5'h06:
+                \$1014  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+            5'h07:
+                \$1014  = { beat__payload[55], beat__payload[55:49] };
+            5'h08:
+                \$1014  = beat__payload[63:56];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1014  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1015  = a_filled0;
+    if (in_decode) begin
+      \$1015  = 1'h0;
+    end
+    if (\$842 ) begin
+      if (\$845 ) begin
+        if (\$846 ) begin
+          if (\$848 ) begin
+            casez (\$signal$258 )
+              1'h0:
+                  \$1015  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$865 ) begin
+        if (\$867 ) begin
+          if (\$868 ) begin
+            casez (\$signal$288 )
+              1'h0:
+                  \$1015  = 1'h0;
+            endcase
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1015  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1016  = a_filled1;
+    if (in_decode) begin
+      \$1016  = 1'h0;
+    end
+    if (\$842 ) begin
+      if (\$845 ) begin
+        if (\$846 ) begin
+          if (\$848 ) begin
             (* full_case = 32'd1 *)
             casez (\$signal$258 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1004  = 1'h1;
+                  \$1016  = 1'h1;
             endcase
           end
         end
       end
-      if (\$857 ) begin
-        if (\$859 ) begin
-          if (\$860 ) begin
+      if (\$865 ) begin
+        if (\$867 ) begin
+          if (\$868 ) begin
             (* full_case = 32'd1 *)
             casez (\$signal$288 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1004  = 1'h0;
+                  \$1016  = 1'h0;
             endcase
           end
         end
       end
     end
     if (rst) begin
-      \$1004  = 1'h0;
+      \$1016  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1005  = \$signal$258 ;
+    \$1017  = \$signal$258 ;
     if (in_decode) begin
-      \$1005  = 1'h0;
+      \$1017  = 1'h0;
     end
-    if (\$834 ) begin
-      if (\$837 ) begin
-        if (\$838 ) begin
-          if (\$840 ) begin
-            \$1005  = \$841 ;
+    if (\$842 ) begin
+      if (\$845 ) begin
+        if (\$846 ) begin
+          if (\$848 ) begin
+            \$1017  = \$849 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1005  = 1'h0;
+      \$1017  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1006  = \$signal$265 ;
+    \$1018  = \$signal$265 ;
     if (in_decode) begin
-      \$1006  = 4'h0;
+      \$1018  = 4'h0;
     end
-    if (\$834 ) begin
-      if (\$837 ) begin
+    if (\$842 ) begin
+      if (\$845 ) begin
         (* full_case = 32'd1 *)
-        if (\$838 ) begin
-          \$1006  = 4'h0;
+        if (\$846 ) begin
+          \$1018  = 4'h0;
         end else begin
-          \$1006  = \$842 [3:0];
+          \$1018  = \$850 [3:0];
         end
       end
     end
     if (rst) begin
-      \$1006  = 4'h0;
+      \$1018  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1007  = lk;
+    \$1019  = lk;
     if (in_decode) begin
-      \$1007  = 16'h0000;
+      \$1019  = 16'h0000;
     end
-    if (\$834 ) begin
-      if (\$837 ) begin
-        if (\$838 ) begin
-          \$1007  = \$839 [15:0];
-          if (\$840 ) begin
-            \$1007  = 16'h0000;
+    if (\$842 ) begin
+      if (\$845 ) begin
+        if (\$846 ) begin
+          \$1019  = \$847 [15:0];
+          if (\$848 ) begin
+            \$1019  = 16'h0000;
           end
         end
       end
     end
     if (rst) begin
-      \$1007  = 16'h0000;
+      \$1019  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1008  = \$signal$288 ;
+    \$1020  = \$signal$288 ;
     if (in_decode) begin
-      \$1008  = 1'h0;
+      \$1020  = 1'h0;
     end
-    if (\$834 ) begin
-      if (\$857 ) begin
-        if (\$859 ) begin
-          if (\$860 ) begin
-            \$1008  = \$861 ;
+    if (\$842 ) begin
+      if (\$865 ) begin
+        if (\$867 ) begin
+          if (\$868 ) begin
+            \$1020  = \$869 ;
           end
         end
-      end
-    end
-    if (rst) begin
-      \$1008  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1009  = \$signal$289 ;
-    if (in_decode) begin
-      \$1009  = 16'h0000;
-    end
-    if (\$834 ) begin
-      if (\$857 ) begin
-        (* full_case = 32'd1 *)
-        if (\$859 ) begin
-          \$1009  = 16'h0000;
-        end else begin
-          \$1009  = \$864 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1009  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1010  = fnt;
-    if (in_decode) begin
-      \$1010  = 16'h0000;
-    end
-    if (\$834 ) begin
-      if (\$857 ) begin
-        if (\$859 ) begin
-          (* full_case = 32'd1 *)
-          if (\$860 ) begin
-            \$1010  = 16'h0000;
-          end else begin
-            \$1010  = \$863 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1010  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1011  = feed_blocks;
-    if (in_decode) begin
-      \$1011  = dec_blocks;
-    end
-    if (\$834 ) begin
-      if (\$857 ) begin
-        if (\$859 ) begin
-          if (\$860 ) begin
-            \$1011  = \$862 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1011  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1012  = \$signal$294 ;
-    if (in_decode) begin
-      \$1012  = 1'h0;
-    end
-    if (\$834 ) begin
-      if (\$843 ) begin
-        \$1012  = 1'h0;
-      end
-      if (\$857 ) begin
-        \$1012  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1012  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1013  = a_last;
-    if (\$834 ) begin
-      if (\$857 ) begin
-        \$1013  = \$858 ;
-      end
-    end
-    if (rst) begin
-      \$1013  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1014  = w_load_lane;
-    if (\$834 ) begin
-      if (\$869 ) begin
-        (* full_case = 32'd1 *)
-        if (\$870 ) begin
-          \$1014  = 4'h0;
-        end else begin
-          \$1014  = \$877 [3:0];
-        end
-      end
-      if (in_decode) begin
-        \$1014  = 4'h0;
-      end
-    end
-    if (rst) begin
-      \$1014  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1015  = w_load_k;
-    if (\$834 ) begin
-      if (\$869 ) begin
-        if (\$870 ) begin
-          \$1015  = \$871 [15:0];
-          if (\$873 ) begin
-            \$1015  = 16'h0000;
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1015  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1015  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1016  = w_load_addr;
-    if (\$834 ) begin
-      if (\$869 ) begin
-        if (\$870 ) begin
-          \$1016  = \$872 [9:0];
-          if (\$873 ) begin
-            if (\$875 ) begin
-              \$1016  = 10'h000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1016  = 10'h000;
-      end
-    end
-    if (rst) begin
-      \$1016  = 10'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1017  = w_load_nt;
-    if (\$834 ) begin
-      if (\$869 ) begin
-        if (\$870 ) begin
-          if (\$873 ) begin
-            \$1017  = \$874 [15:0];
-            if (\$875 ) begin
-              \$1017  = 16'h0000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1017  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1017  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1018  = w_filled0;
-    if (\$834 ) begin
-      if (\$869 ) begin
-        if (\$870 ) begin
-          if (\$873 ) begin
-            if (\$875 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1018  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$893 ) begin
-        if (\$894 ) begin
-          if (\$895 ) begin
-            if (\$896 ) begin
-              casez (w_feed_half)
-                1'h0:
-                    \$1018  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1018  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1018  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1019  = w_filled1;
-    if (\$834 ) begin
-      if (\$869 ) begin
-        if (\$870 ) begin
-          if (\$873 ) begin
-            if (\$875 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1019  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$893 ) begin
-        if (\$894 ) begin
-          if (\$895 ) begin
-            if (\$896 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_feed_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1019  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1019  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1019  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1020  = w_load_half;
-    if (\$834 ) begin
-      if (\$869 ) begin
-        if (\$870 ) begin
-          if (\$873 ) begin
-            if (\$875 ) begin
-              \$1020  = \$876 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1020  = 1'h0;
       end
     end
     if (rst) begin
@@ -33405,44 +33238,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1021  = feed_ntk;
-    if (\$834 ) begin
-      if (\$893 ) begin
-        if (\$894 ) begin
-          (* full_case = 32'd1 *)
-          if (\$895 ) begin
-            \$1021  = 32'd0;
-          end else begin
-            \$1021  = \$899 [31:0];
-          end
+    \$1021  = \$signal$289 ;
+    if (in_decode) begin
+      \$1021  = 16'h0000;
+    end
+    if (\$842 ) begin
+      if (\$865 ) begin
+        (* full_case = 32'd1 *)
+        if (\$867 ) begin
+          \$1021  = 16'h0000;
+        end else begin
+          \$1021  = \$872 [15:0];
         end
-      end
-      if (in_decode) begin
-        \$1021  = 32'd0;
       end
     end
     if (rst) begin
-      \$1021  = 32'd0;
+      \$1021  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1022  = feed_mt;
-    if (\$834 ) begin
-      if (\$893 ) begin
-        if (\$894 ) begin
-          if (\$895 ) begin
-            (* full_case = 32'd1 *)
-            if (\$896 ) begin
-              \$1022  = 16'h0000;
-            end else begin
-              \$1022  = \$898 [15:0];
-            end
+    \$1022  = fnt;
+    if (in_decode) begin
+      \$1022  = 16'h0000;
+    end
+    if (\$842 ) begin
+      if (\$865 ) begin
+        if (\$867 ) begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+            \$1022  = 16'h0000;
+          end else begin
+            \$1022  = \$871 [15:0];
           end
         end
-      end
-      if (in_decode) begin
-        \$1022  = 16'h0000;
       end
     end
     if (rst) begin
@@ -33451,38 +33280,316 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1023  = w_feed_half;
-    if (\$834 ) begin
-      if (\$893 ) begin
-        if (\$894 ) begin
-          if (\$895 ) begin
-            if (\$896 ) begin
-              \$1023  = \$897 ;
+    \$1023  = feed_blocks;
+    if (in_decode) begin
+      \$1023  = dec_blocks;
+    end
+    if (\$842 ) begin
+      if (\$865 ) begin
+        if (\$867 ) begin
+          if (\$868 ) begin
+            \$1023  = \$870 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1023  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1024  = \$signal$294 ;
+    if (in_decode) begin
+      \$1024  = 1'h0;
+    end
+    if (\$842 ) begin
+      if (\$851 ) begin
+        \$1024  = 1'h0;
+      end
+      if (\$865 ) begin
+        \$1024  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$1024  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1025  = a_last;
+    if (\$842 ) begin
+      if (\$865 ) begin
+        \$1025  = \$866 ;
+      end
+    end
+    if (rst) begin
+      \$1025  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1026  = w_load_lane;
+    if (\$842 ) begin
+      if (\$877 ) begin
+        (* full_case = 32'd1 *)
+        if (\$878 ) begin
+          \$1026  = 4'h0;
+        end else begin
+          \$1026  = \$885 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1026  = 4'h0;
+      end
+    end
+    if (rst) begin
+      \$1026  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1027  = w_load_k;
+    if (\$842 ) begin
+      if (\$877 ) begin
+        if (\$878 ) begin
+          \$1027  = \$879 [15:0];
+          if (\$881 ) begin
+            \$1027  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1027  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1027  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1028  = w_load_addr;
+    if (\$842 ) begin
+      if (\$877 ) begin
+        if (\$878 ) begin
+          \$1028  = \$880 [9:0];
+          if (\$881 ) begin
+            if (\$883 ) begin
+              \$1028  = 10'h000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1023  = 1'h0;
+        \$1028  = 10'h000;
       end
     end
     if (rst) begin
-      \$1023  = 1'h0;
+      \$1028  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1024  = post_col;
-    if (in_decode) begin
-      \$1024  = 3'h0;
-    end
-    if (\$902 ) begin
-      if (elem_take) begin
-        \$1024  = \$905 [2:0];
+    \$1029  = w_load_nt;
+    if (\$842 ) begin
+      if (\$877 ) begin
+        if (\$878 ) begin
+          if (\$881 ) begin
+            \$1029  = \$882 [15:0];
+            if (\$883 ) begin
+              \$1029  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1029  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1024  = 3'h0;
+      \$1029  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1030  = w_filled0;
+    if (\$842 ) begin
+      if (\$877 ) begin
+        if (\$878 ) begin
+          if (\$881 ) begin
+            if (\$883 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1030  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$901 ) begin
+        if (\$902 ) begin
+          if (\$903 ) begin
+            if (\$904 ) begin
+              casez (w_feed_half)
+                1'h0:
+                    \$1030  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1030  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1030  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1031  = w_filled1;
+    if (\$842 ) begin
+      if (\$877 ) begin
+        if (\$878 ) begin
+          if (\$881 ) begin
+            if (\$883 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1031  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$901 ) begin
+        if (\$902 ) begin
+          if (\$903 ) begin
+            if (\$904 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1031  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1031  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1031  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1032  = w_load_half;
+    if (\$842 ) begin
+      if (\$877 ) begin
+        if (\$878 ) begin
+          if (\$881 ) begin
+            if (\$883 ) begin
+              \$1032  = \$884 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1032  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1032  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1033  = feed_ntk;
+    if (\$842 ) begin
+      if (\$901 ) begin
+        if (\$902 ) begin
+          (* full_case = 32'd1 *)
+          if (\$903 ) begin
+            \$1033  = 32'd0;
+          end else begin
+            \$1033  = \$907 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1033  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1033  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1034  = feed_mt;
+    if (\$842 ) begin
+      if (\$901 ) begin
+        if (\$902 ) begin
+          if (\$903 ) begin
+            (* full_case = 32'd1 *)
+            if (\$904 ) begin
+              \$1034  = 16'h0000;
+            end else begin
+              \$1034  = \$906 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1034  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1034  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1035  = w_feed_half;
+    if (\$842 ) begin
+      if (\$901 ) begin
+        if (\$902 ) begin
+          if (\$903 ) begin
+            if (\$904 ) begin
+              \$1035  = \$905 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1035  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1035  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1036  = post_col;
+    if (in_decode) begin
+      \$1036  = 3'h0;
+    end
+    if (\$910 ) begin
+      if (elem_take) begin
+        \$1036  = \$913 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1036  = 3'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -33705,6 +33812,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign { \$91 [3], \$91 [1:0] } = 3'h0;
   assign \$91 [2] = ins[10];
   assign \$92  = ins[10];
+  assign \$138 [3:1] = 3'h0;
+  assign \$138 [0] = ins[8];
+  assign \$139  = ins[8];
   assign \$141 [3:1] = 3'h0;
   assign \$141 [0] = ins[8];
   assign \$142  = ins[8];
@@ -33723,17 +33833,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$156 [3:1] = 3'h0;
   assign \$156 [0] = ins[8];
   assign \$157  = ins[8];
-  assign \$159 [3:1] = 3'h0;
-  assign \$159 [0] = ins[8];
-  assign \$160  = ins[8];
+  assign \$648  = { \$647 [17], \$647 [17], \$647 [17], \$647 [17:3] };
   assign \$651  = { \$650 [17], \$650 [17], \$650 [17], \$650 [17:3] };
-  assign \$654  = { \$653 [17], \$653 [17], \$653 [17], \$653 [17:3] };
-  assign \$659  = { 1'h0, dec_nt, 6'h00 };
-  assign \$661 [5:0] = 6'h00;
-  assign \$661 [31:6] = { 8'h00, \$660 [23:6] };
-  assign \$665 [2:0] = 3'h0;
-  assign \$665 [3] = ins[11];
-  assign \$666  = ins[11];
+  assign \$656  = { 1'h0, dec_nt, 6'h00 };
+  assign \$658 [5:0] = 6'h00;
+  assign \$658 [31:6] = { 8'h00, \$657 [23:6] };
+  assign \$662 [2:0] = 3'h0;
+  assign \$662 [3] = ins[11];
+  assign \$663  = ins[11];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -38283,10 +38390,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$16659$0 (l0s_s2_o),
-    .\port$16751$0 (l1s_s2_o),
-    .\port$16843$0 (l2s_s2_o),
-    .\port$16935$0 (l3s_s2_o),
+    .\port$16675$0 (l0s_s2_o),
+    .\port$16767$0 (l1s_s2_o),
+    .\port$16859$0 (l2s_s2_o),
+    .\port$16951$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -39531,7 +39638,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16659$0 , \port$16751$0 , \port$16843$0 , \port$16935$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16675$0 , \port$16767$0 , \port$16859$0 , \port$16951$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$185  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -39574,14 +39681,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16659
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$16659$0 ;
-  wire [15:0] \port$16659$0 ;
-  input [15:0] \port$16751$0 ;
-  wire [15:0] \port$16751$0 ;
-  input [15:0] \port$16843$0 ;
-  wire [15:0] \port$16843$0 ;
-  input [15:0] \port$16935$0 ;
-  wire [15:0] \port$16935$0 ;
+  input [15:0] \port$16675$0 ;
+  wire [15:0] \port$16675$0 ;
+  input [15:0] \port$16767$0 ;
+  wire [15:0] \port$16767$0 ;
+  input [15:0] \port$16859$0 ;
+  wire [15:0] \port$16859$0 ;
+  input [15:0] \port$16951$0 ;
+  wire [15:0] \port$16951$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -39624,7 +39731,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16659
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16935$0 , \port$16843$0 , \port$16751$0 , \port$16659$0  };
+      storage[w_port__addr] <= { \port$16951$0 , \port$16859$0 , \port$16767$0 , \port$16675$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -39736,8 +39843,8 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16659
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16935$0 , \port$16843$0 , \port$16751$0 , \port$16659$0  };
-  assign w_data = { \port$16935$0 , \port$16843$0 , \port$16751$0 , \port$16659$0  };
+  assign w_port__data = { \port$16951$0 , \port$16859$0 , \port$16767$0 , \port$16675$0  };
+  assign w_data = { \port$16951$0 , \port$16859$0 , \port$16767$0 , \port$16675$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -46824,10 +46931,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$17168$0 (l0_s27_o),
-    .\port$17354$0 (l1_s27_o),
-    .\port$17540$0 (l2_s27_o),
-    .\port$17726$0 (l3_s27_o),
+    .\port$17184$0 (l0_s27_o),
+    .\port$17370$0 (l1_s27_o),
+    .\port$17556$0 (l2_s27_o),
+    .\port$17742$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -48882,7 +48989,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17168$0 , \port$17354$0 , \port$17540$0 , \port$17726$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17184$0 , \port$17370$0 , \port$17556$0 , \port$17742$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$187  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -48925,14 +49032,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$17168$0 ;
-  wire [7:0] \port$17168$0 ;
-  input [7:0] \port$17354$0 ;
-  wire [7:0] \port$17354$0 ;
-  input [7:0] \port$17540$0 ;
-  wire [7:0] \port$17540$0 ;
-  input [7:0] \port$17726$0 ;
-  wire [7:0] \port$17726$0 ;
+  input [7:0] \port$17184$0 ;
+  wire [7:0] \port$17184$0 ;
+  input [7:0] \port$17370$0 ;
+  wire [7:0] \port$17370$0 ;
+  input [7:0] \port$17556$0 ;
+  wire [7:0] \port$17556$0 ;
+  input [7:0] \port$17742$0 ;
+  wire [7:0] \port$17742$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -48991,7 +49098,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$17726$0 , \port$17540$0 , \port$17354$0 , \port$17168$0  };
+      storage[w_port__addr] <= { \port$17742$0 , \port$17556$0 , \port$17370$0 , \port$17184$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -49103,8 +49210,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$17726$0 , \port$17540$0 , \port$17354$0 , \port$17168$0  };
-  assign w_data = { \port$17726$0 , \port$17540$0 , \port$17354$0 , \port$17168$0  };
+  assign w_port__data = { \port$17742$0 , \port$17556$0 , \port$17370$0 , \port$17184$0  };
+  assign w_data = { \port$17742$0 , \port$17556$0 , \port$17370$0 , \port$17184$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -79241,7 +79348,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, \port$1559$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13738$0 , level, clk);
+module \accelerator.core.q_src0 (rst, \port$1567$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13746$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -79266,10 +79373,10 @@ module \accelerator.core.q_src0 (rst, \port$1559$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13738$0 ;
-  wire [2:0] \port$13738$0 ;
-  input [15:0] \port$1559$0 ;
-  wire [15:0] \port$1559$0 ;
+  input [2:0] \port$13746$0 ;
+  wire [2:0] \port$13746$0 ;
+  input [15:0] \port$1567$0 ;
+  wire [15:0] \port$1567$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -79304,7 +79411,7 @@ module \accelerator.core.q_src0 (rst, \port$1559$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13738$0 , \port$1559$0  };
+      storage[w_port__addr] <= { \port$13746$0 , \port$1567$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -79375,14 +79482,14 @@ module \accelerator.core.q_src0 (rst, \port$1559$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13738$0 , \port$1559$0  };
-  assign w_data = { \port$13738$0 , \port$1559$0  };
+  assign w_port__data = { \port$13746$0 , \port$1567$0  };
+  assign w_data = { \port$13746$0 , \port$1567$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1560$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13742$0 , level, clk);
+module \accelerator.core.q_src1 (rst, \port$1568$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13750$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$195  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -79407,10 +79514,10 @@ module \accelerator.core.q_src1 (rst, \port$1560$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13742$0 ;
-  wire [2:0] \port$13742$0 ;
-  input [15:0] \port$1560$0 ;
-  wire [15:0] \port$1560$0 ;
+  input [2:0] \port$13750$0 ;
+  wire [2:0] \port$13750$0 ;
+  input [15:0] \port$1568$0 ;
+  wire [15:0] \port$1568$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -79445,7 +79552,7 @@ module \accelerator.core.q_src1 (rst, \port$1560$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13742$0 , \port$1560$0  };
+      storage[w_port__addr] <= { \port$13750$0 , \port$1568$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -79516,8 +79623,8 @@ module \accelerator.core.q_src1 (rst, \port$1560$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13742$0 , \port$1560$0  };
-  assign w_data = { \port$13742$0 , \port$1560$0  };
+  assign w_port__data = { \port$13750$0 , \port$1568$0  };
+  assign w_data = { \port$13750$0 , \port$1568$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -79765,8 +79872,8 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1365$0 (\$12 [4:0]),
-    .\port$1498$0 (r_data[2:0]),
+    .\port$1373$0 (\$12 [4:0]),
+    .\port$1506$0 (r_data[2:0]),
     .r_data(\r_data$23 ),
     .r_en(\r_en$26 ),
     .r_rdy(\r_rdy$21 ),
@@ -80126,7 +80233,7 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1365$0 , w_rdy, r_rdy, r_data, \port$1498$0 , r_en, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1373$0 , w_rdy, r_rdy, r_data, \port$1506$0 , r_en, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$198  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -80150,10 +80257,10 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1365$0 , w_rdy, r_rdy, 
   (* init = 4'h0 *)
   wire [3:0] consume;
   reg [4:0] level = 5'h00;
-  input [4:0] \port$1365$0 ;
-  wire [4:0] \port$1365$0 ;
-  input [2:0] \port$1498$0 ;
-  wire [2:0] \port$1498$0 ;
+  input [4:0] \port$1373$0 ;
+  wire [4:0] \port$1373$0 ;
+  input [2:0] \port$1506$0 ;
+  wire [2:0] \port$1506$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [7:0] r_data;
@@ -80199,7 +80306,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1365$0 , w_rdy, r_rdy, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1365$0 , \port$1498$0  };
+      storage[w_port__addr] <= { \port$1373$0 , \port$1506$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 5'h10;
@@ -80261,8 +80368,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1365$0 , w_rdy, r_rdy, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1365$0 , \port$1498$0  };
-  assign w_data = { \port$1365$0 , \port$1498$0  };
+  assign w_port__data = { \port$1373$0 , \port$1506$0  };
+  assign w_data = { \port$1373$0 , \port$1506$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

@@ -355,7 +355,7 @@ class AccelCore(wiring.Component):
                 m.d.comb += in_op.eq(1)
                 m.d.comb += [reader.req.valid.eq(c_ask.any()), reader.req.payload.addr.eq(c_addr),
                              reader.req.payload.lb.eq(dec.c_lb)]
-                with m.If(reader.req.valid & reader.req.ready):
+                with m.If(c_ask.any() & reader.req.ready):
                     m.d.sync += [c_ask.eq(c_ask - 1), c_addr.eq(c_addr + (Const(1, 8) << dec.c_lb))]
                 for sel, u in c_targets:
                     m.d.comb += u.c.payload.as_value().eq(reader.beat.payload.data)
@@ -559,36 +559,46 @@ class AccelCore(wiring.Component):
             for wb in range(2, hw.w_bits + 1):
                 with m.Case(wb):
                     m.d.comb += w_lb.eq(_lb(beat_bytes(w_layout(wb, C))))
+        # flags kept beside the counters, so that no comparator sits between the reader's ready
+        # and the counters' updates: tiles != 0, k == K - 1, nt == the last column tile
+        tiles_left, k_hit, nt_hit = Signal(), Signal(), Signal()
         with m.If(restart):
             m.d.sync += [tiles.eq(dec.tiles), nt.eq(0), k.eq(0), w_addr.eq(ins.ext0), p_addr.eq(ins.ext1),
-                         want_w.eq(0)]
+                         want_w.eq(0), tiles_left.eq(dec.tiles.any()), k_hit.eq(~dec.k_last.any()),
+                         nt_hit.eq(~dec.nt_last.any())]
         with m.If(active):
-            m.d.comb += [reader.req.valid.eq(tiles.any()),
+            m.d.comb += [reader.req.valid.eq(tiles_left),
                          reader.req.payload.addr.eq(Mux(want_w, w_addr, p_addr)),
                          reader.req.payload.lb.eq(Mux(want_w, w_lb, p_lb))]
-            with m.If(reader.req.valid & reader.req.ready):
-                last_beat = ~is_linear | (want_w & (k == dec.k_last))
+            # (each request source handshakes on its own valid and the reader's ready, never on
+            # the multiplexed ``reader.req.valid``: that mux was on the critical path)
+            with m.If(tiles_left & reader.req.ready):
+                last_beat = ~is_linear | (want_w & k_hit)
                 with m.If(~want_w & is_linear):
                     m.d.sync += want_w.eq(1)
                 with m.Elif(want_w & ~last_beat):
-                    m.d.sync += k.eq(k + 1)
+                    m.d.sync += [k.eq(k + 1), k_hit.eq(k + 1 == dec.k_last)]
                 with m.If(want_w):
                     m.d.sync += w_addr.eq(w_addr + (Const(1, 8) << w_lb))
                 with m.If(last_beat):         # next tile
-                    m.d.sync += [tiles.eq(tiles - 1), want_w.eq(0), k.eq(0)]
-                    with m.If(nt == dec.nt_last):
-                        m.d.sync += [nt.eq(0), w_addr.eq(ins.ext0), p_addr.eq(ins.ext1)]
+                    m.d.sync += [tiles.eq(tiles - 1), tiles_left.eq(tiles != 1), want_w.eq(0), k.eq(0),
+                                 k_hit.eq(~dec.k_last.any())]
+                    with m.If(nt_hit):
+                        m.d.sync += [nt.eq(0), nt_hit.eq(~dec.nt_last.any()), w_addr.eq(ins.ext0),
+                                     p_addr.eq(ins.ext1)]
                     with m.Else():
-                        m.d.sync += [nt.eq(nt + 1), p_addr.eq(p_addr + (1 << p_lb))]
+                        m.d.sync += [nt.eq(nt + 1), nt_hit.eq(nt + 1 == dec.nt_last),
+                                     p_addr.eq(p_addr + (1 << p_lb))]
 
         # --- beats back, in request order: P, then (LINEAR) K weight beats ------------------------
         rk = Signal(16)              # beats of the current tile received
-        is_p = ~is_linear | ~rk.any()
+        rk_zero = Signal()           # rk == 0, kept as a flag (it gates the reader's beat ready)
+        is_p = ~is_linear | rk_zero
         w_lanes = [Signal(signed(hw.w_bits), name=f"w_lane{j}") for j in range(C)]
         w_full = Signal()
         gemm_take = gemm.a.valid & gemm.a.ready
         with m.If(restart):
-            m.d.sync += [rk.eq(0), w_full.eq(0)]
+            m.d.sync += [rk.eq(0), rk_zero.eq(1), w_full.eq(0)]
         m.d.comb += gemm.p.payload.as_value().eq(reader.beat.payload.data)
         with m.If(active):
             with m.If(gemm_take):
@@ -598,7 +608,7 @@ class AccelCore(wiring.Component):
             with m.Else():
                 m.d.comb += reader.beat.ready.eq(~w_full | gemm_take)
             with m.If(reader.beat.valid & reader.beat.ready & is_linear):
-                m.d.sync += rk.eq(Mux(rk == ins.n3, 0, rk + 1))
+                m.d.sync += [rk.eq(Mux(rk == ins.n3, 0, rk + 1)), rk_zero.eq(rk == ins.n3)]
                 with m.If(~is_p):
                     m.d.sync += w_full.eq(1)
                     with m.Switch(ins.w_bits):
