@@ -29,7 +29,7 @@ Registers (32 bits, byte addresses on the AXI4-Lite slave; an unmapped address a
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Signal
-from amaranth.lib import data, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .compiler import MAGIC
@@ -105,20 +105,18 @@ class Accelerator(wiring.Component):
         register slice (:func:`hwgen.pipeline.register_slice`), so the bus's valid, ready and payload signals are
         flip-flops on this side: no path runs from the bus through the core's handshakes."""
         wlb = self.word_lb
-        ar = register_slice(m, "ar", core.ar.valid, core.ar.payload.as_value(), core.ar.ready)
-        ar_out = data.View(core.ar.payload.shape(), ar.r_data)
+        ar, ar_out = register_slice(m, "ar", core.ar.valid, core.ar.payload, core.ar.ready)
         m.d.comb += [
             self.m_axi_araddr.eq(ar_out.addr << wlb), self.m_axi_arlen.eq(ar_out.len),
             self.m_axi_arsize.eq(wlb), self.m_axi_arburst.eq(1), self.m_axi_arvalid.eq(ar.r_rdy),
             ar.r_en.eq(self.m_axi_arready),
         ]
-        r = register_slice(m, "r", self.m_axi_rvalid, Cat(self.m_axi_rdata, self.m_axi_rresp[1]), self.m_axi_rready)
+        r, _ = register_slice(m, "r", self.m_axi_rvalid, Cat(self.m_axi_rdata, self.m_axi_rresp[1]), self.m_axi_rready)
         m.d.comb += [core.r.valid.eq(r.r_rdy), core.r.payload.as_value().eq(r.r_data), r.r_en.eq(core.r.ready)]
-        b = register_slice(m, "b", self.m_axi_bvalid, self.m_axi_bresp[1], self.m_axi_bready)
+        b, _ = register_slice(m, "b", self.m_axi_bvalid, self.m_axi_bresp[1], self.m_axi_bready)
         m.d.comb += [core.b.valid.eq(b.r_rdy), core.b.payload.err.eq(b.r_data), b.r_en.eq(core.b.ready)]
 
-        aw = register_slice(m, "aw", core.aw.valid, core.aw.payload.as_value(), core.aw.ready)
-        aw_out = data.View(core.aw.payload.shape(), aw.r_data)
+        aw, aw_out = register_slice(m, "aw", core.aw.valid, core.aw.payload, core.aw.ready)
         aw_sent, w_sent = Signal(), Signal()
         aw_ok = self.m_axi_awready | aw_sent
         w_ok = self.m_axi_wready | w_sent

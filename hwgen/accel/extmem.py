@@ -98,8 +98,7 @@ class ExtReader(wiring.Component):
 
         # --- issue: one burst a beat, from a register slice (the caller's address arithmetic
         #     ends at its flip-flops) -----------------------------------------------------------
-        req_q = register_slice(m, "req", self.req.valid, self.req.payload.as_value(), self.req.ready)
-        req = data.View(self.req.payload.shape(), req_q.r_data)
+        req_q, req = register_slice(m, "req", self.req.valid, self.req.payload, self.req.ready)
         n = words(req.lb)
         issue = req_q.r_rdy & self.ar.ready & shapes.w_rdy
         m.d.comb += [self.ar.valid.eq(req_q.r_rdy & shapes.w_rdy),
@@ -172,8 +171,7 @@ class ExtWriter(wiring.Component):
         pending = Signal(range(self.max_pending + 1))
         # a register slice first: the caller's address arithmetic ends at its flip-flops, the byte
         # shift below starts there
-        req_q = register_slice(m, "req", self.req.valid, self.req.payload.as_value(), self.req.ready)
-        req = data.View(self.req.payload.shape(), req_q.r_data)
+        req_q, req = register_slice(m, "req", self.req.valid, self.req.payload, self.req.ready)
         off = req.addr[:wlb] if wlb else Const(0, 1)
         nbytes = Signal(range((1 << wlb) + 1))
         m.d.comb += nbytes.eq(Const(1, wlb + 1) << req.lb)
