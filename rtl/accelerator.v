@@ -1257,47 +1257,54 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire [15:0] \$10 ;
   wire \$100 ;
-  reg \$1000 ;
-  reg \$1001 ;
-  reg \$1002 ;
-  reg \$1003 ;
-  reg [15:0] \$1004 ;
-  reg \$1005 ;
+  reg [2:0] \$1000 ;
+  reg [31:0] \$1001 ;
+  reg [15:0] \$1002 ;
+  reg [15:0] \$1003 ;
+  reg [31:0] \$1004 ;
+  reg [31:0] \$1005 ;
   reg \$1006 ;
   reg [7:0] \$1007 ;
-  reg [7:0] \$1008 ;
-  reg [7:0] \$1009 ;
+  reg \$1008 ;
+  reg \$1009 ;
   wire \$101 ;
-  reg [7:0] \$1010 ;
-  reg [7:0] \$1011 ;
-  reg [7:0] \$1012 ;
-  reg [7:0] \$1013 ;
+  reg \$1010 ;
+  reg [15:0] \$1011 ;
+  reg \$1012 ;
+  reg \$1013 ;
   reg [7:0] \$1014 ;
-  reg \$1015 ;
-  reg \$1016 ;
-  reg \$1017 ;
-  reg [3:0] \$1018 ;
-  reg [15:0] \$1019 ;
+  reg [7:0] \$1015 ;
+  reg [7:0] \$1016 ;
+  reg [7:0] \$1017 ;
+  reg [7:0] \$1018 ;
+  reg [7:0] \$1019 ;
   wire \$102 ;
-  reg \$1020 ;
-  reg [15:0] \$1021 ;
-  reg [15:0] \$1022 ;
-  reg [31:0] \$1023 ;
+  reg [7:0] \$1020 ;
+  reg [7:0] \$1021 ;
+  reg \$1022 ;
+  reg \$1023 ;
   reg \$1024 ;
-  reg \$1025 ;
-  reg [3:0] \$1026 ;
-  reg [15:0] \$1027 ;
-  reg [9:0] \$1028 ;
+  reg [3:0] \$1025 ;
+  reg [15:0] \$1026 ;
+  reg \$1027 ;
+  reg [15:0] \$1028 ;
   reg [15:0] \$1029 ;
   wire \$103 ;
-  reg \$1030 ;
+  reg [31:0] \$1030 ;
   reg \$1031 ;
   reg \$1032 ;
-  reg [31:0] \$1033 ;
+  reg [3:0] \$1033 ;
   reg [15:0] \$1034 ;
-  reg \$1035 ;
-  reg [2:0] \$1036 ;
+  reg [9:0] \$1035 ;
+  reg [15:0] \$1036 ;
+  reg \$1037 ;
+  reg \$1038 ;
+  reg \$1039 ;
   wire \$104 ;
+  reg [31:0] \$1040 ;
+  reg [15:0] \$1041 ;
+  reg \$1042 ;
+  reg [2:0] \$1043 ;
   wire \$105 ;
   wire \$106 ;
   wire \$107 ;
@@ -1962,7 +1969,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [15:0] \$700 ;
   wire \$701 ;
   wire \$702 ;
-  wire \$703 ;
+  wire [14:0] \$703 ;
   wire \$704 ;
   wire \$705 ;
   wire \$706 ;
@@ -1986,14 +1993,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$722 ;
   wire \$723 ;
   wire \$724 ;
-  wire [2:0] \$725 ;
-  wire [16:0] \$726 ;
-  wire [32:0] \$727 ;
-  wire \$728 ;
+  wire \$725 ;
+  wire [2:0] \$726 ;
+  wire [16:0] \$727 ;
+  wire [32:0] \$728 ;
   wire \$729 ;
   wire \$73 ;
-  wire [16:0] \$730 ;
-  wire [14:0] \$731 ;
+  wire \$730 ;
+  wire [16:0] \$731 ;
   wire [32:0] \$732 ;
   wire \$733 ;
   wire [16:0] \$734 ;
@@ -2008,9 +2015,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$742 ;
   wire \$743 ;
   wire \$744 ;
-  wire [32:0] \$745 ;
+  wire \$745 ;
   wire \$746 ;
-  wire \$747 ;
+  wire [32:0] \$747 ;
   wire \$748 ;
   wire \$749 ;
   wire \$75 ;
@@ -2037,21 +2044,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$769 ;
   wire \$77 ;
   wire \$770 ;
-  wire [24:0] \$771 ;
-  wire [33:0] \$772 ;
+  wire \$771 ;
+  wire \$772 ;
   wire \$773 ;
   wire \$774 ;
-  wire \$775 ;
-  wire \$776 ;
+  wire [24:0] \$775 ;
+  wire [33:0] \$776 ;
   wire \$777 ;
   wire \$778 ;
-  wire [24:0] \$779 ;
+  wire \$779 ;
   wire \$78 ;
-  wire [33:0] \$780 ;
+  wire \$780 ;
   wire \$781 ;
   wire \$782 ;
-  wire \$783 ;
-  wire \$784 ;
+  wire [24:0] \$783 ;
+  wire [33:0] \$784 ;
   wire \$785 ;
   wire \$786 ;
   wire \$787 ;
@@ -2062,7 +2069,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$791 ;
   wire \$792 ;
   wire \$793 ;
-  wire [3:0] \$794 ;
+  wire \$794 ;
   wire \$795 ;
   wire \$796 ;
   wire \$797 ;
@@ -2072,8 +2079,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$80 ;
   wire \$800 ;
   wire \$801 ;
-  wire \$802 ;
-  wire \$803 ;
+  wire [3:0] \$802 ;
+  wire [14:0] \$803 ;
   wire \$804 ;
   wire \$805 ;
   wire \$806 ;
@@ -2084,60 +2091,60 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$810 ;
   wire \$811 ;
   wire \$812 ;
-  wire [16:0] \$813 ;
-  wire [16:0] \$814 ;
+  wire \$813 ;
+  wire \$814 ;
   wire \$815 ;
-  wire [14:0] \$816 ;
-  wire [32:0] \$817 ;
-  wire \$818 ;
-  wire \$819 ;
+  wire \$816 ;
+  wire \$817 ;
+  wire [16:0] \$818 ;
+  wire [16:0] \$819 ;
   wire [3:0] \$82 ;
   wire \$820 ;
   wire [32:0] \$821 ;
   wire \$822 ;
   wire \$823 ;
   wire \$824 ;
-  wire \$825 ;
+  wire [32:0] \$825 ;
   wire \$826 ;
-  wire [16:0] \$827 ;
-  wire [16:0] \$828 ;
+  wire \$827 ;
+  wire \$828 ;
   wire \$829 ;
   wire \$83 ;
-  wire [32:0] \$830 ;
-  wire \$831 ;
-  wire \$832 ;
+  wire \$830 ;
+  wire [16:0] \$831 ;
+  wire [16:0] \$832 ;
   wire \$833 ;
-  wire \$834 ;
+  wire [32:0] \$834 ;
   wire \$835 ;
-  wire [16:0] \$836 ;
-  wire [16:0] \$837 ;
+  wire \$836 ;
+  wire \$837 ;
   wire \$838 ;
   wire \$839 ;
   wire [8:0] \$84 ;
-  wire \$840 ;
-  wire \$841 ;
+  wire [16:0] \$840 ;
+  wire [16:0] \$841 ;
   wire \$842 ;
-  reg \$843 ;
+  wire \$843 ;
   wire \$844 ;
   wire \$845 ;
   wire \$846 ;
-  wire [16:0] \$847 ;
+  reg \$847 ;
   wire \$848 ;
   wire \$849 ;
   wire [3:0] \$85 ;
-  wire [4:0] \$850 ;
-  wire \$851 ;
-  reg \$852 ;
+  wire \$850 ;
+  wire [16:0] \$851 ;
+  wire \$852 ;
   wire \$853 ;
-  wire \$854 ;
+  wire [4:0] \$854 ;
   wire \$855 ;
-  wire \$856 ;
-  reg \$857 ;
+  reg \$856 ;
+  wire \$857 ;
   wire \$858 ;
   wire \$859 ;
   wire \$86 ;
   wire \$860 ;
-  wire \$861 ;
+  reg \$861 ;
   wire \$862 ;
   wire \$863 ;
   wire \$864 ;
@@ -2147,34 +2154,34 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$868 ;
   wire \$869 ;
   wire [16:0] \$87 ;
-  wire [32:0] \$870 ;
-  wire [16:0] \$871 ;
-  wire [16:0] \$872 ;
-  reg \$873 ;
-  wire \$874 ;
-  wire \$875 ;
-  wire \$876 ;
-  wire \$877 ;
+  wire \$870 ;
+  wire \$871 ;
+  wire \$872 ;
+  wire \$873 ;
+  wire [32:0] \$874 ;
+  wire [16:0] \$875 ;
+  wire [16:0] \$876 ;
+  reg \$877 ;
   wire \$878 ;
-  wire [16:0] \$879 ;
+  wire \$879 ;
   wire [3:0] \$88 ;
-  wire [10:0] \$880 ;
+  wire \$880 ;
   wire \$881 ;
-  wire [16:0] \$882 ;
-  wire \$883 ;
-  wire \$884 ;
-  wire [4:0] \$885 ;
-  reg \$886 ;
+  wire \$882 ;
+  wire [16:0] \$883 ;
+  wire [10:0] \$884 ;
+  wire \$885 ;
+  wire [16:0] \$886 ;
   wire \$887 ;
   wire \$888 ;
-  wire \$889 ;
+  wire [4:0] \$889 ;
   wire \$89 ;
-  wire \$890 ;
-  reg \$891 ;
+  reg \$890 ;
+  wire \$891 ;
   wire \$892 ;
   wire \$893 ;
   wire \$894 ;
-  wire \$895 ;
+  reg \$895 ;
   wire \$896 ;
   wire \$897 ;
   wire \$898 ;
@@ -2187,19 +2194,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$903 ;
   wire \$904 ;
   wire \$905 ;
-  wire [16:0] \$906 ;
-  wire [32:0] \$907 ;
+  wire \$906 ;
+  wire \$907 ;
   wire \$908 ;
   wire \$909 ;
   wire [3:0] \$91 ;
-  wire \$910 ;
-  wire \$911 ;
-  wire [3:0] \$912 ;
-  wire [3:0] \$913 ;
-  reg \$914 ;
-  reg \$915 ;
-  reg \$916 ;
-  reg \$917 ;
+  wire [16:0] \$910 ;
+  wire [32:0] \$911 ;
+  wire \$912 ;
+  wire \$913 ;
+  wire \$914 ;
+  wire \$915 ;
+  wire [3:0] \$916 ;
+  wire [3:0] \$917 ;
   reg \$918 ;
   reg \$919 ;
   wire \$92 ;
@@ -2212,35 +2219,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$926 ;
   reg \$927 ;
   reg \$928 ;
-  reg [15:0] \$929 ;
+  reg \$929 ;
   wire [64:0] \$93 ;
   reg \$930 ;
   reg \$931 ;
   reg \$932 ;
-  reg \$933 ;
-  reg [2:0] \$934 ;
+  reg [15:0] \$933 ;
+  reg \$934 ;
   reg \$935 ;
-  reg [2:0] \$936 ;
+  reg \$936 ;
   reg \$937 ;
-  reg \$938 ;
-  reg [15:0] \$939 ;
+  reg [2:0] \$938 ;
+  reg \$939 ;
   wire \$94 ;
-  reg [15:0] \$940 ;
-  reg [15:0] \$941 ;
-  reg [2:0] \$942 ;
+  reg [2:0] \$940 ;
+  reg \$941 ;
+  reg \$942 ;
   reg [15:0] \$943 ;
   reg [15:0] \$944 ;
-  reg [31:0] \$945 ;
-  reg [31:0] \$946 ;
-  reg [31:0] \$947 ;
-  reg [31:0] \$948 ;
-  reg \$949 ;
+  reg [15:0] \$945 ;
+  reg [2:0] \$946 ;
+  reg [15:0] \$947 ;
+  reg [15:0] \$948 ;
+  reg [31:0] \$949 ;
   wire \$95 ;
-  reg [47:0] \$950 ;
-  reg [47:0] \$951 ;
-  reg [47:0] \$952 ;
-  reg [47:0] \$953 ;
-  reg [47:0] \$954 ;
+  reg [31:0] \$950 ;
+  reg [31:0] \$951 ;
+  reg [31:0] \$952 ;
+  reg \$953 ;
+  reg \$954 ;
   reg [47:0] \$955 ;
   reg [47:0] \$956 ;
   reg [47:0] \$957 ;
@@ -2254,42 +2261,42 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$964 ;
   reg [47:0] \$965 ;
   reg [47:0] \$966 ;
-  reg [31:0] \$967 ;
-  reg \$968 ;
-  reg \$969 ;
+  reg [47:0] \$967 ;
+  reg [47:0] \$968 ;
+  reg [47:0] \$969 ;
   wire \$97 ;
-  reg [3:0] \$970 ;
-  reg \$971 ;
+  reg [47:0] \$970 ;
+  reg [47:0] \$971 ;
   reg [31:0] \$972 ;
-  reg [31:0] \$973 ;
-  reg [15:0] \$974 ;
-  reg [31:0] \$975 ;
-  reg [2:0] \$976 ;
-  reg [511:0] \$977 ;
-  reg [1:0] \$978 ;
-  reg [31:0] \$979 ;
+  reg \$973 ;
+  reg \$974 ;
+  reg [3:0] \$975 ;
+  reg \$976 ;
+  reg [31:0] \$977 ;
+  reg [31:0] \$978 ;
+  reg [15:0] \$979 ;
   wire \$98 ;
-  reg [15:0] \$980 ;
-  reg [15:0] \$981 ;
-  reg [31:0] \$982 ;
-  reg [15:0] \$983 ;
-  reg \$984 ;
-  reg [15:0] \$985 ;
+  reg [31:0] \$980 ;
+  reg [2:0] \$981 ;
+  reg [511:0] \$982 ;
+  reg [1:0] \$983 ;
+  reg [31:0] \$984 ;
+  reg [7:0] \$985 ;
   reg [15:0] \$986 ;
   reg [15:0] \$987 ;
-  reg [15:0] \$988 ;
+  reg [31:0] \$988 ;
   reg [15:0] \$989 ;
   wire \$99 ;
-  reg [15:0] \$990 ;
+  reg \$990 ;
   reg [15:0] \$991 ;
   reg [15:0] \$992 ;
-  reg [2:0] \$993 ;
-  reg [2:0] \$994 ;
-  reg [31:0] \$995 ;
+  reg [15:0] \$993 ;
+  reg [15:0] \$994 ;
+  reg [15:0] \$995 ;
   reg [15:0] \$996 ;
   reg [15:0] \$997 ;
-  reg [31:0] \$998 ;
-  reg [31:0] \$999 ;
+  reg [15:0] \$998 ;
+  reg [2:0] \$999 ;
   reg \$signal ;
   reg \$signal$213 ;
   reg \$signal$245  = 1'h0;
@@ -2298,9 +2305,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signal$288  = 1'h0;
   reg [15:0] \$signal$289  = 16'h0000;
   reg \$signal$294  = 1'h0;
-  reg [31:0] \$signal$423  = 32'd0;
   reg [31:0] \$signal$424  = 32'd0;
-  reg \$signal$434  = 1'h0;
+  reg [31:0] \$signal$425  = 32'd0;
+  reg \$signal$437  = 1'h0;
   reg \$signal$99 ;
   wire [13:0] \$signature__addr ;
   reg [8:0] \$signature__addr$261 ;
@@ -2431,6 +2438,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [21:0] addr;
   wire [21:0] \addr$87 ;
   wire [21:0] \addr$95 ;
+  reg addr_fault = 1'h0;
   output [36:0] ar__payload;
   wire [36:0] ar__payload;
   wire [36:0] \ar__payload$1 ;
@@ -2518,6 +2526,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] c_ask = 16'h0000;
   reg [15:0] c_due = 16'h0000;
   reg [2:0] c_lb;
+  reg [7:0] c_step = 8'h00;
   wire clear;
   input clk;
   wire clk;
@@ -2578,7 +2587,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \i__valid$199 ;
   reg \i__valid$239 ;
   wire idle;
-  wire \idle$429 ;
+  wire \idle$431 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2942,6 +2951,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] w_load_k = 16'h0000;
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
+  reg [7:0] w_step = 8'h00;
   reg want_w = 1'h0;
   reg [7:0] welem;
   reg [13:0] wr__addr;
@@ -28383,36 +28393,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$700  = \$699  ? images : 16'h0001;
   assign \$701  = ~ fetch_sent;
   assign \$702  = req__ready & \$701 ;
-  assign \$703  = | decode_wait;
-  assign \$704  = images_left > 1'h1;
-  assign \$705  = is_end & \$704 ;
-  assign \$706  = | ins[39:24];
-  assign \$707  = ~ \$706 ;
-  assign \$708  = | ins[55:40];
-  assign \$709  = ~ \$708 ;
-  assign \$710  = | ins[71:56];
-  assign \$711  = ~ \$710 ;
-  assign \$712  = | ins[87:72];
-  assign \$713  = ~ \$712 ;
-  assign \$714  = | ins[103:88];
-  assign \$715  = ~ \$714 ;
-  assign \$716  = | { \$715 , \$713 , \$711 , \$709 , \$707  };
-  assign \$717  = post_gelu | post_add;
-  assign \$718  = ~ unit_known;
-  assign \$719  = \$717  & \$718 ;
-  assign \$720  = post_bad | \$719 ;
-  assign \$721  = post_gelu | post_add;
-  assign \$722  = is_move | is_load;
-  assign \$723  = \$722  | is_store;
-  assign \$724  = \$723  | is_gemm;
-  assign \$725  = decode_wait - 1'h1;
-  assign \$726  = images_left - 1'h1;
-  assign \$727  = offset + \$signal$424 ;
-  assign \$728  = | c_ask;
-  assign \$729  = \$728  & req__ready;
-  assign \$730  = c_ask - 1'h1;
-  assign \$731  = 1'h1 << dec_c_lb;
-  assign \$732  = c_addr + \$731 ;
+  assign \$703  = 1'h1 << dec_c_lb;
+  assign \$704  = | decode_wait;
+  assign \$705  = images_left > 1'h1;
+  assign \$706  = is_end & \$705 ;
+  assign \$707  = | ins[39:24];
+  assign \$708  = ~ \$707 ;
+  assign \$709  = | ins[55:40];
+  assign \$710  = ~ \$709 ;
+  assign \$711  = | ins[71:56];
+  assign \$712  = ~ \$711 ;
+  assign \$713  = | ins[87:72];
+  assign \$714  = ~ \$713 ;
+  assign \$715  = | ins[103:88];
+  assign \$716  = ~ \$715 ;
+  assign \$717  = | { \$716 , \$714 , \$712 , \$710 , \$708  };
+  assign \$718  = post_gelu | post_add;
+  assign \$719  = ~ unit_known;
+  assign \$720  = \$718  & \$719 ;
+  assign \$721  = post_bad | \$720 ;
+  assign \$722  = post_gelu | post_add;
+  assign \$723  = is_move | is_load;
+  assign \$724  = \$723  | is_store;
+  assign \$725  = \$724  | is_gemm;
+  assign \$726  = decode_wait - 1'h1;
+  assign \$727  = images_left - 1'h1;
+  assign \$728  = offset + \$signal$425 ;
+  assign \$729  = | c_ask;
+  assign \$730  = \$729  & req__ready;
+  assign \$731  = c_ask - 1'h1;
+  assign \$732  = c_addr + c_step;
   assign \$733  = beat__valid & beat__ready;
   assign \$734  = c_due - 1'h1;
   assign \$735  = c_due == 1'h1;
@@ -28425,415 +28435,425 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$742  = | fault;
   assign \$743  = ~ \$742 ;
   assign \$744  = \$741  & \$743 ;
-  assign \$745  = pc + 7'h40;
-  assign \$746  = $signed(addr) < $signed(1'h0);
-  assign \$747  = $signed(addr) >= $signed(16'h4000);
-  assign \$748  = \$746  | \$747 ;
-  assign \$749  = valid & \$748 ;
-  assign \$750  = ~ is_load;
-  assign \$751  = \$749  & \$750 ;
-  assign \$752  = ~ is_gemm;
+  assign \$745  = ~ addr_fault;
+  assign \$746  = \$744  & \$745 ;
+  assign \$747  = pc + 7'h40;
+  assign \$748  = $signed(addr) < $signed(1'h0);
+  assign \$749  = $signed(addr) >= $signed(16'h4000);
+  assign \$750  = \$748  | \$749 ;
+  assign \$751  = valid & \$750 ;
+  assign \$752  = ~ is_load;
   assign \$753  = \$751  & \$752 ;
-  assign \$754  = $signed(\addr$87 ) < $signed(1'h0);
-  assign \$755  = $signed(\addr$87 ) >= $signed(16'h4000);
-  assign \$756  = \$754  | \$755 ;
-  assign \$757  = \valid$83  & \$756 ;
-  assign \$758  = \$757  & is_add;
-  assign \$759  = $signed(\addr$95 ) < $signed(1'h0);
-  assign \$760  = $signed(\addr$95 ) >= $signed(16'h4000);
-  assign \$761  = \$759  | \$760 ;
-  assign \$762  = \valid$100  & \$761 ;
-  assign \$763  = ~ is_store;
-  assign \$764  = \$762  & \$763 ;
-  assign \$765  = ~ is_gemm;
-  assign \$766  = \$764  & \$765 ;
-  assign \$767  = | fault;
-  assign \$768  = \idle$429  & idle;
-  assign \$769  = ~ ext_req_valid;
-  assign \$770  = \$769  | req__ready;
-  assign \$771  = $signed(addr) << ins[23:22];
-  assign \$772  = $signed({ 1'h0, dec_ext_base }) + $signed(\$771 );
+  assign \$754  = ~ is_gemm;
+  assign \$755  = \$753  & \$754 ;
+  assign \$756  = $signed(\addr$87 ) < $signed(1'h0);
+  assign \$757  = $signed(\addr$87 ) >= $signed(16'h4000);
+  assign \$758  = \$756  | \$757 ;
+  assign \$759  = \valid$83  & \$758 ;
+  assign \$760  = \$759  & is_add;
+  assign \$761  = \$755  | \$760 ;
+  assign \$762  = $signed(\addr$95 ) < $signed(1'h0);
+  assign \$763  = $signed(\addr$95 ) >= $signed(16'h4000);
+  assign \$764  = \$762  | \$763 ;
+  assign \$765  = \valid$100  & \$764 ;
+  assign \$766  = ~ is_store;
+  assign \$767  = \$765  & \$766 ;
+  assign \$768  = ~ is_gemm;
+  assign \$769  = \$767  & \$768 ;
+  assign \$770  = \$761  | \$769 ;
+  assign \$771  = | fault;
+  assign \$772  = \idle$431  & idle;
   assign \$773  = ~ ext_req_valid;
-  assign \$774  = \$773  | \req__ready$192 ;
-  assign \$775  = r_rdy & \valid$100 ;
-  assign \$776  = ~ ext_req_valid;
-  assign \$777  = \$776  | \req__ready$192 ;
-  assign \$778  = \$775  & \$777 ;
-  assign \$779  = $signed(\addr$95 ) << ins[23:22];
-  assign \$780  = $signed({ 1'h0, dec_ext_base }) + $signed(\$779 );
-  assign \$781  = is_gelu | is_add;
-  assign \$782  = \$781  | post_gelu;
-  assign \$783  = \$782  | post_add;
-  assign \$784  = streaming & \$783 ;
-  assign \$785  = pack_full & in_ready;
-  assign \$786  = ~ pack_full;
-  assign \$787  = \$786  | in_ready;
-  assign \$788  = \$787  & elem_valid;
-  assign \$789  = ~ add_sel;
-  assign \$790  = \r_rdy$211  | \$789 ;
-  assign \$791  = \$788  & \$790 ;
-  assign \$792  = pack_j == 2'h3;
-  assign \$793  = \$792  | elem_final;
-  assign \$794  = pack_j + 1'h1;
-  assign \$795  = \$signal$213  & \valid$100 ;
-  assign \$796  = pack_jo == 2'h3;
-  assign \$797  = \$796  | \final ;
-  assign \$798  = pack_jo + 1'h1;
-  assign \$799  = | dec_tiles;
-  assign \$800  = | dec_k_last;
-  assign \$801  = ~ \$800 ;
-  assign \$802  = | dec_nt_last;
-  assign \$803  = ~ \$802 ;
-  assign \$804  = streaming & is_gemm;
-  assign \$805  = \$signal$245  & req__ready;
-  assign \$806  = ~ want_w;
-  assign \$807  = \$806  & is_linear;
-  assign \$808  = ~ is_linear;
-  assign \$809  = want_w & \$signal$434 ;
-  assign \$810  = \$808  | \$809 ;
-  assign \$811  = ~ \$810 ;
-  assign \$812  = want_w & \$811 ;
-  assign \$813  = k + 1'h1;
-  assign \$814  = k + 1'h1;
-  assign \$815  = \$814  == dec_k_last;
-  assign \$816  = 1'h1 << w_lb;
-  assign \$817  = w_addr + \$816 ;
-  assign \$818  = ~ is_linear;
-  assign \$819  = want_w & \$signal$434 ;
-  assign \$820  = \$818  | \$819 ;
-  assign \$821  = tiles - 1'h1;
-  assign \$822  = tiles != 1'h1;
-  assign \$823  = | dec_k_last;
-  assign \$824  = ~ \$823 ;
-  assign \$825  = | dec_nt_last;
-  assign \$826  = ~ \$825 ;
-  assign \$827  = nt + 1'h1;
-  assign \$828  = nt + 1'h1;
-  assign \$829  = \$828  == dec_nt_last;
-  assign \$830  = p_addr + 7'h40;
-  assign \$831  = streaming & is_gemm;
-  assign \$832  = \a__valid$255  & \a__ready$256 ;
-  assign \$833  = beat__valid & beat__ready;
-  assign \$834  = \$833  & is_linear;
-  assign \$835  = rk == ins[87:72];
-  assign \$836  = rk + 1'h1;
-  assign \$837  = \$835  ? 17'h00000 : \$836 ;
-  assign \$838  = rk == ins[87:72];
-  assign \$839  = ~ is_linear;
-  assign \$840  = \$839  | rk_zero;
-  assign \$841  = ~ \$840 ;
-  assign \$842  = streaming & is_gemm;
-  assign \$844  = ~ \$843 ;
-  assign \$845  = r_rdy & \$844 ;
-  assign \$846  = \$signal$265  == 3'h7;
-  assign \$847  = lk + 1'h1;
-  assign \$848  = lk == dec_k_last;
-  assign \$849  = ~ \$signal$258 ;
-  assign \$850  = \$signal$265  + 1'h1;
-  assign \$851  = \a__valid$255  & \a__ready$256 ;
-  assign \$853  = \$signal$258  == \$signal$288 ;
-  assign \$854  = lk > \$signal$289 ;
-  assign \$855  = \$853  & \$854 ;
-  assign \$856  = \$852  | \$855 ;
-  assign \$858  = is_linear | \$857 ;
-  assign \$859  = \$856  & \$858 ;
-  assign \$860  = ~ \$signal$294 ;
-  assign \$861  = \a__valid$255  & \a__ready$256 ;
-  assign \$862  = \$860  | \$861 ;
-  assign \$863  = \$859  & \$862 ;
-  assign \$864  = | feed_blocks;
-  assign \$865  = \$863  & \$864 ;
-  assign \$866  = \$signal$289  == dec_k_last;
-  assign \$867  = \$signal$289  == dec_k_last;
-  assign \$868  = fnt == dec_nt_last;
-  assign \$869  = ~ \$signal$288 ;
-  assign \$870  = feed_blocks - 1'h1;
-  assign \$871  = fnt + 1'h1;
-  assign \$872  = \$signal$289  + 1'h1;
-  assign \$874  = ~ \$873 ;
-  assign \$875  = \r_rdy$211  & \$874 ;
-  assign \$876  = ~ is_linear;
-  assign \$877  = \$875  & \$876 ;
-  assign \$878  = w_load_lane == 3'h7;
-  assign \$879  = w_load_k + 1'h1;
-  assign \$880  = w_load_addr + 1'h1;
-  assign \$881  = w_load_k == dec_k_last;
-  assign \$882  = w_load_nt + 1'h1;
-  assign \$883  = w_load_nt == dec_nt_last;
-  assign \$884  = ~ w_load_half;
-  assign \$885  = w_load_lane + 1'h1;
-  assign \$887  = \$signal$258  == \$signal$288 ;
-  assign \$888  = lk > \$signal$289 ;
-  assign \$889  = \$887  & \$888 ;
-  assign \$890  = \$886  | \$889 ;
-  assign \$892  = is_linear | \$891 ;
-  assign \$893  = \$890  & \$892 ;
-  assign \$894  = ~ \$signal$294 ;
-  assign \$895  = \a__valid$255  & \a__ready$256 ;
-  assign \$896  = \$894  | \$895 ;
-  assign \$897  = \$893  & \$896 ;
-  assign \$898  = | feed_blocks;
-  assign \$899  = \$897  & \$898 ;
-  assign \$900  = ~ is_linear;
-  assign \$901  = \$899  & \$900 ;
-  assign \$902  = \$signal$289  == dec_k_last;
-  assign \$903  = fnt == dec_nt_last;
-  assign \$904  = feed_mt == dec_mt_last;
-  assign \$905  = ~ w_feed_half;
-  assign \$906  = feed_mt + 1'h1;
-  assign \$907  = feed_ntk + ins[87:72];
-  assign \$908  = streaming & is_gemm;
-  assign \$909  = post_gelu | post_add;
-  assign \$910  = \$908  & \$909 ;
-  assign \$911  = post_col == 3'h7;
-  assign \$912  = post_col + 1'h1;
-  assign \$913  = \$911  ? 4'h0 : \$912 ;
+  assign \$774  = \$773  | req__ready;
+  assign \$775  = $signed(addr) << ins[23:22];
+  assign \$776  = $signed({ 1'h0, dec_ext_base }) + $signed(\$775 );
+  assign \$777  = ~ ext_req_valid;
+  assign \$778  = \$777  | \req__ready$192 ;
+  assign \$779  = r_rdy & \valid$100 ;
+  assign \$780  = ~ ext_req_valid;
+  assign \$781  = \$780  | \req__ready$192 ;
+  assign \$782  = \$779  & \$781 ;
+  assign \$783  = $signed(\addr$95 ) << ins[23:22];
+  assign \$784  = $signed({ 1'h0, dec_ext_base }) + $signed(\$783 );
+  assign \$785  = is_gelu | is_add;
+  assign \$786  = \$785  | post_gelu;
+  assign \$787  = \$786  | post_add;
+  assign \$788  = streaming & \$787 ;
+  assign \$789  = pack_full & in_ready;
+  assign \$790  = ~ pack_full;
+  assign \$791  = \$790  | in_ready;
+  assign \$792  = \$791  & elem_valid;
+  assign \$793  = ~ add_sel;
+  assign \$794  = \r_rdy$211  | \$793 ;
+  assign \$795  = \$792  & \$794 ;
+  assign \$796  = pack_j == 2'h3;
+  assign \$797  = \$796  | elem_final;
+  assign \$798  = pack_j + 1'h1;
+  assign \$799  = \$signal$213  & \valid$100 ;
+  assign \$800  = pack_jo == 2'h3;
+  assign \$801  = \$800  | \final ;
+  assign \$802  = pack_jo + 1'h1;
+  assign \$803  = 1'h1 << w_lb;
+  assign \$804  = | dec_tiles;
+  assign \$805  = | dec_k_last;
+  assign \$806  = ~ \$805 ;
+  assign \$807  = | dec_nt_last;
+  assign \$808  = ~ \$807 ;
+  assign \$809  = streaming & is_gemm;
+  assign \$810  = \$signal$245  & req__ready;
+  assign \$811  = ~ want_w;
+  assign \$812  = \$811  & is_linear;
+  assign \$813  = ~ is_linear;
+  assign \$814  = want_w & \$signal$437 ;
+  assign \$815  = \$813  | \$814 ;
+  assign \$816  = ~ \$815 ;
+  assign \$817  = want_w & \$816 ;
+  assign \$818  = k + 1'h1;
+  assign \$819  = k + 1'h1;
+  assign \$820  = \$819  == dec_k_last;
+  assign \$821  = w_addr + w_step;
+  assign \$822  = ~ is_linear;
+  assign \$823  = want_w & \$signal$437 ;
+  assign \$824  = \$822  | \$823 ;
+  assign \$825  = tiles - 1'h1;
+  assign \$826  = tiles != 1'h1;
+  assign \$827  = | dec_k_last;
+  assign \$828  = ~ \$827 ;
+  assign \$829  = | dec_nt_last;
+  assign \$830  = ~ \$829 ;
+  assign \$831  = nt + 1'h1;
+  assign \$832  = nt + 1'h1;
+  assign \$833  = \$832  == dec_nt_last;
+  assign \$834  = p_addr + 7'h40;
+  assign \$835  = streaming & is_gemm;
+  assign \$836  = \a__valid$255  & \a__ready$256 ;
+  assign \$837  = beat__valid & beat__ready;
+  assign \$838  = \$837  & is_linear;
+  assign \$839  = rk == ins[87:72];
+  assign \$840  = rk + 1'h1;
+  assign \$841  = \$839  ? 17'h00000 : \$840 ;
+  assign \$842  = rk == ins[87:72];
+  assign \$843  = ~ is_linear;
+  assign \$844  = \$843  | rk_zero;
+  assign \$845  = ~ \$844 ;
+  assign \$846  = streaming & is_gemm;
+  assign \$848  = ~ \$847 ;
+  assign \$849  = r_rdy & \$848 ;
+  assign \$850  = \$signal$265  == 3'h7;
+  assign \$851  = lk + 1'h1;
+  assign \$852  = lk == dec_k_last;
+  assign \$853  = ~ \$signal$258 ;
+  assign \$854  = \$signal$265  + 1'h1;
+  assign \$855  = \a__valid$255  & \a__ready$256 ;
+  assign \$857  = \$signal$258  == \$signal$288 ;
+  assign \$858  = lk > \$signal$289 ;
+  assign \$859  = \$857  & \$858 ;
+  assign \$860  = \$856  | \$859 ;
+  assign \$862  = is_linear | \$861 ;
+  assign \$863  = \$860  & \$862 ;
+  assign \$864  = ~ \$signal$294 ;
+  assign \$865  = \a__valid$255  & \a__ready$256 ;
+  assign \$866  = \$864  | \$865 ;
+  assign \$867  = \$863  & \$866 ;
+  assign \$868  = | feed_blocks;
+  assign \$869  = \$867  & \$868 ;
+  assign \$870  = \$signal$289  == dec_k_last;
+  assign \$871  = \$signal$289  == dec_k_last;
+  assign \$872  = fnt == dec_nt_last;
+  assign \$873  = ~ \$signal$288 ;
+  assign \$874  = feed_blocks - 1'h1;
+  assign \$875  = fnt + 1'h1;
+  assign \$876  = \$signal$289  + 1'h1;
+  assign \$878  = ~ \$877 ;
+  assign \$879  = \r_rdy$211  & \$878 ;
+  assign \$880  = ~ is_linear;
+  assign \$881  = \$879  & \$880 ;
+  assign \$882  = w_load_lane == 3'h7;
+  assign \$883  = w_load_k + 1'h1;
+  assign \$884  = w_load_addr + 1'h1;
+  assign \$885  = w_load_k == dec_k_last;
+  assign \$886  = w_load_nt + 1'h1;
+  assign \$887  = w_load_nt == dec_nt_last;
+  assign \$888  = ~ w_load_half;
+  assign \$889  = w_load_lane + 1'h1;
+  assign \$891  = \$signal$258  == \$signal$288 ;
+  assign \$892  = lk > \$signal$289 ;
+  assign \$893  = \$891  & \$892 ;
+  assign \$894  = \$890  | \$893 ;
+  assign \$896  = is_linear | \$895 ;
+  assign \$897  = \$894  & \$896 ;
+  assign \$898  = ~ \$signal$294 ;
+  assign \$899  = \a__valid$255  & \a__ready$256 ;
+  assign \$900  = \$898  | \$899 ;
+  assign \$901  = \$897  & \$900 ;
+  assign \$902  = | feed_blocks;
+  assign \$903  = \$901  & \$902 ;
+  assign \$904  = ~ is_linear;
+  assign \$905  = \$903  & \$904 ;
+  assign \$906  = \$signal$289  == dec_k_last;
+  assign \$907  = fnt == dec_nt_last;
+  assign \$908  = feed_mt == dec_mt_last;
+  assign \$909  = ~ w_feed_half;
+  assign \$910  = feed_mt + 1'h1;
+  assign \$911  = feed_ntk + ins[87:72];
+  assign \$912  = streaming & is_gemm;
+  assign \$913  = post_gelu | post_add;
+  assign \$914  = \$912  & \$913 ;
+  assign \$915  = post_col == 3'h7;
+  assign \$916  = post_col + 1'h1;
+  assign \$917  = \$915  ? 4'h0 : \$916 ;
   always @(posedge clk)
-    is_end <= \$914 ;
+    is_end <= \$918 ;
   always @(posedge clk)
-    is_load <= \$915 ;
+    is_load <= \$919 ;
   always @(posedge clk)
-    is_store <= \$916 ;
+    is_store <= \$920 ;
   always @(posedge clk)
-    is_linear <= \$917 ;
+    is_linear <= \$921 ;
   always @(posedge clk)
-    is_matmul <= \$918 ;
+    is_matmul <= \$922 ;
   always @(posedge clk)
-    is_softmax <= \$919 ;
+    is_softmax <= \$923 ;
   always @(posedge clk)
-    is_gelu <= \$920 ;
+    is_gelu <= \$924 ;
   always @(posedge clk)
-    is_layernorm <= \$921 ;
+    is_layernorm <= \$925 ;
   always @(posedge clk)
-    is_add <= \$922 ;
+    is_add <= \$926 ;
   always @(posedge clk)
-    is_im2col <= \$923 ;
+    is_im2col <= \$927 ;
   always @(posedge clk)
-    is_concat <= \$924 ;
+    is_concat <= \$928 ;
   always @(posedge clk)
-    is_split_heads <= \$925 ;
+    is_split_heads <= \$929 ;
   always @(posedge clk)
-    is_merge_heads <= \$926 ;
+    is_merge_heads <= \$930 ;
   always @(posedge clk)
-    is_transpose <= \$927 ;
+    is_transpose <= \$931 ;
   always @(posedge clk)
-    is_select <= \$928 ;
+    is_select <= \$932 ;
   always @(posedge clk)
-    op_onehot <= \$929 ;
+    op_onehot <= \$933 ;
   always @(posedge clk)
-    is_gemm <= \$930 ;
+    is_gemm <= \$934 ;
   always @(posedge clk)
-    post_gelu <= \$931 ;
+    post_gelu <= \$935 ;
   always @(posedge clk)
-    post_add <= \$932 ;
+    post_add <= \$936 ;
   always @(posedge clk)
-    src0_inflight <= \$933 ;
+    src0_inflight <= \$937 ;
   always @(posedge clk)
-    src0_meta <= \$934 ;
+    src0_meta <= \$938 ;
   always @(posedge clk)
-    src1_inflight <= \$935 ;
+    src1_inflight <= \$939 ;
   always @(posedge clk)
-    src1_meta <= \$936 ;
+    src1_meta <= \$940 ;
   always @(posedge clk)
-    is_move <= \$937 ;
+    is_move <= \$941 ;
   always @(posedge clk)
-    unit_is0 <= \$938 ;
+    unit_is0 <= \$942 ;
   always @(posedge clk)
-    dec_mt <= \$939 ;
+    dec_mt <= \$943 ;
   always @(posedge clk)
-    dec_nt <= \$940 ;
+    dec_nt <= \$944 ;
   always @(posedge clk)
-    dec_k_last <= \$941 ;
+    dec_k_last <= \$945 ;
   always @(posedge clk)
-    dec_c_lb <= \$942 ;
+    dec_c_lb <= \$946 ;
   always @(posedge clk)
-    dec_mt_last <= \$943 ;
+    dec_mt_last <= \$947 ;
   always @(posedge clk)
-    dec_nt_last <= \$944 ;
+    dec_nt_last <= \$948 ;
   always @(posedge clk)
-    dec_blocks <= \$945 ;
+    dec_blocks <= \$949 ;
   always @(posedge clk)
-    dec_c_base <= \$946 ;
+    dec_c_base <= \$950 ;
   always @(posedge clk)
-    dec_tiles <= \$947 ;
+    dec_tiles <= \$951 ;
   always @(posedge clk)
-    dec_ext_base <= \$948 ;
+    dec_ext_base <= \$952 ;
   always @(posedge clk)
-    ext_req_valid <= \$949 ;
+    addr_fault <= \$953 ;
   always @(posedge clk)
-    cycles <= \$950 ;
+    ext_req_valid <= \$954 ;
   always @(posedge clk)
-    op_cycles__0 <= \$951 ;
+    cycles <= \$955 ;
   always @(posedge clk)
-    op_cycles__1 <= \$952 ;
+    op_cycles__0 <= \$956 ;
   always @(posedge clk)
-    op_cycles__2 <= \$953 ;
+    op_cycles__1 <= \$957 ;
   always @(posedge clk)
-    op_cycles__3 <= \$954 ;
+    op_cycles__2 <= \$958 ;
   always @(posedge clk)
-    op_cycles__4 <= \$955 ;
+    op_cycles__3 <= \$959 ;
   always @(posedge clk)
-    op_cycles__5 <= \$956 ;
+    op_cycles__4 <= \$960 ;
   always @(posedge clk)
-    op_cycles__6 <= \$957 ;
+    op_cycles__5 <= \$961 ;
   always @(posedge clk)
-    op_cycles__7 <= \$958 ;
+    op_cycles__6 <= \$962 ;
   always @(posedge clk)
-    op_cycles__8 <= \$959 ;
+    op_cycles__7 <= \$963 ;
   always @(posedge clk)
-    op_cycles__9 <= \$960 ;
+    op_cycles__8 <= \$964 ;
   always @(posedge clk)
-    op_cycles__10 <= \$961 ;
+    op_cycles__9 <= \$965 ;
   always @(posedge clk)
-    op_cycles__11 <= \$962 ;
+    op_cycles__10 <= \$966 ;
   always @(posedge clk)
-    op_cycles__12 <= \$963 ;
+    op_cycles__11 <= \$967 ;
   always @(posedge clk)
-    op_cycles__13 <= \$964 ;
+    op_cycles__12 <= \$968 ;
   always @(posedge clk)
-    op_cycles__14 <= \$965 ;
+    op_cycles__13 <= \$969 ;
   always @(posedge clk)
-    op_cycles__15 <= \$966 ;
+    op_cycles__14 <= \$970 ;
   always @(posedge clk)
-    pc <= \$967 ;
+    op_cycles__15 <= \$971 ;
   always @(posedge clk)
-    busy <= \$968 ;
+    pc <= \$972 ;
   always @(posedge clk)
-    done <= \$969 ;
+    busy <= \$973 ;
   always @(posedge clk)
-    error <= \$970 ;
+    done <= \$974 ;
   always @(posedge clk)
-    fetch_sent <= \$971 ;
+    error <= \$975 ;
   always @(posedge clk)
-    \$signal$423  <= \$972 ;
+    fetch_sent <= \$976 ;
   always @(posedge clk)
-    \$signal$424  <= \$973 ;
+    \$signal$424  <= \$977 ;
   always @(posedge clk)
-    images_left <= \$974 ;
+    \$signal$425  <= \$978 ;
   always @(posedge clk)
-    offset <= \$975 ;
+    images_left <= \$979 ;
   always @(posedge clk)
-    seq_state <= \$976 ;
+    offset <= \$980 ;
   always @(posedge clk)
-    ins <= \$977 ;
+    seq_state <= \$981 ;
   always @(posedge clk)
-    decode_wait <= \$978 ;
+    ins <= \$982 ;
   always @(posedge clk)
-    c_addr <= \$979 ;
+    decode_wait <= \$983 ;
   always @(posedge clk)
-    c_ask <= \$980 ;
+    c_addr <= \$984 ;
   always @(posedge clk)
-    c_due <= \$981 ;
+    c_step <= \$985 ;
   always @(posedge clk)
-    ext_req_addr <= \$982 ;
+    c_ask <= \$986 ;
   always @(posedge clk)
-    ext_req_data <= \$983 ;
+    c_due <= \$987 ;
   always @(posedge clk)
-    pack_full <= \$984 ;
+    ext_req_addr <= \$988 ;
   always @(posedge clk)
-    pack_a0 <= \$985 ;
+    ext_req_data <= \$989 ;
   always @(posedge clk)
-    pack_a1 <= \$986 ;
+    pack_full <= \$990 ;
   always @(posedge clk)
-    pack_a2 <= \$987 ;
+    pack_a0 <= \$991 ;
   always @(posedge clk)
-    pack_a3 <= \$988 ;
+    pack_a1 <= \$992 ;
   always @(posedge clk)
-    pack_b0 <= \$989 ;
+    pack_a2 <= \$993 ;
   always @(posedge clk)
-    pack_b1 <= \$990 ;
+    pack_a3 <= \$994 ;
   always @(posedge clk)
-    pack_b2 <= \$991 ;
+    pack_b0 <= \$995 ;
   always @(posedge clk)
-    pack_b3 <= \$992 ;
+    pack_b1 <= \$996 ;
   always @(posedge clk)
-    pack_j <= \$993 ;
+    pack_b2 <= \$997 ;
   always @(posedge clk)
-    pack_jo <= \$994 ;
+    pack_b3 <= \$998 ;
   always @(posedge clk)
-    tiles <= \$995 ;
+    pack_j <= \$999 ;
   always @(posedge clk)
-    nt <= \$996 ;
+    pack_jo <= \$1000 ;
   always @(posedge clk)
-    k <= \$997 ;
+    tiles <= \$1001 ;
   always @(posedge clk)
-    w_addr <= \$998 ;
+    nt <= \$1002 ;
   always @(posedge clk)
-    p_addr <= \$999 ;
+    k <= \$1003 ;
   always @(posedge clk)
-    want_w <= \$1000 ;
+    w_addr <= \$1004 ;
   always @(posedge clk)
-    \$signal$245  <= \$1001 ;
+    p_addr <= \$1005 ;
   always @(posedge clk)
-    \$signal$434  <= \$1002 ;
+    want_w <= \$1006 ;
   always @(posedge clk)
-    nt_hit <= \$1003 ;
+    w_step <= \$1007 ;
   always @(posedge clk)
-    rk <= \$1004 ;
+    \$signal$245  <= \$1008 ;
   always @(posedge clk)
-    rk_zero <= \$1005 ;
+    \$signal$437  <= \$1009 ;
   always @(posedge clk)
-    w_full <= \$1006 ;
+    nt_hit <= \$1010 ;
   always @(posedge clk)
-    w_lane0 <= \$1007 ;
+    rk <= \$1011 ;
   always @(posedge clk)
-    w_lane1 <= \$1008 ;
+    rk_zero <= \$1012 ;
   always @(posedge clk)
-    w_lane2 <= \$1009 ;
+    w_full <= \$1013 ;
   always @(posedge clk)
-    w_lane3 <= \$1010 ;
+    w_lane0 <= \$1014 ;
   always @(posedge clk)
-    w_lane4 <= \$1011 ;
+    w_lane1 <= \$1015 ;
   always @(posedge clk)
-    w_lane5 <= \$1012 ;
+    w_lane2 <= \$1016 ;
   always @(posedge clk)
-    w_lane6 <= \$1013 ;
+    w_lane3 <= \$1017 ;
   always @(posedge clk)
-    w_lane7 <= \$1014 ;
+    w_lane4 <= \$1018 ;
   always @(posedge clk)
-    a_filled0 <= \$1015 ;
+    w_lane5 <= \$1019 ;
   always @(posedge clk)
-    a_filled1 <= \$1016 ;
+    w_lane6 <= \$1020 ;
   always @(posedge clk)
-    \$signal$258  <= \$1017 ;
+    w_lane7 <= \$1021 ;
   always @(posedge clk)
-    \$signal$265  <= \$1018 ;
+    a_filled0 <= \$1022 ;
   always @(posedge clk)
-    lk <= \$1019 ;
+    a_filled1 <= \$1023 ;
   always @(posedge clk)
-    \$signal$288  <= \$1020 ;
+    \$signal$258  <= \$1024 ;
   always @(posedge clk)
-    \$signal$289  <= \$1021 ;
+    \$signal$265  <= \$1025 ;
   always @(posedge clk)
-    fnt <= \$1022 ;
+    lk <= \$1026 ;
   always @(posedge clk)
-    feed_blocks <= \$1023 ;
+    \$signal$288  <= \$1027 ;
   always @(posedge clk)
-    \$signal$294  <= \$1024 ;
+    \$signal$289  <= \$1028 ;
   always @(posedge clk)
-    a_last <= \$1025 ;
+    fnt <= \$1029 ;
   always @(posedge clk)
-    w_load_lane <= \$1026 ;
+    feed_blocks <= \$1030 ;
   always @(posedge clk)
-    w_load_k <= \$1027 ;
+    \$signal$294  <= \$1031 ;
   always @(posedge clk)
-    w_load_addr <= \$1028 ;
+    a_last <= \$1032 ;
   always @(posedge clk)
-    w_load_nt <= \$1029 ;
+    w_load_lane <= \$1033 ;
   always @(posedge clk)
-    w_filled0 <= \$1030 ;
+    w_load_k <= \$1034 ;
   always @(posedge clk)
-    w_filled1 <= \$1031 ;
+    w_load_addr <= \$1035 ;
   always @(posedge clk)
-    w_load_half <= \$1032 ;
+    w_load_nt <= \$1036 ;
   always @(posedge clk)
-    feed_ntk <= \$1033 ;
+    w_filled0 <= \$1037 ;
   always @(posedge clk)
-    feed_mt <= \$1034 ;
+    w_filled1 <= \$1038 ;
   always @(posedge clk)
-    w_feed_half <= \$1035 ;
+    w_load_half <= \$1039 ;
   always @(posedge clk)
-    post_col <= \$1036 ;
+    feed_ntk <= \$1040 ;
+  always @(posedge clk)
+    feed_mt <= \$1041 ;
+  always @(posedge clk)
+    w_feed_half <= \$1042 ;
+  always @(posedge clk)
+    post_col <= \$1043 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
@@ -28996,7 +29016,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .beat__ready(beat__ready),
     .beat__valid(beat__valid),
     .clk(clk),
-    .idle(\idle$429 ),
+    .idle(\idle$431 ),
     .r__payload(r__payload),
     .r__ready(r__ready),
     .r__valid(r__valid),
@@ -29597,9 +29617,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$843  = a_filled0;
+          \$847  = a_filled0;
       1'h1:
-          \$843  = a_filled1;
+          \$847  = a_filled1;
     endcase
   end
   always @* begin
@@ -29607,9 +29627,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$852  = a_filled0;
+          \$856  = a_filled0;
       1'h1:
-          \$852  = a_filled1;
+          \$856  = a_filled1;
     endcase
   end
   always @* begin
@@ -29617,9 +29637,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$857  = w_filled0;
+          \$861  = w_filled0;
       1'h1:
-          \$857  = w_filled1;
+          \$861  = w_filled1;
     endcase
   end
   always @* begin
@@ -29627,9 +29647,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$873  = w_filled0;
+          \$877  = w_filled0;
       1'h1:
-          \$873  = w_filled1;
+          \$877  = w_filled1;
     endcase
   end
   always @* begin
@@ -29637,9 +29657,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$886  = a_filled0;
+          \$890  = a_filled0;
       1'h1:
-          \$886  = a_filled1;
+          \$890  = a_filled1;
     endcase
   end
   always @* begin
@@ -29647,9 +29667,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$891  = w_filled0;
+          \$895  = w_filled0;
       1'h1:
-          \$891  = w_filled1;
+          \$895  = w_filled1;
     endcase
   end
   always @* begin
@@ -31382,366 +31402,295 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$914  = \$606 ;
-    if (rst) begin
-      \$914  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$915  = \$607 ;
-    if (rst) begin
-      \$915  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$916  = \$608 ;
-    if (rst) begin
-      \$916  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$917  = \$609 ;
-    if (rst) begin
-      \$917  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$918  = \$610 ;
+    \$918  = \$606 ;
     if (rst) begin
       \$918  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$919  = \$611 ;
+    \$919  = \$607 ;
     if (rst) begin
       \$919  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$920  = \$612 ;
+    \$920  = \$608 ;
     if (rst) begin
       \$920  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$921  = \$613 ;
+    \$921  = \$609 ;
     if (rst) begin
       \$921  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$922  = \$614 ;
+    \$922  = \$610 ;
     if (rst) begin
       \$922  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$923  = \$615 ;
+    \$923  = \$611 ;
     if (rst) begin
       \$923  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$924  = \$616 ;
+    \$924  = \$612 ;
     if (rst) begin
       \$924  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$925  = \$617 ;
+    \$925  = \$613 ;
     if (rst) begin
       \$925  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$926  = \$618 ;
+    \$926  = \$614 ;
     if (rst) begin
       \$926  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$927  = \$619 ;
+    \$927  = \$615 ;
     if (rst) begin
       \$927  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$928  = \$620 ;
+    \$928  = \$616 ;
     if (rst) begin
       \$928  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$929  = \$621 [15:0];
+    \$929  = \$617 ;
     if (rst) begin
-      \$929  = 16'h0000;
+      \$929  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$930  = \$624 ;
+    \$930  = \$618 ;
     if (rst) begin
       \$930  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$931  = \$627 ;
+    \$931  = \$619 ;
     if (rst) begin
       \$931  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$932  = \$630 ;
+    \$932  = \$620 ;
     if (rst) begin
       \$932  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$933  = \$632 ;
+    \$933  = \$621 [15:0];
     if (rst) begin
-      \$933  = 1'h0;
+      \$933  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$934  = { \$633 , \final$407 , \last__4$406  };
+    \$934  = \$624 ;
     if (rst) begin
-      \$934  = 3'h0;
+      \$934  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$935  = \$635 ;
+    \$935  = \$627 ;
     if (rst) begin
       \$935  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$936  = { \$636 , \final$410 , \last__4$409  };
+    \$936  = \$630 ;
     if (rst) begin
-      \$936  = 3'h0;
+      \$936  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$937  = \$643 ;
+    \$937  = \$632 ;
     if (rst) begin
       \$937  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$938  = \$645 ;
+    \$938  = { \$633 , \final$407 , \last__4$406  };
     if (rst) begin
-      \$938  = 1'h0;
+      \$938  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$939  = \$648 [15:0];
+    \$939  = \$635 ;
     if (rst) begin
-      \$939  = 16'h0000;
+      \$939  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$940  = \$651 [15:0];
+    \$940  = { \$636 , \final$410 , \last__4$409  };
     if (rst) begin
-      \$940  = 16'h0000;
+      \$940  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$941  = \$652 [15:0];
+    \$941  = \$643 ;
     if (rst) begin
-      \$941  = 16'h0000;
+      \$941  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$942  = c_lb;
+    \$942  = \$645 ;
     if (rst) begin
-      \$942  = 3'h0;
+      \$942  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$943  = \$653 [15:0];
+    \$943  = \$648 [15:0];
     if (rst) begin
       \$943  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$944  = \$654 [15:0];
+    \$944  = \$651 [15:0];
     if (rst) begin
       \$944  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$945  = \$655 ;
+    \$945  = \$652 [15:0];
     if (rst) begin
-      \$945  = 32'd0;
+      \$945  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$946  = \$660 [31:0];
+    \$946  = c_lb;
     if (rst) begin
-      \$946  = 32'd0;
+      \$946  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$947  = \$661 [31:0];
+    \$947  = \$653 [15:0];
     if (rst) begin
-      \$947  = 32'd0;
+      \$947  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$948  = \$665 [31:0];
+    \$948  = \$654 [15:0];
     if (rst) begin
-      \$948  = 32'd0;
+      \$948  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$949  = ext_req_valid;
+    \$949  = \$655 ;
+    if (rst) begin
+      \$949  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$950  = \$660 [31:0];
+    if (rst) begin
+      \$950  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$951  = \$661 [31:0];
+    if (rst) begin
+      \$951  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$952  = \$665 [31:0];
+    if (rst) begin
+      \$952  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$953  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$953  = \$770 ;
+    endcase
+    if (rst) begin
+      \$953  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$954  = ext_req_valid;
     if (in_decode) begin
-      \$949  = 1'h0;
+      \$954  = 1'h0;
     end
     if (streaming) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$770 ) begin
-          \$949  = valid;
+        if (\$774 ) begin
+          \$954  = valid;
         end
       end else if (is_store) begin
-        if (\$774 ) begin
-          \$949  = \$778 ;
+        if (\$778 ) begin
+          \$954  = \$782 ;
         end
       end
     end
     if (rst) begin
-      \$949  = 1'h0;
+      \$954  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$950  = cycles;
+    \$955  = cycles;
     if (busy) begin
-      \$950  = \$666 [47:0];
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$950  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$950  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$951  = op_cycles__0;
-    if (busy) begin
-      if (\$667 ) begin
-        \$951  = \$668 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$951  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$951  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$952  = op_cycles__1;
-    if (busy) begin
-      if (\$669 ) begin
-        \$952  = \$670 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$952  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$952  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$953  = op_cycles__2;
-    if (busy) begin
-      if (\$671 ) begin
-        \$953  = \$672 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$953  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$953  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$954  = op_cycles__3;
-    if (busy) begin
-      if (\$673 ) begin
-        \$954  = \$674 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$954  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$954  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$955  = op_cycles__4;
-    if (busy) begin
-      if (\$675 ) begin
-        \$955  = \$676 [47:0];
-      end
+      \$955  = \$666 [47:0];
     end
     casez (seq_state)
       3'h0:
@@ -31755,10 +31704,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$956  = op_cycles__5;
+    \$956  = op_cycles__0;
     if (busy) begin
-      if (\$677 ) begin
-        \$956  = \$678 [47:0];
+      if (\$667 ) begin
+        \$956  = \$668 [47:0];
       end
     end
     casez (seq_state)
@@ -31773,10 +31722,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$957  = op_cycles__6;
+    \$957  = op_cycles__1;
     if (busy) begin
-      if (\$679 ) begin
-        \$957  = \$680 [47:0];
+      if (\$669 ) begin
+        \$957  = \$670 [47:0];
       end
     end
     casez (seq_state)
@@ -31791,10 +31740,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$958  = op_cycles__7;
+    \$958  = op_cycles__2;
     if (busy) begin
-      if (\$681 ) begin
-        \$958  = \$682 [47:0];
+      if (\$671 ) begin
+        \$958  = \$672 [47:0];
       end
     end
     casez (seq_state)
@@ -31809,10 +31758,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$959  = op_cycles__8;
+    \$959  = op_cycles__3;
     if (busy) begin
-      if (\$683 ) begin
-        \$959  = \$684 [47:0];
+      if (\$673 ) begin
+        \$959  = \$674 [47:0];
       end
     end
     casez (seq_state)
@@ -31827,10 +31776,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$960  = op_cycles__9;
+    \$960  = op_cycles__4;
     if (busy) begin
-      if (\$685 ) begin
-        \$960  = \$686 [47:0];
+      if (\$675 ) begin
+        \$960  = \$676 [47:0];
       end
     end
     casez (seq_state)
@@ -31845,10 +31794,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$961  = op_cycles__10;
+    \$961  = op_cycles__5;
     if (busy) begin
-      if (\$687 ) begin
-        \$961  = \$688 [47:0];
+      if (\$677 ) begin
+        \$961  = \$678 [47:0];
       end
     end
     casez (seq_state)
@@ -31863,10 +31812,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$962  = op_cycles__11;
+    \$962  = op_cycles__6;
     if (busy) begin
-      if (\$689 ) begin
-        \$962  = \$690 [47:0];
+      if (\$679 ) begin
+        \$962  = \$680 [47:0];
       end
     end
     casez (seq_state)
@@ -31881,10 +31830,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$963  = op_cycles__12;
+    \$963  = op_cycles__7;
     if (busy) begin
-      if (\$691 ) begin
-        \$963  = \$692 [47:0];
+      if (\$681 ) begin
+        \$963  = \$682 [47:0];
       end
     end
     casez (seq_state)
@@ -31899,10 +31848,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$964  = op_cycles__13;
+    \$964  = op_cycles__8;
     if (busy) begin
-      if (\$693 ) begin
-        \$964  = \$694 [47:0];
+      if (\$683 ) begin
+        \$964  = \$684 [47:0];
       end
     end
     casez (seq_state)
@@ -31917,10 +31866,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$965  = op_cycles__14;
+    \$965  = op_cycles__9;
     if (busy) begin
-      if (\$695 ) begin
-        \$965  = \$696 [47:0];
+      if (\$685 ) begin
+        \$965  = \$686 [47:0];
       end
     end
     casez (seq_state)
@@ -31935,10 +31884,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$966  = op_cycles__15;
+    \$966  = op_cycles__10;
     if (busy) begin
-      if (\$697 ) begin
-        \$966  = \$698 [47:0];
+      if (\$687 ) begin
+        \$966  = \$688 [47:0];
       end
     end
     casez (seq_state)
@@ -31953,190 +31902,114 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$967  = pc;
+    \$967  = op_cycles__11;
+    if (busy) begin
+      if (\$689 ) begin
+        \$967  = \$690 [47:0];
+      end
+    end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$967  = prog;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$703 ) begin
-          end else if (\$705 ) begin
-            \$967  = \$signal$423 ;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          if (\$744 ) begin
-            \$967  = \$745 [31:0];
+            \$967  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$967  = 32'd0;
+      \$967  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$968  = busy;
+    \$968  = op_cycles__12;
+    if (busy) begin
+      if (\$691 ) begin
+        \$968  = \$692 [47:0];
+      end
+    end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$968  = 1'h1;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$703 ) begin
-          end else if (\$705 ) begin
-          end else if (is_end) begin
-            \$968  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$768 ) begin
-            \$968  = 1'h0;
+            \$968  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$968  = 1'h0;
+      \$968  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$969  = done;
+    \$969  = op_cycles__13;
+    if (busy) begin
+      if (\$693 ) begin
+        \$969  = \$694 [47:0];
+      end
+    end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$969  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$703 ) begin
-          end else if (\$705 ) begin
-          end else if (is_end) begin
-            \$969  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$768 ) begin
-            \$969  = 1'h1;
+            \$969  = 48'h000000000000;
           end
     endcase
     if (rst) begin
-      \$969  = 1'h0;
+      \$969  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$970  = error;
+    \$970  = op_cycles__14;
+    if (busy) begin
+      if (\$695 ) begin
+        \$970  = \$696 [47:0];
+      end
+    end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$970  = 4'h0;
+            \$970  = 48'h000000000000;
           end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$970  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$970  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$703 ) begin
-          end else if (\$705 ) begin
-          end else if (is_end) begin
-          end else if (\$716 ) begin
-            \$970  = 4'h2;
-          end else if (\$720 ) begin
-            \$970  = 4'h1;
-          end else if (\$721 ) begin
-          end else if (\$724 ) begin
-          end else if (unit_known) begin
-          end else begin
-            \$970  = 4'h1;
-          end
-          if (start) begin
-            \$970  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$733 ) begin
-            if (beat__payload[512]) begin
-              \$970  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$970  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (\$753 ) begin
-            \$970  = 4'h3;
-          end
-          if (\$758 ) begin
-            \$970  = 4'h3;
-          end
-          if (\$766 ) begin
-            \$970  = 4'h3;
-          end
-          if (\$767 ) begin
-            \$970  = fault;
-          end
-          if (start) begin
-            \$970  = 4'h6;
-          end
-        end
     endcase
     if (rst) begin
-      \$970  = 4'h0;
+      \$970  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$971  = fetch_sent;
+    \$971  = op_cycles__15;
+    if (busy) begin
+      if (\$697 ) begin
+        \$971  = \$698 [47:0];
+      end
+    end
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$971  = 1'h0;
+            \$971  = 48'h000000000000;
           end
-      3'h1:
-        begin
-          if (\$702 ) begin
-            \$971  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$971  = 1'h0;
-          end
-        end
     endcase
     if (rst) begin
-      \$971  = 1'h0;
+      \$971  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$972  = \$signal$423 ;
+    \$972  = pc;
     casez (seq_state)
       3'h0:
           if (start) begin
             \$972  = prog;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$704 ) begin
+          end else if (\$706 ) begin
+            \$972  = \$signal$424 ;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          if (\$746 ) begin
+            \$972  = \$747 [31:0];
           end
     endcase
     if (rst) begin
@@ -32145,380 +32018,442 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$973  = \$signal$424 ;
+    \$973  = busy;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$973  = image_stride;
-          end
-    endcase
-    if (rst) begin
-      \$973  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$974  = images_left;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$974  = \$700 ;
+            \$973  = 1'h1;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$703 ) begin
-          end else if (\$705 ) begin
-            \$974  = \$726 [15:0];
+          if (\$704 ) begin
+          end else if (\$706 ) begin
+          end else if (is_end) begin
+            \$973  = 1'h0;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$772 ) begin
+            \$973  = 1'h0;
           end
     endcase
     if (rst) begin
-      \$974  = 16'h0000;
+      \$973  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$975  = offset;
+    \$974  = done;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$975  = 32'd0;
+            \$974  = 1'h0;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$703 ) begin
-          end else if (\$705 ) begin
-            \$975  = \$727 [31:0];
+          if (\$704 ) begin
+          end else if (\$706 ) begin
+          end else if (is_end) begin
+            \$974  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$772 ) begin
+            \$974  = 1'h1;
           end
     endcase
     if (rst) begin
-      \$975  = 32'd0;
+      \$974  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$976  = seq_state;
+    \$975  = error;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$975  = 4'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$975  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$975  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$704 ) begin
+          end else if (\$706 ) begin
+          end else if (is_end) begin
+          end else if (\$717 ) begin
+            \$975  = 4'h2;
+          end else if (\$721 ) begin
+            \$975  = 4'h1;
+          end else if (\$722 ) begin
+          end else if (\$725 ) begin
+          end else if (unit_known) begin
+          end else begin
+            \$975  = 4'h1;
+          end
+          if (start) begin
+            \$975  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$733 ) begin
+            if (beat__payload[512]) begin
+              \$975  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$975  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$975  = 4'h3;
+          end
+          if (\$771 ) begin
+            \$975  = fault;
+          end
+          if (start) begin
+            \$975  = 4'h6;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$975  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$976  = fetch_sent;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$976  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (\$702 ) begin
+            \$976  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$976  = 1'h0;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$976  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$977  = \$signal$424 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$977  = prog;
+          end
+    endcase
+    if (rst) begin
+      \$977  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$978  = \$signal$425 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$978  = image_stride;
+          end
+    endcase
+    if (rst) begin
+      \$978  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$979  = images_left;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$979  = \$700 ;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$704 ) begin
+          end else if (\$706 ) begin
+            \$979  = \$727 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$979  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$980  = offset;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$980  = 32'd0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$704 ) begin
+          end else if (\$706 ) begin
+            \$980  = \$728 [31:0];
+          end
+    endcase
+    if (rst) begin
+      \$980  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$981  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$976  = 3'h1;
+            \$981  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$976  = 3'h5;
+              \$981  = 3'h5;
             end else begin
-              \$976  = 3'h2;
+              \$981  = 3'h2;
             end
           end
           if (start) begin
-            \$976  = 3'h5;
+            \$981  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$703 ) begin
-          end else if (\$705 ) begin
-            \$976  = 3'h1;
+          if (\$704 ) begin
+          end else if (\$706 ) begin
+            \$981  = 3'h1;
           end else if (is_end) begin
-            \$976  = 3'h0;
-          end else if (\$716 ) begin
-            \$976  = 3'h5;
-          end else if (\$720 ) begin
-            \$976  = 3'h5;
+            \$981  = 3'h0;
+          end else if (\$717 ) begin
+            \$981  = 3'h5;
           end else if (\$721 ) begin
-            \$976  = 3'h3;
-          end else if (\$724 ) begin
-            \$976  = 3'h4;
+            \$981  = 3'h5;
+          end else if (\$722 ) begin
+            \$981  = 3'h3;
+          end else if (\$725 ) begin
+            \$981  = 3'h4;
           end else if (unit_known) begin
-            \$976  = 3'h3;
+            \$981  = 3'h3;
           end else begin
-            \$976  = 3'h5;
+            \$981  = 3'h5;
           end
           if (start) begin
-            \$976  = 3'h5;
+            \$981  = 3'h5;
           end
         end
       3'h3:
         begin
           if (\$733 ) begin
             if (beat__payload[512]) begin
-              \$976  = 3'h5;
+              \$981  = 3'h5;
             end else if (\$735 ) begin
-              \$976  = 3'h4;
+              \$981  = 3'h4;
             end
           end
           if (\$737 ) begin
-            \$976  = 3'h4;
+            \$981  = 3'h4;
           end
           if (start) begin
-            \$976  = 3'h5;
+            \$981  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$744 ) begin
-            \$976  = 3'h1;
+          if (\$746 ) begin
+            \$981  = 3'h1;
           end
-          if (\$753 ) begin
-            \$976  = 3'h5;
+          if (addr_fault) begin
+            \$981  = 3'h5;
           end
-          if (\$758 ) begin
-            \$976  = 3'h5;
-          end
-          if (\$766 ) begin
-            \$976  = 3'h5;
-          end
-          if (\$767 ) begin
-            \$976  = 3'h5;
+          if (\$771 ) begin
+            \$981  = 3'h5;
           end
           if (start) begin
-            \$976  = 3'h5;
+            \$981  = 3'h5;
           end
         end
       3'h5:
-          if (\$768 ) begin
-            \$976  = 3'h0;
+          if (\$772 ) begin
+            \$981  = 3'h0;
           end
       default:
-          \$976  = 3'h0;
+          \$981  = 3'h0;
     endcase
     if (rst) begin
-      \$976  = 3'h0;
+      \$981  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$977  = ins;
+    \$982  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$977  = beat__payload[511:0];
+            \$982  = beat__payload[511:0];
           end
     endcase
     if (rst) begin
-      \$977  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$982  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$978  = decode_wait;
+    \$983  = decode_wait;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$978  = 2'h3;
+            \$983  = 2'h3;
           end
       3'h2:
-          if (\$703 ) begin
-            \$978  = \$725 [1:0];
+          if (\$704 ) begin
+            \$983  = \$726 [1:0];
           end
     endcase
     if (rst) begin
-      \$978  = 2'h0;
+      \$983  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$979  = c_addr;
+    \$984  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$979  = dec_c_base;
+          \$984  = dec_c_base;
       3'h3:
-          if (\$729 ) begin
-            \$979  = \$732 [31:0];
+          if (\$730 ) begin
+            \$984  = \$732 [31:0];
           end
     endcase
     if (rst) begin
-      \$979  = 32'd0;
+      \$984  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$980  = c_ask;
+    \$985  = c_step;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$980  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$729 ) begin
-            \$980  = \$730 [15:0];
-          end
+          \$985  = \$703 [7:0];
     endcase
     if (rst) begin
-      \$980  = 16'h0000;
+      \$985  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$981  = c_due;
+    \$986  = c_ask;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$981  = { 4'h0, ins[509:498] };
+          \$986  = { 4'h0, ins[509:498] };
       3'h3:
-          if (\$733 ) begin
-            \$981  = \$734 [15:0];
+          if (\$730 ) begin
+            \$986  = \$731 [15:0];
           end
     endcase
-    if (rst) begin
-      \$981  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$982  = ext_req_addr;
-    if (streaming) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$770 ) begin
-          \$982  = \$772 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$774 ) begin
-          \$982  = \$780 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$982  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$983  = ext_req_data;
-    if (streaming) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$774 ) begin
-          \$983  = r_data[15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$983  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$984  = pack_full;
-    if (\$784 ) begin
-      if (\$785 ) begin
-        \$984  = 1'h0;
-      end
-      if (\$791 ) begin
-        if (\$793 ) begin
-          \$984  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$984  = 1'h0;
-    end
-    if (rst) begin
-      \$984  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$985  = pack_a0;
-    if (\$784 ) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              \$985  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$985  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$986  = pack_a1;
-    if (\$784 ) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$986  = elem_data;
-        endcase
-      end
-    end
     if (rst) begin
       \$986  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$987  = pack_a2;
-    if (\$784 ) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$987  = elem_data;
-        endcase
-      end
-    end
+    \$987  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$987  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$733 ) begin
+            \$987  = \$734 [15:0];
+          end
+    endcase
     if (rst) begin
       \$987  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$988  = pack_a3;
-    if (\$784 ) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$988  = elem_data;
-        endcase
+    \$988  = ext_req_addr;
+    if (streaming) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$774 ) begin
+          \$988  = \$776 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$778 ) begin
+          \$988  = \$784 [31:0];
+        end
       end
     end
     if (rst) begin
-      \$988  = 16'h0000;
+      \$988  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$989  = pack_b0;
-    if (\$784 ) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              \$989  = \r_data$311 [15:0];
-        endcase
+    \$989  = ext_req_data;
+    if (streaming) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$778 ) begin
+          \$989  = r_data[15:0];
+        end
       end
     end
     if (rst) begin
@@ -32527,33 +32462,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$990  = pack_b1;
-    if (\$784 ) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$990  = \r_data$311 [15:0];
-        endcase
+    \$990  = pack_full;
+    if (\$788 ) begin
+      if (\$789 ) begin
+        \$990  = 1'h0;
+      end
+      if (\$795 ) begin
+        if (\$797 ) begin
+          \$990  = 1'h1;
+        end
       end
     end
+    if (unit_rst) begin
+      \$990  = 1'h0;
+    end
     if (rst) begin
-      \$990  = 16'h0000;
+      \$990  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$991  = pack_b2;
-    if (\$784 ) begin
-      if (\$791 ) begin
+    \$991  = pack_a0;
+    if (\$788 ) begin
+      if (\$795 ) begin
         casez (pack_j)
           3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$991  = \r_data$311 [15:0];
+              \$991  = elem_data;
         endcase
       end
     end
@@ -32563,18 +32497,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$992  = pack_b3;
-    if (\$784 ) begin
-      if (\$791 ) begin
+    \$992  = pack_a1;
+    if (\$788 ) begin
+      if (\$795 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$992  = \r_data$311 [15:0];
+              \$992  = elem_data;
         endcase
       end
     end
@@ -32584,272 +32514,274 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$993  = pack_j;
-    if (\$784 ) begin
-      if (\$791 ) begin
-        (* full_case = 32'd1 *)
-        if (\$793 ) begin
-          \$993  = 3'h0;
-        end else begin
-          \$993  = \$794 [2:0];
-        end
+    \$993  = pack_a2;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$993  = elem_data;
+        endcase
       end
     end
-    if (unit_rst) begin
-      \$993  = 3'h0;
-    end
     if (rst) begin
-      \$993  = 3'h0;
+      \$993  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$994  = pack_jo;
-    if (\$784 ) begin
+    \$994  = pack_a3;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$994  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$994  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$995  = pack_b0;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              \$995  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$995  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$996  = pack_b1;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$996  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$996  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$997  = pack_b2;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$997  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$997  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$998  = pack_b3;
+    if (\$788 ) begin
+      if (\$795 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$998  = \r_data$311 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$998  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$999  = pack_j;
+    if (\$788 ) begin
       if (\$795 ) begin
         (* full_case = 32'd1 *)
         if (\$797 ) begin
-          \$994  = 3'h0;
+          \$999  = 3'h0;
         end else begin
-          \$994  = \$798 [2:0];
+          \$999  = \$798 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$994  = 3'h0;
+      \$999  = 3'h0;
     end
     if (rst) begin
-      \$994  = 3'h0;
+      \$999  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$995  = tiles;
-    if (in_decode) begin
-      \$995  = dec_tiles;
+    \$1000  = pack_jo;
+    if (\$788 ) begin
+      if (\$799 ) begin
+        (* full_case = 32'd1 *)
+        if (\$801 ) begin
+          \$1000  = 3'h0;
+        end else begin
+          \$1000  = \$802 [2:0];
+        end
+      end
     end
-    if (\$804 ) begin
-      if (\$805 ) begin
-        if (\$820 ) begin
-          \$995  = \$821 [31:0];
+    if (unit_rst) begin
+      \$1000  = 3'h0;
+    end
+    if (rst) begin
+      \$1000  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1001  = tiles;
+    if (in_decode) begin
+      \$1001  = dec_tiles;
+    end
+    if (\$809 ) begin
+      if (\$810 ) begin
+        if (\$824 ) begin
+          \$1001  = \$825 [31:0];
         end
       end
     end
     if (rst) begin
-      \$995  = 32'd0;
+      \$1001  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$996  = nt;
+    \$1002  = nt;
     if (in_decode) begin
-      \$996  = 16'h0000;
+      \$1002  = 16'h0000;
     end
-    if (\$804 ) begin
-      if (\$805 ) begin
-        if (\$820 ) begin
+    if (\$809 ) begin
+      if (\$810 ) begin
+        if (\$824 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$996  = 16'h0000;
+            \$1002  = 16'h0000;
           end else begin
-            \$996  = \$827 [15:0];
+            \$1002  = \$831 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$996  = 16'h0000;
+      \$1002  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$997  = k;
+    \$1003  = k;
     if (in_decode) begin
-      \$997  = 16'h0000;
+      \$1003  = 16'h0000;
     end
-    if (\$804 ) begin
-      if (\$805 ) begin
-        if (\$807 ) begin
-        end else if (\$812 ) begin
-          \$997  = \$813 [15:0];
+    if (\$809 ) begin
+      if (\$810 ) begin
+        if (\$812 ) begin
+        end else if (\$817 ) begin
+          \$1003  = \$818 [15:0];
         end
-        if (\$820 ) begin
-          \$997  = 16'h0000;
+        if (\$824 ) begin
+          \$1003  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$997  = 16'h0000;
+      \$1003  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$998  = w_addr;
+    \$1004  = w_addr;
     if (in_decode) begin
-      \$998  = ins[465:434];
+      \$1004  = ins[465:434];
     end
-    if (\$804 ) begin
-      if (\$805 ) begin
+    if (\$809 ) begin
+      if (\$810 ) begin
         if (want_w) begin
-          \$998  = \$817 [31:0];
+          \$1004  = \$821 [31:0];
         end
-        if (\$820 ) begin
+        if (\$824 ) begin
           if (nt_hit) begin
-            \$998  = ins[465:434];
+            \$1004  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$998  = 32'd0;
+      \$1004  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$999  = p_addr;
+    \$1005  = p_addr;
     if (in_decode) begin
-      \$999  = ins[497:466];
+      \$1005  = ins[497:466];
     end
-    if (\$804 ) begin
-      if (\$805 ) begin
-        if (\$820 ) begin
+    if (\$809 ) begin
+      if (\$810 ) begin
+        if (\$824 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$999  = ins[497:466];
+            \$1005  = ins[497:466];
           end else begin
-            \$999  = \$830 [31:0];
+            \$1005  = \$834 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$999  = 32'd0;
+      \$1005  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1000  = want_w;
-    if (in_decode) begin
-      \$1000  = 1'h0;
-    end
-    if (\$804 ) begin
-      if (\$805 ) begin
-        if (\$807 ) begin
-          \$1000  = 1'h1;
-        end
-        if (\$820 ) begin
-          \$1000  = 1'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1000  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1001  = \$signal$245 ;
-    if (in_decode) begin
-      \$1001  = \$799 ;
-    end
-    if (\$804 ) begin
-      if (\$805 ) begin
-        if (\$820 ) begin
-          \$1001  = \$822 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1001  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1002  = \$signal$434 ;
-    if (in_decode) begin
-      \$1002  = \$801 ;
-    end
-    if (\$804 ) begin
-      if (\$805 ) begin
-        if (\$807 ) begin
-        end else if (\$812 ) begin
-          \$1002  = \$815 ;
-        end
-        if (\$820 ) begin
-          \$1002  = \$824 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1002  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1003  = nt_hit;
-    if (in_decode) begin
-      \$1003  = \$803 ;
-    end
-    if (\$804 ) begin
-      if (\$805 ) begin
-        if (\$820 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1003  = \$826 ;
-          end else begin
-            \$1003  = \$829 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1003  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1004  = rk;
-    if (in_decode) begin
-      \$1004  = 16'h0000;
-    end
-    if (\$831 ) begin
-      if (\$834 ) begin
-        \$1004  = \$837 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1004  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1005  = rk_zero;
-    if (in_decode) begin
-      \$1005  = 1'h1;
-    end
-    if (\$831 ) begin
-      if (\$834 ) begin
-        \$1005  = \$838 ;
-      end
-    end
-    if (rst) begin
-      \$1005  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1006  = w_full;
+    \$1006  = want_w;
     if (in_decode) begin
       \$1006  = 1'h0;
     end
-    if (\$831 ) begin
-      if (\$832 ) begin
-        \$1006  = 1'h0;
-      end
-      if (\$834 ) begin
-        if (\$841 ) begin
+    if (\$809 ) begin
+      if (\$810 ) begin
+        if (\$812 ) begin
           \$1006  = 1'h1;
         end
+        if (\$824 ) begin
+          \$1006  = 1'h0;
+        end
       end
     end
     if (rst) begin
@@ -32858,28 +32790,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1007  = w_lane0;
-    if (\$831 ) begin
-      if (\$834 ) begin
-        if (\$841 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1007  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
-            5'h03:
-                \$1007  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
-            5'h04:
-                \$1007  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
-            5'h05:
-                \$1007  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
-            5'h06:
-                \$1007  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
-            5'h07:
-                \$1007  = { beat__payload[6], beat__payload[6:0] };
-            5'h08:
-                \$1007  = beat__payload[7:0];
-          endcase
-        end
-      end
+    \$1007  = w_step;
+    if (in_decode) begin
+      \$1007  = \$803 [7:0];
     end
     if (rst) begin
       \$1007  = 8'h00;
@@ -32887,199 +32800,135 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1008  = w_lane1;
-    if (\$831 ) begin
-      if (\$834 ) begin
-        if (\$841 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1008  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
-            5'h03:
-                \$1008  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
-            5'h04:
-                \$1008  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
-            5'h05:
-                \$1008  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
-            5'h06:
-                \$1008  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
-            5'h07:
-                \$1008  = { beat__payload[13], beat__payload[13:7] };
-            5'h08:
-                \$1008  = beat__payload[15:8];
-          endcase
+    \$1008  = \$signal$245 ;
+    if (in_decode) begin
+      \$1008  = \$804 ;
+    end
+    if (\$809 ) begin
+      if (\$810 ) begin
+        if (\$824 ) begin
+          \$1008  = \$826 ;
         end
       end
     end
     if (rst) begin
-      \$1008  = 8'h00;
+      \$1008  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1009  = w_lane2;
-    if (\$831 ) begin
-      if (\$834 ) begin
-        if (\$841 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1009  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
-            5'h03:
-                \$1009  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
-            5'h04:
-                \$1009  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
-            5'h05:
-                \$1009  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
-            5'h06:
-                \$1009  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
-            5'h07:
-                \$1009  = { beat__payload[20], beat__payload[20:14] };
-            5'h08:
-                \$1009  = beat__payload[23:16];
-          endcase
+    \$1009  = \$signal$437 ;
+    if (in_decode) begin
+      \$1009  = \$806 ;
+    end
+    if (\$809 ) begin
+      if (\$810 ) begin
+        if (\$812 ) begin
+        end else if (\$817 ) begin
+          \$1009  = \$820 ;
+        end
+        if (\$824 ) begin
+          \$1009  = \$828 ;
         end
       end
     end
     if (rst) begin
-      \$1009  = 8'h00;
+      \$1009  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1010  = w_lane3;
-    if (\$831 ) begin
-      if (\$834 ) begin
-        if (\$841 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1010  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
-            5'h03:
-                \$1010  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
-            5'h04:
-                \$1010  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
-            5'h05:
-                \$1010  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
-            5'h06:
-                \$1010  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
-            5'h07:
-                \$1010  = { beat__payload[27], beat__payload[27:21] };
-            5'h08:
-                \$1010  = beat__payload[31:24];
-          endcase
+    \$1010  = nt_hit;
+    if (in_decode) begin
+      \$1010  = \$808 ;
+    end
+    if (\$809 ) begin
+      if (\$810 ) begin
+        if (\$824 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1010  = \$830 ;
+          end else begin
+            \$1010  = \$833 ;
+          end
         end
       end
     end
     if (rst) begin
-      \$1010  = 8'h00;
+      \$1010  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1011  = w_lane4;
-    if (\$831 ) begin
-      if (\$834 ) begin
-        if (\$841 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1011  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
-            5'h03:
-                \$1011  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
-            5'h04:
-                \$1011  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
-            5'h05:
-                \$1011  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
-            5'h06:
-                \$1011  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
-            5'h07:
-                \$1011  = { beat__payload[34], beat__payload[34:28] };
-            5'h08:
-                \$1011  = beat__payload[39:32];
-          endcase
+    \$1011  = rk;
+    if (in_decode) begin
+      \$1011  = 16'h0000;
+    end
+    if (\$835 ) begin
+      if (\$838 ) begin
+        \$1011  = \$841 [15:0];
+      end
+    end
+    if (rst) begin
+      \$1011  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1012  = rk_zero;
+    if (in_decode) begin
+      \$1012  = 1'h1;
+    end
+    if (\$835 ) begin
+      if (\$838 ) begin
+        \$1012  = \$842 ;
+      end
+    end
+    if (rst) begin
+      \$1012  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1013  = w_full;
+    if (in_decode) begin
+      \$1013  = 1'h0;
+    end
+    if (\$835 ) begin
+      if (\$836 ) begin
+        \$1013  = 1'h0;
+      end
+      if (\$838 ) begin
+        if (\$845 ) begin
+          \$1013  = 1'h1;
         end
       end
     end
     if (rst) begin
-      \$1011  = 8'h00;
+      \$1013  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1012  = w_lane5;
-    if (\$831 ) begin
-      if (\$834 ) begin
-        if (\$841 ) begin
+    \$1014  = w_lane0;
+    if (\$835 ) begin
+      if (\$838 ) begin
+        if (\$845 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1012  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+                \$1014  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
             5'h03:
-                \$1012  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+                \$1014  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
             5'h04:
-                \$1012  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+                \$1014  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
             5'h05:
-                \$1012  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+                \$1014  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
             5'h06:
-                \$1012  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+                \$1014  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
             5'h07:
-                \$1012  = { beat__payload[41], beat__payload[41:35] };
+                \$1014  = { beat__payload[6], beat__payload[6:0] };
             5'h08:
-                \$1012  = beat__payload[47:40];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1012  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1013  = w_lane6;
-    if (\$831 ) begin
-      if (\$834 ) begin
-        if (\$841 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1013  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
-            5'h03:
-                \$1013  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
-            5'h04:
-                \$1013  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
-            5'h05:
-                \$1013  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
-            5'h06:
-                \$1013  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
-            5'h07:
-                \$1013  = { beat__payload[48], beat__payload[48:42] };
-            5'h08:
-                \$1013  = beat__payload[55:48];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1013  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1014  = w_lane7;
-    if (\$831 ) begin
-      if (\$834 ) begin
-        if (\$841 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1014  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
-            5'h03:
-                \$1014  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
-            5'h04:
-                \$1014  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
-            5'h05:
-                \$1014  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
-            5'h06:
-                \$1014  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
-            5'h07:
-                \$1014  = { beat__payload[55], beat__payload[55:49] };
-            5'h08:
-                \$1014  = beat__payload[63:56];
+                \$1014  = beat__payload[7:0];
           endcase
         end
       end
@@ -33090,321 +32939,391 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1015  = a_filled0;
-    if (in_decode) begin
-      \$1015  = 1'h0;
+    \$1015  = w_lane1;
+    if (\$835 ) begin
+      if (\$838 ) begin
+        if (\$845 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1015  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
+            5'h03:
+                \$1015  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
+            5'h04:
+                \$1015  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
+            5'h05:
+                \$1015  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
+            5'h06:
+                \$1015  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
+            5'h07:
+                \$1015  = { beat__payload[13], beat__payload[13:7] };
+            5'h08:
+                \$1015  = beat__payload[15:8];
+          endcase
+        end
+      end
     end
-    if (\$842 ) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          if (\$848 ) begin
+    if (rst) begin
+      \$1015  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1016  = w_lane2;
+    if (\$835 ) begin
+      if (\$838 ) begin
+        if (\$845 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1016  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+            5'h03:
+                \$1016  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+            5'h04:
+                \$1016  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+            5'h05:
+                \$1016  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+            5'h06:
+                \$1016  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+            5'h07:
+                \$1016  = { beat__payload[20], beat__payload[20:14] };
+            5'h08:
+                \$1016  = beat__payload[23:16];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1016  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1017  = w_lane3;
+    if (\$835 ) begin
+      if (\$838 ) begin
+        if (\$845 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1017  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+            5'h03:
+                \$1017  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+            5'h04:
+                \$1017  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+            5'h05:
+                \$1017  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+            5'h06:
+                \$1017  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+            5'h07:
+                \$1017  = { beat__payload[27], beat__payload[27:21] };
+            5'h08:
+                \$1017  = beat__payload[31:24];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1017  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1018  = w_lane4;
+    if (\$835 ) begin
+      if (\$838 ) begin
+        if (\$845 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1018  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+            5'h03:
+                \$1018  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+            5'h04:
+                \$1018  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+            5'h05:
+                \$1018  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+            5'h06:
+                \$1018  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+            5'h07:
+                \$1018  = { beat__payload[34], beat__payload[34:28] };
+            5'h08:
+                \$1018  = beat__payload[39:32];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1018  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1019  = w_lane5;
+    if (\$835 ) begin
+      if (\$838 ) begin
+        if (\$845 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1019  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+            5'h03:
+                \$1019  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+            5'h04:
+                \$1019  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+            5'h05:
+                \$1019  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+            5'h06:
+                \$1019  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+            5'h07:
+                \$1019  = { beat__payload[41], beat__payload[41:35] };
+            5'h08:
+                \$1019  = beat__payload[47:40];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1019  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1020  = w_lane6;
+    if (\$835 ) begin
+      if (\$838 ) begin
+        if (\$845 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1020  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
+            5'h03:
+                \$1020  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
+            5'h04:
+                \$1020  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
+            5'h05:
+                \$1020  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
+            5'h06:
+                \$1020  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
+            5'h07:
+                \$1020  = { beat__payload[48], beat__payload[48:42] };
+            5'h08:
+                \$1020  = beat__payload[55:48];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1020  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1021  = w_lane7;
+    if (\$835 ) begin
+      if (\$838 ) begin
+        if (\$845 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1021  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+            5'h03:
+                \$1021  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+            5'h04:
+                \$1021  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+            5'h05:
+                \$1021  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+            5'h06:
+                \$1021  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+            5'h07:
+                \$1021  = { beat__payload[55], beat__payload[55:49] };
+            5'h08:
+                \$1021  = beat__payload[63:56];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1021  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1022  = a_filled0;
+    if (in_decode) begin
+      \$1022  = 1'h0;
+    end
+    if (\$846 ) begin
+      if (\$849 ) begin
+        if (\$850 ) begin
+          if (\$852 ) begin
             casez (\$signal$258 )
               1'h0:
-                  \$1015  = 1'h1;
+                  \$1022  = 1'h1;
             endcase
           end
         end
       end
-      if (\$865 ) begin
-        if (\$867 ) begin
-          if (\$868 ) begin
+      if (\$869 ) begin
+        if (\$871 ) begin
+          if (\$872 ) begin
             casez (\$signal$288 )
               1'h0:
-                  \$1015  = 1'h0;
+                  \$1022  = 1'h0;
             endcase
           end
         end
       end
     end
     if (rst) begin
-      \$1015  = 1'h0;
+      \$1022  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1016  = a_filled1;
+    \$1023  = a_filled1;
     if (in_decode) begin
-      \$1016  = 1'h0;
+      \$1023  = 1'h0;
     end
-    if (\$842 ) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          if (\$848 ) begin
+    if (\$846 ) begin
+      if (\$849 ) begin
+        if (\$850 ) begin
+          if (\$852 ) begin
             (* full_case = 32'd1 *)
             casez (\$signal$258 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1016  = 1'h1;
+                  \$1023  = 1'h1;
             endcase
           end
         end
       end
-      if (\$865 ) begin
-        if (\$867 ) begin
-          if (\$868 ) begin
+      if (\$869 ) begin
+        if (\$871 ) begin
+          if (\$872 ) begin
             (* full_case = 32'd1 *)
             casez (\$signal$288 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1016  = 1'h0;
+                  \$1023  = 1'h0;
             endcase
           end
         end
       end
     end
     if (rst) begin
-      \$1016  = 1'h0;
+      \$1023  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1017  = \$signal$258 ;
+    \$1024  = \$signal$258 ;
     if (in_decode) begin
-      \$1017  = 1'h0;
+      \$1024  = 1'h0;
     end
-    if (\$842 ) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          if (\$848 ) begin
-            \$1017  = \$849 ;
+    if (\$846 ) begin
+      if (\$849 ) begin
+        if (\$850 ) begin
+          if (\$852 ) begin
+            \$1024  = \$853 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1017  = 1'h0;
+      \$1024  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1018  = \$signal$265 ;
+    \$1025  = \$signal$265 ;
     if (in_decode) begin
-      \$1018  = 4'h0;
+      \$1025  = 4'h0;
     end
-    if (\$842 ) begin
-      if (\$845 ) begin
+    if (\$846 ) begin
+      if (\$849 ) begin
         (* full_case = 32'd1 *)
-        if (\$846 ) begin
-          \$1018  = 4'h0;
+        if (\$850 ) begin
+          \$1025  = 4'h0;
         end else begin
-          \$1018  = \$850 [3:0];
+          \$1025  = \$854 [3:0];
         end
       end
     end
     if (rst) begin
-      \$1018  = 4'h0;
+      \$1025  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1019  = lk;
+    \$1026  = lk;
     if (in_decode) begin
-      \$1019  = 16'h0000;
+      \$1026  = 16'h0000;
     end
-    if (\$842 ) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          \$1019  = \$847 [15:0];
-          if (\$848 ) begin
-            \$1019  = 16'h0000;
+    if (\$846 ) begin
+      if (\$849 ) begin
+        if (\$850 ) begin
+          \$1026  = \$851 [15:0];
+          if (\$852 ) begin
+            \$1026  = 16'h0000;
           end
         end
       end
     end
     if (rst) begin
-      \$1019  = 16'h0000;
+      \$1026  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1020  = \$signal$288 ;
+    \$1027  = \$signal$288 ;
     if (in_decode) begin
-      \$1020  = 1'h0;
+      \$1027  = 1'h0;
     end
-    if (\$842 ) begin
-      if (\$865 ) begin
-        if (\$867 ) begin
-          if (\$868 ) begin
-            \$1020  = \$869 ;
+    if (\$846 ) begin
+      if (\$869 ) begin
+        if (\$871 ) begin
+          if (\$872 ) begin
+            \$1027  = \$873 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1020  = 1'h0;
+      \$1027  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1021  = \$signal$289 ;
+    \$1028  = \$signal$289 ;
     if (in_decode) begin
-      \$1021  = 16'h0000;
+      \$1028  = 16'h0000;
     end
-    if (\$842 ) begin
-      if (\$865 ) begin
+    if (\$846 ) begin
+      if (\$869 ) begin
         (* full_case = 32'd1 *)
-        if (\$867 ) begin
-          \$1021  = 16'h0000;
+        if (\$871 ) begin
+          \$1028  = 16'h0000;
         end else begin
-          \$1021  = \$872 [15:0];
+          \$1028  = \$876 [15:0];
         end
       end
     end
     if (rst) begin
-      \$1021  = 16'h0000;
+      \$1028  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1022  = fnt;
+    \$1029  = fnt;
     if (in_decode) begin
-      \$1022  = 16'h0000;
+      \$1029  = 16'h0000;
     end
-    if (\$842 ) begin
-      if (\$865 ) begin
-        if (\$867 ) begin
+    if (\$846 ) begin
+      if (\$869 ) begin
+        if (\$871 ) begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
-            \$1022  = 16'h0000;
+          if (\$872 ) begin
+            \$1029  = 16'h0000;
           end else begin
-            \$1022  = \$871 [15:0];
+            \$1029  = \$875 [15:0];
           end
         end
-      end
-    end
-    if (rst) begin
-      \$1022  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1023  = feed_blocks;
-    if (in_decode) begin
-      \$1023  = dec_blocks;
-    end
-    if (\$842 ) begin
-      if (\$865 ) begin
-        if (\$867 ) begin
-          if (\$868 ) begin
-            \$1023  = \$870 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1023  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1024  = \$signal$294 ;
-    if (in_decode) begin
-      \$1024  = 1'h0;
-    end
-    if (\$842 ) begin
-      if (\$851 ) begin
-        \$1024  = 1'h0;
-      end
-      if (\$865 ) begin
-        \$1024  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1024  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1025  = a_last;
-    if (\$842 ) begin
-      if (\$865 ) begin
-        \$1025  = \$866 ;
-      end
-    end
-    if (rst) begin
-      \$1025  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1026  = w_load_lane;
-    if (\$842 ) begin
-      if (\$877 ) begin
-        (* full_case = 32'd1 *)
-        if (\$878 ) begin
-          \$1026  = 4'h0;
-        end else begin
-          \$1026  = \$885 [3:0];
-        end
-      end
-      if (in_decode) begin
-        \$1026  = 4'h0;
-      end
-    end
-    if (rst) begin
-      \$1026  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1027  = w_load_k;
-    if (\$842 ) begin
-      if (\$877 ) begin
-        if (\$878 ) begin
-          \$1027  = \$879 [15:0];
-          if (\$881 ) begin
-            \$1027  = 16'h0000;
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1027  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1027  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1028  = w_load_addr;
-    if (\$842 ) begin
-      if (\$877 ) begin
-        if (\$878 ) begin
-          \$1028  = \$880 [9:0];
-          if (\$881 ) begin
-            if (\$883 ) begin
-              \$1028  = 10'h000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1028  = 10'h000;
-      end
-    end
-    if (rst) begin
-      \$1028  = 10'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1029  = w_load_nt;
-    if (\$842 ) begin
-      if (\$877 ) begin
-        if (\$878 ) begin
-          if (\$881 ) begin
-            \$1029  = \$882 [15:0];
-            if (\$883 ) begin
-              \$1029  = 16'h0000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1029  = 16'h0000;
       end
     end
     if (rst) begin
@@ -33413,76 +33332,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1030  = w_filled0;
-    if (\$842 ) begin
-      if (\$877 ) begin
-        if (\$878 ) begin
-          if (\$881 ) begin
-            if (\$883 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1030  = 1'h1;
-              endcase
-            end
+    \$1030  = feed_blocks;
+    if (in_decode) begin
+      \$1030  = dec_blocks;
+    end
+    if (\$846 ) begin
+      if (\$869 ) begin
+        if (\$871 ) begin
+          if (\$872 ) begin
+            \$1030  = \$874 [31:0];
           end
         end
-      end
-      if (\$901 ) begin
-        if (\$902 ) begin
-          if (\$903 ) begin
-            if (\$904 ) begin
-              casez (w_feed_half)
-                1'h0:
-                    \$1030  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1030  = 1'h0;
       end
     end
     if (rst) begin
-      \$1030  = 1'h0;
+      \$1030  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1031  = w_filled1;
-    if (\$842 ) begin
-      if (\$877 ) begin
-        if (\$878 ) begin
-          if (\$881 ) begin
-            if (\$883 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1031  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$901 ) begin
-        if (\$902 ) begin
-          if (\$903 ) begin
-            if (\$904 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_feed_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1031  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
+    \$1031  = \$signal$294 ;
+    if (in_decode) begin
+      \$1031  = 1'h0;
+    end
+    if (\$846 ) begin
+      if (\$855 ) begin
         \$1031  = 1'h0;
+      end
+      if (\$869 ) begin
+        \$1031  = 1'h1;
       end
     end
     if (rst) begin
@@ -33491,19 +33369,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1032  = w_load_half;
-    if (\$842 ) begin
-      if (\$877 ) begin
-        if (\$878 ) begin
-          if (\$881 ) begin
-            if (\$883 ) begin
-              \$1032  = \$884 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1032  = 1'h0;
+    \$1032  = a_last;
+    if (\$846 ) begin
+      if (\$869 ) begin
+        \$1032  = \$870 ;
       end
     end
     if (rst) begin
@@ -33512,39 +33381,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1033  = feed_ntk;
-    if (\$842 ) begin
-      if (\$901 ) begin
-        if (\$902 ) begin
-          (* full_case = 32'd1 *)
-          if (\$903 ) begin
-            \$1033  = 32'd0;
-          end else begin
-            \$1033  = \$907 [31:0];
-          end
+    \$1033  = w_load_lane;
+    if (\$846 ) begin
+      if (\$881 ) begin
+        (* full_case = 32'd1 *)
+        if (\$882 ) begin
+          \$1033  = 4'h0;
+        end else begin
+          \$1033  = \$889 [3:0];
         end
       end
       if (in_decode) begin
-        \$1033  = 32'd0;
+        \$1033  = 4'h0;
       end
     end
     if (rst) begin
-      \$1033  = 32'd0;
+      \$1033  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1034  = feed_mt;
-    if (\$842 ) begin
-      if (\$901 ) begin
-        if (\$902 ) begin
-          if (\$903 ) begin
-            (* full_case = 32'd1 *)
-            if (\$904 ) begin
-              \$1034  = 16'h0000;
-            end else begin
-              \$1034  = \$906 [15:0];
-            end
+    \$1034  = w_load_k;
+    if (\$846 ) begin
+      if (\$881 ) begin
+        if (\$882 ) begin
+          \$1034  = \$883 [15:0];
+          if (\$885 ) begin
+            \$1034  = 16'h0000;
           end
         end
       end
@@ -33558,38 +33421,227 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1035  = w_feed_half;
-    if (\$842 ) begin
-      if (\$901 ) begin
-        if (\$902 ) begin
-          if (\$903 ) begin
-            if (\$904 ) begin
-              \$1035  = \$905 ;
+    \$1035  = w_load_addr;
+    if (\$846 ) begin
+      if (\$881 ) begin
+        if (\$882 ) begin
+          \$1035  = \$884 [9:0];
+          if (\$885 ) begin
+            if (\$887 ) begin
+              \$1035  = 10'h000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1035  = 1'h0;
+        \$1035  = 10'h000;
       end
     end
     if (rst) begin
-      \$1035  = 1'h0;
+      \$1035  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1036  = post_col;
-    if (in_decode) begin
-      \$1036  = 3'h0;
-    end
-    if (\$910 ) begin
-      if (elem_take) begin
-        \$1036  = \$913 [2:0];
+    \$1036  = w_load_nt;
+    if (\$846 ) begin
+      if (\$881 ) begin
+        if (\$882 ) begin
+          if (\$885 ) begin
+            \$1036  = \$886 [15:0];
+            if (\$887 ) begin
+              \$1036  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1036  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1036  = 3'h0;
+      \$1036  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1037  = w_filled0;
+    if (\$846 ) begin
+      if (\$881 ) begin
+        if (\$882 ) begin
+          if (\$885 ) begin
+            if (\$887 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1037  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$905 ) begin
+        if (\$906 ) begin
+          if (\$907 ) begin
+            if (\$908 ) begin
+              casez (w_feed_half)
+                1'h0:
+                    \$1037  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1037  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1037  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1038  = w_filled1;
+    if (\$846 ) begin
+      if (\$881 ) begin
+        if (\$882 ) begin
+          if (\$885 ) begin
+            if (\$887 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1038  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$905 ) begin
+        if (\$906 ) begin
+          if (\$907 ) begin
+            if (\$908 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1038  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1038  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1038  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1039  = w_load_half;
+    if (\$846 ) begin
+      if (\$881 ) begin
+        if (\$882 ) begin
+          if (\$885 ) begin
+            if (\$887 ) begin
+              \$1039  = \$888 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1039  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1039  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1040  = feed_ntk;
+    if (\$846 ) begin
+      if (\$905 ) begin
+        if (\$906 ) begin
+          (* full_case = 32'd1 *)
+          if (\$907 ) begin
+            \$1040  = 32'd0;
+          end else begin
+            \$1040  = \$911 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1040  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1040  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1041  = feed_mt;
+    if (\$846 ) begin
+      if (\$905 ) begin
+        if (\$906 ) begin
+          if (\$907 ) begin
+            (* full_case = 32'd1 *)
+            if (\$908 ) begin
+              \$1041  = 16'h0000;
+            end else begin
+              \$1041  = \$910 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1041  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1041  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1042  = w_feed_half;
+    if (\$846 ) begin
+      if (\$905 ) begin
+        if (\$906 ) begin
+          if (\$907 ) begin
+            if (\$908 ) begin
+              \$1042  = \$909 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1042  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1042  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1043  = post_col;
+    if (in_decode) begin
+      \$1043  = 3'h0;
+    end
+    if (\$914 ) begin
+      if (elem_take) begin
+        \$1043  = \$917 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1043  = 3'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -38390,10 +38442,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$16675$0 (l0s_s2_o),
-    .\port$16767$0 (l1s_s2_o),
-    .\port$16859$0 (l2s_s2_o),
-    .\port$16951$0 (l3s_s2_o),
+    .\port$16681$0 (l0s_s2_o),
+    .\port$16773$0 (l1s_s2_o),
+    .\port$16865$0 (l2s_s2_o),
+    .\port$16957$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -39638,7 +39690,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16675$0 , \port$16767$0 , \port$16859$0 , \port$16951$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16681$0 , \port$16773$0 , \port$16865$0 , \port$16957$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$185  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -39681,14 +39733,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16675
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$16675$0 ;
-  wire [15:0] \port$16675$0 ;
-  input [15:0] \port$16767$0 ;
-  wire [15:0] \port$16767$0 ;
-  input [15:0] \port$16859$0 ;
-  wire [15:0] \port$16859$0 ;
-  input [15:0] \port$16951$0 ;
-  wire [15:0] \port$16951$0 ;
+  input [15:0] \port$16681$0 ;
+  wire [15:0] \port$16681$0 ;
+  input [15:0] \port$16773$0 ;
+  wire [15:0] \port$16773$0 ;
+  input [15:0] \port$16865$0 ;
+  wire [15:0] \port$16865$0 ;
+  input [15:0] \port$16957$0 ;
+  wire [15:0] \port$16957$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -39731,7 +39783,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16675
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16951$0 , \port$16859$0 , \port$16767$0 , \port$16675$0  };
+      storage[w_port__addr] <= { \port$16957$0 , \port$16865$0 , \port$16773$0 , \port$16681$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -39843,8 +39895,8 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16675
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16951$0 , \port$16859$0 , \port$16767$0 , \port$16675$0  };
-  assign w_data = { \port$16951$0 , \port$16859$0 , \port$16767$0 , \port$16675$0  };
+  assign w_port__data = { \port$16957$0 , \port$16865$0 , \port$16773$0 , \port$16681$0  };
+  assign w_data = { \port$16957$0 , \port$16865$0 , \port$16773$0 , \port$16681$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -46931,10 +46983,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$17184$0 (l0_s27_o),
-    .\port$17370$0 (l1_s27_o),
-    .\port$17556$0 (l2_s27_o),
-    .\port$17742$0 (l3_s27_o),
+    .\port$17190$0 (l0_s27_o),
+    .\port$17376$0 (l1_s27_o),
+    .\port$17562$0 (l2_s27_o),
+    .\port$17748$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -48989,7 +49041,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17184$0 , \port$17370$0 , \port$17556$0 , \port$17742$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17190$0 , \port$17376$0 , \port$17562$0 , \port$17748$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$187  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -49032,14 +49084,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$17184$0 ;
-  wire [7:0] \port$17184$0 ;
-  input [7:0] \port$17370$0 ;
-  wire [7:0] \port$17370$0 ;
-  input [7:0] \port$17556$0 ;
-  wire [7:0] \port$17556$0 ;
-  input [7:0] \port$17742$0 ;
-  wire [7:0] \port$17742$0 ;
+  input [7:0] \port$17190$0 ;
+  wire [7:0] \port$17190$0 ;
+  input [7:0] \port$17376$0 ;
+  wire [7:0] \port$17376$0 ;
+  input [7:0] \port$17562$0 ;
+  wire [7:0] \port$17562$0 ;
+  input [7:0] \port$17748$0 ;
+  wire [7:0] \port$17748$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -49098,7 +49150,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$17742$0 , \port$17556$0 , \port$17370$0 , \port$17184$0  };
+      storage[w_port__addr] <= { \port$17748$0 , \port$17562$0 , \port$17376$0 , \port$17190$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -49210,8 +49262,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$17742$0 , \port$17556$0 , \port$17370$0 , \port$17184$0  };
-  assign w_data = { \port$17742$0 , \port$17556$0 , \port$17370$0 , \port$17184$0  };
+  assign w_port__data = { \port$17748$0 , \port$17562$0 , \port$17376$0 , \port$17190$0  };
+  assign w_data = { \port$17748$0 , \port$17562$0 , \port$17376$0 , \port$17190$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

@@ -264,10 +264,13 @@ class AccelCore(wiring.Component):
         busy = Signal()
         m.d.comb += [self.error.eq(error), self.done.eq(done), self.busy.eq(busy)]
         c_addr = Signal(EXT_BITS)  # the next constant beat's byte address
+        c_step = Signal(8)         # its step, 2^c_lb (a register: the adder starts at flip-flops)
         c_ask = Signal(16)       # constant beats still to request
         c_due = Signal(16)       # constant beats still to come
         fetch_sent = Signal()
         fault = Signal(4)        # a fault seen this cycle (0: none)
+        addr_fault = Signal()    # a buffer address outside the buffer in the previous cycle of STREAM
+        m.d.sync += addr_fault.eq(0)         # (STREAM sets it below)
         streaming = Signal()     # in STREAM: the data paths below run
         in_decode = Signal()
         # a LOAD's or STORE's external request, registered between its address generator and the
@@ -323,7 +326,8 @@ class AccelCore(wiring.Component):
 
             with m.Case(_State.DECODE):
                 m.d.comb += in_decode.eq(1)
-                m.d.sync += [c_addr.eq(dec.c_base), c_ask.eq(ins.cnt), c_due.eq(ins.cnt)]
+                m.d.sync += [c_addr.eq(dec.c_base), c_step.eq(Const(1, 8) << dec.c_lb), c_ask.eq(ins.cnt),
+                             c_due.eq(ins.cnt)]
                 with m.If(decode_wait.any()):                         # the decode pipeline fills
                     m.d.sync += decode_wait.eq(decode_wait - 1)
                 with m.Elif(is_op[Opcode.END] & (images_left > 1)):     # the next image of the start
@@ -356,7 +360,7 @@ class AccelCore(wiring.Component):
                 m.d.comb += [reader.req.valid.eq(c_ask.any()), reader.req.payload.addr.eq(c_addr),
                              reader.req.payload.lb.eq(dec.c_lb)]
                 with m.If(c_ask.any() & reader.req.ready):
-                    m.d.sync += [c_ask.eq(c_ask - 1), c_addr.eq(c_addr + (Const(1, 8) << dec.c_lb))]
+                    m.d.sync += [c_ask.eq(c_ask - 1), c_addr.eq(c_addr + c_step)]
                 for sel, u in c_targets:
                     m.d.comb += u.c.payload.as_value().eq(reader.beat.payload.data)
                     with m.If(sel):
@@ -375,15 +379,16 @@ class AccelCore(wiring.Component):
 
             with m.Case(_State.STREAM):         # elements from src0 (src1, external memory) to dst
                 m.d.comb += [in_op.eq(1), streaming.eq(1)]
-                with m.If(~dst.valid & ~ext_req.valid & writer.idle & ~fault.any()):
+                with m.If(~dst.valid & ~ext_req.valid & writer.idle & ~fault.any() & ~addr_fault):
                     m.d.sync += pc.eq(pc + INSTR_BYTES)
                     m.d.sync += state.eq(_State.FETCH)
-                # (a GEMM's padding rows and columns may read beyond a tensor: their results are dropped)
-                with m.If(outside(gens["src0"]) & ~is_op[Opcode.LOAD] & ~is_gemm):
-                    stop(Error.ADDRESS)
-                with m.If(outside(gens["src1"]) & is_op[Opcode.ADD]):
-                    stop(Error.ADDRESS)
-                with m.If(outside(dst) & ~is_op[Opcode.STORE] & ~is_gemm):
+                # (a GEMM's padding rows and columns may read beyond a tensor: their results are
+                # dropped.)  The check is registered (the comparators were on a critical path): the
+                # fault stops the run one cycle after the address, before the op can end.
+                m.d.sync += addr_fault.eq((outside(gens["src0"]) & ~is_op[Opcode.LOAD] & ~is_gemm)
+                                          | (outside(gens["src1"]) & is_op[Opcode.ADD])
+                                          | (outside(dst) & ~is_op[Opcode.STORE] & ~is_gemm))
+                with m.If(addr_fault):
                     stop(Error.ADDRESS)
                 with m.If(fault.any()):
                     stop(fault)
@@ -555,6 +560,7 @@ class AccelCore(wiring.Component):
         p_addr = Signal(EXT_BITS)    # the next parameter beat's byte address (likewise)
         want_w = Signal()            # the next request is a weight beat
         w_lb = Signal(3)
+        w_step = Signal(8)           # 2^w_lb, a register (the adder starts at flip-flops)
         with m.Switch(ins.w_bits):
             for wb in range(2, hw.w_bits + 1):
                 with m.Case(wb):
@@ -564,7 +570,8 @@ class AccelCore(wiring.Component):
         tiles_left, k_hit, nt_hit = Signal(), Signal(), Signal()
         with m.If(restart):
             m.d.sync += [tiles.eq(dec.tiles), nt.eq(0), k.eq(0), w_addr.eq(ins.ext0), p_addr.eq(ins.ext1),
-                         want_w.eq(0), tiles_left.eq(dec.tiles.any()), k_hit.eq(~dec.k_last.any()),
+                         want_w.eq(0), w_step.eq(Const(1, 8) << w_lb), tiles_left.eq(dec.tiles.any()),
+                         k_hit.eq(~dec.k_last.any()),
                          nt_hit.eq(~dec.nt_last.any())]
         with m.If(active):
             m.d.comb += [reader.req.valid.eq(tiles_left),
@@ -579,7 +586,7 @@ class AccelCore(wiring.Component):
                 with m.Elif(want_w & ~last_beat):
                     m.d.sync += [k.eq(k + 1), k_hit.eq(k + 1 == dec.k_last)]
                 with m.If(want_w):
-                    m.d.sync += w_addr.eq(w_addr + (Const(1, 8) << w_lb))
+                    m.d.sync += w_addr.eq(w_addr + w_step)
                 with m.If(last_beat):         # next tile
                     m.d.sync += [tiles.eq(tiles - 1), tiles_left.eq(tiles != 1), want_w.eq(0), k.eq(0),
                                  k_hit.eq(~dec.k_last.any())]
