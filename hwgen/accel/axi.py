@@ -71,6 +71,12 @@ def _axi4_lite_slave() -> dict:
     }
 
 
+def accelerator_signature(word_lb: int) -> dict:
+    """The :class:`Accelerator`'s ports for a data bus of 2^``word_lb`` bytes (what a design
+    that instances its Verilog connects)."""
+    return {**_axi4_master(word_lb), **_axi4_lite_slave(), "irq": Out(1)}
+
+
 class Accelerator(wiring.Component):
     """:class:`~hwgen.accel.core.AccelCore` behind an AXI4 master, an AXI4-Lite register slave
     (module docstring) and an interrupt.
@@ -90,7 +96,7 @@ class Accelerator(wiring.Component):
     def __init__(self, hw, accel=None):
         self.core = AccelCore(hw, accel)
         self.word_lb = self.core.word_lb
-        super().__init__({**_axi4_master(self.word_lb), **_axi4_lite_slave(), "irq": Out(1)})
+        super().__init__(accelerator_signature(self.word_lb))
 
     def elaborate(self, platform):
         m = Module()

@@ -184,14 +184,17 @@ class AccelSimTop(wiring.Component):
     """
 
     def __init__(self, hw, accel=None, words: int = 1 << 16, latency: int = 4, acc_module: str = "accelerator"):
-        from .axi import Accelerator
-        self.acc = Accelerator(hw, accel)       # (for its ports; elaborated on its own)
+        from .axi import accelerator_signature
+        from .compiler import AccelConfig
+        from .core import _lb
+
+        self.word_lb = _lb((accel or AccelConfig()).ext_word_bytes)
+        self.acc_ports = accelerator_signature(self.word_lb)
         self.acc_module = acc_module
-        self.word_lb = self.acc.word_lb
         self.model = MemoryModel(words, self.word_lb, latency)
         wb = 8 << self.word_lb
         super().__init__({
-            **self.acc.signature.members,
+            **self.acc_ports,
             "use_model": In(1), "stall": In(8), "err_lo": In(EXT_BITS), "err_hi": In(EXT_BITS),
             "host_addr": In(EXT_BITS), "host_wdata": In(wb), "host_we": In(1), "host_rdata": Out(wb),
         })
@@ -199,11 +202,11 @@ class AccelSimTop(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         acc = SimpleNamespace(**{name: Signal(member.shape, name=f"acc_{name}")
-                                 for name, member in self.acc.signature.members.items()})
+                                 for name, member in self.acc_ports.items()})
         m.submodules.acc = Instance(
             self.acc_module, i_clk=ClockSignal(), i_rst=ResetSignal(),
             **{("o_" if member.flow == Out else "i_") + name: getattr(acc, name)
-               for name, member in self.acc.signature.members.items()})
+               for name, member in self.acc_ports.items()})
         m.submodules.model = model = self.model
         wlb = self.word_lb
         use = self.use_model
