@@ -7,18 +7,22 @@ same flow and Fmax wrapper), and a unit-delay model walks the mapped netlist.
     python scripts/rank_paths.py --show 3 --groups 40  # paths printed in full, groups listed
 
 The model: a LUT4 0.45 ns, a PFUMX/L6MUX21 0.25 ns, a carry cell 0.5 ns in and 0.08 ns along
-the chain, a distributed RAM read 1 ns, a flip-flop 0.5 ns clock to Q, and 0.55 ns of routing
-per net (none along a carry chain).  It knows nothing of placement or congestion, so its
-nanoseconds are not a clock: on the accelerator nextpnr's critical path has been about 1.4x
-the model's worst.  It ranks paths (which register feeds which through how many levels), so
-that the next fix is chosen before a place and route, and the place and route then measures
-it.  Paths are grouped by (start register, end register) and the worst of each group shown.
+the chain, a distributed RAM read 1 ns, a flip-flop 0.5 ns clock to Q, and per net 0.55 ns of
+routing plus 0.3 ns x log2(its sinks) (none along a carry chain).  It knows nothing of
+placement or congestion, so its nanoseconds are not a clock: it ranks paths (which register
+feeds which through how many levels and how wide a net), so that the next fix is chosen
+before a place and route, which then measures it.  Calibration, one point: on the RTL of
+commit 1be0bbe nextpnr's critical path was is_softmax -> the reader's 512-bit beat register's
+clock enable, 17.4 ns; the model put that group third (19.7 ns), behind two address-step
+paths (21.4, 20.4 ns), which nextpnr did not find the worst.  Paths are grouped by (start register,
+end register) and the worst of each group shown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -31,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from golden.errors import UserError  # noqa: E402
 
 ROUTE = 0.55
+FANOUT = 0.3              # routing grows with a net's fanout: + FANOUT x log2(sinks) ns
 SOURCES = {"TRELLIS_FF": 0.5, "DP16KD": 2.5, "MULT18X18D": 2.0}      # clock to output
 CLOCKS = ("CLK", "WCK", "CLKA", "CLKB", "CLK0", "CLK1", "CLK2", "CLK3")
 
@@ -68,6 +73,7 @@ def rank(netlist: dict, top: str | None = None) -> list[dict]:
     edges: dict[int, list] = defaultdict(list)
     indeg: dict[int, int] = defaultdict(int)
     endpoints = []
+    sinks: dict[int, int] = defaultdict(int)
     for cname, c in mod["cells"].items():
         t, conn, dirs = c["type"], c["connections"], c.get("port_directions", {})
         if t in SOURCES or t == "TRELLIS_DPR16X4":
@@ -80,19 +86,28 @@ def rank(netlist: dict, top: str | None = None) -> list[dict]:
                     elif dirs.get(p) == "input" and p not in CLOCKS and p != "RAD":
                         endpoints.append((b, cname, p))
         for i, o, d in arcs(c):
-            delay = d + (0.0 if i == "CIN" else ROUTE)
             for x in conn.get(i, []):
                 for y in conn.get(o, []):
                     if isinstance(x, int) and isinstance(y, int):
-                        edges[x].append((y, delay))
+                        edges[x].append((y, d, i == "CIN"))
                         indeg[y] += 1
-    nodes = set(edges) | {y for v in edges.values() for y, _ in v}
+        for p, bits in conn.items():
+            if dirs.get(p) == "input":
+                for b in bits:
+                    if isinstance(b, int):
+                        sinks[b] += 1
+
+    def route(bit: int) -> float:
+        return ROUTE + FANOUT * math.log2(max(1, sinks[bit]))
+
+    nodes = set(edges) | {y for v in edges.values() for y, _, _ in v}
     ready = [n for n in nodes if indeg[n] == 0]
     while ready:                                # longest path in topological order
         n = ready.pop()
-        for y, d in edges.get(n, []):
-            if arrival[n] + d > arrival[y]:
-                arrival[y], pred[y] = arrival[n] + d, n
+        for y, d, carry in edges.get(n, []):
+            t = arrival[n] + d + (0.0 if carry else route(n))
+            if t > arrival[y]:
+                arrival[y], pred[y] = t, n
             indeg[y] -= 1
             if indeg[y] == 0:
                 ready.append(y)
@@ -102,7 +117,7 @@ def rank(netlist: dict, top: str | None = None) -> list[dict]:
         while path[-1] in pred:
             path.append(pred[path[-1]])
         path.reverse()
-        out.append({"ns": round(arrival[b] + ROUTE, 2), "levels": len(path) - 1, "start": names.get(path[0], str(path[0])),
+        out.append({"ns": round(arrival[b] + route(b), 2), "levels": len(path) - 1, "start": names.get(path[0], str(path[0])),
                     "end": f"{cname}.{port}", "path": [(round(arrival[x], 2), names.get(x, str(x))) for x in path]})
     return sorted(out, key=lambda r: -r["ns"])
 
