@@ -567,21 +567,15 @@ def _generated_up_to_date(cfg, out: str) -> bool:
     lists is there, unedited (its hash), with nothing else in the folder.  Elaborating every
     unit and the accelerator takes most of a minute, which ``make demo`` would otherwise spend
     on every run."""
-    from hwgen.generate import generator_hash
-    from hwgen.verilog import source_hash
+    from hwgen.generate import verified_manifest
 
     folder = Path(out)
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        if (manifest.get("generator_sha256") != generator_hash() or manifest.get("config") != cfg.to_dict()["hw"]
-                or manifest.get("source") != cfg.source or "program" in manifest):
-            return False
-        files = [*manifest["units"].values(), manifest["accelerator"]]
-        if {e.name for e in folder.iterdir()} != {f["file"] for f in files} | {"manifest.json"}:
-            return False
-        return all(source_hash((folder / f["file"]).read_text()) == f["verilog_sha256"] for f in files)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+    manifest = verified_manifest(folder)
+    if (manifest is None or manifest.get("config") != cfg.to_dict()["hw"] or manifest.get("source") != cfg.source
+            or "program" in manifest):
         return False
+    files = [*manifest["units"].values(), manifest["accelerator"]]
+    return {e.name for e in folder.iterdir()} == {f["file"] for f in files} | {"manifest.json"}
 
 
 def cmd_generate(args) -> int:

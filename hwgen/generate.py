@@ -204,7 +204,7 @@ def generate(cfg: GenConfig, out_dir: str | Path, program=None) -> dict:
     :class:`hwgen.accel.compiler.Program`), also ``program.bin`` (its external-memory image,
     input region zero: the host writes the images there) and ``program.lst`` (its listing)."""
     units = elaborate(cfg)
-    acc = elaborate_accelerator(cfg, program.accel if program is not None else None)
+    acc = elaborate_accelerator(cfg.hw, program.accel if program is not None else None)
     out_dir = Path(out_dir)
     manifest = {"generator_sha256": generator_hash(), "config": cfg.to_dict()["hw"], "source": cfg.source,
                 "units": {}}
@@ -229,17 +229,35 @@ def generate(cfg: GenConfig, out_dir: str | Path, program=None) -> dict:
     return manifest
 
 
-def elaborate_accelerator(cfg: GenConfig, accel=None) -> dict:
+def verified_manifest(folder: str | Path) -> dict | None:
+    """The manifest of a folder ``generate`` wrote, when it still describes what the generator
+    writes now: the same generator sources (hash), and every Verilog file it lists there and
+    unedited (its hash).  None otherwise (no manifest, unreadable, stale or edited).  Callers
+    add their own comparisons (configuration, buffers, stray files)."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if manifest.get("generator_sha256") != generator_hash():
+            return None
+        files = [*manifest["units"].values(), manifest["accelerator"]]
+        if all(source_hash((folder / f["file"]).read_text()) == f["verilog_sha256"] for f in files):
+            return manifest
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        pass
+    return None
+
+
+def elaborate_accelerator(hw: HwConfig, accel=None) -> dict:
     """The AXI accelerator (:class:`hwgen.accel.axi.Accelerator`: the shared units, the GEMM,
     the sequencer and the buffers of :class:`hwgen.accel.compiler.AccelConfig`, default or
-    ``accel``) for ``cfg.hw``: its Verilog and what the manifest says about it."""
+    ``accel``) for ``hw``: its Verilog and what the manifest says about it."""
     from dataclasses import asdict
 
     from .accel.axi import REGS, Accelerator
     from .accel.compiler import AccelConfig
 
     accel = accel or AccelConfig()
-    verilog = emit_verilog(Accelerator(cfg.hw, accel), ACCEL_TOP)
+    verilog = emit_verilog(Accelerator(hw, accel), ACCEL_TOP)
     return {"file": f"{ACCEL_TOP}.v", "top": ACCEL_TOP, "accel_config": asdict(accel),
             "registers": {k: f"0x{v:02x}" for k, v in REGS.items()}, "ports": _ports(verilog, ACCEL_TOP),
             "verilog_sha256": source_hash(verilog), "verilog": verilog}

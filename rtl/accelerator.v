@@ -1257,54 +1257,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire [15:0] \$10 ;
   wire \$100 ;
-  reg [2:0] \$1000 ;
+  reg [15:0] \$1000 ;
   reg [31:0] \$1001 ;
-  reg [15:0] \$1002 ;
-  reg [15:0] \$1003 ;
-  reg [31:0] \$1004 ;
-  reg [31:0] \$1005 ;
+  reg [31:0] \$1002 ;
+  reg \$1003 ;
+  reg [7:0] \$1004 ;
+  reg \$1005 ;
   reg \$1006 ;
-  reg [7:0] \$1007 ;
-  reg \$1008 ;
+  reg \$1007 ;
+  reg [15:0] \$1008 ;
   reg \$1009 ;
   wire \$101 ;
   reg \$1010 ;
-  reg [15:0] \$1011 ;
-  reg \$1012 ;
-  reg \$1013 ;
+  reg [7:0] \$1011 ;
+  reg [7:0] \$1012 ;
+  reg [7:0] \$1013 ;
   reg [7:0] \$1014 ;
   reg [7:0] \$1015 ;
   reg [7:0] \$1016 ;
   reg [7:0] \$1017 ;
   reg [7:0] \$1018 ;
-  reg [7:0] \$1019 ;
+  reg \$1019 ;
   wire \$102 ;
-  reg [7:0] \$1020 ;
-  reg [7:0] \$1021 ;
-  reg \$1022 ;
-  reg \$1023 ;
+  reg \$1020 ;
+  reg \$1021 ;
+  reg [3:0] \$1022 ;
+  reg [15:0] \$1023 ;
   reg \$1024 ;
-  reg [3:0] \$1025 ;
+  reg [15:0] \$1025 ;
   reg [15:0] \$1026 ;
-  reg \$1027 ;
-  reg [15:0] \$1028 ;
-  reg [15:0] \$1029 ;
+  reg [31:0] \$1027 ;
+  reg \$1028 ;
+  reg \$1029 ;
   wire \$103 ;
-  reg [31:0] \$1030 ;
-  reg \$1031 ;
-  reg \$1032 ;
-  reg [3:0] \$1033 ;
-  reg [15:0] \$1034 ;
-  reg [9:0] \$1035 ;
-  reg [15:0] \$1036 ;
-  reg \$1037 ;
-  reg \$1038 ;
+  reg [3:0] \$1030 ;
+  reg [15:0] \$1031 ;
+  reg [9:0] \$1032 ;
+  reg [15:0] \$1033 ;
+  reg \$1034 ;
+  reg \$1035 ;
+  reg \$1036 ;
+  reg [31:0] \$1037 ;
+  reg [15:0] \$1038 ;
   reg \$1039 ;
   wire \$104 ;
-  reg [31:0] \$1040 ;
-  reg [15:0] \$1041 ;
-  reg \$1042 ;
-  reg [2:0] \$1043 ;
+  reg [2:0] \$1040 ;
   wire \$105 ;
   wire \$106 ;
   wire \$107 ;
@@ -1323,56 +1320,56 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$119 ;
   wire [16:0] \$12 ;
   wire \$120 ;
-  wire \$121 ;
+  reg [15:0] \$121 ;
   wire \$122 ;
   wire \$123 ;
   wire \$124 ;
-  reg [15:0] \$125 ;
-  wire \$126 ;
+  wire [31:0] \$125 ;
+  wire [2:0] \$126 ;
   wire \$127 ;
   wire \$128 ;
   wire \$129 ;
   wire [17:0] \$13 ;
-  wire [31:0] \$130 ;
-  wire [2:0] \$131 ;
-  wire \$132 ;
+  wire \$130 ;
+  wire \$131 ;
+  wire [3:0] \$132 ;
   wire \$133 ;
-  wire \$134 ;
-  wire \$135 ;
+  wire [2:0] \$134 ;
+  wire [3:0] \$135 ;
   wire \$136 ;
-  wire \$137 ;
+  wire [3:0] \$137 ;
   wire [3:0] \$138 ;
   wire \$139 ;
   wire [17:0] \$14 ;
-  wire [2:0] \$140 ;
+  wire [4:0] \$140 ;
   wire [3:0] \$141 ;
   wire \$142 ;
-  wire [3:0] \$143 ;
+  wire [5:0] \$143 ;
   wire [3:0] \$144 ;
   wire \$145 ;
-  wire [4:0] \$146 ;
+  wire [6:0] \$146 ;
   wire [3:0] \$147 ;
   wire \$148 ;
-  wire [5:0] \$149 ;
+  wire [7:0] \$149 ;
   wire [17:0] \$15 ;
   wire [3:0] \$150 ;
   wire \$151 ;
-  wire [6:0] \$152 ;
-  wire [3:0] \$153 ;
+  wire [8:0] \$152 ;
+  reg \$153 ;
   wire \$154 ;
-  wire [7:0] \$155 ;
-  wire [3:0] \$156 ;
-  wire \$157 ;
-  wire [8:0] \$158 ;
+  wire \$155 ;
+  wire [9:0] \$156 ;
+  wire [16:0] \$157 ;
+  reg \$158 ;
   wire \$159 ;
   wire [21:0] \$16 ;
-  reg \$160 ;
+  wire \$160 ;
   wire \$161 ;
   wire \$162 ;
-  wire [9:0] \$163 ;
-  wire [16:0] \$164 ;
-  reg \$165 ;
-  wire \$166 ;
+  wire \$163 ;
+  wire [9:0] \$164 ;
+  wire [16:0] \$165 ;
+  reg \$166 ;
   wire \$167 ;
   wire \$168 ;
   wire \$169 ;
@@ -1433,429 +1430,429 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$218 ;
   wire \$219 ;
   wire [17:0] \$22 ;
-  wire [9:0] \$220 ;
-  wire [16:0] \$221 ;
-  reg \$222 ;
+  reg \$220 ;
+  wire \$221 ;
+  wire \$222 ;
   wire \$223 ;
   wire \$224 ;
   wire \$225 ;
   wire \$226 ;
-  reg \$227 ;
+  wire \$227 ;
   wire \$228 ;
-  wire \$229 ;
+  wire [9:0] \$229 ;
   wire [17:0] \$23 ;
-  wire \$230 ;
-  wire \$231 ;
+  wire [16:0] \$230 ;
+  reg \$231 ;
   wire \$232 ;
   wire \$233 ;
   wire \$234 ;
   wire \$235 ;
-  wire [9:0] \$236 ;
-  wire [16:0] \$237 ;
-  reg \$238 ;
+  reg \$236 ;
+  wire \$237 ;
+  wire \$238 ;
   wire \$239 ;
   wire [17:0] \$24 ;
   wire \$240 ;
   wire \$241 ;
   wire \$242 ;
-  reg \$243 ;
+  wire \$243 ;
   wire \$244 ;
-  wire \$245 ;
-  wire \$246 ;
-  wire \$247 ;
+  wire [9:0] \$245 ;
+  wire [16:0] \$246 ;
+  reg \$247 ;
   wire \$248 ;
   wire \$249 ;
   wire [21:0] \$25 ;
   wire \$250 ;
   wire \$251 ;
-  wire [9:0] \$252 ;
-  wire [16:0] \$253 ;
-  reg \$254 ;
+  reg \$252 ;
+  wire \$253 ;
+  wire \$254 ;
   wire \$255 ;
   wire \$256 ;
   wire \$257 ;
   wire \$258 ;
-  reg \$259 ;
+  wire \$259 ;
   wire [21:0] \$26 ;
   wire \$260 ;
-  wire \$261 ;
-  wire \$262 ;
-  wire \$263 ;
+  wire [9:0] \$261 ;
+  wire [16:0] \$262 ;
+  reg \$263 ;
   wire \$264 ;
   wire \$265 ;
   wire \$266 ;
   wire \$267 ;
-  wire [9:0] \$268 ;
-  wire [16:0] \$269 ;
+  reg \$268 ;
+  wire \$269 ;
   wire [21:0] \$27 ;
-  reg \$270 ;
+  wire \$270 ;
   wire \$271 ;
   wire \$272 ;
   wire \$273 ;
   wire \$274 ;
-  reg \$275 ;
+  wire \$275 ;
   wire \$276 ;
-  wire \$277 ;
-  wire \$278 ;
-  wire \$279 ;
+  wire [9:0] \$277 ;
+  wire [16:0] \$278 ;
+  reg \$279 ;
   wire [15:0] \$28 ;
   wire \$280 ;
   wire \$281 ;
   wire \$282 ;
   wire \$283 ;
-  wire [9:0] \$284 ;
-  wire [16:0] \$285 ;
-  reg \$286 ;
+  reg \$284 ;
+  wire \$285 ;
+  wire \$286 ;
   wire \$287 ;
   wire \$288 ;
   wire \$289 ;
   wire [17:0] \$29 ;
   wire \$290 ;
-  reg \$291 ;
+  wire \$291 ;
   wire \$292 ;
-  wire \$293 ;
-  wire \$294 ;
-  wire \$295 ;
+  wire [9:0] \$293 ;
+  wire [16:0] \$294 ;
+  reg \$295 ;
   wire \$296 ;
   wire \$297 ;
   wire \$298 ;
   wire \$299 ;
   wire \$3 ;
   wire [3:0] \$30 ;
-  wire [9:0] \$300 ;
-  wire [16:0] \$301 ;
-  reg \$302 ;
+  reg \$300 ;
+  wire \$301 ;
+  wire \$302 ;
   wire \$303 ;
   wire \$304 ;
   wire \$305 ;
   wire \$306 ;
-  reg \$307 ;
+  wire \$307 ;
   wire \$308 ;
-  wire \$309 ;
+  wire [9:0] \$309 ;
   wire [17:0] \$31 ;
-  wire \$310 ;
-  wire \$311 ;
+  wire [16:0] \$310 ;
+  reg \$311 ;
   wire \$312 ;
   wire \$313 ;
   wire \$314 ;
   wire \$315 ;
-  wire [9:0] \$316 ;
-  wire [16:0] \$317 ;
-  reg \$318 ;
+  reg \$316 ;
+  wire \$317 ;
+  wire \$318 ;
   wire \$319 ;
   wire [16:0] \$32 ;
   wire \$320 ;
   wire \$321 ;
   wire \$322 ;
-  reg \$323 ;
+  wire \$323 ;
   wire \$324 ;
-  wire \$325 ;
-  wire \$326 ;
-  wire \$327 ;
+  wire [9:0] \$325 ;
+  wire [16:0] \$326 ;
+  reg \$327 ;
   wire \$328 ;
   wire \$329 ;
   wire [17:0] \$33 ;
   wire \$330 ;
   wire \$331 ;
-  wire [9:0] \$332 ;
-  wire [16:0] \$333 ;
-  reg \$334 ;
+  reg \$332 ;
+  wire \$333 ;
+  wire \$334 ;
   wire \$335 ;
   wire \$336 ;
   wire \$337 ;
   wire \$338 ;
-  reg \$339 ;
+  wire \$339 ;
   wire [17:0] \$34 ;
   wire \$340 ;
   wire \$341 ;
-  wire \$342 ;
+  reg \$342 ;
   wire \$343 ;
   wire \$344 ;
   wire \$345 ;
   wire \$346 ;
-  wire \$347 ;
-  wire \$348 ;
+  wire [9:0] \$347 ;
+  wire [10:0] \$348 ;
   reg \$349 ;
   wire [21:0] \$35 ;
   wire \$350 ;
   wire \$351 ;
   wire \$352 ;
   wire \$353 ;
-  wire [9:0] \$354 ;
-  wire [10:0] \$355 ;
-  reg \$356 ;
-  wire \$357 ;
-  wire \$358 ;
-  wire \$359 ;
+  wire \$354 ;
+  wire \$355 ;
+  wire \$356 ;
+  wire [9:0] \$357 ;
+  wire [10:0] \$358 ;
+  reg \$359 ;
   wire [16:0] \$36 ;
   wire \$360 ;
   wire \$361 ;
   wire \$362 ;
   wire \$363 ;
-  wire [9:0] \$364 ;
-  wire [10:0] \$365 ;
-  reg \$366 ;
-  wire \$367 ;
-  wire \$368 ;
+  wire \$364 ;
+  wire \$365 ;
+  wire [9:0] \$366 ;
+  wire [10:0] \$367 ;
+  reg \$368 ;
   wire \$369 ;
   wire [17:0] \$37 ;
   wire \$370 ;
   wire \$371 ;
   wire \$372 ;
-  wire [9:0] \$373 ;
-  wire [10:0] \$374 ;
-  reg \$375 ;
-  wire \$376 ;
-  wire \$377 ;
+  wire \$373 ;
+  wire \$374 ;
+  wire [9:0] \$375 ;
+  wire [10:0] \$376 ;
+  reg \$377 ;
   wire \$378 ;
   wire \$379 ;
   wire [17:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
-  wire [9:0] \$382 ;
-  wire [10:0] \$383 ;
-  reg \$384 ;
-  wire \$385 ;
-  wire \$386 ;
+  wire \$382 ;
+  wire \$383 ;
+  wire [9:0] \$384 ;
+  wire [10:0] \$385 ;
+  reg \$386 ;
   wire \$387 ;
   wire \$388 ;
   wire \$389 ;
   wire [21:0] \$39 ;
   wire \$390 ;
-  wire [9:0] \$391 ;
-  wire [10:0] \$392 ;
-  reg \$393 ;
-  wire \$394 ;
-  wire \$395 ;
+  wire \$391 ;
+  wire \$392 ;
+  wire [9:0] \$393 ;
+  wire [10:0] \$394 ;
+  reg \$395 ;
   wire \$396 ;
   wire \$397 ;
   wire \$398 ;
   wire \$399 ;
   wire \$4 ;
   wire \$40 ;
-  wire [9:0] \$400 ;
-  wire [10:0] \$401 ;
-  reg \$402 ;
-  wire \$403 ;
-  wire \$404 ;
+  wire \$400 ;
+  wire \$401 ;
+  wire [9:0] \$402 ;
+  wire [10:0] \$403 ;
+  reg \$404 ;
   wire \$405 ;
   wire \$406 ;
   wire \$407 ;
   wire \$408 ;
-  wire [9:0] \$409 ;
+  wire \$409 ;
   wire [3:0] \$41 ;
-  wire [10:0] \$410 ;
-  reg \$411 ;
-  wire \$412 ;
-  wire \$413 ;
+  wire \$410 ;
+  wire [9:0] \$411 ;
+  wire [10:0] \$412 ;
+  reg \$413 ;
   wire \$414 ;
   wire \$415 ;
   wire \$416 ;
   wire \$417 ;
-  wire [9:0] \$418 ;
-  wire [10:0] \$419 ;
+  wire \$418 ;
+  wire \$419 ;
   wire \$42 ;
-  reg \$420 ;
-  wire \$421 ;
-  wire \$422 ;
-  wire \$423 ;
+  wire [9:0] \$420 ;
+  wire [32:0] \$421 ;
+  wire [33:0] \$422 ;
+  reg \$423 ;
   wire \$424 ;
   wire \$425 ;
   wire \$426 ;
-  wire [9:0] \$427 ;
-  wire [32:0] \$428 ;
-  wire [33:0] \$429 ;
+  wire \$427 ;
+  reg \$428 ;
+  wire \$429 ;
   wire \$43 ;
-  reg \$430 ;
+  wire \$430 ;
   wire \$431 ;
   wire \$432 ;
   wire \$433 ;
   wire \$434 ;
-  reg \$435 ;
+  wire \$435 ;
   wire \$436 ;
-  wire \$437 ;
-  wire \$438 ;
-  wire \$439 ;
+  wire [9:0] \$437 ;
+  wire [32:0] \$438 ;
+  wire [33:0] \$439 ;
   wire [3:0] \$44 ;
-  wire \$440 ;
+  reg \$440 ;
   wire \$441 ;
   wire \$442 ;
   wire \$443 ;
-  wire [9:0] \$444 ;
-  wire [32:0] \$445 ;
-  wire [33:0] \$446 ;
-  reg \$447 ;
+  wire \$444 ;
+  reg \$445 ;
+  wire \$446 ;
+  wire \$447 ;
   wire \$448 ;
   wire \$449 ;
   wire \$45 ;
   wire \$450 ;
   wire \$451 ;
-  reg \$452 ;
+  wire \$452 ;
   wire \$453 ;
-  wire \$454 ;
-  wire \$455 ;
-  wire \$456 ;
-  wire \$457 ;
+  wire [9:0] \$454 ;
+  wire [32:0] \$455 ;
+  wire [33:0] \$456 ;
+  reg \$457 ;
   wire \$458 ;
   wire \$459 ;
   wire \$46 ;
   wire \$460 ;
-  wire [9:0] \$461 ;
-  wire [32:0] \$462 ;
-  wire [33:0] \$463 ;
-  reg \$464 ;
+  wire \$461 ;
+  reg \$462 ;
+  wire \$463 ;
+  wire \$464 ;
   wire \$465 ;
   wire \$466 ;
   wire \$467 ;
   wire \$468 ;
-  reg \$469 ;
+  wire \$469 ;
   wire \$47 ;
   wire \$470 ;
-  wire \$471 ;
-  wire \$472 ;
-  wire \$473 ;
-  wire \$474 ;
+  wire [9:0] \$471 ;
+  wire [32:0] \$472 ;
+  wire [33:0] \$473 ;
+  reg \$474 ;
   wire \$475 ;
   wire \$476 ;
   wire \$477 ;
-  wire [9:0] \$478 ;
-  wire [32:0] \$479 ;
+  wire \$478 ;
+  reg \$479 ;
   wire \$48 ;
-  wire [33:0] \$480 ;
-  reg \$481 ;
+  wire \$480 ;
+  wire \$481 ;
   wire \$482 ;
   wire \$483 ;
   wire \$484 ;
   wire \$485 ;
-  reg \$486 ;
+  wire \$486 ;
   wire \$487 ;
-  wire \$488 ;
-  wire \$489 ;
+  wire [9:0] \$488 ;
+  wire [32:0] \$489 ;
   wire \$49 ;
-  wire \$490 ;
-  wire \$491 ;
+  wire [33:0] \$490 ;
+  reg \$491 ;
   wire \$492 ;
   wire \$493 ;
   wire \$494 ;
-  wire [9:0] \$495 ;
-  wire [32:0] \$496 ;
-  wire [33:0] \$497 ;
-  reg \$498 ;
+  wire \$495 ;
+  reg \$496 ;
+  wire \$497 ;
+  wire \$498 ;
   wire \$499 ;
   wire \$5 ;
   wire \$50 ;
   wire \$500 ;
   wire \$501 ;
   wire \$502 ;
-  reg \$503 ;
+  wire \$503 ;
   wire \$504 ;
-  wire \$505 ;
-  wire \$506 ;
-  wire \$507 ;
-  wire \$508 ;
+  wire [9:0] \$505 ;
+  wire [32:0] \$506 ;
+  wire [33:0] \$507 ;
+  reg \$508 ;
   wire \$509 ;
   wire \$51 ;
   wire \$510 ;
   wire \$511 ;
-  wire [9:0] \$512 ;
-  wire [32:0] \$513 ;
-  wire [33:0] \$514 ;
-  reg \$515 ;
+  wire \$512 ;
+  reg \$513 ;
+  wire \$514 ;
+  wire \$515 ;
   wire \$516 ;
   wire \$517 ;
   wire \$518 ;
   wire \$519 ;
   wire \$52 ;
-  reg \$520 ;
+  wire \$520 ;
   wire \$521 ;
-  wire \$522 ;
-  wire \$523 ;
-  wire \$524 ;
-  wire \$525 ;
+  wire [9:0] \$522 ;
+  wire [32:0] \$523 ;
+  wire [33:0] \$524 ;
+  reg \$525 ;
   wire \$526 ;
   wire \$527 ;
   wire \$528 ;
-  wire [9:0] \$529 ;
+  wire \$529 ;
   wire \$53 ;
-  wire [32:0] \$530 ;
-  wire [33:0] \$531 ;
-  reg \$532 ;
+  reg \$530 ;
+  wire \$531 ;
+  wire \$532 ;
   wire \$533 ;
   wire \$534 ;
   wire \$535 ;
   wire \$536 ;
-  reg \$537 ;
+  wire \$537 ;
   wire \$538 ;
-  wire \$539 ;
+  wire [9:0] \$539 ;
   wire \$54 ;
-  wire \$540 ;
-  wire \$541 ;
-  wire \$542 ;
+  wire [32:0] \$540 ;
+  wire [33:0] \$541 ;
+  reg \$542 ;
   wire \$543 ;
   wire \$544 ;
   wire \$545 ;
-  wire [9:0] \$546 ;
-  wire [32:0] \$547 ;
-  wire [33:0] \$548 ;
-  reg \$549 ;
+  wire \$546 ;
+  reg \$547 ;
+  wire \$548 ;
+  wire \$549 ;
   wire \$55 ;
   wire \$550 ;
   wire \$551 ;
   wire \$552 ;
   wire \$553 ;
-  reg \$554 ;
+  wire \$554 ;
   wire \$555 ;
   wire \$556 ;
-  wire \$557 ;
-  wire \$558 ;
-  wire \$559 ;
+  wire [7:0] \$557 ;
+  wire [7:0] \$558 ;
+  wire [7:0] \$559 ;
   wire \$56 ;
-  wire \$560 ;
-  wire \$561 ;
-  wire \$562 ;
-  wire \$563 ;
+  wire [7:0] \$560 ;
+  wire [7:0] \$561 ;
+  wire [7:0] \$562 ;
+  wire [7:0] \$563 ;
   wire [7:0] \$564 ;
-  wire [7:0] \$565 ;
-  wire [7:0] \$566 ;
-  wire [7:0] \$567 ;
-  wire [7:0] \$568 ;
-  wire [7:0] \$569 ;
+  wire \$565 ;
+  wire \$566 ;
+  wire \$567 ;
+  reg [31:0] \$568 ;
+  wire \$569 ;
   wire \$57 ;
-  wire [7:0] \$570 ;
-  wire [7:0] \$571 ;
+  wire [19:0] \$570 ;
+  wire [20:0] \$571 ;
   wire \$572 ;
-  wire \$573 ;
-  wire \$574 ;
+  wire [19:0] \$573 ;
+  wire [20:0] \$574 ;
   wire \$575 ;
-  reg [31:0] \$576 ;
+  wire \$576 ;
   wire \$577 ;
-  wire [19:0] \$578 ;
-  wire [20:0] \$579 ;
+  wire \$578 ;
+  wire \$579 ;
   wire \$58 ;
   wire \$580 ;
-  wire [19:0] \$581 ;
-  wire [20:0] \$582 ;
-  wire \$583 ;
+  wire \$581 ;
+  wire \$582 ;
+  reg [31:0] \$583 ;
   wire \$584 ;
   wire \$585 ;
   wire \$586 ;
-  wire \$587 ;
-  wire \$588 ;
+  wire [19:0] \$587 ;
+  wire [20:0] \$588 ;
   wire \$589 ;
   wire \$59 ;
-  wire \$590 ;
-  wire \$591 ;
-  reg [31:0] \$592 ;
+  wire [19:0] \$590 ;
+  wire [20:0] \$591 ;
+  wire \$592 ;
   wire \$593 ;
   wire \$594 ;
   wire \$595 ;
-  wire [19:0] \$596 ;
-  wire [20:0] \$597 ;
+  wire \$596 ;
+  wire \$597 ;
   wire \$598 ;
-  wire [19:0] \$599 ;
+  wire \$599 ;
   wire [16:0] \$6 ;
   wire \$60 ;
-  wire [20:0] \$600 ;
+  wire \$600 ;
   wire \$601 ;
   wire \$602 ;
   wire \$603 ;
@@ -1868,7 +1865,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$61 ;
   wire \$610 ;
   wire \$611 ;
-  wire \$612 ;
+  wire [30:0] \$612 ;
   wire \$613 ;
   wire \$614 ;
   wire \$615 ;
@@ -1878,7 +1875,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$619 ;
   wire \$62 ;
   wire \$620 ;
-  wire [30:0] \$621 ;
+  wire \$621 ;
   wire \$622 ;
   wire \$623 ;
   wire \$624 ;
@@ -1895,81 +1892,81 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$634 ;
   wire \$635 ;
   wire \$636 ;
-  wire \$637 ;
-  wire \$638 ;
-  wire \$639 ;
+  wire [16:0] \$637 ;
+  wire [17:0] \$638 ;
+  wire [17:0] \$639 ;
   wire \$64 ;
-  wire \$640 ;
-  wire \$641 ;
-  wire \$642 ;
-  wire \$643 ;
-  wire \$644 ;
-  wire \$645 ;
-  wire [16:0] \$646 ;
-  wire [17:0] \$647 ;
-  wire [17:0] \$648 ;
-  wire [16:0] \$649 ;
+  wire [16:0] \$640 ;
+  wire [17:0] \$641 ;
+  wire [17:0] \$642 ;
+  wire [16:0] \$643 ;
+  wire [16:0] \$644 ;
+  wire [16:0] \$645 ;
+  wire [31:0] \$646 ;
+  wire [22:0] \$647 ;
+  wire [23:0] \$648 ;
+  wire [31:0] \$649 ;
   wire \$65 ;
-  wire [17:0] \$650 ;
-  wire [17:0] \$651 ;
-  wire [16:0] \$652 ;
-  wire [16:0] \$653 ;
-  wire [16:0] \$654 ;
+  wire [32:0] \$650 ;
+  wire [32:0] \$651 ;
+  wire [47:0] \$652 ;
+  wire [3:0] \$653 ;
+  wire \$654 ;
   wire [31:0] \$655 ;
-  wire [22:0] \$656 ;
-  wire [23:0] \$657 ;
-  wire [31:0] \$658 ;
-  wire [32:0] \$659 ;
+  wire [32:0] \$656 ;
+  wire [48:0] \$657 ;
+  wire \$658 ;
+  wire [48:0] \$659 ;
   wire \$66 ;
-  wire [32:0] \$660 ;
-  wire [47:0] \$661 ;
-  wire [3:0] \$662 ;
-  wire \$663 ;
-  wire [31:0] \$664 ;
-  wire [32:0] \$665 ;
-  wire [48:0] \$666 ;
-  wire \$667 ;
-  wire [48:0] \$668 ;
-  wire \$669 ;
+  wire \$660 ;
+  wire [48:0] \$661 ;
+  wire \$662 ;
+  wire [48:0] \$663 ;
+  wire \$664 ;
+  wire [48:0] \$665 ;
+  wire \$666 ;
+  wire [48:0] \$667 ;
+  wire \$668 ;
+  wire [48:0] \$669 ;
   wire \$67 ;
-  wire [48:0] \$670 ;
-  wire \$671 ;
-  wire [48:0] \$672 ;
-  wire \$673 ;
-  wire [48:0] \$674 ;
-  wire \$675 ;
-  wire [48:0] \$676 ;
-  wire \$677 ;
-  wire [48:0] \$678 ;
-  wire \$679 ;
+  wire \$670 ;
+  wire [48:0] \$671 ;
+  wire \$672 ;
+  wire [48:0] \$673 ;
+  wire \$674 ;
+  wire [48:0] \$675 ;
+  wire \$676 ;
+  wire [48:0] \$677 ;
+  wire \$678 ;
+  wire [48:0] \$679 ;
   wire \$68 ;
-  wire [48:0] \$680 ;
-  wire \$681 ;
-  wire [48:0] \$682 ;
-  wire \$683 ;
-  wire [48:0] \$684 ;
-  wire \$685 ;
-  wire [48:0] \$686 ;
-  wire \$687 ;
-  wire [48:0] \$688 ;
-  wire \$689 ;
+  wire \$680 ;
+  wire [48:0] \$681 ;
+  wire \$682 ;
+  wire [48:0] \$683 ;
+  wire \$684 ;
+  wire [48:0] \$685 ;
+  wire \$686 ;
+  wire [48:0] \$687 ;
+  wire \$688 ;
+  wire [48:0] \$689 ;
   wire \$69 ;
-  wire [48:0] \$690 ;
-  wire \$691 ;
-  wire [48:0] \$692 ;
+  wire \$690 ;
+  wire [15:0] \$691 ;
+  wire \$692 ;
   wire \$693 ;
-  wire [48:0] \$694 ;
+  wire [14:0] \$694 ;
   wire \$695 ;
-  wire [48:0] \$696 ;
+  wire \$696 ;
   wire \$697 ;
-  wire [48:0] \$698 ;
+  wire \$698 ;
   wire \$699 ;
   wire [17:0] \$7 ;
   wire \$70 ;
-  wire [15:0] \$700 ;
+  wire \$700 ;
   wire \$701 ;
   wire \$702 ;
-  wire [14:0] \$703 ;
+  wire \$703 ;
   wire \$704 ;
   wire \$705 ;
   wire \$706 ;
@@ -1984,26 +1981,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$714 ;
   wire \$715 ;
   wire \$716 ;
-  wire \$717 ;
-  wire \$718 ;
-  wire \$719 ;
+  wire [2:0] \$717 ;
+  wire [16:0] \$718 ;
+  wire [32:0] \$719 ;
   wire \$72 ;
   wire \$720 ;
   wire \$721 ;
   wire \$722 ;
   wire \$723 ;
   wire \$724 ;
-  wire \$725 ;
-  wire [2:0] \$726 ;
-  wire [16:0] \$727 ;
-  wire [32:0] \$728 ;
+  wire [16:0] \$725 ;
+  wire [32:0] \$726 ;
+  wire \$727 ;
+  wire [16:0] \$728 ;
   wire \$729 ;
   wire \$73 ;
   wire \$730 ;
-  wire [16:0] \$731 ;
-  wire [32:0] \$732 ;
+  wire \$731 ;
+  wire \$732 ;
   wire \$733 ;
-  wire [16:0] \$734 ;
+  wire \$734 ;
   wire \$735 ;
   wire \$736 ;
   wire \$737 ;
@@ -2069,18 +2066,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$791 ;
   wire \$792 ;
   wire \$793 ;
-  wire \$794 ;
+  wire [3:0] \$794 ;
   wire \$795 ;
   wire \$796 ;
   wire \$797 ;
   wire [3:0] \$798 ;
-  wire \$799 ;
+  wire [14:0] \$799 ;
   wire [17:0] \$8 ;
   wire \$80 ;
   wire \$800 ;
   wire \$801 ;
-  wire [3:0] \$802 ;
-  wire [14:0] \$803 ;
+  wire \$802 ;
+  wire \$803 ;
   wire \$804 ;
   wire \$805 ;
   wire \$806 ;
@@ -2091,97 +2088,97 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$810 ;
   wire \$811 ;
   wire \$812 ;
-  wire \$813 ;
-  wire \$814 ;
+  wire [16:0] \$813 ;
+  wire [16:0] \$814 ;
   wire \$815 ;
-  wire \$816 ;
+  wire [32:0] \$816 ;
   wire \$817 ;
-  wire [16:0] \$818 ;
-  wire [16:0] \$819 ;
+  wire \$818 ;
+  wire \$819 ;
   wire [3:0] \$82 ;
-  wire \$820 ;
-  wire [32:0] \$821 ;
+  wire [32:0] \$820 ;
+  wire \$821 ;
   wire \$822 ;
   wire \$823 ;
   wire \$824 ;
-  wire [32:0] \$825 ;
-  wire \$826 ;
-  wire \$827 ;
+  wire \$825 ;
+  wire [16:0] \$826 ;
+  wire [16:0] \$827 ;
   wire \$828 ;
-  wire \$829 ;
+  wire [32:0] \$829 ;
   wire \$83 ;
   wire \$830 ;
-  wire [16:0] \$831 ;
-  wire [16:0] \$832 ;
+  wire \$831 ;
+  wire \$832 ;
   wire \$833 ;
-  wire [32:0] \$834 ;
-  wire \$835 ;
+  wire [16:0] \$834 ;
+  wire [16:0] \$835 ;
   wire \$836 ;
   wire \$837 ;
   wire \$838 ;
   wire \$839 ;
   wire [8:0] \$84 ;
-  wire [16:0] \$840 ;
-  wire [16:0] \$841 ;
+  reg \$840 ;
+  wire \$841 ;
   wire \$842 ;
   wire \$843 ;
-  wire \$844 ;
+  wire [16:0] \$844 ;
   wire \$845 ;
   wire \$846 ;
-  reg \$847 ;
+  wire [4:0] \$847 ;
   wire \$848 ;
-  wire \$849 ;
+  reg \$849 ;
   wire [3:0] \$85 ;
   wire \$850 ;
-  wire [16:0] \$851 ;
+  wire \$851 ;
   wire \$852 ;
   wire \$853 ;
-  wire [4:0] \$854 ;
+  reg \$854 ;
   wire \$855 ;
-  reg \$856 ;
+  wire \$856 ;
   wire \$857 ;
   wire \$858 ;
   wire \$859 ;
   wire \$86 ;
   wire \$860 ;
-  reg \$861 ;
+  wire \$861 ;
   wire \$862 ;
   wire \$863 ;
   wire \$864 ;
   wire \$865 ;
   wire \$866 ;
-  wire \$867 ;
-  wire \$868 ;
-  wire \$869 ;
+  wire [32:0] \$867 ;
+  wire [16:0] \$868 ;
+  wire [16:0] \$869 ;
   wire [16:0] \$87 ;
-  wire \$870 ;
+  reg \$870 ;
   wire \$871 ;
   wire \$872 ;
   wire \$873 ;
-  wire [32:0] \$874 ;
-  wire [16:0] \$875 ;
+  wire \$874 ;
+  wire \$875 ;
   wire [16:0] \$876 ;
-  reg \$877 ;
+  wire [10:0] \$877 ;
   wire \$878 ;
-  wire \$879 ;
+  wire [16:0] \$879 ;
   wire [3:0] \$88 ;
   wire \$880 ;
   wire \$881 ;
-  wire \$882 ;
-  wire [16:0] \$883 ;
-  wire [10:0] \$884 ;
+  wire [4:0] \$882 ;
+  reg \$883 ;
+  wire \$884 ;
   wire \$885 ;
-  wire [16:0] \$886 ;
+  wire \$886 ;
   wire \$887 ;
-  wire \$888 ;
-  wire [4:0] \$889 ;
+  reg \$888 ;
+  wire \$889 ;
   wire \$89 ;
-  reg \$890 ;
+  wire \$890 ;
   wire \$891 ;
   wire \$892 ;
   wire \$893 ;
   wire \$894 ;
-  reg \$895 ;
+  wire \$895 ;
   wire \$896 ;
   wire \$897 ;
   wire \$898 ;
@@ -2191,22 +2188,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$900 ;
   wire \$901 ;
   wire \$902 ;
-  wire \$903 ;
-  wire \$904 ;
+  wire [16:0] \$903 ;
+  wire [32:0] \$904 ;
   wire \$905 ;
   wire \$906 ;
   wire \$907 ;
-  wire \$908 ;
-  wire \$909 ;
+  wire [3:0] \$908 ;
+  wire [3:0] \$909 ;
   wire [3:0] \$91 ;
-  wire [16:0] \$910 ;
-  wire [32:0] \$911 ;
-  wire \$912 ;
-  wire \$913 ;
-  wire \$914 ;
-  wire \$915 ;
-  wire [3:0] \$916 ;
-  wire [3:0] \$917 ;
+  reg \$910 ;
+  reg \$911 ;
+  reg \$912 ;
+  reg \$913 ;
+  reg \$914 ;
+  reg \$915 ;
+  reg \$916 ;
+  reg \$917 ;
   reg \$918 ;
   reg \$919 ;
   wire \$92 ;
@@ -2215,39 +2212,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$922 ;
   reg \$923 ;
   reg \$924 ;
-  reg \$925 ;
+  reg [15:0] \$925 ;
   reg \$926 ;
   reg \$927 ;
   reg \$928 ;
   reg \$929 ;
   wire [64:0] \$93 ;
-  reg \$930 ;
+  reg [2:0] \$930 ;
   reg \$931 ;
-  reg \$932 ;
-  reg [15:0] \$933 ;
+  reg [2:0] \$932 ;
+  reg \$933 ;
   reg \$934 ;
-  reg \$935 ;
-  reg \$936 ;
-  reg \$937 ;
+  reg [15:0] \$935 ;
+  reg [15:0] \$936 ;
+  reg [15:0] \$937 ;
   reg [2:0] \$938 ;
-  reg \$939 ;
+  reg [15:0] \$939 ;
   wire \$94 ;
-  reg [2:0] \$940 ;
-  reg \$941 ;
-  reg \$942 ;
-  reg [15:0] \$943 ;
-  reg [15:0] \$944 ;
-  reg [15:0] \$945 ;
-  reg [2:0] \$946 ;
-  reg [15:0] \$947 ;
-  reg [15:0] \$948 ;
-  reg [31:0] \$949 ;
+  reg [15:0] \$940 ;
+  reg [31:0] \$941 ;
+  reg [31:0] \$942 ;
+  reg [31:0] \$943 ;
+  reg [31:0] \$944 ;
+  reg \$945 ;
+  reg \$946 ;
+  reg [47:0] \$947 ;
+  reg [47:0] \$948 ;
+  reg [47:0] \$949 ;
   wire \$95 ;
-  reg [31:0] \$950 ;
-  reg [31:0] \$951 ;
-  reg [31:0] \$952 ;
-  reg \$953 ;
-  reg \$954 ;
+  reg [47:0] \$950 ;
+  reg [47:0] \$951 ;
+  reg [47:0] \$952 ;
+  reg [47:0] \$953 ;
+  reg [47:0] \$954 ;
   reg [47:0] \$955 ;
   reg [47:0] \$956 ;
   reg [47:0] \$957 ;
@@ -2258,56 +2255,56 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$961 ;
   reg [47:0] \$962 ;
   reg [47:0] \$963 ;
-  reg [47:0] \$964 ;
-  reg [47:0] \$965 ;
-  reg [47:0] \$966 ;
-  reg [47:0] \$967 ;
-  reg [47:0] \$968 ;
-  reg [47:0] \$969 ;
+  reg [31:0] \$964 ;
+  reg \$965 ;
+  reg \$966 ;
+  reg [3:0] \$967 ;
+  reg \$968 ;
+  reg [31:0] \$969 ;
   wire \$97 ;
-  reg [47:0] \$970 ;
-  reg [47:0] \$971 ;
+  reg [31:0] \$970 ;
+  reg [15:0] \$971 ;
   reg [31:0] \$972 ;
-  reg \$973 ;
+  reg [2:0] \$973 ;
   reg \$974 ;
-  reg [3:0] \$975 ;
+  reg \$975 ;
   reg \$976 ;
-  reg [31:0] \$977 ;
-  reg [31:0] \$978 ;
-  reg [15:0] \$979 ;
+  reg \$977 ;
+  reg \$978 ;
+  reg [511:0] \$979 ;
   wire \$98 ;
-  reg [31:0] \$980 ;
-  reg [2:0] \$981 ;
-  reg [511:0] \$982 ;
-  reg [1:0] \$983 ;
-  reg [31:0] \$984 ;
-  reg [7:0] \$985 ;
+  reg [1:0] \$980 ;
+  reg [31:0] \$981 ;
+  reg [7:0] \$982 ;
+  reg [15:0] \$983 ;
+  reg [15:0] \$984 ;
+  reg [31:0] \$985 ;
   reg [15:0] \$986 ;
-  reg [15:0] \$987 ;
-  reg [31:0] \$988 ;
+  reg \$987 ;
+  reg [15:0] \$988 ;
   reg [15:0] \$989 ;
   wire \$99 ;
-  reg \$990 ;
+  reg [15:0] \$990 ;
   reg [15:0] \$991 ;
   reg [15:0] \$992 ;
   reg [15:0] \$993 ;
   reg [15:0] \$994 ;
   reg [15:0] \$995 ;
-  reg [15:0] \$996 ;
-  reg [15:0] \$997 ;
-  reg [15:0] \$998 ;
-  reg [2:0] \$999 ;
+  reg [2:0] \$996 ;
+  reg [2:0] \$997 ;
+  reg [31:0] \$998 ;
+  reg [15:0] \$999 ;
   reg \$signal ;
-  reg \$signal$213 ;
+  reg \$signal$212 ;
   reg \$signal$245  = 1'h0;
   reg \$signal$258  = 1'h0;
   reg [3:0] \$signal$265  = 4'h0;
   reg \$signal$288  = 1'h0;
   reg [15:0] \$signal$289  = 16'h0000;
   reg \$signal$294  = 1'h0;
-  reg [31:0] \$signal$424  = 32'd0;
-  reg [31:0] \$signal$425  = 32'd0;
-  reg \$signal$437  = 1'h0;
+  reg [31:0] \$signal$426  = 32'd0;
+  reg [31:0] \$signal$427  = 32'd0;
+  reg \$signal$439  = 1'h0;
   reg \$signal$99 ;
   wire [13:0] \$signature__addr ;
   reg [8:0] \$signature__addr$261 ;
@@ -2471,18 +2468,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  reg [63:0] \b__payload$231 ;
-  wire [15:0] \b__payload$231[0] ;
-  wire [15:0] \b__payload$231[1] ;
-  wire [15:0] \b__payload$231[2] ;
-  wire [15:0] \b__payload$231[3] ;
+  reg [63:0] \b__payload$230 ;
+  wire [15:0] \b__payload$230[0] ;
+  wire [15:0] \b__payload$230[1] ;
+  wire [15:0] \b__payload$230[2] ;
+  wire [15:0] \b__payload$230[3] ;
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$225 ;
+  wire \b__ready$224 ;
   input b__valid;
   wire b__valid;
-  reg \b__valid$223 ;
+  reg \b__valid$222 ;
   wire \b__valid$23 ;
   wire [19:0] base;
   wire [19:0] \base$41 ;
@@ -2497,31 +2494,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 1'h0 *)
   wire \busy$115 ;
   reg [4:0] c__payload;
-  reg [65:0] \c__payload$171 ;
-  wire [42:0] \c__payload$171.b ;
-  wire [5:0] \c__payload$171.e ;
-  wire \c__payload$171.last ;
-  wire [15:0] \c__payload$171.m ;
-  reg [43:0] \c__payload$174 ;
-  wire [5:0] \c__payload$174.e_a ;
-  wire [5:0] \c__payload$174.e_b ;
-  wire [15:0] \c__payload$174.m_a ;
-  wire [15:0] \c__payload$174.m_b ;
-  reg [52:0] \c__payload$177 ;
-  wire [5:0] \c__payload$177.e ;
-  wire [15:0] \c__payload$177.m ;
-  wire [9:0] \c__payload$177.qb ;
-  wire [14:0] \c__payload$177.qc ;
-  wire [5:0] \c__payload$177.sh ;
+  reg [65:0] \c__payload$169 ;
+  wire [42:0] \c__payload$169.b ;
+  wire [5:0] \c__payload$169.e ;
+  wire \c__payload$169.last ;
+  wire [15:0] \c__payload$169.m ;
+  reg [43:0] \c__payload$172 ;
+  wire [5:0] \c__payload$172.e_a ;
+  wire [5:0] \c__payload$172.e_b ;
+  wire [15:0] \c__payload$172.m_a ;
+  wire [15:0] \c__payload$172.m_b ;
+  reg [52:0] \c__payload$175 ;
+  wire [5:0] \c__payload$175.e ;
+  wire [15:0] \c__payload$175.m ;
+  wire [9:0] \c__payload$175.qb ;
+  wire [14:0] \c__payload$175.qc ;
+  wire [5:0] \c__payload$175.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$173 ;
-  wire \c__ready$176 ;
-  wire \c__ready$179 ;
+  wire \c__ready$171 ;
+  wire \c__ready$174 ;
+  wire \c__ready$177 ;
   reg c__valid;
-  reg \c__valid$172 ;
-  reg \c__valid$175 ;
-  reg \c__valid$178 ;
+  reg \c__valid$170 ;
+  reg \c__valid$173 ;
+  reg \c__valid$176 ;
   reg [31:0] c_addr = 32'd0;
   reg [15:0] c_ask = 16'h0000;
   reg [15:0] c_due = 16'h0000;
@@ -2571,31 +2568,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \final$407 ;
   wire \final$410 ;
   reg [15:0] fnt = 16'h0000;
+  reg gemm_active = 1'h0;
   reg [16:0] i__payload;
-  reg [15:0] \i__payload$200 ;
-  reg [31:0] \i__payload$241 ;
-  wire [7:0] \i__payload$241[0] ;
-  wire [7:0] \i__payload$241[1] ;
-  wire [7:0] \i__payload$241[2] ;
-  wire [7:0] \i__payload$241[3] ;
+  reg [15:0] \i__payload$198 ;
+  reg [31:0] \i__payload$240 ;
+  wire [7:0] \i__payload$240[0] ;
+  wire [7:0] \i__payload$240[1] ;
+  wire [7:0] \i__payload$240[2] ;
+  wire [7:0] \i__payload$240[3] ;
   wire [15:0] \i__payload.data ;
   wire \i__payload.last ;
   wire i__ready;
-  wire \i__ready$201 ;
-  wire \i__ready$240 ;
+  wire \i__ready$199 ;
+  wire \i__ready$239 ;
   reg i__valid;
-  reg \i__valid$199 ;
-  reg \i__valid$239 ;
+  reg \i__valid$197 ;
+  reg \i__valid$238 ;
   wire idle;
-  wire \idle$431 ;
+  wire \idle$433 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
   wire [15:0] images;
   reg [15:0] images_left = 16'h0000;
-  reg in_decode;
-  reg in_op;
+  reg in_decode = 1'h0;
+  reg in_op = 1'h0;
   reg in_ready;
+  reg in_stream = 1'h0;
   wire [15:0] index__1;
   wire [15:0] index__2;
   wire [15:0] index__3;
@@ -2685,17 +2684,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [8:0] o__payload;
-  wire [7:0] \o__payload$203 ;
-  wire [63:0] \o__payload$218 ;
-  wire [15:0] \o__payload$218[0] ;
-  wire [15:0] \o__payload$218[1] ;
-  wire [15:0] \o__payload$218[2] ;
-  wire [15:0] \o__payload$218[3] ;
-  wire [31:0] \o__payload$238 ;
-  wire [7:0] \o__payload$238[0] ;
-  wire [7:0] \o__payload$238[1] ;
-  wire [7:0] \o__payload$238[2] ;
-  wire [7:0] \o__payload$238[3] ;
+  wire [7:0] \o__payload$201 ;
+  wire [63:0] \o__payload$217 ;
+  wire [15:0] \o__payload$217[0] ;
+  wire [15:0] \o__payload$217[1] ;
+  wire [15:0] \o__payload$217[2] ;
+  wire [15:0] \o__payload$217[3] ;
+  wire [31:0] \o__payload$237 ;
+  wire [7:0] \o__payload$237[0] ;
+  wire [7:0] \o__payload$237[1] ;
+  wire [7:0] \o__payload$237[2] ;
+  wire [7:0] \o__payload$237[3] ;
   wire [255:0] \o__payload$385 ;
   wire [31:0] \o__payload$385[0] ;
   wire [31:0] \o__payload$385[1] ;
@@ -2708,14 +2707,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [7:0] \o__payload.data ;
   wire \o__payload.last ;
   reg o__ready;
-  reg \o__ready$204 ;
-  reg \o__ready$215 ;
-  reg \o__ready$237 ;
+  reg \o__ready$202 ;
+  reg \o__ready$214 ;
+  reg \o__ready$236 ;
   reg \o__ready$390 ;
   wire o__valid;
-  wire \o__valid$202 ;
-  wire \o__valid$214 ;
-  wire \o__valid$236 ;
+  wire \o__valid$200 ;
+  wire \o__valid$213 ;
+  wire \o__valid$235 ;
   wire \o__valid$386 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
@@ -2820,6 +2819,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] pack_a1 = 16'h0000;
   reg [15:0] pack_a2 = 16'h0000;
   reg [15:0] pack_a3 = 16'h0000;
+  reg pack_active = 1'h0;
   reg [15:0] pack_b0 = 16'h0000;
   reg [15:0] pack_b1 = 16'h0000;
   reg [15:0] pack_b2 = 16'h0000;
@@ -2853,20 +2853,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [18:0] r_data;
   wire [18:0] \r_data$311 ;
   reg r_en;
-  reg \r_en$212 ;
+  reg \r_en$211 ;
   wire r_rdy;
-  wire \r_rdy$211 ;
+  wire \r_rdy$210 ;
   reg [34:0] req__payload;
-  reg [98:0] \req__payload$190 ;
-  wire [31:0] \req__payload$190.addr ;
-  wire [63:0] \req__payload$190.data ;
-  wire [2:0] \req__payload$190.lb ;
+  reg [98:0] \req__payload$188 ;
+  wire [31:0] \req__payload$188.addr ;
+  wire [63:0] \req__payload$188.data ;
+  wire [2:0] \req__payload$188.lb ;
   wire [31:0] \req__payload.addr ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$192 ;
+  wire \req__ready$190 ;
   reg req__valid;
-  reg \req__valid$189 ;
+  reg \req__valid$187 ;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
   input rst;
@@ -2889,7 +2889,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [2:0] src1_meta = 3'h0;
   input start;
   wire start;
-  reg streaming;
   reg [17:0] strides__0;
   reg [17:0] \strides__0$43 ;
   reg [17:0] \strides__0$55 ;
@@ -27859,575 +27858,575 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$94  = beat__valid & beat__payload[512];
   assign \$95  = r_rdy & \valid$100 ;
   assign \$96  = ~ ext_req_valid;
-  assign \$97  = \$96  | \req__ready$192 ;
+  assign \$97  = \$96  | \req__ready$190 ;
   assign \$98  = \$95  & \$97 ;
   assign \$99  = r_rdy & \valid$100 ;
   assign \$100  = ~ ext_req_valid;
-  assign \$101  = \$100  | \req__ready$192 ;
+  assign \$101  = \$100  | \req__ready$190 ;
   assign \$102  = \$99  & \$101 ;
   assign \$103  = r_rdy & i__ready;
-  assign \$104  = r_rdy & \i__ready$201 ;
-  assign \$105  = is_gelu | is_add;
-  assign \$106  = \$105  | post_gelu;
-  assign \$107  = \$106  | post_add;
-  assign \$108  = streaming & \$107 ;
-  assign \$109  = ~ pack_full;
-  assign \$110  = \$109  | in_ready;
-  assign \$111  = \$110  & elem_valid;
-  assign \$112  = ~ add_sel;
-  assign \$113  = \r_rdy$211  | \$112 ;
-  assign \$114  = \$111  & \$113 ;
-  assign \$115  = ~ pack_full;
-  assign \$116  = \$115  | in_ready;
-  assign \$117  = \$116  & elem_valid;
-  assign \$118  = ~ add_sel;
-  assign \$119  = \r_rdy$211  | \$118 ;
-  assign \$120  = \$117  & \$119 ;
-  assign \$121  = \$120  & add_sel;
-  assign \$122  = a__ready & \b__ready$225 ;
-  assign \$123  = is_gelu | post_gelu;
-  assign \$124  = unit_is0 & \$123 ;
-  assign \$126  = \$signal$213  & \valid$100 ;
-  assign \$127  = pack_jo == 2'h3;
-  assign \$128  = \$127  | \final ;
-  assign \$129  = streaming & is_gemm;
-  assign \$130  = want_w ? w_addr : p_addr;
-  assign \$131  = want_w ? w_lb : 3'h6;
-  assign \$132  = streaming & is_gemm;
-  assign \$133  = ~ is_linear;
-  assign \$134  = \$133  | rk_zero;
-  assign \$135  = ~ w_full;
-  assign \$136  = \a__valid$255  & \a__ready$256 ;
-  assign \$137  = \$135  | \$136 ;
-  assign \$140  = \$139  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
-  assign \$143  = \$142  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
-  assign \$146  = \$145  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
-  assign \$149  = \$148  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
-  assign \$152  = \$151  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
-  assign \$155  = \$154  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
-  assign \$158  = \$157  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
-  assign \$159  = streaming & is_gemm;
-  assign \$161  = ~ \$160 ;
-  assign \$162  = r_rdy & \$161 ;
-  assign \$163  = \$signal$258  * 9'h100;
-  assign \$164  = \$163  + lk;
-  assign \$166  = ~ \$165 ;
-  assign \$167  = r_rdy & \$166 ;
-  assign \$168  = | \$signal$265 ;
-  assign \$169  = ~ \$168 ;
-  assign \$170  = \$167  & \$169 ;
+  assign \$104  = r_rdy & \i__ready$199 ;
+  assign \$105  = ~ pack_full;
+  assign \$106  = \$105  | in_ready;
+  assign \$107  = \$106  & elem_valid;
+  assign \$108  = ~ add_sel;
+  assign \$109  = \r_rdy$210  | \$108 ;
+  assign \$110  = \$107  & \$109 ;
+  assign \$111  = ~ pack_full;
+  assign \$112  = \$111  | in_ready;
+  assign \$113  = \$112  & elem_valid;
+  assign \$114  = ~ add_sel;
+  assign \$115  = \r_rdy$210  | \$114 ;
+  assign \$116  = \$113  & \$115 ;
+  assign \$117  = \$116  & add_sel;
+  assign \$118  = a__ready & \b__ready$224 ;
+  assign \$119  = is_gelu | post_gelu;
+  assign \$120  = unit_is0 & \$119 ;
+  assign \$122  = \$signal$212  & \valid$100 ;
+  assign \$123  = pack_jo == 2'h3;
+  assign \$124  = \$123  | \final ;
+  assign \$125  = want_w ? w_addr : p_addr;
+  assign \$126  = want_w ? w_lb : 3'h6;
+  assign \$127  = ~ is_linear;
+  assign \$128  = \$127  | rk_zero;
+  assign \$129  = ~ w_full;
+  assign \$130  = \a__valid$255  & \a__ready$256 ;
+  assign \$131  = \$129  | \$130 ;
+  assign \$134  = \$133  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
+  assign \$137  = \$136  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
+  assign \$140  = \$139  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
+  assign \$143  = \$142  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
+  assign \$146  = \$145  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
+  assign \$149  = \$148  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
+  assign \$152  = \$151  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
+  assign \$154  = ~ \$153 ;
+  assign \$155  = r_rdy & \$154 ;
+  assign \$156  = \$signal$258  * 9'h100;
+  assign \$157  = \$156  + lk;
+  assign \$159  = ~ \$158 ;
+  assign \$160  = r_rdy & \$159 ;
+  assign \$161  = | \$signal$265 ;
+  assign \$162  = ~ \$161 ;
+  assign \$163  = \$160  & \$162 ;
+  assign \$164  = \$signal$258  * 9'h100;
+  assign \$165  = \$164  + lk;
+  assign \$167  = ~ \$166 ;
+  assign \$168  = r_rdy & \$167 ;
+  assign \$169  = \$signal$265  == 1'h1;
+  assign \$170  = \$168  & \$169 ;
   assign \$171  = \$signal$258  * 9'h100;
   assign \$172  = \$171  + lk;
   assign \$174  = ~ \$173 ;
   assign \$175  = r_rdy & \$174 ;
-  assign \$176  = \$signal$265  == 1'h1;
+  assign \$176  = \$signal$265  == 2'h2;
   assign \$177  = \$175  & \$176 ;
   assign \$178  = \$signal$258  * 9'h100;
   assign \$179  = \$178  + lk;
   assign \$181  = ~ \$180 ;
   assign \$182  = r_rdy & \$181 ;
-  assign \$183  = \$signal$265  == 2'h2;
+  assign \$183  = \$signal$265  == 2'h3;
   assign \$184  = \$182  & \$183 ;
   assign \$185  = \$signal$258  * 9'h100;
   assign \$186  = \$185  + lk;
   assign \$188  = ~ \$187 ;
   assign \$189  = r_rdy & \$188 ;
-  assign \$190  = \$signal$265  == 2'h3;
+  assign \$190  = \$signal$265  == 3'h4;
   assign \$191  = \$189  & \$190 ;
   assign \$192  = \$signal$258  * 9'h100;
   assign \$193  = \$192  + lk;
   assign \$195  = ~ \$194 ;
   assign \$196  = r_rdy & \$195 ;
-  assign \$197  = \$signal$265  == 3'h4;
+  assign \$197  = \$signal$265  == 3'h5;
   assign \$198  = \$196  & \$197 ;
   assign \$199  = \$signal$258  * 9'h100;
   assign \$200  = \$199  + lk;
   assign \$202  = ~ \$201 ;
   assign \$203  = r_rdy & \$202 ;
-  assign \$204  = \$signal$265  == 3'h5;
+  assign \$204  = \$signal$265  == 3'h6;
   assign \$205  = \$203  & \$204 ;
   assign \$206  = \$signal$258  * 9'h100;
   assign \$207  = \$206  + lk;
   assign \$209  = ~ \$208 ;
   assign \$210  = r_rdy & \$209 ;
-  assign \$211  = \$signal$265  == 3'h6;
+  assign \$211  = \$signal$265  == 3'h7;
   assign \$212  = \$210  & \$211 ;
-  assign \$213  = \$signal$258  * 9'h100;
-  assign \$214  = \$213  + lk;
-  assign \$216  = ~ \$215 ;
-  assign \$217  = r_rdy & \$216 ;
-  assign \$218  = \$signal$265  == 3'h7;
-  assign \$219  = \$217  & \$218 ;
-  assign \$220  = \$signal$288  * 9'h100;
-  assign \$221  = \$220  + \$signal$289 ;
-  assign \$223  = \$signal$258  == \$signal$288 ;
-  assign \$224  = lk > \$signal$289 ;
-  assign \$225  = \$223  & \$224 ;
-  assign \$226  = \$222  | \$225 ;
-  assign \$228  = is_linear | \$227 ;
-  assign \$229  = \$226  & \$228 ;
-  assign \$230  = ~ \$signal$294 ;
-  assign \$231  = \a__valid$255  & \a__ready$256 ;
-  assign \$232  = \$230  | \$231 ;
-  assign \$233  = \$229  & \$232 ;
-  assign \$234  = | feed_blocks;
-  assign \$235  = \$233  & \$234 ;
-  assign \$236  = \$signal$288  * 9'h100;
-  assign \$237  = \$236  + \$signal$289 ;
-  assign \$239  = \$signal$258  == \$signal$288 ;
-  assign \$240  = lk > \$signal$289 ;
-  assign \$241  = \$239  & \$240 ;
-  assign \$242  = \$238  | \$241 ;
-  assign \$244  = is_linear | \$243 ;
-  assign \$245  = \$242  & \$244 ;
-  assign \$246  = ~ \$signal$294 ;
-  assign \$247  = \a__valid$255  & \a__ready$256 ;
-  assign \$248  = \$246  | \$247 ;
-  assign \$249  = \$245  & \$248 ;
-  assign \$250  = | feed_blocks;
-  assign \$251  = \$249  & \$250 ;
-  assign \$252  = \$signal$288  * 9'h100;
-  assign \$253  = \$252  + \$signal$289 ;
-  assign \$255  = \$signal$258  == \$signal$288 ;
-  assign \$256  = lk > \$signal$289 ;
-  assign \$257  = \$255  & \$256 ;
-  assign \$258  = \$254  | \$257 ;
-  assign \$260  = is_linear | \$259 ;
-  assign \$261  = \$258  & \$260 ;
-  assign \$262  = ~ \$signal$294 ;
-  assign \$263  = \a__valid$255  & \a__ready$256 ;
-  assign \$264  = \$262  | \$263 ;
-  assign \$265  = \$261  & \$264 ;
-  assign \$266  = | feed_blocks;
-  assign \$267  = \$265  & \$266 ;
-  assign \$268  = \$signal$288  * 9'h100;
-  assign \$269  = \$268  + \$signal$289 ;
-  assign \$271  = \$signal$258  == \$signal$288 ;
-  assign \$272  = lk > \$signal$289 ;
-  assign \$273  = \$271  & \$272 ;
-  assign \$274  = \$270  | \$273 ;
-  assign \$276  = is_linear | \$275 ;
-  assign \$277  = \$274  & \$276 ;
-  assign \$278  = ~ \$signal$294 ;
-  assign \$279  = \a__valid$255  & \a__ready$256 ;
-  assign \$280  = \$278  | \$279 ;
-  assign \$281  = \$277  & \$280 ;
-  assign \$282  = | feed_blocks;
-  assign \$283  = \$281  & \$282 ;
-  assign \$284  = \$signal$288  * 9'h100;
-  assign \$285  = \$284  + \$signal$289 ;
-  assign \$287  = \$signal$258  == \$signal$288 ;
-  assign \$288  = lk > \$signal$289 ;
-  assign \$289  = \$287  & \$288 ;
-  assign \$290  = \$286  | \$289 ;
-  assign \$292  = is_linear | \$291 ;
-  assign \$293  = \$290  & \$292 ;
-  assign \$294  = ~ \$signal$294 ;
-  assign \$295  = \a__valid$255  & \a__ready$256 ;
-  assign \$296  = \$294  | \$295 ;
-  assign \$297  = \$293  & \$296 ;
-  assign \$298  = | feed_blocks;
-  assign \$299  = \$297  & \$298 ;
-  assign \$300  = \$signal$288  * 9'h100;
-  assign \$301  = \$300  + \$signal$289 ;
-  assign \$303  = \$signal$258  == \$signal$288 ;
-  assign \$304  = lk > \$signal$289 ;
-  assign \$305  = \$303  & \$304 ;
-  assign \$306  = \$302  | \$305 ;
-  assign \$308  = is_linear | \$307 ;
-  assign \$309  = \$306  & \$308 ;
-  assign \$310  = ~ \$signal$294 ;
-  assign \$311  = \a__valid$255  & \a__ready$256 ;
-  assign \$312  = \$310  | \$311 ;
-  assign \$313  = \$309  & \$312 ;
-  assign \$314  = | feed_blocks;
-  assign \$315  = \$313  & \$314 ;
-  assign \$316  = \$signal$288  * 9'h100;
-  assign \$317  = \$316  + \$signal$289 ;
-  assign \$319  = \$signal$258  == \$signal$288 ;
-  assign \$320  = lk > \$signal$289 ;
-  assign \$321  = \$319  & \$320 ;
-  assign \$322  = \$318  | \$321 ;
-  assign \$324  = is_linear | \$323 ;
-  assign \$325  = \$322  & \$324 ;
-  assign \$326  = ~ \$signal$294 ;
-  assign \$327  = \a__valid$255  & \a__ready$256 ;
-  assign \$328  = \$326  | \$327 ;
-  assign \$329  = \$325  & \$328 ;
-  assign \$330  = | feed_blocks;
-  assign \$331  = \$329  & \$330 ;
-  assign \$332  = \$signal$288  * 9'h100;
-  assign \$333  = \$332  + \$signal$289 ;
-  assign \$335  = \$signal$258  == \$signal$288 ;
-  assign \$336  = lk > \$signal$289 ;
-  assign \$337  = \$335  & \$336 ;
-  assign \$338  = \$334  | \$337 ;
-  assign \$340  = is_linear | \$339 ;
-  assign \$341  = \$338  & \$340 ;
-  assign \$342  = ~ \$signal$294 ;
-  assign \$343  = \a__valid$255  & \a__ready$256 ;
-  assign \$344  = \$342  | \$343 ;
-  assign \$345  = \$341  & \$344 ;
-  assign \$346  = | feed_blocks;
-  assign \$347  = \$345  & \$346 ;
-  assign \$348  = ~ is_linear;
+  assign \$213  = \$signal$288  * 9'h100;
+  assign \$214  = \$213  + \$signal$289 ;
+  assign \$216  = \$signal$258  == \$signal$288 ;
+  assign \$217  = lk > \$signal$289 ;
+  assign \$218  = \$216  & \$217 ;
+  assign \$219  = \$215  | \$218 ;
+  assign \$221  = is_linear | \$220 ;
+  assign \$222  = \$219  & \$221 ;
+  assign \$223  = ~ \$signal$294 ;
+  assign \$224  = \a__valid$255  & \a__ready$256 ;
+  assign \$225  = \$223  | \$224 ;
+  assign \$226  = \$222  & \$225 ;
+  assign \$227  = | feed_blocks;
+  assign \$228  = \$226  & \$227 ;
+  assign \$229  = \$signal$288  * 9'h100;
+  assign \$230  = \$229  + \$signal$289 ;
+  assign \$232  = \$signal$258  == \$signal$288 ;
+  assign \$233  = lk > \$signal$289 ;
+  assign \$234  = \$232  & \$233 ;
+  assign \$235  = \$231  | \$234 ;
+  assign \$237  = is_linear | \$236 ;
+  assign \$238  = \$235  & \$237 ;
+  assign \$239  = ~ \$signal$294 ;
+  assign \$240  = \a__valid$255  & \a__ready$256 ;
+  assign \$241  = \$239  | \$240 ;
+  assign \$242  = \$238  & \$241 ;
+  assign \$243  = | feed_blocks;
+  assign \$244  = \$242  & \$243 ;
+  assign \$245  = \$signal$288  * 9'h100;
+  assign \$246  = \$245  + \$signal$289 ;
+  assign \$248  = \$signal$258  == \$signal$288 ;
+  assign \$249  = lk > \$signal$289 ;
+  assign \$250  = \$248  & \$249 ;
+  assign \$251  = \$247  | \$250 ;
+  assign \$253  = is_linear | \$252 ;
+  assign \$254  = \$251  & \$253 ;
+  assign \$255  = ~ \$signal$294 ;
+  assign \$256  = \a__valid$255  & \a__ready$256 ;
+  assign \$257  = \$255  | \$256 ;
+  assign \$258  = \$254  & \$257 ;
+  assign \$259  = | feed_blocks;
+  assign \$260  = \$258  & \$259 ;
+  assign \$261  = \$signal$288  * 9'h100;
+  assign \$262  = \$261  + \$signal$289 ;
+  assign \$264  = \$signal$258  == \$signal$288 ;
+  assign \$265  = lk > \$signal$289 ;
+  assign \$266  = \$264  & \$265 ;
+  assign \$267  = \$263  | \$266 ;
+  assign \$269  = is_linear | \$268 ;
+  assign \$270  = \$267  & \$269 ;
+  assign \$271  = ~ \$signal$294 ;
+  assign \$272  = \a__valid$255  & \a__ready$256 ;
+  assign \$273  = \$271  | \$272 ;
+  assign \$274  = \$270  & \$273 ;
+  assign \$275  = | feed_blocks;
+  assign \$276  = \$274  & \$275 ;
+  assign \$277  = \$signal$288  * 9'h100;
+  assign \$278  = \$277  + \$signal$289 ;
+  assign \$280  = \$signal$258  == \$signal$288 ;
+  assign \$281  = lk > \$signal$289 ;
+  assign \$282  = \$280  & \$281 ;
+  assign \$283  = \$279  | \$282 ;
+  assign \$285  = is_linear | \$284 ;
+  assign \$286  = \$283  & \$285 ;
+  assign \$287  = ~ \$signal$294 ;
+  assign \$288  = \a__valid$255  & \a__ready$256 ;
+  assign \$289  = \$287  | \$288 ;
+  assign \$290  = \$286  & \$289 ;
+  assign \$291  = | feed_blocks;
+  assign \$292  = \$290  & \$291 ;
+  assign \$293  = \$signal$288  * 9'h100;
+  assign \$294  = \$293  + \$signal$289 ;
+  assign \$296  = \$signal$258  == \$signal$288 ;
+  assign \$297  = lk > \$signal$289 ;
+  assign \$298  = \$296  & \$297 ;
+  assign \$299  = \$295  | \$298 ;
+  assign \$301  = is_linear | \$300 ;
+  assign \$302  = \$299  & \$301 ;
+  assign \$303  = ~ \$signal$294 ;
+  assign \$304  = \a__valid$255  & \a__ready$256 ;
+  assign \$305  = \$303  | \$304 ;
+  assign \$306  = \$302  & \$305 ;
+  assign \$307  = | feed_blocks;
+  assign \$308  = \$306  & \$307 ;
+  assign \$309  = \$signal$288  * 9'h100;
+  assign \$310  = \$309  + \$signal$289 ;
+  assign \$312  = \$signal$258  == \$signal$288 ;
+  assign \$313  = lk > \$signal$289 ;
+  assign \$314  = \$312  & \$313 ;
+  assign \$315  = \$311  | \$314 ;
+  assign \$317  = is_linear | \$316 ;
+  assign \$318  = \$315  & \$317 ;
+  assign \$319  = ~ \$signal$294 ;
+  assign \$320  = \a__valid$255  & \a__ready$256 ;
+  assign \$321  = \$319  | \$320 ;
+  assign \$322  = \$318  & \$321 ;
+  assign \$323  = | feed_blocks;
+  assign \$324  = \$322  & \$323 ;
+  assign \$325  = \$signal$288  * 9'h100;
+  assign \$326  = \$325  + \$signal$289 ;
+  assign \$328  = \$signal$258  == \$signal$288 ;
+  assign \$329  = lk > \$signal$289 ;
+  assign \$330  = \$328  & \$329 ;
+  assign \$331  = \$327  | \$330 ;
+  assign \$333  = is_linear | \$332 ;
+  assign \$334  = \$331  & \$333 ;
+  assign \$335  = ~ \$signal$294 ;
+  assign \$336  = \a__valid$255  & \a__ready$256 ;
+  assign \$337  = \$335  | \$336 ;
+  assign \$338  = \$334  & \$337 ;
+  assign \$339  = | feed_blocks;
+  assign \$340  = \$338  & \$339 ;
+  assign \$341  = ~ is_linear;
+  assign \$343  = ~ \$342 ;
+  assign \$344  = \r_rdy$210  & \$343 ;
+  assign \$345  = ~ is_linear;
+  assign \$346  = \$344  & \$345 ;
+  assign \$347  = w_load_half * 9'h100;
+  assign \$348  = \$347  + w_load_addr;
   assign \$350  = ~ \$349 ;
-  assign \$351  = \r_rdy$211  & \$350 ;
+  assign \$351  = \r_rdy$210  & \$350 ;
   assign \$352  = ~ is_linear;
   assign \$353  = \$351  & \$352 ;
-  assign \$354  = w_load_half * 9'h100;
-  assign \$355  = \$354  + w_load_addr;
-  assign \$357  = ~ \$356 ;
-  assign \$358  = \r_rdy$211  & \$357 ;
-  assign \$359  = ~ is_linear;
-  assign \$360  = \$358  & \$359 ;
-  assign \$361  = | w_load_lane;
-  assign \$362  = ~ \$361 ;
-  assign \$363  = \$360  & \$362 ;
-  assign \$364  = w_load_half * 9'h100;
-  assign \$365  = \$364  + w_load_addr;
-  assign \$367  = ~ \$366 ;
-  assign \$368  = \r_rdy$211  & \$367 ;
-  assign \$369  = ~ is_linear;
-  assign \$370  = \$368  & \$369 ;
-  assign \$371  = w_load_lane == 1'h1;
+  assign \$354  = | w_load_lane;
+  assign \$355  = ~ \$354 ;
+  assign \$356  = \$353  & \$355 ;
+  assign \$357  = w_load_half * 9'h100;
+  assign \$358  = \$357  + w_load_addr;
+  assign \$360  = ~ \$359 ;
+  assign \$361  = \r_rdy$210  & \$360 ;
+  assign \$362  = ~ is_linear;
+  assign \$363  = \$361  & \$362 ;
+  assign \$364  = w_load_lane == 1'h1;
+  assign \$365  = \$363  & \$364 ;
+  assign \$366  = w_load_half * 9'h100;
+  assign \$367  = \$366  + w_load_addr;
+  assign \$369  = ~ \$368 ;
+  assign \$370  = \r_rdy$210  & \$369 ;
+  assign \$371  = ~ is_linear;
   assign \$372  = \$370  & \$371 ;
-  assign \$373  = w_load_half * 9'h100;
-  assign \$374  = \$373  + w_load_addr;
-  assign \$376  = ~ \$375 ;
-  assign \$377  = \r_rdy$211  & \$376 ;
-  assign \$378  = ~ is_linear;
-  assign \$379  = \$377  & \$378 ;
-  assign \$380  = w_load_lane == 2'h2;
+  assign \$373  = w_load_lane == 2'h2;
+  assign \$374  = \$372  & \$373 ;
+  assign \$375  = w_load_half * 9'h100;
+  assign \$376  = \$375  + w_load_addr;
+  assign \$378  = ~ \$377 ;
+  assign \$379  = \r_rdy$210  & \$378 ;
+  assign \$380  = ~ is_linear;
   assign \$381  = \$379  & \$380 ;
-  assign \$382  = w_load_half * 9'h100;
-  assign \$383  = \$382  + w_load_addr;
-  assign \$385  = ~ \$384 ;
-  assign \$386  = \r_rdy$211  & \$385 ;
-  assign \$387  = ~ is_linear;
-  assign \$388  = \$386  & \$387 ;
-  assign \$389  = w_load_lane == 2'h3;
+  assign \$382  = w_load_lane == 2'h3;
+  assign \$383  = \$381  & \$382 ;
+  assign \$384  = w_load_half * 9'h100;
+  assign \$385  = \$384  + w_load_addr;
+  assign \$387  = ~ \$386 ;
+  assign \$388  = \r_rdy$210  & \$387 ;
+  assign \$389  = ~ is_linear;
   assign \$390  = \$388  & \$389 ;
-  assign \$391  = w_load_half * 9'h100;
-  assign \$392  = \$391  + w_load_addr;
-  assign \$394  = ~ \$393 ;
-  assign \$395  = \r_rdy$211  & \$394 ;
-  assign \$396  = ~ is_linear;
-  assign \$397  = \$395  & \$396 ;
-  assign \$398  = w_load_lane == 3'h4;
+  assign \$391  = w_load_lane == 3'h4;
+  assign \$392  = \$390  & \$391 ;
+  assign \$393  = w_load_half * 9'h100;
+  assign \$394  = \$393  + w_load_addr;
+  assign \$396  = ~ \$395 ;
+  assign \$397  = \r_rdy$210  & \$396 ;
+  assign \$398  = ~ is_linear;
   assign \$399  = \$397  & \$398 ;
-  assign \$400  = w_load_half * 9'h100;
-  assign \$401  = \$400  + w_load_addr;
-  assign \$403  = ~ \$402 ;
-  assign \$404  = \r_rdy$211  & \$403 ;
-  assign \$405  = ~ is_linear;
-  assign \$406  = \$404  & \$405 ;
-  assign \$407  = w_load_lane == 3'h5;
+  assign \$400  = w_load_lane == 3'h5;
+  assign \$401  = \$399  & \$400 ;
+  assign \$402  = w_load_half * 9'h100;
+  assign \$403  = \$402  + w_load_addr;
+  assign \$405  = ~ \$404 ;
+  assign \$406  = \r_rdy$210  & \$405 ;
+  assign \$407  = ~ is_linear;
   assign \$408  = \$406  & \$407 ;
-  assign \$409  = w_load_half * 9'h100;
-  assign \$410  = \$409  + w_load_addr;
-  assign \$412  = ~ \$411 ;
-  assign \$413  = \r_rdy$211  & \$412 ;
-  assign \$414  = ~ is_linear;
-  assign \$415  = \$413  & \$414 ;
-  assign \$416  = w_load_lane == 3'h6;
+  assign \$409  = w_load_lane == 3'h6;
+  assign \$410  = \$408  & \$409 ;
+  assign \$411  = w_load_half * 9'h100;
+  assign \$412  = \$411  + w_load_addr;
+  assign \$414  = ~ \$413 ;
+  assign \$415  = \r_rdy$210  & \$414 ;
+  assign \$416  = ~ is_linear;
   assign \$417  = \$415  & \$416 ;
-  assign \$418  = w_load_half * 9'h100;
-  assign \$419  = \$418  + w_load_addr;
-  assign \$421  = ~ \$420 ;
-  assign \$422  = \r_rdy$211  & \$421 ;
-  assign \$423  = ~ is_linear;
-  assign \$424  = \$422  & \$423 ;
-  assign \$425  = w_load_lane == 3'h7;
+  assign \$418  = w_load_lane == 3'h7;
+  assign \$419  = \$417  & \$418 ;
+  assign \$420  = w_feed_half * 9'h100;
+  assign \$421  = \$420  + feed_ntk;
+  assign \$422  = \$421  + \$signal$289 ;
+  assign \$424  = \$signal$258  == \$signal$288 ;
+  assign \$425  = lk > \$signal$289 ;
   assign \$426  = \$424  & \$425 ;
-  assign \$427  = w_feed_half * 9'h100;
-  assign \$428  = \$427  + feed_ntk;
-  assign \$429  = \$428  + \$signal$289 ;
-  assign \$431  = \$signal$258  == \$signal$288 ;
-  assign \$432  = lk > \$signal$289 ;
-  assign \$433  = \$431  & \$432 ;
-  assign \$434  = \$430  | \$433 ;
-  assign \$436  = is_linear | \$435 ;
-  assign \$437  = \$434  & \$436 ;
-  assign \$438  = ~ \$signal$294 ;
-  assign \$439  = \a__valid$255  & \a__ready$256 ;
-  assign \$440  = \$438  | \$439 ;
-  assign \$441  = \$437  & \$440 ;
-  assign \$442  = | feed_blocks;
+  assign \$427  = \$423  | \$426 ;
+  assign \$429  = is_linear | \$428 ;
+  assign \$430  = \$427  & \$429 ;
+  assign \$431  = ~ \$signal$294 ;
+  assign \$432  = \a__valid$255  & \a__ready$256 ;
+  assign \$433  = \$431  | \$432 ;
+  assign \$434  = \$430  & \$433 ;
+  assign \$435  = | feed_blocks;
+  assign \$436  = \$434  & \$435 ;
+  assign \$437  = w_feed_half * 9'h100;
+  assign \$438  = \$437  + feed_ntk;
+  assign \$439  = \$438  + \$signal$289 ;
+  assign \$441  = \$signal$258  == \$signal$288 ;
+  assign \$442  = lk > \$signal$289 ;
   assign \$443  = \$441  & \$442 ;
-  assign \$444  = w_feed_half * 9'h100;
-  assign \$445  = \$444  + feed_ntk;
-  assign \$446  = \$445  + \$signal$289 ;
-  assign \$448  = \$signal$258  == \$signal$288 ;
-  assign \$449  = lk > \$signal$289 ;
-  assign \$450  = \$448  & \$449 ;
-  assign \$451  = \$447  | \$450 ;
-  assign \$453  = is_linear | \$452 ;
-  assign \$454  = \$451  & \$453 ;
-  assign \$455  = ~ \$signal$294 ;
-  assign \$456  = \a__valid$255  & \a__ready$256 ;
-  assign \$457  = \$455  | \$456 ;
-  assign \$458  = \$454  & \$457 ;
-  assign \$459  = | feed_blocks;
+  assign \$444  = \$440  | \$443 ;
+  assign \$446  = is_linear | \$445 ;
+  assign \$447  = \$444  & \$446 ;
+  assign \$448  = ~ \$signal$294 ;
+  assign \$449  = \a__valid$255  & \a__ready$256 ;
+  assign \$450  = \$448  | \$449 ;
+  assign \$451  = \$447  & \$450 ;
+  assign \$452  = | feed_blocks;
+  assign \$453  = \$451  & \$452 ;
+  assign \$454  = w_feed_half * 9'h100;
+  assign \$455  = \$454  + feed_ntk;
+  assign \$456  = \$455  + \$signal$289 ;
+  assign \$458  = \$signal$258  == \$signal$288 ;
+  assign \$459  = lk > \$signal$289 ;
   assign \$460  = \$458  & \$459 ;
-  assign \$461  = w_feed_half * 9'h100;
-  assign \$462  = \$461  + feed_ntk;
-  assign \$463  = \$462  + \$signal$289 ;
-  assign \$465  = \$signal$258  == \$signal$288 ;
-  assign \$466  = lk > \$signal$289 ;
-  assign \$467  = \$465  & \$466 ;
-  assign \$468  = \$464  | \$467 ;
-  assign \$470  = is_linear | \$469 ;
-  assign \$471  = \$468  & \$470 ;
-  assign \$472  = ~ \$signal$294 ;
-  assign \$473  = \a__valid$255  & \a__ready$256 ;
-  assign \$474  = \$472  | \$473 ;
-  assign \$475  = \$471  & \$474 ;
-  assign \$476  = | feed_blocks;
+  assign \$461  = \$457  | \$460 ;
+  assign \$463  = is_linear | \$462 ;
+  assign \$464  = \$461  & \$463 ;
+  assign \$465  = ~ \$signal$294 ;
+  assign \$466  = \a__valid$255  & \a__ready$256 ;
+  assign \$467  = \$465  | \$466 ;
+  assign \$468  = \$464  & \$467 ;
+  assign \$469  = | feed_blocks;
+  assign \$470  = \$468  & \$469 ;
+  assign \$471  = w_feed_half * 9'h100;
+  assign \$472  = \$471  + feed_ntk;
+  assign \$473  = \$472  + \$signal$289 ;
+  assign \$475  = \$signal$258  == \$signal$288 ;
+  assign \$476  = lk > \$signal$289 ;
   assign \$477  = \$475  & \$476 ;
-  assign \$478  = w_feed_half * 9'h100;
-  assign \$479  = \$478  + feed_ntk;
-  assign \$480  = \$479  + \$signal$289 ;
-  assign \$482  = \$signal$258  == \$signal$288 ;
-  assign \$483  = lk > \$signal$289 ;
-  assign \$484  = \$482  & \$483 ;
-  assign \$485  = \$481  | \$484 ;
-  assign \$487  = is_linear | \$486 ;
-  assign \$488  = \$485  & \$487 ;
-  assign \$489  = ~ \$signal$294 ;
-  assign \$490  = \a__valid$255  & \a__ready$256 ;
-  assign \$491  = \$489  | \$490 ;
-  assign \$492  = \$488  & \$491 ;
-  assign \$493  = | feed_blocks;
+  assign \$478  = \$474  | \$477 ;
+  assign \$480  = is_linear | \$479 ;
+  assign \$481  = \$478  & \$480 ;
+  assign \$482  = ~ \$signal$294 ;
+  assign \$483  = \a__valid$255  & \a__ready$256 ;
+  assign \$484  = \$482  | \$483 ;
+  assign \$485  = \$481  & \$484 ;
+  assign \$486  = | feed_blocks;
+  assign \$487  = \$485  & \$486 ;
+  assign \$488  = w_feed_half * 9'h100;
+  assign \$489  = \$488  + feed_ntk;
+  assign \$490  = \$489  + \$signal$289 ;
+  assign \$492  = \$signal$258  == \$signal$288 ;
+  assign \$493  = lk > \$signal$289 ;
   assign \$494  = \$492  & \$493 ;
-  assign \$495  = w_feed_half * 9'h100;
-  assign \$496  = \$495  + feed_ntk;
-  assign \$497  = \$496  + \$signal$289 ;
-  assign \$499  = \$signal$258  == \$signal$288 ;
-  assign \$500  = lk > \$signal$289 ;
-  assign \$501  = \$499  & \$500 ;
-  assign \$502  = \$498  | \$501 ;
-  assign \$504  = is_linear | \$503 ;
-  assign \$505  = \$502  & \$504 ;
-  assign \$506  = ~ \$signal$294 ;
-  assign \$507  = \a__valid$255  & \a__ready$256 ;
-  assign \$508  = \$506  | \$507 ;
-  assign \$509  = \$505  & \$508 ;
-  assign \$510  = | feed_blocks;
+  assign \$495  = \$491  | \$494 ;
+  assign \$497  = is_linear | \$496 ;
+  assign \$498  = \$495  & \$497 ;
+  assign \$499  = ~ \$signal$294 ;
+  assign \$500  = \a__valid$255  & \a__ready$256 ;
+  assign \$501  = \$499  | \$500 ;
+  assign \$502  = \$498  & \$501 ;
+  assign \$503  = | feed_blocks;
+  assign \$504  = \$502  & \$503 ;
+  assign \$505  = w_feed_half * 9'h100;
+  assign \$506  = \$505  + feed_ntk;
+  assign \$507  = \$506  + \$signal$289 ;
+  assign \$509  = \$signal$258  == \$signal$288 ;
+  assign \$510  = lk > \$signal$289 ;
   assign \$511  = \$509  & \$510 ;
-  assign \$512  = w_feed_half * 9'h100;
-  assign \$513  = \$512  + feed_ntk;
-  assign \$514  = \$513  + \$signal$289 ;
-  assign \$516  = \$signal$258  == \$signal$288 ;
-  assign \$517  = lk > \$signal$289 ;
-  assign \$518  = \$516  & \$517 ;
-  assign \$519  = \$515  | \$518 ;
-  assign \$521  = is_linear | \$520 ;
-  assign \$522  = \$519  & \$521 ;
-  assign \$523  = ~ \$signal$294 ;
-  assign \$524  = \a__valid$255  & \a__ready$256 ;
-  assign \$525  = \$523  | \$524 ;
-  assign \$526  = \$522  & \$525 ;
-  assign \$527  = | feed_blocks;
+  assign \$512  = \$508  | \$511 ;
+  assign \$514  = is_linear | \$513 ;
+  assign \$515  = \$512  & \$514 ;
+  assign \$516  = ~ \$signal$294 ;
+  assign \$517  = \a__valid$255  & \a__ready$256 ;
+  assign \$518  = \$516  | \$517 ;
+  assign \$519  = \$515  & \$518 ;
+  assign \$520  = | feed_blocks;
+  assign \$521  = \$519  & \$520 ;
+  assign \$522  = w_feed_half * 9'h100;
+  assign \$523  = \$522  + feed_ntk;
+  assign \$524  = \$523  + \$signal$289 ;
+  assign \$526  = \$signal$258  == \$signal$288 ;
+  assign \$527  = lk > \$signal$289 ;
   assign \$528  = \$526  & \$527 ;
-  assign \$529  = w_feed_half * 9'h100;
-  assign \$530  = \$529  + feed_ntk;
-  assign \$531  = \$530  + \$signal$289 ;
-  assign \$533  = \$signal$258  == \$signal$288 ;
-  assign \$534  = lk > \$signal$289 ;
-  assign \$535  = \$533  & \$534 ;
-  assign \$536  = \$532  | \$535 ;
-  assign \$538  = is_linear | \$537 ;
-  assign \$539  = \$536  & \$538 ;
-  assign \$540  = ~ \$signal$294 ;
-  assign \$541  = \a__valid$255  & \a__ready$256 ;
-  assign \$542  = \$540  | \$541 ;
-  assign \$543  = \$539  & \$542 ;
-  assign \$544  = | feed_blocks;
+  assign \$529  = \$525  | \$528 ;
+  assign \$531  = is_linear | \$530 ;
+  assign \$532  = \$529  & \$531 ;
+  assign \$533  = ~ \$signal$294 ;
+  assign \$534  = \a__valid$255  & \a__ready$256 ;
+  assign \$535  = \$533  | \$534 ;
+  assign \$536  = \$532  & \$535 ;
+  assign \$537  = | feed_blocks;
+  assign \$538  = \$536  & \$537 ;
+  assign \$539  = w_feed_half * 9'h100;
+  assign \$540  = \$539  + feed_ntk;
+  assign \$541  = \$540  + \$signal$289 ;
+  assign \$543  = \$signal$258  == \$signal$288 ;
+  assign \$544  = lk > \$signal$289 ;
   assign \$545  = \$543  & \$544 ;
-  assign \$546  = w_feed_half * 9'h100;
-  assign \$547  = \$546  + feed_ntk;
-  assign \$548  = \$547  + \$signal$289 ;
-  assign \$550  = \$signal$258  == \$signal$288 ;
-  assign \$551  = lk > \$signal$289 ;
-  assign \$552  = \$550  & \$551 ;
-  assign \$553  = \$549  | \$552 ;
-  assign \$555  = is_linear | \$554 ;
-  assign \$556  = \$553  & \$555 ;
-  assign \$557  = ~ \$signal$294 ;
-  assign \$558  = \a__valid$255  & \a__ready$256 ;
-  assign \$559  = \$557  | \$558 ;
-  assign \$560  = \$556  & \$559 ;
-  assign \$561  = | feed_blocks;
-  assign \$562  = \$560  & \$561 ;
-  assign \$563  = is_linear ? w_full : \$signal$294 ;
-  assign \$564  = is_linear ? w_lane0 : \$signature__data$368 ;
-  assign \$565  = is_linear ? w_lane1 : \$signature__data$370 ;
-  assign \$566  = is_linear ? w_lane2 : \$signature__data$372 ;
-  assign \$567  = is_linear ? w_lane3 : \$signature__data$374 ;
-  assign \$568  = is_linear ? w_lane4 : \$signature__data$376 ;
-  assign \$569  = is_linear ? w_lane5 : \$signature__data$378 ;
-  assign \$570  = is_linear ? w_lane6 : \$signature__data$380 ;
-  assign \$571  = is_linear ? w_lane7 : \$signature__data$382 ;
-  assign \$572  = streaming & is_gemm;
-  assign \$573  = post_gelu | post_add;
-  assign \$574  = ~ \$573 ;
-  assign \$575  = \$572  & \$574 ;
-  assign \$577  = \o__valid$386  & \valid$100 ;
-  assign \$578  = index__1 * 4'h8;
-  assign \$579  = \$578  + index__3;
-  assign \$580  = \$579  < ins[55:40];
-  assign \$581  = index__2 * 4'h8;
-  assign \$582  = \$581  + index__4;
-  assign \$583  = \$582  < ins[71:56];
-  assign \$584  = \$580  & \$583 ;
-  assign \$585  = \$577  & \$584 ;
-  assign \$586  = \o__valid$386  & \valid$100 ;
-  assign \$587  = \o__valid$386  & \valid$100 ;
-  assign \$588  = \$587  & last__4;
-  assign \$589  = streaming & is_gemm;
-  assign \$590  = post_gelu | post_add;
-  assign \$591  = \$589  & \$590 ;
-  assign \$593  = post_col == 3'h7;
-  assign \$594  = elem_take & \$593 ;
-  assign \$595  = \$signal$99  & \valid$100 ;
-  assign \$596  = index__1 * 4'h8;
-  assign \$597  = \$596  + index__3;
-  assign \$598  = \$597  < ins[55:40];
-  assign \$599  = index__2 * 4'h8;
-  assign \$600  = \$599  + index__4;
-  assign \$601  = \$600  < ins[71:56];
-  assign \$602  = \$598  & \$601 ;
-  assign \$603  = \$595  & \$602 ;
-  assign \$604  = streaming & err;
-  assign \$605  = ~ busy;
-  assign clear = start & \$605 ;
-  assign \$606  = ins[5:0] == 1'h1;
-  assign \$607  = ins[5:0] == 2'h2;
-  assign \$608  = ins[5:0] == 2'h3;
-  assign \$609  = ins[5:0] == 3'h4;
-  assign \$610  = ins[5:0] == 3'h5;
-  assign \$611  = ins[5:0] == 3'h6;
-  assign \$612  = ins[5:0] == 3'h7;
-  assign \$613  = ins[5:0] == 4'h8;
-  assign \$614  = ins[5:0] == 4'h9;
-  assign \$615  = ins[5:0] == 4'ha;
-  assign \$616  = ins[5:0] == 4'hb;
-  assign \$617  = ins[5:0] == 4'hc;
-  assign \$618  = ins[5:0] == 4'hd;
-  assign \$619  = ins[5:0] == 4'he;
-  assign \$620  = ins[5:0] == 4'hf;
-  assign \$621  = 1'h1 << ins[3:0];
-  assign \$622  = ins[5:0] == 3'h4;
-  assign \$623  = ins[5:0] == 3'h5;
-  assign \$624  = \$622  | \$623 ;
-  assign \$625  = ins[5:0] == 3'h4;
-  assign \$626  = ins[511:510] == 1'h1;
-  assign \$627  = \$625  & \$626 ;
-  assign \$628  = ins[5:0] == 3'h4;
-  assign \$629  = ins[511:510] == 2'h2;
-  assign \$630  = \$628  & \$629 ;
-  assign \$631  = ~ unit_rst;
-  assign \$632  = src0_issue & \$631 ;
-  assign \$633  = last__3 & \last__4$406 ;
-  assign \$634  = ~ unit_rst;
-  assign \$635  = src1_issue & \$634 ;
-  assign \$636  = \last__3$411  & \last__4$409 ;
-  assign \$637  = ins[5:0] == 4'ha;
-  assign \$638  = ins[5:0] == 4'hb;
-  assign \$639  = ins[5:0] == 4'hc;
-  assign \$640  = ins[5:0] == 4'hd;
-  assign \$641  = ins[5:0] == 4'he;
-  assign \$642  = ins[5:0] == 4'hf;
-  assign \$643  = | { \$642 , \$641 , \$640 , \$639 , \$638 , \$637  };
-  assign \$644  = | ins[7:6];
-  assign \$645  = ~ \$644 ;
-  assign \$646  = ins[55:40] + 4'h8;
-  assign \$647  = \$646  - 1'h1;
-  assign \$649  = ins[71:56] + 4'h8;
-  assign \$650  = \$649  - 1'h1;
-  assign \$652  = ins[87:72] - 1'h1;
-  assign \$653  = dec_mt - 1'h1;
-  assign \$654  = dec_nt - 1'h1;
-  assign \$655  = ins[39:24] * dec_mt;
-  assign \$657  = \$656  + 6'h3f;
-  assign \$659  = ins[497:466] + \$658 ;
-  assign \$660  = is_gemm ? \$659  : { 1'h0, ins[465:434] };
-  assign \$661  = dec_blocks * dec_nt;
-  assign \$664  = \$663  ? offset : 32'd0;
-  assign \$665  = ins[465:434] + \$664 ;
-  assign \$666  = cycles + 1'h1;
-  assign \$667  = in_op & op_onehot[0];
-  assign \$668  = op_cycles__0 + 1'h1;
-  assign \$669  = in_op & op_onehot[1];
-  assign \$670  = op_cycles__1 + 1'h1;
-  assign \$671  = in_op & op_onehot[2];
-  assign \$672  = op_cycles__2 + 1'h1;
-  assign \$673  = in_op & op_onehot[3];
-  assign \$674  = op_cycles__3 + 1'h1;
-  assign \$675  = in_op & op_onehot[4];
-  assign \$676  = op_cycles__4 + 1'h1;
-  assign \$677  = in_op & op_onehot[5];
-  assign \$678  = op_cycles__5 + 1'h1;
-  assign \$679  = in_op & op_onehot[6];
-  assign \$680  = op_cycles__6 + 1'h1;
-  assign \$681  = in_op & op_onehot[7];
-  assign \$682  = op_cycles__7 + 1'h1;
-  assign \$683  = in_op & op_onehot[8];
-  assign \$684  = op_cycles__8 + 1'h1;
-  assign \$685  = in_op & op_onehot[9];
-  assign \$686  = op_cycles__9 + 1'h1;
-  assign \$687  = in_op & op_onehot[10];
-  assign \$688  = op_cycles__10 + 1'h1;
-  assign \$689  = in_op & op_onehot[11];
-  assign \$690  = op_cycles__11 + 1'h1;
-  assign \$691  = in_op & op_onehot[12];
-  assign \$692  = op_cycles__12 + 1'h1;
-  assign \$693  = in_op & op_onehot[13];
-  assign \$694  = op_cycles__13 + 1'h1;
-  assign \$695  = in_op & op_onehot[14];
-  assign \$696  = op_cycles__14 + 1'h1;
-  assign \$697  = in_op & op_onehot[15];
-  assign \$698  = op_cycles__15 + 1'h1;
-  assign \$699  = | images;
-  assign \$700  = \$699  ? images : 16'h0001;
-  assign \$701  = ~ fetch_sent;
-  assign \$702  = req__ready & \$701 ;
-  assign \$703  = 1'h1 << dec_c_lb;
-  assign \$704  = | decode_wait;
-  assign \$705  = images_left > 1'h1;
-  assign \$706  = is_end & \$705 ;
-  assign \$707  = | ins[39:24];
-  assign \$708  = ~ \$707 ;
-  assign \$709  = | ins[55:40];
-  assign \$710  = ~ \$709 ;
-  assign \$711  = | ins[71:56];
-  assign \$712  = ~ \$711 ;
-  assign \$713  = | ins[87:72];
-  assign \$714  = ~ \$713 ;
-  assign \$715  = | ins[103:88];
-  assign \$716  = ~ \$715 ;
-  assign \$717  = | { \$716 , \$714 , \$712 , \$710 , \$708  };
-  assign \$718  = post_gelu | post_add;
-  assign \$719  = ~ unit_known;
-  assign \$720  = \$718  & \$719 ;
-  assign \$721  = post_bad | \$720 ;
-  assign \$722  = post_gelu | post_add;
-  assign \$723  = is_move | is_load;
-  assign \$724  = \$723  | is_store;
-  assign \$725  = \$724  | is_gemm;
-  assign \$726  = decode_wait - 1'h1;
-  assign \$727  = images_left - 1'h1;
-  assign \$728  = offset + \$signal$425 ;
-  assign \$729  = | c_ask;
-  assign \$730  = \$729  & req__ready;
-  assign \$731  = c_ask - 1'h1;
-  assign \$732  = c_addr + c_step;
-  assign \$733  = beat__valid & beat__ready;
-  assign \$734  = c_due - 1'h1;
-  assign \$735  = c_due == 1'h1;
-  assign \$736  = | ins[509:498];
-  assign \$737  = ~ \$736 ;
+  assign \$546  = \$542  | \$545 ;
+  assign \$548  = is_linear | \$547 ;
+  assign \$549  = \$546  & \$548 ;
+  assign \$550  = ~ \$signal$294 ;
+  assign \$551  = \a__valid$255  & \a__ready$256 ;
+  assign \$552  = \$550  | \$551 ;
+  assign \$553  = \$549  & \$552 ;
+  assign \$554  = | feed_blocks;
+  assign \$555  = \$553  & \$554 ;
+  assign \$556  = is_linear ? w_full : \$signal$294 ;
+  assign \$557  = is_linear ? w_lane0 : \$signature__data$368 ;
+  assign \$558  = is_linear ? w_lane1 : \$signature__data$370 ;
+  assign \$559  = is_linear ? w_lane2 : \$signature__data$372 ;
+  assign \$560  = is_linear ? w_lane3 : \$signature__data$374 ;
+  assign \$561  = is_linear ? w_lane4 : \$signature__data$376 ;
+  assign \$562  = is_linear ? w_lane5 : \$signature__data$378 ;
+  assign \$563  = is_linear ? w_lane6 : \$signature__data$380 ;
+  assign \$564  = is_linear ? w_lane7 : \$signature__data$382 ;
+  assign \$565  = post_gelu | post_add;
+  assign \$566  = ~ \$565 ;
+  assign \$567  = gemm_active & \$566 ;
+  assign \$569  = \o__valid$386  & \valid$100 ;
+  assign \$570  = index__1 * 4'h8;
+  assign \$571  = \$570  + index__3;
+  assign \$572  = \$571  < ins[55:40];
+  assign \$573  = index__2 * 4'h8;
+  assign \$574  = \$573  + index__4;
+  assign \$575  = \$574  < ins[71:56];
+  assign \$576  = \$572  & \$575 ;
+  assign \$577  = \$569  & \$576 ;
+  assign \$578  = \o__valid$386  & \valid$100 ;
+  assign \$579  = \o__valid$386  & \valid$100 ;
+  assign \$580  = \$579  & last__4;
+  assign \$581  = post_gelu | post_add;
+  assign \$582  = gemm_active & \$581 ;
+  assign \$584  = post_col == 3'h7;
+  assign \$585  = elem_take & \$584 ;
+  assign \$586  = \$signal$99  & \valid$100 ;
+  assign \$587  = index__1 * 4'h8;
+  assign \$588  = \$587  + index__3;
+  assign \$589  = \$588  < ins[55:40];
+  assign \$590  = index__2 * 4'h8;
+  assign \$591  = \$590  + index__4;
+  assign \$592  = \$591  < ins[71:56];
+  assign \$593  = \$589  & \$592 ;
+  assign \$594  = \$586  & \$593 ;
+  assign \$595  = in_stream & err;
+  assign \$596  = ~ busy;
+  assign clear = start & \$596 ;
+  assign \$597  = ins[5:0] == 1'h1;
+  assign \$598  = ins[5:0] == 2'h2;
+  assign \$599  = ins[5:0] == 2'h3;
+  assign \$600  = ins[5:0] == 3'h4;
+  assign \$601  = ins[5:0] == 3'h5;
+  assign \$602  = ins[5:0] == 3'h6;
+  assign \$603  = ins[5:0] == 3'h7;
+  assign \$604  = ins[5:0] == 4'h8;
+  assign \$605  = ins[5:0] == 4'h9;
+  assign \$606  = ins[5:0] == 4'ha;
+  assign \$607  = ins[5:0] == 4'hb;
+  assign \$608  = ins[5:0] == 4'hc;
+  assign \$609  = ins[5:0] == 4'hd;
+  assign \$610  = ins[5:0] == 4'he;
+  assign \$611  = ins[5:0] == 4'hf;
+  assign \$612  = 1'h1 << ins[3:0];
+  assign \$613  = ins[5:0] == 3'h4;
+  assign \$614  = ins[5:0] == 3'h5;
+  assign \$615  = \$613  | \$614 ;
+  assign \$616  = ins[5:0] == 3'h4;
+  assign \$617  = ins[511:510] == 1'h1;
+  assign \$618  = \$616  & \$617 ;
+  assign \$619  = ins[5:0] == 3'h4;
+  assign \$620  = ins[511:510] == 2'h2;
+  assign \$621  = \$619  & \$620 ;
+  assign \$622  = ~ unit_rst;
+  assign \$623  = src0_issue & \$622 ;
+  assign \$624  = last__3 & \last__4$406 ;
+  assign \$625  = ~ unit_rst;
+  assign \$626  = src1_issue & \$625 ;
+  assign \$627  = \last__3$411  & \last__4$409 ;
+  assign \$628  = ins[5:0] == 4'ha;
+  assign \$629  = ins[5:0] == 4'hb;
+  assign \$630  = ins[5:0] == 4'hc;
+  assign \$631  = ins[5:0] == 4'hd;
+  assign \$632  = ins[5:0] == 4'he;
+  assign \$633  = ins[5:0] == 4'hf;
+  assign \$634  = | { \$633 , \$632 , \$631 , \$630 , \$629 , \$628  };
+  assign \$635  = | ins[7:6];
+  assign \$636  = ~ \$635 ;
+  assign \$637  = ins[55:40] + 4'h8;
+  assign \$638  = \$637  - 1'h1;
+  assign \$640  = ins[71:56] + 4'h8;
+  assign \$641  = \$640  - 1'h1;
+  assign \$643  = ins[87:72] - 1'h1;
+  assign \$644  = dec_mt - 1'h1;
+  assign \$645  = dec_nt - 1'h1;
+  assign \$646  = ins[39:24] * dec_mt;
+  assign \$648  = \$647  + 6'h3f;
+  assign \$650  = ins[497:466] + \$649 ;
+  assign \$651  = is_gemm ? \$650  : { 1'h0, ins[465:434] };
+  assign \$652  = dec_blocks * dec_nt;
+  assign \$655  = \$654  ? offset : 32'd0;
+  assign \$656  = ins[465:434] + \$655 ;
+  assign \$657  = cycles + 1'h1;
+  assign \$658  = in_op & op_onehot[0];
+  assign \$659  = op_cycles__0 + 1'h1;
+  assign \$660  = in_op & op_onehot[1];
+  assign \$661  = op_cycles__1 + 1'h1;
+  assign \$662  = in_op & op_onehot[2];
+  assign \$663  = op_cycles__2 + 1'h1;
+  assign \$664  = in_op & op_onehot[3];
+  assign \$665  = op_cycles__3 + 1'h1;
+  assign \$666  = in_op & op_onehot[4];
+  assign \$667  = op_cycles__4 + 1'h1;
+  assign \$668  = in_op & op_onehot[5];
+  assign \$669  = op_cycles__5 + 1'h1;
+  assign \$670  = in_op & op_onehot[6];
+  assign \$671  = op_cycles__6 + 1'h1;
+  assign \$672  = in_op & op_onehot[7];
+  assign \$673  = op_cycles__7 + 1'h1;
+  assign \$674  = in_op & op_onehot[8];
+  assign \$675  = op_cycles__8 + 1'h1;
+  assign \$676  = in_op & op_onehot[9];
+  assign \$677  = op_cycles__9 + 1'h1;
+  assign \$678  = in_op & op_onehot[10];
+  assign \$679  = op_cycles__10 + 1'h1;
+  assign \$680  = in_op & op_onehot[11];
+  assign \$681  = op_cycles__11 + 1'h1;
+  assign \$682  = in_op & op_onehot[12];
+  assign \$683  = op_cycles__12 + 1'h1;
+  assign \$684  = in_op & op_onehot[13];
+  assign \$685  = op_cycles__13 + 1'h1;
+  assign \$686  = in_op & op_onehot[14];
+  assign \$687  = op_cycles__14 + 1'h1;
+  assign \$688  = in_op & op_onehot[15];
+  assign \$689  = op_cycles__15 + 1'h1;
+  assign \$690  = | images;
+  assign \$691  = \$690  ? images : 16'h0001;
+  assign \$692  = ~ fetch_sent;
+  assign \$693  = req__ready & \$692 ;
+  assign \$694  = 1'h1 << dec_c_lb;
+  assign \$695  = | decode_wait;
+  assign \$696  = images_left > 1'h1;
+  assign \$697  = is_end & \$696 ;
+  assign \$698  = | ins[39:24];
+  assign \$699  = ~ \$698 ;
+  assign \$700  = | ins[55:40];
+  assign \$701  = ~ \$700 ;
+  assign \$702  = | ins[71:56];
+  assign \$703  = ~ \$702 ;
+  assign \$704  = | ins[87:72];
+  assign \$705  = ~ \$704 ;
+  assign \$706  = | ins[103:88];
+  assign \$707  = ~ \$706 ;
+  assign \$708  = | { \$707 , \$705 , \$703 , \$701 , \$699  };
+  assign \$709  = post_gelu | post_add;
+  assign \$710  = ~ unit_known;
+  assign \$711  = \$709  & \$710 ;
+  assign \$712  = post_bad | \$711 ;
+  assign \$713  = post_gelu | post_add;
+  assign \$714  = is_move | is_load;
+  assign \$715  = \$714  | is_store;
+  assign \$716  = \$715  | is_gemm;
+  assign \$717  = decode_wait - 1'h1;
+  assign \$718  = images_left - 1'h1;
+  assign \$719  = offset + \$signal$427 ;
+  assign \$720  = is_gelu | is_add;
+  assign \$721  = \$720  | post_gelu;
+  assign \$722  = \$721  | post_add;
+  assign \$723  = | c_ask;
+  assign \$724  = \$723  & req__ready;
+  assign \$725  = c_ask - 1'h1;
+  assign \$726  = c_addr + c_step;
+  assign \$727  = beat__valid & beat__ready;
+  assign \$728  = c_due - 1'h1;
+  assign \$729  = c_due == 1'h1;
+  assign \$730  = is_gelu | is_add;
+  assign \$731  = \$730  | post_gelu;
+  assign \$732  = \$731  | post_add;
+  assign \$733  = | ins[509:498];
+  assign \$734  = ~ \$733 ;
+  assign \$735  = is_gelu | is_add;
+  assign \$736  = \$735  | post_gelu;
+  assign \$737  = \$736  | post_add;
   assign \$738  = ~ \valid$100 ;
   assign \$739  = ~ ext_req_valid;
   assign \$740  = \$738  & \$739 ;
@@ -28462,426 +28461,428 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$769  = \$767  & \$768 ;
   assign \$770  = \$761  | \$769 ;
   assign \$771  = | fault;
-  assign \$772  = \idle$431  & idle;
+  assign \$772  = \idle$433  & idle;
   assign \$773  = ~ ext_req_valid;
   assign \$774  = \$773  | req__ready;
   assign \$775  = $signed(addr) << ins[23:22];
   assign \$776  = $signed({ 1'h0, dec_ext_base }) + $signed(\$775 );
   assign \$777  = ~ ext_req_valid;
-  assign \$778  = \$777  | \req__ready$192 ;
+  assign \$778  = \$777  | \req__ready$190 ;
   assign \$779  = r_rdy & \valid$100 ;
   assign \$780  = ~ ext_req_valid;
-  assign \$781  = \$780  | \req__ready$192 ;
+  assign \$781  = \$780  | \req__ready$190 ;
   assign \$782  = \$779  & \$781 ;
   assign \$783  = $signed(\addr$95 ) << ins[23:22];
   assign \$784  = $signed({ 1'h0, dec_ext_base }) + $signed(\$783 );
-  assign \$785  = is_gelu | is_add;
-  assign \$786  = \$785  | post_gelu;
-  assign \$787  = \$786  | post_add;
-  assign \$788  = streaming & \$787 ;
-  assign \$789  = pack_full & in_ready;
-  assign \$790  = ~ pack_full;
-  assign \$791  = \$790  | in_ready;
-  assign \$792  = \$791  & elem_valid;
-  assign \$793  = ~ add_sel;
-  assign \$794  = \r_rdy$211  | \$793 ;
-  assign \$795  = \$792  & \$794 ;
-  assign \$796  = pack_j == 2'h3;
-  assign \$797  = \$796  | elem_final;
-  assign \$798  = pack_j + 1'h1;
-  assign \$799  = \$signal$213  & \valid$100 ;
-  assign \$800  = pack_jo == 2'h3;
-  assign \$801  = \$800  | \final ;
-  assign \$802  = pack_jo + 1'h1;
-  assign \$803  = 1'h1 << w_lb;
-  assign \$804  = | dec_tiles;
-  assign \$805  = | dec_k_last;
-  assign \$806  = ~ \$805 ;
-  assign \$807  = | dec_nt_last;
-  assign \$808  = ~ \$807 ;
-  assign \$809  = streaming & is_gemm;
-  assign \$810  = \$signal$245  & req__ready;
-  assign \$811  = ~ want_w;
-  assign \$812  = \$811  & is_linear;
-  assign \$813  = ~ is_linear;
-  assign \$814  = want_w & \$signal$437 ;
-  assign \$815  = \$813  | \$814 ;
-  assign \$816  = ~ \$815 ;
-  assign \$817  = want_w & \$816 ;
-  assign \$818  = k + 1'h1;
-  assign \$819  = k + 1'h1;
-  assign \$820  = \$819  == dec_k_last;
-  assign \$821  = w_addr + w_step;
-  assign \$822  = ~ is_linear;
-  assign \$823  = want_w & \$signal$437 ;
-  assign \$824  = \$822  | \$823 ;
-  assign \$825  = tiles - 1'h1;
-  assign \$826  = tiles != 1'h1;
-  assign \$827  = | dec_k_last;
-  assign \$828  = ~ \$827 ;
-  assign \$829  = | dec_nt_last;
-  assign \$830  = ~ \$829 ;
-  assign \$831  = nt + 1'h1;
-  assign \$832  = nt + 1'h1;
-  assign \$833  = \$832  == dec_nt_last;
-  assign \$834  = p_addr + 7'h40;
-  assign \$835  = streaming & is_gemm;
-  assign \$836  = \a__valid$255  & \a__ready$256 ;
-  assign \$837  = beat__valid & beat__ready;
-  assign \$838  = \$837  & is_linear;
-  assign \$839  = rk == ins[87:72];
-  assign \$840  = rk + 1'h1;
-  assign \$841  = \$839  ? 17'h00000 : \$840 ;
-  assign \$842  = rk == ins[87:72];
-  assign \$843  = ~ is_linear;
-  assign \$844  = \$843  | rk_zero;
-  assign \$845  = ~ \$844 ;
-  assign \$846  = streaming & is_gemm;
-  assign \$848  = ~ \$847 ;
-  assign \$849  = r_rdy & \$848 ;
-  assign \$850  = \$signal$265  == 3'h7;
-  assign \$851  = lk + 1'h1;
-  assign \$852  = lk == dec_k_last;
-  assign \$853  = ~ \$signal$258 ;
-  assign \$854  = \$signal$265  + 1'h1;
-  assign \$855  = \a__valid$255  & \a__ready$256 ;
-  assign \$857  = \$signal$258  == \$signal$288 ;
-  assign \$858  = lk > \$signal$289 ;
-  assign \$859  = \$857  & \$858 ;
-  assign \$860  = \$856  | \$859 ;
-  assign \$862  = is_linear | \$861 ;
-  assign \$863  = \$860  & \$862 ;
-  assign \$864  = ~ \$signal$294 ;
-  assign \$865  = \a__valid$255  & \a__ready$256 ;
-  assign \$866  = \$864  | \$865 ;
-  assign \$867  = \$863  & \$866 ;
-  assign \$868  = | feed_blocks;
-  assign \$869  = \$867  & \$868 ;
-  assign \$870  = \$signal$289  == dec_k_last;
-  assign \$871  = \$signal$289  == dec_k_last;
-  assign \$872  = fnt == dec_nt_last;
-  assign \$873  = ~ \$signal$288 ;
-  assign \$874  = feed_blocks - 1'h1;
-  assign \$875  = fnt + 1'h1;
-  assign \$876  = \$signal$289  + 1'h1;
-  assign \$878  = ~ \$877 ;
-  assign \$879  = \r_rdy$211  & \$878 ;
-  assign \$880  = ~ is_linear;
-  assign \$881  = \$879  & \$880 ;
-  assign \$882  = w_load_lane == 3'h7;
-  assign \$883  = w_load_k + 1'h1;
-  assign \$884  = w_load_addr + 1'h1;
-  assign \$885  = w_load_k == dec_k_last;
-  assign \$886  = w_load_nt + 1'h1;
-  assign \$887  = w_load_nt == dec_nt_last;
-  assign \$888  = ~ w_load_half;
-  assign \$889  = w_load_lane + 1'h1;
-  assign \$891  = \$signal$258  == \$signal$288 ;
-  assign \$892  = lk > \$signal$289 ;
-  assign \$893  = \$891  & \$892 ;
-  assign \$894  = \$890  | \$893 ;
-  assign \$896  = is_linear | \$895 ;
-  assign \$897  = \$894  & \$896 ;
-  assign \$898  = ~ \$signal$294 ;
-  assign \$899  = \a__valid$255  & \a__ready$256 ;
-  assign \$900  = \$898  | \$899 ;
-  assign \$901  = \$897  & \$900 ;
-  assign \$902  = | feed_blocks;
-  assign \$903  = \$901  & \$902 ;
-  assign \$904  = ~ is_linear;
-  assign \$905  = \$903  & \$904 ;
-  assign \$906  = \$signal$289  == dec_k_last;
-  assign \$907  = fnt == dec_nt_last;
-  assign \$908  = feed_mt == dec_mt_last;
-  assign \$909  = ~ w_feed_half;
-  assign \$910  = feed_mt + 1'h1;
-  assign \$911  = feed_ntk + ins[87:72];
-  assign \$912  = streaming & is_gemm;
-  assign \$913  = post_gelu | post_add;
-  assign \$914  = \$912  & \$913 ;
-  assign \$915  = post_col == 3'h7;
-  assign \$916  = post_col + 1'h1;
-  assign \$917  = \$915  ? 4'h0 : \$916 ;
+  assign \$785  = pack_full & in_ready;
+  assign \$786  = ~ pack_full;
+  assign \$787  = \$786  | in_ready;
+  assign \$788  = \$787  & elem_valid;
+  assign \$789  = ~ add_sel;
+  assign \$790  = \r_rdy$210  | \$789 ;
+  assign \$791  = \$788  & \$790 ;
+  assign \$792  = pack_j == 2'h3;
+  assign \$793  = \$792  | elem_final;
+  assign \$794  = pack_j + 1'h1;
+  assign \$795  = \$signal$212  & \valid$100 ;
+  assign \$796  = pack_jo == 2'h3;
+  assign \$797  = \$796  | \final ;
+  assign \$798  = pack_jo + 1'h1;
+  assign \$799  = 1'h1 << w_lb;
+  assign \$800  = | dec_tiles;
+  assign \$801  = | dec_k_last;
+  assign \$802  = ~ \$801 ;
+  assign \$803  = | dec_nt_last;
+  assign \$804  = ~ \$803 ;
+  assign \$805  = \$signal$245  & req__ready;
+  assign \$806  = ~ want_w;
+  assign \$807  = \$806  & is_linear;
+  assign \$808  = ~ is_linear;
+  assign \$809  = want_w & \$signal$439 ;
+  assign \$810  = \$808  | \$809 ;
+  assign \$811  = ~ \$810 ;
+  assign \$812  = want_w & \$811 ;
+  assign \$813  = k + 1'h1;
+  assign \$814  = k + 1'h1;
+  assign \$815  = \$814  == dec_k_last;
+  assign \$816  = w_addr + w_step;
+  assign \$817  = ~ is_linear;
+  assign \$818  = want_w & \$signal$439 ;
+  assign \$819  = \$817  | \$818 ;
+  assign \$820  = tiles - 1'h1;
+  assign \$821  = tiles != 1'h1;
+  assign \$822  = | dec_k_last;
+  assign \$823  = ~ \$822 ;
+  assign \$824  = | dec_nt_last;
+  assign \$825  = ~ \$824 ;
+  assign \$826  = nt + 1'h1;
+  assign \$827  = nt + 1'h1;
+  assign \$828  = \$827  == dec_nt_last;
+  assign \$829  = p_addr + 7'h40;
+  assign \$830  = \a__valid$255  & \a__ready$256 ;
+  assign \$831  = beat__valid & beat__ready;
+  assign \$832  = \$831  & is_linear;
+  assign \$833  = rk == ins[87:72];
+  assign \$834  = rk + 1'h1;
+  assign \$835  = \$833  ? 17'h00000 : \$834 ;
+  assign \$836  = rk == ins[87:72];
+  assign \$837  = ~ is_linear;
+  assign \$838  = \$837  | rk_zero;
+  assign \$839  = ~ \$838 ;
+  assign \$841  = ~ \$840 ;
+  assign \$842  = r_rdy & \$841 ;
+  assign \$843  = \$signal$265  == 3'h7;
+  assign \$844  = lk + 1'h1;
+  assign \$845  = lk == dec_k_last;
+  assign \$846  = ~ \$signal$258 ;
+  assign \$847  = \$signal$265  + 1'h1;
+  assign \$848  = \a__valid$255  & \a__ready$256 ;
+  assign \$850  = \$signal$258  == \$signal$288 ;
+  assign \$851  = lk > \$signal$289 ;
+  assign \$852  = \$850  & \$851 ;
+  assign \$853  = \$849  | \$852 ;
+  assign \$855  = is_linear | \$854 ;
+  assign \$856  = \$853  & \$855 ;
+  assign \$857  = ~ \$signal$294 ;
+  assign \$858  = \a__valid$255  & \a__ready$256 ;
+  assign \$859  = \$857  | \$858 ;
+  assign \$860  = \$856  & \$859 ;
+  assign \$861  = | feed_blocks;
+  assign \$862  = \$860  & \$861 ;
+  assign \$863  = \$signal$289  == dec_k_last;
+  assign \$864  = \$signal$289  == dec_k_last;
+  assign \$865  = fnt == dec_nt_last;
+  assign \$866  = ~ \$signal$288 ;
+  assign \$867  = feed_blocks - 1'h1;
+  assign \$868  = fnt + 1'h1;
+  assign \$869  = \$signal$289  + 1'h1;
+  assign \$871  = ~ \$870 ;
+  assign \$872  = \r_rdy$210  & \$871 ;
+  assign \$873  = ~ is_linear;
+  assign \$874  = \$872  & \$873 ;
+  assign \$875  = w_load_lane == 3'h7;
+  assign \$876  = w_load_k + 1'h1;
+  assign \$877  = w_load_addr + 1'h1;
+  assign \$878  = w_load_k == dec_k_last;
+  assign \$879  = w_load_nt + 1'h1;
+  assign \$880  = w_load_nt == dec_nt_last;
+  assign \$881  = ~ w_load_half;
+  assign \$882  = w_load_lane + 1'h1;
+  assign \$884  = \$signal$258  == \$signal$288 ;
+  assign \$885  = lk > \$signal$289 ;
+  assign \$886  = \$884  & \$885 ;
+  assign \$887  = \$883  | \$886 ;
+  assign \$889  = is_linear | \$888 ;
+  assign \$890  = \$887  & \$889 ;
+  assign \$891  = ~ \$signal$294 ;
+  assign \$892  = \a__valid$255  & \a__ready$256 ;
+  assign \$893  = \$891  | \$892 ;
+  assign \$894  = \$890  & \$893 ;
+  assign \$895  = | feed_blocks;
+  assign \$896  = \$894  & \$895 ;
+  assign \$897  = ~ is_linear;
+  assign \$898  = \$896  & \$897 ;
+  assign \$899  = \$signal$289  == dec_k_last;
+  assign \$900  = fnt == dec_nt_last;
+  assign \$901  = feed_mt == dec_mt_last;
+  assign \$902  = ~ w_feed_half;
+  assign \$903  = feed_mt + 1'h1;
+  assign \$904  = feed_ntk + ins[87:72];
+  assign \$905  = post_gelu | post_add;
+  assign \$906  = gemm_active & \$905 ;
+  assign \$907  = post_col == 3'h7;
+  assign \$908  = post_col + 1'h1;
+  assign \$909  = \$907  ? 4'h0 : \$908 ;
   always @(posedge clk)
-    is_end <= \$918 ;
+    is_end <= \$910 ;
   always @(posedge clk)
-    is_load <= \$919 ;
+    is_load <= \$911 ;
   always @(posedge clk)
-    is_store <= \$920 ;
+    is_store <= \$912 ;
   always @(posedge clk)
-    is_linear <= \$921 ;
+    is_linear <= \$913 ;
   always @(posedge clk)
-    is_matmul <= \$922 ;
+    is_matmul <= \$914 ;
   always @(posedge clk)
-    is_softmax <= \$923 ;
+    is_softmax <= \$915 ;
   always @(posedge clk)
-    is_gelu <= \$924 ;
+    is_gelu <= \$916 ;
   always @(posedge clk)
-    is_layernorm <= \$925 ;
+    is_layernorm <= \$917 ;
   always @(posedge clk)
-    is_add <= \$926 ;
+    is_add <= \$918 ;
   always @(posedge clk)
-    is_im2col <= \$927 ;
+    is_im2col <= \$919 ;
   always @(posedge clk)
-    is_concat <= \$928 ;
+    is_concat <= \$920 ;
   always @(posedge clk)
-    is_split_heads <= \$929 ;
+    is_split_heads <= \$921 ;
   always @(posedge clk)
-    is_merge_heads <= \$930 ;
+    is_merge_heads <= \$922 ;
   always @(posedge clk)
-    is_transpose <= \$931 ;
+    is_transpose <= \$923 ;
   always @(posedge clk)
-    is_select <= \$932 ;
+    is_select <= \$924 ;
   always @(posedge clk)
-    op_onehot <= \$933 ;
+    op_onehot <= \$925 ;
   always @(posedge clk)
-    is_gemm <= \$934 ;
+    is_gemm <= \$926 ;
   always @(posedge clk)
-    post_gelu <= \$935 ;
+    post_gelu <= \$927 ;
   always @(posedge clk)
-    post_add <= \$936 ;
+    post_add <= \$928 ;
   always @(posedge clk)
-    src0_inflight <= \$937 ;
+    src0_inflight <= \$929 ;
   always @(posedge clk)
-    src0_meta <= \$938 ;
+    src0_meta <= \$930 ;
   always @(posedge clk)
-    src1_inflight <= \$939 ;
+    src1_inflight <= \$931 ;
   always @(posedge clk)
-    src1_meta <= \$940 ;
+    src1_meta <= \$932 ;
   always @(posedge clk)
-    is_move <= \$941 ;
+    is_move <= \$933 ;
   always @(posedge clk)
-    unit_is0 <= \$942 ;
+    unit_is0 <= \$934 ;
   always @(posedge clk)
-    dec_mt <= \$943 ;
+    dec_mt <= \$935 ;
   always @(posedge clk)
-    dec_nt <= \$944 ;
+    dec_nt <= \$936 ;
   always @(posedge clk)
-    dec_k_last <= \$945 ;
+    dec_k_last <= \$937 ;
   always @(posedge clk)
-    dec_c_lb <= \$946 ;
+    dec_c_lb <= \$938 ;
   always @(posedge clk)
-    dec_mt_last <= \$947 ;
+    dec_mt_last <= \$939 ;
   always @(posedge clk)
-    dec_nt_last <= \$948 ;
+    dec_nt_last <= \$940 ;
   always @(posedge clk)
-    dec_blocks <= \$949 ;
+    dec_blocks <= \$941 ;
   always @(posedge clk)
-    dec_c_base <= \$950 ;
+    dec_c_base <= \$942 ;
   always @(posedge clk)
-    dec_tiles <= \$951 ;
+    dec_tiles <= \$943 ;
   always @(posedge clk)
-    dec_ext_base <= \$952 ;
+    dec_ext_base <= \$944 ;
   always @(posedge clk)
-    addr_fault <= \$953 ;
+    addr_fault <= \$945 ;
   always @(posedge clk)
-    ext_req_valid <= \$954 ;
+    ext_req_valid <= \$946 ;
   always @(posedge clk)
-    cycles <= \$955 ;
+    cycles <= \$947 ;
   always @(posedge clk)
-    op_cycles__0 <= \$956 ;
+    op_cycles__0 <= \$948 ;
   always @(posedge clk)
-    op_cycles__1 <= \$957 ;
+    op_cycles__1 <= \$949 ;
   always @(posedge clk)
-    op_cycles__2 <= \$958 ;
+    op_cycles__2 <= \$950 ;
   always @(posedge clk)
-    op_cycles__3 <= \$959 ;
+    op_cycles__3 <= \$951 ;
   always @(posedge clk)
-    op_cycles__4 <= \$960 ;
+    op_cycles__4 <= \$952 ;
   always @(posedge clk)
-    op_cycles__5 <= \$961 ;
+    op_cycles__5 <= \$953 ;
   always @(posedge clk)
-    op_cycles__6 <= \$962 ;
+    op_cycles__6 <= \$954 ;
   always @(posedge clk)
-    op_cycles__7 <= \$963 ;
+    op_cycles__7 <= \$955 ;
   always @(posedge clk)
-    op_cycles__8 <= \$964 ;
+    op_cycles__8 <= \$956 ;
   always @(posedge clk)
-    op_cycles__9 <= \$965 ;
+    op_cycles__9 <= \$957 ;
   always @(posedge clk)
-    op_cycles__10 <= \$966 ;
+    op_cycles__10 <= \$958 ;
   always @(posedge clk)
-    op_cycles__11 <= \$967 ;
+    op_cycles__11 <= \$959 ;
   always @(posedge clk)
-    op_cycles__12 <= \$968 ;
+    op_cycles__12 <= \$960 ;
   always @(posedge clk)
-    op_cycles__13 <= \$969 ;
+    op_cycles__13 <= \$961 ;
   always @(posedge clk)
-    op_cycles__14 <= \$970 ;
+    op_cycles__14 <= \$962 ;
   always @(posedge clk)
-    op_cycles__15 <= \$971 ;
+    op_cycles__15 <= \$963 ;
   always @(posedge clk)
-    pc <= \$972 ;
+    pc <= \$964 ;
   always @(posedge clk)
-    busy <= \$973 ;
+    busy <= \$965 ;
   always @(posedge clk)
-    done <= \$974 ;
+    done <= \$966 ;
   always @(posedge clk)
-    error <= \$975 ;
+    error <= \$967 ;
   always @(posedge clk)
-    fetch_sent <= \$976 ;
+    fetch_sent <= \$968 ;
   always @(posedge clk)
-    \$signal$424  <= \$977 ;
+    \$signal$426  <= \$969 ;
   always @(posedge clk)
-    \$signal$425  <= \$978 ;
+    \$signal$427  <= \$970 ;
   always @(posedge clk)
-    images_left <= \$979 ;
+    images_left <= \$971 ;
   always @(posedge clk)
-    offset <= \$980 ;
+    offset <= \$972 ;
   always @(posedge clk)
-    seq_state <= \$981 ;
+    seq_state <= \$973 ;
   always @(posedge clk)
-    ins <= \$982 ;
+    in_stream <= \$974 ;
   always @(posedge clk)
-    decode_wait <= \$983 ;
+    in_decode <= \$975 ;
   always @(posedge clk)
-    c_addr <= \$984 ;
+    in_op <= \$976 ;
   always @(posedge clk)
-    c_step <= \$985 ;
+    gemm_active <= \$977 ;
   always @(posedge clk)
-    c_ask <= \$986 ;
+    pack_active <= \$978 ;
   always @(posedge clk)
-    c_due <= \$987 ;
+    ins <= \$979 ;
   always @(posedge clk)
-    ext_req_addr <= \$988 ;
+    decode_wait <= \$980 ;
   always @(posedge clk)
-    ext_req_data <= \$989 ;
+    c_addr <= \$981 ;
   always @(posedge clk)
-    pack_full <= \$990 ;
+    c_step <= \$982 ;
   always @(posedge clk)
-    pack_a0 <= \$991 ;
+    c_ask <= \$983 ;
   always @(posedge clk)
-    pack_a1 <= \$992 ;
+    c_due <= \$984 ;
   always @(posedge clk)
-    pack_a2 <= \$993 ;
+    ext_req_addr <= \$985 ;
   always @(posedge clk)
-    pack_a3 <= \$994 ;
+    ext_req_data <= \$986 ;
   always @(posedge clk)
-    pack_b0 <= \$995 ;
+    pack_full <= \$987 ;
   always @(posedge clk)
-    pack_b1 <= \$996 ;
+    pack_a0 <= \$988 ;
   always @(posedge clk)
-    pack_b2 <= \$997 ;
+    pack_a1 <= \$989 ;
   always @(posedge clk)
-    pack_b3 <= \$998 ;
+    pack_a2 <= \$990 ;
   always @(posedge clk)
-    pack_j <= \$999 ;
+    pack_a3 <= \$991 ;
   always @(posedge clk)
-    pack_jo <= \$1000 ;
+    pack_b0 <= \$992 ;
   always @(posedge clk)
-    tiles <= \$1001 ;
+    pack_b1 <= \$993 ;
   always @(posedge clk)
-    nt <= \$1002 ;
+    pack_b2 <= \$994 ;
   always @(posedge clk)
-    k <= \$1003 ;
+    pack_b3 <= \$995 ;
   always @(posedge clk)
-    w_addr <= \$1004 ;
+    pack_j <= \$996 ;
   always @(posedge clk)
-    p_addr <= \$1005 ;
+    pack_jo <= \$997 ;
   always @(posedge clk)
-    want_w <= \$1006 ;
+    tiles <= \$998 ;
   always @(posedge clk)
-    w_step <= \$1007 ;
+    nt <= \$999 ;
   always @(posedge clk)
-    \$signal$245  <= \$1008 ;
+    k <= \$1000 ;
   always @(posedge clk)
-    \$signal$437  <= \$1009 ;
+    w_addr <= \$1001 ;
   always @(posedge clk)
-    nt_hit <= \$1010 ;
+    p_addr <= \$1002 ;
   always @(posedge clk)
-    rk <= \$1011 ;
+    want_w <= \$1003 ;
   always @(posedge clk)
-    rk_zero <= \$1012 ;
+    w_step <= \$1004 ;
   always @(posedge clk)
-    w_full <= \$1013 ;
+    \$signal$245  <= \$1005 ;
   always @(posedge clk)
-    w_lane0 <= \$1014 ;
+    \$signal$439  <= \$1006 ;
   always @(posedge clk)
-    w_lane1 <= \$1015 ;
+    nt_hit <= \$1007 ;
   always @(posedge clk)
-    w_lane2 <= \$1016 ;
+    rk <= \$1008 ;
   always @(posedge clk)
-    w_lane3 <= \$1017 ;
+    rk_zero <= \$1009 ;
   always @(posedge clk)
-    w_lane4 <= \$1018 ;
+    w_full <= \$1010 ;
   always @(posedge clk)
-    w_lane5 <= \$1019 ;
+    w_lane0 <= \$1011 ;
   always @(posedge clk)
-    w_lane6 <= \$1020 ;
+    w_lane1 <= \$1012 ;
   always @(posedge clk)
-    w_lane7 <= \$1021 ;
+    w_lane2 <= \$1013 ;
   always @(posedge clk)
-    a_filled0 <= \$1022 ;
+    w_lane3 <= \$1014 ;
   always @(posedge clk)
-    a_filled1 <= \$1023 ;
+    w_lane4 <= \$1015 ;
   always @(posedge clk)
-    \$signal$258  <= \$1024 ;
+    w_lane5 <= \$1016 ;
   always @(posedge clk)
-    \$signal$265  <= \$1025 ;
+    w_lane6 <= \$1017 ;
   always @(posedge clk)
-    lk <= \$1026 ;
+    w_lane7 <= \$1018 ;
   always @(posedge clk)
-    \$signal$288  <= \$1027 ;
+    a_filled0 <= \$1019 ;
   always @(posedge clk)
-    \$signal$289  <= \$1028 ;
+    a_filled1 <= \$1020 ;
   always @(posedge clk)
-    fnt <= \$1029 ;
+    \$signal$258  <= \$1021 ;
   always @(posedge clk)
-    feed_blocks <= \$1030 ;
+    \$signal$265  <= \$1022 ;
   always @(posedge clk)
-    \$signal$294  <= \$1031 ;
+    lk <= \$1023 ;
   always @(posedge clk)
-    a_last <= \$1032 ;
+    \$signal$288  <= \$1024 ;
   always @(posedge clk)
-    w_load_lane <= \$1033 ;
+    \$signal$289  <= \$1025 ;
   always @(posedge clk)
-    w_load_k <= \$1034 ;
+    fnt <= \$1026 ;
   always @(posedge clk)
-    w_load_addr <= \$1035 ;
+    feed_blocks <= \$1027 ;
   always @(posedge clk)
-    w_load_nt <= \$1036 ;
+    \$signal$294  <= \$1028 ;
   always @(posedge clk)
-    w_filled0 <= \$1037 ;
+    a_last <= \$1029 ;
   always @(posedge clk)
-    w_filled1 <= \$1038 ;
+    w_load_lane <= \$1030 ;
   always @(posedge clk)
-    w_load_half <= \$1039 ;
+    w_load_k <= \$1031 ;
   always @(posedge clk)
-    feed_ntk <= \$1040 ;
+    w_load_addr <= \$1032 ;
   always @(posedge clk)
-    feed_mt <= \$1041 ;
+    w_load_nt <= \$1033 ;
   always @(posedge clk)
-    w_feed_half <= \$1042 ;
+    w_filled0 <= \$1034 ;
   always @(posedge clk)
-    post_col <= \$1043 ;
+    w_filled1 <= \$1035 ;
+  always @(posedge clk)
+    w_load_half <= \$1036 ;
+  always @(posedge clk)
+    feed_ntk <= \$1037 ;
+  always @(posedge clk)
+    feed_mt <= \$1038 ;
+  always @(posedge clk)
+    w_feed_half <= \$1039 ;
+  always @(posedge clk)
+    post_col <= \$1040 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
-    .b__payload(\b__payload$231 ),
-    .b__ready(\b__ready$225 ),
-    .b__valid(\b__valid$223 ),
-    .c__payload(\c__payload$174 ),
-    .c__ready(\c__ready$176 ),
-    .c__valid(\c__valid$175 ),
+    .b__payload(\b__payload$230 ),
+    .b__ready(\b__ready$224 ),
+    .b__valid(\b__valid$222 ),
+    .c__payload(\c__payload$172 ),
+    .c__ready(\c__ready$174 ),
+    .c__valid(\c__valid$173 ),
     .clk(clk),
-    .o__payload(\o__payload$218 ),
-    .o__ready(\o__ready$215 ),
-    .o__valid(\o__valid$214 ),
+    .o__payload(\o__payload$217 ),
+    .o__ready(\o__ready$214 ),
+    .o__valid(\o__valid$213 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gelu0  gelu0 (
-    .c__payload(\c__payload$177 ),
-    .c__ready(\c__ready$179 ),
-    .c__valid(\c__valid$178 ),
+    .c__payload(\c__payload$175 ),
+    .c__ready(\c__ready$177 ),
+    .c__valid(\c__valid$176 ),
     .clk(clk),
-    .go(\i__ready$240 ),
-    .i__payload(\i__payload$241 ),
-    .i__valid(\i__valid$239 ),
-    .o__payload(\o__payload$238 ),
-    .o__ready(\o__ready$237 ),
-    .o__valid(\o__valid$236 ),
+    .go(\i__ready$239 ),
+    .i__payload(\i__payload$240 ),
+    .i__valid(\i__valid$238 ),
+    .o__payload(\o__payload$237 ),
+    .o__ready(\o__ready$236 ),
+    .o__valid(\o__valid$235 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
@@ -28971,24 +28972,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .valid(\valid$83 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\i__payload$200 ),
-    .c__payload(\c__payload$171 ),
-    .c__valid(\c__valid$172 ),
+    .buf_wdata(\i__payload$198 ),
+    .c__payload(\c__payload$169 ),
+    .c__valid(\c__valid$170 ),
     .clk(clk),
-    .i__ready(\i__ready$201 ),
-    .i__valid(\i__valid$199 ),
-    .idle_r(\c__ready$173 ),
-    .o__payload(\o__payload$203 ),
-    .o__ready(\o__ready$204 ),
-    .o__valid(\o__valid$202 ),
+    .i__ready(\i__ready$199 ),
+    .i__valid(\i__valid$197 ),
+    .idle_r(\c__ready$171 ),
+    .o__payload(\o__payload$201 ),
+    .o__ready(\o__ready$202 ),
+    .o__valid(\o__valid$200 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$13746$0 (src0_meta),
-    .\port$1567$0 (\$signature__data ),
+    .\port$13751$0 (src0_meta),
+    .\port$1575$0 (\$signature__data ),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -28999,11 +29000,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$84 ),
-    .\port$13750$0 (src1_meta),
-    .\port$1568$0 (\$signature__data$92 ),
+    .\port$13755$0 (src1_meta),
+    .\port$1576$0 (\$signature__data$92 ),
     .r_data(\r_data$311 ),
-    .r_en(\r_en$212 ),
-    .r_rdy(\r_rdy$211 ),
+    .r_en(\r_en$211 ),
+    .r_rdy(\r_rdy$210 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -29013,13 +29014,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .ar__ready(ar__ready),
     .ar__valid(ar__valid),
     .beat__payload(beat__payload),
-    .beat__ready(beat__ready),
     .beat__valid(beat__valid),
     .clk(clk),
-    .idle(\idle$431 ),
+    .idle(\idle$433 ),
     .r__payload(r__payload),
     .r__ready(r__ready),
     .r__valid(r__valid),
+    .\r_en$25 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
     .w_data(req__payload),
@@ -29049,23 +29050,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clk(clk),
     .err(err),
     .idle(idle),
-    .req__ready(\req__ready$192 ),
+    .req__ready(\req__ready$190 ),
     .rst(rst),
-    .w_data(\req__payload$190 ),
-    .w_en(\req__valid$189 )
+    .w_data(\req__payload$188 ),
+    .w_en(\req__valid$187 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$125  = 16'h0000;
+    \$121  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$125  = unpack0;
+          \$121  = unpack0;
       3'h1:
-          \$125  = unpack1;
+          \$121  = unpack1;
       3'h2:
-          \$125  = unpack2;
+          \$121  = unpack2;
       3'h3:
-          \$125  = unpack3;
+          \$121  = unpack3;
     endcase
   end
   always @* begin
@@ -29073,9 +29074,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$160  = a_filled0;
+          \$153  = a_filled0;
       1'h1:
-          \$160  = a_filled1;
+          \$153  = a_filled1;
     endcase
   end
   always @* begin
@@ -29083,9 +29084,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$165  = a_filled0;
+          \$158  = a_filled0;
       1'h1:
-          \$165  = a_filled1;
+          \$158  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$258 )
+      1'h0:
+          \$166  = a_filled0;
+      1'h1:
+          \$166  = a_filled1;
     endcase
   end
   always @* begin
@@ -29151,7 +29162,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$258 )
+    casez (\$signal$288 )
       1'h0:
           \$215  = a_filled0;
       1'h1:
@@ -29161,21 +29172,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$288 )
-      1'h0:
-          \$222  = a_filled0;
-      1'h1:
-          \$222  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$227  = w_filled0;
+          \$220  = w_filled0;
       1'h1:
-          \$227  = w_filled1;
+          \$220  = w_filled1;
     endcase
   end
   always @* begin
@@ -29183,9 +29184,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$238  = a_filled0;
+          \$231  = a_filled0;
       1'h1:
-          \$238  = a_filled1;
+          \$231  = a_filled1;
     endcase
   end
   always @* begin
@@ -29193,9 +29194,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$243  = w_filled0;
+          \$236  = w_filled0;
       1'h1:
-          \$243  = w_filled1;
+          \$236  = w_filled1;
     endcase
   end
   always @* begin
@@ -29203,9 +29204,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$254  = a_filled0;
+          \$247  = a_filled0;
       1'h1:
-          \$254  = a_filled1;
+          \$247  = a_filled1;
     endcase
   end
   always @* begin
@@ -29213,9 +29214,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$259  = w_filled0;
+          \$252  = w_filled0;
       1'h1:
-          \$259  = w_filled1;
+          \$252  = w_filled1;
     endcase
   end
   always @* begin
@@ -29223,9 +29224,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$270  = a_filled0;
+          \$263  = a_filled0;
       1'h1:
-          \$270  = a_filled1;
+          \$263  = a_filled1;
     endcase
   end
   always @* begin
@@ -29233,9 +29234,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$275  = w_filled0;
+          \$268  = w_filled0;
       1'h1:
-          \$275  = w_filled1;
+          \$268  = w_filled1;
     endcase
   end
   always @* begin
@@ -29243,9 +29244,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$286  = a_filled0;
+          \$279  = a_filled0;
       1'h1:
-          \$286  = a_filled1;
+          \$279  = a_filled1;
     endcase
   end
   always @* begin
@@ -29253,9 +29254,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$291  = w_filled0;
+          \$284  = w_filled0;
       1'h1:
-          \$291  = w_filled1;
+          \$284  = w_filled1;
     endcase
   end
   always @* begin
@@ -29263,9 +29264,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$302  = a_filled0;
+          \$295  = a_filled0;
       1'h1:
-          \$302  = a_filled1;
+          \$295  = a_filled1;
     endcase
   end
   always @* begin
@@ -29273,9 +29274,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$307  = w_filled0;
+          \$300  = w_filled0;
       1'h1:
-          \$307  = w_filled1;
+          \$300  = w_filled1;
     endcase
   end
   always @* begin
@@ -29283,9 +29284,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$318  = a_filled0;
+          \$311  = a_filled0;
       1'h1:
-          \$318  = a_filled1;
+          \$311  = a_filled1;
     endcase
   end
   always @* begin
@@ -29293,9 +29294,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$323  = w_filled0;
+          \$316  = w_filled0;
       1'h1:
-          \$323  = w_filled1;
+          \$316  = w_filled1;
     endcase
   end
   always @* begin
@@ -29303,9 +29304,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$334  = a_filled0;
+          \$327  = a_filled0;
       1'h1:
-          \$334  = a_filled1;
+          \$327  = a_filled1;
     endcase
   end
   always @* begin
@@ -29313,9 +29314,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$339  = w_filled0;
+          \$332  = w_filled0;
       1'h1:
-          \$339  = w_filled1;
+          \$332  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$342  = w_filled0;
+      1'h1:
+          \$342  = w_filled1;
     endcase
   end
   always @* begin
@@ -29333,9 +29344,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$356  = w_filled0;
+          \$359  = w_filled0;
       1'h1:
-          \$356  = w_filled1;
+          \$359  = w_filled1;
     endcase
   end
   always @* begin
@@ -29343,9 +29354,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$366  = w_filled0;
+          \$368  = w_filled0;
       1'h1:
-          \$366  = w_filled1;
+          \$368  = w_filled1;
     endcase
   end
   always @* begin
@@ -29353,9 +29364,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$375  = w_filled0;
+          \$377  = w_filled0;
       1'h1:
-          \$375  = w_filled1;
+          \$377  = w_filled1;
     endcase
   end
   always @* begin
@@ -29363,9 +29374,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$384  = w_filled0;
+          \$386  = w_filled0;
       1'h1:
-          \$384  = w_filled1;
+          \$386  = w_filled1;
     endcase
   end
   always @* begin
@@ -29373,9 +29384,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$393  = w_filled0;
+          \$395  = w_filled0;
       1'h1:
-          \$393  = w_filled1;
+          \$395  = w_filled1;
     endcase
   end
   always @* begin
@@ -29383,9 +29394,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$402  = w_filled0;
+          \$404  = w_filled0;
       1'h1:
-          \$402  = w_filled1;
+          \$404  = w_filled1;
     endcase
   end
   always @* begin
@@ -29393,19 +29404,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$411  = w_filled0;
+          \$413  = w_filled0;
       1'h1:
-          \$411  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$420  = w_filled0;
-      1'h1:
-          \$420  = w_filled1;
+          \$413  = w_filled1;
     endcase
   end
   always @* begin
@@ -29413,9 +29414,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$430  = a_filled0;
+          \$423  = a_filled0;
       1'h1:
-          \$430  = a_filled1;
+          \$423  = a_filled1;
     endcase
   end
   always @* begin
@@ -29423,9 +29424,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$435  = w_filled0;
+          \$428  = w_filled0;
       1'h1:
-          \$435  = w_filled1;
+          \$428  = w_filled1;
     endcase
   end
   always @* begin
@@ -29433,9 +29434,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$447  = a_filled0;
+          \$440  = a_filled0;
       1'h1:
-          \$447  = a_filled1;
+          \$440  = a_filled1;
     endcase
   end
   always @* begin
@@ -29443,9 +29444,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$452  = w_filled0;
+          \$445  = w_filled0;
       1'h1:
-          \$452  = w_filled1;
+          \$445  = w_filled1;
     endcase
   end
   always @* begin
@@ -29453,9 +29454,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$464  = a_filled0;
+          \$457  = a_filled0;
       1'h1:
-          \$464  = a_filled1;
+          \$457  = a_filled1;
     endcase
   end
   always @* begin
@@ -29463,9 +29464,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$469  = w_filled0;
+          \$462  = w_filled0;
       1'h1:
-          \$469  = w_filled1;
+          \$462  = w_filled1;
     endcase
   end
   always @* begin
@@ -29473,9 +29474,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$481  = a_filled0;
+          \$474  = a_filled0;
       1'h1:
-          \$481  = a_filled1;
+          \$474  = a_filled1;
     endcase
   end
   always @* begin
@@ -29483,9 +29484,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$486  = w_filled0;
+          \$479  = w_filled0;
       1'h1:
-          \$486  = w_filled1;
+          \$479  = w_filled1;
     endcase
   end
   always @* begin
@@ -29493,9 +29494,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$498  = a_filled0;
+          \$491  = a_filled0;
       1'h1:
-          \$498  = a_filled1;
+          \$491  = a_filled1;
     endcase
   end
   always @* begin
@@ -29503,9 +29504,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$503  = w_filled0;
+          \$496  = w_filled0;
       1'h1:
-          \$503  = w_filled1;
+          \$496  = w_filled1;
     endcase
   end
   always @* begin
@@ -29513,9 +29514,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$515  = a_filled0;
+          \$508  = a_filled0;
       1'h1:
-          \$515  = a_filled1;
+          \$508  = a_filled1;
     endcase
   end
   always @* begin
@@ -29523,9 +29524,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$520  = w_filled0;
+          \$513  = w_filled0;
       1'h1:
-          \$520  = w_filled1;
+          \$513  = w_filled1;
     endcase
   end
   always @* begin
@@ -29533,9 +29534,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$532  = a_filled0;
+          \$525  = a_filled0;
       1'h1:
-          \$532  = a_filled1;
+          \$525  = a_filled1;
     endcase
   end
   always @* begin
@@ -29543,9 +29544,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$537  = w_filled0;
+          \$530  = w_filled0;
       1'h1:
-          \$537  = w_filled1;
+          \$530  = w_filled1;
     endcase
   end
   always @* begin
@@ -29553,9 +29554,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$549  = a_filled0;
+          \$542  = a_filled0;
       1'h1:
-          \$549  = a_filled1;
+          \$542  = a_filled1;
     endcase
   end
   always @* begin
@@ -29563,31 +29564,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$554  = w_filled0;
+          \$547  = w_filled0;
       1'h1:
-          \$554  = w_filled1;
+          \$547  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$576  = 32'd0;
+    \$568  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$576  = \o__payload$385 [31:0];
+          \$568  = \o__payload$385 [31:0];
       16'h0001:
-          \$576  = \o__payload$385 [63:32];
+          \$568  = \o__payload$385 [63:32];
       16'h0002:
-          \$576  = \o__payload$385 [95:64];
+          \$568  = \o__payload$385 [95:64];
       16'h0003:
-          \$576  = \o__payload$385 [127:96];
+          \$568  = \o__payload$385 [127:96];
       16'h0004:
-          \$576  = \o__payload$385 [159:128];
+          \$568  = \o__payload$385 [159:128];
       16'h0005:
-          \$576  = \o__payload$385 [191:160];
+          \$568  = \o__payload$385 [191:160];
       16'h0006:
-          \$576  = \o__payload$385 [223:192];
+          \$568  = \o__payload$385 [223:192];
       16'h0007:
-          \$576  = \o__payload$385 [255:224];
+          \$568  = \o__payload$385 [255:224];
     endcase
   end
   always @* begin
@@ -29595,21 +29596,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$592  = \o__payload$385 [31:0];
+          \$583  = \o__payload$385 [31:0];
       3'h1:
-          \$592  = \o__payload$385 [63:32];
+          \$583  = \o__payload$385 [63:32];
       3'h2:
-          \$592  = \o__payload$385 [95:64];
+          \$583  = \o__payload$385 [95:64];
       3'h3:
-          \$592  = \o__payload$385 [127:96];
+          \$583  = \o__payload$385 [127:96];
       3'h4:
-          \$592  = \o__payload$385 [159:128];
+          \$583  = \o__payload$385 [159:128];
       3'h5:
-          \$592  = \o__payload$385 [191:160];
+          \$583  = \o__payload$385 [191:160];
       3'h6:
-          \$592  = \o__payload$385 [223:192];
+          \$583  = \o__payload$385 [223:192];
       3'h7:
-          \$592  = \o__payload$385 [255:224];
+          \$583  = \o__payload$385 [255:224];
     endcase
   end
   always @* begin
@@ -29617,9 +29618,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$258 )
       1'h0:
-          \$847  = a_filled0;
+          \$840  = a_filled0;
       1'h1:
-          \$847  = a_filled1;
+          \$840  = a_filled1;
     endcase
   end
   always @* begin
@@ -29627,9 +29628,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$856  = a_filled0;
+          \$849  = a_filled0;
       1'h1:
-          \$856  = a_filled1;
+          \$849  = a_filled1;
     endcase
   end
   always @* begin
@@ -29637,9 +29638,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$861  = w_filled0;
+          \$854  = w_filled0;
       1'h1:
-          \$861  = w_filled1;
+          \$854  = w_filled1;
     endcase
   end
   always @* begin
@@ -29647,9 +29648,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$877  = w_filled0;
+          \$870  = w_filled0;
       1'h1:
-          \$877  = w_filled1;
+          \$870  = w_filled1;
     endcase
   end
   always @* begin
@@ -29657,9 +29658,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$288 )
       1'h0:
-          \$890  = a_filled0;
+          \$883  = a_filled0;
       1'h1:
-          \$890  = a_filled1;
+          \$883  = a_filled1;
     endcase
   end
   always @* begin
@@ -29667,9 +29668,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$895  = w_filled0;
+          \$888  = w_filled0;
       1'h1:
-          \$895  = w_filled1;
+          \$888  = w_filled1;
     endcase
   end
   always @* begin
@@ -29885,7 +29886,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     next = src0_issue;
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
         next = \$81 ;
@@ -29895,39 +29896,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__addr = \addr$95 [13:0];
-    if (\$575 ) begin
+    if (\$567 ) begin
       wr__addr = \addr$95 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__data = sink_data;
-    if (\$575 ) begin
-      wr__data = \$576 [15:0];
+    if (\$567 ) begin
+      wr__data = \$568 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__en = \$46 ;
-    if (\$575 ) begin
-      wr__en = \$585 ;
+    if (\$567 ) begin
+      wr__en = \$577 ;
     end
-    if (\$591 ) begin
-      wr__en = \$603 ;
+    if (\$582 ) begin
+      wr__en = \$594 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \next$101  = \$47 ;
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
         \next$101  = \$102 ;
       end
     end
-    if (\$575 ) begin
-      \next$101  = \$586 ;
+    if (\$567 ) begin
+      \next$101  = \$578 ;
     end
   end
   always @* begin
@@ -29959,13 +29960,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h3:
           req__valid = \$75 ;
     endcase
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
         req__valid = ext_req_valid;
       end
     end
-    if (\$129 ) begin
+    if (gemm_active) begin
       req__valid = \$signal$245 ;
     end
   end
@@ -29988,16 +29989,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           req__payload[34:32] = dec_c_lb;
         end
     endcase
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
         req__payload[31:0] = ext_req_addr;
         req__payload[34:32] = { 1'h0, ins[23:22] };
       end
     end
-    if (\$129 ) begin
-      req__payload[31:0] = \$130 ;
-      req__payload[34:32] = \$131 ;
+    if (gemm_active) begin
+      req__payload[31:0] = \$125 ;
+      req__payload[34:32] = \$126 ;
     end
   end
   always @* begin
@@ -30016,13 +30017,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             beat__ready = c__ready;
           end
           if (is_layernorm) begin
-            beat__ready = \c__ready$173 ;
+            beat__ready = \c__ready$171 ;
           end
           if (add_sel) begin
-            beat__ready = \c__ready$176 ;
+            beat__ready = \c__ready$174 ;
           end
           if (\$77 ) begin
-            beat__ready = \c__ready$179 ;
+            beat__ready = \c__ready$177 ;
           end
         end
       3'h4:
@@ -30030,32 +30031,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h5:
           beat__ready = 1'h1;
     endcase
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
         beat__ready = \valid$100 ;
       end
     end
-    if (\$132 ) begin
+    if (gemm_active) begin
       (* full_case = 32'd1 *)
-      if (\$134 ) begin
+      if (\$128 ) begin
         beat__ready = p__ready;
       end else begin
-        beat__ready = \$137 ;
+        beat__ready = \$131 ;
       end
     end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    in_decode = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          in_decode = 1'h1;
-    endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
@@ -30078,22 +30067,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (unit_known) begin
             load = 1'h1;
           end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    in_op = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          in_op = 1'h1;
-      3'h4:
-          in_op = 1'h1;
     endcase
   end
   always @* begin
@@ -30128,7 +30101,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$171  = 66'h00000000000000000;
+    \c__payload$169  = 66'h00000000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30137,12 +30110,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$171  = beat__payload[65:0];
+          \c__payload$169  = beat__payload[65:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$172  = 1'h0;
+    \c__valid$170  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30152,13 +30125,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
           if (is_layernorm) begin
-            \c__valid$172  = beat__valid;
+            \c__valid$170  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$174  = 44'h00000000000;
+    \c__payload$172  = 44'h00000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30167,12 +30140,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$174  = beat__payload[43:0];
+          \c__payload$172  = beat__payload[43:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$175  = 1'h0;
+    \c__valid$173  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30182,13 +30155,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
           if (add_sel) begin
-            \c__valid$175  = beat__valid;
+            \c__valid$173  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$177  = 53'h00000000000000;
+    \c__payload$175  = 53'h00000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30197,12 +30170,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$177  = beat__payload[52:0];
+          \c__payload$175  = beat__payload[52:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$178  = 1'h0;
+    \c__valid$176  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30212,24 +30185,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
           if (\$77 ) begin
-            \c__valid$178  = beat__valid;
+            \c__valid$176  = beat__valid;
           end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    streaming = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          streaming = 1'h1;
     endcase
   end
   always @* begin
@@ -30253,7 +30210,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signal  = 1'h0;
-    if (streaming) begin
+    if (in_stream) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
         \$signal  = 1'h1;
@@ -30269,14 +30226,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         \$signal  = 1'h1;
       end
     end
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signal  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signal$99  = 1'h0;
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
         \$signal$99  = r_rdy;
       end else if (is_load) begin
@@ -30286,17 +30243,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_softmax) begin
         \$signal$99  = o__valid;
       end else if (is_layernorm) begin
-        \$signal$99  = \o__valid$202 ;
+        \$signal$99  = \o__valid$200 ;
       end
     end
-    if (\$108 ) begin
-      \$signal$99  = \$signal$213 ;
+    if (pack_active) begin
+      \$signal$99  = \$signal$212 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     sink_data = 16'h0000;
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
         sink_data = r_data[15:0];
       end else if (is_load) begin
@@ -30316,17 +30273,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_softmax) begin
         sink_data = { 8'h00, o__payload[7:0] };
       end else if (is_layernorm) begin
-        sink_data = { \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203  };
+        sink_data = { \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201  };
       end
     end
-    if (\$108 ) begin
-      sink_data = \$125 ;
+    if (pack_active) begin
+      sink_data = \$121 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     r_en = 1'h0;
-    if (streaming) begin
+    if (in_stream) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
         r_en = \$78 ;
@@ -30342,14 +30299,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         r_en = elem_take;
       end
     end
-    if (\$159 ) begin
-      r_en = \$162 ;
+    if (gemm_active) begin
+      r_en = \$155 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     fault = 4'h0;
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
         if (\$94 ) begin
@@ -30357,38 +30314,38 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       end
     end
-    if (\$604 ) begin
+    if (\$595 ) begin
       fault = 4'h5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \req__valid$189  = 1'h0;
-    if (streaming) begin
+    \req__valid$187  = 1'h0;
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        \req__valid$189  = ext_req_valid;
+        \req__valid$187  = ext_req_valid;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \req__payload$190  = 99'h0000000000000000000000000;
-    if (streaming) begin
+    \req__payload$188  = 99'h0000000000000000000000000;
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        \req__payload$190 [31:0] = ext_req_addr;
-        \req__payload$190 [95:32] = { 48'h000000000000, ext_req_data };
-        \req__payload$190 [98:96] = { 1'h0, ins[23:22] };
+        \req__payload$188 [31:0] = ext_req_addr;
+        \req__payload$188 [95:32] = { 48'h000000000000, ext_req_data };
+        \req__payload$188 [98:96] = { 1'h0, ins[23:22] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     i__valid = 1'h0;
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
@@ -30401,7 +30358,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     i__payload = 17'h00000;
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
@@ -30415,7 +30372,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     o__ready = 1'h0;
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
@@ -30427,50 +30384,50 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__valid$199  = 1'h0;
-    if (streaming) begin
+    \i__valid$197  = 1'h0;
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
       end else if (is_softmax) begin
       end else if (is_layernorm) begin
-        \i__valid$199  = r_rdy;
+        \i__valid$197  = r_rdy;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__payload$200  = 16'h0000;
-    if (streaming) begin
+    \i__payload$198  = 16'h0000;
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
       end else if (is_softmax) begin
       end else if (is_layernorm) begin
-        \i__payload$200  = r_data[15:0];
+        \i__payload$198  = r_data[15:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$204  = 1'h0;
-    if (streaming) begin
+    \o__ready$202  = 1'h0;
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
       end else if (is_softmax) begin
       end else if (is_layernorm) begin
-        \o__ready$204  = \valid$100 ;
+        \o__ready$202  = \valid$100 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_valid = 1'h0;
-    if (streaming) begin
+    if (in_stream) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
       end else if (is_load) begin
@@ -30482,14 +30439,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         elem_valid = r_rdy;
       end
     end
-    if (\$591 ) begin
+    if (\$582 ) begin
       elem_valid = \o__valid$386 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_data = 16'h0000;
-    if (streaming) begin
+    if (in_stream) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
       end else if (is_load) begin
@@ -30501,14 +30458,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         elem_data = r_data[15:0];
       end
     end
-    if (\$591 ) begin
-      elem_data = \$592 [15:0];
+    if (\$582 ) begin
+      elem_data = \$583 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_final = 1'h0;
-    if (streaming) begin
+    if (in_stream) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
       end else if (is_load) begin
@@ -30524,107 +30481,107 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_take = 1'h0;
-    if (\$108 ) begin
-      elem_take = \$114 ;
+    if (pack_active) begin
+      elem_take = \$110 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     run1 = 1'h0;
-    if (\$108 ) begin
+    if (pack_active) begin
       run1 = add_sel;
     end
-    if (\$159 ) begin
-      if (\$348 ) begin
+    if (gemm_active) begin
+      if (\$341 ) begin
         run1 = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \r_en$212  = 1'h0;
-    if (\$108 ) begin
-      \r_en$212  = \$121 ;
+    \r_en$211  = 1'h0;
+    if (pack_active) begin
+      \r_en$211  = \$117 ;
     end
-    if (\$159 ) begin
-      if (\$348 ) begin
-        \r_en$212  = \$353 ;
+    if (gemm_active) begin
+      if (\$341 ) begin
+        \r_en$211  = \$346 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signal$213  = 1'h0;
-    if (\$108 ) begin
+    \$signal$212  = 1'h0;
+    if (pack_active) begin
       if (add_sel) begin
-        \$signal$213  = \o__valid$214 ;
+        \$signal$212  = \o__valid$213 ;
       end
-      if (\$124 ) begin
-        \$signal$213  = \o__valid$236 ;
+      if (\$120 ) begin
+        \$signal$212  = \o__valid$235 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$215  = 1'h0;
-    if (\$108 ) begin
+    \o__ready$214  = 1'h0;
+    if (pack_active) begin
       if (add_sel) begin
-        \o__ready$215  = out_ready;
+        \o__ready$214  = out_ready;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack0 = 16'h0000;
-    if (\$108 ) begin
+    if (pack_active) begin
       if (add_sel) begin
-        unpack0 = \o__payload$218 [15:0];
+        unpack0 = \o__payload$217 [15:0];
       end
-      if (\$124 ) begin
-        unpack0 = { \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7], \o__payload$238 [7:0] };
+      if (\$120 ) begin
+        unpack0 = { \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7:0] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack1 = 16'h0000;
-    if (\$108 ) begin
+    if (pack_active) begin
       if (add_sel) begin
-        unpack1 = \o__payload$218 [31:16];
+        unpack1 = \o__payload$217 [31:16];
       end
-      if (\$124 ) begin
-        unpack1 = { \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15], \o__payload$238 [15:8] };
+      if (\$120 ) begin
+        unpack1 = { \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15:8] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack2 = 16'h0000;
-    if (\$108 ) begin
+    if (pack_active) begin
       if (add_sel) begin
-        unpack2 = \o__payload$218 [47:32];
+        unpack2 = \o__payload$217 [47:32];
       end
-      if (\$124 ) begin
-        unpack2 = { \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23], \o__payload$238 [23:16] };
+      if (\$120 ) begin
+        unpack2 = { \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23:16] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     unpack3 = 16'h0000;
-    if (\$108 ) begin
+    if (pack_active) begin
       if (add_sel) begin
-        unpack3 = \o__payload$218 [63:48];
+        unpack3 = \o__payload$217 [63:48];
       end
-      if (\$124 ) begin
-        unpack3 = { \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31], \o__payload$238 [31:24] };
+      if (\$120 ) begin
+        unpack3 = { \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31:24] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     a__valid = 1'h0;
-    if (\$108 ) begin
+    if (pack_active) begin
       if (add_sel) begin
         a__valid = pack_full;
       end
@@ -30632,29 +30589,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \b__valid$223  = 1'h0;
-    if (\$108 ) begin
+    \b__valid$222  = 1'h0;
+    if (pack_active) begin
       if (add_sel) begin
-        \b__valid$223  = pack_full;
+        \b__valid$222  = pack_full;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     in_ready = 1'h0;
-    if (\$108 ) begin
+    if (pack_active) begin
       if (add_sel) begin
-        in_ready = \$122 ;
+        in_ready = \$118 ;
       end
-      if (\$124 ) begin
-        in_ready = \i__ready$240 ;
+      if (\$120 ) begin
+        in_ready = \i__ready$239 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     a__payload = 64'h0000000000000000;
-    if (\$108 ) begin
+    if (pack_active) begin
       if (add_sel) begin
         a__payload[15:0] = pack_a0;
         a__payload[31:16] = pack_a1;
@@ -30665,52 +30622,52 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \b__payload$231  = 64'h0000000000000000;
-    if (\$108 ) begin
+    \b__payload$230  = 64'h0000000000000000;
+    if (pack_active) begin
       if (add_sel) begin
-        \b__payload$231 [15:0] = pack_b0;
-        \b__payload$231 [31:16] = pack_b1;
-        \b__payload$231 [47:32] = pack_b2;
-        \b__payload$231 [63:48] = pack_b3;
+        \b__payload$230 [15:0] = pack_b0;
+        \b__payload$230 [31:16] = pack_b1;
+        \b__payload$230 [47:32] = pack_b2;
+        \b__payload$230 [63:48] = pack_b3;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$237  = 1'h0;
-    if (\$108 ) begin
-      if (\$124 ) begin
-        \o__ready$237  = out_ready;
+    \o__ready$236  = 1'h0;
+    if (pack_active) begin
+      if (\$120 ) begin
+        \o__ready$236  = out_ready;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__valid$239  = 1'h0;
-    if (\$108 ) begin
-      if (\$124 ) begin
-        \i__valid$239  = pack_full;
+    \i__valid$238  = 1'h0;
+    if (pack_active) begin
+      if (\$120 ) begin
+        \i__valid$238  = pack_full;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__payload$241  = 32'd0;
-    if (\$108 ) begin
-      if (\$124 ) begin
-        \i__payload$241 [7:0] = pack_a0[7:0];
-        \i__payload$241 [15:8] = pack_a1[7:0];
-        \i__payload$241 [23:16] = pack_a2[7:0];
-        \i__payload$241 [31:24] = pack_a3[7:0];
+    \i__payload$240  = 32'd0;
+    if (pack_active) begin
+      if (\$120 ) begin
+        \i__payload$240 [7:0] = pack_a0[7:0];
+        \i__payload$240 [15:8] = pack_a1[7:0];
+        \i__payload$240 [23:16] = pack_a2[7:0];
+        \i__payload$240 [31:24] = pack_a3[7:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     out_ready = 1'h0;
-    if (\$108 ) begin
-      if (\$126 ) begin
-        if (\$128 ) begin
+    if (pack_active) begin
+      if (\$122 ) begin
+        if (\$124 ) begin
           out_ready = 1'h1;
         end
       end
@@ -30739,8 +30696,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     p__valid = 1'h0;
-    if (\$132 ) begin
-      if (\$134 ) begin
+    if (gemm_active) begin
+      if (\$128 ) begin
         p__valid = beat__valid;
       end
     end
@@ -30750,305 +30707,305 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$140 [2], \$140 [2], \$140 [2], \$140 [2], \$140 [2], \$140 [2], \$140  };
+          elem = { \$134 [2], \$134 [2], \$134 [2], \$134 [2], \$134 [2], \$134 [2], \$134  };
       5'h03:
-          elem = { \$143 [3], \$143 [3], \$143 [3], \$143 [3], \$143 [3], \$143  };
+          elem = { \$137 [3], \$137 [3], \$137 [3], \$137 [3], \$137 [3], \$137  };
       5'h04:
-          elem = { \$146 [4], \$146 [4], \$146 [4], \$146 [4], \$146  };
+          elem = { \$140 [4], \$140 [4], \$140 [4], \$140 [4], \$140  };
       5'h05:
-          elem = { \$149 [5], \$149 [5], \$149 [5], \$149  };
+          elem = { \$143 [5], \$143 [5], \$143 [5], \$143  };
       5'h06:
-          elem = { \$152 [6], \$152 [6], \$152  };
+          elem = { \$146 [6], \$146 [6], \$146  };
       5'h07:
-          elem = { \$155 [7], \$155  };
+          elem = { \$149 [7], \$149  };
       5'h08:
-          elem = \$158 ;
+          elem = \$152 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$261  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$261  = \$164 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$261  = \$157 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$263  = 9'h000;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$263  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$264  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$264  = \$170 ;
+    if (gemm_active) begin
+      \$signature__en$264  = \$163 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$266  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$266  = \$172 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$266  = \$165 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$267  = 9'h000;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$267  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$268  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$268  = \$177 ;
+    if (gemm_active) begin
+      \$signature__en$268  = \$170 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$269  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$269  = \$179 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$269  = \$172 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$270  = 9'h000;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$270  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$271  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$271  = \$184 ;
+    if (gemm_active) begin
+      \$signature__en$271  = \$177 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$272  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$272  = \$186 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$272  = \$179 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$273  = 9'h000;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$273  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$274  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$274  = \$191 ;
+    if (gemm_active) begin
+      \$signature__en$274  = \$184 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$275  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$275  = \$193 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$275  = \$186 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$276  = 9'h000;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$276  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$277  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$277  = \$198 ;
+    if (gemm_active) begin
+      \$signature__en$277  = \$191 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$278  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$278  = \$200 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$278  = \$193 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$279  = 9'h000;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$279  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$280  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$280  = \$205 ;
+    if (gemm_active) begin
+      \$signature__en$280  = \$198 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$281  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$281  = \$207 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$281  = \$200 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$282  = 9'h000;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$282  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$283  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$283  = \$212 ;
+    if (gemm_active) begin
+      \$signature__en$283  = \$205 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$284  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$284  = \$214 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$284  = \$207 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$285  = 9'h000;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$285  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$286  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$286  = \$219 ;
+    if (gemm_active) begin
+      \$signature__en$286  = \$212 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$287  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$287  = \$221 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$287  = \$214 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$290  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$290  = \$235 ;
+    if (gemm_active) begin
+      \$signature__en$290  = \$228 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$296  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$296  = \$237 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$296  = \$230 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$297  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$297  = \$251 ;
+    if (gemm_active) begin
+      \$signature__en$297  = \$244 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$298  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$298  = \$253 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$298  = \$246 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$299  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$299  = \$267 ;
+    if (gemm_active) begin
+      \$signature__en$299  = \$260 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$300  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$300  = \$269 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$300  = \$262 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$301  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$301  = \$283 ;
+    if (gemm_active) begin
+      \$signature__en$301  = \$276 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$302  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$302  = \$285 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$302  = \$278 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$303  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$303  = \$299 ;
+    if (gemm_active) begin
+      \$signature__en$303  = \$292 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$304  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$304  = \$301 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$304  = \$294 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$305  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$305  = \$315 ;
+    if (gemm_active) begin
+      \$signature__en$305  = \$308 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$306  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$306  = \$317 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$306  = \$310 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$307  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$307  = \$331 ;
+    if (gemm_active) begin
+      \$signature__en$307  = \$324 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$308  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$308  = \$333 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$308  = \$326 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$309  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$309  = \$347 ;
+    if (gemm_active) begin
+      \$signature__en$309  = \$340 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     welem = 8'h00;
-    if (\$159 ) begin
+    if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
             welem = { \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1:0] };
@@ -31070,294 +31027,294 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$313  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$313  = \$355 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$313  = \$348 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$315  = 8'h00;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$315  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$316  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$316  = \$363 ;
+    if (gemm_active) begin
+      \$signature__en$316  = \$356 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$318  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$318  = \$365 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$318  = \$358 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$319  = 8'h00;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$319  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$320  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$320  = \$372 ;
+    if (gemm_active) begin
+      \$signature__en$320  = \$365 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$321  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$321  = \$374 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$321  = \$367 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$322  = 8'h00;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$322  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$323  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$323  = \$381 ;
+    if (gemm_active) begin
+      \$signature__en$323  = \$374 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$324  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$324  = \$383 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$324  = \$376 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$325  = 8'h00;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$325  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$326  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$326  = \$390 ;
+    if (gemm_active) begin
+      \$signature__en$326  = \$383 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$327  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$327  = \$392 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$327  = \$385 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$328  = 8'h00;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$328  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$329  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$329  = \$399 ;
+    if (gemm_active) begin
+      \$signature__en$329  = \$392 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$330  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$330  = \$401 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$330  = \$394 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$331  = 8'h00;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$331  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$332  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$332  = \$408 ;
+    if (gemm_active) begin
+      \$signature__en$332  = \$401 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$333  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$333  = \$410 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$333  = \$403 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$334  = 8'h00;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$334  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$335  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$335  = \$417 ;
+    if (gemm_active) begin
+      \$signature__en$335  = \$410 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$336  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$336  = \$419 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$336  = \$412 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__data$337  = 8'h00;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \$signature__data$337  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$338  = 1'h0;
-    if (\$159 ) begin
-      \$signature__en$338  = \$426 ;
+    if (gemm_active) begin
+      \$signature__en$338  = \$419 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$339  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$339  = \$429 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$339  = \$422 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$341  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$341  = \$443 ;
+    if (gemm_active) begin
+      \$signature__en$341  = \$436 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$342  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$342  = \$446 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$342  = \$439 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$343  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$343  = \$460 ;
+    if (gemm_active) begin
+      \$signature__en$343  = \$453 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$344  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$344  = \$463 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$344  = \$456 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$345  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$345  = \$477 ;
+    if (gemm_active) begin
+      \$signature__en$345  = \$470 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$346  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$346  = \$480 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$346  = \$473 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$347  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$347  = \$494 ;
+    if (gemm_active) begin
+      \$signature__en$347  = \$487 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$348  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$348  = \$497 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$348  = \$490 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$349  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$349  = \$511 ;
+    if (gemm_active) begin
+      \$signature__en$349  = \$504 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$350  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$350  = \$514 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$350  = \$507 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$351  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$351  = \$528 ;
+    if (gemm_active) begin
+      \$signature__en$351  = \$521 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$352  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$352  = \$531 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$352  = \$524 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$353  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$353  = \$545 ;
+    if (gemm_active) begin
+      \$signature__en$353  = \$538 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$354  = 9'h000;
-    if (\$159 ) begin
-      \$signature__addr$354  = \$548 [8:0];
+    if (gemm_active) begin
+      \$signature__addr$354  = \$541 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__en$355  = 1'h1;
-    if (\$159 ) begin
-      \$signature__en$355  = \$562 ;
+    if (gemm_active) begin
+      \$signature__en$355  = \$555 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \a__valid$255  = 1'h0;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \a__valid$255  = \$signal$294 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \a__payload$356  = 73'h0000000000000000000;
-    if (\$159 ) begin
+    if (gemm_active) begin
       \a__payload$356 [72] = a_last;
       \a__payload$356 [8:0] = \$signature__data$359 ;
       \a__payload$356 [17:9] = \$signature__data$360 ;
@@ -31372,282 +31329,282 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__valid = 1'h0;
-    if (\$159 ) begin
-      w__valid = \$563 ;
+    if (gemm_active) begin
+      w__valid = \$556 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__payload = 64'h0000000000000000;
-    if (\$159 ) begin
-      w__payload[7:0] = \$564 ;
-      w__payload[15:8] = \$565 ;
-      w__payload[23:16] = \$566 ;
-      w__payload[31:24] = \$567 ;
-      w__payload[39:32] = \$568 ;
-      w__payload[47:40] = \$569 ;
-      w__payload[55:48] = \$570 ;
-      w__payload[63:56] = \$571 ;
+    if (gemm_active) begin
+      w__payload[7:0] = \$557 ;
+      w__payload[15:8] = \$558 ;
+      w__payload[23:16] = \$559 ;
+      w__payload[31:24] = \$560 ;
+      w__payload[39:32] = \$561 ;
+      w__payload[47:40] = \$562 ;
+      w__payload[55:48] = \$563 ;
+      w__payload[63:56] = \$564 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \o__ready$390  = 1'h0;
-    if (\$575 ) begin
-      \o__ready$390  = \$588 ;
+    if (\$567 ) begin
+      \o__ready$390  = \$580 ;
     end
-    if (\$591 ) begin
-      \o__ready$390  = \$594 ;
+    if (\$582 ) begin
+      \o__ready$390  = \$585 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$918  = \$606 ;
+    \$910  = \$597 ;
+    if (rst) begin
+      \$910  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$911  = \$598 ;
+    if (rst) begin
+      \$911  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$912  = \$599 ;
+    if (rst) begin
+      \$912  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$913  = \$600 ;
+    if (rst) begin
+      \$913  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$914  = \$601 ;
+    if (rst) begin
+      \$914  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$915  = \$602 ;
+    if (rst) begin
+      \$915  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$916  = \$603 ;
+    if (rst) begin
+      \$916  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$917  = \$604 ;
+    if (rst) begin
+      \$917  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$918  = \$605 ;
     if (rst) begin
       \$918  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$919  = \$607 ;
+    \$919  = \$606 ;
     if (rst) begin
       \$919  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$920  = \$608 ;
+    \$920  = \$607 ;
     if (rst) begin
       \$920  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$921  = \$609 ;
+    \$921  = \$608 ;
     if (rst) begin
       \$921  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$922  = \$610 ;
+    \$922  = \$609 ;
     if (rst) begin
       \$922  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$923  = \$611 ;
+    \$923  = \$610 ;
     if (rst) begin
       \$923  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$924  = \$612 ;
+    \$924  = \$611 ;
     if (rst) begin
       \$924  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$925  = \$613 ;
+    \$925  = \$612 [15:0];
     if (rst) begin
-      \$925  = 1'h0;
+      \$925  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$926  = \$614 ;
+    \$926  = \$615 ;
     if (rst) begin
       \$926  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$927  = \$615 ;
+    \$927  = \$618 ;
     if (rst) begin
       \$927  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$928  = \$616 ;
+    \$928  = \$621 ;
     if (rst) begin
       \$928  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$929  = \$617 ;
+    \$929  = \$623 ;
     if (rst) begin
       \$929  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$930  = \$618 ;
+    \$930  = { \$624 , \final$407 , \last__4$406  };
     if (rst) begin
-      \$930  = 1'h0;
+      \$930  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$931  = \$619 ;
+    \$931  = \$626 ;
     if (rst) begin
       \$931  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$932  = \$620 ;
+    \$932  = { \$627 , \final$410 , \last__4$409  };
     if (rst) begin
-      \$932  = 1'h0;
+      \$932  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$933  = \$621 [15:0];
+    \$933  = \$634 ;
     if (rst) begin
-      \$933  = 16'h0000;
+      \$933  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$934  = \$624 ;
+    \$934  = \$636 ;
     if (rst) begin
       \$934  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$935  = \$627 ;
+    \$935  = \$639 [15:0];
     if (rst) begin
-      \$935  = 1'h0;
+      \$935  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$936  = \$630 ;
+    \$936  = \$642 [15:0];
     if (rst) begin
-      \$936  = 1'h0;
+      \$936  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$937  = \$632 ;
+    \$937  = \$643 [15:0];
     if (rst) begin
-      \$937  = 1'h0;
+      \$937  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$938  = { \$633 , \final$407 , \last__4$406  };
+    \$938  = c_lb;
     if (rst) begin
       \$938  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$939  = \$635 ;
+    \$939  = \$644 [15:0];
     if (rst) begin
-      \$939  = 1'h0;
+      \$939  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$940  = { \$636 , \final$410 , \last__4$409  };
+    \$940  = \$645 [15:0];
     if (rst) begin
-      \$940  = 3'h0;
+      \$940  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$941  = \$643 ;
+    \$941  = \$646 ;
     if (rst) begin
-      \$941  = 1'h0;
+      \$941  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$942  = \$645 ;
+    \$942  = \$651 [31:0];
     if (rst) begin
-      \$942  = 1'h0;
+      \$942  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$943  = \$648 [15:0];
+    \$943  = \$652 [31:0];
     if (rst) begin
-      \$943  = 16'h0000;
+      \$943  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$944  = \$651 [15:0];
+    \$944  = \$656 [31:0];
     if (rst) begin
-      \$944  = 16'h0000;
+      \$944  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$945  = \$652 [15:0];
-    if (rst) begin
-      \$945  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$946  = c_lb;
-    if (rst) begin
-      \$946  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$947  = \$653 [15:0];
-    if (rst) begin
-      \$947  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$948  = \$654 [15:0];
-    if (rst) begin
-      \$948  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$949  = \$655 ;
-    if (rst) begin
-      \$949  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$950  = \$660 [31:0];
-    if (rst) begin
-      \$950  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$951  = \$661 [31:0];
-    if (rst) begin
-      \$951  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$952  = \$665 [31:0];
-    if (rst) begin
-      \$952  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$953  = 1'h0;
+    \$945  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -31658,39 +31615,183 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h3:
           /* empty */;
       3'h4:
-          \$953  = \$770 ;
+          \$945  = \$770 ;
     endcase
     if (rst) begin
-      \$953  = 1'h0;
+      \$945  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$954  = ext_req_valid;
+    \$946  = ext_req_valid;
     if (in_decode) begin
-      \$954  = 1'h0;
+      \$946  = 1'h0;
     end
-    if (streaming) begin
+    if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
         if (\$774 ) begin
-          \$954  = valid;
+          \$946  = valid;
         end
       end else if (is_store) begin
         if (\$778 ) begin
-          \$954  = \$782 ;
+          \$946  = \$782 ;
         end
       end
     end
     if (rst) begin
-      \$954  = 1'h0;
+      \$946  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$955  = cycles;
+    \$947  = cycles;
     if (busy) begin
-      \$955  = \$666 [47:0];
+      \$947  = \$657 [47:0];
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$947  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$947  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$948  = op_cycles__0;
+    if (busy) begin
+      if (\$658 ) begin
+        \$948  = \$659 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$948  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$948  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$949  = op_cycles__1;
+    if (busy) begin
+      if (\$660 ) begin
+        \$949  = \$661 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$949  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$949  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$950  = op_cycles__2;
+    if (busy) begin
+      if (\$662 ) begin
+        \$950  = \$663 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$950  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$950  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$951  = op_cycles__3;
+    if (busy) begin
+      if (\$664 ) begin
+        \$951  = \$665 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$951  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$951  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$952  = op_cycles__4;
+    if (busy) begin
+      if (\$666 ) begin
+        \$952  = \$667 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$952  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$952  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$953  = op_cycles__5;
+    if (busy) begin
+      if (\$668 ) begin
+        \$953  = \$669 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$953  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$953  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$954  = op_cycles__6;
+    if (busy) begin
+      if (\$670 ) begin
+        \$954  = \$671 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$954  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$954  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$955  = op_cycles__7;
+    if (busy) begin
+      if (\$672 ) begin
+        \$955  = \$673 [47:0];
+      end
     end
     casez (seq_state)
       3'h0:
@@ -31704,10 +31805,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$956  = op_cycles__0;
+    \$956  = op_cycles__8;
     if (busy) begin
-      if (\$667 ) begin
-        \$956  = \$668 [47:0];
+      if (\$674 ) begin
+        \$956  = \$675 [47:0];
       end
     end
     casez (seq_state)
@@ -31722,10 +31823,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$957  = op_cycles__1;
+    \$957  = op_cycles__9;
     if (busy) begin
-      if (\$669 ) begin
-        \$957  = \$670 [47:0];
+      if (\$676 ) begin
+        \$957  = \$677 [47:0];
       end
     end
     casez (seq_state)
@@ -31740,10 +31841,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$958  = op_cycles__2;
+    \$958  = op_cycles__10;
     if (busy) begin
-      if (\$671 ) begin
-        \$958  = \$672 [47:0];
+      if (\$678 ) begin
+        \$958  = \$679 [47:0];
       end
     end
     casez (seq_state)
@@ -31758,10 +31859,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$959  = op_cycles__3;
+    \$959  = op_cycles__11;
     if (busy) begin
-      if (\$673 ) begin
-        \$959  = \$674 [47:0];
+      if (\$680 ) begin
+        \$959  = \$681 [47:0];
       end
     end
     casez (seq_state)
@@ -31776,10 +31877,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$960  = op_cycles__4;
+    \$960  = op_cycles__12;
     if (busy) begin
-      if (\$675 ) begin
-        \$960  = \$676 [47:0];
+      if (\$682 ) begin
+        \$960  = \$683 [47:0];
       end
     end
     casez (seq_state)
@@ -31794,10 +31895,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$961  = op_cycles__5;
+    \$961  = op_cycles__13;
     if (busy) begin
-      if (\$677 ) begin
-        \$961  = \$678 [47:0];
+      if (\$684 ) begin
+        \$961  = \$685 [47:0];
       end
     end
     casez (seq_state)
@@ -31812,10 +31913,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$962  = op_cycles__6;
+    \$962  = op_cycles__14;
     if (busy) begin
-      if (\$679 ) begin
-        \$962  = \$680 [47:0];
+      if (\$686 ) begin
+        \$962  = \$687 [47:0];
       end
     end
     casez (seq_state)
@@ -31830,10 +31931,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$963  = op_cycles__7;
+    \$963  = op_cycles__15;
     if (busy) begin
-      if (\$681 ) begin
-        \$963  = \$682 [47:0];
+      if (\$688 ) begin
+        \$963  = \$689 [47:0];
       end
     end
     casez (seq_state)
@@ -31848,168 +31949,237 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$964  = op_cycles__8;
-    if (busy) begin
-      if (\$683 ) begin
-        \$964  = \$684 [47:0];
-      end
-    end
+    \$964  = pc;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$964  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$964  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$965  = op_cycles__9;
-    if (busy) begin
-      if (\$685 ) begin
-        \$965  = \$686 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$965  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$965  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$966  = op_cycles__10;
-    if (busy) begin
-      if (\$687 ) begin
-        \$966  = \$688 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$966  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$966  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$967  = op_cycles__11;
-    if (busy) begin
-      if (\$689 ) begin
-        \$967  = \$690 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$967  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$967  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$968  = op_cycles__12;
-    if (busy) begin
-      if (\$691 ) begin
-        \$968  = \$692 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$968  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$968  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$969  = op_cycles__13;
-    if (busy) begin
-      if (\$693 ) begin
-        \$969  = \$694 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$969  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$969  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$970  = op_cycles__14;
-    if (busy) begin
-      if (\$695 ) begin
-        \$970  = \$696 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$970  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$970  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$971  = op_cycles__15;
-    if (busy) begin
-      if (\$697 ) begin
-        \$971  = \$698 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$971  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$971  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$972  = pc;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$972  = prog;
+            \$964  = prog;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$704 ) begin
-          end else if (\$706 ) begin
-            \$972  = \$signal$424 ;
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+            \$964  = \$signal$426 ;
           end
       3'h3:
           /* empty */;
       3'h4:
           if (\$746 ) begin
-            \$972  = \$747 [31:0];
+            \$964  = \$747 [31:0];
+          end
+    endcase
+    if (rst) begin
+      \$964  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$965  = busy;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$965  = 1'h1;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+          end else if (is_end) begin
+            \$965  = 1'h0;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$772 ) begin
+            \$965  = 1'h0;
+          end
+    endcase
+    if (rst) begin
+      \$965  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$966  = done;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$966  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+          end else if (is_end) begin
+            \$966  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$772 ) begin
+            \$966  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$966  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$967  = error;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$967  = 4'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$967  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$967  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+          end else if (is_end) begin
+          end else if (\$708 ) begin
+            \$967  = 4'h2;
+          end else if (\$712 ) begin
+            \$967  = 4'h1;
+          end else if (\$713 ) begin
+          end else if (\$716 ) begin
+          end else if (unit_known) begin
+          end else begin
+            \$967  = 4'h1;
+          end
+          if (start) begin
+            \$967  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$727 ) begin
+            if (beat__payload[512]) begin
+              \$967  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$967  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$967  = 4'h3;
+          end
+          if (\$771 ) begin
+            \$967  = fault;
+          end
+          if (start) begin
+            \$967  = 4'h6;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$967  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$968  = fetch_sent;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$968  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (\$693 ) begin
+            \$968  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$968  = 1'h0;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$968  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$969  = \$signal$426 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$969  = prog;
+          end
+    endcase
+    if (rst) begin
+      \$969  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$970  = \$signal$427 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$970  = image_stride;
+          end
+    endcase
+    if (rst) begin
+      \$970  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$971  = images_left;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$971  = \$691 ;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+            \$971  = \$718 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$971  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$972  = offset;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$972  = 32'd0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+            \$972  = \$719 [31:0];
           end
     endcase
     if (rst) begin
@@ -32018,57 +32188,179 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$973  = busy;
+    \$973  = seq_state;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$973  = 1'h1;
+            \$973  = 3'h1;
           end
       3'h1:
-          /* empty */;
-      3'h2:
-          if (\$704 ) begin
-          end else if (\$706 ) begin
-          end else if (is_end) begin
-            \$973  = 1'h0;
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$973  = 3'h5;
+            end else begin
+              \$973  = 3'h2;
+            end
           end
+          if (start) begin
+            \$973  = 3'h5;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+            \$973  = 3'h1;
+          end else if (is_end) begin
+            \$973  = 3'h0;
+          end else if (\$708 ) begin
+            \$973  = 3'h5;
+          end else if (\$712 ) begin
+            \$973  = 3'h5;
+          end else if (\$713 ) begin
+            \$973  = 3'h3;
+          end else if (\$716 ) begin
+            \$973  = 3'h4;
+          end else if (unit_known) begin
+            \$973  = 3'h3;
+          end else begin
+            \$973  = 3'h5;
+          end
+          if (start) begin
+            \$973  = 3'h5;
+          end
+        end
       3'h3:
-          /* empty */;
+        begin
+          if (\$727 ) begin
+            if (beat__payload[512]) begin
+              \$973  = 3'h5;
+            end else if (\$729 ) begin
+              \$973  = 3'h4;
+            end
+          end
+          if (\$734 ) begin
+            \$973  = 3'h4;
+          end
+          if (start) begin
+            \$973  = 3'h5;
+          end
+        end
       3'h4:
-          /* empty */;
+        begin
+          if (\$746 ) begin
+            \$973  = 3'h1;
+          end
+          if (addr_fault) begin
+            \$973  = 3'h5;
+          end
+          if (\$771 ) begin
+            \$973  = 3'h5;
+          end
+          if (start) begin
+            \$973  = 3'h5;
+          end
+        end
       3'h5:
           if (\$772 ) begin
-            \$973  = 1'h0;
+            \$973  = 3'h0;
           end
+      default:
+          \$973  = 3'h0;
     endcase
     if (rst) begin
-      \$973  = 1'h0;
+      \$973  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$974  = done;
+    \$974  = in_stream;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
             \$974  = 1'h0;
           end
       3'h1:
-          /* empty */;
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$974  = 1'h0;
+            end else begin
+              \$974  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
       3'h2:
-          if (\$704 ) begin
-          end else if (\$706 ) begin
+        begin
+          (* full_case = 32'd1 *)
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+            \$974  = 1'h0;
           end else if (is_end) begin
+            \$974  = 1'h0;
+          end else if (\$708 ) begin
+            \$974  = 1'h0;
+          end else if (\$712 ) begin
+            \$974  = 1'h0;
+          end else if (\$713 ) begin
+            \$974  = 1'h0;
+          end else if (\$716 ) begin
+            \$974  = 1'h1;
+          end else if (unit_known) begin
+            \$974  = 1'h0;
+          end else begin
+            \$974  = 1'h0;
+          end
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$727 ) begin
+            if (beat__payload[512]) begin
+              \$974  = 1'h0;
+            end else if (\$729 ) begin
+              \$974  = 1'h1;
+            end
+          end
+          if (\$734 ) begin
             \$974  = 1'h1;
           end
-      3'h3:
-          /* empty */;
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
       3'h4:
-          /* empty */;
+        begin
+          if (\$746 ) begin
+            \$974  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$974  = 1'h0;
+          end
+          if (\$771 ) begin
+            \$974  = 1'h0;
+          end
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
       3'h5:
           if (\$772 ) begin
-            \$974  = 1'h1;
+            \$974  = 1'h0;
           end
+      default:
+          \$974  = 1'h0;
     endcase
     if (rst) begin
       \$974  = 1'h0;
@@ -32076,74 +32368,98 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$975  = error;
+    \$975  = in_decode;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$975  = 4'h0;
+            \$975  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
+            (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$975  = 4'h4;
+              \$975  = 1'h0;
+            end else begin
+              \$975  = 1'h1;
             end
           end
           if (start) begin
-            \$975  = 4'h6;
+            \$975  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$704 ) begin
-          end else if (\$706 ) begin
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+            \$975  = 1'h0;
           end else if (is_end) begin
-          end else if (\$717 ) begin
-            \$975  = 4'h2;
-          end else if (\$721 ) begin
-            \$975  = 4'h1;
-          end else if (\$722 ) begin
-          end else if (\$725 ) begin
+            \$975  = 1'h0;
+          end else if (\$708 ) begin
+            \$975  = 1'h0;
+          end else if (\$712 ) begin
+            \$975  = 1'h0;
+          end else if (\$713 ) begin
+            \$975  = 1'h0;
+          end else if (\$716 ) begin
+            \$975  = 1'h0;
           end else if (unit_known) begin
+            \$975  = 1'h0;
           end else begin
-            \$975  = 4'h1;
+            \$975  = 1'h0;
           end
           if (start) begin
-            \$975  = 4'h6;
+            \$975  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$733 ) begin
+          if (\$727 ) begin
             if (beat__payload[512]) begin
-              \$975  = 4'h4;
+              \$975  = 1'h0;
+            end else if (\$729 ) begin
+              \$975  = 1'h0;
             end
           end
+          if (\$734 ) begin
+            \$975  = 1'h0;
+          end
           if (start) begin
-            \$975  = 4'h6;
+            \$975  = 1'h0;
           end
         end
       3'h4:
         begin
+          if (\$746 ) begin
+            \$975  = 1'h0;
+          end
           if (addr_fault) begin
-            \$975  = 4'h3;
+            \$975  = 1'h0;
           end
           if (\$771 ) begin
-            \$975  = fault;
+            \$975  = 1'h0;
           end
           if (start) begin
-            \$975  = 4'h6;
+            \$975  = 1'h0;
           end
         end
+      3'h5:
+          if (\$772 ) begin
+            \$975  = 1'h0;
+          end
+      default:
+          \$975  = 1'h0;
     endcase
     if (rst) begin
-      \$975  = 4'h0;
+      \$975  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$976  = fetch_sent;
+    \$976  = in_op;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
@@ -32151,13 +32467,80 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
       3'h1:
         begin
-          if (\$702 ) begin
-            \$976  = 1'h1;
-          end
           if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$976  = 1'h0;
+            end else begin
+              \$976  = 1'h0;
+            end
+          end
+          if (start) begin
             \$976  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+            \$976  = 1'h0;
+          end else if (is_end) begin
+            \$976  = 1'h0;
+          end else if (\$708 ) begin
+            \$976  = 1'h0;
+          end else if (\$712 ) begin
+            \$976  = 1'h0;
+          end else if (\$713 ) begin
+            \$976  = 1'h1;
+          end else if (\$716 ) begin
+            \$976  = 1'h1;
+          end else if (unit_known) begin
+            \$976  = 1'h1;
+          end else begin
+            \$976  = 1'h0;
+          end
+          if (start) begin
+            \$976  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$727 ) begin
+            if (beat__payload[512]) begin
+              \$976  = 1'h0;
+            end else if (\$729 ) begin
+              \$976  = 1'h1;
+            end
+          end
+          if (\$734 ) begin
+            \$976  = 1'h1;
+          end
+          if (start) begin
+            \$976  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$746 ) begin
+            \$976  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$976  = 1'h0;
+          end
+          if (\$771 ) begin
+            \$976  = 1'h0;
+          end
+          if (start) begin
+            \$976  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$772 ) begin
+            \$976  = 1'h0;
+          end
+      default:
+          \$976  = 1'h0;
     endcase
     if (rst) begin
       \$976  = 1'h0;
@@ -32165,295 +32548,371 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$977  = \$signal$424 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$977  = prog;
-          end
-    endcase
-    if (rst) begin
-      \$977  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$978  = \$signal$425 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$978  = image_stride;
-          end
-    endcase
-    if (rst) begin
-      \$978  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$979  = images_left;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$979  = \$700 ;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$704 ) begin
-          end else if (\$706 ) begin
-            \$979  = \$727 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$979  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$980  = offset;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$980  = 32'd0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$704 ) begin
-          end else if (\$706 ) begin
-            \$980  = \$728 [31:0];
-          end
-    endcase
-    if (rst) begin
-      \$980  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$981  = seq_state;
+    \$977  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$981  = 3'h1;
+            \$977  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$981  = 3'h5;
+              \$977  = 1'h0;
             end else begin
-              \$981  = 3'h2;
+              \$977  = 1'h0;
             end
           end
           if (start) begin
-            \$981  = 3'h5;
+            \$977  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$704 ) begin
-          end else if (\$706 ) begin
-            \$981  = 3'h1;
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+            \$977  = 1'h0;
           end else if (is_end) begin
-            \$981  = 3'h0;
-          end else if (\$717 ) begin
-            \$981  = 3'h5;
-          end else if (\$721 ) begin
-            \$981  = 3'h5;
-          end else if (\$722 ) begin
-            \$981  = 3'h3;
-          end else if (\$725 ) begin
-            \$981  = 3'h4;
+            \$977  = 1'h0;
+          end else if (\$708 ) begin
+            \$977  = 1'h0;
+          end else if (\$712 ) begin
+            \$977  = 1'h0;
+          end else if (\$713 ) begin
+            \$977  = 1'h0;
+          end else if (\$716 ) begin
+            \$977  = is_gemm;
           end else if (unit_known) begin
-            \$981  = 3'h3;
+            \$977  = 1'h0;
           end else begin
-            \$981  = 3'h5;
+            \$977  = 1'h0;
           end
           if (start) begin
-            \$981  = 3'h5;
+            \$977  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$733 ) begin
+          if (\$727 ) begin
             if (beat__payload[512]) begin
-              \$981  = 3'h5;
-            end else if (\$735 ) begin
-              \$981  = 3'h4;
+              \$977  = 1'h0;
+            end else if (\$729 ) begin
+              \$977  = is_gemm;
             end
           end
-          if (\$737 ) begin
-            \$981  = 3'h4;
+          if (\$734 ) begin
+            \$977  = is_gemm;
           end
           if (start) begin
-            \$981  = 3'h5;
+            \$977  = 1'h0;
           end
         end
       3'h4:
         begin
           if (\$746 ) begin
-            \$981  = 3'h1;
+            \$977  = 1'h0;
           end
           if (addr_fault) begin
-            \$981  = 3'h5;
+            \$977  = 1'h0;
           end
           if (\$771 ) begin
-            \$981  = 3'h5;
+            \$977  = 1'h0;
           end
           if (start) begin
-            \$981  = 3'h5;
+            \$977  = 1'h0;
           end
         end
       3'h5:
           if (\$772 ) begin
-            \$981  = 3'h0;
+            \$977  = 1'h0;
           end
       default:
-          \$981  = 3'h0;
+          \$977  = 1'h0;
     endcase
     if (rst) begin
-      \$981  = 3'h0;
+      \$977  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$982  = ins;
+    \$978  = pack_active;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$978  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$978  = 1'h0;
+            end else begin
+              \$978  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$978  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$695 ) begin
+          end else if (\$697 ) begin
+            \$978  = 1'h0;
+          end else if (is_end) begin
+            \$978  = 1'h0;
+          end else if (\$708 ) begin
+            \$978  = 1'h0;
+          end else if (\$712 ) begin
+            \$978  = 1'h0;
+          end else if (\$713 ) begin
+            \$978  = 1'h0;
+          end else if (\$716 ) begin
+            \$978  = \$722 ;
+          end else if (unit_known) begin
+            \$978  = 1'h0;
+          end else begin
+            \$978  = 1'h0;
+          end
+          if (start) begin
+            \$978  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$727 ) begin
+            if (beat__payload[512]) begin
+              \$978  = 1'h0;
+            end else if (\$729 ) begin
+              \$978  = \$732 ;
+            end
+          end
+          if (\$734 ) begin
+            \$978  = \$737 ;
+          end
+          if (start) begin
+            \$978  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$746 ) begin
+            \$978  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$978  = 1'h0;
+          end
+          if (\$771 ) begin
+            \$978  = 1'h0;
+          end
+          if (start) begin
+            \$978  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$772 ) begin
+            \$978  = 1'h0;
+          end
+      default:
+          \$978  = 1'h0;
+    endcase
+    if (rst) begin
+      \$978  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$979  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$982  = beat__payload[511:0];
+            \$979  = beat__payload[511:0];
           end
     endcase
     if (rst) begin
-      \$982  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$979  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$983  = decode_wait;
+    \$980  = decode_wait;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$983  = 2'h3;
+            \$980  = 2'h3;
           end
       3'h2:
-          if (\$704 ) begin
-            \$983  = \$726 [1:0];
+          if (\$695 ) begin
+            \$980  = \$717 [1:0];
           end
     endcase
     if (rst) begin
-      \$983  = 2'h0;
+      \$980  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$984  = c_addr;
+    \$981  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$984  = dec_c_base;
+          \$981  = dec_c_base;
       3'h3:
-          if (\$730 ) begin
-            \$984  = \$732 [31:0];
+          if (\$724 ) begin
+            \$981  = \$726 [31:0];
           end
     endcase
     if (rst) begin
-      \$984  = 32'd0;
+      \$981  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$985  = c_step;
+    \$982  = c_step;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$985  = \$703 [7:0];
+          \$982  = \$694 [7:0];
     endcase
     if (rst) begin
-      \$985  = 8'h00;
+      \$982  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$986  = c_ask;
+    \$983  = c_ask;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$986  = { 4'h0, ins[509:498] };
+          \$983  = { 4'h0, ins[509:498] };
       3'h3:
-          if (\$730 ) begin
-            \$986  = \$731 [15:0];
+          if (\$724 ) begin
+            \$983  = \$725 [15:0];
           end
     endcase
+    if (rst) begin
+      \$983  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$984  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$984  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$727 ) begin
+            \$984  = \$728 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$984  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$985  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$774 ) begin
+          \$985  = \$776 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$778 ) begin
+          \$985  = \$784 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$985  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$986  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$778 ) begin
+          \$986  = r_data[15:0];
+        end
+      end
+    end
     if (rst) begin
       \$986  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$987  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$987  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$733 ) begin
-            \$987  = \$734 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$987  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$988  = ext_req_addr;
-    if (streaming) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$774 ) begin
-          \$988  = \$776 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$778 ) begin
-          \$988  = \$784 [31:0];
+    \$987  = pack_full;
+    if (pack_active) begin
+      if (\$785 ) begin
+        \$987  = 1'h0;
+      end
+      if (\$791 ) begin
+        if (\$793 ) begin
+          \$987  = 1'h1;
         end
       end
     end
+    if (unit_rst) begin
+      \$987  = 1'h0;
+    end
     if (rst) begin
-      \$988  = 32'd0;
+      \$987  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$989  = ext_req_data;
-    if (streaming) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$778 ) begin
-          \$989  = r_data[15:0];
-        end
+    \$988  = pack_a0;
+    if (pack_active) begin
+      if (\$791 ) begin
+        casez (pack_j)
+          3'h0:
+              \$988  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$988  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$989  = pack_a1;
+    if (pack_active) begin
+      if (\$791 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$989  = elem_data;
+        endcase
       end
     end
     if (rst) begin
@@ -32462,31 +32921,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$990  = pack_full;
-    if (\$788 ) begin
-      if (\$789 ) begin
-        \$990  = 1'h0;
+    \$990  = pack_a2;
+    if (pack_active) begin
+      if (\$791 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$990  = elem_data;
+        endcase
       end
-      if (\$795 ) begin
-        if (\$797 ) begin
-          \$990  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$990  = 1'h0;
     end
     if (rst) begin
-      \$990  = 1'h0;
+      \$990  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$991  = pack_a0;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    \$991  = pack_a3;
+    if (pack_active) begin
+      if (\$791 ) begin
         casez (pack_j)
           3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
               \$991  = elem_data;
         endcase
       end
@@ -32497,14 +32961,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$992  = pack_a1;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    \$992  = pack_b0;
+    if (pack_active) begin
+      if (\$791 ) begin
         casez (pack_j)
           3'h0:
-              /* empty */;
-          3'h1:
-              \$992  = elem_data;
+              \$992  = \r_data$311 [15:0];
         endcase
       end
     end
@@ -32514,16 +32976,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$993  = pack_a2;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    \$993  = pack_b1;
+    if (pack_active) begin
+      if (\$791 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              /* empty */;
-          3'h2:
-              \$993  = elem_data;
+              \$993  = \r_data$311 [15:0];
         endcase
       end
     end
@@ -32533,18 +32993,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$994  = pack_a3;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    \$994  = pack_b2;
+    if (pack_active) begin
+      if (\$791 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
               /* empty */;
           3'h2:
-              /* empty */;
-          3'h3:
-              \$994  = elem_data;
+              \$994  = \r_data$311 [15:0];
         endcase
       end
     end
@@ -32554,11 +33012,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$995  = pack_b0;
-    if (\$788 ) begin
-      if (\$795 ) begin
+    \$995  = pack_b3;
+    if (pack_active) begin
+      if (\$791 ) begin
         casez (pack_j)
           3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
               \$995  = \r_data$311 [15:0];
         endcase
       end
@@ -32569,111 +33033,119 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$996  = pack_b1;
-    if (\$788 ) begin
-      if (\$795 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$996  = \r_data$311 [15:0];
-        endcase
+    \$996  = pack_j;
+    if (pack_active) begin
+      if (\$791 ) begin
+        (* full_case = 32'd1 *)
+        if (\$793 ) begin
+          \$996  = 3'h0;
+        end else begin
+          \$996  = \$794 [2:0];
+        end
       end
     end
+    if (unit_rst) begin
+      \$996  = 3'h0;
+    end
     if (rst) begin
-      \$996  = 16'h0000;
+      \$996  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$997  = pack_b2;
-    if (\$788 ) begin
-      if (\$795 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$997  = \r_data$311 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$997  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$998  = pack_b3;
-    if (\$788 ) begin
-      if (\$795 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$998  = \r_data$311 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$998  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$999  = pack_j;
-    if (\$788 ) begin
+    \$997  = pack_jo;
+    if (pack_active) begin
       if (\$795 ) begin
         (* full_case = 32'd1 *)
         if (\$797 ) begin
-          \$999  = 3'h0;
+          \$997  = 3'h0;
         end else begin
-          \$999  = \$798 [2:0];
+          \$997  = \$798 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$999  = 3'h0;
+      \$997  = 3'h0;
     end
     if (rst) begin
-      \$999  = 3'h0;
+      \$997  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1000  = pack_jo;
-    if (\$788 ) begin
-      if (\$799 ) begin
-        (* full_case = 32'd1 *)
-        if (\$801 ) begin
-          \$1000  = 3'h0;
-        end else begin
-          \$1000  = \$802 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1000  = 3'h0;
-    end
-    if (rst) begin
-      \$1000  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1001  = tiles;
+    \$998  = tiles;
     if (in_decode) begin
-      \$1001  = dec_tiles;
+      \$998  = dec_tiles;
     end
-    if (\$809 ) begin
-      if (\$810 ) begin
-        if (\$824 ) begin
-          \$1001  = \$825 [31:0];
+    if (gemm_active) begin
+      if (\$805 ) begin
+        if (\$819 ) begin
+          \$998  = \$820 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$998  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$999  = nt;
+    if (in_decode) begin
+      \$999  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$805 ) begin
+        if (\$819 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$999  = 16'h0000;
+          end else begin
+            \$999  = \$826 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$999  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1000  = k;
+    if (in_decode) begin
+      \$1000  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$805 ) begin
+        if (\$807 ) begin
+        end else if (\$812 ) begin
+          \$1000  = \$813 [15:0];
+        end
+        if (\$819 ) begin
+          \$1000  = 16'h0000;
+        end
+      end
+    end
+    if (rst) begin
+      \$1000  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1001  = w_addr;
+    if (in_decode) begin
+      \$1001  = ins[465:434];
+    end
+    if (gemm_active) begin
+      if (\$805 ) begin
+        if (want_w) begin
+          \$1001  = \$816 [31:0];
+        end
+        if (\$819 ) begin
+          if (nt_hit) begin
+            \$1001  = ins[465:434];
+          end
         end
       end
     end
@@ -32683,104 +33155,87 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1002  = nt;
+    \$1002  = p_addr;
     if (in_decode) begin
-      \$1002  = 16'h0000;
+      \$1002  = ins[497:466];
     end
-    if (\$809 ) begin
-      if (\$810 ) begin
-        if (\$824 ) begin
+    if (gemm_active) begin
+      if (\$805 ) begin
+        if (\$819 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1002  = 16'h0000;
+            \$1002  = ins[497:466];
           end else begin
-            \$1002  = \$831 [15:0];
+            \$1002  = \$829 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1002  = 16'h0000;
+      \$1002  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1003  = k;
+    \$1003  = want_w;
     if (in_decode) begin
-      \$1003  = 16'h0000;
+      \$1003  = 1'h0;
     end
-    if (\$809 ) begin
-      if (\$810 ) begin
-        if (\$812 ) begin
-        end else if (\$817 ) begin
-          \$1003  = \$818 [15:0];
+    if (gemm_active) begin
+      if (\$805 ) begin
+        if (\$807 ) begin
+          \$1003  = 1'h1;
         end
-        if (\$824 ) begin
-          \$1003  = 16'h0000;
+        if (\$819 ) begin
+          \$1003  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$1003  = 16'h0000;
+      \$1003  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1004  = w_addr;
+    \$1004  = w_step;
     if (in_decode) begin
-      \$1004  = ins[465:434];
+      \$1004  = \$799 [7:0];
     end
-    if (\$809 ) begin
-      if (\$810 ) begin
-        if (want_w) begin
-          \$1004  = \$821 [31:0];
-        end
-        if (\$824 ) begin
-          if (nt_hit) begin
-            \$1004  = ins[465:434];
-          end
+    if (rst) begin
+      \$1004  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1005  = \$signal$245 ;
+    if (in_decode) begin
+      \$1005  = \$800 ;
+    end
+    if (gemm_active) begin
+      if (\$805 ) begin
+        if (\$819 ) begin
+          \$1005  = \$821 ;
         end
       end
     end
     if (rst) begin
-      \$1004  = 32'd0;
+      \$1005  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1005  = p_addr;
+    \$1006  = \$signal$439 ;
     if (in_decode) begin
-      \$1005  = ins[497:466];
+      \$1006  = \$802 ;
     end
-    if (\$809 ) begin
-      if (\$810 ) begin
-        if (\$824 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1005  = ins[497:466];
-          end else begin
-            \$1005  = \$834 [31:0];
-          end
+    if (gemm_active) begin
+      if (\$805 ) begin
+        if (\$807 ) begin
+        end else if (\$812 ) begin
+          \$1006  = \$815 ;
         end
-      end
-    end
-    if (rst) begin
-      \$1005  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1006  = want_w;
-    if (in_decode) begin
-      \$1006  = 1'h0;
-    end
-    if (\$809 ) begin
-      if (\$810 ) begin
-        if (\$812 ) begin
-          \$1006  = 1'h1;
-        end
-        if (\$824 ) begin
-          \$1006  = 1'h0;
+        if (\$819 ) begin
+          \$1006  = \$823 ;
         end
       end
     end
@@ -32790,46 +33245,50 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1007  = w_step;
+    \$1007  = nt_hit;
     if (in_decode) begin
-      \$1007  = \$803 [7:0];
+      \$1007  = \$804 ;
     end
-    if (rst) begin
-      \$1007  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1008  = \$signal$245 ;
-    if (in_decode) begin
-      \$1008  = \$804 ;
-    end
-    if (\$809 ) begin
-      if (\$810 ) begin
-        if (\$824 ) begin
-          \$1008  = \$826 ;
+    if (gemm_active) begin
+      if (\$805 ) begin
+        if (\$819 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1007  = \$825 ;
+          end else begin
+            \$1007  = \$828 ;
+          end
         end
       end
     end
     if (rst) begin
-      \$1008  = 1'h0;
+      \$1007  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1009  = \$signal$437 ;
+    \$1008  = rk;
     if (in_decode) begin
-      \$1009  = \$806 ;
+      \$1008  = 16'h0000;
     end
-    if (\$809 ) begin
-      if (\$810 ) begin
-        if (\$812 ) begin
-        end else if (\$817 ) begin
-          \$1009  = \$820 ;
-        end
-        if (\$824 ) begin
-          \$1009  = \$828 ;
-        end
+    if (gemm_active) begin
+      if (\$832 ) begin
+        \$1008  = \$835 [15:0];
+      end
+    end
+    if (rst) begin
+      \$1008  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1009  = rk_zero;
+    if (in_decode) begin
+      \$1009  = 1'h1;
+    end
+    if (gemm_active) begin
+      if (\$832 ) begin
+        \$1009  = \$836 ;
       end
     end
     if (rst) begin
@@ -32838,19 +33297,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1010  = nt_hit;
+    \$1010  = w_full;
     if (in_decode) begin
-      \$1010  = \$808 ;
+      \$1010  = 1'h0;
     end
-    if (\$809 ) begin
-      if (\$810 ) begin
-        if (\$824 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1010  = \$830 ;
-          end else begin
-            \$1010  = \$833 ;
-          end
+    if (gemm_active) begin
+      if (\$830 ) begin
+        \$1010  = 1'h0;
+      end
+      if (\$832 ) begin
+        if (\$839 ) begin
+          \$1010  = 1'h1;
         end
       end
     end
@@ -32860,75 +33317,112 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1011  = rk;
-    if (in_decode) begin
-      \$1011  = 16'h0000;
-    end
-    if (\$835 ) begin
-      if (\$838 ) begin
-        \$1011  = \$841 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1011  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1012  = rk_zero;
-    if (in_decode) begin
-      \$1012  = 1'h1;
-    end
-    if (\$835 ) begin
-      if (\$838 ) begin
-        \$1012  = \$842 ;
-      end
-    end
-    if (rst) begin
-      \$1012  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1013  = w_full;
-    if (in_decode) begin
-      \$1013  = 1'h0;
-    end
-    if (\$835 ) begin
-      if (\$836 ) begin
-        \$1013  = 1'h0;
-      end
-      if (\$838 ) begin
-        if (\$845 ) begin
-          \$1013  = 1'h1;
+    \$1011  = w_lane0;
+    if (gemm_active) begin
+      if (\$832 ) begin
+        if (\$839 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1011  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
+            5'h03:
+                \$1011  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
+            5'h04:
+                \$1011  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
+            5'h05:
+                \$1011  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
+            5'h06:
+                \$1011  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
+            5'h07:
+                \$1011  = { beat__payload[6], beat__payload[6:0] };
+            5'h08:
+                \$1011  = beat__payload[7:0];
+          endcase
         end
       end
     end
     if (rst) begin
-      \$1013  = 1'h0;
+      \$1011  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1014  = w_lane0;
-    if (\$835 ) begin
-      if (\$838 ) begin
-        if (\$845 ) begin
+    \$1012  = w_lane1;
+    if (gemm_active) begin
+      if (\$832 ) begin
+        if (\$839 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1014  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
+                \$1012  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
             5'h03:
-                \$1014  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
+                \$1012  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
             5'h04:
-                \$1014  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
+                \$1012  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
             5'h05:
-                \$1014  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
+                \$1012  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
             5'h06:
-                \$1014  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
+                \$1012  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
             5'h07:
-                \$1014  = { beat__payload[6], beat__payload[6:0] };
+                \$1012  = { beat__payload[13], beat__payload[13:7] };
             5'h08:
-                \$1014  = beat__payload[7:0];
+                \$1012  = beat__payload[15:8];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1012  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1013  = w_lane2;
+    if (gemm_active) begin
+      if (\$832 ) begin
+        if (\$839 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1013  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+            5'h03:
+                \$1013  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+            5'h04:
+                \$1013  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+            5'h05:
+                \$1013  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+            5'h06:
+                \$1013  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+            5'h07:
+                \$1013  = { beat__payload[20], beat__payload[20:14] };
+            5'h08:
+                \$1013  = beat__payload[23:16];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1013  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1014  = w_lane3;
+    if (gemm_active) begin
+      if (\$832 ) begin
+        if (\$839 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1014  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+            5'h03:
+                \$1014  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+            5'h04:
+                \$1014  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+            5'h05:
+                \$1014  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+            5'h06:
+                \$1014  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+            5'h07:
+                \$1014  = { beat__payload[27], beat__payload[27:21] };
+            5'h08:
+                \$1014  = beat__payload[31:24];
           endcase
         end
       end
@@ -32939,25 +33433,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1015  = w_lane1;
-    if (\$835 ) begin
-      if (\$838 ) begin
-        if (\$845 ) begin
+    \$1015  = w_lane4;
+    if (gemm_active) begin
+      if (\$832 ) begin
+        if (\$839 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1015  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
+                \$1015  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
             5'h03:
-                \$1015  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
+                \$1015  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
             5'h04:
-                \$1015  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
+                \$1015  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
             5'h05:
-                \$1015  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
+                \$1015  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
             5'h06:
-                \$1015  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
+                \$1015  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
             5'h07:
-                \$1015  = { beat__payload[13], beat__payload[13:7] };
+                \$1015  = { beat__payload[34], beat__payload[34:28] };
             5'h08:
-                \$1015  = beat__payload[15:8];
+                \$1015  = beat__payload[39:32];
           endcase
         end
       end
@@ -32968,25 +33462,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1016  = w_lane2;
-    if (\$835 ) begin
-      if (\$838 ) begin
-        if (\$845 ) begin
+    \$1016  = w_lane5;
+    if (gemm_active) begin
+      if (\$832 ) begin
+        if (\$839 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1016  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+                \$1016  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
             5'h03:
-                \$1016  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+                \$1016  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
             5'h04:
-                \$1016  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+                \$1016  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
             5'h05:
-                \$1016  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+                \$1016  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
             5'h06:
-                \$1016  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+                \$1016  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
             5'h07:
-                \$1016  = { beat__payload[20], beat__payload[20:14] };
+                \$1016  = { beat__payload[41], beat__payload[41:35] };
             5'h08:
-                \$1016  = beat__payload[23:16];
+                \$1016  = beat__payload[47:40];
           endcase
         end
       end
@@ -32997,25 +33491,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1017  = w_lane3;
-    if (\$835 ) begin
-      if (\$838 ) begin
-        if (\$845 ) begin
+    \$1017  = w_lane6;
+    if (gemm_active) begin
+      if (\$832 ) begin
+        if (\$839 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1017  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+                \$1017  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
             5'h03:
-                \$1017  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+                \$1017  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
             5'h04:
-                \$1017  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+                \$1017  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
             5'h05:
-                \$1017  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+                \$1017  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
             5'h06:
-                \$1017  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+                \$1017  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
             5'h07:
-                \$1017  = { beat__payload[27], beat__payload[27:21] };
+                \$1017  = { beat__payload[48], beat__payload[48:42] };
             5'h08:
-                \$1017  = beat__payload[31:24];
+                \$1017  = beat__payload[55:48];
           endcase
         end
       end
@@ -33026,25 +33520,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1018  = w_lane4;
-    if (\$835 ) begin
-      if (\$838 ) begin
-        if (\$845 ) begin
+    \$1018  = w_lane7;
+    if (gemm_active) begin
+      if (\$832 ) begin
+        if (\$839 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1018  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+                \$1018  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
             5'h03:
-                \$1018  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+                \$1018  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
             5'h04:
-                \$1018  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+                \$1018  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
             5'h05:
-                \$1018  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+                \$1018  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
             5'h06:
-                \$1018  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+                \$1018  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
             5'h07:
-                \$1018  = { beat__payload[34], beat__payload[34:28] };
+                \$1018  = { beat__payload[55], beat__payload[55:49] };
             5'h08:
-                \$1018  = beat__payload[39:32];
+                \$1018  = beat__payload[63:56];
           endcase
         end
       end
@@ -33055,172 +33549,144 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1019  = w_lane5;
-    if (\$835 ) begin
-      if (\$838 ) begin
-        if (\$845 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1019  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
-            5'h03:
-                \$1019  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
-            5'h04:
-                \$1019  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
-            5'h05:
-                \$1019  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
-            5'h06:
-                \$1019  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
-            5'h07:
-                \$1019  = { beat__payload[41], beat__payload[41:35] };
-            5'h08:
-                \$1019  = beat__payload[47:40];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1019  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1020  = w_lane6;
-    if (\$835 ) begin
-      if (\$838 ) begin
-        if (\$845 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1020  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
-            5'h03:
-                \$1020  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
-            5'h04:
-                \$1020  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
-            5'h05:
-                \$1020  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
-            5'h06:
-                \$1020  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
-            5'h07:
-                \$1020  = { beat__payload[48], beat__payload[48:42] };
-            5'h08:
-                \$1020  = beat__payload[55:48];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1020  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1021  = w_lane7;
-    if (\$835 ) begin
-      if (\$838 ) begin
-        if (\$845 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1021  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
-            5'h03:
-                \$1021  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
-            5'h04:
-                \$1021  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
-            5'h05:
-                \$1021  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
-            5'h06:
-                \$1021  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
-            5'h07:
-                \$1021  = { beat__payload[55], beat__payload[55:49] };
-            5'h08:
-                \$1021  = beat__payload[63:56];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1021  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1022  = a_filled0;
+    \$1019  = a_filled0;
     if (in_decode) begin
-      \$1022  = 1'h0;
+      \$1019  = 1'h0;
     end
-    if (\$846 ) begin
-      if (\$849 ) begin
-        if (\$850 ) begin
-          if (\$852 ) begin
+    if (gemm_active) begin
+      if (\$842 ) begin
+        if (\$843 ) begin
+          if (\$845 ) begin
             casez (\$signal$258 )
               1'h0:
-                  \$1022  = 1'h1;
+                  \$1019  = 1'h1;
             endcase
           end
         end
       end
-      if (\$869 ) begin
-        if (\$871 ) begin
-          if (\$872 ) begin
+      if (\$862 ) begin
+        if (\$864 ) begin
+          if (\$865 ) begin
             casez (\$signal$288 )
               1'h0:
-                  \$1022  = 1'h0;
+                  \$1019  = 1'h0;
             endcase
           end
         end
       end
     end
     if (rst) begin
-      \$1022  = 1'h0;
+      \$1019  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1023  = a_filled1;
+    \$1020  = a_filled1;
     if (in_decode) begin
-      \$1023  = 1'h0;
+      \$1020  = 1'h0;
     end
-    if (\$846 ) begin
-      if (\$849 ) begin
-        if (\$850 ) begin
-          if (\$852 ) begin
+    if (gemm_active) begin
+      if (\$842 ) begin
+        if (\$843 ) begin
+          if (\$845 ) begin
             (* full_case = 32'd1 *)
             casez (\$signal$258 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1023  = 1'h1;
+                  \$1020  = 1'h1;
             endcase
           end
         end
       end
-      if (\$869 ) begin
-        if (\$871 ) begin
-          if (\$872 ) begin
+      if (\$862 ) begin
+        if (\$864 ) begin
+          if (\$865 ) begin
             (* full_case = 32'd1 *)
             casez (\$signal$288 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1023  = 1'h0;
+                  \$1020  = 1'h0;
             endcase
           end
         end
       end
     end
     if (rst) begin
-      \$1023  = 1'h0;
+      \$1020  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1024  = \$signal$258 ;
+    \$1021  = \$signal$258 ;
+    if (in_decode) begin
+      \$1021  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$842 ) begin
+        if (\$843 ) begin
+          if (\$845 ) begin
+            \$1021  = \$846 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1021  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1022  = \$signal$265 ;
+    if (in_decode) begin
+      \$1022  = 4'h0;
+    end
+    if (gemm_active) begin
+      if (\$842 ) begin
+        (* full_case = 32'd1 *)
+        if (\$843 ) begin
+          \$1022  = 4'h0;
+        end else begin
+          \$1022  = \$847 [3:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1022  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1023  = lk;
+    if (in_decode) begin
+      \$1023  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$842 ) begin
+        if (\$843 ) begin
+          \$1023  = \$844 [15:0];
+          if (\$845 ) begin
+            \$1023  = 16'h0000;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1023  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1024  = \$signal$288 ;
     if (in_decode) begin
       \$1024  = 1'h0;
     end
-    if (\$846 ) begin
-      if (\$849 ) begin
-        if (\$850 ) begin
-          if (\$852 ) begin
-            \$1024  = \$853 ;
+    if (gemm_active) begin
+      if (\$862 ) begin
+        if (\$864 ) begin
+          if (\$865 ) begin
+            \$1024  = \$866 ;
           end
         end
       end
@@ -33231,325 +33697,333 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1025  = \$signal$265 ;
+    \$1025  = \$signal$289 ;
     if (in_decode) begin
-      \$1025  = 4'h0;
+      \$1025  = 16'h0000;
     end
-    if (\$846 ) begin
-      if (\$849 ) begin
+    if (gemm_active) begin
+      if (\$862 ) begin
         (* full_case = 32'd1 *)
-        if (\$850 ) begin
-          \$1025  = 4'h0;
+        if (\$864 ) begin
+          \$1025  = 16'h0000;
         end else begin
-          \$1025  = \$854 [3:0];
+          \$1025  = \$869 [15:0];
         end
       end
     end
     if (rst) begin
-      \$1025  = 4'h0;
+      \$1025  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1026  = lk;
+    \$1026  = fnt;
     if (in_decode) begin
       \$1026  = 16'h0000;
     end
-    if (\$846 ) begin
-      if (\$849 ) begin
-        if (\$850 ) begin
-          \$1026  = \$851 [15:0];
-          if (\$852 ) begin
-            \$1026  = 16'h0000;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1026  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1027  = \$signal$288 ;
-    if (in_decode) begin
-      \$1027  = 1'h0;
-    end
-    if (\$846 ) begin
-      if (\$869 ) begin
-        if (\$871 ) begin
-          if (\$872 ) begin
-            \$1027  = \$873 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1027  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1028  = \$signal$289 ;
-    if (in_decode) begin
-      \$1028  = 16'h0000;
-    end
-    if (\$846 ) begin
-      if (\$869 ) begin
-        (* full_case = 32'd1 *)
-        if (\$871 ) begin
-          \$1028  = 16'h0000;
-        end else begin
-          \$1028  = \$876 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1028  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1029  = fnt;
-    if (in_decode) begin
-      \$1029  = 16'h0000;
-    end
-    if (\$846 ) begin
-      if (\$869 ) begin
-        if (\$871 ) begin
+    if (gemm_active) begin
+      if (\$862 ) begin
+        if (\$864 ) begin
           (* full_case = 32'd1 *)
-          if (\$872 ) begin
-            \$1029  = 16'h0000;
+          if (\$865 ) begin
+            \$1026  = 16'h0000;
           end else begin
-            \$1029  = \$875 [15:0];
+            \$1026  = \$868 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1029  = 16'h0000;
+      \$1026  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1030  = feed_blocks;
+    \$1027  = feed_blocks;
     if (in_decode) begin
-      \$1030  = dec_blocks;
+      \$1027  = dec_blocks;
     end
-    if (\$846 ) begin
-      if (\$869 ) begin
-        if (\$871 ) begin
-          if (\$872 ) begin
-            \$1030  = \$874 [31:0];
+    if (gemm_active) begin
+      if (\$862 ) begin
+        if (\$864 ) begin
+          if (\$865 ) begin
+            \$1027  = \$867 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1030  = 32'd0;
+      \$1027  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1031  = \$signal$294 ;
+    \$1028  = \$signal$294 ;
     if (in_decode) begin
-      \$1031  = 1'h0;
+      \$1028  = 1'h0;
     end
-    if (\$846 ) begin
-      if (\$855 ) begin
-        \$1031  = 1'h0;
+    if (gemm_active) begin
+      if (\$848 ) begin
+        \$1028  = 1'h0;
       end
-      if (\$869 ) begin
-        \$1031  = 1'h1;
+      if (\$862 ) begin
+        \$1028  = 1'h1;
       end
     end
     if (rst) begin
-      \$1031  = 1'h0;
+      \$1028  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1032  = a_last;
-    if (\$846 ) begin
-      if (\$869 ) begin
-        \$1032  = \$870 ;
+    \$1029  = a_last;
+    if (gemm_active) begin
+      if (\$862 ) begin
+        \$1029  = \$863 ;
       end
     end
     if (rst) begin
-      \$1032  = 1'h0;
+      \$1029  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1033  = w_load_lane;
-    if (\$846 ) begin
-      if (\$881 ) begin
+    \$1030  = w_load_lane;
+    if (gemm_active) begin
+      if (\$874 ) begin
         (* full_case = 32'd1 *)
-        if (\$882 ) begin
-          \$1033  = 4'h0;
+        if (\$875 ) begin
+          \$1030  = 4'h0;
         end else begin
-          \$1033  = \$889 [3:0];
+          \$1030  = \$882 [3:0];
         end
       end
       if (in_decode) begin
-        \$1033  = 4'h0;
+        \$1030  = 4'h0;
       end
     end
     if (rst) begin
-      \$1033  = 4'h0;
+      \$1030  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1034  = w_load_k;
-    if (\$846 ) begin
-      if (\$881 ) begin
-        if (\$882 ) begin
-          \$1034  = \$883 [15:0];
-          if (\$885 ) begin
-            \$1034  = 16'h0000;
+    \$1031  = w_load_k;
+    if (gemm_active) begin
+      if (\$874 ) begin
+        if (\$875 ) begin
+          \$1031  = \$876 [15:0];
+          if (\$878 ) begin
+            \$1031  = 16'h0000;
           end
         end
       end
       if (in_decode) begin
-        \$1034  = 16'h0000;
+        \$1031  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1034  = 16'h0000;
+      \$1031  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1035  = w_load_addr;
-    if (\$846 ) begin
-      if (\$881 ) begin
-        if (\$882 ) begin
-          \$1035  = \$884 [9:0];
-          if (\$885 ) begin
-            if (\$887 ) begin
-              \$1035  = 10'h000;
+    \$1032  = w_load_addr;
+    if (gemm_active) begin
+      if (\$874 ) begin
+        if (\$875 ) begin
+          \$1032  = \$877 [9:0];
+          if (\$878 ) begin
+            if (\$880 ) begin
+              \$1032  = 10'h000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1035  = 10'h000;
+        \$1032  = 10'h000;
       end
     end
     if (rst) begin
-      \$1035  = 10'h000;
+      \$1032  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1036  = w_load_nt;
-    if (\$846 ) begin
-      if (\$881 ) begin
-        if (\$882 ) begin
-          if (\$885 ) begin
-            \$1036  = \$886 [15:0];
-            if (\$887 ) begin
-              \$1036  = 16'h0000;
+    \$1033  = w_load_nt;
+    if (gemm_active) begin
+      if (\$874 ) begin
+        if (\$875 ) begin
+          if (\$878 ) begin
+            \$1033  = \$879 [15:0];
+            if (\$880 ) begin
+              \$1033  = 16'h0000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1036  = 16'h0000;
+        \$1033  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1036  = 16'h0000;
+      \$1033  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1037  = w_filled0;
-    if (\$846 ) begin
-      if (\$881 ) begin
-        if (\$882 ) begin
-          if (\$885 ) begin
-            if (\$887 ) begin
+    \$1034  = w_filled0;
+    if (gemm_active) begin
+      if (\$874 ) begin
+        if (\$875 ) begin
+          if (\$878 ) begin
+            if (\$880 ) begin
               casez (w_load_half)
                 1'h0:
-                    \$1037  = 1'h1;
+                    \$1034  = 1'h1;
               endcase
             end
           end
         end
       end
-      if (\$905 ) begin
-        if (\$906 ) begin
-          if (\$907 ) begin
-            if (\$908 ) begin
+      if (\$898 ) begin
+        if (\$899 ) begin
+          if (\$900 ) begin
+            if (\$901 ) begin
               casez (w_feed_half)
                 1'h0:
-                    \$1037  = 1'h0;
+                    \$1034  = 1'h0;
               endcase
             end
           end
         end
       end
       if (in_decode) begin
-        \$1037  = 1'h0;
+        \$1034  = 1'h0;
       end
     end
     if (rst) begin
-      \$1037  = 1'h0;
+      \$1034  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1038  = w_filled1;
-    if (\$846 ) begin
-      if (\$881 ) begin
-        if (\$882 ) begin
-          if (\$885 ) begin
-            if (\$887 ) begin
+    \$1035  = w_filled1;
+    if (gemm_active) begin
+      if (\$874 ) begin
+        if (\$875 ) begin
+          if (\$878 ) begin
+            if (\$880 ) begin
               (* full_case = 32'd1 *)
               casez (w_load_half)
                 1'h0:
                     /* empty */;
                 1'h1:
-                    \$1038  = 1'h1;
+                    \$1035  = 1'h1;
               endcase
             end
           end
         end
       end
-      if (\$905 ) begin
-        if (\$906 ) begin
-          if (\$907 ) begin
-            if (\$908 ) begin
+      if (\$898 ) begin
+        if (\$899 ) begin
+          if (\$900 ) begin
+            if (\$901 ) begin
               (* full_case = 32'd1 *)
               casez (w_feed_half)
                 1'h0:
                     /* empty */;
                 1'h1:
-                    \$1038  = 1'h0;
+                    \$1035  = 1'h0;
               endcase
             end
           end
         end
       end
       if (in_decode) begin
-        \$1038  = 1'h0;
+        \$1035  = 1'h0;
       end
     end
     if (rst) begin
-      \$1038  = 1'h0;
+      \$1035  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1039  = w_load_half;
-    if (\$846 ) begin
-      if (\$881 ) begin
-        if (\$882 ) begin
-          if (\$885 ) begin
-            if (\$887 ) begin
-              \$1039  = \$888 ;
+    \$1036  = w_load_half;
+    if (gemm_active) begin
+      if (\$874 ) begin
+        if (\$875 ) begin
+          if (\$878 ) begin
+            if (\$880 ) begin
+              \$1036  = \$881 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1036  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1036  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1037  = feed_ntk;
+    if (gemm_active) begin
+      if (\$898 ) begin
+        if (\$899 ) begin
+          (* full_case = 32'd1 *)
+          if (\$900 ) begin
+            \$1037  = 32'd0;
+          end else begin
+            \$1037  = \$904 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1037  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1037  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1038  = feed_mt;
+    if (gemm_active) begin
+      if (\$898 ) begin
+        if (\$899 ) begin
+          if (\$900 ) begin
+            (* full_case = 32'd1 *)
+            if (\$901 ) begin
+              \$1038  = 16'h0000;
+            end else begin
+              \$1038  = \$903 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1038  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1038  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1039  = w_feed_half;
+    if (gemm_active) begin
+      if (\$898 ) begin
+        if (\$899 ) begin
+          if (\$900 ) begin
+            if (\$901 ) begin
+              \$1039  = \$902 ;
             end
           end
         end
@@ -33564,84 +34038,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1040  = feed_ntk;
-    if (\$846 ) begin
-      if (\$905 ) begin
-        if (\$906 ) begin
-          (* full_case = 32'd1 *)
-          if (\$907 ) begin
-            \$1040  = 32'd0;
-          end else begin
-            \$1040  = \$911 [31:0];
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1040  = 32'd0;
-      end
-    end
-    if (rst) begin
-      \$1040  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1041  = feed_mt;
-    if (\$846 ) begin
-      if (\$905 ) begin
-        if (\$906 ) begin
-          if (\$907 ) begin
-            (* full_case = 32'd1 *)
-            if (\$908 ) begin
-              \$1041  = 16'h0000;
-            end else begin
-              \$1041  = \$910 [15:0];
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1041  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1041  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1042  = w_feed_half;
-    if (\$846 ) begin
-      if (\$905 ) begin
-        if (\$906 ) begin
-          if (\$907 ) begin
-            if (\$908 ) begin
-              \$1042  = \$909 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1042  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1042  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1043  = post_col;
+    \$1040  = post_col;
     if (in_decode) begin
-      \$1043  = 3'h0;
+      \$1040  = 3'h0;
     end
-    if (\$914 ) begin
+    if (\$906 ) begin
       if (elem_take) begin
-        \$1043  = \$917 [2:0];
+        \$1040  = \$909 [2:0];
       end
     end
     if (rst) begin
-      \$1043  = 3'h0;
+      \$1040  = 3'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -33748,46 +34155,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \c__payload.f  = c__payload;
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
-  assign \c__payload$171.m  = \c__payload$171 [15:0];
-  assign \c__payload$171.b  = \c__payload$171 [58:16];
-  assign \c__payload$171.e  = \c__payload$171 [64:59];
-  assign \c__payload$171.last  = \c__payload$171 [65];
-  assign \c__payload$174.m_a  = \c__payload$174 [15:0];
-  assign \c__payload$174.e_a  = \c__payload$174 [21:16];
-  assign \c__payload$174.m_b  = \c__payload$174 [37:22];
-  assign \c__payload$174.e_b  = \c__payload$174 [43:38];
-  assign \c__payload$177.qb  = \c__payload$177 [9:0];
-  assign \c__payload$177.qc  = \c__payload$177 [24:10];
-  assign \c__payload$177.sh  = \c__payload$177 [30:25];
-  assign \c__payload$177.m  = \c__payload$177 [46:31];
-  assign \c__payload$177.e  = \c__payload$177 [52:47];
-  assign \req__payload$190.addr  = \req__payload$190 [31:0];
-  assign \req__payload$190.data  = \req__payload$190 [95:32];
-  assign \req__payload$190.lb  = \req__payload$190 [98:96];
+  assign \c__payload$169.m  = \c__payload$169 [15:0];
+  assign \c__payload$169.b  = \c__payload$169 [58:16];
+  assign \c__payload$169.e  = \c__payload$169 [64:59];
+  assign \c__payload$169.last  = \c__payload$169 [65];
+  assign \c__payload$172.m_a  = \c__payload$172 [15:0];
+  assign \c__payload$172.e_a  = \c__payload$172 [21:16];
+  assign \c__payload$172.m_b  = \c__payload$172 [37:22];
+  assign \c__payload$172.e_b  = \c__payload$172 [43:38];
+  assign \c__payload$175.qb  = \c__payload$175 [9:0];
+  assign \c__payload$175.qc  = \c__payload$175 [24:10];
+  assign \c__payload$175.sh  = \c__payload$175 [30:25];
+  assign \c__payload$175.m  = \c__payload$175 [46:31];
+  assign \c__payload$175.e  = \c__payload$175 [52:47];
+  assign \req__payload$188.addr  = \req__payload$188 [31:0];
+  assign \req__payload$188.data  = \req__payload$188 [95:32];
+  assign \req__payload$188.lb  = \req__payload$188 [98:96];
   assign \i__payload.data  = i__payload[15:0];
   assign \i__payload.last  = i__payload[16];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \o__payload$218[0]  = \o__payload$218 [15:0];
-  assign \o__payload$218[1]  = \o__payload$218 [31:16];
-  assign \o__payload$218[2]  = \o__payload$218 [47:32];
-  assign \o__payload$218[3]  = \o__payload$218 [63:48];
+  assign \o__payload$217[0]  = \o__payload$217 [15:0];
+  assign \o__payload$217[1]  = \o__payload$217 [31:16];
+  assign \o__payload$217[2]  = \o__payload$217 [47:32];
+  assign \o__payload$217[3]  = \o__payload$217 [63:48];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$231[0]  = \b__payload$231 [15:0];
-  assign \b__payload$231[1]  = \b__payload$231 [31:16];
-  assign \b__payload$231[2]  = \b__payload$231 [47:32];
-  assign \b__payload$231[3]  = \b__payload$231 [63:48];
-  assign \o__payload$238[0]  = \o__payload$238 [7:0];
-  assign \o__payload$238[1]  = \o__payload$238 [15:8];
-  assign \o__payload$238[2]  = \o__payload$238 [23:16];
-  assign \o__payload$238[3]  = \o__payload$238 [31:24];
-  assign \i__payload$241[0]  = \i__payload$241 [7:0];
-  assign \i__payload$241[1]  = \i__payload$241 [15:8];
-  assign \i__payload$241[2]  = \i__payload$241 [23:16];
-  assign \i__payload$241[3]  = \i__payload$241 [31:24];
+  assign \b__payload$230[0]  = \b__payload$230 [15:0];
+  assign \b__payload$230[1]  = \b__payload$230 [31:16];
+  assign \b__payload$230[2]  = \b__payload$230 [47:32];
+  assign \b__payload$230[3]  = \b__payload$230 [63:48];
+  assign \o__payload$237[0]  = \o__payload$237 [7:0];
+  assign \o__payload$237[1]  = \o__payload$237 [15:8];
+  assign \o__payload$237[2]  = \o__payload$237 [23:16];
+  assign \o__payload$237[3]  = \o__payload$237 [31:24];
+  assign \i__payload$240[0]  = \i__payload$240 [7:0];
+  assign \i__payload$240[1]  = \i__payload$240 [15:8];
+  assign \i__payload$240[2]  = \i__payload$240 [23:16];
+  assign \i__payload$240[3]  = \i__payload$240 [31:24];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -33864,6 +34271,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign { \$91 [3], \$91 [1:0] } = 3'h0;
   assign \$91 [2] = ins[10];
   assign \$92  = ins[10];
+  assign \$132 [3:1] = 3'h0;
+  assign \$132 [0] = ins[8];
+  assign \$133  = ins[8];
+  assign \$135 [3:1] = 3'h0;
+  assign \$135 [0] = ins[8];
+  assign \$136  = ins[8];
   assign \$138 [3:1] = 3'h0;
   assign \$138 [0] = ins[8];
   assign \$139  = ins[8];
@@ -33879,20 +34292,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$150 [3:1] = 3'h0;
   assign \$150 [0] = ins[8];
   assign \$151  = ins[8];
-  assign \$153 [3:1] = 3'h0;
-  assign \$153 [0] = ins[8];
-  assign \$154  = ins[8];
-  assign \$156 [3:1] = 3'h0;
-  assign \$156 [0] = ins[8];
-  assign \$157  = ins[8];
-  assign \$648  = { \$647 [17], \$647 [17], \$647 [17], \$647 [17:3] };
-  assign \$651  = { \$650 [17], \$650 [17], \$650 [17], \$650 [17:3] };
-  assign \$656  = { 1'h0, dec_nt, 6'h00 };
-  assign \$658 [5:0] = 6'h00;
-  assign \$658 [31:6] = { 8'h00, \$657 [23:6] };
-  assign \$662 [2:0] = 3'h0;
-  assign \$662 [3] = ins[11];
-  assign \$663  = ins[11];
+  assign \$639  = { \$638 [17], \$638 [17], \$638 [17], \$638 [17:3] };
+  assign \$642  = { \$641 [17], \$641 [17], \$641 [17], \$641 [17:3] };
+  assign \$647  = { 1'h0, dec_nt, 6'h00 };
+  assign \$649 [5:0] = 6'h00;
+  assign \$649 [31:6] = { 8'h00, \$648 [23:6] };
+  assign \$653 [2:0] = 3'h0;
+  assign \$653 [3] = ins[11];
+  assign \$654  = ins[11];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -38442,10 +38849,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$16681$0 (l0s_s2_o),
-    .\port$16773$0 (l1s_s2_o),
-    .\port$16865$0 (l2s_s2_o),
-    .\port$16957$0 (l3s_s2_o),
+    .\port$16699$0 (l0s_s2_o),
+    .\port$16791$0 (l1s_s2_o),
+    .\port$16883$0 (l2s_s2_o),
+    .\port$16975$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -39690,7 +40097,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16681$0 , \port$16773$0 , \port$16865$0 , \port$16957$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16699$0 , \port$16791$0 , \port$16883$0 , \port$16975$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$185  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -39733,14 +40140,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16681
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$16681$0 ;
-  wire [15:0] \port$16681$0 ;
-  input [15:0] \port$16773$0 ;
-  wire [15:0] \port$16773$0 ;
-  input [15:0] \port$16865$0 ;
-  wire [15:0] \port$16865$0 ;
-  input [15:0] \port$16957$0 ;
-  wire [15:0] \port$16957$0 ;
+  input [15:0] \port$16699$0 ;
+  wire [15:0] \port$16699$0 ;
+  input [15:0] \port$16791$0 ;
+  wire [15:0] \port$16791$0 ;
+  input [15:0] \port$16883$0 ;
+  wire [15:0] \port$16883$0 ;
+  input [15:0] \port$16975$0 ;
+  wire [15:0] \port$16975$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -39783,7 +40190,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16681
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16957$0 , \port$16865$0 , \port$16773$0 , \port$16681$0  };
+      storage[w_port__addr] <= { \port$16975$0 , \port$16883$0 , \port$16791$0 , \port$16699$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -39895,8 +40302,8 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16681
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16957$0 , \port$16865$0 , \port$16773$0 , \port$16681$0  };
-  assign w_data = { \port$16957$0 , \port$16865$0 , \port$16773$0 , \port$16681$0  };
+  assign w_port__data = { \port$16975$0 , \port$16883$0 , \port$16791$0 , \port$16699$0  };
+  assign w_data = { \port$16975$0 , \port$16883$0 , \port$16791$0 , \port$16699$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -46983,10 +47390,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$17190$0 (l0_s27_o),
-    .\port$17376$0 (l1_s27_o),
-    .\port$17562$0 (l2_s27_o),
-    .\port$17748$0 (l3_s27_o),
+    .\port$17208$0 (l0_s27_o),
+    .\port$17394$0 (l1_s27_o),
+    .\port$17580$0 (l2_s27_o),
+    .\port$17766$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -49041,7 +49448,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17190$0 , \port$17376$0 , \port$17562$0 , \port$17748$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17208$0 , \port$17394$0 , \port$17580$0 , \port$17766$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$187  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -49084,14 +49491,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$17190$0 ;
-  wire [7:0] \port$17190$0 ;
-  input [7:0] \port$17376$0 ;
-  wire [7:0] \port$17376$0 ;
-  input [7:0] \port$17562$0 ;
-  wire [7:0] \port$17562$0 ;
-  input [7:0] \port$17748$0 ;
-  wire [7:0] \port$17748$0 ;
+  input [7:0] \port$17208$0 ;
+  wire [7:0] \port$17208$0 ;
+  input [7:0] \port$17394$0 ;
+  wire [7:0] \port$17394$0 ;
+  input [7:0] \port$17580$0 ;
+  wire [7:0] \port$17580$0 ;
+  input [7:0] \port$17766$0 ;
+  wire [7:0] \port$17766$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -49150,7 +49557,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$17748$0 , \port$17562$0 , \port$17376$0 , \port$17190$0  };
+      storage[w_port__addr] <= { \port$17766$0 , \port$17580$0 , \port$17394$0 , \port$17208$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -49262,14 +49669,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$171
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$17748$0 , \port$17562$0 , \port$17376$0 , \port$17190$0  };
-  assign w_data = { \port$17748$0 , \port$17562$0 , \port$17376$0 , \port$17190$0  };
+  assign w_port__data = { \port$17766$0 , \port$17580$0 , \port$17394$0 , \port$17208$0  };
+  assign w_data = { \port$17766$0 , \port$17580$0 , \port$17394$0 , \port$17208$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gemm (rst, a__ready, p__ready, o__valid, o__payload, unit_rst, p__valid, a__valid, a__payload, w__valid, w__payload, o__ready, p__payload, clk);
+module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o__payload, unit_rst, p__valid, a__valid, a__payload, w__valid, w__payload, o__ready, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$188  = 0;
   wire \$1 ;
   wire [8:0] \$10 ;
@@ -79400,7 +79807,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, \port$1567$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13746$0 , level, clk);
+module \accelerator.core.q_src0 (rst, \port$1575$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13751$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -79425,10 +79832,10 @@ module \accelerator.core.q_src0 (rst, \port$1567$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13746$0 ;
-  wire [2:0] \port$13746$0 ;
-  input [15:0] \port$1567$0 ;
-  wire [15:0] \port$1567$0 ;
+  input [2:0] \port$13751$0 ;
+  wire [2:0] \port$13751$0 ;
+  input [15:0] \port$1575$0 ;
+  wire [15:0] \port$1575$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -79463,7 +79870,7 @@ module \accelerator.core.q_src0 (rst, \port$1567$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13746$0 , \port$1567$0  };
+      storage[w_port__addr] <= { \port$13751$0 , \port$1575$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -79534,14 +79941,14 @@ module \accelerator.core.q_src0 (rst, \port$1567$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13746$0 , \port$1567$0  };
-  assign w_data = { \port$13746$0 , \port$1567$0  };
+  assign w_port__data = { \port$13751$0 , \port$1575$0  };
+  assign w_data = { \port$13751$0 , \port$1575$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1568$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13750$0 , level, clk);
+module \accelerator.core.q_src1 (rst, \port$1576$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13755$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$195  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -79566,10 +79973,10 @@ module \accelerator.core.q_src1 (rst, \port$1568$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13750$0 ;
-  wire [2:0] \port$13750$0 ;
-  input [15:0] \port$1568$0 ;
-  wire [15:0] \port$1568$0 ;
+  input [2:0] \port$13755$0 ;
+  wire [2:0] \port$13755$0 ;
+  input [15:0] \port$1576$0 ;
+  wire [15:0] \port$1576$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -79604,7 +80011,7 @@ module \accelerator.core.q_src1 (rst, \port$1568$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13750$0 , \port$1568$0  };
+      storage[w_port__addr] <= { \port$13755$0 , \port$1576$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -79675,14 +80082,14 @@ module \accelerator.core.q_src1 (rst, \port$1568$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13750$0 , \port$1568$0  };
-  assign w_data = { \port$13750$0 , \port$1568$0  };
+  assign w_port__data = { \port$13755$0 , \port$1576$0  };
+  assign w_data = { \port$13755$0 , \port$1576$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar__ready, r__valid, r__payload, w_en, w_data, beat__ready, ar__payload, beat__payload, beat__valid, clk);
+module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, beat__valid, beat__payload, ar__ready, r__valid, r__payload, w_en, w_data, \r_en$25 , ar__payload, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$196  = 0;
   wire [31:0] \$1 ;
   wire [3:0] \$10 ;
@@ -79693,41 +80100,41 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
   wire \$15 ;
   wire \$16 ;
   wire \$17 ;
-  wire \$18 ;
+  wire [5:0] \$18 ;
   wire \$19 ;
   wire \$2 ;
-  wire [5:0] \$20 ;
-  wire \$21 ;
-  wire \$22 ;
+  wire \$20 ;
+  wire [5:0] \$21 ;
+  wire [63:0] \$22 ;
   wire \$23 ;
   wire \$24 ;
-  wire \$25 ;
+  wire [63:0] \$25 ;
   wire \$26 ;
-  wire [5:0] \$27 ;
+  wire [63:0] \$27 ;
   wire \$28 ;
-  wire \$29 ;
+  wire [63:0] \$29 ;
   wire [3:0] \$3 ;
-  wire [5:0] \$30 ;
+  wire \$30 ;
   wire [63:0] \$31 ;
   wire \$32 ;
-  wire \$33 ;
-  wire [63:0] \$34 ;
-  wire \$35 ;
-  wire [63:0] \$36 ;
-  wire \$37 ;
-  wire [63:0] \$38 ;
-  wire \$39 ;
+  wire [63:0] \$33 ;
+  wire \$34 ;
+  wire [63:0] \$35 ;
+  wire \$36 ;
+  wire [63:0] \$37 ;
+  wire \$38 ;
+  wire [63:0] \$39 ;
   wire [11:0] \$4 ;
-  wire [63:0] \$40 ;
+  wire [511:0] \$40 ;
   wire \$41 ;
-  wire [63:0] \$42 ;
+  wire \$42 ;
   wire \$43 ;
-  wire [63:0] \$44 ;
+  wire \$44 ;
   wire \$45 ;
-  wire [63:0] \$46 ;
-  wire \$47 ;
-  wire [63:0] \$48 ;
-  wire [511:0] \$49 ;
+  wire \$46 ;
+  wire [5:0] \$47 ;
+  wire \$48 ;
+  wire \$49 ;
   wire [11:0] \$5 ;
   wire \$50 ;
   wire \$51 ;
@@ -79737,25 +80144,20 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
   wire \$55 ;
   wire \$56 ;
   wire \$57 ;
-  wire \$58 ;
+  wire [5:0] \$58 ;
   wire \$59 ;
   wire [12:0] \$6 ;
-  wire [5:0] \$60 ;
-  wire \$61 ;
-  reg \$62 ;
-  reg [511:0] \$63 ;
-  reg \$64 ;
-  reg [4:0] \$65 ;
-  reg \$66 ;
+  reg [4:0] \$60 ;
+  reg \$61 ;
+  reg [63:0] \$62 ;
+  reg [63:0] \$63 ;
+  reg [63:0] \$64 ;
+  reg [63:0] \$65 ;
+  reg [63:0] \$66 ;
   reg [63:0] \$67 ;
   reg [63:0] \$68 ;
   reg [63:0] \$69 ;
   wire \$7 ;
-  reg [63:0] \$70 ;
-  reg [63:0] \$71 ;
-  reg [63:0] \$72 ;
-  reg [63:0] \$73 ;
-  reg [63:0] \$74 ;
   wire \$8 ;
   wire \$9 ;
   reg [63:0] acc0 = 64'h0000000000000000;
@@ -79774,24 +80176,24 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
   wire ar__ready;
   output ar__valid;
   wire ar__valid;
+  wire assembled;
+  wire [512:0] beat;
+  wire [511:0] \beat.data ;
+  wire \beat.err ;
   output [512:0] beat__payload;
   wire [512:0] beat__payload;
   wire [511:0] \beat__payload.data ;
   wire \beat__payload.err ;
-  input beat__ready;
   wire beat__ready;
   output beat__valid;
-  reg beat__valid = 1'h0;
+  wire beat__valid;
+  wire beat_room;
   input clk;
   wire clk;
   reg err = 1'h0;
   output idle;
   wire idle;
   reg [4:0] j = 5'h00;
-  reg [511:0] out_data = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
-  reg out_err = 1'h0;
-  (* init = 1'h0 *)
-  wire out_valid;
   input [64:0] r__payload;
   wire [64:0] r__payload;
   wire [63:0] \r__payload.data ;
@@ -79801,11 +80203,15 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
   input r__valid;
   wire r__valid;
   wire [34:0] r_data;
-  wire [7:0] \r_data$23 ;
+  wire [512:0] \r_data$24 ;
+  wire [7:0] \r_data$30 ;
   wire r_en;
-  reg \r_en$26 ;
+  input \r_en$25 ;
+  wire \r_en$25 ;
+  reg \r_en$32 ;
   wire r_rdy;
-  wire \r_rdy$21 ;
+  wire \r_rdy$22 ;
+  wire \r_rdy$28 ;
   wire [34:0] req__payload;
   wire [31:0] \req__payload.addr ;
   wire [2:0] \req__payload.lb ;
@@ -79817,77 +80223,68 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
   input [34:0] w_data;
   wire [34:0] w_data;
   wire [7:0] \w_data$14 ;
+  reg [512:0] \w_data$17 ;
   input w_en;
   wire w_en;
   wire \w_en$13 ;
+  reg \w_en$15 ;
   wire w_rdy;
+  wire \w_rdy$20 ;
   wire \w_rdy$8 ;
-  assign \$22  = ~ r_rdy;
-  assign \$23  = ~ \r_rdy$21 ;
-  assign \$24  = \$22  & \$23 ;
-  assign \$25  = ~ beat__valid;
-  assign idle = \$24  & \$25 ;
-  assign \$26  = r__valid & r__ready;
-  assign \$27  = \r_data$23 [7:3] - 1'h1;
-  assign \$28  = j == \$27 ;
-  assign \$29  = \r_data$23 [7:3] == 1'h1;
-  assign \$31  = r__payload[63:0] >> \$30 ;
-  assign \$32  = | j;
-  assign \$33  = ~ \$32 ;
-  assign \$34  = \$32  ? acc0 : r__payload[63:0];
-  assign \$35  = j == 1'h1;
-  assign \$36  = \$35  ? r__payload[63:0] : acc1;
-  assign \$37  = j == 2'h2;
-  assign \$38  = \$37  ? r__payload[63:0] : acc2;
-  assign \$39  = j == 2'h3;
-  assign \$40  = \$39  ? r__payload[63:0] : acc3;
-  assign \$41  = j == 3'h4;
-  assign \$42  = \$41  ? r__payload[63:0] : acc4;
-  assign \$43  = j == 3'h5;
-  assign \$44  = \$43  ? r__payload[63:0] : acc5;
-  assign \$45  = j == 3'h6;
-  assign \$46  = \$45  ? r__payload[63:0] : acc6;
-  assign \$47  = j == 3'h7;
-  assign \$48  = \$47  ? r__payload[63:0] : acc7;
-  assign \$49  = \$29  ? { 448'h0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000, \$31  } : { \$48 , \$46 , \$44 , \$42 , \$40 , \$38 , \$36 , \$34  };
-  assign \$50  = err | r__payload[64];
-  assign \$51  = | j;
-  assign \$52  = ~ \$51 ;
-  assign \$53  = j == 1'h1;
-  assign \$54  = j == 2'h2;
-  assign \$55  = j == 2'h3;
-  assign \$56  = j == 3'h4;
-  assign \$57  = j == 3'h5;
-  assign \$58  = j == 3'h6;
-  assign \$59  = j == 3'h7;
-  assign \$60  = j + 1'h1;
-  assign \$61  = err | r__payload[64];
+  assign \$27  = \$26  ? r__payload[63:0] : acc1;
+  assign \$28  = j == 2'h2;
+  assign \$29  = \$28  ? r__payload[63:0] : acc2;
+  assign \$30  = j == 2'h3;
+  assign \$31  = \$30  ? r__payload[63:0] : acc3;
+  assign \$32  = j == 3'h4;
+  assign \$33  = \$32  ? r__payload[63:0] : acc4;
+  assign \$34  = j == 3'h5;
+  assign \$35  = \$34  ? r__payload[63:0] : acc5;
+  assign \$36  = j == 3'h6;
+  assign \$37  = \$36  ? r__payload[63:0] : acc6;
+  assign \$38  = j == 3'h7;
+  assign \$39  = \$38  ? r__payload[63:0] : acc7;
+  assign \$40  = \$20  ? { 448'h0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000, \$22  } : { \$39 , \$37 , \$35 , \$33 , \$31 , \$29 , \$27 , \$25  };
+  assign \$41  = err | r__payload[64];
+  assign \$42  = ~ r_rdy;
+  assign \$43  = ~ \r_rdy$28 ;
+  assign \$44  = \$42  & \$43 ;
+  assign \$45  = ~ beat__valid;
+  assign idle = \$44  & \$45 ;
+  assign \$46  = r__valid & r__ready;
+  assign \$47  = \r_data$30 [7:3] - 1'h1;
+  assign \$48  = j == \$47 ;
+  assign \$49  = | j;
+  assign \$50  = ~ \$49 ;
+  assign \$51  = j == 1'h1;
+  assign \$52  = j == 2'h2;
+  assign \$53  = j == 2'h3;
+  assign \$54  = j == 3'h4;
+  assign \$55  = j == 3'h5;
+  assign \$56  = j == 3'h6;
+  assign \$57  = j == 3'h7;
+  assign \$58  = j + 1'h1;
+  assign \$59  = err | r__payload[64];
   always @(posedge clk)
-    beat__valid <= \$62 ;
+    j <= \$60 ;
   always @(posedge clk)
-    out_data <= \$63 ;
+    err <= \$61 ;
   always @(posedge clk)
-    out_err <= \$64 ;
+    acc0 <= \$62 ;
   always @(posedge clk)
-    j <= \$65 ;
+    acc1 <= \$63 ;
   always @(posedge clk)
-    err <= \$66 ;
+    acc2 <= \$64 ;
   always @(posedge clk)
-    acc0 <= \$67 ;
+    acc3 <= \$65 ;
   always @(posedge clk)
-    acc1 <= \$68 ;
+    acc4 <= \$66 ;
   always @(posedge clk)
-    acc2 <= \$69 ;
+    acc5 <= \$67 ;
   always @(posedge clk)
-    acc3 <= \$70 ;
+    acc6 <= \$68 ;
   always @(posedge clk)
-    acc4 <= \$71 ;
-  always @(posedge clk)
-    acc5 <= \$72 ;
-  always @(posedge clk)
-    acc6 <= \$73 ;
-  always @(posedge clk)
-    acc7 <= \$74 ;
+    acc7 <= \$69 ;
   assign ar__valid = r_rdy & \w_rdy$8 ;
   assign \$2  = r_data[34:32] > 2'h3;
   assign \$3  = r_data[34:32] - 2'h3;
@@ -79902,16 +80299,30 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
   assign \$10  = r_data[34:32] - 2'h3;
   assign \$11  = 1'h1 << \$10 [2:0];
   assign \$12  = \$9  ? \$11  : 12'h001;
-  assign \$13  = \r_data$23 [7:3] - 1'h1;
+  assign \$13  = \r_data$30 [7:3] - 1'h1;
   assign \$14  = j == \$13 ;
   assign \$15  = ~ \$14 ;
-  assign \$16  = ~ beat__valid;
-  assign \$17  = \$15  | \$16 ;
-  assign \$18  = \$17  | beat__ready;
-  assign r__ready = \r_rdy$21  & \$18 ;
-  assign \$19  = r__valid & r__ready;
-  assign \$20  = \r_data$23 [7:3] - 1'h1;
-  assign \$21  = j == \$20 ;
+  assign \$16  = \$15  | beat_room;
+  assign r__ready = \r_rdy$28  & \$16 ;
+  assign \$17  = r__valid & r__ready;
+  assign \$18  = \r_data$30 [7:3] - 1'h1;
+  assign \$19  = j == \$18 ;
+  assign \$20  = \r_data$30 [7:3] == 1'h1;
+  assign \$22  = r__payload[63:0] >> \$21 ;
+  assign \$23  = | j;
+  assign \$24  = ~ \$23 ;
+  assign \$25  = \$23  ? acc0 : r__payload[63:0];
+  assign \$26  = j == 1'h1;
+  \accelerator.core.reader.beat_slice  beat_slice (
+    .clk(clk),
+    .r_data(beat__payload),
+    .r_en(\r_en$25 ),
+    .r_rdy(beat__valid),
+    .rst(rst),
+    .w_en(\w_en$15 ),
+    .w_port__data(\w_data$17 ),
+    .w_rdy(beat_room)
+  );
   \accelerator.core.reader.req_slice  req_slice (
     .clk(clk),
     .r_data(r_data),
@@ -79924,101 +80335,161 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1373$0 (\$12 [4:0]),
-    .\port$1506$0 (r_data[2:0]),
-    .r_data(\r_data$23 ),
-    .r_en(\r_en$26 ),
-    .r_rdy(\r_rdy$21 ),
+    .\port$1357$0 (\$12 [4:0]),
+    .\port$1486$0 (r_data[2:0]),
+    .r_data(\r_data$30 ),
+    .r_en(\r_en$32 ),
+    .r_rdy(\r_rdy$28 ),
     .rst(rst),
     .w_en(\w_en$13 ),
     .w_rdy(\w_rdy$8 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \r_en$26  = 1'h0;
-    if (\$19 ) begin
-      if (\$21 ) begin
-        \r_en$26  = 1'h1;
+    \r_en$32  = 1'h0;
+    if (\$17 ) begin
+      if (\$19 ) begin
+        \r_en$32  = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$62  = beat__valid;
-    if (beat__ready) begin
-      \$62  = 1'h0;
-    end
-    if (\$26 ) begin
-      if (\$28 ) begin
-        \$62  = 1'h1;
+    \w_en$15  = 1'h0;
+    if (\$17 ) begin
+      if (\$19 ) begin
+        \w_en$15  = 1'h1;
       end
-    end
-    if (rst) begin
-      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$63  = out_data;
-    if (\$26 ) begin
-      if (\$28 ) begin
-        \$63  = \$49 ;
+    \w_data$17  = 513'h000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+    if (\$17 ) begin
+      if (\$19 ) begin
+        \w_data$17 [511:0] = \$40 ;
+        \w_data$17 [512] = \$41 ;
       end
-    end
-    if (rst) begin
-      \$63  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$64  = out_err;
-    if (\$26 ) begin
-      if (\$28 ) begin
-        \$64  = \$50 ;
-      end
-    end
-    if (rst) begin
-      \$64  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$65  = j;
-    if (\$26 ) begin
+    \$60  = j;
+    if (\$46 ) begin
       (* full_case = 32'd1 *)
-      if (\$28 ) begin
-        \$65  = 5'h00;
+      if (\$48 ) begin
+        \$60  = 5'h00;
       end else begin
-        \$65  = \$60 [4:0];
+        \$60  = \$58 [4:0];
       end
     end
     if (rst) begin
-      \$65  = 5'h00;
+      \$60  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$66  = err;
-    if (\$26 ) begin
+    \$61  = err;
+    if (\$46 ) begin
       (* full_case = 32'd1 *)
-      if (\$28 ) begin
-        \$66  = 1'h0;
+      if (\$48 ) begin
+        \$61  = 1'h0;
       end else begin
-        \$66  = \$61 ;
+        \$61  = \$59 ;
       end
     end
     if (rst) begin
-      \$66  = 1'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$67  = acc0;
-    if (\$26 ) begin
+    \$62  = acc0;
+    if (\$46 ) begin
       (* full_case = 32'd1 *)
-      if (\$28 ) begin
+      if (\$48 ) begin
+      end else begin
+        if (\$50 ) begin
+          \$62  = r__payload[63:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$62  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$63  = acc1;
+    if (\$46 ) begin
+      (* full_case = 32'd1 *)
+      if (\$48 ) begin
+      end else begin
+        if (\$51 ) begin
+          \$63  = r__payload[63:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$63  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$64  = acc2;
+    if (\$46 ) begin
+      (* full_case = 32'd1 *)
+      if (\$48 ) begin
       end else begin
         if (\$52 ) begin
+          \$64  = r__payload[63:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$64  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$65  = acc3;
+    if (\$46 ) begin
+      (* full_case = 32'd1 *)
+      if (\$48 ) begin
+      end else begin
+        if (\$53 ) begin
+          \$65  = r__payload[63:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$65  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$66  = acc4;
+    if (\$46 ) begin
+      (* full_case = 32'd1 *)
+      if (\$48 ) begin
+      end else begin
+        if (\$54 ) begin
+          \$66  = r__payload[63:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$66  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$67  = acc5;
+    if (\$46 ) begin
+      (* full_case = 32'd1 *)
+      if (\$48 ) begin
+      end else begin
+        if (\$55 ) begin
           \$67  = r__payload[63:0];
         end
       end
@@ -80029,12 +80500,12 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$68  = acc1;
-    if (\$26 ) begin
+    \$68  = acc6;
+    if (\$46 ) begin
       (* full_case = 32'd1 *)
-      if (\$28 ) begin
+      if (\$48 ) begin
       end else begin
-        if (\$53 ) begin
+        if (\$56 ) begin
           \$68  = r__payload[63:0];
         end
       end
@@ -80045,12 +80516,12 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$69  = acc2;
-    if (\$26 ) begin
+    \$69  = acc7;
+    if (\$46 ) begin
       (* full_case = 32'd1 *)
-      if (\$28 ) begin
+      if (\$48 ) begin
       end else begin
-        if (\$54 ) begin
+        if (\$57 ) begin
           \$69  = r__payload[63:0];
         end
       end
@@ -80059,110 +80530,159 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, ar_
       \$69  = 64'h0000000000000000;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$70  = acc3;
-    if (\$26 ) begin
-      (* full_case = 32'd1 *)
-      if (\$28 ) begin
-      end else begin
-        if (\$55 ) begin
-          \$70  = r__payload[63:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$70  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$71  = acc4;
-    if (\$26 ) begin
-      (* full_case = 32'd1 *)
-      if (\$28 ) begin
-      end else begin
-        if (\$56 ) begin
-          \$71  = r__payload[63:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$71  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$72  = acc5;
-    if (\$26 ) begin
-      (* full_case = 32'd1 *)
-      if (\$28 ) begin
-      end else begin
-        if (\$57 ) begin
-          \$72  = r__payload[63:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$72  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$73  = acc6;
-    if (\$26 ) begin
-      (* full_case = 32'd1 *)
-      if (\$28 ) begin
-      end else begin
-        if (\$58 ) begin
-          \$73  = r__payload[63:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$73  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \$74  = acc7;
-    if (\$26 ) begin
-      (* full_case = 32'd1 *)
-      if (\$28 ) begin
-      end else begin
-        if (\$59 ) begin
-          \$74  = r__payload[63:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$74  = 64'h0000000000000000;
-    end
-  end
   assign req__valid = w_en;
   assign req__payload = w_data;
   assign w_rdy = req__ready;
   assign \w_data$14  = { \$12 [4:0], r_data[2:0] };
-  assign out_valid = beat__valid;
+  assign assembled = \w_en$15 ;
+  assign beat = \w_data$17 ;
+  assign \w_rdy$20  = beat_room;
+  assign \r_rdy$22  = beat__valid;
+  assign \r_data$24  = beat__payload;
+  assign beat__ready = \r_en$25 ;
   assign \req__payload.addr  = w_data[31:0];
   assign \req__payload.lb  = w_data[34:32];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
+  assign \beat.data  = \w_data$17 [511:0];
+  assign \beat.err  = \w_data$17 [512];
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
   assign \r__payload.data  = r__payload[63:0];
   assign \r__payload.err  = r__payload[64];
-  assign beat__payload[512] = out_err;
-  assign beat__payload[511:0] = out_data;
   assign ar__payload[36:29] = \$6 [7:0];
   assign ar__payload[28:0] = \$1 [28:0];
   assign \$1  = { 3'h0, r_data[31:3] };
-  assign \$30  = { \r_data$23 [2:0], 3'h0 };
+  assign \$21  = { \r_data$30 [2:0], 3'h0 };
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.reader.beat_slice (rst, w_rdy, r_rdy, r_data, r_en, w_en, w_port__data, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$197  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  (* init = 1'h0 *)
+  wire produce;
+  output [512:0] r_data;
+  wire [512:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [512:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  wire [512:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  input [512:0] w_port__data;
+  wire [512:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [512:0] storage [1:0];
+  initial begin
+    storage[0] = 513'h000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+    storage[1] = 513'h000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= w_port__data;
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_data = w_port__data;
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$197  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$198  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -80244,7 +80764,7 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -80254,7 +80774,7 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -80264,7 +80784,7 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -80285,8 +80805,8 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1373$0 , w_rdy, r_rdy, r_data, \port$1506$0 , r_en, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$198  = 0;
+module \accelerator.core.reader.shapes (rst, w_en, \port$1357$0 , w_rdy, r_rdy, r_data, \port$1486$0 , r_en, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$199  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -80309,10 +80829,10 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1373$0 , w_rdy, r_rdy, 
   (* init = 4'h0 *)
   wire [3:0] consume;
   reg [4:0] level = 5'h00;
-  input [4:0] \port$1373$0 ;
-  wire [4:0] \port$1373$0 ;
-  input [2:0] \port$1506$0 ;
-  wire [2:0] \port$1506$0 ;
+  input [4:0] \port$1357$0 ;
+  wire [4:0] \port$1357$0 ;
+  input [2:0] \port$1486$0 ;
+  wire [2:0] \port$1486$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [7:0] r_data;
@@ -80358,7 +80878,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1373$0 , w_rdy, r_rdy, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1373$0 , \port$1506$0  };
+      storage[w_port__addr] <= { \port$1357$0 , \port$1486$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 5'h10;
@@ -80385,7 +80905,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1373$0 , w_rdy, r_rdy, 
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [3:0];
@@ -80395,7 +80915,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1373$0 , w_rdy, r_rdy, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [3:0];
@@ -80405,7 +80925,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1373$0 , w_rdy, r_rdy, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [4:0];
@@ -80420,15 +80940,15 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1373$0 , w_rdy, r_rdy, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1373$0 , \port$1506$0  };
-  assign w_data = { \port$1373$0 , \port$1506$0  };
+  assign w_port__data = { \port$1357$0 , \port$1486$0  };
+  assign w_data = { \port$1357$0 , \port$1486$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, unit_rst, i__valid, i__payload, o__ready, oq_data, oq_valid, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$199  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$200  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [5:0] \$100 ;
@@ -82479,7 +82999,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
   assign \$auto$rtlil.cc:2739:Not$48  = ~ { \$289 [32], \$289 [16] };
   assign \$auto$rtlil.cc:2739:Not$50  = ~ \$445 [23];
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$487  = \$1 ;
     if (unit_rst) begin
       \$487  = 1'h0;
@@ -82489,7 +83009,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$488  = \$4 ;
     if (unit_rst) begin
       \$488  = 1'h0;
@@ -82499,7 +83019,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$489  = \$6 ;
     if (unit_rst) begin
       \$489  = 1'h0;
@@ -82509,7 +83029,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$490  = f;
     if (\$8 ) begin
       \$490  = c__payload;
@@ -82522,7 +83042,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$491  = take;
     if (unit_rst) begin
       \$491  = 1'h0;
@@ -82532,21 +83052,21 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$492  = score_mem_wdata;
     if (take) begin
       \$492  = i__payload[15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$493  = in_last;
     if (take) begin
       \$493  = i__payload[16];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$494  = \$10 ;
     if (unit_rst) begin
       \$494  = 1'h0;
@@ -82556,7 +83076,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$495  = lw;
     if (unit_rst) begin
       \$495  = 1'h0;
@@ -82566,7 +83086,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$496  = sbank0_max;
     if (end_q) begin
       if (\$11 ) begin
@@ -82581,7 +83101,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$497  = sbank1_max;
     if (end_q) begin
       if (\$12 ) begin
@@ -82596,7 +83116,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$498  = run_max;
     if (score_mem_we) begin
       \$498  = \$17 ;
@@ -82609,7 +83129,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$499  = row_first;
     if (score_mem_we) begin
       \$499  = \$19 ;
@@ -82622,7 +83142,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$500  = lcnt;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -82640,7 +83160,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$501  = lcnt_top;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -82658,7 +83178,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$502  = lw;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -82673,7 +83193,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$503  = sbank0_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -82690,7 +83210,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$504  = sbank1_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -82707,7 +83227,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$505  = exp_pass;
     if (unit_rst) begin
       \$505  = 1'h0;
@@ -82717,7 +83237,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$506  = exp_v0;
     if (unit_rst) begin
       \$506  = 1'h0;
@@ -82727,7 +83247,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$507  = exp_v1;
     if (unit_rst) begin
       \$507  = 1'h0;
@@ -82737,7 +83257,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$508  = exp_v2;
     if (unit_rst) begin
       \$508  = 1'h0;
@@ -82747,7 +83267,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$509  = exp_v3;
     if (unit_rst) begin
       \$509  = 1'h0;
@@ -82757,7 +83277,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$510  = exp_v4;
     if (unit_rst) begin
       \$510  = 1'h0;
@@ -82767,7 +83287,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$511  = exp_v5;
     if (unit_rst) begin
       \$511  = 1'h0;
@@ -82777,7 +83297,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$512  = exp_v6;
     if (unit_rst) begin
       \$512  = 1'h0;
@@ -82787,7 +83307,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$513  = exp_v7;
     if (unit_rst) begin
       \$513  = 1'h0;
@@ -82797,7 +83317,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$514  = exp_v8;
     if (unit_rst) begin
       \$514  = 1'h0;
@@ -82807,7 +83327,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$515  = exp_v9;
     if (unit_rst) begin
       \$515  = 1'h0;
@@ -82817,7 +83337,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$516  = ridx;
     if (unit_rst) begin
       \$516  = 5'h00;
@@ -82827,7 +83347,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$517  = exp_ra0;
     if (unit_rst) begin
       \$517  = 5'h00;
@@ -82837,7 +83357,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$555  = total;
     if (exp_mem_we) begin
       \$555  = \$38 [19:0];
@@ -82853,7 +83373,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$556  = ridx;
     if (exp_idle) begin
       \$556  = 5'h00;
@@ -82869,7 +83389,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$557  = rlenm1;
     if (exp_idle) begin
       \$557  = \$39 ;
@@ -82882,7 +83402,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$558  = r_last;
     if (exp_idle) begin
       \$558  = \$42 ;
@@ -82898,7 +83418,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$559  = rlenm2;
     if (exp_idle) begin
       \$559  = \$44 ;
@@ -82911,7 +83431,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$560  = rmax;
     if (exp_idle) begin
       \$560  = \$45 ;
@@ -82924,7 +83444,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$561  = exp_idle;
     if (\$55 ) begin
       \$561  = 1'h0;
@@ -82940,7 +83460,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$562  = exp_pass;
     if (\$55 ) begin
       \$562  = 1'h1;
@@ -82956,7 +83476,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$563  = exp_drain;
     if (\$58 ) begin
       \$563  = 1'h1;
@@ -82972,7 +83492,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$564  = er;
     if (\$58 ) begin
       \$564  = \$59 ;
@@ -82985,7 +83505,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$565  = ew;
     if (\$64 ) begin
       \$565  = { ew[1:0], ew[2] };
@@ -82998,7 +83518,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$566  = d_busy;
     if (\$64 ) begin
       \$566  = 1'h1;
@@ -83014,7 +83534,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$567  = dbank;
     if (\$65 ) begin
       \$567  = ew;
@@ -83027,7 +83547,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$568  = dlenm1;
     if (\$65 ) begin
       \$568  = rlenm1;
@@ -83040,7 +83560,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$569  = den;
     if (\$65 ) begin
       \$569  = total;
@@ -83053,7 +83573,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$570  = 17'h00000;
@@ -83068,7 +83588,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$571  = 5'h00;
@@ -83083,7 +83603,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$572  = 1'h0;
@@ -83098,7 +83618,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$573  = 20'h07fff;
@@ -83113,7 +83633,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$574  = 17'h1ffff;
@@ -83128,7 +83648,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$575  = ebank0_recip;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -83143,7 +83663,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$576  = ebank0_lenm1;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -83158,7 +83678,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$577  = ebank1_recip;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -83173,7 +83693,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$578  = ebank1_lenm1;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -83188,7 +83708,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$579  = ebank2_recip;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -83203,7 +83723,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$580  = ebank2_lenm1;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -83218,7 +83738,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$581  = \$82 ;
     if (unit_rst) begin
       \$581  = 1'h0;
@@ -83228,7 +83748,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$582  = o_run;
     if (\$86 ) begin
       \$582  = 1'h1;
@@ -83246,7 +83766,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$583  = oidx;
     if (\$86 ) begin
       \$583  = 5'h00;
@@ -83266,7 +83786,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$584  = o_last;
     if (\$86 ) begin
       \$584  = \$90 ;
@@ -83286,7 +83806,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$585  = o_lenm2;
     if (\$86 ) begin
       \$585  = \$93 ;
@@ -83299,7 +83819,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$586  = o_recip;
     if (\$86 ) begin
       \$586  = \$95 ;
@@ -83312,7 +83832,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$587  = orb;
     if (\$96 ) begin
       if (o_last) begin
@@ -83327,7 +83847,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$588  = \$101 [4:0];
     if (unit_rst) begin
       \$588  = 5'h10;
@@ -83337,7 +83857,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$589  = \$103 [7:0];
     if (unit_rst) begin
       \$589  = 8'h00;
@@ -83347,7 +83867,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$590  = \$104 ;
     if (unit_rst) begin
       \$590  = 1'h0;
@@ -83357,7 +83877,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$591  = out_v0;
     if (unit_rst) begin
       \$591  = 1'h0;
@@ -83367,7 +83887,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$592  = out_v1;
     if (unit_rst) begin
       \$592  = 1'h0;
@@ -83377,7 +83897,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$593  = out_v2;
     if (unit_rst) begin
       \$593  = 1'h0;
@@ -83387,7 +83907,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$594  = out_v3;
     if (unit_rst) begin
       \$594  = 1'h0;
@@ -83397,7 +83917,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$595  = out_v4;
     if (unit_rst) begin
       \$595  = 1'h0;
@@ -83407,7 +83927,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$619  = out_v5;
     if (unit_rst) begin
       \$619  = 1'h0;
@@ -83417,7 +83937,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$620  = oq_wptr;
     if (out_v5) begin
       \$620  = \$108 [3:0];
@@ -83430,14 +83950,14 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$621  = oq_data;
     if (\$112 ) begin
       \$621  = \rp__data$206 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$622  = oq_valid;
     if (\$112 ) begin
       \$622  = 1'h1;
@@ -83452,7 +83972,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$623  = oq_rptr;
     if (\$112 ) begin
       \$623  = \$113 [3:0];
@@ -83465,7 +83985,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$624  = \$119 [4:0];
     if (unit_rst) begin
       \$624  = 5'h00;
@@ -83475,7 +83995,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$625  = \$131 ;
     if (unit_rst) begin
       \$625  = 1'h0;
@@ -83485,7 +84005,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$626  = sbank0_full;
     if (\$134 ) begin
       \$626  = 1'h0;
@@ -83501,7 +84021,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$627  = sbank1_full;
     if (\$141 ) begin
       \$627  = 1'h0;
@@ -83517,7 +84037,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$628  = ebank0_busy;
     if (\$146 ) begin
       \$628  = 1'h0;
@@ -83533,7 +84053,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$629  = ebank0_full;
     if (\$146 ) begin
       \$629  = 1'h0;
@@ -83549,7 +84069,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$630  = ebank1_busy;
     if (\$160 ) begin
       \$630  = 1'h0;
@@ -83565,7 +84085,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$631  = ebank1_full;
     if (\$160 ) begin
       \$631  = 1'h0;
@@ -83581,7 +84101,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$632  = ebank2_busy;
     if (\$174 ) begin
       \$632  = 1'h0;
@@ -83597,7 +84117,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     \$633  = ebank2_full;
     if (\$174 ) begin
       \$633  = 1'h0;
@@ -83613,7 +84133,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
     e_clear = 1'h0;
     if (\$361 ) begin
       if (o_last) begin
@@ -83905,7 +84425,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$200  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$201  = 0;
   wire [10:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -84009,7 +84529,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     .w_rdy(req__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$22  = pending;
     if (\$15 ) begin
       \$22  = \$19 [6:0];
@@ -84021,7 +84541,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$23  = err;
     if (clear) begin
       \$23  = 1'h0;
@@ -84054,7 +84574,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$201  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$202  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -84136,7 +84656,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -84146,7 +84666,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -84156,7 +84676,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -84178,7 +84698,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_data, \port$0$10 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$202  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$203  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -84263,7 +84783,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$203 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -84273,7 +84793,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$203 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -84283,7 +84803,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$203 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];

@@ -82,23 +82,19 @@ def accelerator_verilog(hw: HwConfig, accel: AccelConfig) -> str:
     committed ``rtl/accelerator.v`` when ``rtl/manifest.json`` says it was generated from
     these generator sources, this configuration and these buffers, and the file is unedited;
     otherwise elaborated here."""
-    from hwgen.accel.axi import Accelerator
-    from hwgen.generate import ACCEL_TOP, generator_hash
-    from hwgen.verilog import source_hash
+    from hwgen import generate
 
-    assert ACC_MODULE == ACCEL_TOP
-    try:
-        manifest = json.loads((RTL / "manifest.json").read_text())
-        acc = manifest["accelerator"]
-        committed = AccelConfig(**acc["accel_config"])
-        same = replace(committed, gelu_variants=committed.gelus(hw)) == replace(accel, gelu_variants=accel.gelus(hw))
-        if manifest["generator_sha256"] == generator_hash() and manifest["config"] == hw.as_dict() and same:
-            text = (RTL / acc["file"]).read_text()
-            if source_hash(text) == acc["verilog_sha256"]:
-                return text
-    except (OSError, ValueError, KeyError, TypeError, UserError):
-        pass
-    return emit_verilog(Accelerator(hw, accel), ACC_MODULE)
+    assert ACC_MODULE == generate.ACCEL_TOP
+    manifest = generate.verified_manifest(RTL)
+    if manifest is not None and manifest.get("config") == hw.as_dict():
+        try:
+            committed = AccelConfig(**manifest["accelerator"]["accel_config"])
+        except (KeyError, TypeError, UserError):
+            committed = None
+        if committed is not None and (replace(committed, gelu_variants=committed.gelus(hw))
+                                      == replace(accel, gelu_variants=accel.gelus(hw))):
+            return (RTL / manifest["accelerator"]["file"]).read_text()
+    return generate.elaborate_accelerator(hw, accel)["verilog"]
 
 
 @dataclass

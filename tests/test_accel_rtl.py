@@ -20,6 +20,7 @@ One Verilator build serves every test (cached under sim_build/ by its Verilog).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -218,14 +219,16 @@ def test_the_simulated_accelerator_is_the_committed_rtl(hw, monkeypatch, tmp_pat
     """Accelerator simulations of the default configuration run rtl/accelerator.v itself (the file
     of record, not a second elaboration); another configuration, or an edited file, is
     elaborated instead."""
-    monkeypatch.setattr(accel_run, "emit_verilog", lambda component, name: f"// elaborated {name}\n")
+    from hwgen import generate
+    monkeypatch.setattr(generate, "elaborate_accelerator",
+                        lambda hw, accel=None: {"verilog": "// elaborated accelerator\n"})
     committed = (REPO / "rtl" / "accelerator.v").read_text()
     assert accel_run.accelerator_verilog(hw, AccelConfig()) == committed
     assert accel_run.accelerator_verilog(hw, AccelConfig(gelu_variants=(hw.gelu_variant,))) == committed
     assert accel_run.accelerator_verilog(hw, AccelConfig(w_cache_elems=32)) == "// elaborated accelerator\n"
     edited = tmp_path / "rtl"
-    edited.mkdir()
-    (edited / "manifest.json").write_text((REPO / "rtl" / "manifest.json").read_text())
-    (edited / "accelerator.v").write_text(committed + "// an edit\n")
+    shutil.copytree(REPO / "rtl", edited)
     monkeypatch.setattr(accel_run, "RTL", edited)
+    assert accel_run.accelerator_verilog(hw, AccelConfig()) == committed      # the copy, unedited
+    (edited / "accelerator.v").write_text(committed + "// an edit\n")
     assert accel_run.accelerator_verilog(hw, AccelConfig()) == "// elaborated accelerator\n"

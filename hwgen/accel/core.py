@@ -271,8 +271,13 @@ class AccelCore(wiring.Component):
         fault = Signal(4)        # a fault seen this cycle (0: none)
         addr_fault = Signal()    # a buffer address outside the buffer in the previous cycle of STREAM
         m.d.sync += addr_fault.eq(0)         # (STREAM sets it below)
-        streaming = Signal()     # in STREAM: the data paths below run
-        in_decode = Signal()
+        # one-hot flags of the state, registers set with it (:func:`goto`): the wide data paths
+        # below are enabled by a flip-flop, not by a decode of ``seq_state``
+        streaming = Signal(name="in_stream")    # in STREAM: the data paths below run
+        gemm_active = Signal(name="gemm_active")   # in STREAM, a LINEAR or MATMUL
+        pack_active = Signal(name="pack_active")   # in STREAM, the GELU / add packer in use
+        in_decode = Signal(name="in_decode")
+        in_op = Signal(name="in_op")            # in CONST or STREAM: the op's cycles count
         # a LOAD's or STORE's external request, registered between its address generator and the
         # reader or writer (the address arithmetic ends here, not in the request slice)
         ext_req = SimpleNamespace(valid=Signal(name="ext_req_valid"), addr=Signal(EXT_BITS, name="ext_req_addr"),
@@ -281,7 +286,6 @@ class AccelCore(wiring.Component):
             m.d.sync += ext_req.valid.eq(0)
 
         count_zero = Cat(*[~ins[f"n{d}"].any() for d in range(LEVELS)]).any()
-        in_op = Signal()
         cycles = Signal(CYCLE_BITS)
         op_cycles = [Signal(CYCLE_BITS, name=f"op_cycles{k}") for k in range(16)]
         m.d.comb += self.cycles.eq(cycles)
@@ -293,12 +297,21 @@ class AccelCore(wiring.Component):
                 with m.If(in_op & op_onehot[k]):
                     m.d.sync += op_cycles[k].eq(op_cycles[k] + 1)
 
+        state = Signal(_State, name="seq_state")
+        uses_packer = is_op[Opcode.GELU] | is_op[Opcode.ADD] | post_gelu | post_add
+
+        def goto(to):
+            # (the op selects are stable from DECODE to the op's end: ``ins`` changes in FETCH)
+            m.d.sync += [state.eq(to), streaming.eq(to == _State.STREAM), in_decode.eq(to == _State.DECODE),
+                         in_op.eq(to in (_State.CONST, _State.STREAM)),
+                         gemm_active.eq(is_gemm if to == _State.STREAM else 0),
+                         pack_active.eq(uses_packer if to == _State.STREAM else 0)]
+
         def stop(code):
             m.d.sync += error.eq(code)
-            m.d.sync += state.eq(_State.STOP)
+            goto(_State.STOP)
 
         images_left = Signal(16)
-        state = Signal(_State, name="seq_state")
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 with m.If(self.start):
@@ -306,7 +319,7 @@ class AccelCore(wiring.Component):
                                  fetch_sent.eq(0), prog.eq(self.prog), stride.eq(self.image_stride),
                                  images_left.eq(Mux(self.images.any(), self.images, 1)), offset.eq(0)]
                     m.d.sync += [op_cycles[k].eq(0) for k in range(16)]
-                    m.d.sync += state.eq(_State.FETCH)
+                    goto(_State.FETCH)
 
             with m.Case(_State.FETCH):
                 m.d.comb += [reader.req.valid.eq(~fetch_sent), reader.req.payload.addr.eq(pc),
@@ -319,36 +332,35 @@ class AccelCore(wiring.Component):
                     with m.If(reader.beat.payload.err):
                         stop(Error.READ)
                     with m.Else():
-                        m.d.sync += state.eq(_State.DECODE)
+                        goto(_State.DECODE)
 
                 with m.If(self.start):      # a start while busy stops the run
                     stop(Error.BUSY)
 
             with m.Case(_State.DECODE):
-                m.d.comb += in_decode.eq(1)
                 m.d.sync += [c_addr.eq(dec.c_base), c_step.eq(Const(1, 8) << dec.c_lb), c_ask.eq(ins.cnt),
                              c_due.eq(ins.cnt)]
                 with m.If(decode_wait.any()):                         # the decode pipeline fills
                     m.d.sync += decode_wait.eq(decode_wait - 1)
                 with m.Elif(is_op[Opcode.END] & (images_left > 1)):     # the next image of the start
                     m.d.sync += [images_left.eq(images_left - 1), offset.eq(offset + stride), pc.eq(prog)]
-                    m.d.sync += state.eq(_State.FETCH)
+                    goto(_State.FETCH)
                 with m.Elif(is_op[Opcode.END]):
                     m.d.sync += [busy.eq(0), done.eq(1)]
-                    m.d.sync += state.eq(_State.IDLE)
+                    goto(_State.IDLE)
                 with m.Elif(count_zero):
                     stop(Error.COUNT)
                 with m.Elif(post_bad | ((post_gelu | post_add) & ~unit_known)):
                     stop(Error.OPCODE)
                 with m.Elif(post_gelu | post_add):
                     m.d.comb += load_gens.eq(1)
-                    m.d.sync += state.eq(_State.CONST)
+                    goto(_State.CONST)
                 with m.Elif(is_move | is_op[Opcode.LOAD] | is_op[Opcode.STORE] | is_gemm):
                     m.d.comb += load_gens.eq(1)
-                    m.d.sync += state.eq(_State.STREAM)
+                    goto(_State.STREAM)
                 with m.Elif(unit_known):
                     m.d.comb += load_gens.eq(1)
-                    m.d.sync += state.eq(_State.CONST)
+                    goto(_State.CONST)
                 with m.Else():
                     stop(Error.OPCODE)
 
@@ -356,7 +368,6 @@ class AccelCore(wiring.Component):
                     stop(Error.BUSY)
 
             with m.Case(_State.CONST):          # the op's constant beats into its unit's c stream
-                m.d.comb += in_op.eq(1)
                 m.d.comb += [reader.req.valid.eq(c_ask.any()), reader.req.payload.addr.eq(c_addr),
                              reader.req.payload.lb.eq(dec.c_lb)]
                 with m.If(c_ask.any() & reader.req.ready):
@@ -370,18 +381,17 @@ class AccelCore(wiring.Component):
                     with m.If(reader.beat.payload.err):
                         stop(Error.READ)
                     with m.Elif(c_due == 1):
-                        m.d.sync += state.eq(_State.STREAM)
+                        goto(_State.STREAM)
                 with m.If(~ins.cnt.any()):
-                    m.d.sync += state.eq(_State.STREAM)
+                    goto(_State.STREAM)
 
                 with m.If(self.start):      # a start while busy stops the run
                     stop(Error.BUSY)
 
             with m.Case(_State.STREAM):         # elements from src0 (src1, external memory) to dst
-                m.d.comb += [in_op.eq(1), streaming.eq(1)]
                 with m.If(~dst.valid & ~ext_req.valid & writer.idle & ~fault.any() & ~addr_fault):
                     m.d.sync += pc.eq(pc + INSTR_BYTES)
-                    m.d.sync += state.eq(_State.FETCH)
+                    goto(_State.FETCH)
                 # (a GEMM's padding rows and columns may read beyond a tensor: their results are
                 # dropped.)  The check is registered (the comparators were on a critical path): the
                 # fault stops the run one cycle after the address, before the op can end.
@@ -400,10 +410,10 @@ class AccelCore(wiring.Component):
                 m.d.comb += [reader.beat.ready.eq(1), unit_rst.eq(1)]
                 with m.If(reader.idle & writer.idle):
                     m.d.sync += [busy.eq(0), done.eq(1)]
-                    m.d.sync += state.eq(_State.IDLE)
+                    goto(_State.IDLE)
 
             with m.Default():               # (unreachable) back to idle
-                m.d.sync += state.eq(_State.IDLE)
+                goto(_State.IDLE)
 
         # --- the data paths of STREAM -------------------------------------------------------------
         # elements on their way into the GELU / add packer: from src0 (GELU, ADD) or from the
@@ -456,11 +466,11 @@ class AccelCore(wiring.Component):
             with m.Else():                           # GELU, ADD: src0's elements into the packer
                 m.d.comb += [run0.eq(1), elems.valid.eq(q0.r_rdy), elems.data.eq(s0_data),
                              elems.final.eq(s0_final), q0.r_en.eq(elems.take)]
-        with m.If(streaming & (is_op[Opcode.GELU] | is_op[Opcode.ADD] | post_gelu | post_add)):
+        with m.If(pack_active):
             self._lanes(m, add_sel, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst)
         with m.If(unit_rst):
             m.d.sync += [packer.full.eq(0), packer.j.eq(0), packer.jo.eq(0)]
-        self._gemm_feed(m, ins, is_op[Opcode.LINEAR], reader, gens, q0, q1, run0, run1, wr, streaming & is_gemm, in_decode, ab,
+        self._gemm_feed(m, ins, is_op[Opcode.LINEAR], reader, gens, q0, q1, run0, run1, wr, gemm_active, in_decode, ab,
                         post_gelu | post_add, elems, sink_valid, sink_data)
         with m.If(streaming & writer.err):
             m.d.comb += fault.eq(Error.WRITE)

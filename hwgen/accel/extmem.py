@@ -71,7 +71,8 @@ class ExtReader(wiring.Component):
         No request is waiting, no beat is in flight or waiting on ``beat``.
 
     A request passes a register slice before it is issued (one cycle more per round trip, no
-    combinational path from ``req`` to ``ar``).
+    combinational path from ``req`` to ``ar``), and a beat leaves from one (no path from
+    ``beat.ready`` to the beat's storage or to ``r.ready``).
     """
 
     def __init__(self, word_lb: int = 3, depth: int = 16):
@@ -112,28 +113,29 @@ class ExtReader(wiring.Component):
         j = Signal(cnt_bits + 1)
         acc = [Signal(wb, name=f"acc{k}") for k in range(slots)]
         err = Signal()
-        out_valid = Signal()
-        out_data = Signal(8 << MAX_BEAT_LB)
-        out_err = Signal()
         last_word = j == nwords - 1
-        m.d.comb += [self.beat.valid.eq(out_valid), self.beat.payload.data.eq(out_data),
-                     self.beat.payload.err.eq(out_err),
-                     self.r.ready.eq(shapes.r_rdy & (~last_word | ~out_valid | self.beat.ready))]
-        with m.If(self.beat.ready):
-            m.d.sync += out_valid.eq(0)
+        # the assembled beat goes into a register slice, whose storage only the words write: the
+        # consumer's ready moves the slice's level and read pointer, never the clock enables of
+        # a 512-bit register (that ready chain was the critical path)
+        beat = Signal(data.StructLayout({"data": unsigned(8 << MAX_BEAT_LB), "err": 1}))
+        assembled = Signal()
+        out_q, out = register_slice(m, "beat", assembled, beat, Signal(name="beat_room"))
+        m.d.comb += [self.beat.valid.eq(out_q.r_rdy), self.beat.payload.eq(out), out_q.r_en.eq(self.beat.ready),
+                     self.r.ready.eq(shapes.r_rdy & (~last_word | out_q.w_rdy))]
         with m.If(self.r.valid & self.r.ready):
             with m.If(last_word):
                 m.d.comb += shapes.r_en.eq(1)
                 single = (self.r.payload.data >> (off << 3))[:wb]
                 whole = Cat(*[Mux(eq_const(j, k), self.r.payload.data, acc[k]) for k in range(slots)])
-                m.d.sync += [out_valid.eq(1), out_data.eq(Mux(nwords == 1, single, whole)),
-                             out_err.eq(err | self.r.payload.err), j.eq(0), err.eq(0)]
+                m.d.comb += [assembled.eq(1), beat.data.eq(Mux(nwords == 1, single, whole)),
+                             beat.err.eq(err | self.r.payload.err)]
+                m.d.sync += [j.eq(0), err.eq(0)]
             with m.Else():
                 for k in range(slots):
                     with m.If(eq_const(j, k)):
                         m.d.sync += acc[k].eq(self.r.payload.data)
                 m.d.sync += [j.eq(j + 1), err.eq(err | self.r.payload.err)]
-        m.d.comb += self.idle.eq(~req_q.r_rdy & ~shapes.r_rdy & ~out_valid)
+        m.d.comb += self.idle.eq(~req_q.r_rdy & ~shapes.r_rdy & ~out_q.r_rdy)
         return m
 
 
