@@ -1255,272 +1255,388 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
 , op_cycles__6, op_cycles__7, op_cycles__8, op_cycles__9, op_cycles__10, op_cycles__11, op_cycles__12, op_cycles__13, op_cycles__14, op_cycles__15, pc, busy, done, error, ar__payload, aw__payload, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$183  = 0;
   wire \$1 ;
-  wire [15:0] \$10 ;
+  wire \$10 ;
   wire \$100 ;
-  reg [15:0] \$1000 ;
-  reg [31:0] \$1001 ;
-  reg [31:0] \$1002 ;
-  reg \$1003 ;
-  reg [7:0] \$1004 ;
-  reg \$1005 ;
-  reg \$1006 ;
-  reg \$1007 ;
-  reg [15:0] \$1008 ;
-  reg \$1009 ;
+  wire \$1000 ;
+  wire \$1001 ;
+  reg \$1002 ;
+  wire \$1003 ;
+  wire \$1004 ;
+  wire \$1005 ;
+  wire \$1006 ;
+  wire \$1007 ;
+  wire \$1008 ;
+  wire \$1009 ;
   wire \$101 ;
-  reg \$1010 ;
-  reg [7:0] \$1011 ;
-  reg [7:0] \$1012 ;
-  reg [7:0] \$1013 ;
-  reg [7:0] \$1014 ;
-  reg [7:0] \$1015 ;
-  reg [7:0] \$1016 ;
-  reg [7:0] \$1017 ;
-  reg [7:0] \$1018 ;
-  reg \$1019 ;
+  wire \$1010 ;
+  wire \$1011 ;
+  wire \$1012 ;
+  wire \$1013 ;
+  wire \$1014 ;
+  wire \$1015 ;
+  wire \$1016 ;
+  wire [16:0] \$1017 ;
+  wire [32:0] \$1018 ;
+  wire \$1019 ;
   wire \$102 ;
-  reg \$1020 ;
-  reg \$1021 ;
-  reg [3:0] \$1022 ;
-  reg [15:0] \$1023 ;
+  wire \$1020 ;
+  wire \$1021 ;
+  wire [3:0] \$1022 ;
+  wire [3:0] \$1023 ;
   reg \$1024 ;
-  reg [15:0] \$1025 ;
-  reg [15:0] \$1026 ;
-  reg [31:0] \$1027 ;
+  reg \$1025 ;
+  reg \$1026 ;
+  reg \$1027 ;
   reg \$1028 ;
   reg \$1029 ;
   wire \$103 ;
-  reg [3:0] \$1030 ;
-  reg [15:0] \$1031 ;
-  reg [9:0] \$1032 ;
-  reg [15:0] \$1033 ;
+  reg \$1030 ;
+  reg \$1031 ;
+  reg \$1032 ;
+  reg \$1033 ;
   reg \$1034 ;
   reg \$1035 ;
   reg \$1036 ;
-  reg [31:0] \$1037 ;
-  reg [15:0] \$1038 ;
-  reg \$1039 ;
+  reg \$1037 ;
+  reg \$1038 ;
+  reg [15:0] \$1039 ;
   wire \$104 ;
-  reg [2:0] \$1040 ;
+  reg \$1040 ;
+  reg \$1041 ;
+  reg \$1042 ;
+  reg \$1043 ;
+  reg \$1044 ;
+  reg \$1045 ;
+  reg [2:0] \$1046 ;
+  reg \$1047 ;
+  reg [2:0] \$1048 ;
+  reg \$1049 ;
   wire \$105 ;
+  reg \$1050 ;
+  reg [15:0] \$1051 ;
+  reg [15:0] \$1052 ;
+  reg [15:0] \$1053 ;
+  reg [2:0] \$1054 ;
+  reg [15:0] \$1055 ;
+  reg [15:0] \$1056 ;
+  reg [31:0] \$1057 ;
+  reg [31:0] \$1058 ;
+  reg [31:0] \$1059 ;
   wire \$106 ;
+  reg [31:0] \$1060 ;
+  reg \$1061 ;
+  reg \$1062 ;
+  reg [47:0] \$1063 ;
+  reg [47:0] \$1064 ;
+  reg [47:0] \$1065 ;
+  reg [47:0] \$1066 ;
+  reg [47:0] \$1067 ;
+  reg [47:0] \$1068 ;
+  reg [47:0] \$1069 ;
   wire \$107 ;
+  reg [47:0] \$1070 ;
+  reg [47:0] \$1071 ;
+  reg [47:0] \$1072 ;
+  reg [47:0] \$1073 ;
+  reg [47:0] \$1074 ;
+  reg [47:0] \$1075 ;
+  reg [47:0] \$1076 ;
+  reg [47:0] \$1077 ;
+  reg [47:0] \$1078 ;
+  reg [47:0] \$1079 ;
   wire \$108 ;
+  reg [31:0] \$1080 ;
+  reg \$1081 ;
+  reg \$1082 ;
+  reg [3:0] \$1083 ;
+  reg \$1084 ;
+  reg [31:0] \$1085 ;
+  reg [31:0] \$1086 ;
+  reg [15:0] \$1087 ;
+  reg [31:0] \$1088 ;
+  reg [2:0] \$1089 ;
   wire \$109 ;
-  wire [17:0] \$11 ;
+  reg \$1090 ;
+  reg \$1091 ;
+  reg \$1092 ;
+  reg \$1093 ;
+  reg \$1094 ;
+  reg [511:0] \$1095 ;
+  reg [1:0] \$1096 ;
+  reg [31:0] \$1097 ;
+  reg [7:0] \$1098 ;
+  reg [15:0] \$1099 ;
+  wire [15:0] \$11 ;
   wire \$110 ;
+  reg [15:0] \$1100 ;
+  reg [31:0] \$1101 ;
+  reg [15:0] \$1102 ;
+  reg \$1103 ;
+  reg [15:0] \$1104 ;
+  reg [15:0] \$1105 ;
+  reg [15:0] \$1106 ;
+  reg [15:0] \$1107 ;
+  reg [15:0] \$1108 ;
+  reg [15:0] \$1109 ;
   wire \$111 ;
+  reg [15:0] \$1110 ;
+  reg [15:0] \$1111 ;
+  reg [2:0] \$1112 ;
+  reg [2:0] \$1113 ;
+  reg [31:0] \$1114 ;
+  reg [15:0] \$1115 ;
+  reg [15:0] \$1116 ;
+  reg [31:0] \$1117 ;
+  reg [31:0] \$1118 ;
+  reg \$1119 ;
   wire \$112 ;
+  reg [7:0] \$1120 ;
+  reg \$1121 ;
+  reg \$1122 ;
+  reg \$1123 ;
+  reg [15:0] \$1124 ;
+  reg \$1125 ;
+  reg \$1126 ;
+  reg [7:0] \$1127 ;
+  reg [7:0] \$1128 ;
+  reg [7:0] \$1129 ;
   wire \$113 ;
+  reg [7:0] \$1130 ;
+  reg [7:0] \$1131 ;
+  reg [7:0] \$1132 ;
+  reg [7:0] \$1133 ;
+  reg [7:0] \$1134 ;
+  reg \$1135 ;
+  reg \$1136 ;
+  reg \$1137 ;
+  reg [3:0] \$1138 ;
+  reg [15:0] \$1139 ;
   wire \$114 ;
+  reg \$1140 ;
+  reg [15:0] \$1141 ;
+  reg [15:0] \$1142 ;
+  reg [31:0] \$1143 ;
+  reg \$1144 ;
+  reg \$1145 ;
+  reg [3:0] \$1146 ;
+  reg [15:0] \$1147 ;
+  reg [9:0] \$1148 ;
+  reg [15:0] \$1149 ;
   wire \$115 ;
+  reg \$1150 ;
+  reg \$1151 ;
+  reg \$1152 ;
+  reg [31:0] \$1153 ;
+  reg [15:0] \$1154 ;
+  reg \$1155 ;
+  reg [2:0] \$1156 ;
   wire \$116 ;
   wire \$117 ;
   wire \$118 ;
   wire \$119 ;
-  wire [16:0] \$12 ;
-  wire \$120 ;
-  reg [15:0] \$121 ;
-  wire \$122 ;
-  wire \$123 ;
+  wire \$12 ;
+  wire [3:0] \$120 ;
+  wire \$121 ;
+  wire [8:0] \$122 ;
+  wire [3:0] \$123 ;
   wire \$124 ;
-  wire [31:0] \$125 ;
-  wire [2:0] \$126 ;
+  wire [16:0] \$125 ;
+  wire [3:0] \$126 ;
   wire \$127 ;
-  wire \$128 ;
-  wire \$129 ;
+  wire [32:0] \$128 ;
+  wire [3:0] \$129 ;
   wire [17:0] \$13 ;
   wire \$130 ;
-  wire \$131 ;
-  wire [3:0] \$132 ;
+  wire [64:0] \$131 ;
+  wire \$132 ;
   wire \$133 ;
-  wire [2:0] \$134 ;
-  wire [3:0] \$135 ;
+  wire \$134 ;
+  wire \$135 ;
   wire \$136 ;
-  wire [3:0] \$137 ;
-  wire [3:0] \$138 ;
+  wire \$137 ;
+  wire \$138 ;
   wire \$139 ;
-  wire [17:0] \$14 ;
-  wire [4:0] \$140 ;
-  wire [3:0] \$141 ;
+  wire \$14 ;
+  wire \$140 ;
+  wire \$141 ;
   wire \$142 ;
-  wire [5:0] \$143 ;
-  wire [3:0] \$144 ;
+  wire \$143 ;
+  wire \$144 ;
   wire \$145 ;
-  wire [6:0] \$146 ;
-  wire [3:0] \$147 ;
+  wire \$146 ;
+  wire \$147 ;
   wire \$148 ;
-  wire [7:0] \$149 ;
-  wire [17:0] \$15 ;
-  wire [3:0] \$150 ;
+  wire \$149 ;
+  wire [16:0] \$15 ;
+  wire \$150 ;
   wire \$151 ;
-  wire [8:0] \$152 ;
-  reg \$153 ;
+  wire \$152 ;
+  wire \$153 ;
   wire \$154 ;
   wire \$155 ;
-  wire [9:0] \$156 ;
-  wire [16:0] \$157 ;
-  reg \$158 ;
-  wire \$159 ;
-  wire [21:0] \$16 ;
+  wire \$156 ;
+  wire \$157 ;
+  wire \$158 ;
+  reg [15:0] \$159 ;
+  wire [17:0] \$16 ;
   wire \$160 ;
   wire \$161 ;
   wire \$162 ;
-  wire \$163 ;
-  wire [9:0] \$164 ;
-  wire [16:0] \$165 ;
-  reg \$166 ;
+  wire [31:0] \$163 ;
+  wire [2:0] \$164 ;
+  wire \$165 ;
+  wire \$166 ;
   wire \$167 ;
   wire \$168 ;
   wire \$169 ;
-  wire [21:0] \$17 ;
-  wire \$170 ;
-  wire [9:0] \$171 ;
-  wire [16:0] \$172 ;
-  reg \$173 ;
+  wire [17:0] \$17 ;
+  wire [3:0] \$170 ;
+  wire \$171 ;
+  wire [2:0] \$172 ;
+  wire [3:0] \$173 ;
   wire \$174 ;
-  wire \$175 ;
-  wire \$176 ;
+  wire [3:0] \$175 ;
+  wire [3:0] \$176 ;
   wire \$177 ;
-  wire [9:0] \$178 ;
-  wire [16:0] \$179 ;
-  wire [16:0] \$18 ;
-  reg \$180 ;
-  wire \$181 ;
-  wire \$182 ;
+  wire [4:0] \$178 ;
+  wire [3:0] \$179 ;
+  wire [17:0] \$18 ;
+  wire \$180 ;
+  wire [5:0] \$181 ;
+  wire [3:0] \$182 ;
   wire \$183 ;
-  wire \$184 ;
-  wire [9:0] \$185 ;
-  wire [16:0] \$186 ;
-  reg \$187 ;
-  wire \$188 ;
+  wire [6:0] \$184 ;
+  wire [3:0] \$185 ;
+  wire \$186 ;
+  wire [7:0] \$187 ;
+  wire [3:0] \$188 ;
   wire \$189 ;
-  wire [17:0] \$19 ;
-  wire \$190 ;
-  wire \$191 ;
-  wire [9:0] \$192 ;
-  wire [16:0] \$193 ;
-  reg \$194 ;
+  wire \$19 ;
+  wire [8:0] \$190 ;
+  reg \$191 ;
+  wire \$192 ;
+  wire \$193 ;
+  wire \$194 ;
   wire \$195 ;
-  wire \$196 ;
-  wire \$197 ;
-  wire \$198 ;
-  wire [9:0] \$199 ;
+  wire [9:0] \$196 ;
+  wire [16:0] \$197 ;
+  reg \$198 ;
+  wire \$199 ;
   wire \$2 ;
-  wire [17:0] \$20 ;
-  wire [16:0] \$200 ;
-  reg \$201 ;
+  wire [21:0] \$20 ;
+  wire \$200 ;
+  wire \$201 ;
   wire \$202 ;
   wire \$203 ;
-  wire \$204 ;
-  wire \$205 ;
-  wire [9:0] \$206 ;
-  wire [16:0] \$207 ;
-  reg \$208 ;
+  wire [9:0] \$204 ;
+  wire [16:0] \$205 ;
+  reg \$206 ;
+  wire \$207 ;
+  wire \$208 ;
   wire \$209 ;
-  wire [16:0] \$21 ;
+  wire [21:0] \$21 ;
   wire \$210 ;
-  wire \$211 ;
-  wire \$212 ;
-  wire [9:0] \$213 ;
-  wire [16:0] \$214 ;
-  reg \$215 ;
+  wire [9:0] \$211 ;
+  wire [16:0] \$212 ;
+  reg \$213 ;
+  wire \$214 ;
+  wire \$215 ;
   wire \$216 ;
   wire \$217 ;
-  wire \$218 ;
-  wire \$219 ;
-  wire [17:0] \$22 ;
+  wire [9:0] \$218 ;
+  wire [16:0] \$219 ;
+  wire \$22 ;
   reg \$220 ;
   wire \$221 ;
   wire \$222 ;
   wire \$223 ;
   wire \$224 ;
-  wire \$225 ;
-  wire \$226 ;
-  wire \$227 ;
+  wire [9:0] \$225 ;
+  wire [16:0] \$226 ;
+  reg \$227 ;
   wire \$228 ;
-  wire [9:0] \$229 ;
-  wire [17:0] \$23 ;
-  wire [16:0] \$230 ;
-  reg \$231 ;
-  wire \$232 ;
-  wire \$233 ;
-  wire \$234 ;
+  wire \$229 ;
+  wire [16:0] \$23 ;
+  wire \$230 ;
+  wire \$231 ;
+  wire [9:0] \$232 ;
+  wire [16:0] \$233 ;
+  reg \$234 ;
   wire \$235 ;
-  reg \$236 ;
+  wire \$236 ;
   wire \$237 ;
   wire \$238 ;
-  wire \$239 ;
+  wire [9:0] \$239 ;
   wire [17:0] \$24 ;
-  wire \$240 ;
-  wire \$241 ;
+  wire [16:0] \$240 ;
+  reg \$241 ;
   wire \$242 ;
   wire \$243 ;
   wire \$244 ;
-  wire [9:0] \$245 ;
-  wire [16:0] \$246 ;
-  reg \$247 ;
-  wire \$248 ;
+  wire \$245 ;
+  wire [9:0] \$246 ;
+  wire [16:0] \$247 ;
+  reg \$248 ;
   wire \$249 ;
-  wire [21:0] \$25 ;
+  wire [17:0] \$25 ;
   wire \$250 ;
   wire \$251 ;
-  reg \$252 ;
-  wire \$253 ;
-  wire \$254 ;
-  wire \$255 ;
+  wire \$252 ;
+  wire [9:0] \$253 ;
+  wire [16:0] \$254 ;
+  reg \$255 ;
   wire \$256 ;
   wire \$257 ;
   wire \$258 ;
   wire \$259 ;
-  wire [21:0] \$26 ;
+  wire [17:0] \$26 ;
   wire \$260 ;
-  wire [9:0] \$261 ;
-  wire [16:0] \$262 ;
+  wire \$261 ;
+  wire \$262 ;
   reg \$263 ;
   wire \$264 ;
   wire \$265 ;
   wire \$266 ;
   wire \$267 ;
-  reg \$268 ;
+  wire \$268 ;
   wire \$269 ;
-  wire [21:0] \$27 ;
+  wire \$27 ;
   wire \$270 ;
   wire \$271 ;
-  wire \$272 ;
-  wire \$273 ;
-  wire \$274 ;
+  wire [9:0] \$272 ;
+  wire [16:0] \$273 ;
+  reg \$274 ;
   wire \$275 ;
   wire \$276 ;
-  wire [9:0] \$277 ;
-  wire [16:0] \$278 ;
-  reg \$279 ;
-  wire [15:0] \$28 ;
+  wire \$277 ;
+  wire \$278 ;
+  wire \$279 ;
+  wire [21:0] \$28 ;
   wire \$280 ;
   wire \$281 ;
-  wire \$282 ;
+  reg \$282 ;
   wire \$283 ;
-  reg \$284 ;
+  wire \$284 ;
   wire \$285 ;
   wire \$286 ;
   wire \$287 ;
   wire \$288 ;
   wire \$289 ;
-  wire [17:0] \$29 ;
+  wire [21:0] \$29 ;
   wire \$290 ;
-  wire \$291 ;
-  wire \$292 ;
-  wire [9:0] \$293 ;
-  wire [16:0] \$294 ;
-  reg \$295 ;
+  wire [9:0] \$291 ;
+  wire [16:0] \$292 ;
+  reg \$293 ;
+  wire \$294 ;
+  wire \$295 ;
   wire \$296 ;
   wire \$297 ;
   wire \$298 ;
   wire \$299 ;
   wire \$3 ;
-  wire [3:0] \$30 ;
-  reg \$300 ;
-  wire \$301 ;
+  wire \$30 ;
+  wire \$300 ;
+  reg \$301 ;
   wire \$302 ;
   wire \$303 ;
   wire \$304 ;
@@ -1528,119 +1644,119 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$306 ;
   wire \$307 ;
   wire \$308 ;
-  wire [9:0] \$309 ;
-  wire [17:0] \$31 ;
-  wire [16:0] \$310 ;
-  reg \$311 ;
-  wire \$312 ;
+  wire \$309 ;
+  wire [3:0] \$31 ;
+  wire [9:0] \$310 ;
+  wire [16:0] \$311 ;
+  reg \$312 ;
   wire \$313 ;
   wire \$314 ;
   wire \$315 ;
-  reg \$316 ;
+  wire \$316 ;
   wire \$317 ;
   wire \$318 ;
   wire \$319 ;
-  wire [16:0] \$32 ;
-  wire \$320 ;
+  wire \$32 ;
+  reg \$320 ;
   wire \$321 ;
   wire \$322 ;
   wire \$323 ;
   wire \$324 ;
-  wire [9:0] \$325 ;
-  wire [16:0] \$326 ;
-  reg \$327 ;
+  wire \$325 ;
+  wire \$326 ;
+  wire \$327 ;
   wire \$328 ;
-  wire \$329 ;
+  wire [9:0] \$329 ;
   wire [17:0] \$33 ;
-  wire \$330 ;
-  wire \$331 ;
-  reg \$332 ;
+  wire [16:0] \$330 ;
+  reg \$331 ;
+  wire \$332 ;
   wire \$333 ;
   wire \$334 ;
   wire \$335 ;
   wire \$336 ;
   wire \$337 ;
   wire \$338 ;
-  wire \$339 ;
-  wire [17:0] \$34 ;
+  reg \$339 ;
+  wire \$34 ;
   wire \$340 ;
   wire \$341 ;
-  reg \$342 ;
+  wire \$342 ;
   wire \$343 ;
   wire \$344 ;
   wire \$345 ;
   wire \$346 ;
-  wire [9:0] \$347 ;
-  wire [10:0] \$348 ;
-  reg \$349 ;
-  wire [21:0] \$35 ;
-  wire \$350 ;
+  wire \$347 ;
+  wire [9:0] \$348 ;
+  wire [16:0] \$349 ;
+  wire [15:0] \$35 ;
+  reg \$350 ;
   wire \$351 ;
   wire \$352 ;
   wire \$353 ;
   wire \$354 ;
   wire \$355 ;
   wire \$356 ;
-  wire [9:0] \$357 ;
-  wire [10:0] \$358 ;
-  reg \$359 ;
-  wire [16:0] \$36 ;
+  wire \$357 ;
+  reg \$358 ;
+  wire \$359 ;
+  wire \$36 ;
   wire \$360 ;
   wire \$361 ;
   wire \$362 ;
   wire \$363 ;
   wire \$364 ;
   wire \$365 ;
-  wire [9:0] \$366 ;
-  wire [10:0] \$367 ;
-  reg \$368 ;
-  wire \$369 ;
+  wire \$366 ;
+  wire [9:0] \$367 ;
+  wire [16:0] \$368 ;
+  reg \$369 ;
   wire [17:0] \$37 ;
   wire \$370 ;
   wire \$371 ;
   wire \$372 ;
   wire \$373 ;
   wire \$374 ;
-  wire [9:0] \$375 ;
-  wire [10:0] \$376 ;
+  wire \$375 ;
+  wire \$376 ;
   reg \$377 ;
   wire \$378 ;
   wire \$379 ;
-  wire [17:0] \$38 ;
+  wire [15:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
   wire \$382 ;
   wire \$383 ;
-  wire [9:0] \$384 ;
-  wire [10:0] \$385 ;
-  reg \$386 ;
-  wire \$387 ;
-  wire \$388 ;
+  wire \$384 ;
+  wire \$385 ;
+  wire [9:0] \$386 ;
+  wire [16:0] \$387 ;
+  reg \$388 ;
   wire \$389 ;
-  wire [21:0] \$39 ;
+  wire [17:0] \$39 ;
   wire \$390 ;
   wire \$391 ;
   wire \$392 ;
-  wire [9:0] \$393 ;
-  wire [10:0] \$394 ;
-  reg \$395 ;
-  wire \$396 ;
+  wire \$393 ;
+  wire \$394 ;
+  wire \$395 ;
+  reg \$396 ;
   wire \$397 ;
   wire \$398 ;
   wire \$399 ;
   wire \$4 ;
-  wire \$40 ;
+  wire [16:0] \$40 ;
   wire \$400 ;
   wire \$401 ;
-  wire [9:0] \$402 ;
-  wire [10:0] \$403 ;
-  reg \$404 ;
+  wire \$402 ;
+  wire \$403 ;
+  wire \$404 ;
   wire \$405 ;
-  wire \$406 ;
+  reg \$406 ;
   wire \$407 ;
   wire \$408 ;
   wire \$409 ;
-  wire [3:0] \$41 ;
+  wire [17:0] \$41 ;
   wire \$410 ;
   wire [9:0] \$411 ;
   wire [10:0] \$412 ;
@@ -1651,319 +1767,319 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$417 ;
   wire \$418 ;
   wire \$419 ;
-  wire \$42 ;
-  wire [9:0] \$420 ;
-  wire [32:0] \$421 ;
-  wire [33:0] \$422 ;
+  wire [17:0] \$42 ;
+  wire \$420 ;
+  wire [9:0] \$421 ;
+  wire [10:0] \$422 ;
   reg \$423 ;
   wire \$424 ;
   wire \$425 ;
   wire \$426 ;
   wire \$427 ;
-  reg \$428 ;
+  wire \$428 ;
   wire \$429 ;
-  wire \$43 ;
-  wire \$430 ;
-  wire \$431 ;
-  wire \$432 ;
+  wire [17:0] \$43 ;
+  wire [9:0] \$430 ;
+  wire [10:0] \$431 ;
+  reg \$432 ;
   wire \$433 ;
   wire \$434 ;
   wire \$435 ;
   wire \$436 ;
-  wire [9:0] \$437 ;
-  wire [32:0] \$438 ;
-  wire [33:0] \$439 ;
-  wire [3:0] \$44 ;
-  reg \$440 ;
-  wire \$441 ;
+  wire \$437 ;
+  wire \$438 ;
+  wire [9:0] \$439 ;
+  wire [21:0] \$44 ;
+  wire [10:0] \$440 ;
+  reg \$441 ;
   wire \$442 ;
   wire \$443 ;
   wire \$444 ;
-  reg \$445 ;
+  wire \$445 ;
   wire \$446 ;
   wire \$447 ;
-  wire \$448 ;
-  wire \$449 ;
-  wire \$45 ;
-  wire \$450 ;
+  wire [9:0] \$448 ;
+  wire [10:0] \$449 ;
+  wire [21:0] \$45 ;
+  reg \$450 ;
   wire \$451 ;
   wire \$452 ;
   wire \$453 ;
-  wire [9:0] \$454 ;
-  wire [32:0] \$455 ;
-  wire [33:0] \$456 ;
-  reg \$457 ;
-  wire \$458 ;
-  wire \$459 ;
-  wire \$46 ;
+  wire \$454 ;
+  wire \$455 ;
+  wire \$456 ;
+  wire [9:0] \$457 ;
+  wire [10:0] \$458 ;
+  reg \$459 ;
+  wire [16:0] \$46 ;
   wire \$460 ;
   wire \$461 ;
-  reg \$462 ;
+  wire \$462 ;
   wire \$463 ;
   wire \$464 ;
   wire \$465 ;
-  wire \$466 ;
-  wire \$467 ;
-  wire \$468 ;
+  wire [9:0] \$466 ;
+  wire [10:0] \$467 ;
+  reg \$468 ;
   wire \$469 ;
-  wire \$47 ;
+  wire [17:0] \$47 ;
   wire \$470 ;
-  wire [9:0] \$471 ;
-  wire [32:0] \$472 ;
-  wire [33:0] \$473 ;
-  reg \$474 ;
-  wire \$475 ;
-  wire \$476 ;
-  wire \$477 ;
+  wire \$471 ;
+  wire \$472 ;
+  wire \$473 ;
+  wire \$474 ;
+  wire [9:0] \$475 ;
+  wire [10:0] \$476 ;
+  reg \$477 ;
   wire \$478 ;
-  reg \$479 ;
-  wire \$48 ;
+  wire \$479 ;
+  wire [17:0] \$48 ;
   wire \$480 ;
   wire \$481 ;
   wire \$482 ;
   wire \$483 ;
-  wire \$484 ;
-  wire \$485 ;
-  wire \$486 ;
-  wire \$487 ;
-  wire [9:0] \$488 ;
-  wire [32:0] \$489 ;
-  wire \$49 ;
-  wire [33:0] \$490 ;
-  reg \$491 ;
+  wire [9:0] \$484 ;
+  wire [32:0] \$485 ;
+  wire [33:0] \$486 ;
+  reg \$487 ;
+  wire \$488 ;
+  wire \$489 ;
+  wire [16:0] \$49 ;
+  wire \$490 ;
+  wire \$491 ;
   wire \$492 ;
   wire \$493 ;
   wire \$494 ;
-  wire \$495 ;
-  reg \$496 ;
+  reg \$495 ;
+  wire \$496 ;
   wire \$497 ;
   wire \$498 ;
   wire \$499 ;
   wire \$5 ;
-  wire \$50 ;
+  wire [17:0] \$50 ;
   wire \$500 ;
   wire \$501 ;
   wire \$502 ;
   wire \$503 ;
-  wire \$504 ;
-  wire [9:0] \$505 ;
-  wire [32:0] \$506 ;
-  wire [33:0] \$507 ;
-  reg \$508 ;
+  wire [9:0] \$504 ;
+  wire [32:0] \$505 ;
+  wire [33:0] \$506 ;
+  reg \$507 ;
+  wire \$508 ;
   wire \$509 ;
-  wire \$51 ;
+  wire [17:0] \$51 ;
   wire \$510 ;
   wire \$511 ;
   wire \$512 ;
-  reg \$513 ;
+  wire \$513 ;
   wire \$514 ;
-  wire \$515 ;
+  reg \$515 ;
   wire \$516 ;
   wire \$517 ;
   wire \$518 ;
   wire \$519 ;
-  wire \$52 ;
+  wire [17:0] \$52 ;
   wire \$520 ;
   wire \$521 ;
-  wire [9:0] \$522 ;
-  wire [32:0] \$523 ;
-  wire [33:0] \$524 ;
-  reg \$525 ;
-  wire \$526 ;
-  wire \$527 ;
+  wire \$522 ;
+  wire \$523 ;
+  wire [9:0] \$524 ;
+  wire [32:0] \$525 ;
+  wire [33:0] \$526 ;
+  reg \$527 ;
   wire \$528 ;
   wire \$529 ;
-  wire \$53 ;
-  reg \$530 ;
+  wire [21:0] \$53 ;
+  wire \$530 ;
   wire \$531 ;
   wire \$532 ;
   wire \$533 ;
   wire \$534 ;
-  wire \$535 ;
+  reg \$535 ;
   wire \$536 ;
   wire \$537 ;
   wire \$538 ;
-  wire [9:0] \$539 ;
-  wire \$54 ;
-  wire [32:0] \$540 ;
-  wire [33:0] \$541 ;
-  reg \$542 ;
+  wire \$539 ;
+  wire [21:0] \$54 ;
+  wire \$540 ;
+  wire \$541 ;
+  wire \$542 ;
   wire \$543 ;
-  wire \$544 ;
-  wire \$545 ;
-  wire \$546 ;
+  wire [9:0] \$544 ;
+  wire [32:0] \$545 ;
+  wire [33:0] \$546 ;
   reg \$547 ;
   wire \$548 ;
   wire \$549 ;
-  wire \$55 ;
+  wire [21:0] \$55 ;
   wire \$550 ;
   wire \$551 ;
   wire \$552 ;
   wire \$553 ;
   wire \$554 ;
-  wire \$555 ;
+  reg \$555 ;
   wire \$556 ;
-  wire [7:0] \$557 ;
-  wire [7:0] \$558 ;
-  wire [7:0] \$559 ;
-  wire \$56 ;
-  wire [7:0] \$560 ;
-  wire [7:0] \$561 ;
-  wire [7:0] \$562 ;
-  wire [7:0] \$563 ;
-  wire [7:0] \$564 ;
-  wire \$565 ;
-  wire \$566 ;
-  wire \$567 ;
-  reg [31:0] \$568 ;
+  wire \$557 ;
+  wire \$558 ;
+  wire \$559 ;
+  wire [15:0] \$56 ;
+  wire \$560 ;
+  wire \$561 ;
+  wire \$562 ;
+  wire \$563 ;
+  wire [9:0] \$564 ;
+  wire [32:0] \$565 ;
+  wire [33:0] \$566 ;
+  reg \$567 ;
+  wire \$568 ;
   wire \$569 ;
-  wire \$57 ;
-  wire [19:0] \$570 ;
-  wire [20:0] \$571 ;
+  wire [17:0] \$57 ;
+  wire \$570 ;
+  wire \$571 ;
   wire \$572 ;
-  wire [19:0] \$573 ;
-  wire [20:0] \$574 ;
-  wire \$575 ;
+  wire \$573 ;
+  wire \$574 ;
+  reg \$575 ;
   wire \$576 ;
   wire \$577 ;
   wire \$578 ;
   wire \$579 ;
-  wire \$58 ;
+  wire [3:0] \$58 ;
   wire \$580 ;
   wire \$581 ;
   wire \$582 ;
-  reg [31:0] \$583 ;
-  wire \$584 ;
-  wire \$585 ;
-  wire \$586 ;
-  wire [19:0] \$587 ;
-  wire [20:0] \$588 ;
+  wire \$583 ;
+  wire [9:0] \$584 ;
+  wire [32:0] \$585 ;
+  wire [33:0] \$586 ;
+  reg \$587 ;
+  wire \$588 ;
   wire \$589 ;
-  wire \$59 ;
-  wire [19:0] \$590 ;
-  wire [20:0] \$591 ;
+  wire [17:0] \$59 ;
+  wire \$590 ;
+  wire \$591 ;
   wire \$592 ;
   wire \$593 ;
   wire \$594 ;
-  wire \$595 ;
+  reg \$595 ;
   wire \$596 ;
   wire \$597 ;
   wire \$598 ;
   wire \$599 ;
-  wire [16:0] \$6 ;
-  wire \$60 ;
+  wire \$6 ;
+  wire [16:0] \$60 ;
   wire \$600 ;
   wire \$601 ;
   wire \$602 ;
   wire \$603 ;
-  wire \$604 ;
-  wire \$605 ;
-  wire \$606 ;
-  wire \$607 ;
+  wire [9:0] \$604 ;
+  wire [32:0] \$605 ;
+  wire [33:0] \$606 ;
+  reg \$607 ;
   wire \$608 ;
   wire \$609 ;
-  wire \$61 ;
+  wire [17:0] \$61 ;
   wire \$610 ;
   wire \$611 ;
-  wire [30:0] \$612 ;
+  wire \$612 ;
   wire \$613 ;
   wire \$614 ;
-  wire \$615 ;
+  reg \$615 ;
   wire \$616 ;
   wire \$617 ;
   wire \$618 ;
   wire \$619 ;
-  wire \$62 ;
+  wire [17:0] \$62 ;
   wire \$620 ;
   wire \$621 ;
   wire \$622 ;
   wire \$623 ;
-  wire \$624 ;
-  wire \$625 ;
-  wire \$626 ;
-  wire \$627 ;
+  wire [9:0] \$624 ;
+  wire [32:0] \$625 ;
+  wire [33:0] \$626 ;
+  reg \$627 ;
   wire \$628 ;
   wire \$629 ;
-  wire \$63 ;
+  wire [21:0] \$63 ;
   wire \$630 ;
   wire \$631 ;
   wire \$632 ;
   wire \$633 ;
   wire \$634 ;
-  wire \$635 ;
+  reg \$635 ;
   wire \$636 ;
-  wire [16:0] \$637 ;
-  wire [17:0] \$638 ;
-  wire [17:0] \$639 ;
-  wire \$64 ;
-  wire [16:0] \$640 ;
-  wire [17:0] \$641 ;
-  wire [17:0] \$642 ;
-  wire [16:0] \$643 ;
-  wire [16:0] \$644 ;
-  wire [16:0] \$645 ;
-  wire [31:0] \$646 ;
-  wire [22:0] \$647 ;
-  wire [23:0] \$648 ;
-  wire [31:0] \$649 ;
-  wire \$65 ;
-  wire [32:0] \$650 ;
-  wire [32:0] \$651 ;
-  wire [47:0] \$652 ;
-  wire [3:0] \$653 ;
+  wire \$637 ;
+  wire \$638 ;
+  wire \$639 ;
+  wire [16:0] \$64 ;
+  wire \$640 ;
+  wire \$641 ;
+  wire \$642 ;
+  wire \$643 ;
+  wire \$644 ;
+  wire [7:0] \$645 ;
+  wire [7:0] \$646 ;
+  wire [7:0] \$647 ;
+  wire [7:0] \$648 ;
+  wire [7:0] \$649 ;
+  wire [17:0] \$65 ;
+  wire [7:0] \$650 ;
+  wire [7:0] \$651 ;
+  wire [7:0] \$652 ;
+  wire \$653 ;
   wire \$654 ;
-  wire [31:0] \$655 ;
-  wire [32:0] \$656 ;
-  wire [48:0] \$657 ;
-  wire \$658 ;
-  wire [48:0] \$659 ;
-  wire \$66 ;
+  wire \$655 ;
+  reg [31:0] \$656 ;
+  wire \$657 ;
+  wire [19:0] \$658 ;
+  wire [20:0] \$659 ;
+  wire [17:0] \$66 ;
   wire \$660 ;
-  wire [48:0] \$661 ;
-  wire \$662 ;
-  wire [48:0] \$663 ;
+  wire [19:0] \$661 ;
+  wire [20:0] \$662 ;
+  wire \$663 ;
   wire \$664 ;
-  wire [48:0] \$665 ;
+  wire \$665 ;
   wire \$666 ;
-  wire [48:0] \$667 ;
+  wire \$667 ;
   wire \$668 ;
-  wire [48:0] \$669 ;
-  wire \$67 ;
+  wire \$669 ;
+  wire [21:0] \$67 ;
   wire \$670 ;
-  wire [48:0] \$671 ;
+  reg [31:0] \$671 ;
   wire \$672 ;
-  wire [48:0] \$673 ;
+  wire \$673 ;
   wire \$674 ;
-  wire [48:0] \$675 ;
-  wire \$676 ;
-  wire [48:0] \$677 ;
-  wire \$678 ;
-  wire [48:0] \$679 ;
+  wire [19:0] \$675 ;
+  wire [20:0] \$676 ;
+  wire \$677 ;
+  wire [19:0] \$678 ;
+  wire [20:0] \$679 ;
   wire \$68 ;
   wire \$680 ;
-  wire [48:0] \$681 ;
+  wire \$681 ;
   wire \$682 ;
-  wire [48:0] \$683 ;
+  wire \$683 ;
   wire \$684 ;
-  wire [48:0] \$685 ;
+  wire \$685 ;
   wire \$686 ;
-  wire [48:0] \$687 ;
+  wire \$687 ;
   wire \$688 ;
-  wire [48:0] \$689 ;
-  wire \$69 ;
+  wire \$689 ;
+  wire [3:0] \$69 ;
   wire \$690 ;
-  wire [15:0] \$691 ;
+  wire \$691 ;
   wire \$692 ;
   wire \$693 ;
-  wire [14:0] \$694 ;
+  wire \$694 ;
   wire \$695 ;
   wire \$696 ;
   wire \$697 ;
   wire \$698 ;
   wire \$699 ;
-  wire [17:0] \$7 ;
+  wire \$7 ;
   wire \$70 ;
-  wire \$700 ;
+  wire [30:0] \$700 ;
   wire \$701 ;
   wire \$702 ;
   wire \$703 ;
@@ -1981,98 +2097,98 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$714 ;
   wire \$715 ;
   wire \$716 ;
-  wire [2:0] \$717 ;
-  wire [16:0] \$718 ;
-  wire [32:0] \$719 ;
-  wire \$72 ;
+  wire \$717 ;
+  wire \$718 ;
+  wire \$719 ;
+  wire [3:0] \$72 ;
   wire \$720 ;
   wire \$721 ;
   wire \$722 ;
   wire \$723 ;
   wire \$724 ;
-  wire [16:0] \$725 ;
-  wire [32:0] \$726 ;
+  wire \$725 ;
+  wire \$726 ;
   wire \$727 ;
-  wire [16:0] \$728 ;
+  wire \$728 ;
   wire \$729 ;
   wire \$73 ;
   wire \$730 ;
-  wire \$731 ;
-  wire \$732 ;
-  wire \$733 ;
-  wire \$734 ;
-  wire \$735 ;
-  wire \$736 ;
-  wire \$737 ;
-  wire \$738 ;
-  wire \$739 ;
+  wire [16:0] \$731 ;
+  wire [17:0] \$732 ;
+  wire [17:0] \$733 ;
+  wire [16:0] \$734 ;
+  wire [17:0] \$735 ;
+  wire [17:0] \$736 ;
+  wire [16:0] \$737 ;
+  wire [16:0] \$738 ;
+  wire [16:0] \$739 ;
   wire \$74 ;
-  wire \$740 ;
-  wire \$741 ;
-  wire \$742 ;
-  wire \$743 ;
-  wire \$744 ;
-  wire \$745 ;
-  wire \$746 ;
-  wire [32:0] \$747 ;
+  wire [31:0] \$740 ;
+  wire [22:0] \$741 ;
+  wire [23:0] \$742 ;
+  wire [31:0] \$743 ;
+  wire [32:0] \$744 ;
+  wire [32:0] \$745 ;
+  wire [47:0] \$746 ;
+  wire [3:0] \$747 ;
   wire \$748 ;
-  wire \$749 ;
+  wire [31:0] \$749 ;
   wire \$75 ;
-  wire \$750 ;
-  wire \$751 ;
+  wire [32:0] \$750 ;
+  wire [48:0] \$751 ;
   wire \$752 ;
-  wire \$753 ;
+  wire [48:0] \$753 ;
   wire \$754 ;
-  wire \$755 ;
+  wire [48:0] \$755 ;
   wire \$756 ;
-  wire \$757 ;
+  wire [48:0] \$757 ;
   wire \$758 ;
-  wire \$759 ;
+  wire [48:0] \$759 ;
   wire \$76 ;
   wire \$760 ;
-  wire \$761 ;
+  wire [48:0] \$761 ;
   wire \$762 ;
-  wire \$763 ;
+  wire [48:0] \$763 ;
   wire \$764 ;
-  wire \$765 ;
+  wire [48:0] \$765 ;
   wire \$766 ;
-  wire \$767 ;
+  wire [48:0] \$767 ;
   wire \$768 ;
-  wire \$769 ;
+  wire [48:0] \$769 ;
   wire \$77 ;
   wire \$770 ;
-  wire \$771 ;
+  wire [48:0] \$771 ;
   wire \$772 ;
-  wire \$773 ;
+  wire [48:0] \$773 ;
   wire \$774 ;
-  wire [24:0] \$775 ;
-  wire [33:0] \$776 ;
-  wire \$777 ;
+  wire [48:0] \$775 ;
+  wire \$776 ;
+  wire [48:0] \$777 ;
   wire \$778 ;
-  wire \$779 ;
+  wire [48:0] \$779 ;
   wire \$78 ;
   wire \$780 ;
-  wire \$781 ;
+  wire [48:0] \$781 ;
   wire \$782 ;
-  wire [24:0] \$783 ;
-  wire [33:0] \$784 ;
-  wire \$785 ;
+  wire [48:0] \$783 ;
+  wire \$784 ;
+  wire [15:0] \$785 ;
   wire \$786 ;
   wire \$787 ;
-  wire \$788 ;
+  wire [14:0] \$788 ;
   wire \$789 ;
   wire \$79 ;
   wire \$790 ;
   wire \$791 ;
   wire \$792 ;
   wire \$793 ;
-  wire [3:0] \$794 ;
+  wire \$794 ;
   wire \$795 ;
   wire \$796 ;
   wire \$797 ;
-  wire [3:0] \$798 ;
-  wire [14:0] \$799 ;
-  wire [17:0] \$8 ;
+  wire \$798 ;
+  wire \$799 ;
+  wire \$8 ;
   wire \$80 ;
   wire \$800 ;
   wire \$801 ;
@@ -2088,52 +2204,52 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$810 ;
   wire \$811 ;
   wire \$812 ;
-  wire [16:0] \$813 ;
-  wire [16:0] \$814 ;
-  wire \$815 ;
-  wire [32:0] \$816 ;
-  wire \$817 ;
+  wire \$813 ;
+  wire \$814 ;
+  wire [2:0] \$815 ;
+  wire [16:0] \$816 ;
+  wire [32:0] \$817 ;
   wire \$818 ;
   wire \$819 ;
-  wire [3:0] \$82 ;
-  wire [32:0] \$820 ;
+  wire \$82 ;
+  wire \$820 ;
   wire \$821 ;
   wire \$822 ;
-  wire \$823 ;
-  wire \$824 ;
+  wire [16:0] \$823 ;
+  wire [32:0] \$824 ;
   wire \$825 ;
   wire [16:0] \$826 ;
-  wire [16:0] \$827 ;
+  wire \$827 ;
   wire \$828 ;
-  wire [32:0] \$829 ;
+  wire \$829 ;
   wire \$83 ;
   wire \$830 ;
   wire \$831 ;
   wire \$832 ;
   wire \$833 ;
-  wire [16:0] \$834 ;
-  wire [16:0] \$835 ;
+  wire \$834 ;
+  wire \$835 ;
   wire \$836 ;
   wire \$837 ;
   wire \$838 ;
   wire \$839 ;
-  wire [8:0] \$84 ;
-  reg \$840 ;
+  wire \$84 ;
+  wire \$840 ;
   wire \$841 ;
   wire \$842 ;
   wire \$843 ;
-  wire [16:0] \$844 ;
-  wire \$845 ;
+  wire \$844 ;
+  wire [32:0] \$845 ;
   wire \$846 ;
-  wire [4:0] \$847 ;
+  wire \$847 ;
   wire \$848 ;
-  reg \$849 ;
-  wire [3:0] \$85 ;
+  wire \$849 ;
+  wire \$85 ;
   wire \$850 ;
   wire \$851 ;
   wire \$852 ;
   wire \$853 ;
-  reg \$854 ;
+  wire \$854 ;
   wire \$855 ;
   wire \$856 ;
   wire \$857 ;
@@ -2147,294 +2263,297 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$864 ;
   wire \$865 ;
   wire \$866 ;
-  wire [32:0] \$867 ;
-  wire [16:0] \$868 ;
-  wire [16:0] \$869 ;
-  wire [16:0] \$87 ;
-  reg \$870 ;
+  wire \$867 ;
+  wire \$868 ;
+  wire \$869 ;
+  wire \$87 ;
+  wire \$870 ;
   wire \$871 ;
   wire \$872 ;
-  wire \$873 ;
-  wire \$874 ;
+  wire [24:0] \$873 ;
+  wire [33:0] \$874 ;
   wire \$875 ;
-  wire [16:0] \$876 ;
-  wire [10:0] \$877 ;
+  wire \$876 ;
+  wire \$877 ;
   wire \$878 ;
-  wire [16:0] \$879 ;
-  wire [3:0] \$88 ;
+  wire \$879 ;
+  wire \$88 ;
   wire \$880 ;
-  wire \$881 ;
-  wire [4:0] \$882 ;
-  reg \$883 ;
+  wire [24:0] \$881 ;
+  wire [33:0] \$882 ;
+  wire \$883 ;
   wire \$884 ;
   wire \$885 ;
   wire \$886 ;
   wire \$887 ;
-  reg \$888 ;
+  wire \$888 ;
   wire \$889 ;
   wire \$89 ;
   wire \$890 ;
   wire \$891 ;
-  wire \$892 ;
+  wire [3:0] \$892 ;
   wire \$893 ;
   wire \$894 ;
   wire \$895 ;
-  wire \$896 ;
-  wire \$897 ;
+  wire [3:0] \$896 ;
+  wire [14:0] \$897 ;
   wire \$898 ;
   wire \$899 ;
-  wire [21:0] \$9 ;
-  wire [32:0] \$90 ;
+  wire \$9 ;
+  wire \$90 ;
   wire \$900 ;
   wire \$901 ;
   wire \$902 ;
-  wire [16:0] \$903 ;
-  wire [32:0] \$904 ;
+  wire \$903 ;
+  wire \$904 ;
   wire \$905 ;
   wire \$906 ;
   wire \$907 ;
-  wire [3:0] \$908 ;
-  wire [3:0] \$909 ;
-  wire [3:0] \$91 ;
-  reg \$910 ;
-  reg \$911 ;
-  reg \$912 ;
-  reg \$913 ;
-  reg \$914 ;
-  reg \$915 ;
-  reg \$916 ;
-  reg \$917 ;
-  reg \$918 ;
-  reg \$919 ;
+  wire \$908 ;
+  wire \$909 ;
+  wire \$91 ;
+  wire \$910 ;
+  wire [16:0] \$911 ;
+  wire [16:0] \$912 ;
+  wire \$913 ;
+  wire [32:0] \$914 ;
+  wire \$915 ;
+  wire \$916 ;
+  wire \$917 ;
+  wire [32:0] \$918 ;
+  wire \$919 ;
   wire \$92 ;
-  reg \$920 ;
-  reg \$921 ;
-  reg \$922 ;
-  reg \$923 ;
-  reg \$924 ;
-  reg [15:0] \$925 ;
-  reg \$926 ;
-  reg \$927 ;
-  reg \$928 ;
-  reg \$929 ;
-  wire [64:0] \$93 ;
-  reg [2:0] \$930 ;
-  reg \$931 ;
-  reg [2:0] \$932 ;
-  reg \$933 ;
-  reg \$934 ;
-  reg [15:0] \$935 ;
-  reg [15:0] \$936 ;
-  reg [15:0] \$937 ;
-  reg [2:0] \$938 ;
-  reg [15:0] \$939 ;
+  wire \$920 ;
+  wire \$921 ;
+  wire \$922 ;
+  wire \$923 ;
+  wire [16:0] \$924 ;
+  wire [16:0] \$925 ;
+  wire \$926 ;
+  wire [32:0] \$927 ;
+  wire \$928 ;
+  wire \$929 ;
+  wire \$93 ;
+  wire \$930 ;
+  wire \$931 ;
+  wire [16:0] \$932 ;
+  wire [16:0] \$933 ;
+  wire \$934 ;
+  wire \$935 ;
+  wire \$936 ;
+  wire \$937 ;
+  reg \$938 ;
+  wire \$939 ;
   wire \$94 ;
-  reg [15:0] \$940 ;
-  reg [31:0] \$941 ;
-  reg [31:0] \$942 ;
-  reg [31:0] \$943 ;
-  reg [31:0] \$944 ;
-  reg \$945 ;
-  reg \$946 ;
-  reg [47:0] \$947 ;
-  reg [47:0] \$948 ;
-  reg [47:0] \$949 ;
+  wire \$940 ;
+  wire \$941 ;
+  wire \$942 ;
+  reg \$943 ;
+  wire \$944 ;
+  wire \$945 ;
+  wire \$946 ;
+  wire \$947 ;
+  wire \$948 ;
+  wire [4:0] \$949 ;
   wire \$95 ;
-  reg [47:0] \$950 ;
-  reg [47:0] \$951 ;
-  reg [47:0] \$952 ;
-  reg [47:0] \$953 ;
-  reg [47:0] \$954 ;
-  reg [47:0] \$955 ;
-  reg [47:0] \$956 ;
-  reg [47:0] \$957 ;
-  reg [47:0] \$958 ;
-  reg [47:0] \$959 ;
+  wire [16:0] \$950 ;
+  wire \$951 ;
+  wire [16:0] \$952 ;
+  wire \$953 ;
+  wire \$954 ;
+  wire [4:0] \$955 ;
+  wire \$956 ;
+  reg \$957 ;
+  wire \$958 ;
+  wire \$959 ;
   wire \$96 ;
-  reg [47:0] \$960 ;
-  reg [47:0] \$961 ;
-  reg [47:0] \$962 ;
-  reg [47:0] \$963 ;
-  reg [31:0] \$964 ;
+  wire \$960 ;
+  wire \$961 ;
+  wire \$962 ;
+  wire \$963 ;
+  wire \$964 ;
   reg \$965 ;
-  reg \$966 ;
-  reg [3:0] \$967 ;
-  reg \$968 ;
-  reg [31:0] \$969 ;
+  wire \$966 ;
+  wire \$967 ;
+  wire \$968 ;
+  wire \$969 ;
   wire \$97 ;
-  reg [31:0] \$970 ;
-  reg [15:0] \$971 ;
-  reg [31:0] \$972 ;
-  reg [2:0] \$973 ;
-  reg \$974 ;
-  reg \$975 ;
-  reg \$976 ;
-  reg \$977 ;
-  reg \$978 ;
-  reg [511:0] \$979 ;
+  wire \$970 ;
+  wire \$971 ;
+  wire \$972 ;
+  wire \$973 ;
+  wire \$974 ;
+  wire \$975 ;
+  wire \$976 ;
+  wire \$977 ;
+  wire [32:0] \$978 ;
+  wire [16:0] \$979 ;
   wire \$98 ;
-  reg [1:0] \$980 ;
-  reg [31:0] \$981 ;
-  reg [7:0] \$982 ;
-  reg [15:0] \$983 ;
-  reg [15:0] \$984 ;
-  reg [31:0] \$985 ;
-  reg [15:0] \$986 ;
-  reg \$987 ;
-  reg [15:0] \$988 ;
-  reg [15:0] \$989 ;
+  wire [16:0] \$980 ;
+  reg \$981 ;
+  wire \$982 ;
+  wire \$983 ;
+  wire \$984 ;
+  wire \$985 ;
+  wire \$986 ;
+  wire [16:0] \$987 ;
+  wire [10:0] \$988 ;
+  wire \$989 ;
   wire \$99 ;
-  reg [15:0] \$990 ;
-  reg [15:0] \$991 ;
-  reg [15:0] \$992 ;
-  reg [15:0] \$993 ;
-  reg [15:0] \$994 ;
-  reg [15:0] \$995 ;
-  reg [2:0] \$996 ;
-  reg [2:0] \$997 ;
-  reg [31:0] \$998 ;
-  reg [15:0] \$999 ;
+  wire [16:0] \$990 ;
+  wire \$991 ;
+  wire \$992 ;
+  wire [4:0] \$993 ;
+  reg \$994 ;
+  wire \$995 ;
+  wire \$996 ;
+  wire \$997 ;
+  wire \$998 ;
+  wire \$999 ;
   reg \$signal ;
-  reg \$signal$212 ;
-  reg \$signal$245  = 1'h0;
-  reg \$signal$258  = 1'h0;
-  reg [3:0] \$signal$265  = 4'h0;
-  reg \$signal$288  = 1'h0;
-  reg [15:0] \$signal$289  = 16'h0000;
-  reg \$signal$294  = 1'h0;
-  reg [31:0] \$signal$426  = 32'd0;
-  reg [31:0] \$signal$427  = 32'd0;
-  reg \$signal$439  = 1'h0;
-  reg \$signal$99 ;
+  reg \$signal$101 ;
+  reg \$signal$214 ;
+  reg \$signal$247  = 1'h0;
+  reg \$signal$263  = 1'h0;
+  reg [3:0] \$signal$270  = 4'h0;
+  reg \$signal$293  = 1'h0;
+  reg [15:0] \$signal$294  = 16'h0000;
+  reg \$signal$299  = 1'h0;
+  reg [31:0] \$signal$431  = 32'd0;
+  reg [31:0] \$signal$432  = 32'd0;
+  reg \$signal$444  = 1'h0;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$261 ;
   reg [8:0] \$signature__addr$266 ;
-  reg [8:0] \$signature__addr$269 ;
-  reg [8:0] \$signature__addr$272 ;
-  reg [8:0] \$signature__addr$275 ;
-  reg [8:0] \$signature__addr$278 ;
-  reg [8:0] \$signature__addr$281 ;
-  reg [8:0] \$signature__addr$284 ;
-  reg [8:0] \$signature__addr$287 ;
-  reg [8:0] \$signature__addr$296 ;
-  reg [8:0] \$signature__addr$298 ;
-  reg [8:0] \$signature__addr$300 ;
-  reg [8:0] \$signature__addr$302 ;
-  reg [8:0] \$signature__addr$304 ;
-  reg [8:0] \$signature__addr$306 ;
-  reg [8:0] \$signature__addr$308 ;
+  reg [8:0] \$signature__addr$271 ;
+  reg [8:0] \$signature__addr$274 ;
+  reg [8:0] \$signature__addr$277 ;
+  reg [8:0] \$signature__addr$280 ;
+  reg [8:0] \$signature__addr$283 ;
+  reg [8:0] \$signature__addr$286 ;
+  reg [8:0] \$signature__addr$289 ;
+  reg [8:0] \$signature__addr$292 ;
+  reg [8:0] \$signature__addr$301 ;
+  reg [8:0] \$signature__addr$303 ;
+  reg [8:0] \$signature__addr$305 ;
+  reg [8:0] \$signature__addr$307 ;
+  reg [8:0] \$signature__addr$309 ;
+  reg [8:0] \$signature__addr$311 ;
   reg [8:0] \$signature__addr$313 ;
   reg [8:0] \$signature__addr$318 ;
-  reg [8:0] \$signature__addr$321 ;
-  reg [8:0] \$signature__addr$324 ;
-  reg [8:0] \$signature__addr$327 ;
-  reg [8:0] \$signature__addr$330 ;
-  reg [8:0] \$signature__addr$333 ;
-  reg [8:0] \$signature__addr$336 ;
-  reg [8:0] \$signature__addr$339 ;
-  reg [8:0] \$signature__addr$342 ;
+  reg [8:0] \$signature__addr$323 ;
+  reg [8:0] \$signature__addr$326 ;
+  reg [8:0] \$signature__addr$329 ;
+  reg [8:0] \$signature__addr$332 ;
+  reg [8:0] \$signature__addr$335 ;
+  reg [8:0] \$signature__addr$338 ;
+  reg [8:0] \$signature__addr$341 ;
   reg [8:0] \$signature__addr$344 ;
-  reg [8:0] \$signature__addr$346 ;
-  reg [8:0] \$signature__addr$348 ;
-  reg [8:0] \$signature__addr$350 ;
-  reg [8:0] \$signature__addr$352 ;
-  reg [8:0] \$signature__addr$354 ;
-  wire [13:0] \$signature__addr$86 ;
+  reg [8:0] \$signature__addr$347 ;
+  reg [8:0] \$signature__addr$349 ;
+  reg [8:0] \$signature__addr$351 ;
+  reg [8:0] \$signature__addr$353 ;
+  reg [8:0] \$signature__addr$355 ;
+  reg [8:0] \$signature__addr$357 ;
+  reg [8:0] \$signature__addr$359 ;
+  wire [13:0] \$signature__addr$88 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$263 ;
-  reg [8:0] \$signature__data$267 ;
-  reg [8:0] \$signature__data$270 ;
-  reg [8:0] \$signature__data$273 ;
-  reg [8:0] \$signature__data$276 ;
-  reg [8:0] \$signature__data$279 ;
-  reg [8:0] \$signature__data$282 ;
-  reg [8:0] \$signature__data$285 ;
-  reg [7:0] \$signature__data$315 ;
-  reg [7:0] \$signature__data$319 ;
-  reg [7:0] \$signature__data$322 ;
-  reg [7:0] \$signature__data$325 ;
-  reg [7:0] \$signature__data$328 ;
-  reg [7:0] \$signature__data$331 ;
-  reg [7:0] \$signature__data$334 ;
-  reg [7:0] \$signature__data$337 ;
-  wire [8:0] \$signature__data$359 ;
-  wire [8:0] \$signature__data$360 ;
-  wire [8:0] \$signature__data$361 ;
-  wire [8:0] \$signature__data$362 ;
-  wire [8:0] \$signature__data$363 ;
+  reg [8:0] \$signature__data$268 ;
+  reg [8:0] \$signature__data$272 ;
+  reg [8:0] \$signature__data$275 ;
+  reg [8:0] \$signature__data$278 ;
+  reg [8:0] \$signature__data$281 ;
+  reg [8:0] \$signature__data$284 ;
+  reg [8:0] \$signature__data$287 ;
+  reg [8:0] \$signature__data$290 ;
+  reg [7:0] \$signature__data$320 ;
+  reg [7:0] \$signature__data$324 ;
+  reg [7:0] \$signature__data$327 ;
+  reg [7:0] \$signature__data$330 ;
+  reg [7:0] \$signature__data$333 ;
+  reg [7:0] \$signature__data$336 ;
+  reg [7:0] \$signature__data$339 ;
+  reg [7:0] \$signature__data$342 ;
   wire [8:0] \$signature__data$364 ;
   wire [8:0] \$signature__data$365 ;
   wire [8:0] \$signature__data$366 ;
-  wire [7:0] \$signature__data$368 ;
-  wire [7:0] \$signature__data$370 ;
-  wire [7:0] \$signature__data$372 ;
-  wire [7:0] \$signature__data$374 ;
-  wire [7:0] \$signature__data$376 ;
-  wire [7:0] \$signature__data$378 ;
-  wire [7:0] \$signature__data$380 ;
-  wire [7:0] \$signature__data$382 ;
-  wire [15:0] \$signature__data$92 ;
+  wire [8:0] \$signature__data$367 ;
+  wire [8:0] \$signature__data$368 ;
+  wire [8:0] \$signature__data$369 ;
+  wire [8:0] \$signature__data$370 ;
+  wire [8:0] \$signature__data$371 ;
+  wire [7:0] \$signature__data$373 ;
+  wire [7:0] \$signature__data$375 ;
+  wire [7:0] \$signature__data$377 ;
+  wire [7:0] \$signature__data$379 ;
+  wire [7:0] \$signature__data$381 ;
+  wire [7:0] \$signature__data$383 ;
+  wire [7:0] \$signature__data$385 ;
+  wire [7:0] \$signature__data$387 ;
+  wire [15:0] \$signature__data$94 ;
   wire \$signature__en ;
-  reg \$signature__en$264 ;
-  reg \$signature__en$268 ;
-  reg \$signature__en$271 ;
-  reg \$signature__en$274 ;
-  reg \$signature__en$277 ;
-  reg \$signature__en$280 ;
-  reg \$signature__en$283 ;
-  reg \$signature__en$286 ;
-  reg \$signature__en$290 ;
-  reg \$signature__en$297 ;
-  reg \$signature__en$299 ;
-  reg \$signature__en$301 ;
-  reg \$signature__en$303 ;
-  reg \$signature__en$305 ;
-  reg \$signature__en$307 ;
-  reg \$signature__en$309 ;
-  reg \$signature__en$316 ;
-  reg \$signature__en$320 ;
-  reg \$signature__en$323 ;
-  reg \$signature__en$326 ;
-  reg \$signature__en$329 ;
-  reg \$signature__en$332 ;
-  reg \$signature__en$335 ;
-  reg \$signature__en$338 ;
-  reg \$signature__en$341 ;
+  reg \$signature__en$269 ;
+  reg \$signature__en$273 ;
+  reg \$signature__en$276 ;
+  reg \$signature__en$279 ;
+  reg \$signature__en$282 ;
+  reg \$signature__en$285 ;
+  reg \$signature__en$288 ;
+  reg \$signature__en$291 ;
+  reg \$signature__en$295 ;
+  reg \$signature__en$302 ;
+  reg \$signature__en$304 ;
+  reg \$signature__en$306 ;
+  reg \$signature__en$308 ;
+  reg \$signature__en$310 ;
+  reg \$signature__en$312 ;
+  reg \$signature__en$314 ;
+  reg \$signature__en$321 ;
+  reg \$signature__en$325 ;
+  reg \$signature__en$328 ;
+  reg \$signature__en$331 ;
+  reg \$signature__en$334 ;
+  reg \$signature__en$337 ;
+  reg \$signature__en$340 ;
   reg \$signature__en$343 ;
-  reg \$signature__en$345 ;
-  reg \$signature__en$347 ;
-  reg \$signature__en$349 ;
-  reg \$signature__en$351 ;
-  reg \$signature__en$353 ;
-  reg \$signature__en$355 ;
-  wire \$signature__en$88 ;
+  reg \$signature__en$346 ;
+  reg \$signature__en$348 ;
+  reg \$signature__en$350 ;
+  reg \$signature__en$352 ;
+  reg \$signature__en$354 ;
+  reg \$signature__en$356 ;
+  reg \$signature__en$358 ;
+  reg \$signature__en$360 ;
+  wire \$signature__en$90 ;
   reg [63:0] a__payload;
-  reg [72:0] \a__payload$356 ;
-  wire [71:0] \a__payload$356.data ;
-  wire [8:0] \a__payload$356.data[0] ;
-  wire [8:0] \a__payload$356.data[1] ;
-  wire [8:0] \a__payload$356.data[2] ;
-  wire [8:0] \a__payload$356.data[3] ;
-  wire [8:0] \a__payload$356.data[4] ;
-  wire [8:0] \a__payload$356.data[5] ;
-  wire [8:0] \a__payload$356.data[6] ;
-  wire [8:0] \a__payload$356.data[7] ;
-  wire \a__payload$356.last ;
+  reg [72:0] \a__payload$361 ;
+  wire [71:0] \a__payload$361.data ;
+  wire [8:0] \a__payload$361.data[0] ;
+  wire [8:0] \a__payload$361.data[1] ;
+  wire [8:0] \a__payload$361.data[2] ;
+  wire [8:0] \a__payload$361.data[3] ;
+  wire [8:0] \a__payload$361.data[4] ;
+  wire [8:0] \a__payload$361.data[5] ;
+  wire [8:0] \a__payload$361.data[6] ;
+  wire [8:0] \a__payload$361.data[7] ;
+  wire \a__payload$361.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$256 ;
+  wire \a__ready$258 ;
   reg a__valid;
-  reg \a__valid$255 ;
+  reg \a__valid$257 ;
   reg a_filled0 = 1'h0;
   reg a_filled1 = 1'h0;
+  reg [15:0] a_in;
+  reg a_in_take;
+  reg a_in_valid;
   reg a_last = 1'h0;
   wire add_sel;
   wire [21:0] addr;
-  wire [21:0] \addr$87 ;
-  wire [21:0] \addr$95 ;
+  wire [21:0] \addr$89 ;
+  wire [21:0] \addr$97 ;
   reg addr_fault = 1'h0;
   output [36:0] ar__payload;
   wire [36:0] ar__payload;
@@ -2468,18 +2587,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  reg [63:0] \b__payload$230 ;
-  wire [15:0] \b__payload$230[0] ;
-  wire [15:0] \b__payload$230[1] ;
-  wire [15:0] \b__payload$230[2] ;
-  wire [15:0] \b__payload$230[3] ;
+  reg [63:0] \b__payload$232 ;
+  wire [15:0] \b__payload$232[0] ;
+  wire [15:0] \b__payload$232[1] ;
+  wire [15:0] \b__payload$232[2] ;
+  wire [15:0] \b__payload$232[3] ;
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$224 ;
+  wire \b__ready$226 ;
   input b__valid;
   wire b__valid;
-  reg \b__valid$222 ;
+  reg \b__valid$224 ;
   wire \b__valid$23 ;
   wire [19:0] base;
   wire [19:0] \base$41 ;
@@ -2492,33 +2611,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output busy;
   reg busy = 1'h0;
   (* init = 1'h0 *)
-  wire \busy$115 ;
+  wire \busy$117 ;
   reg [4:0] c__payload;
-  reg [65:0] \c__payload$169 ;
-  wire [42:0] \c__payload$169.b ;
-  wire [5:0] \c__payload$169.e ;
-  wire \c__payload$169.last ;
-  wire [15:0] \c__payload$169.m ;
-  reg [43:0] \c__payload$172 ;
-  wire [5:0] \c__payload$172.e_a ;
-  wire [5:0] \c__payload$172.e_b ;
-  wire [15:0] \c__payload$172.m_a ;
-  wire [15:0] \c__payload$172.m_b ;
-  reg [52:0] \c__payload$175 ;
-  wire [5:0] \c__payload$175.e ;
-  wire [15:0] \c__payload$175.m ;
-  wire [9:0] \c__payload$175.qb ;
-  wire [14:0] \c__payload$175.qc ;
-  wire [5:0] \c__payload$175.sh ;
+  reg [65:0] \c__payload$171 ;
+  wire [42:0] \c__payload$171.b ;
+  wire [5:0] \c__payload$171.e ;
+  wire \c__payload$171.last ;
+  wire [15:0] \c__payload$171.m ;
+  reg [43:0] \c__payload$174 ;
+  wire [5:0] \c__payload$174.e_a ;
+  wire [5:0] \c__payload$174.e_b ;
+  wire [15:0] \c__payload$174.m_a ;
+  wire [15:0] \c__payload$174.m_b ;
+  reg [52:0] \c__payload$177 ;
+  wire [5:0] \c__payload$177.e ;
+  wire [15:0] \c__payload$177.m ;
+  wire [9:0] \c__payload$177.qb ;
+  wire [14:0] \c__payload$177.qc ;
+  wire [5:0] \c__payload$177.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$171 ;
-  wire \c__ready$174 ;
-  wire \c__ready$177 ;
+  wire \c__ready$173 ;
+  wire \c__ready$176 ;
+  wire \c__ready$179 ;
   reg c__valid;
-  reg \c__valid$170 ;
-  reg \c__valid$173 ;
-  reg \c__valid$176 ;
+  reg \c__valid$172 ;
+  reg \c__valid$175 ;
+  reg \c__valid$178 ;
   reg [31:0] c_addr = 32'd0;
   reg [15:0] c_ask = 16'h0000;
   reg [15:0] c_due = 16'h0000;
@@ -2530,7 +2649,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$117 ;
+  wire [47:0] \cycles$119 ;
   reg [31:0] dec_blocks = 32'd0;
   reg [31:0] dec_c_base = 32'd0;
   reg [2:0] dec_c_lb = 3'h0;
@@ -2545,7 +2664,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
-  wire \done$113 ;
+  wire \done$115 ;
   reg [8:0] elem;
   reg [15:0] elem_data;
   reg elem_final;
@@ -2555,7 +2674,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [3:0] error;
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
-  wire [3:0] \error$111 ;
+  wire [3:0] \error$113 ;
   reg [31:0] ext_req_addr = 32'd0;
   reg [15:0] ext_req_data = 16'h0000;
   reg ext_req_valid = 1'h0;
@@ -2565,27 +2684,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] feed_ntk = 32'd0;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$407 ;
-  wire \final$410 ;
+  wire \final$412 ;
+  wire \final$415 ;
   reg [15:0] fnt = 16'h0000;
   reg gemm_active = 1'h0;
   reg [16:0] i__payload;
-  reg [15:0] \i__payload$198 ;
-  reg [31:0] \i__payload$240 ;
-  wire [7:0] \i__payload$240[0] ;
-  wire [7:0] \i__payload$240[1] ;
-  wire [7:0] \i__payload$240[2] ;
-  wire [7:0] \i__payload$240[3] ;
+  reg [15:0] \i__payload$200 ;
+  reg [31:0] \i__payload$242 ;
+  wire [7:0] \i__payload$242[0] ;
+  wire [7:0] \i__payload$242[1] ;
+  wire [7:0] \i__payload$242[2] ;
+  wire [7:0] \i__payload$242[3] ;
   wire [15:0] \i__payload.data ;
   wire \i__payload.last ;
   wire i__ready;
-  wire \i__ready$199 ;
-  wire \i__ready$239 ;
+  wire \i__ready$201 ;
+  wire \i__ready$241 ;
   reg i__valid;
-  reg \i__valid$197 ;
-  reg \i__valid$238 ;
+  reg \i__valid$199 ;
+  reg \i__valid$240 ;
   wire idle;
-  wire \idle$433 ;
+  wire \idle$438 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2652,12 +2771,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$411 ;
+  wire \last__3$416 ;
   wire last__4;
-  wire \last__4$406 ;
-  wire \last__4$409 ;
+  wire \last__4$411 ;
+  wire \last__4$414 ;
   wire [2:0] level;
-  wire [2:0] \level$84 ;
+  wire [2:0] \level$86 ;
   reg [15:0] lk = 16'h0000;
   reg load;
   wire \load$40 ;
@@ -2679,43 +2798,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$50 ;
   reg [15:0] \n__4$62 ;
   reg next;
-  reg \next$101 ;
-  wire \next$89 ;
+  reg \next$103 ;
+  wire \next$91 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [8:0] o__payload;
-  wire [7:0] \o__payload$201 ;
-  wire [63:0] \o__payload$217 ;
-  wire [15:0] \o__payload$217[0] ;
-  wire [15:0] \o__payload$217[1] ;
-  wire [15:0] \o__payload$217[2] ;
-  wire [15:0] \o__payload$217[3] ;
-  wire [31:0] \o__payload$237 ;
-  wire [7:0] \o__payload$237[0] ;
-  wire [7:0] \o__payload$237[1] ;
-  wire [7:0] \o__payload$237[2] ;
-  wire [7:0] \o__payload$237[3] ;
-  wire [255:0] \o__payload$385 ;
-  wire [31:0] \o__payload$385[0] ;
-  wire [31:0] \o__payload$385[1] ;
-  wire [31:0] \o__payload$385[2] ;
-  wire [31:0] \o__payload$385[3] ;
-  wire [31:0] \o__payload$385[4] ;
-  wire [31:0] \o__payload$385[5] ;
-  wire [31:0] \o__payload$385[6] ;
-  wire [31:0] \o__payload$385[7] ;
+  wire [7:0] \o__payload$203 ;
+  wire [63:0] \o__payload$219 ;
+  wire [15:0] \o__payload$219[0] ;
+  wire [15:0] \o__payload$219[1] ;
+  wire [15:0] \o__payload$219[2] ;
+  wire [15:0] \o__payload$219[3] ;
+  wire [31:0] \o__payload$239 ;
+  wire [7:0] \o__payload$239[0] ;
+  wire [7:0] \o__payload$239[1] ;
+  wire [7:0] \o__payload$239[2] ;
+  wire [7:0] \o__payload$239[3] ;
+  wire [255:0] \o__payload$390 ;
+  wire [31:0] \o__payload$390[0] ;
+  wire [31:0] \o__payload$390[1] ;
+  wire [31:0] \o__payload$390[2] ;
+  wire [31:0] \o__payload$390[3] ;
+  wire [31:0] \o__payload$390[4] ;
+  wire [31:0] \o__payload$390[5] ;
+  wire [31:0] \o__payload$390[6] ;
+  wire [31:0] \o__payload$390[7] ;
   wire [7:0] \o__payload.data ;
   wire \o__payload.last ;
   reg o__ready;
-  reg \o__ready$202 ;
-  reg \o__ready$214 ;
-  reg \o__ready$236 ;
-  reg \o__ready$390 ;
+  reg \o__ready$204 ;
+  reg \o__ready$216 ;
+  reg \o__ready$238 ;
+  reg \o__ready$395 ;
   wire o__valid;
-  wire \o__valid$200 ;
-  wire \o__valid$213 ;
-  wire \o__valid$235 ;
-  wire \o__valid$386 ;
+  wire \o__valid$202 ;
+  wire \o__valid$215 ;
+  wire \o__valid$237 ;
+  wire \o__valid$391 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2835,6 +2954,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire post_bad;
   reg [2:0] post_col = 3'h0;
   reg post_gelu = 1'h0;
+  reg pre_ln = 1'h0;
+  reg pre_sm = 1'h0;
   input [31:0] prog;
   wire [31:0] prog;
   input [64:0] r__payload;
@@ -2851,22 +2972,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [18:0] r_data;
-  wire [18:0] \r_data$311 ;
+  wire [18:0] \r_data$316 ;
   reg r_en;
-  reg \r_en$211 ;
+  reg \r_en$213 ;
   wire r_rdy;
-  wire \r_rdy$210 ;
+  wire \r_rdy$212 ;
   reg [34:0] req__payload;
-  reg [98:0] \req__payload$188 ;
-  wire [31:0] \req__payload$188.addr ;
-  wire [63:0] \req__payload$188.data ;
-  wire [2:0] \req__payload$188.lb ;
+  reg [98:0] \req__payload$190 ;
+  wire [31:0] \req__payload$190.addr ;
+  wire [63:0] \req__payload$190.data ;
+  wire [2:0] \req__payload$190.lb ;
   wire [31:0] \req__payload.addr ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$190 ;
+  wire \req__ready$192 ;
   reg req__valid;
-  reg \req__valid$187 ;
+  reg \req__valid$189 ;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
   input rst;
@@ -2913,8 +3034,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] unpack2;
   reg [15:0] unpack3;
   wire valid;
-  wire \valid$100 ;
-  wire \valid$83 ;
+  wire \valid$102 ;
+  wire \valid$85 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
   wire [7:0] \w__payload[1] ;
@@ -2927,11 +3048,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg w__valid;
   reg [31:0] w_addr = 32'd0;
   wire [18:0] w_data;
-  wire [18:0] \w_data$91 ;
+  wire [18:0] \w_data$93 ;
   (* init = 1'h0 *)
   wire w_en;
   (* init = 1'h0 *)
-  wire \w_en$90 ;
+  wire \w_en$92 ;
   reg w_feed_half = 1'h0;
   reg w_filled0 = 1'h0;
   reg w_filled1 = 1'h0;
@@ -3472,16 +3593,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$264 )
-      a_cache0[\$signature__addr$261 ] <= \$signature__data$263 ;
+    if (\$signature__en$269 )
+      a_cache0[\$signature__addr$266 ] <= \$signature__data$268 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$290 ) begin
-      _0_ <= a_cache0[\$signature__addr$287 ];
+    if (\$signature__en$295 ) begin
+      _0_ <= a_cache0[\$signature__addr$292 ];
     end
   end
-  assign \$signature__data$359  = _0_;
+  assign \$signature__data$364  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -3998,16 +4119,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$268 )
-      a_cache1[\$signature__addr$266 ] <= \$signature__data$267 ;
+    if (\$signature__en$273 )
+      a_cache1[\$signature__addr$271 ] <= \$signature__data$272 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$297 ) begin
-      _1_ <= a_cache1[\$signature__addr$296 ];
+    if (\$signature__en$302 ) begin
+      _1_ <= a_cache1[\$signature__addr$301 ];
     end
   end
-  assign \$signature__data$360  = _1_;
+  assign \$signature__data$365  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4524,16 +4645,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$271 )
-      a_cache2[\$signature__addr$269 ] <= \$signature__data$270 ;
+    if (\$signature__en$276 )
+      a_cache2[\$signature__addr$274 ] <= \$signature__data$275 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$299 ) begin
-      _2_ <= a_cache2[\$signature__addr$298 ];
+    if (\$signature__en$304 ) begin
+      _2_ <= a_cache2[\$signature__addr$303 ];
     end
   end
-  assign \$signature__data$361  = _2_;
+  assign \$signature__data$366  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5050,16 +5171,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$274 )
-      a_cache3[\$signature__addr$272 ] <= \$signature__data$273 ;
+    if (\$signature__en$279 )
+      a_cache3[\$signature__addr$277 ] <= \$signature__data$278 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$301 ) begin
-      _3_ <= a_cache3[\$signature__addr$300 ];
+    if (\$signature__en$306 ) begin
+      _3_ <= a_cache3[\$signature__addr$305 ];
     end
   end
-  assign \$signature__data$362  = _3_;
+  assign \$signature__data$367  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5576,16 +5697,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$277 )
-      a_cache4[\$signature__addr$275 ] <= \$signature__data$276 ;
+    if (\$signature__en$282 )
+      a_cache4[\$signature__addr$280 ] <= \$signature__data$281 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$303 ) begin
-      _4_ <= a_cache4[\$signature__addr$302 ];
+    if (\$signature__en$308 ) begin
+      _4_ <= a_cache4[\$signature__addr$307 ];
     end
   end
-  assign \$signature__data$363  = _4_;
+  assign \$signature__data$368  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6102,16 +6223,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$280 )
-      a_cache5[\$signature__addr$278 ] <= \$signature__data$279 ;
+    if (\$signature__en$285 )
+      a_cache5[\$signature__addr$283 ] <= \$signature__data$284 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$305 ) begin
-      _5_ <= a_cache5[\$signature__addr$304 ];
+    if (\$signature__en$310 ) begin
+      _5_ <= a_cache5[\$signature__addr$309 ];
     end
   end
-  assign \$signature__data$364  = _5_;
+  assign \$signature__data$369  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6628,16 +6749,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$283 )
-      a_cache6[\$signature__addr$281 ] <= \$signature__data$282 ;
+    if (\$signature__en$288 )
+      a_cache6[\$signature__addr$286 ] <= \$signature__data$287 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$307 ) begin
-      _6_ <= a_cache6[\$signature__addr$306 ];
+    if (\$signature__en$312 ) begin
+      _6_ <= a_cache6[\$signature__addr$311 ];
     end
   end
-  assign \$signature__data$365  = _6_;
+  assign \$signature__data$370  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7154,16 +7275,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$286 )
-      a_cache7[\$signature__addr$284 ] <= \$signature__data$285 ;
+    if (\$signature__en$291 )
+      a_cache7[\$signature__addr$289 ] <= \$signature__data$290 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$309 ) begin
-      _7_ <= a_cache7[\$signature__addr$308 ];
+    if (\$signature__en$314 ) begin
+      _7_ <= a_cache7[\$signature__addr$313 ];
     end
   end
-  assign \$signature__data$366  = _7_;
+  assign \$signature__data$371  = _7_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -23559,13 +23680,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] _9_;
   always @(posedge clk) begin
     if (src1_issue) begin
-      _8_ <= buffer[\addr$87 [13:0]];
+      _8_ <= buffer[\addr$89 [13:0]];
     end
     if (src0_issue) begin
       _9_ <= buffer[addr[13:0]];
     end
   end
-  assign \$signature__data$92  = _8_;
+  assign \$signature__data$94  = _8_;
   assign \$signature__data  = _9_;
   reg [7:0] w_cache0 [511:0];
   initial begin
@@ -24083,16 +24204,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$316 )
-      w_cache0[\$signature__addr$313 ] <= \$signature__data$315 ;
+    if (\$signature__en$321 )
+      w_cache0[\$signature__addr$318 ] <= \$signature__data$320 ;
   end
   reg [7:0] _10_;
   always @(posedge clk) begin
-    if (\$signature__en$341 ) begin
-      _10_ <= w_cache0[\$signature__addr$339 ];
+    if (\$signature__en$346 ) begin
+      _10_ <= w_cache0[\$signature__addr$344 ];
     end
   end
-  assign \$signature__data$368  = _10_;
+  assign \$signature__data$373  = _10_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -24609,16 +24730,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$320 )
-      w_cache1[\$signature__addr$318 ] <= \$signature__data$319 ;
+    if (\$signature__en$325 )
+      w_cache1[\$signature__addr$323 ] <= \$signature__data$324 ;
   end
   reg [7:0] _11_;
   always @(posedge clk) begin
-    if (\$signature__en$343 ) begin
-      _11_ <= w_cache1[\$signature__addr$342 ];
+    if (\$signature__en$348 ) begin
+      _11_ <= w_cache1[\$signature__addr$347 ];
     end
   end
-  assign \$signature__data$370  = _11_;
+  assign \$signature__data$375  = _11_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25135,16 +25256,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$323 )
-      w_cache2[\$signature__addr$321 ] <= \$signature__data$322 ;
+    if (\$signature__en$328 )
+      w_cache2[\$signature__addr$326 ] <= \$signature__data$327 ;
   end
   reg [7:0] _12_;
   always @(posedge clk) begin
-    if (\$signature__en$345 ) begin
-      _12_ <= w_cache2[\$signature__addr$344 ];
+    if (\$signature__en$350 ) begin
+      _12_ <= w_cache2[\$signature__addr$349 ];
     end
   end
-  assign \$signature__data$372  = _12_;
+  assign \$signature__data$377  = _12_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -25661,16 +25782,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$326 )
-      w_cache3[\$signature__addr$324 ] <= \$signature__data$325 ;
+    if (\$signature__en$331 )
+      w_cache3[\$signature__addr$329 ] <= \$signature__data$330 ;
   end
   reg [7:0] _13_;
   always @(posedge clk) begin
-    if (\$signature__en$347 ) begin
-      _13_ <= w_cache3[\$signature__addr$346 ];
+    if (\$signature__en$352 ) begin
+      _13_ <= w_cache3[\$signature__addr$351 ];
     end
   end
-  assign \$signature__data$374  = _13_;
+  assign \$signature__data$379  = _13_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26187,16 +26308,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$329 )
-      w_cache4[\$signature__addr$327 ] <= \$signature__data$328 ;
+    if (\$signature__en$334 )
+      w_cache4[\$signature__addr$332 ] <= \$signature__data$333 ;
   end
   reg [7:0] _14_;
   always @(posedge clk) begin
-    if (\$signature__en$349 ) begin
-      _14_ <= w_cache4[\$signature__addr$348 ];
+    if (\$signature__en$354 ) begin
+      _14_ <= w_cache4[\$signature__addr$353 ];
     end
   end
-  assign \$signature__data$376  = _14_;
+  assign \$signature__data$381  = _14_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -26713,16 +26834,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$332 )
-      w_cache5[\$signature__addr$330 ] <= \$signature__data$331 ;
+    if (\$signature__en$337 )
+      w_cache5[\$signature__addr$335 ] <= \$signature__data$336 ;
   end
   reg [7:0] _15_;
   always @(posedge clk) begin
-    if (\$signature__en$351 ) begin
-      _15_ <= w_cache5[\$signature__addr$350 ];
+    if (\$signature__en$356 ) begin
+      _15_ <= w_cache5[\$signature__addr$355 ];
     end
   end
-  assign \$signature__data$378  = _15_;
+  assign \$signature__data$383  = _15_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27239,16 +27360,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$335 )
-      w_cache6[\$signature__addr$333 ] <= \$signature__data$334 ;
+    if (\$signature__en$340 )
+      w_cache6[\$signature__addr$338 ] <= \$signature__data$339 ;
   end
   reg [7:0] _16_;
   always @(posedge clk) begin
-    if (\$signature__en$353 ) begin
-      _16_ <= w_cache6[\$signature__addr$352 ];
+    if (\$signature__en$358 ) begin
+      _16_ <= w_cache6[\$signature__addr$357 ];
     end
   end
-  assign \$signature__data$380  = _16_;
+  assign \$signature__data$385  = _16_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -27765,1135 +27886,1249 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$338 )
-      w_cache7[\$signature__addr$336 ] <= \$signature__data$337 ;
+    if (\$signature__en$343 )
+      w_cache7[\$signature__addr$341 ] <= \$signature__data$342 ;
   end
   reg [7:0] _17_;
   always @(posedge clk) begin
-    if (\$signature__en$355 ) begin
-      _17_ <= w_cache7[\$signature__addr$354 ];
+    if (\$signature__en$360 ) begin
+      _17_ <= w_cache7[\$signature__addr$359 ];
     end
   end
-  assign \$signature__data$382  = _17_;
+  assign \$signature__data$387  = _17_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
   assign \$4  = \$2  & \$3 ;
   assign \$5  = ~ post_add;
-  assign post_bad = \$4  & \$5 ;
-  assign \$6  = ins[55:40] + 4'h8;
-  assign \$7  = \$6  - 1'h1;
-  assign \$9  = $signed(ins[269:252]) * $signed(5'h08);
-  assign \$12  = ins[55:40] + 4'h8;
-  assign \$13  = \$12  - 1'h1;
-  assign \$15  = post_add ? \$14  : 18'h00001;
-  assign \$16  = $signed(ins[379:362]) * $signed(5'h08);
-  assign \$17  = post_add ? \$16  : 22'h000000;
-  assign \$18  = ins[71:56] + 4'h8;
-  assign \$19  = \$18  - 1'h1;
-  assign \$21  = ins[71:56] + 4'h8;
-  assign \$22  = \$21  - 1'h1;
-  assign \$24  = post_add ? \$20  : \$23 ;
-  assign \$25  = $signed(ins[397:380]) * $signed(5'h08);
-  assign \$26  = $signed(ins[397:380]) * $signed(5'h08);
-  assign \$27  = post_add ? \$25  : \$26 ;
-  assign \$28  = post_add ? 16'h0008 : ins[87:72];
-  assign \$29  = post_add ? ins[379:362] : ins[415:398];
-  assign \$32  = ins[55:40] + 4'h8;
-  assign \$33  = \$32  - 1'h1;
-  assign \$35  = $signed(ins[159:142]) * $signed(5'h08);
-  assign \$36  = ins[71:56] + 4'h8;
-  assign \$37  = \$36  - 1'h1;
-  assign \$39  = $signed(ins[177:160]) * $signed(5'h08);
-  assign \$40  = \$signal  & valid;
-  assign \$41  = level + src0_inflight;
-  assign \$42  = \$41  < 3'h4;
-  assign src0_issue = \$40  & \$42 ;
-  assign \$43  = run1 & \valid$83 ;
-  assign \$44  = \level$84  + src1_inflight;
-  assign \$45  = \$44  < 3'h4;
-  assign src1_issue = \$43  & \$45 ;
-  assign \$46  = \$signal$99  & \valid$100 ;
-  assign \$47  = \$signal$99  & \valid$100 ;
+  assign \$6  = \$4  & \$5 ;
+  assign \$7  = ~ pre_ln;
+  assign \$8  = \$6  & \$7 ;
+  assign \$9  = ~ pre_sm;
+  assign post_bad = \$8  & \$9 ;
+  assign \$10  = pre_ln | pre_sm;
+  assign \$11  = \$10  ? 16'h0001 : ins[39:24];
+  assign \$12  = pre_ln | pre_sm;
+  assign \$13  = \$12  ? 18'h00000 : ins[251:234];
+  assign \$14  = pre_ln | pre_sm;
+  assign \$15  = ins[55:40] + 4'h8;
+  assign \$16  = \$15  - 1'h1;
+  assign \$18  = \$14  ? { 2'h0, ins[39:24] } : \$17 ;
+  assign \$19  = pre_ln | pre_sm;
+  assign \$20  = $signed(ins[269:252]) * $signed(5'h08);
+  assign \$21  = \$19  ? { ins[251], ins[251], ins[251], ins[251], ins[251:234] } : \$20 ;
+  assign \$22  = pre_ln | pre_sm;
+  assign \$23  = ins[55:40] + 4'h8;
+  assign \$24  = \$23  - 1'h1;
+  assign \$26  = \$22  ? \$25  : { 2'h0, ins[87:72] };
+  assign \$27  = pre_ln | pre_sm;
+  assign \$28  = $signed(ins[269:252]) * $signed(5'h08);
+  assign \$29  = \$27  ? \$28  : { ins[305], ins[305], ins[305], ins[305], ins[305:288] };
+  assign \$30  = pre_ln | pre_sm;
+  assign \$32  = pre_ln | pre_sm;
+  assign \$34  = pre_ln | pre_sm;
+  assign \$35  = \$34  ? ins[87:72] : 16'h0001;
+  assign \$36  = pre_ln | pre_sm;
+  assign \$37  = \$36  ? ins[305:288] : 18'h00000;
+  assign \$40  = ins[55:40] + 4'h8;
+  assign \$41  = \$40  - 1'h1;
+  assign \$43  = post_add ? \$42  : 18'h00001;
+  assign \$44  = $signed(ins[379:362]) * $signed(5'h08);
+  assign \$45  = post_add ? \$44  : 22'h000000;
+  assign \$46  = ins[71:56] + 4'h8;
+  assign \$47  = \$46  - 1'h1;
+  assign \$49  = ins[71:56] + 4'h8;
+  assign \$50  = \$49  - 1'h1;
+  assign \$52  = post_add ? \$48  : \$51 ;
+  assign \$53  = $signed(ins[397:380]) * $signed(5'h08);
+  assign \$54  = $signed(ins[397:380]) * $signed(5'h08);
+  assign \$55  = post_add ? \$53  : \$54 ;
+  assign \$56  = post_add ? 16'h0008 : ins[87:72];
+  assign \$57  = post_add ? ins[379:362] : ins[415:398];
+  assign \$60  = ins[55:40] + 4'h8;
+  assign \$61  = \$60  - 1'h1;
+  assign \$63  = $signed(ins[159:142]) * $signed(5'h08);
+  assign \$64  = ins[71:56] + 4'h8;
+  assign \$65  = \$64  - 1'h1;
+  assign \$67  = $signed(ins[177:160]) * $signed(5'h08);
+  assign \$68  = \$signal  & valid;
+  assign \$69  = level + src0_inflight;
+  assign \$70  = \$69  < 3'h4;
+  assign src0_issue = \$68  & \$70 ;
+  assign \$71  = run1 & \valid$85 ;
+  assign \$72  = \level$86  + src1_inflight;
+  assign \$73  = \$72  < 3'h4;
+  assign src1_issue = \$71  & \$73 ;
+  assign \$74  = \$signal$101  & \valid$102 ;
+  assign \$75  = \$signal$101  & \valid$102 ;
   assign add_sel = is_add | post_add;
-  assign \$48  = is_gelu | post_gelu;
-  assign \$49  = unit_is0 & \$48 ;
-  assign \$50  = is_gelu | post_gelu;
-  assign \$51  = unit_is0 & \$50 ;
-  assign unit_known = | { \$51 , add_sel, is_layernorm, is_softmax };
-  assign \$52  = ~ fetch_sent;
-  assign \$53  = | decode_wait;
-  assign \$54  = images_left > 1'h1;
-  assign \$55  = is_end & \$54 ;
-  assign \$56  = | ins[39:24];
-  assign \$57  = ~ \$56 ;
-  assign \$58  = | ins[55:40];
-  assign \$59  = ~ \$58 ;
-  assign \$60  = | ins[71:56];
-  assign \$61  = ~ \$60 ;
-  assign \$62  = | ins[87:72];
-  assign \$63  = ~ \$62 ;
-  assign \$64  = | ins[103:88];
-  assign \$65  = ~ \$64 ;
-  assign \$66  = | { \$65 , \$63 , \$61 , \$59 , \$57  };
-  assign \$67  = post_gelu | post_add;
-  assign \$68  = ~ unit_known;
-  assign \$69  = \$67  & \$68 ;
-  assign \$70  = post_bad | \$69 ;
-  assign \$71  = post_gelu | post_add;
-  assign \$72  = is_move | is_load;
-  assign \$73  = \$72  | is_store;
-  assign \$74  = \$73  | is_gemm;
-  assign \$75  = | c_ask;
-  assign \$76  = is_gelu | post_gelu;
-  assign \$77  = unit_is0 & \$76 ;
-  assign \$78  = r_rdy & \valid$100 ;
-  assign \$79  = ~ ext_req_valid;
-  assign \$80  = \$79  | req__ready;
-  assign \$81  = valid & \$80 ;
-  assign \$84  = \$83  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$87  = \$86  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$90  = \$89  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$93  = \$92  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$94  = beat__valid & beat__payload[512];
-  assign \$95  = r_rdy & \valid$100 ;
-  assign \$96  = ~ ext_req_valid;
-  assign \$97  = \$96  | \req__ready$190 ;
-  assign \$98  = \$95  & \$97 ;
-  assign \$99  = r_rdy & \valid$100 ;
-  assign \$100  = ~ ext_req_valid;
-  assign \$101  = \$100  | \req__ready$190 ;
-  assign \$102  = \$99  & \$101 ;
-  assign \$103  = r_rdy & i__ready;
-  assign \$104  = r_rdy & \i__ready$199 ;
-  assign \$105  = ~ pack_full;
-  assign \$106  = \$105  | in_ready;
-  assign \$107  = \$106  & elem_valid;
-  assign \$108  = ~ add_sel;
-  assign \$109  = \r_rdy$210  | \$108 ;
-  assign \$110  = \$107  & \$109 ;
-  assign \$111  = ~ pack_full;
-  assign \$112  = \$111  | in_ready;
-  assign \$113  = \$112  & elem_valid;
-  assign \$114  = ~ add_sel;
-  assign \$115  = \r_rdy$210  | \$114 ;
-  assign \$116  = \$113  & \$115 ;
-  assign \$117  = \$116  & add_sel;
-  assign \$118  = a__ready & \b__ready$224 ;
-  assign \$119  = is_gelu | post_gelu;
-  assign \$120  = unit_is0 & \$119 ;
-  assign \$122  = \$signal$212  & \valid$100 ;
-  assign \$123  = pack_jo == 2'h3;
-  assign \$124  = \$123  | \final ;
-  assign \$125  = want_w ? w_addr : p_addr;
-  assign \$126  = want_w ? w_lb : 3'h6;
-  assign \$127  = ~ is_linear;
-  assign \$128  = \$127  | rk_zero;
-  assign \$129  = ~ w_full;
-  assign \$130  = \a__valid$255  & \a__ready$256 ;
-  assign \$131  = \$129  | \$130 ;
-  assign \$134  = \$133  ? { r_data[1], r_data[1:0] } : { 1'h0, r_data[1:0] };
-  assign \$137  = \$136  ? { r_data[2], r_data[2:0] } : { 1'h0, r_data[2:0] };
-  assign \$140  = \$139  ? { r_data[3], r_data[3:0] } : { 1'h0, r_data[3:0] };
-  assign \$143  = \$142  ? { r_data[4], r_data[4:0] } : { 1'h0, r_data[4:0] };
-  assign \$146  = \$145  ? { r_data[5], r_data[5:0] } : { 1'h0, r_data[5:0] };
-  assign \$149  = \$148  ? { r_data[6], r_data[6:0] } : { 1'h0, r_data[6:0] };
-  assign \$152  = \$151  ? { r_data[7], r_data[7:0] } : { 1'h0, r_data[7:0] };
-  assign \$154  = ~ \$153 ;
-  assign \$155  = r_rdy & \$154 ;
-  assign \$156  = \$signal$258  * 9'h100;
-  assign \$157  = \$156  + lk;
-  assign \$159  = ~ \$158 ;
-  assign \$160  = r_rdy & \$159 ;
-  assign \$161  = | \$signal$265 ;
-  assign \$162  = ~ \$161 ;
-  assign \$163  = \$160  & \$162 ;
-  assign \$164  = \$signal$258  * 9'h100;
-  assign \$165  = \$164  + lk;
-  assign \$167  = ~ \$166 ;
-  assign \$168  = r_rdy & \$167 ;
-  assign \$169  = \$signal$265  == 1'h1;
-  assign \$170  = \$168  & \$169 ;
-  assign \$171  = \$signal$258  * 9'h100;
-  assign \$172  = \$171  + lk;
-  assign \$174  = ~ \$173 ;
-  assign \$175  = r_rdy & \$174 ;
-  assign \$176  = \$signal$265  == 2'h2;
-  assign \$177  = \$175  & \$176 ;
-  assign \$178  = \$signal$258  * 9'h100;
-  assign \$179  = \$178  + lk;
-  assign \$181  = ~ \$180 ;
-  assign \$182  = r_rdy & \$181 ;
-  assign \$183  = \$signal$265  == 2'h3;
-  assign \$184  = \$182  & \$183 ;
-  assign \$185  = \$signal$258  * 9'h100;
-  assign \$186  = \$185  + lk;
-  assign \$188  = ~ \$187 ;
-  assign \$189  = r_rdy & \$188 ;
-  assign \$190  = \$signal$265  == 3'h4;
-  assign \$191  = \$189  & \$190 ;
-  assign \$192  = \$signal$258  * 9'h100;
-  assign \$193  = \$192  + lk;
-  assign \$195  = ~ \$194 ;
-  assign \$196  = r_rdy & \$195 ;
-  assign \$197  = \$signal$265  == 3'h5;
-  assign \$198  = \$196  & \$197 ;
-  assign \$199  = \$signal$258  * 9'h100;
-  assign \$200  = \$199  + lk;
+  assign \$76  = is_softmax | pre_sm;
+  assign \$77  = is_layernorm | pre_ln;
+  assign \$78  = is_gelu | post_gelu;
+  assign \$79  = unit_is0 & \$78 ;
+  assign \$80  = is_softmax | pre_sm;
+  assign \$81  = is_layernorm | pre_ln;
+  assign \$82  = is_gelu | post_gelu;
+  assign \$83  = unit_is0 & \$82 ;
+  assign unit_known = | { \$83 , add_sel, \$81 , \$80  };
+  assign \$84  = ~ fetch_sent;
+  assign \$85  = | decode_wait;
+  assign \$86  = images_left > 1'h1;
+  assign \$87  = is_end & \$86 ;
+  assign \$88  = | ins[39:24];
+  assign \$89  = ~ \$88 ;
+  assign \$90  = | ins[55:40];
+  assign \$91  = ~ \$90 ;
+  assign \$92  = | ins[71:56];
+  assign \$93  = ~ \$92 ;
+  assign \$94  = | ins[87:72];
+  assign \$95  = ~ \$94 ;
+  assign \$96  = | ins[103:88];
+  assign \$97  = ~ \$96 ;
+  assign \$98  = | { \$97 , \$95 , \$93 , \$91 , \$89  };
+  assign \$99  = post_gelu | post_add;
+  assign \$100  = \$99  | pre_ln;
+  assign \$101  = \$100  | pre_sm;
+  assign \$102  = ~ unit_known;
+  assign \$103  = \$101  & \$102 ;
+  assign \$104  = post_bad | \$103 ;
+  assign \$105  = post_gelu | post_add;
+  assign \$106  = \$105  | pre_ln;
+  assign \$107  = \$106  | pre_sm;
+  assign \$108  = is_move | is_load;
+  assign \$109  = \$108  | is_store;
+  assign \$110  = \$109  | is_gemm;
+  assign \$111  = | c_ask;
+  assign \$112  = is_softmax | pre_sm;
+  assign \$113  = is_layernorm | pre_ln;
+  assign \$114  = is_gelu | post_gelu;
+  assign \$115  = unit_is0 & \$114 ;
+  assign \$116  = r_rdy & \valid$102 ;
+  assign \$117  = ~ ext_req_valid;
+  assign \$118  = \$117  | req__ready;
+  assign \$119  = valid & \$118 ;
+  assign \$122  = \$121  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$125  = \$124  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$128  = \$127  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$131  = \$130  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$132  = beat__valid & beat__payload[512];
+  assign \$133  = r_rdy & \valid$102 ;
+  assign \$134  = ~ ext_req_valid;
+  assign \$135  = \$134  | \req__ready$192 ;
+  assign \$136  = \$133  & \$135 ;
+  assign \$137  = r_rdy & \valid$102 ;
+  assign \$138  = ~ ext_req_valid;
+  assign \$139  = \$138  | \req__ready$192 ;
+  assign \$140  = \$137  & \$139 ;
+  assign \$141  = r_rdy & i__ready;
+  assign \$142  = r_rdy & \i__ready$201 ;
+  assign \$143  = ~ pack_full;
+  assign \$144  = \$143  | in_ready;
+  assign \$145  = \$144  & elem_valid;
+  assign \$146  = ~ add_sel;
+  assign \$147  = \r_rdy$212  | \$146 ;
+  assign \$148  = \$145  & \$147 ;
+  assign \$149  = ~ pack_full;
+  assign \$150  = \$149  | in_ready;
+  assign \$151  = \$150  & elem_valid;
+  assign \$152  = ~ add_sel;
+  assign \$153  = \r_rdy$212  | \$152 ;
+  assign \$154  = \$151  & \$153 ;
+  assign \$155  = \$154  & add_sel;
+  assign \$156  = a__ready & \b__ready$226 ;
+  assign \$157  = is_gelu | post_gelu;
+  assign \$158  = unit_is0 & \$157 ;
+  assign \$160  = \$signal$214  & \valid$102 ;
+  assign \$161  = pack_jo == 2'h3;
+  assign \$162  = \$161  | \final ;
+  assign \$163  = want_w ? w_addr : p_addr;
+  assign \$164  = want_w ? w_lb : 3'h6;
+  assign \$165  = ~ is_linear;
+  assign \$166  = \$165  | rk_zero;
+  assign \$167  = ~ w_full;
+  assign \$168  = \a__valid$257  & \a__ready$258 ;
+  assign \$169  = \$167  | \$168 ;
+  assign \$172  = \$171  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$175  = \$174  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$178  = \$177  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$181  = \$180  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$184  = \$183  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$187  = \$186  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$190  = \$189  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$192  = ~ \$191 ;
+  assign \$193  = a_in_valid & \$192 ;
+  assign \$194  = r_rdy & i__ready;
+  assign \$195  = r_rdy & \i__ready$201 ;
+  assign \$196  = \$signal$263  * 9'h100;
+  assign \$197  = \$196  + lk;
+  assign \$199  = ~ \$198 ;
+  assign \$200  = a_in_valid & \$199 ;
+  assign \$201  = | \$signal$270 ;
   assign \$202  = ~ \$201 ;
-  assign \$203  = r_rdy & \$202 ;
-  assign \$204  = \$signal$265  == 3'h6;
-  assign \$205  = \$203  & \$204 ;
-  assign \$206  = \$signal$258  * 9'h100;
-  assign \$207  = \$206  + lk;
-  assign \$209  = ~ \$208 ;
-  assign \$210  = r_rdy & \$209 ;
-  assign \$211  = \$signal$265  == 3'h7;
-  assign \$212  = \$210  & \$211 ;
-  assign \$213  = \$signal$288  * 9'h100;
-  assign \$214  = \$213  + \$signal$289 ;
-  assign \$216  = \$signal$258  == \$signal$288 ;
-  assign \$217  = lk > \$signal$289 ;
-  assign \$218  = \$216  & \$217 ;
-  assign \$219  = \$215  | \$218 ;
-  assign \$221  = is_linear | \$220 ;
-  assign \$222  = \$219  & \$221 ;
-  assign \$223  = ~ \$signal$294 ;
-  assign \$224  = \a__valid$255  & \a__ready$256 ;
-  assign \$225  = \$223  | \$224 ;
-  assign \$226  = \$222  & \$225 ;
-  assign \$227  = | feed_blocks;
-  assign \$228  = \$226  & \$227 ;
-  assign \$229  = \$signal$288  * 9'h100;
-  assign \$230  = \$229  + \$signal$289 ;
-  assign \$232  = \$signal$258  == \$signal$288 ;
-  assign \$233  = lk > \$signal$289 ;
-  assign \$234  = \$232  & \$233 ;
-  assign \$235  = \$231  | \$234 ;
-  assign \$237  = is_linear | \$236 ;
-  assign \$238  = \$235  & \$237 ;
-  assign \$239  = ~ \$signal$294 ;
-  assign \$240  = \a__valid$255  & \a__ready$256 ;
-  assign \$241  = \$239  | \$240 ;
-  assign \$242  = \$238  & \$241 ;
-  assign \$243  = | feed_blocks;
-  assign \$244  = \$242  & \$243 ;
-  assign \$245  = \$signal$288  * 9'h100;
-  assign \$246  = \$245  + \$signal$289 ;
-  assign \$248  = \$signal$258  == \$signal$288 ;
-  assign \$249  = lk > \$signal$289 ;
-  assign \$250  = \$248  & \$249 ;
-  assign \$251  = \$247  | \$250 ;
-  assign \$253  = is_linear | \$252 ;
-  assign \$254  = \$251  & \$253 ;
-  assign \$255  = ~ \$signal$294 ;
-  assign \$256  = \a__valid$255  & \a__ready$256 ;
-  assign \$257  = \$255  | \$256 ;
-  assign \$258  = \$254  & \$257 ;
-  assign \$259  = | feed_blocks;
-  assign \$260  = \$258  & \$259 ;
-  assign \$261  = \$signal$288  * 9'h100;
-  assign \$262  = \$261  + \$signal$289 ;
-  assign \$264  = \$signal$258  == \$signal$288 ;
-  assign \$265  = lk > \$signal$289 ;
-  assign \$266  = \$264  & \$265 ;
-  assign \$267  = \$263  | \$266 ;
-  assign \$269  = is_linear | \$268 ;
-  assign \$270  = \$267  & \$269 ;
-  assign \$271  = ~ \$signal$294 ;
-  assign \$272  = \a__valid$255  & \a__ready$256 ;
-  assign \$273  = \$271  | \$272 ;
-  assign \$274  = \$270  & \$273 ;
-  assign \$275  = | feed_blocks;
-  assign \$276  = \$274  & \$275 ;
-  assign \$277  = \$signal$288  * 9'h100;
-  assign \$278  = \$277  + \$signal$289 ;
-  assign \$280  = \$signal$258  == \$signal$288 ;
-  assign \$281  = lk > \$signal$289 ;
-  assign \$282  = \$280  & \$281 ;
-  assign \$283  = \$279  | \$282 ;
-  assign \$285  = is_linear | \$284 ;
-  assign \$286  = \$283  & \$285 ;
-  assign \$287  = ~ \$signal$294 ;
-  assign \$288  = \a__valid$255  & \a__ready$256 ;
-  assign \$289  = \$287  | \$288 ;
-  assign \$290  = \$286  & \$289 ;
-  assign \$291  = | feed_blocks;
-  assign \$292  = \$290  & \$291 ;
-  assign \$293  = \$signal$288  * 9'h100;
-  assign \$294  = \$293  + \$signal$289 ;
-  assign \$296  = \$signal$258  == \$signal$288 ;
-  assign \$297  = lk > \$signal$289 ;
-  assign \$298  = \$296  & \$297 ;
-  assign \$299  = \$295  | \$298 ;
-  assign \$301  = is_linear | \$300 ;
-  assign \$302  = \$299  & \$301 ;
-  assign \$303  = ~ \$signal$294 ;
-  assign \$304  = \a__valid$255  & \a__ready$256 ;
-  assign \$305  = \$303  | \$304 ;
-  assign \$306  = \$302  & \$305 ;
-  assign \$307  = | feed_blocks;
-  assign \$308  = \$306  & \$307 ;
-  assign \$309  = \$signal$288  * 9'h100;
-  assign \$310  = \$309  + \$signal$289 ;
-  assign \$312  = \$signal$258  == \$signal$288 ;
-  assign \$313  = lk > \$signal$289 ;
-  assign \$314  = \$312  & \$313 ;
-  assign \$315  = \$311  | \$314 ;
-  assign \$317  = is_linear | \$316 ;
+  assign \$203  = \$200  & \$202 ;
+  assign \$204  = \$signal$263  * 9'h100;
+  assign \$205  = \$204  + lk;
+  assign \$207  = ~ \$206 ;
+  assign \$208  = a_in_valid & \$207 ;
+  assign \$209  = \$signal$270  == 1'h1;
+  assign \$210  = \$208  & \$209 ;
+  assign \$211  = \$signal$263  * 9'h100;
+  assign \$212  = \$211  + lk;
+  assign \$214  = ~ \$213 ;
+  assign \$215  = a_in_valid & \$214 ;
+  assign \$216  = \$signal$270  == 2'h2;
+  assign \$217  = \$215  & \$216 ;
+  assign \$218  = \$signal$263  * 9'h100;
+  assign \$219  = \$218  + lk;
+  assign \$221  = ~ \$220 ;
+  assign \$222  = a_in_valid & \$221 ;
+  assign \$223  = \$signal$270  == 2'h3;
+  assign \$224  = \$222  & \$223 ;
+  assign \$225  = \$signal$263  * 9'h100;
+  assign \$226  = \$225  + lk;
+  assign \$228  = ~ \$227 ;
+  assign \$229  = a_in_valid & \$228 ;
+  assign \$230  = \$signal$270  == 3'h4;
+  assign \$231  = \$229  & \$230 ;
+  assign \$232  = \$signal$263  * 9'h100;
+  assign \$233  = \$232  + lk;
+  assign \$235  = ~ \$234 ;
+  assign \$236  = a_in_valid & \$235 ;
+  assign \$237  = \$signal$270  == 3'h5;
+  assign \$238  = \$236  & \$237 ;
+  assign \$239  = \$signal$263  * 9'h100;
+  assign \$240  = \$239  + lk;
+  assign \$242  = ~ \$241 ;
+  assign \$243  = a_in_valid & \$242 ;
+  assign \$244  = \$signal$270  == 3'h6;
+  assign \$245  = \$243  & \$244 ;
+  assign \$246  = \$signal$263  * 9'h100;
+  assign \$247  = \$246  + lk;
+  assign \$249  = ~ \$248 ;
+  assign \$250  = a_in_valid & \$249 ;
+  assign \$251  = \$signal$270  == 3'h7;
+  assign \$252  = \$250  & \$251 ;
+  assign \$253  = \$signal$293  * 9'h100;
+  assign \$254  = \$253  + \$signal$294 ;
+  assign \$256  = \$signal$263  == \$signal$293 ;
+  assign \$257  = lk > \$signal$294 ;
+  assign \$258  = \$256  & \$257 ;
+  assign \$259  = pre_ln | pre_sm;
+  assign \$260  = ~ \$259 ;
+  assign \$261  = \$258  & \$260 ;
+  assign \$262  = \$255  | \$261 ;
+  assign \$264  = is_linear | \$263 ;
+  assign \$265  = \$262  & \$264 ;
+  assign \$266  = ~ \$signal$299 ;
+  assign \$267  = \a__valid$257  & \a__ready$258 ;
+  assign \$268  = \$266  | \$267 ;
+  assign \$269  = \$265  & \$268 ;
+  assign \$270  = | feed_blocks;
+  assign \$271  = \$269  & \$270 ;
+  assign \$272  = \$signal$293  * 9'h100;
+  assign \$273  = \$272  + \$signal$294 ;
+  assign \$275  = \$signal$263  == \$signal$293 ;
+  assign \$276  = lk > \$signal$294 ;
+  assign \$277  = \$275  & \$276 ;
+  assign \$278  = pre_ln | pre_sm;
+  assign \$279  = ~ \$278 ;
+  assign \$280  = \$277  & \$279 ;
+  assign \$281  = \$274  | \$280 ;
+  assign \$283  = is_linear | \$282 ;
+  assign \$284  = \$281  & \$283 ;
+  assign \$285  = ~ \$signal$299 ;
+  assign \$286  = \a__valid$257  & \a__ready$258 ;
+  assign \$287  = \$285  | \$286 ;
+  assign \$288  = \$284  & \$287 ;
+  assign \$289  = | feed_blocks;
+  assign \$290  = \$288  & \$289 ;
+  assign \$291  = \$signal$293  * 9'h100;
+  assign \$292  = \$291  + \$signal$294 ;
+  assign \$294  = \$signal$263  == \$signal$293 ;
+  assign \$295  = lk > \$signal$294 ;
+  assign \$296  = \$294  & \$295 ;
+  assign \$297  = pre_ln | pre_sm;
+  assign \$298  = ~ \$297 ;
+  assign \$299  = \$296  & \$298 ;
+  assign \$300  = \$293  | \$299 ;
+  assign \$302  = is_linear | \$301 ;
+  assign \$303  = \$300  & \$302 ;
+  assign \$304  = ~ \$signal$299 ;
+  assign \$305  = \a__valid$257  & \a__ready$258 ;
+  assign \$306  = \$304  | \$305 ;
+  assign \$307  = \$303  & \$306 ;
+  assign \$308  = | feed_blocks;
+  assign \$309  = \$307  & \$308 ;
+  assign \$310  = \$signal$293  * 9'h100;
+  assign \$311  = \$310  + \$signal$294 ;
+  assign \$313  = \$signal$263  == \$signal$293 ;
+  assign \$314  = lk > \$signal$294 ;
+  assign \$315  = \$313  & \$314 ;
+  assign \$316  = pre_ln | pre_sm;
+  assign \$317  = ~ \$316 ;
   assign \$318  = \$315  & \$317 ;
-  assign \$319  = ~ \$signal$294 ;
-  assign \$320  = \a__valid$255  & \a__ready$256 ;
-  assign \$321  = \$319  | \$320 ;
-  assign \$322  = \$318  & \$321 ;
-  assign \$323  = | feed_blocks;
-  assign \$324  = \$322  & \$323 ;
-  assign \$325  = \$signal$288  * 9'h100;
-  assign \$326  = \$325  + \$signal$289 ;
-  assign \$328  = \$signal$258  == \$signal$288 ;
-  assign \$329  = lk > \$signal$289 ;
-  assign \$330  = \$328  & \$329 ;
-  assign \$331  = \$327  | \$330 ;
-  assign \$333  = is_linear | \$332 ;
-  assign \$334  = \$331  & \$333 ;
-  assign \$335  = ~ \$signal$294 ;
-  assign \$336  = \a__valid$255  & \a__ready$256 ;
-  assign \$337  = \$335  | \$336 ;
-  assign \$338  = \$334  & \$337 ;
-  assign \$339  = | feed_blocks;
-  assign \$340  = \$338  & \$339 ;
-  assign \$341  = ~ is_linear;
-  assign \$343  = ~ \$342 ;
-  assign \$344  = \r_rdy$210  & \$343 ;
-  assign \$345  = ~ is_linear;
-  assign \$346  = \$344  & \$345 ;
-  assign \$347  = w_load_half * 9'h100;
-  assign \$348  = \$347  + w_load_addr;
-  assign \$350  = ~ \$349 ;
-  assign \$351  = \r_rdy$210  & \$350 ;
-  assign \$352  = ~ is_linear;
+  assign \$319  = \$312  | \$318 ;
+  assign \$321  = is_linear | \$320 ;
+  assign \$322  = \$319  & \$321 ;
+  assign \$323  = ~ \$signal$299 ;
+  assign \$324  = \a__valid$257  & \a__ready$258 ;
+  assign \$325  = \$323  | \$324 ;
+  assign \$326  = \$322  & \$325 ;
+  assign \$327  = | feed_blocks;
+  assign \$328  = \$326  & \$327 ;
+  assign \$329  = \$signal$293  * 9'h100;
+  assign \$330  = \$329  + \$signal$294 ;
+  assign \$332  = \$signal$263  == \$signal$293 ;
+  assign \$333  = lk > \$signal$294 ;
+  assign \$334  = \$332  & \$333 ;
+  assign \$335  = pre_ln | pre_sm;
+  assign \$336  = ~ \$335 ;
+  assign \$337  = \$334  & \$336 ;
+  assign \$338  = \$331  | \$337 ;
+  assign \$340  = is_linear | \$339 ;
+  assign \$341  = \$338  & \$340 ;
+  assign \$342  = ~ \$signal$299 ;
+  assign \$343  = \a__valid$257  & \a__ready$258 ;
+  assign \$344  = \$342  | \$343 ;
+  assign \$345  = \$341  & \$344 ;
+  assign \$346  = | feed_blocks;
+  assign \$347  = \$345  & \$346 ;
+  assign \$348  = \$signal$293  * 9'h100;
+  assign \$349  = \$348  + \$signal$294 ;
+  assign \$351  = \$signal$263  == \$signal$293 ;
+  assign \$352  = lk > \$signal$294 ;
   assign \$353  = \$351  & \$352 ;
-  assign \$354  = | w_load_lane;
+  assign \$354  = pre_ln | pre_sm;
   assign \$355  = ~ \$354 ;
   assign \$356  = \$353  & \$355 ;
-  assign \$357  = w_load_half * 9'h100;
-  assign \$358  = \$357  + w_load_addr;
-  assign \$360  = ~ \$359 ;
-  assign \$361  = \r_rdy$210  & \$360 ;
-  assign \$362  = ~ is_linear;
-  assign \$363  = \$361  & \$362 ;
-  assign \$364  = w_load_lane == 1'h1;
-  assign \$365  = \$363  & \$364 ;
-  assign \$366  = w_load_half * 9'h100;
-  assign \$367  = \$366  + w_load_addr;
-  assign \$369  = ~ \$368 ;
-  assign \$370  = \r_rdy$210  & \$369 ;
-  assign \$371  = ~ is_linear;
+  assign \$357  = \$350  | \$356 ;
+  assign \$359  = is_linear | \$358 ;
+  assign \$360  = \$357  & \$359 ;
+  assign \$361  = ~ \$signal$299 ;
+  assign \$362  = \a__valid$257  & \a__ready$258 ;
+  assign \$363  = \$361  | \$362 ;
+  assign \$364  = \$360  & \$363 ;
+  assign \$365  = | feed_blocks;
+  assign \$366  = \$364  & \$365 ;
+  assign \$367  = \$signal$293  * 9'h100;
+  assign \$368  = \$367  + \$signal$294 ;
+  assign \$370  = \$signal$263  == \$signal$293 ;
+  assign \$371  = lk > \$signal$294 ;
   assign \$372  = \$370  & \$371 ;
-  assign \$373  = w_load_lane == 2'h2;
-  assign \$374  = \$372  & \$373 ;
-  assign \$375  = w_load_half * 9'h100;
-  assign \$376  = \$375  + w_load_addr;
-  assign \$378  = ~ \$377 ;
-  assign \$379  = \r_rdy$210  & \$378 ;
-  assign \$380  = ~ is_linear;
-  assign \$381  = \$379  & \$380 ;
-  assign \$382  = w_load_lane == 2'h3;
-  assign \$383  = \$381  & \$382 ;
-  assign \$384  = w_load_half * 9'h100;
-  assign \$385  = \$384  + w_load_addr;
-  assign \$387  = ~ \$386 ;
-  assign \$388  = \r_rdy$210  & \$387 ;
-  assign \$389  = ~ is_linear;
-  assign \$390  = \$388  & \$389 ;
-  assign \$391  = w_load_lane == 3'h4;
-  assign \$392  = \$390  & \$391 ;
-  assign \$393  = w_load_half * 9'h100;
-  assign \$394  = \$393  + w_load_addr;
-  assign \$396  = ~ \$395 ;
-  assign \$397  = \r_rdy$210  & \$396 ;
-  assign \$398  = ~ is_linear;
-  assign \$399  = \$397  & \$398 ;
-  assign \$400  = w_load_lane == 3'h5;
-  assign \$401  = \$399  & \$400 ;
-  assign \$402  = w_load_half * 9'h100;
-  assign \$403  = \$402  + w_load_addr;
-  assign \$405  = ~ \$404 ;
-  assign \$406  = \r_rdy$210  & \$405 ;
-  assign \$407  = ~ is_linear;
-  assign \$408  = \$406  & \$407 ;
-  assign \$409  = w_load_lane == 3'h6;
+  assign \$373  = pre_ln | pre_sm;
+  assign \$374  = ~ \$373 ;
+  assign \$375  = \$372  & \$374 ;
+  assign \$376  = \$369  | \$375 ;
+  assign \$378  = is_linear | \$377 ;
+  assign \$379  = \$376  & \$378 ;
+  assign \$380  = ~ \$signal$299 ;
+  assign \$381  = \a__valid$257  & \a__ready$258 ;
+  assign \$382  = \$380  | \$381 ;
+  assign \$383  = \$379  & \$382 ;
+  assign \$384  = | feed_blocks;
+  assign \$385  = \$383  & \$384 ;
+  assign \$386  = \$signal$293  * 9'h100;
+  assign \$387  = \$386  + \$signal$294 ;
+  assign \$389  = \$signal$263  == \$signal$293 ;
+  assign \$390  = lk > \$signal$294 ;
+  assign \$391  = \$389  & \$390 ;
+  assign \$392  = pre_ln | pre_sm;
+  assign \$393  = ~ \$392 ;
+  assign \$394  = \$391  & \$393 ;
+  assign \$395  = \$388  | \$394 ;
+  assign \$397  = is_linear | \$396 ;
+  assign \$398  = \$395  & \$397 ;
+  assign \$399  = ~ \$signal$299 ;
+  assign \$400  = \a__valid$257  & \a__ready$258 ;
+  assign \$401  = \$399  | \$400 ;
+  assign \$402  = \$398  & \$401 ;
+  assign \$403  = | feed_blocks;
+  assign \$404  = \$402  & \$403 ;
+  assign \$405  = ~ is_linear;
+  assign \$407  = ~ \$406 ;
+  assign \$408  = \r_rdy$212  & \$407 ;
+  assign \$409  = ~ is_linear;
   assign \$410  = \$408  & \$409 ;
   assign \$411  = w_load_half * 9'h100;
   assign \$412  = \$411  + w_load_addr;
   assign \$414  = ~ \$413 ;
-  assign \$415  = \r_rdy$210  & \$414 ;
+  assign \$415  = \r_rdy$212  & \$414 ;
   assign \$416  = ~ is_linear;
   assign \$417  = \$415  & \$416 ;
-  assign \$418  = w_load_lane == 3'h7;
-  assign \$419  = \$417  & \$418 ;
-  assign \$420  = w_feed_half * 9'h100;
-  assign \$421  = \$420  + feed_ntk;
-  assign \$422  = \$421  + \$signal$289 ;
-  assign \$424  = \$signal$258  == \$signal$288 ;
-  assign \$425  = lk > \$signal$289 ;
-  assign \$426  = \$424  & \$425 ;
-  assign \$427  = \$423  | \$426 ;
-  assign \$429  = is_linear | \$428 ;
-  assign \$430  = \$427  & \$429 ;
-  assign \$431  = ~ \$signal$294 ;
-  assign \$432  = \a__valid$255  & \a__ready$256 ;
-  assign \$433  = \$431  | \$432 ;
-  assign \$434  = \$430  & \$433 ;
-  assign \$435  = | feed_blocks;
+  assign \$418  = | w_load_lane;
+  assign \$419  = ~ \$418 ;
+  assign \$420  = \$417  & \$419 ;
+  assign \$421  = w_load_half * 9'h100;
+  assign \$422  = \$421  + w_load_addr;
+  assign \$424  = ~ \$423 ;
+  assign \$425  = \r_rdy$212  & \$424 ;
+  assign \$426  = ~ is_linear;
+  assign \$427  = \$425  & \$426 ;
+  assign \$428  = w_load_lane == 1'h1;
+  assign \$429  = \$427  & \$428 ;
+  assign \$430  = w_load_half * 9'h100;
+  assign \$431  = \$430  + w_load_addr;
+  assign \$433  = ~ \$432 ;
+  assign \$434  = \r_rdy$212  & \$433 ;
+  assign \$435  = ~ is_linear;
   assign \$436  = \$434  & \$435 ;
-  assign \$437  = w_feed_half * 9'h100;
-  assign \$438  = \$437  + feed_ntk;
-  assign \$439  = \$438  + \$signal$289 ;
-  assign \$441  = \$signal$258  == \$signal$288 ;
-  assign \$442  = lk > \$signal$289 ;
-  assign \$443  = \$441  & \$442 ;
-  assign \$444  = \$440  | \$443 ;
-  assign \$446  = is_linear | \$445 ;
-  assign \$447  = \$444  & \$446 ;
-  assign \$448  = ~ \$signal$294 ;
-  assign \$449  = \a__valid$255  & \a__ready$256 ;
-  assign \$450  = \$448  | \$449 ;
-  assign \$451  = \$447  & \$450 ;
-  assign \$452  = | feed_blocks;
-  assign \$453  = \$451  & \$452 ;
-  assign \$454  = w_feed_half * 9'h100;
-  assign \$455  = \$454  + feed_ntk;
-  assign \$456  = \$455  + \$signal$289 ;
-  assign \$458  = \$signal$258  == \$signal$288 ;
-  assign \$459  = lk > \$signal$289 ;
-  assign \$460  = \$458  & \$459 ;
-  assign \$461  = \$457  | \$460 ;
-  assign \$463  = is_linear | \$462 ;
-  assign \$464  = \$461  & \$463 ;
-  assign \$465  = ~ \$signal$294 ;
-  assign \$466  = \a__valid$255  & \a__ready$256 ;
-  assign \$467  = \$465  | \$466 ;
-  assign \$468  = \$464  & \$467 ;
-  assign \$469  = | feed_blocks;
-  assign \$470  = \$468  & \$469 ;
-  assign \$471  = w_feed_half * 9'h100;
-  assign \$472  = \$471  + feed_ntk;
-  assign \$473  = \$472  + \$signal$289 ;
-  assign \$475  = \$signal$258  == \$signal$288 ;
-  assign \$476  = lk > \$signal$289 ;
-  assign \$477  = \$475  & \$476 ;
-  assign \$478  = \$474  | \$477 ;
-  assign \$480  = is_linear | \$479 ;
-  assign \$481  = \$478  & \$480 ;
-  assign \$482  = ~ \$signal$294 ;
-  assign \$483  = \a__valid$255  & \a__ready$256 ;
-  assign \$484  = \$482  | \$483 ;
-  assign \$485  = \$481  & \$484 ;
-  assign \$486  = | feed_blocks;
-  assign \$487  = \$485  & \$486 ;
-  assign \$488  = w_feed_half * 9'h100;
-  assign \$489  = \$488  + feed_ntk;
-  assign \$490  = \$489  + \$signal$289 ;
-  assign \$492  = \$signal$258  == \$signal$288 ;
-  assign \$493  = lk > \$signal$289 ;
-  assign \$494  = \$492  & \$493 ;
-  assign \$495  = \$491  | \$494 ;
-  assign \$497  = is_linear | \$496 ;
-  assign \$498  = \$495  & \$497 ;
-  assign \$499  = ~ \$signal$294 ;
-  assign \$500  = \a__valid$255  & \a__ready$256 ;
-  assign \$501  = \$499  | \$500 ;
-  assign \$502  = \$498  & \$501 ;
-  assign \$503  = | feed_blocks;
-  assign \$504  = \$502  & \$503 ;
-  assign \$505  = w_feed_half * 9'h100;
-  assign \$506  = \$505  + feed_ntk;
-  assign \$507  = \$506  + \$signal$289 ;
-  assign \$509  = \$signal$258  == \$signal$288 ;
-  assign \$510  = lk > \$signal$289 ;
-  assign \$511  = \$509  & \$510 ;
-  assign \$512  = \$508  | \$511 ;
-  assign \$514  = is_linear | \$513 ;
-  assign \$515  = \$512  & \$514 ;
-  assign \$516  = ~ \$signal$294 ;
-  assign \$517  = \a__valid$255  & \a__ready$256 ;
-  assign \$518  = \$516  | \$517 ;
-  assign \$519  = \$515  & \$518 ;
-  assign \$520  = | feed_blocks;
-  assign \$521  = \$519  & \$520 ;
-  assign \$522  = w_feed_half * 9'h100;
-  assign \$523  = \$522  + feed_ntk;
-  assign \$524  = \$523  + \$signal$289 ;
-  assign \$526  = \$signal$258  == \$signal$288 ;
-  assign \$527  = lk > \$signal$289 ;
-  assign \$528  = \$526  & \$527 ;
-  assign \$529  = \$525  | \$528 ;
-  assign \$531  = is_linear | \$530 ;
-  assign \$532  = \$529  & \$531 ;
-  assign \$533  = ~ \$signal$294 ;
-  assign \$534  = \a__valid$255  & \a__ready$256 ;
-  assign \$535  = \$533  | \$534 ;
-  assign \$536  = \$532  & \$535 ;
-  assign \$537  = | feed_blocks;
-  assign \$538  = \$536  & \$537 ;
-  assign \$539  = w_feed_half * 9'h100;
-  assign \$540  = \$539  + feed_ntk;
-  assign \$541  = \$540  + \$signal$289 ;
-  assign \$543  = \$signal$258  == \$signal$288 ;
-  assign \$544  = lk > \$signal$289 ;
-  assign \$545  = \$543  & \$544 ;
-  assign \$546  = \$542  | \$545 ;
-  assign \$548  = is_linear | \$547 ;
-  assign \$549  = \$546  & \$548 ;
-  assign \$550  = ~ \$signal$294 ;
-  assign \$551  = \a__valid$255  & \a__ready$256 ;
-  assign \$552  = \$550  | \$551 ;
-  assign \$553  = \$549  & \$552 ;
-  assign \$554  = | feed_blocks;
-  assign \$555  = \$553  & \$554 ;
-  assign \$556  = is_linear ? w_full : \$signal$294 ;
-  assign \$557  = is_linear ? w_lane0 : \$signature__data$368 ;
-  assign \$558  = is_linear ? w_lane1 : \$signature__data$370 ;
-  assign \$559  = is_linear ? w_lane2 : \$signature__data$372 ;
-  assign \$560  = is_linear ? w_lane3 : \$signature__data$374 ;
-  assign \$561  = is_linear ? w_lane4 : \$signature__data$376 ;
-  assign \$562  = is_linear ? w_lane5 : \$signature__data$378 ;
-  assign \$563  = is_linear ? w_lane6 : \$signature__data$380 ;
-  assign \$564  = is_linear ? w_lane7 : \$signature__data$382 ;
-  assign \$565  = post_gelu | post_add;
-  assign \$566  = ~ \$565 ;
-  assign \$567  = gemm_active & \$566 ;
-  assign \$569  = \o__valid$386  & \valid$100 ;
-  assign \$570  = index__1 * 4'h8;
-  assign \$571  = \$570  + index__3;
-  assign \$572  = \$571  < ins[55:40];
-  assign \$573  = index__2 * 4'h8;
-  assign \$574  = \$573  + index__4;
-  assign \$575  = \$574  < ins[71:56];
-  assign \$576  = \$572  & \$575 ;
-  assign \$577  = \$569  & \$576 ;
-  assign \$578  = \o__valid$386  & \valid$100 ;
-  assign \$579  = \o__valid$386  & \valid$100 ;
-  assign \$580  = \$579  & last__4;
-  assign \$581  = post_gelu | post_add;
-  assign \$582  = gemm_active & \$581 ;
-  assign \$584  = post_col == 3'h7;
-  assign \$585  = elem_take & \$584 ;
-  assign \$586  = \$signal$99  & \valid$100 ;
-  assign \$587  = index__1 * 4'h8;
-  assign \$588  = \$587  + index__3;
-  assign \$589  = \$588  < ins[55:40];
-  assign \$590  = index__2 * 4'h8;
-  assign \$591  = \$590  + index__4;
-  assign \$592  = \$591  < ins[71:56];
-  assign \$593  = \$589  & \$592 ;
-  assign \$594  = \$586  & \$593 ;
-  assign \$595  = in_stream & err;
-  assign \$596  = ~ busy;
-  assign clear = start & \$596 ;
-  assign \$597  = ins[5:0] == 1'h1;
-  assign \$598  = ins[5:0] == 2'h2;
-  assign \$599  = ins[5:0] == 2'h3;
-  assign \$600  = ins[5:0] == 3'h4;
-  assign \$601  = ins[5:0] == 3'h5;
-  assign \$602  = ins[5:0] == 3'h6;
-  assign \$603  = ins[5:0] == 3'h7;
-  assign \$604  = ins[5:0] == 4'h8;
-  assign \$605  = ins[5:0] == 4'h9;
-  assign \$606  = ins[5:0] == 4'ha;
-  assign \$607  = ins[5:0] == 4'hb;
-  assign \$608  = ins[5:0] == 4'hc;
-  assign \$609  = ins[5:0] == 4'hd;
-  assign \$610  = ins[5:0] == 4'he;
-  assign \$611  = ins[5:0] == 4'hf;
-  assign \$612  = 1'h1 << ins[3:0];
-  assign \$613  = ins[5:0] == 3'h4;
-  assign \$614  = ins[5:0] == 3'h5;
-  assign \$615  = \$613  | \$614 ;
-  assign \$616  = ins[5:0] == 3'h4;
-  assign \$617  = ins[511:510] == 1'h1;
-  assign \$618  = \$616  & \$617 ;
-  assign \$619  = ins[5:0] == 3'h4;
-  assign \$620  = ins[511:510] == 2'h2;
-  assign \$621  = \$619  & \$620 ;
-  assign \$622  = ~ unit_rst;
-  assign \$623  = src0_issue & \$622 ;
-  assign \$624  = last__3 & \last__4$406 ;
-  assign \$625  = ~ unit_rst;
-  assign \$626  = src1_issue & \$625 ;
-  assign \$627  = \last__3$411  & \last__4$409 ;
-  assign \$628  = ins[5:0] == 4'ha;
-  assign \$629  = ins[5:0] == 4'hb;
-  assign \$630  = ins[5:0] == 4'hc;
-  assign \$631  = ins[5:0] == 4'hd;
-  assign \$632  = ins[5:0] == 4'he;
-  assign \$633  = ins[5:0] == 4'hf;
-  assign \$634  = | { \$633 , \$632 , \$631 , \$630 , \$629 , \$628  };
-  assign \$635  = | ins[7:6];
-  assign \$636  = ~ \$635 ;
-  assign \$637  = ins[55:40] + 4'h8;
-  assign \$638  = \$637  - 1'h1;
-  assign \$640  = ins[71:56] + 4'h8;
-  assign \$641  = \$640  - 1'h1;
-  assign \$643  = ins[87:72] - 1'h1;
-  assign \$644  = dec_mt - 1'h1;
-  assign \$645  = dec_nt - 1'h1;
-  assign \$646  = ins[39:24] * dec_mt;
-  assign \$648  = \$647  + 6'h3f;
-  assign \$650  = ins[497:466] + \$649 ;
-  assign \$651  = is_gemm ? \$650  : { 1'h0, ins[465:434] };
-  assign \$652  = dec_blocks * dec_nt;
-  assign \$655  = \$654  ? offset : 32'd0;
-  assign \$656  = ins[465:434] + \$655 ;
-  assign \$657  = cycles + 1'h1;
-  assign \$658  = in_op & op_onehot[0];
-  assign \$659  = op_cycles__0 + 1'h1;
-  assign \$660  = in_op & op_onehot[1];
-  assign \$661  = op_cycles__1 + 1'h1;
-  assign \$662  = in_op & op_onehot[2];
-  assign \$663  = op_cycles__2 + 1'h1;
-  assign \$664  = in_op & op_onehot[3];
-  assign \$665  = op_cycles__3 + 1'h1;
-  assign \$666  = in_op & op_onehot[4];
-  assign \$667  = op_cycles__4 + 1'h1;
-  assign \$668  = in_op & op_onehot[5];
-  assign \$669  = op_cycles__5 + 1'h1;
-  assign \$670  = in_op & op_onehot[6];
-  assign \$671  = op_cycles__6 + 1'h1;
-  assign \$672  = in_op & op_onehot[7];
-  assign \$673  = op_cycles__7 + 1'h1;
-  assign \$674  = in_op & op_onehot[8];
-  assign \$675  = op_cycles__8 + 1'h1;
-  assign \$676  = in_op & op_onehot[9];
-  assign \$677  = op_cycles__9 + 1'h1;
-  assign \$678  = in_op & op_onehot[10];
-  assign \$679  = op_cycles__10 + 1'h1;
-  assign \$680  = in_op & op_onehot[11];
-  assign \$681  = op_cycles__11 + 1'h1;
-  assign \$682  = in_op & op_onehot[12];
-  assign \$683  = op_cycles__12 + 1'h1;
-  assign \$684  = in_op & op_onehot[13];
-  assign \$685  = op_cycles__13 + 1'h1;
-  assign \$686  = in_op & op_onehot[14];
-  assign \$687  = op_cycles__14 + 1'h1;
-  assign \$688  = in_op & op_onehot[15];
-  assign \$689  = op_cycles__15 + 1'h1;
-  assign \$690  = | images;
-  assign \$691  = \$690  ? images : 16'h0001;
-  assign \$692  = ~ fetch_sent;
-  assign \$693  = req__ready & \$692 ;
-  assign \$694  = 1'h1 << dec_c_lb;
-  assign \$695  = | decode_wait;
-  assign \$696  = images_left > 1'h1;
-  assign \$697  = is_end & \$696 ;
-  assign \$698  = | ins[39:24];
-  assign \$699  = ~ \$698 ;
-  assign \$700  = | ins[55:40];
-  assign \$701  = ~ \$700 ;
-  assign \$702  = | ins[71:56];
-  assign \$703  = ~ \$702 ;
-  assign \$704  = | ins[87:72];
-  assign \$705  = ~ \$704 ;
-  assign \$706  = | ins[103:88];
-  assign \$707  = ~ \$706 ;
-  assign \$708  = | { \$707 , \$705 , \$703 , \$701 , \$699  };
-  assign \$709  = post_gelu | post_add;
-  assign \$710  = ~ unit_known;
-  assign \$711  = \$709  & \$710 ;
-  assign \$712  = post_bad | \$711 ;
-  assign \$713  = post_gelu | post_add;
-  assign \$714  = is_move | is_load;
-  assign \$715  = \$714  | is_store;
-  assign \$716  = \$715  | is_gemm;
-  assign \$717  = decode_wait - 1'h1;
-  assign \$718  = images_left - 1'h1;
-  assign \$719  = offset + \$signal$427 ;
-  assign \$720  = is_gelu | is_add;
-  assign \$721  = \$720  | post_gelu;
-  assign \$722  = \$721  | post_add;
-  assign \$723  = | c_ask;
-  assign \$724  = \$723  & req__ready;
-  assign \$725  = c_ask - 1'h1;
-  assign \$726  = c_addr + c_step;
-  assign \$727  = beat__valid & beat__ready;
-  assign \$728  = c_due - 1'h1;
-  assign \$729  = c_due == 1'h1;
-  assign \$730  = is_gelu | is_add;
-  assign \$731  = \$730  | post_gelu;
-  assign \$732  = \$731  | post_add;
-  assign \$733  = | ins[509:498];
-  assign \$734  = ~ \$733 ;
-  assign \$735  = is_gelu | is_add;
-  assign \$736  = \$735  | post_gelu;
-  assign \$737  = \$736  | post_add;
-  assign \$738  = ~ \valid$100 ;
-  assign \$739  = ~ ext_req_valid;
-  assign \$740  = \$738  & \$739 ;
-  assign \$741  = \$740  & idle;
-  assign \$742  = | fault;
-  assign \$743  = ~ \$742 ;
-  assign \$744  = \$741  & \$743 ;
-  assign \$745  = ~ addr_fault;
-  assign \$746  = \$744  & \$745 ;
-  assign \$747  = pc + 7'h40;
-  assign \$748  = $signed(addr) < $signed(1'h0);
-  assign \$749  = $signed(addr) >= $signed(16'h4000);
-  assign \$750  = \$748  | \$749 ;
-  assign \$751  = valid & \$750 ;
-  assign \$752  = ~ is_load;
-  assign \$753  = \$751  & \$752 ;
-  assign \$754  = ~ is_gemm;
-  assign \$755  = \$753  & \$754 ;
-  assign \$756  = $signed(\addr$87 ) < $signed(1'h0);
-  assign \$757  = $signed(\addr$87 ) >= $signed(16'h4000);
-  assign \$758  = \$756  | \$757 ;
-  assign \$759  = \valid$83  & \$758 ;
-  assign \$760  = \$759  & is_add;
-  assign \$761  = \$755  | \$760 ;
-  assign \$762  = $signed(\addr$95 ) < $signed(1'h0);
-  assign \$763  = $signed(\addr$95 ) >= $signed(16'h4000);
-  assign \$764  = \$762  | \$763 ;
-  assign \$765  = \valid$100  & \$764 ;
-  assign \$766  = ~ is_store;
-  assign \$767  = \$765  & \$766 ;
-  assign \$768  = ~ is_gemm;
-  assign \$769  = \$767  & \$768 ;
-  assign \$770  = \$761  | \$769 ;
-  assign \$771  = | fault;
-  assign \$772  = \idle$433  & idle;
-  assign \$773  = ~ ext_req_valid;
-  assign \$774  = \$773  | req__ready;
-  assign \$775  = $signed(addr) << ins[23:22];
-  assign \$776  = $signed({ 1'h0, dec_ext_base }) + $signed(\$775 );
-  assign \$777  = ~ ext_req_valid;
-  assign \$778  = \$777  | \req__ready$190 ;
-  assign \$779  = r_rdy & \valid$100 ;
-  assign \$780  = ~ ext_req_valid;
-  assign \$781  = \$780  | \req__ready$190 ;
-  assign \$782  = \$779  & \$781 ;
-  assign \$783  = $signed(\addr$95 ) << ins[23:22];
-  assign \$784  = $signed({ 1'h0, dec_ext_base }) + $signed(\$783 );
-  assign \$785  = pack_full & in_ready;
-  assign \$786  = ~ pack_full;
-  assign \$787  = \$786  | in_ready;
-  assign \$788  = \$787  & elem_valid;
-  assign \$789  = ~ add_sel;
-  assign \$790  = \r_rdy$210  | \$789 ;
-  assign \$791  = \$788  & \$790 ;
-  assign \$792  = pack_j == 2'h3;
-  assign \$793  = \$792  | elem_final;
-  assign \$794  = pack_j + 1'h1;
-  assign \$795  = \$signal$212  & \valid$100 ;
-  assign \$796  = pack_jo == 2'h3;
-  assign \$797  = \$796  | \final ;
-  assign \$798  = pack_jo + 1'h1;
-  assign \$799  = 1'h1 << w_lb;
-  assign \$800  = | dec_tiles;
-  assign \$801  = | dec_k_last;
-  assign \$802  = ~ \$801 ;
-  assign \$803  = | dec_nt_last;
-  assign \$804  = ~ \$803 ;
-  assign \$805  = \$signal$245  & req__ready;
-  assign \$806  = ~ want_w;
-  assign \$807  = \$806  & is_linear;
-  assign \$808  = ~ is_linear;
-  assign \$809  = want_w & \$signal$439 ;
-  assign \$810  = \$808  | \$809 ;
-  assign \$811  = ~ \$810 ;
-  assign \$812  = want_w & \$811 ;
-  assign \$813  = k + 1'h1;
-  assign \$814  = k + 1'h1;
-  assign \$815  = \$814  == dec_k_last;
-  assign \$816  = w_addr + w_step;
-  assign \$817  = ~ is_linear;
-  assign \$818  = want_w & \$signal$439 ;
-  assign \$819  = \$817  | \$818 ;
-  assign \$820  = tiles - 1'h1;
-  assign \$821  = tiles != 1'h1;
-  assign \$822  = | dec_k_last;
-  assign \$823  = ~ \$822 ;
-  assign \$824  = | dec_nt_last;
-  assign \$825  = ~ \$824 ;
-  assign \$826  = nt + 1'h1;
-  assign \$827  = nt + 1'h1;
-  assign \$828  = \$827  == dec_nt_last;
-  assign \$829  = p_addr + 7'h40;
-  assign \$830  = \a__valid$255  & \a__ready$256 ;
-  assign \$831  = beat__valid & beat__ready;
-  assign \$832  = \$831  & is_linear;
-  assign \$833  = rk == ins[87:72];
-  assign \$834  = rk + 1'h1;
-  assign \$835  = \$833  ? 17'h00000 : \$834 ;
-  assign \$836  = rk == ins[87:72];
-  assign \$837  = ~ is_linear;
-  assign \$838  = \$837  | rk_zero;
-  assign \$839  = ~ \$838 ;
+  assign \$437  = w_load_lane == 2'h2;
+  assign \$438  = \$436  & \$437 ;
+  assign \$439  = w_load_half * 9'h100;
+  assign \$440  = \$439  + w_load_addr;
+  assign \$442  = ~ \$441 ;
+  assign \$443  = \r_rdy$212  & \$442 ;
+  assign \$444  = ~ is_linear;
+  assign \$445  = \$443  & \$444 ;
+  assign \$446  = w_load_lane == 2'h3;
+  assign \$447  = \$445  & \$446 ;
+  assign \$448  = w_load_half * 9'h100;
+  assign \$449  = \$448  + w_load_addr;
+  assign \$451  = ~ \$450 ;
+  assign \$452  = \r_rdy$212  & \$451 ;
+  assign \$453  = ~ is_linear;
+  assign \$454  = \$452  & \$453 ;
+  assign \$455  = w_load_lane == 3'h4;
+  assign \$456  = \$454  & \$455 ;
+  assign \$457  = w_load_half * 9'h100;
+  assign \$458  = \$457  + w_load_addr;
+  assign \$460  = ~ \$459 ;
+  assign \$461  = \r_rdy$212  & \$460 ;
+  assign \$462  = ~ is_linear;
+  assign \$463  = \$461  & \$462 ;
+  assign \$464  = w_load_lane == 3'h5;
+  assign \$465  = \$463  & \$464 ;
+  assign \$466  = w_load_half * 9'h100;
+  assign \$467  = \$466  + w_load_addr;
+  assign \$469  = ~ \$468 ;
+  assign \$470  = \r_rdy$212  & \$469 ;
+  assign \$471  = ~ is_linear;
+  assign \$472  = \$470  & \$471 ;
+  assign \$473  = w_load_lane == 3'h6;
+  assign \$474  = \$472  & \$473 ;
+  assign \$475  = w_load_half * 9'h100;
+  assign \$476  = \$475  + w_load_addr;
+  assign \$478  = ~ \$477 ;
+  assign \$479  = \r_rdy$212  & \$478 ;
+  assign \$480  = ~ is_linear;
+  assign \$481  = \$479  & \$480 ;
+  assign \$482  = w_load_lane == 3'h7;
+  assign \$483  = \$481  & \$482 ;
+  assign \$484  = w_feed_half * 9'h100;
+  assign \$485  = \$484  + feed_ntk;
+  assign \$486  = \$485  + \$signal$294 ;
+  assign \$488  = \$signal$263  == \$signal$293 ;
+  assign \$489  = lk > \$signal$294 ;
+  assign \$490  = \$488  & \$489 ;
+  assign \$491  = pre_ln | pre_sm;
+  assign \$492  = ~ \$491 ;
+  assign \$493  = \$490  & \$492 ;
+  assign \$494  = \$487  | \$493 ;
+  assign \$496  = is_linear | \$495 ;
+  assign \$497  = \$494  & \$496 ;
+  assign \$498  = ~ \$signal$299 ;
+  assign \$499  = \a__valid$257  & \a__ready$258 ;
+  assign \$500  = \$498  | \$499 ;
+  assign \$501  = \$497  & \$500 ;
+  assign \$502  = | feed_blocks;
+  assign \$503  = \$501  & \$502 ;
+  assign \$504  = w_feed_half * 9'h100;
+  assign \$505  = \$504  + feed_ntk;
+  assign \$506  = \$505  + \$signal$294 ;
+  assign \$508  = \$signal$263  == \$signal$293 ;
+  assign \$509  = lk > \$signal$294 ;
+  assign \$510  = \$508  & \$509 ;
+  assign \$511  = pre_ln | pre_sm;
+  assign \$512  = ~ \$511 ;
+  assign \$513  = \$510  & \$512 ;
+  assign \$514  = \$507  | \$513 ;
+  assign \$516  = is_linear | \$515 ;
+  assign \$517  = \$514  & \$516 ;
+  assign \$518  = ~ \$signal$299 ;
+  assign \$519  = \a__valid$257  & \a__ready$258 ;
+  assign \$520  = \$518  | \$519 ;
+  assign \$521  = \$517  & \$520 ;
+  assign \$522  = | feed_blocks;
+  assign \$523  = \$521  & \$522 ;
+  assign \$524  = w_feed_half * 9'h100;
+  assign \$525  = \$524  + feed_ntk;
+  assign \$526  = \$525  + \$signal$294 ;
+  assign \$528  = \$signal$263  == \$signal$293 ;
+  assign \$529  = lk > \$signal$294 ;
+  assign \$530  = \$528  & \$529 ;
+  assign \$531  = pre_ln | pre_sm;
+  assign \$532  = ~ \$531 ;
+  assign \$533  = \$530  & \$532 ;
+  assign \$534  = \$527  | \$533 ;
+  assign \$536  = is_linear | \$535 ;
+  assign \$537  = \$534  & \$536 ;
+  assign \$538  = ~ \$signal$299 ;
+  assign \$539  = \a__valid$257  & \a__ready$258 ;
+  assign \$540  = \$538  | \$539 ;
+  assign \$541  = \$537  & \$540 ;
+  assign \$542  = | feed_blocks;
+  assign \$543  = \$541  & \$542 ;
+  assign \$544  = w_feed_half * 9'h100;
+  assign \$545  = \$544  + feed_ntk;
+  assign \$546  = \$545  + \$signal$294 ;
+  assign \$548  = \$signal$263  == \$signal$293 ;
+  assign \$549  = lk > \$signal$294 ;
+  assign \$550  = \$548  & \$549 ;
+  assign \$551  = pre_ln | pre_sm;
+  assign \$552  = ~ \$551 ;
+  assign \$553  = \$550  & \$552 ;
+  assign \$554  = \$547  | \$553 ;
+  assign \$556  = is_linear | \$555 ;
+  assign \$557  = \$554  & \$556 ;
+  assign \$558  = ~ \$signal$299 ;
+  assign \$559  = \a__valid$257  & \a__ready$258 ;
+  assign \$560  = \$558  | \$559 ;
+  assign \$561  = \$557  & \$560 ;
+  assign \$562  = | feed_blocks;
+  assign \$563  = \$561  & \$562 ;
+  assign \$564  = w_feed_half * 9'h100;
+  assign \$565  = \$564  + feed_ntk;
+  assign \$566  = \$565  + \$signal$294 ;
+  assign \$568  = \$signal$263  == \$signal$293 ;
+  assign \$569  = lk > \$signal$294 ;
+  assign \$570  = \$568  & \$569 ;
+  assign \$571  = pre_ln | pre_sm;
+  assign \$572  = ~ \$571 ;
+  assign \$573  = \$570  & \$572 ;
+  assign \$574  = \$567  | \$573 ;
+  assign \$576  = is_linear | \$575 ;
+  assign \$577  = \$574  & \$576 ;
+  assign \$578  = ~ \$signal$299 ;
+  assign \$579  = \a__valid$257  & \a__ready$258 ;
+  assign \$580  = \$578  | \$579 ;
+  assign \$581  = \$577  & \$580 ;
+  assign \$582  = | feed_blocks;
+  assign \$583  = \$581  & \$582 ;
+  assign \$584  = w_feed_half * 9'h100;
+  assign \$585  = \$584  + feed_ntk;
+  assign \$586  = \$585  + \$signal$294 ;
+  assign \$588  = \$signal$263  == \$signal$293 ;
+  assign \$589  = lk > \$signal$294 ;
+  assign \$590  = \$588  & \$589 ;
+  assign \$591  = pre_ln | pre_sm;
+  assign \$592  = ~ \$591 ;
+  assign \$593  = \$590  & \$592 ;
+  assign \$594  = \$587  | \$593 ;
+  assign \$596  = is_linear | \$595 ;
+  assign \$597  = \$594  & \$596 ;
+  assign \$598  = ~ \$signal$299 ;
+  assign \$599  = \a__valid$257  & \a__ready$258 ;
+  assign \$600  = \$598  | \$599 ;
+  assign \$601  = \$597  & \$600 ;
+  assign \$602  = | feed_blocks;
+  assign \$603  = \$601  & \$602 ;
+  assign \$604  = w_feed_half * 9'h100;
+  assign \$605  = \$604  + feed_ntk;
+  assign \$606  = \$605  + \$signal$294 ;
+  assign \$608  = \$signal$263  == \$signal$293 ;
+  assign \$609  = lk > \$signal$294 ;
+  assign \$610  = \$608  & \$609 ;
+  assign \$611  = pre_ln | pre_sm;
+  assign \$612  = ~ \$611 ;
+  assign \$613  = \$610  & \$612 ;
+  assign \$614  = \$607  | \$613 ;
+  assign \$616  = is_linear | \$615 ;
+  assign \$617  = \$614  & \$616 ;
+  assign \$618  = ~ \$signal$299 ;
+  assign \$619  = \a__valid$257  & \a__ready$258 ;
+  assign \$620  = \$618  | \$619 ;
+  assign \$621  = \$617  & \$620 ;
+  assign \$622  = | feed_blocks;
+  assign \$623  = \$621  & \$622 ;
+  assign \$624  = w_feed_half * 9'h100;
+  assign \$625  = \$624  + feed_ntk;
+  assign \$626  = \$625  + \$signal$294 ;
+  assign \$628  = \$signal$263  == \$signal$293 ;
+  assign \$629  = lk > \$signal$294 ;
+  assign \$630  = \$628  & \$629 ;
+  assign \$631  = pre_ln | pre_sm;
+  assign \$632  = ~ \$631 ;
+  assign \$633  = \$630  & \$632 ;
+  assign \$634  = \$627  | \$633 ;
+  assign \$636  = is_linear | \$635 ;
+  assign \$637  = \$634  & \$636 ;
+  assign \$638  = ~ \$signal$299 ;
+  assign \$639  = \a__valid$257  & \a__ready$258 ;
+  assign \$640  = \$638  | \$639 ;
+  assign \$641  = \$637  & \$640 ;
+  assign \$642  = | feed_blocks;
+  assign \$643  = \$641  & \$642 ;
+  assign \$644  = is_linear ? w_full : \$signal$299 ;
+  assign \$645  = is_linear ? w_lane0 : \$signature__data$373 ;
+  assign \$646  = is_linear ? w_lane1 : \$signature__data$375 ;
+  assign \$647  = is_linear ? w_lane2 : \$signature__data$377 ;
+  assign \$648  = is_linear ? w_lane3 : \$signature__data$379 ;
+  assign \$649  = is_linear ? w_lane4 : \$signature__data$381 ;
+  assign \$650  = is_linear ? w_lane5 : \$signature__data$383 ;
+  assign \$651  = is_linear ? w_lane6 : \$signature__data$385 ;
+  assign \$652  = is_linear ? w_lane7 : \$signature__data$387 ;
+  assign \$653  = post_gelu | post_add;
+  assign \$654  = ~ \$653 ;
+  assign \$655  = gemm_active & \$654 ;
+  assign \$657  = \o__valid$391  & \valid$102 ;
+  assign \$658  = index__1 * 4'h8;
+  assign \$659  = \$658  + index__3;
+  assign \$660  = \$659  < ins[55:40];
+  assign \$661  = index__2 * 4'h8;
+  assign \$662  = \$661  + index__4;
+  assign \$663  = \$662  < ins[71:56];
+  assign \$664  = \$660  & \$663 ;
+  assign \$665  = \$657  & \$664 ;
+  assign \$666  = \o__valid$391  & \valid$102 ;
+  assign \$667  = \o__valid$391  & \valid$102 ;
+  assign \$668  = \$667  & last__4;
+  assign \$669  = post_gelu | post_add;
+  assign \$670  = gemm_active & \$669 ;
+  assign \$672  = post_col == 3'h7;
+  assign \$673  = elem_take & \$672 ;
+  assign \$674  = \$signal$101  & \valid$102 ;
+  assign \$675  = index__1 * 4'h8;
+  assign \$676  = \$675  + index__3;
+  assign \$677  = \$676  < ins[55:40];
+  assign \$678  = index__2 * 4'h8;
+  assign \$679  = \$678  + index__4;
+  assign \$680  = \$679  < ins[71:56];
+  assign \$681  = \$677  & \$680 ;
+  assign \$682  = \$674  & \$681 ;
+  assign \$683  = in_stream & err;
+  assign \$684  = ~ busy;
+  assign clear = start & \$684 ;
+  assign \$685  = ins[5:0] == 1'h1;
+  assign \$686  = ins[5:0] == 2'h2;
+  assign \$687  = ins[5:0] == 2'h3;
+  assign \$688  = ins[5:0] == 3'h4;
+  assign \$689  = ins[5:0] == 3'h5;
+  assign \$690  = ins[5:0] == 3'h6;
+  assign \$691  = ins[5:0] == 3'h7;
+  assign \$692  = ins[5:0] == 4'h8;
+  assign \$693  = ins[5:0] == 4'h9;
+  assign \$694  = ins[5:0] == 4'ha;
+  assign \$695  = ins[5:0] == 4'hb;
+  assign \$696  = ins[5:0] == 4'hc;
+  assign \$697  = ins[5:0] == 4'hd;
+  assign \$698  = ins[5:0] == 4'he;
+  assign \$699  = ins[5:0] == 4'hf;
+  assign \$700  = 1'h1 << ins[3:0];
+  assign \$701  = ins[5:0] == 3'h4;
+  assign \$702  = ins[5:0] == 3'h5;
+  assign \$703  = \$701  | \$702 ;
+  assign \$704  = ins[5:0] == 3'h4;
+  assign \$705  = ins[511:510] == 1'h1;
+  assign \$706  = \$704  & \$705 ;
+  assign \$707  = ins[5:0] == 3'h4;
+  assign \$708  = ins[511:510] == 2'h2;
+  assign \$709  = \$707  & \$708 ;
+  assign \$710  = ins[5:0] == 3'h4;
+  assign \$711  = ins[511:510] == 2'h3;
+  assign \$712  = \$710  & \$711 ;
+  assign \$713  = ins[5:0] == 3'h5;
+  assign \$714  = ins[511:510] == 2'h3;
+  assign \$715  = \$713  & \$714 ;
+  assign \$716  = ~ unit_rst;
+  assign \$717  = src0_issue & \$716 ;
+  assign \$718  = last__3 & \last__4$411 ;
+  assign \$719  = ~ unit_rst;
+  assign \$720  = src1_issue & \$719 ;
+  assign \$721  = \last__3$416  & \last__4$414 ;
+  assign \$722  = ins[5:0] == 4'ha;
+  assign \$723  = ins[5:0] == 4'hb;
+  assign \$724  = ins[5:0] == 4'hc;
+  assign \$725  = ins[5:0] == 4'hd;
+  assign \$726  = ins[5:0] == 4'he;
+  assign \$727  = ins[5:0] == 4'hf;
+  assign \$728  = | { \$727 , \$726 , \$725 , \$724 , \$723 , \$722  };
+  assign \$729  = | ins[7:6];
+  assign \$730  = ~ \$729 ;
+  assign \$731  = ins[55:40] + 4'h8;
+  assign \$732  = \$731  - 1'h1;
+  assign \$734  = ins[71:56] + 4'h8;
+  assign \$735  = \$734  - 1'h1;
+  assign \$737  = ins[87:72] - 1'h1;
+  assign \$738  = dec_mt - 1'h1;
+  assign \$739  = dec_nt - 1'h1;
+  assign \$740  = ins[39:24] * dec_mt;
+  assign \$742  = \$741  + 6'h3f;
+  assign \$744  = ins[497:466] + \$743 ;
+  assign \$745  = is_gemm ? \$744  : { 1'h0, ins[465:434] };
+  assign \$746  = dec_blocks * dec_nt;
+  assign \$749  = \$748  ? offset : 32'd0;
+  assign \$750  = ins[465:434] + \$749 ;
+  assign \$751  = cycles + 1'h1;
+  assign \$752  = in_op & op_onehot[0];
+  assign \$753  = op_cycles__0 + 1'h1;
+  assign \$754  = in_op & op_onehot[1];
+  assign \$755  = op_cycles__1 + 1'h1;
+  assign \$756  = in_op & op_onehot[2];
+  assign \$757  = op_cycles__2 + 1'h1;
+  assign \$758  = in_op & op_onehot[3];
+  assign \$759  = op_cycles__3 + 1'h1;
+  assign \$760  = in_op & op_onehot[4];
+  assign \$761  = op_cycles__4 + 1'h1;
+  assign \$762  = in_op & op_onehot[5];
+  assign \$763  = op_cycles__5 + 1'h1;
+  assign \$764  = in_op & op_onehot[6];
+  assign \$765  = op_cycles__6 + 1'h1;
+  assign \$766  = in_op & op_onehot[7];
+  assign \$767  = op_cycles__7 + 1'h1;
+  assign \$768  = in_op & op_onehot[8];
+  assign \$769  = op_cycles__8 + 1'h1;
+  assign \$770  = in_op & op_onehot[9];
+  assign \$771  = op_cycles__9 + 1'h1;
+  assign \$772  = in_op & op_onehot[10];
+  assign \$773  = op_cycles__10 + 1'h1;
+  assign \$774  = in_op & op_onehot[11];
+  assign \$775  = op_cycles__11 + 1'h1;
+  assign \$776  = in_op & op_onehot[12];
+  assign \$777  = op_cycles__12 + 1'h1;
+  assign \$778  = in_op & op_onehot[13];
+  assign \$779  = op_cycles__13 + 1'h1;
+  assign \$780  = in_op & op_onehot[14];
+  assign \$781  = op_cycles__14 + 1'h1;
+  assign \$782  = in_op & op_onehot[15];
+  assign \$783  = op_cycles__15 + 1'h1;
+  assign \$784  = | images;
+  assign \$785  = \$784  ? images : 16'h0001;
+  assign \$786  = ~ fetch_sent;
+  assign \$787  = req__ready & \$786 ;
+  assign \$788  = 1'h1 << dec_c_lb;
+  assign \$789  = | decode_wait;
+  assign \$790  = images_left > 1'h1;
+  assign \$791  = is_end & \$790 ;
+  assign \$792  = | ins[39:24];
+  assign \$793  = ~ \$792 ;
+  assign \$794  = | ins[55:40];
+  assign \$795  = ~ \$794 ;
+  assign \$796  = | ins[71:56];
+  assign \$797  = ~ \$796 ;
+  assign \$798  = | ins[87:72];
+  assign \$799  = ~ \$798 ;
+  assign \$800  = | ins[103:88];
+  assign \$801  = ~ \$800 ;
+  assign \$802  = | { \$801 , \$799 , \$797 , \$795 , \$793  };
+  assign \$803  = post_gelu | post_add;
+  assign \$804  = \$803  | pre_ln;
+  assign \$805  = \$804  | pre_sm;
+  assign \$806  = ~ unit_known;
+  assign \$807  = \$805  & \$806 ;
+  assign \$808  = post_bad | \$807 ;
+  assign \$809  = post_gelu | post_add;
+  assign \$810  = \$809  | pre_ln;
+  assign \$811  = \$810  | pre_sm;
+  assign \$812  = is_move | is_load;
+  assign \$813  = \$812  | is_store;
+  assign \$814  = \$813  | is_gemm;
+  assign \$815  = decode_wait - 1'h1;
+  assign \$816  = images_left - 1'h1;
+  assign \$817  = offset + \$signal$432 ;
+  assign \$818  = is_gelu | is_add;
+  assign \$819  = \$818  | post_gelu;
+  assign \$820  = \$819  | post_add;
+  assign \$821  = | c_ask;
+  assign \$822  = \$821  & req__ready;
+  assign \$823  = c_ask - 1'h1;
+  assign \$824  = c_addr + c_step;
+  assign \$825  = beat__valid & beat__ready;
+  assign \$826  = c_due - 1'h1;
+  assign \$827  = c_due == 1'h1;
+  assign \$828  = is_gelu | is_add;
+  assign \$829  = \$828  | post_gelu;
+  assign \$830  = \$829  | post_add;
+  assign \$831  = | ins[509:498];
+  assign \$832  = ~ \$831 ;
+  assign \$833  = is_gelu | is_add;
+  assign \$834  = \$833  | post_gelu;
+  assign \$835  = \$834  | post_add;
+  assign \$836  = ~ \valid$102 ;
+  assign \$837  = ~ ext_req_valid;
+  assign \$838  = \$836  & \$837 ;
+  assign \$839  = \$838  & idle;
+  assign \$840  = | fault;
   assign \$841  = ~ \$840 ;
-  assign \$842  = r_rdy & \$841 ;
-  assign \$843  = \$signal$265  == 3'h7;
-  assign \$844  = lk + 1'h1;
-  assign \$845  = lk == dec_k_last;
-  assign \$846  = ~ \$signal$258 ;
-  assign \$847  = \$signal$265  + 1'h1;
-  assign \$848  = \a__valid$255  & \a__ready$256 ;
-  assign \$850  = \$signal$258  == \$signal$288 ;
-  assign \$851  = lk > \$signal$289 ;
-  assign \$852  = \$850  & \$851 ;
-  assign \$853  = \$849  | \$852 ;
-  assign \$855  = is_linear | \$854 ;
-  assign \$856  = \$853  & \$855 ;
-  assign \$857  = ~ \$signal$294 ;
-  assign \$858  = \a__valid$255  & \a__ready$256 ;
-  assign \$859  = \$857  | \$858 ;
-  assign \$860  = \$856  & \$859 ;
-  assign \$861  = | feed_blocks;
-  assign \$862  = \$860  & \$861 ;
-  assign \$863  = \$signal$289  == dec_k_last;
-  assign \$864  = \$signal$289  == dec_k_last;
-  assign \$865  = fnt == dec_nt_last;
-  assign \$866  = ~ \$signal$288 ;
-  assign \$867  = feed_blocks - 1'h1;
-  assign \$868  = fnt + 1'h1;
-  assign \$869  = \$signal$289  + 1'h1;
-  assign \$871  = ~ \$870 ;
-  assign \$872  = \r_rdy$210  & \$871 ;
-  assign \$873  = ~ is_linear;
-  assign \$874  = \$872  & \$873 ;
-  assign \$875  = w_load_lane == 3'h7;
-  assign \$876  = w_load_k + 1'h1;
-  assign \$877  = w_load_addr + 1'h1;
-  assign \$878  = w_load_k == dec_k_last;
-  assign \$879  = w_load_nt + 1'h1;
-  assign \$880  = w_load_nt == dec_nt_last;
-  assign \$881  = ~ w_load_half;
-  assign \$882  = w_load_lane + 1'h1;
-  assign \$884  = \$signal$258  == \$signal$288 ;
-  assign \$885  = lk > \$signal$289 ;
-  assign \$886  = \$884  & \$885 ;
-  assign \$887  = \$883  | \$886 ;
-  assign \$889  = is_linear | \$888 ;
-  assign \$890  = \$887  & \$889 ;
-  assign \$891  = ~ \$signal$294 ;
-  assign \$892  = \a__valid$255  & \a__ready$256 ;
-  assign \$893  = \$891  | \$892 ;
-  assign \$894  = \$890  & \$893 ;
-  assign \$895  = | feed_blocks;
-  assign \$896  = \$894  & \$895 ;
-  assign \$897  = ~ is_linear;
-  assign \$898  = \$896  & \$897 ;
-  assign \$899  = \$signal$289  == dec_k_last;
-  assign \$900  = fnt == dec_nt_last;
-  assign \$901  = feed_mt == dec_mt_last;
-  assign \$902  = ~ w_feed_half;
-  assign \$903  = feed_mt + 1'h1;
-  assign \$904  = feed_ntk + ins[87:72];
-  assign \$905  = post_gelu | post_add;
-  assign \$906  = gemm_active & \$905 ;
-  assign \$907  = post_col == 3'h7;
-  assign \$908  = post_col + 1'h1;
-  assign \$909  = \$907  ? 4'h0 : \$908 ;
+  assign \$842  = \$839  & \$841 ;
+  assign \$843  = ~ addr_fault;
+  assign \$844  = \$842  & \$843 ;
+  assign \$845  = pc + 7'h40;
+  assign \$846  = $signed(addr) < $signed(1'h0);
+  assign \$847  = $signed(addr) >= $signed(16'h4000);
+  assign \$848  = \$846  | \$847 ;
+  assign \$849  = valid & \$848 ;
+  assign \$850  = ~ is_load;
+  assign \$851  = \$849  & \$850 ;
+  assign \$852  = ~ is_gemm;
+  assign \$853  = \$851  & \$852 ;
+  assign \$854  = $signed(\addr$89 ) < $signed(1'h0);
+  assign \$855  = $signed(\addr$89 ) >= $signed(16'h4000);
+  assign \$856  = \$854  | \$855 ;
+  assign \$857  = \valid$85  & \$856 ;
+  assign \$858  = \$857  & is_add;
+  assign \$859  = \$853  | \$858 ;
+  assign \$860  = $signed(\addr$97 ) < $signed(1'h0);
+  assign \$861  = $signed(\addr$97 ) >= $signed(16'h4000);
+  assign \$862  = \$860  | \$861 ;
+  assign \$863  = \valid$102  & \$862 ;
+  assign \$864  = ~ is_store;
+  assign \$865  = \$863  & \$864 ;
+  assign \$866  = ~ is_gemm;
+  assign \$867  = \$865  & \$866 ;
+  assign \$868  = \$859  | \$867 ;
+  assign \$869  = | fault;
+  assign \$870  = \idle$438  & idle;
+  assign \$871  = ~ ext_req_valid;
+  assign \$872  = \$871  | req__ready;
+  assign \$873  = $signed(addr) << ins[23:22];
+  assign \$874  = $signed({ 1'h0, dec_ext_base }) + $signed(\$873 );
+  assign \$875  = ~ ext_req_valid;
+  assign \$876  = \$875  | \req__ready$192 ;
+  assign \$877  = r_rdy & \valid$102 ;
+  assign \$878  = ~ ext_req_valid;
+  assign \$879  = \$878  | \req__ready$192 ;
+  assign \$880  = \$877  & \$879 ;
+  assign \$881  = $signed(\addr$97 ) << ins[23:22];
+  assign \$882  = $signed({ 1'h0, dec_ext_base }) + $signed(\$881 );
+  assign \$883  = pack_full & in_ready;
+  assign \$884  = ~ pack_full;
+  assign \$885  = \$884  | in_ready;
+  assign \$886  = \$885  & elem_valid;
+  assign \$887  = ~ add_sel;
+  assign \$888  = \r_rdy$212  | \$887 ;
+  assign \$889  = \$886  & \$888 ;
+  assign \$890  = pack_j == 2'h3;
+  assign \$891  = \$890  | elem_final;
+  assign \$892  = pack_j + 1'h1;
+  assign \$893  = \$signal$214  & \valid$102 ;
+  assign \$894  = pack_jo == 2'h3;
+  assign \$895  = \$894  | \final ;
+  assign \$896  = pack_jo + 1'h1;
+  assign \$897  = 1'h1 << w_lb;
+  assign \$898  = | dec_tiles;
+  assign \$899  = | dec_k_last;
+  assign \$900  = ~ \$899 ;
+  assign \$901  = | dec_nt_last;
+  assign \$902  = ~ \$901 ;
+  assign \$903  = \$signal$247  & req__ready;
+  assign \$904  = ~ want_w;
+  assign \$905  = \$904  & is_linear;
+  assign \$906  = ~ is_linear;
+  assign \$907  = want_w & \$signal$444 ;
+  assign \$908  = \$906  | \$907 ;
+  assign \$909  = ~ \$908 ;
+  assign \$910  = want_w & \$909 ;
+  assign \$911  = k + 1'h1;
+  assign \$912  = k + 1'h1;
+  assign \$913  = \$912  == dec_k_last;
+  assign \$914  = w_addr + w_step;
+  assign \$915  = ~ is_linear;
+  assign \$916  = want_w & \$signal$444 ;
+  assign \$917  = \$915  | \$916 ;
+  assign \$918  = tiles - 1'h1;
+  assign \$919  = tiles != 1'h1;
+  assign \$920  = | dec_k_last;
+  assign \$921  = ~ \$920 ;
+  assign \$922  = | dec_nt_last;
+  assign \$923  = ~ \$922 ;
+  assign \$924  = nt + 1'h1;
+  assign \$925  = nt + 1'h1;
+  assign \$926  = \$925  == dec_nt_last;
+  assign \$927  = p_addr + 7'h40;
+  assign \$928  = \a__valid$257  & \a__ready$258 ;
+  assign \$929  = beat__valid & beat__ready;
+  assign \$930  = \$929  & is_linear;
+  assign \$931  = rk == ins[87:72];
+  assign \$932  = rk + 1'h1;
+  assign \$933  = \$931  ? 17'h00000 : \$932 ;
+  assign \$934  = rk == ins[87:72];
+  assign \$935  = ~ is_linear;
+  assign \$936  = \$935  | rk_zero;
+  assign \$937  = ~ \$936 ;
+  assign \$939  = ~ \$938 ;
+  assign \$940  = a_in_valid & \$939 ;
+  assign \$941  = pre_ln | pre_sm;
+  assign \$942  = \$940  & \$941 ;
+  assign \$944  = ~ \$943 ;
+  assign \$945  = a_in_valid & \$944 ;
+  assign \$946  = lk == dec_k_last;
+  assign \$947  = \$signal$270  == 3'h7;
+  assign \$948  = ~ \$signal$263 ;
+  assign \$949  = \$signal$270  + 1'h1;
+  assign \$950  = lk + 1'h1;
+  assign \$951  = \$signal$270  == 3'h7;
+  assign \$952  = lk + 1'h1;
+  assign \$953  = lk == dec_k_last;
+  assign \$954  = ~ \$signal$263 ;
+  assign \$955  = \$signal$270  + 1'h1;
+  assign \$956  = \a__valid$257  & \a__ready$258 ;
+  assign \$958  = \$signal$263  == \$signal$293 ;
+  assign \$959  = lk > \$signal$294 ;
+  assign \$960  = \$958  & \$959 ;
+  assign \$961  = pre_ln | pre_sm;
+  assign \$962  = ~ \$961 ;
+  assign \$963  = \$960  & \$962 ;
+  assign \$964  = \$957  | \$963 ;
+  assign \$966  = is_linear | \$965 ;
+  assign \$967  = \$964  & \$966 ;
+  assign \$968  = ~ \$signal$299 ;
+  assign \$969  = \a__valid$257  & \a__ready$258 ;
+  assign \$970  = \$968  | \$969 ;
+  assign \$971  = \$967  & \$970 ;
+  assign \$972  = | feed_blocks;
+  assign \$973  = \$971  & \$972 ;
+  assign \$974  = \$signal$294  == dec_k_last;
+  assign \$975  = \$signal$294  == dec_k_last;
+  assign \$976  = fnt == dec_nt_last;
+  assign \$977  = ~ \$signal$293 ;
+  assign \$978  = feed_blocks - 1'h1;
+  assign \$979  = fnt + 1'h1;
+  assign \$980  = \$signal$294  + 1'h1;
+  assign \$982  = ~ \$981 ;
+  assign \$983  = \r_rdy$212  & \$982 ;
+  assign \$984  = ~ is_linear;
+  assign \$985  = \$983  & \$984 ;
+  assign \$986  = w_load_lane == 3'h7;
+  assign \$987  = w_load_k + 1'h1;
+  assign \$988  = w_load_addr + 1'h1;
+  assign \$989  = w_load_k == dec_k_last;
+  assign \$990  = w_load_nt + 1'h1;
+  assign \$991  = w_load_nt == dec_nt_last;
+  assign \$992  = ~ w_load_half;
+  assign \$993  = w_load_lane + 1'h1;
+  assign \$995  = \$signal$263  == \$signal$293 ;
+  assign \$996  = lk > \$signal$294 ;
+  assign \$997  = \$995  & \$996 ;
+  assign \$998  = pre_ln | pre_sm;
+  assign \$999  = ~ \$998 ;
+  assign \$1000  = \$997  & \$999 ;
+  assign \$1001  = \$994  | \$1000 ;
+  assign \$1003  = is_linear | \$1002 ;
+  assign \$1004  = \$1001  & \$1003 ;
+  assign \$1005  = ~ \$signal$299 ;
+  assign \$1006  = \a__valid$257  & \a__ready$258 ;
+  assign \$1007  = \$1005  | \$1006 ;
+  assign \$1008  = \$1004  & \$1007 ;
+  assign \$1009  = | feed_blocks;
+  assign \$1010  = \$1008  & \$1009 ;
+  assign \$1011  = ~ is_linear;
+  assign \$1012  = \$1010  & \$1011 ;
+  assign \$1013  = \$signal$294  == dec_k_last;
+  assign \$1014  = fnt == dec_nt_last;
+  assign \$1015  = feed_mt == dec_mt_last;
+  assign \$1016  = ~ w_feed_half;
+  assign \$1017  = feed_mt + 1'h1;
+  assign \$1018  = feed_ntk + ins[87:72];
+  assign \$1019  = post_gelu | post_add;
+  assign \$1020  = gemm_active & \$1019 ;
+  assign \$1021  = post_col == 3'h7;
+  assign \$1022  = post_col + 1'h1;
+  assign \$1023  = \$1021  ? 4'h0 : \$1022 ;
   always @(posedge clk)
-    is_end <= \$910 ;
+    is_end <= \$1024 ;
   always @(posedge clk)
-    is_load <= \$911 ;
+    is_load <= \$1025 ;
   always @(posedge clk)
-    is_store <= \$912 ;
+    is_store <= \$1026 ;
   always @(posedge clk)
-    is_linear <= \$913 ;
+    is_linear <= \$1027 ;
   always @(posedge clk)
-    is_matmul <= \$914 ;
+    is_matmul <= \$1028 ;
   always @(posedge clk)
-    is_softmax <= \$915 ;
+    is_softmax <= \$1029 ;
   always @(posedge clk)
-    is_gelu <= \$916 ;
+    is_gelu <= \$1030 ;
   always @(posedge clk)
-    is_layernorm <= \$917 ;
+    is_layernorm <= \$1031 ;
   always @(posedge clk)
-    is_add <= \$918 ;
+    is_add <= \$1032 ;
   always @(posedge clk)
-    is_im2col <= \$919 ;
+    is_im2col <= \$1033 ;
   always @(posedge clk)
-    is_concat <= \$920 ;
+    is_concat <= \$1034 ;
   always @(posedge clk)
-    is_split_heads <= \$921 ;
+    is_split_heads <= \$1035 ;
   always @(posedge clk)
-    is_merge_heads <= \$922 ;
+    is_merge_heads <= \$1036 ;
   always @(posedge clk)
-    is_transpose <= \$923 ;
+    is_transpose <= \$1037 ;
   always @(posedge clk)
-    is_select <= \$924 ;
+    is_select <= \$1038 ;
   always @(posedge clk)
-    op_onehot <= \$925 ;
+    op_onehot <= \$1039 ;
   always @(posedge clk)
-    is_gemm <= \$926 ;
+    is_gemm <= \$1040 ;
   always @(posedge clk)
-    post_gelu <= \$927 ;
+    post_gelu <= \$1041 ;
   always @(posedge clk)
-    post_add <= \$928 ;
+    post_add <= \$1042 ;
   always @(posedge clk)
-    src0_inflight <= \$929 ;
+    pre_ln <= \$1043 ;
   always @(posedge clk)
-    src0_meta <= \$930 ;
+    pre_sm <= \$1044 ;
   always @(posedge clk)
-    src1_inflight <= \$931 ;
+    src0_inflight <= \$1045 ;
   always @(posedge clk)
-    src1_meta <= \$932 ;
+    src0_meta <= \$1046 ;
   always @(posedge clk)
-    is_move <= \$933 ;
+    src1_inflight <= \$1047 ;
   always @(posedge clk)
-    unit_is0 <= \$934 ;
+    src1_meta <= \$1048 ;
   always @(posedge clk)
-    dec_mt <= \$935 ;
+    is_move <= \$1049 ;
   always @(posedge clk)
-    dec_nt <= \$936 ;
+    unit_is0 <= \$1050 ;
   always @(posedge clk)
-    dec_k_last <= \$937 ;
+    dec_mt <= \$1051 ;
   always @(posedge clk)
-    dec_c_lb <= \$938 ;
+    dec_nt <= \$1052 ;
   always @(posedge clk)
-    dec_mt_last <= \$939 ;
+    dec_k_last <= \$1053 ;
   always @(posedge clk)
-    dec_nt_last <= \$940 ;
+    dec_c_lb <= \$1054 ;
   always @(posedge clk)
-    dec_blocks <= \$941 ;
+    dec_mt_last <= \$1055 ;
   always @(posedge clk)
-    dec_c_base <= \$942 ;
+    dec_nt_last <= \$1056 ;
   always @(posedge clk)
-    dec_tiles <= \$943 ;
+    dec_blocks <= \$1057 ;
   always @(posedge clk)
-    dec_ext_base <= \$944 ;
+    dec_c_base <= \$1058 ;
   always @(posedge clk)
-    addr_fault <= \$945 ;
+    dec_tiles <= \$1059 ;
   always @(posedge clk)
-    ext_req_valid <= \$946 ;
+    dec_ext_base <= \$1060 ;
   always @(posedge clk)
-    cycles <= \$947 ;
+    addr_fault <= \$1061 ;
   always @(posedge clk)
-    op_cycles__0 <= \$948 ;
+    ext_req_valid <= \$1062 ;
   always @(posedge clk)
-    op_cycles__1 <= \$949 ;
+    cycles <= \$1063 ;
   always @(posedge clk)
-    op_cycles__2 <= \$950 ;
+    op_cycles__0 <= \$1064 ;
   always @(posedge clk)
-    op_cycles__3 <= \$951 ;
+    op_cycles__1 <= \$1065 ;
   always @(posedge clk)
-    op_cycles__4 <= \$952 ;
+    op_cycles__2 <= \$1066 ;
   always @(posedge clk)
-    op_cycles__5 <= \$953 ;
+    op_cycles__3 <= \$1067 ;
   always @(posedge clk)
-    op_cycles__6 <= \$954 ;
+    op_cycles__4 <= \$1068 ;
   always @(posedge clk)
-    op_cycles__7 <= \$955 ;
+    op_cycles__5 <= \$1069 ;
   always @(posedge clk)
-    op_cycles__8 <= \$956 ;
+    op_cycles__6 <= \$1070 ;
   always @(posedge clk)
-    op_cycles__9 <= \$957 ;
+    op_cycles__7 <= \$1071 ;
   always @(posedge clk)
-    op_cycles__10 <= \$958 ;
+    op_cycles__8 <= \$1072 ;
   always @(posedge clk)
-    op_cycles__11 <= \$959 ;
+    op_cycles__9 <= \$1073 ;
   always @(posedge clk)
-    op_cycles__12 <= \$960 ;
+    op_cycles__10 <= \$1074 ;
   always @(posedge clk)
-    op_cycles__13 <= \$961 ;
+    op_cycles__11 <= \$1075 ;
   always @(posedge clk)
-    op_cycles__14 <= \$962 ;
+    op_cycles__12 <= \$1076 ;
   always @(posedge clk)
-    op_cycles__15 <= \$963 ;
+    op_cycles__13 <= \$1077 ;
   always @(posedge clk)
-    pc <= \$964 ;
+    op_cycles__14 <= \$1078 ;
   always @(posedge clk)
-    busy <= \$965 ;
+    op_cycles__15 <= \$1079 ;
   always @(posedge clk)
-    done <= \$966 ;
+    pc <= \$1080 ;
   always @(posedge clk)
-    error <= \$967 ;
+    busy <= \$1081 ;
   always @(posedge clk)
-    fetch_sent <= \$968 ;
+    done <= \$1082 ;
   always @(posedge clk)
-    \$signal$426  <= \$969 ;
+    error <= \$1083 ;
   always @(posedge clk)
-    \$signal$427  <= \$970 ;
+    fetch_sent <= \$1084 ;
   always @(posedge clk)
-    images_left <= \$971 ;
+    \$signal$431  <= \$1085 ;
   always @(posedge clk)
-    offset <= \$972 ;
+    \$signal$432  <= \$1086 ;
   always @(posedge clk)
-    seq_state <= \$973 ;
+    images_left <= \$1087 ;
   always @(posedge clk)
-    in_stream <= \$974 ;
+    offset <= \$1088 ;
   always @(posedge clk)
-    in_decode <= \$975 ;
+    seq_state <= \$1089 ;
   always @(posedge clk)
-    in_op <= \$976 ;
+    in_stream <= \$1090 ;
   always @(posedge clk)
-    gemm_active <= \$977 ;
+    in_decode <= \$1091 ;
   always @(posedge clk)
-    pack_active <= \$978 ;
+    in_op <= \$1092 ;
   always @(posedge clk)
-    ins <= \$979 ;
+    gemm_active <= \$1093 ;
   always @(posedge clk)
-    decode_wait <= \$980 ;
+    pack_active <= \$1094 ;
   always @(posedge clk)
-    c_addr <= \$981 ;
+    ins <= \$1095 ;
   always @(posedge clk)
-    c_step <= \$982 ;
+    decode_wait <= \$1096 ;
   always @(posedge clk)
-    c_ask <= \$983 ;
+    c_addr <= \$1097 ;
   always @(posedge clk)
-    c_due <= \$984 ;
+    c_step <= \$1098 ;
   always @(posedge clk)
-    ext_req_addr <= \$985 ;
+    c_ask <= \$1099 ;
   always @(posedge clk)
-    ext_req_data <= \$986 ;
+    c_due <= \$1100 ;
   always @(posedge clk)
-    pack_full <= \$987 ;
+    ext_req_addr <= \$1101 ;
   always @(posedge clk)
-    pack_a0 <= \$988 ;
+    ext_req_data <= \$1102 ;
   always @(posedge clk)
-    pack_a1 <= \$989 ;
+    pack_full <= \$1103 ;
   always @(posedge clk)
-    pack_a2 <= \$990 ;
+    pack_a0 <= \$1104 ;
   always @(posedge clk)
-    pack_a3 <= \$991 ;
+    pack_a1 <= \$1105 ;
   always @(posedge clk)
-    pack_b0 <= \$992 ;
+    pack_a2 <= \$1106 ;
   always @(posedge clk)
-    pack_b1 <= \$993 ;
+    pack_a3 <= \$1107 ;
   always @(posedge clk)
-    pack_b2 <= \$994 ;
+    pack_b0 <= \$1108 ;
   always @(posedge clk)
-    pack_b3 <= \$995 ;
+    pack_b1 <= \$1109 ;
   always @(posedge clk)
-    pack_j <= \$996 ;
+    pack_b2 <= \$1110 ;
   always @(posedge clk)
-    pack_jo <= \$997 ;
+    pack_b3 <= \$1111 ;
   always @(posedge clk)
-    tiles <= \$998 ;
+    pack_j <= \$1112 ;
   always @(posedge clk)
-    nt <= \$999 ;
+    pack_jo <= \$1113 ;
   always @(posedge clk)
-    k <= \$1000 ;
+    tiles <= \$1114 ;
   always @(posedge clk)
-    w_addr <= \$1001 ;
+    nt <= \$1115 ;
   always @(posedge clk)
-    p_addr <= \$1002 ;
+    k <= \$1116 ;
   always @(posedge clk)
-    want_w <= \$1003 ;
+    w_addr <= \$1117 ;
   always @(posedge clk)
-    w_step <= \$1004 ;
+    p_addr <= \$1118 ;
   always @(posedge clk)
-    \$signal$245  <= \$1005 ;
+    want_w <= \$1119 ;
   always @(posedge clk)
-    \$signal$439  <= \$1006 ;
+    w_step <= \$1120 ;
   always @(posedge clk)
-    nt_hit <= \$1007 ;
+    \$signal$247  <= \$1121 ;
   always @(posedge clk)
-    rk <= \$1008 ;
+    \$signal$444  <= \$1122 ;
   always @(posedge clk)
-    rk_zero <= \$1009 ;
+    nt_hit <= \$1123 ;
   always @(posedge clk)
-    w_full <= \$1010 ;
+    rk <= \$1124 ;
   always @(posedge clk)
-    w_lane0 <= \$1011 ;
+    rk_zero <= \$1125 ;
   always @(posedge clk)
-    w_lane1 <= \$1012 ;
+    w_full <= \$1126 ;
   always @(posedge clk)
-    w_lane2 <= \$1013 ;
+    w_lane0 <= \$1127 ;
   always @(posedge clk)
-    w_lane3 <= \$1014 ;
+    w_lane1 <= \$1128 ;
   always @(posedge clk)
-    w_lane4 <= \$1015 ;
+    w_lane2 <= \$1129 ;
   always @(posedge clk)
-    w_lane5 <= \$1016 ;
+    w_lane3 <= \$1130 ;
   always @(posedge clk)
-    w_lane6 <= \$1017 ;
+    w_lane4 <= \$1131 ;
   always @(posedge clk)
-    w_lane7 <= \$1018 ;
+    w_lane5 <= \$1132 ;
   always @(posedge clk)
-    a_filled0 <= \$1019 ;
+    w_lane6 <= \$1133 ;
   always @(posedge clk)
-    a_filled1 <= \$1020 ;
+    w_lane7 <= \$1134 ;
   always @(posedge clk)
-    \$signal$258  <= \$1021 ;
+    a_filled0 <= \$1135 ;
   always @(posedge clk)
-    \$signal$265  <= \$1022 ;
+    a_filled1 <= \$1136 ;
   always @(posedge clk)
-    lk <= \$1023 ;
+    \$signal$263  <= \$1137 ;
   always @(posedge clk)
-    \$signal$288  <= \$1024 ;
+    \$signal$270  <= \$1138 ;
   always @(posedge clk)
-    \$signal$289  <= \$1025 ;
+    lk <= \$1139 ;
   always @(posedge clk)
-    fnt <= \$1026 ;
+    \$signal$293  <= \$1140 ;
   always @(posedge clk)
-    feed_blocks <= \$1027 ;
+    \$signal$294  <= \$1141 ;
   always @(posedge clk)
-    \$signal$294  <= \$1028 ;
+    fnt <= \$1142 ;
   always @(posedge clk)
-    a_last <= \$1029 ;
+    feed_blocks <= \$1143 ;
   always @(posedge clk)
-    w_load_lane <= \$1030 ;
+    \$signal$299  <= \$1144 ;
   always @(posedge clk)
-    w_load_k <= \$1031 ;
+    a_last <= \$1145 ;
   always @(posedge clk)
-    w_load_addr <= \$1032 ;
+    w_load_lane <= \$1146 ;
   always @(posedge clk)
-    w_load_nt <= \$1033 ;
+    w_load_k <= \$1147 ;
   always @(posedge clk)
-    w_filled0 <= \$1034 ;
+    w_load_addr <= \$1148 ;
   always @(posedge clk)
-    w_filled1 <= \$1035 ;
+    w_load_nt <= \$1149 ;
   always @(posedge clk)
-    w_load_half <= \$1036 ;
+    w_filled0 <= \$1150 ;
   always @(posedge clk)
-    feed_ntk <= \$1037 ;
+    w_filled1 <= \$1151 ;
   always @(posedge clk)
-    feed_mt <= \$1038 ;
+    w_load_half <= \$1152 ;
   always @(posedge clk)
-    w_feed_half <= \$1039 ;
+    feed_ntk <= \$1153 ;
   always @(posedge clk)
-    post_col <= \$1040 ;
+    feed_mt <= \$1154 ;
+  always @(posedge clk)
+    w_feed_half <= \$1155 ;
+  always @(posedge clk)
+    post_col <= \$1156 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
-    .b__payload(\b__payload$230 ),
-    .b__ready(\b__ready$224 ),
-    .b__valid(\b__valid$222 ),
-    .c__payload(\c__payload$172 ),
-    .c__ready(\c__ready$174 ),
-    .c__valid(\c__valid$173 ),
+    .b__payload(\b__payload$232 ),
+    .b__ready(\b__ready$226 ),
+    .b__valid(\b__valid$224 ),
+    .c__payload(\c__payload$174 ),
+    .c__ready(\c__ready$176 ),
+    .c__valid(\c__valid$175 ),
     .clk(clk),
-    .o__payload(\o__payload$217 ),
-    .o__ready(\o__ready$214 ),
-    .o__valid(\o__valid$213 ),
+    .o__payload(\o__payload$219 ),
+    .o__ready(\o__ready$216 ),
+    .o__valid(\o__valid$215 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gelu0  gelu0 (
-    .c__payload(\c__payload$175 ),
-    .c__ready(\c__ready$177 ),
-    .c__valid(\c__valid$176 ),
+    .c__payload(\c__payload$177 ),
+    .c__ready(\c__ready$179 ),
+    .c__valid(\c__valid$178 ),
     .clk(clk),
-    .go(\i__ready$239 ),
-    .i__payload(\i__payload$240 ),
-    .i__valid(\i__valid$238 ),
-    .o__payload(\o__payload$237 ),
-    .o__ready(\o__ready$236 ),
-    .o__valid(\o__valid$235 ),
+    .go(\i__ready$241 ),
+    .i__payload(\i__payload$242 ),
+    .i__valid(\i__valid$240 ),
+    .o__payload(\o__payload$239 ),
+    .o__ready(\o__ready$238 ),
+    .o__valid(\o__valid$237 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$356 ),
-    .a__ready(\a__ready$256 ),
-    .a__valid(\a__valid$255 ),
+    .a__payload(\a__payload$361 ),
+    .a__ready(\a__ready$258 ),
+    .a__valid(\a__valid$257 ),
     .clk(clk),
-    .o__payload(\o__payload$385 ),
-    .o__ready(\o__ready$390 ),
-    .o__valid(\o__valid$386 ),
+    .o__payload(\o__payload$390 ),
+    .o__ready(\o__ready$395 ),
+    .o__valid(\o__valid$391 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -28903,7 +29138,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .w__valid(w__valid)
   );
   \accelerator.core.gen_dst  gen_dst (
-    .addr(\addr$95 ),
+    .addr(\addr$97 ),
     .base(ins[123:104]),
     .clk(clk),
     .\final (\final ),
@@ -28918,22 +29153,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .n__2(n__2),
     .n__3(n__3),
     .n__4(n__4),
-    .next(\next$101 ),
+    .next(\next$103 ),
     .rst(rst),
     .strides__0(strides__0),
     .strides__1(strides__1),
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .valid(\valid$100 )
+    .valid(\valid$102 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$407 ),
+    .\final (\final$412 ),
     .last__3(last__3),
-    .last__4(\last__4$406 ),
+    .last__4(\last__4$411 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -28950,12 +29185,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .valid(valid)
   );
   \accelerator.core.gen_src1  gen_src1 (
-    .addr(\addr$87 ),
+    .addr(\addr$89 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$410 ),
-    .last__3(\last__3$411 ),
-    .last__4(\last__4$409 ),
+    .\final (\final$415 ),
+    .last__3(\last__3$416 ),
+    .last__4(\last__4$414 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -28969,27 +29204,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(\strides__2$59 ),
     .strides__3(\strides__3$61 ),
     .strides__4(\strides__4$63 ),
-    .valid(\valid$83 )
+    .valid(\valid$85 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\i__payload$198 ),
-    .c__payload(\c__payload$169 ),
-    .c__valid(\c__valid$170 ),
+    .buf_wdata(\i__payload$200 ),
+    .c__payload(\c__payload$171 ),
+    .c__valid(\c__valid$172 ),
     .clk(clk),
-    .i__ready(\i__ready$199 ),
-    .i__valid(\i__valid$197 ),
-    .idle_r(\c__ready$171 ),
-    .o__payload(\o__payload$201 ),
-    .o__ready(\o__ready$202 ),
-    .o__valid(\o__valid$200 ),
+    .i__ready(\i__ready$201 ),
+    .i__valid(\i__valid$199 ),
+    .idle_r(\c__ready$173 ),
+    .o__payload(\o__payload$203 ),
+    .o__ready(\o__ready$204 ),
+    .o__valid(\o__valid$202 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$13751$0 (src0_meta),
-    .\port$1575$0 (\$signature__data ),
+    .\port$13886$0 (src0_meta),
+    .\port$1703$0 (\$signature__data ),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -28999,12 +29234,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
-    .level(\level$84 ),
-    .\port$13755$0 (src1_meta),
-    .\port$1576$0 (\$signature__data$92 ),
-    .r_data(\r_data$311 ),
-    .r_en(\r_en$211 ),
-    .r_rdy(\r_rdy$210 ),
+    .level(\level$86 ),
+    .\port$13890$0 (src1_meta),
+    .\port$1704$0 (\$signature__data$94 ),
+    .r_data(\r_data$316 ),
+    .r_en(\r_en$213 ),
+    .r_rdy(\r_rdy$212 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -29016,7 +29251,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .beat__payload(beat__payload),
     .beat__valid(beat__valid),
     .clk(clk),
-    .idle(\idle$433 ),
+    .idle(\idle$438 ),
     .r__payload(r__payload),
     .r__ready(r__ready),
     .r__valid(r__valid),
@@ -29050,123 +29285,123 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clk(clk),
     .err(err),
     .idle(idle),
-    .req__ready(\req__ready$190 ),
+    .req__ready(\req__ready$192 ),
     .rst(rst),
-    .w_data(\req__payload$188 ),
-    .w_en(\req__valid$187 )
+    .w_data(\req__payload$190 ),
+    .w_en(\req__valid$189 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$121  = 16'h0000;
+    \$159  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$121  = unpack0;
+          \$159  = unpack0;
       3'h1:
-          \$121  = unpack1;
+          \$159  = unpack1;
       3'h2:
-          \$121  = unpack2;
+          \$159  = unpack2;
       3'h3:
-          \$121  = unpack3;
+          \$159  = unpack3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$258 )
+    casez (\$signal$263 )
       1'h0:
-          \$153  = a_filled0;
+          \$191  = a_filled0;
       1'h1:
-          \$153  = a_filled1;
+          \$191  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$258 )
+    casez (\$signal$263 )
       1'h0:
-          \$158  = a_filled0;
+          \$198  = a_filled0;
       1'h1:
-          \$158  = a_filled1;
+          \$198  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$258 )
+    casez (\$signal$263 )
       1'h0:
-          \$166  = a_filled0;
+          \$206  = a_filled0;
       1'h1:
-          \$166  = a_filled1;
+          \$206  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$258 )
+    casez (\$signal$263 )
       1'h0:
-          \$173  = a_filled0;
+          \$213  = a_filled0;
       1'h1:
-          \$173  = a_filled1;
+          \$213  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$258 )
+    casez (\$signal$263 )
       1'h0:
-          \$180  = a_filled0;
+          \$220  = a_filled0;
       1'h1:
-          \$180  = a_filled1;
+          \$220  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$258 )
+    casez (\$signal$263 )
       1'h0:
-          \$187  = a_filled0;
+          \$227  = a_filled0;
       1'h1:
-          \$187  = a_filled1;
+          \$227  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$258 )
+    casez (\$signal$263 )
       1'h0:
-          \$194  = a_filled0;
+          \$234  = a_filled0;
       1'h1:
-          \$194  = a_filled1;
+          \$234  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$258 )
+    casez (\$signal$263 )
       1'h0:
-          \$201  = a_filled0;
+          \$241  = a_filled0;
       1'h1:
-          \$201  = a_filled1;
+          \$241  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$258 )
+    casez (\$signal$263 )
       1'h0:
-          \$208  = a_filled0;
+          \$248  = a_filled0;
       1'h1:
-          \$208  = a_filled1;
+          \$248  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$288 )
+    casez (\$signal$293 )
       1'h0:
-          \$215  = a_filled0;
+          \$255  = a_filled0;
       1'h1:
-          \$215  = a_filled1;
+          \$255  = a_filled1;
     endcase
   end
   always @* begin
@@ -29174,19 +29409,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$220  = w_filled0;
+          \$263  = w_filled0;
       1'h1:
-          \$220  = w_filled1;
+          \$263  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$288 )
+    casez (\$signal$293 )
       1'h0:
-          \$231  = a_filled0;
+          \$274  = a_filled0;
       1'h1:
-          \$231  = a_filled1;
+          \$274  = a_filled1;
     endcase
   end
   always @* begin
@@ -29194,19 +29429,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$236  = w_filled0;
+          \$282  = w_filled0;
       1'h1:
-          \$236  = w_filled1;
+          \$282  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$288 )
+    casez (\$signal$293 )
       1'h0:
-          \$247  = a_filled0;
+          \$293  = a_filled0;
       1'h1:
-          \$247  = a_filled1;
+          \$293  = a_filled1;
     endcase
   end
   always @* begin
@@ -29214,19 +29449,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$252  = w_filled0;
+          \$301  = w_filled0;
       1'h1:
-          \$252  = w_filled1;
+          \$301  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$288 )
+    casez (\$signal$293 )
       1'h0:
-          \$263  = a_filled0;
+          \$312  = a_filled0;
       1'h1:
-          \$263  = a_filled1;
+          \$312  = a_filled1;
     endcase
   end
   always @* begin
@@ -29234,19 +29469,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$268  = w_filled0;
+          \$320  = w_filled0;
       1'h1:
-          \$268  = w_filled1;
+          \$320  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$288 )
+    casez (\$signal$293 )
       1'h0:
-          \$279  = a_filled0;
+          \$331  = a_filled0;
       1'h1:
-          \$279  = a_filled1;
+          \$331  = a_filled1;
     endcase
   end
   always @* begin
@@ -29254,19 +29489,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$284  = w_filled0;
+          \$339  = w_filled0;
       1'h1:
-          \$284  = w_filled1;
+          \$339  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$288 )
+    casez (\$signal$293 )
       1'h0:
-          \$295  = a_filled0;
+          \$350  = a_filled0;
       1'h1:
-          \$295  = a_filled1;
+          \$350  = a_filled1;
     endcase
   end
   always @* begin
@@ -29274,95 +29509,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$300  = w_filled0;
+          \$358  = w_filled0;
       1'h1:
-          \$300  = w_filled1;
+          \$358  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$288 )
+    casez (\$signal$293 )
       1'h0:
-          \$311  = a_filled0;
+          \$369  = a_filled0;
       1'h1:
-          \$311  = a_filled1;
+          \$369  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
-      1'h0:
-          \$316  = w_filled0;
-      1'h1:
-          \$316  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$288 )
-      1'h0:
-          \$327  = a_filled0;
-      1'h1:
-          \$327  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$332  = w_filled0;
-      1'h1:
-          \$332  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$342  = w_filled0;
-      1'h1:
-          \$342  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$349  = w_filled0;
-      1'h1:
-          \$349  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$359  = w_filled0;
-      1'h1:
-          \$359  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$368  = w_filled0;
-      1'h1:
-          \$368  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
       1'h0:
           \$377  = w_filled0;
       1'h1:
@@ -29372,11 +29537,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (w_load_half)
+    casez (\$signal$293 )
       1'h0:
-          \$386  = w_filled0;
+          \$388  = a_filled0;
       1'h1:
-          \$386  = w_filled1;
+          \$388  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$396  = w_filled0;
+      1'h1:
+          \$396  = w_filled1;
     endcase
   end
   always @* begin
@@ -29384,19 +29559,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$395  = w_filled0;
+          \$406  = w_filled0;
       1'h1:
-          \$395  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$404  = w_filled0;
-      1'h1:
-          \$404  = w_filled1;
+          \$406  = w_filled1;
     endcase
   end
   always @* begin
@@ -29412,235 +29577,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$288 )
+    casez (w_load_half)
       1'h0:
-          \$423  = a_filled0;
+          \$423  = w_filled0;
       1'h1:
-          \$423  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$428  = w_filled0;
-      1'h1:
-          \$428  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$288 )
-      1'h0:
-          \$440  = a_filled0;
-      1'h1:
-          \$440  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$445  = w_filled0;
-      1'h1:
-          \$445  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$288 )
-      1'h0:
-          \$457  = a_filled0;
-      1'h1:
-          \$457  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$462  = w_filled0;
-      1'h1:
-          \$462  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$288 )
-      1'h0:
-          \$474  = a_filled0;
-      1'h1:
-          \$474  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$479  = w_filled0;
-      1'h1:
-          \$479  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$288 )
-      1'h0:
-          \$491  = a_filled0;
-      1'h1:
-          \$491  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$496  = w_filled0;
-      1'h1:
-          \$496  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$288 )
-      1'h0:
-          \$508  = a_filled0;
-      1'h1:
-          \$508  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$513  = w_filled0;
-      1'h1:
-          \$513  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$288 )
-      1'h0:
-          \$525  = a_filled0;
-      1'h1:
-          \$525  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$530  = w_filled0;
-      1'h1:
-          \$530  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$288 )
-      1'h0:
-          \$542  = a_filled0;
-      1'h1:
-          \$542  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$547  = w_filled0;
-      1'h1:
-          \$547  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$568  = 32'd0;
-    casez (index__4)
-      16'h0000:
-          \$568  = \o__payload$385 [31:0];
-      16'h0001:
-          \$568  = \o__payload$385 [63:32];
-      16'h0002:
-          \$568  = \o__payload$385 [95:64];
-      16'h0003:
-          \$568  = \o__payload$385 [127:96];
-      16'h0004:
-          \$568  = \o__payload$385 [159:128];
-      16'h0005:
-          \$568  = \o__payload$385 [191:160];
-      16'h0006:
-          \$568  = \o__payload$385 [223:192];
-      16'h0007:
-          \$568  = \o__payload$385 [255:224];
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (post_col)
-      3'h0:
-          \$583  = \o__payload$385 [31:0];
-      3'h1:
-          \$583  = \o__payload$385 [63:32];
-      3'h2:
-          \$583  = \o__payload$385 [95:64];
-      3'h3:
-          \$583  = \o__payload$385 [127:96];
-      3'h4:
-          \$583  = \o__payload$385 [159:128];
-      3'h5:
-          \$583  = \o__payload$385 [191:160];
-      3'h6:
-          \$583  = \o__payload$385 [223:192];
-      3'h7:
-          \$583  = \o__payload$385 [255:224];
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$258 )
-      1'h0:
-          \$840  = a_filled0;
-      1'h1:
-          \$840  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$288 )
-      1'h0:
-          \$849  = a_filled0;
-      1'h1:
-          \$849  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$854  = w_filled0;
-      1'h1:
-          \$854  = w_filled1;
+          \$423  = w_filled1;
     endcase
   end
   always @* begin
@@ -29648,19 +29589,69 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$870  = w_filled0;
+          \$432  = w_filled0;
       1'h1:
-          \$870  = w_filled1;
+          \$432  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$288 )
+    casez (w_load_half)
       1'h0:
-          \$883  = a_filled0;
+          \$441  = w_filled0;
       1'h1:
-          \$883  = a_filled1;
+          \$441  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$450  = w_filled0;
+      1'h1:
+          \$450  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$459  = w_filled0;
+      1'h1:
+          \$459  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$468  = w_filled0;
+      1'h1:
+          \$468  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$477  = w_filled0;
+      1'h1:
+          \$477  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$293 )
+      1'h0:
+          \$487  = a_filled0;
+      1'h1:
+          \$487  = a_filled1;
     endcase
   end
   always @* begin
@@ -29668,9 +29659,263 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$888  = w_filled0;
+          \$495  = w_filled0;
       1'h1:
-          \$888  = w_filled1;
+          \$495  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$293 )
+      1'h0:
+          \$507  = a_filled0;
+      1'h1:
+          \$507  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$515  = w_filled0;
+      1'h1:
+          \$515  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$293 )
+      1'h0:
+          \$527  = a_filled0;
+      1'h1:
+          \$527  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$535  = w_filled0;
+      1'h1:
+          \$535  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$293 )
+      1'h0:
+          \$547  = a_filled0;
+      1'h1:
+          \$547  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$555  = w_filled0;
+      1'h1:
+          \$555  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$293 )
+      1'h0:
+          \$567  = a_filled0;
+      1'h1:
+          \$567  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$575  = w_filled0;
+      1'h1:
+          \$575  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$293 )
+      1'h0:
+          \$587  = a_filled0;
+      1'h1:
+          \$587  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$595  = w_filled0;
+      1'h1:
+          \$595  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$293 )
+      1'h0:
+          \$607  = a_filled0;
+      1'h1:
+          \$607  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$615  = w_filled0;
+      1'h1:
+          \$615  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$293 )
+      1'h0:
+          \$627  = a_filled0;
+      1'h1:
+          \$627  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$635  = w_filled0;
+      1'h1:
+          \$635  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$656  = 32'd0;
+    casez (index__4)
+      16'h0000:
+          \$656  = \o__payload$390 [31:0];
+      16'h0001:
+          \$656  = \o__payload$390 [63:32];
+      16'h0002:
+          \$656  = \o__payload$390 [95:64];
+      16'h0003:
+          \$656  = \o__payload$390 [127:96];
+      16'h0004:
+          \$656  = \o__payload$390 [159:128];
+      16'h0005:
+          \$656  = \o__payload$390 [191:160];
+      16'h0006:
+          \$656  = \o__payload$390 [223:192];
+      16'h0007:
+          \$656  = \o__payload$390 [255:224];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (post_col)
+      3'h0:
+          \$671  = \o__payload$390 [31:0];
+      3'h1:
+          \$671  = \o__payload$390 [63:32];
+      3'h2:
+          \$671  = \o__payload$390 [95:64];
+      3'h3:
+          \$671  = \o__payload$390 [127:96];
+      3'h4:
+          \$671  = \o__payload$390 [159:128];
+      3'h5:
+          \$671  = \o__payload$390 [191:160];
+      3'h6:
+          \$671  = \o__payload$390 [223:192];
+      3'h7:
+          \$671  = \o__payload$390 [255:224];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$263 )
+      1'h0:
+          \$938  = a_filled0;
+      1'h1:
+          \$938  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$263 )
+      1'h0:
+          \$943  = a_filled0;
+      1'h1:
+          \$943  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$293 )
+      1'h0:
+          \$957  = a_filled0;
+      1'h1:
+          \$957  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$965  = w_filled0;
+      1'h1:
+          \$965  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$981  = w_filled0;
+      1'h1:
+          \$981  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$293 )
+      1'h0:
+          \$994  = a_filled0;
+      1'h1:
+          \$994  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$1002  = w_filled0;
+      1'h1:
+          \$1002  = w_filled1;
     endcase
   end
   always @* begin
@@ -29691,28 +29936,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     n__1 = ins[55:40];
     if (is_gemm) begin
-      n__1 = \$34 [15:0];
+      n__1 = \$62 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     strides__1 = ins[159:142];
     if (is_gemm) begin
-      strides__1 = \$35 [17:0];
+      strides__1 = \$63 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     n__2 = ins[71:56];
     if (is_gemm) begin
-      n__2 = \$38 [15:0];
+      n__2 = \$66 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     strides__2 = ins[177:160];
     if (is_gemm) begin
-      strides__2 = \$39 [17:0];
+      strides__2 = \$67 [17:0];
     end
   end
   always @* begin
@@ -29747,140 +29992,140 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__0$42  = ins[39:24];
     if (is_gemm) begin
-      \n__0$42  = ins[39:24];
+      \n__0$42  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__0$43  = ins[251:234];
     if (is_gemm) begin
-      \strides__0$43  = ins[251:234];
+      \strides__0$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__1$44  = ins[55:40];
     if (is_gemm) begin
-      \n__1$44  = \$8 [15:0];
+      \n__1$44  = \$18 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__1$45  = ins[269:252];
     if (is_gemm) begin
-      \strides__1$45  = \$9 [17:0];
+      \strides__1$45  = \$21 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__2$46  = ins[71:56];
     if (is_gemm) begin
-      \n__2$46  = ins[87:72];
+      \n__2$46  = \$26 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__2$47  = ins[287:270];
     if (is_gemm) begin
-      \strides__2$47  = ins[305:288];
+      \strides__2$47  = \$29 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__3$48  = ins[87:72];
     if (is_gemm) begin
-      \n__3$48  = 16'h0008;
+      \n__3$48  = { 12'h000, \$31  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__3$49  = ins[305:288];
     if (is_gemm) begin
-      \strides__3$49  = ins[269:252];
+      \strides__3$49  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__4$50  = ins[103:88];
     if (is_gemm) begin
-      \n__4$50  = 16'h0001;
+      \n__4$50  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__4$51  = ins[323:306];
     if (is_gemm) begin
-      \strides__4$51  = 18'h00000;
+      \strides__4$51  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__0$54  = ins[39:24];
     if (is_gemm) begin
-      \n__0$54  = \$10 ;
+      \n__0$54  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__0$55  = ins[361:344];
     if (is_gemm) begin
-      \strides__0$55  = \$11 ;
+      \strides__0$55  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__1$56  = ins[55:40];
     if (is_gemm) begin
-      \n__1$56  = \$15 [15:0];
+      \n__1$56  = \$43 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__1$57  = ins[379:362];
     if (is_gemm) begin
-      \strides__1$57  = \$17 [17:0];
+      \strides__1$57  = \$45 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__2$58  = ins[71:56];
     if (is_gemm) begin
-      \n__2$58  = \$24 [15:0];
+      \n__2$58  = \$52 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__2$59  = ins[397:380];
     if (is_gemm) begin
-      \strides__2$59  = \$27 [17:0];
+      \strides__2$59  = \$55 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__3$60  = ins[87:72];
     if (is_gemm) begin
-      \n__3$60  = \$28 ;
+      \n__3$60  = \$56 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__3$61  = ins[415:398];
     if (is_gemm) begin
-      \strides__3$61  = \$29 ;
+      \strides__3$61  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \n__4$62  = ins[103:88];
     if (is_gemm) begin
-      \n__4$62  = { 12'h000, \$30  };
+      \n__4$62  = { 12'h000, \$58  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \strides__4$63  = ins[433:416];
     if (is_gemm) begin
-      \strides__4$63  = \$31 ;
+      \strides__4$63  = \$59 ;
     end
   end
   always @* begin
@@ -29889,61 +30134,61 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        next = \$81 ;
+        next = \$119 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    wr__addr = \addr$95 [13:0];
-    if (\$567 ) begin
-      wr__addr = \addr$95 [13:0];
+    wr__addr = \addr$97 [13:0];
+    if (\$655 ) begin
+      wr__addr = \addr$97 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__data = sink_data;
-    if (\$567 ) begin
-      wr__data = \$568 [15:0];
+    if (\$655 ) begin
+      wr__data = \$656 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    wr__en = \$46 ;
-    if (\$567 ) begin
-      wr__en = \$577 ;
+    wr__en = \$74 ;
+    if (\$655 ) begin
+      wr__en = \$665 ;
     end
-    if (\$582 ) begin
-      wr__en = \$594 ;
+    if (\$670 ) begin
+      wr__en = \$682 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \next$101  = \$47 ;
+    \next$103  = \$75 ;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        \next$101  = \$102 ;
+        \next$103  = \$140 ;
       end
     end
-    if (\$567 ) begin
-      \next$101  = \$578 ;
+    if (\$655 ) begin
+      \next$103  = \$666 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     c_lb = 3'h0;
-    if (is_softmax) begin
+    if (\$76 ) begin
       c_lb = 3'h0;
     end
-    if (is_layernorm) begin
+    if (\$77 ) begin
       c_lb = 3'h4;
     end
     if (add_sel) begin
       c_lb = 3'h3;
     end
-    if (\$49 ) begin
+    if (\$79 ) begin
       c_lb = 3'h3;
     end
   end
@@ -29954,11 +30199,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h0:
           /* empty */;
       3'h1:
-          req__valid = \$52 ;
+          req__valid = \$84 ;
       3'h2:
           /* empty */;
       3'h3:
-          req__valid = \$75 ;
+          req__valid = \$111 ;
     endcase
     if (in_stream) begin
       if (is_move) begin
@@ -29967,7 +30212,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end
     end
     if (gemm_active) begin
-      req__valid = \$signal$245 ;
+      req__valid = \$signal$247 ;
     end
   end
   always @* begin
@@ -29997,8 +30242,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end
     end
     if (gemm_active) begin
-      req__payload[31:0] = \$125 ;
-      req__payload[34:32] = \$126 ;
+      req__payload[31:0] = \$163 ;
+      req__payload[34:32] = \$164 ;
     end
   end
   always @* begin
@@ -30013,17 +30258,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (is_softmax) begin
+          if (\$112 ) begin
             beat__ready = c__ready;
           end
-          if (is_layernorm) begin
-            beat__ready = \c__ready$171 ;
+          if (\$113 ) begin
+            beat__ready = \c__ready$173 ;
           end
           if (add_sel) begin
-            beat__ready = \c__ready$174 ;
+            beat__ready = \c__ready$176 ;
           end
-          if (\$77 ) begin
-            beat__ready = \c__ready$177 ;
+          if (\$115 ) begin
+            beat__ready = \c__ready$179 ;
           end
         end
       3'h4:
@@ -30034,15 +30279,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        beat__ready = \valid$100 ;
+        beat__ready = \valid$102 ;
       end
     end
     if (gemm_active) begin
       (* full_case = 32'd1 *)
-      if (\$128 ) begin
+      if (\$166 ) begin
         beat__ready = p__ready;
       end else begin
-        beat__ready = \$131 ;
+        beat__ready = \$169 ;
       end
     end
   end
@@ -30055,14 +30300,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$53 ) begin
-          end else if (\$55 ) begin
+          if (\$85 ) begin
+          end else if (\$87 ) begin
           end else if (is_end) begin
-          end else if (\$66 ) begin
-          end else if (\$70 ) begin
-          end else if (\$71 ) begin
+          end else if (\$98 ) begin
+          end else if (\$104 ) begin
+          end else if (\$107 ) begin
             load = 1'h1;
-          end else if (\$74 ) begin
+          end else if (\$110 ) begin
             load = 1'h1;
           end else if (unit_known) begin
             load = 1'h1;
@@ -30094,14 +30339,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (is_softmax) begin
+          if (\$112 ) begin
             c__valid = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$169  = 66'h00000000000000000;
+    \c__payload$171  = 66'h00000000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30110,12 +30355,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$169  = beat__payload[65:0];
+          \c__payload$171  = beat__payload[65:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$170  = 1'h0;
+    \c__valid$172  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30124,14 +30369,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (is_layernorm) begin
-            \c__valid$170  = beat__valid;
+          if (\$113 ) begin
+            \c__valid$172  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$172  = 44'h00000000000;
+    \c__payload$174  = 44'h00000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30140,12 +30385,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$172  = beat__payload[43:0];
+          \c__payload$174  = beat__payload[43:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$173  = 1'h0;
+    \c__valid$175  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30155,13 +30400,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
           if (add_sel) begin
-            \c__valid$173  = beat__valid;
+            \c__valid$175  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$175  = 53'h00000000000000;
+    \c__payload$177  = 53'h00000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30170,12 +30415,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$175  = beat__payload[52:0];
+          \c__payload$177  = beat__payload[52:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$176  = 1'h0;
+    \c__valid$178  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30184,8 +30429,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (\$77 ) begin
-            \c__valid$176  = beat__valid;
+          if (\$115 ) begin
+            \c__valid$178  = beat__valid;
           end
     endcase
   end
@@ -30232,22 +30477,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signal$99  = 1'h0;
+    \$signal$101  = 1'h0;
     if (in_stream) begin
       if (is_move) begin
-        \$signal$99  = r_rdy;
+        \$signal$101  = r_rdy;
       end else if (is_load) begin
-        \$signal$99  = beat__valid;
+        \$signal$101  = beat__valid;
       end else if (is_store) begin
       end else if (is_gemm) begin
       end else if (is_softmax) begin
-        \$signal$99  = o__valid;
+        \$signal$101  = o__valid;
       end else if (is_layernorm) begin
-        \$signal$99  = \o__valid$200 ;
+        \$signal$101  = \o__valid$202 ;
       end
     end
     if (pack_active) begin
-      \$signal$99  = \$signal$212 ;
+      \$signal$101  = \$signal$214 ;
     end
   end
   always @* begin
@@ -30260,24 +30505,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$84 [8], \$84 [8], \$84 [8], \$84 [8], \$84 [8], \$84 [8], \$84 [8], \$84  };
+              sink_data = { \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122  };
           2'h1:
-              sink_data = \$87 [15:0];
+              sink_data = \$125 [15:0];
           2'h2:
-              sink_data = \$90 [15:0];
+              sink_data = \$128 [15:0];
           2'h3:
-              sink_data = \$93 [15:0];
+              sink_data = \$131 [15:0];
         endcase
       end else if (is_store) begin
       end else if (is_gemm) begin
       end else if (is_softmax) begin
         sink_data = { 8'h00, o__payload[7:0] };
       end else if (is_layernorm) begin
-        sink_data = { \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201  };
+        sink_data = { \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203  };
       end
     end
     if (pack_active) begin
-      sink_data = \$121 ;
+      sink_data = \$159 ;
     end
   end
   always @* begin
@@ -30286,21 +30531,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-        r_en = \$78 ;
+        r_en = \$116 ;
       end else if (is_load) begin
       end else if (is_store) begin
-        r_en = \$98 ;
+        r_en = \$136 ;
       end else if (is_gemm) begin
       end else if (is_softmax) begin
-        r_en = \$103 ;
+        r_en = \$141 ;
       end else if (is_layernorm) begin
-        r_en = \$104 ;
+        r_en = \$142 ;
       end else begin
         r_en = elem_take;
       end
     end
     if (gemm_active) begin
-      r_en = \$155 ;
+      (* full_case = 32'd1 *)
+      if (pre_sm) begin
+        r_en = \$194 ;
+      end else if (pre_ln) begin
+        r_en = \$195 ;
+      end else begin
+        r_en = a_in_take;
+      end
     end
   end
   always @* begin
@@ -30309,36 +30561,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$94 ) begin
+        if (\$132 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$595 ) begin
+    if (\$683 ) begin
       fault = 4'h5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \req__valid$187  = 1'h0;
+    \req__valid$189  = 1'h0;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        \req__valid$187  = ext_req_valid;
+        \req__valid$189  = ext_req_valid;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \req__payload$188  = 99'h0000000000000000000000000;
+    \req__payload$190  = 99'h0000000000000000000000000;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        \req__payload$188 [31:0] = ext_req_addr;
-        \req__payload$188 [95:32] = { 48'h000000000000, ext_req_data };
-        \req__payload$188 [98:96] = { 1'h0, ins[23:22] };
+        \req__payload$190 [31:0] = ext_req_addr;
+        \req__payload$190 [95:32] = { 48'h000000000000, ext_req_data };
+        \req__payload$190 [98:96] = { 1'h0, ins[23:22] };
       end
     end
   end
@@ -30351,6 +30603,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_store) begin
       end else if (is_gemm) begin
       end else if (is_softmax) begin
+        i__valid = r_rdy;
+      end
+    end
+    if (gemm_active) begin
+      if (pre_sm) begin
         i__valid = r_rdy;
       end
     end
@@ -30368,6 +30625,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         i__payload[16] = r_data[16];
       end
     end
+    if (gemm_active) begin
+      if (pre_sm) begin
+        i__payload[15:0] = r_data[15:0];
+        i__payload[16] = r_data[16];
+      end
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
@@ -30378,13 +30641,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_store) begin
       end else if (is_gemm) begin
       end else if (is_softmax) begin
-        o__ready = \valid$100 ;
+        o__ready = \valid$102 ;
+      end
+    end
+    if (gemm_active) begin
+      if (pre_sm) begin
+        o__ready = a_in_take;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__valid$197  = 1'h0;
+    \i__valid$199  = 1'h0;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
@@ -30392,13 +30660,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_gemm) begin
       end else if (is_softmax) begin
       end else if (is_layernorm) begin
-        \i__valid$197  = r_rdy;
+        \i__valid$199  = r_rdy;
+      end
+    end
+    if (gemm_active) begin
+      if (pre_sm) begin
+      end else if (pre_ln) begin
+        \i__valid$199  = r_rdy;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__payload$198  = 16'h0000;
+    \i__payload$200  = 16'h0000;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
@@ -30406,13 +30680,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_gemm) begin
       end else if (is_softmax) begin
       end else if (is_layernorm) begin
-        \i__payload$198  = r_data[15:0];
+        \i__payload$200  = r_data[15:0];
+      end
+    end
+    if (gemm_active) begin
+      if (pre_sm) begin
+      end else if (pre_ln) begin
+        \i__payload$200  = r_data[15:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$202  = 1'h0;
+    \o__ready$204  = 1'h0;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
@@ -30420,7 +30700,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_gemm) begin
       end else if (is_softmax) begin
       end else if (is_layernorm) begin
-        \o__ready$202  = \valid$100 ;
+        \o__ready$204  = \valid$102 ;
+      end
+    end
+    if (gemm_active) begin
+      if (pre_sm) begin
+      end else if (pre_ln) begin
+        \o__ready$204  = a_in_take;
       end
     end
   end
@@ -30439,8 +30725,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         elem_valid = r_rdy;
       end
     end
-    if (\$582 ) begin
-      elem_valid = \o__valid$386 ;
+    if (\$670 ) begin
+      elem_valid = \o__valid$391 ;
     end
   end
   always @* begin
@@ -30458,8 +30744,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         elem_data = r_data[15:0];
       end
     end
-    if (\$582 ) begin
-      elem_data = \$583 [15:0];
+    if (\$670 ) begin
+      elem_data = \$671 [15:0];
     end
   end
   always @* begin
@@ -30482,7 +30768,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_take = 1'h0;
     if (pack_active) begin
-      elem_take = \$110 ;
+      elem_take = \$148 ;
     end
   end
   always @* begin
@@ -30492,41 +30778,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       run1 = add_sel;
     end
     if (gemm_active) begin
-      if (\$341 ) begin
+      if (\$405 ) begin
         run1 = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \r_en$211  = 1'h0;
+    \r_en$213  = 1'h0;
     if (pack_active) begin
-      \r_en$211  = \$117 ;
+      \r_en$213  = \$155 ;
     end
     if (gemm_active) begin
-      if (\$341 ) begin
-        \r_en$211  = \$346 ;
+      if (\$405 ) begin
+        \r_en$213  = \$410 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signal$212  = 1'h0;
+    \$signal$214  = 1'h0;
     if (pack_active) begin
       if (add_sel) begin
-        \$signal$212  = \o__valid$213 ;
+        \$signal$214  = \o__valid$215 ;
       end
-      if (\$120 ) begin
-        \$signal$212  = \o__valid$235 ;
+      if (\$158 ) begin
+        \$signal$214  = \o__valid$237 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$214  = 1'h0;
+    \o__ready$216  = 1'h0;
     if (pack_active) begin
       if (add_sel) begin
-        \o__ready$214  = out_ready;
+        \o__ready$216  = out_ready;
       end
     end
   end
@@ -30535,10 +30821,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack0 = 16'h0000;
     if (pack_active) begin
       if (add_sel) begin
-        unpack0 = \o__payload$217 [15:0];
+        unpack0 = \o__payload$219 [15:0];
       end
-      if (\$120 ) begin
-        unpack0 = { \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7], \o__payload$237 [7:0] };
+      if (\$158 ) begin
+        unpack0 = { \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7:0] };
       end
     end
   end
@@ -30547,10 +30833,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack1 = 16'h0000;
     if (pack_active) begin
       if (add_sel) begin
-        unpack1 = \o__payload$217 [31:16];
+        unpack1 = \o__payload$219 [31:16];
       end
-      if (\$120 ) begin
-        unpack1 = { \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15], \o__payload$237 [15:8] };
+      if (\$158 ) begin
+        unpack1 = { \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15:8] };
       end
     end
   end
@@ -30559,10 +30845,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack2 = 16'h0000;
     if (pack_active) begin
       if (add_sel) begin
-        unpack2 = \o__payload$217 [47:32];
+        unpack2 = \o__payload$219 [47:32];
       end
-      if (\$120 ) begin
-        unpack2 = { \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23], \o__payload$237 [23:16] };
+      if (\$158 ) begin
+        unpack2 = { \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23:16] };
       end
     end
   end
@@ -30571,10 +30857,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack3 = 16'h0000;
     if (pack_active) begin
       if (add_sel) begin
-        unpack3 = \o__payload$217 [63:48];
+        unpack3 = \o__payload$219 [63:48];
       end
-      if (\$120 ) begin
-        unpack3 = { \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31], \o__payload$237 [31:24] };
+      if (\$158 ) begin
+        unpack3 = { \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31:24] };
       end
     end
   end
@@ -30589,10 +30875,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \b__valid$222  = 1'h0;
+    \b__valid$224  = 1'h0;
     if (pack_active) begin
       if (add_sel) begin
-        \b__valid$222  = pack_full;
+        \b__valid$224  = pack_full;
       end
     end
   end
@@ -30601,10 +30887,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     in_ready = 1'h0;
     if (pack_active) begin
       if (add_sel) begin
-        in_ready = \$118 ;
+        in_ready = \$156 ;
       end
-      if (\$120 ) begin
-        in_ready = \i__ready$239 ;
+      if (\$158 ) begin
+        in_ready = \i__ready$241 ;
       end
     end
   end
@@ -30622,43 +30908,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \b__payload$230  = 64'h0000000000000000;
+    \b__payload$232  = 64'h0000000000000000;
     if (pack_active) begin
       if (add_sel) begin
-        \b__payload$230 [15:0] = pack_b0;
-        \b__payload$230 [31:16] = pack_b1;
-        \b__payload$230 [47:32] = pack_b2;
-        \b__payload$230 [63:48] = pack_b3;
+        \b__payload$232 [15:0] = pack_b0;
+        \b__payload$232 [31:16] = pack_b1;
+        \b__payload$232 [47:32] = pack_b2;
+        \b__payload$232 [63:48] = pack_b3;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$236  = 1'h0;
+    \o__ready$238  = 1'h0;
     if (pack_active) begin
-      if (\$120 ) begin
-        \o__ready$236  = out_ready;
+      if (\$158 ) begin
+        \o__ready$238  = out_ready;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__valid$238  = 1'h0;
+    \i__valid$240  = 1'h0;
     if (pack_active) begin
-      if (\$120 ) begin
-        \i__valid$238  = pack_full;
+      if (\$158 ) begin
+        \i__valid$240  = pack_full;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__payload$240  = 32'd0;
+    \i__payload$242  = 32'd0;
     if (pack_active) begin
-      if (\$120 ) begin
-        \i__payload$240 [7:0] = pack_a0[7:0];
-        \i__payload$240 [15:8] = pack_a1[7:0];
-        \i__payload$240 [23:16] = pack_a2[7:0];
-        \i__payload$240 [31:24] = pack_a3[7:0];
+      if (\$158 ) begin
+        \i__payload$242 [7:0] = pack_a0[7:0];
+        \i__payload$242 [15:8] = pack_a1[7:0];
+        \i__payload$242 [23:16] = pack_a2[7:0];
+        \i__payload$242 [31:24] = pack_a3[7:0];
       end
     end
   end
@@ -30666,8 +30952,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     out_ready = 1'h0;
     if (pack_active) begin
-      if (\$122 ) begin
-        if (\$124 ) begin
+      if (\$160 ) begin
+        if (\$162 ) begin
           out_ready = 1'h1;
         end
       end
@@ -30697,9 +30983,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     p__valid = 1'h0;
     if (gemm_active) begin
-      if (\$128 ) begin
+      if (\$166 ) begin
         p__valid = beat__valid;
       end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    if (pre_sm) begin
+      a_in = { 8'h00, o__payload[7:0] };
+    end else if (pre_ln) begin
+      a_in = { \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203  };
+    end else begin
+      a_in = r_data[15:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    if (pre_sm) begin
+      a_in_valid = o__valid;
+    end else if (pre_ln) begin
+      a_in_valid = \o__valid$202 ;
+    end else begin
+      a_in_valid = r_rdy;
     end
   end
   always @* begin
@@ -30707,299 +31015,306 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$134 [2], \$134 [2], \$134 [2], \$134 [2], \$134 [2], \$134 [2], \$134  };
+          elem = { \$172 [2], \$172 [2], \$172 [2], \$172 [2], \$172 [2], \$172 [2], \$172  };
       5'h03:
-          elem = { \$137 [3], \$137 [3], \$137 [3], \$137 [3], \$137 [3], \$137  };
+          elem = { \$175 [3], \$175 [3], \$175 [3], \$175 [3], \$175 [3], \$175  };
       5'h04:
-          elem = { \$140 [4], \$140 [4], \$140 [4], \$140 [4], \$140  };
+          elem = { \$178 [4], \$178 [4], \$178 [4], \$178 [4], \$178  };
       5'h05:
-          elem = { \$143 [5], \$143 [5], \$143 [5], \$143  };
+          elem = { \$181 [5], \$181 [5], \$181 [5], \$181  };
       5'h06:
-          elem = { \$146 [6], \$146 [6], \$146  };
+          elem = { \$184 [6], \$184 [6], \$184  };
       5'h07:
-          elem = { \$149 [7], \$149  };
+          elem = { \$187 [7], \$187  };
       5'h08:
-          elem = \$152 ;
+          elem = \$190 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$261  = 9'h000;
+    a_in_take = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$261  = \$157 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$263  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$263  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$264  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$264  = \$163 ;
+      a_in_take = \$193 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$266  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$266  = \$165 [8:0];
+      \$signature__addr$266  = \$197 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$267  = 9'h000;
+    \$signature__data$268  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$267  = elem;
+      \$signature__data$268  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$268  = 1'h0;
+    \$signature__en$269  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$268  = \$170 ;
+      \$signature__en$269  = \$203 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$269  = 9'h000;
+    \$signature__addr$271  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$269  = \$172 [8:0];
+      \$signature__addr$271  = \$205 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$270  = 9'h000;
+    \$signature__data$272  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$270  = elem;
+      \$signature__data$272  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$271  = 1'h0;
+    \$signature__en$273  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$271  = \$177 ;
+      \$signature__en$273  = \$210 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$272  = 9'h000;
+    \$signature__addr$274  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$272  = \$179 [8:0];
+      \$signature__addr$274  = \$212 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$273  = 9'h000;
+    \$signature__data$275  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$273  = elem;
+      \$signature__data$275  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$274  = 1'h0;
+    \$signature__en$276  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$274  = \$184 ;
+      \$signature__en$276  = \$217 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$275  = 9'h000;
+    \$signature__addr$277  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$275  = \$186 [8:0];
+      \$signature__addr$277  = \$219 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$276  = 9'h000;
+    \$signature__data$278  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$276  = elem;
+      \$signature__data$278  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$277  = 1'h0;
+    \$signature__en$279  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$277  = \$191 ;
+      \$signature__en$279  = \$224 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$278  = 9'h000;
+    \$signature__addr$280  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$278  = \$193 [8:0];
+      \$signature__addr$280  = \$226 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$279  = 9'h000;
+    \$signature__data$281  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$279  = elem;
+      \$signature__data$281  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$280  = 1'h0;
+    \$signature__en$282  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$280  = \$198 ;
+      \$signature__en$282  = \$231 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$281  = 9'h000;
+    \$signature__addr$283  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$281  = \$200 [8:0];
+      \$signature__addr$283  = \$233 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$282  = 9'h000;
+    \$signature__data$284  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$282  = elem;
+      \$signature__data$284  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$283  = 1'h0;
+    \$signature__en$285  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$283  = \$205 ;
+      \$signature__en$285  = \$238 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$284  = 9'h000;
+    \$signature__addr$286  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$284  = \$207 [8:0];
+      \$signature__addr$286  = \$240 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$285  = 9'h000;
+    \$signature__data$287  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$285  = elem;
+      \$signature__data$287  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$286  = 1'h0;
+    \$signature__en$288  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$286  = \$212 ;
+      \$signature__en$288  = \$245 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$287  = 9'h000;
+    \$signature__addr$289  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$287  = \$214 [8:0];
+      \$signature__addr$289  = \$247 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$290  = 1'h1;
+    \$signature__data$290  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$290  = \$228 ;
+      \$signature__data$290  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$296  = 9'h000;
+    \$signature__en$291  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$296  = \$230 [8:0];
+      \$signature__en$291  = \$252 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$297  = 1'h1;
+    \$signature__addr$292  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$297  = \$244 ;
+      \$signature__addr$292  = \$254 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$298  = 9'h000;
+    \$signature__en$295  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$298  = \$246 [8:0];
+      \$signature__en$295  = \$271 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$299  = 1'h1;
+    \$signature__addr$301  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$299  = \$260 ;
+      \$signature__addr$301  = \$273 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$300  = 9'h000;
+    \$signature__en$302  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$300  = \$262 [8:0];
+      \$signature__en$302  = \$290 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$301  = 1'h1;
+    \$signature__addr$303  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$301  = \$276 ;
+      \$signature__addr$303  = \$292 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$302  = 9'h000;
+    \$signature__en$304  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$302  = \$278 [8:0];
+      \$signature__en$304  = \$309 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$303  = 1'h1;
+    \$signature__addr$305  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$303  = \$292 ;
+      \$signature__addr$305  = \$311 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$304  = 9'h000;
+    \$signature__en$306  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$304  = \$294 [8:0];
+      \$signature__en$306  = \$328 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$305  = 1'h1;
+    \$signature__addr$307  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$305  = \$308 ;
+      \$signature__addr$307  = \$330 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$306  = 9'h000;
+    \$signature__en$308  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$306  = \$310 [8:0];
+      \$signature__en$308  = \$347 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$307  = 1'h1;
+    \$signature__addr$309  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$307  = \$324 ;
+      \$signature__addr$309  = \$349 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$308  = 9'h000;
+    \$signature__en$310  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$308  = \$326 [8:0];
+      \$signature__en$310  = \$366 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$309  = 1'h1;
+    \$signature__addr$311  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$309  = \$340 ;
+      \$signature__addr$311  = \$368 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$312  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$312  = \$385 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$313  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$313  = \$387 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$314  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$314  = \$404 ;
     end
   end
   always @* begin
@@ -31008,3047 +31323,3104 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1], \r_data$311 [1:0] };
+            welem = { \r_data$316 [1], \r_data$316 [1], \r_data$316 [1], \r_data$316 [1], \r_data$316 [1], \r_data$316 [1], \r_data$316 [1:0] };
         5'h03:
-            welem = { \r_data$311 [2], \r_data$311 [2], \r_data$311 [2], \r_data$311 [2], \r_data$311 [2], \r_data$311 [2:0] };
+            welem = { \r_data$316 [2], \r_data$316 [2], \r_data$316 [2], \r_data$316 [2], \r_data$316 [2], \r_data$316 [2:0] };
         5'h04:
-            welem = { \r_data$311 [3], \r_data$311 [3], \r_data$311 [3], \r_data$311 [3], \r_data$311 [3:0] };
+            welem = { \r_data$316 [3], \r_data$316 [3], \r_data$316 [3], \r_data$316 [3], \r_data$316 [3:0] };
         5'h05:
-            welem = { \r_data$311 [4], \r_data$311 [4], \r_data$311 [4], \r_data$311 [4:0] };
+            welem = { \r_data$316 [4], \r_data$316 [4], \r_data$316 [4], \r_data$316 [4:0] };
         5'h06:
-            welem = { \r_data$311 [5], \r_data$311 [5], \r_data$311 [5:0] };
+            welem = { \r_data$316 [5], \r_data$316 [5], \r_data$316 [5:0] };
         5'h07:
-            welem = { \r_data$311 [6], \r_data$311 [6:0] };
+            welem = { \r_data$316 [6], \r_data$316 [6:0] };
         5'h08:
-            welem = \r_data$311 [7:0];
+            welem = \r_data$316 [7:0];
       endcase
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$313  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$313  = \$348 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$315  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$315  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$316  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$316  = \$356 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$318  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$318  = \$358 [8:0];
+      \$signature__addr$318  = \$412 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$319  = 8'h00;
+    \$signature__data$320  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$319  = welem;
+      \$signature__data$320  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$320  = 1'h0;
+    \$signature__en$321  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$320  = \$365 ;
+      \$signature__en$321  = \$420 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$321  = 9'h000;
+    \$signature__addr$323  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$321  = \$367 [8:0];
+      \$signature__addr$323  = \$422 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$322  = 8'h00;
+    \$signature__data$324  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$322  = welem;
+      \$signature__data$324  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$323  = 1'h0;
+    \$signature__en$325  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$323  = \$374 ;
+      \$signature__en$325  = \$429 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$324  = 9'h000;
+    \$signature__addr$326  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$324  = \$376 [8:0];
+      \$signature__addr$326  = \$431 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$325  = 8'h00;
+    \$signature__data$327  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$325  = welem;
+      \$signature__data$327  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$326  = 1'h0;
+    \$signature__en$328  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$326  = \$383 ;
+      \$signature__en$328  = \$438 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$327  = 9'h000;
+    \$signature__addr$329  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$327  = \$385 [8:0];
+      \$signature__addr$329  = \$440 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$328  = 8'h00;
+    \$signature__data$330  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$328  = welem;
+      \$signature__data$330  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$329  = 1'h0;
+    \$signature__en$331  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$329  = \$392 ;
+      \$signature__en$331  = \$447 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$330  = 9'h000;
+    \$signature__addr$332  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$330  = \$394 [8:0];
+      \$signature__addr$332  = \$449 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$331  = 8'h00;
+    \$signature__data$333  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$331  = welem;
+      \$signature__data$333  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$332  = 1'h0;
+    \$signature__en$334  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$332  = \$401 ;
+      \$signature__en$334  = \$456 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$333  = 9'h000;
+    \$signature__addr$335  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$333  = \$403 [8:0];
+      \$signature__addr$335  = \$458 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$334  = 8'h00;
+    \$signature__data$336  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$334  = welem;
+      \$signature__data$336  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$335  = 1'h0;
+    \$signature__en$337  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$335  = \$410 ;
+      \$signature__en$337  = \$465 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$336  = 9'h000;
+    \$signature__addr$338  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$336  = \$412 [8:0];
+      \$signature__addr$338  = \$467 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$337  = 8'h00;
+    \$signature__data$339  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$337  = welem;
+      \$signature__data$339  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$338  = 1'h0;
+    \$signature__en$340  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$338  = \$419 ;
+      \$signature__en$340  = \$474 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$339  = 9'h000;
+    \$signature__addr$341  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$339  = \$422 [8:0];
+      \$signature__addr$341  = \$476 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$341  = 1'h1;
+    \$signature__data$342  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$341  = \$436 ;
+      \$signature__data$342  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$342  = 9'h000;
+    \$signature__en$343  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$342  = \$439 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$343  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$343  = \$453 ;
+      \$signature__en$343  = \$483 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     \$signature__addr$344  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$344  = \$456 [8:0];
+      \$signature__addr$344  = \$486 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$345  = 1'h1;
+    \$signature__en$346  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$345  = \$470 ;
+      \$signature__en$346  = \$503 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$346  = 9'h000;
+    \$signature__addr$347  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$346  = \$473 [8:0];
+      \$signature__addr$347  = \$506 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$347  = 1'h1;
+    \$signature__en$348  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$347  = \$487 ;
+      \$signature__en$348  = \$523 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$348  = 9'h000;
+    \$signature__addr$349  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$348  = \$490 [8:0];
+      \$signature__addr$349  = \$526 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$349  = 1'h1;
+    \$signature__en$350  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$349  = \$504 ;
+      \$signature__en$350  = \$543 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$350  = 9'h000;
+    \$signature__addr$351  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$350  = \$507 [8:0];
+      \$signature__addr$351  = \$546 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$351  = 1'h1;
+    \$signature__en$352  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$351  = \$521 ;
+      \$signature__en$352  = \$563 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$352  = 9'h000;
+    \$signature__addr$353  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$352  = \$524 [8:0];
+      \$signature__addr$353  = \$566 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$353  = 1'h1;
+    \$signature__en$354  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$353  = \$538 ;
+      \$signature__en$354  = \$583 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$354  = 9'h000;
+    \$signature__addr$355  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$354  = \$541 [8:0];
+      \$signature__addr$355  = \$586 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$355  = 1'h1;
+    \$signature__en$356  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$355  = \$555 ;
+      \$signature__en$356  = \$603 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \a__valid$255  = 1'h0;
+    \$signature__addr$357  = 9'h000;
     if (gemm_active) begin
-      \a__valid$255  = \$signal$294 ;
+      \$signature__addr$357  = \$606 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \a__payload$356  = 73'h0000000000000000000;
+    \$signature__en$358  = 1'h1;
     if (gemm_active) begin
-      \a__payload$356 [72] = a_last;
-      \a__payload$356 [8:0] = \$signature__data$359 ;
-      \a__payload$356 [17:9] = \$signature__data$360 ;
-      \a__payload$356 [26:18] = \$signature__data$361 ;
-      \a__payload$356 [35:27] = \$signature__data$362 ;
-      \a__payload$356 [44:36] = \$signature__data$363 ;
-      \a__payload$356 [53:45] = \$signature__data$364 ;
-      \a__payload$356 [62:54] = \$signature__data$365 ;
-      \a__payload$356 [71:63] = \$signature__data$366 ;
+      \$signature__en$358  = \$623 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__addr$359  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$359  = \$626 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$signature__en$360  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$360  = \$643 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \a__valid$257  = 1'h0;
+    if (gemm_active) begin
+      \a__valid$257  = \$signal$299 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \a__payload$361  = 73'h0000000000000000000;
+    if (gemm_active) begin
+      \a__payload$361 [72] = a_last;
+      \a__payload$361 [8:0] = \$signature__data$364 ;
+      \a__payload$361 [17:9] = \$signature__data$365 ;
+      \a__payload$361 [26:18] = \$signature__data$366 ;
+      \a__payload$361 [35:27] = \$signature__data$367 ;
+      \a__payload$361 [44:36] = \$signature__data$368 ;
+      \a__payload$361 [53:45] = \$signature__data$369 ;
+      \a__payload$361 [62:54] = \$signature__data$370 ;
+      \a__payload$361 [71:63] = \$signature__data$371 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$556 ;
+      w__valid = \$644 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$557 ;
-      w__payload[15:8] = \$558 ;
-      w__payload[23:16] = \$559 ;
-      w__payload[31:24] = \$560 ;
-      w__payload[39:32] = \$561 ;
-      w__payload[47:40] = \$562 ;
-      w__payload[55:48] = \$563 ;
-      w__payload[63:56] = \$564 ;
+      w__payload[7:0] = \$645 ;
+      w__payload[15:8] = \$646 ;
+      w__payload[23:16] = \$647 ;
+      w__payload[31:24] = \$648 ;
+      w__payload[39:32] = \$649 ;
+      w__payload[47:40] = \$650 ;
+      w__payload[55:48] = \$651 ;
+      w__payload[63:56] = \$652 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$390  = 1'h0;
-    if (\$567 ) begin
-      \o__ready$390  = \$580 ;
+    \o__ready$395  = 1'h0;
+    if (\$655 ) begin
+      \o__ready$395  = \$668 ;
     end
-    if (\$582 ) begin
-      \o__ready$390  = \$585 ;
+    if (\$670 ) begin
+      \o__ready$395  = \$673 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$910  = \$597 ;
-    if (rst) begin
-      \$910  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$911  = \$598 ;
-    if (rst) begin
-      \$911  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$912  = \$599 ;
-    if (rst) begin
-      \$912  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$913  = \$600 ;
-    if (rst) begin
-      \$913  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$914  = \$601 ;
-    if (rst) begin
-      \$914  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$915  = \$602 ;
-    if (rst) begin
-      \$915  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$916  = \$603 ;
-    if (rst) begin
-      \$916  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$917  = \$604 ;
-    if (rst) begin
-      \$917  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$918  = \$605 ;
-    if (rst) begin
-      \$918  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$919  = \$606 ;
-    if (rst) begin
-      \$919  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$920  = \$607 ;
-    if (rst) begin
-      \$920  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$921  = \$608 ;
-    if (rst) begin
-      \$921  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$922  = \$609 ;
-    if (rst) begin
-      \$922  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$923  = \$610 ;
-    if (rst) begin
-      \$923  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$924  = \$611 ;
-    if (rst) begin
-      \$924  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$925  = \$612 [15:0];
-    if (rst) begin
-      \$925  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$926  = \$615 ;
-    if (rst) begin
-      \$926  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$927  = \$618 ;
-    if (rst) begin
-      \$927  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$928  = \$621 ;
-    if (rst) begin
-      \$928  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$929  = \$623 ;
-    if (rst) begin
-      \$929  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$930  = { \$624 , \final$407 , \last__4$406  };
-    if (rst) begin
-      \$930  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$931  = \$626 ;
-    if (rst) begin
-      \$931  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$932  = { \$627 , \final$410 , \last__4$409  };
-    if (rst) begin
-      \$932  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$933  = \$634 ;
-    if (rst) begin
-      \$933  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$934  = \$636 ;
-    if (rst) begin
-      \$934  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$935  = \$639 [15:0];
-    if (rst) begin
-      \$935  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$936  = \$642 [15:0];
-    if (rst) begin
-      \$936  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$937  = \$643 [15:0];
-    if (rst) begin
-      \$937  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$938  = c_lb;
-    if (rst) begin
-      \$938  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$939  = \$644 [15:0];
-    if (rst) begin
-      \$939  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$940  = \$645 [15:0];
-    if (rst) begin
-      \$940  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$941  = \$646 ;
-    if (rst) begin
-      \$941  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$942  = \$651 [31:0];
-    if (rst) begin
-      \$942  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$943  = \$652 [31:0];
-    if (rst) begin
-      \$943  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$944  = \$656 [31:0];
-    if (rst) begin
-      \$944  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$945  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$945  = \$770 ;
-    endcase
-    if (rst) begin
-      \$945  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$946  = ext_req_valid;
-    if (in_decode) begin
-      \$946  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$774 ) begin
-          \$946  = valid;
-        end
-      end else if (is_store) begin
-        if (\$778 ) begin
-          \$946  = \$782 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$946  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$947  = cycles;
-    if (busy) begin
-      \$947  = \$657 [47:0];
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$947  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$947  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$948  = op_cycles__0;
-    if (busy) begin
-      if (\$658 ) begin
-        \$948  = \$659 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$948  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$948  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$949  = op_cycles__1;
-    if (busy) begin
-      if (\$660 ) begin
-        \$949  = \$661 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$949  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$949  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$950  = op_cycles__2;
-    if (busy) begin
-      if (\$662 ) begin
-        \$950  = \$663 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$950  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$950  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$951  = op_cycles__3;
-    if (busy) begin
-      if (\$664 ) begin
-        \$951  = \$665 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$951  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$951  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$952  = op_cycles__4;
-    if (busy) begin
-      if (\$666 ) begin
-        \$952  = \$667 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$952  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$952  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$953  = op_cycles__5;
-    if (busy) begin
-      if (\$668 ) begin
-        \$953  = \$669 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$953  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$953  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$954  = op_cycles__6;
-    if (busy) begin
-      if (\$670 ) begin
-        \$954  = \$671 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$954  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$954  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$955  = op_cycles__7;
-    if (busy) begin
-      if (\$672 ) begin
-        \$955  = \$673 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$955  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$955  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$956  = op_cycles__8;
-    if (busy) begin
-      if (\$674 ) begin
-        \$956  = \$675 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$956  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$956  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$957  = op_cycles__9;
-    if (busy) begin
-      if (\$676 ) begin
-        \$957  = \$677 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$957  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$957  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$958  = op_cycles__10;
-    if (busy) begin
-      if (\$678 ) begin
-        \$958  = \$679 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$958  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$958  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$959  = op_cycles__11;
-    if (busy) begin
-      if (\$680 ) begin
-        \$959  = \$681 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$959  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$959  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$960  = op_cycles__12;
-    if (busy) begin
-      if (\$682 ) begin
-        \$960  = \$683 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$960  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$960  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$961  = op_cycles__13;
-    if (busy) begin
-      if (\$684 ) begin
-        \$961  = \$685 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$961  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$961  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$962  = op_cycles__14;
-    if (busy) begin
-      if (\$686 ) begin
-        \$962  = \$687 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$962  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$962  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$963  = op_cycles__15;
-    if (busy) begin
-      if (\$688 ) begin
-        \$963  = \$689 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$963  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$963  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$964  = pc;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$964  = prog;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-            \$964  = \$signal$426 ;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          if (\$746 ) begin
-            \$964  = \$747 [31:0];
-          end
-    endcase
-    if (rst) begin
-      \$964  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$965  = busy;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$965  = 1'h1;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-          end else if (is_end) begin
-            \$965  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$772 ) begin
-            \$965  = 1'h0;
-          end
-    endcase
-    if (rst) begin
-      \$965  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$966  = done;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$966  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-          end else if (is_end) begin
-            \$966  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$772 ) begin
-            \$966  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$966  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$967  = error;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$967  = 4'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$967  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$967  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-          end else if (is_end) begin
-          end else if (\$708 ) begin
-            \$967  = 4'h2;
-          end else if (\$712 ) begin
-            \$967  = 4'h1;
-          end else if (\$713 ) begin
-          end else if (\$716 ) begin
-          end else if (unit_known) begin
-          end else begin
-            \$967  = 4'h1;
-          end
-          if (start) begin
-            \$967  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$727 ) begin
-            if (beat__payload[512]) begin
-              \$967  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$967  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$967  = 4'h3;
-          end
-          if (\$771 ) begin
-            \$967  = fault;
-          end
-          if (start) begin
-            \$967  = 4'h6;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$967  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$968  = fetch_sent;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$968  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (\$693 ) begin
-            \$968  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$968  = 1'h0;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$968  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$969  = \$signal$426 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$969  = prog;
-          end
-    endcase
-    if (rst) begin
-      \$969  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$970  = \$signal$427 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$970  = image_stride;
-          end
-    endcase
-    if (rst) begin
-      \$970  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$971  = images_left;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$971  = \$691 ;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-            \$971  = \$718 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$971  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$972  = offset;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$972  = 32'd0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-            \$972  = \$719 [31:0];
-          end
-    endcase
-    if (rst) begin
-      \$972  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$973  = seq_state;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$973  = 3'h1;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$973  = 3'h5;
-            end else begin
-              \$973  = 3'h2;
-            end
-          end
-          if (start) begin
-            \$973  = 3'h5;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-            \$973  = 3'h1;
-          end else if (is_end) begin
-            \$973  = 3'h0;
-          end else if (\$708 ) begin
-            \$973  = 3'h5;
-          end else if (\$712 ) begin
-            \$973  = 3'h5;
-          end else if (\$713 ) begin
-            \$973  = 3'h3;
-          end else if (\$716 ) begin
-            \$973  = 3'h4;
-          end else if (unit_known) begin
-            \$973  = 3'h3;
-          end else begin
-            \$973  = 3'h5;
-          end
-          if (start) begin
-            \$973  = 3'h5;
-          end
-        end
-      3'h3:
-        begin
-          if (\$727 ) begin
-            if (beat__payload[512]) begin
-              \$973  = 3'h5;
-            end else if (\$729 ) begin
-              \$973  = 3'h4;
-            end
-          end
-          if (\$734 ) begin
-            \$973  = 3'h4;
-          end
-          if (start) begin
-            \$973  = 3'h5;
-          end
-        end
-      3'h4:
-        begin
-          if (\$746 ) begin
-            \$973  = 3'h1;
-          end
-          if (addr_fault) begin
-            \$973  = 3'h5;
-          end
-          if (\$771 ) begin
-            \$973  = 3'h5;
-          end
-          if (start) begin
-            \$973  = 3'h5;
-          end
-        end
-      3'h5:
-          if (\$772 ) begin
-            \$973  = 3'h0;
-          end
-      default:
-          \$973  = 3'h0;
-    endcase
-    if (rst) begin
-      \$973  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$974  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$974  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$974  = 1'h0;
-            end else begin
-              \$974  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$974  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-            \$974  = 1'h0;
-          end else if (is_end) begin
-            \$974  = 1'h0;
-          end else if (\$708 ) begin
-            \$974  = 1'h0;
-          end else if (\$712 ) begin
-            \$974  = 1'h0;
-          end else if (\$713 ) begin
-            \$974  = 1'h0;
-          end else if (\$716 ) begin
-            \$974  = 1'h1;
-          end else if (unit_known) begin
-            \$974  = 1'h0;
-          end else begin
-            \$974  = 1'h0;
-          end
-          if (start) begin
-            \$974  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$727 ) begin
-            if (beat__payload[512]) begin
-              \$974  = 1'h0;
-            end else if (\$729 ) begin
-              \$974  = 1'h1;
-            end
-          end
-          if (\$734 ) begin
-            \$974  = 1'h1;
-          end
-          if (start) begin
-            \$974  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$746 ) begin
-            \$974  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$974  = 1'h0;
-          end
-          if (\$771 ) begin
-            \$974  = 1'h0;
-          end
-          if (start) begin
-            \$974  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$772 ) begin
-            \$974  = 1'h0;
-          end
-      default:
-          \$974  = 1'h0;
-    endcase
-    if (rst) begin
-      \$974  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$975  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$975  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$975  = 1'h0;
-            end else begin
-              \$975  = 1'h1;
-            end
-          end
-          if (start) begin
-            \$975  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-            \$975  = 1'h0;
-          end else if (is_end) begin
-            \$975  = 1'h0;
-          end else if (\$708 ) begin
-            \$975  = 1'h0;
-          end else if (\$712 ) begin
-            \$975  = 1'h0;
-          end else if (\$713 ) begin
-            \$975  = 1'h0;
-          end else if (\$716 ) begin
-            \$975  = 1'h0;
-          end else if (unit_known) begin
-            \$975  = 1'h0;
-          end else begin
-            \$975  = 1'h0;
-          end
-          if (start) begin
-            \$975  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$727 ) begin
-            if (beat__payload[512]) begin
-              \$975  = 1'h0;
-            end else if (\$729 ) begin
-              \$975  = 1'h0;
-            end
-          end
-          if (\$734 ) begin
-            \$975  = 1'h0;
-          end
-          if (start) begin
-            \$975  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$746 ) begin
-            \$975  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$975  = 1'h0;
-          end
-          if (\$771 ) begin
-            \$975  = 1'h0;
-          end
-          if (start) begin
-            \$975  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$772 ) begin
-            \$975  = 1'h0;
-          end
-      default:
-          \$975  = 1'h0;
-    endcase
-    if (rst) begin
-      \$975  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$976  = in_op;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$976  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$976  = 1'h0;
-            end else begin
-              \$976  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-            \$976  = 1'h0;
-          end else if (is_end) begin
-            \$976  = 1'h0;
-          end else if (\$708 ) begin
-            \$976  = 1'h0;
-          end else if (\$712 ) begin
-            \$976  = 1'h0;
-          end else if (\$713 ) begin
-            \$976  = 1'h1;
-          end else if (\$716 ) begin
-            \$976  = 1'h1;
-          end else if (unit_known) begin
-            \$976  = 1'h1;
-          end else begin
-            \$976  = 1'h0;
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$727 ) begin
-            if (beat__payload[512]) begin
-              \$976  = 1'h0;
-            end else if (\$729 ) begin
-              \$976  = 1'h1;
-            end
-          end
-          if (\$734 ) begin
-            \$976  = 1'h1;
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$746 ) begin
-            \$976  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$976  = 1'h0;
-          end
-          if (\$771 ) begin
-            \$976  = 1'h0;
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$772 ) begin
-            \$976  = 1'h0;
-          end
-      default:
-          \$976  = 1'h0;
-    endcase
-    if (rst) begin
-      \$976  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$977  = gemm_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$977  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$977  = 1'h0;
-            end else begin
-              \$977  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$977  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-            \$977  = 1'h0;
-          end else if (is_end) begin
-            \$977  = 1'h0;
-          end else if (\$708 ) begin
-            \$977  = 1'h0;
-          end else if (\$712 ) begin
-            \$977  = 1'h0;
-          end else if (\$713 ) begin
-            \$977  = 1'h0;
-          end else if (\$716 ) begin
-            \$977  = is_gemm;
-          end else if (unit_known) begin
-            \$977  = 1'h0;
-          end else begin
-            \$977  = 1'h0;
-          end
-          if (start) begin
-            \$977  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$727 ) begin
-            if (beat__payload[512]) begin
-              \$977  = 1'h0;
-            end else if (\$729 ) begin
-              \$977  = is_gemm;
-            end
-          end
-          if (\$734 ) begin
-            \$977  = is_gemm;
-          end
-          if (start) begin
-            \$977  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$746 ) begin
-            \$977  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$977  = 1'h0;
-          end
-          if (\$771 ) begin
-            \$977  = 1'h0;
-          end
-          if (start) begin
-            \$977  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$772 ) begin
-            \$977  = 1'h0;
-          end
-      default:
-          \$977  = 1'h0;
-    endcase
-    if (rst) begin
-      \$977  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$978  = pack_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$978  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$978  = 1'h0;
-            end else begin
-              \$978  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$978  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$695 ) begin
-          end else if (\$697 ) begin
-            \$978  = 1'h0;
-          end else if (is_end) begin
-            \$978  = 1'h0;
-          end else if (\$708 ) begin
-            \$978  = 1'h0;
-          end else if (\$712 ) begin
-            \$978  = 1'h0;
-          end else if (\$713 ) begin
-            \$978  = 1'h0;
-          end else if (\$716 ) begin
-            \$978  = \$722 ;
-          end else if (unit_known) begin
-            \$978  = 1'h0;
-          end else begin
-            \$978  = 1'h0;
-          end
-          if (start) begin
-            \$978  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$727 ) begin
-            if (beat__payload[512]) begin
-              \$978  = 1'h0;
-            end else if (\$729 ) begin
-              \$978  = \$732 ;
-            end
-          end
-          if (\$734 ) begin
-            \$978  = \$737 ;
-          end
-          if (start) begin
-            \$978  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$746 ) begin
-            \$978  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$978  = 1'h0;
-          end
-          if (\$771 ) begin
-            \$978  = 1'h0;
-          end
-          if (start) begin
-            \$978  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$772 ) begin
-            \$978  = 1'h0;
-          end
-      default:
-          \$978  = 1'h0;
-    endcase
-    if (rst) begin
-      \$978  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$979  = ins;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$979  = beat__payload[511:0];
-          end
-    endcase
-    if (rst) begin
-      \$979  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$980  = decode_wait;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$980  = 2'h3;
-          end
-      3'h2:
-          if (\$695 ) begin
-            \$980  = \$717 [1:0];
-          end
-    endcase
-    if (rst) begin
-      \$980  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$981  = c_addr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$981  = dec_c_base;
-      3'h3:
-          if (\$724 ) begin
-            \$981  = \$726 [31:0];
-          end
-    endcase
-    if (rst) begin
-      \$981  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$982  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$982  = \$694 [7:0];
-    endcase
-    if (rst) begin
-      \$982  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$983  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$983  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$724 ) begin
-            \$983  = \$725 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$983  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$984  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$984  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$727 ) begin
-            \$984  = \$728 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$984  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$985  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$774 ) begin
-          \$985  = \$776 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$778 ) begin
-          \$985  = \$784 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$985  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$986  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$778 ) begin
-          \$986  = r_data[15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$986  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$987  = pack_full;
-    if (pack_active) begin
-      if (\$785 ) begin
-        \$987  = 1'h0;
-      end
-      if (\$791 ) begin
-        if (\$793 ) begin
-          \$987  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$987  = 1'h0;
-    end
-    if (rst) begin
-      \$987  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$988  = pack_a0;
-    if (pack_active) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              \$988  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$988  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$989  = pack_a1;
-    if (pack_active) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$989  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$989  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$990  = pack_a2;
-    if (pack_active) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$990  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$990  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$991  = pack_a3;
-    if (pack_active) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$991  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$991  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$992  = pack_b0;
-    if (pack_active) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              \$992  = \r_data$311 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$992  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$993  = pack_b1;
-    if (pack_active) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$993  = \r_data$311 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$993  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$994  = pack_b2;
-    if (pack_active) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$994  = \r_data$311 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$994  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$995  = pack_b3;
-    if (pack_active) begin
-      if (\$791 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$995  = \r_data$311 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$995  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$996  = pack_j;
-    if (pack_active) begin
-      if (\$791 ) begin
-        (* full_case = 32'd1 *)
-        if (\$793 ) begin
-          \$996  = 3'h0;
-        end else begin
-          \$996  = \$794 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$996  = 3'h0;
-    end
-    if (rst) begin
-      \$996  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$997  = pack_jo;
-    if (pack_active) begin
-      if (\$795 ) begin
-        (* full_case = 32'd1 *)
-        if (\$797 ) begin
-          \$997  = 3'h0;
-        end else begin
-          \$997  = \$798 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$997  = 3'h0;
-    end
-    if (rst) begin
-      \$997  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$998  = tiles;
-    if (in_decode) begin
-      \$998  = dec_tiles;
-    end
-    if (gemm_active) begin
-      if (\$805 ) begin
-        if (\$819 ) begin
-          \$998  = \$820 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$998  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$999  = nt;
-    if (in_decode) begin
-      \$999  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$805 ) begin
-        if (\$819 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$999  = 16'h0000;
-          end else begin
-            \$999  = \$826 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$999  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1000  = k;
-    if (in_decode) begin
-      \$1000  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$805 ) begin
-        if (\$807 ) begin
-        end else if (\$812 ) begin
-          \$1000  = \$813 [15:0];
-        end
-        if (\$819 ) begin
-          \$1000  = 16'h0000;
-        end
-      end
-    end
-    if (rst) begin
-      \$1000  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1001  = w_addr;
-    if (in_decode) begin
-      \$1001  = ins[465:434];
-    end
-    if (gemm_active) begin
-      if (\$805 ) begin
-        if (want_w) begin
-          \$1001  = \$816 [31:0];
-        end
-        if (\$819 ) begin
-          if (nt_hit) begin
-            \$1001  = ins[465:434];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1001  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1002  = p_addr;
-    if (in_decode) begin
-      \$1002  = ins[497:466];
-    end
-    if (gemm_active) begin
-      if (\$805 ) begin
-        if (\$819 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1002  = ins[497:466];
-          end else begin
-            \$1002  = \$829 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1002  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1003  = want_w;
-    if (in_decode) begin
-      \$1003  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$805 ) begin
-        if (\$807 ) begin
-          \$1003  = 1'h1;
-        end
-        if (\$819 ) begin
-          \$1003  = 1'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1003  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1004  = w_step;
-    if (in_decode) begin
-      \$1004  = \$799 [7:0];
-    end
-    if (rst) begin
-      \$1004  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1005  = \$signal$245 ;
-    if (in_decode) begin
-      \$1005  = \$800 ;
-    end
-    if (gemm_active) begin
-      if (\$805 ) begin
-        if (\$819 ) begin
-          \$1005  = \$821 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1005  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1006  = \$signal$439 ;
-    if (in_decode) begin
-      \$1006  = \$802 ;
-    end
-    if (gemm_active) begin
-      if (\$805 ) begin
-        if (\$807 ) begin
-        end else if (\$812 ) begin
-          \$1006  = \$815 ;
-        end
-        if (\$819 ) begin
-          \$1006  = \$823 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1006  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1007  = nt_hit;
-    if (in_decode) begin
-      \$1007  = \$804 ;
-    end
-    if (gemm_active) begin
-      if (\$805 ) begin
-        if (\$819 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1007  = \$825 ;
-          end else begin
-            \$1007  = \$828 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1007  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1008  = rk;
-    if (in_decode) begin
-      \$1008  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$832 ) begin
-        \$1008  = \$835 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1008  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1009  = rk_zero;
-    if (in_decode) begin
-      \$1009  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$832 ) begin
-        \$1009  = \$836 ;
-      end
-    end
-    if (rst) begin
-      \$1009  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1010  = w_full;
-    if (in_decode) begin
-      \$1010  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$830 ) begin
-        \$1010  = 1'h0;
-      end
-      if (\$832 ) begin
-        if (\$839 ) begin
-          \$1010  = 1'h1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1010  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1011  = w_lane0;
-    if (gemm_active) begin
-      if (\$832 ) begin
-        if (\$839 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1011  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
-            5'h03:
-                \$1011  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
-            5'h04:
-                \$1011  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
-            5'h05:
-                \$1011  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
-            5'h06:
-                \$1011  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
-            5'h07:
-                \$1011  = { beat__payload[6], beat__payload[6:0] };
-            5'h08:
-                \$1011  = beat__payload[7:0];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1011  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1012  = w_lane1;
-    if (gemm_active) begin
-      if (\$832 ) begin
-        if (\$839 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1012  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
-            5'h03:
-                \$1012  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
-            5'h04:
-                \$1012  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
-            5'h05:
-                \$1012  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
-            5'h06:
-                \$1012  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
-            5'h07:
-                \$1012  = { beat__payload[13], beat__payload[13:7] };
-            5'h08:
-                \$1012  = beat__payload[15:8];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1012  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1013  = w_lane2;
-    if (gemm_active) begin
-      if (\$832 ) begin
-        if (\$839 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1013  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
-            5'h03:
-                \$1013  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
-            5'h04:
-                \$1013  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
-            5'h05:
-                \$1013  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
-            5'h06:
-                \$1013  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
-            5'h07:
-                \$1013  = { beat__payload[20], beat__payload[20:14] };
-            5'h08:
-                \$1013  = beat__payload[23:16];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1013  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1014  = w_lane3;
-    if (gemm_active) begin
-      if (\$832 ) begin
-        if (\$839 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1014  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
-            5'h03:
-                \$1014  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
-            5'h04:
-                \$1014  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
-            5'h05:
-                \$1014  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
-            5'h06:
-                \$1014  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
-            5'h07:
-                \$1014  = { beat__payload[27], beat__payload[27:21] };
-            5'h08:
-                \$1014  = beat__payload[31:24];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1014  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1015  = w_lane4;
-    if (gemm_active) begin
-      if (\$832 ) begin
-        if (\$839 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1015  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
-            5'h03:
-                \$1015  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
-            5'h04:
-                \$1015  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
-            5'h05:
-                \$1015  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
-            5'h06:
-                \$1015  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
-            5'h07:
-                \$1015  = { beat__payload[34], beat__payload[34:28] };
-            5'h08:
-                \$1015  = beat__payload[39:32];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1015  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1016  = w_lane5;
-    if (gemm_active) begin
-      if (\$832 ) begin
-        if (\$839 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1016  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
-            5'h03:
-                \$1016  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
-            5'h04:
-                \$1016  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
-            5'h05:
-                \$1016  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
-            5'h06:
-                \$1016  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
-            5'h07:
-                \$1016  = { beat__payload[41], beat__payload[41:35] };
-            5'h08:
-                \$1016  = beat__payload[47:40];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1016  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1017  = w_lane6;
-    if (gemm_active) begin
-      if (\$832 ) begin
-        if (\$839 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1017  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
-            5'h03:
-                \$1017  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
-            5'h04:
-                \$1017  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
-            5'h05:
-                \$1017  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
-            5'h06:
-                \$1017  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
-            5'h07:
-                \$1017  = { beat__payload[48], beat__payload[48:42] };
-            5'h08:
-                \$1017  = beat__payload[55:48];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1017  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1018  = w_lane7;
-    if (gemm_active) begin
-      if (\$832 ) begin
-        if (\$839 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1018  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
-            5'h03:
-                \$1018  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
-            5'h04:
-                \$1018  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
-            5'h05:
-                \$1018  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
-            5'h06:
-                \$1018  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
-            5'h07:
-                \$1018  = { beat__payload[55], beat__payload[55:49] };
-            5'h08:
-                \$1018  = beat__payload[63:56];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1018  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1019  = a_filled0;
-    if (in_decode) begin
-      \$1019  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$842 ) begin
-        if (\$843 ) begin
-          if (\$845 ) begin
-            casez (\$signal$258 )
-              1'h0:
-                  \$1019  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$862 ) begin
-        if (\$864 ) begin
-          if (\$865 ) begin
-            casez (\$signal$288 )
-              1'h0:
-                  \$1019  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1019  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1020  = a_filled1;
-    if (in_decode) begin
-      \$1020  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$842 ) begin
-        if (\$843 ) begin
-          if (\$845 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$258 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1020  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$862 ) begin
-        if (\$864 ) begin
-          if (\$865 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$288 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1020  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1020  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1021  = \$signal$258 ;
-    if (in_decode) begin
-      \$1021  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$842 ) begin
-        if (\$843 ) begin
-          if (\$845 ) begin
-            \$1021  = \$846 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1021  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1022  = \$signal$265 ;
-    if (in_decode) begin
-      \$1022  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$842 ) begin
-        (* full_case = 32'd1 *)
-        if (\$843 ) begin
-          \$1022  = 4'h0;
-        end else begin
-          \$1022  = \$847 [3:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1022  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1023  = lk;
-    if (in_decode) begin
-      \$1023  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$842 ) begin
-        if (\$843 ) begin
-          \$1023  = \$844 [15:0];
-          if (\$845 ) begin
-            \$1023  = 16'h0000;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1023  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1024  = \$signal$288 ;
-    if (in_decode) begin
-      \$1024  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$862 ) begin
-        if (\$864 ) begin
-          if (\$865 ) begin
-            \$1024  = \$866 ;
-          end
-        end
-      end
-    end
+    \$1024  = \$685 ;
     if (rst) begin
       \$1024  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1025  = \$signal$289 ;
-    if (in_decode) begin
-      \$1025  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$862 ) begin
-        (* full_case = 32'd1 *)
-        if (\$864 ) begin
-          \$1025  = 16'h0000;
-        end else begin
-          \$1025  = \$869 [15:0];
-        end
-      end
-    end
+    \$1025  = \$686 ;
     if (rst) begin
-      \$1025  = 16'h0000;
+      \$1025  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1026  = fnt;
-    if (in_decode) begin
-      \$1026  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$862 ) begin
-        if (\$864 ) begin
-          (* full_case = 32'd1 *)
-          if (\$865 ) begin
-            \$1026  = 16'h0000;
-          end else begin
-            \$1026  = \$868 [15:0];
-          end
-        end
-      end
-    end
+    \$1026  = \$687 ;
     if (rst) begin
-      \$1026  = 16'h0000;
+      \$1026  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1027  = feed_blocks;
-    if (in_decode) begin
-      \$1027  = dec_blocks;
-    end
-    if (gemm_active) begin
-      if (\$862 ) begin
-        if (\$864 ) begin
-          if (\$865 ) begin
-            \$1027  = \$867 [31:0];
-          end
-        end
-      end
-    end
+    \$1027  = \$688 ;
     if (rst) begin
-      \$1027  = 32'd0;
+      \$1027  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1028  = \$signal$294 ;
-    if (in_decode) begin
-      \$1028  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$848 ) begin
-        \$1028  = 1'h0;
-      end
-      if (\$862 ) begin
-        \$1028  = 1'h1;
-      end
-    end
+    \$1028  = \$689 ;
     if (rst) begin
       \$1028  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1029  = a_last;
-    if (gemm_active) begin
-      if (\$862 ) begin
-        \$1029  = \$863 ;
-      end
-    end
+    \$1029  = \$690 ;
     if (rst) begin
       \$1029  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1030  = w_load_lane;
-    if (gemm_active) begin
-      if (\$874 ) begin
-        (* full_case = 32'd1 *)
-        if (\$875 ) begin
-          \$1030  = 4'h0;
-        end else begin
-          \$1030  = \$882 [3:0];
-        end
-      end
-      if (in_decode) begin
-        \$1030  = 4'h0;
-      end
-    end
+    \$1030  = \$691 ;
     if (rst) begin
-      \$1030  = 4'h0;
+      \$1030  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1031  = w_load_k;
-    if (gemm_active) begin
-      if (\$874 ) begin
-        if (\$875 ) begin
-          \$1031  = \$876 [15:0];
-          if (\$878 ) begin
-            \$1031  = 16'h0000;
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1031  = 16'h0000;
-      end
-    end
+    \$1031  = \$692 ;
     if (rst) begin
-      \$1031  = 16'h0000;
+      \$1031  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1032  = w_load_addr;
-    if (gemm_active) begin
-      if (\$874 ) begin
-        if (\$875 ) begin
-          \$1032  = \$877 [9:0];
-          if (\$878 ) begin
-            if (\$880 ) begin
-              \$1032  = 10'h000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1032  = 10'h000;
-      end
-    end
+    \$1032  = \$693 ;
     if (rst) begin
-      \$1032  = 10'h000;
+      \$1032  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1033  = w_load_nt;
-    if (gemm_active) begin
-      if (\$874 ) begin
-        if (\$875 ) begin
-          if (\$878 ) begin
-            \$1033  = \$879 [15:0];
-            if (\$880 ) begin
-              \$1033  = 16'h0000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1033  = 16'h0000;
-      end
-    end
+    \$1033  = \$694 ;
     if (rst) begin
-      \$1033  = 16'h0000;
+      \$1033  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1034  = w_filled0;
-    if (gemm_active) begin
-      if (\$874 ) begin
-        if (\$875 ) begin
-          if (\$878 ) begin
-            if (\$880 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1034  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$898 ) begin
-        if (\$899 ) begin
-          if (\$900 ) begin
-            if (\$901 ) begin
-              casez (w_feed_half)
-                1'h0:
-                    \$1034  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1034  = 1'h0;
-      end
-    end
+    \$1034  = \$695 ;
     if (rst) begin
       \$1034  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1035  = w_filled1;
-    if (gemm_active) begin
-      if (\$874 ) begin
-        if (\$875 ) begin
-          if (\$878 ) begin
-            if (\$880 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1035  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$898 ) begin
-        if (\$899 ) begin
-          if (\$900 ) begin
-            if (\$901 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_feed_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1035  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1035  = 1'h0;
-      end
-    end
+    \$1035  = \$696 ;
     if (rst) begin
       \$1035  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1036  = w_load_half;
-    if (gemm_active) begin
-      if (\$874 ) begin
-        if (\$875 ) begin
-          if (\$878 ) begin
-            if (\$880 ) begin
-              \$1036  = \$881 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1036  = 1'h0;
-      end
-    end
+    \$1036  = \$697 ;
     if (rst) begin
       \$1036  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1037  = feed_ntk;
-    if (gemm_active) begin
-      if (\$898 ) begin
-        if (\$899 ) begin
-          (* full_case = 32'd1 *)
-          if (\$900 ) begin
-            \$1037  = 32'd0;
-          end else begin
-            \$1037  = \$904 [31:0];
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1037  = 32'd0;
-      end
-    end
+    \$1037  = \$698 ;
     if (rst) begin
-      \$1037  = 32'd0;
+      \$1037  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1038  = feed_mt;
-    if (gemm_active) begin
-      if (\$898 ) begin
-        if (\$899 ) begin
-          if (\$900 ) begin
-            (* full_case = 32'd1 *)
-            if (\$901 ) begin
-              \$1038  = 16'h0000;
-            end else begin
-              \$1038  = \$903 [15:0];
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1038  = 16'h0000;
-      end
-    end
+    \$1038  = \$699 ;
     if (rst) begin
-      \$1038  = 16'h0000;
+      \$1038  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1039  = w_feed_half;
-    if (gemm_active) begin
-      if (\$898 ) begin
-        if (\$899 ) begin
-          if (\$900 ) begin
-            if (\$901 ) begin
-              \$1039  = \$902 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1039  = 1'h0;
-      end
-    end
+    \$1039  = \$700 [15:0];
     if (rst) begin
-      \$1039  = 1'h0;
+      \$1039  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1040  = post_col;
+    \$1040  = \$703 ;
+    if (rst) begin
+      \$1040  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1041  = \$706 ;
+    if (rst) begin
+      \$1041  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1042  = \$709 ;
+    if (rst) begin
+      \$1042  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1043  = \$712 ;
+    if (rst) begin
+      \$1043  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1044  = \$715 ;
+    if (rst) begin
+      \$1044  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1045  = \$717 ;
+    if (rst) begin
+      \$1045  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1046  = { \$718 , \final$412 , \last__4$411  };
+    if (rst) begin
+      \$1046  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1047  = \$720 ;
+    if (rst) begin
+      \$1047  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1048  = { \$721 , \final$415 , \last__4$414  };
+    if (rst) begin
+      \$1048  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1049  = \$728 ;
+    if (rst) begin
+      \$1049  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1050  = \$730 ;
+    if (rst) begin
+      \$1050  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1051  = \$733 [15:0];
+    if (rst) begin
+      \$1051  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1052  = \$736 [15:0];
+    if (rst) begin
+      \$1052  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1053  = \$737 [15:0];
+    if (rst) begin
+      \$1053  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1054  = c_lb;
+    if (rst) begin
+      \$1054  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1055  = \$738 [15:0];
+    if (rst) begin
+      \$1055  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1056  = \$739 [15:0];
+    if (rst) begin
+      \$1056  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1057  = \$740 ;
+    if (rst) begin
+      \$1057  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1058  = \$745 [31:0];
+    if (rst) begin
+      \$1058  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1059  = \$746 [31:0];
+    if (rst) begin
+      \$1059  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1060  = \$750 [31:0];
+    if (rst) begin
+      \$1060  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1061  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$1061  = \$868 ;
+    endcase
+    if (rst) begin
+      \$1061  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1062  = ext_req_valid;
     if (in_decode) begin
-      \$1040  = 3'h0;
+      \$1062  = 1'h0;
     end
-    if (\$906 ) begin
-      if (elem_take) begin
-        \$1040  = \$909 [2:0];
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$872 ) begin
+          \$1062  = valid;
+        end
+      end else if (is_store) begin
+        if (\$876 ) begin
+          \$1062  = \$880 ;
+        end
       end
     end
     if (rst) begin
-      \$1040  = 3'h0;
+      \$1062  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1063  = cycles;
+    if (busy) begin
+      \$1063  = \$751 [47:0];
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1063  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1063  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1064  = op_cycles__0;
+    if (busy) begin
+      if (\$752 ) begin
+        \$1064  = \$753 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1064  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1064  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1065  = op_cycles__1;
+    if (busy) begin
+      if (\$754 ) begin
+        \$1065  = \$755 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1065  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1065  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1066  = op_cycles__2;
+    if (busy) begin
+      if (\$756 ) begin
+        \$1066  = \$757 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1066  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1066  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1067  = op_cycles__3;
+    if (busy) begin
+      if (\$758 ) begin
+        \$1067  = \$759 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1067  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1067  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1068  = op_cycles__4;
+    if (busy) begin
+      if (\$760 ) begin
+        \$1068  = \$761 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1068  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1068  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1069  = op_cycles__5;
+    if (busy) begin
+      if (\$762 ) begin
+        \$1069  = \$763 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1069  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1069  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1070  = op_cycles__6;
+    if (busy) begin
+      if (\$764 ) begin
+        \$1070  = \$765 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1070  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1070  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1071  = op_cycles__7;
+    if (busy) begin
+      if (\$766 ) begin
+        \$1071  = \$767 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1071  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1071  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1072  = op_cycles__8;
+    if (busy) begin
+      if (\$768 ) begin
+        \$1072  = \$769 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1072  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1072  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1073  = op_cycles__9;
+    if (busy) begin
+      if (\$770 ) begin
+        \$1073  = \$771 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1073  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1073  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1074  = op_cycles__10;
+    if (busy) begin
+      if (\$772 ) begin
+        \$1074  = \$773 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1074  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1074  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1075  = op_cycles__11;
+    if (busy) begin
+      if (\$774 ) begin
+        \$1075  = \$775 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1075  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1075  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1076  = op_cycles__12;
+    if (busy) begin
+      if (\$776 ) begin
+        \$1076  = \$777 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1076  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1076  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1077  = op_cycles__13;
+    if (busy) begin
+      if (\$778 ) begin
+        \$1077  = \$779 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1077  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1077  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1078  = op_cycles__14;
+    if (busy) begin
+      if (\$780 ) begin
+        \$1078  = \$781 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1078  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1078  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1079  = op_cycles__15;
+    if (busy) begin
+      if (\$782 ) begin
+        \$1079  = \$783 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1079  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1079  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1080  = pc;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1080  = prog;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+            \$1080  = \$signal$431 ;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          if (\$844 ) begin
+            \$1080  = \$845 [31:0];
+          end
+    endcase
+    if (rst) begin
+      \$1080  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1081  = busy;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1081  = 1'h1;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+          end else if (is_end) begin
+            \$1081  = 1'h0;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$870 ) begin
+            \$1081  = 1'h0;
+          end
+    endcase
+    if (rst) begin
+      \$1081  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1082  = done;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1082  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+          end else if (is_end) begin
+            \$1082  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$870 ) begin
+            \$1082  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$1082  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1083  = error;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1083  = 4'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$1083  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$1083  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+          end else if (is_end) begin
+          end else if (\$802 ) begin
+            \$1083  = 4'h2;
+          end else if (\$808 ) begin
+            \$1083  = 4'h1;
+          end else if (\$811 ) begin
+          end else if (\$814 ) begin
+          end else if (unit_known) begin
+          end else begin
+            \$1083  = 4'h1;
+          end
+          if (start) begin
+            \$1083  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$825 ) begin
+            if (beat__payload[512]) begin
+              \$1083  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$1083  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$1083  = 4'h3;
+          end
+          if (\$869 ) begin
+            \$1083  = fault;
+          end
+          if (start) begin
+            \$1083  = 4'h6;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$1083  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1084  = fetch_sent;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1084  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (\$787 ) begin
+            \$1084  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$1084  = 1'h0;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$1084  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1085  = \$signal$431 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1085  = prog;
+          end
+    endcase
+    if (rst) begin
+      \$1085  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1086  = \$signal$432 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1086  = image_stride;
+          end
+    endcase
+    if (rst) begin
+      \$1086  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1087  = images_left;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1087  = \$785 ;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+            \$1087  = \$816 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$1087  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1088  = offset;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1088  = 32'd0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+            \$1088  = \$817 [31:0];
+          end
+    endcase
+    if (rst) begin
+      \$1088  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1089  = seq_state;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1089  = 3'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1089  = 3'h5;
+            end else begin
+              \$1089  = 3'h2;
+            end
+          end
+          if (start) begin
+            \$1089  = 3'h5;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+            \$1089  = 3'h1;
+          end else if (is_end) begin
+            \$1089  = 3'h0;
+          end else if (\$802 ) begin
+            \$1089  = 3'h5;
+          end else if (\$808 ) begin
+            \$1089  = 3'h5;
+          end else if (\$811 ) begin
+            \$1089  = 3'h3;
+          end else if (\$814 ) begin
+            \$1089  = 3'h4;
+          end else if (unit_known) begin
+            \$1089  = 3'h3;
+          end else begin
+            \$1089  = 3'h5;
+          end
+          if (start) begin
+            \$1089  = 3'h5;
+          end
+        end
+      3'h3:
+        begin
+          if (\$825 ) begin
+            if (beat__payload[512]) begin
+              \$1089  = 3'h5;
+            end else if (\$827 ) begin
+              \$1089  = 3'h4;
+            end
+          end
+          if (\$832 ) begin
+            \$1089  = 3'h4;
+          end
+          if (start) begin
+            \$1089  = 3'h5;
+          end
+        end
+      3'h4:
+        begin
+          if (\$844 ) begin
+            \$1089  = 3'h1;
+          end
+          if (addr_fault) begin
+            \$1089  = 3'h5;
+          end
+          if (\$869 ) begin
+            \$1089  = 3'h5;
+          end
+          if (start) begin
+            \$1089  = 3'h5;
+          end
+        end
+      3'h5:
+          if (\$870 ) begin
+            \$1089  = 3'h0;
+          end
+      default:
+          \$1089  = 3'h0;
+    endcase
+    if (rst) begin
+      \$1089  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1090  = in_stream;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1090  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1090  = 1'h0;
+            end else begin
+              \$1090  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1090  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+            \$1090  = 1'h0;
+          end else if (is_end) begin
+            \$1090  = 1'h0;
+          end else if (\$802 ) begin
+            \$1090  = 1'h0;
+          end else if (\$808 ) begin
+            \$1090  = 1'h0;
+          end else if (\$811 ) begin
+            \$1090  = 1'h0;
+          end else if (\$814 ) begin
+            \$1090  = 1'h1;
+          end else if (unit_known) begin
+            \$1090  = 1'h0;
+          end else begin
+            \$1090  = 1'h0;
+          end
+          if (start) begin
+            \$1090  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$825 ) begin
+            if (beat__payload[512]) begin
+              \$1090  = 1'h0;
+            end else if (\$827 ) begin
+              \$1090  = 1'h1;
+            end
+          end
+          if (\$832 ) begin
+            \$1090  = 1'h1;
+          end
+          if (start) begin
+            \$1090  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$844 ) begin
+            \$1090  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1090  = 1'h0;
+          end
+          if (\$869 ) begin
+            \$1090  = 1'h0;
+          end
+          if (start) begin
+            \$1090  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$870 ) begin
+            \$1090  = 1'h0;
+          end
+      default:
+          \$1090  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1090  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1091  = in_decode;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1091  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1091  = 1'h0;
+            end else begin
+              \$1091  = 1'h1;
+            end
+          end
+          if (start) begin
+            \$1091  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+            \$1091  = 1'h0;
+          end else if (is_end) begin
+            \$1091  = 1'h0;
+          end else if (\$802 ) begin
+            \$1091  = 1'h0;
+          end else if (\$808 ) begin
+            \$1091  = 1'h0;
+          end else if (\$811 ) begin
+            \$1091  = 1'h0;
+          end else if (\$814 ) begin
+            \$1091  = 1'h0;
+          end else if (unit_known) begin
+            \$1091  = 1'h0;
+          end else begin
+            \$1091  = 1'h0;
+          end
+          if (start) begin
+            \$1091  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$825 ) begin
+            if (beat__payload[512]) begin
+              \$1091  = 1'h0;
+            end else if (\$827 ) begin
+              \$1091  = 1'h0;
+            end
+          end
+          if (\$832 ) begin
+            \$1091  = 1'h0;
+          end
+          if (start) begin
+            \$1091  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$844 ) begin
+            \$1091  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1091  = 1'h0;
+          end
+          if (\$869 ) begin
+            \$1091  = 1'h0;
+          end
+          if (start) begin
+            \$1091  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$870 ) begin
+            \$1091  = 1'h0;
+          end
+      default:
+          \$1091  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1091  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1092  = in_op;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1092  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1092  = 1'h0;
+            end else begin
+              \$1092  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1092  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+            \$1092  = 1'h0;
+          end else if (is_end) begin
+            \$1092  = 1'h0;
+          end else if (\$802 ) begin
+            \$1092  = 1'h0;
+          end else if (\$808 ) begin
+            \$1092  = 1'h0;
+          end else if (\$811 ) begin
+            \$1092  = 1'h1;
+          end else if (\$814 ) begin
+            \$1092  = 1'h1;
+          end else if (unit_known) begin
+            \$1092  = 1'h1;
+          end else begin
+            \$1092  = 1'h0;
+          end
+          if (start) begin
+            \$1092  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$825 ) begin
+            if (beat__payload[512]) begin
+              \$1092  = 1'h0;
+            end else if (\$827 ) begin
+              \$1092  = 1'h1;
+            end
+          end
+          if (\$832 ) begin
+            \$1092  = 1'h1;
+          end
+          if (start) begin
+            \$1092  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$844 ) begin
+            \$1092  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1092  = 1'h0;
+          end
+          if (\$869 ) begin
+            \$1092  = 1'h0;
+          end
+          if (start) begin
+            \$1092  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$870 ) begin
+            \$1092  = 1'h0;
+          end
+      default:
+          \$1092  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1092  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1093  = gemm_active;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1093  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1093  = 1'h0;
+            end else begin
+              \$1093  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1093  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+            \$1093  = 1'h0;
+          end else if (is_end) begin
+            \$1093  = 1'h0;
+          end else if (\$802 ) begin
+            \$1093  = 1'h0;
+          end else if (\$808 ) begin
+            \$1093  = 1'h0;
+          end else if (\$811 ) begin
+            \$1093  = 1'h0;
+          end else if (\$814 ) begin
+            \$1093  = is_gemm;
+          end else if (unit_known) begin
+            \$1093  = 1'h0;
+          end else begin
+            \$1093  = 1'h0;
+          end
+          if (start) begin
+            \$1093  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$825 ) begin
+            if (beat__payload[512]) begin
+              \$1093  = 1'h0;
+            end else if (\$827 ) begin
+              \$1093  = is_gemm;
+            end
+          end
+          if (\$832 ) begin
+            \$1093  = is_gemm;
+          end
+          if (start) begin
+            \$1093  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$844 ) begin
+            \$1093  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1093  = 1'h0;
+          end
+          if (\$869 ) begin
+            \$1093  = 1'h0;
+          end
+          if (start) begin
+            \$1093  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$870 ) begin
+            \$1093  = 1'h0;
+          end
+      default:
+          \$1093  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1093  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1094  = pack_active;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1094  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1094  = 1'h0;
+            end else begin
+              \$1094  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1094  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$789 ) begin
+          end else if (\$791 ) begin
+            \$1094  = 1'h0;
+          end else if (is_end) begin
+            \$1094  = 1'h0;
+          end else if (\$802 ) begin
+            \$1094  = 1'h0;
+          end else if (\$808 ) begin
+            \$1094  = 1'h0;
+          end else if (\$811 ) begin
+            \$1094  = 1'h0;
+          end else if (\$814 ) begin
+            \$1094  = \$820 ;
+          end else if (unit_known) begin
+            \$1094  = 1'h0;
+          end else begin
+            \$1094  = 1'h0;
+          end
+          if (start) begin
+            \$1094  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$825 ) begin
+            if (beat__payload[512]) begin
+              \$1094  = 1'h0;
+            end else if (\$827 ) begin
+              \$1094  = \$830 ;
+            end
+          end
+          if (\$832 ) begin
+            \$1094  = \$835 ;
+          end
+          if (start) begin
+            \$1094  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$844 ) begin
+            \$1094  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1094  = 1'h0;
+          end
+          if (\$869 ) begin
+            \$1094  = 1'h0;
+          end
+          if (start) begin
+            \$1094  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$870 ) begin
+            \$1094  = 1'h0;
+          end
+      default:
+          \$1094  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1094  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1095  = ins;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1095  = beat__payload[511:0];
+          end
+    endcase
+    if (rst) begin
+      \$1095  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1096  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1096  = 2'h3;
+          end
+      3'h2:
+          if (\$789 ) begin
+            \$1096  = \$815 [1:0];
+          end
+    endcase
+    if (rst) begin
+      \$1096  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1097  = c_addr;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1097  = dec_c_base;
+      3'h3:
+          if (\$822 ) begin
+            \$1097  = \$824 [31:0];
+          end
+    endcase
+    if (rst) begin
+      \$1097  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1098  = c_step;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1098  = \$788 [7:0];
+    endcase
+    if (rst) begin
+      \$1098  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1099  = c_ask;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1099  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$822 ) begin
+            \$1099  = \$823 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$1099  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1100  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1100  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$825 ) begin
+            \$1100  = \$826 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$1100  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1101  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$872 ) begin
+          \$1101  = \$874 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$876 ) begin
+          \$1101  = \$882 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1101  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1102  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$876 ) begin
+          \$1102  = r_data[15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1102  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1103  = pack_full;
+    if (pack_active) begin
+      if (\$883 ) begin
+        \$1103  = 1'h0;
+      end
+      if (\$889 ) begin
+        if (\$891 ) begin
+          \$1103  = 1'h1;
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1103  = 1'h0;
+    end
+    if (rst) begin
+      \$1103  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1104  = pack_a0;
+    if (pack_active) begin
+      if (\$889 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1104  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1104  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1105  = pack_a1;
+    if (pack_active) begin
+      if (\$889 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1105  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1105  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1106  = pack_a2;
+    if (pack_active) begin
+      if (\$889 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1106  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1106  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1107  = pack_a3;
+    if (pack_active) begin
+      if (\$889 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1107  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1107  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1108  = pack_b0;
+    if (pack_active) begin
+      if (\$889 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1108  = \r_data$316 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1108  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1109  = pack_b1;
+    if (pack_active) begin
+      if (\$889 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1109  = \r_data$316 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1109  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1110  = pack_b2;
+    if (pack_active) begin
+      if (\$889 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1110  = \r_data$316 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1110  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1111  = pack_b3;
+    if (pack_active) begin
+      if (\$889 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1111  = \r_data$316 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1111  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1112  = pack_j;
+    if (pack_active) begin
+      if (\$889 ) begin
+        (* full_case = 32'd1 *)
+        if (\$891 ) begin
+          \$1112  = 3'h0;
+        end else begin
+          \$1112  = \$892 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1112  = 3'h0;
+    end
+    if (rst) begin
+      \$1112  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1113  = pack_jo;
+    if (pack_active) begin
+      if (\$893 ) begin
+        (* full_case = 32'd1 *)
+        if (\$895 ) begin
+          \$1113  = 3'h0;
+        end else begin
+          \$1113  = \$896 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1113  = 3'h0;
+    end
+    if (rst) begin
+      \$1113  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1114  = tiles;
+    if (in_decode) begin
+      \$1114  = dec_tiles;
+    end
+    if (gemm_active) begin
+      if (\$903 ) begin
+        if (\$917 ) begin
+          \$1114  = \$918 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1114  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1115  = nt;
+    if (in_decode) begin
+      \$1115  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$903 ) begin
+        if (\$917 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1115  = 16'h0000;
+          end else begin
+            \$1115  = \$924 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1115  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1116  = k;
+    if (in_decode) begin
+      \$1116  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$903 ) begin
+        if (\$905 ) begin
+        end else if (\$910 ) begin
+          \$1116  = \$911 [15:0];
+        end
+        if (\$917 ) begin
+          \$1116  = 16'h0000;
+        end
+      end
+    end
+    if (rst) begin
+      \$1116  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1117  = w_addr;
+    if (in_decode) begin
+      \$1117  = ins[465:434];
+    end
+    if (gemm_active) begin
+      if (\$903 ) begin
+        if (want_w) begin
+          \$1117  = \$914 [31:0];
+        end
+        if (\$917 ) begin
+          if (nt_hit) begin
+            \$1117  = ins[465:434];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1117  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1118  = p_addr;
+    if (in_decode) begin
+      \$1118  = ins[497:466];
+    end
+    if (gemm_active) begin
+      if (\$903 ) begin
+        if (\$917 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1118  = ins[497:466];
+          end else begin
+            \$1118  = \$927 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1118  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1119  = want_w;
+    if (in_decode) begin
+      \$1119  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$903 ) begin
+        if (\$905 ) begin
+          \$1119  = 1'h1;
+        end
+        if (\$917 ) begin
+          \$1119  = 1'h0;
+        end
+      end
+    end
+    if (rst) begin
+      \$1119  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1120  = w_step;
+    if (in_decode) begin
+      \$1120  = \$897 [7:0];
+    end
+    if (rst) begin
+      \$1120  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1121  = \$signal$247 ;
+    if (in_decode) begin
+      \$1121  = \$898 ;
+    end
+    if (gemm_active) begin
+      if (\$903 ) begin
+        if (\$917 ) begin
+          \$1121  = \$919 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1121  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1122  = \$signal$444 ;
+    if (in_decode) begin
+      \$1122  = \$900 ;
+    end
+    if (gemm_active) begin
+      if (\$903 ) begin
+        if (\$905 ) begin
+        end else if (\$910 ) begin
+          \$1122  = \$913 ;
+        end
+        if (\$917 ) begin
+          \$1122  = \$921 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1122  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1123  = nt_hit;
+    if (in_decode) begin
+      \$1123  = \$902 ;
+    end
+    if (gemm_active) begin
+      if (\$903 ) begin
+        if (\$917 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1123  = \$923 ;
+          end else begin
+            \$1123  = \$926 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1123  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1124  = rk;
+    if (in_decode) begin
+      \$1124  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$930 ) begin
+        \$1124  = \$933 [15:0];
+      end
+    end
+    if (rst) begin
+      \$1124  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1125  = rk_zero;
+    if (in_decode) begin
+      \$1125  = 1'h1;
+    end
+    if (gemm_active) begin
+      if (\$930 ) begin
+        \$1125  = \$934 ;
+      end
+    end
+    if (rst) begin
+      \$1125  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1126  = w_full;
+    if (in_decode) begin
+      \$1126  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$928 ) begin
+        \$1126  = 1'h0;
+      end
+      if (\$930 ) begin
+        if (\$937 ) begin
+          \$1126  = 1'h1;
+        end
+      end
+    end
+    if (rst) begin
+      \$1126  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1127  = w_lane0;
+    if (gemm_active) begin
+      if (\$930 ) begin
+        if (\$937 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1127  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
+            5'h03:
+                \$1127  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
+            5'h04:
+                \$1127  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
+            5'h05:
+                \$1127  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
+            5'h06:
+                \$1127  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
+            5'h07:
+                \$1127  = { beat__payload[6], beat__payload[6:0] };
+            5'h08:
+                \$1127  = beat__payload[7:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1127  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1128  = w_lane1;
+    if (gemm_active) begin
+      if (\$930 ) begin
+        if (\$937 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1128  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
+            5'h03:
+                \$1128  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
+            5'h04:
+                \$1128  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
+            5'h05:
+                \$1128  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
+            5'h06:
+                \$1128  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
+            5'h07:
+                \$1128  = { beat__payload[13], beat__payload[13:7] };
+            5'h08:
+                \$1128  = beat__payload[15:8];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1128  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1129  = w_lane2;
+    if (gemm_active) begin
+      if (\$930 ) begin
+        if (\$937 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1129  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+            5'h03:
+                \$1129  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+            5'h04:
+                \$1129  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+            5'h05:
+                \$1129  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+            5'h06:
+                \$1129  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+            5'h07:
+                \$1129  = { beat__payload[20], beat__payload[20:14] };
+            5'h08:
+                \$1129  = beat__payload[23:16];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1129  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1130  = w_lane3;
+    if (gemm_active) begin
+      if (\$930 ) begin
+        if (\$937 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1130  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+            5'h03:
+                \$1130  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+            5'h04:
+                \$1130  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+            5'h05:
+                \$1130  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+            5'h06:
+                \$1130  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+            5'h07:
+                \$1130  = { beat__payload[27], beat__payload[27:21] };
+            5'h08:
+                \$1130  = beat__payload[31:24];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1130  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1131  = w_lane4;
+    if (gemm_active) begin
+      if (\$930 ) begin
+        if (\$937 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1131  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+            5'h03:
+                \$1131  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+            5'h04:
+                \$1131  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+            5'h05:
+                \$1131  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+            5'h06:
+                \$1131  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+            5'h07:
+                \$1131  = { beat__payload[34], beat__payload[34:28] };
+            5'h08:
+                \$1131  = beat__payload[39:32];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1131  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1132  = w_lane5;
+    if (gemm_active) begin
+      if (\$930 ) begin
+        if (\$937 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1132  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+            5'h03:
+                \$1132  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+            5'h04:
+                \$1132  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+            5'h05:
+                \$1132  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+            5'h06:
+                \$1132  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+            5'h07:
+                \$1132  = { beat__payload[41], beat__payload[41:35] };
+            5'h08:
+                \$1132  = beat__payload[47:40];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1132  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1133  = w_lane6;
+    if (gemm_active) begin
+      if (\$930 ) begin
+        if (\$937 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1133  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
+            5'h03:
+                \$1133  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
+            5'h04:
+                \$1133  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
+            5'h05:
+                \$1133  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
+            5'h06:
+                \$1133  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
+            5'h07:
+                \$1133  = { beat__payload[48], beat__payload[48:42] };
+            5'h08:
+                \$1133  = beat__payload[55:48];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1133  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1134  = w_lane7;
+    if (gemm_active) begin
+      if (\$930 ) begin
+        if (\$937 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1134  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+            5'h03:
+                \$1134  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+            5'h04:
+                \$1134  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+            5'h05:
+                \$1134  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+            5'h06:
+                \$1134  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+            5'h07:
+                \$1134  = { beat__payload[55], beat__payload[55:49] };
+            5'h08:
+                \$1134  = beat__payload[63:56];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1134  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1135  = a_filled0;
+    if (in_decode) begin
+      \$1135  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$942 ) begin
+        if (\$946 ) begin
+          if (\$947 ) begin
+            casez (\$signal$263 )
+              1'h0:
+                  \$1135  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$945 ) begin
+        if (\$951 ) begin
+          if (\$953 ) begin
+            casez (\$signal$263 )
+              1'h0:
+                  \$1135  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$973 ) begin
+        if (\$975 ) begin
+          if (\$976 ) begin
+            casez (\$signal$293 )
+              1'h0:
+                  \$1135  = 1'h0;
+            endcase
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1135  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1136  = a_filled1;
+    if (in_decode) begin
+      \$1136  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$942 ) begin
+        if (\$946 ) begin
+          if (\$947 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$263 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1136  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$945 ) begin
+        if (\$951 ) begin
+          if (\$953 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$263 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1136  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$973 ) begin
+        if (\$975 ) begin
+          if (\$976 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$293 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1136  = 1'h0;
+            endcase
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1136  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1137  = \$signal$263 ;
+    if (in_decode) begin
+      \$1137  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$942 ) begin
+        if (\$946 ) begin
+          if (\$947 ) begin
+            \$1137  = \$948 ;
+          end
+        end
+      end else if (\$945 ) begin
+        if (\$951 ) begin
+          if (\$953 ) begin
+            \$1137  = \$954 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1137  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1138  = \$signal$270 ;
+    if (in_decode) begin
+      \$1138  = 4'h0;
+    end
+    if (gemm_active) begin
+      if (\$942 ) begin
+        if (\$946 ) begin
+          (* full_case = 32'd1 *)
+          if (\$947 ) begin
+            \$1138  = 4'h0;
+          end else begin
+            \$1138  = \$949 [3:0];
+          end
+        end
+      end else if (\$945 ) begin
+        (* full_case = 32'd1 *)
+        if (\$951 ) begin
+          \$1138  = 4'h0;
+        end else begin
+          \$1138  = \$955 [3:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1138  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1139  = lk;
+    if (in_decode) begin
+      \$1139  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$942 ) begin
+        (* full_case = 32'd1 *)
+        if (\$946 ) begin
+          \$1139  = 16'h0000;
+        end else begin
+          \$1139  = \$950 [15:0];
+        end
+      end else if (\$945 ) begin
+        if (\$951 ) begin
+          \$1139  = \$952 [15:0];
+          if (\$953 ) begin
+            \$1139  = 16'h0000;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1139  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1140  = \$signal$293 ;
+    if (in_decode) begin
+      \$1140  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$973 ) begin
+        if (\$975 ) begin
+          if (\$976 ) begin
+            \$1140  = \$977 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1140  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1141  = \$signal$294 ;
+    if (in_decode) begin
+      \$1141  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$973 ) begin
+        (* full_case = 32'd1 *)
+        if (\$975 ) begin
+          \$1141  = 16'h0000;
+        end else begin
+          \$1141  = \$980 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1141  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1142  = fnt;
+    if (in_decode) begin
+      \$1142  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$973 ) begin
+        if (\$975 ) begin
+          (* full_case = 32'd1 *)
+          if (\$976 ) begin
+            \$1142  = 16'h0000;
+          end else begin
+            \$1142  = \$979 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1142  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1143  = feed_blocks;
+    if (in_decode) begin
+      \$1143  = dec_blocks;
+    end
+    if (gemm_active) begin
+      if (\$973 ) begin
+        if (\$975 ) begin
+          if (\$976 ) begin
+            \$1143  = \$978 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1143  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1144  = \$signal$299 ;
+    if (in_decode) begin
+      \$1144  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$956 ) begin
+        \$1144  = 1'h0;
+      end
+      if (\$973 ) begin
+        \$1144  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$1144  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1145  = a_last;
+    if (gemm_active) begin
+      if (\$973 ) begin
+        \$1145  = \$974 ;
+      end
+    end
+    if (rst) begin
+      \$1145  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1146  = w_load_lane;
+    if (gemm_active) begin
+      if (\$985 ) begin
+        (* full_case = 32'd1 *)
+        if (\$986 ) begin
+          \$1146  = 4'h0;
+        end else begin
+          \$1146  = \$993 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1146  = 4'h0;
+      end
+    end
+    if (rst) begin
+      \$1146  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1147  = w_load_k;
+    if (gemm_active) begin
+      if (\$985 ) begin
+        if (\$986 ) begin
+          \$1147  = \$987 [15:0];
+          if (\$989 ) begin
+            \$1147  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1147  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1147  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1148  = w_load_addr;
+    if (gemm_active) begin
+      if (\$985 ) begin
+        if (\$986 ) begin
+          \$1148  = \$988 [9:0];
+          if (\$989 ) begin
+            if (\$991 ) begin
+              \$1148  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1148  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1148  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1149  = w_load_nt;
+    if (gemm_active) begin
+      if (\$985 ) begin
+        if (\$986 ) begin
+          if (\$989 ) begin
+            \$1149  = \$990 [15:0];
+            if (\$991 ) begin
+              \$1149  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1149  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1149  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1150  = w_filled0;
+    if (gemm_active) begin
+      if (\$985 ) begin
+        if (\$986 ) begin
+          if (\$989 ) begin
+            if (\$991 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1150  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1012 ) begin
+        if (\$1013 ) begin
+          if (\$1014 ) begin
+            if (\$1015 ) begin
+              casez (w_feed_half)
+                1'h0:
+                    \$1150  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1150  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1150  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1151  = w_filled1;
+    if (gemm_active) begin
+      if (\$985 ) begin
+        if (\$986 ) begin
+          if (\$989 ) begin
+            if (\$991 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1151  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1012 ) begin
+        if (\$1013 ) begin
+          if (\$1014 ) begin
+            if (\$1015 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1151  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1151  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1151  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1152  = w_load_half;
+    if (gemm_active) begin
+      if (\$985 ) begin
+        if (\$986 ) begin
+          if (\$989 ) begin
+            if (\$991 ) begin
+              \$1152  = \$992 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1152  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1152  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1153  = feed_ntk;
+    if (gemm_active) begin
+      if (\$1012 ) begin
+        if (\$1013 ) begin
+          (* full_case = 32'd1 *)
+          if (\$1014 ) begin
+            \$1153  = 32'd0;
+          end else begin
+            \$1153  = \$1018 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1153  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1153  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1154  = feed_mt;
+    if (gemm_active) begin
+      if (\$1012 ) begin
+        if (\$1013 ) begin
+          if (\$1014 ) begin
+            (* full_case = 32'd1 *)
+            if (\$1015 ) begin
+              \$1154  = 16'h0000;
+            end else begin
+              \$1154  = \$1017 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1154  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1154  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1155  = w_feed_half;
+    if (gemm_active) begin
+      if (\$1012 ) begin
+        if (\$1013 ) begin
+          if (\$1014 ) begin
+            if (\$1015 ) begin
+              \$1155  = \$1016 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1155  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1155  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1156  = post_col;
+    if (in_decode) begin
+      \$1156  = 3'h0;
+    end
+    if (\$1020 ) begin
+      if (elem_take) begin
+        \$1156  = \$1023 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1156  = 3'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -34075,15 +34447,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$signature__en  = src0_issue;
   assign w_en = src0_inflight;
   assign w_data = { src0_meta, \$signature__data  };
-  assign \$signature__addr$86  = \addr$87 [13:0];
-  assign \$signature__en$88  = src1_issue;
-  assign \next$89  = src1_issue;
-  assign \w_en$90  = src1_inflight;
-  assign \w_data$91  = { src1_meta, \$signature__data$92  };
-  assign \error$111  = error;
-  assign \done$113  = done;
-  assign \busy$115  = busy;
-  assign \cycles$117  = cycles;
+  assign \$signature__addr$88  = \addr$89 [13:0];
+  assign \$signature__en$90  = src1_issue;
+  assign \next$91  = src1_issue;
+  assign \w_en$92  = src1_inflight;
+  assign \w_data$93  = { src1_meta, \$signature__data$94  };
+  assign \error$113  = error;
+  assign \done$115  = done;
+  assign \busy$117  = busy;
+  assign \cycles$119  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -34155,46 +34527,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \c__payload.f  = c__payload;
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
-  assign \c__payload$169.m  = \c__payload$169 [15:0];
-  assign \c__payload$169.b  = \c__payload$169 [58:16];
-  assign \c__payload$169.e  = \c__payload$169 [64:59];
-  assign \c__payload$169.last  = \c__payload$169 [65];
-  assign \c__payload$172.m_a  = \c__payload$172 [15:0];
-  assign \c__payload$172.e_a  = \c__payload$172 [21:16];
-  assign \c__payload$172.m_b  = \c__payload$172 [37:22];
-  assign \c__payload$172.e_b  = \c__payload$172 [43:38];
-  assign \c__payload$175.qb  = \c__payload$175 [9:0];
-  assign \c__payload$175.qc  = \c__payload$175 [24:10];
-  assign \c__payload$175.sh  = \c__payload$175 [30:25];
-  assign \c__payload$175.m  = \c__payload$175 [46:31];
-  assign \c__payload$175.e  = \c__payload$175 [52:47];
-  assign \req__payload$188.addr  = \req__payload$188 [31:0];
-  assign \req__payload$188.data  = \req__payload$188 [95:32];
-  assign \req__payload$188.lb  = \req__payload$188 [98:96];
+  assign \c__payload$171.m  = \c__payload$171 [15:0];
+  assign \c__payload$171.b  = \c__payload$171 [58:16];
+  assign \c__payload$171.e  = \c__payload$171 [64:59];
+  assign \c__payload$171.last  = \c__payload$171 [65];
+  assign \c__payload$174.m_a  = \c__payload$174 [15:0];
+  assign \c__payload$174.e_a  = \c__payload$174 [21:16];
+  assign \c__payload$174.m_b  = \c__payload$174 [37:22];
+  assign \c__payload$174.e_b  = \c__payload$174 [43:38];
+  assign \c__payload$177.qb  = \c__payload$177 [9:0];
+  assign \c__payload$177.qc  = \c__payload$177 [24:10];
+  assign \c__payload$177.sh  = \c__payload$177 [30:25];
+  assign \c__payload$177.m  = \c__payload$177 [46:31];
+  assign \c__payload$177.e  = \c__payload$177 [52:47];
+  assign \req__payload$190.addr  = \req__payload$190 [31:0];
+  assign \req__payload$190.data  = \req__payload$190 [95:32];
+  assign \req__payload$190.lb  = \req__payload$190 [98:96];
   assign \i__payload.data  = i__payload[15:0];
   assign \i__payload.last  = i__payload[16];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \o__payload$217[0]  = \o__payload$217 [15:0];
-  assign \o__payload$217[1]  = \o__payload$217 [31:16];
-  assign \o__payload$217[2]  = \o__payload$217 [47:32];
-  assign \o__payload$217[3]  = \o__payload$217 [63:48];
+  assign \o__payload$219[0]  = \o__payload$219 [15:0];
+  assign \o__payload$219[1]  = \o__payload$219 [31:16];
+  assign \o__payload$219[2]  = \o__payload$219 [47:32];
+  assign \o__payload$219[3]  = \o__payload$219 [63:48];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$230[0]  = \b__payload$230 [15:0];
-  assign \b__payload$230[1]  = \b__payload$230 [31:16];
-  assign \b__payload$230[2]  = \b__payload$230 [47:32];
-  assign \b__payload$230[3]  = \b__payload$230 [63:48];
-  assign \o__payload$237[0]  = \o__payload$237 [7:0];
-  assign \o__payload$237[1]  = \o__payload$237 [15:8];
-  assign \o__payload$237[2]  = \o__payload$237 [23:16];
-  assign \o__payload$237[3]  = \o__payload$237 [31:24];
-  assign \i__payload$240[0]  = \i__payload$240 [7:0];
-  assign \i__payload$240[1]  = \i__payload$240 [15:8];
-  assign \i__payload$240[2]  = \i__payload$240 [23:16];
-  assign \i__payload$240[3]  = \i__payload$240 [31:24];
+  assign \b__payload$232[0]  = \b__payload$232 [15:0];
+  assign \b__payload$232[1]  = \b__payload$232 [31:16];
+  assign \b__payload$232[2]  = \b__payload$232 [47:32];
+  assign \b__payload$232[3]  = \b__payload$232 [63:48];
+  assign \o__payload$239[0]  = \o__payload$239 [7:0];
+  assign \o__payload$239[1]  = \o__payload$239 [15:8];
+  assign \o__payload$239[2]  = \o__payload$239 [23:16];
+  assign \o__payload$239[3]  = \o__payload$239 [31:24];
+  assign \i__payload$242[0]  = \i__payload$242 [7:0];
+  assign \i__payload$242[1]  = \i__payload$242 [15:8];
+  assign \i__payload$242[2]  = \i__payload$242 [23:16];
+  assign \i__payload$242[3]  = \i__payload$242 [31:24];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -34223,16 +34595,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$356.data  = \a__payload$356 [71:0];
-  assign \a__payload$356.data[0]  = \a__payload$356 [8:0];
-  assign \a__payload$356.data[1]  = \a__payload$356 [17:9];
-  assign \a__payload$356.data[2]  = \a__payload$356 [26:18];
-  assign \a__payload$356.data[3]  = \a__payload$356 [35:27];
-  assign \a__payload$356.data[4]  = \a__payload$356 [44:36];
-  assign \a__payload$356.data[5]  = \a__payload$356 [53:45];
-  assign \a__payload$356.data[6]  = \a__payload$356 [62:54];
-  assign \a__payload$356.data[7]  = \a__payload$356 [71:63];
-  assign \a__payload$356.last  = \a__payload$356 [72];
+  assign \a__payload$361.data  = \a__payload$361 [71:0];
+  assign \a__payload$361.data[0]  = \a__payload$361 [8:0];
+  assign \a__payload$361.data[1]  = \a__payload$361 [17:9];
+  assign \a__payload$361.data[2]  = \a__payload$361 [26:18];
+  assign \a__payload$361.data[3]  = \a__payload$361 [35:27];
+  assign \a__payload$361.data[4]  = \a__payload$361 [44:36];
+  assign \a__payload$361.data[5]  = \a__payload$361 [53:45];
+  assign \a__payload$361.data[6]  = \a__payload$361 [62:54];
+  assign \a__payload$361.data[7]  = \a__payload$361 [71:63];
+  assign \a__payload$361.last  = \a__payload$361 [72];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -34241,65 +34613,68 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$385[0]  = \o__payload$385 [31:0];
-  assign \o__payload$385[1]  = \o__payload$385 [63:32];
-  assign \o__payload$385[2]  = \o__payload$385 [95:64];
-  assign \o__payload$385[3]  = \o__payload$385 [127:96];
-  assign \o__payload$385[4]  = \o__payload$385 [159:128];
-  assign \o__payload$385[5]  = \o__payload$385 [191:160];
-  assign \o__payload$385[6]  = \o__payload$385 [223:192];
-  assign \o__payload$385[7]  = \o__payload$385 [255:224];
-  assign \$8  = { \$7 [17], \$7 [17], \$7 [17], \$7 [17:3] };
-  assign \$10  = ins[39:24];
-  assign \$11  = ins[361:344];
-  assign \$14  = { \$13 [17], \$13 [17], \$13 [17], \$13 [17:3] };
-  assign \$20  = { \$19 [17], \$19 [17], \$19 [17], \$19 [17:3] };
-  assign \$23  = { \$22 [17], \$22 [17], \$22 [17], \$22 [17:3] };
-  assign \$30  = 4'h8;
-  assign \$31  = ins[397:380];
-  assign \$34  = { \$33 [17], \$33 [17], \$33 [17], \$33 [17:3] };
-  assign \$38  = { \$37 [17], \$37 [17], \$37 [17], \$37 [17:3] };
-  assign { \$82 [3], \$82 [1:0] } = 3'h0;
-  assign \$82 [2] = ins[10];
-  assign \$83  = ins[10];
-  assign { \$85 [3], \$85 [1:0] } = 3'h0;
-  assign \$85 [2] = ins[10];
-  assign \$86  = ins[10];
-  assign { \$88 [3], \$88 [1:0] } = 3'h0;
-  assign \$88 [2] = ins[10];
-  assign \$89  = ins[10];
-  assign { \$91 [3], \$91 [1:0] } = 3'h0;
-  assign \$91 [2] = ins[10];
-  assign \$92  = ins[10];
-  assign \$132 [3:1] = 3'h0;
-  assign \$132 [0] = ins[8];
-  assign \$133  = ins[8];
-  assign \$135 [3:1] = 3'h0;
-  assign \$135 [0] = ins[8];
-  assign \$136  = ins[8];
-  assign \$138 [3:1] = 3'h0;
-  assign \$138 [0] = ins[8];
-  assign \$139  = ins[8];
-  assign \$141 [3:1] = 3'h0;
-  assign \$141 [0] = ins[8];
-  assign \$142  = ins[8];
-  assign \$144 [3:1] = 3'h0;
-  assign \$144 [0] = ins[8];
-  assign \$145  = ins[8];
-  assign \$147 [3:1] = 3'h0;
-  assign \$147 [0] = ins[8];
-  assign \$148  = ins[8];
-  assign \$150 [3:1] = 3'h0;
-  assign \$150 [0] = ins[8];
-  assign \$151  = ins[8];
-  assign \$639  = { \$638 [17], \$638 [17], \$638 [17], \$638 [17:3] };
-  assign \$642  = { \$641 [17], \$641 [17], \$641 [17], \$641 [17:3] };
-  assign \$647  = { 1'h0, dec_nt, 6'h00 };
-  assign \$649 [5:0] = 6'h00;
-  assign \$649 [31:6] = { 8'h00, \$648 [23:6] };
-  assign \$653 [2:0] = 3'h0;
-  assign \$653 [3] = ins[11];
-  assign \$654  = ins[11];
+  assign \o__payload$390[0]  = \o__payload$390 [31:0];
+  assign \o__payload$390[1]  = \o__payload$390 [63:32];
+  assign \o__payload$390[2]  = \o__payload$390 [95:64];
+  assign \o__payload$390[3]  = \o__payload$390 [127:96];
+  assign \o__payload$390[4]  = \o__payload$390 [159:128];
+  assign \o__payload$390[5]  = \o__payload$390 [191:160];
+  assign \o__payload$390[6]  = \o__payload$390 [223:192];
+  assign \o__payload$390[7]  = \o__payload$390 [255:224];
+  assign \$17  = { \$16 [17], \$16 [17], \$16 [17], \$16 [17:3] };
+  assign \$25  = { \$24 [17], \$24 [17], \$24 [17], \$24 [17:3] };
+  assign \$31  = 4'h8;
+  assign \$33  = ins[269:252];
+  assign \$38  = ins[39:24];
+  assign \$39  = ins[361:344];
+  assign \$42  = { \$41 [17], \$41 [17], \$41 [17], \$41 [17:3] };
+  assign \$48  = { \$47 [17], \$47 [17], \$47 [17], \$47 [17:3] };
+  assign \$51  = { \$50 [17], \$50 [17], \$50 [17], \$50 [17:3] };
+  assign \$58  = 4'h8;
+  assign \$59  = ins[397:380];
+  assign \$62  = { \$61 [17], \$61 [17], \$61 [17], \$61 [17:3] };
+  assign \$66  = { \$65 [17], \$65 [17], \$65 [17], \$65 [17:3] };
+  assign { \$120 [3], \$120 [1:0] } = 3'h0;
+  assign \$120 [2] = ins[10];
+  assign \$121  = ins[10];
+  assign { \$123 [3], \$123 [1:0] } = 3'h0;
+  assign \$123 [2] = ins[10];
+  assign \$124  = ins[10];
+  assign { \$126 [3], \$126 [1:0] } = 3'h0;
+  assign \$126 [2] = ins[10];
+  assign \$127  = ins[10];
+  assign { \$129 [3], \$129 [1:0] } = 3'h0;
+  assign \$129 [2] = ins[10];
+  assign \$130  = ins[10];
+  assign \$170 [3:1] = 3'h0;
+  assign \$170 [0] = ins[8];
+  assign \$171  = ins[8];
+  assign \$173 [3:1] = 3'h0;
+  assign \$173 [0] = ins[8];
+  assign \$174  = ins[8];
+  assign \$176 [3:1] = 3'h0;
+  assign \$176 [0] = ins[8];
+  assign \$177  = ins[8];
+  assign \$179 [3:1] = 3'h0;
+  assign \$179 [0] = ins[8];
+  assign \$180  = ins[8];
+  assign \$182 [3:1] = 3'h0;
+  assign \$182 [0] = ins[8];
+  assign \$183  = ins[8];
+  assign \$185 [3:1] = 3'h0;
+  assign \$185 [0] = ins[8];
+  assign \$186  = ins[8];
+  assign \$188 [3:1] = 3'h0;
+  assign \$188 [0] = ins[8];
+  assign \$189  = ins[8];
+  assign \$733  = { \$732 [17], \$732 [17], \$732 [17], \$732 [17:3] };
+  assign \$736  = { \$735 [17], \$735 [17], \$735 [17], \$735 [17:3] };
+  assign \$741  = { 1'h0, dec_nt, 6'h00 };
+  assign \$743 [5:0] = 6'h00;
+  assign \$743 [31:6] = { 8'h00, \$742 [23:6] };
+  assign \$747 [2:0] = 3'h0;
+  assign \$747 [3] = ins[11];
+  assign \$748  = ins[11];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -38849,10 +39224,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$16699$0 (l0s_s2_o),
-    .\port$16791$0 (l1s_s2_o),
-    .\port$16883$0 (l2s_s2_o),
-    .\port$16975$0 (l3s_s2_o),
+    .\port$16834$0 (l0s_s2_o),
+    .\port$16926$0 (l1s_s2_o),
+    .\port$17018$0 (l2s_s2_o),
+    .\port$17110$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -40097,7 +40472,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16699$0 , \port$16791$0 , \port$16883$0 , \port$16975$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16834$0 , \port$16926$0 , \port$17018$0 , \port$17110$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$185  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -40140,14 +40515,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16699
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$16699$0 ;
-  wire [15:0] \port$16699$0 ;
-  input [15:0] \port$16791$0 ;
-  wire [15:0] \port$16791$0 ;
-  input [15:0] \port$16883$0 ;
-  wire [15:0] \port$16883$0 ;
-  input [15:0] \port$16975$0 ;
-  wire [15:0] \port$16975$0 ;
+  input [15:0] \port$16834$0 ;
+  wire [15:0] \port$16834$0 ;
+  input [15:0] \port$16926$0 ;
+  wire [15:0] \port$16926$0 ;
+  input [15:0] \port$17018$0 ;
+  wire [15:0] \port$17018$0 ;
+  input [15:0] \port$17110$0 ;
+  wire [15:0] \port$17110$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -40190,7 +40565,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16699
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$16975$0 , \port$16883$0 , \port$16791$0 , \port$16699$0  };
+      storage[w_port__addr] <= { \port$17110$0 , \port$17018$0 , \port$16926$0 , \port$16834$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -40302,8 +40677,8 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16699
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$16975$0 , \port$16883$0 , \port$16791$0 , \port$16699$0  };
-  assign w_data = { \port$16975$0 , \port$16883$0 , \port$16791$0 , \port$16699$0  };
+  assign w_port__data = { \port$17110$0 , \port$17018$0 , \port$16926$0 , \port$16834$0  };
+  assign w_data = { \port$17110$0 , \port$17018$0 , \port$16926$0 , \port$16834$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -47390,10 +47765,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$17208$0 (l0_s27_o),
-    .\port$17394$0 (l1_s27_o),
-    .\port$17580$0 (l2_s27_o),
-    .\port$17766$0 (l3_s27_o),
+    .\port$17343$0 (l0_s27_o),
+    .\port$17529$0 (l1_s27_o),
+    .\port$17715$0 (l2_s27_o),
+    .\port$17901$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -49448,7 +49823,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17208$0 , \port$17394$0 , \port$17580$0 , \port$17766$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17343$0 , \port$17529$0 , \port$17715$0 , \port$17901$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$187  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -49491,14 +49866,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$172
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$17208$0 ;
-  wire [7:0] \port$17208$0 ;
-  input [7:0] \port$17394$0 ;
-  wire [7:0] \port$17394$0 ;
-  input [7:0] \port$17580$0 ;
-  wire [7:0] \port$17580$0 ;
-  input [7:0] \port$17766$0 ;
-  wire [7:0] \port$17766$0 ;
+  input [7:0] \port$17343$0 ;
+  wire [7:0] \port$17343$0 ;
+  input [7:0] \port$17529$0 ;
+  wire [7:0] \port$17529$0 ;
+  input [7:0] \port$17715$0 ;
+  wire [7:0] \port$17715$0 ;
+  input [7:0] \port$17901$0 ;
+  wire [7:0] \port$17901$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -49557,7 +49932,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$172
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$17766$0 , \port$17580$0 , \port$17394$0 , \port$17208$0  };
+      storage[w_port__addr] <= { \port$17901$0 , \port$17715$0 , \port$17529$0 , \port$17343$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -49669,8 +50044,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$172
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$17766$0 , \port$17580$0 , \port$17394$0 , \port$17208$0  };
-  assign w_data = { \port$17766$0 , \port$17580$0 , \port$17394$0 , \port$17208$0  };
+  assign w_port__data = { \port$17901$0 , \port$17715$0 , \port$17529$0 , \port$17343$0  };
+  assign w_data = { \port$17901$0 , \port$17715$0 , \port$17529$0 , \port$17343$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -79807,7 +80182,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, \port$1575$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13751$0 , level, clk);
+module \accelerator.core.q_src0 (rst, \port$1703$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13886$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -79832,10 +80207,10 @@ module \accelerator.core.q_src0 (rst, \port$1575$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13751$0 ;
-  wire [2:0] \port$13751$0 ;
-  input [15:0] \port$1575$0 ;
-  wire [15:0] \port$1575$0 ;
+  input [2:0] \port$13886$0 ;
+  wire [2:0] \port$13886$0 ;
+  input [15:0] \port$1703$0 ;
+  wire [15:0] \port$1703$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -79870,7 +80245,7 @@ module \accelerator.core.q_src0 (rst, \port$1575$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13751$0 , \port$1575$0  };
+      storage[w_port__addr] <= { \port$13886$0 , \port$1703$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -79941,14 +80316,14 @@ module \accelerator.core.q_src0 (rst, \port$1575$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13751$0 , \port$1575$0  };
-  assign w_data = { \port$13751$0 , \port$1575$0  };
+  assign w_port__data = { \port$13886$0 , \port$1703$0  };
+  assign w_data = { \port$13886$0 , \port$1703$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1576$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13755$0 , level, clk);
+module \accelerator.core.q_src1 (rst, \port$1704$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13890$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$195  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -79973,10 +80348,10 @@ module \accelerator.core.q_src1 (rst, \port$1576$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13755$0 ;
-  wire [2:0] \port$13755$0 ;
-  input [15:0] \port$1576$0 ;
-  wire [15:0] \port$1576$0 ;
+  input [2:0] \port$13890$0 ;
+  wire [2:0] \port$13890$0 ;
+  input [15:0] \port$1704$0 ;
+  wire [15:0] \port$1704$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -80011,7 +80386,7 @@ module \accelerator.core.q_src1 (rst, \port$1576$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13755$0 , \port$1576$0  };
+      storage[w_port__addr] <= { \port$13890$0 , \port$1704$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -80082,8 +80457,8 @@ module \accelerator.core.q_src1 (rst, \port$1576$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13755$0 , \port$1576$0  };
-  assign w_data = { \port$13755$0 , \port$1576$0  };
+  assign w_port__data = { \port$13890$0 , \port$1704$0  };
+  assign w_data = { \port$13890$0 , \port$1704$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -80335,8 +80710,8 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1357$0 (\$12 [4:0]),
-    .\port$1486$0 (r_data[2:0]),
+    .\port$1485$0 (\$12 [4:0]),
+    .\port$1614$0 (r_data[2:0]),
     .r_data(\r_data$30 ),
     .r_en(\r_en$32 ),
     .r_rdy(\r_rdy$28 ),
@@ -80805,7 +81180,7 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1357$0 , w_rdy, r_rdy, r_data, \port$1486$0 , r_en, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1485$0 , w_rdy, r_rdy, r_data, \port$1614$0 , r_en, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$199  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -80829,10 +81204,10 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1357$0 , w_rdy, r_rdy, 
   (* init = 4'h0 *)
   wire [3:0] consume;
   reg [4:0] level = 5'h00;
-  input [4:0] \port$1357$0 ;
-  wire [4:0] \port$1357$0 ;
-  input [2:0] \port$1486$0 ;
-  wire [2:0] \port$1486$0 ;
+  input [4:0] \port$1485$0 ;
+  wire [4:0] \port$1485$0 ;
+  input [2:0] \port$1614$0 ;
+  wire [2:0] \port$1614$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [7:0] r_data;
@@ -80878,7 +81253,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1357$0 , w_rdy, r_rdy, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1357$0 , \port$1486$0  };
+      storage[w_port__addr] <= { \port$1485$0 , \port$1614$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 5'h10;
@@ -80940,8 +81315,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1357$0 , w_rdy, r_rdy, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1357$0 , \port$1486$0  };
-  assign w_data = { \port$1357$0 , \port$1486$0  };
+  assign w_port__data = { \port$1485$0 , \port$1614$0  };
+  assign w_data = { \port$1485$0 , \port$1614$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

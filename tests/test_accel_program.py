@@ -15,7 +15,7 @@ from golden.errors import UserError
 from golden.executor import run_graph
 from hwgen.accel.compiler import AccelConfig, compile
 from hwgen.accel.interpreter import header, interpret, read_logits, run, write_input
-from hwgen.accel.isa import FIELDS, INSTR_BYTES, LAYOUT, LEVELS, POST_ADD, POST_GELU, Instr, Opcode, Port, decode, encode
+from hwgen.accel.isa import FIELDS, INSTR_BYTES, LAYOUT, LEVELS, POST_ADD, POST_GELU, PRE_UNIT, Instr, Opcode, Port, decode, encode
 from hwgen.config import HwConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,8 +112,9 @@ def test_interpreter_equals_golden(programs, digits_images, bits):
 
 
 def test_views_and_fused_units_change_the_program_not_the_logits(hw, programs, digits_w8a8, digits_images):
-    """Folded head splits/merges and GELU/adds streamed beside the GEMM: fewer instructions,
-    fewer buffer elements, the same logits as every op on its own."""
+    """Folded head splits/merges, GELU/adds streamed after the GEMM and Softmax/LayerNorms
+    before it: fewer instructions, fewer buffer elements, the same logits as every op on its
+    own."""
     _, program = programs["w8a8"]
     plain = compile(digits_w8a8.graph, hw, fold_views=False, fuse=False)
     ops = lambda p: [i.op for i in p.instrs]  # noqa: E731
@@ -123,6 +124,12 @@ def test_views_and_fused_units_change_the_program_not_the_logits(hw, programs, d
     assert ops(plain).count(Opcode.ADD) - ops(program).count(Opcode.ADD) == 2 * blocks
     assert sum(i.post == POST_GELU for i in program.instrs) == blocks
     assert sum(i.post == POST_ADD for i in program.instrs) == 2 * blocks
+    # every Softmax before its MATMUL (attention x V); norm1 before qkv and the final norm before
+    # the head (norm2 stays: fc1 streams its results through the GELU)
+    assert Opcode.SOFTMAX in ops(plain) and Opcode.SOFTMAX not in ops(program)
+    assert sum(i.post == PRE_UNIT and i.op == Opcode.MATMUL for i in program.instrs) == blocks
+    assert sum(i.post == PRE_UNIT and i.op == Opcode.LINEAR for i in program.instrs) == blocks + 1
+    assert ops(plain).count(Opcode.LAYERNORM) - ops(program).count(Opcode.LAYERNORM) == blocks + 1
     assert program.buffer_peak < plain.buffer_peak
     x = digits_w8a8.quantize_input(digits_images.images[:N_IMAGES])
     assert torch.equal(interpret(program, x), interpret(plain, x))

@@ -30,7 +30,7 @@ from golden.executor import run_graph
 from hwgen.accel.compiler import MAGIC, AccelConfig, compile
 from hwgen.accel.core import Error
 from hwgen.accel.interpreter import batch_image, header, write_input
-from hwgen.accel.isa import POST_ADD, POST_GELU, FLAG_EXT_SIGNED, GEMM_OPS, INSTR_BYTES, Instr, Opcode, Port, encode_program
+from hwgen.accel.isa import POST_ADD, POST_GELU, PRE_UNIT, FLAG_EXT_SIGNED, GEMM_OPS, INSTR_BYTES, Instr, Opcode, Port, encode_program
 from hwgen.config import HwConfig
 from sim import accel_run, runner
 
@@ -66,7 +66,7 @@ def _image_with_input(program, quant, x) -> bytes:
     return bytes(image)
 
 
-UNFUSED = (Opcode.SPLIT_HEADS, Opcode.TRANSPOSE, Opcode.MERGE_HEADS, Opcode.GELU)
+UNFUSED = (Opcode.SPLIT_HEADS, Opcode.TRANSPOSE, Opcode.MERGE_HEADS, Opcode.GELU, Opcode.SOFTMAX)
 
 
 @pytest.mark.parametrize("bits,ops", [("w8a8", None), ("w4a8", GEMM_OPS), ("w8a8_plain", UNFUSED)])
@@ -88,8 +88,9 @@ def test_every_instruction_equals_the_interpreter(sim, hw, programs, digits_imag
         wants.append(after[:elems])
     kinds = {Opcode[c.name.split(":")[1]] for c in cases}
     assert kinds == set(ops) if ops else set(Opcode) - {Opcode.END} - set(UNFUSED) <= kinds
-    if bits == "w8a8":
-        assert {POST_GELU, POST_ADD} <= {i.post for i in program.instrs}
+    if bits == "w8a8":         # every unit beside the GEMM: after it, and before it on both GEMMs
+        assert {POST_GELU, POST_ADD, PRE_UNIT} <= {i.post for i in program.instrs}
+        assert {i.op for i in program.instrs if i.post == PRE_UNIT} == set(GEMM_OPS)
     results = accel_run.run_cases(sim, cases, f"instructions_{bits}")
     bad = []
     for c, want, r in zip(cases, wants, results):

@@ -14,7 +14,12 @@ What the compiler decides, and nothing else does:
 * which GELU and residual adds stream beside the GEMM: a linear layer whose only consumer is a
   GELU (an MLP's fc1) or a residual add (the attention projection, fc2) streams its results
   through that unit on their way into the buffer (the instruction's ``post``), so the GELU and
-  the add cost no pass of their own (``fuse``; off, each is its own instruction);
+  the add cost no pass of their own; and which Softmax and LayerNorm stream in front of it: a
+  Softmax whose only consumer is a MATMUL's first operand (attention's probabilities times V)
+  and a LayerNorm whose only consumer is the input of a linear layer without a post unit
+  (norm1 before qkv, the final norm before the head) run on the GEMM's operand A as it is
+  loaded (``post = PRE_UNIT``): their output is never written to the buffer and they cost no
+  pass of their own (``fuse``; off, each is its own instruction);
 * what external memory holds, and where (:attr:`Program.memory_map`):
 
   ==================  ====================================================================
@@ -62,7 +67,7 @@ from golden.graph import tensor_shapes
 from ..capabilities import check_fits, const_beats, unit_key
 from ..config import HwConfig
 from ..requant import requant_param_fields
-from .isa import (POST_ADD, POST_GELU, POST_NONE, beat_bytes, ADDR_BITS, STRIDE_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, Instr, Opcode, Port,
+from .isa import (POST_ADD, POST_GELU, POST_NONE, PRE_UNIT, beat_bytes, ADDR_BITS, STRIDE_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, Instr, Opcode, Port,
                   encode_program, pack_beats)
 
 __all__ = ["AccelConfig", "Program", "compile", "HEADER_FIELDS", "MAGIC", "ALIGN", "w_layout", "p_layout",
@@ -289,8 +294,10 @@ class _Compiler:
         if fold_views:
             self._fold_views()
         self.posts: dict[str, object] = {}                            # linear op -> the GELU/add it streams through
+        self.pres: dict[str, object] = {}                             # GEMM op -> the Softmax/LayerNorm before it
         if fuse:
             self._fuse_posts()
+            self._fuse_pres()
 
     def _fuse_posts(self) -> None:
         """A linear layer whose output feeds only a GELU, or only one side of a residual add,
@@ -316,6 +323,40 @@ class _Compiler:
                                        and self.shapes[post.inputs[0]] == self.shapes[post.inputs[1]]):
                 self.posts[op.name] = post
                 self.folded.add(post.name)
+
+    def _fuse_pres(self) -> None:
+        """A Softmax whose output is only a MATMUL's A (in one instruction: every column tile
+        in the W cache), and a LayerNorm whose output is only the A of a linear layer without
+        a post unit, stream that A through their unit as the GEMM loads it."""
+        g = self.g
+        consumers: dict[str, list] = {}
+        for op in g.ops:
+            for n in op.inputs:
+                consumers.setdefault(n, []).append(op)
+        for op in g.ops:
+            if op.type not in ("softmax", "layernorm"):
+                continue
+            t = op.outputs[0]
+            users = consumers.get(t, [])
+            if t == g.output or t in self.views or op.inputs[0] in self.views or len(users) != 1:
+                continue
+            gemm = users[0]
+            if gemm.inputs[0] != t or t in gemm.inputs[1:]:
+                continue
+            if op.type == "softmax" and gemm.type == "matmul":
+                k, n = self.shapes[t][-1], self.shapes[gemm.inputs[1]][-1]
+                if self.accel.w_cache_elems // k * self.hw.gemm_cols < n:
+                    continue
+            elif not (op.type == "layernorm" and gemm.type == "linear" and gemm.name not in self.posts):
+                continue
+            self.pres[gemm.name] = op
+            self.folded.add(op.name)
+
+    def _reads(self, op) -> list[str]:
+        """The tensors an op's instruction reads: a GEMM with a unit before it reads that
+        unit's input, not its (never written) output."""
+        pre = self.pres.get(op.name)
+        return op.inputs + (pre.inputs if pre is not None else [])
 
     # --- views ----------------------------------------------------------------------------------
     def _fold_views(self) -> None:
@@ -450,9 +491,10 @@ class _Compiler:
         g, accel = self.g, self.accel
         last_use: dict[str, int] = {}          # per root: a view keeps its root alive
         for i, op in enumerate(g.ops):
-            for n in op.inputs + op.outputs:
-                last_use[self.root(n)] = max(last_use.get(self.root(n), -1), i if n in op.inputs else -1)
+            for n in self._reads(op) + op.outputs:
+                last_use[self.root(n)] = max(last_use.get(self.root(n), -1), i if n in self._reads(op) else -1)
         last_use[g.output] = len(g.ops)
+        pre_outs = {pre.outputs[0] for pre in self.pres.values()}       # never written: no room
         loaded = set()
         for i, op in enumerate(g.ops):
             for n in op.inputs:                 # graph input and constants: loaded before first use
@@ -462,11 +504,11 @@ class _Compiler:
             post = self.posts.get(op.name)
             for n in (post.outputs if post else op.outputs):   # a view's root: with its first part
                 r = self.root(n)
-                if r not in self.buf.blocks:
+                if r not in self.buf.blocks and n not in pre_outs:
                     self.buf.alloc(r, _numel(self.shapes[r]), op.name)
             if op.name not in self.folded:
                 getattr(self, f"_op_{op.type}")(op, units)
-            for n in op.inputs + op.outputs:
+            for n in self._reads(op) + op.outputs:
                 if last_use.get(self.root(n), -1) <= i:
                     self.buf.free(self.root(n))
         self._store_logits()
@@ -582,6 +624,10 @@ class _Compiler:
         wreg = self.blob(f"{op.name}.weights", pack_beats(w_layout(a["w_bits"], cols), {"data": tiles}))
         # the unit the results stream through, if any: its constants follow the parameter beats
         post, out, src1, unit, kind, after, cnt = self.posts.get(op.name), op.outputs[0], Port(), 0, POST_NONE, b"", 0
+        x, pre = op.inputs[0], self.pres.get(op.name)
+        if pre is not None:                         # the LayerNorm on A as it is loaded
+            kind, x = PRE_UNIT, pre.inputs[0]
+            after, cnt = self._consts(units[unit_key(pre)], pre)
         if post is not None:
             out = post.outputs[0]
             if post.type == "gelu":
@@ -601,9 +647,14 @@ class _Compiler:
                             op.consts["e"].numpy() if ob else zeros, ob, n, after)
         flags = FLAG_W_EXT | (FLAG_A_SIGNED if a.get("a_signed", True) else 0)
         self.emit(Instr(Opcode.LINEAR, (1, rows, n, k, 1), Port(self.buf[out], (0, n, 1, 0, 0)),
-                        Port(self.buf[op.inputs[0]], (0, k, 0, 1, 0)), src1, flags=flags, a_bits=a["a_bits"],
-                        w_bits=a["w_bits"], unit=unit, cnt=cnt, post=kind,
-                        note=op.name if post is None else f"{op.name}+{post.type}"), ext0=wreg, ext1=preg)
+                        Port(self.buf[x], (0, k, 0, 1, 0)), src1, flags=flags, a_bits=a["a_bits"],
+                        w_bits=a["w_bits"], unit=unit, cnt=cnt, post=kind, note=self._note(op, pre, post)),
+                  ext0=wreg, ext1=preg)
+
+    @staticmethod
+    def _note(op, pre, post) -> str:
+        """A GEMM's listing name: ``norm+linear``, ``linear+gelu``."""
+        return (f"{pre.name}+" if pre is not None else "") + op.name + (f"+{post.type}" if post is not None else "")
 
     def _op_matmul(self, op, units) -> None:
         a = op.attrs
@@ -613,10 +664,14 @@ class _Compiler:
         b = _numel(xs[:-2])
         if _numel(ys[:-2]) != b or ys[-2] != k:
             raise UserError(f"accel compile: {op.name}: operand shapes {xs} and {ys} do not multiply")
-        preg = self._params(op, np.zeros(n, dtype=np.int64), np.full(n, a["m"]), np.full(n, a["e"]),
-                            int(a["out_bits"]), n)
-        flags = FLAG_A_SIGNED if a.get("a_signed", True) else 0
         x, y, out = op.inputs[0], op.inputs[1], op.outputs[0]
+        pre, kind, after, cnt = self.pres.get(op.name), POST_NONE, b"", 0
+        if pre is not None:                         # the Softmax on A as it is loaded
+            kind, x = PRE_UNIT, pre.inputs[0]
+            after, cnt = self._consts(units[unit_key(pre)], pre)
+        preg = self._params(op, np.zeros(n, dtype=np.int64), np.full(n, a["m"]), np.full(n, a["e"]),
+                            int(a["out_bits"]), n, after)
+        flags = FLAG_A_SIGNED if a.get("a_signed", True) else 0
         xs_, ys_, os_ = self.strides(x), self.strides(y), self.strides(out)
         # W[b, n, k] = y[b, k, n]: the transpose the GEMM wants is a choice of strides (and so are
         # the head split and merge of a folded view).  A batch's W is read once into the W cache:
@@ -630,7 +685,8 @@ class _Compiler:
                             Port(self.addr(out) + n0 * os_[-1], (self.batch_stride(out), os_[-2], os_[-1], 0, 0)),
                             Port(self.addr(x), (self.batch_stride(x), xs_[-2], 0, xs_[-1], 0)),
                             Port(self.addr(y) + n0 * ys_[-1], (self.batch_stride(y), 0, ys_[-1], ys_[-2], 0)), flags=flags,
-                            a_bits=a["a_bits"], w_bits=a["b_bits"], note=op.name if nn == n else f"{op.name}[{n0}:{n0 + nn}]"),
+                            a_bits=a["a_bits"], w_bits=a["b_bits"], cnt=cnt, post=kind,
+                            note=self._note(op, pre, None) + ("" if nn == n else f"[{n0}:{n0 + nn}]")),
                       ext1=(preg, n0 // cols * p_bytes))
 
     # --- Softmax, GELU, LayerNorm, add --------------------------------------------------------

@@ -46,7 +46,7 @@ from .addrgen import AddrGen
 from .compiler import AccelConfig, c_layout
 from .extmem import ExtReader, ExtWriter, read_port, write_port
 from .compiler import p_layout, w_layout
-from .isa import (COUNT_BITS, POST_ADD, POST_GELU, EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
+from .isa import (COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
                   MOVE_OPS, Opcode, beat_bytes)
 
 __all__ = ["AccelCore", "Error", "CYCLE_BITS"]
@@ -188,10 +188,14 @@ class AccelCore(wiring.Component):
         is_gemm = registered((op == int(Opcode.LINEAR)) | (op == int(Opcode.MATMUL)), "is_gemm")
         post_gelu = registered((op == int(Opcode.LINEAR)) & eq_const(ins.post, POST_GELU), "post_gelu")
         post_add = registered((op == int(Opcode.LINEAR)) & eq_const(ins.post, POST_ADD), "post_add")
-        post_bad = Signal()         # a LINEAR's results through a unit
-        m.d.comb += post_bad.eq(is_gemm & ins.post.any() & ~post_gelu & ~post_add)
+        # operand A through a unit before the array: a LINEAR's through the LayerNorm, a MATMUL's
+        # through the Softmax
+        pre_ln = registered((op == int(Opcode.LINEAR)) & eq_const(ins.post, PRE_UNIT), "pre_ln")
+        pre_sm = registered((op == int(Opcode.MATMUL)) & eq_const(ins.post, PRE_UNIT), "pre_sm")
+        post_bad = Signal()         # a post value this op does not take
+        m.d.comb += post_bad.eq(is_gemm & ins.post.any() & ~post_gelu & ~post_add & ~pre_ln & ~pre_sm)
         with m.If(is_gemm):
-            self._gemm_walks(m, ins, gens, post_add)
+            self._gemm_walks(m, ins, gens, post_add, pre_ln | pre_sm)
 
         # --- buffer sources: src0, src1 -> small queues of (element, row end, k end, final) ------
         def source(name, port, run):
@@ -230,7 +234,7 @@ class AccelCore(wiring.Component):
                     for k in range(len(self.gelus))]
         add_sel = Signal()
         m.d.comb += add_sel.eq(is_op[Opcode.ADD] | post_add)
-        c_targets = [(is_op[Opcode.SOFTMAX], self.softmax), (is_op[Opcode.LAYERNORM], self.layernorm),
+        c_targets = [(is_op[Opcode.SOFTMAX] | pre_sm, self.softmax), (is_op[Opcode.LAYERNORM] | pre_ln, self.layernorm),
                      (add_sel, self.add), *zip(gelu_sel, self.gelus)]
         c_lb = Signal(3)
         for sel, u in c_targets:
@@ -350,9 +354,9 @@ class AccelCore(wiring.Component):
                     goto(_State.IDLE)
                 with m.Elif(count_zero):
                     stop(Error.COUNT)
-                with m.Elif(post_bad | ((post_gelu | post_add) & ~unit_known)):
+                with m.Elif(post_bad | ((post_gelu | post_add | pre_ln | pre_sm) & ~unit_known)):
                     stop(Error.OPCODE)
-                with m.Elif(post_gelu | post_add):
+                with m.Elif(post_gelu | post_add | pre_ln | pre_sm):
                     m.d.comb += load_gens.eq(1)
                     goto(_State.CONST)
                 with m.Elif(is_move | is_op[Opcode.LOAD] | is_op[Opcode.STORE] | is_gemm):
@@ -471,7 +475,7 @@ class AccelCore(wiring.Component):
         with m.If(unit_rst):
             m.d.sync += [packer.full.eq(0), packer.j.eq(0), packer.jo.eq(0)]
         self._gemm_feed(m, ins, is_op[Opcode.LINEAR], reader, gens, q0, q1, run0, run1, wr, gemm_active, in_decode, ab,
-                        post_gelu | post_add, elems, sink_valid, sink_data)
+                        post_gelu | post_add, elems, sink_valid, sink_data, pre_ln, pre_sm, s0_data, s0_row_last)
         with m.If(streaming & writer.err):
             m.d.comb += fault.eq(Error.WRITE)
         m.d.comb += writer.clear.eq(self.start & ~busy)
@@ -527,10 +531,11 @@ class AccelCore(wiring.Component):
             return (v + size - 1) >> (size.bit_length() - 1)
         return (v + size - 1) // size
 
-    def _gemm_walks(self, m, ins, gens, post_add):
+    def _gemm_walks(self, m, ins, gens, post_add, pre):
         """A LINEAR/MATMUL instruction's levels are (b, m, n, k); the walks the array needs are
         A by block of R rows (b, mt, k, row), read once per block into the lane memories (k by k,
-        so that the block's first column tile can start before the block is in); W (from
+        so that the block's first column tile can start before the block is in; with a ``pre``
+        unit row by row, (b, mt, row, k), the unit's rows); W (from
         the buffer) once per batch (b, nt, k, col) into the W cache; the results by (b, mt, nt, row, col).  Padding rows and columns walk on past the tensors'
         edges (their reads are harmless, their results are dropped)."""
         R, C = self.hw.gemm_rows, self.hw.gemm_cols
@@ -540,6 +545,7 @@ class AccelCore(wiring.Component):
             return ((b, mt, nt, R, C), (ins[f"{p}_s0"], ins[f"{p}_s1"] * R, ins[f"{p}_s2"] * C, ins[f"{p}_s1"],
                                         ins[f"{p}_s2"]))
 
+        a_rows = ((1, b, mt, R, kk), (0, ins.src0_s0, ins.src0_s1 * R, ins.src0_s1, ins.src0_s3))
         walks = {"src0": ((b, mt, kk, R, 1), (ins.src0_s0, ins.src0_s1 * R, ins.src0_s3, ins.src0_s1, 0)),
                  "src1": ((b, 1, nt, kk, C), (ins.src1_s0, 0, ins.src1_s2 * C, ins.src1_s3, ins.src1_s2)),
                  "dst": by_tile("dst")}
@@ -547,14 +553,19 @@ class AccelCore(wiring.Component):
             if name == "src1":           # a post add's second operand goes with the results
                 counts = [Mux(post_add, x, y) for x, y in zip(by_tile("src1")[0], counts)]
                 strides = [Mux(post_add, x, y) for x, y in zip(by_tile("src1")[1], strides)]
+            if name == "src0":           # rows for a unit before the array (its row end: level 4's)
+                counts = [Mux(pre, x, y) for x, y in zip(a_rows[0], counts)]
+                strides = [Mux(pre, x, y) for x, y in zip(a_rows[1], strides)]
             g = gens[name]
             for d in range(LEVELS):
                 m.d.comb += [g.n[d].eq(counts[d]), g.strides[d].eq(strides[d])]
 
     def _gemm_feed(self, m, ins, is_linear, reader, gens, q0, q1, run0, run1, wr, active, restart, ab, post, elems,
-                   sink_valid, sink_data):
+                   sink_valid, sink_data, pre_ln, pre_sm, s0_data, s0_row_last):
         """Operand beats into the GEMM, parameter and weight beats from external memory, result
-        rows into the buffer (or, with a ``post`` unit, element by element into the packer)."""
+        rows into the buffer (or, with a ``post`` unit, element by element into the packer).
+        With a ``pre`` unit (``pre_ln``: the LayerNorm, ``pre_sm``: the Softmax), src0's rows
+        stream through it and its output is operand A."""
         hw, accel, gemm = self.hw, self.accel, self.gemm
         R, C = hw.gemm_rows, hw.gemm_cols
         a_signed = (ins.flags & FLAG_A_SIGNED).any()
@@ -666,17 +677,44 @@ class AccelCore(wiring.Component):
         with m.If(restart):
             m.d.sync += [filled[0].eq(0), filled[1].eq(0), lh.eq(0), li.eq(0), lk.eq(0), fh.eq(0), fk.eq(0),
                          fnt.eq(0), feed_blocks.eq(dec.blocks), a_valid.eq(0)]
+        # operand A's elements: src0's, or (a pre unit) the unit's output, a buffer element wide
+        pre = pre_ln | pre_sm
+        a_in, a_in_valid, a_in_take = Signal(ab, name="a_in"), Signal(name="a_in_valid"), Signal(name="a_in_take")
+        sm, ln = self.softmax, self.layernorm
+        with m.If(pre_sm):
+            m.d.comb += [a_in.eq(sm.o.payload.data), a_in_valid.eq(sm.o.valid)]
+        with m.Elif(pre_ln):
+            m.d.comb += [a_in.eq(ln.o.payload), a_in_valid.eq(ln.o.valid)]
+        with m.Else():
+            m.d.comb += [a_in.eq(q0.r_data[:ab]), a_in_valid.eq(q0.r_rdy)]
         with m.Switch(ins.a_bits):        # the element wrapped to the op's a_bits (signed or not)
             for nb in range(2, hw.a_bits + 1):
                 with m.Case(nb):
-                    x = q0.r_data[:nb]
+                    x = a_in[:nb]
                     m.d.comb += elem.eq(Mux(a_signed, x.as_signed(), x))
         with m.If(active):
-            load = q0.r_rdy & ~filled[lh]
-            m.d.comb += [run0.eq(1), q0.r_en.eq(load)]
+            load = a_in_valid & ~filled[lh]
+            m.d.comb += [run0.eq(1), a_in_take.eq(load)]
+            with m.If(pre_sm):            # src0 -> the unit -> the loader
+                m.d.comb += [sm.i.valid.eq(q0.r_rdy), sm.i.payload.data.eq(s0_data), sm.i.payload.last.eq(s0_row_last),
+                             q0.r_en.eq(q0.r_rdy & sm.i.ready), sm.o.ready.eq(a_in_take)]
+            with m.Elif(pre_ln):
+                m.d.comb += [ln.i.valid.eq(q0.r_rdy), ln.i.payload.eq(s0_data), q0.r_en.eq(q0.r_rdy & ln.i.ready),
+                             ln.o.ready.eq(a_in_take)]
+            with m.Else():                # src0 -> the loader
+                m.d.comb += q0.r_en.eq(a_in_take)
             for i, (wp, _) in enumerate(lane_mems):
                 m.d.comb += [wp.addr.eq(lh * kmax + lk), wp.data.eq(elem), wp.en.eq(load & eq_const(li, i))]
-            with m.If(load):              # k by k, the R rows of each k (the walk's order)
+            with m.If(load & pre):        # row by row: a row's K elements, then the next row
+                with m.If(lk == dec.k_last):
+                    m.d.sync += lk.eq(0)
+                    with m.If(eq_const(li, R - 1)):
+                        m.d.sync += [li.eq(0), filled[lh].eq(1), lh.eq(~lh)]
+                    with m.Else():
+                        m.d.sync += li.eq(li + 1)
+                with m.Else():
+                    m.d.sync += lk.eq(lk + 1)
+            with m.Elif(load):            # k by k, the R rows of each k (the walk's order)
                 with m.If(eq_const(li, R - 1)):
                     m.d.sync += [li.eq(0), lk.eq(lk + 1)]
                     with m.If(lk == dec.k_last):
@@ -685,8 +723,8 @@ class AccelCore(wiring.Component):
                     m.d.sync += li.eq(li + 1)
 
             # a block's first column tile follows its loading: beat k goes once all R rows of k
-            # are in (the loader on this half, past k)
-            ready_k = filled[fh] | ((lh == fh) & (lk > fk))
+            # are in (the loader on this half, past k); after a pre unit, once the block is in
+            ready_k = filled[fh] | ((lh == fh) & (lk > fk) & ~pre)
             issue = ready_k & (is_linear | wfilled[fw]) & (~a_valid | take) & feed_blocks.any()
             for wp, rp in lane_mems:
                 m.d.comb += [rp.addr.eq(fh * kmax + fk), rp.en.eq(issue)]

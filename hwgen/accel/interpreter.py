@@ -14,7 +14,8 @@ executor's per-op function (:mod:`golden.executor`), never re-implemented here:
   what the GEMM unit computes);
 * ``SOFTMAX``, ``GELU``, ``LAYERNORM``, ``ADD``: ``run_softmax``, ``run_gelu``,
   ``run_layernorm``, ``run_add`` with the attributes the unit holds (its generated widths and
-  variant) and the constants its beats carry.
+  variant) and the constants its beats carry; the same functions where a GEMM streams its
+  operand A (``PRE_UNIT``) or its results (``POST_*``) through a unit.
 
 Values are truncated to the width of the wires they cross (a buffer element, a GEMM operand
 lane, a unit's input lane), as the hardware would; a compiled graph never needs it, a damaged
@@ -37,7 +38,7 @@ from golden.graph import Op
 from ..capabilities import unit_for
 from ..config import HwConfig
 from .compiler import HEADER_BYTES, HEADER_FIELDS, MAGIC, AccelConfig, Program, c_layout, p_layout, post_consts, w_layout
-from .isa import (POST_ADD, POST_GELU, POST_NONE, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, MOVE_OPS, Instr, Opcode, Port,
+from .isa import (POST_ADD, POST_GELU, POST_NONE, PRE_UNIT, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, MOVE_OPS, Instr, Opcode, Port,
                   beat_bytes, decode, unpack_beats)
 
 __all__ = ["run", "interpret", "header", "batch_image", "write_input", "read_logits", "RunStats"]
@@ -203,24 +204,13 @@ class _Machine:
         elif op in (Opcode.LINEAR, Opcode.MATMUL):
             self.gemm(ins)
         elif op == Opcode.SOFTMAX:
-            u = self.unit("softmax")
-            x = _wrap(self.gather(ins.src0, ins.n, all_dims, "src0"), u.in_bits)
-            f = int(self.beats(c_layout(u), ins.ext0, ins.cnt)["f"][0, 0])
-            y = run_softmax(Op("softmax", "", [], [], {"f": f, "variant": u.variant, "out_bits": u.out_bits,
-                                                        "recip_bits": u.recip_bits}), x)
-            self.scatter(ins.dst, ins.n, all_dims, y)
+            x = self.gather(ins.src0, ins.n, all_dims, "src0")
+            self.scatter(ins.dst, ins.n, all_dims, self.softmax_values(ins.ext0, ins.cnt, x))
         elif op == Opcode.GELU:
             self.gelu(ins)
         elif op == Opcode.LAYERNORM:
-            u = self.unit("layernorm")
-            if ins.n[-1] != ins.cnt:
-                raise UserError(f"accel program: LAYERNORM rows of {ins.n[-1]} channels with {ins.cnt} "
-                                f"constant beats{self.where}")
-            x = _wrap(self.gather(ins.src0, ins.n, all_dims, "src0"), u.in_bits)
-            c = self.beats(c_layout(u), ins.ext0, ins.cnt)
-            attrs = {"out_bits": u.out_bits, "e": int(c["e"][0, 0]), "channels": ins.cnt}
-            consts = {"m": torch.from_numpy(c["m"][:, 0]), "b": torch.from_numpy(c["b"][:, 0])}
-            self.scatter(ins.dst, ins.n, all_dims, run_layernorm(Op("layernorm", "", [], [], attrs, consts), x))
+            x = self.gather(ins.src0, ins.n, all_dims, "src0")
+            self.scatter(ins.dst, ins.n, all_dims, self.layernorm_values(ins.ext0, ins.cnt, x))
         elif op == Opcode.ADD:
             x = self.gather(ins.src0, ins.n, all_dims, "src0")
             y = self.gather(ins.src1, ins.n, all_dims, "src1")
@@ -252,6 +242,24 @@ class _Machine:
             consts["table"] = torch.from_numpy(c["table"][:, 0])
         return run_gelu(Op("gelu", "", [], [], attrs, consts), x)
 
+    def softmax_values(self, ext: int, cnt: int, x: torch.Tensor) -> torch.Tensor:
+        """The Softmax unit on the rows (last dimension) of ``x``, its constant beats at ``ext``."""
+        u = self.unit("softmax")
+        f = int(self.beats(c_layout(u), ext, cnt)["f"][0, 0])
+        return run_softmax(Op("softmax", "", [], [], {"f": f, "variant": u.variant, "out_bits": u.out_bits,
+                                                       "recip_bits": u.recip_bits}), _wrap(x, u.in_bits))
+
+    def layernorm_values(self, ext: int, cnt: int, x: torch.Tensor) -> torch.Tensor:
+        """The LayerNorm unit on the rows of ``x``: one constant beat per channel at ``ext``."""
+        u = self.unit("layernorm")
+        if x.shape[-1] != cnt:
+            raise UserError(f"accel program: LayerNorm rows of {x.shape[-1]} channels with {cnt} "
+                            f"constant beats{self.where}")
+        c = self.beats(c_layout(u), ext, cnt)
+        attrs = {"out_bits": u.out_bits, "e": int(c["e"][0, 0]), "channels": cnt}
+        consts = {"m": torch.from_numpy(c["m"][:, 0]), "b": torch.from_numpy(c["b"][:, 0])}
+        return run_layernorm(Op("layernorm", "", [], [], attrs, consts), _wrap(x, u.in_bits))
+
     def add_values(self, ext: int, cnt: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The residual add unit on ``x`` and ``y``, its ``cnt`` constant beats at ``ext``."""
         u = self.unit("add")
@@ -266,11 +274,19 @@ class _Machine:
         if rest != 1:
             raise UserError(f"accel program: {ins.op.name} uses 4 loop levels; n4 = {rest}{self.where}")
         a_signed = bool(ins.flags & FLAG_A_SIGNED)
+        if ins.op != Opcode.LINEAR and ins.post not in (POST_NONE, PRE_UNIT):
+            raise UserError(f"accel program: {ins.op.name} with post {ins.post}; only LINEAR streams its results "
+                            f"through a unit (accepted {POST_NONE}, or {PRE_UNIT}: Softmax before){self.where}")
         if not 2 <= ins.a_bits <= hw.a_bits or not 2 <= ins.w_bits <= hw.w_bits:
             raise UserError(f"accel program: {ins.op.name} operands of {ins.a_bits} x {ins.w_bits} bits; the "
                             f"GEMM takes 2..{hw.a_bits} x 2..{hw.w_bits}{self.where}")
         nt = -(-n // cols)
-        a = _wrap(self.gather(ins.src0, ins.n, (0, 1, 3), "src0"), ins.a_bits, a_signed)      # [B, M, K]
+        consts = post_consts(ins.ext1, nt, hw)       # a post or pre unit's constant beats
+        a = self.gather(ins.src0, ins.n, (0, 1, 3), "src0")                                   # [B, M, K]
+        if ins.post == PRE_UNIT:       # through the unit on its way into the array (a buffer element wide)
+            pre = self.layernorm_values if ins.op == Opcode.LINEAR else self.softmax_values
+            a = _wrap(pre(consts, ins.cnt, a), self.accel.act_elem_bits)
+        a = _wrap(a, ins.a_bits, a_signed)
         if ins.flags & FLAG_W_EXT:
             lay = w_layout(ins.w_bits, cols)
             tiles = self.beats(lay, ins.ext0, nt * k)["data"]                                 # [NT K, cols]
@@ -300,18 +316,14 @@ class _Machine:
                         {"weight": w[bi, ch], "bias": bias[ch], "m": mm[ch], "e": ee[ch]})
                 out[bi][:, ch] = run_linear(op, a[bi])
         out = _wrap(out[:, :, :n], hw.acc_bits)
-        if ins.post and ins.op != Opcode.LINEAR:
-            raise UserError(f"accel program: {ins.op.name} with post {ins.post}; only LINEAR streams its results "
-                            f"through a unit{self.where}")
-        consts = post_consts(ins.ext1, nt, hw)
         if ins.post == POST_GELU:
             out = self.gelu_values(ins.unit, consts, ins.cnt, _wrap(out, self.accel.act_elem_bits))
         elif ins.post == POST_ADD:
             r = self.gather(ins.src1, ins.n, (0, 1, 2), "src1")
             out = self.add_values(consts, ins.cnt, _wrap(out, self.accel.act_elem_bits), r)
-        elif ins.post != POST_NONE:
+        elif ins.post not in (POST_NONE, PRE_UNIT):
             raise UserError(f"accel program: LINEAR post {ins.post} is not accepted; accepted {POST_NONE} (none), "
-                            f"{POST_GELU} (GELU), {POST_ADD} (add){self.where}")
+                            f"{POST_GELU} (GELU), {POST_ADD} (add), {PRE_UNIT} (LayerNorm before){self.where}")
         self.scatter(ins.dst, ins.n, (0, 1, 2), out)
 
 

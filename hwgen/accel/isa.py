@@ -34,9 +34,14 @@ Opcodes (semantics in :mod:`hwgen.accel.interpreter`):
                    (``POST_GELU``: GELU unit ``unit``; ``POST_ADD``: the residual add, with
                    ``R[b, m, n]`` at ``src1`` (strides of levels 0..2) as its second operand);
                    its ``cnt`` constant beats follow the parameter beats, at ``ext1`` plus
-                   the parameter beats' bytes rounded up to 64
+                   the parameter beats' bytes rounded up to 64.  ``post = PRE_UNIT``
+                   instead streams A through the LayerNorm unit on its way into the array
+                   (``src0`` then holds the LayerNorm's input, rows of ``k`` channels; its
+                   ``cnt`` beats sit where a post unit's would)
 ``MATMUL``         the same GEMM with ``W[b, n, k]`` from the buffer at ``src1`` (the
-                   graph's ``y^T``: a choice of strides), parameter beats at ``ext1``
+                   graph's ``y^T``: a choice of strides), parameter beats at ``ext1``;
+                   ``post = PRE_UNIT``: A streams through the Softmax unit (rows of ``k``
+                   scores at ``src0``), its constant beats as a LINEAR's post unit's
 ``SOFTMAX``        rows of ``n4`` elements, ``src0`` -> ``dst``; ``cnt`` constant beats at
                    ``ext0`` in the unit's ``c`` layout
 ``GELU``           element-wise, on GELU unit number ``unit``; constant beats as above
@@ -66,7 +71,7 @@ from golden.errors import UserError
 
 __all__ = ["Opcode", "FIELDS", "LAYOUT", "INSTR_BITS", "INSTR_BYTES", "LEVELS", "Port", "Instr", "encode",
            "decode", "encode_program", "leaves", "beat_bytes", "pack_beats", "unpack_beats",
-           "FLAG_A_SIGNED", "FLAG_W_EXT", "FLAG_EXT_SIGNED", "FLAG_PER_IMAGE", "POST_NONE", "POST_GELU", "POST_ADD", "MOVE_OPS", "UNIT_OPS", "GEMM_OPS"]
+           "FLAG_A_SIGNED", "FLAG_W_EXT", "FLAG_EXT_SIGNED", "FLAG_PER_IMAGE", "POST_NONE", "POST_GELU", "POST_ADD", "PRE_UNIT", "MOVE_OPS", "UNIT_OPS", "GEMM_OPS"]
 
 
 class Opcode(enum.IntEnum):
@@ -100,6 +105,7 @@ FLAG_PER_IMAGE = 8     # LOAD/STORE: ext0 moves on by the image stride for each 
 POST_NONE = 0          # LINEAR: results straight into the buffer
 POST_GELU = 1          # LINEAR: results through GELU unit ``unit`` (the fc1 + GELU of an MLP)
 POST_ADD = 2           # LINEAR: results through the residual add with ``src1`` (the add's first operand)
+PRE_UNIT = 3           # A through a unit before the array: LINEAR the LayerNorm, MATMUL the Softmax
 
 LEVELS = 5
 COUNT_BITS = 16
@@ -128,7 +134,7 @@ FIELDS: list[tuple[str, int, bool]] = [
     ("ext0", EXT_BITS, False),   # weights / constant beats / external tensor
     ("ext1", EXT_BITS, False),   # GEMM parameter beats
     ("cnt", CNT_BITS, False),    # constant beats
-    ("post", 2, False),          # LINEAR: the unit its results stream through (POST_*)
+    ("post", 2, False),          # GEMM: the unit beside the array (POST_*, PRE_UNIT)
 ]
 
 INSTR_BITS = sum(w for _, w, _ in FIELDS)
