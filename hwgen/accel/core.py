@@ -19,6 +19,10 @@ Execution (one instruction at a time; :mod:`hwgen.accel.interpreter` is the refe
 * ``LINEAR`` with a ``post`` unit: its constant beats first (after the parameter beats), then
   the GEMM, whose result rows go element by element through the same packer into the GELU or
   add unit (the add's second operand from ``src1``, walked like ``dst``) and on into ``dst``;
+* ``LINEAR`` / ``MATMUL`` with ``PRE_UNIT``: the LayerNorm's / Softmax's constant beats first
+  (where a post unit's would be), then the GEMM, with ``src0`` walked row by row through that
+  unit and its output loaded as operand A (a block's first column tile waits for the whole
+  block: the rows come out whole);
 * ``END``: done.
 
 A fault never hangs the core: an unknown opcode, a loop count of 0, a buffer address outside
