@@ -285,6 +285,10 @@ class _Compiler:
     def __init__(self, graph, hw: HwConfig, accel: AccelConfig, fold_views: bool = True, fuse: bool = True):
         self.g, self.hw, self.accel = graph, hw, accel
         self.shapes = tensor_shapes(graph)
+        self.consumers: dict[str, list] = {}                          # tensor -> the ops that read it
+        for op in graph.ops:
+            for n in op.inputs:
+                self.consumers.setdefault(n, []).append(op)
         self.buf = _Buffer()
         self.code: list[tuple[Instr, object, object]] = []   # instr, ext0 and ext1: region or (region, offset)
         self.blobs: list[tuple[str, bytes]] = []                      # const regions in order
@@ -306,15 +310,11 @@ class _Compiler:
         g, hw = self.g, self.hw
         if hw.gemm_cols % hw.lanes:
             return
-        consumers: dict[str, list] = {}
-        for op in g.ops:
-            for n in op.inputs:
-                consumers.setdefault(n, []).append(op)
         for op in g.ops:
             if op.type != "linear":
                 continue
             t = op.outputs[0]
-            users = consumers.get(t, [])
+            users = self.consumers.get(t, [])
             if t == g.output or t in self.views or len(users) != 1:
                 continue
             post = users[0]
@@ -329,15 +329,11 @@ class _Compiler:
         in the W cache), and a LayerNorm whose output is only the A of a linear layer without
         a post unit, stream that A through their unit as the GEMM loads it."""
         g = self.g
-        consumers: dict[str, list] = {}
-        for op in g.ops:
-            for n in op.inputs:
-                consumers.setdefault(n, []).append(op)
         for op in g.ops:
             if op.type not in ("softmax", "layernorm"):
                 continue
             t = op.outputs[0]
-            users = consumers.get(t, [])
+            users = self.consumers.get(t, [])
             if t == g.output or t in self.views or op.inputs[0] in self.views or len(users) != 1:
                 continue
             gemm = users[0]
@@ -364,11 +360,7 @@ class _Compiler:
         from a MATMUL become views (the GEMM walks any strides; see the module docstring)."""
         g = self.g
         producer = {n: op for op in g.ops for n in op.outputs}
-        consumers: dict[str, list] = {}
-        for op in g.ops:
-            for n in op.inputs:
-                consumers.setdefault(n, []).append(op)
-        only_matmul = lambda n: n != g.output and all(c.type == "matmul" for c in consumers.get(n, [None]))  # noqa: E731
+        only_matmul = lambda n: n != g.output and all(c.type == "matmul" for c in self.consumers.get(n, [None]))  # noqa: E731
         for op in g.ops:
             if op.type == "split_heads" and all(only_matmul(o) for o in op.outputs) \
                     and op.inputs[0] not in self.views:
@@ -384,7 +376,7 @@ class _Compiler:
             elif op.type == "merge_heads":
                 x = op.inputs[0]
                 p = producer.get(x)
-                if p is None or p.type != "matmul" or len(consumers.get(x, [])) != 1 or x == g.output:
+                if p is None or p.type != "matmul" or len(self.consumers.get(x, [])) != 1 or x == g.output:
                     continue
                 _, h, n, d = self.shapes[x]
                 self.views[x] = (op.outputs[0], 0, (0, d, h * d, 1))
@@ -491,8 +483,9 @@ class _Compiler:
         g, accel = self.g, self.accel
         last_use: dict[str, int] = {}          # per root: a view keeps its root alive
         for i, op in enumerate(g.ops):
-            for n in self._reads(op) + op.outputs:
-                last_use[self.root(n)] = max(last_use.get(self.root(n), -1), i if n in self._reads(op) else -1)
+            reads = self._reads(op)
+            for n in reads + op.outputs:
+                last_use[self.root(n)] = max(last_use.get(self.root(n), -1), i if n in reads else -1)
         last_use[g.output] = len(g.ops)
         pre_outs = {pre.outputs[0] for pre in self.pres.values()}       # never written: no room
         loaded = set()
@@ -623,11 +616,8 @@ class _Compiler:
         _fits(op.name, "weight", w, a["w_bits"], True, f"w_bits {a['w_bits']}")
         wreg = self.blob(f"{op.name}.weights", pack_beats(w_layout(a["w_bits"], cols), {"data": tiles}))
         # the unit the results stream through, if any: its constants follow the parameter beats
-        post, out, src1, unit, kind, after, cnt = self.posts.get(op.name), op.outputs[0], Port(), 0, POST_NONE, b"", 0
-        x, pre = op.inputs[0], self.pres.get(op.name)
-        if pre is not None:                         # the LayerNorm on A as it is loaded
-            kind, x = PRE_UNIT, pre.inputs[0]
-            after, cnt = self._consts(units[unit_key(pre)], pre)
+        post, out, src1, unit = self.posts.get(op.name), op.outputs[0], Port(), 0
+        pre, x, kind, after, cnt = self._pre(op, units)
         if post is not None:
             out = post.outputs[0]
             if post.type == "gelu":
@@ -651,6 +641,15 @@ class _Compiler:
                         w_bits=a["w_bits"], unit=unit, cnt=cnt, post=kind, note=self._note(op, pre, post)),
                   ext0=wreg, ext1=preg)
 
+    def _pre(self, op, units):
+        """(the Softmax/LayerNorm in front of a GEMM or None, the tensor its A walk reads, its
+        ``post`` value, the unit's constant bytes and beat count): without one, the op's input,
+        ``POST_NONE`` and no constants."""
+        pre = self.pres.get(op.name)
+        if pre is None:
+            return None, op.inputs[0], POST_NONE, b"", 0
+        return (pre, pre.inputs[0], PRE_UNIT) + self._consts(units[unit_key(pre)], pre)
+
     @staticmethod
     def _note(op, pre, post) -> str:
         """A GEMM's listing name: ``norm+linear``, ``linear+gelu``."""
@@ -664,11 +663,8 @@ class _Compiler:
         b = _numel(xs[:-2])
         if _numel(ys[:-2]) != b or ys[-2] != k:
             raise UserError(f"accel compile: {op.name}: operand shapes {xs} and {ys} do not multiply")
-        x, y, out = op.inputs[0], op.inputs[1], op.outputs[0]
-        pre, kind, after, cnt = self.pres.get(op.name), POST_NONE, b"", 0
-        if pre is not None:                         # the Softmax on A as it is loaded
-            kind, x = PRE_UNIT, pre.inputs[0]
-            after, cnt = self._consts(units[unit_key(pre)], pre)
+        y, out = op.inputs[1], op.outputs[0]
+        pre, x, kind, after, cnt = self._pre(op, units)
         preg = self._params(op, np.zeros(n, dtype=np.int64), np.full(n, a["m"]), np.full(n, a["e"]),
                             int(a["out_bits"]), n, after)
         flags = FLAG_A_SIGNED if a.get("a_signed", True) else 0
