@@ -139,5 +139,7 @@ def check_fits(graph, hw: HwConfig, units: dict | None = None) -> dict:
         key = unit_key(op)
         if key not in units:
             units[key] = unit_for(hw, op.type, op.attrs.get("variant") if op.type == "gelu" else None)
+            # built for its constants only, never elaborated: no UnusedElaboratable warning
+            units[key]._MustUse__silence = True
         const_beats(units[key], op)
     return units

@@ -348,19 +348,24 @@ def valid_chain(m, depth: int, fire: Value, name: str = "valid") -> Value:
     return v
 
 
-def register_slice(m, name: str, valid: Value, payload, ready: Value):
+def register_slice(m, name: str, valid: Value, payload, ready: Value | None, reset: Value | None = None):
     """A register slice on a valid/ready channel: a two-entry ``lib.fifo.SyncFIFO`` whose input
-    side is connected here (``valid`` and ``payload`` in, ``ready`` driven).  Its ``w_rdy`` and
-    ``r_rdy`` come from its level register, so no valid, ready or payload path crosses it
-    combinationally, and it still passes one beat a cycle.  Returns the FIFO and the payload
-    out (a ``lib.data.View`` of the same layout when ``payload`` is one, else ``r_data``): the
-    caller drives ``r_en`` and reads ``r_rdy`` (valid out)."""
+    side is connected here (``valid`` and ``payload`` in, ``ready`` driven; with ``ready`` None
+    the caller gates ``valid`` with the FIFO's ``w_rdy`` itself).  Its ``w_rdy`` and ``r_rdy``
+    come from its level register, so no valid, ready or payload path crosses it
+    combinationally, and it still passes one beat a cycle.  ``reset`` empties it.  Returns the
+    FIFO and the payload out (a ``lib.data.View`` of the same layout when ``payload`` is one,
+    else ``r_data``): the caller drives ``r_en`` and reads ``r_rdy`` (valid out)."""
+    from amaranth.hdl import ResetInserter
     from amaranth.lib import data
     from amaranth.lib.fifo import SyncFIFO
 
     value = payload.as_value() if isinstance(payload, data.View) else payload
-    m.submodules[f"{name}_slice"] = fifo = SyncFIFO(width=len(value), depth=2)
-    m.d.comb += [fifo.w_en.eq(valid), fifo.w_data.eq(value), ready.eq(fifo.w_rdy)]
+    fifo = SyncFIFO(width=len(value), depth=2)
+    m.submodules[f"{name}_slice"] = fifo if reset is None else ResetInserter(reset)(fifo)
+    m.d.comb += [fifo.w_en.eq(valid), fifo.w_data.eq(value)]
+    if ready is not None:
+        m.d.comb += ready.eq(fifo.w_rdy)
     out = data.View(payload.shape(), fifo.r_data) if isinstance(payload, data.View) else fifo.r_data
     return fifo, out
 

@@ -1259,30 +1259,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$100 ;
   wire \$1000 ;
   wire \$1001 ;
-  reg \$1002 ;
+  wire \$1002 ;
   wire \$1003 ;
   wire \$1004 ;
   wire \$1005 ;
   wire \$1006 ;
   wire \$1007 ;
   wire \$1008 ;
-  wire \$1009 ;
-  wire \$101 ;
-  wire \$1010 ;
+  wire [16:0] \$1009 ;
+  wire [64:0] \$101 ;
+  wire [32:0] \$1010 ;
   wire \$1011 ;
   wire \$1012 ;
   wire \$1013 ;
-  wire \$1014 ;
-  wire \$1015 ;
-  wire \$1016 ;
-  wire [16:0] \$1017 ;
-  wire [32:0] \$1018 ;
-  wire \$1019 ;
+  wire [3:0] \$1014 ;
+  wire [3:0] \$1015 ;
+  reg \$1016 ;
+  reg \$1017 ;
+  reg \$1018 ;
+  reg \$1019 ;
   wire \$102 ;
-  wire \$1020 ;
-  wire \$1021 ;
-  wire [3:0] \$1022 ;
-  wire [3:0] \$1023 ;
+  reg \$1020 ;
+  reg \$1021 ;
+  reg \$1022 ;
+  reg \$1023 ;
   reg \$1024 ;
   reg \$1025 ;
   reg \$1026 ;
@@ -1291,41 +1291,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1029 ;
   wire \$103 ;
   reg \$1030 ;
-  reg \$1031 ;
+  reg [15:0] \$1031 ;
   reg \$1032 ;
   reg \$1033 ;
   reg \$1034 ;
   reg \$1035 ;
   reg \$1036 ;
   reg \$1037 ;
-  reg \$1038 ;
-  reg [15:0] \$1039 ;
+  reg [2:0] \$1038 ;
+  reg \$1039 ;
   wire \$104 ;
-  reg \$1040 ;
+  reg [2:0] \$1040 ;
   reg \$1041 ;
   reg \$1042 ;
   reg \$1043 ;
-  reg \$1044 ;
-  reg \$1045 ;
-  reg [2:0] \$1046 ;
-  reg \$1047 ;
-  reg [2:0] \$1048 ;
-  reg \$1049 ;
+  reg [15:0] \$1044 ;
+  reg [15:0] \$1045 ;
+  reg [15:0] \$1046 ;
+  reg [2:0] \$1047 ;
+  reg [15:0] \$1048 ;
+  reg [15:0] \$1049 ;
   wire \$105 ;
-  reg \$1050 ;
-  reg [15:0] \$1051 ;
-  reg [15:0] \$1052 ;
-  reg [15:0] \$1053 ;
-  reg [2:0] \$1054 ;
-  reg [15:0] \$1055 ;
-  reg [15:0] \$1056 ;
-  reg [31:0] \$1057 ;
-  reg [31:0] \$1058 ;
-  reg [31:0] \$1059 ;
+  reg [31:0] \$1050 ;
+  reg [31:0] \$1051 ;
+  reg [31:0] \$1052 ;
+  reg [31:0] \$1053 ;
+  reg \$1054 ;
+  reg \$1055 ;
+  reg [47:0] \$1056 ;
+  reg [47:0] \$1057 ;
+  reg [47:0] \$1058 ;
+  reg [47:0] \$1059 ;
   wire \$106 ;
-  reg [31:0] \$1060 ;
-  reg \$1061 ;
-  reg \$1062 ;
+  reg [47:0] \$1060 ;
+  reg [47:0] \$1061 ;
+  reg [47:0] \$1062 ;
   reg [47:0] \$1063 ;
   reg [47:0] \$1064 ;
   reg [47:0] \$1065 ;
@@ -1337,41 +1337,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$1070 ;
   reg [47:0] \$1071 ;
   reg [47:0] \$1072 ;
-  reg [47:0] \$1073 ;
-  reg [47:0] \$1074 ;
-  reg [47:0] \$1075 ;
-  reg [47:0] \$1076 ;
-  reg [47:0] \$1077 ;
-  reg [47:0] \$1078 ;
-  reg [47:0] \$1079 ;
+  reg \$1073 ;
+  reg \$1074 ;
+  reg \$1075 ;
+  reg \$1076 ;
+  reg \$1077 ;
+  reg [31:0] \$1078 ;
+  reg \$1079 ;
   wire \$108 ;
-  reg [31:0] \$1080 ;
-  reg \$1081 ;
+  reg \$1080 ;
+  reg [3:0] \$1081 ;
   reg \$1082 ;
-  reg [3:0] \$1083 ;
-  reg \$1084 ;
-  reg [31:0] \$1085 ;
+  reg [31:0] \$1083 ;
+  reg [31:0] \$1084 ;
+  reg [15:0] \$1085 ;
   reg [31:0] \$1086 ;
-  reg [15:0] \$1087 ;
-  reg [31:0] \$1088 ;
-  reg [2:0] \$1089 ;
+  reg [2:0] \$1087 ;
+  reg \$1088 ;
+  reg \$1089 ;
   wire \$109 ;
   reg \$1090 ;
   reg \$1091 ;
   reg \$1092 ;
-  reg \$1093 ;
-  reg \$1094 ;
-  reg [511:0] \$1095 ;
-  reg [1:0] \$1096 ;
-  reg [31:0] \$1097 ;
-  reg [7:0] \$1098 ;
-  reg [15:0] \$1099 ;
+  reg [511:0] \$1093 ;
+  reg [1:0] \$1094 ;
+  reg [31:0] \$1095 ;
+  reg [7:0] \$1096 ;
+  reg [15:0] \$1097 ;
+  reg [15:0] \$1098 ;
+  reg [31:0] \$1099 ;
   wire [15:0] \$11 ;
   wire \$110 ;
   reg [15:0] \$1100 ;
-  reg [31:0] \$1101 ;
+  reg \$1101 ;
   reg [15:0] \$1102 ;
-  reg \$1103 ;
+  reg [15:0] \$1103 ;
   reg [15:0] \$1104 ;
   reg [15:0] \$1105 ;
   reg [15:0] \$1106 ;
@@ -1379,24 +1379,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \$1108 ;
   reg [15:0] \$1109 ;
   wire \$111 ;
-  reg [15:0] \$1110 ;
-  reg [15:0] \$1111 ;
-  reg [2:0] \$1112 ;
-  reg [2:0] \$1113 ;
-  reg [31:0] \$1114 ;
-  reg [15:0] \$1115 ;
-  reg [15:0] \$1116 ;
-  reg [31:0] \$1117 ;
-  reg [31:0] \$1118 ;
+  reg [2:0] \$1110 ;
+  reg [2:0] \$1111 ;
+  reg [31:0] \$1112 ;
+  reg [15:0] \$1113 ;
+  reg [15:0] \$1114 ;
+  reg [31:0] \$1115 ;
+  reg [31:0] \$1116 ;
+  reg \$1117 ;
+  reg [7:0] \$1118 ;
   reg \$1119 ;
   wire \$112 ;
-  reg [7:0] \$1120 ;
+  reg \$1120 ;
   reg \$1121 ;
-  reg \$1122 ;
+  reg [15:0] \$1122 ;
   reg \$1123 ;
-  reg [15:0] \$1124 ;
-  reg \$1125 ;
-  reg \$1126 ;
+  reg \$1124 ;
+  reg [7:0] \$1125 ;
+  reg [7:0] \$1126 ;
   reg [7:0] \$1127 ;
   reg [7:0] \$1128 ;
   reg [7:0] \$1129 ;
@@ -1404,51 +1404,49 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [7:0] \$1130 ;
   reg [7:0] \$1131 ;
   reg [7:0] \$1132 ;
-  reg [7:0] \$1133 ;
-  reg [7:0] \$1134 ;
+  reg \$1133 ;
+  reg \$1134 ;
   reg \$1135 ;
-  reg \$1136 ;
-  reg \$1137 ;
-  reg [3:0] \$1138 ;
+  reg [3:0] \$1136 ;
+  reg [15:0] \$1137 ;
+  reg \$1138 ;
   reg [15:0] \$1139 ;
   wire \$114 ;
-  reg \$1140 ;
-  reg [15:0] \$1141 ;
-  reg [15:0] \$1142 ;
-  reg [31:0] \$1143 ;
-  reg \$1144 ;
-  reg \$1145 ;
-  reg [3:0] \$1146 ;
+  reg [15:0] \$1140 ;
+  reg [31:0] \$1141 ;
+  reg \$1142 ;
+  reg \$1143 ;
+  reg [3:0] \$1144 ;
+  reg [15:0] \$1145 ;
+  reg [9:0] \$1146 ;
   reg [15:0] \$1147 ;
-  reg [9:0] \$1148 ;
-  reg [15:0] \$1149 ;
+  reg \$1148 ;
+  reg \$1149 ;
   wire \$115 ;
   reg \$1150 ;
-  reg \$1151 ;
-  reg \$1152 ;
-  reg [31:0] \$1153 ;
-  reg [15:0] \$1154 ;
-  reg \$1155 ;
-  reg [2:0] \$1156 ;
+  reg [31:0] \$1151 ;
+  reg [15:0] \$1152 ;
+  reg \$1153 ;
+  reg [2:0] \$1154 ;
   wire \$116 ;
   wire \$117 ;
   wire \$118 ;
   wire \$119 ;
   wire \$12 ;
-  wire [3:0] \$120 ;
+  wire \$120 ;
   wire \$121 ;
-  wire [8:0] \$122 ;
-  wire [3:0] \$123 ;
+  wire \$122 ;
+  wire \$123 ;
   wire \$124 ;
-  wire [16:0] \$125 ;
-  wire [3:0] \$126 ;
-  wire \$127 ;
-  wire [32:0] \$128 ;
-  wire [3:0] \$129 ;
+  wire \$125 ;
+  wire \$126 ;
+  reg [15:0] \$127 ;
+  wire \$128 ;
+  wire \$129 ;
   wire [17:0] \$13 ;
   wire \$130 ;
-  wire [64:0] \$131 ;
-  wire \$132 ;
+  wire [31:0] \$131 ;
+  wire [2:0] \$132 ;
   wire \$133 ;
   wire \$134 ;
   wire \$135 ;
@@ -1457,62 +1455,62 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$138 ;
   wire \$139 ;
   wire \$14 ;
-  wire \$140 ;
+  wire [3:0] \$140 ;
   wire \$141 ;
-  wire \$142 ;
-  wire \$143 ;
+  wire [2:0] \$142 ;
+  wire [3:0] \$143 ;
   wire \$144 ;
-  wire \$145 ;
-  wire \$146 ;
+  wire [3:0] \$145 ;
+  wire [3:0] \$146 ;
   wire \$147 ;
-  wire \$148 ;
-  wire \$149 ;
+  wire [4:0] \$148 ;
+  wire [3:0] \$149 ;
   wire [16:0] \$15 ;
   wire \$150 ;
-  wire \$151 ;
-  wire \$152 ;
+  wire [5:0] \$151 ;
+  wire [3:0] \$152 ;
   wire \$153 ;
-  wire \$154 ;
-  wire \$155 ;
+  wire [6:0] \$154 ;
+  wire [3:0] \$155 ;
   wire \$156 ;
-  wire \$157 ;
-  wire \$158 ;
-  reg [15:0] \$159 ;
+  wire [7:0] \$157 ;
+  wire [3:0] \$158 ;
+  wire \$159 ;
   wire [17:0] \$16 ;
-  wire \$160 ;
-  wire \$161 ;
+  wire [8:0] \$160 ;
+  reg \$161 ;
   wire \$162 ;
-  wire [31:0] \$163 ;
-  wire [2:0] \$164 ;
+  wire \$163 ;
+  wire \$164 ;
   wire \$165 ;
   wire \$166 ;
-  wire \$167 ;
-  wire \$168 ;
-  wire \$169 ;
+  wire [9:0] \$167 ;
+  wire [16:0] \$168 ;
+  reg \$169 ;
   wire [17:0] \$17 ;
-  wire [3:0] \$170 ;
+  wire \$170 ;
   wire \$171 ;
-  wire [2:0] \$172 ;
-  wire [3:0] \$173 ;
+  wire \$172 ;
+  wire \$173 ;
   wire \$174 ;
-  wire [3:0] \$175 ;
-  wire [3:0] \$176 ;
-  wire \$177 ;
-  wire [4:0] \$178 ;
-  wire [3:0] \$179 ;
+  wire [9:0] \$175 ;
+  wire [16:0] \$176 ;
+  reg \$177 ;
+  wire \$178 ;
+  wire \$179 ;
   wire [17:0] \$18 ;
   wire \$180 ;
-  wire [5:0] \$181 ;
-  wire [3:0] \$182 ;
-  wire \$183 ;
-  wire [6:0] \$184 ;
-  wire [3:0] \$185 ;
+  wire \$181 ;
+  wire [9:0] \$182 ;
+  wire [16:0] \$183 ;
+  reg \$184 ;
+  wire \$185 ;
   wire \$186 ;
-  wire [7:0] \$187 ;
-  wire [3:0] \$188 ;
-  wire \$189 ;
+  wire \$187 ;
+  wire \$188 ;
+  wire [9:0] \$189 ;
   wire \$19 ;
-  wire [8:0] \$190 ;
+  wire [16:0] \$190 ;
   reg \$191 ;
   wire \$192 ;
   wire \$193 ;
@@ -1527,64 +1525,64 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$200 ;
   wire \$201 ;
   wire \$202 ;
-  wire \$203 ;
-  wire [9:0] \$204 ;
-  wire [16:0] \$205 ;
-  reg \$206 ;
+  wire [9:0] \$203 ;
+  wire [16:0] \$204 ;
+  reg \$205 ;
+  wire \$206 ;
   wire \$207 ;
   wire \$208 ;
   wire \$209 ;
   wire [21:0] \$21 ;
-  wire \$210 ;
-  wire [9:0] \$211 ;
-  wire [16:0] \$212 ;
-  reg \$213 ;
+  wire [9:0] \$210 ;
+  wire [16:0] \$211 ;
+  reg \$212 ;
+  wire \$213 ;
   wire \$214 ;
   wire \$215 ;
   wire \$216 ;
-  wire \$217 ;
-  wire [9:0] \$218 ;
-  wire [16:0] \$219 ;
+  wire [9:0] \$217 ;
+  wire [16:0] \$218 ;
+  reg \$219 ;
   wire \$22 ;
-  reg \$220 ;
+  wire \$220 ;
   wire \$221 ;
   wire \$222 ;
   wire \$223 ;
-  wire \$224 ;
-  wire [9:0] \$225 ;
-  wire [16:0] \$226 ;
-  reg \$227 ;
+  wire [9:0] \$224 ;
+  wire [16:0] \$225 ;
+  reg \$226 ;
+  wire \$227 ;
   wire \$228 ;
   wire \$229 ;
   wire [16:0] \$23 ;
   wire \$230 ;
   wire \$231 ;
-  wire [9:0] \$232 ;
-  wire [16:0] \$233 ;
+  wire \$232 ;
+  wire \$233 ;
   reg \$234 ;
   wire \$235 ;
   wire \$236 ;
   wire \$237 ;
   wire \$238 ;
-  wire [9:0] \$239 ;
+  wire \$239 ;
   wire [17:0] \$24 ;
-  wire [16:0] \$240 ;
-  reg \$241 ;
+  wire \$240 ;
+  wire \$241 ;
   wire \$242 ;
-  wire \$243 ;
-  wire \$244 ;
-  wire \$245 ;
-  wire [9:0] \$246 ;
-  wire [16:0] \$247 ;
-  reg \$248 ;
+  wire [9:0] \$243 ;
+  wire [16:0] \$244 ;
+  reg \$245 ;
+  wire \$246 ;
+  wire \$247 ;
+  wire \$248 ;
   wire \$249 ;
   wire [17:0] \$25 ;
   wire \$250 ;
   wire \$251 ;
   wire \$252 ;
-  wire [9:0] \$253 ;
-  wire [16:0] \$254 ;
-  reg \$255 ;
+  reg \$253 ;
+  wire \$254 ;
+  wire \$255 ;
   wire \$256 ;
   wire \$257 ;
   wire \$258 ;
@@ -1592,9 +1590,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [17:0] \$26 ;
   wire \$260 ;
   wire \$261 ;
-  wire \$262 ;
-  reg \$263 ;
-  wire \$264 ;
+  wire [9:0] \$262 ;
+  wire [16:0] \$263 ;
+  reg \$264 ;
   wire \$265 ;
   wire \$266 ;
   wire \$267 ;
@@ -1603,9 +1601,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$27 ;
   wire \$270 ;
   wire \$271 ;
-  wire [9:0] \$272 ;
-  wire [16:0] \$273 ;
-  reg \$274 ;
+  reg \$272 ;
+  wire \$273 ;
+  wire \$274 ;
   wire \$275 ;
   wire \$276 ;
   wire \$277 ;
@@ -1613,9 +1611,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$279 ;
   wire [21:0] \$28 ;
   wire \$280 ;
-  wire \$281 ;
-  reg \$282 ;
-  wire \$283 ;
+  wire [9:0] \$281 ;
+  wire [16:0] \$282 ;
+  reg \$283 ;
   wire \$284 ;
   wire \$285 ;
   wire \$286 ;
@@ -1624,9 +1622,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$289 ;
   wire [21:0] \$29 ;
   wire \$290 ;
-  wire [9:0] \$291 ;
-  wire [16:0] \$292 ;
-  reg \$293 ;
+  reg \$291 ;
+  wire \$292 ;
+  wire \$293 ;
   wire \$294 ;
   wire \$295 ;
   wire \$296 ;
@@ -1635,9 +1633,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$299 ;
   wire \$3 ;
   wire \$30 ;
-  wire \$300 ;
-  reg \$301 ;
-  wire \$302 ;
+  wire [9:0] \$300 ;
+  wire [16:0] \$301 ;
+  reg \$302 ;
   wire \$303 ;
   wire \$304 ;
   wire \$305 ;
@@ -1646,19 +1644,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$308 ;
   wire \$309 ;
   wire [3:0] \$31 ;
-  wire [9:0] \$310 ;
-  wire [16:0] \$311 ;
-  reg \$312 ;
+  reg \$310 ;
+  wire \$311 ;
+  wire \$312 ;
   wire \$313 ;
   wire \$314 ;
   wire \$315 ;
   wire \$316 ;
   wire \$317 ;
   wire \$318 ;
-  wire \$319 ;
+  wire [9:0] \$319 ;
   wire \$32 ;
-  reg \$320 ;
-  wire \$321 ;
+  wire [16:0] \$320 ;
+  reg \$321 ;
   wire \$322 ;
   wire \$323 ;
   wire \$324 ;
@@ -1666,20 +1664,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$326 ;
   wire \$327 ;
   wire \$328 ;
-  wire [9:0] \$329 ;
+  reg \$329 ;
   wire [17:0] \$33 ;
-  wire [16:0] \$330 ;
-  reg \$331 ;
+  wire \$330 ;
+  wire \$331 ;
   wire \$332 ;
   wire \$333 ;
   wire \$334 ;
   wire \$335 ;
   wire \$336 ;
   wire \$337 ;
-  wire \$338 ;
-  reg \$339 ;
+  wire [9:0] \$338 ;
+  wire [16:0] \$339 ;
   wire \$34 ;
-  wire \$340 ;
+  reg \$340 ;
   wire \$341 ;
   wire \$342 ;
   wire \$343 ;
@@ -1687,19 +1685,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$345 ;
   wire \$346 ;
   wire \$347 ;
-  wire [9:0] \$348 ;
-  wire [16:0] \$349 ;
+  reg \$348 ;
+  wire \$349 ;
   wire [15:0] \$35 ;
-  reg \$350 ;
+  wire \$350 ;
   wire \$351 ;
   wire \$352 ;
   wire \$353 ;
   wire \$354 ;
   wire \$355 ;
   wire \$356 ;
-  wire \$357 ;
-  reg \$358 ;
-  wire \$359 ;
+  wire [9:0] \$357 ;
+  wire [16:0] \$358 ;
+  reg \$359 ;
   wire \$36 ;
   wire \$360 ;
   wire \$361 ;
@@ -1708,9 +1706,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$364 ;
   wire \$365 ;
   wire \$366 ;
-  wire [9:0] \$367 ;
-  wire [16:0] \$368 ;
-  reg \$369 ;
+  reg \$367 ;
+  wire \$368 ;
+  wire \$369 ;
   wire [17:0] \$37 ;
   wire \$370 ;
   wire \$371 ;
@@ -1725,92 +1723,92 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [15:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
-  wire \$382 ;
-  wire \$383 ;
-  wire \$384 ;
+  wire [9:0] \$382 ;
+  wire [10:0] \$383 ;
+  reg \$384 ;
   wire \$385 ;
-  wire [9:0] \$386 ;
-  wire [16:0] \$387 ;
-  reg \$388 ;
+  wire \$386 ;
+  wire \$387 ;
+  wire \$388 ;
   wire \$389 ;
   wire [17:0] \$39 ;
   wire \$390 ;
   wire \$391 ;
-  wire \$392 ;
-  wire \$393 ;
-  wire \$394 ;
+  wire [9:0] \$392 ;
+  wire [10:0] \$393 ;
+  reg \$394 ;
   wire \$395 ;
-  reg \$396 ;
+  wire \$396 ;
   wire \$397 ;
   wire \$398 ;
   wire \$399 ;
   wire \$4 ;
   wire [16:0] \$40 ;
   wire \$400 ;
-  wire \$401 ;
-  wire \$402 ;
-  wire \$403 ;
+  wire [9:0] \$401 ;
+  wire [10:0] \$402 ;
+  reg \$403 ;
   wire \$404 ;
   wire \$405 ;
-  reg \$406 ;
+  wire \$406 ;
   wire \$407 ;
   wire \$408 ;
   wire \$409 ;
   wire [17:0] \$41 ;
-  wire \$410 ;
-  wire [9:0] \$411 ;
-  wire [10:0] \$412 ;
-  reg \$413 ;
+  wire [9:0] \$410 ;
+  wire [10:0] \$411 ;
+  reg \$412 ;
+  wire \$413 ;
   wire \$414 ;
   wire \$415 ;
   wire \$416 ;
   wire \$417 ;
   wire \$418 ;
-  wire \$419 ;
+  wire [9:0] \$419 ;
   wire [17:0] \$42 ;
-  wire \$420 ;
-  wire [9:0] \$421 ;
-  wire [10:0] \$422 ;
-  reg \$423 ;
+  wire [10:0] \$420 ;
+  reg \$421 ;
+  wire \$422 ;
+  wire \$423 ;
   wire \$424 ;
   wire \$425 ;
   wire \$426 ;
   wire \$427 ;
-  wire \$428 ;
-  wire \$429 ;
+  wire [9:0] \$428 ;
+  wire [10:0] \$429 ;
   wire [17:0] \$43 ;
-  wire [9:0] \$430 ;
-  wire [10:0] \$431 ;
-  reg \$432 ;
+  reg \$430 ;
+  wire \$431 ;
+  wire \$432 ;
   wire \$433 ;
   wire \$434 ;
   wire \$435 ;
   wire \$436 ;
-  wire \$437 ;
-  wire \$438 ;
-  wire [9:0] \$439 ;
+  wire [9:0] \$437 ;
+  wire [10:0] \$438 ;
+  reg \$439 ;
   wire [21:0] \$44 ;
-  wire [10:0] \$440 ;
-  reg \$441 ;
+  wire \$440 ;
+  wire \$441 ;
   wire \$442 ;
   wire \$443 ;
   wire \$444 ;
   wire \$445 ;
-  wire \$446 ;
-  wire \$447 ;
-  wire [9:0] \$448 ;
-  wire [10:0] \$449 ;
+  wire [9:0] \$446 ;
+  wire [10:0] \$447 ;
+  reg \$448 ;
+  wire \$449 ;
   wire [21:0] \$45 ;
-  reg \$450 ;
+  wire \$450 ;
   wire \$451 ;
   wire \$452 ;
   wire \$453 ;
   wire \$454 ;
-  wire \$455 ;
-  wire \$456 ;
-  wire [9:0] \$457 ;
-  wire [10:0] \$458 ;
-  reg \$459 ;
+  wire [9:0] \$455 ;
+  wire [32:0] \$456 ;
+  wire [33:0] \$457 ;
+  reg \$458 ;
+  wire \$459 ;
   wire [16:0] \$46 ;
   wire \$460 ;
   wire \$461 ;
@@ -1818,9 +1816,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$463 ;
   wire \$464 ;
   wire \$465 ;
-  wire [9:0] \$466 ;
-  wire [10:0] \$467 ;
-  reg \$468 ;
+  reg \$466 ;
+  wire \$467 ;
+  wire \$468 ;
   wire \$469 ;
   wire [17:0] \$47 ;
   wire \$470 ;
@@ -1829,19 +1827,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$473 ;
   wire \$474 ;
   wire [9:0] \$475 ;
-  wire [10:0] \$476 ;
-  reg \$477 ;
-  wire \$478 ;
+  wire [32:0] \$476 ;
+  wire [33:0] \$477 ;
+  reg \$478 ;
   wire \$479 ;
   wire [17:0] \$48 ;
   wire \$480 ;
   wire \$481 ;
   wire \$482 ;
   wire \$483 ;
-  wire [9:0] \$484 ;
-  wire [32:0] \$485 ;
-  wire [33:0] \$486 ;
-  reg \$487 ;
+  wire \$484 ;
+  wire \$485 ;
+  reg \$486 ;
+  wire \$487 ;
   wire \$488 ;
   wire \$489 ;
   wire [16:0] \$49 ;
@@ -1850,10 +1848,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$492 ;
   wire \$493 ;
   wire \$494 ;
-  reg \$495 ;
-  wire \$496 ;
-  wire \$497 ;
-  wire \$498 ;
+  wire [9:0] \$495 ;
+  wire [32:0] \$496 ;
+  wire [33:0] \$497 ;
+  reg \$498 ;
   wire \$499 ;
   wire \$5 ;
   wire [17:0] \$50 ;
@@ -1861,10 +1859,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$501 ;
   wire \$502 ;
   wire \$503 ;
-  wire [9:0] \$504 ;
-  wire [32:0] \$505 ;
-  wire [33:0] \$506 ;
-  reg \$507 ;
+  wire \$504 ;
+  wire \$505 ;
+  reg \$506 ;
+  wire \$507 ;
   wire \$508 ;
   wire \$509 ;
   wire [17:0] \$51 ;
@@ -1873,20 +1871,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$512 ;
   wire \$513 ;
   wire \$514 ;
-  reg \$515 ;
-  wire \$516 ;
-  wire \$517 ;
-  wire \$518 ;
+  wire [9:0] \$515 ;
+  wire [32:0] \$516 ;
+  wire [33:0] \$517 ;
+  reg \$518 ;
   wire \$519 ;
   wire [17:0] \$52 ;
   wire \$520 ;
   wire \$521 ;
   wire \$522 ;
   wire \$523 ;
-  wire [9:0] \$524 ;
-  wire [32:0] \$525 ;
-  wire [33:0] \$526 ;
-  reg \$527 ;
+  wire \$524 ;
+  wire \$525 ;
+  reg \$526 ;
+  wire \$527 ;
   wire \$528 ;
   wire \$529 ;
   wire [21:0] \$53 ;
@@ -1895,20 +1893,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$532 ;
   wire \$533 ;
   wire \$534 ;
-  reg \$535 ;
-  wire \$536 ;
-  wire \$537 ;
-  wire \$538 ;
+  wire [9:0] \$535 ;
+  wire [32:0] \$536 ;
+  wire [33:0] \$537 ;
+  reg \$538 ;
   wire \$539 ;
   wire [21:0] \$54 ;
   wire \$540 ;
   wire \$541 ;
   wire \$542 ;
   wire \$543 ;
-  wire [9:0] \$544 ;
-  wire [32:0] \$545 ;
-  wire [33:0] \$546 ;
-  reg \$547 ;
+  wire \$544 ;
+  wire \$545 ;
+  reg \$546 ;
+  wire \$547 ;
   wire \$548 ;
   wire \$549 ;
   wire [21:0] \$55 ;
@@ -1917,20 +1915,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$552 ;
   wire \$553 ;
   wire \$554 ;
-  reg \$555 ;
-  wire \$556 ;
-  wire \$557 ;
-  wire \$558 ;
+  wire [9:0] \$555 ;
+  wire [32:0] \$556 ;
+  wire [33:0] \$557 ;
+  reg \$558 ;
   wire \$559 ;
   wire [15:0] \$56 ;
   wire \$560 ;
   wire \$561 ;
   wire \$562 ;
   wire \$563 ;
-  wire [9:0] \$564 ;
-  wire [32:0] \$565 ;
-  wire [33:0] \$566 ;
-  reg \$567 ;
+  wire \$564 ;
+  wire \$565 ;
+  reg \$566 ;
+  wire \$567 ;
   wire \$568 ;
   wire \$569 ;
   wire [17:0] \$57 ;
@@ -1939,20 +1937,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$572 ;
   wire \$573 ;
   wire \$574 ;
-  reg \$575 ;
-  wire \$576 ;
-  wire \$577 ;
-  wire \$578 ;
+  wire [9:0] \$575 ;
+  wire [32:0] \$576 ;
+  wire [33:0] \$577 ;
+  reg \$578 ;
   wire \$579 ;
   wire [3:0] \$58 ;
   wire \$580 ;
   wire \$581 ;
   wire \$582 ;
   wire \$583 ;
-  wire [9:0] \$584 ;
-  wire [32:0] \$585 ;
-  wire [33:0] \$586 ;
-  reg \$587 ;
+  wire \$584 ;
+  wire \$585 ;
+  reg \$586 ;
+  wire \$587 ;
   wire \$588 ;
   wire \$589 ;
   wire [17:0] \$59 ;
@@ -1961,10 +1959,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$592 ;
   wire \$593 ;
   wire \$594 ;
-  reg \$595 ;
-  wire \$596 ;
-  wire \$597 ;
-  wire \$598 ;
+  wire [9:0] \$595 ;
+  wire [32:0] \$596 ;
+  wire [33:0] \$597 ;
+  reg \$598 ;
   wire \$599 ;
   wire \$6 ;
   wire [16:0] \$60 ;
@@ -1972,10 +1970,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$601 ;
   wire \$602 ;
   wire \$603 ;
-  wire [9:0] \$604 ;
-  wire [32:0] \$605 ;
-  wire [33:0] \$606 ;
-  reg \$607 ;
+  wire \$604 ;
+  wire \$605 ;
+  reg \$606 ;
+  wire \$607 ;
   wire \$608 ;
   wire \$609 ;
   wire [17:0] \$61 ;
@@ -1984,29 +1982,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$612 ;
   wire \$613 ;
   wire \$614 ;
-  reg \$615 ;
-  wire \$616 ;
-  wire \$617 ;
-  wire \$618 ;
-  wire \$619 ;
+  wire \$615 ;
+  wire [7:0] \$616 ;
+  wire [7:0] \$617 ;
+  wire [7:0] \$618 ;
+  wire [7:0] \$619 ;
   wire [17:0] \$62 ;
-  wire \$620 ;
-  wire \$621 ;
-  wire \$622 ;
-  wire \$623 ;
-  wire [9:0] \$624 ;
-  wire [32:0] \$625 ;
-  wire [33:0] \$626 ;
-  reg \$627 ;
+  wire [7:0] \$620 ;
+  wire [7:0] \$621 ;
+  wire [7:0] \$622 ;
+  wire [7:0] \$623 ;
+  wire \$624 ;
+  wire \$625 ;
+  wire \$626 ;
+  reg [31:0] \$627 ;
   wire \$628 ;
-  wire \$629 ;
+  wire [19:0] \$629 ;
   wire [21:0] \$63 ;
-  wire \$630 ;
+  wire [20:0] \$630 ;
   wire \$631 ;
-  wire \$632 ;
-  wire \$633 ;
+  wire [19:0] \$632 ;
+  wire [20:0] \$633 ;
   wire \$634 ;
-  reg \$635 ;
+  wire \$635 ;
   wire \$636 ;
   wire \$637 ;
   wire \$638 ;
@@ -2014,29 +2012,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [16:0] \$64 ;
   wire \$640 ;
   wire \$641 ;
-  wire \$642 ;
+  reg [31:0] \$642 ;
   wire \$643 ;
   wire \$644 ;
-  wire [7:0] \$645 ;
-  wire [7:0] \$646 ;
-  wire [7:0] \$647 ;
-  wire [7:0] \$648 ;
-  wire [7:0] \$649 ;
+  wire \$645 ;
+  wire [19:0] \$646 ;
+  wire [20:0] \$647 ;
+  wire \$648 ;
+  wire [19:0] \$649 ;
   wire [17:0] \$65 ;
-  wire [7:0] \$650 ;
-  wire [7:0] \$651 ;
-  wire [7:0] \$652 ;
+  wire [20:0] \$650 ;
+  wire \$651 ;
+  wire \$652 ;
   wire \$653 ;
   wire \$654 ;
   wire \$655 ;
-  reg [31:0] \$656 ;
+  wire \$656 ;
   wire \$657 ;
-  wire [19:0] \$658 ;
-  wire [20:0] \$659 ;
+  wire \$658 ;
+  wire \$659 ;
   wire [17:0] \$66 ;
   wire \$660 ;
-  wire [19:0] \$661 ;
-  wire [20:0] \$662 ;
+  wire \$661 ;
+  wire \$662 ;
   wire \$663 ;
   wire \$664 ;
   wire \$665 ;
@@ -2046,15 +2044,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$669 ;
   wire [21:0] \$67 ;
   wire \$670 ;
-  reg [31:0] \$671 ;
+  wire [30:0] \$671 ;
   wire \$672 ;
   wire \$673 ;
   wire \$674 ;
-  wire [19:0] \$675 ;
-  wire [20:0] \$676 ;
+  wire \$675 ;
+  wire \$676 ;
   wire \$677 ;
-  wire [19:0] \$678 ;
-  wire [20:0] \$679 ;
+  wire \$678 ;
+  wire \$679 ;
   wire \$68 ;
   wire \$680 ;
   wire \$681 ;
@@ -2079,7 +2077,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$699 ;
   wire \$7 ;
   wire \$70 ;
-  wire [30:0] \$700 ;
+  wire \$700 ;
   wire \$701 ;
   wire \$702 ;
   wire \$703 ;
@@ -2093,48 +2091,48 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$710 ;
   wire \$711 ;
   wire \$712 ;
-  wire \$713 ;
-  wire \$714 ;
-  wire \$715 ;
-  wire \$716 ;
-  wire \$717 ;
-  wire \$718 ;
-  wire \$719 ;
+  wire [16:0] \$713 ;
+  wire [17:0] \$714 ;
+  wire [17:0] \$715 ;
+  wire [16:0] \$716 ;
+  wire [17:0] \$717 ;
+  wire [17:0] \$718 ;
+  wire [16:0] \$719 ;
   wire [3:0] \$72 ;
-  wire \$720 ;
-  wire \$721 ;
-  wire \$722 ;
-  wire \$723 ;
-  wire \$724 ;
-  wire \$725 ;
-  wire \$726 ;
-  wire \$727 ;
-  wire \$728 ;
-  wire \$729 ;
+  wire [16:0] \$720 ;
+  wire [16:0] \$721 ;
+  wire [31:0] \$722 ;
+  wire [22:0] \$723 ;
+  wire [23:0] \$724 ;
+  wire [31:0] \$725 ;
+  wire [32:0] \$726 ;
+  wire [32:0] \$727 ;
+  wire [47:0] \$728 ;
+  wire [3:0] \$729 ;
   wire \$73 ;
   wire \$730 ;
-  wire [16:0] \$731 ;
-  wire [17:0] \$732 ;
-  wire [17:0] \$733 ;
-  wire [16:0] \$734 ;
-  wire [17:0] \$735 ;
-  wire [17:0] \$736 ;
-  wire [16:0] \$737 ;
-  wire [16:0] \$738 ;
-  wire [16:0] \$739 ;
+  wire [31:0] \$731 ;
+  wire [32:0] \$732 ;
+  wire [48:0] \$733 ;
+  wire \$734 ;
+  wire [48:0] \$735 ;
+  wire \$736 ;
+  wire [48:0] \$737 ;
+  wire \$738 ;
+  wire [48:0] \$739 ;
   wire \$74 ;
-  wire [31:0] \$740 ;
-  wire [22:0] \$741 ;
-  wire [23:0] \$742 ;
-  wire [31:0] \$743 ;
-  wire [32:0] \$744 ;
-  wire [32:0] \$745 ;
-  wire [47:0] \$746 ;
-  wire [3:0] \$747 ;
+  wire \$740 ;
+  wire [48:0] \$741 ;
+  wire \$742 ;
+  wire [48:0] \$743 ;
+  wire \$744 ;
+  wire [48:0] \$745 ;
+  wire \$746 ;
+  wire [48:0] \$747 ;
   wire \$748 ;
-  wire [31:0] \$749 ;
+  wire [48:0] \$749 ;
   wire \$75 ;
-  wire [32:0] \$750 ;
+  wire \$750 ;
   wire [48:0] \$751 ;
   wire \$752 ;
   wire [48:0] \$753 ;
@@ -2152,30 +2150,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$764 ;
   wire [48:0] \$765 ;
   wire \$766 ;
-  wire [48:0] \$767 ;
+  wire \$767 ;
   wire \$768 ;
-  wire [48:0] \$769 ;
+  wire \$769 ;
   wire \$77 ;
   wire \$770 ;
-  wire [48:0] \$771 ;
+  wire \$771 ;
   wire \$772 ;
-  wire [48:0] \$773 ;
+  wire \$773 ;
   wire \$774 ;
-  wire [48:0] \$775 ;
+  wire \$775 ;
   wire \$776 ;
-  wire [48:0] \$777 ;
+  wire \$777 ;
   wire \$778 ;
-  wire [48:0] \$779 ;
+  wire \$779 ;
   wire \$78 ;
   wire \$780 ;
-  wire [48:0] \$781 ;
+  wire \$781 ;
   wire \$782 ;
-  wire [48:0] \$783 ;
+  wire \$783 ;
   wire \$784 ;
-  wire [15:0] \$785 ;
+  wire \$785 ;
   wire \$786 ;
   wire \$787 ;
-  wire [14:0] \$788 ;
+  wire \$788 ;
   wire \$789 ;
   wire \$79 ;
   wire \$790 ;
@@ -2191,34 +2189,34 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$8 ;
   wire \$80 ;
   wire \$800 ;
-  wire \$801 ;
+  wire [15:0] \$801 ;
   wire \$802 ;
   wire \$803 ;
-  wire \$804 ;
+  wire [14:0] \$804 ;
   wire \$805 ;
-  wire \$806 ;
-  wire \$807 ;
-  wire \$808 ;
+  wire [2:0] \$806 ;
+  wire [16:0] \$807 ;
+  wire [32:0] \$808 ;
   wire \$809 ;
   wire \$81 ;
   wire \$810 ;
   wire \$811 ;
   wire \$812 ;
   wire \$813 ;
-  wire \$814 ;
-  wire [2:0] \$815 ;
-  wire [16:0] \$816 ;
-  wire [32:0] \$817 ;
+  wire [16:0] \$814 ;
+  wire [32:0] \$815 ;
+  wire \$816 ;
+  wire [16:0] \$817 ;
   wire \$818 ;
   wire \$819 ;
   wire \$82 ;
   wire \$820 ;
   wire \$821 ;
   wire \$822 ;
-  wire [16:0] \$823 ;
-  wire [32:0] \$824 ;
+  wire \$823 ;
+  wire \$824 ;
   wire \$825 ;
-  wire [16:0] \$826 ;
+  wire \$826 ;
   wire \$827 ;
   wire \$828 ;
   wire \$829 ;
@@ -2229,7 +2227,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$833 ;
   wire \$834 ;
   wire \$835 ;
-  wire \$836 ;
+  wire [32:0] \$836 ;
   wire \$837 ;
   wire \$838 ;
   wire \$839 ;
@@ -2239,7 +2237,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$842 ;
   wire \$843 ;
   wire \$844 ;
-  wire [32:0] \$845 ;
+  wire \$845 ;
   wire \$846 ;
   wire \$847 ;
   wire \$848 ;
@@ -2261,8 +2259,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$862 ;
   wire \$863 ;
   wire \$864 ;
-  wire \$865 ;
-  wire \$866 ;
+  wire [24:0] \$865 ;
+  wire [33:0] \$866 ;
   wire \$867 ;
   wire \$868 ;
   wire \$869 ;
@@ -2279,50 +2277,50 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$879 ;
   wire \$88 ;
   wire \$880 ;
-  wire [24:0] \$881 ;
-  wire [33:0] \$882 ;
+  wire \$881 ;
+  wire \$882 ;
   wire \$883 ;
-  wire \$884 ;
+  wire [3:0] \$884 ;
   wire \$885 ;
   wire \$886 ;
   wire \$887 ;
-  wire \$888 ;
-  wire \$889 ;
+  wire [3:0] \$888 ;
+  wire [14:0] \$889 ;
   wire \$89 ;
   wire \$890 ;
   wire \$891 ;
-  wire [3:0] \$892 ;
+  wire \$892 ;
   wire \$893 ;
   wire \$894 ;
   wire \$895 ;
-  wire [3:0] \$896 ;
-  wire [14:0] \$897 ;
+  wire \$896 ;
+  wire \$897 ;
   wire \$898 ;
   wire \$899 ;
   wire \$9 ;
-  wire \$90 ;
+  wire [3:0] \$90 ;
   wire \$900 ;
   wire \$901 ;
   wire \$902 ;
-  wire \$903 ;
-  wire \$904 ;
+  wire [16:0] \$903 ;
+  wire [16:0] \$904 ;
   wire \$905 ;
-  wire \$906 ;
+  wire [32:0] \$906 ;
   wire \$907 ;
   wire \$908 ;
   wire \$909 ;
   wire \$91 ;
-  wire \$910 ;
-  wire [16:0] \$911 ;
-  wire [16:0] \$912 ;
+  wire [32:0] \$910 ;
+  wire \$911 ;
+  wire \$912 ;
   wire \$913 ;
-  wire [32:0] \$914 ;
+  wire \$914 ;
   wire \$915 ;
-  wire \$916 ;
-  wire \$917 ;
-  wire [32:0] \$918 ;
-  wire \$919 ;
-  wire \$92 ;
+  wire [16:0] \$916 ;
+  wire [16:0] \$917 ;
+  wire \$918 ;
+  wire [32:0] \$919 ;
+  wire [8:0] \$92 ;
   wire \$920 ;
   wire \$921 ;
   wire \$922 ;
@@ -2330,80 +2328,80 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [16:0] \$924 ;
   wire [16:0] \$925 ;
   wire \$926 ;
-  wire [32:0] \$927 ;
+  wire \$927 ;
   wire \$928 ;
   wire \$929 ;
-  wire \$93 ;
-  wire \$930 ;
+  wire [3:0] \$93 ;
+  reg \$930 ;
   wire \$931 ;
-  wire [16:0] \$932 ;
-  wire [16:0] \$933 ;
+  wire \$932 ;
+  wire \$933 ;
   wire \$934 ;
-  wire \$935 ;
+  reg \$935 ;
   wire \$936 ;
   wire \$937 ;
-  reg \$938 ;
+  wire \$938 ;
   wire \$939 ;
   wire \$94 ;
   wire \$940 ;
-  wire \$941 ;
-  wire \$942 ;
-  reg \$943 ;
-  wire \$944 ;
+  wire [4:0] \$941 ;
+  wire [16:0] \$942 ;
+  wire \$943 ;
+  wire [16:0] \$944 ;
   wire \$945 ;
   wire \$946 ;
-  wire \$947 ;
+  wire [4:0] \$947 ;
   wire \$948 ;
-  wire [4:0] \$949 ;
-  wire \$95 ;
-  wire [16:0] \$950 ;
+  reg \$949 ;
+  wire [16:0] \$95 ;
+  wire \$950 ;
   wire \$951 ;
-  wire [16:0] \$952 ;
+  wire \$952 ;
   wire \$953 ;
   wire \$954 ;
-  wire [4:0] \$955 ;
+  wire \$955 ;
   wire \$956 ;
   reg \$957 ;
   wire \$958 ;
   wire \$959 ;
-  wire \$96 ;
+  wire [3:0] \$96 ;
   wire \$960 ;
   wire \$961 ;
   wire \$962 ;
   wire \$963 ;
   wire \$964 ;
-  reg \$965 ;
+  wire \$965 ;
   wire \$966 ;
   wire \$967 ;
   wire \$968 ;
   wire \$969 ;
   wire \$97 ;
-  wire \$970 ;
-  wire \$971 ;
-  wire \$972 ;
-  wire \$973 ;
+  wire [32:0] \$970 ;
+  wire [16:0] \$971 ;
+  wire [16:0] \$972 ;
+  reg \$973 ;
   wire \$974 ;
   wire \$975 ;
   wire \$976 ;
   wire \$977 ;
-  wire [32:0] \$978 ;
+  wire \$978 ;
   wire [16:0] \$979 ;
-  wire \$98 ;
-  wire [16:0] \$980 ;
-  reg \$981 ;
-  wire \$982 ;
+  wire [32:0] \$98 ;
+  wire [10:0] \$980 ;
+  wire \$981 ;
+  wire [16:0] \$982 ;
   wire \$983 ;
   wire \$984 ;
-  wire \$985 ;
-  wire \$986 ;
-  wire [16:0] \$987 ;
-  wire [10:0] \$988 ;
+  wire [4:0] \$985 ;
+  reg \$986 ;
+  wire \$987 ;
+  wire \$988 ;
   wire \$989 ;
-  wire \$99 ;
-  wire [16:0] \$990 ;
+  wire [3:0] \$99 ;
+  wire \$990 ;
   wire \$991 ;
   wire \$992 ;
-  wire [4:0] \$993 ;
+  wire \$993 ;
   reg \$994 ;
   wire \$995 ;
   wire \$996 ;
@@ -2412,68 +2410,67 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$999 ;
   reg \$signal ;
   reg \$signal$101 ;
-  reg \$signal$214 ;
-  reg \$signal$247  = 1'h0;
-  reg \$signal$263  = 1'h0;
-  reg [3:0] \$signal$270  = 4'h0;
-  reg \$signal$293  = 1'h0;
-  reg [15:0] \$signal$294  = 16'h0000;
-  reg \$signal$299  = 1'h0;
-  reg [31:0] \$signal$431  = 32'd0;
-  reg [31:0] \$signal$432  = 32'd0;
-  reg \$signal$444  = 1'h0;
+  reg \$signal$215 ;
+  reg \$signal$248  = 1'h0;
+  reg \$signal$264  = 1'h0;
+  reg [3:0] \$signal$271  = 4'h0;
+  reg \$signal$294  = 1'h0;
+  reg [15:0] \$signal$295  = 16'h0000;
+  reg \$signal$300  = 1'h0;
+  reg [31:0] \$signal$442  = 32'd0;
+  reg [31:0] \$signal$443  = 32'd0;
+  reg \$signal$455  = 1'h0;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$266 ;
-  reg [8:0] \$signature__addr$271 ;
-  reg [8:0] \$signature__addr$274 ;
-  reg [8:0] \$signature__addr$277 ;
-  reg [8:0] \$signature__addr$280 ;
-  reg [8:0] \$signature__addr$283 ;
-  reg [8:0] \$signature__addr$286 ;
-  reg [8:0] \$signature__addr$289 ;
-  reg [8:0] \$signature__addr$292 ;
-  reg [8:0] \$signature__addr$301 ;
-  reg [8:0] \$signature__addr$303 ;
-  reg [8:0] \$signature__addr$305 ;
-  reg [8:0] \$signature__addr$307 ;
-  reg [8:0] \$signature__addr$309 ;
-  reg [8:0] \$signature__addr$311 ;
-  reg [8:0] \$signature__addr$313 ;
-  reg [8:0] \$signature__addr$318 ;
-  reg [8:0] \$signature__addr$323 ;
-  reg [8:0] \$signature__addr$326 ;
-  reg [8:0] \$signature__addr$329 ;
-  reg [8:0] \$signature__addr$332 ;
-  reg [8:0] \$signature__addr$335 ;
-  reg [8:0] \$signature__addr$338 ;
-  reg [8:0] \$signature__addr$341 ;
-  reg [8:0] \$signature__addr$344 ;
-  reg [8:0] \$signature__addr$347 ;
-  reg [8:0] \$signature__addr$349 ;
-  reg [8:0] \$signature__addr$351 ;
-  reg [8:0] \$signature__addr$353 ;
-  reg [8:0] \$signature__addr$355 ;
-  reg [8:0] \$signature__addr$357 ;
-  reg [8:0] \$signature__addr$359 ;
+  reg [8:0] \$signature__addr$267 ;
+  reg [8:0] \$signature__addr$272 ;
+  reg [8:0] \$signature__addr$275 ;
+  reg [8:0] \$signature__addr$278 ;
+  reg [8:0] \$signature__addr$281 ;
+  reg [8:0] \$signature__addr$284 ;
+  reg [8:0] \$signature__addr$287 ;
+  reg [8:0] \$signature__addr$290 ;
+  reg [8:0] \$signature__addr$293 ;
+  reg [8:0] \$signature__addr$302 ;
+  reg [8:0] \$signature__addr$304 ;
+  reg [8:0] \$signature__addr$306 ;
+  reg [8:0] \$signature__addr$308 ;
+  reg [8:0] \$signature__addr$310 ;
+  reg [8:0] \$signature__addr$312 ;
+  reg [8:0] \$signature__addr$314 ;
+  reg [8:0] \$signature__addr$319 ;
+  reg [8:0] \$signature__addr$324 ;
+  reg [8:0] \$signature__addr$327 ;
+  reg [8:0] \$signature__addr$330 ;
+  reg [8:0] \$signature__addr$333 ;
+  reg [8:0] \$signature__addr$336 ;
+  reg [8:0] \$signature__addr$339 ;
+  reg [8:0] \$signature__addr$342 ;
+  reg [8:0] \$signature__addr$345 ;
+  reg [8:0] \$signature__addr$348 ;
+  reg [8:0] \$signature__addr$350 ;
+  reg [8:0] \$signature__addr$352 ;
+  reg [8:0] \$signature__addr$354 ;
+  reg [8:0] \$signature__addr$356 ;
+  reg [8:0] \$signature__addr$358 ;
+  reg [8:0] \$signature__addr$360 ;
   wire [13:0] \$signature__addr$88 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$268 ;
-  reg [8:0] \$signature__data$272 ;
-  reg [8:0] \$signature__data$275 ;
-  reg [8:0] \$signature__data$278 ;
-  reg [8:0] \$signature__data$281 ;
-  reg [8:0] \$signature__data$284 ;
-  reg [8:0] \$signature__data$287 ;
-  reg [8:0] \$signature__data$290 ;
-  reg [7:0] \$signature__data$320 ;
-  reg [7:0] \$signature__data$324 ;
-  reg [7:0] \$signature__data$327 ;
-  reg [7:0] \$signature__data$330 ;
-  reg [7:0] \$signature__data$333 ;
-  reg [7:0] \$signature__data$336 ;
-  reg [7:0] \$signature__data$339 ;
-  reg [7:0] \$signature__data$342 ;
-  wire [8:0] \$signature__data$364 ;
+  reg [8:0] \$signature__data$269 ;
+  reg [8:0] \$signature__data$273 ;
+  reg [8:0] \$signature__data$276 ;
+  reg [8:0] \$signature__data$279 ;
+  reg [8:0] \$signature__data$282 ;
+  reg [8:0] \$signature__data$285 ;
+  reg [8:0] \$signature__data$288 ;
+  reg [8:0] \$signature__data$291 ;
+  reg [7:0] \$signature__data$321 ;
+  reg [7:0] \$signature__data$325 ;
+  reg [7:0] \$signature__data$328 ;
+  reg [7:0] \$signature__data$331 ;
+  reg [7:0] \$signature__data$334 ;
+  reg [7:0] \$signature__data$337 ;
+  reg [7:0] \$signature__data$340 ;
+  reg [7:0] \$signature__data$343 ;
   wire [8:0] \$signature__data$365 ;
   wire [8:0] \$signature__data$366 ;
   wire [8:0] \$signature__data$367 ;
@@ -2481,76 +2478,77 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [8:0] \$signature__data$369 ;
   wire [8:0] \$signature__data$370 ;
   wire [8:0] \$signature__data$371 ;
-  wire [7:0] \$signature__data$373 ;
-  wire [7:0] \$signature__data$375 ;
-  wire [7:0] \$signature__data$377 ;
-  wire [7:0] \$signature__data$379 ;
-  wire [7:0] \$signature__data$381 ;
-  wire [7:0] \$signature__data$383 ;
-  wire [7:0] \$signature__data$385 ;
-  wire [7:0] \$signature__data$387 ;
+  wire [8:0] \$signature__data$372 ;
+  wire [7:0] \$signature__data$374 ;
+  wire [7:0] \$signature__data$376 ;
+  wire [7:0] \$signature__data$378 ;
+  wire [7:0] \$signature__data$380 ;
+  wire [7:0] \$signature__data$382 ;
+  wire [7:0] \$signature__data$384 ;
+  wire [7:0] \$signature__data$386 ;
+  wire [7:0] \$signature__data$388 ;
   wire [15:0] \$signature__data$94 ;
   wire \$signature__en ;
-  reg \$signature__en$269 ;
-  reg \$signature__en$273 ;
-  reg \$signature__en$276 ;
-  reg \$signature__en$279 ;
-  reg \$signature__en$282 ;
-  reg \$signature__en$285 ;
-  reg \$signature__en$288 ;
-  reg \$signature__en$291 ;
-  reg \$signature__en$295 ;
-  reg \$signature__en$302 ;
-  reg \$signature__en$304 ;
-  reg \$signature__en$306 ;
-  reg \$signature__en$308 ;
-  reg \$signature__en$310 ;
-  reg \$signature__en$312 ;
-  reg \$signature__en$314 ;
-  reg \$signature__en$321 ;
-  reg \$signature__en$325 ;
-  reg \$signature__en$328 ;
-  reg \$signature__en$331 ;
-  reg \$signature__en$334 ;
-  reg \$signature__en$337 ;
-  reg \$signature__en$340 ;
-  reg \$signature__en$343 ;
-  reg \$signature__en$346 ;
-  reg \$signature__en$348 ;
-  reg \$signature__en$350 ;
-  reg \$signature__en$352 ;
-  reg \$signature__en$354 ;
-  reg \$signature__en$356 ;
-  reg \$signature__en$358 ;
-  reg \$signature__en$360 ;
+  reg \$signature__en$270 ;
+  reg \$signature__en$274 ;
+  reg \$signature__en$277 ;
+  reg \$signature__en$280 ;
+  reg \$signature__en$283 ;
+  reg \$signature__en$286 ;
+  reg \$signature__en$289 ;
+  reg \$signature__en$292 ;
+  reg \$signature__en$296 ;
+  reg \$signature__en$303 ;
+  reg \$signature__en$305 ;
+  reg \$signature__en$307 ;
+  reg \$signature__en$309 ;
+  reg \$signature__en$311 ;
+  reg \$signature__en$313 ;
+  reg \$signature__en$315 ;
+  reg \$signature__en$322 ;
+  reg \$signature__en$326 ;
+  reg \$signature__en$329 ;
+  reg \$signature__en$332 ;
+  reg \$signature__en$335 ;
+  reg \$signature__en$338 ;
+  reg \$signature__en$341 ;
+  reg \$signature__en$344 ;
+  reg \$signature__en$347 ;
+  reg \$signature__en$349 ;
+  reg \$signature__en$351 ;
+  reg \$signature__en$353 ;
+  reg \$signature__en$355 ;
+  reg \$signature__en$357 ;
+  reg \$signature__en$359 ;
+  reg \$signature__en$361 ;
   wire \$signature__en$90 ;
   reg [63:0] a__payload;
-  reg [72:0] \a__payload$361 ;
-  wire [71:0] \a__payload$361.data ;
-  wire [8:0] \a__payload$361.data[0] ;
-  wire [8:0] \a__payload$361.data[1] ;
-  wire [8:0] \a__payload$361.data[2] ;
-  wire [8:0] \a__payload$361.data[3] ;
-  wire [8:0] \a__payload$361.data[4] ;
-  wire [8:0] \a__payload$361.data[5] ;
-  wire [8:0] \a__payload$361.data[6] ;
-  wire [8:0] \a__payload$361.data[7] ;
-  wire \a__payload$361.last ;
+  reg [72:0] \a__payload$362 ;
+  wire [71:0] \a__payload$362.data ;
+  wire [8:0] \a__payload$362.data[0] ;
+  wire [8:0] \a__payload$362.data[1] ;
+  wire [8:0] \a__payload$362.data[2] ;
+  wire [8:0] \a__payload$362.data[3] ;
+  wire [8:0] \a__payload$362.data[4] ;
+  wire [8:0] \a__payload$362.data[5] ;
+  wire [8:0] \a__payload$362.data[6] ;
+  wire [8:0] \a__payload$362.data[7] ;
+  wire \a__payload$362.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$258 ;
+  wire \a__ready$259 ;
   reg a__valid;
-  reg \a__valid$257 ;
+  reg \a__valid$258 ;
   reg a_filled0 = 1'h0;
   reg a_filled1 = 1'h0;
   reg [15:0] a_in;
   reg a_in_take;
   reg a_in_valid;
   reg a_last = 1'h0;
-  wire add_sel;
+  reg add_sel = 1'h0;
   wire [21:0] addr;
   wire [21:0] \addr$89 ;
   wire [21:0] \addr$97 ;
@@ -2587,18 +2585,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  reg [63:0] \b__payload$232 ;
-  wire [15:0] \b__payload$232[0] ;
-  wire [15:0] \b__payload$232[1] ;
-  wire [15:0] \b__payload$232[2] ;
-  wire [15:0] \b__payload$232[3] ;
+  reg [63:0] \b__payload$233 ;
+  wire [15:0] \b__payload$233[0] ;
+  wire [15:0] \b__payload$233[1] ;
+  wire [15:0] \b__payload$233[2] ;
+  wire [15:0] \b__payload$233[3] ;
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$226 ;
+  wire \b__ready$227 ;
   input b__valid;
   wire b__valid;
-  reg \b__valid$224 ;
+  reg \b__valid$225 ;
   wire \b__valid$23 ;
   wire [19:0] base;
   wire [19:0] \base$41 ;
@@ -2611,33 +2609,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output busy;
   reg busy = 1'h0;
   (* init = 1'h0 *)
-  wire \busy$117 ;
+  wire \busy$115 ;
   reg [4:0] c__payload;
-  reg [65:0] \c__payload$171 ;
-  wire [42:0] \c__payload$171.b ;
-  wire [5:0] \c__payload$171.e ;
-  wire \c__payload$171.last ;
-  wire [15:0] \c__payload$171.m ;
-  reg [43:0] \c__payload$174 ;
-  wire [5:0] \c__payload$174.e_a ;
-  wire [5:0] \c__payload$174.e_b ;
-  wire [15:0] \c__payload$174.m_a ;
-  wire [15:0] \c__payload$174.m_b ;
-  reg [52:0] \c__payload$177 ;
-  wire [5:0] \c__payload$177.e ;
-  wire [15:0] \c__payload$177.m ;
-  wire [9:0] \c__payload$177.qb ;
-  wire [14:0] \c__payload$177.qc ;
-  wire [5:0] \c__payload$177.sh ;
+  reg [65:0] \c__payload$169 ;
+  wire [42:0] \c__payload$169.b ;
+  wire [5:0] \c__payload$169.e ;
+  wire \c__payload$169.last ;
+  wire [15:0] \c__payload$169.m ;
+  reg [43:0] \c__payload$172 ;
+  wire [5:0] \c__payload$172.e_a ;
+  wire [5:0] \c__payload$172.e_b ;
+  wire [15:0] \c__payload$172.m_a ;
+  wire [15:0] \c__payload$172.m_b ;
+  reg [52:0] \c__payload$175 ;
+  wire [5:0] \c__payload$175.e ;
+  wire [15:0] \c__payload$175.m ;
+  wire [9:0] \c__payload$175.qb ;
+  wire [14:0] \c__payload$175.qc ;
+  wire [5:0] \c__payload$175.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$173 ;
-  wire \c__ready$176 ;
-  wire \c__ready$179 ;
+  wire \c__ready$171 ;
+  wire \c__ready$174 ;
+  wire \c__ready$177 ;
   reg c__valid;
-  reg \c__valid$172 ;
-  reg \c__valid$175 ;
-  reg \c__valid$178 ;
+  reg \c__valid$170 ;
+  reg \c__valid$173 ;
+  reg \c__valid$176 ;
   reg [31:0] c_addr = 32'd0;
   reg [15:0] c_ask = 16'h0000;
   reg [15:0] c_due = 16'h0000;
@@ -2649,7 +2647,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$119 ;
+  wire [47:0] \cycles$117 ;
+  reg d_const = 1'h0;
+  reg d_count_zero = 1'h0;
+  reg d_end = 1'h0;
+  reg d_end_more = 1'h0;
+  reg d_stream = 1'h0;
   reg [31:0] dec_blocks = 32'd0;
   reg [31:0] dec_c_base = 32'd0;
   reg [2:0] dec_c_lb = 3'h0;
@@ -2664,7 +2667,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
-  wire \done$115 ;
+  wire \done$113 ;
   reg [8:0] elem;
   reg [15:0] elem_data;
   reg elem_final;
@@ -2674,7 +2677,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [3:0] error;
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
-  wire [3:0] \error$113 ;
+  wire [3:0] \error$111 ;
   reg [31:0] ext_req_addr = 32'd0;
   reg [15:0] ext_req_data = 16'h0000;
   reg ext_req_valid = 1'h0;
@@ -2684,27 +2687,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] feed_ntk = 32'd0;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$412 ;
-  wire \final$415 ;
+  wire \final$422 ;
+  wire \final$425 ;
   reg [15:0] fnt = 16'h0000;
+  reg gelu_sel0 = 1'h0;
   reg gemm_active = 1'h0;
   reg [16:0] i__payload;
   reg [15:0] \i__payload$200 ;
-  reg [31:0] \i__payload$242 ;
-  wire [7:0] \i__payload$242[0] ;
-  wire [7:0] \i__payload$242[1] ;
-  wire [7:0] \i__payload$242[2] ;
-  wire [7:0] \i__payload$242[3] ;
+  reg [31:0] \i__payload$243 ;
+  wire [7:0] \i__payload$243[0] ;
+  wire [7:0] \i__payload$243[1] ;
+  wire [7:0] \i__payload$243[2] ;
+  wire [7:0] \i__payload$243[3] ;
   wire [15:0] \i__payload.data ;
   wire \i__payload.last ;
   wire i__ready;
-  wire \i__ready$201 ;
-  wire \i__ready$241 ;
+  wire \i__ready$202 ;
+  wire \i__ready$242 ;
   reg i__valid;
-  reg \i__valid$199 ;
-  reg \i__valid$240 ;
+  reg \i__valid$201 ;
+  reg \i__valid$241 ;
   wire idle;
-  wire \idle$438 ;
+  wire \idle$449 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2771,10 +2775,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$416 ;
+  wire \last__3$426 ;
   wire last__4;
-  wire \last__4$411 ;
-  wire \last__4$414 ;
+  wire \last__4$421 ;
+  wire \last__4$424 ;
   wire [2:0] level;
   wire [2:0] \level$86 ;
   reg [15:0] lk = 16'h0000;
@@ -2803,37 +2807,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [8:0] o__payload;
-  wire [7:0] \o__payload$203 ;
-  wire [63:0] \o__payload$219 ;
-  wire [15:0] \o__payload$219[0] ;
-  wire [15:0] \o__payload$219[1] ;
-  wire [15:0] \o__payload$219[2] ;
-  wire [15:0] \o__payload$219[3] ;
-  wire [31:0] \o__payload$239 ;
-  wire [7:0] \o__payload$239[0] ;
-  wire [7:0] \o__payload$239[1] ;
-  wire [7:0] \o__payload$239[2] ;
-  wire [7:0] \o__payload$239[3] ;
-  wire [255:0] \o__payload$390 ;
-  wire [31:0] \o__payload$390[0] ;
-  wire [31:0] \o__payload$390[1] ;
-  wire [31:0] \o__payload$390[2] ;
-  wire [31:0] \o__payload$390[3] ;
-  wire [31:0] \o__payload$390[4] ;
-  wire [31:0] \o__payload$390[5] ;
-  wire [31:0] \o__payload$390[6] ;
-  wire [31:0] \o__payload$390[7] ;
+  wire [7:0] \o__payload$204 ;
+  wire [63:0] \o__payload$220 ;
+  wire [15:0] \o__payload$220[0] ;
+  wire [15:0] \o__payload$220[1] ;
+  wire [15:0] \o__payload$220[2] ;
+  wire [15:0] \o__payload$220[3] ;
+  wire [31:0] \o__payload$240 ;
+  wire [7:0] \o__payload$240[0] ;
+  wire [7:0] \o__payload$240[1] ;
+  wire [7:0] \o__payload$240[2] ;
+  wire [7:0] \o__payload$240[3] ;
+  wire [255:0] \o__payload$393 ;
+  wire [31:0] \o__payload$393[0] ;
+  wire [31:0] \o__payload$393[1] ;
+  wire [31:0] \o__payload$393[2] ;
+  wire [31:0] \o__payload$393[3] ;
+  wire [31:0] \o__payload$393[4] ;
+  wire [31:0] \o__payload$393[5] ;
+  wire [31:0] \o__payload$393[6] ;
+  wire [31:0] \o__payload$393[7] ;
   wire [7:0] \o__payload.data ;
   wire \o__payload.last ;
   reg o__ready;
-  reg \o__ready$204 ;
-  reg \o__ready$216 ;
-  reg \o__ready$238 ;
-  reg \o__ready$395 ;
+  reg \o__ready$205 ;
+  reg \o__ready$217 ;
+  reg \o__ready$239 ;
+  wire \o__ready$394 ;
   wire o__valid;
-  wire \o__valid$202 ;
-  wire \o__valid$215 ;
-  wire \o__valid$237 ;
+  wire \o__valid$203 ;
+  wire \o__valid$216 ;
+  wire \o__valid$238 ;
   wire \o__valid$391 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
@@ -2972,22 +2976,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [18:0] r_data;
-  wire [18:0] \r_data$316 ;
+  wire [18:0] \r_data$317 ;
+  wire [255:0] \r_data$397 ;
   reg r_en;
-  reg \r_en$213 ;
+  reg \r_en$214 ;
+  reg \r_en$402 ;
   wire r_rdy;
-  wire \r_rdy$212 ;
+  wire \r_rdy$213 ;
+  wire \r_rdy$398 ;
   reg [34:0] req__payload;
-  reg [98:0] \req__payload$190 ;
-  wire [31:0] \req__payload$190.addr ;
-  wire [63:0] \req__payload$190.data ;
-  wire [2:0] \req__payload$190.lb ;
+  reg [98:0] \req__payload$191 ;
+  wire [31:0] \req__payload$191.addr ;
+  wire [63:0] \req__payload$191.data ;
+  wire [2:0] \req__payload$191.lb ;
   wire [31:0] \req__payload.addr ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$192 ;
+  wire \req__ready$193 ;
   reg req__valid;
-  reg \req__valid$189 ;
+  reg \req__valid$190 ;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
   input rst;
@@ -3026,7 +3033,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [17:0] \strides__4$51 ;
   reg [17:0] \strides__4$63 ;
   reg [31:0] tiles = 32'd0;
-  reg unit_is0 = 1'h0;
   wire unit_known;
   reg unit_rst;
   reg [15:0] unpack0;
@@ -3048,9 +3054,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg w__valid;
   reg [31:0] w_addr = 32'd0;
   wire [18:0] w_data;
+  wire [255:0] \w_data$392 ;
   wire [18:0] \w_data$93 ;
   (* init = 1'h0 *)
   wire w_en;
+  wire \w_en$390 ;
   (* init = 1'h0 *)
   wire \w_en$92 ;
   reg w_feed_half = 1'h0;
@@ -3071,6 +3079,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] w_load_k = 16'h0000;
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
+  wire w_rdy;
   reg [7:0] w_step = 8'h00;
   reg want_w = 1'h0;
   reg [7:0] welem;
@@ -3593,16 +3602,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$269 )
-      a_cache0[\$signature__addr$266 ] <= \$signature__data$268 ;
+    if (\$signature__en$270 )
+      a_cache0[\$signature__addr$267 ] <= \$signature__data$269 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$295 ) begin
-      _0_ <= a_cache0[\$signature__addr$292 ];
+    if (\$signature__en$296 ) begin
+      _0_ <= a_cache0[\$signature__addr$293 ];
     end
   end
-  assign \$signature__data$364  = _0_;
+  assign \$signature__data$365  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4119,16 +4128,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$273 )
-      a_cache1[\$signature__addr$271 ] <= \$signature__data$272 ;
+    if (\$signature__en$274 )
+      a_cache1[\$signature__addr$272 ] <= \$signature__data$273 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$302 ) begin
-      _1_ <= a_cache1[\$signature__addr$301 ];
+    if (\$signature__en$303 ) begin
+      _1_ <= a_cache1[\$signature__addr$302 ];
     end
   end
-  assign \$signature__data$365  = _1_;
+  assign \$signature__data$366  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4645,16 +4654,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$276 )
-      a_cache2[\$signature__addr$274 ] <= \$signature__data$275 ;
+    if (\$signature__en$277 )
+      a_cache2[\$signature__addr$275 ] <= \$signature__data$276 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$304 ) begin
-      _2_ <= a_cache2[\$signature__addr$303 ];
+    if (\$signature__en$305 ) begin
+      _2_ <= a_cache2[\$signature__addr$304 ];
     end
   end
-  assign \$signature__data$366  = _2_;
+  assign \$signature__data$367  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5171,16 +5180,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$279 )
-      a_cache3[\$signature__addr$277 ] <= \$signature__data$278 ;
+    if (\$signature__en$280 )
+      a_cache3[\$signature__addr$278 ] <= \$signature__data$279 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$306 ) begin
-      _3_ <= a_cache3[\$signature__addr$305 ];
+    if (\$signature__en$307 ) begin
+      _3_ <= a_cache3[\$signature__addr$306 ];
     end
   end
-  assign \$signature__data$367  = _3_;
+  assign \$signature__data$368  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5697,16 +5706,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$282 )
-      a_cache4[\$signature__addr$280 ] <= \$signature__data$281 ;
+    if (\$signature__en$283 )
+      a_cache4[\$signature__addr$281 ] <= \$signature__data$282 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$308 ) begin
-      _4_ <= a_cache4[\$signature__addr$307 ];
+    if (\$signature__en$309 ) begin
+      _4_ <= a_cache4[\$signature__addr$308 ];
     end
   end
-  assign \$signature__data$368  = _4_;
+  assign \$signature__data$369  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6223,16 +6232,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$285 )
-      a_cache5[\$signature__addr$283 ] <= \$signature__data$284 ;
+    if (\$signature__en$286 )
+      a_cache5[\$signature__addr$284 ] <= \$signature__data$285 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$310 ) begin
-      _5_ <= a_cache5[\$signature__addr$309 ];
+    if (\$signature__en$311 ) begin
+      _5_ <= a_cache5[\$signature__addr$310 ];
     end
   end
-  assign \$signature__data$369  = _5_;
+  assign \$signature__data$370  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6749,16 +6758,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$288 )
-      a_cache6[\$signature__addr$286 ] <= \$signature__data$287 ;
+    if (\$signature__en$289 )
+      a_cache6[\$signature__addr$287 ] <= \$signature__data$288 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$312 ) begin
-      _6_ <= a_cache6[\$signature__addr$311 ];
+    if (\$signature__en$313 ) begin
+      _6_ <= a_cache6[\$signature__addr$312 ];
     end
   end
-  assign \$signature__data$370  = _6_;
+  assign \$signature__data$371  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7275,16 +7284,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$291 )
-      a_cache7[\$signature__addr$289 ] <= \$signature__data$290 ;
+    if (\$signature__en$292 )
+      a_cache7[\$signature__addr$290 ] <= \$signature__data$291 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$314 ) begin
-      _7_ <= a_cache7[\$signature__addr$313 ];
+    if (\$signature__en$315 ) begin
+      _7_ <= a_cache7[\$signature__addr$314 ];
     end
   end
-  assign \$signature__data$371  = _7_;
+  assign \$signature__data$372  = _7_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24204,16 +24213,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$321 )
-      w_cache0[\$signature__addr$318 ] <= \$signature__data$320 ;
+    if (\$signature__en$322 )
+      w_cache0[\$signature__addr$319 ] <= \$signature__data$321 ;
   end
   reg [7:0] _10_;
   always @(posedge clk) begin
-    if (\$signature__en$346 ) begin
-      _10_ <= w_cache0[\$signature__addr$344 ];
+    if (\$signature__en$347 ) begin
+      _10_ <= w_cache0[\$signature__addr$345 ];
     end
   end
-  assign \$signature__data$373  = _10_;
+  assign \$signature__data$374  = _10_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -24730,16 +24739,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$325 )
-      w_cache1[\$signature__addr$323 ] <= \$signature__data$324 ;
+    if (\$signature__en$326 )
+      w_cache1[\$signature__addr$324 ] <= \$signature__data$325 ;
   end
   reg [7:0] _11_;
   always @(posedge clk) begin
-    if (\$signature__en$348 ) begin
-      _11_ <= w_cache1[\$signature__addr$347 ];
+    if (\$signature__en$349 ) begin
+      _11_ <= w_cache1[\$signature__addr$348 ];
     end
   end
-  assign \$signature__data$375  = _11_;
+  assign \$signature__data$376  = _11_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25256,16 +25265,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$328 )
-      w_cache2[\$signature__addr$326 ] <= \$signature__data$327 ;
+    if (\$signature__en$329 )
+      w_cache2[\$signature__addr$327 ] <= \$signature__data$328 ;
   end
   reg [7:0] _12_;
   always @(posedge clk) begin
-    if (\$signature__en$350 ) begin
-      _12_ <= w_cache2[\$signature__addr$349 ];
+    if (\$signature__en$351 ) begin
+      _12_ <= w_cache2[\$signature__addr$350 ];
     end
   end
-  assign \$signature__data$377  = _12_;
+  assign \$signature__data$378  = _12_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -25782,16 +25791,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$331 )
-      w_cache3[\$signature__addr$329 ] <= \$signature__data$330 ;
+    if (\$signature__en$332 )
+      w_cache3[\$signature__addr$330 ] <= \$signature__data$331 ;
   end
   reg [7:0] _13_;
   always @(posedge clk) begin
-    if (\$signature__en$352 ) begin
-      _13_ <= w_cache3[\$signature__addr$351 ];
+    if (\$signature__en$353 ) begin
+      _13_ <= w_cache3[\$signature__addr$352 ];
     end
   end
-  assign \$signature__data$379  = _13_;
+  assign \$signature__data$380  = _13_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26308,16 +26317,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$334 )
-      w_cache4[\$signature__addr$332 ] <= \$signature__data$333 ;
+    if (\$signature__en$335 )
+      w_cache4[\$signature__addr$333 ] <= \$signature__data$334 ;
   end
   reg [7:0] _14_;
   always @(posedge clk) begin
-    if (\$signature__en$354 ) begin
-      _14_ <= w_cache4[\$signature__addr$353 ];
+    if (\$signature__en$355 ) begin
+      _14_ <= w_cache4[\$signature__addr$354 ];
     end
   end
-  assign \$signature__data$381  = _14_;
+  assign \$signature__data$382  = _14_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -26834,16 +26843,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$337 )
-      w_cache5[\$signature__addr$335 ] <= \$signature__data$336 ;
+    if (\$signature__en$338 )
+      w_cache5[\$signature__addr$336 ] <= \$signature__data$337 ;
   end
   reg [7:0] _15_;
   always @(posedge clk) begin
-    if (\$signature__en$356 ) begin
-      _15_ <= w_cache5[\$signature__addr$355 ];
+    if (\$signature__en$357 ) begin
+      _15_ <= w_cache5[\$signature__addr$356 ];
     end
   end
-  assign \$signature__data$383  = _15_;
+  assign \$signature__data$384  = _15_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27360,16 +27369,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$340 )
-      w_cache6[\$signature__addr$338 ] <= \$signature__data$339 ;
+    if (\$signature__en$341 )
+      w_cache6[\$signature__addr$339 ] <= \$signature__data$340 ;
   end
   reg [7:0] _16_;
   always @(posedge clk) begin
-    if (\$signature__en$358 ) begin
-      _16_ <= w_cache6[\$signature__addr$357 ];
+    if (\$signature__en$359 ) begin
+      _16_ <= w_cache6[\$signature__addr$358 ];
     end
   end
-  assign \$signature__data$385  = _16_;
+  assign \$signature__data$386  = _16_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -27886,16 +27895,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$343 )
-      w_cache7[\$signature__addr$341 ] <= \$signature__data$342 ;
+    if (\$signature__en$344 )
+      w_cache7[\$signature__addr$342 ] <= \$signature__data$343 ;
   end
   reg [7:0] _17_;
   always @(posedge clk) begin
-    if (\$signature__en$360 ) begin
-      _17_ <= w_cache7[\$signature__addr$359 ];
+    if (\$signature__en$361 ) begin
+      _17_ <= w_cache7[\$signature__addr$360 ];
     end
   end
-  assign \$signature__data$387  = _17_;
+  assign \$signature__data$388  = _17_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -27961,1174 +27970,1177 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign src1_issue = \$71  & \$73 ;
   assign \$74  = \$signal$101  & \valid$102 ;
   assign \$75  = \$signal$101  & \valid$102 ;
-  assign add_sel = is_add | post_add;
   assign \$76  = is_softmax | pre_sm;
   assign \$77  = is_layernorm | pre_ln;
-  assign \$78  = is_gelu | post_gelu;
-  assign \$79  = unit_is0 & \$78 ;
-  assign \$80  = is_softmax | pre_sm;
-  assign \$81  = is_layernorm | pre_ln;
-  assign \$82  = is_gelu | post_gelu;
-  assign \$83  = unit_is0 & \$82 ;
-  assign unit_known = | { \$83 , add_sel, \$81 , \$80  };
-  assign \$84  = ~ fetch_sent;
-  assign \$85  = | decode_wait;
-  assign \$86  = images_left > 1'h1;
-  assign \$87  = is_end & \$86 ;
-  assign \$88  = | ins[39:24];
-  assign \$89  = ~ \$88 ;
-  assign \$90  = | ins[55:40];
-  assign \$91  = ~ \$90 ;
-  assign \$92  = | ins[71:56];
-  assign \$93  = ~ \$92 ;
-  assign \$94  = | ins[87:72];
-  assign \$95  = ~ \$94 ;
-  assign \$96  = | ins[103:88];
-  assign \$97  = ~ \$96 ;
-  assign \$98  = | { \$97 , \$95 , \$93 , \$91 , \$89  };
-  assign \$99  = post_gelu | post_add;
-  assign \$100  = \$99  | pre_ln;
-  assign \$101  = \$100  | pre_sm;
-  assign \$102  = ~ unit_known;
-  assign \$103  = \$101  & \$102 ;
-  assign \$104  = post_bad | \$103 ;
-  assign \$105  = post_gelu | post_add;
-  assign \$106  = \$105  | pre_ln;
-  assign \$107  = \$106  | pre_sm;
-  assign \$108  = is_move | is_load;
-  assign \$109  = \$108  | is_store;
-  assign \$110  = \$109  | is_gemm;
-  assign \$111  = | c_ask;
-  assign \$112  = is_softmax | pre_sm;
-  assign \$113  = is_layernorm | pre_ln;
-  assign \$114  = is_gelu | post_gelu;
-  assign \$115  = unit_is0 & \$114 ;
-  assign \$116  = r_rdy & \valid$102 ;
-  assign \$117  = ~ ext_req_valid;
-  assign \$118  = \$117  | req__ready;
-  assign \$119  = valid & \$118 ;
-  assign \$122  = \$121  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$125  = \$124  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$128  = \$127  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$131  = \$130  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$132  = beat__valid & beat__payload[512];
-  assign \$133  = r_rdy & \valid$102 ;
-  assign \$134  = ~ ext_req_valid;
-  assign \$135  = \$134  | \req__ready$192 ;
-  assign \$136  = \$133  & \$135 ;
-  assign \$137  = r_rdy & \valid$102 ;
-  assign \$138  = ~ ext_req_valid;
-  assign \$139  = \$138  | \req__ready$192 ;
-  assign \$140  = \$137  & \$139 ;
-  assign \$141  = r_rdy & i__ready;
-  assign \$142  = r_rdy & \i__ready$201 ;
-  assign \$143  = ~ pack_full;
-  assign \$144  = \$143  | in_ready;
-  assign \$145  = \$144  & elem_valid;
-  assign \$146  = ~ add_sel;
-  assign \$147  = \r_rdy$212  | \$146 ;
-  assign \$148  = \$145  & \$147 ;
-  assign \$149  = ~ pack_full;
-  assign \$150  = \$149  | in_ready;
-  assign \$151  = \$150  & elem_valid;
-  assign \$152  = ~ add_sel;
-  assign \$153  = \r_rdy$212  | \$152 ;
-  assign \$154  = \$151  & \$153 ;
-  assign \$155  = \$154  & add_sel;
-  assign \$156  = a__ready & \b__ready$226 ;
-  assign \$157  = is_gelu | post_gelu;
-  assign \$158  = unit_is0 & \$157 ;
-  assign \$160  = \$signal$214  & \valid$102 ;
-  assign \$161  = pack_jo == 2'h3;
-  assign \$162  = \$161  | \final ;
-  assign \$163  = want_w ? w_addr : p_addr;
-  assign \$164  = want_w ? w_lb : 3'h6;
-  assign \$165  = ~ is_linear;
-  assign \$166  = \$165  | rk_zero;
-  assign \$167  = ~ w_full;
-  assign \$168  = \a__valid$257  & \a__ready$258 ;
-  assign \$169  = \$167  | \$168 ;
-  assign \$172  = \$171  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$175  = \$174  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$178  = \$177  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$181  = \$180  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$184  = \$183  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$187  = \$186  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$190  = \$189  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$78  = is_softmax | pre_sm;
+  assign \$79  = is_layernorm | pre_ln;
+  assign unit_known = | { gelu_sel0, add_sel, \$79 , \$78  };
+  assign \$80  = ~ fetch_sent;
+  assign \$81  = | decode_wait;
+  assign \$82  = | c_ask;
+  assign \$83  = is_softmax | pre_sm;
+  assign \$84  = is_layernorm | pre_ln;
+  assign \$85  = is_softmax | is_layernorm;
+  assign \$86  = r_rdy & \valid$102 ;
+  assign \$87  = ~ ext_req_valid;
+  assign \$88  = \$87  | req__ready;
+  assign \$89  = valid & \$88 ;
+  assign \$92  = \$91  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$95  = \$94  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$98  = \$97  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$101  = \$100  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$102  = beat__valid & beat__payload[512];
+  assign \$103  = r_rdy & \valid$102 ;
+  assign \$104  = ~ ext_req_valid;
+  assign \$105  = \$104  | \req__ready$193 ;
+  assign \$106  = \$103  & \$105 ;
+  assign \$107  = r_rdy & \valid$102 ;
+  assign \$108  = ~ ext_req_valid;
+  assign \$109  = \$108  | \req__ready$193 ;
+  assign \$110  = \$107  & \$109 ;
+  assign \$111  = r_rdy & i__ready;
+  assign \$112  = r_rdy & \i__ready$202 ;
+  assign \$113  = ~ pack_full;
+  assign \$114  = \$113  | in_ready;
+  assign \$115  = \$114  & elem_valid;
+  assign \$116  = ~ add_sel;
+  assign \$117  = \r_rdy$213  | \$116 ;
+  assign \$118  = \$115  & \$117 ;
+  assign \$119  = ~ pack_full;
+  assign \$120  = \$119  | in_ready;
+  assign \$121  = \$120  & elem_valid;
+  assign \$122  = ~ add_sel;
+  assign \$123  = \r_rdy$213  | \$122 ;
+  assign \$124  = \$121  & \$123 ;
+  assign \$125  = \$124  & add_sel;
+  assign \$126  = a__ready & \b__ready$227 ;
+  assign \$128  = \$signal$215  & \valid$102 ;
+  assign \$129  = pack_jo == 2'h3;
+  assign \$130  = \$129  | \final ;
+  assign \$131  = want_w ? w_addr : p_addr;
+  assign \$132  = want_w ? w_lb : 3'h6;
+  assign \$133  = ~ is_linear;
+  assign \$134  = \$133  | rk_zero;
+  assign \$135  = ~ w_full;
+  assign \$136  = \a__valid$258  & \a__ready$259 ;
+  assign \$137  = \$135  | \$136 ;
+  assign \$138  = pre_ln | pre_sm;
+  assign \$139  = ~ \$138 ;
+  assign \$142  = \$141  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$145  = \$144  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$148  = \$147  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$151  = \$150  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$154  = \$153  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$157  = \$156  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$160  = \$159  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$162  = ~ \$161 ;
+  assign \$163  = a_in_valid & \$162 ;
+  assign \$164  = pre_ln | pre_sm;
+  assign \$165  = r_rdy & i__ready;
+  assign \$166  = r_rdy & \i__ready$202 ;
+  assign \$167  = \$signal$264  * 9'h100;
+  assign \$168  = \$167  + lk;
+  assign \$170  = ~ \$169 ;
+  assign \$171  = a_in_valid & \$170 ;
+  assign \$172  = | \$signal$271 ;
+  assign \$173  = ~ \$172 ;
+  assign \$174  = \$171  & \$173 ;
+  assign \$175  = \$signal$264  * 9'h100;
+  assign \$176  = \$175  + lk;
+  assign \$178  = ~ \$177 ;
+  assign \$179  = a_in_valid & \$178 ;
+  assign \$180  = \$signal$271  == 1'h1;
+  assign \$181  = \$179  & \$180 ;
+  assign \$182  = \$signal$264  * 9'h100;
+  assign \$183  = \$182  + lk;
+  assign \$185  = ~ \$184 ;
+  assign \$186  = a_in_valid & \$185 ;
+  assign \$187  = \$signal$271  == 2'h2;
+  assign \$188  = \$186  & \$187 ;
+  assign \$189  = \$signal$264  * 9'h100;
+  assign \$190  = \$189  + lk;
   assign \$192  = ~ \$191 ;
   assign \$193  = a_in_valid & \$192 ;
-  assign \$194  = r_rdy & i__ready;
-  assign \$195  = r_rdy & \i__ready$201 ;
-  assign \$196  = \$signal$263  * 9'h100;
+  assign \$194  = \$signal$271  == 2'h3;
+  assign \$195  = \$193  & \$194 ;
+  assign \$196  = \$signal$264  * 9'h100;
   assign \$197  = \$196  + lk;
   assign \$199  = ~ \$198 ;
   assign \$200  = a_in_valid & \$199 ;
-  assign \$201  = | \$signal$270 ;
-  assign \$202  = ~ \$201 ;
-  assign \$203  = \$200  & \$202 ;
-  assign \$204  = \$signal$263  * 9'h100;
-  assign \$205  = \$204  + lk;
-  assign \$207  = ~ \$206 ;
-  assign \$208  = a_in_valid & \$207 ;
-  assign \$209  = \$signal$270  == 1'h1;
-  assign \$210  = \$208  & \$209 ;
-  assign \$211  = \$signal$263  * 9'h100;
-  assign \$212  = \$211  + lk;
-  assign \$214  = ~ \$213 ;
-  assign \$215  = a_in_valid & \$214 ;
-  assign \$216  = \$signal$270  == 2'h2;
-  assign \$217  = \$215  & \$216 ;
-  assign \$218  = \$signal$263  * 9'h100;
-  assign \$219  = \$218  + lk;
-  assign \$221  = ~ \$220 ;
-  assign \$222  = a_in_valid & \$221 ;
-  assign \$223  = \$signal$270  == 2'h3;
-  assign \$224  = \$222  & \$223 ;
-  assign \$225  = \$signal$263  * 9'h100;
-  assign \$226  = \$225  + lk;
-  assign \$228  = ~ \$227 ;
-  assign \$229  = a_in_valid & \$228 ;
-  assign \$230  = \$signal$270  == 3'h4;
-  assign \$231  = \$229  & \$230 ;
-  assign \$232  = \$signal$263  * 9'h100;
-  assign \$233  = \$232  + lk;
-  assign \$235  = ~ \$234 ;
-  assign \$236  = a_in_valid & \$235 ;
-  assign \$237  = \$signal$270  == 3'h5;
-  assign \$238  = \$236  & \$237 ;
-  assign \$239  = \$signal$263  * 9'h100;
-  assign \$240  = \$239  + lk;
-  assign \$242  = ~ \$241 ;
-  assign \$243  = a_in_valid & \$242 ;
-  assign \$244  = \$signal$270  == 3'h6;
-  assign \$245  = \$243  & \$244 ;
-  assign \$246  = \$signal$263  * 9'h100;
-  assign \$247  = \$246  + lk;
-  assign \$249  = ~ \$248 ;
-  assign \$250  = a_in_valid & \$249 ;
-  assign \$251  = \$signal$270  == 3'h7;
-  assign \$252  = \$250  & \$251 ;
-  assign \$253  = \$signal$293  * 9'h100;
-  assign \$254  = \$253  + \$signal$294 ;
-  assign \$256  = \$signal$263  == \$signal$293 ;
-  assign \$257  = lk > \$signal$294 ;
-  assign \$258  = \$256  & \$257 ;
-  assign \$259  = pre_ln | pre_sm;
-  assign \$260  = ~ \$259 ;
-  assign \$261  = \$258  & \$260 ;
-  assign \$262  = \$255  | \$261 ;
-  assign \$264  = is_linear | \$263 ;
-  assign \$265  = \$262  & \$264 ;
-  assign \$266  = ~ \$signal$299 ;
-  assign \$267  = \a__valid$257  & \a__ready$258 ;
-  assign \$268  = \$266  | \$267 ;
-  assign \$269  = \$265  & \$268 ;
-  assign \$270  = | feed_blocks;
-  assign \$271  = \$269  & \$270 ;
-  assign \$272  = \$signal$293  * 9'h100;
-  assign \$273  = \$272  + \$signal$294 ;
-  assign \$275  = \$signal$263  == \$signal$293 ;
-  assign \$276  = lk > \$signal$294 ;
-  assign \$277  = \$275  & \$276 ;
-  assign \$278  = pre_ln | pre_sm;
-  assign \$279  = ~ \$278 ;
-  assign \$280  = \$277  & \$279 ;
-  assign \$281  = \$274  | \$280 ;
-  assign \$283  = is_linear | \$282 ;
-  assign \$284  = \$281  & \$283 ;
-  assign \$285  = ~ \$signal$299 ;
-  assign \$286  = \a__valid$257  & \a__ready$258 ;
-  assign \$287  = \$285  | \$286 ;
-  assign \$288  = \$284  & \$287 ;
-  assign \$289  = | feed_blocks;
-  assign \$290  = \$288  & \$289 ;
-  assign \$291  = \$signal$293  * 9'h100;
-  assign \$292  = \$291  + \$signal$294 ;
-  assign \$294  = \$signal$263  == \$signal$293 ;
-  assign \$295  = lk > \$signal$294 ;
-  assign \$296  = \$294  & \$295 ;
-  assign \$297  = pre_ln | pre_sm;
-  assign \$298  = ~ \$297 ;
-  assign \$299  = \$296  & \$298 ;
-  assign \$300  = \$293  | \$299 ;
-  assign \$302  = is_linear | \$301 ;
-  assign \$303  = \$300  & \$302 ;
-  assign \$304  = ~ \$signal$299 ;
-  assign \$305  = \a__valid$257  & \a__ready$258 ;
-  assign \$306  = \$304  | \$305 ;
-  assign \$307  = \$303  & \$306 ;
-  assign \$308  = | feed_blocks;
-  assign \$309  = \$307  & \$308 ;
-  assign \$310  = \$signal$293  * 9'h100;
-  assign \$311  = \$310  + \$signal$294 ;
-  assign \$313  = \$signal$263  == \$signal$293 ;
-  assign \$314  = lk > \$signal$294 ;
-  assign \$315  = \$313  & \$314 ;
-  assign \$316  = pre_ln | pre_sm;
-  assign \$317  = ~ \$316 ;
-  assign \$318  = \$315  & \$317 ;
-  assign \$319  = \$312  | \$318 ;
-  assign \$321  = is_linear | \$320 ;
-  assign \$322  = \$319  & \$321 ;
-  assign \$323  = ~ \$signal$299 ;
-  assign \$324  = \a__valid$257  & \a__ready$258 ;
-  assign \$325  = \$323  | \$324 ;
-  assign \$326  = \$322  & \$325 ;
-  assign \$327  = | feed_blocks;
-  assign \$328  = \$326  & \$327 ;
-  assign \$329  = \$signal$293  * 9'h100;
-  assign \$330  = \$329  + \$signal$294 ;
-  assign \$332  = \$signal$263  == \$signal$293 ;
-  assign \$333  = lk > \$signal$294 ;
-  assign \$334  = \$332  & \$333 ;
-  assign \$335  = pre_ln | pre_sm;
-  assign \$336  = ~ \$335 ;
-  assign \$337  = \$334  & \$336 ;
-  assign \$338  = \$331  | \$337 ;
-  assign \$340  = is_linear | \$339 ;
-  assign \$341  = \$338  & \$340 ;
-  assign \$342  = ~ \$signal$299 ;
-  assign \$343  = \a__valid$257  & \a__ready$258 ;
-  assign \$344  = \$342  | \$343 ;
-  assign \$345  = \$341  & \$344 ;
-  assign \$346  = | feed_blocks;
-  assign \$347  = \$345  & \$346 ;
-  assign \$348  = \$signal$293  * 9'h100;
-  assign \$349  = \$348  + \$signal$294 ;
-  assign \$351  = \$signal$263  == \$signal$293 ;
-  assign \$352  = lk > \$signal$294 ;
-  assign \$353  = \$351  & \$352 ;
-  assign \$354  = pre_ln | pre_sm;
-  assign \$355  = ~ \$354 ;
-  assign \$356  = \$353  & \$355 ;
-  assign \$357  = \$350  | \$356 ;
-  assign \$359  = is_linear | \$358 ;
-  assign \$360  = \$357  & \$359 ;
-  assign \$361  = ~ \$signal$299 ;
-  assign \$362  = \a__valid$257  & \a__ready$258 ;
-  assign \$363  = \$361  | \$362 ;
-  assign \$364  = \$360  & \$363 ;
-  assign \$365  = | feed_blocks;
-  assign \$366  = \$364  & \$365 ;
-  assign \$367  = \$signal$293  * 9'h100;
-  assign \$368  = \$367  + \$signal$294 ;
-  assign \$370  = \$signal$263  == \$signal$293 ;
-  assign \$371  = lk > \$signal$294 ;
-  assign \$372  = \$370  & \$371 ;
-  assign \$373  = pre_ln | pre_sm;
-  assign \$374  = ~ \$373 ;
-  assign \$375  = \$372  & \$374 ;
-  assign \$376  = \$369  | \$375 ;
-  assign \$378  = is_linear | \$377 ;
-  assign \$379  = \$376  & \$378 ;
-  assign \$380  = ~ \$signal$299 ;
-  assign \$381  = \a__valid$257  & \a__ready$258 ;
-  assign \$382  = \$380  | \$381 ;
-  assign \$383  = \$379  & \$382 ;
-  assign \$384  = | feed_blocks;
-  assign \$385  = \$383  & \$384 ;
-  assign \$386  = \$signal$293  * 9'h100;
-  assign \$387  = \$386  + \$signal$294 ;
-  assign \$389  = \$signal$263  == \$signal$293 ;
-  assign \$390  = lk > \$signal$294 ;
-  assign \$391  = \$389  & \$390 ;
-  assign \$392  = pre_ln | pre_sm;
-  assign \$393  = ~ \$392 ;
-  assign \$394  = \$391  & \$393 ;
-  assign \$395  = \$388  | \$394 ;
-  assign \$397  = is_linear | \$396 ;
-  assign \$398  = \$395  & \$397 ;
-  assign \$399  = ~ \$signal$299 ;
-  assign \$400  = \a__valid$257  & \a__ready$258 ;
-  assign \$401  = \$399  | \$400 ;
-  assign \$402  = \$398  & \$401 ;
-  assign \$403  = | feed_blocks;
-  assign \$404  = \$402  & \$403 ;
-  assign \$405  = ~ is_linear;
-  assign \$407  = ~ \$406 ;
-  assign \$408  = \r_rdy$212  & \$407 ;
-  assign \$409  = ~ is_linear;
-  assign \$410  = \$408  & \$409 ;
-  assign \$411  = w_load_half * 9'h100;
-  assign \$412  = \$411  + w_load_addr;
-  assign \$414  = ~ \$413 ;
-  assign \$415  = \r_rdy$212  & \$414 ;
-  assign \$416  = ~ is_linear;
-  assign \$417  = \$415  & \$416 ;
-  assign \$418  = | w_load_lane;
-  assign \$419  = ~ \$418 ;
-  assign \$420  = \$417  & \$419 ;
-  assign \$421  = w_load_half * 9'h100;
-  assign \$422  = \$421  + w_load_addr;
-  assign \$424  = ~ \$423 ;
-  assign \$425  = \r_rdy$212  & \$424 ;
-  assign \$426  = ~ is_linear;
+  assign \$201  = \$signal$271  == 3'h4;
+  assign \$202  = \$200  & \$201 ;
+  assign \$203  = \$signal$264  * 9'h100;
+  assign \$204  = \$203  + lk;
+  assign \$206  = ~ \$205 ;
+  assign \$207  = a_in_valid & \$206 ;
+  assign \$208  = \$signal$271  == 3'h5;
+  assign \$209  = \$207  & \$208 ;
+  assign \$210  = \$signal$264  * 9'h100;
+  assign \$211  = \$210  + lk;
+  assign \$213  = ~ \$212 ;
+  assign \$214  = a_in_valid & \$213 ;
+  assign \$215  = \$signal$271  == 3'h6;
+  assign \$216  = \$214  & \$215 ;
+  assign \$217  = \$signal$264  * 9'h100;
+  assign \$218  = \$217  + lk;
+  assign \$220  = ~ \$219 ;
+  assign \$221  = a_in_valid & \$220 ;
+  assign \$222  = \$signal$271  == 3'h7;
+  assign \$223  = \$221  & \$222 ;
+  assign \$224  = \$signal$294  * 9'h100;
+  assign \$225  = \$224  + \$signal$295 ;
+  assign \$227  = \$signal$264  == \$signal$294 ;
+  assign \$228  = lk > \$signal$295 ;
+  assign \$229  = \$227  & \$228 ;
+  assign \$230  = pre_ln | pre_sm;
+  assign \$231  = ~ \$230 ;
+  assign \$232  = \$229  & \$231 ;
+  assign \$233  = \$226  | \$232 ;
+  assign \$235  = is_linear | \$234 ;
+  assign \$236  = \$233  & \$235 ;
+  assign \$237  = ~ \$signal$300 ;
+  assign \$238  = \a__valid$258  & \a__ready$259 ;
+  assign \$239  = \$237  | \$238 ;
+  assign \$240  = \$236  & \$239 ;
+  assign \$241  = | feed_blocks;
+  assign \$242  = \$240  & \$241 ;
+  assign \$243  = \$signal$294  * 9'h100;
+  assign \$244  = \$243  + \$signal$295 ;
+  assign \$246  = \$signal$264  == \$signal$294 ;
+  assign \$247  = lk > \$signal$295 ;
+  assign \$248  = \$246  & \$247 ;
+  assign \$249  = pre_ln | pre_sm;
+  assign \$250  = ~ \$249 ;
+  assign \$251  = \$248  & \$250 ;
+  assign \$252  = \$245  | \$251 ;
+  assign \$254  = is_linear | \$253 ;
+  assign \$255  = \$252  & \$254 ;
+  assign \$256  = ~ \$signal$300 ;
+  assign \$257  = \a__valid$258  & \a__ready$259 ;
+  assign \$258  = \$256  | \$257 ;
+  assign \$259  = \$255  & \$258 ;
+  assign \$260  = | feed_blocks;
+  assign \$261  = \$259  & \$260 ;
+  assign \$262  = \$signal$294  * 9'h100;
+  assign \$263  = \$262  + \$signal$295 ;
+  assign \$265  = \$signal$264  == \$signal$294 ;
+  assign \$266  = lk > \$signal$295 ;
+  assign \$267  = \$265  & \$266 ;
+  assign \$268  = pre_ln | pre_sm;
+  assign \$269  = ~ \$268 ;
+  assign \$270  = \$267  & \$269 ;
+  assign \$271  = \$264  | \$270 ;
+  assign \$273  = is_linear | \$272 ;
+  assign \$274  = \$271  & \$273 ;
+  assign \$275  = ~ \$signal$300 ;
+  assign \$276  = \a__valid$258  & \a__ready$259 ;
+  assign \$277  = \$275  | \$276 ;
+  assign \$278  = \$274  & \$277 ;
+  assign \$279  = | feed_blocks;
+  assign \$280  = \$278  & \$279 ;
+  assign \$281  = \$signal$294  * 9'h100;
+  assign \$282  = \$281  + \$signal$295 ;
+  assign \$284  = \$signal$264  == \$signal$294 ;
+  assign \$285  = lk > \$signal$295 ;
+  assign \$286  = \$284  & \$285 ;
+  assign \$287  = pre_ln | pre_sm;
+  assign \$288  = ~ \$287 ;
+  assign \$289  = \$286  & \$288 ;
+  assign \$290  = \$283  | \$289 ;
+  assign \$292  = is_linear | \$291 ;
+  assign \$293  = \$290  & \$292 ;
+  assign \$294  = ~ \$signal$300 ;
+  assign \$295  = \a__valid$258  & \a__ready$259 ;
+  assign \$296  = \$294  | \$295 ;
+  assign \$297  = \$293  & \$296 ;
+  assign \$298  = | feed_blocks;
+  assign \$299  = \$297  & \$298 ;
+  assign \$300  = \$signal$294  * 9'h100;
+  assign \$301  = \$300  + \$signal$295 ;
+  assign \$303  = \$signal$264  == \$signal$294 ;
+  assign \$304  = lk > \$signal$295 ;
+  assign \$305  = \$303  & \$304 ;
+  assign \$306  = pre_ln | pre_sm;
+  assign \$307  = ~ \$306 ;
+  assign \$308  = \$305  & \$307 ;
+  assign \$309  = \$302  | \$308 ;
+  assign \$311  = is_linear | \$310 ;
+  assign \$312  = \$309  & \$311 ;
+  assign \$313  = ~ \$signal$300 ;
+  assign \$314  = \a__valid$258  & \a__ready$259 ;
+  assign \$315  = \$313  | \$314 ;
+  assign \$316  = \$312  & \$315 ;
+  assign \$317  = | feed_blocks;
+  assign \$318  = \$316  & \$317 ;
+  assign \$319  = \$signal$294  * 9'h100;
+  assign \$320  = \$319  + \$signal$295 ;
+  assign \$322  = \$signal$264  == \$signal$294 ;
+  assign \$323  = lk > \$signal$295 ;
+  assign \$324  = \$322  & \$323 ;
+  assign \$325  = pre_ln | pre_sm;
+  assign \$326  = ~ \$325 ;
+  assign \$327  = \$324  & \$326 ;
+  assign \$328  = \$321  | \$327 ;
+  assign \$330  = is_linear | \$329 ;
+  assign \$331  = \$328  & \$330 ;
+  assign \$332  = ~ \$signal$300 ;
+  assign \$333  = \a__valid$258  & \a__ready$259 ;
+  assign \$334  = \$332  | \$333 ;
+  assign \$335  = \$331  & \$334 ;
+  assign \$336  = | feed_blocks;
+  assign \$337  = \$335  & \$336 ;
+  assign \$338  = \$signal$294  * 9'h100;
+  assign \$339  = \$338  + \$signal$295 ;
+  assign \$341  = \$signal$264  == \$signal$294 ;
+  assign \$342  = lk > \$signal$295 ;
+  assign \$343  = \$341  & \$342 ;
+  assign \$344  = pre_ln | pre_sm;
+  assign \$345  = ~ \$344 ;
+  assign \$346  = \$343  & \$345 ;
+  assign \$347  = \$340  | \$346 ;
+  assign \$349  = is_linear | \$348 ;
+  assign \$350  = \$347  & \$349 ;
+  assign \$351  = ~ \$signal$300 ;
+  assign \$352  = \a__valid$258  & \a__ready$259 ;
+  assign \$353  = \$351  | \$352 ;
+  assign \$354  = \$350  & \$353 ;
+  assign \$355  = | feed_blocks;
+  assign \$356  = \$354  & \$355 ;
+  assign \$357  = \$signal$294  * 9'h100;
+  assign \$358  = \$357  + \$signal$295 ;
+  assign \$360  = \$signal$264  == \$signal$294 ;
+  assign \$361  = lk > \$signal$295 ;
+  assign \$362  = \$360  & \$361 ;
+  assign \$363  = pre_ln | pre_sm;
+  assign \$364  = ~ \$363 ;
+  assign \$365  = \$362  & \$364 ;
+  assign \$366  = \$359  | \$365 ;
+  assign \$368  = is_linear | \$367 ;
+  assign \$369  = \$366  & \$368 ;
+  assign \$370  = ~ \$signal$300 ;
+  assign \$371  = \a__valid$258  & \a__ready$259 ;
+  assign \$372  = \$370  | \$371 ;
+  assign \$373  = \$369  & \$372 ;
+  assign \$374  = | feed_blocks;
+  assign \$375  = \$373  & \$374 ;
+  assign \$376  = ~ is_linear;
+  assign \$378  = ~ \$377 ;
+  assign \$379  = \r_rdy$213  & \$378 ;
+  assign \$380  = ~ is_linear;
+  assign \$381  = \$379  & \$380 ;
+  assign \$382  = w_load_half * 9'h100;
+  assign \$383  = \$382  + w_load_addr;
+  assign \$385  = ~ \$384 ;
+  assign \$386  = \r_rdy$213  & \$385 ;
+  assign \$387  = ~ is_linear;
+  assign \$388  = \$386  & \$387 ;
+  assign \$389  = | w_load_lane;
+  assign \$390  = ~ \$389 ;
+  assign \$391  = \$388  & \$390 ;
+  assign \$392  = w_load_half * 9'h100;
+  assign \$393  = \$392  + w_load_addr;
+  assign \$395  = ~ \$394 ;
+  assign \$396  = \r_rdy$213  & \$395 ;
+  assign \$397  = ~ is_linear;
+  assign \$398  = \$396  & \$397 ;
+  assign \$399  = w_load_lane == 1'h1;
+  assign \$400  = \$398  & \$399 ;
+  assign \$401  = w_load_half * 9'h100;
+  assign \$402  = \$401  + w_load_addr;
+  assign \$404  = ~ \$403 ;
+  assign \$405  = \r_rdy$213  & \$404 ;
+  assign \$406  = ~ is_linear;
+  assign \$407  = \$405  & \$406 ;
+  assign \$408  = w_load_lane == 2'h2;
+  assign \$409  = \$407  & \$408 ;
+  assign \$410  = w_load_half * 9'h100;
+  assign \$411  = \$410  + w_load_addr;
+  assign \$413  = ~ \$412 ;
+  assign \$414  = \r_rdy$213  & \$413 ;
+  assign \$415  = ~ is_linear;
+  assign \$416  = \$414  & \$415 ;
+  assign \$417  = w_load_lane == 2'h3;
+  assign \$418  = \$416  & \$417 ;
+  assign \$419  = w_load_half * 9'h100;
+  assign \$420  = \$419  + w_load_addr;
+  assign \$422  = ~ \$421 ;
+  assign \$423  = \r_rdy$213  & \$422 ;
+  assign \$424  = ~ is_linear;
+  assign \$425  = \$423  & \$424 ;
+  assign \$426  = w_load_lane == 3'h4;
   assign \$427  = \$425  & \$426 ;
-  assign \$428  = w_load_lane == 1'h1;
-  assign \$429  = \$427  & \$428 ;
-  assign \$430  = w_load_half * 9'h100;
-  assign \$431  = \$430  + w_load_addr;
-  assign \$433  = ~ \$432 ;
-  assign \$434  = \r_rdy$212  & \$433 ;
-  assign \$435  = ~ is_linear;
+  assign \$428  = w_load_half * 9'h100;
+  assign \$429  = \$428  + w_load_addr;
+  assign \$431  = ~ \$430 ;
+  assign \$432  = \r_rdy$213  & \$431 ;
+  assign \$433  = ~ is_linear;
+  assign \$434  = \$432  & \$433 ;
+  assign \$435  = w_load_lane == 3'h5;
   assign \$436  = \$434  & \$435 ;
-  assign \$437  = w_load_lane == 2'h2;
-  assign \$438  = \$436  & \$437 ;
-  assign \$439  = w_load_half * 9'h100;
-  assign \$440  = \$439  + w_load_addr;
-  assign \$442  = ~ \$441 ;
-  assign \$443  = \r_rdy$212  & \$442 ;
-  assign \$444  = ~ is_linear;
+  assign \$437  = w_load_half * 9'h100;
+  assign \$438  = \$437  + w_load_addr;
+  assign \$440  = ~ \$439 ;
+  assign \$441  = \r_rdy$213  & \$440 ;
+  assign \$442  = ~ is_linear;
+  assign \$443  = \$441  & \$442 ;
+  assign \$444  = w_load_lane == 3'h6;
   assign \$445  = \$443  & \$444 ;
-  assign \$446  = w_load_lane == 2'h3;
-  assign \$447  = \$445  & \$446 ;
-  assign \$448  = w_load_half * 9'h100;
-  assign \$449  = \$448  + w_load_addr;
-  assign \$451  = ~ \$450 ;
-  assign \$452  = \r_rdy$212  & \$451 ;
-  assign \$453  = ~ is_linear;
+  assign \$446  = w_load_half * 9'h100;
+  assign \$447  = \$446  + w_load_addr;
+  assign \$449  = ~ \$448 ;
+  assign \$450  = \r_rdy$213  & \$449 ;
+  assign \$451  = ~ is_linear;
+  assign \$452  = \$450  & \$451 ;
+  assign \$453  = w_load_lane == 3'h7;
   assign \$454  = \$452  & \$453 ;
-  assign \$455  = w_load_lane == 3'h4;
-  assign \$456  = \$454  & \$455 ;
-  assign \$457  = w_load_half * 9'h100;
-  assign \$458  = \$457  + w_load_addr;
-  assign \$460  = ~ \$459 ;
-  assign \$461  = \r_rdy$212  & \$460 ;
-  assign \$462  = ~ is_linear;
-  assign \$463  = \$461  & \$462 ;
-  assign \$464  = w_load_lane == 3'h5;
-  assign \$465  = \$463  & \$464 ;
-  assign \$466  = w_load_half * 9'h100;
-  assign \$467  = \$466  + w_load_addr;
-  assign \$469  = ~ \$468 ;
-  assign \$470  = \r_rdy$212  & \$469 ;
-  assign \$471  = ~ is_linear;
-  assign \$472  = \$470  & \$471 ;
-  assign \$473  = w_load_lane == 3'h6;
+  assign \$455  = w_feed_half * 9'h100;
+  assign \$456  = \$455  + feed_ntk;
+  assign \$457  = \$456  + \$signal$295 ;
+  assign \$459  = \$signal$264  == \$signal$294 ;
+  assign \$460  = lk > \$signal$295 ;
+  assign \$461  = \$459  & \$460 ;
+  assign \$462  = pre_ln | pre_sm;
+  assign \$463  = ~ \$462 ;
+  assign \$464  = \$461  & \$463 ;
+  assign \$465  = \$458  | \$464 ;
+  assign \$467  = is_linear | \$466 ;
+  assign \$468  = \$465  & \$467 ;
+  assign \$469  = ~ \$signal$300 ;
+  assign \$470  = \a__valid$258  & \a__ready$259 ;
+  assign \$471  = \$469  | \$470 ;
+  assign \$472  = \$468  & \$471 ;
+  assign \$473  = | feed_blocks;
   assign \$474  = \$472  & \$473 ;
-  assign \$475  = w_load_half * 9'h100;
-  assign \$476  = \$475  + w_load_addr;
-  assign \$478  = ~ \$477 ;
-  assign \$479  = \r_rdy$212  & \$478 ;
-  assign \$480  = ~ is_linear;
+  assign \$475  = w_feed_half * 9'h100;
+  assign \$476  = \$475  + feed_ntk;
+  assign \$477  = \$476  + \$signal$295 ;
+  assign \$479  = \$signal$264  == \$signal$294 ;
+  assign \$480  = lk > \$signal$295 ;
   assign \$481  = \$479  & \$480 ;
-  assign \$482  = w_load_lane == 3'h7;
-  assign \$483  = \$481  & \$482 ;
-  assign \$484  = w_feed_half * 9'h100;
-  assign \$485  = \$484  + feed_ntk;
-  assign \$486  = \$485  + \$signal$294 ;
-  assign \$488  = \$signal$263  == \$signal$293 ;
-  assign \$489  = lk > \$signal$294 ;
-  assign \$490  = \$488  & \$489 ;
-  assign \$491  = pre_ln | pre_sm;
-  assign \$492  = ~ \$491 ;
-  assign \$493  = \$490  & \$492 ;
-  assign \$494  = \$487  | \$493 ;
-  assign \$496  = is_linear | \$495 ;
-  assign \$497  = \$494  & \$496 ;
-  assign \$498  = ~ \$signal$299 ;
-  assign \$499  = \a__valid$257  & \a__ready$258 ;
-  assign \$500  = \$498  | \$499 ;
-  assign \$501  = \$497  & \$500 ;
-  assign \$502  = | feed_blocks;
-  assign \$503  = \$501  & \$502 ;
-  assign \$504  = w_feed_half * 9'h100;
-  assign \$505  = \$504  + feed_ntk;
-  assign \$506  = \$505  + \$signal$294 ;
-  assign \$508  = \$signal$263  == \$signal$293 ;
-  assign \$509  = lk > \$signal$294 ;
-  assign \$510  = \$508  & \$509 ;
-  assign \$511  = pre_ln | pre_sm;
-  assign \$512  = ~ \$511 ;
-  assign \$513  = \$510  & \$512 ;
-  assign \$514  = \$507  | \$513 ;
-  assign \$516  = is_linear | \$515 ;
-  assign \$517  = \$514  & \$516 ;
-  assign \$518  = ~ \$signal$299 ;
-  assign \$519  = \a__valid$257  & \a__ready$258 ;
-  assign \$520  = \$518  | \$519 ;
-  assign \$521  = \$517  & \$520 ;
-  assign \$522  = | feed_blocks;
-  assign \$523  = \$521  & \$522 ;
-  assign \$524  = w_feed_half * 9'h100;
-  assign \$525  = \$524  + feed_ntk;
-  assign \$526  = \$525  + \$signal$294 ;
-  assign \$528  = \$signal$263  == \$signal$293 ;
-  assign \$529  = lk > \$signal$294 ;
-  assign \$530  = \$528  & \$529 ;
-  assign \$531  = pre_ln | pre_sm;
-  assign \$532  = ~ \$531 ;
-  assign \$533  = \$530  & \$532 ;
-  assign \$534  = \$527  | \$533 ;
-  assign \$536  = is_linear | \$535 ;
-  assign \$537  = \$534  & \$536 ;
-  assign \$538  = ~ \$signal$299 ;
-  assign \$539  = \a__valid$257  & \a__ready$258 ;
-  assign \$540  = \$538  | \$539 ;
-  assign \$541  = \$537  & \$540 ;
-  assign \$542  = | feed_blocks;
-  assign \$543  = \$541  & \$542 ;
-  assign \$544  = w_feed_half * 9'h100;
-  assign \$545  = \$544  + feed_ntk;
-  assign \$546  = \$545  + \$signal$294 ;
-  assign \$548  = \$signal$263  == \$signal$293 ;
-  assign \$549  = lk > \$signal$294 ;
-  assign \$550  = \$548  & \$549 ;
-  assign \$551  = pre_ln | pre_sm;
-  assign \$552  = ~ \$551 ;
-  assign \$553  = \$550  & \$552 ;
-  assign \$554  = \$547  | \$553 ;
-  assign \$556  = is_linear | \$555 ;
-  assign \$557  = \$554  & \$556 ;
-  assign \$558  = ~ \$signal$299 ;
-  assign \$559  = \a__valid$257  & \a__ready$258 ;
-  assign \$560  = \$558  | \$559 ;
-  assign \$561  = \$557  & \$560 ;
-  assign \$562  = | feed_blocks;
-  assign \$563  = \$561  & \$562 ;
-  assign \$564  = w_feed_half * 9'h100;
-  assign \$565  = \$564  + feed_ntk;
-  assign \$566  = \$565  + \$signal$294 ;
-  assign \$568  = \$signal$263  == \$signal$293 ;
-  assign \$569  = lk > \$signal$294 ;
-  assign \$570  = \$568  & \$569 ;
-  assign \$571  = pre_ln | pre_sm;
-  assign \$572  = ~ \$571 ;
-  assign \$573  = \$570  & \$572 ;
-  assign \$574  = \$567  | \$573 ;
-  assign \$576  = is_linear | \$575 ;
-  assign \$577  = \$574  & \$576 ;
-  assign \$578  = ~ \$signal$299 ;
-  assign \$579  = \a__valid$257  & \a__ready$258 ;
-  assign \$580  = \$578  | \$579 ;
-  assign \$581  = \$577  & \$580 ;
-  assign \$582  = | feed_blocks;
-  assign \$583  = \$581  & \$582 ;
-  assign \$584  = w_feed_half * 9'h100;
-  assign \$585  = \$584  + feed_ntk;
-  assign \$586  = \$585  + \$signal$294 ;
-  assign \$588  = \$signal$263  == \$signal$293 ;
-  assign \$589  = lk > \$signal$294 ;
-  assign \$590  = \$588  & \$589 ;
-  assign \$591  = pre_ln | pre_sm;
-  assign \$592  = ~ \$591 ;
-  assign \$593  = \$590  & \$592 ;
-  assign \$594  = \$587  | \$593 ;
-  assign \$596  = is_linear | \$595 ;
-  assign \$597  = \$594  & \$596 ;
-  assign \$598  = ~ \$signal$299 ;
-  assign \$599  = \a__valid$257  & \a__ready$258 ;
-  assign \$600  = \$598  | \$599 ;
-  assign \$601  = \$597  & \$600 ;
-  assign \$602  = | feed_blocks;
-  assign \$603  = \$601  & \$602 ;
-  assign \$604  = w_feed_half * 9'h100;
-  assign \$605  = \$604  + feed_ntk;
-  assign \$606  = \$605  + \$signal$294 ;
-  assign \$608  = \$signal$263  == \$signal$293 ;
-  assign \$609  = lk > \$signal$294 ;
-  assign \$610  = \$608  & \$609 ;
-  assign \$611  = pre_ln | pre_sm;
-  assign \$612  = ~ \$611 ;
-  assign \$613  = \$610  & \$612 ;
-  assign \$614  = \$607  | \$613 ;
-  assign \$616  = is_linear | \$615 ;
-  assign \$617  = \$614  & \$616 ;
-  assign \$618  = ~ \$signal$299 ;
-  assign \$619  = \a__valid$257  & \a__ready$258 ;
-  assign \$620  = \$618  | \$619 ;
-  assign \$621  = \$617  & \$620 ;
-  assign \$622  = | feed_blocks;
-  assign \$623  = \$621  & \$622 ;
-  assign \$624  = w_feed_half * 9'h100;
-  assign \$625  = \$624  + feed_ntk;
-  assign \$626  = \$625  + \$signal$294 ;
-  assign \$628  = \$signal$263  == \$signal$293 ;
-  assign \$629  = lk > \$signal$294 ;
-  assign \$630  = \$628  & \$629 ;
-  assign \$631  = pre_ln | pre_sm;
-  assign \$632  = ~ \$631 ;
-  assign \$633  = \$630  & \$632 ;
-  assign \$634  = \$627  | \$633 ;
-  assign \$636  = is_linear | \$635 ;
-  assign \$637  = \$634  & \$636 ;
-  assign \$638  = ~ \$signal$299 ;
-  assign \$639  = \a__valid$257  & \a__ready$258 ;
-  assign \$640  = \$638  | \$639 ;
-  assign \$641  = \$637  & \$640 ;
-  assign \$642  = | feed_blocks;
-  assign \$643  = \$641  & \$642 ;
-  assign \$644  = is_linear ? w_full : \$signal$299 ;
-  assign \$645  = is_linear ? w_lane0 : \$signature__data$373 ;
-  assign \$646  = is_linear ? w_lane1 : \$signature__data$375 ;
-  assign \$647  = is_linear ? w_lane2 : \$signature__data$377 ;
-  assign \$648  = is_linear ? w_lane3 : \$signature__data$379 ;
-  assign \$649  = is_linear ? w_lane4 : \$signature__data$381 ;
-  assign \$650  = is_linear ? w_lane5 : \$signature__data$383 ;
-  assign \$651  = is_linear ? w_lane6 : \$signature__data$385 ;
-  assign \$652  = is_linear ? w_lane7 : \$signature__data$387 ;
-  assign \$653  = post_gelu | post_add;
-  assign \$654  = ~ \$653 ;
-  assign \$655  = gemm_active & \$654 ;
-  assign \$657  = \o__valid$391  & \valid$102 ;
-  assign \$658  = index__1 * 4'h8;
-  assign \$659  = \$658  + index__3;
-  assign \$660  = \$659  < ins[55:40];
-  assign \$661  = index__2 * 4'h8;
-  assign \$662  = \$661  + index__4;
-  assign \$663  = \$662  < ins[71:56];
-  assign \$664  = \$660  & \$663 ;
-  assign \$665  = \$657  & \$664 ;
-  assign \$666  = \o__valid$391  & \valid$102 ;
-  assign \$667  = \o__valid$391  & \valid$102 ;
-  assign \$668  = \$667  & last__4;
-  assign \$669  = post_gelu | post_add;
-  assign \$670  = gemm_active & \$669 ;
-  assign \$672  = post_col == 3'h7;
-  assign \$673  = elem_take & \$672 ;
-  assign \$674  = \$signal$101  & \valid$102 ;
-  assign \$675  = index__1 * 4'h8;
-  assign \$676  = \$675  + index__3;
-  assign \$677  = \$676  < ins[55:40];
-  assign \$678  = index__2 * 4'h8;
-  assign \$679  = \$678  + index__4;
-  assign \$680  = \$679  < ins[71:56];
-  assign \$681  = \$677  & \$680 ;
-  assign \$682  = \$674  & \$681 ;
-  assign \$683  = in_stream & err;
-  assign \$684  = ~ busy;
-  assign clear = start & \$684 ;
-  assign \$685  = ins[5:0] == 1'h1;
-  assign \$686  = ins[5:0] == 2'h2;
-  assign \$687  = ins[5:0] == 2'h3;
-  assign \$688  = ins[5:0] == 3'h4;
-  assign \$689  = ins[5:0] == 3'h5;
-  assign \$690  = ins[5:0] == 3'h6;
-  assign \$691  = ins[5:0] == 3'h7;
-  assign \$692  = ins[5:0] == 4'h8;
-  assign \$693  = ins[5:0] == 4'h9;
-  assign \$694  = ins[5:0] == 4'ha;
-  assign \$695  = ins[5:0] == 4'hb;
-  assign \$696  = ins[5:0] == 4'hc;
-  assign \$697  = ins[5:0] == 4'hd;
-  assign \$698  = ins[5:0] == 4'he;
-  assign \$699  = ins[5:0] == 4'hf;
-  assign \$700  = 1'h1 << ins[3:0];
-  assign \$701  = ins[5:0] == 3'h4;
-  assign \$702  = ins[5:0] == 3'h5;
-  assign \$703  = \$701  | \$702 ;
-  assign \$704  = ins[5:0] == 3'h4;
-  assign \$705  = ins[511:510] == 1'h1;
-  assign \$706  = \$704  & \$705 ;
-  assign \$707  = ins[5:0] == 3'h4;
-  assign \$708  = ins[511:510] == 2'h2;
-  assign \$709  = \$707  & \$708 ;
-  assign \$710  = ins[5:0] == 3'h4;
-  assign \$711  = ins[511:510] == 2'h3;
-  assign \$712  = \$710  & \$711 ;
-  assign \$713  = ins[5:0] == 3'h5;
-  assign \$714  = ins[511:510] == 2'h3;
-  assign \$715  = \$713  & \$714 ;
-  assign \$716  = ~ unit_rst;
-  assign \$717  = src0_issue & \$716 ;
-  assign \$718  = last__3 & \last__4$411 ;
-  assign \$719  = ~ unit_rst;
-  assign \$720  = src1_issue & \$719 ;
-  assign \$721  = \last__3$416  & \last__4$414 ;
-  assign \$722  = ins[5:0] == 4'ha;
-  assign \$723  = ins[5:0] == 4'hb;
-  assign \$724  = ins[5:0] == 4'hc;
-  assign \$725  = ins[5:0] == 4'hd;
-  assign \$726  = ins[5:0] == 4'he;
-  assign \$727  = ins[5:0] == 4'hf;
-  assign \$728  = | { \$727 , \$726 , \$725 , \$724 , \$723 , \$722  };
-  assign \$729  = | ins[7:6];
-  assign \$730  = ~ \$729 ;
-  assign \$731  = ins[55:40] + 4'h8;
-  assign \$732  = \$731  - 1'h1;
-  assign \$734  = ins[71:56] + 4'h8;
-  assign \$735  = \$734  - 1'h1;
-  assign \$737  = ins[87:72] - 1'h1;
-  assign \$738  = dec_mt - 1'h1;
-  assign \$739  = dec_nt - 1'h1;
-  assign \$740  = ins[39:24] * dec_mt;
-  assign \$742  = \$741  + 6'h3f;
-  assign \$744  = ins[497:466] + \$743 ;
-  assign \$745  = is_gemm ? \$744  : { 1'h0, ins[465:434] };
-  assign \$746  = dec_blocks * dec_nt;
-  assign \$749  = \$748  ? offset : 32'd0;
-  assign \$750  = ins[465:434] + \$749 ;
-  assign \$751  = cycles + 1'h1;
-  assign \$752  = in_op & op_onehot[0];
-  assign \$753  = op_cycles__0 + 1'h1;
-  assign \$754  = in_op & op_onehot[1];
-  assign \$755  = op_cycles__1 + 1'h1;
-  assign \$756  = in_op & op_onehot[2];
-  assign \$757  = op_cycles__2 + 1'h1;
-  assign \$758  = in_op & op_onehot[3];
-  assign \$759  = op_cycles__3 + 1'h1;
-  assign \$760  = in_op & op_onehot[4];
-  assign \$761  = op_cycles__4 + 1'h1;
-  assign \$762  = in_op & op_onehot[5];
-  assign \$763  = op_cycles__5 + 1'h1;
-  assign \$764  = in_op & op_onehot[6];
-  assign \$765  = op_cycles__6 + 1'h1;
-  assign \$766  = in_op & op_onehot[7];
-  assign \$767  = op_cycles__7 + 1'h1;
-  assign \$768  = in_op & op_onehot[8];
-  assign \$769  = op_cycles__8 + 1'h1;
-  assign \$770  = in_op & op_onehot[9];
-  assign \$771  = op_cycles__9 + 1'h1;
-  assign \$772  = in_op & op_onehot[10];
-  assign \$773  = op_cycles__10 + 1'h1;
-  assign \$774  = in_op & op_onehot[11];
-  assign \$775  = op_cycles__11 + 1'h1;
-  assign \$776  = in_op & op_onehot[12];
-  assign \$777  = op_cycles__12 + 1'h1;
-  assign \$778  = in_op & op_onehot[13];
-  assign \$779  = op_cycles__13 + 1'h1;
-  assign \$780  = in_op & op_onehot[14];
-  assign \$781  = op_cycles__14 + 1'h1;
-  assign \$782  = in_op & op_onehot[15];
-  assign \$783  = op_cycles__15 + 1'h1;
-  assign \$784  = | images;
-  assign \$785  = \$784  ? images : 16'h0001;
-  assign \$786  = ~ fetch_sent;
-  assign \$787  = req__ready & \$786 ;
-  assign \$788  = 1'h1 << dec_c_lb;
-  assign \$789  = | decode_wait;
-  assign \$790  = images_left > 1'h1;
-  assign \$791  = is_end & \$790 ;
-  assign \$792  = | ins[39:24];
-  assign \$793  = ~ \$792 ;
-  assign \$794  = | ins[55:40];
-  assign \$795  = ~ \$794 ;
-  assign \$796  = | ins[71:56];
-  assign \$797  = ~ \$796 ;
-  assign \$798  = | ins[87:72];
-  assign \$799  = ~ \$798 ;
-  assign \$800  = | ins[103:88];
-  assign \$801  = ~ \$800 ;
-  assign \$802  = | { \$801 , \$799 , \$797 , \$795 , \$793  };
-  assign \$803  = post_gelu | post_add;
-  assign \$804  = \$803  | pre_ln;
-  assign \$805  = \$804  | pre_sm;
-  assign \$806  = ~ unit_known;
-  assign \$807  = \$805  & \$806 ;
-  assign \$808  = post_bad | \$807 ;
-  assign \$809  = post_gelu | post_add;
-  assign \$810  = \$809  | pre_ln;
-  assign \$811  = \$810  | pre_sm;
-  assign \$812  = is_move | is_load;
-  assign \$813  = \$812  | is_store;
-  assign \$814  = \$813  | is_gemm;
-  assign \$815  = decode_wait - 1'h1;
-  assign \$816  = images_left - 1'h1;
-  assign \$817  = offset + \$signal$432 ;
-  assign \$818  = is_gelu | is_add;
-  assign \$819  = \$818  | post_gelu;
-  assign \$820  = \$819  | post_add;
-  assign \$821  = | c_ask;
-  assign \$822  = \$821  & req__ready;
-  assign \$823  = c_ask - 1'h1;
-  assign \$824  = c_addr + c_step;
-  assign \$825  = beat__valid & beat__ready;
-  assign \$826  = c_due - 1'h1;
-  assign \$827  = c_due == 1'h1;
-  assign \$828  = is_gelu | is_add;
-  assign \$829  = \$828  | post_gelu;
-  assign \$830  = \$829  | post_add;
-  assign \$831  = | ins[509:498];
+  assign \$482  = pre_ln | pre_sm;
+  assign \$483  = ~ \$482 ;
+  assign \$484  = \$481  & \$483 ;
+  assign \$485  = \$478  | \$484 ;
+  assign \$487  = is_linear | \$486 ;
+  assign \$488  = \$485  & \$487 ;
+  assign \$489  = ~ \$signal$300 ;
+  assign \$490  = \a__valid$258  & \a__ready$259 ;
+  assign \$491  = \$489  | \$490 ;
+  assign \$492  = \$488  & \$491 ;
+  assign \$493  = | feed_blocks;
+  assign \$494  = \$492  & \$493 ;
+  assign \$495  = w_feed_half * 9'h100;
+  assign \$496  = \$495  + feed_ntk;
+  assign \$497  = \$496  + \$signal$295 ;
+  assign \$499  = \$signal$264  == \$signal$294 ;
+  assign \$500  = lk > \$signal$295 ;
+  assign \$501  = \$499  & \$500 ;
+  assign \$502  = pre_ln | pre_sm;
+  assign \$503  = ~ \$502 ;
+  assign \$504  = \$501  & \$503 ;
+  assign \$505  = \$498  | \$504 ;
+  assign \$507  = is_linear | \$506 ;
+  assign \$508  = \$505  & \$507 ;
+  assign \$509  = ~ \$signal$300 ;
+  assign \$510  = \a__valid$258  & \a__ready$259 ;
+  assign \$511  = \$509  | \$510 ;
+  assign \$512  = \$508  & \$511 ;
+  assign \$513  = | feed_blocks;
+  assign \$514  = \$512  & \$513 ;
+  assign \$515  = w_feed_half * 9'h100;
+  assign \$516  = \$515  + feed_ntk;
+  assign \$517  = \$516  + \$signal$295 ;
+  assign \$519  = \$signal$264  == \$signal$294 ;
+  assign \$520  = lk > \$signal$295 ;
+  assign \$521  = \$519  & \$520 ;
+  assign \$522  = pre_ln | pre_sm;
+  assign \$523  = ~ \$522 ;
+  assign \$524  = \$521  & \$523 ;
+  assign \$525  = \$518  | \$524 ;
+  assign \$527  = is_linear | \$526 ;
+  assign \$528  = \$525  & \$527 ;
+  assign \$529  = ~ \$signal$300 ;
+  assign \$530  = \a__valid$258  & \a__ready$259 ;
+  assign \$531  = \$529  | \$530 ;
+  assign \$532  = \$528  & \$531 ;
+  assign \$533  = | feed_blocks;
+  assign \$534  = \$532  & \$533 ;
+  assign \$535  = w_feed_half * 9'h100;
+  assign \$536  = \$535  + feed_ntk;
+  assign \$537  = \$536  + \$signal$295 ;
+  assign \$539  = \$signal$264  == \$signal$294 ;
+  assign \$540  = lk > \$signal$295 ;
+  assign \$541  = \$539  & \$540 ;
+  assign \$542  = pre_ln | pre_sm;
+  assign \$543  = ~ \$542 ;
+  assign \$544  = \$541  & \$543 ;
+  assign \$545  = \$538  | \$544 ;
+  assign \$547  = is_linear | \$546 ;
+  assign \$548  = \$545  & \$547 ;
+  assign \$549  = ~ \$signal$300 ;
+  assign \$550  = \a__valid$258  & \a__ready$259 ;
+  assign \$551  = \$549  | \$550 ;
+  assign \$552  = \$548  & \$551 ;
+  assign \$553  = | feed_blocks;
+  assign \$554  = \$552  & \$553 ;
+  assign \$555  = w_feed_half * 9'h100;
+  assign \$556  = \$555  + feed_ntk;
+  assign \$557  = \$556  + \$signal$295 ;
+  assign \$559  = \$signal$264  == \$signal$294 ;
+  assign \$560  = lk > \$signal$295 ;
+  assign \$561  = \$559  & \$560 ;
+  assign \$562  = pre_ln | pre_sm;
+  assign \$563  = ~ \$562 ;
+  assign \$564  = \$561  & \$563 ;
+  assign \$565  = \$558  | \$564 ;
+  assign \$567  = is_linear | \$566 ;
+  assign \$568  = \$565  & \$567 ;
+  assign \$569  = ~ \$signal$300 ;
+  assign \$570  = \a__valid$258  & \a__ready$259 ;
+  assign \$571  = \$569  | \$570 ;
+  assign \$572  = \$568  & \$571 ;
+  assign \$573  = | feed_blocks;
+  assign \$574  = \$572  & \$573 ;
+  assign \$575  = w_feed_half * 9'h100;
+  assign \$576  = \$575  + feed_ntk;
+  assign \$577  = \$576  + \$signal$295 ;
+  assign \$579  = \$signal$264  == \$signal$294 ;
+  assign \$580  = lk > \$signal$295 ;
+  assign \$581  = \$579  & \$580 ;
+  assign \$582  = pre_ln | pre_sm;
+  assign \$583  = ~ \$582 ;
+  assign \$584  = \$581  & \$583 ;
+  assign \$585  = \$578  | \$584 ;
+  assign \$587  = is_linear | \$586 ;
+  assign \$588  = \$585  & \$587 ;
+  assign \$589  = ~ \$signal$300 ;
+  assign \$590  = \a__valid$258  & \a__ready$259 ;
+  assign \$591  = \$589  | \$590 ;
+  assign \$592  = \$588  & \$591 ;
+  assign \$593  = | feed_blocks;
+  assign \$594  = \$592  & \$593 ;
+  assign \$595  = w_feed_half * 9'h100;
+  assign \$596  = \$595  + feed_ntk;
+  assign \$597  = \$596  + \$signal$295 ;
+  assign \$599  = \$signal$264  == \$signal$294 ;
+  assign \$600  = lk > \$signal$295 ;
+  assign \$601  = \$599  & \$600 ;
+  assign \$602  = pre_ln | pre_sm;
+  assign \$603  = ~ \$602 ;
+  assign \$604  = \$601  & \$603 ;
+  assign \$605  = \$598  | \$604 ;
+  assign \$607  = is_linear | \$606 ;
+  assign \$608  = \$605  & \$607 ;
+  assign \$609  = ~ \$signal$300 ;
+  assign \$610  = \a__valid$258  & \a__ready$259 ;
+  assign \$611  = \$609  | \$610 ;
+  assign \$612  = \$608  & \$611 ;
+  assign \$613  = | feed_blocks;
+  assign \$614  = \$612  & \$613 ;
+  assign \$615  = is_linear ? w_full : \$signal$300 ;
+  assign \$616  = is_linear ? w_lane0 : \$signature__data$374 ;
+  assign \$617  = is_linear ? w_lane1 : \$signature__data$376 ;
+  assign \$618  = is_linear ? w_lane2 : \$signature__data$378 ;
+  assign \$619  = is_linear ? w_lane3 : \$signature__data$380 ;
+  assign \$620  = is_linear ? w_lane4 : \$signature__data$382 ;
+  assign \$621  = is_linear ? w_lane5 : \$signature__data$384 ;
+  assign \$622  = is_linear ? w_lane6 : \$signature__data$386 ;
+  assign \$623  = is_linear ? w_lane7 : \$signature__data$388 ;
+  assign \$624  = post_gelu | post_add;
+  assign \$625  = ~ \$624 ;
+  assign \$626  = gemm_active & \$625 ;
+  assign \$628  = \r_rdy$398  & \valid$102 ;
+  assign \$629  = index__1 * 4'h8;
+  assign \$630  = \$629  + index__3;
+  assign \$631  = \$630  < ins[55:40];
+  assign \$632  = index__2 * 4'h8;
+  assign \$633  = \$632  + index__4;
+  assign \$634  = \$633  < ins[71:56];
+  assign \$635  = \$631  & \$634 ;
+  assign \$636  = \$628  & \$635 ;
+  assign \$637  = \r_rdy$398  & \valid$102 ;
+  assign \$638  = \r_rdy$398  & \valid$102 ;
+  assign \$639  = \$638  & last__4;
+  assign \$640  = post_gelu | post_add;
+  assign \$641  = gemm_active & \$640 ;
+  assign \$643  = post_col == 3'h7;
+  assign \$644  = elem_take & \$643 ;
+  assign \$645  = \$signal$101  & \valid$102 ;
+  assign \$646  = index__1 * 4'h8;
+  assign \$647  = \$646  + index__3;
+  assign \$648  = \$647  < ins[55:40];
+  assign \$649  = index__2 * 4'h8;
+  assign \$650  = \$649  + index__4;
+  assign \$651  = \$650  < ins[71:56];
+  assign \$652  = \$648  & \$651 ;
+  assign \$653  = \$645  & \$652 ;
+  assign \$654  = in_stream & err;
+  assign \$655  = ~ busy;
+  assign clear = start & \$655 ;
+  assign \$656  = ins[5:0] == 1'h1;
+  assign \$657  = ins[5:0] == 2'h2;
+  assign \$658  = ins[5:0] == 2'h3;
+  assign \$659  = ins[5:0] == 3'h4;
+  assign \$660  = ins[5:0] == 3'h5;
+  assign \$661  = ins[5:0] == 3'h6;
+  assign \$662  = ins[5:0] == 3'h7;
+  assign \$663  = ins[5:0] == 4'h8;
+  assign \$664  = ins[5:0] == 4'h9;
+  assign \$665  = ins[5:0] == 4'ha;
+  assign \$666  = ins[5:0] == 4'hb;
+  assign \$667  = ins[5:0] == 4'hc;
+  assign \$668  = ins[5:0] == 4'hd;
+  assign \$669  = ins[5:0] == 4'he;
+  assign \$670  = ins[5:0] == 4'hf;
+  assign \$671  = 1'h1 << ins[3:0];
+  assign \$672  = ins[5:0] == 3'h4;
+  assign \$673  = ins[5:0] == 3'h5;
+  assign \$674  = \$672  | \$673 ;
+  assign \$675  = ins[5:0] == 3'h4;
+  assign \$676  = ins[511:510] == 1'h1;
+  assign \$677  = \$675  & \$676 ;
+  assign \$678  = ins[5:0] == 3'h4;
+  assign \$679  = ins[511:510] == 2'h2;
+  assign \$680  = \$678  & \$679 ;
+  assign \$681  = ins[5:0] == 3'h4;
+  assign \$682  = ins[511:510] == 2'h3;
+  assign \$683  = \$681  & \$682 ;
+  assign \$684  = ins[5:0] == 3'h5;
+  assign \$685  = ins[511:510] == 2'h3;
+  assign \$686  = \$684  & \$685 ;
+  assign \$687  = ~ unit_rst;
+  assign \$688  = src0_issue & \$687 ;
+  assign \$689  = last__3 & \last__4$421 ;
+  assign \$690  = ~ unit_rst;
+  assign \$691  = src1_issue & \$690 ;
+  assign \$692  = \last__3$426  & \last__4$424 ;
+  assign \$693  = ins[5:0] == 4'ha;
+  assign \$694  = ins[5:0] == 4'hb;
+  assign \$695  = ins[5:0] == 4'hc;
+  assign \$696  = ins[5:0] == 4'hd;
+  assign \$697  = ins[5:0] == 4'he;
+  assign \$698  = ins[5:0] == 4'hf;
+  assign \$699  = | { \$698 , \$697 , \$696 , \$695 , \$694 , \$693  };
+  assign \$700  = | ins[7:6];
+  assign \$701  = ~ \$700 ;
+  assign \$702  = ins[5:0] == 3'h7;
+  assign \$703  = ins[5:0] == 3'h4;
+  assign \$704  = ins[511:510] == 1'h1;
+  assign \$705  = \$703  & \$704 ;
+  assign \$706  = \$702  | \$705 ;
+  assign \$707  = \$701  & \$706 ;
+  assign \$708  = ins[5:0] == 4'h9;
+  assign \$709  = ins[5:0] == 3'h4;
+  assign \$710  = ins[511:510] == 2'h2;
+  assign \$711  = \$709  & \$710 ;
+  assign \$712  = \$708  | \$711 ;
+  assign \$713  = ins[55:40] + 4'h8;
+  assign \$714  = \$713  - 1'h1;
+  assign \$716  = ins[71:56] + 4'h8;
+  assign \$717  = \$716  - 1'h1;
+  assign \$719  = ins[87:72] - 1'h1;
+  assign \$720  = dec_mt - 1'h1;
+  assign \$721  = dec_nt - 1'h1;
+  assign \$722  = ins[39:24] * dec_mt;
+  assign \$724  = \$723  + 6'h3f;
+  assign \$726  = ins[497:466] + \$725 ;
+  assign \$727  = is_gemm ? \$726  : { 1'h0, ins[465:434] };
+  assign \$728  = dec_blocks * dec_nt;
+  assign \$731  = \$730  ? offset : 32'd0;
+  assign \$732  = ins[465:434] + \$731 ;
+  assign \$733  = cycles + 1'h1;
+  assign \$734  = in_op & op_onehot[0];
+  assign \$735  = op_cycles__0 + 1'h1;
+  assign \$736  = in_op & op_onehot[1];
+  assign \$737  = op_cycles__1 + 1'h1;
+  assign \$738  = in_op & op_onehot[2];
+  assign \$739  = op_cycles__2 + 1'h1;
+  assign \$740  = in_op & op_onehot[3];
+  assign \$741  = op_cycles__3 + 1'h1;
+  assign \$742  = in_op & op_onehot[4];
+  assign \$743  = op_cycles__4 + 1'h1;
+  assign \$744  = in_op & op_onehot[5];
+  assign \$745  = op_cycles__5 + 1'h1;
+  assign \$746  = in_op & op_onehot[6];
+  assign \$747  = op_cycles__6 + 1'h1;
+  assign \$748  = in_op & op_onehot[7];
+  assign \$749  = op_cycles__7 + 1'h1;
+  assign \$750  = in_op & op_onehot[8];
+  assign \$751  = op_cycles__8 + 1'h1;
+  assign \$752  = in_op & op_onehot[9];
+  assign \$753  = op_cycles__9 + 1'h1;
+  assign \$754  = in_op & op_onehot[10];
+  assign \$755  = op_cycles__10 + 1'h1;
+  assign \$756  = in_op & op_onehot[11];
+  assign \$757  = op_cycles__11 + 1'h1;
+  assign \$758  = in_op & op_onehot[12];
+  assign \$759  = op_cycles__12 + 1'h1;
+  assign \$760  = in_op & op_onehot[13];
+  assign \$761  = op_cycles__13 + 1'h1;
+  assign \$762  = in_op & op_onehot[14];
+  assign \$763  = op_cycles__14 + 1'h1;
+  assign \$764  = in_op & op_onehot[15];
+  assign \$765  = op_cycles__15 + 1'h1;
+  assign \$766  = images_left > 1'h1;
+  assign \$767  = is_end & \$766 ;
+  assign \$768  = | ins[39:24];
+  assign \$769  = ~ \$768 ;
+  assign \$770  = | ins[55:40];
+  assign \$771  = ~ \$770 ;
+  assign \$772  = | ins[71:56];
+  assign \$773  = ~ \$772 ;
+  assign \$774  = | ins[87:72];
+  assign \$775  = ~ \$774 ;
+  assign \$776  = | ins[103:88];
+  assign \$777  = ~ \$776 ;
+  assign \$778  = | { \$777 , \$775 , \$773 , \$771 , \$769  };
+  assign \$779  = ~ post_bad;
+  assign \$780  = \$779  & unit_known;
+  assign \$781  = post_gelu | post_add;
+  assign \$782  = \$781  | pre_ln;
+  assign \$783  = \$782  | pre_sm;
+  assign \$784  = is_move | is_load;
+  assign \$785  = \$784  | is_store;
+  assign \$786  = \$785  | is_gemm;
+  assign \$787  = ~ \$786 ;
+  assign \$788  = \$783  | \$787 ;
+  assign \$789  = \$780  & \$788 ;
+  assign \$790  = ~ post_bad;
+  assign \$791  = post_gelu | post_add;
+  assign \$792  = \$791  | pre_ln;
+  assign \$793  = \$792  | pre_sm;
+  assign \$794  = ~ \$793 ;
+  assign \$795  = \$790  & \$794 ;
+  assign \$796  = is_move | is_load;
+  assign \$797  = \$796  | is_store;
+  assign \$798  = \$797  | is_gemm;
+  assign \$799  = \$795  & \$798 ;
+  assign \$800  = | images;
+  assign \$801  = \$800  ? images : 16'h0001;
+  assign \$802  = ~ fetch_sent;
+  assign \$803  = req__ready & \$802 ;
+  assign \$804  = 1'h1 << dec_c_lb;
+  assign \$805  = | decode_wait;
+  assign \$806  = decode_wait - 1'h1;
+  assign \$807  = images_left - 1'h1;
+  assign \$808  = offset + \$signal$443 ;
+  assign \$809  = is_gelu | is_add;
+  assign \$810  = \$809  | post_gelu;
+  assign \$811  = \$810  | post_add;
+  assign \$812  = | c_ask;
+  assign \$813  = \$812  & req__ready;
+  assign \$814  = c_ask - 1'h1;
+  assign \$815  = c_addr + c_step;
+  assign \$816  = beat__valid & beat__ready;
+  assign \$817  = c_due - 1'h1;
+  assign \$818  = c_due == 1'h1;
+  assign \$819  = is_gelu | is_add;
+  assign \$820  = \$819  | post_gelu;
+  assign \$821  = \$820  | post_add;
+  assign \$822  = | ins[509:498];
+  assign \$823  = ~ \$822 ;
+  assign \$824  = is_gelu | is_add;
+  assign \$825  = \$824  | post_gelu;
+  assign \$826  = \$825  | post_add;
+  assign \$827  = ~ \valid$102 ;
+  assign \$828  = ~ ext_req_valid;
+  assign \$829  = \$827  & \$828 ;
+  assign \$830  = \$829  & idle;
+  assign \$831  = | fault;
   assign \$832  = ~ \$831 ;
-  assign \$833  = is_gelu | is_add;
-  assign \$834  = \$833  | post_gelu;
-  assign \$835  = \$834  | post_add;
-  assign \$836  = ~ \valid$102 ;
-  assign \$837  = ~ ext_req_valid;
-  assign \$838  = \$836  & \$837 ;
-  assign \$839  = \$838  & idle;
-  assign \$840  = | fault;
-  assign \$841  = ~ \$840 ;
-  assign \$842  = \$839  & \$841 ;
-  assign \$843  = ~ addr_fault;
+  assign \$833  = \$830  & \$832 ;
+  assign \$834  = ~ addr_fault;
+  assign \$835  = \$833  & \$834 ;
+  assign \$836  = pc + 7'h40;
+  assign \$837  = $signed(addr) < $signed(1'h0);
+  assign \$838  = $signed(addr) >= $signed(16'h4000);
+  assign \$839  = \$837  | \$838 ;
+  assign \$840  = valid & \$839 ;
+  assign \$841  = ~ is_load;
+  assign \$842  = \$840  & \$841 ;
+  assign \$843  = ~ is_gemm;
   assign \$844  = \$842  & \$843 ;
-  assign \$845  = pc + 7'h40;
-  assign \$846  = $signed(addr) < $signed(1'h0);
-  assign \$847  = $signed(addr) >= $signed(16'h4000);
-  assign \$848  = \$846  | \$847 ;
-  assign \$849  = valid & \$848 ;
-  assign \$850  = ~ is_load;
-  assign \$851  = \$849  & \$850 ;
-  assign \$852  = ~ is_gemm;
-  assign \$853  = \$851  & \$852 ;
-  assign \$854  = $signed(\addr$89 ) < $signed(1'h0);
-  assign \$855  = $signed(\addr$89 ) >= $signed(16'h4000);
-  assign \$856  = \$854  | \$855 ;
-  assign \$857  = \valid$85  & \$856 ;
-  assign \$858  = \$857  & is_add;
-  assign \$859  = \$853  | \$858 ;
-  assign \$860  = $signed(\addr$97 ) < $signed(1'h0);
-  assign \$861  = $signed(\addr$97 ) >= $signed(16'h4000);
-  assign \$862  = \$860  | \$861 ;
-  assign \$863  = \valid$102  & \$862 ;
-  assign \$864  = ~ is_store;
-  assign \$865  = \$863  & \$864 ;
-  assign \$866  = ~ is_gemm;
-  assign \$867  = \$865  & \$866 ;
-  assign \$868  = \$859  | \$867 ;
-  assign \$869  = | fault;
-  assign \$870  = \idle$438  & idle;
-  assign \$871  = ~ ext_req_valid;
-  assign \$872  = \$871  | req__ready;
-  assign \$873  = $signed(addr) << ins[23:22];
+  assign \$845  = $signed(\addr$89 ) < $signed(1'h0);
+  assign \$846  = $signed(\addr$89 ) >= $signed(16'h4000);
+  assign \$847  = \$845  | \$846 ;
+  assign \$848  = \valid$85  & \$847 ;
+  assign \$849  = \$848  & is_add;
+  assign \$850  = \$844  | \$849 ;
+  assign \$851  = $signed(\addr$97 ) < $signed(1'h0);
+  assign \$852  = $signed(\addr$97 ) >= $signed(16'h4000);
+  assign \$853  = \$851  | \$852 ;
+  assign \$854  = \valid$102  & \$853 ;
+  assign \$855  = ~ is_store;
+  assign \$856  = \$854  & \$855 ;
+  assign \$857  = ~ is_gemm;
+  assign \$858  = \$856  & \$857 ;
+  assign \$859  = \$850  | \$858 ;
+  assign \$860  = | fault;
+  assign \$861  = \idle$449  & idle;
+  assign \$862  = is_softmax | is_layernorm;
+  assign \$863  = ~ ext_req_valid;
+  assign \$864  = \$863  | req__ready;
+  assign \$865  = $signed(addr) << ins[23:22];
+  assign \$866  = $signed({ 1'h0, dec_ext_base }) + $signed(\$865 );
+  assign \$867  = ~ ext_req_valid;
+  assign \$868  = \$867  | \req__ready$193 ;
+  assign \$869  = r_rdy & \valid$102 ;
+  assign \$870  = ~ ext_req_valid;
+  assign \$871  = \$870  | \req__ready$193 ;
+  assign \$872  = \$869  & \$871 ;
+  assign \$873  = $signed(\addr$97 ) << ins[23:22];
   assign \$874  = $signed({ 1'h0, dec_ext_base }) + $signed(\$873 );
-  assign \$875  = ~ ext_req_valid;
-  assign \$876  = \$875  | \req__ready$192 ;
-  assign \$877  = r_rdy & \valid$102 ;
-  assign \$878  = ~ ext_req_valid;
-  assign \$879  = \$878  | \req__ready$192 ;
-  assign \$880  = \$877  & \$879 ;
-  assign \$881  = $signed(\addr$97 ) << ins[23:22];
-  assign \$882  = $signed({ 1'h0, dec_ext_base }) + $signed(\$881 );
-  assign \$883  = pack_full & in_ready;
-  assign \$884  = ~ pack_full;
-  assign \$885  = \$884  | in_ready;
-  assign \$886  = \$885  & elem_valid;
-  assign \$887  = ~ add_sel;
-  assign \$888  = \r_rdy$212  | \$887 ;
-  assign \$889  = \$886  & \$888 ;
-  assign \$890  = pack_j == 2'h3;
-  assign \$891  = \$890  | elem_final;
-  assign \$892  = pack_j + 1'h1;
-  assign \$893  = \$signal$214  & \valid$102 ;
-  assign \$894  = pack_jo == 2'h3;
-  assign \$895  = \$894  | \final ;
-  assign \$896  = pack_jo + 1'h1;
-  assign \$897  = 1'h1 << w_lb;
-  assign \$898  = | dec_tiles;
-  assign \$899  = | dec_k_last;
-  assign \$900  = ~ \$899 ;
-  assign \$901  = | dec_nt_last;
-  assign \$902  = ~ \$901 ;
-  assign \$903  = \$signal$247  & req__ready;
-  assign \$904  = ~ want_w;
-  assign \$905  = \$904  & is_linear;
-  assign \$906  = ~ is_linear;
-  assign \$907  = want_w & \$signal$444 ;
-  assign \$908  = \$906  | \$907 ;
-  assign \$909  = ~ \$908 ;
-  assign \$910  = want_w & \$909 ;
-  assign \$911  = k + 1'h1;
-  assign \$912  = k + 1'h1;
-  assign \$913  = \$912  == dec_k_last;
-  assign \$914  = w_addr + w_step;
-  assign \$915  = ~ is_linear;
-  assign \$916  = want_w & \$signal$444 ;
-  assign \$917  = \$915  | \$916 ;
-  assign \$918  = tiles - 1'h1;
-  assign \$919  = tiles != 1'h1;
-  assign \$920  = | dec_k_last;
-  assign \$921  = ~ \$920 ;
-  assign \$922  = | dec_nt_last;
-  assign \$923  = ~ \$922 ;
-  assign \$924  = nt + 1'h1;
-  assign \$925  = nt + 1'h1;
-  assign \$926  = \$925  == dec_nt_last;
-  assign \$927  = p_addr + 7'h40;
-  assign \$928  = \a__valid$257  & \a__ready$258 ;
-  assign \$929  = beat__valid & beat__ready;
-  assign \$930  = \$929  & is_linear;
-  assign \$931  = rk == ins[87:72];
-  assign \$932  = rk + 1'h1;
-  assign \$933  = \$931  ? 17'h00000 : \$932 ;
-  assign \$934  = rk == ins[87:72];
-  assign \$935  = ~ is_linear;
-  assign \$936  = \$935  | rk_zero;
-  assign \$937  = ~ \$936 ;
-  assign \$939  = ~ \$938 ;
-  assign \$940  = a_in_valid & \$939 ;
-  assign \$941  = pre_ln | pre_sm;
-  assign \$942  = \$940  & \$941 ;
-  assign \$944  = ~ \$943 ;
-  assign \$945  = a_in_valid & \$944 ;
-  assign \$946  = lk == dec_k_last;
-  assign \$947  = \$signal$270  == 3'h7;
-  assign \$948  = ~ \$signal$263 ;
-  assign \$949  = \$signal$270  + 1'h1;
-  assign \$950  = lk + 1'h1;
-  assign \$951  = \$signal$270  == 3'h7;
-  assign \$952  = lk + 1'h1;
-  assign \$953  = lk == dec_k_last;
-  assign \$954  = ~ \$signal$263 ;
-  assign \$955  = \$signal$270  + 1'h1;
-  assign \$956  = \a__valid$257  & \a__ready$258 ;
-  assign \$958  = \$signal$263  == \$signal$293 ;
-  assign \$959  = lk > \$signal$294 ;
-  assign \$960  = \$958  & \$959 ;
-  assign \$961  = pre_ln | pre_sm;
-  assign \$962  = ~ \$961 ;
-  assign \$963  = \$960  & \$962 ;
-  assign \$964  = \$957  | \$963 ;
-  assign \$966  = is_linear | \$965 ;
-  assign \$967  = \$964  & \$966 ;
-  assign \$968  = ~ \$signal$299 ;
-  assign \$969  = \a__valid$257  & \a__ready$258 ;
-  assign \$970  = \$968  | \$969 ;
-  assign \$971  = \$967  & \$970 ;
-  assign \$972  = | feed_blocks;
-  assign \$973  = \$971  & \$972 ;
-  assign \$974  = \$signal$294  == dec_k_last;
-  assign \$975  = \$signal$294  == dec_k_last;
-  assign \$976  = fnt == dec_nt_last;
-  assign \$977  = ~ \$signal$293 ;
-  assign \$978  = feed_blocks - 1'h1;
-  assign \$979  = fnt + 1'h1;
-  assign \$980  = \$signal$294  + 1'h1;
-  assign \$982  = ~ \$981 ;
-  assign \$983  = \r_rdy$212  & \$982 ;
-  assign \$984  = ~ is_linear;
-  assign \$985  = \$983  & \$984 ;
-  assign \$986  = w_load_lane == 3'h7;
-  assign \$987  = w_load_k + 1'h1;
-  assign \$988  = w_load_addr + 1'h1;
-  assign \$989  = w_load_k == dec_k_last;
-  assign \$990  = w_load_nt + 1'h1;
-  assign \$991  = w_load_nt == dec_nt_last;
-  assign \$992  = ~ w_load_half;
-  assign \$993  = w_load_lane + 1'h1;
-  assign \$995  = \$signal$263  == \$signal$293 ;
-  assign \$996  = lk > \$signal$294 ;
-  assign \$997  = \$995  & \$996 ;
-  assign \$998  = pre_ln | pre_sm;
-  assign \$999  = ~ \$998 ;
-  assign \$1000  = \$997  & \$999 ;
-  assign \$1001  = \$994  | \$1000 ;
-  assign \$1003  = is_linear | \$1002 ;
-  assign \$1004  = \$1001  & \$1003 ;
-  assign \$1005  = ~ \$signal$299 ;
-  assign \$1006  = \a__valid$257  & \a__ready$258 ;
-  assign \$1007  = \$1005  | \$1006 ;
-  assign \$1008  = \$1004  & \$1007 ;
-  assign \$1009  = | feed_blocks;
-  assign \$1010  = \$1008  & \$1009 ;
-  assign \$1011  = ~ is_linear;
-  assign \$1012  = \$1010  & \$1011 ;
-  assign \$1013  = \$signal$294  == dec_k_last;
-  assign \$1014  = fnt == dec_nt_last;
-  assign \$1015  = feed_mt == dec_mt_last;
-  assign \$1016  = ~ w_feed_half;
-  assign \$1017  = feed_mt + 1'h1;
-  assign \$1018  = feed_ntk + ins[87:72];
-  assign \$1019  = post_gelu | post_add;
-  assign \$1020  = gemm_active & \$1019 ;
-  assign \$1021  = post_col == 3'h7;
-  assign \$1022  = post_col + 1'h1;
-  assign \$1023  = \$1021  ? 4'h0 : \$1022 ;
+  assign \$875  = pack_full & in_ready;
+  assign \$876  = ~ pack_full;
+  assign \$877  = \$876  | in_ready;
+  assign \$878  = \$877  & elem_valid;
+  assign \$879  = ~ add_sel;
+  assign \$880  = \r_rdy$213  | \$879 ;
+  assign \$881  = \$878  & \$880 ;
+  assign \$882  = pack_j == 2'h3;
+  assign \$883  = \$882  | elem_final;
+  assign \$884  = pack_j + 1'h1;
+  assign \$885  = \$signal$215  & \valid$102 ;
+  assign \$886  = pack_jo == 2'h3;
+  assign \$887  = \$886  | \final ;
+  assign \$888  = pack_jo + 1'h1;
+  assign \$889  = 1'h1 << w_lb;
+  assign \$890  = | dec_tiles;
+  assign \$891  = | dec_k_last;
+  assign \$892  = ~ \$891 ;
+  assign \$893  = | dec_nt_last;
+  assign \$894  = ~ \$893 ;
+  assign \$895  = \$signal$248  & req__ready;
+  assign \$896  = ~ want_w;
+  assign \$897  = \$896  & is_linear;
+  assign \$898  = ~ is_linear;
+  assign \$899  = want_w & \$signal$455 ;
+  assign \$900  = \$898  | \$899 ;
+  assign \$901  = ~ \$900 ;
+  assign \$902  = want_w & \$901 ;
+  assign \$903  = k + 1'h1;
+  assign \$904  = k + 1'h1;
+  assign \$905  = \$904  == dec_k_last;
+  assign \$906  = w_addr + w_step;
+  assign \$907  = ~ is_linear;
+  assign \$908  = want_w & \$signal$455 ;
+  assign \$909  = \$907  | \$908 ;
+  assign \$910  = tiles - 1'h1;
+  assign \$911  = tiles != 1'h1;
+  assign \$912  = | dec_k_last;
+  assign \$913  = ~ \$912 ;
+  assign \$914  = | dec_nt_last;
+  assign \$915  = ~ \$914 ;
+  assign \$916  = nt + 1'h1;
+  assign \$917  = nt + 1'h1;
+  assign \$918  = \$917  == dec_nt_last;
+  assign \$919  = p_addr + 7'h40;
+  assign \$920  = \a__valid$258  & \a__ready$259 ;
+  assign \$921  = beat__valid & beat__ready;
+  assign \$922  = \$921  & is_linear;
+  assign \$923  = rk == ins[87:72];
+  assign \$924  = rk + 1'h1;
+  assign \$925  = \$923  ? 17'h00000 : \$924 ;
+  assign \$926  = rk == ins[87:72];
+  assign \$927  = ~ is_linear;
+  assign \$928  = \$927  | rk_zero;
+  assign \$929  = ~ \$928 ;
+  assign \$931  = ~ \$930 ;
+  assign \$932  = a_in_valid & \$931 ;
+  assign \$933  = pre_ln | pre_sm;
+  assign \$934  = \$932  & \$933 ;
+  assign \$936  = ~ \$935 ;
+  assign \$937  = a_in_valid & \$936 ;
+  assign \$938  = lk == dec_k_last;
+  assign \$939  = \$signal$271  == 3'h7;
+  assign \$940  = ~ \$signal$264 ;
+  assign \$941  = \$signal$271  + 1'h1;
+  assign \$942  = lk + 1'h1;
+  assign \$943  = \$signal$271  == 3'h7;
+  assign \$944  = lk + 1'h1;
+  assign \$945  = lk == dec_k_last;
+  assign \$946  = ~ \$signal$264 ;
+  assign \$947  = \$signal$271  + 1'h1;
+  assign \$948  = \a__valid$258  & \a__ready$259 ;
+  assign \$950  = \$signal$264  == \$signal$294 ;
+  assign \$951  = lk > \$signal$295 ;
+  assign \$952  = \$950  & \$951 ;
+  assign \$953  = pre_ln | pre_sm;
+  assign \$954  = ~ \$953 ;
+  assign \$955  = \$952  & \$954 ;
+  assign \$956  = \$949  | \$955 ;
+  assign \$958  = is_linear | \$957 ;
+  assign \$959  = \$956  & \$958 ;
+  assign \$960  = ~ \$signal$300 ;
+  assign \$961  = \a__valid$258  & \a__ready$259 ;
+  assign \$962  = \$960  | \$961 ;
+  assign \$963  = \$959  & \$962 ;
+  assign \$964  = | feed_blocks;
+  assign \$965  = \$963  & \$964 ;
+  assign \$966  = \$signal$295  == dec_k_last;
+  assign \$967  = \$signal$295  == dec_k_last;
+  assign \$968  = fnt == dec_nt_last;
+  assign \$969  = ~ \$signal$294 ;
+  assign \$970  = feed_blocks - 1'h1;
+  assign \$971  = fnt + 1'h1;
+  assign \$972  = \$signal$295  + 1'h1;
+  assign \$974  = ~ \$973 ;
+  assign \$975  = \r_rdy$213  & \$974 ;
+  assign \$976  = ~ is_linear;
+  assign \$977  = \$975  & \$976 ;
+  assign \$978  = w_load_lane == 3'h7;
+  assign \$979  = w_load_k + 1'h1;
+  assign \$980  = w_load_addr + 1'h1;
+  assign \$981  = w_load_k == dec_k_last;
+  assign \$982  = w_load_nt + 1'h1;
+  assign \$983  = w_load_nt == dec_nt_last;
+  assign \$984  = ~ w_load_half;
+  assign \$985  = w_load_lane + 1'h1;
+  assign \$987  = \$signal$264  == \$signal$294 ;
+  assign \$988  = lk > \$signal$295 ;
+  assign \$989  = \$987  & \$988 ;
+  assign \$990  = pre_ln | pre_sm;
+  assign \$991  = ~ \$990 ;
+  assign \$992  = \$989  & \$991 ;
+  assign \$993  = \$986  | \$992 ;
+  assign \$995  = is_linear | \$994 ;
+  assign \$996  = \$993  & \$995 ;
+  assign \$997  = ~ \$signal$300 ;
+  assign \$998  = \a__valid$258  & \a__ready$259 ;
+  assign \$999  = \$997  | \$998 ;
+  assign \$1000  = \$996  & \$999 ;
+  assign \$1001  = | feed_blocks;
+  assign \$1002  = \$1000  & \$1001 ;
+  assign \$1003  = ~ is_linear;
+  assign \$1004  = \$1002  & \$1003 ;
+  assign \$1005  = \$signal$295  == dec_k_last;
+  assign \$1006  = fnt == dec_nt_last;
+  assign \$1007  = feed_mt == dec_mt_last;
+  assign \$1008  = ~ w_feed_half;
+  assign \$1009  = feed_mt + 1'h1;
+  assign \$1010  = feed_ntk + ins[87:72];
+  assign \$1011  = post_gelu | post_add;
+  assign \$1012  = gemm_active & \$1011 ;
+  assign \$1013  = post_col == 3'h7;
+  assign \$1014  = post_col + 1'h1;
+  assign \$1015  = \$1013  ? 4'h0 : \$1014 ;
   always @(posedge clk)
-    is_end <= \$1024 ;
+    is_end <= \$1016 ;
   always @(posedge clk)
-    is_load <= \$1025 ;
+    is_load <= \$1017 ;
   always @(posedge clk)
-    is_store <= \$1026 ;
+    is_store <= \$1018 ;
   always @(posedge clk)
-    is_linear <= \$1027 ;
+    is_linear <= \$1019 ;
   always @(posedge clk)
-    is_matmul <= \$1028 ;
+    is_matmul <= \$1020 ;
   always @(posedge clk)
-    is_softmax <= \$1029 ;
+    is_softmax <= \$1021 ;
   always @(posedge clk)
-    is_gelu <= \$1030 ;
+    is_gelu <= \$1022 ;
   always @(posedge clk)
-    is_layernorm <= \$1031 ;
+    is_layernorm <= \$1023 ;
   always @(posedge clk)
-    is_add <= \$1032 ;
+    is_add <= \$1024 ;
   always @(posedge clk)
-    is_im2col <= \$1033 ;
+    is_im2col <= \$1025 ;
   always @(posedge clk)
-    is_concat <= \$1034 ;
+    is_concat <= \$1026 ;
   always @(posedge clk)
-    is_split_heads <= \$1035 ;
+    is_split_heads <= \$1027 ;
   always @(posedge clk)
-    is_merge_heads <= \$1036 ;
+    is_merge_heads <= \$1028 ;
   always @(posedge clk)
-    is_transpose <= \$1037 ;
+    is_transpose <= \$1029 ;
   always @(posedge clk)
-    is_select <= \$1038 ;
+    is_select <= \$1030 ;
   always @(posedge clk)
-    op_onehot <= \$1039 ;
+    op_onehot <= \$1031 ;
   always @(posedge clk)
-    is_gemm <= \$1040 ;
+    is_gemm <= \$1032 ;
   always @(posedge clk)
-    post_gelu <= \$1041 ;
+    post_gelu <= \$1033 ;
   always @(posedge clk)
-    post_add <= \$1042 ;
+    post_add <= \$1034 ;
   always @(posedge clk)
-    pre_ln <= \$1043 ;
+    pre_ln <= \$1035 ;
   always @(posedge clk)
-    pre_sm <= \$1044 ;
+    pre_sm <= \$1036 ;
   always @(posedge clk)
-    src0_inflight <= \$1045 ;
+    src0_inflight <= \$1037 ;
   always @(posedge clk)
-    src0_meta <= \$1046 ;
+    src0_meta <= \$1038 ;
   always @(posedge clk)
-    src1_inflight <= \$1047 ;
+    src1_inflight <= \$1039 ;
   always @(posedge clk)
-    src1_meta <= \$1048 ;
+    src1_meta <= \$1040 ;
   always @(posedge clk)
-    is_move <= \$1049 ;
+    is_move <= \$1041 ;
   always @(posedge clk)
-    unit_is0 <= \$1050 ;
+    gelu_sel0 <= \$1042 ;
   always @(posedge clk)
-    dec_mt <= \$1051 ;
+    add_sel <= \$1043 ;
   always @(posedge clk)
-    dec_nt <= \$1052 ;
+    dec_mt <= \$1044 ;
   always @(posedge clk)
-    dec_k_last <= \$1053 ;
+    dec_nt <= \$1045 ;
   always @(posedge clk)
-    dec_c_lb <= \$1054 ;
+    dec_k_last <= \$1046 ;
   always @(posedge clk)
-    dec_mt_last <= \$1055 ;
+    dec_c_lb <= \$1047 ;
   always @(posedge clk)
-    dec_nt_last <= \$1056 ;
+    dec_mt_last <= \$1048 ;
   always @(posedge clk)
-    dec_blocks <= \$1057 ;
+    dec_nt_last <= \$1049 ;
   always @(posedge clk)
-    dec_c_base <= \$1058 ;
+    dec_blocks <= \$1050 ;
   always @(posedge clk)
-    dec_tiles <= \$1059 ;
+    dec_c_base <= \$1051 ;
   always @(posedge clk)
-    dec_ext_base <= \$1060 ;
+    dec_tiles <= \$1052 ;
   always @(posedge clk)
-    addr_fault <= \$1061 ;
+    dec_ext_base <= \$1053 ;
   always @(posedge clk)
-    ext_req_valid <= \$1062 ;
+    addr_fault <= \$1054 ;
   always @(posedge clk)
-    cycles <= \$1063 ;
+    ext_req_valid <= \$1055 ;
   always @(posedge clk)
-    op_cycles__0 <= \$1064 ;
+    cycles <= \$1056 ;
   always @(posedge clk)
-    op_cycles__1 <= \$1065 ;
+    op_cycles__0 <= \$1057 ;
   always @(posedge clk)
-    op_cycles__2 <= \$1066 ;
+    op_cycles__1 <= \$1058 ;
   always @(posedge clk)
-    op_cycles__3 <= \$1067 ;
+    op_cycles__2 <= \$1059 ;
   always @(posedge clk)
-    op_cycles__4 <= \$1068 ;
+    op_cycles__3 <= \$1060 ;
   always @(posedge clk)
-    op_cycles__5 <= \$1069 ;
+    op_cycles__4 <= \$1061 ;
   always @(posedge clk)
-    op_cycles__6 <= \$1070 ;
+    op_cycles__5 <= \$1062 ;
   always @(posedge clk)
-    op_cycles__7 <= \$1071 ;
+    op_cycles__6 <= \$1063 ;
   always @(posedge clk)
-    op_cycles__8 <= \$1072 ;
+    op_cycles__7 <= \$1064 ;
   always @(posedge clk)
-    op_cycles__9 <= \$1073 ;
+    op_cycles__8 <= \$1065 ;
   always @(posedge clk)
-    op_cycles__10 <= \$1074 ;
+    op_cycles__9 <= \$1066 ;
   always @(posedge clk)
-    op_cycles__11 <= \$1075 ;
+    op_cycles__10 <= \$1067 ;
   always @(posedge clk)
-    op_cycles__12 <= \$1076 ;
+    op_cycles__11 <= \$1068 ;
   always @(posedge clk)
-    op_cycles__13 <= \$1077 ;
+    op_cycles__12 <= \$1069 ;
   always @(posedge clk)
-    op_cycles__14 <= \$1078 ;
+    op_cycles__13 <= \$1070 ;
   always @(posedge clk)
-    op_cycles__15 <= \$1079 ;
+    op_cycles__14 <= \$1071 ;
   always @(posedge clk)
-    pc <= \$1080 ;
+    op_cycles__15 <= \$1072 ;
   always @(posedge clk)
-    busy <= \$1081 ;
+    d_end_more <= \$1073 ;
   always @(posedge clk)
-    done <= \$1082 ;
+    d_end <= \$1074 ;
   always @(posedge clk)
-    error <= \$1083 ;
+    d_count_zero <= \$1075 ;
   always @(posedge clk)
-    fetch_sent <= \$1084 ;
+    d_const <= \$1076 ;
   always @(posedge clk)
-    \$signal$431  <= \$1085 ;
+    d_stream <= \$1077 ;
   always @(posedge clk)
-    \$signal$432  <= \$1086 ;
+    pc <= \$1078 ;
   always @(posedge clk)
-    images_left <= \$1087 ;
+    busy <= \$1079 ;
   always @(posedge clk)
-    offset <= \$1088 ;
+    done <= \$1080 ;
   always @(posedge clk)
-    seq_state <= \$1089 ;
+    error <= \$1081 ;
   always @(posedge clk)
-    in_stream <= \$1090 ;
+    fetch_sent <= \$1082 ;
   always @(posedge clk)
-    in_decode <= \$1091 ;
+    \$signal$442  <= \$1083 ;
   always @(posedge clk)
-    in_op <= \$1092 ;
+    \$signal$443  <= \$1084 ;
   always @(posedge clk)
-    gemm_active <= \$1093 ;
+    images_left <= \$1085 ;
   always @(posedge clk)
-    pack_active <= \$1094 ;
+    offset <= \$1086 ;
   always @(posedge clk)
-    ins <= \$1095 ;
+    seq_state <= \$1087 ;
   always @(posedge clk)
-    decode_wait <= \$1096 ;
+    in_stream <= \$1088 ;
   always @(posedge clk)
-    c_addr <= \$1097 ;
+    in_decode <= \$1089 ;
   always @(posedge clk)
-    c_step <= \$1098 ;
+    in_op <= \$1090 ;
   always @(posedge clk)
-    c_ask <= \$1099 ;
+    gemm_active <= \$1091 ;
   always @(posedge clk)
-    c_due <= \$1100 ;
+    pack_active <= \$1092 ;
   always @(posedge clk)
-    ext_req_addr <= \$1101 ;
+    ins <= \$1093 ;
   always @(posedge clk)
-    ext_req_data <= \$1102 ;
+    decode_wait <= \$1094 ;
   always @(posedge clk)
-    pack_full <= \$1103 ;
+    c_addr <= \$1095 ;
   always @(posedge clk)
-    pack_a0 <= \$1104 ;
+    c_step <= \$1096 ;
   always @(posedge clk)
-    pack_a1 <= \$1105 ;
+    c_ask <= \$1097 ;
   always @(posedge clk)
-    pack_a2 <= \$1106 ;
+    c_due <= \$1098 ;
   always @(posedge clk)
-    pack_a3 <= \$1107 ;
+    ext_req_addr <= \$1099 ;
   always @(posedge clk)
-    pack_b0 <= \$1108 ;
+    ext_req_data <= \$1100 ;
   always @(posedge clk)
-    pack_b1 <= \$1109 ;
+    pack_full <= \$1101 ;
   always @(posedge clk)
-    pack_b2 <= \$1110 ;
+    pack_a0 <= \$1102 ;
   always @(posedge clk)
-    pack_b3 <= \$1111 ;
+    pack_a1 <= \$1103 ;
   always @(posedge clk)
-    pack_j <= \$1112 ;
+    pack_a2 <= \$1104 ;
   always @(posedge clk)
-    pack_jo <= \$1113 ;
+    pack_a3 <= \$1105 ;
   always @(posedge clk)
-    tiles <= \$1114 ;
+    pack_b0 <= \$1106 ;
   always @(posedge clk)
-    nt <= \$1115 ;
+    pack_b1 <= \$1107 ;
   always @(posedge clk)
-    k <= \$1116 ;
+    pack_b2 <= \$1108 ;
   always @(posedge clk)
-    w_addr <= \$1117 ;
+    pack_b3 <= \$1109 ;
   always @(posedge clk)
-    p_addr <= \$1118 ;
+    pack_j <= \$1110 ;
   always @(posedge clk)
-    want_w <= \$1119 ;
+    pack_jo <= \$1111 ;
   always @(posedge clk)
-    w_step <= \$1120 ;
+    tiles <= \$1112 ;
   always @(posedge clk)
-    \$signal$247  <= \$1121 ;
+    nt <= \$1113 ;
   always @(posedge clk)
-    \$signal$444  <= \$1122 ;
+    k <= \$1114 ;
   always @(posedge clk)
-    nt_hit <= \$1123 ;
+    w_addr <= \$1115 ;
   always @(posedge clk)
-    rk <= \$1124 ;
+    p_addr <= \$1116 ;
   always @(posedge clk)
-    rk_zero <= \$1125 ;
+    want_w <= \$1117 ;
   always @(posedge clk)
-    w_full <= \$1126 ;
+    w_step <= \$1118 ;
   always @(posedge clk)
-    w_lane0 <= \$1127 ;
+    \$signal$248  <= \$1119 ;
   always @(posedge clk)
-    w_lane1 <= \$1128 ;
+    \$signal$455  <= \$1120 ;
   always @(posedge clk)
-    w_lane2 <= \$1129 ;
+    nt_hit <= \$1121 ;
   always @(posedge clk)
-    w_lane3 <= \$1130 ;
+    rk <= \$1122 ;
   always @(posedge clk)
-    w_lane4 <= \$1131 ;
+    rk_zero <= \$1123 ;
   always @(posedge clk)
-    w_lane5 <= \$1132 ;
+    w_full <= \$1124 ;
   always @(posedge clk)
-    w_lane6 <= \$1133 ;
+    w_lane0 <= \$1125 ;
   always @(posedge clk)
-    w_lane7 <= \$1134 ;
+    w_lane1 <= \$1126 ;
   always @(posedge clk)
-    a_filled0 <= \$1135 ;
+    w_lane2 <= \$1127 ;
   always @(posedge clk)
-    a_filled1 <= \$1136 ;
+    w_lane3 <= \$1128 ;
   always @(posedge clk)
-    \$signal$263  <= \$1137 ;
+    w_lane4 <= \$1129 ;
   always @(posedge clk)
-    \$signal$270  <= \$1138 ;
+    w_lane5 <= \$1130 ;
   always @(posedge clk)
-    lk <= \$1139 ;
+    w_lane6 <= \$1131 ;
   always @(posedge clk)
-    \$signal$293  <= \$1140 ;
+    w_lane7 <= \$1132 ;
   always @(posedge clk)
-    \$signal$294  <= \$1141 ;
+    a_filled0 <= \$1133 ;
   always @(posedge clk)
-    fnt <= \$1142 ;
+    a_filled1 <= \$1134 ;
   always @(posedge clk)
-    feed_blocks <= \$1143 ;
+    \$signal$264  <= \$1135 ;
   always @(posedge clk)
-    \$signal$299  <= \$1144 ;
+    \$signal$271  <= \$1136 ;
   always @(posedge clk)
-    a_last <= \$1145 ;
+    lk <= \$1137 ;
   always @(posedge clk)
-    w_load_lane <= \$1146 ;
+    \$signal$294  <= \$1138 ;
   always @(posedge clk)
-    w_load_k <= \$1147 ;
+    \$signal$295  <= \$1139 ;
   always @(posedge clk)
-    w_load_addr <= \$1148 ;
+    fnt <= \$1140 ;
   always @(posedge clk)
-    w_load_nt <= \$1149 ;
+    feed_blocks <= \$1141 ;
   always @(posedge clk)
-    w_filled0 <= \$1150 ;
+    \$signal$300  <= \$1142 ;
   always @(posedge clk)
-    w_filled1 <= \$1151 ;
+    a_last <= \$1143 ;
   always @(posedge clk)
-    w_load_half <= \$1152 ;
+    w_load_lane <= \$1144 ;
   always @(posedge clk)
-    feed_ntk <= \$1153 ;
+    w_load_k <= \$1145 ;
   always @(posedge clk)
-    feed_mt <= \$1154 ;
+    w_load_addr <= \$1146 ;
   always @(posedge clk)
-    w_feed_half <= \$1155 ;
+    w_load_nt <= \$1147 ;
   always @(posedge clk)
-    post_col <= \$1156 ;
+    w_filled0 <= \$1148 ;
+  always @(posedge clk)
+    w_filled1 <= \$1149 ;
+  always @(posedge clk)
+    w_load_half <= \$1150 ;
+  always @(posedge clk)
+    feed_ntk <= \$1151 ;
+  always @(posedge clk)
+    feed_mt <= \$1152 ;
+  always @(posedge clk)
+    w_feed_half <= \$1153 ;
+  always @(posedge clk)
+    post_col <= \$1154 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
-    .b__payload(\b__payload$232 ),
-    .b__ready(\b__ready$226 ),
-    .b__valid(\b__valid$224 ),
-    .c__payload(\c__payload$174 ),
-    .c__ready(\c__ready$176 ),
-    .c__valid(\c__valid$175 ),
+    .b__payload(\b__payload$233 ),
+    .b__ready(\b__ready$227 ),
+    .b__valid(\b__valid$225 ),
+    .c__payload(\c__payload$172 ),
+    .c__ready(\c__ready$174 ),
+    .c__valid(\c__valid$173 ),
     .clk(clk),
-    .o__payload(\o__payload$219 ),
-    .o__ready(\o__ready$216 ),
-    .o__valid(\o__valid$215 ),
+    .o__payload(\o__payload$220 ),
+    .o__ready(\o__ready$217 ),
+    .o__valid(\o__valid$216 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gelu0  gelu0 (
-    .c__payload(\c__payload$177 ),
-    .c__ready(\c__ready$179 ),
-    .c__valid(\c__valid$178 ),
+    .c__payload(\c__payload$175 ),
+    .c__ready(\c__ready$177 ),
+    .c__valid(\c__valid$176 ),
     .clk(clk),
-    .go(\i__ready$241 ),
-    .i__payload(\i__payload$242 ),
-    .i__valid(\i__valid$240 ),
-    .o__payload(\o__payload$239 ),
-    .o__ready(\o__ready$238 ),
-    .o__valid(\o__valid$237 ),
+    .go(\i__ready$242 ),
+    .i__payload(\i__payload$243 ),
+    .i__valid(\i__valid$241 ),
+    .o__payload(\o__payload$240 ),
+    .o__ready(\o__ready$239 ),
+    .o__valid(\o__valid$238 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$361 ),
-    .a__ready(\a__ready$258 ),
-    .a__valid(\a__valid$257 ),
+    .a__payload(\a__payload$362 ),
+    .a__ready(\a__ready$259 ),
+    .a__valid(\a__valid$258 ),
     .clk(clk),
-    .o__payload(\o__payload$390 ),
-    .o__ready(\o__ready$395 ),
-    .o__valid(\o__valid$391 ),
+    .o__payload(\w_data$392 ),
+    .o__ready(\o__ready$394 ),
+    .o__valid(\w_en$390 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -29136,6 +29148,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .unit_rst(unit_rst),
     .w__payload(w__payload),
     .w__valid(w__valid)
+  );
+  \accelerator.core.gemm_out_slice  gemm_out_slice (
+    .clk(clk),
+    .r_data(\r_data$397 ),
+    .r_en(\r_en$402 ),
+    .r_rdy(\r_rdy$398 ),
+    .rst(rst),
+    .unit_rst(unit_rst),
+    .w_en(\w_en$390 ),
+    .w_port__data(\w_data$392 ),
+    .w_rdy(\o__ready$394 )
   );
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$97 ),
@@ -29166,9 +29189,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$412 ),
+    .\final (\final$422 ),
     .last__3(last__3),
-    .last__4(\last__4$411 ),
+    .last__4(\last__4$421 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -29188,9 +29211,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$89 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$415 ),
-    .last__3(\last__3$416 ),
-    .last__4(\last__4$414 ),
+    .\final (\final$425 ),
+    .last__3(\last__3$426 ),
+    .last__4(\last__4$424 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -29208,23 +29231,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.layernorm  layernorm (
     .buf_wdata(\i__payload$200 ),
-    .c__payload(\c__payload$171 ),
-    .c__valid(\c__valid$172 ),
+    .c__payload(\c__payload$169 ),
+    .c__valid(\c__valid$170 ),
     .clk(clk),
-    .i__ready(\i__ready$201 ),
-    .i__valid(\i__valid$199 ),
-    .idle_r(\c__ready$173 ),
-    .o__payload(\o__payload$203 ),
-    .o__ready(\o__ready$204 ),
-    .o__valid(\o__valid$202 ),
+    .i__ready(\i__ready$202 ),
+    .i__valid(\i__valid$201 ),
+    .idle_r(\c__ready$171 ),
+    .o__payload(\o__payload$204 ),
+    .o__ready(\o__ready$205 ),
+    .o__valid(\o__valid$203 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$13886$0 (src0_meta),
-    .\port$1703$0 (\$signature__data ),
+    .\port$13938$0 (src0_meta),
+    .\port$1725$0 (\$signature__data ),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(r_rdy),
@@ -29235,11 +29258,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$86 ),
-    .\port$13890$0 (src1_meta),
-    .\port$1704$0 (\$signature__data$94 ),
-    .r_data(\r_data$316 ),
-    .r_en(\r_en$213 ),
-    .r_rdy(\r_rdy$212 ),
+    .\port$13942$0 (src1_meta),
+    .\port$1726$0 (\$signature__data$94 ),
+    .r_data(\r_data$317 ),
+    .r_en(\r_en$214 ),
+    .r_rdy(\r_rdy$213 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -29251,11 +29274,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .beat__payload(beat__payload),
     .beat__valid(beat__valid),
     .clk(clk),
-    .idle(\idle$438 ),
+    .idle(\idle$449 ),
     .r__payload(r__payload),
     .r__ready(r__ready),
     .r__valid(r__valid),
-    .\r_en$25 (beat__ready),
+    .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
     .w_data(req__payload),
@@ -29285,29 +29308,69 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clk(clk),
     .err(err),
     .idle(idle),
-    .req__ready(\req__ready$192 ),
+    .req__ready(\req__ready$193 ),
     .rst(rst),
-    .w_data(\req__payload$190 ),
-    .w_en(\req__valid$189 )
+    .w_data(\req__payload$191 ),
+    .w_en(\req__valid$190 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$159  = 16'h0000;
+    \$127  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$159  = unpack0;
+          \$127  = unpack0;
       3'h1:
-          \$159  = unpack1;
+          \$127  = unpack1;
       3'h2:
-          \$159  = unpack2;
+          \$127  = unpack2;
       3'h3:
-          \$159  = unpack3;
+          \$127  = unpack3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$264 )
+      1'h0:
+          \$161  = a_filled0;
+      1'h1:
+          \$161  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$264 )
+      1'h0:
+          \$169  = a_filled0;
+      1'h1:
+          \$169  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$264 )
+      1'h0:
+          \$177  = a_filled0;
+      1'h1:
+          \$177  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$264 )
+      1'h0:
+          \$184  = a_filled0;
+      1'h1:
+          \$184  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$264 )
       1'h0:
           \$191  = a_filled0;
       1'h1:
@@ -29317,7 +29380,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$264 )
       1'h0:
           \$198  = a_filled0;
       1'h1:
@@ -29327,81 +29390,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$264 )
       1'h0:
-          \$206  = a_filled0;
+          \$205  = a_filled0;
       1'h1:
-          \$206  = a_filled1;
+          \$205  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$264 )
       1'h0:
-          \$213  = a_filled0;
+          \$212  = a_filled0;
       1'h1:
-          \$213  = a_filled1;
+          \$212  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$264 )
       1'h0:
-          \$220  = a_filled0;
+          \$219  = a_filled0;
       1'h1:
-          \$220  = a_filled1;
+          \$219  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$294 )
       1'h0:
-          \$227  = a_filled0;
+          \$226  = a_filled0;
       1'h1:
-          \$227  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$263 )
-      1'h0:
-          \$234  = a_filled0;
-      1'h1:
-          \$234  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$263 )
-      1'h0:
-          \$241  = a_filled0;
-      1'h1:
-          \$241  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$263 )
-      1'h0:
-          \$248  = a_filled0;
-      1'h1:
-          \$248  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$293 )
-      1'h0:
-          \$255  = a_filled0;
-      1'h1:
-          \$255  = a_filled1;
+          \$226  = a_filled1;
     endcase
   end
   always @* begin
@@ -29409,19 +29432,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$263  = w_filled0;
+          \$234  = w_filled0;
       1'h1:
-          \$263  = w_filled1;
+          \$234  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$274  = a_filled0;
+          \$245  = a_filled0;
       1'h1:
-          \$274  = a_filled1;
+          \$245  = a_filled1;
     endcase
   end
   always @* begin
@@ -29429,19 +29452,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$282  = w_filled0;
+          \$253  = w_filled0;
       1'h1:
-          \$282  = w_filled1;
+          \$253  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$293  = a_filled0;
+          \$264  = a_filled0;
       1'h1:
-          \$293  = a_filled1;
+          \$264  = a_filled1;
     endcase
   end
   always @* begin
@@ -29449,19 +29472,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$301  = w_filled0;
+          \$272  = w_filled0;
       1'h1:
-          \$301  = w_filled1;
+          \$272  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$312  = a_filled0;
+          \$283  = a_filled0;
       1'h1:
-          \$312  = a_filled1;
+          \$283  = a_filled1;
     endcase
   end
   always @* begin
@@ -29469,19 +29492,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$320  = w_filled0;
+          \$291  = w_filled0;
       1'h1:
-          \$320  = w_filled1;
+          \$291  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$331  = a_filled0;
+          \$302  = a_filled0;
       1'h1:
-          \$331  = a_filled1;
+          \$302  = a_filled1;
     endcase
   end
   always @* begin
@@ -29489,19 +29512,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$339  = w_filled0;
+          \$310  = w_filled0;
       1'h1:
-          \$339  = w_filled1;
+          \$310  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$350  = a_filled0;
+          \$321  = a_filled0;
       1'h1:
-          \$350  = a_filled1;
+          \$321  = a_filled1;
     endcase
   end
   always @* begin
@@ -29509,25 +29532,55 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$358  = w_filled0;
+          \$329  = w_filled0;
       1'h1:
-          \$358  = w_filled1;
+          \$329  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$369  = a_filled0;
+          \$340  = a_filled0;
       1'h1:
-          \$369  = a_filled1;
+          \$340  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
+      1'h0:
+          \$348  = w_filled0;
+      1'h1:
+          \$348  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$294 )
+      1'h0:
+          \$359  = a_filled0;
+      1'h1:
+          \$359  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$367  = w_filled0;
+      1'h1:
+          \$367  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
       1'h0:
           \$377  = w_filled0;
       1'h1:
@@ -29537,21 +29590,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (w_load_half)
       1'h0:
-          \$388  = a_filled0;
+          \$384  = w_filled0;
       1'h1:
-          \$388  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$396  = w_filled0;
-      1'h1:
-          \$396  = w_filled1;
+          \$384  = w_filled1;
     endcase
   end
   always @* begin
@@ -29559,9 +29602,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$406  = w_filled0;
+          \$394  = w_filled0;
       1'h1:
-          \$406  = w_filled1;
+          \$394  = w_filled1;
     endcase
   end
   always @* begin
@@ -29569,9 +29612,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$413  = w_filled0;
+          \$403  = w_filled0;
       1'h1:
-          \$413  = w_filled1;
+          \$403  = w_filled1;
     endcase
   end
   always @* begin
@@ -29579,9 +29622,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$423  = w_filled0;
+          \$412  = w_filled0;
       1'h1:
-          \$423  = w_filled1;
+          \$412  = w_filled1;
     endcase
   end
   always @* begin
@@ -29589,9 +29632,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$432  = w_filled0;
+          \$421  = w_filled0;
       1'h1:
-          \$432  = w_filled1;
+          \$421  = w_filled1;
     endcase
   end
   always @* begin
@@ -29599,9 +29642,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$441  = w_filled0;
+          \$430  = w_filled0;
       1'h1:
-          \$441  = w_filled1;
+          \$430  = w_filled1;
     endcase
   end
   always @* begin
@@ -29609,9 +29652,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$450  = w_filled0;
+          \$439  = w_filled0;
       1'h1:
-          \$450  = w_filled1;
+          \$439  = w_filled1;
     endcase
   end
   always @* begin
@@ -29619,39 +29662,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$459  = w_filled0;
+          \$448  = w_filled0;
       1'h1:
-          \$459  = w_filled1;
+          \$448  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (w_load_half)
+    casez (\$signal$294 )
       1'h0:
-          \$468  = w_filled0;
+          \$458  = a_filled0;
       1'h1:
-          \$468  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$477  = w_filled0;
-      1'h1:
-          \$477  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$293 )
-      1'h0:
-          \$487  = a_filled0;
-      1'h1:
-          \$487  = a_filled1;
+          \$458  = a_filled1;
     endcase
   end
   always @* begin
@@ -29659,39 +29682,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$495  = w_filled0;
+          \$466  = w_filled0;
       1'h1:
-          \$495  = w_filled1;
+          \$466  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$507  = a_filled0;
+          \$478  = a_filled0;
       1'h1:
-          \$507  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$515  = w_filled0;
-      1'h1:
-          \$515  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$293 )
-      1'h0:
-          \$527  = a_filled0;
-      1'h1:
-          \$527  = a_filled1;
+          \$478  = a_filled1;
     endcase
   end
   always @* begin
@@ -29699,39 +29702,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$535  = w_filled0;
+          \$486  = w_filled0;
       1'h1:
-          \$535  = w_filled1;
+          \$486  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$547  = a_filled0;
+          \$498  = a_filled0;
       1'h1:
-          \$547  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$555  = w_filled0;
-      1'h1:
-          \$555  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$293 )
-      1'h0:
-          \$567  = a_filled0;
-      1'h1:
-          \$567  = a_filled1;
+          \$498  = a_filled1;
     endcase
   end
   always @* begin
@@ -29739,39 +29722,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$575  = w_filled0;
+          \$506  = w_filled0;
       1'h1:
-          \$575  = w_filled1;
+          \$506  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$587  = a_filled0;
+          \$518  = a_filled0;
       1'h1:
-          \$587  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$595  = w_filled0;
-      1'h1:
-          \$595  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$293 )
-      1'h0:
-          \$607  = a_filled0;
-      1'h1:
-          \$607  = a_filled1;
+          \$518  = a_filled1;
     endcase
   end
   always @* begin
@@ -29779,19 +29742,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$615  = w_filled0;
+          \$526  = w_filled0;
       1'h1:
-          \$615  = w_filled1;
+          \$526  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$627  = a_filled0;
+          \$538  = a_filled0;
       1'h1:
-          \$627  = a_filled1;
+          \$538  = a_filled1;
     endcase
   end
   always @* begin
@@ -29799,31 +29762,91 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$635  = w_filled0;
+          \$546  = w_filled0;
       1'h1:
-          \$635  = w_filled1;
+          \$546  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$656  = 32'd0;
+    (* full_case = 32'd1 *)
+    casez (\$signal$294 )
+      1'h0:
+          \$558  = a_filled0;
+      1'h1:
+          \$558  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$566  = w_filled0;
+      1'h1:
+          \$566  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$294 )
+      1'h0:
+          \$578  = a_filled0;
+      1'h1:
+          \$578  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$586  = w_filled0;
+      1'h1:
+          \$586  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$294 )
+      1'h0:
+          \$598  = a_filled0;
+      1'h1:
+          \$598  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$606  = w_filled0;
+      1'h1:
+          \$606  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$627  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$656  = \o__payload$390 [31:0];
+          \$627  = \r_data$397 [31:0];
       16'h0001:
-          \$656  = \o__payload$390 [63:32];
+          \$627  = \r_data$397 [63:32];
       16'h0002:
-          \$656  = \o__payload$390 [95:64];
+          \$627  = \r_data$397 [95:64];
       16'h0003:
-          \$656  = \o__payload$390 [127:96];
+          \$627  = \r_data$397 [127:96];
       16'h0004:
-          \$656  = \o__payload$390 [159:128];
+          \$627  = \r_data$397 [159:128];
       16'h0005:
-          \$656  = \o__payload$390 [191:160];
+          \$627  = \r_data$397 [191:160];
       16'h0006:
-          \$656  = \o__payload$390 [223:192];
+          \$627  = \r_data$397 [223:192];
       16'h0007:
-          \$656  = \o__payload$390 [255:224];
+          \$627  = \r_data$397 [255:224];
     endcase
   end
   always @* begin
@@ -29831,51 +29854,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$671  = \o__payload$390 [31:0];
+          \$642  = \r_data$397 [31:0];
       3'h1:
-          \$671  = \o__payload$390 [63:32];
+          \$642  = \r_data$397 [63:32];
       3'h2:
-          \$671  = \o__payload$390 [95:64];
+          \$642  = \r_data$397 [95:64];
       3'h3:
-          \$671  = \o__payload$390 [127:96];
+          \$642  = \r_data$397 [127:96];
       3'h4:
-          \$671  = \o__payload$390 [159:128];
+          \$642  = \r_data$397 [159:128];
       3'h5:
-          \$671  = \o__payload$390 [191:160];
+          \$642  = \r_data$397 [191:160];
       3'h6:
-          \$671  = \o__payload$390 [223:192];
+          \$642  = \r_data$397 [223:192];
       3'h7:
-          \$671  = \o__payload$390 [255:224];
+          \$642  = \r_data$397 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$264 )
       1'h0:
-          \$938  = a_filled0;
+          \$930  = a_filled0;
       1'h1:
-          \$938  = a_filled1;
+          \$930  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$264 )
       1'h0:
-          \$943  = a_filled0;
+          \$935  = a_filled0;
       1'h1:
-          \$943  = a_filled1;
+          \$935  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$957  = a_filled0;
+          \$949  = a_filled0;
       1'h1:
-          \$957  = a_filled1;
+          \$949  = a_filled1;
     endcase
   end
   always @* begin
@@ -29883,9 +29906,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$965  = w_filled0;
+          \$957  = w_filled0;
       1'h1:
-          \$965  = w_filled1;
+          \$957  = w_filled1;
     endcase
   end
   always @* begin
@@ -29893,19 +29916,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$981  = w_filled0;
+          \$973  = w_filled0;
       1'h1:
-          \$981  = w_filled1;
+          \$973  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$294 )
       1'h0:
-          \$994  = a_filled0;
+          \$986  = a_filled0;
       1'h1:
-          \$994  = a_filled1;
+          \$986  = a_filled1;
     endcase
   end
   always @* begin
@@ -29913,9 +29936,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$1002  = w_filled0;
+          \$994  = w_filled0;
       1'h1:
-          \$1002  = w_filled1;
+          \$994  = w_filled1;
     endcase
   end
   always @* begin
@@ -30134,32 +30157,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        next = \$119 ;
+        next = \$89 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__addr = \addr$97 [13:0];
-    if (\$655 ) begin
+    if (\$626 ) begin
       wr__addr = \addr$97 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__data = sink_data;
-    if (\$655 ) begin
-      wr__data = \$656 [15:0];
+    if (\$626 ) begin
+      wr__data = \$627 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     wr__en = \$74 ;
-    if (\$655 ) begin
-      wr__en = \$665 ;
+    if (\$626 ) begin
+      wr__en = \$636 ;
     end
-    if (\$670 ) begin
-      wr__en = \$682 ;
+    if (\$641 ) begin
+      wr__en = \$653 ;
     end
   end
   always @* begin
@@ -30169,11 +30192,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        \next$103  = \$140 ;
+        \next$103  = \$110 ;
       end
     end
-    if (\$655 ) begin
-      \next$103  = \$666 ;
+    if (\$626 ) begin
+      \next$103  = \$637 ;
     end
   end
   always @* begin
@@ -30188,7 +30211,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (add_sel) begin
       c_lb = 3'h3;
     end
-    if (\$79 ) begin
+    if (gelu_sel0) begin
       c_lb = 3'h3;
     end
   end
@@ -30199,11 +30222,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h0:
           /* empty */;
       3'h1:
-          req__valid = \$84 ;
+          req__valid = \$80 ;
       3'h2:
           /* empty */;
       3'h3:
-          req__valid = \$111 ;
+          req__valid = \$82 ;
     endcase
     if (in_stream) begin
       if (is_move) begin
@@ -30212,7 +30235,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end
     end
     if (gemm_active) begin
-      req__valid = \$signal$247 ;
+      req__valid = \$signal$248 ;
     end
   end
   always @* begin
@@ -30242,8 +30265,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end
     end
     if (gemm_active) begin
-      req__payload[31:0] = \$163 ;
-      req__payload[34:32] = \$164 ;
+      req__payload[31:0] = \$131 ;
+      req__payload[34:32] = \$132 ;
     end
   end
   always @* begin
@@ -30258,17 +30281,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$112 ) begin
+          if (\$83 ) begin
             beat__ready = c__ready;
           end
-          if (\$113 ) begin
-            beat__ready = \c__ready$173 ;
+          if (\$84 ) begin
+            beat__ready = \c__ready$171 ;
           end
           if (add_sel) begin
-            beat__ready = \c__ready$176 ;
+            beat__ready = \c__ready$174 ;
           end
-          if (\$115 ) begin
-            beat__ready = \c__ready$179 ;
+          if (gelu_sel0) begin
+            beat__ready = \c__ready$177 ;
           end
         end
       3'h4:
@@ -30284,10 +30307,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
     if (gemm_active) begin
       (* full_case = 32'd1 *)
-      if (\$166 ) begin
+      if (\$134 ) begin
         beat__ready = p__ready;
       end else begin
-        beat__ready = \$169 ;
+        beat__ready = \$137 ;
       end
     end
   end
@@ -30300,16 +30323,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$85 ) begin
-          end else if (\$87 ) begin
-          end else if (is_end) begin
-          end else if (\$98 ) begin
-          end else if (\$104 ) begin
-          end else if (\$107 ) begin
+          if (\$81 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+          end else if (d_count_zero) begin
+          end else if (d_const) begin
             load = 1'h1;
-          end else if (\$110 ) begin
-            load = 1'h1;
-          end else if (unit_known) begin
+          end else if (d_stream) begin
             load = 1'h1;
           end
     endcase
@@ -30339,14 +30359,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (\$112 ) begin
+          if (\$83 ) begin
             c__valid = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$171  = 66'h00000000000000000;
+    \c__payload$169  = 66'h00000000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30355,12 +30375,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$171  = beat__payload[65:0];
+          \c__payload$169  = beat__payload[65:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$172  = 1'h0;
+    \c__valid$170  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30369,14 +30389,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (\$113 ) begin
-            \c__valid$172  = beat__valid;
+          if (\$84 ) begin
+            \c__valid$170  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$174  = 44'h00000000000;
+    \c__payload$172  = 44'h00000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30385,12 +30405,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$174  = beat__payload[43:0];
+          \c__payload$172  = beat__payload[43:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$175  = 1'h0;
+    \c__valid$173  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30400,13 +30420,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
           if (add_sel) begin
-            \c__valid$175  = beat__valid;
+            \c__valid$173  = beat__valid;
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__payload$177  = 53'h00000000000000;
+    \c__payload$175  = 53'h00000000000000;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30415,12 +30435,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          \c__payload$177  = beat__payload[52:0];
+          \c__payload$175  = beat__payload[52:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \c__valid$178  = 1'h0;
+    \c__valid$176  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -30429,8 +30449,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (\$115 ) begin
-            \c__valid$178  = beat__valid;
+          if (gelu_sel0) begin
+            \c__valid$176  = beat__valid;
           end
     endcase
   end
@@ -30463,10 +30483,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_store) begin
         \$signal  = 1'h1;
       end else if (is_gemm) begin
-      end else if (is_softmax) begin
-        \$signal  = 1'h1;
-      end else if (is_layernorm) begin
-        \$signal  = 1'h1;
+      end else if (\$85 ) begin
+        if (is_softmax) begin
+          \$signal  = 1'h1;
+        end
+        if (is_layernorm) begin
+          \$signal  = 1'h1;
+        end
       end else begin
         \$signal  = 1'h1;
       end
@@ -30485,14 +30508,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         \$signal$101  = beat__valid;
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (is_softmax) begin
-        \$signal$101  = o__valid;
-      end else if (is_layernorm) begin
-        \$signal$101  = \o__valid$202 ;
+      end else if (\$85 ) begin
+        if (is_softmax) begin
+          \$signal$101  = o__valid;
+        end
+        if (is_layernorm) begin
+          \$signal$101  = \o__valid$203 ;
+        end
       end
     end
     if (pack_active) begin
-      \$signal$101  = \$signal$214 ;
+      \$signal$101  = \$signal$215 ;
     end
   end
   always @* begin
@@ -30505,24 +30531,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122 [8], \$122  };
+              sink_data = { \$92 [8], \$92 [8], \$92 [8], \$92 [8], \$92 [8], \$92 [8], \$92 [8], \$92  };
           2'h1:
-              sink_data = \$125 [15:0];
+              sink_data = \$95 [15:0];
           2'h2:
-              sink_data = \$128 [15:0];
+              sink_data = \$98 [15:0];
           2'h3:
-              sink_data = \$131 [15:0];
+              sink_data = \$101 [15:0];
         endcase
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (is_softmax) begin
-        sink_data = { 8'h00, o__payload[7:0] };
-      end else if (is_layernorm) begin
-        sink_data = { \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203  };
+      end else if (\$85 ) begin
+        if (is_softmax) begin
+          sink_data = { 8'h00, o__payload[7:0] };
+        end
+        if (is_layernorm) begin
+          sink_data = { \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204  };
+        end
       end
     end
     if (pack_active) begin
-      sink_data = \$159 ;
+      sink_data = \$127 ;
     end
   end
   always @* begin
@@ -30531,25 +30560,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       (* full_case = 32'd1 *)
       if (is_move) begin
-        r_en = \$116 ;
+        r_en = \$86 ;
       end else if (is_load) begin
       end else if (is_store) begin
-        r_en = \$136 ;
+        r_en = \$106 ;
       end else if (is_gemm) begin
-      end else if (is_softmax) begin
-        r_en = \$141 ;
-      end else if (is_layernorm) begin
-        r_en = \$142 ;
+      end else if (\$85 ) begin
+        if (is_softmax) begin
+          r_en = \$111 ;
+        end
+        if (is_layernorm) begin
+          r_en = \$112 ;
+        end
       end else begin
         r_en = elem_take;
       end
     end
     if (gemm_active) begin
       (* full_case = 32'd1 *)
-      if (pre_sm) begin
-        r_en = \$194 ;
-      end else if (pre_ln) begin
-        r_en = \$195 ;
+      if (\$164 ) begin
+        if (pre_sm) begin
+          r_en = \$165 ;
+        end
+        if (pre_ln) begin
+          r_en = \$166 ;
+        end
       end else begin
         r_en = a_in_take;
       end
@@ -30561,54 +30596,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$132 ) begin
+        if (\$102 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$683 ) begin
+    if (\$654 ) begin
       fault = 4'h5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \req__valid$189  = 1'h0;
+    \req__valid$190  = 1'h0;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        \req__valid$189  = ext_req_valid;
+        \req__valid$190  = ext_req_valid;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \req__payload$190  = 99'h0000000000000000000000000;
+    \req__payload$191  = 99'h0000000000000000000000000;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        \req__payload$190 [31:0] = ext_req_addr;
-        \req__payload$190 [95:32] = { 48'h000000000000, ext_req_data };
-        \req__payload$190 [98:96] = { 1'h0, ins[23:22] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    i__valid = 1'h0;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-      end else if (is_gemm) begin
-      end else if (is_softmax) begin
-        i__valid = r_rdy;
-      end
-    end
-    if (gemm_active) begin
-      if (pre_sm) begin
-        i__valid = r_rdy;
+        \req__payload$191 [31:0] = ext_req_addr;
+        \req__payload$191 [95:32] = { 48'h000000000000, ext_req_data };
+        \req__payload$191 [98:96] = { 1'h0, ins[23:22] };
       end
     end
   end
@@ -30620,15 +30637,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (is_softmax) begin
-        i__payload[15:0] = r_data[15:0];
-        i__payload[16] = r_data[16];
+      end else if (\$85 ) begin
+        if (is_softmax) begin
+          i__payload[15:0] = r_data[15:0];
+          i__payload[16] = r_data[16];
+        end
       end
     end
     if (gemm_active) begin
-      if (pre_sm) begin
-        i__payload[15:0] = r_data[15:0];
-        i__payload[16] = r_data[16];
+      if (\$164 ) begin
+        if (pre_sm) begin
+          i__payload[15:0] = r_data[15:0];
+          i__payload[16] = r_data[16];
+        end
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    i__valid = 1'h0;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+      end else if (is_gemm) begin
+      end else if (\$85 ) begin
+        if (is_softmax) begin
+          i__valid = r_rdy;
+        end
+      end
+    end
+    if (gemm_active) begin
+      if (\$164 ) begin
+        if (pre_sm) begin
+          i__valid = r_rdy;
+        end
       end
     end
   end
@@ -30640,33 +30683,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (is_softmax) begin
-        o__ready = \valid$102 ;
+      end else if (\$85 ) begin
+        if (is_softmax) begin
+          o__ready = \valid$102 ;
+        end
       end
     end
     if (gemm_active) begin
-      if (pre_sm) begin
-        o__ready = a_in_take;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__valid$199  = 1'h0;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-      end else if (is_gemm) begin
-      end else if (is_softmax) begin
-      end else if (is_layernorm) begin
-        \i__valid$199  = r_rdy;
-      end
-    end
-    if (gemm_active) begin
-      if (pre_sm) begin
-      end else if (pre_ln) begin
-        \i__valid$199  = r_rdy;
+      if (\$164 ) begin
+        if (pre_sm) begin
+          o__ready = a_in_take;
+        end
       end
     end
   end
@@ -30678,35 +30705,61 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (is_softmax) begin
-      end else if (is_layernorm) begin
-        \i__payload$200  = r_data[15:0];
+      end else if (\$85 ) begin
+        if (is_layernorm) begin
+          \i__payload$200  = r_data[15:0];
+        end
       end
     end
     if (gemm_active) begin
-      if (pre_sm) begin
-      end else if (pre_ln) begin
-        \i__payload$200  = r_data[15:0];
+      if (\$164 ) begin
+        if (pre_ln) begin
+          \i__payload$200  = r_data[15:0];
+        end
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$204  = 1'h0;
+    \i__valid$201  = 1'h0;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (is_softmax) begin
-      end else if (is_layernorm) begin
-        \o__ready$204  = \valid$102 ;
+      end else if (\$85 ) begin
+        if (is_layernorm) begin
+          \i__valid$201  = r_rdy;
+        end
       end
     end
     if (gemm_active) begin
-      if (pre_sm) begin
-      end else if (pre_ln) begin
-        \o__ready$204  = a_in_take;
+      if (\$164 ) begin
+        if (pre_ln) begin
+          \i__valid$201  = r_rdy;
+        end
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \o__ready$205  = 1'h0;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+      end else if (is_gemm) begin
+      end else if (\$85 ) begin
+        if (is_layernorm) begin
+          \o__ready$205  = \valid$102 ;
+        end
+      end
+    end
+    if (gemm_active) begin
+      if (\$164 ) begin
+        if (pre_ln) begin
+          \o__ready$205  = a_in_take;
+        end
       end
     end
   end
@@ -30719,14 +30772,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (is_softmax) begin
-      end else if (is_layernorm) begin
+      end else if (\$85 ) begin
       end else begin
         elem_valid = r_rdy;
       end
     end
-    if (\$670 ) begin
-      elem_valid = \o__valid$391 ;
+    if (\$641 ) begin
+      elem_valid = \r_rdy$398 ;
     end
   end
   always @* begin
@@ -30738,14 +30790,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (is_softmax) begin
-      end else if (is_layernorm) begin
+      end else if (\$85 ) begin
       end else begin
         elem_data = r_data[15:0];
       end
     end
-    if (\$670 ) begin
-      elem_data = \$671 [15:0];
+    if (\$641 ) begin
+      elem_data = \$642 [15:0];
     end
   end
   always @* begin
@@ -30757,8 +30808,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (is_softmax) begin
-      end else if (is_layernorm) begin
+      end else if (\$85 ) begin
       end else begin
         elem_final = r_data[17];
       end
@@ -30768,7 +30818,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     elem_take = 1'h0;
     if (pack_active) begin
-      elem_take = \$148 ;
+      elem_take = \$118 ;
     end
   end
   always @* begin
@@ -30778,41 +30828,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       run1 = add_sel;
     end
     if (gemm_active) begin
-      if (\$405 ) begin
+      if (\$376 ) begin
         run1 = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \r_en$213  = 1'h0;
+    \r_en$214  = 1'h0;
     if (pack_active) begin
-      \r_en$213  = \$155 ;
+      \r_en$214  = \$125 ;
     end
     if (gemm_active) begin
-      if (\$405 ) begin
-        \r_en$213  = \$410 ;
+      if (\$376 ) begin
+        \r_en$214  = \$381 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signal$214  = 1'h0;
+    \$signal$215  = 1'h0;
     if (pack_active) begin
       if (add_sel) begin
-        \$signal$214  = \o__valid$215 ;
+        \$signal$215  = \o__valid$216 ;
       end
-      if (\$158 ) begin
-        \$signal$214  = \o__valid$237 ;
+      if (gelu_sel0) begin
+        \$signal$215  = \o__valid$238 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$216  = 1'h0;
+    \o__ready$217  = 1'h0;
     if (pack_active) begin
       if (add_sel) begin
-        \o__ready$216  = out_ready;
+        \o__ready$217  = out_ready;
       end
     end
   end
@@ -30821,10 +30871,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack0 = 16'h0000;
     if (pack_active) begin
       if (add_sel) begin
-        unpack0 = \o__payload$219 [15:0];
+        unpack0 = \o__payload$220 [15:0];
       end
-      if (\$158 ) begin
-        unpack0 = { \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7], \o__payload$239 [7:0] };
+      if (gelu_sel0) begin
+        unpack0 = { \o__payload$240 [7], \o__payload$240 [7], \o__payload$240 [7], \o__payload$240 [7], \o__payload$240 [7], \o__payload$240 [7], \o__payload$240 [7], \o__payload$240 [7], \o__payload$240 [7:0] };
       end
     end
   end
@@ -30833,10 +30883,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack1 = 16'h0000;
     if (pack_active) begin
       if (add_sel) begin
-        unpack1 = \o__payload$219 [31:16];
+        unpack1 = \o__payload$220 [31:16];
       end
-      if (\$158 ) begin
-        unpack1 = { \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15], \o__payload$239 [15:8] };
+      if (gelu_sel0) begin
+        unpack1 = { \o__payload$240 [15], \o__payload$240 [15], \o__payload$240 [15], \o__payload$240 [15], \o__payload$240 [15], \o__payload$240 [15], \o__payload$240 [15], \o__payload$240 [15], \o__payload$240 [15:8] };
       end
     end
   end
@@ -30845,10 +30895,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack2 = 16'h0000;
     if (pack_active) begin
       if (add_sel) begin
-        unpack2 = \o__payload$219 [47:32];
+        unpack2 = \o__payload$220 [47:32];
       end
-      if (\$158 ) begin
-        unpack2 = { \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23], \o__payload$239 [23:16] };
+      if (gelu_sel0) begin
+        unpack2 = { \o__payload$240 [23], \o__payload$240 [23], \o__payload$240 [23], \o__payload$240 [23], \o__payload$240 [23], \o__payload$240 [23], \o__payload$240 [23], \o__payload$240 [23], \o__payload$240 [23:16] };
       end
     end
   end
@@ -30857,10 +30907,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack3 = 16'h0000;
     if (pack_active) begin
       if (add_sel) begin
-        unpack3 = \o__payload$219 [63:48];
+        unpack3 = \o__payload$220 [63:48];
       end
-      if (\$158 ) begin
-        unpack3 = { \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31], \o__payload$239 [31:24] };
+      if (gelu_sel0) begin
+        unpack3 = { \o__payload$240 [31], \o__payload$240 [31], \o__payload$240 [31], \o__payload$240 [31], \o__payload$240 [31], \o__payload$240 [31], \o__payload$240 [31], \o__payload$240 [31], \o__payload$240 [31:24] };
       end
     end
   end
@@ -30875,10 +30925,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \b__valid$224  = 1'h0;
+    \b__valid$225  = 1'h0;
     if (pack_active) begin
       if (add_sel) begin
-        \b__valid$224  = pack_full;
+        \b__valid$225  = pack_full;
       end
     end
   end
@@ -30887,10 +30937,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     in_ready = 1'h0;
     if (pack_active) begin
       if (add_sel) begin
-        in_ready = \$156 ;
+        in_ready = \$126 ;
       end
-      if (\$158 ) begin
-        in_ready = \i__ready$241 ;
+      if (gelu_sel0) begin
+        in_ready = \i__ready$242 ;
       end
     end
   end
@@ -30908,43 +30958,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \b__payload$232  = 64'h0000000000000000;
+    \b__payload$233  = 64'h0000000000000000;
     if (pack_active) begin
       if (add_sel) begin
-        \b__payload$232 [15:0] = pack_b0;
-        \b__payload$232 [31:16] = pack_b1;
-        \b__payload$232 [47:32] = pack_b2;
-        \b__payload$232 [63:48] = pack_b3;
+        \b__payload$233 [15:0] = pack_b0;
+        \b__payload$233 [31:16] = pack_b1;
+        \b__payload$233 [47:32] = pack_b2;
+        \b__payload$233 [63:48] = pack_b3;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$238  = 1'h0;
+    \o__ready$239  = 1'h0;
     if (pack_active) begin
-      if (\$158 ) begin
-        \o__ready$238  = out_ready;
+      if (gelu_sel0) begin
+        \o__ready$239  = out_ready;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__valid$240  = 1'h0;
+    \i__valid$241  = 1'h0;
     if (pack_active) begin
-      if (\$158 ) begin
-        \i__valid$240  = pack_full;
+      if (gelu_sel0) begin
+        \i__valid$241  = pack_full;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \i__payload$242  = 32'd0;
+    \i__payload$243  = 32'd0;
     if (pack_active) begin
-      if (\$158 ) begin
-        \i__payload$242 [7:0] = pack_a0[7:0];
-        \i__payload$242 [15:8] = pack_a1[7:0];
-        \i__payload$242 [23:16] = pack_a2[7:0];
-        \i__payload$242 [31:24] = pack_a3[7:0];
+      if (gelu_sel0) begin
+        \i__payload$243 [7:0] = pack_a0[7:0];
+        \i__payload$243 [15:8] = pack_a1[7:0];
+        \i__payload$243 [23:16] = pack_a2[7:0];
+        \i__payload$243 [31:24] = pack_a3[7:0];
       end
     end
   end
@@ -30952,8 +31002,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     out_ready = 1'h0;
     if (pack_active) begin
-      if (\$160 ) begin
-        if (\$162 ) begin
+      if (\$128 ) begin
+        if (\$130 ) begin
           out_ready = 1'h1;
         end
       end
@@ -30983,30 +31033,34 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     p__valid = 1'h0;
     if (gemm_active) begin
-      if (\$166 ) begin
+      if (\$134 ) begin
         p__valid = beat__valid;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
+    a_in = 16'h0000;
     if (pre_sm) begin
       a_in = { 8'h00, o__payload[7:0] };
-    end else if (pre_ln) begin
-      a_in = { \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203  };
-    end else begin
+    end
+    if (pre_ln) begin
+      a_in = { \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204 [7], \o__payload$204  };
+    end
+    if (\$139 ) begin
       a_in = r_data[15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    (* full_case = 32'd1 *)
+    a_in_valid = 1'h0;
     if (pre_sm) begin
       a_in_valid = o__valid;
-    end else if (pre_ln) begin
-      a_in_valid = \o__valid$202 ;
-    end else begin
+    end
+    if (pre_ln) begin
+      a_in_valid = \o__valid$203 ;
+    end
+    if (\$139 ) begin
       a_in_valid = r_rdy;
     end
   end
@@ -31015,306 +31069,306 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$172 [2], \$172 [2], \$172 [2], \$172 [2], \$172 [2], \$172 [2], \$172  };
+          elem = { \$142 [2], \$142 [2], \$142 [2], \$142 [2], \$142 [2], \$142 [2], \$142  };
       5'h03:
-          elem = { \$175 [3], \$175 [3], \$175 [3], \$175 [3], \$175 [3], \$175  };
+          elem = { \$145 [3], \$145 [3], \$145 [3], \$145 [3], \$145 [3], \$145  };
       5'h04:
-          elem = { \$178 [4], \$178 [4], \$178 [4], \$178 [4], \$178  };
+          elem = { \$148 [4], \$148 [4], \$148 [4], \$148 [4], \$148  };
       5'h05:
-          elem = { \$181 [5], \$181 [5], \$181 [5], \$181  };
+          elem = { \$151 [5], \$151 [5], \$151 [5], \$151  };
       5'h06:
-          elem = { \$184 [6], \$184 [6], \$184  };
+          elem = { \$154 [6], \$154 [6], \$154  };
       5'h07:
-          elem = { \$187 [7], \$187  };
+          elem = { \$157 [7], \$157  };
       5'h08:
-          elem = \$190 ;
+          elem = \$160 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$193 ;
+      a_in_take = \$163 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$266  = 9'h000;
+    \$signature__addr$267  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$266  = \$197 [8:0];
+      \$signature__addr$267  = \$168 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$268  = 9'h000;
+    \$signature__data$269  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$268  = elem;
+      \$signature__data$269  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$269  = 1'h0;
+    \$signature__en$270  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$269  = \$203 ;
+      \$signature__en$270  = \$174 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$271  = 9'h000;
+    \$signature__addr$272  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$271  = \$205 [8:0];
+      \$signature__addr$272  = \$176 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$272  = 9'h000;
+    \$signature__data$273  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$272  = elem;
+      \$signature__data$273  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$273  = 1'h0;
+    \$signature__en$274  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$273  = \$210 ;
+      \$signature__en$274  = \$181 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$274  = 9'h000;
+    \$signature__addr$275  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$274  = \$212 [8:0];
+      \$signature__addr$275  = \$183 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$275  = 9'h000;
+    \$signature__data$276  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$275  = elem;
+      \$signature__data$276  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$276  = 1'h0;
+    \$signature__en$277  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$276  = \$217 ;
+      \$signature__en$277  = \$188 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$277  = 9'h000;
+    \$signature__addr$278  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$277  = \$219 [8:0];
+      \$signature__addr$278  = \$190 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$278  = 9'h000;
+    \$signature__data$279  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$278  = elem;
+      \$signature__data$279  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$279  = 1'h0;
+    \$signature__en$280  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$279  = \$224 ;
+      \$signature__en$280  = \$195 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$280  = 9'h000;
+    \$signature__addr$281  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$280  = \$226 [8:0];
+      \$signature__addr$281  = \$197 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$281  = 9'h000;
+    \$signature__data$282  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$281  = elem;
+      \$signature__data$282  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$282  = 1'h0;
+    \$signature__en$283  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$282  = \$231 ;
+      \$signature__en$283  = \$202 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$283  = 9'h000;
+    \$signature__addr$284  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$283  = \$233 [8:0];
+      \$signature__addr$284  = \$204 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$284  = 9'h000;
+    \$signature__data$285  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$284  = elem;
+      \$signature__data$285  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$285  = 1'h0;
+    \$signature__en$286  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$285  = \$238 ;
+      \$signature__en$286  = \$209 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$286  = 9'h000;
+    \$signature__addr$287  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$286  = \$240 [8:0];
+      \$signature__addr$287  = \$211 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$287  = 9'h000;
+    \$signature__data$288  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$287  = elem;
+      \$signature__data$288  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$288  = 1'h0;
+    \$signature__en$289  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$288  = \$245 ;
+      \$signature__en$289  = \$216 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$289  = 9'h000;
+    \$signature__addr$290  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$289  = \$247 [8:0];
+      \$signature__addr$290  = \$218 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$290  = 9'h000;
+    \$signature__data$291  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$290  = elem;
+      \$signature__data$291  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$291  = 1'h0;
+    \$signature__en$292  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$291  = \$252 ;
+      \$signature__en$292  = \$223 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$292  = 9'h000;
+    \$signature__addr$293  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$292  = \$254 [8:0];
+      \$signature__addr$293  = \$225 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$295  = 1'h1;
+    \$signature__en$296  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$295  = \$271 ;
+      \$signature__en$296  = \$242 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$301  = 9'h000;
+    \$signature__addr$302  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$301  = \$273 [8:0];
+      \$signature__addr$302  = \$244 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$302  = 1'h1;
+    \$signature__en$303  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$302  = \$290 ;
+      \$signature__en$303  = \$261 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$303  = 9'h000;
+    \$signature__addr$304  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$303  = \$292 [8:0];
+      \$signature__addr$304  = \$263 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$304  = 1'h1;
+    \$signature__en$305  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$304  = \$309 ;
+      \$signature__en$305  = \$280 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$305  = 9'h000;
+    \$signature__addr$306  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$305  = \$311 [8:0];
+      \$signature__addr$306  = \$282 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$306  = 1'h1;
+    \$signature__en$307  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$306  = \$328 ;
+      \$signature__en$307  = \$299 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$307  = 9'h000;
+    \$signature__addr$308  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$307  = \$330 [8:0];
+      \$signature__addr$308  = \$301 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$308  = 1'h1;
+    \$signature__en$309  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$308  = \$347 ;
+      \$signature__en$309  = \$318 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$309  = 9'h000;
+    \$signature__addr$310  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$309  = \$349 [8:0];
+      \$signature__addr$310  = \$320 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$310  = 1'h1;
+    \$signature__en$311  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$310  = \$366 ;
+      \$signature__en$311  = \$337 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$311  = 9'h000;
+    \$signature__addr$312  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$311  = \$368 [8:0];
+      \$signature__addr$312  = \$339 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$312  = 1'h1;
+    \$signature__en$313  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$312  = \$385 ;
+      \$signature__en$313  = \$356 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$313  = 9'h000;
+    \$signature__addr$314  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$313  = \$387 [8:0];
+      \$signature__addr$314  = \$358 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$314  = 1'h1;
+    \$signature__en$315  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$314  = \$404 ;
+      \$signature__en$315  = \$375 ;
     end
   end
   always @* begin
@@ -31323,484 +31377,540 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$316 [1], \r_data$316 [1], \r_data$316 [1], \r_data$316 [1], \r_data$316 [1], \r_data$316 [1], \r_data$316 [1:0] };
+            welem = { \r_data$317 [1], \r_data$317 [1], \r_data$317 [1], \r_data$317 [1], \r_data$317 [1], \r_data$317 [1], \r_data$317 [1:0] };
         5'h03:
-            welem = { \r_data$316 [2], \r_data$316 [2], \r_data$316 [2], \r_data$316 [2], \r_data$316 [2], \r_data$316 [2:0] };
+            welem = { \r_data$317 [2], \r_data$317 [2], \r_data$317 [2], \r_data$317 [2], \r_data$317 [2], \r_data$317 [2:0] };
         5'h04:
-            welem = { \r_data$316 [3], \r_data$316 [3], \r_data$316 [3], \r_data$316 [3], \r_data$316 [3:0] };
+            welem = { \r_data$317 [3], \r_data$317 [3], \r_data$317 [3], \r_data$317 [3], \r_data$317 [3:0] };
         5'h05:
-            welem = { \r_data$316 [4], \r_data$316 [4], \r_data$316 [4], \r_data$316 [4:0] };
+            welem = { \r_data$317 [4], \r_data$317 [4], \r_data$317 [4], \r_data$317 [4:0] };
         5'h06:
-            welem = { \r_data$316 [5], \r_data$316 [5], \r_data$316 [5:0] };
+            welem = { \r_data$317 [5], \r_data$317 [5], \r_data$317 [5:0] };
         5'h07:
-            welem = { \r_data$316 [6], \r_data$316 [6:0] };
+            welem = { \r_data$317 [6], \r_data$317 [6:0] };
         5'h08:
-            welem = \r_data$316 [7:0];
+            welem = \r_data$317 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$318  = 9'h000;
+    \$signature__addr$319  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$318  = \$412 [8:0];
+      \$signature__addr$319  = \$383 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$320  = 8'h00;
+    \$signature__data$321  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$320  = welem;
+      \$signature__data$321  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$321  = 1'h0;
+    \$signature__en$322  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$321  = \$420 ;
+      \$signature__en$322  = \$391 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$323  = 9'h000;
+    \$signature__addr$324  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$323  = \$422 [8:0];
+      \$signature__addr$324  = \$393 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$324  = 8'h00;
+    \$signature__data$325  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$324  = welem;
+      \$signature__data$325  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$325  = 1'h0;
+    \$signature__en$326  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$325  = \$429 ;
+      \$signature__en$326  = \$400 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$326  = 9'h000;
+    \$signature__addr$327  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$326  = \$431 [8:0];
+      \$signature__addr$327  = \$402 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$327  = 8'h00;
+    \$signature__data$328  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$327  = welem;
+      \$signature__data$328  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$328  = 1'h0;
+    \$signature__en$329  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$328  = \$438 ;
+      \$signature__en$329  = \$409 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$329  = 9'h000;
+    \$signature__addr$330  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$329  = \$440 [8:0];
+      \$signature__addr$330  = \$411 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$330  = 8'h00;
+    \$signature__data$331  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$330  = welem;
+      \$signature__data$331  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$331  = 1'h0;
+    \$signature__en$332  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$331  = \$447 ;
+      \$signature__en$332  = \$418 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$332  = 9'h000;
+    \$signature__addr$333  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$332  = \$449 [8:0];
+      \$signature__addr$333  = \$420 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$333  = 8'h00;
+    \$signature__data$334  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$333  = welem;
+      \$signature__data$334  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$334  = 1'h0;
+    \$signature__en$335  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$334  = \$456 ;
+      \$signature__en$335  = \$427 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$335  = 9'h000;
+    \$signature__addr$336  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$335  = \$458 [8:0];
+      \$signature__addr$336  = \$429 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$336  = 8'h00;
+    \$signature__data$337  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$336  = welem;
+      \$signature__data$337  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$337  = 1'h0;
+    \$signature__en$338  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$337  = \$465 ;
+      \$signature__en$338  = \$436 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$338  = 9'h000;
+    \$signature__addr$339  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$338  = \$467 [8:0];
+      \$signature__addr$339  = \$438 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$339  = 8'h00;
+    \$signature__data$340  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$339  = welem;
+      \$signature__data$340  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$340  = 1'h0;
+    \$signature__en$341  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$340  = \$474 ;
+      \$signature__en$341  = \$445 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$341  = 9'h000;
+    \$signature__addr$342  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$341  = \$476 [8:0];
+      \$signature__addr$342  = \$447 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__data$342  = 8'h00;
+    \$signature__data$343  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$342  = welem;
+      \$signature__data$343  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$343  = 1'h0;
+    \$signature__en$344  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$343  = \$483 ;
+      \$signature__en$344  = \$454 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$344  = 9'h000;
+    \$signature__addr$345  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$344  = \$486 [8:0];
+      \$signature__addr$345  = \$457 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$346  = 1'h1;
+    \$signature__en$347  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$346  = \$503 ;
+      \$signature__en$347  = \$474 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$347  = 9'h000;
+    \$signature__addr$348  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$347  = \$506 [8:0];
+      \$signature__addr$348  = \$477 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$348  = 1'h1;
+    \$signature__en$349  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$348  = \$523 ;
+      \$signature__en$349  = \$494 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$349  = 9'h000;
+    \$signature__addr$350  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$349  = \$526 [8:0];
+      \$signature__addr$350  = \$497 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$350  = 1'h1;
+    \$signature__en$351  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$350  = \$543 ;
+      \$signature__en$351  = \$514 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$351  = 9'h000;
+    \$signature__addr$352  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$351  = \$546 [8:0];
+      \$signature__addr$352  = \$517 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$352  = 1'h1;
+    \$signature__en$353  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$352  = \$563 ;
+      \$signature__en$353  = \$534 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$353  = 9'h000;
+    \$signature__addr$354  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$353  = \$566 [8:0];
+      \$signature__addr$354  = \$537 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$354  = 1'h1;
+    \$signature__en$355  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$354  = \$583 ;
+      \$signature__en$355  = \$554 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$355  = 9'h000;
+    \$signature__addr$356  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$355  = \$586 [8:0];
+      \$signature__addr$356  = \$557 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$356  = 1'h1;
+    \$signature__en$357  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$356  = \$603 ;
+      \$signature__en$357  = \$574 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$357  = 9'h000;
+    \$signature__addr$358  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$357  = \$606 [8:0];
+      \$signature__addr$358  = \$577 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$358  = 1'h1;
+    \$signature__en$359  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$358  = \$623 ;
+      \$signature__en$359  = \$594 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__addr$359  = 9'h000;
+    \$signature__addr$360  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$359  = \$626 [8:0];
+      \$signature__addr$360  = \$597 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$signature__en$360  = 1'h1;
+    \$signature__en$361  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$360  = \$643 ;
+      \$signature__en$361  = \$614 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \a__valid$257  = 1'h0;
+    \a__valid$258  = 1'h0;
     if (gemm_active) begin
-      \a__valid$257  = \$signal$299 ;
+      \a__valid$258  = \$signal$300 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \a__payload$361  = 73'h0000000000000000000;
+    \a__payload$362  = 73'h0000000000000000000;
     if (gemm_active) begin
-      \a__payload$361 [72] = a_last;
-      \a__payload$361 [8:0] = \$signature__data$364 ;
-      \a__payload$361 [17:9] = \$signature__data$365 ;
-      \a__payload$361 [26:18] = \$signature__data$366 ;
-      \a__payload$361 [35:27] = \$signature__data$367 ;
-      \a__payload$361 [44:36] = \$signature__data$368 ;
-      \a__payload$361 [53:45] = \$signature__data$369 ;
-      \a__payload$361 [62:54] = \$signature__data$370 ;
-      \a__payload$361 [71:63] = \$signature__data$371 ;
+      \a__payload$362 [72] = a_last;
+      \a__payload$362 [8:0] = \$signature__data$365 ;
+      \a__payload$362 [17:9] = \$signature__data$366 ;
+      \a__payload$362 [26:18] = \$signature__data$367 ;
+      \a__payload$362 [35:27] = \$signature__data$368 ;
+      \a__payload$362 [44:36] = \$signature__data$369 ;
+      \a__payload$362 [53:45] = \$signature__data$370 ;
+      \a__payload$362 [62:54] = \$signature__data$371 ;
+      \a__payload$362 [71:63] = \$signature__data$372 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$644 ;
+      w__valid = \$615 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$645 ;
-      w__payload[15:8] = \$646 ;
-      w__payload[23:16] = \$647 ;
-      w__payload[31:24] = \$648 ;
-      w__payload[39:32] = \$649 ;
-      w__payload[47:40] = \$650 ;
-      w__payload[55:48] = \$651 ;
-      w__payload[63:56] = \$652 ;
+      w__payload[7:0] = \$616 ;
+      w__payload[15:8] = \$617 ;
+      w__payload[23:16] = \$618 ;
+      w__payload[31:24] = \$619 ;
+      w__payload[39:32] = \$620 ;
+      w__payload[47:40] = \$621 ;
+      w__payload[55:48] = \$622 ;
+      w__payload[63:56] = \$623 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \o__ready$395  = 1'h0;
-    if (\$655 ) begin
-      \o__ready$395  = \$668 ;
+    \r_en$402  = 1'h0;
+    if (\$626 ) begin
+      \r_en$402  = \$639 ;
     end
-    if (\$670 ) begin
-      \o__ready$395  = \$673 ;
+    if (\$641 ) begin
+      \r_en$402  = \$644 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1024  = \$685 ;
+    \$1016  = \$656 ;
+    if (rst) begin
+      \$1016  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1017  = \$657 ;
+    if (rst) begin
+      \$1017  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1018  = \$658 ;
+    if (rst) begin
+      \$1018  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1019  = \$659 ;
+    if (rst) begin
+      \$1019  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1020  = \$660 ;
+    if (rst) begin
+      \$1020  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1021  = \$661 ;
+    if (rst) begin
+      \$1021  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1022  = \$662 ;
+    if (rst) begin
+      \$1022  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1023  = \$663 ;
+    if (rst) begin
+      \$1023  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1024  = \$664 ;
     if (rst) begin
       \$1024  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1025  = \$686 ;
+    \$1025  = \$665 ;
     if (rst) begin
       \$1025  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1026  = \$687 ;
+    \$1026  = \$666 ;
     if (rst) begin
       \$1026  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1027  = \$688 ;
+    \$1027  = \$667 ;
     if (rst) begin
       \$1027  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1028  = \$689 ;
+    \$1028  = \$668 ;
     if (rst) begin
       \$1028  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1029  = \$690 ;
+    \$1029  = \$669 ;
     if (rst) begin
       \$1029  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1030  = \$691 ;
+    \$1030  = \$670 ;
     if (rst) begin
       \$1030  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1031  = \$692 ;
+    \$1031  = \$671 [15:0];
     if (rst) begin
-      \$1031  = 1'h0;
+      \$1031  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1032  = \$693 ;
+    \$1032  = \$674 ;
     if (rst) begin
       \$1032  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1033  = \$694 ;
+    \$1033  = \$677 ;
     if (rst) begin
       \$1033  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1034  = \$695 ;
+    \$1034  = \$680 ;
     if (rst) begin
       \$1034  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1035  = \$696 ;
+    \$1035  = \$683 ;
     if (rst) begin
       \$1035  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1036  = \$697 ;
+    \$1036  = \$686 ;
     if (rst) begin
       \$1036  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1037  = \$698 ;
+    \$1037  = \$688 ;
     if (rst) begin
       \$1037  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1038  = \$699 ;
+    \$1038  = { \$689 , \final$422 , \last__4$421  };
     if (rst) begin
-      \$1038  = 1'h0;
+      \$1038  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1039  = \$700 [15:0];
+    \$1039  = \$691 ;
     if (rst) begin
-      \$1039  = 16'h0000;
+      \$1039  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1040  = \$703 ;
+    \$1040  = { \$692 , \final$425 , \last__4$424  };
     if (rst) begin
-      \$1040  = 1'h0;
+      \$1040  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1041  = \$706 ;
+    \$1041  = \$699 ;
     if (rst) begin
       \$1041  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1042  = \$709 ;
+    \$1042  = \$707 ;
     if (rst) begin
       \$1042  = 1'h0;
     end
@@ -31814,126 +31924,77 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1044  = \$715 ;
+    \$1044  = \$715 [15:0];
     if (rst) begin
-      \$1044  = 1'h0;
+      \$1044  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1045  = \$717 ;
+    \$1045  = \$718 [15:0];
     if (rst) begin
-      \$1045  = 1'h0;
+      \$1045  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1046  = { \$718 , \final$412 , \last__4$411  };
+    \$1046  = \$719 [15:0];
     if (rst) begin
-      \$1046  = 3'h0;
+      \$1046  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1047  = \$720 ;
+    \$1047  = c_lb;
     if (rst) begin
-      \$1047  = 1'h0;
+      \$1047  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1048  = { \$721 , \final$415 , \last__4$414  };
+    \$1048  = \$720 [15:0];
     if (rst) begin
-      \$1048  = 3'h0;
+      \$1048  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1049  = \$728 ;
+    \$1049  = \$721 [15:0];
     if (rst) begin
-      \$1049  = 1'h0;
+      \$1049  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1050  = \$730 ;
+    \$1050  = \$722 ;
     if (rst) begin
-      \$1050  = 1'h0;
+      \$1050  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1051  = \$733 [15:0];
+    \$1051  = \$727 [31:0];
     if (rst) begin
-      \$1051  = 16'h0000;
+      \$1051  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1052  = \$736 [15:0];
+    \$1052  = \$728 [31:0];
     if (rst) begin
-      \$1052  = 16'h0000;
+      \$1052  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1053  = \$737 [15:0];
+    \$1053  = \$732 [31:0];
     if (rst) begin
-      \$1053  = 16'h0000;
+      \$1053  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1054  = c_lb;
-    if (rst) begin
-      \$1054  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1055  = \$738 [15:0];
-    if (rst) begin
-      \$1055  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1056  = \$739 [15:0];
-    if (rst) begin
-      \$1056  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1057  = \$740 ;
-    if (rst) begin
-      \$1057  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1058  = \$745 [31:0];
-    if (rst) begin
-      \$1058  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1059  = \$746 [31:0];
-    if (rst) begin
-      \$1059  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1060  = \$750 [31:0];
-    if (rst) begin
-      \$1060  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1061  = 1'h0;
+    \$1054  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -31944,39 +32005,165 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h3:
           /* empty */;
       3'h4:
-          \$1061  = \$868 ;
+          \$1054  = \$859 ;
     endcase
     if (rst) begin
-      \$1061  = 1'h0;
+      \$1054  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1062  = ext_req_valid;
+    \$1055  = ext_req_valid;
     if (in_decode) begin
-      \$1062  = 1'h0;
+      \$1055  = 1'h0;
     end
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$872 ) begin
-          \$1062  = valid;
+        if (\$864 ) begin
+          \$1055  = valid;
         end
       end else if (is_store) begin
-        if (\$876 ) begin
-          \$1062  = \$880 ;
+        if (\$868 ) begin
+          \$1055  = \$872 ;
         end
       end
     end
     if (rst) begin
-      \$1062  = 1'h0;
+      \$1055  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1063  = cycles;
+    \$1056  = cycles;
     if (busy) begin
-      \$1063  = \$751 [47:0];
+      \$1056  = \$733 [47:0];
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1056  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1056  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1057  = op_cycles__0;
+    if (busy) begin
+      if (\$734 ) begin
+        \$1057  = \$735 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1057  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1057  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1058  = op_cycles__1;
+    if (busy) begin
+      if (\$736 ) begin
+        \$1058  = \$737 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1058  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1058  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1059  = op_cycles__2;
+    if (busy) begin
+      if (\$738 ) begin
+        \$1059  = \$739 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1059  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1059  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1060  = op_cycles__3;
+    if (busy) begin
+      if (\$740 ) begin
+        \$1060  = \$741 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1060  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1060  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1061  = op_cycles__4;
+    if (busy) begin
+      if (\$742 ) begin
+        \$1061  = \$743 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1061  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1061  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1062  = op_cycles__5;
+    if (busy) begin
+      if (\$744 ) begin
+        \$1062  = \$745 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1062  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1062  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1063  = op_cycles__6;
+    if (busy) begin
+      if (\$746 ) begin
+        \$1063  = \$747 [47:0];
+      end
     end
     casez (seq_state)
       3'h0:
@@ -31990,10 +32177,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1064  = op_cycles__0;
+    \$1064  = op_cycles__7;
     if (busy) begin
-      if (\$752 ) begin
-        \$1064  = \$753 [47:0];
+      if (\$748 ) begin
+        \$1064  = \$749 [47:0];
       end
     end
     casez (seq_state)
@@ -32008,10 +32195,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1065  = op_cycles__1;
+    \$1065  = op_cycles__8;
     if (busy) begin
-      if (\$754 ) begin
-        \$1065  = \$755 [47:0];
+      if (\$750 ) begin
+        \$1065  = \$751 [47:0];
       end
     end
     casez (seq_state)
@@ -32026,10 +32213,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1066  = op_cycles__2;
+    \$1066  = op_cycles__9;
     if (busy) begin
-      if (\$756 ) begin
-        \$1066  = \$757 [47:0];
+      if (\$752 ) begin
+        \$1066  = \$753 [47:0];
       end
     end
     casez (seq_state)
@@ -32044,10 +32231,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1067  = op_cycles__3;
+    \$1067  = op_cycles__10;
     if (busy) begin
-      if (\$758 ) begin
-        \$1067  = \$759 [47:0];
+      if (\$754 ) begin
+        \$1067  = \$755 [47:0];
       end
     end
     casez (seq_state)
@@ -32062,10 +32249,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1068  = op_cycles__4;
+    \$1068  = op_cycles__11;
     if (busy) begin
-      if (\$760 ) begin
-        \$1068  = \$761 [47:0];
+      if (\$756 ) begin
+        \$1068  = \$757 [47:0];
       end
     end
     casez (seq_state)
@@ -32080,10 +32267,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1069  = op_cycles__5;
+    \$1069  = op_cycles__12;
     if (busy) begin
-      if (\$762 ) begin
-        \$1069  = \$763 [47:0];
+      if (\$758 ) begin
+        \$1069  = \$759 [47:0];
       end
     end
     casez (seq_state)
@@ -32098,10 +32285,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1070  = op_cycles__6;
+    \$1070  = op_cycles__13;
     if (busy) begin
-      if (\$764 ) begin
-        \$1070  = \$765 [47:0];
+      if (\$760 ) begin
+        \$1070  = \$761 [47:0];
       end
     end
     casez (seq_state)
@@ -32116,10 +32303,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1071  = op_cycles__7;
+    \$1071  = op_cycles__14;
     if (busy) begin
-      if (\$766 ) begin
-        \$1071  = \$767 [47:0];
+      if (\$762 ) begin
+        \$1071  = \$763 [47:0];
       end
     end
     casez (seq_state)
@@ -32134,10 +32321,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1072  = op_cycles__8;
+    \$1072  = op_cycles__15;
     if (busy) begin
-      if (\$768 ) begin
-        \$1072  = \$769 [47:0];
+      if (\$764 ) begin
+        \$1072  = \$765 [47:0];
       end
     end
     casez (seq_state)
@@ -32152,209 +32339,204 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1073  = op_cycles__9;
-    if (busy) begin
-      if (\$770 ) begin
-        \$1073  = \$771 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1073  = 48'h000000000000;
-          end
-    endcase
+    \$1073  = \$767 ;
     if (rst) begin
-      \$1073  = 48'h000000000000;
+      \$1073  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1074  = op_cycles__10;
-    if (busy) begin
-      if (\$772 ) begin
-        \$1074  = \$773 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1074  = 48'h000000000000;
-          end
-    endcase
+    \$1074  = is_end;
     if (rst) begin
-      \$1074  = 48'h000000000000;
+      \$1074  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1075  = op_cycles__11;
-    if (busy) begin
-      if (\$774 ) begin
-        \$1075  = \$775 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1075  = 48'h000000000000;
-          end
-    endcase
+    \$1075  = \$778 ;
     if (rst) begin
-      \$1075  = 48'h000000000000;
+      \$1075  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1076  = op_cycles__12;
-    if (busy) begin
-      if (\$776 ) begin
-        \$1076  = \$777 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1076  = 48'h000000000000;
-          end
-    endcase
+    \$1076  = \$789 ;
     if (rst) begin
-      \$1076  = 48'h000000000000;
+      \$1076  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1077  = op_cycles__13;
-    if (busy) begin
-      if (\$778 ) begin
-        \$1077  = \$779 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1077  = 48'h000000000000;
-          end
-    endcase
+    \$1077  = \$799 ;
     if (rst) begin
-      \$1077  = 48'h000000000000;
+      \$1077  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1078  = op_cycles__14;
-    if (busy) begin
-      if (\$780 ) begin
-        \$1078  = \$781 [47:0];
-      end
-    end
+    \$1078  = pc;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1078  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1078  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1079  = op_cycles__15;
-    if (busy) begin
-      if (\$782 ) begin
-        \$1079  = \$783 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1079  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1079  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1080  = pc;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1080  = prog;
+            \$1078  = prog;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$789 ) begin
-          end else if (\$791 ) begin
-            \$1080  = \$signal$431 ;
+          if (\$805 ) begin
+          end else if (d_end_more) begin
+            \$1078  = \$signal$442 ;
           end
       3'h3:
           /* empty */;
       3'h4:
-          if (\$844 ) begin
-            \$1080  = \$845 [31:0];
+          if (\$835 ) begin
+            \$1078  = \$836 [31:0];
           end
     endcase
     if (rst) begin
-      \$1080  = 32'd0;
+      \$1078  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1081  = busy;
+    \$1079  = busy;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1081  = 1'h1;
+            \$1079  = 1'h1;
           end
       3'h1:
           /* empty */;
       3'h2:
-          if (\$789 ) begin
-          end else if (\$791 ) begin
-          end else if (is_end) begin
-            \$1081  = 1'h0;
+          if (\$805 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$1079  = 1'h0;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$870 ) begin
-            \$1081  = 1'h0;
+          if (\$861 ) begin
+            \$1079  = 1'h0;
           end
     endcase
     if (rst) begin
-      \$1081  = 1'h0;
+      \$1079  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1082  = done;
+    \$1080  = done;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1080  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$805 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$1080  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$861 ) begin
+            \$1080  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$1080  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1081  = error;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1081  = 4'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$1081  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$1081  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$805 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+          end else if (d_count_zero) begin
+            \$1081  = 4'h2;
+          end else if (d_const) begin
+          end else if (d_stream) begin
+          end else begin
+            \$1081  = 4'h1;
+          end
+          if (start) begin
+            \$1081  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$816 ) begin
+            if (beat__payload[512]) begin
+              \$1081  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$1081  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$1081  = 4'h3;
+          end
+          if (\$860 ) begin
+            \$1081  = fault;
+          end
+          if (start) begin
+            \$1081  = 4'h6;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$1081  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1082  = fetch_sent;
     casez (seq_state)
       3'h0:
           if (start) begin
             \$1082  = 1'h0;
           end
       3'h1:
-          /* empty */;
-      3'h2:
-          if (\$789 ) begin
-          end else if (\$791 ) begin
-          end else if (is_end) begin
+        begin
+          if (\$803 ) begin
             \$1082  = 1'h1;
           end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$870 ) begin
-            \$1082  = 1'h1;
+          if (beat__valid) begin
+            \$1082  = 1'h0;
           end
+        end
     endcase
     if (rst) begin
       \$1082  = 1'h0;
@@ -32362,113 +32544,64 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1083  = error;
+    \$1083  = \$signal$442 ;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1083  = 4'h0;
+            \$1083  = prog;
+          end
+    endcase
+    if (rst) begin
+      \$1083  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1084  = \$signal$443 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1084  = image_stride;
+          end
+    endcase
+    if (rst) begin
+      \$1084  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1085  = images_left;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1085  = \$801 ;
           end
       3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$1083  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$1083  = 4'h6;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$789 ) begin
-          end else if (\$791 ) begin
-          end else if (is_end) begin
-          end else if (\$802 ) begin
-            \$1083  = 4'h2;
-          end else if (\$808 ) begin
-            \$1083  = 4'h1;
-          end else if (\$811 ) begin
-          end else if (\$814 ) begin
-          end else if (unit_known) begin
-          end else begin
-            \$1083  = 4'h1;
+          if (\$805 ) begin
+          end else if (d_end_more) begin
+            \$1085  = \$807 [15:0];
           end
-          if (start) begin
-            \$1083  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$825 ) begin
-            if (beat__payload[512]) begin
-              \$1083  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$1083  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$1083  = 4'h3;
-          end
-          if (\$869 ) begin
-            \$1083  = fault;
-          end
-          if (start) begin
-            \$1083  = 4'h6;
-          end
-        end
     endcase
     if (rst) begin
-      \$1083  = 4'h0;
+      \$1085  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1084  = fetch_sent;
+    \$1086  = offset;
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1084  = 1'h0;
+            \$1086  = 32'd0;
           end
       3'h1:
-        begin
-          if (\$787 ) begin
-            \$1084  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$1084  = 1'h0;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$1084  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1085  = \$signal$431 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1085  = prog;
-          end
-    endcase
-    if (rst) begin
-      \$1085  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1086  = \$signal$432 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1086  = image_stride;
+          /* empty */;
+      3'h2:
+          if (\$805 ) begin
+          end else if (d_end_more) begin
+            \$1086  = \$808 [31:0];
           end
     endcase
     if (rst) begin
@@ -32477,137 +32610,265 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1087  = images_left;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1087  = \$785 ;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$789 ) begin
-          end else if (\$791 ) begin
-            \$1087  = \$816 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$1087  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1088  = offset;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1088  = 32'd0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$789 ) begin
-          end else if (\$791 ) begin
-            \$1088  = \$817 [31:0];
-          end
-    endcase
-    if (rst) begin
-      \$1088  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1089  = seq_state;
+    \$1087  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1089  = 3'h1;
+            \$1087  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1089  = 3'h5;
+              \$1087  = 3'h5;
             end else begin
-              \$1089  = 3'h2;
+              \$1087  = 3'h2;
             end
           end
           if (start) begin
-            \$1089  = 3'h5;
+            \$1087  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$789 ) begin
-          end else if (\$791 ) begin
-            \$1089  = 3'h1;
-          end else if (is_end) begin
-            \$1089  = 3'h0;
-          end else if (\$802 ) begin
-            \$1089  = 3'h5;
-          end else if (\$808 ) begin
-            \$1089  = 3'h5;
-          end else if (\$811 ) begin
-            \$1089  = 3'h3;
-          end else if (\$814 ) begin
-            \$1089  = 3'h4;
-          end else if (unit_known) begin
-            \$1089  = 3'h3;
+          if (\$805 ) begin
+          end else if (d_end_more) begin
+            \$1087  = 3'h1;
+          end else if (d_end) begin
+            \$1087  = 3'h0;
+          end else if (d_count_zero) begin
+            \$1087  = 3'h5;
+          end else if (d_const) begin
+            \$1087  = 3'h3;
+          end else if (d_stream) begin
+            \$1087  = 3'h4;
           end else begin
-            \$1089  = 3'h5;
+            \$1087  = 3'h5;
           end
           if (start) begin
-            \$1089  = 3'h5;
+            \$1087  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$825 ) begin
+          if (\$816 ) begin
             if (beat__payload[512]) begin
-              \$1089  = 3'h5;
-            end else if (\$827 ) begin
-              \$1089  = 3'h4;
+              \$1087  = 3'h5;
+            end else if (\$818 ) begin
+              \$1087  = 3'h4;
             end
           end
-          if (\$832 ) begin
-            \$1089  = 3'h4;
+          if (\$823 ) begin
+            \$1087  = 3'h4;
           end
           if (start) begin
-            \$1089  = 3'h5;
+            \$1087  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$844 ) begin
-            \$1089  = 3'h1;
+          if (\$835 ) begin
+            \$1087  = 3'h1;
           end
           if (addr_fault) begin
-            \$1089  = 3'h5;
+            \$1087  = 3'h5;
           end
-          if (\$869 ) begin
-            \$1089  = 3'h5;
+          if (\$860 ) begin
+            \$1087  = 3'h5;
           end
           if (start) begin
-            \$1089  = 3'h5;
+            \$1087  = 3'h5;
           end
         end
       3'h5:
-          if (\$870 ) begin
-            \$1089  = 3'h0;
+          if (\$861 ) begin
+            \$1087  = 3'h0;
           end
       default:
-          \$1089  = 3'h0;
+          \$1087  = 3'h0;
     endcase
     if (rst) begin
-      \$1089  = 3'h0;
+      \$1087  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1090  = in_stream;
+    \$1088  = in_stream;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1088  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1088  = 1'h0;
+            end else begin
+              \$1088  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1088  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$805 ) begin
+          end else if (d_end_more) begin
+            \$1088  = 1'h0;
+          end else if (d_end) begin
+            \$1088  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1088  = 1'h0;
+          end else if (d_const) begin
+            \$1088  = 1'h0;
+          end else if (d_stream) begin
+            \$1088  = 1'h1;
+          end else begin
+            \$1088  = 1'h0;
+          end
+          if (start) begin
+            \$1088  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$816 ) begin
+            if (beat__payload[512]) begin
+              \$1088  = 1'h0;
+            end else if (\$818 ) begin
+              \$1088  = 1'h1;
+            end
+          end
+          if (\$823 ) begin
+            \$1088  = 1'h1;
+          end
+          if (start) begin
+            \$1088  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$835 ) begin
+            \$1088  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1088  = 1'h0;
+          end
+          if (\$860 ) begin
+            \$1088  = 1'h0;
+          end
+          if (start) begin
+            \$1088  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$861 ) begin
+            \$1088  = 1'h0;
+          end
+      default:
+          \$1088  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1088  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1089  = in_decode;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1089  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1089  = 1'h0;
+            end else begin
+              \$1089  = 1'h1;
+            end
+          end
+          if (start) begin
+            \$1089  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$805 ) begin
+          end else if (d_end_more) begin
+            \$1089  = 1'h0;
+          end else if (d_end) begin
+            \$1089  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1089  = 1'h0;
+          end else if (d_const) begin
+            \$1089  = 1'h0;
+          end else if (d_stream) begin
+            \$1089  = 1'h0;
+          end else begin
+            \$1089  = 1'h0;
+          end
+          if (start) begin
+            \$1089  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$816 ) begin
+            if (beat__payload[512]) begin
+              \$1089  = 1'h0;
+            end else if (\$818 ) begin
+              \$1089  = 1'h0;
+            end
+          end
+          if (\$823 ) begin
+            \$1089  = 1'h0;
+          end
+          if (start) begin
+            \$1089  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$835 ) begin
+            \$1089  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1089  = 1'h0;
+          end
+          if (\$860 ) begin
+            \$1089  = 1'h0;
+          end
+          if (start) begin
+            \$1089  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$861 ) begin
+            \$1089  = 1'h0;
+          end
+      default:
+          \$1089  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1089  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1090  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32631,21 +32892,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$789 ) begin
-          end else if (\$791 ) begin
+          if (\$805 ) begin
+          end else if (d_end_more) begin
             \$1090  = 1'h0;
-          end else if (is_end) begin
+          end else if (d_end) begin
             \$1090  = 1'h0;
-          end else if (\$802 ) begin
+          end else if (d_count_zero) begin
             \$1090  = 1'h0;
-          end else if (\$808 ) begin
-            \$1090  = 1'h0;
-          end else if (\$811 ) begin
-            \$1090  = 1'h0;
-          end else if (\$814 ) begin
+          end else if (d_const) begin
             \$1090  = 1'h1;
-          end else if (unit_known) begin
-            \$1090  = 1'h0;
+          end else if (d_stream) begin
+            \$1090  = 1'h1;
           end else begin
             \$1090  = 1'h0;
           end
@@ -32655,14 +32912,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$825 ) begin
+          if (\$816 ) begin
             if (beat__payload[512]) begin
               \$1090  = 1'h0;
-            end else if (\$827 ) begin
+            end else if (\$818 ) begin
               \$1090  = 1'h1;
             end
           end
-          if (\$832 ) begin
+          if (\$823 ) begin
             \$1090  = 1'h1;
           end
           if (start) begin
@@ -32671,13 +32928,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$844 ) begin
+          if (\$835 ) begin
             \$1090  = 1'h0;
           end
           if (addr_fault) begin
             \$1090  = 1'h0;
           end
-          if (\$869 ) begin
+          if (\$860 ) begin
             \$1090  = 1'h0;
           end
           if (start) begin
@@ -32685,7 +32942,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$870 ) begin
+          if (\$861 ) begin
             \$1090  = 1'h0;
           end
       default:
@@ -32697,7 +32954,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1091  = in_decode;
+    \$1091  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32711,7 +32968,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (beat__payload[512]) begin
               \$1091  = 1'h0;
             end else begin
-              \$1091  = 1'h1;
+              \$1091  = 1'h0;
             end
           end
           if (start) begin
@@ -32721,21 +32978,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$789 ) begin
-          end else if (\$791 ) begin
+          if (\$805 ) begin
+          end else if (d_end_more) begin
             \$1091  = 1'h0;
-          end else if (is_end) begin
+          end else if (d_end) begin
             \$1091  = 1'h0;
-          end else if (\$802 ) begin
+          end else if (d_count_zero) begin
             \$1091  = 1'h0;
-          end else if (\$808 ) begin
+          end else if (d_const) begin
             \$1091  = 1'h0;
-          end else if (\$811 ) begin
-            \$1091  = 1'h0;
-          end else if (\$814 ) begin
-            \$1091  = 1'h0;
-          end else if (unit_known) begin
-            \$1091  = 1'h0;
+          end else if (d_stream) begin
+            \$1091  = is_gemm;
           end else begin
             \$1091  = 1'h0;
           end
@@ -32745,15 +32998,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$825 ) begin
+          if (\$816 ) begin
             if (beat__payload[512]) begin
               \$1091  = 1'h0;
-            end else if (\$827 ) begin
-              \$1091  = 1'h0;
+            end else if (\$818 ) begin
+              \$1091  = is_gemm;
             end
           end
-          if (\$832 ) begin
-            \$1091  = 1'h0;
+          if (\$823 ) begin
+            \$1091  = is_gemm;
           end
           if (start) begin
             \$1091  = 1'h0;
@@ -32761,13 +33014,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$844 ) begin
+          if (\$835 ) begin
             \$1091  = 1'h0;
           end
           if (addr_fault) begin
             \$1091  = 1'h0;
           end
-          if (\$869 ) begin
+          if (\$860 ) begin
             \$1091  = 1'h0;
           end
           if (start) begin
@@ -32775,7 +33028,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$870 ) begin
+          if (\$861 ) begin
             \$1091  = 1'h0;
           end
       default:
@@ -32787,7 +33040,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1092  = in_op;
+    \$1092  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32811,21 +33064,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$789 ) begin
-          end else if (\$791 ) begin
+          if (\$805 ) begin
+          end else if (d_end_more) begin
             \$1092  = 1'h0;
-          end else if (is_end) begin
+          end else if (d_end) begin
             \$1092  = 1'h0;
-          end else if (\$802 ) begin
+          end else if (d_count_zero) begin
             \$1092  = 1'h0;
-          end else if (\$808 ) begin
+          end else if (d_const) begin
             \$1092  = 1'h0;
-          end else if (\$811 ) begin
-            \$1092  = 1'h1;
-          end else if (\$814 ) begin
-            \$1092  = 1'h1;
-          end else if (unit_known) begin
-            \$1092  = 1'h1;
+          end else if (d_stream) begin
+            \$1092  = \$811 ;
           end else begin
             \$1092  = 1'h0;
           end
@@ -32835,15 +33084,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$825 ) begin
+          if (\$816 ) begin
             if (beat__payload[512]) begin
               \$1092  = 1'h0;
-            end else if (\$827 ) begin
-              \$1092  = 1'h1;
+            end else if (\$818 ) begin
+              \$1092  = \$821 ;
             end
           end
-          if (\$832 ) begin
-            \$1092  = 1'h1;
+          if (\$823 ) begin
+            \$1092  = \$826 ;
           end
           if (start) begin
             \$1092  = 1'h0;
@@ -32851,13 +33100,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$844 ) begin
+          if (\$835 ) begin
             \$1092  = 1'h0;
           end
           if (addr_fault) begin
             \$1092  = 1'h0;
           end
-          if (\$869 ) begin
+          if (\$860 ) begin
             \$1092  = 1'h0;
           end
           if (start) begin
@@ -32865,7 +33114,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$870 ) begin
+          if (\$861 ) begin
             \$1092  = 1'h0;
           end
       default:
@@ -32877,319 +33126,174 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1093  = gemm_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1093  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1093  = 1'h0;
-            end else begin
-              \$1093  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1093  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$789 ) begin
-          end else if (\$791 ) begin
-            \$1093  = 1'h0;
-          end else if (is_end) begin
-            \$1093  = 1'h0;
-          end else if (\$802 ) begin
-            \$1093  = 1'h0;
-          end else if (\$808 ) begin
-            \$1093  = 1'h0;
-          end else if (\$811 ) begin
-            \$1093  = 1'h0;
-          end else if (\$814 ) begin
-            \$1093  = is_gemm;
-          end else if (unit_known) begin
-            \$1093  = 1'h0;
-          end else begin
-            \$1093  = 1'h0;
-          end
-          if (start) begin
-            \$1093  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$825 ) begin
-            if (beat__payload[512]) begin
-              \$1093  = 1'h0;
-            end else if (\$827 ) begin
-              \$1093  = is_gemm;
-            end
-          end
-          if (\$832 ) begin
-            \$1093  = is_gemm;
-          end
-          if (start) begin
-            \$1093  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$844 ) begin
-            \$1093  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1093  = 1'h0;
-          end
-          if (\$869 ) begin
-            \$1093  = 1'h0;
-          end
-          if (start) begin
-            \$1093  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$870 ) begin
-            \$1093  = 1'h0;
-          end
-      default:
-          \$1093  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1093  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1094  = pack_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1094  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1094  = 1'h0;
-            end else begin
-              \$1094  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1094  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$789 ) begin
-          end else if (\$791 ) begin
-            \$1094  = 1'h0;
-          end else if (is_end) begin
-            \$1094  = 1'h0;
-          end else if (\$802 ) begin
-            \$1094  = 1'h0;
-          end else if (\$808 ) begin
-            \$1094  = 1'h0;
-          end else if (\$811 ) begin
-            \$1094  = 1'h0;
-          end else if (\$814 ) begin
-            \$1094  = \$820 ;
-          end else if (unit_known) begin
-            \$1094  = 1'h0;
-          end else begin
-            \$1094  = 1'h0;
-          end
-          if (start) begin
-            \$1094  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$825 ) begin
-            if (beat__payload[512]) begin
-              \$1094  = 1'h0;
-            end else if (\$827 ) begin
-              \$1094  = \$830 ;
-            end
-          end
-          if (\$832 ) begin
-            \$1094  = \$835 ;
-          end
-          if (start) begin
-            \$1094  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$844 ) begin
-            \$1094  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1094  = 1'h0;
-          end
-          if (\$869 ) begin
-            \$1094  = 1'h0;
-          end
-          if (start) begin
-            \$1094  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$870 ) begin
-            \$1094  = 1'h0;
-          end
-      default:
-          \$1094  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1094  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1095  = ins;
+    \$1093  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$1095  = beat__payload[511:0];
+            \$1093  = beat__payload[511:0];
           end
     endcase
     if (rst) begin
-      \$1095  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$1093  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1096  = decode_wait;
+    \$1094  = decode_wait;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$1096  = 2'h3;
+            \$1094  = 2'h3;
           end
       3'h2:
-          if (\$789 ) begin
-            \$1096  = \$815 [1:0];
+          if (\$805 ) begin
+            \$1094  = \$806 [1:0];
           end
     endcase
     if (rst) begin
-      \$1096  = 2'h0;
+      \$1094  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1097  = c_addr;
+    \$1095  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1097  = dec_c_base;
+          \$1095  = dec_c_base;
       3'h3:
-          if (\$822 ) begin
-            \$1097  = \$824 [31:0];
+          if (\$813 ) begin
+            \$1095  = \$815 [31:0];
           end
     endcase
     if (rst) begin
-      \$1097  = 32'd0;
+      \$1095  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1098  = c_step;
+    \$1096  = c_step;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1098  = \$788 [7:0];
+          \$1096  = \$804 [7:0];
     endcase
     if (rst) begin
-      \$1098  = 8'h00;
+      \$1096  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1099  = c_ask;
+    \$1097  = c_ask;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1099  = { 4'h0, ins[509:498] };
+          \$1097  = { 4'h0, ins[509:498] };
       3'h3:
-          if (\$822 ) begin
-            \$1099  = \$823 [15:0];
+          if (\$813 ) begin
+            \$1097  = \$814 [15:0];
           end
     endcase
     if (rst) begin
-      \$1099  = 16'h0000;
+      \$1097  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1100  = c_due;
+    \$1098  = c_due;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1100  = { 4'h0, ins[509:498] };
+          \$1098  = { 4'h0, ins[509:498] };
       3'h3:
-          if (\$825 ) begin
-            \$1100  = \$826 [15:0];
+          if (\$816 ) begin
+            \$1098  = \$817 [15:0];
           end
     endcase
+    if (rst) begin
+      \$1098  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1099  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$864 ) begin
+          \$1099  = \$866 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$868 ) begin
+          \$1099  = \$874 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1099  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1100  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$868 ) begin
+          \$1100  = r_data[15:0];
+        end
+      end
+    end
     if (rst) begin
       \$1100  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1101  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$872 ) begin
-          \$1101  = \$874 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$876 ) begin
-          \$1101  = \$882 [31:0];
+    \$1101  = pack_full;
+    if (pack_active) begin
+      if (\$875 ) begin
+        \$1101  = 1'h0;
+      end
+      if (\$881 ) begin
+        if (\$883 ) begin
+          \$1101  = 1'h1;
         end
       end
     end
+    if (unit_rst) begin
+      \$1101  = 1'h0;
+    end
     if (rst) begin
-      \$1101  = 32'd0;
+      \$1101  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1102  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$876 ) begin
-          \$1102  = r_data[15:0];
-        end
+    \$1102  = pack_a0;
+    if (pack_active) begin
+      if (\$881 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1102  = elem_data;
+        endcase
       end
     end
     if (rst) begin
@@ -33198,31 +33302,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1103  = pack_full;
+    \$1103  = pack_a1;
     if (pack_active) begin
-      if (\$883 ) begin
-        \$1103  = 1'h0;
+      if (\$881 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1103  = elem_data;
+        endcase
       end
-      if (\$889 ) begin
-        if (\$891 ) begin
-          \$1103  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1103  = 1'h0;
     end
     if (rst) begin
-      \$1103  = 1'h0;
+      \$1103  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1104  = pack_a0;
+    \$1104  = pack_a2;
     if (pack_active) begin
-      if (\$889 ) begin
+      if (\$881 ) begin
         casez (pack_j)
           3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
               \$1104  = elem_data;
         endcase
       end
@@ -33233,13 +33338,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1105  = pack_a1;
+    \$1105  = pack_a3;
     if (pack_active) begin
-      if (\$889 ) begin
+      if (\$881 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
               \$1105  = elem_data;
         endcase
       end
@@ -33250,16 +33359,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1106  = pack_a2;
+    \$1106  = pack_b0;
     if (pack_active) begin
-      if (\$889 ) begin
+      if (\$881 ) begin
         casez (pack_j)
           3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1106  = elem_data;
+              \$1106  = \r_data$317 [15:0];
         endcase
       end
     end
@@ -33269,18 +33374,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1107  = pack_a3;
+    \$1107  = pack_b1;
     if (pack_active) begin
-      if (\$889 ) begin
+      if (\$881 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1107  = elem_data;
+              \$1107  = \r_data$317 [15:0];
         endcase
       end
     end
@@ -33290,12 +33391,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1108  = pack_b0;
+    \$1108  = pack_b2;
     if (pack_active) begin
-      if (\$889 ) begin
+      if (\$881 ) begin
         casez (pack_j)
           3'h0:
-              \$1108  = \r_data$316 [15:0];
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1108  = \r_data$317 [15:0];
         endcase
       end
     end
@@ -33305,14 +33410,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1109  = pack_b1;
+    \$1109  = pack_b3;
     if (pack_active) begin
-      if (\$889 ) begin
+      if (\$881 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              \$1109  = \r_data$316 [15:0];
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1109  = \r_data$317 [15:0];
         endcase
       end
     end
@@ -33322,201 +33431,188 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1110  = pack_b2;
+    \$1110  = pack_j;
     if (pack_active) begin
-      if (\$889 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1110  = \r_data$316 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1110  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1111  = pack_b3;
-    if (pack_active) begin
-      if (\$889 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1111  = \r_data$316 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1111  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1112  = pack_j;
-    if (pack_active) begin
-      if (\$889 ) begin
+      if (\$881 ) begin
         (* full_case = 32'd1 *)
-        if (\$891 ) begin
-          \$1112  = 3'h0;
+        if (\$883 ) begin
+          \$1110  = 3'h0;
         end else begin
-          \$1112  = \$892 [2:0];
+          \$1110  = \$884 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$1112  = 3'h0;
+      \$1110  = 3'h0;
     end
     if (rst) begin
-      \$1112  = 3'h0;
+      \$1110  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1113  = pack_jo;
+    \$1111  = pack_jo;
     if (pack_active) begin
-      if (\$893 ) begin
+      if (\$885 ) begin
         (* full_case = 32'd1 *)
-        if (\$895 ) begin
-          \$1113  = 3'h0;
+        if (\$887 ) begin
+          \$1111  = 3'h0;
         end else begin
-          \$1113  = \$896 [2:0];
+          \$1111  = \$888 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$1113  = 3'h0;
+      \$1111  = 3'h0;
     end
     if (rst) begin
-      \$1113  = 3'h0;
+      \$1111  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1114  = tiles;
+    \$1112  = tiles;
     if (in_decode) begin
-      \$1114  = dec_tiles;
+      \$1112  = dec_tiles;
     end
     if (gemm_active) begin
-      if (\$903 ) begin
-        if (\$917 ) begin
-          \$1114  = \$918 [31:0];
+      if (\$895 ) begin
+        if (\$909 ) begin
+          \$1112  = \$910 [31:0];
         end
       end
     end
     if (rst) begin
-      \$1114  = 32'd0;
+      \$1112  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1115  = nt;
+    \$1113  = nt;
     if (in_decode) begin
-      \$1115  = 16'h0000;
+      \$1113  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$903 ) begin
-        if (\$917 ) begin
+      if (\$895 ) begin
+        if (\$909 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1115  = 16'h0000;
+            \$1113  = 16'h0000;
           end else begin
-            \$1115  = \$924 [15:0];
+            \$1113  = \$916 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1115  = 16'h0000;
+      \$1113  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1116  = k;
+    \$1114  = k;
     if (in_decode) begin
-      \$1116  = 16'h0000;
+      \$1114  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$903 ) begin
-        if (\$905 ) begin
-        end else if (\$910 ) begin
-          \$1116  = \$911 [15:0];
+      if (\$895 ) begin
+        if (\$897 ) begin
+        end else if (\$902 ) begin
+          \$1114  = \$903 [15:0];
         end
-        if (\$917 ) begin
-          \$1116  = 16'h0000;
+        if (\$909 ) begin
+          \$1114  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$1116  = 16'h0000;
+      \$1114  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1117  = w_addr;
+    \$1115  = w_addr;
     if (in_decode) begin
-      \$1117  = ins[465:434];
+      \$1115  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$903 ) begin
+      if (\$895 ) begin
         if (want_w) begin
-          \$1117  = \$914 [31:0];
+          \$1115  = \$906 [31:0];
         end
-        if (\$917 ) begin
+        if (\$909 ) begin
           if (nt_hit) begin
-            \$1117  = ins[465:434];
+            \$1115  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$1117  = 32'd0;
+      \$1115  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1118  = p_addr;
+    \$1116  = p_addr;
     if (in_decode) begin
-      \$1118  = ins[497:466];
+      \$1116  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$903 ) begin
-        if (\$917 ) begin
+      if (\$895 ) begin
+        if (\$909 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1118  = ins[497:466];
+            \$1116  = ins[497:466];
           end else begin
-            \$1118  = \$927 [31:0];
+            \$1116  = \$919 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1118  = 32'd0;
+      \$1116  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1119  = want_w;
+    \$1117  = want_w;
     if (in_decode) begin
-      \$1119  = 1'h0;
+      \$1117  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$903 ) begin
-        if (\$905 ) begin
-          \$1119  = 1'h1;
+      if (\$895 ) begin
+        if (\$897 ) begin
+          \$1117  = 1'h1;
         end
-        if (\$917 ) begin
-          \$1119  = 1'h0;
+        if (\$909 ) begin
+          \$1117  = 1'h0;
+        end
+      end
+    end
+    if (rst) begin
+      \$1117  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1118  = w_step;
+    if (in_decode) begin
+      \$1118  = \$889 [7:0];
+    end
+    if (rst) begin
+      \$1118  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1119  = \$signal$248 ;
+    if (in_decode) begin
+      \$1119  = \$890 ;
+    end
+    if (gemm_active) begin
+      if (\$895 ) begin
+        if (\$909 ) begin
+          \$1119  = \$911 ;
         end
       end
     end
@@ -33526,24 +33622,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1120  = w_step;
+    \$1120  = \$signal$455 ;
     if (in_decode) begin
-      \$1120  = \$897 [7:0];
+      \$1120  = \$892 ;
+    end
+    if (gemm_active) begin
+      if (\$895 ) begin
+        if (\$897 ) begin
+        end else if (\$902 ) begin
+          \$1120  = \$905 ;
+        end
+        if (\$909 ) begin
+          \$1120  = \$913 ;
+        end
+      end
     end
     if (rst) begin
-      \$1120  = 8'h00;
+      \$1120  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1121  = \$signal$247 ;
+    \$1121  = nt_hit;
     if (in_decode) begin
-      \$1121  = \$898 ;
+      \$1121  = \$894 ;
     end
     if (gemm_active) begin
-      if (\$903 ) begin
-        if (\$917 ) begin
-          \$1121  = \$919 ;
+      if (\$895 ) begin
+        if (\$909 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1121  = \$915 ;
+          end else begin
+            \$1121  = \$918 ;
+          end
         end
       end
     end
@@ -33553,41 +33665,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1122  = \$signal$444 ;
+    \$1122  = rk;
     if (in_decode) begin
-      \$1122  = \$900 ;
+      \$1122  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$903 ) begin
-        if (\$905 ) begin
-        end else if (\$910 ) begin
-          \$1122  = \$913 ;
-        end
-        if (\$917 ) begin
-          \$1122  = \$921 ;
-        end
+      if (\$922 ) begin
+        \$1122  = \$925 [15:0];
       end
     end
     if (rst) begin
-      \$1122  = 1'h0;
+      \$1122  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1123  = nt_hit;
+    \$1123  = rk_zero;
     if (in_decode) begin
-      \$1123  = \$902 ;
+      \$1123  = 1'h1;
     end
     if (gemm_active) begin
-      if (\$903 ) begin
-        if (\$917 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1123  = \$923 ;
-          end else begin
-            \$1123  = \$926 ;
-          end
-        end
+      if (\$922 ) begin
+        \$1123  = \$926 ;
       end
     end
     if (rst) begin
@@ -33596,75 +33695,103 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1124  = rk;
+    \$1124  = w_full;
     if (in_decode) begin
-      \$1124  = 16'h0000;
+      \$1124  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$930 ) begin
-        \$1124  = \$933 [15:0];
+      if (\$920 ) begin
+        \$1124  = 1'h0;
       end
-    end
-    if (rst) begin
-      \$1124  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1125  = rk_zero;
-    if (in_decode) begin
-      \$1125  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$930 ) begin
-        \$1125  = \$934 ;
-      end
-    end
-    if (rst) begin
-      \$1125  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1126  = w_full;
-    if (in_decode) begin
-      \$1126  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$928 ) begin
-        \$1126  = 1'h0;
-      end
-      if (\$930 ) begin
-        if (\$937 ) begin
-          \$1126  = 1'h1;
+      if (\$922 ) begin
+        if (\$929 ) begin
+          \$1124  = 1'h1;
         end
       end
     end
     if (rst) begin
-      \$1126  = 1'h0;
+      \$1124  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1127  = w_lane0;
+    \$1125  = w_lane0;
     if (gemm_active) begin
-      if (\$930 ) begin
-        if (\$937 ) begin
+      if (\$922 ) begin
+        if (\$929 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1127  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
+                \$1125  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
             5'h03:
-                \$1127  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
+                \$1125  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
             5'h04:
-                \$1127  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
+                \$1125  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
             5'h05:
-                \$1127  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
+                \$1125  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
             5'h06:
-                \$1127  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
+                \$1125  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
             5'h07:
-                \$1127  = { beat__payload[6], beat__payload[6:0] };
+                \$1125  = { beat__payload[6], beat__payload[6:0] };
             5'h08:
-                \$1127  = beat__payload[7:0];
+                \$1125  = beat__payload[7:0];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1125  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1126  = w_lane1;
+    if (gemm_active) begin
+      if (\$922 ) begin
+        if (\$929 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1126  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
+            5'h03:
+                \$1126  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
+            5'h04:
+                \$1126  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
+            5'h05:
+                \$1126  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
+            5'h06:
+                \$1126  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
+            5'h07:
+                \$1126  = { beat__payload[13], beat__payload[13:7] };
+            5'h08:
+                \$1126  = beat__payload[15:8];
+          endcase
+        end
+      end
+    end
+    if (rst) begin
+      \$1126  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1127  = w_lane2;
+    if (gemm_active) begin
+      if (\$922 ) begin
+        if (\$929 ) begin
+          casez (ins[21:17])
+            5'h02:
+                \$1127  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+            5'h03:
+                \$1127  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+            5'h04:
+                \$1127  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+            5'h05:
+                \$1127  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+            5'h06:
+                \$1127  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+            5'h07:
+                \$1127  = { beat__payload[20], beat__payload[20:14] };
+            5'h08:
+                \$1127  = beat__payload[23:16];
           endcase
         end
       end
@@ -33675,25 +33802,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1128  = w_lane1;
+    \$1128  = w_lane3;
     if (gemm_active) begin
-      if (\$930 ) begin
-        if (\$937 ) begin
+      if (\$922 ) begin
+        if (\$929 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1128  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
+                \$1128  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
             5'h03:
-                \$1128  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
+                \$1128  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
             5'h04:
-                \$1128  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
+                \$1128  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
             5'h05:
-                \$1128  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
+                \$1128  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
             5'h06:
-                \$1128  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
+                \$1128  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
             5'h07:
-                \$1128  = { beat__payload[13], beat__payload[13:7] };
+                \$1128  = { beat__payload[27], beat__payload[27:21] };
             5'h08:
-                \$1128  = beat__payload[15:8];
+                \$1128  = beat__payload[31:24];
           endcase
         end
       end
@@ -33704,25 +33831,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1129  = w_lane2;
+    \$1129  = w_lane4;
     if (gemm_active) begin
-      if (\$930 ) begin
-        if (\$937 ) begin
+      if (\$922 ) begin
+        if (\$929 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1129  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+                \$1129  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
             5'h03:
-                \$1129  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+                \$1129  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
             5'h04:
-                \$1129  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+                \$1129  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
             5'h05:
-                \$1129  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+                \$1129  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
             5'h06:
-                \$1129  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+                \$1129  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
             5'h07:
-                \$1129  = { beat__payload[20], beat__payload[20:14] };
+                \$1129  = { beat__payload[34], beat__payload[34:28] };
             5'h08:
-                \$1129  = beat__payload[23:16];
+                \$1129  = beat__payload[39:32];
           endcase
         end
       end
@@ -33733,25 +33860,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1130  = w_lane3;
+    \$1130  = w_lane5;
     if (gemm_active) begin
-      if (\$930 ) begin
-        if (\$937 ) begin
+      if (\$922 ) begin
+        if (\$929 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1130  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+                \$1130  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
             5'h03:
-                \$1130  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+                \$1130  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
             5'h04:
-                \$1130  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+                \$1130  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
             5'h05:
-                \$1130  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+                \$1130  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
             5'h06:
-                \$1130  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+                \$1130  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
             5'h07:
-                \$1130  = { beat__payload[27], beat__payload[27:21] };
+                \$1130  = { beat__payload[41], beat__payload[41:35] };
             5'h08:
-                \$1130  = beat__payload[31:24];
+                \$1130  = beat__payload[47:40];
           endcase
         end
       end
@@ -33762,25 +33889,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1131  = w_lane4;
+    \$1131  = w_lane6;
     if (gemm_active) begin
-      if (\$930 ) begin
-        if (\$937 ) begin
+      if (\$922 ) begin
+        if (\$929 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1131  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+                \$1131  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
             5'h03:
-                \$1131  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+                \$1131  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
             5'h04:
-                \$1131  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+                \$1131  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
             5'h05:
-                \$1131  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+                \$1131  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
             5'h06:
-                \$1131  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+                \$1131  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
             5'h07:
-                \$1131  = { beat__payload[34], beat__payload[34:28] };
+                \$1131  = { beat__payload[48], beat__payload[48:42] };
             5'h08:
-                \$1131  = beat__payload[39:32];
+                \$1131  = beat__payload[55:48];
           endcase
         end
       end
@@ -33791,25 +33918,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1132  = w_lane5;
+    \$1132  = w_lane7;
     if (gemm_active) begin
-      if (\$930 ) begin
-        if (\$937 ) begin
+      if (\$922 ) begin
+        if (\$929 ) begin
           casez (ins[21:17])
             5'h02:
-                \$1132  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+                \$1132  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
             5'h03:
-                \$1132  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+                \$1132  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
             5'h04:
-                \$1132  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+                \$1132  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
             5'h05:
-                \$1132  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+                \$1132  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
             5'h06:
-                \$1132  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+                \$1132  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
             5'h07:
-                \$1132  = { beat__payload[41], beat__payload[41:35] };
+                \$1132  = { beat__payload[55], beat__payload[55:49] };
             5'h08:
-                \$1132  = beat__payload[47:40];
+                \$1132  = beat__payload[63:56];
           endcase
         end
       end
@@ -33820,95 +33947,112 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1133  = w_lane6;
+    \$1133  = a_filled0;
+    if (in_decode) begin
+      \$1133  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$930 ) begin
-        if (\$937 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1133  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
-            5'h03:
-                \$1133  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
-            5'h04:
-                \$1133  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
-            5'h05:
-                \$1133  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
-            5'h06:
-                \$1133  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
-            5'h07:
-                \$1133  = { beat__payload[48], beat__payload[48:42] };
-            5'h08:
-                \$1133  = beat__payload[55:48];
-          endcase
+      if (\$934 ) begin
+        if (\$938 ) begin
+          if (\$939 ) begin
+            casez (\$signal$264 )
+              1'h0:
+                  \$1133  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$937 ) begin
+        if (\$943 ) begin
+          if (\$945 ) begin
+            casez (\$signal$264 )
+              1'h0:
+                  \$1133  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$965 ) begin
+        if (\$967 ) begin
+          if (\$968 ) begin
+            casez (\$signal$294 )
+              1'h0:
+                  \$1133  = 1'h0;
+            endcase
+          end
         end
       end
     end
     if (rst) begin
-      \$1133  = 8'h00;
+      \$1133  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1134  = w_lane7;
+    \$1134  = a_filled1;
+    if (in_decode) begin
+      \$1134  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$930 ) begin
-        if (\$937 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1134  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
-            5'h03:
-                \$1134  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
-            5'h04:
-                \$1134  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
-            5'h05:
-                \$1134  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
-            5'h06:
-                \$1134  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
-            5'h07:
-                \$1134  = { beat__payload[55], beat__payload[55:49] };
-            5'h08:
-                \$1134  = beat__payload[63:56];
-          endcase
+      if (\$934 ) begin
+        if (\$938 ) begin
+          if (\$939 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$264 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1134  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$937 ) begin
+        if (\$943 ) begin
+          if (\$945 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$264 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1134  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$965 ) begin
+        if (\$967 ) begin
+          if (\$968 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$294 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1134  = 1'h0;
+            endcase
+          end
         end
       end
     end
     if (rst) begin
-      \$1134  = 8'h00;
+      \$1134  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1135  = a_filled0;
+    \$1135  = \$signal$264 ;
     if (in_decode) begin
       \$1135  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$942 ) begin
-        if (\$946 ) begin
-          if (\$947 ) begin
-            casez (\$signal$263 )
-              1'h0:
-                  \$1135  = 1'h1;
-            endcase
+      if (\$934 ) begin
+        if (\$938 ) begin
+          if (\$939 ) begin
+            \$1135  = \$940 ;
           end
         end
-      end else if (\$945 ) begin
-        if (\$951 ) begin
-          if (\$953 ) begin
-            casez (\$signal$263 )
-              1'h0:
-                  \$1135  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$973 ) begin
-        if (\$975 ) begin
-          if (\$976 ) begin
-            casez (\$signal$293 )
-              1'h0:
-                  \$1135  = 1'h0;
-            endcase
+      end else if (\$937 ) begin
+        if (\$943 ) begin
+          if (\$945 ) begin
+            \$1135  = \$946 ;
           end
         end
       end
@@ -33919,128 +34063,92 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1136  = a_filled1;
+    \$1136  = \$signal$271 ;
     if (in_decode) begin
-      \$1136  = 1'h0;
+      \$1136  = 4'h0;
     end
     if (gemm_active) begin
-      if (\$942 ) begin
-        if (\$946 ) begin
-          if (\$947 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$263 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1136  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$945 ) begin
-        if (\$951 ) begin
-          if (\$953 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$263 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1136  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$973 ) begin
-        if (\$975 ) begin
-          if (\$976 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$293 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1136  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1136  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1137  = \$signal$263 ;
-    if (in_decode) begin
-      \$1137  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$942 ) begin
-        if (\$946 ) begin
-          if (\$947 ) begin
-            \$1137  = \$948 ;
-          end
-        end
-      end else if (\$945 ) begin
-        if (\$951 ) begin
-          if (\$953 ) begin
-            \$1137  = \$954 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1137  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1138  = \$signal$270 ;
-    if (in_decode) begin
-      \$1138  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$942 ) begin
-        if (\$946 ) begin
+      if (\$934 ) begin
+        if (\$938 ) begin
           (* full_case = 32'd1 *)
-          if (\$947 ) begin
-            \$1138  = 4'h0;
+          if (\$939 ) begin
+            \$1136  = 4'h0;
           end else begin
-            \$1138  = \$949 [3:0];
+            \$1136  = \$941 [3:0];
           end
         end
-      end else if (\$945 ) begin
+      end else if (\$937 ) begin
         (* full_case = 32'd1 *)
-        if (\$951 ) begin
-          \$1138  = 4'h0;
+        if (\$943 ) begin
+          \$1136  = 4'h0;
         end else begin
-          \$1138  = \$955 [3:0];
+          \$1136  = \$947 [3:0];
         end
       end
     end
     if (rst) begin
-      \$1138  = 4'h0;
+      \$1136  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1139  = lk;
+    \$1137  = lk;
+    if (in_decode) begin
+      \$1137  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$934 ) begin
+        (* full_case = 32'd1 *)
+        if (\$938 ) begin
+          \$1137  = 16'h0000;
+        end else begin
+          \$1137  = \$942 [15:0];
+        end
+      end else if (\$937 ) begin
+        if (\$943 ) begin
+          \$1137  = \$944 [15:0];
+          if (\$945 ) begin
+            \$1137  = 16'h0000;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1137  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1138  = \$signal$294 ;
+    if (in_decode) begin
+      \$1138  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$965 ) begin
+        if (\$967 ) begin
+          if (\$968 ) begin
+            \$1138  = \$969 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1138  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1139  = \$signal$295 ;
     if (in_decode) begin
       \$1139  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$942 ) begin
+      if (\$965 ) begin
         (* full_case = 32'd1 *)
-        if (\$946 ) begin
+        if (\$967 ) begin
           \$1139  = 16'h0000;
         end else begin
-          \$1139  = \$950 [15:0];
-        end
-      end else if (\$945 ) begin
-        if (\$951 ) begin
-          \$1139  = \$952 [15:0];
-          if (\$953 ) begin
-            \$1139  = 16'h0000;
-          end
+          \$1139  = \$972 [15:0];
         end
       end
     end
@@ -34050,143 +34158,148 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1140  = \$signal$293 ;
+    \$1140  = fnt;
     if (in_decode) begin
-      \$1140  = 1'h0;
+      \$1140  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$973 ) begin
-        if (\$975 ) begin
-          if (\$976 ) begin
-            \$1140  = \$977 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1140  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1141  = \$signal$294 ;
-    if (in_decode) begin
-      \$1141  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$973 ) begin
-        (* full_case = 32'd1 *)
-        if (\$975 ) begin
-          \$1141  = 16'h0000;
-        end else begin
-          \$1141  = \$980 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1141  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1142  = fnt;
-    if (in_decode) begin
-      \$1142  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$973 ) begin
-        if (\$975 ) begin
+      if (\$965 ) begin
+        if (\$967 ) begin
           (* full_case = 32'd1 *)
-          if (\$976 ) begin
-            \$1142  = 16'h0000;
+          if (\$968 ) begin
+            \$1140  = 16'h0000;
           end else begin
-            \$1142  = \$979 [15:0];
+            \$1140  = \$971 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1142  = 16'h0000;
+      \$1140  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1143  = feed_blocks;
+    \$1141  = feed_blocks;
     if (in_decode) begin
-      \$1143  = dec_blocks;
+      \$1141  = dec_blocks;
     end
     if (gemm_active) begin
-      if (\$973 ) begin
-        if (\$975 ) begin
-          if (\$976 ) begin
-            \$1143  = \$978 [31:0];
+      if (\$965 ) begin
+        if (\$967 ) begin
+          if (\$968 ) begin
+            \$1141  = \$970 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1143  = 32'd0;
+      \$1141  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1144  = \$signal$299 ;
+    \$1142  = \$signal$300 ;
     if (in_decode) begin
-      \$1144  = 1'h0;
+      \$1142  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$956 ) begin
-        \$1144  = 1'h0;
+      if (\$948 ) begin
+        \$1142  = 1'h0;
       end
-      if (\$973 ) begin
-        \$1144  = 1'h1;
+      if (\$965 ) begin
+        \$1142  = 1'h1;
       end
     end
     if (rst) begin
-      \$1144  = 1'h0;
+      \$1142  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1145  = a_last;
+    \$1143  = a_last;
     if (gemm_active) begin
-      if (\$973 ) begin
-        \$1145  = \$974 ;
+      if (\$965 ) begin
+        \$1143  = \$966 ;
       end
     end
     if (rst) begin
-      \$1145  = 1'h0;
+      \$1143  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1146  = w_load_lane;
+    \$1144  = w_load_lane;
     if (gemm_active) begin
-      if (\$985 ) begin
+      if (\$977 ) begin
         (* full_case = 32'd1 *)
-        if (\$986 ) begin
-          \$1146  = 4'h0;
+        if (\$978 ) begin
+          \$1144  = 4'h0;
         end else begin
-          \$1146  = \$993 [3:0];
+          \$1144  = \$985 [3:0];
         end
       end
       if (in_decode) begin
-        \$1146  = 4'h0;
+        \$1144  = 4'h0;
       end
     end
     if (rst) begin
-      \$1146  = 4'h0;
+      \$1144  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1147  = w_load_k;
+    \$1145  = w_load_k;
     if (gemm_active) begin
-      if (\$985 ) begin
-        if (\$986 ) begin
-          \$1147  = \$987 [15:0];
-          if (\$989 ) begin
-            \$1147  = 16'h0000;
+      if (\$977 ) begin
+        if (\$978 ) begin
+          \$1145  = \$979 [15:0];
+          if (\$981 ) begin
+            \$1145  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1145  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1145  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1146  = w_load_addr;
+    if (gemm_active) begin
+      if (\$977 ) begin
+        if (\$978 ) begin
+          \$1146  = \$980 [9:0];
+          if (\$981 ) begin
+            if (\$983 ) begin
+              \$1146  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1146  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1146  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1147  = w_load_nt;
+    if (gemm_active) begin
+      if (\$977 ) begin
+        if (\$978 ) begin
+          if (\$981 ) begin
+            \$1147  = \$982 [15:0];
+            if (\$983 ) begin
+              \$1147  = 16'h0000;
+            end
           end
         end
       end
@@ -34200,72 +34313,91 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1148  = w_load_addr;
+    \$1148  = w_filled0;
     if (gemm_active) begin
-      if (\$985 ) begin
-        if (\$986 ) begin
-          \$1148  = \$988 [9:0];
-          if (\$989 ) begin
-            if (\$991 ) begin
-              \$1148  = 10'h000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1148  = 10'h000;
-      end
-    end
-    if (rst) begin
-      \$1148  = 10'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1149  = w_load_nt;
-    if (gemm_active) begin
-      if (\$985 ) begin
-        if (\$986 ) begin
-          if (\$989 ) begin
-            \$1149  = \$990 [15:0];
-            if (\$991 ) begin
-              \$1149  = 16'h0000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1149  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1149  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1150  = w_filled0;
-    if (gemm_active) begin
-      if (\$985 ) begin
-        if (\$986 ) begin
-          if (\$989 ) begin
-            if (\$991 ) begin
+      if (\$977 ) begin
+        if (\$978 ) begin
+          if (\$981 ) begin
+            if (\$983 ) begin
               casez (w_load_half)
                 1'h0:
-                    \$1150  = 1'h1;
+                    \$1148  = 1'h1;
               endcase
             end
           end
         end
       end
-      if (\$1012 ) begin
-        if (\$1013 ) begin
-          if (\$1014 ) begin
-            if (\$1015 ) begin
+      if (\$1004 ) begin
+        if (\$1005 ) begin
+          if (\$1006 ) begin
+            if (\$1007 ) begin
               casez (w_feed_half)
                 1'h0:
-                    \$1150  = 1'h0;
+                    \$1148  = 1'h0;
               endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1148  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1148  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1149  = w_filled1;
+    if (gemm_active) begin
+      if (\$977 ) begin
+        if (\$978 ) begin
+          if (\$981 ) begin
+            if (\$983 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1149  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1004 ) begin
+        if (\$1005 ) begin
+          if (\$1006 ) begin
+            if (\$1007 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1149  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1149  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1149  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
+    \$1150  = w_load_half;
+    if (gemm_active) begin
+      if (\$977 ) begin
+        if (\$978 ) begin
+          if (\$981 ) begin
+            if (\$983 ) begin
+              \$1150  = \$984 ;
             end
           end
         end
@@ -34280,147 +34412,84 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1151  = w_filled1;
+    \$1151  = feed_ntk;
     if (gemm_active) begin
-      if (\$985 ) begin
-        if (\$986 ) begin
-          if (\$989 ) begin
-            if (\$991 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1151  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$1012 ) begin
-        if (\$1013 ) begin
-          if (\$1014 ) begin
-            if (\$1015 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_feed_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1151  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1151  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1151  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1152  = w_load_half;
-    if (gemm_active) begin
-      if (\$985 ) begin
-        if (\$986 ) begin
-          if (\$989 ) begin
-            if (\$991 ) begin
-              \$1152  = \$992 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1152  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1152  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1153  = feed_ntk;
-    if (gemm_active) begin
-      if (\$1012 ) begin
-        if (\$1013 ) begin
+      if (\$1004 ) begin
+        if (\$1005 ) begin
           (* full_case = 32'd1 *)
-          if (\$1014 ) begin
-            \$1153  = 32'd0;
+          if (\$1006 ) begin
+            \$1151  = 32'd0;
           end else begin
-            \$1153  = \$1018 [31:0];
+            \$1151  = \$1010 [31:0];
           end
         end
       end
       if (in_decode) begin
-        \$1153  = 32'd0;
+        \$1151  = 32'd0;
       end
     end
     if (rst) begin
-      \$1153  = 32'd0;
+      \$1151  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1154  = feed_mt;
+    \$1152  = feed_mt;
     if (gemm_active) begin
-      if (\$1012 ) begin
-        if (\$1013 ) begin
-          if (\$1014 ) begin
+      if (\$1004 ) begin
+        if (\$1005 ) begin
+          if (\$1006 ) begin
             (* full_case = 32'd1 *)
-            if (\$1015 ) begin
-              \$1154  = 16'h0000;
+            if (\$1007 ) begin
+              \$1152  = 16'h0000;
             end else begin
-              \$1154  = \$1017 [15:0];
+              \$1152  = \$1009 [15:0];
             end
           end
         end
       end
       if (in_decode) begin
-        \$1154  = 16'h0000;
+        \$1152  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1154  = 16'h0000;
+      \$1152  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1155  = w_feed_half;
+    \$1153  = w_feed_half;
     if (gemm_active) begin
-      if (\$1012 ) begin
-        if (\$1013 ) begin
-          if (\$1014 ) begin
-            if (\$1015 ) begin
-              \$1155  = \$1016 ;
+      if (\$1004 ) begin
+        if (\$1005 ) begin
+          if (\$1006 ) begin
+            if (\$1007 ) begin
+              \$1153  = \$1008 ;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1155  = 1'h0;
+        \$1153  = 1'h0;
       end
     end
     if (rst) begin
-      \$1155  = 1'h0;
+      \$1153  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$183 ) begin end
-    \$1156  = post_col;
+    \$1154  = post_col;
     if (in_decode) begin
-      \$1156  = 3'h0;
+      \$1154  = 3'h0;
     end
-    if (\$1020 ) begin
+    if (\$1012 ) begin
       if (elem_take) begin
-        \$1156  = \$1023 [2:0];
+        \$1154  = \$1015 [2:0];
       end
     end
     if (rst) begin
-      \$1156  = 3'h0;
+      \$1154  = 3'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -34452,10 +34521,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \next$91  = src1_issue;
   assign \w_en$92  = src1_inflight;
   assign \w_data$93  = { src1_meta, \$signature__data$94  };
-  assign \error$113  = error;
-  assign \done$115  = done;
-  assign \busy$117  = busy;
-  assign \cycles$119  = cycles;
+  assign \error$111  = error;
+  assign \done$113  = done;
+  assign \busy$115  = busy;
+  assign \cycles$117  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -34473,6 +34542,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
   assign p__payload = beat__payload[437:0];
+  assign \o__valid$391  = \w_en$390 ;
+  assign \o__payload$393  = \w_data$392 ;
+  assign w_rdy = \o__ready$394 ;
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -34527,46 +34599,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \c__payload.f  = c__payload;
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
-  assign \c__payload$171.m  = \c__payload$171 [15:0];
-  assign \c__payload$171.b  = \c__payload$171 [58:16];
-  assign \c__payload$171.e  = \c__payload$171 [64:59];
-  assign \c__payload$171.last  = \c__payload$171 [65];
-  assign \c__payload$174.m_a  = \c__payload$174 [15:0];
-  assign \c__payload$174.e_a  = \c__payload$174 [21:16];
-  assign \c__payload$174.m_b  = \c__payload$174 [37:22];
-  assign \c__payload$174.e_b  = \c__payload$174 [43:38];
-  assign \c__payload$177.qb  = \c__payload$177 [9:0];
-  assign \c__payload$177.qc  = \c__payload$177 [24:10];
-  assign \c__payload$177.sh  = \c__payload$177 [30:25];
-  assign \c__payload$177.m  = \c__payload$177 [46:31];
-  assign \c__payload$177.e  = \c__payload$177 [52:47];
-  assign \req__payload$190.addr  = \req__payload$190 [31:0];
-  assign \req__payload$190.data  = \req__payload$190 [95:32];
-  assign \req__payload$190.lb  = \req__payload$190 [98:96];
+  assign \c__payload$169.m  = \c__payload$169 [15:0];
+  assign \c__payload$169.b  = \c__payload$169 [58:16];
+  assign \c__payload$169.e  = \c__payload$169 [64:59];
+  assign \c__payload$169.last  = \c__payload$169 [65];
+  assign \c__payload$172.m_a  = \c__payload$172 [15:0];
+  assign \c__payload$172.e_a  = \c__payload$172 [21:16];
+  assign \c__payload$172.m_b  = \c__payload$172 [37:22];
+  assign \c__payload$172.e_b  = \c__payload$172 [43:38];
+  assign \c__payload$175.qb  = \c__payload$175 [9:0];
+  assign \c__payload$175.qc  = \c__payload$175 [24:10];
+  assign \c__payload$175.sh  = \c__payload$175 [30:25];
+  assign \c__payload$175.m  = \c__payload$175 [46:31];
+  assign \c__payload$175.e  = \c__payload$175 [52:47];
+  assign \req__payload$191.addr  = \req__payload$191 [31:0];
+  assign \req__payload$191.data  = \req__payload$191 [95:32];
+  assign \req__payload$191.lb  = \req__payload$191 [98:96];
   assign \i__payload.data  = i__payload[15:0];
   assign \i__payload.last  = i__payload[16];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \o__payload$219[0]  = \o__payload$219 [15:0];
-  assign \o__payload$219[1]  = \o__payload$219 [31:16];
-  assign \o__payload$219[2]  = \o__payload$219 [47:32];
-  assign \o__payload$219[3]  = \o__payload$219 [63:48];
+  assign \o__payload$220[0]  = \o__payload$220 [15:0];
+  assign \o__payload$220[1]  = \o__payload$220 [31:16];
+  assign \o__payload$220[2]  = \o__payload$220 [47:32];
+  assign \o__payload$220[3]  = \o__payload$220 [63:48];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$232[0]  = \b__payload$232 [15:0];
-  assign \b__payload$232[1]  = \b__payload$232 [31:16];
-  assign \b__payload$232[2]  = \b__payload$232 [47:32];
-  assign \b__payload$232[3]  = \b__payload$232 [63:48];
-  assign \o__payload$239[0]  = \o__payload$239 [7:0];
-  assign \o__payload$239[1]  = \o__payload$239 [15:8];
-  assign \o__payload$239[2]  = \o__payload$239 [23:16];
-  assign \o__payload$239[3]  = \o__payload$239 [31:24];
-  assign \i__payload$242[0]  = \i__payload$242 [7:0];
-  assign \i__payload$242[1]  = \i__payload$242 [15:8];
-  assign \i__payload$242[2]  = \i__payload$242 [23:16];
-  assign \i__payload$242[3]  = \i__payload$242 [31:24];
+  assign \b__payload$233[0]  = \b__payload$233 [15:0];
+  assign \b__payload$233[1]  = \b__payload$233 [31:16];
+  assign \b__payload$233[2]  = \b__payload$233 [47:32];
+  assign \b__payload$233[3]  = \b__payload$233 [63:48];
+  assign \o__payload$240[0]  = \o__payload$240 [7:0];
+  assign \o__payload$240[1]  = \o__payload$240 [15:8];
+  assign \o__payload$240[2]  = \o__payload$240 [23:16];
+  assign \o__payload$240[3]  = \o__payload$240 [31:24];
+  assign \i__payload$243[0]  = \i__payload$243 [7:0];
+  assign \i__payload$243[1]  = \i__payload$243 [15:8];
+  assign \i__payload$243[2]  = \i__payload$243 [23:16];
+  assign \i__payload$243[3]  = \i__payload$243 [31:24];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -34595,16 +34667,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$361.data  = \a__payload$361 [71:0];
-  assign \a__payload$361.data[0]  = \a__payload$361 [8:0];
-  assign \a__payload$361.data[1]  = \a__payload$361 [17:9];
-  assign \a__payload$361.data[2]  = \a__payload$361 [26:18];
-  assign \a__payload$361.data[3]  = \a__payload$361 [35:27];
-  assign \a__payload$361.data[4]  = \a__payload$361 [44:36];
-  assign \a__payload$361.data[5]  = \a__payload$361 [53:45];
-  assign \a__payload$361.data[6]  = \a__payload$361 [62:54];
-  assign \a__payload$361.data[7]  = \a__payload$361 [71:63];
-  assign \a__payload$361.last  = \a__payload$361 [72];
+  assign \a__payload$362.data  = \a__payload$362 [71:0];
+  assign \a__payload$362.data[0]  = \a__payload$362 [8:0];
+  assign \a__payload$362.data[1]  = \a__payload$362 [17:9];
+  assign \a__payload$362.data[2]  = \a__payload$362 [26:18];
+  assign \a__payload$362.data[3]  = \a__payload$362 [35:27];
+  assign \a__payload$362.data[4]  = \a__payload$362 [44:36];
+  assign \a__payload$362.data[5]  = \a__payload$362 [53:45];
+  assign \a__payload$362.data[6]  = \a__payload$362 [62:54];
+  assign \a__payload$362.data[7]  = \a__payload$362 [71:63];
+  assign \a__payload$362.last  = \a__payload$362 [72];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -34613,14 +34685,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$390[0]  = \o__payload$390 [31:0];
-  assign \o__payload$390[1]  = \o__payload$390 [63:32];
-  assign \o__payload$390[2]  = \o__payload$390 [95:64];
-  assign \o__payload$390[3]  = \o__payload$390 [127:96];
-  assign \o__payload$390[4]  = \o__payload$390 [159:128];
-  assign \o__payload$390[5]  = \o__payload$390 [191:160];
-  assign \o__payload$390[6]  = \o__payload$390 [223:192];
-  assign \o__payload$390[7]  = \o__payload$390 [255:224];
+  assign \o__payload$393[0]  = \w_data$392 [31:0];
+  assign \o__payload$393[1]  = \w_data$392 [63:32];
+  assign \o__payload$393[2]  = \w_data$392 [95:64];
+  assign \o__payload$393[3]  = \w_data$392 [127:96];
+  assign \o__payload$393[4]  = \w_data$392 [159:128];
+  assign \o__payload$393[5]  = \w_data$392 [191:160];
+  assign \o__payload$393[6]  = \w_data$392 [223:192];
+  assign \o__payload$393[7]  = \w_data$392 [255:224];
   assign \$17  = { \$16 [17], \$16 [17], \$16 [17], \$16 [17:3] };
   assign \$25  = { \$24 [17], \$24 [17], \$24 [17], \$24 [17:3] };
   assign \$31  = 4'h8;
@@ -34634,47 +34706,47 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$59  = ins[397:380];
   assign \$62  = { \$61 [17], \$61 [17], \$61 [17], \$61 [17:3] };
   assign \$66  = { \$65 [17], \$65 [17], \$65 [17], \$65 [17:3] };
-  assign { \$120 [3], \$120 [1:0] } = 3'h0;
-  assign \$120 [2] = ins[10];
-  assign \$121  = ins[10];
-  assign { \$123 [3], \$123 [1:0] } = 3'h0;
-  assign \$123 [2] = ins[10];
-  assign \$124  = ins[10];
-  assign { \$126 [3], \$126 [1:0] } = 3'h0;
-  assign \$126 [2] = ins[10];
-  assign \$127  = ins[10];
-  assign { \$129 [3], \$129 [1:0] } = 3'h0;
-  assign \$129 [2] = ins[10];
-  assign \$130  = ins[10];
-  assign \$170 [3:1] = 3'h0;
-  assign \$170 [0] = ins[8];
-  assign \$171  = ins[8];
-  assign \$173 [3:1] = 3'h0;
-  assign \$173 [0] = ins[8];
-  assign \$174  = ins[8];
-  assign \$176 [3:1] = 3'h0;
-  assign \$176 [0] = ins[8];
-  assign \$177  = ins[8];
-  assign \$179 [3:1] = 3'h0;
-  assign \$179 [0] = ins[8];
-  assign \$180  = ins[8];
-  assign \$182 [3:1] = 3'h0;
-  assign \$182 [0] = ins[8];
-  assign \$183  = ins[8];
-  assign \$185 [3:1] = 3'h0;
-  assign \$185 [0] = ins[8];
-  assign \$186  = ins[8];
-  assign \$188 [3:1] = 3'h0;
-  assign \$188 [0] = ins[8];
-  assign \$189  = ins[8];
-  assign \$733  = { \$732 [17], \$732 [17], \$732 [17], \$732 [17:3] };
-  assign \$736  = { \$735 [17], \$735 [17], \$735 [17], \$735 [17:3] };
-  assign \$741  = { 1'h0, dec_nt, 6'h00 };
-  assign \$743 [5:0] = 6'h00;
-  assign \$743 [31:6] = { 8'h00, \$742 [23:6] };
-  assign \$747 [2:0] = 3'h0;
-  assign \$747 [3] = ins[11];
-  assign \$748  = ins[11];
+  assign { \$90 [3], \$90 [1:0] } = 3'h0;
+  assign \$90 [2] = ins[10];
+  assign \$91  = ins[10];
+  assign { \$93 [3], \$93 [1:0] } = 3'h0;
+  assign \$93 [2] = ins[10];
+  assign \$94  = ins[10];
+  assign { \$96 [3], \$96 [1:0] } = 3'h0;
+  assign \$96 [2] = ins[10];
+  assign \$97  = ins[10];
+  assign { \$99 [3], \$99 [1:0] } = 3'h0;
+  assign \$99 [2] = ins[10];
+  assign \$100  = ins[10];
+  assign \$140 [3:1] = 3'h0;
+  assign \$140 [0] = ins[8];
+  assign \$141  = ins[8];
+  assign \$143 [3:1] = 3'h0;
+  assign \$143 [0] = ins[8];
+  assign \$144  = ins[8];
+  assign \$146 [3:1] = 3'h0;
+  assign \$146 [0] = ins[8];
+  assign \$147  = ins[8];
+  assign \$149 [3:1] = 3'h0;
+  assign \$149 [0] = ins[8];
+  assign \$150  = ins[8];
+  assign \$152 [3:1] = 3'h0;
+  assign \$152 [0] = ins[8];
+  assign \$153  = ins[8];
+  assign \$155 [3:1] = 3'h0;
+  assign \$155 [0] = ins[8];
+  assign \$156  = ins[8];
+  assign \$158 [3:1] = 3'h0;
+  assign \$158 [0] = ins[8];
+  assign \$159  = ins[8];
+  assign \$715  = { \$714 [17], \$714 [17], \$714 [17], \$714 [17:3] };
+  assign \$718  = { \$717 [17], \$717 [17], \$717 [17], \$717 [17:3] };
+  assign \$723  = { 1'h0, dec_nt, 6'h00 };
+  assign \$725 [5:0] = 6'h00;
+  assign \$725 [31:6] = { 8'h00, \$724 [23:6] };
+  assign \$729 [2:0] = 3'h0;
+  assign \$729 [3] = ins[11];
+  assign \$730  = ins[11];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -39224,10 +39296,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$16834$0 (l0s_s2_o),
-    .\port$16926$0 (l1s_s2_o),
-    .\port$17018$0 (l2s_s2_o),
-    .\port$17110$0 (l3s_s2_o),
+    .\port$16900$0 (l0s_s2_o),
+    .\port$16992$0 (l1s_s2_o),
+    .\port$17084$0 (l2s_s2_o),
+    .\port$17176$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -40472,7 +40544,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16834$0 , \port$16926$0 , \port$17018$0 , \port$17110$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16900$0 , \port$16992$0 , \port$17084$0 , \port$17176$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$185  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -40515,14 +40587,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16834
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$16834$0 ;
-  wire [15:0] \port$16834$0 ;
-  input [15:0] \port$16926$0 ;
-  wire [15:0] \port$16926$0 ;
-  input [15:0] \port$17018$0 ;
-  wire [15:0] \port$17018$0 ;
-  input [15:0] \port$17110$0 ;
-  wire [15:0] \port$17110$0 ;
+  input [15:0] \port$16900$0 ;
+  wire [15:0] \port$16900$0 ;
+  input [15:0] \port$16992$0 ;
+  wire [15:0] \port$16992$0 ;
+  input [15:0] \port$17084$0 ;
+  wire [15:0] \port$17084$0 ;
+  input [15:0] \port$17176$0 ;
+  wire [15:0] \port$17176$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -40565,7 +40637,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16834
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$17110$0 , \port$17018$0 , \port$16926$0 , \port$16834$0  };
+      storage[w_port__addr] <= { \port$17176$0 , \port$17084$0 , \port$16992$0 , \port$16900$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -40677,8 +40749,8 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$16834
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$17110$0 , \port$17018$0 , \port$16926$0 , \port$16834$0  };
-  assign w_data = { \port$17110$0 , \port$17018$0 , \port$16926$0 , \port$16834$0  };
+  assign w_port__data = { \port$17176$0 , \port$17084$0 , \port$16992$0 , \port$16900$0  };
+  assign w_data = { \port$17176$0 , \port$17084$0 , \port$16992$0 , \port$16900$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -47765,10 +47837,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$17343$0 (l0_s27_o),
-    .\port$17529$0 (l1_s27_o),
-    .\port$17715$0 (l2_s27_o),
-    .\port$17901$0 (l3_s27_o),
+    .\port$17409$0 (l0_s27_o),
+    .\port$17595$0 (l1_s27_o),
+    .\port$17781$0 (l2_s27_o),
+    .\port$17967$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -49823,7 +49895,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17343$0 , \port$17529$0 , \port$17715$0 , \port$17901$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$17409$0 , \port$17595$0 , \port$17781$0 , \port$17967$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$187  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -49866,14 +49938,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$173
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$17343$0 ;
-  wire [7:0] \port$17343$0 ;
-  input [7:0] \port$17529$0 ;
-  wire [7:0] \port$17529$0 ;
-  input [7:0] \port$17715$0 ;
-  wire [7:0] \port$17715$0 ;
-  input [7:0] \port$17901$0 ;
-  wire [7:0] \port$17901$0 ;
+  input [7:0] \port$17409$0 ;
+  wire [7:0] \port$17409$0 ;
+  input [7:0] \port$17595$0 ;
+  wire [7:0] \port$17595$0 ;
+  input [7:0] \port$17781$0 ;
+  wire [7:0] \port$17781$0 ;
+  input [7:0] \port$17967$0 ;
+  wire [7:0] \port$17967$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -49932,7 +50004,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$173
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$17901$0 , \port$17715$0 , \port$17529$0 , \port$17343$0  };
+      storage[w_port__addr] <= { \port$17967$0 , \port$17781$0 , \port$17595$0 , \port$17409$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -50044,14 +50116,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$173
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$17901$0 , \port$17715$0 , \port$17529$0 , \port$17343$0  };
-  assign w_data = { \port$17901$0 , \port$17715$0 , \port$17529$0 , \port$17343$0  };
+  assign w_port__data = { \port$17967$0 , \port$17781$0 , \port$17595$0 , \port$17409$0  };
+  assign w_data = { \port$17967$0 , \port$17781$0 , \port$17595$0 , \port$17409$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o__payload, unit_rst, p__valid, a__valid, a__payload, w__valid, w__payload, o__ready, clk);
+module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o__payload, o__ready, unit_rst, p__valid, a__valid, a__payload, w__valid, w__payload, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$188  = 0;
   wire \$1 ;
   wire [8:0] \$10 ;
@@ -73482,9 +73554,144 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
 endmodule
 
 (* generator = "Amaranth" *)
+module \accelerator.core.gemm_out_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_data, unit_rst, r_en, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$189  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  (* init = 1'h0 *)
+  wire produce;
+  output [255:0] r_data;
+  wire [255:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [255:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  wire [255:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  input [255:0] w_port__data;
+  wire [255:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [255:0] storage [1:0];
+  initial begin
+    storage[0] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    storage[1] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= w_port__data;
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (unit_rst) begin
+      \$15  = 1'h0;
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (unit_rst) begin
+      \$16  = 1'h0;
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (unit_rst) begin
+      \$17  = 2'h0;
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_data = w_port__data;
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
 module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, next, load, base, valid, index__1, index__2, index__3, last__4, index__4
 , addr, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$189  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$190  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [16:0] \$11 ;
@@ -73793,7 +74000,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
   assign \$7  = n__0 == 1'h1;
   assign \$8  = n__1 - 2'h2;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$60  = valid;
     if (load) begin
       \$60  = 1'h1;
@@ -73807,7 +74014,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$61  = nm2_0;
     if (load) begin
       \$61  = \$5 [15:0];
@@ -73817,7 +74024,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$62  = one0;
     if (load) begin
       \$62  = \$6 ;
@@ -73827,7 +74034,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$63  = last__0;
     if (load) begin
       \$63  = \$7 ;
@@ -73845,7 +74052,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$64  = s0;
     if (load) begin
       \$64  = strides__0;
@@ -73855,7 +74062,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$65  = index__0;
     if (load) begin
       \$65  = 16'h0000;
@@ -73873,7 +74080,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$66  = start0;
     if (load) begin
       \$66  = { 2'h0, base };
@@ -73891,7 +74098,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$67  = nm2_1;
     if (load) begin
       \$67  = \$8 [15:0];
@@ -73901,7 +74108,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$68  = one1;
     if (load) begin
       \$68  = \$9 ;
@@ -73911,7 +74118,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$69  = last__1;
     if (load) begin
       \$69  = \$10 ;
@@ -73930,7 +74137,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$70  = s1;
     if (load) begin
       \$70  = strides__1;
@@ -73940,7 +74147,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$71  = index__1;
     if (load) begin
       \$71  = 16'h0000;
@@ -73959,7 +74166,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$72  = start1;
     if (load) begin
       \$72  = { 2'h0, base };
@@ -73978,7 +74185,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$73  = nm2_2;
     if (load) begin
       \$73  = \$11 [15:0];
@@ -73988,7 +74195,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$74  = one2;
     if (load) begin
       \$74  = \$12 ;
@@ -73998,7 +74205,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$75  = last__2;
     if (load) begin
       \$75  = \$13 ;
@@ -74018,7 +74225,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$76  = s2;
     if (load) begin
       \$76  = strides__2;
@@ -74028,7 +74235,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$77  = index__2;
     if (load) begin
       \$77  = 16'h0000;
@@ -74048,7 +74255,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$78  = start2;
     if (load) begin
       \$78  = { 2'h0, base };
@@ -74068,7 +74275,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$79  = nm2_3;
     if (load) begin
       \$79  = \$14 [15:0];
@@ -74078,7 +74285,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$80  = one3;
     if (load) begin
       \$80  = \$15 ;
@@ -74088,7 +74295,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$81  = last__3;
     if (load) begin
       \$81  = \$16 ;
@@ -74109,7 +74316,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$82  = s3;
     if (load) begin
       \$82  = strides__3;
@@ -74119,7 +74326,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$83  = index__3;
     if (load) begin
       \$83  = 16'h0000;
@@ -74140,7 +74347,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$84  = start3;
     if (load) begin
       \$84  = { 2'h0, base };
@@ -74161,7 +74368,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$85  = nm2_4;
     if (load) begin
       \$85  = \$17 [15:0];
@@ -74171,7 +74378,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$86  = one4;
     if (load) begin
       \$86  = \$18 ;
@@ -74181,7 +74388,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$87  = last__4;
     if (load) begin
       \$87  = \$19 ;
@@ -74203,7 +74410,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$88  = s4;
     if (load) begin
       \$88  = strides__4;
@@ -74213,7 +74420,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$89  = index__4;
     if (load) begin
       \$89  = 16'h0000;
@@ -74235,7 +74442,7 @@ module \accelerator.core.gen_dst (rst, \final , n__0, strides__0, n__1, strides_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$189 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
     \$90  = addr;
     if (load) begin
       \$90  = { 2'h0, base };
@@ -74273,792 +74480,6 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.gen_src0 (rst, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, next, load, base, valid, last__3, last__4, addr, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$190  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire [16:0] \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire [16:0] \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire [16:0] \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire [16:0] \$35 ;
-  wire [22:0] \$36 ;
-  wire \$37 ;
-  wire [16:0] \$38 ;
-  wire [22:0] \$39 ;
-  wire \$4 ;
-  wire \$40 ;
-  wire [22:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [22:0] \$43 ;
-  wire \$44 ;
-  wire [22:0] \$45 ;
-  wire [22:0] \$46 ;
-  wire [16:0] \$47 ;
-  wire [22:0] \$48 ;
-  wire \$49 ;
-  wire [16:0] \$5 ;
-  wire [22:0] \$50 ;
-  wire [22:0] \$51 ;
-  wire [22:0] \$52 ;
-  wire [16:0] \$53 ;
-  wire [22:0] \$54 ;
-  wire \$55 ;
-  wire [22:0] \$56 ;
-  wire [22:0] \$57 ;
-  wire [22:0] \$58 ;
-  wire [22:0] \$59 ;
-  wire \$6 ;
-  reg \$60 ;
-  reg [15:0] \$61 ;
-  reg \$62 ;
-  reg \$63 ;
-  reg [17:0] \$64 ;
-  reg [15:0] \$65 ;
-  reg [21:0] \$66 ;
-  reg [15:0] \$67 ;
-  reg \$68 ;
-  reg \$69 ;
-  wire \$7 ;
-  reg [17:0] \$70 ;
-  reg [15:0] \$71 ;
-  reg [21:0] \$72 ;
-  reg [15:0] \$73 ;
-  reg \$74 ;
-  reg \$75 ;
-  reg [17:0] \$76 ;
-  reg [15:0] \$77 ;
-  reg [21:0] \$78 ;
-  reg [15:0] \$79 ;
-  wire [16:0] \$8 ;
-  reg \$80 ;
-  reg \$81 ;
-  reg [17:0] \$82 ;
-  reg [15:0] \$83 ;
-  reg [21:0] \$84 ;
-  reg [15:0] \$85 ;
-  reg \$86 ;
-  reg \$87 ;
-  reg [17:0] \$88 ;
-  reg [15:0] \$89 ;
-  wire \$9 ;
-  reg [21:0] \$90 ;
-  output [21:0] addr;
-  reg [21:0] addr = 22'h000000;
-  input [19:0] base;
-  wire [19:0] base;
-  input clk;
-  wire clk;
-  output \final ;
-  wire \final ;
-  wire \final$21 ;
-  (* init = 16'h0000 *)
-  wire [15:0] i0;
-  (* init = 16'h0000 *)
-  wire [15:0] i1;
-  (* init = 16'h0000 *)
-  wire [15:0] i2;
-  (* init = 16'h0000 *)
-  wire [15:0] i3;
-  (* init = 16'h0000 *)
-  wire [15:0] i4;
-  reg [15:0] index__0 = 16'h0000;
-  reg [15:0] index__1 = 16'h0000;
-  reg [15:0] index__2 = 16'h0000;
-  reg [15:0] index__3 = 16'h0000;
-  reg [15:0] index__4 = 16'h0000;
-  (* init = 1'h0 *)
-  wire last0;
-  (* init = 1'h0 *)
-  wire last1;
-  (* init = 1'h0 *)
-  wire last2;
-  (* init = 1'h0 *)
-  wire last3;
-  (* init = 1'h0 *)
-  wire last4;
-  reg last__0 = 1'h0;
-  reg last__1 = 1'h0;
-  reg last__2 = 1'h0;
-  output last__3;
-  reg last__3 = 1'h0;
-  output last__4;
-  reg last__4 = 1'h0;
-  input load;
-  wire load;
-  input [15:0] n__0;
-  wire [15:0] n__0;
-  input [15:0] n__1;
-  wire [15:0] n__1;
-  input [15:0] n__2;
-  wire [15:0] n__2;
-  input [15:0] n__3;
-  wire [15:0] n__3;
-  input [15:0] n__4;
-  wire [15:0] n__4;
-  input next;
-  wire next;
-  reg [15:0] nm2_0 = 16'h0000;
-  reg [15:0] nm2_1 = 16'h0000;
-  reg [15:0] nm2_2 = 16'h0000;
-  reg [15:0] nm2_3 = 16'h0000;
-  reg [15:0] nm2_4 = 16'h0000;
-  reg one0 = 1'h0;
-  reg one1 = 1'h0;
-  reg one2 = 1'h0;
-  reg one3 = 1'h0;
-  reg one4 = 1'h0;
-  input rst;
-  wire rst;
-  reg [17:0] s0 = 18'h00000;
-  reg [17:0] s1 = 18'h00000;
-  reg [17:0] s2 = 18'h00000;
-  reg [17:0] s3 = 18'h00000;
-  reg [17:0] s4 = 18'h00000;
-  reg [21:0] start0 = 22'h000000;
-  reg [21:0] start1 = 22'h000000;
-  reg [21:0] start2 = 22'h000000;
-  reg [21:0] start3 = 22'h000000;
-  (* init = 22'h000000 *)
-  wire [21:0] start4;
-  input [17:0] strides__0;
-  wire [17:0] strides__0;
-  input [17:0] strides__1;
-  wire [17:0] strides__1;
-  input [17:0] strides__2;
-  wire [17:0] strides__2;
-  input [17:0] strides__3;
-  wire [17:0] strides__3;
-  input [17:0] strides__4;
-  wire [17:0] strides__4;
-  output valid;
-  reg valid = 1'h0;
-  (* init = 1'h0 *)
-  wire \valid$23 ;
-  assign \$9  = n__1 == 1'h1;
-  assign \$10  = n__1 == 1'h1;
-  assign \$11  = n__2 - 2'h2;
-  assign \$12  = n__2 == 1'h1;
-  assign \$13  = n__2 == 1'h1;
-  assign \$14  = n__3 - 2'h2;
-  assign \$15  = n__3 == 1'h1;
-  assign \$16  = n__3 == 1'h1;
-  assign \$17  = n__4 - 2'h2;
-  assign \$18  = n__4 == 1'h1;
-  assign \$19  = n__4 == 1'h1;
-  assign \$20  = ~ last__4;
-  assign \$21  = ~ last__3;
-  assign \$22  = \$21  & last__4;
-  assign \$23  = ~ last__2;
-  assign \$24  = last__3 & last__4;
-  assign \$25  = \$23  & \$24 ;
-  assign \$26  = ~ last__1;
-  assign \$27  = last__2 & last__3;
-  assign \$28  = \$27  & last__4;
-  assign \$29  = \$26  & \$28 ;
-  assign \$30  = ~ last__0;
-  assign \$31  = last__1 & last__2;
-  assign \$32  = \$31  & last__3;
-  assign \$33  = \$32  & last__4;
-  assign \$34  = \$30  & \$33 ;
-  assign \$35  = index__4 + 1'h1;
-  assign \$36  = $signed(addr) + $signed(s4);
-  assign \$37  = index__4 == nm2_4;
-  assign \$38  = index__3 + 1'h1;
-  assign \$39  = $signed(start3) + $signed(s3);
-  assign \$40  = index__3 == nm2_3;
-  assign \$41  = $signed(start3) + $signed(s3);
-  assign \$42  = index__2 + 1'h1;
-  assign \$43  = $signed(start2) + $signed(s2);
-  assign \$44  = index__2 == nm2_2;
-  assign \$45  = $signed(start2) + $signed(s2);
-  assign \$46  = $signed(start2) + $signed(s2);
-  assign \$47  = index__1 + 1'h1;
-  assign \$48  = $signed(start1) + $signed(s1);
-  assign \$49  = index__1 == nm2_1;
-  assign \$50  = $signed(start1) + $signed(s1);
-  assign \$51  = $signed(start1) + $signed(s1);
-  assign \$52  = $signed(start1) + $signed(s1);
-  assign \$53  = index__0 + 1'h1;
-  assign \$54  = $signed(start0) + $signed(s0);
-  assign \$55  = index__0 == nm2_0;
-  assign \$56  = $signed(start0) + $signed(s0);
-  assign \$57  = $signed(start0) + $signed(s0);
-  assign \$58  = $signed(start0) + $signed(s0);
-  assign \$59  = $signed(start0) + $signed(s0);
-  always @(posedge clk)
-    valid <= \$60 ;
-  always @(posedge clk)
-    nm2_0 <= \$61 ;
-  always @(posedge clk)
-    one0 <= \$62 ;
-  always @(posedge clk)
-    last__0 <= \$63 ;
-  always @(posedge clk)
-    s0 <= \$64 ;
-  always @(posedge clk)
-    index__0 <= \$65 ;
-  always @(posedge clk)
-    start0 <= \$66 ;
-  always @(posedge clk)
-    nm2_1 <= \$67 ;
-  always @(posedge clk)
-    one1 <= \$68 ;
-  always @(posedge clk)
-    last__1 <= \$69 ;
-  always @(posedge clk)
-    s1 <= \$70 ;
-  always @(posedge clk)
-    index__1 <= \$71 ;
-  always @(posedge clk)
-    start1 <= \$72 ;
-  always @(posedge clk)
-    nm2_2 <= \$73 ;
-  always @(posedge clk)
-    one2 <= \$74 ;
-  always @(posedge clk)
-    last__2 <= \$75 ;
-  always @(posedge clk)
-    s2 <= \$76 ;
-  always @(posedge clk)
-    index__2 <= \$77 ;
-  always @(posedge clk)
-    start2 <= \$78 ;
-  always @(posedge clk)
-    nm2_3 <= \$79 ;
-  always @(posedge clk)
-    one3 <= \$80 ;
-  always @(posedge clk)
-    last__3 <= \$81 ;
-  always @(posedge clk)
-    s3 <= \$82 ;
-  always @(posedge clk)
-    index__3 <= \$83 ;
-  always @(posedge clk)
-    start3 <= \$84 ;
-  always @(posedge clk)
-    nm2_4 <= \$85 ;
-  always @(posedge clk)
-    one4 <= \$86 ;
-  always @(posedge clk)
-    last__4 <= \$87 ;
-  always @(posedge clk)
-    s4 <= \$88 ;
-  always @(posedge clk)
-    index__4 <= \$89 ;
-  always @(posedge clk)
-    addr <= \$90 ;
-  assign \$1  = last__0 & last__1;
-  assign \$2  = \$1  & last__2;
-  assign \$3  = \$2  & last__3;
-  assign \final  = \$3  & last__4;
-  assign \$4  = next & valid;
-  assign \$5  = n__0 - 2'h2;
-  assign \$6  = n__0 == 1'h1;
-  assign \$7  = n__0 == 1'h1;
-  assign \$8  = n__1 - 2'h2;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$60  = valid;
-    if (load) begin
-      \$60  = 1'h1;
-    end else if (\$4 ) begin
-      if (\final ) begin
-        \$60  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$60  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$61  = nm2_0;
-    if (load) begin
-      \$61  = \$5 [15:0];
-    end
-    if (rst) begin
-      \$61  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$62  = one0;
-    if (load) begin
-      \$62  = \$6 ;
-    end
-    if (rst) begin
-      \$62  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$63  = last__0;
-    if (load) begin
-      \$63  = \$7 ;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-      end else if (\$34 ) begin
-        \$63  = \$55 ;
-      end
-    end
-    if (rst) begin
-      \$63  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$64  = s0;
-    if (load) begin
-      \$64  = strides__0;
-    end
-    if (rst) begin
-      \$64  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$65  = index__0;
-    if (load) begin
-      \$65  = 16'h0000;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-      end else if (\$34 ) begin
-        \$65  = \$53 [15:0];
-      end
-    end
-    if (rst) begin
-      \$65  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$66  = start0;
-    if (load) begin
-      \$66  = { 2'h0, base };
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-      end else if (\$34 ) begin
-        \$66  = \$54 [21:0];
-      end
-    end
-    if (rst) begin
-      \$66  = 22'h000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$67  = nm2_1;
-    if (load) begin
-      \$67  = \$8 [15:0];
-    end
-    if (rst) begin
-      \$67  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$68  = one1;
-    if (load) begin
-      \$68  = \$9 ;
-    end
-    if (rst) begin
-      \$68  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$69  = last__1;
-    if (load) begin
-      \$69  = \$10 ;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-        \$69  = \$49 ;
-      end else if (\$34 ) begin
-        \$69  = one1;
-      end
-    end
-    if (rst) begin
-      \$69  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$70  = s1;
-    if (load) begin
-      \$70  = strides__1;
-    end
-    if (rst) begin
-      \$70  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$71  = index__1;
-    if (load) begin
-      \$71  = 16'h0000;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-        \$71  = \$47 [15:0];
-      end else if (\$34 ) begin
-        \$71  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$71  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$72  = start1;
-    if (load) begin
-      \$72  = { 2'h0, base };
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-        \$72  = \$48 [21:0];
-      end else if (\$34 ) begin
-        \$72  = \$56 [21:0];
-      end
-    end
-    if (rst) begin
-      \$72  = 22'h000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$73  = nm2_2;
-    if (load) begin
-      \$73  = \$11 [15:0];
-    end
-    if (rst) begin
-      \$73  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$74  = one2;
-    if (load) begin
-      \$74  = \$12 ;
-    end
-    if (rst) begin
-      \$74  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$75  = last__2;
-    if (load) begin
-      \$75  = \$13 ;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-        \$75  = \$44 ;
-      end else if (\$29 ) begin
-        \$75  = one2;
-      end else if (\$34 ) begin
-        \$75  = one2;
-      end
-    end
-    if (rst) begin
-      \$75  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$76  = s2;
-    if (load) begin
-      \$76  = strides__2;
-    end
-    if (rst) begin
-      \$76  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$77  = index__2;
-    if (load) begin
-      \$77  = 16'h0000;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-        \$77  = \$42 [15:0];
-      end else if (\$29 ) begin
-        \$77  = 16'h0000;
-      end else if (\$34 ) begin
-        \$77  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$77  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$78  = start2;
-    if (load) begin
-      \$78  = { 2'h0, base };
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-        \$78  = \$43 [21:0];
-      end else if (\$29 ) begin
-        \$78  = \$50 [21:0];
-      end else if (\$34 ) begin
-        \$78  = \$57 [21:0];
-      end
-    end
-    if (rst) begin
-      \$78  = 22'h000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$79  = nm2_3;
-    if (load) begin
-      \$79  = \$14 [15:0];
-    end
-    if (rst) begin
-      \$79  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$80  = one3;
-    if (load) begin
-      \$80  = \$15 ;
-    end
-    if (rst) begin
-      \$80  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$81  = last__3;
-    if (load) begin
-      \$81  = \$16 ;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-        \$81  = \$40 ;
-      end else if (\$25 ) begin
-        \$81  = one3;
-      end else if (\$29 ) begin
-        \$81  = one3;
-      end else if (\$34 ) begin
-        \$81  = one3;
-      end
-    end
-    if (rst) begin
-      \$81  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$82  = s3;
-    if (load) begin
-      \$82  = strides__3;
-    end
-    if (rst) begin
-      \$82  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$83  = index__3;
-    if (load) begin
-      \$83  = 16'h0000;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-        \$83  = \$38 [15:0];
-      end else if (\$25 ) begin
-        \$83  = 16'h0000;
-      end else if (\$29 ) begin
-        \$83  = 16'h0000;
-      end else if (\$34 ) begin
-        \$83  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$83  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$84  = start3;
-    if (load) begin
-      \$84  = { 2'h0, base };
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-        \$84  = \$39 [21:0];
-      end else if (\$25 ) begin
-        \$84  = \$45 [21:0];
-      end else if (\$29 ) begin
-        \$84  = \$51 [21:0];
-      end else if (\$34 ) begin
-        \$84  = \$58 [21:0];
-      end
-    end
-    if (rst) begin
-      \$84  = 22'h000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$85  = nm2_4;
-    if (load) begin
-      \$85  = \$17 [15:0];
-    end
-    if (rst) begin
-      \$85  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$86  = one4;
-    if (load) begin
-      \$86  = \$18 ;
-    end
-    if (rst) begin
-      \$86  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$87  = last__4;
-    if (load) begin
-      \$87  = \$19 ;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-        \$87  = \$37 ;
-      end else if (\$22 ) begin
-        \$87  = one4;
-      end else if (\$25 ) begin
-        \$87  = one4;
-      end else if (\$29 ) begin
-        \$87  = one4;
-      end else if (\$34 ) begin
-        \$87  = one4;
-      end
-    end
-    if (rst) begin
-      \$87  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$88  = s4;
-    if (load) begin
-      \$88  = strides__4;
-    end
-    if (rst) begin
-      \$88  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$89  = index__4;
-    if (load) begin
-      \$89  = 16'h0000;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-        \$89  = \$35 [15:0];
-      end else if (\$22 ) begin
-        \$89  = 16'h0000;
-      end else if (\$25 ) begin
-        \$89  = 16'h0000;
-      end else if (\$29 ) begin
-        \$89  = 16'h0000;
-      end else if (\$34 ) begin
-        \$89  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$89  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$190 ) begin end
-    \$90  = addr;
-    if (load) begin
-      \$90  = { 2'h0, base };
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-        \$90  = \$36 [21:0];
-      end else if (\$22 ) begin
-        \$90  = \$41 [21:0];
-      end else if (\$25 ) begin
-        \$90  = \$46 [21:0];
-      end else if (\$29 ) begin
-        \$90  = \$52 [21:0];
-      end else if (\$34 ) begin
-        \$90  = \$59 [21:0];
-      end
-    end
-    if (rst) begin
-      \$90  = 22'h000000;
-    end
-  end
-  assign last0 = last__0;
-  assign i0 = index__0;
-  assign last1 = last__1;
-  assign i1 = index__1;
-  assign last2 = last__2;
-  assign i2 = index__2;
-  assign last3 = last__3;
-  assign i3 = index__3;
-  assign last4 = last__4;
-  assign i4 = index__4;
-  assign \final$21  = \final ;
-  assign \valid$23  = valid;
-  assign start4 = addr;
-endmodule
-
-(* generator = "Amaranth" *)
-module \accelerator.core.gen_src1 (rst, next, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, valid, last__3, last__4, addr, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$191  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -75844,8 +75265,794 @@ module \accelerator.core.gen_src1 (rst, next, \final , n__0, strides__0, n__1, s
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__valid, unit_rst, i__valid, buf_wdata, o__ready, idle_r, o__valid, clk);
+module \accelerator.core.gen_src1 (rst, next, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, valid, last__3, last__4, addr, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$192  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire [16:0] \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [16:0] \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire [16:0] \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire [16:0] \$35 ;
+  wire [22:0] \$36 ;
+  wire \$37 ;
+  wire [16:0] \$38 ;
+  wire [22:0] \$39 ;
+  wire \$4 ;
+  wire \$40 ;
+  wire [22:0] \$41 ;
+  wire [16:0] \$42 ;
+  wire [22:0] \$43 ;
+  wire \$44 ;
+  wire [22:0] \$45 ;
+  wire [22:0] \$46 ;
+  wire [16:0] \$47 ;
+  wire [22:0] \$48 ;
+  wire \$49 ;
+  wire [16:0] \$5 ;
+  wire [22:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [16:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire \$55 ;
+  wire [22:0] \$56 ;
+  wire [22:0] \$57 ;
+  wire [22:0] \$58 ;
+  wire [22:0] \$59 ;
+  wire \$6 ;
+  reg \$60 ;
+  reg [15:0] \$61 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg [17:0] \$64 ;
+  reg [15:0] \$65 ;
+  reg [21:0] \$66 ;
+  reg [15:0] \$67 ;
+  reg \$68 ;
+  reg \$69 ;
+  wire \$7 ;
+  reg [17:0] \$70 ;
+  reg [15:0] \$71 ;
+  reg [21:0] \$72 ;
+  reg [15:0] \$73 ;
+  reg \$74 ;
+  reg \$75 ;
+  reg [17:0] \$76 ;
+  reg [15:0] \$77 ;
+  reg [21:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [16:0] \$8 ;
+  reg \$80 ;
+  reg \$81 ;
+  reg [17:0] \$82 ;
+  reg [15:0] \$83 ;
+  reg [21:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg \$86 ;
+  reg \$87 ;
+  reg [17:0] \$88 ;
+  reg [15:0] \$89 ;
+  wire \$9 ;
+  reg [21:0] \$90 ;
+  output [21:0] addr;
+  reg [21:0] addr = 22'h000000;
+  input [19:0] base;
+  wire [19:0] base;
+  input clk;
+  wire clk;
+  output \final ;
+  wire \final ;
+  wire \final$21 ;
+  (* init = 16'h0000 *)
+  wire [15:0] i0;
+  (* init = 16'h0000 *)
+  wire [15:0] i1;
+  (* init = 16'h0000 *)
+  wire [15:0] i2;
+  (* init = 16'h0000 *)
+  wire [15:0] i3;
+  (* init = 16'h0000 *)
+  wire [15:0] i4;
+  reg [15:0] index__0 = 16'h0000;
+  reg [15:0] index__1 = 16'h0000;
+  reg [15:0] index__2 = 16'h0000;
+  reg [15:0] index__3 = 16'h0000;
+  reg [15:0] index__4 = 16'h0000;
+  (* init = 1'h0 *)
+  wire last0;
+  (* init = 1'h0 *)
+  wire last1;
+  (* init = 1'h0 *)
+  wire last2;
+  (* init = 1'h0 *)
+  wire last3;
+  (* init = 1'h0 *)
+  wire last4;
+  reg last__0 = 1'h0;
+  reg last__1 = 1'h0;
+  reg last__2 = 1'h0;
+  output last__3;
+  reg last__3 = 1'h0;
+  output last__4;
+  reg last__4 = 1'h0;
+  input load;
+  wire load;
+  input [15:0] n__0;
+  wire [15:0] n__0;
+  input [15:0] n__1;
+  wire [15:0] n__1;
+  input [15:0] n__2;
+  wire [15:0] n__2;
+  input [15:0] n__3;
+  wire [15:0] n__3;
+  input [15:0] n__4;
+  wire [15:0] n__4;
+  input next;
+  wire next;
+  reg [15:0] nm2_0 = 16'h0000;
+  reg [15:0] nm2_1 = 16'h0000;
+  reg [15:0] nm2_2 = 16'h0000;
+  reg [15:0] nm2_3 = 16'h0000;
+  reg [15:0] nm2_4 = 16'h0000;
+  reg one0 = 1'h0;
+  reg one1 = 1'h0;
+  reg one2 = 1'h0;
+  reg one3 = 1'h0;
+  reg one4 = 1'h0;
+  input rst;
+  wire rst;
+  reg [17:0] s0 = 18'h00000;
+  reg [17:0] s1 = 18'h00000;
+  reg [17:0] s2 = 18'h00000;
+  reg [17:0] s3 = 18'h00000;
+  reg [17:0] s4 = 18'h00000;
+  reg [21:0] start0 = 22'h000000;
+  reg [21:0] start1 = 22'h000000;
+  reg [21:0] start2 = 22'h000000;
+  reg [21:0] start3 = 22'h000000;
+  (* init = 22'h000000 *)
+  wire [21:0] start4;
+  input [17:0] strides__0;
+  wire [17:0] strides__0;
+  input [17:0] strides__1;
+  wire [17:0] strides__1;
+  input [17:0] strides__2;
+  wire [17:0] strides__2;
+  input [17:0] strides__3;
+  wire [17:0] strides__3;
+  input [17:0] strides__4;
+  wire [17:0] strides__4;
+  output valid;
+  reg valid = 1'h0;
+  (* init = 1'h0 *)
+  wire \valid$23 ;
+  assign \$9  = n__1 == 1'h1;
+  assign \$10  = n__1 == 1'h1;
+  assign \$11  = n__2 - 2'h2;
+  assign \$12  = n__2 == 1'h1;
+  assign \$13  = n__2 == 1'h1;
+  assign \$14  = n__3 - 2'h2;
+  assign \$15  = n__3 == 1'h1;
+  assign \$16  = n__3 == 1'h1;
+  assign \$17  = n__4 - 2'h2;
+  assign \$18  = n__4 == 1'h1;
+  assign \$19  = n__4 == 1'h1;
+  assign \$20  = ~ last__4;
+  assign \$21  = ~ last__3;
+  assign \$22  = \$21  & last__4;
+  assign \$23  = ~ last__2;
+  assign \$24  = last__3 & last__4;
+  assign \$25  = \$23  & \$24 ;
+  assign \$26  = ~ last__1;
+  assign \$27  = last__2 & last__3;
+  assign \$28  = \$27  & last__4;
+  assign \$29  = \$26  & \$28 ;
+  assign \$30  = ~ last__0;
+  assign \$31  = last__1 & last__2;
+  assign \$32  = \$31  & last__3;
+  assign \$33  = \$32  & last__4;
+  assign \$34  = \$30  & \$33 ;
+  assign \$35  = index__4 + 1'h1;
+  assign \$36  = $signed(addr) + $signed(s4);
+  assign \$37  = index__4 == nm2_4;
+  assign \$38  = index__3 + 1'h1;
+  assign \$39  = $signed(start3) + $signed(s3);
+  assign \$40  = index__3 == nm2_3;
+  assign \$41  = $signed(start3) + $signed(s3);
+  assign \$42  = index__2 + 1'h1;
+  assign \$43  = $signed(start2) + $signed(s2);
+  assign \$44  = index__2 == nm2_2;
+  assign \$45  = $signed(start2) + $signed(s2);
+  assign \$46  = $signed(start2) + $signed(s2);
+  assign \$47  = index__1 + 1'h1;
+  assign \$48  = $signed(start1) + $signed(s1);
+  assign \$49  = index__1 == nm2_1;
+  assign \$50  = $signed(start1) + $signed(s1);
+  assign \$51  = $signed(start1) + $signed(s1);
+  assign \$52  = $signed(start1) + $signed(s1);
+  assign \$53  = index__0 + 1'h1;
+  assign \$54  = $signed(start0) + $signed(s0);
+  assign \$55  = index__0 == nm2_0;
+  assign \$56  = $signed(start0) + $signed(s0);
+  assign \$57  = $signed(start0) + $signed(s0);
+  assign \$58  = $signed(start0) + $signed(s0);
+  assign \$59  = $signed(start0) + $signed(s0);
+  always @(posedge clk)
+    valid <= \$60 ;
+  always @(posedge clk)
+    nm2_0 <= \$61 ;
+  always @(posedge clk)
+    one0 <= \$62 ;
+  always @(posedge clk)
+    last__0 <= \$63 ;
+  always @(posedge clk)
+    s0 <= \$64 ;
+  always @(posedge clk)
+    index__0 <= \$65 ;
+  always @(posedge clk)
+    start0 <= \$66 ;
+  always @(posedge clk)
+    nm2_1 <= \$67 ;
+  always @(posedge clk)
+    one1 <= \$68 ;
+  always @(posedge clk)
+    last__1 <= \$69 ;
+  always @(posedge clk)
+    s1 <= \$70 ;
+  always @(posedge clk)
+    index__1 <= \$71 ;
+  always @(posedge clk)
+    start1 <= \$72 ;
+  always @(posedge clk)
+    nm2_2 <= \$73 ;
+  always @(posedge clk)
+    one2 <= \$74 ;
+  always @(posedge clk)
+    last__2 <= \$75 ;
+  always @(posedge clk)
+    s2 <= \$76 ;
+  always @(posedge clk)
+    index__2 <= \$77 ;
+  always @(posedge clk)
+    start2 <= \$78 ;
+  always @(posedge clk)
+    nm2_3 <= \$79 ;
+  always @(posedge clk)
+    one3 <= \$80 ;
+  always @(posedge clk)
+    last__3 <= \$81 ;
+  always @(posedge clk)
+    s3 <= \$82 ;
+  always @(posedge clk)
+    index__3 <= \$83 ;
+  always @(posedge clk)
+    start3 <= \$84 ;
+  always @(posedge clk)
+    nm2_4 <= \$85 ;
+  always @(posedge clk)
+    one4 <= \$86 ;
+  always @(posedge clk)
+    last__4 <= \$87 ;
+  always @(posedge clk)
+    s4 <= \$88 ;
+  always @(posedge clk)
+    index__4 <= \$89 ;
+  always @(posedge clk)
+    addr <= \$90 ;
+  assign \$1  = last__0 & last__1;
+  assign \$2  = \$1  & last__2;
+  assign \$3  = \$2  & last__3;
+  assign \final  = \$3  & last__4;
+  assign \$4  = next & valid;
+  assign \$5  = n__0 - 2'h2;
+  assign \$6  = n__0 == 1'h1;
+  assign \$7  = n__0 == 1'h1;
+  assign \$8  = n__1 - 2'h2;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$60  = valid;
+    if (load) begin
+      \$60  = 1'h1;
+    end else if (\$4 ) begin
+      if (\final ) begin
+        \$60  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$60  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$61  = nm2_0;
+    if (load) begin
+      \$61  = \$5 [15:0];
+    end
+    if (rst) begin
+      \$61  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$62  = one0;
+    if (load) begin
+      \$62  = \$6 ;
+    end
+    if (rst) begin
+      \$62  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$63  = last__0;
+    if (load) begin
+      \$63  = \$7 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$63  = \$55 ;
+      end
+    end
+    if (rst) begin
+      \$63  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$64  = s0;
+    if (load) begin
+      \$64  = strides__0;
+    end
+    if (rst) begin
+      \$64  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$65  = index__0;
+    if (load) begin
+      \$65  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$65  = \$53 [15:0];
+      end
+    end
+    if (rst) begin
+      \$65  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$66  = start0;
+    if (load) begin
+      \$66  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$66  = \$54 [21:0];
+      end
+    end
+    if (rst) begin
+      \$66  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$67  = nm2_1;
+    if (load) begin
+      \$67  = \$8 [15:0];
+    end
+    if (rst) begin
+      \$67  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$68  = one1;
+    if (load) begin
+      \$68  = \$9 ;
+    end
+    if (rst) begin
+      \$68  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$69  = last__1;
+    if (load) begin
+      \$69  = \$10 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$69  = \$49 ;
+      end else if (\$34 ) begin
+        \$69  = one1;
+      end
+    end
+    if (rst) begin
+      \$69  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$70  = s1;
+    if (load) begin
+      \$70  = strides__1;
+    end
+    if (rst) begin
+      \$70  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$71  = index__1;
+    if (load) begin
+      \$71  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$71  = \$47 [15:0];
+      end else if (\$34 ) begin
+        \$71  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$71  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$72  = start1;
+    if (load) begin
+      \$72  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$72  = \$48 [21:0];
+      end else if (\$34 ) begin
+        \$72  = \$56 [21:0];
+      end
+    end
+    if (rst) begin
+      \$72  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$73  = nm2_2;
+    if (load) begin
+      \$73  = \$11 [15:0];
+    end
+    if (rst) begin
+      \$73  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$74  = one2;
+    if (load) begin
+      \$74  = \$12 ;
+    end
+    if (rst) begin
+      \$74  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$75  = last__2;
+    if (load) begin
+      \$75  = \$13 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$75  = \$44 ;
+      end else if (\$29 ) begin
+        \$75  = one2;
+      end else if (\$34 ) begin
+        \$75  = one2;
+      end
+    end
+    if (rst) begin
+      \$75  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$76  = s2;
+    if (load) begin
+      \$76  = strides__2;
+    end
+    if (rst) begin
+      \$76  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$77  = index__2;
+    if (load) begin
+      \$77  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$77  = \$42 [15:0];
+      end else if (\$29 ) begin
+        \$77  = 16'h0000;
+      end else if (\$34 ) begin
+        \$77  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$77  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$78  = start2;
+    if (load) begin
+      \$78  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$78  = \$43 [21:0];
+      end else if (\$29 ) begin
+        \$78  = \$50 [21:0];
+      end else if (\$34 ) begin
+        \$78  = \$57 [21:0];
+      end
+    end
+    if (rst) begin
+      \$78  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$79  = nm2_3;
+    if (load) begin
+      \$79  = \$14 [15:0];
+    end
+    if (rst) begin
+      \$79  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$80  = one3;
+    if (load) begin
+      \$80  = \$15 ;
+    end
+    if (rst) begin
+      \$80  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$81  = last__3;
+    if (load) begin
+      \$81  = \$16 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$81  = \$40 ;
+      end else if (\$25 ) begin
+        \$81  = one3;
+      end else if (\$29 ) begin
+        \$81  = one3;
+      end else if (\$34 ) begin
+        \$81  = one3;
+      end
+    end
+    if (rst) begin
+      \$81  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$82  = s3;
+    if (load) begin
+      \$82  = strides__3;
+    end
+    if (rst) begin
+      \$82  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$83  = index__3;
+    if (load) begin
+      \$83  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$83  = \$38 [15:0];
+      end else if (\$25 ) begin
+        \$83  = 16'h0000;
+      end else if (\$29 ) begin
+        \$83  = 16'h0000;
+      end else if (\$34 ) begin
+        \$83  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$83  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$84  = start3;
+    if (load) begin
+      \$84  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$84  = \$39 [21:0];
+      end else if (\$25 ) begin
+        \$84  = \$45 [21:0];
+      end else if (\$29 ) begin
+        \$84  = \$51 [21:0];
+      end else if (\$34 ) begin
+        \$84  = \$58 [21:0];
+      end
+    end
+    if (rst) begin
+      \$84  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$85  = nm2_4;
+    if (load) begin
+      \$85  = \$17 [15:0];
+    end
+    if (rst) begin
+      \$85  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$86  = one4;
+    if (load) begin
+      \$86  = \$18 ;
+    end
+    if (rst) begin
+      \$86  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$87  = last__4;
+    if (load) begin
+      \$87  = \$19 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$87  = \$37 ;
+      end else if (\$22 ) begin
+        \$87  = one4;
+      end else if (\$25 ) begin
+        \$87  = one4;
+      end else if (\$29 ) begin
+        \$87  = one4;
+      end else if (\$34 ) begin
+        \$87  = one4;
+      end
+    end
+    if (rst) begin
+      \$87  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$88  = s4;
+    if (load) begin
+      \$88  = strides__4;
+    end
+    if (rst) begin
+      \$88  = 18'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$89  = index__4;
+    if (load) begin
+      \$89  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$89  = \$35 [15:0];
+      end else if (\$22 ) begin
+        \$89  = 16'h0000;
+      end else if (\$25 ) begin
+        \$89  = 16'h0000;
+      end else if (\$29 ) begin
+        \$89  = 16'h0000;
+      end else if (\$34 ) begin
+        \$89  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$89  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    \$90  = addr;
+    if (load) begin
+      \$90  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$90  = \$36 [21:0];
+      end else if (\$22 ) begin
+        \$90  = \$41 [21:0];
+      end else if (\$25 ) begin
+        \$90  = \$46 [21:0];
+      end else if (\$29 ) begin
+        \$90  = \$52 [21:0];
+      end else if (\$34 ) begin
+        \$90  = \$59 [21:0];
+      end
+    end
+    if (rst) begin
+      \$90  = 22'h000000;
+    end
+  end
+  assign last0 = last__0;
+  assign i0 = index__0;
+  assign last1 = last__1;
+  assign i1 = index__1;
+  assign last2 = last__2;
+  assign i2 = index__2;
+  assign last3 = last__3;
+  assign i3 = index__3;
+  assign last4 = last__4;
+  assign i4 = index__4;
+  assign \final$21  = \final ;
+  assign \valid$23  = valid;
+  assign start4 = addr;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__valid, unit_rst, buf_wdata, i__valid, o__ready, idle_r, o__valid, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$193  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [2:0] \$100 ;
@@ -78535,7 +78742,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     .w_port__data(o16_out)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$603  = \$1 ;
     if (unit_rst) begin
       \$603  = 1'h0;
@@ -78545,7 +78752,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$604  = \$2 ;
     if (unit_rst) begin
       \$604  = 1'h0;
@@ -78555,14 +78762,14 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$605  = e_r;
     if (m_ram_wen) begin
       \$605  = c__payload[64:59];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$606  = cm1;
     if (m_ram_wen) begin
       if (c__payload[65]) begin
@@ -78577,7 +78784,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$607  = cm2;
     if (m_ram_wen) begin
       if (c__payload[65]) begin
@@ -78592,7 +78799,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$608  = m_ram_waddr;
     if (m_ram_wen) begin
       (* full_case = 32'd1 *)
@@ -78610,7 +78817,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$609  = \$11 ;
     if (unit_rst) begin
       \$609  = 1'h0;
@@ -78620,7 +78827,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$610  = \$13 ;
     if (unit_rst) begin
       \$610  = 1'h0;
@@ -78630,7 +78837,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$611  = \$15 ;
     if (unit_rst) begin
       \$611  = 1'h0;
@@ -78640,7 +78847,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$612  = cnt;
     if (buf_wen) begin
       \$612  = \$23 [5:0];
@@ -78653,7 +78860,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$613  = in_last;
     if (buf_wen) begin
       \$613  = \$26 ;
@@ -78669,7 +78876,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$614  = wslot;
     if (buf_wen) begin
       if (in_last) begin
@@ -78684,7 +78891,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$615  = \$344 [1:0];
     if (unit_rst) begin
       \$615  = 2'h0;
@@ -78694,7 +78901,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$616  = \$37 ;
     if (unit_rst) begin
       \$616  = 1'h1;
@@ -78704,7 +78911,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$617  = buf_wen;
     if (unit_rst) begin
       \$617  = 1'h0;
@@ -78714,7 +78921,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$618  = \$38 ;
     if (unit_rst) begin
       \$618  = 1'h0;
@@ -78724,7 +78931,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$619  = in1_v;
     if (unit_rst) begin
       \$619  = 1'h0;
@@ -78734,7 +78941,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$620  = in1_l;
     if (unit_rst) begin
       \$620  = 1'h0;
@@ -78744,7 +78951,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$621  = in2_v;
     if (unit_rst) begin
       \$621  = 1'h0;
@@ -78754,7 +78961,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$622  = in2_l;
     if (unit_rst) begin
       \$622  = 1'h0;
@@ -78764,7 +78971,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$623  = sq0_v;
     if (unit_rst) begin
       \$623  = 1'h0;
@@ -78774,7 +78981,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$624  = sq0_l;
     if (unit_rst) begin
       \$624  = 1'h0;
@@ -78784,7 +78991,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$625  = sq1_v;
     if (unit_rst) begin
       \$625  = 1'h0;
@@ -78794,7 +79001,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$626  = sq1_l;
     if (unit_rst) begin
       \$626  = 1'h0;
@@ -78804,7 +79011,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$627  = h1_s;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -78813,7 +79020,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$628  = h1_qs;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -78822,7 +79029,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$629  = h1_qc;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -78831,7 +79038,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$630  = h1_valid;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -78851,7 +79058,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$631  = s_acc;
     if (sq2_v) begin
       (* full_case = 32'd1 *)
@@ -78869,7 +79076,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$632  = qs_acc;
     if (sq2_v) begin
       (* full_case = 32'd1 *)
@@ -78887,7 +79094,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$633  = qc_acc;
     if (sq2_v) begin
       (* full_case = 32'd1 *)
@@ -78905,7 +79112,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$634  = \$42 ;
     if (unit_rst) begin
       \$634  = 1'h0;
@@ -78915,7 +79122,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$635  = calc_div;
     if (unit_rst) begin
       \$635  = 1'h0;
@@ -78925,7 +79132,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$636  = xc;
     if (hb) begin
       \$636  = \$47 [24:0];
@@ -78937,7 +79144,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$637  = \$signal$112 ;
     if (hb) begin
       \$637  = hz_l1_0;
@@ -78949,7 +79156,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$638  = zc;
     if (hb) begin
       \$638  = hz_l1_1;
@@ -78961,7 +79168,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$639  = \$signal$116 ;
     if (hb) begin
       \$639  = hy_l1_0;
@@ -78973,7 +79180,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$640  = yc;
     if (hb) begin
       \$640  = hy_l1_1;
@@ -78985,7 +79192,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$641  = \$56 ;
     if (unit_rst) begin
       \$641  = 1'h0;
@@ -78995,7 +79202,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$642  = d_rem;
     if (calc_idle) begin
       \$642  = h1_n[22:16];
@@ -79005,7 +79212,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$643  = nlo;
     if (calc_idle) begin
       \$643  = h1_n[15:0];
@@ -79015,7 +79222,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$644  = k;
     if (calc_idle) begin
       \$644  = 5'h0f;
@@ -79043,7 +79250,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$645  = s_c;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -79052,7 +79259,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$646  = qs_c;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -79061,7 +79268,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$647  = qc_c;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -79070,7 +79277,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$648  = calc_idle;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -79088,7 +79295,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$649  = calc_div;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -79108,21 +79315,21 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$650  = qbit;
     if (calc_div) begin
       \$650  = \$64 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$651  = xc_add;
     if (calc_div) begin
       \$651  = \$67 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$652  = calc_tail;
     if (calc_div) begin
       if (\$70 ) begin
@@ -79140,7 +79347,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$653  = calc_var1;
     if (calc_tail) begin
       \$653  = 1'h1;
@@ -79156,7 +79363,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$654  = calc_var2;
     if (calc_var1) begin
       \$654  = 1'h1;
@@ -79172,7 +79379,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$655  = calc_var3;
     if (calc_var2) begin
       \$655  = 1'h1;
@@ -79188,7 +79395,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$656  = vsh;
     if (calc_var3) begin
       \$656  = \$71 [35:0];
@@ -79198,7 +79405,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$657  = r_rem;
     if (calc_var3) begin
       \$657  = 19'h00000;
@@ -79208,7 +79415,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$658  = root;
     if (calc_var3) begin
       \$658  = 18'h00000;
@@ -79218,7 +79425,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$659  = f_rem;
     if (calc_var3) begin
       \$659  = 18'h00000;
@@ -79228,7 +79435,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$660  = calc_root;
     if (calc_var3) begin
       \$660  = 1'h1;
@@ -79246,7 +79453,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$661  = calc_fact;
     if (calc_root) begin
       if (\$81 ) begin
@@ -79266,14 +79473,14 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$662  = f_q;
     if (calc_fact) begin
       \$662  = { f_q[29:0], \$87  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$663  = calc_push;
     if (calc_fact) begin
       if (\$90 ) begin
@@ -79291,21 +79498,21 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$664  = h2_mean;
     if (\$92 ) begin
       \$664  = \$93 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$665  = h2_factor;
     if (\$92 ) begin
       \$665  = f_q;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$666  = h2_valid;
     if (\$92 ) begin
       \$666  = 1'h1;
@@ -79321,7 +79528,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$667  = ch;
     if (issue) begin
       \$667  = \$95 [5:0];
@@ -79334,7 +79541,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$668  = out_last;
     if (issue) begin
       \$668  = \$98 ;
@@ -79350,7 +79557,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$669  = active;
     if (issue) begin
       if (out_last) begin
@@ -79368,7 +79575,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$670  = rslot;
     if (issue) begin
       if (out_last) begin
@@ -79383,21 +79590,21 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$671  = cur_mean;
     if (load) begin
       \$671  = h2_mean;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$672  = cur_factor;
     if (load) begin
       \$672  = h2_factor;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$673  = issue;
     if (unit_rst) begin
       \$673  = 1'h0;
@@ -79407,7 +79614,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$674  = o_valid1;
     if (unit_rst) begin
       \$674  = 1'h0;
@@ -79417,7 +79624,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$675  = o_valid2;
     if (unit_rst) begin
       \$675  = 1'h0;
@@ -79427,7 +79634,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$676  = o_valid3;
     if (unit_rst) begin
       \$676  = 1'h0;
@@ -79437,7 +79644,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$677  = o_valid4;
     if (unit_rst) begin
       \$677  = 1'h0;
@@ -79447,7 +79654,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$678  = o_valid5;
     if (unit_rst) begin
       \$678  = 1'h0;
@@ -79457,7 +79664,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$679  = o_valid6;
     if (unit_rst) begin
       \$679  = 1'h0;
@@ -79467,7 +79674,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$680  = o_valid7;
     if (unit_rst) begin
       \$680  = 1'h0;
@@ -79477,7 +79684,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$681  = o_valid8;
     if (unit_rst) begin
       \$681  = 1'h0;
@@ -79487,7 +79694,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$682  = o_valid9;
     if (unit_rst) begin
       \$682  = 1'h0;
@@ -79497,7 +79704,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$683  = o_valid10;
     if (unit_rst) begin
       \$683  = 1'h0;
@@ -79507,7 +79714,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$684  = o_valid11;
     if (unit_rst) begin
       \$684  = 1'h0;
@@ -79517,7 +79724,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$685  = o_valid12;
     if (unit_rst) begin
       \$685  = 1'h0;
@@ -79527,7 +79734,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$686  = o_valid13;
     if (unit_rst) begin
       \$686  = 1'h0;
@@ -79537,7 +79744,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$687  = o_valid14;
     if (unit_rst) begin
       \$687  = 1'h0;
@@ -79547,7 +79754,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$688  = o_valid15;
     if (unit_rst) begin
       \$688  = 1'h0;
@@ -79557,7 +79764,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$689  = \$121 [4:0];
     if (unit_rst) begin
       \$689  = 5'h14;
@@ -79567,7 +79774,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$690  = \$130 ;
     if (unit_rst) begin
       \$690  = 1'h1;
@@ -79577,7 +79784,7 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     \$691  = \$139 ;
     if (unit_rst) begin
       \$691  = 1'h0;
@@ -79587,70 +79794,70 @@ module \accelerator.core.layernorm (rst, i__ready, o__payload, c__payload, c__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     hz_l0_0 = 36'h000000000;
     if (hb) begin
       hz_l0_0 = \$271 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     hz_l0_1 = 36'h000000000;
     if (hb) begin
       hz_l0_1 = \$272 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     hz_l0_2 = 36'h000000000;
     if (hb) begin
       hz_l0_2 = { \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     hz_l1_0 = 36'h000000000;
     if (hb) begin
       hz_l1_0 = \$275 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     hz_l1_1 = 36'h000000000;
     if (hb) begin
       hz_l1_1 = { \$280 [34:0], 1'h0 };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     hy_l0_0 = 36'h000000000;
     if (hb) begin
       hy_l0_0 = \$281 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     hy_l0_1 = 36'h000000000;
     if (hb) begin
       hy_l0_1 = \$282 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     hy_l0_2 = 36'h000000000;
     if (hb) begin
       hy_l0_2 = { 11'h000, \$283  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     hy_l1_0 = 36'h000000000;
     if (hb) begin
       hy_l1_0 = \$285 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$192 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
     hy_l1_1 = 36'h000000000;
     if (hb) begin
       hy_l1_1 = { \$290 [34:0], 1'h0 };
@@ -79973,7 +80180,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_port__data, w_en, r_rdy, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$193  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -80116,7 +80323,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
   always @(posedge clk)
     r_rdy <= \$34 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
     \$31  = w_port__addr;
     if (\$4 ) begin
       \$31  = \$7 [4:0];
@@ -80129,7 +80336,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
     \$32  = r_port__addr;
     if (\$10 ) begin
       \$32  = \$13 [4:0];
@@ -80142,7 +80349,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
     \$33  = inner_level;
     if (\$19 ) begin
       \$33  = \$20 [4:0];
@@ -80158,7 +80365,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$193 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
     \$34  = r_rdy;
     if (\$30 ) begin
       \$34  = 1'h1;
@@ -80182,148 +80389,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_data, unit_rst, r_en, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, \port$1703$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13886$0 , level, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$194  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire [3:0] \$14 ;
-  reg [1:0] \$15 ;
-  reg [1:0] \$16 ;
-  reg [2:0] \$17 ;
-  wire [2:0] \$2 ;
-  wire \$3 ;
-  wire [2:0] \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire [3:0] \$9 ;
-  input clk;
-  wire clk;
-  (* init = 2'h0 *)
-  wire [1:0] consume;
-  output [2:0] level;
-  reg [2:0] level = 3'h0;
-  input [2:0] \port$13886$0 ;
-  wire [2:0] \port$13886$0 ;
-  input [15:0] \port$1703$0 ;
-  wire [15:0] \port$1703$0 ;
-  (* init = 2'h0 *)
-  wire [1:0] produce;
-  output [18:0] r_data;
-  wire [18:0] r_data;
-  input r_en;
-  wire r_en;
-  (* init = 3'h0 *)
-  wire [2:0] r_level;
-  reg [1:0] r_port__addr = 2'h0;
-  wire [18:0] r_port__data;
-  output r_rdy;
-  wire r_rdy;
-  input rst;
-  wire rst;
-  input unit_rst;
-  wire unit_rst;
-  wire [18:0] w_data;
-  input w_en;
-  wire w_en;
-  (* init = 3'h0 *)
-  wire [2:0] w_level;
-  reg [1:0] w_port__addr = 2'h0;
-  wire [18:0] w_port__data;
-  wire w_port__en;
-  wire w_rdy;
-  reg [18:0] storage [3:0];
-  initial begin
-    storage[0] = 19'h00000;
-    storage[1] = 19'h00000;
-    storage[2] = 19'h00000;
-    storage[3] = 19'h00000;
-  end
-  always @(posedge clk) begin
-    if (w_port__en)
-      storage[w_port__addr] <= { \port$13886$0 , \port$1703$0  };
-  end
-  assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 3'h4;
-  assign r_rdy = | level;
-  assign w_port__en = w_en & w_rdy;
-  assign \$1  = w_rdy & w_en;
-  assign \$2  = w_port__addr + 1'h1;
-  assign \$3  = r_rdy & r_en;
-  assign \$4  = r_port__addr + 1'h1;
-  assign \$5  = w_rdy & w_en;
-  assign \$6  = r_rdy & r_en;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$5  & \$7 ;
-  assign \$9  = level + 1'h1;
-  assign \$10  = r_rdy & r_en;
-  assign \$11  = w_rdy & w_en;
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$10  & \$12 ;
-  assign \$14  = level - 1'h1;
-  always @(posedge clk)
-    w_port__addr <= \$15 ;
-  always @(posedge clk)
-    r_port__addr <= \$16 ;
-  always @(posedge clk)
-    level <= \$17 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
-    \$15  = w_port__addr;
-    if (\$1 ) begin
-      \$15  = \$2 [1:0];
-    end
-    if (unit_rst) begin
-      \$15  = 2'h0;
-    end
-    if (rst) begin
-      \$15  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
-    \$16  = r_port__addr;
-    if (\$3 ) begin
-      \$16  = \$4 [1:0];
-    end
-    if (unit_rst) begin
-      \$16  = 2'h0;
-    end
-    if (rst) begin
-      \$16  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$194 ) begin end
-    \$17  = level;
-    if (\$8 ) begin
-      \$17  = \$9 [2:0];
-    end
-    if (\$13 ) begin
-      \$17  = \$14 [2:0];
-    end
-    if (unit_rst) begin
-      \$17  = 3'h0;
-    end
-    if (rst) begin
-      \$17  = 3'h0;
-    end
-  end
-  assign w_level = level;
-  assign r_level = level;
-  assign produce = w_port__addr;
-  assign w_port__data = { \port$13886$0 , \port$1703$0  };
-  assign w_data = { \port$13886$0 , \port$1703$0  };
-  assign consume = r_port__addr;
-  assign r_port__data = r_data;
-endmodule
-
-(* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1704$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13890$0 , level, clk);
+module \accelerator.core.q_src0 (rst, \port$1725$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13938$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$195  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -80348,10 +80414,10 @@ module \accelerator.core.q_src1 (rst, \port$1704$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [2:0] \port$13890$0 ;
-  wire [2:0] \port$13890$0 ;
-  input [15:0] \port$1704$0 ;
-  wire [15:0] \port$1704$0 ;
+  input [2:0] \port$13938$0 ;
+  wire [2:0] \port$13938$0 ;
+  input [15:0] \port$1725$0 ;
+  wire [15:0] \port$1725$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -80386,7 +80452,7 @@ module \accelerator.core.q_src1 (rst, \port$1704$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$13890$0 , \port$1704$0  };
+      storage[w_port__addr] <= { \port$13938$0 , \port$1725$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -80457,15 +80523,156 @@ module \accelerator.core.q_src1 (rst, \port$1704$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$13890$0 , \port$1704$0  };
-  assign w_data = { \port$13890$0 , \port$1704$0  };
+  assign w_port__data = { \port$13938$0 , \port$1725$0  };
+  assign w_data = { \port$13938$0 , \port$1725$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, beat__valid, beat__payload, ar__ready, r__valid, r__payload, w_en, w_data, \r_en$25 , ar__payload, clk);
+module \accelerator.core.q_src1 (rst, \port$1726$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$13942$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$196  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [3:0] \$14 ;
+  reg [1:0] \$15 ;
+  reg [1:0] \$16 ;
+  reg [2:0] \$17 ;
+  wire [2:0] \$2 ;
+  wire \$3 ;
+  wire [2:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [3:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 2'h0 *)
+  wire [1:0] consume;
+  output [2:0] level;
+  reg [2:0] level = 3'h0;
+  input [2:0] \port$13942$0 ;
+  wire [2:0] \port$13942$0 ;
+  input [15:0] \port$1726$0 ;
+  wire [15:0] \port$1726$0 ;
+  (* init = 2'h0 *)
+  wire [1:0] produce;
+  output [18:0] r_data;
+  wire [18:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 3'h0 *)
+  wire [2:0] r_level;
+  reg [1:0] r_port__addr = 2'h0;
+  wire [18:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  wire [18:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 3'h0 *)
+  wire [2:0] w_level;
+  reg [1:0] w_port__addr = 2'h0;
+  wire [18:0] w_port__data;
+  wire w_port__en;
+  wire w_rdy;
+  reg [18:0] storage [3:0];
+  initial begin
+    storage[0] = 19'h00000;
+    storage[1] = 19'h00000;
+    storage[2] = 19'h00000;
+    storage[3] = 19'h00000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= { \port$13942$0 , \port$1726$0  };
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 3'h4;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [1:0];
+    end
+    if (unit_rst) begin
+      \$15  = 2'h0;
+    end
+    if (rst) begin
+      \$15  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [1:0];
+    end
+    if (unit_rst) begin
+      \$16  = 2'h0;
+    end
+    if (rst) begin
+      \$16  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [2:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [2:0];
+    end
+    if (unit_rst) begin
+      \$17  = 3'h0;
+    end
+    if (rst) begin
+      \$17  = 3'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_port__data = { \port$13942$0 , \port$1726$0  };
+  assign w_data = { \port$13942$0 , \port$1726$0  };
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, beat__valid, beat__payload, ar__ready, r__valid, r__payload, w_en, w_data, \r_en$23 , ar__payload, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$197  = 0;
   wire [31:0] \$1 ;
   wire [3:0] \$10 ;
   wire [11:0] \$11 ;
@@ -80562,7 +80769,6 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   wire beat__ready;
   output beat__valid;
   wire beat__valid;
-  wire beat_room;
   input clk;
   wire clk;
   reg err = 1'h0;
@@ -80578,15 +80784,15 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   input r__valid;
   wire r__valid;
   wire [34:0] r_data;
-  wire [512:0] \r_data$24 ;
-  wire [7:0] \r_data$30 ;
+  wire [512:0] \r_data$22 ;
+  wire [7:0] \r_data$28 ;
   wire r_en;
-  input \r_en$25 ;
-  wire \r_en$25 ;
-  reg \r_en$32 ;
+  input \r_en$23 ;
+  wire \r_en$23 ;
+  reg \r_en$31 ;
   wire r_rdy;
-  wire \r_rdy$22 ;
-  wire \r_rdy$28 ;
+  wire \r_rdy$20 ;
+  wire \r_rdy$26 ;
   wire [34:0] req__payload;
   wire [31:0] \req__payload.addr ;
   wire [2:0] \req__payload.lb ;
@@ -80604,7 +80810,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   wire \w_en$13 ;
   reg \w_en$15 ;
   wire w_rdy;
-  wire \w_rdy$20 ;
+  wire \w_rdy$29 ;
   wire \w_rdy$8 ;
   assign \$27  = \$26  ? r__payload[63:0] : acc1;
   assign \$28  = j == 2'h2;
@@ -80622,12 +80828,12 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   assign \$40  = \$20  ? { 448'h0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000, \$22  } : { \$39 , \$37 , \$35 , \$33 , \$31 , \$29 , \$27 , \$25  };
   assign \$41  = err | r__payload[64];
   assign \$42  = ~ r_rdy;
-  assign \$43  = ~ \r_rdy$28 ;
+  assign \$43  = ~ \r_rdy$26 ;
   assign \$44  = \$42  & \$43 ;
   assign \$45  = ~ beat__valid;
   assign idle = \$44  & \$45 ;
   assign \$46  = r__valid & r__ready;
-  assign \$47  = \r_data$30 [7:3] - 1'h1;
+  assign \$47  = \r_data$28 [7:3] - 1'h1;
   assign \$48  = j == \$47 ;
   assign \$49  = | j;
   assign \$50  = ~ \$49 ;
@@ -80674,15 +80880,15 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   assign \$10  = r_data[34:32] - 2'h3;
   assign \$11  = 1'h1 << \$10 [2:0];
   assign \$12  = \$9  ? \$11  : 12'h001;
-  assign \$13  = \r_data$30 [7:3] - 1'h1;
+  assign \$13  = \r_data$28 [7:3] - 1'h1;
   assign \$14  = j == \$13 ;
   assign \$15  = ~ \$14 ;
-  assign \$16  = \$15  | beat_room;
-  assign r__ready = \r_rdy$28  & \$16 ;
+  assign \$16  = \$15  | \w_rdy$29 ;
+  assign r__ready = \r_rdy$26  & \$16 ;
   assign \$17  = r__valid & r__ready;
-  assign \$18  = \r_data$30 [7:3] - 1'h1;
+  assign \$18  = \r_data$28 [7:3] - 1'h1;
   assign \$19  = j == \$18 ;
-  assign \$20  = \r_data$30 [7:3] == 1'h1;
+  assign \$20  = \r_data$28 [7:3] == 1'h1;
   assign \$22  = r__payload[63:0] >> \$21 ;
   assign \$23  = | j;
   assign \$24  = ~ \$23 ;
@@ -80691,12 +80897,12 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   \accelerator.core.reader.beat_slice  beat_slice (
     .clk(clk),
     .r_data(beat__payload),
-    .r_en(\r_en$25 ),
+    .r_en(\r_en$23 ),
     .r_rdy(beat__valid),
     .rst(rst),
     .w_en(\w_en$15 ),
     .w_port__data(\w_data$17 ),
-    .w_rdy(beat_room)
+    .w_rdy(\w_rdy$29 )
   );
   \accelerator.core.reader.req_slice  req_slice (
     .clk(clk),
@@ -80710,26 +80916,26 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1485$0 (\$12 [4:0]),
-    .\port$1614$0 (r_data[2:0]),
-    .r_data(\r_data$30 ),
-    .r_en(\r_en$32 ),
-    .r_rdy(\r_rdy$28 ),
+    .\port$1487$0 (\$12 [4:0]),
+    .\port$1636$0 (r_data[2:0]),
+    .r_data(\r_data$28 ),
+    .r_en(\r_en$31 ),
+    .r_rdy(\r_rdy$26 ),
     .rst(rst),
     .w_en(\w_en$13 ),
     .w_rdy(\w_rdy$8 )
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
-    \r_en$32  = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
+    \r_en$31  = 1'h0;
     if (\$17 ) begin
       if (\$19 ) begin
-        \r_en$32  = 1'h1;
+        \r_en$31  = 1'h1;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \w_en$15  = 1'h0;
     if (\$17 ) begin
       if (\$19 ) begin
@@ -80738,7 +80944,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \w_data$17  = 513'h000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     if (\$17 ) begin
       if (\$19 ) begin
@@ -80748,7 +80954,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$60  = j;
     if (\$46 ) begin
       (* full_case = 32'd1 *)
@@ -80763,7 +80969,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$61  = err;
     if (\$46 ) begin
       (* full_case = 32'd1 *)
@@ -80778,7 +80984,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$62  = acc0;
     if (\$46 ) begin
       (* full_case = 32'd1 *)
@@ -80794,7 +81000,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$63  = acc1;
     if (\$46 ) begin
       (* full_case = 32'd1 *)
@@ -80810,7 +81016,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$64  = acc2;
     if (\$46 ) begin
       (* full_case = 32'd1 *)
@@ -80826,7 +81032,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$65  = acc3;
     if (\$46 ) begin
       (* full_case = 32'd1 *)
@@ -80842,7 +81048,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$66  = acc4;
     if (\$46 ) begin
       (* full_case = 32'd1 *)
@@ -80858,7 +81064,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$67  = acc5;
     if (\$46 ) begin
       (* full_case = 32'd1 *)
@@ -80874,7 +81080,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$68  = acc6;
     if (\$46 ) begin
       (* full_case = 32'd1 *)
@@ -80890,7 +81096,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$196 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
     \$69  = acc7;
     if (\$46 ) begin
       (* full_case = 32'd1 *)
@@ -80911,10 +81117,9 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   assign \w_data$14  = { \$12 [4:0], r_data[2:0] };
   assign assembled = \w_en$15 ;
   assign beat = \w_data$17 ;
-  assign \w_rdy$20  = beat_room;
-  assign \r_rdy$22  = beat__valid;
-  assign \r_data$24  = beat__payload;
-  assign beat__ready = \r_en$25 ;
+  assign \r_rdy$20  = beat__valid;
+  assign \r_data$22  = beat__payload;
+  assign beat__ready = \r_en$23 ;
   assign \req__payload.addr  = w_data[31:0];
   assign \req__payload.lb  = w_data[34:32];
   assign \ar__payload.addr  = ar__payload[28:0];
@@ -80928,12 +81133,12 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   assign ar__payload[36:29] = \$6 [7:0];
   assign ar__payload[28:0] = \$1 [28:0];
   assign \$1  = { 3'h0, r_data[31:3] };
-  assign \$21  = { \r_data$30 [2:0], 3'h0 };
+  assign \$21  = { \r_data$28 [2:0], 3'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader.beat_slice (rst, w_rdy, r_rdy, r_data, r_en, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$197  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$198  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -81015,7 +81220,7 @@ module \accelerator.core.reader.beat_slice (rst, w_rdy, r_rdy, r_data, r_en, w_e
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -81025,7 +81230,7 @@ module \accelerator.core.reader.beat_slice (rst, w_rdy, r_rdy, r_data, r_en, w_e
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -81035,7 +81240,7 @@ module \accelerator.core.reader.beat_slice (rst, w_rdy, r_rdy, r_data, r_en, w_e
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$197 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -81057,7 +81262,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$198  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$199  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -81139,7 +81344,7 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -81149,7 +81354,7 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -81159,7 +81364,7 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$198 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -81180,59 +81385,76 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1485$0 , w_rdy, r_rdy, r_data, \port$1614$0 , r_en, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$199  = 0;
+module \accelerator.core.reader.shapes (rst, w_en, \port$1487$0 , w_rdy, r_data, \port$1636$0 , r_en, r_rdy, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$200  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
+  wire [4:0] \$11 ;
+  wire [4:0] \$12 ;
   wire \$13 ;
-  wire [5:0] \$14 ;
-  reg [3:0] \$15 ;
-  reg [3:0] \$16 ;
-  reg [4:0] \$17 ;
-  wire [4:0] \$2 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire [4:0] \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire [4:0] \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
   wire \$3 ;
-  wire [4:0] \$4 ;
-  wire \$5 ;
-  wire \$6 ;
+  reg [3:0] \$30 ;
+  reg [3:0] \$31 ;
+  reg [3:0] \$32 ;
+  reg \$33 ;
+  wire \$4 ;
+  wire [4:0] \$5 ;
+  wire [4:0] \$6 ;
   wire \$7 ;
   wire \$8 ;
-  wire [5:0] \$9 ;
+  wire \$9 ;
   input clk;
   wire clk;
   (* init = 4'h0 *)
   wire [3:0] consume;
-  reg [4:0] level = 5'h00;
-  input [4:0] \port$1485$0 ;
-  wire [4:0] \port$1485$0 ;
-  input [2:0] \port$1614$0 ;
-  wire [2:0] \port$1614$0 ;
+  reg [3:0] inner_level = 4'h0;
+  wire inner_r_rdy;
+  wire [4:0] level;
+  input [4:0] \port$1487$0 ;
+  wire [4:0] \port$1487$0 ;
+  input [2:0] \port$1636$0 ;
+  wire [2:0] \port$1636$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [7:0] r_data;
   wire [7:0] r_data;
   input r_en;
   wire r_en;
-  (* init = 5'h00 *)
   wire [4:0] r_level;
   reg [3:0] r_port__addr = 4'h0;
   wire [7:0] r_port__data;
+  wire r_port__en;
   output r_rdy;
-  wire r_rdy;
+  reg r_rdy = 1'h0;
   input rst;
   wire rst;
   wire [7:0] w_data;
   input w_en;
   wire w_en;
-  (* init = 5'h00 *)
   wire [4:0] w_level;
   reg [3:0] w_port__addr = 4'h0;
   wire [7:0] w_port__data;
   wire w_port__en;
   output w_rdy;
   wire w_rdy;
-  reg [7:0] storage [15:0];
+  reg [7:0] storage [14:0];
   initial begin
     storage[0] = 8'h00;
     storage[1] = 8'h00;
@@ -81249,81 +81471,117 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1485$0 , w_rdy, r_rdy, 
     storage[12] = 8'h00;
     storage[13] = 8'h00;
     storage[14] = 8'h00;
-    storage[15] = 8'h00;
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1485$0 , \port$1614$0  };
+      storage[w_port__addr] <= { \port$1487$0 , \port$1636$0  };
   end
-  assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 5'h10;
-  assign r_rdy = | level;
-  assign w_port__en = w_en & w_rdy;
-  assign \$1  = w_rdy & w_en;
-  assign \$2  = w_port__addr + 1'h1;
-  assign \$3  = r_rdy & r_en;
-  assign \$4  = r_port__addr + 1'h1;
-  assign \$5  = w_rdy & w_en;
-  assign \$6  = r_rdy & r_en;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$5  & \$7 ;
-  assign \$9  = level + 1'h1;
-  assign \$10  = r_rdy & r_en;
-  assign \$11  = w_rdy & w_en;
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$10  & \$12 ;
-  assign \$14  = level - 1'h1;
-  always @(posedge clk)
-    w_port__addr <= \$15 ;
-  always @(posedge clk)
-    r_port__addr <= \$16 ;
-  always @(posedge clk)
-    level <= \$17 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
-    \$15  = w_port__addr;
-    if (\$1 ) begin
-      \$15  = \$2 [3:0];
-    end
-    if (rst) begin
-      \$15  = 4'h0;
+  reg [7:0] _0_;
+  always @(posedge clk) begin
+    if (r_port__en) begin
+      _0_ <= storage[r_port__addr];
     end
   end
+  assign r_data = _0_;
+  assign w_rdy = inner_level != 4'hf;
+  assign inner_r_rdy = | inner_level;
+  assign w_port__en = w_rdy & w_en;
+  assign \$1  = ~ r_rdy;
+  assign \$2  = \$1  | r_en;
+  assign r_port__en = inner_r_rdy & \$2 ;
+  assign w_level = inner_level + r_rdy;
+  assign \$3  = w_rdy & w_en;
+  assign \$4  = w_port__addr == 4'he;
+  assign \$5  = w_port__addr + 1'h1;
+  assign \$6  = \$4  ? 5'h00 : \$5 ;
+  assign \$7  = ~ r_rdy;
+  assign \$8  = \$7  | r_en;
+  assign \$9  = inner_r_rdy & \$8 ;
+  assign \$10  = r_port__addr == 4'he;
+  assign \$11  = r_port__addr + 1'h1;
+  assign \$12  = \$10  ? 5'h00 : \$11 ;
+  assign \$13  = w_rdy & w_en;
+  assign \$14  = ~ r_rdy;
+  assign \$15  = \$14  | r_en;
+  assign \$16  = inner_r_rdy & \$15 ;
+  assign \$17  = ~ \$16 ;
+  assign \$18  = \$13  & \$17 ;
+  assign \$19  = inner_level + 1'h1;
+  assign \$20  = ~ r_rdy;
+  assign \$21  = \$20  | r_en;
+  assign \$22  = inner_r_rdy & \$21 ;
+  assign \$23  = w_rdy & w_en;
+  assign \$24  = ~ \$23 ;
+  assign \$25  = \$22  & \$24 ;
+  assign \$26  = inner_level - 1'h1;
+  assign \$27  = ~ r_rdy;
+  assign \$28  = \$27  | r_en;
+  assign \$29  = inner_r_rdy & \$28 ;
+  always @(posedge clk)
+    w_port__addr <= \$30 ;
+  always @(posedge clk)
+    r_port__addr <= \$31 ;
+  always @(posedge clk)
+    inner_level <= \$32 ;
+  always @(posedge clk)
+    r_rdy <= \$33 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
-    \$16  = r_port__addr;
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    \$30  = w_port__addr;
     if (\$3 ) begin
-      \$16  = \$4 [3:0];
+      \$30  = \$6 [3:0];
     end
     if (rst) begin
-      \$16  = 4'h0;
+      \$30  = 4'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$199 ) begin end
-    \$17  = level;
-    if (\$8 ) begin
-      \$17  = \$9 [4:0];
-    end
-    if (\$13 ) begin
-      \$17  = \$14 [4:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    \$31  = r_port__addr;
+    if (\$9 ) begin
+      \$31  = \$12 [3:0];
     end
     if (rst) begin
-      \$17  = 5'h00;
+      \$31  = 4'h0;
     end
   end
-  assign w_level = level;
-  assign r_level = level;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    \$32  = inner_level;
+    if (\$18 ) begin
+      \$32  = \$19 [3:0];
+    end
+    if (\$25 ) begin
+      \$32  = \$26 [3:0];
+    end
+    if (rst) begin
+      \$32  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    \$33  = r_rdy;
+    if (\$29 ) begin
+      \$33  = 1'h1;
+    end else if (r_en) begin
+      \$33  = 1'h0;
+    end
+    if (rst) begin
+      \$33  = 1'h0;
+    end
+  end
+  assign level = w_level;
+  assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1485$0 , \port$1614$0  };
-  assign w_data = { \port$1485$0 , \port$1614$0  };
+  assign w_port__data = { \port$1487$0 , \port$1636$0  };
+  assign w_data = { \port$1487$0 , \port$1636$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, unit_rst, i__valid, i__payload, o__ready, oq_data, oq_valid, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$200  = 0;
+module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, unit_rst, i__payload, i__valid, o__ready, oq_data, oq_valid, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$201  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [5:0] \$100 ;
@@ -83374,7 +83632,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
   assign \$auto$rtlil.cc:2739:Not$48  = ~ { \$289 [32], \$289 [16] };
   assign \$auto$rtlil.cc:2739:Not$50  = ~ \$445 [23];
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$487  = \$1 ;
     if (unit_rst) begin
       \$487  = 1'h0;
@@ -83384,7 +83642,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$488  = \$4 ;
     if (unit_rst) begin
       \$488  = 1'h0;
@@ -83394,7 +83652,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$489  = \$6 ;
     if (unit_rst) begin
       \$489  = 1'h0;
@@ -83404,7 +83662,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$490  = f;
     if (\$8 ) begin
       \$490  = c__payload;
@@ -83417,7 +83675,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$491  = take;
     if (unit_rst) begin
       \$491  = 1'h0;
@@ -83427,21 +83685,21 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$492  = score_mem_wdata;
     if (take) begin
       \$492  = i__payload[15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$493  = in_last;
     if (take) begin
       \$493  = i__payload[16];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$494  = \$10 ;
     if (unit_rst) begin
       \$494  = 1'h0;
@@ -83451,7 +83709,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$495  = lw;
     if (unit_rst) begin
       \$495  = 1'h0;
@@ -83461,7 +83719,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$496  = sbank0_max;
     if (end_q) begin
       if (\$11 ) begin
@@ -83476,7 +83734,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$497  = sbank1_max;
     if (end_q) begin
       if (\$12 ) begin
@@ -83491,7 +83749,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$498  = run_max;
     if (score_mem_we) begin
       \$498  = \$17 ;
@@ -83504,7 +83762,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$499  = row_first;
     if (score_mem_we) begin
       \$499  = \$19 ;
@@ -83517,7 +83775,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$500  = lcnt;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -83535,7 +83793,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$501  = lcnt_top;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -83553,7 +83811,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$502  = lw;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -83568,7 +83826,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$503  = sbank0_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -83585,7 +83843,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$504  = sbank1_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -83602,7 +83860,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$505  = exp_pass;
     if (unit_rst) begin
       \$505  = 1'h0;
@@ -83612,7 +83870,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$506  = exp_v0;
     if (unit_rst) begin
       \$506  = 1'h0;
@@ -83622,7 +83880,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$507  = exp_v1;
     if (unit_rst) begin
       \$507  = 1'h0;
@@ -83632,7 +83890,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$508  = exp_v2;
     if (unit_rst) begin
       \$508  = 1'h0;
@@ -83642,7 +83900,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$509  = exp_v3;
     if (unit_rst) begin
       \$509  = 1'h0;
@@ -83652,7 +83910,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$510  = exp_v4;
     if (unit_rst) begin
       \$510  = 1'h0;
@@ -83662,7 +83920,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$511  = exp_v5;
     if (unit_rst) begin
       \$511  = 1'h0;
@@ -83672,7 +83930,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$512  = exp_v6;
     if (unit_rst) begin
       \$512  = 1'h0;
@@ -83682,7 +83940,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$513  = exp_v7;
     if (unit_rst) begin
       \$513  = 1'h0;
@@ -83692,7 +83950,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$514  = exp_v8;
     if (unit_rst) begin
       \$514  = 1'h0;
@@ -83702,7 +83960,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$515  = exp_v9;
     if (unit_rst) begin
       \$515  = 1'h0;
@@ -83712,7 +83970,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$516  = ridx;
     if (unit_rst) begin
       \$516  = 5'h00;
@@ -83722,7 +83980,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$517  = exp_ra0;
     if (unit_rst) begin
       \$517  = 5'h00;
@@ -83732,7 +83990,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$555  = total;
     if (exp_mem_we) begin
       \$555  = \$38 [19:0];
@@ -83748,7 +84006,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$556  = ridx;
     if (exp_idle) begin
       \$556  = 5'h00;
@@ -83764,7 +84022,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$557  = rlenm1;
     if (exp_idle) begin
       \$557  = \$39 ;
@@ -83777,7 +84035,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$558  = r_last;
     if (exp_idle) begin
       \$558  = \$42 ;
@@ -83793,7 +84051,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$559  = rlenm2;
     if (exp_idle) begin
       \$559  = \$44 ;
@@ -83806,7 +84064,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$560  = rmax;
     if (exp_idle) begin
       \$560  = \$45 ;
@@ -83819,7 +84077,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$561  = exp_idle;
     if (\$55 ) begin
       \$561  = 1'h0;
@@ -83835,7 +84093,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$562  = exp_pass;
     if (\$55 ) begin
       \$562  = 1'h1;
@@ -83851,7 +84109,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$563  = exp_drain;
     if (\$58 ) begin
       \$563  = 1'h1;
@@ -83867,7 +84125,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$564  = er;
     if (\$58 ) begin
       \$564  = \$59 ;
@@ -83880,7 +84138,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$565  = ew;
     if (\$64 ) begin
       \$565  = { ew[1:0], ew[2] };
@@ -83893,7 +84151,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$566  = d_busy;
     if (\$64 ) begin
       \$566  = 1'h1;
@@ -83909,7 +84167,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$567  = dbank;
     if (\$65 ) begin
       \$567  = ew;
@@ -83922,7 +84180,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$568  = dlenm1;
     if (\$65 ) begin
       \$568  = rlenm1;
@@ -83935,7 +84193,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$569  = den;
     if (\$65 ) begin
       \$569  = total;
@@ -83948,7 +84206,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$570  = 17'h00000;
@@ -83963,7 +84221,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$571  = 5'h00;
@@ -83978,7 +84236,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$572  = 1'h0;
@@ -83993,7 +84251,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$573  = 20'h07fff;
@@ -84008,7 +84266,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$574  = 17'h1ffff;
@@ -84023,7 +84281,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$575  = ebank0_recip;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -84038,7 +84296,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$576  = ebank0_lenm1;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -84053,7 +84311,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$577  = ebank1_recip;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -84068,7 +84326,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$578  = ebank1_lenm1;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -84083,7 +84341,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$579  = ebank2_recip;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -84098,7 +84356,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$580  = ebank2_lenm1;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -84113,7 +84371,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$581  = \$82 ;
     if (unit_rst) begin
       \$581  = 1'h0;
@@ -84123,7 +84381,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$582  = o_run;
     if (\$86 ) begin
       \$582  = 1'h1;
@@ -84141,7 +84399,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$583  = oidx;
     if (\$86 ) begin
       \$583  = 5'h00;
@@ -84161,7 +84419,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$584  = o_last;
     if (\$86 ) begin
       \$584  = \$90 ;
@@ -84181,7 +84439,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$585  = o_lenm2;
     if (\$86 ) begin
       \$585  = \$93 ;
@@ -84194,7 +84452,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$586  = o_recip;
     if (\$86 ) begin
       \$586  = \$95 ;
@@ -84207,7 +84465,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$587  = orb;
     if (\$96 ) begin
       if (o_last) begin
@@ -84222,7 +84480,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$588  = \$101 [4:0];
     if (unit_rst) begin
       \$588  = 5'h10;
@@ -84232,7 +84490,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$589  = \$103 [7:0];
     if (unit_rst) begin
       \$589  = 8'h00;
@@ -84242,7 +84500,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$590  = \$104 ;
     if (unit_rst) begin
       \$590  = 1'h0;
@@ -84252,7 +84510,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$591  = out_v0;
     if (unit_rst) begin
       \$591  = 1'h0;
@@ -84262,7 +84520,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$592  = out_v1;
     if (unit_rst) begin
       \$592  = 1'h0;
@@ -84272,7 +84530,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$593  = out_v2;
     if (unit_rst) begin
       \$593  = 1'h0;
@@ -84282,7 +84540,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$594  = out_v3;
     if (unit_rst) begin
       \$594  = 1'h0;
@@ -84292,7 +84550,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$595  = out_v4;
     if (unit_rst) begin
       \$595  = 1'h0;
@@ -84302,7 +84560,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$619  = out_v5;
     if (unit_rst) begin
       \$619  = 1'h0;
@@ -84312,7 +84570,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$620  = oq_wptr;
     if (out_v5) begin
       \$620  = \$108 [3:0];
@@ -84325,14 +84583,14 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$621  = oq_data;
     if (\$112 ) begin
       \$621  = \rp__data$206 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$622  = oq_valid;
     if (\$112 ) begin
       \$622  = 1'h1;
@@ -84347,7 +84605,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$623  = oq_rptr;
     if (\$112 ) begin
       \$623  = \$113 [3:0];
@@ -84360,7 +84618,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$624  = \$119 [4:0];
     if (unit_rst) begin
       \$624  = 5'h00;
@@ -84370,7 +84628,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$625  = \$131 ;
     if (unit_rst) begin
       \$625  = 1'h0;
@@ -84380,7 +84638,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$626  = sbank0_full;
     if (\$134 ) begin
       \$626  = 1'h0;
@@ -84396,7 +84654,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$627  = sbank1_full;
     if (\$141 ) begin
       \$627  = 1'h0;
@@ -84412,7 +84670,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$628  = ebank0_busy;
     if (\$146 ) begin
       \$628  = 1'h0;
@@ -84428,7 +84686,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$629  = ebank0_full;
     if (\$146 ) begin
       \$629  = 1'h0;
@@ -84444,7 +84702,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$630  = ebank1_busy;
     if (\$160 ) begin
       \$630  = 1'h0;
@@ -84460,7 +84718,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$631  = ebank1_full;
     if (\$160 ) begin
       \$631  = 1'h0;
@@ -84476,7 +84734,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$632  = ebank2_busy;
     if (\$174 ) begin
       \$632  = 1'h0;
@@ -84492,7 +84750,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     \$633  = ebank2_full;
     if (\$174 ) begin
       \$633  = 1'h0;
@@ -84508,7 +84766,7 @@ module \accelerator.core.softmax (rst, i__ready, idle, c__payload, c__valid, uni
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$200 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
     e_clear = 1'h0;
     if (\$361 ) begin
       if (o_last) begin
@@ -84800,7 +85058,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$201  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$202  = 0;
   wire [10:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -84904,7 +85162,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     .w_rdy(req__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
     \$22  = pending;
     if (\$15 ) begin
       \$22  = \$19 [6:0];
@@ -84916,7 +85174,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$201 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
     \$23  = err;
     if (clear) begin
       \$23  = 1'h0;
@@ -84949,7 +85207,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$202  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$203  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -85031,7 +85289,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$203 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -85041,7 +85299,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$203 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -85051,7 +85309,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$202 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$203 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -85073,7 +85331,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_data, \port$0$10 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$203  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$204  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -85158,7 +85416,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$203 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$204 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -85168,7 +85426,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$203 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$204 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -85178,7 +85436,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$203 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$204 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];

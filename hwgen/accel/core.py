@@ -45,7 +45,7 @@ from amaranth.lib.wiring import In, Out
 from ..capabilities import unit_for
 from ..config import HwConfig
 from ..gemm import Gemm
-from ..pipeline import eq_const
+from ..pipeline import eq_const, register_slice
 from .addrgen import AddrGen
 from .compiler import AccelConfig, c_layout
 from .extmem import ExtReader, ExtWriter, read_port, write_port
@@ -234,10 +234,12 @@ class AccelCore(wiring.Component):
 
         # --- per-op selections ----------------------------------------------------------------------
         is_move = registered(Cat(*[op == int(o) for o in MOVE_OPS]).any(), "is_move")
-        gelu_sel = [registered(eq_const(ins.unit, k), f"unit_is{k}") & (is_op[Opcode.GELU] | post_gelu)
-                    for k in range(len(self.gelus))]
-        add_sel = Signal()
-        m.d.comb += add_sel.eq(is_op[Opcode.ADD] | post_add)
+        # the packer's unit, each a register of ``ins`` (a gate after the op selects was a level
+        # of the ready chains into the units' queues and the dst walk)
+        gelu_op = (op == int(Opcode.GELU)) | ((op == int(Opcode.LINEAR)) & eq_const(ins.post, POST_GELU))
+        gelu_sel = [registered(eq_const(ins.unit, k) & gelu_op, f"gelu_sel{k}") for k in range(len(self.gelus))]
+        add_sel = registered((op == int(Opcode.ADD)) | ((op == int(Opcode.LINEAR)) & eq_const(ins.post, POST_ADD)),
+                             "add_sel")
         c_targets = [(is_op[Opcode.SOFTMAX] | pre_sm, self.softmax), (is_op[Opcode.LAYERNORM] | pre_ln, self.layernorm),
                      (add_sel, self.add), *zip(gelu_sel, self.gelus)]
         c_lb = Signal(3)
@@ -294,6 +296,7 @@ class AccelCore(wiring.Component):
             m.d.sync += ext_req.valid.eq(0)
 
         count_zero = Cat(*[~ins[f"n{d}"].any() for d in range(LEVELS)]).any()
+        images_left = Signal(16)
         cycles = Signal(CYCLE_BITS)
         op_cycles = [Signal(CYCLE_BITS, name=f"op_cycles{k}") for k in range(16)]
         m.d.comb += self.cycles.eq(cycles)
@@ -305,6 +308,16 @@ class AccelCore(wiring.Component):
                 with m.If(in_op & op_onehot[k]):
                     m.d.sync += op_cycles[k].eq(op_cycles[k] + 1)
 
+        # DECODE's outcome, registered while it waits for the decode pipeline (the selects are
+        # registered from ``ins``, these from them): a decision through every select into the
+        # address generators' load was the critical path
+        with_const = post_gelu | post_add | pre_ln | pre_sm
+        plain_stream = is_move | is_op[Opcode.LOAD] | is_op[Opcode.STORE] | is_gemm
+        d_end_more = registered(is_op[Opcode.END] & (images_left > 1), "d_end_more")
+        d_end = registered(is_op[Opcode.END], "d_end")
+        d_count_zero = registered(count_zero, "d_count_zero")
+        d_const = registered(~post_bad & unit_known & (with_const | ~plain_stream), "d_const")
+        d_stream = registered(~post_bad & ~with_const & plain_stream, "d_stream")
         state = Signal(_State, name="seq_state")
         uses_packer = is_op[Opcode.GELU] | is_op[Opcode.ADD] | post_gelu | post_add
 
@@ -319,7 +332,6 @@ class AccelCore(wiring.Component):
             m.d.sync += error.eq(code)
             goto(_State.STOP)
 
-        images_left = Signal(16)
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 with m.If(self.start):
@@ -350,25 +362,20 @@ class AccelCore(wiring.Component):
                              c_due.eq(ins.cnt)]
                 with m.If(decode_wait.any()):                         # the decode pipeline fills
                     m.d.sync += decode_wait.eq(decode_wait - 1)
-                with m.Elif(is_op[Opcode.END] & (images_left > 1)):     # the next image of the start
+                with m.Elif(d_end_more):                              # the next image of the start
                     m.d.sync += [images_left.eq(images_left - 1), offset.eq(offset + stride), pc.eq(prog)]
                     goto(_State.FETCH)
-                with m.Elif(is_op[Opcode.END]):
+                with m.Elif(d_end):
                     m.d.sync += [busy.eq(0), done.eq(1)]
                     goto(_State.IDLE)
-                with m.Elif(count_zero):
+                with m.Elif(d_count_zero):
                     stop(Error.COUNT)
-                with m.Elif(post_bad | ((post_gelu | post_add | pre_ln | pre_sm) & ~unit_known)):
-                    stop(Error.OPCODE)
-                with m.Elif(post_gelu | post_add | pre_ln | pre_sm):
+                with m.Elif(d_const):
                     m.d.comb += load_gens.eq(1)
                     goto(_State.CONST)
-                with m.Elif(is_move | is_op[Opcode.LOAD] | is_op[Opcode.STORE] | is_gemm):
+                with m.Elif(d_stream):
                     m.d.comb += load_gens.eq(1)
                     goto(_State.STREAM)
-                with m.Elif(unit_known):
-                    m.d.comb += load_gens.eq(1)
-                    goto(_State.CONST)
                 with m.Else():
                     stop(Error.OPCODE)
 
@@ -461,16 +468,11 @@ class AccelCore(wiring.Component):
                                  ext_req.data.eq(s0_data)]
             with m.Elif(is_gemm):
                 pass                                 # below: _gemm_feed
-            with m.Elif(is_op[Opcode.SOFTMAX]):
-                sm = self.softmax
-                m.d.comb += [run0.eq(1), sm.i.valid.eq(q0.r_rdy), sm.i.payload.data.eq(s0_data),
-                             sm.i.payload.last.eq(s0_row_last), q0.r_en.eq(q0.r_rdy & sm.i.ready),
-                             sink_valid.eq(sm.o.valid), sink_data.eq(sm.o.payload.data), sm.o.ready.eq(sink_ready)]
-            with m.Elif(is_op[Opcode.LAYERNORM]):
-                ln = self.layernorm
-                m.d.comb += [run0.eq(1), ln.i.valid.eq(q0.r_rdy), ln.i.payload.eq(s0_data),
-                             q0.r_en.eq(q0.r_rdy & ln.i.ready),
-                             sink_valid.eq(ln.o.valid), sink_data.eq(ln.o.payload), ln.o.ready.eq(sink_ready)]
+            with m.Elif(is_op[Opcode.SOFTMAX] | is_op[Opcode.LAYERNORM]):
+                for sel, unit in ((is_op[Opcode.SOFTMAX], self.softmax), (is_op[Opcode.LAYERNORM], self.layernorm)):
+                    with m.If(sel):
+                        valid, data, ready = self._src0_into(m, unit, q0, s0_data, s0_row_last)
+                        m.d.comb += [run0.eq(1), sink_valid.eq(valid), sink_data.eq(data), ready.eq(sink_ready)]
             with m.Else():                           # GELU, ADD: src0's elements into the packer
                 m.d.comb += [run0.eq(1), elems.valid.eq(q0.r_rdy), elems.data.eq(s0_data),
                              elems.final.eq(s0_final), q0.r_en.eq(elems.take)]
@@ -479,11 +481,27 @@ class AccelCore(wiring.Component):
         with m.If(unit_rst):
             m.d.sync += [packer.full.eq(0), packer.j.eq(0), packer.jo.eq(0)]
         self._gemm_feed(m, ins, is_op[Opcode.LINEAR], reader, gens, q0, q1, run0, run1, wr, gemm_active, in_decode, ab,
-                        post_gelu | post_add, elems, sink_valid, sink_data, pre_ln, pre_sm, s0_data, s0_row_last)
+                        post_gelu | post_add, elems, sink_valid, sink_data, pre_ln, pre_sm, s0_data, s0_row_last,
+                        unit_rst)
         with m.If(streaming & writer.err):
             m.d.comb += fault.eq(Error.WRITE)
         m.d.comb += writer.clear.eq(self.start & ~busy)
         return m
+
+    def _unit_out(self, unit):
+        """The Softmax's or LayerNorm's output: (valid, element, ready)."""
+        data = unit.o.payload.data if unit is self.softmax else unit.o.payload
+        return unit.o.valid, data, unit.o.ready
+
+    def _src0_into(self, m, unit, q0, s0_data, s0_row_last):
+        """src0's elements into the Softmax (with their row ends) or the LayerNorm, for the op
+        of its own or on the way into the GEMM; returns the unit's output (:meth:`_unit_out`)."""
+        if unit is self.softmax:
+            m.d.comb += [unit.i.payload.data.eq(s0_data), unit.i.payload.last.eq(s0_row_last)]
+        else:
+            m.d.comb += unit.i.payload.eq(s0_data)
+        m.d.comb += [unit.i.valid.eq(q0.r_rdy), q0.r_en.eq(q0.r_rdy & unit.i.ready)]
+        return self._unit_out(unit)
 
     def _lanes(self, m, two, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst):
         """The GELU and add units take ``lanes`` elements a beat: pack ``elems`` (and, for the
@@ -565,7 +583,7 @@ class AccelCore(wiring.Component):
                 m.d.comb += [g.n[d].eq(counts[d]), g.strides[d].eq(strides[d])]
 
     def _gemm_feed(self, m, ins, is_linear, reader, gens, q0, q1, run0, run1, wr, active, restart, ab, post, elems,
-                   sink_valid, sink_data, pre_ln, pre_sm, s0_data, s0_row_last):
+                   sink_valid, sink_data, pre_ln, pre_sm, s0_data, s0_row_last, unit_rst):
         """Operand beats into the GEMM, parameter and weight beats from external memory, result
         rows into the buffer (or, with a ``post`` unit, element by element into the packer).
         With a ``pre`` unit (``pre_ln``: the LayerNorm, ``pre_sm``: the Softmax), src0's rows
@@ -685,11 +703,11 @@ class AccelCore(wiring.Component):
         pre = pre_ln | pre_sm
         a_in, a_in_valid, a_in_take = Signal(ab, name="a_in"), Signal(name="a_in_valid"), Signal(name="a_in_take")
         sm, ln = self.softmax, self.layernorm
-        with m.If(pre_sm):
-            m.d.comb += [a_in.eq(sm.o.payload.data), a_in_valid.eq(sm.o.valid)]
-        with m.Elif(pre_ln):
-            m.d.comb += [a_in.eq(ln.o.payload), a_in_valid.eq(ln.o.valid)]
-        with m.Else():
+        for sel, unit in ((pre_sm, sm), (pre_ln, ln)):
+            with m.If(sel):
+                valid, data, _ = self._unit_out(unit)
+                m.d.comb += [a_in.eq(data), a_in_valid.eq(valid)]
+        with m.If(~pre):
             m.d.comb += [a_in.eq(q0.r_data[:ab]), a_in_valid.eq(q0.r_rdy)]
         with m.Switch(ins.a_bits):        # the element wrapped to the op's a_bits (signed or not)
             for nb in range(2, hw.a_bits + 1):
@@ -699,12 +717,11 @@ class AccelCore(wiring.Component):
         with m.If(active):
             load = a_in_valid & ~filled[lh]
             m.d.comb += [run0.eq(1), a_in_take.eq(load)]
-            with m.If(pre_sm):            # src0 -> the unit -> the loader
-                m.d.comb += [sm.i.valid.eq(q0.r_rdy), sm.i.payload.data.eq(s0_data), sm.i.payload.last.eq(s0_row_last),
-                             q0.r_en.eq(q0.r_rdy & sm.i.ready), sm.o.ready.eq(a_in_take)]
-            with m.Elif(pre_ln):
-                m.d.comb += [ln.i.valid.eq(q0.r_rdy), ln.i.payload.eq(s0_data), q0.r_en.eq(q0.r_rdy & ln.i.ready),
-                             ln.o.ready.eq(a_in_take)]
+            with m.If(pre):               # src0 -> the unit -> the loader
+                for sel, unit in ((pre_sm, sm), (pre_ln, ln)):
+                    with m.If(sel):
+                        _, _, ready = self._src0_into(m, unit, q0, s0_data, s0_row_last)
+                        m.d.comb += ready.eq(a_in_take)
             with m.Else():                # src0 -> the loader
                 m.d.comb += q0.r_en.eq(a_in_take)
             for i, (wp, _) in enumerate(lane_mems):
@@ -793,23 +810,28 @@ class AccelCore(wiring.Component):
             m.d.comb += [gemm.w.payload[j].eq(Mux(is_linear, w_lanes[j], w_mems[j][1].data)) for j in range(C)]
 
         # --- result rows into the buffer, one element a cycle; padding dropped ----------------------
+        # the rows leave the array through a register slice: the array's pop and its credit and
+        # level counters then start from the slice's room register, not from the ready chain
+        # through the dst walk and the post unit's packer (once the critical path)
+        res_q, res = register_slice(m, "gemm_out", gemm.o.valid, gemm.o.payload, gemm.o.ready, reset=unit_rst)
+        res_valid, res_lanes = res_q.r_rdy, Array(res[j] for j in range(C))
         dst = gens["dst"]
         row = dst.index[1] * R + dst.index[3]
         col = dst.index[2] * C + dst.index[4]
         keep = (row < ins.n1) & (col < ins.n2)
-        lane = Array(gemm.o.payload[j] for j in range(C))[dst.index[4]]
+        lane = res_lanes[dst.index[4]]
         jc = Signal(range(C), name="post_col")       # the result row's element going to the packer
         with m.If(restart):
             m.d.sync += jc.eq(0)
         with m.If(active & ~post):
-            step = gemm.o.valid & dst.valid
+            step = res_valid & dst.valid
             m.d.comb += [wr.addr.eq(dst.addr), wr.data.eq(lane), wr.en.eq(step & keep), dst.next.eq(step),
-                         gemm.o.ready.eq(step & dst.last[LEVELS - 1])]
+                         res_q.r_en.eq(step & dst.last[LEVELS - 1])]
         with m.If(active & post):
             # every element of every row, padding too, goes through the unit (the packer's beats
             # stay whole); the dst walk drops the padding's results as they come out
-            m.d.comb += [elems.valid.eq(gemm.o.valid), elems.data.eq(Array(gemm.o.payload[j] for j in range(C))[jc]),
-                         gemm.o.ready.eq(elems.take & eq_const(jc, C - 1)),
+            m.d.comb += [elems.valid.eq(res_valid), elems.data.eq(res_lanes[jc]),
+                         res_q.r_en.eq(elems.take & eq_const(jc, C - 1)),
                          wr.en.eq(sink_valid & dst.valid & keep)]
             with m.If(elems.take):
                 m.d.sync += jc.eq(Mux(eq_const(jc, C - 1), 0, jc + 1))

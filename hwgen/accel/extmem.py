@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..pipeline import eq_const, register_slice
@@ -94,8 +94,11 @@ class ExtReader(wiring.Component):
         def words(lb):      # words of a beat of 2^lb bytes
             return Mux(lb > wlb, Const(1, cnt_bits + 1) << (lb - wlb)[:3], 1)
 
-        # the shape of every beat in flight, in order: byte offset in its word, word count
-        m.submodules.shapes = shapes = SyncFIFO(width=max(1, wlb) + cnt_bits + 1, depth=self.depth)
+        # the shape of every beat in flight, in order: byte offset in its word, word count.  Its
+        # head is a register (``SyncFIFOBuffered``): the words' ready, the beat slice's write
+        # and the assembly mux all start from it (from an unregistered head they were the
+        # critical path); a shape is written long before its words come back
+        m.submodules.shapes = shapes = SyncFIFOBuffered(width=max(1, wlb) + cnt_bits + 1, depth=self.depth)
 
         # --- issue: one burst a beat, from a register slice (the caller's address arithmetic
         #     ends at its flip-flops) -----------------------------------------------------------
@@ -119,7 +122,7 @@ class ExtReader(wiring.Component):
         # a 512-bit register (that ready chain was the critical path)
         beat = Signal(data.StructLayout({"data": unsigned(8 << MAX_BEAT_LB), "err": 1}))
         assembled = Signal()
-        out_q, out = register_slice(m, "beat", assembled, beat, Signal(name="beat_room"))
+        out_q, out = register_slice(m, "beat", assembled, beat, None)       # r.ready checks its room
         m.d.comb += [self.beat.valid.eq(out_q.r_rdy), self.beat.payload.eq(out), out_q.r_en.eq(self.beat.ready),
                      self.r.ready.eq(shapes.r_rdy & (~last_word | out_q.w_rdy))]
         with m.If(self.r.valid & self.r.ready):
