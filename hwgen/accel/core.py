@@ -218,7 +218,7 @@ class AccelCore(wiring.Component):
 
         run0, run1 = Signal(), Signal()
         q0, q1 = source("src0", rd0, run0), source("src1", rd1, run1)
-        s0_data, s0_row_last, s0_final = q0.r_data[:ab], q0.r_data[ab], q0.r_data[ab + 1]
+        s0_data, s0_final = q0.r_data[:ab], q0.r_data[ab + 1]   # the row end (bit ab): _src0_into
         s1_data = q1.r_data[:ab]
 
         # --- the sink: elements into the buffer at dst ---------------------------------------------
@@ -471,7 +471,7 @@ class AccelCore(wiring.Component):
             with m.Elif(is_op[Opcode.SOFTMAX] | is_op[Opcode.LAYERNORM]):
                 for sel, unit in ((is_op[Opcode.SOFTMAX], self.softmax), (is_op[Opcode.LAYERNORM], self.layernorm)):
                     with m.If(sel):
-                        valid, data, ready = self._src0_into(m, unit, q0, s0_data, s0_row_last)
+                        valid, data, ready = self._src0_into(m, unit, q0)
                         m.d.comb += [run0.eq(1), sink_valid.eq(valid), sink_data.eq(data), ready.eq(sink_ready)]
             with m.Else():                           # GELU, ADD: src0's elements into the packer
                 m.d.comb += [run0.eq(1), elems.valid.eq(q0.r_rdy), elems.data.eq(s0_data),
@@ -480,9 +480,8 @@ class AccelCore(wiring.Component):
             self._lanes(m, add_sel, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst)
         with m.If(unit_rst):
             m.d.sync += [packer.full.eq(0), packer.j.eq(0), packer.jo.eq(0)]
-        self._gemm_feed(m, ins, is_op[Opcode.LINEAR], reader, gens, q0, q1, run0, run1, wr, gemm_active, in_decode, ab,
-                        post_gelu | post_add, elems, sink_valid, sink_data, pre_ln, pre_sm, s0_data, s0_row_last,
-                        unit_rst)
+        self._gemm_feed(m, ins, is_op[Opcode.LINEAR], reader, gens, q0, q1, run0, run1, wr, gemm_active, in_decode,
+                        post_gelu | post_add, elems, sink_valid, pre_ln, pre_sm, unit_rst)
         with m.If(streaming & writer.err):
             m.d.comb += fault.eq(Error.WRITE)
         m.d.comb += writer.clear.eq(self.start & ~busy)
@@ -493,13 +492,15 @@ class AccelCore(wiring.Component):
         data = unit.o.payload.data if unit is self.softmax else unit.o.payload
         return unit.o.valid, data, unit.o.ready
 
-    def _src0_into(self, m, unit, q0, s0_data, s0_row_last):
-        """src0's elements into the Softmax (with their row ends) or the LayerNorm, for the op
-        of its own or on the way into the GEMM; returns the unit's output (:meth:`_unit_out`)."""
+    def _src0_into(self, m, unit, q0):
+        """src0's elements (``q0``'s entries: element, row end, ...) into the Softmax (with their
+        row ends) or the LayerNorm, for the op of its own or on the way into the GEMM; returns
+        the unit's output (:meth:`_unit_out`)."""
+        ab = self.accel.act_elem_bits
         if unit is self.softmax:
-            m.d.comb += [unit.i.payload.data.eq(s0_data), unit.i.payload.last.eq(s0_row_last)]
+            m.d.comb += [unit.i.payload.data.eq(q0.r_data[:ab]), unit.i.payload.last.eq(q0.r_data[ab])]
         else:
-            m.d.comb += unit.i.payload.eq(s0_data)
+            m.d.comb += unit.i.payload.eq(q0.r_data[:ab])
         m.d.comb += [unit.i.valid.eq(q0.r_rdy), q0.r_en.eq(q0.r_rdy & unit.i.ready)]
         return self._unit_out(unit)
 
@@ -582,13 +583,14 @@ class AccelCore(wiring.Component):
             for d in range(LEVELS):
                 m.d.comb += [g.n[d].eq(counts[d]), g.strides[d].eq(strides[d])]
 
-    def _gemm_feed(self, m, ins, is_linear, reader, gens, q0, q1, run0, run1, wr, active, restart, ab, post, elems,
-                   sink_valid, sink_data, pre_ln, pre_sm, s0_data, s0_row_last, unit_rst):
+    def _gemm_feed(self, m, ins, is_linear, reader, gens, q0, q1, run0, run1, wr, active, restart, post, elems,
+                   sink_valid, pre_ln, pre_sm, unit_rst):
         """Operand beats into the GEMM, parameter and weight beats from external memory, result
         rows into the buffer (or, with a ``post`` unit, element by element into the packer).
         With a ``pre`` unit (``pre_ln``: the LayerNorm, ``pre_sm``: the Softmax), src0's rows
         stream through it and its output is operand A."""
         hw, accel, gemm = self.hw, self.accel, self.gemm
+        ab = accel.act_elem_bits
         R, C = hw.gemm_rows, hw.gemm_cols
         a_signed = (ins.flags & FLAG_A_SIGNED).any()
         p_lb = _lb(beat_bytes(p_layout(hw)))
@@ -720,7 +722,7 @@ class AccelCore(wiring.Component):
             with m.If(pre):               # src0 -> the unit -> the loader
                 for sel, unit in ((pre_sm, sm), (pre_ln, ln)):
                     with m.If(sel):
-                        _, _, ready = self._src0_into(m, unit, q0, s0_data, s0_row_last)
+                        _, _, ready = self._src0_into(m, unit, q0)
                         m.d.comb += ready.eq(a_in_take)
             with m.Else():                # src0 -> the loader
                 m.d.comb += q0.r_en.eq(a_in_take)
