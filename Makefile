@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install simulators test demo accuracy rtl-deit report hw-report verilog bench train-digits clean
+.PHONY: install simulators test demo accuracy rtl-deit profile report hw-report verilog bench train-digits clean
 
 install: $(STAMP) simulators
 
@@ -54,6 +54,11 @@ accuracy: $(STAMP)
 # accelerator, all 1000 logits against golden (about 10 minutes on 2 cores).
 rtl-deit: $(STAMP)
 	$(BIN)/python scripts/accel_model.py --model deit_tiny_patch16_224
+
+# Cycles of every instruction of the digits program on the simulated accelerator, against its
+# GEMM bound (reports/profile_digits_w8a8.*; about a minute after the Verilator build).
+profile: $(STAMP)
+	$(BIN)/python scripts/accel_profile.py --model digits --bits w8a8
 
 # Error of every GELU / Softmax / LayerNorm variant on the calibrated activations.
 report: $(STAMP)

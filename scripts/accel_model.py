@@ -64,17 +64,12 @@ def gemm_macs(graph) -> int:
     return macs
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="digits", choices=["digits", DEIT])
-    ap.add_argument("--bits", default="w8a8", choices=["w8a8", "w4a8"])
-    ap.add_argument("--images", type=int, default=20, help="digits test images (deit: always 1)")
-    args = ap.parse_args()
-    t0 = time.time()
-    w_bits = 4 if args.bits == "w4a8" else 8
-    if args.model == "digits":
+def prepare(model_name: str, bits: str, n_images: int):
+    """(quantized model, compiled program, HwConfig, AccelConfig, float images) for a run."""
+    w_bits = 4 if bits == "w4a8" else 8
+    if model_name == "digits":
         hw, accel = GenConfig.load(DEFAULT_CONFIG).hw, AccelConfig()
-        imgs = datasets.digits_set(calib=64, images=args.images, seed=0)
+        imgs = datasets.digits_set(calib=64, images=n_images, seed=0)
         q = quantize_model(models.load_model("digits"), "digits", imgs.calib, QuantConfig(w_bits=w_bits))
         images = imgs.images
     else:
@@ -85,7 +80,17 @@ def main() -> int:
         images = datasets.random_images(spec, 1, seed=1)
         q = quantize_model(model, DEIT, calib, QuantConfig(w_bits=w_bits, calib_images=2, seed=0))
         hw, accel = derive_hw([q.graph]), DEIT_ACCEL
-    program = compile(q.graph, hw, accel)
+    return q, compile(q.graph, hw, accel), hw, accel, images
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="digits", choices=["digits", DEIT])
+    ap.add_argument("--bits", default="w8a8", choices=["w8a8", "w4a8"])
+    ap.add_argument("--images", type=int, default=20, help="digits test images (deit: always 1)")
+    args = ap.parse_args()
+    t0 = time.time()
+    q, program, hw, accel, images = prepare(args.model, args.bits, args.images)
     x = q.quantize_input(images)
     golden = run_graph(q.graph, x)
     h = header(program.image)

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 SIM_BUILD = Path(os.environ.get("SIM_BUILD_DIR", REPO / "sim_build"))
 SIMULATORS = ("verilator", "icarus")
 TIMESCALE = ("1ns", "1ps")
-_CACHE_VERSION = "3"           # bump when the build recipe below changes
+_CACHE_VERSION = "4"           # bump when the build recipe below changes
 
 
 def tool_env() -> None:
@@ -168,14 +168,26 @@ def _save_runtime(build_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _port_names(text: str, toplevel: str) -> list[str]:
+    """The port names of module ``toplevel`` in ``text`` (Amaranth's ``module name(a, b, ...);``).
+
+    Only the ports are made public: a public signal counts, for Verilator, as one that VPI
+    may write at any time, so all logic that reads it is re-evaluated at every eval (its
+    "ico" region, twice a clock period).  With every signal of the top public, the
+    accelerator's reset and port wires put the whole design there: 15% of the run time."""
+    head = text[text.index(f"module {toplevel}("):]
+    return [name.strip() for name in head[head.index("(") + 1:head.index(")")].split(",") if name.strip()]
+
+
 def build(top, toplevel: str, params: dict | None = None, simulator: str = "verilator",
           verilog_text: str | None = None, ports_only: bool = False, fast: bool = False) -> SimBuild:
     """Build ``top`` (an Amaranth elaboratable, or ``verilog_text``) for ``simulator``, cached.
 
     ``params`` (JSON-able) describe the configuration; they are part of the cache key, so
     two configurations never share a directory even if their Verilog were equal.
-    ``ports_only``: the testbench touches only the top module's signals, so Verilator builds
-    without ``--public-flat-rw`` (a much faster model; internal signals are not visible).
+    ``ports_only``: the testbench touches only the top module's ports, so Verilator builds
+    without ``--public-flat-rw`` and makes the ports alone public (a much faster model;
+    internal signals are not visible).
     ``fast`` (Verilator): no trace support (``--trace`` makes every evaluation keep activity
     flags even when nothing is dumped) and the model's hot code at ``-O2`` instead of
     Verilator's ``-Os``; a failing run then leaves no waveform.  For long whole-model runs.
@@ -216,7 +228,8 @@ def build(top, toplevel: str, params: dict | None = None, simulator: str = "veri
             text_vlt = LINT_WAIVERS
             if ports_only:
                 runner.public_top = toplevel
-                text_vlt += f'public_flat_rw -module "{toplevel}" -var "*"\n'
+                text_vlt += "".join(f'public_flat_rw -module "{toplevel}" -var "{port}"\n'
+                                    for port in _port_names(text, toplevel))
             vlt.write_text(text_vlt)
             kwargs["build_args"] = ["-Wno-fatal", str(vlt)]
         else:

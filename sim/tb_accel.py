@@ -82,7 +82,8 @@ class ModelMemory:
         out = bytearray()
         for w in range(addr // wb, -(-(addr + nbytes) // wb)):
             d.host_addr.value = w
-            await RisingEdge(d.clk)
+            await RisingEdge(d.clk)             # the top registers the address,
+            await RisingEdge(d.clk)             # the words' read port answers a cycle later
             await ReadOnly()
             out += int(d.host_rdata.value).to_bytes(wb, "little")
             await RisingEdge(d.clk)

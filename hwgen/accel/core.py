@@ -480,8 +480,12 @@ class AccelCore(wiring.Component):
             self._lanes(m, add_sel, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst)
         with m.If(unit_rst):
             m.d.sync += [packer.full.eq(0), packer.j.eq(0), packer.jo.eq(0)]
-        self._gemm_feed(m, ins, is_op[Opcode.LINEAR], reader, gens, q0, q1, run0, run1, wr, gemm_active, in_decode,
-                        post_gelu | post_add, elems, sink_valid, pre_ln, pre_sm, unit_rst)
+        # the sequencer's signals that the GEMM's feed shares with the ops above
+        seq = SimpleNamespace(ins=ins, is_linear=is_op[Opcode.LINEAR], reader=reader, gens=gens, q0=q0, q1=q1,
+                              run0=run0, run1=run1, wr=wr, active=gemm_active, restart=in_decode,
+                              post=post_gelu | post_add, elems=elems, sink_valid=sink_valid, pre_ln=pre_ln,
+                              pre_sm=pre_sm, unit_rst=unit_rst)
+        self._gemm_feed(m, seq)
         with m.If(streaming & writer.err):
             m.d.comb += fault.eq(Error.WRITE)
         m.d.comb += writer.clear.eq(self.start & ~busy)
@@ -583,12 +587,16 @@ class AccelCore(wiring.Component):
             for d in range(LEVELS):
                 m.d.comb += [g.n[d].eq(counts[d]), g.strides[d].eq(strides[d])]
 
-    def _gemm_feed(self, m, ins, is_linear, reader, gens, q0, q1, run0, run1, wr, active, restart, post, elems,
-                   sink_valid, pre_ln, pre_sm, unit_rst):
+    def _gemm_feed(self, m, seq):
         """Operand beats into the GEMM, parameter and weight beats from external memory, result
         rows into the buffer (or, with a ``post`` unit, element by element into the packer).
         With a ``pre`` unit (``pre_ln``: the LayerNorm, ``pre_sm``: the Softmax), src0's rows
-        stream through it and its output is operand A."""
+        stream through it and its output is operand A.  ``seq`` holds the sequencer's signals
+        (see :meth:`elaborate`)."""
+        ins, is_linear, reader, gens, wr = seq.ins, seq.is_linear, seq.reader, seq.gens, seq.wr
+        q0, q1, run0, run1, elems, sink_valid = seq.q0, seq.q1, seq.run0, seq.run1, seq.elems, seq.sink_valid
+        active, restart, unit_rst = seq.active, seq.restart, seq.unit_rst
+        post, pre_ln, pre_sm = seq.post, seq.pre_ln, seq.pre_sm
         hw, accel, gemm = self.hw, self.accel, self.gemm
         ab = accel.act_elem_bits
         R, C = hw.gemm_rows, hw.gemm_cols

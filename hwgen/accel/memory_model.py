@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, ClockSignal, Instance, Module, ResetSignal, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, DomainRenamer, Instance, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -180,7 +180,8 @@ class AccelSimTop(wiring.Component):
     -------
     m_axi_*, s_axil_*, irq : the accelerator's
     use_model : In(1)
-    stall, err_lo, err_hi, host_* : the memory model's
+    stall, err_lo, err_hi, host_* : the memory model's, each registered first (host_rdata two
+        cycles after host_addr)
     """
 
     def __init__(self, hw, accel=None, words: int = 1 << 16, latency: int = 4, acc_module: str = "accelerator"):
@@ -201,15 +202,33 @@ class AccelSimTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # Verilator evaluates everything that depends combinationally on a top-level input at
+        # every eval, twice a clock period (cocotb toggles the clock).  Amaranth's synchronous
+        # reset puts rst into every register's next-state logic, which made that the whole
+        # accelerator: so the design runs in domain "core", reset by a registered copy of rst,
+        # and the quasi-static inputs are registered too (one cycle later; the testbench sets
+        # them long before they matter and reads the host port two cycles after the address).
+        m.domains.core = ClockDomain("core", local=True)
+        rst_q = Signal(init=1, reset_less=True, name="rst_q")
+        m.d.sync += rst_q.eq(ResetSignal())
+        m.d.comb += [ClockSignal("core").eq(ClockSignal()), ResetSignal("core").eq(rst_q)]
+        quasi_static = ("use_model", "stall", "err_lo", "err_hi", "host_addr", "host_wdata", "host_we")
+        q = {}
+        for name in quasi_static:
+            port = getattr(self, name)
+            q[name] = Signal(len(port), reset_less=True, name=f"{name}_q")
+            m.d.sync += q[name].eq(port)
+
         acc = SimpleNamespace(**{name: Signal(member.shape, name=f"acc_{name}")
                                  for name, member in self.acc_ports.items()})
         m.submodules.acc = Instance(
-            self.acc_module, i_clk=ClockSignal(), i_rst=ResetSignal(),
+            self.acc_module, i_clk=ClockSignal(), i_rst=rst_q,
             **{("o_" if member.flow == Out else "i_") + name: getattr(acc, name)
                for name, member in self.acc_ports.items()})
-        m.submodules.model = model = self.model
+        model = self.model
+        m.submodules.model = DomainRenamer("core")(model)
         wlb = self.word_lb
-        use = self.use_model
+        use = q["use_model"]
         for name, member in self.signature.members.items():
             if not name.startswith(("s_axil_", "irq", "m_axi_")):
                 continue
@@ -222,7 +241,7 @@ class AccelSimTop(wiring.Component):
                 m.d.comb += getattr(acc, name).eq(getattr(self, name))
         # the accelerator's AXI inputs: from the outside, or from the bridge to the model
         lens = SyncFIFO(width=LEN_BITS, depth=8)
-        m.submodules.lens = lens
+        m.submodules.lens = DomainRenamer("core")(lens)
         beat = Signal(LEN_BITS)
         with m.If(~use):
             for name in ("awready", "wready", "bid", "bresp", "bvalid", "arready", "rid", "rdata", "rresp",
@@ -248,10 +267,10 @@ class AccelSimTop(wiring.Component):
             with m.If(model.r.valid & model.r.ready):
                 with m.If(beat == lens.r_data):
                     m.d.comb += lens.r_en.eq(1)
-                    m.d.sync += beat.eq(0)
+                    m.d.core += beat.eq(0)
                 with m.Else():
-                    m.d.sync += beat.eq(beat + 1)
-        for name in ("stall", "err_lo", "err_hi", "host_addr", "host_wdata", "host_we"):
-            m.d.comb += getattr(model, name).eq(getattr(self, name))
+                    m.d.core += beat.eq(beat + 1)
+        for name in quasi_static[1:]:
+            m.d.comb += getattr(model, name).eq(q[name])
         m.d.comb += self.host_rdata.eq(model.host_rdata)
         return m
