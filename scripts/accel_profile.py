@@ -28,11 +28,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from accel_model import prepare  # noqa: E402
 from golden.atomic import write_json, write_text  # noqa: E402
 from hwgen.accel.interpreter import write_input  # noqa: E402
-from hwgen.accel.isa import Opcode  # noqa: E402
+from hwgen.accel.isa import GEMM_OPS, Opcode  # noqa: E402
 from hwgen.generate import generator_hash  # noqa: E402
 from sim import accel_run  # noqa: E402
 
-GEMM_OPS = (Opcode.LINEAR, Opcode.MATMUL)
 COLUMNS = ("#", "op", "layer", "shape n", "cycles", "GEMM bound", "ratio")
 NUMERIC = {"#", "cycles", "GEMM bound", "ratio"}
 
@@ -46,12 +45,8 @@ def main() -> int:
     q, program, hw, accel, images = prepare(args.model, args.bits, 1)
     image = bytearray(program.image)
     write_input(image, q.quantize_input(images[:1])[0])
-    cases, wants, instrs = [], [], []
-    for k, ins, before, after in accel_run.trace(bytes(image), hw, accel):
-        img, prog, out = accel_run.snapshot_program(bytes(image), ins, before, program.buffer_peak)
-        cases.append(accel_run.Case(f"{k}", img, prog, [out]))
-        wants.append(after[:program.buffer_peak])
-        instrs.append(ins)
+    found = accel_run.instruction_cases(program, bytes(image), hw, accel)
+    instrs, cases, wants = ([f[i] for f in found] for i in range(3))
     b = accel_run.build(hw, accel)
     results = accel_run.run_cases(b, cases, f"profile_{args.model}_{args.bits}")
     others = [r for ins, r in zip(instrs, results) if ins.op not in (Opcode.LOAD, Opcode.STORE)]
@@ -64,7 +59,7 @@ def main() -> int:
         cycles = r["op_cycles"][int(ins.op)] - snapshot.get(ins.op, 0)
         macs = ins.n[0] * ins.n[1] * ins.n[2] * ins.n[3] if ins.op in GEMM_OPS else 0
         bound = -(-macs // (hw.gemm_rows * hw.gemm_cols))
-        rows.append({"index": k, "op": ins.op.name, "layer": program.instrs[k].note, "n": list(ins.n), "cycles": cycles,
+        rows.append({"index": k, "op": ins.op.name, "layer": cases[k].tag[2], "n": list(ins.n), "cycles": cycles,
                      "gemm_bound": bound or None, "ratio": round(cycles / bound, 2) if bound else None,
                      "equals_interpreter": ok})
     total = sum(r["cycles"] for r in rows)

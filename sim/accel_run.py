@@ -32,7 +32,7 @@ from hwgen.config import HwConfig
 from hwgen.verilog import emit_verilog
 from sim import runner
 
-__all__ = ["build", "run_cases", "Case", "trace", "snapshot_program", "elements", "TOP"]
+__all__ = ["build", "run_cases", "Case", "trace", "snapshot_program", "instruction_cases", "elements", "TOP"]
 
 TOP = "accel_sim"
 ACC_MODULE = "accelerator"      # the accelerator's module in the simulated Verilog (rtl/accelerator.v's)
@@ -179,6 +179,26 @@ def snapshot_program(image: bytes, ins: Instr, before: torch.Tensor, elems: int,
             Instr(Opcode.END)]
     img += encode_program(code)
     return bytes(img), prog, (out, elems * ebytes)
+
+
+def instruction_cases(program, image: bytes, hw: HwConfig, accel: AccelConfig | None = None, keep=None,
+                      **case) -> list[tuple[Instr, Case, torch.Tensor]]:
+    """The instruction cases of ``program`` (a compiled :class:`hwgen.accel.compiler.Program`)
+    run on ``image`` (its memory image with an input written): for every instruction before
+    ``END`` that ``keep(index, instr)`` accepts (all when None), the instruction, its
+    :class:`Case` (named ``index:OPCODE:layer``, tagged ``[index, OPCODE, layer]``: the encoded
+    program has no layer names, the compiled one does) and the interpreter's buffer after it,
+    ``program.buffer_peak`` elements.  ``case``: more :class:`Case` fields."""
+    elems = program.buffer_peak
+    out = []
+    for k, ins, before, after in trace(image, hw, accel):
+        if keep is not None and not keep(k, ins):
+            continue
+        note = program.instrs[k].note
+        img, prog, read = snapshot_program(image, ins, before, elems)
+        out.append((ins, Case(f"{k}:{ins.op.name}:{note}", img, prog, [read], tag=[k, ins.op.name, note], **case),
+                    after[:elems]))
+    return out
 
 
 def elements(raw: bytes, ebytes: int = 2) -> torch.Tensor:

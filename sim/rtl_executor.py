@@ -273,14 +273,9 @@ def first_difference(model: RtlModel, image_q: torch.Tensor, upto: int | None = 
     "first": [address, got, expected]}``, or None when every instruction agrees."""
     image = bytearray(model.program.image)
     write_input(image, image_q)
-    elems = model.program.buffer_peak
-    cases, wants = [], []
-    for k, ins, before, after in accel_run.trace(bytes(image), model.hw, model.accel):
-        if upto is not None and k >= upto:
-            break
-        img, prog, out = accel_run.snapshot_program(bytes(image), ins, before, elems)
-        cases.append(accel_run.Case(f"{k}", img, prog, [out], max_cycles=1 << 34, tag=[k, ins.op.name, ins.note]))
-        wants.append(after[:elems])
+    found = accel_run.instruction_cases(model.program, bytes(image), model.hw, model.accel,
+                                        keep=lambda k, ins: upto is None or k < upto, max_cycles=1 << 34)
+    cases, wants = [c for _, c, _ in found], [w for _, _, w in found]
     results = accel_run.run_cases(model.build, cases, "first_difference")
     for c, want, r in zip(cases, wants, results):
         got = accel_run.elements(r["read"][0])

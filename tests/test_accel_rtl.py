@@ -78,15 +78,16 @@ def test_every_instruction_equals_the_interpreter(sim, hw, programs, digits_imag
     default program does not have."""
     quant, program = programs[bits]
     image = _image_with_input(program, quant, quant.quantize_input(digits_images.images[:1])[0])
-    elems = program.buffer_peak
-    cases, wants, seen = [], [], set()
-    for k, ins, before, after in accel_run.trace(image, hw):
+    seen = set()
+
+    def keep(k, ins):
         if ops is not None and (ins.op not in ops or (bits == "w8a8_plain" and ins.op in seen)):
-            continue
+            return False
         seen.add(ins.op)
-        img, prog, out = accel_run.snapshot_program(image, ins, before, elems)
-        cases.append(accel_run.Case(f"{k}:{ins.op.name}:{ins.note}", img, prog, [out]))
-        wants.append(after[:elems])
+        return True
+
+    found = accel_run.instruction_cases(program, image, hw, keep=keep)
+    cases, wants = [c for _, c, _ in found], [w for _, _, w in found]
     kinds = {Opcode[c.name.split(":")[1]] for c in cases}
     assert kinds == set(ops) if ops else set(Opcode) - {Opcode.END} - set(UNFUSED) <= kinds
     if bits == "w8a8":         # every unit beside the GEMM: after it, and before it on both GEMMs
