@@ -8,8 +8,8 @@ simulator's speed.  Writes reports/accel_<model>_<bits>.{json,md}.
 
 digits runs on the committed configuration (configs/default.json) and the default
 AccelConfig.  deit_tiny_patch16_224 (timm's init, seed 0; a random 224x224 image, 2 random
-calibration images) runs on the capabilities its graph needs (hwgen.capabilities.derive_hw)
-and an AccelConfig sized for it (DEIT_ACCEL: its activations peak at about 460k elements, far
+calibration images) runs on the committed configuration's array and units, widened to what its
+graph needs (hwgen.capabilities.derive_hw), and an AccelConfig sized for it (DEIT_ACCEL: its activations peak at about 460k elements, far
 beyond an ECP5's block RAM: a size for a larger part, or for the simulation).
 """
 
@@ -79,7 +79,8 @@ def prepare(model_name: str, bits: str, n_images: int):
         calib = datasets.random_images(spec, 2, seed=0)
         images = datasets.random_images(spec, 1, seed=1)
         q = quantize_model(model, DEIT, calib, QuantConfig(w_bits=w_bits, calib_images=2, seed=0))
-        hw, accel = derive_hw([q.graph]), DEIT_ACCEL
+        # the synthesized accelerator's array shape and multiplier kind, widths grown to the graph's
+        hw, accel = derive_hw([q.graph], base=GenConfig.load(DEFAULT_CONFIG).hw), DEIT_ACCEL
     return q, compile(q.graph, hw, accel), hw, accel, images
 
 

@@ -253,3 +253,19 @@ def test_only_the_top_ports_are_public_and_a_register_resets_the_design(sim):
     top = top[:top.index("endmodule")]
     assert re.search(r"\.rst\(rst_q\)", top) and not re.search(r"\.\w*rst\(rst\)", top)
 
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 8, 9, 12, 17, 24])
+def test_tile_counts_are_exact_and_take_no_divider(size):
+    """ceil(n / size) of every 16-bit count, as the core's decode builds it (the expression of
+    ``AccelCore._tiles`` evaluated on integers): a shift for a power of two, a product with a
+    reciprocal otherwise (an array of 9 rows holds 17 tokens in 2 blocks)."""
+    import numpy as np
+    from hwgen.accel.core import AccelCore
+    from hwgen.accel.isa import COUNT_BITS
+    n = np.arange(1 << COUNT_BITS, dtype=np.int64)
+    assert np.array_equal(AccelCore._tiles(n, size), -(-n // size))
+    # the committed accelerator has no division operator (yosys builds one as a chain of
+    # subtractors: a path of hundreds of LUTs)
+    text = (REPO / "rtl" / "accelerator.v").read_text()
+    assert not re.search(r"[^/*]\s/\s|\s%\s", text)

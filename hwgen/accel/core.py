@@ -36,6 +36,8 @@ from __future__ import annotations
 import enum
 from types import SimpleNamespace
 
+import numpy as np
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -81,6 +83,18 @@ class Error(enum.IntEnum):
 
 def _lb(nbytes: int) -> int:
     return (nbytes - 1).bit_length()
+
+
+def _reciprocal(size: int) -> tuple[int, int]:
+    """(shift, mult) with ``(x * mult) >> shift == x // size`` for every ``x`` below
+    ``2^COUNT_BITS + size`` (a tile count's numerator), checked here over all of them."""
+    top = (1 << COUNT_BITS) + size
+    shift = top.bit_length() + size.bit_length()
+    mult = -(-(1 << shift) // size)
+    x = np.arange(top, dtype=np.int64)
+    if not np.array_equal((x * mult) >> shift, x // size):
+        raise AssertionError(f"no exact reciprocal of {size} for {COUNT_BITS}-bit counts")
+    return shift, mult
 
 
 class AccelCore(wiring.Component):
@@ -198,8 +212,6 @@ class AccelCore(wiring.Component):
         pre_sm = registered((op == int(Opcode.MATMUL)) & eq_const(ins.post, PRE_UNIT), "pre_sm")
         post_bad = Signal()         # a post value this op does not take
         m.d.comb += post_bad.eq(is_gemm & ins.post.any() & ~post_gelu & ~post_add & ~pre_ln & ~pre_sm)
-        with m.If(is_gemm):
-            self._gemm_walks(m, ins, gens, post_add, pre_ln | pre_sm)
 
         # --- buffer sources: src0, src1 -> small queues of (element, row end, k end, final) ------
         def source(name, port, run):
@@ -255,7 +267,8 @@ class AccelCore(wiring.Component):
             mt_last=Signal(COUNT_BITS, name="dec_mt_last"), nt_last=Signal(COUNT_BITS, name="dec_nt_last"),
             k_last=Signal(COUNT_BITS, name="dec_k_last"), blocks=Signal(32, name="dec_blocks"),
             tiles=Signal(32, name="dec_tiles"), c_base=Signal(EXT_BITS, name="dec_c_base"),
-            c_lb=Signal(3, name="dec_c_lb"), ext_base=Signal(EXT_BITS, name="dec_ext_base"))
+            c_lb=Signal(3, name="dec_c_lb"), ext_base=Signal(EXT_BITS, name="dec_ext_base"),
+            rows_last=Signal(COUNT_BITS, name="dec_rows_last"))
         prog, stride, offset = Signal(EXT_BITS), Signal(EXT_BITS), Signal(EXT_BITS)   # of this start
         # a post unit's constant beats follow the parameter beats, 64-byte aligned (compiler.post_consts)
         p_bytes = dec.nt << _lb(beat_bytes(p_layout(hw)))
@@ -264,9 +277,13 @@ class AccelCore(wiring.Component):
                      dec.mt_last.eq(dec.mt - 1), dec.nt_last.eq(dec.nt - 1), dec.blocks.eq(ins.n0 * dec.mt),
                      dec.c_base.eq(Mux(is_gemm, ins.ext1 + ((p_bytes + 63) & ((1 << EXT_BITS) - 64)), ins.ext0)),
                      dec.tiles.eq(dec.blocks * dec.nt),
+                     # the rows of the last block of R that are the tensor's (the others are padding)
+                     dec.rows_last.eq(ins.n1 - dec.mt_last * hw.gemm_rows),
                      # a LOAD's or STORE's ext0, moved on for image k of a start
                      dec.ext_base.eq(ins.ext0 + Mux((ins.flags & FLAG_PER_IMAGE).any(), offset, 0))]
         decode_wait = Signal(range(DECODE_STAGES + 1))
+        with m.If(is_gemm):        # (after ``dec``: the walks take its tile counts)
+            self._gemm_walks(m, ins, gens, post_add, pre_ln | pre_sm)
 
         # --- the sequencer --------------------------------------------------------------------------
         error = Signal(4)
@@ -552,11 +569,15 @@ class AccelCore(wiring.Component):
                 m.d.sync += jo.eq(jo + 1)
 
     # --- GEMM ------------------------------------------------------------------------------------
-    def _tiles(self, v, size):
-        """ceil(v / size) for a constant size."""
+    @staticmethod
+    def _tiles(v, size):
+        """ceil(v / size) of a ``COUNT_BITS`` count for a constant size: a shift, or (an array
+        whose rows or columns are not a power of two, e.g. 9 rows for 17 tokens) a product with
+        a reciprocal, never a divider (yosys builds ``//`` as a long chain of subtractors)."""
         if size & (size - 1) == 0:
             return (v + size - 1) >> (size.bit_length() - 1)
-        return (v + size - 1) // size
+        shift, mult = _reciprocal(size)
+        return ((v + size - 1) * mult) >> shift
 
     def _gemm_walks(self, m, ins, gens, post_add, pre):
         """A LINEAR/MATMUL instruction's levels are (b, m, n, k); the walks the array needs are
@@ -566,8 +587,8 @@ class AccelCore(wiring.Component):
         the buffer) once per batch (b, nt, k, col) into the W cache; the results by (b, mt, nt, row, col).  Padding rows and columns walk on past the tensors'
         edges (their reads are harmless, their results are dropped)."""
         R, C = self.hw.gemm_rows, self.hw.gemm_cols
-        b, mm, nn, kk = ins.n0, ins.n1, ins.n2, ins.n3
-        mt, nt = self._tiles(mm, R), self._tiles(nn, C)
+        b, kk = ins.n0, ins.n3
+        mt, nt = self.decoded.mt, self.decoded.nt       # (registered: DECODE waits for them)
         def by_tile(p):          # (b, mt, nt, row, col): the order result rows leave the array
             return ((b, mt, nt, R, C), (ins[f"{p}_s0"], ins[f"{p}_s1"] * R, ins[f"{p}_s2"] * C, ins[f"{p}_s1"],
                                         ins[f"{p}_s2"]))
@@ -826,9 +847,10 @@ class AccelCore(wiring.Component):
         res_q, res = register_slice(m, "gemm_out", gemm.o.valid, gemm.o.payload, gemm.o.ready, reset=unit_rst)
         res_valid, res_lanes = res_q.r_rdy, Array(res[j] for j in range(C))
         dst = gens["dst"]
-        row = dst.index[1] * R + dst.index[3]
+        # a padding row: in the last block, past its rows (no product of the block index by R
+        # on the write's enable when R is not a power of two)
         col = dst.index[2] * C + dst.index[4]
-        keep = (row < ins.n1) & (col < ins.n2)
+        keep = ((dst.index[1] != self.decoded.mt_last) | (dst.index[3] < self.decoded.rows_last)) & (col < ins.n2)
         lane = res_lanes[dst.index[4]]
         jc = Signal(range(C), name="post_col")       # the result row's element going to the packer
         with m.If(restart):
