@@ -147,9 +147,10 @@ def test_old_per_layer_format_refused(tmp_path, capsys):
 
 def test_default_config_covers_digits_w8a8_and_w4a8(tmp_path):
     """configs/default.json is what `hwgen config` derives for the digits ViT at W8A8 and W4A8: one
-    set of units for every layer of both."""
+    set of units for every layer of both (the array's 9 rows hold its 17 tokens in 2 blocks)."""
     out = tmp_path / "cfg.json"
-    assert main(["config", "--model", "digits", "--bits", "w8a8,w4a8", "--set", "lanes=4", "--out", str(out)]) == 0
+    assert main(["config", "--model", "digits", "--bits", "w8a8,w4a8", "--set", "lanes=4", "--set", "gemm_rows=9",
+                 "--out", str(out)]) == 0
     assert json.loads(out.read_text())["hw"] == json.loads(DEFAULT_CONFIG.read_text())["hw"]
 
 
