@@ -24,14 +24,15 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from golden.executor import run_graph
 from hwgen.accel.compiler import MAGIC, AccelConfig, compile
-from hwgen.accel.core import Error
+from hwgen.accel.core import AccelCore, Error
 from hwgen.accel.interpreter import batch_image, header, write_input
-from hwgen.accel.isa import POST_ADD, POST_GELU, PRE_UNIT, FLAG_EXT_SIGNED, GEMM_OPS, INSTR_BYTES, Instr, Opcode, Port, encode_program
+from hwgen.accel.isa import COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, FLAG_EXT_SIGNED, GEMM_OPS, INSTR_BYTES, Instr, Opcode, Port, encode_program
 from hwgen.config import HwConfig
 from sim import accel_run, runner
 
@@ -254,18 +255,17 @@ def test_only_the_top_ports_are_public_and_a_register_resets_the_design(sim):
     assert re.search(r"\.rst\(rst_q\)", top) and not re.search(r"\.\w*rst\(rst\)", top)
 
 
-
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 8, 9, 12, 17, 24])
-def test_tile_counts_are_exact_and_take_no_divider(size):
+def test_tile_counts_are_exact_for_any_array_size(size):
     """ceil(n / size) of every 16-bit count, as the core's decode builds it (the expression of
     ``AccelCore._tiles`` evaluated on integers): a shift for a power of two, a product with a
     reciprocal otherwise (an array of 9 rows holds 17 tokens in 2 blocks)."""
-    import numpy as np
-    from hwgen.accel.core import AccelCore
-    from hwgen.accel.isa import COUNT_BITS
     n = np.arange(1 << COUNT_BITS, dtype=np.int64)
     assert np.array_equal(AccelCore._tiles(n, size), -(-n // size))
-    # the committed accelerator has no division operator (yosys builds one as a chain of
-    # subtractors: a path of hundreds of LUTs)
+
+
+def test_the_accelerator_has_no_divider():
+    """yosys builds a division as a chain of subtractors, a path of hundreds of LUTs: the
+    committed accelerator (9 rows, so its tile counts are not shifts) has no ``/`` or ``%``."""
     text = (REPO / "rtl" / "accelerator.v").read_text()
     assert not re.search(r"[^/*]\s/\s|\s%\s", text)
