@@ -182,16 +182,19 @@ def snapshot_program(image: bytes, ins: Instr, before: torch.Tensor, elems: int,
 
 
 def instruction_cases(program, image: bytes, hw: HwConfig, accel: AccelConfig | None = None, keep=None,
-                      **case) -> list[tuple[Instr, Case, torch.Tensor]]:
+                      upto: int | None = None, **case) -> list[tuple[Instr, Case, torch.Tensor]]:
     """The instruction cases of ``program`` (a compiled :class:`hwgen.accel.compiler.Program`)
     run on ``image`` (its memory image with an input written): for every instruction before
     ``END`` that ``keep(index, instr)`` accepts (all when None), the instruction, its
     :class:`Case` (named ``index:OPCODE:layer``, tagged ``[index, OPCODE, layer]``: the encoded
     program has no layer names, the compiled one does) and the interpreter's buffer after it,
-    ``program.buffer_peak`` elements.  ``case``: more :class:`Case` fields."""
+    ``program.buffer_peak`` elements; ``upto``: stop interpreting at that index.  ``case``: more
+    :class:`Case` fields."""
     elems = program.buffer_peak
     out = []
     for k, ins, before, after in trace(image, hw, accel):
+        if upto is not None and k >= upto:
+            break
         if keep is not None and not keep(k, ins):
             continue
         note = program.instrs[k].note

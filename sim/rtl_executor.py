@@ -274,7 +274,7 @@ def first_difference(model: RtlModel, image_q: torch.Tensor, upto: int | None = 
     image = bytearray(model.program.image)
     write_input(image, image_q)
     found = accel_run.instruction_cases(model.program, bytes(image), model.hw, model.accel,
-                                        keep=lambda k, ins: upto is None or k < upto, max_cycles=1 << 34)
+                                        upto=upto, max_cycles=1 << 34)
     cases, wants = [c for _, c, _ in found], [w for _, _, w in found]
     results = accel_run.run_cases(model.build, cases, "first_difference")
     for c, want, r in zip(cases, wants, results):
