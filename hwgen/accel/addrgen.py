@@ -1,6 +1,11 @@
 """The address generator of one buffer port: the five-level loop nest of an instruction
 (:mod:`hwgen.accel.isa`), walked one point per ``next``, with no multiplier.
 
+:class:`AddrWalk` steps the nest; :class:`AddrGen` runs it ahead into a two-entry queue of
+points, so that a consumer's ``next`` (a handshake, combinational from ``valid`` through the
+op's data path) only pops a register and never reaches the walk's adders and priority logic
+(``valid -> next -> start[d]`` was the accelerator's critical path).
+
 The address of nest point ``(i0..i4)`` is ``base + sum(i_d s_d)``.  The generator keeps, per
 level d, the address ``start[d]`` where level d's current iteration began; stepping the
 innermost level that has not reached its last index, d, sets ``start[d..4] = start[d] + s_d``
@@ -9,17 +14,19 @@ innermost level that has not reached its last index, d, sets ``start[d..4] = sta
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from types import SimpleNamespace
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .isa import ADDR_BITS, COUNT_BITS, LEVELS, STRIDE_BITS
 
-__all__ = ["AddrGen"]
+__all__ = ["AddrGen", "AddrWalk"]
 
 
-class AddrGen(wiring.Component):
-    """One port's walk over an instruction's loop nest.
+class AddrWalk(wiring.Component):
+    """One port's walk over an instruction's loop nest, one point per ``next``.
 
     Members
     -------
@@ -103,4 +110,92 @@ class AddrGen(wiring.Component):
                     m.d.sync += [i[d].eq(i[d] + 1), start[d].eq(nxt), last[d].eq(i[d] == nm2[d])]
                     for e in range(d + 1, LEVELS):
                         m.d.sync += [i[e].eq(0), start[e].eq(nxt), last[e].eq(one[e])]
+        return m
+
+
+class AddrGen(wiring.Component):
+    """An :class:`AddrWalk` run ahead into a two-entry queue of points: the walk steps whenever
+    the queue is not full (a register), the consumer pops the queue's head.
+
+    A queue of two keeps one point a cycle: in the steady state one entry is held, and the
+    walk refills it in the cycle it is popped.  The first point is presented two cycles after
+    ``load`` (one more than the bare walk); ``busy`` says the walk has points left.
+
+    Members
+    -------
+    load, n, base, strides : In
+        As :class:`AddrWalk`'s (``load`` also empties the queue).
+    next : In(1)
+        Pop the head (ignored unless ``valid``).
+    valid : Out(1)
+        The head is a point of the walk.
+    addr, last, final, index : Out
+        The head's, as :class:`AddrWalk`'s.
+    busy : Out(1)
+        Points are left (in the queue or still to walk): the op's walk has not ended.
+
+    Parameters
+    ----------
+    with_index : bool
+        Queue the points' indices too (``index`` stays 0 otherwise: a walk whose consumer
+        needs only addresses and level ends saves 2 x 80 flip-flops).
+    """
+
+    def __init__(self, with_index: bool = True):
+        self.with_index = with_index
+        super().__init__({
+            "load": In(1),
+            "n": In(unsigned(COUNT_BITS)).array(LEVELS),
+            "base": In(unsigned(ADDR_BITS)),
+            "strides": In(signed(STRIDE_BITS)).array(LEVELS),
+            "next": In(1),
+            "valid": Out(1),
+            "addr": Out(signed(ADDR_BITS + 2)),
+            "last": Out(1).array(LEVELS),
+            "final": Out(1),
+            "index": Out(unsigned(COUNT_BITS)).array(LEVELS),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.walk = walk = AddrWalk()
+        m.d.comb += [walk.load.eq(self.load), walk.base.eq(self.base)]
+        for d in range(LEVELS):
+            m.d.comb += [walk.n[d].eq(self.n[d]), walk.strides[d].eq(self.strides[d])]
+
+        def point(prefix):
+            return SimpleNamespace(addr=Signal(signed(ADDR_BITS + 2), name=f"{prefix}_addr"),
+                                   last=[Signal(name=f"{prefix}_last{d}") for d in range(LEVELS)],
+                                   final=Signal(name=f"{prefix}_final"),
+                                   index=[Signal(unsigned(COUNT_BITS), name=f"{prefix}_i{d}") for d in range(LEVELS)])
+
+        def fields(p):
+            return [p.addr, *p.last, p.final, *(p.index if self.with_index else [])]
+
+        head, second = point("head"), point("second")
+        walked = SimpleNamespace(addr=walk.addr, last=list(walk.last), final=walk.final, index=list(walk.index))
+        # the queue's fill as flags (no comparator between them and the walk's step)
+        has1, has2 = Signal(), Signal()     # at least one entry; two entries
+        push = Signal()
+        pop = Signal()
+        m.d.comb += [push.eq(walk.valid & ~has2), walk.next.eq(push), pop.eq(self.next & has1),
+                     self.valid.eq(has1), self.busy.eq(has1 | walk.valid),
+                     self.addr.eq(head.addr), self.final.eq(head.final)]
+        for d in range(LEVELS):
+            m.d.comb += [self.last[d].eq(head.last[d]), self.index[d].eq(head.index[d])]
+
+        # The head loads whenever it is popped or empty (from the second entry if that is full,
+        # else from the walk), the second entry whenever it is empty: the consumer's ``next``
+        # reaches one enable, not the queue's case analysis.  A load into an entry that stays
+        # empty is harmless (the flags say which entries hold points).
+        with m.If(self.next | ~has1):
+            m.d.sync += [a.eq(Mux(has2, b, c)) for a, b, c in zip(fields(head), fields(second), fields(walked))]
+        with m.If(~has2):
+            m.d.sync += [a.eq(b) for a, b in zip(fields(second), fields(walked))]
+        with m.If(self.load):
+            m.d.sync += [has1.eq(0), has2.eq(0)]
+        with m.Else():
+            # entries after this cycle: has1 + has2 + push - pop
+            m.d.sync += [has1.eq(has2 | push | (has1 & ~pop)), has2.eq(Mux(pop, 0, has2 | (has1 & push)))]
         return m

@@ -173,7 +173,7 @@ class AccelCore(wiring.Component):
 
         gens = {}
         for name in ("dst", "src0", "src1"):
-            gens[name] = m.submodules[f"gen_{name}"] = AddrGen()
+            gens[name] = m.submodules[f"gen_{name}"] = AddrGen(with_index=name == "dst")
         unit_rst = Signal()
         units = {"gemm": self.gemm, "softmax": self.softmax, "layernorm": self.layernorm, "add": self.add,
                  **{f"gelu{k}": g for k, g in enumerate(self.gelus)}}
@@ -237,8 +237,12 @@ class AccelCore(wiring.Component):
         sink_valid, sink_data = Signal(), Signal(ab)
         dst = gens["dst"]
         sink_ready = dst.valid
-        m.d.comb += [wr.addr.eq(dst.addr), wr.data.eq(sink_data), wr.en.eq(sink_valid & dst.valid),
-                     dst.next.eq(sink_valid & dst.valid)]
+        m.d.comb += [wr.addr.eq(dst.addr), wr.data.eq(sink_data)]
+        # dst's step and the write enable are set once, below the sequencer (``dst_step``), from
+        # one-hot flags of the op's sink: a flat OR, not a chain of the ops' selects
+        dst_step = Signal(name="dst_step")
+        dst_keep = Signal(init=1, name="dst_keep")       # a GEMM's padding rows and columns: 0
+        gemm_res_valid = Signal(name="gemm_res_valid")   # a result row of the array at the sink
 
         # --- faults that need no state: addresses outside the buffer -------------------------------
         def outside(g):
@@ -298,10 +302,26 @@ class AccelCore(wiring.Component):
         fault = Signal(4)        # a fault seen this cycle (0: none)
         addr_fault = Signal()    # a buffer address outside the buffer in the previous cycle of STREAM
         m.d.sync += addr_fault.eq(0)         # (STREAM sets it below)
+        # The op's end and its faults are registered: the state's transitions then start at
+        # flip-flops, not at every op's handshakes (one more cycle an instruction).  The end is
+        # final (the walk, the external requests and the writes are over), and a fault seen in
+        # the cycle before stops the op instead.
+        op_done = Signal(name="op_done")
+        fault_q = Signal(4, name="fault_q")
         # one-hot flags of the state, registers set with it (:func:`goto`): the wide data paths
         # below are enabled by a flip-flop, not by a decode of ``seq_state``
         streaming = Signal(name="in_stream")    # in STREAM: the data paths below run
         gemm_active = Signal(name="gemm_active")   # in STREAM, a LINEAR or MATMUL
+        # in STREAM, where dst's elements come from (one flag at most): src0 (a move), the reader
+        # (LOAD), src0 into external memory (STORE), the Softmax or LayerNorm op, the add or a
+        # GELU (through the packer), the array's result rows (a GEMM without a post unit)
+        sink_from = {k: Signal(name=f"sink_from_{k}") for k in ("move", "load", "store", "softmax", "layernorm",
+                                                                 "add", *[f"gelu{k}" for k in range(len(self.gelus))],
+                                                                 "gemm")}
+        a_from = {k: Signal(name=f"a_from_{k}") for k in ("softmax", "layernorm", "src0")}
+        q0_to_pack = Signal(name="q0_to_pack")    # in STREAM, a GELU or ADD op: src0 into the packer
+        res_to_pack = Signal(name="res_to_pack")  # in STREAM, a GEMM with a post unit: results into it
+        a_in_take = Signal(name="a_in_take")      # a GEMM's operand A element taken (_gemm_feed)
         pack_active = Signal(name="pack_active")   # in STREAM, the GELU / add packer in use
         in_decode = Signal(name="in_decode")
         in_op = Signal(name="in_op")            # in CONST or STREAM: the op's cycles count
@@ -337,6 +357,12 @@ class AccelCore(wiring.Component):
         d_stream = registered(~post_bad & ~with_const & plain_stream, "d_stream")
         state = Signal(_State, name="seq_state")
         uses_packer = is_op[Opcode.GELU] | is_op[Opcode.ADD] | post_gelu | post_add
+        # in STREAM, a GEMM's operand A from: the Softmax, the LayerNorm (a pre unit), or src0
+        a_cond = {"softmax": is_gemm & pre_sm, "layernorm": is_gemm & pre_ln, "src0": is_gemm & ~pre_sm & ~pre_ln}
+        sink_cond = {"move": is_move, "load": is_op[Opcode.LOAD], "store": is_op[Opcode.STORE],
+                     "softmax": is_op[Opcode.SOFTMAX], "layernorm": is_op[Opcode.LAYERNORM],
+                     "add": uses_packer & add_sel, **{f"gelu{k}": uses_packer & sel for k, sel in enumerate(gelu_sel)},
+                     "gemm": is_gemm & ~post_gelu & ~post_add}
 
         def goto(to):
             # (the op selects are stable from DECODE to the op's end: ``ins`` changes in FETCH)
@@ -344,6 +370,12 @@ class AccelCore(wiring.Component):
                          in_op.eq(to in (_State.CONST, _State.STREAM)),
                          gemm_active.eq(is_gemm if to == _State.STREAM else 0),
                          pack_active.eq(uses_packer if to == _State.STREAM else 0)]
+            for k, cond in sink_cond.items():
+                m.d.sync += sink_from[k].eq(cond if to == _State.STREAM else 0)
+            for k, cond in a_cond.items():
+                m.d.sync += a_from[k].eq(cond if to == _State.STREAM else 0)
+            m.d.sync += [q0_to_pack.eq(is_op[Opcode.GELU] | is_op[Opcode.ADD] if to == _State.STREAM else 0),
+                         res_to_pack.eq(is_gemm & (post_gelu | post_add) if to == _State.STREAM else 0)]
 
         def stop(code):
             m.d.sync += error.eq(code)
@@ -421,7 +453,7 @@ class AccelCore(wiring.Component):
                     stop(Error.BUSY)
 
             with m.Case(_State.STREAM):         # elements from src0 (src1, external memory) to dst
-                with m.If(~dst.valid & ~ext_req.valid & writer.idle & ~fault.any() & ~addr_fault):
+                with m.If(op_done & ~fault_q.any() & ~addr_fault):
                     m.d.sync += pc.eq(pc + INSTR_BYTES)
                     goto(_State.FETCH)
                 # (a GEMM's padding rows and columns may read beyond a tensor: their results are
@@ -432,8 +464,8 @@ class AccelCore(wiring.Component):
                                           | (outside(dst) & ~is_op[Opcode.STORE] & ~is_gemm))
                 with m.If(addr_fault):
                     stop(Error.ADDRESS)
-                with m.If(fault.any()):
-                    stop(fault)
+                with m.If(fault_q.any()):
+                    stop(fault_q)
 
                 with m.If(self.start):      # a start while busy stops the run
                     stop(Error.BUSY)
@@ -453,11 +485,18 @@ class AccelCore(wiring.Component):
         elems = SimpleNamespace(valid=Signal(name="elem_valid"), data=Signal(ab, name="elem_data"),
                                 final=Signal(name="elem_final"), take=Signal(name="elem_take"))
         self.packer = packer = SimpleNamespace(full=Signal(name="pack_full"), j=Signal(range(lanes + 1), name="pack_j"),
-                                               jo=Signal(range(lanes + 1), name="pack_jo"))
+                                               jo=Signal(range(lanes + 1), name="pack_jo"),
+                                               a=Array(Signal(ab, name=f"pack_a{k}") for k in range(lanes)),
+                                               b=Array(Signal(ab, name=f"pack_b{k}") for k in range(lanes)))
+        # the packer's beat goes to every unit it may feed, ungated (their valid selects): a gate
+        # on the data was a LUT level in front of the units' first stages
+        for u in (self.add, *self.gelus):
+            ins_ = (u.a.payload, u.b.payload) if u is self.add else (u.i.payload,)
+            for port, regs in zip(ins_, (packer.a, packer.b)):
+                m.d.comb += [port[k].eq(regs[k]) for k in range(lanes)]
         with m.If(streaming):
             with m.If(is_move):
-                m.d.comb += [run0.eq(1), sink_valid.eq(q0.r_rdy), sink_data.eq(s0_data),
-                             q0.r_en.eq(q0.r_rdy & sink_ready)]
+                m.d.comb += [run0.eq(1), sink_valid.eq(q0.r_rdy), sink_data.eq(s0_data)]
             with m.Elif(is_op[Opcode.LOAD]):         # src0 walks the external index
                 src = gens["src0"]
                 advance = ~ext_req.valid | reader.req.ready
@@ -478,8 +517,7 @@ class AccelCore(wiring.Component):
                 advance = ~ext_req.valid | writer.req.ready
                 handshake = q0.r_rdy & dst.valid & advance
                 m.d.comb += [run0.eq(1), writer.req.valid.eq(ext_req.valid), writer.req.payload.addr.eq(ext_req.addr),
-                             writer.req.payload.data.eq(ext_req.data), writer.req.payload.lb.eq(ins.esize),
-                             q0.r_en.eq(handshake), dst.next.eq(handshake)]
+                             writer.req.payload.data.eq(ext_req.data), writer.req.payload.lb.eq(ins.esize)]
                 with m.If(advance):
                     m.d.sync += [ext_req.valid.eq(handshake), ext_req.addr.eq(dec.ext_base + (dst.addr << ins.esize)),
                                  ext_req.data.eq(s0_data)]
@@ -488,21 +526,47 @@ class AccelCore(wiring.Component):
             with m.Elif(is_op[Opcode.SOFTMAX] | is_op[Opcode.LAYERNORM]):
                 for sel, unit in ((is_op[Opcode.SOFTMAX], self.softmax), (is_op[Opcode.LAYERNORM], self.layernorm)):
                     with m.If(sel):
-                        valid, data, ready = self._src0_into(m, unit, q0)
-                        m.d.comb += [run0.eq(1), sink_valid.eq(valid), sink_data.eq(data), ready.eq(sink_ready)]
+                        valid, data, _ = self._unit_out(unit)
+                        m.d.comb += [run0.eq(1), sink_valid.eq(valid), sink_data.eq(data)]
             with m.Else():                           # GELU, ADD: src0's elements into the packer
-                m.d.comb += [run0.eq(1), elems.valid.eq(q0.r_rdy), elems.data.eq(s0_data),
-                             elems.final.eq(s0_final), q0.r_en.eq(elems.take)]
+                m.d.comb += [run0.eq(1), elems.data.eq(s0_data),
+                             elems.final.eq(s0_final)]
         with m.If(pack_active):
-            self._lanes(m, add_sel, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst)
+            self._lanes(m, add_sel, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst,
+                        sink_from)
+        # the packer's elements: src0's (a GELU or ADD op) or the array's results (a post unit),
+        # from one-hot flags of STREAM
+        m.d.comb += elems.valid.eq((q0_to_pack & q0.r_rdy) | (res_to_pack & gemm_res_valid))
         with m.If(unit_rst):
             m.d.sync += [packer.full.eq(0), packer.j.eq(0), packer.jo.eq(0)]
         # the sequencer's signals that the GEMM's feed shares with the ops above
         seq = SimpleNamespace(ins=ins, is_linear=is_op[Opcode.LINEAR], reader=reader, gens=gens, q0=q0, q1=q1,
                               run0=run0, run1=run1, wr=wr, active=gemm_active, restart=in_decode,
                               post=post_gelu | post_add, elems=elems, sink_valid=sink_valid, pre_ln=pre_ln,
-                              pre_sm=pre_sm, unit_rst=unit_rst)
+                              pre_sm=pre_sm, unit_rst=unit_rst, dst_step=dst_step, dst_keep=dst_keep,
+                              gemm_res_valid=gemm_res_valid, a_from=a_from, a_in_take=a_in_take,
+                              sink_from=sink_from, res_to_pack=res_to_pack)
         self._gemm_feed(m, seq)
+
+        m.d.sync += [op_done.eq(streaming & ~dst.busy & ~ext_req.valid & writer.idle), fault_q.eq(fault)]
+
+        # --- dst's step: the sink's element is there and dst has its address -------------------------
+        store_advance = ~ext_req.valid | writer.req.ready
+        sink_has = {"move": q0.r_rdy, "load": reader.beat.valid, "store": q0.r_rdy & store_advance,
+                    "softmax": self.softmax.o.valid, "layernorm": self.layernorm.o.valid, "add": self.add.o.valid,
+                    **{f"gelu{k}": g.o.valid for k, g in enumerate(self.gelus)}, "gemm": gemm_res_valid}
+        m.d.comb += [dst_step.eq(dst.valid & Cat(*[sink_from[k] & v for k, v in sink_has.items()]).any()),
+                     dst.next.eq(dst_step), wr.en.eq(dst_step & ~sink_from["store"] & dst_keep)]
+        self._src0_into(m, q0, sink_from, a_from)
+        # the Softmax's and LayerNorm's outputs go to dst (their own op) or to operand A (a pre unit)
+        for name, unit in (("softmax", self.softmax), ("layernorm", self.layernorm)):
+            m.d.comb += unit.o.ready.eq((sink_from[name] & dst.valid) | (a_from[name] & a_in_take))
+        # q0's pop: one OR of its consumers (one flag of each is set in STREAM)
+        q0_pop = [sink_from["move"] & dst.valid, sink_from["store"] & dst.valid & store_advance,
+                  *[(sink_from[name] | a_from[name]) & unit.i.ready
+                    for name, unit in (("softmax", self.softmax), ("layernorm", self.layernorm))],
+                  q0_to_pack & elems.take, a_from["src0"] & a_in_take]
+        m.d.comb += q0.r_en.eq(q0.r_rdy & Cat(*q0_pop).any())
         with m.If(streaming & writer.err):
             m.d.comb += fault.eq(Error.WRITE)
         m.d.comb += writer.clear.eq(self.start & ~busy)
@@ -513,27 +577,27 @@ class AccelCore(wiring.Component):
         data = unit.o.payload.data if unit is self.softmax else unit.o.payload
         return unit.o.valid, data, unit.o.ready
 
-    def _src0_into(self, m, unit, q0):
+    def _src0_into(self, m, q0, sink_from, a_from):
         """src0's elements (``q0``'s entries: element, row end, ...) into the Softmax (with their
-        row ends) or the LayerNorm, for the op of its own or on the way into the GEMM; returns
-        the unit's output (:meth:`_unit_out`)."""
+        row ends) and the LayerNorm, ungated; each unit's valid from the one-hot flags of its
+        op of its own (``sink_from``) or of a GEMM it feeds (``a_from``)."""
         ab = self.accel.act_elem_bits
-        if unit is self.softmax:
-            m.d.comb += [unit.i.payload.data.eq(q0.r_data[:ab]), unit.i.payload.last.eq(q0.r_data[ab])]
-        else:
-            m.d.comb += unit.i.payload.eq(q0.r_data[:ab])
-        m.d.comb += [unit.i.valid.eq(q0.r_rdy), q0.r_en.eq(q0.r_rdy & unit.i.ready)]
-        return self._unit_out(unit)
+        sm, ln = self.softmax, self.layernorm
+        m.d.comb += [sm.i.payload.data.eq(q0.r_data[:ab]), sm.i.payload.last.eq(q0.r_data[ab]),
+                     ln.i.payload.eq(q0.r_data[:ab])]
+        for name, unit in (("softmax", sm), ("layernorm", ln)):
+            m.d.comb += unit.i.valid.eq((sink_from[name] | a_from[name]) & q0.r_rdy)
 
-    def _lanes(self, m, two, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst):
+    def _lanes(self, m, two, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst, sink_from):
         """The GELU and add units take ``lanes`` elements a beat: pack ``elems`` (and, for the
         add, src1's elements) into a beat (a short last beat padded), unpack the results into
         dst (the padding's results dropped when the dst walk ends)."""
         ab, lanes = self.accel.act_elem_bits, self.hw.lanes
         full, j, jo = self.packer.full, self.packer.j, self.packer.jo
-        a = Array(Signal(ab, name=f"pack_a{k}") for k in range(lanes))
-        b = Array(Signal(ab, name=f"pack_b{k}") for k in range(lanes))
-        in_ready = Signal()
+        a, b = self.packer.a, self.packer.b
+        in_ready = Signal()      # the selected unit takes the beat (one-hot flags: a flat OR)
+        m.d.comb += in_ready.eq((sink_from["add"] & self.add.a.ready & self.add.b.ready)
+                                | Cat(*[sink_from[f"gelu{k}"] & g.i.ready for k, g in enumerate(self.gelus)]).any())
         # a beat is refilled in the cycle the unit takes the previous one
         take = (~full | in_ready) & elems.valid & (q1.r_rdy | ~two)
         m.d.comb += [elems.take.eq(take), run1.eq(two), q1.r_en.eq(take & two)]
@@ -554,12 +618,9 @@ class AccelCore(wiring.Component):
                 m.d.comb += [out_valid.eq(o.valid), o.ready.eq(out_ready)]
                 m.d.comb += [out_lanes[k].eq(o.payload[k]) for k in range(lanes)]
                 if u is self.add:
-                    m.d.comb += [u.a.valid.eq(full), u.b.valid.eq(full), in_ready.eq(u.a.ready & u.b.ready)]
-                    m.d.comb += [u.a.payload[k].eq(a[k]) for k in range(lanes)]
-                    m.d.comb += [u.b.payload[k].eq(b[k]) for k in range(lanes)]
+                    m.d.comb += [u.a.valid.eq(full), u.b.valid.eq(full)]
                 else:
-                    m.d.comb += [u.i.valid.eq(full), in_ready.eq(u.i.ready)]
-                    m.d.comb += [u.i.payload[k].eq(a[k]) for k in range(lanes)]
+                    m.d.comb += u.i.valid.eq(full)
         m.d.comb += [sink_valid.eq(out_valid), sink_data.eq(out_lanes[jo])]
         with m.If(out_valid & sink_ready):
             with m.If(eq_const(jo, lanes - 1) | dst.final):
@@ -732,14 +793,18 @@ class AccelCore(wiring.Component):
                          fnt.eq(0), feed_blocks.eq(dec.blocks), a_valid.eq(0)]
         # operand A's elements: src0's, or (a pre unit) the unit's output, a buffer element wide
         pre = pre_ln | pre_sm
-        a_in, a_in_valid, a_in_take = Signal(ab, name="a_in"), Signal(name="a_in_valid"), Signal(name="a_in_take")
+        a_in, a_in_valid, a_in_take = Signal(ab, name="a_in"), Signal(name="a_in_valid"), seq.a_in_take
         sm, ln = self.softmax, self.layernorm
         for sel, unit in ((pre_sm, sm), (pre_ln, ln)):
             with m.If(sel):
-                valid, data, _ = self._unit_out(unit)
-                m.d.comb += [a_in.eq(data), a_in_valid.eq(valid)]
+                _, data, _ = self._unit_out(unit)
+                m.d.comb += a_in.eq(data)
         with m.If(~pre):
-            m.d.comb += [a_in.eq(q0.r_data[:ab]), a_in_valid.eq(q0.r_rdy)]
+            m.d.comb += a_in.eq(q0.r_data[:ab])
+        # (one-hot flags of STREAM: a flat OR rather than the selects' priority chain)
+        a_from = seq.a_from
+        m.d.comb += a_in_valid.eq((a_from["softmax"] & sm.o.valid) | (a_from["layernorm"] & ln.o.valid)
+                                  | (a_from["src0"] & q0.r_rdy))
         with m.Switch(ins.a_bits):        # the element wrapped to the op's a_bits (signed or not)
             for nb in range(2, hw.a_bits + 1):
                 with m.Case(nb):
@@ -748,13 +813,6 @@ class AccelCore(wiring.Component):
         with m.If(active):
             load = a_in_valid & ~filled[lh]
             m.d.comb += [run0.eq(1), a_in_take.eq(load)]
-            with m.If(pre):               # src0 -> the unit -> the loader
-                for sel, unit in ((pre_sm, sm), (pre_ln, ln)):
-                    with m.If(sel):
-                        _, _, ready = self._src0_into(m, unit, q0)
-                        m.d.comb += ready.eq(a_in_take)
-            with m.Else():                # src0 -> the loader
-                m.d.comb += q0.r_en.eq(a_in_take)
             for i, (wp, _) in enumerate(lane_mems):
                 m.d.comb += [wp.addr.eq(lh * kmax + lk), wp.data.eq(elem), wp.en.eq(load & eq_const(li, i))]
             with m.If(load & pre):        # row by row: a row's K elements, then the next row
@@ -855,15 +913,18 @@ class AccelCore(wiring.Component):
         jc = Signal(range(C), name="post_col")       # the result row's element going to the packer
         with m.If(restart):
             m.d.sync += jc.eq(0)
+        m.d.comb += seq.gemm_res_valid.eq(res_valid)
+        # a result row leaves when its last element is written (no post unit) or taken by the
+        # packer (one-hot flags of STREAM: a flat OR)
+        m.d.comb += res_q.r_en.eq((seq.sink_from["gemm"] & seq.dst_step & dst.last[LEVELS - 1])
+                                  | (seq.res_to_pack & elems.take & eq_const(jc, C - 1)))
+        with m.If(active):
+            m.d.comb += seq.dst_keep.eq(keep)
         with m.If(active & ~post):
-            step = res_valid & dst.valid
-            m.d.comb += [wr.addr.eq(dst.addr), wr.data.eq(lane), wr.en.eq(step & keep), dst.next.eq(step),
-                         res_q.r_en.eq(step & dst.last[LEVELS - 1])]
+            m.d.comb += wr.data.eq(lane)
         with m.If(active & post):
             # every element of every row, padding too, goes through the unit (the packer's beats
             # stay whole); the dst walk drops the padding's results as they come out
-            m.d.comb += [elems.valid.eq(res_valid), elems.data.eq(res_lanes[jc]),
-                         res_q.r_en.eq(elems.take & eq_const(jc, C - 1)),
-                         wr.en.eq(sink_valid & dst.valid & keep)]
+            m.d.comb += elems.data.eq(res_lanes[jc])
             with m.If(elems.take):
                 m.d.sync += jc.eq(Mux(eq_const(jc, C - 1), 0, jc + 1))

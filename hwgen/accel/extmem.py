@@ -94,11 +94,12 @@ class ExtReader(wiring.Component):
         def words(lb):      # words of a beat of 2^lb bytes
             return Mux(lb > wlb, Const(1, cnt_bits + 1) << (lb - wlb)[:3], 1)
 
-        # the shape of every beat in flight, in order: byte offset in its word, word count.  Its
+        # the shape of every beat in flight, in order: byte offset in its word, word count - 1,
+        # one word (the beat's last word is then its first: a flag, no compare).  Its
         # head is a register (``SyncFIFOBuffered``): the words' ready, the beat slice's write
         # and the assembly mux all start from it (from an unregistered head they were the
         # critical path); a shape is written long before its words come back
-        m.submodules.shapes = shapes = SyncFIFOBuffered(width=max(1, wlb) + cnt_bits + 1, depth=self.depth)
+        m.submodules.shapes = shapes = SyncFIFOBuffered(width=max(1, wlb) + cnt_bits + 2, depth=self.depth)
 
         # --- issue: one burst a beat, from a register slice (the caller's address arithmetic
         #     ends at its flip-flops) -----------------------------------------------------------
@@ -108,15 +109,21 @@ class ExtReader(wiring.Component):
         m.d.comb += [self.ar.valid.eq(req_q.r_rdy & shapes.w_rdy),
                      self.ar.payload.addr.eq(req.addr >> wlb), self.ar.payload.len.eq(n - 1),
                      req_q.r_en.eq(issue), shapes.w_en.eq(issue),
-                     shapes.w_data.eq(Cat(req.addr[:max(1, wlb)], n[:cnt_bits + 1]))]
+                     shapes.w_data.eq(Cat(req.addr[:max(1, wlb)], (n - 1)[:cnt_bits + 1], req.lb <= wlb))]
 
         # --- assemble: words into beats -----------------------------------------------------
         off = shapes.r_data[:max(1, wlb)]
-        nwords = shapes.r_data[max(1, wlb):]
+        words_m1 = shapes.r_data[max(1, wlb):max(1, wlb) + cnt_bits + 1]
+        one_word = shapes.r_data[-1]
         j = Signal(cnt_bits + 1)
+        # "the next word ends the beat", a register: at a beat's first word (j = 0) the shape's
+        # flag says it, after that ``ends`` (set from j and the count while the words arrive), so
+        # that no comparator sits in the ready / write-enable path of the 512-bit beat slice
+        first = Signal(init=1)
+        ends = Signal()
         acc = [Signal(wb, name=f"acc{k}") for k in range(slots)]
         err = Signal()
-        last_word = j == nwords - 1
+        last_word = Mux(first, one_word, ends)
         # the assembled beat goes into a register slice, whose storage only the words write: the
         # consumer's ready moves the slice's level and read pointer, never the clock enables of
         # a 512-bit register (that ready chain was the critical path)
@@ -125,19 +132,22 @@ class ExtReader(wiring.Component):
         out_q, out = register_slice(m, "beat", assembled, beat, None)       # r.ready checks its room
         m.d.comb += [self.beat.valid.eq(out_q.r_rdy), self.beat.payload.eq(out), out_q.r_en.eq(self.beat.ready),
                      self.r.ready.eq(shapes.r_rdy & (~last_word | out_q.w_rdy))]
+        # the beat's data, ungated (the slice stores it only when ``assembled``); a beat that ends
+        # at its first word (j = 0) is a one-word beat: that select comes from j, not from the
+        # shape's flag, which then fans out to the handshake alone
+        single = (self.r.payload.data >> (off << 3))[:wb]
+        whole = Cat(*[Mux(eq_const(j, k), self.r.payload.data, acc[k]) for k in range(slots)])
+        m.d.comb += [beat.data.eq(Mux(j.any(), whole, single)), beat.err.eq(err | self.r.payload.err)]
         with m.If(self.r.valid & self.r.ready):
             with m.If(last_word):
-                m.d.comb += shapes.r_en.eq(1)
-                single = (self.r.payload.data >> (off << 3))[:wb]
-                whole = Cat(*[Mux(eq_const(j, k), self.r.payload.data, acc[k]) for k in range(slots)])
-                m.d.comb += [assembled.eq(1), beat.data.eq(Mux(nwords == 1, single, whole)),
-                             beat.err.eq(err | self.r.payload.err)]
-                m.d.sync += [j.eq(0), err.eq(0)]
+                m.d.comb += [shapes.r_en.eq(1), assembled.eq(1)]
+                m.d.sync += [j.eq(0), err.eq(0), first.eq(1)]
             with m.Else():
                 for k in range(slots):
                     with m.If(eq_const(j, k)):
                         m.d.sync += acc[k].eq(self.r.payload.data)
-                m.d.sync += [j.eq(j + 1), err.eq(err | self.r.payload.err)]
+                m.d.sync += [j.eq(j + 1), err.eq(err | self.r.payload.err), first.eq(0),
+                             ends.eq(j + 1 == words_m1)]
         m.d.comb += self.idle.eq(~req_q.r_rdy & ~shapes.r_rdy & ~out_q.r_rdy)
         return m
 
