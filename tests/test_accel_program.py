@@ -206,6 +206,12 @@ def test_weight_buffer_and_missing_unit_are_refused(hw, digits_w8a8):
     assert "GELU variant 'iptq' has no unit" in _one_line(exc)
 
 
+def test_unknown_gemm_multiplier_is_refused():
+    with pytest.raises(UserError) as exc:
+        AccelConfig(gemm_mult="dsp48")
+    assert _one_line(exc) == "accel config: gemm_mult = 'dsp48' is not accepted; accepted lut, dsp"
+
+
 def test_foreign_image_is_refused():
     with pytest.raises(UserError) as exc:
         header(bytearray(struct.pack("<16I", *range(16))))

@@ -150,7 +150,7 @@ def test_default_config_covers_digits_w8a8_and_w4a8(tmp_path):
     set of units for every layer of both (the array's 9 rows hold its 17 tokens in 2 blocks)."""
     out = tmp_path / "cfg.json"
     assert main(["config", "--model", "digits", "--bits", "w8a8,w4a8", "--set", "lanes=4", "--set", "gemm_rows=9",
-                 "--set", "gemm_mult=dsp", "--out", str(out)]) == 0
+                 "--out", str(out)]) == 0
     assert json.loads(out.read_text())["hw"] == json.loads(DEFAULT_CONFIG.read_text())["hw"]
 
 

@@ -65,7 +65,7 @@ from golden.gelu import GELU_VARIANTS
 from golden.graph import tensor_shapes
 
 from ..capabilities import check_fits, const_beats, unit_key
-from ..config import HwConfig
+from ..config import GEMM_MULTIPLIERS, HwConfig
 from ..requant import requant_param_fields
 from .isa import (POST_ADD, POST_GELU, POST_NONE, PRE_UNIT, beat_bytes, ADDR_BITS, STRIDE_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, Instr, Opcode, Port,
                   encode_program, pack_beats)
@@ -107,6 +107,14 @@ class AccelConfig:
         ``hw.gelu_variant``.
     ext_word_bytes : int
         Width of the external memory (AXI) data bus in bytes: 4..64, a power of two.
+    gemm_mult : str
+        The multipliers of the accelerator's GEMM array: ``"dsp"`` (default: ``*``, DSP blocks)
+        or ``"lut"`` (carry-save LUT trees, :class:`hwgen.gemm.Gemm`).  The standalone GEMM unit
+        of ``rtl/gemm.v`` follows ``HwConfig.gemm_mult`` (LUT: it closes at 160 MHz alone).  In
+        the accelerator the clock is set by the control logic (about 70 MHz), so the LUT trees
+        would buy nothing and cost a third of its LUT4 (9 x 8: 36k against 12k for the array)
+        and a third of its simulation time; the DSP array takes 88 of the LFE5U-85F's 156
+        MULT18 and closes at 69 to 110 MHz alone (seeds 3 / 2 / 1, ``reports/hw.json``).
     """
 
     act_buffer_elems: int = 16384
@@ -115,6 +123,7 @@ class AccelConfig:
     w_cache_elems: int = 256
     gelu_variants: tuple[str, ...] | None = None
     ext_word_bytes: int = 8
+    gemm_mult: str = "dsp"
 
     def __post_init__(self):
         if not 1 <= self.act_buffer_elems <= 1 << ADDR_BITS:
@@ -133,6 +142,9 @@ class AccelConfig:
         if self.ext_word_bytes not in (4, 8, 16, 32, 64):
             raise UserError(f"accel config: ext_word_bytes = {self.ext_word_bytes} is not accepted; "
                             f"accepted 4, 8, 16, 32, 64")
+        if self.gemm_mult not in GEMM_MULTIPLIERS:
+            raise UserError(f"accel config: gemm_mult = {self.gemm_mult!r} is not accepted; "
+                            f"accepted {', '.join(GEMM_MULTIPLIERS)}")
         if self.gelu_variants is not None and not 1 <= len(self.gelu_variants) <= 4:
             raise UserError(f"accel config: {len(self.gelu_variants)} GELU units; accepted 1..4 (2-bit unit field)")
 

@@ -137,7 +137,8 @@ class AccelCore(wiring.Component):
         # one GEMM for every operand format: signed lanes one bit wider than a_bits hold the
         # unsigned Softmax probabilities too (the compiler checks the accumulator bound)
         self.gemm = Gemm(hw.gemm_rows, hw.gemm_cols, a_bits=hw.a_bits + 1, w_bits=hw.w_bits, acc_bits=hw.acc_bits,
-                         mult_bits=hw.mult_bits, a_signed=True, e_bits=hw.gemm_e_bits, mult=hw.gemm_mult)
+                         mult_bits=hw.mult_bits, a_signed=True, e_bits=hw.gemm_e_bits,
+                         mult=self.accel.gemm_mult)
         super().__init__({
             "start": In(1),
             "prog": In(EXT_BITS),
