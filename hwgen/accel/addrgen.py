@@ -25,6 +25,22 @@ from .isa import ADDR_BITS, COUNT_BITS, LEVELS, STRIDE_BITS
 __all__ = ["AddrGen", "AddrWalk"]
 
 
+def _walk_members() -> dict:
+    """The members a walk and its queued form share (see :class:`AddrWalk`)."""
+    return {
+        "load": In(1),
+        "n": In(unsigned(COUNT_BITS)).array(LEVELS),
+        "base": In(unsigned(ADDR_BITS)),
+        "strides": In(signed(STRIDE_BITS)).array(LEVELS),
+        "next": In(1),
+        "valid": Out(1),
+        "addr": Out(signed(ADDR_BITS + 2)),
+        "last": Out(1).array(LEVELS),
+        "final": Out(1),
+        "index": Out(unsigned(COUNT_BITS)).array(LEVELS),
+    }
+
+
 class AddrWalk(wiring.Component):
     """One port's walk over an instruction's loop nest, one point per ``next``.
 
@@ -52,18 +68,7 @@ class AddrWalk(wiring.Component):
     """
 
     def __init__(self):
-        super().__init__({
-            "load": In(1),
-            "n": In(unsigned(COUNT_BITS)).array(LEVELS),
-            "base": In(unsigned(ADDR_BITS)),
-            "strides": In(signed(STRIDE_BITS)).array(LEVELS),
-            "next": In(1),
-            "valid": Out(1),
-            "addr": Out(signed(ADDR_BITS + 2)),
-            "last": Out(1).array(LEVELS),
-            "final": Out(1),
-            "index": Out(unsigned(COUNT_BITS)).array(LEVELS),
-        })
+        super().__init__(_walk_members())
 
     def elaborate(self, platform):
         m = Module()
@@ -143,19 +148,7 @@ class AddrGen(wiring.Component):
 
     def __init__(self, with_index: bool = True):
         self.with_index = with_index
-        super().__init__({
-            "load": In(1),
-            "n": In(unsigned(COUNT_BITS)).array(LEVELS),
-            "base": In(unsigned(ADDR_BITS)),
-            "strides": In(signed(STRIDE_BITS)).array(LEVELS),
-            "next": In(1),
-            "valid": Out(1),
-            "addr": Out(signed(ADDR_BITS + 2)),
-            "last": Out(1).array(LEVELS),
-            "final": Out(1),
-            "index": Out(unsigned(COUNT_BITS)).array(LEVELS),
-            "busy": Out(1),
-        })
+        super().__init__({**_walk_members(), "busy": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
