@@ -51,7 +51,7 @@ accuracy: $(STAMP)
 	$(BIN)/hwgen accuracy --backend rtl --model digits --bits w4a8 --report reports/accuracy_rtl_w4a8.json
 
 # The real-size check: one deit_tiny_patch16_224 image (random weights) on the simulated
-# accelerator, all 1000 logits against golden (about 10 minutes on 2 cores).
+# accelerator, all 1000 logits against golden (about 4 minutes on 2 cores).
 rtl-deit: $(STAMP)
 	$(BIN)/python scripts/accel_model.py --model deit_tiny_patch16_224
 
