@@ -1258,52 +1258,52 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$10 ;
   wire \$100 ;
   wire \$1000 ;
-  wire [32:0] \$1001 ;
+  wire \$1001 ;
   wire \$1002 ;
   wire \$1003 ;
   wire \$1004 ;
   wire \$1005 ;
-  wire [16:0] \$1006 ;
-  wire [16:0] \$1007 ;
+  wire \$1006 ;
+  wire [3:0] \$1007 ;
   wire \$1008 ;
   wire \$1009 ;
   wire \$101 ;
   wire \$1010 ;
-  wire \$1011 ;
-  reg \$1012 ;
+  wire [3:0] \$1011 ;
+  wire [14:0] \$1012 ;
   wire \$1013 ;
   wire \$1014 ;
   wire \$1015 ;
   wire \$1016 ;
-  reg \$1017 ;
+  wire \$1017 ;
   wire \$1018 ;
   wire \$1019 ;
   wire \$102 ;
   wire \$1020 ;
   wire \$1021 ;
   wire \$1022 ;
-  wire [4:0] \$1023 ;
-  wire [16:0] \$1024 ;
+  wire \$1023 ;
+  wire \$1024 ;
   wire \$1025 ;
   wire [16:0] \$1026 ;
-  wire \$1027 ;
+  wire [16:0] \$1027 ;
   wire \$1028 ;
-  wire [4:0] \$1029 ;
-  wire [31:0] \$103 ;
+  wire [32:0] \$1029 ;
+  wire \$103 ;
   wire \$1030 ;
-  reg \$1031 ;
+  wire \$1031 ;
   wire \$1032 ;
-  wire \$1033 ;
+  wire [32:0] \$1033 ;
   wire \$1034 ;
   wire \$1035 ;
   wire \$1036 ;
   wire \$1037 ;
   wire \$1038 ;
-  reg \$1039 ;
-  wire [2:0] \$104 ;
-  wire \$1040 ;
+  wire [16:0] \$1039 ;
+  wire \$104 ;
+  wire [16:0] \$1040 ;
   wire \$1041 ;
-  wire \$1042 ;
+  wire [32:0] \$1042 ;
   wire \$1043 ;
   wire \$1044 ;
   wire \$1045 ;
@@ -1314,449 +1314,526 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$105 ;
   wire \$1050 ;
   wire \$1051 ;
-  wire [32:0] \$1052 ;
+  wire \$1052 ;
   wire [16:0] \$1053 ;
   wire [16:0] \$1054 ;
-  reg \$1055 ;
+  wire \$1055 ;
   wire \$1056 ;
   wire \$1057 ;
   wire \$1058 ;
   wire \$1059 ;
   wire \$106 ;
   wire \$1060 ;
-  wire [16:0] \$1061 ;
-  wire [10:0] \$1062 ;
+  wire \$1061 ;
+  wire \$1062 ;
   wire \$1063 ;
-  wire [16:0] \$1064 ;
+  wire \$1064 ;
   wire \$1065 ;
-  wire \$1066 ;
-  wire [4:0] \$1067 ;
-  reg \$1068 ;
+  reg \$1066 ;
+  wire \$1067 ;
+  wire \$1068 ;
   wire \$1069 ;
   wire \$107 ;
   wire \$1070 ;
-  wire \$1071 ;
+  reg \$1071 ;
   wire \$1072 ;
   wire \$1073 ;
   wire \$1074 ;
   wire \$1075 ;
-  reg \$1076 ;
+  wire \$1076 ;
   wire \$1077 ;
-  wire \$1078 ;
-  wire \$1079 ;
+  wire [4:0] \$1078 ;
+  wire [16:0] \$1079 ;
   wire \$108 ;
-  wire \$1080 ;
+  wire [16:0] \$1080 ;
   wire \$1081 ;
   wire \$1082 ;
-  wire \$1083 ;
-  wire \$1084 ;
+  wire [16:0] \$1083 ;
+  wire [16:0] \$1084 ;
   wire \$1085 ;
   wire \$1086 ;
   wire \$1087 ;
   wire \$1088 ;
-  wire \$1089 ;
+  wire [4:0] \$1089 ;
   wire \$109 ;
   wire \$1090 ;
-  wire [16:0] \$1091 ;
-  wire [32:0] \$1092 ;
+  reg \$1091 ;
+  wire \$1092 ;
   wire \$1093 ;
   wire \$1094 ;
   wire \$1095 ;
-  wire [3:0] \$1096 ;
-  wire [3:0] \$1097 ;
+  wire \$1096 ;
+  wire \$1097 ;
   wire \$1098 ;
-  wire \$1099 ;
+  reg \$1099 ;
   wire [3:0] \$11 ;
   wire \$110 ;
   wire \$1100 ;
   wire \$1101 ;
   wire \$1102 ;
-  reg \$1103 ;
-  reg \$1104 ;
-  reg \$1105 ;
-  reg \$1106 ;
-  reg \$1107 ;
-  reg \$1108 ;
-  reg \$1109 ;
+  wire \$1103 ;
+  wire \$1104 ;
+  wire \$1105 ;
+  wire \$1106 ;
+  wire \$1107 ;
+  wire \$1108 ;
+  wire \$1109 ;
   wire \$111 ;
-  reg \$1110 ;
-  reg \$1111 ;
-  reg \$1112 ;
-  reg \$1113 ;
-  reg \$1114 ;
-  reg \$1115 ;
-  reg \$1116 ;
-  reg \$1117 ;
-  reg [15:0] \$1118 ;
-  reg \$1119 ;
+  wire \$1110 ;
+  wire \$1111 ;
+  wire [32:0] \$1112 ;
+  wire \$1113 ;
+  wire [16:0] \$1114 ;
+  wire [16:0] \$1115 ;
+  wire \$1116 ;
+  wire [16:0] \$1117 ;
+  wire [16:0] \$1118 ;
+  wire \$1119 ;
   wire \$112 ;
   reg \$1120 ;
-  reg \$1121 ;
-  reg \$1122 ;
-  reg \$1123 ;
-  reg \$1124 ;
-  reg [2:0] \$1125 ;
-  reg \$1126 ;
-  reg [2:0] \$1127 ;
-  reg \$1128 ;
-  reg \$1129 ;
+  wire \$1121 ;
+  wire \$1122 ;
+  wire \$1123 ;
+  wire \$1124 ;
+  wire \$1125 ;
+  wire [16:0] \$1126 ;
+  wire [10:0] \$1127 ;
+  wire \$1128 ;
+  wire [16:0] \$1129 ;
   wire \$113 ;
-  reg \$1130 ;
-  reg [15:0] \$1131 ;
-  reg [15:0] \$1132 ;
-  reg [15:0] \$1133 ;
-  reg [2:0] \$1134 ;
-  reg [15:0] \$1135 ;
-  reg [15:0] \$1136 ;
-  reg [31:0] \$1137 ;
-  reg [31:0] \$1138 ;
-  reg [31:0] \$1139 ;
-  wire \$114 ;
-  reg [15:0] \$1140 ;
-  reg [31:0] \$1141 ;
-  reg \$1142 ;
-  reg \$1143 ;
-  reg [47:0] \$1144 ;
-  reg [47:0] \$1145 ;
-  reg [47:0] \$1146 ;
-  reg [47:0] \$1147 ;
-  reg [47:0] \$1148 ;
-  reg [47:0] \$1149 ;
+  wire \$1130 ;
+  wire \$1131 ;
+  wire [4:0] \$1132 ;
+  reg \$1133 ;
+  wire \$1134 ;
+  wire \$1135 ;
+  wire \$1136 ;
+  wire \$1137 ;
+  wire \$1138 ;
+  wire \$1139 ;
+  wire [3:0] \$114 ;
+  wire \$1140 ;
+  reg \$1141 ;
+  wire \$1142 ;
+  wire \$1143 ;
+  wire \$1144 ;
+  wire \$1145 ;
+  wire \$1146 ;
+  wire \$1147 ;
+  wire \$1148 ;
+  wire \$1149 ;
   wire \$115 ;
-  reg [47:0] \$1150 ;
-  reg [47:0] \$1151 ;
-  reg [47:0] \$1152 ;
-  reg [47:0] \$1153 ;
-  reg [47:0] \$1154 ;
-  reg [47:0] \$1155 ;
-  reg [47:0] \$1156 ;
-  reg [47:0] \$1157 ;
-  reg [47:0] \$1158 ;
-  reg [47:0] \$1159 ;
-  wire [3:0] \$116 ;
-  reg [47:0] \$1160 ;
-  reg \$1161 ;
-  reg \$1162 ;
-  reg \$1163 ;
-  reg \$1164 ;
+  wire \$1150 ;
+  wire \$1151 ;
+  wire \$1152 ;
+  wire [16:0] \$1153 ;
+  wire [32:0] \$1154 ;
+  wire \$1155 ;
+  wire \$1156 ;
+  wire \$1157 ;
+  wire [3:0] \$1158 ;
+  wire [3:0] \$1159 ;
+  wire [2:0] \$116 ;
+  wire \$1160 ;
+  wire \$1161 ;
+  wire \$1162 ;
+  wire \$1163 ;
+  wire \$1164 ;
   reg \$1165 ;
-  reg [31:0] \$1166 ;
+  reg \$1166 ;
   reg \$1167 ;
   reg \$1168 ;
-  reg [3:0] \$1169 ;
-  wire \$117 ;
+  reg \$1169 ;
+  wire [3:0] \$117 ;
   reg \$1170 ;
-  reg [31:0] \$1171 ;
-  reg [31:0] \$1172 ;
-  reg [15:0] \$1173 ;
-  reg [31:0] \$1174 ;
-  reg [2:0] \$1175 ;
+  reg \$1171 ;
+  reg \$1172 ;
+  reg \$1173 ;
+  reg \$1174 ;
+  reg \$1175 ;
   reg \$1176 ;
   reg \$1177 ;
   reg \$1178 ;
   reg \$1179 ;
-  wire [2:0] \$118 ;
+  wire \$118 ;
   reg \$1180 ;
-  reg \$1181 ;
+  reg [15:0] \$1181 ;
   reg \$1182 ;
   reg \$1183 ;
   reg \$1184 ;
   reg \$1185 ;
   reg \$1186 ;
   reg \$1187 ;
-  reg \$1188 ;
+  reg [2:0] \$1188 ;
   reg \$1189 ;
   wire [3:0] \$119 ;
-  reg \$1190 ;
+  reg [2:0] \$1190 ;
   reg \$1191 ;
   reg \$1192 ;
   reg \$1193 ;
-  reg [511:0] \$1194 ;
-  reg [1:0] \$1195 ;
-  reg [31:0] \$1196 ;
-  reg [7:0] \$1197 ;
+  reg [15:0] \$1194 ;
+  reg [15:0] \$1195 ;
+  reg [15:0] \$1196 ;
+  reg [2:0] \$1197 ;
   reg [15:0] \$1198 ;
   reg [15:0] \$1199 ;
   wire \$12 ;
-  wire \$120 ;
+  wire [3:0] \$120 ;
   reg [31:0] \$1200 ;
-  reg [15:0] \$1201 ;
-  reg \$1202 ;
+  reg [31:0] \$1201 ;
+  reg [31:0] \$1202 ;
   reg [15:0] \$1203 ;
-  reg [15:0] \$1204 ;
-  reg [15:0] \$1205 ;
-  reg [15:0] \$1206 ;
-  reg [15:0] \$1207 ;
-  reg [15:0] \$1208 ;
-  reg [15:0] \$1209 ;
-  wire [3:0] \$121 ;
-  reg [15:0] \$1210 ;
-  reg [2:0] \$1211 ;
-  reg [2:0] \$1212 ;
-  reg [31:0] \$1213 ;
-  reg [15:0] \$1214 ;
-  reg [15:0] \$1215 ;
-  reg [31:0] \$1216 ;
-  reg [31:0] \$1217 ;
-  reg \$1218 ;
-  reg [7:0] \$1219 ;
-  wire [3:0] \$122 ;
-  reg \$1220 ;
-  reg \$1221 ;
-  reg \$1222 ;
-  reg [15:0] \$1223 ;
+  reg [31:0] \$1204 ;
+  reg \$1205 ;
+  reg \$1206 ;
+  reg [47:0] \$1207 ;
+  reg [47:0] \$1208 ;
+  reg [47:0] \$1209 ;
+  wire \$121 ;
+  reg [47:0] \$1210 ;
+  reg [47:0] \$1211 ;
+  reg [47:0] \$1212 ;
+  reg [47:0] \$1213 ;
+  reg [47:0] \$1214 ;
+  reg [47:0] \$1215 ;
+  reg [47:0] \$1216 ;
+  reg [47:0] \$1217 ;
+  reg [47:0] \$1218 ;
+  reg [47:0] \$1219 ;
+  wire [4:0] \$122 ;
+  reg [47:0] \$1220 ;
+  reg [47:0] \$1221 ;
+  reg [47:0] \$1222 ;
+  reg [47:0] \$1223 ;
   reg \$1224 ;
   reg \$1225 ;
-  reg [7:0] \$1226 ;
-  reg [7:0] \$1227 ;
-  reg [7:0] \$1228 ;
-  reg [7:0] \$1229 ;
-  wire \$123 ;
-  reg [7:0] \$1230 ;
-  reg [7:0] \$1231 ;
-  reg [7:0] \$1232 ;
-  reg [7:0] \$1233 ;
-  reg \$1234 ;
-  reg \$1235 ;
-  reg \$1236 ;
-  reg [3:0] \$1237 ;
-  reg [15:0] \$1238 ;
+  reg \$1226 ;
+  reg \$1227 ;
+  reg \$1228 ;
+  reg [31:0] \$1229 ;
+  wire [3:0] \$123 ;
+  reg \$1230 ;
+  reg \$1231 ;
+  reg [3:0] \$1232 ;
+  reg \$1233 ;
+  reg [31:0] \$1234 ;
+  reg [31:0] \$1235 ;
+  reg [15:0] \$1236 ;
+  reg [31:0] \$1237 ;
+  reg [2:0] \$1238 ;
   reg \$1239 ;
-  wire [4:0] \$124 ;
-  reg [15:0] \$1240 ;
-  reg [15:0] \$1241 ;
-  reg [31:0] \$1242 ;
+  wire \$124 ;
+  reg \$1240 ;
+  reg \$1241 ;
+  reg \$1242 ;
   reg \$1243 ;
   reg \$1244 ;
-  reg [3:0] \$1245 ;
-  reg [15:0] \$1246 ;
-  reg [9:0] \$1247 ;
-  reg [15:0] \$1248 ;
+  reg \$1245 ;
+  reg \$1246 ;
+  reg \$1247 ;
+  reg \$1248 ;
   reg \$1249 ;
-  wire [3:0] \$125 ;
+  wire [5:0] \$125 ;
   reg \$1250 ;
   reg \$1251 ;
-  reg [31:0] \$1252 ;
-  reg [15:0] \$1253 ;
+  reg \$1252 ;
+  reg \$1253 ;
   reg \$1254 ;
-  reg [2:0] \$1255 ;
+  reg \$1255 ;
   reg \$1256 ;
-  reg [3:0] \$1257 ;
-  wire \$126 ;
-  wire [5:0] \$127 ;
-  wire [3:0] \$128 ;
-  wire \$129 ;
+  reg \$1257 ;
+  reg \$1258 ;
+  reg \$1259 ;
+  wire [3:0] \$126 ;
+  reg \$1260 ;
+  reg \$1261 ;
+  reg \$1262 ;
+  reg \$1263 ;
+  reg \$1264 ;
+  reg \$1265 ;
+  reg [511:0] \$1266 ;
+  reg [1:0] \$1267 ;
+  reg [31:0] \$1268 ;
+  reg [7:0] \$1269 ;
+  wire \$127 ;
+  reg [15:0] \$1270 ;
+  reg [15:0] \$1271 ;
+  reg \$1272 ;
+  reg [31:0] \$1273 ;
+  reg [15:0] \$1274 ;
+  reg \$1275 ;
+  reg [15:0] \$1276 ;
+  reg [15:0] \$1277 ;
+  reg [15:0] \$1278 ;
+  reg [15:0] \$1279 ;
+  wire [6:0] \$128 ;
+  reg [15:0] \$1280 ;
+  reg [15:0] \$1281 ;
+  reg [15:0] \$1282 ;
+  reg [15:0] \$1283 ;
+  reg [2:0] \$1284 ;
+  reg [2:0] \$1285 ;
+  reg [31:0] \$1286 ;
+  reg [15:0] \$1287 ;
+  reg [15:0] \$1288 ;
+  reg [31:0] \$1289 ;
+  wire [3:0] \$129 ;
+  reg [31:0] \$1290 ;
+  reg \$1291 ;
+  reg [7:0] \$1292 ;
+  reg \$1293 ;
+  reg \$1294 ;
+  reg \$1295 ;
+  reg [15:0] \$1296 ;
+  reg \$1297 ;
+  reg \$1298 ;
+  reg [7:0] \$1299 ;
   wire \$13 ;
-  wire [6:0] \$130 ;
-  wire [3:0] \$131 ;
-  wire \$132 ;
-  wire [7:0] \$133 ;
-  wire [3:0] \$134 ;
-  wire \$135 ;
-  wire [8:0] \$136 ;
-  reg \$137 ;
-  wire \$138 ;
-  wire \$139 ;
+  wire \$130 ;
+  reg [7:0] \$1300 ;
+  reg [7:0] \$1301 ;
+  reg [7:0] \$1302 ;
+  reg [7:0] \$1303 ;
+  reg [7:0] \$1304 ;
+  reg [7:0] \$1305 ;
+  reg [7:0] \$1306 ;
+  reg \$1307 ;
+  reg \$1308 ;
+  reg \$1309 ;
+  wire [7:0] \$131 ;
+  reg [3:0] \$1310 ;
+  reg [15:0] \$1311 ;
+  reg \$1312 ;
+  reg [15:0] \$1313 ;
+  reg [15:0] \$1314 ;
+  reg [31:0] \$1315 ;
+  reg \$1316 ;
+  reg \$1317 ;
+  reg \$1318 ;
+  reg \$1319 ;
+  wire [3:0] \$132 ;
+  reg \$1320 ;
+  reg \$1321 ;
+  reg [3:0] \$1322 ;
+  reg [15:0] \$1323 ;
+  reg [9:0] \$1324 ;
+  reg [15:0] \$1325 ;
+  reg \$1326 ;
+  reg \$1327 ;
+  reg \$1328 ;
+  reg [31:0] \$1329 ;
+  wire \$133 ;
+  reg [15:0] \$1330 ;
+  reg \$1331 ;
+  reg [2:0] \$1332 ;
+  reg \$1333 ;
+  reg [3:0] \$1334 ;
+  wire [8:0] \$134 ;
+  reg \$135 ;
+  wire \$136 ;
+  wire \$137 ;
+  wire [9:0] \$138 ;
+  wire [16:0] \$139 ;
   wire [3:0] \$14 ;
-  wire [9:0] \$140 ;
-  wire [16:0] \$141 ;
-  reg \$142 ;
+  reg \$140 ;
+  wire \$141 ;
+  wire \$142 ;
   wire \$143 ;
   wire \$144 ;
   wire \$145 ;
-  wire \$146 ;
-  wire \$147 ;
-  wire [9:0] \$148 ;
-  wire [16:0] \$149 ;
+  wire [9:0] \$146 ;
+  wire [16:0] \$147 ;
+  reg \$148 ;
+  wire \$149 ;
   wire \$15 ;
-  reg \$150 ;
+  wire \$150 ;
   wire \$151 ;
   wire \$152 ;
-  wire \$153 ;
-  wire \$154 ;
-  wire [9:0] \$155 ;
-  wire [16:0] \$156 ;
-  reg \$157 ;
+  wire [9:0] \$153 ;
+  wire [16:0] \$154 ;
+  reg \$155 ;
+  wire \$156 ;
+  wire \$157 ;
   wire \$158 ;
   wire \$159 ;
   wire \$16 ;
-  wire \$160 ;
-  wire \$161 ;
-  wire [9:0] \$162 ;
-  wire [16:0] \$163 ;
-  reg \$164 ;
+  wire [9:0] \$160 ;
+  wire [16:0] \$161 ;
+  reg \$162 ;
+  wire \$163 ;
+  wire \$164 ;
   wire \$165 ;
   wire \$166 ;
-  wire \$167 ;
-  wire \$168 ;
-  wire [9:0] \$169 ;
+  wire [9:0] \$167 ;
+  wire [16:0] \$168 ;
+  reg \$169 ;
   wire \$17 ;
-  wire [16:0] \$170 ;
-  reg \$171 ;
+  wire \$170 ;
+  wire \$171 ;
   wire \$172 ;
   wire \$173 ;
-  wire \$174 ;
-  wire \$175 ;
-  wire [9:0] \$176 ;
-  wire [16:0] \$177 ;
-  reg \$178 ;
+  wire [9:0] \$174 ;
+  wire [16:0] \$175 ;
+  reg \$176 ;
+  wire \$177 ;
+  wire \$178 ;
   wire \$179 ;
   wire \$18 ;
   wire \$180 ;
-  wire \$181 ;
-  wire \$182 ;
-  wire [9:0] \$183 ;
-  wire [16:0] \$184 ;
-  reg \$185 ;
+  wire [9:0] \$181 ;
+  wire [16:0] \$182 ;
+  reg \$183 ;
+  wire \$184 ;
+  wire \$185 ;
   wire \$186 ;
   wire \$187 ;
-  wire \$188 ;
-  wire \$189 ;
+  wire [9:0] \$188 ;
+  wire [16:0] \$189 ;
   wire \$19 ;
-  wire [9:0] \$190 ;
-  wire [16:0] \$191 ;
-  reg \$192 ;
+  reg \$190 ;
+  wire \$191 ;
+  wire \$192 ;
   wire \$193 ;
   wire \$194 ;
-  wire \$195 ;
-  wire \$196 ;
-  wire [9:0] \$197 ;
-  wire [16:0] \$198 ;
-  reg \$199 ;
+  wire [9:0] \$195 ;
+  wire [16:0] \$196 ;
+  reg \$197 ;
+  wire \$198 ;
+  wire \$199 ;
   wire \$2 ;
   wire \$20 ;
   wire \$200 ;
   wire \$201 ;
-  wire \$202 ;
-  wire \$203 ;
-  wire [9:0] \$204 ;
-  wire [16:0] \$205 ;
-  reg \$206 ;
+  wire [9:0] \$202 ;
+  wire [16:0] \$203 ;
+  reg \$204 ;
+  wire \$205 ;
+  wire \$206 ;
   wire \$207 ;
   wire \$208 ;
   wire \$209 ;
   wire [15:0] \$21 ;
   wire \$210 ;
   wire \$211 ;
-  wire \$212 ;
+  reg \$212 ;
   wire \$213 ;
-  reg \$214 ;
+  wire \$214 ;
   wire \$215 ;
   wire \$216 ;
   wire \$217 ;
   wire \$218 ;
   wire \$219 ;
   wire \$22 ;
-  wire \$220 ;
-  wire \$221 ;
-  wire \$222 ;
-  wire [9:0] \$223 ;
-  wire [16:0] \$224 ;
-  reg \$225 ;
+  wire [9:0] \$220 ;
+  wire [16:0] \$221 ;
+  reg \$222 ;
+  wire \$223 ;
+  wire \$224 ;
+  wire \$225 ;
   wire \$226 ;
   wire \$227 ;
   wire \$228 ;
   wire \$229 ;
   wire [17:0] \$23 ;
-  wire \$230 ;
+  reg \$230 ;
   wire \$231 ;
   wire \$232 ;
-  reg \$233 ;
+  wire \$233 ;
   wire \$234 ;
   wire \$235 ;
   wire \$236 ;
   wire \$237 ;
-  wire \$238 ;
-  wire \$239 ;
+  wire [9:0] \$238 ;
+  wire [16:0] \$239 ;
   wire \$24 ;
-  wire \$240 ;
+  reg \$240 ;
   wire \$241 ;
-  wire [9:0] \$242 ;
-  wire [16:0] \$243 ;
-  reg \$244 ;
+  wire \$242 ;
+  wire \$243 ;
+  wire \$244 ;
   wire \$245 ;
   wire \$246 ;
   wire \$247 ;
-  wire \$248 ;
+  reg \$248 ;
   wire \$249 ;
   wire [15:0] \$25 ;
   wire \$250 ;
   wire \$251 ;
-  reg \$252 ;
+  wire \$252 ;
   wire \$253 ;
   wire \$254 ;
   wire \$255 ;
-  wire \$256 ;
-  wire \$257 ;
-  wire \$258 ;
+  wire [9:0] \$256 ;
+  wire [16:0] \$257 ;
+  reg \$258 ;
   wire \$259 ;
   wire \$26 ;
   wire \$260 ;
-  wire [9:0] \$261 ;
-  wire [16:0] \$262 ;
-  reg \$263 ;
+  wire \$261 ;
+  wire \$262 ;
+  wire \$263 ;
   wire \$264 ;
   wire \$265 ;
-  wire \$266 ;
+  reg \$266 ;
   wire \$267 ;
   wire \$268 ;
   wire \$269 ;
   wire [21:0] \$27 ;
   wire \$270 ;
-  reg \$271 ;
+  wire \$271 ;
   wire \$272 ;
   wire \$273 ;
-  wire \$274 ;
-  wire \$275 ;
-  wire \$276 ;
+  wire [9:0] \$274 ;
+  wire [16:0] \$275 ;
+  reg \$276 ;
   wire \$277 ;
   wire \$278 ;
   wire \$279 ;
   wire [21:0] \$28 ;
-  wire [9:0] \$280 ;
-  wire [16:0] \$281 ;
-  reg \$282 ;
+  wire \$280 ;
+  wire \$281 ;
+  wire \$282 ;
   wire \$283 ;
-  wire \$284 ;
+  reg \$284 ;
   wire \$285 ;
   wire \$286 ;
   wire \$287 ;
   wire \$288 ;
   wire \$289 ;
   wire \$29 ;
-  reg \$290 ;
+  wire \$290 ;
   wire \$291 ;
-  wire \$292 ;
-  wire \$293 ;
-  wire \$294 ;
+  wire [9:0] \$292 ;
+  wire [16:0] \$293 ;
+  reg \$294 ;
   wire \$295 ;
   wire \$296 ;
   wire \$297 ;
   wire \$298 ;
-  wire [9:0] \$299 ;
+  wire \$299 ;
   wire \$3 ;
   wire [15:0] \$30 ;
-  wire [16:0] \$300 ;
-  reg \$301 ;
-  wire \$302 ;
+  wire \$300 ;
+  wire \$301 ;
+  reg \$302 ;
   wire \$303 ;
   wire \$304 ;
   wire \$305 ;
   wire \$306 ;
   wire \$307 ;
   wire \$308 ;
-  reg \$309 ;
+  wire \$309 ;
   wire \$31 ;
-  wire \$310 ;
-  wire \$311 ;
-  wire \$312 ;
+  wire [9:0] \$310 ;
+  wire [16:0] \$311 ;
+  reg \$312 ;
   wire \$313 ;
   wire \$314 ;
   wire \$315 ;
   wire \$316 ;
   wire \$317 ;
-  wire [9:0] \$318 ;
-  wire [16:0] \$319 ;
+  wire \$318 ;
+  wire \$319 ;
   wire [21:0] \$32 ;
   reg \$320 ;
   wire \$321 ;
@@ -1766,19 +1843,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$325 ;
   wire \$326 ;
   wire \$327 ;
-  reg \$328 ;
-  wire \$329 ;
+  wire [9:0] \$328 ;
+  wire [16:0] \$329 ;
   wire [21:0] \$33 ;
-  wire \$330 ;
+  reg \$330 ;
   wire \$331 ;
   wire \$332 ;
   wire \$333 ;
   wire \$334 ;
   wire \$335 ;
   wire \$336 ;
-  wire [9:0] \$337 ;
-  wire [16:0] \$338 ;
-  reg \$339 ;
+  wire \$337 ;
+  reg \$338 ;
+  wire \$339 ;
   wire \$34 ;
   wire \$340 ;
   wire \$341 ;
@@ -1786,9 +1863,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$343 ;
   wire \$344 ;
   wire \$345 ;
-  wire \$346 ;
-  reg \$347 ;
-  wire \$348 ;
+  wire [9:0] \$346 ;
+  wire [16:0] \$347 ;
+  reg \$348 ;
   wire \$349 ;
   wire [3:0] \$35 ;
   wire \$350 ;
@@ -1797,9 +1874,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$353 ;
   wire \$354 ;
   wire \$355 ;
-  wire [9:0] \$356 ;
-  wire [16:0] \$357 ;
-  reg \$358 ;
+  reg \$356 ;
+  wire \$357 ;
+  wire \$358 ;
   wire \$359 ;
   wire \$36 ;
   wire \$360 ;
@@ -1807,98 +1884,98 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$362 ;
   wire \$363 ;
   wire \$364 ;
-  wire \$365 ;
-  reg \$366 ;
+  reg \$365 ;
+  wire \$366 ;
   wire \$367 ;
   wire \$368 ;
   wire \$369 ;
   wire [17:0] \$37 ;
-  wire \$370 ;
-  wire \$371 ;
-  wire \$372 ;
+  wire [9:0] \$370 ;
+  wire [10:0] \$371 ;
+  reg \$372 ;
   wire \$373 ;
   wire \$374 ;
   wire \$375 ;
-  reg \$376 ;
+  wire \$376 ;
   wire \$377 ;
   wire \$378 ;
   wire \$379 ;
   wire \$38 ;
-  wire \$380 ;
-  wire [9:0] \$381 ;
-  wire [10:0] \$382 ;
-  reg \$383 ;
+  wire [9:0] \$380 ;
+  wire [10:0] \$381 ;
+  reg \$382 ;
+  wire \$383 ;
   wire \$384 ;
   wire \$385 ;
   wire \$386 ;
   wire \$387 ;
   wire \$388 ;
-  wire \$389 ;
+  wire [9:0] \$389 ;
   wire [15:0] \$39 ;
-  wire \$390 ;
-  wire [9:0] \$391 ;
-  wire [10:0] \$392 ;
-  reg \$393 ;
+  wire [10:0] \$390 ;
+  reg \$391 ;
+  wire \$392 ;
+  wire \$393 ;
   wire \$394 ;
   wire \$395 ;
   wire \$396 ;
   wire \$397 ;
-  wire \$398 ;
-  wire \$399 ;
+  wire [9:0] \$398 ;
+  wire [10:0] \$399 ;
   wire \$4 ;
   wire \$40 ;
-  wire [9:0] \$400 ;
-  wire [10:0] \$401 ;
-  reg \$402 ;
+  reg \$400 ;
+  wire \$401 ;
+  wire \$402 ;
   wire \$403 ;
   wire \$404 ;
   wire \$405 ;
   wire \$406 ;
-  wire \$407 ;
-  wire \$408 ;
-  wire [9:0] \$409 ;
+  wire [9:0] \$407 ;
+  wire [10:0] \$408 ;
+  reg \$409 ;
   wire [17:0] \$41 ;
-  wire [10:0] \$410 ;
-  reg \$411 ;
+  wire \$410 ;
+  wire \$411 ;
   wire \$412 ;
   wire \$413 ;
   wire \$414 ;
   wire \$415 ;
-  wire \$416 ;
-  wire \$417 ;
-  wire [9:0] \$418 ;
-  wire [10:0] \$419 ;
+  wire [9:0] \$416 ;
+  wire [10:0] \$417 ;
+  reg \$418 ;
+  wire \$419 ;
   wire [15:0] \$42 ;
-  reg \$420 ;
+  wire \$420 ;
   wire \$421 ;
   wire \$422 ;
   wire \$423 ;
   wire \$424 ;
-  wire \$425 ;
-  wire \$426 ;
-  wire [9:0] \$427 ;
-  wire [10:0] \$428 ;
-  reg \$429 ;
+  wire [9:0] \$425 ;
+  wire [10:0] \$426 ;
+  reg \$427 ;
+  wire \$428 ;
+  wire \$429 ;
   wire [17:0] \$43 ;
   wire \$430 ;
   wire \$431 ;
   wire \$432 ;
   wire \$433 ;
-  wire \$434 ;
-  wire \$435 ;
-  wire [9:0] \$436 ;
-  wire [10:0] \$437 ;
-  reg \$438 ;
+  wire [9:0] \$434 ;
+  wire [10:0] \$435 ;
+  reg \$436 ;
+  wire \$437 ;
+  wire \$438 ;
   wire \$439 ;
   wire [15:0] \$44 ;
   wire \$440 ;
   wire \$441 ;
   wire \$442 ;
-  wire \$443 ;
-  wire \$444 ;
-  wire [9:0] \$445 ;
-  wire [10:0] \$446 ;
-  reg \$447 ;
+  wire [9:0] \$443 ;
+  wire [32:0] \$444 ;
+  wire [33:0] \$445 ;
+  reg \$446 ;
+  wire \$447 ;
   wire \$448 ;
   wire \$449 ;
   wire [21:0] \$45 ;
@@ -1906,18 +1983,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$451 ;
   wire \$452 ;
   wire \$453 ;
-  wire [9:0] \$454 ;
-  wire [32:0] \$455 ;
-  wire [33:0] \$456 ;
-  reg \$457 ;
+  reg \$454 ;
+  wire \$455 ;
+  wire \$456 ;
+  wire \$457 ;
   wire \$458 ;
   wire \$459 ;
   wire [21:0] \$46 ;
   wire \$460 ;
   wire \$461 ;
-  wire \$462 ;
-  wire \$463 ;
-  wire \$464 ;
+  wire [9:0] \$462 ;
+  wire [32:0] \$463 ;
+  wire [33:0] \$464 ;
   reg \$465 ;
   wire \$466 ;
   wire \$467 ;
@@ -1927,20 +2004,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$470 ;
   wire \$471 ;
   wire \$472 ;
-  wire \$473 ;
-  wire [9:0] \$474 ;
-  wire [32:0] \$475 ;
-  wire [33:0] \$476 ;
-  reg \$477 ;
+  reg \$473 ;
+  wire \$474 ;
+  wire \$475 ;
+  wire \$476 ;
+  wire \$477 ;
   wire \$478 ;
   wire \$479 ;
   wire [21:0] \$48 ;
   wire \$480 ;
-  wire \$481 ;
-  wire \$482 ;
-  wire \$483 ;
-  wire \$484 ;
-  reg \$485 ;
+  wire [9:0] \$481 ;
+  wire [32:0] \$482 ;
+  wire [33:0] \$483 ;
+  reg \$484 ;
+  wire \$485 ;
   wire \$486 ;
   wire \$487 ;
   wire \$488 ;
@@ -1948,112 +2025,112 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [21:0] \$49 ;
   wire \$490 ;
   wire \$491 ;
-  wire \$492 ;
+  reg \$492 ;
   wire \$493 ;
-  wire [9:0] \$494 ;
-  wire [32:0] \$495 ;
-  wire [33:0] \$496 ;
-  reg \$497 ;
+  wire \$494 ;
+  wire \$495 ;
+  wire \$496 ;
+  wire \$497 ;
   wire \$498 ;
   wire \$499 ;
   wire \$5 ;
   wire [21:0] \$50 ;
-  wire \$500 ;
-  wire \$501 ;
-  wire \$502 ;
-  wire \$503 ;
+  wire [9:0] \$500 ;
+  wire [32:0] \$501 ;
+  wire [33:0] \$502 ;
+  reg \$503 ;
   wire \$504 ;
-  reg \$505 ;
+  wire \$505 ;
   wire \$506 ;
   wire \$507 ;
   wire \$508 ;
   wire \$509 ;
   wire [15:0] \$51 ;
   wire \$510 ;
-  wire \$511 ;
+  reg \$511 ;
   wire \$512 ;
   wire \$513 ;
-  wire [9:0] \$514 ;
-  wire [32:0] \$515 ;
-  wire [33:0] \$516 ;
-  reg \$517 ;
+  wire \$514 ;
+  wire \$515 ;
+  wire \$516 ;
+  wire \$517 ;
   wire \$518 ;
-  wire \$519 ;
+  wire [9:0] \$519 ;
   wire [17:0] \$52 ;
-  wire \$520 ;
-  wire \$521 ;
-  wire \$522 ;
+  wire [32:0] \$520 ;
+  wire [33:0] \$521 ;
+  reg \$522 ;
   wire \$523 ;
   wire \$524 ;
-  reg \$525 ;
+  wire \$525 ;
   wire \$526 ;
   wire \$527 ;
   wire \$528 ;
   wire \$529 ;
   wire [3:0] \$53 ;
-  wire \$530 ;
+  reg \$530 ;
   wire \$531 ;
   wire \$532 ;
   wire \$533 ;
-  wire [9:0] \$534 ;
-  wire [32:0] \$535 ;
-  wire [33:0] \$536 ;
-  reg \$537 ;
-  wire \$538 ;
-  wire \$539 ;
+  wire \$534 ;
+  wire \$535 ;
+  wire \$536 ;
+  wire \$537 ;
+  wire [9:0] \$538 ;
+  wire [32:0] \$539 ;
   wire [17:0] \$54 ;
-  wire \$540 ;
-  wire \$541 ;
+  wire [33:0] \$540 ;
+  reg \$541 ;
   wire \$542 ;
   wire \$543 ;
   wire \$544 ;
-  reg \$545 ;
+  wire \$545 ;
   wire \$546 ;
   wire \$547 ;
   wire \$548 ;
-  wire \$549 ;
+  reg \$549 ;
   wire [21:0] \$55 ;
   wire \$550 ;
   wire \$551 ;
   wire \$552 ;
   wire \$553 ;
-  wire [9:0] \$554 ;
-  wire [32:0] \$555 ;
-  wire [33:0] \$556 ;
-  reg \$557 ;
-  wire \$558 ;
-  wire \$559 ;
+  wire \$554 ;
+  wire \$555 ;
+  wire \$556 ;
+  wire [9:0] \$557 ;
+  wire [32:0] \$558 ;
+  wire [33:0] \$559 ;
   wire [21:0] \$56 ;
-  wire \$560 ;
+  reg \$560 ;
   wire \$561 ;
   wire \$562 ;
   wire \$563 ;
   wire \$564 ;
-  reg \$565 ;
+  wire \$565 ;
   wire \$566 ;
   wire \$567 ;
-  wire \$568 ;
+  reg \$568 ;
   wire \$569 ;
   wire \$57 ;
   wire \$570 ;
   wire \$571 ;
   wire \$572 ;
   wire \$573 ;
-  wire [9:0] \$574 ;
-  wire [32:0] \$575 ;
-  wire [33:0] \$576 ;
-  reg \$577 ;
-  wire \$578 ;
-  wire \$579 ;
+  wire \$574 ;
+  wire \$575 ;
+  wire [9:0] \$576 ;
+  wire [32:0] \$577 ;
+  wire [33:0] \$578 ;
+  reg \$579 ;
   wire \$58 ;
   wire \$580 ;
   wire \$581 ;
   wire \$582 ;
   wire \$583 ;
   wire \$584 ;
-  reg \$585 ;
+  wire \$585 ;
   wire \$586 ;
-  wire \$587 ;
+  reg \$587 ;
   wire \$588 ;
   wire \$589 ;
   wire \$59 ;
@@ -2061,39 +2138,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$591 ;
   wire \$592 ;
   wire \$593 ;
-  wire [9:0] \$594 ;
-  wire [32:0] \$595 ;
-  wire [33:0] \$596 ;
-  reg \$597 ;
-  wire \$598 ;
-  wire \$599 ;
+  wire \$594 ;
+  wire \$595 ;
+  wire [7:0] \$596 ;
+  wire [7:0] \$597 ;
+  wire [7:0] \$598 ;
+  wire [7:0] \$599 ;
   wire \$6 ;
   wire \$60 ;
-  wire \$600 ;
-  wire \$601 ;
-  wire \$602 ;
-  wire \$603 ;
+  wire [7:0] \$600 ;
+  wire [7:0] \$601 ;
+  wire [7:0] \$602 ;
+  wire [7:0] \$603 ;
   wire \$604 ;
-  reg \$605 ;
+  wire \$605 ;
   wire \$606 ;
   wire \$607 ;
   wire \$608 ;
   wire \$609 ;
-  wire \$61 ;
+  wire [3:0] \$61 ;
   wire \$610 ;
   wire \$611 ;
-  wire \$612 ;
-  wire \$613 ;
+  wire [19:0] \$612 ;
+  wire [20:0] \$613 ;
   wire \$614 ;
-  wire [7:0] \$615 ;
-  wire [7:0] \$616 ;
-  wire [7:0] \$617 ;
-  wire [7:0] \$618 ;
-  wire [7:0] \$619 ;
+  wire \$615 ;
+  wire \$616 ;
+  wire \$617 ;
+  wire \$618 ;
+  reg [31:0] \$619 ;
   wire \$62 ;
-  wire [7:0] \$620 ;
-  wire [7:0] \$621 ;
-  wire [7:0] \$622 ;
+  wire \$620 ;
+  wire \$621 ;
+  reg [31:0] \$622 ;
   wire \$623 ;
   wire \$624 ;
   wire \$625 ;
@@ -2101,28 +2178,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$627 ;
   wire \$628 ;
   wire \$629 ;
-  wire \$63 ;
-  wire \$630 ;
-  wire [19:0] \$631 ;
-  wire [20:0] \$632 ;
-  wire \$633 ;
-  wire \$634 ;
+  wire [8:0] \$63 ;
+  wire [31:0] \$630 ;
+  wire [31:0] \$631 ;
+  wire [31:0] \$632 ;
+  wire [31:0] \$633 ;
+  wire [31:0] \$634 ;
   wire \$635 ;
-  wire \$636 ;
-  wire \$637 ;
-  reg [31:0] \$638 ;
-  wire \$639 ;
-  wire \$64 ;
-  wire \$640 ;
-  reg [31:0] \$641 ;
-  wire \$642 ;
-  wire \$643 ;
-  wire \$644 ;
+  wire [31:0] \$636 ;
+  wire [31:0] \$637 ;
+  wire [31:0] \$638 ;
+  wire [31:0] \$639 ;
+  wire [3:0] \$64 ;
+  wire [2:0] \$640 ;
+  wire [2:0] \$641 ;
+  wire [2:0] \$642 ;
+  wire [1:0] \$643 ;
+  wire [2:0] \$644 ;
   wire \$645 ;
-  wire \$646 ;
-  wire \$647 ;
-  wire \$648 ;
-  wire \$649 ;
+  wire [2:0] \$646 ;
+  wire [2:0] \$647 ;
+  wire [2:0] \$648 ;
+  wire [2:0] \$649 ;
   wire \$65 ;
   wire \$650 ;
   wire \$651 ;
@@ -2134,7 +2211,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$657 ;
   wire \$658 ;
   wire \$659 ;
-  wire [3:0] \$66 ;
+  wire [16:0] \$66 ;
   wire \$660 ;
   wire \$661 ;
   wire \$662 ;
@@ -2145,7 +2222,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$667 ;
   wire \$668 ;
   wire \$669 ;
-  wire \$67 ;
+  wire [3:0] \$67 ;
   wire \$670 ;
   wire \$671 ;
   wire \$672 ;
@@ -2156,7 +2233,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$677 ;
   wire \$678 ;
   wire \$679 ;
-  wire [8:0] \$68 ;
+  wire \$68 ;
   wire \$680 ;
   wire \$681 ;
   wire \$682 ;
@@ -2167,9 +2244,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$687 ;
   wire \$688 ;
   wire \$689 ;
-  wire [3:0] \$69 ;
+  wire [32:0] \$69 ;
   wire \$690 ;
-  wire [30:0] \$691 ;
+  wire \$691 ;
   wire \$692 ;
   wire \$693 ;
   wire \$694 ;
@@ -2179,7 +2256,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$698 ;
   wire \$699 ;
   wire \$7 ;
-  wire \$70 ;
+  wire [3:0] \$70 ;
   wire \$700 ;
   wire \$701 ;
   wire \$702 ;
@@ -2190,18 +2267,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$707 ;
   wire \$708 ;
   wire \$709 ;
-  wire [16:0] \$71 ;
+  wire \$71 ;
   wire \$710 ;
   wire \$711 ;
   wire \$712 ;
   wire \$713 ;
   wire \$714 ;
-  wire \$715 ;
+  wire [30:0] \$715 ;
   wire \$716 ;
   wire \$717 ;
   wire \$718 ;
   wire \$719 ;
-  wire [3:0] \$72 ;
+  wire [64:0] \$72 ;
   wire \$720 ;
   wire \$721 ;
   wire \$722 ;
@@ -2216,57 +2293,57 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$730 ;
   wire \$731 ;
   wire \$732 ;
-  wire [16:0] \$733 ;
-  wire [17:0] \$734 ;
-  wire [35:0] \$735 ;
-  wire [35:0] \$736 ;
-  wire [16:0] \$737 ;
-  wire [17:0] \$738 ;
-  wire [17:0] \$739 ;
-  wire [32:0] \$74 ;
-  wire [16:0] \$740 ;
-  wire [16:0] \$741 ;
-  wire [16:0] \$742 ;
-  wire [31:0] \$743 ;
-  wire [22:0] \$744 ;
-  wire [23:0] \$745 ;
-  wire [31:0] \$746 ;
-  wire [32:0] \$747 ;
-  wire [32:0] \$748 ;
-  wire [47:0] \$749 ;
-  wire [3:0] \$75 ;
-  wire [19:0] \$750 ;
-  wire [20:0] \$751 ;
-  wire [3:0] \$752 ;
+  wire \$733 ;
+  wire \$734 ;
+  wire \$735 ;
+  wire \$736 ;
+  wire \$737 ;
+  wire \$738 ;
+  wire \$739 ;
+  wire \$74 ;
+  wire \$740 ;
+  wire \$741 ;
+  wire \$742 ;
+  wire \$743 ;
+  wire \$744 ;
+  wire \$745 ;
+  wire \$746 ;
+  wire \$747 ;
+  wire \$748 ;
+  wire \$749 ;
+  wire \$75 ;
+  wire \$750 ;
+  wire \$751 ;
+  wire \$752 ;
   wire \$753 ;
-  wire [31:0] \$754 ;
-  wire [32:0] \$755 ;
-  wire [48:0] \$756 ;
-  wire \$757 ;
-  wire [48:0] \$758 ;
-  wire \$759 ;
+  wire \$754 ;
+  wire \$755 ;
+  wire \$756 ;
+  wire [16:0] \$757 ;
+  wire [17:0] \$758 ;
+  wire [35:0] \$759 ;
   wire \$76 ;
-  wire [48:0] \$760 ;
-  wire \$761 ;
-  wire [48:0] \$762 ;
-  wire \$763 ;
-  wire [48:0] \$764 ;
-  wire \$765 ;
-  wire [48:0] \$766 ;
-  wire \$767 ;
-  wire [48:0] \$768 ;
-  wire \$769 ;
-  wire [64:0] \$77 ;
-  wire [48:0] \$770 ;
-  wire \$771 ;
-  wire [48:0] \$772 ;
-  wire \$773 ;
-  wire [48:0] \$774 ;
-  wire \$775 ;
-  wire [48:0] \$776 ;
+  wire [35:0] \$760 ;
+  wire [16:0] \$761 ;
+  wire [17:0] \$762 ;
+  wire [17:0] \$763 ;
+  wire [16:0] \$764 ;
+  wire [16:0] \$765 ;
+  wire [16:0] \$766 ;
+  wire [31:0] \$767 ;
+  wire [22:0] \$768 ;
+  wire [23:0] \$769 ;
+  wire \$77 ;
+  wire [31:0] \$770 ;
+  wire [32:0] \$771 ;
+  wire [32:0] \$772 ;
+  wire [47:0] \$773 ;
+  wire [19:0] \$774 ;
+  wire [20:0] \$775 ;
+  wire [3:0] \$776 ;
   wire \$777 ;
-  wire [48:0] \$778 ;
-  wire \$779 ;
+  wire [31:0] \$778 ;
+  wire [32:0] \$779 ;
   wire \$78 ;
   wire [48:0] \$780 ;
   wire \$781 ;
@@ -2279,32 +2356,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [48:0] \$788 ;
   wire \$789 ;
   wire \$79 ;
-  wire \$790 ;
+  wire [48:0] \$790 ;
   wire \$791 ;
-  wire \$792 ;
+  wire [48:0] \$792 ;
   wire \$793 ;
-  wire \$794 ;
+  wire [48:0] \$794 ;
   wire \$795 ;
-  wire \$796 ;
+  wire [48:0] \$796 ;
   wire \$797 ;
-  wire \$798 ;
+  wire [48:0] \$798 ;
   wire \$799 ;
   wire \$8 ;
   wire \$80 ;
-  wire \$800 ;
+  wire [48:0] \$800 ;
   wire \$801 ;
-  wire \$802 ;
+  wire [48:0] \$802 ;
   wire \$803 ;
-  wire \$804 ;
+  wire [48:0] \$804 ;
   wire \$805 ;
-  wire \$806 ;
+  wire [48:0] \$806 ;
   wire \$807 ;
-  wire \$808 ;
+  wire [48:0] \$808 ;
   wire \$809 ;
   wire \$81 ;
-  wire \$810 ;
+  wire [48:0] \$810 ;
   wire \$811 ;
-  wire \$812 ;
+  wire [48:0] \$812 ;
   wire \$813 ;
   wire \$814 ;
   wire \$815 ;
@@ -2317,15 +2394,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$821 ;
   wire \$822 ;
   wire \$823 ;
-  wire [15:0] \$824 ;
+  wire \$824 ;
   wire \$825 ;
   wire \$826 ;
-  wire [14:0] \$827 ;
+  wire \$827 ;
   wire \$828 ;
-  wire [2:0] \$829 ;
+  wire \$829 ;
   wire \$83 ;
-  wire [16:0] \$830 ;
-  wire [32:0] \$831 ;
+  wire \$830 ;
+  wire \$831 ;
   wire \$832 ;
   wire \$833 ;
   wire \$834 ;
@@ -2343,22 +2420,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$845 ;
   wire \$846 ;
   wire \$847 ;
-  wire \$848 ;
+  wire [15:0] \$848 ;
   wire \$849 ;
   wire \$85 ;
   wire \$850 ;
-  wire \$851 ;
+  wire [14:0] \$851 ;
   wire \$852 ;
   wire \$853 ;
-  wire \$854 ;
+  wire [2:0] \$854 ;
   wire \$855 ;
-  wire \$856 ;
-  wire \$857 ;
-  wire [16:0] \$858 ;
-  wire [32:0] \$859 ;
+  wire [16:0] \$856 ;
+  wire [32:0] \$857 ;
+  wire \$858 ;
+  wire \$859 ;
   wire \$86 ;
   wire \$860 ;
-  wire [16:0] \$861 ;
+  wire \$861 ;
   wire \$862 ;
   wire \$863 ;
   wire \$864 ;
@@ -2390,15 +2467,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$888 ;
   wire \$889 ;
   wire \$89 ;
-  wire \$890 ;
-  wire \$891 ;
+  wire [16:0] \$890 ;
+  wire [32:0] \$891 ;
   wire \$892 ;
   wire \$893 ;
   wire \$894 ;
   wire \$895 ;
   wire \$896 ;
   wire \$897 ;
-  wire \$898 ;
+  wire [16:0] \$898 ;
   wire \$899 ;
   wire \$9 ;
   wire \$90 ;
@@ -2421,7 +2498,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$915 ;
   wire \$916 ;
   wire \$917 ;
-  wire [32:0] \$918 ;
+  wire \$918 ;
   wire \$919 ;
   wire \$92 ;
   wire \$920 ;
@@ -2453,8 +2530,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$944 ;
   wire \$945 ;
   wire \$946 ;
-  wire [24:0] \$947 ;
-  wire [33:0] \$948 ;
+  wire \$947 ;
+  wire \$948 ;
   wire \$949 ;
   wire \$95 ;
   wire \$950 ;
@@ -2462,8 +2539,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$952 ;
   wire \$953 ;
   wire \$954 ;
-  wire [24:0] \$955 ;
-  wire [33:0] \$956 ;
+  wire \$955 ;
+  wire \$956 ;
   wire \$957 ;
   wire \$958 ;
   wire \$959 ;
@@ -2471,16 +2548,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$960 ;
   wire \$961 ;
   wire \$962 ;
-  wire \$963 ;
+  wire [32:0] \$963 ;
   wire \$964 ;
   wire \$965 ;
-  wire [3:0] \$966 ;
+  wire \$966 ;
   wire \$967 ;
   wire \$968 ;
   wire \$969 ;
-  reg [15:0] \$97 ;
-  wire [3:0] \$970 ;
-  wire [14:0] \$971 ;
+  wire \$97 ;
+  wire \$970 ;
+  wire \$971 ;
   wire \$972 ;
   wire \$973 ;
   wire \$974 ;
@@ -2495,163 +2572,165 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$982 ;
   wire \$983 ;
   wire \$984 ;
-  wire [16:0] \$985 ;
-  wire [16:0] \$986 ;
+  wire \$985 ;
+  wire \$986 ;
   wire \$987 ;
-  wire [32:0] \$988 ;
+  wire \$988 ;
   wire \$989 ;
-  wire \$99 ;
+  reg [15:0] \$99 ;
   wire \$990 ;
   wire \$991 ;
-  wire [32:0] \$992 ;
-  wire \$993 ;
+  wire [24:0] \$992 ;
+  wire [33:0] \$993 ;
   wire \$994 ;
   wire \$995 ;
-  wire \$996 ;
-  wire \$997 ;
-  wire [16:0] \$998 ;
-  wire [16:0] \$999 ;
+  wire [24:0] \$996 ;
+  wire [33:0] \$997 ;
+  wire \$998 ;
+  wire \$999 ;
   reg \$signal ;
-  reg \$signal$192 ;
-  reg \$signal$221 ;
-  reg \$signal$243  = 1'h0;
-  reg \$signal$262  = 1'h0;
-  reg [3:0] \$signal$269  = 4'h0;
-  reg \$signal$295  = 1'h0;
-  reg [15:0] \$signal$296  = 16'h0000;
-  reg \$signal$301  = 1'h0;
-  reg [31:0] \$signal$465  = 32'd0;
-  reg [31:0] \$signal$466  = 32'd0;
-  reg \$signal$480  = 1'h0;
+  reg \$signal$205 ;
+  reg \$signal$247  = 1'h0;
+  reg [3:0] \$signal$254  = 4'h0;
+  reg \$signal$280  = 1'h0;
+  reg [15:0] \$signal$281  = 16'h0000;
+  reg \$signal$286  = 1'h0;
+  reg \$signal$409  = 1'h0;
+  reg [31:0] \$signal$478  = 32'd0;
+  reg [31:0] \$signal$479  = 32'd0;
+  reg \$signal$495  = 1'h0;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$265 ;
+  reg [8:0] \$signature__addr$250 ;
+  reg [8:0] \$signature__addr$255 ;
+  reg [8:0] \$signature__addr$258 ;
+  reg [8:0] \$signature__addr$261 ;
+  reg [8:0] \$signature__addr$264 ;
+  reg [8:0] \$signature__addr$267 ;
   reg [8:0] \$signature__addr$270 ;
   reg [8:0] \$signature__addr$273 ;
   reg [8:0] \$signature__addr$276 ;
   reg [8:0] \$signature__addr$279 ;
-  reg [8:0] \$signature__addr$282 ;
-  reg [8:0] \$signature__addr$285 ;
-  reg [8:0] \$signature__addr$288 ;
-  reg [8:0] \$signature__addr$291 ;
+  reg [8:0] \$signature__addr$290 ;
+  reg [8:0] \$signature__addr$292 ;
   reg [8:0] \$signature__addr$294 ;
-  reg [8:0] \$signature__addr$303 ;
-  reg [8:0] \$signature__addr$305 ;
-  reg [8:0] \$signature__addr$307 ;
+  reg [8:0] \$signature__addr$296 ;
+  reg [8:0] \$signature__addr$298 ;
+  reg [8:0] \$signature__addr$300 ;
+  reg [8:0] \$signature__addr$302 ;
+  reg [8:0] \$signature__addr$304 ;
   reg [8:0] \$signature__addr$309 ;
-  reg [8:0] \$signature__addr$311 ;
-  reg [8:0] \$signature__addr$313 ;
-  reg [8:0] \$signature__addr$315 ;
+  reg [8:0] \$signature__addr$314 ;
   reg [8:0] \$signature__addr$317 ;
-  reg [8:0] \$signature__addr$322 ;
-  reg [8:0] \$signature__addr$327 ;
-  reg [8:0] \$signature__addr$330 ;
-  reg [8:0] \$signature__addr$333 ;
-  reg [8:0] \$signature__addr$336 ;
-  reg [8:0] \$signature__addr$339 ;
+  reg [8:0] \$signature__addr$320 ;
+  reg [8:0] \$signature__addr$323 ;
+  reg [8:0] \$signature__addr$326 ;
+  reg [8:0] \$signature__addr$329 ;
+  reg [8:0] \$signature__addr$332 ;
+  reg [8:0] \$signature__addr$335 ;
+  reg [8:0] \$signature__addr$338 ;
+  reg [8:0] \$signature__addr$340 ;
   reg [8:0] \$signature__addr$342 ;
-  reg [8:0] \$signature__addr$345 ;
+  reg [8:0] \$signature__addr$344 ;
+  reg [8:0] \$signature__addr$346 ;
   reg [8:0] \$signature__addr$348 ;
-  reg [8:0] \$signature__addr$351 ;
-  reg [8:0] \$signature__addr$353 ;
-  reg [8:0] \$signature__addr$355 ;
-  reg [8:0] \$signature__addr$357 ;
-  reg [8:0] \$signature__addr$359 ;
-  reg [8:0] \$signature__addr$361 ;
-  reg [8:0] \$signature__addr$363 ;
+  reg [8:0] \$signature__addr$350 ;
   wire [13:0] \$signature__addr$88 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$267 ;
+  reg [8:0] \$signature__data$252 ;
+  reg [8:0] \$signature__data$256 ;
+  reg [8:0] \$signature__data$259 ;
+  reg [8:0] \$signature__data$262 ;
+  reg [8:0] \$signature__data$265 ;
+  reg [8:0] \$signature__data$268 ;
   reg [8:0] \$signature__data$271 ;
   reg [8:0] \$signature__data$274 ;
   reg [8:0] \$signature__data$277 ;
-  reg [8:0] \$signature__data$280 ;
-  reg [8:0] \$signature__data$283 ;
-  reg [8:0] \$signature__data$286 ;
-  reg [8:0] \$signature__data$289 ;
-  reg [8:0] \$signature__data$292 ;
+  reg [7:0] \$signature__data$311 ;
+  reg [7:0] \$signature__data$315 ;
+  reg [7:0] \$signature__data$318 ;
+  reg [7:0] \$signature__data$321 ;
   reg [7:0] \$signature__data$324 ;
-  reg [7:0] \$signature__data$328 ;
-  reg [7:0] \$signature__data$331 ;
-  reg [7:0] \$signature__data$334 ;
-  reg [7:0] \$signature__data$337 ;
-  reg [7:0] \$signature__data$340 ;
-  reg [7:0] \$signature__data$343 ;
-  reg [7:0] \$signature__data$346 ;
-  wire [8:0] \$signature__data$368 ;
-  wire [8:0] \$signature__data$369 ;
-  wire [8:0] \$signature__data$370 ;
-  wire [8:0] \$signature__data$371 ;
-  wire [8:0] \$signature__data$372 ;
-  wire [8:0] \$signature__data$373 ;
-  wire [8:0] \$signature__data$374 ;
-  wire [8:0] \$signature__data$375 ;
-  wire [8:0] \$signature__data$376 ;
+  reg [7:0] \$signature__data$327 ;
+  reg [7:0] \$signature__data$330 ;
+  reg [7:0] \$signature__data$333 ;
+  wire [8:0] \$signature__data$356 ;
+  wire [8:0] \$signature__data$357 ;
+  wire [8:0] \$signature__data$358 ;
+  wire [8:0] \$signature__data$359 ;
+  wire [8:0] \$signature__data$360 ;
+  wire [8:0] \$signature__data$361 ;
+  wire [8:0] \$signature__data$362 ;
+  wire [8:0] \$signature__data$363 ;
+  wire [8:0] \$signature__data$364 ;
+  wire [7:0] \$signature__data$366 ;
+  wire [7:0] \$signature__data$368 ;
+  wire [7:0] \$signature__data$370 ;
+  wire [7:0] \$signature__data$372 ;
+  wire [7:0] \$signature__data$374 ;
+  wire [7:0] \$signature__data$376 ;
   wire [7:0] \$signature__data$378 ;
   wire [7:0] \$signature__data$380 ;
-  wire [7:0] \$signature__data$382 ;
-  wire [7:0] \$signature__data$384 ;
-  wire [7:0] \$signature__data$386 ;
-  wire [7:0] \$signature__data$388 ;
-  wire [7:0] \$signature__data$390 ;
-  wire [7:0] \$signature__data$392 ;
   wire [15:0] \$signature__data$94 ;
   wire \$signature__en ;
-  reg \$signature__en$268 ;
+  reg \$signature__en$253 ;
+  reg \$signature__en$257 ;
+  reg \$signature__en$260 ;
+  reg \$signature__en$263 ;
+  reg \$signature__en$266 ;
+  reg \$signature__en$269 ;
   reg \$signature__en$272 ;
   reg \$signature__en$275 ;
   reg \$signature__en$278 ;
-  reg \$signature__en$281 ;
-  reg \$signature__en$284 ;
-  reg \$signature__en$287 ;
-  reg \$signature__en$290 ;
+  reg \$signature__en$282 ;
+  reg \$signature__en$291 ;
   reg \$signature__en$293 ;
+  reg \$signature__en$295 ;
   reg \$signature__en$297 ;
-  reg \$signature__en$304 ;
-  reg \$signature__en$306 ;
-  reg \$signature__en$308 ;
-  reg \$signature__en$310 ;
+  reg \$signature__en$299 ;
+  reg \$signature__en$301 ;
+  reg \$signature__en$303 ;
+  reg \$signature__en$305 ;
   reg \$signature__en$312 ;
-  reg \$signature__en$314 ;
   reg \$signature__en$316 ;
-  reg \$signature__en$318 ;
+  reg \$signature__en$319 ;
+  reg \$signature__en$322 ;
   reg \$signature__en$325 ;
-  reg \$signature__en$329 ;
-  reg \$signature__en$332 ;
-  reg \$signature__en$335 ;
-  reg \$signature__en$338 ;
+  reg \$signature__en$328 ;
+  reg \$signature__en$331 ;
+  reg \$signature__en$334 ;
+  reg \$signature__en$337 ;
+  reg \$signature__en$339 ;
   reg \$signature__en$341 ;
-  reg \$signature__en$344 ;
+  reg \$signature__en$343 ;
+  reg \$signature__en$345 ;
   reg \$signature__en$347 ;
-  reg \$signature__en$350 ;
-  reg \$signature__en$352 ;
-  reg \$signature__en$354 ;
-  reg \$signature__en$356 ;
-  reg \$signature__en$358 ;
-  reg \$signature__en$360 ;
-  reg \$signature__en$362 ;
-  reg \$signature__en$364 ;
+  reg \$signature__en$349 ;
+  reg \$signature__en$351 ;
   wire \$signature__en$90 ;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$365 ;
-  wire [80:0] \a__payload$365.data ;
-  wire [8:0] \a__payload$365.data[0] ;
-  wire [8:0] \a__payload$365.data[1] ;
-  wire [8:0] \a__payload$365.data[2] ;
-  wire [8:0] \a__payload$365.data[3] ;
-  wire [8:0] \a__payload$365.data[4] ;
-  wire [8:0] \a__payload$365.data[5] ;
-  wire [8:0] \a__payload$365.data[6] ;
-  wire [8:0] \a__payload$365.data[7] ;
-  wire [8:0] \a__payload$365.data[8] ;
-  wire \a__payload$365.last ;
+  reg [81:0] \a__payload$352 ;
+  wire [80:0] \a__payload$352.data ;
+  wire [8:0] \a__payload$352.data[0] ;
+  wire [8:0] \a__payload$352.data[1] ;
+  wire [8:0] \a__payload$352.data[2] ;
+  wire [8:0] \a__payload$352.data[3] ;
+  wire [8:0] \a__payload$352.data[4] ;
+  wire [8:0] \a__payload$352.data[5] ;
+  wire [8:0] \a__payload$352.data[6] ;
+  wire [8:0] \a__payload$352.data[7] ;
+  wire [8:0] \a__payload$352.data[8] ;
+  wire \a__payload$352.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$254 ;
+  wire \a__ready$288 ;
   reg a__valid;
-  reg \a__valid$253 ;
+  reg \a__valid$287 ;
+  reg a_blocks_left = 1'h0;
+  reg a_feed_k_hit = 1'h0;
+  reg a_feed_nt_hit = 1'h0;
   reg a_filled0 = 1'h0;
   reg a_filled1 = 1'h0;
   reg a_from_layernorm = 1'h0;
@@ -2661,6 +2740,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg a_in_take;
   wire a_in_valid;
   reg a_last = 1'h0;
+  reg a_load_k_hit = 1'h0;
   reg add_sel = 1'h0;
   wire [21:0] addr;
   wire [21:0] \addr$89 ;
@@ -2696,72 +2776,77 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \aw__valid$17 ;
   input b__payload;
   wire b__payload;
-  wire [63:0] \b__payload$182 ;
-  wire [15:0] \b__payload$182[0] ;
-  wire [15:0] \b__payload$182[1] ;
-  wire [15:0] \b__payload$182[2] ;
-  wire [15:0] \b__payload$182[3] ;
+  wire [63:0] \b__payload$167 ;
+  wire [15:0] \b__payload$167[0] ;
+  wire [15:0] \b__payload$167[1] ;
+  wire [15:0] \b__payload$167[2] ;
+  wire [15:0] \b__payload$167[3] ;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
   wire \b__payload.err ;
   wire b__ready;
+  wire \b__ready$197 ;
   wire \b__ready$21 ;
-  wire \b__ready$213 ;
   input b__valid;
   wire b__valid;
+  reg \b__valid$211 ;
   wire \b__valid$23 ;
-  reg \b__valid$231 ;
   wire [19:0] base;
   wire [19:0] \base$41 ;
   wire [19:0] \base$53 ;
   wire [512:0] beat__payload;
   wire [511:0] \beat__payload.data ;
   wire \beat__payload.err ;
-  reg beat__ready;
+  wire beat__ready;
   wire beat__valid;
   output busy;
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$113 ;
-  wire \busy$487 ;
-  reg [4:0] c__payload;
-  reg [65:0] \c__payload$167 ;
-  wire [42:0] \c__payload$167.b ;
-  wire [5:0] \c__payload$167.e ;
-  wire \c__payload$167.last ;
-  wire [15:0] \c__payload$167.m ;
-  reg [43:0] \c__payload$170 ;
-  wire [5:0] \c__payload$170.e_a ;
-  wire [5:0] \c__payload$170.e_b ;
-  wire [15:0] \c__payload$170.m_a ;
-  wire [15:0] \c__payload$170.m_b ;
-  reg [52:0] \c__payload$173 ;
-  wire [5:0] \c__payload$173.e ;
-  wire [15:0] \c__payload$173.m ;
-  wire [9:0] \c__payload$173.qb ;
-  wire [14:0] \c__payload$173.qc ;
-  wire [5:0] \c__payload$173.sh ;
+  wire \busy$506 ;
+  wire [4:0] c__payload;
+  wire [65:0] \c__payload$119 ;
+  wire [42:0] \c__payload$119.b ;
+  wire [5:0] \c__payload$119.e ;
+  wire \c__payload$119.last ;
+  wire [15:0] \c__payload$119.m ;
+  wire [43:0] \c__payload$122 ;
+  wire [5:0] \c__payload$122.e_a ;
+  wire [5:0] \c__payload$122.e_b ;
+  wire [15:0] \c__payload$122.m_a ;
+  wire [15:0] \c__payload$122.m_b ;
+  wire [52:0] \c__payload$125 ;
+  wire [5:0] \c__payload$125.e ;
+  wire [15:0] \c__payload$125.m ;
+  wire [9:0] \c__payload$125.qb ;
+  wire [14:0] \c__payload$125.qc ;
+  wire [5:0] \c__payload$125.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$169 ;
-  wire \c__ready$172 ;
-  wire \c__ready$175 ;
-  reg c__valid;
-  reg \c__valid$168 ;
-  reg \c__valid$171 ;
-  reg \c__valid$174 ;
+  wire \c__ready$418 ;
+  wire \c__ready$419 ;
+  wire \c__ready$420 ;
+  wire c__valid;
+  wire \c__valid$120 ;
+  wire \c__valid$123 ;
+  wire \c__valid$126 ;
   reg [31:0] c_addr = 32'd0;
   reg [15:0] c_ask = 16'h0000;
   reg [15:0] c_due = 16'h0000;
+  reg c_last = 1'h0;
   reg [2:0] c_lb;
   reg [7:0] c_step = 8'h00;
   wire clear;
   input clk;
   wire clk;
+  reg const_to0 = 1'h0;
+  reg const_to1 = 1'h0;
+  reg const_to2 = 1'h0;
+  reg const_to3 = 1'h0;
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$115 ;
+  wire [47:0] \cycles$129 ;
   reg d_const = 1'h0;
   reg d_count_zero = 1'h0;
   reg d_end = 1'h0;
@@ -2805,35 +2890,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] feed_ntk = 32'd0;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$448 ;
-  wire \final$451 ;
+  wire \final$455 ;
+  wire \final$458 ;
   reg [15:0] fnt = 16'h0000;
   reg gelu_sel0 = 1'h0;
   reg gemm_active = 1'h0;
   wire gemm_res_valid;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$422 ;
-  wire [15:0] \i__payload$422.data ;
-  wire \i__payload$422.last ;
-  wire [15:0] \i__payload$423 ;
+  wire [16:0] \i__payload$429 ;
+  wire [15:0] \i__payload$429.data ;
+  wire \i__payload$429.last ;
+  wire [15:0] \i__payload$430 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$429 ;
-  wire \i__ready$430 ;
+  wire \i__ready$436 ;
+  wire \i__ready$437 ;
   reg i__valid;
-  wire \i__valid$424 ;
-  wire \i__valid$425 ;
+  wire \i__valid$431 ;
+  wire \i__valid$432 ;
   wire idle;
-  wire \idle$474 ;
+  wire \idle$489 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
   wire [15:0] images;
   reg [15:0] images_left = 16'h0000;
+  reg in_const = 1'h0;
   reg in_decode = 1'h0;
+  reg in_fetch = 1'h0;
   reg in_op = 1'h0;
   reg in_ready;
   reg in_stream = 1'h0;
@@ -2894,16 +2981,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$452 ;
+  wire \last__3$459 ;
   wire last__4;
-  wire \last__4$447 ;
-  wire \last__4$450 ;
+  wire \last__4$454 ;
+  wire \last__4$457 ;
   wire [2:0] level;
   wire [2:0] \level$86 ;
   reg [15:0] lk = 16'h0000;
-  reg load;
+  reg load = 1'h0;
+  (* init = 1'h0 *)
   wire \load$40 ;
+  (* init = 1'h0 *)
   wire \load$52 ;
+  (* init = 1'h0 *)
   wire load_gens;
   reg [15:0] n__0;
   reg [15:0] \n__0$42 ;
@@ -2921,43 +3011,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$50 ;
   reg [15:0] \n__4$62 ;
   reg next;
-  wire \next$420 ;
+  wire \next$427 ;
   wire \next$91 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [8:0] o__payload;
-  wire [7:0] \o__payload$206 ;
-  wire [63:0] \o__payload$226 ;
-  wire [15:0] \o__payload$226[0] ;
-  wire [15:0] \o__payload$226[1] ;
-  wire [15:0] \o__payload$226[2] ;
-  wire [15:0] \o__payload$226[3] ;
-  wire [31:0] \o__payload$234 ;
-  wire [7:0] \o__payload$234[0] ;
-  wire [7:0] \o__payload$234[1] ;
-  wire [7:0] \o__payload$234[2] ;
-  wire [7:0] \o__payload$234[3] ;
-  wire [255:0] \o__payload$397 ;
-  wire [31:0] \o__payload$397[0] ;
-  wire [31:0] \o__payload$397[1] ;
-  wire [31:0] \o__payload$397[2] ;
-  wire [31:0] \o__payload$397[3] ;
-  wire [31:0] \o__payload$397[4] ;
-  wire [31:0] \o__payload$397[5] ;
-  wire [31:0] \o__payload$397[6] ;
-  wire [31:0] \o__payload$397[7] ;
+  wire [7:0] \o__payload$190 ;
+  wire [63:0] \o__payload$213 ;
+  wire [15:0] \o__payload$213[0] ;
+  wire [15:0] \o__payload$213[1] ;
+  wire [15:0] \o__payload$213[2] ;
+  wire [15:0] \o__payload$213[3] ;
+  wire [31:0] \o__payload$219 ;
+  wire [7:0] \o__payload$219[0] ;
+  wire [7:0] \o__payload$219[1] ;
+  wire [7:0] \o__payload$219[2] ;
+  wire [7:0] \o__payload$219[3] ;
+  wire [255:0] \o__payload$385 ;
+  wire [31:0] \o__payload$385[0] ;
+  wire [31:0] \o__payload$385[1] ;
+  wire [31:0] \o__payload$385[2] ;
+  wire [31:0] \o__payload$385[3] ;
+  wire [31:0] \o__payload$385[4] ;
+  wire [31:0] \o__payload$385[5] ;
+  wire [31:0] \o__payload$385[6] ;
+  wire [31:0] \o__payload$385[7] ;
   wire [7:0] \o__payload.data ;
   wire \o__payload.last ;
   reg o__ready;
-  reg \o__ready$233 ;
-  wire \o__ready$398 ;
-  wire \o__ready$426 ;
-  wire \o__ready$427 ;
+  reg \o__ready$217 ;
+  wire \o__ready$386 ;
+  wire \o__ready$433 ;
+  wire \o__ready$434 ;
   wire o__valid;
-  wire \o__valid$205 ;
-  wire \o__valid$222 ;
-  wire \o__valid$232 ;
-  wire \o__valid$395 ;
+  wire \o__valid$189 ;
+  wire \o__valid$206 ;
+  wire \o__valid$207 ;
+  wire \o__valid$383 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -3097,31 +3187,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [18:0] r_data;
-  wire [18:0] \r_data$320 ;
-  wire [255:0] \r_data$413 ;
+  wire [18:0] \r_data$307 ;
+  wire [255:0] \r_data$401 ;
   reg r_en;
-  wire \r_en$401 ;
-  wire \r_en$428 ;
+  wire \r_en$389 ;
+  wire \r_en$435 ;
   wire r_rdy;
-  wire \r_rdy$219 ;
-  wire \r_rdy$400 ;
-  reg [34:0] req__payload;
-  reg [98:0] \req__payload$201 ;
-  wire [31:0] \req__payload$201.addr ;
-  wire [63:0] \req__payload$201.data ;
-  wire [2:0] \req__payload$201.lb ;
+  wire \r_rdy$203 ;
+  wire \r_rdy$388 ;
+  reg [98:0] req__payload;
+  wire [34:0] \req__payload$410 ;
+  wire [31:0] \req__payload$410.addr ;
+  wire [2:0] \req__payload$410.lb ;
   wire [31:0] \req__payload.addr ;
+  wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$417 ;
+  wire \req__ready$424 ;
   reg req__valid;
-  reg \req__valid$200 ;
+  wire \req__valid$402 ;
   reg res_to_pack = 1'h0;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
   input rst;
   wire rst;
-  reg run1;
+  reg run0 = 1'h0;
+  reg run1 = 1'h0;
   (* enum_base_type = "_State" *)
   (* enum_value_000 = "IDLE" *)
   (* enum_value_001 = "FETCH" *)
@@ -3164,13 +3255,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [17:0] \strides__4$63 ;
   reg [31:0] tiles = 32'd0;
   wire unit_known;
-  reg unit_rst;
+  reg unit_rst = 1'h0;
   reg [15:0] unpack0;
   reg [15:0] unpack1;
   reg [15:0] unpack2;
   reg [15:0] unpack3;
   wire valid;
-  wire \valid$198 ;
+  wire \valid$221 ;
   wire \valid$85 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
@@ -3183,12 +3274,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [7:0] \w__payload[7] ;
   reg w__valid;
   reg [31:0] w_addr = 32'd0;
+  reg [7:0] w_beat0;
+  reg [7:0] w_beat1;
+  reg [7:0] w_beat2;
+  reg [7:0] w_beat3;
+  reg [7:0] w_beat4;
+  reg [7:0] w_beat5;
+  reg [7:0] w_beat6;
+  reg [7:0] w_beat7;
   wire [18:0] w_data;
-  wire [255:0] \w_data$396 ;
+  wire [255:0] \w_data$384 ;
   wire [18:0] \w_data$93 ;
   (* init = 1'h0 *)
   wire w_en;
-  wire \w_en$394 ;
+  wire \w_en$382 ;
   (* init = 1'h0 *)
   wire \w_en$92 ;
   reg w_feed_half = 1'h0;
@@ -3732,16 +3831,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$268 )
-      a_cache0[\$signature__addr$265 ] <= \$signature__data$267 ;
+    if (\$signature__en$253 )
+      a_cache0[\$signature__addr$250 ] <= \$signature__data$252 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$297 ) begin
-      _0_ <= a_cache0[\$signature__addr$294 ];
+    if (\$signature__en$282 ) begin
+      _0_ <= a_cache0[\$signature__addr$279 ];
     end
   end
-  assign \$signature__data$368  = _0_;
+  assign \$signature__data$356  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4258,16 +4357,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$272 )
-      a_cache1[\$signature__addr$270 ] <= \$signature__data$271 ;
+    if (\$signature__en$257 )
+      a_cache1[\$signature__addr$255 ] <= \$signature__data$256 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$304 ) begin
-      _1_ <= a_cache1[\$signature__addr$303 ];
+    if (\$signature__en$291 ) begin
+      _1_ <= a_cache1[\$signature__addr$290 ];
     end
   end
-  assign \$signature__data$369  = _1_;
+  assign \$signature__data$357  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4784,16 +4883,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$275 )
-      a_cache2[\$signature__addr$273 ] <= \$signature__data$274 ;
+    if (\$signature__en$260 )
+      a_cache2[\$signature__addr$258 ] <= \$signature__data$259 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$306 ) begin
-      _2_ <= a_cache2[\$signature__addr$305 ];
+    if (\$signature__en$293 ) begin
+      _2_ <= a_cache2[\$signature__addr$292 ];
     end
   end
-  assign \$signature__data$370  = _2_;
+  assign \$signature__data$358  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5310,16 +5409,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$278 )
-      a_cache3[\$signature__addr$276 ] <= \$signature__data$277 ;
+    if (\$signature__en$263 )
+      a_cache3[\$signature__addr$261 ] <= \$signature__data$262 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$308 ) begin
-      _3_ <= a_cache3[\$signature__addr$307 ];
+    if (\$signature__en$295 ) begin
+      _3_ <= a_cache3[\$signature__addr$294 ];
     end
   end
-  assign \$signature__data$371  = _3_;
+  assign \$signature__data$359  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5836,16 +5935,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$281 )
-      a_cache4[\$signature__addr$279 ] <= \$signature__data$280 ;
+    if (\$signature__en$266 )
+      a_cache4[\$signature__addr$264 ] <= \$signature__data$265 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$310 ) begin
-      _4_ <= a_cache4[\$signature__addr$309 ];
+    if (\$signature__en$297 ) begin
+      _4_ <= a_cache4[\$signature__addr$296 ];
     end
   end
-  assign \$signature__data$372  = _4_;
+  assign \$signature__data$360  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6362,16 +6461,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$284 )
-      a_cache5[\$signature__addr$282 ] <= \$signature__data$283 ;
+    if (\$signature__en$269 )
+      a_cache5[\$signature__addr$267 ] <= \$signature__data$268 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$312 ) begin
-      _5_ <= a_cache5[\$signature__addr$311 ];
+    if (\$signature__en$299 ) begin
+      _5_ <= a_cache5[\$signature__addr$298 ];
     end
   end
-  assign \$signature__data$373  = _5_;
+  assign \$signature__data$361  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6888,16 +6987,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$287 )
-      a_cache6[\$signature__addr$285 ] <= \$signature__data$286 ;
+    if (\$signature__en$272 )
+      a_cache6[\$signature__addr$270 ] <= \$signature__data$271 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$314 ) begin
-      _6_ <= a_cache6[\$signature__addr$313 ];
+    if (\$signature__en$301 ) begin
+      _6_ <= a_cache6[\$signature__addr$300 ];
     end
   end
-  assign \$signature__data$374  = _6_;
+  assign \$signature__data$362  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7414,16 +7513,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$290 )
-      a_cache7[\$signature__addr$288 ] <= \$signature__data$289 ;
+    if (\$signature__en$275 )
+      a_cache7[\$signature__addr$273 ] <= \$signature__data$274 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$316 ) begin
-      _7_ <= a_cache7[\$signature__addr$315 ];
+    if (\$signature__en$303 ) begin
+      _7_ <= a_cache7[\$signature__addr$302 ];
     end
   end
-  assign \$signature__data$375  = _7_;
+  assign \$signature__data$363  = _7_;
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -7940,16 +8039,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$293 )
-      a_cache8[\$signature__addr$291 ] <= \$signature__data$292 ;
+    if (\$signature__en$278 )
+      a_cache8[\$signature__addr$276 ] <= \$signature__data$277 ;
   end
   reg [8:0] _8_;
   always @(posedge clk) begin
-    if (\$signature__en$318 ) begin
-      _8_ <= a_cache8[\$signature__addr$317 ];
+    if (\$signature__en$305 ) begin
+      _8_ <= a_cache8[\$signature__addr$304 ];
     end
   end
-  assign \$signature__data$376  = _8_;
+  assign \$signature__data$364  = _8_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24869,16 +24968,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$325 )
-      w_cache0[\$signature__addr$322 ] <= \$signature__data$324 ;
+    if (\$signature__en$312 )
+      w_cache0[\$signature__addr$309 ] <= \$signature__data$311 ;
   end
   reg [7:0] _11_;
   always @(posedge clk) begin
-    if (\$signature__en$350 ) begin
-      _11_ <= w_cache0[\$signature__addr$348 ];
+    if (\$signature__en$337 ) begin
+      _11_ <= w_cache0[\$signature__addr$335 ];
     end
   end
-  assign \$signature__data$378  = _11_;
+  assign \$signature__data$366  = _11_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25395,16 +25494,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$329 )
-      w_cache1[\$signature__addr$327 ] <= \$signature__data$328 ;
+    if (\$signature__en$316 )
+      w_cache1[\$signature__addr$314 ] <= \$signature__data$315 ;
   end
   reg [7:0] _12_;
   always @(posedge clk) begin
-    if (\$signature__en$352 ) begin
-      _12_ <= w_cache1[\$signature__addr$351 ];
+    if (\$signature__en$339 ) begin
+      _12_ <= w_cache1[\$signature__addr$338 ];
     end
   end
-  assign \$signature__data$380  = _12_;
+  assign \$signature__data$368  = _12_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25921,16 +26020,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$332 )
-      w_cache2[\$signature__addr$330 ] <= \$signature__data$331 ;
+    if (\$signature__en$319 )
+      w_cache2[\$signature__addr$317 ] <= \$signature__data$318 ;
   end
   reg [7:0] _13_;
   always @(posedge clk) begin
-    if (\$signature__en$354 ) begin
-      _13_ <= w_cache2[\$signature__addr$353 ];
+    if (\$signature__en$341 ) begin
+      _13_ <= w_cache2[\$signature__addr$340 ];
     end
   end
-  assign \$signature__data$382  = _13_;
+  assign \$signature__data$370  = _13_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26447,16 +26546,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$335 )
-      w_cache3[\$signature__addr$333 ] <= \$signature__data$334 ;
+    if (\$signature__en$322 )
+      w_cache3[\$signature__addr$320 ] <= \$signature__data$321 ;
   end
   reg [7:0] _14_;
   always @(posedge clk) begin
-    if (\$signature__en$356 ) begin
-      _14_ <= w_cache3[\$signature__addr$355 ];
+    if (\$signature__en$343 ) begin
+      _14_ <= w_cache3[\$signature__addr$342 ];
     end
   end
-  assign \$signature__data$384  = _14_;
+  assign \$signature__data$372  = _14_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26973,16 +27072,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$338 )
-      w_cache4[\$signature__addr$336 ] <= \$signature__data$337 ;
+    if (\$signature__en$325 )
+      w_cache4[\$signature__addr$323 ] <= \$signature__data$324 ;
   end
   reg [7:0] _15_;
   always @(posedge clk) begin
-    if (\$signature__en$358 ) begin
-      _15_ <= w_cache4[\$signature__addr$357 ];
+    if (\$signature__en$345 ) begin
+      _15_ <= w_cache4[\$signature__addr$344 ];
     end
   end
-  assign \$signature__data$386  = _15_;
+  assign \$signature__data$374  = _15_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27499,16 +27598,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$341 )
-      w_cache5[\$signature__addr$339 ] <= \$signature__data$340 ;
+    if (\$signature__en$328 )
+      w_cache5[\$signature__addr$326 ] <= \$signature__data$327 ;
   end
   reg [7:0] _16_;
   always @(posedge clk) begin
-    if (\$signature__en$360 ) begin
-      _16_ <= w_cache5[\$signature__addr$359 ];
+    if (\$signature__en$347 ) begin
+      _16_ <= w_cache5[\$signature__addr$346 ];
     end
   end
-  assign \$signature__data$388  = _16_;
+  assign \$signature__data$376  = _16_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -28025,16 +28124,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$344 )
-      w_cache6[\$signature__addr$342 ] <= \$signature__data$343 ;
+    if (\$signature__en$331 )
+      w_cache6[\$signature__addr$329 ] <= \$signature__data$330 ;
   end
   reg [7:0] _17_;
   always @(posedge clk) begin
-    if (\$signature__en$362 ) begin
-      _17_ <= w_cache6[\$signature__addr$361 ];
+    if (\$signature__en$349 ) begin
+      _17_ <= w_cache6[\$signature__addr$348 ];
     end
   end
-  assign \$signature__data$390  = _17_;
+  assign \$signature__data$378  = _17_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -28551,16 +28650,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$347 )
-      w_cache7[\$signature__addr$345 ] <= \$signature__data$346 ;
+    if (\$signature__en$334 )
+      w_cache7[\$signature__addr$332 ] <= \$signature__data$333 ;
   end
   reg [7:0] _18_;
   always @(posedge clk) begin
-    if (\$signature__en$364 ) begin
-      _18_ <= w_cache7[\$signature__addr$363 ];
+    if (\$signature__en$351 ) begin
+      _18_ <= w_cache7[\$signature__addr$350 ];
     end
   end
-  assign \$signature__data$392  = _18_;
+  assign \$signature__data$380  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28571,7 +28670,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$8  = \$6  & \$7 ;
   assign \$9  = ~ pre_sm;
   assign post_bad = \$8  & \$9 ;
-  assign \$10  = \$signal  & valid;
+  assign \$10  = run0 & valid;
   assign \$11  = level + src0_inflight;
   assign \$12  = \$11  < 3'h4;
   assign src0_issue = \$10  & \$12 ;
@@ -28614,1320 +28713,1412 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$52  = post_add ? ins[379:362] : ins[415:398];
   assign \$55  = $signed(ins[159:142]) * $signed(5'h09);
   assign \$56  = $signed(ins[177:160]) * $signed(5'h08);
-  assign \$57  = ~ fetch_sent;
-  assign \$58  = | decode_wait;
-  assign \$59  = | c_ask;
-  assign \$60  = is_softmax | pre_sm;
-  assign \$61  = is_layernorm | pre_ln;
-  assign \$62  = is_softmax | is_layernorm;
-  assign \$63  = ~ ext_req_valid;
-  assign \$64  = \$63  | req__ready;
-  assign \$65  = valid & \$64 ;
-  assign \$68  = \$67  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$71  = \$70  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$74  = \$73  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$77  = \$76  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$78  = beat__valid & beat__payload[512];
-  assign \$79  = sink_from_add & a__ready;
-  assign \$80  = \$79  & \b__ready$213 ;
-  assign \$81  = sink_from_gelu0 & i__ready;
-  assign \$83  = \$80  | \$82 ;
+  assign c__valid = const_to0 & beat__valid;
+  assign \c__valid$120  = const_to1 & beat__valid;
+  assign \c__valid$123  = const_to2 & beat__valid;
+  assign \c__valid$126  = const_to3 & beat__valid;
+  assign \$57  = is_softmax | is_layernorm;
+  assign \$58  = ~ ext_req_valid;
+  assign \$59  = \$58  | req__ready;
+  assign \$60  = valid & \$59 ;
+  assign \$63  = \$62  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$66  = \$65  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$69  = \$68  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$72  = \$71  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$73  = beat__valid & beat__payload[512];
+  assign \$74  = a__ready & \b__ready$197 ;
+  assign \$75  = sink_from_add & \$74 ;
+  assign \$76  = sink_from_gelu0 & i__ready;
+  assign \$77  = | { \$76 , \$75  };
+  assign \$78  = ~ pack_full;
+  assign \$79  = \$78  | in_ready;
+  assign \$80  = \$79  & elem_valid;
+  assign \$81  = ~ add_sel;
+  assign \$82  = \r_rdy$203  | \$81 ;
+  assign \$83  = \$80  & \$82 ;
   assign \$84  = ~ pack_full;
   assign \$85  = \$84  | in_ready;
   assign \$86  = \$85  & elem_valid;
   assign \$87  = ~ add_sel;
-  assign \$88  = \r_rdy$219  | \$87 ;
+  assign \$88  = \r_rdy$203  | \$87 ;
   assign \$89  = \$86  & \$88 ;
-  assign \$90  = ~ pack_full;
-  assign \$91  = \$90  | in_ready;
-  assign \$92  = \$91  & elem_valid;
-  assign \$93  = ~ add_sel;
-  assign \$94  = \r_rdy$219  | \$93 ;
-  assign \$95  = \$92  & \$94 ;
-  assign \$96  = \$95  & add_sel;
-  assign \$98  = \$signal$221  & \valid$198 ;
-  assign \$99  = pack_jo == 2'h3;
-  assign \$100  = \$99  | \final ;
-  assign \$101  = q0_to_pack & r_rdy;
-  assign \$102  = res_to_pack & gemm_res_valid;
-  assign elem_valid = \$101  | \$102 ;
-  assign \$103  = want_w ? w_addr : p_addr;
-  assign \$104  = want_w ? w_lb : 3'h6;
+  assign \$90  = \$89  & add_sel;
+  assign \$91  = sink_from_add & \o__valid$206 ;
+  assign \$92  = sink_from_gelu0 & \o__valid$207 ;
+  assign \$93  = | { \$92 , \$91  };
+  assign \$94  = sink_from_add & out_ready;
+  assign \$95  = sink_from_add & pack_full;
+  assign \$96  = sink_from_add & pack_full;
+  assign \$97  = sink_from_gelu0 & out_ready;
+  assign \$98  = sink_from_gelu0 & pack_full;
+  assign \$100  = \$signal$205  & \valid$221 ;
+  assign \$101  = pack_jo == 2'h3;
+  assign \$102  = \$101  | \final ;
+  assign \$103  = q0_to_pack & r_rdy;
+  assign \$104  = res_to_pack & gemm_res_valid;
+  assign elem_valid = \$103  | \$104 ;
   assign \$105  = ~ is_linear;
   assign \$106  = \$105  | rk_zero;
-  assign \$107  = ~ w_full;
-  assign \$108  = \a__valid$253  & \a__ready$254 ;
-  assign \$109  = \$107  | \$108 ;
-  assign \$110  = pre_ln | pre_sm;
-  assign \$111  = ~ \$110 ;
-  assign \$112  = a_from_softmax & o__valid;
-  assign \$113  = a_from_layernorm & \o__valid$205 ;
-  assign \$114  = \$112  | \$113 ;
-  assign \$115  = a_from_src0 & r_rdy;
-  assign a_in_valid = \$114  | \$115 ;
-  assign \$118  = \$117  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$121  = \$120  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$124  = \$123  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$127  = \$126  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$130  = \$129  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$133  = \$132  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$136  = \$135  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
-  assign \$138  = ~ \$137 ;
-  assign \$139  = a_in_valid & \$138 ;
-  assign \$140  = \$signal$262  * 9'h100;
-  assign \$141  = \$140  + lk;
-  assign \$143  = ~ \$142 ;
-  assign \$144  = a_in_valid & \$143 ;
-  assign \$145  = | \$signal$269 ;
-  assign \$146  = ~ \$145 ;
-  assign \$147  = \$144  & \$146 ;
-  assign \$148  = \$signal$262  * 9'h100;
-  assign \$149  = \$148  + lk;
-  assign \$151  = ~ \$150 ;
-  assign \$152  = a_in_valid & \$151 ;
-  assign \$153  = \$signal$269  == 1'h1;
-  assign \$154  = \$152  & \$153 ;
-  assign \$155  = \$signal$262  * 9'h100;
-  assign \$156  = \$155  + lk;
-  assign \$158  = ~ \$157 ;
-  assign \$159  = a_in_valid & \$158 ;
-  assign \$160  = \$signal$269  == 2'h2;
-  assign \$161  = \$159  & \$160 ;
-  assign \$162  = \$signal$262  * 9'h100;
-  assign \$163  = \$162  + lk;
-  assign \$165  = ~ \$164 ;
-  assign \$166  = a_in_valid & \$165 ;
-  assign \$167  = \$signal$269  == 2'h3;
-  assign \$168  = \$166  & \$167 ;
-  assign \$169  = \$signal$262  * 9'h100;
-  assign \$170  = \$169  + lk;
-  assign \$172  = ~ \$171 ;
-  assign \$173  = a_in_valid & \$172 ;
-  assign \$174  = \$signal$269  == 3'h4;
-  assign \$175  = \$173  & \$174 ;
-  assign \$176  = \$signal$262  * 9'h100;
-  assign \$177  = \$176  + lk;
-  assign \$179  = ~ \$178 ;
-  assign \$180  = a_in_valid & \$179 ;
-  assign \$181  = \$signal$269  == 3'h5;
-  assign \$182  = \$180  & \$181 ;
-  assign \$183  = \$signal$262  * 9'h100;
-  assign \$184  = \$183  + lk;
-  assign \$186  = ~ \$185 ;
-  assign \$187  = a_in_valid & \$186 ;
-  assign \$188  = \$signal$269  == 3'h6;
-  assign \$189  = \$187  & \$188 ;
-  assign \$190  = \$signal$262  * 9'h100;
-  assign \$191  = \$190  + lk;
-  assign \$193  = ~ \$192 ;
-  assign \$194  = a_in_valid & \$193 ;
-  assign \$195  = \$signal$269  == 3'h7;
-  assign \$196  = \$194  & \$195 ;
-  assign \$197  = \$signal$262  * 9'h100;
-  assign \$198  = \$197  + lk;
-  assign \$200  = ~ \$199 ;
-  assign \$201  = a_in_valid & \$200 ;
-  assign \$202  = \$signal$269  == 4'h8;
-  assign \$203  = \$201  & \$202 ;
-  assign \$204  = \$signal$295  * 9'h100;
-  assign \$205  = \$204  + \$signal$296 ;
-  assign \$207  = \$signal$262  == \$signal$295 ;
-  assign \$208  = lk > \$signal$296 ;
-  assign \$209  = \$207  & \$208 ;
-  assign \$210  = pre_ln | pre_sm;
-  assign \$211  = ~ \$210 ;
-  assign \$212  = \$209  & \$211 ;
-  assign \$213  = \$206  | \$212 ;
-  assign \$215  = is_linear | \$214 ;
-  assign \$216  = \$213  & \$215 ;
-  assign \$217  = ~ \$signal$301 ;
-  assign \$218  = \a__valid$253  & \a__ready$254 ;
-  assign \$219  = \$217  | \$218 ;
-  assign \$220  = \$216  & \$219 ;
-  assign \$221  = | feed_blocks;
-  assign \$222  = \$220  & \$221 ;
-  assign \$223  = \$signal$295  * 9'h100;
-  assign \$224  = \$223  + \$signal$296 ;
-  assign \$226  = \$signal$262  == \$signal$295 ;
-  assign \$227  = lk > \$signal$296 ;
-  assign \$228  = \$226  & \$227 ;
-  assign \$229  = pre_ln | pre_sm;
-  assign \$230  = ~ \$229 ;
-  assign \$231  = \$228  & \$230 ;
-  assign \$232  = \$225  | \$231 ;
-  assign \$234  = is_linear | \$233 ;
-  assign \$235  = \$232  & \$234 ;
-  assign \$236  = ~ \$signal$301 ;
-  assign \$237  = \a__valid$253  & \a__ready$254 ;
-  assign \$238  = \$236  | \$237 ;
-  assign \$239  = \$235  & \$238 ;
-  assign \$240  = | feed_blocks;
-  assign \$241  = \$239  & \$240 ;
-  assign \$242  = \$signal$295  * 9'h100;
-  assign \$243  = \$242  + \$signal$296 ;
-  assign \$245  = \$signal$262  == \$signal$295 ;
-  assign \$246  = lk > \$signal$296 ;
-  assign \$247  = \$245  & \$246 ;
-  assign \$248  = pre_ln | pre_sm;
-  assign \$249  = ~ \$248 ;
+  assign \$107  = \$106  & beat__valid;
+  assign \$108  = pre_ln | pre_sm;
+  assign \$109  = ~ \$108 ;
+  assign \$110  = a_from_softmax & o__valid;
+  assign \$111  = a_from_layernorm & \o__valid$189 ;
+  assign \$112  = \$110  | \$111 ;
+  assign \$113  = a_from_src0 & r_rdy;
+  assign a_in_valid = \$112  | \$113 ;
+  assign \$116  = \$115  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$119  = \$118  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$122  = \$121  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$125  = \$124  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$128  = \$127  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$131  = \$130  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$134  = \$133  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$136  = ~ \$135 ;
+  assign \$137  = a_in_valid & \$136 ;
+  assign \$138  = \$signal$247  * 9'h100;
+  assign \$139  = \$138  + lk;
+  assign \$141  = ~ \$140 ;
+  assign \$142  = a_in_valid & \$141 ;
+  assign \$143  = | \$signal$254 ;
+  assign \$144  = ~ \$143 ;
+  assign \$145  = \$142  & \$144 ;
+  assign \$146  = \$signal$247  * 9'h100;
+  assign \$147  = \$146  + lk;
+  assign \$149  = ~ \$148 ;
+  assign \$150  = a_in_valid & \$149 ;
+  assign \$151  = \$signal$254  == 1'h1;
+  assign \$152  = \$150  & \$151 ;
+  assign \$153  = \$signal$247  * 9'h100;
+  assign \$154  = \$153  + lk;
+  assign \$156  = ~ \$155 ;
+  assign \$157  = a_in_valid & \$156 ;
+  assign \$158  = \$signal$254  == 2'h2;
+  assign \$159  = \$157  & \$158 ;
+  assign \$160  = \$signal$247  * 9'h100;
+  assign \$161  = \$160  + lk;
+  assign \$163  = ~ \$162 ;
+  assign \$164  = a_in_valid & \$163 ;
+  assign \$165  = \$signal$254  == 2'h3;
+  assign \$166  = \$164  & \$165 ;
+  assign \$167  = \$signal$247  * 9'h100;
+  assign \$168  = \$167  + lk;
+  assign \$170  = ~ \$169 ;
+  assign \$171  = a_in_valid & \$170 ;
+  assign \$172  = \$signal$254  == 3'h4;
+  assign \$173  = \$171  & \$172 ;
+  assign \$174  = \$signal$247  * 9'h100;
+  assign \$175  = \$174  + lk;
+  assign \$177  = ~ \$176 ;
+  assign \$178  = a_in_valid & \$177 ;
+  assign \$179  = \$signal$254  == 3'h5;
+  assign \$180  = \$178  & \$179 ;
+  assign \$181  = \$signal$247  * 9'h100;
+  assign \$182  = \$181  + lk;
+  assign \$184  = ~ \$183 ;
+  assign \$185  = a_in_valid & \$184 ;
+  assign \$186  = \$signal$254  == 3'h6;
+  assign \$187  = \$185  & \$186 ;
+  assign \$188  = \$signal$247  * 9'h100;
+  assign \$189  = \$188  + lk;
+  assign \$191  = ~ \$190 ;
+  assign \$192  = a_in_valid & \$191 ;
+  assign \$193  = \$signal$254  == 3'h7;
+  assign \$194  = \$192  & \$193 ;
+  assign \$195  = \$signal$247  * 9'h100;
+  assign \$196  = \$195  + lk;
+  assign \$198  = ~ \$197 ;
+  assign \$199  = a_in_valid & \$198 ;
+  assign \$200  = \$signal$254  == 4'h8;
+  assign \$201  = \$199  & \$200 ;
+  assign \$202  = \$signal$280  * 9'h100;
+  assign \$203  = \$202  + \$signal$281 ;
+  assign \$205  = \$signal$247  == \$signal$280 ;
+  assign \$206  = lk > \$signal$281 ;
+  assign \$207  = \$205  & \$206 ;
+  assign \$208  = pre_ln | pre_sm;
+  assign \$209  = ~ \$208 ;
+  assign \$210  = \$207  & \$209 ;
+  assign \$211  = \$204  | \$210 ;
+  assign \$213  = is_linear | \$212 ;
+  assign \$214  = \$211  & \$213 ;
+  assign \$215  = ~ \$signal$286 ;
+  assign \$216  = \a__valid$287  & \a__ready$288 ;
+  assign \$217  = \$215  | \$216 ;
+  assign \$218  = \$214  & \$217 ;
+  assign \$219  = \$218  & a_blocks_left;
+  assign \$220  = \$signal$280  * 9'h100;
+  assign \$221  = \$220  + \$signal$281 ;
+  assign \$223  = \$signal$247  == \$signal$280 ;
+  assign \$224  = lk > \$signal$281 ;
+  assign \$225  = \$223  & \$224 ;
+  assign \$226  = pre_ln | pre_sm;
+  assign \$227  = ~ \$226 ;
+  assign \$228  = \$225  & \$227 ;
+  assign \$229  = \$222  | \$228 ;
+  assign \$231  = is_linear | \$230 ;
+  assign \$232  = \$229  & \$231 ;
+  assign \$233  = ~ \$signal$286 ;
+  assign \$234  = \a__valid$287  & \a__ready$288 ;
+  assign \$235  = \$233  | \$234 ;
+  assign \$236  = \$232  & \$235 ;
+  assign \$237  = \$236  & a_blocks_left;
+  assign \$238  = \$signal$280  * 9'h100;
+  assign \$239  = \$238  + \$signal$281 ;
+  assign \$241  = \$signal$247  == \$signal$280 ;
+  assign \$242  = lk > \$signal$281 ;
+  assign \$243  = \$241  & \$242 ;
+  assign \$244  = pre_ln | pre_sm;
+  assign \$245  = ~ \$244 ;
+  assign \$246  = \$243  & \$245 ;
+  assign \$247  = \$240  | \$246 ;
+  assign \$249  = is_linear | \$248 ;
   assign \$250  = \$247  & \$249 ;
-  assign \$251  = \$244  | \$250 ;
-  assign \$253  = is_linear | \$252 ;
-  assign \$254  = \$251  & \$253 ;
-  assign \$255  = ~ \$signal$301 ;
-  assign \$256  = \a__valid$253  & \a__ready$254 ;
-  assign \$257  = \$255  | \$256 ;
-  assign \$258  = \$254  & \$257 ;
-  assign \$259  = | feed_blocks;
-  assign \$260  = \$258  & \$259 ;
-  assign \$261  = \$signal$295  * 9'h100;
-  assign \$262  = \$261  + \$signal$296 ;
-  assign \$264  = \$signal$262  == \$signal$295 ;
-  assign \$265  = lk > \$signal$296 ;
-  assign \$266  = \$264  & \$265 ;
-  assign \$267  = pre_ln | pre_sm;
-  assign \$268  = ~ \$267 ;
-  assign \$269  = \$266  & \$268 ;
-  assign \$270  = \$263  | \$269 ;
-  assign \$272  = is_linear | \$271 ;
-  assign \$273  = \$270  & \$272 ;
-  assign \$274  = ~ \$signal$301 ;
-  assign \$275  = \a__valid$253  & \a__ready$254 ;
-  assign \$276  = \$274  | \$275 ;
-  assign \$277  = \$273  & \$276 ;
-  assign \$278  = | feed_blocks;
+  assign \$251  = ~ \$signal$286 ;
+  assign \$252  = \a__valid$287  & \a__ready$288 ;
+  assign \$253  = \$251  | \$252 ;
+  assign \$254  = \$250  & \$253 ;
+  assign \$255  = \$254  & a_blocks_left;
+  assign \$256  = \$signal$280  * 9'h100;
+  assign \$257  = \$256  + \$signal$281 ;
+  assign \$259  = \$signal$247  == \$signal$280 ;
+  assign \$260  = lk > \$signal$281 ;
+  assign \$261  = \$259  & \$260 ;
+  assign \$262  = pre_ln | pre_sm;
+  assign \$263  = ~ \$262 ;
+  assign \$264  = \$261  & \$263 ;
+  assign \$265  = \$258  | \$264 ;
+  assign \$267  = is_linear | \$266 ;
+  assign \$268  = \$265  & \$267 ;
+  assign \$269  = ~ \$signal$286 ;
+  assign \$270  = \a__valid$287  & \a__ready$288 ;
+  assign \$271  = \$269  | \$270 ;
+  assign \$272  = \$268  & \$271 ;
+  assign \$273  = \$272  & a_blocks_left;
+  assign \$274  = \$signal$280  * 9'h100;
+  assign \$275  = \$274  + \$signal$281 ;
+  assign \$277  = \$signal$247  == \$signal$280 ;
+  assign \$278  = lk > \$signal$281 ;
   assign \$279  = \$277  & \$278 ;
-  assign \$280  = \$signal$295  * 9'h100;
-  assign \$281  = \$280  + \$signal$296 ;
-  assign \$283  = \$signal$262  == \$signal$295 ;
-  assign \$284  = lk > \$signal$296 ;
-  assign \$285  = \$283  & \$284 ;
-  assign \$286  = pre_ln | pre_sm;
-  assign \$287  = ~ \$286 ;
-  assign \$288  = \$285  & \$287 ;
-  assign \$289  = \$282  | \$288 ;
-  assign \$291  = is_linear | \$290 ;
-  assign \$292  = \$289  & \$291 ;
-  assign \$293  = ~ \$signal$301 ;
-  assign \$294  = \a__valid$253  & \a__ready$254 ;
-  assign \$295  = \$293  | \$294 ;
-  assign \$296  = \$292  & \$295 ;
-  assign \$297  = | feed_blocks;
-  assign \$298  = \$296  & \$297 ;
-  assign \$299  = \$signal$295  * 9'h100;
-  assign \$300  = \$299  + \$signal$296 ;
-  assign \$302  = \$signal$262  == \$signal$295 ;
-  assign \$303  = lk > \$signal$296 ;
-  assign \$304  = \$302  & \$303 ;
-  assign \$305  = pre_ln | pre_sm;
-  assign \$306  = ~ \$305 ;
-  assign \$307  = \$304  & \$306 ;
-  assign \$308  = \$301  | \$307 ;
-  assign \$310  = is_linear | \$309 ;
-  assign \$311  = \$308  & \$310 ;
-  assign \$312  = ~ \$signal$301 ;
-  assign \$313  = \a__valid$253  & \a__ready$254 ;
-  assign \$314  = \$312  | \$313 ;
-  assign \$315  = \$311  & \$314 ;
-  assign \$316  = | feed_blocks;
-  assign \$317  = \$315  & \$316 ;
-  assign \$318  = \$signal$295  * 9'h100;
-  assign \$319  = \$318  + \$signal$296 ;
-  assign \$321  = \$signal$262  == \$signal$295 ;
-  assign \$322  = lk > \$signal$296 ;
-  assign \$323  = \$321  & \$322 ;
-  assign \$324  = pre_ln | pre_sm;
-  assign \$325  = ~ \$324 ;
-  assign \$326  = \$323  & \$325 ;
-  assign \$327  = \$320  | \$326 ;
-  assign \$329  = is_linear | \$328 ;
-  assign \$330  = \$327  & \$329 ;
-  assign \$331  = ~ \$signal$301 ;
-  assign \$332  = \a__valid$253  & \a__ready$254 ;
-  assign \$333  = \$331  | \$332 ;
-  assign \$334  = \$330  & \$333 ;
-  assign \$335  = | feed_blocks;
-  assign \$336  = \$334  & \$335 ;
-  assign \$337  = \$signal$295  * 9'h100;
-  assign \$338  = \$337  + \$signal$296 ;
-  assign \$340  = \$signal$262  == \$signal$295 ;
-  assign \$341  = lk > \$signal$296 ;
-  assign \$342  = \$340  & \$341 ;
-  assign \$343  = pre_ln | pre_sm;
-  assign \$344  = ~ \$343 ;
-  assign \$345  = \$342  & \$344 ;
-  assign \$346  = \$339  | \$345 ;
-  assign \$348  = is_linear | \$347 ;
-  assign \$349  = \$346  & \$348 ;
-  assign \$350  = ~ \$signal$301 ;
-  assign \$351  = \a__valid$253  & \a__ready$254 ;
-  assign \$352  = \$350  | \$351 ;
-  assign \$353  = \$349  & \$352 ;
-  assign \$354  = | feed_blocks;
-  assign \$355  = \$353  & \$354 ;
-  assign \$356  = \$signal$295  * 9'h100;
-  assign \$357  = \$356  + \$signal$296 ;
-  assign \$359  = \$signal$262  == \$signal$295 ;
-  assign \$360  = lk > \$signal$296 ;
-  assign \$361  = \$359  & \$360 ;
-  assign \$362  = pre_ln | pre_sm;
-  assign \$363  = ~ \$362 ;
-  assign \$364  = \$361  & \$363 ;
-  assign \$365  = \$358  | \$364 ;
-  assign \$367  = is_linear | \$366 ;
-  assign \$368  = \$365  & \$367 ;
-  assign \$369  = ~ \$signal$301 ;
-  assign \$370  = \a__valid$253  & \a__ready$254 ;
-  assign \$371  = \$369  | \$370 ;
-  assign \$372  = \$368  & \$371 ;
-  assign \$373  = | feed_blocks;
-  assign \$374  = \$372  & \$373 ;
+  assign \$280  = pre_ln | pre_sm;
+  assign \$281  = ~ \$280 ;
+  assign \$282  = \$279  & \$281 ;
+  assign \$283  = \$276  | \$282 ;
+  assign \$285  = is_linear | \$284 ;
+  assign \$286  = \$283  & \$285 ;
+  assign \$287  = ~ \$signal$286 ;
+  assign \$288  = \a__valid$287  & \a__ready$288 ;
+  assign \$289  = \$287  | \$288 ;
+  assign \$290  = \$286  & \$289 ;
+  assign \$291  = \$290  & a_blocks_left;
+  assign \$292  = \$signal$280  * 9'h100;
+  assign \$293  = \$292  + \$signal$281 ;
+  assign \$295  = \$signal$247  == \$signal$280 ;
+  assign \$296  = lk > \$signal$281 ;
+  assign \$297  = \$295  & \$296 ;
+  assign \$298  = pre_ln | pre_sm;
+  assign \$299  = ~ \$298 ;
+  assign \$300  = \$297  & \$299 ;
+  assign \$301  = \$294  | \$300 ;
+  assign \$303  = is_linear | \$302 ;
+  assign \$304  = \$301  & \$303 ;
+  assign \$305  = ~ \$signal$286 ;
+  assign \$306  = \a__valid$287  & \a__ready$288 ;
+  assign \$307  = \$305  | \$306 ;
+  assign \$308  = \$304  & \$307 ;
+  assign \$309  = \$308  & a_blocks_left;
+  assign \$310  = \$signal$280  * 9'h100;
+  assign \$311  = \$310  + \$signal$281 ;
+  assign \$313  = \$signal$247  == \$signal$280 ;
+  assign \$314  = lk > \$signal$281 ;
+  assign \$315  = \$313  & \$314 ;
+  assign \$316  = pre_ln | pre_sm;
+  assign \$317  = ~ \$316 ;
+  assign \$318  = \$315  & \$317 ;
+  assign \$319  = \$312  | \$318 ;
+  assign \$321  = is_linear | \$320 ;
+  assign \$322  = \$319  & \$321 ;
+  assign \$323  = ~ \$signal$286 ;
+  assign \$324  = \a__valid$287  & \a__ready$288 ;
+  assign \$325  = \$323  | \$324 ;
+  assign \$326  = \$322  & \$325 ;
+  assign \$327  = \$326  & a_blocks_left;
+  assign \$328  = \$signal$280  * 9'h100;
+  assign \$329  = \$328  + \$signal$281 ;
+  assign \$331  = \$signal$247  == \$signal$280 ;
+  assign \$332  = lk > \$signal$281 ;
+  assign \$333  = \$331  & \$332 ;
+  assign \$334  = pre_ln | pre_sm;
+  assign \$335  = ~ \$334 ;
+  assign \$336  = \$333  & \$335 ;
+  assign \$337  = \$330  | \$336 ;
+  assign \$339  = is_linear | \$338 ;
+  assign \$340  = \$337  & \$339 ;
+  assign \$341  = ~ \$signal$286 ;
+  assign \$342  = \a__valid$287  & \a__ready$288 ;
+  assign \$343  = \$341  | \$342 ;
+  assign \$344  = \$340  & \$343 ;
+  assign \$345  = \$344  & a_blocks_left;
+  assign \$346  = \$signal$280  * 9'h100;
+  assign \$347  = \$346  + \$signal$281 ;
+  assign \$349  = \$signal$247  == \$signal$280 ;
+  assign \$350  = lk > \$signal$281 ;
+  assign \$351  = \$349  & \$350 ;
+  assign \$352  = pre_ln | pre_sm;
+  assign \$353  = ~ \$352 ;
+  assign \$354  = \$351  & \$353 ;
+  assign \$355  = \$348  | \$354 ;
+  assign \$357  = is_linear | \$356 ;
+  assign \$358  = \$355  & \$357 ;
+  assign \$359  = ~ \$signal$286 ;
+  assign \$360  = \a__valid$287  & \a__ready$288 ;
+  assign \$361  = \$359  | \$360 ;
+  assign \$362  = \$358  & \$361 ;
+  assign \$363  = \$362  & a_blocks_left;
+  assign \$364  = ~ is_linear;
+  assign \$366  = ~ \$365 ;
+  assign \$367  = \r_rdy$203  & \$366 ;
+  assign \$368  = ~ is_linear;
+  assign \$369  = \$367  & \$368 ;
+  assign \$370  = w_load_half * 9'h100;
+  assign \$371  = \$370  + w_load_addr;
+  assign \$373  = ~ \$372 ;
+  assign \$374  = \r_rdy$203  & \$373 ;
   assign \$375  = ~ is_linear;
-  assign \$377  = ~ \$376 ;
-  assign \$378  = \r_rdy$219  & \$377 ;
-  assign \$379  = ~ is_linear;
-  assign \$380  = \$378  & \$379 ;
-  assign \$381  = w_load_half * 9'h100;
-  assign \$382  = \$381  + w_load_addr;
-  assign \$384  = ~ \$383 ;
-  assign \$385  = \r_rdy$219  & \$384 ;
-  assign \$386  = ~ is_linear;
-  assign \$387  = \$385  & \$386 ;
-  assign \$388  = | w_load_lane;
-  assign \$389  = ~ \$388 ;
-  assign \$390  = \$387  & \$389 ;
-  assign \$391  = w_load_half * 9'h100;
-  assign \$392  = \$391  + w_load_addr;
-  assign \$394  = ~ \$393 ;
-  assign \$395  = \r_rdy$219  & \$394 ;
-  assign \$396  = ~ is_linear;
+  assign \$376  = \$374  & \$375 ;
+  assign \$377  = | w_load_lane;
+  assign \$378  = ~ \$377 ;
+  assign \$379  = \$376  & \$378 ;
+  assign \$380  = w_load_half * 9'h100;
+  assign \$381  = \$380  + w_load_addr;
+  assign \$383  = ~ \$382 ;
+  assign \$384  = \r_rdy$203  & \$383 ;
+  assign \$385  = ~ is_linear;
+  assign \$386  = \$384  & \$385 ;
+  assign \$387  = w_load_lane == 1'h1;
+  assign \$388  = \$386  & \$387 ;
+  assign \$389  = w_load_half * 9'h100;
+  assign \$390  = \$389  + w_load_addr;
+  assign \$392  = ~ \$391 ;
+  assign \$393  = \r_rdy$203  & \$392 ;
+  assign \$394  = ~ is_linear;
+  assign \$395  = \$393  & \$394 ;
+  assign \$396  = w_load_lane == 2'h2;
   assign \$397  = \$395  & \$396 ;
-  assign \$398  = w_load_lane == 1'h1;
-  assign \$399  = \$397  & \$398 ;
-  assign \$400  = w_load_half * 9'h100;
-  assign \$401  = \$400  + w_load_addr;
-  assign \$403  = ~ \$402 ;
-  assign \$404  = \r_rdy$219  & \$403 ;
-  assign \$405  = ~ is_linear;
+  assign \$398  = w_load_half * 9'h100;
+  assign \$399  = \$398  + w_load_addr;
+  assign \$401  = ~ \$400 ;
+  assign \$402  = \r_rdy$203  & \$401 ;
+  assign \$403  = ~ is_linear;
+  assign \$404  = \$402  & \$403 ;
+  assign \$405  = w_load_lane == 2'h3;
   assign \$406  = \$404  & \$405 ;
-  assign \$407  = w_load_lane == 2'h2;
-  assign \$408  = \$406  & \$407 ;
-  assign \$409  = w_load_half * 9'h100;
-  assign \$410  = \$409  + w_load_addr;
-  assign \$412  = ~ \$411 ;
-  assign \$413  = \r_rdy$219  & \$412 ;
-  assign \$414  = ~ is_linear;
+  assign \$407  = w_load_half * 9'h100;
+  assign \$408  = \$407  + w_load_addr;
+  assign \$410  = ~ \$409 ;
+  assign \$411  = \r_rdy$203  & \$410 ;
+  assign \$412  = ~ is_linear;
+  assign \$413  = \$411  & \$412 ;
+  assign \$414  = w_load_lane == 3'h4;
   assign \$415  = \$413  & \$414 ;
-  assign \$416  = w_load_lane == 2'h3;
-  assign \$417  = \$415  & \$416 ;
-  assign \$418  = w_load_half * 9'h100;
-  assign \$419  = \$418  + w_load_addr;
-  assign \$421  = ~ \$420 ;
-  assign \$422  = \r_rdy$219  & \$421 ;
-  assign \$423  = ~ is_linear;
+  assign \$416  = w_load_half * 9'h100;
+  assign \$417  = \$416  + w_load_addr;
+  assign \$419  = ~ \$418 ;
+  assign \$420  = \r_rdy$203  & \$419 ;
+  assign \$421  = ~ is_linear;
+  assign \$422  = \$420  & \$421 ;
+  assign \$423  = w_load_lane == 3'h5;
   assign \$424  = \$422  & \$423 ;
-  assign \$425  = w_load_lane == 3'h4;
-  assign \$426  = \$424  & \$425 ;
-  assign \$427  = w_load_half * 9'h100;
-  assign \$428  = \$427  + w_load_addr;
-  assign \$430  = ~ \$429 ;
-  assign \$431  = \r_rdy$219  & \$430 ;
-  assign \$432  = ~ is_linear;
+  assign \$425  = w_load_half * 9'h100;
+  assign \$426  = \$425  + w_load_addr;
+  assign \$428  = ~ \$427 ;
+  assign \$429  = \r_rdy$203  & \$428 ;
+  assign \$430  = ~ is_linear;
+  assign \$431  = \$429  & \$430 ;
+  assign \$432  = w_load_lane == 3'h6;
   assign \$433  = \$431  & \$432 ;
-  assign \$434  = w_load_lane == 3'h5;
-  assign \$435  = \$433  & \$434 ;
-  assign \$436  = w_load_half * 9'h100;
-  assign \$437  = \$436  + w_load_addr;
-  assign \$439  = ~ \$438 ;
-  assign \$440  = \r_rdy$219  & \$439 ;
-  assign \$441  = ~ is_linear;
+  assign \$434  = w_load_half * 9'h100;
+  assign \$435  = \$434  + w_load_addr;
+  assign \$437  = ~ \$436 ;
+  assign \$438  = \r_rdy$203  & \$437 ;
+  assign \$439  = ~ is_linear;
+  assign \$440  = \$438  & \$439 ;
+  assign \$441  = w_load_lane == 3'h7;
   assign \$442  = \$440  & \$441 ;
-  assign \$443  = w_load_lane == 3'h6;
-  assign \$444  = \$442  & \$443 ;
-  assign \$445  = w_load_half * 9'h100;
-  assign \$446  = \$445  + w_load_addr;
-  assign \$448  = ~ \$447 ;
-  assign \$449  = \r_rdy$219  & \$448 ;
-  assign \$450  = ~ is_linear;
-  assign \$451  = \$449  & \$450 ;
-  assign \$452  = w_load_lane == 3'h7;
-  assign \$453  = \$451  & \$452 ;
-  assign \$454  = w_feed_half * 9'h100;
-  assign \$455  = \$454  + feed_ntk;
-  assign \$456  = \$455  + \$signal$296 ;
-  assign \$458  = \$signal$262  == \$signal$295 ;
-  assign \$459  = lk > \$signal$296 ;
-  assign \$460  = \$458  & \$459 ;
-  assign \$461  = pre_ln | pre_sm;
-  assign \$462  = ~ \$461 ;
-  assign \$463  = \$460  & \$462 ;
-  assign \$464  = \$457  | \$463 ;
-  assign \$466  = is_linear | \$465 ;
-  assign \$467  = \$464  & \$466 ;
-  assign \$468  = ~ \$signal$301 ;
-  assign \$469  = \a__valid$253  & \a__ready$254 ;
-  assign \$470  = \$468  | \$469 ;
-  assign \$471  = \$467  & \$470 ;
-  assign \$472  = | feed_blocks;
-  assign \$473  = \$471  & \$472 ;
-  assign \$474  = w_feed_half * 9'h100;
-  assign \$475  = \$474  + feed_ntk;
-  assign \$476  = \$475  + \$signal$296 ;
-  assign \$478  = \$signal$262  == \$signal$295 ;
-  assign \$479  = lk > \$signal$296 ;
-  assign \$480  = \$478  & \$479 ;
-  assign \$481  = pre_ln | pre_sm;
-  assign \$482  = ~ \$481 ;
-  assign \$483  = \$480  & \$482 ;
-  assign \$484  = \$477  | \$483 ;
-  assign \$486  = is_linear | \$485 ;
-  assign \$487  = \$484  & \$486 ;
-  assign \$488  = ~ \$signal$301 ;
-  assign \$489  = \a__valid$253  & \a__ready$254 ;
-  assign \$490  = \$488  | \$489 ;
-  assign \$491  = \$487  & \$490 ;
-  assign \$492  = | feed_blocks;
-  assign \$493  = \$491  & \$492 ;
-  assign \$494  = w_feed_half * 9'h100;
-  assign \$495  = \$494  + feed_ntk;
-  assign \$496  = \$495  + \$signal$296 ;
-  assign \$498  = \$signal$262  == \$signal$295 ;
-  assign \$499  = lk > \$signal$296 ;
-  assign \$500  = \$498  & \$499 ;
-  assign \$501  = pre_ln | pre_sm;
-  assign \$502  = ~ \$501 ;
-  assign \$503  = \$500  & \$502 ;
-  assign \$504  = \$497  | \$503 ;
-  assign \$506  = is_linear | \$505 ;
-  assign \$507  = \$504  & \$506 ;
-  assign \$508  = ~ \$signal$301 ;
-  assign \$509  = \a__valid$253  & \a__ready$254 ;
-  assign \$510  = \$508  | \$509 ;
-  assign \$511  = \$507  & \$510 ;
-  assign \$512  = | feed_blocks;
-  assign \$513  = \$511  & \$512 ;
-  assign \$514  = w_feed_half * 9'h100;
-  assign \$515  = \$514  + feed_ntk;
-  assign \$516  = \$515  + \$signal$296 ;
-  assign \$518  = \$signal$262  == \$signal$295 ;
-  assign \$519  = lk > \$signal$296 ;
-  assign \$520  = \$518  & \$519 ;
-  assign \$521  = pre_ln | pre_sm;
-  assign \$522  = ~ \$521 ;
-  assign \$523  = \$520  & \$522 ;
-  assign \$524  = \$517  | \$523 ;
-  assign \$526  = is_linear | \$525 ;
-  assign \$527  = \$524  & \$526 ;
-  assign \$528  = ~ \$signal$301 ;
-  assign \$529  = \a__valid$253  & \a__ready$254 ;
-  assign \$530  = \$528  | \$529 ;
-  assign \$531  = \$527  & \$530 ;
-  assign \$532  = | feed_blocks;
-  assign \$533  = \$531  & \$532 ;
-  assign \$534  = w_feed_half * 9'h100;
-  assign \$535  = \$534  + feed_ntk;
-  assign \$536  = \$535  + \$signal$296 ;
-  assign \$538  = \$signal$262  == \$signal$295 ;
-  assign \$539  = lk > \$signal$296 ;
-  assign \$540  = \$538  & \$539 ;
-  assign \$541  = pre_ln | pre_sm;
-  assign \$542  = ~ \$541 ;
-  assign \$543  = \$540  & \$542 ;
-  assign \$544  = \$537  | \$543 ;
-  assign \$546  = is_linear | \$545 ;
+  assign \$443  = w_feed_half * 9'h100;
+  assign \$444  = \$443  + feed_ntk;
+  assign \$445  = \$444  + \$signal$281 ;
+  assign \$447  = \$signal$247  == \$signal$280 ;
+  assign \$448  = lk > \$signal$281 ;
+  assign \$449  = \$447  & \$448 ;
+  assign \$450  = pre_ln | pre_sm;
+  assign \$451  = ~ \$450 ;
+  assign \$452  = \$449  & \$451 ;
+  assign \$453  = \$446  | \$452 ;
+  assign \$455  = is_linear | \$454 ;
+  assign \$456  = \$453  & \$455 ;
+  assign \$457  = ~ \$signal$286 ;
+  assign \$458  = \a__valid$287  & \a__ready$288 ;
+  assign \$459  = \$457  | \$458 ;
+  assign \$460  = \$456  & \$459 ;
+  assign \$461  = \$460  & a_blocks_left;
+  assign \$462  = w_feed_half * 9'h100;
+  assign \$463  = \$462  + feed_ntk;
+  assign \$464  = \$463  + \$signal$281 ;
+  assign \$466  = \$signal$247  == \$signal$280 ;
+  assign \$467  = lk > \$signal$281 ;
+  assign \$468  = \$466  & \$467 ;
+  assign \$469  = pre_ln | pre_sm;
+  assign \$470  = ~ \$469 ;
+  assign \$471  = \$468  & \$470 ;
+  assign \$472  = \$465  | \$471 ;
+  assign \$474  = is_linear | \$473 ;
+  assign \$475  = \$472  & \$474 ;
+  assign \$476  = ~ \$signal$286 ;
+  assign \$477  = \a__valid$287  & \a__ready$288 ;
+  assign \$478  = \$476  | \$477 ;
+  assign \$479  = \$475  & \$478 ;
+  assign \$480  = \$479  & a_blocks_left;
+  assign \$481  = w_feed_half * 9'h100;
+  assign \$482  = \$481  + feed_ntk;
+  assign \$483  = \$482  + \$signal$281 ;
+  assign \$485  = \$signal$247  == \$signal$280 ;
+  assign \$486  = lk > \$signal$281 ;
+  assign \$487  = \$485  & \$486 ;
+  assign \$488  = pre_ln | pre_sm;
+  assign \$489  = ~ \$488 ;
+  assign \$490  = \$487  & \$489 ;
+  assign \$491  = \$484  | \$490 ;
+  assign \$493  = is_linear | \$492 ;
+  assign \$494  = \$491  & \$493 ;
+  assign \$495  = ~ \$signal$286 ;
+  assign \$496  = \a__valid$287  & \a__ready$288 ;
+  assign \$497  = \$495  | \$496 ;
+  assign \$498  = \$494  & \$497 ;
+  assign \$499  = \$498  & a_blocks_left;
+  assign \$500  = w_feed_half * 9'h100;
+  assign \$501  = \$500  + feed_ntk;
+  assign \$502  = \$501  + \$signal$281 ;
+  assign \$504  = \$signal$247  == \$signal$280 ;
+  assign \$505  = lk > \$signal$281 ;
+  assign \$506  = \$504  & \$505 ;
+  assign \$507  = pre_ln | pre_sm;
+  assign \$508  = ~ \$507 ;
+  assign \$509  = \$506  & \$508 ;
+  assign \$510  = \$503  | \$509 ;
+  assign \$512  = is_linear | \$511 ;
+  assign \$513  = \$510  & \$512 ;
+  assign \$514  = ~ \$signal$286 ;
+  assign \$515  = \a__valid$287  & \a__ready$288 ;
+  assign \$516  = \$514  | \$515 ;
+  assign \$517  = \$513  & \$516 ;
+  assign \$518  = \$517  & a_blocks_left;
+  assign \$519  = w_feed_half * 9'h100;
+  assign \$520  = \$519  + feed_ntk;
+  assign \$521  = \$520  + \$signal$281 ;
+  assign \$523  = \$signal$247  == \$signal$280 ;
+  assign \$524  = lk > \$signal$281 ;
+  assign \$525  = \$523  & \$524 ;
+  assign \$526  = pre_ln | pre_sm;
+  assign \$527  = ~ \$526 ;
+  assign \$528  = \$525  & \$527 ;
+  assign \$529  = \$522  | \$528 ;
+  assign \$531  = is_linear | \$530 ;
+  assign \$532  = \$529  & \$531 ;
+  assign \$533  = ~ \$signal$286 ;
+  assign \$534  = \a__valid$287  & \a__ready$288 ;
+  assign \$535  = \$533  | \$534 ;
+  assign \$536  = \$532  & \$535 ;
+  assign \$537  = \$536  & a_blocks_left;
+  assign \$538  = w_feed_half * 9'h100;
+  assign \$539  = \$538  + feed_ntk;
+  assign \$540  = \$539  + \$signal$281 ;
+  assign \$542  = \$signal$247  == \$signal$280 ;
+  assign \$543  = lk > \$signal$281 ;
+  assign \$544  = \$542  & \$543 ;
+  assign \$545  = pre_ln | pre_sm;
+  assign \$546  = ~ \$545 ;
   assign \$547  = \$544  & \$546 ;
-  assign \$548  = ~ \$signal$301 ;
-  assign \$549  = \a__valid$253  & \a__ready$254 ;
-  assign \$550  = \$548  | \$549 ;
-  assign \$551  = \$547  & \$550 ;
-  assign \$552  = | feed_blocks;
-  assign \$553  = \$551  & \$552 ;
-  assign \$554  = w_feed_half * 9'h100;
-  assign \$555  = \$554  + feed_ntk;
-  assign \$556  = \$555  + \$signal$296 ;
-  assign \$558  = \$signal$262  == \$signal$295 ;
-  assign \$559  = lk > \$signal$296 ;
-  assign \$560  = \$558  & \$559 ;
-  assign \$561  = pre_ln | pre_sm;
-  assign \$562  = ~ \$561 ;
-  assign \$563  = \$560  & \$562 ;
-  assign \$564  = \$557  | \$563 ;
-  assign \$566  = is_linear | \$565 ;
-  assign \$567  = \$564  & \$566 ;
-  assign \$568  = ~ \$signal$301 ;
-  assign \$569  = \a__valid$253  & \a__ready$254 ;
-  assign \$570  = \$568  | \$569 ;
-  assign \$571  = \$567  & \$570 ;
-  assign \$572  = | feed_blocks;
-  assign \$573  = \$571  & \$572 ;
-  assign \$574  = w_feed_half * 9'h100;
-  assign \$575  = \$574  + feed_ntk;
-  assign \$576  = \$575  + \$signal$296 ;
-  assign \$578  = \$signal$262  == \$signal$295 ;
-  assign \$579  = lk > \$signal$296 ;
-  assign \$580  = \$578  & \$579 ;
-  assign \$581  = pre_ln | pre_sm;
-  assign \$582  = ~ \$581 ;
-  assign \$583  = \$580  & \$582 ;
-  assign \$584  = \$577  | \$583 ;
-  assign \$586  = is_linear | \$585 ;
-  assign \$587  = \$584  & \$586 ;
-  assign \$588  = ~ \$signal$301 ;
-  assign \$589  = \a__valid$253  & \a__ready$254 ;
-  assign \$590  = \$588  | \$589 ;
-  assign \$591  = \$587  & \$590 ;
-  assign \$592  = | feed_blocks;
-  assign \$593  = \$591  & \$592 ;
-  assign \$594  = w_feed_half * 9'h100;
-  assign \$595  = \$594  + feed_ntk;
-  assign \$596  = \$595  + \$signal$296 ;
-  assign \$598  = \$signal$262  == \$signal$295 ;
-  assign \$599  = lk > \$signal$296 ;
-  assign \$600  = \$598  & \$599 ;
-  assign \$601  = pre_ln | pre_sm;
-  assign \$602  = ~ \$601 ;
-  assign \$603  = \$600  & \$602 ;
-  assign \$604  = \$597  | \$603 ;
-  assign \$606  = is_linear | \$605 ;
-  assign \$607  = \$604  & \$606 ;
-  assign \$608  = ~ \$signal$301 ;
-  assign \$609  = \a__valid$253  & \a__ready$254 ;
-  assign \$610  = \$608  | \$609 ;
-  assign \$611  = \$607  & \$610 ;
-  assign \$612  = | feed_blocks;
-  assign \$613  = \$611  & \$612 ;
-  assign \$614  = is_linear ? w_full : \$signal$301 ;
-  assign \$615  = is_linear ? w_lane0 : \$signature__data$378 ;
-  assign \$616  = is_linear ? w_lane1 : \$signature__data$380 ;
-  assign \$617  = is_linear ? w_lane2 : \$signature__data$382 ;
-  assign \$618  = is_linear ? w_lane3 : \$signature__data$384 ;
-  assign \$619  = is_linear ? w_lane4 : \$signature__data$386 ;
-  assign \$620  = is_linear ? w_lane5 : \$signature__data$388 ;
-  assign \$621  = is_linear ? w_lane6 : \$signature__data$390 ;
-  assign \$622  = is_linear ? w_lane7 : \$signature__data$392 ;
-  assign \$623  = sink_from_gemm & dst_step;
-  assign \$624  = \$623  & last__4;
-  assign \$625  = res_to_pack & elem_take;
-  assign \$626  = post_col == 3'h7;
-  assign \$627  = \$625  & \$626 ;
-  assign \r_en$401  = \$624  | \$627 ;
-  assign \$628  = index__1 != dec_mt_last;
-  assign \$629  = index__3 < dec_rows_last;
-  assign \$630  = \$628  | \$629 ;
-  assign \$631  = index__2 * 4'h8;
-  assign \$632  = \$631  + index__4;
-  assign \$633  = \$632  < ins[71:56];
-  assign \$634  = \$630  & \$633 ;
-  assign \$635  = post_gelu | post_add;
-  assign \$636  = ~ \$635 ;
-  assign \$637  = gemm_active & \$636 ;
-  assign \$639  = post_gelu | post_add;
-  assign \$640  = gemm_active & \$639 ;
-  assign \$642  = sink_from_move & r_rdy;
-  assign \$643  = sink_from_load & beat__valid;
-  assign \$644  = ~ ext_req_valid;
-  assign \$645  = \$644  | \req__ready$417 ;
-  assign \$646  = r_rdy & \$645 ;
-  assign \$647  = sink_from_store & \$646 ;
-  assign \$648  = sink_from_softmax & o__valid;
-  assign \$649  = sink_from_layernorm & \o__valid$205 ;
-  assign \$650  = sink_from_add & \o__valid$222 ;
-  assign \$651  = sink_from_gelu0 & \o__valid$232 ;
-  assign \$652  = sink_from_gemm & gemm_res_valid;
-  assign \$653  = | { \$652 , \$651 , \$650 , \$649 , \$648 , \$647 , \$643 , \$642  };
-  assign dst_step = \valid$198  & \$653 ;
-  assign \$654  = ~ sink_from_store;
-  assign \$655  = dst_step & \$654 ;
-  assign wr__en = \$655  & dst_keep;
-  assign \$656  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$424  = \$656  & r_rdy;
-  assign \$657  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$425  = \$657  & r_rdy;
-  assign \$658  = sink_from_softmax & \valid$198 ;
-  assign \$659  = a_from_softmax & a_in_take;
-  assign \o__ready$426  = \$658  | \$659 ;
-  assign \$660  = sink_from_layernorm & \valid$198 ;
-  assign \$661  = a_from_layernorm & a_in_take;
-  assign \o__ready$427  = \$660  | \$661 ;
-  assign \$662  = sink_from_move & \valid$198 ;
-  assign \$663  = sink_from_store & \valid$198 ;
-  assign \$664  = ~ ext_req_valid;
-  assign \$665  = \$664  | \req__ready$417 ;
-  assign \$666  = \$663  & \$665 ;
-  assign \$667  = sink_from_softmax | a_from_softmax;
-  assign \$668  = \$667  & \i__ready$429 ;
-  assign \$669  = sink_from_layernorm | a_from_layernorm;
-  assign \$670  = \$669  & \i__ready$430 ;
-  assign \$671  = q0_to_pack & elem_take;
-  assign \$672  = a_from_src0 & a_in_take;
-  assign \$673  = | { \$672 , \$671 , \$670 , \$668 , \$666 , \$662  };
-  assign \r_en$428  = r_rdy & \$673 ;
-  assign \$674  = in_stream & err;
-  assign \$675  = ~ busy;
-  assign clear = start & \$675 ;
-  assign \$676  = ins[5:0] == 1'h1;
-  assign \$677  = ins[5:0] == 2'h2;
-  assign \$678  = ins[5:0] == 2'h3;
-  assign \$679  = ins[5:0] == 3'h4;
-  assign \$680  = ins[5:0] == 3'h5;
-  assign \$681  = ins[5:0] == 3'h6;
-  assign \$682  = ins[5:0] == 3'h7;
-  assign \$683  = ins[5:0] == 4'h8;
-  assign \$684  = ins[5:0] == 4'h9;
-  assign \$685  = ins[5:0] == 4'ha;
-  assign \$686  = ins[5:0] == 4'hb;
-  assign \$687  = ins[5:0] == 4'hc;
-  assign \$688  = ins[5:0] == 4'hd;
-  assign \$689  = ins[5:0] == 4'he;
-  assign \$690  = ins[5:0] == 4'hf;
-  assign \$691  = 1'h1 << ins[3:0];
-  assign \$692  = ins[5:0] == 3'h4;
-  assign \$693  = ins[5:0] == 3'h5;
-  assign \$694  = \$692  | \$693 ;
-  assign \$695  = ins[5:0] == 3'h4;
-  assign \$696  = ins[511:510] == 1'h1;
-  assign \$697  = \$695  & \$696 ;
-  assign \$698  = ins[5:0] == 3'h4;
-  assign \$699  = ins[511:510] == 2'h2;
-  assign \$700  = \$698  & \$699 ;
-  assign \$701  = ins[5:0] == 3'h4;
-  assign \$702  = ins[511:510] == 2'h3;
-  assign \$703  = \$701  & \$702 ;
+  assign \$548  = \$541  | \$547 ;
+  assign \$550  = is_linear | \$549 ;
+  assign \$551  = \$548  & \$550 ;
+  assign \$552  = ~ \$signal$286 ;
+  assign \$553  = \a__valid$287  & \a__ready$288 ;
+  assign \$554  = \$552  | \$553 ;
+  assign \$555  = \$551  & \$554 ;
+  assign \$556  = \$555  & a_blocks_left;
+  assign \$557  = w_feed_half * 9'h100;
+  assign \$558  = \$557  + feed_ntk;
+  assign \$559  = \$558  + \$signal$281 ;
+  assign \$561  = \$signal$247  == \$signal$280 ;
+  assign \$562  = lk > \$signal$281 ;
+  assign \$563  = \$561  & \$562 ;
+  assign \$564  = pre_ln | pre_sm;
+  assign \$565  = ~ \$564 ;
+  assign \$566  = \$563  & \$565 ;
+  assign \$567  = \$560  | \$566 ;
+  assign \$569  = is_linear | \$568 ;
+  assign \$570  = \$567  & \$569 ;
+  assign \$571  = ~ \$signal$286 ;
+  assign \$572  = \a__valid$287  & \a__ready$288 ;
+  assign \$573  = \$571  | \$572 ;
+  assign \$574  = \$570  & \$573 ;
+  assign \$575  = \$574  & a_blocks_left;
+  assign \$576  = w_feed_half * 9'h100;
+  assign \$577  = \$576  + feed_ntk;
+  assign \$578  = \$577  + \$signal$281 ;
+  assign \$580  = \$signal$247  == \$signal$280 ;
+  assign \$581  = lk > \$signal$281 ;
+  assign \$582  = \$580  & \$581 ;
+  assign \$583  = pre_ln | pre_sm;
+  assign \$584  = ~ \$583 ;
+  assign \$585  = \$582  & \$584 ;
+  assign \$586  = \$579  | \$585 ;
+  assign \$588  = is_linear | \$587 ;
+  assign \$589  = \$586  & \$588 ;
+  assign \$590  = ~ \$signal$286 ;
+  assign \$591  = \a__valid$287  & \a__ready$288 ;
+  assign \$592  = \$590  | \$591 ;
+  assign \$593  = \$589  & \$592 ;
+  assign \$594  = \$593  & a_blocks_left;
+  assign \$595  = is_linear ? w_full : \$signal$286 ;
+  assign \$596  = is_linear ? w_lane0 : \$signature__data$366 ;
+  assign \$597  = is_linear ? w_lane1 : \$signature__data$368 ;
+  assign \$598  = is_linear ? w_lane2 : \$signature__data$370 ;
+  assign \$599  = is_linear ? w_lane3 : \$signature__data$372 ;
+  assign \$600  = is_linear ? w_lane4 : \$signature__data$374 ;
+  assign \$601  = is_linear ? w_lane5 : \$signature__data$376 ;
+  assign \$602  = is_linear ? w_lane6 : \$signature__data$378 ;
+  assign \$603  = is_linear ? w_lane7 : \$signature__data$380 ;
+  assign \$604  = sink_from_gemm & dst_step;
+  assign \$605  = \$604  & last__4;
+  assign \$606  = res_to_pack & elem_take;
+  assign \$607  = post_col == 3'h7;
+  assign \$608  = \$606  & \$607 ;
+  assign \r_en$389  = \$605  | \$608 ;
+  assign \$609  = index__1 != dec_mt_last;
+  assign \$610  = index__3 < dec_rows_last;
+  assign \$611  = \$609  | \$610 ;
+  assign \$612  = index__2 * 4'h8;
+  assign \$613  = \$612  + index__4;
+  assign \$614  = \$613  < ins[71:56];
+  assign \$615  = \$611  & \$614 ;
+  assign \$616  = post_gelu | post_add;
+  assign \$617  = ~ \$616 ;
+  assign \$618  = gemm_active & \$617 ;
+  assign \$620  = post_gelu | post_add;
+  assign \$621  = gemm_active & \$620 ;
+  assign \$623  = ~ fetch_sent;
+  assign \$624  = in_fetch & \$623 ;
+  assign \$625  = | c_ask;
+  assign \$626  = in_const & \$625 ;
+  assign \$627  = sink_from_load & ext_req_valid;
+  assign \$629  = gemm_active & \$signal$409 ;
+  assign \req__valid$402  = | { \$629 , \$628 , \$627 , \$626 , \$624  };
+  assign \$630  = in_fetch ? pc : 32'd0;
+  assign \$631  = in_const ? c_addr : 32'd0;
+  assign \$632  = \$630  | \$631 ;
+  assign \$633  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$634  = \$632  | \$633 ;
+  assign \$637  = want_w ? w_addr : p_addr;
+  assign \$638  = gemm_active ? \$637  : 32'd0;
+  assign \$639  = \$636  | \$638 ;
+  assign \$640  = in_fetch ? 3'h6 : 3'h0;
+  assign \$641  = in_const ? dec_c_lb : 3'h0;
+  assign \$642  = \$640  | \$641 ;
+  assign \$643  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$644  = \$642  | { 1'h0, \$643  };
+  assign \$647  = want_w ? w_lb : 3'h6;
+  assign \$648  = gemm_active ? \$647  : 3'h0;
+  assign \$649  = \$646  | \$648 ;
+  assign \$651  = const_to0 & c__ready;
+  assign \$652  = const_to1 & \c__ready$418 ;
+  assign \$653  = const_to2 & \c__ready$419 ;
+  assign \$654  = const_to3 & \c__ready$420 ;
+  assign \$655  = | { \$654 , \$653 , \$652 , \$651  };
+  assign \$656  = in_const & \$655 ;
+  assign \$657  = sink_from_load & \valid$221 ;
+  assign \$659  = ~ is_linear;
+  assign \$660  = \$659  | rk_zero;
+  assign \$661  = ~ w_full;
+  assign \$662  = \a__valid$287  & \a__ready$288 ;
+  assign \$663  = \$661  | \$662 ;
+  assign \$664  = \$660  ? p__ready : \$663 ;
+  assign \$665  = gemm_active & \$664 ;
+  assign beat__ready = | { \$665 , \$658 , \$657 , \$656 , \$650  };
+  assign \$666  = sink_from_move & r_rdy;
+  assign \$667  = sink_from_load & beat__valid;
+  assign \$668  = ~ ext_req_valid;
+  assign \$669  = \$668  | \req__ready$424 ;
+  assign \$670  = r_rdy & \$669 ;
+  assign \$671  = sink_from_store & \$670 ;
+  assign \$672  = sink_from_softmax & o__valid;
+  assign \$673  = sink_from_layernorm & \o__valid$189 ;
+  assign \$674  = sink_from_add & \o__valid$206 ;
+  assign \$675  = sink_from_gelu0 & \o__valid$207 ;
+  assign \$676  = sink_from_gemm & gemm_res_valid;
+  assign \$677  = | { \$676 , \$675 , \$674 , \$673 , \$672 , \$671 , \$667 , \$666  };
+  assign dst_step = \valid$221  & \$677 ;
+  assign \$678  = ~ sink_from_store;
+  assign \$679  = dst_step & \$678 ;
+  assign wr__en = \$679  & dst_keep;
+  assign \$680  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$431  = \$680  & r_rdy;
+  assign \$681  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$432  = \$681  & r_rdy;
+  assign \$682  = sink_from_softmax & \valid$221 ;
+  assign \$683  = a_from_softmax & a_in_take;
+  assign \o__ready$433  = \$682  | \$683 ;
+  assign \$684  = sink_from_layernorm & \valid$221 ;
+  assign \$685  = a_from_layernorm & a_in_take;
+  assign \o__ready$434  = \$684  | \$685 ;
+  assign \$686  = sink_from_move & \valid$221 ;
+  assign \$687  = sink_from_store & \valid$221 ;
+  assign \$688  = ~ ext_req_valid;
+  assign \$689  = \$688  | \req__ready$424 ;
+  assign \$690  = \$687  & \$689 ;
+  assign \$691  = sink_from_softmax | a_from_softmax;
+  assign \$692  = \$691  & \i__ready$436 ;
+  assign \$693  = sink_from_layernorm | a_from_layernorm;
+  assign \$694  = \$693  & \i__ready$437 ;
+  assign \$695  = q0_to_pack & elem_take;
+  assign \$696  = a_from_src0 & a_in_take;
+  assign \$697  = | { \$696 , \$695 , \$694 , \$692 , \$690 , \$686  };
+  assign \r_en$435  = r_rdy & \$697 ;
+  assign \$698  = in_stream & err;
+  assign \$699  = ~ busy;
+  assign clear = start & \$699 ;
+  assign \$700  = ins[5:0] == 1'h1;
+  assign \$701  = ins[5:0] == 2'h2;
+  assign \$702  = ins[5:0] == 2'h3;
+  assign \$703  = ins[5:0] == 3'h4;
   assign \$704  = ins[5:0] == 3'h5;
-  assign \$705  = ins[511:510] == 2'h3;
-  assign \$706  = \$704  & \$705 ;
-  assign \$707  = ~ unit_rst;
-  assign \$708  = src0_issue & \$707 ;
-  assign \$709  = last__3 & \last__4$447 ;
-  assign \$710  = ~ unit_rst;
-  assign \$711  = src1_issue & \$710 ;
-  assign \$712  = \last__3$452  & \last__4$450 ;
-  assign \$713  = ins[5:0] == 4'ha;
-  assign \$714  = ins[5:0] == 4'hb;
-  assign \$715  = ins[5:0] == 4'hc;
-  assign \$716  = ins[5:0] == 4'hd;
-  assign \$717  = ins[5:0] == 4'he;
-  assign \$718  = ins[5:0] == 4'hf;
-  assign \$719  = | { \$718 , \$717 , \$716 , \$715 , \$714 , \$713  };
-  assign \$720  = | ins[7:6];
-  assign \$721  = ~ \$720 ;
-  assign \$722  = ins[5:0] == 3'h7;
-  assign \$723  = ins[5:0] == 3'h4;
-  assign \$724  = ins[511:510] == 1'h1;
-  assign \$725  = \$723  & \$724 ;
-  assign \$726  = \$722  | \$725 ;
-  assign \$727  = \$721  & \$726 ;
-  assign \$728  = ins[5:0] == 4'h9;
-  assign \$729  = ins[5:0] == 3'h4;
-  assign \$730  = ins[511:510] == 2'h2;
-  assign \$731  = \$729  & \$730 ;
-  assign \$732  = \$728  | \$731 ;
-  assign \$733  = ins[55:40] + 4'h9;
-  assign \$734  = \$733  - 1'h1;
-  assign \$735  = $signed(\$734 ) * $signed(19'h38e39);
-  assign \$737  = ins[71:56] + 4'h8;
-  assign \$738  = \$737  - 1'h1;
-  assign \$740  = ins[87:72] - 1'h1;
-  assign \$741  = dec_mt - 1'h1;
-  assign \$742  = dec_nt - 1'h1;
-  assign \$743  = ins[39:24] * dec_mt;
-  assign \$745  = \$744  + 6'h3f;
-  assign \$747  = ins[497:466] + \$746 ;
-  assign \$748  = is_gemm ? \$747  : { 1'h0, ins[465:434] };
-  assign \$749  = dec_blocks * dec_nt;
-  assign \$750  = dec_mt_last * 4'h9;
-  assign \$751  = ins[55:40] - \$750 ;
-  assign \$754  = \$753  ? offset : 32'd0;
-  assign \$755  = ins[465:434] + \$754 ;
-  assign \$756  = cycles + 1'h1;
-  assign \$757  = in_op & op_onehot[0];
-  assign \$758  = op_cycles__0 + 1'h1;
-  assign \$759  = in_op & op_onehot[1];
-  assign \$760  = op_cycles__1 + 1'h1;
-  assign \$761  = in_op & op_onehot[2];
-  assign \$762  = op_cycles__2 + 1'h1;
-  assign \$763  = in_op & op_onehot[3];
-  assign \$764  = op_cycles__3 + 1'h1;
-  assign \$765  = in_op & op_onehot[4];
-  assign \$766  = op_cycles__4 + 1'h1;
-  assign \$767  = in_op & op_onehot[5];
-  assign \$768  = op_cycles__5 + 1'h1;
-  assign \$769  = in_op & op_onehot[6];
-  assign \$770  = op_cycles__6 + 1'h1;
-  assign \$771  = in_op & op_onehot[7];
-  assign \$772  = op_cycles__7 + 1'h1;
-  assign \$773  = in_op & op_onehot[8];
-  assign \$774  = op_cycles__8 + 1'h1;
-  assign \$775  = in_op & op_onehot[9];
-  assign \$776  = op_cycles__9 + 1'h1;
-  assign \$777  = in_op & op_onehot[10];
-  assign \$778  = op_cycles__10 + 1'h1;
-  assign \$779  = in_op & op_onehot[11];
-  assign \$780  = op_cycles__11 + 1'h1;
-  assign \$781  = in_op & op_onehot[12];
-  assign \$782  = op_cycles__12 + 1'h1;
-  assign \$783  = in_op & op_onehot[13];
-  assign \$784  = op_cycles__13 + 1'h1;
-  assign \$785  = in_op & op_onehot[14];
-  assign \$786  = op_cycles__14 + 1'h1;
-  assign \$787  = in_op & op_onehot[15];
-  assign \$788  = op_cycles__15 + 1'h1;
-  assign \$789  = images_left > 1'h1;
-  assign \$790  = is_end & \$789 ;
-  assign \$791  = | ins[39:24];
-  assign \$792  = ~ \$791 ;
-  assign \$793  = | ins[55:40];
-  assign \$794  = ~ \$793 ;
-  assign \$795  = | ins[71:56];
-  assign \$796  = ~ \$795 ;
-  assign \$797  = | ins[87:72];
-  assign \$798  = ~ \$797 ;
-  assign \$799  = | ins[103:88];
-  assign \$800  = ~ \$799 ;
-  assign \$801  = | { \$800 , \$798 , \$796 , \$794 , \$792  };
-  assign \$802  = ~ post_bad;
-  assign \$803  = \$802  & unit_known;
-  assign \$804  = post_gelu | post_add;
-  assign \$805  = \$804  | pre_ln;
-  assign \$806  = \$805  | pre_sm;
-  assign \$807  = is_move | is_load;
-  assign \$808  = \$807  | is_store;
-  assign \$809  = \$808  | is_gemm;
-  assign \$810  = ~ \$809 ;
-  assign \$811  = \$806  | \$810 ;
-  assign \$812  = \$803  & \$811 ;
-  assign \$813  = ~ post_bad;
-  assign \$814  = post_gelu | post_add;
-  assign \$815  = \$814  | pre_ln;
-  assign \$816  = \$815  | pre_sm;
-  assign \$817  = ~ \$816 ;
-  assign \$818  = \$813  & \$817 ;
-  assign \$819  = is_move | is_load;
-  assign \$820  = \$819  | is_store;
-  assign \$821  = \$820  | is_gemm;
-  assign \$822  = \$818  & \$821 ;
-  assign \$823  = | images;
-  assign \$824  = \$823  ? images : 16'h0001;
-  assign \$825  = ~ fetch_sent;
-  assign \$826  = req__ready & \$825 ;
-  assign \$827  = 1'h1 << dec_c_lb;
-  assign \$828  = | decode_wait;
-  assign \$829  = decode_wait - 1'h1;
-  assign \$830  = images_left - 1'h1;
-  assign \$831  = offset + \$signal$466 ;
-  assign \$832  = is_gelu | is_add;
-  assign \$833  = \$832  | post_gelu;
-  assign \$834  = \$833  | post_add;
-  assign \$835  = is_gelu | is_add;
-  assign \$836  = \$835  | post_gelu;
-  assign \$837  = \$836  | post_add;
-  assign \$838  = \$837  & add_sel;
-  assign \$839  = is_gelu | is_add;
-  assign \$840  = \$839  | post_gelu;
-  assign \$841  = \$840  | post_add;
-  assign \$842  = \$841  & gelu_sel0;
-  assign \$843  = ~ post_gelu;
-  assign \$844  = is_gemm & \$843 ;
-  assign \$845  = ~ post_add;
-  assign \$846  = \$844  & \$845 ;
-  assign \$847  = is_gemm & pre_sm;
-  assign \$848  = is_gemm & pre_ln;
-  assign \$849  = ~ pre_sm;
-  assign \$850  = is_gemm & \$849 ;
-  assign \$851  = ~ pre_ln;
-  assign \$852  = \$850  & \$851 ;
-  assign \$853  = is_gelu | is_add;
-  assign \$854  = post_gelu | post_add;
-  assign \$855  = is_gemm & \$854 ;
-  assign \$856  = | c_ask;
-  assign \$857  = \$856  & req__ready;
-  assign \$858  = c_ask - 1'h1;
-  assign \$859  = c_addr + c_step;
-  assign \$860  = beat__valid & beat__ready;
-  assign \$861  = c_due - 1'h1;
-  assign \$862  = c_due == 1'h1;
+  assign \$705  = ins[5:0] == 3'h6;
+  assign \$706  = ins[5:0] == 3'h7;
+  assign \$707  = ins[5:0] == 4'h8;
+  assign \$708  = ins[5:0] == 4'h9;
+  assign \$709  = ins[5:0] == 4'ha;
+  assign \$710  = ins[5:0] == 4'hb;
+  assign \$711  = ins[5:0] == 4'hc;
+  assign \$712  = ins[5:0] == 4'hd;
+  assign \$713  = ins[5:0] == 4'he;
+  assign \$714  = ins[5:0] == 4'hf;
+  assign \$715  = 1'h1 << ins[3:0];
+  assign \$716  = ins[5:0] == 3'h4;
+  assign \$717  = ins[5:0] == 3'h5;
+  assign \$718  = \$716  | \$717 ;
+  assign \$719  = ins[5:0] == 3'h4;
+  assign \$720  = ins[511:510] == 1'h1;
+  assign \$721  = \$719  & \$720 ;
+  assign \$722  = ins[5:0] == 3'h4;
+  assign \$723  = ins[511:510] == 2'h2;
+  assign \$724  = \$722  & \$723 ;
+  assign \$725  = ins[5:0] == 3'h4;
+  assign \$726  = ins[511:510] == 2'h3;
+  assign \$727  = \$725  & \$726 ;
+  assign \$728  = ins[5:0] == 3'h5;
+  assign \$729  = ins[511:510] == 2'h3;
+  assign \$730  = \$728  & \$729 ;
+  assign \$731  = ~ unit_rst;
+  assign \$732  = src0_issue & \$731 ;
+  assign \$733  = last__3 & \last__4$454 ;
+  assign \$734  = ~ unit_rst;
+  assign \$735  = src1_issue & \$734 ;
+  assign \$736  = \last__3$459  & \last__4$457 ;
+  assign \$737  = ins[5:0] == 4'ha;
+  assign \$738  = ins[5:0] == 4'hb;
+  assign \$739  = ins[5:0] == 4'hc;
+  assign \$740  = ins[5:0] == 4'hd;
+  assign \$741  = ins[5:0] == 4'he;
+  assign \$742  = ins[5:0] == 4'hf;
+  assign \$743  = | { \$742 , \$741 , \$740 , \$739 , \$738 , \$737  };
+  assign \$744  = | ins[7:6];
+  assign \$745  = ~ \$744 ;
+  assign \$746  = ins[5:0] == 3'h7;
+  assign \$747  = ins[5:0] == 3'h4;
+  assign \$748  = ins[511:510] == 1'h1;
+  assign \$749  = \$747  & \$748 ;
+  assign \$750  = \$746  | \$749 ;
+  assign \$751  = \$745  & \$750 ;
+  assign \$752  = ins[5:0] == 4'h9;
+  assign \$753  = ins[5:0] == 3'h4;
+  assign \$754  = ins[511:510] == 2'h2;
+  assign \$755  = \$753  & \$754 ;
+  assign \$756  = \$752  | \$755 ;
+  assign \$757  = ins[55:40] + 4'h9;
+  assign \$758  = \$757  - 1'h1;
+  assign \$759  = $signed(\$758 ) * $signed(19'h38e39);
+  assign \$761  = ins[71:56] + 4'h8;
+  assign \$762  = \$761  - 1'h1;
+  assign \$764  = ins[87:72] - 1'h1;
+  assign \$765  = dec_mt - 1'h1;
+  assign \$766  = dec_nt - 1'h1;
+  assign \$767  = ins[39:24] * dec_mt;
+  assign \$769  = \$768  + 6'h3f;
+  assign \$771  = ins[497:466] + \$770 ;
+  assign \$772  = is_gemm ? \$771  : { 1'h0, ins[465:434] };
+  assign \$773  = dec_blocks * dec_nt;
+  assign \$774  = dec_mt_last * 4'h9;
+  assign \$775  = ins[55:40] - \$774 ;
+  assign \$778  = \$777  ? offset : 32'd0;
+  assign \$779  = ins[465:434] + \$778 ;
+  assign \$780  = cycles + 1'h1;
+  assign \$781  = in_op & op_onehot[0];
+  assign \$782  = op_cycles__0 + 1'h1;
+  assign \$783  = in_op & op_onehot[1];
+  assign \$784  = op_cycles__1 + 1'h1;
+  assign \$785  = in_op & op_onehot[2];
+  assign \$786  = op_cycles__2 + 1'h1;
+  assign \$787  = in_op & op_onehot[3];
+  assign \$788  = op_cycles__3 + 1'h1;
+  assign \$789  = in_op & op_onehot[4];
+  assign \$790  = op_cycles__4 + 1'h1;
+  assign \$791  = in_op & op_onehot[5];
+  assign \$792  = op_cycles__5 + 1'h1;
+  assign \$793  = in_op & op_onehot[6];
+  assign \$794  = op_cycles__6 + 1'h1;
+  assign \$795  = in_op & op_onehot[7];
+  assign \$796  = op_cycles__7 + 1'h1;
+  assign \$797  = in_op & op_onehot[8];
+  assign \$798  = op_cycles__8 + 1'h1;
+  assign \$799  = in_op & op_onehot[9];
+  assign \$800  = op_cycles__9 + 1'h1;
+  assign \$801  = in_op & op_onehot[10];
+  assign \$802  = op_cycles__10 + 1'h1;
+  assign \$803  = in_op & op_onehot[11];
+  assign \$804  = op_cycles__11 + 1'h1;
+  assign \$805  = in_op & op_onehot[12];
+  assign \$806  = op_cycles__12 + 1'h1;
+  assign \$807  = in_op & op_onehot[13];
+  assign \$808  = op_cycles__13 + 1'h1;
+  assign \$809  = in_op & op_onehot[14];
+  assign \$810  = op_cycles__14 + 1'h1;
+  assign \$811  = in_op & op_onehot[15];
+  assign \$812  = op_cycles__15 + 1'h1;
+  assign \$813  = images_left > 1'h1;
+  assign \$814  = is_end & \$813 ;
+  assign \$815  = | ins[39:24];
+  assign \$816  = ~ \$815 ;
+  assign \$817  = | ins[55:40];
+  assign \$818  = ~ \$817 ;
+  assign \$819  = | ins[71:56];
+  assign \$820  = ~ \$819 ;
+  assign \$821  = | ins[87:72];
+  assign \$822  = ~ \$821 ;
+  assign \$823  = | ins[103:88];
+  assign \$824  = ~ \$823 ;
+  assign \$825  = | { \$824 , \$822 , \$820 , \$818 , \$816  };
+  assign \$826  = ~ post_bad;
+  assign \$827  = \$826  & unit_known;
+  assign \$828  = post_gelu | post_add;
+  assign \$829  = \$828  | pre_ln;
+  assign \$830  = \$829  | pre_sm;
+  assign \$831  = is_move | is_load;
+  assign \$832  = \$831  | is_store;
+  assign \$833  = \$832  | is_gemm;
+  assign \$834  = ~ \$833 ;
+  assign \$835  = \$830  | \$834 ;
+  assign \$836  = \$827  & \$835 ;
+  assign \$837  = ~ post_bad;
+  assign \$838  = post_gelu | post_add;
+  assign \$839  = \$838  | pre_ln;
+  assign \$840  = \$839  | pre_sm;
+  assign \$841  = ~ \$840 ;
+  assign \$842  = \$837  & \$841 ;
+  assign \$843  = is_move | is_load;
+  assign \$844  = \$843  | is_store;
+  assign \$845  = \$844  | is_gemm;
+  assign \$846  = \$842  & \$845 ;
+  assign \$847  = | images;
+  assign \$848  = \$847  ? images : 16'h0001;
+  assign \$849  = ~ fetch_sent;
+  assign \$850  = req__ready & \$849 ;
+  assign \$851  = 1'h1 << dec_c_lb;
+  assign \$852  = ins[509:498] == 1'h1;
+  assign \$853  = | decode_wait;
+  assign \$854  = decode_wait - 1'h1;
+  assign \$855  = decode_wait == 1'h1;
+  assign \$856  = images_left - 1'h1;
+  assign \$857  = offset + \$signal$479 ;
+  assign \$858  = is_softmax | pre_sm;
+  assign \$859  = is_layernorm | pre_ln;
+  assign \$860  = is_gelu | is_add;
+  assign \$861  = \$860  | post_gelu;
+  assign \$862  = \$861  | post_add;
   assign \$863  = is_gelu | is_add;
   assign \$864  = \$863  | post_gelu;
   assign \$865  = \$864  | post_add;
-  assign \$866  = is_gelu | is_add;
-  assign \$867  = \$866  | post_gelu;
-  assign \$868  = \$867  | post_add;
-  assign \$869  = \$868  & add_sel;
-  assign \$870  = is_gelu | is_add;
-  assign \$871  = \$870  | post_gelu;
-  assign \$872  = \$871  | post_add;
-  assign \$873  = \$872  & gelu_sel0;
-  assign \$874  = ~ post_gelu;
-  assign \$875  = is_gemm & \$874 ;
-  assign \$876  = ~ post_add;
-  assign \$877  = \$875  & \$876 ;
-  assign \$878  = is_gemm & pre_sm;
-  assign \$879  = is_gemm & pre_ln;
-  assign \$880  = ~ pre_sm;
-  assign \$881  = is_gemm & \$880 ;
-  assign \$882  = ~ pre_ln;
-  assign \$883  = \$881  & \$882 ;
-  assign \$884  = is_gelu | is_add;
-  assign \$885  = post_gelu | post_add;
-  assign \$886  = is_gemm & \$885 ;
-  assign \$887  = | ins[509:498];
-  assign \$888  = ~ \$887 ;
-  assign \$889  = is_gelu | is_add;
-  assign \$890  = \$889  | post_gelu;
-  assign \$891  = \$890  | post_add;
-  assign \$892  = is_gelu | is_add;
-  assign \$893  = \$892  | post_gelu;
-  assign \$894  = \$893  | post_add;
-  assign \$895  = \$894  & add_sel;
-  assign \$896  = is_gelu | is_add;
-  assign \$897  = \$896  | post_gelu;
-  assign \$898  = \$897  | post_add;
-  assign \$899  = \$898  & gelu_sel0;
-  assign \$900  = ~ post_gelu;
-  assign \$901  = is_gemm & \$900 ;
-  assign \$902  = ~ post_add;
-  assign \$903  = \$901  & \$902 ;
-  assign \$904  = is_gemm & pre_sm;
-  assign \$905  = is_gemm & pre_ln;
-  assign \$906  = ~ pre_sm;
-  assign \$907  = is_gemm & \$906 ;
-  assign \$908  = ~ pre_ln;
-  assign \$909  = \$907  & \$908 ;
-  assign \$910  = is_gelu | is_add;
-  assign \$911  = post_gelu | post_add;
+  assign \$866  = \$865  & add_sel;
+  assign \$867  = is_gelu | is_add;
+  assign \$868  = \$867  | post_gelu;
+  assign \$869  = \$868  | post_add;
+  assign \$870  = \$869  & gelu_sel0;
+  assign \$871  = ~ post_gelu;
+  assign \$872  = is_gemm & \$871 ;
+  assign \$873  = ~ post_add;
+  assign \$874  = \$872  & \$873 ;
+  assign \$875  = is_gemm & pre_sm;
+  assign \$876  = is_gemm & pre_ln;
+  assign \$877  = ~ pre_sm;
+  assign \$878  = is_gemm & \$877 ;
+  assign \$879  = ~ pre_ln;
+  assign \$880  = \$878  & \$879 ;
+  assign \$881  = ~ is_load;
+  assign \$882  = ~ is_linear;
+  assign \$883  = is_gemm & \$882 ;
+  assign \$884  = add_sel | \$883 ;
+  assign \$885  = is_gelu | is_add;
+  assign \$886  = post_gelu | post_add;
+  assign \$887  = is_gemm & \$886 ;
+  assign \$888  = | c_ask;
+  assign \$889  = \$888  & req__ready;
+  assign \$890  = c_ask - 1'h1;
+  assign \$891  = c_addr + c_step;
+  assign \$892  = const_to0 & c__ready;
+  assign \$893  = const_to1 & \c__ready$418 ;
+  assign \$894  = const_to2 & \c__ready$419 ;
+  assign \$895  = const_to3 & \c__ready$420 ;
+  assign \$896  = | { \$895 , \$894 , \$893 , \$892  };
+  assign \$897  = beat__valid & \$896 ;
+  assign \$898  = c_due - 1'h1;
+  assign \$899  = c_due == 2'h2;
+  assign \$900  = is_gelu | is_add;
+  assign \$901  = \$900  | post_gelu;
+  assign \$902  = \$901  | post_add;
+  assign \$903  = is_gelu | is_add;
+  assign \$904  = \$903  | post_gelu;
+  assign \$905  = \$904  | post_add;
+  assign \$906  = \$905  & add_sel;
+  assign \$907  = is_gelu | is_add;
+  assign \$908  = \$907  | post_gelu;
+  assign \$909  = \$908  | post_add;
+  assign \$910  = \$909  & gelu_sel0;
+  assign \$911  = ~ post_gelu;
   assign \$912  = is_gemm & \$911 ;
-  assign \$913  = | fault_q;
-  assign \$914  = ~ \$913 ;
-  assign \$915  = op_done & \$914 ;
-  assign \$916  = ~ addr_fault;
-  assign \$917  = \$915  & \$916 ;
-  assign \$918  = pc + 7'h40;
-  assign \$919  = $signed(addr) < $signed(1'h0);
-  assign \$920  = $signed(addr) >= $signed(16'h4000);
-  assign \$921  = \$919  | \$920 ;
-  assign \$922  = valid & \$921 ;
-  assign \$923  = ~ is_load;
-  assign \$924  = \$922  & \$923 ;
-  assign \$925  = ~ is_gemm;
-  assign \$926  = \$924  & \$925 ;
-  assign \$927  = $signed(\addr$89 ) < $signed(1'h0);
-  assign \$928  = $signed(\addr$89 ) >= $signed(16'h4000);
-  assign \$929  = \$927  | \$928 ;
-  assign \$930  = \valid$85  & \$929 ;
-  assign \$931  = \$930  & is_add;
-  assign \$932  = \$926  | \$931 ;
-  assign \$933  = $signed(\addr$97 ) < $signed(1'h0);
-  assign \$934  = $signed(\addr$97 ) >= $signed(16'h4000);
-  assign \$935  = \$933  | \$934 ;
-  assign \$936  = \valid$198  & \$935 ;
-  assign \$937  = ~ is_store;
-  assign \$938  = \$936  & \$937 ;
-  assign \$939  = ~ is_gemm;
-  assign \$940  = \$938  & \$939 ;
-  assign \$941  = \$932  | \$940 ;
-  assign \$942  = | fault_q;
-  assign \$943  = idle & \idle$474 ;
-  assign \$944  = is_softmax | is_layernorm;
-  assign \$945  = ~ ext_req_valid;
-  assign \$946  = \$945  | req__ready;
-  assign \$947  = $signed(addr) << ins[23:22];
-  assign \$948  = $signed({ 1'h0, dec_ext_base }) + $signed(\$947 );
-  assign \$949  = ~ ext_req_valid;
-  assign \$950  = \$949  | \req__ready$417 ;
-  assign \$951  = r_rdy & \valid$198 ;
-  assign \$952  = ~ ext_req_valid;
-  assign \$953  = \$952  | \req__ready$417 ;
-  assign \$954  = \$951  & \$953 ;
-  assign \$955  = $signed(\addr$97 ) << ins[23:22];
-  assign \$956  = $signed({ 1'h0, dec_ext_base }) + $signed(\$955 );
-  assign \$957  = pack_full & in_ready;
-  assign \$958  = ~ pack_full;
-  assign \$959  = \$958  | in_ready;
-  assign \$960  = \$959  & elem_valid;
-  assign \$961  = ~ add_sel;
-  assign \$962  = \r_rdy$219  | \$961 ;
-  assign \$963  = \$960  & \$962 ;
-  assign \$964  = pack_j == 2'h3;
-  assign \$965  = \$964  | elem_final;
-  assign \$966  = pack_j + 1'h1;
-  assign \$967  = \$signal$221  & \valid$198 ;
-  assign \$968  = pack_jo == 2'h3;
-  assign \$969  = \$968  | \final ;
-  assign \$970  = pack_jo + 1'h1;
-  assign \$971  = 1'h1 << w_lb;
-  assign \$972  = | dec_tiles;
-  assign \$973  = | dec_k_last;
-  assign \$974  = ~ \$973 ;
-  assign \$975  = | dec_nt_last;
-  assign \$976  = ~ \$975 ;
-  assign \$977  = \$signal$243  & req__ready;
-  assign \$978  = ~ want_w;
-  assign \$979  = \$978  & is_linear;
-  assign \$980  = ~ is_linear;
-  assign \$981  = want_w & \$signal$480 ;
-  assign \$982  = \$980  | \$981 ;
-  assign \$983  = ~ \$982 ;
-  assign \$984  = want_w & \$983 ;
-  assign \$985  = k + 1'h1;
-  assign \$986  = k + 1'h1;
-  assign \$987  = \$986  == dec_k_last;
-  assign \$988  = w_addr + w_step;
-  assign \$989  = ~ is_linear;
-  assign \$990  = want_w & \$signal$480 ;
-  assign \$991  = \$989  | \$990 ;
-  assign \$992  = tiles - 1'h1;
-  assign \$993  = tiles != 1'h1;
-  assign \$994  = | dec_k_last;
-  assign \$995  = ~ \$994 ;
-  assign \$996  = | dec_nt_last;
-  assign \$997  = ~ \$996 ;
-  assign \$998  = nt + 1'h1;
-  assign \$999  = nt + 1'h1;
-  assign \$1000  = \$999  == dec_nt_last;
-  assign \$1001  = p_addr + 7'h40;
-  assign \$1002  = \a__valid$253  & \a__ready$254 ;
-  assign \$1003  = beat__valid & beat__ready;
-  assign \$1004  = \$1003  & is_linear;
-  assign \$1005  = rk == ins[87:72];
-  assign \$1006  = rk + 1'h1;
-  assign \$1007  = \$1005  ? 17'h00000 : \$1006 ;
-  assign \$1008  = rk == ins[87:72];
-  assign \$1009  = ~ is_linear;
-  assign \$1010  = \$1009  | rk_zero;
-  assign \$1011  = ~ \$1010 ;
-  assign \$1013  = ~ \$1012 ;
-  assign \$1014  = a_in_valid & \$1013 ;
-  assign \$1015  = pre_ln | pre_sm;
-  assign \$1016  = \$1014  & \$1015 ;
-  assign \$1018  = ~ \$1017 ;
-  assign \$1019  = a_in_valid & \$1018 ;
-  assign \$1020  = lk == dec_k_last;
-  assign \$1021  = \$signal$269  == 4'h8;
-  assign \$1022  = ~ \$signal$262 ;
-  assign \$1023  = \$signal$269  + 1'h1;
-  assign \$1024  = lk + 1'h1;
-  assign \$1025  = \$signal$269  == 4'h8;
-  assign \$1026  = lk + 1'h1;
-  assign \$1027  = lk == dec_k_last;
-  assign \$1028  = ~ \$signal$262 ;
-  assign \$1029  = \$signal$269  + 1'h1;
-  assign \$1030  = \a__valid$253  & \a__ready$254 ;
-  assign \$1032  = \$signal$262  == \$signal$295 ;
-  assign \$1033  = lk > \$signal$296 ;
-  assign \$1034  = \$1032  & \$1033 ;
-  assign \$1035  = pre_ln | pre_sm;
+  assign \$913  = ~ post_add;
+  assign \$914  = \$912  & \$913 ;
+  assign \$915  = is_gemm & pre_sm;
+  assign \$916  = is_gemm & pre_ln;
+  assign \$917  = ~ pre_sm;
+  assign \$918  = is_gemm & \$917 ;
+  assign \$919  = ~ pre_ln;
+  assign \$920  = \$918  & \$919 ;
+  assign \$921  = ~ is_load;
+  assign \$922  = ~ is_linear;
+  assign \$923  = is_gemm & \$922 ;
+  assign \$924  = add_sel | \$923 ;
+  assign \$925  = is_gelu | is_add;
+  assign \$926  = post_gelu | post_add;
+  assign \$927  = is_gemm & \$926 ;
+  assign \$928  = | ins[509:498];
+  assign \$929  = ~ \$928 ;
+  assign \$930  = is_gelu | is_add;
+  assign \$931  = \$930  | post_gelu;
+  assign \$932  = \$931  | post_add;
+  assign \$933  = is_gelu | is_add;
+  assign \$934  = \$933  | post_gelu;
+  assign \$935  = \$934  | post_add;
+  assign \$936  = \$935  & add_sel;
+  assign \$937  = is_gelu | is_add;
+  assign \$938  = \$937  | post_gelu;
+  assign \$939  = \$938  | post_add;
+  assign \$940  = \$939  & gelu_sel0;
+  assign \$941  = ~ post_gelu;
+  assign \$942  = is_gemm & \$941 ;
+  assign \$943  = ~ post_add;
+  assign \$944  = \$942  & \$943 ;
+  assign \$945  = is_gemm & pre_sm;
+  assign \$946  = is_gemm & pre_ln;
+  assign \$947  = ~ pre_sm;
+  assign \$948  = is_gemm & \$947 ;
+  assign \$949  = ~ pre_ln;
+  assign \$950  = \$948  & \$949 ;
+  assign \$951  = ~ is_load;
+  assign \$952  = ~ is_linear;
+  assign \$953  = is_gemm & \$952 ;
+  assign \$954  = add_sel | \$953 ;
+  assign \$955  = is_gelu | is_add;
+  assign \$956  = post_gelu | post_add;
+  assign \$957  = is_gemm & \$956 ;
+  assign \$958  = | fault_q;
+  assign \$959  = ~ \$958 ;
+  assign \$960  = op_done & \$959 ;
+  assign \$961  = ~ addr_fault;
+  assign \$962  = \$960  & \$961 ;
+  assign \$963  = pc + 7'h40;
+  assign \$964  = $signed(addr) < $signed(1'h0);
+  assign \$965  = $signed(addr) >= $signed(16'h4000);
+  assign \$966  = \$964  | \$965 ;
+  assign \$967  = valid & \$966 ;
+  assign \$968  = ~ is_load;
+  assign \$969  = \$967  & \$968 ;
+  assign \$970  = ~ is_gemm;
+  assign \$971  = \$969  & \$970 ;
+  assign \$972  = $signed(\addr$89 ) < $signed(1'h0);
+  assign \$973  = $signed(\addr$89 ) >= $signed(16'h4000);
+  assign \$974  = \$972  | \$973 ;
+  assign \$975  = \valid$85  & \$974 ;
+  assign \$976  = \$975  & is_add;
+  assign \$977  = \$971  | \$976 ;
+  assign \$978  = $signed(\addr$97 ) < $signed(1'h0);
+  assign \$979  = $signed(\addr$97 ) >= $signed(16'h4000);
+  assign \$980  = \$978  | \$979 ;
+  assign \$981  = \valid$221  & \$980 ;
+  assign \$982  = ~ is_store;
+  assign \$983  = \$981  & \$982 ;
+  assign \$984  = ~ is_gemm;
+  assign \$985  = \$983  & \$984 ;
+  assign \$986  = \$977  | \$985 ;
+  assign \$987  = | fault_q;
+  assign \$988  = idle & \idle$489 ;
+  assign \$989  = is_softmax | is_layernorm;
+  assign \$990  = ~ ext_req_valid;
+  assign \$991  = \$990  | req__ready;
+  assign \$992  = $signed(addr) << ins[23:22];
+  assign \$993  = $signed({ 1'h0, dec_ext_base }) + $signed(\$992 );
+  assign \$994  = ~ ext_req_valid;
+  assign \$995  = \$994  | \req__ready$424 ;
+  assign \$996  = $signed(\addr$97 ) << ins[23:22];
+  assign \$997  = $signed({ 1'h0, dec_ext_base }) + $signed(\$996 );
+  assign \$998  = pack_full & in_ready;
+  assign \$999  = ~ pack_full;
+  assign \$1000  = \$999  | in_ready;
+  assign \$1001  = \$1000  & elem_valid;
+  assign \$1002  = ~ add_sel;
+  assign \$1003  = \r_rdy$203  | \$1002 ;
+  assign \$1004  = \$1001  & \$1003 ;
+  assign \$1005  = pack_j == 2'h3;
+  assign \$1006  = \$1005  | elem_final;
+  assign \$1007  = pack_j + 1'h1;
+  assign \$1008  = \$signal$205  & \valid$221 ;
+  assign \$1009  = pack_jo == 2'h3;
+  assign \$1010  = \$1009  | \final ;
+  assign \$1011  = pack_jo + 1'h1;
+  assign \$1012  = 1'h1 << w_lb;
+  assign \$1013  = | dec_tiles;
+  assign \$1014  = | dec_k_last;
+  assign \$1015  = ~ \$1014 ;
+  assign \$1016  = | dec_nt_last;
+  assign \$1017  = ~ \$1016 ;
+  assign \$1018  = \$signal$409  & req__ready;
+  assign \$1019  = ~ want_w;
+  assign \$1020  = \$1019  & is_linear;
+  assign \$1021  = ~ is_linear;
+  assign \$1022  = want_w & \$signal$495 ;
+  assign \$1023  = \$1021  | \$1022 ;
+  assign \$1024  = ~ \$1023 ;
+  assign \$1025  = want_w & \$1024 ;
+  assign \$1026  = k + 1'h1;
+  assign \$1027  = k + 1'h1;
+  assign \$1028  = \$1027  == dec_k_last;
+  assign \$1029  = w_addr + w_step;
+  assign \$1030  = ~ is_linear;
+  assign \$1031  = want_w & \$signal$495 ;
+  assign \$1032  = \$1030  | \$1031 ;
+  assign \$1033  = tiles - 1'h1;
+  assign \$1034  = tiles != 1'h1;
+  assign \$1035  = | dec_k_last;
   assign \$1036  = ~ \$1035 ;
-  assign \$1037  = \$1034  & \$1036 ;
-  assign \$1038  = \$1031  | \$1037 ;
-  assign \$1040  = is_linear | \$1039 ;
-  assign \$1041  = \$1038  & \$1040 ;
-  assign \$1042  = ~ \$signal$301 ;
-  assign \$1043  = \a__valid$253  & \a__ready$254 ;
-  assign \$1044  = \$1042  | \$1043 ;
-  assign \$1045  = \$1041  & \$1044 ;
-  assign \$1046  = | feed_blocks;
-  assign \$1047  = \$1045  & \$1046 ;
-  assign \$1048  = \$signal$296  == dec_k_last;
-  assign \$1049  = \$signal$296  == dec_k_last;
-  assign \$1050  = fnt == dec_nt_last;
-  assign \$1051  = ~ \$signal$295 ;
-  assign \$1052  = feed_blocks - 1'h1;
-  assign \$1053  = fnt + 1'h1;
-  assign \$1054  = \$signal$296  + 1'h1;
-  assign \$1056  = ~ \$1055 ;
-  assign \$1057  = \r_rdy$219  & \$1056 ;
-  assign \$1058  = ~ is_linear;
-  assign \$1059  = \$1057  & \$1058 ;
-  assign \$1060  = w_load_lane == 3'h7;
-  assign \$1061  = w_load_k + 1'h1;
-  assign \$1062  = w_load_addr + 1'h1;
-  assign \$1063  = w_load_k == dec_k_last;
-  assign \$1064  = w_load_nt + 1'h1;
-  assign \$1065  = w_load_nt == dec_nt_last;
-  assign \$1066  = ~ w_load_half;
-  assign \$1067  = w_load_lane + 1'h1;
-  assign \$1069  = \$signal$262  == \$signal$295 ;
-  assign \$1070  = lk > \$signal$296 ;
-  assign \$1071  = \$1069  & \$1070 ;
-  assign \$1072  = pre_ln | pre_sm;
-  assign \$1073  = ~ \$1072 ;
-  assign \$1074  = \$1071  & \$1073 ;
-  assign \$1075  = \$1068  | \$1074 ;
-  assign \$1077  = is_linear | \$1076 ;
-  assign \$1078  = \$1075  & \$1077 ;
-  assign \$1079  = ~ \$signal$301 ;
-  assign \$1080  = \a__valid$253  & \a__ready$254 ;
-  assign \$1081  = \$1079  | \$1080 ;
-  assign \$1082  = \$1078  & \$1081 ;
-  assign \$1083  = | feed_blocks;
-  assign \$1084  = \$1082  & \$1083 ;
-  assign \$1085  = ~ is_linear;
-  assign \$1086  = \$1084  & \$1085 ;
-  assign \$1087  = \$signal$296  == dec_k_last;
-  assign \$1088  = fnt == dec_nt_last;
-  assign \$1089  = feed_mt == dec_mt_last;
-  assign \$1090  = ~ w_feed_half;
-  assign \$1091  = feed_mt + 1'h1;
-  assign \$1092  = feed_ntk + ins[87:72];
-  assign \$1093  = post_gelu | post_add;
-  assign \$1094  = gemm_active & \$1093 ;
-  assign \$1095  = post_col == 3'h7;
-  assign \$1096  = post_col + 1'h1;
-  assign \$1097  = \$1095  ? 4'h0 : \$1096 ;
-  assign \$1098  = ~ \busy$487 ;
-  assign \$1099  = in_stream & \$1098 ;
-  assign \$1100  = ~ ext_req_valid;
-  assign \$1101  = \$1099  & \$1100 ;
-  assign \$1102  = \$1101  & \idle$474 ;
+  assign \$1037  = | dec_nt_last;
+  assign \$1038  = ~ \$1037 ;
+  assign \$1039  = nt + 1'h1;
+  assign \$1040  = nt + 1'h1;
+  assign \$1041  = \$1040  == dec_nt_last;
+  assign \$1042  = p_addr + 7'h40;
+  assign \$1043  = \a__valid$287  & \a__ready$288 ;
+  assign \$1044  = ~ is_linear;
+  assign \$1045  = \$1044  | rk_zero;
+  assign \$1046  = ~ w_full;
+  assign \$1047  = \a__valid$287  & \a__ready$288 ;
+  assign \$1048  = \$1046  | \$1047 ;
+  assign \$1049  = \$1045  ? p__ready : \$1048 ;
+  assign \$1050  = beat__valid & \$1049 ;
+  assign \$1051  = \$1050  & is_linear;
+  assign \$1052  = rk == ins[87:72];
+  assign \$1053  = rk + 1'h1;
+  assign \$1054  = \$1052  ? 17'h00000 : \$1053 ;
+  assign \$1055  = rk == ins[87:72];
+  assign \$1056  = ~ is_linear;
+  assign \$1057  = \$1056  | rk_zero;
+  assign \$1058  = ~ \$1057 ;
+  assign \$1059  = | dec_k_last;
+  assign \$1060  = ~ \$1059 ;
+  assign \$1061  = | dec_k_last;
+  assign \$1062  = ~ \$1061 ;
+  assign \$1063  = | dec_nt_last;
+  assign \$1064  = ~ \$1063 ;
+  assign \$1065  = | dec_blocks;
+  assign \$1067  = ~ \$1066 ;
+  assign \$1068  = a_in_valid & \$1067 ;
+  assign \$1069  = pre_ln | pre_sm;
+  assign \$1070  = \$1068  & \$1069 ;
+  assign \$1072  = ~ \$1071 ;
+  assign \$1073  = a_in_valid & \$1072 ;
+  assign \$1074  = | dec_k_last;
+  assign \$1075  = ~ \$1074 ;
+  assign \$1076  = \$signal$254  == 4'h8;
+  assign \$1077  = ~ \$signal$247 ;
+  assign \$1078  = \$signal$254  + 1'h1;
+  assign \$1079  = lk + 1'h1;
+  assign \$1080  = lk + 1'h1;
+  assign \$1081  = \$1080  == dec_k_last;
+  assign \$1082  = \$signal$254  == 4'h8;
+  assign \$1083  = lk + 1'h1;
+  assign \$1084  = lk + 1'h1;
+  assign \$1085  = \$1084  == dec_k_last;
+  assign \$1086  = | dec_k_last;
+  assign \$1087  = ~ \$1086 ;
+  assign \$1088  = ~ \$signal$247 ;
+  assign \$1089  = \$signal$254  + 1'h1;
+  assign \$1090  = \a__valid$287  & \a__ready$288 ;
+  assign \$1092  = \$signal$247  == \$signal$280 ;
+  assign \$1093  = lk > \$signal$281 ;
+  assign \$1094  = \$1092  & \$1093 ;
+  assign \$1095  = pre_ln | pre_sm;
+  assign \$1096  = ~ \$1095 ;
+  assign \$1097  = \$1094  & \$1096 ;
+  assign \$1098  = \$1091  | \$1097 ;
+  assign \$1100  = is_linear | \$1099 ;
+  assign \$1101  = \$1098  & \$1100 ;
+  assign \$1102  = ~ \$signal$286 ;
+  assign \$1103  = \a__valid$287  & \a__ready$288 ;
+  assign \$1104  = \$1102  | \$1103 ;
+  assign \$1105  = \$1101  & \$1104 ;
+  assign \$1106  = \$1105  & a_blocks_left;
+  assign \$1107  = | dec_k_last;
+  assign \$1108  = ~ \$1107 ;
+  assign \$1109  = | dec_nt_last;
+  assign \$1110  = ~ \$1109 ;
+  assign \$1111  = ~ \$signal$280 ;
+  assign \$1112  = feed_blocks - 1'h1;
+  assign \$1113  = feed_blocks != 1'h1;
+  assign \$1114  = fnt + 1'h1;
+  assign \$1115  = fnt + 1'h1;
+  assign \$1116  = \$1115  == dec_nt_last;
+  assign \$1117  = \$signal$281  + 1'h1;
+  assign \$1118  = \$signal$281  + 1'h1;
+  assign \$1119  = \$1118  == dec_k_last;
+  assign \$1121  = ~ \$1120 ;
+  assign \$1122  = \r_rdy$203  & \$1121 ;
+  assign \$1123  = ~ is_linear;
+  assign \$1124  = \$1122  & \$1123 ;
+  assign \$1125  = w_load_lane == 3'h7;
+  assign \$1126  = w_load_k + 1'h1;
+  assign \$1127  = w_load_addr + 1'h1;
+  assign \$1128  = w_load_k == dec_k_last;
+  assign \$1129  = w_load_nt + 1'h1;
+  assign \$1130  = w_load_nt == dec_nt_last;
+  assign \$1131  = ~ w_load_half;
+  assign \$1132  = w_load_lane + 1'h1;
+  assign \$1134  = \$signal$247  == \$signal$280 ;
+  assign \$1135  = lk > \$signal$281 ;
+  assign \$1136  = \$1134  & \$1135 ;
+  assign \$1137  = pre_ln | pre_sm;
+  assign \$1138  = ~ \$1137 ;
+  assign \$1139  = \$1136  & \$1138 ;
+  assign \$1140  = \$1133  | \$1139 ;
+  assign \$1142  = is_linear | \$1141 ;
+  assign \$1143  = \$1140  & \$1142 ;
+  assign \$1144  = ~ \$signal$286 ;
+  assign \$1145  = \a__valid$287  & \a__ready$288 ;
+  assign \$1146  = \$1144  | \$1145 ;
+  assign \$1147  = \$1143  & \$1146 ;
+  assign \$1148  = \$1147  & a_blocks_left;
+  assign \$1149  = ~ is_linear;
+  assign \$1150  = \$1148  & \$1149 ;
+  assign \$1151  = feed_mt == dec_mt_last;
+  assign \$1152  = ~ w_feed_half;
+  assign \$1153  = feed_mt + 1'h1;
+  assign \$1154  = feed_ntk + ins[87:72];
+  assign \$1155  = post_gelu | post_add;
+  assign \$1156  = gemm_active & \$1155 ;
+  assign \$1157  = post_col == 3'h7;
+  assign \$1158  = post_col + 1'h1;
+  assign \$1159  = \$1157  ? 4'h0 : \$1158 ;
+  assign \$1160  = ~ \busy$506 ;
+  assign \$1161  = in_stream & \$1160 ;
+  assign \$1162  = ~ ext_req_valid;
+  assign \$1163  = \$1161  & \$1162 ;
+  assign \$1164  = \$1163  & \idle$489 ;
   always @(posedge clk)
-    is_end <= \$1103 ;
+    load <= \$1165 ;
   always @(posedge clk)
-    is_load <= \$1104 ;
+    is_end <= \$1166 ;
   always @(posedge clk)
-    is_store <= \$1105 ;
+    is_load <= \$1167 ;
   always @(posedge clk)
-    is_linear <= \$1106 ;
+    is_store <= \$1168 ;
   always @(posedge clk)
-    is_matmul <= \$1107 ;
+    is_linear <= \$1169 ;
   always @(posedge clk)
-    is_softmax <= \$1108 ;
+    is_matmul <= \$1170 ;
   always @(posedge clk)
-    is_gelu <= \$1109 ;
+    is_softmax <= \$1171 ;
   always @(posedge clk)
-    is_layernorm <= \$1110 ;
+    is_gelu <= \$1172 ;
   always @(posedge clk)
-    is_add <= \$1111 ;
+    is_layernorm <= \$1173 ;
   always @(posedge clk)
-    is_im2col <= \$1112 ;
+    is_add <= \$1174 ;
   always @(posedge clk)
-    is_concat <= \$1113 ;
+    is_im2col <= \$1175 ;
   always @(posedge clk)
-    is_split_heads <= \$1114 ;
+    is_concat <= \$1176 ;
   always @(posedge clk)
-    is_merge_heads <= \$1115 ;
+    is_split_heads <= \$1177 ;
   always @(posedge clk)
-    is_transpose <= \$1116 ;
+    is_merge_heads <= \$1178 ;
   always @(posedge clk)
-    is_select <= \$1117 ;
+    is_transpose <= \$1179 ;
   always @(posedge clk)
-    op_onehot <= \$1118 ;
+    is_select <= \$1180 ;
   always @(posedge clk)
-    is_gemm <= \$1119 ;
+    op_onehot <= \$1181 ;
   always @(posedge clk)
-    post_gelu <= \$1120 ;
+    is_gemm <= \$1182 ;
   always @(posedge clk)
-    post_add <= \$1121 ;
+    post_gelu <= \$1183 ;
   always @(posedge clk)
-    pre_ln <= \$1122 ;
+    post_add <= \$1184 ;
   always @(posedge clk)
-    pre_sm <= \$1123 ;
+    pre_ln <= \$1185 ;
   always @(posedge clk)
-    src0_inflight <= \$1124 ;
+    pre_sm <= \$1186 ;
   always @(posedge clk)
-    src0_meta <= \$1125 ;
+    src0_inflight <= \$1187 ;
   always @(posedge clk)
-    src1_inflight <= \$1126 ;
+    src0_meta <= \$1188 ;
   always @(posedge clk)
-    src1_meta <= \$1127 ;
+    src1_inflight <= \$1189 ;
   always @(posedge clk)
-    is_move <= \$1128 ;
+    src1_meta <= \$1190 ;
   always @(posedge clk)
-    gelu_sel0 <= \$1129 ;
+    is_move <= \$1191 ;
   always @(posedge clk)
-    add_sel <= \$1130 ;
+    gelu_sel0 <= \$1192 ;
   always @(posedge clk)
-    dec_mt <= \$1131 ;
+    add_sel <= \$1193 ;
   always @(posedge clk)
-    dec_nt <= \$1132 ;
+    dec_mt <= \$1194 ;
   always @(posedge clk)
-    dec_k_last <= \$1133 ;
+    dec_nt <= \$1195 ;
   always @(posedge clk)
-    dec_c_lb <= \$1134 ;
+    dec_k_last <= \$1196 ;
   always @(posedge clk)
-    dec_mt_last <= \$1135 ;
+    dec_c_lb <= \$1197 ;
   always @(posedge clk)
-    dec_nt_last <= \$1136 ;
+    dec_mt_last <= \$1198 ;
   always @(posedge clk)
-    dec_blocks <= \$1137 ;
+    dec_nt_last <= \$1199 ;
   always @(posedge clk)
-    dec_c_base <= \$1138 ;
+    dec_blocks <= \$1200 ;
   always @(posedge clk)
-    dec_tiles <= \$1139 ;
+    dec_c_base <= \$1201 ;
   always @(posedge clk)
-    dec_rows_last <= \$1140 ;
+    dec_tiles <= \$1202 ;
   always @(posedge clk)
-    dec_ext_base <= \$1141 ;
+    dec_rows_last <= \$1203 ;
   always @(posedge clk)
-    addr_fault <= \$1142 ;
+    dec_ext_base <= \$1204 ;
   always @(posedge clk)
-    ext_req_valid <= \$1143 ;
+    addr_fault <= \$1205 ;
   always @(posedge clk)
-    cycles <= \$1144 ;
+    ext_req_valid <= \$1206 ;
   always @(posedge clk)
-    op_cycles__0 <= \$1145 ;
+    cycles <= \$1207 ;
   always @(posedge clk)
-    op_cycles__1 <= \$1146 ;
+    op_cycles__0 <= \$1208 ;
   always @(posedge clk)
-    op_cycles__2 <= \$1147 ;
+    op_cycles__1 <= \$1209 ;
   always @(posedge clk)
-    op_cycles__3 <= \$1148 ;
+    op_cycles__2 <= \$1210 ;
   always @(posedge clk)
-    op_cycles__4 <= \$1149 ;
+    op_cycles__3 <= \$1211 ;
   always @(posedge clk)
-    op_cycles__5 <= \$1150 ;
+    op_cycles__4 <= \$1212 ;
   always @(posedge clk)
-    op_cycles__6 <= \$1151 ;
+    op_cycles__5 <= \$1213 ;
   always @(posedge clk)
-    op_cycles__7 <= \$1152 ;
+    op_cycles__6 <= \$1214 ;
   always @(posedge clk)
-    op_cycles__8 <= \$1153 ;
+    op_cycles__7 <= \$1215 ;
   always @(posedge clk)
-    op_cycles__9 <= \$1154 ;
+    op_cycles__8 <= \$1216 ;
   always @(posedge clk)
-    op_cycles__10 <= \$1155 ;
+    op_cycles__9 <= \$1217 ;
   always @(posedge clk)
-    op_cycles__11 <= \$1156 ;
+    op_cycles__10 <= \$1218 ;
   always @(posedge clk)
-    op_cycles__12 <= \$1157 ;
+    op_cycles__11 <= \$1219 ;
   always @(posedge clk)
-    op_cycles__13 <= \$1158 ;
+    op_cycles__12 <= \$1220 ;
   always @(posedge clk)
-    op_cycles__14 <= \$1159 ;
+    op_cycles__13 <= \$1221 ;
   always @(posedge clk)
-    op_cycles__15 <= \$1160 ;
+    op_cycles__14 <= \$1222 ;
   always @(posedge clk)
-    d_end_more <= \$1161 ;
+    op_cycles__15 <= \$1223 ;
   always @(posedge clk)
-    d_end <= \$1162 ;
+    d_end_more <= \$1224 ;
   always @(posedge clk)
-    d_count_zero <= \$1163 ;
+    d_end <= \$1225 ;
   always @(posedge clk)
-    d_const <= \$1164 ;
+    d_count_zero <= \$1226 ;
   always @(posedge clk)
-    d_stream <= \$1165 ;
+    d_const <= \$1227 ;
   always @(posedge clk)
-    pc <= \$1166 ;
+    d_stream <= \$1228 ;
   always @(posedge clk)
-    busy <= \$1167 ;
+    pc <= \$1229 ;
   always @(posedge clk)
-    done <= \$1168 ;
+    busy <= \$1230 ;
   always @(posedge clk)
-    error <= \$1169 ;
+    done <= \$1231 ;
   always @(posedge clk)
-    fetch_sent <= \$1170 ;
+    error <= \$1232 ;
   always @(posedge clk)
-    \$signal$465  <= \$1171 ;
+    fetch_sent <= \$1233 ;
   always @(posedge clk)
-    \$signal$466  <= \$1172 ;
+    \$signal$478  <= \$1234 ;
   always @(posedge clk)
-    images_left <= \$1173 ;
+    \$signal$479  <= \$1235 ;
   always @(posedge clk)
-    offset <= \$1174 ;
+    images_left <= \$1236 ;
   always @(posedge clk)
-    seq_state <= \$1175 ;
+    offset <= \$1237 ;
   always @(posedge clk)
-    in_stream <= \$1176 ;
+    seq_state <= \$1238 ;
   always @(posedge clk)
-    in_decode <= \$1177 ;
+    in_stream <= \$1239 ;
   always @(posedge clk)
-    in_op <= \$1178 ;
+    in_decode <= \$1240 ;
   always @(posedge clk)
-    gemm_active <= \$1179 ;
+    in_op <= \$1241 ;
   always @(posedge clk)
-    pack_active <= \$1180 ;
+    unit_rst <= \$1242 ;
   always @(posedge clk)
-    sink_from_move <= \$1181 ;
+    gemm_active <= \$1243 ;
   always @(posedge clk)
-    sink_from_load <= \$1182 ;
+    pack_active <= \$1244 ;
   always @(posedge clk)
-    sink_from_store <= \$1183 ;
+    sink_from_move <= \$1245 ;
   always @(posedge clk)
-    sink_from_softmax <= \$1184 ;
+    sink_from_load <= \$1246 ;
   always @(posedge clk)
-    sink_from_layernorm <= \$1185 ;
+    sink_from_store <= \$1247 ;
   always @(posedge clk)
-    sink_from_add <= \$1186 ;
+    sink_from_softmax <= \$1248 ;
   always @(posedge clk)
-    sink_from_gelu0 <= \$1187 ;
+    sink_from_layernorm <= \$1249 ;
   always @(posedge clk)
-    sink_from_gemm <= \$1188 ;
+    sink_from_add <= \$1250 ;
   always @(posedge clk)
-    a_from_softmax <= \$1189 ;
+    sink_from_gelu0 <= \$1251 ;
   always @(posedge clk)
-    a_from_layernorm <= \$1190 ;
+    sink_from_gemm <= \$1252 ;
   always @(posedge clk)
-    a_from_src0 <= \$1191 ;
+    a_from_softmax <= \$1253 ;
   always @(posedge clk)
-    q0_to_pack <= \$1192 ;
+    a_from_layernorm <= \$1254 ;
   always @(posedge clk)
-    res_to_pack <= \$1193 ;
+    a_from_src0 <= \$1255 ;
   always @(posedge clk)
-    ins <= \$1194 ;
+    const_to0 <= \$1256 ;
   always @(posedge clk)
-    decode_wait <= \$1195 ;
+    const_to1 <= \$1257 ;
   always @(posedge clk)
-    c_addr <= \$1196 ;
+    const_to2 <= \$1258 ;
   always @(posedge clk)
-    c_step <= \$1197 ;
+    const_to3 <= \$1259 ;
   always @(posedge clk)
-    c_ask <= \$1198 ;
+    in_fetch <= \$1260 ;
   always @(posedge clk)
-    c_due <= \$1199 ;
+    in_const <= \$1261 ;
   always @(posedge clk)
-    ext_req_addr <= \$1200 ;
+    run0 <= \$1262 ;
   always @(posedge clk)
-    ext_req_data <= \$1201 ;
+    run1 <= \$1263 ;
   always @(posedge clk)
-    pack_full <= \$1202 ;
+    q0_to_pack <= \$1264 ;
   always @(posedge clk)
-    pack_a0 <= \$1203 ;
+    res_to_pack <= \$1265 ;
   always @(posedge clk)
-    pack_a1 <= \$1204 ;
+    ins <= \$1266 ;
   always @(posedge clk)
-    pack_a2 <= \$1205 ;
+    decode_wait <= \$1267 ;
   always @(posedge clk)
-    pack_a3 <= \$1206 ;
+    c_addr <= \$1268 ;
   always @(posedge clk)
-    pack_b0 <= \$1207 ;
+    c_step <= \$1269 ;
   always @(posedge clk)
-    pack_b1 <= \$1208 ;
+    c_ask <= \$1270 ;
   always @(posedge clk)
-    pack_b2 <= \$1209 ;
+    c_due <= \$1271 ;
   always @(posedge clk)
-    pack_b3 <= \$1210 ;
+    c_last <= \$1272 ;
   always @(posedge clk)
-    pack_j <= \$1211 ;
+    ext_req_addr <= \$1273 ;
   always @(posedge clk)
-    pack_jo <= \$1212 ;
+    ext_req_data <= \$1274 ;
   always @(posedge clk)
-    tiles <= \$1213 ;
+    pack_full <= \$1275 ;
   always @(posedge clk)
-    nt <= \$1214 ;
+    pack_a0 <= \$1276 ;
   always @(posedge clk)
-    k <= \$1215 ;
+    pack_a1 <= \$1277 ;
   always @(posedge clk)
-    w_addr <= \$1216 ;
+    pack_a2 <= \$1278 ;
   always @(posedge clk)
-    p_addr <= \$1217 ;
+    pack_a3 <= \$1279 ;
   always @(posedge clk)
-    want_w <= \$1218 ;
+    pack_b0 <= \$1280 ;
   always @(posedge clk)
-    w_step <= \$1219 ;
+    pack_b1 <= \$1281 ;
   always @(posedge clk)
-    \$signal$243  <= \$1220 ;
+    pack_b2 <= \$1282 ;
   always @(posedge clk)
-    \$signal$480  <= \$1221 ;
+    pack_b3 <= \$1283 ;
   always @(posedge clk)
-    nt_hit <= \$1222 ;
+    pack_j <= \$1284 ;
   always @(posedge clk)
-    rk <= \$1223 ;
+    pack_jo <= \$1285 ;
   always @(posedge clk)
-    rk_zero <= \$1224 ;
+    tiles <= \$1286 ;
   always @(posedge clk)
-    w_full <= \$1225 ;
+    nt <= \$1287 ;
   always @(posedge clk)
-    w_lane0 <= \$1226 ;
+    k <= \$1288 ;
   always @(posedge clk)
-    w_lane1 <= \$1227 ;
+    w_addr <= \$1289 ;
   always @(posedge clk)
-    w_lane2 <= \$1228 ;
+    p_addr <= \$1290 ;
   always @(posedge clk)
-    w_lane3 <= \$1229 ;
+    want_w <= \$1291 ;
   always @(posedge clk)
-    w_lane4 <= \$1230 ;
+    w_step <= \$1292 ;
   always @(posedge clk)
-    w_lane5 <= \$1231 ;
+    \$signal$409  <= \$1293 ;
   always @(posedge clk)
-    w_lane6 <= \$1232 ;
+    \$signal$495  <= \$1294 ;
   always @(posedge clk)
-    w_lane7 <= \$1233 ;
+    nt_hit <= \$1295 ;
   always @(posedge clk)
-    a_filled0 <= \$1234 ;
+    rk <= \$1296 ;
   always @(posedge clk)
-    a_filled1 <= \$1235 ;
+    rk_zero <= \$1297 ;
   always @(posedge clk)
-    \$signal$262  <= \$1236 ;
+    w_full <= \$1298 ;
   always @(posedge clk)
-    \$signal$269  <= \$1237 ;
+    w_lane0 <= \$1299 ;
   always @(posedge clk)
-    lk <= \$1238 ;
+    w_lane1 <= \$1300 ;
   always @(posedge clk)
-    \$signal$295  <= \$1239 ;
+    w_lane2 <= \$1301 ;
   always @(posedge clk)
-    \$signal$296  <= \$1240 ;
+    w_lane3 <= \$1302 ;
   always @(posedge clk)
-    fnt <= \$1241 ;
+    w_lane4 <= \$1303 ;
   always @(posedge clk)
-    feed_blocks <= \$1242 ;
+    w_lane5 <= \$1304 ;
   always @(posedge clk)
-    \$signal$301  <= \$1243 ;
+    w_lane6 <= \$1305 ;
   always @(posedge clk)
-    a_last <= \$1244 ;
+    w_lane7 <= \$1306 ;
   always @(posedge clk)
-    w_load_lane <= \$1245 ;
+    a_filled0 <= \$1307 ;
   always @(posedge clk)
-    w_load_k <= \$1246 ;
+    a_filled1 <= \$1308 ;
   always @(posedge clk)
-    w_load_addr <= \$1247 ;
+    \$signal$247  <= \$1309 ;
   always @(posedge clk)
-    w_load_nt <= \$1248 ;
+    \$signal$254  <= \$1310 ;
   always @(posedge clk)
-    w_filled0 <= \$1249 ;
+    lk <= \$1311 ;
   always @(posedge clk)
-    w_filled1 <= \$1250 ;
+    \$signal$280  <= \$1312 ;
   always @(posedge clk)
-    w_load_half <= \$1251 ;
+    \$signal$281  <= \$1313 ;
   always @(posedge clk)
-    feed_ntk <= \$1252 ;
+    fnt <= \$1314 ;
   always @(posedge clk)
-    feed_mt <= \$1253 ;
+    feed_blocks <= \$1315 ;
   always @(posedge clk)
-    w_feed_half <= \$1254 ;
+    \$signal$286  <= \$1316 ;
   always @(posedge clk)
-    post_col <= \$1255 ;
+    a_load_k_hit <= \$1317 ;
   always @(posedge clk)
-    op_done <= \$1256 ;
+    a_feed_k_hit <= \$1318 ;
   always @(posedge clk)
-    fault_q <= \$1257 ;
+    a_feed_nt_hit <= \$1319 ;
+  always @(posedge clk)
+    a_blocks_left <= \$1320 ;
+  always @(posedge clk)
+    a_last <= \$1321 ;
+  always @(posedge clk)
+    w_load_lane <= \$1322 ;
+  always @(posedge clk)
+    w_load_k <= \$1323 ;
+  always @(posedge clk)
+    w_load_addr <= \$1324 ;
+  always @(posedge clk)
+    w_load_nt <= \$1325 ;
+  always @(posedge clk)
+    w_filled0 <= \$1326 ;
+  always @(posedge clk)
+    w_filled1 <= \$1327 ;
+  always @(posedge clk)
+    w_load_half <= \$1328 ;
+  always @(posedge clk)
+    feed_ntk <= \$1329 ;
+  always @(posedge clk)
+    feed_mt <= \$1330 ;
+  always @(posedge clk)
+    w_feed_half <= \$1331 ;
+  always @(posedge clk)
+    post_col <= \$1332 ;
+  always @(posedge clk)
+    op_done <= \$1333 ;
+  always @(posedge clk)
+    fault_q <= \$1334 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
-    .b__payload(\b__payload$182 ),
-    .b__ready(\b__ready$213 ),
-    .b__valid(\b__valid$231 ),
-    .c__payload(\c__payload$170 ),
-    .c__ready(\c__ready$172 ),
-    .c__valid(\c__valid$171 ),
+    .b__payload(\b__payload$167 ),
+    .b__ready(\b__ready$197 ),
+    .b__valid(\b__valid$211 ),
+    .c__payload(beat__payload[43:0]),
+    .c__ready(\c__ready$419 ),
+    .c__valid(\c__valid$123 ),
     .clk(clk),
-    .o__payload(\o__payload$226 ),
+    .o__payload(\o__payload$213 ),
     .o__ready(o__ready),
-    .o__valid(\o__valid$222 ),
+    .o__valid(\o__valid$206 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gelu0  gelu0 (
-    .c__payload(\c__payload$173 ),
-    .c__ready(\c__ready$175 ),
-    .c__valid(\c__valid$174 ),
+    .c__payload(beat__payload[52:0]),
+    .c__ready(\c__ready$420 ),
+    .c__valid(\c__valid$126 ),
     .clk(clk),
     .go(i__ready),
     .i__payload(i__payload),
     .i__valid(i__valid),
-    .o__payload(\o__payload$234 ),
-    .o__ready(\o__ready$233 ),
-    .o__valid(\o__valid$232 ),
+    .o__payload(\o__payload$219 ),
+    .o__ready(\o__ready$217 ),
+    .o__valid(\o__valid$207 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$365 ),
-    .a__ready(\a__ready$254 ),
-    .a__valid(\a__valid$253 ),
+    .a__payload(\a__payload$352 ),
+    .a__ready(\a__ready$288 ),
+    .a__valid(\a__valid$287 ),
     .clk(clk),
-    .o__payload(\w_data$396 ),
-    .o__ready(\o__ready$398 ),
-    .o__valid(\w_en$394 ),
+    .o__payload(\w_data$384 ),
+    .o__ready(\o__ready$386 ),
+    .o__valid(\w_en$382 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -29938,19 +30129,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(clk),
-    .r_data(\r_data$413 ),
-    .r_en(\r_en$401 ),
+    .r_data(\r_data$401 ),
+    .r_en(\r_en$389 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$394 ),
-    .w_port__data(\w_data$396 ),
-    .w_rdy(\o__ready$398 )
+    .w_en(\w_en$382 ),
+    .w_port__data(\w_data$384 ),
+    .w_rdy(\o__ready$386 )
   );
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$97 ),
     .base(ins[123:104]),
-    .busy(\busy$487 ),
+    .busy(\busy$506 ),
     .clk(clk),
     .\final (\final ),
     .index__1(index__1),
@@ -29971,15 +30162,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .\valid$31 (\valid$198 )
+    .\valid$31 (\valid$221 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$448 ),
+    .\final (\final$455 ),
     .last__3(last__3),
-    .last__4(\last__4$447 ),
+    .last__4(\last__4$454 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -29999,9 +30190,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$89 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$451 ),
-    .last__3(\last__3$452 ),
-    .last__4(\last__4$450 ),
+    .\final (\final$458 ),
+    .last__3(\last__3$459 ),
+    .last__4(\last__4$457 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -30019,25 +30210,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.layernorm  layernorm (
     .buf_wdata(r_data[15:0]),
-    .c__payload(\c__payload$167 ),
-    .c__valid(\c__valid$168 ),
+    .c__payload(beat__payload[65:0]),
+    .c__valid(\c__valid$120 ),
     .clk(clk),
-    .i__ready(\i__ready$430 ),
-    .i__valid(\i__valid$425 ),
-    .idle_r(\c__ready$169 ),
-    .o__payload(\o__payload$206 ),
-    .o__ready(\o__ready$427 ),
-    .o__valid(\o__valid$205 ),
+    .i__ready(\i__ready$437 ),
+    .i__valid(\i__valid$432 ),
+    .idle_r(\c__ready$418 ),
+    .o__payload(\o__payload$190 ),
+    .o__ready(\o__ready$434 ),
+    .o__valid(\o__valid$189 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$1819$0 (\$signature__data ),
-    .\port$8940$0 (src0_meta),
+    .\port$1886$0 (\$signature__data ),
+    .\port$9003$0 (src0_meta),
     .r_data(r_data),
-    .r_en(\r_en$428 ),
+    .r_en(\r_en$435 ),
     .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
@@ -30046,11 +30237,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$86 ),
-    .\port$1820$0 (\$signature__data$94 ),
-    .\port$8944$0 (src1_meta),
-    .r_data(\r_data$320 ),
+    .\port$1887$0 (\$signature__data$94 ),
+    .\port$9007$0 (src1_meta),
+    .r_data(\r_data$307 ),
     .r_en(r_en),
-    .r_rdy(\r_rdy$219 ),
+    .r_rdy(\r_rdy$203 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -30069,18 +30260,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(req__payload),
-    .w_en(req__valid)
+    .w_data(\req__payload$410 ),
+    .w_en(\req__valid$402 )
   );
   \accelerator.core.softmax  softmax (
-    .c__payload(c__payload),
+    .c__payload(beat__payload[4:0]),
     .c__valid(c__valid),
     .clk(clk),
-    .i__payload(\i__payload$422 ),
-    .i__ready(\i__ready$429 ),
-    .i__valid(\i__valid$424 ),
+    .i__payload(\i__payload$429 ),
+    .i__ready(\i__ready$436 ),
+    .i__valid(\i__valid$431 ),
     .idle(c__ready),
-    .o__ready(\o__ready$426 ),
+    .o__ready(\o__ready$433 ),
     .oq_data(o__payload),
     .oq_valid(o__valid),
     .rst(rst),
@@ -30095,154 +30286,134 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(clk),
     .err(err),
-    .idle(\idle$474 ),
-    .req__ready(\req__ready$417 ),
+    .idle(\idle$489 ),
+    .req__ready(\req__ready$424 ),
     .rst(rst),
-    .w_data(\req__payload$201 ),
-    .w_en(\req__valid$200 )
+    .w_data(req__payload),
+    .w_en(req__valid)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$97  = 16'h0000;
+    \$99  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$97  = unpack0;
+          \$99  = unpack0;
       3'h1:
-          \$97  = unpack1;
+          \$99  = unpack1;
       3'h2:
-          \$97  = unpack2;
+          \$99  = unpack2;
       3'h3:
-          \$97  = unpack3;
+          \$99  = unpack3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$137  = a_filled0;
+          \$135  = a_filled0;
       1'h1:
-          \$137  = a_filled1;
+          \$135  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$142  = a_filled0;
+          \$140  = a_filled0;
       1'h1:
-          \$142  = a_filled1;
+          \$140  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$150  = a_filled0;
+          \$148  = a_filled0;
       1'h1:
-          \$150  = a_filled1;
+          \$148  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$157  = a_filled0;
+          \$155  = a_filled0;
       1'h1:
-          \$157  = a_filled1;
+          \$155  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$164  = a_filled0;
+          \$162  = a_filled0;
       1'h1:
-          \$164  = a_filled1;
+          \$162  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$171  = a_filled0;
+          \$169  = a_filled0;
       1'h1:
-          \$171  = a_filled1;
+          \$169  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$178  = a_filled0;
+          \$176  = a_filled0;
       1'h1:
-          \$178  = a_filled1;
+          \$176  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$185  = a_filled0;
+          \$183  = a_filled0;
       1'h1:
-          \$185  = a_filled1;
+          \$183  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$192  = a_filled0;
+          \$190  = a_filled0;
       1'h1:
-          \$192  = a_filled1;
+          \$190  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$199  = a_filled0;
+          \$197  = a_filled0;
       1'h1:
-          \$199  = a_filled1;
+          \$197  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$295 )
+    casez (\$signal$280 )
       1'h0:
-          \$206  = a_filled0;
+          \$204  = a_filled0;
       1'h1:
-          \$206  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$214  = w_filled0;
-      1'h1:
-          \$214  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$295 )
-      1'h0:
-          \$225  = a_filled0;
-      1'h1:
-          \$225  = a_filled1;
+          \$204  = a_filled1;
     endcase
   end
   always @* begin
@@ -30250,39 +30421,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$233  = w_filled0;
+          \$212  = w_filled0;
       1'h1:
-          \$233  = w_filled1;
+          \$212  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$295 )
+    casez (\$signal$280 )
       1'h0:
-          \$244  = a_filled0;
+          \$222  = a_filled0;
       1'h1:
-          \$244  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$252  = w_filled0;
-      1'h1:
-          \$252  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$295 )
-      1'h0:
-          \$263  = a_filled0;
-      1'h1:
-          \$263  = a_filled1;
+          \$222  = a_filled1;
     endcase
   end
   always @* begin
@@ -30290,39 +30441,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$271  = w_filled0;
+          \$230  = w_filled0;
       1'h1:
-          \$271  = w_filled1;
+          \$230  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$295 )
+    casez (\$signal$280 )
       1'h0:
-          \$282  = a_filled0;
+          \$240  = a_filled0;
       1'h1:
-          \$282  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$290  = w_filled0;
-      1'h1:
-          \$290  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$295 )
-      1'h0:
-          \$301  = a_filled0;
-      1'h1:
-          \$301  = a_filled1;
+          \$240  = a_filled1;
     endcase
   end
   always @* begin
@@ -30330,39 +30461,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$309  = w_filled0;
+          \$248  = w_filled0;
       1'h1:
-          \$309  = w_filled1;
+          \$248  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$295 )
+    casez (\$signal$280 )
       1'h0:
-          \$320  = a_filled0;
+          \$258  = a_filled0;
       1'h1:
-          \$320  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$328  = w_filled0;
-      1'h1:
-          \$328  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$295 )
-      1'h0:
-          \$339  = a_filled0;
-      1'h1:
-          \$339  = a_filled1;
+          \$258  = a_filled1;
     endcase
   end
   always @* begin
@@ -30370,19 +30481,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$347  = w_filled0;
+          \$266  = w_filled0;
       1'h1:
-          \$347  = w_filled1;
+          \$266  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$295 )
+    casez (\$signal$280 )
       1'h0:
-          \$358  = a_filled0;
+          \$276  = a_filled0;
       1'h1:
-          \$358  = a_filled1;
+          \$276  = a_filled1;
     endcase
   end
   always @* begin
@@ -30390,9 +30501,89 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$366  = w_filled0;
+          \$284  = w_filled0;
       1'h1:
-          \$366  = w_filled1;
+          \$284  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$280 )
+      1'h0:
+          \$294  = a_filled0;
+      1'h1:
+          \$294  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$302  = w_filled0;
+      1'h1:
+          \$302  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$280 )
+      1'h0:
+          \$312  = a_filled0;
+      1'h1:
+          \$312  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$320  = w_filled0;
+      1'h1:
+          \$320  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$280 )
+      1'h0:
+          \$330  = a_filled0;
+      1'h1:
+          \$330  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$338  = w_filled0;
+      1'h1:
+          \$338  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$280 )
+      1'h0:
+          \$348  = a_filled0;
+      1'h1:
+          \$348  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$356  = w_filled0;
+      1'h1:
+          \$356  = w_filled1;
     endcase
   end
   always @* begin
@@ -30400,9 +30591,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$376  = w_filled0;
+          \$365  = w_filled0;
       1'h1:
-          \$376  = w_filled1;
+          \$365  = w_filled1;
     endcase
   end
   always @* begin
@@ -30410,9 +30601,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$383  = w_filled0;
+          \$372  = w_filled0;
       1'h1:
-          \$383  = w_filled1;
+          \$372  = w_filled1;
     endcase
   end
   always @* begin
@@ -30420,9 +30611,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$393  = w_filled0;
+          \$382  = w_filled0;
       1'h1:
-          \$393  = w_filled1;
+          \$382  = w_filled1;
     endcase
   end
   always @* begin
@@ -30430,9 +30621,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$402  = w_filled0;
+          \$391  = w_filled0;
       1'h1:
-          \$402  = w_filled1;
+          \$391  = w_filled1;
     endcase
   end
   always @* begin
@@ -30440,9 +30631,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$411  = w_filled0;
+          \$400  = w_filled0;
       1'h1:
-          \$411  = w_filled1;
+          \$400  = w_filled1;
     endcase
   end
   always @* begin
@@ -30450,9 +30641,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$420  = w_filled0;
+          \$409  = w_filled0;
       1'h1:
-          \$420  = w_filled1;
+          \$409  = w_filled1;
     endcase
   end
   always @* begin
@@ -30460,9 +30651,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$429  = w_filled0;
+          \$418  = w_filled0;
       1'h1:
-          \$429  = w_filled1;
+          \$418  = w_filled1;
     endcase
   end
   always @* begin
@@ -30470,9 +30661,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$438  = w_filled0;
+          \$427  = w_filled0;
       1'h1:
-          \$438  = w_filled1;
+          \$427  = w_filled1;
     endcase
   end
   always @* begin
@@ -30480,39 +30671,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$447  = w_filled0;
+          \$436  = w_filled0;
       1'h1:
-          \$447  = w_filled1;
+          \$436  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$295 )
+    casez (\$signal$280 )
       1'h0:
-          \$457  = a_filled0;
+          \$446  = a_filled0;
       1'h1:
-          \$457  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$465  = w_filled0;
-      1'h1:
-          \$465  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$295 )
-      1'h0:
-          \$477  = a_filled0;
-      1'h1:
-          \$477  = a_filled1;
+          \$446  = a_filled1;
     endcase
   end
   always @* begin
@@ -30520,39 +30691,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$485  = w_filled0;
+          \$454  = w_filled0;
       1'h1:
-          \$485  = w_filled1;
+          \$454  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$295 )
+    casez (\$signal$280 )
       1'h0:
-          \$497  = a_filled0;
+          \$465  = a_filled0;
       1'h1:
-          \$497  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$505  = w_filled0;
-      1'h1:
-          \$505  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$295 )
-      1'h0:
-          \$517  = a_filled0;
-      1'h1:
-          \$517  = a_filled1;
+          \$465  = a_filled1;
     endcase
   end
   always @* begin
@@ -30560,39 +30711,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$525  = w_filled0;
+          \$473  = w_filled0;
       1'h1:
-          \$525  = w_filled1;
+          \$473  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$295 )
+    casez (\$signal$280 )
       1'h0:
-          \$537  = a_filled0;
+          \$484  = a_filled0;
       1'h1:
-          \$537  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$545  = w_filled0;
-      1'h1:
-          \$545  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$295 )
-      1'h0:
-          \$557  = a_filled0;
-      1'h1:
-          \$557  = a_filled1;
+          \$484  = a_filled1;
     endcase
   end
   always @* begin
@@ -30600,39 +30731,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$565  = w_filled0;
+          \$492  = w_filled0;
       1'h1:
-          \$565  = w_filled1;
+          \$492  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$295 )
+    casez (\$signal$280 )
       1'h0:
-          \$577  = a_filled0;
+          \$503  = a_filled0;
       1'h1:
-          \$577  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$585  = w_filled0;
-      1'h1:
-          \$585  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$295 )
-      1'h0:
-          \$597  = a_filled0;
-      1'h1:
-          \$597  = a_filled1;
+          \$503  = a_filled1;
     endcase
   end
   always @* begin
@@ -30640,31 +30751,111 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$605  = w_filled0;
+          \$511  = w_filled0;
       1'h1:
-          \$605  = w_filled1;
+          \$511  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$638  = 32'd0;
+    (* full_case = 32'd1 *)
+    casez (\$signal$280 )
+      1'h0:
+          \$522  = a_filled0;
+      1'h1:
+          \$522  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$530  = w_filled0;
+      1'h1:
+          \$530  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$280 )
+      1'h0:
+          \$541  = a_filled0;
+      1'h1:
+          \$541  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$549  = w_filled0;
+      1'h1:
+          \$549  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$280 )
+      1'h0:
+          \$560  = a_filled0;
+      1'h1:
+          \$560  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$568  = w_filled0;
+      1'h1:
+          \$568  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$280 )
+      1'h0:
+          \$579  = a_filled0;
+      1'h1:
+          \$579  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$587  = w_filled0;
+      1'h1:
+          \$587  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$619  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$638  = \r_data$413 [31:0];
+          \$619  = \r_data$401 [31:0];
       16'h0001:
-          \$638  = \r_data$413 [63:32];
+          \$619  = \r_data$401 [63:32];
       16'h0002:
-          \$638  = \r_data$413 [95:64];
+          \$619  = \r_data$401 [95:64];
       16'h0003:
-          \$638  = \r_data$413 [127:96];
+          \$619  = \r_data$401 [127:96];
       16'h0004:
-          \$638  = \r_data$413 [159:128];
+          \$619  = \r_data$401 [159:128];
       16'h0005:
-          \$638  = \r_data$413 [191:160];
+          \$619  = \r_data$401 [191:160];
       16'h0006:
-          \$638  = \r_data$413 [223:192];
+          \$619  = \r_data$401 [223:192];
       16'h0007:
-          \$638  = \r_data$413 [255:224];
+          \$619  = \r_data$401 [255:224];
     endcase
   end
   always @* begin
@@ -30672,51 +30863,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$641  = \r_data$413 [31:0];
+          \$622  = \r_data$401 [31:0];
       3'h1:
-          \$641  = \r_data$413 [63:32];
+          \$622  = \r_data$401 [63:32];
       3'h2:
-          \$641  = \r_data$413 [95:64];
+          \$622  = \r_data$401 [95:64];
       3'h3:
-          \$641  = \r_data$413 [127:96];
+          \$622  = \r_data$401 [127:96];
       3'h4:
-          \$641  = \r_data$413 [159:128];
+          \$622  = \r_data$401 [159:128];
       3'h5:
-          \$641  = \r_data$413 [191:160];
+          \$622  = \r_data$401 [191:160];
       3'h6:
-          \$641  = \r_data$413 [223:192];
+          \$622  = \r_data$401 [223:192];
       3'h7:
-          \$641  = \r_data$413 [255:224];
+          \$622  = \r_data$401 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$1012  = a_filled0;
+          \$1066  = a_filled0;
       1'h1:
-          \$1012  = a_filled1;
+          \$1066  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$262 )
+    casez (\$signal$247 )
       1'h0:
-          \$1017  = a_filled0;
+          \$1071  = a_filled0;
       1'h1:
-          \$1017  = a_filled1;
+          \$1071  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$295 )
+    casez (\$signal$280 )
       1'h0:
-          \$1031  = a_filled0;
+          \$1091  = a_filled0;
       1'h1:
-          \$1031  = a_filled1;
+          \$1091  = a_filled1;
     endcase
   end
   always @* begin
@@ -30724,9 +30915,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$1039  = w_filled0;
+          \$1099  = w_filled0;
       1'h1:
-          \$1039  = w_filled1;
+          \$1099  = w_filled1;
     endcase
   end
   always @* begin
@@ -30734,19 +30925,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$1055  = w_filled0;
+          \$1120  = w_filled0;
       1'h1:
-          \$1055  = w_filled1;
+          \$1120  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$295 )
+    casez (\$signal$280 )
       1'h0:
-          \$1068  = a_filled0;
+          \$1133  = a_filled0;
       1'h1:
-          \$1068  = a_filled1;
+          \$1133  = a_filled1;
     endcase
   end
   always @* begin
@@ -30754,9 +30945,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$1076  = w_filled0;
+          \$1141  = w_filled0;
       1'h1:
-          \$1076  = w_filled1;
+          \$1141  = w_filled1;
     endcase
   end
   always @* begin
@@ -30975,15 +31166,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        next = \$65 ;
+        next = \$60 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     wr__data = sink_data;
-    if (\$637 ) begin
-      wr__data = \$638 [15:0];
+    if (\$618 ) begin
+      wr__data = \$619 [15:0];
     end
   end
   always @* begin
@@ -31004,308 +31195,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    req__valid = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          req__valid = \$57 ;
-      3'h2:
-          /* empty */;
-      3'h3:
-          req__valid = \$59 ;
-    endcase
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        req__valid = ext_req_valid;
-      end
-    end
-    if (gemm_active) begin
-      req__valid = \$signal$243 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    req__payload = 35'h000000000;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          req__payload[31:0] = pc;
-          req__payload[34:32] = 3'h6;
-        end
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          req__payload[31:0] = c_addr;
-          req__payload[34:32] = dec_c_lb;
-        end
-    endcase
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        req__payload[31:0] = ext_req_addr;
-        req__payload[34:32] = { 1'h0, ins[23:22] };
-      end
-    end
-    if (gemm_active) begin
-      req__payload[31:0] = \$103 ;
-      req__payload[34:32] = \$104 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    beat__ready = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          beat__ready = 1'h1;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$60 ) begin
-            beat__ready = c__ready;
-          end
-          if (\$61 ) begin
-            beat__ready = \c__ready$169 ;
-          end
-          if (add_sel) begin
-            beat__ready = \c__ready$172 ;
-          end
-          if (gelu_sel0) begin
-            beat__ready = \c__ready$175 ;
-          end
-        end
-      3'h4:
-          /* empty */;
-      3'h5:
-          beat__ready = 1'h1;
-    endcase
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        beat__ready = \valid$198 ;
-      end
-    end
-    if (gemm_active) begin
-      (* full_case = 32'd1 *)
-      if (\$106 ) begin
-        beat__ready = p__ready;
-      end else begin
-        beat__ready = \$109 ;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    load = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$58 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-          end else if (d_const) begin
-            load = 1'h1;
-          end else if (d_stream) begin
-            load = 1'h1;
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    c__payload = 5'h00;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          c__payload = beat__payload[4:0];
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    c__valid = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$60 ) begin
-            c__valid = beat__valid;
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \c__payload$167  = 66'h00000000000000000;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          \c__payload$167  = beat__payload[65:0];
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \c__valid$168  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$61 ) begin
-            \c__valid$168  = beat__valid;
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \c__payload$170  = 44'h00000000000;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          \c__payload$170  = beat__payload[43:0];
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \c__valid$171  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (add_sel) begin
-            \c__valid$171  = beat__valid;
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \c__payload$173  = 53'h00000000000000;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          \c__payload$173  = beat__payload[52:0];
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \c__valid$174  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (gelu_sel0) begin
-            \c__valid$174  = beat__valid;
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    unit_rst = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          unit_rst = 1'h1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signal  = 1'h0;
     if (in_stream) begin
-      (* full_case = 32'd1 *)
       if (is_move) begin
-        \$signal  = 1'h1;
+        \$signal  = r_rdy;
       end else if (is_load) begin
-      end else if (is_store) begin
-        \$signal  = 1'h1;
-      end else if (is_gemm) begin
-      end else if (\$62 ) begin
-        if (is_softmax) begin
-          \$signal  = 1'h1;
-        end
-        if (is_layernorm) begin
-          \$signal  = 1'h1;
-        end
-      end else begin
-        \$signal  = 1'h1;
-      end
-    end
-    if (gemm_active) begin
-      \$signal  = 1'h1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signal$192  = 1'h0;
-    if (in_stream) begin
-      if (is_move) begin
-        \$signal$192  = r_rdy;
-      end else if (is_load) begin
-        \$signal$192  = beat__valid;
+        \$signal  = beat__valid;
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$62 ) begin
+      end else if (\$57 ) begin
         if (is_softmax) begin
-          \$signal$192  = o__valid;
+          \$signal  = o__valid;
         end
         if (is_layernorm) begin
-          \$signal$192  = \o__valid$205 ;
+          \$signal  = \o__valid$189 ;
         end
       end
     end
     if (pack_active) begin
-      \$signal$192  = \$signal$221 ;
+      \$signal  = \$signal$205 ;
     end
   end
   always @* begin
@@ -31318,27 +31226,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$68 [8], \$68 [8], \$68 [8], \$68 [8], \$68 [8], \$68 [8], \$68 [8], \$68  };
+              sink_data = { \$63 [8], \$63 [8], \$63 [8], \$63 [8], \$63 [8], \$63 [8], \$63 [8], \$63  };
           2'h1:
-              sink_data = \$71 [15:0];
+              sink_data = \$66 [15:0];
           2'h2:
-              sink_data = \$74 [15:0];
+              sink_data = \$69 [15:0];
           2'h3:
-              sink_data = \$77 [15:0];
+              sink_data = \$72 [15:0];
         endcase
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$62 ) begin
+      end else if (\$57 ) begin
         if (is_softmax) begin
           sink_data = { 8'h00, o__payload[7:0] };
         end
         if (is_layernorm) begin
-          sink_data = { \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206  };
+          sink_data = { \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190  };
         end
       end
     end
     if (pack_active) begin
-      sink_data = \$97 ;
+      sink_data = \$99 ;
     end
   end
   always @* begin
@@ -31347,36 +31255,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$78 ) begin
+        if (\$73 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$674 ) begin
+    if (\$698 ) begin
       fault = 4'h5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \req__valid$200  = 1'h0;
+    req__valid = 1'h0;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        \req__valid$200  = ext_req_valid;
+        req__valid = ext_req_valid;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \req__payload$201  = 99'h0000000000000000000000000;
+    req__payload = 99'h0000000000000000000000000;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        \req__payload$201 [31:0] = ext_req_addr;
-        \req__payload$201 [95:32] = { 48'h000000000000, ext_req_data };
-        \req__payload$201 [98:96] = { 1'h0, ins[23:22] };
+        req__payload[31:0] = ext_req_addr;
+        req__payload[95:32] = { 48'h000000000000, ext_req_data };
+        req__payload[98:96] = { 1'h0, ins[23:22] };
       end
     end
   end
@@ -31389,13 +31297,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$62 ) begin
+      end else if (\$57 ) begin
       end else begin
         elem_data = r_data[15:0];
       end
     end
-    if (\$640 ) begin
-      elem_data = \$641 [15:0];
+    if (\$621 ) begin
+      elem_data = \$622 [15:0];
     end
   end
   always @* begin
@@ -31407,7 +31315,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$62 ) begin
+      end else if (\$57 ) begin
       end else begin
         elem_final = r_data[17];
       end
@@ -31417,70 +31325,65 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     in_ready = 1'h0;
     if (pack_active) begin
-      in_ready = \$83 ;
+      in_ready = \$77 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     elem_take = 1'h0;
     if (pack_active) begin
-      elem_take = \$89 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    run1 = 1'h0;
-    if (pack_active) begin
-      run1 = add_sel;
-    end
-    if (gemm_active) begin
-      if (\$375 ) begin
-        run1 = 1'h1;
-      end
+      elem_take = \$83 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     r_en = 1'h0;
     if (pack_active) begin
-      r_en = \$96 ;
+      r_en = \$90 ;
     end
     if (gemm_active) begin
-      if (\$375 ) begin
-        r_en = \$380 ;
+      if (\$364 ) begin
+        r_en = \$369 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signal$221  = 1'h0;
+    \$signal$205  = 1'h0;
     if (pack_active) begin
-      if (add_sel) begin
-        \$signal$221  = \o__valid$222 ;
-      end
-      if (gelu_sel0) begin
-        \$signal$221  = \o__valid$232 ;
-      end
+      \$signal$205  = \$93 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     o__ready = 1'h0;
     if (pack_active) begin
-      if (add_sel) begin
-        o__ready = out_ready;
-      end
+      o__ready = \$94 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    a__valid = 1'h0;
+    if (pack_active) begin
+      a__valid = \$95 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \b__valid$211  = 1'h0;
+    if (pack_active) begin
+      \b__valid$211  = \$96 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     unpack0 = 16'h0000;
     if (pack_active) begin
-      if (add_sel) begin
-        unpack0 = \o__payload$226 [15:0];
+      if (sink_from_add) begin
+        unpack0 = \o__payload$213 [15:0];
       end
-      if (gelu_sel0) begin
-        unpack0 = { \o__payload$234 [7], \o__payload$234 [7], \o__payload$234 [7], \o__payload$234 [7], \o__payload$234 [7], \o__payload$234 [7], \o__payload$234 [7], \o__payload$234 [7], \o__payload$234 [7:0] };
+      if (sink_from_gelu0) begin
+        unpack0 = { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7:0] };
       end
     end
   end
@@ -31488,11 +31391,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     unpack1 = 16'h0000;
     if (pack_active) begin
-      if (add_sel) begin
-        unpack1 = \o__payload$226 [31:16];
+      if (sink_from_add) begin
+        unpack1 = \o__payload$213 [31:16];
       end
-      if (gelu_sel0) begin
-        unpack1 = { \o__payload$234 [15], \o__payload$234 [15], \o__payload$234 [15], \o__payload$234 [15], \o__payload$234 [15], \o__payload$234 [15], \o__payload$234 [15], \o__payload$234 [15], \o__payload$234 [15:8] };
+      if (sink_from_gelu0) begin
+        unpack1 = { \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15:8] };
       end
     end
   end
@@ -31500,11 +31403,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     unpack2 = 16'h0000;
     if (pack_active) begin
-      if (add_sel) begin
-        unpack2 = \o__payload$226 [47:32];
+      if (sink_from_add) begin
+        unpack2 = \o__payload$213 [47:32];
       end
-      if (gelu_sel0) begin
-        unpack2 = { \o__payload$234 [23], \o__payload$234 [23], \o__payload$234 [23], \o__payload$234 [23], \o__payload$234 [23], \o__payload$234 [23], \o__payload$234 [23], \o__payload$234 [23], \o__payload$234 [23:16] };
+      if (sink_from_gelu0) begin
+        unpack2 = { \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23:16] };
       end
     end
   end
@@ -31512,56 +31415,34 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     unpack3 = 16'h0000;
     if (pack_active) begin
-      if (add_sel) begin
-        unpack3 = \o__payload$226 [63:48];
+      if (sink_from_add) begin
+        unpack3 = \o__payload$213 [63:48];
       end
-      if (gelu_sel0) begin
-        unpack3 = { \o__payload$234 [31], \o__payload$234 [31], \o__payload$234 [31], \o__payload$234 [31], \o__payload$234 [31], \o__payload$234 [31], \o__payload$234 [31], \o__payload$234 [31], \o__payload$234 [31:24] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    a__valid = 1'h0;
-    if (pack_active) begin
-      if (add_sel) begin
-        a__valid = pack_full;
+      if (sink_from_gelu0) begin
+        unpack3 = { \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31:24] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \b__valid$231  = 1'h0;
+    \o__ready$217  = 1'h0;
     if (pack_active) begin
-      if (add_sel) begin
-        \b__valid$231  = pack_full;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \o__ready$233  = 1'h0;
-    if (pack_active) begin
-      if (gelu_sel0) begin
-        \o__ready$233  = out_ready;
-      end
+      \o__ready$217  = \$97 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     i__valid = 1'h0;
     if (pack_active) begin
-      if (gelu_sel0) begin
-        i__valid = pack_full;
-      end
+      i__valid = \$98 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     out_ready = 1'h0;
     if (pack_active) begin
-      if (\$98 ) begin
-        if (\$100 ) begin
+      if (\$100 ) begin
+        if (\$102 ) begin
           out_ready = 1'h1;
         end
       end
@@ -31589,11 +31470,169 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    w_beat0 = 8'h00;
+    casez (ins[21:17])
+      5'h02:
+          w_beat0 = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
+      5'h03:
+          w_beat0 = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
+      5'h04:
+          w_beat0 = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
+      5'h05:
+          w_beat0 = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
+      5'h06:
+          w_beat0 = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
+      5'h07:
+          w_beat0 = { beat__payload[6], beat__payload[6:0] };
+      5'h08:
+          w_beat0 = beat__payload[7:0];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    w_beat1 = 8'h00;
+    casez (ins[21:17])
+      5'h02:
+          w_beat1 = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
+      5'h03:
+          w_beat1 = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
+      5'h04:
+          w_beat1 = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
+      5'h05:
+          w_beat1 = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
+      5'h06:
+          w_beat1 = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
+      5'h07:
+          w_beat1 = { beat__payload[13], beat__payload[13:7] };
+      5'h08:
+          w_beat1 = beat__payload[15:8];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    w_beat2 = 8'h00;
+    casez (ins[21:17])
+      5'h02:
+          w_beat2 = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
+      5'h03:
+          w_beat2 = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
+      5'h04:
+          w_beat2 = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
+      5'h05:
+          w_beat2 = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
+      5'h06:
+          w_beat2 = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
+      5'h07:
+          w_beat2 = { beat__payload[20], beat__payload[20:14] };
+      5'h08:
+          w_beat2 = beat__payload[23:16];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    w_beat3 = 8'h00;
+    casez (ins[21:17])
+      5'h02:
+          w_beat3 = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
+      5'h03:
+          w_beat3 = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
+      5'h04:
+          w_beat3 = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
+      5'h05:
+          w_beat3 = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
+      5'h06:
+          w_beat3 = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
+      5'h07:
+          w_beat3 = { beat__payload[27], beat__payload[27:21] };
+      5'h08:
+          w_beat3 = beat__payload[31:24];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    w_beat4 = 8'h00;
+    casez (ins[21:17])
+      5'h02:
+          w_beat4 = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
+      5'h03:
+          w_beat4 = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
+      5'h04:
+          w_beat4 = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
+      5'h05:
+          w_beat4 = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
+      5'h06:
+          w_beat4 = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
+      5'h07:
+          w_beat4 = { beat__payload[34], beat__payload[34:28] };
+      5'h08:
+          w_beat4 = beat__payload[39:32];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    w_beat5 = 8'h00;
+    casez (ins[21:17])
+      5'h02:
+          w_beat5 = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
+      5'h03:
+          w_beat5 = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
+      5'h04:
+          w_beat5 = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
+      5'h05:
+          w_beat5 = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
+      5'h06:
+          w_beat5 = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
+      5'h07:
+          w_beat5 = { beat__payload[41], beat__payload[41:35] };
+      5'h08:
+          w_beat5 = beat__payload[47:40];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    w_beat6 = 8'h00;
+    casez (ins[21:17])
+      5'h02:
+          w_beat6 = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
+      5'h03:
+          w_beat6 = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
+      5'h04:
+          w_beat6 = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
+      5'h05:
+          w_beat6 = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
+      5'h06:
+          w_beat6 = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
+      5'h07:
+          w_beat6 = { beat__payload[48], beat__payload[48:42] };
+      5'h08:
+          w_beat6 = beat__payload[55:48];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    w_beat7 = 8'h00;
+    casez (ins[21:17])
+      5'h02:
+          w_beat7 = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
+      5'h03:
+          w_beat7 = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
+      5'h04:
+          w_beat7 = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
+      5'h05:
+          w_beat7 = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
+      5'h06:
+          w_beat7 = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
+      5'h07:
+          w_beat7 = { beat__payload[55], beat__payload[55:49] };
+      5'h08:
+          w_beat7 = beat__payload[63:56];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     p__valid = 1'h0;
     if (gemm_active) begin
-      if (\$106 ) begin
-        p__valid = beat__valid;
-      end
+      p__valid = \$107 ;
     end
   end
   always @* begin
@@ -31603,9 +31642,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       a_in = { 8'h00, o__payload[7:0] };
     end
     if (pre_ln) begin
-      a_in = { \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206 [7], \o__payload$206  };
+      a_in = { \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190  };
     end
-    if (\$111 ) begin
+    if (\$109 ) begin
       a_in = r_data[15:0];
     end
   end
@@ -31614,54 +31653,159 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$118 [2], \$118 [2], \$118 [2], \$118 [2], \$118 [2], \$118 [2], \$118  };
+          elem = { \$116 [2], \$116 [2], \$116 [2], \$116 [2], \$116 [2], \$116 [2], \$116  };
       5'h03:
-          elem = { \$121 [3], \$121 [3], \$121 [3], \$121 [3], \$121 [3], \$121  };
+          elem = { \$119 [3], \$119 [3], \$119 [3], \$119 [3], \$119 [3], \$119  };
       5'h04:
-          elem = { \$124 [4], \$124 [4], \$124 [4], \$124 [4], \$124  };
+          elem = { \$122 [4], \$122 [4], \$122 [4], \$122 [4], \$122  };
       5'h05:
-          elem = { \$127 [5], \$127 [5], \$127 [5], \$127  };
+          elem = { \$125 [5], \$125 [5], \$125 [5], \$125  };
       5'h06:
-          elem = { \$130 [6], \$130 [6], \$130  };
+          elem = { \$128 [6], \$128 [6], \$128  };
       5'h07:
-          elem = { \$133 [7], \$133  };
+          elem = { \$131 [7], \$131  };
       5'h08:
-          elem = \$136 ;
+          elem = \$134 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$139 ;
+      a_in_take = \$137 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$265  = 9'h000;
+    \$signature__addr$250  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$265  = \$141 [8:0];
+      \$signature__addr$250  = \$139 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$267  = 9'h000;
+    \$signature__data$252  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$267  = elem;
+      \$signature__data$252  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$268  = 1'h0;
+    \$signature__en$253  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$268  = \$147 ;
+      \$signature__en$253  = \$145 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$255  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$255  = \$147 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$256  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$256  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$257  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$257  = \$152 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$258  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$258  = \$154 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$259  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$259  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$260  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$260  = \$159 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$261  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$261  = \$161 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$262  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$262  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$263  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$263  = \$166 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$264  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$264  = \$168 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$265  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$265  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$266  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$266  = \$173 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$267  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$267  = \$175 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$268  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$268  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$269  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$269  = \$180 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$270  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$270  = \$149 [8:0];
+      \$signature__addr$270  = \$182 [8:0];
     end
   end
   always @* begin
@@ -31675,14 +31819,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$272  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$272  = \$154 ;
+      \$signature__en$272  = \$187 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$273  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$273  = \$156 [8:0];
+      \$signature__addr$273  = \$189 [8:0];
     end
   end
   always @* begin
@@ -31696,14 +31840,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$275  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$275  = \$161 ;
+      \$signature__en$275  = \$194 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$276  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$276  = \$163 [8:0];
+      \$signature__addr$276  = \$196 [8:0];
     end
   end
   always @* begin
@@ -31717,238 +31861,133 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$278  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$278  = \$168 ;
+      \$signature__en$278  = \$201 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$279  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$279  = \$170 [8:0];
+      \$signature__addr$279  = \$203 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$280  = 9'h000;
+    \$signature__en$282  = 1'h1;
     if (gemm_active) begin
-      \$signature__data$280  = elem;
+      \$signature__en$282  = \$219 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$281  = 1'h0;
+    \$signature__addr$290  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$281  = \$175 ;
+      \$signature__addr$290  = \$221 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$282  = 9'h000;
+    \$signature__en$291  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$282  = \$177 [8:0];
+      \$signature__en$291  = \$237 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$283  = 9'h000;
+    \$signature__addr$292  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$283  = elem;
+      \$signature__addr$292  = \$239 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$284  = 1'h0;
+    \$signature__en$293  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$284  = \$182 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$285  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$285  = \$184 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$286  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$286  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$287  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$287  = \$189 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$288  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$288  = \$191 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$289  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$289  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$290  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$290  = \$196 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$291  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$291  = \$198 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$292  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$292  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$293  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$293  = \$203 ;
+      \$signature__en$293  = \$255 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$294  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$294  = \$205 [8:0];
+      \$signature__addr$294  = \$257 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$295  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$295  = \$273 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$296  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$296  = \$275 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$297  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$297  = \$222 ;
+      \$signature__en$297  = \$291 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$303  = 9'h000;
+    \$signature__addr$298  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$303  = \$224 [8:0];
+      \$signature__addr$298  = \$293 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$304  = 1'h1;
+    \$signature__en$299  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$304  = \$241 ;
+      \$signature__en$299  = \$309 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$305  = 9'h000;
+    \$signature__addr$300  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$305  = \$243 [8:0];
+      \$signature__addr$300  = \$311 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$306  = 1'h1;
+    \$signature__en$301  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$306  = \$260 ;
+      \$signature__en$301  = \$327 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$307  = 9'h000;
+    \$signature__addr$302  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$307  = \$262 [8:0];
+      \$signature__addr$302  = \$329 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$308  = 1'h1;
+    \$signature__en$303  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$308  = \$279 ;
+      \$signature__en$303  = \$345 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$309  = 9'h000;
+    \$signature__addr$304  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$309  = \$281 [8:0];
+      \$signature__addr$304  = \$347 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$310  = 1'h1;
+    \$signature__en$305  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$310  = \$298 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$311  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$311  = \$300 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$312  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$312  = \$317 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$313  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$313  = \$319 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$314  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$314  = \$336 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$315  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$315  = \$338 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$316  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$316  = \$355 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$317  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$317  = \$357 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$318  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$318  = \$374 ;
+      \$signature__en$305  = \$363 ;
     end
   end
   always @* begin
@@ -31957,27 +31996,111 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$320 [1], \r_data$320 [1], \r_data$320 [1], \r_data$320 [1], \r_data$320 [1], \r_data$320 [1], \r_data$320 [1:0] };
+            welem = { \r_data$307 [1], \r_data$307 [1], \r_data$307 [1], \r_data$307 [1], \r_data$307 [1], \r_data$307 [1], \r_data$307 [1:0] };
         5'h03:
-            welem = { \r_data$320 [2], \r_data$320 [2], \r_data$320 [2], \r_data$320 [2], \r_data$320 [2], \r_data$320 [2:0] };
+            welem = { \r_data$307 [2], \r_data$307 [2], \r_data$307 [2], \r_data$307 [2], \r_data$307 [2], \r_data$307 [2:0] };
         5'h04:
-            welem = { \r_data$320 [3], \r_data$320 [3], \r_data$320 [3], \r_data$320 [3], \r_data$320 [3:0] };
+            welem = { \r_data$307 [3], \r_data$307 [3], \r_data$307 [3], \r_data$307 [3], \r_data$307 [3:0] };
         5'h05:
-            welem = { \r_data$320 [4], \r_data$320 [4], \r_data$320 [4], \r_data$320 [4:0] };
+            welem = { \r_data$307 [4], \r_data$307 [4], \r_data$307 [4], \r_data$307 [4:0] };
         5'h06:
-            welem = { \r_data$320 [5], \r_data$320 [5], \r_data$320 [5:0] };
+            welem = { \r_data$307 [5], \r_data$307 [5], \r_data$307 [5:0] };
         5'h07:
-            welem = { \r_data$320 [6], \r_data$320 [6:0] };
+            welem = { \r_data$307 [6], \r_data$307 [6:0] };
         5'h08:
-            welem = \r_data$320 [7:0];
+            welem = \r_data$307 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$322  = 9'h000;
+    \$signature__addr$309  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$322  = \$382 [8:0];
+      \$signature__addr$309  = \$371 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$311  = 8'h00;
+    if (gemm_active) begin
+      \$signature__data$311  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$312  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$312  = \$379 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$314  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$314  = \$381 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$315  = 8'h00;
+    if (gemm_active) begin
+      \$signature__data$315  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$316  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$316  = \$388 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$317  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$317  = \$390 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$318  = 8'h00;
+    if (gemm_active) begin
+      \$signature__data$318  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$319  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$319  = \$397 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$320  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$320  = \$399 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$321  = 8'h00;
+    if (gemm_active) begin
+      \$signature__data$321  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$322  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$322  = \$406 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$323  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$323  = \$408 [8:0];
     end
   end
   always @* begin
@@ -31991,4222 +32114,4916 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$325  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$325  = \$390 ;
+      \$signature__en$325  = \$415 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$327  = 9'h000;
+    \$signature__addr$326  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$327  = \$392 [8:0];
+      \$signature__addr$326  = \$417 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$328  = 8'h00;
+    \$signature__data$327  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$328  = welem;
+      \$signature__data$327  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$329  = 1'h0;
+    \$signature__en$328  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$329  = \$399 ;
+      \$signature__en$328  = \$424 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$330  = 9'h000;
+    \$signature__addr$329  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$330  = \$401 [8:0];
+      \$signature__addr$329  = \$426 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$331  = 8'h00;
+    \$signature__data$330  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$331  = welem;
+      \$signature__data$330  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$332  = 1'h0;
+    \$signature__en$331  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$332  = \$408 ;
+      \$signature__en$331  = \$433 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$333  = 9'h000;
+    \$signature__addr$332  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$333  = \$410 [8:0];
+      \$signature__addr$332  = \$435 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$334  = 8'h00;
+    \$signature__data$333  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$334  = welem;
+      \$signature__data$333  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$335  = 1'h0;
+    \$signature__en$334  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$335  = \$417 ;
+      \$signature__en$334  = \$442 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$336  = 9'h000;
+    \$signature__addr$335  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$336  = \$419 [8:0];
+      \$signature__addr$335  = \$445 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$337  = 8'h00;
+    \$signature__en$337  = 1'h1;
     if (gemm_active) begin
-      \$signature__data$337  = welem;
+      \$signature__en$337  = \$461 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$338  = 1'h0;
+    \$signature__addr$338  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$338  = \$426 ;
+      \$signature__addr$338  = \$464 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$339  = 9'h000;
+    \$signature__en$339  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$339  = \$428 [8:0];
+      \$signature__en$339  = \$480 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$340  = 8'h00;
+    \$signature__addr$340  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$340  = welem;
+      \$signature__addr$340  = \$483 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$341  = 1'h0;
+    \$signature__en$341  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$341  = \$435 ;
+      \$signature__en$341  = \$499 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$342  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$342  = \$437 [8:0];
+      \$signature__addr$342  = \$502 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$343  = 8'h00;
+    \$signature__en$343  = 1'h1;
     if (gemm_active) begin
-      \$signature__data$343  = welem;
+      \$signature__en$343  = \$518 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$344  = 1'h0;
+    \$signature__addr$344  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$344  = \$444 ;
+      \$signature__addr$344  = \$521 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$345  = 9'h000;
+    \$signature__en$345  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$345  = \$446 [8:0];
+      \$signature__en$345  = \$537 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$346  = 8'h00;
+    \$signature__addr$346  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$346  = welem;
+      \$signature__addr$346  = \$540 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$347  = 1'h0;
+    \$signature__en$347  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$347  = \$453 ;
+      \$signature__en$347  = \$556 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$348  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$348  = \$456 [8:0];
+      \$signature__addr$348  = \$559 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$350  = 1'h1;
+    \$signature__en$349  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$350  = \$473 ;
+      \$signature__en$349  = \$575 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$351  = 9'h000;
+    \$signature__addr$350  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$351  = \$476 [8:0];
+      \$signature__addr$350  = \$578 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$352  = 1'h1;
+    \$signature__en$351  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$352  = \$493 ;
+      \$signature__en$351  = \$594 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$353  = 9'h000;
+    \a__valid$287  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$353  = \$496 [8:0];
+      \a__valid$287  = \$signal$286 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$354  = 1'h1;
+    \a__payload$352  = 82'h000000000000000000000;
     if (gemm_active) begin
-      \$signature__en$354  = \$513 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$355  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$355  = \$516 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$356  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$356  = \$533 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$357  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$357  = \$536 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$358  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$358  = \$553 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$359  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$359  = \$556 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$360  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$360  = \$573 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$361  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$361  = \$576 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$362  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$362  = \$593 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$363  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$363  = \$596 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$364  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$364  = \$613 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$253  = 1'h0;
-    if (gemm_active) begin
-      \a__valid$253  = \$signal$301 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$365  = 82'h000000000000000000000;
-    if (gemm_active) begin
-      \a__payload$365 [81] = a_last;
-      \a__payload$365 [8:0] = \$signature__data$368 ;
-      \a__payload$365 [17:9] = \$signature__data$369 ;
-      \a__payload$365 [26:18] = \$signature__data$370 ;
-      \a__payload$365 [35:27] = \$signature__data$371 ;
-      \a__payload$365 [44:36] = \$signature__data$372 ;
-      \a__payload$365 [53:45] = \$signature__data$373 ;
-      \a__payload$365 [62:54] = \$signature__data$374 ;
-      \a__payload$365 [71:63] = \$signature__data$375 ;
-      \a__payload$365 [80:72] = \$signature__data$376 ;
+      \a__payload$352 [81] = a_last;
+      \a__payload$352 [8:0] = \$signature__data$356 ;
+      \a__payload$352 [17:9] = \$signature__data$357 ;
+      \a__payload$352 [26:18] = \$signature__data$358 ;
+      \a__payload$352 [35:27] = \$signature__data$359 ;
+      \a__payload$352 [44:36] = \$signature__data$360 ;
+      \a__payload$352 [53:45] = \$signature__data$361 ;
+      \a__payload$352 [62:54] = \$signature__data$362 ;
+      \a__payload$352 [71:63] = \$signature__data$363 ;
+      \a__payload$352 [80:72] = \$signature__data$364 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$614 ;
+      w__valid = \$595 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$615 ;
-      w__payload[15:8] = \$616 ;
-      w__payload[23:16] = \$617 ;
-      w__payload[31:24] = \$618 ;
-      w__payload[39:32] = \$619 ;
-      w__payload[47:40] = \$620 ;
-      w__payload[55:48] = \$621 ;
-      w__payload[63:56] = \$622 ;
+      w__payload[7:0] = \$596 ;
+      w__payload[15:8] = \$597 ;
+      w__payload[23:16] = \$598 ;
+      w__payload[31:24] = \$599 ;
+      w__payload[39:32] = \$600 ;
+      w__payload[47:40] = \$601 ;
+      w__payload[55:48] = \$602 ;
+      w__payload[63:56] = \$603 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$634 ;
+      dst_keep = \$615 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1103  = \$676 ;
-    if (rst) begin
-      \$1103  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1104  = \$677 ;
-    if (rst) begin
-      \$1104  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1105  = \$678 ;
-    if (rst) begin
-      \$1105  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1106  = \$679 ;
-    if (rst) begin
-      \$1106  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1107  = \$680 ;
-    if (rst) begin
-      \$1107  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1108  = \$681 ;
-    if (rst) begin
-      \$1108  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1109  = \$682 ;
-    if (rst) begin
-      \$1109  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1110  = \$683 ;
-    if (rst) begin
-      \$1110  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1111  = \$684 ;
-    if (rst) begin
-      \$1111  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1112  = \$685 ;
-    if (rst) begin
-      \$1112  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1113  = \$686 ;
-    if (rst) begin
-      \$1113  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1114  = \$687 ;
-    if (rst) begin
-      \$1114  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1115  = \$688 ;
-    if (rst) begin
-      \$1115  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1116  = \$689 ;
-    if (rst) begin
-      \$1116  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1117  = \$690 ;
-    if (rst) begin
-      \$1117  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1118  = \$691 [15:0];
-    if (rst) begin
-      \$1118  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1119  = \$694 ;
-    if (rst) begin
-      \$1119  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1120  = \$697 ;
-    if (rst) begin
-      \$1120  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1121  = \$700 ;
-    if (rst) begin
-      \$1121  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1122  = \$703 ;
-    if (rst) begin
-      \$1122  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1123  = \$706 ;
-    if (rst) begin
-      \$1123  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1124  = \$708 ;
-    if (rst) begin
-      \$1124  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1125  = { \$709 , \final$448 , \last__4$447  };
-    if (rst) begin
-      \$1125  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1126  = \$711 ;
-    if (rst) begin
-      \$1126  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1127  = { \$712 , \final$451 , \last__4$450  };
-    if (rst) begin
-      \$1127  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1128  = \$719 ;
-    if (rst) begin
-      \$1128  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1129  = \$727 ;
-    if (rst) begin
-      \$1129  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1130  = \$732 ;
-    if (rst) begin
-      \$1130  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1131  = \$736 [15:0];
-    if (rst) begin
-      \$1131  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1132  = \$739 [15:0];
-    if (rst) begin
-      \$1132  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1133  = \$740 [15:0];
-    if (rst) begin
-      \$1133  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1134  = c_lb;
-    if (rst) begin
-      \$1134  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1135  = \$741 [15:0];
-    if (rst) begin
-      \$1135  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1136  = \$742 [15:0];
-    if (rst) begin
-      \$1136  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1137  = \$743 ;
-    if (rst) begin
-      \$1137  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1138  = \$748 [31:0];
-    if (rst) begin
-      \$1138  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1139  = \$749 [31:0];
-    if (rst) begin
-      \$1139  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1140  = \$751 [15:0];
-    if (rst) begin
-      \$1140  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1141  = \$755 [31:0];
-    if (rst) begin
-      \$1141  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1142  = 1'h0;
+    \$1165  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$1142  = \$941 ;
-    endcase
-    if (rst) begin
-      \$1142  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1143  = ext_req_valid;
-    if (in_decode) begin
-      \$1143  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$946 ) begin
-          \$1143  = valid;
-        end
-      end else if (is_store) begin
-        if (\$950 ) begin
-          \$1143  = \$954 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1143  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1144  = cycles;
-    if (busy) begin
-      \$1144  = \$756 [47:0];
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1144  = 48'h000000000000;
+          if (\$853 ) begin
+            \$1165  = \$855 ;
           end
     endcase
-    if (rst) begin
-      \$1144  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1145  = op_cycles__0;
-    if (busy) begin
-      if (\$757 ) begin
-        \$1145  = \$758 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1145  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1145  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1146  = op_cycles__1;
-    if (busy) begin
-      if (\$759 ) begin
-        \$1146  = \$760 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1146  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1146  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1147  = op_cycles__2;
-    if (busy) begin
-      if (\$761 ) begin
-        \$1147  = \$762 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1147  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1147  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1148  = op_cycles__3;
-    if (busy) begin
-      if (\$763 ) begin
-        \$1148  = \$764 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1148  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1148  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1149  = op_cycles__4;
-    if (busy) begin
-      if (\$765 ) begin
-        \$1149  = \$766 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1149  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1149  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1150  = op_cycles__5;
-    if (busy) begin
-      if (\$767 ) begin
-        \$1150  = \$768 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1150  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1150  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1151  = op_cycles__6;
-    if (busy) begin
-      if (\$769 ) begin
-        \$1151  = \$770 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1151  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1151  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1152  = op_cycles__7;
-    if (busy) begin
-      if (\$771 ) begin
-        \$1152  = \$772 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1152  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1152  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1153  = op_cycles__8;
-    if (busy) begin
-      if (\$773 ) begin
-        \$1153  = \$774 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1153  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1153  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1154  = op_cycles__9;
-    if (busy) begin
-      if (\$775 ) begin
-        \$1154  = \$776 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1154  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1154  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1155  = op_cycles__10;
-    if (busy) begin
-      if (\$777 ) begin
-        \$1155  = \$778 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1155  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1155  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1156  = op_cycles__11;
-    if (busy) begin
-      if (\$779 ) begin
-        \$1156  = \$780 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1156  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1156  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1157  = op_cycles__12;
-    if (busy) begin
-      if (\$781 ) begin
-        \$1157  = \$782 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1157  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1157  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1158  = op_cycles__13;
-    if (busy) begin
-      if (\$783 ) begin
-        \$1158  = \$784 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1158  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1158  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1159  = op_cycles__14;
-    if (busy) begin
-      if (\$785 ) begin
-        \$1159  = \$786 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1159  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1159  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1160  = op_cycles__15;
-    if (busy) begin
-      if (\$787 ) begin
-        \$1160  = \$788 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1160  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1160  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1161  = \$790 ;
-    if (rst) begin
-      \$1161  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1162  = is_end;
-    if (rst) begin
-      \$1162  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1163  = \$801 ;
-    if (rst) begin
-      \$1163  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1164  = \$812 ;
-    if (rst) begin
-      \$1164  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1165  = \$822 ;
     if (rst) begin
       \$1165  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1166  = pc;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1166  = prog;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1166  = \$signal$465 ;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          if (\$917 ) begin
-            \$1166  = \$918 [31:0];
-          end
-    endcase
+    \$1166  = \$700 ;
     if (rst) begin
-      \$1166  = 32'd0;
+      \$1166  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1167  = busy;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1167  = 1'h1;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$1167  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$943 ) begin
-            \$1167  = 1'h0;
-          end
-    endcase
+    \$1167  = \$701 ;
     if (rst) begin
       \$1167  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1168  = done;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1168  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$1168  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$943 ) begin
-            \$1168  = 1'h1;
-          end
-    endcase
+    \$1168  = \$702 ;
     if (rst) begin
       \$1168  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1169  = error;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1169  = 4'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$1169  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$1169  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$1169  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$1169  = 4'h1;
-          end
-          if (start) begin
-            \$1169  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1169  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$1169  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$1169  = 4'h3;
-          end
-          if (\$942 ) begin
-            \$1169  = fault_q;
-          end
-          if (start) begin
-            \$1169  = 4'h6;
-          end
-        end
-    endcase
+    \$1169  = \$703 ;
     if (rst) begin
-      \$1169  = 4'h0;
+      \$1169  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1170  = fetch_sent;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1170  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (\$826 ) begin
-            \$1170  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$1170  = 1'h0;
-          end
-        end
-    endcase
+    \$1170  = \$704 ;
     if (rst) begin
       \$1170  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1171  = \$signal$465 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1171  = prog;
-          end
-    endcase
+    \$1171  = \$705 ;
     if (rst) begin
-      \$1171  = 32'd0;
+      \$1171  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1172  = \$signal$466 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1172  = image_stride;
-          end
-    endcase
+    \$1172  = \$706 ;
     if (rst) begin
-      \$1172  = 32'd0;
+      \$1172  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1173  = images_left;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1173  = \$824 ;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1173  = \$830 [15:0];
-          end
-    endcase
+    \$1173  = \$707 ;
     if (rst) begin
-      \$1173  = 16'h0000;
+      \$1173  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1174  = offset;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1174  = 32'd0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1174  = \$831 [31:0];
-          end
-    endcase
+    \$1174  = \$708 ;
     if (rst) begin
-      \$1174  = 32'd0;
+      \$1174  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1175  = seq_state;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1175  = 3'h1;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1175  = 3'h5;
-            end else begin
-              \$1175  = 3'h2;
-            end
-          end
-          if (start) begin
-            \$1175  = 3'h5;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1175  = 3'h1;
-          end else if (d_end) begin
-            \$1175  = 3'h0;
-          end else if (d_count_zero) begin
-            \$1175  = 3'h5;
-          end else if (d_const) begin
-            \$1175  = 3'h3;
-          end else if (d_stream) begin
-            \$1175  = 3'h4;
-          end else begin
-            \$1175  = 3'h5;
-          end
-          if (start) begin
-            \$1175  = 3'h5;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1175  = 3'h5;
-            end else if (\$862 ) begin
-              \$1175  = 3'h4;
-            end
-          end
-          if (\$888 ) begin
-            \$1175  = 3'h4;
-          end
-          if (start) begin
-            \$1175  = 3'h5;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1175  = 3'h1;
-          end
-          if (addr_fault) begin
-            \$1175  = 3'h5;
-          end
-          if (\$942 ) begin
-            \$1175  = 3'h5;
-          end
-          if (start) begin
-            \$1175  = 3'h5;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1175  = 3'h0;
-          end
-      default:
-          \$1175  = 3'h0;
-    endcase
+    \$1175  = \$709 ;
     if (rst) begin
-      \$1175  = 3'h0;
+      \$1175  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1176  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1176  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1176  = 1'h0;
-            end else begin
-              \$1176  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1176  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1176  = 1'h0;
-          end else if (d_end) begin
-            \$1176  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1176  = 1'h0;
-          end else if (d_const) begin
-            \$1176  = 1'h0;
-          end else if (d_stream) begin
-            \$1176  = 1'h1;
-          end else begin
-            \$1176  = 1'h0;
-          end
-          if (start) begin
-            \$1176  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1176  = 1'h0;
-            end else if (\$862 ) begin
-              \$1176  = 1'h1;
-            end
-          end
-          if (\$888 ) begin
-            \$1176  = 1'h1;
-          end
-          if (start) begin
-            \$1176  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1176  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1176  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1176  = 1'h0;
-          end
-          if (start) begin
-            \$1176  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1176  = 1'h0;
-          end
-      default:
-          \$1176  = 1'h0;
-    endcase
+    \$1176  = \$710 ;
     if (rst) begin
       \$1176  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1177  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1177  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1177  = 1'h0;
-            end else begin
-              \$1177  = 1'h1;
-            end
-          end
-          if (start) begin
-            \$1177  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1177  = 1'h0;
-          end else if (d_end) begin
-            \$1177  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1177  = 1'h0;
-          end else if (d_const) begin
-            \$1177  = 1'h0;
-          end else if (d_stream) begin
-            \$1177  = 1'h0;
-          end else begin
-            \$1177  = 1'h0;
-          end
-          if (start) begin
-            \$1177  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1177  = 1'h0;
-            end else if (\$862 ) begin
-              \$1177  = 1'h0;
-            end
-          end
-          if (\$888 ) begin
-            \$1177  = 1'h0;
-          end
-          if (start) begin
-            \$1177  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1177  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1177  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1177  = 1'h0;
-          end
-          if (start) begin
-            \$1177  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1177  = 1'h0;
-          end
-      default:
-          \$1177  = 1'h0;
-    endcase
+    \$1177  = \$711 ;
     if (rst) begin
       \$1177  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1178  = in_op;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1178  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1178  = 1'h0;
-            end else begin
-              \$1178  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1178  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1178  = 1'h0;
-          end else if (d_end) begin
-            \$1178  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1178  = 1'h0;
-          end else if (d_const) begin
-            \$1178  = 1'h1;
-          end else if (d_stream) begin
-            \$1178  = 1'h1;
-          end else begin
-            \$1178  = 1'h0;
-          end
-          if (start) begin
-            \$1178  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1178  = 1'h0;
-            end else if (\$862 ) begin
-              \$1178  = 1'h1;
-            end
-          end
-          if (\$888 ) begin
-            \$1178  = 1'h1;
-          end
-          if (start) begin
-            \$1178  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1178  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1178  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1178  = 1'h0;
-          end
-          if (start) begin
-            \$1178  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1178  = 1'h0;
-          end
-      default:
-          \$1178  = 1'h0;
-    endcase
+    \$1178  = \$712 ;
     if (rst) begin
       \$1178  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1179  = gemm_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1179  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1179  = 1'h0;
-            end else begin
-              \$1179  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1179  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1179  = 1'h0;
-          end else if (d_end) begin
-            \$1179  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1179  = 1'h0;
-          end else if (d_const) begin
-            \$1179  = 1'h0;
-          end else if (d_stream) begin
-            \$1179  = is_gemm;
-          end else begin
-            \$1179  = 1'h0;
-          end
-          if (start) begin
-            \$1179  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1179  = 1'h0;
-            end else if (\$862 ) begin
-              \$1179  = is_gemm;
-            end
-          end
-          if (\$888 ) begin
-            \$1179  = is_gemm;
-          end
-          if (start) begin
-            \$1179  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1179  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1179  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1179  = 1'h0;
-          end
-          if (start) begin
-            \$1179  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1179  = 1'h0;
-          end
-      default:
-          \$1179  = 1'h0;
-    endcase
+    \$1179  = \$713 ;
     if (rst) begin
       \$1179  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1180  = pack_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1180  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1180  = 1'h0;
-            end else begin
-              \$1180  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1180  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1180  = 1'h0;
-          end else if (d_end) begin
-            \$1180  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1180  = 1'h0;
-          end else if (d_const) begin
-            \$1180  = 1'h0;
-          end else if (d_stream) begin
-            \$1180  = \$834 ;
-          end else begin
-            \$1180  = 1'h0;
-          end
-          if (start) begin
-            \$1180  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1180  = 1'h0;
-            end else if (\$862 ) begin
-              \$1180  = \$865 ;
-            end
-          end
-          if (\$888 ) begin
-            \$1180  = \$891 ;
-          end
-          if (start) begin
-            \$1180  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1180  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1180  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1180  = 1'h0;
-          end
-          if (start) begin
-            \$1180  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1180  = 1'h0;
-          end
-      default:
-          \$1180  = 1'h0;
-    endcase
+    \$1180  = \$714 ;
     if (rst) begin
       \$1180  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1181  = sink_from_move;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1181  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1181  = 1'h0;
-            end else begin
-              \$1181  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1181  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1181  = 1'h0;
-          end else if (d_end) begin
-            \$1181  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1181  = 1'h0;
-          end else if (d_const) begin
-            \$1181  = 1'h0;
-          end else if (d_stream) begin
-            \$1181  = is_move;
-          end else begin
-            \$1181  = 1'h0;
-          end
-          if (start) begin
-            \$1181  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1181  = 1'h0;
-            end else if (\$862 ) begin
-              \$1181  = is_move;
-            end
-          end
-          if (\$888 ) begin
-            \$1181  = is_move;
-          end
-          if (start) begin
-            \$1181  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1181  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1181  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1181  = 1'h0;
-          end
-          if (start) begin
-            \$1181  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1181  = 1'h0;
-          end
-      default:
-          \$1181  = 1'h0;
-    endcase
+    \$1181  = \$715 [15:0];
     if (rst) begin
-      \$1181  = 1'h0;
+      \$1181  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1182  = sink_from_load;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1182  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1182  = 1'h0;
-            end else begin
-              \$1182  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1182  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1182  = 1'h0;
-          end else if (d_end) begin
-            \$1182  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1182  = 1'h0;
-          end else if (d_const) begin
-            \$1182  = 1'h0;
-          end else if (d_stream) begin
-            \$1182  = is_load;
-          end else begin
-            \$1182  = 1'h0;
-          end
-          if (start) begin
-            \$1182  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1182  = 1'h0;
-            end else if (\$862 ) begin
-              \$1182  = is_load;
-            end
-          end
-          if (\$888 ) begin
-            \$1182  = is_load;
-          end
-          if (start) begin
-            \$1182  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1182  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1182  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1182  = 1'h0;
-          end
-          if (start) begin
-            \$1182  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1182  = 1'h0;
-          end
-      default:
-          \$1182  = 1'h0;
-    endcase
+    \$1182  = \$718 ;
     if (rst) begin
       \$1182  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1183  = sink_from_store;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1183  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1183  = 1'h0;
-            end else begin
-              \$1183  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1183  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1183  = 1'h0;
-          end else if (d_end) begin
-            \$1183  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1183  = 1'h0;
-          end else if (d_const) begin
-            \$1183  = 1'h0;
-          end else if (d_stream) begin
-            \$1183  = is_store;
-          end else begin
-            \$1183  = 1'h0;
-          end
-          if (start) begin
-            \$1183  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1183  = 1'h0;
-            end else if (\$862 ) begin
-              \$1183  = is_store;
-            end
-          end
-          if (\$888 ) begin
-            \$1183  = is_store;
-          end
-          if (start) begin
-            \$1183  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1183  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1183  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1183  = 1'h0;
-          end
-          if (start) begin
-            \$1183  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1183  = 1'h0;
-          end
-      default:
-          \$1183  = 1'h0;
-    endcase
+    \$1183  = \$721 ;
     if (rst) begin
       \$1183  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1184  = sink_from_softmax;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1184  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1184  = 1'h0;
-            end else begin
-              \$1184  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1184  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1184  = 1'h0;
-          end else if (d_end) begin
-            \$1184  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1184  = 1'h0;
-          end else if (d_const) begin
-            \$1184  = 1'h0;
-          end else if (d_stream) begin
-            \$1184  = is_softmax;
-          end else begin
-            \$1184  = 1'h0;
-          end
-          if (start) begin
-            \$1184  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1184  = 1'h0;
-            end else if (\$862 ) begin
-              \$1184  = is_softmax;
-            end
-          end
-          if (\$888 ) begin
-            \$1184  = is_softmax;
-          end
-          if (start) begin
-            \$1184  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1184  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1184  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1184  = 1'h0;
-          end
-          if (start) begin
-            \$1184  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1184  = 1'h0;
-          end
-      default:
-          \$1184  = 1'h0;
-    endcase
+    \$1184  = \$724 ;
     if (rst) begin
       \$1184  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1185  = sink_from_layernorm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1185  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1185  = 1'h0;
-            end else begin
-              \$1185  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1185  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1185  = 1'h0;
-          end else if (d_end) begin
-            \$1185  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1185  = 1'h0;
-          end else if (d_const) begin
-            \$1185  = 1'h0;
-          end else if (d_stream) begin
-            \$1185  = is_layernorm;
-          end else begin
-            \$1185  = 1'h0;
-          end
-          if (start) begin
-            \$1185  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1185  = 1'h0;
-            end else if (\$862 ) begin
-              \$1185  = is_layernorm;
-            end
-          end
-          if (\$888 ) begin
-            \$1185  = is_layernorm;
-          end
-          if (start) begin
-            \$1185  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1185  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1185  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1185  = 1'h0;
-          end
-          if (start) begin
-            \$1185  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1185  = 1'h0;
-          end
-      default:
-          \$1185  = 1'h0;
-    endcase
+    \$1185  = \$727 ;
     if (rst) begin
       \$1185  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1186  = sink_from_add;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1186  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1186  = 1'h0;
-            end else begin
-              \$1186  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1186  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1186  = 1'h0;
-          end else if (d_end) begin
-            \$1186  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1186  = 1'h0;
-          end else if (d_const) begin
-            \$1186  = 1'h0;
-          end else if (d_stream) begin
-            \$1186  = \$838 ;
-          end else begin
-            \$1186  = 1'h0;
-          end
-          if (start) begin
-            \$1186  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1186  = 1'h0;
-            end else if (\$862 ) begin
-              \$1186  = \$869 ;
-            end
-          end
-          if (\$888 ) begin
-            \$1186  = \$895 ;
-          end
-          if (start) begin
-            \$1186  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1186  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1186  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1186  = 1'h0;
-          end
-          if (start) begin
-            \$1186  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1186  = 1'h0;
-          end
-      default:
-          \$1186  = 1'h0;
-    endcase
+    \$1186  = \$730 ;
     if (rst) begin
       \$1186  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1187  = sink_from_gelu0;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1187  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1187  = 1'h0;
-            end else begin
-              \$1187  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1187  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1187  = 1'h0;
-          end else if (d_end) begin
-            \$1187  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1187  = 1'h0;
-          end else if (d_const) begin
-            \$1187  = 1'h0;
-          end else if (d_stream) begin
-            \$1187  = \$842 ;
-          end else begin
-            \$1187  = 1'h0;
-          end
-          if (start) begin
-            \$1187  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1187  = 1'h0;
-            end else if (\$862 ) begin
-              \$1187  = \$873 ;
-            end
-          end
-          if (\$888 ) begin
-            \$1187  = \$899 ;
-          end
-          if (start) begin
-            \$1187  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1187  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1187  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1187  = 1'h0;
-          end
-          if (start) begin
-            \$1187  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1187  = 1'h0;
-          end
-      default:
-          \$1187  = 1'h0;
-    endcase
+    \$1187  = \$732 ;
     if (rst) begin
       \$1187  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1188  = sink_from_gemm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1188  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1188  = 1'h0;
-            end else begin
-              \$1188  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1188  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1188  = 1'h0;
-          end else if (d_end) begin
-            \$1188  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1188  = 1'h0;
-          end else if (d_const) begin
-            \$1188  = 1'h0;
-          end else if (d_stream) begin
-            \$1188  = \$846 ;
-          end else begin
-            \$1188  = 1'h0;
-          end
-          if (start) begin
-            \$1188  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1188  = 1'h0;
-            end else if (\$862 ) begin
-              \$1188  = \$877 ;
-            end
-          end
-          if (\$888 ) begin
-            \$1188  = \$903 ;
-          end
-          if (start) begin
-            \$1188  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1188  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1188  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1188  = 1'h0;
-          end
-          if (start) begin
-            \$1188  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1188  = 1'h0;
-          end
-      default:
-          \$1188  = 1'h0;
-    endcase
+    \$1188  = { \$733 , \final$455 , \last__4$454  };
     if (rst) begin
-      \$1188  = 1'h0;
+      \$1188  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1189  = a_from_softmax;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1189  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1189  = 1'h0;
-            end else begin
-              \$1189  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1189  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1189  = 1'h0;
-          end else if (d_end) begin
-            \$1189  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1189  = 1'h0;
-          end else if (d_const) begin
-            \$1189  = 1'h0;
-          end else if (d_stream) begin
-            \$1189  = \$847 ;
-          end else begin
-            \$1189  = 1'h0;
-          end
-          if (start) begin
-            \$1189  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1189  = 1'h0;
-            end else if (\$862 ) begin
-              \$1189  = \$878 ;
-            end
-          end
-          if (\$888 ) begin
-            \$1189  = \$904 ;
-          end
-          if (start) begin
-            \$1189  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1189  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1189  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1189  = 1'h0;
-          end
-          if (start) begin
-            \$1189  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1189  = 1'h0;
-          end
-      default:
-          \$1189  = 1'h0;
-    endcase
+    \$1189  = \$735 ;
     if (rst) begin
       \$1189  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1190  = a_from_layernorm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1190  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1190  = 1'h0;
-            end else begin
-              \$1190  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1190  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1190  = 1'h0;
-          end else if (d_end) begin
-            \$1190  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1190  = 1'h0;
-          end else if (d_const) begin
-            \$1190  = 1'h0;
-          end else if (d_stream) begin
-            \$1190  = \$848 ;
-          end else begin
-            \$1190  = 1'h0;
-          end
-          if (start) begin
-            \$1190  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1190  = 1'h0;
-            end else if (\$862 ) begin
-              \$1190  = \$879 ;
-            end
-          end
-          if (\$888 ) begin
-            \$1190  = \$905 ;
-          end
-          if (start) begin
-            \$1190  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1190  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1190  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1190  = 1'h0;
-          end
-          if (start) begin
-            \$1190  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1190  = 1'h0;
-          end
-      default:
-          \$1190  = 1'h0;
-    endcase
+    \$1190  = { \$736 , \final$458 , \last__4$457  };
     if (rst) begin
-      \$1190  = 1'h0;
+      \$1190  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1191  = a_from_src0;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1191  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1191  = 1'h0;
-            end else begin
-              \$1191  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1191  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1191  = 1'h0;
-          end else if (d_end) begin
-            \$1191  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1191  = 1'h0;
-          end else if (d_const) begin
-            \$1191  = 1'h0;
-          end else if (d_stream) begin
-            \$1191  = \$852 ;
-          end else begin
-            \$1191  = 1'h0;
-          end
-          if (start) begin
-            \$1191  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1191  = 1'h0;
-            end else if (\$862 ) begin
-              \$1191  = \$883 ;
-            end
-          end
-          if (\$888 ) begin
-            \$1191  = \$909 ;
-          end
-          if (start) begin
-            \$1191  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1191  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1191  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1191  = 1'h0;
-          end
-          if (start) begin
-            \$1191  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1191  = 1'h0;
-          end
-      default:
-          \$1191  = 1'h0;
-    endcase
+    \$1191  = \$743 ;
     if (rst) begin
       \$1191  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1192  = q0_to_pack;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1192  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1192  = 1'h0;
-            end else begin
-              \$1192  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1192  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1192  = 1'h0;
-          end else if (d_end) begin
-            \$1192  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1192  = 1'h0;
-          end else if (d_const) begin
-            \$1192  = 1'h0;
-          end else if (d_stream) begin
-            \$1192  = \$853 ;
-          end else begin
-            \$1192  = 1'h0;
-          end
-          if (start) begin
-            \$1192  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1192  = 1'h0;
-            end else if (\$862 ) begin
-              \$1192  = \$884 ;
-            end
-          end
-          if (\$888 ) begin
-            \$1192  = \$910 ;
-          end
-          if (start) begin
-            \$1192  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1192  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1192  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1192  = 1'h0;
-          end
-          if (start) begin
-            \$1192  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1192  = 1'h0;
-          end
-      default:
-          \$1192  = 1'h0;
-    endcase
+    \$1192  = \$751 ;
     if (rst) begin
       \$1192  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1193  = res_to_pack;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1193  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1193  = 1'h0;
-            end else begin
-              \$1193  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1193  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$828 ) begin
-          end else if (d_end_more) begin
-            \$1193  = 1'h0;
-          end else if (d_end) begin
-            \$1193  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1193  = 1'h0;
-          end else if (d_const) begin
-            \$1193  = 1'h0;
-          end else if (d_stream) begin
-            \$1193  = \$855 ;
-          end else begin
-            \$1193  = 1'h0;
-          end
-          if (start) begin
-            \$1193  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$860 ) begin
-            if (beat__payload[512]) begin
-              \$1193  = 1'h0;
-            end else if (\$862 ) begin
-              \$1193  = \$886 ;
-            end
-          end
-          if (\$888 ) begin
-            \$1193  = \$912 ;
-          end
-          if (start) begin
-            \$1193  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$917 ) begin
-            \$1193  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1193  = 1'h0;
-          end
-          if (\$942 ) begin
-            \$1193  = 1'h0;
-          end
-          if (start) begin
-            \$1193  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$943 ) begin
-            \$1193  = 1'h0;
-          end
-      default:
-          \$1193  = 1'h0;
-    endcase
+    \$1193  = \$756 ;
     if (rst) begin
       \$1193  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1194  = ins;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$1194  = beat__payload[511:0];
-          end
-    endcase
+    \$1194  = \$760 [15:0];
     if (rst) begin
-      \$1194  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$1194  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1195  = decode_wait;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$1195  = 2'h3;
-          end
-      3'h2:
-          if (\$828 ) begin
-            \$1195  = \$829 [1:0];
-          end
-    endcase
+    \$1195  = \$763 [15:0];
     if (rst) begin
-      \$1195  = 2'h0;
+      \$1195  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1196  = c_addr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1196  = dec_c_base;
-      3'h3:
-          if (\$857 ) begin
-            \$1196  = \$859 [31:0];
-          end
-    endcase
+    \$1196  = \$764 [15:0];
     if (rst) begin
-      \$1196  = 32'd0;
+      \$1196  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1197  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1197  = \$827 [7:0];
-    endcase
+    \$1197  = c_lb;
     if (rst) begin
-      \$1197  = 8'h00;
+      \$1197  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1198  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1198  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$857 ) begin
-            \$1198  = \$858 [15:0];
-          end
-    endcase
+    \$1198  = \$765 [15:0];
     if (rst) begin
       \$1198  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1199  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1199  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$860 ) begin
-            \$1199  = \$861 [15:0];
-          end
-    endcase
+    \$1199  = \$766 [15:0];
     if (rst) begin
       \$1199  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1200  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$946 ) begin
-          \$1200  = \$948 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$950 ) begin
-          \$1200  = \$956 [31:0];
-        end
-      end
-    end
+    \$1200  = \$767 ;
     if (rst) begin
       \$1200  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1201  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$950 ) begin
-          \$1201  = r_data[15:0];
-        end
-      end
-    end
+    \$1201  = \$772 [31:0];
     if (rst) begin
-      \$1201  = 16'h0000;
+      \$1201  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1202  = pack_full;
-    if (pack_active) begin
-      if (\$957 ) begin
-        \$1202  = 1'h0;
-      end
-      if (\$963 ) begin
-        if (\$965 ) begin
-          \$1202  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1202  = 1'h0;
-    end
+    \$1202  = \$773 [31:0];
     if (rst) begin
-      \$1202  = 1'h0;
+      \$1202  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1203  = pack_a0;
-    if (pack_active) begin
-      if (\$963 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1203  = elem_data;
-        endcase
-      end
-    end
+    \$1203  = \$775 [15:0];
     if (rst) begin
       \$1203  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1204  = pack_a1;
-    if (pack_active) begin
-      if (\$963 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1204  = elem_data;
-        endcase
-      end
-    end
+    \$1204  = \$779 [31:0];
     if (rst) begin
-      \$1204  = 16'h0000;
+      \$1204  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1205  = pack_a2;
-    if (pack_active) begin
-      if (\$963 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1205  = elem_data;
-        endcase
-      end
-    end
+    \$1205  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$1205  = \$986 ;
+    endcase
     if (rst) begin
-      \$1205  = 16'h0000;
+      \$1205  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1206  = pack_a3;
-    if (pack_active) begin
-      if (\$963 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1206  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1206  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1207  = pack_b0;
-    if (pack_active) begin
-      if (\$963 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1207  = \r_data$320 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1207  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1208  = pack_b1;
-    if (pack_active) begin
-      if (\$963 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1208  = \r_data$320 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1208  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1209  = pack_b2;
-    if (pack_active) begin
-      if (\$963 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1209  = \r_data$320 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1209  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1210  = pack_b3;
-    if (pack_active) begin
-      if (\$963 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1210  = \r_data$320 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1210  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1211  = pack_j;
-    if (pack_active) begin
-      if (\$963 ) begin
-        (* full_case = 32'd1 *)
-        if (\$965 ) begin
-          \$1211  = 3'h0;
-        end else begin
-          \$1211  = \$966 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1211  = 3'h0;
-    end
-    if (rst) begin
-      \$1211  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1212  = pack_jo;
-    if (pack_active) begin
-      if (\$967 ) begin
-        (* full_case = 32'd1 *)
-        if (\$969 ) begin
-          \$1212  = 3'h0;
-        end else begin
-          \$1212  = \$970 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1212  = 3'h0;
-    end
-    if (rst) begin
-      \$1212  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1213  = tiles;
+    \$1206  = ext_req_valid;
     if (in_decode) begin
-      \$1213  = dec_tiles;
+      \$1206  = 1'h0;
     end
-    if (gemm_active) begin
-      if (\$977 ) begin
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
         if (\$991 ) begin
-          \$1213  = \$992 [31:0];
+          \$1206  = valid;
+        end
+      end else if (is_store) begin
+        if (\$995 ) begin
+          \$1206  = dst_step;
         end
       end
     end
     if (rst) begin
-      \$1213  = 32'd0;
+      \$1206  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1214  = nt;
-    if (in_decode) begin
-      \$1214  = 16'h0000;
+    \$1207  = cycles;
+    if (busy) begin
+      \$1207  = \$780 [47:0];
     end
-    if (gemm_active) begin
-      if (\$977 ) begin
-        if (\$991 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1214  = 16'h0000;
-          end else begin
-            \$1214  = \$998 [15:0];
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1207  = 48'h000000000000;
           end
-        end
-      end
-    end
+    endcase
     if (rst) begin
-      \$1214  = 16'h0000;
+      \$1207  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1215  = k;
-    if (in_decode) begin
-      \$1215  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$977 ) begin
-        if (\$979 ) begin
-        end else if (\$984 ) begin
-          \$1215  = \$985 [15:0];
-        end
-        if (\$991 ) begin
-          \$1215  = 16'h0000;
-        end
+    \$1208  = op_cycles__0;
+    if (busy) begin
+      if (\$781 ) begin
+        \$1208  = \$782 [47:0];
       end
     end
-    if (rst) begin
-      \$1215  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1216  = w_addr;
-    if (in_decode) begin
-      \$1216  = ins[465:434];
-    end
-    if (gemm_active) begin
-      if (\$977 ) begin
-        if (want_w) begin
-          \$1216  = \$988 [31:0];
-        end
-        if (\$991 ) begin
-          if (nt_hit) begin
-            \$1216  = ins[465:434];
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1208  = 48'h000000000000;
           end
-        end
-      end
-    end
+    endcase
     if (rst) begin
-      \$1216  = 32'd0;
+      \$1208  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1217  = p_addr;
-    if (in_decode) begin
-      \$1217  = ins[497:466];
+    \$1209  = op_cycles__1;
+    if (busy) begin
+      if (\$783 ) begin
+        \$1209  = \$784 [47:0];
+      end
     end
-    if (gemm_active) begin
-      if (\$977 ) begin
-        if (\$991 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1217  = ins[497:466];
-          end else begin
-            \$1217  = \$1001 [31:0];
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1209  = 48'h000000000000;
           end
-        end
+    endcase
+    if (rst) begin
+      \$1209  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1210  = op_cycles__2;
+    if (busy) begin
+      if (\$785 ) begin
+        \$1210  = \$786 [47:0];
       end
     end
-    if (rst) begin
-      \$1217  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1218  = want_w;
-    if (in_decode) begin
-      \$1218  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$977 ) begin
-        if (\$979 ) begin
-          \$1218  = 1'h1;
-        end
-        if (\$991 ) begin
-          \$1218  = 1'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1218  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1219  = w_step;
-    if (in_decode) begin
-      \$1219  = \$971 [7:0];
-    end
-    if (rst) begin
-      \$1219  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1220  = \$signal$243 ;
-    if (in_decode) begin
-      \$1220  = \$972 ;
-    end
-    if (gemm_active) begin
-      if (\$977 ) begin
-        if (\$991 ) begin
-          \$1220  = \$993 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1220  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1221  = \$signal$480 ;
-    if (in_decode) begin
-      \$1221  = \$974 ;
-    end
-    if (gemm_active) begin
-      if (\$977 ) begin
-        if (\$979 ) begin
-        end else if (\$984 ) begin
-          \$1221  = \$987 ;
-        end
-        if (\$991 ) begin
-          \$1221  = \$995 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1221  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1222  = nt_hit;
-    if (in_decode) begin
-      \$1222  = \$976 ;
-    end
-    if (gemm_active) begin
-      if (\$977 ) begin
-        if (\$991 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1222  = \$997 ;
-          end else begin
-            \$1222  = \$1000 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1210  = 48'h000000000000;
           end
-        end
-      end
-    end
+    endcase
     if (rst) begin
-      \$1222  = 1'h0;
+      \$1210  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1223  = rk;
-    if (in_decode) begin
-      \$1223  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1004 ) begin
-        \$1223  = \$1007 [15:0];
+    \$1211  = op_cycles__3;
+    if (busy) begin
+      if (\$787 ) begin
+        \$1211  = \$788 [47:0];
       end
     end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1211  = 48'h000000000000;
+          end
+    endcase
     if (rst) begin
-      \$1223  = 16'h0000;
+      \$1211  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1224  = rk_zero;
-    if (in_decode) begin
-      \$1224  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$1004 ) begin
-        \$1224  = \$1008 ;
+    \$1212  = op_cycles__4;
+    if (busy) begin
+      if (\$789 ) begin
+        \$1212  = \$790 [47:0];
       end
     end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1212  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1212  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1213  = op_cycles__5;
+    if (busy) begin
+      if (\$791 ) begin
+        \$1213  = \$792 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1213  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1213  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1214  = op_cycles__6;
+    if (busy) begin
+      if (\$793 ) begin
+        \$1214  = \$794 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1214  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1214  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1215  = op_cycles__7;
+    if (busy) begin
+      if (\$795 ) begin
+        \$1215  = \$796 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1215  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1215  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1216  = op_cycles__8;
+    if (busy) begin
+      if (\$797 ) begin
+        \$1216  = \$798 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1216  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1216  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1217  = op_cycles__9;
+    if (busy) begin
+      if (\$799 ) begin
+        \$1217  = \$800 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1217  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1217  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1218  = op_cycles__10;
+    if (busy) begin
+      if (\$801 ) begin
+        \$1218  = \$802 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1218  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1218  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1219  = op_cycles__11;
+    if (busy) begin
+      if (\$803 ) begin
+        \$1219  = \$804 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1219  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1219  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1220  = op_cycles__12;
+    if (busy) begin
+      if (\$805 ) begin
+        \$1220  = \$806 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1220  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1220  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1221  = op_cycles__13;
+    if (busy) begin
+      if (\$807 ) begin
+        \$1221  = \$808 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1221  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1221  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1222  = op_cycles__14;
+    if (busy) begin
+      if (\$809 ) begin
+        \$1222  = \$810 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1222  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1222  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1223  = op_cycles__15;
+    if (busy) begin
+      if (\$811 ) begin
+        \$1223  = \$812 [47:0];
+      end
+    end
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1223  = 48'h000000000000;
+          end
+    endcase
+    if (rst) begin
+      \$1223  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1224  = \$814 ;
     if (rst) begin
       \$1224  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1225  = w_full;
-    if (in_decode) begin
-      \$1225  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1002 ) begin
-        \$1225  = 1'h0;
-      end
-      if (\$1004 ) begin
-        if (\$1011 ) begin
-          \$1225  = 1'h1;
-        end
-      end
-    end
+    \$1225  = is_end;
     if (rst) begin
       \$1225  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1226  = w_lane0;
-    if (gemm_active) begin
-      if (\$1004 ) begin
-        if (\$1011 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1226  = { beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1], beat__payload[1:0] };
-            5'h03:
-                \$1226  = { beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2], beat__payload[2:0] };
-            5'h04:
-                \$1226  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:0] };
-            5'h05:
-                \$1226  = { beat__payload[4], beat__payload[4], beat__payload[4], beat__payload[4:0] };
-            5'h06:
-                \$1226  = { beat__payload[5], beat__payload[5], beat__payload[5:0] };
-            5'h07:
-                \$1226  = { beat__payload[6], beat__payload[6:0] };
-            5'h08:
-                \$1226  = beat__payload[7:0];
-          endcase
-        end
-      end
-    end
+    \$1226  = \$825 ;
     if (rst) begin
-      \$1226  = 8'h00;
+      \$1226  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1227  = w_lane1;
-    if (gemm_active) begin
-      if (\$1004 ) begin
-        if (\$1011 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1227  = { beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3], beat__payload[3:2] };
-            5'h03:
-                \$1227  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:3] };
-            5'h04:
-                \$1227  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:4] };
-            5'h05:
-                \$1227  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:5] };
-            5'h06:
-                \$1227  = { beat__payload[11], beat__payload[11], beat__payload[11:6] };
-            5'h07:
-                \$1227  = { beat__payload[13], beat__payload[13:7] };
-            5'h08:
-                \$1227  = beat__payload[15:8];
-          endcase
-        end
-      end
-    end
+    \$1227  = \$836 ;
     if (rst) begin
-      \$1227  = 8'h00;
+      \$1227  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1228  = w_lane2;
-    if (gemm_active) begin
-      if (\$1004 ) begin
-        if (\$1011 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1228  = { beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5], beat__payload[5:4] };
-            5'h03:
-                \$1228  = { beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8], beat__payload[8:6] };
-            5'h04:
-                \$1228  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:8] };
-            5'h05:
-                \$1228  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:10] };
-            5'h06:
-                \$1228  = { beat__payload[17], beat__payload[17], beat__payload[17:12] };
-            5'h07:
-                \$1228  = { beat__payload[20], beat__payload[20:14] };
-            5'h08:
-                \$1228  = beat__payload[23:16];
-          endcase
-        end
-      end
-    end
+    \$1228  = \$846 ;
     if (rst) begin
-      \$1228  = 8'h00;
+      \$1228  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1229  = w_lane3;
-    if (gemm_active) begin
-      if (\$1004 ) begin
-        if (\$1011 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1229  = { beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7], beat__payload[7:6] };
-            5'h03:
-                \$1229  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:9] };
-            5'h04:
-                \$1229  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:12] };
-            5'h05:
-                \$1229  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:15] };
-            5'h06:
-                \$1229  = { beat__payload[23], beat__payload[23], beat__payload[23:18] };
-            5'h07:
-                \$1229  = { beat__payload[27], beat__payload[27:21] };
-            5'h08:
-                \$1229  = beat__payload[31:24];
-          endcase
-        end
-      end
-    end
+    \$1229  = pc;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1229  = prog;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1229  = \$signal$478 ;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          if (\$962 ) begin
+            \$1229  = \$963 [31:0];
+          end
+    endcase
     if (rst) begin
-      \$1229  = 8'h00;
+      \$1229  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1230  = w_lane4;
-    if (gemm_active) begin
-      if (\$1004 ) begin
-        if (\$1011 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1230  = { beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9], beat__payload[9:8] };
-            5'h03:
-                \$1230  = { beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14], beat__payload[14:12] };
-            5'h04:
-                \$1230  = { beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19], beat__payload[19:16] };
-            5'h05:
-                \$1230  = { beat__payload[24], beat__payload[24], beat__payload[24], beat__payload[24:20] };
-            5'h06:
-                \$1230  = { beat__payload[29], beat__payload[29], beat__payload[29:24] };
-            5'h07:
-                \$1230  = { beat__payload[34], beat__payload[34:28] };
-            5'h08:
-                \$1230  = beat__payload[39:32];
-          endcase
-        end
-      end
-    end
+    \$1230  = busy;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1230  = 1'h1;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$1230  = 1'h0;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$988 ) begin
+            \$1230  = 1'h0;
+          end
+    endcase
     if (rst) begin
-      \$1230  = 8'h00;
+      \$1230  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1231  = w_lane5;
-    if (gemm_active) begin
-      if (\$1004 ) begin
-        if (\$1011 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1231  = { beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11], beat__payload[11:10] };
-            5'h03:
-                \$1231  = { beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17], beat__payload[17:15] };
-            5'h04:
-                \$1231  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:20] };
-            5'h05:
-                \$1231  = { beat__payload[29], beat__payload[29], beat__payload[29], beat__payload[29:25] };
-            5'h06:
-                \$1231  = { beat__payload[35], beat__payload[35], beat__payload[35:30] };
-            5'h07:
-                \$1231  = { beat__payload[41], beat__payload[41:35] };
-            5'h08:
-                \$1231  = beat__payload[47:40];
-          endcase
-        end
-      end
-    end
+    \$1231  = done;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1231  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$1231  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$988 ) begin
+            \$1231  = 1'h1;
+          end
+    endcase
     if (rst) begin
-      \$1231  = 8'h00;
+      \$1231  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1232  = w_lane6;
-    if (gemm_active) begin
-      if (\$1004 ) begin
-        if (\$1011 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1232  = { beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13], beat__payload[13:12] };
-            5'h03:
-                \$1232  = { beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20], beat__payload[20:18] };
-            5'h04:
-                \$1232  = { beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27], beat__payload[27:24] };
-            5'h05:
-                \$1232  = { beat__payload[34], beat__payload[34], beat__payload[34], beat__payload[34:30] };
-            5'h06:
-                \$1232  = { beat__payload[41], beat__payload[41], beat__payload[41:36] };
-            5'h07:
-                \$1232  = { beat__payload[48], beat__payload[48:42] };
-            5'h08:
-                \$1232  = beat__payload[55:48];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1232  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1233  = w_lane7;
-    if (gemm_active) begin
-      if (\$1004 ) begin
-        if (\$1011 ) begin
-          casez (ins[21:17])
-            5'h02:
-                \$1233  = { beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15], beat__payload[15:14] };
-            5'h03:
-                \$1233  = { beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23], beat__payload[23:21] };
-            5'h04:
-                \$1233  = { beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31], beat__payload[31:28] };
-            5'h05:
-                \$1233  = { beat__payload[39], beat__payload[39], beat__payload[39], beat__payload[39:35] };
-            5'h06:
-                \$1233  = { beat__payload[47], beat__payload[47], beat__payload[47:42] };
-            5'h07:
-                \$1233  = { beat__payload[55], beat__payload[55:49] };
-            5'h08:
-                \$1233  = beat__payload[63:56];
-          endcase
-        end
-      end
-    end
-    if (rst) begin
-      \$1233  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1234  = a_filled0;
-    if (in_decode) begin
-      \$1234  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1016 ) begin
-        if (\$1020 ) begin
-          if (\$1021 ) begin
-            casez (\$signal$262 )
-              1'h0:
-                  \$1234  = 1'h1;
-            endcase
+    \$1232  = error;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1232  = 4'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$1232  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$1232  = 4'h6;
           end
         end
-      end else if (\$1019 ) begin
-        if (\$1025 ) begin
-          if (\$1027 ) begin
-            casez (\$signal$262 )
-              1'h0:
-                  \$1234  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$1047 ) begin
-        if (\$1049 ) begin
-          if (\$1050 ) begin
-            casez (\$signal$295 )
-              1'h0:
-                  \$1234  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1234  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1235  = a_filled1;
-    if (in_decode) begin
-      \$1235  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1016 ) begin
-        if (\$1020 ) begin
-          if (\$1021 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$262 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1235  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$1019 ) begin
-        if (\$1025 ) begin
-          if (\$1027 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$262 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1235  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$1047 ) begin
-        if (\$1049 ) begin
-          if (\$1050 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$295 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1235  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1235  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1236  = \$signal$262 ;
-    if (in_decode) begin
-      \$1236  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1016 ) begin
-        if (\$1020 ) begin
-          if (\$1021 ) begin
-            \$1236  = \$1022 ;
-          end
-        end
-      end else if (\$1019 ) begin
-        if (\$1025 ) begin
-          if (\$1027 ) begin
-            \$1236  = \$1028 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1236  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1237  = \$signal$269 ;
-    if (in_decode) begin
-      \$1237  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$1016 ) begin
-        if (\$1020 ) begin
+      3'h2:
+        begin
           (* full_case = 32'd1 *)
-          if (\$1021 ) begin
-            \$1237  = 4'h0;
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+          end else if (d_count_zero) begin
+            \$1232  = 4'h2;
+          end else if (d_const) begin
+          end else if (d_stream) begin
           end else begin
-            \$1237  = \$1023 [3:0];
+            \$1232  = 4'h1;
+          end
+          if (start) begin
+            \$1232  = 4'h6;
           end
         end
-      end else if (\$1019 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1025 ) begin
-          \$1237  = 4'h0;
-        end else begin
-          \$1237  = \$1029 [3:0];
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1232  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$1232  = 4'h6;
+          end
         end
-      end
-    end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$1232  = 4'h3;
+          end
+          if (\$987 ) begin
+            \$1232  = fault_q;
+          end
+          if (start) begin
+            \$1232  = 4'h6;
+          end
+        end
+    endcase
     if (rst) begin
-      \$1237  = 4'h0;
+      \$1232  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1238  = lk;
-    if (in_decode) begin
-      \$1238  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1016 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1020 ) begin
-          \$1238  = 16'h0000;
-        end else begin
-          \$1238  = \$1024 [15:0];
-        end
-      end else if (\$1019 ) begin
-        if (\$1025 ) begin
-          \$1238  = \$1026 [15:0];
-          if (\$1027 ) begin
-            \$1238  = 16'h0000;
+    \$1233  = fetch_sent;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1233  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (\$850 ) begin
+            \$1233  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$1233  = 1'h0;
           end
         end
-      end
-    end
+    endcase
     if (rst) begin
-      \$1238  = 16'h0000;
+      \$1233  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1239  = \$signal$295 ;
-    if (in_decode) begin
+    \$1234  = \$signal$478 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1234  = prog;
+          end
+    endcase
+    if (rst) begin
+      \$1234  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1235  = \$signal$479 ;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1235  = image_stride;
+          end
+    endcase
+    if (rst) begin
+      \$1235  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1236  = images_left;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1236  = \$848 ;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1236  = \$856 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$1236  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1237  = offset;
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1237  = 32'd0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1237  = \$857 [31:0];
+          end
+    endcase
+    if (rst) begin
+      \$1237  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1238  = seq_state;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1238  = 3'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1238  = 3'h5;
+            end else begin
+              \$1238  = 3'h2;
+            end
+          end
+          if (start) begin
+            \$1238  = 3'h5;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1238  = 3'h1;
+          end else if (d_end) begin
+            \$1238  = 3'h0;
+          end else if (d_count_zero) begin
+            \$1238  = 3'h5;
+          end else if (d_const) begin
+            \$1238  = 3'h3;
+          end else if (d_stream) begin
+            \$1238  = 3'h4;
+          end else begin
+            \$1238  = 3'h5;
+          end
+          if (start) begin
+            \$1238  = 3'h5;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1238  = 3'h5;
+            end else if (c_last) begin
+              \$1238  = 3'h4;
+            end
+          end
+          if (\$929 ) begin
+            \$1238  = 3'h4;
+          end
+          if (start) begin
+            \$1238  = 3'h5;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1238  = 3'h1;
+          end
+          if (addr_fault) begin
+            \$1238  = 3'h5;
+          end
+          if (\$987 ) begin
+            \$1238  = 3'h5;
+          end
+          if (start) begin
+            \$1238  = 3'h5;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1238  = 3'h0;
+          end
+      default:
+          \$1238  = 3'h0;
+    endcase
+    if (rst) begin
+      \$1238  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1239  = in_stream;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1239  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1239  = 1'h0;
+            end else begin
+              \$1239  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1239  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1239  = 1'h0;
+          end else if (d_end) begin
+            \$1239  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1239  = 1'h0;
+          end else if (d_const) begin
+            \$1239  = 1'h0;
+          end else if (d_stream) begin
+            \$1239  = 1'h1;
+          end else begin
+            \$1239  = 1'h0;
+          end
+          if (start) begin
+            \$1239  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1239  = 1'h0;
+            end else if (c_last) begin
+              \$1239  = 1'h1;
+            end
+          end
+          if (\$929 ) begin
+            \$1239  = 1'h1;
+          end
+          if (start) begin
+            \$1239  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1239  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1239  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1239  = 1'h0;
+          end
+          if (start) begin
+            \$1239  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1239  = 1'h0;
+          end
+      default:
+          \$1239  = 1'h0;
+    endcase
+    if (rst) begin
       \$1239  = 1'h0;
     end
-    if (gemm_active) begin
-      if (\$1047 ) begin
-        if (\$1049 ) begin
-          if (\$1050 ) begin
-            \$1239  = \$1051 ;
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1240  = in_decode;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1240  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1240  = 1'h0;
+            end else begin
+              \$1240  = 1'h1;
+            end
+          end
+          if (start) begin
+            \$1240  = 1'h0;
           end
         end
-      end
-    end
-    if (rst) begin
-      \$1239  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1240  = \$signal$296 ;
-    if (in_decode) begin
-      \$1240  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1047 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1049 ) begin
-          \$1240  = 16'h0000;
-        end else begin
-          \$1240  = \$1054 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1240  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1241  = fnt;
-    if (in_decode) begin
-      \$1241  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1047 ) begin
-        if (\$1049 ) begin
+      3'h2:
+        begin
           (* full_case = 32'd1 *)
-          if (\$1050 ) begin
-            \$1241  = 16'h0000;
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1240  = 1'h0;
+          end else if (d_end) begin
+            \$1240  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1240  = 1'h0;
+          end else if (d_const) begin
+            \$1240  = 1'h0;
+          end else if (d_stream) begin
+            \$1240  = 1'h0;
           end else begin
-            \$1241  = \$1053 [15:0];
+            \$1240  = 1'h0;
+          end
+          if (start) begin
+            \$1240  = 1'h0;
           end
         end
-      end
-    end
-    if (rst) begin
-      \$1241  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1242  = feed_blocks;
-    if (in_decode) begin
-      \$1242  = dec_blocks;
-    end
-    if (gemm_active) begin
-      if (\$1047 ) begin
-        if (\$1049 ) begin
-          if (\$1050 ) begin
-            \$1242  = \$1052 [31:0];
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1240  = 1'h0;
+            end else if (c_last) begin
+              \$1240  = 1'h0;
+            end
+          end
+          if (\$929 ) begin
+            \$1240  = 1'h0;
+          end
+          if (start) begin
+            \$1240  = 1'h0;
           end
         end
-      end
-    end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1240  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1240  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1240  = 1'h0;
+          end
+          if (start) begin
+            \$1240  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1240  = 1'h0;
+          end
+      default:
+          \$1240  = 1'h0;
+    endcase
     if (rst) begin
-      \$1242  = 32'd0;
+      \$1240  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1243  = \$signal$301 ;
-    if (in_decode) begin
-      \$1243  = 1'h0;
+    \$1241  = in_op;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1241  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1241  = 1'h0;
+            end else begin
+              \$1241  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1241  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1241  = 1'h0;
+          end else if (d_end) begin
+            \$1241  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1241  = 1'h0;
+          end else if (d_const) begin
+            \$1241  = 1'h1;
+          end else if (d_stream) begin
+            \$1241  = 1'h1;
+          end else begin
+            \$1241  = 1'h0;
+          end
+          if (start) begin
+            \$1241  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1241  = 1'h0;
+            end else if (c_last) begin
+              \$1241  = 1'h1;
+            end
+          end
+          if (\$929 ) begin
+            \$1241  = 1'h1;
+          end
+          if (start) begin
+            \$1241  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1241  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1241  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1241  = 1'h0;
+          end
+          if (start) begin
+            \$1241  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1241  = 1'h0;
+          end
+      default:
+          \$1241  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1241  = 1'h0;
     end
-    if (gemm_active) begin
-      if (\$1030 ) begin
-        \$1243  = 1'h0;
-      end
-      if (\$1047 ) begin
-        \$1243  = 1'h1;
-      end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1242  = unit_rst;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1242  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1242  = 1'h1;
+            end else begin
+              \$1242  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1242  = 1'h1;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1242  = 1'h0;
+          end else if (d_end) begin
+            \$1242  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1242  = 1'h1;
+          end else if (d_const) begin
+            \$1242  = 1'h0;
+          end else if (d_stream) begin
+            \$1242  = 1'h0;
+          end else begin
+            \$1242  = 1'h1;
+          end
+          if (start) begin
+            \$1242  = 1'h1;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1242  = 1'h1;
+            end else if (c_last) begin
+              \$1242  = 1'h0;
+            end
+          end
+          if (\$929 ) begin
+            \$1242  = 1'h0;
+          end
+          if (start) begin
+            \$1242  = 1'h1;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1242  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1242  = 1'h1;
+          end
+          if (\$987 ) begin
+            \$1242  = 1'h1;
+          end
+          if (start) begin
+            \$1242  = 1'h1;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1242  = 1'h0;
+          end
+      default:
+          \$1242  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1242  = 1'h0;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1243  = gemm_active;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1243  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1243  = 1'h0;
+            end else begin
+              \$1243  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1243  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1243  = 1'h0;
+          end else if (d_end) begin
+            \$1243  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1243  = 1'h0;
+          end else if (d_const) begin
+            \$1243  = 1'h0;
+          end else if (d_stream) begin
+            \$1243  = is_gemm;
+          end else begin
+            \$1243  = 1'h0;
+          end
+          if (start) begin
+            \$1243  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1243  = 1'h0;
+            end else if (c_last) begin
+              \$1243  = is_gemm;
+            end
+          end
+          if (\$929 ) begin
+            \$1243  = is_gemm;
+          end
+          if (start) begin
+            \$1243  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1243  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1243  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1243  = 1'h0;
+          end
+          if (start) begin
+            \$1243  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1243  = 1'h0;
+          end
+      default:
+          \$1243  = 1'h0;
+    endcase
     if (rst) begin
       \$1243  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1244  = a_last;
-    if (gemm_active) begin
-      if (\$1047 ) begin
-        \$1244  = \$1048 ;
-      end
-    end
+    \$1244  = pack_active;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1244  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1244  = 1'h0;
+            end else begin
+              \$1244  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1244  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1244  = 1'h0;
+          end else if (d_end) begin
+            \$1244  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1244  = 1'h0;
+          end else if (d_const) begin
+            \$1244  = 1'h0;
+          end else if (d_stream) begin
+            \$1244  = \$862 ;
+          end else begin
+            \$1244  = 1'h0;
+          end
+          if (start) begin
+            \$1244  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1244  = 1'h0;
+            end else if (c_last) begin
+              \$1244  = \$902 ;
+            end
+          end
+          if (\$929 ) begin
+            \$1244  = \$932 ;
+          end
+          if (start) begin
+            \$1244  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1244  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1244  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1244  = 1'h0;
+          end
+          if (start) begin
+            \$1244  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1244  = 1'h0;
+          end
+      default:
+          \$1244  = 1'h0;
+    endcase
     if (rst) begin
       \$1244  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1245  = w_load_lane;
-    if (gemm_active) begin
-      if (\$1059 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1060 ) begin
-          \$1245  = 4'h0;
-        end else begin
-          \$1245  = \$1067 [3:0];
+    \$1245  = sink_from_move;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1245  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1245  = 1'h0;
+            end else begin
+              \$1245  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1245  = 1'h0;
+          end
         end
-      end
-      if (in_decode) begin
-        \$1245  = 4'h0;
-      end
-    end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1245  = 1'h0;
+          end else if (d_end) begin
+            \$1245  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1245  = 1'h0;
+          end else if (d_const) begin
+            \$1245  = 1'h0;
+          end else if (d_stream) begin
+            \$1245  = is_move;
+          end else begin
+            \$1245  = 1'h0;
+          end
+          if (start) begin
+            \$1245  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1245  = 1'h0;
+            end else if (c_last) begin
+              \$1245  = is_move;
+            end
+          end
+          if (\$929 ) begin
+            \$1245  = is_move;
+          end
+          if (start) begin
+            \$1245  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1245  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1245  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1245  = 1'h0;
+          end
+          if (start) begin
+            \$1245  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1245  = 1'h0;
+          end
+      default:
+          \$1245  = 1'h0;
+    endcase
     if (rst) begin
-      \$1245  = 4'h0;
+      \$1245  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1246  = w_load_k;
-    if (gemm_active) begin
-      if (\$1059 ) begin
-        if (\$1060 ) begin
-          \$1246  = \$1061 [15:0];
-          if (\$1063 ) begin
-            \$1246  = 16'h0000;
+    \$1246  = sink_from_load;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1246  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1246  = 1'h0;
+            end else begin
+              \$1246  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1246  = 1'h0;
           end
         end
-      end
-      if (in_decode) begin
-        \$1246  = 16'h0000;
-      end
-    end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1246  = 1'h0;
+          end else if (d_end) begin
+            \$1246  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1246  = 1'h0;
+          end else if (d_const) begin
+            \$1246  = 1'h0;
+          end else if (d_stream) begin
+            \$1246  = is_load;
+          end else begin
+            \$1246  = 1'h0;
+          end
+          if (start) begin
+            \$1246  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1246  = 1'h0;
+            end else if (c_last) begin
+              \$1246  = is_load;
+            end
+          end
+          if (\$929 ) begin
+            \$1246  = is_load;
+          end
+          if (start) begin
+            \$1246  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1246  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1246  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1246  = 1'h0;
+          end
+          if (start) begin
+            \$1246  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1246  = 1'h0;
+          end
+      default:
+          \$1246  = 1'h0;
+    endcase
     if (rst) begin
-      \$1246  = 16'h0000;
+      \$1246  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1247  = w_load_addr;
-    if (gemm_active) begin
-      if (\$1059 ) begin
-        if (\$1060 ) begin
-          \$1247  = \$1062 [9:0];
-          if (\$1063 ) begin
-            if (\$1065 ) begin
-              \$1247  = 10'h000;
+    \$1247  = sink_from_store;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1247  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1247  = 1'h0;
+            end else begin
+              \$1247  = 1'h0;
             end
           end
+          if (start) begin
+            \$1247  = 1'h0;
+          end
         end
-      end
-      if (in_decode) begin
-        \$1247  = 10'h000;
-      end
-    end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1247  = 1'h0;
+          end else if (d_end) begin
+            \$1247  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1247  = 1'h0;
+          end else if (d_const) begin
+            \$1247  = 1'h0;
+          end else if (d_stream) begin
+            \$1247  = is_store;
+          end else begin
+            \$1247  = 1'h0;
+          end
+          if (start) begin
+            \$1247  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1247  = 1'h0;
+            end else if (c_last) begin
+              \$1247  = is_store;
+            end
+          end
+          if (\$929 ) begin
+            \$1247  = is_store;
+          end
+          if (start) begin
+            \$1247  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1247  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1247  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1247  = 1'h0;
+          end
+          if (start) begin
+            \$1247  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1247  = 1'h0;
+          end
+      default:
+          \$1247  = 1'h0;
+    endcase
     if (rst) begin
-      \$1247  = 10'h000;
+      \$1247  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1248  = w_load_nt;
-    if (gemm_active) begin
-      if (\$1059 ) begin
-        if (\$1060 ) begin
-          if (\$1063 ) begin
-            \$1248  = \$1064 [15:0];
-            if (\$1065 ) begin
-              \$1248  = 16'h0000;
+    \$1248  = sink_from_softmax;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1248  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1248  = 1'h0;
+            end else begin
+              \$1248  = 1'h0;
             end
           end
+          if (start) begin
+            \$1248  = 1'h0;
+          end
         end
-      end
-      if (in_decode) begin
-        \$1248  = 16'h0000;
-      end
-    end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1248  = 1'h0;
+          end else if (d_end) begin
+            \$1248  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1248  = 1'h0;
+          end else if (d_const) begin
+            \$1248  = 1'h0;
+          end else if (d_stream) begin
+            \$1248  = is_softmax;
+          end else begin
+            \$1248  = 1'h0;
+          end
+          if (start) begin
+            \$1248  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1248  = 1'h0;
+            end else if (c_last) begin
+              \$1248  = is_softmax;
+            end
+          end
+          if (\$929 ) begin
+            \$1248  = is_softmax;
+          end
+          if (start) begin
+            \$1248  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1248  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1248  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1248  = 1'h0;
+          end
+          if (start) begin
+            \$1248  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1248  = 1'h0;
+          end
+      default:
+          \$1248  = 1'h0;
+    endcase
     if (rst) begin
-      \$1248  = 16'h0000;
+      \$1248  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1249  = w_filled0;
-    if (gemm_active) begin
-      if (\$1059 ) begin
-        if (\$1060 ) begin
-          if (\$1063 ) begin
-            if (\$1065 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1249  = 1'h1;
-              endcase
+    \$1249  = sink_from_layernorm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1249  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1249  = 1'h0;
+            end else begin
+              \$1249  = 1'h0;
             end
           end
-        end
-      end
-      if (\$1086 ) begin
-        if (\$1087 ) begin
-          if (\$1088 ) begin
-            if (\$1089 ) begin
-              casez (w_feed_half)
-                1'h0:
-                    \$1249  = 1'h0;
-              endcase
-            end
+          if (start) begin
+            \$1249  = 1'h0;
           end
         end
-      end
-      if (in_decode) begin
-        \$1249  = 1'h0;
-      end
-    end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1249  = 1'h0;
+          end else if (d_end) begin
+            \$1249  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1249  = 1'h0;
+          end else if (d_const) begin
+            \$1249  = 1'h0;
+          end else if (d_stream) begin
+            \$1249  = is_layernorm;
+          end else begin
+            \$1249  = 1'h0;
+          end
+          if (start) begin
+            \$1249  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1249  = 1'h0;
+            end else if (c_last) begin
+              \$1249  = is_layernorm;
+            end
+          end
+          if (\$929 ) begin
+            \$1249  = is_layernorm;
+          end
+          if (start) begin
+            \$1249  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1249  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1249  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1249  = 1'h0;
+          end
+          if (start) begin
+            \$1249  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1249  = 1'h0;
+          end
+      default:
+          \$1249  = 1'h0;
+    endcase
     if (rst) begin
       \$1249  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1250  = w_filled1;
-    if (gemm_active) begin
-      if (\$1059 ) begin
-        if (\$1060 ) begin
-          if (\$1063 ) begin
-            if (\$1065 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1250  = 1'h1;
-              endcase
+    \$1250  = sink_from_add;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1250  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1250  = 1'h0;
+            end else begin
+              \$1250  = 1'h0;
             end
           end
-        end
-      end
-      if (\$1086 ) begin
-        if (\$1087 ) begin
-          if (\$1088 ) begin
-            if (\$1089 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_feed_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1250  = 1'h0;
-              endcase
-            end
+          if (start) begin
+            \$1250  = 1'h0;
           end
         end
-      end
-      if (in_decode) begin
-        \$1250  = 1'h0;
-      end
-    end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1250  = 1'h0;
+          end else if (d_end) begin
+            \$1250  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1250  = 1'h0;
+          end else if (d_const) begin
+            \$1250  = 1'h0;
+          end else if (d_stream) begin
+            \$1250  = \$866 ;
+          end else begin
+            \$1250  = 1'h0;
+          end
+          if (start) begin
+            \$1250  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1250  = 1'h0;
+            end else if (c_last) begin
+              \$1250  = \$906 ;
+            end
+          end
+          if (\$929 ) begin
+            \$1250  = \$936 ;
+          end
+          if (start) begin
+            \$1250  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1250  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1250  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1250  = 1'h0;
+          end
+          if (start) begin
+            \$1250  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1250  = 1'h0;
+          end
+      default:
+          \$1250  = 1'h0;
+    endcase
     if (rst) begin
       \$1250  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1251  = w_load_half;
-    if (gemm_active) begin
-      if (\$1059 ) begin
-        if (\$1060 ) begin
-          if (\$1063 ) begin
-            if (\$1065 ) begin
-              \$1251  = \$1066 ;
+    \$1251  = sink_from_gelu0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1251  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1251  = 1'h0;
+            end else begin
+              \$1251  = 1'h0;
             end
           end
+          if (start) begin
+            \$1251  = 1'h0;
+          end
         end
-      end
-      if (in_decode) begin
-        \$1251  = 1'h0;
-      end
-    end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1251  = 1'h0;
+          end else if (d_end) begin
+            \$1251  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1251  = 1'h0;
+          end else if (d_const) begin
+            \$1251  = 1'h0;
+          end else if (d_stream) begin
+            \$1251  = \$870 ;
+          end else begin
+            \$1251  = 1'h0;
+          end
+          if (start) begin
+            \$1251  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1251  = 1'h0;
+            end else if (c_last) begin
+              \$1251  = \$910 ;
+            end
+          end
+          if (\$929 ) begin
+            \$1251  = \$940 ;
+          end
+          if (start) begin
+            \$1251  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1251  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1251  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1251  = 1'h0;
+          end
+          if (start) begin
+            \$1251  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1251  = 1'h0;
+          end
+      default:
+          \$1251  = 1'h0;
+    endcase
     if (rst) begin
       \$1251  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1252  = feed_ntk;
-    if (gemm_active) begin
-      if (\$1086 ) begin
-        if (\$1087 ) begin
-          (* full_case = 32'd1 *)
-          if (\$1088 ) begin
-            \$1252  = 32'd0;
-          end else begin
-            \$1252  = \$1092 [31:0];
+    \$1252  = sink_from_gemm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1252  = 1'h0;
           end
-        end
-      end
-      if (in_decode) begin
-        \$1252  = 32'd0;
-      end
-    end
-    if (rst) begin
-      \$1252  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1253  = feed_mt;
-    if (gemm_active) begin
-      if (\$1086 ) begin
-        if (\$1087 ) begin
-          if (\$1088 ) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
             (* full_case = 32'd1 *)
-            if (\$1089 ) begin
-              \$1253  = 16'h0000;
+            if (beat__payload[512]) begin
+              \$1252  = 1'h0;
             end else begin
-              \$1253  = \$1091 [15:0];
+              \$1252  = 1'h0;
             end
           end
+          if (start) begin
+            \$1252  = 1'h0;
+          end
         end
-      end
-      if (in_decode) begin
-        \$1253  = 16'h0000;
-      end
-    end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1252  = 1'h0;
+          end else if (d_end) begin
+            \$1252  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1252  = 1'h0;
+          end else if (d_const) begin
+            \$1252  = 1'h0;
+          end else if (d_stream) begin
+            \$1252  = \$874 ;
+          end else begin
+            \$1252  = 1'h0;
+          end
+          if (start) begin
+            \$1252  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1252  = 1'h0;
+            end else if (c_last) begin
+              \$1252  = \$914 ;
+            end
+          end
+          if (\$929 ) begin
+            \$1252  = \$944 ;
+          end
+          if (start) begin
+            \$1252  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1252  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1252  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1252  = 1'h0;
+          end
+          if (start) begin
+            \$1252  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1252  = 1'h0;
+          end
+      default:
+          \$1252  = 1'h0;
+    endcase
     if (rst) begin
-      \$1253  = 16'h0000;
+      \$1252  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1254  = w_feed_half;
-    if (gemm_active) begin
-      if (\$1086 ) begin
-        if (\$1087 ) begin
-          if (\$1088 ) begin
-            if (\$1089 ) begin
-              \$1254  = \$1090 ;
+    \$1253  = a_from_softmax;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1253  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1253  = 1'h0;
+            end else begin
+              \$1253  = 1'h0;
             end
           end
+          if (start) begin
+            \$1253  = 1'h0;
+          end
         end
-      end
-      if (in_decode) begin
-        \$1254  = 1'h0;
-      end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1253  = 1'h0;
+          end else if (d_end) begin
+            \$1253  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1253  = 1'h0;
+          end else if (d_const) begin
+            \$1253  = 1'h0;
+          end else if (d_stream) begin
+            \$1253  = \$875 ;
+          end else begin
+            \$1253  = 1'h0;
+          end
+          if (start) begin
+            \$1253  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1253  = 1'h0;
+            end else if (c_last) begin
+              \$1253  = \$915 ;
+            end
+          end
+          if (\$929 ) begin
+            \$1253  = \$945 ;
+          end
+          if (start) begin
+            \$1253  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1253  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1253  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1253  = 1'h0;
+          end
+          if (start) begin
+            \$1253  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1253  = 1'h0;
+          end
+      default:
+          \$1253  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1253  = 1'h0;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1254  = a_from_layernorm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1254  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1254  = 1'h0;
+            end else begin
+              \$1254  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1254  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1254  = 1'h0;
+          end else if (d_end) begin
+            \$1254  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1254  = 1'h0;
+          end else if (d_const) begin
+            \$1254  = 1'h0;
+          end else if (d_stream) begin
+            \$1254  = \$876 ;
+          end else begin
+            \$1254  = 1'h0;
+          end
+          if (start) begin
+            \$1254  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1254  = 1'h0;
+            end else if (c_last) begin
+              \$1254  = \$916 ;
+            end
+          end
+          if (\$929 ) begin
+            \$1254  = \$946 ;
+          end
+          if (start) begin
+            \$1254  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1254  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1254  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1254  = 1'h0;
+          end
+          if (start) begin
+            \$1254  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1254  = 1'h0;
+          end
+      default:
+          \$1254  = 1'h0;
+    endcase
     if (rst) begin
       \$1254  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1255  = post_col;
-    if (in_decode) begin
-      \$1255  = 3'h0;
-    end
-    if (\$1094 ) begin
-      if (elem_take) begin
-        \$1255  = \$1097 [2:0];
-      end
-    end
+    \$1255  = a_from_src0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1255  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1255  = 1'h0;
+            end else begin
+              \$1255  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1255  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1255  = 1'h0;
+          end else if (d_end) begin
+            \$1255  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1255  = 1'h0;
+          end else if (d_const) begin
+            \$1255  = 1'h0;
+          end else if (d_stream) begin
+            \$1255  = \$880 ;
+          end else begin
+            \$1255  = 1'h0;
+          end
+          if (start) begin
+            \$1255  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1255  = 1'h0;
+            end else if (c_last) begin
+              \$1255  = \$920 ;
+            end
+          end
+          if (\$929 ) begin
+            \$1255  = \$950 ;
+          end
+          if (start) begin
+            \$1255  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1255  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1255  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1255  = 1'h0;
+          end
+          if (start) begin
+            \$1255  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1255  = 1'h0;
+          end
+      default:
+          \$1255  = 1'h0;
+    endcase
     if (rst) begin
-      \$1255  = 3'h0;
+      \$1255  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1256  = \$1102 ;
+    \$1256  = const_to0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1256  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1256  = 1'h0;
+            end else begin
+              \$1256  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1256  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1256  = 1'h0;
+          end else if (d_end) begin
+            \$1256  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1256  = 1'h0;
+          end else if (d_const) begin
+            \$1256  = \$858 ;
+          end else if (d_stream) begin
+            \$1256  = 1'h0;
+          end else begin
+            \$1256  = 1'h0;
+          end
+          if (start) begin
+            \$1256  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1256  = 1'h0;
+            end else if (c_last) begin
+              \$1256  = 1'h0;
+            end
+          end
+          if (\$929 ) begin
+            \$1256  = 1'h0;
+          end
+          if (start) begin
+            \$1256  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1256  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1256  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1256  = 1'h0;
+          end
+          if (start) begin
+            \$1256  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1256  = 1'h0;
+          end
+      default:
+          \$1256  = 1'h0;
+    endcase
     if (rst) begin
       \$1256  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1257  = fault;
+    \$1257  = const_to1;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1257  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1257  = 1'h0;
+            end else begin
+              \$1257  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1257  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1257  = 1'h0;
+          end else if (d_end) begin
+            \$1257  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1257  = 1'h0;
+          end else if (d_const) begin
+            \$1257  = \$859 ;
+          end else if (d_stream) begin
+            \$1257  = 1'h0;
+          end else begin
+            \$1257  = 1'h0;
+          end
+          if (start) begin
+            \$1257  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1257  = 1'h0;
+            end else if (c_last) begin
+              \$1257  = 1'h0;
+            end
+          end
+          if (\$929 ) begin
+            \$1257  = 1'h0;
+          end
+          if (start) begin
+            \$1257  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1257  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1257  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1257  = 1'h0;
+          end
+          if (start) begin
+            \$1257  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1257  = 1'h0;
+          end
+      default:
+          \$1257  = 1'h0;
+    endcase
     if (rst) begin
-      \$1257  = 4'h0;
+      \$1257  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1258  = const_to2;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1258  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1258  = 1'h0;
+            end else begin
+              \$1258  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1258  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1258  = 1'h0;
+          end else if (d_end) begin
+            \$1258  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1258  = 1'h0;
+          end else if (d_const) begin
+            \$1258  = add_sel;
+          end else if (d_stream) begin
+            \$1258  = 1'h0;
+          end else begin
+            \$1258  = 1'h0;
+          end
+          if (start) begin
+            \$1258  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1258  = 1'h0;
+            end else if (c_last) begin
+              \$1258  = 1'h0;
+            end
+          end
+          if (\$929 ) begin
+            \$1258  = 1'h0;
+          end
+          if (start) begin
+            \$1258  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1258  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1258  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1258  = 1'h0;
+          end
+          if (start) begin
+            \$1258  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1258  = 1'h0;
+          end
+      default:
+          \$1258  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1258  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1259  = const_to3;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1259  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1259  = 1'h0;
+            end else begin
+              \$1259  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1259  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1259  = 1'h0;
+          end else if (d_end) begin
+            \$1259  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1259  = 1'h0;
+          end else if (d_const) begin
+            \$1259  = gelu_sel0;
+          end else if (d_stream) begin
+            \$1259  = 1'h0;
+          end else begin
+            \$1259  = 1'h0;
+          end
+          if (start) begin
+            \$1259  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1259  = 1'h0;
+            end else if (c_last) begin
+              \$1259  = 1'h0;
+            end
+          end
+          if (\$929 ) begin
+            \$1259  = 1'h0;
+          end
+          if (start) begin
+            \$1259  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1259  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1259  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1259  = 1'h0;
+          end
+          if (start) begin
+            \$1259  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1259  = 1'h0;
+          end
+      default:
+          \$1259  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1259  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1260  = in_fetch;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1260  = 1'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1260  = 1'h0;
+            end else begin
+              \$1260  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1260  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1260  = 1'h1;
+          end else if (d_end) begin
+            \$1260  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1260  = 1'h0;
+          end else if (d_const) begin
+            \$1260  = 1'h0;
+          end else if (d_stream) begin
+            \$1260  = 1'h0;
+          end else begin
+            \$1260  = 1'h0;
+          end
+          if (start) begin
+            \$1260  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1260  = 1'h0;
+            end else if (c_last) begin
+              \$1260  = 1'h0;
+            end
+          end
+          if (\$929 ) begin
+            \$1260  = 1'h0;
+          end
+          if (start) begin
+            \$1260  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1260  = 1'h1;
+          end
+          if (addr_fault) begin
+            \$1260  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1260  = 1'h0;
+          end
+          if (start) begin
+            \$1260  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1260  = 1'h0;
+          end
+      default:
+          \$1260  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1260  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1261  = in_const;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1261  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1261  = 1'h0;
+            end else begin
+              \$1261  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1261  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1261  = 1'h0;
+          end else if (d_end) begin
+            \$1261  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1261  = 1'h0;
+          end else if (d_const) begin
+            \$1261  = 1'h1;
+          end else if (d_stream) begin
+            \$1261  = 1'h0;
+          end else begin
+            \$1261  = 1'h0;
+          end
+          if (start) begin
+            \$1261  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1261  = 1'h0;
+            end else if (c_last) begin
+              \$1261  = 1'h0;
+            end
+          end
+          if (\$929 ) begin
+            \$1261  = 1'h0;
+          end
+          if (start) begin
+            \$1261  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1261  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1261  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1261  = 1'h0;
+          end
+          if (start) begin
+            \$1261  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1261  = 1'h0;
+          end
+      default:
+          \$1261  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1261  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1262  = run0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1262  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1262  = 1'h0;
+            end else begin
+              \$1262  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1262  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1262  = 1'h0;
+          end else if (d_end) begin
+            \$1262  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1262  = 1'h0;
+          end else if (d_const) begin
+            \$1262  = 1'h0;
+          end else if (d_stream) begin
+            \$1262  = \$881 ;
+          end else begin
+            \$1262  = 1'h0;
+          end
+          if (start) begin
+            \$1262  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1262  = 1'h0;
+            end else if (c_last) begin
+              \$1262  = \$921 ;
+            end
+          end
+          if (\$929 ) begin
+            \$1262  = \$951 ;
+          end
+          if (start) begin
+            \$1262  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1262  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1262  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1262  = 1'h0;
+          end
+          if (start) begin
+            \$1262  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1262  = 1'h0;
+          end
+      default:
+          \$1262  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1262  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1263  = run1;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1263  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1263  = 1'h0;
+            end else begin
+              \$1263  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1263  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1263  = 1'h0;
+          end else if (d_end) begin
+            \$1263  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1263  = 1'h0;
+          end else if (d_const) begin
+            \$1263  = 1'h0;
+          end else if (d_stream) begin
+            \$1263  = \$884 ;
+          end else begin
+            \$1263  = 1'h0;
+          end
+          if (start) begin
+            \$1263  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1263  = 1'h0;
+            end else if (c_last) begin
+              \$1263  = \$924 ;
+            end
+          end
+          if (\$929 ) begin
+            \$1263  = \$954 ;
+          end
+          if (start) begin
+            \$1263  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1263  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1263  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1263  = 1'h0;
+          end
+          if (start) begin
+            \$1263  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1263  = 1'h0;
+          end
+      default:
+          \$1263  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1263  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1264  = q0_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1264  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1264  = 1'h0;
+            end else begin
+              \$1264  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1264  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1264  = 1'h0;
+          end else if (d_end) begin
+            \$1264  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1264  = 1'h0;
+          end else if (d_const) begin
+            \$1264  = 1'h0;
+          end else if (d_stream) begin
+            \$1264  = \$885 ;
+          end else begin
+            \$1264  = 1'h0;
+          end
+          if (start) begin
+            \$1264  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1264  = 1'h0;
+            end else if (c_last) begin
+              \$1264  = \$925 ;
+            end
+          end
+          if (\$929 ) begin
+            \$1264  = \$955 ;
+          end
+          if (start) begin
+            \$1264  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1264  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1264  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1264  = 1'h0;
+          end
+          if (start) begin
+            \$1264  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1264  = 1'h0;
+          end
+      default:
+          \$1264  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1264  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1265  = res_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1265  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1265  = 1'h0;
+            end else begin
+              \$1265  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1265  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$853 ) begin
+          end else if (d_end_more) begin
+            \$1265  = 1'h0;
+          end else if (d_end) begin
+            \$1265  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1265  = 1'h0;
+          end else if (d_const) begin
+            \$1265  = 1'h0;
+          end else if (d_stream) begin
+            \$1265  = \$887 ;
+          end else begin
+            \$1265  = 1'h0;
+          end
+          if (start) begin
+            \$1265  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$897 ) begin
+            if (beat__payload[512]) begin
+              \$1265  = 1'h0;
+            end else if (c_last) begin
+              \$1265  = \$927 ;
+            end
+          end
+          if (\$929 ) begin
+            \$1265  = \$957 ;
+          end
+          if (start) begin
+            \$1265  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$962 ) begin
+            \$1265  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1265  = 1'h0;
+          end
+          if (\$987 ) begin
+            \$1265  = 1'h0;
+          end
+          if (start) begin
+            \$1265  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$988 ) begin
+            \$1265  = 1'h0;
+          end
+      default:
+          \$1265  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1265  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1266  = ins;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1266  = beat__payload[511:0];
+          end
+    endcase
+    if (rst) begin
+      \$1266  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1267  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1267  = 2'h3;
+          end
+      3'h2:
+          if (\$853 ) begin
+            \$1267  = \$854 [1:0];
+          end
+    endcase
+    if (rst) begin
+      \$1267  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1268  = c_addr;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1268  = dec_c_base;
+      3'h3:
+          if (\$889 ) begin
+            \$1268  = \$891 [31:0];
+          end
+    endcase
+    if (rst) begin
+      \$1268  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1269  = c_step;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1269  = \$851 [7:0];
+    endcase
+    if (rst) begin
+      \$1269  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1270  = c_ask;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1270  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$889 ) begin
+            \$1270  = \$890 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$1270  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1271  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1271  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$897 ) begin
+            \$1271  = \$898 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$1271  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1272  = c_last;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1272  = \$852 ;
+      3'h3:
+          if (\$897 ) begin
+            \$1272  = \$899 ;
+          end
+    endcase
+    if (rst) begin
+      \$1272  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1273  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$991 ) begin
+          \$1273  = \$993 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$995 ) begin
+          \$1273  = \$997 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1273  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1274  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$995 ) begin
+          \$1274  = r_data[15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1274  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1275  = pack_full;
+    if (pack_active) begin
+      if (\$998 ) begin
+        \$1275  = 1'h0;
+      end
+      if (\$1004 ) begin
+        if (\$1006 ) begin
+          \$1275  = 1'h1;
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1275  = 1'h0;
+    end
+    if (rst) begin
+      \$1275  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1276  = pack_a0;
+    if (pack_active) begin
+      if (\$1004 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1276  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1276  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1277  = pack_a1;
+    if (pack_active) begin
+      if (\$1004 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1277  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1277  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1278  = pack_a2;
+    if (pack_active) begin
+      if (\$1004 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1278  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1278  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1279  = pack_a3;
+    if (pack_active) begin
+      if (\$1004 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1279  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1279  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1280  = pack_b0;
+    if (pack_active) begin
+      if (\$1004 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1280  = \r_data$307 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1280  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1281  = pack_b1;
+    if (pack_active) begin
+      if (\$1004 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1281  = \r_data$307 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1281  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1282  = pack_b2;
+    if (pack_active) begin
+      if (\$1004 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1282  = \r_data$307 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1282  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1283  = pack_b3;
+    if (pack_active) begin
+      if (\$1004 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1283  = \r_data$307 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1283  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1284  = pack_j;
+    if (pack_active) begin
+      if (\$1004 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1006 ) begin
+          \$1284  = 3'h0;
+        end else begin
+          \$1284  = \$1007 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1284  = 3'h0;
+    end
+    if (rst) begin
+      \$1284  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1285  = pack_jo;
+    if (pack_active) begin
+      if (\$1008 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1010 ) begin
+          \$1285  = 3'h0;
+        end else begin
+          \$1285  = \$1011 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1285  = 3'h0;
+    end
+    if (rst) begin
+      \$1285  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1286  = tiles;
+    if (in_decode) begin
+      \$1286  = dec_tiles;
+    end
+    if (gemm_active) begin
+      if (\$1018 ) begin
+        if (\$1032 ) begin
+          \$1286  = \$1033 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1286  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1287  = nt;
+    if (in_decode) begin
+      \$1287  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$1018 ) begin
+        if (\$1032 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1287  = 16'h0000;
+          end else begin
+            \$1287  = \$1039 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1287  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1288  = k;
+    if (in_decode) begin
+      \$1288  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$1018 ) begin
+        if (\$1020 ) begin
+        end else if (\$1025 ) begin
+          \$1288  = \$1026 [15:0];
+        end
+        if (\$1032 ) begin
+          \$1288  = 16'h0000;
+        end
+      end
+    end
+    if (rst) begin
+      \$1288  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1289  = w_addr;
+    if (in_decode) begin
+      \$1289  = ins[465:434];
+    end
+    if (gemm_active) begin
+      if (\$1018 ) begin
+        if (want_w) begin
+          \$1289  = \$1029 [31:0];
+        end
+        if (\$1032 ) begin
+          if (nt_hit) begin
+            \$1289  = ins[465:434];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1289  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1290  = p_addr;
+    if (in_decode) begin
+      \$1290  = ins[497:466];
+    end
+    if (gemm_active) begin
+      if (\$1018 ) begin
+        if (\$1032 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1290  = ins[497:466];
+          end else begin
+            \$1290  = \$1042 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1290  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1291  = want_w;
+    if (in_decode) begin
+      \$1291  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1018 ) begin
+        if (\$1020 ) begin
+          \$1291  = 1'h1;
+        end
+        if (\$1032 ) begin
+          \$1291  = 1'h0;
+        end
+      end
+    end
+    if (rst) begin
+      \$1291  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1292  = w_step;
+    if (in_decode) begin
+      \$1292  = \$1012 [7:0];
+    end
+    if (rst) begin
+      \$1292  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1293  = \$signal$409 ;
+    if (in_decode) begin
+      \$1293  = \$1013 ;
+    end
+    if (gemm_active) begin
+      if (\$1018 ) begin
+        if (\$1032 ) begin
+          \$1293  = \$1034 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1293  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1294  = \$signal$495 ;
+    if (in_decode) begin
+      \$1294  = \$1015 ;
+    end
+    if (gemm_active) begin
+      if (\$1018 ) begin
+        if (\$1020 ) begin
+        end else if (\$1025 ) begin
+          \$1294  = \$1028 ;
+        end
+        if (\$1032 ) begin
+          \$1294  = \$1036 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1294  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1295  = nt_hit;
+    if (in_decode) begin
+      \$1295  = \$1017 ;
+    end
+    if (gemm_active) begin
+      if (\$1018 ) begin
+        if (\$1032 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1295  = \$1038 ;
+          end else begin
+            \$1295  = \$1041 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1295  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1296  = rk;
+    if (in_decode) begin
+      \$1296  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$1051 ) begin
+        \$1296  = \$1054 [15:0];
+      end
+    end
+    if (rst) begin
+      \$1296  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1297  = rk_zero;
+    if (in_decode) begin
+      \$1297  = 1'h1;
+    end
+    if (gemm_active) begin
+      if (\$1051 ) begin
+        \$1297  = \$1055 ;
+      end
+    end
+    if (rst) begin
+      \$1297  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1298  = w_full;
+    if (in_decode) begin
+      \$1298  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1043 ) begin
+        \$1298  = 1'h0;
+      end
+      if (\$1051 ) begin
+        if (\$1058 ) begin
+          \$1298  = 1'h1;
+        end
+      end
+    end
+    if (rst) begin
+      \$1298  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1299  = w_lane0;
+    if (gemm_active) begin
+      if (\$1051 ) begin
+        if (\$1058 ) begin
+          \$1299  = w_beat0;
+        end
+      end
+    end
+    if (rst) begin
+      \$1299  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1300  = w_lane1;
+    if (gemm_active) begin
+      if (\$1051 ) begin
+        if (\$1058 ) begin
+          \$1300  = w_beat1;
+        end
+      end
+    end
+    if (rst) begin
+      \$1300  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1301  = w_lane2;
+    if (gemm_active) begin
+      if (\$1051 ) begin
+        if (\$1058 ) begin
+          \$1301  = w_beat2;
+        end
+      end
+    end
+    if (rst) begin
+      \$1301  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1302  = w_lane3;
+    if (gemm_active) begin
+      if (\$1051 ) begin
+        if (\$1058 ) begin
+          \$1302  = w_beat3;
+        end
+      end
+    end
+    if (rst) begin
+      \$1302  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1303  = w_lane4;
+    if (gemm_active) begin
+      if (\$1051 ) begin
+        if (\$1058 ) begin
+          \$1303  = w_beat4;
+        end
+      end
+    end
+    if (rst) begin
+      \$1303  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1304  = w_lane5;
+    if (gemm_active) begin
+      if (\$1051 ) begin
+        if (\$1058 ) begin
+          \$1304  = w_beat5;
+        end
+      end
+    end
+    if (rst) begin
+      \$1304  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1305  = w_lane6;
+    if (gemm_active) begin
+      if (\$1051 ) begin
+        if (\$1058 ) begin
+          \$1305  = w_beat6;
+        end
+      end
+    end
+    if (rst) begin
+      \$1305  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1306  = w_lane7;
+    if (gemm_active) begin
+      if (\$1051 ) begin
+        if (\$1058 ) begin
+          \$1306  = w_beat7;
+        end
+      end
+    end
+    if (rst) begin
+      \$1306  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1307  = a_filled0;
+    if (in_decode) begin
+      \$1307  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1070 ) begin
+        if (a_load_k_hit) begin
+          if (\$1076 ) begin
+            casez (\$signal$247 )
+              1'h0:
+                  \$1307  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$1073 ) begin
+        if (\$1082 ) begin
+          if (a_load_k_hit) begin
+            casez (\$signal$247 )
+              1'h0:
+                  \$1307  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$1106 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            casez (\$signal$280 )
+              1'h0:
+                  \$1307  = 1'h0;
+            endcase
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1307  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1308  = a_filled1;
+    if (in_decode) begin
+      \$1308  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1070 ) begin
+        if (a_load_k_hit) begin
+          if (\$1076 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$247 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1308  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$1073 ) begin
+        if (\$1082 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$247 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1308  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$1106 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$280 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1308  = 1'h0;
+            endcase
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1308  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1309  = \$signal$247 ;
+    if (in_decode) begin
+      \$1309  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1070 ) begin
+        if (a_load_k_hit) begin
+          if (\$1076 ) begin
+            \$1309  = \$1077 ;
+          end
+        end
+      end else if (\$1073 ) begin
+        if (\$1082 ) begin
+          if (a_load_k_hit) begin
+            \$1309  = \$1088 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1309  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1310  = \$signal$254 ;
+    if (in_decode) begin
+      \$1310  = 4'h0;
+    end
+    if (gemm_active) begin
+      if (\$1070 ) begin
+        if (a_load_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (\$1076 ) begin
+            \$1310  = 4'h0;
+          end else begin
+            \$1310  = \$1078 [3:0];
+          end
+        end
+      end else if (\$1073 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1082 ) begin
+          \$1310  = 4'h0;
+        end else begin
+          \$1310  = \$1089 [3:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1310  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1311  = lk;
+    if (in_decode) begin
+      \$1311  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$1070 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1311  = 16'h0000;
+        end else begin
+          \$1311  = \$1079 [15:0];
+        end
+      end else if (\$1073 ) begin
+        if (\$1082 ) begin
+          \$1311  = \$1083 [15:0];
+          if (a_load_k_hit) begin
+            \$1311  = 16'h0000;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1311  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1312  = \$signal$280 ;
+    if (in_decode) begin
+      \$1312  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1106 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1312  = \$1111 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1312  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1313  = \$signal$281 ;
+    if (in_decode) begin
+      \$1313  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$1106 ) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1313  = 16'h0000;
+        end else begin
+          \$1313  = \$1117 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1313  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1314  = fnt;
+    if (in_decode) begin
+      \$1314  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$1106 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1314  = 16'h0000;
+          end else begin
+            \$1314  = \$1114 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1314  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1315  = feed_blocks;
+    if (in_decode) begin
+      \$1315  = dec_blocks;
+    end
+    if (gemm_active) begin
+      if (\$1106 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1315  = \$1112 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1315  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1316  = \$signal$286 ;
+    if (in_decode) begin
+      \$1316  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1090 ) begin
+        \$1316  = 1'h0;
+      end
+      if (\$1106 ) begin
+        \$1316  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$1316  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1317  = a_load_k_hit;
+    if (in_decode) begin
+      \$1317  = \$1060 ;
+    end
+    if (gemm_active) begin
+      if (\$1070 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1317  = \$1075 ;
+        end else begin
+          \$1317  = \$1081 ;
+        end
+      end else if (\$1073 ) begin
+        if (\$1082 ) begin
+          \$1317  = \$1085 ;
+          if (a_load_k_hit) begin
+            \$1317  = \$1087 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1317  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1318  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1318  = \$1062 ;
+    end
+    if (gemm_active) begin
+      if (\$1106 ) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1318  = \$1108 ;
+        end else begin
+          \$1318  = \$1119 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1318  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1319  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1319  = \$1064 ;
+    end
+    if (gemm_active) begin
+      if (\$1106 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1319  = \$1110 ;
+          end else begin
+            \$1319  = \$1116 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1319  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1320  = a_blocks_left;
+    if (in_decode) begin
+      \$1320  = \$1065 ;
+    end
+    if (gemm_active) begin
+      if (\$1106 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1320  = \$1113 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1320  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1321  = a_last;
+    if (gemm_active) begin
+      if (\$1106 ) begin
+        \$1321  = a_feed_k_hit;
+      end
+    end
+    if (rst) begin
+      \$1321  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1322  = w_load_lane;
+    if (gemm_active) begin
+      if (\$1124 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1125 ) begin
+          \$1322  = 4'h0;
+        end else begin
+          \$1322  = \$1132 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1322  = 4'h0;
+      end
+    end
+    if (rst) begin
+      \$1322  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1323  = w_load_k;
+    if (gemm_active) begin
+      if (\$1124 ) begin
+        if (\$1125 ) begin
+          \$1323  = \$1126 [15:0];
+          if (\$1128 ) begin
+            \$1323  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1323  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1323  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1324  = w_load_addr;
+    if (gemm_active) begin
+      if (\$1124 ) begin
+        if (\$1125 ) begin
+          \$1324  = \$1127 [9:0];
+          if (\$1128 ) begin
+            if (\$1130 ) begin
+              \$1324  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1324  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1324  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1325  = w_load_nt;
+    if (gemm_active) begin
+      if (\$1124 ) begin
+        if (\$1125 ) begin
+          if (\$1128 ) begin
+            \$1325  = \$1129 [15:0];
+            if (\$1130 ) begin
+              \$1325  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1325  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1325  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1326  = w_filled0;
+    if (gemm_active) begin
+      if (\$1124 ) begin
+        if (\$1125 ) begin
+          if (\$1128 ) begin
+            if (\$1130 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1326  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1150 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1151 ) begin
+              casez (w_feed_half)
+                1'h0:
+                    \$1326  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1326  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1326  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1327  = w_filled1;
+    if (gemm_active) begin
+      if (\$1124 ) begin
+        if (\$1125 ) begin
+          if (\$1128 ) begin
+            if (\$1130 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1327  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1150 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1151 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1327  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1327  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1327  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1328  = w_load_half;
+    if (gemm_active) begin
+      if (\$1124 ) begin
+        if (\$1125 ) begin
+          if (\$1128 ) begin
+            if (\$1130 ) begin
+              \$1328  = \$1131 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1328  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1328  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1329  = feed_ntk;
+    if (gemm_active) begin
+      if (\$1150 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1329  = 32'd0;
+          end else begin
+            \$1329  = \$1154 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1329  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1329  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1330  = feed_mt;
+    if (gemm_active) begin
+      if (\$1150 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (\$1151 ) begin
+              \$1330  = 16'h0000;
+            end else begin
+              \$1330  = \$1153 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1330  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1330  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1331  = w_feed_half;
+    if (gemm_active) begin
+      if (\$1150 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1151 ) begin
+              \$1331  = \$1152 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1331  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1331  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1332  = post_col;
+    if (in_decode) begin
+      \$1332  = 3'h0;
+    end
+    if (\$1156 ) begin
+      if (elem_take) begin
+        \$1332  = \$1159 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1332  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1333  = \$1164 ;
+    if (rst) begin
+      \$1333  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1334  = fault;
+    if (rst) begin
+      \$1334  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -36242,7 +37059,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \error$109  = error;
   assign \done$111  = done;
   assign \busy$113  = busy;
-  assign \cycles$115  = cycles;
+  assign c__payload = beat__payload[4:0];
+  assign \c__payload$119  = beat__payload[65:0];
+  assign \c__payload$122  = beat__payload[43:0];
+  assign \c__payload$125  = beat__payload[52:0];
+  assign \cycles$129  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -36260,12 +37081,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
   assign p__payload = beat__payload[437:0];
-  assign \o__valid$395  = \w_en$394 ;
-  assign \o__payload$397  = \w_data$396 ;
-  assign w_rdy = \o__ready$398 ;
-  assign \r_rdy$400  = gemm_res_valid;
-  assign \next$420  = dst_step;
-  assign \i__payload$423  = r_data[15:0];
+  assign \o__valid$383  = \w_en$382 ;
+  assign \o__payload$385  = \w_data$384 ;
+  assign w_rdy = \o__ready$386 ;
+  assign \r_rdy$388  = gemm_res_valid;
+  assign \next$427  = dst_step;
+  assign \i__payload$430  = r_data[15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -36315,49 +37136,47 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \ins.ext1  = ins[497:466];
   assign \ins.cnt  = ins[509:498];
   assign \ins.post  = ins[511:510];
-  assign \req__payload.addr  = req__payload[31:0];
-  assign \req__payload.lb  = req__payload[34:32];
-  assign \c__payload.f  = c__payload;
+  assign \c__payload.f  = beat__payload[4:0];
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
-  assign \c__payload$167.m  = \c__payload$167 [15:0];
-  assign \c__payload$167.b  = \c__payload$167 [58:16];
-  assign \c__payload$167.e  = \c__payload$167 [64:59];
-  assign \c__payload$167.last  = \c__payload$167 [65];
-  assign \c__payload$170.m_a  = \c__payload$170 [15:0];
-  assign \c__payload$170.e_a  = \c__payload$170 [21:16];
-  assign \c__payload$170.m_b  = \c__payload$170 [37:22];
-  assign \c__payload$170.e_b  = \c__payload$170 [43:38];
-  assign \c__payload$173.qb  = \c__payload$173 [9:0];
-  assign \c__payload$173.qc  = \c__payload$173 [24:10];
-  assign \c__payload$173.sh  = \c__payload$173 [30:25];
-  assign \c__payload$173.m  = \c__payload$173 [46:31];
-  assign \c__payload$173.e  = \c__payload$173 [52:47];
+  assign \c__payload$119.m  = beat__payload[15:0];
+  assign \c__payload$119.b  = beat__payload[58:16];
+  assign \c__payload$119.e  = beat__payload[64:59];
+  assign \c__payload$119.last  = beat__payload[65];
+  assign \c__payload$122.m_a  = beat__payload[15:0];
+  assign \c__payload$122.e_a  = beat__payload[21:16];
+  assign \c__payload$122.m_b  = beat__payload[37:22];
+  assign \c__payload$122.e_b  = beat__payload[43:38];
+  assign \c__payload$125.qb  = beat__payload[9:0];
+  assign \c__payload$125.qc  = beat__payload[24:10];
+  assign \c__payload$125.sh  = beat__payload[30:25];
+  assign \c__payload$125.m  = beat__payload[46:31];
+  assign \c__payload$125.e  = beat__payload[52:47];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$182[0]  = \b__payload$182 [15:0];
-  assign \b__payload$182[1]  = \b__payload$182 [31:16];
-  assign \b__payload$182[2]  = \b__payload$182 [47:32];
-  assign \b__payload$182[3]  = \b__payload$182 [63:48];
+  assign \b__payload$167[0]  = \b__payload$167 [15:0];
+  assign \b__payload$167[1]  = \b__payload$167 [31:16];
+  assign \b__payload$167[2]  = \b__payload$167 [47:32];
+  assign \b__payload$167[3]  = \b__payload$167 [63:48];
   assign \i__payload[0]  = i__payload[7:0];
   assign \i__payload[1]  = i__payload[15:8];
   assign \i__payload[2]  = i__payload[23:16];
   assign \i__payload[3]  = i__payload[31:24];
-  assign \req__payload$201.addr  = \req__payload$201 [31:0];
-  assign \req__payload$201.data  = \req__payload$201 [95:32];
-  assign \req__payload$201.lb  = \req__payload$201 [98:96];
+  assign \req__payload.addr  = req__payload[31:0];
+  assign \req__payload.data  = req__payload[95:32];
+  assign \req__payload.lb  = req__payload[98:96];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \o__payload$226[0]  = \o__payload$226 [15:0];
-  assign \o__payload$226[1]  = \o__payload$226 [31:16];
-  assign \o__payload$226[2]  = \o__payload$226 [47:32];
-  assign \o__payload$226[3]  = \o__payload$226 [63:48];
-  assign \o__payload$234[0]  = \o__payload$234 [7:0];
-  assign \o__payload$234[1]  = \o__payload$234 [15:8];
-  assign \o__payload$234[2]  = \o__payload$234 [23:16];
-  assign \o__payload$234[3]  = \o__payload$234 [31:24];
+  assign \o__payload$213[0]  = \o__payload$213 [15:0];
+  assign \o__payload$213[1]  = \o__payload$213 [31:16];
+  assign \o__payload$213[2]  = \o__payload$213 [47:32];
+  assign \o__payload$213[3]  = \o__payload$213 [63:48];
+  assign \o__payload$219[0]  = \o__payload$219 [7:0];
+  assign \o__payload$219[1]  = \o__payload$219 [15:8];
+  assign \o__payload$219[2]  = \o__payload$219 [23:16];
+  assign \o__payload$219[3]  = \o__payload$219 [31:24];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -36386,17 +37205,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$365.data  = \a__payload$365 [80:0];
-  assign \a__payload$365.data[0]  = \a__payload$365 [8:0];
-  assign \a__payload$365.data[1]  = \a__payload$365 [17:9];
-  assign \a__payload$365.data[2]  = \a__payload$365 [26:18];
-  assign \a__payload$365.data[3]  = \a__payload$365 [35:27];
-  assign \a__payload$365.data[4]  = \a__payload$365 [44:36];
-  assign \a__payload$365.data[5]  = \a__payload$365 [53:45];
-  assign \a__payload$365.data[6]  = \a__payload$365 [62:54];
-  assign \a__payload$365.data[7]  = \a__payload$365 [71:63];
-  assign \a__payload$365.data[8]  = \a__payload$365 [80:72];
-  assign \a__payload$365.last  = \a__payload$365 [81];
+  assign \a__payload$352.data  = \a__payload$352 [80:0];
+  assign \a__payload$352.data[0]  = \a__payload$352 [8:0];
+  assign \a__payload$352.data[1]  = \a__payload$352 [17:9];
+  assign \a__payload$352.data[2]  = \a__payload$352 [26:18];
+  assign \a__payload$352.data[3]  = \a__payload$352 [35:27];
+  assign \a__payload$352.data[4]  = \a__payload$352 [44:36];
+  assign \a__payload$352.data[5]  = \a__payload$352 [53:45];
+  assign \a__payload$352.data[6]  = \a__payload$352 [62:54];
+  assign \a__payload$352.data[7]  = \a__payload$352 [71:63];
+  assign \a__payload$352.data[8]  = \a__payload$352 [80:72];
+  assign \a__payload$352.last  = \a__payload$352 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -36405,26 +37224,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$397[0]  = \w_data$396 [31:0];
-  assign \o__payload$397[1]  = \w_data$396 [63:32];
-  assign \o__payload$397[2]  = \w_data$396 [95:64];
-  assign \o__payload$397[3]  = \w_data$396 [127:96];
-  assign \o__payload$397[4]  = \w_data$396 [159:128];
-  assign \o__payload$397[5]  = \w_data$396 [191:160];
-  assign \o__payload$397[6]  = \w_data$396 [223:192];
-  assign \o__payload$397[7]  = \w_data$396 [255:224];
-  assign \i__payload$422.data  = \i__payload$422 [15:0];
-  assign \i__payload$422.last  = \i__payload$422 [16];
-  assign \i__payload$422 [16] = r_data[16];
-  assign \i__payload$422 [15:0] = r_data[15:0];
+  assign \o__payload$385[0]  = \w_data$384 [31:0];
+  assign \o__payload$385[1]  = \w_data$384 [63:32];
+  assign \o__payload$385[2]  = \w_data$384 [95:64];
+  assign \o__payload$385[3]  = \w_data$384 [127:96];
+  assign \o__payload$385[4]  = \w_data$384 [159:128];
+  assign \o__payload$385[5]  = \w_data$384 [191:160];
+  assign \o__payload$385[6]  = \w_data$384 [223:192];
+  assign \o__payload$385[7]  = \w_data$384 [255:224];
+  assign \req__payload$410.addr  = \req__payload$410 [31:0];
+  assign \req__payload$410.lb  = \req__payload$410 [34:32];
+  assign \i__payload$429.data  = \i__payload$429 [15:0];
+  assign \i__payload$429.last  = \i__payload$429 [16];
+  assign \i__payload$429 [16] = r_data[16];
+  assign \i__payload$429 [15:0] = r_data[15:0];
+  assign \req__payload$410 [34:32] = \$649 ;
+  assign \req__payload$410 [31:0] = \$639 ;
   assign i__payload[31:24] = pack_a3[7:0];
   assign i__payload[23:16] = pack_a2[7:0];
   assign i__payload[15:8] = pack_a1[7:0];
   assign i__payload[7:0] = pack_a0[7:0];
-  assign \b__payload$182 [63:48] = pack_b3;
-  assign \b__payload$182 [47:32] = pack_b2;
-  assign \b__payload$182 [31:16] = pack_b1;
-  assign \b__payload$182 [15:0] = pack_b0;
+  assign \b__payload$167 [63:48] = pack_b3;
+  assign \b__payload$167 [47:32] = pack_b2;
+  assign \b__payload$167 [31:16] = pack_b1;
+  assign \b__payload$167 [15:0] = pack_b0;
   assign a__payload[63:48] = pack_a3;
   assign a__payload[47:32] = pack_a2;
   assign a__payload[31:16] = pack_a1;
@@ -36436,52 +37259,58 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$47  = dec_nt;
   assign \$53  = 4'h8;
   assign \$54  = ins[397:380];
-  assign { \$66 [3], \$66 [1:0] } = 3'h0;
-  assign \$66 [2] = ins[10];
-  assign \$67  = ins[10];
-  assign { \$69 [3], \$69 [1:0] } = 3'h0;
-  assign \$69 [2] = ins[10];
-  assign \$70  = ins[10];
-  assign { \$72 [3], \$72 [1:0] } = 3'h0;
-  assign \$72 [2] = ins[10];
-  assign \$73  = ins[10];
-  assign { \$75 [3], \$75 [1:0] } = 3'h0;
-  assign \$75 [2] = ins[10];
-  assign \$76  = ins[10];
-  assign \$82  = \$81 ;
-  assign \$116 [3:1] = 3'h0;
-  assign \$116 [0] = ins[8];
-  assign \$117  = ins[8];
-  assign \$119 [3:1] = 3'h0;
-  assign \$119 [0] = ins[8];
-  assign \$120  = ins[8];
-  assign \$122 [3:1] = 3'h0;
-  assign \$122 [0] = ins[8];
-  assign \$123  = ins[8];
-  assign \$125 [3:1] = 3'h0;
-  assign \$125 [0] = ins[8];
-  assign \$126  = ins[8];
-  assign \$128 [3:1] = 3'h0;
-  assign \$128 [0] = ins[8];
-  assign \$129  = ins[8];
-  assign \$131 [3:1] = 3'h0;
-  assign \$131 [0] = ins[8];
-  assign \$132  = ins[8];
-  assign \$134 [3:1] = 3'h0;
-  assign \$134 [0] = ins[8];
-  assign \$135  = ins[8];
-  assign \$736  = { \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35], \$735 [35:21] };
-  assign \$739  = { \$738 [17], \$738 [17], \$738 [17], \$738 [17:3] };
-  assign \$744  = { 1'h0, dec_nt, 6'h00 };
-  assign \$746 [5:0] = 6'h00;
-  assign \$746 [31:6] = { 8'h00, \$745 [23:6] };
-  assign \$752 [2:0] = 3'h0;
-  assign \$752 [3] = ins[11];
-  assign \$753  = ins[11];
+  assign { \$61 [3], \$61 [1:0] } = 3'h0;
+  assign \$61 [2] = ins[10];
+  assign \$62  = ins[10];
+  assign { \$64 [3], \$64 [1:0] } = 3'h0;
+  assign \$64 [2] = ins[10];
+  assign \$65  = ins[10];
+  assign { \$67 [3], \$67 [1:0] } = 3'h0;
+  assign \$67 [2] = ins[10];
+  assign \$68  = ins[10];
+  assign { \$70 [3], \$70 [1:0] } = 3'h0;
+  assign \$70 [2] = ins[10];
+  assign \$71  = ins[10];
+  assign \$114 [3:1] = 3'h0;
+  assign \$114 [0] = ins[8];
+  assign \$115  = ins[8];
+  assign \$117 [3:1] = 3'h0;
+  assign \$117 [0] = ins[8];
+  assign \$118  = ins[8];
+  assign \$120 [3:1] = 3'h0;
+  assign \$120 [0] = ins[8];
+  assign \$121  = ins[8];
+  assign \$123 [3:1] = 3'h0;
+  assign \$123 [0] = ins[8];
+  assign \$124  = ins[8];
+  assign \$126 [3:1] = 3'h0;
+  assign \$126 [0] = ins[8];
+  assign \$127  = ins[8];
+  assign \$129 [3:1] = 3'h0;
+  assign \$129 [0] = ins[8];
+  assign \$130  = ins[8];
+  assign \$132 [3:1] = 3'h0;
+  assign \$132 [0] = ins[8];
+  assign \$133  = ins[8];
+  assign \$628  = 1'h0;
+  assign \$635  = 1'h0;
+  assign \$636  = \$634 ;
+  assign \$645  = 1'h0;
+  assign \$646  = \$644 ;
+  assign \$650  = in_fetch;
+  assign \$658  = unit_rst;
+  assign \$760  = { \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35:21] };
+  assign \$763  = { \$762 [17], \$762 [17], \$762 [17], \$762 [17:3] };
+  assign \$768  = { 1'h0, dec_nt, 6'h00 };
+  assign \$770 [5:0] = 6'h00;
+  assign \$770 [31:6] = { 8'h00, \$769 [23:6] };
+  assign \$776 [2:0] = 3'h0;
+  assign \$776 [3] = ins[11];
+  assign \$777  = ins[11];
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c__valid, unit_rst, a__payload, b__payload, o__ready, a__valid, b__valid, c__ready, o__valid, clk);
+module \accelerator.core.add (rst, c__valid, c__payload, a__ready, b__ready, o__payload, a__payload, b__payload, o__ready, a__valid, b__valid, unit_rst, c__ready, o__valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$56  = 0;
   wire \$1 ;
   wire [33:0] \$10 ;
@@ -41027,10 +41856,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$11391$0 (l0s_s2_o),
-    .\port$11483$0 (l1s_s2_o),
-    .\port$11575$0 (l2s_s2_o),
-    .\port$11667$0 (l3s_s2_o),
+    .\port$11484$0 (l0s_s2_o),
+    .\port$11576$0 (l1s_s2_o),
+    .\port$11668$0 (l2s_s2_o),
+    .\port$11760$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42275,7 +43104,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, c__payload, c
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$11391$0 , \port$11483$0 , \port$11575$0 , \port$11667$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11484$0 , \port$11576$0 , \port$11668$0 , \port$11760$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42318,14 +43147,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$11391
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11391$0 ;
-  wire [15:0] \port$11391$0 ;
-  input [15:0] \port$11483$0 ;
-  wire [15:0] \port$11483$0 ;
-  input [15:0] \port$11575$0 ;
-  wire [15:0] \port$11575$0 ;
-  input [15:0] \port$11667$0 ;
-  wire [15:0] \port$11667$0 ;
+  input [15:0] \port$11484$0 ;
+  wire [15:0] \port$11484$0 ;
+  input [15:0] \port$11576$0 ;
+  wire [15:0] \port$11576$0 ;
+  input [15:0] \port$11668$0 ;
+  wire [15:0] \port$11668$0 ;
+  input [15:0] \port$11760$0 ;
+  wire [15:0] \port$11760$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42368,7 +43197,7 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$11391
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11667$0 , \port$11575$0 , \port$11483$0 , \port$11391$0  };
+      storage[w_port__addr] <= { \port$11760$0 , \port$11668$0 , \port$11576$0 , \port$11484$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -42480,14 +43309,14 @@ module \accelerator.core.add.out_queue (rst, r_data, unit_rst, r_en, \port$11391
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11667$0 , \port$11575$0 , \port$11483$0 , \port$11391$0  };
-  assign w_data = { \port$11667$0 , \port$11575$0 , \port$11483$0 , \port$11391$0  };
+  assign w_port__data = { \port$11760$0 , \port$11668$0 , \port$11576$0 , \port$11484$0  };
+  assign w_data = { \port$11760$0 , \port$11668$0 , \port$11576$0 , \port$11484$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_rst, i__payload, o__ready, i__valid, c__ready, o__valid, clk);
+module \accelerator.core.gelu0 (rst, c__valid, c__payload, go, o__payload, i__payload, o__ready, i__valid, unit_rst, c__ready, o__valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$58  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -49568,10 +50397,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$11900$0 (l0_s27_o),
-    .\port$12086$0 (l1_s27_o),
-    .\port$12272$0 (l2_s27_o),
-    .\port$12458$0 (l3_s27_o),
+    .\port$11993$0 (l0_s27_o),
+    .\port$12179$0 (l1_s27_o),
+    .\port$12365$0 (l2_s27_o),
+    .\port$12551$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -51626,7 +52455,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, c__payload, c__valid, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$11900$0 , \port$12086$0 , \port$12272$0 , \port$12458$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$11993$0 , \port$12179$0 , \port$12365$0 , \port$12551$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$59  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -51669,14 +52498,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$119
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$11900$0 ;
-  wire [7:0] \port$11900$0 ;
-  input [7:0] \port$12086$0 ;
-  wire [7:0] \port$12086$0 ;
-  input [7:0] \port$12272$0 ;
-  wire [7:0] \port$12272$0 ;
-  input [7:0] \port$12458$0 ;
-  wire [7:0] \port$12458$0 ;
+  input [7:0] \port$11993$0 ;
+  wire [7:0] \port$11993$0 ;
+  input [7:0] \port$12179$0 ;
+  wire [7:0] \port$12179$0 ;
+  input [7:0] \port$12365$0 ;
+  wire [7:0] \port$12365$0 ;
+  input [7:0] \port$12551$0 ;
+  wire [7:0] \port$12551$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -51735,7 +52564,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$119
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12458$0 , \port$12272$0 , \port$12086$0 , \port$11900$0  };
+      storage[w_port__addr] <= { \port$12551$0 , \port$12365$0 , \port$12179$0 , \port$11993$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -51847,14 +52676,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, unit_rst, r_en, \port$119
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12458$0 , \port$12272$0 , \port$12086$0 , \port$11900$0  };
-  assign w_data = { \port$12458$0 , \port$12272$0 , \port$12086$0 , \port$11900$0  };
+  assign w_port__data = { \port$12551$0 , \port$12365$0 , \port$12179$0 , \port$11993$0  };
+  assign w_data = { \port$12551$0 , \port$12365$0 , \port$12179$0 , \port$11993$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o__payload, o__ready, unit_rst, p__valid, a__valid, a__payload, w__valid, w__payload, clk);
+module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o__payload, o__ready, p__valid, a__valid, a__payload, w__valid, w__payload, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$60  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -62079,7 +62908,7 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payload, buf_wdata, c__payload, c__valid, unit_rst, idle_r, o__valid, clk);
+module \accelerator.core.layernorm (rst, c__valid, i__valid, o__ready, c__payload, i__ready, o__payload, buf_wdata, unit_rst, idle_r, o__valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$68  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -66417,7 +67246,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1819$0 , r_rdy, r_data, unit_rst, w_en, \port$8940$0 , level, clk);
+module \accelerator.core.q_src0 (rst, r_en, \port$1886$0 , r_rdy, r_data, w_en, \port$9003$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$70  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -66442,10 +67271,10 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1819$0 , r_rdy, r_data, unit_r
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1819$0 ;
-  wire [15:0] \port$1819$0 ;
-  input [2:0] \port$8940$0 ;
-  wire [2:0] \port$8940$0 ;
+  input [15:0] \port$1886$0 ;
+  wire [15:0] \port$1886$0 ;
+  input [2:0] \port$9003$0 ;
+  wire [2:0] \port$9003$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -66480,7 +67309,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1819$0 , r_rdy, r_data, unit_r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8940$0 , \port$1819$0  };
+      storage[w_port__addr] <= { \port$9003$0 , \port$1886$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -66551,14 +67380,14 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1819$0 , r_rdy, r_data, unit_r
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8940$0 , \port$1819$0  };
-  assign w_data = { \port$8940$0 , \port$1819$0  };
+  assign w_port__data = { \port$9003$0 , \port$1886$0  };
+  assign w_data = { \port$9003$0 , \port$1886$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1820$0 , r_rdy, r_data, unit_rst, r_en, w_en, \port$8944$0 , level, clk);
+module \accelerator.core.q_src1 (rst, \port$1887$0 , r_rdy, r_data, r_en, w_en, \port$9007$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$71  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -66583,10 +67412,10 @@ module \accelerator.core.q_src1 (rst, \port$1820$0 , r_rdy, r_data, unit_rst, r_
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1820$0 ;
-  wire [15:0] \port$1820$0 ;
-  input [2:0] \port$8944$0 ;
-  wire [2:0] \port$8944$0 ;
+  input [15:0] \port$1887$0 ;
+  wire [15:0] \port$1887$0 ;
+  input [2:0] \port$9007$0 ;
+  wire [2:0] \port$9007$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -66621,7 +67450,7 @@ module \accelerator.core.q_src1 (rst, \port$1820$0 , r_rdy, r_data, unit_rst, r_
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8944$0 , \port$1820$0  };
+      storage[w_port__addr] <= { \port$9007$0 , \port$1887$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -66692,14 +67521,14 @@ module \accelerator.core.q_src1 (rst, \port$1820$0 , r_rdy, r_data, unit_rst, r_
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8944$0 , \port$1820$0  };
-  assign w_data = { \port$8944$0 , \port$1820$0  };
+  assign w_port__data = { \port$9007$0 , \port$1887$0  };
+  assign w_data = { \port$9007$0 , \port$1887$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, beat__valid, beat__payload, ar__ready, r__valid, r__payload, w_en, w_data, \r_en$23 , ar__payload, clk);
+module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle, req__ready, beat__valid, beat__payload, ar__ready, r__valid, r__payload, w_data, ar__payload, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$72  = 0;
   wire [31:0] \$1 ;
   wire [3:0] \$10 ;
@@ -66716,31 +67545,31 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   wire \$20 ;
   wire [63:0] \$21 ;
   wire \$22 ;
-  wire [63:0] \$23 ;
-  wire \$24 ;
-  wire [63:0] \$25 ;
+  wire \$23 ;
+  wire [63:0] \$24 ;
+  wire \$25 ;
   wire \$26 ;
   wire [63:0] \$27 ;
   wire \$28 ;
-  wire [63:0] \$29 ;
+  wire \$29 ;
   wire [3:0] \$3 ;
-  wire \$30 ;
-  wire [63:0] \$31 ;
+  wire [63:0] \$30 ;
+  wire \$31 ;
   wire \$32 ;
   wire [63:0] \$33 ;
   wire \$34 ;
-  wire [63:0] \$35 ;
-  wire [5:0] \$36 ;
-  wire [63:0] \$37 ;
-  wire [511:0] \$38 ;
-  wire \$39 ;
+  wire \$35 ;
+  wire [63:0] \$36 ;
+  wire \$37 ;
+  wire \$38 ;
+  wire [63:0] \$39 ;
   wire [11:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
-  wire \$42 ;
-  wire \$43 ;
-  wire \$44 ;
-  wire \$45 ;
+  wire [63:0] \$42 ;
+  wire [5:0] \$43 ;
+  wire [63:0] \$44 ;
+  wire [511:0] \$45 ;
   wire \$46 ;
   wire \$47 ;
   wire \$48 ;
@@ -66753,25 +67582,42 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   wire \$54 ;
   wire \$55 ;
   wire \$56 ;
-  wire [5:0] \$57 ;
+  wire \$57 ;
   wire \$58 ;
-  wire [5:0] \$59 ;
+  wire \$59 ;
   wire [12:0] \$6 ;
   wire \$60 ;
-  reg [4:0] \$61 ;
-  reg \$62 ;
-  reg \$63 ;
-  reg [63:0] \$64 ;
-  reg [63:0] \$65 ;
-  reg [63:0] \$66 ;
-  reg [63:0] \$67 ;
-  reg [63:0] \$68 ;
-  reg [63:0] \$69 ;
+  wire \$61 ;
+  wire \$62 ;
+  wire \$63 ;
+  wire \$64 ;
+  wire \$65 ;
+  wire \$66 ;
+  wire \$67 ;
+  wire \$68 ;
+  wire \$69 ;
   wire \$7 ;
-  reg [63:0] \$70 ;
-  reg [63:0] \$71 ;
-  reg \$72 ;
+  wire \$70 ;
+  wire [5:0] \$71 ;
+  wire \$72 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire [5:0] \$75 ;
+  wire \$76 ;
+  reg [63:0] \$77 ;
+  reg [63:0] \$78 ;
+  reg [63:0] \$79 ;
   wire \$8 ;
+  reg [63:0] \$80 ;
+  reg [63:0] \$81 ;
+  reg [63:0] \$82 ;
+  reg [63:0] \$83 ;
+  reg [63:0] \$84 ;
+  reg [4:0] \$85 ;
+  reg [6:0] \$86 ;
+  reg \$87 ;
+  reg \$88 ;
+  reg \$89 ;
   wire \$9 ;
   reg [63:0] acc0 = 64'h0000000000000000;
   reg [63:0] acc1 = 64'h0000000000000000;
@@ -66790,6 +67636,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   output ar__valid;
   wire ar__valid;
   wire assembled;
+  reg [6:0] at = 7'h00;
   wire [512:0] beat;
   wire [511:0] \beat.data ;
   wire \beat.err ;
@@ -66822,7 +67669,7 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   wire r_en;
   input \r_en$23 ;
   wire \r_en$23 ;
-  reg \r_en$43 ;
+  reg \r_en$44 ;
   wire r_rdy;
   wire \r_rdy$20 ;
   wire \r_rdy$26 ;
@@ -66845,76 +67692,6 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   wire w_rdy;
   wire \w_rdy$30 ;
   wire \w_rdy$8 ;
-  assign \$24  = j == 2'h2;
-  assign \$25  = \$24  ? r__payload[63:0] : acc2;
-  assign \$26  = j == 2'h3;
-  assign \$27  = \$26  ? r__payload[63:0] : acc3;
-  assign \$28  = j == 3'h4;
-  assign \$29  = \$28  ? r__payload[63:0] : acc4;
-  assign \$30  = j == 3'h5;
-  assign \$31  = \$30  ? r__payload[63:0] : acc5;
-  assign \$32  = j == 3'h6;
-  assign \$33  = \$32  ? r__payload[63:0] : acc6;
-  assign \$34  = j == 3'h7;
-  assign \$35  = \$34  ? r__payload[63:0] : acc7;
-  assign \$37  = r__payload[63:0] >> \$36 ;
-  assign \$38  = \$18  ? { \$35 , \$33 , \$31 , \$29 , \$27 , \$25 , \$23 , \$21  } : { 448'h0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000, \$37  };
-  assign \$39  = err | r__payload[64];
-  assign \$40  = r__valid & r__ready;
-  assign \$41  = first ? \r_data$29 [8] : ends;
-  assign \$42  = ~ r_rdy;
-  assign \$43  = ~ \r_rdy$26 ;
-  assign \$44  = \$42  & \$43 ;
-  assign \$45  = ~ beat__valid;
-  assign idle = \$44  & \$45 ;
-  assign \$46  = r__valid & r__ready;
-  assign \$47  = first ? \r_data$29 [8] : ends;
-  assign \$48  = | j;
-  assign \$49  = ~ \$48 ;
-  assign \$50  = j == 1'h1;
-  assign \$51  = j == 2'h2;
-  assign \$52  = j == 2'h3;
-  assign \$53  = j == 3'h4;
-  assign \$54  = j == 3'h5;
-  assign \$55  = j == 3'h6;
-  assign \$56  = j == 3'h7;
-  assign \$57  = j + 1'h1;
-  assign \$58  = err | r__payload[64];
-  assign \$59  = j + 1'h1;
-  assign \$60  = \$59  == \r_data$29 [7:3];
-  always @(posedge clk)
-    j <= \$61 ;
-  always @(posedge clk)
-    err <= \$62 ;
-  always @(posedge clk)
-    first <= \$63 ;
-  always @(posedge clk)
-    acc0 <= \$64 ;
-  always @(posedge clk)
-    acc1 <= \$65 ;
-  always @(posedge clk)
-    acc2 <= \$66 ;
-  always @(posedge clk)
-    acc3 <= \$67 ;
-  always @(posedge clk)
-    acc4 <= \$68 ;
-  always @(posedge clk)
-    acc5 <= \$69 ;
-  always @(posedge clk)
-    acc6 <= \$70 ;
-  always @(posedge clk)
-    acc7 <= \$71 ;
-  always @(posedge clk)
-    ends <= \$72 ;
-  assign ar__valid = r_rdy & \w_rdy$8 ;
-  assign \$2  = r_data[34:32] > 2'h3;
-  assign \$3  = r_data[34:32] - 2'h3;
-  assign \$4  = 1'h1 << \$3 [2:0];
-  assign \$5  = \$2  ? \$4  : 12'h001;
-  assign \$6  = \$5  - 1'h1;
-  assign \$7  = r_rdy & ar__ready;
-  assign r_en = \$7  & \w_rdy$8 ;
-  assign \$8  = r_rdy & ar__ready;
   assign \w_en$13  = \$8  & \w_rdy$8 ;
   assign \$9  = r_data[34:32] > 2'h3;
   assign \$10  = r_data[34:32] - 2'h3;
@@ -66930,8 +67707,96 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   assign \$19  = | j;
   assign \$20  = ~ \$19 ;
   assign \$21  = \$19  ? acc0 : r__payload[63:0];
-  assign \$22  = j == 1'h1;
-  assign \$23  = \$22  ? r__payload[63:0] : acc1;
+  assign \$22  = | j;
+  assign \$23  = ~ \$22 ;
+  assign \$24  = at[0] ? r__payload[63:0] : acc1;
+  assign \$25  = | j;
+  assign \$26  = ~ \$25 ;
+  assign \$27  = at[1] ? r__payload[63:0] : acc2;
+  assign \$28  = | j;
+  assign \$29  = ~ \$28 ;
+  assign \$30  = at[2] ? r__payload[63:0] : acc3;
+  assign \$31  = | j;
+  assign \$32  = ~ \$31 ;
+  assign \$33  = at[3] ? r__payload[63:0] : acc4;
+  assign \$34  = | j;
+  assign \$35  = ~ \$34 ;
+  assign \$36  = at[4] ? r__payload[63:0] : acc5;
+  assign \$37  = | j;
+  assign \$38  = ~ \$37 ;
+  assign \$39  = at[5] ? r__payload[63:0] : acc6;
+  assign \$40  = | j;
+  assign \$41  = ~ \$40 ;
+  assign \$42  = at[6] ? r__payload[63:0] : acc7;
+  assign \$44  = r__payload[63:0] >> \$43 ;
+  assign \$45  = \$18  ? { \$42 , \$39 , \$36 , \$33 , \$30 , \$27 , \$24 , \$21  } : { 448'h0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000, \$44  };
+  assign \$46  = err | r__payload[64];
+  assign \$47  = r__valid & r__ready;
+  assign \$48  = first ? \r_data$29 [8] : ends;
+  assign \$49  = ~ r_rdy;
+  assign \$50  = ~ \r_rdy$26 ;
+  assign \$51  = \$49  & \$50 ;
+  assign \$52  = ~ beat__valid;
+  assign idle = \$51  & \$52 ;
+  assign \$53  = | j;
+  assign \$54  = ~ \$53 ;
+  assign \$55  = | j;
+  assign \$56  = ~ \$55 ;
+  assign \$57  = | j;
+  assign \$58  = ~ \$57 ;
+  assign \$59  = | j;
+  assign \$60  = ~ \$59 ;
+  assign \$61  = | j;
+  assign \$62  = ~ \$61 ;
+  assign \$63  = | j;
+  assign \$64  = ~ \$63 ;
+  assign \$65  = | j;
+  assign \$66  = ~ \$65 ;
+  assign \$67  = | j;
+  assign \$68  = ~ \$67 ;
+  assign \$69  = r__valid & r__ready;
+  assign \$70  = first ? \r_data$29 [8] : ends;
+  assign \$71  = j + 1'h1;
+  assign \$72  = | j;
+  assign \$73  = ~ \$72 ;
+  assign \$74  = err | r__payload[64];
+  assign \$75  = j + 1'h1;
+  assign \$76  = \$75  == \r_data$29 [7:3];
+  always @(posedge clk)
+    acc0 <= \$77 ;
+  always @(posedge clk)
+    acc1 <= \$78 ;
+  always @(posedge clk)
+    acc2 <= \$79 ;
+  always @(posedge clk)
+    acc3 <= \$80 ;
+  always @(posedge clk)
+    acc4 <= \$81 ;
+  always @(posedge clk)
+    acc5 <= \$82 ;
+  always @(posedge clk)
+    acc6 <= \$83 ;
+  always @(posedge clk)
+    acc7 <= \$84 ;
+  always @(posedge clk)
+    j <= \$85 ;
+  always @(posedge clk)
+    at <= \$86 ;
+  always @(posedge clk)
+    err <= \$87 ;
+  always @(posedge clk)
+    first <= \$88 ;
+  always @(posedge clk)
+    ends <= \$89 ;
+  assign ar__valid = r_rdy & \w_rdy$8 ;
+  assign \$2  = r_data[34:32] > 2'h3;
+  assign \$3  = r_data[34:32] - 2'h3;
+  assign \$4  = 1'h1 << \$3 [2:0];
+  assign \$5  = \$2  ? \$4  : 12'h001;
+  assign \$6  = \$5  - 1'h1;
+  assign \$7  = r_rdy & ar__ready;
+  assign r_en = \$7  & \w_rdy$8 ;
+  assign \$8  = r_rdy & ar__ready;
   \accelerator.core.reader.beat_slice  beat_slice (
     .clk(clk),
     .r_data(beat__payload),
@@ -66954,11 +67819,11 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1581$0 (\$13 [4:0]),
-    .\port$1582$0 (\$14 ),
-    .\port$1730$0 (r_data[2:0]),
+    .\port$1632$0 (\$13 [4:0]),
+    .\port$1633$0 (\$14 ),
+    .\port$1797$0 (r_data[2:0]),
     .r_data(\r_data$29 ),
-    .r_en(\r_en$43 ),
+    .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
     .rst(rst),
     .w_en(\w_en$13 ),
@@ -66966,207 +67831,174 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \r_en$43  = 1'h0;
-    if (\$40 ) begin
-      if (\$41 ) begin
-        \r_en$43  = 1'h1;
+    \r_en$44  = 1'h0;
+    if (\$47 ) begin
+      if (\$48 ) begin
+        \r_en$44  = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
     \w_en$15  = 1'h0;
-    if (\$40 ) begin
-      if (\$41 ) begin
+    if (\$47 ) begin
+      if (\$48 ) begin
         \w_en$15  = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$61  = j;
-    if (\$46 ) begin
-      (* full_case = 32'd1 *)
-      if (\$47 ) begin
-        \$61  = 5'h00;
-      end else begin
-        \$61  = \$57 [4:0];
-      end
+    \$77  = acc0;
+    if (\$54 ) begin
+      \$77  = r__payload[63:0];
     end
     if (rst) begin
-      \$61  = 5'h00;
+      \$77  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$62  = err;
-    if (\$46 ) begin
-      (* full_case = 32'd1 *)
-      if (\$47 ) begin
-        \$62  = 1'h0;
-      end else begin
-        \$62  = \$58 ;
-      end
+    \$78  = acc1;
+    if (at[0]) begin
+      \$78  = r__payload[63:0];
     end
     if (rst) begin
-      \$62  = 1'h0;
+      \$78  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$63  = first;
-    if (\$46 ) begin
-      (* full_case = 32'd1 *)
-      if (\$47 ) begin
-        \$63  = 1'h1;
-      end else begin
-        \$63  = 1'h0;
-      end
+    \$79  = acc2;
+    if (at[1]) begin
+      \$79  = r__payload[63:0];
     end
     if (rst) begin
-      \$63  = 1'h1;
+      \$79  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$64  = acc0;
-    if (\$46 ) begin
-      (* full_case = 32'd1 *)
-      if (\$47 ) begin
-      end else begin
-        if (\$49 ) begin
-          \$64  = r__payload[63:0];
-        end
-      end
+    \$80  = acc3;
+    if (at[2]) begin
+      \$80  = r__payload[63:0];
     end
     if (rst) begin
-      \$64  = 64'h0000000000000000;
+      \$80  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$65  = acc1;
-    if (\$46 ) begin
-      (* full_case = 32'd1 *)
-      if (\$47 ) begin
-      end else begin
-        if (\$50 ) begin
-          \$65  = r__payload[63:0];
-        end
-      end
+    \$81  = acc4;
+    if (at[3]) begin
+      \$81  = r__payload[63:0];
     end
     if (rst) begin
-      \$65  = 64'h0000000000000000;
+      \$81  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$66  = acc2;
-    if (\$46 ) begin
-      (* full_case = 32'd1 *)
-      if (\$47 ) begin
-      end else begin
-        if (\$51 ) begin
-          \$66  = r__payload[63:0];
-        end
-      end
+    \$82  = acc5;
+    if (at[4]) begin
+      \$82  = r__payload[63:0];
     end
     if (rst) begin
-      \$66  = 64'h0000000000000000;
+      \$82  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$67  = acc3;
-    if (\$46 ) begin
-      (* full_case = 32'd1 *)
-      if (\$47 ) begin
-      end else begin
-        if (\$52 ) begin
-          \$67  = r__payload[63:0];
-        end
-      end
+    \$83  = acc6;
+    if (at[5]) begin
+      \$83  = r__payload[63:0];
     end
     if (rst) begin
-      \$67  = 64'h0000000000000000;
+      \$83  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$68  = acc4;
-    if (\$46 ) begin
-      (* full_case = 32'd1 *)
-      if (\$47 ) begin
-      end else begin
-        if (\$53 ) begin
-          \$68  = r__payload[63:0];
-        end
-      end
+    \$84  = acc7;
+    if (at[6]) begin
+      \$84  = r__payload[63:0];
     end
     if (rst) begin
-      \$68  = 64'h0000000000000000;
+      \$84  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$69  = acc5;
-    if (\$46 ) begin
+    \$85  = j;
+    if (\$69 ) begin
       (* full_case = 32'd1 *)
-      if (\$47 ) begin
+      if (\$70 ) begin
+        \$85  = 5'h00;
       end else begin
-        if (\$54 ) begin
-          \$69  = r__payload[63:0];
-        end
+        \$85  = \$71 [4:0];
       end
     end
     if (rst) begin
-      \$69  = 64'h0000000000000000;
+      \$85  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$70  = acc6;
-    if (\$46 ) begin
+    \$86  = at;
+    if (\$69 ) begin
       (* full_case = 32'd1 *)
-      if (\$47 ) begin
+      if (\$70 ) begin
+        \$86  = 7'h00;
       end else begin
-        if (\$55 ) begin
-          \$70  = r__payload[63:0];
-        end
+        \$86  = { at[5:0], \$73  };
       end
     end
     if (rst) begin
-      \$70  = 64'h0000000000000000;
+      \$86  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$71  = acc7;
-    if (\$46 ) begin
+    \$87  = err;
+    if (\$69 ) begin
       (* full_case = 32'd1 *)
-      if (\$47 ) begin
+      if (\$70 ) begin
+        \$87  = 1'h0;
       end else begin
-        if (\$56 ) begin
-          \$71  = r__payload[63:0];
-        end
+        \$87  = \$74 ;
       end
     end
     if (rst) begin
-      \$71  = 64'h0000000000000000;
+      \$87  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
-    \$72  = ends;
-    if (\$46 ) begin
+    \$88  = first;
+    if (\$69 ) begin
       (* full_case = 32'd1 *)
-      if (\$47 ) begin
+      if (\$70 ) begin
+        \$88  = 1'h1;
       end else begin
-        \$72  = \$60 ;
+        \$88  = 1'h0;
       end
     end
     if (rst) begin
-      \$72  = 1'h0;
+      \$88  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    \$89  = ends;
+    if (\$69 ) begin
+      (* full_case = 32'd1 *)
+      if (\$70 ) begin
+      end else begin
+        \$89  = \$76 ;
+      end
+    end
+    if (rst) begin
+      \$89  = 1'h0;
     end
   end
   assign req__valid = w_en;
@@ -67188,16 +68020,16 @@ module \accelerator.core.reader (rst, ar__valid, r__ready, idle, req__ready, bea
   assign \beat__payload.err  = beat__payload[512];
   assign \r__payload.data  = r__payload[63:0];
   assign \r__payload.err  = r__payload[64];
-  assign \w_data$17 [512] = \$39 ;
-  assign \w_data$17 [511:0] = \$38 ;
+  assign \w_data$17 [512] = \$46 ;
+  assign \w_data$17 [511:0] = \$45 ;
   assign ar__payload[36:29] = \$6 [7:0];
   assign ar__payload[28:0] = \$1 [28:0];
   assign \$1  = { 3'h0, r_data[31:3] };
-  assign \$36  = { \r_data$29 [2:0], 3'h0 };
+  assign \$43  = { \r_data$29 [2:0], 3'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.beat_slice (rst, w_rdy, r_rdy, r_data, r_en, w_port__data, w_en, clk);
+module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_port__data, w_en, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -67321,7 +68153,7 @@ module \accelerator.core.reader.beat_slice (rst, w_rdy, r_rdy, r_data, r_en, w_p
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
+module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port__data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -67445,7 +68277,7 @@ module \accelerator.core.reader.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1581$0 , \port$1582$0 , w_rdy, r_data, \port$1730$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1632$0 , \port$1633$0 , w_rdy, r_data, \port$1797$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -67487,12 +68319,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1581$0 , \port$1582$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1581$0 ;
-  wire [4:0] \port$1581$0 ;
-  input \port$1582$0 ;
-  wire \port$1582$0 ;
-  input [2:0] \port$1730$0 ;
-  wire [2:0] \port$1730$0 ;
+  input [4:0] \port$1632$0 ;
+  wire [4:0] \port$1632$0 ;
+  input \port$1633$0 ;
+  wire \port$1633$0 ;
+  input [2:0] \port$1797$0 ;
+  wire [2:0] \port$1797$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -67536,7 +68368,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1581$0 , \port$1582$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1582$0 , \port$1581$0 , \port$1730$0  };
+      storage[w_port__addr] <= { \port$1633$0 , \port$1632$0 , \port$1797$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -67635,14 +68467,14 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1581$0 , \port$1582$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1582$0 , \port$1581$0 , \port$1730$0  };
-  assign w_data = { \port$1582$0 , \port$1581$0 , \port$1730$0  };
+  assign w_port__data = { \port$1633$0 , \port$1632$0 , \port$1797$0  };
+  assign w_data = { \port$1633$0 , \port$1632$0 , \port$1797$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, c__payload, c__valid, unit_rst, i__payload, oq_data, oq_valid, clk);
+module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload, i__ready, idle, i__payload, unit_rst, oq_data, oq_valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
   wire \$1 ;
   wire \$10 ;

@@ -34,6 +34,8 @@ back; the units are reset on the way.
 from __future__ import annotations
 
 import enum
+import operator
+from functools import reduce
 from types import SimpleNamespace
 
 import numpy as np
@@ -175,7 +177,7 @@ class AccelCore(wiring.Component):
         gens = {}
         for name in ("dst", "src0", "src1"):
             gens[name] = m.submodules[f"gen_{name}"] = AddrGen(with_index=name == "dst")
-        unit_rst = Signal()
+        unit_rst = Signal(name="unit_rst")    # in STOP: a flag set with the state (:func:`goto`)
         units = {"gemm": self.gemm, "softmax": self.softmax, "layernorm": self.layernorm, "add": self.add,
                  **{f"gelu{k}": g for k, g in enumerate(self.gelus)}}
         for name, u in units.items():
@@ -187,7 +189,12 @@ class AccelCore(wiring.Component):
         op = ins.opcode
 
         # --- loading the address generators from the instruction --------------------------------
+        # the generators load in DECODE's last cycle, whatever the instruction (a register set in
+        # the cycle before): the decode pipeline has settled their fields by then, and an
+        # instruction that does not stream never reads them (the decision through the decode
+        # into the walks' 1000 flip-flops' load was on the critical path)
         load_gens = Signal()
+        m.d.sync += load_gens.eq(0)
         for name, g in gens.items():
             m.d.comb += [g.load.eq(load_gens), g.base.eq(ins[name])]
             for d in range(LEVELS):
@@ -229,7 +236,8 @@ class AccelCore(wiring.Component):
                          meta.eq(Cat(g.last[LEVELS - 1], g.final, g.last[LEVELS - 2] & g.last[LEVELS - 1]))]
             return fifo
 
-        run0, run1 = Signal(), Signal()
+        # src0 / src1 read the buffer: flags set with STREAM (:func:`goto`), from the op
+        run0, run1 = Signal(name="run0"), Signal(name="run1")
         q0, q1 = source("src0", rd0, run0), source("src1", rd1, run1)
         s0_data, s0_final = q0.r_data[:ab], q0.r_data[ab + 1]   # the row end (bit ab): _src0_into
         s1_data = q1.r_data[:ab]
@@ -299,6 +307,12 @@ class AccelCore(wiring.Component):
         c_step = Signal(8)         # its step, 2^c_lb (a register: the adder starts at flip-flops)
         c_ask = Signal(16)       # constant beats still to request
         c_due = Signal(16)       # constant beats still to come
+        c_last = Signal()        # c_due == 1, a flag (no comparator in CONST's transition)
+        # in CONST, the unit that takes the beats: one-hot flags set with the state (:func:`goto`)
+        const_to = [Signal(name=f"const_to{k}") for k in range(len(c_targets))]
+        c_ready = Cat(*[flag & u.c.ready for flag, (_, u) in zip(const_to, c_targets)]).any()
+        for flag, (_, u) in zip(const_to, c_targets):
+            m.d.comb += [u.c.payload.as_value().eq(reader.beat.payload.data), u.c.valid.eq(flag & reader.beat.valid)]
         fetch_sent = Signal()
         fault = Signal(4)        # a fault seen this cycle (0: none)
         addr_fault = Signal()    # a buffer address outside the buffer in the previous cycle of STREAM
@@ -325,6 +339,7 @@ class AccelCore(wiring.Component):
         a_in_take = Signal(name="a_in_take")      # a GEMM's operand A element taken (_gemm_feed)
         pack_active = Signal(name="pack_active")   # in STREAM, the GELU / add packer in use
         in_decode = Signal(name="in_decode")
+        in_fetch, in_const = Signal(name="in_fetch"), Signal(name="in_const")
         in_op = Signal(name="in_op")            # in CONST or STREAM: the op's cycles count
         # a LOAD's or STORE's external request, registered between its address generator and the
         # reader or writer (the address arithmetic ends here, not in the request slice)
@@ -368,19 +383,37 @@ class AccelCore(wiring.Component):
         def goto(to):
             # (the op selects are stable from DECODE to the op's end: ``ins`` changes in FETCH)
             m.d.sync += [state.eq(to), streaming.eq(to == _State.STREAM), in_decode.eq(to == _State.DECODE),
-                         in_op.eq(to in (_State.CONST, _State.STREAM)),
+                         in_op.eq(to in (_State.CONST, _State.STREAM)), unit_rst.eq(to == _State.STOP),
                          gemm_active.eq(is_gemm if to == _State.STREAM else 0),
                          pack_active.eq(uses_packer if to == _State.STREAM else 0)]
             for k, cond in sink_cond.items():
                 m.d.sync += sink_from[k].eq(cond if to == _State.STREAM else 0)
             for k, cond in a_cond.items():
                 m.d.sync += a_from[k].eq(cond if to == _State.STREAM else 0)
+            for flag, (sel, _) in zip(const_to, c_targets):
+                m.d.sync += flag.eq(sel if to == _State.CONST else 0)
+            m.d.sync += [in_fetch.eq(to == _State.FETCH), in_const.eq(to == _State.CONST),
+                         run0.eq(~is_op[Opcode.LOAD] if to == _State.STREAM else 0),
+                         run1.eq(add_sel | (is_gemm & ~is_op[Opcode.LINEAR]) if to == _State.STREAM else 0)]
             m.d.sync += [q0_to_pack.eq(is_op[Opcode.GELU] | is_op[Opcode.ADD] if to == _State.STREAM else 0),
                          res_to_pack.eq(is_gemm & (post_gelu | post_add) if to == _State.STREAM else 0)]
 
         def stop(code):
             m.d.sync += error.eq(code)
             goto(_State.STOP)
+
+        # the reader's users, each under a flag of the state (one set at a time): its request and
+        # its beats' ready are a flat AND-OR of them (a mux on the state and the op's selects
+        # was a level of every path through the reader's handshakes)
+        reader_users = []
+
+        def reader_user(flag, valid, addr, lb, ready):
+            reader_users.append((flag, valid, addr, lb, ready))
+
+        reader_user(in_fetch, ~fetch_sent, pc, _lb(INSTR_BYTES), 1)
+        reader_user(in_const, c_ask.any(), c_addr, dec.c_lb, c_ready)
+        reader_user(sink_from["load"], ext_req.valid, ext_req.addr, ins.esize, sink_ready)
+        reader_user(unit_rst, 0, 0, 0, 1)          # STOP: beats in flight are dropped
 
         with m.Switch(state):
             with m.Case(_State.IDLE):
@@ -392,8 +425,6 @@ class AccelCore(wiring.Component):
                     goto(_State.FETCH)
 
             with m.Case(_State.FETCH):
-                m.d.comb += [reader.req.valid.eq(~fetch_sent), reader.req.payload.addr.eq(pc),
-                             reader.req.payload.lb.eq(_lb(INSTR_BYTES)), reader.beat.ready.eq(1)]
                 with m.If(reader.req.ready & ~fetch_sent):
                     m.d.sync += fetch_sent.eq(1)
                 with m.If(reader.beat.valid):
@@ -409,9 +440,9 @@ class AccelCore(wiring.Component):
 
             with m.Case(_State.DECODE):
                 m.d.sync += [c_addr.eq(dec.c_base), c_step.eq(Const(1, 8) << dec.c_lb), c_ask.eq(ins.cnt),
-                             c_due.eq(ins.cnt)]
+                             c_due.eq(ins.cnt), c_last.eq(ins.cnt == 1)]
                 with m.If(decode_wait.any()):                         # the decode pipeline fills
-                    m.d.sync += decode_wait.eq(decode_wait - 1)
+                    m.d.sync += [decode_wait.eq(decode_wait - 1), load_gens.eq(decode_wait == 1)]
                 with m.Elif(d_end_more):                              # the next image of the start
                     m.d.sync += [images_left.eq(images_left - 1), offset.eq(offset + stride), pc.eq(prog)]
                     goto(_State.FETCH)
@@ -421,10 +452,8 @@ class AccelCore(wiring.Component):
                 with m.Elif(d_count_zero):
                     stop(Error.COUNT)
                 with m.Elif(d_const):
-                    m.d.comb += load_gens.eq(1)
                     goto(_State.CONST)
                 with m.Elif(d_stream):
-                    m.d.comb += load_gens.eq(1)
                     goto(_State.STREAM)
                 with m.Else():
                     stop(Error.OPCODE)
@@ -433,19 +462,15 @@ class AccelCore(wiring.Component):
                     stop(Error.BUSY)
 
             with m.Case(_State.CONST):          # the op's constant beats into its unit's c stream
-                m.d.comb += [reader.req.valid.eq(c_ask.any()), reader.req.payload.addr.eq(c_addr),
-                             reader.req.payload.lb.eq(dec.c_lb)]
                 with m.If(c_ask.any() & reader.req.ready):
                     m.d.sync += [c_ask.eq(c_ask - 1), c_addr.eq(c_addr + c_step)]
-                for sel, u in c_targets:
-                    m.d.comb += u.c.payload.as_value().eq(reader.beat.payload.data)
-                    with m.If(sel):
-                        m.d.comb += [u.c.valid.eq(reader.beat.valid), reader.beat.ready.eq(u.c.ready)]
-                with m.If(reader.beat.valid & reader.beat.ready):
-                    m.d.sync += c_due.eq(c_due - 1)
+                # (the beat's handshake from the flags, not from ``reader.beat.ready``, which
+                # every state drives)
+                with m.If(reader.beat.valid & c_ready):
+                    m.d.sync += [c_due.eq(c_due - 1), c_last.eq(c_due == 2)]
                     with m.If(reader.beat.payload.err):
                         stop(Error.READ)
-                    with m.Elif(c_due == 1):
+                    with m.Elif(c_last):
                         goto(_State.STREAM)
                 with m.If(~ins.cnt.any()):
                     goto(_State.STREAM)
@@ -472,7 +497,6 @@ class AccelCore(wiring.Component):
                     stop(Error.BUSY)
 
             with m.Case(_State.STOP):           # let reads and writes in flight come back, then halt
-                m.d.comb += [reader.beat.ready.eq(1), unit_rst.eq(1)]
                 with m.If(reader.idle & writer.idle):
                     m.d.sync += [busy.eq(0), done.eq(1)]
                     goto(_State.IDLE)
@@ -495,15 +519,14 @@ class AccelCore(wiring.Component):
             ins_ = (u.a.payload, u.b.payload) if u is self.add else (u.i.payload,)
             for port, regs in zip(ins_, (packer.a, packer.b)):
                 m.d.comb += [port[k].eq(regs[k]) for k in range(lanes)]
+        store_advance = ~ext_req.valid | writer.req.ready     # a STORE's request register moves on
         with m.If(streaming):
             with m.If(is_move):
-                m.d.comb += [run0.eq(1), sink_valid.eq(q0.r_rdy), sink_data.eq(s0_data)]
+                m.d.comb += [sink_valid.eq(q0.r_rdy), sink_data.eq(s0_data)]
             with m.Elif(is_op[Opcode.LOAD]):         # src0 walks the external index
                 src = gens["src0"]
                 advance = ~ext_req.valid | reader.req.ready
-                m.d.comb += [reader.req.valid.eq(ext_req.valid), reader.req.payload.addr.eq(ext_req.addr),
-                             reader.req.payload.lb.eq(ins.esize), src.next.eq(src.valid & advance),
-                             sink_valid.eq(reader.beat.valid), reader.beat.ready.eq(sink_ready)]
+                m.d.comb += [src.next.eq(src.valid & advance), sink_valid.eq(reader.beat.valid)]
                 ext_signed = (ins.flags & FLAG_EXT_SIGNED).any()
                 with m.Switch(ins.esize):
                     for k in range(min(4, self.word_lb + 1)):
@@ -515,26 +538,22 @@ class AccelCore(wiring.Component):
                 with m.If(reader.beat.valid & reader.beat.payload.err):
                     m.d.comb += fault.eq(Error.READ)
             with m.Elif(is_op[Opcode.STORE]):        # dst walks the external index
-                advance = ~ext_req.valid | writer.req.ready
-                handshake = q0.r_rdy & dst.valid & advance
-                m.d.comb += [run0.eq(1), writer.req.valid.eq(ext_req.valid), writer.req.payload.addr.eq(ext_req.addr),
+                m.d.comb += [writer.req.valid.eq(ext_req.valid), writer.req.payload.addr.eq(ext_req.addr),
                              writer.req.payload.data.eq(ext_req.data), writer.req.payload.lb.eq(ins.esize)]
-                with m.If(advance):
-                    m.d.sync += [ext_req.valid.eq(handshake), ext_req.addr.eq(dec.ext_base + (dst.addr << ins.esize)),
+                with m.If(store_advance):          # (dst_step: src0's element, dst, the writer's room)
+                    m.d.sync += [ext_req.valid.eq(dst_step), ext_req.addr.eq(dec.ext_base + (dst.addr << ins.esize)),
                                  ext_req.data.eq(s0_data)]
             with m.Elif(is_gemm):
                 pass                                 # below: _gemm_feed
             with m.Elif(is_op[Opcode.SOFTMAX] | is_op[Opcode.LAYERNORM]):
                 for sel, unit in ((is_op[Opcode.SOFTMAX], self.softmax), (is_op[Opcode.LAYERNORM], self.layernorm)):
                     with m.If(sel):
-                        valid, data, _ = self._unit_out(unit)
-                        m.d.comb += [run0.eq(1), sink_valid.eq(valid), sink_data.eq(data)]
+                        valid, data = self._unit_out(unit)
+                        m.d.comb += [sink_valid.eq(valid), sink_data.eq(data)]
             with m.Else():                           # GELU, ADD: src0's elements into the packer
-                m.d.comb += [run0.eq(1), elems.data.eq(s0_data),
-                             elems.final.eq(s0_final)]
+                m.d.comb += [elems.data.eq(s0_data), elems.final.eq(s0_final)]
         with m.If(pack_active):
-            self._lanes(m, add_sel, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst,
-                        sink_from)
+            self._lanes(m, add_sel, elems, q1, s1_data, sink_valid, sink_data, sink_ready, dst, sink_from)
         # the packer's elements: src0's (a GELU or ADD op) or the array's results (a post unit),
         # from one-hot flags of STREAM
         m.d.comb += elems.valid.eq((q0_to_pack & q0.r_rdy) | (res_to_pack & gemm_res_valid))
@@ -546,13 +565,20 @@ class AccelCore(wiring.Component):
                               post=post_gelu | post_add, elems=elems, sink_valid=sink_valid, pre_ln=pre_ln,
                               pre_sm=pre_sm, unit_rst=unit_rst, dst_step=dst_step, dst_keep=dst_keep,
                               gemm_res_valid=gemm_res_valid, a_from=a_from, a_in_take=a_in_take,
-                              sink_from=sink_from, res_to_pack=res_to_pack)
+                              sink_from=sink_from, res_to_pack=res_to_pack, reader_user=reader_user)
         self._gemm_feed(m, seq)
+
+        def one_hot(values):
+            return reduce(operator.or_, [Mux(u[0], v, 0) for u, v in zip(reader_users, values)])
+
+        m.d.comb += [reader.req.valid.eq(Cat(*[u[0] & u[1] for u in reader_users]).any()),
+                     reader.req.payload.addr.eq(one_hot([u[2] for u in reader_users])),
+                     reader.req.payload.lb.eq(one_hot([u[3] for u in reader_users])),
+                     reader.beat.ready.eq(Cat(*[u[0] & u[4] for u in reader_users]).any())]
 
         m.d.sync += [op_done.eq(streaming & ~dst.busy & ~ext_req.valid & writer.idle), fault_q.eq(fault)]
 
         # --- dst's step: the sink's element is there and dst has its address -------------------------
-        store_advance = ~ext_req.valid | writer.req.ready
         sink_has = {"move": q0.r_rdy, "load": reader.beat.valid, "store": q0.r_rdy & store_advance,
                     "softmax": self.softmax.o.valid, "layernorm": self.layernorm.o.valid, "add": self.add.o.valid,
                     **{f"gelu{k}": g.o.valid for k, g in enumerate(self.gelus)}, "gemm": gemm_res_valid}
@@ -574,9 +600,9 @@ class AccelCore(wiring.Component):
         return m
 
     def _unit_out(self, unit):
-        """The Softmax's or LayerNorm's output: (valid, element, ready)."""
+        """The Softmax's or LayerNorm's output: (valid, element)."""
         data = unit.o.payload.data if unit is self.softmax else unit.o.payload
-        return unit.o.valid, data, unit.o.ready
+        return unit.o.valid, data
 
     def _src0_into(self, m, q0, sink_from, a_from):
         """src0's elements (``q0``'s entries: element, row end, ...) into the Softmax (with their
@@ -589,19 +615,22 @@ class AccelCore(wiring.Component):
         for name, unit in (("softmax", sm), ("layernorm", ln)):
             m.d.comb += unit.i.valid.eq((sink_from[name] | a_from[name]) & q0.r_rdy)
 
-    def _lanes(self, m, two, gelu_sel, elems, q1, s1_data, run1, sink_valid, sink_data, sink_ready, dst, sink_from):
+    def _lanes(self, m, two, elems, q1, s1_data, sink_valid, sink_data, sink_ready, dst, sink_from):
         """The GELU and add units take ``lanes`` elements a beat: pack ``elems`` (and, for the
         add, src1's elements) into a beat (a short last beat padded), unpack the results into
         dst (the padding's results dropped when the dst walk ends)."""
         ab, lanes = self.accel.act_elem_bits, self.hw.lanes
         full, j, jo = self.packer.full, self.packer.j, self.packer.jo
         a, b = self.packer.a, self.packer.b
-        in_ready = Signal()      # the selected unit takes the beat (one-hot flags: a flat OR)
-        m.d.comb += in_ready.eq((sink_from["add"] & self.add.a.ready & self.add.b.ready)
-                                | Cat(*[sink_from[f"gelu{k}"] & g.i.ready for k, g in enumerate(self.gelus)]).any())
+        # the unit, its valid and ready from the one-hot flags of STREAM (a register each; a flat
+        # OR, not the selects through the priority of ``m.If``)
+        targets = [(sink_from["add"], self.add)] + [(sink_from[f"gelu{k}"], g) for k, g in enumerate(self.gelus)]
+        in_ready = Signal()      # the selected unit takes the beat
+        m.d.comb += in_ready.eq(Cat(*[flag & (u.a.ready & u.b.ready if u is self.add else u.i.ready)
+                                      for flag, u in targets]).any())
         # a beat is refilled in the cycle the unit takes the previous one
         take = (~full | in_ready) & elems.valid & (q1.r_rdy | ~two)
-        m.d.comb += [elems.take.eq(take), run1.eq(two), q1.r_en.eq(take & two)]
+        m.d.comb += [elems.take.eq(take), q1.r_en.eq(take & two)]
         with m.If(full & in_ready):
             m.d.sync += full.eq(0)
         with m.If(take):
@@ -610,18 +639,17 @@ class AccelCore(wiring.Component):
                 m.d.sync += [full.eq(1), j.eq(0)]
             with m.Else():
                 m.d.sync += j.eq(j + 1)
-        targets = [(two, self.add)] + list(zip(gelu_sel, self.gelus))
         out_lanes = Array(Signal(ab, name=f"unpack{k}") for k in range(lanes))
         out_valid, out_ready = Signal(), Signal()
-        for sel, u in targets:
-            o = u.o
-            with m.If(sel):
-                m.d.comb += [out_valid.eq(o.valid), o.ready.eq(out_ready)]
-                m.d.comb += [out_lanes[k].eq(o.payload[k]) for k in range(lanes)]
-                if u is self.add:
-                    m.d.comb += [u.a.valid.eq(full), u.b.valid.eq(full)]
-                else:
-                    m.d.comb += u.i.valid.eq(full)
+        m.d.comb += out_valid.eq(Cat(*[flag & u.o.valid for flag, u in targets]).any())
+        for flag, u in targets:
+            m.d.comb += u.o.ready.eq(flag & out_ready)
+            if u is self.add:
+                m.d.comb += [u.a.valid.eq(flag & full), u.b.valid.eq(flag & full)]
+            else:
+                m.d.comb += u.i.valid.eq(flag & full)
+            with m.If(flag):
+                m.d.comb += [out_lanes[k].eq(u.o.payload[k]) for k in range(lanes)]
         m.d.comb += [sink_valid.eq(out_valid), sink_data.eq(out_lanes[jo])]
         with m.If(out_valid & sink_ready):
             with m.If(eq_const(jo, lanes - 1) | dst.final):
@@ -710,9 +738,6 @@ class AccelCore(wiring.Component):
                          k_hit.eq(~dec.k_last.any()),
                          nt_hit.eq(~dec.nt_last.any())]
         with m.If(active):
-            m.d.comb += [reader.req.valid.eq(tiles_left),
-                         reader.req.payload.addr.eq(Mux(want_w, w_addr, p_addr)),
-                         reader.req.payload.lb.eq(Mux(want_w, w_lb, p_lb))]
             # (each request source handshakes on its own valid and the reader's ready, never on
             # the multiplexed ``reader.req.valid``: that mux was on the critical path)
             with m.If(tiles_left & reader.req.ready):
@@ -740,25 +765,29 @@ class AccelCore(wiring.Component):
         w_lanes = [Signal(signed(hw.w_bits), name=f"w_lane{j}") for j in range(C)]
         w_full = Signal()
         gemm_take = gemm.a.valid & gemm.a.ready
+        # the beat's C weights, unpacked by the op's w_bits (a data mux: the lanes' enables do not
+        # decode ``ins``)
+        w_beat = [Signal(signed(hw.w_bits), name=f"w_beat{j}") for j in range(C)]
+        with m.Switch(ins.w_bits):
+            for wb in range(2, hw.w_bits + 1):
+                with m.Case(wb):
+                    m.d.comb += [w_beat[j].eq(reader.beat.payload.data[j * wb:(j + 1) * wb].as_signed())
+                                 for j in range(C)]
         with m.If(restart):
             m.d.sync += [rk.eq(0), rk_zero.eq(1), w_full.eq(0)]
         m.d.comb += gemm.p.payload.as_value().eq(reader.beat.payload.data)
         with m.If(active):
             with m.If(gemm_take):
                 m.d.sync += w_full.eq(0)
-            with m.If(is_p):
-                m.d.comb += [gemm.p.valid.eq(reader.beat.valid), reader.beat.ready.eq(gemm.p.ready)]
-            with m.Else():
-                m.d.comb += reader.beat.ready.eq(~w_full | gemm_take)
-            with m.If(reader.beat.valid & reader.beat.ready & is_linear):
+            # (the handshake from this op's own ready, not from ``reader.beat.ready``, which every
+            # state drives)
+            beat_ready = Mux(is_p, gemm.p.ready, ~w_full | gemm_take)
+            seq.reader_user(active, tiles_left, Mux(want_w, w_addr, p_addr), Mux(want_w, w_lb, p_lb), beat_ready)
+            m.d.comb += gemm.p.valid.eq(is_p & reader.beat.valid)
+            with m.If(reader.beat.valid & beat_ready & is_linear):
                 m.d.sync += [rk.eq(Mux(rk == ins.n3, 0, rk + 1)), rk_zero.eq(rk == ins.n3)]
                 with m.If(~is_p):
-                    m.d.sync += w_full.eq(1)
-                    with m.Switch(ins.w_bits):
-                        for wb in range(2, hw.w_bits + 1):
-                            with m.Case(wb):
-                                m.d.sync += [w_lanes[j].eq(reader.beat.payload.data[j * wb:(j + 1) * wb].as_signed())
-                                             for j in range(C)]
+                    m.d.sync += [w_full.eq(1), *[w_lanes[j].eq(w_beat[j]) for j in range(C)]]
 
         # --- A: each block of R rows (b, mt) is read from the buffer once, one element a cycle, into
         #     R lane memories (two halves: the next block loads while the column tiles use this one);
@@ -786,19 +815,26 @@ class AccelCore(wiring.Component):
         lh, li, lk = Signal(), Signal(range(R + 1)), Signal(16)           # loader: half, row, k
         fh, fk, fnt = Signal(), Signal(16), Signal(16)                    # feeder: half, k, column tile
         feed_blocks = Signal(32)
+        # flags kept beside the loader's and feeder's counters (as the requests' above): lk and fk
+        # at K - 1, fnt at the last column tile, blocks left; no comparator in the lane memories'
+        # enables (``feed_blocks.any()`` there was seed 2's critical path)
+        lk_hit, fk_hit, fnt_hit, blocks_left = (Signal(name="a_load_k_hit"), Signal(name="a_feed_k_hit"),
+                                                Signal(name="a_feed_nt_hit"), Signal(name="a_blocks_left"))
+        k_one, nt_one = ~dec.k_last.any(), ~dec.nt_last.any()            # K = 1, one column tile
         a_valid, a_last = Signal(), Signal()
         elem = Signal(signed(hw.a_bits + 1))
         take = gemm.a.valid & gemm.a.ready                                # a join: w goes with it
         with m.If(restart):
             m.d.sync += [filled[0].eq(0), filled[1].eq(0), lh.eq(0), li.eq(0), lk.eq(0), fh.eq(0), fk.eq(0),
-                         fnt.eq(0), feed_blocks.eq(dec.blocks), a_valid.eq(0)]
+                         fnt.eq(0), feed_blocks.eq(dec.blocks), a_valid.eq(0), lk_hit.eq(k_one), fk_hit.eq(k_one),
+                         fnt_hit.eq(nt_one), blocks_left.eq(dec.blocks.any())]
         # operand A's elements: src0's, or (a pre unit) the unit's output, a buffer element wide
         pre = pre_ln | pre_sm
         a_in, a_in_valid, a_in_take = Signal(ab, name="a_in"), Signal(name="a_in_valid"), seq.a_in_take
         sm, ln = self.softmax, self.layernorm
         for sel, unit in ((pre_sm, sm), (pre_ln, ln)):
             with m.If(sel):
-                _, data, _ = self._unit_out(unit)
+                _, data = self._unit_out(unit)
                 m.d.comb += a_in.eq(data)
         with m.If(~pre):
             m.d.comb += a_in.eq(q0.r_data[:ab])
@@ -813,44 +849,45 @@ class AccelCore(wiring.Component):
                     m.d.comb += elem.eq(Mux(a_signed, x.as_signed(), x))
         with m.If(active):
             load = a_in_valid & ~filled[lh]
-            m.d.comb += [run0.eq(1), a_in_take.eq(load)]
+            m.d.comb += a_in_take.eq(load)
             for i, (wp, _) in enumerate(lane_mems):
                 m.d.comb += [wp.addr.eq(lh * kmax + lk), wp.data.eq(elem), wp.en.eq(load & eq_const(li, i))]
             with m.If(load & pre):        # row by row: a row's K elements, then the next row
-                with m.If(lk == dec.k_last):
-                    m.d.sync += lk.eq(0)
+                with m.If(lk_hit):
+                    m.d.sync += [lk.eq(0), lk_hit.eq(k_one)]
                     with m.If(eq_const(li, R - 1)):
                         m.d.sync += [li.eq(0), filled[lh].eq(1), lh.eq(~lh)]
                     with m.Else():
                         m.d.sync += li.eq(li + 1)
                 with m.Else():
-                    m.d.sync += lk.eq(lk + 1)
+                    m.d.sync += [lk.eq(lk + 1), lk_hit.eq(lk + 1 == dec.k_last)]
             with m.Elif(load):            # k by k, the R rows of each k (the walk's order)
                 with m.If(eq_const(li, R - 1)):
-                    m.d.sync += [li.eq(0), lk.eq(lk + 1)]
-                    with m.If(lk == dec.k_last):
-                        m.d.sync += [lk.eq(0), filled[lh].eq(1), lh.eq(~lh)]
+                    m.d.sync += [li.eq(0), lk.eq(lk + 1), lk_hit.eq(lk + 1 == dec.k_last)]
+                    with m.If(lk_hit):
+                        m.d.sync += [lk.eq(0), lk_hit.eq(k_one), filled[lh].eq(1), lh.eq(~lh)]
                 with m.Else():
                     m.d.sync += li.eq(li + 1)
 
             # a block's first column tile follows its loading: beat k goes once all R rows of k
             # are in (the loader on this half, past k); after a pre unit, once the block is in
             ready_k = filled[fh] | ((lh == fh) & (lk > fk) & ~pre)
-            issue = ready_k & (is_linear | wfilled[fw]) & (~a_valid | take) & feed_blocks.any()
+            issue = ready_k & (is_linear | wfilled[fw]) & (~a_valid | take) & blocks_left
             for wp, rp in lane_mems:
                 m.d.comb += [rp.addr.eq(fh * kmax + fk), rp.en.eq(issue)]
             with m.If(take):
                 m.d.sync += a_valid.eq(0)
             with m.If(issue):
-                m.d.sync += [a_valid.eq(1), a_last.eq(fk == dec.k_last)]
-                with m.If(fk == dec.k_last):
-                    m.d.sync += fk.eq(0)
-                    with m.If(fnt == dec.nt_last):      # the block's last beat: its half is free
-                        m.d.sync += [fnt.eq(0), filled[fh].eq(0), fh.eq(~fh), feed_blocks.eq(feed_blocks - 1)]
+                m.d.sync += [a_valid.eq(1), a_last.eq(fk_hit)]
+                with m.If(fk_hit):
+                    m.d.sync += [fk.eq(0), fk_hit.eq(k_one)]
+                    with m.If(fnt_hit):      # the block's last beat: its half is free
+                        m.d.sync += [fnt.eq(0), fnt_hit.eq(nt_one), filled[fh].eq(0), fh.eq(~fh),
+                                     feed_blocks.eq(feed_blocks - 1), blocks_left.eq(feed_blocks != 1)]
                     with m.Else():
-                        m.d.sync += fnt.eq(fnt + 1)
+                        m.d.sync += [fnt.eq(fnt + 1), fnt_hit.eq(fnt + 1 == dec.nt_last)]
                 with m.Else():
-                    m.d.sync += fk.eq(fk + 1)
+                    m.d.sync += [fk.eq(fk + 1), fk_hit.eq(fk + 1 == dec.k_last)]
 
             # MATMUL's W from the buffer: each batch's W (every column tile, K beats of C lanes) is
             # read once, one element a cycle, into C lane memories (two halves: the next batch
@@ -867,7 +904,7 @@ class AccelCore(wiring.Component):
                         m.d.comb += welem.eq(q1.r_data[:nb].as_signed())
             w_load = q1.r_rdy & ~wfilled[lw] & ~is_linear
             with m.If(~is_linear):
-                m.d.comb += [run1.eq(1), q1.r_en.eq(w_load)]
+                m.d.comb += q1.r_en.eq(w_load)
             for j, (wp, _) in enumerate(w_mems):
                 m.d.comb += [wp.addr.eq(lw * wh + lwa), wp.data.eq(welem), wp.en.eq(w_load & eq_const(lwj, j))]
             with m.If(w_load):            # lane by lane, k by k, column tile by column tile
@@ -880,8 +917,8 @@ class AccelCore(wiring.Component):
                 with m.Else():
                     m.d.sync += lwj.eq(lwj + 1)
             with m.If(issue & ~is_linear):
-                with m.If(fk == dec.k_last):
-                    with m.If(fnt == dec.nt_last):
+                with m.If(fk_hit):
+                    with m.If(fnt_hit):
                         m.d.sync += fntk.eq(0)
                         with m.If(fmt == dec.mt_last):      # the batch's last beat: its W half is free
                             m.d.sync += [fmt.eq(0), wfilled[fw].eq(0), fw.eq(~fw)]
