@@ -21,15 +21,15 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   wire \$20 ;
   wire \$21 ;
   wire \$22 ;
-  wire \$23 ;
-  wire [31:0] \$24 ;
-  wire [1:0] \$25 ;
-  wire [31:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [31:0] \$28 ;
+  wire [31:0] \$23 ;
+  wire [1:0] \$24 ;
+  wire [31:0] \$25 ;
+  wire [10:0] \$26 ;
+  wire [31:0] \$27 ;
+  wire [1:0] \$28 ;
   wire [1:0] \$29 ;
   wire \$3 ;
-  wire [1:0] \$30 ;
+  reg \$30 ;
   reg \$31 ;
   reg \$32 ;
   reg \$33 ;
@@ -55,16 +55,16 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   wire \$9 ;
   reg \$signal  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$102 ;
+  wire \$signal$101 ;
   (* init = 32'd0 *)
-  wire [31:0] \$signal$103 ;
+  wire [31:0] \$signal$102 ;
+  reg [7:0] \$signal$106  = 8'h00;
   (* init = 16'h0001 *)
   wire [15:0] \$signal$88 ;
-  reg \$signal$93  = 1'h0;
   reg \$signal$95  = 1'h0;
+  reg \$signal$97  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$96 ;
-  reg [7:0] \$signal$99  = 8'h00;
+  wire \$signal$98 ;
   wire [36:0] ar__payload;
   wire [28:0] \ar__payload.addr ;
   wire [7:0] \ar__payload.len ;
@@ -173,7 +173,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   reg pending = 1'h0;
   reg [31:0] prog = 32'd0;
   (* init = 32'd0 *)
-  wire [31:0] \prog$92 ;
+  wire [31:0] \prog$94 ;
   wire [64:0] r__payload;
   wire [63:0] \r__payload.data ;
   wire \r__payload.err ;
@@ -229,7 +229,9 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   wire [3:0] s_axil_wstrb;
   input s_axil_wvalid;
   wire s_axil_wvalid;
-  reg start;
+  reg start = 1'h0;
+  (* init = 1'h0 *)
+  wire \start$92 ;
   wire [36:0] w_data;
   wire [64:0] \w_data$59 ;
   wire \w_data$68 ;
@@ -260,7 +262,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @(posedge clk)
     image_stride <= \$43 ;
   always @(posedge clk)
-    \$signal$93  <= \$44 ;
+    \$signal$95  <= \$44 ;
   always @(posedge clk)
     s_axil_rvalid <= \$45 ;
   always @(posedge clk)
@@ -274,42 +276,43 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   assign \$3  = m_axi_awready | \$signal ;
   assign \$4  = m_axi_wready | w_sent;
   assign \r_en$86  = \$3  & \$4 ;
-  assign irq = \$signal$93  & pending;
-  assign \$5  = ~ \$signal$95 ;
+  assign irq = \$signal$95  & pending;
+  assign \$5  = ~ \$signal$97 ;
   assign \$6  = ~ s_axil_bvalid;
   assign s_axil_awready = \$5  & \$6 ;
   assign \$7  = ~ w_held;
   assign \$8  = ~ s_axil_bvalid;
   assign s_axil_wready = \$7  & \$8 ;
-  assign \$9  = \$signal$95  & w_held;
   assign s_axil_arready = ~ s_axil_rvalid;
-  assign \$10  = m_axi_awready | \$signal ;
-  assign \$11  = \r_rdy$83  & \$10 ;
-  assign \$12  = m_axi_wready | w_sent;
-  assign \$13  = \$11  & \$12 ;
-  assign \$14  = m_axi_awvalid & m_axi_awready;
-  assign \$15  = m_axi_wvalid & m_axi_wready;
-  assign \$16  = s_axil_awvalid & s_axil_awready;
-  assign \$17  = s_axil_wvalid & s_axil_wready;
-  assign \$18  = s_axil_bvalid & s_axil_bready;
-  assign \$19  = ~ done_d;
-  assign \$20  = done & \$19 ;
-  assign \$21  = \$signal$95  & w_held;
-  assign \$22  = s_axil_rvalid & s_axil_rready;
-  assign \$23  = s_axil_arvalid & s_axil_arready;
-  assign \$26  = \$24  | { 30'h00000000, \$25  };
-  assign \$28  = \$26  | { 21'h000000, \$27  };
-  assign \$30  = { 1'h0, \$signal$93  } | \$29 ;
+  assign \$9  = m_axi_awready | \$signal ;
+  assign \$10  = \r_rdy$83  & \$9 ;
+  assign \$11  = m_axi_wready | w_sent;
+  assign \$12  = \$10  & \$11 ;
+  assign \$13  = m_axi_awvalid & m_axi_awready;
+  assign \$14  = m_axi_wvalid & m_axi_wready;
+  assign \$15  = s_axil_awvalid & s_axil_awready;
+  assign \$16  = s_axil_wvalid & s_axil_wready;
+  assign \$17  = s_axil_bvalid & s_axil_bready;
+  assign \$18  = ~ done_d;
+  assign \$19  = done & \$18 ;
+  assign \$20  = \$signal$97  & w_held;
+  assign \$21  = s_axil_rvalid & s_axil_rready;
+  assign \$22  = s_axil_arvalid & s_axil_arready;
+  assign \$25  = \$23  | { 30'h00000000, \$24  };
+  assign \$27  = \$25  | { 21'h000000, \$26  };
+  assign \$29  = { 1'h0, \$signal$95  } | \$28 ;
   always @(posedge clk)
-    \$signal  <= \$31 ;
+    \$signal  <= \$30 ;
   always @(posedge clk)
-    w_sent <= \$32 ;
+    w_sent <= \$31 ;
   always @(posedge clk)
-    done_d <= \$33 ;
+    done_d <= \$32 ;
   always @(posedge clk)
-    \$signal$95  <= \$34 ;
+    start <= \$33 ;
   always @(posedge clk)
-    \$signal$99  <= \$35 ;
+    \$signal$97  <= \$34 ;
+  always @(posedge clk)
+    \$signal$106  <= \$35 ;
   always @(posedge clk)
     w_held <= \$36 ;
   \accelerator.ar_slice  ar_slice (
@@ -395,7 +398,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
     \$37  = wdata;
-    if (\$17 ) begin
+    if (\$16 ) begin
       \$37  = s_axil_wdata;
     end
     if (rst) begin
@@ -405,10 +408,10 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
     \$38  = s_axil_bvalid;
-    if (\$18 ) begin
+    if (\$17 ) begin
       \$38  = 1'h0;
     end
-    if (\$21 ) begin
+    if (\$20 ) begin
       \$38  = 1'h1;
     end
     if (rst) begin
@@ -418,11 +421,11 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
     \$39  = pending;
-    if (\$20 ) begin
+    if (\$19 ) begin
       \$39  = 1'h1;
     end
-    if (\$21 ) begin
-      casez (\$signal$99 [7:2])
+    if (\$20 ) begin
+      casez (\$signal$106 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -444,10 +447,10 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
     \$40  = s_axil_bresp;
-    if (\$21 ) begin
+    if (\$20 ) begin
       \$40  = 2'h0;
       (* full_case = 32'd1 *)
-      casez (\$signal$99 [7:2])
+      casez (\$signal$106 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -469,8 +472,8 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
     \$41  = prog;
-    if (\$21 ) begin
-      casez (\$signal$99 [7:2])
+    if (\$20 ) begin
+      casez (\$signal$106 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -484,8 +487,8 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
     \$42  = images;
-    if (\$21 ) begin
-      casez (\$signal$99 [7:2])
+    if (\$20 ) begin
+      casez (\$signal$106 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -501,8 +504,8 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
     \$43  = image_stride;
-    if (\$21 ) begin
-      casez (\$signal$99 [7:2])
+    if (\$20 ) begin
+      casez (\$signal$106 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -519,9 +522,9 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
-    \$44  = \$signal$93 ;
-    if (\$21 ) begin
-      casez (\$signal$99 [7:2])
+    \$44  = \$signal$95 ;
+    if (\$20 ) begin
+      casez (\$signal$106 [7:2])
         6'h00:
             /* empty */;
         6'h02:
@@ -541,10 +544,10 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
     \$45  = s_axil_rvalid;
-    if (\$22 ) begin
+    if (\$21 ) begin
       \$45  = 1'h0;
     end
-    if (\$23 ) begin
+    if (\$22 ) begin
       \$45  = 1'h1;
     end
     if (rst) begin
@@ -554,7 +557,7 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
     \$46  = s_axil_rresp;
-    if (\$23 ) begin
+    if (\$22 ) begin
       \$46  = 2'h2;
       casez (s_axil_araddr[7:2])
         6'h01:
@@ -648,15 +651,15 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
     \$47  = s_axil_rdata;
-    if (\$23 ) begin
+    if (\$22 ) begin
       \$47  = 32'd0;
       casez (s_axil_araddr[7:2])
         6'h01:
-            \$47  = \$28 ;
+            \$47  = \$27 ;
         6'h02:
             \$47  = prog;
         6'h03:
-            \$47  = { 30'h00000000, \$30  };
+            \$47  = { 30'h00000000, \$29  };
         6'h04:
             \$47  = pc;
         6'h05:
@@ -741,19 +744,24 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
-    start = 1'h0;
-    if (\$9 ) begin
-      casez (\$signal$99 [7:2])
-        6'h00:
-            start = wdata[0];
-      endcase
+    \$30  = \$signal ;
+    (* full_case = 32'd1 *)
+    if (\$12 ) begin
+      \$30  = 1'h0;
+    end else begin
+      if (\$13 ) begin
+        \$30  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
-    \$31  = \$signal ;
+    \$31  = w_sent;
     (* full_case = 32'd1 *)
-    if (\$13 ) begin
+    if (\$12 ) begin
       \$31  = 1'h0;
     end else begin
       if (\$14 ) begin
@@ -766,33 +774,31 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
-    \$32  = w_sent;
-    (* full_case = 32'd1 *)
-    if (\$13 ) begin
-      \$32  = 1'h0;
-    end else begin
-      if (\$15 ) begin
-        \$32  = 1'h1;
-      end
-    end
+    \$32  = done;
     if (rst) begin
       \$32  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
-    \$33  = done;
+    \$33  = 1'h0;
+    if (\$20 ) begin
+      casez (\$signal$106 [7:2])
+        6'h00:
+            \$33  = wdata[0];
+      endcase
+    end
     if (rst) begin
       \$33  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
-    \$34  = \$signal$95 ;
-    if (\$16 ) begin
+    \$34  = \$signal$97 ;
+    if (\$15 ) begin
       \$34  = 1'h1;
     end
-    if (\$21 ) begin
+    if (\$20 ) begin
       \$34  = 1'h0;
     end
     if (rst) begin
@@ -801,8 +807,8 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
-    \$35  = \$signal$99 ;
-    if (\$16 ) begin
+    \$35  = \$signal$106 ;
+    if (\$15 ) begin
       \$35  = s_axil_awaddr;
     end
     if (rst) begin
@@ -812,10 +818,10 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$51 ) begin end
     \$36  = w_held;
-    if (\$17 ) begin
+    if (\$16 ) begin
       \$36  = 1'h1;
     end
-    if (\$21 ) begin
+    if (\$20 ) begin
       \$36  = 1'h0;
     end
     if (rst) begin
@@ -845,11 +851,12 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   assign \w_rdy$81  = aw__ready;
   assign \$signal$88  = images;
   assign \image_stride$90  = image_stride;
-  assign \prog$92  = prog;
-  assign \$signal$96  = s_axil_bvalid;
+  assign \start$92  = start;
+  assign \prog$94  = prog;
+  assign \$signal$98  = s_axil_bvalid;
   assign bresp = s_axil_bresp;
-  assign \$signal$102  = s_axil_rvalid;
-  assign \$signal$103  = s_axil_rdata;
+  assign \$signal$101  = s_axil_rvalid;
+  assign \$signal$102  = s_axil_rdata;
   assign rresp = s_axil_rresp;
   assign m_axi_awid = 1'h0;
   assign m_axi_awlen = 8'h00;
@@ -872,10 +879,10 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
   assign \aw__payload.strb  = \w_data$78 [100:93];
   assign m_axi_araddr = { r_data[28:0], 3'h0 };
   assign m_axi_awaddr = { \r_data$82 [28:0], 3'h0 };
-  assign \$24  = { 31'h00000000, busy };
-  assign \$25  = { done, 1'h0 };
-  assign \$27  = { 3'h0, error, 4'h0 };
-  assign \$29  = { pending, 1'h0 };
+  assign \$23  = { 31'h00000000, busy };
+  assign \$24  = { done, 1'h0 };
+  assign \$26  = { 3'h0, error, 4'h0 };
+  assign \$28  = { pending, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -1261,62 +1268,62 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1001 ;
   wire \$1002 ;
   wire \$1003 ;
-  wire \$1004 ;
-  wire \$1005 ;
+  wire [24:0] \$1004 ;
+  wire [33:0] \$1005 ;
   wire \$1006 ;
-  wire [3:0] \$1007 ;
-  wire \$1008 ;
-  wire \$1009 ;
+  wire \$1007 ;
+  wire [24:0] \$1008 ;
+  wire [33:0] \$1009 ;
   wire \$101 ;
   wire \$1010 ;
-  wire [3:0] \$1011 ;
-  wire [14:0] \$1012 ;
+  wire \$1011 ;
+  wire \$1012 ;
   wire \$1013 ;
   wire \$1014 ;
   wire \$1015 ;
   wire \$1016 ;
   wire \$1017 ;
   wire \$1018 ;
-  wire \$1019 ;
+  wire [3:0] \$1019 ;
   wire \$102 ;
   wire \$1020 ;
   wire \$1021 ;
   wire \$1022 ;
-  wire \$1023 ;
-  wire \$1024 ;
+  wire [3:0] \$1023 ;
+  wire [14:0] \$1024 ;
   wire \$1025 ;
-  wire [16:0] \$1026 ;
-  wire [16:0] \$1027 ;
+  wire \$1026 ;
+  wire \$1027 ;
   wire \$1028 ;
-  wire [32:0] \$1029 ;
+  wire \$1029 ;
   wire \$103 ;
   wire \$1030 ;
   wire \$1031 ;
   wire \$1032 ;
-  wire [32:0] \$1033 ;
+  wire \$1033 ;
   wire \$1034 ;
   wire \$1035 ;
   wire \$1036 ;
   wire \$1037 ;
-  wire \$1038 ;
+  wire [16:0] \$1038 ;
   wire [16:0] \$1039 ;
   wire \$104 ;
-  wire [16:0] \$1040 ;
-  wire \$1041 ;
-  wire [32:0] \$1042 ;
+  wire \$1040 ;
+  wire [32:0] \$1041 ;
+  wire \$1042 ;
   wire \$1043 ;
   wire \$1044 ;
-  wire \$1045 ;
+  wire [32:0] \$1045 ;
   wire \$1046 ;
   wire \$1047 ;
   wire \$1048 ;
   wire \$1049 ;
   wire \$105 ;
   wire \$1050 ;
-  wire \$1051 ;
-  wire \$1052 ;
-  wire [16:0] \$1053 ;
-  wire [16:0] \$1054 ;
+  wire [16:0] \$1051 ;
+  wire [16:0] \$1052 ;
+  wire \$1053 ;
+  wire [32:0] \$1054 ;
   wire \$1055 ;
   wire \$1056 ;
   wire \$1057 ;
@@ -1328,50 +1335,50 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1062 ;
   wire \$1063 ;
   wire \$1064 ;
-  wire \$1065 ;
-  reg \$1066 ;
+  wire [16:0] \$1065 ;
+  wire [16:0] \$1066 ;
   wire \$1067 ;
   wire \$1068 ;
   wire \$1069 ;
   wire \$107 ;
   wire \$1070 ;
-  reg \$1071 ;
+  wire \$1071 ;
   wire \$1072 ;
   wire \$1073 ;
   wire \$1074 ;
   wire \$1075 ;
   wire \$1076 ;
   wire \$1077 ;
-  wire [4:0] \$1078 ;
-  wire [16:0] \$1079 ;
+  reg \$1078 ;
+  wire \$1079 ;
   wire \$108 ;
-  wire [16:0] \$1080 ;
+  wire \$1080 ;
   wire \$1081 ;
   wire \$1082 ;
-  wire [16:0] \$1083 ;
-  wire [16:0] \$1084 ;
+  reg \$1083 ;
+  wire \$1084 ;
   wire \$1085 ;
   wire \$1086 ;
   wire \$1087 ;
   wire \$1088 ;
-  wire [4:0] \$1089 ;
+  wire \$1089 ;
   wire \$109 ;
-  wire \$1090 ;
-  reg \$1091 ;
-  wire \$1092 ;
+  wire [4:0] \$1090 ;
+  wire [16:0] \$1091 ;
+  wire [16:0] \$1092 ;
   wire \$1093 ;
   wire \$1094 ;
-  wire \$1095 ;
-  wire \$1096 ;
+  wire [16:0] \$1095 ;
+  wire [16:0] \$1096 ;
   wire \$1097 ;
   wire \$1098 ;
-  reg \$1099 ;
+  wire \$1099 ;
   wire [3:0] \$11 ;
   wire \$110 ;
   wire \$1100 ;
-  wire \$1101 ;
+  wire [4:0] \$1101 ;
   wire \$1102 ;
-  wire \$1103 ;
+  reg \$1103 ;
   wire \$1104 ;
   wire \$1105 ;
   wire \$1106 ;
@@ -1380,44 +1387,44 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1109 ;
   wire \$111 ;
   wire \$1110 ;
-  wire \$1111 ;
-  wire [32:0] \$1112 ;
+  reg \$1111 ;
+  wire \$1112 ;
   wire \$1113 ;
-  wire [16:0] \$1114 ;
-  wire [16:0] \$1115 ;
+  wire \$1114 ;
+  wire \$1115 ;
   wire \$1116 ;
-  wire [16:0] \$1117 ;
-  wire [16:0] \$1118 ;
+  wire \$1117 ;
+  wire \$1118 ;
   wire \$1119 ;
   wire \$112 ;
-  reg \$1120 ;
+  wire \$1120 ;
   wire \$1121 ;
   wire \$1122 ;
   wire \$1123 ;
-  wire \$1124 ;
+  wire [32:0] \$1124 ;
   wire \$1125 ;
   wire [16:0] \$1126 ;
-  wire [10:0] \$1127 ;
+  wire [16:0] \$1127 ;
   wire \$1128 ;
   wire [16:0] \$1129 ;
   wire \$113 ;
-  wire \$1130 ;
+  wire [16:0] \$1130 ;
   wire \$1131 ;
-  wire [4:0] \$1132 ;
-  reg \$1133 ;
+  reg \$1132 ;
+  wire \$1133 ;
   wire \$1134 ;
   wire \$1135 ;
   wire \$1136 ;
   wire \$1137 ;
-  wire \$1138 ;
-  wire \$1139 ;
+  wire [16:0] \$1138 ;
+  wire [10:0] \$1139 ;
   wire [3:0] \$114 ;
   wire \$1140 ;
-  reg \$1141 ;
+  wire [16:0] \$1141 ;
   wire \$1142 ;
   wire \$1143 ;
-  wire \$1144 ;
-  wire \$1145 ;
+  wire [4:0] \$1144 ;
+  reg \$1145 ;
   wire \$1146 ;
   wire \$1147 ;
   wire \$1148 ;
@@ -1426,115 +1433,115 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1150 ;
   wire \$1151 ;
   wire \$1152 ;
-  wire [16:0] \$1153 ;
-  wire [32:0] \$1154 ;
+  reg \$1153 ;
+  wire \$1154 ;
   wire \$1155 ;
   wire \$1156 ;
   wire \$1157 ;
-  wire [3:0] \$1158 ;
-  wire [3:0] \$1159 ;
+  wire \$1158 ;
+  wire \$1159 ;
   wire [2:0] \$116 ;
   wire \$1160 ;
   wire \$1161 ;
   wire \$1162 ;
   wire \$1163 ;
   wire \$1164 ;
-  reg \$1165 ;
-  reg \$1166 ;
-  reg \$1167 ;
-  reg \$1168 ;
-  reg \$1169 ;
+  wire [16:0] \$1165 ;
+  wire [32:0] \$1166 ;
+  wire \$1167 ;
+  wire \$1168 ;
+  wire \$1169 ;
   wire [3:0] \$117 ;
-  reg \$1170 ;
-  reg \$1171 ;
-  reg \$1172 ;
-  reg \$1173 ;
-  reg \$1174 ;
-  reg \$1175 ;
-  reg \$1176 ;
+  wire [3:0] \$1170 ;
+  wire [3:0] \$1171 ;
+  wire \$1172 ;
+  wire \$1173 ;
+  wire \$1174 ;
+  wire \$1175 ;
+  wire \$1176 ;
   reg \$1177 ;
   reg \$1178 ;
   reg \$1179 ;
   wire \$118 ;
   reg \$1180 ;
-  reg [15:0] \$1181 ;
+  reg \$1181 ;
   reg \$1182 ;
   reg \$1183 ;
   reg \$1184 ;
   reg \$1185 ;
   reg \$1186 ;
   reg \$1187 ;
-  reg [2:0] \$1188 ;
+  reg \$1188 ;
   reg \$1189 ;
   wire [3:0] \$119 ;
-  reg [2:0] \$1190 ;
+  reg \$1190 ;
   reg \$1191 ;
   reg \$1192 ;
-  reg \$1193 ;
-  reg [15:0] \$1194 ;
-  reg [15:0] \$1195 ;
-  reg [15:0] \$1196 ;
-  reg [2:0] \$1197 ;
-  reg [15:0] \$1198 ;
-  reg [15:0] \$1199 ;
+  reg [15:0] \$1193 ;
+  reg \$1194 ;
+  reg \$1195 ;
+  reg \$1196 ;
+  reg \$1197 ;
+  reg \$1198 ;
+  reg \$1199 ;
   wire \$12 ;
   wire [3:0] \$120 ;
-  reg [31:0] \$1200 ;
-  reg [31:0] \$1201 ;
-  reg [31:0] \$1202 ;
-  reg [15:0] \$1203 ;
-  reg [31:0] \$1204 ;
+  reg [2:0] \$1200 ;
+  reg \$1201 ;
+  reg [2:0] \$1202 ;
+  reg \$1203 ;
+  reg \$1204 ;
   reg \$1205 ;
-  reg \$1206 ;
-  reg [47:0] \$1207 ;
-  reg [47:0] \$1208 ;
-  reg [47:0] \$1209 ;
+  reg [15:0] \$1206 ;
+  reg [15:0] \$1207 ;
+  reg [15:0] \$1208 ;
+  reg [2:0] \$1209 ;
   wire \$121 ;
-  reg [47:0] \$1210 ;
-  reg [47:0] \$1211 ;
-  reg [47:0] \$1212 ;
-  reg [47:0] \$1213 ;
-  reg [47:0] \$1214 ;
-  reg [47:0] \$1215 ;
-  reg [47:0] \$1216 ;
-  reg [47:0] \$1217 ;
-  reg [47:0] \$1218 ;
+  reg [15:0] \$1210 ;
+  reg [15:0] \$1211 ;
+  reg [31:0] \$1212 ;
+  reg [31:0] \$1213 ;
+  reg [31:0] \$1214 ;
+  reg [15:0] \$1215 ;
+  reg [31:0] \$1216 ;
+  reg \$1217 ;
+  reg \$1218 ;
   reg [47:0] \$1219 ;
   wire [4:0] \$122 ;
   reg [47:0] \$1220 ;
   reg [47:0] \$1221 ;
   reg [47:0] \$1222 ;
   reg [47:0] \$1223 ;
-  reg \$1224 ;
-  reg \$1225 ;
-  reg \$1226 ;
-  reg \$1227 ;
-  reg \$1228 ;
-  reg [31:0] \$1229 ;
+  reg [47:0] \$1224 ;
+  reg [47:0] \$1225 ;
+  reg [47:0] \$1226 ;
+  reg [47:0] \$1227 ;
+  reg [47:0] \$1228 ;
+  reg [47:0] \$1229 ;
   wire [3:0] \$123 ;
-  reg \$1230 ;
-  reg \$1231 ;
-  reg [3:0] \$1232 ;
-  reg \$1233 ;
-  reg [31:0] \$1234 ;
-  reg [31:0] \$1235 ;
-  reg [15:0] \$1236 ;
-  reg [31:0] \$1237 ;
-  reg [2:0] \$1238 ;
+  reg [47:0] \$1230 ;
+  reg [47:0] \$1231 ;
+  reg [47:0] \$1232 ;
+  reg [47:0] \$1233 ;
+  reg [47:0] \$1234 ;
+  reg [47:0] \$1235 ;
+  reg \$1236 ;
+  reg \$1237 ;
+  reg \$1238 ;
   reg \$1239 ;
   wire \$124 ;
   reg \$1240 ;
-  reg \$1241 ;
+  reg [31:0] \$1241 ;
   reg \$1242 ;
   reg \$1243 ;
-  reg \$1244 ;
+  reg [3:0] \$1244 ;
   reg \$1245 ;
-  reg \$1246 ;
-  reg \$1247 ;
-  reg \$1248 ;
-  reg \$1249 ;
+  reg [31:0] \$1246 ;
+  reg [31:0] \$1247 ;
+  reg [15:0] \$1248 ;
+  reg [31:0] \$1249 ;
   wire [5:0] \$125 ;
-  reg \$1250 ;
+  reg [2:0] \$1250 ;
   reg \$1251 ;
   reg \$1252 ;
   reg \$1253 ;
@@ -1551,84 +1558,96 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1263 ;
   reg \$1264 ;
   reg \$1265 ;
-  reg [511:0] \$1266 ;
-  reg [1:0] \$1267 ;
-  reg [31:0] \$1268 ;
-  reg [7:0] \$1269 ;
+  reg \$1266 ;
+  reg \$1267 ;
+  reg \$1268 ;
+  reg \$1269 ;
   wire \$127 ;
-  reg [15:0] \$1270 ;
-  reg [15:0] \$1271 ;
+  reg \$1270 ;
+  reg \$1271 ;
   reg \$1272 ;
-  reg [31:0] \$1273 ;
-  reg [15:0] \$1274 ;
+  reg \$1273 ;
+  reg \$1274 ;
   reg \$1275 ;
-  reg [15:0] \$1276 ;
-  reg [15:0] \$1277 ;
-  reg [15:0] \$1278 ;
-  reg [15:0] \$1279 ;
+  reg \$1276 ;
+  reg \$1277 ;
+  reg [511:0] \$1278 ;
+  reg [1:0] \$1279 ;
   wire [6:0] \$128 ;
-  reg [15:0] \$1280 ;
-  reg [15:0] \$1281 ;
+  reg [31:0] \$1280 ;
+  reg [7:0] \$1281 ;
   reg [15:0] \$1282 ;
   reg [15:0] \$1283 ;
-  reg [2:0] \$1284 ;
-  reg [2:0] \$1285 ;
-  reg [31:0] \$1286 ;
-  reg [15:0] \$1287 ;
+  reg \$1284 ;
+  reg [31:0] \$1285 ;
+  reg [15:0] \$1286 ;
+  reg \$1287 ;
   reg [15:0] \$1288 ;
-  reg [31:0] \$1289 ;
+  reg [15:0] \$1289 ;
   wire [3:0] \$129 ;
-  reg [31:0] \$1290 ;
-  reg \$1291 ;
-  reg [7:0] \$1292 ;
-  reg \$1293 ;
-  reg \$1294 ;
-  reg \$1295 ;
-  reg [15:0] \$1296 ;
-  reg \$1297 ;
-  reg \$1298 ;
-  reg [7:0] \$1299 ;
+  reg [15:0] \$1290 ;
+  reg [15:0] \$1291 ;
+  reg [15:0] \$1292 ;
+  reg [15:0] \$1293 ;
+  reg [15:0] \$1294 ;
+  reg [15:0] \$1295 ;
+  reg [2:0] \$1296 ;
+  reg [2:0] \$1297 ;
+  reg [31:0] \$1298 ;
+  reg [15:0] \$1299 ;
   wire \$13 ;
   wire \$130 ;
-  reg [7:0] \$1300 ;
-  reg [7:0] \$1301 ;
-  reg [7:0] \$1302 ;
-  reg [7:0] \$1303 ;
+  reg [15:0] \$1300 ;
+  reg [31:0] \$1301 ;
+  reg [31:0] \$1302 ;
+  reg \$1303 ;
   reg [7:0] \$1304 ;
-  reg [7:0] \$1305 ;
-  reg [7:0] \$1306 ;
+  reg \$1305 ;
+  reg \$1306 ;
   reg \$1307 ;
-  reg \$1308 ;
+  reg [15:0] \$1308 ;
   reg \$1309 ;
   wire [7:0] \$131 ;
-  reg [3:0] \$1310 ;
-  reg [15:0] \$1311 ;
-  reg \$1312 ;
-  reg [15:0] \$1313 ;
-  reg [15:0] \$1314 ;
-  reg [31:0] \$1315 ;
-  reg \$1316 ;
-  reg \$1317 ;
-  reg \$1318 ;
+  reg \$1310 ;
+  reg [7:0] \$1311 ;
+  reg [7:0] \$1312 ;
+  reg [7:0] \$1313 ;
+  reg [7:0] \$1314 ;
+  reg [7:0] \$1315 ;
+  reg [7:0] \$1316 ;
+  reg [7:0] \$1317 ;
+  reg [7:0] \$1318 ;
   reg \$1319 ;
   wire [3:0] \$132 ;
   reg \$1320 ;
   reg \$1321 ;
   reg [3:0] \$1322 ;
   reg [15:0] \$1323 ;
-  reg [9:0] \$1324 ;
+  reg \$1324 ;
   reg [15:0] \$1325 ;
-  reg \$1326 ;
-  reg \$1327 ;
+  reg [15:0] \$1326 ;
+  reg [31:0] \$1327 ;
   reg \$1328 ;
-  reg [31:0] \$1329 ;
+  reg \$1329 ;
   wire \$133 ;
-  reg [15:0] \$1330 ;
+  reg \$1330 ;
   reg \$1331 ;
-  reg [2:0] \$1332 ;
+  reg \$1332 ;
   reg \$1333 ;
   reg [3:0] \$1334 ;
+  reg [15:0] \$1335 ;
+  reg [9:0] \$1336 ;
+  reg [15:0] \$1337 ;
+  reg \$1338 ;
+  reg \$1339 ;
   wire [8:0] \$134 ;
+  reg \$1340 ;
+  reg [31:0] \$1341 ;
+  reg [15:0] \$1342 ;
+  reg \$1343 ;
+  reg [2:0] \$1344 ;
+  reg \$1345 ;
+  reg [3:0] \$1346 ;
   reg \$135 ;
   wire \$136 ;
   wire \$137 ;
@@ -2420,30 +2439,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$845 ;
   wire \$846 ;
   wire \$847 ;
-  wire [15:0] \$848 ;
+  wire \$848 ;
   wire \$849 ;
   wire \$85 ;
-  wire \$850 ;
-  wire [14:0] \$851 ;
+  wire [15:0] \$850 ;
+  wire \$851 ;
   wire \$852 ;
   wire \$853 ;
-  wire [2:0] \$854 ;
-  wire \$855 ;
-  wire [16:0] \$856 ;
-  wire [32:0] \$857 ;
+  wire \$854 ;
+  wire [16:0] \$855 ;
+  wire [32:0] \$856 ;
+  wire \$857 ;
   wire \$858 ;
   wire \$859 ;
   wire \$86 ;
   wire \$860 ;
   wire \$861 ;
   wire \$862 ;
-  wire \$863 ;
+  wire [32:0] \$863 ;
   wire \$864 ;
   wire \$865 ;
-  wire \$866 ;
+  wire [14:0] \$866 ;
   wire \$867 ;
   wire \$868 ;
-  wire \$869 ;
+  wire [2:0] \$869 ;
   wire \$87 ;
   wire \$870 ;
   wire \$871 ;
@@ -2467,23 +2486,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$888 ;
   wire \$889 ;
   wire \$89 ;
-  wire [16:0] \$890 ;
-  wire [32:0] \$891 ;
+  wire \$890 ;
+  wire \$891 ;
   wire \$892 ;
   wire \$893 ;
   wire \$894 ;
   wire \$895 ;
   wire \$896 ;
   wire \$897 ;
-  wire [16:0] \$898 ;
+  wire \$898 ;
   wire \$899 ;
   wire \$9 ;
   wire \$90 ;
   wire \$900 ;
   wire \$901 ;
   wire \$902 ;
-  wire \$903 ;
-  wire \$904 ;
+  wire [16:0] \$903 ;
+  wire [32:0] \$904 ;
   wire \$905 ;
   wire \$906 ;
   wire \$907 ;
@@ -2491,7 +2510,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$909 ;
   wire \$91 ;
   wire \$910 ;
-  wire \$911 ;
+  wire [16:0] \$911 ;
   wire \$912 ;
   wire \$913 ;
   wire \$914 ;
@@ -2548,7 +2567,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$960 ;
   wire \$961 ;
   wire \$962 ;
-  wire [32:0] \$963 ;
+  wire \$963 ;
   wire \$964 ;
   wire \$965 ;
   wire \$966 ;
@@ -2580,12 +2599,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \$99 ;
   wire \$990 ;
   wire \$991 ;
-  wire [24:0] \$992 ;
-  wire [33:0] \$993 ;
+  wire \$992 ;
+  wire \$993 ;
   wire \$994 ;
   wire \$995 ;
-  wire [24:0] \$996 ;
-  wire [33:0] \$997 ;
+  wire \$996 ;
+  wire \$997 ;
   wire \$998 ;
   wire \$999 ;
   reg \$signal ;
@@ -2596,8 +2615,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \$signal$281  = 16'h0000;
   reg \$signal$286  = 1'h0;
   reg \$signal$409  = 1'h0;
+  reg [31:0] \$signal$477  = 32'd0;
   reg [31:0] \$signal$478  = 32'd0;
-  reg [31:0] \$signal$479  = 32'd0;
   reg \$signal$495  = 1'h0;
   wire [13:0] \$signature__addr ;
   reg [8:0] \$signature__addr$250 ;
@@ -29429,657 +29448,669 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$844  = \$843  | is_store;
   assign \$845  = \$844  | is_gemm;
   assign \$846  = \$842  & \$845 ;
-  assign \$847  = | images;
-  assign \$848  = \$847  ? images : 16'h0001;
-  assign \$849  = ~ fetch_sent;
-  assign \$850  = req__ready & \$849 ;
-  assign \$851  = 1'h1 << dec_c_lb;
-  assign \$852  = ins[509:498] == 1'h1;
-  assign \$853  = | decode_wait;
-  assign \$854  = decode_wait - 1'h1;
-  assign \$855  = decode_wait == 1'h1;
-  assign \$856  = images_left - 1'h1;
-  assign \$857  = offset + \$signal$479 ;
-  assign \$858  = is_softmax | pre_sm;
-  assign \$859  = is_layernorm | pre_ln;
-  assign \$860  = is_gelu | is_add;
-  assign \$861  = \$860  | post_gelu;
-  assign \$862  = \$861  | post_add;
-  assign \$863  = is_gelu | is_add;
-  assign \$864  = \$863  | post_gelu;
-  assign \$865  = \$864  | post_add;
-  assign \$866  = \$865  & add_sel;
-  assign \$867  = is_gelu | is_add;
-  assign \$868  = \$867  | post_gelu;
-  assign \$869  = \$868  | post_add;
-  assign \$870  = \$869  & gelu_sel0;
-  assign \$871  = ~ post_gelu;
-  assign \$872  = is_gemm & \$871 ;
-  assign \$873  = ~ post_add;
-  assign \$874  = \$872  & \$873 ;
-  assign \$875  = is_gemm & pre_sm;
-  assign \$876  = is_gemm & pre_ln;
-  assign \$877  = ~ pre_sm;
-  assign \$878  = is_gemm & \$877 ;
-  assign \$879  = ~ pre_ln;
-  assign \$880  = \$878  & \$879 ;
-  assign \$881  = ~ is_load;
-  assign \$882  = ~ is_linear;
-  assign \$883  = is_gemm & \$882 ;
-  assign \$884  = add_sel | \$883 ;
-  assign \$885  = is_gelu | is_add;
-  assign \$886  = post_gelu | post_add;
-  assign \$887  = is_gemm & \$886 ;
-  assign \$888  = | c_ask;
-  assign \$889  = \$888  & req__ready;
-  assign \$890  = c_ask - 1'h1;
-  assign \$891  = c_addr + c_step;
-  assign \$892  = const_to0 & c__ready;
-  assign \$893  = const_to1 & \c__ready$418 ;
-  assign \$894  = const_to2 & \c__ready$419 ;
-  assign \$895  = const_to3 & \c__ready$420 ;
-  assign \$896  = | { \$895 , \$894 , \$893 , \$892  };
-  assign \$897  = beat__valid & \$896 ;
-  assign \$898  = c_due - 1'h1;
-  assign \$899  = c_due == 2'h2;
-  assign \$900  = is_gelu | is_add;
-  assign \$901  = \$900  | post_gelu;
-  assign \$902  = \$901  | post_add;
-  assign \$903  = is_gelu | is_add;
-  assign \$904  = \$903  | post_gelu;
-  assign \$905  = \$904  | post_add;
-  assign \$906  = \$905  & add_sel;
-  assign \$907  = is_gelu | is_add;
-  assign \$908  = \$907  | post_gelu;
-  assign \$909  = \$908  | post_add;
-  assign \$910  = \$909  & gelu_sel0;
-  assign \$911  = ~ post_gelu;
-  assign \$912  = is_gemm & \$911 ;
-  assign \$913  = ~ post_add;
-  assign \$914  = \$912  & \$913 ;
-  assign \$915  = is_gemm & pre_sm;
-  assign \$916  = is_gemm & pre_ln;
-  assign \$917  = ~ pre_sm;
-  assign \$918  = is_gemm & \$917 ;
-  assign \$919  = ~ pre_ln;
-  assign \$920  = \$918  & \$919 ;
-  assign \$921  = ~ is_load;
-  assign \$922  = ~ is_linear;
-  assign \$923  = is_gemm & \$922 ;
-  assign \$924  = add_sel | \$923 ;
-  assign \$925  = is_gelu | is_add;
-  assign \$926  = post_gelu | post_add;
-  assign \$927  = is_gemm & \$926 ;
-  assign \$928  = | ins[509:498];
-  assign \$929  = ~ \$928 ;
-  assign \$930  = is_gelu | is_add;
-  assign \$931  = \$930  | post_gelu;
-  assign \$932  = \$931  | post_add;
-  assign \$933  = is_gelu | is_add;
-  assign \$934  = \$933  | post_gelu;
-  assign \$935  = \$934  | post_add;
-  assign \$936  = \$935  & add_sel;
-  assign \$937  = is_gelu | is_add;
-  assign \$938  = \$937  | post_gelu;
-  assign \$939  = \$938  | post_add;
-  assign \$940  = \$939  & gelu_sel0;
-  assign \$941  = ~ post_gelu;
-  assign \$942  = is_gemm & \$941 ;
-  assign \$943  = ~ post_add;
-  assign \$944  = \$942  & \$943 ;
-  assign \$945  = is_gemm & pre_sm;
-  assign \$946  = is_gemm & pre_ln;
-  assign \$947  = ~ pre_sm;
-  assign \$948  = is_gemm & \$947 ;
-  assign \$949  = ~ pre_ln;
-  assign \$950  = \$948  & \$949 ;
-  assign \$951  = ~ is_load;
-  assign \$952  = ~ is_linear;
-  assign \$953  = is_gemm & \$952 ;
-  assign \$954  = add_sel | \$953 ;
-  assign \$955  = is_gelu | is_add;
-  assign \$956  = post_gelu | post_add;
-  assign \$957  = is_gemm & \$956 ;
-  assign \$958  = | fault_q;
-  assign \$959  = ~ \$958 ;
-  assign \$960  = op_done & \$959 ;
-  assign \$961  = ~ addr_fault;
-  assign \$962  = \$960  & \$961 ;
-  assign \$963  = pc + 7'h40;
-  assign \$964  = $signed(addr) < $signed(1'h0);
-  assign \$965  = $signed(addr) >= $signed(16'h4000);
-  assign \$966  = \$964  | \$965 ;
-  assign \$967  = valid & \$966 ;
-  assign \$968  = ~ is_load;
-  assign \$969  = \$967  & \$968 ;
-  assign \$970  = ~ is_gemm;
-  assign \$971  = \$969  & \$970 ;
-  assign \$972  = $signed(\addr$89 ) < $signed(1'h0);
-  assign \$973  = $signed(\addr$89 ) >= $signed(16'h4000);
-  assign \$974  = \$972  | \$973 ;
-  assign \$975  = \valid$85  & \$974 ;
-  assign \$976  = \$975  & is_add;
-  assign \$977  = \$971  | \$976 ;
-  assign \$978  = $signed(\addr$97 ) < $signed(1'h0);
-  assign \$979  = $signed(\addr$97 ) >= $signed(16'h4000);
-  assign \$980  = \$978  | \$979 ;
-  assign \$981  = \valid$221  & \$980 ;
-  assign \$982  = ~ is_store;
+  assign \$847  = ~ busy;
+  assign \$848  = \$847  & start;
+  assign \$849  = | images;
+  assign \$850  = \$849  ? images : 16'h0001;
+  assign \$851  = | decode_wait;
+  assign \$852  = ~ \$851 ;
+  assign \$853  = in_decode & \$852 ;
+  assign \$854  = \$853  & d_end_more;
+  assign \$855  = images_left - 1'h1;
+  assign \$856  = offset + \$signal$478 ;
+  assign \$857  = in_stream & op_done;
+  assign \$858  = | fault_q;
+  assign \$859  = ~ \$858 ;
+  assign \$860  = \$857  & \$859 ;
+  assign \$861  = ~ addr_fault;
+  assign \$862  = \$860  & \$861 ;
+  assign \$863  = pc + 7'h40;
+  assign \$864  = ~ fetch_sent;
+  assign \$865  = req__ready & \$864 ;
+  assign \$866  = 1'h1 << dec_c_lb;
+  assign \$867  = ins[509:498] == 1'h1;
+  assign \$868  = | decode_wait;
+  assign \$869  = decode_wait - 1'h1;
+  assign \$870  = decode_wait == 1'h1;
+  assign \$871  = is_softmax | pre_sm;
+  assign \$872  = is_layernorm | pre_ln;
+  assign \$873  = is_gelu | is_add;
+  assign \$874  = \$873  | post_gelu;
+  assign \$875  = \$874  | post_add;
+  assign \$876  = is_gelu | is_add;
+  assign \$877  = \$876  | post_gelu;
+  assign \$878  = \$877  | post_add;
+  assign \$879  = \$878  & add_sel;
+  assign \$880  = is_gelu | is_add;
+  assign \$881  = \$880  | post_gelu;
+  assign \$882  = \$881  | post_add;
+  assign \$883  = \$882  & gelu_sel0;
+  assign \$884  = ~ post_gelu;
+  assign \$885  = is_gemm & \$884 ;
+  assign \$886  = ~ post_add;
+  assign \$887  = \$885  & \$886 ;
+  assign \$888  = is_gemm & pre_sm;
+  assign \$889  = is_gemm & pre_ln;
+  assign \$890  = ~ pre_sm;
+  assign \$891  = is_gemm & \$890 ;
+  assign \$892  = ~ pre_ln;
+  assign \$893  = \$891  & \$892 ;
+  assign \$894  = ~ is_load;
+  assign \$895  = ~ is_linear;
+  assign \$896  = is_gemm & \$895 ;
+  assign \$897  = add_sel | \$896 ;
+  assign \$898  = is_gelu | is_add;
+  assign \$899  = post_gelu | post_add;
+  assign \$900  = is_gemm & \$899 ;
+  assign \$901  = | c_ask;
+  assign \$902  = \$901  & req__ready;
+  assign \$903  = c_ask - 1'h1;
+  assign \$904  = c_addr + c_step;
+  assign \$905  = const_to0 & c__ready;
+  assign \$906  = const_to1 & \c__ready$418 ;
+  assign \$907  = const_to2 & \c__ready$419 ;
+  assign \$908  = const_to3 & \c__ready$420 ;
+  assign \$909  = | { \$908 , \$907 , \$906 , \$905  };
+  assign \$910  = beat__valid & \$909 ;
+  assign \$911  = c_due - 1'h1;
+  assign \$912  = c_due == 2'h2;
+  assign \$913  = is_gelu | is_add;
+  assign \$914  = \$913  | post_gelu;
+  assign \$915  = \$914  | post_add;
+  assign \$916  = is_gelu | is_add;
+  assign \$917  = \$916  | post_gelu;
+  assign \$918  = \$917  | post_add;
+  assign \$919  = \$918  & add_sel;
+  assign \$920  = is_gelu | is_add;
+  assign \$921  = \$920  | post_gelu;
+  assign \$922  = \$921  | post_add;
+  assign \$923  = \$922  & gelu_sel0;
+  assign \$924  = ~ post_gelu;
+  assign \$925  = is_gemm & \$924 ;
+  assign \$926  = ~ post_add;
+  assign \$927  = \$925  & \$926 ;
+  assign \$928  = is_gemm & pre_sm;
+  assign \$929  = is_gemm & pre_ln;
+  assign \$930  = ~ pre_sm;
+  assign \$931  = is_gemm & \$930 ;
+  assign \$932  = ~ pre_ln;
+  assign \$933  = \$931  & \$932 ;
+  assign \$934  = ~ is_load;
+  assign \$935  = ~ is_linear;
+  assign \$936  = is_gemm & \$935 ;
+  assign \$937  = add_sel | \$936 ;
+  assign \$938  = is_gelu | is_add;
+  assign \$939  = post_gelu | post_add;
+  assign \$940  = is_gemm & \$939 ;
+  assign \$941  = | ins[509:498];
+  assign \$942  = ~ \$941 ;
+  assign \$943  = is_gelu | is_add;
+  assign \$944  = \$943  | post_gelu;
+  assign \$945  = \$944  | post_add;
+  assign \$946  = is_gelu | is_add;
+  assign \$947  = \$946  | post_gelu;
+  assign \$948  = \$947  | post_add;
+  assign \$949  = \$948  & add_sel;
+  assign \$950  = is_gelu | is_add;
+  assign \$951  = \$950  | post_gelu;
+  assign \$952  = \$951  | post_add;
+  assign \$953  = \$952  & gelu_sel0;
+  assign \$954  = ~ post_gelu;
+  assign \$955  = is_gemm & \$954 ;
+  assign \$956  = ~ post_add;
+  assign \$957  = \$955  & \$956 ;
+  assign \$958  = is_gemm & pre_sm;
+  assign \$959  = is_gemm & pre_ln;
+  assign \$960  = ~ pre_sm;
+  assign \$961  = is_gemm & \$960 ;
+  assign \$962  = ~ pre_ln;
+  assign \$963  = \$961  & \$962 ;
+  assign \$964  = ~ is_load;
+  assign \$965  = ~ is_linear;
+  assign \$966  = is_gemm & \$965 ;
+  assign \$967  = add_sel | \$966 ;
+  assign \$968  = is_gelu | is_add;
+  assign \$969  = post_gelu | post_add;
+  assign \$970  = is_gemm & \$969 ;
+  assign \$971  = | fault_q;
+  assign \$972  = ~ \$971 ;
+  assign \$973  = op_done & \$972 ;
+  assign \$974  = ~ addr_fault;
+  assign \$975  = \$973  & \$974 ;
+  assign \$976  = $signed(addr) < $signed(1'h0);
+  assign \$977  = $signed(addr) >= $signed(16'h4000);
+  assign \$978  = \$976  | \$977 ;
+  assign \$979  = valid & \$978 ;
+  assign \$980  = ~ is_load;
+  assign \$981  = \$979  & \$980 ;
+  assign \$982  = ~ is_gemm;
   assign \$983  = \$981  & \$982 ;
-  assign \$984  = ~ is_gemm;
-  assign \$985  = \$983  & \$984 ;
-  assign \$986  = \$977  | \$985 ;
-  assign \$987  = | fault_q;
-  assign \$988  = idle & \idle$489 ;
-  assign \$989  = is_softmax | is_layernorm;
-  assign \$990  = ~ ext_req_valid;
-  assign \$991  = \$990  | req__ready;
-  assign \$992  = $signed(addr) << ins[23:22];
-  assign \$993  = $signed({ 1'h0, dec_ext_base }) + $signed(\$992 );
-  assign \$994  = ~ ext_req_valid;
-  assign \$995  = \$994  | \req__ready$424 ;
-  assign \$996  = $signed(\addr$97 ) << ins[23:22];
-  assign \$997  = $signed({ 1'h0, dec_ext_base }) + $signed(\$996 );
-  assign \$998  = pack_full & in_ready;
-  assign \$999  = ~ pack_full;
-  assign \$1000  = \$999  | in_ready;
-  assign \$1001  = \$1000  & elem_valid;
-  assign \$1002  = ~ add_sel;
-  assign \$1003  = \r_rdy$203  | \$1002 ;
-  assign \$1004  = \$1001  & \$1003 ;
-  assign \$1005  = pack_j == 2'h3;
-  assign \$1006  = \$1005  | elem_final;
-  assign \$1007  = pack_j + 1'h1;
-  assign \$1008  = \$signal$205  & \valid$221 ;
-  assign \$1009  = pack_jo == 2'h3;
-  assign \$1010  = \$1009  | \final ;
-  assign \$1011  = pack_jo + 1'h1;
-  assign \$1012  = 1'h1 << w_lb;
-  assign \$1013  = | dec_tiles;
-  assign \$1014  = | dec_k_last;
-  assign \$1015  = ~ \$1014 ;
-  assign \$1016  = | dec_nt_last;
-  assign \$1017  = ~ \$1016 ;
-  assign \$1018  = \$signal$409  & req__ready;
-  assign \$1019  = ~ want_w;
-  assign \$1020  = \$1019  & is_linear;
-  assign \$1021  = ~ is_linear;
-  assign \$1022  = want_w & \$signal$495 ;
-  assign \$1023  = \$1021  | \$1022 ;
-  assign \$1024  = ~ \$1023 ;
-  assign \$1025  = want_w & \$1024 ;
-  assign \$1026  = k + 1'h1;
-  assign \$1027  = k + 1'h1;
-  assign \$1028  = \$1027  == dec_k_last;
-  assign \$1029  = w_addr + w_step;
-  assign \$1030  = ~ is_linear;
-  assign \$1031  = want_w & \$signal$495 ;
-  assign \$1032  = \$1030  | \$1031 ;
-  assign \$1033  = tiles - 1'h1;
-  assign \$1034  = tiles != 1'h1;
-  assign \$1035  = | dec_k_last;
+  assign \$984  = $signed(\addr$89 ) < $signed(1'h0);
+  assign \$985  = $signed(\addr$89 ) >= $signed(16'h4000);
+  assign \$986  = \$984  | \$985 ;
+  assign \$987  = \valid$85  & \$986 ;
+  assign \$988  = \$987  & is_add;
+  assign \$989  = \$983  | \$988 ;
+  assign \$990  = $signed(\addr$97 ) < $signed(1'h0);
+  assign \$991  = $signed(\addr$97 ) >= $signed(16'h4000);
+  assign \$992  = \$990  | \$991 ;
+  assign \$993  = \valid$221  & \$992 ;
+  assign \$994  = ~ is_store;
+  assign \$995  = \$993  & \$994 ;
+  assign \$996  = ~ is_gemm;
+  assign \$997  = \$995  & \$996 ;
+  assign \$998  = \$989  | \$997 ;
+  assign \$999  = | fault_q;
+  assign \$1000  = idle & \idle$489 ;
+  assign \$1001  = is_softmax | is_layernorm;
+  assign \$1002  = ~ ext_req_valid;
+  assign \$1003  = \$1002  | req__ready;
+  assign \$1004  = $signed(addr) << ins[23:22];
+  assign \$1005  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1004 );
+  assign \$1006  = ~ ext_req_valid;
+  assign \$1007  = \$1006  | \req__ready$424 ;
+  assign \$1008  = $signed(\addr$97 ) << ins[23:22];
+  assign \$1009  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1008 );
+  assign \$1010  = pack_full & in_ready;
+  assign \$1011  = ~ pack_full;
+  assign \$1012  = \$1011  | in_ready;
+  assign \$1013  = \$1012  & elem_valid;
+  assign \$1014  = ~ add_sel;
+  assign \$1015  = \r_rdy$203  | \$1014 ;
+  assign \$1016  = \$1013  & \$1015 ;
+  assign \$1017  = pack_j == 2'h3;
+  assign \$1018  = \$1017  | elem_final;
+  assign \$1019  = pack_j + 1'h1;
+  assign \$1020  = \$signal$205  & \valid$221 ;
+  assign \$1021  = pack_jo == 2'h3;
+  assign \$1022  = \$1021  | \final ;
+  assign \$1023  = pack_jo + 1'h1;
+  assign \$1024  = 1'h1 << w_lb;
+  assign \$1025  = | dec_tiles;
+  assign \$1026  = | dec_k_last;
+  assign \$1027  = ~ \$1026 ;
+  assign \$1028  = | dec_nt_last;
+  assign \$1029  = ~ \$1028 ;
+  assign \$1030  = \$signal$409  & req__ready;
+  assign \$1031  = ~ want_w;
+  assign \$1032  = \$1031  & is_linear;
+  assign \$1033  = ~ is_linear;
+  assign \$1034  = want_w & \$signal$495 ;
+  assign \$1035  = \$1033  | \$1034 ;
   assign \$1036  = ~ \$1035 ;
-  assign \$1037  = | dec_nt_last;
-  assign \$1038  = ~ \$1037 ;
-  assign \$1039  = nt + 1'h1;
-  assign \$1040  = nt + 1'h1;
-  assign \$1041  = \$1040  == dec_nt_last;
-  assign \$1042  = p_addr + 7'h40;
-  assign \$1043  = \a__valid$287  & \a__ready$288 ;
-  assign \$1044  = ~ is_linear;
-  assign \$1045  = \$1044  | rk_zero;
-  assign \$1046  = ~ w_full;
-  assign \$1047  = \a__valid$287  & \a__ready$288 ;
-  assign \$1048  = \$1046  | \$1047 ;
-  assign \$1049  = \$1045  ? p__ready : \$1048 ;
-  assign \$1050  = beat__valid & \$1049 ;
-  assign \$1051  = \$1050  & is_linear;
-  assign \$1052  = rk == ins[87:72];
-  assign \$1053  = rk + 1'h1;
-  assign \$1054  = \$1052  ? 17'h00000 : \$1053 ;
-  assign \$1055  = rk == ins[87:72];
+  assign \$1037  = want_w & \$1036 ;
+  assign \$1038  = k + 1'h1;
+  assign \$1039  = k + 1'h1;
+  assign \$1040  = \$1039  == dec_k_last;
+  assign \$1041  = w_addr + w_step;
+  assign \$1042  = ~ is_linear;
+  assign \$1043  = want_w & \$signal$495 ;
+  assign \$1044  = \$1042  | \$1043 ;
+  assign \$1045  = tiles - 1'h1;
+  assign \$1046  = tiles != 1'h1;
+  assign \$1047  = | dec_k_last;
+  assign \$1048  = ~ \$1047 ;
+  assign \$1049  = | dec_nt_last;
+  assign \$1050  = ~ \$1049 ;
+  assign \$1051  = nt + 1'h1;
+  assign \$1052  = nt + 1'h1;
+  assign \$1053  = \$1052  == dec_nt_last;
+  assign \$1054  = p_addr + 7'h40;
+  assign \$1055  = \a__valid$287  & \a__ready$288 ;
   assign \$1056  = ~ is_linear;
   assign \$1057  = \$1056  | rk_zero;
-  assign \$1058  = ~ \$1057 ;
-  assign \$1059  = | dec_k_last;
-  assign \$1060  = ~ \$1059 ;
-  assign \$1061  = | dec_k_last;
-  assign \$1062  = ~ \$1061 ;
-  assign \$1063  = | dec_nt_last;
-  assign \$1064  = ~ \$1063 ;
-  assign \$1065  = | dec_blocks;
-  assign \$1067  = ~ \$1066 ;
-  assign \$1068  = a_in_valid & \$1067 ;
-  assign \$1069  = pre_ln | pre_sm;
-  assign \$1070  = \$1068  & \$1069 ;
+  assign \$1058  = ~ w_full;
+  assign \$1059  = \a__valid$287  & \a__ready$288 ;
+  assign \$1060  = \$1058  | \$1059 ;
+  assign \$1061  = \$1057  ? p__ready : \$1060 ;
+  assign \$1062  = beat__valid & \$1061 ;
+  assign \$1063  = \$1062  & is_linear;
+  assign \$1064  = rk == ins[87:72];
+  assign \$1065  = rk + 1'h1;
+  assign \$1066  = \$1064  ? 17'h00000 : \$1065 ;
+  assign \$1067  = rk == ins[87:72];
+  assign \$1068  = ~ is_linear;
+  assign \$1069  = \$1068  | rk_zero;
+  assign \$1070  = ~ \$1069 ;
+  assign \$1071  = | dec_k_last;
   assign \$1072  = ~ \$1071 ;
-  assign \$1073  = a_in_valid & \$1072 ;
-  assign \$1074  = | dec_k_last;
-  assign \$1075  = ~ \$1074 ;
-  assign \$1076  = \$signal$254  == 4'h8;
-  assign \$1077  = ~ \$signal$247 ;
-  assign \$1078  = \$signal$254  + 1'h1;
-  assign \$1079  = lk + 1'h1;
-  assign \$1080  = lk + 1'h1;
-  assign \$1081  = \$1080  == dec_k_last;
-  assign \$1082  = \$signal$254  == 4'h8;
-  assign \$1083  = lk + 1'h1;
-  assign \$1084  = lk + 1'h1;
-  assign \$1085  = \$1084  == dec_k_last;
+  assign \$1073  = | dec_k_last;
+  assign \$1074  = ~ \$1073 ;
+  assign \$1075  = | dec_nt_last;
+  assign \$1076  = ~ \$1075 ;
+  assign \$1077  = | dec_blocks;
+  assign \$1079  = ~ \$1078 ;
+  assign \$1080  = a_in_valid & \$1079 ;
+  assign \$1081  = pre_ln | pre_sm;
+  assign \$1082  = \$1080  & \$1081 ;
+  assign \$1084  = ~ \$1083 ;
+  assign \$1085  = a_in_valid & \$1084 ;
   assign \$1086  = | dec_k_last;
   assign \$1087  = ~ \$1086 ;
-  assign \$1088  = ~ \$signal$247 ;
-  assign \$1089  = \$signal$254  + 1'h1;
-  assign \$1090  = \a__valid$287  & \a__ready$288 ;
-  assign \$1092  = \$signal$247  == \$signal$280 ;
-  assign \$1093  = lk > \$signal$281 ;
-  assign \$1094  = \$1092  & \$1093 ;
-  assign \$1095  = pre_ln | pre_sm;
-  assign \$1096  = ~ \$1095 ;
-  assign \$1097  = \$1094  & \$1096 ;
-  assign \$1098  = \$1091  | \$1097 ;
-  assign \$1100  = is_linear | \$1099 ;
-  assign \$1101  = \$1098  & \$1100 ;
-  assign \$1102  = ~ \$signal$286 ;
-  assign \$1103  = \a__valid$287  & \a__ready$288 ;
-  assign \$1104  = \$1102  | \$1103 ;
-  assign \$1105  = \$1101  & \$1104 ;
-  assign \$1106  = \$1105  & a_blocks_left;
-  assign \$1107  = | dec_k_last;
+  assign \$1088  = \$signal$254  == 4'h8;
+  assign \$1089  = ~ \$signal$247 ;
+  assign \$1090  = \$signal$254  + 1'h1;
+  assign \$1091  = lk + 1'h1;
+  assign \$1092  = lk + 1'h1;
+  assign \$1093  = \$1092  == dec_k_last;
+  assign \$1094  = \$signal$254  == 4'h8;
+  assign \$1095  = lk + 1'h1;
+  assign \$1096  = lk + 1'h1;
+  assign \$1097  = \$1096  == dec_k_last;
+  assign \$1098  = | dec_k_last;
+  assign \$1099  = ~ \$1098 ;
+  assign \$1100  = ~ \$signal$247 ;
+  assign \$1101  = \$signal$254  + 1'h1;
+  assign \$1102  = \a__valid$287  & \a__ready$288 ;
+  assign \$1104  = \$signal$247  == \$signal$280 ;
+  assign \$1105  = lk > \$signal$281 ;
+  assign \$1106  = \$1104  & \$1105 ;
+  assign \$1107  = pre_ln | pre_sm;
   assign \$1108  = ~ \$1107 ;
-  assign \$1109  = | dec_nt_last;
-  assign \$1110  = ~ \$1109 ;
-  assign \$1111  = ~ \$signal$280 ;
-  assign \$1112  = feed_blocks - 1'h1;
-  assign \$1113  = feed_blocks != 1'h1;
-  assign \$1114  = fnt + 1'h1;
-  assign \$1115  = fnt + 1'h1;
-  assign \$1116  = \$1115  == dec_nt_last;
-  assign \$1117  = \$signal$281  + 1'h1;
-  assign \$1118  = \$signal$281  + 1'h1;
-  assign \$1119  = \$1118  == dec_k_last;
-  assign \$1121  = ~ \$1120 ;
-  assign \$1122  = \r_rdy$203  & \$1121 ;
-  assign \$1123  = ~ is_linear;
-  assign \$1124  = \$1122  & \$1123 ;
-  assign \$1125  = w_load_lane == 3'h7;
-  assign \$1126  = w_load_k + 1'h1;
-  assign \$1127  = w_load_addr + 1'h1;
-  assign \$1128  = w_load_k == dec_k_last;
-  assign \$1129  = w_load_nt + 1'h1;
-  assign \$1130  = w_load_nt == dec_nt_last;
-  assign \$1131  = ~ w_load_half;
-  assign \$1132  = w_load_lane + 1'h1;
-  assign \$1134  = \$signal$247  == \$signal$280 ;
-  assign \$1135  = lk > \$signal$281 ;
+  assign \$1109  = \$1106  & \$1108 ;
+  assign \$1110  = \$1103  | \$1109 ;
+  assign \$1112  = is_linear | \$1111 ;
+  assign \$1113  = \$1110  & \$1112 ;
+  assign \$1114  = ~ \$signal$286 ;
+  assign \$1115  = \a__valid$287  & \a__ready$288 ;
+  assign \$1116  = \$1114  | \$1115 ;
+  assign \$1117  = \$1113  & \$1116 ;
+  assign \$1118  = \$1117  & a_blocks_left;
+  assign \$1119  = | dec_k_last;
+  assign \$1120  = ~ \$1119 ;
+  assign \$1121  = | dec_nt_last;
+  assign \$1122  = ~ \$1121 ;
+  assign \$1123  = ~ \$signal$280 ;
+  assign \$1124  = feed_blocks - 1'h1;
+  assign \$1125  = feed_blocks != 1'h1;
+  assign \$1126  = fnt + 1'h1;
+  assign \$1127  = fnt + 1'h1;
+  assign \$1128  = \$1127  == dec_nt_last;
+  assign \$1129  = \$signal$281  + 1'h1;
+  assign \$1130  = \$signal$281  + 1'h1;
+  assign \$1131  = \$1130  == dec_k_last;
+  assign \$1133  = ~ \$1132 ;
+  assign \$1134  = \r_rdy$203  & \$1133 ;
+  assign \$1135  = ~ is_linear;
   assign \$1136  = \$1134  & \$1135 ;
-  assign \$1137  = pre_ln | pre_sm;
-  assign \$1138  = ~ \$1137 ;
-  assign \$1139  = \$1136  & \$1138 ;
-  assign \$1140  = \$1133  | \$1139 ;
-  assign \$1142  = is_linear | \$1141 ;
-  assign \$1143  = \$1140  & \$1142 ;
-  assign \$1144  = ~ \$signal$286 ;
-  assign \$1145  = \a__valid$287  & \a__ready$288 ;
-  assign \$1146  = \$1144  | \$1145 ;
-  assign \$1147  = \$1143  & \$1146 ;
-  assign \$1148  = \$1147  & a_blocks_left;
-  assign \$1149  = ~ is_linear;
-  assign \$1150  = \$1148  & \$1149 ;
-  assign \$1151  = feed_mt == dec_mt_last;
-  assign \$1152  = ~ w_feed_half;
-  assign \$1153  = feed_mt + 1'h1;
-  assign \$1154  = feed_ntk + ins[87:72];
-  assign \$1155  = post_gelu | post_add;
-  assign \$1156  = gemm_active & \$1155 ;
-  assign \$1157  = post_col == 3'h7;
-  assign \$1158  = post_col + 1'h1;
-  assign \$1159  = \$1157  ? 4'h0 : \$1158 ;
-  assign \$1160  = ~ \busy$506 ;
-  assign \$1161  = in_stream & \$1160 ;
-  assign \$1162  = ~ ext_req_valid;
-  assign \$1163  = \$1161  & \$1162 ;
-  assign \$1164  = \$1163  & \idle$489 ;
+  assign \$1137  = w_load_lane == 3'h7;
+  assign \$1138  = w_load_k + 1'h1;
+  assign \$1139  = w_load_addr + 1'h1;
+  assign \$1140  = w_load_k == dec_k_last;
+  assign \$1141  = w_load_nt + 1'h1;
+  assign \$1142  = w_load_nt == dec_nt_last;
+  assign \$1143  = ~ w_load_half;
+  assign \$1144  = w_load_lane + 1'h1;
+  assign \$1146  = \$signal$247  == \$signal$280 ;
+  assign \$1147  = lk > \$signal$281 ;
+  assign \$1148  = \$1146  & \$1147 ;
+  assign \$1149  = pre_ln | pre_sm;
+  assign \$1150  = ~ \$1149 ;
+  assign \$1151  = \$1148  & \$1150 ;
+  assign \$1152  = \$1145  | \$1151 ;
+  assign \$1154  = is_linear | \$1153 ;
+  assign \$1155  = \$1152  & \$1154 ;
+  assign \$1156  = ~ \$signal$286 ;
+  assign \$1157  = \a__valid$287  & \a__ready$288 ;
+  assign \$1158  = \$1156  | \$1157 ;
+  assign \$1159  = \$1155  & \$1158 ;
+  assign \$1160  = \$1159  & a_blocks_left;
+  assign \$1161  = ~ is_linear;
+  assign \$1162  = \$1160  & \$1161 ;
+  assign \$1163  = feed_mt == dec_mt_last;
+  assign \$1164  = ~ w_feed_half;
+  assign \$1165  = feed_mt + 1'h1;
+  assign \$1166  = feed_ntk + ins[87:72];
+  assign \$1167  = post_gelu | post_add;
+  assign \$1168  = gemm_active & \$1167 ;
+  assign \$1169  = post_col == 3'h7;
+  assign \$1170  = post_col + 1'h1;
+  assign \$1171  = \$1169  ? 4'h0 : \$1170 ;
+  assign \$1172  = ~ \busy$506 ;
+  assign \$1173  = in_stream & \$1172 ;
+  assign \$1174  = ~ ext_req_valid;
+  assign \$1175  = \$1173  & \$1174 ;
+  assign \$1176  = \$1175  & \idle$489 ;
   always @(posedge clk)
-    load <= \$1165 ;
+    load <= \$1177 ;
   always @(posedge clk)
-    is_end <= \$1166 ;
+    is_end <= \$1178 ;
   always @(posedge clk)
-    is_load <= \$1167 ;
+    is_load <= \$1179 ;
   always @(posedge clk)
-    is_store <= \$1168 ;
+    is_store <= \$1180 ;
   always @(posedge clk)
-    is_linear <= \$1169 ;
+    is_linear <= \$1181 ;
   always @(posedge clk)
-    is_matmul <= \$1170 ;
+    is_matmul <= \$1182 ;
   always @(posedge clk)
-    is_softmax <= \$1171 ;
+    is_softmax <= \$1183 ;
   always @(posedge clk)
-    is_gelu <= \$1172 ;
+    is_gelu <= \$1184 ;
   always @(posedge clk)
-    is_layernorm <= \$1173 ;
+    is_layernorm <= \$1185 ;
   always @(posedge clk)
-    is_add <= \$1174 ;
+    is_add <= \$1186 ;
   always @(posedge clk)
-    is_im2col <= \$1175 ;
+    is_im2col <= \$1187 ;
   always @(posedge clk)
-    is_concat <= \$1176 ;
+    is_concat <= \$1188 ;
   always @(posedge clk)
-    is_split_heads <= \$1177 ;
+    is_split_heads <= \$1189 ;
   always @(posedge clk)
-    is_merge_heads <= \$1178 ;
+    is_merge_heads <= \$1190 ;
   always @(posedge clk)
-    is_transpose <= \$1179 ;
+    is_transpose <= \$1191 ;
   always @(posedge clk)
-    is_select <= \$1180 ;
+    is_select <= \$1192 ;
   always @(posedge clk)
-    op_onehot <= \$1181 ;
+    op_onehot <= \$1193 ;
   always @(posedge clk)
-    is_gemm <= \$1182 ;
+    is_gemm <= \$1194 ;
   always @(posedge clk)
-    post_gelu <= \$1183 ;
+    post_gelu <= \$1195 ;
   always @(posedge clk)
-    post_add <= \$1184 ;
+    post_add <= \$1196 ;
   always @(posedge clk)
-    pre_ln <= \$1185 ;
+    pre_ln <= \$1197 ;
   always @(posedge clk)
-    pre_sm <= \$1186 ;
+    pre_sm <= \$1198 ;
   always @(posedge clk)
-    src0_inflight <= \$1187 ;
+    src0_inflight <= \$1199 ;
   always @(posedge clk)
-    src0_meta <= \$1188 ;
+    src0_meta <= \$1200 ;
   always @(posedge clk)
-    src1_inflight <= \$1189 ;
+    src1_inflight <= \$1201 ;
   always @(posedge clk)
-    src1_meta <= \$1190 ;
+    src1_meta <= \$1202 ;
   always @(posedge clk)
-    is_move <= \$1191 ;
+    is_move <= \$1203 ;
   always @(posedge clk)
-    gelu_sel0 <= \$1192 ;
+    gelu_sel0 <= \$1204 ;
   always @(posedge clk)
-    add_sel <= \$1193 ;
+    add_sel <= \$1205 ;
   always @(posedge clk)
-    dec_mt <= \$1194 ;
+    dec_mt <= \$1206 ;
   always @(posedge clk)
-    dec_nt <= \$1195 ;
+    dec_nt <= \$1207 ;
   always @(posedge clk)
-    dec_k_last <= \$1196 ;
+    dec_k_last <= \$1208 ;
   always @(posedge clk)
-    dec_c_lb <= \$1197 ;
+    dec_c_lb <= \$1209 ;
   always @(posedge clk)
-    dec_mt_last <= \$1198 ;
+    dec_mt_last <= \$1210 ;
   always @(posedge clk)
-    dec_nt_last <= \$1199 ;
+    dec_nt_last <= \$1211 ;
   always @(posedge clk)
-    dec_blocks <= \$1200 ;
+    dec_blocks <= \$1212 ;
   always @(posedge clk)
-    dec_c_base <= \$1201 ;
+    dec_c_base <= \$1213 ;
   always @(posedge clk)
-    dec_tiles <= \$1202 ;
+    dec_tiles <= \$1214 ;
   always @(posedge clk)
-    dec_rows_last <= \$1203 ;
+    dec_rows_last <= \$1215 ;
   always @(posedge clk)
-    dec_ext_base <= \$1204 ;
+    dec_ext_base <= \$1216 ;
   always @(posedge clk)
-    addr_fault <= \$1205 ;
+    addr_fault <= \$1217 ;
   always @(posedge clk)
-    ext_req_valid <= \$1206 ;
+    ext_req_valid <= \$1218 ;
   always @(posedge clk)
-    cycles <= \$1207 ;
+    cycles <= \$1219 ;
   always @(posedge clk)
-    op_cycles__0 <= \$1208 ;
+    op_cycles__0 <= \$1220 ;
   always @(posedge clk)
-    op_cycles__1 <= \$1209 ;
+    op_cycles__1 <= \$1221 ;
   always @(posedge clk)
-    op_cycles__2 <= \$1210 ;
+    op_cycles__2 <= \$1222 ;
   always @(posedge clk)
-    op_cycles__3 <= \$1211 ;
+    op_cycles__3 <= \$1223 ;
   always @(posedge clk)
-    op_cycles__4 <= \$1212 ;
+    op_cycles__4 <= \$1224 ;
   always @(posedge clk)
-    op_cycles__5 <= \$1213 ;
+    op_cycles__5 <= \$1225 ;
   always @(posedge clk)
-    op_cycles__6 <= \$1214 ;
+    op_cycles__6 <= \$1226 ;
   always @(posedge clk)
-    op_cycles__7 <= \$1215 ;
+    op_cycles__7 <= \$1227 ;
   always @(posedge clk)
-    op_cycles__8 <= \$1216 ;
+    op_cycles__8 <= \$1228 ;
   always @(posedge clk)
-    op_cycles__9 <= \$1217 ;
+    op_cycles__9 <= \$1229 ;
   always @(posedge clk)
-    op_cycles__10 <= \$1218 ;
+    op_cycles__10 <= \$1230 ;
   always @(posedge clk)
-    op_cycles__11 <= \$1219 ;
+    op_cycles__11 <= \$1231 ;
   always @(posedge clk)
-    op_cycles__12 <= \$1220 ;
+    op_cycles__12 <= \$1232 ;
   always @(posedge clk)
-    op_cycles__13 <= \$1221 ;
+    op_cycles__13 <= \$1233 ;
   always @(posedge clk)
-    op_cycles__14 <= \$1222 ;
+    op_cycles__14 <= \$1234 ;
   always @(posedge clk)
-    op_cycles__15 <= \$1223 ;
+    op_cycles__15 <= \$1235 ;
   always @(posedge clk)
-    d_end_more <= \$1224 ;
+    d_end_more <= \$1236 ;
   always @(posedge clk)
-    d_end <= \$1225 ;
+    d_end <= \$1237 ;
   always @(posedge clk)
-    d_count_zero <= \$1226 ;
+    d_count_zero <= \$1238 ;
   always @(posedge clk)
-    d_const <= \$1227 ;
+    d_const <= \$1239 ;
   always @(posedge clk)
-    d_stream <= \$1228 ;
+    d_stream <= \$1240 ;
   always @(posedge clk)
-    pc <= \$1229 ;
+    pc <= \$1241 ;
   always @(posedge clk)
-    busy <= \$1230 ;
+    busy <= \$1242 ;
   always @(posedge clk)
-    done <= \$1231 ;
+    done <= \$1243 ;
   always @(posedge clk)
-    error <= \$1232 ;
+    error <= \$1244 ;
   always @(posedge clk)
-    fetch_sent <= \$1233 ;
+    fetch_sent <= \$1245 ;
   always @(posedge clk)
-    \$signal$478  <= \$1234 ;
+    \$signal$477  <= \$1246 ;
   always @(posedge clk)
-    \$signal$479  <= \$1235 ;
+    \$signal$478  <= \$1247 ;
   always @(posedge clk)
-    images_left <= \$1236 ;
+    images_left <= \$1248 ;
   always @(posedge clk)
-    offset <= \$1237 ;
+    offset <= \$1249 ;
   always @(posedge clk)
-    seq_state <= \$1238 ;
+    seq_state <= \$1250 ;
   always @(posedge clk)
-    in_stream <= \$1239 ;
+    in_stream <= \$1251 ;
   always @(posedge clk)
-    in_decode <= \$1240 ;
+    in_decode <= \$1252 ;
   always @(posedge clk)
-    in_op <= \$1241 ;
+    in_op <= \$1253 ;
   always @(posedge clk)
-    unit_rst <= \$1242 ;
+    unit_rst <= \$1254 ;
   always @(posedge clk)
-    gemm_active <= \$1243 ;
+    gemm_active <= \$1255 ;
   always @(posedge clk)
-    pack_active <= \$1244 ;
+    pack_active <= \$1256 ;
   always @(posedge clk)
-    sink_from_move <= \$1245 ;
+    sink_from_move <= \$1257 ;
   always @(posedge clk)
-    sink_from_load <= \$1246 ;
+    sink_from_load <= \$1258 ;
   always @(posedge clk)
-    sink_from_store <= \$1247 ;
+    sink_from_store <= \$1259 ;
   always @(posedge clk)
-    sink_from_softmax <= \$1248 ;
+    sink_from_softmax <= \$1260 ;
   always @(posedge clk)
-    sink_from_layernorm <= \$1249 ;
+    sink_from_layernorm <= \$1261 ;
   always @(posedge clk)
-    sink_from_add <= \$1250 ;
+    sink_from_add <= \$1262 ;
   always @(posedge clk)
-    sink_from_gelu0 <= \$1251 ;
+    sink_from_gelu0 <= \$1263 ;
   always @(posedge clk)
-    sink_from_gemm <= \$1252 ;
+    sink_from_gemm <= \$1264 ;
   always @(posedge clk)
-    a_from_softmax <= \$1253 ;
+    a_from_softmax <= \$1265 ;
   always @(posedge clk)
-    a_from_layernorm <= \$1254 ;
+    a_from_layernorm <= \$1266 ;
   always @(posedge clk)
-    a_from_src0 <= \$1255 ;
+    a_from_src0 <= \$1267 ;
   always @(posedge clk)
-    const_to0 <= \$1256 ;
+    const_to0 <= \$1268 ;
   always @(posedge clk)
-    const_to1 <= \$1257 ;
+    const_to1 <= \$1269 ;
   always @(posedge clk)
-    const_to2 <= \$1258 ;
+    const_to2 <= \$1270 ;
   always @(posedge clk)
-    const_to3 <= \$1259 ;
+    const_to3 <= \$1271 ;
   always @(posedge clk)
-    in_fetch <= \$1260 ;
+    in_fetch <= \$1272 ;
   always @(posedge clk)
-    in_const <= \$1261 ;
+    in_const <= \$1273 ;
   always @(posedge clk)
-    run0 <= \$1262 ;
+    run0 <= \$1274 ;
   always @(posedge clk)
-    run1 <= \$1263 ;
+    run1 <= \$1275 ;
   always @(posedge clk)
-    q0_to_pack <= \$1264 ;
+    q0_to_pack <= \$1276 ;
   always @(posedge clk)
-    res_to_pack <= \$1265 ;
+    res_to_pack <= \$1277 ;
   always @(posedge clk)
-    ins <= \$1266 ;
+    ins <= \$1278 ;
   always @(posedge clk)
-    decode_wait <= \$1267 ;
+    decode_wait <= \$1279 ;
   always @(posedge clk)
-    c_addr <= \$1268 ;
+    c_addr <= \$1280 ;
   always @(posedge clk)
-    c_step <= \$1269 ;
+    c_step <= \$1281 ;
   always @(posedge clk)
-    c_ask <= \$1270 ;
+    c_ask <= \$1282 ;
   always @(posedge clk)
-    c_due <= \$1271 ;
+    c_due <= \$1283 ;
   always @(posedge clk)
-    c_last <= \$1272 ;
+    c_last <= \$1284 ;
   always @(posedge clk)
-    ext_req_addr <= \$1273 ;
+    ext_req_addr <= \$1285 ;
   always @(posedge clk)
-    ext_req_data <= \$1274 ;
+    ext_req_data <= \$1286 ;
   always @(posedge clk)
-    pack_full <= \$1275 ;
+    pack_full <= \$1287 ;
   always @(posedge clk)
-    pack_a0 <= \$1276 ;
+    pack_a0 <= \$1288 ;
   always @(posedge clk)
-    pack_a1 <= \$1277 ;
+    pack_a1 <= \$1289 ;
   always @(posedge clk)
-    pack_a2 <= \$1278 ;
+    pack_a2 <= \$1290 ;
   always @(posedge clk)
-    pack_a3 <= \$1279 ;
+    pack_a3 <= \$1291 ;
   always @(posedge clk)
-    pack_b0 <= \$1280 ;
+    pack_b0 <= \$1292 ;
   always @(posedge clk)
-    pack_b1 <= \$1281 ;
+    pack_b1 <= \$1293 ;
   always @(posedge clk)
-    pack_b2 <= \$1282 ;
+    pack_b2 <= \$1294 ;
   always @(posedge clk)
-    pack_b3 <= \$1283 ;
+    pack_b3 <= \$1295 ;
   always @(posedge clk)
-    pack_j <= \$1284 ;
+    pack_j <= \$1296 ;
   always @(posedge clk)
-    pack_jo <= \$1285 ;
+    pack_jo <= \$1297 ;
   always @(posedge clk)
-    tiles <= \$1286 ;
+    tiles <= \$1298 ;
   always @(posedge clk)
-    nt <= \$1287 ;
+    nt <= \$1299 ;
   always @(posedge clk)
-    k <= \$1288 ;
+    k <= \$1300 ;
   always @(posedge clk)
-    w_addr <= \$1289 ;
+    w_addr <= \$1301 ;
   always @(posedge clk)
-    p_addr <= \$1290 ;
+    p_addr <= \$1302 ;
   always @(posedge clk)
-    want_w <= \$1291 ;
+    want_w <= \$1303 ;
   always @(posedge clk)
-    w_step <= \$1292 ;
+    w_step <= \$1304 ;
   always @(posedge clk)
-    \$signal$409  <= \$1293 ;
+    \$signal$409  <= \$1305 ;
   always @(posedge clk)
-    \$signal$495  <= \$1294 ;
+    \$signal$495  <= \$1306 ;
   always @(posedge clk)
-    nt_hit <= \$1295 ;
+    nt_hit <= \$1307 ;
   always @(posedge clk)
-    rk <= \$1296 ;
+    rk <= \$1308 ;
   always @(posedge clk)
-    rk_zero <= \$1297 ;
+    rk_zero <= \$1309 ;
   always @(posedge clk)
-    w_full <= \$1298 ;
+    w_full <= \$1310 ;
   always @(posedge clk)
-    w_lane0 <= \$1299 ;
+    w_lane0 <= \$1311 ;
   always @(posedge clk)
-    w_lane1 <= \$1300 ;
+    w_lane1 <= \$1312 ;
   always @(posedge clk)
-    w_lane2 <= \$1301 ;
+    w_lane2 <= \$1313 ;
   always @(posedge clk)
-    w_lane3 <= \$1302 ;
+    w_lane3 <= \$1314 ;
   always @(posedge clk)
-    w_lane4 <= \$1303 ;
+    w_lane4 <= \$1315 ;
   always @(posedge clk)
-    w_lane5 <= \$1304 ;
+    w_lane5 <= \$1316 ;
   always @(posedge clk)
-    w_lane6 <= \$1305 ;
+    w_lane6 <= \$1317 ;
   always @(posedge clk)
-    w_lane7 <= \$1306 ;
+    w_lane7 <= \$1318 ;
   always @(posedge clk)
-    a_filled0 <= \$1307 ;
+    a_filled0 <= \$1319 ;
   always @(posedge clk)
-    a_filled1 <= \$1308 ;
+    a_filled1 <= \$1320 ;
   always @(posedge clk)
-    \$signal$247  <= \$1309 ;
+    \$signal$247  <= \$1321 ;
   always @(posedge clk)
-    \$signal$254  <= \$1310 ;
+    \$signal$254  <= \$1322 ;
   always @(posedge clk)
-    lk <= \$1311 ;
+    lk <= \$1323 ;
   always @(posedge clk)
-    \$signal$280  <= \$1312 ;
+    \$signal$280  <= \$1324 ;
   always @(posedge clk)
-    \$signal$281  <= \$1313 ;
+    \$signal$281  <= \$1325 ;
   always @(posedge clk)
-    fnt <= \$1314 ;
+    fnt <= \$1326 ;
   always @(posedge clk)
-    feed_blocks <= \$1315 ;
+    feed_blocks <= \$1327 ;
   always @(posedge clk)
-    \$signal$286  <= \$1316 ;
+    \$signal$286  <= \$1328 ;
   always @(posedge clk)
-    a_load_k_hit <= \$1317 ;
+    a_load_k_hit <= \$1329 ;
   always @(posedge clk)
-    a_feed_k_hit <= \$1318 ;
+    a_feed_k_hit <= \$1330 ;
   always @(posedge clk)
-    a_feed_nt_hit <= \$1319 ;
+    a_feed_nt_hit <= \$1331 ;
   always @(posedge clk)
-    a_blocks_left <= \$1320 ;
+    a_blocks_left <= \$1332 ;
   always @(posedge clk)
-    a_last <= \$1321 ;
+    a_last <= \$1333 ;
   always @(posedge clk)
-    w_load_lane <= \$1322 ;
+    w_load_lane <= \$1334 ;
   always @(posedge clk)
-    w_load_k <= \$1323 ;
+    w_load_k <= \$1335 ;
   always @(posedge clk)
-    w_load_addr <= \$1324 ;
+    w_load_addr <= \$1336 ;
   always @(posedge clk)
-    w_load_nt <= \$1325 ;
+    w_load_nt <= \$1337 ;
   always @(posedge clk)
-    w_filled0 <= \$1326 ;
+    w_filled0 <= \$1338 ;
   always @(posedge clk)
-    w_filled1 <= \$1327 ;
+    w_filled1 <= \$1339 ;
   always @(posedge clk)
-    w_load_half <= \$1328 ;
+    w_load_half <= \$1340 ;
   always @(posedge clk)
-    feed_ntk <= \$1329 ;
+    feed_ntk <= \$1341 ;
   always @(posedge clk)
-    feed_mt <= \$1330 ;
+    feed_mt <= \$1342 ;
   always @(posedge clk)
-    w_feed_half <= \$1331 ;
+    w_feed_half <= \$1343 ;
   always @(posedge clk)
-    post_col <= \$1332 ;
+    post_col <= \$1344 ;
   always @(posedge clk)
-    op_done <= \$1333 ;
+    op_done <= \$1345 ;
   always @(posedge clk)
-    fault_q <= \$1334 ;
+    fault_q <= \$1346 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
@@ -30225,8 +30256,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$1886$0 (\$signature__data ),
-    .\port$9003$0 (src0_meta),
+    .\port$1900$0 (\$signature__data ),
+    .\port$9018$0 (src0_meta),
     .r_data(r_data),
     .r_en(\r_en$435 ),
     .r_rdy(r_rdy),
@@ -30237,8 +30268,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$86 ),
-    .\port$1887$0 (\$signature__data$94 ),
-    .\port$9007$0 (src1_meta),
+    .\port$1901$0 (\$signature__data$94 ),
+    .\port$9022$0 (src1_meta),
     .r_data(\r_data$307 ),
     .r_en(r_en),
     .r_rdy(\r_rdy$203 ),
@@ -30885,9 +30916,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$247 )
       1'h0:
-          \$1066  = a_filled0;
+          \$1078  = a_filled0;
       1'h1:
-          \$1066  = a_filled1;
+          \$1078  = a_filled1;
     endcase
   end
   always @* begin
@@ -30895,9 +30926,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$247 )
       1'h0:
-          \$1071  = a_filled0;
+          \$1083  = a_filled0;
       1'h1:
-          \$1071  = a_filled1;
+          \$1083  = a_filled1;
     endcase
   end
   always @* begin
@@ -30905,9 +30936,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$280 )
       1'h0:
-          \$1091  = a_filled0;
+          \$1103  = a_filled0;
       1'h1:
-          \$1091  = a_filled1;
+          \$1103  = a_filled1;
     endcase
   end
   always @* begin
@@ -30915,9 +30946,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$1099  = w_filled0;
+          \$1111  = w_filled0;
       1'h1:
-          \$1099  = w_filled1;
+          \$1111  = w_filled1;
     endcase
   end
   always @* begin
@@ -30925,9 +30956,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$1120  = w_filled0;
+          \$1132  = w_filled0;
       1'h1:
-          \$1120  = w_filled1;
+          \$1132  = w_filled1;
     endcase
   end
   always @* begin
@@ -30935,9 +30966,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$280 )
       1'h0:
-          \$1133  = a_filled0;
+          \$1145  = a_filled0;
       1'h1:
-          \$1133  = a_filled1;
+          \$1145  = a_filled1;
     endcase
   end
   always @* begin
@@ -30945,9 +30976,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$1141  = w_filled0;
+          \$1153  = w_filled0;
       1'h1:
-          \$1141  = w_filled1;
+          \$1153  = w_filled1;
     endcase
   end
   always @* begin
@@ -32345,1335 +32376,664 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1165  = 1'h0;
+    \$1177  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$853 ) begin
-            \$1165  = \$855 ;
+          if (\$868 ) begin
+            \$1177  = \$870 ;
           end
     endcase
-    if (rst) begin
-      \$1165  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1166  = \$700 ;
-    if (rst) begin
-      \$1166  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1167  = \$701 ;
-    if (rst) begin
-      \$1167  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1168  = \$702 ;
-    if (rst) begin
-      \$1168  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1169  = \$703 ;
-    if (rst) begin
-      \$1169  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1170  = \$704 ;
-    if (rst) begin
-      \$1170  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1171  = \$705 ;
-    if (rst) begin
-      \$1171  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1172  = \$706 ;
-    if (rst) begin
-      \$1172  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1173  = \$707 ;
-    if (rst) begin
-      \$1173  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1174  = \$708 ;
-    if (rst) begin
-      \$1174  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1175  = \$709 ;
-    if (rst) begin
-      \$1175  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1176  = \$710 ;
-    if (rst) begin
-      \$1176  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1177  = \$711 ;
     if (rst) begin
       \$1177  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1178  = \$712 ;
+    \$1178  = \$700 ;
     if (rst) begin
       \$1178  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1179  = \$713 ;
+    \$1179  = \$701 ;
     if (rst) begin
       \$1179  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1180  = \$714 ;
+    \$1180  = \$702 ;
     if (rst) begin
       \$1180  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1181  = \$715 [15:0];
+    \$1181  = \$703 ;
     if (rst) begin
-      \$1181  = 16'h0000;
+      \$1181  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1182  = \$718 ;
+    \$1182  = \$704 ;
     if (rst) begin
       \$1182  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1183  = \$721 ;
+    \$1183  = \$705 ;
     if (rst) begin
       \$1183  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1184  = \$724 ;
+    \$1184  = \$706 ;
     if (rst) begin
       \$1184  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1185  = \$727 ;
+    \$1185  = \$707 ;
     if (rst) begin
       \$1185  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1186  = \$730 ;
+    \$1186  = \$708 ;
     if (rst) begin
       \$1186  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1187  = \$732 ;
+    \$1187  = \$709 ;
     if (rst) begin
       \$1187  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1188  = { \$733 , \final$455 , \last__4$454  };
+    \$1188  = \$710 ;
     if (rst) begin
-      \$1188  = 3'h0;
+      \$1188  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1189  = \$735 ;
+    \$1189  = \$711 ;
     if (rst) begin
       \$1189  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1190  = { \$736 , \final$458 , \last__4$457  };
+    \$1190  = \$712 ;
     if (rst) begin
-      \$1190  = 3'h0;
+      \$1190  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1191  = \$743 ;
+    \$1191  = \$713 ;
     if (rst) begin
       \$1191  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1192  = \$751 ;
+    \$1192  = \$714 ;
     if (rst) begin
       \$1192  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1193  = \$756 ;
+    \$1193  = \$715 [15:0];
     if (rst) begin
-      \$1193  = 1'h0;
+      \$1193  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1194  = \$760 [15:0];
+    \$1194  = \$718 ;
     if (rst) begin
-      \$1194  = 16'h0000;
+      \$1194  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1195  = \$763 [15:0];
+    \$1195  = \$721 ;
     if (rst) begin
-      \$1195  = 16'h0000;
+      \$1195  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1196  = \$764 [15:0];
+    \$1196  = \$724 ;
     if (rst) begin
-      \$1196  = 16'h0000;
+      \$1196  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1197  = c_lb;
+    \$1197  = \$727 ;
     if (rst) begin
-      \$1197  = 3'h0;
+      \$1197  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1198  = \$765 [15:0];
+    \$1198  = \$730 ;
     if (rst) begin
-      \$1198  = 16'h0000;
+      \$1198  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1199  = \$766 [15:0];
+    \$1199  = \$732 ;
     if (rst) begin
-      \$1199  = 16'h0000;
+      \$1199  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1200  = \$767 ;
+    \$1200  = { \$733 , \final$455 , \last__4$454  };
     if (rst) begin
-      \$1200  = 32'd0;
+      \$1200  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1201  = \$772 [31:0];
+    \$1201  = \$735 ;
     if (rst) begin
-      \$1201  = 32'd0;
+      \$1201  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1202  = \$773 [31:0];
+    \$1202  = { \$736 , \final$458 , \last__4$457  };
     if (rst) begin
-      \$1202  = 32'd0;
+      \$1202  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1203  = \$775 [15:0];
+    \$1203  = \$743 ;
     if (rst) begin
-      \$1203  = 16'h0000;
+      \$1203  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1204  = \$779 [31:0];
+    \$1204  = \$751 ;
     if (rst) begin
-      \$1204  = 32'd0;
+      \$1204  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1205  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$1205  = \$986 ;
-    endcase
+    \$1205  = \$756 ;
     if (rst) begin
       \$1205  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1206  = ext_req_valid;
+    \$1206  = \$760 [15:0];
+    if (rst) begin
+      \$1206  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1207  = \$763 [15:0];
+    if (rst) begin
+      \$1207  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1208  = \$764 [15:0];
+    if (rst) begin
+      \$1208  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1209  = c_lb;
+    if (rst) begin
+      \$1209  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1210  = \$765 [15:0];
+    if (rst) begin
+      \$1210  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1211  = \$766 [15:0];
+    if (rst) begin
+      \$1211  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1212  = \$767 ;
+    if (rst) begin
+      \$1212  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1213  = \$772 [31:0];
+    if (rst) begin
+      \$1213  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1214  = \$773 [31:0];
+    if (rst) begin
+      \$1214  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1215  = \$775 [15:0];
+    if (rst) begin
+      \$1215  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1216  = \$779 [31:0];
+    if (rst) begin
+      \$1216  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1217  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$1217  = \$998 ;
+    endcase
+    if (rst) begin
+      \$1217  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1218  = ext_req_valid;
     if (in_decode) begin
-      \$1206  = 1'h0;
+      \$1218  = 1'h0;
     end
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$991 ) begin
-          \$1206  = valid;
+        if (\$1003 ) begin
+          \$1218  = valid;
         end
       end else if (is_store) begin
-        if (\$995 ) begin
-          \$1206  = dst_step;
+        if (\$1007 ) begin
+          \$1218  = dst_step;
         end
       end
     end
     if (rst) begin
-      \$1206  = 1'h0;
+      \$1218  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1207  = cycles;
+    \$1219  = cycles;
     if (busy) begin
-      \$1207  = \$780 [47:0];
+      \$1219  = \$780 [47:0];
     end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1207  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1207  = 48'h000000000000;
+    if (\$848 ) begin
+      \$1219  = 48'h000000000000;
     end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1208  = op_cycles__0;
-    if (busy) begin
-      if (\$781 ) begin
-        \$1208  = \$782 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1208  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1208  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1209  = op_cycles__1;
-    if (busy) begin
-      if (\$783 ) begin
-        \$1209  = \$784 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1209  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1209  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1210  = op_cycles__2;
-    if (busy) begin
-      if (\$785 ) begin
-        \$1210  = \$786 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1210  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1210  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1211  = op_cycles__3;
-    if (busy) begin
-      if (\$787 ) begin
-        \$1211  = \$788 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1211  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1211  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1212  = op_cycles__4;
-    if (busy) begin
-      if (\$789 ) begin
-        \$1212  = \$790 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1212  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1212  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1213  = op_cycles__5;
-    if (busy) begin
-      if (\$791 ) begin
-        \$1213  = \$792 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1213  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1213  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1214  = op_cycles__6;
-    if (busy) begin
-      if (\$793 ) begin
-        \$1214  = \$794 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1214  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1214  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1215  = op_cycles__7;
-    if (busy) begin
-      if (\$795 ) begin
-        \$1215  = \$796 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1215  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1215  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1216  = op_cycles__8;
-    if (busy) begin
-      if (\$797 ) begin
-        \$1216  = \$798 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1216  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1216  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1217  = op_cycles__9;
-    if (busy) begin
-      if (\$799 ) begin
-        \$1217  = \$800 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1217  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1217  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1218  = op_cycles__10;
-    if (busy) begin
-      if (\$801 ) begin
-        \$1218  = \$802 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1218  = 48'h000000000000;
-          end
-    endcase
-    if (rst) begin
-      \$1218  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1219  = op_cycles__11;
-    if (busy) begin
-      if (\$803 ) begin
-        \$1219  = \$804 [47:0];
-      end
-    end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1219  = 48'h000000000000;
-          end
-    endcase
     if (rst) begin
       \$1219  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1220  = op_cycles__12;
+    \$1220  = op_cycles__0;
     if (busy) begin
-      if (\$805 ) begin
-        \$1220  = \$806 [47:0];
+      if (\$781 ) begin
+        \$1220  = \$782 [47:0];
       end
     end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1220  = 48'h000000000000;
-          end
-    endcase
+    if (\$848 ) begin
+      \$1220  = 48'h000000000000;
+    end
     if (rst) begin
       \$1220  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1221  = op_cycles__13;
+    \$1221  = op_cycles__1;
     if (busy) begin
-      if (\$807 ) begin
-        \$1221  = \$808 [47:0];
+      if (\$783 ) begin
+        \$1221  = \$784 [47:0];
       end
     end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1221  = 48'h000000000000;
-          end
-    endcase
+    if (\$848 ) begin
+      \$1221  = 48'h000000000000;
+    end
     if (rst) begin
       \$1221  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1222  = op_cycles__14;
+    \$1222  = op_cycles__2;
     if (busy) begin
-      if (\$809 ) begin
-        \$1222  = \$810 [47:0];
+      if (\$785 ) begin
+        \$1222  = \$786 [47:0];
       end
     end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1222  = 48'h000000000000;
-          end
-    endcase
+    if (\$848 ) begin
+      \$1222  = 48'h000000000000;
+    end
     if (rst) begin
       \$1222  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1223  = op_cycles__15;
+    \$1223  = op_cycles__3;
     if (busy) begin
-      if (\$811 ) begin
-        \$1223  = \$812 [47:0];
+      if (\$787 ) begin
+        \$1223  = \$788 [47:0];
       end
     end
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1223  = 48'h000000000000;
-          end
-    endcase
+    if (\$848 ) begin
+      \$1223  = 48'h000000000000;
+    end
     if (rst) begin
       \$1223  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1224  = \$814 ;
+    \$1224  = op_cycles__4;
+    if (busy) begin
+      if (\$789 ) begin
+        \$1224  = \$790 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1224  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1224  = 1'h0;
+      \$1224  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1225  = is_end;
+    \$1225  = op_cycles__5;
+    if (busy) begin
+      if (\$791 ) begin
+        \$1225  = \$792 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1225  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1225  = 1'h0;
+      \$1225  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1226  = \$825 ;
+    \$1226  = op_cycles__6;
+    if (busy) begin
+      if (\$793 ) begin
+        \$1226  = \$794 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1226  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1226  = 1'h0;
+      \$1226  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1227  = \$836 ;
+    \$1227  = op_cycles__7;
+    if (busy) begin
+      if (\$795 ) begin
+        \$1227  = \$796 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1227  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1227  = 1'h0;
+      \$1227  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1228  = \$846 ;
+    \$1228  = op_cycles__8;
+    if (busy) begin
+      if (\$797 ) begin
+        \$1228  = \$798 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1228  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1228  = 1'h0;
+      \$1228  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1229  = pc;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1229  = prog;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1229  = \$signal$478 ;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          if (\$962 ) begin
-            \$1229  = \$963 [31:0];
-          end
-    endcase
+    \$1229  = op_cycles__9;
+    if (busy) begin
+      if (\$799 ) begin
+        \$1229  = \$800 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1229  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1229  = 32'd0;
+      \$1229  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1230  = busy;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1230  = 1'h1;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$1230  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$988 ) begin
-            \$1230  = 1'h0;
-          end
-    endcase
+    \$1230  = op_cycles__10;
+    if (busy) begin
+      if (\$801 ) begin
+        \$1230  = \$802 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1230  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1230  = 1'h0;
+      \$1230  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1231  = done;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1231  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$1231  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$988 ) begin
-            \$1231  = 1'h1;
-          end
-    endcase
+    \$1231  = op_cycles__11;
+    if (busy) begin
+      if (\$803 ) begin
+        \$1231  = \$804 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1231  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1231  = 1'h0;
+      \$1231  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1232  = error;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1232  = 4'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$1232  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$1232  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$1232  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$1232  = 4'h1;
-          end
-          if (start) begin
-            \$1232  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1232  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$1232  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$1232  = 4'h3;
-          end
-          if (\$987 ) begin
-            \$1232  = fault_q;
-          end
-          if (start) begin
-            \$1232  = 4'h6;
-          end
-        end
-    endcase
+    \$1232  = op_cycles__12;
+    if (busy) begin
+      if (\$805 ) begin
+        \$1232  = \$806 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1232  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1232  = 4'h0;
+      \$1232  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1233  = fetch_sent;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1233  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (\$850 ) begin
-            \$1233  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$1233  = 1'h0;
-          end
-        end
-    endcase
+    \$1233  = op_cycles__13;
+    if (busy) begin
+      if (\$807 ) begin
+        \$1233  = \$808 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1233  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1233  = 1'h0;
+      \$1233  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1234  = \$signal$478 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1234  = prog;
-          end
-    endcase
+    \$1234  = op_cycles__14;
+    if (busy) begin
+      if (\$809 ) begin
+        \$1234  = \$810 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1234  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1234  = 32'd0;
+      \$1234  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1235  = \$signal$479 ;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1235  = image_stride;
-          end
-    endcase
+    \$1235  = op_cycles__15;
+    if (busy) begin
+      if (\$811 ) begin
+        \$1235  = \$812 [47:0];
+      end
+    end
+    if (\$848 ) begin
+      \$1235  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1235  = 32'd0;
+      \$1235  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1236  = images_left;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1236  = \$848 ;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1236  = \$856 [15:0];
-          end
-    endcase
+    \$1236  = \$814 ;
     if (rst) begin
-      \$1236  = 16'h0000;
+      \$1236  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1237  = offset;
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1237  = 32'd0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1237  = \$857 [31:0];
-          end
-    endcase
+    \$1237  = is_end;
     if (rst) begin
-      \$1237  = 32'd0;
+      \$1237  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1238  = seq_state;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1238  = 3'h1;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1238  = 3'h5;
-            end else begin
-              \$1238  = 3'h2;
-            end
-          end
-          if (start) begin
-            \$1238  = 3'h5;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1238  = 3'h1;
-          end else if (d_end) begin
-            \$1238  = 3'h0;
-          end else if (d_count_zero) begin
-            \$1238  = 3'h5;
-          end else if (d_const) begin
-            \$1238  = 3'h3;
-          end else if (d_stream) begin
-            \$1238  = 3'h4;
-          end else begin
-            \$1238  = 3'h5;
-          end
-          if (start) begin
-            \$1238  = 3'h5;
-          end
-        end
-      3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1238  = 3'h5;
-            end else if (c_last) begin
-              \$1238  = 3'h4;
-            end
-          end
-          if (\$929 ) begin
-            \$1238  = 3'h4;
-          end
-          if (start) begin
-            \$1238  = 3'h5;
-          end
-        end
-      3'h4:
-        begin
-          if (\$962 ) begin
-            \$1238  = 3'h1;
-          end
-          if (addr_fault) begin
-            \$1238  = 3'h5;
-          end
-          if (\$987 ) begin
-            \$1238  = 3'h5;
-          end
-          if (start) begin
-            \$1238  = 3'h5;
-          end
-        end
-      3'h5:
-          if (\$988 ) begin
-            \$1238  = 3'h0;
-          end
-      default:
-          \$1238  = 3'h0;
-    endcase
+    \$1238  = \$825 ;
     if (rst) begin
-      \$1238  = 3'h0;
+      \$1238  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1239  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1239  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1239  = 1'h0;
-            end else begin
-              \$1239  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1239  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1239  = 1'h0;
-          end else if (d_end) begin
-            \$1239  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1239  = 1'h0;
-          end else if (d_const) begin
-            \$1239  = 1'h0;
-          end else if (d_stream) begin
-            \$1239  = 1'h1;
-          end else begin
-            \$1239  = 1'h0;
-          end
-          if (start) begin
-            \$1239  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1239  = 1'h0;
-            end else if (c_last) begin
-              \$1239  = 1'h1;
-            end
-          end
-          if (\$929 ) begin
-            \$1239  = 1'h1;
-          end
-          if (start) begin
-            \$1239  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$962 ) begin
-            \$1239  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1239  = 1'h0;
-          end
-          if (\$987 ) begin
-            \$1239  = 1'h0;
-          end
-          if (start) begin
-            \$1239  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$988 ) begin
-            \$1239  = 1'h0;
-          end
-      default:
-          \$1239  = 1'h0;
-    endcase
+    \$1239  = \$836 ;
     if (rst) begin
       \$1239  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1240  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1240  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1240  = 1'h0;
-            end else begin
-              \$1240  = 1'h1;
-            end
-          end
-          if (start) begin
-            \$1240  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1240  = 1'h0;
-          end else if (d_end) begin
-            \$1240  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1240  = 1'h0;
-          end else if (d_const) begin
-            \$1240  = 1'h0;
-          end else if (d_stream) begin
-            \$1240  = 1'h0;
-          end else begin
-            \$1240  = 1'h0;
-          end
-          if (start) begin
-            \$1240  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1240  = 1'h0;
-            end else if (c_last) begin
-              \$1240  = 1'h0;
-            end
-          end
-          if (\$929 ) begin
-            \$1240  = 1'h0;
-          end
-          if (start) begin
-            \$1240  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$962 ) begin
-            \$1240  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1240  = 1'h0;
-          end
-          if (\$987 ) begin
-            \$1240  = 1'h0;
-          end
-          if (start) begin
-            \$1240  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$988 ) begin
-            \$1240  = 1'h0;
-          end
-      default:
-          \$1240  = 1'h0;
-    endcase
+    \$1240  = \$846 ;
     if (rst) begin
       \$1240  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1241  = in_op;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1241  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1241  = 1'h0;
-            end else begin
-              \$1241  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1241  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1241  = 1'h0;
-          end else if (d_end) begin
-            \$1241  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1241  = 1'h0;
-          end else if (d_const) begin
-            \$1241  = 1'h1;
-          end else if (d_stream) begin
-            \$1241  = 1'h1;
-          end else begin
-            \$1241  = 1'h0;
-          end
-          if (start) begin
-            \$1241  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1241  = 1'h0;
-            end else if (c_last) begin
-              \$1241  = 1'h1;
-            end
-          end
-          if (\$929 ) begin
-            \$1241  = 1'h1;
-          end
-          if (start) begin
-            \$1241  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$962 ) begin
-            \$1241  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1241  = 1'h0;
-          end
-          if (\$987 ) begin
-            \$1241  = 1'h0;
-          end
-          if (start) begin
-            \$1241  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$988 ) begin
-            \$1241  = 1'h0;
-          end
-      default:
-          \$1241  = 1'h0;
-    endcase
+    \$1241  = pc;
+    if (\$848 ) begin
+      \$1241  = prog;
+    end
+    if (\$854 ) begin
+      \$1241  = \$signal$477 ;
+    end
+    if (\$862 ) begin
+      \$1241  = \$863 [31:0];
+    end
     if (rst) begin
-      \$1241  = 1'h0;
+      \$1241  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1242  = unit_rst;
-    (* full_case = 32'd1 *)
+    \$1242  = busy;
+    if (\$848 ) begin
+      \$1242  = 1'h1;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1242  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1242  = 1'h1;
-            end else begin
-              \$1242  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1242  = 1'h1;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
-            \$1242  = 1'h0;
           end else if (d_end) begin
             \$1242  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1242  = 1'h1;
-          end else if (d_const) begin
-            \$1242  = 1'h0;
-          end else if (d_stream) begin
-            \$1242  = 1'h0;
-          end else begin
-            \$1242  = 1'h1;
           end
-          if (start) begin
-            \$1242  = 1'h1;
-          end
-        end
       3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1242  = 1'h1;
-            end else if (c_last) begin
-              \$1242  = 1'h0;
-            end
-          end
-          if (\$929 ) begin
-            \$1242  = 1'h0;
-          end
-          if (start) begin
-            \$1242  = 1'h1;
-          end
-        end
+          /* empty */;
       3'h4:
-        begin
-          if (\$962 ) begin
-            \$1242  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1242  = 1'h1;
-          end
-          if (\$987 ) begin
-            \$1242  = 1'h1;
-          end
-          if (start) begin
-            \$1242  = 1'h1;
-          end
-        end
+          /* empty */;
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1242  = 1'h0;
           end
-      default:
-          \$1242  = 1'h0;
     endcase
     if (rst) begin
       \$1242  = 1'h0;
@@ -33681,85 +33041,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1243  = gemm_active;
-    (* full_case = 32'd1 *)
+    \$1243  = done;
+    if (\$848 ) begin
+      \$1243  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1243  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1243  = 1'h0;
-            end else begin
-              \$1243  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1243  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
-            \$1243  = 1'h0;
           end else if (d_end) begin
-            \$1243  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1243  = 1'h0;
-          end else if (d_const) begin
-            \$1243  = 1'h0;
-          end else if (d_stream) begin
-            \$1243  = is_gemm;
-          end else begin
-            \$1243  = 1'h0;
+            \$1243  = 1'h1;
           end
-          if (start) begin
-            \$1243  = 1'h0;
-          end
-        end
       3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1243  = 1'h0;
-            end else if (c_last) begin
-              \$1243  = is_gemm;
-            end
-          end
-          if (\$929 ) begin
-            \$1243  = is_gemm;
-          end
-          if (start) begin
-            \$1243  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h4:
-        begin
-          if (\$962 ) begin
-            \$1243  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1243  = 1'h0;
-          end
-          if (\$987 ) begin
-            \$1243  = 1'h0;
-          end
-          if (start) begin
-            \$1243  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h5:
-          if (\$988 ) begin
-            \$1243  = 1'h0;
+          if (\$1000 ) begin
+            \$1243  = 1'h1;
           end
-      default:
-          \$1243  = 1'h0;
     endcase
     if (rst) begin
       \$1243  = 1'h0;
@@ -33767,171 +33071,87 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1244  = pack_active;
-    (* full_case = 32'd1 *)
+    \$1244  = error;
+    if (\$848 ) begin
+      \$1244  = 4'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1244  = 1'h0;
-          end
+          /* empty */;
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1244  = 1'h0;
-            end else begin
-              \$1244  = 1'h0;
+              \$1244  = 4'h4;
             end
           end
           if (start) begin
-            \$1244  = 1'h0;
+            \$1244  = 4'h6;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
-            \$1244  = 1'h0;
           end else if (d_end) begin
-            \$1244  = 1'h0;
           end else if (d_count_zero) begin
-            \$1244  = 1'h0;
+            \$1244  = 4'h2;
           end else if (d_const) begin
-            \$1244  = 1'h0;
           end else if (d_stream) begin
-            \$1244  = \$862 ;
           end else begin
-            \$1244  = 1'h0;
+            \$1244  = 4'h1;
           end
           if (start) begin
-            \$1244  = 1'h0;
+            \$1244  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
-              \$1244  = 1'h0;
-            end else if (c_last) begin
-              \$1244  = \$902 ;
+              \$1244  = 4'h4;
             end
           end
-          if (\$929 ) begin
-            \$1244  = \$932 ;
-          end
           if (start) begin
-            \$1244  = 1'h0;
+            \$1244  = 4'h6;
           end
         end
       3'h4:
         begin
-          if (\$962 ) begin
-            \$1244  = 1'h0;
-          end
           if (addr_fault) begin
-            \$1244  = 1'h0;
+            \$1244  = 4'h3;
           end
-          if (\$987 ) begin
-            \$1244  = 1'h0;
+          if (\$999 ) begin
+            \$1244  = fault_q;
           end
           if (start) begin
-            \$1244  = 1'h0;
+            \$1244  = 4'h6;
           end
         end
-      3'h5:
-          if (\$988 ) begin
-            \$1244  = 1'h0;
-          end
-      default:
-          \$1244  = 1'h0;
     endcase
     if (rst) begin
-      \$1244  = 1'h0;
+      \$1244  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1245  = sink_from_move;
-    (* full_case = 32'd1 *)
+    \$1245  = fetch_sent;
+    if (\$848 ) begin
+      \$1245  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1245  = 1'h0;
-          end
+          /* empty */;
       3'h1:
         begin
+          if (\$865 ) begin
+            \$1245  = 1'h1;
+          end
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1245  = 1'h0;
-            end else begin
-              \$1245  = 1'h0;
-            end
-          end
-          if (start) begin
             \$1245  = 1'h0;
           end
         end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1245  = 1'h0;
-          end else if (d_end) begin
-            \$1245  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1245  = 1'h0;
-          end else if (d_const) begin
-            \$1245  = 1'h0;
-          end else if (d_stream) begin
-            \$1245  = is_move;
-          end else begin
-            \$1245  = 1'h0;
-          end
-          if (start) begin
-            \$1245  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1245  = 1'h0;
-            end else if (c_last) begin
-              \$1245  = is_move;
-            end
-          end
-          if (\$929 ) begin
-            \$1245  = is_move;
-          end
-          if (start) begin
-            \$1245  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$962 ) begin
-            \$1245  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1245  = 1'h0;
-          end
-          if (\$987 ) begin
-            \$1245  = 1'h0;
-          end
-          if (start) begin
-            \$1245  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$988 ) begin
-            \$1245  = 1'h0;
-          end
-      default:
-          \$1245  = 1'h0;
     endcase
     if (rst) begin
       \$1245  = 1'h0;
@@ -33939,437 +33159,139 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1246  = sink_from_load;
+    \$1246  = \$signal$477 ;
+    if (\$848 ) begin
+      \$1246  = prog;
+    end
+    if (rst) begin
+      \$1246  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1247  = \$signal$478 ;
+    if (\$848 ) begin
+      \$1247  = image_stride;
+    end
+    if (rst) begin
+      \$1247  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1248  = images_left;
+    if (\$848 ) begin
+      \$1248  = \$850 ;
+    end
+    if (\$854 ) begin
+      \$1248  = \$855 [15:0];
+    end
+    if (rst) begin
+      \$1248  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1249  = offset;
+    if (\$848 ) begin
+      \$1249  = 32'd0;
+    end
+    if (\$854 ) begin
+      \$1249  = \$856 [31:0];
+    end
+    if (rst) begin
+      \$1249  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1250  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1246  = 1'h0;
+            \$1250  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1246  = 1'h0;
+              \$1250  = 3'h5;
             end else begin
-              \$1246  = 1'h0;
+              \$1250  = 3'h2;
             end
           end
           if (start) begin
-            \$1246  = 1'h0;
+            \$1250  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
-            \$1246  = 1'h0;
+            \$1250  = 3'h1;
           end else if (d_end) begin
-            \$1246  = 1'h0;
+            \$1250  = 3'h0;
           end else if (d_count_zero) begin
-            \$1246  = 1'h0;
+            \$1250  = 3'h5;
           end else if (d_const) begin
-            \$1246  = 1'h0;
+            \$1250  = 3'h3;
           end else if (d_stream) begin
-            \$1246  = is_load;
+            \$1250  = 3'h4;
           end else begin
-            \$1246  = 1'h0;
+            \$1250  = 3'h5;
           end
           if (start) begin
-            \$1246  = 1'h0;
+            \$1250  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
-              \$1246  = 1'h0;
+              \$1250  = 3'h5;
             end else if (c_last) begin
-              \$1246  = is_load;
+              \$1250  = 3'h4;
             end
           end
-          if (\$929 ) begin
-            \$1246  = is_load;
+          if (\$942 ) begin
+            \$1250  = 3'h4;
           end
           if (start) begin
-            \$1246  = 1'h0;
+            \$1250  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$962 ) begin
-            \$1246  = 1'h0;
+          if (\$975 ) begin
+            \$1250  = 3'h1;
           end
           if (addr_fault) begin
-            \$1246  = 1'h0;
+            \$1250  = 3'h5;
           end
-          if (\$987 ) begin
-            \$1246  = 1'h0;
+          if (\$999 ) begin
+            \$1250  = 3'h5;
           end
           if (start) begin
-            \$1246  = 1'h0;
+            \$1250  = 3'h5;
           end
         end
       3'h5:
-          if (\$988 ) begin
-            \$1246  = 1'h0;
+          if (\$1000 ) begin
+            \$1250  = 3'h0;
           end
       default:
-          \$1246  = 1'h0;
+          \$1250  = 3'h0;
     endcase
     if (rst) begin
-      \$1246  = 1'h0;
+      \$1250  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1247  = sink_from_store;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1247  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1247  = 1'h0;
-            end else begin
-              \$1247  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1247  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1247  = 1'h0;
-          end else if (d_end) begin
-            \$1247  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1247  = 1'h0;
-          end else if (d_const) begin
-            \$1247  = 1'h0;
-          end else if (d_stream) begin
-            \$1247  = is_store;
-          end else begin
-            \$1247  = 1'h0;
-          end
-          if (start) begin
-            \$1247  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1247  = 1'h0;
-            end else if (c_last) begin
-              \$1247  = is_store;
-            end
-          end
-          if (\$929 ) begin
-            \$1247  = is_store;
-          end
-          if (start) begin
-            \$1247  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$962 ) begin
-            \$1247  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1247  = 1'h0;
-          end
-          if (\$987 ) begin
-            \$1247  = 1'h0;
-          end
-          if (start) begin
-            \$1247  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$988 ) begin
-            \$1247  = 1'h0;
-          end
-      default:
-          \$1247  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1247  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1248  = sink_from_softmax;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1248  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1248  = 1'h0;
-            end else begin
-              \$1248  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1248  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1248  = 1'h0;
-          end else if (d_end) begin
-            \$1248  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1248  = 1'h0;
-          end else if (d_const) begin
-            \$1248  = 1'h0;
-          end else if (d_stream) begin
-            \$1248  = is_softmax;
-          end else begin
-            \$1248  = 1'h0;
-          end
-          if (start) begin
-            \$1248  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1248  = 1'h0;
-            end else if (c_last) begin
-              \$1248  = is_softmax;
-            end
-          end
-          if (\$929 ) begin
-            \$1248  = is_softmax;
-          end
-          if (start) begin
-            \$1248  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$962 ) begin
-            \$1248  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1248  = 1'h0;
-          end
-          if (\$987 ) begin
-            \$1248  = 1'h0;
-          end
-          if (start) begin
-            \$1248  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$988 ) begin
-            \$1248  = 1'h0;
-          end
-      default:
-          \$1248  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1248  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1249  = sink_from_layernorm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1249  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1249  = 1'h0;
-            end else begin
-              \$1249  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1249  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1249  = 1'h0;
-          end else if (d_end) begin
-            \$1249  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1249  = 1'h0;
-          end else if (d_const) begin
-            \$1249  = 1'h0;
-          end else if (d_stream) begin
-            \$1249  = is_layernorm;
-          end else begin
-            \$1249  = 1'h0;
-          end
-          if (start) begin
-            \$1249  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1249  = 1'h0;
-            end else if (c_last) begin
-              \$1249  = is_layernorm;
-            end
-          end
-          if (\$929 ) begin
-            \$1249  = is_layernorm;
-          end
-          if (start) begin
-            \$1249  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$962 ) begin
-            \$1249  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1249  = 1'h0;
-          end
-          if (\$987 ) begin
-            \$1249  = 1'h0;
-          end
-          if (start) begin
-            \$1249  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$988 ) begin
-            \$1249  = 1'h0;
-          end
-      default:
-          \$1249  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1249  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1250  = sink_from_add;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1250  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1250  = 1'h0;
-            end else begin
-              \$1250  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1250  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$853 ) begin
-          end else if (d_end_more) begin
-            \$1250  = 1'h0;
-          end else if (d_end) begin
-            \$1250  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1250  = 1'h0;
-          end else if (d_const) begin
-            \$1250  = 1'h0;
-          end else if (d_stream) begin
-            \$1250  = \$866 ;
-          end else begin
-            \$1250  = 1'h0;
-          end
-          if (start) begin
-            \$1250  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$897 ) begin
-            if (beat__payload[512]) begin
-              \$1250  = 1'h0;
-            end else if (c_last) begin
-              \$1250  = \$906 ;
-            end
-          end
-          if (\$929 ) begin
-            \$1250  = \$936 ;
-          end
-          if (start) begin
-            \$1250  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$962 ) begin
-            \$1250  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1250  = 1'h0;
-          end
-          if (\$987 ) begin
-            \$1250  = 1'h0;
-          end
-          if (start) begin
-            \$1250  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$988 ) begin
-            \$1250  = 1'h0;
-          end
-      default:
-          \$1250  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1250  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1251  = sink_from_gelu0;
+    \$1251  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34393,7 +33315,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1251  = 1'h0;
           end else if (d_end) begin
@@ -34403,7 +33325,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1251  = 1'h0;
           end else if (d_stream) begin
-            \$1251  = \$870 ;
+            \$1251  = 1'h1;
           end else begin
             \$1251  = 1'h0;
           end
@@ -34413,15 +33335,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1251  = 1'h0;
             end else if (c_last) begin
-              \$1251  = \$910 ;
+              \$1251  = 1'h1;
             end
           end
-          if (\$929 ) begin
-            \$1251  = \$940 ;
+          if (\$942 ) begin
+            \$1251  = 1'h1;
           end
           if (start) begin
             \$1251  = 1'h0;
@@ -34429,13 +33351,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1251  = 1'h0;
           end
           if (addr_fault) begin
             \$1251  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1251  = 1'h0;
           end
           if (start) begin
@@ -34443,7 +33365,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1251  = 1'h0;
           end
       default:
@@ -34455,7 +33377,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1252  = sink_from_gemm;
+    \$1252  = in_decode;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34469,7 +33391,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (beat__payload[512]) begin
               \$1252  = 1'h0;
             end else begin
-              \$1252  = 1'h0;
+              \$1252  = 1'h1;
             end
           end
           if (start) begin
@@ -34479,7 +33401,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1252  = 1'h0;
           end else if (d_end) begin
@@ -34489,7 +33411,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1252  = 1'h0;
           end else if (d_stream) begin
-            \$1252  = \$874 ;
+            \$1252  = 1'h0;
           end else begin
             \$1252  = 1'h0;
           end
@@ -34499,15 +33421,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1252  = 1'h0;
             end else if (c_last) begin
-              \$1252  = \$914 ;
+              \$1252  = 1'h0;
             end
           end
-          if (\$929 ) begin
-            \$1252  = \$944 ;
+          if (\$942 ) begin
+            \$1252  = 1'h0;
           end
           if (start) begin
             \$1252  = 1'h0;
@@ -34515,13 +33437,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1252  = 1'h0;
           end
           if (addr_fault) begin
             \$1252  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1252  = 1'h0;
           end
           if (start) begin
@@ -34529,7 +33451,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1252  = 1'h0;
           end
       default:
@@ -34541,7 +33463,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1253  = a_from_softmax;
+    \$1253  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34565,7 +33487,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1253  = 1'h0;
           end else if (d_end) begin
@@ -34573,9 +33495,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1253  = 1'h0;
           end else if (d_const) begin
-            \$1253  = 1'h0;
+            \$1253  = 1'h1;
           end else if (d_stream) begin
-            \$1253  = \$875 ;
+            \$1253  = 1'h1;
           end else begin
             \$1253  = 1'h0;
           end
@@ -34585,15 +33507,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1253  = 1'h0;
             end else if (c_last) begin
-              \$1253  = \$915 ;
+              \$1253  = 1'h1;
             end
           end
-          if (\$929 ) begin
-            \$1253  = \$945 ;
+          if (\$942 ) begin
+            \$1253  = 1'h1;
           end
           if (start) begin
             \$1253  = 1'h0;
@@ -34601,13 +33523,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1253  = 1'h0;
           end
           if (addr_fault) begin
             \$1253  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1253  = 1'h0;
           end
           if (start) begin
@@ -34615,7 +33537,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1253  = 1'h0;
           end
       default:
@@ -34627,7 +33549,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1254  = a_from_layernorm;
+    \$1254  = unit_rst;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34639,69 +33561,69 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1254  = 1'h0;
+              \$1254  = 1'h1;
             end else begin
               \$1254  = 1'h0;
             end
           end
           if (start) begin
-            \$1254  = 1'h0;
+            \$1254  = 1'h1;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1254  = 1'h0;
           end else if (d_end) begin
             \$1254  = 1'h0;
           end else if (d_count_zero) begin
-            \$1254  = 1'h0;
+            \$1254  = 1'h1;
           end else if (d_const) begin
             \$1254  = 1'h0;
           end else if (d_stream) begin
-            \$1254  = \$876 ;
-          end else begin
             \$1254  = 1'h0;
+          end else begin
+            \$1254  = 1'h1;
           end
           if (start) begin
-            \$1254  = 1'h0;
+            \$1254  = 1'h1;
           end
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
-              \$1254  = 1'h0;
+              \$1254  = 1'h1;
             end else if (c_last) begin
-              \$1254  = \$916 ;
+              \$1254  = 1'h0;
             end
           end
-          if (\$929 ) begin
-            \$1254  = \$946 ;
+          if (\$942 ) begin
+            \$1254  = 1'h0;
           end
           if (start) begin
-            \$1254  = 1'h0;
+            \$1254  = 1'h1;
           end
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1254  = 1'h0;
           end
           if (addr_fault) begin
-            \$1254  = 1'h0;
+            \$1254  = 1'h1;
           end
-          if (\$987 ) begin
-            \$1254  = 1'h0;
+          if (\$999 ) begin
+            \$1254  = 1'h1;
           end
           if (start) begin
-            \$1254  = 1'h0;
+            \$1254  = 1'h1;
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1254  = 1'h0;
           end
       default:
@@ -34713,7 +33635,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1255  = a_from_src0;
+    \$1255  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34737,7 +33659,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1255  = 1'h0;
           end else if (d_end) begin
@@ -34747,7 +33669,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1255  = 1'h0;
           end else if (d_stream) begin
-            \$1255  = \$880 ;
+            \$1255  = is_gemm;
           end else begin
             \$1255  = 1'h0;
           end
@@ -34757,15 +33679,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1255  = 1'h0;
             end else if (c_last) begin
-              \$1255  = \$920 ;
+              \$1255  = is_gemm;
             end
           end
-          if (\$929 ) begin
-            \$1255  = \$950 ;
+          if (\$942 ) begin
+            \$1255  = is_gemm;
           end
           if (start) begin
             \$1255  = 1'h0;
@@ -34773,13 +33695,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1255  = 1'h0;
           end
           if (addr_fault) begin
             \$1255  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1255  = 1'h0;
           end
           if (start) begin
@@ -34787,7 +33709,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1255  = 1'h0;
           end
       default:
@@ -34799,7 +33721,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1256  = const_to0;
+    \$1256  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34823,7 +33745,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1256  = 1'h0;
           end else if (d_end) begin
@@ -34831,9 +33753,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1256  = 1'h0;
           end else if (d_const) begin
-            \$1256  = \$858 ;
-          end else if (d_stream) begin
             \$1256  = 1'h0;
+          end else if (d_stream) begin
+            \$1256  = \$875 ;
           end else begin
             \$1256  = 1'h0;
           end
@@ -34843,15 +33765,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1256  = 1'h0;
             end else if (c_last) begin
-              \$1256  = 1'h0;
+              \$1256  = \$915 ;
             end
           end
-          if (\$929 ) begin
-            \$1256  = 1'h0;
+          if (\$942 ) begin
+            \$1256  = \$945 ;
           end
           if (start) begin
             \$1256  = 1'h0;
@@ -34859,13 +33781,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1256  = 1'h0;
           end
           if (addr_fault) begin
             \$1256  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1256  = 1'h0;
           end
           if (start) begin
@@ -34873,7 +33795,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1256  = 1'h0;
           end
       default:
@@ -34885,7 +33807,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1257  = const_to1;
+    \$1257  = sink_from_move;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34909,7 +33831,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1257  = 1'h0;
           end else if (d_end) begin
@@ -34917,9 +33839,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1257  = 1'h0;
           end else if (d_const) begin
-            \$1257  = \$859 ;
-          end else if (d_stream) begin
             \$1257  = 1'h0;
+          end else if (d_stream) begin
+            \$1257  = is_move;
           end else begin
             \$1257  = 1'h0;
           end
@@ -34929,15 +33851,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1257  = 1'h0;
             end else if (c_last) begin
-              \$1257  = 1'h0;
+              \$1257  = is_move;
             end
           end
-          if (\$929 ) begin
-            \$1257  = 1'h0;
+          if (\$942 ) begin
+            \$1257  = is_move;
           end
           if (start) begin
             \$1257  = 1'h0;
@@ -34945,13 +33867,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1257  = 1'h0;
           end
           if (addr_fault) begin
             \$1257  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1257  = 1'h0;
           end
           if (start) begin
@@ -34959,7 +33881,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1257  = 1'h0;
           end
       default:
@@ -34971,7 +33893,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1258  = const_to2;
+    \$1258  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34995,7 +33917,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1258  = 1'h0;
           end else if (d_end) begin
@@ -35003,9 +33925,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1258  = 1'h0;
           end else if (d_const) begin
-            \$1258  = add_sel;
-          end else if (d_stream) begin
             \$1258  = 1'h0;
+          end else if (d_stream) begin
+            \$1258  = is_load;
           end else begin
             \$1258  = 1'h0;
           end
@@ -35015,15 +33937,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1258  = 1'h0;
             end else if (c_last) begin
-              \$1258  = 1'h0;
+              \$1258  = is_load;
             end
           end
-          if (\$929 ) begin
-            \$1258  = 1'h0;
+          if (\$942 ) begin
+            \$1258  = is_load;
           end
           if (start) begin
             \$1258  = 1'h0;
@@ -35031,13 +33953,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1258  = 1'h0;
           end
           if (addr_fault) begin
             \$1258  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1258  = 1'h0;
           end
           if (start) begin
@@ -35045,7 +33967,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1258  = 1'h0;
           end
       default:
@@ -35057,7 +33979,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1259  = const_to3;
+    \$1259  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35081,7 +34003,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1259  = 1'h0;
           end else if (d_end) begin
@@ -35089,9 +34011,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1259  = 1'h0;
           end else if (d_const) begin
-            \$1259  = gelu_sel0;
-          end else if (d_stream) begin
             \$1259  = 1'h0;
+          end else if (d_stream) begin
+            \$1259  = is_store;
           end else begin
             \$1259  = 1'h0;
           end
@@ -35101,15 +34023,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1259  = 1'h0;
             end else if (c_last) begin
-              \$1259  = 1'h0;
+              \$1259  = is_store;
             end
           end
-          if (\$929 ) begin
-            \$1259  = 1'h0;
+          if (\$942 ) begin
+            \$1259  = is_store;
           end
           if (start) begin
             \$1259  = 1'h0;
@@ -35117,13 +34039,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1259  = 1'h0;
           end
           if (addr_fault) begin
             \$1259  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1259  = 1'h0;
           end
           if (start) begin
@@ -35131,7 +34053,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1259  = 1'h0;
           end
       default:
@@ -35143,12 +34065,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1260  = in_fetch;
+    \$1260  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1260  = 1'h1;
+            \$1260  = 1'h0;
           end
       3'h1:
         begin
@@ -35167,9 +34089,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
-            \$1260  = 1'h1;
+            \$1260  = 1'h0;
           end else if (d_end) begin
             \$1260  = 1'h0;
           end else if (d_count_zero) begin
@@ -35177,7 +34099,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1260  = 1'h0;
           end else if (d_stream) begin
-            \$1260  = 1'h0;
+            \$1260  = is_softmax;
           end else begin
             \$1260  = 1'h0;
           end
@@ -35187,15 +34109,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1260  = 1'h0;
             end else if (c_last) begin
-              \$1260  = 1'h0;
+              \$1260  = is_softmax;
             end
           end
-          if (\$929 ) begin
-            \$1260  = 1'h0;
+          if (\$942 ) begin
+            \$1260  = is_softmax;
           end
           if (start) begin
             \$1260  = 1'h0;
@@ -35203,13 +34125,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
-            \$1260  = 1'h1;
+          if (\$975 ) begin
+            \$1260  = 1'h0;
           end
           if (addr_fault) begin
             \$1260  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1260  = 1'h0;
           end
           if (start) begin
@@ -35217,7 +34139,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1260  = 1'h0;
           end
       default:
@@ -35229,7 +34151,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1261  = in_const;
+    \$1261  = sink_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35253,7 +34175,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1261  = 1'h0;
           end else if (d_end) begin
@@ -35261,9 +34183,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1261  = 1'h0;
           end else if (d_const) begin
-            \$1261  = 1'h1;
-          end else if (d_stream) begin
             \$1261  = 1'h0;
+          end else if (d_stream) begin
+            \$1261  = is_layernorm;
           end else begin
             \$1261  = 1'h0;
           end
@@ -35273,15 +34195,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1261  = 1'h0;
             end else if (c_last) begin
-              \$1261  = 1'h0;
+              \$1261  = is_layernorm;
             end
           end
-          if (\$929 ) begin
-            \$1261  = 1'h0;
+          if (\$942 ) begin
+            \$1261  = is_layernorm;
           end
           if (start) begin
             \$1261  = 1'h0;
@@ -35289,13 +34211,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1261  = 1'h0;
           end
           if (addr_fault) begin
             \$1261  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1261  = 1'h0;
           end
           if (start) begin
@@ -35303,7 +34225,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1261  = 1'h0;
           end
       default:
@@ -35315,7 +34237,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1262  = run0;
+    \$1262  = sink_from_add;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35339,7 +34261,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1262  = 1'h0;
           end else if (d_end) begin
@@ -35349,7 +34271,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1262  = 1'h0;
           end else if (d_stream) begin
-            \$1262  = \$881 ;
+            \$1262  = \$879 ;
           end else begin
             \$1262  = 1'h0;
           end
@@ -35359,15 +34281,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1262  = 1'h0;
             end else if (c_last) begin
-              \$1262  = \$921 ;
+              \$1262  = \$919 ;
             end
           end
-          if (\$929 ) begin
-            \$1262  = \$951 ;
+          if (\$942 ) begin
+            \$1262  = \$949 ;
           end
           if (start) begin
             \$1262  = 1'h0;
@@ -35375,13 +34297,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1262  = 1'h0;
           end
           if (addr_fault) begin
             \$1262  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1262  = 1'h0;
           end
           if (start) begin
@@ -35389,7 +34311,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1262  = 1'h0;
           end
       default:
@@ -35401,7 +34323,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1263  = run1;
+    \$1263  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35425,7 +34347,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1263  = 1'h0;
           end else if (d_end) begin
@@ -35435,7 +34357,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1263  = 1'h0;
           end else if (d_stream) begin
-            \$1263  = \$884 ;
+            \$1263  = \$883 ;
           end else begin
             \$1263  = 1'h0;
           end
@@ -35445,15 +34367,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1263  = 1'h0;
             end else if (c_last) begin
-              \$1263  = \$924 ;
+              \$1263  = \$923 ;
             end
           end
-          if (\$929 ) begin
-            \$1263  = \$954 ;
+          if (\$942 ) begin
+            \$1263  = \$953 ;
           end
           if (start) begin
             \$1263  = 1'h0;
@@ -35461,13 +34383,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1263  = 1'h0;
           end
           if (addr_fault) begin
             \$1263  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1263  = 1'h0;
           end
           if (start) begin
@@ -35475,7 +34397,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1263  = 1'h0;
           end
       default:
@@ -35487,7 +34409,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1264  = q0_to_pack;
+    \$1264  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35511,7 +34433,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1264  = 1'h0;
           end else if (d_end) begin
@@ -35521,7 +34443,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1264  = 1'h0;
           end else if (d_stream) begin
-            \$1264  = \$885 ;
+            \$1264  = \$887 ;
           end else begin
             \$1264  = 1'h0;
           end
@@ -35531,15 +34453,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1264  = 1'h0;
             end else if (c_last) begin
-              \$1264  = \$925 ;
+              \$1264  = \$927 ;
             end
           end
-          if (\$929 ) begin
-            \$1264  = \$955 ;
+          if (\$942 ) begin
+            \$1264  = \$957 ;
           end
           if (start) begin
             \$1264  = 1'h0;
@@ -35547,13 +34469,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1264  = 1'h0;
           end
           if (addr_fault) begin
             \$1264  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1264  = 1'h0;
           end
           if (start) begin
@@ -35561,7 +34483,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1264  = 1'h0;
           end
       default:
@@ -35573,7 +34495,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1265  = res_to_pack;
+    \$1265  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35597,7 +34519,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$853 ) begin
+          if (\$868 ) begin
           end else if (d_end_more) begin
             \$1265  = 1'h0;
           end else if (d_end) begin
@@ -35607,7 +34529,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1265  = 1'h0;
           end else if (d_stream) begin
-            \$1265  = \$887 ;
+            \$1265  = \$888 ;
           end else begin
             \$1265  = 1'h0;
           end
@@ -35617,15 +34539,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$897 ) begin
+          if (\$910 ) begin
             if (beat__payload[512]) begin
               \$1265  = 1'h0;
             end else if (c_last) begin
-              \$1265  = \$927 ;
+              \$1265  = \$928 ;
             end
           end
-          if (\$929 ) begin
-            \$1265  = \$957 ;
+          if (\$942 ) begin
+            \$1265  = \$958 ;
           end
           if (start) begin
             \$1265  = 1'h0;
@@ -35633,13 +34555,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$962 ) begin
+          if (\$975 ) begin
             \$1265  = 1'h0;
           end
           if (addr_fault) begin
             \$1265  = 1'h0;
           end
-          if (\$987 ) begin
+          if (\$999 ) begin
             \$1265  = 1'h0;
           end
           if (start) begin
@@ -35647,7 +34569,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$988 ) begin
+          if (\$1000 ) begin
             \$1265  = 1'h0;
           end
       default:
@@ -35659,124 +34581,601 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1266  = ins;
+    \$1266  = a_from_layernorm;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$1266  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$1266  = beat__payload[511:0];
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1266  = 1'h0;
+            end else begin
+              \$1266  = 1'h0;
+            end
           end
+          if (start) begin
+            \$1266  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1266  = 1'h0;
+          end else if (d_end) begin
+            \$1266  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1266  = 1'h0;
+          end else if (d_const) begin
+            \$1266  = 1'h0;
+          end else if (d_stream) begin
+            \$1266  = \$889 ;
+          end else begin
+            \$1266  = 1'h0;
+          end
+          if (start) begin
+            \$1266  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1266  = 1'h0;
+            end else if (c_last) begin
+              \$1266  = \$929 ;
+            end
+          end
+          if (\$942 ) begin
+            \$1266  = \$959 ;
+          end
+          if (start) begin
+            \$1266  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1266  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1266  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1266  = 1'h0;
+          end
+          if (start) begin
+            \$1266  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1266  = 1'h0;
+          end
+      default:
+          \$1266  = 1'h0;
     endcase
     if (rst) begin
-      \$1266  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$1266  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1267  = decode_wait;
+    \$1267  = a_from_src0;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$1267  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$1267  = 2'h3;
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1267  = 1'h0;
+            end else begin
+              \$1267  = 1'h0;
+            end
           end
-      3'h2:
-          if (\$853 ) begin
-            \$1267  = \$854 [1:0];
+          if (start) begin
+            \$1267  = 1'h0;
           end
-    endcase
-    if (rst) begin
-      \$1267  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1268  = c_addr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
+        end
       3'h2:
-          \$1268  = dec_c_base;
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1267  = 1'h0;
+          end else if (d_end) begin
+            \$1267  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1267  = 1'h0;
+          end else if (d_const) begin
+            \$1267  = 1'h0;
+          end else if (d_stream) begin
+            \$1267  = \$893 ;
+          end else begin
+            \$1267  = 1'h0;
+          end
+          if (start) begin
+            \$1267  = 1'h0;
+          end
+        end
       3'h3:
-          if (\$889 ) begin
-            \$1268  = \$891 [31:0];
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1267  = 1'h0;
+            end else if (c_last) begin
+              \$1267  = \$933 ;
+            end
           end
+          if (\$942 ) begin
+            \$1267  = \$963 ;
+          end
+          if (start) begin
+            \$1267  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1267  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1267  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1267  = 1'h0;
+          end
+          if (start) begin
+            \$1267  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1267  = 1'h0;
+          end
+      default:
+          \$1267  = 1'h0;
     endcase
     if (rst) begin
-      \$1268  = 32'd0;
+      \$1267  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1269  = c_step;
+    \$1268  = const_to0;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$1268  = 1'h0;
+          end
       3'h1:
-          /* empty */;
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1268  = 1'h0;
+            end else begin
+              \$1268  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1268  = 1'h0;
+          end
+        end
       3'h2:
-          \$1269  = \$851 [7:0];
-    endcase
-    if (rst) begin
-      \$1269  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1270  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1270  = { 4'h0, ins[509:498] };
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1268  = 1'h0;
+          end else if (d_end) begin
+            \$1268  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1268  = 1'h0;
+          end else if (d_const) begin
+            \$1268  = \$871 ;
+          end else if (d_stream) begin
+            \$1268  = 1'h0;
+          end else begin
+            \$1268  = 1'h0;
+          end
+          if (start) begin
+            \$1268  = 1'h0;
+          end
+        end
       3'h3:
-          if (\$889 ) begin
-            \$1270  = \$890 [15:0];
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1268  = 1'h0;
+            end else if (c_last) begin
+              \$1268  = 1'h0;
+            end
           end
+          if (\$942 ) begin
+            \$1268  = 1'h0;
+          end
+          if (start) begin
+            \$1268  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1268  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1268  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1268  = 1'h0;
+          end
+          if (start) begin
+            \$1268  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1268  = 1'h0;
+          end
+      default:
+          \$1268  = 1'h0;
     endcase
     if (rst) begin
-      \$1270  = 16'h0000;
+      \$1268  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1271  = c_due;
+    \$1269  = const_to1;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1271  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$897 ) begin
-            \$1271  = \$898 [15:0];
+          if (start) begin
+            \$1269  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1269  = 1'h0;
+            end else begin
+              \$1269  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1269  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1269  = 1'h0;
+          end else if (d_end) begin
+            \$1269  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1269  = 1'h0;
+          end else if (d_const) begin
+            \$1269  = \$872 ;
+          end else if (d_stream) begin
+            \$1269  = 1'h0;
+          end else begin
+            \$1269  = 1'h0;
+          end
+          if (start) begin
+            \$1269  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1269  = 1'h0;
+            end else if (c_last) begin
+              \$1269  = 1'h0;
+            end
+          end
+          if (\$942 ) begin
+            \$1269  = 1'h0;
+          end
+          if (start) begin
+            \$1269  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1269  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1269  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1269  = 1'h0;
+          end
+          if (start) begin
+            \$1269  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1269  = 1'h0;
+          end
+      default:
+          \$1269  = 1'h0;
     endcase
     if (rst) begin
-      \$1271  = 16'h0000;
+      \$1269  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1272  = c_last;
+    \$1270  = const_to2;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1272  = \$852 ;
-      3'h3:
-          if (\$897 ) begin
-            \$1272  = \$899 ;
+          if (start) begin
+            \$1270  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1270  = 1'h0;
+            end else begin
+              \$1270  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1270  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1270  = 1'h0;
+          end else if (d_end) begin
+            \$1270  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1270  = 1'h0;
+          end else if (d_const) begin
+            \$1270  = add_sel;
+          end else if (d_stream) begin
+            \$1270  = 1'h0;
+          end else begin
+            \$1270  = 1'h0;
+          end
+          if (start) begin
+            \$1270  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1270  = 1'h0;
+            end else if (c_last) begin
+              \$1270  = 1'h0;
+            end
+          end
+          if (\$942 ) begin
+            \$1270  = 1'h0;
+          end
+          if (start) begin
+            \$1270  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1270  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1270  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1270  = 1'h0;
+          end
+          if (start) begin
+            \$1270  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1270  = 1'h0;
+          end
+      default:
+          \$1270  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1270  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1271  = const_to3;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1271  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1271  = 1'h0;
+            end else begin
+              \$1271  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1271  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1271  = 1'h0;
+          end else if (d_end) begin
+            \$1271  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1271  = 1'h0;
+          end else if (d_const) begin
+            \$1271  = gelu_sel0;
+          end else if (d_stream) begin
+            \$1271  = 1'h0;
+          end else begin
+            \$1271  = 1'h0;
+          end
+          if (start) begin
+            \$1271  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1271  = 1'h0;
+            end else if (c_last) begin
+              \$1271  = 1'h0;
+            end
+          end
+          if (\$942 ) begin
+            \$1271  = 1'h0;
+          end
+          if (start) begin
+            \$1271  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1271  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1271  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1271  = 1'h0;
+          end
+          if (start) begin
+            \$1271  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1271  = 1'h0;
+          end
+      default:
+          \$1271  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1271  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1272  = in_fetch;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1272  = 1'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1272  = 1'h0;
+            end else begin
+              \$1272  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1272  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1272  = 1'h1;
+          end else if (d_end) begin
+            \$1272  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1272  = 1'h0;
+          end else if (d_const) begin
+            \$1272  = 1'h0;
+          end else if (d_stream) begin
+            \$1272  = 1'h0;
+          end else begin
+            \$1272  = 1'h0;
+          end
+          if (start) begin
+            \$1272  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1272  = 1'h0;
+            end else if (c_last) begin
+              \$1272  = 1'h0;
+            end
+          end
+          if (\$942 ) begin
+            \$1272  = 1'h0;
+          end
+          if (start) begin
+            \$1272  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1272  = 1'h1;
+          end
+          if (addr_fault) begin
+            \$1272  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1272  = 1'h0;
+          end
+          if (start) begin
+            \$1272  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1272  = 1'h0;
+          end
+      default:
+          \$1272  = 1'h0;
     endcase
     if (rst) begin
       \$1272  = 1'h0;
@@ -35784,187 +35183,670 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1273  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$991 ) begin
-          \$1273  = \$993 [31:0];
+    \$1273  = in_const;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1273  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1273  = 1'h0;
+            end else begin
+              \$1273  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1273  = 1'h0;
+          end
         end
-      end else if (is_store) begin
-        if (\$995 ) begin
-          \$1273  = \$997 [31:0];
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1273  = 1'h0;
+          end else if (d_end) begin
+            \$1273  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1273  = 1'h0;
+          end else if (d_const) begin
+            \$1273  = 1'h1;
+          end else if (d_stream) begin
+            \$1273  = 1'h0;
+          end else begin
+            \$1273  = 1'h0;
+          end
+          if (start) begin
+            \$1273  = 1'h0;
+          end
         end
-      end
-    end
+      3'h3:
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1273  = 1'h0;
+            end else if (c_last) begin
+              \$1273  = 1'h0;
+            end
+          end
+          if (\$942 ) begin
+            \$1273  = 1'h0;
+          end
+          if (start) begin
+            \$1273  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1273  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1273  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1273  = 1'h0;
+          end
+          if (start) begin
+            \$1273  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1273  = 1'h0;
+          end
+      default:
+          \$1273  = 1'h0;
+    endcase
     if (rst) begin
-      \$1273  = 32'd0;
+      \$1273  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1274  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$995 ) begin
-          \$1274  = r_data[15:0];
+    \$1274  = run0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1274  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1274  = 1'h0;
+            end else begin
+              \$1274  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1274  = 1'h0;
+          end
         end
-      end
-    end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1274  = 1'h0;
+          end else if (d_end) begin
+            \$1274  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1274  = 1'h0;
+          end else if (d_const) begin
+            \$1274  = 1'h0;
+          end else if (d_stream) begin
+            \$1274  = \$894 ;
+          end else begin
+            \$1274  = 1'h0;
+          end
+          if (start) begin
+            \$1274  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1274  = 1'h0;
+            end else if (c_last) begin
+              \$1274  = \$934 ;
+            end
+          end
+          if (\$942 ) begin
+            \$1274  = \$964 ;
+          end
+          if (start) begin
+            \$1274  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1274  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1274  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1274  = 1'h0;
+          end
+          if (start) begin
+            \$1274  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1274  = 1'h0;
+          end
+      default:
+          \$1274  = 1'h0;
+    endcase
     if (rst) begin
-      \$1274  = 16'h0000;
+      \$1274  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1275  = pack_full;
-    if (pack_active) begin
-      if (\$998 ) begin
-        \$1275  = 1'h0;
-      end
-      if (\$1004 ) begin
-        if (\$1006 ) begin
-          \$1275  = 1'h1;
+    \$1275  = run1;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1275  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1275  = 1'h0;
+            end else begin
+              \$1275  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1275  = 1'h0;
+          end
         end
-      end
-    end
-    if (unit_rst) begin
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1275  = 1'h0;
+          end else if (d_end) begin
+            \$1275  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1275  = 1'h0;
+          end else if (d_const) begin
+            \$1275  = 1'h0;
+          end else if (d_stream) begin
+            \$1275  = \$897 ;
+          end else begin
+            \$1275  = 1'h0;
+          end
+          if (start) begin
+            \$1275  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1275  = 1'h0;
+            end else if (c_last) begin
+              \$1275  = \$937 ;
+            end
+          end
+          if (\$942 ) begin
+            \$1275  = \$967 ;
+          end
+          if (start) begin
+            \$1275  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1275  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1275  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1275  = 1'h0;
+          end
+          if (start) begin
+            \$1275  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1275  = 1'h0;
+          end
+      default:
+          \$1275  = 1'h0;
+    endcase
+    if (rst) begin
       \$1275  = 1'h0;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1276  = q0_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1276  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1276  = 1'h0;
+            end else begin
+              \$1276  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1276  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1276  = 1'h0;
+          end else if (d_end) begin
+            \$1276  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1276  = 1'h0;
+          end else if (d_const) begin
+            \$1276  = 1'h0;
+          end else if (d_stream) begin
+            \$1276  = \$898 ;
+          end else begin
+            \$1276  = 1'h0;
+          end
+          if (start) begin
+            \$1276  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1276  = 1'h0;
+            end else if (c_last) begin
+              \$1276  = \$938 ;
+            end
+          end
+          if (\$942 ) begin
+            \$1276  = \$968 ;
+          end
+          if (start) begin
+            \$1276  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1276  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1276  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1276  = 1'h0;
+          end
+          if (start) begin
+            \$1276  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1276  = 1'h0;
+          end
+      default:
+          \$1276  = 1'h0;
+    endcase
     if (rst) begin
-      \$1275  = 1'h0;
+      \$1276  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1276  = pack_a0;
-    if (pack_active) begin
-      if (\$1004 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1276  = elem_data;
-        endcase
-      end
-    end
+    \$1277  = res_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1277  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1277  = 1'h0;
+            end else begin
+              \$1277  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1277  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$868 ) begin
+          end else if (d_end_more) begin
+            \$1277  = 1'h0;
+          end else if (d_end) begin
+            \$1277  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1277  = 1'h0;
+          end else if (d_const) begin
+            \$1277  = 1'h0;
+          end else if (d_stream) begin
+            \$1277  = \$900 ;
+          end else begin
+            \$1277  = 1'h0;
+          end
+          if (start) begin
+            \$1277  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$910 ) begin
+            if (beat__payload[512]) begin
+              \$1277  = 1'h0;
+            end else if (c_last) begin
+              \$1277  = \$940 ;
+            end
+          end
+          if (\$942 ) begin
+            \$1277  = \$970 ;
+          end
+          if (start) begin
+            \$1277  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$975 ) begin
+            \$1277  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1277  = 1'h0;
+          end
+          if (\$999 ) begin
+            \$1277  = 1'h0;
+          end
+          if (start) begin
+            \$1277  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1000 ) begin
+            \$1277  = 1'h0;
+          end
+      default:
+          \$1277  = 1'h0;
+    endcase
     if (rst) begin
-      \$1276  = 16'h0000;
+      \$1277  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1277  = pack_a1;
-    if (pack_active) begin
-      if (\$1004 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1277  = elem_data;
-        endcase
-      end
-    end
+    \$1278  = ins;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1278  = beat__payload[511:0];
+          end
+    endcase
     if (rst) begin
-      \$1277  = 16'h0000;
+      \$1278  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1278  = pack_a2;
-    if (pack_active) begin
-      if (\$1004 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1278  = elem_data;
-        endcase
-      end
-    end
+    \$1279  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1279  = 2'h3;
+          end
+      3'h2:
+          if (\$868 ) begin
+            \$1279  = \$869 [1:0];
+          end
+    endcase
     if (rst) begin
-      \$1278  = 16'h0000;
+      \$1279  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1279  = pack_a3;
-    if (pack_active) begin
-      if (\$1004 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1279  = elem_data;
-        endcase
-      end
-    end
+    \$1280  = c_addr;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1280  = dec_c_base;
+      3'h3:
+          if (\$902 ) begin
+            \$1280  = \$904 [31:0];
+          end
+    endcase
     if (rst) begin
-      \$1279  = 16'h0000;
+      \$1280  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1280  = pack_b0;
-    if (pack_active) begin
-      if (\$1004 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1280  = \r_data$307 [15:0];
-        endcase
-      end
-    end
+    \$1281  = c_step;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1281  = \$866 [7:0];
+    endcase
     if (rst) begin
-      \$1280  = 16'h0000;
+      \$1281  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1281  = pack_b1;
-    if (pack_active) begin
-      if (\$1004 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1281  = \r_data$307 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1281  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1282  = pack_b2;
-    if (pack_active) begin
-      if (\$1004 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1282  = \r_data$307 [15:0];
-        endcase
-      end
-    end
+    \$1282  = c_ask;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1282  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$902 ) begin
+            \$1282  = \$903 [15:0];
+          end
+    endcase
     if (rst) begin
       \$1282  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1283  = pack_b3;
+    \$1283  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1283  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$910 ) begin
+            \$1283  = \$911 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$1283  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1284  = c_last;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1284  = \$867 ;
+      3'h3:
+          if (\$910 ) begin
+            \$1284  = \$912 ;
+          end
+    endcase
+    if (rst) begin
+      \$1284  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1285  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$1003 ) begin
+          \$1285  = \$1005 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$1007 ) begin
+          \$1285  = \$1009 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1285  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1286  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$1007 ) begin
+          \$1286  = r_data[15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1286  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1287  = pack_full;
     if (pack_active) begin
-      if (\$1004 ) begin
+      if (\$1010 ) begin
+        \$1287  = 1'h0;
+      end
+      if (\$1016 ) begin
+        if (\$1018 ) begin
+          \$1287  = 1'h1;
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1287  = 1'h0;
+    end
+    if (rst) begin
+      \$1287  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1288  = pack_a0;
+    if (pack_active) begin
+      if (\$1016 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1288  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1288  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1289  = pack_a1;
+    if (pack_active) begin
+      if (\$1016 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1289  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1289  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1290  = pack_a2;
+    if (pack_active) begin
+      if (\$1016 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1290  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1290  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1291  = pack_a3;
+    if (pack_active) begin
+      if (\$1016 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
@@ -35973,377 +35855,255 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           3'h2:
               /* empty */;
           3'h3:
-              \$1283  = \r_data$307 [15:0];
+              \$1291  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$1283  = 16'h0000;
+      \$1291  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1284  = pack_j;
+    \$1292  = pack_b0;
     if (pack_active) begin
-      if (\$1004 ) begin
+      if (\$1016 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1292  = \r_data$307 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1292  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1293  = pack_b1;
+    if (pack_active) begin
+      if (\$1016 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1293  = \r_data$307 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1293  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1294  = pack_b2;
+    if (pack_active) begin
+      if (\$1016 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1294  = \r_data$307 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1294  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1295  = pack_b3;
+    if (pack_active) begin
+      if (\$1016 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1295  = \r_data$307 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1295  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1296  = pack_j;
+    if (pack_active) begin
+      if (\$1016 ) begin
         (* full_case = 32'd1 *)
-        if (\$1006 ) begin
-          \$1284  = 3'h0;
+        if (\$1018 ) begin
+          \$1296  = 3'h0;
         end else begin
-          \$1284  = \$1007 [2:0];
+          \$1296  = \$1019 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$1284  = 3'h0;
+      \$1296  = 3'h0;
     end
     if (rst) begin
-      \$1284  = 3'h0;
+      \$1296  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1285  = pack_jo;
+    \$1297  = pack_jo;
     if (pack_active) begin
-      if (\$1008 ) begin
+      if (\$1020 ) begin
         (* full_case = 32'd1 *)
-        if (\$1010 ) begin
-          \$1285  = 3'h0;
+        if (\$1022 ) begin
+          \$1297  = 3'h0;
         end else begin
-          \$1285  = \$1011 [2:0];
+          \$1297  = \$1023 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$1285  = 3'h0;
+      \$1297  = 3'h0;
     end
     if (rst) begin
-      \$1285  = 3'h0;
+      \$1297  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1286  = tiles;
+    \$1298  = tiles;
     if (in_decode) begin
-      \$1286  = dec_tiles;
+      \$1298  = dec_tiles;
     end
     if (gemm_active) begin
-      if (\$1018 ) begin
-        if (\$1032 ) begin
-          \$1286  = \$1033 [31:0];
+      if (\$1030 ) begin
+        if (\$1044 ) begin
+          \$1298  = \$1045 [31:0];
         end
       end
     end
     if (rst) begin
-      \$1286  = 32'd0;
+      \$1298  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1287  = nt;
+    \$1299  = nt;
     if (in_decode) begin
-      \$1287  = 16'h0000;
+      \$1299  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1018 ) begin
-        if (\$1032 ) begin
+      if (\$1030 ) begin
+        if (\$1044 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1287  = 16'h0000;
+            \$1299  = 16'h0000;
           end else begin
-            \$1287  = \$1039 [15:0];
+            \$1299  = \$1051 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1287  = 16'h0000;
+      \$1299  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1288  = k;
+    \$1300  = k;
     if (in_decode) begin
-      \$1288  = 16'h0000;
+      \$1300  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1018 ) begin
-        if (\$1020 ) begin
-        end else if (\$1025 ) begin
-          \$1288  = \$1026 [15:0];
-        end
+      if (\$1030 ) begin
         if (\$1032 ) begin
-          \$1288  = 16'h0000;
+        end else if (\$1037 ) begin
+          \$1300  = \$1038 [15:0];
+        end
+        if (\$1044 ) begin
+          \$1300  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$1288  = 16'h0000;
+      \$1300  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1289  = w_addr;
+    \$1301  = w_addr;
     if (in_decode) begin
-      \$1289  = ins[465:434];
+      \$1301  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$1018 ) begin
+      if (\$1030 ) begin
         if (want_w) begin
-          \$1289  = \$1029 [31:0];
+          \$1301  = \$1041 [31:0];
         end
-        if (\$1032 ) begin
+        if (\$1044 ) begin
           if (nt_hit) begin
-            \$1289  = ins[465:434];
+            \$1301  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$1289  = 32'd0;
+      \$1301  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1290  = p_addr;
+    \$1302  = p_addr;
     if (in_decode) begin
-      \$1290  = ins[497:466];
+      \$1302  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$1018 ) begin
-        if (\$1032 ) begin
+      if (\$1030 ) begin
+        if (\$1044 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1290  = ins[497:466];
+            \$1302  = ins[497:466];
           end else begin
-            \$1290  = \$1042 [31:0];
+            \$1302  = \$1054 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1290  = 32'd0;
+      \$1302  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1291  = want_w;
+    \$1303  = want_w;
     if (in_decode) begin
-      \$1291  = 1'h0;
+      \$1303  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1018 ) begin
-        if (\$1020 ) begin
-          \$1291  = 1'h1;
-        end
+      if (\$1030 ) begin
         if (\$1032 ) begin
-          \$1291  = 1'h0;
+          \$1303  = 1'h1;
+        end
+        if (\$1044 ) begin
+          \$1303  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$1291  = 1'h0;
+      \$1303  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1292  = w_step;
+    \$1304  = w_step;
     if (in_decode) begin
-      \$1292  = \$1012 [7:0];
-    end
-    if (rst) begin
-      \$1292  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1293  = \$signal$409 ;
-    if (in_decode) begin
-      \$1293  = \$1013 ;
-    end
-    if (gemm_active) begin
-      if (\$1018 ) begin
-        if (\$1032 ) begin
-          \$1293  = \$1034 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1293  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1294  = \$signal$495 ;
-    if (in_decode) begin
-      \$1294  = \$1015 ;
-    end
-    if (gemm_active) begin
-      if (\$1018 ) begin
-        if (\$1020 ) begin
-        end else if (\$1025 ) begin
-          \$1294  = \$1028 ;
-        end
-        if (\$1032 ) begin
-          \$1294  = \$1036 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1294  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1295  = nt_hit;
-    if (in_decode) begin
-      \$1295  = \$1017 ;
-    end
-    if (gemm_active) begin
-      if (\$1018 ) begin
-        if (\$1032 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1295  = \$1038 ;
-          end else begin
-            \$1295  = \$1041 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1295  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1296  = rk;
-    if (in_decode) begin
-      \$1296  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1051 ) begin
-        \$1296  = \$1054 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1296  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1297  = rk_zero;
-    if (in_decode) begin
-      \$1297  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$1051 ) begin
-        \$1297  = \$1055 ;
-      end
-    end
-    if (rst) begin
-      \$1297  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1298  = w_full;
-    if (in_decode) begin
-      \$1298  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1043 ) begin
-        \$1298  = 1'h0;
-      end
-      if (\$1051 ) begin
-        if (\$1058 ) begin
-          \$1298  = 1'h1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1298  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1299  = w_lane0;
-    if (gemm_active) begin
-      if (\$1051 ) begin
-        if (\$1058 ) begin
-          \$1299  = w_beat0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1299  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1300  = w_lane1;
-    if (gemm_active) begin
-      if (\$1051 ) begin
-        if (\$1058 ) begin
-          \$1300  = w_beat1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1300  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1301  = w_lane2;
-    if (gemm_active) begin
-      if (\$1051 ) begin
-        if (\$1058 ) begin
-          \$1301  = w_beat2;
-        end
-      end
-    end
-    if (rst) begin
-      \$1301  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1302  = w_lane3;
-    if (gemm_active) begin
-      if (\$1051 ) begin
-        if (\$1058 ) begin
-          \$1302  = w_beat3;
-        end
-      end
-    end
-    if (rst) begin
-      \$1302  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1303  = w_lane4;
-    if (gemm_active) begin
-      if (\$1051 ) begin
-        if (\$1058 ) begin
-          \$1303  = w_beat4;
-        end
-      end
-    end
-    if (rst) begin
-      \$1303  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1304  = w_lane5;
-    if (gemm_active) begin
-      if (\$1051 ) begin
-        if (\$1058 ) begin
-          \$1304  = w_beat5;
-        end
-      end
+      \$1304  = \$1024 [7:0];
     end
     if (rst) begin
       \$1304  = 8'h00;
@@ -36351,65 +36111,56 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1305  = w_lane6;
-    if (gemm_active) begin
-      if (\$1051 ) begin
-        if (\$1058 ) begin
-          \$1305  = w_beat6;
-        end
-      end
-    end
-    if (rst) begin
-      \$1305  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1306  = w_lane7;
-    if (gemm_active) begin
-      if (\$1051 ) begin
-        if (\$1058 ) begin
-          \$1306  = w_beat7;
-        end
-      end
-    end
-    if (rst) begin
-      \$1306  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1307  = a_filled0;
+    \$1305  = \$signal$409 ;
     if (in_decode) begin
-      \$1307  = 1'h0;
+      \$1305  = \$1025 ;
     end
     if (gemm_active) begin
-      if (\$1070 ) begin
-        if (a_load_k_hit) begin
-          if (\$1076 ) begin
-            casez (\$signal$247 )
-              1'h0:
-                  \$1307  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$1073 ) begin
-        if (\$1082 ) begin
-          if (a_load_k_hit) begin
-            casez (\$signal$247 )
-              1'h0:
-                  \$1307  = 1'h1;
-            endcase
-          end
+      if (\$1030 ) begin
+        if (\$1044 ) begin
+          \$1305  = \$1046 ;
         end
       end
-      if (\$1106 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            casez (\$signal$280 )
-              1'h0:
-                  \$1307  = 1'h0;
-            endcase
+    end
+    if (rst) begin
+      \$1305  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1306  = \$signal$495 ;
+    if (in_decode) begin
+      \$1306  = \$1027 ;
+    end
+    if (gemm_active) begin
+      if (\$1030 ) begin
+        if (\$1032 ) begin
+        end else if (\$1037 ) begin
+          \$1306  = \$1040 ;
+        end
+        if (\$1044 ) begin
+          \$1306  = \$1048 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1306  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1307  = nt_hit;
+    if (in_decode) begin
+      \$1307  = \$1029 ;
+    end
+    if (gemm_active) begin
+      if (\$1030 ) begin
+        if (\$1044 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1307  = \$1050 ;
+          end else begin
+            \$1307  = \$1053 ;
           end
         end
       end
@@ -36420,294 +36171,199 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1308  = a_filled1;
+    \$1308  = rk;
     if (in_decode) begin
-      \$1308  = 1'h0;
+      \$1308  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1070 ) begin
+      if (\$1063 ) begin
+        \$1308  = \$1066 [15:0];
+      end
+    end
+    if (rst) begin
+      \$1308  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1309  = rk_zero;
+    if (in_decode) begin
+      \$1309  = 1'h1;
+    end
+    if (gemm_active) begin
+      if (\$1063 ) begin
+        \$1309  = \$1067 ;
+      end
+    end
+    if (rst) begin
+      \$1309  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1310  = w_full;
+    if (in_decode) begin
+      \$1310  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1055 ) begin
+        \$1310  = 1'h0;
+      end
+      if (\$1063 ) begin
+        if (\$1070 ) begin
+          \$1310  = 1'h1;
+        end
+      end
+    end
+    if (rst) begin
+      \$1310  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1311  = w_lane0;
+    if (gemm_active) begin
+      if (\$1063 ) begin
+        if (\$1070 ) begin
+          \$1311  = w_beat0;
+        end
+      end
+    end
+    if (rst) begin
+      \$1311  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1312  = w_lane1;
+    if (gemm_active) begin
+      if (\$1063 ) begin
+        if (\$1070 ) begin
+          \$1312  = w_beat1;
+        end
+      end
+    end
+    if (rst) begin
+      \$1312  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1313  = w_lane2;
+    if (gemm_active) begin
+      if (\$1063 ) begin
+        if (\$1070 ) begin
+          \$1313  = w_beat2;
+        end
+      end
+    end
+    if (rst) begin
+      \$1313  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1314  = w_lane3;
+    if (gemm_active) begin
+      if (\$1063 ) begin
+        if (\$1070 ) begin
+          \$1314  = w_beat3;
+        end
+      end
+    end
+    if (rst) begin
+      \$1314  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1315  = w_lane4;
+    if (gemm_active) begin
+      if (\$1063 ) begin
+        if (\$1070 ) begin
+          \$1315  = w_beat4;
+        end
+      end
+    end
+    if (rst) begin
+      \$1315  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1316  = w_lane5;
+    if (gemm_active) begin
+      if (\$1063 ) begin
+        if (\$1070 ) begin
+          \$1316  = w_beat5;
+        end
+      end
+    end
+    if (rst) begin
+      \$1316  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1317  = w_lane6;
+    if (gemm_active) begin
+      if (\$1063 ) begin
+        if (\$1070 ) begin
+          \$1317  = w_beat6;
+        end
+      end
+    end
+    if (rst) begin
+      \$1317  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1318  = w_lane7;
+    if (gemm_active) begin
+      if (\$1063 ) begin
+        if (\$1070 ) begin
+          \$1318  = w_beat7;
+        end
+      end
+    end
+    if (rst) begin
+      \$1318  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1319  = a_filled0;
+    if (in_decode) begin
+      \$1319  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1082 ) begin
         if (a_load_k_hit) begin
-          if (\$1076 ) begin
-            (* full_case = 32'd1 *)
+          if (\$1088 ) begin
             casez (\$signal$247 )
               1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1308  = 1'h1;
+                  \$1319  = 1'h1;
             endcase
           end
         end
-      end else if (\$1073 ) begin
-        if (\$1082 ) begin
+      end else if (\$1085 ) begin
+        if (\$1094 ) begin
           if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
             casez (\$signal$247 )
               1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1308  = 1'h1;
+                  \$1319  = 1'h1;
             endcase
           end
         end
       end
-      if (\$1106 ) begin
+      if (\$1118 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
             casez (\$signal$280 )
               1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1308  = 1'h0;
+                  \$1319  = 1'h0;
             endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1308  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1309  = \$signal$247 ;
-    if (in_decode) begin
-      \$1309  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1070 ) begin
-        if (a_load_k_hit) begin
-          if (\$1076 ) begin
-            \$1309  = \$1077 ;
-          end
-        end
-      end else if (\$1073 ) begin
-        if (\$1082 ) begin
-          if (a_load_k_hit) begin
-            \$1309  = \$1088 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1309  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1310  = \$signal$254 ;
-    if (in_decode) begin
-      \$1310  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$1070 ) begin
-        if (a_load_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (\$1076 ) begin
-            \$1310  = 4'h0;
-          end else begin
-            \$1310  = \$1078 [3:0];
-          end
-        end
-      end else if (\$1073 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1082 ) begin
-          \$1310  = 4'h0;
-        end else begin
-          \$1310  = \$1089 [3:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1310  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1311  = lk;
-    if (in_decode) begin
-      \$1311  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1070 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1311  = 16'h0000;
-        end else begin
-          \$1311  = \$1079 [15:0];
-        end
-      end else if (\$1073 ) begin
-        if (\$1082 ) begin
-          \$1311  = \$1083 [15:0];
-          if (a_load_k_hit) begin
-            \$1311  = 16'h0000;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1311  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1312  = \$signal$280 ;
-    if (in_decode) begin
-      \$1312  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1106 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1312  = \$1111 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1312  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1313  = \$signal$281 ;
-    if (in_decode) begin
-      \$1313  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1106 ) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1313  = 16'h0000;
-        end else begin
-          \$1313  = \$1117 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1313  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1314  = fnt;
-    if (in_decode) begin
-      \$1314  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1106 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1314  = 16'h0000;
-          end else begin
-            \$1314  = \$1114 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1314  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1315  = feed_blocks;
-    if (in_decode) begin
-      \$1315  = dec_blocks;
-    end
-    if (gemm_active) begin
-      if (\$1106 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1315  = \$1112 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1315  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1316  = \$signal$286 ;
-    if (in_decode) begin
-      \$1316  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1090 ) begin
-        \$1316  = 1'h0;
-      end
-      if (\$1106 ) begin
-        \$1316  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1316  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1317  = a_load_k_hit;
-    if (in_decode) begin
-      \$1317  = \$1060 ;
-    end
-    if (gemm_active) begin
-      if (\$1070 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1317  = \$1075 ;
-        end else begin
-          \$1317  = \$1081 ;
-        end
-      end else if (\$1073 ) begin
-        if (\$1082 ) begin
-          \$1317  = \$1085 ;
-          if (a_load_k_hit) begin
-            \$1317  = \$1087 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1317  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1318  = a_feed_k_hit;
-    if (in_decode) begin
-      \$1318  = \$1062 ;
-    end
-    if (gemm_active) begin
-      if (\$1106 ) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1318  = \$1108 ;
-        end else begin
-          \$1318  = \$1119 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1318  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1319  = a_feed_nt_hit;
-    if (in_decode) begin
-      \$1319  = \$1064 ;
-    end
-    if (gemm_active) begin
-      if (\$1106 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1319  = \$1110 ;
-          end else begin
-            \$1319  = \$1116 ;
           end
         end
       end
@@ -36718,15 +36374,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1320  = a_blocks_left;
+    \$1320  = a_filled1;
     if (in_decode) begin
-      \$1320  = \$1065 ;
+      \$1320  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1106 ) begin
+      if (\$1082 ) begin
+        if (a_load_k_hit) begin
+          if (\$1088 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$247 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1320  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$1085 ) begin
+        if (\$1094 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$247 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1320  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$1118 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1320  = \$1113 ;
+            (* full_case = 32'd1 *)
+            casez (\$signal$280 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1320  = 1'h0;
+            endcase
           end
         end
       end
@@ -36737,10 +36424,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1321  = a_last;
+    \$1321  = \$signal$247 ;
+    if (in_decode) begin
+      \$1321  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$1106 ) begin
-        \$1321  = a_feed_k_hit;
+      if (\$1082 ) begin
+        if (a_load_k_hit) begin
+          if (\$1088 ) begin
+            \$1321  = \$1089 ;
+          end
+        end
+      end else if (\$1085 ) begin
+        if (\$1094 ) begin
+          if (a_load_k_hit) begin
+            \$1321  = \$1100 ;
+          end
+        end
       end
     end
     if (rst) begin
@@ -36749,18 +36449,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1322  = w_load_lane;
+    \$1322  = \$signal$254 ;
+    if (in_decode) begin
+      \$1322  = 4'h0;
+    end
     if (gemm_active) begin
-      if (\$1124 ) begin
+      if (\$1082 ) begin
+        if (a_load_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (\$1088 ) begin
+            \$1322  = 4'h0;
+          end else begin
+            \$1322  = \$1090 [3:0];
+          end
+        end
+      end else if (\$1085 ) begin
         (* full_case = 32'd1 *)
-        if (\$1125 ) begin
+        if (\$1094 ) begin
           \$1322  = 4'h0;
         end else begin
-          \$1322  = \$1132 [3:0];
+          \$1322  = \$1101 [3:0];
         end
-      end
-      if (in_decode) begin
-        \$1322  = 4'h0;
       end
     end
     if (rst) begin
@@ -36769,18 +36478,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1323  = w_load_k;
+    \$1323  = lk;
+    if (in_decode) begin
+      \$1323  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$1124 ) begin
-        if (\$1125 ) begin
-          \$1323  = \$1126 [15:0];
-          if (\$1128 ) begin
+      if (\$1082 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1323  = 16'h0000;
+        end else begin
+          \$1323  = \$1091 [15:0];
+        end
+      end else if (\$1085 ) begin
+        if (\$1094 ) begin
+          \$1323  = \$1095 [15:0];
+          if (a_load_k_hit) begin
             \$1323  = 16'h0000;
           end
         end
-      end
-      if (in_decode) begin
-        \$1323  = 16'h0000;
       end
     end
     if (rst) begin
@@ -36789,42 +36505,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1324  = w_load_addr;
+    \$1324  = \$signal$280 ;
+    if (in_decode) begin
+      \$1324  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$1124 ) begin
-        if (\$1125 ) begin
-          \$1324  = \$1127 [9:0];
-          if (\$1128 ) begin
-            if (\$1130 ) begin
-              \$1324  = 10'h000;
-            end
+      if (\$1118 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1324  = \$1123 ;
           end
         end
       end
-      if (in_decode) begin
-        \$1324  = 10'h000;
-      end
     end
     if (rst) begin
-      \$1324  = 10'h000;
+      \$1324  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1325  = w_load_nt;
+    \$1325  = \$signal$281 ;
+    if (in_decode) begin
+      \$1325  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$1124 ) begin
-        if (\$1125 ) begin
-          if (\$1128 ) begin
-            \$1325  = \$1129 [15:0];
-            if (\$1130 ) begin
-              \$1325  = 16'h0000;
-            end
-          end
+      if (\$1118 ) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1325  = 16'h0000;
+        end else begin
+          \$1325  = \$1129 [15:0];
         end
-      end
-      if (in_decode) begin
-        \$1325  = 16'h0000;
       end
     end
     if (rst) begin
@@ -36833,97 +36544,57 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1326  = w_filled0;
+    \$1326  = fnt;
+    if (in_decode) begin
+      \$1326  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$1124 ) begin
-        if (\$1125 ) begin
-          if (\$1128 ) begin
-            if (\$1130 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1326  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$1150 ) begin
+      if (\$1118 ) begin
         if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            if (\$1151 ) begin
-              casez (w_feed_half)
-                1'h0:
-                    \$1326  = 1'h0;
-              endcase
-            end
+            \$1326  = 16'h0000;
+          end else begin
+            \$1326  = \$1126 [15:0];
           end
         end
-      end
-      if (in_decode) begin
-        \$1326  = 1'h0;
       end
     end
     if (rst) begin
-      \$1326  = 1'h0;
+      \$1326  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1327  = w_filled1;
+    \$1327  = feed_blocks;
+    if (in_decode) begin
+      \$1327  = dec_blocks;
+    end
     if (gemm_active) begin
-      if (\$1124 ) begin
-        if (\$1125 ) begin
-          if (\$1128 ) begin
-            if (\$1130 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1327  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$1150 ) begin
+      if (\$1118 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            if (\$1151 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_feed_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1327  = 1'h0;
-              endcase
-            end
+            \$1327  = \$1124 [31:0];
           end
         end
-      end
-      if (in_decode) begin
-        \$1327  = 1'h0;
       end
     end
     if (rst) begin
-      \$1327  = 1'h0;
+      \$1327  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1328  = w_load_half;
+    \$1328  = \$signal$286 ;
+    if (in_decode) begin
+      \$1328  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$1124 ) begin
-        if (\$1125 ) begin
-          if (\$1128 ) begin
-            if (\$1130 ) begin
-              \$1328  = \$1131 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
+      if (\$1102 ) begin
         \$1328  = 1'h0;
+      end
+      if (\$1118 ) begin
+        \$1328  = 1'h1;
       end
     end
     if (rst) begin
@@ -36932,65 +36603,67 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1329  = feed_ntk;
+    \$1329  = a_load_k_hit;
+    if (in_decode) begin
+      \$1329  = \$1072 ;
+    end
     if (gemm_active) begin
-      if (\$1150 ) begin
+      if (\$1082 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1329  = \$1087 ;
+        end else begin
+          \$1329  = \$1093 ;
+        end
+      end else if (\$1085 ) begin
+        if (\$1094 ) begin
+          \$1329  = \$1097 ;
+          if (a_load_k_hit) begin
+            \$1329  = \$1099 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1329  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1330  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1330  = \$1074 ;
+    end
+    if (gemm_active) begin
+      if (\$1118 ) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1330  = \$1120 ;
+        end else begin
+          \$1330  = \$1131 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1330  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1331  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1331  = \$1076 ;
+    end
+    if (gemm_active) begin
+      if (\$1118 ) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1329  = 32'd0;
+            \$1331  = \$1122 ;
           end else begin
-            \$1329  = \$1154 [31:0];
+            \$1331  = \$1128 ;
           end
         end
-      end
-      if (in_decode) begin
-        \$1329  = 32'd0;
-      end
-    end
-    if (rst) begin
-      \$1329  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1330  = feed_mt;
-    if (gemm_active) begin
-      if (\$1150 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (\$1151 ) begin
-              \$1330  = 16'h0000;
-            end else begin
-              \$1330  = \$1153 [15:0];
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1330  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1330  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1331  = w_feed_half;
-    if (gemm_active) begin
-      if (\$1150 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$1151 ) begin
-              \$1331  = \$1152 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1331  = 1'h0;
       end
     end
     if (rst) begin
@@ -36999,31 +36672,312 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1332  = post_col;
+    \$1332  = a_blocks_left;
     if (in_decode) begin
-      \$1332  = 3'h0;
+      \$1332  = \$1077 ;
     end
-    if (\$1156 ) begin
-      if (elem_take) begin
-        \$1332  = \$1159 [2:0];
+    if (gemm_active) begin
+      if (\$1118 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1332  = \$1125 ;
+          end
+        end
       end
     end
     if (rst) begin
-      \$1332  = 3'h0;
+      \$1332  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1333  = \$1164 ;
+    \$1333  = a_last;
+    if (gemm_active) begin
+      if (\$1118 ) begin
+        \$1333  = a_feed_k_hit;
+      end
+    end
     if (rst) begin
       \$1333  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1334  = fault;
+    \$1334  = w_load_lane;
+    if (gemm_active) begin
+      if (\$1136 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1137 ) begin
+          \$1334  = 4'h0;
+        end else begin
+          \$1334  = \$1144 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1334  = 4'h0;
+      end
+    end
     if (rst) begin
       \$1334  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1335  = w_load_k;
+    if (gemm_active) begin
+      if (\$1136 ) begin
+        if (\$1137 ) begin
+          \$1335  = \$1138 [15:0];
+          if (\$1140 ) begin
+            \$1335  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1335  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1335  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1336  = w_load_addr;
+    if (gemm_active) begin
+      if (\$1136 ) begin
+        if (\$1137 ) begin
+          \$1336  = \$1139 [9:0];
+          if (\$1140 ) begin
+            if (\$1142 ) begin
+              \$1336  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1336  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1336  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1337  = w_load_nt;
+    if (gemm_active) begin
+      if (\$1136 ) begin
+        if (\$1137 ) begin
+          if (\$1140 ) begin
+            \$1337  = \$1141 [15:0];
+            if (\$1142 ) begin
+              \$1337  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1337  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1337  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1338  = w_filled0;
+    if (gemm_active) begin
+      if (\$1136 ) begin
+        if (\$1137 ) begin
+          if (\$1140 ) begin
+            if (\$1142 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1338  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1162 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1163 ) begin
+              casez (w_feed_half)
+                1'h0:
+                    \$1338  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1338  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1338  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1339  = w_filled1;
+    if (gemm_active) begin
+      if (\$1136 ) begin
+        if (\$1137 ) begin
+          if (\$1140 ) begin
+            if (\$1142 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1339  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1162 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1163 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1339  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1339  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1339  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1340  = w_load_half;
+    if (gemm_active) begin
+      if (\$1136 ) begin
+        if (\$1137 ) begin
+          if (\$1140 ) begin
+            if (\$1142 ) begin
+              \$1340  = \$1143 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1340  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1340  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1341  = feed_ntk;
+    if (gemm_active) begin
+      if (\$1162 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1341  = 32'd0;
+          end else begin
+            \$1341  = \$1166 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1341  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1341  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1342  = feed_mt;
+    if (gemm_active) begin
+      if (\$1162 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (\$1163 ) begin
+              \$1342  = 16'h0000;
+            end else begin
+              \$1342  = \$1165 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1342  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1342  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1343  = w_feed_half;
+    if (gemm_active) begin
+      if (\$1162 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1163 ) begin
+              \$1343  = \$1164 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1343  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1343  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1344  = post_col;
+    if (in_decode) begin
+      \$1344  = 3'h0;
+    end
+    if (\$1168 ) begin
+      if (elem_take) begin
+        \$1344  = \$1171 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1344  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1345  = \$1176 ;
+    if (rst) begin
+      \$1345  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1346  = fault;
+    if (rst) begin
+      \$1346  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -41856,10 +41810,10 @@ module \accelerator.core.add (rst, c__valid, c__payload, a__ready, b__ready, o__
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$11484$0 (l0s_s2_o),
-    .\port$11576$0 (l1s_s2_o),
-    .\port$11668$0 (l2s_s2_o),
-    .\port$11760$0 (l3s_s2_o),
+    .\port$11499$0 (l0s_s2_o),
+    .\port$11591$0 (l1s_s2_o),
+    .\port$11683$0 (l2s_s2_o),
+    .\port$11775$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -43104,7 +43058,7 @@ module \accelerator.core.add (rst, c__valid, c__payload, a__ready, b__ready, o__
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11484$0 , \port$11576$0 , \port$11668$0 , \port$11760$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11499$0 , \port$11591$0 , \port$11683$0 , \port$11775$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43147,14 +43101,14 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11484
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11484$0 ;
-  wire [15:0] \port$11484$0 ;
-  input [15:0] \port$11576$0 ;
-  wire [15:0] \port$11576$0 ;
-  input [15:0] \port$11668$0 ;
-  wire [15:0] \port$11668$0 ;
-  input [15:0] \port$11760$0 ;
-  wire [15:0] \port$11760$0 ;
+  input [15:0] \port$11499$0 ;
+  wire [15:0] \port$11499$0 ;
+  input [15:0] \port$11591$0 ;
+  wire [15:0] \port$11591$0 ;
+  input [15:0] \port$11683$0 ;
+  wire [15:0] \port$11683$0 ;
+  input [15:0] \port$11775$0 ;
+  wire [15:0] \port$11775$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -43197,7 +43151,7 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11484
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11760$0 , \port$11668$0 , \port$11576$0 , \port$11484$0  };
+      storage[w_port__addr] <= { \port$11775$0 , \port$11683$0 , \port$11591$0 , \port$11499$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -43309,8 +43263,8 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11484
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11760$0 , \port$11668$0 , \port$11576$0 , \port$11484$0  };
-  assign w_data = { \port$11760$0 , \port$11668$0 , \port$11576$0 , \port$11484$0  };
+  assign w_port__data = { \port$11775$0 , \port$11683$0 , \port$11591$0 , \port$11499$0  };
+  assign w_data = { \port$11775$0 , \port$11683$0 , \port$11591$0 , \port$11499$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -50397,10 +50351,10 @@ module \accelerator.core.gelu0 (rst, c__valid, c__payload, go, o__payload, i__pa
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$11993$0 (l0_s27_o),
-    .\port$12179$0 (l1_s27_o),
-    .\port$12365$0 (l2_s27_o),
-    .\port$12551$0 (l3_s27_o),
+    .\port$12008$0 (l0_s27_o),
+    .\port$12194$0 (l1_s27_o),
+    .\port$12380$0 (l2_s27_o),
+    .\port$12566$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52455,7 +52409,7 @@ module \accelerator.core.gelu0 (rst, c__valid, c__payload, go, o__payload, i__pa
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$11993$0 , \port$12179$0 , \port$12365$0 , \port$12551$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$12008$0 , \port$12194$0 , \port$12380$0 , \port$12566$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$59  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52498,14 +52452,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$119
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$11993$0 ;
-  wire [7:0] \port$11993$0 ;
-  input [7:0] \port$12179$0 ;
-  wire [7:0] \port$12179$0 ;
-  input [7:0] \port$12365$0 ;
-  wire [7:0] \port$12365$0 ;
-  input [7:0] \port$12551$0 ;
-  wire [7:0] \port$12551$0 ;
+  input [7:0] \port$12008$0 ;
+  wire [7:0] \port$12008$0 ;
+  input [7:0] \port$12194$0 ;
+  wire [7:0] \port$12194$0 ;
+  input [7:0] \port$12380$0 ;
+  wire [7:0] \port$12380$0 ;
+  input [7:0] \port$12566$0 ;
+  wire [7:0] \port$12566$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52564,7 +52518,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$119
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12551$0 , \port$12365$0 , \port$12179$0 , \port$11993$0  };
+      storage[w_port__addr] <= { \port$12566$0 , \port$12380$0 , \port$12194$0 , \port$12008$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -52676,8 +52630,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$119
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12551$0 , \port$12365$0 , \port$12179$0 , \port$11993$0  };
-  assign w_data = { \port$12551$0 , \port$12365$0 , \port$12179$0 , \port$11993$0  };
+  assign w_port__data = { \port$12566$0 , \port$12380$0 , \port$12194$0 , \port$12008$0  };
+  assign w_data = { \port$12566$0 , \port$12380$0 , \port$12194$0 , \port$12008$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -67246,7 +67200,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1886$0 , r_rdy, r_data, w_en, \port$9003$0 , unit_rst, level, clk);
+module \accelerator.core.q_src0 (rst, r_en, \port$1900$0 , r_rdy, r_data, w_en, \port$9018$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$70  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -67271,10 +67225,10 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1886$0 , r_rdy, r_data, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1886$0 ;
-  wire [15:0] \port$1886$0 ;
-  input [2:0] \port$9003$0 ;
-  wire [2:0] \port$9003$0 ;
+  input [15:0] \port$1900$0 ;
+  wire [15:0] \port$1900$0 ;
+  input [2:0] \port$9018$0 ;
+  wire [2:0] \port$9018$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -67309,7 +67263,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1886$0 , r_rdy, r_data, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9003$0 , \port$1886$0  };
+      storage[w_port__addr] <= { \port$9018$0 , \port$1900$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -67380,14 +67334,14 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1886$0 , r_rdy, r_data, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9003$0 , \port$1886$0  };
-  assign w_data = { \port$9003$0 , \port$1886$0  };
+  assign w_port__data = { \port$9018$0 , \port$1900$0  };
+  assign w_data = { \port$9018$0 , \port$1900$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1887$0 , r_rdy, r_data, r_en, w_en, \port$9007$0 , unit_rst, level, clk);
+module \accelerator.core.q_src1 (rst, \port$1901$0 , r_rdy, r_data, r_en, w_en, \port$9022$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$71  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -67412,10 +67366,10 @@ module \accelerator.core.q_src1 (rst, \port$1887$0 , r_rdy, r_data, r_en, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1887$0 ;
-  wire [15:0] \port$1887$0 ;
-  input [2:0] \port$9007$0 ;
-  wire [2:0] \port$9007$0 ;
+  input [15:0] \port$1901$0 ;
+  wire [15:0] \port$1901$0 ;
+  input [2:0] \port$9022$0 ;
+  wire [2:0] \port$9022$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -67450,7 +67404,7 @@ module \accelerator.core.q_src1 (rst, \port$1887$0 , r_rdy, r_data, r_en, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9007$0 , \port$1887$0  };
+      storage[w_port__addr] <= { \port$9022$0 , \port$1901$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -67521,8 +67475,8 @@ module \accelerator.core.q_src1 (rst, \port$1887$0 , r_rdy, r_data, r_en, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9007$0 , \port$1887$0  };
-  assign w_data = { \port$9007$0 , \port$1887$0  };
+  assign w_port__data = { \port$9022$0 , \port$1901$0  };
+  assign w_data = { \port$9022$0 , \port$1901$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -67819,9 +67773,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1632$0 (\$13 [4:0]),
-    .\port$1633$0 (\$14 ),
-    .\port$1797$0 (r_data[2:0]),
+    .\port$1646$0 (\$13 [4:0]),
+    .\port$1647$0 (\$14 ),
+    .\port$1811$0 (r_data[2:0]),
     .r_data(\r_data$29 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -68277,7 +68231,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1632$0 , \port$1633$0 , w_rdy, r_data, \port$1797$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1646$0 , \port$1647$0 , w_rdy, r_data, \port$1811$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68319,12 +68273,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1632$0 , \port$1633$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1632$0 ;
-  wire [4:0] \port$1632$0 ;
-  input \port$1633$0 ;
-  wire \port$1633$0 ;
-  input [2:0] \port$1797$0 ;
-  wire [2:0] \port$1797$0 ;
+  input [4:0] \port$1646$0 ;
+  wire [4:0] \port$1646$0 ;
+  input \port$1647$0 ;
+  wire \port$1647$0 ;
+  input [2:0] \port$1811$0 ;
+  wire [2:0] \port$1811$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -68368,7 +68322,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1632$0 , \port$1633$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1633$0 , \port$1632$0 , \port$1797$0  };
+      storage[w_port__addr] <= { \port$1647$0 , \port$1646$0 , \port$1811$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -68467,8 +68421,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1632$0 , \port$1633$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1633$0 , \port$1632$0 , \port$1797$0  };
-  assign w_data = { \port$1633$0 , \port$1632$0 , \port$1797$0  };
+  assign w_port__data = { \port$1647$0 , \port$1646$0 , \port$1811$0  };
+  assign w_data = { \port$1647$0 , \port$1646$0 , \port$1811$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

@@ -148,6 +148,11 @@ class Accelerator(wiring.Component):
         irq_en, pending = Signal(), Signal()
         done_d = Signal()
         m.d.sync += done_d.eq(core.done)
+        # the start, a register (one cycle after CTRL's write): the core's run set-up (the program
+        # counter, the counters' clear) then starts at a flip-flop, not at the write's address decode
+        start = Signal(name="start")
+        m.d.sync += start.eq(0)
+        m.d.comb += core.start.eq(start)
         m.d.comb += [core.prog.eq(prog), self.irq.eq(irq_en & pending)]
 
         # --- writes: address and data taken in either order, then one response ------------
@@ -168,7 +173,7 @@ class Accelerator(wiring.Component):
             m.d.sync += [aw_held.eq(0), w_held.eq(0), bvalid.eq(1), bresp.eq(RESP_OKAY)]
             with m.Switch(waddr[2:]):
                 with m.Case(REGS["CTRL"] >> 2):
-                    m.d.comb += core.start.eq(wdata[0])
+                    m.d.sync += start.eq(wdata[0])
                 with m.Case(REGS["PROG"] >> 2):
                     m.d.sync += prog.eq(wdata)
                 with m.Case(REGS["IMAGES"] >> 2):

@@ -415,13 +415,22 @@ class AccelCore(wiring.Component):
         reader_user(sink_from["load"], ext_req.valid, ext_req.addr, ins.esize, sink_ready)
         reader_user(unit_rst, 0, 0, 0, 1)          # STOP: beats in flight are dropped
 
+        # the registers that three transitions load, each under a flat condition of flags (IDLE is
+        # ``~busy``), outside the state's Switch: their enables were a decode of the state and
+        # every transition's priority (``seq_state -> pc``)
+        with m.If(~busy & self.start):                                    # IDLE -> FETCH: a run
+            m.d.sync += [pc.eq(self.prog), busy.eq(1), done.eq(0), error.eq(0), cycles.eq(0),
+                         fetch_sent.eq(0), prog.eq(self.prog), stride.eq(self.image_stride),
+                         images_left.eq(Mux(self.images.any(), self.images, 1)), offset.eq(0)]
+            m.d.sync += [op_cycles[k].eq(0) for k in range(16)]
+        with m.If(in_decode & ~decode_wait.any() & d_end_more):           # DECODE -> FETCH: an image
+            m.d.sync += [images_left.eq(images_left - 1), offset.eq(offset + stride), pc.eq(prog)]
+        with m.If(streaming & op_done & ~fault_q.any() & ~addr_fault):    # STREAM -> FETCH: the op ends
+            m.d.sync += pc.eq(pc + INSTR_BYTES)
+
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 with m.If(self.start):
-                    m.d.sync += [pc.eq(self.prog), busy.eq(1), done.eq(0), error.eq(0), cycles.eq(0),
-                                 fetch_sent.eq(0), prog.eq(self.prog), stride.eq(self.image_stride),
-                                 images_left.eq(Mux(self.images.any(), self.images, 1)), offset.eq(0)]
-                    m.d.sync += [op_cycles[k].eq(0) for k in range(16)]
                     goto(_State.FETCH)
 
             with m.Case(_State.FETCH):
@@ -444,7 +453,6 @@ class AccelCore(wiring.Component):
                 with m.If(decode_wait.any()):                         # the decode pipeline fills
                     m.d.sync += [decode_wait.eq(decode_wait - 1), load_gens.eq(decode_wait == 1)]
                 with m.Elif(d_end_more):                              # the next image of the start
-                    m.d.sync += [images_left.eq(images_left - 1), offset.eq(offset + stride), pc.eq(prog)]
                     goto(_State.FETCH)
                 with m.Elif(d_end):
                     m.d.sync += [busy.eq(0), done.eq(1)]
@@ -480,7 +488,6 @@ class AccelCore(wiring.Component):
 
             with m.Case(_State.STREAM):         # elements from src0 (src1, external memory) to dst
                 with m.If(op_done & ~fault_q.any() & ~addr_fault):
-                    m.d.sync += pc.eq(pc + INSTR_BYTES)
                     goto(_State.FETCH)
                 # (a GEMM's padding rows and columns may read beyond a tensor: their results are
                 # dropped.)  The check is registered (the comparators were on a critical path): the
