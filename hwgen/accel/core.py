@@ -192,7 +192,7 @@ class AccelCore(wiring.Component):
         # the generators load in DECODE's last cycle, whatever the instruction (a register set in
         # the cycle before): the decode pipeline has settled their fields by then, and an
         # instruction that does not stream never reads them (the decision through the decode
-        # into the walks' 1000 flip-flops' load was on the critical path)
+        # into the walks' 1000 flip-flops' load was among the timing model's worst paths)
         load_gens = Signal()
         m.d.sync += load_gens.eq(0)
         for name, g in gens.items():
@@ -404,7 +404,7 @@ class AccelCore(wiring.Component):
 
         # the reader's users, each under a flag of the state (one set at a time): its request and
         # its beats' ready are a flat AND-OR of them (a mux on the state and the op's selects
-        # was a level of every path through the reader's handshakes)
+        # lay on the timing model's worst paths through the reader's handshakes)
         reader_users = []
 
         def reader_user(flag, valid, addr, lb, ready):
