@@ -408,7 +408,7 @@ class AccelCore(wiring.Component):
         reader_users = []
 
         def reader_user(flag, valid, addr, lb, ready):
-            reader_users.append((flag, valid, addr, lb, ready))
+            reader_users.append(SimpleNamespace(flag=flag, valid=valid, addr=addr, lb=lb, ready=ready))
 
         reader_user(in_fetch, ~fetch_sent, pc, _lb(INSTR_BYTES), 1)
         reader_user(in_const, c_ask.any(), c_addr, dec.c_lb, c_ready)
@@ -575,13 +575,12 @@ class AccelCore(wiring.Component):
                               sink_from=sink_from, res_to_pack=res_to_pack, reader_user=reader_user)
         self._gemm_feed(m, seq)
 
-        def one_hot(values):
-            return reduce(operator.or_, [Mux(u[0], v, 0) for u, v in zip(reader_users, values)])
+        def one_hot(field):      # the flagged user's field (one flag is set at a time)
+            return reduce(operator.or_, [Mux(u.flag, getattr(u, field), 0) for u in reader_users])
 
-        m.d.comb += [reader.req.valid.eq(Cat(*[u[0] & u[1] for u in reader_users]).any()),
-                     reader.req.payload.addr.eq(one_hot([u[2] for u in reader_users])),
-                     reader.req.payload.lb.eq(one_hot([u[3] for u in reader_users])),
-                     reader.beat.ready.eq(Cat(*[u[0] & u[4] for u in reader_users]).any())]
+        m.d.comb += [reader.req.valid.eq(Cat(*[u.flag & u.valid for u in reader_users]).any()),
+                     reader.req.payload.addr.eq(one_hot("addr")), reader.req.payload.lb.eq(one_hot("lb")),
+                     reader.beat.ready.eq(Cat(*[u.flag & u.ready for u in reader_users]).any())]
 
         m.d.sync += [op_done.eq(streaming & ~dst.busy & ~ext_req.valid & writer.idle), fault_q.eq(fault)]
 
