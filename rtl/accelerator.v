@@ -1266,14 +1266,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$100 ;
   wire \$1000 ;
   wire \$1001 ;
-  wire \$1002 ;
-  wire \$1003 ;
-  wire [24:0] \$1004 ;
-  wire [33:0] \$1005 ;
-  wire \$1006 ;
-  wire \$1007 ;
-  wire [24:0] \$1008 ;
-  wire [33:0] \$1009 ;
+  wire [24:0] \$1002 ;
+  wire [33:0] \$1003 ;
+  wire \$1004 ;
+  wire \$1005 ;
+  wire [24:0] \$1006 ;
+  wire [33:0] \$1007 ;
+  wire \$1008 ;
+  wire \$1009 ;
   wire \$101 ;
   wire \$1010 ;
   wire \$1011 ;
@@ -1282,15 +1282,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1014 ;
   wire \$1015 ;
   wire \$1016 ;
-  wire \$1017 ;
+  wire [3:0] \$1017 ;
   wire \$1018 ;
-  wire [3:0] \$1019 ;
+  wire \$1019 ;
   wire \$102 ;
   wire \$1020 ;
-  wire \$1021 ;
-  wire \$1022 ;
-  wire [3:0] \$1023 ;
-  wire [14:0] \$1024 ;
+  wire [3:0] \$1021 ;
+  wire [14:0] \$1022 ;
+  wire \$1023 ;
+  wire \$1024 ;
   wire \$1025 ;
   wire \$1026 ;
   wire \$1027 ;
@@ -1303,27 +1303,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1033 ;
   wire \$1034 ;
   wire \$1035 ;
-  wire \$1036 ;
-  wire \$1037 ;
-  wire [16:0] \$1038 ;
-  wire [16:0] \$1039 ;
+  wire [16:0] \$1036 ;
+  wire [16:0] \$1037 ;
+  wire \$1038 ;
+  wire [32:0] \$1039 ;
   wire \$104 ;
   wire \$1040 ;
-  wire [32:0] \$1041 ;
+  wire \$1041 ;
   wire \$1042 ;
-  wire \$1043 ;
+  wire [32:0] \$1043 ;
   wire \$1044 ;
-  wire [32:0] \$1045 ;
+  wire \$1045 ;
   wire \$1046 ;
   wire \$1047 ;
   wire \$1048 ;
-  wire \$1049 ;
+  wire [16:0] \$1049 ;
   wire \$105 ;
-  wire \$1050 ;
-  wire [16:0] \$1051 ;
-  wire [16:0] \$1052 ;
+  wire [16:0] \$1050 ;
+  wire \$1051 ;
+  wire [32:0] \$1052 ;
   wire \$1053 ;
-  wire [32:0] \$1054 ;
+  wire \$1054 ;
   wire \$1055 ;
   wire \$1056 ;
   wire \$1057 ;
@@ -1333,10 +1333,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1060 ;
   wire \$1061 ;
   wire \$1062 ;
-  wire \$1063 ;
-  wire \$1064 ;
-  wire [16:0] \$1065 ;
-  wire [16:0] \$1066 ;
+  wire [16:0] \$1063 ;
+  wire [16:0] \$1064 ;
+  wire \$1065 ;
+  wire \$1066 ;
   wire \$1067 ;
   wire \$1068 ;
   wire \$1069 ;
@@ -1347,47 +1347,47 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1073 ;
   wire \$1074 ;
   wire \$1075 ;
-  wire \$1076 ;
+  reg \$1076 ;
   wire \$1077 ;
-  reg \$1078 ;
+  wire \$1078 ;
   wire \$1079 ;
   wire \$108 ;
   wire \$1080 ;
-  wire \$1081 ;
+  reg \$1081 ;
   wire \$1082 ;
-  reg \$1083 ;
+  wire \$1083 ;
   wire \$1084 ;
   wire \$1085 ;
   wire \$1086 ;
   wire \$1087 ;
-  wire \$1088 ;
-  wire \$1089 ;
+  wire [4:0] \$1088 ;
+  wire [16:0] \$1089 ;
   wire \$109 ;
-  wire [4:0] \$1090 ;
-  wire [16:0] \$1091 ;
-  wire [16:0] \$1092 ;
-  wire \$1093 ;
-  wire \$1094 ;
-  wire [16:0] \$1095 ;
-  wire [16:0] \$1096 ;
+  wire [16:0] \$1090 ;
+  wire \$1091 ;
+  wire \$1092 ;
+  wire [16:0] \$1093 ;
+  wire [16:0] \$1094 ;
+  wire \$1095 ;
+  wire \$1096 ;
   wire \$1097 ;
   wire \$1098 ;
-  wire \$1099 ;
+  wire [4:0] \$1099 ;
   wire [3:0] \$11 ;
   wire \$110 ;
   wire \$1100 ;
-  wire [4:0] \$1101 ;
+  reg \$1101 ;
   wire \$1102 ;
-  reg \$1103 ;
+  wire \$1103 ;
   wire \$1104 ;
   wire \$1105 ;
   wire \$1106 ;
   wire \$1107 ;
   wire \$1108 ;
-  wire \$1109 ;
+  reg \$1109 ;
   wire \$111 ;
   wire \$1110 ;
-  reg \$1111 ;
+  wire \$1111 ;
   wire \$1112 ;
   wire \$1113 ;
   wire \$1114 ;
@@ -1399,41 +1399,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$112 ;
   wire \$1120 ;
   wire \$1121 ;
-  wire \$1122 ;
+  wire [32:0] \$1122 ;
   wire \$1123 ;
-  wire [32:0] \$1124 ;
-  wire \$1125 ;
-  wire [16:0] \$1126 ;
+  wire [16:0] \$1124 ;
+  wire [16:0] \$1125 ;
+  wire \$1126 ;
   wire [16:0] \$1127 ;
-  wire \$1128 ;
-  wire [16:0] \$1129 ;
+  wire [16:0] \$1128 ;
+  wire \$1129 ;
   wire \$113 ;
-  wire [16:0] \$1130 ;
+  reg \$1130 ;
   wire \$1131 ;
-  reg \$1132 ;
+  wire \$1132 ;
   wire \$1133 ;
   wire \$1134 ;
   wire \$1135 ;
-  wire \$1136 ;
-  wire \$1137 ;
-  wire [16:0] \$1138 ;
-  wire [10:0] \$1139 ;
+  wire [16:0] \$1136 ;
+  wire [10:0] \$1137 ;
+  wire \$1138 ;
+  wire [16:0] \$1139 ;
   wire [3:0] \$114 ;
   wire \$1140 ;
-  wire [16:0] \$1141 ;
-  wire \$1142 ;
-  wire \$1143 ;
-  wire [4:0] \$1144 ;
-  reg \$1145 ;
+  wire \$1141 ;
+  wire [4:0] \$1142 ;
+  reg \$1143 ;
+  wire \$1144 ;
+  wire \$1145 ;
   wire \$1146 ;
   wire \$1147 ;
   wire \$1148 ;
   wire \$1149 ;
   wire \$115 ;
   wire \$1150 ;
-  wire \$1151 ;
+  reg \$1151 ;
   wire \$1152 ;
-  reg \$1153 ;
+  wire \$1153 ;
   wire \$1154 ;
   wire \$1155 ;
   wire \$1156 ;
@@ -1444,21 +1444,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1160 ;
   wire \$1161 ;
   wire \$1162 ;
-  wire \$1163 ;
-  wire \$1164 ;
-  wire [16:0] \$1165 ;
-  wire [32:0] \$1166 ;
+  wire [16:0] \$1163 ;
+  wire [32:0] \$1164 ;
+  wire \$1165 ;
+  wire \$1166 ;
   wire \$1167 ;
-  wire \$1168 ;
-  wire \$1169 ;
+  wire [3:0] \$1168 ;
+  wire [3:0] \$1169 ;
   wire [3:0] \$117 ;
-  wire [3:0] \$1170 ;
-  wire [3:0] \$1171 ;
+  wire \$1170 ;
+  wire \$1171 ;
   wire \$1172 ;
   wire \$1173 ;
   wire \$1174 ;
-  wire \$1175 ;
-  wire \$1176 ;
+  reg \$1175 ;
+  reg \$1176 ;
   reg \$1177 ;
   reg \$1178 ;
   reg \$1179 ;
@@ -1475,73 +1475,73 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1189 ;
   wire [3:0] \$119 ;
   reg \$1190 ;
-  reg \$1191 ;
+  reg [15:0] \$1191 ;
   reg \$1192 ;
-  reg [15:0] \$1193 ;
+  reg \$1193 ;
   reg \$1194 ;
   reg \$1195 ;
   reg \$1196 ;
   reg \$1197 ;
-  reg \$1198 ;
+  reg [2:0] \$1198 ;
   reg \$1199 ;
   wire \$12 ;
   wire [3:0] \$120 ;
   reg [2:0] \$1200 ;
   reg \$1201 ;
-  reg [2:0] \$1202 ;
+  reg \$1202 ;
   reg \$1203 ;
   reg \$1204 ;
   reg \$1205 ;
-  reg [15:0] \$1206 ;
-  reg [15:0] \$1207 ;
-  reg [15:0] \$1208 ;
-  reg [2:0] \$1209 ;
+  reg [47:0] \$1206 ;
+  reg [47:0] \$1207 ;
+  reg [47:0] \$1208 ;
+  reg [47:0] \$1209 ;
   wire \$121 ;
-  reg [15:0] \$1210 ;
-  reg [15:0] \$1211 ;
-  reg [31:0] \$1212 ;
-  reg [31:0] \$1213 ;
-  reg [31:0] \$1214 ;
-  reg [15:0] \$1215 ;
-  reg [31:0] \$1216 ;
-  reg \$1217 ;
-  reg \$1218 ;
+  reg [47:0] \$1210 ;
+  reg [47:0] \$1211 ;
+  reg [47:0] \$1212 ;
+  reg [47:0] \$1213 ;
+  reg [47:0] \$1214 ;
+  reg [47:0] \$1215 ;
+  reg [47:0] \$1216 ;
+  reg [47:0] \$1217 ;
+  reg [47:0] \$1218 ;
   reg [47:0] \$1219 ;
   wire [4:0] \$122 ;
   reg [47:0] \$1220 ;
   reg [47:0] \$1221 ;
   reg [47:0] \$1222 ;
-  reg [47:0] \$1223 ;
-  reg [47:0] \$1224 ;
-  reg [47:0] \$1225 ;
-  reg [47:0] \$1226 ;
-  reg [47:0] \$1227 ;
-  reg [47:0] \$1228 ;
-  reg [47:0] \$1229 ;
+  reg \$1223 ;
+  reg \$1224 ;
+  reg \$1225 ;
+  reg \$1226 ;
+  reg \$1227 ;
+  reg [31:0] \$1228 ;
+  reg \$1229 ;
   wire [3:0] \$123 ;
-  reg [47:0] \$1230 ;
-  reg [47:0] \$1231 ;
-  reg [47:0] \$1232 ;
-  reg [47:0] \$1233 ;
-  reg [47:0] \$1234 ;
-  reg [47:0] \$1235 ;
-  reg \$1236 ;
-  reg \$1237 ;
+  reg \$1230 ;
+  reg [3:0] \$1231 ;
+  reg \$1232 ;
+  reg [31:0] \$1233 ;
+  reg [31:0] \$1234 ;
+  reg [15:0] \$1235 ;
+  reg [31:0] \$1236 ;
+  reg [2:0] \$1237 ;
   reg \$1238 ;
   reg \$1239 ;
   wire \$124 ;
   reg \$1240 ;
-  reg [31:0] \$1241 ;
+  reg \$1241 ;
   reg \$1242 ;
   reg \$1243 ;
-  reg [3:0] \$1244 ;
+  reg \$1244 ;
   reg \$1245 ;
-  reg [31:0] \$1246 ;
-  reg [31:0] \$1247 ;
-  reg [15:0] \$1248 ;
-  reg [31:0] \$1249 ;
+  reg \$1246 ;
+  reg \$1247 ;
+  reg \$1248 ;
+  reg \$1249 ;
   wire [5:0] \$125 ;
-  reg [2:0] \$1250 ;
+  reg \$1250 ;
   reg \$1251 ;
   reg \$1252 ;
   reg \$1253 ;
@@ -1557,97 +1557,84 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1262 ;
   reg \$1263 ;
   reg \$1264 ;
-  reg \$1265 ;
-  reg \$1266 ;
-  reg \$1267 ;
-  reg \$1268 ;
-  reg \$1269 ;
+  reg [511:0] \$1265 ;
+  reg [2:0] \$1266 ;
+  reg [31:0] \$1267 ;
+  reg [7:0] \$1268 ;
+  reg [15:0] \$1269 ;
   wire \$127 ;
-  reg \$1270 ;
+  reg [15:0] \$1270 ;
   reg \$1271 ;
-  reg \$1272 ;
-  reg \$1273 ;
+  reg [31:0] \$1272 ;
+  reg [15:0] \$1273 ;
   reg \$1274 ;
-  reg \$1275 ;
-  reg \$1276 ;
-  reg \$1277 ;
-  reg [511:0] \$1278 ;
-  reg [1:0] \$1279 ;
+  reg [15:0] \$1275 ;
+  reg [15:0] \$1276 ;
+  reg [15:0] \$1277 ;
+  reg [15:0] \$1278 ;
+  reg [15:0] \$1279 ;
   wire [6:0] \$128 ;
-  reg [31:0] \$1280 ;
-  reg [7:0] \$1281 ;
+  reg [15:0] \$1280 ;
+  reg [15:0] \$1281 ;
   reg [15:0] \$1282 ;
-  reg [15:0] \$1283 ;
-  reg \$1284 ;
+  reg [2:0] \$1283 ;
+  reg [2:0] \$1284 ;
   reg [31:0] \$1285 ;
   reg [15:0] \$1286 ;
-  reg \$1287 ;
-  reg [15:0] \$1288 ;
-  reg [15:0] \$1289 ;
+  reg [15:0] \$1287 ;
+  reg [31:0] \$1288 ;
+  reg [31:0] \$1289 ;
   wire [3:0] \$129 ;
-  reg [15:0] \$1290 ;
-  reg [15:0] \$1291 ;
-  reg [15:0] \$1292 ;
-  reg [15:0] \$1293 ;
-  reg [15:0] \$1294 ;
+  reg \$1290 ;
+  reg [7:0] \$1291 ;
+  reg \$1292 ;
+  reg \$1293 ;
+  reg \$1294 ;
   reg [15:0] \$1295 ;
-  reg [2:0] \$1296 ;
-  reg [2:0] \$1297 ;
-  reg [31:0] \$1298 ;
-  reg [15:0] \$1299 ;
+  reg \$1296 ;
+  reg \$1297 ;
+  reg [7:0] \$1298 ;
+  reg [7:0] \$1299 ;
   wire \$13 ;
   wire \$130 ;
-  reg [15:0] \$1300 ;
-  reg [31:0] \$1301 ;
-  reg [31:0] \$1302 ;
-  reg \$1303 ;
+  reg [7:0] \$1300 ;
+  reg [7:0] \$1301 ;
+  reg [7:0] \$1302 ;
+  reg [7:0] \$1303 ;
   reg [7:0] \$1304 ;
-  reg \$1305 ;
+  reg [7:0] \$1305 ;
   reg \$1306 ;
   reg \$1307 ;
-  reg [15:0] \$1308 ;
-  reg \$1309 ;
+  reg \$1308 ;
+  reg [3:0] \$1309 ;
   wire [7:0] \$131 ;
-  reg \$1310 ;
-  reg [7:0] \$1311 ;
-  reg [7:0] \$1312 ;
-  reg [7:0] \$1313 ;
-  reg [7:0] \$1314 ;
-  reg [7:0] \$1315 ;
-  reg [7:0] \$1316 ;
-  reg [7:0] \$1317 ;
-  reg [7:0] \$1318 ;
+  reg [15:0] \$1310 ;
+  reg \$1311 ;
+  reg [15:0] \$1312 ;
+  reg [15:0] \$1313 ;
+  reg [31:0] \$1314 ;
+  reg \$1315 ;
+  reg \$1316 ;
+  reg \$1317 ;
+  reg \$1318 ;
   reg \$1319 ;
   wire [3:0] \$132 ;
   reg \$1320 ;
-  reg \$1321 ;
-  reg [3:0] \$1322 ;
-  reg [15:0] \$1323 ;
-  reg \$1324 ;
-  reg [15:0] \$1325 ;
-  reg [15:0] \$1326 ;
-  reg [31:0] \$1327 ;
-  reg \$1328 ;
-  reg \$1329 ;
+  reg [3:0] \$1321 ;
+  reg [15:0] \$1322 ;
+  reg [9:0] \$1323 ;
+  reg [15:0] \$1324 ;
+  reg \$1325 ;
+  reg \$1326 ;
+  reg \$1327 ;
+  reg [31:0] \$1328 ;
+  reg [15:0] \$1329 ;
   wire \$133 ;
   reg \$1330 ;
-  reg \$1331 ;
+  reg [2:0] \$1331 ;
   reg \$1332 ;
-  reg \$1333 ;
-  reg [3:0] \$1334 ;
-  reg [15:0] \$1335 ;
-  reg [9:0] \$1336 ;
-  reg [15:0] \$1337 ;
-  reg \$1338 ;
-  reg \$1339 ;
+  reg [3:0] \$1333 ;
   wire [8:0] \$134 ;
-  reg \$1340 ;
-  reg [31:0] \$1341 ;
-  reg [15:0] \$1342 ;
-  reg \$1343 ;
-  reg [2:0] \$1344 ;
-  reg \$1345 ;
-  reg [3:0] \$1346 ;
   reg \$135 ;
   wire \$136 ;
   wire \$137 ;
@@ -2339,30 +2326,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$755 ;
   wire \$756 ;
   wire [16:0] \$757 ;
-  wire [17:0] \$758 ;
-  wire [35:0] \$759 ;
+  wire [16:0] \$758 ;
+  wire [32:0] \$759 ;
   wire \$76 ;
-  wire [35:0] \$760 ;
+  wire [32:0] \$760 ;
   wire [16:0] \$761 ;
-  wire [17:0] \$762 ;
-  wire [17:0] \$763 ;
+  wire [16:0] \$762 ;
+  wire [16:0] \$763 ;
   wire [16:0] \$764 ;
-  wire [16:0] \$765 ;
-  wire [16:0] \$766 ;
-  wire [31:0] \$767 ;
-  wire [22:0] \$768 ;
-  wire [23:0] \$769 ;
+  wire [31:0] \$765 ;
+  wire [22:0] \$766 ;
+  wire [23:0] \$767 ;
+  wire [31:0] \$768 ;
+  wire [32:0] \$769 ;
   wire \$77 ;
-  wire [31:0] \$770 ;
-  wire [32:0] \$771 ;
-  wire [32:0] \$772 ;
-  wire [47:0] \$773 ;
-  wire [19:0] \$774 ;
-  wire [20:0] \$775 ;
-  wire [3:0] \$776 ;
-  wire \$777 ;
-  wire [31:0] \$778 ;
-  wire [32:0] \$779 ;
+  wire [32:0] \$770 ;
+  wire [47:0] \$771 ;
+  wire [19:0] \$772 ;
+  wire [20:0] \$773 ;
+  wire [3:0] \$774 ;
+  wire \$775 ;
+  wire [31:0] \$776 ;
+  wire [32:0] \$777 ;
+  wire [48:0] \$778 ;
+  wire \$779 ;
   wire \$78 ;
   wire [48:0] \$780 ;
   wire \$781 ;
@@ -2400,7 +2387,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$81 ;
   wire [48:0] \$810 ;
   wire \$811 ;
-  wire [48:0] \$812 ;
+  wire \$812 ;
   wire \$813 ;
   wire \$814 ;
   wire \$815 ;
@@ -2439,30 +2426,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$845 ;
   wire \$846 ;
   wire \$847 ;
-  wire \$848 ;
+  wire [15:0] \$848 ;
   wire \$849 ;
   wire \$85 ;
-  wire [15:0] \$850 ;
+  wire \$850 ;
   wire \$851 ;
   wire \$852 ;
-  wire \$853 ;
-  wire \$854 ;
-  wire [16:0] \$855 ;
-  wire [32:0] \$856 ;
+  wire [16:0] \$853 ;
+  wire [32:0] \$854 ;
+  wire \$855 ;
+  wire \$856 ;
   wire \$857 ;
   wire \$858 ;
   wire \$859 ;
   wire \$86 ;
   wire \$860 ;
-  wire \$861 ;
+  wire [32:0] \$861 ;
   wire \$862 ;
-  wire [32:0] \$863 ;
-  wire \$864 ;
+  wire \$863 ;
+  wire [14:0] \$864 ;
   wire \$865 ;
-  wire [14:0] \$866 ;
-  wire \$867 ;
+  wire \$866 ;
+  wire [3:0] \$867 ;
   wire \$868 ;
-  wire [2:0] \$869 ;
+  wire \$869 ;
   wire \$87 ;
   wire \$870 ;
   wire \$871 ;
@@ -2499,18 +2486,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$9 ;
   wire \$90 ;
   wire \$900 ;
-  wire \$901 ;
-  wire \$902 ;
-  wire [16:0] \$903 ;
-  wire [32:0] \$904 ;
+  wire [16:0] \$901 ;
+  wire [32:0] \$902 ;
+  wire \$903 ;
+  wire \$904 ;
   wire \$905 ;
   wire \$906 ;
   wire \$907 ;
   wire \$908 ;
-  wire \$909 ;
+  wire [16:0] \$909 ;
   wire \$91 ;
   wire \$910 ;
-  wire [16:0] \$911 ;
+  wire \$911 ;
   wire \$912 ;
   wire \$913 ;
   wire \$914 ;
@@ -2615,9 +2602,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \$signal$281  = 16'h0000;
   reg \$signal$286  = 1'h0;
   reg \$signal$409  = 1'h0;
-  reg [31:0] \$signal$477  = 32'd0;
-  reg [31:0] \$signal$478  = 32'd0;
-  reg \$signal$495  = 1'h0;
+  reg [31:0] \$signal$479  = 32'd0;
+  reg [31:0] \$signal$480  = 32'd0;
+  reg \$signal$497  = 1'h0;
   wire [13:0] \$signature__addr ;
   reg [8:0] \$signature__addr$250 ;
   reg [8:0] \$signature__addr$255 ;
@@ -2822,7 +2809,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$113 ;
-  wire \busy$506 ;
+  wire \busy$508 ;
   wire [4:0] c__payload;
   wire [65:0] \c__payload$119 ;
   wire [42:0] \c__payload$119.b ;
@@ -2878,11 +2865,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] dec_k_last = 16'h0000;
   reg [15:0] dec_mt = 16'h0000;
   reg [15:0] dec_mt_last = 16'h0000;
+  reg [16:0] dec_n1p = 17'h00000;
+  reg [16:0] dec_n2p = 17'h00000;
   reg [15:0] dec_nt = 16'h0000;
   reg [15:0] dec_nt_last = 16'h0000;
   reg [15:0] dec_rows_last = 16'h0000;
   reg [31:0] dec_tiles = 32'd0;
-  reg [1:0] decode_wait = 2'h0;
+  reg [2:0] decode_wait = 3'h0;
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
@@ -2931,7 +2920,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \i__valid$431 ;
   wire \i__valid$432 ;
   wire idle;
-  wire \idle$489 ;
+  wire \idle$491 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -29364,753 +29353,755 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$754  = ins[511:510] == 2'h2;
   assign \$755  = \$753  & \$754 ;
   assign \$756  = \$752  | \$755 ;
-  assign \$757  = ins[55:40] + 4'h9;
-  assign \$758  = \$757  - 1'h1;
-  assign \$759  = $signed(\$758 ) * $signed(19'h38e39);
-  assign \$761  = ins[71:56] + 4'h8;
-  assign \$762  = \$761  - 1'h1;
-  assign \$764  = ins[87:72] - 1'h1;
-  assign \$765  = dec_mt - 1'h1;
-  assign \$766  = dec_nt - 1'h1;
-  assign \$767  = ins[39:24] * dec_mt;
-  assign \$769  = \$768  + 6'h3f;
-  assign \$771  = ins[497:466] + \$770 ;
-  assign \$772  = is_gemm ? \$771  : { 1'h0, ins[465:434] };
-  assign \$773  = dec_blocks * dec_nt;
-  assign \$774  = dec_mt_last * 4'h9;
-  assign \$775  = ins[55:40] - \$774 ;
-  assign \$778  = \$777  ? offset : 32'd0;
-  assign \$779  = ins[465:434] + \$778 ;
-  assign \$780  = cycles + 1'h1;
-  assign \$781  = in_op & op_onehot[0];
-  assign \$782  = op_cycles__0 + 1'h1;
-  assign \$783  = in_op & op_onehot[1];
-  assign \$784  = op_cycles__1 + 1'h1;
-  assign \$785  = in_op & op_onehot[2];
-  assign \$786  = op_cycles__2 + 1'h1;
-  assign \$787  = in_op & op_onehot[3];
-  assign \$788  = op_cycles__3 + 1'h1;
-  assign \$789  = in_op & op_onehot[4];
-  assign \$790  = op_cycles__4 + 1'h1;
-  assign \$791  = in_op & op_onehot[5];
-  assign \$792  = op_cycles__5 + 1'h1;
-  assign \$793  = in_op & op_onehot[6];
-  assign \$794  = op_cycles__6 + 1'h1;
-  assign \$795  = in_op & op_onehot[7];
-  assign \$796  = op_cycles__7 + 1'h1;
-  assign \$797  = in_op & op_onehot[8];
-  assign \$798  = op_cycles__8 + 1'h1;
-  assign \$799  = in_op & op_onehot[9];
-  assign \$800  = op_cycles__9 + 1'h1;
-  assign \$801  = in_op & op_onehot[10];
-  assign \$802  = op_cycles__10 + 1'h1;
-  assign \$803  = in_op & op_onehot[11];
-  assign \$804  = op_cycles__11 + 1'h1;
-  assign \$805  = in_op & op_onehot[12];
-  assign \$806  = op_cycles__12 + 1'h1;
-  assign \$807  = in_op & op_onehot[13];
-  assign \$808  = op_cycles__13 + 1'h1;
-  assign \$809  = in_op & op_onehot[14];
-  assign \$810  = op_cycles__14 + 1'h1;
-  assign \$811  = in_op & op_onehot[15];
-  assign \$812  = op_cycles__15 + 1'h1;
-  assign \$813  = images_left > 1'h1;
-  assign \$814  = is_end & \$813 ;
-  assign \$815  = | ins[39:24];
+  assign \$757  = ins[55:40] + 4'h8;
+  assign \$758  = ins[71:56] + 3'h7;
+  assign \$759  = dec_n1p * 16'he38f;
+  assign \$762  = ins[87:72] - 1'h1;
+  assign \$763  = dec_mt - 1'h1;
+  assign \$764  = dec_nt - 1'h1;
+  assign \$765  = ins[39:24] * dec_mt;
+  assign \$767  = \$766  + 6'h3f;
+  assign \$769  = ins[497:466] + \$768 ;
+  assign \$770  = is_gemm ? \$769  : { 1'h0, ins[465:434] };
+  assign \$771  = dec_blocks * dec_nt;
+  assign \$772  = dec_mt_last * 4'h9;
+  assign \$773  = ins[55:40] - \$772 ;
+  assign \$776  = \$775  ? offset : 32'd0;
+  assign \$777  = ins[465:434] + \$776 ;
+  assign \$778  = cycles + 1'h1;
+  assign \$779  = in_op & op_onehot[0];
+  assign \$780  = op_cycles__0 + 1'h1;
+  assign \$781  = in_op & op_onehot[1];
+  assign \$782  = op_cycles__1 + 1'h1;
+  assign \$783  = in_op & op_onehot[2];
+  assign \$784  = op_cycles__2 + 1'h1;
+  assign \$785  = in_op & op_onehot[3];
+  assign \$786  = op_cycles__3 + 1'h1;
+  assign \$787  = in_op & op_onehot[4];
+  assign \$788  = op_cycles__4 + 1'h1;
+  assign \$789  = in_op & op_onehot[5];
+  assign \$790  = op_cycles__5 + 1'h1;
+  assign \$791  = in_op & op_onehot[6];
+  assign \$792  = op_cycles__6 + 1'h1;
+  assign \$793  = in_op & op_onehot[7];
+  assign \$794  = op_cycles__7 + 1'h1;
+  assign \$795  = in_op & op_onehot[8];
+  assign \$796  = op_cycles__8 + 1'h1;
+  assign \$797  = in_op & op_onehot[9];
+  assign \$798  = op_cycles__9 + 1'h1;
+  assign \$799  = in_op & op_onehot[10];
+  assign \$800  = op_cycles__10 + 1'h1;
+  assign \$801  = in_op & op_onehot[11];
+  assign \$802  = op_cycles__11 + 1'h1;
+  assign \$803  = in_op & op_onehot[12];
+  assign \$804  = op_cycles__12 + 1'h1;
+  assign \$805  = in_op & op_onehot[13];
+  assign \$806  = op_cycles__13 + 1'h1;
+  assign \$807  = in_op & op_onehot[14];
+  assign \$808  = op_cycles__14 + 1'h1;
+  assign \$809  = in_op & op_onehot[15];
+  assign \$810  = op_cycles__15 + 1'h1;
+  assign \$811  = images_left > 1'h1;
+  assign \$812  = is_end & \$811 ;
+  assign \$813  = | ins[39:24];
+  assign \$814  = ~ \$813 ;
+  assign \$815  = | ins[55:40];
   assign \$816  = ~ \$815 ;
-  assign \$817  = | ins[55:40];
+  assign \$817  = | ins[71:56];
   assign \$818  = ~ \$817 ;
-  assign \$819  = | ins[71:56];
+  assign \$819  = | ins[87:72];
   assign \$820  = ~ \$819 ;
-  assign \$821  = | ins[87:72];
+  assign \$821  = | ins[103:88];
   assign \$822  = ~ \$821 ;
-  assign \$823  = | ins[103:88];
-  assign \$824  = ~ \$823 ;
-  assign \$825  = | { \$824 , \$822 , \$820 , \$818 , \$816  };
-  assign \$826  = ~ post_bad;
-  assign \$827  = \$826  & unit_known;
-  assign \$828  = post_gelu | post_add;
-  assign \$829  = \$828  | pre_ln;
-  assign \$830  = \$829  | pre_sm;
-  assign \$831  = is_move | is_load;
-  assign \$832  = \$831  | is_store;
-  assign \$833  = \$832  | is_gemm;
-  assign \$834  = ~ \$833 ;
-  assign \$835  = \$830  | \$834 ;
-  assign \$836  = \$827  & \$835 ;
-  assign \$837  = ~ post_bad;
-  assign \$838  = post_gelu | post_add;
-  assign \$839  = \$838  | pre_ln;
-  assign \$840  = \$839  | pre_sm;
-  assign \$841  = ~ \$840 ;
-  assign \$842  = \$837  & \$841 ;
-  assign \$843  = is_move | is_load;
-  assign \$844  = \$843  | is_store;
-  assign \$845  = \$844  | is_gemm;
-  assign \$846  = \$842  & \$845 ;
-  assign \$847  = ~ busy;
-  assign \$848  = \$847  & start;
-  assign \$849  = | images;
-  assign \$850  = \$849  ? images : 16'h0001;
-  assign \$851  = | decode_wait;
-  assign \$852  = ~ \$851 ;
-  assign \$853  = in_decode & \$852 ;
-  assign \$854  = \$853  & d_end_more;
-  assign \$855  = images_left - 1'h1;
-  assign \$856  = offset + \$signal$478 ;
-  assign \$857  = in_stream & op_done;
-  assign \$858  = | fault_q;
-  assign \$859  = ~ \$858 ;
-  assign \$860  = \$857  & \$859 ;
-  assign \$861  = ~ addr_fault;
-  assign \$862  = \$860  & \$861 ;
-  assign \$863  = pc + 7'h40;
-  assign \$864  = ~ fetch_sent;
-  assign \$865  = req__ready & \$864 ;
-  assign \$866  = 1'h1 << dec_c_lb;
-  assign \$867  = ins[509:498] == 1'h1;
-  assign \$868  = | decode_wait;
-  assign \$869  = decode_wait - 1'h1;
-  assign \$870  = decode_wait == 1'h1;
-  assign \$871  = is_softmax | pre_sm;
-  assign \$872  = is_layernorm | pre_ln;
-  assign \$873  = is_gelu | is_add;
-  assign \$874  = \$873  | post_gelu;
-  assign \$875  = \$874  | post_add;
-  assign \$876  = is_gelu | is_add;
-  assign \$877  = \$876  | post_gelu;
-  assign \$878  = \$877  | post_add;
-  assign \$879  = \$878  & add_sel;
-  assign \$880  = is_gelu | is_add;
-  assign \$881  = \$880  | post_gelu;
-  assign \$882  = \$881  | post_add;
-  assign \$883  = \$882  & gelu_sel0;
-  assign \$884  = ~ post_gelu;
-  assign \$885  = is_gemm & \$884 ;
-  assign \$886  = ~ post_add;
-  assign \$887  = \$885  & \$886 ;
-  assign \$888  = is_gemm & pre_sm;
-  assign \$889  = is_gemm & pre_ln;
-  assign \$890  = ~ pre_sm;
-  assign \$891  = is_gemm & \$890 ;
-  assign \$892  = ~ pre_ln;
-  assign \$893  = \$891  & \$892 ;
-  assign \$894  = ~ is_load;
-  assign \$895  = ~ is_linear;
-  assign \$896  = is_gemm & \$895 ;
-  assign \$897  = add_sel | \$896 ;
-  assign \$898  = is_gelu | is_add;
-  assign \$899  = post_gelu | post_add;
-  assign \$900  = is_gemm & \$899 ;
-  assign \$901  = | c_ask;
-  assign \$902  = \$901  & req__ready;
-  assign \$903  = c_ask - 1'h1;
-  assign \$904  = c_addr + c_step;
-  assign \$905  = const_to0 & c__ready;
-  assign \$906  = const_to1 & \c__ready$418 ;
-  assign \$907  = const_to2 & \c__ready$419 ;
-  assign \$908  = const_to3 & \c__ready$420 ;
-  assign \$909  = | { \$908 , \$907 , \$906 , \$905  };
-  assign \$910  = beat__valid & \$909 ;
-  assign \$911  = c_due - 1'h1;
-  assign \$912  = c_due == 2'h2;
-  assign \$913  = is_gelu | is_add;
-  assign \$914  = \$913  | post_gelu;
-  assign \$915  = \$914  | post_add;
-  assign \$916  = is_gelu | is_add;
-  assign \$917  = \$916  | post_gelu;
-  assign \$918  = \$917  | post_add;
-  assign \$919  = \$918  & add_sel;
-  assign \$920  = is_gelu | is_add;
-  assign \$921  = \$920  | post_gelu;
-  assign \$922  = \$921  | post_add;
-  assign \$923  = \$922  & gelu_sel0;
-  assign \$924  = ~ post_gelu;
-  assign \$925  = is_gemm & \$924 ;
-  assign \$926  = ~ post_add;
-  assign \$927  = \$925  & \$926 ;
-  assign \$928  = is_gemm & pre_sm;
-  assign \$929  = is_gemm & pre_ln;
-  assign \$930  = ~ pre_sm;
-  assign \$931  = is_gemm & \$930 ;
-  assign \$932  = ~ pre_ln;
-  assign \$933  = \$931  & \$932 ;
-  assign \$934  = ~ is_load;
-  assign \$935  = ~ is_linear;
-  assign \$936  = is_gemm & \$935 ;
-  assign \$937  = add_sel | \$936 ;
-  assign \$938  = is_gelu | is_add;
-  assign \$939  = post_gelu | post_add;
-  assign \$940  = is_gemm & \$939 ;
-  assign \$941  = | ins[509:498];
-  assign \$942  = ~ \$941 ;
-  assign \$943  = is_gelu | is_add;
-  assign \$944  = \$943  | post_gelu;
-  assign \$945  = \$944  | post_add;
-  assign \$946  = is_gelu | is_add;
-  assign \$947  = \$946  | post_gelu;
-  assign \$948  = \$947  | post_add;
-  assign \$949  = \$948  & add_sel;
-  assign \$950  = is_gelu | is_add;
-  assign \$951  = \$950  | post_gelu;
-  assign \$952  = \$951  | post_add;
-  assign \$953  = \$952  & gelu_sel0;
-  assign \$954  = ~ post_gelu;
-  assign \$955  = is_gemm & \$954 ;
-  assign \$956  = ~ post_add;
-  assign \$957  = \$955  & \$956 ;
-  assign \$958  = is_gemm & pre_sm;
-  assign \$959  = is_gemm & pre_ln;
-  assign \$960  = ~ pre_sm;
-  assign \$961  = is_gemm & \$960 ;
-  assign \$962  = ~ pre_ln;
-  assign \$963  = \$961  & \$962 ;
-  assign \$964  = ~ is_load;
-  assign \$965  = ~ is_linear;
-  assign \$966  = is_gemm & \$965 ;
-  assign \$967  = add_sel | \$966 ;
-  assign \$968  = is_gelu | is_add;
-  assign \$969  = post_gelu | post_add;
-  assign \$970  = is_gemm & \$969 ;
-  assign \$971  = | fault_q;
-  assign \$972  = ~ \$971 ;
-  assign \$973  = op_done & \$972 ;
-  assign \$974  = ~ addr_fault;
-  assign \$975  = \$973  & \$974 ;
-  assign \$976  = $signed(addr) < $signed(1'h0);
-  assign \$977  = $signed(addr) >= $signed(16'h4000);
-  assign \$978  = \$976  | \$977 ;
-  assign \$979  = valid & \$978 ;
-  assign \$980  = ~ is_load;
+  assign \$823  = | { \$822 , \$820 , \$818 , \$816 , \$814  };
+  assign \$824  = ~ post_bad;
+  assign \$825  = \$824  & unit_known;
+  assign \$826  = post_gelu | post_add;
+  assign \$827  = \$826  | pre_ln;
+  assign \$828  = \$827  | pre_sm;
+  assign \$829  = is_move | is_load;
+  assign \$830  = \$829  | is_store;
+  assign \$831  = \$830  | is_gemm;
+  assign \$832  = ~ \$831 ;
+  assign \$833  = \$828  | \$832 ;
+  assign \$834  = \$825  & \$833 ;
+  assign \$835  = ~ post_bad;
+  assign \$836  = post_gelu | post_add;
+  assign \$837  = \$836  | pre_ln;
+  assign \$838  = \$837  | pre_sm;
+  assign \$839  = ~ \$838 ;
+  assign \$840  = \$835  & \$839 ;
+  assign \$841  = is_move | is_load;
+  assign \$842  = \$841  | is_store;
+  assign \$843  = \$842  | is_gemm;
+  assign \$844  = \$840  & \$843 ;
+  assign \$845  = ~ busy;
+  assign \$846  = \$845  & start;
+  assign \$847  = | images;
+  assign \$848  = \$847  ? images : 16'h0001;
+  assign \$849  = | decode_wait;
+  assign \$850  = ~ \$849 ;
+  assign \$851  = in_decode & \$850 ;
+  assign \$852  = \$851  & d_end_more;
+  assign \$853  = images_left - 1'h1;
+  assign \$854  = offset + \$signal$480 ;
+  assign \$855  = in_stream & op_done;
+  assign \$856  = | fault_q;
+  assign \$857  = ~ \$856 ;
+  assign \$858  = \$855  & \$857 ;
+  assign \$859  = ~ addr_fault;
+  assign \$860  = \$858  & \$859 ;
+  assign \$861  = pc + 7'h40;
+  assign \$862  = ~ fetch_sent;
+  assign \$863  = req__ready & \$862 ;
+  assign \$864  = 1'h1 << dec_c_lb;
+  assign \$865  = ins[509:498] == 1'h1;
+  assign \$866  = | decode_wait;
+  assign \$867  = decode_wait - 1'h1;
+  assign \$868  = decode_wait == 1'h1;
+  assign \$869  = is_softmax | pre_sm;
+  assign \$870  = is_layernorm | pre_ln;
+  assign \$871  = is_gelu | is_add;
+  assign \$872  = \$871  | post_gelu;
+  assign \$873  = \$872  | post_add;
+  assign \$874  = is_gelu | is_add;
+  assign \$875  = \$874  | post_gelu;
+  assign \$876  = \$875  | post_add;
+  assign \$877  = \$876  & add_sel;
+  assign \$878  = is_gelu | is_add;
+  assign \$879  = \$878  | post_gelu;
+  assign \$880  = \$879  | post_add;
+  assign \$881  = \$880  & gelu_sel0;
+  assign \$882  = ~ post_gelu;
+  assign \$883  = is_gemm & \$882 ;
+  assign \$884  = ~ post_add;
+  assign \$885  = \$883  & \$884 ;
+  assign \$886  = is_gemm & pre_sm;
+  assign \$887  = is_gemm & pre_ln;
+  assign \$888  = ~ pre_sm;
+  assign \$889  = is_gemm & \$888 ;
+  assign \$890  = ~ pre_ln;
+  assign \$891  = \$889  & \$890 ;
+  assign \$892  = ~ is_load;
+  assign \$893  = ~ is_linear;
+  assign \$894  = is_gemm & \$893 ;
+  assign \$895  = add_sel | \$894 ;
+  assign \$896  = is_gelu | is_add;
+  assign \$897  = post_gelu | post_add;
+  assign \$898  = is_gemm & \$897 ;
+  assign \$899  = | c_ask;
+  assign \$900  = \$899  & req__ready;
+  assign \$901  = c_ask - 1'h1;
+  assign \$902  = c_addr + c_step;
+  assign \$903  = const_to0 & c__ready;
+  assign \$904  = const_to1 & \c__ready$418 ;
+  assign \$905  = const_to2 & \c__ready$419 ;
+  assign \$906  = const_to3 & \c__ready$420 ;
+  assign \$907  = | { \$906 , \$905 , \$904 , \$903  };
+  assign \$908  = beat__valid & \$907 ;
+  assign \$909  = c_due - 1'h1;
+  assign \$910  = c_due == 2'h2;
+  assign \$911  = is_gelu | is_add;
+  assign \$912  = \$911  | post_gelu;
+  assign \$913  = \$912  | post_add;
+  assign \$914  = is_gelu | is_add;
+  assign \$915  = \$914  | post_gelu;
+  assign \$916  = \$915  | post_add;
+  assign \$917  = \$916  & add_sel;
+  assign \$918  = is_gelu | is_add;
+  assign \$919  = \$918  | post_gelu;
+  assign \$920  = \$919  | post_add;
+  assign \$921  = \$920  & gelu_sel0;
+  assign \$922  = ~ post_gelu;
+  assign \$923  = is_gemm & \$922 ;
+  assign \$924  = ~ post_add;
+  assign \$925  = \$923  & \$924 ;
+  assign \$926  = is_gemm & pre_sm;
+  assign \$927  = is_gemm & pre_ln;
+  assign \$928  = ~ pre_sm;
+  assign \$929  = is_gemm & \$928 ;
+  assign \$930  = ~ pre_ln;
+  assign \$931  = \$929  & \$930 ;
+  assign \$932  = ~ is_load;
+  assign \$933  = ~ is_linear;
+  assign \$934  = is_gemm & \$933 ;
+  assign \$935  = add_sel | \$934 ;
+  assign \$936  = is_gelu | is_add;
+  assign \$937  = post_gelu | post_add;
+  assign \$938  = is_gemm & \$937 ;
+  assign \$939  = | ins[509:498];
+  assign \$940  = ~ \$939 ;
+  assign \$941  = is_gelu | is_add;
+  assign \$942  = \$941  | post_gelu;
+  assign \$943  = \$942  | post_add;
+  assign \$944  = is_gelu | is_add;
+  assign \$945  = \$944  | post_gelu;
+  assign \$946  = \$945  | post_add;
+  assign \$947  = \$946  & add_sel;
+  assign \$948  = is_gelu | is_add;
+  assign \$949  = \$948  | post_gelu;
+  assign \$950  = \$949  | post_add;
+  assign \$951  = \$950  & gelu_sel0;
+  assign \$952  = ~ post_gelu;
+  assign \$953  = is_gemm & \$952 ;
+  assign \$954  = ~ post_add;
+  assign \$955  = \$953  & \$954 ;
+  assign \$956  = is_gemm & pre_sm;
+  assign \$957  = is_gemm & pre_ln;
+  assign \$958  = ~ pre_sm;
+  assign \$959  = is_gemm & \$958 ;
+  assign \$960  = ~ pre_ln;
+  assign \$961  = \$959  & \$960 ;
+  assign \$962  = ~ is_load;
+  assign \$963  = ~ is_linear;
+  assign \$964  = is_gemm & \$963 ;
+  assign \$965  = add_sel | \$964 ;
+  assign \$966  = is_gelu | is_add;
+  assign \$967  = post_gelu | post_add;
+  assign \$968  = is_gemm & \$967 ;
+  assign \$969  = | fault_q;
+  assign \$970  = ~ \$969 ;
+  assign \$971  = op_done & \$970 ;
+  assign \$972  = ~ addr_fault;
+  assign \$973  = \$971  & \$972 ;
+  assign \$974  = $signed(addr) < $signed(1'h0);
+  assign \$975  = $signed(addr) >= $signed(16'h4000);
+  assign \$976  = \$974  | \$975 ;
+  assign \$977  = valid & \$976 ;
+  assign \$978  = ~ is_load;
+  assign \$979  = \$977  & \$978 ;
+  assign \$980  = ~ is_gemm;
   assign \$981  = \$979  & \$980 ;
-  assign \$982  = ~ is_gemm;
-  assign \$983  = \$981  & \$982 ;
-  assign \$984  = $signed(\addr$89 ) < $signed(1'h0);
-  assign \$985  = $signed(\addr$89 ) >= $signed(16'h4000);
-  assign \$986  = \$984  | \$985 ;
-  assign \$987  = \valid$85  & \$986 ;
-  assign \$988  = \$987  & is_add;
-  assign \$989  = \$983  | \$988 ;
-  assign \$990  = $signed(\addr$97 ) < $signed(1'h0);
-  assign \$991  = $signed(\addr$97 ) >= $signed(16'h4000);
-  assign \$992  = \$990  | \$991 ;
-  assign \$993  = \valid$221  & \$992 ;
-  assign \$994  = ~ is_store;
+  assign \$982  = $signed(\addr$89 ) < $signed(1'h0);
+  assign \$983  = $signed(\addr$89 ) >= $signed(16'h4000);
+  assign \$984  = \$982  | \$983 ;
+  assign \$985  = \valid$85  & \$984 ;
+  assign \$986  = \$985  & is_add;
+  assign \$987  = \$981  | \$986 ;
+  assign \$988  = $signed(\addr$97 ) < $signed(1'h0);
+  assign \$989  = $signed(\addr$97 ) >= $signed(16'h4000);
+  assign \$990  = \$988  | \$989 ;
+  assign \$991  = \valid$221  & \$990 ;
+  assign \$992  = ~ is_store;
+  assign \$993  = \$991  & \$992 ;
+  assign \$994  = ~ is_gemm;
   assign \$995  = \$993  & \$994 ;
-  assign \$996  = ~ is_gemm;
-  assign \$997  = \$995  & \$996 ;
-  assign \$998  = \$989  | \$997 ;
-  assign \$999  = | fault_q;
-  assign \$1000  = idle & \idle$489 ;
-  assign \$1001  = is_softmax | is_layernorm;
-  assign \$1002  = ~ ext_req_valid;
-  assign \$1003  = \$1002  | req__ready;
-  assign \$1004  = $signed(addr) << ins[23:22];
-  assign \$1005  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1004 );
-  assign \$1006  = ~ ext_req_valid;
-  assign \$1007  = \$1006  | \req__ready$424 ;
-  assign \$1008  = $signed(\addr$97 ) << ins[23:22];
-  assign \$1009  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1008 );
-  assign \$1010  = pack_full & in_ready;
-  assign \$1011  = ~ pack_full;
-  assign \$1012  = \$1011  | in_ready;
-  assign \$1013  = \$1012  & elem_valid;
-  assign \$1014  = ~ add_sel;
-  assign \$1015  = \r_rdy$203  | \$1014 ;
-  assign \$1016  = \$1013  & \$1015 ;
-  assign \$1017  = pack_j == 2'h3;
-  assign \$1018  = \$1017  | elem_final;
-  assign \$1019  = pack_j + 1'h1;
-  assign \$1020  = \$signal$205  & \valid$221 ;
-  assign \$1021  = pack_jo == 2'h3;
-  assign \$1022  = \$1021  | \final ;
-  assign \$1023  = pack_jo + 1'h1;
-  assign \$1024  = 1'h1 << w_lb;
-  assign \$1025  = | dec_tiles;
-  assign \$1026  = | dec_k_last;
+  assign \$996  = \$987  | \$995 ;
+  assign \$997  = | fault_q;
+  assign \$998  = idle & \idle$491 ;
+  assign \$999  = is_softmax | is_layernorm;
+  assign \$1000  = ~ ext_req_valid;
+  assign \$1001  = \$1000  | req__ready;
+  assign \$1002  = $signed(addr) << ins[23:22];
+  assign \$1003  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1002 );
+  assign \$1004  = ~ ext_req_valid;
+  assign \$1005  = \$1004  | \req__ready$424 ;
+  assign \$1006  = $signed(\addr$97 ) << ins[23:22];
+  assign \$1007  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1006 );
+  assign \$1008  = pack_full & in_ready;
+  assign \$1009  = ~ pack_full;
+  assign \$1010  = \$1009  | in_ready;
+  assign \$1011  = \$1010  & elem_valid;
+  assign \$1012  = ~ add_sel;
+  assign \$1013  = \r_rdy$203  | \$1012 ;
+  assign \$1014  = \$1011  & \$1013 ;
+  assign \$1015  = pack_j == 2'h3;
+  assign \$1016  = \$1015  | elem_final;
+  assign \$1017  = pack_j + 1'h1;
+  assign \$1018  = \$signal$205  & \valid$221 ;
+  assign \$1019  = pack_jo == 2'h3;
+  assign \$1020  = \$1019  | \final ;
+  assign \$1021  = pack_jo + 1'h1;
+  assign \$1022  = 1'h1 << w_lb;
+  assign \$1023  = | dec_tiles;
+  assign \$1024  = | dec_k_last;
+  assign \$1025  = ~ \$1024 ;
+  assign \$1026  = | dec_nt_last;
   assign \$1027  = ~ \$1026 ;
-  assign \$1028  = | dec_nt_last;
-  assign \$1029  = ~ \$1028 ;
-  assign \$1030  = \$signal$409  & req__ready;
-  assign \$1031  = ~ want_w;
-  assign \$1032  = \$1031  & is_linear;
-  assign \$1033  = ~ is_linear;
-  assign \$1034  = want_w & \$signal$495 ;
-  assign \$1035  = \$1033  | \$1034 ;
-  assign \$1036  = ~ \$1035 ;
-  assign \$1037  = want_w & \$1036 ;
-  assign \$1038  = k + 1'h1;
-  assign \$1039  = k + 1'h1;
-  assign \$1040  = \$1039  == dec_k_last;
-  assign \$1041  = w_addr + w_step;
-  assign \$1042  = ~ is_linear;
-  assign \$1043  = want_w & \$signal$495 ;
-  assign \$1044  = \$1042  | \$1043 ;
-  assign \$1045  = tiles - 1'h1;
-  assign \$1046  = tiles != 1'h1;
-  assign \$1047  = | dec_k_last;
+  assign \$1028  = \$signal$409  & req__ready;
+  assign \$1029  = ~ want_w;
+  assign \$1030  = \$1029  & is_linear;
+  assign \$1031  = ~ is_linear;
+  assign \$1032  = want_w & \$signal$497 ;
+  assign \$1033  = \$1031  | \$1032 ;
+  assign \$1034  = ~ \$1033 ;
+  assign \$1035  = want_w & \$1034 ;
+  assign \$1036  = k + 1'h1;
+  assign \$1037  = k + 1'h1;
+  assign \$1038  = \$1037  == dec_k_last;
+  assign \$1039  = w_addr + w_step;
+  assign \$1040  = ~ is_linear;
+  assign \$1041  = want_w & \$signal$497 ;
+  assign \$1042  = \$1040  | \$1041 ;
+  assign \$1043  = tiles - 1'h1;
+  assign \$1044  = tiles != 1'h1;
+  assign \$1045  = | dec_k_last;
+  assign \$1046  = ~ \$1045 ;
+  assign \$1047  = | dec_nt_last;
   assign \$1048  = ~ \$1047 ;
-  assign \$1049  = | dec_nt_last;
-  assign \$1050  = ~ \$1049 ;
-  assign \$1051  = nt + 1'h1;
-  assign \$1052  = nt + 1'h1;
-  assign \$1053  = \$1052  == dec_nt_last;
-  assign \$1054  = p_addr + 7'h40;
-  assign \$1055  = \a__valid$287  & \a__ready$288 ;
-  assign \$1056  = ~ is_linear;
-  assign \$1057  = \$1056  | rk_zero;
-  assign \$1058  = ~ w_full;
-  assign \$1059  = \a__valid$287  & \a__ready$288 ;
-  assign \$1060  = \$1058  | \$1059 ;
-  assign \$1061  = \$1057  ? p__ready : \$1060 ;
-  assign \$1062  = beat__valid & \$1061 ;
-  assign \$1063  = \$1062  & is_linear;
-  assign \$1064  = rk == ins[87:72];
-  assign \$1065  = rk + 1'h1;
-  assign \$1066  = \$1064  ? 17'h00000 : \$1065 ;
-  assign \$1067  = rk == ins[87:72];
-  assign \$1068  = ~ is_linear;
-  assign \$1069  = \$1068  | rk_zero;
+  assign \$1049  = nt + 1'h1;
+  assign \$1050  = nt + 1'h1;
+  assign \$1051  = \$1050  == dec_nt_last;
+  assign \$1052  = p_addr + 7'h40;
+  assign \$1053  = \a__valid$287  & \a__ready$288 ;
+  assign \$1054  = ~ is_linear;
+  assign \$1055  = \$1054  | rk_zero;
+  assign \$1056  = ~ w_full;
+  assign \$1057  = \a__valid$287  & \a__ready$288 ;
+  assign \$1058  = \$1056  | \$1057 ;
+  assign \$1059  = \$1055  ? p__ready : \$1058 ;
+  assign \$1060  = beat__valid & \$1059 ;
+  assign \$1061  = \$1060  & is_linear;
+  assign \$1062  = rk == ins[87:72];
+  assign \$1063  = rk + 1'h1;
+  assign \$1064  = \$1062  ? 17'h00000 : \$1063 ;
+  assign \$1065  = rk == ins[87:72];
+  assign \$1066  = ~ is_linear;
+  assign \$1067  = \$1066  | rk_zero;
+  assign \$1068  = ~ \$1067 ;
+  assign \$1069  = | dec_k_last;
   assign \$1070  = ~ \$1069 ;
   assign \$1071  = | dec_k_last;
   assign \$1072  = ~ \$1071 ;
-  assign \$1073  = | dec_k_last;
+  assign \$1073  = | dec_nt_last;
   assign \$1074  = ~ \$1073 ;
-  assign \$1075  = | dec_nt_last;
-  assign \$1076  = ~ \$1075 ;
-  assign \$1077  = | dec_blocks;
-  assign \$1079  = ~ \$1078 ;
-  assign \$1080  = a_in_valid & \$1079 ;
-  assign \$1081  = pre_ln | pre_sm;
-  assign \$1082  = \$1080  & \$1081 ;
-  assign \$1084  = ~ \$1083 ;
-  assign \$1085  = a_in_valid & \$1084 ;
-  assign \$1086  = | dec_k_last;
-  assign \$1087  = ~ \$1086 ;
-  assign \$1088  = \$signal$254  == 4'h8;
-  assign \$1089  = ~ \$signal$247 ;
-  assign \$1090  = \$signal$254  + 1'h1;
-  assign \$1091  = lk + 1'h1;
-  assign \$1092  = lk + 1'h1;
-  assign \$1093  = \$1092  == dec_k_last;
-  assign \$1094  = \$signal$254  == 4'h8;
-  assign \$1095  = lk + 1'h1;
-  assign \$1096  = lk + 1'h1;
-  assign \$1097  = \$1096  == dec_k_last;
-  assign \$1098  = | dec_k_last;
-  assign \$1099  = ~ \$1098 ;
-  assign \$1100  = ~ \$signal$247 ;
-  assign \$1101  = \$signal$254  + 1'h1;
-  assign \$1102  = \a__valid$287  & \a__ready$288 ;
-  assign \$1104  = \$signal$247  == \$signal$280 ;
-  assign \$1105  = lk > \$signal$281 ;
-  assign \$1106  = \$1104  & \$1105 ;
-  assign \$1107  = pre_ln | pre_sm;
-  assign \$1108  = ~ \$1107 ;
-  assign \$1109  = \$1106  & \$1108 ;
-  assign \$1110  = \$1103  | \$1109 ;
-  assign \$1112  = is_linear | \$1111 ;
-  assign \$1113  = \$1110  & \$1112 ;
-  assign \$1114  = ~ \$signal$286 ;
-  assign \$1115  = \a__valid$287  & \a__ready$288 ;
-  assign \$1116  = \$1114  | \$1115 ;
-  assign \$1117  = \$1113  & \$1116 ;
-  assign \$1118  = \$1117  & a_blocks_left;
-  assign \$1119  = | dec_k_last;
+  assign \$1075  = | dec_blocks;
+  assign \$1077  = ~ \$1076 ;
+  assign \$1078  = a_in_valid & \$1077 ;
+  assign \$1079  = pre_ln | pre_sm;
+  assign \$1080  = \$1078  & \$1079 ;
+  assign \$1082  = ~ \$1081 ;
+  assign \$1083  = a_in_valid & \$1082 ;
+  assign \$1084  = | dec_k_last;
+  assign \$1085  = ~ \$1084 ;
+  assign \$1086  = \$signal$254  == 4'h8;
+  assign \$1087  = ~ \$signal$247 ;
+  assign \$1088  = \$signal$254  + 1'h1;
+  assign \$1089  = lk + 1'h1;
+  assign \$1090  = lk + 1'h1;
+  assign \$1091  = \$1090  == dec_k_last;
+  assign \$1092  = \$signal$254  == 4'h8;
+  assign \$1093  = lk + 1'h1;
+  assign \$1094  = lk + 1'h1;
+  assign \$1095  = \$1094  == dec_k_last;
+  assign \$1096  = | dec_k_last;
+  assign \$1097  = ~ \$1096 ;
+  assign \$1098  = ~ \$signal$247 ;
+  assign \$1099  = \$signal$254  + 1'h1;
+  assign \$1100  = \a__valid$287  & \a__ready$288 ;
+  assign \$1102  = \$signal$247  == \$signal$280 ;
+  assign \$1103  = lk > \$signal$281 ;
+  assign \$1104  = \$1102  & \$1103 ;
+  assign \$1105  = pre_ln | pre_sm;
+  assign \$1106  = ~ \$1105 ;
+  assign \$1107  = \$1104  & \$1106 ;
+  assign \$1108  = \$1101  | \$1107 ;
+  assign \$1110  = is_linear | \$1109 ;
+  assign \$1111  = \$1108  & \$1110 ;
+  assign \$1112  = ~ \$signal$286 ;
+  assign \$1113  = \a__valid$287  & \a__ready$288 ;
+  assign \$1114  = \$1112  | \$1113 ;
+  assign \$1115  = \$1111  & \$1114 ;
+  assign \$1116  = \$1115  & a_blocks_left;
+  assign \$1117  = | dec_k_last;
+  assign \$1118  = ~ \$1117 ;
+  assign \$1119  = | dec_nt_last;
   assign \$1120  = ~ \$1119 ;
-  assign \$1121  = | dec_nt_last;
-  assign \$1122  = ~ \$1121 ;
-  assign \$1123  = ~ \$signal$280 ;
-  assign \$1124  = feed_blocks - 1'h1;
-  assign \$1125  = feed_blocks != 1'h1;
-  assign \$1126  = fnt + 1'h1;
-  assign \$1127  = fnt + 1'h1;
-  assign \$1128  = \$1127  == dec_nt_last;
-  assign \$1129  = \$signal$281  + 1'h1;
-  assign \$1130  = \$signal$281  + 1'h1;
-  assign \$1131  = \$1130  == dec_k_last;
-  assign \$1133  = ~ \$1132 ;
-  assign \$1134  = \r_rdy$203  & \$1133 ;
-  assign \$1135  = ~ is_linear;
-  assign \$1136  = \$1134  & \$1135 ;
-  assign \$1137  = w_load_lane == 3'h7;
-  assign \$1138  = w_load_k + 1'h1;
-  assign \$1139  = w_load_addr + 1'h1;
-  assign \$1140  = w_load_k == dec_k_last;
-  assign \$1141  = w_load_nt + 1'h1;
-  assign \$1142  = w_load_nt == dec_nt_last;
-  assign \$1143  = ~ w_load_half;
-  assign \$1144  = w_load_lane + 1'h1;
-  assign \$1146  = \$signal$247  == \$signal$280 ;
-  assign \$1147  = lk > \$signal$281 ;
-  assign \$1148  = \$1146  & \$1147 ;
-  assign \$1149  = pre_ln | pre_sm;
-  assign \$1150  = ~ \$1149 ;
-  assign \$1151  = \$1148  & \$1150 ;
-  assign \$1152  = \$1145  | \$1151 ;
-  assign \$1154  = is_linear | \$1153 ;
-  assign \$1155  = \$1152  & \$1154 ;
-  assign \$1156  = ~ \$signal$286 ;
-  assign \$1157  = \a__valid$287  & \a__ready$288 ;
-  assign \$1158  = \$1156  | \$1157 ;
-  assign \$1159  = \$1155  & \$1158 ;
-  assign \$1160  = \$1159  & a_blocks_left;
-  assign \$1161  = ~ is_linear;
-  assign \$1162  = \$1160  & \$1161 ;
-  assign \$1163  = feed_mt == dec_mt_last;
-  assign \$1164  = ~ w_feed_half;
-  assign \$1165  = feed_mt + 1'h1;
-  assign \$1166  = feed_ntk + ins[87:72];
-  assign \$1167  = post_gelu | post_add;
-  assign \$1168  = gemm_active & \$1167 ;
-  assign \$1169  = post_col == 3'h7;
-  assign \$1170  = post_col + 1'h1;
-  assign \$1171  = \$1169  ? 4'h0 : \$1170 ;
-  assign \$1172  = ~ \busy$506 ;
-  assign \$1173  = in_stream & \$1172 ;
-  assign \$1174  = ~ ext_req_valid;
-  assign \$1175  = \$1173  & \$1174 ;
-  assign \$1176  = \$1175  & \idle$489 ;
+  assign \$1121  = ~ \$signal$280 ;
+  assign \$1122  = feed_blocks - 1'h1;
+  assign \$1123  = feed_blocks != 1'h1;
+  assign \$1124  = fnt + 1'h1;
+  assign \$1125  = fnt + 1'h1;
+  assign \$1126  = \$1125  == dec_nt_last;
+  assign \$1127  = \$signal$281  + 1'h1;
+  assign \$1128  = \$signal$281  + 1'h1;
+  assign \$1129  = \$1128  == dec_k_last;
+  assign \$1131  = ~ \$1130 ;
+  assign \$1132  = \r_rdy$203  & \$1131 ;
+  assign \$1133  = ~ is_linear;
+  assign \$1134  = \$1132  & \$1133 ;
+  assign \$1135  = w_load_lane == 3'h7;
+  assign \$1136  = w_load_k + 1'h1;
+  assign \$1137  = w_load_addr + 1'h1;
+  assign \$1138  = w_load_k == dec_k_last;
+  assign \$1139  = w_load_nt + 1'h1;
+  assign \$1140  = w_load_nt == dec_nt_last;
+  assign \$1141  = ~ w_load_half;
+  assign \$1142  = w_load_lane + 1'h1;
+  assign \$1144  = \$signal$247  == \$signal$280 ;
+  assign \$1145  = lk > \$signal$281 ;
+  assign \$1146  = \$1144  & \$1145 ;
+  assign \$1147  = pre_ln | pre_sm;
+  assign \$1148  = ~ \$1147 ;
+  assign \$1149  = \$1146  & \$1148 ;
+  assign \$1150  = \$1143  | \$1149 ;
+  assign \$1152  = is_linear | \$1151 ;
+  assign \$1153  = \$1150  & \$1152 ;
+  assign \$1154  = ~ \$signal$286 ;
+  assign \$1155  = \a__valid$287  & \a__ready$288 ;
+  assign \$1156  = \$1154  | \$1155 ;
+  assign \$1157  = \$1153  & \$1156 ;
+  assign \$1158  = \$1157  & a_blocks_left;
+  assign \$1159  = ~ is_linear;
+  assign \$1160  = \$1158  & \$1159 ;
+  assign \$1161  = feed_mt == dec_mt_last;
+  assign \$1162  = ~ w_feed_half;
+  assign \$1163  = feed_mt + 1'h1;
+  assign \$1164  = feed_ntk + ins[87:72];
+  assign \$1165  = post_gelu | post_add;
+  assign \$1166  = gemm_active & \$1165 ;
+  assign \$1167  = post_col == 3'h7;
+  assign \$1168  = post_col + 1'h1;
+  assign \$1169  = \$1167  ? 4'h0 : \$1168 ;
+  assign \$1170  = ~ \busy$508 ;
+  assign \$1171  = in_stream & \$1170 ;
+  assign \$1172  = ~ ext_req_valid;
+  assign \$1173  = \$1171  & \$1172 ;
+  assign \$1174  = \$1173  & \idle$491 ;
   always @(posedge clk)
-    load <= \$1177 ;
+    load <= \$1175 ;
   always @(posedge clk)
-    is_end <= \$1178 ;
+    is_end <= \$1176 ;
   always @(posedge clk)
-    is_load <= \$1179 ;
+    is_load <= \$1177 ;
   always @(posedge clk)
-    is_store <= \$1180 ;
+    is_store <= \$1178 ;
   always @(posedge clk)
-    is_linear <= \$1181 ;
+    is_linear <= \$1179 ;
   always @(posedge clk)
-    is_matmul <= \$1182 ;
+    is_matmul <= \$1180 ;
   always @(posedge clk)
-    is_softmax <= \$1183 ;
+    is_softmax <= \$1181 ;
   always @(posedge clk)
-    is_gelu <= \$1184 ;
+    is_gelu <= \$1182 ;
   always @(posedge clk)
-    is_layernorm <= \$1185 ;
+    is_layernorm <= \$1183 ;
   always @(posedge clk)
-    is_add <= \$1186 ;
+    is_add <= \$1184 ;
   always @(posedge clk)
-    is_im2col <= \$1187 ;
+    is_im2col <= \$1185 ;
   always @(posedge clk)
-    is_concat <= \$1188 ;
+    is_concat <= \$1186 ;
   always @(posedge clk)
-    is_split_heads <= \$1189 ;
+    is_split_heads <= \$1187 ;
   always @(posedge clk)
-    is_merge_heads <= \$1190 ;
+    is_merge_heads <= \$1188 ;
   always @(posedge clk)
-    is_transpose <= \$1191 ;
+    is_transpose <= \$1189 ;
   always @(posedge clk)
-    is_select <= \$1192 ;
+    is_select <= \$1190 ;
   always @(posedge clk)
-    op_onehot <= \$1193 ;
+    op_onehot <= \$1191 ;
   always @(posedge clk)
-    is_gemm <= \$1194 ;
+    is_gemm <= \$1192 ;
   always @(posedge clk)
-    post_gelu <= \$1195 ;
+    post_gelu <= \$1193 ;
   always @(posedge clk)
-    post_add <= \$1196 ;
+    post_add <= \$1194 ;
   always @(posedge clk)
-    pre_ln <= \$1197 ;
+    pre_ln <= \$1195 ;
   always @(posedge clk)
-    pre_sm <= \$1198 ;
+    pre_sm <= \$1196 ;
   always @(posedge clk)
-    src0_inflight <= \$1199 ;
+    src0_inflight <= \$1197 ;
   always @(posedge clk)
-    src0_meta <= \$1200 ;
+    src0_meta <= \$1198 ;
   always @(posedge clk)
-    src1_inflight <= \$1201 ;
+    src1_inflight <= \$1199 ;
   always @(posedge clk)
-    src1_meta <= \$1202 ;
+    src1_meta <= \$1200 ;
   always @(posedge clk)
-    is_move <= \$1203 ;
+    is_move <= \$1201 ;
   always @(posedge clk)
-    gelu_sel0 <= \$1204 ;
+    gelu_sel0 <= \$1202 ;
   always @(posedge clk)
-    add_sel <= \$1205 ;
+    add_sel <= \$1203 ;
   always @(posedge clk)
-    dec_mt <= \$1206 ;
+    dec_n1p <= \$757 ;
   always @(posedge clk)
-    dec_nt <= \$1207 ;
+    dec_n2p <= \$758 ;
   always @(posedge clk)
-    dec_k_last <= \$1208 ;
+    dec_mt <= \$760 [15:0];
   always @(posedge clk)
-    dec_c_lb <= \$1209 ;
+    dec_nt <= \$761 [15:0];
   always @(posedge clk)
-    dec_mt_last <= \$1210 ;
+    dec_k_last <= \$762 [15:0];
   always @(posedge clk)
-    dec_nt_last <= \$1211 ;
+    dec_c_lb <= c_lb;
   always @(posedge clk)
-    dec_blocks <= \$1212 ;
+    dec_mt_last <= \$763 [15:0];
   always @(posedge clk)
-    dec_c_base <= \$1213 ;
+    dec_nt_last <= \$764 [15:0];
   always @(posedge clk)
-    dec_tiles <= \$1214 ;
+    dec_blocks <= \$765 ;
   always @(posedge clk)
-    dec_rows_last <= \$1215 ;
+    dec_c_base <= \$770 [31:0];
   always @(posedge clk)
-    dec_ext_base <= \$1216 ;
+    dec_tiles <= \$771 [31:0];
   always @(posedge clk)
-    addr_fault <= \$1217 ;
+    dec_rows_last <= \$773 [15:0];
   always @(posedge clk)
-    ext_req_valid <= \$1218 ;
+    dec_ext_base <= \$777 [31:0];
   always @(posedge clk)
-    cycles <= \$1219 ;
+    addr_fault <= \$1204 ;
   always @(posedge clk)
-    op_cycles__0 <= \$1220 ;
+    ext_req_valid <= \$1205 ;
   always @(posedge clk)
-    op_cycles__1 <= \$1221 ;
+    cycles <= \$1206 ;
   always @(posedge clk)
-    op_cycles__2 <= \$1222 ;
+    op_cycles__0 <= \$1207 ;
   always @(posedge clk)
-    op_cycles__3 <= \$1223 ;
+    op_cycles__1 <= \$1208 ;
   always @(posedge clk)
-    op_cycles__4 <= \$1224 ;
+    op_cycles__2 <= \$1209 ;
   always @(posedge clk)
-    op_cycles__5 <= \$1225 ;
+    op_cycles__3 <= \$1210 ;
   always @(posedge clk)
-    op_cycles__6 <= \$1226 ;
+    op_cycles__4 <= \$1211 ;
   always @(posedge clk)
-    op_cycles__7 <= \$1227 ;
+    op_cycles__5 <= \$1212 ;
   always @(posedge clk)
-    op_cycles__8 <= \$1228 ;
+    op_cycles__6 <= \$1213 ;
   always @(posedge clk)
-    op_cycles__9 <= \$1229 ;
+    op_cycles__7 <= \$1214 ;
   always @(posedge clk)
-    op_cycles__10 <= \$1230 ;
+    op_cycles__8 <= \$1215 ;
   always @(posedge clk)
-    op_cycles__11 <= \$1231 ;
+    op_cycles__9 <= \$1216 ;
   always @(posedge clk)
-    op_cycles__12 <= \$1232 ;
+    op_cycles__10 <= \$1217 ;
   always @(posedge clk)
-    op_cycles__13 <= \$1233 ;
+    op_cycles__11 <= \$1218 ;
   always @(posedge clk)
-    op_cycles__14 <= \$1234 ;
+    op_cycles__12 <= \$1219 ;
   always @(posedge clk)
-    op_cycles__15 <= \$1235 ;
+    op_cycles__13 <= \$1220 ;
   always @(posedge clk)
-    d_end_more <= \$1236 ;
+    op_cycles__14 <= \$1221 ;
   always @(posedge clk)
-    d_end <= \$1237 ;
+    op_cycles__15 <= \$1222 ;
   always @(posedge clk)
-    d_count_zero <= \$1238 ;
+    d_end_more <= \$1223 ;
   always @(posedge clk)
-    d_const <= \$1239 ;
+    d_end <= \$1224 ;
   always @(posedge clk)
-    d_stream <= \$1240 ;
+    d_count_zero <= \$1225 ;
   always @(posedge clk)
-    pc <= \$1241 ;
+    d_const <= \$1226 ;
   always @(posedge clk)
-    busy <= \$1242 ;
+    d_stream <= \$1227 ;
   always @(posedge clk)
-    done <= \$1243 ;
+    pc <= \$1228 ;
   always @(posedge clk)
-    error <= \$1244 ;
+    busy <= \$1229 ;
   always @(posedge clk)
-    fetch_sent <= \$1245 ;
+    done <= \$1230 ;
   always @(posedge clk)
-    \$signal$477  <= \$1246 ;
+    error <= \$1231 ;
   always @(posedge clk)
-    \$signal$478  <= \$1247 ;
+    fetch_sent <= \$1232 ;
   always @(posedge clk)
-    images_left <= \$1248 ;
+    \$signal$479  <= \$1233 ;
   always @(posedge clk)
-    offset <= \$1249 ;
+    \$signal$480  <= \$1234 ;
   always @(posedge clk)
-    seq_state <= \$1250 ;
+    images_left <= \$1235 ;
   always @(posedge clk)
-    in_stream <= \$1251 ;
+    offset <= \$1236 ;
   always @(posedge clk)
-    in_decode <= \$1252 ;
+    seq_state <= \$1237 ;
   always @(posedge clk)
-    in_op <= \$1253 ;
+    in_stream <= \$1238 ;
   always @(posedge clk)
-    unit_rst <= \$1254 ;
+    in_decode <= \$1239 ;
   always @(posedge clk)
-    gemm_active <= \$1255 ;
+    in_op <= \$1240 ;
   always @(posedge clk)
-    pack_active <= \$1256 ;
+    unit_rst <= \$1241 ;
   always @(posedge clk)
-    sink_from_move <= \$1257 ;
+    gemm_active <= \$1242 ;
   always @(posedge clk)
-    sink_from_load <= \$1258 ;
+    pack_active <= \$1243 ;
   always @(posedge clk)
-    sink_from_store <= \$1259 ;
+    sink_from_move <= \$1244 ;
   always @(posedge clk)
-    sink_from_softmax <= \$1260 ;
+    sink_from_load <= \$1245 ;
   always @(posedge clk)
-    sink_from_layernorm <= \$1261 ;
+    sink_from_store <= \$1246 ;
   always @(posedge clk)
-    sink_from_add <= \$1262 ;
+    sink_from_softmax <= \$1247 ;
   always @(posedge clk)
-    sink_from_gelu0 <= \$1263 ;
+    sink_from_layernorm <= \$1248 ;
   always @(posedge clk)
-    sink_from_gemm <= \$1264 ;
+    sink_from_add <= \$1249 ;
   always @(posedge clk)
-    a_from_softmax <= \$1265 ;
+    sink_from_gelu0 <= \$1250 ;
   always @(posedge clk)
-    a_from_layernorm <= \$1266 ;
+    sink_from_gemm <= \$1251 ;
   always @(posedge clk)
-    a_from_src0 <= \$1267 ;
+    a_from_softmax <= \$1252 ;
   always @(posedge clk)
-    const_to0 <= \$1268 ;
+    a_from_layernorm <= \$1253 ;
   always @(posedge clk)
-    const_to1 <= \$1269 ;
+    a_from_src0 <= \$1254 ;
   always @(posedge clk)
-    const_to2 <= \$1270 ;
+    const_to0 <= \$1255 ;
   always @(posedge clk)
-    const_to3 <= \$1271 ;
+    const_to1 <= \$1256 ;
   always @(posedge clk)
-    in_fetch <= \$1272 ;
+    const_to2 <= \$1257 ;
   always @(posedge clk)
-    in_const <= \$1273 ;
+    const_to3 <= \$1258 ;
   always @(posedge clk)
-    run0 <= \$1274 ;
+    in_fetch <= \$1259 ;
   always @(posedge clk)
-    run1 <= \$1275 ;
+    in_const <= \$1260 ;
   always @(posedge clk)
-    q0_to_pack <= \$1276 ;
+    run0 <= \$1261 ;
   always @(posedge clk)
-    res_to_pack <= \$1277 ;
+    run1 <= \$1262 ;
   always @(posedge clk)
-    ins <= \$1278 ;
+    q0_to_pack <= \$1263 ;
   always @(posedge clk)
-    decode_wait <= \$1279 ;
+    res_to_pack <= \$1264 ;
   always @(posedge clk)
-    c_addr <= \$1280 ;
+    ins <= \$1265 ;
   always @(posedge clk)
-    c_step <= \$1281 ;
+    decode_wait <= \$1266 ;
   always @(posedge clk)
-    c_ask <= \$1282 ;
+    c_addr <= \$1267 ;
   always @(posedge clk)
-    c_due <= \$1283 ;
+    c_step <= \$1268 ;
   always @(posedge clk)
-    c_last <= \$1284 ;
+    c_ask <= \$1269 ;
   always @(posedge clk)
-    ext_req_addr <= \$1285 ;
+    c_due <= \$1270 ;
   always @(posedge clk)
-    ext_req_data <= \$1286 ;
+    c_last <= \$1271 ;
   always @(posedge clk)
-    pack_full <= \$1287 ;
+    ext_req_addr <= \$1272 ;
   always @(posedge clk)
-    pack_a0 <= \$1288 ;
+    ext_req_data <= \$1273 ;
   always @(posedge clk)
-    pack_a1 <= \$1289 ;
+    pack_full <= \$1274 ;
   always @(posedge clk)
-    pack_a2 <= \$1290 ;
+    pack_a0 <= \$1275 ;
   always @(posedge clk)
-    pack_a3 <= \$1291 ;
+    pack_a1 <= \$1276 ;
   always @(posedge clk)
-    pack_b0 <= \$1292 ;
+    pack_a2 <= \$1277 ;
   always @(posedge clk)
-    pack_b1 <= \$1293 ;
+    pack_a3 <= \$1278 ;
   always @(posedge clk)
-    pack_b2 <= \$1294 ;
+    pack_b0 <= \$1279 ;
   always @(posedge clk)
-    pack_b3 <= \$1295 ;
+    pack_b1 <= \$1280 ;
   always @(posedge clk)
-    pack_j <= \$1296 ;
+    pack_b2 <= \$1281 ;
   always @(posedge clk)
-    pack_jo <= \$1297 ;
+    pack_b3 <= \$1282 ;
   always @(posedge clk)
-    tiles <= \$1298 ;
+    pack_j <= \$1283 ;
   always @(posedge clk)
-    nt <= \$1299 ;
+    pack_jo <= \$1284 ;
   always @(posedge clk)
-    k <= \$1300 ;
+    tiles <= \$1285 ;
   always @(posedge clk)
-    w_addr <= \$1301 ;
+    nt <= \$1286 ;
   always @(posedge clk)
-    p_addr <= \$1302 ;
+    k <= \$1287 ;
   always @(posedge clk)
-    want_w <= \$1303 ;
+    w_addr <= \$1288 ;
   always @(posedge clk)
-    w_step <= \$1304 ;
+    p_addr <= \$1289 ;
   always @(posedge clk)
-    \$signal$409  <= \$1305 ;
+    want_w <= \$1290 ;
   always @(posedge clk)
-    \$signal$495  <= \$1306 ;
+    w_step <= \$1291 ;
   always @(posedge clk)
-    nt_hit <= \$1307 ;
+    \$signal$409  <= \$1292 ;
   always @(posedge clk)
-    rk <= \$1308 ;
+    \$signal$497  <= \$1293 ;
   always @(posedge clk)
-    rk_zero <= \$1309 ;
+    nt_hit <= \$1294 ;
   always @(posedge clk)
-    w_full <= \$1310 ;
+    rk <= \$1295 ;
   always @(posedge clk)
-    w_lane0 <= \$1311 ;
+    rk_zero <= \$1296 ;
   always @(posedge clk)
-    w_lane1 <= \$1312 ;
+    w_full <= \$1297 ;
   always @(posedge clk)
-    w_lane2 <= \$1313 ;
+    w_lane0 <= \$1298 ;
   always @(posedge clk)
-    w_lane3 <= \$1314 ;
+    w_lane1 <= \$1299 ;
   always @(posedge clk)
-    w_lane4 <= \$1315 ;
+    w_lane2 <= \$1300 ;
   always @(posedge clk)
-    w_lane5 <= \$1316 ;
+    w_lane3 <= \$1301 ;
   always @(posedge clk)
-    w_lane6 <= \$1317 ;
+    w_lane4 <= \$1302 ;
   always @(posedge clk)
-    w_lane7 <= \$1318 ;
+    w_lane5 <= \$1303 ;
   always @(posedge clk)
-    a_filled0 <= \$1319 ;
+    w_lane6 <= \$1304 ;
   always @(posedge clk)
-    a_filled1 <= \$1320 ;
+    w_lane7 <= \$1305 ;
   always @(posedge clk)
-    \$signal$247  <= \$1321 ;
+    a_filled0 <= \$1306 ;
   always @(posedge clk)
-    \$signal$254  <= \$1322 ;
+    a_filled1 <= \$1307 ;
   always @(posedge clk)
-    lk <= \$1323 ;
+    \$signal$247  <= \$1308 ;
   always @(posedge clk)
-    \$signal$280  <= \$1324 ;
+    \$signal$254  <= \$1309 ;
   always @(posedge clk)
-    \$signal$281  <= \$1325 ;
+    lk <= \$1310 ;
   always @(posedge clk)
-    fnt <= \$1326 ;
+    \$signal$280  <= \$1311 ;
   always @(posedge clk)
-    feed_blocks <= \$1327 ;
+    \$signal$281  <= \$1312 ;
   always @(posedge clk)
-    \$signal$286  <= \$1328 ;
+    fnt <= \$1313 ;
   always @(posedge clk)
-    a_load_k_hit <= \$1329 ;
+    feed_blocks <= \$1314 ;
   always @(posedge clk)
-    a_feed_k_hit <= \$1330 ;
+    \$signal$286  <= \$1315 ;
   always @(posedge clk)
-    a_feed_nt_hit <= \$1331 ;
+    a_load_k_hit <= \$1316 ;
   always @(posedge clk)
-    a_blocks_left <= \$1332 ;
+    a_feed_k_hit <= \$1317 ;
   always @(posedge clk)
-    a_last <= \$1333 ;
+    a_feed_nt_hit <= \$1318 ;
   always @(posedge clk)
-    w_load_lane <= \$1334 ;
+    a_blocks_left <= \$1319 ;
   always @(posedge clk)
-    w_load_k <= \$1335 ;
+    a_last <= \$1320 ;
   always @(posedge clk)
-    w_load_addr <= \$1336 ;
+    w_load_lane <= \$1321 ;
   always @(posedge clk)
-    w_load_nt <= \$1337 ;
+    w_load_k <= \$1322 ;
   always @(posedge clk)
-    w_filled0 <= \$1338 ;
+    w_load_addr <= \$1323 ;
   always @(posedge clk)
-    w_filled1 <= \$1339 ;
+    w_load_nt <= \$1324 ;
   always @(posedge clk)
-    w_load_half <= \$1340 ;
+    w_filled0 <= \$1325 ;
   always @(posedge clk)
-    feed_ntk <= \$1341 ;
+    w_filled1 <= \$1326 ;
   always @(posedge clk)
-    feed_mt <= \$1342 ;
+    w_load_half <= \$1327 ;
   always @(posedge clk)
-    w_feed_half <= \$1343 ;
+    feed_ntk <= \$1328 ;
   always @(posedge clk)
-    post_col <= \$1344 ;
+    feed_mt <= \$1329 ;
   always @(posedge clk)
-    op_done <= \$1345 ;
+    w_feed_half <= \$1330 ;
   always @(posedge clk)
-    fault_q <= \$1346 ;
+    post_col <= \$1331 ;
+  always @(posedge clk)
+    op_done <= \$1332 ;
+  always @(posedge clk)
+    fault_q <= \$1333 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
@@ -30172,7 +30163,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$97 ),
     .base(ins[123:104]),
-    .busy(\busy$506 ),
+    .busy(\busy$508 ),
     .clk(clk),
     .\final (\final ),
     .index__1(index__1),
@@ -30256,8 +30247,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$1900$0 (\$signature__data ),
-    .\port$9018$0 (src0_meta),
+    .\port$1898$0 (\$signature__data ),
+    .\port$9016$0 (src0_meta),
     .r_data(r_data),
     .r_en(\r_en$435 ),
     .r_rdy(r_rdy),
@@ -30268,8 +30259,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$86 ),
-    .\port$1901$0 (\$signature__data$94 ),
-    .\port$9022$0 (src1_meta),
+    .\port$1899$0 (\$signature__data$94 ),
+    .\port$9020$0 (src1_meta),
     .r_data(\r_data$307 ),
     .r_en(r_en),
     .r_rdy(\r_rdy$203 ),
@@ -30317,7 +30308,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(clk),
     .err(err),
-    .idle(\idle$489 ),
+    .idle(\idle$491 ),
     .req__ready(\req__ready$424 ),
     .rst(rst),
     .w_data(req__payload),
@@ -30916,9 +30907,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$247 )
       1'h0:
-          \$1078  = a_filled0;
+          \$1076  = a_filled0;
       1'h1:
-          \$1078  = a_filled1;
+          \$1076  = a_filled1;
     endcase
   end
   always @* begin
@@ -30926,9 +30917,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$247 )
       1'h0:
-          \$1083  = a_filled0;
+          \$1081  = a_filled0;
       1'h1:
-          \$1083  = a_filled1;
+          \$1081  = a_filled1;
     endcase
   end
   always @* begin
@@ -30936,9 +30927,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$280 )
       1'h0:
-          \$1103  = a_filled0;
+          \$1101  = a_filled0;
       1'h1:
-          \$1103  = a_filled1;
+          \$1101  = a_filled1;
     endcase
   end
   always @* begin
@@ -30946,9 +30937,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$1111  = w_filled0;
+          \$1109  = w_filled0;
       1'h1:
-          \$1111  = w_filled1;
+          \$1109  = w_filled1;
     endcase
   end
   always @* begin
@@ -30956,9 +30947,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$1132  = w_filled0;
+          \$1130  = w_filled0;
       1'h1:
-          \$1132  = w_filled1;
+          \$1130  = w_filled1;
     endcase
   end
   always @* begin
@@ -30966,9 +30957,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal$280 )
       1'h0:
-          \$1145  = a_filled0;
+          \$1143  = a_filled0;
       1'h1:
-          \$1145  = a_filled1;
+          \$1143  = a_filled1;
     endcase
   end
   always @* begin
@@ -30976,9 +30967,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$1153  = w_filled0;
+          \$1151  = w_filled0;
       1'h1:
-          \$1153  = w_filled1;
+          \$1151  = w_filled1;
     endcase
   end
   always @* begin
@@ -32376,644 +32367,567 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1177  = 1'h0;
+    \$1175  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$868 ) begin
-            \$1177  = \$870 ;
+          if (\$866 ) begin
+            \$1175  = \$868 ;
           end
     endcase
+    if (rst) begin
+      \$1175  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1176  = \$700 ;
+    if (rst) begin
+      \$1176  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1177  = \$701 ;
     if (rst) begin
       \$1177  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1178  = \$700 ;
+    \$1178  = \$702 ;
     if (rst) begin
       \$1178  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1179  = \$701 ;
+    \$1179  = \$703 ;
     if (rst) begin
       \$1179  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1180  = \$702 ;
+    \$1180  = \$704 ;
     if (rst) begin
       \$1180  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1181  = \$703 ;
+    \$1181  = \$705 ;
     if (rst) begin
       \$1181  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1182  = \$704 ;
+    \$1182  = \$706 ;
     if (rst) begin
       \$1182  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1183  = \$705 ;
+    \$1183  = \$707 ;
     if (rst) begin
       \$1183  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1184  = \$706 ;
+    \$1184  = \$708 ;
     if (rst) begin
       \$1184  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1185  = \$707 ;
+    \$1185  = \$709 ;
     if (rst) begin
       \$1185  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1186  = \$708 ;
+    \$1186  = \$710 ;
     if (rst) begin
       \$1186  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1187  = \$709 ;
+    \$1187  = \$711 ;
     if (rst) begin
       \$1187  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1188  = \$710 ;
+    \$1188  = \$712 ;
     if (rst) begin
       \$1188  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1189  = \$711 ;
+    \$1189  = \$713 ;
     if (rst) begin
       \$1189  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1190  = \$712 ;
+    \$1190  = \$714 ;
     if (rst) begin
       \$1190  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1191  = \$713 ;
+    \$1191  = \$715 [15:0];
     if (rst) begin
-      \$1191  = 1'h0;
+      \$1191  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1192  = \$714 ;
+    \$1192  = \$718 ;
     if (rst) begin
       \$1192  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1193  = \$715 [15:0];
+    \$1193  = \$721 ;
     if (rst) begin
-      \$1193  = 16'h0000;
+      \$1193  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1194  = \$718 ;
+    \$1194  = \$724 ;
     if (rst) begin
       \$1194  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1195  = \$721 ;
+    \$1195  = \$727 ;
     if (rst) begin
       \$1195  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1196  = \$724 ;
+    \$1196  = \$730 ;
     if (rst) begin
       \$1196  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1197  = \$727 ;
+    \$1197  = \$732 ;
     if (rst) begin
       \$1197  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1198  = \$730 ;
+    \$1198  = { \$733 , \final$455 , \last__4$454  };
     if (rst) begin
-      \$1198  = 1'h0;
+      \$1198  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1199  = \$732 ;
+    \$1199  = \$735 ;
     if (rst) begin
       \$1199  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1200  = { \$733 , \final$455 , \last__4$454  };
+    \$1200  = { \$736 , \final$458 , \last__4$457  };
     if (rst) begin
       \$1200  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1201  = \$735 ;
+    \$1201  = \$743 ;
     if (rst) begin
       \$1201  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1202  = { \$736 , \final$458 , \last__4$457  };
+    \$1202  = \$751 ;
     if (rst) begin
-      \$1202  = 3'h0;
+      \$1202  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1203  = \$743 ;
+    \$1203  = \$756 ;
     if (rst) begin
       \$1203  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1204  = \$751 ;
+    \$1204  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$1204  = \$996 ;
+    endcase
     if (rst) begin
       \$1204  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1205  = \$756 ;
+    \$1205  = ext_req_valid;
+    if (in_decode) begin
+      \$1205  = 1'h0;
+    end
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$1001 ) begin
+          \$1205  = valid;
+        end
+      end else if (is_store) begin
+        if (\$1005 ) begin
+          \$1205  = dst_step;
+        end
+      end
+    end
     if (rst) begin
       \$1205  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1206  = \$760 [15:0];
+    \$1206  = cycles;
+    if (busy) begin
+      \$1206  = \$778 [47:0];
+    end
+    if (\$846 ) begin
+      \$1206  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1206  = 16'h0000;
+      \$1206  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1207  = \$763 [15:0];
-    if (rst) begin
-      \$1207  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1208  = \$764 [15:0];
-    if (rst) begin
-      \$1208  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1209  = c_lb;
-    if (rst) begin
-      \$1209  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1210  = \$765 [15:0];
-    if (rst) begin
-      \$1210  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1211  = \$766 [15:0];
-    if (rst) begin
-      \$1211  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1212  = \$767 ;
-    if (rst) begin
-      \$1212  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1213  = \$772 [31:0];
-    if (rst) begin
-      \$1213  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1214  = \$773 [31:0];
-    if (rst) begin
-      \$1214  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1215  = \$775 [15:0];
-    if (rst) begin
-      \$1215  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1216  = \$779 [31:0];
-    if (rst) begin
-      \$1216  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1217  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$1217  = \$998 ;
-    endcase
-    if (rst) begin
-      \$1217  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1218  = ext_req_valid;
-    if (in_decode) begin
-      \$1218  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$1003 ) begin
-          \$1218  = valid;
-        end
-      end else if (is_store) begin
-        if (\$1007 ) begin
-          \$1218  = dst_step;
-        end
+    \$1207  = op_cycles__0;
+    if (busy) begin
+      if (\$779 ) begin
+        \$1207  = \$780 [47:0];
       end
     end
+    if (\$846 ) begin
+      \$1207  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1218  = 1'h0;
+      \$1207  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1219  = cycles;
-    if (busy) begin
-      \$1219  = \$780 [47:0];
-    end
-    if (\$848 ) begin
-      \$1219  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1219  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1220  = op_cycles__0;
+    \$1208  = op_cycles__1;
     if (busy) begin
       if (\$781 ) begin
-        \$1220  = \$782 [47:0];
+        \$1208  = \$782 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1220  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1208  = 48'h000000000000;
     end
     if (rst) begin
-      \$1220  = 48'h000000000000;
+      \$1208  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1221  = op_cycles__1;
+    \$1209  = op_cycles__2;
     if (busy) begin
       if (\$783 ) begin
-        \$1221  = \$784 [47:0];
+        \$1209  = \$784 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1221  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1209  = 48'h000000000000;
     end
     if (rst) begin
-      \$1221  = 48'h000000000000;
+      \$1209  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1222  = op_cycles__2;
+    \$1210  = op_cycles__3;
     if (busy) begin
       if (\$785 ) begin
-        \$1222  = \$786 [47:0];
+        \$1210  = \$786 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1222  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1210  = 48'h000000000000;
     end
     if (rst) begin
-      \$1222  = 48'h000000000000;
+      \$1210  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1223  = op_cycles__3;
+    \$1211  = op_cycles__4;
     if (busy) begin
       if (\$787 ) begin
-        \$1223  = \$788 [47:0];
+        \$1211  = \$788 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1223  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1211  = 48'h000000000000;
     end
     if (rst) begin
-      \$1223  = 48'h000000000000;
+      \$1211  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1224  = op_cycles__4;
+    \$1212  = op_cycles__5;
     if (busy) begin
       if (\$789 ) begin
-        \$1224  = \$790 [47:0];
+        \$1212  = \$790 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1224  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1212  = 48'h000000000000;
     end
     if (rst) begin
-      \$1224  = 48'h000000000000;
+      \$1212  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1225  = op_cycles__5;
+    \$1213  = op_cycles__6;
     if (busy) begin
       if (\$791 ) begin
-        \$1225  = \$792 [47:0];
+        \$1213  = \$792 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1225  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1213  = 48'h000000000000;
     end
     if (rst) begin
-      \$1225  = 48'h000000000000;
+      \$1213  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1226  = op_cycles__6;
+    \$1214  = op_cycles__7;
     if (busy) begin
       if (\$793 ) begin
-        \$1226  = \$794 [47:0];
+        \$1214  = \$794 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1226  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1214  = 48'h000000000000;
     end
     if (rst) begin
-      \$1226  = 48'h000000000000;
+      \$1214  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1227  = op_cycles__7;
+    \$1215  = op_cycles__8;
     if (busy) begin
       if (\$795 ) begin
-        \$1227  = \$796 [47:0];
+        \$1215  = \$796 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1227  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1215  = 48'h000000000000;
     end
     if (rst) begin
-      \$1227  = 48'h000000000000;
+      \$1215  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1228  = op_cycles__8;
+    \$1216  = op_cycles__9;
     if (busy) begin
       if (\$797 ) begin
-        \$1228  = \$798 [47:0];
+        \$1216  = \$798 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1228  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1216  = 48'h000000000000;
     end
     if (rst) begin
-      \$1228  = 48'h000000000000;
+      \$1216  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1229  = op_cycles__9;
+    \$1217  = op_cycles__10;
     if (busy) begin
       if (\$799 ) begin
-        \$1229  = \$800 [47:0];
+        \$1217  = \$800 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1229  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1217  = 48'h000000000000;
     end
     if (rst) begin
-      \$1229  = 48'h000000000000;
+      \$1217  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1230  = op_cycles__10;
+    \$1218  = op_cycles__11;
     if (busy) begin
       if (\$801 ) begin
-        \$1230  = \$802 [47:0];
+        \$1218  = \$802 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1230  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1218  = 48'h000000000000;
     end
     if (rst) begin
-      \$1230  = 48'h000000000000;
+      \$1218  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1231  = op_cycles__11;
+    \$1219  = op_cycles__12;
     if (busy) begin
       if (\$803 ) begin
-        \$1231  = \$804 [47:0];
+        \$1219  = \$804 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1231  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1219  = 48'h000000000000;
     end
     if (rst) begin
-      \$1231  = 48'h000000000000;
+      \$1219  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1232  = op_cycles__12;
+    \$1220  = op_cycles__13;
     if (busy) begin
       if (\$805 ) begin
-        \$1232  = \$806 [47:0];
+        \$1220  = \$806 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1232  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1220  = 48'h000000000000;
     end
     if (rst) begin
-      \$1232  = 48'h000000000000;
+      \$1220  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1233  = op_cycles__13;
+    \$1221  = op_cycles__14;
     if (busy) begin
       if (\$807 ) begin
-        \$1233  = \$808 [47:0];
+        \$1221  = \$808 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1233  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1221  = 48'h000000000000;
     end
     if (rst) begin
-      \$1233  = 48'h000000000000;
+      \$1221  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1234  = op_cycles__14;
+    \$1222  = op_cycles__15;
     if (busy) begin
       if (\$809 ) begin
-        \$1234  = \$810 [47:0];
+        \$1222  = \$810 [47:0];
       end
     end
-    if (\$848 ) begin
-      \$1234  = 48'h000000000000;
+    if (\$846 ) begin
+      \$1222  = 48'h000000000000;
     end
     if (rst) begin
-      \$1234  = 48'h000000000000;
+      \$1222  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1235  = op_cycles__15;
-    if (busy) begin
-      if (\$811 ) begin
-        \$1235  = \$812 [47:0];
-      end
-    end
-    if (\$848 ) begin
-      \$1235  = 48'h000000000000;
-    end
+    \$1223  = \$812 ;
     if (rst) begin
-      \$1235  = 48'h000000000000;
+      \$1223  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1236  = \$814 ;
+    \$1224  = is_end;
     if (rst) begin
-      \$1236  = 1'h0;
+      \$1224  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1237  = is_end;
+    \$1225  = \$823 ;
     if (rst) begin
-      \$1237  = 1'h0;
+      \$1225  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1238  = \$825 ;
+    \$1226  = \$834 ;
     if (rst) begin
-      \$1238  = 1'h0;
+      \$1226  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1239  = \$836 ;
+    \$1227  = \$844 ;
     if (rst) begin
-      \$1239  = 1'h0;
+      \$1227  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1240  = \$846 ;
+    \$1228  = pc;
+    if (\$846 ) begin
+      \$1228  = prog;
+    end
+    if (\$852 ) begin
+      \$1228  = \$signal$479 ;
+    end
+    if (\$860 ) begin
+      \$1228  = \$861 [31:0];
+    end
     if (rst) begin
-      \$1240  = 1'h0;
+      \$1228  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1241  = pc;
-    if (\$848 ) begin
-      \$1241  = prog;
-    end
-    if (\$854 ) begin
-      \$1241  = \$signal$477 ;
-    end
-    if (\$862 ) begin
-      \$1241  = \$863 [31:0];
-    end
-    if (rst) begin
-      \$1241  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1242  = busy;
-    if (\$848 ) begin
-      \$1242  = 1'h1;
+    \$1229  = busy;
+    if (\$846 ) begin
+      \$1229  = 1'h1;
     end
     casez (seq_state)
       3'h0:
@@ -33021,19 +32935,699 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
-            \$1242  = 1'h0;
+            \$1229  = 1'h0;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
+            \$1229  = 1'h0;
+          end
+    endcase
+    if (rst) begin
+      \$1229  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1230  = done;
+    if (\$846 ) begin
+      \$1230  = 1'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$1230  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$998 ) begin
+            \$1230  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$1230  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1231  = error;
+    if (\$846 ) begin
+      \$1231  = 4'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$1231  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$1231  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+          end else if (d_count_zero) begin
+            \$1231  = 4'h2;
+          end else if (d_const) begin
+          end else if (d_stream) begin
+          end else begin
+            \$1231  = 4'h1;
+          end
+          if (start) begin
+            \$1231  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1231  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$1231  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$1231  = 4'h3;
+          end
+          if (\$997 ) begin
+            \$1231  = fault_q;
+          end
+          if (start) begin
+            \$1231  = 4'h6;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$1231  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1232  = fetch_sent;
+    if (\$846 ) begin
+      \$1232  = 1'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (\$863 ) begin
+            \$1232  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$1232  = 1'h0;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$1232  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1233  = \$signal$479 ;
+    if (\$846 ) begin
+      \$1233  = prog;
+    end
+    if (rst) begin
+      \$1233  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1234  = \$signal$480 ;
+    if (\$846 ) begin
+      \$1234  = image_stride;
+    end
+    if (rst) begin
+      \$1234  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1235  = images_left;
+    if (\$846 ) begin
+      \$1235  = \$848 ;
+    end
+    if (\$852 ) begin
+      \$1235  = \$853 [15:0];
+    end
+    if (rst) begin
+      \$1235  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1236  = offset;
+    if (\$846 ) begin
+      \$1236  = 32'd0;
+    end
+    if (\$852 ) begin
+      \$1236  = \$854 [31:0];
+    end
+    if (rst) begin
+      \$1236  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1237  = seq_state;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1237  = 3'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1237  = 3'h5;
+            end else begin
+              \$1237  = 3'h2;
+            end
+          end
+          if (start) begin
+            \$1237  = 3'h5;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1237  = 3'h1;
+          end else if (d_end) begin
+            \$1237  = 3'h0;
+          end else if (d_count_zero) begin
+            \$1237  = 3'h5;
+          end else if (d_const) begin
+            \$1237  = 3'h3;
+          end else if (d_stream) begin
+            \$1237  = 3'h4;
+          end else begin
+            \$1237  = 3'h5;
+          end
+          if (start) begin
+            \$1237  = 3'h5;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1237  = 3'h5;
+            end else if (c_last) begin
+              \$1237  = 3'h4;
+            end
+          end
+          if (\$940 ) begin
+            \$1237  = 3'h4;
+          end
+          if (start) begin
+            \$1237  = 3'h5;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1237  = 3'h1;
+          end
+          if (addr_fault) begin
+            \$1237  = 3'h5;
+          end
+          if (\$997 ) begin
+            \$1237  = 3'h5;
+          end
+          if (start) begin
+            \$1237  = 3'h5;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1237  = 3'h0;
+          end
+      default:
+          \$1237  = 3'h0;
+    endcase
+    if (rst) begin
+      \$1237  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1238  = in_stream;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1238  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1238  = 1'h0;
+            end else begin
+              \$1238  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1238  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1238  = 1'h0;
+          end else if (d_end) begin
+            \$1238  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1238  = 1'h0;
+          end else if (d_const) begin
+            \$1238  = 1'h0;
+          end else if (d_stream) begin
+            \$1238  = 1'h1;
+          end else begin
+            \$1238  = 1'h0;
+          end
+          if (start) begin
+            \$1238  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1238  = 1'h0;
+            end else if (c_last) begin
+              \$1238  = 1'h1;
+            end
+          end
+          if (\$940 ) begin
+            \$1238  = 1'h1;
+          end
+          if (start) begin
+            \$1238  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1238  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1238  = 1'h0;
+          end
+          if (\$997 ) begin
+            \$1238  = 1'h0;
+          end
+          if (start) begin
+            \$1238  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1238  = 1'h0;
+          end
+      default:
+          \$1238  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1238  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1239  = in_decode;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1239  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1239  = 1'h0;
+            end else begin
+              \$1239  = 1'h1;
+            end
+          end
+          if (start) begin
+            \$1239  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1239  = 1'h0;
+          end else if (d_end) begin
+            \$1239  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1239  = 1'h0;
+          end else if (d_const) begin
+            \$1239  = 1'h0;
+          end else if (d_stream) begin
+            \$1239  = 1'h0;
+          end else begin
+            \$1239  = 1'h0;
+          end
+          if (start) begin
+            \$1239  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1239  = 1'h0;
+            end else if (c_last) begin
+              \$1239  = 1'h0;
+            end
+          end
+          if (\$940 ) begin
+            \$1239  = 1'h0;
+          end
+          if (start) begin
+            \$1239  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1239  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1239  = 1'h0;
+          end
+          if (\$997 ) begin
+            \$1239  = 1'h0;
+          end
+          if (start) begin
+            \$1239  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1239  = 1'h0;
+          end
+      default:
+          \$1239  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1239  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1240  = in_op;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1240  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1240  = 1'h0;
+            end else begin
+              \$1240  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1240  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1240  = 1'h0;
+          end else if (d_end) begin
+            \$1240  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1240  = 1'h0;
+          end else if (d_const) begin
+            \$1240  = 1'h1;
+          end else if (d_stream) begin
+            \$1240  = 1'h1;
+          end else begin
+            \$1240  = 1'h0;
+          end
+          if (start) begin
+            \$1240  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1240  = 1'h0;
+            end else if (c_last) begin
+              \$1240  = 1'h1;
+            end
+          end
+          if (\$940 ) begin
+            \$1240  = 1'h1;
+          end
+          if (start) begin
+            \$1240  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1240  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1240  = 1'h0;
+          end
+          if (\$997 ) begin
+            \$1240  = 1'h0;
+          end
+          if (start) begin
+            \$1240  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1240  = 1'h0;
+          end
+      default:
+          \$1240  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1240  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1241  = unit_rst;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1241  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1241  = 1'h1;
+            end else begin
+              \$1241  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1241  = 1'h1;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1241  = 1'h0;
+          end else if (d_end) begin
+            \$1241  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1241  = 1'h1;
+          end else if (d_const) begin
+            \$1241  = 1'h0;
+          end else if (d_stream) begin
+            \$1241  = 1'h0;
+          end else begin
+            \$1241  = 1'h1;
+          end
+          if (start) begin
+            \$1241  = 1'h1;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1241  = 1'h1;
+            end else if (c_last) begin
+              \$1241  = 1'h0;
+            end
+          end
+          if (\$940 ) begin
+            \$1241  = 1'h0;
+          end
+          if (start) begin
+            \$1241  = 1'h1;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1241  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1241  = 1'h1;
+          end
+          if (\$997 ) begin
+            \$1241  = 1'h1;
+          end
+          if (start) begin
+            \$1241  = 1'h1;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1241  = 1'h0;
+          end
+      default:
+          \$1241  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1241  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1242  = gemm_active;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
             \$1242  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1242  = 1'h0;
+            end else begin
+              \$1242  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1242  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1242  = 1'h0;
+          end else if (d_end) begin
+            \$1242  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1242  = 1'h0;
+          end else if (d_const) begin
+            \$1242  = 1'h0;
+          end else if (d_stream) begin
+            \$1242  = is_gemm;
+          end else begin
+            \$1242  = 1'h0;
+          end
+          if (start) begin
+            \$1242  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1242  = 1'h0;
+            end else if (c_last) begin
+              \$1242  = is_gemm;
+            end
+          end
+          if (\$940 ) begin
+            \$1242  = is_gemm;
+          end
+          if (start) begin
+            \$1242  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1242  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1242  = 1'h0;
+          end
+          if (\$997 ) begin
+            \$1242  = 1'h0;
+          end
+          if (start) begin
+            \$1242  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1242  = 1'h0;
+          end
+      default:
+          \$1242  = 1'h0;
     endcase
     if (rst) begin
       \$1242  = 1'h0;
@@ -33041,117 +33635,257 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1243  = done;
-    if (\$848 ) begin
-      \$1243  = 1'h0;
-    end
+    \$1243  = pack_active;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$1243  = 1'h1;
+          if (start) begin
+            \$1243  = 1'h0;
           end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$1000 ) begin
-            \$1243  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$1243  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1244  = error;
-    if (\$848 ) begin
-      \$1244  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
       3'h1:
         begin
           if (beat__valid) begin
+            (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1244  = 4'h4;
+              \$1243  = 1'h0;
+            end else begin
+              \$1243  = 1'h0;
             end
           end
           if (start) begin
-            \$1244  = 4'h6;
+            \$1243  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
+            \$1243  = 1'h0;
           end else if (d_end) begin
+            \$1243  = 1'h0;
           end else if (d_count_zero) begin
-            \$1244  = 4'h2;
+            \$1243  = 1'h0;
           end else if (d_const) begin
+            \$1243  = 1'h0;
           end else if (d_stream) begin
+            \$1243  = \$873 ;
           end else begin
-            \$1244  = 4'h1;
+            \$1243  = 1'h0;
           end
           if (start) begin
-            \$1244  = 4'h6;
+            \$1243  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
-              \$1244  = 4'h4;
+              \$1243  = 1'h0;
+            end else if (c_last) begin
+              \$1243  = \$913 ;
             end
           end
+          if (\$940 ) begin
+            \$1243  = \$943 ;
+          end
           if (start) begin
-            \$1244  = 4'h6;
+            \$1243  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (addr_fault) begin
-            \$1244  = 4'h3;
+          if (\$973 ) begin
+            \$1243  = 1'h0;
           end
-          if (\$999 ) begin
-            \$1244  = fault_q;
+          if (addr_fault) begin
+            \$1243  = 1'h0;
+          end
+          if (\$997 ) begin
+            \$1243  = 1'h0;
           end
           if (start) begin
-            \$1244  = 4'h6;
+            \$1243  = 1'h0;
           end
         end
+      3'h5:
+          if (\$998 ) begin
+            \$1243  = 1'h0;
+          end
+      default:
+          \$1243  = 1'h0;
     endcase
     if (rst) begin
-      \$1244  = 4'h0;
+      \$1243  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1245  = fetch_sent;
-    if (\$848 ) begin
-      \$1245  = 1'h0;
-    end
+    \$1244  = sink_from_move;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$1244  = 1'h0;
+          end
       3'h1:
         begin
-          if (\$865 ) begin
-            \$1245  = 1'h1;
-          end
           if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1244  = 1'h0;
+            end else begin
+              \$1244  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1244  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1244  = 1'h0;
+          end else if (d_end) begin
+            \$1244  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1244  = 1'h0;
+          end else if (d_const) begin
+            \$1244  = 1'h0;
+          end else if (d_stream) begin
+            \$1244  = is_move;
+          end else begin
+            \$1244  = 1'h0;
+          end
+          if (start) begin
+            \$1244  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1244  = 1'h0;
+            end else if (c_last) begin
+              \$1244  = is_move;
+            end
+          end
+          if (\$940 ) begin
+            \$1244  = is_move;
+          end
+          if (start) begin
+            \$1244  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1244  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1244  = 1'h0;
+          end
+          if (\$997 ) begin
+            \$1244  = 1'h0;
+          end
+          if (start) begin
+            \$1244  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1244  = 1'h0;
+          end
+      default:
+          \$1244  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1244  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1245  = sink_from_load;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1245  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1245  = 1'h0;
+            end else begin
+              \$1245  = 1'h0;
+            end
+          end
+          if (start) begin
             \$1245  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1245  = 1'h0;
+          end else if (d_end) begin
+            \$1245  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1245  = 1'h0;
+          end else if (d_const) begin
+            \$1245  = 1'h0;
+          end else if (d_stream) begin
+            \$1245  = is_load;
+          end else begin
+            \$1245  = 1'h0;
+          end
+          if (start) begin
+            \$1245  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1245  = 1'h0;
+            end else if (c_last) begin
+              \$1245  = is_load;
+            end
+          end
+          if (\$940 ) begin
+            \$1245  = is_load;
+          end
+          if (start) begin
+            \$1245  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1245  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1245  = 1'h0;
+          end
+          if (\$997 ) begin
+            \$1245  = 1'h0;
+          end
+          if (start) begin
+            \$1245  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1245  = 1'h0;
+          end
+      default:
+          \$1245  = 1'h0;
     endcase
     if (rst) begin
       \$1245  = 1'h0;
@@ -33159,139 +33893,437 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1246  = \$signal$477 ;
-    if (\$848 ) begin
-      \$1246  = prog;
-    end
-    if (rst) begin
-      \$1246  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1247  = \$signal$478 ;
-    if (\$848 ) begin
-      \$1247  = image_stride;
-    end
-    if (rst) begin
-      \$1247  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1248  = images_left;
-    if (\$848 ) begin
-      \$1248  = \$850 ;
-    end
-    if (\$854 ) begin
-      \$1248  = \$855 [15:0];
-    end
-    if (rst) begin
-      \$1248  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1249  = offset;
-    if (\$848 ) begin
-      \$1249  = 32'd0;
-    end
-    if (\$854 ) begin
-      \$1249  = \$856 [31:0];
-    end
-    if (rst) begin
-      \$1249  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1250  = seq_state;
+    \$1246  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1250  = 3'h1;
+            \$1246  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1250  = 3'h5;
+              \$1246  = 1'h0;
             end else begin
-              \$1250  = 3'h2;
+              \$1246  = 1'h0;
             end
           end
           if (start) begin
-            \$1250  = 3'h5;
+            \$1246  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
-            \$1250  = 3'h1;
+            \$1246  = 1'h0;
           end else if (d_end) begin
-            \$1250  = 3'h0;
+            \$1246  = 1'h0;
           end else if (d_count_zero) begin
-            \$1250  = 3'h5;
+            \$1246  = 1'h0;
           end else if (d_const) begin
-            \$1250  = 3'h3;
+            \$1246  = 1'h0;
           end else if (d_stream) begin
-            \$1250  = 3'h4;
+            \$1246  = is_store;
           end else begin
-            \$1250  = 3'h5;
+            \$1246  = 1'h0;
           end
           if (start) begin
-            \$1250  = 3'h5;
+            \$1246  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
-              \$1250  = 3'h5;
+              \$1246  = 1'h0;
             end else if (c_last) begin
-              \$1250  = 3'h4;
+              \$1246  = is_store;
             end
           end
-          if (\$942 ) begin
-            \$1250  = 3'h4;
+          if (\$940 ) begin
+            \$1246  = is_store;
           end
           if (start) begin
-            \$1250  = 3'h5;
+            \$1246  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$975 ) begin
-            \$1250  = 3'h1;
+          if (\$973 ) begin
+            \$1246  = 1'h0;
           end
           if (addr_fault) begin
-            \$1250  = 3'h5;
+            \$1246  = 1'h0;
           end
-          if (\$999 ) begin
-            \$1250  = 3'h5;
+          if (\$997 ) begin
+            \$1246  = 1'h0;
           end
           if (start) begin
-            \$1250  = 3'h5;
+            \$1246  = 1'h0;
           end
         end
       3'h5:
-          if (\$1000 ) begin
-            \$1250  = 3'h0;
+          if (\$998 ) begin
+            \$1246  = 1'h0;
           end
       default:
-          \$1250  = 3'h0;
+          \$1246  = 1'h0;
     endcase
     if (rst) begin
-      \$1250  = 3'h0;
+      \$1246  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1251  = in_stream;
+    \$1247  = sink_from_softmax;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1247  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1247  = 1'h0;
+            end else begin
+              \$1247  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1247  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1247  = 1'h0;
+          end else if (d_end) begin
+            \$1247  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1247  = 1'h0;
+          end else if (d_const) begin
+            \$1247  = 1'h0;
+          end else if (d_stream) begin
+            \$1247  = is_softmax;
+          end else begin
+            \$1247  = 1'h0;
+          end
+          if (start) begin
+            \$1247  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1247  = 1'h0;
+            end else if (c_last) begin
+              \$1247  = is_softmax;
+            end
+          end
+          if (\$940 ) begin
+            \$1247  = is_softmax;
+          end
+          if (start) begin
+            \$1247  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1247  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1247  = 1'h0;
+          end
+          if (\$997 ) begin
+            \$1247  = 1'h0;
+          end
+          if (start) begin
+            \$1247  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1247  = 1'h0;
+          end
+      default:
+          \$1247  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1247  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1248  = sink_from_layernorm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1248  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1248  = 1'h0;
+            end else begin
+              \$1248  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1248  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1248  = 1'h0;
+          end else if (d_end) begin
+            \$1248  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1248  = 1'h0;
+          end else if (d_const) begin
+            \$1248  = 1'h0;
+          end else if (d_stream) begin
+            \$1248  = is_layernorm;
+          end else begin
+            \$1248  = 1'h0;
+          end
+          if (start) begin
+            \$1248  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1248  = 1'h0;
+            end else if (c_last) begin
+              \$1248  = is_layernorm;
+            end
+          end
+          if (\$940 ) begin
+            \$1248  = is_layernorm;
+          end
+          if (start) begin
+            \$1248  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1248  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1248  = 1'h0;
+          end
+          if (\$997 ) begin
+            \$1248  = 1'h0;
+          end
+          if (start) begin
+            \$1248  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1248  = 1'h0;
+          end
+      default:
+          \$1248  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1248  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1249  = sink_from_add;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1249  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1249  = 1'h0;
+            end else begin
+              \$1249  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1249  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1249  = 1'h0;
+          end else if (d_end) begin
+            \$1249  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1249  = 1'h0;
+          end else if (d_const) begin
+            \$1249  = 1'h0;
+          end else if (d_stream) begin
+            \$1249  = \$877 ;
+          end else begin
+            \$1249  = 1'h0;
+          end
+          if (start) begin
+            \$1249  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1249  = 1'h0;
+            end else if (c_last) begin
+              \$1249  = \$917 ;
+            end
+          end
+          if (\$940 ) begin
+            \$1249  = \$947 ;
+          end
+          if (start) begin
+            \$1249  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1249  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1249  = 1'h0;
+          end
+          if (\$997 ) begin
+            \$1249  = 1'h0;
+          end
+          if (start) begin
+            \$1249  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1249  = 1'h0;
+          end
+      default:
+          \$1249  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1249  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1250  = sink_from_gelu0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1250  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1250  = 1'h0;
+            end else begin
+              \$1250  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1250  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1250  = 1'h0;
+          end else if (d_end) begin
+            \$1250  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1250  = 1'h0;
+          end else if (d_const) begin
+            \$1250  = 1'h0;
+          end else if (d_stream) begin
+            \$1250  = \$881 ;
+          end else begin
+            \$1250  = 1'h0;
+          end
+          if (start) begin
+            \$1250  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$908 ) begin
+            if (beat__payload[512]) begin
+              \$1250  = 1'h0;
+            end else if (c_last) begin
+              \$1250  = \$921 ;
+            end
+          end
+          if (\$940 ) begin
+            \$1250  = \$951 ;
+          end
+          if (start) begin
+            \$1250  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$973 ) begin
+            \$1250  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1250  = 1'h0;
+          end
+          if (\$997 ) begin
+            \$1250  = 1'h0;
+          end
+          if (start) begin
+            \$1250  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$998 ) begin
+            \$1250  = 1'h0;
+          end
+      default:
+          \$1250  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1250  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1251  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33315,7 +34347,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1251  = 1'h0;
           end else if (d_end) begin
@@ -33325,7 +34357,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1251  = 1'h0;
           end else if (d_stream) begin
-            \$1251  = 1'h1;
+            \$1251  = \$885 ;
           end else begin
             \$1251  = 1'h0;
           end
@@ -33335,15 +34367,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1251  = 1'h0;
             end else if (c_last) begin
-              \$1251  = 1'h1;
+              \$1251  = \$925 ;
             end
           end
-          if (\$942 ) begin
-            \$1251  = 1'h1;
+          if (\$940 ) begin
+            \$1251  = \$955 ;
           end
           if (start) begin
             \$1251  = 1'h0;
@@ -33351,13 +34383,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1251  = 1'h0;
           end
           if (addr_fault) begin
             \$1251  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1251  = 1'h0;
           end
           if (start) begin
@@ -33365,7 +34397,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1251  = 1'h0;
           end
       default:
@@ -33377,7 +34409,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1252  = in_decode;
+    \$1252  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33391,7 +34423,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (beat__payload[512]) begin
               \$1252  = 1'h0;
             end else begin
-              \$1252  = 1'h1;
+              \$1252  = 1'h0;
             end
           end
           if (start) begin
@@ -33401,7 +34433,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1252  = 1'h0;
           end else if (d_end) begin
@@ -33411,7 +34443,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1252  = 1'h0;
           end else if (d_stream) begin
-            \$1252  = 1'h0;
+            \$1252  = \$886 ;
           end else begin
             \$1252  = 1'h0;
           end
@@ -33421,15 +34453,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1252  = 1'h0;
             end else if (c_last) begin
-              \$1252  = 1'h0;
+              \$1252  = \$926 ;
             end
           end
-          if (\$942 ) begin
-            \$1252  = 1'h0;
+          if (\$940 ) begin
+            \$1252  = \$956 ;
           end
           if (start) begin
             \$1252  = 1'h0;
@@ -33437,13 +34469,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1252  = 1'h0;
           end
           if (addr_fault) begin
             \$1252  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1252  = 1'h0;
           end
           if (start) begin
@@ -33451,7 +34483,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1252  = 1'h0;
           end
       default:
@@ -33463,7 +34495,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1253  = in_op;
+    \$1253  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33487,7 +34519,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1253  = 1'h0;
           end else if (d_end) begin
@@ -33495,9 +34527,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1253  = 1'h0;
           end else if (d_const) begin
-            \$1253  = 1'h1;
+            \$1253  = 1'h0;
           end else if (d_stream) begin
-            \$1253  = 1'h1;
+            \$1253  = \$887 ;
           end else begin
             \$1253  = 1'h0;
           end
@@ -33507,15 +34539,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1253  = 1'h0;
             end else if (c_last) begin
-              \$1253  = 1'h1;
+              \$1253  = \$927 ;
             end
           end
-          if (\$942 ) begin
-            \$1253  = 1'h1;
+          if (\$940 ) begin
+            \$1253  = \$957 ;
           end
           if (start) begin
             \$1253  = 1'h0;
@@ -33523,13 +34555,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1253  = 1'h0;
           end
           if (addr_fault) begin
             \$1253  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1253  = 1'h0;
           end
           if (start) begin
@@ -33537,7 +34569,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1253  = 1'h0;
           end
       default:
@@ -33549,7 +34581,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1254  = unit_rst;
+    \$1254  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33561,69 +34593,69 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1254  = 1'h1;
+              \$1254  = 1'h0;
             end else begin
               \$1254  = 1'h0;
             end
           end
           if (start) begin
-            \$1254  = 1'h1;
+            \$1254  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1254  = 1'h0;
           end else if (d_end) begin
             \$1254  = 1'h0;
           end else if (d_count_zero) begin
-            \$1254  = 1'h1;
+            \$1254  = 1'h0;
           end else if (d_const) begin
             \$1254  = 1'h0;
           end else if (d_stream) begin
-            \$1254  = 1'h0;
+            \$1254  = \$891 ;
           end else begin
-            \$1254  = 1'h1;
+            \$1254  = 1'h0;
           end
           if (start) begin
-            \$1254  = 1'h1;
+            \$1254  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
-              \$1254  = 1'h1;
-            end else if (c_last) begin
               \$1254  = 1'h0;
+            end else if (c_last) begin
+              \$1254  = \$931 ;
             end
           end
-          if (\$942 ) begin
-            \$1254  = 1'h0;
+          if (\$940 ) begin
+            \$1254  = \$961 ;
           end
           if (start) begin
-            \$1254  = 1'h1;
+            \$1254  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1254  = 1'h0;
           end
           if (addr_fault) begin
-            \$1254  = 1'h1;
+            \$1254  = 1'h0;
           end
-          if (\$999 ) begin
-            \$1254  = 1'h1;
+          if (\$997 ) begin
+            \$1254  = 1'h0;
           end
           if (start) begin
-            \$1254  = 1'h1;
+            \$1254  = 1'h0;
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1254  = 1'h0;
           end
       default:
@@ -33635,7 +34667,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1255  = gemm_active;
+    \$1255  = const_to0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33659,7 +34691,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1255  = 1'h0;
           end else if (d_end) begin
@@ -33667,9 +34699,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1255  = 1'h0;
           end else if (d_const) begin
-            \$1255  = 1'h0;
+            \$1255  = \$869 ;
           end else if (d_stream) begin
-            \$1255  = is_gemm;
+            \$1255  = 1'h0;
           end else begin
             \$1255  = 1'h0;
           end
@@ -33679,15 +34711,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1255  = 1'h0;
             end else if (c_last) begin
-              \$1255  = is_gemm;
+              \$1255  = 1'h0;
             end
           end
-          if (\$942 ) begin
-            \$1255  = is_gemm;
+          if (\$940 ) begin
+            \$1255  = 1'h0;
           end
           if (start) begin
             \$1255  = 1'h0;
@@ -33695,13 +34727,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1255  = 1'h0;
           end
           if (addr_fault) begin
             \$1255  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1255  = 1'h0;
           end
           if (start) begin
@@ -33709,7 +34741,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1255  = 1'h0;
           end
       default:
@@ -33721,7 +34753,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1256  = pack_active;
+    \$1256  = const_to1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33745,7 +34777,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1256  = 1'h0;
           end else if (d_end) begin
@@ -33753,9 +34785,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1256  = 1'h0;
           end else if (d_const) begin
-            \$1256  = 1'h0;
+            \$1256  = \$870 ;
           end else if (d_stream) begin
-            \$1256  = \$875 ;
+            \$1256  = 1'h0;
           end else begin
             \$1256  = 1'h0;
           end
@@ -33765,15 +34797,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1256  = 1'h0;
             end else if (c_last) begin
-              \$1256  = \$915 ;
+              \$1256  = 1'h0;
             end
           end
-          if (\$942 ) begin
-            \$1256  = \$945 ;
+          if (\$940 ) begin
+            \$1256  = 1'h0;
           end
           if (start) begin
             \$1256  = 1'h0;
@@ -33781,13 +34813,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1256  = 1'h0;
           end
           if (addr_fault) begin
             \$1256  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1256  = 1'h0;
           end
           if (start) begin
@@ -33795,7 +34827,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1256  = 1'h0;
           end
       default:
@@ -33807,7 +34839,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1257  = sink_from_move;
+    \$1257  = const_to2;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33831,7 +34863,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1257  = 1'h0;
           end else if (d_end) begin
@@ -33839,9 +34871,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1257  = 1'h0;
           end else if (d_const) begin
-            \$1257  = 1'h0;
+            \$1257  = add_sel;
           end else if (d_stream) begin
-            \$1257  = is_move;
+            \$1257  = 1'h0;
           end else begin
             \$1257  = 1'h0;
           end
@@ -33851,15 +34883,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1257  = 1'h0;
             end else if (c_last) begin
-              \$1257  = is_move;
+              \$1257  = 1'h0;
             end
           end
-          if (\$942 ) begin
-            \$1257  = is_move;
+          if (\$940 ) begin
+            \$1257  = 1'h0;
           end
           if (start) begin
             \$1257  = 1'h0;
@@ -33867,13 +34899,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1257  = 1'h0;
           end
           if (addr_fault) begin
             \$1257  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1257  = 1'h0;
           end
           if (start) begin
@@ -33881,7 +34913,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1257  = 1'h0;
           end
       default:
@@ -33893,7 +34925,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1258  = sink_from_load;
+    \$1258  = const_to3;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33917,7 +34949,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1258  = 1'h0;
           end else if (d_end) begin
@@ -33925,9 +34957,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1258  = 1'h0;
           end else if (d_const) begin
-            \$1258  = 1'h0;
+            \$1258  = gelu_sel0;
           end else if (d_stream) begin
-            \$1258  = is_load;
+            \$1258  = 1'h0;
           end else begin
             \$1258  = 1'h0;
           end
@@ -33937,15 +34969,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1258  = 1'h0;
             end else if (c_last) begin
-              \$1258  = is_load;
+              \$1258  = 1'h0;
             end
           end
-          if (\$942 ) begin
-            \$1258  = is_load;
+          if (\$940 ) begin
+            \$1258  = 1'h0;
           end
           if (start) begin
             \$1258  = 1'h0;
@@ -33953,13 +34985,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1258  = 1'h0;
           end
           if (addr_fault) begin
             \$1258  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1258  = 1'h0;
           end
           if (start) begin
@@ -33967,7 +34999,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1258  = 1'h0;
           end
       default:
@@ -33979,12 +35011,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1259  = sink_from_store;
+    \$1259  = in_fetch;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1259  = 1'h0;
+            \$1259  = 1'h1;
           end
       3'h1:
         begin
@@ -34003,9 +35035,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
-            \$1259  = 1'h0;
+            \$1259  = 1'h1;
           end else if (d_end) begin
             \$1259  = 1'h0;
           end else if (d_count_zero) begin
@@ -34013,7 +35045,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1259  = 1'h0;
           end else if (d_stream) begin
-            \$1259  = is_store;
+            \$1259  = 1'h0;
           end else begin
             \$1259  = 1'h0;
           end
@@ -34023,15 +35055,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1259  = 1'h0;
             end else if (c_last) begin
-              \$1259  = is_store;
+              \$1259  = 1'h0;
             end
           end
-          if (\$942 ) begin
-            \$1259  = is_store;
+          if (\$940 ) begin
+            \$1259  = 1'h0;
           end
           if (start) begin
             \$1259  = 1'h0;
@@ -34039,13 +35071,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
-            \$1259  = 1'h0;
+          if (\$973 ) begin
+            \$1259  = 1'h1;
           end
           if (addr_fault) begin
             \$1259  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1259  = 1'h0;
           end
           if (start) begin
@@ -34053,7 +35085,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1259  = 1'h0;
           end
       default:
@@ -34065,7 +35097,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1260  = sink_from_softmax;
+    \$1260  = in_const;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34089,7 +35121,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1260  = 1'h0;
           end else if (d_end) begin
@@ -34097,9 +35129,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1260  = 1'h0;
           end else if (d_const) begin
-            \$1260  = 1'h0;
+            \$1260  = 1'h1;
           end else if (d_stream) begin
-            \$1260  = is_softmax;
+            \$1260  = 1'h0;
           end else begin
             \$1260  = 1'h0;
           end
@@ -34109,15 +35141,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1260  = 1'h0;
             end else if (c_last) begin
-              \$1260  = is_softmax;
+              \$1260  = 1'h0;
             end
           end
-          if (\$942 ) begin
-            \$1260  = is_softmax;
+          if (\$940 ) begin
+            \$1260  = 1'h0;
           end
           if (start) begin
             \$1260  = 1'h0;
@@ -34125,13 +35157,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1260  = 1'h0;
           end
           if (addr_fault) begin
             \$1260  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1260  = 1'h0;
           end
           if (start) begin
@@ -34139,7 +35171,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1260  = 1'h0;
           end
       default:
@@ -34151,7 +35183,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1261  = sink_from_layernorm;
+    \$1261  = run0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34175,7 +35207,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1261  = 1'h0;
           end else if (d_end) begin
@@ -34185,7 +35217,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1261  = 1'h0;
           end else if (d_stream) begin
-            \$1261  = is_layernorm;
+            \$1261  = \$892 ;
           end else begin
             \$1261  = 1'h0;
           end
@@ -34195,15 +35227,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1261  = 1'h0;
             end else if (c_last) begin
-              \$1261  = is_layernorm;
+              \$1261  = \$932 ;
             end
           end
-          if (\$942 ) begin
-            \$1261  = is_layernorm;
+          if (\$940 ) begin
+            \$1261  = \$962 ;
           end
           if (start) begin
             \$1261  = 1'h0;
@@ -34211,13 +35243,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1261  = 1'h0;
           end
           if (addr_fault) begin
             \$1261  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1261  = 1'h0;
           end
           if (start) begin
@@ -34225,7 +35257,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1261  = 1'h0;
           end
       default:
@@ -34237,7 +35269,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1262  = sink_from_add;
+    \$1262  = run1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34261,7 +35293,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1262  = 1'h0;
           end else if (d_end) begin
@@ -34271,7 +35303,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1262  = 1'h0;
           end else if (d_stream) begin
-            \$1262  = \$879 ;
+            \$1262  = \$895 ;
           end else begin
             \$1262  = 1'h0;
           end
@@ -34281,15 +35313,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1262  = 1'h0;
             end else if (c_last) begin
-              \$1262  = \$919 ;
+              \$1262  = \$935 ;
             end
           end
-          if (\$942 ) begin
-            \$1262  = \$949 ;
+          if (\$940 ) begin
+            \$1262  = \$965 ;
           end
           if (start) begin
             \$1262  = 1'h0;
@@ -34297,13 +35329,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1262  = 1'h0;
           end
           if (addr_fault) begin
             \$1262  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1262  = 1'h0;
           end
           if (start) begin
@@ -34311,7 +35343,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1262  = 1'h0;
           end
       default:
@@ -34323,7 +35355,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1263  = sink_from_gelu0;
+    \$1263  = q0_to_pack;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34347,7 +35379,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1263  = 1'h0;
           end else if (d_end) begin
@@ -34357,7 +35389,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1263  = 1'h0;
           end else if (d_stream) begin
-            \$1263  = \$883 ;
+            \$1263  = \$896 ;
           end else begin
             \$1263  = 1'h0;
           end
@@ -34367,15 +35399,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1263  = 1'h0;
             end else if (c_last) begin
-              \$1263  = \$923 ;
+              \$1263  = \$936 ;
             end
           end
-          if (\$942 ) begin
-            \$1263  = \$953 ;
+          if (\$940 ) begin
+            \$1263  = \$966 ;
           end
           if (start) begin
             \$1263  = 1'h0;
@@ -34383,13 +35415,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1263  = 1'h0;
           end
           if (addr_fault) begin
             \$1263  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1263  = 1'h0;
           end
           if (start) begin
@@ -34397,7 +35429,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1263  = 1'h0;
           end
       default:
@@ -34409,7 +35441,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1264  = sink_from_gemm;
+    \$1264  = res_to_pack;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34433,7 +35465,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$868 ) begin
+          if (\$866 ) begin
           end else if (d_end_more) begin
             \$1264  = 1'h0;
           end else if (d_end) begin
@@ -34443,7 +35475,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1264  = 1'h0;
           end else if (d_stream) begin
-            \$1264  = \$887 ;
+            \$1264  = \$898 ;
           end else begin
             \$1264  = 1'h0;
           end
@@ -34453,15 +35485,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$910 ) begin
+          if (\$908 ) begin
             if (beat__payload[512]) begin
               \$1264  = 1'h0;
             end else if (c_last) begin
-              \$1264  = \$927 ;
+              \$1264  = \$938 ;
             end
           end
-          if (\$942 ) begin
-            \$1264  = \$957 ;
+          if (\$940 ) begin
+            \$1264  = \$968 ;
           end
           if (start) begin
             \$1264  = 1'h0;
@@ -34469,13 +35501,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$975 ) begin
+          if (\$973 ) begin
             \$1264  = 1'h0;
           end
           if (addr_fault) begin
             \$1264  = 1'h0;
           end
-          if (\$999 ) begin
+          if (\$997 ) begin
             \$1264  = 1'h0;
           end
           if (start) begin
@@ -34483,7 +35515,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1000 ) begin
+          if (\$998 ) begin
             \$1264  = 1'h0;
           end
       default:
@@ -34495,601 +35527,121 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1265  = a_from_softmax;
-    (* full_case = 32'd1 *)
+    \$1265  = ins;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1265  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1265  = 1'h0;
-            end else begin
-              \$1265  = 1'h0;
-            end
+            \$1265  = beat__payload[511:0];
           end
-          if (start) begin
-            \$1265  = 1'h0;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1266  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1266  = 3'h4;
           end
-        end
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1265  = 1'h0;
-          end else if (d_end) begin
-            \$1265  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1265  = 1'h0;
-          end else if (d_const) begin
-            \$1265  = 1'h0;
-          end else if (d_stream) begin
-            \$1265  = \$888 ;
-          end else begin
-            \$1265  = 1'h0;
+          if (\$866 ) begin
+            \$1266  = \$867 [2:0];
           end
-          if (start) begin
-            \$1265  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1265  = 1'h0;
-            end else if (c_last) begin
-              \$1265  = \$928 ;
-            end
-          end
-          if (\$942 ) begin
-            \$1265  = \$958 ;
-          end
-          if (start) begin
-            \$1265  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1265  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1265  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1265  = 1'h0;
-          end
-          if (start) begin
-            \$1265  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1265  = 1'h0;
-          end
-      default:
-          \$1265  = 1'h0;
     endcase
     if (rst) begin
-      \$1265  = 1'h0;
+      \$1266  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1266  = a_from_layernorm;
-    (* full_case = 32'd1 *)
+    \$1267  = c_addr;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1266  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1266  = 1'h0;
-            end else begin
-              \$1266  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1266  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1266  = 1'h0;
-          end else if (d_end) begin
-            \$1266  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1266  = 1'h0;
-          end else if (d_const) begin
-            \$1266  = 1'h0;
-          end else if (d_stream) begin
-            \$1266  = \$889 ;
-          end else begin
-            \$1266  = 1'h0;
-          end
-          if (start) begin
-            \$1266  = 1'h0;
-          end
-        end
+          \$1267  = dec_c_base;
       3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1266  = 1'h0;
-            end else if (c_last) begin
-              \$1266  = \$929 ;
-            end
+          if (\$900 ) begin
+            \$1267  = \$902 [31:0];
           end
-          if (\$942 ) begin
-            \$1266  = \$959 ;
-          end
-          if (start) begin
-            \$1266  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1266  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1266  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1266  = 1'h0;
-          end
-          if (start) begin
-            \$1266  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1266  = 1'h0;
-          end
-      default:
-          \$1266  = 1'h0;
     endcase
     if (rst) begin
-      \$1266  = 1'h0;
+      \$1267  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1267  = a_from_src0;
-    (* full_case = 32'd1 *)
+    \$1268  = c_step;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1267  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1267  = 1'h0;
-            end else begin
-              \$1267  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1267  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1267  = 1'h0;
-          end else if (d_end) begin
-            \$1267  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1267  = 1'h0;
-          end else if (d_const) begin
-            \$1267  = 1'h0;
-          end else if (d_stream) begin
-            \$1267  = \$893 ;
-          end else begin
-            \$1267  = 1'h0;
-          end
-          if (start) begin
-            \$1267  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1267  = 1'h0;
-            end else if (c_last) begin
-              \$1267  = \$933 ;
-            end
-          end
-          if (\$942 ) begin
-            \$1267  = \$963 ;
-          end
-          if (start) begin
-            \$1267  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1267  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1267  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1267  = 1'h0;
-          end
-          if (start) begin
-            \$1267  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1267  = 1'h0;
-          end
-      default:
-          \$1267  = 1'h0;
+          \$1268  = \$864 [7:0];
     endcase
     if (rst) begin
-      \$1267  = 1'h0;
+      \$1268  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1268  = const_to0;
-    (* full_case = 32'd1 *)
+    \$1269  = c_ask;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1268  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1268  = 1'h0;
-            end else begin
-              \$1268  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1268  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1268  = 1'h0;
-          end else if (d_end) begin
-            \$1268  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1268  = 1'h0;
-          end else if (d_const) begin
-            \$1268  = \$871 ;
-          end else if (d_stream) begin
-            \$1268  = 1'h0;
-          end else begin
-            \$1268  = 1'h0;
-          end
-          if (start) begin
-            \$1268  = 1'h0;
-          end
-        end
+          \$1269  = { 4'h0, ins[509:498] };
       3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1268  = 1'h0;
-            end else if (c_last) begin
-              \$1268  = 1'h0;
-            end
+          if (\$900 ) begin
+            \$1269  = \$901 [15:0];
           end
-          if (\$942 ) begin
-            \$1268  = 1'h0;
-          end
-          if (start) begin
-            \$1268  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1268  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1268  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1268  = 1'h0;
-          end
-          if (start) begin
-            \$1268  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1268  = 1'h0;
-          end
-      default:
-          \$1268  = 1'h0;
     endcase
     if (rst) begin
-      \$1268  = 1'h0;
+      \$1269  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1269  = const_to1;
-    (* full_case = 32'd1 *)
+    \$1270  = c_due;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1269  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1269  = 1'h0;
-            end else begin
-              \$1269  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1269  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1269  = 1'h0;
-          end else if (d_end) begin
-            \$1269  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1269  = 1'h0;
-          end else if (d_const) begin
-            \$1269  = \$872 ;
-          end else if (d_stream) begin
-            \$1269  = 1'h0;
-          end else begin
-            \$1269  = 1'h0;
-          end
-          if (start) begin
-            \$1269  = 1'h0;
-          end
-        end
+          \$1270  = { 4'h0, ins[509:498] };
       3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1269  = 1'h0;
-            end else if (c_last) begin
-              \$1269  = 1'h0;
-            end
+          if (\$908 ) begin
+            \$1270  = \$909 [15:0];
           end
-          if (\$942 ) begin
-            \$1269  = 1'h0;
-          end
-          if (start) begin
-            \$1269  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1269  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1269  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1269  = 1'h0;
-          end
-          if (start) begin
-            \$1269  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1269  = 1'h0;
-          end
-      default:
-          \$1269  = 1'h0;
     endcase
     if (rst) begin
-      \$1269  = 1'h0;
+      \$1270  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1270  = const_to2;
-    (* full_case = 32'd1 *)
+    \$1271  = c_last;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1270  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1270  = 1'h0;
-            end else begin
-              \$1270  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1270  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1270  = 1'h0;
-          end else if (d_end) begin
-            \$1270  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1270  = 1'h0;
-          end else if (d_const) begin
-            \$1270  = add_sel;
-          end else if (d_stream) begin
-            \$1270  = 1'h0;
-          end else begin
-            \$1270  = 1'h0;
-          end
-          if (start) begin
-            \$1270  = 1'h0;
-          end
-        end
+          \$1271  = \$865 ;
       3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1270  = 1'h0;
-            end else if (c_last) begin
-              \$1270  = 1'h0;
-            end
+          if (\$908 ) begin
+            \$1271  = \$910 ;
           end
-          if (\$942 ) begin
-            \$1270  = 1'h0;
-          end
-          if (start) begin
-            \$1270  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1270  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1270  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1270  = 1'h0;
-          end
-          if (start) begin
-            \$1270  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1270  = 1'h0;
-          end
-      default:
-          \$1270  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1270  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1271  = const_to3;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1271  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1271  = 1'h0;
-            end else begin
-              \$1271  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1271  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1271  = 1'h0;
-          end else if (d_end) begin
-            \$1271  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1271  = 1'h0;
-          end else if (d_const) begin
-            \$1271  = gelu_sel0;
-          end else if (d_stream) begin
-            \$1271  = 1'h0;
-          end else begin
-            \$1271  = 1'h0;
-          end
-          if (start) begin
-            \$1271  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1271  = 1'h0;
-            end else if (c_last) begin
-              \$1271  = 1'h0;
-            end
-          end
-          if (\$942 ) begin
-            \$1271  = 1'h0;
-          end
-          if (start) begin
-            \$1271  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1271  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1271  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1271  = 1'h0;
-          end
-          if (start) begin
-            \$1271  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1271  = 1'h0;
-          end
-      default:
-          \$1271  = 1'h0;
     endcase
     if (rst) begin
       \$1271  = 1'h0;
@@ -35097,657 +35649,253 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1272  = in_fetch;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1272  = 1'h1;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1272  = 1'h0;
-            end else begin
-              \$1272  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1272  = 1'h0;
-          end
+    \$1272  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$1001 ) begin
+          \$1272  = \$1003 [31:0];
         end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1272  = 1'h1;
-          end else if (d_end) begin
-            \$1272  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1272  = 1'h0;
-          end else if (d_const) begin
-            \$1272  = 1'h0;
-          end else if (d_stream) begin
-            \$1272  = 1'h0;
-          end else begin
-            \$1272  = 1'h0;
-          end
-          if (start) begin
-            \$1272  = 1'h0;
-          end
+      end else if (is_store) begin
+        if (\$1005 ) begin
+          \$1272  = \$1007 [31:0];
         end
-      3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1272  = 1'h0;
-            end else if (c_last) begin
-              \$1272  = 1'h0;
-            end
-          end
-          if (\$942 ) begin
-            \$1272  = 1'h0;
-          end
-          if (start) begin
-            \$1272  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1272  = 1'h1;
-          end
-          if (addr_fault) begin
-            \$1272  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1272  = 1'h0;
-          end
-          if (start) begin
-            \$1272  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1272  = 1'h0;
-          end
-      default:
-          \$1272  = 1'h0;
-    endcase
+      end
+    end
     if (rst) begin
-      \$1272  = 1'h0;
+      \$1272  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1273  = in_const;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1273  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1273  = 1'h0;
-            end else begin
-              \$1273  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1273  = 1'h0;
-          end
+    \$1273  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$1005 ) begin
+          \$1273  = r_data[15:0];
         end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1273  = 1'h0;
-          end else if (d_end) begin
-            \$1273  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1273  = 1'h0;
-          end else if (d_const) begin
-            \$1273  = 1'h1;
-          end else if (d_stream) begin
-            \$1273  = 1'h0;
-          end else begin
-            \$1273  = 1'h0;
-          end
-          if (start) begin
-            \$1273  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1273  = 1'h0;
-            end else if (c_last) begin
-              \$1273  = 1'h0;
-            end
-          end
-          if (\$942 ) begin
-            \$1273  = 1'h0;
-          end
-          if (start) begin
-            \$1273  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1273  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1273  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1273  = 1'h0;
-          end
-          if (start) begin
-            \$1273  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1273  = 1'h0;
-          end
-      default:
-          \$1273  = 1'h0;
-    endcase
+      end
+    end
     if (rst) begin
-      \$1273  = 1'h0;
+      \$1273  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1274  = run0;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1274  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1274  = 1'h0;
-            end else begin
-              \$1274  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1274  = 1'h0;
-          end
+    \$1274  = pack_full;
+    if (pack_active) begin
+      if (\$1008 ) begin
+        \$1274  = 1'h0;
+      end
+      if (\$1014 ) begin
+        if (\$1016 ) begin
+          \$1274  = 1'h1;
         end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1274  = 1'h0;
-          end else if (d_end) begin
-            \$1274  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1274  = 1'h0;
-          end else if (d_const) begin
-            \$1274  = 1'h0;
-          end else if (d_stream) begin
-            \$1274  = \$894 ;
-          end else begin
-            \$1274  = 1'h0;
-          end
-          if (start) begin
-            \$1274  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1274  = 1'h0;
-            end else if (c_last) begin
-              \$1274  = \$934 ;
-            end
-          end
-          if (\$942 ) begin
-            \$1274  = \$964 ;
-          end
-          if (start) begin
-            \$1274  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1274  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1274  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1274  = 1'h0;
-          end
-          if (start) begin
-            \$1274  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1274  = 1'h0;
-          end
-      default:
-          \$1274  = 1'h0;
-    endcase
+      end
+    end
+    if (unit_rst) begin
+      \$1274  = 1'h0;
+    end
     if (rst) begin
       \$1274  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1275  = run1;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1275  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1275  = 1'h0;
-            end else begin
-              \$1275  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1275  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1275  = 1'h0;
-          end else if (d_end) begin
-            \$1275  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1275  = 1'h0;
-          end else if (d_const) begin
-            \$1275  = 1'h0;
-          end else if (d_stream) begin
-            \$1275  = \$897 ;
-          end else begin
-            \$1275  = 1'h0;
-          end
-          if (start) begin
-            \$1275  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1275  = 1'h0;
-            end else if (c_last) begin
-              \$1275  = \$937 ;
-            end
-          end
-          if (\$942 ) begin
-            \$1275  = \$967 ;
-          end
-          if (start) begin
-            \$1275  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1275  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1275  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1275  = 1'h0;
-          end
-          if (start) begin
-            \$1275  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1275  = 1'h0;
-          end
-      default:
-          \$1275  = 1'h0;
-    endcase
+    \$1275  = pack_a0;
+    if (pack_active) begin
+      if (\$1014 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1275  = elem_data;
+        endcase
+      end
+    end
     if (rst) begin
-      \$1275  = 1'h0;
+      \$1275  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1276  = q0_to_pack;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1276  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1276  = 1'h0;
-            end else begin
-              \$1276  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1276  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1276  = 1'h0;
-          end else if (d_end) begin
-            \$1276  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1276  = 1'h0;
-          end else if (d_const) begin
-            \$1276  = 1'h0;
-          end else if (d_stream) begin
-            \$1276  = \$898 ;
-          end else begin
-            \$1276  = 1'h0;
-          end
-          if (start) begin
-            \$1276  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1276  = 1'h0;
-            end else if (c_last) begin
-              \$1276  = \$938 ;
-            end
-          end
-          if (\$942 ) begin
-            \$1276  = \$968 ;
-          end
-          if (start) begin
-            \$1276  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1276  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1276  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1276  = 1'h0;
-          end
-          if (start) begin
-            \$1276  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1276  = 1'h0;
-          end
-      default:
-          \$1276  = 1'h0;
-    endcase
+    \$1276  = pack_a1;
+    if (pack_active) begin
+      if (\$1014 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1276  = elem_data;
+        endcase
+      end
+    end
     if (rst) begin
-      \$1276  = 1'h0;
+      \$1276  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1277  = res_to_pack;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1277  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1277  = 1'h0;
-            end else begin
-              \$1277  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1277  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$868 ) begin
-          end else if (d_end_more) begin
-            \$1277  = 1'h0;
-          end else if (d_end) begin
-            \$1277  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1277  = 1'h0;
-          end else if (d_const) begin
-            \$1277  = 1'h0;
-          end else if (d_stream) begin
-            \$1277  = \$900 ;
-          end else begin
-            \$1277  = 1'h0;
-          end
-          if (start) begin
-            \$1277  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$910 ) begin
-            if (beat__payload[512]) begin
-              \$1277  = 1'h0;
-            end else if (c_last) begin
-              \$1277  = \$940 ;
-            end
-          end
-          if (\$942 ) begin
-            \$1277  = \$970 ;
-          end
-          if (start) begin
-            \$1277  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$975 ) begin
-            \$1277  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1277  = 1'h0;
-          end
-          if (\$999 ) begin
-            \$1277  = 1'h0;
-          end
-          if (start) begin
-            \$1277  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1000 ) begin
-            \$1277  = 1'h0;
-          end
-      default:
-          \$1277  = 1'h0;
-    endcase
+    \$1277  = pack_a2;
+    if (pack_active) begin
+      if (\$1014 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1277  = elem_data;
+        endcase
+      end
+    end
     if (rst) begin
-      \$1277  = 1'h0;
+      \$1277  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1278  = ins;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$1278  = beat__payload[511:0];
-          end
-    endcase
+    \$1278  = pack_a3;
+    if (pack_active) begin
+      if (\$1014 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1278  = elem_data;
+        endcase
+      end
+    end
     if (rst) begin
-      \$1278  = 512'h00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$1278  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1279  = decode_wait;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$1279  = 2'h3;
-          end
-      3'h2:
-          if (\$868 ) begin
-            \$1279  = \$869 [1:0];
-          end
-    endcase
+    \$1279  = pack_b0;
+    if (pack_active) begin
+      if (\$1014 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1279  = \r_data$307 [15:0];
+        endcase
+      end
+    end
     if (rst) begin
-      \$1279  = 2'h0;
+      \$1279  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1280  = c_addr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1280  = dec_c_base;
-      3'h3:
-          if (\$902 ) begin
-            \$1280  = \$904 [31:0];
-          end
-    endcase
+    \$1280  = pack_b1;
+    if (pack_active) begin
+      if (\$1014 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1280  = \r_data$307 [15:0];
+        endcase
+      end
+    end
     if (rst) begin
-      \$1280  = 32'd0;
+      \$1280  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1281  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1281  = \$866 [7:0];
-    endcase
+    \$1281  = pack_b2;
+    if (pack_active) begin
+      if (\$1014 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1281  = \r_data$307 [15:0];
+        endcase
+      end
+    end
     if (rst) begin
-      \$1281  = 8'h00;
+      \$1281  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1282  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1282  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$902 ) begin
-            \$1282  = \$903 [15:0];
-          end
-    endcase
+    \$1282  = pack_b3;
+    if (pack_active) begin
+      if (\$1014 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1282  = \r_data$307 [15:0];
+        endcase
+      end
+    end
     if (rst) begin
       \$1282  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1283  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1283  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$910 ) begin
-            \$1283  = \$911 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$1283  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1284  = c_last;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1284  = \$867 ;
-      3'h3:
-          if (\$910 ) begin
-            \$1284  = \$912 ;
-          end
-    endcase
-    if (rst) begin
-      \$1284  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1285  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$1003 ) begin
-          \$1285  = \$1005 [31:0];
+    \$1283  = pack_j;
+    if (pack_active) begin
+      if (\$1014 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1016 ) begin
+          \$1283  = 3'h0;
+        end else begin
+          \$1283  = \$1017 [2:0];
         end
-      end else if (is_store) begin
-        if (\$1007 ) begin
-          \$1285  = \$1009 [31:0];
+      end
+    end
+    if (unit_rst) begin
+      \$1283  = 3'h0;
+    end
+    if (rst) begin
+      \$1283  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1284  = pack_jo;
+    if (pack_active) begin
+      if (\$1018 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1020 ) begin
+          \$1284  = 3'h0;
+        end else begin
+          \$1284  = \$1021 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1284  = 3'h0;
+    end
+    if (rst) begin
+      \$1284  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1285  = tiles;
+    if (in_decode) begin
+      \$1285  = dec_tiles;
+    end
+    if (gemm_active) begin
+      if (\$1028 ) begin
+        if (\$1042 ) begin
+          \$1285  = \$1043 [31:0];
         end
       end
     end
@@ -35757,13 +35905,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1286  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$1007 ) begin
-          \$1286  = r_data[15:0];
+    \$1286  = nt;
+    if (in_decode) begin
+      \$1286  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$1028 ) begin
+        if (\$1042 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1286  = 16'h0000;
+          end else begin
+            \$1286  = \$1049 [15:0];
+          end
         end
       end
     end
@@ -35773,162 +35927,168 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1287  = pack_full;
-    if (pack_active) begin
-      if (\$1010 ) begin
-        \$1287  = 1'h0;
-      end
-      if (\$1016 ) begin
-        if (\$1018 ) begin
-          \$1287  = 1'h1;
+    \$1287  = k;
+    if (in_decode) begin
+      \$1287  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$1028 ) begin
+        if (\$1030 ) begin
+        end else if (\$1035 ) begin
+          \$1287  = \$1036 [15:0];
+        end
+        if (\$1042 ) begin
+          \$1287  = 16'h0000;
         end
       end
     end
-    if (unit_rst) begin
-      \$1287  = 1'h0;
-    end
     if (rst) begin
-      \$1287  = 1'h0;
+      \$1287  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1288  = pack_a0;
-    if (pack_active) begin
-      if (\$1016 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1288  = elem_data;
-        endcase
+    \$1288  = w_addr;
+    if (in_decode) begin
+      \$1288  = ins[465:434];
+    end
+    if (gemm_active) begin
+      if (\$1028 ) begin
+        if (want_w) begin
+          \$1288  = \$1039 [31:0];
+        end
+        if (\$1042 ) begin
+          if (nt_hit) begin
+            \$1288  = ins[465:434];
+          end
+        end
       end
     end
     if (rst) begin
-      \$1288  = 16'h0000;
+      \$1288  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1289  = pack_a1;
-    if (pack_active) begin
-      if (\$1016 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1289  = elem_data;
-        endcase
+    \$1289  = p_addr;
+    if (in_decode) begin
+      \$1289  = ins[497:466];
+    end
+    if (gemm_active) begin
+      if (\$1028 ) begin
+        if (\$1042 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1289  = ins[497:466];
+          end else begin
+            \$1289  = \$1052 [31:0];
+          end
+        end
       end
     end
     if (rst) begin
-      \$1289  = 16'h0000;
+      \$1289  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1290  = pack_a2;
-    if (pack_active) begin
-      if (\$1016 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1290  = elem_data;
-        endcase
+    \$1290  = want_w;
+    if (in_decode) begin
+      \$1290  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1028 ) begin
+        if (\$1030 ) begin
+          \$1290  = 1'h1;
+        end
+        if (\$1042 ) begin
+          \$1290  = 1'h0;
+        end
       end
     end
     if (rst) begin
-      \$1290  = 16'h0000;
+      \$1290  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1291  = pack_a3;
-    if (pack_active) begin
-      if (\$1016 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1291  = elem_data;
-        endcase
+    \$1291  = w_step;
+    if (in_decode) begin
+      \$1291  = \$1022 [7:0];
+    end
+    if (rst) begin
+      \$1291  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1292  = \$signal$409 ;
+    if (in_decode) begin
+      \$1292  = \$1023 ;
+    end
+    if (gemm_active) begin
+      if (\$1028 ) begin
+        if (\$1042 ) begin
+          \$1292  = \$1044 ;
+        end
       end
     end
     if (rst) begin
-      \$1291  = 16'h0000;
+      \$1292  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1292  = pack_b0;
-    if (pack_active) begin
-      if (\$1016 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1292  = \r_data$307 [15:0];
-        endcase
+    \$1293  = \$signal$497 ;
+    if (in_decode) begin
+      \$1293  = \$1025 ;
+    end
+    if (gemm_active) begin
+      if (\$1028 ) begin
+        if (\$1030 ) begin
+        end else if (\$1035 ) begin
+          \$1293  = \$1038 ;
+        end
+        if (\$1042 ) begin
+          \$1293  = \$1046 ;
+        end
       end
     end
     if (rst) begin
-      \$1292  = 16'h0000;
+      \$1293  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1293  = pack_b1;
-    if (pack_active) begin
-      if (\$1016 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1293  = \r_data$307 [15:0];
-        endcase
+    \$1294  = nt_hit;
+    if (in_decode) begin
+      \$1294  = \$1027 ;
+    end
+    if (gemm_active) begin
+      if (\$1028 ) begin
+        if (\$1042 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1294  = \$1048 ;
+          end else begin
+            \$1294  = \$1051 ;
+          end
+        end
       end
     end
     if (rst) begin
-      \$1293  = 16'h0000;
+      \$1294  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1294  = pack_b2;
-    if (pack_active) begin
-      if (\$1016 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1294  = \r_data$307 [15:0];
-        endcase
-      end
+    \$1295  = rk;
+    if (in_decode) begin
+      \$1295  = 16'h0000;
     end
-    if (rst) begin
-      \$1294  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1295  = pack_b3;
-    if (pack_active) begin
-      if (\$1016 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1295  = \r_data$307 [15:0];
-        endcase
+    if (gemm_active) begin
+      if (\$1061 ) begin
+        \$1295  = \$1064 [15:0];
       end
     end
     if (rst) begin
@@ -35937,173 +36097,132 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1296  = pack_j;
-    if (pack_active) begin
-      if (\$1016 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1018 ) begin
-          \$1296  = 3'h0;
-        end else begin
-          \$1296  = \$1019 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1296  = 3'h0;
-    end
-    if (rst) begin
-      \$1296  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1297  = pack_jo;
-    if (pack_active) begin
-      if (\$1020 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1022 ) begin
-          \$1297  = 3'h0;
-        end else begin
-          \$1297  = \$1023 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1297  = 3'h0;
-    end
-    if (rst) begin
-      \$1297  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1298  = tiles;
+    \$1296  = rk_zero;
     if (in_decode) begin
-      \$1298  = dec_tiles;
+      \$1296  = 1'h1;
     end
     if (gemm_active) begin
-      if (\$1030 ) begin
-        if (\$1044 ) begin
-          \$1298  = \$1045 [31:0];
-        end
+      if (\$1061 ) begin
+        \$1296  = \$1065 ;
       end
     end
     if (rst) begin
-      \$1298  = 32'd0;
+      \$1296  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1299  = nt;
+    \$1297  = w_full;
     if (in_decode) begin
-      \$1299  = 16'h0000;
+      \$1297  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1030 ) begin
-        if (\$1044 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1299  = 16'h0000;
-          end else begin
-            \$1299  = \$1051 [15:0];
-          end
+      if (\$1053 ) begin
+        \$1297  = 1'h0;
+      end
+      if (\$1061 ) begin
+        if (\$1068 ) begin
+          \$1297  = 1'h1;
         end
       end
     end
     if (rst) begin
-      \$1299  = 16'h0000;
+      \$1297  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1300  = k;
-    if (in_decode) begin
-      \$1300  = 16'h0000;
-    end
+    \$1298  = w_lane0;
     if (gemm_active) begin
-      if (\$1030 ) begin
-        if (\$1032 ) begin
-        end else if (\$1037 ) begin
-          \$1300  = \$1038 [15:0];
-        end
-        if (\$1044 ) begin
-          \$1300  = 16'h0000;
+      if (\$1061 ) begin
+        if (\$1068 ) begin
+          \$1298  = w_beat0;
         end
       end
     end
     if (rst) begin
-      \$1300  = 16'h0000;
+      \$1298  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1301  = w_addr;
-    if (in_decode) begin
-      \$1301  = ins[465:434];
-    end
+    \$1299  = w_lane1;
     if (gemm_active) begin
-      if (\$1030 ) begin
-        if (want_w) begin
-          \$1301  = \$1041 [31:0];
-        end
-        if (\$1044 ) begin
-          if (nt_hit) begin
-            \$1301  = ins[465:434];
-          end
+      if (\$1061 ) begin
+        if (\$1068 ) begin
+          \$1299  = w_beat1;
         end
       end
     end
     if (rst) begin
-      \$1301  = 32'd0;
+      \$1299  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1302  = p_addr;
-    if (in_decode) begin
-      \$1302  = ins[497:466];
-    end
+    \$1300  = w_lane2;
     if (gemm_active) begin
-      if (\$1030 ) begin
-        if (\$1044 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1302  = ins[497:466];
-          end else begin
-            \$1302  = \$1054 [31:0];
-          end
+      if (\$1061 ) begin
+        if (\$1068 ) begin
+          \$1300  = w_beat2;
         end
       end
     end
     if (rst) begin
-      \$1302  = 32'd0;
+      \$1300  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1303  = want_w;
-    if (in_decode) begin
-      \$1303  = 1'h0;
-    end
+    \$1301  = w_lane3;
     if (gemm_active) begin
-      if (\$1030 ) begin
-        if (\$1032 ) begin
-          \$1303  = 1'h1;
-        end
-        if (\$1044 ) begin
-          \$1303  = 1'h0;
+      if (\$1061 ) begin
+        if (\$1068 ) begin
+          \$1301  = w_beat3;
         end
       end
     end
     if (rst) begin
-      \$1303  = 1'h0;
+      \$1301  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1304  = w_step;
-    if (in_decode) begin
-      \$1304  = \$1024 [7:0];
+    \$1302  = w_lane4;
+    if (gemm_active) begin
+      if (\$1061 ) begin
+        if (\$1068 ) begin
+          \$1302  = w_beat4;
+        end
+      end
+    end
+    if (rst) begin
+      \$1302  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1303  = w_lane5;
+    if (gemm_active) begin
+      if (\$1061 ) begin
+        if (\$1068 ) begin
+          \$1303  = w_beat5;
+        end
+      end
+    end
+    if (rst) begin
+      \$1303  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1304  = w_lane6;
+    if (gemm_active) begin
+      if (\$1061 ) begin
+        if (\$1068 ) begin
+          \$1304  = w_beat6;
+        end
+      end
     end
     if (rst) begin
       \$1304  = 8'h00;
@@ -36111,35 +36230,52 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1305  = \$signal$409 ;
-    if (in_decode) begin
-      \$1305  = \$1025 ;
-    end
+    \$1305  = w_lane7;
     if (gemm_active) begin
-      if (\$1030 ) begin
-        if (\$1044 ) begin
-          \$1305  = \$1046 ;
+      if (\$1061 ) begin
+        if (\$1068 ) begin
+          \$1305  = w_beat7;
         end
       end
     end
     if (rst) begin
-      \$1305  = 1'h0;
+      \$1305  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1306  = \$signal$495 ;
+    \$1306  = a_filled0;
     if (in_decode) begin
-      \$1306  = \$1027 ;
+      \$1306  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1030 ) begin
-        if (\$1032 ) begin
-        end else if (\$1037 ) begin
-          \$1306  = \$1040 ;
+      if (\$1080 ) begin
+        if (a_load_k_hit) begin
+          if (\$1086 ) begin
+            casez (\$signal$247 )
+              1'h0:
+                  \$1306  = 1'h1;
+            endcase
+          end
         end
-        if (\$1044 ) begin
-          \$1306  = \$1048 ;
+      end else if (\$1083 ) begin
+        if (\$1092 ) begin
+          if (a_load_k_hit) begin
+            casez (\$signal$247 )
+              1'h0:
+                  \$1306  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$1116 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            casez (\$signal$280 )
+              1'h0:
+                  \$1306  = 1'h0;
+            endcase
+          end
         end
       end
     end
@@ -36149,18 +36285,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1307  = nt_hit;
+    \$1307  = a_filled1;
     if (in_decode) begin
-      \$1307  = \$1029 ;
+      \$1307  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1030 ) begin
-        if (\$1044 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1307  = \$1050 ;
-          end else begin
-            \$1307  = \$1053 ;
+      if (\$1080 ) begin
+        if (a_load_k_hit) begin
+          if (\$1086 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$247 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1307  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$1083 ) begin
+        if (\$1092 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$247 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1307  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$1116 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$280 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1307  = 1'h0;
+            endcase
           end
         end
       end
@@ -36171,477 +36335,527 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1308  = rk;
+    \$1308  = \$signal$247 ;
     if (in_decode) begin
-      \$1308  = 16'h0000;
+      \$1308  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1063 ) begin
-        \$1308  = \$1066 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1308  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1309  = rk_zero;
-    if (in_decode) begin
-      \$1309  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$1063 ) begin
-        \$1309  = \$1067 ;
-      end
-    end
-    if (rst) begin
-      \$1309  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1310  = w_full;
-    if (in_decode) begin
-      \$1310  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1055 ) begin
-        \$1310  = 1'h0;
-      end
-      if (\$1063 ) begin
-        if (\$1070 ) begin
-          \$1310  = 1'h1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1310  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1311  = w_lane0;
-    if (gemm_active) begin
-      if (\$1063 ) begin
-        if (\$1070 ) begin
-          \$1311  = w_beat0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1311  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1312  = w_lane1;
-    if (gemm_active) begin
-      if (\$1063 ) begin
-        if (\$1070 ) begin
-          \$1312  = w_beat1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1312  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1313  = w_lane2;
-    if (gemm_active) begin
-      if (\$1063 ) begin
-        if (\$1070 ) begin
-          \$1313  = w_beat2;
-        end
-      end
-    end
-    if (rst) begin
-      \$1313  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1314  = w_lane3;
-    if (gemm_active) begin
-      if (\$1063 ) begin
-        if (\$1070 ) begin
-          \$1314  = w_beat3;
-        end
-      end
-    end
-    if (rst) begin
-      \$1314  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1315  = w_lane4;
-    if (gemm_active) begin
-      if (\$1063 ) begin
-        if (\$1070 ) begin
-          \$1315  = w_beat4;
-        end
-      end
-    end
-    if (rst) begin
-      \$1315  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1316  = w_lane5;
-    if (gemm_active) begin
-      if (\$1063 ) begin
-        if (\$1070 ) begin
-          \$1316  = w_beat5;
-        end
-      end
-    end
-    if (rst) begin
-      \$1316  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1317  = w_lane6;
-    if (gemm_active) begin
-      if (\$1063 ) begin
-        if (\$1070 ) begin
-          \$1317  = w_beat6;
-        end
-      end
-    end
-    if (rst) begin
-      \$1317  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1318  = w_lane7;
-    if (gemm_active) begin
-      if (\$1063 ) begin
-        if (\$1070 ) begin
-          \$1318  = w_beat7;
-        end
-      end
-    end
-    if (rst) begin
-      \$1318  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1319  = a_filled0;
-    if (in_decode) begin
-      \$1319  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1082 ) begin
+      if (\$1080 ) begin
         if (a_load_k_hit) begin
-          if (\$1088 ) begin
-            casez (\$signal$247 )
-              1'h0:
-                  \$1319  = 1'h1;
-            endcase
+          if (\$1086 ) begin
+            \$1308  = \$1087 ;
           end
         end
-      end else if (\$1085 ) begin
-        if (\$1094 ) begin
+      end else if (\$1083 ) begin
+        if (\$1092 ) begin
           if (a_load_k_hit) begin
-            casez (\$signal$247 )
-              1'h0:
-                  \$1319  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$1118 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            casez (\$signal$280 )
-              1'h0:
-                  \$1319  = 1'h0;
-            endcase
+            \$1308  = \$1098 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1319  = 1'h0;
+      \$1308  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1320  = a_filled1;
+    \$1309  = \$signal$254 ;
     if (in_decode) begin
-      \$1320  = 1'h0;
+      \$1309  = 4'h0;
     end
     if (gemm_active) begin
-      if (\$1082 ) begin
-        if (a_load_k_hit) begin
-          if (\$1088 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$247 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1320  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$1085 ) begin
-        if (\$1094 ) begin
-          if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$247 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1320  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$1118 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$280 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1320  = 1'h0;
-            endcase
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1320  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1321  = \$signal$247 ;
-    if (in_decode) begin
-      \$1321  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1082 ) begin
-        if (a_load_k_hit) begin
-          if (\$1088 ) begin
-            \$1321  = \$1089 ;
-          end
-        end
-      end else if (\$1085 ) begin
-        if (\$1094 ) begin
-          if (a_load_k_hit) begin
-            \$1321  = \$1100 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1321  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1322  = \$signal$254 ;
-    if (in_decode) begin
-      \$1322  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$1082 ) begin
+      if (\$1080 ) begin
         if (a_load_k_hit) begin
           (* full_case = 32'd1 *)
-          if (\$1088 ) begin
-            \$1322  = 4'h0;
+          if (\$1086 ) begin
+            \$1309  = 4'h0;
           end else begin
-            \$1322  = \$1090 [3:0];
+            \$1309  = \$1088 [3:0];
           end
         end
-      end else if (\$1085 ) begin
+      end else if (\$1083 ) begin
         (* full_case = 32'd1 *)
-        if (\$1094 ) begin
-          \$1322  = 4'h0;
+        if (\$1092 ) begin
+          \$1309  = 4'h0;
         end else begin
-          \$1322  = \$1101 [3:0];
+          \$1309  = \$1099 [3:0];
         end
       end
     end
     if (rst) begin
-      \$1322  = 4'h0;
+      \$1309  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1323  = lk;
+    \$1310  = lk;
     if (in_decode) begin
-      \$1323  = 16'h0000;
+      \$1310  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1082 ) begin
+      if (\$1080 ) begin
         (* full_case = 32'd1 *)
         if (a_load_k_hit) begin
-          \$1323  = 16'h0000;
+          \$1310  = 16'h0000;
         end else begin
-          \$1323  = \$1091 [15:0];
+          \$1310  = \$1089 [15:0];
         end
-      end else if (\$1085 ) begin
-        if (\$1094 ) begin
-          \$1323  = \$1095 [15:0];
+      end else if (\$1083 ) begin
+        if (\$1092 ) begin
+          \$1310  = \$1093 [15:0];
           if (a_load_k_hit) begin
-            \$1323  = 16'h0000;
+            \$1310  = 16'h0000;
           end
         end
       end
     end
     if (rst) begin
-      \$1323  = 16'h0000;
+      \$1310  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1324  = \$signal$280 ;
+    \$1311  = \$signal$280 ;
     if (in_decode) begin
-      \$1324  = 1'h0;
+      \$1311  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1118 ) begin
+      if (\$1116 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1324  = \$1123 ;
+            \$1311  = \$1121 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1324  = 1'h0;
+      \$1311  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1325  = \$signal$281 ;
+    \$1312  = \$signal$281 ;
     if (in_decode) begin
-      \$1325  = 16'h0000;
+      \$1312  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1118 ) begin
+      if (\$1116 ) begin
         (* full_case = 32'd1 *)
         if (a_feed_k_hit) begin
-          \$1325  = 16'h0000;
+          \$1312  = 16'h0000;
         end else begin
-          \$1325  = \$1129 [15:0];
+          \$1312  = \$1127 [15:0];
         end
       end
     end
     if (rst) begin
-      \$1325  = 16'h0000;
+      \$1312  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1326  = fnt;
+    \$1313  = fnt;
     if (in_decode) begin
-      \$1326  = 16'h0000;
+      \$1313  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1118 ) begin
+      if (\$1116 ) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1326  = 16'h0000;
+            \$1313  = 16'h0000;
           end else begin
-            \$1326  = \$1126 [15:0];
+            \$1313  = \$1124 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1326  = 16'h0000;
+      \$1313  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1327  = feed_blocks;
+    \$1314  = feed_blocks;
     if (in_decode) begin
-      \$1327  = dec_blocks;
+      \$1314  = dec_blocks;
     end
     if (gemm_active) begin
-      if (\$1118 ) begin
+      if (\$1116 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1327  = \$1124 [31:0];
+            \$1314  = \$1122 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1327  = 32'd0;
+      \$1314  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1328  = \$signal$286 ;
+    \$1315  = \$signal$286 ;
     if (in_decode) begin
-      \$1328  = 1'h0;
+      \$1315  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1102 ) begin
-        \$1328  = 1'h0;
+      if (\$1100 ) begin
+        \$1315  = 1'h0;
       end
-      if (\$1118 ) begin
-        \$1328  = 1'h1;
+      if (\$1116 ) begin
+        \$1315  = 1'h1;
       end
     end
     if (rst) begin
-      \$1328  = 1'h0;
+      \$1315  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1329  = a_load_k_hit;
+    \$1316  = a_load_k_hit;
     if (in_decode) begin
-      \$1329  = \$1072 ;
+      \$1316  = \$1070 ;
     end
     if (gemm_active) begin
-      if (\$1082 ) begin
+      if (\$1080 ) begin
         (* full_case = 32'd1 *)
         if (a_load_k_hit) begin
-          \$1329  = \$1087 ;
+          \$1316  = \$1085 ;
         end else begin
-          \$1329  = \$1093 ;
+          \$1316  = \$1091 ;
         end
-      end else if (\$1085 ) begin
-        if (\$1094 ) begin
-          \$1329  = \$1097 ;
+      end else if (\$1083 ) begin
+        if (\$1092 ) begin
+          \$1316  = \$1095 ;
           if (a_load_k_hit) begin
-            \$1329  = \$1099 ;
+            \$1316  = \$1097 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1329  = 1'h0;
+      \$1316  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1330  = a_feed_k_hit;
+    \$1317  = a_feed_k_hit;
     if (in_decode) begin
-      \$1330  = \$1074 ;
+      \$1317  = \$1072 ;
     end
     if (gemm_active) begin
-      if (\$1118 ) begin
+      if (\$1116 ) begin
         (* full_case = 32'd1 *)
         if (a_feed_k_hit) begin
-          \$1330  = \$1120 ;
+          \$1317  = \$1118 ;
         end else begin
-          \$1330  = \$1131 ;
+          \$1317  = \$1129 ;
         end
+      end
+    end
+    if (rst) begin
+      \$1317  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1318  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1318  = \$1074 ;
+    end
+    if (gemm_active) begin
+      if (\$1116 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1318  = \$1120 ;
+          end else begin
+            \$1318  = \$1126 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1318  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1319  = a_blocks_left;
+    if (in_decode) begin
+      \$1319  = \$1075 ;
+    end
+    if (gemm_active) begin
+      if (\$1116 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1319  = \$1123 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1319  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1320  = a_last;
+    if (gemm_active) begin
+      if (\$1116 ) begin
+        \$1320  = a_feed_k_hit;
+      end
+    end
+    if (rst) begin
+      \$1320  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1321  = w_load_lane;
+    if (gemm_active) begin
+      if (\$1134 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1135 ) begin
+          \$1321  = 4'h0;
+        end else begin
+          \$1321  = \$1142 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1321  = 4'h0;
+      end
+    end
+    if (rst) begin
+      \$1321  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1322  = w_load_k;
+    if (gemm_active) begin
+      if (\$1134 ) begin
+        if (\$1135 ) begin
+          \$1322  = \$1136 [15:0];
+          if (\$1138 ) begin
+            \$1322  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1322  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1322  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1323  = w_load_addr;
+    if (gemm_active) begin
+      if (\$1134 ) begin
+        if (\$1135 ) begin
+          \$1323  = \$1137 [9:0];
+          if (\$1138 ) begin
+            if (\$1140 ) begin
+              \$1323  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1323  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1323  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1324  = w_load_nt;
+    if (gemm_active) begin
+      if (\$1134 ) begin
+        if (\$1135 ) begin
+          if (\$1138 ) begin
+            \$1324  = \$1139 [15:0];
+            if (\$1140 ) begin
+              \$1324  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1324  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1324  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1325  = w_filled0;
+    if (gemm_active) begin
+      if (\$1134 ) begin
+        if (\$1135 ) begin
+          if (\$1138 ) begin
+            if (\$1140 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1325  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1160 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1161 ) begin
+              casez (w_feed_half)
+                1'h0:
+                    \$1325  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1325  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1325  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1326  = w_filled1;
+    if (gemm_active) begin
+      if (\$1134 ) begin
+        if (\$1135 ) begin
+          if (\$1138 ) begin
+            if (\$1140 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1326  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1160 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1161 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1326  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1326  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1326  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1327  = w_load_half;
+    if (gemm_active) begin
+      if (\$1134 ) begin
+        if (\$1135 ) begin
+          if (\$1138 ) begin
+            if (\$1140 ) begin
+              \$1327  = \$1141 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1327  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1327  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1328  = feed_ntk;
+    if (gemm_active) begin
+      if (\$1160 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1328  = 32'd0;
+          end else begin
+            \$1328  = \$1164 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1328  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1328  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1329  = feed_mt;
+    if (gemm_active) begin
+      if (\$1160 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (\$1161 ) begin
+              \$1329  = 16'h0000;
+            end else begin
+              \$1329  = \$1163 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1329  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1329  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1330  = w_feed_half;
+    if (gemm_active) begin
+      if (\$1160 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1161 ) begin
+              \$1330  = \$1162 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1330  = 1'h0;
       end
     end
     if (rst) begin
@@ -36650,334 +36864,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1331  = a_feed_nt_hit;
+    \$1331  = post_col;
     if (in_decode) begin
-      \$1331  = \$1076 ;
+      \$1331  = 3'h0;
     end
-    if (gemm_active) begin
-      if (\$1118 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1331  = \$1122 ;
-          end else begin
-            \$1331  = \$1128 ;
-          end
-        end
+    if (\$1166 ) begin
+      if (elem_take) begin
+        \$1331  = \$1169 [2:0];
       end
     end
     if (rst) begin
-      \$1331  = 1'h0;
+      \$1331  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1332  = a_blocks_left;
-    if (in_decode) begin
-      \$1332  = \$1077 ;
-    end
-    if (gemm_active) begin
-      if (\$1118 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1332  = \$1125 ;
-          end
-        end
-      end
-    end
+    \$1332  = \$1174 ;
     if (rst) begin
       \$1332  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1333  = a_last;
-    if (gemm_active) begin
-      if (\$1118 ) begin
-        \$1333  = a_feed_k_hit;
-      end
-    end
+    \$1333  = fault;
     if (rst) begin
-      \$1333  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1334  = w_load_lane;
-    if (gemm_active) begin
-      if (\$1136 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1137 ) begin
-          \$1334  = 4'h0;
-        end else begin
-          \$1334  = \$1144 [3:0];
-        end
-      end
-      if (in_decode) begin
-        \$1334  = 4'h0;
-      end
-    end
-    if (rst) begin
-      \$1334  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1335  = w_load_k;
-    if (gemm_active) begin
-      if (\$1136 ) begin
-        if (\$1137 ) begin
-          \$1335  = \$1138 [15:0];
-          if (\$1140 ) begin
-            \$1335  = 16'h0000;
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1335  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1335  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1336  = w_load_addr;
-    if (gemm_active) begin
-      if (\$1136 ) begin
-        if (\$1137 ) begin
-          \$1336  = \$1139 [9:0];
-          if (\$1140 ) begin
-            if (\$1142 ) begin
-              \$1336  = 10'h000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1336  = 10'h000;
-      end
-    end
-    if (rst) begin
-      \$1336  = 10'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1337  = w_load_nt;
-    if (gemm_active) begin
-      if (\$1136 ) begin
-        if (\$1137 ) begin
-          if (\$1140 ) begin
-            \$1337  = \$1141 [15:0];
-            if (\$1142 ) begin
-              \$1337  = 16'h0000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1337  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1337  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1338  = w_filled0;
-    if (gemm_active) begin
-      if (\$1136 ) begin
-        if (\$1137 ) begin
-          if (\$1140 ) begin
-            if (\$1142 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1338  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$1162 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$1163 ) begin
-              casez (w_feed_half)
-                1'h0:
-                    \$1338  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1338  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1338  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1339  = w_filled1;
-    if (gemm_active) begin
-      if (\$1136 ) begin
-        if (\$1137 ) begin
-          if (\$1140 ) begin
-            if (\$1142 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1339  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$1162 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$1163 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_feed_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1339  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1339  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1339  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1340  = w_load_half;
-    if (gemm_active) begin
-      if (\$1136 ) begin
-        if (\$1137 ) begin
-          if (\$1140 ) begin
-            if (\$1142 ) begin
-              \$1340  = \$1143 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1340  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1340  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1341  = feed_ntk;
-    if (gemm_active) begin
-      if (\$1162 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1341  = 32'd0;
-          end else begin
-            \$1341  = \$1166 [31:0];
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1341  = 32'd0;
-      end
-    end
-    if (rst) begin
-      \$1341  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1342  = feed_mt;
-    if (gemm_active) begin
-      if (\$1162 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (\$1163 ) begin
-              \$1342  = 16'h0000;
-            end else begin
-              \$1342  = \$1165 [15:0];
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1342  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1342  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1343  = w_feed_half;
-    if (gemm_active) begin
-      if (\$1162 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$1163 ) begin
-              \$1343  = \$1164 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1343  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1343  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1344  = post_col;
-    if (in_decode) begin
-      \$1344  = 3'h0;
-    end
-    if (\$1168 ) begin
-      if (elem_take) begin
-        \$1344  = \$1171 [2:0];
-      end
-    end
-    if (rst) begin
-      \$1344  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1345  = \$1176 ;
-    if (rst) begin
-      \$1345  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1346  = fault;
-    if (rst) begin
-      \$1346  = 4'h0;
+      \$1333  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -37253,14 +37164,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$646  = \$644 ;
   assign \$650  = in_fetch;
   assign \$658  = unit_rst;
-  assign \$760  = { \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35], \$759 [35:21] };
-  assign \$763  = { \$762 [17], \$762 [17], \$762 [17], \$762 [17:3] };
-  assign \$768  = { 1'h0, dec_nt, 6'h00 };
-  assign \$770 [5:0] = 6'h00;
-  assign \$770 [31:6] = { 8'h00, \$769 [23:6] };
-  assign \$776 [2:0] = 3'h0;
-  assign \$776 [3] = ins[11];
-  assign \$777  = ins[11];
+  assign \$760  = { 19'h00000, \$759 [32:19] };
+  assign \$761  = { 3'h0, dec_n2p[16:3] };
+  assign \$766  = { 1'h0, dec_nt, 6'h00 };
+  assign \$768 [5:0] = 6'h00;
+  assign \$768 [31:6] = { 8'h00, \$767 [23:6] };
+  assign \$774 [2:0] = 3'h0;
+  assign \$774 [3] = ins[11];
+  assign \$775  = ins[11];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -41810,10 +41721,10 @@ module \accelerator.core.add (rst, c__valid, c__payload, a__ready, b__ready, o__
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$11499$0 (l0s_s2_o),
-    .\port$11591$0 (l1s_s2_o),
-    .\port$11683$0 (l2s_s2_o),
-    .\port$11775$0 (l3s_s2_o),
+    .\port$11488$0 (l0s_s2_o),
+    .\port$11580$0 (l1s_s2_o),
+    .\port$11672$0 (l2s_s2_o),
+    .\port$11764$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -43058,7 +42969,7 @@ module \accelerator.core.add (rst, c__valid, c__payload, a__ready, b__ready, o__
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11499$0 , \port$11591$0 , \port$11683$0 , \port$11775$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11488$0 , \port$11580$0 , \port$11672$0 , \port$11764$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43101,14 +43012,14 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11499
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11499$0 ;
-  wire [15:0] \port$11499$0 ;
-  input [15:0] \port$11591$0 ;
-  wire [15:0] \port$11591$0 ;
-  input [15:0] \port$11683$0 ;
-  wire [15:0] \port$11683$0 ;
-  input [15:0] \port$11775$0 ;
-  wire [15:0] \port$11775$0 ;
+  input [15:0] \port$11488$0 ;
+  wire [15:0] \port$11488$0 ;
+  input [15:0] \port$11580$0 ;
+  wire [15:0] \port$11580$0 ;
+  input [15:0] \port$11672$0 ;
+  wire [15:0] \port$11672$0 ;
+  input [15:0] \port$11764$0 ;
+  wire [15:0] \port$11764$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -43151,7 +43062,7 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11499
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11775$0 , \port$11683$0 , \port$11591$0 , \port$11499$0  };
+      storage[w_port__addr] <= { \port$11764$0 , \port$11672$0 , \port$11580$0 , \port$11488$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -43263,8 +43174,8 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11499
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11775$0 , \port$11683$0 , \port$11591$0 , \port$11499$0  };
-  assign w_data = { \port$11775$0 , \port$11683$0 , \port$11591$0 , \port$11499$0  };
+  assign w_port__data = { \port$11764$0 , \port$11672$0 , \port$11580$0 , \port$11488$0  };
+  assign w_data = { \port$11764$0 , \port$11672$0 , \port$11580$0 , \port$11488$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -50351,10 +50262,10 @@ module \accelerator.core.gelu0 (rst, c__valid, c__payload, go, o__payload, i__pa
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$12008$0 (l0_s27_o),
-    .\port$12194$0 (l1_s27_o),
-    .\port$12380$0 (l2_s27_o),
-    .\port$12566$0 (l3_s27_o),
+    .\port$11997$0 (l0_s27_o),
+    .\port$12183$0 (l1_s27_o),
+    .\port$12369$0 (l2_s27_o),
+    .\port$12555$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52409,7 +52320,7 @@ module \accelerator.core.gelu0 (rst, c__valid, c__payload, go, o__payload, i__pa
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$12008$0 , \port$12194$0 , \port$12380$0 , \port$12566$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$11997$0 , \port$12183$0 , \port$12369$0 , \port$12555$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$59  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52452,14 +52363,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$120
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12008$0 ;
-  wire [7:0] \port$12008$0 ;
-  input [7:0] \port$12194$0 ;
-  wire [7:0] \port$12194$0 ;
-  input [7:0] \port$12380$0 ;
-  wire [7:0] \port$12380$0 ;
-  input [7:0] \port$12566$0 ;
-  wire [7:0] \port$12566$0 ;
+  input [7:0] \port$11997$0 ;
+  wire [7:0] \port$11997$0 ;
+  input [7:0] \port$12183$0 ;
+  wire [7:0] \port$12183$0 ;
+  input [7:0] \port$12369$0 ;
+  wire [7:0] \port$12369$0 ;
+  input [7:0] \port$12555$0 ;
+  wire [7:0] \port$12555$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52518,7 +52429,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$120
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12566$0 , \port$12380$0 , \port$12194$0 , \port$12008$0  };
+      storage[w_port__addr] <= { \port$12555$0 , \port$12369$0 , \port$12183$0 , \port$11997$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -52630,8 +52541,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$120
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12566$0 , \port$12380$0 , \port$12194$0 , \port$12008$0  };
-  assign w_data = { \port$12566$0 , \port$12380$0 , \port$12194$0 , \port$12008$0  };
+  assign w_port__data = { \port$12555$0 , \port$12369$0 , \port$12183$0 , \port$11997$0  };
+  assign w_data = { \port$12555$0 , \port$12369$0 , \port$12183$0 , \port$11997$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -59374,18 +59285,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$16 ) begin
       \$36  = \addr$59 ;
     end
-    if (rst) begin
-      \$36  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$37  = second_last0;
     if (\$16 ) begin
       \$37  = \last__0$61 ;
-    end
-    if (rst) begin
-      \$37  = 1'h0;
     end
   end
   always @* begin
@@ -59394,18 +59299,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$16 ) begin
       \$38  = \last__1$63 ;
     end
-    if (rst) begin
-      \$38  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$39  = second_last2;
     if (\$16 ) begin
       \$39  = \last__2$65 ;
-    end
-    if (rst) begin
-      \$39  = 1'h0;
     end
   end
   always @* begin
@@ -59414,18 +59313,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$16 ) begin
       \$40  = \last__3$67 ;
     end
-    if (rst) begin
-      \$40  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$41  = second_last4;
     if (\$16 ) begin
       \$41  = \last__4$69 ;
-    end
-    if (rst) begin
-      \$41  = 1'h0;
     end
   end
   always @* begin
@@ -59434,18 +59327,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$16 ) begin
       \$42  = \final$71 ;
     end
-    if (rst) begin
-      \$42  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$43  = second_i0;
     if (\$16 ) begin
       \$43  = \index__0$73 ;
-    end
-    if (rst) begin
-      \$43  = 16'h0000;
     end
   end
   always @* begin
@@ -59454,18 +59341,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$16 ) begin
       \$44  = \index__1$75 ;
     end
-    if (rst) begin
-      \$44  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$45  = second_i2;
     if (\$16 ) begin
       \$45  = \index__2$77 ;
-    end
-    if (rst) begin
-      \$45  = 16'h0000;
     end
   end
   always @* begin
@@ -59474,18 +59355,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$16 ) begin
       \$46  = \index__3$79 ;
     end
-    if (rst) begin
-      \$46  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$47  = second_i4;
     if (\$16 ) begin
       \$47  = \index__4$81 ;
-    end
-    if (rst) begin
-      \$47  = 16'h0000;
     end
   end
   always @* begin
@@ -59518,18 +59393,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$3 ) begin
       \$24  = \$4 ;
     end
-    if (rst) begin
-      \$24  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$25  = last__0;
     if (\$3 ) begin
       \$25  = \$5 ;
-    end
-    if (rst) begin
-      \$25  = 1'h0;
     end
   end
   always @* begin
@@ -59538,18 +59407,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$3 ) begin
       \$26  = \$6 ;
     end
-    if (rst) begin
-      \$26  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$27  = last__2;
     if (\$3 ) begin
       \$27  = \$7 ;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
     end
   end
   always @* begin
@@ -59558,18 +59421,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$3 ) begin
       \$28  = \$8 ;
     end
-    if (rst) begin
-      \$28  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$29  = last__4;
     if (\$3 ) begin
       \$29  = \$9 ;
-    end
-    if (rst) begin
-      \$29  = 1'h0;
     end
   end
   always @* begin
@@ -59578,18 +59435,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$3 ) begin
       \$30  = \$10 ;
     end
-    if (rst) begin
-      \$30  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$31  = index__0;
     if (\$3 ) begin
       \$31  = \$11 ;
-    end
-    if (rst) begin
-      \$31  = 16'h0000;
     end
   end
   always @* begin
@@ -59598,18 +59449,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$3 ) begin
       \$32  = \$12 ;
     end
-    if (rst) begin
-      \$32  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$33  = index__2;
     if (\$3 ) begin
       \$33  = \$13 ;
-    end
-    if (rst) begin
-      \$33  = 16'h0000;
     end
   end
   always @* begin
@@ -59618,18 +59463,12 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     if (\$3 ) begin
       \$34  = \$14 ;
     end
-    if (rst) begin
-      \$34  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$35  = index__4;
     if (\$3 ) begin
       \$35  = \$15 ;
-    end
-    if (rst) begin
-      \$35  = 16'h0000;
     end
   end
   assign \load$1  = load;
@@ -59996,18 +59835,12 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     if (load) begin
       \$61  = \$5 [15:0];
     end
-    if (rst) begin
-      \$61  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$62  = one0;
     if (load) begin
       \$62  = \$6 ;
-    end
-    if (rst) begin
-      \$62  = 1'h0;
     end
   end
   always @* begin
@@ -60024,18 +59857,12 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$63  = \$55 ;
       end
     end
-    if (rst) begin
-      \$63  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$64  = s0;
     if (load) begin
       \$64  = strides__0;
-    end
-    if (rst) begin
-      \$64  = 18'h00000;
     end
   end
   always @* begin
@@ -60052,9 +59879,6 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$65  = \$53 [15:0];
       end
     end
-    if (rst) begin
-      \$65  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
@@ -60070,9 +59894,6 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$66  = \$54 [21:0];
       end
     end
-    if (rst) begin
-      \$66  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
@@ -60080,18 +59901,12 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     if (load) begin
       \$67  = \$8 [15:0];
     end
-    if (rst) begin
-      \$67  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$68  = one1;
     if (load) begin
       \$68  = \$9 ;
-    end
-    if (rst) begin
-      \$68  = 1'h0;
     end
   end
   always @* begin
@@ -60109,18 +59924,12 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$69  = one1;
       end
     end
-    if (rst) begin
-      \$69  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$70  = s1;
     if (load) begin
       \$70  = strides__1;
-    end
-    if (rst) begin
-      \$70  = 18'h00000;
     end
   end
   always @* begin
@@ -60138,9 +59947,6 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$71  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$71  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
@@ -60157,9 +59963,6 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$72  = \$56 [21:0];
       end
     end
-    if (rst) begin
-      \$72  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
@@ -60167,18 +59970,12 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     if (load) begin
       \$73  = \$11 [15:0];
     end
-    if (rst) begin
-      \$73  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$74  = one2;
     if (load) begin
       \$74  = \$12 ;
-    end
-    if (rst) begin
-      \$74  = 1'h0;
     end
   end
   always @* begin
@@ -60197,18 +59994,12 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$75  = one2;
       end
     end
-    if (rst) begin
-      \$75  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$76  = s2;
     if (load) begin
       \$76  = strides__2;
-    end
-    if (rst) begin
-      \$76  = 18'h00000;
     end
   end
   always @* begin
@@ -60227,9 +60018,6 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$77  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$77  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
@@ -60247,9 +60035,6 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$78  = \$57 [21:0];
       end
     end
-    if (rst) begin
-      \$78  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
@@ -60257,18 +60042,12 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     if (load) begin
       \$79  = \$14 [15:0];
     end
-    if (rst) begin
-      \$79  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$80  = one3;
     if (load) begin
       \$80  = \$15 ;
-    end
-    if (rst) begin
-      \$80  = 1'h0;
     end
   end
   always @* begin
@@ -60288,18 +60067,12 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$81  = one3;
       end
     end
-    if (rst) begin
-      \$81  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$82  = s3;
     if (load) begin
       \$82  = strides__3;
-    end
-    if (rst) begin
-      \$82  = 18'h00000;
     end
   end
   always @* begin
@@ -60319,9 +60092,6 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$83  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$83  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
@@ -60340,9 +60110,6 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$84  = \$58 [21:0];
       end
     end
-    if (rst) begin
-      \$84  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
@@ -60350,18 +60117,12 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     if (load) begin
       \$85  = \$17 [15:0];
     end
-    if (rst) begin
-      \$85  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$86  = one4;
     if (load) begin
       \$86  = \$18 ;
-    end
-    if (rst) begin
-      \$86  = 1'h0;
     end
   end
   always @* begin
@@ -60382,18 +60143,12 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$87  = one4;
       end
     end
-    if (rst) begin
-      \$87  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$88  = s4;
     if (load) begin
       \$88  = strides__4;
-    end
-    if (rst) begin
-      \$88  = 18'h00000;
     end
   end
   always @* begin
@@ -60414,9 +60169,6 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
         \$89  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$89  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
@@ -60435,9 +60187,6 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
       end else if (\$34 ) begin
         \$90  = \$59 [21:0];
       end
-    end
-    if (rst) begin
-      \$90  = 22'h000000;
     end
   end
   assign last0 = last__0;
@@ -60677,18 +60426,12 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
     if (\$3 ) begin
       \$19  = \$4 ;
     end
-    if (rst) begin
-      \$19  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$20  = last__0;
     if (\$3 ) begin
       \$20  = \$5 ;
-    end
-    if (rst) begin
-      \$20  = 1'h0;
     end
   end
   always @* begin
@@ -60697,18 +60440,12 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
     if (\$3 ) begin
       \$21  = \$6 ;
     end
-    if (rst) begin
-      \$21  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$22  = last__2;
     if (\$3 ) begin
       \$22  = \$7 ;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
     end
   end
   always @* begin
@@ -60717,18 +60454,12 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
     if (\$3 ) begin
       \$23  = \$8 ;
     end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$24  = last__4;
     if (\$3 ) begin
       \$24  = \$9 ;
-    end
-    if (rst) begin
-      \$24  = 1'h0;
     end
   end
   always @* begin
@@ -60737,18 +60468,12 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
     if (\$3 ) begin
       \$25  = \$10 ;
     end
-    if (rst) begin
-      \$25  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$26  = second_addr;
     if (\$11 ) begin
       \$26  = \addr$59 ;
-    end
-    if (rst) begin
-      \$26  = 22'h000000;
     end
   end
   always @* begin
@@ -60757,18 +60482,12 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
     if (\$11 ) begin
       \$27  = \last__0$61 ;
     end
-    if (rst) begin
-      \$27  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$28  = second_last1;
     if (\$11 ) begin
       \$28  = \last__1$63 ;
-    end
-    if (rst) begin
-      \$28  = 1'h0;
     end
   end
   always @* begin
@@ -60777,18 +60496,12 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
     if (\$11 ) begin
       \$29  = \last__2$65 ;
     end
-    if (rst) begin
-      \$29  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$30  = second_last3;
     if (\$11 ) begin
       \$30  = \last__3$67 ;
-    end
-    if (rst) begin
-      \$30  = 1'h0;
     end
   end
   always @* begin
@@ -60797,18 +60510,12 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
     if (\$11 ) begin
       \$31  = \last__4$69 ;
     end
-    if (rst) begin
-      \$31  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$32  = second_final;
     if (\$11 ) begin
       \$32  = \final$71 ;
-    end
-    if (rst) begin
-      \$32  = 1'h0;
     end
   end
   always @* begin
@@ -61199,18 +60906,12 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
     if (load) begin
       \$61  = \$5 [15:0];
     end
-    if (rst) begin
-      \$61  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$62  = one0;
     if (load) begin
       \$62  = \$6 ;
-    end
-    if (rst) begin
-      \$62  = 1'h0;
     end
   end
   always @* begin
@@ -61227,18 +60928,12 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$63  = \$55 ;
       end
     end
-    if (rst) begin
-      \$63  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$64  = s0;
     if (load) begin
       \$64  = strides__0;
-    end
-    if (rst) begin
-      \$64  = 18'h00000;
     end
   end
   always @* begin
@@ -61255,9 +60950,6 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$65  = \$53 [15:0];
       end
     end
-    if (rst) begin
-      \$65  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
@@ -61273,9 +60965,6 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$66  = \$54 [21:0];
       end
     end
-    if (rst) begin
-      \$66  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
@@ -61283,18 +60972,12 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
     if (load) begin
       \$67  = \$8 [15:0];
     end
-    if (rst) begin
-      \$67  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$68  = one1;
     if (load) begin
       \$68  = \$9 ;
-    end
-    if (rst) begin
-      \$68  = 1'h0;
     end
   end
   always @* begin
@@ -61312,18 +60995,12 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$69  = one1;
       end
     end
-    if (rst) begin
-      \$69  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$70  = s1;
     if (load) begin
       \$70  = strides__1;
-    end
-    if (rst) begin
-      \$70  = 18'h00000;
     end
   end
   always @* begin
@@ -61341,9 +61018,6 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$71  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$71  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
@@ -61360,9 +61034,6 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$72  = \$56 [21:0];
       end
     end
-    if (rst) begin
-      \$72  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
@@ -61370,18 +61041,12 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
     if (load) begin
       \$73  = \$11 [15:0];
     end
-    if (rst) begin
-      \$73  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$74  = one2;
     if (load) begin
       \$74  = \$12 ;
-    end
-    if (rst) begin
-      \$74  = 1'h0;
     end
   end
   always @* begin
@@ -61400,18 +61065,12 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$75  = one2;
       end
     end
-    if (rst) begin
-      \$75  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$76  = s2;
     if (load) begin
       \$76  = strides__2;
-    end
-    if (rst) begin
-      \$76  = 18'h00000;
     end
   end
   always @* begin
@@ -61430,9 +61089,6 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$77  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$77  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
@@ -61450,9 +61106,6 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$78  = \$57 [21:0];
       end
     end
-    if (rst) begin
-      \$78  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
@@ -61460,18 +61113,12 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
     if (load) begin
       \$79  = \$14 [15:0];
     end
-    if (rst) begin
-      \$79  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$80  = one3;
     if (load) begin
       \$80  = \$15 ;
-    end
-    if (rst) begin
-      \$80  = 1'h0;
     end
   end
   always @* begin
@@ -61491,18 +61138,12 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$81  = one3;
       end
     end
-    if (rst) begin
-      \$81  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$82  = s3;
     if (load) begin
       \$82  = strides__3;
-    end
-    if (rst) begin
-      \$82  = 18'h00000;
     end
   end
   always @* begin
@@ -61522,9 +61163,6 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$83  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$83  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
@@ -61543,9 +61181,6 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$84  = \$58 [21:0];
       end
     end
-    if (rst) begin
-      \$84  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
@@ -61553,18 +61188,12 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
     if (load) begin
       \$85  = \$17 [15:0];
     end
-    if (rst) begin
-      \$85  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$86  = one4;
     if (load) begin
       \$86  = \$18 ;
-    end
-    if (rst) begin
-      \$86  = 1'h0;
     end
   end
   always @* begin
@@ -61585,18 +61214,12 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$87  = one4;
       end
     end
-    if (rst) begin
-      \$87  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$88  = s4;
     if (load) begin
       \$88  = strides__4;
-    end
-    if (rst) begin
-      \$88  = 18'h00000;
     end
   end
   always @* begin
@@ -61617,9 +61240,6 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
         \$89  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$89  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
@@ -61638,9 +61258,6 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
       end else if (\$34 ) begin
         \$90  = \$59 [21:0];
       end
-    end
-    if (rst) begin
-      \$90  = 22'h000000;
     end
   end
   assign last0 = last__0;
@@ -61880,18 +61497,12 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
     if (\$3 ) begin
       \$19  = \$4 ;
     end
-    if (rst) begin
-      \$19  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$20  = last__0;
     if (\$3 ) begin
       \$20  = \$5 ;
-    end
-    if (rst) begin
-      \$20  = 1'h0;
     end
   end
   always @* begin
@@ -61900,18 +61511,12 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
     if (\$3 ) begin
       \$21  = \$6 ;
     end
-    if (rst) begin
-      \$21  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$22  = last__2;
     if (\$3 ) begin
       \$22  = \$7 ;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
     end
   end
   always @* begin
@@ -61920,18 +61525,12 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
     if (\$3 ) begin
       \$23  = \$8 ;
     end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$24  = last__4;
     if (\$3 ) begin
       \$24  = \$9 ;
-    end
-    if (rst) begin
-      \$24  = 1'h0;
     end
   end
   always @* begin
@@ -61940,18 +61539,12 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
     if (\$3 ) begin
       \$25  = \$10 ;
     end
-    if (rst) begin
-      \$25  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$26  = second_addr;
     if (\$11 ) begin
       \$26  = \addr$59 ;
-    end
-    if (rst) begin
-      \$26  = 22'h000000;
     end
   end
   always @* begin
@@ -61960,18 +61553,12 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
     if (\$11 ) begin
       \$27  = \last__0$61 ;
     end
-    if (rst) begin
-      \$27  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$28  = second_last1;
     if (\$11 ) begin
       \$28  = \last__1$63 ;
-    end
-    if (rst) begin
-      \$28  = 1'h0;
     end
   end
   always @* begin
@@ -61980,18 +61567,12 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
     if (\$11 ) begin
       \$29  = \last__2$65 ;
     end
-    if (rst) begin
-      \$29  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$30  = second_last3;
     if (\$11 ) begin
       \$30  = \last__3$67 ;
-    end
-    if (rst) begin
-      \$30  = 1'h0;
     end
   end
   always @* begin
@@ -62000,18 +61581,12 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
     if (\$11 ) begin
       \$31  = \last__4$69 ;
     end
-    if (rst) begin
-      \$31  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$32  = second_final;
     if (\$11 ) begin
       \$32  = \final$71 ;
-    end
-    if (rst) begin
-      \$32  = 1'h0;
     end
   end
   always @* begin
@@ -62402,18 +61977,12 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
     if (load) begin
       \$61  = \$5 [15:0];
     end
-    if (rst) begin
-      \$61  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
     \$62  = one0;
     if (load) begin
       \$62  = \$6 ;
-    end
-    if (rst) begin
-      \$62  = 1'h0;
     end
   end
   always @* begin
@@ -62430,18 +61999,12 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$63  = \$55 ;
       end
     end
-    if (rst) begin
-      \$63  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
     \$64  = s0;
     if (load) begin
       \$64  = strides__0;
-    end
-    if (rst) begin
-      \$64  = 18'h00000;
     end
   end
   always @* begin
@@ -62458,9 +62021,6 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$65  = \$53 [15:0];
       end
     end
-    if (rst) begin
-      \$65  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
@@ -62476,9 +62036,6 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$66  = \$54 [21:0];
       end
     end
-    if (rst) begin
-      \$66  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
@@ -62486,18 +62043,12 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
     if (load) begin
       \$67  = \$8 [15:0];
     end
-    if (rst) begin
-      \$67  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
     \$68  = one1;
     if (load) begin
       \$68  = \$9 ;
-    end
-    if (rst) begin
-      \$68  = 1'h0;
     end
   end
   always @* begin
@@ -62515,18 +62066,12 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$69  = one1;
       end
     end
-    if (rst) begin
-      \$69  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
     \$70  = s1;
     if (load) begin
       \$70  = strides__1;
-    end
-    if (rst) begin
-      \$70  = 18'h00000;
     end
   end
   always @* begin
@@ -62544,9 +62089,6 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$71  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$71  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
@@ -62563,9 +62105,6 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$72  = \$56 [21:0];
       end
     end
-    if (rst) begin
-      \$72  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
@@ -62573,18 +62112,12 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
     if (load) begin
       \$73  = \$11 [15:0];
     end
-    if (rst) begin
-      \$73  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
     \$74  = one2;
     if (load) begin
       \$74  = \$12 ;
-    end
-    if (rst) begin
-      \$74  = 1'h0;
     end
   end
   always @* begin
@@ -62603,18 +62136,12 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$75  = one2;
       end
     end
-    if (rst) begin
-      \$75  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
     \$76  = s2;
     if (load) begin
       \$76  = strides__2;
-    end
-    if (rst) begin
-      \$76  = 18'h00000;
     end
   end
   always @* begin
@@ -62633,9 +62160,6 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$77  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$77  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
@@ -62653,9 +62177,6 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$78  = \$57 [21:0];
       end
     end
-    if (rst) begin
-      \$78  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
@@ -62663,18 +62184,12 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
     if (load) begin
       \$79  = \$14 [15:0];
     end
-    if (rst) begin
-      \$79  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
     \$80  = one3;
     if (load) begin
       \$80  = \$15 ;
-    end
-    if (rst) begin
-      \$80  = 1'h0;
     end
   end
   always @* begin
@@ -62694,18 +62209,12 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$81  = one3;
       end
     end
-    if (rst) begin
-      \$81  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
     \$82  = s3;
     if (load) begin
       \$82  = strides__3;
-    end
-    if (rst) begin
-      \$82  = 18'h00000;
     end
   end
   always @* begin
@@ -62725,9 +62234,6 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$83  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$83  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
@@ -62746,9 +62252,6 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$84  = \$58 [21:0];
       end
     end
-    if (rst) begin
-      \$84  = 22'h000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
@@ -62756,18 +62259,12 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
     if (load) begin
       \$85  = \$17 [15:0];
     end
-    if (rst) begin
-      \$85  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
     \$86  = one4;
     if (load) begin
       \$86  = \$18 ;
-    end
-    if (rst) begin
-      \$86  = 1'h0;
     end
   end
   always @* begin
@@ -62788,18 +62285,12 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$87  = one4;
       end
     end
-    if (rst) begin
-      \$87  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
     \$88  = s4;
     if (load) begin
       \$88  = strides__4;
-    end
-    if (rst) begin
-      \$88  = 18'h00000;
     end
   end
   always @* begin
@@ -62820,9 +62311,6 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
         \$89  = 16'h0000;
       end
     end
-    if (rst) begin
-      \$89  = 16'h0000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$67 ) begin end
@@ -62841,9 +62329,6 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
       end else if (\$34 ) begin
         \$90  = \$59 [21:0];
       end
-    end
-    if (rst) begin
-      \$90  = 22'h000000;
     end
   end
   assign last0 = last__0;
@@ -67200,7 +66685,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1900$0 , r_rdy, r_data, w_en, \port$9018$0 , unit_rst, level, clk);
+module \accelerator.core.q_src0 (rst, r_en, \port$1898$0 , r_rdy, r_data, w_en, \port$9016$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$70  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -67225,10 +66710,10 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1900$0 , r_rdy, r_data, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1900$0 ;
-  wire [15:0] \port$1900$0 ;
-  input [2:0] \port$9018$0 ;
-  wire [2:0] \port$9018$0 ;
+  input [15:0] \port$1898$0 ;
+  wire [15:0] \port$1898$0 ;
+  input [2:0] \port$9016$0 ;
+  wire [2:0] \port$9016$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -67263,7 +66748,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1900$0 , r_rdy, r_data, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9018$0 , \port$1900$0  };
+      storage[w_port__addr] <= { \port$9016$0 , \port$1898$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -67334,14 +66819,14 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1900$0 , r_rdy, r_data, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9018$0 , \port$1900$0  };
-  assign w_data = { \port$9018$0 , \port$1900$0  };
+  assign w_port__data = { \port$9016$0 , \port$1898$0  };
+  assign w_data = { \port$9016$0 , \port$1898$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1901$0 , r_rdy, r_data, r_en, w_en, \port$9022$0 , unit_rst, level, clk);
+module \accelerator.core.q_src1 (rst, \port$1899$0 , r_rdy, r_data, r_en, w_en, \port$9020$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$71  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -67366,10 +66851,10 @@ module \accelerator.core.q_src1 (rst, \port$1901$0 , r_rdy, r_data, r_en, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1901$0 ;
-  wire [15:0] \port$1901$0 ;
-  input [2:0] \port$9022$0 ;
-  wire [2:0] \port$9022$0 ;
+  input [15:0] \port$1899$0 ;
+  wire [15:0] \port$1899$0 ;
+  input [2:0] \port$9020$0 ;
+  wire [2:0] \port$9020$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -67404,7 +66889,7 @@ module \accelerator.core.q_src1 (rst, \port$1901$0 , r_rdy, r_data, r_en, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9022$0 , \port$1901$0  };
+      storage[w_port__addr] <= { \port$9020$0 , \port$1899$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -67475,8 +66960,8 @@ module \accelerator.core.q_src1 (rst, \port$1901$0 , r_rdy, r_data, r_en, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9022$0 , \port$1901$0  };
-  assign w_data = { \port$9022$0 , \port$1901$0  };
+  assign w_port__data = { \port$9020$0 , \port$1899$0  };
+  assign w_data = { \port$9020$0 , \port$1899$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -67773,9 +67258,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1646$0 (\$13 [4:0]),
-    .\port$1647$0 (\$14 ),
-    .\port$1811$0 (r_data[2:0]),
+    .\port$1644$0 (\$13 [4:0]),
+    .\port$1645$0 (\$14 ),
+    .\port$1809$0 (r_data[2:0]),
     .r_data(\r_data$29 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -67807,18 +67292,12 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     if (\$54 ) begin
       \$77  = r__payload[63:0];
     end
-    if (rst) begin
-      \$77  = 64'h0000000000000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
     \$78  = acc1;
     if (at[0]) begin
       \$78  = r__payload[63:0];
-    end
-    if (rst) begin
-      \$78  = 64'h0000000000000000;
     end
   end
   always @* begin
@@ -67827,18 +67306,12 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     if (at[1]) begin
       \$79  = r__payload[63:0];
     end
-    if (rst) begin
-      \$79  = 64'h0000000000000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
     \$80  = acc3;
     if (at[2]) begin
       \$80  = r__payload[63:0];
-    end
-    if (rst) begin
-      \$80  = 64'h0000000000000000;
     end
   end
   always @* begin
@@ -67847,18 +67320,12 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     if (at[3]) begin
       \$81  = r__payload[63:0];
     end
-    if (rst) begin
-      \$81  = 64'h0000000000000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
     \$82  = acc5;
     if (at[4]) begin
       \$82  = r__payload[63:0];
-    end
-    if (rst) begin
-      \$82  = 64'h0000000000000000;
     end
   end
   always @* begin
@@ -67867,18 +67334,12 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     if (at[5]) begin
       \$83  = r__payload[63:0];
     end
-    if (rst) begin
-      \$83  = 64'h0000000000000000;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
     \$84  = acc7;
     if (at[6]) begin
       \$84  = r__payload[63:0];
-    end
-    if (rst) begin
-      \$84  = 64'h0000000000000000;
     end
   end
   always @* begin
@@ -68231,7 +67692,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1646$0 , \port$1647$0 , w_rdy, r_data, \port$1811$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1644$0 , \port$1645$0 , w_rdy, r_data, \port$1809$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68273,12 +67734,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1646$0 , \port$1647$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1646$0 ;
-  wire [4:0] \port$1646$0 ;
-  input \port$1647$0 ;
-  wire \port$1647$0 ;
-  input [2:0] \port$1811$0 ;
-  wire [2:0] \port$1811$0 ;
+  input [4:0] \port$1644$0 ;
+  wire [4:0] \port$1644$0 ;
+  input \port$1645$0 ;
+  wire \port$1645$0 ;
+  input [2:0] \port$1809$0 ;
+  wire [2:0] \port$1809$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -68322,7 +67783,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1646$0 , \port$1647$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1647$0 , \port$1646$0 , \port$1811$0  };
+      storage[w_port__addr] <= { \port$1645$0 , \port$1644$0 , \port$1809$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -68421,8 +67882,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1646$0 , \port$1647$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1647$0 , \port$1646$0 , \port$1811$0  };
-  assign w_data = { \port$1647$0 , \port$1646$0 , \port$1811$0  };
+  assign w_port__data = { \port$1645$0 , \port$1644$0 , \port$1809$0  };
+  assign w_data = { \port$1645$0 , \port$1644$0 , \port$1809$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

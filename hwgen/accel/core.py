@@ -60,7 +60,7 @@ from .isa import (COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, EXT_BITS, FLAG_A_SI
 __all__ = ["AccelCore", "Error", "CYCLE_BITS"]
 
 CYCLE_BITS = 48
-DECODE_STAGES = 3         # the decode pipeline's depth: DECODE waits this many cycles
+DECODE_STAGES = 4         # the decode pipeline's depth: DECODE waits this many cycles
 
 
 class _State(enum.IntEnum):
@@ -89,14 +89,16 @@ def _lb(nbytes: int) -> int:
 
 def _reciprocal(size: int) -> tuple[int, int]:
     """(shift, mult) with ``(x * mult) >> shift == x // size`` for every ``x`` below
-    ``2^COUNT_BITS + size`` (a tile count's numerator), checked here over all of them."""
+    ``2^COUNT_BITS + size`` (a tile count's numerator), checked here over all of them: the
+    smallest shift that is exact, so that the product fits one 18 x 18 multiplier (for 9 rows,
+    shift 19 and a 16-bit ``mult``; shift 21 took two MULT18s and an adder, 12.6 ns)."""
     top = (1 << COUNT_BITS) + size
-    shift = top.bit_length() + size.bit_length()
-    mult = -(-(1 << shift) // size)
     x = np.arange(top, dtype=np.int64)
-    if not np.array_equal((x * mult) >> shift, x // size):
-        raise AssertionError(f"no exact reciprocal of {size} for {COUNT_BITS}-bit counts")
-    return shift, mult
+    for shift in range(size.bit_length(), top.bit_length() + size.bit_length() + 1):
+        mult = -(-(1 << shift) // size)
+        if np.array_equal((x * mult) >> shift, x // size):
+            return shift, mult
+    raise AssertionError(f"no exact reciprocal of {size} for {COUNT_BITS}-bit counts")
 
 
 class AccelCore(wiring.Component):
@@ -183,7 +185,9 @@ class AccelCore(wiring.Component):
         for name, u in units.items():
             m.submodules[name] = ResetInserter(unit_rst)(u)
 
-        ins = Signal(LAYOUT)
+        # the instruction and the decode are reset-less: FETCH loads them before anything reads
+        # them, and their reset made 511 + 300 loads on the reset net
+        ins = Signal(LAYOUT, reset_less=True)
         pc = Signal(EXT_BITS)
         m.d.comb += self.pc.eq(pc)
         op = ins.opcode
@@ -275,17 +279,20 @@ class AccelCore(wiring.Component):
         m.d.comb += unit_known.eq(Cat(*[sel for sel, _ in c_targets]).any())
         # --- decode: what the instruction implies, registered in a short pipeline (two products and
         #     a few additions would otherwise lie on every cycle's paths); DECODE waits for it -----
-        dec = self.decoded = SimpleNamespace(
-            mt=Signal(COUNT_BITS, name="dec_mt"), nt=Signal(COUNT_BITS, name="dec_nt"),
-            mt_last=Signal(COUNT_BITS, name="dec_mt_last"), nt_last=Signal(COUNT_BITS, name="dec_nt_last"),
-            k_last=Signal(COUNT_BITS, name="dec_k_last"), blocks=Signal(32, name="dec_blocks"),
-            tiles=Signal(32, name="dec_tiles"), c_base=Signal(EXT_BITS, name="dec_c_base"),
-            c_lb=Signal(3, name="dec_c_lb"), ext_base=Signal(EXT_BITS, name="dec_ext_base"),
-            rows_last=Signal(COUNT_BITS, name="dec_rows_last"))
+        # (reset-less, as ``ins``: data that DECODE always reloads; a reset would only load the
+        # reset net, whose fanout is timed)
+        widths = {"n1p": COUNT_BITS + 1, "n2p": COUNT_BITS + 1, "mt": COUNT_BITS, "nt": COUNT_BITS,
+                  "mt_last": COUNT_BITS, "nt_last": COUNT_BITS, "k_last": COUNT_BITS, "blocks": 32, "tiles": 32, "c_base": EXT_BITS, "c_lb": 3,
+                  "ext_base": EXT_BITS, "rows_last": COUNT_BITS}
+        dec = self.decoded = SimpleNamespace(**{k: Signal(w, name=f"dec_{k}", reset_less=True)
+                                                for k, w in widths.items()})
         prog, stride, offset = Signal(EXT_BITS), Signal(EXT_BITS), Signal(EXT_BITS)   # of this start
         # a post unit's constant beats follow the parameter beats, 64-byte aligned (compiler.post_consts)
         p_bytes = dec.nt << _lb(beat_bytes(p_layout(hw)))
-        m.d.sync += [dec.mt.eq(self._tiles(ins.n1, hw.gemm_rows)), dec.nt.eq(self._tiles(ins.n2, hw.gemm_cols)),
+        # the tile counts' numerators in a stage of their own: the adder's carry chain and the
+        # multiplier were one 12.6 ns path (seed 3's)
+        m.d.sync += [dec.n1p.eq(ins.n1 + (hw.gemm_rows - 1)), dec.n2p.eq(ins.n2 + (hw.gemm_cols - 1)),
+                     dec.mt.eq(self._tiles_of(dec.n1p, hw.gemm_rows)), dec.nt.eq(self._tiles_of(dec.n2p, hw.gemm_cols)),
                      dec.k_last.eq(ins.n3 - 1), dec.c_lb.eq(c_lb),
                      dec.mt_last.eq(dec.mt - 1), dec.nt_last.eq(dec.nt - 1), dec.blocks.eq(ins.n0 * dec.mt),
                      dec.c_base.eq(Mux(is_gemm, ins.ext1 + ((p_bytes + 63) & ((1 << EXT_BITS) - 64)), ins.ext0)),
@@ -667,13 +674,19 @@ class AccelCore(wiring.Component):
     # --- GEMM ------------------------------------------------------------------------------------
     @staticmethod
     def _tiles(v, size):
-        """ceil(v / size) of a ``COUNT_BITS`` count for a constant size: a shift, or (an array
-        whose rows or columns are not a power of two, e.g. 9 rows for 17 tokens) a product with
-        a reciprocal, never a divider (yosys builds ``//`` as a long chain of subtractors)."""
+        """ceil(v / size) of a ``COUNT_BITS`` count for a constant size (the decode registers
+        the numerator first: :meth:`_tiles_of`)."""
+        return AccelCore._tiles_of(v + size - 1, size)
+
+    @staticmethod
+    def _tiles_of(numerator, size):
+        """``numerator // size`` (the numerator is ``v + size - 1``): a shift, or (an array whose
+        rows or columns are not a power of two, e.g. 9 rows for 17 tokens) a product with a
+        reciprocal, never a divider (yosys builds ``//`` as a long chain of subtractors)."""
         if size & (size - 1) == 0:
-            return (v + size - 1) >> (size.bit_length() - 1)
+            return numerator >> (size.bit_length() - 1)
         shift, mult = _reciprocal(size)
-        return ((v + size - 1) * mult) >> shift
+        return (numerator * mult) >> shift
 
     def _gemm_walks(self, m, ins, gens, post_add, pre):
         """A LINEAR/MATMUL instruction's levels are (b, m, n, k); the walks the array needs are

@@ -121,7 +121,7 @@ class ExtReader(wiring.Component):
         # that no comparator sits in the ready / write-enable path of the 512-bit beat slice
         first = Signal(init=1)
         ends = Signal()
-        acc = [Signal(wb, name=f"acc{k}") for k in range(slots)]
+        acc = [Signal(wb, name=f"acc{k}", reset_less=True) for k in range(slots)]     # data: no reset
         # word slot k takes the R channel's data whenever j = k, the handshake or not (a word not
         # yet accepted is presented again, and j moves only when it is), so the slots' 512
         # enables are flip-flops, not the R handshake (seed 1's path): ``j`` one-hot, a register
