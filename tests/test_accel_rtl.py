@@ -257,11 +257,12 @@ def test_only_the_top_ports_are_public_and_a_register_resets_the_design(sim):
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 8, 9, 12, 17, 24])
 def test_tile_counts_are_exact_for_any_array_size(size):
-    """ceil(n / size) of every 16-bit count, as the core's decode builds it (the expression of
-    ``AccelCore._tiles`` evaluated on integers): a shift for a power of two, a product with a
-    reciprocal otherwise (an array of 9 rows holds 17 tokens in 2 blocks)."""
+    """ceil(n / size) of every 16-bit count, as the core's decode builds it (its numerator
+    register ``n + size - 1``, then the expression of ``AccelCore._tiles_of`` evaluated on
+    integers): a shift for a power of two, a product with a reciprocal otherwise (an array of 9
+    rows holds 17 tokens in 2 blocks)."""
     n = np.arange(1 << COUNT_BITS, dtype=np.int64)
-    assert np.array_equal(AccelCore._tiles(n, size), -(-n // size))
+    assert np.array_equal(AccelCore._tiles_of(n + size - 1, size), -(-n // size))
 
 
 def test_the_accelerator_has_no_divider():

@@ -282,8 +282,8 @@ class AccelCore(wiring.Component):
         # (reset-less, as ``ins``: data that DECODE always reloads; a reset would only load the
         # reset net, whose fanout is timed)
         widths = {"n1p": COUNT_BITS + 1, "n2p": COUNT_BITS + 1, "mt": COUNT_BITS, "nt": COUNT_BITS,
-                  "mt_last": COUNT_BITS, "nt_last": COUNT_BITS, "k_last": COUNT_BITS, "blocks": 32, "tiles": 32, "c_base": EXT_BITS, "c_lb": 3,
-                  "ext_base": EXT_BITS, "rows_last": COUNT_BITS}
+                  "mt_last": COUNT_BITS, "nt_last": COUNT_BITS, "k_last": COUNT_BITS, "blocks": 32,
+                  "tiles": 32, "c_base": EXT_BITS, "c_lb": 3, "ext_base": EXT_BITS, "rows_last": COUNT_BITS}
         dec = self.decoded = SimpleNamespace(**{k: Signal(w, name=f"dec_{k}", reset_less=True)
                                                 for k, w in widths.items()})
         prog, stride, offset = Signal(EXT_BITS), Signal(EXT_BITS), Signal(EXT_BITS)   # of this start
@@ -673,16 +673,12 @@ class AccelCore(wiring.Component):
 
     # --- GEMM ------------------------------------------------------------------------------------
     @staticmethod
-    def _tiles(v, size):
-        """ceil(v / size) of a ``COUNT_BITS`` count for a constant size (the decode registers
-        the numerator first: :meth:`_tiles_of`)."""
-        return AccelCore._tiles_of(v + size - 1, size)
-
-    @staticmethod
     def _tiles_of(numerator, size):
-        """``numerator // size`` (the numerator is ``v + size - 1``): a shift, or (an array whose
-        rows or columns are not a power of two, e.g. 9 rows for 17 tokens) a product with a
-        reciprocal, never a divider (yosys builds ``//`` as a long chain of subtractors)."""
+        """``numerator // size`` for a constant size, where the decode's numerator register holds
+        ``v + size - 1`` of a ``COUNT_BITS`` count (so the quotient is ceil(v / size)): a shift,
+        or (an array whose rows or columns are not a power of two, e.g. 9 rows for 17 tokens) a
+        product with a reciprocal, never a divider (yosys builds ``//`` as a long chain of
+        subtractors)."""
         if size & (size - 1) == 0:
             return numerator >> (size.bit_length() - 1)
         shift, mult = _reciprocal(size)
