@@ -1266,80 +1266,80 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$100 ;
   wire \$1000 ;
   wire \$1001 ;
-  wire [24:0] \$1002 ;
-  wire [33:0] \$1003 ;
+  wire \$1002 ;
+  wire \$1003 ;
   wire \$1004 ;
   wire \$1005 ;
-  wire [24:0] \$1006 ;
-  wire [33:0] \$1007 ;
-  wire \$1008 ;
+  wire \$1006 ;
+  wire [24:0] \$1007 ;
+  wire [33:0] \$1008 ;
   wire \$1009 ;
   wire \$101 ;
   wire \$1010 ;
-  wire \$1011 ;
-  wire \$1012 ;
+  wire [24:0] \$1011 ;
+  wire [33:0] \$1012 ;
   wire \$1013 ;
   wire \$1014 ;
   wire \$1015 ;
   wire \$1016 ;
-  wire [3:0] \$1017 ;
+  wire \$1017 ;
   wire \$1018 ;
   wire \$1019 ;
   wire \$102 ;
   wire \$1020 ;
-  wire [3:0] \$1021 ;
-  wire [14:0] \$1022 ;
+  wire \$1021 ;
+  wire [3:0] \$1022 ;
   wire \$1023 ;
   wire \$1024 ;
   wire \$1025 ;
-  wire \$1026 ;
-  wire \$1027 ;
+  wire [3:0] \$1026 ;
+  wire [14:0] \$1027 ;
   wire \$1028 ;
   wire \$1029 ;
-  wire \$103 ;
+  reg [15:0] \$103 ;
   wire \$1030 ;
   wire \$1031 ;
   wire \$1032 ;
   wire \$1033 ;
   wire \$1034 ;
   wire \$1035 ;
-  wire [16:0] \$1036 ;
-  wire [16:0] \$1037 ;
+  wire \$1036 ;
+  wire \$1037 ;
   wire \$1038 ;
-  wire [32:0] \$1039 ;
+  wire \$1039 ;
   wire \$104 ;
   wire \$1040 ;
-  wire \$1041 ;
-  wire \$1042 ;
-  wire [32:0] \$1043 ;
-  wire \$1044 ;
+  wire [16:0] \$1041 ;
+  wire [16:0] \$1042 ;
+  wire \$1043 ;
+  wire [32:0] \$1044 ;
   wire \$1045 ;
   wire \$1046 ;
   wire \$1047 ;
-  wire \$1048 ;
-  wire [16:0] \$1049 ;
+  wire [32:0] \$1048 ;
+  wire \$1049 ;
   wire \$105 ;
-  wire [16:0] \$1050 ;
+  wire \$1050 ;
   wire \$1051 ;
-  wire [32:0] \$1052 ;
+  wire \$1052 ;
   wire \$1053 ;
-  wire \$1054 ;
-  wire \$1055 ;
+  wire [16:0] \$1054 ;
+  wire [16:0] \$1055 ;
   wire \$1056 ;
-  wire \$1057 ;
+  wire [32:0] \$1057 ;
   wire \$1058 ;
   wire \$1059 ;
   wire \$106 ;
   wire \$1060 ;
   wire \$1061 ;
   wire \$1062 ;
-  wire [16:0] \$1063 ;
-  wire [16:0] \$1064 ;
+  wire \$1063 ;
+  wire \$1064 ;
   wire \$1065 ;
   wire \$1066 ;
   wire \$1067 ;
-  wire \$1068 ;
-  wire \$1069 ;
+  wire [16:0] \$1068 ;
+  wire [16:0] \$1069 ;
   wire \$107 ;
   wire \$1070 ;
   wire \$1071 ;
@@ -1347,7 +1347,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1073 ;
   wire \$1074 ;
   wire \$1075 ;
-  reg \$1076 ;
+  wire \$1076 ;
   wire \$1077 ;
   wire \$1078 ;
   wire \$1079 ;
@@ -1358,39 +1358,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1083 ;
   wire \$1084 ;
   wire \$1085 ;
-  wire \$1086 ;
+  reg \$1086 ;
   wire \$1087 ;
-  wire [4:0] \$1088 ;
-  wire [16:0] \$1089 ;
+  wire \$1088 ;
+  wire \$1089 ;
   wire \$109 ;
-  wire [16:0] \$1090 ;
+  wire \$1090 ;
   wire \$1091 ;
   wire \$1092 ;
-  wire [16:0] \$1093 ;
+  wire [4:0] \$1093 ;
   wire [16:0] \$1094 ;
-  wire \$1095 ;
+  wire [16:0] \$1095 ;
   wire \$1096 ;
   wire \$1097 ;
-  wire \$1098 ;
-  wire [4:0] \$1099 ;
+  wire [16:0] \$1098 ;
+  wire [16:0] \$1099 ;
   wire [3:0] \$11 ;
   wire \$110 ;
   wire \$1100 ;
-  reg \$1101 ;
+  wire \$1101 ;
   wire \$1102 ;
   wire \$1103 ;
-  wire \$1104 ;
+  wire [4:0] \$1104 ;
   wire \$1105 ;
-  wire \$1106 ;
+  reg \$1106 ;
   wire \$1107 ;
   wire \$1108 ;
-  reg \$1109 ;
+  wire \$1109 ;
   wire \$111 ;
   wire \$1110 ;
   wire \$1111 ;
   wire \$1112 ;
   wire \$1113 ;
-  wire \$1114 ;
+  reg \$1114 ;
   wire \$1115 ;
   wire \$1116 ;
   wire \$1117 ;
@@ -1399,70 +1399,70 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$112 ;
   wire \$1120 ;
   wire \$1121 ;
-  wire [32:0] \$1122 ;
+  wire \$1122 ;
   wire \$1123 ;
-  wire [16:0] \$1124 ;
-  wire [16:0] \$1125 ;
+  wire \$1124 ;
+  wire \$1125 ;
   wire \$1126 ;
-  wire [16:0] \$1127 ;
-  wire [16:0] \$1128 ;
-  wire \$1129 ;
+  wire [32:0] \$1127 ;
+  wire \$1128 ;
+  wire [16:0] \$1129 ;
   wire \$113 ;
-  reg \$1130 ;
+  wire [16:0] \$1130 ;
   wire \$1131 ;
-  wire \$1132 ;
-  wire \$1133 ;
+  wire [16:0] \$1132 ;
+  wire [16:0] \$1133 ;
   wire \$1134 ;
-  wire \$1135 ;
-  wire [16:0] \$1136 ;
-  wire [10:0] \$1137 ;
+  reg \$1135 ;
+  wire \$1136 ;
+  wire \$1137 ;
   wire \$1138 ;
-  wire [16:0] \$1139 ;
-  wire [3:0] \$114 ;
+  wire \$1139 ;
+  wire \$114 ;
   wire \$1140 ;
-  wire \$1141 ;
-  wire [4:0] \$1142 ;
-  reg \$1143 ;
-  wire \$1144 ;
+  wire [16:0] \$1141 ;
+  wire [10:0] \$1142 ;
+  wire \$1143 ;
+  wire [16:0] \$1144 ;
   wire \$1145 ;
   wire \$1146 ;
-  wire \$1147 ;
-  wire \$1148 ;
+  wire [4:0] \$1147 ;
+  reg \$1148 ;
   wire \$1149 ;
   wire \$115 ;
   wire \$1150 ;
-  reg \$1151 ;
+  wire \$1151 ;
   wire \$1152 ;
   wire \$1153 ;
   wire \$1154 ;
   wire \$1155 ;
-  wire \$1156 ;
+  reg \$1156 ;
   wire \$1157 ;
   wire \$1158 ;
   wire \$1159 ;
-  wire [2:0] \$116 ;
+  wire \$116 ;
   wire \$1160 ;
   wire \$1161 ;
   wire \$1162 ;
-  wire [16:0] \$1163 ;
-  wire [32:0] \$1164 ;
+  wire \$1163 ;
+  wire \$1164 ;
   wire \$1165 ;
   wire \$1166 ;
   wire \$1167 ;
-  wire [3:0] \$1168 ;
-  wire [3:0] \$1169 ;
-  wire [3:0] \$117 ;
+  wire [16:0] \$1168 ;
+  wire [32:0] \$1169 ;
+  wire \$117 ;
   wire \$1170 ;
   wire \$1171 ;
   wire \$1172 ;
-  wire \$1173 ;
-  wire \$1174 ;
-  reg \$1175 ;
-  reg \$1176 ;
-  reg \$1177 ;
-  reg \$1178 ;
-  reg \$1179 ;
-  wire \$118 ;
+  wire [3:0] \$1173 ;
+  wire [3:0] \$1174 ;
+  wire \$1175 ;
+  wire \$1176 ;
+  wire \$1177 ;
+  wire \$1178 ;
+  wire \$1179 ;
+  wire [3:0] \$118 ;
   reg \$1180 ;
   reg \$1181 ;
   reg \$1182 ;
@@ -1473,31 +1473,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1187 ;
   reg \$1188 ;
   reg \$1189 ;
-  wire [3:0] \$119 ;
+  wire \$119 ;
   reg \$1190 ;
-  reg [15:0] \$1191 ;
+  reg \$1191 ;
   reg \$1192 ;
   reg \$1193 ;
   reg \$1194 ;
   reg \$1195 ;
-  reg \$1196 ;
+  reg [15:0] \$1196 ;
   reg \$1197 ;
-  reg [2:0] \$1198 ;
+  reg \$1198 ;
   reg \$1199 ;
   wire \$12 ;
-  wire [3:0] \$120 ;
-  reg [2:0] \$1200 ;
+  wire [2:0] \$120 ;
+  reg \$1200 ;
   reg \$1201 ;
   reg \$1202 ;
-  reg \$1203 ;
+  reg [2:0] \$1203 ;
   reg \$1204 ;
-  reg \$1205 ;
-  reg [47:0] \$1206 ;
-  reg [47:0] \$1207 ;
-  reg [47:0] \$1208 ;
-  reg [47:0] \$1209 ;
-  wire \$121 ;
-  reg [47:0] \$1210 ;
+  reg [2:0] \$1205 ;
+  reg \$1206 ;
+  reg \$1207 ;
+  reg \$1208 ;
+  reg \$1209 ;
+  wire [3:0] \$121 ;
+  reg \$1210 ;
   reg [47:0] \$1211 ;
   reg [47:0] \$1212 ;
   reg [47:0] \$1213 ;
@@ -1507,32 +1507,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$1217 ;
   reg [47:0] \$1218 ;
   reg [47:0] \$1219 ;
-  wire [4:0] \$122 ;
+  wire \$122 ;
   reg [47:0] \$1220 ;
   reg [47:0] \$1221 ;
   reg [47:0] \$1222 ;
-  reg \$1223 ;
-  reg \$1224 ;
-  reg \$1225 ;
-  reg \$1226 ;
-  reg \$1227 ;
-  reg [31:0] \$1228 ;
+  reg [47:0] \$1223 ;
+  reg [47:0] \$1224 ;
+  reg [47:0] \$1225 ;
+  reg [47:0] \$1226 ;
+  reg [47:0] \$1227 ;
+  reg \$1228 ;
   reg \$1229 ;
   wire [3:0] \$123 ;
   reg \$1230 ;
-  reg [3:0] \$1231 ;
+  reg \$1231 ;
   reg \$1232 ;
   reg [31:0] \$1233 ;
-  reg [31:0] \$1234 ;
-  reg [15:0] \$1235 ;
-  reg [31:0] \$1236 ;
-  reg [2:0] \$1237 ;
-  reg \$1238 ;
-  reg \$1239 ;
-  wire \$124 ;
-  reg \$1240 ;
-  reg \$1241 ;
-  reg \$1242 ;
+  reg \$1234 ;
+  reg \$1235 ;
+  reg [3:0] \$1236 ;
+  reg \$1237 ;
+  reg [31:0] \$1238 ;
+  reg [31:0] \$1239 ;
+  wire [3:0] \$124 ;
+  reg [15:0] \$1240 ;
+  reg [31:0] \$1241 ;
+  reg [2:0] \$1242 ;
   reg \$1243 ;
   reg \$1244 ;
   reg \$1245 ;
@@ -1540,7 +1540,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1247 ;
   reg \$1248 ;
   reg \$1249 ;
-  wire [5:0] \$125 ;
+  wire \$125 ;
   reg \$1250 ;
   reg \$1251 ;
   reg \$1252 ;
@@ -1551,673 +1551,684 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1257 ;
   reg \$1258 ;
   reg \$1259 ;
-  wire [3:0] \$126 ;
+  wire [4:0] \$126 ;
   reg \$1260 ;
   reg \$1261 ;
   reg \$1262 ;
   reg \$1263 ;
   reg \$1264 ;
-  reg [511:0] \$1265 ;
-  reg [2:0] \$1266 ;
-  reg [31:0] \$1267 ;
-  reg [7:0] \$1268 ;
-  reg [15:0] \$1269 ;
-  wire \$127 ;
-  reg [15:0] \$1270 ;
-  reg \$1271 ;
+  reg \$1265 ;
+  reg \$1266 ;
+  reg \$1267 ;
+  reg \$1268 ;
+  reg \$1269 ;
+  wire [3:0] \$127 ;
+  reg [511:0] \$1270 ;
+  reg [2:0] \$1271 ;
   reg [31:0] \$1272 ;
-  reg [15:0] \$1273 ;
-  reg \$1274 ;
+  reg [7:0] \$1273 ;
+  reg [15:0] \$1274 ;
   reg [15:0] \$1275 ;
-  reg [15:0] \$1276 ;
-  reg [15:0] \$1277 ;
-  reg [15:0] \$1278 ;
-  reg [15:0] \$1279 ;
-  wire [6:0] \$128 ;
-  reg [15:0] \$1280 ;
-  reg [15:0] \$1281 ;
-  reg [15:0] \$1282 ;
-  reg [2:0] \$1283 ;
-  reg [2:0] \$1284 ;
-  reg [31:0] \$1285 ;
+  reg \$1276 ;
+  reg [65:0] \$1277 ;
+  reg \$1278 ;
+  reg \$1279 ;
+  wire \$128 ;
+  reg \$1280 ;
+  reg \$1281 ;
+  reg \$1282 ;
+  reg [31:0] \$1283 ;
+  reg [15:0] \$1284 ;
+  reg \$1285 ;
   reg [15:0] \$1286 ;
   reg [15:0] \$1287 ;
-  reg [31:0] \$1288 ;
-  reg [31:0] \$1289 ;
-  wire [3:0] \$129 ;
-  reg \$1290 ;
-  reg [7:0] \$1291 ;
-  reg \$1292 ;
-  reg \$1293 ;
-  reg \$1294 ;
-  reg [15:0] \$1295 ;
-  reg \$1296 ;
-  reg \$1297 ;
-  reg [7:0] \$1298 ;
-  reg [7:0] \$1299 ;
+  reg [15:0] \$1288 ;
+  reg [15:0] \$1289 ;
+  wire [5:0] \$129 ;
+  reg [15:0] \$1290 ;
+  reg [15:0] \$1291 ;
+  reg [15:0] \$1292 ;
+  reg [15:0] \$1293 ;
+  reg [2:0] \$1294 ;
+  reg [2:0] \$1295 ;
+  reg [31:0] \$1296 ;
+  reg [15:0] \$1297 ;
+  reg [15:0] \$1298 ;
+  reg [31:0] \$1299 ;
   wire \$13 ;
-  wire \$130 ;
-  reg [7:0] \$1300 ;
-  reg [7:0] \$1301 ;
+  wire [3:0] \$130 ;
+  reg [31:0] \$1300 ;
+  reg \$1301 ;
   reg [7:0] \$1302 ;
-  reg [7:0] \$1303 ;
-  reg [7:0] \$1304 ;
-  reg [7:0] \$1305 ;
-  reg \$1306 ;
+  reg \$1303 ;
+  reg \$1304 ;
+  reg \$1305 ;
+  reg [15:0] \$1306 ;
   reg \$1307 ;
   reg \$1308 ;
-  reg [3:0] \$1309 ;
-  wire [7:0] \$131 ;
-  reg [15:0] \$1310 ;
-  reg \$1311 ;
-  reg [15:0] \$1312 ;
-  reg [15:0] \$1313 ;
-  reg [31:0] \$1314 ;
-  reg \$1315 ;
-  reg \$1316 ;
+  reg [7:0] \$1309 ;
+  wire \$131 ;
+  reg [7:0] \$1310 ;
+  reg [7:0] \$1311 ;
+  reg [7:0] \$1312 ;
+  reg [7:0] \$1313 ;
+  reg [7:0] \$1314 ;
+  reg [7:0] \$1315 ;
+  reg [7:0] \$1316 ;
   reg \$1317 ;
   reg \$1318 ;
   reg \$1319 ;
-  wire [3:0] \$132 ;
-  reg \$1320 ;
-  reg [3:0] \$1321 ;
-  reg [15:0] \$1322 ;
-  reg [9:0] \$1323 ;
+  wire [6:0] \$132 ;
+  reg [3:0] \$1320 ;
+  reg [15:0] \$1321 ;
+  reg \$1322 ;
+  reg [15:0] \$1323 ;
   reg [15:0] \$1324 ;
-  reg \$1325 ;
+  reg [31:0] \$1325 ;
   reg \$1326 ;
   reg \$1327 ;
-  reg [31:0] \$1328 ;
-  reg [15:0] \$1329 ;
-  wire \$133 ;
+  reg \$1328 ;
+  reg \$1329 ;
+  wire [3:0] \$133 ;
   reg \$1330 ;
-  reg [2:0] \$1331 ;
-  reg \$1332 ;
-  reg [3:0] \$1333 ;
-  wire [8:0] \$134 ;
-  reg \$135 ;
-  wire \$136 ;
+  reg \$1331 ;
+  reg [3:0] \$1332 ;
+  reg [15:0] \$1333 ;
+  reg [9:0] \$1334 ;
+  reg [15:0] \$1335 ;
+  reg \$1336 ;
+  reg \$1337 ;
+  reg \$1338 ;
+  reg [31:0] \$1339 ;
+  wire \$134 ;
+  reg [15:0] \$1340 ;
+  reg \$1341 ;
+  reg [2:0] \$1342 ;
+  reg \$1343 ;
+  reg [3:0] \$1344 ;
+  wire [7:0] \$135 ;
+  wire [3:0] \$136 ;
   wire \$137 ;
-  wire [9:0] \$138 ;
-  wire [16:0] \$139 ;
+  wire [8:0] \$138 ;
+  reg \$139 ;
   wire [3:0] \$14 ;
-  reg \$140 ;
+  wire \$140 ;
   wire \$141 ;
-  wire \$142 ;
-  wire \$143 ;
-  wire \$144 ;
+  wire [9:0] \$142 ;
+  wire [16:0] \$143 ;
+  reg \$144 ;
   wire \$145 ;
-  wire [9:0] \$146 ;
-  wire [16:0] \$147 ;
-  reg \$148 ;
+  wire \$146 ;
+  wire \$147 ;
+  wire \$148 ;
   wire \$149 ;
   wire \$15 ;
-  wire \$150 ;
-  wire \$151 ;
-  wire \$152 ;
-  wire [9:0] \$153 ;
-  wire [16:0] \$154 ;
-  reg \$155 ;
+  wire [9:0] \$150 ;
+  wire [16:0] \$151 ;
+  reg \$152 ;
+  wire \$153 ;
+  wire \$154 ;
+  wire \$155 ;
   wire \$156 ;
-  wire \$157 ;
-  wire \$158 ;
-  wire \$159 ;
+  wire [9:0] \$157 ;
+  wire [16:0] \$158 ;
+  reg \$159 ;
   wire \$16 ;
-  wire [9:0] \$160 ;
-  wire [16:0] \$161 ;
-  reg \$162 ;
+  wire \$160 ;
+  wire \$161 ;
+  wire \$162 ;
   wire \$163 ;
-  wire \$164 ;
-  wire \$165 ;
-  wire \$166 ;
-  wire [9:0] \$167 ;
-  wire [16:0] \$168 ;
-  reg \$169 ;
+  wire [9:0] \$164 ;
+  wire [16:0] \$165 ;
+  reg \$166 ;
+  wire \$167 ;
+  wire \$168 ;
+  wire \$169 ;
   wire \$17 ;
   wire \$170 ;
-  wire \$171 ;
-  wire \$172 ;
-  wire \$173 ;
-  wire [9:0] \$174 ;
-  wire [16:0] \$175 ;
-  reg \$176 ;
+  wire [9:0] \$171 ;
+  wire [16:0] \$172 ;
+  reg \$173 ;
+  wire \$174 ;
+  wire \$175 ;
+  wire \$176 ;
   wire \$177 ;
-  wire \$178 ;
-  wire \$179 ;
+  wire [9:0] \$178 ;
+  wire [16:0] \$179 ;
   wire \$18 ;
-  wire \$180 ;
-  wire [9:0] \$181 ;
-  wire [16:0] \$182 ;
-  reg \$183 ;
+  reg \$180 ;
+  wire \$181 ;
+  wire \$182 ;
+  wire \$183 ;
   wire \$184 ;
-  wire \$185 ;
-  wire \$186 ;
-  wire \$187 ;
-  wire [9:0] \$188 ;
-  wire [16:0] \$189 ;
+  wire [9:0] \$185 ;
+  wire [16:0] \$186 ;
+  reg \$187 ;
+  wire \$188 ;
+  wire \$189 ;
   wire \$19 ;
-  reg \$190 ;
+  wire \$190 ;
   wire \$191 ;
-  wire \$192 ;
-  wire \$193 ;
-  wire \$194 ;
-  wire [9:0] \$195 ;
-  wire [16:0] \$196 ;
-  reg \$197 ;
+  wire [9:0] \$192 ;
+  wire [16:0] \$193 ;
+  reg \$194 ;
+  wire \$195 ;
+  wire \$196 ;
+  wire \$197 ;
   wire \$198 ;
-  wire \$199 ;
+  wire [9:0] \$199 ;
   wire \$2 ;
   wire \$20 ;
-  wire \$200 ;
-  wire \$201 ;
-  wire [9:0] \$202 ;
-  wire [16:0] \$203 ;
-  reg \$204 ;
+  wire [16:0] \$200 ;
+  reg \$201 ;
+  wire \$202 ;
+  wire \$203 ;
+  wire \$204 ;
   wire \$205 ;
-  wire \$206 ;
-  wire \$207 ;
-  wire \$208 ;
+  wire [9:0] \$206 ;
+  wire [16:0] \$207 ;
+  reg \$208 ;
   wire \$209 ;
   wire [15:0] \$21 ;
   wire \$210 ;
   wire \$211 ;
-  reg \$212 ;
+  wire \$212 ;
   wire \$213 ;
   wire \$214 ;
   wire \$215 ;
-  wire \$216 ;
+  reg \$216 ;
   wire \$217 ;
   wire \$218 ;
   wire \$219 ;
   wire \$22 ;
-  wire [9:0] \$220 ;
-  wire [16:0] \$221 ;
-  reg \$222 ;
+  wire \$220 ;
+  wire \$221 ;
+  wire \$222 ;
   wire \$223 ;
-  wire \$224 ;
-  wire \$225 ;
-  wire \$226 ;
+  wire [9:0] \$224 ;
+  wire [16:0] \$225 ;
+  reg \$226 ;
   wire \$227 ;
   wire \$228 ;
   wire \$229 ;
   wire [17:0] \$23 ;
-  reg \$230 ;
+  wire \$230 ;
   wire \$231 ;
   wire \$232 ;
   wire \$233 ;
-  wire \$234 ;
+  reg \$234 ;
   wire \$235 ;
   wire \$236 ;
   wire \$237 ;
-  wire [9:0] \$238 ;
-  wire [16:0] \$239 ;
+  wire \$238 ;
+  wire \$239 ;
   wire \$24 ;
-  reg \$240 ;
+  wire \$240 ;
   wire \$241 ;
-  wire \$242 ;
-  wire \$243 ;
-  wire \$244 ;
+  wire [9:0] \$242 ;
+  wire [16:0] \$243 ;
+  reg \$244 ;
   wire \$245 ;
   wire \$246 ;
   wire \$247 ;
-  reg \$248 ;
+  wire \$248 ;
   wire \$249 ;
   wire [15:0] \$25 ;
   wire \$250 ;
   wire \$251 ;
-  wire \$252 ;
+  reg \$252 ;
   wire \$253 ;
   wire \$254 ;
   wire \$255 ;
-  wire [9:0] \$256 ;
-  wire [16:0] \$257 ;
-  reg \$258 ;
+  wire \$256 ;
+  wire \$257 ;
+  wire \$258 ;
   wire \$259 ;
   wire \$26 ;
-  wire \$260 ;
-  wire \$261 ;
-  wire \$262 ;
+  wire [9:0] \$260 ;
+  wire [16:0] \$261 ;
+  reg \$262 ;
   wire \$263 ;
   wire \$264 ;
   wire \$265 ;
-  reg \$266 ;
+  wire \$266 ;
   wire \$267 ;
   wire \$268 ;
   wire \$269 ;
   wire [21:0] \$27 ;
-  wire \$270 ;
+  reg \$270 ;
   wire \$271 ;
   wire \$272 ;
   wire \$273 ;
-  wire [9:0] \$274 ;
-  wire [16:0] \$275 ;
-  reg \$276 ;
+  wire \$274 ;
+  wire \$275 ;
+  wire \$276 ;
   wire \$277 ;
-  wire \$278 ;
-  wire \$279 ;
+  wire [9:0] \$278 ;
+  wire [16:0] \$279 ;
   wire [21:0] \$28 ;
-  wire \$280 ;
+  reg \$280 ;
   wire \$281 ;
   wire \$282 ;
   wire \$283 ;
-  reg \$284 ;
+  wire \$284 ;
   wire \$285 ;
   wire \$286 ;
   wire \$287 ;
-  wire \$288 ;
+  reg \$288 ;
   wire \$289 ;
   wire \$29 ;
   wire \$290 ;
   wire \$291 ;
-  wire [9:0] \$292 ;
-  wire [16:0] \$293 ;
-  reg \$294 ;
+  wire \$292 ;
+  wire \$293 ;
+  wire \$294 ;
   wire \$295 ;
-  wire \$296 ;
-  wire \$297 ;
-  wire \$298 ;
+  wire [9:0] \$296 ;
+  wire [16:0] \$297 ;
+  reg \$298 ;
   wire \$299 ;
   wire \$3 ;
   wire [15:0] \$30 ;
   wire \$300 ;
   wire \$301 ;
-  reg \$302 ;
+  wire \$302 ;
   wire \$303 ;
   wire \$304 ;
   wire \$305 ;
-  wire \$306 ;
+  reg \$306 ;
   wire \$307 ;
   wire \$308 ;
   wire \$309 ;
   wire \$31 ;
-  wire [9:0] \$310 ;
-  wire [16:0] \$311 ;
-  reg \$312 ;
+  wire \$310 ;
+  wire \$311 ;
+  wire \$312 ;
   wire \$313 ;
-  wire \$314 ;
-  wire \$315 ;
-  wire \$316 ;
+  wire [9:0] \$314 ;
+  wire [16:0] \$315 ;
+  reg \$316 ;
   wire \$317 ;
   wire \$318 ;
   wire \$319 ;
   wire [21:0] \$32 ;
-  reg \$320 ;
+  wire \$320 ;
   wire \$321 ;
   wire \$322 ;
   wire \$323 ;
-  wire \$324 ;
+  reg \$324 ;
   wire \$325 ;
   wire \$326 ;
   wire \$327 ;
-  wire [9:0] \$328 ;
-  wire [16:0] \$329 ;
+  wire \$328 ;
+  wire \$329 ;
   wire [21:0] \$33 ;
-  reg \$330 ;
+  wire \$330 ;
   wire \$331 ;
-  wire \$332 ;
-  wire \$333 ;
-  wire \$334 ;
+  wire [9:0] \$332 ;
+  wire [16:0] \$333 ;
+  reg \$334 ;
   wire \$335 ;
   wire \$336 ;
   wire \$337 ;
-  reg \$338 ;
+  wire \$338 ;
   wire \$339 ;
   wire \$34 ;
   wire \$340 ;
   wire \$341 ;
-  wire \$342 ;
+  reg \$342 ;
   wire \$343 ;
   wire \$344 ;
   wire \$345 ;
-  wire [9:0] \$346 ;
-  wire [16:0] \$347 ;
-  reg \$348 ;
+  wire \$346 ;
+  wire \$347 ;
+  wire \$348 ;
   wire \$349 ;
   wire [3:0] \$35 ;
-  wire \$350 ;
-  wire \$351 ;
-  wire \$352 ;
+  wire [9:0] \$350 ;
+  wire [16:0] \$351 ;
+  reg \$352 ;
   wire \$353 ;
   wire \$354 ;
   wire \$355 ;
-  reg \$356 ;
+  wire \$356 ;
   wire \$357 ;
   wire \$358 ;
   wire \$359 ;
   wire \$36 ;
-  wire \$360 ;
+  reg \$360 ;
   wire \$361 ;
   wire \$362 ;
   wire \$363 ;
   wire \$364 ;
-  reg \$365 ;
+  wire \$365 ;
   wire \$366 ;
   wire \$367 ;
   wire \$368 ;
-  wire \$369 ;
+  reg \$369 ;
   wire [17:0] \$37 ;
-  wire [9:0] \$370 ;
-  wire [10:0] \$371 ;
-  reg \$372 ;
+  wire \$370 ;
+  wire \$371 ;
+  wire \$372 ;
   wire \$373 ;
-  wire \$374 ;
-  wire \$375 ;
-  wire \$376 ;
+  wire [9:0] \$374 ;
+  wire [10:0] \$375 ;
+  reg \$376 ;
   wire \$377 ;
   wire \$378 ;
   wire \$379 ;
   wire \$38 ;
-  wire [9:0] \$380 ;
-  wire [10:0] \$381 ;
-  reg \$382 ;
+  wire \$380 ;
+  wire \$381 ;
+  wire \$382 ;
   wire \$383 ;
-  wire \$384 ;
-  wire \$385 ;
-  wire \$386 ;
+  wire [9:0] \$384 ;
+  wire [10:0] \$385 ;
+  reg \$386 ;
   wire \$387 ;
   wire \$388 ;
-  wire [9:0] \$389 ;
+  wire \$389 ;
   wire [15:0] \$39 ;
-  wire [10:0] \$390 ;
-  reg \$391 ;
+  wire \$390 ;
+  wire \$391 ;
   wire \$392 ;
-  wire \$393 ;
-  wire \$394 ;
-  wire \$395 ;
+  wire [9:0] \$393 ;
+  wire [10:0] \$394 ;
+  reg \$395 ;
   wire \$396 ;
   wire \$397 ;
-  wire [9:0] \$398 ;
-  wire [10:0] \$399 ;
+  wire \$398 ;
+  wire \$399 ;
   wire \$4 ;
   wire \$40 ;
-  reg \$400 ;
+  wire \$400 ;
   wire \$401 ;
-  wire \$402 ;
-  wire \$403 ;
-  wire \$404 ;
+  wire [9:0] \$402 ;
+  wire [10:0] \$403 ;
+  reg \$404 ;
   wire \$405 ;
   wire \$406 ;
-  wire [9:0] \$407 ;
-  wire [10:0] \$408 ;
-  reg \$409 ;
+  wire \$407 ;
+  wire \$408 ;
+  wire \$409 ;
   wire [17:0] \$41 ;
   wire \$410 ;
-  wire \$411 ;
-  wire \$412 ;
-  wire \$413 ;
+  wire [9:0] \$411 ;
+  wire [10:0] \$412 ;
+  reg \$413 ;
   wire \$414 ;
   wire \$415 ;
-  wire [9:0] \$416 ;
-  wire [10:0] \$417 ;
-  reg \$418 ;
+  wire \$416 ;
+  wire \$417 ;
+  wire \$418 ;
   wire \$419 ;
   wire [15:0] \$42 ;
-  wire \$420 ;
-  wire \$421 ;
-  wire \$422 ;
+  wire [9:0] \$420 ;
+  wire [10:0] \$421 ;
+  reg \$422 ;
   wire \$423 ;
   wire \$424 ;
-  wire [9:0] \$425 ;
-  wire [10:0] \$426 ;
-  reg \$427 ;
+  wire \$425 ;
+  wire \$426 ;
+  wire \$427 ;
   wire \$428 ;
-  wire \$429 ;
+  wire [9:0] \$429 ;
   wire [17:0] \$43 ;
-  wire \$430 ;
-  wire \$431 ;
+  wire [10:0] \$430 ;
+  reg \$431 ;
   wire \$432 ;
   wire \$433 ;
-  wire [9:0] \$434 ;
-  wire [10:0] \$435 ;
-  reg \$436 ;
+  wire \$434 ;
+  wire \$435 ;
+  wire \$436 ;
   wire \$437 ;
-  wire \$438 ;
-  wire \$439 ;
+  wire [9:0] \$438 ;
+  wire [10:0] \$439 ;
   wire [15:0] \$44 ;
-  wire \$440 ;
+  reg \$440 ;
   wire \$441 ;
   wire \$442 ;
-  wire [9:0] \$443 ;
-  wire [32:0] \$444 ;
-  wire [33:0] \$445 ;
-  reg \$446 ;
-  wire \$447 ;
-  wire \$448 ;
-  wire \$449 ;
+  wire \$443 ;
+  wire \$444 ;
+  wire \$445 ;
+  wire \$446 ;
+  wire [9:0] \$447 ;
+  wire [32:0] \$448 ;
+  wire [33:0] \$449 ;
   wire [21:0] \$45 ;
-  wire \$450 ;
+  reg \$450 ;
   wire \$451 ;
   wire \$452 ;
   wire \$453 ;
-  reg \$454 ;
+  wire \$454 ;
   wire \$455 ;
   wire \$456 ;
   wire \$457 ;
-  wire \$458 ;
+  reg \$458 ;
   wire \$459 ;
   wire [21:0] \$46 ;
   wire \$460 ;
   wire \$461 ;
-  wire [9:0] \$462 ;
-  wire [32:0] \$463 ;
-  wire [33:0] \$464 ;
-  reg \$465 ;
-  wire \$466 ;
-  wire \$467 ;
-  wire \$468 ;
-  wire \$469 ;
+  wire \$462 ;
+  wire \$463 ;
+  wire \$464 ;
+  wire \$465 ;
+  wire [9:0] \$466 ;
+  wire [32:0] \$467 ;
+  wire [33:0] \$468 ;
+  reg \$469 ;
   wire [15:0] \$47 ;
   wire \$470 ;
   wire \$471 ;
   wire \$472 ;
-  reg \$473 ;
+  wire \$473 ;
   wire \$474 ;
   wire \$475 ;
   wire \$476 ;
-  wire \$477 ;
+  reg \$477 ;
   wire \$478 ;
   wire \$479 ;
   wire [21:0] \$48 ;
   wire \$480 ;
-  wire [9:0] \$481 ;
-  wire [32:0] \$482 ;
-  wire [33:0] \$483 ;
-  reg \$484 ;
-  wire \$485 ;
-  wire \$486 ;
-  wire \$487 ;
-  wire \$488 ;
+  wire \$481 ;
+  wire \$482 ;
+  wire \$483 ;
+  wire \$484 ;
+  wire [9:0] \$485 ;
+  wire [32:0] \$486 ;
+  wire [33:0] \$487 ;
+  reg \$488 ;
   wire \$489 ;
   wire [21:0] \$49 ;
   wire \$490 ;
   wire \$491 ;
-  reg \$492 ;
+  wire \$492 ;
   wire \$493 ;
   wire \$494 ;
   wire \$495 ;
-  wire \$496 ;
+  reg \$496 ;
   wire \$497 ;
   wire \$498 ;
   wire \$499 ;
   wire \$5 ;
   wire [21:0] \$50 ;
-  wire [9:0] \$500 ;
-  wire [32:0] \$501 ;
-  wire [33:0] \$502 ;
-  reg \$503 ;
-  wire \$504 ;
-  wire \$505 ;
-  wire \$506 ;
-  wire \$507 ;
+  wire \$500 ;
+  wire \$501 ;
+  wire \$502 ;
+  wire \$503 ;
+  wire [9:0] \$504 ;
+  wire [32:0] \$505 ;
+  wire [33:0] \$506 ;
+  reg \$507 ;
   wire \$508 ;
   wire \$509 ;
   wire [15:0] \$51 ;
   wire \$510 ;
-  reg \$511 ;
+  wire \$511 ;
   wire \$512 ;
   wire \$513 ;
   wire \$514 ;
-  wire \$515 ;
+  reg \$515 ;
   wire \$516 ;
   wire \$517 ;
   wire \$518 ;
-  wire [9:0] \$519 ;
+  wire \$519 ;
   wire [17:0] \$52 ;
-  wire [32:0] \$520 ;
-  wire [33:0] \$521 ;
-  reg \$522 ;
-  wire \$523 ;
-  wire \$524 ;
-  wire \$525 ;
-  wire \$526 ;
+  wire \$520 ;
+  wire \$521 ;
+  wire \$522 ;
+  wire [9:0] \$523 ;
+  wire [32:0] \$524 ;
+  wire [33:0] \$525 ;
+  reg \$526 ;
   wire \$527 ;
   wire \$528 ;
   wire \$529 ;
   wire [3:0] \$53 ;
-  reg \$530 ;
+  wire \$530 ;
   wire \$531 ;
   wire \$532 ;
   wire \$533 ;
-  wire \$534 ;
+  reg \$534 ;
   wire \$535 ;
   wire \$536 ;
   wire \$537 ;
-  wire [9:0] \$538 ;
-  wire [32:0] \$539 ;
+  wire \$538 ;
+  wire \$539 ;
   wire [17:0] \$54 ;
-  wire [33:0] \$540 ;
-  reg \$541 ;
-  wire \$542 ;
-  wire \$543 ;
-  wire \$544 ;
-  wire \$545 ;
+  wire \$540 ;
+  wire \$541 ;
+  wire [9:0] \$542 ;
+  wire [32:0] \$543 ;
+  wire [33:0] \$544 ;
+  reg \$545 ;
   wire \$546 ;
   wire \$547 ;
   wire \$548 ;
-  reg \$549 ;
+  wire \$549 ;
   wire [21:0] \$55 ;
   wire \$550 ;
   wire \$551 ;
   wire \$552 ;
-  wire \$553 ;
+  reg \$553 ;
   wire \$554 ;
   wire \$555 ;
   wire \$556 ;
-  wire [9:0] \$557 ;
-  wire [32:0] \$558 ;
-  wire [33:0] \$559 ;
+  wire \$557 ;
+  wire \$558 ;
+  wire \$559 ;
   wire [21:0] \$56 ;
-  reg \$560 ;
-  wire \$561 ;
-  wire \$562 ;
-  wire \$563 ;
-  wire \$564 ;
+  wire \$560 ;
+  wire [9:0] \$561 ;
+  wire [32:0] \$562 ;
+  wire [33:0] \$563 ;
+  reg \$564 ;
   wire \$565 ;
   wire \$566 ;
   wire \$567 ;
-  reg \$568 ;
+  wire \$568 ;
   wire \$569 ;
   wire \$57 ;
   wire \$570 ;
   wire \$571 ;
-  wire \$572 ;
+  reg \$572 ;
   wire \$573 ;
   wire \$574 ;
   wire \$575 ;
-  wire [9:0] \$576 ;
-  wire [32:0] \$577 ;
-  wire [33:0] \$578 ;
-  reg \$579 ;
+  wire \$576 ;
+  wire \$577 ;
+  wire \$578 ;
+  wire \$579 ;
   wire \$58 ;
-  wire \$580 ;
-  wire \$581 ;
-  wire \$582 ;
-  wire \$583 ;
+  wire [9:0] \$580 ;
+  wire [32:0] \$581 ;
+  wire [33:0] \$582 ;
+  reg \$583 ;
   wire \$584 ;
   wire \$585 ;
   wire \$586 ;
-  reg \$587 ;
+  wire \$587 ;
   wire \$588 ;
   wire \$589 ;
   wire \$59 ;
   wire \$590 ;
-  wire \$591 ;
+  reg \$591 ;
   wire \$592 ;
   wire \$593 ;
   wire \$594 ;
   wire \$595 ;
-  wire [7:0] \$596 ;
-  wire [7:0] \$597 ;
-  wire [7:0] \$598 ;
-  wire [7:0] \$599 ;
+  wire \$596 ;
+  wire \$597 ;
+  wire \$598 ;
+  wire \$599 ;
   wire \$6 ;
   wire \$60 ;
   wire [7:0] \$600 ;
   wire [7:0] \$601 ;
   wire [7:0] \$602 ;
   wire [7:0] \$603 ;
-  wire \$604 ;
-  wire \$605 ;
-  wire \$606 ;
-  wire \$607 ;
+  wire [7:0] \$604 ;
+  wire [7:0] \$605 ;
+  wire [7:0] \$606 ;
+  wire [7:0] \$607 ;
   wire \$608 ;
   wire \$609 ;
-  wire [3:0] \$61 ;
+  wire \$61 ;
   wire \$610 ;
   wire \$611 ;
-  wire [19:0] \$612 ;
-  wire [20:0] \$613 ;
+  wire \$612 ;
+  wire \$613 ;
   wire \$614 ;
   wire \$615 ;
-  wire \$616 ;
-  wire \$617 ;
+  wire [19:0] \$616 ;
+  wire [20:0] \$617 ;
   wire \$618 ;
-  reg [31:0] \$619 ;
+  wire \$619 ;
   wire \$62 ;
   wire \$620 ;
   wire \$621 ;
-  reg [31:0] \$622 ;
-  wire \$623 ;
+  wire \$622 ;
+  reg [31:0] \$623 ;
   wire \$624 ;
   wire \$625 ;
-  wire \$626 ;
+  reg [31:0] \$626 ;
   wire \$627 ;
   wire \$628 ;
   wire \$629 ;
-  wire [8:0] \$63 ;
-  wire [31:0] \$630 ;
-  wire [31:0] \$631 ;
-  wire [31:0] \$632 ;
-  wire [31:0] \$633 ;
+  wire \$63 ;
+  wire \$630 ;
+  wire \$631 ;
+  wire \$632 ;
+  wire \$633 ;
   wire [31:0] \$634 ;
-  wire \$635 ;
+  wire [31:0] \$635 ;
   wire [31:0] \$636 ;
   wire [31:0] \$637 ;
   wire [31:0] \$638 ;
-  wire [31:0] \$639 ;
-  wire [3:0] \$64 ;
-  wire [2:0] \$640 ;
-  wire [2:0] \$641 ;
-  wire [2:0] \$642 ;
-  wire [1:0] \$643 ;
+  wire \$639 ;
+  wire \$64 ;
+  wire [31:0] \$640 ;
+  wire [31:0] \$641 ;
+  wire [31:0] \$642 ;
+  wire [31:0] \$643 ;
   wire [2:0] \$644 ;
-  wire \$645 ;
+  wire [2:0] \$645 ;
   wire [2:0] \$646 ;
-  wire [2:0] \$647 ;
+  wire [1:0] \$647 ;
   wire [2:0] \$648 ;
-  wire [2:0] \$649 ;
-  wire \$65 ;
-  wire \$650 ;
-  wire \$651 ;
-  wire \$652 ;
-  wire \$653 ;
+  wire \$649 ;
+  wire [3:0] \$65 ;
+  wire [2:0] \$650 ;
+  wire [2:0] \$651 ;
+  wire [2:0] \$652 ;
+  wire [2:0] \$653 ;
   wire \$654 ;
   wire \$655 ;
   wire \$656 ;
   wire \$657 ;
   wire \$658 ;
   wire \$659 ;
-  wire [16:0] \$66 ;
+  wire \$66 ;
   wire \$660 ;
   wire \$661 ;
   wire \$662 ;
@@ -2228,7 +2239,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$667 ;
   wire \$668 ;
   wire \$669 ;
-  wire [3:0] \$67 ;
+  wire [8:0] \$67 ;
   wire \$670 ;
   wire \$671 ;
   wire \$672 ;
@@ -2239,7 +2250,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$677 ;
   wire \$678 ;
   wire \$679 ;
-  wire \$68 ;
+  wire [3:0] \$68 ;
   wire \$680 ;
   wire \$681 ;
   wire \$682 ;
@@ -2250,7 +2261,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$687 ;
   wire \$688 ;
   wire \$689 ;
-  wire [32:0] \$69 ;
+  wire \$69 ;
   wire \$690 ;
   wire \$691 ;
   wire \$692 ;
@@ -2262,7 +2273,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$698 ;
   wire \$699 ;
   wire \$7 ;
-  wire [3:0] \$70 ;
+  wire [16:0] \$70 ;
   wire \$700 ;
   wire \$701 ;
   wire \$702 ;
@@ -2273,7 +2284,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$707 ;
   wire \$708 ;
   wire \$709 ;
-  wire \$71 ;
+  wire [3:0] \$71 ;
   wire \$710 ;
   wire \$711 ;
   wire \$712 ;
@@ -2284,7 +2295,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$717 ;
   wire \$718 ;
   wire \$719 ;
-  wire [64:0] \$72 ;
+  wire \$72 ;
   wire \$720 ;
   wire \$721 ;
   wire \$722 ;
@@ -2295,7 +2306,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$727 ;
   wire \$728 ;
   wire \$729 ;
-  wire \$73 ;
+  wire [32:0] \$73 ;
   wire \$730 ;
   wire \$731 ;
   wire \$732 ;
@@ -2306,7 +2317,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$737 ;
   wire \$738 ;
   wire \$739 ;
-  wire \$74 ;
+  wire [3:0] \$74 ;
   wire \$740 ;
   wire \$741 ;
   wire \$742 ;
@@ -2328,7 +2339,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [16:0] \$757 ;
   wire [16:0] \$758 ;
   wire [32:0] \$759 ;
-  wire \$76 ;
+  wire [64:0] \$76 ;
   wire [32:0] \$760 ;
   wire [16:0] \$761 ;
   wire [16:0] \$762 ;
@@ -2494,13 +2505,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$906 ;
   wire \$907 ;
   wire \$908 ;
-  wire [16:0] \$909 ;
+  wire \$909 ;
   wire \$91 ;
   wire \$910 ;
   wire \$911 ;
   wire \$912 ;
   wire \$913 ;
-  wire \$914 ;
+  wire [16:0] \$914 ;
   wire \$915 ;
   wire \$916 ;
   wire \$917 ;
@@ -2583,7 +2594,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$987 ;
   wire \$988 ;
   wire \$989 ;
-  reg [15:0] \$99 ;
+  wire \$99 ;
   wire \$990 ;
   wire \$991 ;
   wire \$992 ;
@@ -2595,145 +2606,145 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$998 ;
   wire \$999 ;
   reg \$signal ;
-  reg \$signal$205 ;
-  reg \$signal$247  = 1'h0;
-  reg [3:0] \$signal$254  = 4'h0;
-  reg \$signal$280  = 1'h0;
-  reg [15:0] \$signal$281  = 16'h0000;
-  reg \$signal$286  = 1'h0;
-  reg \$signal$409  = 1'h0;
-  reg [31:0] \$signal$479  = 32'd0;
-  reg [31:0] \$signal$480  = 32'd0;
-  reg \$signal$497  = 1'h0;
+  reg \$signal$216 ;
+  reg \$signal$259  = 1'h0;
+  reg [3:0] \$signal$266  = 4'h0;
+  reg \$signal$292  = 1'h0;
+  reg [15:0] \$signal$293  = 16'h0000;
+  reg \$signal$298  = 1'h0;
+  reg \$signal$421  = 1'h0;
+  reg [31:0] \$signal$488  = 32'd0;
+  reg [31:0] \$signal$489  = 32'd0;
+  reg \$signal$510  = 1'h0;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$250 ;
-  reg [8:0] \$signature__addr$255 ;
-  reg [8:0] \$signature__addr$258 ;
-  reg [8:0] \$signature__addr$261 ;
-  reg [8:0] \$signature__addr$264 ;
+  reg [8:0] \$signature__addr$262 ;
   reg [8:0] \$signature__addr$267 ;
   reg [8:0] \$signature__addr$270 ;
   reg [8:0] \$signature__addr$273 ;
   reg [8:0] \$signature__addr$276 ;
   reg [8:0] \$signature__addr$279 ;
-  reg [8:0] \$signature__addr$290 ;
-  reg [8:0] \$signature__addr$292 ;
-  reg [8:0] \$signature__addr$294 ;
-  reg [8:0] \$signature__addr$296 ;
-  reg [8:0] \$signature__addr$298 ;
-  reg [8:0] \$signature__addr$300 ;
+  reg [8:0] \$signature__addr$282 ;
+  reg [8:0] \$signature__addr$285 ;
+  reg [8:0] \$signature__addr$288 ;
+  reg [8:0] \$signature__addr$291 ;
   reg [8:0] \$signature__addr$302 ;
   reg [8:0] \$signature__addr$304 ;
-  reg [8:0] \$signature__addr$309 ;
+  reg [8:0] \$signature__addr$306 ;
+  reg [8:0] \$signature__addr$308 ;
+  reg [8:0] \$signature__addr$310 ;
+  reg [8:0] \$signature__addr$312 ;
   reg [8:0] \$signature__addr$314 ;
-  reg [8:0] \$signature__addr$317 ;
-  reg [8:0] \$signature__addr$320 ;
-  reg [8:0] \$signature__addr$323 ;
+  reg [8:0] \$signature__addr$316 ;
+  reg [8:0] \$signature__addr$321 ;
   reg [8:0] \$signature__addr$326 ;
   reg [8:0] \$signature__addr$329 ;
   reg [8:0] \$signature__addr$332 ;
   reg [8:0] \$signature__addr$335 ;
   reg [8:0] \$signature__addr$338 ;
-  reg [8:0] \$signature__addr$340 ;
-  reg [8:0] \$signature__addr$342 ;
+  reg [8:0] \$signature__addr$341 ;
   reg [8:0] \$signature__addr$344 ;
-  reg [8:0] \$signature__addr$346 ;
-  reg [8:0] \$signature__addr$348 ;
+  reg [8:0] \$signature__addr$347 ;
   reg [8:0] \$signature__addr$350 ;
+  reg [8:0] \$signature__addr$352 ;
+  reg [8:0] \$signature__addr$354 ;
+  reg [8:0] \$signature__addr$356 ;
+  reg [8:0] \$signature__addr$358 ;
+  reg [8:0] \$signature__addr$360 ;
+  reg [8:0] \$signature__addr$362 ;
   wire [13:0] \$signature__addr$88 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$252 ;
-  reg [8:0] \$signature__data$256 ;
-  reg [8:0] \$signature__data$259 ;
-  reg [8:0] \$signature__data$262 ;
-  reg [8:0] \$signature__data$265 ;
+  reg [8:0] \$signature__data$264 ;
   reg [8:0] \$signature__data$268 ;
   reg [8:0] \$signature__data$271 ;
   reg [8:0] \$signature__data$274 ;
   reg [8:0] \$signature__data$277 ;
-  reg [7:0] \$signature__data$311 ;
-  reg [7:0] \$signature__data$315 ;
-  reg [7:0] \$signature__data$318 ;
-  reg [7:0] \$signature__data$321 ;
-  reg [7:0] \$signature__data$324 ;
+  reg [8:0] \$signature__data$280 ;
+  reg [8:0] \$signature__data$283 ;
+  reg [8:0] \$signature__data$286 ;
+  reg [8:0] \$signature__data$289 ;
+  reg [7:0] \$signature__data$323 ;
   reg [7:0] \$signature__data$327 ;
   reg [7:0] \$signature__data$330 ;
   reg [7:0] \$signature__data$333 ;
-  wire [8:0] \$signature__data$356 ;
-  wire [8:0] \$signature__data$357 ;
-  wire [8:0] \$signature__data$358 ;
-  wire [8:0] \$signature__data$359 ;
-  wire [8:0] \$signature__data$360 ;
-  wire [8:0] \$signature__data$361 ;
-  wire [8:0] \$signature__data$362 ;
-  wire [8:0] \$signature__data$363 ;
-  wire [8:0] \$signature__data$364 ;
-  wire [7:0] \$signature__data$366 ;
-  wire [7:0] \$signature__data$368 ;
-  wire [7:0] \$signature__data$370 ;
-  wire [7:0] \$signature__data$372 ;
-  wire [7:0] \$signature__data$374 ;
-  wire [7:0] \$signature__data$376 ;
+  reg [7:0] \$signature__data$336 ;
+  reg [7:0] \$signature__data$339 ;
+  reg [7:0] \$signature__data$342 ;
+  reg [7:0] \$signature__data$345 ;
+  wire [8:0] \$signature__data$368 ;
+  wire [8:0] \$signature__data$369 ;
+  wire [8:0] \$signature__data$370 ;
+  wire [8:0] \$signature__data$371 ;
+  wire [8:0] \$signature__data$372 ;
+  wire [8:0] \$signature__data$373 ;
+  wire [8:0] \$signature__data$374 ;
+  wire [8:0] \$signature__data$375 ;
+  wire [8:0] \$signature__data$376 ;
   wire [7:0] \$signature__data$378 ;
   wire [7:0] \$signature__data$380 ;
+  wire [7:0] \$signature__data$382 ;
+  wire [7:0] \$signature__data$384 ;
+  wire [7:0] \$signature__data$386 ;
+  wire [7:0] \$signature__data$388 ;
+  wire [7:0] \$signature__data$390 ;
+  wire [7:0] \$signature__data$392 ;
   wire [15:0] \$signature__data$94 ;
   wire \$signature__en ;
-  reg \$signature__en$253 ;
-  reg \$signature__en$257 ;
-  reg \$signature__en$260 ;
-  reg \$signature__en$263 ;
-  reg \$signature__en$266 ;
+  reg \$signature__en$265 ;
   reg \$signature__en$269 ;
   reg \$signature__en$272 ;
   reg \$signature__en$275 ;
   reg \$signature__en$278 ;
-  reg \$signature__en$282 ;
-  reg \$signature__en$291 ;
-  reg \$signature__en$293 ;
-  reg \$signature__en$295 ;
-  reg \$signature__en$297 ;
-  reg \$signature__en$299 ;
-  reg \$signature__en$301 ;
+  reg \$signature__en$281 ;
+  reg \$signature__en$284 ;
+  reg \$signature__en$287 ;
+  reg \$signature__en$290 ;
+  reg \$signature__en$294 ;
   reg \$signature__en$303 ;
   reg \$signature__en$305 ;
-  reg \$signature__en$312 ;
-  reg \$signature__en$316 ;
-  reg \$signature__en$319 ;
-  reg \$signature__en$322 ;
-  reg \$signature__en$325 ;
+  reg \$signature__en$307 ;
+  reg \$signature__en$309 ;
+  reg \$signature__en$311 ;
+  reg \$signature__en$313 ;
+  reg \$signature__en$315 ;
+  reg \$signature__en$317 ;
+  reg \$signature__en$324 ;
   reg \$signature__en$328 ;
   reg \$signature__en$331 ;
   reg \$signature__en$334 ;
   reg \$signature__en$337 ;
-  reg \$signature__en$339 ;
-  reg \$signature__en$341 ;
+  reg \$signature__en$340 ;
   reg \$signature__en$343 ;
-  reg \$signature__en$345 ;
-  reg \$signature__en$347 ;
+  reg \$signature__en$346 ;
   reg \$signature__en$349 ;
   reg \$signature__en$351 ;
+  reg \$signature__en$353 ;
+  reg \$signature__en$355 ;
+  reg \$signature__en$357 ;
+  reg \$signature__en$359 ;
+  reg \$signature__en$361 ;
+  reg \$signature__en$363 ;
   wire \$signature__en$90 ;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$352 ;
-  wire [80:0] \a__payload$352.data ;
-  wire [8:0] \a__payload$352.data[0] ;
-  wire [8:0] \a__payload$352.data[1] ;
-  wire [8:0] \a__payload$352.data[2] ;
-  wire [8:0] \a__payload$352.data[3] ;
-  wire [8:0] \a__payload$352.data[4] ;
-  wire [8:0] \a__payload$352.data[5] ;
-  wire [8:0] \a__payload$352.data[6] ;
-  wire [8:0] \a__payload$352.data[7] ;
-  wire [8:0] \a__payload$352.data[8] ;
-  wire \a__payload$352.last ;
+  reg [81:0] \a__payload$364 ;
+  wire [80:0] \a__payload$364.data ;
+  wire [8:0] \a__payload$364.data[0] ;
+  wire [8:0] \a__payload$364.data[1] ;
+  wire [8:0] \a__payload$364.data[2] ;
+  wire [8:0] \a__payload$364.data[3] ;
+  wire [8:0] \a__payload$364.data[4] ;
+  wire [8:0] \a__payload$364.data[5] ;
+  wire [8:0] \a__payload$364.data[6] ;
+  wire [8:0] \a__payload$364.data[7] ;
+  wire [8:0] \a__payload$364.data[8] ;
+  wire \a__payload$364.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$288 ;
+  wire \a__ready$300 ;
   reg a__valid;
-  reg \a__valid$287 ;
+  reg \a__valid$299 ;
   reg a_blocks_left = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
@@ -2782,20 +2793,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \aw__valid$17 ;
   input b__payload;
   wire b__payload;
-  wire [63:0] \b__payload$167 ;
-  wire [15:0] \b__payload$167[0] ;
-  wire [15:0] \b__payload$167[1] ;
-  wire [15:0] \b__payload$167[2] ;
-  wire [15:0] \b__payload$167[3] ;
+  wire [63:0] \b__payload$179 ;
+  wire [15:0] \b__payload$179[0] ;
+  wire [15:0] \b__payload$179[1] ;
+  wire [15:0] \b__payload$179[2] ;
+  wire [15:0] \b__payload$179[3] ;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
   wire \b__payload.err ;
   wire b__ready;
-  wire \b__ready$197 ;
+  wire \b__ready$207 ;
   wire \b__ready$21 ;
   input b__valid;
   wire b__valid;
-  reg \b__valid$211 ;
+  reg \b__valid$223 ;
   wire \b__valid$23 ;
   wire [19:0] base;
   wire [19:0] \base$41 ;
@@ -2809,39 +2820,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$113 ;
-  wire \busy$508 ;
+  wire \busy$521 ;
   wire [4:0] c__payload;
-  wire [65:0] \c__payload$119 ;
-  wire [42:0] \c__payload$119.b ;
-  wire [5:0] \c__payload$119.e ;
-  wire \c__payload$119.last ;
-  wire [15:0] \c__payload$119.m ;
-  wire [43:0] \c__payload$122 ;
-  wire [5:0] \c__payload$122.e_a ;
-  wire [5:0] \c__payload$122.e_b ;
-  wire [15:0] \c__payload$122.m_a ;
-  wire [15:0] \c__payload$122.m_b ;
-  wire [52:0] \c__payload$125 ;
-  wire [5:0] \c__payload$125.e ;
-  wire [15:0] \c__payload$125.m ;
-  wire [9:0] \c__payload$125.qb ;
-  wire [14:0] \c__payload$125.qc ;
-  wire [5:0] \c__payload$125.sh ;
+  (* init = 66'h00000000000000000 *)
+  wire [65:0] \c__payload$126 ;
+  wire [42:0] \c__payload$126.b ;
+  wire [5:0] \c__payload$126.e ;
+  wire \c__payload$126.last ;
+  wire [15:0] \c__payload$126.m ;
+  wire [43:0] \c__payload$128 ;
+  wire [5:0] \c__payload$128.e_a ;
+  wire [5:0] \c__payload$128.e_b ;
+  wire [15:0] \c__payload$128.m_a ;
+  wire [15:0] \c__payload$128.m_b ;
+  wire [52:0] \c__payload$130 ;
+  wire [5:0] \c__payload$130.e ;
+  wire [15:0] \c__payload$130.m ;
+  wire [9:0] \c__payload$130.qb ;
+  wire [14:0] \c__payload$130.qc ;
+  wire [5:0] \c__payload$130.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$418 ;
-  wire \c__ready$419 ;
-  wire \c__ready$420 ;
+  wire \c__ready$118 ;
+  wire \c__ready$120 ;
+  wire \c__ready$122 ;
+  (* init = 1'h0 *)
   wire c__valid;
-  wire \c__valid$120 ;
-  wire \c__valid$123 ;
-  wire \c__valid$126 ;
+  (* init = 1'h0 *)
+  wire \c__valid$127 ;
+  (* init = 1'h0 *)
+  wire \c__valid$129 ;
+  (* init = 1'h0 *)
+  wire \c__valid$131 ;
   reg [31:0] c_addr = 32'd0;
   reg [15:0] c_ask = 16'h0000;
+  reg [65:0] c_data = 66'h00000000000000000;
   reg [15:0] c_due = 16'h0000;
+  wire c_fire;
+  reg c_full = 1'h0;
   reg c_last = 1'h0;
   reg [2:0] c_lb;
   reg [7:0] c_step = 8'h00;
+  reg c_valid0 = 1'h0;
+  reg c_valid1 = 1'h0;
+  reg c_valid2 = 1'h0;
+  reg c_valid3 = 1'h0;
   wire clear;
   input clk;
   wire clk;
@@ -2852,7 +2875,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$129 ;
+  wire [47:0] \cycles$133 ;
   reg d_const = 1'h0;
   reg d_count_zero = 1'h0;
   reg d_end = 1'h0;
@@ -2898,29 +2921,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] feed_ntk = 32'd0;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$455 ;
-  wire \final$458 ;
+  wire \final$464 ;
+  wire \final$467 ;
   reg [15:0] fnt = 16'h0000;
   reg gelu_sel0 = 1'h0;
   reg gemm_active = 1'h0;
   wire gemm_res_valid;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$429 ;
-  wire [15:0] \i__payload$429.data ;
-  wire \i__payload$429.last ;
-  wire [15:0] \i__payload$430 ;
+  wire [16:0] \i__payload$438 ;
+  wire [15:0] \i__payload$438.data ;
+  wire \i__payload$438.last ;
+  wire [15:0] \i__payload$439 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$436 ;
-  wire \i__ready$437 ;
+  wire \i__ready$445 ;
+  wire \i__ready$446 ;
   reg i__valid;
-  wire \i__valid$431 ;
-  wire \i__valid$432 ;
+  wire \i__valid$440 ;
+  wire \i__valid$441 ;
   wire idle;
-  wire \idle$491 ;
+  wire \idle$504 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2989,10 +3012,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$459 ;
+  wire \last__3$468 ;
   wire last__4;
-  wire \last__4$454 ;
-  wire \last__4$457 ;
+  wire \last__4$463 ;
+  wire \last__4$466 ;
   wire [2:0] level;
   wire [2:0] \level$86 ;
   reg [15:0] lk = 16'h0000;
@@ -3019,43 +3042,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$50 ;
   reg [15:0] \n__4$62 ;
   reg next;
-  wire \next$427 ;
+  wire \next$436 ;
   wire \next$91 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [8:0] o__payload;
-  wire [7:0] \o__payload$190 ;
-  wire [63:0] \o__payload$213 ;
-  wire [15:0] \o__payload$213[0] ;
-  wire [15:0] \o__payload$213[1] ;
-  wire [15:0] \o__payload$213[2] ;
-  wire [15:0] \o__payload$213[3] ;
-  wire [31:0] \o__payload$219 ;
-  wire [7:0] \o__payload$219[0] ;
-  wire [7:0] \o__payload$219[1] ;
-  wire [7:0] \o__payload$219[2] ;
-  wire [7:0] \o__payload$219[3] ;
-  wire [255:0] \o__payload$385 ;
-  wire [31:0] \o__payload$385[0] ;
-  wire [31:0] \o__payload$385[1] ;
-  wire [31:0] \o__payload$385[2] ;
-  wire [31:0] \o__payload$385[3] ;
-  wire [31:0] \o__payload$385[4] ;
-  wire [31:0] \o__payload$385[5] ;
-  wire [31:0] \o__payload$385[6] ;
-  wire [31:0] \o__payload$385[7] ;
+  wire [7:0] \o__payload$200 ;
+  wire [63:0] \o__payload$225 ;
+  wire [15:0] \o__payload$225[0] ;
+  wire [15:0] \o__payload$225[1] ;
+  wire [15:0] \o__payload$225[2] ;
+  wire [15:0] \o__payload$225[3] ;
+  wire [31:0] \o__payload$231 ;
+  wire [7:0] \o__payload$231[0] ;
+  wire [7:0] \o__payload$231[1] ;
+  wire [7:0] \o__payload$231[2] ;
+  wire [7:0] \o__payload$231[3] ;
+  wire [255:0] \o__payload$397 ;
+  wire [31:0] \o__payload$397[0] ;
+  wire [31:0] \o__payload$397[1] ;
+  wire [31:0] \o__payload$397[2] ;
+  wire [31:0] \o__payload$397[3] ;
+  wire [31:0] \o__payload$397[4] ;
+  wire [31:0] \o__payload$397[5] ;
+  wire [31:0] \o__payload$397[6] ;
+  wire [31:0] \o__payload$397[7] ;
   wire [7:0] \o__payload.data ;
   wire \o__payload.last ;
   reg o__ready;
-  reg \o__ready$217 ;
-  wire \o__ready$386 ;
-  wire \o__ready$433 ;
-  wire \o__ready$434 ;
+  reg \o__ready$229 ;
+  wire \o__ready$398 ;
+  wire \o__ready$442 ;
+  wire \o__ready$443 ;
   wire o__valid;
-  wire \o__valid$189 ;
-  wire \o__valid$206 ;
-  wire \o__valid$207 ;
-  wire \o__valid$383 ;
+  wire \o__valid$199 ;
+  wire \o__valid$217 ;
+  wire \o__valid$218 ;
+  wire \o__valid$395 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -3165,7 +3188,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] pack_b1 = 16'h0000;
   reg [15:0] pack_b2 = 16'h0000;
   reg [15:0] pack_b3 = 16'h0000;
-  reg pack_full = 1'h0;
+  (* init = 1'h0 *)
+  wire pack_full;
   reg [2:0] pack_j = 3'h0;
   reg [2:0] pack_jo = 3'h0;
   output [31:0] pc;
@@ -3194,26 +3218,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   input r__valid;
   wire r__valid;
   wire \r__valid$11 ;
-  wire [18:0] r_data;
-  wire [18:0] \r_data$307 ;
-  wire [255:0] \r_data$401 ;
+  wire [127:0] r_data;
+  wire [18:0] \r_data$187 ;
+  wire [18:0] \r_data$319 ;
+  wire [255:0] \r_data$413 ;
   reg r_en;
-  wire \r_en$389 ;
-  wire \r_en$435 ;
+  reg \r_en$215 ;
+  wire \r_en$401 ;
+  wire \r_en$444 ;
   wire r_rdy;
-  wire \r_rdy$203 ;
-  wire \r_rdy$388 ;
+  wire \r_rdy$214 ;
+  wire \r_rdy$222 ;
+  wire \r_rdy$400 ;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$410 ;
-  wire [31:0] \req__payload$410.addr ;
-  wire [2:0] \req__payload$410.lb ;
+  wire [34:0] \req__payload$422 ;
+  wire [31:0] \req__payload$422.addr ;
+  wire [2:0] \req__payload$422.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$424 ;
+  wire \req__ready$433 ;
   reg req__valid;
-  wire \req__valid$402 ;
+  wire \req__valid$414 ;
   reg res_to_pack = 1'h0;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
@@ -3269,7 +3296,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] unpack2;
   reg [15:0] unpack3;
   wire valid;
-  wire \valid$221 ;
+  wire \valid$233 ;
   wire \valid$85 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
@@ -3291,11 +3318,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [7:0] w_beat6;
   reg [7:0] w_beat7;
   wire [18:0] w_data;
-  wire [255:0] \w_data$384 ;
+  wire [127:0] \w_data$168 ;
+  wire [255:0] \w_data$396 ;
   wire [18:0] \w_data$93 ;
   (* init = 1'h0 *)
   wire w_en;
-  wire \w_en$382 ;
+  reg \w_en$166  = 1'h0;
+  wire \w_en$394 ;
   (* init = 1'h0 *)
   wire \w_en$92 ;
   reg w_feed_half = 1'h0;
@@ -3317,6 +3346,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
   wire w_rdy;
+  wire \w_rdy$399 ;
   reg [7:0] w_step = 8'h00;
   reg want_w = 1'h0;
   reg [7:0] welem;
@@ -3839,16 +3869,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$253 )
-      a_cache0[\$signature__addr$250 ] <= \$signature__data$252 ;
+    if (\$signature__en$265 )
+      a_cache0[\$signature__addr$262 ] <= \$signature__data$264 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$282 ) begin
-      _0_ <= a_cache0[\$signature__addr$279 ];
+    if (\$signature__en$294 ) begin
+      _0_ <= a_cache0[\$signature__addr$291 ];
     end
   end
-  assign \$signature__data$356  = _0_;
+  assign \$signature__data$368  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4365,16 +4395,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$257 )
-      a_cache1[\$signature__addr$255 ] <= \$signature__data$256 ;
+    if (\$signature__en$269 )
+      a_cache1[\$signature__addr$267 ] <= \$signature__data$268 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$291 ) begin
-      _1_ <= a_cache1[\$signature__addr$290 ];
+    if (\$signature__en$303 ) begin
+      _1_ <= a_cache1[\$signature__addr$302 ];
     end
   end
-  assign \$signature__data$357  = _1_;
+  assign \$signature__data$369  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4891,16 +4921,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$260 )
-      a_cache2[\$signature__addr$258 ] <= \$signature__data$259 ;
+    if (\$signature__en$272 )
+      a_cache2[\$signature__addr$270 ] <= \$signature__data$271 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$293 ) begin
-      _2_ <= a_cache2[\$signature__addr$292 ];
+    if (\$signature__en$305 ) begin
+      _2_ <= a_cache2[\$signature__addr$304 ];
     end
   end
-  assign \$signature__data$358  = _2_;
+  assign \$signature__data$370  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5417,16 +5447,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$263 )
-      a_cache3[\$signature__addr$261 ] <= \$signature__data$262 ;
+    if (\$signature__en$275 )
+      a_cache3[\$signature__addr$273 ] <= \$signature__data$274 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$295 ) begin
-      _3_ <= a_cache3[\$signature__addr$294 ];
+    if (\$signature__en$307 ) begin
+      _3_ <= a_cache3[\$signature__addr$306 ];
     end
   end
-  assign \$signature__data$359  = _3_;
+  assign \$signature__data$371  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5943,16 +5973,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$266 )
-      a_cache4[\$signature__addr$264 ] <= \$signature__data$265 ;
+    if (\$signature__en$278 )
+      a_cache4[\$signature__addr$276 ] <= \$signature__data$277 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$297 ) begin
-      _4_ <= a_cache4[\$signature__addr$296 ];
+    if (\$signature__en$309 ) begin
+      _4_ <= a_cache4[\$signature__addr$308 ];
     end
   end
-  assign \$signature__data$360  = _4_;
+  assign \$signature__data$372  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6469,16 +6499,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$269 )
-      a_cache5[\$signature__addr$267 ] <= \$signature__data$268 ;
+    if (\$signature__en$281 )
+      a_cache5[\$signature__addr$279 ] <= \$signature__data$280 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$299 ) begin
-      _5_ <= a_cache5[\$signature__addr$298 ];
+    if (\$signature__en$311 ) begin
+      _5_ <= a_cache5[\$signature__addr$310 ];
     end
   end
-  assign \$signature__data$361  = _5_;
+  assign \$signature__data$373  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6995,16 +7025,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$272 )
-      a_cache6[\$signature__addr$270 ] <= \$signature__data$271 ;
+    if (\$signature__en$284 )
+      a_cache6[\$signature__addr$282 ] <= \$signature__data$283 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$301 ) begin
-      _6_ <= a_cache6[\$signature__addr$300 ];
+    if (\$signature__en$313 ) begin
+      _6_ <= a_cache6[\$signature__addr$312 ];
     end
   end
-  assign \$signature__data$362  = _6_;
+  assign \$signature__data$374  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7521,16 +7551,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$275 )
-      a_cache7[\$signature__addr$273 ] <= \$signature__data$274 ;
+    if (\$signature__en$287 )
+      a_cache7[\$signature__addr$285 ] <= \$signature__data$286 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$303 ) begin
-      _7_ <= a_cache7[\$signature__addr$302 ];
+    if (\$signature__en$315 ) begin
+      _7_ <= a_cache7[\$signature__addr$314 ];
     end
   end
-  assign \$signature__data$363  = _7_;
+  assign \$signature__data$375  = _7_;
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -8047,16 +8077,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$278 )
-      a_cache8[\$signature__addr$276 ] <= \$signature__data$277 ;
+    if (\$signature__en$290 )
+      a_cache8[\$signature__addr$288 ] <= \$signature__data$289 ;
   end
   reg [8:0] _8_;
   always @(posedge clk) begin
-    if (\$signature__en$305 ) begin
-      _8_ <= a_cache8[\$signature__addr$304 ];
+    if (\$signature__en$317 ) begin
+      _8_ <= a_cache8[\$signature__addr$316 ];
     end
   end
-  assign \$signature__data$364  = _8_;
+  assign \$signature__data$376  = _8_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24976,16 +25006,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$312 )
-      w_cache0[\$signature__addr$309 ] <= \$signature__data$311 ;
+    if (\$signature__en$324 )
+      w_cache0[\$signature__addr$321 ] <= \$signature__data$323 ;
   end
   reg [7:0] _11_;
   always @(posedge clk) begin
-    if (\$signature__en$337 ) begin
-      _11_ <= w_cache0[\$signature__addr$335 ];
+    if (\$signature__en$349 ) begin
+      _11_ <= w_cache0[\$signature__addr$347 ];
     end
   end
-  assign \$signature__data$366  = _11_;
+  assign \$signature__data$378  = _11_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25502,16 +25532,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$316 )
-      w_cache1[\$signature__addr$314 ] <= \$signature__data$315 ;
+    if (\$signature__en$328 )
+      w_cache1[\$signature__addr$326 ] <= \$signature__data$327 ;
   end
   reg [7:0] _12_;
   always @(posedge clk) begin
-    if (\$signature__en$339 ) begin
-      _12_ <= w_cache1[\$signature__addr$338 ];
+    if (\$signature__en$351 ) begin
+      _12_ <= w_cache1[\$signature__addr$350 ];
     end
   end
-  assign \$signature__data$368  = _12_;
+  assign \$signature__data$380  = _12_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -26028,16 +26058,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$319 )
-      w_cache2[\$signature__addr$317 ] <= \$signature__data$318 ;
+    if (\$signature__en$331 )
+      w_cache2[\$signature__addr$329 ] <= \$signature__data$330 ;
   end
   reg [7:0] _13_;
   always @(posedge clk) begin
-    if (\$signature__en$341 ) begin
-      _13_ <= w_cache2[\$signature__addr$340 ];
+    if (\$signature__en$353 ) begin
+      _13_ <= w_cache2[\$signature__addr$352 ];
     end
   end
-  assign \$signature__data$370  = _13_;
+  assign \$signature__data$382  = _13_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26554,16 +26584,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$322 )
-      w_cache3[\$signature__addr$320 ] <= \$signature__data$321 ;
+    if (\$signature__en$334 )
+      w_cache3[\$signature__addr$332 ] <= \$signature__data$333 ;
   end
   reg [7:0] _14_;
   always @(posedge clk) begin
-    if (\$signature__en$343 ) begin
-      _14_ <= w_cache3[\$signature__addr$342 ];
+    if (\$signature__en$355 ) begin
+      _14_ <= w_cache3[\$signature__addr$354 ];
     end
   end
-  assign \$signature__data$372  = _14_;
+  assign \$signature__data$384  = _14_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -27080,16 +27110,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$325 )
-      w_cache4[\$signature__addr$323 ] <= \$signature__data$324 ;
+    if (\$signature__en$337 )
+      w_cache4[\$signature__addr$335 ] <= \$signature__data$336 ;
   end
   reg [7:0] _15_;
   always @(posedge clk) begin
-    if (\$signature__en$345 ) begin
-      _15_ <= w_cache4[\$signature__addr$344 ];
+    if (\$signature__en$357 ) begin
+      _15_ <= w_cache4[\$signature__addr$356 ];
     end
   end
-  assign \$signature__data$374  = _15_;
+  assign \$signature__data$386  = _15_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27606,16 +27636,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$328 )
-      w_cache5[\$signature__addr$326 ] <= \$signature__data$327 ;
+    if (\$signature__en$340 )
+      w_cache5[\$signature__addr$338 ] <= \$signature__data$339 ;
   end
   reg [7:0] _16_;
   always @(posedge clk) begin
-    if (\$signature__en$347 ) begin
-      _16_ <= w_cache5[\$signature__addr$346 ];
+    if (\$signature__en$359 ) begin
+      _16_ <= w_cache5[\$signature__addr$358 ];
     end
   end
-  assign \$signature__data$376  = _16_;
+  assign \$signature__data$388  = _16_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -28132,16 +28162,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$331 )
-      w_cache6[\$signature__addr$329 ] <= \$signature__data$330 ;
+    if (\$signature__en$343 )
+      w_cache6[\$signature__addr$341 ] <= \$signature__data$342 ;
   end
   reg [7:0] _17_;
   always @(posedge clk) begin
-    if (\$signature__en$349 ) begin
-      _17_ <= w_cache6[\$signature__addr$348 ];
+    if (\$signature__en$361 ) begin
+      _17_ <= w_cache6[\$signature__addr$360 ];
     end
   end
-  assign \$signature__data$378  = _17_;
+  assign \$signature__data$390  = _17_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -28658,16 +28688,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$334 )
-      w_cache7[\$signature__addr$332 ] <= \$signature__data$333 ;
+    if (\$signature__en$346 )
+      w_cache7[\$signature__addr$344 ] <= \$signature__data$345 ;
   end
   reg [7:0] _18_;
   always @(posedge clk) begin
-    if (\$signature__en$351 ) begin
-      _18_ <= w_cache7[\$signature__addr$350 ];
+    if (\$signature__en$363 ) begin
+      _18_ <= w_cache7[\$signature__addr$362 ];
     end
   end
-  assign \$signature__data$380  = _18_;
+  assign \$signature__data$392  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28721,578 +28751,575 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$52  = post_add ? ins[379:362] : ins[415:398];
   assign \$55  = $signed(ins[159:142]) * $signed(5'h09);
   assign \$56  = $signed(ins[177:160]) * $signed(5'h08);
-  assign c__valid = const_to0 & beat__valid;
-  assign \c__valid$120  = const_to1 & beat__valid;
-  assign \c__valid$123  = const_to2 & beat__valid;
-  assign \c__valid$126  = const_to3 & beat__valid;
-  assign \$57  = is_softmax | is_layernorm;
-  assign \$58  = ~ ext_req_valid;
-  assign \$59  = \$58  | req__ready;
-  assign \$60  = valid & \$59 ;
-  assign \$63  = \$62  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$66  = \$65  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$69  = \$68  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$72  = \$71  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$73  = beat__valid & beat__payload[512];
-  assign \$74  = a__ready & \b__ready$197 ;
-  assign \$75  = sink_from_add & \$74 ;
-  assign \$76  = sink_from_gelu0 & i__ready;
-  assign \$77  = | { \$76 , \$75  };
-  assign \$78  = ~ pack_full;
-  assign \$79  = \$78  | in_ready;
-  assign \$80  = \$79  & elem_valid;
-  assign \$81  = ~ add_sel;
-  assign \$82  = \r_rdy$203  | \$81 ;
-  assign \$83  = \$80  & \$82 ;
-  assign \$84  = ~ pack_full;
-  assign \$85  = \$84  | in_ready;
-  assign \$86  = \$85  & elem_valid;
-  assign \$87  = ~ add_sel;
-  assign \$88  = \r_rdy$203  | \$87 ;
-  assign \$89  = \$86  & \$88 ;
-  assign \$90  = \$89  & add_sel;
-  assign \$91  = sink_from_add & \o__valid$206 ;
-  assign \$92  = sink_from_gelu0 & \o__valid$207 ;
-  assign \$93  = | { \$92 , \$91  };
-  assign \$94  = sink_from_add & out_ready;
-  assign \$95  = sink_from_add & pack_full;
-  assign \$96  = sink_from_add & pack_full;
-  assign \$97  = sink_from_gelu0 & out_ready;
-  assign \$98  = sink_from_gelu0 & pack_full;
-  assign \$100  = \$signal$205  & \valid$221 ;
-  assign \$101  = pack_jo == 2'h3;
-  assign \$102  = \$101  | \final ;
-  assign \$103  = q0_to_pack & r_rdy;
-  assign \$104  = res_to_pack & gemm_res_valid;
-  assign elem_valid = \$103  | \$104 ;
-  assign \$105  = ~ is_linear;
-  assign \$106  = \$105  | rk_zero;
-  assign \$107  = \$106  & beat__valid;
-  assign \$108  = pre_ln | pre_sm;
-  assign \$109  = ~ \$108 ;
-  assign \$110  = a_from_softmax & o__valid;
-  assign \$111  = a_from_layernorm & \o__valid$189 ;
-  assign \$112  = \$110  | \$111 ;
-  assign \$113  = a_from_src0 & r_rdy;
-  assign a_in_valid = \$112  | \$113 ;
-  assign \$116  = \$115  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$119  = \$118  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$122  = \$121  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$125  = \$124  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$128  = \$127  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$131  = \$130  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$134  = \$133  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
-  assign \$136  = ~ \$135 ;
-  assign \$137  = a_in_valid & \$136 ;
-  assign \$138  = \$signal$247  * 9'h100;
-  assign \$139  = \$138  + lk;
-  assign \$141  = ~ \$140 ;
-  assign \$142  = a_in_valid & \$141 ;
-  assign \$143  = | \$signal$254 ;
-  assign \$144  = ~ \$143 ;
-  assign \$145  = \$142  & \$144 ;
-  assign \$146  = \$signal$247  * 9'h100;
-  assign \$147  = \$146  + lk;
-  assign \$149  = ~ \$148 ;
-  assign \$150  = a_in_valid & \$149 ;
-  assign \$151  = \$signal$254  == 1'h1;
-  assign \$152  = \$150  & \$151 ;
-  assign \$153  = \$signal$247  * 9'h100;
-  assign \$154  = \$153  + lk;
-  assign \$156  = ~ \$155 ;
-  assign \$157  = a_in_valid & \$156 ;
-  assign \$158  = \$signal$254  == 2'h2;
-  assign \$159  = \$157  & \$158 ;
-  assign \$160  = \$signal$247  * 9'h100;
-  assign \$161  = \$160  + lk;
-  assign \$163  = ~ \$162 ;
-  assign \$164  = a_in_valid & \$163 ;
-  assign \$165  = \$signal$254  == 2'h3;
-  assign \$166  = \$164  & \$165 ;
-  assign \$167  = \$signal$247  * 9'h100;
-  assign \$168  = \$167  + lk;
-  assign \$170  = ~ \$169 ;
-  assign \$171  = a_in_valid & \$170 ;
-  assign \$172  = \$signal$254  == 3'h4;
-  assign \$173  = \$171  & \$172 ;
-  assign \$174  = \$signal$247  * 9'h100;
-  assign \$175  = \$174  + lk;
-  assign \$177  = ~ \$176 ;
-  assign \$178  = a_in_valid & \$177 ;
-  assign \$179  = \$signal$254  == 3'h5;
-  assign \$180  = \$178  & \$179 ;
-  assign \$181  = \$signal$247  * 9'h100;
-  assign \$182  = \$181  + lk;
-  assign \$184  = ~ \$183 ;
-  assign \$185  = a_in_valid & \$184 ;
-  assign \$186  = \$signal$254  == 3'h6;
-  assign \$187  = \$185  & \$186 ;
-  assign \$188  = \$signal$247  * 9'h100;
-  assign \$189  = \$188  + lk;
-  assign \$191  = ~ \$190 ;
-  assign \$192  = a_in_valid & \$191 ;
-  assign \$193  = \$signal$254  == 3'h7;
-  assign \$194  = \$192  & \$193 ;
-  assign \$195  = \$signal$247  * 9'h100;
-  assign \$196  = \$195  + lk;
-  assign \$198  = ~ \$197 ;
-  assign \$199  = a_in_valid & \$198 ;
-  assign \$200  = \$signal$254  == 4'h8;
-  assign \$201  = \$199  & \$200 ;
-  assign \$202  = \$signal$280  * 9'h100;
-  assign \$203  = \$202  + \$signal$281 ;
-  assign \$205  = \$signal$247  == \$signal$280 ;
-  assign \$206  = lk > \$signal$281 ;
-  assign \$207  = \$205  & \$206 ;
-  assign \$208  = pre_ln | pre_sm;
-  assign \$209  = ~ \$208 ;
-  assign \$210  = \$207  & \$209 ;
-  assign \$211  = \$204  | \$210 ;
-  assign \$213  = is_linear | \$212 ;
+  assign \$57  = c_valid0 & c__ready;
+  assign \$58  = c_valid1 & \c__ready$118 ;
+  assign \$59  = c_valid2 & \c__ready$120 ;
+  assign \$60  = c_valid3 & \c__ready$122 ;
+  assign c_fire = | { \$60 , \$59 , \$58 , \$57  };
+  assign \$61  = is_softmax | is_layernorm;
+  assign \$62  = ~ ext_req_valid;
+  assign \$63  = \$62  | req__ready;
+  assign \$64  = valid & \$63 ;
+  assign \$67  = \$66  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$70  = \$69  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$73  = \$72  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$76  = \$75  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$77  = beat__valid & beat__payload[512];
+  assign \$78  = a__ready & \b__ready$207 ;
+  assign \$79  = sink_from_add & \$78 ;
+  assign \$80  = sink_from_gelu0 & i__ready;
+  assign \$81  = | { \$80 , \$79  };
+  assign \$82  = ~ \w_en$166 ;
+  assign \$83  = \$82  | w_rdy;
+  assign \$84  = \$83  & elem_valid;
+  assign \$85  = ~ add_sel;
+  assign \$86  = \r_rdy$214  | \$85 ;
+  assign \$87  = \$84  & \$86 ;
+  assign \$88  = ~ \w_en$166 ;
+  assign \$89  = \$88  | w_rdy;
+  assign \$90  = \$89  & elem_valid;
+  assign \$91  = ~ add_sel;
+  assign \$92  = \r_rdy$214  | \$91 ;
+  assign \$93  = \$90  & \$92 ;
+  assign \$94  = \$93  & add_sel;
+  assign \$95  = sink_from_add & \o__valid$217 ;
+  assign \$96  = sink_from_gelu0 & \o__valid$218 ;
+  assign \$97  = | { \$96 , \$95  };
+  assign \$98  = sink_from_add & out_ready;
+  assign \$99  = sink_from_add & \r_rdy$222 ;
+  assign \$100  = sink_from_add & \r_rdy$222 ;
+  assign \$101  = sink_from_gelu0 & out_ready;
+  assign \$102  = sink_from_gelu0 & \r_rdy$222 ;
+  assign \$104  = \$signal$216  & \valid$233 ;
+  assign \$105  = pack_jo == 2'h3;
+  assign \$106  = \$105  | \final ;
+  assign \$107  = q0_to_pack & r_rdy;
+  assign \$108  = res_to_pack & gemm_res_valid;
+  assign elem_valid = \$107  | \$108 ;
+  assign \$109  = ~ is_linear;
+  assign \$110  = \$109  | rk_zero;
+  assign \$111  = \$110  & beat__valid;
+  assign \$112  = pre_ln | pre_sm;
+  assign \$113  = ~ \$112 ;
+  assign \$114  = a_from_softmax & o__valid;
+  assign \$115  = a_from_layernorm & \o__valid$199 ;
+  assign \$116  = \$114  | \$115 ;
+  assign \$117  = a_from_src0 & r_rdy;
+  assign a_in_valid = \$116  | \$117 ;
+  assign \$120  = \$119  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$123  = \$122  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$126  = \$125  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$129  = \$128  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$132  = \$131  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$135  = \$134  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$138  = \$137  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$140  = ~ \$139 ;
+  assign \$141  = a_in_valid & \$140 ;
+  assign \$142  = \$signal$259  * 9'h100;
+  assign \$143  = \$142  + lk;
+  assign \$145  = ~ \$144 ;
+  assign \$146  = a_in_valid & \$145 ;
+  assign \$147  = | \$signal$266 ;
+  assign \$148  = ~ \$147 ;
+  assign \$149  = \$146  & \$148 ;
+  assign \$150  = \$signal$259  * 9'h100;
+  assign \$151  = \$150  + lk;
+  assign \$153  = ~ \$152 ;
+  assign \$154  = a_in_valid & \$153 ;
+  assign \$155  = \$signal$266  == 1'h1;
+  assign \$156  = \$154  & \$155 ;
+  assign \$157  = \$signal$259  * 9'h100;
+  assign \$158  = \$157  + lk;
+  assign \$160  = ~ \$159 ;
+  assign \$161  = a_in_valid & \$160 ;
+  assign \$162  = \$signal$266  == 2'h2;
+  assign \$163  = \$161  & \$162 ;
+  assign \$164  = \$signal$259  * 9'h100;
+  assign \$165  = \$164  + lk;
+  assign \$167  = ~ \$166 ;
+  assign \$168  = a_in_valid & \$167 ;
+  assign \$169  = \$signal$266  == 2'h3;
+  assign \$170  = \$168  & \$169 ;
+  assign \$171  = \$signal$259  * 9'h100;
+  assign \$172  = \$171  + lk;
+  assign \$174  = ~ \$173 ;
+  assign \$175  = a_in_valid & \$174 ;
+  assign \$176  = \$signal$266  == 3'h4;
+  assign \$177  = \$175  & \$176 ;
+  assign \$178  = \$signal$259  * 9'h100;
+  assign \$179  = \$178  + lk;
+  assign \$181  = ~ \$180 ;
+  assign \$182  = a_in_valid & \$181 ;
+  assign \$183  = \$signal$266  == 3'h5;
+  assign \$184  = \$182  & \$183 ;
+  assign \$185  = \$signal$259  * 9'h100;
+  assign \$186  = \$185  + lk;
+  assign \$188  = ~ \$187 ;
+  assign \$189  = a_in_valid & \$188 ;
+  assign \$190  = \$signal$266  == 3'h6;
+  assign \$191  = \$189  & \$190 ;
+  assign \$192  = \$signal$259  * 9'h100;
+  assign \$193  = \$192  + lk;
+  assign \$195  = ~ \$194 ;
+  assign \$196  = a_in_valid & \$195 ;
+  assign \$197  = \$signal$266  == 3'h7;
+  assign \$198  = \$196  & \$197 ;
+  assign \$199  = \$signal$259  * 9'h100;
+  assign \$200  = \$199  + lk;
+  assign \$202  = ~ \$201 ;
+  assign \$203  = a_in_valid & \$202 ;
+  assign \$204  = \$signal$266  == 4'h8;
+  assign \$205  = \$203  & \$204 ;
+  assign \$206  = \$signal$292  * 9'h100;
+  assign \$207  = \$206  + \$signal$293 ;
+  assign \$209  = \$signal$259  == \$signal$292 ;
+  assign \$210  = lk > \$signal$293 ;
+  assign \$211  = \$209  & \$210 ;
+  assign \$212  = pre_ln | pre_sm;
+  assign \$213  = ~ \$212 ;
   assign \$214  = \$211  & \$213 ;
-  assign \$215  = ~ \$signal$286 ;
-  assign \$216  = \a__valid$287  & \a__ready$288 ;
-  assign \$217  = \$215  | \$216 ;
-  assign \$218  = \$214  & \$217 ;
-  assign \$219  = \$218  & a_blocks_left;
-  assign \$220  = \$signal$280  * 9'h100;
-  assign \$221  = \$220  + \$signal$281 ;
-  assign \$223  = \$signal$247  == \$signal$280 ;
-  assign \$224  = lk > \$signal$281 ;
-  assign \$225  = \$223  & \$224 ;
-  assign \$226  = pre_ln | pre_sm;
-  assign \$227  = ~ \$226 ;
-  assign \$228  = \$225  & \$227 ;
-  assign \$229  = \$222  | \$228 ;
-  assign \$231  = is_linear | \$230 ;
+  assign \$215  = \$208  | \$214 ;
+  assign \$217  = is_linear | \$216 ;
+  assign \$218  = \$215  & \$217 ;
+  assign \$219  = ~ \$signal$298 ;
+  assign \$220  = \a__valid$299  & \a__ready$300 ;
+  assign \$221  = \$219  | \$220 ;
+  assign \$222  = \$218  & \$221 ;
+  assign \$223  = \$222  & a_blocks_left;
+  assign \$224  = \$signal$292  * 9'h100;
+  assign \$225  = \$224  + \$signal$293 ;
+  assign \$227  = \$signal$259  == \$signal$292 ;
+  assign \$228  = lk > \$signal$293 ;
+  assign \$229  = \$227  & \$228 ;
+  assign \$230  = pre_ln | pre_sm;
+  assign \$231  = ~ \$230 ;
   assign \$232  = \$229  & \$231 ;
-  assign \$233  = ~ \$signal$286 ;
-  assign \$234  = \a__valid$287  & \a__ready$288 ;
-  assign \$235  = \$233  | \$234 ;
-  assign \$236  = \$232  & \$235 ;
-  assign \$237  = \$236  & a_blocks_left;
-  assign \$238  = \$signal$280  * 9'h100;
-  assign \$239  = \$238  + \$signal$281 ;
-  assign \$241  = \$signal$247  == \$signal$280 ;
-  assign \$242  = lk > \$signal$281 ;
-  assign \$243  = \$241  & \$242 ;
-  assign \$244  = pre_ln | pre_sm;
-  assign \$245  = ~ \$244 ;
-  assign \$246  = \$243  & \$245 ;
-  assign \$247  = \$240  | \$246 ;
-  assign \$249  = is_linear | \$248 ;
+  assign \$233  = \$226  | \$232 ;
+  assign \$235  = is_linear | \$234 ;
+  assign \$236  = \$233  & \$235 ;
+  assign \$237  = ~ \$signal$298 ;
+  assign \$238  = \a__valid$299  & \a__ready$300 ;
+  assign \$239  = \$237  | \$238 ;
+  assign \$240  = \$236  & \$239 ;
+  assign \$241  = \$240  & a_blocks_left;
+  assign \$242  = \$signal$292  * 9'h100;
+  assign \$243  = \$242  + \$signal$293 ;
+  assign \$245  = \$signal$259  == \$signal$292 ;
+  assign \$246  = lk > \$signal$293 ;
+  assign \$247  = \$245  & \$246 ;
+  assign \$248  = pre_ln | pre_sm;
+  assign \$249  = ~ \$248 ;
   assign \$250  = \$247  & \$249 ;
-  assign \$251  = ~ \$signal$286 ;
-  assign \$252  = \a__valid$287  & \a__ready$288 ;
-  assign \$253  = \$251  | \$252 ;
-  assign \$254  = \$250  & \$253 ;
-  assign \$255  = \$254  & a_blocks_left;
-  assign \$256  = \$signal$280  * 9'h100;
-  assign \$257  = \$256  + \$signal$281 ;
-  assign \$259  = \$signal$247  == \$signal$280 ;
-  assign \$260  = lk > \$signal$281 ;
-  assign \$261  = \$259  & \$260 ;
-  assign \$262  = pre_ln | pre_sm;
-  assign \$263  = ~ \$262 ;
-  assign \$264  = \$261  & \$263 ;
-  assign \$265  = \$258  | \$264 ;
-  assign \$267  = is_linear | \$266 ;
+  assign \$251  = \$244  | \$250 ;
+  assign \$253  = is_linear | \$252 ;
+  assign \$254  = \$251  & \$253 ;
+  assign \$255  = ~ \$signal$298 ;
+  assign \$256  = \a__valid$299  & \a__ready$300 ;
+  assign \$257  = \$255  | \$256 ;
+  assign \$258  = \$254  & \$257 ;
+  assign \$259  = \$258  & a_blocks_left;
+  assign \$260  = \$signal$292  * 9'h100;
+  assign \$261  = \$260  + \$signal$293 ;
+  assign \$263  = \$signal$259  == \$signal$292 ;
+  assign \$264  = lk > \$signal$293 ;
+  assign \$265  = \$263  & \$264 ;
+  assign \$266  = pre_ln | pre_sm;
+  assign \$267  = ~ \$266 ;
   assign \$268  = \$265  & \$267 ;
-  assign \$269  = ~ \$signal$286 ;
-  assign \$270  = \a__valid$287  & \a__ready$288 ;
-  assign \$271  = \$269  | \$270 ;
-  assign \$272  = \$268  & \$271 ;
-  assign \$273  = \$272  & a_blocks_left;
-  assign \$274  = \$signal$280  * 9'h100;
-  assign \$275  = \$274  + \$signal$281 ;
-  assign \$277  = \$signal$247  == \$signal$280 ;
-  assign \$278  = lk > \$signal$281 ;
-  assign \$279  = \$277  & \$278 ;
-  assign \$280  = pre_ln | pre_sm;
-  assign \$281  = ~ \$280 ;
-  assign \$282  = \$279  & \$281 ;
-  assign \$283  = \$276  | \$282 ;
-  assign \$285  = is_linear | \$284 ;
+  assign \$269  = \$262  | \$268 ;
+  assign \$271  = is_linear | \$270 ;
+  assign \$272  = \$269  & \$271 ;
+  assign \$273  = ~ \$signal$298 ;
+  assign \$274  = \a__valid$299  & \a__ready$300 ;
+  assign \$275  = \$273  | \$274 ;
+  assign \$276  = \$272  & \$275 ;
+  assign \$277  = \$276  & a_blocks_left;
+  assign \$278  = \$signal$292  * 9'h100;
+  assign \$279  = \$278  + \$signal$293 ;
+  assign \$281  = \$signal$259  == \$signal$292 ;
+  assign \$282  = lk > \$signal$293 ;
+  assign \$283  = \$281  & \$282 ;
+  assign \$284  = pre_ln | pre_sm;
+  assign \$285  = ~ \$284 ;
   assign \$286  = \$283  & \$285 ;
-  assign \$287  = ~ \$signal$286 ;
-  assign \$288  = \a__valid$287  & \a__ready$288 ;
-  assign \$289  = \$287  | \$288 ;
-  assign \$290  = \$286  & \$289 ;
-  assign \$291  = \$290  & a_blocks_left;
-  assign \$292  = \$signal$280  * 9'h100;
-  assign \$293  = \$292  + \$signal$281 ;
-  assign \$295  = \$signal$247  == \$signal$280 ;
-  assign \$296  = lk > \$signal$281 ;
-  assign \$297  = \$295  & \$296 ;
-  assign \$298  = pre_ln | pre_sm;
-  assign \$299  = ~ \$298 ;
-  assign \$300  = \$297  & \$299 ;
-  assign \$301  = \$294  | \$300 ;
-  assign \$303  = is_linear | \$302 ;
+  assign \$287  = \$280  | \$286 ;
+  assign \$289  = is_linear | \$288 ;
+  assign \$290  = \$287  & \$289 ;
+  assign \$291  = ~ \$signal$298 ;
+  assign \$292  = \a__valid$299  & \a__ready$300 ;
+  assign \$293  = \$291  | \$292 ;
+  assign \$294  = \$290  & \$293 ;
+  assign \$295  = \$294  & a_blocks_left;
+  assign \$296  = \$signal$292  * 9'h100;
+  assign \$297  = \$296  + \$signal$293 ;
+  assign \$299  = \$signal$259  == \$signal$292 ;
+  assign \$300  = lk > \$signal$293 ;
+  assign \$301  = \$299  & \$300 ;
+  assign \$302  = pre_ln | pre_sm;
+  assign \$303  = ~ \$302 ;
   assign \$304  = \$301  & \$303 ;
-  assign \$305  = ~ \$signal$286 ;
-  assign \$306  = \a__valid$287  & \a__ready$288 ;
-  assign \$307  = \$305  | \$306 ;
-  assign \$308  = \$304  & \$307 ;
-  assign \$309  = \$308  & a_blocks_left;
-  assign \$310  = \$signal$280  * 9'h100;
-  assign \$311  = \$310  + \$signal$281 ;
-  assign \$313  = \$signal$247  == \$signal$280 ;
-  assign \$314  = lk > \$signal$281 ;
-  assign \$315  = \$313  & \$314 ;
-  assign \$316  = pre_ln | pre_sm;
-  assign \$317  = ~ \$316 ;
-  assign \$318  = \$315  & \$317 ;
-  assign \$319  = \$312  | \$318 ;
-  assign \$321  = is_linear | \$320 ;
+  assign \$305  = \$298  | \$304 ;
+  assign \$307  = is_linear | \$306 ;
+  assign \$308  = \$305  & \$307 ;
+  assign \$309  = ~ \$signal$298 ;
+  assign \$310  = \a__valid$299  & \a__ready$300 ;
+  assign \$311  = \$309  | \$310 ;
+  assign \$312  = \$308  & \$311 ;
+  assign \$313  = \$312  & a_blocks_left;
+  assign \$314  = \$signal$292  * 9'h100;
+  assign \$315  = \$314  + \$signal$293 ;
+  assign \$317  = \$signal$259  == \$signal$292 ;
+  assign \$318  = lk > \$signal$293 ;
+  assign \$319  = \$317  & \$318 ;
+  assign \$320  = pre_ln | pre_sm;
+  assign \$321  = ~ \$320 ;
   assign \$322  = \$319  & \$321 ;
-  assign \$323  = ~ \$signal$286 ;
-  assign \$324  = \a__valid$287  & \a__ready$288 ;
-  assign \$325  = \$323  | \$324 ;
-  assign \$326  = \$322  & \$325 ;
-  assign \$327  = \$326  & a_blocks_left;
-  assign \$328  = \$signal$280  * 9'h100;
-  assign \$329  = \$328  + \$signal$281 ;
-  assign \$331  = \$signal$247  == \$signal$280 ;
-  assign \$332  = lk > \$signal$281 ;
-  assign \$333  = \$331  & \$332 ;
-  assign \$334  = pre_ln | pre_sm;
-  assign \$335  = ~ \$334 ;
-  assign \$336  = \$333  & \$335 ;
-  assign \$337  = \$330  | \$336 ;
-  assign \$339  = is_linear | \$338 ;
+  assign \$323  = \$316  | \$322 ;
+  assign \$325  = is_linear | \$324 ;
+  assign \$326  = \$323  & \$325 ;
+  assign \$327  = ~ \$signal$298 ;
+  assign \$328  = \a__valid$299  & \a__ready$300 ;
+  assign \$329  = \$327  | \$328 ;
+  assign \$330  = \$326  & \$329 ;
+  assign \$331  = \$330  & a_blocks_left;
+  assign \$332  = \$signal$292  * 9'h100;
+  assign \$333  = \$332  + \$signal$293 ;
+  assign \$335  = \$signal$259  == \$signal$292 ;
+  assign \$336  = lk > \$signal$293 ;
+  assign \$337  = \$335  & \$336 ;
+  assign \$338  = pre_ln | pre_sm;
+  assign \$339  = ~ \$338 ;
   assign \$340  = \$337  & \$339 ;
-  assign \$341  = ~ \$signal$286 ;
-  assign \$342  = \a__valid$287  & \a__ready$288 ;
-  assign \$343  = \$341  | \$342 ;
-  assign \$344  = \$340  & \$343 ;
-  assign \$345  = \$344  & a_blocks_left;
-  assign \$346  = \$signal$280  * 9'h100;
-  assign \$347  = \$346  + \$signal$281 ;
-  assign \$349  = \$signal$247  == \$signal$280 ;
-  assign \$350  = lk > \$signal$281 ;
-  assign \$351  = \$349  & \$350 ;
-  assign \$352  = pre_ln | pre_sm;
-  assign \$353  = ~ \$352 ;
-  assign \$354  = \$351  & \$353 ;
-  assign \$355  = \$348  | \$354 ;
-  assign \$357  = is_linear | \$356 ;
+  assign \$341  = \$334  | \$340 ;
+  assign \$343  = is_linear | \$342 ;
+  assign \$344  = \$341  & \$343 ;
+  assign \$345  = ~ \$signal$298 ;
+  assign \$346  = \a__valid$299  & \a__ready$300 ;
+  assign \$347  = \$345  | \$346 ;
+  assign \$348  = \$344  & \$347 ;
+  assign \$349  = \$348  & a_blocks_left;
+  assign \$350  = \$signal$292  * 9'h100;
+  assign \$351  = \$350  + \$signal$293 ;
+  assign \$353  = \$signal$259  == \$signal$292 ;
+  assign \$354  = lk > \$signal$293 ;
+  assign \$355  = \$353  & \$354 ;
+  assign \$356  = pre_ln | pre_sm;
+  assign \$357  = ~ \$356 ;
   assign \$358  = \$355  & \$357 ;
-  assign \$359  = ~ \$signal$286 ;
-  assign \$360  = \a__valid$287  & \a__ready$288 ;
-  assign \$361  = \$359  | \$360 ;
-  assign \$362  = \$358  & \$361 ;
-  assign \$363  = \$362  & a_blocks_left;
-  assign \$364  = ~ is_linear;
-  assign \$366  = ~ \$365 ;
-  assign \$367  = \r_rdy$203  & \$366 ;
+  assign \$359  = \$352  | \$358 ;
+  assign \$361  = is_linear | \$360 ;
+  assign \$362  = \$359  & \$361 ;
+  assign \$363  = ~ \$signal$298 ;
+  assign \$364  = \a__valid$299  & \a__ready$300 ;
+  assign \$365  = \$363  | \$364 ;
+  assign \$366  = \$362  & \$365 ;
+  assign \$367  = \$366  & a_blocks_left;
   assign \$368  = ~ is_linear;
-  assign \$369  = \$367  & \$368 ;
-  assign \$370  = w_load_half * 9'h100;
-  assign \$371  = \$370  + w_load_addr;
-  assign \$373  = ~ \$372 ;
-  assign \$374  = \r_rdy$203  & \$373 ;
-  assign \$375  = ~ is_linear;
-  assign \$376  = \$374  & \$375 ;
-  assign \$377  = | w_load_lane;
-  assign \$378  = ~ \$377 ;
-  assign \$379  = \$376  & \$378 ;
-  assign \$380  = w_load_half * 9'h100;
-  assign \$381  = \$380  + w_load_addr;
-  assign \$383  = ~ \$382 ;
-  assign \$384  = \r_rdy$203  & \$383 ;
-  assign \$385  = ~ is_linear;
-  assign \$386  = \$384  & \$385 ;
-  assign \$387  = w_load_lane == 1'h1;
-  assign \$388  = \$386  & \$387 ;
-  assign \$389  = w_load_half * 9'h100;
-  assign \$390  = \$389  + w_load_addr;
-  assign \$392  = ~ \$391 ;
-  assign \$393  = \r_rdy$203  & \$392 ;
-  assign \$394  = ~ is_linear;
-  assign \$395  = \$393  & \$394 ;
-  assign \$396  = w_load_lane == 2'h2;
-  assign \$397  = \$395  & \$396 ;
-  assign \$398  = w_load_half * 9'h100;
-  assign \$399  = \$398  + w_load_addr;
-  assign \$401  = ~ \$400 ;
-  assign \$402  = \r_rdy$203  & \$401 ;
-  assign \$403  = ~ is_linear;
-  assign \$404  = \$402  & \$403 ;
-  assign \$405  = w_load_lane == 2'h3;
-  assign \$406  = \$404  & \$405 ;
-  assign \$407  = w_load_half * 9'h100;
-  assign \$408  = \$407  + w_load_addr;
-  assign \$410  = ~ \$409 ;
-  assign \$411  = \r_rdy$203  & \$410 ;
-  assign \$412  = ~ is_linear;
-  assign \$413  = \$411  & \$412 ;
-  assign \$414  = w_load_lane == 3'h4;
-  assign \$415  = \$413  & \$414 ;
-  assign \$416  = w_load_half * 9'h100;
-  assign \$417  = \$416  + w_load_addr;
-  assign \$419  = ~ \$418 ;
-  assign \$420  = \r_rdy$203  & \$419 ;
-  assign \$421  = ~ is_linear;
-  assign \$422  = \$420  & \$421 ;
-  assign \$423  = w_load_lane == 3'h5;
-  assign \$424  = \$422  & \$423 ;
-  assign \$425  = w_load_half * 9'h100;
-  assign \$426  = \$425  + w_load_addr;
-  assign \$428  = ~ \$427 ;
-  assign \$429  = \r_rdy$203  & \$428 ;
-  assign \$430  = ~ is_linear;
-  assign \$431  = \$429  & \$430 ;
-  assign \$432  = w_load_lane == 3'h6;
-  assign \$433  = \$431  & \$432 ;
-  assign \$434  = w_load_half * 9'h100;
-  assign \$435  = \$434  + w_load_addr;
-  assign \$437  = ~ \$436 ;
-  assign \$438  = \r_rdy$203  & \$437 ;
-  assign \$439  = ~ is_linear;
-  assign \$440  = \$438  & \$439 ;
-  assign \$441  = w_load_lane == 3'h7;
-  assign \$442  = \$440  & \$441 ;
-  assign \$443  = w_feed_half * 9'h100;
-  assign \$444  = \$443  + feed_ntk;
-  assign \$445  = \$444  + \$signal$281 ;
-  assign \$447  = \$signal$247  == \$signal$280 ;
-  assign \$448  = lk > \$signal$281 ;
-  assign \$449  = \$447  & \$448 ;
-  assign \$450  = pre_ln | pre_sm;
-  assign \$451  = ~ \$450 ;
-  assign \$452  = \$449  & \$451 ;
-  assign \$453  = \$446  | \$452 ;
-  assign \$455  = is_linear | \$454 ;
+  assign \$370  = ~ \$369 ;
+  assign \$371  = \r_rdy$214  & \$370 ;
+  assign \$372  = ~ is_linear;
+  assign \$373  = \$371  & \$372 ;
+  assign \$374  = w_load_half * 9'h100;
+  assign \$375  = \$374  + w_load_addr;
+  assign \$377  = ~ \$376 ;
+  assign \$378  = \r_rdy$214  & \$377 ;
+  assign \$379  = ~ is_linear;
+  assign \$380  = \$378  & \$379 ;
+  assign \$381  = | w_load_lane;
+  assign \$382  = ~ \$381 ;
+  assign \$383  = \$380  & \$382 ;
+  assign \$384  = w_load_half * 9'h100;
+  assign \$385  = \$384  + w_load_addr;
+  assign \$387  = ~ \$386 ;
+  assign \$388  = \r_rdy$214  & \$387 ;
+  assign \$389  = ~ is_linear;
+  assign \$390  = \$388  & \$389 ;
+  assign \$391  = w_load_lane == 1'h1;
+  assign \$392  = \$390  & \$391 ;
+  assign \$393  = w_load_half * 9'h100;
+  assign \$394  = \$393  + w_load_addr;
+  assign \$396  = ~ \$395 ;
+  assign \$397  = \r_rdy$214  & \$396 ;
+  assign \$398  = ~ is_linear;
+  assign \$399  = \$397  & \$398 ;
+  assign \$400  = w_load_lane == 2'h2;
+  assign \$401  = \$399  & \$400 ;
+  assign \$402  = w_load_half * 9'h100;
+  assign \$403  = \$402  + w_load_addr;
+  assign \$405  = ~ \$404 ;
+  assign \$406  = \r_rdy$214  & \$405 ;
+  assign \$407  = ~ is_linear;
+  assign \$408  = \$406  & \$407 ;
+  assign \$409  = w_load_lane == 2'h3;
+  assign \$410  = \$408  & \$409 ;
+  assign \$411  = w_load_half * 9'h100;
+  assign \$412  = \$411  + w_load_addr;
+  assign \$414  = ~ \$413 ;
+  assign \$415  = \r_rdy$214  & \$414 ;
+  assign \$416  = ~ is_linear;
+  assign \$417  = \$415  & \$416 ;
+  assign \$418  = w_load_lane == 3'h4;
+  assign \$419  = \$417  & \$418 ;
+  assign \$420  = w_load_half * 9'h100;
+  assign \$421  = \$420  + w_load_addr;
+  assign \$423  = ~ \$422 ;
+  assign \$424  = \r_rdy$214  & \$423 ;
+  assign \$425  = ~ is_linear;
+  assign \$426  = \$424  & \$425 ;
+  assign \$427  = w_load_lane == 3'h5;
+  assign \$428  = \$426  & \$427 ;
+  assign \$429  = w_load_half * 9'h100;
+  assign \$430  = \$429  + w_load_addr;
+  assign \$432  = ~ \$431 ;
+  assign \$433  = \r_rdy$214  & \$432 ;
+  assign \$434  = ~ is_linear;
+  assign \$435  = \$433  & \$434 ;
+  assign \$436  = w_load_lane == 3'h6;
+  assign \$437  = \$435  & \$436 ;
+  assign \$438  = w_load_half * 9'h100;
+  assign \$439  = \$438  + w_load_addr;
+  assign \$441  = ~ \$440 ;
+  assign \$442  = \r_rdy$214  & \$441 ;
+  assign \$443  = ~ is_linear;
+  assign \$444  = \$442  & \$443 ;
+  assign \$445  = w_load_lane == 3'h7;
+  assign \$446  = \$444  & \$445 ;
+  assign \$447  = w_feed_half * 9'h100;
+  assign \$448  = \$447  + feed_ntk;
+  assign \$449  = \$448  + \$signal$293 ;
+  assign \$451  = \$signal$259  == \$signal$292 ;
+  assign \$452  = lk > \$signal$293 ;
+  assign \$453  = \$451  & \$452 ;
+  assign \$454  = pre_ln | pre_sm;
+  assign \$455  = ~ \$454 ;
   assign \$456  = \$453  & \$455 ;
-  assign \$457  = ~ \$signal$286 ;
-  assign \$458  = \a__valid$287  & \a__ready$288 ;
-  assign \$459  = \$457  | \$458 ;
-  assign \$460  = \$456  & \$459 ;
-  assign \$461  = \$460  & a_blocks_left;
-  assign \$462  = w_feed_half * 9'h100;
-  assign \$463  = \$462  + feed_ntk;
-  assign \$464  = \$463  + \$signal$281 ;
-  assign \$466  = \$signal$247  == \$signal$280 ;
-  assign \$467  = lk > \$signal$281 ;
-  assign \$468  = \$466  & \$467 ;
-  assign \$469  = pre_ln | pre_sm;
-  assign \$470  = ~ \$469 ;
-  assign \$471  = \$468  & \$470 ;
-  assign \$472  = \$465  | \$471 ;
-  assign \$474  = is_linear | \$473 ;
+  assign \$457  = \$450  | \$456 ;
+  assign \$459  = is_linear | \$458 ;
+  assign \$460  = \$457  & \$459 ;
+  assign \$461  = ~ \$signal$298 ;
+  assign \$462  = \a__valid$299  & \a__ready$300 ;
+  assign \$463  = \$461  | \$462 ;
+  assign \$464  = \$460  & \$463 ;
+  assign \$465  = \$464  & a_blocks_left;
+  assign \$466  = w_feed_half * 9'h100;
+  assign \$467  = \$466  + feed_ntk;
+  assign \$468  = \$467  + \$signal$293 ;
+  assign \$470  = \$signal$259  == \$signal$292 ;
+  assign \$471  = lk > \$signal$293 ;
+  assign \$472  = \$470  & \$471 ;
+  assign \$473  = pre_ln | pre_sm;
+  assign \$474  = ~ \$473 ;
   assign \$475  = \$472  & \$474 ;
-  assign \$476  = ~ \$signal$286 ;
-  assign \$477  = \a__valid$287  & \a__ready$288 ;
-  assign \$478  = \$476  | \$477 ;
-  assign \$479  = \$475  & \$478 ;
-  assign \$480  = \$479  & a_blocks_left;
-  assign \$481  = w_feed_half * 9'h100;
-  assign \$482  = \$481  + feed_ntk;
-  assign \$483  = \$482  + \$signal$281 ;
-  assign \$485  = \$signal$247  == \$signal$280 ;
-  assign \$486  = lk > \$signal$281 ;
-  assign \$487  = \$485  & \$486 ;
-  assign \$488  = pre_ln | pre_sm;
-  assign \$489  = ~ \$488 ;
-  assign \$490  = \$487  & \$489 ;
-  assign \$491  = \$484  | \$490 ;
-  assign \$493  = is_linear | \$492 ;
+  assign \$476  = \$469  | \$475 ;
+  assign \$478  = is_linear | \$477 ;
+  assign \$479  = \$476  & \$478 ;
+  assign \$480  = ~ \$signal$298 ;
+  assign \$481  = \a__valid$299  & \a__ready$300 ;
+  assign \$482  = \$480  | \$481 ;
+  assign \$483  = \$479  & \$482 ;
+  assign \$484  = \$483  & a_blocks_left;
+  assign \$485  = w_feed_half * 9'h100;
+  assign \$486  = \$485  + feed_ntk;
+  assign \$487  = \$486  + \$signal$293 ;
+  assign \$489  = \$signal$259  == \$signal$292 ;
+  assign \$490  = lk > \$signal$293 ;
+  assign \$491  = \$489  & \$490 ;
+  assign \$492  = pre_ln | pre_sm;
+  assign \$493  = ~ \$492 ;
   assign \$494  = \$491  & \$493 ;
-  assign \$495  = ~ \$signal$286 ;
-  assign \$496  = \a__valid$287  & \a__ready$288 ;
-  assign \$497  = \$495  | \$496 ;
-  assign \$498  = \$494  & \$497 ;
-  assign \$499  = \$498  & a_blocks_left;
-  assign \$500  = w_feed_half * 9'h100;
-  assign \$501  = \$500  + feed_ntk;
-  assign \$502  = \$501  + \$signal$281 ;
-  assign \$504  = \$signal$247  == \$signal$280 ;
-  assign \$505  = lk > \$signal$281 ;
-  assign \$506  = \$504  & \$505 ;
-  assign \$507  = pre_ln | pre_sm;
-  assign \$508  = ~ \$507 ;
-  assign \$509  = \$506  & \$508 ;
-  assign \$510  = \$503  | \$509 ;
-  assign \$512  = is_linear | \$511 ;
+  assign \$495  = \$488  | \$494 ;
+  assign \$497  = is_linear | \$496 ;
+  assign \$498  = \$495  & \$497 ;
+  assign \$499  = ~ \$signal$298 ;
+  assign \$500  = \a__valid$299  & \a__ready$300 ;
+  assign \$501  = \$499  | \$500 ;
+  assign \$502  = \$498  & \$501 ;
+  assign \$503  = \$502  & a_blocks_left;
+  assign \$504  = w_feed_half * 9'h100;
+  assign \$505  = \$504  + feed_ntk;
+  assign \$506  = \$505  + \$signal$293 ;
+  assign \$508  = \$signal$259  == \$signal$292 ;
+  assign \$509  = lk > \$signal$293 ;
+  assign \$510  = \$508  & \$509 ;
+  assign \$511  = pre_ln | pre_sm;
+  assign \$512  = ~ \$511 ;
   assign \$513  = \$510  & \$512 ;
-  assign \$514  = ~ \$signal$286 ;
-  assign \$515  = \a__valid$287  & \a__ready$288 ;
-  assign \$516  = \$514  | \$515 ;
-  assign \$517  = \$513  & \$516 ;
-  assign \$518  = \$517  & a_blocks_left;
-  assign \$519  = w_feed_half * 9'h100;
-  assign \$520  = \$519  + feed_ntk;
-  assign \$521  = \$520  + \$signal$281 ;
-  assign \$523  = \$signal$247  == \$signal$280 ;
-  assign \$524  = lk > \$signal$281 ;
-  assign \$525  = \$523  & \$524 ;
-  assign \$526  = pre_ln | pre_sm;
-  assign \$527  = ~ \$526 ;
-  assign \$528  = \$525  & \$527 ;
-  assign \$529  = \$522  | \$528 ;
-  assign \$531  = is_linear | \$530 ;
+  assign \$514  = \$507  | \$513 ;
+  assign \$516  = is_linear | \$515 ;
+  assign \$517  = \$514  & \$516 ;
+  assign \$518  = ~ \$signal$298 ;
+  assign \$519  = \a__valid$299  & \a__ready$300 ;
+  assign \$520  = \$518  | \$519 ;
+  assign \$521  = \$517  & \$520 ;
+  assign \$522  = \$521  & a_blocks_left;
+  assign \$523  = w_feed_half * 9'h100;
+  assign \$524  = \$523  + feed_ntk;
+  assign \$525  = \$524  + \$signal$293 ;
+  assign \$527  = \$signal$259  == \$signal$292 ;
+  assign \$528  = lk > \$signal$293 ;
+  assign \$529  = \$527  & \$528 ;
+  assign \$530  = pre_ln | pre_sm;
+  assign \$531  = ~ \$530 ;
   assign \$532  = \$529  & \$531 ;
-  assign \$533  = ~ \$signal$286 ;
-  assign \$534  = \a__valid$287  & \a__ready$288 ;
-  assign \$535  = \$533  | \$534 ;
-  assign \$536  = \$532  & \$535 ;
-  assign \$537  = \$536  & a_blocks_left;
-  assign \$538  = w_feed_half * 9'h100;
-  assign \$539  = \$538  + feed_ntk;
-  assign \$540  = \$539  + \$signal$281 ;
-  assign \$542  = \$signal$247  == \$signal$280 ;
-  assign \$543  = lk > \$signal$281 ;
-  assign \$544  = \$542  & \$543 ;
-  assign \$545  = pre_ln | pre_sm;
-  assign \$546  = ~ \$545 ;
-  assign \$547  = \$544  & \$546 ;
-  assign \$548  = \$541  | \$547 ;
-  assign \$550  = is_linear | \$549 ;
+  assign \$533  = \$526  | \$532 ;
+  assign \$535  = is_linear | \$534 ;
+  assign \$536  = \$533  & \$535 ;
+  assign \$537  = ~ \$signal$298 ;
+  assign \$538  = \a__valid$299  & \a__ready$300 ;
+  assign \$539  = \$537  | \$538 ;
+  assign \$540  = \$536  & \$539 ;
+  assign \$541  = \$540  & a_blocks_left;
+  assign \$542  = w_feed_half * 9'h100;
+  assign \$543  = \$542  + feed_ntk;
+  assign \$544  = \$543  + \$signal$293 ;
+  assign \$546  = \$signal$259  == \$signal$292 ;
+  assign \$547  = lk > \$signal$293 ;
+  assign \$548  = \$546  & \$547 ;
+  assign \$549  = pre_ln | pre_sm;
+  assign \$550  = ~ \$549 ;
   assign \$551  = \$548  & \$550 ;
-  assign \$552  = ~ \$signal$286 ;
-  assign \$553  = \a__valid$287  & \a__ready$288 ;
-  assign \$554  = \$552  | \$553 ;
-  assign \$555  = \$551  & \$554 ;
-  assign \$556  = \$555  & a_blocks_left;
-  assign \$557  = w_feed_half * 9'h100;
-  assign \$558  = \$557  + feed_ntk;
-  assign \$559  = \$558  + \$signal$281 ;
-  assign \$561  = \$signal$247  == \$signal$280 ;
-  assign \$562  = lk > \$signal$281 ;
-  assign \$563  = \$561  & \$562 ;
-  assign \$564  = pre_ln | pre_sm;
-  assign \$565  = ~ \$564 ;
-  assign \$566  = \$563  & \$565 ;
-  assign \$567  = \$560  | \$566 ;
-  assign \$569  = is_linear | \$568 ;
+  assign \$552  = \$545  | \$551 ;
+  assign \$554  = is_linear | \$553 ;
+  assign \$555  = \$552  & \$554 ;
+  assign \$556  = ~ \$signal$298 ;
+  assign \$557  = \a__valid$299  & \a__ready$300 ;
+  assign \$558  = \$556  | \$557 ;
+  assign \$559  = \$555  & \$558 ;
+  assign \$560  = \$559  & a_blocks_left;
+  assign \$561  = w_feed_half * 9'h100;
+  assign \$562  = \$561  + feed_ntk;
+  assign \$563  = \$562  + \$signal$293 ;
+  assign \$565  = \$signal$259  == \$signal$292 ;
+  assign \$566  = lk > \$signal$293 ;
+  assign \$567  = \$565  & \$566 ;
+  assign \$568  = pre_ln | pre_sm;
+  assign \$569  = ~ \$568 ;
   assign \$570  = \$567  & \$569 ;
-  assign \$571  = ~ \$signal$286 ;
-  assign \$572  = \a__valid$287  & \a__ready$288 ;
-  assign \$573  = \$571  | \$572 ;
-  assign \$574  = \$570  & \$573 ;
-  assign \$575  = \$574  & a_blocks_left;
-  assign \$576  = w_feed_half * 9'h100;
-  assign \$577  = \$576  + feed_ntk;
-  assign \$578  = \$577  + \$signal$281 ;
-  assign \$580  = \$signal$247  == \$signal$280 ;
-  assign \$581  = lk > \$signal$281 ;
-  assign \$582  = \$580  & \$581 ;
-  assign \$583  = pre_ln | pre_sm;
-  assign \$584  = ~ \$583 ;
-  assign \$585  = \$582  & \$584 ;
-  assign \$586  = \$579  | \$585 ;
-  assign \$588  = is_linear | \$587 ;
+  assign \$571  = \$564  | \$570 ;
+  assign \$573  = is_linear | \$572 ;
+  assign \$574  = \$571  & \$573 ;
+  assign \$575  = ~ \$signal$298 ;
+  assign \$576  = \a__valid$299  & \a__ready$300 ;
+  assign \$577  = \$575  | \$576 ;
+  assign \$578  = \$574  & \$577 ;
+  assign \$579  = \$578  & a_blocks_left;
+  assign \$580  = w_feed_half * 9'h100;
+  assign \$581  = \$580  + feed_ntk;
+  assign \$582  = \$581  + \$signal$293 ;
+  assign \$584  = \$signal$259  == \$signal$292 ;
+  assign \$585  = lk > \$signal$293 ;
+  assign \$586  = \$584  & \$585 ;
+  assign \$587  = pre_ln | pre_sm;
+  assign \$588  = ~ \$587 ;
   assign \$589  = \$586  & \$588 ;
-  assign \$590  = ~ \$signal$286 ;
-  assign \$591  = \a__valid$287  & \a__ready$288 ;
-  assign \$592  = \$590  | \$591 ;
-  assign \$593  = \$589  & \$592 ;
-  assign \$594  = \$593  & a_blocks_left;
-  assign \$595  = is_linear ? w_full : \$signal$286 ;
-  assign \$596  = is_linear ? w_lane0 : \$signature__data$366 ;
-  assign \$597  = is_linear ? w_lane1 : \$signature__data$368 ;
-  assign \$598  = is_linear ? w_lane2 : \$signature__data$370 ;
-  assign \$599  = is_linear ? w_lane3 : \$signature__data$372 ;
-  assign \$600  = is_linear ? w_lane4 : \$signature__data$374 ;
-  assign \$601  = is_linear ? w_lane5 : \$signature__data$376 ;
-  assign \$602  = is_linear ? w_lane6 : \$signature__data$378 ;
-  assign \$603  = is_linear ? w_lane7 : \$signature__data$380 ;
-  assign \$604  = sink_from_gemm & dst_step;
-  assign \$605  = \$604  & last__4;
-  assign \$606  = res_to_pack & elem_take;
-  assign \$607  = post_col == 3'h7;
-  assign \$608  = \$606  & \$607 ;
-  assign \r_en$389  = \$605  | \$608 ;
-  assign \$609  = index__1 != dec_mt_last;
-  assign \$610  = index__3 < dec_rows_last;
-  assign \$611  = \$609  | \$610 ;
-  assign \$612  = index__2 * 4'h8;
-  assign \$613  = \$612  + index__4;
-  assign \$614  = \$613  < ins[71:56];
-  assign \$615  = \$611  & \$614 ;
-  assign \$616  = post_gelu | post_add;
-  assign \$617  = ~ \$616 ;
-  assign \$618  = gemm_active & \$617 ;
+  assign \$590  = \$583  | \$589 ;
+  assign \$592  = is_linear | \$591 ;
+  assign \$593  = \$590  & \$592 ;
+  assign \$594  = ~ \$signal$298 ;
+  assign \$595  = \a__valid$299  & \a__ready$300 ;
+  assign \$596  = \$594  | \$595 ;
+  assign \$597  = \$593  & \$596 ;
+  assign \$598  = \$597  & a_blocks_left;
+  assign \$599  = is_linear ? w_full : \$signal$298 ;
+  assign \$600  = is_linear ? w_lane0 : \$signature__data$378 ;
+  assign \$601  = is_linear ? w_lane1 : \$signature__data$380 ;
+  assign \$602  = is_linear ? w_lane2 : \$signature__data$382 ;
+  assign \$603  = is_linear ? w_lane3 : \$signature__data$384 ;
+  assign \$604  = is_linear ? w_lane4 : \$signature__data$386 ;
+  assign \$605  = is_linear ? w_lane5 : \$signature__data$388 ;
+  assign \$606  = is_linear ? w_lane6 : \$signature__data$390 ;
+  assign \$607  = is_linear ? w_lane7 : \$signature__data$392 ;
+  assign \$608  = sink_from_gemm & dst_step;
+  assign \$609  = \$608  & last__4;
+  assign \$610  = res_to_pack & elem_take;
+  assign \$611  = post_col == 3'h7;
+  assign \$612  = \$610  & \$611 ;
+  assign \r_en$401  = \$609  | \$612 ;
+  assign \$613  = index__1 != dec_mt_last;
+  assign \$614  = index__3 < dec_rows_last;
+  assign \$615  = \$613  | \$614 ;
+  assign \$616  = index__2 * 4'h8;
+  assign \$617  = \$616  + index__4;
+  assign \$618  = \$617  < ins[71:56];
+  assign \$619  = \$615  & \$618 ;
   assign \$620  = post_gelu | post_add;
-  assign \$621  = gemm_active & \$620 ;
-  assign \$623  = ~ fetch_sent;
-  assign \$624  = in_fetch & \$623 ;
-  assign \$625  = | c_ask;
-  assign \$626  = in_const & \$625 ;
-  assign \$627  = sink_from_load & ext_req_valid;
-  assign \$629  = gemm_active & \$signal$409 ;
-  assign \req__valid$402  = | { \$629 , \$628 , \$627 , \$626 , \$624  };
-  assign \$630  = in_fetch ? pc : 32'd0;
-  assign \$631  = in_const ? c_addr : 32'd0;
-  assign \$632  = \$630  | \$631 ;
-  assign \$633  = sink_from_load ? ext_req_addr : 32'd0;
-  assign \$634  = \$632  | \$633 ;
-  assign \$637  = want_w ? w_addr : p_addr;
-  assign \$638  = gemm_active ? \$637  : 32'd0;
-  assign \$639  = \$636  | \$638 ;
-  assign \$640  = in_fetch ? 3'h6 : 3'h0;
-  assign \$641  = in_const ? dec_c_lb : 3'h0;
-  assign \$642  = \$640  | \$641 ;
-  assign \$643  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$644  = \$642  | { 1'h0, \$643  };
-  assign \$647  = want_w ? w_lb : 3'h6;
-  assign \$648  = gemm_active ? \$647  : 3'h0;
-  assign \$649  = \$646  | \$648 ;
-  assign \$651  = const_to0 & c__ready;
-  assign \$652  = const_to1 & \c__ready$418 ;
-  assign \$653  = const_to2 & \c__ready$419 ;
-  assign \$654  = const_to3 & \c__ready$420 ;
-  assign \$655  = | { \$654 , \$653 , \$652 , \$651  };
+  assign \$621  = ~ \$620 ;
+  assign \$622  = gemm_active & \$621 ;
+  assign \$624  = post_gelu | post_add;
+  assign \$625  = gemm_active & \$624 ;
+  assign \$627  = ~ fetch_sent;
+  assign \$628  = in_fetch & \$627 ;
+  assign \$629  = | c_ask;
+  assign \$630  = in_const & \$629 ;
+  assign \$631  = sink_from_load & ext_req_valid;
+  assign \$633  = gemm_active & \$signal$421 ;
+  assign \req__valid$414  = | { \$633 , \$632 , \$631 , \$630 , \$628  };
+  assign \$634  = in_fetch ? pc : 32'd0;
+  assign \$635  = in_const ? c_addr : 32'd0;
+  assign \$636  = \$634  | \$635 ;
+  assign \$637  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$638  = \$636  | \$637 ;
+  assign \$641  = want_w ? w_addr : p_addr;
+  assign \$642  = gemm_active ? \$641  : 32'd0;
+  assign \$643  = \$640  | \$642 ;
+  assign \$644  = in_fetch ? 3'h6 : 3'h0;
+  assign \$645  = in_const ? dec_c_lb : 3'h0;
+  assign \$646  = \$644  | \$645 ;
+  assign \$647  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$648  = \$646  | { 1'h0, \$647  };
+  assign \$651  = want_w ? w_lb : 3'h6;
+  assign \$652  = gemm_active ? \$651  : 3'h0;
+  assign \$653  = \$650  | \$652 ;
+  assign \$655  = ~ c_full;
   assign \$656  = in_const & \$655 ;
-  assign \$657  = sink_from_load & \valid$221 ;
+  assign \$657  = sink_from_load & \valid$233 ;
   assign \$659  = ~ is_linear;
   assign \$660  = \$659  | rk_zero;
   assign \$661  = ~ w_full;
-  assign \$662  = \a__valid$287  & \a__ready$288 ;
+  assign \$662  = \a__valid$299  & \a__ready$300 ;
   assign \$663  = \$661  | \$662 ;
   assign \$664  = \$660  ? p__ready : \$663 ;
   assign \$665  = gemm_active & \$664 ;
-  assign beat__ready = | { \$665 , \$658 , \$657 , \$656 , \$650  };
+  assign beat__ready = | { \$665 , \$658 , \$657 , \$656 , \$654  };
   assign \$666  = sink_from_move & r_rdy;
   assign \$667  = sink_from_load & beat__valid;
   assign \$668  = ~ ext_req_valid;
-  assign \$669  = \$668  | \req__ready$424 ;
+  assign \$669  = \$668  | \req__ready$433 ;
   assign \$670  = r_rdy & \$669 ;
   assign \$671  = sink_from_store & \$670 ;
   assign \$672  = sink_from_softmax & o__valid;
-  assign \$673  = sink_from_layernorm & \o__valid$189 ;
-  assign \$674  = sink_from_add & \o__valid$206 ;
-  assign \$675  = sink_from_gelu0 & \o__valid$207 ;
+  assign \$673  = sink_from_layernorm & \o__valid$199 ;
+  assign \$674  = sink_from_add & \o__valid$217 ;
+  assign \$675  = sink_from_gelu0 & \o__valid$218 ;
   assign \$676  = sink_from_gemm & gemm_res_valid;
   assign \$677  = | { \$676 , \$675 , \$674 , \$673 , \$672 , \$671 , \$667 , \$666  };
-  assign dst_step = \valid$221  & \$677 ;
+  assign dst_step = \valid$233  & \$677 ;
   assign \$678  = ~ sink_from_store;
   assign \$679  = dst_step & \$678 ;
   assign wr__en = \$679  & dst_keep;
   assign \$680  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$431  = \$680  & r_rdy;
+  assign \i__valid$440  = \$680  & r_rdy;
   assign \$681  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$432  = \$681  & r_rdy;
-  assign \$682  = sink_from_softmax & \valid$221 ;
+  assign \i__valid$441  = \$681  & r_rdy;
+  assign \$682  = sink_from_softmax & \valid$233 ;
   assign \$683  = a_from_softmax & a_in_take;
-  assign \o__ready$433  = \$682  | \$683 ;
-  assign \$684  = sink_from_layernorm & \valid$221 ;
+  assign \o__ready$442  = \$682  | \$683 ;
+  assign \$684  = sink_from_layernorm & \valid$233 ;
   assign \$685  = a_from_layernorm & a_in_take;
-  assign \o__ready$434  = \$684  | \$685 ;
-  assign \$686  = sink_from_move & \valid$221 ;
-  assign \$687  = sink_from_store & \valid$221 ;
+  assign \o__ready$443  = \$684  | \$685 ;
+  assign \$686  = sink_from_move & \valid$233 ;
+  assign \$687  = sink_from_store & \valid$233 ;
   assign \$688  = ~ ext_req_valid;
-  assign \$689  = \$688  | \req__ready$424 ;
+  assign \$689  = \$688  | \req__ready$433 ;
   assign \$690  = \$687  & \$689 ;
   assign \$691  = sink_from_softmax | a_from_softmax;
-  assign \$692  = \$691  & \i__ready$436 ;
+  assign \$692  = \$691  & \i__ready$445 ;
   assign \$693  = sink_from_layernorm | a_from_layernorm;
-  assign \$694  = \$693  & \i__ready$437 ;
+  assign \$694  = \$693  & \i__ready$446 ;
   assign \$695  = q0_to_pack & elem_take;
   assign \$696  = a_from_src0 & a_in_take;
   assign \$697  = | { \$696 , \$695 , \$694 , \$692 , \$690 , \$686  };
-  assign \r_en$435  = r_rdy & \$697 ;
+  assign \r_en$444  = r_rdy & \$697 ;
   assign \$698  = in_stream & err;
   assign \$699  = ~ busy;
   assign clear = start & \$699 ;
@@ -29329,10 +29356,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$730  = \$728  & \$729 ;
   assign \$731  = ~ unit_rst;
   assign \$732  = src0_issue & \$731 ;
-  assign \$733  = last__3 & \last__4$454 ;
+  assign \$733  = last__3 & \last__4$463 ;
   assign \$734  = ~ unit_rst;
   assign \$735  = src1_issue & \$734 ;
-  assign \$736  = \last__3$459  & \last__4$457 ;
+  assign \$736  = \last__3$468  & \last__4$466 ;
   assign \$737  = ins[5:0] == 4'ha;
   assign \$738  = ins[5:0] == 4'hb;
   assign \$739  = ins[5:0] == 4'hc;
@@ -29444,7 +29471,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$851  = in_decode & \$850 ;
   assign \$852  = \$851  & d_end_more;
   assign \$853  = images_left - 1'h1;
-  assign \$854  = offset + \$signal$480 ;
+  assign \$854  = offset + \$signal$489 ;
   assign \$855  = in_stream & op_done;
   assign \$856  = | fault_q;
   assign \$857  = ~ \$856 ;
@@ -29493,329 +29520,334 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$900  = \$899  & req__ready;
   assign \$901  = c_ask - 1'h1;
   assign \$902  = c_addr + c_step;
-  assign \$903  = const_to0 & c__ready;
-  assign \$904  = const_to1 & \c__ready$418 ;
-  assign \$905  = const_to2 & \c__ready$419 ;
-  assign \$906  = const_to3 & \c__ready$420 ;
-  assign \$907  = | { \$906 , \$905 , \$904 , \$903  };
-  assign \$908  = beat__valid & \$907 ;
-  assign \$909  = c_due - 1'h1;
-  assign \$910  = c_due == 2'h2;
-  assign \$911  = is_gelu | is_add;
-  assign \$912  = \$911  | post_gelu;
-  assign \$913  = \$912  | post_add;
-  assign \$914  = is_gelu | is_add;
-  assign \$915  = \$914  | post_gelu;
-  assign \$916  = \$915  | post_add;
-  assign \$917  = \$916  & add_sel;
-  assign \$918  = is_gelu | is_add;
-  assign \$919  = \$918  | post_gelu;
-  assign \$920  = \$919  | post_add;
-  assign \$921  = \$920  & gelu_sel0;
-  assign \$922  = ~ post_gelu;
-  assign \$923  = is_gemm & \$922 ;
-  assign \$924  = ~ post_add;
-  assign \$925  = \$923  & \$924 ;
-  assign \$926  = is_gemm & pre_sm;
-  assign \$927  = is_gemm & pre_ln;
-  assign \$928  = ~ pre_sm;
-  assign \$929  = is_gemm & \$928 ;
-  assign \$930  = ~ pre_ln;
-  assign \$931  = \$929  & \$930 ;
-  assign \$932  = ~ is_load;
-  assign \$933  = ~ is_linear;
+  assign \$903  = ~ c_full;
+  assign \$904  = beat__valid & \$903 ;
+  assign \$905  = ~ beat__payload[512];
+  assign \$906  = ~ beat__payload[512];
+  assign \$907  = const_to0 & \$906 ;
+  assign \$908  = ~ beat__payload[512];
+  assign \$909  = const_to1 & \$908 ;
+  assign \$910  = ~ beat__payload[512];
+  assign \$911  = const_to2 & \$910 ;
+  assign \$912  = ~ beat__payload[512];
+  assign \$913  = const_to3 & \$912 ;
+  assign \$914  = c_due - 1'h1;
+  assign \$915  = c_due == 2'h2;
+  assign \$916  = is_gelu | is_add;
+  assign \$917  = \$916  | post_gelu;
+  assign \$918  = \$917  | post_add;
+  assign \$919  = is_gelu | is_add;
+  assign \$920  = \$919  | post_gelu;
+  assign \$921  = \$920  | post_add;
+  assign \$922  = \$921  & add_sel;
+  assign \$923  = is_gelu | is_add;
+  assign \$924  = \$923  | post_gelu;
+  assign \$925  = \$924  | post_add;
+  assign \$926  = \$925  & gelu_sel0;
+  assign \$927  = ~ post_gelu;
+  assign \$928  = is_gemm & \$927 ;
+  assign \$929  = ~ post_add;
+  assign \$930  = \$928  & \$929 ;
+  assign \$931  = is_gemm & pre_sm;
+  assign \$932  = is_gemm & pre_ln;
+  assign \$933  = ~ pre_sm;
   assign \$934  = is_gemm & \$933 ;
-  assign \$935  = add_sel | \$934 ;
-  assign \$936  = is_gelu | is_add;
-  assign \$937  = post_gelu | post_add;
-  assign \$938  = is_gemm & \$937 ;
-  assign \$939  = | ins[509:498];
-  assign \$940  = ~ \$939 ;
+  assign \$935  = ~ pre_ln;
+  assign \$936  = \$934  & \$935 ;
+  assign \$937  = ~ is_load;
+  assign \$938  = ~ is_linear;
+  assign \$939  = is_gemm & \$938 ;
+  assign \$940  = add_sel | \$939 ;
   assign \$941  = is_gelu | is_add;
-  assign \$942  = \$941  | post_gelu;
-  assign \$943  = \$942  | post_add;
-  assign \$944  = is_gelu | is_add;
-  assign \$945  = \$944  | post_gelu;
-  assign \$946  = \$945  | post_add;
-  assign \$947  = \$946  & add_sel;
-  assign \$948  = is_gelu | is_add;
-  assign \$949  = \$948  | post_gelu;
-  assign \$950  = \$949  | post_add;
-  assign \$951  = \$950  & gelu_sel0;
-  assign \$952  = ~ post_gelu;
-  assign \$953  = is_gemm & \$952 ;
-  assign \$954  = ~ post_add;
-  assign \$955  = \$953  & \$954 ;
-  assign \$956  = is_gemm & pre_sm;
-  assign \$957  = is_gemm & pre_ln;
-  assign \$958  = ~ pre_sm;
-  assign \$959  = is_gemm & \$958 ;
-  assign \$960  = ~ pre_ln;
-  assign \$961  = \$959  & \$960 ;
-  assign \$962  = ~ is_load;
-  assign \$963  = ~ is_linear;
+  assign \$942  = post_gelu | post_add;
+  assign \$943  = is_gemm & \$942 ;
+  assign \$944  = | ins[509:498];
+  assign \$945  = ~ \$944 ;
+  assign \$946  = is_gelu | is_add;
+  assign \$947  = \$946  | post_gelu;
+  assign \$948  = \$947  | post_add;
+  assign \$949  = is_gelu | is_add;
+  assign \$950  = \$949  | post_gelu;
+  assign \$951  = \$950  | post_add;
+  assign \$952  = \$951  & add_sel;
+  assign \$953  = is_gelu | is_add;
+  assign \$954  = \$953  | post_gelu;
+  assign \$955  = \$954  | post_add;
+  assign \$956  = \$955  & gelu_sel0;
+  assign \$957  = ~ post_gelu;
+  assign \$958  = is_gemm & \$957 ;
+  assign \$959  = ~ post_add;
+  assign \$960  = \$958  & \$959 ;
+  assign \$961  = is_gemm & pre_sm;
+  assign \$962  = is_gemm & pre_ln;
+  assign \$963  = ~ pre_sm;
   assign \$964  = is_gemm & \$963 ;
-  assign \$965  = add_sel | \$964 ;
-  assign \$966  = is_gelu | is_add;
-  assign \$967  = post_gelu | post_add;
-  assign \$968  = is_gemm & \$967 ;
-  assign \$969  = | fault_q;
-  assign \$970  = ~ \$969 ;
-  assign \$971  = op_done & \$970 ;
-  assign \$972  = ~ addr_fault;
-  assign \$973  = \$971  & \$972 ;
-  assign \$974  = $signed(addr) < $signed(1'h0);
-  assign \$975  = $signed(addr) >= $signed(16'h4000);
-  assign \$976  = \$974  | \$975 ;
-  assign \$977  = valid & \$976 ;
-  assign \$978  = ~ is_load;
-  assign \$979  = \$977  & \$978 ;
-  assign \$980  = ~ is_gemm;
-  assign \$981  = \$979  & \$980 ;
-  assign \$982  = $signed(\addr$89 ) < $signed(1'h0);
-  assign \$983  = $signed(\addr$89 ) >= $signed(16'h4000);
-  assign \$984  = \$982  | \$983 ;
-  assign \$985  = \valid$85  & \$984 ;
-  assign \$986  = \$985  & is_add;
-  assign \$987  = \$981  | \$986 ;
-  assign \$988  = $signed(\addr$97 ) < $signed(1'h0);
-  assign \$989  = $signed(\addr$97 ) >= $signed(16'h4000);
-  assign \$990  = \$988  | \$989 ;
-  assign \$991  = \valid$221  & \$990 ;
-  assign \$992  = ~ is_store;
-  assign \$993  = \$991  & \$992 ;
-  assign \$994  = ~ is_gemm;
-  assign \$995  = \$993  & \$994 ;
-  assign \$996  = \$987  | \$995 ;
-  assign \$997  = | fault_q;
-  assign \$998  = idle & \idle$491 ;
-  assign \$999  = is_softmax | is_layernorm;
-  assign \$1000  = ~ ext_req_valid;
-  assign \$1001  = \$1000  | req__ready;
-  assign \$1002  = $signed(addr) << ins[23:22];
-  assign \$1003  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1002 );
-  assign \$1004  = ~ ext_req_valid;
-  assign \$1005  = \$1004  | \req__ready$424 ;
-  assign \$1006  = $signed(\addr$97 ) << ins[23:22];
-  assign \$1007  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1006 );
-  assign \$1008  = pack_full & in_ready;
-  assign \$1009  = ~ pack_full;
-  assign \$1010  = \$1009  | in_ready;
-  assign \$1011  = \$1010  & elem_valid;
-  assign \$1012  = ~ add_sel;
-  assign \$1013  = \r_rdy$203  | \$1012 ;
-  assign \$1014  = \$1011  & \$1013 ;
-  assign \$1015  = pack_j == 2'h3;
-  assign \$1016  = \$1015  | elem_final;
-  assign \$1017  = pack_j + 1'h1;
-  assign \$1018  = \$signal$205  & \valid$221 ;
-  assign \$1019  = pack_jo == 2'h3;
-  assign \$1020  = \$1019  | \final ;
-  assign \$1021  = pack_jo + 1'h1;
-  assign \$1022  = 1'h1 << w_lb;
-  assign \$1023  = | dec_tiles;
-  assign \$1024  = | dec_k_last;
-  assign \$1025  = ~ \$1024 ;
-  assign \$1026  = | dec_nt_last;
-  assign \$1027  = ~ \$1026 ;
-  assign \$1028  = \$signal$409  & req__ready;
-  assign \$1029  = ~ want_w;
-  assign \$1030  = \$1029  & is_linear;
-  assign \$1031  = ~ is_linear;
-  assign \$1032  = want_w & \$signal$497 ;
-  assign \$1033  = \$1031  | \$1032 ;
-  assign \$1034  = ~ \$1033 ;
-  assign \$1035  = want_w & \$1034 ;
-  assign \$1036  = k + 1'h1;
-  assign \$1037  = k + 1'h1;
-  assign \$1038  = \$1037  == dec_k_last;
-  assign \$1039  = w_addr + w_step;
-  assign \$1040  = ~ is_linear;
-  assign \$1041  = want_w & \$signal$497 ;
-  assign \$1042  = \$1040  | \$1041 ;
-  assign \$1043  = tiles - 1'h1;
-  assign \$1044  = tiles != 1'h1;
-  assign \$1045  = | dec_k_last;
-  assign \$1046  = ~ \$1045 ;
-  assign \$1047  = | dec_nt_last;
-  assign \$1048  = ~ \$1047 ;
-  assign \$1049  = nt + 1'h1;
-  assign \$1050  = nt + 1'h1;
-  assign \$1051  = \$1050  == dec_nt_last;
-  assign \$1052  = p_addr + 7'h40;
-  assign \$1053  = \a__valid$287  & \a__ready$288 ;
-  assign \$1054  = ~ is_linear;
-  assign \$1055  = \$1054  | rk_zero;
-  assign \$1056  = ~ w_full;
-  assign \$1057  = \a__valid$287  & \a__ready$288 ;
-  assign \$1058  = \$1056  | \$1057 ;
-  assign \$1059  = \$1055  ? p__ready : \$1058 ;
-  assign \$1060  = beat__valid & \$1059 ;
-  assign \$1061  = \$1060  & is_linear;
-  assign \$1062  = rk == ins[87:72];
-  assign \$1063  = rk + 1'h1;
-  assign \$1064  = \$1062  ? 17'h00000 : \$1063 ;
-  assign \$1065  = rk == ins[87:72];
-  assign \$1066  = ~ is_linear;
-  assign \$1067  = \$1066  | rk_zero;
-  assign \$1068  = ~ \$1067 ;
-  assign \$1069  = | dec_k_last;
-  assign \$1070  = ~ \$1069 ;
-  assign \$1071  = | dec_k_last;
-  assign \$1072  = ~ \$1071 ;
-  assign \$1073  = | dec_nt_last;
-  assign \$1074  = ~ \$1073 ;
-  assign \$1075  = | dec_blocks;
+  assign \$965  = ~ pre_ln;
+  assign \$966  = \$964  & \$965 ;
+  assign \$967  = ~ is_load;
+  assign \$968  = ~ is_linear;
+  assign \$969  = is_gemm & \$968 ;
+  assign \$970  = add_sel | \$969 ;
+  assign \$971  = is_gelu | is_add;
+  assign \$972  = post_gelu | post_add;
+  assign \$973  = is_gemm & \$972 ;
+  assign \$974  = | fault_q;
+  assign \$975  = ~ \$974 ;
+  assign \$976  = op_done & \$975 ;
+  assign \$977  = ~ addr_fault;
+  assign \$978  = \$976  & \$977 ;
+  assign \$979  = $signed(addr) < $signed(1'h0);
+  assign \$980  = $signed(addr) >= $signed(16'h4000);
+  assign \$981  = \$979  | \$980 ;
+  assign \$982  = valid & \$981 ;
+  assign \$983  = ~ is_load;
+  assign \$984  = \$982  & \$983 ;
+  assign \$985  = ~ is_gemm;
+  assign \$986  = \$984  & \$985 ;
+  assign \$987  = $signed(\addr$89 ) < $signed(1'h0);
+  assign \$988  = $signed(\addr$89 ) >= $signed(16'h4000);
+  assign \$989  = \$987  | \$988 ;
+  assign \$990  = \valid$85  & \$989 ;
+  assign \$991  = \$990  & is_add;
+  assign \$992  = \$986  | \$991 ;
+  assign \$993  = $signed(\addr$97 ) < $signed(1'h0);
+  assign \$994  = $signed(\addr$97 ) >= $signed(16'h4000);
+  assign \$995  = \$993  | \$994 ;
+  assign \$996  = \valid$233  & \$995 ;
+  assign \$997  = ~ is_store;
+  assign \$998  = \$996  & \$997 ;
+  assign \$999  = ~ is_gemm;
+  assign \$1000  = \$998  & \$999 ;
+  assign \$1001  = \$992  | \$1000 ;
+  assign \$1002  = | fault_q;
+  assign \$1003  = idle & \idle$504 ;
+  assign \$1004  = is_softmax | is_layernorm;
+  assign \$1005  = ~ ext_req_valid;
+  assign \$1006  = \$1005  | req__ready;
+  assign \$1007  = $signed(addr) << ins[23:22];
+  assign \$1008  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1007 );
+  assign \$1009  = ~ ext_req_valid;
+  assign \$1010  = \$1009  | \req__ready$433 ;
+  assign \$1011  = $signed(\addr$97 ) << ins[23:22];
+  assign \$1012  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1011 );
+  assign \$1013  = \w_en$166  & w_rdy;
+  assign \$1014  = ~ \w_en$166 ;
+  assign \$1015  = \$1014  | w_rdy;
+  assign \$1016  = \$1015  & elem_valid;
+  assign \$1017  = ~ add_sel;
+  assign \$1018  = \r_rdy$214  | \$1017 ;
+  assign \$1019  = \$1016  & \$1018 ;
+  assign \$1020  = pack_j == 2'h3;
+  assign \$1021  = \$1020  | elem_final;
+  assign \$1022  = pack_j + 1'h1;
+  assign \$1023  = \$signal$216  & \valid$233 ;
+  assign \$1024  = pack_jo == 2'h3;
+  assign \$1025  = \$1024  | \final ;
+  assign \$1026  = pack_jo + 1'h1;
+  assign \$1027  = 1'h1 << w_lb;
+  assign \$1028  = | dec_tiles;
+  assign \$1029  = | dec_k_last;
+  assign \$1030  = ~ \$1029 ;
+  assign \$1031  = | dec_nt_last;
+  assign \$1032  = ~ \$1031 ;
+  assign \$1033  = \$signal$421  & req__ready;
+  assign \$1034  = ~ want_w;
+  assign \$1035  = \$1034  & is_linear;
+  assign \$1036  = ~ is_linear;
+  assign \$1037  = want_w & \$signal$510 ;
+  assign \$1038  = \$1036  | \$1037 ;
+  assign \$1039  = ~ \$1038 ;
+  assign \$1040  = want_w & \$1039 ;
+  assign \$1041  = k + 1'h1;
+  assign \$1042  = k + 1'h1;
+  assign \$1043  = \$1042  == dec_k_last;
+  assign \$1044  = w_addr + w_step;
+  assign \$1045  = ~ is_linear;
+  assign \$1046  = want_w & \$signal$510 ;
+  assign \$1047  = \$1045  | \$1046 ;
+  assign \$1048  = tiles - 1'h1;
+  assign \$1049  = tiles != 1'h1;
+  assign \$1050  = | dec_k_last;
+  assign \$1051  = ~ \$1050 ;
+  assign \$1052  = | dec_nt_last;
+  assign \$1053  = ~ \$1052 ;
+  assign \$1054  = nt + 1'h1;
+  assign \$1055  = nt + 1'h1;
+  assign \$1056  = \$1055  == dec_nt_last;
+  assign \$1057  = p_addr + 7'h40;
+  assign \$1058  = \a__valid$299  & \a__ready$300 ;
+  assign \$1059  = ~ is_linear;
+  assign \$1060  = \$1059  | rk_zero;
+  assign \$1061  = ~ w_full;
+  assign \$1062  = \a__valid$299  & \a__ready$300 ;
+  assign \$1063  = \$1061  | \$1062 ;
+  assign \$1064  = \$1060  ? p__ready : \$1063 ;
+  assign \$1065  = beat__valid & \$1064 ;
+  assign \$1066  = \$1065  & is_linear;
+  assign \$1067  = rk == ins[87:72];
+  assign \$1068  = rk + 1'h1;
+  assign \$1069  = \$1067  ? 17'h00000 : \$1068 ;
+  assign \$1070  = rk == ins[87:72];
+  assign \$1071  = ~ is_linear;
+  assign \$1072  = \$1071  | rk_zero;
+  assign \$1073  = ~ \$1072 ;
+  assign \$1074  = | dec_k_last;
+  assign \$1075  = ~ \$1074 ;
+  assign \$1076  = | dec_k_last;
   assign \$1077  = ~ \$1076 ;
-  assign \$1078  = a_in_valid & \$1077 ;
-  assign \$1079  = pre_ln | pre_sm;
-  assign \$1080  = \$1078  & \$1079 ;
+  assign \$1078  = | dec_nt_last;
+  assign \$1079  = ~ \$1078 ;
+  assign \$1080  = | dec_blocks;
   assign \$1082  = ~ \$1081 ;
   assign \$1083  = a_in_valid & \$1082 ;
-  assign \$1084  = | dec_k_last;
-  assign \$1085  = ~ \$1084 ;
-  assign \$1086  = \$signal$254  == 4'h8;
-  assign \$1087  = ~ \$signal$247 ;
-  assign \$1088  = \$signal$254  + 1'h1;
-  assign \$1089  = lk + 1'h1;
-  assign \$1090  = lk + 1'h1;
-  assign \$1091  = \$1090  == dec_k_last;
-  assign \$1092  = \$signal$254  == 4'h8;
-  assign \$1093  = lk + 1'h1;
+  assign \$1084  = pre_ln | pre_sm;
+  assign \$1085  = \$1083  & \$1084 ;
+  assign \$1087  = ~ \$1086 ;
+  assign \$1088  = a_in_valid & \$1087 ;
+  assign \$1089  = | dec_k_last;
+  assign \$1090  = ~ \$1089 ;
+  assign \$1091  = \$signal$266  == 4'h8;
+  assign \$1092  = ~ \$signal$259 ;
+  assign \$1093  = \$signal$266  + 1'h1;
   assign \$1094  = lk + 1'h1;
-  assign \$1095  = \$1094  == dec_k_last;
-  assign \$1096  = | dec_k_last;
-  assign \$1097  = ~ \$1096 ;
-  assign \$1098  = ~ \$signal$247 ;
-  assign \$1099  = \$signal$254  + 1'h1;
-  assign \$1100  = \a__valid$287  & \a__ready$288 ;
-  assign \$1102  = \$signal$247  == \$signal$280 ;
-  assign \$1103  = lk > \$signal$281 ;
-  assign \$1104  = \$1102  & \$1103 ;
-  assign \$1105  = pre_ln | pre_sm;
-  assign \$1106  = ~ \$1105 ;
-  assign \$1107  = \$1104  & \$1106 ;
-  assign \$1108  = \$1101  | \$1107 ;
-  assign \$1110  = is_linear | \$1109 ;
-  assign \$1111  = \$1108  & \$1110 ;
-  assign \$1112  = ~ \$signal$286 ;
-  assign \$1113  = \a__valid$287  & \a__ready$288 ;
-  assign \$1114  = \$1112  | \$1113 ;
-  assign \$1115  = \$1111  & \$1114 ;
-  assign \$1116  = \$1115  & a_blocks_left;
-  assign \$1117  = | dec_k_last;
-  assign \$1118  = ~ \$1117 ;
-  assign \$1119  = | dec_nt_last;
-  assign \$1120  = ~ \$1119 ;
-  assign \$1121  = ~ \$signal$280 ;
-  assign \$1122  = feed_blocks - 1'h1;
-  assign \$1123  = feed_blocks != 1'h1;
-  assign \$1124  = fnt + 1'h1;
-  assign \$1125  = fnt + 1'h1;
-  assign \$1126  = \$1125  == dec_nt_last;
-  assign \$1127  = \$signal$281  + 1'h1;
-  assign \$1128  = \$signal$281  + 1'h1;
-  assign \$1129  = \$1128  == dec_k_last;
-  assign \$1131  = ~ \$1130 ;
-  assign \$1132  = \r_rdy$203  & \$1131 ;
-  assign \$1133  = ~ is_linear;
-  assign \$1134  = \$1132  & \$1133 ;
-  assign \$1135  = w_load_lane == 3'h7;
-  assign \$1136  = w_load_k + 1'h1;
-  assign \$1137  = w_load_addr + 1'h1;
-  assign \$1138  = w_load_k == dec_k_last;
-  assign \$1139  = w_load_nt + 1'h1;
-  assign \$1140  = w_load_nt == dec_nt_last;
-  assign \$1141  = ~ w_load_half;
-  assign \$1142  = w_load_lane + 1'h1;
-  assign \$1144  = \$signal$247  == \$signal$280 ;
-  assign \$1145  = lk > \$signal$281 ;
-  assign \$1146  = \$1144  & \$1145 ;
-  assign \$1147  = pre_ln | pre_sm;
-  assign \$1148  = ~ \$1147 ;
-  assign \$1149  = \$1146  & \$1148 ;
-  assign \$1150  = \$1143  | \$1149 ;
-  assign \$1152  = is_linear | \$1151 ;
-  assign \$1153  = \$1150  & \$1152 ;
-  assign \$1154  = ~ \$signal$286 ;
-  assign \$1155  = \a__valid$287  & \a__ready$288 ;
-  assign \$1156  = \$1154  | \$1155 ;
-  assign \$1157  = \$1153  & \$1156 ;
-  assign \$1158  = \$1157  & a_blocks_left;
-  assign \$1159  = ~ is_linear;
-  assign \$1160  = \$1158  & \$1159 ;
-  assign \$1161  = feed_mt == dec_mt_last;
-  assign \$1162  = ~ w_feed_half;
-  assign \$1163  = feed_mt + 1'h1;
-  assign \$1164  = feed_ntk + ins[87:72];
-  assign \$1165  = post_gelu | post_add;
-  assign \$1166  = gemm_active & \$1165 ;
-  assign \$1167  = post_col == 3'h7;
-  assign \$1168  = post_col + 1'h1;
-  assign \$1169  = \$1167  ? 4'h0 : \$1168 ;
-  assign \$1170  = ~ \busy$508 ;
-  assign \$1171  = in_stream & \$1170 ;
-  assign \$1172  = ~ ext_req_valid;
-  assign \$1173  = \$1171  & \$1172 ;
-  assign \$1174  = \$1173  & \idle$491 ;
+  assign \$1095  = lk + 1'h1;
+  assign \$1096  = \$1095  == dec_k_last;
+  assign \$1097  = \$signal$266  == 4'h8;
+  assign \$1098  = lk + 1'h1;
+  assign \$1099  = lk + 1'h1;
+  assign \$1100  = \$1099  == dec_k_last;
+  assign \$1101  = | dec_k_last;
+  assign \$1102  = ~ \$1101 ;
+  assign \$1103  = ~ \$signal$259 ;
+  assign \$1104  = \$signal$266  + 1'h1;
+  assign \$1105  = \a__valid$299  & \a__ready$300 ;
+  assign \$1107  = \$signal$259  == \$signal$292 ;
+  assign \$1108  = lk > \$signal$293 ;
+  assign \$1109  = \$1107  & \$1108 ;
+  assign \$1110  = pre_ln | pre_sm;
+  assign \$1111  = ~ \$1110 ;
+  assign \$1112  = \$1109  & \$1111 ;
+  assign \$1113  = \$1106  | \$1112 ;
+  assign \$1115  = is_linear | \$1114 ;
+  assign \$1116  = \$1113  & \$1115 ;
+  assign \$1117  = ~ \$signal$298 ;
+  assign \$1118  = \a__valid$299  & \a__ready$300 ;
+  assign \$1119  = \$1117  | \$1118 ;
+  assign \$1120  = \$1116  & \$1119 ;
+  assign \$1121  = \$1120  & a_blocks_left;
+  assign \$1122  = | dec_k_last;
+  assign \$1123  = ~ \$1122 ;
+  assign \$1124  = | dec_nt_last;
+  assign \$1125  = ~ \$1124 ;
+  assign \$1126  = ~ \$signal$292 ;
+  assign \$1127  = feed_blocks - 1'h1;
+  assign \$1128  = feed_blocks != 1'h1;
+  assign \$1129  = fnt + 1'h1;
+  assign \$1130  = fnt + 1'h1;
+  assign \$1131  = \$1130  == dec_nt_last;
+  assign \$1132  = \$signal$293  + 1'h1;
+  assign \$1133  = \$signal$293  + 1'h1;
+  assign \$1134  = \$1133  == dec_k_last;
+  assign \$1136  = ~ \$1135 ;
+  assign \$1137  = \r_rdy$214  & \$1136 ;
+  assign \$1138  = ~ is_linear;
+  assign \$1139  = \$1137  & \$1138 ;
+  assign \$1140  = w_load_lane == 3'h7;
+  assign \$1141  = w_load_k + 1'h1;
+  assign \$1142  = w_load_addr + 1'h1;
+  assign \$1143  = w_load_k == dec_k_last;
+  assign \$1144  = w_load_nt + 1'h1;
+  assign \$1145  = w_load_nt == dec_nt_last;
+  assign \$1146  = ~ w_load_half;
+  assign \$1147  = w_load_lane + 1'h1;
+  assign \$1149  = \$signal$259  == \$signal$292 ;
+  assign \$1150  = lk > \$signal$293 ;
+  assign \$1151  = \$1149  & \$1150 ;
+  assign \$1152  = pre_ln | pre_sm;
+  assign \$1153  = ~ \$1152 ;
+  assign \$1154  = \$1151  & \$1153 ;
+  assign \$1155  = \$1148  | \$1154 ;
+  assign \$1157  = is_linear | \$1156 ;
+  assign \$1158  = \$1155  & \$1157 ;
+  assign \$1159  = ~ \$signal$298 ;
+  assign \$1160  = \a__valid$299  & \a__ready$300 ;
+  assign \$1161  = \$1159  | \$1160 ;
+  assign \$1162  = \$1158  & \$1161 ;
+  assign \$1163  = \$1162  & a_blocks_left;
+  assign \$1164  = ~ is_linear;
+  assign \$1165  = \$1163  & \$1164 ;
+  assign \$1166  = feed_mt == dec_mt_last;
+  assign \$1167  = ~ w_feed_half;
+  assign \$1168  = feed_mt + 1'h1;
+  assign \$1169  = feed_ntk + ins[87:72];
+  assign \$1170  = post_gelu | post_add;
+  assign \$1171  = gemm_active & \$1170 ;
+  assign \$1172  = post_col == 3'h7;
+  assign \$1173  = post_col + 1'h1;
+  assign \$1174  = \$1172  ? 4'h0 : \$1173 ;
+  assign \$1175  = ~ \busy$521 ;
+  assign \$1176  = in_stream & \$1175 ;
+  assign \$1177  = ~ ext_req_valid;
+  assign \$1178  = \$1176  & \$1177 ;
+  assign \$1179  = \$1178  & \idle$504 ;
   always @(posedge clk)
-    load <= \$1175 ;
+    load <= \$1180 ;
   always @(posedge clk)
-    is_end <= \$1176 ;
+    is_end <= \$1181 ;
   always @(posedge clk)
-    is_load <= \$1177 ;
+    is_load <= \$1182 ;
   always @(posedge clk)
-    is_store <= \$1178 ;
+    is_store <= \$1183 ;
   always @(posedge clk)
-    is_linear <= \$1179 ;
+    is_linear <= \$1184 ;
   always @(posedge clk)
-    is_matmul <= \$1180 ;
+    is_matmul <= \$1185 ;
   always @(posedge clk)
-    is_softmax <= \$1181 ;
+    is_softmax <= \$1186 ;
   always @(posedge clk)
-    is_gelu <= \$1182 ;
+    is_gelu <= \$1187 ;
   always @(posedge clk)
-    is_layernorm <= \$1183 ;
+    is_layernorm <= \$1188 ;
   always @(posedge clk)
-    is_add <= \$1184 ;
+    is_add <= \$1189 ;
   always @(posedge clk)
-    is_im2col <= \$1185 ;
+    is_im2col <= \$1190 ;
   always @(posedge clk)
-    is_concat <= \$1186 ;
+    is_concat <= \$1191 ;
   always @(posedge clk)
-    is_split_heads <= \$1187 ;
+    is_split_heads <= \$1192 ;
   always @(posedge clk)
-    is_merge_heads <= \$1188 ;
+    is_merge_heads <= \$1193 ;
   always @(posedge clk)
-    is_transpose <= \$1189 ;
+    is_transpose <= \$1194 ;
   always @(posedge clk)
-    is_select <= \$1190 ;
+    is_select <= \$1195 ;
   always @(posedge clk)
-    op_onehot <= \$1191 ;
+    op_onehot <= \$1196 ;
   always @(posedge clk)
-    is_gemm <= \$1192 ;
+    is_gemm <= \$1197 ;
   always @(posedge clk)
-    post_gelu <= \$1193 ;
+    post_gelu <= \$1198 ;
   always @(posedge clk)
-    post_add <= \$1194 ;
+    post_add <= \$1199 ;
   always @(posedge clk)
-    pre_ln <= \$1195 ;
+    pre_ln <= \$1200 ;
   always @(posedge clk)
-    pre_sm <= \$1196 ;
+    pre_sm <= \$1201 ;
   always @(posedge clk)
-    src0_inflight <= \$1197 ;
+    src0_inflight <= \$1202 ;
   always @(posedge clk)
-    src0_meta <= \$1198 ;
+    src0_meta <= \$1203 ;
   always @(posedge clk)
-    src1_inflight <= \$1199 ;
+    src1_inflight <= \$1204 ;
   always @(posedge clk)
-    src1_meta <= \$1200 ;
+    src1_meta <= \$1205 ;
   always @(posedge clk)
-    is_move <= \$1201 ;
+    is_move <= \$1206 ;
   always @(posedge clk)
-    gelu_sel0 <= \$1202 ;
+    gelu_sel0 <= \$1207 ;
   always @(posedge clk)
-    add_sel <= \$1203 ;
+    add_sel <= \$1208 ;
   always @(posedge clk)
     dec_n1p <= \$757 ;
   always @(posedge clk)
@@ -29843,304 +29875,316 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @(posedge clk)
     dec_ext_base <= \$777 [31:0];
   always @(posedge clk)
-    addr_fault <= \$1204 ;
+    addr_fault <= \$1209 ;
   always @(posedge clk)
-    ext_req_valid <= \$1205 ;
+    ext_req_valid <= \$1210 ;
   always @(posedge clk)
-    cycles <= \$1206 ;
+    cycles <= \$1211 ;
   always @(posedge clk)
-    op_cycles__0 <= \$1207 ;
+    op_cycles__0 <= \$1212 ;
   always @(posedge clk)
-    op_cycles__1 <= \$1208 ;
+    op_cycles__1 <= \$1213 ;
   always @(posedge clk)
-    op_cycles__2 <= \$1209 ;
+    op_cycles__2 <= \$1214 ;
   always @(posedge clk)
-    op_cycles__3 <= \$1210 ;
+    op_cycles__3 <= \$1215 ;
   always @(posedge clk)
-    op_cycles__4 <= \$1211 ;
+    op_cycles__4 <= \$1216 ;
   always @(posedge clk)
-    op_cycles__5 <= \$1212 ;
+    op_cycles__5 <= \$1217 ;
   always @(posedge clk)
-    op_cycles__6 <= \$1213 ;
+    op_cycles__6 <= \$1218 ;
   always @(posedge clk)
-    op_cycles__7 <= \$1214 ;
+    op_cycles__7 <= \$1219 ;
   always @(posedge clk)
-    op_cycles__8 <= \$1215 ;
+    op_cycles__8 <= \$1220 ;
   always @(posedge clk)
-    op_cycles__9 <= \$1216 ;
+    op_cycles__9 <= \$1221 ;
   always @(posedge clk)
-    op_cycles__10 <= \$1217 ;
+    op_cycles__10 <= \$1222 ;
   always @(posedge clk)
-    op_cycles__11 <= \$1218 ;
+    op_cycles__11 <= \$1223 ;
   always @(posedge clk)
-    op_cycles__12 <= \$1219 ;
+    op_cycles__12 <= \$1224 ;
   always @(posedge clk)
-    op_cycles__13 <= \$1220 ;
+    op_cycles__13 <= \$1225 ;
   always @(posedge clk)
-    op_cycles__14 <= \$1221 ;
+    op_cycles__14 <= \$1226 ;
   always @(posedge clk)
-    op_cycles__15 <= \$1222 ;
+    op_cycles__15 <= \$1227 ;
   always @(posedge clk)
-    d_end_more <= \$1223 ;
+    d_end_more <= \$1228 ;
   always @(posedge clk)
-    d_end <= \$1224 ;
+    d_end <= \$1229 ;
   always @(posedge clk)
-    d_count_zero <= \$1225 ;
+    d_count_zero <= \$1230 ;
   always @(posedge clk)
-    d_const <= \$1226 ;
+    d_const <= \$1231 ;
   always @(posedge clk)
-    d_stream <= \$1227 ;
+    d_stream <= \$1232 ;
   always @(posedge clk)
-    pc <= \$1228 ;
+    pc <= \$1233 ;
   always @(posedge clk)
-    busy <= \$1229 ;
+    busy <= \$1234 ;
   always @(posedge clk)
-    done <= \$1230 ;
+    done <= \$1235 ;
   always @(posedge clk)
-    error <= \$1231 ;
+    error <= \$1236 ;
   always @(posedge clk)
-    fetch_sent <= \$1232 ;
+    fetch_sent <= \$1237 ;
   always @(posedge clk)
-    \$signal$479  <= \$1233 ;
+    \$signal$488  <= \$1238 ;
   always @(posedge clk)
-    \$signal$480  <= \$1234 ;
+    \$signal$489  <= \$1239 ;
   always @(posedge clk)
-    images_left <= \$1235 ;
+    images_left <= \$1240 ;
   always @(posedge clk)
-    offset <= \$1236 ;
+    offset <= \$1241 ;
   always @(posedge clk)
-    seq_state <= \$1237 ;
+    seq_state <= \$1242 ;
   always @(posedge clk)
-    in_stream <= \$1238 ;
+    in_stream <= \$1243 ;
   always @(posedge clk)
-    in_decode <= \$1239 ;
+    in_decode <= \$1244 ;
   always @(posedge clk)
-    in_op <= \$1240 ;
+    in_op <= \$1245 ;
   always @(posedge clk)
-    unit_rst <= \$1241 ;
+    unit_rst <= \$1246 ;
   always @(posedge clk)
-    gemm_active <= \$1242 ;
+    gemm_active <= \$1247 ;
   always @(posedge clk)
-    pack_active <= \$1243 ;
+    pack_active <= \$1248 ;
   always @(posedge clk)
-    sink_from_move <= \$1244 ;
+    sink_from_move <= \$1249 ;
   always @(posedge clk)
-    sink_from_load <= \$1245 ;
+    sink_from_load <= \$1250 ;
   always @(posedge clk)
-    sink_from_store <= \$1246 ;
+    sink_from_store <= \$1251 ;
   always @(posedge clk)
-    sink_from_softmax <= \$1247 ;
+    sink_from_softmax <= \$1252 ;
   always @(posedge clk)
-    sink_from_layernorm <= \$1248 ;
+    sink_from_layernorm <= \$1253 ;
   always @(posedge clk)
-    sink_from_add <= \$1249 ;
+    sink_from_add <= \$1254 ;
   always @(posedge clk)
-    sink_from_gelu0 <= \$1250 ;
+    sink_from_gelu0 <= \$1255 ;
   always @(posedge clk)
-    sink_from_gemm <= \$1251 ;
+    sink_from_gemm <= \$1256 ;
   always @(posedge clk)
-    a_from_softmax <= \$1252 ;
+    a_from_softmax <= \$1257 ;
   always @(posedge clk)
-    a_from_layernorm <= \$1253 ;
+    a_from_layernorm <= \$1258 ;
   always @(posedge clk)
-    a_from_src0 <= \$1254 ;
+    a_from_src0 <= \$1259 ;
   always @(posedge clk)
-    const_to0 <= \$1255 ;
+    const_to0 <= \$1260 ;
   always @(posedge clk)
-    const_to1 <= \$1256 ;
+    const_to1 <= \$1261 ;
   always @(posedge clk)
-    const_to2 <= \$1257 ;
+    const_to2 <= \$1262 ;
   always @(posedge clk)
-    const_to3 <= \$1258 ;
+    const_to3 <= \$1263 ;
   always @(posedge clk)
-    in_fetch <= \$1259 ;
+    in_fetch <= \$1264 ;
   always @(posedge clk)
-    in_const <= \$1260 ;
+    in_const <= \$1265 ;
   always @(posedge clk)
-    run0 <= \$1261 ;
+    run0 <= \$1266 ;
   always @(posedge clk)
-    run1 <= \$1262 ;
+    run1 <= \$1267 ;
   always @(posedge clk)
-    q0_to_pack <= \$1263 ;
+    q0_to_pack <= \$1268 ;
   always @(posedge clk)
-    res_to_pack <= \$1264 ;
+    res_to_pack <= \$1269 ;
   always @(posedge clk)
-    ins <= \$1265 ;
+    ins <= \$1270 ;
   always @(posedge clk)
-    decode_wait <= \$1266 ;
+    decode_wait <= \$1271 ;
   always @(posedge clk)
-    c_addr <= \$1267 ;
+    c_addr <= \$1272 ;
   always @(posedge clk)
-    c_step <= \$1268 ;
+    c_step <= \$1273 ;
   always @(posedge clk)
-    c_ask <= \$1269 ;
+    c_ask <= \$1274 ;
   always @(posedge clk)
-    c_due <= \$1270 ;
+    c_due <= \$1275 ;
   always @(posedge clk)
-    c_last <= \$1271 ;
+    c_last <= \$1276 ;
   always @(posedge clk)
-    ext_req_addr <= \$1272 ;
+    c_data <= \$1277 ;
   always @(posedge clk)
-    ext_req_data <= \$1273 ;
+    c_full <= \$1278 ;
   always @(posedge clk)
-    pack_full <= \$1274 ;
+    c_valid0 <= \$1279 ;
   always @(posedge clk)
-    pack_a0 <= \$1275 ;
+    c_valid1 <= \$1280 ;
   always @(posedge clk)
-    pack_a1 <= \$1276 ;
+    c_valid2 <= \$1281 ;
   always @(posedge clk)
-    pack_a2 <= \$1277 ;
+    c_valid3 <= \$1282 ;
   always @(posedge clk)
-    pack_a3 <= \$1278 ;
+    ext_req_addr <= \$1283 ;
   always @(posedge clk)
-    pack_b0 <= \$1279 ;
+    ext_req_data <= \$1284 ;
   always @(posedge clk)
-    pack_b1 <= \$1280 ;
+    \w_en$166  <= \$1285 ;
   always @(posedge clk)
-    pack_b2 <= \$1281 ;
+    pack_a0 <= \$1286 ;
   always @(posedge clk)
-    pack_b3 <= \$1282 ;
+    pack_a1 <= \$1287 ;
   always @(posedge clk)
-    pack_j <= \$1283 ;
+    pack_a2 <= \$1288 ;
   always @(posedge clk)
-    pack_jo <= \$1284 ;
+    pack_a3 <= \$1289 ;
   always @(posedge clk)
-    tiles <= \$1285 ;
+    pack_b0 <= \$1290 ;
   always @(posedge clk)
-    nt <= \$1286 ;
+    pack_b1 <= \$1291 ;
   always @(posedge clk)
-    k <= \$1287 ;
+    pack_b2 <= \$1292 ;
   always @(posedge clk)
-    w_addr <= \$1288 ;
+    pack_b3 <= \$1293 ;
   always @(posedge clk)
-    p_addr <= \$1289 ;
+    pack_j <= \$1294 ;
   always @(posedge clk)
-    want_w <= \$1290 ;
+    pack_jo <= \$1295 ;
   always @(posedge clk)
-    w_step <= \$1291 ;
+    tiles <= \$1296 ;
   always @(posedge clk)
-    \$signal$409  <= \$1292 ;
+    nt <= \$1297 ;
   always @(posedge clk)
-    \$signal$497  <= \$1293 ;
+    k <= \$1298 ;
   always @(posedge clk)
-    nt_hit <= \$1294 ;
+    w_addr <= \$1299 ;
   always @(posedge clk)
-    rk <= \$1295 ;
+    p_addr <= \$1300 ;
   always @(posedge clk)
-    rk_zero <= \$1296 ;
+    want_w <= \$1301 ;
   always @(posedge clk)
-    w_full <= \$1297 ;
+    w_step <= \$1302 ;
   always @(posedge clk)
-    w_lane0 <= \$1298 ;
+    \$signal$421  <= \$1303 ;
   always @(posedge clk)
-    w_lane1 <= \$1299 ;
+    \$signal$510  <= \$1304 ;
   always @(posedge clk)
-    w_lane2 <= \$1300 ;
+    nt_hit <= \$1305 ;
   always @(posedge clk)
-    w_lane3 <= \$1301 ;
+    rk <= \$1306 ;
   always @(posedge clk)
-    w_lane4 <= \$1302 ;
+    rk_zero <= \$1307 ;
   always @(posedge clk)
-    w_lane5 <= \$1303 ;
+    w_full <= \$1308 ;
   always @(posedge clk)
-    w_lane6 <= \$1304 ;
+    w_lane0 <= \$1309 ;
   always @(posedge clk)
-    w_lane7 <= \$1305 ;
+    w_lane1 <= \$1310 ;
   always @(posedge clk)
-    a_filled0 <= \$1306 ;
+    w_lane2 <= \$1311 ;
   always @(posedge clk)
-    a_filled1 <= \$1307 ;
+    w_lane3 <= \$1312 ;
   always @(posedge clk)
-    \$signal$247  <= \$1308 ;
+    w_lane4 <= \$1313 ;
   always @(posedge clk)
-    \$signal$254  <= \$1309 ;
+    w_lane5 <= \$1314 ;
   always @(posedge clk)
-    lk <= \$1310 ;
+    w_lane6 <= \$1315 ;
   always @(posedge clk)
-    \$signal$280  <= \$1311 ;
+    w_lane7 <= \$1316 ;
   always @(posedge clk)
-    \$signal$281  <= \$1312 ;
+    a_filled0 <= \$1317 ;
   always @(posedge clk)
-    fnt <= \$1313 ;
+    a_filled1 <= \$1318 ;
   always @(posedge clk)
-    feed_blocks <= \$1314 ;
+    \$signal$259  <= \$1319 ;
   always @(posedge clk)
-    \$signal$286  <= \$1315 ;
+    \$signal$266  <= \$1320 ;
   always @(posedge clk)
-    a_load_k_hit <= \$1316 ;
+    lk <= \$1321 ;
   always @(posedge clk)
-    a_feed_k_hit <= \$1317 ;
+    \$signal$292  <= \$1322 ;
   always @(posedge clk)
-    a_feed_nt_hit <= \$1318 ;
+    \$signal$293  <= \$1323 ;
   always @(posedge clk)
-    a_blocks_left <= \$1319 ;
+    fnt <= \$1324 ;
   always @(posedge clk)
-    a_last <= \$1320 ;
+    feed_blocks <= \$1325 ;
   always @(posedge clk)
-    w_load_lane <= \$1321 ;
+    \$signal$298  <= \$1326 ;
   always @(posedge clk)
-    w_load_k <= \$1322 ;
+    a_load_k_hit <= \$1327 ;
   always @(posedge clk)
-    w_load_addr <= \$1323 ;
+    a_feed_k_hit <= \$1328 ;
   always @(posedge clk)
-    w_load_nt <= \$1324 ;
+    a_feed_nt_hit <= \$1329 ;
   always @(posedge clk)
-    w_filled0 <= \$1325 ;
+    a_blocks_left <= \$1330 ;
   always @(posedge clk)
-    w_filled1 <= \$1326 ;
+    a_last <= \$1331 ;
   always @(posedge clk)
-    w_load_half <= \$1327 ;
+    w_load_lane <= \$1332 ;
   always @(posedge clk)
-    feed_ntk <= \$1328 ;
+    w_load_k <= \$1333 ;
   always @(posedge clk)
-    feed_mt <= \$1329 ;
+    w_load_addr <= \$1334 ;
   always @(posedge clk)
-    w_feed_half <= \$1330 ;
+    w_load_nt <= \$1335 ;
   always @(posedge clk)
-    post_col <= \$1331 ;
+    w_filled0 <= \$1336 ;
   always @(posedge clk)
-    op_done <= \$1332 ;
+    w_filled1 <= \$1337 ;
   always @(posedge clk)
-    fault_q <= \$1333 ;
+    w_load_half <= \$1338 ;
+  always @(posedge clk)
+    feed_ntk <= \$1339 ;
+  always @(posedge clk)
+    feed_mt <= \$1340 ;
+  always @(posedge clk)
+    w_feed_half <= \$1341 ;
+  always @(posedge clk)
+    post_col <= \$1342 ;
+  always @(posedge clk)
+    op_done <= \$1343 ;
+  always @(posedge clk)
+    fault_q <= \$1344 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
-    .b__payload(\b__payload$167 ),
-    .b__ready(\b__ready$197 ),
-    .b__valid(\b__valid$211 ),
-    .c__payload(beat__payload[43:0]),
-    .c__ready(\c__ready$419 ),
-    .c__valid(\c__valid$123 ),
+    .b__payload(\b__payload$179 ),
+    .b__ready(\b__ready$207 ),
+    .b__valid(\b__valid$223 ),
+    .c__payload(c_data[43:0]),
+    .c__ready(\c__ready$120 ),
+    .c__valid(c_valid2),
     .clk(clk),
-    .o__payload(\o__payload$213 ),
+    .o__payload(\o__payload$225 ),
     .o__ready(o__ready),
-    .o__valid(\o__valid$206 ),
+    .o__valid(\o__valid$217 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gelu0  gelu0 (
-    .c__payload(beat__payload[52:0]),
-    .c__ready(\c__ready$420 ),
-    .c__valid(\c__valid$126 ),
+    .c__payload(c_data[52:0]),
+    .c__ready(\c__ready$122 ),
+    .c__valid(c_valid3),
     .clk(clk),
     .go(i__ready),
     .i__payload(i__payload),
     .i__valid(i__valid),
-    .o__payload(\o__payload$219 ),
-    .o__ready(\o__ready$217 ),
-    .o__valid(\o__valid$207 ),
+    .o__payload(\o__payload$231 ),
+    .o__ready(\o__ready$229 ),
+    .o__valid(\o__valid$218 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$352 ),
-    .a__ready(\a__ready$288 ),
-    .a__valid(\a__valid$287 ),
+    .a__payload(\a__payload$364 ),
+    .a__ready(\a__ready$300 ),
+    .a__valid(\a__valid$299 ),
     .clk(clk),
-    .o__payload(\w_data$384 ),
-    .o__ready(\o__ready$386 ),
-    .o__valid(\w_en$382 ),
+    .o__payload(\w_data$396 ),
+    .o__ready(\o__ready$398 ),
+    .o__valid(\w_en$394 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -30151,19 +30195,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(clk),
-    .r_data(\r_data$401 ),
-    .r_en(\r_en$389 ),
+    .r_data(\r_data$413 ),
+    .r_en(\r_en$401 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$382 ),
-    .w_port__data(\w_data$384 ),
-    .w_rdy(\o__ready$386 )
+    .w_en(\w_en$394 ),
+    .w_port__data(\w_data$396 ),
+    .w_rdy(\o__ready$398 )
   );
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$97 ),
     .base(ins[123:104]),
-    .busy(\busy$508 ),
+    .busy(\busy$521 ),
     .clk(clk),
     .\final (\final ),
     .index__1(index__1),
@@ -30184,15 +30228,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .\valid$31 (\valid$221 )
+    .\valid$31 (\valid$233 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$455 ),
+    .\final (\final$464 ),
     .last__3(last__3),
-    .last__4(\last__4$454 ),
+    .last__4(\last__4$463 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -30212,9 +30256,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$89 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$458 ),
-    .last__3(\last__3$459 ),
-    .last__4(\last__4$457 ),
+    .\final (\final$467 ),
+    .last__3(\last__3$468 ),
+    .last__4(\last__4$466 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -30231,26 +30275,44 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\valid$31 (\valid$85 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(r_data[15:0]),
-    .c__payload(beat__payload[65:0]),
-    .c__valid(\c__valid$120 ),
+    .buf_wdata(\r_data$187 [15:0]),
+    .c__payload(c_data),
+    .c__valid(c_valid1),
     .clk(clk),
-    .i__ready(\i__ready$437 ),
-    .i__valid(\i__valid$432 ),
-    .idle_r(\c__ready$418 ),
-    .o__payload(\o__payload$190 ),
-    .o__ready(\o__ready$434 ),
-    .o__valid(\o__valid$189 ),
+    .i__ready(\i__ready$446 ),
+    .i__valid(\i__valid$441 ),
+    .idle_r(\c__ready$118 ),
+    .o__payload(\o__payload$200 ),
+    .o__ready(\o__ready$443 ),
+    .o__valid(\o__valid$199 ),
     .rst(rst),
     .unit_rst(unit_rst)
+  );
+  \accelerator.core.pack_slice  pack_slice (
+    .clk(clk),
+    .\port$9231$0 (pack_a0),
+    .\port$9233$0 (pack_a1),
+    .\port$9235$0 (pack_a2),
+    .\port$9237$0 (pack_a3),
+    .\port$9239$0 (pack_b0),
+    .\port$9241$0 (pack_b1),
+    .\port$9243$0 (pack_b2),
+    .\port$9245$0 (pack_b3),
+    .r_data(r_data),
+    .r_en(r_en),
+    .r_rdy(\r_rdy$222 ),
+    .rst(rst),
+    .unit_rst(unit_rst),
+    .w_en(\w_en$166 ),
+    .w_rdy(w_rdy)
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$1898$0 (\$signature__data ),
-    .\port$9016$0 (src0_meta),
-    .r_data(r_data),
-    .r_en(\r_en$435 ),
+    .\port$1903$0 (\$signature__data ),
+    .\port$9052$0 (src0_meta),
+    .r_data(\r_data$187 ),
+    .r_en(\r_en$444 ),
     .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
@@ -30259,11 +30321,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$86 ),
-    .\port$1899$0 (\$signature__data$94 ),
-    .\port$9020$0 (src1_meta),
-    .r_data(\r_data$307 ),
-    .r_en(r_en),
-    .r_rdy(\r_rdy$203 ),
+    .\port$1904$0 (\$signature__data$94 ),
+    .\port$9056$0 (src1_meta),
+    .r_data(\r_data$319 ),
+    .r_en(\r_en$215 ),
+    .r_rdy(\r_rdy$214 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -30282,18 +30344,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$410 ),
-    .w_en(\req__valid$402 )
+    .w_data(\req__payload$422 ),
+    .w_en(\req__valid$414 )
   );
   \accelerator.core.softmax  softmax (
-    .c__payload(beat__payload[4:0]),
-    .c__valid(c__valid),
+    .c__payload(c_data[4:0]),
+    .c__valid(c_valid0),
     .clk(clk),
-    .i__payload(\i__payload$429 ),
-    .i__ready(\i__ready$436 ),
-    .i__valid(\i__valid$431 ),
+    .i__payload(\i__payload$438 ),
+    .i__ready(\i__ready$445 ),
+    .i__valid(\i__valid$440 ),
     .idle(c__ready),
-    .o__ready(\o__ready$433 ),
+    .o__ready(\o__ready$442 ),
     .oq_data(o__payload),
     .oq_valid(o__valid),
     .rst(rst),
@@ -30308,154 +30370,134 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(clk),
     .err(err),
-    .idle(\idle$491 ),
-    .req__ready(\req__ready$424 ),
+    .idle(\idle$504 ),
+    .req__ready(\req__ready$433 ),
     .rst(rst),
     .w_data(req__payload),
     .w_en(req__valid)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$99  = 16'h0000;
+    \$103  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$99  = unpack0;
+          \$103  = unpack0;
       3'h1:
-          \$99  = unpack1;
+          \$103  = unpack1;
       3'h2:
-          \$99  = unpack2;
+          \$103  = unpack2;
       3'h3:
-          \$99  = unpack3;
+          \$103  = unpack3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$259 )
       1'h0:
-          \$135  = a_filled0;
+          \$139  = a_filled0;
       1'h1:
-          \$135  = a_filled1;
+          \$139  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$259 )
       1'h0:
-          \$140  = a_filled0;
+          \$144  = a_filled0;
       1'h1:
-          \$140  = a_filled1;
+          \$144  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$259 )
       1'h0:
-          \$148  = a_filled0;
+          \$152  = a_filled0;
       1'h1:
-          \$148  = a_filled1;
+          \$152  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$259 )
       1'h0:
-          \$155  = a_filled0;
+          \$159  = a_filled0;
       1'h1:
-          \$155  = a_filled1;
+          \$159  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$259 )
       1'h0:
-          \$162  = a_filled0;
+          \$166  = a_filled0;
       1'h1:
-          \$162  = a_filled1;
+          \$166  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$259 )
       1'h0:
-          \$169  = a_filled0;
+          \$173  = a_filled0;
       1'h1:
-          \$169  = a_filled1;
+          \$173  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$259 )
       1'h0:
-          \$176  = a_filled0;
+          \$180  = a_filled0;
       1'h1:
-          \$176  = a_filled1;
+          \$180  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$259 )
       1'h0:
-          \$183  = a_filled0;
+          \$187  = a_filled0;
       1'h1:
-          \$183  = a_filled1;
+          \$187  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$259 )
       1'h0:
-          \$190  = a_filled0;
+          \$194  = a_filled0;
       1'h1:
-          \$190  = a_filled1;
+          \$194  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$259 )
       1'h0:
-          \$197  = a_filled0;
+          \$201  = a_filled0;
       1'h1:
-          \$197  = a_filled1;
+          \$201  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$280 )
+    casez (\$signal$292 )
       1'h0:
-          \$204  = a_filled0;
+          \$208  = a_filled0;
       1'h1:
-          \$204  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$212  = w_filled0;
-      1'h1:
-          \$212  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$280 )
-      1'h0:
-          \$222  = a_filled0;
-      1'h1:
-          \$222  = a_filled1;
+          \$208  = a_filled1;
     endcase
   end
   always @* begin
@@ -30463,39 +30505,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$230  = w_filled0;
+          \$216  = w_filled0;
       1'h1:
-          \$230  = w_filled1;
+          \$216  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$280 )
+    casez (\$signal$292 )
       1'h0:
-          \$240  = a_filled0;
+          \$226  = a_filled0;
       1'h1:
-          \$240  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$248  = w_filled0;
-      1'h1:
-          \$248  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$280 )
-      1'h0:
-          \$258  = a_filled0;
-      1'h1:
-          \$258  = a_filled1;
+          \$226  = a_filled1;
     endcase
   end
   always @* begin
@@ -30503,39 +30525,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$266  = w_filled0;
+          \$234  = w_filled0;
       1'h1:
-          \$266  = w_filled1;
+          \$234  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$280 )
+    casez (\$signal$292 )
       1'h0:
-          \$276  = a_filled0;
+          \$244  = a_filled0;
       1'h1:
-          \$276  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$284  = w_filled0;
-      1'h1:
-          \$284  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$280 )
-      1'h0:
-          \$294  = a_filled0;
-      1'h1:
-          \$294  = a_filled1;
+          \$244  = a_filled1;
     endcase
   end
   always @* begin
@@ -30543,39 +30545,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$302  = w_filled0;
+          \$252  = w_filled0;
       1'h1:
-          \$302  = w_filled1;
+          \$252  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$280 )
+    casez (\$signal$292 )
       1'h0:
-          \$312  = a_filled0;
+          \$262  = a_filled0;
       1'h1:
-          \$312  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$320  = w_filled0;
-      1'h1:
-          \$320  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$280 )
-      1'h0:
-          \$330  = a_filled0;
-      1'h1:
-          \$330  = a_filled1;
+          \$262  = a_filled1;
     endcase
   end
   always @* begin
@@ -30583,19 +30565,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$338  = w_filled0;
+          \$270  = w_filled0;
       1'h1:
-          \$338  = w_filled1;
+          \$270  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$280 )
+    casez (\$signal$292 )
       1'h0:
-          \$348  = a_filled0;
+          \$280  = a_filled0;
       1'h1:
-          \$348  = a_filled1;
+          \$280  = a_filled1;
     endcase
   end
   always @* begin
@@ -30603,9 +30585,89 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$356  = w_filled0;
+          \$288  = w_filled0;
       1'h1:
-          \$356  = w_filled1;
+          \$288  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$292 )
+      1'h0:
+          \$298  = a_filled0;
+      1'h1:
+          \$298  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$306  = w_filled0;
+      1'h1:
+          \$306  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$292 )
+      1'h0:
+          \$316  = a_filled0;
+      1'h1:
+          \$316  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$324  = w_filled0;
+      1'h1:
+          \$324  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$292 )
+      1'h0:
+          \$334  = a_filled0;
+      1'h1:
+          \$334  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$342  = w_filled0;
+      1'h1:
+          \$342  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$292 )
+      1'h0:
+          \$352  = a_filled0;
+      1'h1:
+          \$352  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$360  = w_filled0;
+      1'h1:
+          \$360  = w_filled1;
     endcase
   end
   always @* begin
@@ -30613,9 +30675,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$365  = w_filled0;
+          \$369  = w_filled0;
       1'h1:
-          \$365  = w_filled1;
+          \$369  = w_filled1;
     endcase
   end
   always @* begin
@@ -30623,9 +30685,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$372  = w_filled0;
+          \$376  = w_filled0;
       1'h1:
-          \$372  = w_filled1;
+          \$376  = w_filled1;
     endcase
   end
   always @* begin
@@ -30633,9 +30695,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$382  = w_filled0;
+          \$386  = w_filled0;
       1'h1:
-          \$382  = w_filled1;
+          \$386  = w_filled1;
     endcase
   end
   always @* begin
@@ -30643,9 +30705,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$391  = w_filled0;
+          \$395  = w_filled0;
       1'h1:
-          \$391  = w_filled1;
+          \$395  = w_filled1;
     endcase
   end
   always @* begin
@@ -30653,9 +30715,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$400  = w_filled0;
+          \$404  = w_filled0;
       1'h1:
-          \$400  = w_filled1;
+          \$404  = w_filled1;
     endcase
   end
   always @* begin
@@ -30663,9 +30725,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$409  = w_filled0;
+          \$413  = w_filled0;
       1'h1:
-          \$409  = w_filled1;
+          \$413  = w_filled1;
     endcase
   end
   always @* begin
@@ -30673,9 +30735,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$418  = w_filled0;
+          \$422  = w_filled0;
       1'h1:
-          \$418  = w_filled1;
+          \$422  = w_filled1;
     endcase
   end
   always @* begin
@@ -30683,9 +30745,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$427  = w_filled0;
+          \$431  = w_filled0;
       1'h1:
-          \$427  = w_filled1;
+          \$431  = w_filled1;
     endcase
   end
   always @* begin
@@ -30693,39 +30755,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$436  = w_filled0;
+          \$440  = w_filled0;
       1'h1:
-          \$436  = w_filled1;
+          \$440  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$280 )
+    casez (\$signal$292 )
       1'h0:
-          \$446  = a_filled0;
+          \$450  = a_filled0;
       1'h1:
-          \$446  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$454  = w_filled0;
-      1'h1:
-          \$454  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$280 )
-      1'h0:
-          \$465  = a_filled0;
-      1'h1:
-          \$465  = a_filled1;
+          \$450  = a_filled1;
     endcase
   end
   always @* begin
@@ -30733,39 +30775,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$473  = w_filled0;
+          \$458  = w_filled0;
       1'h1:
-          \$473  = w_filled1;
+          \$458  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$280 )
+    casez (\$signal$292 )
       1'h0:
-          \$484  = a_filled0;
+          \$469  = a_filled0;
       1'h1:
-          \$484  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$492  = w_filled0;
-      1'h1:
-          \$492  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$280 )
-      1'h0:
-          \$503  = a_filled0;
-      1'h1:
-          \$503  = a_filled1;
+          \$469  = a_filled1;
     endcase
   end
   always @* begin
@@ -30773,39 +30795,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$511  = w_filled0;
+          \$477  = w_filled0;
       1'h1:
-          \$511  = w_filled1;
+          \$477  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$280 )
+    casez (\$signal$292 )
       1'h0:
-          \$522  = a_filled0;
+          \$488  = a_filled0;
       1'h1:
-          \$522  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$530  = w_filled0;
-      1'h1:
-          \$530  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$280 )
-      1'h0:
-          \$541  = a_filled0;
-      1'h1:
-          \$541  = a_filled1;
+          \$488  = a_filled1;
     endcase
   end
   always @* begin
@@ -30813,39 +30815,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$549  = w_filled0;
+          \$496  = w_filled0;
       1'h1:
-          \$549  = w_filled1;
+          \$496  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$280 )
+    casez (\$signal$292 )
       1'h0:
-          \$560  = a_filled0;
+          \$507  = a_filled0;
       1'h1:
-          \$560  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$568  = w_filled0;
-      1'h1:
-          \$568  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$280 )
-      1'h0:
-          \$579  = a_filled0;
-      1'h1:
-          \$579  = a_filled1;
+          \$507  = a_filled1;
     endcase
   end
   always @* begin
@@ -30853,31 +30835,111 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$587  = w_filled0;
+          \$515  = w_filled0;
       1'h1:
-          \$587  = w_filled1;
+          \$515  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$619  = 32'd0;
+    (* full_case = 32'd1 *)
+    casez (\$signal$292 )
+      1'h0:
+          \$526  = a_filled0;
+      1'h1:
+          \$526  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$534  = w_filled0;
+      1'h1:
+          \$534  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$292 )
+      1'h0:
+          \$545  = a_filled0;
+      1'h1:
+          \$545  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$553  = w_filled0;
+      1'h1:
+          \$553  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$292 )
+      1'h0:
+          \$564  = a_filled0;
+      1'h1:
+          \$564  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$572  = w_filled0;
+      1'h1:
+          \$572  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$292 )
+      1'h0:
+          \$583  = a_filled0;
+      1'h1:
+          \$583  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$591  = w_filled0;
+      1'h1:
+          \$591  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$623  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$619  = \r_data$401 [31:0];
+          \$623  = \r_data$413 [31:0];
       16'h0001:
-          \$619  = \r_data$401 [63:32];
+          \$623  = \r_data$413 [63:32];
       16'h0002:
-          \$619  = \r_data$401 [95:64];
+          \$623  = \r_data$413 [95:64];
       16'h0003:
-          \$619  = \r_data$401 [127:96];
+          \$623  = \r_data$413 [127:96];
       16'h0004:
-          \$619  = \r_data$401 [159:128];
+          \$623  = \r_data$413 [159:128];
       16'h0005:
-          \$619  = \r_data$401 [191:160];
+          \$623  = \r_data$413 [191:160];
       16'h0006:
-          \$619  = \r_data$401 [223:192];
+          \$623  = \r_data$413 [223:192];
       16'h0007:
-          \$619  = \r_data$401 [255:224];
+          \$623  = \r_data$413 [255:224];
     endcase
   end
   always @* begin
@@ -30885,37 +30947,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$622  = \r_data$401 [31:0];
+          \$626  = \r_data$413 [31:0];
       3'h1:
-          \$622  = \r_data$401 [63:32];
+          \$626  = \r_data$413 [63:32];
       3'h2:
-          \$622  = \r_data$401 [95:64];
+          \$626  = \r_data$413 [95:64];
       3'h3:
-          \$622  = \r_data$401 [127:96];
+          \$626  = \r_data$413 [127:96];
       3'h4:
-          \$622  = \r_data$401 [159:128];
+          \$626  = \r_data$413 [159:128];
       3'h5:
-          \$622  = \r_data$401 [191:160];
+          \$626  = \r_data$413 [191:160];
       3'h6:
-          \$622  = \r_data$401 [223:192];
+          \$626  = \r_data$413 [223:192];
       3'h7:
-          \$622  = \r_data$401 [255:224];
+          \$626  = \r_data$413 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$247 )
-      1'h0:
-          \$1076  = a_filled0;
-      1'h1:
-          \$1076  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$247 )
+    casez (\$signal$259 )
       1'h0:
           \$1081  = a_filled0;
       1'h1:
@@ -30925,11 +30977,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$280 )
+    casez (\$signal$259 )
       1'h0:
-          \$1101  = a_filled0;
+          \$1086  = a_filled0;
       1'h1:
-          \$1101  = a_filled1;
+          \$1086  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$292 )
+      1'h0:
+          \$1106  = a_filled0;
+      1'h1:
+          \$1106  = a_filled1;
     endcase
   end
   always @* begin
@@ -30937,9 +30999,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$1109  = w_filled0;
+          \$1114  = w_filled0;
       1'h1:
-          \$1109  = w_filled1;
+          \$1114  = w_filled1;
     endcase
   end
   always @* begin
@@ -30947,19 +31009,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$1130  = w_filled0;
+          \$1135  = w_filled0;
       1'h1:
-          \$1130  = w_filled1;
+          \$1135  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$280 )
+    casez (\$signal$292 )
       1'h0:
-          \$1143  = a_filled0;
+          \$1148  = a_filled0;
       1'h1:
-          \$1143  = a_filled1;
+          \$1148  = a_filled1;
     endcase
   end
   always @* begin
@@ -30967,9 +31029,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$1151  = w_filled0;
+          \$1156  = w_filled0;
       1'h1:
-          \$1151  = w_filled1;
+          \$1156  = w_filled1;
     endcase
   end
   always @* begin
@@ -31188,15 +31250,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        next = \$60 ;
+        next = \$64 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     wr__data = sink_data;
-    if (\$618 ) begin
-      wr__data = \$619 [15:0];
+    if (\$622 ) begin
+      wr__data = \$623 [15:0];
     end
   end
   always @* begin
@@ -31225,17 +31287,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         \$signal  = beat__valid;
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$57 ) begin
+      end else if (\$61 ) begin
         if (is_softmax) begin
           \$signal  = o__valid;
         end
         if (is_layernorm) begin
-          \$signal  = \o__valid$189 ;
+          \$signal  = \o__valid$199 ;
         end
       end
     end
     if (pack_active) begin
-      \$signal  = \$signal$205 ;
+      \$signal  = \$signal$216 ;
     end
   end
   always @* begin
@@ -31243,32 +31305,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     sink_data = 16'h0000;
     if (in_stream) begin
       if (is_move) begin
-        sink_data = r_data[15:0];
+        sink_data = \r_data$187 [15:0];
       end else if (is_load) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$63 [8], \$63 [8], \$63 [8], \$63 [8], \$63 [8], \$63 [8], \$63 [8], \$63  };
+              sink_data = { \$67 [8], \$67 [8], \$67 [8], \$67 [8], \$67 [8], \$67 [8], \$67 [8], \$67  };
           2'h1:
-              sink_data = \$66 [15:0];
+              sink_data = \$70 [15:0];
           2'h2:
-              sink_data = \$69 [15:0];
+              sink_data = \$73 [15:0];
           2'h3:
-              sink_data = \$72 [15:0];
+              sink_data = \$76 [15:0];
         endcase
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$57 ) begin
+      end else if (\$61 ) begin
         if (is_softmax) begin
           sink_data = { 8'h00, o__payload[7:0] };
         end
         if (is_layernorm) begin
-          sink_data = { \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190  };
+          sink_data = { \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200  };
         end
       end
     end
     if (pack_active) begin
-      sink_data = \$99 ;
+      sink_data = \$103 ;
     end
   end
   always @* begin
@@ -31277,7 +31339,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$73 ) begin
+        if (\$77 ) begin
           fault = 4'h4;
         end
       end
@@ -31319,13 +31381,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$57 ) begin
+      end else if (\$61 ) begin
       end else begin
-        elem_data = r_data[15:0];
+        elem_data = \r_data$187 [15:0];
       end
     end
-    if (\$621 ) begin
-      elem_data = \$622 [15:0];
+    if (\$625 ) begin
+      elem_data = \$626 [15:0];
     end
   end
   always @* begin
@@ -31337,9 +31399,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$57 ) begin
+      end else if (\$61 ) begin
       end else begin
-        elem_final = r_data[17];
+        elem_final = \r_data$187 [17];
       end
     end
   end
@@ -31347,54 +31409,61 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     in_ready = 1'h0;
     if (pack_active) begin
-      in_ready = \$77 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    elem_take = 1'h0;
-    if (pack_active) begin
-      elem_take = \$83 ;
+      in_ready = \$81 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     r_en = 1'h0;
     if (pack_active) begin
-      r_en = \$90 ;
+      r_en = in_ready;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    elem_take = 1'h0;
+    if (pack_active) begin
+      elem_take = \$87 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \r_en$215  = 1'h0;
+    if (pack_active) begin
+      \r_en$215  = \$94 ;
     end
     if (gemm_active) begin
-      if (\$364 ) begin
-        r_en = \$369 ;
+      if (\$368 ) begin
+        \r_en$215  = \$373 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signal$205  = 1'h0;
+    \$signal$216  = 1'h0;
     if (pack_active) begin
-      \$signal$205  = \$93 ;
+      \$signal$216  = \$97 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     o__ready = 1'h0;
     if (pack_active) begin
-      o__ready = \$94 ;
+      o__ready = \$98 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a__valid = 1'h0;
     if (pack_active) begin
-      a__valid = \$95 ;
+      a__valid = \$99 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \b__valid$211  = 1'h0;
+    \b__valid$223  = 1'h0;
     if (pack_active) begin
-      \b__valid$211  = \$96 ;
+      \b__valid$223  = \$100 ;
     end
   end
   always @* begin
@@ -31402,10 +31471,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack0 = 16'h0000;
     if (pack_active) begin
       if (sink_from_add) begin
-        unpack0 = \o__payload$213 [15:0];
+        unpack0 = \o__payload$225 [15:0];
       end
       if (sink_from_gelu0) begin
-        unpack0 = { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7:0] };
+        unpack0 = { \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7:0] };
       end
     end
   end
@@ -31414,10 +31483,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack1 = 16'h0000;
     if (pack_active) begin
       if (sink_from_add) begin
-        unpack1 = \o__payload$213 [31:16];
+        unpack1 = \o__payload$225 [31:16];
       end
       if (sink_from_gelu0) begin
-        unpack1 = { \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15], \o__payload$219 [15:8] };
+        unpack1 = { \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15:8] };
       end
     end
   end
@@ -31426,10 +31495,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack2 = 16'h0000;
     if (pack_active) begin
       if (sink_from_add) begin
-        unpack2 = \o__payload$213 [47:32];
+        unpack2 = \o__payload$225 [47:32];
       end
       if (sink_from_gelu0) begin
-        unpack2 = { \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23], \o__payload$219 [23:16] };
+        unpack2 = { \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23:16] };
       end
     end
   end
@@ -31438,33 +31507,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     unpack3 = 16'h0000;
     if (pack_active) begin
       if (sink_from_add) begin
-        unpack3 = \o__payload$213 [63:48];
+        unpack3 = \o__payload$225 [63:48];
       end
       if (sink_from_gelu0) begin
-        unpack3 = { \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31], \o__payload$219 [31:24] };
+        unpack3 = { \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31:24] };
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \o__ready$217  = 1'h0;
+    \o__ready$229  = 1'h0;
     if (pack_active) begin
-      \o__ready$217  = \$97 ;
+      \o__ready$229  = \$101 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     i__valid = 1'h0;
     if (pack_active) begin
-      i__valid = \$98 ;
+      i__valid = \$102 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     out_ready = 1'h0;
     if (pack_active) begin
-      if (\$100 ) begin
-        if (\$102 ) begin
+      if (\$104 ) begin
+        if (\$106 ) begin
           out_ready = 1'h1;
         end
       end
@@ -31654,7 +31723,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     p__valid = 1'h0;
     if (gemm_active) begin
-      p__valid = \$107 ;
+      p__valid = \$111 ;
     end
   end
   always @* begin
@@ -31664,10 +31733,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       a_in = { 8'h00, o__payload[7:0] };
     end
     if (pre_ln) begin
-      a_in = { \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190 [7], \o__payload$190  };
+      a_in = { \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200  };
     end
-    if (\$109 ) begin
-      a_in = r_data[15:0];
+    if (\$113 ) begin
+      a_in = \r_data$187 [15:0];
     end
   end
   always @* begin
@@ -31675,138 +31744,54 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$116 [2], \$116 [2], \$116 [2], \$116 [2], \$116 [2], \$116 [2], \$116  };
+          elem = { \$120 [2], \$120 [2], \$120 [2], \$120 [2], \$120 [2], \$120 [2], \$120  };
       5'h03:
-          elem = { \$119 [3], \$119 [3], \$119 [3], \$119 [3], \$119 [3], \$119  };
+          elem = { \$123 [3], \$123 [3], \$123 [3], \$123 [3], \$123 [3], \$123  };
       5'h04:
-          elem = { \$122 [4], \$122 [4], \$122 [4], \$122 [4], \$122  };
+          elem = { \$126 [4], \$126 [4], \$126 [4], \$126 [4], \$126  };
       5'h05:
-          elem = { \$125 [5], \$125 [5], \$125 [5], \$125  };
+          elem = { \$129 [5], \$129 [5], \$129 [5], \$129  };
       5'h06:
-          elem = { \$128 [6], \$128 [6], \$128  };
+          elem = { \$132 [6], \$132 [6], \$132  };
       5'h07:
-          elem = { \$131 [7], \$131  };
+          elem = { \$135 [7], \$135  };
       5'h08:
-          elem = \$134 ;
+          elem = \$138 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$137 ;
+      a_in_take = \$141 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$250  = 9'h000;
+    \$signature__addr$262  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$250  = \$139 [8:0];
+      \$signature__addr$262  = \$143 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$252  = 9'h000;
+    \$signature__data$264  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$252  = elem;
+      \$signature__data$264  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$253  = 1'h0;
+    \$signature__en$265  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$253  = \$145 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$255  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$255  = \$147 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$256  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$256  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$257  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$257  = \$152 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$258  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$258  = \$154 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$259  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$259  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$260  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$260  = \$159 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$261  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$261  = \$161 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$262  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$262  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$263  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$263  = \$166 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$264  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$264  = \$168 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$265  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$265  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$266  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$266  = \$173 ;
+      \$signature__en$265  = \$149 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$267  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$267  = \$175 [8:0];
+      \$signature__addr$267  = \$151 [8:0];
     end
   end
   always @* begin
@@ -31820,14 +31805,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$269  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$269  = \$180 ;
+      \$signature__en$269  = \$156 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$270  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$270  = \$182 [8:0];
+      \$signature__addr$270  = \$158 [8:0];
     end
   end
   always @* begin
@@ -31841,14 +31826,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$272  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$272  = \$187 ;
+      \$signature__en$272  = \$163 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$273  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$273  = \$189 [8:0];
+      \$signature__addr$273  = \$165 [8:0];
     end
   end
   always @* begin
@@ -31862,14 +31847,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$275  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$275  = \$194 ;
+      \$signature__en$275  = \$170 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$276  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$276  = \$196 [8:0];
+      \$signature__addr$276  = \$172 [8:0];
     end
   end
   always @* begin
@@ -31883,133 +31868,217 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$278  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$278  = \$201 ;
+      \$signature__en$278  = \$177 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$279  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$279  = \$203 [8:0];
+      \$signature__addr$279  = \$179 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$282  = 1'h1;
+    \$signature__data$280  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$282  = \$219 ;
+      \$signature__data$280  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$290  = 9'h000;
+    \$signature__en$281  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$290  = \$221 [8:0];
+      \$signature__en$281  = \$184 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$291  = 1'h1;
+    \$signature__addr$282  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$291  = \$237 ;
+      \$signature__addr$282  = \$186 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$292  = 9'h000;
+    \$signature__data$283  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$292  = \$239 [8:0];
+      \$signature__data$283  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$293  = 1'h1;
+    \$signature__en$284  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$293  = \$255 ;
+      \$signature__en$284  = \$191 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$294  = 9'h000;
+    \$signature__addr$285  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$294  = \$257 [8:0];
+      \$signature__addr$285  = \$193 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$295  = 1'h1;
+    \$signature__data$286  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$295  = \$273 ;
+      \$signature__data$286  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$296  = 9'h000;
+    \$signature__en$287  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$296  = \$275 [8:0];
+      \$signature__en$287  = \$198 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$297  = 1'h1;
+    \$signature__addr$288  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$297  = \$291 ;
+      \$signature__addr$288  = \$200 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$298  = 9'h000;
+    \$signature__data$289  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$298  = \$293 [8:0];
+      \$signature__data$289  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$299  = 1'h1;
+    \$signature__en$290  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$299  = \$309 ;
+      \$signature__en$290  = \$205 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$300  = 9'h000;
+    \$signature__addr$291  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$300  = \$311 [8:0];
+      \$signature__addr$291  = \$207 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$301  = 1'h1;
+    \$signature__en$294  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$301  = \$327 ;
+      \$signature__en$294  = \$223 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$302  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$302  = \$329 [8:0];
+      \$signature__addr$302  = \$225 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$303  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$303  = \$345 ;
+      \$signature__en$303  = \$241 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$304  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$304  = \$347 [8:0];
+      \$signature__addr$304  = \$243 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$305  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$305  = \$363 ;
+      \$signature__en$305  = \$259 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$306  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$306  = \$261 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$307  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$307  = \$277 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$308  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$308  = \$279 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$309  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$309  = \$295 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$310  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$310  = \$297 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$311  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$311  = \$313 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$312  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$312  = \$315 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$313  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$313  = \$331 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$314  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$314  = \$333 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$315  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$315  = \$349 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$316  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$316  = \$351 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$317  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$317  = \$367 ;
     end
   end
   always @* begin
@@ -32018,132 +32087,48 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$307 [1], \r_data$307 [1], \r_data$307 [1], \r_data$307 [1], \r_data$307 [1], \r_data$307 [1], \r_data$307 [1:0] };
+            welem = { \r_data$319 [1], \r_data$319 [1], \r_data$319 [1], \r_data$319 [1], \r_data$319 [1], \r_data$319 [1], \r_data$319 [1:0] };
         5'h03:
-            welem = { \r_data$307 [2], \r_data$307 [2], \r_data$307 [2], \r_data$307 [2], \r_data$307 [2], \r_data$307 [2:0] };
+            welem = { \r_data$319 [2], \r_data$319 [2], \r_data$319 [2], \r_data$319 [2], \r_data$319 [2], \r_data$319 [2:0] };
         5'h04:
-            welem = { \r_data$307 [3], \r_data$307 [3], \r_data$307 [3], \r_data$307 [3], \r_data$307 [3:0] };
+            welem = { \r_data$319 [3], \r_data$319 [3], \r_data$319 [3], \r_data$319 [3], \r_data$319 [3:0] };
         5'h05:
-            welem = { \r_data$307 [4], \r_data$307 [4], \r_data$307 [4], \r_data$307 [4:0] };
+            welem = { \r_data$319 [4], \r_data$319 [4], \r_data$319 [4], \r_data$319 [4:0] };
         5'h06:
-            welem = { \r_data$307 [5], \r_data$307 [5], \r_data$307 [5:0] };
+            welem = { \r_data$319 [5], \r_data$319 [5], \r_data$319 [5:0] };
         5'h07:
-            welem = { \r_data$307 [6], \r_data$307 [6:0] };
+            welem = { \r_data$319 [6], \r_data$319 [6:0] };
         5'h08:
-            welem = \r_data$307 [7:0];
+            welem = \r_data$319 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$309  = 9'h000;
+    \$signature__addr$321  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$309  = \$371 [8:0];
+      \$signature__addr$321  = \$375 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$311  = 8'h00;
+    \$signature__data$323  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$311  = welem;
+      \$signature__data$323  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$312  = 1'h0;
+    \$signature__en$324  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$312  = \$379 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$314  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$314  = \$381 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$315  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$315  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$316  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$316  = \$388 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$317  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$317  = \$390 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$318  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$318  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$319  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$319  = \$397 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$320  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$320  = \$399 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$321  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$321  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$322  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$322  = \$406 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$323  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$323  = \$408 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$324  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$324  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$325  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$325  = \$415 ;
+      \$signature__en$324  = \$383 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$326  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$326  = \$417 [8:0];
+      \$signature__addr$326  = \$385 [8:0];
     end
   end
   always @* begin
@@ -32157,14 +32142,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$328  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$328  = \$424 ;
+      \$signature__en$328  = \$392 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$329  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$329  = \$426 [8:0];
+      \$signature__addr$329  = \$394 [8:0];
     end
   end
   always @* begin
@@ -32178,14 +32163,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$331  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$331  = \$433 ;
+      \$signature__en$331  = \$401 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$332  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$332  = \$435 [8:0];
+      \$signature__addr$332  = \$403 [8:0];
     end
   end
   always @* begin
@@ -32199,175 +32184,259 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$334  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$334  = \$442 ;
+      \$signature__en$334  = \$410 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$335  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$335  = \$445 [8:0];
+      \$signature__addr$335  = \$412 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$337  = 1'h1;
+    \$signature__data$336  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$337  = \$461 ;
+      \$signature__data$336  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$337  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$337  = \$419 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$338  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$338  = \$464 [8:0];
+      \$signature__addr$338  = \$421 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$339  = 1'h1;
+    \$signature__data$339  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$339  = \$480 ;
+      \$signature__data$339  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$340  = 9'h000;
+    \$signature__en$340  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$340  = \$483 [8:0];
+      \$signature__en$340  = \$428 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$341  = 1'h1;
+    \$signature__addr$341  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$341  = \$499 ;
+      \$signature__addr$341  = \$430 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$342  = 9'h000;
+    \$signature__data$342  = 8'h00;
     if (gemm_active) begin
-      \$signature__addr$342  = \$502 [8:0];
+      \$signature__data$342  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$343  = 1'h1;
+    \$signature__en$343  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$343  = \$518 ;
+      \$signature__en$343  = \$437 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$344  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$344  = \$521 [8:0];
+      \$signature__addr$344  = \$439 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$345  = 1'h1;
+    \$signature__data$345  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$345  = \$537 ;
+      \$signature__data$345  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$346  = 9'h000;
+    \$signature__en$346  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$346  = \$540 [8:0];
+      \$signature__en$346  = \$446 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$347  = 1'h1;
+    \$signature__addr$347  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$347  = \$556 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$348  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$348  = \$559 [8:0];
+      \$signature__addr$347  = \$449 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$349  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$349  = \$575 ;
+      \$signature__en$349  = \$465 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$350  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$350  = \$578 [8:0];
+      \$signature__addr$350  = \$468 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$351  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$351  = \$594 ;
+      \$signature__en$351  = \$484 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$287  = 1'h0;
+    \$signature__addr$352  = 9'h000;
     if (gemm_active) begin
-      \a__valid$287  = \$signal$286 ;
+      \$signature__addr$352  = \$487 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$352  = 82'h000000000000000000000;
+    \$signature__en$353  = 1'h1;
     if (gemm_active) begin
-      \a__payload$352 [81] = a_last;
-      \a__payload$352 [8:0] = \$signature__data$356 ;
-      \a__payload$352 [17:9] = \$signature__data$357 ;
-      \a__payload$352 [26:18] = \$signature__data$358 ;
-      \a__payload$352 [35:27] = \$signature__data$359 ;
-      \a__payload$352 [44:36] = \$signature__data$360 ;
-      \a__payload$352 [53:45] = \$signature__data$361 ;
-      \a__payload$352 [62:54] = \$signature__data$362 ;
-      \a__payload$352 [71:63] = \$signature__data$363 ;
-      \a__payload$352 [80:72] = \$signature__data$364 ;
+      \$signature__en$353  = \$503 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$354  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$354  = \$506 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$355  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$355  = \$522 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$356  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$356  = \$525 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$357  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$357  = \$541 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$358  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$358  = \$544 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$359  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$359  = \$560 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$360  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$360  = \$563 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$361  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$361  = \$579 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$362  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$362  = \$582 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$363  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$363  = \$598 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \a__valid$299  = 1'h0;
+    if (gemm_active) begin
+      \a__valid$299  = \$signal$298 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \a__payload$364  = 82'h000000000000000000000;
+    if (gemm_active) begin
+      \a__payload$364 [81] = a_last;
+      \a__payload$364 [8:0] = \$signature__data$368 ;
+      \a__payload$364 [17:9] = \$signature__data$369 ;
+      \a__payload$364 [26:18] = \$signature__data$370 ;
+      \a__payload$364 [35:27] = \$signature__data$371 ;
+      \a__payload$364 [44:36] = \$signature__data$372 ;
+      \a__payload$364 [53:45] = \$signature__data$373 ;
+      \a__payload$364 [62:54] = \$signature__data$374 ;
+      \a__payload$364 [71:63] = \$signature__data$375 ;
+      \a__payload$364 [80:72] = \$signature__data$376 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$595 ;
+      w__valid = \$599 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$596 ;
-      w__payload[15:8] = \$597 ;
-      w__payload[23:16] = \$598 ;
-      w__payload[31:24] = \$599 ;
-      w__payload[39:32] = \$600 ;
-      w__payload[47:40] = \$601 ;
-      w__payload[55:48] = \$602 ;
-      w__payload[63:56] = \$603 ;
+      w__payload[7:0] = \$600 ;
+      w__payload[15:8] = \$601 ;
+      w__payload[23:16] = \$602 ;
+      w__payload[31:24] = \$603 ;
+      w__payload[39:32] = \$604 ;
+      w__payload[47:40] = \$605 ;
+      w__payload[55:48] = \$606 ;
+      w__payload[63:56] = \$607 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$615 ;
+      dst_keep = \$619 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1175  = 1'h0;
+    \$1180  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -32375,707 +32444,549 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h2:
           if (\$866 ) begin
-            \$1175  = \$868 ;
+            \$1180  = \$868 ;
           end
     endcase
-    if (rst) begin
-      \$1175  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1176  = \$700 ;
-    if (rst) begin
-      \$1176  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1177  = \$701 ;
-    if (rst) begin
-      \$1177  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1178  = \$702 ;
-    if (rst) begin
-      \$1178  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1179  = \$703 ;
-    if (rst) begin
-      \$1179  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1180  = \$704 ;
     if (rst) begin
       \$1180  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1181  = \$705 ;
+    \$1181  = \$700 ;
     if (rst) begin
       \$1181  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1182  = \$706 ;
+    \$1182  = \$701 ;
     if (rst) begin
       \$1182  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1183  = \$707 ;
+    \$1183  = \$702 ;
     if (rst) begin
       \$1183  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1184  = \$708 ;
+    \$1184  = \$703 ;
     if (rst) begin
       \$1184  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1185  = \$709 ;
+    \$1185  = \$704 ;
     if (rst) begin
       \$1185  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1186  = \$710 ;
+    \$1186  = \$705 ;
     if (rst) begin
       \$1186  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1187  = \$711 ;
+    \$1187  = \$706 ;
     if (rst) begin
       \$1187  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1188  = \$712 ;
+    \$1188  = \$707 ;
     if (rst) begin
       \$1188  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1189  = \$713 ;
+    \$1189  = \$708 ;
     if (rst) begin
       \$1189  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1190  = \$714 ;
+    \$1190  = \$709 ;
     if (rst) begin
       \$1190  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1191  = \$715 [15:0];
+    \$1191  = \$710 ;
     if (rst) begin
-      \$1191  = 16'h0000;
+      \$1191  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1192  = \$718 ;
+    \$1192  = \$711 ;
     if (rst) begin
       \$1192  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1193  = \$721 ;
+    \$1193  = \$712 ;
     if (rst) begin
       \$1193  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1194  = \$724 ;
+    \$1194  = \$713 ;
     if (rst) begin
       \$1194  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1195  = \$727 ;
+    \$1195  = \$714 ;
     if (rst) begin
       \$1195  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1196  = \$730 ;
+    \$1196  = \$715 [15:0];
     if (rst) begin
-      \$1196  = 1'h0;
+      \$1196  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1197  = \$732 ;
+    \$1197  = \$718 ;
     if (rst) begin
       \$1197  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1198  = { \$733 , \final$455 , \last__4$454  };
+    \$1198  = \$721 ;
     if (rst) begin
-      \$1198  = 3'h0;
+      \$1198  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1199  = \$735 ;
+    \$1199  = \$724 ;
     if (rst) begin
       \$1199  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1200  = { \$736 , \final$458 , \last__4$457  };
+    \$1200  = \$727 ;
     if (rst) begin
-      \$1200  = 3'h0;
+      \$1200  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1201  = \$743 ;
+    \$1201  = \$730 ;
     if (rst) begin
       \$1201  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1202  = \$751 ;
+    \$1202  = \$732 ;
     if (rst) begin
       \$1202  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1203  = \$756 ;
+    \$1203  = { \$733 , \final$464 , \last__4$463  };
     if (rst) begin
-      \$1203  = 1'h0;
+      \$1203  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1204  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$1204  = \$996 ;
-    endcase
+    \$1204  = \$735 ;
     if (rst) begin
       \$1204  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1205  = ext_req_valid;
-    if (in_decode) begin
-      \$1205  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$1001 ) begin
-          \$1205  = valid;
-        end
-      end else if (is_store) begin
-        if (\$1005 ) begin
-          \$1205  = dst_step;
-        end
-      end
-    end
+    \$1205  = { \$736 , \final$467 , \last__4$466  };
     if (rst) begin
-      \$1205  = 1'h0;
+      \$1205  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1206  = cycles;
-    if (busy) begin
-      \$1206  = \$778 [47:0];
-    end
-    if (\$846 ) begin
-      \$1206  = 48'h000000000000;
-    end
+    \$1206  = \$743 ;
     if (rst) begin
-      \$1206  = 48'h000000000000;
+      \$1206  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1207  = op_cycles__0;
-    if (busy) begin
-      if (\$779 ) begin
-        \$1207  = \$780 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1207  = 48'h000000000000;
-    end
+    \$1207  = \$751 ;
     if (rst) begin
-      \$1207  = 48'h000000000000;
+      \$1207  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1208  = op_cycles__1;
-    if (busy) begin
-      if (\$781 ) begin
-        \$1208  = \$782 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1208  = 48'h000000000000;
-    end
+    \$1208  = \$756 ;
     if (rst) begin
-      \$1208  = 48'h000000000000;
+      \$1208  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1209  = op_cycles__2;
-    if (busy) begin
-      if (\$783 ) begin
-        \$1209  = \$784 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1209  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1209  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1210  = op_cycles__3;
-    if (busy) begin
-      if (\$785 ) begin
-        \$1210  = \$786 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1210  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1210  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1211  = op_cycles__4;
-    if (busy) begin
-      if (\$787 ) begin
-        \$1211  = \$788 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1211  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1211  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1212  = op_cycles__5;
-    if (busy) begin
-      if (\$789 ) begin
-        \$1212  = \$790 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1212  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1212  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1213  = op_cycles__6;
-    if (busy) begin
-      if (\$791 ) begin
-        \$1213  = \$792 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1213  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1213  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1214  = op_cycles__7;
-    if (busy) begin
-      if (\$793 ) begin
-        \$1214  = \$794 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1214  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1214  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1215  = op_cycles__8;
-    if (busy) begin
-      if (\$795 ) begin
-        \$1215  = \$796 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1215  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1215  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1216  = op_cycles__9;
-    if (busy) begin
-      if (\$797 ) begin
-        \$1216  = \$798 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1216  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1216  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1217  = op_cycles__10;
-    if (busy) begin
-      if (\$799 ) begin
-        \$1217  = \$800 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1217  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1217  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1218  = op_cycles__11;
-    if (busy) begin
-      if (\$801 ) begin
-        \$1218  = \$802 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1218  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1218  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1219  = op_cycles__12;
-    if (busy) begin
-      if (\$803 ) begin
-        \$1219  = \$804 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1219  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1219  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1220  = op_cycles__13;
-    if (busy) begin
-      if (\$805 ) begin
-        \$1220  = \$806 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1220  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1220  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1221  = op_cycles__14;
-    if (busy) begin
-      if (\$807 ) begin
-        \$1221  = \$808 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1221  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1221  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1222  = op_cycles__15;
-    if (busy) begin
-      if (\$809 ) begin
-        \$1222  = \$810 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1222  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1222  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1223  = \$812 ;
-    if (rst) begin
-      \$1223  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1224  = is_end;
-    if (rst) begin
-      \$1224  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1225  = \$823 ;
-    if (rst) begin
-      \$1225  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1226  = \$834 ;
-    if (rst) begin
-      \$1226  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1227  = \$844 ;
-    if (rst) begin
-      \$1227  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1228  = pc;
-    if (\$846 ) begin
-      \$1228  = prog;
-    end
-    if (\$852 ) begin
-      \$1228  = \$signal$479 ;
-    end
-    if (\$860 ) begin
-      \$1228  = \$861 [31:0];
-    end
-    if (rst) begin
-      \$1228  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1229  = busy;
-    if (\$846 ) begin
-      \$1229  = 1'h1;
-    end
+    \$1209  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$1229  = 1'h0;
-          end
+          /* empty */;
       3'h3:
           /* empty */;
       3'h4:
-          /* empty */;
-      3'h5:
-          if (\$998 ) begin
-            \$1229  = 1'h0;
-          end
+          \$1209  = \$1001 ;
     endcase
+    if (rst) begin
+      \$1209  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1210  = ext_req_valid;
+    if (in_decode) begin
+      \$1210  = 1'h0;
+    end
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$1006 ) begin
+          \$1210  = valid;
+        end
+      end else if (is_store) begin
+        if (\$1010 ) begin
+          \$1210  = dst_step;
+        end
+      end
+    end
+    if (rst) begin
+      \$1210  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1211  = cycles;
+    if (busy) begin
+      \$1211  = \$778 [47:0];
+    end
+    if (\$846 ) begin
+      \$1211  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1211  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1212  = op_cycles__0;
+    if (busy) begin
+      if (\$779 ) begin
+        \$1212  = \$780 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1212  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1212  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1213  = op_cycles__1;
+    if (busy) begin
+      if (\$781 ) begin
+        \$1213  = \$782 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1213  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1213  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1214  = op_cycles__2;
+    if (busy) begin
+      if (\$783 ) begin
+        \$1214  = \$784 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1214  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1214  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1215  = op_cycles__3;
+    if (busy) begin
+      if (\$785 ) begin
+        \$1215  = \$786 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1215  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1215  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1216  = op_cycles__4;
+    if (busy) begin
+      if (\$787 ) begin
+        \$1216  = \$788 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1216  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1216  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1217  = op_cycles__5;
+    if (busy) begin
+      if (\$789 ) begin
+        \$1217  = \$790 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1217  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1217  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1218  = op_cycles__6;
+    if (busy) begin
+      if (\$791 ) begin
+        \$1218  = \$792 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1218  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1218  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1219  = op_cycles__7;
+    if (busy) begin
+      if (\$793 ) begin
+        \$1219  = \$794 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1219  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1219  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1220  = op_cycles__8;
+    if (busy) begin
+      if (\$795 ) begin
+        \$1220  = \$796 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1220  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1220  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1221  = op_cycles__9;
+    if (busy) begin
+      if (\$797 ) begin
+        \$1221  = \$798 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1221  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1221  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1222  = op_cycles__10;
+    if (busy) begin
+      if (\$799 ) begin
+        \$1222  = \$800 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1222  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1222  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1223  = op_cycles__11;
+    if (busy) begin
+      if (\$801 ) begin
+        \$1223  = \$802 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1223  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1223  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1224  = op_cycles__12;
+    if (busy) begin
+      if (\$803 ) begin
+        \$1224  = \$804 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1224  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1224  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1225  = op_cycles__13;
+    if (busy) begin
+      if (\$805 ) begin
+        \$1225  = \$806 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1225  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1225  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1226  = op_cycles__14;
+    if (busy) begin
+      if (\$807 ) begin
+        \$1226  = \$808 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1226  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1226  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1227  = op_cycles__15;
+    if (busy) begin
+      if (\$809 ) begin
+        \$1227  = \$810 [47:0];
+      end
+    end
+    if (\$846 ) begin
+      \$1227  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$1227  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1228  = \$812 ;
+    if (rst) begin
+      \$1228  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1229  = is_end;
     if (rst) begin
       \$1229  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1230  = done;
-    if (\$846 ) begin
-      \$1230  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$1230  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$998 ) begin
-            \$1230  = 1'h1;
-          end
-    endcase
+    \$1230  = \$823 ;
     if (rst) begin
       \$1230  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1231  = error;
-    if (\$846 ) begin
-      \$1231  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$1231  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$1231  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$1231  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$1231  = 4'h1;
-          end
-          if (start) begin
-            \$1231  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$908 ) begin
-            if (beat__payload[512]) begin
-              \$1231  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$1231  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$1231  = 4'h3;
-          end
-          if (\$997 ) begin
-            \$1231  = fault_q;
-          end
-          if (start) begin
-            \$1231  = 4'h6;
-          end
-        end
-    endcase
+    \$1231  = \$834 ;
     if (rst) begin
-      \$1231  = 4'h0;
+      \$1231  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1232  = fetch_sent;
-    if (\$846 ) begin
-      \$1232  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (\$863 ) begin
-            \$1232  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$1232  = 1'h0;
-          end
-        end
-    endcase
+    \$1232  = \$844 ;
     if (rst) begin
       \$1232  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1233  = \$signal$479 ;
+    \$1233  = pc;
     if (\$846 ) begin
       \$1233  = prog;
+    end
+    if (\$852 ) begin
+      \$1233  = \$signal$488 ;
+    end
+    if (\$860 ) begin
+      \$1233  = \$861 [31:0];
     end
     if (rst) begin
       \$1233  = 32'd0;
@@ -33083,61 +32994,219 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1234  = \$signal$480 ;
+    \$1234  = busy;
     if (\$846 ) begin
-      \$1234  = image_stride;
+      \$1234  = 1'h1;
     end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$1234  = 1'h0;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$1003 ) begin
+            \$1234  = 1'h0;
+          end
+    endcase
     if (rst) begin
-      \$1234  = 32'd0;
+      \$1234  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1235  = images_left;
+    \$1235  = done;
     if (\$846 ) begin
-      \$1235  = \$848 ;
+      \$1235  = 1'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$1235  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$1003 ) begin
+            \$1235  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$1235  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1236  = error;
+    if (\$846 ) begin
+      \$1236  = 4'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$1236  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$1236  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+          end else if (d_count_zero) begin
+            \$1236  = 4'h2;
+          end else if (d_const) begin
+          end else if (d_stream) begin
+          end else begin
+            \$1236  = 4'h1;
+          end
+          if (start) begin
+            \$1236  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$904 ) begin
+            if (beat__payload[512]) begin
+              \$1236  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$1236  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$1236  = 4'h3;
+          end
+          if (\$1002 ) begin
+            \$1236  = fault_q;
+          end
+          if (start) begin
+            \$1236  = 4'h6;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$1236  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1237  = fetch_sent;
+    if (\$846 ) begin
+      \$1237  = 1'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (\$863 ) begin
+            \$1237  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$1237  = 1'h0;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$1237  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1238  = \$signal$488 ;
+    if (\$846 ) begin
+      \$1238  = prog;
+    end
+    if (rst) begin
+      \$1238  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1239  = \$signal$489 ;
+    if (\$846 ) begin
+      \$1239  = image_stride;
+    end
+    if (rst) begin
+      \$1239  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1240  = images_left;
+    if (\$846 ) begin
+      \$1240  = \$848 ;
     end
     if (\$852 ) begin
-      \$1235  = \$853 [15:0];
+      \$1240  = \$853 [15:0];
     end
     if (rst) begin
-      \$1235  = 16'h0000;
+      \$1240  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1236  = offset;
+    \$1241  = offset;
     if (\$846 ) begin
-      \$1236  = 32'd0;
+      \$1241  = 32'd0;
     end
     if (\$852 ) begin
-      \$1236  = \$854 [31:0];
+      \$1241  = \$854 [31:0];
     end
     if (rst) begin
-      \$1236  = 32'd0;
+      \$1241  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1237  = seq_state;
+    \$1242  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1237  = 3'h1;
+            \$1242  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1237  = 3'h5;
+              \$1242  = 3'h5;
             end else begin
-              \$1237  = 3'h2;
+              \$1242  = 3'h2;
             end
           end
           if (start) begin
-            \$1237  = 3'h5;
+            \$1242  = 3'h5;
           end
         end
       3'h2:
@@ -33145,497 +33214,70 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           (* full_case = 32'd1 *)
           if (\$866 ) begin
           end else if (d_end_more) begin
-            \$1237  = 3'h1;
+            \$1242  = 3'h1;
           end else if (d_end) begin
-            \$1237  = 3'h0;
+            \$1242  = 3'h0;
           end else if (d_count_zero) begin
-            \$1237  = 3'h5;
+            \$1242  = 3'h5;
           end else if (d_const) begin
-            \$1237  = 3'h3;
+            \$1242  = 3'h3;
           end else if (d_stream) begin
-            \$1237  = 3'h4;
+            \$1242  = 3'h4;
           end else begin
-            \$1237  = 3'h5;
+            \$1242  = 3'h5;
           end
           if (start) begin
-            \$1237  = 3'h5;
+            \$1242  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
-              \$1237  = 3'h5;
-            end else if (c_last) begin
-              \$1237  = 3'h4;
+              \$1242  = 3'h5;
             end
           end
-          if (\$940 ) begin
-            \$1237  = 3'h4;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1242  = 3'h4;
+            end
+          end
+          if (\$945 ) begin
+            \$1242  = 3'h4;
           end
           if (start) begin
-            \$1237  = 3'h5;
+            \$1242  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$973 ) begin
-            \$1237  = 3'h1;
+          if (\$978 ) begin
+            \$1242  = 3'h1;
           end
           if (addr_fault) begin
-            \$1237  = 3'h5;
+            \$1242  = 3'h5;
           end
-          if (\$997 ) begin
-            \$1237  = 3'h5;
+          if (\$1002 ) begin
+            \$1242  = 3'h5;
           end
           if (start) begin
-            \$1237  = 3'h5;
+            \$1242  = 3'h5;
           end
         end
       3'h5:
-          if (\$998 ) begin
-            \$1237  = 3'h0;
+          if (\$1003 ) begin
+            \$1242  = 3'h0;
           end
       default:
-          \$1237  = 3'h0;
+          \$1242  = 3'h0;
     endcase
     if (rst) begin
-      \$1237  = 3'h0;
+      \$1242  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1238  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1238  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1238  = 1'h0;
-            end else begin
-              \$1238  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1238  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1238  = 1'h0;
-          end else if (d_end) begin
-            \$1238  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1238  = 1'h0;
-          end else if (d_const) begin
-            \$1238  = 1'h0;
-          end else if (d_stream) begin
-            \$1238  = 1'h1;
-          end else begin
-            \$1238  = 1'h0;
-          end
-          if (start) begin
-            \$1238  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$908 ) begin
-            if (beat__payload[512]) begin
-              \$1238  = 1'h0;
-            end else if (c_last) begin
-              \$1238  = 1'h1;
-            end
-          end
-          if (\$940 ) begin
-            \$1238  = 1'h1;
-          end
-          if (start) begin
-            \$1238  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$973 ) begin
-            \$1238  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1238  = 1'h0;
-          end
-          if (\$997 ) begin
-            \$1238  = 1'h0;
-          end
-          if (start) begin
-            \$1238  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$998 ) begin
-            \$1238  = 1'h0;
-          end
-      default:
-          \$1238  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1238  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1239  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1239  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1239  = 1'h0;
-            end else begin
-              \$1239  = 1'h1;
-            end
-          end
-          if (start) begin
-            \$1239  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1239  = 1'h0;
-          end else if (d_end) begin
-            \$1239  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1239  = 1'h0;
-          end else if (d_const) begin
-            \$1239  = 1'h0;
-          end else if (d_stream) begin
-            \$1239  = 1'h0;
-          end else begin
-            \$1239  = 1'h0;
-          end
-          if (start) begin
-            \$1239  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$908 ) begin
-            if (beat__payload[512]) begin
-              \$1239  = 1'h0;
-            end else if (c_last) begin
-              \$1239  = 1'h0;
-            end
-          end
-          if (\$940 ) begin
-            \$1239  = 1'h0;
-          end
-          if (start) begin
-            \$1239  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$973 ) begin
-            \$1239  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1239  = 1'h0;
-          end
-          if (\$997 ) begin
-            \$1239  = 1'h0;
-          end
-          if (start) begin
-            \$1239  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$998 ) begin
-            \$1239  = 1'h0;
-          end
-      default:
-          \$1239  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1239  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1240  = in_op;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1240  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1240  = 1'h0;
-            end else begin
-              \$1240  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1240  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1240  = 1'h0;
-          end else if (d_end) begin
-            \$1240  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1240  = 1'h0;
-          end else if (d_const) begin
-            \$1240  = 1'h1;
-          end else if (d_stream) begin
-            \$1240  = 1'h1;
-          end else begin
-            \$1240  = 1'h0;
-          end
-          if (start) begin
-            \$1240  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$908 ) begin
-            if (beat__payload[512]) begin
-              \$1240  = 1'h0;
-            end else if (c_last) begin
-              \$1240  = 1'h1;
-            end
-          end
-          if (\$940 ) begin
-            \$1240  = 1'h1;
-          end
-          if (start) begin
-            \$1240  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$973 ) begin
-            \$1240  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1240  = 1'h0;
-          end
-          if (\$997 ) begin
-            \$1240  = 1'h0;
-          end
-          if (start) begin
-            \$1240  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$998 ) begin
-            \$1240  = 1'h0;
-          end
-      default:
-          \$1240  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1240  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1241  = unit_rst;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1241  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1241  = 1'h1;
-            end else begin
-              \$1241  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1241  = 1'h1;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1241  = 1'h0;
-          end else if (d_end) begin
-            \$1241  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1241  = 1'h1;
-          end else if (d_const) begin
-            \$1241  = 1'h0;
-          end else if (d_stream) begin
-            \$1241  = 1'h0;
-          end else begin
-            \$1241  = 1'h1;
-          end
-          if (start) begin
-            \$1241  = 1'h1;
-          end
-        end
-      3'h3:
-        begin
-          if (\$908 ) begin
-            if (beat__payload[512]) begin
-              \$1241  = 1'h1;
-            end else if (c_last) begin
-              \$1241  = 1'h0;
-            end
-          end
-          if (\$940 ) begin
-            \$1241  = 1'h0;
-          end
-          if (start) begin
-            \$1241  = 1'h1;
-          end
-        end
-      3'h4:
-        begin
-          if (\$973 ) begin
-            \$1241  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1241  = 1'h1;
-          end
-          if (\$997 ) begin
-            \$1241  = 1'h1;
-          end
-          if (start) begin
-            \$1241  = 1'h1;
-          end
-        end
-      3'h5:
-          if (\$998 ) begin
-            \$1241  = 1'h0;
-          end
-      default:
-          \$1241  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1241  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1242  = gemm_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1242  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1242  = 1'h0;
-            end else begin
-              \$1242  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1242  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1242  = 1'h0;
-          end else if (d_end) begin
-            \$1242  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1242  = 1'h0;
-          end else if (d_const) begin
-            \$1242  = 1'h0;
-          end else if (d_stream) begin
-            \$1242  = is_gemm;
-          end else begin
-            \$1242  = 1'h0;
-          end
-          if (start) begin
-            \$1242  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$908 ) begin
-            if (beat__payload[512]) begin
-              \$1242  = 1'h0;
-            end else if (c_last) begin
-              \$1242  = is_gemm;
-            end
-          end
-          if (\$940 ) begin
-            \$1242  = is_gemm;
-          end
-          if (start) begin
-            \$1242  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$973 ) begin
-            \$1242  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1242  = 1'h0;
-          end
-          if (\$997 ) begin
-            \$1242  = 1'h0;
-          end
-          if (start) begin
-            \$1242  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$998 ) begin
-            \$1242  = 1'h0;
-          end
-      default:
-          \$1242  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1242  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1243  = pack_active;
+    \$1243  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33669,7 +33311,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1243  = 1'h0;
           end else if (d_stream) begin
-            \$1243  = \$873 ;
+            \$1243  = 1'h1;
           end else begin
             \$1243  = 1'h0;
           end
@@ -33679,15 +33321,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1243  = 1'h0;
-            end else if (c_last) begin
-              \$1243  = \$913 ;
             end
           end
-          if (\$940 ) begin
-            \$1243  = \$943 ;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1243  = 1'h1;
+            end
+          end
+          if (\$945 ) begin
+            \$1243  = 1'h1;
           end
           if (start) begin
             \$1243  = 1'h0;
@@ -33695,13 +33340,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1243  = 1'h0;
           end
           if (addr_fault) begin
             \$1243  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1243  = 1'h0;
           end
           if (start) begin
@@ -33709,7 +33354,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1243  = 1'h0;
           end
       default:
@@ -33721,7 +33366,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1244  = sink_from_move;
+    \$1244  = in_decode;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33735,7 +33380,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (beat__payload[512]) begin
               \$1244  = 1'h0;
             end else begin
-              \$1244  = 1'h0;
+              \$1244  = 1'h1;
             end
           end
           if (start) begin
@@ -33755,7 +33400,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1244  = 1'h0;
           end else if (d_stream) begin
-            \$1244  = is_move;
+            \$1244  = 1'h0;
           end else begin
             \$1244  = 1'h0;
           end
@@ -33765,15 +33410,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1244  = 1'h0;
-            end else if (c_last) begin
-              \$1244  = is_move;
             end
           end
-          if (\$940 ) begin
-            \$1244  = is_move;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1244  = 1'h0;
+            end
+          end
+          if (\$945 ) begin
+            \$1244  = 1'h0;
           end
           if (start) begin
             \$1244  = 1'h0;
@@ -33781,13 +33429,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1244  = 1'h0;
           end
           if (addr_fault) begin
             \$1244  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1244  = 1'h0;
           end
           if (start) begin
@@ -33795,7 +33443,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1244  = 1'h0;
           end
       default:
@@ -33807,7 +33455,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1245  = sink_from_load;
+    \$1245  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33839,9 +33487,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1245  = 1'h0;
           end else if (d_const) begin
-            \$1245  = 1'h0;
+            \$1245  = 1'h1;
           end else if (d_stream) begin
-            \$1245  = is_load;
+            \$1245  = 1'h1;
           end else begin
             \$1245  = 1'h0;
           end
@@ -33851,15 +33499,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1245  = 1'h0;
-            end else if (c_last) begin
-              \$1245  = is_load;
             end
           end
-          if (\$940 ) begin
-            \$1245  = is_load;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1245  = 1'h1;
+            end
+          end
+          if (\$945 ) begin
+            \$1245  = 1'h1;
           end
           if (start) begin
             \$1245  = 1'h0;
@@ -33867,13 +33518,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1245  = 1'h0;
           end
           if (addr_fault) begin
             \$1245  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1245  = 1'h0;
           end
           if (start) begin
@@ -33881,7 +33532,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1245  = 1'h0;
           end
       default:
@@ -33893,7 +33544,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1246  = sink_from_store;
+    \$1246  = unit_rst;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33905,13 +33556,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1246  = 1'h0;
+              \$1246  = 1'h1;
             end else begin
               \$1246  = 1'h0;
             end
           end
           if (start) begin
-            \$1246  = 1'h0;
+            \$1246  = 1'h1;
           end
         end
       3'h2:
@@ -33923,51 +33574,54 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_end) begin
             \$1246  = 1'h0;
           end else if (d_count_zero) begin
-            \$1246  = 1'h0;
+            \$1246  = 1'h1;
           end else if (d_const) begin
             \$1246  = 1'h0;
           end else if (d_stream) begin
-            \$1246  = is_store;
-          end else begin
             \$1246  = 1'h0;
+          end else begin
+            \$1246  = 1'h1;
           end
           if (start) begin
-            \$1246  = 1'h0;
+            \$1246  = 1'h1;
           end
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
-              \$1246  = 1'h0;
-            end else if (c_last) begin
-              \$1246  = is_store;
+              \$1246  = 1'h1;
             end
           end
-          if (\$940 ) begin
-            \$1246  = is_store;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1246  = 1'h0;
+            end
+          end
+          if (\$945 ) begin
+            \$1246  = 1'h0;
           end
           if (start) begin
-            \$1246  = 1'h0;
+            \$1246  = 1'h1;
           end
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1246  = 1'h0;
           end
           if (addr_fault) begin
-            \$1246  = 1'h0;
+            \$1246  = 1'h1;
           end
-          if (\$997 ) begin
-            \$1246  = 1'h0;
+          if (\$1002 ) begin
+            \$1246  = 1'h1;
           end
           if (start) begin
-            \$1246  = 1'h0;
+            \$1246  = 1'h1;
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1246  = 1'h0;
           end
       default:
@@ -33979,7 +33633,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1247  = sink_from_softmax;
+    \$1247  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34013,7 +33667,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1247  = 1'h0;
           end else if (d_stream) begin
-            \$1247  = is_softmax;
+            \$1247  = is_gemm;
           end else begin
             \$1247  = 1'h0;
           end
@@ -34023,15 +33677,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1247  = 1'h0;
-            end else if (c_last) begin
-              \$1247  = is_softmax;
             end
           end
-          if (\$940 ) begin
-            \$1247  = is_softmax;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1247  = is_gemm;
+            end
+          end
+          if (\$945 ) begin
+            \$1247  = is_gemm;
           end
           if (start) begin
             \$1247  = 1'h0;
@@ -34039,13 +33696,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1247  = 1'h0;
           end
           if (addr_fault) begin
             \$1247  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1247  = 1'h0;
           end
           if (start) begin
@@ -34053,7 +33710,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1247  = 1'h0;
           end
       default:
@@ -34065,7 +33722,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1248  = sink_from_layernorm;
+    \$1248  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34099,7 +33756,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1248  = 1'h0;
           end else if (d_stream) begin
-            \$1248  = is_layernorm;
+            \$1248  = \$873 ;
           end else begin
             \$1248  = 1'h0;
           end
@@ -34109,15 +33766,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1248  = 1'h0;
-            end else if (c_last) begin
-              \$1248  = is_layernorm;
             end
           end
-          if (\$940 ) begin
-            \$1248  = is_layernorm;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1248  = \$918 ;
+            end
+          end
+          if (\$945 ) begin
+            \$1248  = \$948 ;
           end
           if (start) begin
             \$1248  = 1'h0;
@@ -34125,13 +33785,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1248  = 1'h0;
           end
           if (addr_fault) begin
             \$1248  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1248  = 1'h0;
           end
           if (start) begin
@@ -34139,7 +33799,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1248  = 1'h0;
           end
       default:
@@ -34151,7 +33811,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1249  = sink_from_add;
+    \$1249  = sink_from_move;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34185,7 +33845,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1249  = 1'h0;
           end else if (d_stream) begin
-            \$1249  = \$877 ;
+            \$1249  = is_move;
           end else begin
             \$1249  = 1'h0;
           end
@@ -34195,15 +33855,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1249  = 1'h0;
-            end else if (c_last) begin
-              \$1249  = \$917 ;
             end
           end
-          if (\$940 ) begin
-            \$1249  = \$947 ;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1249  = is_move;
+            end
+          end
+          if (\$945 ) begin
+            \$1249  = is_move;
           end
           if (start) begin
             \$1249  = 1'h0;
@@ -34211,13 +33874,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1249  = 1'h0;
           end
           if (addr_fault) begin
             \$1249  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1249  = 1'h0;
           end
           if (start) begin
@@ -34225,7 +33888,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1249  = 1'h0;
           end
       default:
@@ -34237,7 +33900,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1250  = sink_from_gelu0;
+    \$1250  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34271,7 +33934,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1250  = 1'h0;
           end else if (d_stream) begin
-            \$1250  = \$881 ;
+            \$1250  = is_load;
           end else begin
             \$1250  = 1'h0;
           end
@@ -34281,15 +33944,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1250  = 1'h0;
-            end else if (c_last) begin
-              \$1250  = \$921 ;
             end
           end
-          if (\$940 ) begin
-            \$1250  = \$951 ;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1250  = is_load;
+            end
+          end
+          if (\$945 ) begin
+            \$1250  = is_load;
           end
           if (start) begin
             \$1250  = 1'h0;
@@ -34297,13 +33963,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1250  = 1'h0;
           end
           if (addr_fault) begin
             \$1250  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1250  = 1'h0;
           end
           if (start) begin
@@ -34311,7 +33977,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1250  = 1'h0;
           end
       default:
@@ -34323,7 +33989,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1251  = sink_from_gemm;
+    \$1251  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34357,7 +34023,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1251  = 1'h0;
           end else if (d_stream) begin
-            \$1251  = \$885 ;
+            \$1251  = is_store;
           end else begin
             \$1251  = 1'h0;
           end
@@ -34367,15 +34033,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1251  = 1'h0;
-            end else if (c_last) begin
-              \$1251  = \$925 ;
             end
           end
-          if (\$940 ) begin
-            \$1251  = \$955 ;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1251  = is_store;
+            end
+          end
+          if (\$945 ) begin
+            \$1251  = is_store;
           end
           if (start) begin
             \$1251  = 1'h0;
@@ -34383,13 +34052,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1251  = 1'h0;
           end
           if (addr_fault) begin
             \$1251  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1251  = 1'h0;
           end
           if (start) begin
@@ -34397,7 +34066,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1251  = 1'h0;
           end
       default:
@@ -34409,7 +34078,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1252  = a_from_softmax;
+    \$1252  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34443,7 +34112,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1252  = 1'h0;
           end else if (d_stream) begin
-            \$1252  = \$886 ;
+            \$1252  = is_softmax;
           end else begin
             \$1252  = 1'h0;
           end
@@ -34453,15 +34122,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1252  = 1'h0;
-            end else if (c_last) begin
-              \$1252  = \$926 ;
             end
           end
-          if (\$940 ) begin
-            \$1252  = \$956 ;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1252  = is_softmax;
+            end
+          end
+          if (\$945 ) begin
+            \$1252  = is_softmax;
           end
           if (start) begin
             \$1252  = 1'h0;
@@ -34469,13 +34141,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1252  = 1'h0;
           end
           if (addr_fault) begin
             \$1252  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1252  = 1'h0;
           end
           if (start) begin
@@ -34483,7 +34155,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1252  = 1'h0;
           end
       default:
@@ -34495,7 +34167,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1253  = a_from_layernorm;
+    \$1253  = sink_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34529,7 +34201,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1253  = 1'h0;
           end else if (d_stream) begin
-            \$1253  = \$887 ;
+            \$1253  = is_layernorm;
           end else begin
             \$1253  = 1'h0;
           end
@@ -34539,15 +34211,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1253  = 1'h0;
-            end else if (c_last) begin
-              \$1253  = \$927 ;
             end
           end
-          if (\$940 ) begin
-            \$1253  = \$957 ;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1253  = is_layernorm;
+            end
+          end
+          if (\$945 ) begin
+            \$1253  = is_layernorm;
           end
           if (start) begin
             \$1253  = 1'h0;
@@ -34555,13 +34230,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1253  = 1'h0;
           end
           if (addr_fault) begin
             \$1253  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1253  = 1'h0;
           end
           if (start) begin
@@ -34569,7 +34244,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1253  = 1'h0;
           end
       default:
@@ -34581,7 +34256,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1254  = a_from_src0;
+    \$1254  = sink_from_add;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34615,7 +34290,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1254  = 1'h0;
           end else if (d_stream) begin
-            \$1254  = \$891 ;
+            \$1254  = \$877 ;
           end else begin
             \$1254  = 1'h0;
           end
@@ -34625,15 +34300,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1254  = 1'h0;
-            end else if (c_last) begin
-              \$1254  = \$931 ;
             end
           end
-          if (\$940 ) begin
-            \$1254  = \$961 ;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1254  = \$922 ;
+            end
+          end
+          if (\$945 ) begin
+            \$1254  = \$952 ;
           end
           if (start) begin
             \$1254  = 1'h0;
@@ -34641,13 +34319,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1254  = 1'h0;
           end
           if (addr_fault) begin
             \$1254  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1254  = 1'h0;
           end
           if (start) begin
@@ -34655,7 +34333,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1254  = 1'h0;
           end
       default:
@@ -34667,7 +34345,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1255  = const_to0;
+    \$1255  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34699,9 +34377,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1255  = 1'h0;
           end else if (d_const) begin
-            \$1255  = \$869 ;
-          end else if (d_stream) begin
             \$1255  = 1'h0;
+          end else if (d_stream) begin
+            \$1255  = \$881 ;
           end else begin
             \$1255  = 1'h0;
           end
@@ -34711,15 +34389,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
-              \$1255  = 1'h0;
-            end else if (c_last) begin
               \$1255  = 1'h0;
             end
           end
-          if (\$940 ) begin
-            \$1255  = 1'h0;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1255  = \$926 ;
+            end
+          end
+          if (\$945 ) begin
+            \$1255  = \$956 ;
           end
           if (start) begin
             \$1255  = 1'h0;
@@ -34727,13 +34408,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1255  = 1'h0;
           end
           if (addr_fault) begin
             \$1255  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1255  = 1'h0;
           end
           if (start) begin
@@ -34741,7 +34422,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1255  = 1'h0;
           end
       default:
@@ -34753,7 +34434,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1256  = const_to1;
+    \$1256  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34785,9 +34466,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1256  = 1'h0;
           end else if (d_const) begin
-            \$1256  = \$870 ;
-          end else if (d_stream) begin
             \$1256  = 1'h0;
+          end else if (d_stream) begin
+            \$1256  = \$885 ;
           end else begin
             \$1256  = 1'h0;
           end
@@ -34797,15 +34478,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
-              \$1256  = 1'h0;
-            end else if (c_last) begin
               \$1256  = 1'h0;
             end
           end
-          if (\$940 ) begin
-            \$1256  = 1'h0;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1256  = \$930 ;
+            end
+          end
+          if (\$945 ) begin
+            \$1256  = \$960 ;
           end
           if (start) begin
             \$1256  = 1'h0;
@@ -34813,13 +34497,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1256  = 1'h0;
           end
           if (addr_fault) begin
             \$1256  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1256  = 1'h0;
           end
           if (start) begin
@@ -34827,7 +34511,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1256  = 1'h0;
           end
       default:
@@ -34839,7 +34523,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1257  = const_to2;
+    \$1257  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34871,9 +34555,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1257  = 1'h0;
           end else if (d_const) begin
-            \$1257  = add_sel;
-          end else if (d_stream) begin
             \$1257  = 1'h0;
+          end else if (d_stream) begin
+            \$1257  = \$886 ;
           end else begin
             \$1257  = 1'h0;
           end
@@ -34883,15 +34567,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
-              \$1257  = 1'h0;
-            end else if (c_last) begin
               \$1257  = 1'h0;
             end
           end
-          if (\$940 ) begin
-            \$1257  = 1'h0;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1257  = \$931 ;
+            end
+          end
+          if (\$945 ) begin
+            \$1257  = \$961 ;
           end
           if (start) begin
             \$1257  = 1'h0;
@@ -34899,13 +34586,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1257  = 1'h0;
           end
           if (addr_fault) begin
             \$1257  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1257  = 1'h0;
           end
           if (start) begin
@@ -34913,7 +34600,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1257  = 1'h0;
           end
       default:
@@ -34925,7 +34612,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1258  = const_to3;
+    \$1258  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34957,9 +34644,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1258  = 1'h0;
           end else if (d_const) begin
-            \$1258  = gelu_sel0;
-          end else if (d_stream) begin
             \$1258  = 1'h0;
+          end else if (d_stream) begin
+            \$1258  = \$887 ;
           end else begin
             \$1258  = 1'h0;
           end
@@ -34969,15 +34656,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
-              \$1258  = 1'h0;
-            end else if (c_last) begin
               \$1258  = 1'h0;
             end
           end
-          if (\$940 ) begin
-            \$1258  = 1'h0;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1258  = \$932 ;
+            end
+          end
+          if (\$945 ) begin
+            \$1258  = \$962 ;
           end
           if (start) begin
             \$1258  = 1'h0;
@@ -34985,13 +34675,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1258  = 1'h0;
           end
           if (addr_fault) begin
             \$1258  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1258  = 1'h0;
           end
           if (start) begin
@@ -34999,7 +34689,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1258  = 1'h0;
           end
       default:
@@ -35011,12 +34701,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1259  = in_fetch;
+    \$1259  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1259  = 1'h1;
+            \$1259  = 1'h0;
           end
       3'h1:
         begin
@@ -35037,7 +34727,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           (* full_case = 32'd1 *)
           if (\$866 ) begin
           end else if (d_end_more) begin
-            \$1259  = 1'h1;
+            \$1259  = 1'h0;
           end else if (d_end) begin
             \$1259  = 1'h0;
           end else if (d_count_zero) begin
@@ -35045,7 +34735,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1259  = 1'h0;
           end else if (d_stream) begin
-            \$1259  = 1'h0;
+            \$1259  = \$891 ;
           end else begin
             \$1259  = 1'h0;
           end
@@ -35055,15 +34745,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
-              \$1259  = 1'h0;
-            end else if (c_last) begin
               \$1259  = 1'h0;
             end
           end
-          if (\$940 ) begin
-            \$1259  = 1'h0;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1259  = \$936 ;
+            end
+          end
+          if (\$945 ) begin
+            \$1259  = \$966 ;
           end
           if (start) begin
             \$1259  = 1'h0;
@@ -35071,13 +34764,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
-            \$1259  = 1'h1;
+          if (\$978 ) begin
+            \$1259  = 1'h0;
           end
           if (addr_fault) begin
             \$1259  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1259  = 1'h0;
           end
           if (start) begin
@@ -35085,7 +34778,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1259  = 1'h0;
           end
       default:
@@ -35097,7 +34790,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1260  = in_const;
+    \$1260  = const_to0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35129,7 +34822,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1260  = 1'h0;
           end else if (d_const) begin
-            \$1260  = 1'h1;
+            \$1260  = \$869 ;
           end else if (d_stream) begin
             \$1260  = 1'h0;
           end else begin
@@ -35141,14 +34834,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
-              \$1260  = 1'h0;
-            end else if (c_last) begin
               \$1260  = 1'h0;
             end
           end
-          if (\$940 ) begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$1260  = 1'h0;
+            end
+          end
+          if (\$945 ) begin
             \$1260  = 1'h0;
           end
           if (start) begin
@@ -35157,13 +34853,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1260  = 1'h0;
           end
           if (addr_fault) begin
             \$1260  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1260  = 1'h0;
           end
           if (start) begin
@@ -35171,7 +34867,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1260  = 1'h0;
           end
       default:
@@ -35183,7 +34879,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1261  = run0;
+    \$1261  = const_to1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35215,9 +34911,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1261  = 1'h0;
           end else if (d_const) begin
-            \$1261  = 1'h0;
+            \$1261  = \$870 ;
           end else if (d_stream) begin
-            \$1261  = \$892 ;
+            \$1261  = 1'h0;
           end else begin
             \$1261  = 1'h0;
           end
@@ -35227,15 +34923,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1261  = 1'h0;
-            end else if (c_last) begin
-              \$1261  = \$932 ;
             end
           end
-          if (\$940 ) begin
-            \$1261  = \$962 ;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1261  = 1'h0;
+            end
+          end
+          if (\$945 ) begin
+            \$1261  = 1'h0;
           end
           if (start) begin
             \$1261  = 1'h0;
@@ -35243,13 +34942,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1261  = 1'h0;
           end
           if (addr_fault) begin
             \$1261  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1261  = 1'h0;
           end
           if (start) begin
@@ -35257,7 +34956,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1261  = 1'h0;
           end
       default:
@@ -35269,7 +34968,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1262  = run1;
+    \$1262  = const_to2;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35301,9 +35000,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1262  = 1'h0;
           end else if (d_const) begin
-            \$1262  = 1'h0;
+            \$1262  = add_sel;
           end else if (d_stream) begin
-            \$1262  = \$895 ;
+            \$1262  = 1'h0;
           end else begin
             \$1262  = 1'h0;
           end
@@ -35313,15 +35012,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1262  = 1'h0;
-            end else if (c_last) begin
-              \$1262  = \$935 ;
             end
           end
-          if (\$940 ) begin
-            \$1262  = \$965 ;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1262  = 1'h0;
+            end
+          end
+          if (\$945 ) begin
+            \$1262  = 1'h0;
           end
           if (start) begin
             \$1262  = 1'h0;
@@ -35329,13 +35031,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1262  = 1'h0;
           end
           if (addr_fault) begin
             \$1262  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1262  = 1'h0;
           end
           if (start) begin
@@ -35343,7 +35045,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1262  = 1'h0;
           end
       default:
@@ -35355,7 +35057,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1263  = q0_to_pack;
+    \$1263  = const_to3;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35387,9 +35089,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1263  = 1'h0;
           end else if (d_const) begin
-            \$1263  = 1'h0;
+            \$1263  = gelu_sel0;
           end else if (d_stream) begin
-            \$1263  = \$896 ;
+            \$1263  = 1'h0;
           end else begin
             \$1263  = 1'h0;
           end
@@ -35399,15 +35101,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1263  = 1'h0;
-            end else if (c_last) begin
-              \$1263  = \$936 ;
             end
           end
-          if (\$940 ) begin
-            \$1263  = \$966 ;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1263  = 1'h0;
+            end
+          end
+          if (\$945 ) begin
+            \$1263  = 1'h0;
           end
           if (start) begin
             \$1263  = 1'h0;
@@ -35415,13 +35120,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
+          if (\$978 ) begin
             \$1263  = 1'h0;
           end
           if (addr_fault) begin
             \$1263  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1263  = 1'h0;
           end
           if (start) begin
@@ -35429,7 +35134,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1263  = 1'h0;
           end
       default:
@@ -35441,12 +35146,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1264  = res_to_pack;
+    \$1264  = in_fetch;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1264  = 1'h0;
+            \$1264  = 1'h1;
           end
       3'h1:
         begin
@@ -35467,7 +35172,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           (* full_case = 32'd1 *)
           if (\$866 ) begin
           end else if (d_end_more) begin
-            \$1264  = 1'h0;
+            \$1264  = 1'h1;
           end else if (d_end) begin
             \$1264  = 1'h0;
           end else if (d_count_zero) begin
@@ -35475,7 +35180,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1264  = 1'h0;
           end else if (d_stream) begin
-            \$1264  = \$898 ;
+            \$1264  = 1'h0;
           end else begin
             \$1264  = 1'h0;
           end
@@ -35485,15 +35190,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$908 ) begin
+          if (\$904 ) begin
             if (beat__payload[512]) begin
               \$1264  = 1'h0;
-            end else if (c_last) begin
-              \$1264  = \$938 ;
             end
           end
-          if (\$940 ) begin
-            \$1264  = \$968 ;
+          if (c_fire) begin
+            if (c_last) begin
+              \$1264  = 1'h0;
+            end
+          end
+          if (\$945 ) begin
+            \$1264  = 1'h0;
           end
           if (start) begin
             \$1264  = 1'h0;
@@ -35501,13 +35209,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$973 ) begin
-            \$1264  = 1'h0;
+          if (\$978 ) begin
+            \$1264  = 1'h1;
           end
           if (addr_fault) begin
             \$1264  = 1'h0;
           end
-          if (\$997 ) begin
+          if (\$1002 ) begin
             \$1264  = 1'h0;
           end
           if (start) begin
@@ -35515,7 +35223,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$998 ) begin
+          if (\$1003 ) begin
             \$1264  = 1'h0;
           end
       default:
@@ -35527,674 +35235,1090 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1265  = ins;
+    \$1265  = in_const;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1265  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1265  = 1'h0;
+            end else begin
+              \$1265  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1265  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1265  = 1'h0;
+          end else if (d_end) begin
+            \$1265  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1265  = 1'h0;
+          end else if (d_const) begin
+            \$1265  = 1'h1;
+          end else if (d_stream) begin
+            \$1265  = 1'h0;
+          end else begin
+            \$1265  = 1'h0;
+          end
+          if (start) begin
+            \$1265  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$904 ) begin
+            if (beat__payload[512]) begin
+              \$1265  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1265  = 1'h0;
+            end
+          end
+          if (\$945 ) begin
+            \$1265  = 1'h0;
+          end
+          if (start) begin
+            \$1265  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$978 ) begin
+            \$1265  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1265  = 1'h0;
+          end
+          if (\$1002 ) begin
+            \$1265  = 1'h0;
+          end
+          if (start) begin
+            \$1265  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1003 ) begin
+            \$1265  = 1'h0;
+          end
+      default:
+          \$1265  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1265  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1266  = run0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1266  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1266  = 1'h0;
+            end else begin
+              \$1266  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1266  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1266  = 1'h0;
+          end else if (d_end) begin
+            \$1266  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1266  = 1'h0;
+          end else if (d_const) begin
+            \$1266  = 1'h0;
+          end else if (d_stream) begin
+            \$1266  = \$892 ;
+          end else begin
+            \$1266  = 1'h0;
+          end
+          if (start) begin
+            \$1266  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$904 ) begin
+            if (beat__payload[512]) begin
+              \$1266  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1266  = \$937 ;
+            end
+          end
+          if (\$945 ) begin
+            \$1266  = \$967 ;
+          end
+          if (start) begin
+            \$1266  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$978 ) begin
+            \$1266  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1266  = 1'h0;
+          end
+          if (\$1002 ) begin
+            \$1266  = 1'h0;
+          end
+          if (start) begin
+            \$1266  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1003 ) begin
+            \$1266  = 1'h0;
+          end
+      default:
+          \$1266  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1266  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1267  = run1;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1267  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1267  = 1'h0;
+            end else begin
+              \$1267  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1267  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1267  = 1'h0;
+          end else if (d_end) begin
+            \$1267  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1267  = 1'h0;
+          end else if (d_const) begin
+            \$1267  = 1'h0;
+          end else if (d_stream) begin
+            \$1267  = \$895 ;
+          end else begin
+            \$1267  = 1'h0;
+          end
+          if (start) begin
+            \$1267  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$904 ) begin
+            if (beat__payload[512]) begin
+              \$1267  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1267  = \$940 ;
+            end
+          end
+          if (\$945 ) begin
+            \$1267  = \$970 ;
+          end
+          if (start) begin
+            \$1267  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$978 ) begin
+            \$1267  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1267  = 1'h0;
+          end
+          if (\$1002 ) begin
+            \$1267  = 1'h0;
+          end
+          if (start) begin
+            \$1267  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1003 ) begin
+            \$1267  = 1'h0;
+          end
+      default:
+          \$1267  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1267  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1268  = q0_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1268  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1268  = 1'h0;
+            end else begin
+              \$1268  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1268  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1268  = 1'h0;
+          end else if (d_end) begin
+            \$1268  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1268  = 1'h0;
+          end else if (d_const) begin
+            \$1268  = 1'h0;
+          end else if (d_stream) begin
+            \$1268  = \$896 ;
+          end else begin
+            \$1268  = 1'h0;
+          end
+          if (start) begin
+            \$1268  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$904 ) begin
+            if (beat__payload[512]) begin
+              \$1268  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1268  = \$941 ;
+            end
+          end
+          if (\$945 ) begin
+            \$1268  = \$971 ;
+          end
+          if (start) begin
+            \$1268  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$978 ) begin
+            \$1268  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1268  = 1'h0;
+          end
+          if (\$1002 ) begin
+            \$1268  = 1'h0;
+          end
+          if (start) begin
+            \$1268  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1003 ) begin
+            \$1268  = 1'h0;
+          end
+      default:
+          \$1268  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1268  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1269  = res_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1269  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1269  = 1'h0;
+            end else begin
+              \$1269  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1269  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$866 ) begin
+          end else if (d_end_more) begin
+            \$1269  = 1'h0;
+          end else if (d_end) begin
+            \$1269  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1269  = 1'h0;
+          end else if (d_const) begin
+            \$1269  = 1'h0;
+          end else if (d_stream) begin
+            \$1269  = \$898 ;
+          end else begin
+            \$1269  = 1'h0;
+          end
+          if (start) begin
+            \$1269  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$904 ) begin
+            if (beat__payload[512]) begin
+              \$1269  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1269  = \$943 ;
+            end
+          end
+          if (\$945 ) begin
+            \$1269  = \$973 ;
+          end
+          if (start) begin
+            \$1269  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$978 ) begin
+            \$1269  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1269  = 1'h0;
+          end
+          if (\$1002 ) begin
+            \$1269  = 1'h0;
+          end
+          if (start) begin
+            \$1269  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1003 ) begin
+            \$1269  = 1'h0;
+          end
+      default:
+          \$1269  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1269  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1270  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$1265  = beat__payload[511:0];
+            \$1270  = beat__payload[511:0];
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1266  = decode_wait;
+    \$1271  = decode_wait;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$1266  = 3'h4;
+            \$1271  = 3'h4;
           end
       3'h2:
           if (\$866 ) begin
-            \$1266  = \$867 [2:0];
+            \$1271  = \$867 [2:0];
           end
     endcase
     if (rst) begin
-      \$1266  = 3'h0;
+      \$1271  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1267  = c_addr;
+    \$1272  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1267  = dec_c_base;
+          \$1272  = dec_c_base;
       3'h3:
           if (\$900 ) begin
-            \$1267  = \$902 [31:0];
+            \$1272  = \$902 [31:0];
           end
     endcase
-    if (rst) begin
-      \$1267  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1268  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1268  = \$864 [7:0];
-    endcase
-    if (rst) begin
-      \$1268  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1269  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1269  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$900 ) begin
-            \$1269  = \$901 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$1269  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1270  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1270  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$908 ) begin
-            \$1270  = \$909 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$1270  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1271  = c_last;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1271  = \$865 ;
-      3'h3:
-          if (\$908 ) begin
-            \$1271  = \$910 ;
-          end
-    endcase
-    if (rst) begin
-      \$1271  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1272  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$1001 ) begin
-          \$1272  = \$1003 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$1005 ) begin
-          \$1272  = \$1007 [31:0];
-        end
-      end
-    end
     if (rst) begin
       \$1272  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1273  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$1005 ) begin
-          \$1273  = r_data[15:0];
-        end
-      end
-    end
+    \$1273  = c_step;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1273  = \$864 [7:0];
+    endcase
     if (rst) begin
-      \$1273  = 16'h0000;
+      \$1273  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1274  = pack_full;
-    if (pack_active) begin
-      if (\$1008 ) begin
-        \$1274  = 1'h0;
-      end
-      if (\$1014 ) begin
-        if (\$1016 ) begin
-          \$1274  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1274  = 1'h0;
-    end
+    \$1274  = c_ask;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1274  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$900 ) begin
+            \$1274  = \$901 [15:0];
+          end
+    endcase
     if (rst) begin
-      \$1274  = 1'h0;
+      \$1274  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1275  = pack_a0;
-    if (pack_active) begin
-      if (\$1014 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1275  = elem_data;
-        endcase
-      end
-    end
+    \$1275  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1275  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (c_fire) begin
+            \$1275  = \$914 [15:0];
+          end
+    endcase
     if (rst) begin
       \$1275  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1276  = pack_a1;
-    if (pack_active) begin
-      if (\$1014 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1276  = elem_data;
-        endcase
-      end
-    end
+    \$1276  = c_last;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1276  = \$865 ;
+      3'h3:
+          if (c_fire) begin
+            \$1276  = \$915 ;
+          end
+    endcase
     if (rst) begin
-      \$1276  = 16'h0000;
+      \$1276  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1277  = pack_a2;
-    if (pack_active) begin
-      if (\$1014 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1277  = elem_data;
-        endcase
-      end
+    \$1277  = c_data;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$904 ) begin
+            \$1277  = beat__payload[65:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1278  = c_full;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$904 ) begin
+            \$1278  = \$905 ;
+          end
+          if (c_fire) begin
+            \$1278  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1278  = 1'h0;
     end
     if (rst) begin
-      \$1277  = 16'h0000;
+      \$1278  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1278  = pack_a3;
-    if (pack_active) begin
-      if (\$1014 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1278  = elem_data;
-        endcase
-      end
+    \$1279  = c_valid0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$904 ) begin
+            \$1279  = \$907 ;
+          end
+          if (c_fire) begin
+            \$1279  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1279  = 1'h0;
     end
     if (rst) begin
-      \$1278  = 16'h0000;
+      \$1279  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1279  = pack_b0;
-    if (pack_active) begin
-      if (\$1014 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1279  = \r_data$307 [15:0];
-        endcase
-      end
+    \$1280  = c_valid1;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$904 ) begin
+            \$1280  = \$909 ;
+          end
+          if (c_fire) begin
+            \$1280  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1280  = 1'h0;
     end
     if (rst) begin
-      \$1279  = 16'h0000;
+      \$1280  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1280  = pack_b1;
-    if (pack_active) begin
-      if (\$1014 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1280  = \r_data$307 [15:0];
-        endcase
-      end
+    \$1281  = c_valid2;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$904 ) begin
+            \$1281  = \$911 ;
+          end
+          if (c_fire) begin
+            \$1281  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1281  = 1'h0;
     end
     if (rst) begin
-      \$1280  = 16'h0000;
+      \$1281  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1281  = pack_b2;
-    if (pack_active) begin
-      if (\$1014 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1281  = \r_data$307 [15:0];
-        endcase
-      end
+    \$1282  = c_valid3;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$904 ) begin
+            \$1282  = \$913 ;
+          end
+          if (c_fire) begin
+            \$1282  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1282  = 1'h0;
     end
     if (rst) begin
-      \$1281  = 16'h0000;
+      \$1282  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1282  = pack_b3;
-    if (pack_active) begin
-      if (\$1014 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1282  = \r_data$307 [15:0];
-        endcase
+    \$1283  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$1006 ) begin
+          \$1283  = \$1008 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$1010 ) begin
+          \$1283  = \$1012 [31:0];
+        end
       end
     end
     if (rst) begin
-      \$1282  = 16'h0000;
+      \$1283  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1283  = pack_j;
+    \$1284  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$1010 ) begin
+          \$1284  = \r_data$187 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1284  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1285  = \w_en$166 ;
     if (pack_active) begin
-      if (\$1014 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1016 ) begin
-          \$1283  = 3'h0;
-        end else begin
-          \$1283  = \$1017 [2:0];
+      if (\$1013 ) begin
+        \$1285  = 1'h0;
+      end
+      if (\$1019 ) begin
+        if (\$1021 ) begin
+          \$1285  = 1'h1;
         end
       end
     end
     if (unit_rst) begin
-      \$1283  = 3'h0;
+      \$1285  = 1'h0;
     end
     if (rst) begin
-      \$1283  = 3'h0;
+      \$1285  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1284  = pack_jo;
+    \$1286  = pack_a0;
     if (pack_active) begin
-      if (\$1018 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1020 ) begin
-          \$1284  = 3'h0;
-        end else begin
-          \$1284  = \$1021 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1284  = 3'h0;
-    end
-    if (rst) begin
-      \$1284  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1285  = tiles;
-    if (in_decode) begin
-      \$1285  = dec_tiles;
-    end
-    if (gemm_active) begin
-      if (\$1028 ) begin
-        if (\$1042 ) begin
-          \$1285  = \$1043 [31:0];
-        end
+      if (\$1019 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1286  = elem_data;
+        endcase
       end
     end
     if (rst) begin
-      \$1285  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1286  = nt;
-    if (in_decode) begin
       \$1286  = 16'h0000;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1287  = pack_a1;
+    if (pack_active) begin
+      if (\$1019 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1287  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1287  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1288  = pack_a2;
+    if (pack_active) begin
+      if (\$1019 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1288  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1288  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1289  = pack_a3;
+    if (pack_active) begin
+      if (\$1019 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1289  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1289  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1290  = pack_b0;
+    if (pack_active) begin
+      if (\$1019 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1290  = \r_data$319 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1290  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1291  = pack_b1;
+    if (pack_active) begin
+      if (\$1019 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1291  = \r_data$319 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1291  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1292  = pack_b2;
+    if (pack_active) begin
+      if (\$1019 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1292  = \r_data$319 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1292  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1293  = pack_b3;
+    if (pack_active) begin
+      if (\$1019 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1293  = \r_data$319 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1293  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1294  = pack_j;
+    if (pack_active) begin
+      if (\$1019 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1021 ) begin
+          \$1294  = 3'h0;
+        end else begin
+          \$1294  = \$1022 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1294  = 3'h0;
+    end
+    if (rst) begin
+      \$1294  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1295  = pack_jo;
+    if (pack_active) begin
+      if (\$1023 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1025 ) begin
+          \$1295  = 3'h0;
+        end else begin
+          \$1295  = \$1026 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1295  = 3'h0;
+    end
+    if (rst) begin
+      \$1295  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1296  = tiles;
+    if (in_decode) begin
+      \$1296  = dec_tiles;
+    end
     if (gemm_active) begin
-      if (\$1028 ) begin
-        if (\$1042 ) begin
+      if (\$1033 ) begin
+        if (\$1047 ) begin
+          \$1296  = \$1048 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1296  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1297  = nt;
+    if (in_decode) begin
+      \$1297  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$1033 ) begin
+        if (\$1047 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1286  = 16'h0000;
+            \$1297  = 16'h0000;
           end else begin
-            \$1286  = \$1049 [15:0];
+            \$1297  = \$1054 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1286  = 16'h0000;
+      \$1297  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1287  = k;
+    \$1298  = k;
     if (in_decode) begin
-      \$1287  = 16'h0000;
+      \$1298  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1028 ) begin
-        if (\$1030 ) begin
-        end else if (\$1035 ) begin
-          \$1287  = \$1036 [15:0];
+      if (\$1033 ) begin
+        if (\$1035 ) begin
+        end else if (\$1040 ) begin
+          \$1298  = \$1041 [15:0];
         end
-        if (\$1042 ) begin
-          \$1287  = 16'h0000;
+        if (\$1047 ) begin
+          \$1298  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$1287  = 16'h0000;
+      \$1298  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1288  = w_addr;
+    \$1299  = w_addr;
     if (in_decode) begin
-      \$1288  = ins[465:434];
+      \$1299  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$1028 ) begin
+      if (\$1033 ) begin
         if (want_w) begin
-          \$1288  = \$1039 [31:0];
+          \$1299  = \$1044 [31:0];
         end
-        if (\$1042 ) begin
+        if (\$1047 ) begin
           if (nt_hit) begin
-            \$1288  = ins[465:434];
+            \$1299  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$1288  = 32'd0;
+      \$1299  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1289  = p_addr;
+    \$1300  = p_addr;
     if (in_decode) begin
-      \$1289  = ins[497:466];
+      \$1300  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$1028 ) begin
-        if (\$1042 ) begin
+      if (\$1033 ) begin
+        if (\$1047 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1289  = ins[497:466];
+            \$1300  = ins[497:466];
           end else begin
-            \$1289  = \$1052 [31:0];
+            \$1300  = \$1057 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1289  = 32'd0;
+      \$1300  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1290  = want_w;
+    \$1301  = want_w;
     if (in_decode) begin
-      \$1290  = 1'h0;
+      \$1301  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1028 ) begin
-        if (\$1030 ) begin
-          \$1290  = 1'h1;
+      if (\$1033 ) begin
+        if (\$1035 ) begin
+          \$1301  = 1'h1;
         end
-        if (\$1042 ) begin
-          \$1290  = 1'h0;
+        if (\$1047 ) begin
+          \$1301  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$1290  = 1'h0;
+      \$1301  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1291  = w_step;
+    \$1302  = w_step;
     if (in_decode) begin
-      \$1291  = \$1022 [7:0];
-    end
-    if (rst) begin
-      \$1291  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1292  = \$signal$409 ;
-    if (in_decode) begin
-      \$1292  = \$1023 ;
-    end
-    if (gemm_active) begin
-      if (\$1028 ) begin
-        if (\$1042 ) begin
-          \$1292  = \$1044 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1292  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1293  = \$signal$497 ;
-    if (in_decode) begin
-      \$1293  = \$1025 ;
-    end
-    if (gemm_active) begin
-      if (\$1028 ) begin
-        if (\$1030 ) begin
-        end else if (\$1035 ) begin
-          \$1293  = \$1038 ;
-        end
-        if (\$1042 ) begin
-          \$1293  = \$1046 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1293  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1294  = nt_hit;
-    if (in_decode) begin
-      \$1294  = \$1027 ;
-    end
-    if (gemm_active) begin
-      if (\$1028 ) begin
-        if (\$1042 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1294  = \$1048 ;
-          end else begin
-            \$1294  = \$1051 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1294  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1295  = rk;
-    if (in_decode) begin
-      \$1295  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1061 ) begin
-        \$1295  = \$1064 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1295  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1296  = rk_zero;
-    if (in_decode) begin
-      \$1296  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$1061 ) begin
-        \$1296  = \$1065 ;
-      end
-    end
-    if (rst) begin
-      \$1296  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1297  = w_full;
-    if (in_decode) begin
-      \$1297  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1053 ) begin
-        \$1297  = 1'h0;
-      end
-      if (\$1061 ) begin
-        if (\$1068 ) begin
-          \$1297  = 1'h1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1297  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1298  = w_lane0;
-    if (gemm_active) begin
-      if (\$1061 ) begin
-        if (\$1068 ) begin
-          \$1298  = w_beat0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1298  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1299  = w_lane1;
-    if (gemm_active) begin
-      if (\$1061 ) begin
-        if (\$1068 ) begin
-          \$1299  = w_beat1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1299  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1300  = w_lane2;
-    if (gemm_active) begin
-      if (\$1061 ) begin
-        if (\$1068 ) begin
-          \$1300  = w_beat2;
-        end
-      end
-    end
-    if (rst) begin
-      \$1300  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1301  = w_lane3;
-    if (gemm_active) begin
-      if (\$1061 ) begin
-        if (\$1068 ) begin
-          \$1301  = w_beat3;
-        end
-      end
-    end
-    if (rst) begin
-      \$1301  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1302  = w_lane4;
-    if (gemm_active) begin
-      if (\$1061 ) begin
-        if (\$1068 ) begin
-          \$1302  = w_beat4;
-        end
-      end
+      \$1302  = \$1027 [7:0];
     end
     if (rst) begin
       \$1302  = 8'h00;
@@ -36202,131 +36326,88 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1303  = w_lane5;
-    if (gemm_active) begin
-      if (\$1061 ) begin
-        if (\$1068 ) begin
-          \$1303  = w_beat5;
-        end
-      end
-    end
-    if (rst) begin
-      \$1303  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1304  = w_lane6;
-    if (gemm_active) begin
-      if (\$1061 ) begin
-        if (\$1068 ) begin
-          \$1304  = w_beat6;
-        end
-      end
-    end
-    if (rst) begin
-      \$1304  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1305  = w_lane7;
-    if (gemm_active) begin
-      if (\$1061 ) begin
-        if (\$1068 ) begin
-          \$1305  = w_beat7;
-        end
-      end
-    end
-    if (rst) begin
-      \$1305  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1306  = a_filled0;
+    \$1303  = \$signal$421 ;
     if (in_decode) begin
-      \$1306  = 1'h0;
+      \$1303  = \$1028 ;
     end
     if (gemm_active) begin
-      if (\$1080 ) begin
-        if (a_load_k_hit) begin
-          if (\$1086 ) begin
-            casez (\$signal$247 )
-              1'h0:
-                  \$1306  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$1083 ) begin
-        if (\$1092 ) begin
-          if (a_load_k_hit) begin
-            casez (\$signal$247 )
-              1'h0:
-                  \$1306  = 1'h1;
-            endcase
-          end
+      if (\$1033 ) begin
+        if (\$1047 ) begin
+          \$1303  = \$1049 ;
         end
       end
-      if (\$1116 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            casez (\$signal$280 )
-              1'h0:
-                  \$1306  = 1'h0;
-            endcase
+    end
+    if (rst) begin
+      \$1303  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1304  = \$signal$510 ;
+    if (in_decode) begin
+      \$1304  = \$1030 ;
+    end
+    if (gemm_active) begin
+      if (\$1033 ) begin
+        if (\$1035 ) begin
+        end else if (\$1040 ) begin
+          \$1304  = \$1043 ;
+        end
+        if (\$1047 ) begin
+          \$1304  = \$1051 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1304  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1305  = nt_hit;
+    if (in_decode) begin
+      \$1305  = \$1032 ;
+    end
+    if (gemm_active) begin
+      if (\$1033 ) begin
+        if (\$1047 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1305  = \$1053 ;
+          end else begin
+            \$1305  = \$1056 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1306  = 1'h0;
+      \$1305  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1307  = a_filled1;
+    \$1306  = rk;
     if (in_decode) begin
-      \$1307  = 1'h0;
+      \$1306  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1080 ) begin
-        if (a_load_k_hit) begin
-          if (\$1086 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$247 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1307  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$1083 ) begin
-        if (\$1092 ) begin
-          if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$247 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1307  = 1'h1;
-            endcase
-          end
-        end
+      if (\$1066 ) begin
+        \$1306  = \$1069 [15:0];
       end
-      if (\$1116 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$280 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1307  = 1'h0;
-            endcase
-          end
-        end
+    end
+    if (rst) begin
+      \$1306  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1307  = rk_zero;
+    if (in_decode) begin
+      \$1307  = 1'h1;
+    end
+    if (gemm_active) begin
+      if (\$1066 ) begin
+        \$1307  = \$1070 ;
       end
     end
     if (rst) begin
@@ -36335,22 +36416,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1308  = \$signal$247 ;
+    \$1308  = w_full;
     if (in_decode) begin
       \$1308  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1080 ) begin
-        if (a_load_k_hit) begin
-          if (\$1086 ) begin
-            \$1308  = \$1087 ;
-          end
-        end
-      end else if (\$1083 ) begin
-        if (\$1092 ) begin
-          if (a_load_k_hit) begin
-            \$1308  = \$1098 ;
-          end
+      if (\$1058 ) begin
+        \$1308  = 1'h0;
+      end
+      if (\$1066 ) begin
+        if (\$1073 ) begin
+          \$1308  = 1'h1;
         end
       end
     end
@@ -36360,198 +36436,150 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1309  = \$signal$254 ;
-    if (in_decode) begin
-      \$1309  = 4'h0;
-    end
+    \$1309  = w_lane0;
     if (gemm_active) begin
-      if (\$1080 ) begin
-        if (a_load_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (\$1086 ) begin
-            \$1309  = 4'h0;
-          end else begin
-            \$1309  = \$1088 [3:0];
-          end
-        end
-      end else if (\$1083 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1092 ) begin
-          \$1309  = 4'h0;
-        end else begin
-          \$1309  = \$1099 [3:0];
+      if (\$1066 ) begin
+        if (\$1073 ) begin
+          \$1309  = w_beat0;
         end
       end
     end
     if (rst) begin
-      \$1309  = 4'h0;
+      \$1309  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1310  = lk;
+    \$1310  = w_lane1;
+    if (gemm_active) begin
+      if (\$1066 ) begin
+        if (\$1073 ) begin
+          \$1310  = w_beat1;
+        end
+      end
+    end
+    if (rst) begin
+      \$1310  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1311  = w_lane2;
+    if (gemm_active) begin
+      if (\$1066 ) begin
+        if (\$1073 ) begin
+          \$1311  = w_beat2;
+        end
+      end
+    end
+    if (rst) begin
+      \$1311  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1312  = w_lane3;
+    if (gemm_active) begin
+      if (\$1066 ) begin
+        if (\$1073 ) begin
+          \$1312  = w_beat3;
+        end
+      end
+    end
+    if (rst) begin
+      \$1312  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1313  = w_lane4;
+    if (gemm_active) begin
+      if (\$1066 ) begin
+        if (\$1073 ) begin
+          \$1313  = w_beat4;
+        end
+      end
+    end
+    if (rst) begin
+      \$1313  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1314  = w_lane5;
+    if (gemm_active) begin
+      if (\$1066 ) begin
+        if (\$1073 ) begin
+          \$1314  = w_beat5;
+        end
+      end
+    end
+    if (rst) begin
+      \$1314  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1315  = w_lane6;
+    if (gemm_active) begin
+      if (\$1066 ) begin
+        if (\$1073 ) begin
+          \$1315  = w_beat6;
+        end
+      end
+    end
+    if (rst) begin
+      \$1315  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1316  = w_lane7;
+    if (gemm_active) begin
+      if (\$1066 ) begin
+        if (\$1073 ) begin
+          \$1316  = w_beat7;
+        end
+      end
+    end
+    if (rst) begin
+      \$1316  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1317  = a_filled0;
     if (in_decode) begin
-      \$1310  = 16'h0000;
+      \$1317  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1080 ) begin
-        (* full_case = 32'd1 *)
+      if (\$1085 ) begin
         if (a_load_k_hit) begin
-          \$1310  = 16'h0000;
-        end else begin
-          \$1310  = \$1089 [15:0];
+          if (\$1091 ) begin
+            casez (\$signal$259 )
+              1'h0:
+                  \$1317  = 1'h1;
+            endcase
+          end
         end
-      end else if (\$1083 ) begin
-        if (\$1092 ) begin
-          \$1310  = \$1093 [15:0];
+      end else if (\$1088 ) begin
+        if (\$1097 ) begin
           if (a_load_k_hit) begin
-            \$1310  = 16'h0000;
+            casez (\$signal$259 )
+              1'h0:
+                  \$1317  = 1'h1;
+            endcase
           end
         end
       end
-    end
-    if (rst) begin
-      \$1310  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1311  = \$signal$280 ;
-    if (in_decode) begin
-      \$1311  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1116 ) begin
+      if (\$1121 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1311  = \$1121 ;
+            casez (\$signal$292 )
+              1'h0:
+                  \$1317  = 1'h0;
+            endcase
           end
-        end
-      end
-    end
-    if (rst) begin
-      \$1311  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1312  = \$signal$281 ;
-    if (in_decode) begin
-      \$1312  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1116 ) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1312  = 16'h0000;
-        end else begin
-          \$1312  = \$1127 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1312  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1313  = fnt;
-    if (in_decode) begin
-      \$1313  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1116 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1313  = 16'h0000;
-          end else begin
-            \$1313  = \$1124 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1313  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1314  = feed_blocks;
-    if (in_decode) begin
-      \$1314  = dec_blocks;
-    end
-    if (gemm_active) begin
-      if (\$1116 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1314  = \$1122 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1314  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1315  = \$signal$286 ;
-    if (in_decode) begin
-      \$1315  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1100 ) begin
-        \$1315  = 1'h0;
-      end
-      if (\$1116 ) begin
-        \$1315  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1315  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1316  = a_load_k_hit;
-    if (in_decode) begin
-      \$1316  = \$1070 ;
-    end
-    if (gemm_active) begin
-      if (\$1080 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1316  = \$1085 ;
-        end else begin
-          \$1316  = \$1091 ;
-        end
-      end else if (\$1083 ) begin
-        if (\$1092 ) begin
-          \$1316  = \$1095 ;
-          if (a_load_k_hit) begin
-            \$1316  = \$1097 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1316  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1317  = a_feed_k_hit;
-    if (in_decode) begin
-      \$1317  = \$1072 ;
-    end
-    if (gemm_active) begin
-      if (\$1116 ) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1317  = \$1118 ;
-        end else begin
-          \$1317  = \$1129 ;
         end
       end
     end
@@ -36561,18 +36589,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1318  = a_feed_nt_hit;
+    \$1318  = a_filled1;
     if (in_decode) begin
-      \$1318  = \$1074 ;
+      \$1318  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1116 ) begin
+      if (\$1085 ) begin
+        if (a_load_k_hit) begin
+          if (\$1091 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$259 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1318  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$1088 ) begin
+        if (\$1097 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$259 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1318  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$1121 ) begin
         if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1318  = \$1120 ;
-          end else begin
-            \$1318  = \$1126 ;
+            (* full_case = 32'd1 *)
+            casez (\$signal$292 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1318  = 1'h0;
+            endcase
           end
         end
       end
@@ -36583,15 +36639,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1319  = a_blocks_left;
+    \$1319  = \$signal$259 ;
     if (in_decode) begin
-      \$1319  = \$1075 ;
+      \$1319  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1116 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1319  = \$1123 ;
+      if (\$1085 ) begin
+        if (a_load_k_hit) begin
+          if (\$1091 ) begin
+            \$1319  = \$1092 ;
+          end
+        end
+      end else if (\$1088 ) begin
+        if (\$1097 ) begin
+          if (a_load_k_hit) begin
+            \$1319  = \$1103 ;
           end
         end
       end
@@ -36602,94 +36664,115 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1320  = a_last;
-    if (gemm_active) begin
-      if (\$1116 ) begin
-        \$1320  = a_feed_k_hit;
-      end
+    \$1320  = \$signal$266 ;
+    if (in_decode) begin
+      \$1320  = 4'h0;
     end
-    if (rst) begin
-      \$1320  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1321  = w_load_lane;
     if (gemm_active) begin
-      if (\$1134 ) begin
+      if (\$1085 ) begin
+        if (a_load_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (\$1091 ) begin
+            \$1320  = 4'h0;
+          end else begin
+            \$1320  = \$1093 [3:0];
+          end
+        end
+      end else if (\$1088 ) begin
         (* full_case = 32'd1 *)
-        if (\$1135 ) begin
-          \$1321  = 4'h0;
+        if (\$1097 ) begin
+          \$1320  = 4'h0;
         end else begin
-          \$1321  = \$1142 [3:0];
+          \$1320  = \$1104 [3:0];
         end
-      end
-      if (in_decode) begin
-        \$1321  = 4'h0;
       end
     end
     if (rst) begin
-      \$1321  = 4'h0;
+      \$1320  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1322  = w_load_k;
+    \$1321  = lk;
+    if (in_decode) begin
+      \$1321  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$1134 ) begin
-        if (\$1135 ) begin
-          \$1322  = \$1136 [15:0];
-          if (\$1138 ) begin
-            \$1322  = 16'h0000;
+      if (\$1085 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1321  = 16'h0000;
+        end else begin
+          \$1321  = \$1094 [15:0];
+        end
+      end else if (\$1088 ) begin
+        if (\$1097 ) begin
+          \$1321  = \$1098 [15:0];
+          if (a_load_k_hit) begin
+            \$1321  = 16'h0000;
           end
         end
       end
-      if (in_decode) begin
-        \$1322  = 16'h0000;
-      end
     end
     if (rst) begin
-      \$1322  = 16'h0000;
+      \$1321  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1323  = w_load_addr;
+    \$1322  = \$signal$292 ;
+    if (in_decode) begin
+      \$1322  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$1134 ) begin
-        if (\$1135 ) begin
-          \$1323  = \$1137 [9:0];
-          if (\$1138 ) begin
-            if (\$1140 ) begin
-              \$1323  = 10'h000;
-            end
+      if (\$1121 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1322  = \$1126 ;
           end
         end
       end
-      if (in_decode) begin
-        \$1323  = 10'h000;
-      end
     end
     if (rst) begin
-      \$1323  = 10'h000;
+      \$1322  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1324  = w_load_nt;
+    \$1323  = \$signal$293 ;
+    if (in_decode) begin
+      \$1323  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$1134 ) begin
-        if (\$1135 ) begin
-          if (\$1138 ) begin
-            \$1324  = \$1139 [15:0];
-            if (\$1140 ) begin
-              \$1324  = 16'h0000;
-            end
-          end
+      if (\$1121 ) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1323  = 16'h0000;
+        end else begin
+          \$1323  = \$1132 [15:0];
         end
       end
-      if (in_decode) begin
-        \$1324  = 16'h0000;
+    end
+    if (rst) begin
+      \$1323  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1324  = fnt;
+    if (in_decode) begin
+      \$1324  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$1121 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1324  = 16'h0000;
+          end else begin
+            \$1324  = \$1129 [15:0];
+          end
+        end
       end
     end
     if (rst) begin
@@ -36698,76 +36781,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1325  = w_filled0;
+    \$1325  = feed_blocks;
+    if (in_decode) begin
+      \$1325  = dec_blocks;
+    end
     if (gemm_active) begin
-      if (\$1134 ) begin
-        if (\$1135 ) begin
-          if (\$1138 ) begin
-            if (\$1140 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1325  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$1160 ) begin
+      if (\$1121 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            if (\$1161 ) begin
-              casez (w_feed_half)
-                1'h0:
-                    \$1325  = 1'h0;
-              endcase
-            end
+            \$1325  = \$1127 [31:0];
           end
         end
-      end
-      if (in_decode) begin
-        \$1325  = 1'h0;
       end
     end
     if (rst) begin
-      \$1325  = 1'h0;
+      \$1325  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1326  = w_filled1;
+    \$1326  = \$signal$298 ;
+    if (in_decode) begin
+      \$1326  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$1134 ) begin
-        if (\$1135 ) begin
-          if (\$1138 ) begin
-            if (\$1140 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1326  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$1160 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$1161 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_feed_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1326  = 1'h0;
-              endcase
-            end
-          end
-        end
-      end
-      if (in_decode) begin
+      if (\$1105 ) begin
         \$1326  = 1'h0;
+      end
+      if (\$1121 ) begin
+        \$1326  = 1'h1;
       end
     end
     if (rst) begin
@@ -36776,19 +36818,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1327  = w_load_half;
+    \$1327  = a_load_k_hit;
+    if (in_decode) begin
+      \$1327  = \$1075 ;
+    end
     if (gemm_active) begin
-      if (\$1134 ) begin
-        if (\$1135 ) begin
-          if (\$1138 ) begin
-            if (\$1140 ) begin
-              \$1327  = \$1141 ;
-            end
+      if (\$1085 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1327  = \$1090 ;
+        end else begin
+          \$1327  = \$1096 ;
+        end
+      end else if (\$1088 ) begin
+        if (\$1097 ) begin
+          \$1327  = \$1100 ;
+          if (a_load_k_hit) begin
+            \$1327  = \$1102 ;
           end
         end
-      end
-      if (in_decode) begin
-        \$1327  = 1'h0;
       end
     end
     if (rst) begin
@@ -36797,65 +36845,59 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1328  = feed_ntk;
+    \$1328  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1328  = \$1077 ;
+    end
     if (gemm_active) begin
-      if (\$1160 ) begin
+      if (\$1121 ) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1328  = \$1123 ;
+        end else begin
+          \$1328  = \$1134 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1328  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1329  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1329  = \$1079 ;
+    end
+    if (gemm_active) begin
+      if (\$1121 ) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1328  = 32'd0;
+            \$1329  = \$1125 ;
           end else begin
-            \$1328  = \$1164 [31:0];
+            \$1329  = \$1131 ;
           end
         end
       end
-      if (in_decode) begin
-        \$1328  = 32'd0;
-      end
     end
     if (rst) begin
-      \$1328  = 32'd0;
+      \$1329  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1329  = feed_mt;
+    \$1330  = a_blocks_left;
+    if (in_decode) begin
+      \$1330  = \$1080 ;
+    end
     if (gemm_active) begin
-      if (\$1160 ) begin
+      if (\$1121 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (\$1161 ) begin
-              \$1329  = 16'h0000;
-            end else begin
-              \$1329  = \$1163 [15:0];
-            end
+            \$1330  = \$1128 ;
           end
         end
-      end
-      if (in_decode) begin
-        \$1329  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1329  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1330  = w_feed_half;
-    if (gemm_active) begin
-      if (\$1160 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$1161 ) begin
-              \$1330  = \$1162 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1330  = 1'h0;
       end
     end
     if (rst) begin
@@ -36864,31 +36906,293 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1331  = post_col;
-    if (in_decode) begin
-      \$1331  = 3'h0;
-    end
-    if (\$1166 ) begin
-      if (elem_take) begin
-        \$1331  = \$1169 [2:0];
+    \$1331  = a_last;
+    if (gemm_active) begin
+      if (\$1121 ) begin
+        \$1331  = a_feed_k_hit;
       end
     end
     if (rst) begin
-      \$1331  = 3'h0;
+      \$1331  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1332  = \$1174 ;
+    \$1332  = w_load_lane;
+    if (gemm_active) begin
+      if (\$1139 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1140 ) begin
+          \$1332  = 4'h0;
+        end else begin
+          \$1332  = \$1147 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1332  = 4'h0;
+      end
+    end
     if (rst) begin
-      \$1332  = 1'h0;
+      \$1332  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1333  = fault;
+    \$1333  = w_load_k;
+    if (gemm_active) begin
+      if (\$1139 ) begin
+        if (\$1140 ) begin
+          \$1333  = \$1141 [15:0];
+          if (\$1143 ) begin
+            \$1333  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1333  = 16'h0000;
+      end
+    end
     if (rst) begin
-      \$1333  = 4'h0;
+      \$1333  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1334  = w_load_addr;
+    if (gemm_active) begin
+      if (\$1139 ) begin
+        if (\$1140 ) begin
+          \$1334  = \$1142 [9:0];
+          if (\$1143 ) begin
+            if (\$1145 ) begin
+              \$1334  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1334  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1334  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1335  = w_load_nt;
+    if (gemm_active) begin
+      if (\$1139 ) begin
+        if (\$1140 ) begin
+          if (\$1143 ) begin
+            \$1335  = \$1144 [15:0];
+            if (\$1145 ) begin
+              \$1335  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1335  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1335  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1336  = w_filled0;
+    if (gemm_active) begin
+      if (\$1139 ) begin
+        if (\$1140 ) begin
+          if (\$1143 ) begin
+            if (\$1145 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1336  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1165 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1166 ) begin
+              casez (w_feed_half)
+                1'h0:
+                    \$1336  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1336  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1336  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1337  = w_filled1;
+    if (gemm_active) begin
+      if (\$1139 ) begin
+        if (\$1140 ) begin
+          if (\$1143 ) begin
+            if (\$1145 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1337  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1165 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1166 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1337  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1337  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1337  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1338  = w_load_half;
+    if (gemm_active) begin
+      if (\$1139 ) begin
+        if (\$1140 ) begin
+          if (\$1143 ) begin
+            if (\$1145 ) begin
+              \$1338  = \$1146 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1338  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1338  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1339  = feed_ntk;
+    if (gemm_active) begin
+      if (\$1165 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1339  = 32'd0;
+          end else begin
+            \$1339  = \$1169 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1339  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1339  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1340  = feed_mt;
+    if (gemm_active) begin
+      if (\$1165 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (\$1166 ) begin
+              \$1340  = 16'h0000;
+            end else begin
+              \$1340  = \$1168 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1340  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1340  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1341  = w_feed_half;
+    if (gemm_active) begin
+      if (\$1165 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1166 ) begin
+              \$1341  = \$1167 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1341  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1341  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1342  = post_col;
+    if (in_decode) begin
+      \$1342  = 3'h0;
+    end
+    if (\$1171 ) begin
+      if (elem_take) begin
+        \$1342  = \$1174 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1342  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1343  = \$1179 ;
+    if (rst) begin
+      \$1343  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1344  = fault;
+    if (rst) begin
+      \$1344  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -36924,11 +37228,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \error$109  = error;
   assign \done$111  = done;
   assign \busy$113  = busy;
-  assign c__payload = beat__payload[4:0];
-  assign \c__payload$119  = beat__payload[65:0];
-  assign \c__payload$122  = beat__payload[43:0];
-  assign \c__payload$125  = beat__payload[52:0];
-  assign \cycles$129  = cycles;
+  assign c__payload = c_data[4:0];
+  assign c__valid = c_valid0;
+  assign \c__payload$126  = c_data;
+  assign \c__valid$127  = c_valid1;
+  assign \c__payload$128  = c_data[43:0];
+  assign \c__valid$129  = c_valid2;
+  assign \c__payload$130  = c_data[52:0];
+  assign \c__valid$131  = c_valid3;
+  assign \cycles$133  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -36945,13 +37253,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign op_cycles13 = op_cycles__13;
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
+  assign pack_full = \w_en$166 ;
+  assign \w_data$168  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
   assign p__payload = beat__payload[437:0];
-  assign \o__valid$383  = \w_en$382 ;
-  assign \o__payload$385  = \w_data$384 ;
-  assign w_rdy = \o__ready$386 ;
-  assign \r_rdy$388  = gemm_res_valid;
-  assign \next$427  = dst_step;
-  assign \i__payload$430  = r_data[15:0];
+  assign \o__valid$395  = \w_en$394 ;
+  assign \o__payload$397  = \w_data$396 ;
+  assign \w_rdy$399  = \o__ready$398 ;
+  assign \r_rdy$400  = gemm_res_valid;
+  assign \next$436  = dst_step;
+  assign \i__payload$439  = \r_data$187 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -37001,47 +37311,47 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \ins.ext1  = ins[497:466];
   assign \ins.cnt  = ins[509:498];
   assign \ins.post  = ins[511:510];
-  assign \c__payload.f  = beat__payload[4:0];
-  assign \beat__payload.data  = beat__payload[511:0];
-  assign \beat__payload.err  = beat__payload[512];
-  assign \c__payload$119.m  = beat__payload[15:0];
-  assign \c__payload$119.b  = beat__payload[58:16];
-  assign \c__payload$119.e  = beat__payload[64:59];
-  assign \c__payload$119.last  = beat__payload[65];
-  assign \c__payload$122.m_a  = beat__payload[15:0];
-  assign \c__payload$122.e_a  = beat__payload[21:16];
-  assign \c__payload$122.m_b  = beat__payload[37:22];
-  assign \c__payload$122.e_b  = beat__payload[43:38];
-  assign \c__payload$125.qb  = beat__payload[9:0];
-  assign \c__payload$125.qc  = beat__payload[24:10];
-  assign \c__payload$125.sh  = beat__payload[30:25];
-  assign \c__payload$125.m  = beat__payload[46:31];
-  assign \c__payload$125.e  = beat__payload[52:47];
+  assign \c__payload.f  = c_data[4:0];
+  assign \c__payload$126.m  = c_data[15:0];
+  assign \c__payload$126.b  = c_data[58:16];
+  assign \c__payload$126.e  = c_data[64:59];
+  assign \c__payload$126.last  = c_data[65];
+  assign \c__payload$128.m_a  = c_data[15:0];
+  assign \c__payload$128.e_a  = c_data[21:16];
+  assign \c__payload$128.m_b  = c_data[37:22];
+  assign \c__payload$128.e_b  = c_data[43:38];
+  assign \c__payload$130.qb  = c_data[9:0];
+  assign \c__payload$130.qc  = c_data[24:10];
+  assign \c__payload$130.sh  = c_data[30:25];
+  assign \c__payload$130.m  = c_data[46:31];
+  assign \c__payload$130.e  = c_data[52:47];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$167[0]  = \b__payload$167 [15:0];
-  assign \b__payload$167[1]  = \b__payload$167 [31:16];
-  assign \b__payload$167[2]  = \b__payload$167 [47:32];
-  assign \b__payload$167[3]  = \b__payload$167 [63:48];
+  assign \b__payload$179[0]  = \b__payload$179 [15:0];
+  assign \b__payload$179[1]  = \b__payload$179 [31:16];
+  assign \b__payload$179[2]  = \b__payload$179 [47:32];
+  assign \b__payload$179[3]  = \b__payload$179 [63:48];
   assign \i__payload[0]  = i__payload[7:0];
   assign \i__payload[1]  = i__payload[15:8];
   assign \i__payload[2]  = i__payload[23:16];
   assign \i__payload[3]  = i__payload[31:24];
+  assign \beat__payload.data  = beat__payload[511:0];
+  assign \beat__payload.err  = beat__payload[512];
   assign \req__payload.addr  = req__payload[31:0];
   assign \req__payload.data  = req__payload[95:32];
   assign \req__payload.lb  = req__payload[98:96];
   assign \o__payload.data  = o__payload[7:0];
   assign \o__payload.last  = o__payload[8];
-  assign \o__payload$213[0]  = \o__payload$213 [15:0];
-  assign \o__payload$213[1]  = \o__payload$213 [31:16];
-  assign \o__payload$213[2]  = \o__payload$213 [47:32];
-  assign \o__payload$213[3]  = \o__payload$213 [63:48];
-  assign \o__payload$219[0]  = \o__payload$219 [7:0];
-  assign \o__payload$219[1]  = \o__payload$219 [15:8];
-  assign \o__payload$219[2]  = \o__payload$219 [23:16];
-  assign \o__payload$219[3]  = \o__payload$219 [31:24];
+  assign \o__payload$225[0]  = \o__payload$225 [15:0];
+  assign \o__payload$225[1]  = \o__payload$225 [31:16];
+  assign \o__payload$225[2]  = \o__payload$225 [47:32];
+  assign \o__payload$225[3]  = \o__payload$225 [63:48];
+  assign \o__payload$231[0]  = \o__payload$231 [7:0];
+  assign \o__payload$231[1]  = \o__payload$231 [15:8];
+  assign \o__payload$231[2]  = \o__payload$231 [23:16];
+  assign \o__payload$231[3]  = \o__payload$231 [31:24];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -37070,17 +37380,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$352.data  = \a__payload$352 [80:0];
-  assign \a__payload$352.data[0]  = \a__payload$352 [8:0];
-  assign \a__payload$352.data[1]  = \a__payload$352 [17:9];
-  assign \a__payload$352.data[2]  = \a__payload$352 [26:18];
-  assign \a__payload$352.data[3]  = \a__payload$352 [35:27];
-  assign \a__payload$352.data[4]  = \a__payload$352 [44:36];
-  assign \a__payload$352.data[5]  = \a__payload$352 [53:45];
-  assign \a__payload$352.data[6]  = \a__payload$352 [62:54];
-  assign \a__payload$352.data[7]  = \a__payload$352 [71:63];
-  assign \a__payload$352.data[8]  = \a__payload$352 [80:72];
-  assign \a__payload$352.last  = \a__payload$352 [81];
+  assign \a__payload$364.data  = \a__payload$364 [80:0];
+  assign \a__payload$364.data[0]  = \a__payload$364 [8:0];
+  assign \a__payload$364.data[1]  = \a__payload$364 [17:9];
+  assign \a__payload$364.data[2]  = \a__payload$364 [26:18];
+  assign \a__payload$364.data[3]  = \a__payload$364 [35:27];
+  assign \a__payload$364.data[4]  = \a__payload$364 [44:36];
+  assign \a__payload$364.data[5]  = \a__payload$364 [53:45];
+  assign \a__payload$364.data[6]  = \a__payload$364 [62:54];
+  assign \a__payload$364.data[7]  = \a__payload$364 [71:63];
+  assign \a__payload$364.data[8]  = \a__payload$364 [80:72];
+  assign \a__payload$364.last  = \a__payload$364 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -37089,34 +37399,34 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$385[0]  = \w_data$384 [31:0];
-  assign \o__payload$385[1]  = \w_data$384 [63:32];
-  assign \o__payload$385[2]  = \w_data$384 [95:64];
-  assign \o__payload$385[3]  = \w_data$384 [127:96];
-  assign \o__payload$385[4]  = \w_data$384 [159:128];
-  assign \o__payload$385[5]  = \w_data$384 [191:160];
-  assign \o__payload$385[6]  = \w_data$384 [223:192];
-  assign \o__payload$385[7]  = \w_data$384 [255:224];
-  assign \req__payload$410.addr  = \req__payload$410 [31:0];
-  assign \req__payload$410.lb  = \req__payload$410 [34:32];
-  assign \i__payload$429.data  = \i__payload$429 [15:0];
-  assign \i__payload$429.last  = \i__payload$429 [16];
-  assign \i__payload$429 [16] = r_data[16];
-  assign \i__payload$429 [15:0] = r_data[15:0];
-  assign \req__payload$410 [34:32] = \$649 ;
-  assign \req__payload$410 [31:0] = \$639 ;
-  assign i__payload[31:24] = pack_a3[7:0];
-  assign i__payload[23:16] = pack_a2[7:0];
-  assign i__payload[15:8] = pack_a1[7:0];
-  assign i__payload[7:0] = pack_a0[7:0];
-  assign \b__payload$167 [63:48] = pack_b3;
-  assign \b__payload$167 [47:32] = pack_b2;
-  assign \b__payload$167 [31:16] = pack_b1;
-  assign \b__payload$167 [15:0] = pack_b0;
-  assign a__payload[63:48] = pack_a3;
-  assign a__payload[47:32] = pack_a2;
-  assign a__payload[31:16] = pack_a1;
-  assign a__payload[15:0] = pack_a0;
+  assign \o__payload$397[0]  = \w_data$396 [31:0];
+  assign \o__payload$397[1]  = \w_data$396 [63:32];
+  assign \o__payload$397[2]  = \w_data$396 [95:64];
+  assign \o__payload$397[3]  = \w_data$396 [127:96];
+  assign \o__payload$397[4]  = \w_data$396 [159:128];
+  assign \o__payload$397[5]  = \w_data$396 [191:160];
+  assign \o__payload$397[6]  = \w_data$396 [223:192];
+  assign \o__payload$397[7]  = \w_data$396 [255:224];
+  assign \req__payload$422.addr  = \req__payload$422 [31:0];
+  assign \req__payload$422.lb  = \req__payload$422 [34:32];
+  assign \i__payload$438.data  = \i__payload$438 [15:0];
+  assign \i__payload$438.last  = \i__payload$438 [16];
+  assign \i__payload$438 [16] = \r_data$187 [16];
+  assign \i__payload$438 [15:0] = \r_data$187 [15:0];
+  assign \req__payload$422 [34:32] = \$653 ;
+  assign \req__payload$422 [31:0] = \$643 ;
+  assign i__payload[31:24] = r_data[55:48];
+  assign i__payload[23:16] = r_data[39:32];
+  assign i__payload[15:8] = r_data[23:16];
+  assign i__payload[7:0] = r_data[7:0];
+  assign \b__payload$179 [63:48] = r_data[127:112];
+  assign \b__payload$179 [47:32] = r_data[111:96];
+  assign \b__payload$179 [31:16] = r_data[95:80];
+  assign \b__payload$179 [15:0] = r_data[79:64];
+  assign a__payload[63:48] = r_data[63:48];
+  assign a__payload[47:32] = r_data[47:32];
+  assign a__payload[31:16] = r_data[31:16];
+  assign a__payload[15:0] = r_data[15:0];
   assign \$35  = 4'h9;
   assign \$37  = ins[269:252];
   assign \$42  = ins[39:24];
@@ -37124,45 +37434,45 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$47  = dec_nt;
   assign \$53  = 4'h8;
   assign \$54  = ins[397:380];
-  assign { \$61 [3], \$61 [1:0] } = 3'h0;
-  assign \$61 [2] = ins[10];
-  assign \$62  = ins[10];
-  assign { \$64 [3], \$64 [1:0] } = 3'h0;
-  assign \$64 [2] = ins[10];
-  assign \$65  = ins[10];
-  assign { \$67 [3], \$67 [1:0] } = 3'h0;
-  assign \$67 [2] = ins[10];
-  assign \$68  = ins[10];
-  assign { \$70 [3], \$70 [1:0] } = 3'h0;
-  assign \$70 [2] = ins[10];
-  assign \$71  = ins[10];
-  assign \$114 [3:1] = 3'h0;
-  assign \$114 [0] = ins[8];
-  assign \$115  = ins[8];
-  assign \$117 [3:1] = 3'h0;
-  assign \$117 [0] = ins[8];
-  assign \$118  = ins[8];
-  assign \$120 [3:1] = 3'h0;
-  assign \$120 [0] = ins[8];
-  assign \$121  = ins[8];
-  assign \$123 [3:1] = 3'h0;
-  assign \$123 [0] = ins[8];
-  assign \$124  = ins[8];
-  assign \$126 [3:1] = 3'h0;
-  assign \$126 [0] = ins[8];
-  assign \$127  = ins[8];
-  assign \$129 [3:1] = 3'h0;
-  assign \$129 [0] = ins[8];
-  assign \$130  = ins[8];
-  assign \$132 [3:1] = 3'h0;
-  assign \$132 [0] = ins[8];
-  assign \$133  = ins[8];
-  assign \$628  = 1'h0;
-  assign \$635  = 1'h0;
-  assign \$636  = \$634 ;
-  assign \$645  = 1'h0;
-  assign \$646  = \$644 ;
-  assign \$650  = in_fetch;
+  assign { \$65 [3], \$65 [1:0] } = 3'h0;
+  assign \$65 [2] = ins[10];
+  assign \$66  = ins[10];
+  assign { \$68 [3], \$68 [1:0] } = 3'h0;
+  assign \$68 [2] = ins[10];
+  assign \$69  = ins[10];
+  assign { \$71 [3], \$71 [1:0] } = 3'h0;
+  assign \$71 [2] = ins[10];
+  assign \$72  = ins[10];
+  assign { \$74 [3], \$74 [1:0] } = 3'h0;
+  assign \$74 [2] = ins[10];
+  assign \$75  = ins[10];
+  assign \$118 [3:1] = 3'h0;
+  assign \$118 [0] = ins[8];
+  assign \$119  = ins[8];
+  assign \$121 [3:1] = 3'h0;
+  assign \$121 [0] = ins[8];
+  assign \$122  = ins[8];
+  assign \$124 [3:1] = 3'h0;
+  assign \$124 [0] = ins[8];
+  assign \$125  = ins[8];
+  assign \$127 [3:1] = 3'h0;
+  assign \$127 [0] = ins[8];
+  assign \$128  = ins[8];
+  assign \$130 [3:1] = 3'h0;
+  assign \$130 [0] = ins[8];
+  assign \$131  = ins[8];
+  assign \$133 [3:1] = 3'h0;
+  assign \$133 [0] = ins[8];
+  assign \$134  = ins[8];
+  assign \$136 [3:1] = 3'h0;
+  assign \$136 [0] = ins[8];
+  assign \$137  = ins[8];
+  assign \$632  = 1'h0;
+  assign \$639  = 1'h0;
+  assign \$640  = \$638 ;
+  assign \$649  = 1'h0;
+  assign \$650  = \$648 ;
+  assign \$654  = in_fetch;
   assign \$658  = unit_rst;
   assign \$760  = { 19'h00000, \$759 [32:19] };
   assign \$761  = { 3'h0, dec_n2p[16:3] };
@@ -37175,7 +37485,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add (rst, c__valid, c__payload, a__ready, b__ready, o__payload, a__payload, b__payload, o__ready, a__valid, b__valid, unit_rst, c__ready, o__valid, clk);
+module \accelerator.core.add (rst, a__ready, b__ready, o__payload, a__payload, b__payload, o__ready, a__valid, b__valid, unit_rst, c__payload, c__valid, c__ready, o__valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$56  = 0;
   wire \$1 ;
   wire [33:0] \$10 ;
@@ -41721,10 +42031,10 @@ module \accelerator.core.add (rst, c__valid, c__payload, a__ready, b__ready, o__
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$11488$0 (l0s_s2_o),
-    .\port$11580$0 (l1s_s2_o),
-    .\port$11672$0 (l2s_s2_o),
-    .\port$11764$0 (l3s_s2_o),
+    .\port$11536$0 (l0s_s2_o),
+    .\port$11628$0 (l1s_s2_o),
+    .\port$11720$0 (l2s_s2_o),
+    .\port$11812$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42969,7 +43279,7 @@ module \accelerator.core.add (rst, c__valid, c__payload, a__ready, b__ready, o__
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11488$0 , \port$11580$0 , \port$11672$0 , \port$11764$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11536$0 , \port$11628$0 , \port$11720$0 , \port$11812$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43012,14 +43322,14 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11488
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11488$0 ;
-  wire [15:0] \port$11488$0 ;
-  input [15:0] \port$11580$0 ;
-  wire [15:0] \port$11580$0 ;
-  input [15:0] \port$11672$0 ;
-  wire [15:0] \port$11672$0 ;
-  input [15:0] \port$11764$0 ;
-  wire [15:0] \port$11764$0 ;
+  input [15:0] \port$11536$0 ;
+  wire [15:0] \port$11536$0 ;
+  input [15:0] \port$11628$0 ;
+  wire [15:0] \port$11628$0 ;
+  input [15:0] \port$11720$0 ;
+  wire [15:0] \port$11720$0 ;
+  input [15:0] \port$11812$0 ;
+  wire [15:0] \port$11812$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -43062,7 +43372,7 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11488
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11764$0 , \port$11672$0 , \port$11580$0 , \port$11488$0  };
+      storage[w_port__addr] <= { \port$11812$0 , \port$11720$0 , \port$11628$0 , \port$11536$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -43174,14 +43484,14 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11488
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11764$0 , \port$11672$0 , \port$11580$0 , \port$11488$0  };
-  assign w_data = { \port$11764$0 , \port$11672$0 , \port$11580$0 , \port$11488$0  };
+  assign w_port__data = { \port$11812$0 , \port$11720$0 , \port$11628$0 , \port$11536$0  };
+  assign w_data = { \port$11812$0 , \port$11720$0 , \port$11628$0 , \port$11536$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0 (rst, c__valid, c__payload, go, o__payload, i__payload, o__ready, i__valid, unit_rst, c__ready, o__valid, clk);
+module \accelerator.core.gelu0 (rst, go, o__payload, i__payload, o__ready, i__valid, unit_rst, c__payload, c__valid, c__ready, o__valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$58  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -50262,10 +50572,10 @@ module \accelerator.core.gelu0 (rst, c__valid, c__payload, go, o__payload, i__pa
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$11997$0 (l0_s27_o),
-    .\port$12183$0 (l1_s27_o),
-    .\port$12369$0 (l2_s27_o),
-    .\port$12555$0 (l3_s27_o),
+    .\port$12045$0 (l0_s27_o),
+    .\port$12231$0 (l1_s27_o),
+    .\port$12417$0 (l2_s27_o),
+    .\port$12603$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52320,7 +52630,7 @@ module \accelerator.core.gelu0 (rst, c__valid, c__payload, go, o__payload, i__pa
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$11997$0 , \port$12183$0 , \port$12369$0 , \port$12555$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$12045$0 , \port$12231$0 , \port$12417$0 , \port$12603$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$59  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52363,14 +52673,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$119
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$11997$0 ;
-  wire [7:0] \port$11997$0 ;
-  input [7:0] \port$12183$0 ;
-  wire [7:0] \port$12183$0 ;
-  input [7:0] \port$12369$0 ;
-  wire [7:0] \port$12369$0 ;
-  input [7:0] \port$12555$0 ;
-  wire [7:0] \port$12555$0 ;
+  input [7:0] \port$12045$0 ;
+  wire [7:0] \port$12045$0 ;
+  input [7:0] \port$12231$0 ;
+  wire [7:0] \port$12231$0 ;
+  input [7:0] \port$12417$0 ;
+  wire [7:0] \port$12417$0 ;
+  input [7:0] \port$12603$0 ;
+  wire [7:0] \port$12603$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52429,7 +52739,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$119
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12555$0 , \port$12369$0 , \port$12183$0 , \port$11997$0  };
+      storage[w_port__addr] <= { \port$12603$0 , \port$12417$0 , \port$12231$0 , \port$12045$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -52541,8 +52851,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$119
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12555$0 , \port$12369$0 , \port$12183$0 , \port$11997$0  };
-  assign w_data = { \port$12555$0 , \port$12369$0 , \port$12183$0 , \port$11997$0  };
+  assign w_port__data = { \port$12603$0 , \port$12417$0 , \port$12231$0 , \port$12045$0  };
+  assign w_data = { \port$12603$0 , \port$12417$0 , \port$12231$0 , \port$12045$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -62347,7 +62657,7 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.layernorm (rst, c__valid, i__valid, o__ready, c__payload, i__ready, o__payload, buf_wdata, unit_rst, idle_r, o__valid, clk);
+module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payload, buf_wdata, unit_rst, c__payload, c__valid, idle_r, o__valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$68  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -66685,73 +66995,83 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1898$0 , r_rdy, r_data, w_en, \port$9016$0 , unit_rst, level, clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9231$0 , \port$9233$0 , \port$9235$0 , \port$9237$0 , \port$9239$0 , \port$9241$0 , \port$9243$0 , \port$9245$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$70  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
   wire \$13 ;
-  wire [3:0] \$14 ;
-  reg [1:0] \$15 ;
-  reg [1:0] \$16 ;
-  reg [2:0] \$17 ;
-  wire [2:0] \$2 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
   wire \$3 ;
-  wire [2:0] \$4 ;
+  wire [1:0] \$4 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
-  wire [3:0] \$9 ;
+  wire [2:0] \$9 ;
   input clk;
   wire clk;
-  (* init = 2'h0 *)
-  wire [1:0] consume;
-  output [2:0] level;
-  reg [2:0] level = 3'h0;
-  input [15:0] \port$1898$0 ;
-  wire [15:0] \port$1898$0 ;
-  input [2:0] \port$9016$0 ;
-  wire [2:0] \port$9016$0 ;
-  (* init = 2'h0 *)
-  wire [1:0] produce;
-  output [18:0] r_data;
-  wire [18:0] r_data;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  input [15:0] \port$9231$0 ;
+  wire [15:0] \port$9231$0 ;
+  input [15:0] \port$9233$0 ;
+  wire [15:0] \port$9233$0 ;
+  input [15:0] \port$9235$0 ;
+  wire [15:0] \port$9235$0 ;
+  input [15:0] \port$9237$0 ;
+  wire [15:0] \port$9237$0 ;
+  input [15:0] \port$9239$0 ;
+  wire [15:0] \port$9239$0 ;
+  input [15:0] \port$9241$0 ;
+  wire [15:0] \port$9241$0 ;
+  input [15:0] \port$9243$0 ;
+  wire [15:0] \port$9243$0 ;
+  input [15:0] \port$9245$0 ;
+  wire [15:0] \port$9245$0 ;
+  (* init = 1'h0 *)
+  wire produce;
+  output [127:0] r_data;
+  wire [127:0] r_data;
   input r_en;
   wire r_en;
-  (* init = 3'h0 *)
-  wire [2:0] r_level;
-  reg [1:0] r_port__addr = 2'h0;
-  wire [18:0] r_port__data;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [127:0] r_port__data;
   output r_rdy;
   wire r_rdy;
   input rst;
   wire rst;
   input unit_rst;
   wire unit_rst;
-  wire [18:0] w_data;
+  wire [127:0] w_data;
   input w_en;
   wire w_en;
-  (* init = 3'h0 *)
-  wire [2:0] w_level;
-  reg [1:0] w_port__addr = 2'h0;
-  wire [18:0] w_port__data;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  wire [127:0] w_port__data;
   wire w_port__en;
+  output w_rdy;
   wire w_rdy;
-  reg [18:0] storage [3:0];
+  reg [127:0] storage [1:0];
   initial begin
-    storage[0] = 19'h00000;
-    storage[1] = 19'h00000;
-    storage[2] = 19'h00000;
-    storage[3] = 19'h00000;
+    storage[0] = 128'h00000000000000000000000000000000;
+    storage[1] = 128'h00000000000000000000000000000000;
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9016$0 , \port$1898$0  };
+      storage[w_port__addr] <= { \port$9245$0 , \port$9243$0 , \port$9241$0 , \port$9239$0 , \port$9237$0 , \port$9235$0 , \port$9233$0 , \port$9231$0  };
   end
   assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 3'h4;
+  assign w_rdy = level != 2'h2;
   assign r_rdy = | level;
   assign w_port__en = w_en & w_rdy;
   assign \$1  = w_rdy & w_en;
@@ -66778,55 +67098,55 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1898$0 , r_rdy, r_data, w_en, 
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
-      \$15  = \$2 [1:0];
+      \$15  = \$2 [0];
     end
     if (unit_rst) begin
-      \$15  = 2'h0;
+      \$15  = 1'h0;
     end
     if (rst) begin
-      \$15  = 2'h0;
+      \$15  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
-      \$16  = \$4 [1:0];
+      \$16  = \$4 [0];
     end
     if (unit_rst) begin
-      \$16  = 2'h0;
+      \$16  = 1'h0;
     end
     if (rst) begin
-      \$16  = 2'h0;
+      \$16  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$17  = level;
     if (\$8 ) begin
-      \$17  = \$9 [2:0];
+      \$17  = \$9 [1:0];
     end
     if (\$13 ) begin
-      \$17  = \$14 [2:0];
+      \$17  = \$14 [1:0];
     end
     if (unit_rst) begin
-      \$17  = 3'h0;
+      \$17  = 2'h0;
     end
     if (rst) begin
-      \$17  = 3'h0;
+      \$17  = 2'h0;
     end
   end
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9016$0 , \port$1898$0  };
-  assign w_data = { \port$9016$0 , \port$1898$0  };
+  assign w_port__data = { \port$9245$0 , \port$9243$0 , \port$9241$0 , \port$9239$0 , \port$9237$0 , \port$9235$0 , \port$9233$0 , \port$9231$0  };
+  assign w_data = { \port$9245$0 , \port$9243$0 , \port$9241$0 , \port$9239$0 , \port$9237$0 , \port$9235$0 , \port$9233$0 , \port$9231$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1899$0 , r_rdy, r_data, r_en, w_en, \port$9020$0 , unit_rst, level, clk);
+module \accelerator.core.q_src0 (rst, r_en, \port$1903$0 , r_rdy, r_data, w_en, \port$9052$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$71  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -66851,10 +67171,10 @@ module \accelerator.core.q_src1 (rst, \port$1899$0 , r_rdy, r_data, r_en, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1899$0 ;
-  wire [15:0] \port$1899$0 ;
-  input [2:0] \port$9020$0 ;
-  wire [2:0] \port$9020$0 ;
+  input [15:0] \port$1903$0 ;
+  wire [15:0] \port$1903$0 ;
+  input [2:0] \port$9052$0 ;
+  wire [2:0] \port$9052$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -66889,7 +67209,7 @@ module \accelerator.core.q_src1 (rst, \port$1899$0 , r_rdy, r_data, r_en, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9020$0 , \port$1899$0  };
+      storage[w_port__addr] <= { \port$9052$0 , \port$1903$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -66960,15 +67280,156 @@ module \accelerator.core.q_src1 (rst, \port$1899$0 , r_rdy, r_data, r_en, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9020$0 , \port$1899$0  };
-  assign w_data = { \port$9020$0 , \port$1899$0  };
+  assign w_port__data = { \port$9052$0 , \port$1903$0  };
+  assign w_data = { \port$9052$0 , \port$1903$0  };
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.q_src1 (rst, \port$1904$0 , r_rdy, r_data, r_en, w_en, \port$9056$0 , unit_rst, level, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$72  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [3:0] \$14 ;
+  reg [1:0] \$15 ;
+  reg [1:0] \$16 ;
+  reg [2:0] \$17 ;
+  wire [2:0] \$2 ;
+  wire \$3 ;
+  wire [2:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [3:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 2'h0 *)
+  wire [1:0] consume;
+  output [2:0] level;
+  reg [2:0] level = 3'h0;
+  input [15:0] \port$1904$0 ;
+  wire [15:0] \port$1904$0 ;
+  input [2:0] \port$9056$0 ;
+  wire [2:0] \port$9056$0 ;
+  (* init = 2'h0 *)
+  wire [1:0] produce;
+  output [18:0] r_data;
+  wire [18:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 3'h0 *)
+  wire [2:0] r_level;
+  reg [1:0] r_port__addr = 2'h0;
+  wire [18:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  wire [18:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 3'h0 *)
+  wire [2:0] w_level;
+  reg [1:0] w_port__addr = 2'h0;
+  wire [18:0] w_port__data;
+  wire w_port__en;
+  wire w_rdy;
+  reg [18:0] storage [3:0];
+  initial begin
+    storage[0] = 19'h00000;
+    storage[1] = 19'h00000;
+    storage[2] = 19'h00000;
+    storage[3] = 19'h00000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= { \port$9056$0 , \port$1904$0  };
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 3'h4;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [1:0];
+    end
+    if (unit_rst) begin
+      \$15  = 2'h0;
+    end
+    if (rst) begin
+      \$15  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [1:0];
+    end
+    if (unit_rst) begin
+      \$16  = 2'h0;
+    end
+    if (rst) begin
+      \$16  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [2:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [2:0];
+    end
+    if (unit_rst) begin
+      \$17  = 3'h0;
+    end
+    if (rst) begin
+      \$17  = 3'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_port__data = { \port$9056$0 , \port$1904$0  };
+  assign w_data = { \port$9056$0 , \port$1904$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle, req__ready, beat__valid, beat__payload, ar__ready, r__valid, r__payload, w_data, ar__payload, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$72  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
   wire [31:0] \$1 ;
   wire [3:0] \$10 ;
   wire [11:0] \$11 ;
@@ -67258,9 +67719,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1644$0 (\$13 [4:0]),
-    .\port$1645$0 (\$14 ),
-    .\port$1809$0 (r_data[2:0]),
+    .\port$1649$0 (\$13 [4:0]),
+    .\port$1650$0 (\$14 ),
+    .\port$1814$0 (r_data[2:0]),
     .r_data(\r_data$29 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -67269,7 +67730,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     .w_rdy(\w_rdy$8 )
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \r_en$44  = 1'h0;
     if (\$47 ) begin
       if (\$48 ) begin
@@ -67278,7 +67739,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \w_en$15  = 1'h0;
     if (\$47 ) begin
       if (\$48 ) begin
@@ -67287,63 +67748,63 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$77  = acc0;
     if (\$54 ) begin
       \$77  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$78  = acc1;
     if (at[0]) begin
       \$78  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$79  = acc2;
     if (at[1]) begin
       \$79  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$80  = acc3;
     if (at[2]) begin
       \$80  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$81  = acc4;
     if (at[3]) begin
       \$81  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$82  = acc5;
     if (at[4]) begin
       \$82  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$83  = acc6;
     if (at[5]) begin
       \$83  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$84  = acc7;
     if (at[6]) begin
       \$84  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$85  = j;
     if (\$69 ) begin
       (* full_case = 32'd1 *)
@@ -67358,7 +67819,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$86  = at;
     if (\$69 ) begin
       (* full_case = 32'd1 *)
@@ -67373,7 +67834,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$87  = err;
     if (\$69 ) begin
       (* full_case = 32'd1 *)
@@ -67388,7 +67849,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$88  = first;
     if (\$69 ) begin
       (* full_case = 32'd1 *)
@@ -67403,7 +67864,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$89  = ends;
     if (\$69 ) begin
       (* full_case = 32'd1 *)
@@ -67445,7 +67906,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_port__data, w_en, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -67527,7 +67988,7 @@ module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_p
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -67537,7 +67998,7 @@ module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_p
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -67547,7 +68008,7 @@ module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_p
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -67569,7 +68030,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -67651,7 +68112,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -67661,7 +68122,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -67671,7 +68132,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -67692,8 +68153,8 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1644$0 , \port$1645$0 , w_rdy, r_data, \port$1809$0 , r_en, r_rdy, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
+module \accelerator.core.reader.shapes (rst, w_en, \port$1649$0 , \port$1650$0 , w_rdy, r_data, \port$1814$0 , r_en, r_rdy, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [4:0] \$11 ;
@@ -67734,12 +68195,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1644$0 , \port$1645$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1644$0 ;
-  wire [4:0] \port$1644$0 ;
-  input \port$1645$0 ;
-  wire \port$1645$0 ;
-  input [2:0] \port$1809$0 ;
-  wire [2:0] \port$1809$0 ;
+  input [4:0] \port$1649$0 ;
+  wire [4:0] \port$1649$0 ;
+  input \port$1650$0 ;
+  wire \port$1650$0 ;
+  input [2:0] \port$1814$0 ;
+  wire [2:0] \port$1814$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -67783,7 +68244,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1644$0 , \port$1645$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1645$0 , \port$1644$0 , \port$1809$0  };
+      storage[w_port__addr] <= { \port$1650$0 , \port$1649$0 , \port$1814$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -67835,7 +68296,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1644$0 , \port$1645$0 ,
   always @(posedge clk)
     r_rdy <= \$33 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$30  = w_port__addr;
     if (\$3 ) begin
       \$30  = \$6 [3:0];
@@ -67845,7 +68306,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1644$0 , \port$1645$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$31  = r_port__addr;
     if (\$9 ) begin
       \$31  = \$12 [3:0];
@@ -67855,7 +68316,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1644$0 , \port$1645$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$32  = inner_level;
     if (\$18 ) begin
       \$32  = \$19 [3:0];
@@ -67868,7 +68329,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1644$0 , \port$1645$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$33  = r_rdy;
     if (\$29 ) begin
       \$33  = 1'h1;
@@ -67882,15 +68343,15 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1644$0 , \port$1645$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1645$0 , \port$1644$0 , \port$1809$0  };
-  assign w_data = { \port$1645$0 , \port$1644$0 , \port$1809$0  };
+  assign w_port__data = { \port$1650$0 , \port$1649$0 , \port$1814$0  };
+  assign w_data = { \port$1650$0 , \port$1649$0 , \port$1814$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload, i__ready, idle, i__payload, unit_rst, oq_data, oq_valid, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
+module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__payload, unit_rst, c__payload, c__valid, oq_data, oq_valid, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$77  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [5:0] \$100 ;
@@ -69941,7 +70402,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
   assign \$auto$rtlil.cc:2739:Not$48  = ~ { \$289 [32], \$289 [16] };
   assign \$auto$rtlil.cc:2739:Not$50  = ~ \$445 [23];
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$487  = \$1 ;
     if (unit_rst) begin
       \$487  = 1'h0;
@@ -69951,7 +70412,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$488  = \$4 ;
     if (unit_rst) begin
       \$488  = 1'h0;
@@ -69961,7 +70422,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$489  = \$6 ;
     if (unit_rst) begin
       \$489  = 1'h0;
@@ -69971,7 +70432,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$490  = f;
     if (\$8 ) begin
       \$490  = c__payload;
@@ -69984,7 +70445,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$491  = take;
     if (unit_rst) begin
       \$491  = 1'h0;
@@ -69994,21 +70455,21 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$492  = score_mem_wdata;
     if (take) begin
       \$492  = i__payload[15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$493  = in_last;
     if (take) begin
       \$493  = i__payload[16];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$494  = \$10 ;
     if (unit_rst) begin
       \$494  = 1'h0;
@@ -70018,7 +70479,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$495  = lw;
     if (unit_rst) begin
       \$495  = 1'h0;
@@ -70028,7 +70489,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$496  = sbank0_max;
     if (end_q) begin
       if (\$11 ) begin
@@ -70043,7 +70504,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$497  = sbank1_max;
     if (end_q) begin
       if (\$12 ) begin
@@ -70058,7 +70519,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$498  = run_max;
     if (score_mem_we) begin
       \$498  = \$17 ;
@@ -70071,7 +70532,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$499  = row_first;
     if (score_mem_we) begin
       \$499  = \$19 ;
@@ -70084,7 +70545,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$500  = lcnt;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -70102,7 +70563,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$501  = lcnt_top;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -70120,7 +70581,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$502  = lw;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -70135,7 +70596,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$503  = sbank0_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -70152,7 +70613,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$504  = sbank1_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -70169,7 +70630,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$505  = exp_pass;
     if (unit_rst) begin
       \$505  = 1'h0;
@@ -70179,7 +70640,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$506  = exp_v0;
     if (unit_rst) begin
       \$506  = 1'h0;
@@ -70189,7 +70650,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$507  = exp_v1;
     if (unit_rst) begin
       \$507  = 1'h0;
@@ -70199,7 +70660,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$508  = exp_v2;
     if (unit_rst) begin
       \$508  = 1'h0;
@@ -70209,7 +70670,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$509  = exp_v3;
     if (unit_rst) begin
       \$509  = 1'h0;
@@ -70219,7 +70680,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$510  = exp_v4;
     if (unit_rst) begin
       \$510  = 1'h0;
@@ -70229,7 +70690,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$511  = exp_v5;
     if (unit_rst) begin
       \$511  = 1'h0;
@@ -70239,7 +70700,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$512  = exp_v6;
     if (unit_rst) begin
       \$512  = 1'h0;
@@ -70249,7 +70710,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$513  = exp_v7;
     if (unit_rst) begin
       \$513  = 1'h0;
@@ -70259,7 +70720,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$514  = exp_v8;
     if (unit_rst) begin
       \$514  = 1'h0;
@@ -70269,7 +70730,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$515  = exp_v9;
     if (unit_rst) begin
       \$515  = 1'h0;
@@ -70279,7 +70740,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$516  = ridx;
     if (unit_rst) begin
       \$516  = 5'h00;
@@ -70289,7 +70750,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$517  = exp_ra0;
     if (unit_rst) begin
       \$517  = 5'h00;
@@ -70299,7 +70760,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$555  = total;
     if (exp_mem_we) begin
       \$555  = \$38 [19:0];
@@ -70315,7 +70776,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$556  = ridx;
     if (exp_idle) begin
       \$556  = 5'h00;
@@ -70331,7 +70792,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$557  = rlenm1;
     if (exp_idle) begin
       \$557  = \$39 ;
@@ -70344,7 +70805,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$558  = r_last;
     if (exp_idle) begin
       \$558  = \$42 ;
@@ -70360,7 +70821,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$559  = rlenm2;
     if (exp_idle) begin
       \$559  = \$44 ;
@@ -70373,7 +70834,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$560  = rmax;
     if (exp_idle) begin
       \$560  = \$45 ;
@@ -70386,7 +70847,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$561  = exp_idle;
     if (\$55 ) begin
       \$561  = 1'h0;
@@ -70402,7 +70863,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$562  = exp_pass;
     if (\$55 ) begin
       \$562  = 1'h1;
@@ -70418,7 +70879,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$563  = exp_drain;
     if (\$58 ) begin
       \$563  = 1'h1;
@@ -70434,7 +70895,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$564  = er;
     if (\$58 ) begin
       \$564  = \$59 ;
@@ -70447,7 +70908,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$565  = ew;
     if (\$64 ) begin
       \$565  = { ew[1:0], ew[2] };
@@ -70460,7 +70921,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$566  = d_busy;
     if (\$64 ) begin
       \$566  = 1'h1;
@@ -70476,7 +70937,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$567  = dbank;
     if (\$65 ) begin
       \$567  = ew;
@@ -70489,7 +70950,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$568  = dlenm1;
     if (\$65 ) begin
       \$568  = rlenm1;
@@ -70502,7 +70963,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$569  = den;
     if (\$65 ) begin
       \$569  = total;
@@ -70515,7 +70976,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$570  = 17'h00000;
@@ -70530,7 +70991,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$571  = 5'h00;
@@ -70545,7 +71006,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$572  = 1'h0;
@@ -70560,7 +71021,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$573  = 20'h07fff;
@@ -70575,7 +71036,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$574  = 17'h1ffff;
@@ -70590,7 +71051,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$575  = ebank0_recip;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -70605,7 +71066,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$576  = ebank0_lenm1;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -70620,7 +71081,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$577  = ebank1_recip;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -70635,7 +71096,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$578  = ebank1_lenm1;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -70650,7 +71111,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$579  = ebank2_recip;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -70665,7 +71126,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$580  = ebank2_lenm1;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -70680,7 +71141,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$581  = \$82 ;
     if (unit_rst) begin
       \$581  = 1'h0;
@@ -70690,7 +71151,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$582  = o_run;
     if (\$86 ) begin
       \$582  = 1'h1;
@@ -70708,7 +71169,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$583  = oidx;
     if (\$86 ) begin
       \$583  = 5'h00;
@@ -70728,7 +71189,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$584  = o_last;
     if (\$86 ) begin
       \$584  = \$90 ;
@@ -70748,7 +71209,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$585  = o_lenm2;
     if (\$86 ) begin
       \$585  = \$93 ;
@@ -70761,7 +71222,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$586  = o_recip;
     if (\$86 ) begin
       \$586  = \$95 ;
@@ -70774,7 +71235,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$587  = orb;
     if (\$96 ) begin
       if (o_last) begin
@@ -70789,7 +71250,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$588  = \$101 [4:0];
     if (unit_rst) begin
       \$588  = 5'h10;
@@ -70799,7 +71260,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$589  = \$103 [7:0];
     if (unit_rst) begin
       \$589  = 8'h00;
@@ -70809,7 +71270,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$590  = \$104 ;
     if (unit_rst) begin
       \$590  = 1'h0;
@@ -70819,7 +71280,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$591  = out_v0;
     if (unit_rst) begin
       \$591  = 1'h0;
@@ -70829,7 +71290,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$592  = out_v1;
     if (unit_rst) begin
       \$592  = 1'h0;
@@ -70839,7 +71300,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$593  = out_v2;
     if (unit_rst) begin
       \$593  = 1'h0;
@@ -70849,7 +71310,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$594  = out_v3;
     if (unit_rst) begin
       \$594  = 1'h0;
@@ -70859,7 +71320,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$595  = out_v4;
     if (unit_rst) begin
       \$595  = 1'h0;
@@ -70869,7 +71330,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$619  = out_v5;
     if (unit_rst) begin
       \$619  = 1'h0;
@@ -70879,7 +71340,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$620  = oq_wptr;
     if (out_v5) begin
       \$620  = \$108 [3:0];
@@ -70892,14 +71353,14 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$621  = oq_data;
     if (\$112 ) begin
       \$621  = \rp__data$206 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$622  = oq_valid;
     if (\$112 ) begin
       \$622  = 1'h1;
@@ -70914,7 +71375,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$623  = oq_rptr;
     if (\$112 ) begin
       \$623  = \$113 [3:0];
@@ -70927,7 +71388,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$624  = \$119 [4:0];
     if (unit_rst) begin
       \$624  = 5'h00;
@@ -70937,7 +71398,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$625  = \$131 ;
     if (unit_rst) begin
       \$625  = 1'h0;
@@ -70947,7 +71408,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$626  = sbank0_full;
     if (\$134 ) begin
       \$626  = 1'h0;
@@ -70963,7 +71424,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$627  = sbank1_full;
     if (\$141 ) begin
       \$627  = 1'h0;
@@ -70979,7 +71440,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$628  = ebank0_busy;
     if (\$146 ) begin
       \$628  = 1'h0;
@@ -70995,7 +71456,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$629  = ebank0_full;
     if (\$146 ) begin
       \$629  = 1'h0;
@@ -71011,7 +71472,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$630  = ebank1_busy;
     if (\$160 ) begin
       \$630  = 1'h0;
@@ -71027,7 +71488,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$631  = ebank1_full;
     if (\$160 ) begin
       \$631  = 1'h0;
@@ -71043,7 +71504,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$632  = ebank2_busy;
     if (\$174 ) begin
       \$632  = 1'h0;
@@ -71059,7 +71520,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$633  = ebank2_full;
     if (\$174 ) begin
       \$633  = 1'h0;
@@ -71075,7 +71536,7 @@ module \accelerator.core.softmax (rst, c__valid, i__valid, o__ready, c__payload,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     e_clear = 1'h0;
     if (\$361 ) begin
       if (o_last) begin
@@ -71367,7 +71828,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$77  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$78  = 0;
   wire [10:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -71471,7 +71932,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     .w_rdy(req__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
     \$22  = pending;
     if (\$15 ) begin
       \$22  = \$19 [6:0];
@@ -71483,7 +71944,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
     \$23  = err;
     if (clear) begin
       \$23  = 1'h0;
@@ -71516,7 +71977,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$78  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -71598,7 +72059,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -71608,7 +72069,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -71618,7 +72079,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -71640,7 +72101,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_data, \port$0$10 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -71725,7 +72186,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -71735,7 +72196,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -71745,7 +72206,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];

@@ -317,9 +317,20 @@ class AccelCore(wiring.Component):
         c_last = Signal()        # c_due == 1, a flag (no comparator in CONST's transition)
         # in CONST, the unit that takes the beats: one-hot flags set with the state (:func:`goto`)
         const_to = [Signal(name=f"const_to{k}") for k in range(len(c_targets))]
-        c_ready = Cat(*[flag & u.c.ready for flag, (_, u) in zip(const_to, c_targets)]).any()
-        for flag, (_, u) in zip(const_to, c_targets):
-            m.d.comb += [u.c.payload.as_value().eq(reader.beat.payload.data), u.c.valid.eq(flag & reader.beat.valid)]
+        # a constant beat waits in a register (``c_data``; ``c_full``: one is there) before its
+        # unit takes it, and each unit's ``c.valid`` is a flip-flop of its own (``c_valid``, set
+        # with ``c_full`` for the unit of ``const_to``): every unit's input ready is
+        # ``~c.valid & ...``, so a ``c.valid`` from the reader's beat put the reader's handshake
+        # on a path into every unit's input and back to the packer (across the part twice: 12.1
+        # ns, 10 of them routing), and ``c_full & const_to`` was the next one (12.4 ns).  One
+        # beat at a time is enough: a 64-byte beat is 8 words of the bus.
+        c_full = Signal(name="c_full")
+        c_data = Signal(max(len(u.c.payload.as_value()) for _, u in c_targets), name="c_data", reset_less=True)
+        c_valid = [Signal(name=f"c_valid{k}") for k in range(len(c_targets))]
+        c_fire = Signal(name="c_fire")        # the unit takes the held beat
+        m.d.comb += c_fire.eq(Cat(*[v & u.c.ready for v, (_, u) in zip(c_valid, c_targets)]).any())
+        for v, (_, u) in zip(c_valid, c_targets):
+            m.d.comb += [u.c.payload.as_value().eq(c_data), u.c.valid.eq(v)]
         fetch_sent = Signal()
         fault = Signal(4)        # a fault seen this cycle (0: none)
         addr_fault = Signal()    # a buffer address outside the buffer in the previous cycle of STREAM
@@ -418,7 +429,7 @@ class AccelCore(wiring.Component):
             reader_users.append(SimpleNamespace(flag=flag, valid=valid, addr=addr, lb=lb, ready=ready))
 
         reader_user(in_fetch, ~fetch_sent, pc, _lb(INSTR_BYTES), 1)
-        reader_user(in_const, c_ask.any(), c_addr, dec.c_lb, c_ready)
+        reader_user(in_const, c_ask.any(), c_addr, dec.c_lb, ~c_full)
         reader_user(sink_from["load"], ext_req.valid, ext_req.addr, ins.esize, sink_ready)
         reader_user(unit_rst, 0, 0, 0, 1)          # STOP: beats in flight are dropped
 
@@ -480,12 +491,16 @@ class AccelCore(wiring.Component):
                 with m.If(c_ask.any() & reader.req.ready):
                     m.d.sync += [c_ask.eq(c_ask - 1), c_addr.eq(c_addr + c_step)]
                 # (the beat's handshake from the flags, not from ``reader.beat.ready``, which
-                # every state drives)
-                with m.If(reader.beat.valid & c_ready):
-                    m.d.sync += [c_due.eq(c_due - 1), c_last.eq(c_due == 2)]
+                # every state drives): the reader's beat into ``c_data``, from there to the unit
+                with m.If(reader.beat.valid & ~c_full):
+                    m.d.sync += [c_data.eq(reader.beat.payload.data), c_full.eq(~reader.beat.payload.err)]
+                    m.d.sync += [v.eq(flag & ~reader.beat.payload.err) for v, flag in zip(c_valid, const_to)]
                     with m.If(reader.beat.payload.err):
                         stop(Error.READ)
-                    with m.Elif(c_last):
+                with m.If(c_fire):
+                    m.d.sync += [c_full.eq(0), c_due.eq(c_due - 1), c_last.eq(c_due == 2)]
+                    m.d.sync += [v.eq(0) for v in c_valid]
+                    with m.If(c_last):
                         goto(_State.STREAM)
                 with m.If(~ins.cnt.any()):
                     goto(_State.STREAM)
@@ -527,12 +542,14 @@ class AccelCore(wiring.Component):
                                                jo=Signal(range(lanes + 1), name="pack_jo"),
                                                a=Array(Signal(ab, name=f"pack_a{k}") for k in range(lanes)),
                                                b=Array(Signal(ab, name=f"pack_b{k}") for k in range(lanes)))
-        # the packer's beat goes to every unit it may feed, ungated (their valid selects): a gate
-        # on the data was a LUT level in front of the units' first stages
+        # the packed beat's register slice (:meth:`_lanes`); its payload goes to every unit it may
+        # feed, ungated (their valid selects): a gate on the data was a LUT level in front of the
+        # units' first stages
+        packer.slice, beat = register_slice(m, "pack", packer.full, Cat(*packer.a, *packer.b), None, reset=unit_rst)
         for u in (self.add, *self.gelus):
             ins_ = (u.a.payload, u.b.payload) if u is self.add else (u.i.payload,)
-            for port, regs in zip(ins_, (packer.a, packer.b)):
-                m.d.comb += [port[k].eq(regs[k]) for k in range(lanes)]
+            for half, port in enumerate(ins_):
+                m.d.comb += [port[k].eq(beat[(half * lanes + k) * ab:][:ab]) for k in range(lanes)]
         store_advance = ~ext_req.valid | writer.req.ready     # a STORE's request register moves on
         with m.If(streaming):
             with m.If(is_move):
@@ -572,7 +589,7 @@ class AccelCore(wiring.Component):
         # from one-hot flags of STREAM
         m.d.comb += elems.valid.eq((q0_to_pack & q0.r_rdy) | (res_to_pack & gemm_res_valid))
         with m.If(unit_rst):
-            m.d.sync += [packer.full.eq(0), packer.j.eq(0), packer.jo.eq(0)]
+            m.d.sync += [packer.full.eq(0), packer.j.eq(0), packer.jo.eq(0), c_full.eq(0), *[v.eq(0) for v in c_valid]]
         # the sequencer's signals that the GEMM's feed shares with the ops above
         seq = SimpleNamespace(ins=ins, is_linear=is_op[Opcode.LINEAR], reader=reader, gens=gens, q0=q0, q1=q1,
                               run0=run0, run1=run1, wr=wr, active=gemm_active, restart=in_decode,
@@ -630,8 +647,9 @@ class AccelCore(wiring.Component):
 
     def _lanes(self, m, two, elems, q1, s1_data, sink_valid, sink_data, sink_ready, dst, sink_from):
         """The GELU and add units take ``lanes`` elements a beat: pack ``elems`` (and, for the
-        add, src1's elements) into a beat (a short last beat padded), unpack the results into
-        dst (the padding's results dropped when the dst walk ends)."""
+        add, src1's elements) into a beat (a short last beat padded), pass it through a
+        register slice to the unit, unpack the results into dst (the padding's results dropped
+        when the dst walk ends)."""
         ab, lanes = self.accel.act_elem_bits, self.hw.lanes
         full, j, jo = self.packer.full, self.packer.j, self.packer.jo
         a, b = self.packer.a, self.packer.b
@@ -641,10 +659,17 @@ class AccelCore(wiring.Component):
         in_ready = Signal()      # the selected unit takes the beat
         m.d.comb += in_ready.eq(Cat(*[flag & (u.a.ready & u.b.ready if u is self.add else u.i.ready)
                                       for flag, u in targets]).any())
-        # a beat is refilled in the cycle the unit takes the previous one
-        take = (~full | in_ready) & elems.valid & (q1.r_rdy | ~two)
+        # the packed beat waits in a register slice (two beats) for the unit: the units' input
+        # ready then moves the slice's level and read pointer only, not the packer's enables
+        # (that path ran from a unit's ``go`` across the part into ``pack_j`` and the 2 x lanes
+        # element registers: 12.1 ns, 10 of them routing).  (The slice is built in
+        # :meth:`elaborate`, outside this op's ``m.If``: its payload goes to the units ungated.)
+        beat_q = self.packer.slice
+        m.d.comb += beat_q.r_en.eq(in_ready)
+        # a beat is refilled in the cycle it moves into the slice
+        take = (~full | beat_q.w_rdy) & elems.valid & (q1.r_rdy | ~two)
         m.d.comb += [elems.take.eq(take), q1.r_en.eq(take & two)]
-        with m.If(full & in_ready):
+        with m.If(full & beat_q.w_rdy):
             m.d.sync += full.eq(0)
         with m.If(take):
             m.d.sync += [a[j].eq(elems.data), b[j].eq(s1_data)]
@@ -658,9 +683,9 @@ class AccelCore(wiring.Component):
         for flag, u in targets:
             m.d.comb += u.o.ready.eq(flag & out_ready)
             if u is self.add:
-                m.d.comb += [u.a.valid.eq(flag & full), u.b.valid.eq(flag & full)]
+                m.d.comb += [u.a.valid.eq(flag & beat_q.r_rdy), u.b.valid.eq(flag & beat_q.r_rdy)]
             else:
-                m.d.comb += u.i.valid.eq(flag & full)
+                m.d.comb += u.i.valid.eq(flag & beat_q.r_rdy)
             with m.If(flag):
                 m.d.comb += [out_lanes[k].eq(u.o.payload[k]) for k in range(lanes)]
         m.d.comb += [sink_valid.eq(out_valid), sink_data.eq(out_lanes[jo])]
