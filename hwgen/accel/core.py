@@ -326,6 +326,8 @@ class AccelCore(wiring.Component):
         # beat at a time, so CONST takes a beat every other cycle (its ready is ``~c_full``, not
         # the unit's take: that would put the unit's ready back on the reader's path); DeiT-Tiny
         # pays 0.02% of its cycles for it.
+        # (``c_full`` is the OR of ``c_valid``, kept as a register of its own: the OR would be a
+        # LUT level in the reader's beat ready)
         c_full = Signal(name="c_full")
         c_data = Signal(max(len(u.c.payload.as_value()) for _, u in c_targets), name="c_data", reset_less=True)
         c_valid = [Signal(name=f"c_valid{k}") for k in range(len(c_targets))]
