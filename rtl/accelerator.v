@@ -1271,13 +1271,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1004 ;
   wire \$1005 ;
   wire \$1006 ;
-  wire [24:0] \$1007 ;
-  wire [33:0] \$1008 ;
+  wire \$1007 ;
+  wire \$1008 ;
   wire \$1009 ;
   wire \$101 ;
   wire \$1010 ;
-  wire [24:0] \$1011 ;
-  wire [33:0] \$1012 ;
+  wire \$1011 ;
+  wire \$1012 ;
   wire \$1013 ;
   wire \$1014 ;
   wire \$1015 ;
@@ -1286,37 +1286,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1018 ;
   wire \$1019 ;
   wire \$102 ;
-  wire \$1020 ;
-  wire \$1021 ;
-  wire [3:0] \$1022 ;
+  wire [24:0] \$1020 ;
+  wire [33:0] \$1021 ;
+  wire \$1022 ;
   wire \$1023 ;
-  wire \$1024 ;
-  wire \$1025 ;
-  wire [3:0] \$1026 ;
-  wire [14:0] \$1027 ;
+  wire [24:0] \$1024 ;
+  wire [33:0] \$1025 ;
+  wire \$1026 ;
+  wire \$1027 ;
   wire \$1028 ;
   wire \$1029 ;
-  reg [15:0] \$103 ;
+  wire \$103 ;
   wire \$1030 ;
   wire \$1031 ;
   wire \$1032 ;
   wire \$1033 ;
   wire \$1034 ;
-  wire \$1035 ;
+  wire [3:0] \$1035 ;
   wire \$1036 ;
   wire \$1037 ;
   wire \$1038 ;
-  wire \$1039 ;
+  wire [3:0] \$1039 ;
   wire \$104 ;
-  wire \$1040 ;
-  wire [16:0] \$1041 ;
-  wire [16:0] \$1042 ;
+  wire [14:0] \$1040 ;
+  wire \$1041 ;
+  wire \$1042 ;
   wire \$1043 ;
-  wire [32:0] \$1044 ;
+  wire \$1044 ;
   wire \$1045 ;
   wire \$1046 ;
   wire \$1047 ;
-  wire [32:0] \$1048 ;
+  wire \$1048 ;
   wire \$1049 ;
   wire \$105 ;
   wire \$1050 ;
@@ -1331,17 +1331,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1059 ;
   wire \$106 ;
   wire \$1060 ;
-  wire \$1061 ;
+  wire [32:0] \$1061 ;
   wire \$1062 ;
   wire \$1063 ;
   wire \$1064 ;
   wire \$1065 ;
   wire \$1066 ;
-  wire \$1067 ;
+  wire [16:0] \$1067 ;
   wire [16:0] \$1068 ;
-  wire [16:0] \$1069 ;
+  wire \$1069 ;
   wire \$107 ;
-  wire \$1070 ;
+  wire [32:0] \$1070 ;
   wire \$1071 ;
   wire \$1072 ;
   wire \$1073 ;
@@ -1353,12 +1353,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1079 ;
   wire \$108 ;
   wire \$1080 ;
-  reg \$1081 ;
-  wire \$1082 ;
+  wire [16:0] \$1081 ;
+  wire [16:0] \$1082 ;
   wire \$1083 ;
   wire \$1084 ;
   wire \$1085 ;
-  reg \$1086 ;
+  wire \$1086 ;
   wire \$1087 ;
   wire \$1088 ;
   wire \$1089 ;
@@ -1366,36 +1366,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1090 ;
   wire \$1091 ;
   wire \$1092 ;
-  wire [4:0] \$1093 ;
-  wire [16:0] \$1094 ;
-  wire [16:0] \$1095 ;
+  wire \$1093 ;
+  reg \$1094 ;
+  wire \$1095 ;
   wire \$1096 ;
   wire \$1097 ;
-  wire [16:0] \$1098 ;
-  wire [16:0] \$1099 ;
+  wire \$1098 ;
+  reg \$1099 ;
   wire [3:0] \$11 ;
   wire \$110 ;
   wire \$1100 ;
   wire \$1101 ;
   wire \$1102 ;
   wire \$1103 ;
-  wire [4:0] \$1104 ;
+  wire \$1104 ;
   wire \$1105 ;
-  reg \$1106 ;
-  wire \$1107 ;
-  wire \$1108 ;
+  wire [4:0] \$1106 ;
+  wire [16:0] \$1107 ;
+  wire [16:0] \$1108 ;
   wire \$1109 ;
   wire \$111 ;
   wire \$1110 ;
-  wire \$1111 ;
-  wire \$1112 ;
+  wire [16:0] \$1111 ;
+  wire [16:0] \$1112 ;
   wire \$1113 ;
-  reg \$1114 ;
+  wire \$1114 ;
   wire \$1115 ;
   wire \$1116 ;
-  wire \$1117 ;
+  wire [4:0] \$1117 ;
   wire \$1118 ;
-  wire \$1119 ;
+  reg \$1119 ;
   wire \$112 ;
   wire \$1120 ;
   wire \$1121 ;
@@ -1404,29 +1404,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1124 ;
   wire \$1125 ;
   wire \$1126 ;
-  wire [32:0] \$1127 ;
+  reg \$1127 ;
   wire \$1128 ;
-  wire [16:0] \$1129 ;
+  wire \$1129 ;
   wire \$113 ;
-  wire [16:0] \$1130 ;
+  wire \$1130 ;
   wire \$1131 ;
-  wire [16:0] \$1132 ;
-  wire [16:0] \$1133 ;
+  wire \$1132 ;
+  wire \$1133 ;
   wire \$1134 ;
-  reg \$1135 ;
+  wire \$1135 ;
   wire \$1136 ;
   wire \$1137 ;
   wire \$1138 ;
   wire \$1139 ;
   wire \$114 ;
-  wire \$1140 ;
-  wire [16:0] \$1141 ;
-  wire [10:0] \$1142 ;
-  wire \$1143 ;
-  wire [16:0] \$1144 ;
-  wire \$1145 ;
-  wire \$1146 ;
-  wire [4:0] \$1147 ;
+  wire [32:0] \$1140 ;
+  wire \$1141 ;
+  wire [16:0] \$1142 ;
+  wire [16:0] \$1143 ;
+  wire \$1144 ;
+  wire [16:0] \$1145 ;
+  wire [16:0] \$1146 ;
+  wire \$1147 ;
   reg \$1148 ;
   wire \$1149 ;
   wire \$115 ;
@@ -1434,124 +1434,124 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1151 ;
   wire \$1152 ;
   wire \$1153 ;
-  wire \$1154 ;
-  wire \$1155 ;
-  reg \$1156 ;
-  wire \$1157 ;
+  wire [16:0] \$1154 ;
+  wire [10:0] \$1155 ;
+  wire \$1156 ;
+  wire [16:0] \$1157 ;
   wire \$1158 ;
   wire \$1159 ;
-  wire \$116 ;
-  wire \$1160 ;
-  wire \$1161 ;
+  reg [15:0] \$116 ;
+  wire [4:0] \$1160 ;
+  reg \$1161 ;
   wire \$1162 ;
   wire \$1163 ;
   wire \$1164 ;
   wire \$1165 ;
   wire \$1166 ;
   wire \$1167 ;
-  wire [16:0] \$1168 ;
-  wire [32:0] \$1169 ;
+  wire \$1168 ;
+  reg \$1169 ;
   wire \$117 ;
   wire \$1170 ;
   wire \$1171 ;
   wire \$1172 ;
-  wire [3:0] \$1173 ;
-  wire [3:0] \$1174 ;
+  wire \$1173 ;
+  wire \$1174 ;
   wire \$1175 ;
   wire \$1176 ;
   wire \$1177 ;
   wire \$1178 ;
   wire \$1179 ;
-  wire [3:0] \$118 ;
-  reg \$1180 ;
-  reg \$1181 ;
-  reg \$1182 ;
-  reg \$1183 ;
-  reg \$1184 ;
-  reg \$1185 ;
-  reg \$1186 ;
-  reg \$1187 ;
-  reg \$1188 ;
-  reg \$1189 ;
+  wire \$118 ;
+  wire \$1180 ;
+  wire [16:0] \$1181 ;
+  wire [32:0] \$1182 ;
+  wire \$1183 ;
+  wire \$1184 ;
+  wire \$1185 ;
+  wire [3:0] \$1186 ;
+  wire [3:0] \$1187 ;
+  wire \$1188 ;
+  wire \$1189 ;
   wire \$119 ;
-  reg \$1190 ;
-  reg \$1191 ;
-  reg \$1192 ;
+  wire \$1190 ;
+  wire \$1191 ;
+  wire \$1192 ;
   reg \$1193 ;
   reg \$1194 ;
   reg \$1195 ;
-  reg [15:0] \$1196 ;
+  reg \$1196 ;
   reg \$1197 ;
   reg \$1198 ;
   reg \$1199 ;
   wire \$12 ;
-  wire [2:0] \$120 ;
+  wire \$120 ;
   reg \$1200 ;
   reg \$1201 ;
   reg \$1202 ;
-  reg [2:0] \$1203 ;
+  reg \$1203 ;
   reg \$1204 ;
-  reg [2:0] \$1205 ;
+  reg \$1205 ;
   reg \$1206 ;
   reg \$1207 ;
   reg \$1208 ;
-  reg \$1209 ;
-  wire [3:0] \$121 ;
+  reg [15:0] \$1209 ;
+  wire \$121 ;
   reg \$1210 ;
-  reg [47:0] \$1211 ;
-  reg [47:0] \$1212 ;
-  reg [47:0] \$1213 ;
-  reg [47:0] \$1214 ;
-  reg [47:0] \$1215 ;
-  reg [47:0] \$1216 ;
-  reg [47:0] \$1217 ;
-  reg [47:0] \$1218 ;
-  reg [47:0] \$1219 ;
+  reg \$1211 ;
+  reg \$1212 ;
+  reg \$1213 ;
+  reg \$1214 ;
+  reg \$1215 ;
+  reg [2:0] \$1216 ;
+  reg \$1217 ;
+  reg [2:0] \$1218 ;
+  reg \$1219 ;
   wire \$122 ;
-  reg [47:0] \$1220 ;
-  reg [47:0] \$1221 ;
-  reg [47:0] \$1222 ;
-  reg [47:0] \$1223 ;
+  reg \$1220 ;
+  reg \$1221 ;
+  reg \$1222 ;
+  reg \$1223 ;
   reg [47:0] \$1224 ;
   reg [47:0] \$1225 ;
   reg [47:0] \$1226 ;
   reg [47:0] \$1227 ;
-  reg \$1228 ;
-  reg \$1229 ;
-  wire [3:0] \$123 ;
-  reg \$1230 ;
-  reg \$1231 ;
-  reg \$1232 ;
-  reg [31:0] \$1233 ;
-  reg \$1234 ;
-  reg \$1235 ;
-  reg [3:0] \$1236 ;
-  reg \$1237 ;
-  reg [31:0] \$1238 ;
-  reg [31:0] \$1239 ;
-  wire [3:0] \$124 ;
-  reg [15:0] \$1240 ;
-  reg [31:0] \$1241 ;
-  reg [2:0] \$1242 ;
+  reg [47:0] \$1228 ;
+  reg [47:0] \$1229 ;
+  wire \$123 ;
+  reg [47:0] \$1230 ;
+  reg [47:0] \$1231 ;
+  reg [47:0] \$1232 ;
+  reg [47:0] \$1233 ;
+  reg [47:0] \$1234 ;
+  reg [47:0] \$1235 ;
+  reg [47:0] \$1236 ;
+  reg [47:0] \$1237 ;
+  reg [47:0] \$1238 ;
+  reg [47:0] \$1239 ;
+  wire \$124 ;
+  reg [47:0] \$1240 ;
+  reg \$1241 ;
+  reg \$1242 ;
   reg \$1243 ;
   reg \$1244 ;
   reg \$1245 ;
-  reg \$1246 ;
+  reg [31:0] \$1246 ;
   reg \$1247 ;
   reg \$1248 ;
-  reg \$1249 ;
+  reg [3:0] \$1249 ;
   wire \$125 ;
   reg \$1250 ;
-  reg \$1251 ;
-  reg \$1252 ;
-  reg \$1253 ;
-  reg \$1254 ;
-  reg \$1255 ;
+  reg [31:0] \$1251 ;
+  reg [31:0] \$1252 ;
+  reg [15:0] \$1253 ;
+  reg [31:0] \$1254 ;
+  reg [2:0] \$1255 ;
   reg \$1256 ;
   reg \$1257 ;
   reg \$1258 ;
   reg \$1259 ;
-  wire [4:0] \$126 ;
+  wire \$126 ;
   reg \$1260 ;
   reg \$1261 ;
   reg \$1262 ;
@@ -1562,684 +1562,697 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1267 ;
   reg \$1268 ;
   reg \$1269 ;
-  wire [3:0] \$127 ;
-  reg [511:0] \$1270 ;
-  reg [2:0] \$1271 ;
-  reg [31:0] \$1272 ;
-  reg [7:0] \$1273 ;
-  reg [15:0] \$1274 ;
-  reg [15:0] \$1275 ;
+  wire \$127 ;
+  reg \$1270 ;
+  reg \$1271 ;
+  reg \$1272 ;
+  reg \$1273 ;
+  reg \$1274 ;
+  reg \$1275 ;
   reg \$1276 ;
-  reg [65:0] \$1277 ;
+  reg \$1277 ;
   reg \$1278 ;
   reg \$1279 ;
   wire \$128 ;
   reg \$1280 ;
   reg \$1281 ;
   reg \$1282 ;
-  reg [31:0] \$1283 ;
-  reg [15:0] \$1284 ;
-  reg \$1285 ;
-  reg [15:0] \$1286 ;
+  reg [511:0] \$1283 ;
+  reg [2:0] \$1284 ;
+  reg [31:0] \$1285 ;
+  reg [7:0] \$1286 ;
   reg [15:0] \$1287 ;
   reg [15:0] \$1288 ;
-  reg [15:0] \$1289 ;
-  wire [5:0] \$129 ;
-  reg [15:0] \$1290 ;
-  reg [15:0] \$1291 ;
-  reg [15:0] \$1292 ;
-  reg [15:0] \$1293 ;
-  reg [2:0] \$1294 ;
-  reg [2:0] \$1295 ;
+  reg \$1289 ;
+  wire \$129 ;
+  reg [65:0] \$1290 ;
+  reg \$1291 ;
+  reg \$1292 ;
+  reg \$1293 ;
+  reg \$1294 ;
+  reg \$1295 ;
   reg [31:0] \$1296 ;
   reg [15:0] \$1297 ;
-  reg [15:0] \$1298 ;
-  reg [31:0] \$1299 ;
+  reg \$1298 ;
+  reg [15:0] \$1299 ;
   wire \$13 ;
-  wire [3:0] \$130 ;
-  reg [31:0] \$1300 ;
-  reg \$1301 ;
-  reg [7:0] \$1302 ;
-  reg \$1303 ;
-  reg \$1304 ;
-  reg \$1305 ;
+  wire \$130 ;
+  reg [15:0] \$1300 ;
+  reg [15:0] \$1301 ;
+  reg [15:0] \$1302 ;
+  reg [15:0] \$1303 ;
+  reg [15:0] \$1304 ;
+  reg [15:0] \$1305 ;
   reg [15:0] \$1306 ;
-  reg \$1307 ;
-  reg \$1308 ;
-  reg [7:0] \$1309 ;
-  wire \$131 ;
-  reg [7:0] \$1310 ;
-  reg [7:0] \$1311 ;
-  reg [7:0] \$1312 ;
-  reg [7:0] \$1313 ;
-  reg [7:0] \$1314 ;
+  reg [2:0] \$1307 ;
+  reg [2:0] \$1308 ;
+  reg [31:0] \$1309 ;
+  wire [3:0] \$131 ;
+  reg [15:0] \$1310 ;
+  reg [15:0] \$1311 ;
+  reg [31:0] \$1312 ;
+  reg [31:0] \$1313 ;
+  reg \$1314 ;
   reg [7:0] \$1315 ;
-  reg [7:0] \$1316 ;
+  reg \$1316 ;
   reg \$1317 ;
   reg \$1318 ;
-  reg \$1319 ;
-  wire [6:0] \$132 ;
-  reg [3:0] \$1320 ;
-  reg [15:0] \$1321 ;
-  reg \$1322 ;
-  reg [15:0] \$1323 ;
-  reg [15:0] \$1324 ;
-  reg [31:0] \$1325 ;
-  reg \$1326 ;
-  reg \$1327 ;
-  reg \$1328 ;
-  reg \$1329 ;
-  wire [3:0] \$133 ;
+  reg [15:0] \$1319 ;
+  wire \$132 ;
+  reg \$1320 ;
+  reg \$1321 ;
+  reg [7:0] \$1322 ;
+  reg [7:0] \$1323 ;
+  reg [7:0] \$1324 ;
+  reg [7:0] \$1325 ;
+  reg [7:0] \$1326 ;
+  reg [7:0] \$1327 ;
+  reg [7:0] \$1328 ;
+  reg [7:0] \$1329 ;
+  wire [2:0] \$133 ;
   reg \$1330 ;
   reg \$1331 ;
-  reg [3:0] \$1332 ;
-  reg [15:0] \$1333 ;
-  reg [9:0] \$1334 ;
-  reg [15:0] \$1335 ;
-  reg \$1336 ;
-  reg \$1337 ;
-  reg \$1338 ;
-  reg [31:0] \$1339 ;
-  wire \$134 ;
-  reg [15:0] \$1340 ;
+  reg \$1332 ;
+  reg [3:0] \$1333 ;
+  reg [15:0] \$1334 ;
+  reg \$1335 ;
+  reg [15:0] \$1336 ;
+  reg [15:0] \$1337 ;
+  reg [31:0] \$1338 ;
+  reg \$1339 ;
+  wire [3:0] \$134 ;
+  reg \$1340 ;
   reg \$1341 ;
-  reg [2:0] \$1342 ;
+  reg \$1342 ;
   reg \$1343 ;
-  reg [3:0] \$1344 ;
-  wire [7:0] \$135 ;
+  reg \$1344 ;
+  reg [3:0] \$1345 ;
+  reg [15:0] \$1346 ;
+  reg [9:0] \$1347 ;
+  reg [15:0] \$1348 ;
+  reg \$1349 ;
+  wire \$135 ;
+  reg \$1350 ;
+  reg \$1351 ;
+  reg [31:0] \$1352 ;
+  reg [15:0] \$1353 ;
+  reg \$1354 ;
+  reg [2:0] \$1355 ;
+  reg \$1356 ;
+  reg [3:0] \$1357 ;
   wire [3:0] \$136 ;
-  wire \$137 ;
-  wire [8:0] \$138 ;
-  reg \$139 ;
+  wire [3:0] \$137 ;
+  wire \$138 ;
+  wire [4:0] \$139 ;
   wire [3:0] \$14 ;
-  wire \$140 ;
+  wire [3:0] \$140 ;
   wire \$141 ;
-  wire [9:0] \$142 ;
-  wire [16:0] \$143 ;
-  reg \$144 ;
-  wire \$145 ;
-  wire \$146 ;
+  wire [5:0] \$142 ;
+  wire [3:0] \$143 ;
+  wire \$144 ;
+  wire [6:0] \$145 ;
+  wire [3:0] \$146 ;
   wire \$147 ;
-  wire \$148 ;
-  wire \$149 ;
+  wire [7:0] \$148 ;
+  wire [3:0] \$149 ;
   wire \$15 ;
-  wire [9:0] \$150 ;
-  wire [16:0] \$151 ;
+  wire \$150 ;
+  wire [8:0] \$151 ;
   reg \$152 ;
   wire \$153 ;
   wire \$154 ;
-  wire \$155 ;
-  wire \$156 ;
-  wire [9:0] \$157 ;
-  wire [16:0] \$158 ;
-  reg \$159 ;
+  wire [9:0] \$155 ;
+  wire [16:0] \$156 ;
+  reg \$157 ;
+  wire \$158 ;
+  wire \$159 ;
   wire \$16 ;
   wire \$160 ;
   wire \$161 ;
   wire \$162 ;
-  wire \$163 ;
-  wire [9:0] \$164 ;
-  wire [16:0] \$165 ;
-  reg \$166 ;
+  wire [9:0] \$163 ;
+  wire [16:0] \$164 ;
+  reg \$165 ;
+  wire \$166 ;
   wire \$167 ;
   wire \$168 ;
   wire \$169 ;
   wire \$17 ;
-  wire \$170 ;
-  wire [9:0] \$171 ;
-  wire [16:0] \$172 ;
-  reg \$173 ;
+  wire [9:0] \$170 ;
+  wire [16:0] \$171 ;
+  reg \$172 ;
+  wire \$173 ;
   wire \$174 ;
   wire \$175 ;
   wire \$176 ;
-  wire \$177 ;
-  wire [9:0] \$178 ;
-  wire [16:0] \$179 ;
+  wire [9:0] \$177 ;
+  wire [16:0] \$178 ;
+  reg \$179 ;
   wire \$18 ;
-  reg \$180 ;
+  wire \$180 ;
   wire \$181 ;
   wire \$182 ;
   wire \$183 ;
-  wire \$184 ;
-  wire [9:0] \$185 ;
-  wire [16:0] \$186 ;
-  reg \$187 ;
+  wire [9:0] \$184 ;
+  wire [16:0] \$185 ;
+  reg \$186 ;
+  wire \$187 ;
   wire \$188 ;
   wire \$189 ;
   wire \$19 ;
   wire \$190 ;
-  wire \$191 ;
-  wire [9:0] \$192 ;
-  wire [16:0] \$193 ;
-  reg \$194 ;
+  wire [9:0] \$191 ;
+  wire [16:0] \$192 ;
+  reg \$193 ;
+  wire \$194 ;
   wire \$195 ;
   wire \$196 ;
   wire \$197 ;
-  wire \$198 ;
-  wire [9:0] \$199 ;
+  wire [9:0] \$198 ;
+  wire [16:0] \$199 ;
   wire \$2 ;
   wire \$20 ;
-  wire [16:0] \$200 ;
-  reg \$201 ;
+  reg \$200 ;
+  wire \$201 ;
   wire \$202 ;
   wire \$203 ;
   wire \$204 ;
-  wire \$205 ;
-  wire [9:0] \$206 ;
-  wire [16:0] \$207 ;
-  reg \$208 ;
+  wire [9:0] \$205 ;
+  wire [16:0] \$206 ;
+  reg \$207 ;
+  wire \$208 ;
   wire \$209 ;
   wire [15:0] \$21 ;
   wire \$210 ;
   wire \$211 ;
-  wire \$212 ;
-  wire \$213 ;
-  wire \$214 ;
+  wire [9:0] \$212 ;
+  wire [16:0] \$213 ;
+  reg \$214 ;
   wire \$215 ;
-  reg \$216 ;
+  wire \$216 ;
   wire \$217 ;
   wire \$218 ;
-  wire \$219 ;
+  wire [9:0] \$219 ;
   wire \$22 ;
-  wire \$220 ;
-  wire \$221 ;
+  wire [16:0] \$220 ;
+  reg \$221 ;
   wire \$222 ;
   wire \$223 ;
-  wire [9:0] \$224 ;
-  wire [16:0] \$225 ;
-  reg \$226 ;
+  wire \$224 ;
+  wire \$225 ;
+  wire \$226 ;
   wire \$227 ;
   wire \$228 ;
-  wire \$229 ;
+  reg \$229 ;
   wire [17:0] \$23 ;
   wire \$230 ;
   wire \$231 ;
   wire \$232 ;
   wire \$233 ;
-  reg \$234 ;
+  wire \$234 ;
   wire \$235 ;
   wire \$236 ;
-  wire \$237 ;
-  wire \$238 ;
-  wire \$239 ;
+  wire [9:0] \$237 ;
+  wire [16:0] \$238 ;
+  reg \$239 ;
   wire \$24 ;
   wire \$240 ;
   wire \$241 ;
-  wire [9:0] \$242 ;
-  wire [16:0] \$243 ;
-  reg \$244 ;
+  wire \$242 ;
+  wire \$243 ;
+  wire \$244 ;
   wire \$245 ;
   wire \$246 ;
-  wire \$247 ;
+  reg \$247 ;
   wire \$248 ;
   wire \$249 ;
   wire [15:0] \$25 ;
   wire \$250 ;
   wire \$251 ;
-  reg \$252 ;
+  wire \$252 ;
   wire \$253 ;
   wire \$254 ;
-  wire \$255 ;
-  wire \$256 ;
-  wire \$257 ;
+  wire [9:0] \$255 ;
+  wire [16:0] \$256 ;
+  reg \$257 ;
   wire \$258 ;
   wire \$259 ;
   wire \$26 ;
-  wire [9:0] \$260 ;
-  wire [16:0] \$261 ;
-  reg \$262 ;
+  wire \$260 ;
+  wire \$261 ;
+  wire \$262 ;
   wire \$263 ;
   wire \$264 ;
-  wire \$265 ;
+  reg \$265 ;
   wire \$266 ;
   wire \$267 ;
   wire \$268 ;
   wire \$269 ;
-  wire [21:0] \$27 ;
-  reg \$270 ;
+  wire [18:0] \$27 ;
+  wire \$270 ;
   wire \$271 ;
   wire \$272 ;
-  wire \$273 ;
-  wire \$274 ;
-  wire \$275 ;
+  wire [9:0] \$273 ;
+  wire [16:0] \$274 ;
+  reg \$275 ;
   wire \$276 ;
   wire \$277 ;
-  wire [9:0] \$278 ;
-  wire [16:0] \$279 ;
-  wire [21:0] \$28 ;
-  reg \$280 ;
+  wire \$278 ;
+  wire \$279 ;
+  wire [20:0] \$28 ;
+  wire \$280 ;
   wire \$281 ;
   wire \$282 ;
-  wire \$283 ;
+  reg \$283 ;
   wire \$284 ;
   wire \$285 ;
   wire \$286 ;
   wire \$287 ;
-  reg \$288 ;
+  wire \$288 ;
   wire \$289 ;
-  wire \$29 ;
+  wire [21:0] \$29 ;
   wire \$290 ;
-  wire \$291 ;
-  wire \$292 ;
-  wire \$293 ;
+  wire [9:0] \$291 ;
+  wire [16:0] \$292 ;
+  reg \$293 ;
   wire \$294 ;
   wire \$295 ;
-  wire [9:0] \$296 ;
-  wire [16:0] \$297 ;
-  reg \$298 ;
+  wire \$296 ;
+  wire \$297 ;
+  wire \$298 ;
   wire \$299 ;
   wire \$3 ;
-  wire [15:0] \$30 ;
+  wire [21:0] \$30 ;
   wire \$300 ;
-  wire \$301 ;
+  reg \$301 ;
   wire \$302 ;
   wire \$303 ;
   wire \$304 ;
   wire \$305 ;
-  reg \$306 ;
+  wire \$306 ;
   wire \$307 ;
   wire \$308 ;
-  wire \$309 ;
+  wire [9:0] \$309 ;
   wire \$31 ;
-  wire \$310 ;
-  wire \$311 ;
+  wire [16:0] \$310 ;
+  reg \$311 ;
   wire \$312 ;
   wire \$313 ;
-  wire [9:0] \$314 ;
-  wire [16:0] \$315 ;
-  reg \$316 ;
+  wire \$314 ;
+  wire \$315 ;
+  wire \$316 ;
   wire \$317 ;
   wire \$318 ;
-  wire \$319 ;
-  wire [21:0] \$32 ;
+  reg \$319 ;
+  wire [15:0] \$32 ;
   wire \$320 ;
   wire \$321 ;
   wire \$322 ;
   wire \$323 ;
-  reg \$324 ;
+  wire \$324 ;
   wire \$325 ;
   wire \$326 ;
-  wire \$327 ;
-  wire \$328 ;
-  wire \$329 ;
-  wire [21:0] \$33 ;
+  wire [9:0] \$327 ;
+  wire [16:0] \$328 ;
+  reg \$329 ;
+  wire \$33 ;
   wire \$330 ;
   wire \$331 ;
-  wire [9:0] \$332 ;
-  wire [16:0] \$333 ;
-  reg \$334 ;
+  wire \$332 ;
+  wire \$333 ;
+  wire \$334 ;
   wire \$335 ;
   wire \$336 ;
-  wire \$337 ;
+  reg \$337 ;
   wire \$338 ;
   wire \$339 ;
-  wire \$34 ;
+  wire [18:0] \$34 ;
   wire \$340 ;
   wire \$341 ;
-  reg \$342 ;
+  wire \$342 ;
   wire \$343 ;
   wire \$344 ;
-  wire \$345 ;
-  wire \$346 ;
-  wire \$347 ;
+  wire [9:0] \$345 ;
+  wire [16:0] \$346 ;
+  reg \$347 ;
   wire \$348 ;
   wire \$349 ;
-  wire [3:0] \$35 ;
-  wire [9:0] \$350 ;
-  wire [16:0] \$351 ;
-  reg \$352 ;
+  wire [20:0] \$35 ;
+  wire \$350 ;
+  wire \$351 ;
+  wire \$352 ;
   wire \$353 ;
   wire \$354 ;
-  wire \$355 ;
+  reg \$355 ;
   wire \$356 ;
   wire \$357 ;
   wire \$358 ;
   wire \$359 ;
-  wire \$36 ;
-  reg \$360 ;
+  wire [21:0] \$36 ;
+  wire \$360 ;
   wire \$361 ;
   wire \$362 ;
-  wire \$363 ;
-  wire \$364 ;
-  wire \$365 ;
+  wire [9:0] \$363 ;
+  wire [16:0] \$364 ;
+  reg \$365 ;
   wire \$366 ;
   wire \$367 ;
   wire \$368 ;
-  reg \$369 ;
-  wire [17:0] \$37 ;
+  wire \$369 ;
+  wire [21:0] \$37 ;
   wire \$370 ;
   wire \$371 ;
   wire \$372 ;
-  wire \$373 ;
-  wire [9:0] \$374 ;
-  wire [10:0] \$375 ;
-  reg \$376 ;
+  reg \$373 ;
+  wire \$374 ;
+  wire \$375 ;
+  wire \$376 ;
   wire \$377 ;
   wire \$378 ;
   wire \$379 ;
   wire \$38 ;
   wire \$380 ;
   wire \$381 ;
-  wire \$382 ;
+  reg \$382 ;
   wire \$383 ;
-  wire [9:0] \$384 ;
-  wire [10:0] \$385 ;
-  reg \$386 ;
-  wire \$387 ;
-  wire \$388 ;
-  wire \$389 ;
-  wire [15:0] \$39 ;
+  wire \$384 ;
+  wire \$385 ;
+  wire \$386 ;
+  wire [9:0] \$387 ;
+  wire [10:0] \$388 ;
+  reg \$389 ;
+  wire [3:0] \$39 ;
   wire \$390 ;
   wire \$391 ;
   wire \$392 ;
-  wire [9:0] \$393 ;
-  wire [10:0] \$394 ;
-  reg \$395 ;
+  wire \$393 ;
+  wire \$394 ;
+  wire \$395 ;
   wire \$396 ;
-  wire \$397 ;
-  wire \$398 ;
-  wire \$399 ;
+  wire [9:0] \$397 ;
+  wire [10:0] \$398 ;
+  reg \$399 ;
   wire \$4 ;
   wire \$40 ;
   wire \$400 ;
   wire \$401 ;
-  wire [9:0] \$402 ;
-  wire [10:0] \$403 ;
-  reg \$404 ;
+  wire \$402 ;
+  wire \$403 ;
+  wire \$404 ;
   wire \$405 ;
-  wire \$406 ;
-  wire \$407 ;
-  wire \$408 ;
+  wire [9:0] \$406 ;
+  wire [10:0] \$407 ;
+  reg \$408 ;
   wire \$409 ;
   wire [17:0] \$41 ;
   wire \$410 ;
-  wire [9:0] \$411 ;
-  wire [10:0] \$412 ;
-  reg \$413 ;
+  wire \$411 ;
+  wire \$412 ;
+  wire \$413 ;
   wire \$414 ;
-  wire \$415 ;
-  wire \$416 ;
-  wire \$417 ;
+  wire [9:0] \$415 ;
+  wire [10:0] \$416 ;
+  reg \$417 ;
   wire \$418 ;
   wire \$419 ;
-  wire [15:0] \$42 ;
-  wire [9:0] \$420 ;
-  wire [10:0] \$421 ;
-  reg \$422 ;
+  wire \$42 ;
+  wire \$420 ;
+  wire \$421 ;
+  wire \$422 ;
   wire \$423 ;
-  wire \$424 ;
-  wire \$425 ;
-  wire \$426 ;
+  wire [9:0] \$424 ;
+  wire [10:0] \$425 ;
+  reg \$426 ;
   wire \$427 ;
   wire \$428 ;
-  wire [9:0] \$429 ;
-  wire [17:0] \$43 ;
-  wire [10:0] \$430 ;
-  reg \$431 ;
+  wire \$429 ;
+  wire [15:0] \$43 ;
+  wire \$430 ;
+  wire \$431 ;
   wire \$432 ;
-  wire \$433 ;
-  wire \$434 ;
-  wire \$435 ;
+  wire [9:0] \$433 ;
+  wire [10:0] \$434 ;
+  reg \$435 ;
   wire \$436 ;
   wire \$437 ;
-  wire [9:0] \$438 ;
-  wire [10:0] \$439 ;
-  wire [15:0] \$44 ;
-  reg \$440 ;
+  wire \$438 ;
+  wire \$439 ;
+  wire \$44 ;
+  wire \$440 ;
   wire \$441 ;
-  wire \$442 ;
-  wire \$443 ;
-  wire \$444 ;
+  wire [9:0] \$442 ;
+  wire [10:0] \$443 ;
+  reg \$444 ;
   wire \$445 ;
   wire \$446 ;
-  wire [9:0] \$447 ;
-  wire [32:0] \$448 ;
-  wire [33:0] \$449 ;
-  wire [21:0] \$45 ;
-  reg \$450 ;
-  wire \$451 ;
-  wire \$452 ;
-  wire \$453 ;
+  wire \$447 ;
+  wire \$448 ;
+  wire \$449 ;
+  wire [17:0] \$45 ;
+  wire \$450 ;
+  wire [9:0] \$451 ;
+  wire [10:0] \$452 ;
+  reg \$453 ;
   wire \$454 ;
   wire \$455 ;
   wire \$456 ;
   wire \$457 ;
-  reg \$458 ;
+  wire \$458 ;
   wire \$459 ;
-  wire [21:0] \$46 ;
-  wire \$460 ;
-  wire \$461 ;
-  wire \$462 ;
-  wire \$463 ;
+  wire [15:0] \$46 ;
+  wire [9:0] \$460 ;
+  wire [32:0] \$461 ;
+  wire [33:0] \$462 ;
+  reg \$463 ;
   wire \$464 ;
   wire \$465 ;
-  wire [9:0] \$466 ;
-  wire [32:0] \$467 ;
-  wire [33:0] \$468 ;
-  reg \$469 ;
-  wire [15:0] \$47 ;
+  wire \$466 ;
+  wire \$467 ;
+  wire \$468 ;
+  wire \$469 ;
+  wire [17:0] \$47 ;
   wire \$470 ;
-  wire \$471 ;
+  reg \$471 ;
   wire \$472 ;
   wire \$473 ;
   wire \$474 ;
   wire \$475 ;
   wire \$476 ;
-  reg \$477 ;
+  wire \$477 ;
   wire \$478 ;
-  wire \$479 ;
-  wire [21:0] \$48 ;
-  wire \$480 ;
-  wire \$481 ;
-  wire \$482 ;
+  wire [9:0] \$479 ;
+  wire [15:0] \$48 ;
+  wire [32:0] \$480 ;
+  wire [33:0] \$481 ;
+  reg \$482 ;
   wire \$483 ;
   wire \$484 ;
-  wire [9:0] \$485 ;
-  wire [32:0] \$486 ;
-  wire [33:0] \$487 ;
-  reg \$488 ;
+  wire \$485 ;
+  wire \$486 ;
+  wire \$487 ;
+  wire \$488 ;
   wire \$489 ;
-  wire [21:0] \$49 ;
-  wire \$490 ;
+  wire [18:0] \$49 ;
+  reg \$490 ;
   wire \$491 ;
   wire \$492 ;
   wire \$493 ;
   wire \$494 ;
   wire \$495 ;
-  reg \$496 ;
+  wire \$496 ;
   wire \$497 ;
-  wire \$498 ;
-  wire \$499 ;
+  wire [9:0] \$498 ;
+  wire [32:0] \$499 ;
   wire \$5 ;
-  wire [21:0] \$50 ;
-  wire \$500 ;
-  wire \$501 ;
+  wire [20:0] \$50 ;
+  wire [33:0] \$500 ;
+  reg \$501 ;
   wire \$502 ;
   wire \$503 ;
-  wire [9:0] \$504 ;
-  wire [32:0] \$505 ;
-  wire [33:0] \$506 ;
-  reg \$507 ;
+  wire \$504 ;
+  wire \$505 ;
+  wire \$506 ;
+  wire \$507 ;
   wire \$508 ;
-  wire \$509 ;
-  wire [15:0] \$51 ;
+  reg \$509 ;
+  wire [21:0] \$51 ;
   wire \$510 ;
   wire \$511 ;
   wire \$512 ;
   wire \$513 ;
   wire \$514 ;
-  reg \$515 ;
+  wire \$515 ;
   wire \$516 ;
-  wire \$517 ;
-  wire \$518 ;
-  wire \$519 ;
-  wire [17:0] \$52 ;
-  wire \$520 ;
+  wire [9:0] \$517 ;
+  wire [32:0] \$518 ;
+  wire [33:0] \$519 ;
+  wire [21:0] \$52 ;
+  reg \$520 ;
   wire \$521 ;
   wire \$522 ;
-  wire [9:0] \$523 ;
-  wire [32:0] \$524 ;
-  wire [33:0] \$525 ;
-  reg \$526 ;
+  wire \$523 ;
+  wire \$524 ;
+  wire \$525 ;
+  wire \$526 ;
   wire \$527 ;
-  wire \$528 ;
+  reg \$528 ;
   wire \$529 ;
-  wire [3:0] \$53 ;
+  wire [15:0] \$53 ;
   wire \$530 ;
   wire \$531 ;
   wire \$532 ;
   wire \$533 ;
-  reg \$534 ;
+  wire \$534 ;
   wire \$535 ;
-  wire \$536 ;
-  wire \$537 ;
-  wire \$538 ;
-  wire \$539 ;
-  wire [17:0] \$54 ;
+  wire [9:0] \$536 ;
+  wire [32:0] \$537 ;
+  wire [33:0] \$538 ;
+  reg \$539 ;
+  wire [20:0] \$54 ;
   wire \$540 ;
   wire \$541 ;
-  wire [9:0] \$542 ;
-  wire [32:0] \$543 ;
-  wire [33:0] \$544 ;
-  reg \$545 ;
+  wire \$542 ;
+  wire \$543 ;
+  wire \$544 ;
+  wire \$545 ;
   wire \$546 ;
-  wire \$547 ;
+  reg \$547 ;
   wire \$548 ;
   wire \$549 ;
-  wire [21:0] \$55 ;
+  wire [20:0] \$55 ;
   wire \$550 ;
   wire \$551 ;
   wire \$552 ;
-  reg \$553 ;
+  wire \$553 ;
   wire \$554 ;
-  wire \$555 ;
-  wire \$556 ;
-  wire \$557 ;
-  wire \$558 ;
+  wire [9:0] \$555 ;
+  wire [32:0] \$556 ;
+  wire [33:0] \$557 ;
+  reg \$558 ;
   wire \$559 ;
-  wire [21:0] \$56 ;
+  wire [20:0] \$56 ;
   wire \$560 ;
-  wire [9:0] \$561 ;
-  wire [32:0] \$562 ;
-  wire [33:0] \$563 ;
-  reg \$564 ;
+  wire \$561 ;
+  wire \$562 ;
+  wire \$563 ;
+  wire \$564 ;
   wire \$565 ;
-  wire \$566 ;
+  reg \$566 ;
   wire \$567 ;
   wire \$568 ;
   wire \$569 ;
-  wire \$57 ;
+  wire [15:0] \$57 ;
   wire \$570 ;
   wire \$571 ;
-  reg \$572 ;
+  wire \$572 ;
   wire \$573 ;
-  wire \$574 ;
-  wire \$575 ;
-  wire \$576 ;
-  wire \$577 ;
+  wire [9:0] \$574 ;
+  wire [32:0] \$575 ;
+  wire [33:0] \$576 ;
+  reg \$577 ;
   wire \$578 ;
   wire \$579 ;
-  wire \$58 ;
-  wire [9:0] \$580 ;
-  wire [32:0] \$581 ;
-  wire [33:0] \$582 ;
-  reg \$583 ;
+  wire [17:0] \$58 ;
+  wire \$580 ;
+  wire \$581 ;
+  wire \$582 ;
+  wire \$583 ;
   wire \$584 ;
-  wire \$585 ;
+  reg \$585 ;
   wire \$586 ;
   wire \$587 ;
   wire \$588 ;
   wire \$589 ;
-  wire \$59 ;
+  wire [3:0] \$59 ;
   wire \$590 ;
-  reg \$591 ;
+  wire \$591 ;
   wire \$592 ;
-  wire \$593 ;
-  wire \$594 ;
-  wire \$595 ;
-  wire \$596 ;
+  wire [9:0] \$593 ;
+  wire [32:0] \$594 ;
+  wire [33:0] \$595 ;
+  reg \$596 ;
   wire \$597 ;
   wire \$598 ;
   wire \$599 ;
   wire \$6 ;
-  wire \$60 ;
-  wire [7:0] \$600 ;
-  wire [7:0] \$601 ;
-  wire [7:0] \$602 ;
-  wire [7:0] \$603 ;
-  wire [7:0] \$604 ;
-  wire [7:0] \$605 ;
-  wire [7:0] \$606 ;
-  wire [7:0] \$607 ;
+  wire [17:0] \$60 ;
+  wire \$600 ;
+  wire \$601 ;
+  wire \$602 ;
+  wire \$603 ;
+  reg \$604 ;
+  wire \$605 ;
+  wire \$606 ;
+  wire \$607 ;
   wire \$608 ;
   wire \$609 ;
-  wire \$61 ;
+  wire [18:0] \$61 ;
   wire \$610 ;
   wire \$611 ;
   wire \$612 ;
-  wire \$613 ;
-  wire \$614 ;
-  wire \$615 ;
-  wire [19:0] \$616 ;
-  wire [20:0] \$617 ;
-  wire \$618 ;
-  wire \$619 ;
-  wire \$62 ;
-  wire \$620 ;
+  wire [7:0] \$613 ;
+  wire [7:0] \$614 ;
+  wire [7:0] \$615 ;
+  wire [7:0] \$616 ;
+  wire [7:0] \$617 ;
+  wire [7:0] \$618 ;
+  wire [7:0] \$619 ;
+  wire [20:0] \$62 ;
+  wire [7:0] \$620 ;
   wire \$621 ;
   wire \$622 ;
-  reg [31:0] \$623 ;
+  wire \$623 ;
   wire \$624 ;
   wire \$625 ;
-  reg [31:0] \$626 ;
+  wire \$626 ;
   wire \$627 ;
   wire \$628 ;
-  wire \$629 ;
-  wire \$63 ;
-  wire \$630 ;
+  wire [19:0] \$629 ;
+  wire [21:0] \$63 ;
+  wire [20:0] \$630 ;
   wire \$631 ;
   wire \$632 ;
   wire \$633 ;
-  wire [31:0] \$634 ;
-  wire [31:0] \$635 ;
-  wire [31:0] \$636 ;
-  wire [31:0] \$637 ;
-  wire [31:0] \$638 ;
-  wire \$639 ;
-  wire \$64 ;
-  wire [31:0] \$640 ;
-  wire [31:0] \$641 ;
-  wire [31:0] \$642 ;
-  wire [31:0] \$643 ;
-  wire [2:0] \$644 ;
-  wire [2:0] \$645 ;
-  wire [2:0] \$646 ;
-  wire [1:0] \$647 ;
-  wire [2:0] \$648 ;
-  wire \$649 ;
-  wire [3:0] \$65 ;
-  wire [2:0] \$650 ;
-  wire [2:0] \$651 ;
-  wire [2:0] \$652 ;
-  wire [2:0] \$653 ;
-  wire \$654 ;
-  wire \$655 ;
-  wire \$656 ;
-  wire \$657 ;
-  wire \$658 ;
-  wire \$659 ;
+  wire \$634 ;
+  wire \$635 ;
+  reg [31:0] \$636 ;
+  wire \$637 ;
+  wire \$638 ;
+  reg [31:0] \$639 ;
+  wire [20:0] \$64 ;
+  wire \$640 ;
+  wire \$641 ;
+  wire \$642 ;
+  wire \$643 ;
+  wire \$644 ;
+  wire \$645 ;
+  wire \$646 ;
+  wire [31:0] \$647 ;
+  wire [31:0] \$648 ;
+  wire [31:0] \$649 ;
+  wire \$65 ;
+  wire [31:0] \$650 ;
+  wire [31:0] \$651 ;
+  wire \$652 ;
+  wire [31:0] \$653 ;
+  wire [31:0] \$654 ;
+  wire [31:0] \$655 ;
+  wire [31:0] \$656 ;
+  wire [2:0] \$657 ;
+  wire [2:0] \$658 ;
+  wire [2:0] \$659 ;
   wire \$66 ;
-  wire \$660 ;
-  wire \$661 ;
+  wire [1:0] \$660 ;
+  wire [2:0] \$661 ;
   wire \$662 ;
-  wire \$663 ;
-  wire \$664 ;
-  wire \$665 ;
-  wire \$666 ;
+  wire [2:0] \$663 ;
+  wire [2:0] \$664 ;
+  wire [2:0] \$665 ;
+  wire [2:0] \$666 ;
   wire \$667 ;
   wire \$668 ;
   wire \$669 ;
-  wire [8:0] \$67 ;
+  wire \$67 ;
   wire \$670 ;
   wire \$671 ;
   wire \$672 ;
@@ -2250,7 +2263,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$677 ;
   wire \$678 ;
   wire \$679 ;
-  wire [3:0] \$68 ;
+  wire \$68 ;
   wire \$680 ;
   wire \$681 ;
   wire \$682 ;
@@ -2261,7 +2274,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$687 ;
   wire \$688 ;
   wire \$689 ;
-  wire \$69 ;
+  wire [15:0] \$69 ;
   wire \$690 ;
   wire \$691 ;
   wire \$692 ;
@@ -2273,7 +2286,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$698 ;
   wire \$699 ;
   wire \$7 ;
-  wire [16:0] \$70 ;
+  wire [7:0] \$70 ;
   wire \$700 ;
   wire \$701 ;
   wire \$702 ;
@@ -2284,18 +2297,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$707 ;
   wire \$708 ;
   wire \$709 ;
-  wire [3:0] \$71 ;
+  wire [15:0] \$71 ;
   wire \$710 ;
   wire \$711 ;
   wire \$712 ;
   wire \$713 ;
   wire \$714 ;
-  wire [30:0] \$715 ;
+  wire \$715 ;
   wire \$716 ;
   wire \$717 ;
   wire \$718 ;
   wire \$719 ;
-  wire \$72 ;
+  wire [7:0] \$72 ;
   wire \$720 ;
   wire \$721 ;
   wire \$722 ;
@@ -2304,9 +2317,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$725 ;
   wire \$726 ;
   wire \$727 ;
-  wire \$728 ;
+  wire [30:0] \$728 ;
   wire \$729 ;
-  wire [32:0] \$73 ;
+  wire [15:0] \$73 ;
   wire \$730 ;
   wire \$731 ;
   wire \$732 ;
@@ -2317,7 +2330,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$737 ;
   wire \$738 ;
   wire \$739 ;
-  wire [3:0] \$74 ;
+  wire [7:0] \$74 ;
   wire \$740 ;
   wire \$741 ;
   wire \$742 ;
@@ -2328,7 +2341,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$747 ;
   wire \$748 ;
   wire \$749 ;
-  wire \$75 ;
+  wire [15:0] \$75 ;
   wire \$750 ;
   wire \$751 ;
   wire \$752 ;
@@ -2336,88 +2349,88 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$754 ;
   wire \$755 ;
   wire \$756 ;
-  wire [16:0] \$757 ;
-  wire [16:0] \$758 ;
-  wire [32:0] \$759 ;
-  wire [64:0] \$76 ;
-  wire [32:0] \$760 ;
-  wire [16:0] \$761 ;
-  wire [16:0] \$762 ;
-  wire [16:0] \$763 ;
-  wire [16:0] \$764 ;
-  wire [31:0] \$765 ;
-  wire [22:0] \$766 ;
-  wire [23:0] \$767 ;
-  wire [31:0] \$768 ;
-  wire [32:0] \$769 ;
+  wire \$757 ;
+  wire \$758 ;
+  wire \$759 ;
+  wire [7:0] \$76 ;
+  wire \$760 ;
+  wire \$761 ;
+  wire \$762 ;
+  wire \$763 ;
+  wire \$764 ;
+  wire \$765 ;
+  wire \$766 ;
+  wire \$767 ;
+  wire \$768 ;
+  wire \$769 ;
   wire \$77 ;
-  wire [32:0] \$770 ;
-  wire [47:0] \$771 ;
-  wire [19:0] \$772 ;
-  wire [20:0] \$773 ;
-  wire [3:0] \$774 ;
-  wire \$775 ;
-  wire [31:0] \$776 ;
-  wire [32:0] \$777 ;
-  wire [48:0] \$778 ;
-  wire \$779 ;
+  wire [16:0] \$770 ;
+  wire [16:0] \$771 ;
+  wire [32:0] \$772 ;
+  wire [32:0] \$773 ;
+  wire [16:0] \$774 ;
+  wire [16:0] \$775 ;
+  wire [16:0] \$776 ;
+  wire [16:0] \$777 ;
+  wire [31:0] \$778 ;
+  wire [22:0] \$779 ;
   wire \$78 ;
-  wire [48:0] \$780 ;
-  wire \$781 ;
-  wire [48:0] \$782 ;
-  wire \$783 ;
-  wire [48:0] \$784 ;
-  wire \$785 ;
-  wire [48:0] \$786 ;
-  wire \$787 ;
-  wire [48:0] \$788 ;
-  wire \$789 ;
+  wire [23:0] \$780 ;
+  wire [31:0] \$781 ;
+  wire [32:0] \$782 ;
+  wire [32:0] \$783 ;
+  wire [47:0] \$784 ;
+  wire [19:0] \$785 ;
+  wire [20:0] \$786 ;
+  wire [3:0] \$787 ;
+  wire \$788 ;
+  wire [31:0] \$789 ;
   wire \$79 ;
-  wire [48:0] \$790 ;
-  wire \$791 ;
-  wire [48:0] \$792 ;
-  wire \$793 ;
-  wire [48:0] \$794 ;
-  wire \$795 ;
-  wire [48:0] \$796 ;
-  wire \$797 ;
-  wire [48:0] \$798 ;
-  wire \$799 ;
+  wire [32:0] \$790 ;
+  wire [48:0] \$791 ;
+  wire \$792 ;
+  wire [48:0] \$793 ;
+  wire \$794 ;
+  wire [48:0] \$795 ;
+  wire \$796 ;
+  wire [48:0] \$797 ;
+  wire \$798 ;
+  wire [48:0] \$799 ;
   wire \$8 ;
   wire \$80 ;
-  wire [48:0] \$800 ;
-  wire \$801 ;
-  wire [48:0] \$802 ;
-  wire \$803 ;
-  wire [48:0] \$804 ;
-  wire \$805 ;
-  wire [48:0] \$806 ;
-  wire \$807 ;
-  wire [48:0] \$808 ;
-  wire \$809 ;
+  wire \$800 ;
+  wire [48:0] \$801 ;
+  wire \$802 ;
+  wire [48:0] \$803 ;
+  wire \$804 ;
+  wire [48:0] \$805 ;
+  wire \$806 ;
+  wire [48:0] \$807 ;
+  wire \$808 ;
+  wire [48:0] \$809 ;
   wire \$81 ;
-  wire [48:0] \$810 ;
-  wire \$811 ;
+  wire \$810 ;
+  wire [48:0] \$811 ;
   wire \$812 ;
-  wire \$813 ;
+  wire [48:0] \$813 ;
   wire \$814 ;
-  wire \$815 ;
+  wire [48:0] \$815 ;
   wire \$816 ;
-  wire \$817 ;
+  wire [48:0] \$817 ;
   wire \$818 ;
-  wire \$819 ;
+  wire [48:0] \$819 ;
   wire \$82 ;
   wire \$820 ;
-  wire \$821 ;
+  wire [48:0] \$821 ;
   wire \$822 ;
-  wire \$823 ;
+  wire [48:0] \$823 ;
   wire \$824 ;
   wire \$825 ;
   wire \$826 ;
   wire \$827 ;
   wire \$828 ;
   wire \$829 ;
-  wire \$83 ;
+  wire [3:0] \$83 ;
   wire \$830 ;
   wire \$831 ;
   wire \$832 ;
@@ -2437,28 +2450,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$845 ;
   wire \$846 ;
   wire \$847 ;
-  wire [15:0] \$848 ;
+  wire \$848 ;
   wire \$849 ;
-  wire \$85 ;
+  wire [8:0] \$85 ;
   wire \$850 ;
   wire \$851 ;
   wire \$852 ;
-  wire [16:0] \$853 ;
-  wire [32:0] \$854 ;
+  wire \$853 ;
+  wire \$854 ;
   wire \$855 ;
   wire \$856 ;
   wire \$857 ;
   wire \$858 ;
   wire \$859 ;
-  wire \$86 ;
+  wire [3:0] \$86 ;
   wire \$860 ;
-  wire [32:0] \$861 ;
+  wire [15:0] \$861 ;
   wire \$862 ;
   wire \$863 ;
-  wire [14:0] \$864 ;
+  wire \$864 ;
   wire \$865 ;
-  wire \$866 ;
-  wire [3:0] \$867 ;
+  wire [16:0] \$866 ;
+  wire [32:0] \$867 ;
   wire \$868 ;
   wire \$869 ;
   wire \$87 ;
@@ -2466,14 +2479,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$871 ;
   wire \$872 ;
   wire \$873 ;
-  wire \$874 ;
+  wire [32:0] \$874 ;
   wire \$875 ;
   wire \$876 ;
-  wire \$877 ;
+  wire [14:0] \$877 ;
   wire \$878 ;
   wire \$879 ;
-  wire \$88 ;
-  wire \$880 ;
+  wire [16:0] \$88 ;
+  wire [3:0] \$880 ;
   wire \$881 ;
   wire \$882 ;
   wire \$883 ;
@@ -2483,7 +2496,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$887 ;
   wire \$888 ;
   wire \$889 ;
-  wire \$89 ;
+  wire [3:0] \$89 ;
   wire \$890 ;
   wire \$891 ;
   wire \$892 ;
@@ -2497,8 +2510,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$9 ;
   wire \$90 ;
   wire \$900 ;
-  wire [16:0] \$901 ;
-  wire [32:0] \$902 ;
+  wire \$901 ;
+  wire \$902 ;
   wire \$903 ;
   wire \$904 ;
   wire \$905 ;
@@ -2506,18 +2519,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$907 ;
   wire \$908 ;
   wire \$909 ;
-  wire \$91 ;
+  wire [32:0] \$91 ;
   wire \$910 ;
   wire \$911 ;
   wire \$912 ;
   wire \$913 ;
   wire [16:0] \$914 ;
-  wire \$915 ;
+  wire [32:0] \$915 ;
   wire \$916 ;
   wire \$917 ;
   wire \$918 ;
   wire \$919 ;
-  wire \$92 ;
+  wire [3:0] \$92 ;
   wire \$920 ;
   wire \$921 ;
   wire \$922 ;
@@ -2525,7 +2538,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$924 ;
   wire \$925 ;
   wire \$926 ;
-  wire \$927 ;
+  wire [16:0] \$927 ;
   wire \$928 ;
   wire \$929 ;
   wire \$93 ;
@@ -2539,7 +2552,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$937 ;
   wire \$938 ;
   wire \$939 ;
-  wire \$94 ;
+  wire [64:0] \$94 ;
   wire \$940 ;
   wire \$941 ;
   wire \$942 ;
@@ -2606,145 +2619,144 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$998 ;
   wire \$999 ;
   reg \$signal ;
-  reg \$signal$216 ;
-  reg \$signal$259  = 1'h0;
-  reg [3:0] \$signal$266  = 4'h0;
-  reg \$signal$292  = 1'h0;
-  reg [15:0] \$signal$293  = 16'h0000;
-  reg \$signal$298  = 1'h0;
-  reg \$signal$421  = 1'h0;
-  reg [31:0] \$signal$488  = 32'd0;
-  reg [31:0] \$signal$489  = 32'd0;
-  reg \$signal$510  = 1'h0;
+  reg \$signal$263  = 1'h0;
+  reg [3:0] \$signal$270  = 4'h0;
+  reg \$signal$296  = 1'h0;
+  reg [15:0] \$signal$297  = 16'h0000;
+  reg \$signal$302  = 1'h0;
+  reg \$signal$425  = 1'h0;
+  reg [31:0] \$signal$492  = 32'd0;
+  reg [31:0] \$signal$493  = 32'd0;
+  reg \$signal$514  = 1'h0;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$262 ;
-  reg [8:0] \$signature__addr$267 ;
-  reg [8:0] \$signature__addr$270 ;
-  reg [8:0] \$signature__addr$273 ;
-  reg [8:0] \$signature__addr$276 ;
-  reg [8:0] \$signature__addr$279 ;
-  reg [8:0] \$signature__addr$282 ;
-  reg [8:0] \$signature__addr$285 ;
-  reg [8:0] \$signature__addr$288 ;
-  reg [8:0] \$signature__addr$291 ;
-  reg [8:0] \$signature__addr$302 ;
-  reg [8:0] \$signature__addr$304 ;
+  reg [8:0] \$signature__addr$266 ;
+  reg [8:0] \$signature__addr$271 ;
+  reg [8:0] \$signature__addr$274 ;
+  reg [8:0] \$signature__addr$277 ;
+  reg [8:0] \$signature__addr$280 ;
+  reg [8:0] \$signature__addr$283 ;
+  reg [8:0] \$signature__addr$286 ;
+  reg [8:0] \$signature__addr$289 ;
+  reg [8:0] \$signature__addr$292 ;
+  reg [8:0] \$signature__addr$295 ;
   reg [8:0] \$signature__addr$306 ;
   reg [8:0] \$signature__addr$308 ;
   reg [8:0] \$signature__addr$310 ;
   reg [8:0] \$signature__addr$312 ;
   reg [8:0] \$signature__addr$314 ;
   reg [8:0] \$signature__addr$316 ;
-  reg [8:0] \$signature__addr$321 ;
-  reg [8:0] \$signature__addr$326 ;
-  reg [8:0] \$signature__addr$329 ;
-  reg [8:0] \$signature__addr$332 ;
-  reg [8:0] \$signature__addr$335 ;
-  reg [8:0] \$signature__addr$338 ;
-  reg [8:0] \$signature__addr$341 ;
-  reg [8:0] \$signature__addr$344 ;
-  reg [8:0] \$signature__addr$347 ;
-  reg [8:0] \$signature__addr$350 ;
-  reg [8:0] \$signature__addr$352 ;
+  reg [8:0] \$signature__addr$318 ;
+  reg [8:0] \$signature__addr$320 ;
+  reg [8:0] \$signature__addr$325 ;
+  reg [8:0] \$signature__addr$330 ;
+  reg [8:0] \$signature__addr$333 ;
+  reg [8:0] \$signature__addr$336 ;
+  reg [8:0] \$signature__addr$339 ;
+  reg [8:0] \$signature__addr$342 ;
+  reg [8:0] \$signature__addr$345 ;
+  reg [8:0] \$signature__addr$348 ;
+  reg [8:0] \$signature__addr$351 ;
   reg [8:0] \$signature__addr$354 ;
   reg [8:0] \$signature__addr$356 ;
   reg [8:0] \$signature__addr$358 ;
   reg [8:0] \$signature__addr$360 ;
   reg [8:0] \$signature__addr$362 ;
+  reg [8:0] \$signature__addr$364 ;
+  reg [8:0] \$signature__addr$366 ;
   wire [13:0] \$signature__addr$88 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$264 ;
   reg [8:0] \$signature__data$268 ;
-  reg [8:0] \$signature__data$271 ;
-  reg [8:0] \$signature__data$274 ;
-  reg [8:0] \$signature__data$277 ;
-  reg [8:0] \$signature__data$280 ;
-  reg [8:0] \$signature__data$283 ;
-  reg [8:0] \$signature__data$286 ;
-  reg [8:0] \$signature__data$289 ;
-  reg [7:0] \$signature__data$323 ;
+  reg [8:0] \$signature__data$272 ;
+  reg [8:0] \$signature__data$275 ;
+  reg [8:0] \$signature__data$278 ;
+  reg [8:0] \$signature__data$281 ;
+  reg [8:0] \$signature__data$284 ;
+  reg [8:0] \$signature__data$287 ;
+  reg [8:0] \$signature__data$290 ;
+  reg [8:0] \$signature__data$293 ;
   reg [7:0] \$signature__data$327 ;
-  reg [7:0] \$signature__data$330 ;
-  reg [7:0] \$signature__data$333 ;
-  reg [7:0] \$signature__data$336 ;
-  reg [7:0] \$signature__data$339 ;
-  reg [7:0] \$signature__data$342 ;
-  reg [7:0] \$signature__data$345 ;
-  wire [8:0] \$signature__data$368 ;
-  wire [8:0] \$signature__data$369 ;
-  wire [8:0] \$signature__data$370 ;
-  wire [8:0] \$signature__data$371 ;
+  reg [7:0] \$signature__data$331 ;
+  reg [7:0] \$signature__data$334 ;
+  reg [7:0] \$signature__data$337 ;
+  reg [7:0] \$signature__data$340 ;
+  reg [7:0] \$signature__data$343 ;
+  reg [7:0] \$signature__data$346 ;
+  reg [7:0] \$signature__data$349 ;
   wire [8:0] \$signature__data$372 ;
   wire [8:0] \$signature__data$373 ;
   wire [8:0] \$signature__data$374 ;
   wire [8:0] \$signature__data$375 ;
   wire [8:0] \$signature__data$376 ;
-  wire [7:0] \$signature__data$378 ;
-  wire [7:0] \$signature__data$380 ;
+  wire [8:0] \$signature__data$377 ;
+  wire [8:0] \$signature__data$378 ;
+  wire [8:0] \$signature__data$379 ;
+  wire [8:0] \$signature__data$380 ;
   wire [7:0] \$signature__data$382 ;
   wire [7:0] \$signature__data$384 ;
   wire [7:0] \$signature__data$386 ;
   wire [7:0] \$signature__data$388 ;
   wire [7:0] \$signature__data$390 ;
   wire [7:0] \$signature__data$392 ;
+  wire [7:0] \$signature__data$394 ;
+  wire [7:0] \$signature__data$396 ;
   wire [15:0] \$signature__data$94 ;
   wire \$signature__en ;
-  reg \$signature__en$265 ;
   reg \$signature__en$269 ;
-  reg \$signature__en$272 ;
-  reg \$signature__en$275 ;
-  reg \$signature__en$278 ;
-  reg \$signature__en$281 ;
-  reg \$signature__en$284 ;
-  reg \$signature__en$287 ;
-  reg \$signature__en$290 ;
+  reg \$signature__en$273 ;
+  reg \$signature__en$276 ;
+  reg \$signature__en$279 ;
+  reg \$signature__en$282 ;
+  reg \$signature__en$285 ;
+  reg \$signature__en$288 ;
+  reg \$signature__en$291 ;
   reg \$signature__en$294 ;
-  reg \$signature__en$303 ;
-  reg \$signature__en$305 ;
+  reg \$signature__en$298 ;
   reg \$signature__en$307 ;
   reg \$signature__en$309 ;
   reg \$signature__en$311 ;
   reg \$signature__en$313 ;
   reg \$signature__en$315 ;
   reg \$signature__en$317 ;
-  reg \$signature__en$324 ;
+  reg \$signature__en$319 ;
+  reg \$signature__en$321 ;
   reg \$signature__en$328 ;
-  reg \$signature__en$331 ;
-  reg \$signature__en$334 ;
-  reg \$signature__en$337 ;
-  reg \$signature__en$340 ;
-  reg \$signature__en$343 ;
-  reg \$signature__en$346 ;
-  reg \$signature__en$349 ;
-  reg \$signature__en$351 ;
+  reg \$signature__en$332 ;
+  reg \$signature__en$335 ;
+  reg \$signature__en$338 ;
+  reg \$signature__en$341 ;
+  reg \$signature__en$344 ;
+  reg \$signature__en$347 ;
+  reg \$signature__en$350 ;
   reg \$signature__en$353 ;
   reg \$signature__en$355 ;
   reg \$signature__en$357 ;
   reg \$signature__en$359 ;
   reg \$signature__en$361 ;
   reg \$signature__en$363 ;
+  reg \$signature__en$365 ;
+  reg \$signature__en$367 ;
   wire \$signature__en$90 ;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$364 ;
-  wire [80:0] \a__payload$364.data ;
-  wire [8:0] \a__payload$364.data[0] ;
-  wire [8:0] \a__payload$364.data[1] ;
-  wire [8:0] \a__payload$364.data[2] ;
-  wire [8:0] \a__payload$364.data[3] ;
-  wire [8:0] \a__payload$364.data[4] ;
-  wire [8:0] \a__payload$364.data[5] ;
-  wire [8:0] \a__payload$364.data[6] ;
-  wire [8:0] \a__payload$364.data[7] ;
-  wire [8:0] \a__payload$364.data[8] ;
-  wire \a__payload$364.last ;
+  reg [81:0] \a__payload$368 ;
+  wire [80:0] \a__payload$368.data ;
+  wire [8:0] \a__payload$368.data[0] ;
+  wire [8:0] \a__payload$368.data[1] ;
+  wire [8:0] \a__payload$368.data[2] ;
+  wire [8:0] \a__payload$368.data[3] ;
+  wire [8:0] \a__payload$368.data[4] ;
+  wire [8:0] \a__payload$368.data[5] ;
+  wire [8:0] \a__payload$368.data[6] ;
+  wire [8:0] \a__payload$368.data[7] ;
+  wire [8:0] \a__payload$368.data[8] ;
+  wire \a__payload$368.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$300 ;
+  wire \a__ready$304 ;
   reg a__valid;
-  reg \a__valid$299 ;
+  reg \a__valid$303 ;
   reg a_blocks_left = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
@@ -2802,12 +2814,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \b__payload$19.err ;
   wire \b__payload.err ;
   wire b__ready;
-  wire \b__ready$207 ;
   wire \b__ready$21 ;
+  wire \b__ready$221 ;
   input b__valid;
   wire b__valid;
-  reg \b__valid$223 ;
   wire \b__valid$23 ;
+  reg \b__valid$231 ;
   wire [19:0] base;
   wire [19:0] \base$41 ;
   wire [19:0] \base$53 ;
@@ -2820,7 +2832,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$113 ;
-  wire \busy$521 ;
+  wire \busy$525 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
   wire [65:0] \c__payload$126 ;
@@ -2921,29 +2933,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] feed_ntk = 32'd0;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$464 ;
-  wire \final$467 ;
+  wire \final$468 ;
+  wire \final$471 ;
   reg [15:0] fnt = 16'h0000;
   reg gelu_sel0 = 1'h0;
   reg gemm_active = 1'h0;
   wire gemm_res_valid;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$438 ;
-  wire [15:0] \i__payload$438.data ;
-  wire \i__payload$438.last ;
-  wire [15:0] \i__payload$439 ;
+  wire [16:0] \i__payload$442 ;
+  wire [15:0] \i__payload$442.data ;
+  wire \i__payload$442.last ;
+  wire [15:0] \i__payload$443 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$445 ;
-  wire \i__ready$446 ;
+  wire \i__ready$449 ;
+  wire \i__ready$450 ;
   reg i__valid;
-  wire \i__valid$440 ;
-  wire \i__valid$441 ;
+  wire \i__valid$444 ;
+  wire \i__valid$445 ;
   wire idle;
-  wire \idle$504 ;
+  wire \idle$508 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -3012,10 +3024,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$468 ;
+  wire \last__3$472 ;
   wire last__4;
-  wire \last__4$463 ;
-  wire \last__4$466 ;
+  wire \last__4$467 ;
+  wire \last__4$470 ;
   wire [2:0] level;
   wire [2:0] \level$86 ;
   reg [15:0] lk = 16'h0000;
@@ -3042,43 +3054,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$50 ;
   reg [15:0] \n__4$62 ;
   reg next;
-  wire \next$436 ;
+  wire \next$440 ;
   wire \next$91 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
-  wire [8:0] o__payload;
-  wire [7:0] \o__payload$200 ;
-  wire [63:0] \o__payload$225 ;
-  wire [15:0] \o__payload$225[0] ;
-  wire [15:0] \o__payload$225[1] ;
-  wire [15:0] \o__payload$225[2] ;
-  wire [15:0] \o__payload$225[3] ;
-  wire [31:0] \o__payload$231 ;
-  wire [7:0] \o__payload$231[0] ;
-  wire [7:0] \o__payload$231[1] ;
-  wire [7:0] \o__payload$231[2] ;
-  wire [7:0] \o__payload$231[3] ;
-  wire [255:0] \o__payload$397 ;
-  wire [31:0] \o__payload$397[0] ;
-  wire [31:0] \o__payload$397[1] ;
-  wire [31:0] \o__payload$397[2] ;
-  wire [31:0] \o__payload$397[3] ;
-  wire [31:0] \o__payload$397[4] ;
-  wire [31:0] \o__payload$397[5] ;
-  wire [31:0] \o__payload$397[6] ;
-  wire [31:0] \o__payload$397[7] ;
-  wire [7:0] \o__payload.data ;
-  wire \o__payload.last ;
-  reg o__ready;
-  reg \o__ready$229 ;
-  wire \o__ready$398 ;
-  wire \o__ready$442 ;
-  wire \o__ready$443 ;
+  wire [63:0] o__payload;
+  wire [31:0] \o__payload$185 ;
+  wire [7:0] \o__payload$185[0] ;
+  wire [7:0] \o__payload$185[1] ;
+  wire [7:0] \o__payload$185[2] ;
+  wire [7:0] \o__payload$185[3] ;
+  wire [8:0] \o__payload$213 ;
+  wire [7:0] \o__payload$213.data ;
+  wire \o__payload$213.last ;
+  wire [7:0] \o__payload$215 ;
+  wire [255:0] \o__payload$401 ;
+  wire [31:0] \o__payload$401[0] ;
+  wire [31:0] \o__payload$401[1] ;
+  wire [31:0] \o__payload$401[2] ;
+  wire [31:0] \o__payload$401[3] ;
+  wire [31:0] \o__payload$401[4] ;
+  wire [31:0] \o__payload$401[5] ;
+  wire [31:0] \o__payload$401[6] ;
+  wire [31:0] \o__payload$401[7] ;
+  wire [15:0] \o__payload[0] ;
+  wire [15:0] \o__payload[1] ;
+  wire [15:0] \o__payload[2] ;
+  wire [15:0] \o__payload[3] ;
+  wire o__ready;
+  wire \o__ready$195 ;
+  wire \o__ready$402 ;
+  wire \o__ready$446 ;
+  wire \o__ready$447 ;
   wire o__valid;
-  wire \o__valid$199 ;
-  wire \o__valid$217 ;
-  wire \o__valid$218 ;
-  wire \o__valid$395 ;
+  wire \o__valid$191 ;
+  wire \o__valid$212 ;
+  wire \o__valid$214 ;
+  wire \o__valid$399 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -3146,7 +3158,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] op_cycles__9 = 48'h000000000000;
   reg op_done = 1'h0;
   reg [15:0] op_onehot = 16'h0000;
-  reg out_ready;
   wire [437:0] p__payload;
   wire [255:0] \p__payload.bias ;
   wire [31:0] \p__payload.bias[0] ;
@@ -3219,28 +3230,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [127:0] r_data;
-  wire [18:0] \r_data$187 ;
-  wire [18:0] \r_data$319 ;
-  wire [255:0] \r_data$413 ;
+  wire [18:0] \r_data$202 ;
+  wire [63:0] \r_data$235 ;
+  wire [18:0] \r_data$323 ;
+  wire [255:0] \r_data$417 ;
   reg r_en;
-  reg \r_en$215 ;
-  wire \r_en$401 ;
-  wire \r_en$444 ;
+  reg \r_en$228 ;
+  reg \r_en$238 ;
+  wire \r_en$405 ;
+  wire \r_en$448 ;
   wire r_rdy;
-  wire \r_rdy$214 ;
-  wire \r_rdy$222 ;
-  wire \r_rdy$400 ;
+  wire \r_rdy$227 ;
+  wire \r_rdy$230 ;
+  wire \r_rdy$233 ;
+  wire \r_rdy$404 ;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$422 ;
-  wire [31:0] \req__payload$422.addr ;
-  wire [2:0] \req__payload$422.lb ;
+  wire [34:0] \req__payload$426 ;
+  wire [31:0] \req__payload$426.addr ;
+  wire [2:0] \req__payload$426.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$433 ;
+  wire \req__ready$437 ;
   reg req__valid;
-  wire \req__valid$414 ;
+  wire \req__valid$418 ;
+  wire [15:0] res_lane0;
+  wire [15:0] res_lane1;
+  wire [15:0] res_lane2;
+  wire [15:0] res_lane3;
   reg res_to_pack = 1'h0;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
@@ -3291,12 +3309,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] tiles = 32'd0;
   wire unit_known;
   reg unit_rst = 1'h0;
-  reg [15:0] unpack0;
-  reg [15:0] unpack1;
-  reg [15:0] unpack2;
-  reg [15:0] unpack3;
   wire valid;
-  wire \valid$233 ;
+  wire \valid$236 ;
   wire \valid$85 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
@@ -3319,12 +3333,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [7:0] w_beat7;
   wire [18:0] w_data;
   wire [127:0] \w_data$168 ;
-  wire [255:0] \w_data$396 ;
+  wire [63:0] \w_data$192 ;
+  wire [255:0] \w_data$400 ;
   wire [18:0] \w_data$93 ;
   (* init = 1'h0 *)
   wire w_en;
   reg \w_en$166  = 1'h0;
-  wire \w_en$394 ;
+  wire \w_en$189 ;
+  wire \w_en$398 ;
   (* init = 1'h0 *)
   wire \w_en$92 ;
   reg w_feed_half = 1'h0;
@@ -3346,7 +3362,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
   wire w_rdy;
-  wire \w_rdy$399 ;
+  wire \w_rdy$225 ;
+  wire \w_rdy$403 ;
   reg [7:0] w_step = 8'h00;
   reg want_w = 1'h0;
   reg [7:0] welem;
@@ -3869,16 +3886,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$265 )
-      a_cache0[\$signature__addr$262 ] <= \$signature__data$264 ;
+    if (\$signature__en$269 )
+      a_cache0[\$signature__addr$266 ] <= \$signature__data$268 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$294 ) begin
-      _0_ <= a_cache0[\$signature__addr$291 ];
+    if (\$signature__en$298 ) begin
+      _0_ <= a_cache0[\$signature__addr$295 ];
     end
   end
-  assign \$signature__data$368  = _0_;
+  assign \$signature__data$372  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4395,16 +4412,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$269 )
-      a_cache1[\$signature__addr$267 ] <= \$signature__data$268 ;
+    if (\$signature__en$273 )
+      a_cache1[\$signature__addr$271 ] <= \$signature__data$272 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$303 ) begin
-      _1_ <= a_cache1[\$signature__addr$302 ];
+    if (\$signature__en$307 ) begin
+      _1_ <= a_cache1[\$signature__addr$306 ];
     end
   end
-  assign \$signature__data$369  = _1_;
+  assign \$signature__data$373  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4921,16 +4938,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$272 )
-      a_cache2[\$signature__addr$270 ] <= \$signature__data$271 ;
+    if (\$signature__en$276 )
+      a_cache2[\$signature__addr$274 ] <= \$signature__data$275 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$305 ) begin
-      _2_ <= a_cache2[\$signature__addr$304 ];
+    if (\$signature__en$309 ) begin
+      _2_ <= a_cache2[\$signature__addr$308 ];
     end
   end
-  assign \$signature__data$370  = _2_;
+  assign \$signature__data$374  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5447,16 +5464,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$275 )
-      a_cache3[\$signature__addr$273 ] <= \$signature__data$274 ;
+    if (\$signature__en$279 )
+      a_cache3[\$signature__addr$277 ] <= \$signature__data$278 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$307 ) begin
-      _3_ <= a_cache3[\$signature__addr$306 ];
+    if (\$signature__en$311 ) begin
+      _3_ <= a_cache3[\$signature__addr$310 ];
     end
   end
-  assign \$signature__data$371  = _3_;
+  assign \$signature__data$375  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5973,16 +5990,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$278 )
-      a_cache4[\$signature__addr$276 ] <= \$signature__data$277 ;
+    if (\$signature__en$282 )
+      a_cache4[\$signature__addr$280 ] <= \$signature__data$281 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$309 ) begin
-      _4_ <= a_cache4[\$signature__addr$308 ];
+    if (\$signature__en$313 ) begin
+      _4_ <= a_cache4[\$signature__addr$312 ];
     end
   end
-  assign \$signature__data$372  = _4_;
+  assign \$signature__data$376  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6499,16 +6516,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$281 )
-      a_cache5[\$signature__addr$279 ] <= \$signature__data$280 ;
+    if (\$signature__en$285 )
+      a_cache5[\$signature__addr$283 ] <= \$signature__data$284 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$311 ) begin
-      _5_ <= a_cache5[\$signature__addr$310 ];
+    if (\$signature__en$315 ) begin
+      _5_ <= a_cache5[\$signature__addr$314 ];
     end
   end
-  assign \$signature__data$373  = _5_;
+  assign \$signature__data$377  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -7025,16 +7042,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$284 )
-      a_cache6[\$signature__addr$282 ] <= \$signature__data$283 ;
+    if (\$signature__en$288 )
+      a_cache6[\$signature__addr$286 ] <= \$signature__data$287 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$313 ) begin
-      _6_ <= a_cache6[\$signature__addr$312 ];
+    if (\$signature__en$317 ) begin
+      _6_ <= a_cache6[\$signature__addr$316 ];
     end
   end
-  assign \$signature__data$374  = _6_;
+  assign \$signature__data$378  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7551,16 +7568,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$287 )
-      a_cache7[\$signature__addr$285 ] <= \$signature__data$286 ;
+    if (\$signature__en$291 )
+      a_cache7[\$signature__addr$289 ] <= \$signature__data$290 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$315 ) begin
-      _7_ <= a_cache7[\$signature__addr$314 ];
+    if (\$signature__en$319 ) begin
+      _7_ <= a_cache7[\$signature__addr$318 ];
     end
   end
-  assign \$signature__data$375  = _7_;
+  assign \$signature__data$379  = _7_;
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -8077,16 +8094,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$290 )
-      a_cache8[\$signature__addr$288 ] <= \$signature__data$289 ;
+    if (\$signature__en$294 )
+      a_cache8[\$signature__addr$292 ] <= \$signature__data$293 ;
   end
   reg [8:0] _8_;
   always @(posedge clk) begin
-    if (\$signature__en$317 ) begin
-      _8_ <= a_cache8[\$signature__addr$316 ];
+    if (\$signature__en$321 ) begin
+      _8_ <= a_cache8[\$signature__addr$320 ];
     end
   end
-  assign \$signature__data$376  = _8_;
+  assign \$signature__data$380  = _8_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -25006,16 +25023,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$324 )
-      w_cache0[\$signature__addr$321 ] <= \$signature__data$323 ;
+    if (\$signature__en$328 )
+      w_cache0[\$signature__addr$325 ] <= \$signature__data$327 ;
   end
   reg [7:0] _11_;
   always @(posedge clk) begin
-    if (\$signature__en$349 ) begin
-      _11_ <= w_cache0[\$signature__addr$347 ];
+    if (\$signature__en$353 ) begin
+      _11_ <= w_cache0[\$signature__addr$351 ];
     end
   end
-  assign \$signature__data$378  = _11_;
+  assign \$signature__data$382  = _11_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25532,16 +25549,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$328 )
-      w_cache1[\$signature__addr$326 ] <= \$signature__data$327 ;
+    if (\$signature__en$332 )
+      w_cache1[\$signature__addr$330 ] <= \$signature__data$331 ;
   end
   reg [7:0] _12_;
   always @(posedge clk) begin
-    if (\$signature__en$351 ) begin
-      _12_ <= w_cache1[\$signature__addr$350 ];
+    if (\$signature__en$355 ) begin
+      _12_ <= w_cache1[\$signature__addr$354 ];
     end
   end
-  assign \$signature__data$380  = _12_;
+  assign \$signature__data$384  = _12_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -26058,16 +26075,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$331 )
-      w_cache2[\$signature__addr$329 ] <= \$signature__data$330 ;
+    if (\$signature__en$335 )
+      w_cache2[\$signature__addr$333 ] <= \$signature__data$334 ;
   end
   reg [7:0] _13_;
   always @(posedge clk) begin
-    if (\$signature__en$353 ) begin
-      _13_ <= w_cache2[\$signature__addr$352 ];
+    if (\$signature__en$357 ) begin
+      _13_ <= w_cache2[\$signature__addr$356 ];
     end
   end
-  assign \$signature__data$382  = _13_;
+  assign \$signature__data$386  = _13_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26584,16 +26601,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$334 )
-      w_cache3[\$signature__addr$332 ] <= \$signature__data$333 ;
+    if (\$signature__en$338 )
+      w_cache3[\$signature__addr$336 ] <= \$signature__data$337 ;
   end
   reg [7:0] _14_;
   always @(posedge clk) begin
-    if (\$signature__en$355 ) begin
-      _14_ <= w_cache3[\$signature__addr$354 ];
+    if (\$signature__en$359 ) begin
+      _14_ <= w_cache3[\$signature__addr$358 ];
     end
   end
-  assign \$signature__data$384  = _14_;
+  assign \$signature__data$388  = _14_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -27110,16 +27127,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$337 )
-      w_cache4[\$signature__addr$335 ] <= \$signature__data$336 ;
+    if (\$signature__en$341 )
+      w_cache4[\$signature__addr$339 ] <= \$signature__data$340 ;
   end
   reg [7:0] _15_;
   always @(posedge clk) begin
-    if (\$signature__en$357 ) begin
-      _15_ <= w_cache4[\$signature__addr$356 ];
+    if (\$signature__en$361 ) begin
+      _15_ <= w_cache4[\$signature__addr$360 ];
     end
   end
-  assign \$signature__data$386  = _15_;
+  assign \$signature__data$390  = _15_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27636,16 +27653,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$340 )
-      w_cache5[\$signature__addr$338 ] <= \$signature__data$339 ;
+    if (\$signature__en$344 )
+      w_cache5[\$signature__addr$342 ] <= \$signature__data$343 ;
   end
   reg [7:0] _16_;
   always @(posedge clk) begin
-    if (\$signature__en$359 ) begin
-      _16_ <= w_cache5[\$signature__addr$358 ];
+    if (\$signature__en$363 ) begin
+      _16_ <= w_cache5[\$signature__addr$362 ];
     end
   end
-  assign \$signature__data$388  = _16_;
+  assign \$signature__data$392  = _16_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -28162,16 +28179,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$343 )
-      w_cache6[\$signature__addr$341 ] <= \$signature__data$342 ;
+    if (\$signature__en$347 )
+      w_cache6[\$signature__addr$345 ] <= \$signature__data$346 ;
   end
   reg [7:0] _17_;
   always @(posedge clk) begin
-    if (\$signature__en$361 ) begin
-      _17_ <= w_cache6[\$signature__addr$360 ];
+    if (\$signature__en$365 ) begin
+      _17_ <= w_cache6[\$signature__addr$364 ];
     end
   end
-  assign \$signature__data$390  = _17_;
+  assign \$signature__data$394  = _17_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -28688,16 +28705,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$346 )
-      w_cache7[\$signature__addr$344 ] <= \$signature__data$345 ;
+    if (\$signature__en$350 )
+      w_cache7[\$signature__addr$348 ] <= \$signature__data$349 ;
   end
   reg [7:0] _18_;
   always @(posedge clk) begin
-    if (\$signature__en$363 ) begin
-      _18_ <= w_cache7[\$signature__addr$362 ];
+    if (\$signature__en$367 ) begin
+      _18_ <= w_cache7[\$signature__addr$366 ];
     end
   end
-  assign \$signature__data$392  = _18_;
+  assign \$signature__data$396  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28728,1438 +28745,1446 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$24  = pre_ln | pre_sm;
   assign \$25  = \$24  ? ins[39:24] : dec_mt;
   assign \$26  = pre_ln | pre_sm;
-  assign \$27  = $signed(ins[269:252]) * $signed(5'h09);
-  assign \$28  = \$26  ? { ins[251], ins[251], ins[251], ins[251], ins[251:234] } : \$27 ;
-  assign \$29  = pre_ln | pre_sm;
-  assign \$30  = \$29  ? dec_mt : ins[87:72];
+  assign \$29  = $signed(\$27 ) + $signed(\$28 );
+  assign \$30  = \$26  ? { ins[251], ins[251], ins[251], ins[251], ins[251:234] } : \$29 ;
   assign \$31  = pre_ln | pre_sm;
-  assign \$32  = $signed(ins[269:252]) * $signed(5'h09);
-  assign \$33  = \$31  ? \$32  : { ins[305], ins[305], ins[305], ins[305], ins[305:288] };
-  assign \$34  = pre_ln | pre_sm;
-  assign \$36  = pre_ln | pre_sm;
+  assign \$32  = \$31  ? dec_mt : ins[87:72];
+  assign \$33  = pre_ln | pre_sm;
+  assign \$36  = $signed(\$34 ) + $signed(\$35 );
+  assign \$37  = \$33  ? \$36  : { ins[305], ins[305], ins[305], ins[305], ins[305:288] };
   assign \$38  = pre_ln | pre_sm;
-  assign \$39  = \$38  ? ins[87:72] : 16'h0001;
   assign \$40  = pre_ln | pre_sm;
-  assign \$41  = \$40  ? ins[305:288] : 18'h00000;
-  assign \$44  = post_add ? dec_mt : 16'h0001;
-  assign \$45  = $signed(ins[379:362]) * $signed(5'h09);
-  assign \$46  = post_add ? \$45  : 22'h000000;
-  assign \$48  = $signed(ins[397:380]) * $signed(5'h08);
-  assign \$49  = $signed(ins[397:380]) * $signed(5'h08);
-  assign \$50  = post_add ? \$48  : \$49 ;
-  assign \$51  = post_add ? 16'h0009 : ins[87:72];
-  assign \$52  = post_add ? ins[379:362] : ins[415:398];
-  assign \$55  = $signed(ins[159:142]) * $signed(5'h09);
-  assign \$56  = $signed(ins[177:160]) * $signed(5'h08);
-  assign \$57  = c_valid0 & c__ready;
-  assign \$58  = c_valid1 & \c__ready$118 ;
-  assign \$59  = c_valid2 & \c__ready$120 ;
-  assign \$60  = c_valid3 & \c__ready$122 ;
-  assign c_fire = | { \$60 , \$59 , \$58 , \$57  };
-  assign \$61  = is_softmax | is_layernorm;
-  assign \$62  = ~ ext_req_valid;
-  assign \$63  = \$62  | req__ready;
-  assign \$64  = valid & \$63 ;
-  assign \$67  = \$66  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$70  = \$69  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$73  = \$72  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$76  = \$75  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$77  = beat__valid & beat__payload[512];
-  assign \$78  = a__ready & \b__ready$207 ;
-  assign \$79  = sink_from_add & \$78 ;
-  assign \$80  = sink_from_gelu0 & i__ready;
-  assign \$81  = | { \$80 , \$79  };
-  assign \$82  = ~ \w_en$166 ;
-  assign \$83  = \$82  | w_rdy;
-  assign \$84  = \$83  & elem_valid;
-  assign \$85  = ~ add_sel;
-  assign \$86  = \r_rdy$214  | \$85 ;
-  assign \$87  = \$84  & \$86 ;
-  assign \$88  = ~ \w_en$166 ;
-  assign \$89  = \$88  | w_rdy;
-  assign \$90  = \$89  & elem_valid;
-  assign \$91  = ~ add_sel;
-  assign \$92  = \r_rdy$214  | \$91 ;
-  assign \$93  = \$90  & \$92 ;
-  assign \$94  = \$93  & add_sel;
-  assign \$95  = sink_from_add & \o__valid$217 ;
-  assign \$96  = sink_from_gelu0 & \o__valid$218 ;
-  assign \$97  = | { \$96 , \$95  };
-  assign \$98  = sink_from_add & out_ready;
-  assign \$99  = sink_from_add & \r_rdy$222 ;
-  assign \$100  = sink_from_add & \r_rdy$222 ;
-  assign \$101  = sink_from_gelu0 & out_ready;
-  assign \$102  = sink_from_gelu0 & \r_rdy$222 ;
-  assign \$104  = \$signal$216  & \valid$233 ;
-  assign \$105  = pack_jo == 2'h3;
-  assign \$106  = \$105  | \final ;
-  assign \$107  = q0_to_pack & r_rdy;
-  assign \$108  = res_to_pack & gemm_res_valid;
-  assign elem_valid = \$107  | \$108 ;
-  assign \$109  = ~ is_linear;
-  assign \$110  = \$109  | rk_zero;
-  assign \$111  = \$110  & beat__valid;
-  assign \$112  = pre_ln | pre_sm;
-  assign \$113  = ~ \$112 ;
-  assign \$114  = a_from_softmax & o__valid;
-  assign \$115  = a_from_layernorm & \o__valid$199 ;
-  assign \$116  = \$114  | \$115 ;
-  assign \$117  = a_from_src0 & r_rdy;
-  assign a_in_valid = \$116  | \$117 ;
-  assign \$120  = \$119  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$123  = \$122  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$126  = \$125  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$129  = \$128  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$132  = \$131  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$135  = \$134  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$138  = \$137  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
-  assign \$140  = ~ \$139 ;
-  assign \$141  = a_in_valid & \$140 ;
-  assign \$142  = \$signal$259  * 9'h100;
-  assign \$143  = \$142  + lk;
-  assign \$145  = ~ \$144 ;
-  assign \$146  = a_in_valid & \$145 ;
-  assign \$147  = | \$signal$266 ;
-  assign \$148  = ~ \$147 ;
-  assign \$149  = \$146  & \$148 ;
-  assign \$150  = \$signal$259  * 9'h100;
-  assign \$151  = \$150  + lk;
+  assign \$42  = pre_ln | pre_sm;
+  assign \$43  = \$42  ? ins[87:72] : 16'h0001;
+  assign \$44  = pre_ln | pre_sm;
+  assign \$45  = \$44  ? ins[305:288] : 18'h00000;
+  assign \$48  = post_add ? dec_mt : 16'h0001;
+  assign \$51  = $signed(\$49 ) + $signed(\$50 );
+  assign \$52  = post_add ? \$51  : 22'h000000;
+  assign \$57  = post_add ? 16'h0009 : ins[87:72];
+  assign \$58  = post_add ? ins[379:362] : ins[415:398];
+  assign \$63  = $signed(\$61 ) + $signed(\$62 );
+  assign \$65  = c_valid0 & c__ready;
+  assign \$66  = c_valid1 & \c__ready$118 ;
+  assign \$67  = c_valid2 & \c__ready$120 ;
+  assign \$68  = c_valid3 & \c__ready$122 ;
+  assign c_fire = | { \$68 , \$67 , \$66 , \$65  };
+  assign \$69  = sink_from_add ? o__payload[15:0] : 16'h0000;
+  assign \$70  = sink_from_gelu0 ? \o__payload$185 [7:0] : 8'h00;
+  assign res_lane0 = \$69  | { \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70  };
+  assign \$71  = sink_from_add ? o__payload[31:16] : 16'h0000;
+  assign \$72  = sink_from_gelu0 ? \o__payload$185 [15:8] : 8'h00;
+  assign res_lane1 = \$71  | { \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72  };
+  assign \$73  = sink_from_add ? o__payload[47:32] : 16'h0000;
+  assign \$74  = sink_from_gelu0 ? \o__payload$185 [23:16] : 8'h00;
+  assign res_lane2 = \$73  | { \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74  };
+  assign \$75  = sink_from_add ? o__payload[63:48] : 16'h0000;
+  assign \$76  = sink_from_gelu0 ? \o__payload$185 [31:24] : 8'h00;
+  assign res_lane3 = \$75  | { \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76  };
+  assign \$77  = sink_from_add & o__valid;
+  assign \$78  = sink_from_gelu0 & \o__valid$191 ;
+  assign \w_en$189  = | { \$78 , \$77  };
+  assign o__ready = sink_from_add & w_rdy;
+  assign \o__ready$195  = sink_from_gelu0 & w_rdy;
+  assign \$79  = is_softmax | is_layernorm;
+  assign \$80  = ~ ext_req_valid;
+  assign \$81  = \$80  | req__ready;
+  assign \$82  = valid & \$81 ;
+  assign \$85  = \$84  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$88  = \$87  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$91  = \$90  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$94  = \$93  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$95  = beat__valid & beat__payload[512];
+  assign \$96  = a__ready & \b__ready$221 ;
+  assign \$97  = sink_from_add & \$96 ;
+  assign \$98  = sink_from_gelu0 & i__ready;
+  assign \$99  = | { \$98 , \$97  };
+  assign \$100  = ~ \w_en$166 ;
+  assign \$101  = \$100  | \w_rdy$225 ;
+  assign \$102  = \$101  & elem_valid;
+  assign \$103  = ~ add_sel;
+  assign \$104  = \r_rdy$227  | \$103 ;
+  assign \$105  = \$102  & \$104 ;
+  assign \$106  = ~ \w_en$166 ;
+  assign \$107  = \$106  | \w_rdy$225 ;
+  assign \$108  = \$107  & elem_valid;
+  assign \$109  = ~ add_sel;
+  assign \$110  = \r_rdy$227  | \$109 ;
+  assign \$111  = \$108  & \$110 ;
+  assign \$112  = \$111  & add_sel;
+  assign \$113  = sink_from_add & \r_rdy$230 ;
+  assign \$114  = sink_from_add & \r_rdy$230 ;
+  assign \$115  = sink_from_gelu0 & \r_rdy$230 ;
+  assign \$117  = \r_rdy$233  & \valid$236 ;
+  assign \$118  = pack_jo == 2'h3;
+  assign \$119  = \$118  | \final ;
+  assign \$120  = q0_to_pack & r_rdy;
+  assign \$121  = res_to_pack & gemm_res_valid;
+  assign elem_valid = \$120  | \$121 ;
+  assign \$122  = ~ is_linear;
+  assign \$123  = \$122  | rk_zero;
+  assign \$124  = \$123  & beat__valid;
+  assign \$125  = pre_ln | pre_sm;
+  assign \$126  = ~ \$125 ;
+  assign \$127  = a_from_softmax & \o__valid$212 ;
+  assign \$128  = a_from_layernorm & \o__valid$214 ;
+  assign \$129  = \$127  | \$128 ;
+  assign \$130  = a_from_src0 & r_rdy;
+  assign a_in_valid = \$129  | \$130 ;
+  assign \$133  = \$132  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$136  = \$135  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$139  = \$138  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$142  = \$141  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$145  = \$144  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$148  = \$147  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$151  = \$150  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
   assign \$153  = ~ \$152 ;
   assign \$154  = a_in_valid & \$153 ;
-  assign \$155  = \$signal$266  == 1'h1;
-  assign \$156  = \$154  & \$155 ;
-  assign \$157  = \$signal$259  * 9'h100;
-  assign \$158  = \$157  + lk;
-  assign \$160  = ~ \$159 ;
-  assign \$161  = a_in_valid & \$160 ;
-  assign \$162  = \$signal$266  == 2'h2;
-  assign \$163  = \$161  & \$162 ;
-  assign \$164  = \$signal$259  * 9'h100;
-  assign \$165  = \$164  + lk;
-  assign \$167  = ~ \$166 ;
-  assign \$168  = a_in_valid & \$167 ;
-  assign \$169  = \$signal$266  == 2'h3;
-  assign \$170  = \$168  & \$169 ;
-  assign \$171  = \$signal$259  * 9'h100;
-  assign \$172  = \$171  + lk;
-  assign \$174  = ~ \$173 ;
-  assign \$175  = a_in_valid & \$174 ;
-  assign \$176  = \$signal$266  == 3'h4;
-  assign \$177  = \$175  & \$176 ;
-  assign \$178  = \$signal$259  * 9'h100;
-  assign \$179  = \$178  + lk;
-  assign \$181  = ~ \$180 ;
-  assign \$182  = a_in_valid & \$181 ;
-  assign \$183  = \$signal$266  == 3'h5;
-  assign \$184  = \$182  & \$183 ;
-  assign \$185  = \$signal$259  * 9'h100;
-  assign \$186  = \$185  + lk;
-  assign \$188  = ~ \$187 ;
-  assign \$189  = a_in_valid & \$188 ;
-  assign \$190  = \$signal$266  == 3'h6;
-  assign \$191  = \$189  & \$190 ;
-  assign \$192  = \$signal$259  * 9'h100;
-  assign \$193  = \$192  + lk;
-  assign \$195  = ~ \$194 ;
-  assign \$196  = a_in_valid & \$195 ;
-  assign \$197  = \$signal$266  == 3'h7;
-  assign \$198  = \$196  & \$197 ;
-  assign \$199  = \$signal$259  * 9'h100;
-  assign \$200  = \$199  + lk;
-  assign \$202  = ~ \$201 ;
-  assign \$203  = a_in_valid & \$202 ;
-  assign \$204  = \$signal$266  == 4'h8;
-  assign \$205  = \$203  & \$204 ;
-  assign \$206  = \$signal$292  * 9'h100;
-  assign \$207  = \$206  + \$signal$293 ;
-  assign \$209  = \$signal$259  == \$signal$292 ;
-  assign \$210  = lk > \$signal$293 ;
+  assign \$155  = \$signal$263  * 9'h100;
+  assign \$156  = \$155  + lk;
+  assign \$158  = ~ \$157 ;
+  assign \$159  = a_in_valid & \$158 ;
+  assign \$160  = | \$signal$270 ;
+  assign \$161  = ~ \$160 ;
+  assign \$162  = \$159  & \$161 ;
+  assign \$163  = \$signal$263  * 9'h100;
+  assign \$164  = \$163  + lk;
+  assign \$166  = ~ \$165 ;
+  assign \$167  = a_in_valid & \$166 ;
+  assign \$168  = \$signal$270  == 1'h1;
+  assign \$169  = \$167  & \$168 ;
+  assign \$170  = \$signal$263  * 9'h100;
+  assign \$171  = \$170  + lk;
+  assign \$173  = ~ \$172 ;
+  assign \$174  = a_in_valid & \$173 ;
+  assign \$175  = \$signal$270  == 2'h2;
+  assign \$176  = \$174  & \$175 ;
+  assign \$177  = \$signal$263  * 9'h100;
+  assign \$178  = \$177  + lk;
+  assign \$180  = ~ \$179 ;
+  assign \$181  = a_in_valid & \$180 ;
+  assign \$182  = \$signal$270  == 2'h3;
+  assign \$183  = \$181  & \$182 ;
+  assign \$184  = \$signal$263  * 9'h100;
+  assign \$185  = \$184  + lk;
+  assign \$187  = ~ \$186 ;
+  assign \$188  = a_in_valid & \$187 ;
+  assign \$189  = \$signal$270  == 3'h4;
+  assign \$190  = \$188  & \$189 ;
+  assign \$191  = \$signal$263  * 9'h100;
+  assign \$192  = \$191  + lk;
+  assign \$194  = ~ \$193 ;
+  assign \$195  = a_in_valid & \$194 ;
+  assign \$196  = \$signal$270  == 3'h5;
+  assign \$197  = \$195  & \$196 ;
+  assign \$198  = \$signal$263  * 9'h100;
+  assign \$199  = \$198  + lk;
+  assign \$201  = ~ \$200 ;
+  assign \$202  = a_in_valid & \$201 ;
+  assign \$203  = \$signal$270  == 3'h6;
+  assign \$204  = \$202  & \$203 ;
+  assign \$205  = \$signal$263  * 9'h100;
+  assign \$206  = \$205  + lk;
+  assign \$208  = ~ \$207 ;
+  assign \$209  = a_in_valid & \$208 ;
+  assign \$210  = \$signal$270  == 3'h7;
   assign \$211  = \$209  & \$210 ;
-  assign \$212  = pre_ln | pre_sm;
-  assign \$213  = ~ \$212 ;
-  assign \$214  = \$211  & \$213 ;
-  assign \$215  = \$208  | \$214 ;
-  assign \$217  = is_linear | \$216 ;
-  assign \$218  = \$215  & \$217 ;
-  assign \$219  = ~ \$signal$298 ;
-  assign \$220  = \a__valid$299  & \a__ready$300 ;
-  assign \$221  = \$219  | \$220 ;
-  assign \$222  = \$218  & \$221 ;
-  assign \$223  = \$222  & a_blocks_left;
-  assign \$224  = \$signal$292  * 9'h100;
-  assign \$225  = \$224  + \$signal$293 ;
-  assign \$227  = \$signal$259  == \$signal$292 ;
-  assign \$228  = lk > \$signal$293 ;
-  assign \$229  = \$227  & \$228 ;
-  assign \$230  = pre_ln | pre_sm;
-  assign \$231  = ~ \$230 ;
-  assign \$232  = \$229  & \$231 ;
-  assign \$233  = \$226  | \$232 ;
-  assign \$235  = is_linear | \$234 ;
-  assign \$236  = \$233  & \$235 ;
-  assign \$237  = ~ \$signal$298 ;
-  assign \$238  = \a__valid$299  & \a__ready$300 ;
-  assign \$239  = \$237  | \$238 ;
-  assign \$240  = \$236  & \$239 ;
-  assign \$241  = \$240  & a_blocks_left;
-  assign \$242  = \$signal$292  * 9'h100;
-  assign \$243  = \$242  + \$signal$293 ;
-  assign \$245  = \$signal$259  == \$signal$292 ;
-  assign \$246  = lk > \$signal$293 ;
-  assign \$247  = \$245  & \$246 ;
-  assign \$248  = pre_ln | pre_sm;
-  assign \$249  = ~ \$248 ;
-  assign \$250  = \$247  & \$249 ;
-  assign \$251  = \$244  | \$250 ;
-  assign \$253  = is_linear | \$252 ;
-  assign \$254  = \$251  & \$253 ;
-  assign \$255  = ~ \$signal$298 ;
-  assign \$256  = \a__valid$299  & \a__ready$300 ;
-  assign \$257  = \$255  | \$256 ;
-  assign \$258  = \$254  & \$257 ;
-  assign \$259  = \$258  & a_blocks_left;
-  assign \$260  = \$signal$292  * 9'h100;
-  assign \$261  = \$260  + \$signal$293 ;
-  assign \$263  = \$signal$259  == \$signal$292 ;
-  assign \$264  = lk > \$signal$293 ;
-  assign \$265  = \$263  & \$264 ;
-  assign \$266  = pre_ln | pre_sm;
-  assign \$267  = ~ \$266 ;
-  assign \$268  = \$265  & \$267 ;
-  assign \$269  = \$262  | \$268 ;
-  assign \$271  = is_linear | \$270 ;
-  assign \$272  = \$269  & \$271 ;
-  assign \$273  = ~ \$signal$298 ;
-  assign \$274  = \a__valid$299  & \a__ready$300 ;
-  assign \$275  = \$273  | \$274 ;
-  assign \$276  = \$272  & \$275 ;
-  assign \$277  = \$276  & a_blocks_left;
-  assign \$278  = \$signal$292  * 9'h100;
-  assign \$279  = \$278  + \$signal$293 ;
-  assign \$281  = \$signal$259  == \$signal$292 ;
-  assign \$282  = lk > \$signal$293 ;
-  assign \$283  = \$281  & \$282 ;
-  assign \$284  = pre_ln | pre_sm;
-  assign \$285  = ~ \$284 ;
-  assign \$286  = \$283  & \$285 ;
-  assign \$287  = \$280  | \$286 ;
-  assign \$289  = is_linear | \$288 ;
-  assign \$290  = \$287  & \$289 ;
-  assign \$291  = ~ \$signal$298 ;
-  assign \$292  = \a__valid$299  & \a__ready$300 ;
-  assign \$293  = \$291  | \$292 ;
-  assign \$294  = \$290  & \$293 ;
-  assign \$295  = \$294  & a_blocks_left;
-  assign \$296  = \$signal$292  * 9'h100;
-  assign \$297  = \$296  + \$signal$293 ;
-  assign \$299  = \$signal$259  == \$signal$292 ;
-  assign \$300  = lk > \$signal$293 ;
-  assign \$301  = \$299  & \$300 ;
-  assign \$302  = pre_ln | pre_sm;
-  assign \$303  = ~ \$302 ;
-  assign \$304  = \$301  & \$303 ;
-  assign \$305  = \$298  | \$304 ;
-  assign \$307  = is_linear | \$306 ;
-  assign \$308  = \$305  & \$307 ;
-  assign \$309  = ~ \$signal$298 ;
-  assign \$310  = \a__valid$299  & \a__ready$300 ;
-  assign \$311  = \$309  | \$310 ;
-  assign \$312  = \$308  & \$311 ;
-  assign \$313  = \$312  & a_blocks_left;
-  assign \$314  = \$signal$292  * 9'h100;
-  assign \$315  = \$314  + \$signal$293 ;
-  assign \$317  = \$signal$259  == \$signal$292 ;
-  assign \$318  = lk > \$signal$293 ;
-  assign \$319  = \$317  & \$318 ;
-  assign \$320  = pre_ln | pre_sm;
-  assign \$321  = ~ \$320 ;
-  assign \$322  = \$319  & \$321 ;
-  assign \$323  = \$316  | \$322 ;
-  assign \$325  = is_linear | \$324 ;
-  assign \$326  = \$323  & \$325 ;
-  assign \$327  = ~ \$signal$298 ;
-  assign \$328  = \a__valid$299  & \a__ready$300 ;
-  assign \$329  = \$327  | \$328 ;
-  assign \$330  = \$326  & \$329 ;
-  assign \$331  = \$330  & a_blocks_left;
-  assign \$332  = \$signal$292  * 9'h100;
-  assign \$333  = \$332  + \$signal$293 ;
-  assign \$335  = \$signal$259  == \$signal$292 ;
-  assign \$336  = lk > \$signal$293 ;
-  assign \$337  = \$335  & \$336 ;
-  assign \$338  = pre_ln | pre_sm;
-  assign \$339  = ~ \$338 ;
-  assign \$340  = \$337  & \$339 ;
-  assign \$341  = \$334  | \$340 ;
-  assign \$343  = is_linear | \$342 ;
-  assign \$344  = \$341  & \$343 ;
-  assign \$345  = ~ \$signal$298 ;
-  assign \$346  = \a__valid$299  & \a__ready$300 ;
-  assign \$347  = \$345  | \$346 ;
-  assign \$348  = \$344  & \$347 ;
-  assign \$349  = \$348  & a_blocks_left;
-  assign \$350  = \$signal$292  * 9'h100;
-  assign \$351  = \$350  + \$signal$293 ;
-  assign \$353  = \$signal$259  == \$signal$292 ;
-  assign \$354  = lk > \$signal$293 ;
-  assign \$355  = \$353  & \$354 ;
-  assign \$356  = pre_ln | pre_sm;
-  assign \$357  = ~ \$356 ;
-  assign \$358  = \$355  & \$357 ;
-  assign \$359  = \$352  | \$358 ;
-  assign \$361  = is_linear | \$360 ;
-  assign \$362  = \$359  & \$361 ;
-  assign \$363  = ~ \$signal$298 ;
-  assign \$364  = \a__valid$299  & \a__ready$300 ;
-  assign \$365  = \$363  | \$364 ;
-  assign \$366  = \$362  & \$365 ;
-  assign \$367  = \$366  & a_blocks_left;
-  assign \$368  = ~ is_linear;
+  assign \$212  = \$signal$263  * 9'h100;
+  assign \$213  = \$212  + lk;
+  assign \$215  = ~ \$214 ;
+  assign \$216  = a_in_valid & \$215 ;
+  assign \$217  = \$signal$270  == 4'h8;
+  assign \$218  = \$216  & \$217 ;
+  assign \$219  = \$signal$296  * 9'h100;
+  assign \$220  = \$219  + \$signal$297 ;
+  assign \$222  = \$signal$263  == \$signal$296 ;
+  assign \$223  = lk > \$signal$297 ;
+  assign \$224  = \$222  & \$223 ;
+  assign \$225  = pre_ln | pre_sm;
+  assign \$226  = ~ \$225 ;
+  assign \$227  = \$224  & \$226 ;
+  assign \$228  = \$221  | \$227 ;
+  assign \$230  = is_linear | \$229 ;
+  assign \$231  = \$228  & \$230 ;
+  assign \$232  = ~ \$signal$302 ;
+  assign \$233  = \a__valid$303  & \a__ready$304 ;
+  assign \$234  = \$232  | \$233 ;
+  assign \$235  = \$231  & \$234 ;
+  assign \$236  = \$235  & a_blocks_left;
+  assign \$237  = \$signal$296  * 9'h100;
+  assign \$238  = \$237  + \$signal$297 ;
+  assign \$240  = \$signal$263  == \$signal$296 ;
+  assign \$241  = lk > \$signal$297 ;
+  assign \$242  = \$240  & \$241 ;
+  assign \$243  = pre_ln | pre_sm;
+  assign \$244  = ~ \$243 ;
+  assign \$245  = \$242  & \$244 ;
+  assign \$246  = \$239  | \$245 ;
+  assign \$248  = is_linear | \$247 ;
+  assign \$249  = \$246  & \$248 ;
+  assign \$250  = ~ \$signal$302 ;
+  assign \$251  = \a__valid$303  & \a__ready$304 ;
+  assign \$252  = \$250  | \$251 ;
+  assign \$253  = \$249  & \$252 ;
+  assign \$254  = \$253  & a_blocks_left;
+  assign \$255  = \$signal$296  * 9'h100;
+  assign \$256  = \$255  + \$signal$297 ;
+  assign \$258  = \$signal$263  == \$signal$296 ;
+  assign \$259  = lk > \$signal$297 ;
+  assign \$260  = \$258  & \$259 ;
+  assign \$261  = pre_ln | pre_sm;
+  assign \$262  = ~ \$261 ;
+  assign \$263  = \$260  & \$262 ;
+  assign \$264  = \$257  | \$263 ;
+  assign \$266  = is_linear | \$265 ;
+  assign \$267  = \$264  & \$266 ;
+  assign \$268  = ~ \$signal$302 ;
+  assign \$269  = \a__valid$303  & \a__ready$304 ;
+  assign \$270  = \$268  | \$269 ;
+  assign \$271  = \$267  & \$270 ;
+  assign \$272  = \$271  & a_blocks_left;
+  assign \$273  = \$signal$296  * 9'h100;
+  assign \$274  = \$273  + \$signal$297 ;
+  assign \$276  = \$signal$263  == \$signal$296 ;
+  assign \$277  = lk > \$signal$297 ;
+  assign \$278  = \$276  & \$277 ;
+  assign \$279  = pre_ln | pre_sm;
+  assign \$280  = ~ \$279 ;
+  assign \$281  = \$278  & \$280 ;
+  assign \$282  = \$275  | \$281 ;
+  assign \$284  = is_linear | \$283 ;
+  assign \$285  = \$282  & \$284 ;
+  assign \$286  = ~ \$signal$302 ;
+  assign \$287  = \a__valid$303  & \a__ready$304 ;
+  assign \$288  = \$286  | \$287 ;
+  assign \$289  = \$285  & \$288 ;
+  assign \$290  = \$289  & a_blocks_left;
+  assign \$291  = \$signal$296  * 9'h100;
+  assign \$292  = \$291  + \$signal$297 ;
+  assign \$294  = \$signal$263  == \$signal$296 ;
+  assign \$295  = lk > \$signal$297 ;
+  assign \$296  = \$294  & \$295 ;
+  assign \$297  = pre_ln | pre_sm;
+  assign \$298  = ~ \$297 ;
+  assign \$299  = \$296  & \$298 ;
+  assign \$300  = \$293  | \$299 ;
+  assign \$302  = is_linear | \$301 ;
+  assign \$303  = \$300  & \$302 ;
+  assign \$304  = ~ \$signal$302 ;
+  assign \$305  = \a__valid$303  & \a__ready$304 ;
+  assign \$306  = \$304  | \$305 ;
+  assign \$307  = \$303  & \$306 ;
+  assign \$308  = \$307  & a_blocks_left;
+  assign \$309  = \$signal$296  * 9'h100;
+  assign \$310  = \$309  + \$signal$297 ;
+  assign \$312  = \$signal$263  == \$signal$296 ;
+  assign \$313  = lk > \$signal$297 ;
+  assign \$314  = \$312  & \$313 ;
+  assign \$315  = pre_ln | pre_sm;
+  assign \$316  = ~ \$315 ;
+  assign \$317  = \$314  & \$316 ;
+  assign \$318  = \$311  | \$317 ;
+  assign \$320  = is_linear | \$319 ;
+  assign \$321  = \$318  & \$320 ;
+  assign \$322  = ~ \$signal$302 ;
+  assign \$323  = \a__valid$303  & \a__ready$304 ;
+  assign \$324  = \$322  | \$323 ;
+  assign \$325  = \$321  & \$324 ;
+  assign \$326  = \$325  & a_blocks_left;
+  assign \$327  = \$signal$296  * 9'h100;
+  assign \$328  = \$327  + \$signal$297 ;
+  assign \$330  = \$signal$263  == \$signal$296 ;
+  assign \$331  = lk > \$signal$297 ;
+  assign \$332  = \$330  & \$331 ;
+  assign \$333  = pre_ln | pre_sm;
+  assign \$334  = ~ \$333 ;
+  assign \$335  = \$332  & \$334 ;
+  assign \$336  = \$329  | \$335 ;
+  assign \$338  = is_linear | \$337 ;
+  assign \$339  = \$336  & \$338 ;
+  assign \$340  = ~ \$signal$302 ;
+  assign \$341  = \a__valid$303  & \a__ready$304 ;
+  assign \$342  = \$340  | \$341 ;
+  assign \$343  = \$339  & \$342 ;
+  assign \$344  = \$343  & a_blocks_left;
+  assign \$345  = \$signal$296  * 9'h100;
+  assign \$346  = \$345  + \$signal$297 ;
+  assign \$348  = \$signal$263  == \$signal$296 ;
+  assign \$349  = lk > \$signal$297 ;
+  assign \$350  = \$348  & \$349 ;
+  assign \$351  = pre_ln | pre_sm;
+  assign \$352  = ~ \$351 ;
+  assign \$353  = \$350  & \$352 ;
+  assign \$354  = \$347  | \$353 ;
+  assign \$356  = is_linear | \$355 ;
+  assign \$357  = \$354  & \$356 ;
+  assign \$358  = ~ \$signal$302 ;
+  assign \$359  = \a__valid$303  & \a__ready$304 ;
+  assign \$360  = \$358  | \$359 ;
+  assign \$361  = \$357  & \$360 ;
+  assign \$362  = \$361  & a_blocks_left;
+  assign \$363  = \$signal$296  * 9'h100;
+  assign \$364  = \$363  + \$signal$297 ;
+  assign \$366  = \$signal$263  == \$signal$296 ;
+  assign \$367  = lk > \$signal$297 ;
+  assign \$368  = \$366  & \$367 ;
+  assign \$369  = pre_ln | pre_sm;
   assign \$370  = ~ \$369 ;
-  assign \$371  = \r_rdy$214  & \$370 ;
-  assign \$372  = ~ is_linear;
-  assign \$373  = \$371  & \$372 ;
-  assign \$374  = w_load_half * 9'h100;
-  assign \$375  = \$374  + w_load_addr;
-  assign \$377  = ~ \$376 ;
-  assign \$378  = \r_rdy$214  & \$377 ;
-  assign \$379  = ~ is_linear;
-  assign \$380  = \$378  & \$379 ;
-  assign \$381  = | w_load_lane;
-  assign \$382  = ~ \$381 ;
-  assign \$383  = \$380  & \$382 ;
-  assign \$384  = w_load_half * 9'h100;
-  assign \$385  = \$384  + w_load_addr;
-  assign \$387  = ~ \$386 ;
-  assign \$388  = \r_rdy$214  & \$387 ;
-  assign \$389  = ~ is_linear;
-  assign \$390  = \$388  & \$389 ;
-  assign \$391  = w_load_lane == 1'h1;
-  assign \$392  = \$390  & \$391 ;
-  assign \$393  = w_load_half * 9'h100;
-  assign \$394  = \$393  + w_load_addr;
-  assign \$396  = ~ \$395 ;
-  assign \$397  = \r_rdy$214  & \$396 ;
-  assign \$398  = ~ is_linear;
-  assign \$399  = \$397  & \$398 ;
-  assign \$400  = w_load_lane == 2'h2;
-  assign \$401  = \$399  & \$400 ;
-  assign \$402  = w_load_half * 9'h100;
-  assign \$403  = \$402  + w_load_addr;
-  assign \$405  = ~ \$404 ;
-  assign \$406  = \r_rdy$214  & \$405 ;
-  assign \$407  = ~ is_linear;
-  assign \$408  = \$406  & \$407 ;
-  assign \$409  = w_load_lane == 2'h3;
-  assign \$410  = \$408  & \$409 ;
-  assign \$411  = w_load_half * 9'h100;
-  assign \$412  = \$411  + w_load_addr;
-  assign \$414  = ~ \$413 ;
-  assign \$415  = \r_rdy$214  & \$414 ;
-  assign \$416  = ~ is_linear;
-  assign \$417  = \$415  & \$416 ;
-  assign \$418  = w_load_lane == 3'h4;
-  assign \$419  = \$417  & \$418 ;
-  assign \$420  = w_load_half * 9'h100;
-  assign \$421  = \$420  + w_load_addr;
-  assign \$423  = ~ \$422 ;
-  assign \$424  = \r_rdy$214  & \$423 ;
-  assign \$425  = ~ is_linear;
-  assign \$426  = \$424  & \$425 ;
-  assign \$427  = w_load_lane == 3'h5;
-  assign \$428  = \$426  & \$427 ;
-  assign \$429  = w_load_half * 9'h100;
-  assign \$430  = \$429  + w_load_addr;
-  assign \$432  = ~ \$431 ;
-  assign \$433  = \r_rdy$214  & \$432 ;
-  assign \$434  = ~ is_linear;
-  assign \$435  = \$433  & \$434 ;
-  assign \$436  = w_load_lane == 3'h6;
-  assign \$437  = \$435  & \$436 ;
-  assign \$438  = w_load_half * 9'h100;
-  assign \$439  = \$438  + w_load_addr;
-  assign \$441  = ~ \$440 ;
-  assign \$442  = \r_rdy$214  & \$441 ;
-  assign \$443  = ~ is_linear;
-  assign \$444  = \$442  & \$443 ;
-  assign \$445  = w_load_lane == 3'h7;
-  assign \$446  = \$444  & \$445 ;
-  assign \$447  = w_feed_half * 9'h100;
-  assign \$448  = \$447  + feed_ntk;
-  assign \$449  = \$448  + \$signal$293 ;
-  assign \$451  = \$signal$259  == \$signal$292 ;
-  assign \$452  = lk > \$signal$293 ;
-  assign \$453  = \$451  & \$452 ;
-  assign \$454  = pre_ln | pre_sm;
-  assign \$455  = ~ \$454 ;
-  assign \$456  = \$453  & \$455 ;
-  assign \$457  = \$450  | \$456 ;
-  assign \$459  = is_linear | \$458 ;
-  assign \$460  = \$457  & \$459 ;
-  assign \$461  = ~ \$signal$298 ;
-  assign \$462  = \a__valid$299  & \a__ready$300 ;
-  assign \$463  = \$461  | \$462 ;
-  assign \$464  = \$460  & \$463 ;
-  assign \$465  = \$464  & a_blocks_left;
-  assign \$466  = w_feed_half * 9'h100;
-  assign \$467  = \$466  + feed_ntk;
-  assign \$468  = \$467  + \$signal$293 ;
-  assign \$470  = \$signal$259  == \$signal$292 ;
-  assign \$471  = lk > \$signal$293 ;
-  assign \$472  = \$470  & \$471 ;
-  assign \$473  = pre_ln | pre_sm;
-  assign \$474  = ~ \$473 ;
-  assign \$475  = \$472  & \$474 ;
-  assign \$476  = \$469  | \$475 ;
-  assign \$478  = is_linear | \$477 ;
-  assign \$479  = \$476  & \$478 ;
-  assign \$480  = ~ \$signal$298 ;
-  assign \$481  = \a__valid$299  & \a__ready$300 ;
-  assign \$482  = \$480  | \$481 ;
-  assign \$483  = \$479  & \$482 ;
-  assign \$484  = \$483  & a_blocks_left;
-  assign \$485  = w_feed_half * 9'h100;
-  assign \$486  = \$485  + feed_ntk;
-  assign \$487  = \$486  + \$signal$293 ;
-  assign \$489  = \$signal$259  == \$signal$292 ;
-  assign \$490  = lk > \$signal$293 ;
-  assign \$491  = \$489  & \$490 ;
-  assign \$492  = pre_ln | pre_sm;
-  assign \$493  = ~ \$492 ;
-  assign \$494  = \$491  & \$493 ;
-  assign \$495  = \$488  | \$494 ;
-  assign \$497  = is_linear | \$496 ;
-  assign \$498  = \$495  & \$497 ;
-  assign \$499  = ~ \$signal$298 ;
-  assign \$500  = \a__valid$299  & \a__ready$300 ;
-  assign \$501  = \$499  | \$500 ;
-  assign \$502  = \$498  & \$501 ;
-  assign \$503  = \$502  & a_blocks_left;
-  assign \$504  = w_feed_half * 9'h100;
-  assign \$505  = \$504  + feed_ntk;
-  assign \$506  = \$505  + \$signal$293 ;
-  assign \$508  = \$signal$259  == \$signal$292 ;
-  assign \$509  = lk > \$signal$293 ;
-  assign \$510  = \$508  & \$509 ;
-  assign \$511  = pre_ln | pre_sm;
-  assign \$512  = ~ \$511 ;
-  assign \$513  = \$510  & \$512 ;
-  assign \$514  = \$507  | \$513 ;
-  assign \$516  = is_linear | \$515 ;
-  assign \$517  = \$514  & \$516 ;
-  assign \$518  = ~ \$signal$298 ;
-  assign \$519  = \a__valid$299  & \a__ready$300 ;
-  assign \$520  = \$518  | \$519 ;
-  assign \$521  = \$517  & \$520 ;
-  assign \$522  = \$521  & a_blocks_left;
-  assign \$523  = w_feed_half * 9'h100;
-  assign \$524  = \$523  + feed_ntk;
-  assign \$525  = \$524  + \$signal$293 ;
-  assign \$527  = \$signal$259  == \$signal$292 ;
-  assign \$528  = lk > \$signal$293 ;
-  assign \$529  = \$527  & \$528 ;
-  assign \$530  = pre_ln | pre_sm;
-  assign \$531  = ~ \$530 ;
-  assign \$532  = \$529  & \$531 ;
-  assign \$533  = \$526  | \$532 ;
-  assign \$535  = is_linear | \$534 ;
-  assign \$536  = \$533  & \$535 ;
-  assign \$537  = ~ \$signal$298 ;
-  assign \$538  = \a__valid$299  & \a__ready$300 ;
-  assign \$539  = \$537  | \$538 ;
-  assign \$540  = \$536  & \$539 ;
-  assign \$541  = \$540  & a_blocks_left;
-  assign \$542  = w_feed_half * 9'h100;
-  assign \$543  = \$542  + feed_ntk;
-  assign \$544  = \$543  + \$signal$293 ;
-  assign \$546  = \$signal$259  == \$signal$292 ;
-  assign \$547  = lk > \$signal$293 ;
-  assign \$548  = \$546  & \$547 ;
-  assign \$549  = pre_ln | pre_sm;
-  assign \$550  = ~ \$549 ;
-  assign \$551  = \$548  & \$550 ;
-  assign \$552  = \$545  | \$551 ;
-  assign \$554  = is_linear | \$553 ;
-  assign \$555  = \$552  & \$554 ;
-  assign \$556  = ~ \$signal$298 ;
-  assign \$557  = \a__valid$299  & \a__ready$300 ;
-  assign \$558  = \$556  | \$557 ;
-  assign \$559  = \$555  & \$558 ;
-  assign \$560  = \$559  & a_blocks_left;
-  assign \$561  = w_feed_half * 9'h100;
-  assign \$562  = \$561  + feed_ntk;
-  assign \$563  = \$562  + \$signal$293 ;
-  assign \$565  = \$signal$259  == \$signal$292 ;
-  assign \$566  = lk > \$signal$293 ;
-  assign \$567  = \$565  & \$566 ;
-  assign \$568  = pre_ln | pre_sm;
-  assign \$569  = ~ \$568 ;
-  assign \$570  = \$567  & \$569 ;
-  assign \$571  = \$564  | \$570 ;
-  assign \$573  = is_linear | \$572 ;
-  assign \$574  = \$571  & \$573 ;
-  assign \$575  = ~ \$signal$298 ;
-  assign \$576  = \a__valid$299  & \a__ready$300 ;
-  assign \$577  = \$575  | \$576 ;
-  assign \$578  = \$574  & \$577 ;
-  assign \$579  = \$578  & a_blocks_left;
-  assign \$580  = w_feed_half * 9'h100;
-  assign \$581  = \$580  + feed_ntk;
-  assign \$582  = \$581  + \$signal$293 ;
-  assign \$584  = \$signal$259  == \$signal$292 ;
-  assign \$585  = lk > \$signal$293 ;
-  assign \$586  = \$584  & \$585 ;
-  assign \$587  = pre_ln | pre_sm;
-  assign \$588  = ~ \$587 ;
-  assign \$589  = \$586  & \$588 ;
-  assign \$590  = \$583  | \$589 ;
-  assign \$592  = is_linear | \$591 ;
-  assign \$593  = \$590  & \$592 ;
-  assign \$594  = ~ \$signal$298 ;
-  assign \$595  = \a__valid$299  & \a__ready$300 ;
-  assign \$596  = \$594  | \$595 ;
-  assign \$597  = \$593  & \$596 ;
-  assign \$598  = \$597  & a_blocks_left;
-  assign \$599  = is_linear ? w_full : \$signal$298 ;
-  assign \$600  = is_linear ? w_lane0 : \$signature__data$378 ;
-  assign \$601  = is_linear ? w_lane1 : \$signature__data$380 ;
-  assign \$602  = is_linear ? w_lane2 : \$signature__data$382 ;
-  assign \$603  = is_linear ? w_lane3 : \$signature__data$384 ;
-  assign \$604  = is_linear ? w_lane4 : \$signature__data$386 ;
-  assign \$605  = is_linear ? w_lane5 : \$signature__data$388 ;
-  assign \$606  = is_linear ? w_lane6 : \$signature__data$390 ;
-  assign \$607  = is_linear ? w_lane7 : \$signature__data$392 ;
-  assign \$608  = sink_from_gemm & dst_step;
-  assign \$609  = \$608  & last__4;
-  assign \$610  = res_to_pack & elem_take;
-  assign \$611  = post_col == 3'h7;
-  assign \$612  = \$610  & \$611 ;
-  assign \r_en$401  = \$609  | \$612 ;
-  assign \$613  = index__1 != dec_mt_last;
-  assign \$614  = index__3 < dec_rows_last;
-  assign \$615  = \$613  | \$614 ;
-  assign \$616  = index__2 * 4'h8;
-  assign \$617  = \$616  + index__4;
-  assign \$618  = \$617  < ins[71:56];
-  assign \$619  = \$615  & \$618 ;
-  assign \$620  = post_gelu | post_add;
-  assign \$621  = ~ \$620 ;
-  assign \$622  = gemm_active & \$621 ;
-  assign \$624  = post_gelu | post_add;
-  assign \$625  = gemm_active & \$624 ;
-  assign \$627  = ~ fetch_sent;
-  assign \$628  = in_fetch & \$627 ;
-  assign \$629  = | c_ask;
-  assign \$630  = in_const & \$629 ;
-  assign \$631  = sink_from_load & ext_req_valid;
-  assign \$633  = gemm_active & \$signal$421 ;
-  assign \req__valid$414  = | { \$633 , \$632 , \$631 , \$630 , \$628  };
-  assign \$634  = in_fetch ? pc : 32'd0;
-  assign \$635  = in_const ? c_addr : 32'd0;
-  assign \$636  = \$634  | \$635 ;
-  assign \$637  = sink_from_load ? ext_req_addr : 32'd0;
-  assign \$638  = \$636  | \$637 ;
-  assign \$641  = want_w ? w_addr : p_addr;
-  assign \$642  = gemm_active ? \$641  : 32'd0;
-  assign \$643  = \$640  | \$642 ;
-  assign \$644  = in_fetch ? 3'h6 : 3'h0;
-  assign \$645  = in_const ? dec_c_lb : 3'h0;
-  assign \$646  = \$644  | \$645 ;
-  assign \$647  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$648  = \$646  | { 1'h0, \$647  };
-  assign \$651  = want_w ? w_lb : 3'h6;
-  assign \$652  = gemm_active ? \$651  : 3'h0;
-  assign \$653  = \$650  | \$652 ;
-  assign \$655  = ~ c_full;
-  assign \$656  = in_const & \$655 ;
-  assign \$657  = sink_from_load & \valid$233 ;
-  assign \$659  = ~ is_linear;
-  assign \$660  = \$659  | rk_zero;
-  assign \$661  = ~ w_full;
-  assign \$662  = \a__valid$299  & \a__ready$300 ;
-  assign \$663  = \$661  | \$662 ;
-  assign \$664  = \$660  ? p__ready : \$663 ;
-  assign \$665  = gemm_active & \$664 ;
-  assign beat__ready = | { \$665 , \$658 , \$657 , \$656 , \$654  };
-  assign \$666  = sink_from_move & r_rdy;
-  assign \$667  = sink_from_load & beat__valid;
-  assign \$668  = ~ ext_req_valid;
-  assign \$669  = \$668  | \req__ready$433 ;
-  assign \$670  = r_rdy & \$669 ;
-  assign \$671  = sink_from_store & \$670 ;
-  assign \$672  = sink_from_softmax & o__valid;
-  assign \$673  = sink_from_layernorm & \o__valid$199 ;
-  assign \$674  = sink_from_add & \o__valid$217 ;
-  assign \$675  = sink_from_gelu0 & \o__valid$218 ;
-  assign \$676  = sink_from_gemm & gemm_res_valid;
-  assign \$677  = | { \$676 , \$675 , \$674 , \$673 , \$672 , \$671 , \$667 , \$666  };
-  assign dst_step = \valid$233  & \$677 ;
-  assign \$678  = ~ sink_from_store;
-  assign \$679  = dst_step & \$678 ;
-  assign wr__en = \$679  & dst_keep;
-  assign \$680  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$440  = \$680  & r_rdy;
-  assign \$681  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$441  = \$681  & r_rdy;
-  assign \$682  = sink_from_softmax & \valid$233 ;
-  assign \$683  = a_from_softmax & a_in_take;
-  assign \o__ready$442  = \$682  | \$683 ;
-  assign \$684  = sink_from_layernorm & \valid$233 ;
-  assign \$685  = a_from_layernorm & a_in_take;
-  assign \o__ready$443  = \$684  | \$685 ;
-  assign \$686  = sink_from_move & \valid$233 ;
-  assign \$687  = sink_from_store & \valid$233 ;
-  assign \$688  = ~ ext_req_valid;
-  assign \$689  = \$688  | \req__ready$433 ;
-  assign \$690  = \$687  & \$689 ;
-  assign \$691  = sink_from_softmax | a_from_softmax;
-  assign \$692  = \$691  & \i__ready$445 ;
-  assign \$693  = sink_from_layernorm | a_from_layernorm;
-  assign \$694  = \$693  & \i__ready$446 ;
-  assign \$695  = q0_to_pack & elem_take;
-  assign \$696  = a_from_src0 & a_in_take;
-  assign \$697  = | { \$696 , \$695 , \$694 , \$692 , \$690 , \$686  };
-  assign \r_en$444  = r_rdy & \$697 ;
-  assign \$698  = in_stream & err;
-  assign \$699  = ~ busy;
-  assign clear = start & \$699 ;
-  assign \$700  = ins[5:0] == 1'h1;
-  assign \$701  = ins[5:0] == 2'h2;
-  assign \$702  = ins[5:0] == 2'h3;
-  assign \$703  = ins[5:0] == 3'h4;
-  assign \$704  = ins[5:0] == 3'h5;
-  assign \$705  = ins[5:0] == 3'h6;
-  assign \$706  = ins[5:0] == 3'h7;
-  assign \$707  = ins[5:0] == 4'h8;
-  assign \$708  = ins[5:0] == 4'h9;
-  assign \$709  = ins[5:0] == 4'ha;
-  assign \$710  = ins[5:0] == 4'hb;
-  assign \$711  = ins[5:0] == 4'hc;
-  assign \$712  = ins[5:0] == 4'hd;
-  assign \$713  = ins[5:0] == 4'he;
-  assign \$714  = ins[5:0] == 4'hf;
-  assign \$715  = 1'h1 << ins[3:0];
+  assign \$371  = \$368  & \$370 ;
+  assign \$372  = \$365  | \$371 ;
+  assign \$374  = is_linear | \$373 ;
+  assign \$375  = \$372  & \$374 ;
+  assign \$376  = ~ \$signal$302 ;
+  assign \$377  = \a__valid$303  & \a__ready$304 ;
+  assign \$378  = \$376  | \$377 ;
+  assign \$379  = \$375  & \$378 ;
+  assign \$380  = \$379  & a_blocks_left;
+  assign \$381  = ~ is_linear;
+  assign \$383  = ~ \$382 ;
+  assign \$384  = \r_rdy$227  & \$383 ;
+  assign \$385  = ~ is_linear;
+  assign \$386  = \$384  & \$385 ;
+  assign \$387  = w_load_half * 9'h100;
+  assign \$388  = \$387  + w_load_addr;
+  assign \$390  = ~ \$389 ;
+  assign \$391  = \r_rdy$227  & \$390 ;
+  assign \$392  = ~ is_linear;
+  assign \$393  = \$391  & \$392 ;
+  assign \$394  = | w_load_lane;
+  assign \$395  = ~ \$394 ;
+  assign \$396  = \$393  & \$395 ;
+  assign \$397  = w_load_half * 9'h100;
+  assign \$398  = \$397  + w_load_addr;
+  assign \$400  = ~ \$399 ;
+  assign \$401  = \r_rdy$227  & \$400 ;
+  assign \$402  = ~ is_linear;
+  assign \$403  = \$401  & \$402 ;
+  assign \$404  = w_load_lane == 1'h1;
+  assign \$405  = \$403  & \$404 ;
+  assign \$406  = w_load_half * 9'h100;
+  assign \$407  = \$406  + w_load_addr;
+  assign \$409  = ~ \$408 ;
+  assign \$410  = \r_rdy$227  & \$409 ;
+  assign \$411  = ~ is_linear;
+  assign \$412  = \$410  & \$411 ;
+  assign \$413  = w_load_lane == 2'h2;
+  assign \$414  = \$412  & \$413 ;
+  assign \$415  = w_load_half * 9'h100;
+  assign \$416  = \$415  + w_load_addr;
+  assign \$418  = ~ \$417 ;
+  assign \$419  = \r_rdy$227  & \$418 ;
+  assign \$420  = ~ is_linear;
+  assign \$421  = \$419  & \$420 ;
+  assign \$422  = w_load_lane == 2'h3;
+  assign \$423  = \$421  & \$422 ;
+  assign \$424  = w_load_half * 9'h100;
+  assign \$425  = \$424  + w_load_addr;
+  assign \$427  = ~ \$426 ;
+  assign \$428  = \r_rdy$227  & \$427 ;
+  assign \$429  = ~ is_linear;
+  assign \$430  = \$428  & \$429 ;
+  assign \$431  = w_load_lane == 3'h4;
+  assign \$432  = \$430  & \$431 ;
+  assign \$433  = w_load_half * 9'h100;
+  assign \$434  = \$433  + w_load_addr;
+  assign \$436  = ~ \$435 ;
+  assign \$437  = \r_rdy$227  & \$436 ;
+  assign \$438  = ~ is_linear;
+  assign \$439  = \$437  & \$438 ;
+  assign \$440  = w_load_lane == 3'h5;
+  assign \$441  = \$439  & \$440 ;
+  assign \$442  = w_load_half * 9'h100;
+  assign \$443  = \$442  + w_load_addr;
+  assign \$445  = ~ \$444 ;
+  assign \$446  = \r_rdy$227  & \$445 ;
+  assign \$447  = ~ is_linear;
+  assign \$448  = \$446  & \$447 ;
+  assign \$449  = w_load_lane == 3'h6;
+  assign \$450  = \$448  & \$449 ;
+  assign \$451  = w_load_half * 9'h100;
+  assign \$452  = \$451  + w_load_addr;
+  assign \$454  = ~ \$453 ;
+  assign \$455  = \r_rdy$227  & \$454 ;
+  assign \$456  = ~ is_linear;
+  assign \$457  = \$455  & \$456 ;
+  assign \$458  = w_load_lane == 3'h7;
+  assign \$459  = \$457  & \$458 ;
+  assign \$460  = w_feed_half * 9'h100;
+  assign \$461  = \$460  + feed_ntk;
+  assign \$462  = \$461  + \$signal$297 ;
+  assign \$464  = \$signal$263  == \$signal$296 ;
+  assign \$465  = lk > \$signal$297 ;
+  assign \$466  = \$464  & \$465 ;
+  assign \$467  = pre_ln | pre_sm;
+  assign \$468  = ~ \$467 ;
+  assign \$469  = \$466  & \$468 ;
+  assign \$470  = \$463  | \$469 ;
+  assign \$472  = is_linear | \$471 ;
+  assign \$473  = \$470  & \$472 ;
+  assign \$474  = ~ \$signal$302 ;
+  assign \$475  = \a__valid$303  & \a__ready$304 ;
+  assign \$476  = \$474  | \$475 ;
+  assign \$477  = \$473  & \$476 ;
+  assign \$478  = \$477  & a_blocks_left;
+  assign \$479  = w_feed_half * 9'h100;
+  assign \$480  = \$479  + feed_ntk;
+  assign \$481  = \$480  + \$signal$297 ;
+  assign \$483  = \$signal$263  == \$signal$296 ;
+  assign \$484  = lk > \$signal$297 ;
+  assign \$485  = \$483  & \$484 ;
+  assign \$486  = pre_ln | pre_sm;
+  assign \$487  = ~ \$486 ;
+  assign \$488  = \$485  & \$487 ;
+  assign \$489  = \$482  | \$488 ;
+  assign \$491  = is_linear | \$490 ;
+  assign \$492  = \$489  & \$491 ;
+  assign \$493  = ~ \$signal$302 ;
+  assign \$494  = \a__valid$303  & \a__ready$304 ;
+  assign \$495  = \$493  | \$494 ;
+  assign \$496  = \$492  & \$495 ;
+  assign \$497  = \$496  & a_blocks_left;
+  assign \$498  = w_feed_half * 9'h100;
+  assign \$499  = \$498  + feed_ntk;
+  assign \$500  = \$499  + \$signal$297 ;
+  assign \$502  = \$signal$263  == \$signal$296 ;
+  assign \$503  = lk > \$signal$297 ;
+  assign \$504  = \$502  & \$503 ;
+  assign \$505  = pre_ln | pre_sm;
+  assign \$506  = ~ \$505 ;
+  assign \$507  = \$504  & \$506 ;
+  assign \$508  = \$501  | \$507 ;
+  assign \$510  = is_linear | \$509 ;
+  assign \$511  = \$508  & \$510 ;
+  assign \$512  = ~ \$signal$302 ;
+  assign \$513  = \a__valid$303  & \a__ready$304 ;
+  assign \$514  = \$512  | \$513 ;
+  assign \$515  = \$511  & \$514 ;
+  assign \$516  = \$515  & a_blocks_left;
+  assign \$517  = w_feed_half * 9'h100;
+  assign \$518  = \$517  + feed_ntk;
+  assign \$519  = \$518  + \$signal$297 ;
+  assign \$521  = \$signal$263  == \$signal$296 ;
+  assign \$522  = lk > \$signal$297 ;
+  assign \$523  = \$521  & \$522 ;
+  assign \$524  = pre_ln | pre_sm;
+  assign \$525  = ~ \$524 ;
+  assign \$526  = \$523  & \$525 ;
+  assign \$527  = \$520  | \$526 ;
+  assign \$529  = is_linear | \$528 ;
+  assign \$530  = \$527  & \$529 ;
+  assign \$531  = ~ \$signal$302 ;
+  assign \$532  = \a__valid$303  & \a__ready$304 ;
+  assign \$533  = \$531  | \$532 ;
+  assign \$534  = \$530  & \$533 ;
+  assign \$535  = \$534  & a_blocks_left;
+  assign \$536  = w_feed_half * 9'h100;
+  assign \$537  = \$536  + feed_ntk;
+  assign \$538  = \$537  + \$signal$297 ;
+  assign \$540  = \$signal$263  == \$signal$296 ;
+  assign \$541  = lk > \$signal$297 ;
+  assign \$542  = \$540  & \$541 ;
+  assign \$543  = pre_ln | pre_sm;
+  assign \$544  = ~ \$543 ;
+  assign \$545  = \$542  & \$544 ;
+  assign \$546  = \$539  | \$545 ;
+  assign \$548  = is_linear | \$547 ;
+  assign \$549  = \$546  & \$548 ;
+  assign \$550  = ~ \$signal$302 ;
+  assign \$551  = \a__valid$303  & \a__ready$304 ;
+  assign \$552  = \$550  | \$551 ;
+  assign \$553  = \$549  & \$552 ;
+  assign \$554  = \$553  & a_blocks_left;
+  assign \$555  = w_feed_half * 9'h100;
+  assign \$556  = \$555  + feed_ntk;
+  assign \$557  = \$556  + \$signal$297 ;
+  assign \$559  = \$signal$263  == \$signal$296 ;
+  assign \$560  = lk > \$signal$297 ;
+  assign \$561  = \$559  & \$560 ;
+  assign \$562  = pre_ln | pre_sm;
+  assign \$563  = ~ \$562 ;
+  assign \$564  = \$561  & \$563 ;
+  assign \$565  = \$558  | \$564 ;
+  assign \$567  = is_linear | \$566 ;
+  assign \$568  = \$565  & \$567 ;
+  assign \$569  = ~ \$signal$302 ;
+  assign \$570  = \a__valid$303  & \a__ready$304 ;
+  assign \$571  = \$569  | \$570 ;
+  assign \$572  = \$568  & \$571 ;
+  assign \$573  = \$572  & a_blocks_left;
+  assign \$574  = w_feed_half * 9'h100;
+  assign \$575  = \$574  + feed_ntk;
+  assign \$576  = \$575  + \$signal$297 ;
+  assign \$578  = \$signal$263  == \$signal$296 ;
+  assign \$579  = lk > \$signal$297 ;
+  assign \$580  = \$578  & \$579 ;
+  assign \$581  = pre_ln | pre_sm;
+  assign \$582  = ~ \$581 ;
+  assign \$583  = \$580  & \$582 ;
+  assign \$584  = \$577  | \$583 ;
+  assign \$586  = is_linear | \$585 ;
+  assign \$587  = \$584  & \$586 ;
+  assign \$588  = ~ \$signal$302 ;
+  assign \$589  = \a__valid$303  & \a__ready$304 ;
+  assign \$590  = \$588  | \$589 ;
+  assign \$591  = \$587  & \$590 ;
+  assign \$592  = \$591  & a_blocks_left;
+  assign \$593  = w_feed_half * 9'h100;
+  assign \$594  = \$593  + feed_ntk;
+  assign \$595  = \$594  + \$signal$297 ;
+  assign \$597  = \$signal$263  == \$signal$296 ;
+  assign \$598  = lk > \$signal$297 ;
+  assign \$599  = \$597  & \$598 ;
+  assign \$600  = pre_ln | pre_sm;
+  assign \$601  = ~ \$600 ;
+  assign \$602  = \$599  & \$601 ;
+  assign \$603  = \$596  | \$602 ;
+  assign \$605  = is_linear | \$604 ;
+  assign \$606  = \$603  & \$605 ;
+  assign \$607  = ~ \$signal$302 ;
+  assign \$608  = \a__valid$303  & \a__ready$304 ;
+  assign \$609  = \$607  | \$608 ;
+  assign \$610  = \$606  & \$609 ;
+  assign \$611  = \$610  & a_blocks_left;
+  assign \$612  = is_linear ? w_full : \$signal$302 ;
+  assign \$613  = is_linear ? w_lane0 : \$signature__data$382 ;
+  assign \$614  = is_linear ? w_lane1 : \$signature__data$384 ;
+  assign \$615  = is_linear ? w_lane2 : \$signature__data$386 ;
+  assign \$616  = is_linear ? w_lane3 : \$signature__data$388 ;
+  assign \$617  = is_linear ? w_lane4 : \$signature__data$390 ;
+  assign \$618  = is_linear ? w_lane5 : \$signature__data$392 ;
+  assign \$619  = is_linear ? w_lane6 : \$signature__data$394 ;
+  assign \$620  = is_linear ? w_lane7 : \$signature__data$396 ;
+  assign \$621  = sink_from_gemm & dst_step;
+  assign \$622  = \$621  & last__4;
+  assign \$623  = res_to_pack & elem_take;
+  assign \$624  = post_col == 3'h7;
+  assign \$625  = \$623  & \$624 ;
+  assign \r_en$405  = \$622  | \$625 ;
+  assign \$626  = index__1 != dec_mt_last;
+  assign \$627  = index__3 < dec_rows_last;
+  assign \$628  = \$626  | \$627 ;
+  assign \$629  = index__2 * 4'h8;
+  assign \$630  = \$629  + index__4;
+  assign \$631  = \$630  < ins[71:56];
+  assign \$632  = \$628  & \$631 ;
+  assign \$633  = post_gelu | post_add;
+  assign \$634  = ~ \$633 ;
+  assign \$635  = gemm_active & \$634 ;
+  assign \$637  = post_gelu | post_add;
+  assign \$638  = gemm_active & \$637 ;
+  assign \$640  = ~ fetch_sent;
+  assign \$641  = in_fetch & \$640 ;
+  assign \$642  = | c_ask;
+  assign \$643  = in_const & \$642 ;
+  assign \$644  = sink_from_load & ext_req_valid;
+  assign \$646  = gemm_active & \$signal$425 ;
+  assign \req__valid$418  = | { \$646 , \$645 , \$644 , \$643 , \$641  };
+  assign \$647  = in_fetch ? pc : 32'd0;
+  assign \$648  = in_const ? c_addr : 32'd0;
+  assign \$649  = \$647  | \$648 ;
+  assign \$650  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$651  = \$649  | \$650 ;
+  assign \$654  = want_w ? w_addr : p_addr;
+  assign \$655  = gemm_active ? \$654  : 32'd0;
+  assign \$656  = \$653  | \$655 ;
+  assign \$657  = in_fetch ? 3'h6 : 3'h0;
+  assign \$658  = in_const ? dec_c_lb : 3'h0;
+  assign \$659  = \$657  | \$658 ;
+  assign \$660  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$661  = \$659  | { 1'h0, \$660  };
+  assign \$664  = want_w ? w_lb : 3'h6;
+  assign \$665  = gemm_active ? \$664  : 3'h0;
+  assign \$666  = \$663  | \$665 ;
+  assign \$668  = ~ c_full;
+  assign \$669  = in_const & \$668 ;
+  assign \$670  = sink_from_load & \valid$236 ;
+  assign \$672  = ~ is_linear;
+  assign \$673  = \$672  | rk_zero;
+  assign \$674  = ~ w_full;
+  assign \$675  = \a__valid$303  & \a__ready$304 ;
+  assign \$676  = \$674  | \$675 ;
+  assign \$677  = \$673  ? p__ready : \$676 ;
+  assign \$678  = gemm_active & \$677 ;
+  assign beat__ready = | { \$678 , \$671 , \$670 , \$669 , \$667  };
+  assign \$679  = sink_from_move & r_rdy;
+  assign \$680  = sink_from_load & beat__valid;
+  assign \$681  = ~ ext_req_valid;
+  assign \$682  = \$681  | \req__ready$437 ;
+  assign \$683  = r_rdy & \$682 ;
+  assign \$684  = sink_from_store & \$683 ;
+  assign \$685  = sink_from_softmax & \o__valid$212 ;
+  assign \$686  = sink_from_layernorm & \o__valid$214 ;
+  assign \$687  = sink_from_add & \r_rdy$233 ;
+  assign \$688  = sink_from_gelu0 & \r_rdy$233 ;
+  assign \$689  = sink_from_gemm & gemm_res_valid;
+  assign \$690  = | { \$689 , \$688 , \$687 , \$686 , \$685 , \$684 , \$680 , \$679  };
+  assign dst_step = \valid$236  & \$690 ;
+  assign \$691  = ~ sink_from_store;
+  assign \$692  = dst_step & \$691 ;
+  assign wr__en = \$692  & dst_keep;
+  assign \$693  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$444  = \$693  & r_rdy;
+  assign \$694  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$445  = \$694  & r_rdy;
+  assign \$695  = sink_from_softmax & \valid$236 ;
+  assign \$696  = a_from_softmax & a_in_take;
+  assign \o__ready$446  = \$695  | \$696 ;
+  assign \$697  = sink_from_layernorm & \valid$236 ;
+  assign \$698  = a_from_layernorm & a_in_take;
+  assign \o__ready$447  = \$697  | \$698 ;
+  assign \$699  = sink_from_move & \valid$236 ;
+  assign \$700  = sink_from_store & \valid$236 ;
+  assign \$701  = ~ ext_req_valid;
+  assign \$702  = \$701  | \req__ready$437 ;
+  assign \$703  = \$700  & \$702 ;
+  assign \$704  = sink_from_softmax | a_from_softmax;
+  assign \$705  = \$704  & \i__ready$449 ;
+  assign \$706  = sink_from_layernorm | a_from_layernorm;
+  assign \$707  = \$706  & \i__ready$450 ;
+  assign \$708  = q0_to_pack & elem_take;
+  assign \$709  = a_from_src0 & a_in_take;
+  assign \$710  = | { \$709 , \$708 , \$707 , \$705 , \$703 , \$699  };
+  assign \r_en$448  = r_rdy & \$710 ;
+  assign \$711  = in_stream & err;
+  assign \$712  = ~ busy;
+  assign clear = start & \$712 ;
+  assign \$713  = ins[5:0] == 1'h1;
+  assign \$714  = ins[5:0] == 2'h2;
+  assign \$715  = ins[5:0] == 2'h3;
   assign \$716  = ins[5:0] == 3'h4;
   assign \$717  = ins[5:0] == 3'h5;
-  assign \$718  = \$716  | \$717 ;
-  assign \$719  = ins[5:0] == 3'h4;
-  assign \$720  = ins[511:510] == 1'h1;
-  assign \$721  = \$719  & \$720 ;
-  assign \$722  = ins[5:0] == 3'h4;
-  assign \$723  = ins[511:510] == 2'h2;
-  assign \$724  = \$722  & \$723 ;
-  assign \$725  = ins[5:0] == 3'h4;
-  assign \$726  = ins[511:510] == 2'h3;
-  assign \$727  = \$725  & \$726 ;
-  assign \$728  = ins[5:0] == 3'h5;
-  assign \$729  = ins[511:510] == 2'h3;
-  assign \$730  = \$728  & \$729 ;
-  assign \$731  = ~ unit_rst;
-  assign \$732  = src0_issue & \$731 ;
-  assign \$733  = last__3 & \last__4$463 ;
-  assign \$734  = ~ unit_rst;
-  assign \$735  = src1_issue & \$734 ;
-  assign \$736  = \last__3$468  & \last__4$466 ;
-  assign \$737  = ins[5:0] == 4'ha;
-  assign \$738  = ins[5:0] == 4'hb;
-  assign \$739  = ins[5:0] == 4'hc;
-  assign \$740  = ins[5:0] == 4'hd;
-  assign \$741  = ins[5:0] == 4'he;
-  assign \$742  = ins[5:0] == 4'hf;
-  assign \$743  = | { \$742 , \$741 , \$740 , \$739 , \$738 , \$737  };
-  assign \$744  = | ins[7:6];
-  assign \$745  = ~ \$744 ;
-  assign \$746  = ins[5:0] == 3'h7;
-  assign \$747  = ins[5:0] == 3'h4;
-  assign \$748  = ins[511:510] == 1'h1;
-  assign \$749  = \$747  & \$748 ;
-  assign \$750  = \$746  | \$749 ;
-  assign \$751  = \$745  & \$750 ;
-  assign \$752  = ins[5:0] == 4'h9;
-  assign \$753  = ins[5:0] == 3'h4;
-  assign \$754  = ins[511:510] == 2'h2;
-  assign \$755  = \$753  & \$754 ;
-  assign \$756  = \$752  | \$755 ;
-  assign \$757  = ins[55:40] + 4'h8;
-  assign \$758  = ins[71:56] + 3'h7;
-  assign \$759  = dec_n1p * 16'he38f;
-  assign \$762  = ins[87:72] - 1'h1;
-  assign \$763  = dec_mt - 1'h1;
-  assign \$764  = dec_nt - 1'h1;
-  assign \$765  = ins[39:24] * dec_mt;
-  assign \$767  = \$766  + 6'h3f;
-  assign \$769  = ins[497:466] + \$768 ;
-  assign \$770  = is_gemm ? \$769  : { 1'h0, ins[465:434] };
-  assign \$771  = dec_blocks * dec_nt;
-  assign \$772  = dec_mt_last * 4'h9;
-  assign \$773  = ins[55:40] - \$772 ;
-  assign \$776  = \$775  ? offset : 32'd0;
-  assign \$777  = ins[465:434] + \$776 ;
-  assign \$778  = cycles + 1'h1;
-  assign \$779  = in_op & op_onehot[0];
-  assign \$780  = op_cycles__0 + 1'h1;
-  assign \$781  = in_op & op_onehot[1];
-  assign \$782  = op_cycles__1 + 1'h1;
-  assign \$783  = in_op & op_onehot[2];
-  assign \$784  = op_cycles__2 + 1'h1;
-  assign \$785  = in_op & op_onehot[3];
-  assign \$786  = op_cycles__3 + 1'h1;
-  assign \$787  = in_op & op_onehot[4];
-  assign \$788  = op_cycles__4 + 1'h1;
-  assign \$789  = in_op & op_onehot[5];
-  assign \$790  = op_cycles__5 + 1'h1;
-  assign \$791  = in_op & op_onehot[6];
-  assign \$792  = op_cycles__6 + 1'h1;
-  assign \$793  = in_op & op_onehot[7];
-  assign \$794  = op_cycles__7 + 1'h1;
-  assign \$795  = in_op & op_onehot[8];
-  assign \$796  = op_cycles__8 + 1'h1;
-  assign \$797  = in_op & op_onehot[9];
-  assign \$798  = op_cycles__9 + 1'h1;
-  assign \$799  = in_op & op_onehot[10];
-  assign \$800  = op_cycles__10 + 1'h1;
-  assign \$801  = in_op & op_onehot[11];
-  assign \$802  = op_cycles__11 + 1'h1;
-  assign \$803  = in_op & op_onehot[12];
-  assign \$804  = op_cycles__12 + 1'h1;
-  assign \$805  = in_op & op_onehot[13];
-  assign \$806  = op_cycles__13 + 1'h1;
-  assign \$807  = in_op & op_onehot[14];
-  assign \$808  = op_cycles__14 + 1'h1;
-  assign \$809  = in_op & op_onehot[15];
-  assign \$810  = op_cycles__15 + 1'h1;
-  assign \$811  = images_left > 1'h1;
-  assign \$812  = is_end & \$811 ;
-  assign \$813  = | ins[39:24];
-  assign \$814  = ~ \$813 ;
-  assign \$815  = | ins[55:40];
-  assign \$816  = ~ \$815 ;
-  assign \$817  = | ins[71:56];
-  assign \$818  = ~ \$817 ;
-  assign \$819  = | ins[87:72];
-  assign \$820  = ~ \$819 ;
-  assign \$821  = | ins[103:88];
-  assign \$822  = ~ \$821 ;
-  assign \$823  = | { \$822 , \$820 , \$818 , \$816 , \$814  };
-  assign \$824  = ~ post_bad;
-  assign \$825  = \$824  & unit_known;
-  assign \$826  = post_gelu | post_add;
-  assign \$827  = \$826  | pre_ln;
-  assign \$828  = \$827  | pre_sm;
-  assign \$829  = is_move | is_load;
-  assign \$830  = \$829  | is_store;
-  assign \$831  = \$830  | is_gemm;
-  assign \$832  = ~ \$831 ;
-  assign \$833  = \$828  | \$832 ;
-  assign \$834  = \$825  & \$833 ;
-  assign \$835  = ~ post_bad;
-  assign \$836  = post_gelu | post_add;
-  assign \$837  = \$836  | pre_ln;
-  assign \$838  = \$837  | pre_sm;
-  assign \$839  = ~ \$838 ;
-  assign \$840  = \$835  & \$839 ;
-  assign \$841  = is_move | is_load;
-  assign \$842  = \$841  | is_store;
-  assign \$843  = \$842  | is_gemm;
-  assign \$844  = \$840  & \$843 ;
-  assign \$845  = ~ busy;
-  assign \$846  = \$845  & start;
-  assign \$847  = | images;
-  assign \$848  = \$847  ? images : 16'h0001;
-  assign \$849  = | decode_wait;
-  assign \$850  = ~ \$849 ;
-  assign \$851  = in_decode & \$850 ;
-  assign \$852  = \$851  & d_end_more;
-  assign \$853  = images_left - 1'h1;
-  assign \$854  = offset + \$signal$489 ;
-  assign \$855  = in_stream & op_done;
-  assign \$856  = | fault_q;
-  assign \$857  = ~ \$856 ;
-  assign \$858  = \$855  & \$857 ;
-  assign \$859  = ~ addr_fault;
-  assign \$860  = \$858  & \$859 ;
-  assign \$861  = pc + 7'h40;
-  assign \$862  = ~ fetch_sent;
-  assign \$863  = req__ready & \$862 ;
-  assign \$864  = 1'h1 << dec_c_lb;
-  assign \$865  = ins[509:498] == 1'h1;
-  assign \$866  = | decode_wait;
-  assign \$867  = decode_wait - 1'h1;
-  assign \$868  = decode_wait == 1'h1;
-  assign \$869  = is_softmax | pre_sm;
-  assign \$870  = is_layernorm | pre_ln;
-  assign \$871  = is_gelu | is_add;
-  assign \$872  = \$871  | post_gelu;
-  assign \$873  = \$872  | post_add;
-  assign \$874  = is_gelu | is_add;
-  assign \$875  = \$874  | post_gelu;
-  assign \$876  = \$875  | post_add;
-  assign \$877  = \$876  & add_sel;
-  assign \$878  = is_gelu | is_add;
-  assign \$879  = \$878  | post_gelu;
-  assign \$880  = \$879  | post_add;
-  assign \$881  = \$880  & gelu_sel0;
-  assign \$882  = ~ post_gelu;
-  assign \$883  = is_gemm & \$882 ;
-  assign \$884  = ~ post_add;
-  assign \$885  = \$883  & \$884 ;
-  assign \$886  = is_gemm & pre_sm;
-  assign \$887  = is_gemm & pre_ln;
-  assign \$888  = ~ pre_sm;
-  assign \$889  = is_gemm & \$888 ;
-  assign \$890  = ~ pre_ln;
-  assign \$891  = \$889  & \$890 ;
-  assign \$892  = ~ is_load;
-  assign \$893  = ~ is_linear;
-  assign \$894  = is_gemm & \$893 ;
-  assign \$895  = add_sel | \$894 ;
-  assign \$896  = is_gelu | is_add;
-  assign \$897  = post_gelu | post_add;
-  assign \$898  = is_gemm & \$897 ;
-  assign \$899  = | c_ask;
-  assign \$900  = \$899  & req__ready;
-  assign \$901  = c_ask - 1'h1;
-  assign \$902  = c_addr + c_step;
-  assign \$903  = ~ c_full;
-  assign \$904  = beat__valid & \$903 ;
-  assign \$905  = ~ beat__payload[512];
-  assign \$906  = ~ beat__payload[512];
-  assign \$907  = const_to0 & \$906 ;
-  assign \$908  = ~ beat__payload[512];
-  assign \$909  = const_to1 & \$908 ;
-  assign \$910  = ~ beat__payload[512];
-  assign \$911  = const_to2 & \$910 ;
-  assign \$912  = ~ beat__payload[512];
-  assign \$913  = const_to3 & \$912 ;
-  assign \$914  = c_due - 1'h1;
-  assign \$915  = c_due == 2'h2;
-  assign \$916  = is_gelu | is_add;
-  assign \$917  = \$916  | post_gelu;
-  assign \$918  = \$917  | post_add;
-  assign \$919  = is_gelu | is_add;
-  assign \$920  = \$919  | post_gelu;
-  assign \$921  = \$920  | post_add;
-  assign \$922  = \$921  & add_sel;
-  assign \$923  = is_gelu | is_add;
-  assign \$924  = \$923  | post_gelu;
-  assign \$925  = \$924  | post_add;
-  assign \$926  = \$925  & gelu_sel0;
-  assign \$927  = ~ post_gelu;
-  assign \$928  = is_gemm & \$927 ;
-  assign \$929  = ~ post_add;
-  assign \$930  = \$928  & \$929 ;
-  assign \$931  = is_gemm & pre_sm;
-  assign \$932  = is_gemm & pre_ln;
-  assign \$933  = ~ pre_sm;
-  assign \$934  = is_gemm & \$933 ;
-  assign \$935  = ~ pre_ln;
-  assign \$936  = \$934  & \$935 ;
-  assign \$937  = ~ is_load;
-  assign \$938  = ~ is_linear;
-  assign \$939  = is_gemm & \$938 ;
-  assign \$940  = add_sel | \$939 ;
-  assign \$941  = is_gelu | is_add;
-  assign \$942  = post_gelu | post_add;
-  assign \$943  = is_gemm & \$942 ;
-  assign \$944  = | ins[509:498];
-  assign \$945  = ~ \$944 ;
-  assign \$946  = is_gelu | is_add;
-  assign \$947  = \$946  | post_gelu;
-  assign \$948  = \$947  | post_add;
-  assign \$949  = is_gelu | is_add;
-  assign \$950  = \$949  | post_gelu;
-  assign \$951  = \$950  | post_add;
-  assign \$952  = \$951  & add_sel;
-  assign \$953  = is_gelu | is_add;
-  assign \$954  = \$953  | post_gelu;
-  assign \$955  = \$954  | post_add;
-  assign \$956  = \$955  & gelu_sel0;
-  assign \$957  = ~ post_gelu;
-  assign \$958  = is_gemm & \$957 ;
-  assign \$959  = ~ post_add;
-  assign \$960  = \$958  & \$959 ;
-  assign \$961  = is_gemm & pre_sm;
-  assign \$962  = is_gemm & pre_ln;
-  assign \$963  = ~ pre_sm;
-  assign \$964  = is_gemm & \$963 ;
-  assign \$965  = ~ pre_ln;
-  assign \$966  = \$964  & \$965 ;
-  assign \$967  = ~ is_load;
-  assign \$968  = ~ is_linear;
-  assign \$969  = is_gemm & \$968 ;
-  assign \$970  = add_sel | \$969 ;
-  assign \$971  = is_gelu | is_add;
-  assign \$972  = post_gelu | post_add;
-  assign \$973  = is_gemm & \$972 ;
-  assign \$974  = | fault_q;
-  assign \$975  = ~ \$974 ;
-  assign \$976  = op_done & \$975 ;
-  assign \$977  = ~ addr_fault;
-  assign \$978  = \$976  & \$977 ;
-  assign \$979  = $signed(addr) < $signed(1'h0);
-  assign \$980  = $signed(addr) >= $signed(16'h4000);
-  assign \$981  = \$979  | \$980 ;
-  assign \$982  = valid & \$981 ;
-  assign \$983  = ~ is_load;
-  assign \$984  = \$982  & \$983 ;
-  assign \$985  = ~ is_gemm;
-  assign \$986  = \$984  & \$985 ;
-  assign \$987  = $signed(\addr$89 ) < $signed(1'h0);
-  assign \$988  = $signed(\addr$89 ) >= $signed(16'h4000);
-  assign \$989  = \$987  | \$988 ;
-  assign \$990  = \valid$85  & \$989 ;
-  assign \$991  = \$990  & is_add;
-  assign \$992  = \$986  | \$991 ;
-  assign \$993  = $signed(\addr$97 ) < $signed(1'h0);
-  assign \$994  = $signed(\addr$97 ) >= $signed(16'h4000);
-  assign \$995  = \$993  | \$994 ;
-  assign \$996  = \valid$233  & \$995 ;
-  assign \$997  = ~ is_store;
-  assign \$998  = \$996  & \$997 ;
-  assign \$999  = ~ is_gemm;
-  assign \$1000  = \$998  & \$999 ;
-  assign \$1001  = \$992  | \$1000 ;
-  assign \$1002  = | fault_q;
-  assign \$1003  = idle & \idle$504 ;
-  assign \$1004  = is_softmax | is_layernorm;
-  assign \$1005  = ~ ext_req_valid;
-  assign \$1006  = \$1005  | req__ready;
-  assign \$1007  = $signed(addr) << ins[23:22];
-  assign \$1008  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1007 );
-  assign \$1009  = ~ ext_req_valid;
-  assign \$1010  = \$1009  | \req__ready$433 ;
-  assign \$1011  = $signed(\addr$97 ) << ins[23:22];
-  assign \$1012  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1011 );
-  assign \$1013  = \w_en$166  & w_rdy;
-  assign \$1014  = ~ \w_en$166 ;
-  assign \$1015  = \$1014  | w_rdy;
-  assign \$1016  = \$1015  & elem_valid;
-  assign \$1017  = ~ add_sel;
-  assign \$1018  = \r_rdy$214  | \$1017 ;
-  assign \$1019  = \$1016  & \$1018 ;
-  assign \$1020  = pack_j == 2'h3;
-  assign \$1021  = \$1020  | elem_final;
-  assign \$1022  = pack_j + 1'h1;
-  assign \$1023  = \$signal$216  & \valid$233 ;
-  assign \$1024  = pack_jo == 2'h3;
-  assign \$1025  = \$1024  | \final ;
-  assign \$1026  = pack_jo + 1'h1;
-  assign \$1027  = 1'h1 << w_lb;
-  assign \$1028  = | dec_tiles;
-  assign \$1029  = | dec_k_last;
-  assign \$1030  = ~ \$1029 ;
-  assign \$1031  = | dec_nt_last;
-  assign \$1032  = ~ \$1031 ;
-  assign \$1033  = \$signal$421  & req__ready;
-  assign \$1034  = ~ want_w;
-  assign \$1035  = \$1034  & is_linear;
-  assign \$1036  = ~ is_linear;
-  assign \$1037  = want_w & \$signal$510 ;
-  assign \$1038  = \$1036  | \$1037 ;
-  assign \$1039  = ~ \$1038 ;
-  assign \$1040  = want_w & \$1039 ;
-  assign \$1041  = k + 1'h1;
-  assign \$1042  = k + 1'h1;
-  assign \$1043  = \$1042  == dec_k_last;
-  assign \$1044  = w_addr + w_step;
-  assign \$1045  = ~ is_linear;
-  assign \$1046  = want_w & \$signal$510 ;
-  assign \$1047  = \$1045  | \$1046 ;
-  assign \$1048  = tiles - 1'h1;
-  assign \$1049  = tiles != 1'h1;
-  assign \$1050  = | dec_k_last;
-  assign \$1051  = ~ \$1050 ;
-  assign \$1052  = | dec_nt_last;
-  assign \$1053  = ~ \$1052 ;
-  assign \$1054  = nt + 1'h1;
-  assign \$1055  = nt + 1'h1;
-  assign \$1056  = \$1055  == dec_nt_last;
-  assign \$1057  = p_addr + 7'h40;
-  assign \$1058  = \a__valid$299  & \a__ready$300 ;
-  assign \$1059  = ~ is_linear;
-  assign \$1060  = \$1059  | rk_zero;
-  assign \$1061  = ~ w_full;
-  assign \$1062  = \a__valid$299  & \a__ready$300 ;
-  assign \$1063  = \$1061  | \$1062 ;
-  assign \$1064  = \$1060  ? p__ready : \$1063 ;
-  assign \$1065  = beat__valid & \$1064 ;
-  assign \$1066  = \$1065  & is_linear;
-  assign \$1067  = rk == ins[87:72];
-  assign \$1068  = rk + 1'h1;
-  assign \$1069  = \$1067  ? 17'h00000 : \$1068 ;
-  assign \$1070  = rk == ins[87:72];
-  assign \$1071  = ~ is_linear;
-  assign \$1072  = \$1071  | rk_zero;
-  assign \$1073  = ~ \$1072 ;
-  assign \$1074  = | dec_k_last;
-  assign \$1075  = ~ \$1074 ;
-  assign \$1076  = | dec_k_last;
-  assign \$1077  = ~ \$1076 ;
-  assign \$1078  = | dec_nt_last;
-  assign \$1079  = ~ \$1078 ;
-  assign \$1080  = | dec_blocks;
-  assign \$1082  = ~ \$1081 ;
-  assign \$1083  = a_in_valid & \$1082 ;
-  assign \$1084  = pre_ln | pre_sm;
-  assign \$1085  = \$1083  & \$1084 ;
-  assign \$1087  = ~ \$1086 ;
-  assign \$1088  = a_in_valid & \$1087 ;
+  assign \$718  = ins[5:0] == 3'h6;
+  assign \$719  = ins[5:0] == 3'h7;
+  assign \$720  = ins[5:0] == 4'h8;
+  assign \$721  = ins[5:0] == 4'h9;
+  assign \$722  = ins[5:0] == 4'ha;
+  assign \$723  = ins[5:0] == 4'hb;
+  assign \$724  = ins[5:0] == 4'hc;
+  assign \$725  = ins[5:0] == 4'hd;
+  assign \$726  = ins[5:0] == 4'he;
+  assign \$727  = ins[5:0] == 4'hf;
+  assign \$728  = 1'h1 << ins[3:0];
+  assign \$729  = ins[5:0] == 3'h4;
+  assign \$730  = ins[5:0] == 3'h5;
+  assign \$731  = \$729  | \$730 ;
+  assign \$732  = ins[5:0] == 3'h4;
+  assign \$733  = ins[511:510] == 1'h1;
+  assign \$734  = \$732  & \$733 ;
+  assign \$735  = ins[5:0] == 3'h4;
+  assign \$736  = ins[511:510] == 2'h2;
+  assign \$737  = \$735  & \$736 ;
+  assign \$738  = ins[5:0] == 3'h4;
+  assign \$739  = ins[511:510] == 2'h3;
+  assign \$740  = \$738  & \$739 ;
+  assign \$741  = ins[5:0] == 3'h5;
+  assign \$742  = ins[511:510] == 2'h3;
+  assign \$743  = \$741  & \$742 ;
+  assign \$744  = ~ unit_rst;
+  assign \$745  = src0_issue & \$744 ;
+  assign \$746  = last__3 & \last__4$467 ;
+  assign \$747  = ~ unit_rst;
+  assign \$748  = src1_issue & \$747 ;
+  assign \$749  = \last__3$472  & \last__4$470 ;
+  assign \$750  = ins[5:0] == 4'ha;
+  assign \$751  = ins[5:0] == 4'hb;
+  assign \$752  = ins[5:0] == 4'hc;
+  assign \$753  = ins[5:0] == 4'hd;
+  assign \$754  = ins[5:0] == 4'he;
+  assign \$755  = ins[5:0] == 4'hf;
+  assign \$756  = | { \$755 , \$754 , \$753 , \$752 , \$751 , \$750  };
+  assign \$757  = | ins[7:6];
+  assign \$758  = ~ \$757 ;
+  assign \$759  = ins[5:0] == 3'h7;
+  assign \$760  = ins[5:0] == 3'h4;
+  assign \$761  = ins[511:510] == 1'h1;
+  assign \$762  = \$760  & \$761 ;
+  assign \$763  = \$759  | \$762 ;
+  assign \$764  = \$758  & \$763 ;
+  assign \$765  = ins[5:0] == 4'h9;
+  assign \$766  = ins[5:0] == 3'h4;
+  assign \$767  = ins[511:510] == 2'h2;
+  assign \$768  = \$766  & \$767 ;
+  assign \$769  = \$765  | \$768 ;
+  assign \$770  = ins[55:40] + 4'h8;
+  assign \$771  = ins[71:56] + 3'h7;
+  assign \$772  = dec_n1p * 16'he38f;
+  assign \$775  = ins[87:72] - 1'h1;
+  assign \$776  = dec_mt - 1'h1;
+  assign \$777  = dec_nt - 1'h1;
+  assign \$778  = ins[39:24] * dec_mt;
+  assign \$780  = \$779  + 6'h3f;
+  assign \$782  = ins[497:466] + \$781 ;
+  assign \$783  = is_gemm ? \$782  : { 1'h0, ins[465:434] };
+  assign \$784  = dec_blocks * dec_nt;
+  assign \$785  = dec_mt_last * 4'h9;
+  assign \$786  = ins[55:40] - \$785 ;
+  assign \$789  = \$788  ? offset : 32'd0;
+  assign \$790  = ins[465:434] + \$789 ;
+  assign \$791  = cycles + 1'h1;
+  assign \$792  = in_op & op_onehot[0];
+  assign \$793  = op_cycles__0 + 1'h1;
+  assign \$794  = in_op & op_onehot[1];
+  assign \$795  = op_cycles__1 + 1'h1;
+  assign \$796  = in_op & op_onehot[2];
+  assign \$797  = op_cycles__2 + 1'h1;
+  assign \$798  = in_op & op_onehot[3];
+  assign \$799  = op_cycles__3 + 1'h1;
+  assign \$800  = in_op & op_onehot[4];
+  assign \$801  = op_cycles__4 + 1'h1;
+  assign \$802  = in_op & op_onehot[5];
+  assign \$803  = op_cycles__5 + 1'h1;
+  assign \$804  = in_op & op_onehot[6];
+  assign \$805  = op_cycles__6 + 1'h1;
+  assign \$806  = in_op & op_onehot[7];
+  assign \$807  = op_cycles__7 + 1'h1;
+  assign \$808  = in_op & op_onehot[8];
+  assign \$809  = op_cycles__8 + 1'h1;
+  assign \$810  = in_op & op_onehot[9];
+  assign \$811  = op_cycles__9 + 1'h1;
+  assign \$812  = in_op & op_onehot[10];
+  assign \$813  = op_cycles__10 + 1'h1;
+  assign \$814  = in_op & op_onehot[11];
+  assign \$815  = op_cycles__11 + 1'h1;
+  assign \$816  = in_op & op_onehot[12];
+  assign \$817  = op_cycles__12 + 1'h1;
+  assign \$818  = in_op & op_onehot[13];
+  assign \$819  = op_cycles__13 + 1'h1;
+  assign \$820  = in_op & op_onehot[14];
+  assign \$821  = op_cycles__14 + 1'h1;
+  assign \$822  = in_op & op_onehot[15];
+  assign \$823  = op_cycles__15 + 1'h1;
+  assign \$824  = images_left > 1'h1;
+  assign \$825  = is_end & \$824 ;
+  assign \$826  = | ins[39:24];
+  assign \$827  = ~ \$826 ;
+  assign \$828  = | ins[55:40];
+  assign \$829  = ~ \$828 ;
+  assign \$830  = | ins[71:56];
+  assign \$831  = ~ \$830 ;
+  assign \$832  = | ins[87:72];
+  assign \$833  = ~ \$832 ;
+  assign \$834  = | ins[103:88];
+  assign \$835  = ~ \$834 ;
+  assign \$836  = | { \$835 , \$833 , \$831 , \$829 , \$827  };
+  assign \$837  = ~ post_bad;
+  assign \$838  = \$837  & unit_known;
+  assign \$839  = post_gelu | post_add;
+  assign \$840  = \$839  | pre_ln;
+  assign \$841  = \$840  | pre_sm;
+  assign \$842  = is_move | is_load;
+  assign \$843  = \$842  | is_store;
+  assign \$844  = \$843  | is_gemm;
+  assign \$845  = ~ \$844 ;
+  assign \$846  = \$841  | \$845 ;
+  assign \$847  = \$838  & \$846 ;
+  assign \$848  = ~ post_bad;
+  assign \$849  = post_gelu | post_add;
+  assign \$850  = \$849  | pre_ln;
+  assign \$851  = \$850  | pre_sm;
+  assign \$852  = ~ \$851 ;
+  assign \$853  = \$848  & \$852 ;
+  assign \$854  = is_move | is_load;
+  assign \$855  = \$854  | is_store;
+  assign \$856  = \$855  | is_gemm;
+  assign \$857  = \$853  & \$856 ;
+  assign \$858  = ~ busy;
+  assign \$859  = \$858  & start;
+  assign \$860  = | images;
+  assign \$861  = \$860  ? images : 16'h0001;
+  assign \$862  = | decode_wait;
+  assign \$863  = ~ \$862 ;
+  assign \$864  = in_decode & \$863 ;
+  assign \$865  = \$864  & d_end_more;
+  assign \$866  = images_left - 1'h1;
+  assign \$867  = offset + \$signal$493 ;
+  assign \$868  = in_stream & op_done;
+  assign \$869  = | fault_q;
+  assign \$870  = ~ \$869 ;
+  assign \$871  = \$868  & \$870 ;
+  assign \$872  = ~ addr_fault;
+  assign \$873  = \$871  & \$872 ;
+  assign \$874  = pc + 7'h40;
+  assign \$875  = ~ fetch_sent;
+  assign \$876  = req__ready & \$875 ;
+  assign \$877  = 1'h1 << dec_c_lb;
+  assign \$878  = ins[509:498] == 1'h1;
+  assign \$879  = | decode_wait;
+  assign \$880  = decode_wait - 1'h1;
+  assign \$881  = decode_wait == 1'h1;
+  assign \$882  = is_softmax | pre_sm;
+  assign \$883  = is_layernorm | pre_ln;
+  assign \$884  = is_gelu | is_add;
+  assign \$885  = \$884  | post_gelu;
+  assign \$886  = \$885  | post_add;
+  assign \$887  = is_gelu | is_add;
+  assign \$888  = \$887  | post_gelu;
+  assign \$889  = \$888  | post_add;
+  assign \$890  = \$889  & add_sel;
+  assign \$891  = is_gelu | is_add;
+  assign \$892  = \$891  | post_gelu;
+  assign \$893  = \$892  | post_add;
+  assign \$894  = \$893  & gelu_sel0;
+  assign \$895  = ~ post_gelu;
+  assign \$896  = is_gemm & \$895 ;
+  assign \$897  = ~ post_add;
+  assign \$898  = \$896  & \$897 ;
+  assign \$899  = is_gemm & pre_sm;
+  assign \$900  = is_gemm & pre_ln;
+  assign \$901  = ~ pre_sm;
+  assign \$902  = is_gemm & \$901 ;
+  assign \$903  = ~ pre_ln;
+  assign \$904  = \$902  & \$903 ;
+  assign \$905  = ~ is_load;
+  assign \$906  = ~ is_linear;
+  assign \$907  = is_gemm & \$906 ;
+  assign \$908  = add_sel | \$907 ;
+  assign \$909  = is_gelu | is_add;
+  assign \$910  = post_gelu | post_add;
+  assign \$911  = is_gemm & \$910 ;
+  assign \$912  = | c_ask;
+  assign \$913  = \$912  & req__ready;
+  assign \$914  = c_ask - 1'h1;
+  assign \$915  = c_addr + c_step;
+  assign \$916  = ~ c_full;
+  assign \$917  = beat__valid & \$916 ;
+  assign \$918  = ~ beat__payload[512];
+  assign \$919  = ~ beat__payload[512];
+  assign \$920  = const_to0 & \$919 ;
+  assign \$921  = ~ beat__payload[512];
+  assign \$922  = const_to1 & \$921 ;
+  assign \$923  = ~ beat__payload[512];
+  assign \$924  = const_to2 & \$923 ;
+  assign \$925  = ~ beat__payload[512];
+  assign \$926  = const_to3 & \$925 ;
+  assign \$927  = c_due - 1'h1;
+  assign \$928  = c_due == 2'h2;
+  assign \$929  = is_gelu | is_add;
+  assign \$930  = \$929  | post_gelu;
+  assign \$931  = \$930  | post_add;
+  assign \$932  = is_gelu | is_add;
+  assign \$933  = \$932  | post_gelu;
+  assign \$934  = \$933  | post_add;
+  assign \$935  = \$934  & add_sel;
+  assign \$936  = is_gelu | is_add;
+  assign \$937  = \$936  | post_gelu;
+  assign \$938  = \$937  | post_add;
+  assign \$939  = \$938  & gelu_sel0;
+  assign \$940  = ~ post_gelu;
+  assign \$941  = is_gemm & \$940 ;
+  assign \$942  = ~ post_add;
+  assign \$943  = \$941  & \$942 ;
+  assign \$944  = is_gemm & pre_sm;
+  assign \$945  = is_gemm & pre_ln;
+  assign \$946  = ~ pre_sm;
+  assign \$947  = is_gemm & \$946 ;
+  assign \$948  = ~ pre_ln;
+  assign \$949  = \$947  & \$948 ;
+  assign \$950  = ~ is_load;
+  assign \$951  = ~ is_linear;
+  assign \$952  = is_gemm & \$951 ;
+  assign \$953  = add_sel | \$952 ;
+  assign \$954  = is_gelu | is_add;
+  assign \$955  = post_gelu | post_add;
+  assign \$956  = is_gemm & \$955 ;
+  assign \$957  = | ins[509:498];
+  assign \$958  = ~ \$957 ;
+  assign \$959  = is_gelu | is_add;
+  assign \$960  = \$959  | post_gelu;
+  assign \$961  = \$960  | post_add;
+  assign \$962  = is_gelu | is_add;
+  assign \$963  = \$962  | post_gelu;
+  assign \$964  = \$963  | post_add;
+  assign \$965  = \$964  & add_sel;
+  assign \$966  = is_gelu | is_add;
+  assign \$967  = \$966  | post_gelu;
+  assign \$968  = \$967  | post_add;
+  assign \$969  = \$968  & gelu_sel0;
+  assign \$970  = ~ post_gelu;
+  assign \$971  = is_gemm & \$970 ;
+  assign \$972  = ~ post_add;
+  assign \$973  = \$971  & \$972 ;
+  assign \$974  = is_gemm & pre_sm;
+  assign \$975  = is_gemm & pre_ln;
+  assign \$976  = ~ pre_sm;
+  assign \$977  = is_gemm & \$976 ;
+  assign \$978  = ~ pre_ln;
+  assign \$979  = \$977  & \$978 ;
+  assign \$980  = ~ is_load;
+  assign \$981  = ~ is_linear;
+  assign \$982  = is_gemm & \$981 ;
+  assign \$983  = add_sel | \$982 ;
+  assign \$984  = is_gelu | is_add;
+  assign \$985  = post_gelu | post_add;
+  assign \$986  = is_gemm & \$985 ;
+  assign \$987  = | fault_q;
+  assign \$988  = ~ \$987 ;
+  assign \$989  = op_done & \$988 ;
+  assign \$990  = ~ addr_fault;
+  assign \$991  = \$989  & \$990 ;
+  assign \$992  = $signed(addr) < $signed(1'h0);
+  assign \$993  = $signed(addr) >= $signed(16'h4000);
+  assign \$994  = \$992  | \$993 ;
+  assign \$995  = valid & \$994 ;
+  assign \$996  = ~ is_load;
+  assign \$997  = \$995  & \$996 ;
+  assign \$998  = ~ is_gemm;
+  assign \$999  = \$997  & \$998 ;
+  assign \$1000  = $signed(\addr$89 ) < $signed(1'h0);
+  assign \$1001  = $signed(\addr$89 ) >= $signed(16'h4000);
+  assign \$1002  = \$1000  | \$1001 ;
+  assign \$1003  = \valid$85  & \$1002 ;
+  assign \$1004  = \$1003  & is_add;
+  assign \$1005  = \$999  | \$1004 ;
+  assign \$1006  = $signed(\addr$97 ) < $signed(1'h0);
+  assign \$1007  = $signed(\addr$97 ) >= $signed(16'h4000);
+  assign \$1008  = \$1006  | \$1007 ;
+  assign \$1009  = \valid$236  & \$1008 ;
+  assign \$1010  = ~ is_store;
+  assign \$1011  = \$1009  & \$1010 ;
+  assign \$1012  = ~ is_gemm;
+  assign \$1013  = \$1011  & \$1012 ;
+  assign \$1014  = \$1005  | \$1013 ;
+  assign \$1015  = | fault_q;
+  assign \$1016  = idle & \idle$508 ;
+  assign \$1017  = is_softmax | is_layernorm;
+  assign \$1018  = ~ ext_req_valid;
+  assign \$1019  = \$1018  | req__ready;
+  assign \$1020  = $signed(addr) << ins[23:22];
+  assign \$1021  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1020 );
+  assign \$1022  = ~ ext_req_valid;
+  assign \$1023  = \$1022  | \req__ready$437 ;
+  assign \$1024  = $signed(\addr$97 ) << ins[23:22];
+  assign \$1025  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1024 );
+  assign \$1026  = \w_en$166  & \w_rdy$225 ;
+  assign \$1027  = ~ \w_en$166 ;
+  assign \$1028  = \$1027  | \w_rdy$225 ;
+  assign \$1029  = \$1028  & elem_valid;
+  assign \$1030  = ~ add_sel;
+  assign \$1031  = \r_rdy$227  | \$1030 ;
+  assign \$1032  = \$1029  & \$1031 ;
+  assign \$1033  = pack_j == 2'h3;
+  assign \$1034  = \$1033  | elem_final;
+  assign \$1035  = pack_j + 1'h1;
+  assign \$1036  = \r_rdy$233  & \valid$236 ;
+  assign \$1037  = pack_jo == 2'h3;
+  assign \$1038  = \$1037  | \final ;
+  assign \$1039  = pack_jo + 1'h1;
+  assign \$1040  = 1'h1 << w_lb;
+  assign \$1041  = | dec_tiles;
+  assign \$1042  = | dec_k_last;
+  assign \$1043  = ~ \$1042 ;
+  assign \$1044  = | dec_nt_last;
+  assign \$1045  = ~ \$1044 ;
+  assign \$1046  = \$signal$425  & req__ready;
+  assign \$1047  = ~ want_w;
+  assign \$1048  = \$1047  & is_linear;
+  assign \$1049  = ~ is_linear;
+  assign \$1050  = want_w & \$signal$514 ;
+  assign \$1051  = \$1049  | \$1050 ;
+  assign \$1052  = ~ \$1051 ;
+  assign \$1053  = want_w & \$1052 ;
+  assign \$1054  = k + 1'h1;
+  assign \$1055  = k + 1'h1;
+  assign \$1056  = \$1055  == dec_k_last;
+  assign \$1057  = w_addr + w_step;
+  assign \$1058  = ~ is_linear;
+  assign \$1059  = want_w & \$signal$514 ;
+  assign \$1060  = \$1058  | \$1059 ;
+  assign \$1061  = tiles - 1'h1;
+  assign \$1062  = tiles != 1'h1;
+  assign \$1063  = | dec_k_last;
+  assign \$1064  = ~ \$1063 ;
+  assign \$1065  = | dec_nt_last;
+  assign \$1066  = ~ \$1065 ;
+  assign \$1067  = nt + 1'h1;
+  assign \$1068  = nt + 1'h1;
+  assign \$1069  = \$1068  == dec_nt_last;
+  assign \$1070  = p_addr + 7'h40;
+  assign \$1071  = \a__valid$303  & \a__ready$304 ;
+  assign \$1072  = ~ is_linear;
+  assign \$1073  = \$1072  | rk_zero;
+  assign \$1074  = ~ w_full;
+  assign \$1075  = \a__valid$303  & \a__ready$304 ;
+  assign \$1076  = \$1074  | \$1075 ;
+  assign \$1077  = \$1073  ? p__ready : \$1076 ;
+  assign \$1078  = beat__valid & \$1077 ;
+  assign \$1079  = \$1078  & is_linear;
+  assign \$1080  = rk == ins[87:72];
+  assign \$1081  = rk + 1'h1;
+  assign \$1082  = \$1080  ? 17'h00000 : \$1081 ;
+  assign \$1083  = rk == ins[87:72];
+  assign \$1084  = ~ is_linear;
+  assign \$1085  = \$1084  | rk_zero;
+  assign \$1086  = ~ \$1085 ;
+  assign \$1087  = | dec_k_last;
+  assign \$1088  = ~ \$1087 ;
   assign \$1089  = | dec_k_last;
   assign \$1090  = ~ \$1089 ;
-  assign \$1091  = \$signal$266  == 4'h8;
-  assign \$1092  = ~ \$signal$259 ;
-  assign \$1093  = \$signal$266  + 1'h1;
-  assign \$1094  = lk + 1'h1;
-  assign \$1095  = lk + 1'h1;
-  assign \$1096  = \$1095  == dec_k_last;
-  assign \$1097  = \$signal$266  == 4'h8;
-  assign \$1098  = lk + 1'h1;
-  assign \$1099  = lk + 1'h1;
-  assign \$1100  = \$1099  == dec_k_last;
-  assign \$1101  = | dec_k_last;
-  assign \$1102  = ~ \$1101 ;
-  assign \$1103  = ~ \$signal$259 ;
-  assign \$1104  = \$signal$266  + 1'h1;
-  assign \$1105  = \a__valid$299  & \a__ready$300 ;
-  assign \$1107  = \$signal$259  == \$signal$292 ;
-  assign \$1108  = lk > \$signal$293 ;
-  assign \$1109  = \$1107  & \$1108 ;
-  assign \$1110  = pre_ln | pre_sm;
-  assign \$1111  = ~ \$1110 ;
-  assign \$1112  = \$1109  & \$1111 ;
-  assign \$1113  = \$1106  | \$1112 ;
-  assign \$1115  = is_linear | \$1114 ;
-  assign \$1116  = \$1113  & \$1115 ;
-  assign \$1117  = ~ \$signal$298 ;
-  assign \$1118  = \a__valid$299  & \a__ready$300 ;
-  assign \$1119  = \$1117  | \$1118 ;
-  assign \$1120  = \$1116  & \$1119 ;
-  assign \$1121  = \$1120  & a_blocks_left;
-  assign \$1122  = | dec_k_last;
-  assign \$1123  = ~ \$1122 ;
-  assign \$1124  = | dec_nt_last;
-  assign \$1125  = ~ \$1124 ;
-  assign \$1126  = ~ \$signal$292 ;
-  assign \$1127  = feed_blocks - 1'h1;
-  assign \$1128  = feed_blocks != 1'h1;
-  assign \$1129  = fnt + 1'h1;
-  assign \$1130  = fnt + 1'h1;
-  assign \$1131  = \$1130  == dec_nt_last;
-  assign \$1132  = \$signal$293  + 1'h1;
-  assign \$1133  = \$signal$293  + 1'h1;
-  assign \$1134  = \$1133  == dec_k_last;
+  assign \$1091  = | dec_nt_last;
+  assign \$1092  = ~ \$1091 ;
+  assign \$1093  = | dec_blocks;
+  assign \$1095  = ~ \$1094 ;
+  assign \$1096  = a_in_valid & \$1095 ;
+  assign \$1097  = pre_ln | pre_sm;
+  assign \$1098  = \$1096  & \$1097 ;
+  assign \$1100  = ~ \$1099 ;
+  assign \$1101  = a_in_valid & \$1100 ;
+  assign \$1102  = | dec_k_last;
+  assign \$1103  = ~ \$1102 ;
+  assign \$1104  = \$signal$270  == 4'h8;
+  assign \$1105  = ~ \$signal$263 ;
+  assign \$1106  = \$signal$270  + 1'h1;
+  assign \$1107  = lk + 1'h1;
+  assign \$1108  = lk + 1'h1;
+  assign \$1109  = \$1108  == dec_k_last;
+  assign \$1110  = \$signal$270  == 4'h8;
+  assign \$1111  = lk + 1'h1;
+  assign \$1112  = lk + 1'h1;
+  assign \$1113  = \$1112  == dec_k_last;
+  assign \$1114  = | dec_k_last;
+  assign \$1115  = ~ \$1114 ;
+  assign \$1116  = ~ \$signal$263 ;
+  assign \$1117  = \$signal$270  + 1'h1;
+  assign \$1118  = \a__valid$303  & \a__ready$304 ;
+  assign \$1120  = \$signal$263  == \$signal$296 ;
+  assign \$1121  = lk > \$signal$297 ;
+  assign \$1122  = \$1120  & \$1121 ;
+  assign \$1123  = pre_ln | pre_sm;
+  assign \$1124  = ~ \$1123 ;
+  assign \$1125  = \$1122  & \$1124 ;
+  assign \$1126  = \$1119  | \$1125 ;
+  assign \$1128  = is_linear | \$1127 ;
+  assign \$1129  = \$1126  & \$1128 ;
+  assign \$1130  = ~ \$signal$302 ;
+  assign \$1131  = \a__valid$303  & \a__ready$304 ;
+  assign \$1132  = \$1130  | \$1131 ;
+  assign \$1133  = \$1129  & \$1132 ;
+  assign \$1134  = \$1133  & a_blocks_left;
+  assign \$1135  = | dec_k_last;
   assign \$1136  = ~ \$1135 ;
-  assign \$1137  = \r_rdy$214  & \$1136 ;
-  assign \$1138  = ~ is_linear;
-  assign \$1139  = \$1137  & \$1138 ;
-  assign \$1140  = w_load_lane == 3'h7;
-  assign \$1141  = w_load_k + 1'h1;
-  assign \$1142  = w_load_addr + 1'h1;
-  assign \$1143  = w_load_k == dec_k_last;
-  assign \$1144  = w_load_nt + 1'h1;
-  assign \$1145  = w_load_nt == dec_nt_last;
-  assign \$1146  = ~ w_load_half;
-  assign \$1147  = w_load_lane + 1'h1;
-  assign \$1149  = \$signal$259  == \$signal$292 ;
-  assign \$1150  = lk > \$signal$293 ;
-  assign \$1151  = \$1149  & \$1150 ;
-  assign \$1152  = pre_ln | pre_sm;
-  assign \$1153  = ~ \$1152 ;
-  assign \$1154  = \$1151  & \$1153 ;
-  assign \$1155  = \$1148  | \$1154 ;
-  assign \$1157  = is_linear | \$1156 ;
-  assign \$1158  = \$1155  & \$1157 ;
-  assign \$1159  = ~ \$signal$298 ;
-  assign \$1160  = \a__valid$299  & \a__ready$300 ;
-  assign \$1161  = \$1159  | \$1160 ;
-  assign \$1162  = \$1158  & \$1161 ;
-  assign \$1163  = \$1162  & a_blocks_left;
-  assign \$1164  = ~ is_linear;
-  assign \$1165  = \$1163  & \$1164 ;
-  assign \$1166  = feed_mt == dec_mt_last;
-  assign \$1167  = ~ w_feed_half;
-  assign \$1168  = feed_mt + 1'h1;
-  assign \$1169  = feed_ntk + ins[87:72];
-  assign \$1170  = post_gelu | post_add;
-  assign \$1171  = gemm_active & \$1170 ;
-  assign \$1172  = post_col == 3'h7;
-  assign \$1173  = post_col + 1'h1;
-  assign \$1174  = \$1172  ? 4'h0 : \$1173 ;
-  assign \$1175  = ~ \busy$521 ;
-  assign \$1176  = in_stream & \$1175 ;
-  assign \$1177  = ~ ext_req_valid;
+  assign \$1137  = | dec_nt_last;
+  assign \$1138  = ~ \$1137 ;
+  assign \$1139  = ~ \$signal$296 ;
+  assign \$1140  = feed_blocks - 1'h1;
+  assign \$1141  = feed_blocks != 1'h1;
+  assign \$1142  = fnt + 1'h1;
+  assign \$1143  = fnt + 1'h1;
+  assign \$1144  = \$1143  == dec_nt_last;
+  assign \$1145  = \$signal$297  + 1'h1;
+  assign \$1146  = \$signal$297  + 1'h1;
+  assign \$1147  = \$1146  == dec_k_last;
+  assign \$1149  = ~ \$1148 ;
+  assign \$1150  = \r_rdy$227  & \$1149 ;
+  assign \$1151  = ~ is_linear;
+  assign \$1152  = \$1150  & \$1151 ;
+  assign \$1153  = w_load_lane == 3'h7;
+  assign \$1154  = w_load_k + 1'h1;
+  assign \$1155  = w_load_addr + 1'h1;
+  assign \$1156  = w_load_k == dec_k_last;
+  assign \$1157  = w_load_nt + 1'h1;
+  assign \$1158  = w_load_nt == dec_nt_last;
+  assign \$1159  = ~ w_load_half;
+  assign \$1160  = w_load_lane + 1'h1;
+  assign \$1162  = \$signal$263  == \$signal$296 ;
+  assign \$1163  = lk > \$signal$297 ;
+  assign \$1164  = \$1162  & \$1163 ;
+  assign \$1165  = pre_ln | pre_sm;
+  assign \$1166  = ~ \$1165 ;
+  assign \$1167  = \$1164  & \$1166 ;
+  assign \$1168  = \$1161  | \$1167 ;
+  assign \$1170  = is_linear | \$1169 ;
+  assign \$1171  = \$1168  & \$1170 ;
+  assign \$1172  = ~ \$signal$302 ;
+  assign \$1173  = \a__valid$303  & \a__ready$304 ;
+  assign \$1174  = \$1172  | \$1173 ;
+  assign \$1175  = \$1171  & \$1174 ;
+  assign \$1176  = \$1175  & a_blocks_left;
+  assign \$1177  = ~ is_linear;
   assign \$1178  = \$1176  & \$1177 ;
-  assign \$1179  = \$1178  & \idle$504 ;
+  assign \$1179  = feed_mt == dec_mt_last;
+  assign \$1180  = ~ w_feed_half;
+  assign \$1181  = feed_mt + 1'h1;
+  assign \$1182  = feed_ntk + ins[87:72];
+  assign \$1183  = post_gelu | post_add;
+  assign \$1184  = gemm_active & \$1183 ;
+  assign \$1185  = post_col == 3'h7;
+  assign \$1186  = post_col + 1'h1;
+  assign \$1187  = \$1185  ? 4'h0 : \$1186 ;
+  assign \$1188  = ~ \busy$525 ;
+  assign \$1189  = in_stream & \$1188 ;
+  assign \$1190  = ~ ext_req_valid;
+  assign \$1191  = \$1189  & \$1190 ;
+  assign \$1192  = \$1191  & \idle$508 ;
   always @(posedge clk)
-    load <= \$1180 ;
+    load <= \$1193 ;
   always @(posedge clk)
-    is_end <= \$1181 ;
+    is_end <= \$1194 ;
   always @(posedge clk)
-    is_load <= \$1182 ;
+    is_load <= \$1195 ;
   always @(posedge clk)
-    is_store <= \$1183 ;
+    is_store <= \$1196 ;
   always @(posedge clk)
-    is_linear <= \$1184 ;
+    is_linear <= \$1197 ;
   always @(posedge clk)
-    is_matmul <= \$1185 ;
+    is_matmul <= \$1198 ;
   always @(posedge clk)
-    is_softmax <= \$1186 ;
+    is_softmax <= \$1199 ;
   always @(posedge clk)
-    is_gelu <= \$1187 ;
+    is_gelu <= \$1200 ;
   always @(posedge clk)
-    is_layernorm <= \$1188 ;
+    is_layernorm <= \$1201 ;
   always @(posedge clk)
-    is_add <= \$1189 ;
+    is_add <= \$1202 ;
   always @(posedge clk)
-    is_im2col <= \$1190 ;
+    is_im2col <= \$1203 ;
   always @(posedge clk)
-    is_concat <= \$1191 ;
+    is_concat <= \$1204 ;
   always @(posedge clk)
-    is_split_heads <= \$1192 ;
+    is_split_heads <= \$1205 ;
   always @(posedge clk)
-    is_merge_heads <= \$1193 ;
+    is_merge_heads <= \$1206 ;
   always @(posedge clk)
-    is_transpose <= \$1194 ;
+    is_transpose <= \$1207 ;
   always @(posedge clk)
-    is_select <= \$1195 ;
+    is_select <= \$1208 ;
   always @(posedge clk)
-    op_onehot <= \$1196 ;
+    op_onehot <= \$1209 ;
   always @(posedge clk)
-    is_gemm <= \$1197 ;
+    is_gemm <= \$1210 ;
   always @(posedge clk)
-    post_gelu <= \$1198 ;
+    post_gelu <= \$1211 ;
   always @(posedge clk)
-    post_add <= \$1199 ;
+    post_add <= \$1212 ;
   always @(posedge clk)
-    pre_ln <= \$1200 ;
+    pre_ln <= \$1213 ;
   always @(posedge clk)
-    pre_sm <= \$1201 ;
+    pre_sm <= \$1214 ;
   always @(posedge clk)
-    src0_inflight <= \$1202 ;
+    src0_inflight <= \$1215 ;
   always @(posedge clk)
-    src0_meta <= \$1203 ;
+    src0_meta <= \$1216 ;
   always @(posedge clk)
-    src1_inflight <= \$1204 ;
+    src1_inflight <= \$1217 ;
   always @(posedge clk)
-    src1_meta <= \$1205 ;
+    src1_meta <= \$1218 ;
   always @(posedge clk)
-    is_move <= \$1206 ;
+    is_move <= \$1219 ;
   always @(posedge clk)
-    gelu_sel0 <= \$1207 ;
+    gelu_sel0 <= \$1220 ;
   always @(posedge clk)
-    add_sel <= \$1208 ;
+    add_sel <= \$1221 ;
   always @(posedge clk)
-    dec_n1p <= \$757 ;
+    dec_n1p <= \$770 ;
   always @(posedge clk)
-    dec_n2p <= \$758 ;
+    dec_n2p <= \$771 ;
   always @(posedge clk)
-    dec_mt <= \$760 [15:0];
+    dec_mt <= \$773 [15:0];
   always @(posedge clk)
-    dec_nt <= \$761 [15:0];
+    dec_nt <= \$774 [15:0];
   always @(posedge clk)
-    dec_k_last <= \$762 [15:0];
+    dec_k_last <= \$775 [15:0];
   always @(posedge clk)
     dec_c_lb <= c_lb;
   always @(posedge clk)
-    dec_mt_last <= \$763 [15:0];
+    dec_mt_last <= \$776 [15:0];
   always @(posedge clk)
-    dec_nt_last <= \$764 [15:0];
+    dec_nt_last <= \$777 [15:0];
   always @(posedge clk)
-    dec_blocks <= \$765 ;
+    dec_blocks <= \$778 ;
   always @(posedge clk)
-    dec_c_base <= \$770 [31:0];
+    dec_c_base <= \$783 [31:0];
   always @(posedge clk)
-    dec_tiles <= \$771 [31:0];
+    dec_tiles <= \$784 [31:0];
   always @(posedge clk)
-    dec_rows_last <= \$773 [15:0];
+    dec_rows_last <= \$786 [15:0];
   always @(posedge clk)
-    dec_ext_base <= \$777 [31:0];
+    dec_ext_base <= \$790 [31:0];
   always @(posedge clk)
-    addr_fault <= \$1209 ;
+    addr_fault <= \$1222 ;
   always @(posedge clk)
-    ext_req_valid <= \$1210 ;
+    ext_req_valid <= \$1223 ;
   always @(posedge clk)
-    cycles <= \$1211 ;
+    cycles <= \$1224 ;
   always @(posedge clk)
-    op_cycles__0 <= \$1212 ;
+    op_cycles__0 <= \$1225 ;
   always @(posedge clk)
-    op_cycles__1 <= \$1213 ;
+    op_cycles__1 <= \$1226 ;
   always @(posedge clk)
-    op_cycles__2 <= \$1214 ;
+    op_cycles__2 <= \$1227 ;
   always @(posedge clk)
-    op_cycles__3 <= \$1215 ;
+    op_cycles__3 <= \$1228 ;
   always @(posedge clk)
-    op_cycles__4 <= \$1216 ;
+    op_cycles__4 <= \$1229 ;
   always @(posedge clk)
-    op_cycles__5 <= \$1217 ;
+    op_cycles__5 <= \$1230 ;
   always @(posedge clk)
-    op_cycles__6 <= \$1218 ;
+    op_cycles__6 <= \$1231 ;
   always @(posedge clk)
-    op_cycles__7 <= \$1219 ;
+    op_cycles__7 <= \$1232 ;
   always @(posedge clk)
-    op_cycles__8 <= \$1220 ;
+    op_cycles__8 <= \$1233 ;
   always @(posedge clk)
-    op_cycles__9 <= \$1221 ;
+    op_cycles__9 <= \$1234 ;
   always @(posedge clk)
-    op_cycles__10 <= \$1222 ;
+    op_cycles__10 <= \$1235 ;
   always @(posedge clk)
-    op_cycles__11 <= \$1223 ;
+    op_cycles__11 <= \$1236 ;
   always @(posedge clk)
-    op_cycles__12 <= \$1224 ;
+    op_cycles__12 <= \$1237 ;
   always @(posedge clk)
-    op_cycles__13 <= \$1225 ;
+    op_cycles__13 <= \$1238 ;
   always @(posedge clk)
-    op_cycles__14 <= \$1226 ;
+    op_cycles__14 <= \$1239 ;
   always @(posedge clk)
-    op_cycles__15 <= \$1227 ;
+    op_cycles__15 <= \$1240 ;
   always @(posedge clk)
-    d_end_more <= \$1228 ;
+    d_end_more <= \$1241 ;
   always @(posedge clk)
-    d_end <= \$1229 ;
+    d_end <= \$1242 ;
   always @(posedge clk)
-    d_count_zero <= \$1230 ;
+    d_count_zero <= \$1243 ;
   always @(posedge clk)
-    d_const <= \$1231 ;
+    d_const <= \$1244 ;
   always @(posedge clk)
-    d_stream <= \$1232 ;
+    d_stream <= \$1245 ;
   always @(posedge clk)
-    pc <= \$1233 ;
+    pc <= \$1246 ;
   always @(posedge clk)
-    busy <= \$1234 ;
+    busy <= \$1247 ;
   always @(posedge clk)
-    done <= \$1235 ;
+    done <= \$1248 ;
   always @(posedge clk)
-    error <= \$1236 ;
+    error <= \$1249 ;
   always @(posedge clk)
-    fetch_sent <= \$1237 ;
+    fetch_sent <= \$1250 ;
   always @(posedge clk)
-    \$signal$488  <= \$1238 ;
+    \$signal$492  <= \$1251 ;
   always @(posedge clk)
-    \$signal$489  <= \$1239 ;
+    \$signal$493  <= \$1252 ;
   always @(posedge clk)
-    images_left <= \$1240 ;
+    images_left <= \$1253 ;
   always @(posedge clk)
-    offset <= \$1241 ;
+    offset <= \$1254 ;
   always @(posedge clk)
-    seq_state <= \$1242 ;
+    seq_state <= \$1255 ;
   always @(posedge clk)
-    in_stream <= \$1243 ;
+    in_stream <= \$1256 ;
   always @(posedge clk)
-    in_decode <= \$1244 ;
+    in_decode <= \$1257 ;
   always @(posedge clk)
-    in_op <= \$1245 ;
+    in_op <= \$1258 ;
   always @(posedge clk)
-    unit_rst <= \$1246 ;
+    unit_rst <= \$1259 ;
   always @(posedge clk)
-    gemm_active <= \$1247 ;
+    gemm_active <= \$1260 ;
   always @(posedge clk)
-    pack_active <= \$1248 ;
+    pack_active <= \$1261 ;
   always @(posedge clk)
-    sink_from_move <= \$1249 ;
+    sink_from_move <= \$1262 ;
   always @(posedge clk)
-    sink_from_load <= \$1250 ;
+    sink_from_load <= \$1263 ;
   always @(posedge clk)
-    sink_from_store <= \$1251 ;
+    sink_from_store <= \$1264 ;
   always @(posedge clk)
-    sink_from_softmax <= \$1252 ;
+    sink_from_softmax <= \$1265 ;
   always @(posedge clk)
-    sink_from_layernorm <= \$1253 ;
+    sink_from_layernorm <= \$1266 ;
   always @(posedge clk)
-    sink_from_add <= \$1254 ;
+    sink_from_add <= \$1267 ;
   always @(posedge clk)
-    sink_from_gelu0 <= \$1255 ;
+    sink_from_gelu0 <= \$1268 ;
   always @(posedge clk)
-    sink_from_gemm <= \$1256 ;
+    sink_from_gemm <= \$1269 ;
   always @(posedge clk)
-    a_from_softmax <= \$1257 ;
+    a_from_softmax <= \$1270 ;
   always @(posedge clk)
-    a_from_layernorm <= \$1258 ;
+    a_from_layernorm <= \$1271 ;
   always @(posedge clk)
-    a_from_src0 <= \$1259 ;
+    a_from_src0 <= \$1272 ;
   always @(posedge clk)
-    const_to0 <= \$1260 ;
+    const_to0 <= \$1273 ;
   always @(posedge clk)
-    const_to1 <= \$1261 ;
+    const_to1 <= \$1274 ;
   always @(posedge clk)
-    const_to2 <= \$1262 ;
+    const_to2 <= \$1275 ;
   always @(posedge clk)
-    const_to3 <= \$1263 ;
+    const_to3 <= \$1276 ;
   always @(posedge clk)
-    in_fetch <= \$1264 ;
+    in_fetch <= \$1277 ;
   always @(posedge clk)
-    in_const <= \$1265 ;
+    in_const <= \$1278 ;
   always @(posedge clk)
-    run0 <= \$1266 ;
+    run0 <= \$1279 ;
   always @(posedge clk)
-    run1 <= \$1267 ;
+    run1 <= \$1280 ;
   always @(posedge clk)
-    q0_to_pack <= \$1268 ;
+    q0_to_pack <= \$1281 ;
   always @(posedge clk)
-    res_to_pack <= \$1269 ;
+    res_to_pack <= \$1282 ;
   always @(posedge clk)
-    ins <= \$1270 ;
+    ins <= \$1283 ;
   always @(posedge clk)
-    decode_wait <= \$1271 ;
+    decode_wait <= \$1284 ;
   always @(posedge clk)
-    c_addr <= \$1272 ;
+    c_addr <= \$1285 ;
   always @(posedge clk)
-    c_step <= \$1273 ;
+    c_step <= \$1286 ;
   always @(posedge clk)
-    c_ask <= \$1274 ;
+    c_ask <= \$1287 ;
   always @(posedge clk)
-    c_due <= \$1275 ;
+    c_due <= \$1288 ;
   always @(posedge clk)
-    c_last <= \$1276 ;
+    c_last <= \$1289 ;
   always @(posedge clk)
-    c_data <= \$1277 ;
+    c_data <= \$1290 ;
   always @(posedge clk)
-    c_full <= \$1278 ;
+    c_full <= \$1291 ;
   always @(posedge clk)
-    c_valid0 <= \$1279 ;
+    c_valid0 <= \$1292 ;
   always @(posedge clk)
-    c_valid1 <= \$1280 ;
+    c_valid1 <= \$1293 ;
   always @(posedge clk)
-    c_valid2 <= \$1281 ;
+    c_valid2 <= \$1294 ;
   always @(posedge clk)
-    c_valid3 <= \$1282 ;
+    c_valid3 <= \$1295 ;
   always @(posedge clk)
-    ext_req_addr <= \$1283 ;
+    ext_req_addr <= \$1296 ;
   always @(posedge clk)
-    ext_req_data <= \$1284 ;
+    ext_req_data <= \$1297 ;
   always @(posedge clk)
-    \w_en$166  <= \$1285 ;
+    \w_en$166  <= \$1298 ;
   always @(posedge clk)
-    pack_a0 <= \$1286 ;
+    pack_a0 <= \$1299 ;
   always @(posedge clk)
-    pack_a1 <= \$1287 ;
+    pack_a1 <= \$1300 ;
   always @(posedge clk)
-    pack_a2 <= \$1288 ;
+    pack_a2 <= \$1301 ;
   always @(posedge clk)
-    pack_a3 <= \$1289 ;
+    pack_a3 <= \$1302 ;
   always @(posedge clk)
-    pack_b0 <= \$1290 ;
+    pack_b0 <= \$1303 ;
   always @(posedge clk)
-    pack_b1 <= \$1291 ;
+    pack_b1 <= \$1304 ;
   always @(posedge clk)
-    pack_b2 <= \$1292 ;
+    pack_b2 <= \$1305 ;
   always @(posedge clk)
-    pack_b3 <= \$1293 ;
+    pack_b3 <= \$1306 ;
   always @(posedge clk)
-    pack_j <= \$1294 ;
+    pack_j <= \$1307 ;
   always @(posedge clk)
-    pack_jo <= \$1295 ;
+    pack_jo <= \$1308 ;
   always @(posedge clk)
-    tiles <= \$1296 ;
+    tiles <= \$1309 ;
   always @(posedge clk)
-    nt <= \$1297 ;
+    nt <= \$1310 ;
   always @(posedge clk)
-    k <= \$1298 ;
+    k <= \$1311 ;
   always @(posedge clk)
-    w_addr <= \$1299 ;
+    w_addr <= \$1312 ;
   always @(posedge clk)
-    p_addr <= \$1300 ;
+    p_addr <= \$1313 ;
   always @(posedge clk)
-    want_w <= \$1301 ;
+    want_w <= \$1314 ;
   always @(posedge clk)
-    w_step <= \$1302 ;
+    w_step <= \$1315 ;
   always @(posedge clk)
-    \$signal$421  <= \$1303 ;
+    \$signal$425  <= \$1316 ;
   always @(posedge clk)
-    \$signal$510  <= \$1304 ;
+    \$signal$514  <= \$1317 ;
   always @(posedge clk)
-    nt_hit <= \$1305 ;
+    nt_hit <= \$1318 ;
   always @(posedge clk)
-    rk <= \$1306 ;
+    rk <= \$1319 ;
   always @(posedge clk)
-    rk_zero <= \$1307 ;
+    rk_zero <= \$1320 ;
   always @(posedge clk)
-    w_full <= \$1308 ;
+    w_full <= \$1321 ;
   always @(posedge clk)
-    w_lane0 <= \$1309 ;
+    w_lane0 <= \$1322 ;
   always @(posedge clk)
-    w_lane1 <= \$1310 ;
+    w_lane1 <= \$1323 ;
   always @(posedge clk)
-    w_lane2 <= \$1311 ;
+    w_lane2 <= \$1324 ;
   always @(posedge clk)
-    w_lane3 <= \$1312 ;
+    w_lane3 <= \$1325 ;
   always @(posedge clk)
-    w_lane4 <= \$1313 ;
+    w_lane4 <= \$1326 ;
   always @(posedge clk)
-    w_lane5 <= \$1314 ;
+    w_lane5 <= \$1327 ;
   always @(posedge clk)
-    w_lane6 <= \$1315 ;
+    w_lane6 <= \$1328 ;
   always @(posedge clk)
-    w_lane7 <= \$1316 ;
+    w_lane7 <= \$1329 ;
   always @(posedge clk)
-    a_filled0 <= \$1317 ;
+    a_filled0 <= \$1330 ;
   always @(posedge clk)
-    a_filled1 <= \$1318 ;
+    a_filled1 <= \$1331 ;
   always @(posedge clk)
-    \$signal$259  <= \$1319 ;
+    \$signal$263  <= \$1332 ;
   always @(posedge clk)
-    \$signal$266  <= \$1320 ;
+    \$signal$270  <= \$1333 ;
   always @(posedge clk)
-    lk <= \$1321 ;
+    lk <= \$1334 ;
   always @(posedge clk)
-    \$signal$292  <= \$1322 ;
+    \$signal$296  <= \$1335 ;
   always @(posedge clk)
-    \$signal$293  <= \$1323 ;
+    \$signal$297  <= \$1336 ;
   always @(posedge clk)
-    fnt <= \$1324 ;
+    fnt <= \$1337 ;
   always @(posedge clk)
-    feed_blocks <= \$1325 ;
+    feed_blocks <= \$1338 ;
   always @(posedge clk)
-    \$signal$298  <= \$1326 ;
+    \$signal$302  <= \$1339 ;
   always @(posedge clk)
-    a_load_k_hit <= \$1327 ;
+    a_load_k_hit <= \$1340 ;
   always @(posedge clk)
-    a_feed_k_hit <= \$1328 ;
+    a_feed_k_hit <= \$1341 ;
   always @(posedge clk)
-    a_feed_nt_hit <= \$1329 ;
+    a_feed_nt_hit <= \$1342 ;
   always @(posedge clk)
-    a_blocks_left <= \$1330 ;
+    a_blocks_left <= \$1343 ;
   always @(posedge clk)
-    a_last <= \$1331 ;
+    a_last <= \$1344 ;
   always @(posedge clk)
-    w_load_lane <= \$1332 ;
+    w_load_lane <= \$1345 ;
   always @(posedge clk)
-    w_load_k <= \$1333 ;
+    w_load_k <= \$1346 ;
   always @(posedge clk)
-    w_load_addr <= \$1334 ;
+    w_load_addr <= \$1347 ;
   always @(posedge clk)
-    w_load_nt <= \$1335 ;
+    w_load_nt <= \$1348 ;
   always @(posedge clk)
-    w_filled0 <= \$1336 ;
+    w_filled0 <= \$1349 ;
   always @(posedge clk)
-    w_filled1 <= \$1337 ;
+    w_filled1 <= \$1350 ;
   always @(posedge clk)
-    w_load_half <= \$1338 ;
+    w_load_half <= \$1351 ;
   always @(posedge clk)
-    feed_ntk <= \$1339 ;
+    feed_ntk <= \$1352 ;
   always @(posedge clk)
-    feed_mt <= \$1340 ;
+    feed_mt <= \$1353 ;
   always @(posedge clk)
-    w_feed_half <= \$1341 ;
+    w_feed_half <= \$1354 ;
   always @(posedge clk)
-    post_col <= \$1342 ;
+    post_col <= \$1355 ;
   always @(posedge clk)
-    op_done <= \$1343 ;
+    op_done <= \$1356 ;
   always @(posedge clk)
-    fault_q <= \$1344 ;
+    fault_q <= \$1357 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
     .b__payload(\b__payload$179 ),
-    .b__ready(\b__ready$207 ),
-    .b__valid(\b__valid$223 ),
+    .b__ready(\b__ready$221 ),
+    .b__valid(\b__valid$231 ),
     .c__payload(c_data[43:0]),
     .c__ready(\c__ready$120 ),
     .c__valid(c_valid2),
     .clk(clk),
-    .o__payload(\o__payload$225 ),
+    .o__payload(o__payload),
     .o__ready(o__ready),
-    .o__valid(\o__valid$217 ),
+    .o__valid(o__valid),
     .rst(rst),
     .unit_rst(unit_rst)
   );
@@ -30171,20 +30196,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .go(i__ready),
     .i__payload(i__payload),
     .i__valid(i__valid),
-    .o__payload(\o__payload$231 ),
-    .o__ready(\o__ready$229 ),
-    .o__valid(\o__valid$218 ),
+    .o__payload(\o__payload$185 ),
+    .o__ready(\o__ready$195 ),
+    .o__valid(\o__valid$191 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$364 ),
-    .a__ready(\a__ready$300 ),
-    .a__valid(\a__valid$299 ),
+    .a__payload(\a__payload$368 ),
+    .a__ready(\a__ready$304 ),
+    .a__valid(\a__valid$303 ),
     .clk(clk),
-    .o__payload(\w_data$396 ),
-    .o__ready(\o__ready$398 ),
-    .o__valid(\w_en$394 ),
+    .o__payload(\w_data$400 ),
+    .o__ready(\o__ready$402 ),
+    .o__valid(\w_en$398 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -30195,19 +30220,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(clk),
-    .r_data(\r_data$413 ),
-    .r_en(\r_en$401 ),
+    .r_data(\r_data$417 ),
+    .r_en(\r_en$405 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$394 ),
-    .w_port__data(\w_data$396 ),
-    .w_rdy(\o__ready$398 )
+    .w_en(\w_en$398 ),
+    .w_port__data(\w_data$400 ),
+    .w_rdy(\o__ready$402 )
   );
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$97 ),
     .base(ins[123:104]),
-    .busy(\busy$521 ),
+    .busy(\busy$525 ),
     .clk(clk),
     .\final (\final ),
     .index__1(index__1),
@@ -30228,15 +30253,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .\valid$31 (\valid$233 )
+    .\valid$31 (\valid$236 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$464 ),
+    .\final (\final$468 ),
     .last__3(last__3),
-    .last__4(\last__4$463 ),
+    .last__4(\last__4$467 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -30256,9 +30281,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$89 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$467 ),
-    .last__3(\last__3$468 ),
-    .last__4(\last__4$466 ),
+    .\final (\final$471 ),
+    .last__3(\last__3$472 ),
+    .last__4(\last__4$470 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -30275,44 +30300,44 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\valid$31 (\valid$85 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\r_data$187 [15:0]),
+    .buf_wdata(\r_data$202 [15:0]),
     .c__payload(c_data),
     .c__valid(c_valid1),
     .clk(clk),
-    .i__ready(\i__ready$446 ),
-    .i__valid(\i__valid$441 ),
+    .i__ready(\i__ready$450 ),
+    .i__valid(\i__valid$445 ),
     .idle_r(\c__ready$118 ),
-    .o__payload(\o__payload$200 ),
-    .o__ready(\o__ready$443 ),
-    .o__valid(\o__valid$199 ),
+    .o__payload(\o__payload$215 ),
+    .o__ready(\o__ready$447 ),
+    .o__valid(\o__valid$214 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(clk),
-    .\port$9231$0 (pack_a0),
-    .\port$9233$0 (pack_a1),
-    .\port$9235$0 (pack_a2),
-    .\port$9237$0 (pack_a3),
-    .\port$9239$0 (pack_b0),
-    .\port$9241$0 (pack_b1),
-    .\port$9243$0 (pack_b2),
-    .\port$9245$0 (pack_b3),
+    .\port$9270$0 (pack_a0),
+    .\port$9272$0 (pack_a1),
+    .\port$9274$0 (pack_a2),
+    .\port$9276$0 (pack_a3),
+    .\port$9278$0 (pack_b0),
+    .\port$9280$0 (pack_b1),
+    .\port$9282$0 (pack_b2),
+    .\port$9284$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
-    .r_rdy(\r_rdy$222 ),
+    .r_rdy(\r_rdy$230 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(\w_en$166 ),
-    .w_rdy(w_rdy)
+    .w_rdy(\w_rdy$225 )
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$1903$0 (\$signature__data ),
-    .\port$9052$0 (src0_meta),
-    .r_data(\r_data$187 ),
-    .r_en(\r_en$444 ),
+    .\port$1919$0 (\$signature__data ),
+    .\port$9091$0 (src0_meta),
+    .r_data(\r_data$202 ),
+    .r_en(\r_en$448 ),
     .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
@@ -30321,11 +30346,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$86 ),
-    .\port$1904$0 (\$signature__data$94 ),
-    .\port$9056$0 (src1_meta),
-    .r_data(\r_data$319 ),
-    .r_en(\r_en$215 ),
-    .r_rdy(\r_rdy$214 ),
+    .\port$1920$0 (\$signature__data$94 ),
+    .\port$9095$0 (src1_meta),
+    .r_data(\r_data$323 ),
+    .r_en(\r_en$228 ),
+    .r_rdy(\r_rdy$227 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -30344,22 +30369,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$422 ),
-    .w_en(\req__valid$414 )
+    .w_data(\req__payload$426 ),
+    .w_en(\req__valid$418 )
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c_data[4:0]),
     .c__valid(c_valid0),
     .clk(clk),
-    .i__payload(\i__payload$438 ),
-    .i__ready(\i__ready$445 ),
-    .i__valid(\i__valid$440 ),
+    .i__payload(\i__payload$442 ),
+    .i__ready(\i__ready$449 ),
+    .i__valid(\i__valid$444 ),
     .idle(c__ready),
-    .o__ready(\o__ready$442 ),
-    .oq_data(o__payload),
-    .oq_valid(o__valid),
+    .o__ready(\o__ready$446 ),
+    .oq_data(\o__payload$213 ),
+    .oq_valid(\o__valid$212 ),
     .rst(rst),
     .unit_rst(unit_rst)
+  );
+  \accelerator.core.unpack_slice  unpack_slice (
+    .clk(clk),
+    .\port$194$0 (res_lane0),
+    .\port$197$0 (res_lane1),
+    .\port$200$0 (res_lane2),
+    .\port$203$0 (res_lane3),
+    .r_data(\r_data$235 ),
+    .r_en(\r_en$238 ),
+    .r_rdy(\r_rdy$233 ),
+    .rst(rst),
+    .unit_rst(unit_rst),
+    .w_en(\w_en$189 ),
+    .w_rdy(w_rdy)
   );
   \accelerator.core.writer  writer (
     .aw__payload(aw__payload),
@@ -30370,50 +30409,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(clk),
     .err(err),
-    .idle(\idle$504 ),
-    .req__ready(\req__ready$433 ),
+    .idle(\idle$508 ),
+    .req__ready(\req__ready$437 ),
     .rst(rst),
     .w_data(req__payload),
     .w_en(req__valid)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$103  = 16'h0000;
+    \$116  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$103  = unpack0;
+          \$116  = \r_data$235 [15:0];
       3'h1:
-          \$103  = unpack1;
+          \$116  = \r_data$235 [31:16];
       3'h2:
-          \$103  = unpack2;
+          \$116  = \r_data$235 [47:32];
       3'h3:
-          \$103  = unpack3;
+          \$116  = \r_data$235 [63:48];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$259 )
-      1'h0:
-          \$139  = a_filled0;
-      1'h1:
-          \$139  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$259 )
-      1'h0:
-          \$144  = a_filled0;
-      1'h1:
-          \$144  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$259 )
+    casez (\$signal$263 )
       1'h0:
           \$152  = a_filled0;
       1'h1:
@@ -30423,121 +30442,101 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$259 )
+    casez (\$signal$263 )
       1'h0:
-          \$159  = a_filled0;
+          \$157  = a_filled0;
       1'h1:
-          \$159  = a_filled1;
+          \$157  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$259 )
+    casez (\$signal$263 )
       1'h0:
-          \$166  = a_filled0;
+          \$165  = a_filled0;
       1'h1:
-          \$166  = a_filled1;
+          \$165  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$259 )
+    casez (\$signal$263 )
       1'h0:
-          \$173  = a_filled0;
+          \$172  = a_filled0;
       1'h1:
-          \$173  = a_filled1;
+          \$172  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$259 )
+    casez (\$signal$263 )
       1'h0:
-          \$180  = a_filled0;
+          \$179  = a_filled0;
       1'h1:
-          \$180  = a_filled1;
+          \$179  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$259 )
+    casez (\$signal$263 )
       1'h0:
-          \$187  = a_filled0;
+          \$186  = a_filled0;
       1'h1:
-          \$187  = a_filled1;
+          \$186  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$259 )
+    casez (\$signal$263 )
       1'h0:
-          \$194  = a_filled0;
+          \$193  = a_filled0;
       1'h1:
-          \$194  = a_filled1;
+          \$193  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$259 )
+    casez (\$signal$263 )
       1'h0:
-          \$201  = a_filled0;
+          \$200  = a_filled0;
       1'h1:
-          \$201  = a_filled1;
+          \$200  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$292 )
+    casez (\$signal$263 )
       1'h0:
-          \$208  = a_filled0;
+          \$207  = a_filled0;
       1'h1:
-          \$208  = a_filled1;
+          \$207  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (w_feed_half)
+    casez (\$signal$263 )
       1'h0:
-          \$216  = w_filled0;
+          \$214  = a_filled0;
       1'h1:
-          \$216  = w_filled1;
+          \$214  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$292 )
+    casez (\$signal$296 )
       1'h0:
-          \$226  = a_filled0;
+          \$221  = a_filled0;
       1'h1:
-          \$226  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$234  = w_filled0;
-      1'h1:
-          \$234  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$292 )
-      1'h0:
-          \$244  = a_filled0;
-      1'h1:
-          \$244  = a_filled1;
+          \$221  = a_filled1;
     endcase
   end
   always @* begin
@@ -30545,39 +30544,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$252  = w_filled0;
+          \$229  = w_filled0;
       1'h1:
-          \$252  = w_filled1;
+          \$229  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$292 )
+    casez (\$signal$296 )
       1'h0:
-          \$262  = a_filled0;
+          \$239  = a_filled0;
       1'h1:
-          \$262  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$270  = w_filled0;
-      1'h1:
-          \$270  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$292 )
-      1'h0:
-          \$280  = a_filled0;
-      1'h1:
-          \$280  = a_filled1;
+          \$239  = a_filled1;
     endcase
   end
   always @* begin
@@ -30585,39 +30564,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$288  = w_filled0;
+          \$247  = w_filled0;
       1'h1:
-          \$288  = w_filled1;
+          \$247  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$292 )
+    casez (\$signal$296 )
       1'h0:
-          \$298  = a_filled0;
+          \$257  = a_filled0;
       1'h1:
-          \$298  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$306  = w_filled0;
-      1'h1:
-          \$306  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$292 )
-      1'h0:
-          \$316  = a_filled0;
-      1'h1:
-          \$316  = a_filled1;
+          \$257  = a_filled1;
     endcase
   end
   always @* begin
@@ -30625,39 +30584,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$324  = w_filled0;
+          \$265  = w_filled0;
       1'h1:
-          \$324  = w_filled1;
+          \$265  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$292 )
+    casez (\$signal$296 )
       1'h0:
-          \$334  = a_filled0;
+          \$275  = a_filled0;
       1'h1:
-          \$334  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$342  = w_filled0;
-      1'h1:
-          \$342  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$292 )
-      1'h0:
-          \$352  = a_filled0;
-      1'h1:
-          \$352  = a_filled1;
+          \$275  = a_filled1;
     endcase
   end
   always @* begin
@@ -30665,9 +30604,109 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$360  = w_filled0;
+          \$283  = w_filled0;
       1'h1:
-          \$360  = w_filled1;
+          \$283  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$296 )
+      1'h0:
+          \$293  = a_filled0;
+      1'h1:
+          \$293  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$301  = w_filled0;
+      1'h1:
+          \$301  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$296 )
+      1'h0:
+          \$311  = a_filled0;
+      1'h1:
+          \$311  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$319  = w_filled0;
+      1'h1:
+          \$319  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$296 )
+      1'h0:
+          \$329  = a_filled0;
+      1'h1:
+          \$329  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$337  = w_filled0;
+      1'h1:
+          \$337  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$296 )
+      1'h0:
+          \$347  = a_filled0;
+      1'h1:
+          \$347  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$355  = w_filled0;
+      1'h1:
+          \$355  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$296 )
+      1'h0:
+          \$365  = a_filled0;
+      1'h1:
+          \$365  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$373  = w_filled0;
+      1'h1:
+          \$373  = w_filled1;
     endcase
   end
   always @* begin
@@ -30675,9 +30714,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$369  = w_filled0;
+          \$382  = w_filled0;
       1'h1:
-          \$369  = w_filled1;
+          \$382  = w_filled1;
     endcase
   end
   always @* begin
@@ -30685,9 +30724,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$376  = w_filled0;
+          \$389  = w_filled0;
       1'h1:
-          \$376  = w_filled1;
+          \$389  = w_filled1;
     endcase
   end
   always @* begin
@@ -30695,9 +30734,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$386  = w_filled0;
+          \$399  = w_filled0;
       1'h1:
-          \$386  = w_filled1;
+          \$399  = w_filled1;
     endcase
   end
   always @* begin
@@ -30705,9 +30744,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$395  = w_filled0;
+          \$408  = w_filled0;
       1'h1:
-          \$395  = w_filled1;
+          \$408  = w_filled1;
     endcase
   end
   always @* begin
@@ -30715,9 +30754,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$404  = w_filled0;
+          \$417  = w_filled0;
       1'h1:
-          \$404  = w_filled1;
+          \$417  = w_filled1;
     endcase
   end
   always @* begin
@@ -30725,9 +30764,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$413  = w_filled0;
+          \$426  = w_filled0;
       1'h1:
-          \$413  = w_filled1;
+          \$426  = w_filled1;
     endcase
   end
   always @* begin
@@ -30735,9 +30774,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$422  = w_filled0;
+          \$435  = w_filled0;
       1'h1:
-          \$422  = w_filled1;
+          \$435  = w_filled1;
     endcase
   end
   always @* begin
@@ -30745,9 +30784,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$431  = w_filled0;
+          \$444  = w_filled0;
       1'h1:
-          \$431  = w_filled1;
+          \$444  = w_filled1;
     endcase
   end
   always @* begin
@@ -30755,39 +30794,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$440  = w_filled0;
+          \$453  = w_filled0;
       1'h1:
-          \$440  = w_filled1;
+          \$453  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$292 )
+    casez (\$signal$296 )
       1'h0:
-          \$450  = a_filled0;
+          \$463  = a_filled0;
       1'h1:
-          \$450  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$458  = w_filled0;
-      1'h1:
-          \$458  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$292 )
-      1'h0:
-          \$469  = a_filled0;
-      1'h1:
-          \$469  = a_filled1;
+          \$463  = a_filled1;
     endcase
   end
   always @* begin
@@ -30795,39 +30814,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$477  = w_filled0;
+          \$471  = w_filled0;
       1'h1:
-          \$477  = w_filled1;
+          \$471  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$292 )
+    casez (\$signal$296 )
       1'h0:
-          \$488  = a_filled0;
+          \$482  = a_filled0;
       1'h1:
-          \$488  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$496  = w_filled0;
-      1'h1:
-          \$496  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$292 )
-      1'h0:
-          \$507  = a_filled0;
-      1'h1:
-          \$507  = a_filled1;
+          \$482  = a_filled1;
     endcase
   end
   always @* begin
@@ -30835,39 +30834,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$515  = w_filled0;
+          \$490  = w_filled0;
       1'h1:
-          \$515  = w_filled1;
+          \$490  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$292 )
+    casez (\$signal$296 )
       1'h0:
-          \$526  = a_filled0;
+          \$501  = a_filled0;
       1'h1:
-          \$526  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$534  = w_filled0;
-      1'h1:
-          \$534  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$292 )
-      1'h0:
-          \$545  = a_filled0;
-      1'h1:
-          \$545  = a_filled1;
+          \$501  = a_filled1;
     endcase
   end
   always @* begin
@@ -30875,39 +30854,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$553  = w_filled0;
+          \$509  = w_filled0;
       1'h1:
-          \$553  = w_filled1;
+          \$509  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$292 )
+    casez (\$signal$296 )
       1'h0:
-          \$564  = a_filled0;
+          \$520  = a_filled0;
       1'h1:
-          \$564  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$572  = w_filled0;
-      1'h1:
-          \$572  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$292 )
-      1'h0:
-          \$583  = a_filled0;
-      1'h1:
-          \$583  = a_filled1;
+          \$520  = a_filled1;
     endcase
   end
   always @* begin
@@ -30915,31 +30874,111 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$591  = w_filled0;
+          \$528  = w_filled0;
       1'h1:
-          \$591  = w_filled1;
+          \$528  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$623  = 32'd0;
+    (* full_case = 32'd1 *)
+    casez (\$signal$296 )
+      1'h0:
+          \$539  = a_filled0;
+      1'h1:
+          \$539  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$547  = w_filled0;
+      1'h1:
+          \$547  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$296 )
+      1'h0:
+          \$558  = a_filled0;
+      1'h1:
+          \$558  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$566  = w_filled0;
+      1'h1:
+          \$566  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$296 )
+      1'h0:
+          \$577  = a_filled0;
+      1'h1:
+          \$577  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$585  = w_filled0;
+      1'h1:
+          \$585  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal$296 )
+      1'h0:
+          \$596  = a_filled0;
+      1'h1:
+          \$596  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_feed_half)
+      1'h0:
+          \$604  = w_filled0;
+      1'h1:
+          \$604  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$636  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$623  = \r_data$413 [31:0];
+          \$636  = \r_data$417 [31:0];
       16'h0001:
-          \$623  = \r_data$413 [63:32];
+          \$636  = \r_data$417 [63:32];
       16'h0002:
-          \$623  = \r_data$413 [95:64];
+          \$636  = \r_data$417 [95:64];
       16'h0003:
-          \$623  = \r_data$413 [127:96];
+          \$636  = \r_data$417 [127:96];
       16'h0004:
-          \$623  = \r_data$413 [159:128];
+          \$636  = \r_data$417 [159:128];
       16'h0005:
-          \$623  = \r_data$413 [191:160];
+          \$636  = \r_data$417 [191:160];
       16'h0006:
-          \$623  = \r_data$413 [223:192];
+          \$636  = \r_data$417 [223:192];
       16'h0007:
-          \$623  = \r_data$413 [255:224];
+          \$636  = \r_data$417 [255:224];
     endcase
   end
   always @* begin
@@ -30947,51 +30986,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$626  = \r_data$413 [31:0];
+          \$639  = \r_data$417 [31:0];
       3'h1:
-          \$626  = \r_data$413 [63:32];
+          \$639  = \r_data$417 [63:32];
       3'h2:
-          \$626  = \r_data$413 [95:64];
+          \$639  = \r_data$417 [95:64];
       3'h3:
-          \$626  = \r_data$413 [127:96];
+          \$639  = \r_data$417 [127:96];
       3'h4:
-          \$626  = \r_data$413 [159:128];
+          \$639  = \r_data$417 [159:128];
       3'h5:
-          \$626  = \r_data$413 [191:160];
+          \$639  = \r_data$417 [191:160];
       3'h6:
-          \$626  = \r_data$413 [223:192];
+          \$639  = \r_data$417 [223:192];
       3'h7:
-          \$626  = \r_data$413 [255:224];
+          \$639  = \r_data$417 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$259 )
+    casez (\$signal$263 )
       1'h0:
-          \$1081  = a_filled0;
+          \$1094  = a_filled0;
       1'h1:
-          \$1081  = a_filled1;
+          \$1094  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$259 )
+    casez (\$signal$263 )
       1'h0:
-          \$1086  = a_filled0;
+          \$1099  = a_filled0;
       1'h1:
-          \$1086  = a_filled1;
+          \$1099  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$292 )
+    casez (\$signal$296 )
       1'h0:
-          \$1106  = a_filled0;
+          \$1119  = a_filled0;
       1'h1:
-          \$1106  = a_filled1;
+          \$1119  = a_filled1;
     endcase
   end
   always @* begin
@@ -30999,9 +31038,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$1114  = w_filled0;
+          \$1127  = w_filled0;
       1'h1:
-          \$1114  = w_filled1;
+          \$1127  = w_filled1;
     endcase
   end
   always @* begin
@@ -31009,19 +31048,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$1135  = w_filled0;
+          \$1148  = w_filled0;
       1'h1:
-          \$1135  = w_filled1;
+          \$1148  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$292 )
+    casez (\$signal$296 )
       1'h0:
-          \$1148  = a_filled0;
+          \$1161  = a_filled0;
       1'h1:
-          \$1148  = a_filled1;
+          \$1161  = a_filled1;
     endcase
   end
   always @* begin
@@ -31029,9 +31068,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$1156  = w_filled0;
+          \$1169  = w_filled0;
       1'h1:
-          \$1156  = w_filled1;
+          \$1169  = w_filled1;
     endcase
   end
   always @* begin
@@ -31059,7 +31098,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     strides__1 = ins[159:142];
     if (is_gemm) begin
-      strides__1 = \$55 [17:0];
+      strides__1 = \$63 [17:0];
     end
   end
   always @* begin
@@ -31073,7 +31112,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     strides__2 = ins[177:160];
     if (is_gemm) begin
-      strides__2 = \$56 [17:0];
+      strides__2 = \$64 [17:0];
     end
   end
   always @* begin
@@ -31129,119 +31168,119 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__1$45  = ins[269:252];
     if (is_gemm) begin
-      \strides__1$45  = \$28 [17:0];
+      \strides__1$45  = \$30 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__2$46  = ins[71:56];
     if (is_gemm) begin
-      \n__2$46  = \$30 ;
+      \n__2$46  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__2$47  = ins[287:270];
     if (is_gemm) begin
-      \strides__2$47  = \$33 [17:0];
+      \strides__2$47  = \$37 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__3$48  = ins[87:72];
     if (is_gemm) begin
-      \n__3$48  = { 12'h000, \$35  };
+      \n__3$48  = { 12'h000, \$39  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__3$49  = ins[305:288];
     if (is_gemm) begin
-      \strides__3$49  = \$37 ;
+      \strides__3$49  = \$41 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__4$50  = ins[103:88];
     if (is_gemm) begin
-      \n__4$50  = \$39 ;
+      \n__4$50  = \$43 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__4$51  = ins[323:306];
     if (is_gemm) begin
-      \strides__4$51  = \$41 ;
+      \strides__4$51  = \$45 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__0$54  = ins[39:24];
     if (is_gemm) begin
-      \n__0$54  = \$42 ;
+      \n__0$54  = \$46 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__0$55  = ins[361:344];
     if (is_gemm) begin
-      \strides__0$55  = \$43 ;
+      \strides__0$55  = \$47 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__1$56  = ins[55:40];
     if (is_gemm) begin
-      \n__1$56  = \$44 ;
+      \n__1$56  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__1$57  = ins[379:362];
     if (is_gemm) begin
-      \strides__1$57  = \$46 [17:0];
+      \strides__1$57  = \$52 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__2$58  = ins[71:56];
     if (is_gemm) begin
-      \n__2$58  = \$47 ;
+      \n__2$58  = \$53 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__2$59  = ins[397:380];
     if (is_gemm) begin
-      \strides__2$59  = \$50 [17:0];
+      \strides__2$59  = \$56 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__3$60  = ins[87:72];
     if (is_gemm) begin
-      \n__3$60  = \$51 ;
+      \n__3$60  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__3$61  = ins[415:398];
     if (is_gemm) begin
-      \strides__3$61  = \$52 ;
+      \strides__3$61  = \$58 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__4$62  = ins[103:88];
     if (is_gemm) begin
-      \n__4$62  = { 12'h000, \$53  };
+      \n__4$62  = { 12'h000, \$59  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__4$63  = ins[433:416];
     if (is_gemm) begin
-      \strides__4$63  = \$54 ;
+      \strides__4$63  = \$60 ;
     end
   end
   always @* begin
@@ -31250,15 +31289,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        next = \$64 ;
+        next = \$82 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     wr__data = sink_data;
-    if (\$622 ) begin
-      wr__data = \$623 [15:0];
+    if (\$635 ) begin
+      wr__data = \$636 [15:0];
     end
   end
   always @* begin
@@ -31287,17 +31326,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         \$signal  = beat__valid;
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$61 ) begin
+      end else if (\$79 ) begin
         if (is_softmax) begin
-          \$signal  = o__valid;
+          \$signal  = \o__valid$212 ;
         end
         if (is_layernorm) begin
-          \$signal  = \o__valid$199 ;
+          \$signal  = \o__valid$214 ;
         end
       end
     end
     if (pack_active) begin
-      \$signal  = \$signal$216 ;
+      \$signal  = \r_rdy$233 ;
     end
   end
   always @* begin
@@ -31305,32 +31344,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     sink_data = 16'h0000;
     if (in_stream) begin
       if (is_move) begin
-        sink_data = \r_data$187 [15:0];
+        sink_data = \r_data$202 [15:0];
       end else if (is_load) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$67 [8], \$67 [8], \$67 [8], \$67 [8], \$67 [8], \$67 [8], \$67 [8], \$67  };
+              sink_data = { \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85  };
           2'h1:
-              sink_data = \$70 [15:0];
+              sink_data = \$88 [15:0];
           2'h2:
-              sink_data = \$73 [15:0];
+              sink_data = \$91 [15:0];
           2'h3:
-              sink_data = \$76 [15:0];
+              sink_data = \$94 [15:0];
         endcase
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$61 ) begin
+      end else if (\$79 ) begin
         if (is_softmax) begin
-          sink_data = { 8'h00, o__payload[7:0] };
+          sink_data = { 8'h00, \o__payload$213 [7:0] };
         end
         if (is_layernorm) begin
-          sink_data = { \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200  };
+          sink_data = { \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215  };
         end
       end
     end
     if (pack_active) begin
-      sink_data = \$103 ;
+      sink_data = \$116 ;
     end
   end
   always @* begin
@@ -31339,12 +31378,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$77 ) begin
+        if (\$95 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$698 ) begin
+    if (\$711 ) begin
       fault = 4'h5;
     end
   end
@@ -31381,13 +31420,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$61 ) begin
+      end else if (\$79 ) begin
       end else begin
-        elem_data = \r_data$187 [15:0];
+        elem_data = \r_data$202 [15:0];
       end
     end
-    if (\$625 ) begin
-      elem_data = \$626 [15:0];
+    if (\$638 ) begin
+      elem_data = \$639 [15:0];
     end
   end
   always @* begin
@@ -31399,9 +31438,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$61 ) begin
+      end else if (\$79 ) begin
       end else begin
-        elem_final = \r_data$187 [17];
+        elem_final = \r_data$202 [17];
       end
     end
   end
@@ -31409,7 +31448,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     in_ready = 1'h0;
     if (pack_active) begin
-      in_ready = \$81 ;
+      in_ready = \$99 ;
     end
   end
   always @* begin
@@ -31423,118 +31462,49 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     elem_take = 1'h0;
     if (pack_active) begin
-      elem_take = \$87 ;
+      elem_take = \$105 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$215  = 1'h0;
+    \r_en$228  = 1'h0;
     if (pack_active) begin
-      \r_en$215  = \$94 ;
+      \r_en$228  = \$112 ;
     end
     if (gemm_active) begin
-      if (\$368 ) begin
-        \r_en$215  = \$373 ;
+      if (\$381 ) begin
+        \r_en$228  = \$386 ;
       end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signal$216  = 1'h0;
-    if (pack_active) begin
-      \$signal$216  = \$97 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    o__ready = 1'h0;
-    if (pack_active) begin
-      o__ready = \$98 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a__valid = 1'h0;
     if (pack_active) begin
-      a__valid = \$99 ;
+      a__valid = \$113 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \b__valid$223  = 1'h0;
+    \b__valid$231  = 1'h0;
     if (pack_active) begin
-      \b__valid$223  = \$100 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    unpack0 = 16'h0000;
-    if (pack_active) begin
-      if (sink_from_add) begin
-        unpack0 = \o__payload$225 [15:0];
-      end
-      if (sink_from_gelu0) begin
-        unpack0 = { \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7], \o__payload$231 [7:0] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    unpack1 = 16'h0000;
-    if (pack_active) begin
-      if (sink_from_add) begin
-        unpack1 = \o__payload$225 [31:16];
-      end
-      if (sink_from_gelu0) begin
-        unpack1 = { \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15], \o__payload$231 [15:8] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    unpack2 = 16'h0000;
-    if (pack_active) begin
-      if (sink_from_add) begin
-        unpack2 = \o__payload$225 [47:32];
-      end
-      if (sink_from_gelu0) begin
-        unpack2 = { \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23], \o__payload$231 [23:16] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    unpack3 = 16'h0000;
-    if (pack_active) begin
-      if (sink_from_add) begin
-        unpack3 = \o__payload$225 [63:48];
-      end
-      if (sink_from_gelu0) begin
-        unpack3 = { \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31], \o__payload$231 [31:24] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \o__ready$229  = 1'h0;
-    if (pack_active) begin
-      \o__ready$229  = \$101 ;
+      \b__valid$231  = \$114 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     i__valid = 1'h0;
     if (pack_active) begin
-      i__valid = \$102 ;
+      i__valid = \$115 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    out_ready = 1'h0;
+    \r_en$238  = 1'h0;
     if (pack_active) begin
-      if (\$104 ) begin
-        if (\$106 ) begin
-          out_ready = 1'h1;
+      if (\$117 ) begin
+        if (\$119 ) begin
+          \r_en$238  = 1'h1;
         end
       end
     end
@@ -31723,20 +31693,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     p__valid = 1'h0;
     if (gemm_active) begin
-      p__valid = \$111 ;
+      p__valid = \$124 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in = 16'h0000;
     if (pre_sm) begin
-      a_in = { 8'h00, o__payload[7:0] };
+      a_in = { 8'h00, \o__payload$213 [7:0] };
     end
     if (pre_ln) begin
-      a_in = { \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200 [7], \o__payload$200  };
+      a_in = { \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215  };
     end
-    if (\$113 ) begin
-      a_in = \r_data$187 [15:0];
+    if (\$126 ) begin
+      a_in = \r_data$202 [15:0];
     end
   end
   always @* begin
@@ -31744,54 +31714,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$120 [2], \$120 [2], \$120 [2], \$120 [2], \$120 [2], \$120 [2], \$120  };
+          elem = { \$133 [2], \$133 [2], \$133 [2], \$133 [2], \$133 [2], \$133 [2], \$133  };
       5'h03:
-          elem = { \$123 [3], \$123 [3], \$123 [3], \$123 [3], \$123 [3], \$123  };
+          elem = { \$136 [3], \$136 [3], \$136 [3], \$136 [3], \$136 [3], \$136  };
       5'h04:
-          elem = { \$126 [4], \$126 [4], \$126 [4], \$126 [4], \$126  };
+          elem = { \$139 [4], \$139 [4], \$139 [4], \$139 [4], \$139  };
       5'h05:
-          elem = { \$129 [5], \$129 [5], \$129 [5], \$129  };
+          elem = { \$142 [5], \$142 [5], \$142 [5], \$142  };
       5'h06:
-          elem = { \$132 [6], \$132 [6], \$132  };
+          elem = { \$145 [6], \$145 [6], \$145  };
       5'h07:
-          elem = { \$135 [7], \$135  };
+          elem = { \$148 [7], \$148  };
       5'h08:
-          elem = \$138 ;
+          elem = \$151 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$141 ;
+      a_in_take = \$154 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$262  = 9'h000;
+    \$signature__addr$266  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$262  = \$143 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$264  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$264  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$265  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$265  = \$149 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$267  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$267  = \$151 [8:0];
+      \$signature__addr$266  = \$156 [8:0];
     end
   end
   always @* begin
@@ -31805,280 +31754,301 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$269  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$269  = \$156 ;
+      \$signature__en$269  = \$162 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$270  = 9'h000;
+    \$signature__addr$271  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$270  = \$158 [8:0];
+      \$signature__addr$271  = \$164 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$271  = 9'h000;
+    \$signature__data$272  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$271  = elem;
+      \$signature__data$272  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$272  = 1'h0;
+    \$signature__en$273  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$272  = \$163 ;
+      \$signature__en$273  = \$169 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$273  = 9'h000;
+    \$signature__addr$274  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$273  = \$165 [8:0];
+      \$signature__addr$274  = \$171 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$274  = 9'h000;
+    \$signature__data$275  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$274  = elem;
+      \$signature__data$275  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$275  = 1'h0;
+    \$signature__en$276  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$275  = \$170 ;
+      \$signature__en$276  = \$176 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$276  = 9'h000;
+    \$signature__addr$277  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$276  = \$172 [8:0];
+      \$signature__addr$277  = \$178 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$277  = 9'h000;
+    \$signature__data$278  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$277  = elem;
+      \$signature__data$278  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$278  = 1'h0;
+    \$signature__en$279  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$278  = \$177 ;
+      \$signature__en$279  = \$183 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$279  = 9'h000;
+    \$signature__addr$280  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$279  = \$179 [8:0];
+      \$signature__addr$280  = \$185 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$280  = 9'h000;
+    \$signature__data$281  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$280  = elem;
+      \$signature__data$281  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$281  = 1'h0;
+    \$signature__en$282  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$281  = \$184 ;
+      \$signature__en$282  = \$190 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$282  = 9'h000;
+    \$signature__addr$283  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$282  = \$186 [8:0];
+      \$signature__addr$283  = \$192 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$283  = 9'h000;
+    \$signature__data$284  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$283  = elem;
+      \$signature__data$284  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$284  = 1'h0;
+    \$signature__en$285  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$284  = \$191 ;
+      \$signature__en$285  = \$197 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$285  = 9'h000;
+    \$signature__addr$286  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$285  = \$193 [8:0];
+      \$signature__addr$286  = \$199 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$286  = 9'h000;
+    \$signature__data$287  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$286  = elem;
+      \$signature__data$287  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$287  = 1'h0;
+    \$signature__en$288  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$287  = \$198 ;
+      \$signature__en$288  = \$204 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$288  = 9'h000;
+    \$signature__addr$289  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$288  = \$200 [8:0];
+      \$signature__addr$289  = \$206 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$289  = 9'h000;
+    \$signature__data$290  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$289  = elem;
+      \$signature__data$290  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$290  = 1'h0;
+    \$signature__en$291  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$290  = \$205 ;
+      \$signature__en$291  = \$211 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$291  = 9'h000;
+    \$signature__addr$292  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$291  = \$207 [8:0];
+      \$signature__addr$292  = \$213 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$294  = 1'h1;
+    \$signature__data$293  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$294  = \$223 ;
+      \$signature__data$293  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$302  = 9'h000;
+    \$signature__en$294  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$302  = \$225 [8:0];
+      \$signature__en$294  = \$218 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$303  = 1'h1;
+    \$signature__addr$295  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$303  = \$241 ;
+      \$signature__addr$295  = \$220 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$304  = 9'h000;
+    \$signature__en$298  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$304  = \$243 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$305  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$305  = \$259 ;
+      \$signature__en$298  = \$236 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$306  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$306  = \$261 [8:0];
+      \$signature__addr$306  = \$238 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$307  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$307  = \$277 ;
+      \$signature__en$307  = \$254 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$308  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$308  = \$279 [8:0];
+      \$signature__addr$308  = \$256 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$309  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$309  = \$295 ;
+      \$signature__en$309  = \$272 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$310  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$310  = \$297 [8:0];
+      \$signature__addr$310  = \$274 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$311  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$311  = \$313 ;
+      \$signature__en$311  = \$290 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$312  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$312  = \$315 [8:0];
+      \$signature__addr$312  = \$292 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$313  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$313  = \$331 ;
+      \$signature__en$313  = \$308 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$314  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$314  = \$333 [8:0];
+      \$signature__addr$314  = \$310 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$315  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$315  = \$349 ;
+      \$signature__en$315  = \$326 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$316  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$316  = \$351 [8:0];
+      \$signature__addr$316  = \$328 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$317  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$317  = \$367 ;
+      \$signature__en$317  = \$344 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$318  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$318  = \$346 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$319  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$319  = \$362 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$320  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$320  = \$364 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$321  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$321  = \$380 ;
     end
   end
   always @* begin
@@ -32087,48 +32057,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$319 [1], \r_data$319 [1], \r_data$319 [1], \r_data$319 [1], \r_data$319 [1], \r_data$319 [1], \r_data$319 [1:0] };
+            welem = { \r_data$323 [1], \r_data$323 [1], \r_data$323 [1], \r_data$323 [1], \r_data$323 [1], \r_data$323 [1], \r_data$323 [1:0] };
         5'h03:
-            welem = { \r_data$319 [2], \r_data$319 [2], \r_data$319 [2], \r_data$319 [2], \r_data$319 [2], \r_data$319 [2:0] };
+            welem = { \r_data$323 [2], \r_data$323 [2], \r_data$323 [2], \r_data$323 [2], \r_data$323 [2], \r_data$323 [2:0] };
         5'h04:
-            welem = { \r_data$319 [3], \r_data$319 [3], \r_data$319 [3], \r_data$319 [3], \r_data$319 [3:0] };
+            welem = { \r_data$323 [3], \r_data$323 [3], \r_data$323 [3], \r_data$323 [3], \r_data$323 [3:0] };
         5'h05:
-            welem = { \r_data$319 [4], \r_data$319 [4], \r_data$319 [4], \r_data$319 [4:0] };
+            welem = { \r_data$323 [4], \r_data$323 [4], \r_data$323 [4], \r_data$323 [4:0] };
         5'h06:
-            welem = { \r_data$319 [5], \r_data$319 [5], \r_data$319 [5:0] };
+            welem = { \r_data$323 [5], \r_data$323 [5], \r_data$323 [5:0] };
         5'h07:
-            welem = { \r_data$319 [6], \r_data$319 [6:0] };
+            welem = { \r_data$323 [6], \r_data$323 [6:0] };
         5'h08:
-            welem = \r_data$319 [7:0];
+            welem = \r_data$323 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$321  = 9'h000;
+    \$signature__addr$325  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$321  = \$375 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$323  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$323  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$324  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$324  = \$383 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$326  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$326  = \$385 [8:0];
+      \$signature__addr$325  = \$388 [8:0];
     end
   end
   always @* begin
@@ -32142,402 +32091,332 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$328  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$328  = \$392 ;
+      \$signature__en$328  = \$396 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$329  = 9'h000;
+    \$signature__addr$330  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$329  = \$394 [8:0];
+      \$signature__addr$330  = \$398 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$330  = 8'h00;
+    \$signature__data$331  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$330  = welem;
+      \$signature__data$331  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$331  = 1'h0;
+    \$signature__en$332  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$331  = \$401 ;
+      \$signature__en$332  = \$405 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$332  = 9'h000;
+    \$signature__addr$333  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$332  = \$403 [8:0];
+      \$signature__addr$333  = \$407 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$333  = 8'h00;
+    \$signature__data$334  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$333  = welem;
+      \$signature__data$334  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$334  = 1'h0;
+    \$signature__en$335  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$334  = \$410 ;
+      \$signature__en$335  = \$414 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$335  = 9'h000;
+    \$signature__addr$336  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$335  = \$412 [8:0];
+      \$signature__addr$336  = \$416 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$336  = 8'h00;
+    \$signature__data$337  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$336  = welem;
+      \$signature__data$337  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$337  = 1'h0;
+    \$signature__en$338  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$337  = \$419 ;
+      \$signature__en$338  = \$423 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$338  = 9'h000;
+    \$signature__addr$339  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$338  = \$421 [8:0];
+      \$signature__addr$339  = \$425 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$339  = 8'h00;
+    \$signature__data$340  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$339  = welem;
+      \$signature__data$340  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$340  = 1'h0;
+    \$signature__en$341  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$340  = \$428 ;
+      \$signature__en$341  = \$432 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$341  = 9'h000;
+    \$signature__addr$342  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$341  = \$430 [8:0];
+      \$signature__addr$342  = \$434 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$342  = 8'h00;
+    \$signature__data$343  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$342  = welem;
+      \$signature__data$343  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$343  = 1'h0;
+    \$signature__en$344  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$343  = \$437 ;
+      \$signature__en$344  = \$441 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$344  = 9'h000;
+    \$signature__addr$345  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$344  = \$439 [8:0];
+      \$signature__addr$345  = \$443 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$345  = 8'h00;
+    \$signature__data$346  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$345  = welem;
+      \$signature__data$346  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$346  = 1'h0;
+    \$signature__en$347  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$346  = \$446 ;
+      \$signature__en$347  = \$450 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$347  = 9'h000;
+    \$signature__addr$348  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$347  = \$449 [8:0];
+      \$signature__addr$348  = \$452 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$349  = 1'h1;
+    \$signature__data$349  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$349  = \$465 ;
+      \$signature__data$349  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$350  = 9'h000;
+    \$signature__en$350  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$350  = \$468 [8:0];
+      \$signature__en$350  = \$459 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$351  = 1'h1;
+    \$signature__addr$351  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$351  = \$484 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$352  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$352  = \$487 [8:0];
+      \$signature__addr$351  = \$462 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$353  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$353  = \$503 ;
+      \$signature__en$353  = \$478 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$354  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$354  = \$506 [8:0];
+      \$signature__addr$354  = \$481 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$355  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$355  = \$522 ;
+      \$signature__en$355  = \$497 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$356  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$356  = \$525 [8:0];
+      \$signature__addr$356  = \$500 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$357  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$357  = \$541 ;
+      \$signature__en$357  = \$516 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$358  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$358  = \$544 [8:0];
+      \$signature__addr$358  = \$519 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$359  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$359  = \$560 ;
+      \$signature__en$359  = \$535 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$360  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$360  = \$563 [8:0];
+      \$signature__addr$360  = \$538 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$361  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$361  = \$579 ;
+      \$signature__en$361  = \$554 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$362  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$362  = \$582 [8:0];
+      \$signature__addr$362  = \$557 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$363  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$363  = \$598 ;
+      \$signature__en$363  = \$573 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$299  = 1'h0;
+    \$signature__addr$364  = 9'h000;
     if (gemm_active) begin
-      \a__valid$299  = \$signal$298 ;
+      \$signature__addr$364  = \$576 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$364  = 82'h000000000000000000000;
+    \$signature__en$365  = 1'h1;
     if (gemm_active) begin
-      \a__payload$364 [81] = a_last;
-      \a__payload$364 [8:0] = \$signature__data$368 ;
-      \a__payload$364 [17:9] = \$signature__data$369 ;
-      \a__payload$364 [26:18] = \$signature__data$370 ;
-      \a__payload$364 [35:27] = \$signature__data$371 ;
-      \a__payload$364 [44:36] = \$signature__data$372 ;
-      \a__payload$364 [53:45] = \$signature__data$373 ;
-      \a__payload$364 [62:54] = \$signature__data$374 ;
-      \a__payload$364 [71:63] = \$signature__data$375 ;
-      \a__payload$364 [80:72] = \$signature__data$376 ;
+      \$signature__en$365  = \$592 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$366  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$366  = \$595 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$367  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$367  = \$611 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \a__valid$303  = 1'h0;
+    if (gemm_active) begin
+      \a__valid$303  = \$signal$302 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \a__payload$368  = 82'h000000000000000000000;
+    if (gemm_active) begin
+      \a__payload$368 [81] = a_last;
+      \a__payload$368 [8:0] = \$signature__data$372 ;
+      \a__payload$368 [17:9] = \$signature__data$373 ;
+      \a__payload$368 [26:18] = \$signature__data$374 ;
+      \a__payload$368 [35:27] = \$signature__data$375 ;
+      \a__payload$368 [44:36] = \$signature__data$376 ;
+      \a__payload$368 [53:45] = \$signature__data$377 ;
+      \a__payload$368 [62:54] = \$signature__data$378 ;
+      \a__payload$368 [71:63] = \$signature__data$379 ;
+      \a__payload$368 [80:72] = \$signature__data$380 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$599 ;
+      w__valid = \$612 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$600 ;
-      w__payload[15:8] = \$601 ;
-      w__payload[23:16] = \$602 ;
-      w__payload[31:24] = \$603 ;
-      w__payload[39:32] = \$604 ;
-      w__payload[47:40] = \$605 ;
-      w__payload[55:48] = \$606 ;
-      w__payload[63:56] = \$607 ;
+      w__payload[7:0] = \$613 ;
+      w__payload[15:8] = \$614 ;
+      w__payload[23:16] = \$615 ;
+      w__payload[31:24] = \$616 ;
+      w__payload[39:32] = \$617 ;
+      w__payload[47:40] = \$618 ;
+      w__payload[55:48] = \$619 ;
+      w__payload[63:56] = \$620 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$619 ;
+      dst_keep = \$632 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1180  = 1'h0;
+    \$1193  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$866 ) begin
-            \$1180  = \$868 ;
+          if (\$879 ) begin
+            \$1193  = \$881 ;
           end
     endcase
-    if (rst) begin
-      \$1180  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1181  = \$700 ;
-    if (rst) begin
-      \$1181  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1182  = \$701 ;
-    if (rst) begin
-      \$1182  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1183  = \$702 ;
-    if (rst) begin
-      \$1183  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1184  = \$703 ;
-    if (rst) begin
-      \$1184  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1185  = \$704 ;
-    if (rst) begin
-      \$1185  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1186  = \$705 ;
-    if (rst) begin
-      \$1186  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1187  = \$706 ;
-    if (rst) begin
-      \$1187  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1188  = \$707 ;
-    if (rst) begin
-      \$1188  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1189  = \$708 ;
-    if (rst) begin
-      \$1189  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1190  = \$709 ;
-    if (rst) begin
-      \$1190  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1191  = \$710 ;
-    if (rst) begin
-      \$1191  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1192  = \$711 ;
-    if (rst) begin
-      \$1192  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1193  = \$712 ;
     if (rst) begin
       \$1193  = 1'h0;
     end
@@ -32558,98 +32437,189 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1196  = \$715 [15:0];
+    \$1196  = \$715 ;
     if (rst) begin
-      \$1196  = 16'h0000;
+      \$1196  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1197  = \$718 ;
+    \$1197  = \$716 ;
     if (rst) begin
       \$1197  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1198  = \$721 ;
+    \$1198  = \$717 ;
     if (rst) begin
       \$1198  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1199  = \$724 ;
+    \$1199  = \$718 ;
     if (rst) begin
       \$1199  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1200  = \$727 ;
+    \$1200  = \$719 ;
     if (rst) begin
       \$1200  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1201  = \$730 ;
+    \$1201  = \$720 ;
     if (rst) begin
       \$1201  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1202  = \$732 ;
+    \$1202  = \$721 ;
     if (rst) begin
       \$1202  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1203  = { \$733 , \final$464 , \last__4$463  };
+    \$1203  = \$722 ;
     if (rst) begin
-      \$1203  = 3'h0;
+      \$1203  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1204  = \$735 ;
+    \$1204  = \$723 ;
     if (rst) begin
       \$1204  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1205  = { \$736 , \final$467 , \last__4$466  };
+    \$1205  = \$724 ;
     if (rst) begin
-      \$1205  = 3'h0;
+      \$1205  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1206  = \$743 ;
+    \$1206  = \$725 ;
     if (rst) begin
       \$1206  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1207  = \$751 ;
+    \$1207  = \$726 ;
     if (rst) begin
       \$1207  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1208  = \$756 ;
+    \$1208  = \$727 ;
     if (rst) begin
       \$1208  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1209  = 1'h0;
+    \$1209  = \$728 [15:0];
+    if (rst) begin
+      \$1209  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1210  = \$731 ;
+    if (rst) begin
+      \$1210  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1211  = \$734 ;
+    if (rst) begin
+      \$1211  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1212  = \$737 ;
+    if (rst) begin
+      \$1212  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1213  = \$740 ;
+    if (rst) begin
+      \$1213  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1214  = \$743 ;
+    if (rst) begin
+      \$1214  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1215  = \$745 ;
+    if (rst) begin
+      \$1215  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1216  = { \$746 , \final$468 , \last__4$467  };
+    if (rst) begin
+      \$1216  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1217  = \$748 ;
+    if (rst) begin
+      \$1217  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1218  = { \$749 , \final$471 , \last__4$470  };
+    if (rst) begin
+      \$1218  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1219  = \$756 ;
+    if (rst) begin
+      \$1219  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1220  = \$764 ;
+    if (rst) begin
+      \$1220  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1221  = \$769 ;
+    if (rst) begin
+      \$1221  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1222  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -32660,236 +32630,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h3:
           /* empty */;
       3'h4:
-          \$1209  = \$1001 ;
+          \$1222  = \$1014 ;
     endcase
     if (rst) begin
-      \$1209  = 1'h0;
+      \$1222  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1210  = ext_req_valid;
+    \$1223  = ext_req_valid;
     if (in_decode) begin
-      \$1210  = 1'h0;
+      \$1223  = 1'h0;
     end
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$1006 ) begin
-          \$1210  = valid;
+        if (\$1019 ) begin
+          \$1223  = valid;
         end
       end else if (is_store) begin
-        if (\$1010 ) begin
-          \$1210  = dst_step;
+        if (\$1023 ) begin
+          \$1223  = dst_step;
         end
       end
     end
     if (rst) begin
-      \$1210  = 1'h0;
+      \$1223  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1211  = cycles;
+    \$1224  = cycles;
     if (busy) begin
-      \$1211  = \$778 [47:0];
+      \$1224  = \$791 [47:0];
     end
-    if (\$846 ) begin
-      \$1211  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1211  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1212  = op_cycles__0;
-    if (busy) begin
-      if (\$779 ) begin
-        \$1212  = \$780 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1212  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1212  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1213  = op_cycles__1;
-    if (busy) begin
-      if (\$781 ) begin
-        \$1213  = \$782 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1213  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1213  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1214  = op_cycles__2;
-    if (busy) begin
-      if (\$783 ) begin
-        \$1214  = \$784 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1214  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1214  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1215  = op_cycles__3;
-    if (busy) begin
-      if (\$785 ) begin
-        \$1215  = \$786 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1215  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1215  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1216  = op_cycles__4;
-    if (busy) begin
-      if (\$787 ) begin
-        \$1216  = \$788 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1216  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1216  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1217  = op_cycles__5;
-    if (busy) begin
-      if (\$789 ) begin
-        \$1217  = \$790 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1217  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1217  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1218  = op_cycles__6;
-    if (busy) begin
-      if (\$791 ) begin
-        \$1218  = \$792 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1218  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1218  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1219  = op_cycles__7;
-    if (busy) begin
-      if (\$793 ) begin
-        \$1219  = \$794 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1219  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1219  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1220  = op_cycles__8;
-    if (busy) begin
-      if (\$795 ) begin
-        \$1220  = \$796 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1220  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1220  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1221  = op_cycles__9;
-    if (busy) begin
-      if (\$797 ) begin
-        \$1221  = \$798 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1221  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1221  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1222  = op_cycles__10;
-    if (busy) begin
-      if (\$799 ) begin
-        \$1222  = \$800 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1222  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1222  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1223  = op_cycles__11;
-    if (busy) begin
-      if (\$801 ) begin
-        \$1223  = \$802 [47:0];
-      end
-    end
-    if (\$846 ) begin
-      \$1223  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$1223  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1224  = op_cycles__12;
-    if (busy) begin
-      if (\$803 ) begin
-        \$1224  = \$804 [47:0];
-      end
-    end
-    if (\$846 ) begin
+    if (\$859 ) begin
       \$1224  = 48'h000000000000;
     end
     if (rst) begin
@@ -32898,13 +32673,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1225  = op_cycles__13;
+    \$1225  = op_cycles__0;
     if (busy) begin
-      if (\$805 ) begin
-        \$1225  = \$806 [47:0];
+      if (\$792 ) begin
+        \$1225  = \$793 [47:0];
       end
     end
-    if (\$846 ) begin
+    if (\$859 ) begin
       \$1225  = 48'h000000000000;
     end
     if (rst) begin
@@ -32913,13 +32688,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1226  = op_cycles__14;
+    \$1226  = op_cycles__1;
     if (busy) begin
-      if (\$807 ) begin
-        \$1226  = \$808 [47:0];
+      if (\$794 ) begin
+        \$1226  = \$795 [47:0];
       end
     end
-    if (\$846 ) begin
+    if (\$859 ) begin
       \$1226  = 48'h000000000000;
     end
     if (rst) begin
@@ -32928,13 +32703,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1227  = op_cycles__15;
+    \$1227  = op_cycles__2;
     if (busy) begin
-      if (\$809 ) begin
-        \$1227  = \$810 [47:0];
+      if (\$796 ) begin
+        \$1227  = \$797 [47:0];
       end
     end
-    if (\$846 ) begin
+    if (\$859 ) begin
       \$1227  = 48'h000000000000;
     end
     if (rst) begin
@@ -32943,778 +32718,275 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1228  = \$812 ;
+    \$1228  = op_cycles__3;
+    if (busy) begin
+      if (\$798 ) begin
+        \$1228  = \$799 [47:0];
+      end
+    end
+    if (\$859 ) begin
+      \$1228  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1228  = 1'h0;
+      \$1228  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1229  = is_end;
+    \$1229  = op_cycles__4;
+    if (busy) begin
+      if (\$800 ) begin
+        \$1229  = \$801 [47:0];
+      end
+    end
+    if (\$859 ) begin
+      \$1229  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1229  = 1'h0;
+      \$1229  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1230  = \$823 ;
+    \$1230  = op_cycles__5;
+    if (busy) begin
+      if (\$802 ) begin
+        \$1230  = \$803 [47:0];
+      end
+    end
+    if (\$859 ) begin
+      \$1230  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1230  = 1'h0;
+      \$1230  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1231  = \$834 ;
+    \$1231  = op_cycles__6;
+    if (busy) begin
+      if (\$804 ) begin
+        \$1231  = \$805 [47:0];
+      end
+    end
+    if (\$859 ) begin
+      \$1231  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1231  = 1'h0;
+      \$1231  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1232  = \$844 ;
+    \$1232  = op_cycles__7;
+    if (busy) begin
+      if (\$806 ) begin
+        \$1232  = \$807 [47:0];
+      end
+    end
+    if (\$859 ) begin
+      \$1232  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1232  = 1'h0;
+      \$1232  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1233  = pc;
-    if (\$846 ) begin
-      \$1233  = prog;
+    \$1233  = op_cycles__8;
+    if (busy) begin
+      if (\$808 ) begin
+        \$1233  = \$809 [47:0];
+      end
     end
-    if (\$852 ) begin
-      \$1233  = \$signal$488 ;
-    end
-    if (\$860 ) begin
-      \$1233  = \$861 [31:0];
+    if (\$859 ) begin
+      \$1233  = 48'h000000000000;
     end
     if (rst) begin
-      \$1233  = 32'd0;
+      \$1233  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1234  = busy;
-    if (\$846 ) begin
-      \$1234  = 1'h1;
+    \$1234  = op_cycles__9;
+    if (busy) begin
+      if (\$810 ) begin
+        \$1234  = \$811 [47:0];
+      end
     end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$1234  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$1003 ) begin
-            \$1234  = 1'h0;
-          end
-    endcase
+    if (\$859 ) begin
+      \$1234  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1234  = 1'h0;
+      \$1234  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1235  = done;
-    if (\$846 ) begin
-      \$1235  = 1'h0;
+    \$1235  = op_cycles__10;
+    if (busy) begin
+      if (\$812 ) begin
+        \$1235  = \$813 [47:0];
+      end
     end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$1235  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$1003 ) begin
-            \$1235  = 1'h1;
-          end
-    endcase
+    if (\$859 ) begin
+      \$1235  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1235  = 1'h0;
+      \$1235  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1236  = error;
-    if (\$846 ) begin
-      \$1236  = 4'h0;
+    \$1236  = op_cycles__11;
+    if (busy) begin
+      if (\$814 ) begin
+        \$1236  = \$815 [47:0];
+      end
     end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$1236  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$1236  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$1236  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$1236  = 4'h1;
-          end
-          if (start) begin
-            \$1236  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1236  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$1236  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$1236  = 4'h3;
-          end
-          if (\$1002 ) begin
-            \$1236  = fault_q;
-          end
-          if (start) begin
-            \$1236  = 4'h6;
-          end
-        end
-    endcase
+    if (\$859 ) begin
+      \$1236  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1236  = 4'h0;
+      \$1236  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1237  = fetch_sent;
-    if (\$846 ) begin
-      \$1237  = 1'h0;
+    \$1237  = op_cycles__12;
+    if (busy) begin
+      if (\$816 ) begin
+        \$1237  = \$817 [47:0];
+      end
     end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (\$863 ) begin
-            \$1237  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$1237  = 1'h0;
-          end
-        end
-    endcase
+    if (\$859 ) begin
+      \$1237  = 48'h000000000000;
+    end
     if (rst) begin
-      \$1237  = 1'h0;
+      \$1237  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1238  = \$signal$488 ;
-    if (\$846 ) begin
-      \$1238  = prog;
+    \$1238  = op_cycles__13;
+    if (busy) begin
+      if (\$818 ) begin
+        \$1238  = \$819 [47:0];
+      end
+    end
+    if (\$859 ) begin
+      \$1238  = 48'h000000000000;
     end
     if (rst) begin
-      \$1238  = 32'd0;
+      \$1238  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1239  = \$signal$489 ;
-    if (\$846 ) begin
-      \$1239  = image_stride;
+    \$1239  = op_cycles__14;
+    if (busy) begin
+      if (\$820 ) begin
+        \$1239  = \$821 [47:0];
+      end
+    end
+    if (\$859 ) begin
+      \$1239  = 48'h000000000000;
     end
     if (rst) begin
-      \$1239  = 32'd0;
+      \$1239  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1240  = images_left;
-    if (\$846 ) begin
-      \$1240  = \$848 ;
+    \$1240  = op_cycles__15;
+    if (busy) begin
+      if (\$822 ) begin
+        \$1240  = \$823 [47:0];
+      end
     end
-    if (\$852 ) begin
-      \$1240  = \$853 [15:0];
+    if (\$859 ) begin
+      \$1240  = 48'h000000000000;
     end
     if (rst) begin
-      \$1240  = 16'h0000;
+      \$1240  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1241  = offset;
-    if (\$846 ) begin
-      \$1241  = 32'd0;
-    end
-    if (\$852 ) begin
-      \$1241  = \$854 [31:0];
-    end
+    \$1241  = \$825 ;
     if (rst) begin
-      \$1241  = 32'd0;
+      \$1241  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1242  = seq_state;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1242  = 3'h1;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1242  = 3'h5;
-            end else begin
-              \$1242  = 3'h2;
-            end
-          end
-          if (start) begin
-            \$1242  = 3'h5;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1242  = 3'h1;
-          end else if (d_end) begin
-            \$1242  = 3'h0;
-          end else if (d_count_zero) begin
-            \$1242  = 3'h5;
-          end else if (d_const) begin
-            \$1242  = 3'h3;
-          end else if (d_stream) begin
-            \$1242  = 3'h4;
-          end else begin
-            \$1242  = 3'h5;
-          end
-          if (start) begin
-            \$1242  = 3'h5;
-          end
-        end
-      3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1242  = 3'h5;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1242  = 3'h4;
-            end
-          end
-          if (\$945 ) begin
-            \$1242  = 3'h4;
-          end
-          if (start) begin
-            \$1242  = 3'h5;
-          end
-        end
-      3'h4:
-        begin
-          if (\$978 ) begin
-            \$1242  = 3'h1;
-          end
-          if (addr_fault) begin
-            \$1242  = 3'h5;
-          end
-          if (\$1002 ) begin
-            \$1242  = 3'h5;
-          end
-          if (start) begin
-            \$1242  = 3'h5;
-          end
-        end
-      3'h5:
-          if (\$1003 ) begin
-            \$1242  = 3'h0;
-          end
-      default:
-          \$1242  = 3'h0;
-    endcase
+    \$1242  = is_end;
     if (rst) begin
-      \$1242  = 3'h0;
+      \$1242  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1243  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1243  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1243  = 1'h0;
-            end else begin
-              \$1243  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1243  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1243  = 1'h0;
-          end else if (d_end) begin
-            \$1243  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1243  = 1'h0;
-          end else if (d_const) begin
-            \$1243  = 1'h0;
-          end else if (d_stream) begin
-            \$1243  = 1'h1;
-          end else begin
-            \$1243  = 1'h0;
-          end
-          if (start) begin
-            \$1243  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1243  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1243  = 1'h1;
-            end
-          end
-          if (\$945 ) begin
-            \$1243  = 1'h1;
-          end
-          if (start) begin
-            \$1243  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$978 ) begin
-            \$1243  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1243  = 1'h0;
-          end
-          if (\$1002 ) begin
-            \$1243  = 1'h0;
-          end
-          if (start) begin
-            \$1243  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1003 ) begin
-            \$1243  = 1'h0;
-          end
-      default:
-          \$1243  = 1'h0;
-    endcase
+    \$1243  = \$836 ;
     if (rst) begin
       \$1243  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1244  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1244  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1244  = 1'h0;
-            end else begin
-              \$1244  = 1'h1;
-            end
-          end
-          if (start) begin
-            \$1244  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1244  = 1'h0;
-          end else if (d_end) begin
-            \$1244  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1244  = 1'h0;
-          end else if (d_const) begin
-            \$1244  = 1'h0;
-          end else if (d_stream) begin
-            \$1244  = 1'h0;
-          end else begin
-            \$1244  = 1'h0;
-          end
-          if (start) begin
-            \$1244  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1244  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1244  = 1'h0;
-            end
-          end
-          if (\$945 ) begin
-            \$1244  = 1'h0;
-          end
-          if (start) begin
-            \$1244  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$978 ) begin
-            \$1244  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1244  = 1'h0;
-          end
-          if (\$1002 ) begin
-            \$1244  = 1'h0;
-          end
-          if (start) begin
-            \$1244  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1003 ) begin
-            \$1244  = 1'h0;
-          end
-      default:
-          \$1244  = 1'h0;
-    endcase
+    \$1244  = \$847 ;
     if (rst) begin
       \$1244  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1245  = in_op;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1245  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1245  = 1'h0;
-            end else begin
-              \$1245  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1245  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1245  = 1'h0;
-          end else if (d_end) begin
-            \$1245  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1245  = 1'h0;
-          end else if (d_const) begin
-            \$1245  = 1'h1;
-          end else if (d_stream) begin
-            \$1245  = 1'h1;
-          end else begin
-            \$1245  = 1'h0;
-          end
-          if (start) begin
-            \$1245  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1245  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1245  = 1'h1;
-            end
-          end
-          if (\$945 ) begin
-            \$1245  = 1'h1;
-          end
-          if (start) begin
-            \$1245  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$978 ) begin
-            \$1245  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1245  = 1'h0;
-          end
-          if (\$1002 ) begin
-            \$1245  = 1'h0;
-          end
-          if (start) begin
-            \$1245  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1003 ) begin
-            \$1245  = 1'h0;
-          end
-      default:
-          \$1245  = 1'h0;
-    endcase
+    \$1245  = \$857 ;
     if (rst) begin
       \$1245  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1246  = unit_rst;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1246  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1246  = 1'h1;
-            end else begin
-              \$1246  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1246  = 1'h1;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1246  = 1'h0;
-          end else if (d_end) begin
-            \$1246  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1246  = 1'h1;
-          end else if (d_const) begin
-            \$1246  = 1'h0;
-          end else if (d_stream) begin
-            \$1246  = 1'h0;
-          end else begin
-            \$1246  = 1'h1;
-          end
-          if (start) begin
-            \$1246  = 1'h1;
-          end
-        end
-      3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1246  = 1'h1;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1246  = 1'h0;
-            end
-          end
-          if (\$945 ) begin
-            \$1246  = 1'h0;
-          end
-          if (start) begin
-            \$1246  = 1'h1;
-          end
-        end
-      3'h4:
-        begin
-          if (\$978 ) begin
-            \$1246  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1246  = 1'h1;
-          end
-          if (\$1002 ) begin
-            \$1246  = 1'h1;
-          end
-          if (start) begin
-            \$1246  = 1'h1;
-          end
-        end
-      3'h5:
-          if (\$1003 ) begin
-            \$1246  = 1'h0;
-          end
-      default:
-          \$1246  = 1'h0;
-    endcase
+    \$1246  = pc;
+    if (\$859 ) begin
+      \$1246  = prog;
+    end
+    if (\$865 ) begin
+      \$1246  = \$signal$492 ;
+    end
+    if (\$873 ) begin
+      \$1246  = \$874 [31:0];
+    end
     if (rst) begin
-      \$1246  = 1'h0;
+      \$1246  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1247  = gemm_active;
-    (* full_case = 32'd1 *)
+    \$1247  = busy;
+    if (\$859 ) begin
+      \$1247  = 1'h1;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1247  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1247  = 1'h0;
-            end else begin
-              \$1247  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1247  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
-            \$1247  = 1'h0;
           end else if (d_end) begin
             \$1247  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1247  = 1'h0;
-          end else if (d_const) begin
-            \$1247  = 1'h0;
-          end else if (d_stream) begin
-            \$1247  = is_gemm;
-          end else begin
-            \$1247  = 1'h0;
           end
-          if (start) begin
-            \$1247  = 1'h0;
-          end
-        end
       3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1247  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1247  = is_gemm;
-            end
-          end
-          if (\$945 ) begin
-            \$1247  = is_gemm;
-          end
-          if (start) begin
-            \$1247  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h4:
-        begin
-          if (\$978 ) begin
-            \$1247  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1247  = 1'h0;
-          end
-          if (\$1002 ) begin
-            \$1247  = 1'h0;
-          end
-          if (start) begin
-            \$1247  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1247  = 1'h0;
           end
-      default:
-          \$1247  = 1'h0;
     endcase
     if (rst) begin
       \$1247  = 1'h0;
@@ -33722,88 +32994,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1248  = pack_active;
-    (* full_case = 32'd1 *)
+    \$1248  = done;
+    if (\$859 ) begin
+      \$1248  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1248  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1248  = 1'h0;
-            end else begin
-              \$1248  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1248  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
-            \$1248  = 1'h0;
           end else if (d_end) begin
-            \$1248  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1248  = 1'h0;
-          end else if (d_const) begin
-            \$1248  = 1'h0;
-          end else if (d_stream) begin
-            \$1248  = \$873 ;
-          end else begin
-            \$1248  = 1'h0;
+            \$1248  = 1'h1;
           end
-          if (start) begin
-            \$1248  = 1'h0;
-          end
-        end
       3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1248  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1248  = \$918 ;
-            end
-          end
-          if (\$945 ) begin
-            \$1248  = \$948 ;
-          end
-          if (start) begin
-            \$1248  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h4:
-        begin
-          if (\$978 ) begin
-            \$1248  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1248  = 1'h0;
-          end
-          if (\$1002 ) begin
-            \$1248  = 1'h0;
-          end
-          if (start) begin
-            \$1248  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h5:
-          if (\$1003 ) begin
-            \$1248  = 1'h0;
+          if (\$1016 ) begin
+            \$1248  = 1'h1;
           end
-      default:
-          \$1248  = 1'h0;
     endcase
     if (rst) begin
       \$1248  = 1'h0;
@@ -33811,177 +33024,87 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1249  = sink_from_move;
-    (* full_case = 32'd1 *)
+    \$1249  = error;
+    if (\$859 ) begin
+      \$1249  = 4'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1249  = 1'h0;
-          end
+          /* empty */;
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1249  = 1'h0;
-            end else begin
-              \$1249  = 1'h0;
+              \$1249  = 4'h4;
             end
           end
           if (start) begin
-            \$1249  = 1'h0;
+            \$1249  = 4'h6;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
-            \$1249  = 1'h0;
           end else if (d_end) begin
-            \$1249  = 1'h0;
           end else if (d_count_zero) begin
-            \$1249  = 1'h0;
+            \$1249  = 4'h2;
           end else if (d_const) begin
-            \$1249  = 1'h0;
           end else if (d_stream) begin
-            \$1249  = is_move;
           end else begin
-            \$1249  = 1'h0;
+            \$1249  = 4'h1;
           end
           if (start) begin
-            \$1249  = 1'h0;
+            \$1249  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
-              \$1249  = 1'h0;
+              \$1249  = 4'h4;
             end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1249  = is_move;
-            end
-          end
-          if (\$945 ) begin
-            \$1249  = is_move;
           end
           if (start) begin
-            \$1249  = 1'h0;
+            \$1249  = 4'h6;
           end
         end
       3'h4:
         begin
-          if (\$978 ) begin
-            \$1249  = 1'h0;
-          end
           if (addr_fault) begin
-            \$1249  = 1'h0;
+            \$1249  = 4'h3;
           end
-          if (\$1002 ) begin
-            \$1249  = 1'h0;
+          if (\$1015 ) begin
+            \$1249  = fault_q;
           end
           if (start) begin
-            \$1249  = 1'h0;
+            \$1249  = 4'h6;
           end
         end
-      3'h5:
-          if (\$1003 ) begin
-            \$1249  = 1'h0;
-          end
-      default:
-          \$1249  = 1'h0;
     endcase
     if (rst) begin
-      \$1249  = 1'h0;
+      \$1249  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1250  = sink_from_load;
-    (* full_case = 32'd1 *)
+    \$1250  = fetch_sent;
+    if (\$859 ) begin
+      \$1250  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1250  = 1'h0;
-          end
+          /* empty */;
       3'h1:
         begin
+          if (\$876 ) begin
+            \$1250  = 1'h1;
+          end
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1250  = 1'h0;
-            end else begin
-              \$1250  = 1'h0;
-            end
-          end
-          if (start) begin
             \$1250  = 1'h0;
           end
         end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1250  = 1'h0;
-          end else if (d_end) begin
-            \$1250  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1250  = 1'h0;
-          end else if (d_const) begin
-            \$1250  = 1'h0;
-          end else if (d_stream) begin
-            \$1250  = is_load;
-          end else begin
-            \$1250  = 1'h0;
-          end
-          if (start) begin
-            \$1250  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1250  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1250  = is_load;
-            end
-          end
-          if (\$945 ) begin
-            \$1250  = is_load;
-          end
-          if (start) begin
-            \$1250  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$978 ) begin
-            \$1250  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1250  = 1'h0;
-          end
-          if (\$1002 ) begin
-            \$1250  = 1'h0;
-          end
-          if (start) begin
-            \$1250  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1003 ) begin
-            \$1250  = 1'h0;
-          end
-      default:
-          \$1250  = 1'h0;
     endcase
     if (rst) begin
       \$1250  = 1'h0;
@@ -33989,452 +33112,142 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1251  = sink_from_store;
+    \$1251  = \$signal$492 ;
+    if (\$859 ) begin
+      \$1251  = prog;
+    end
+    if (rst) begin
+      \$1251  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1252  = \$signal$493 ;
+    if (\$859 ) begin
+      \$1252  = image_stride;
+    end
+    if (rst) begin
+      \$1252  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1253  = images_left;
+    if (\$859 ) begin
+      \$1253  = \$861 ;
+    end
+    if (\$865 ) begin
+      \$1253  = \$866 [15:0];
+    end
+    if (rst) begin
+      \$1253  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1254  = offset;
+    if (\$859 ) begin
+      \$1254  = 32'd0;
+    end
+    if (\$865 ) begin
+      \$1254  = \$867 [31:0];
+    end
+    if (rst) begin
+      \$1254  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1255  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1251  = 1'h0;
+            \$1255  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1251  = 1'h0;
+              \$1255  = 3'h5;
             end else begin
-              \$1251  = 1'h0;
+              \$1255  = 3'h2;
             end
           end
           if (start) begin
-            \$1251  = 1'h0;
+            \$1255  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
-            \$1251  = 1'h0;
+            \$1255  = 3'h1;
           end else if (d_end) begin
-            \$1251  = 1'h0;
+            \$1255  = 3'h0;
           end else if (d_count_zero) begin
-            \$1251  = 1'h0;
+            \$1255  = 3'h5;
           end else if (d_const) begin
-            \$1251  = 1'h0;
+            \$1255  = 3'h3;
           end else if (d_stream) begin
-            \$1251  = is_store;
+            \$1255  = 3'h4;
           end else begin
-            \$1251  = 1'h0;
+            \$1255  = 3'h5;
           end
           if (start) begin
-            \$1251  = 1'h0;
+            \$1255  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
-              \$1251  = 1'h0;
+              \$1255  = 3'h5;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1251  = is_store;
+              \$1255  = 3'h4;
             end
           end
-          if (\$945 ) begin
-            \$1251  = is_store;
+          if (\$958 ) begin
+            \$1255  = 3'h4;
           end
           if (start) begin
-            \$1251  = 1'h0;
+            \$1255  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$978 ) begin
-            \$1251  = 1'h0;
+          if (\$991 ) begin
+            \$1255  = 3'h1;
           end
           if (addr_fault) begin
-            \$1251  = 1'h0;
+            \$1255  = 3'h5;
           end
-          if (\$1002 ) begin
-            \$1251  = 1'h0;
+          if (\$1015 ) begin
+            \$1255  = 3'h5;
           end
           if (start) begin
-            \$1251  = 1'h0;
+            \$1255  = 3'h5;
           end
         end
       3'h5:
-          if (\$1003 ) begin
-            \$1251  = 1'h0;
+          if (\$1016 ) begin
+            \$1255  = 3'h0;
           end
       default:
-          \$1251  = 1'h0;
+          \$1255  = 3'h0;
     endcase
     if (rst) begin
-      \$1251  = 1'h0;
+      \$1255  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1252  = sink_from_softmax;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1252  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1252  = 1'h0;
-            end else begin
-              \$1252  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1252  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1252  = 1'h0;
-          end else if (d_end) begin
-            \$1252  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1252  = 1'h0;
-          end else if (d_const) begin
-            \$1252  = 1'h0;
-          end else if (d_stream) begin
-            \$1252  = is_softmax;
-          end else begin
-            \$1252  = 1'h0;
-          end
-          if (start) begin
-            \$1252  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1252  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1252  = is_softmax;
-            end
-          end
-          if (\$945 ) begin
-            \$1252  = is_softmax;
-          end
-          if (start) begin
-            \$1252  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$978 ) begin
-            \$1252  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1252  = 1'h0;
-          end
-          if (\$1002 ) begin
-            \$1252  = 1'h0;
-          end
-          if (start) begin
-            \$1252  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1003 ) begin
-            \$1252  = 1'h0;
-          end
-      default:
-          \$1252  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1252  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1253  = sink_from_layernorm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1253  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1253  = 1'h0;
-            end else begin
-              \$1253  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1253  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1253  = 1'h0;
-          end else if (d_end) begin
-            \$1253  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1253  = 1'h0;
-          end else if (d_const) begin
-            \$1253  = 1'h0;
-          end else if (d_stream) begin
-            \$1253  = is_layernorm;
-          end else begin
-            \$1253  = 1'h0;
-          end
-          if (start) begin
-            \$1253  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1253  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1253  = is_layernorm;
-            end
-          end
-          if (\$945 ) begin
-            \$1253  = is_layernorm;
-          end
-          if (start) begin
-            \$1253  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$978 ) begin
-            \$1253  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1253  = 1'h0;
-          end
-          if (\$1002 ) begin
-            \$1253  = 1'h0;
-          end
-          if (start) begin
-            \$1253  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1003 ) begin
-            \$1253  = 1'h0;
-          end
-      default:
-          \$1253  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1253  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1254  = sink_from_add;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1254  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1254  = 1'h0;
-            end else begin
-              \$1254  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1254  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1254  = 1'h0;
-          end else if (d_end) begin
-            \$1254  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1254  = 1'h0;
-          end else if (d_const) begin
-            \$1254  = 1'h0;
-          end else if (d_stream) begin
-            \$1254  = \$877 ;
-          end else begin
-            \$1254  = 1'h0;
-          end
-          if (start) begin
-            \$1254  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1254  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1254  = \$922 ;
-            end
-          end
-          if (\$945 ) begin
-            \$1254  = \$952 ;
-          end
-          if (start) begin
-            \$1254  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$978 ) begin
-            \$1254  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1254  = 1'h0;
-          end
-          if (\$1002 ) begin
-            \$1254  = 1'h0;
-          end
-          if (start) begin
-            \$1254  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1003 ) begin
-            \$1254  = 1'h0;
-          end
-      default:
-          \$1254  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1254  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1255  = sink_from_gelu0;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1255  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1255  = 1'h0;
-            end else begin
-              \$1255  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1255  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$866 ) begin
-          end else if (d_end_more) begin
-            \$1255  = 1'h0;
-          end else if (d_end) begin
-            \$1255  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1255  = 1'h0;
-          end else if (d_const) begin
-            \$1255  = 1'h0;
-          end else if (d_stream) begin
-            \$1255  = \$881 ;
-          end else begin
-            \$1255  = 1'h0;
-          end
-          if (start) begin
-            \$1255  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$904 ) begin
-            if (beat__payload[512]) begin
-              \$1255  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1255  = \$926 ;
-            end
-          end
-          if (\$945 ) begin
-            \$1255  = \$956 ;
-          end
-          if (start) begin
-            \$1255  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$978 ) begin
-            \$1255  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1255  = 1'h0;
-          end
-          if (\$1002 ) begin
-            \$1255  = 1'h0;
-          end
-          if (start) begin
-            \$1255  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$1003 ) begin
-            \$1255  = 1'h0;
-          end
-      default:
-          \$1255  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1255  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1256  = sink_from_gemm;
+    \$1256  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34458,7 +33271,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1256  = 1'h0;
           end else if (d_end) begin
@@ -34468,7 +33281,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1256  = 1'h0;
           end else if (d_stream) begin
-            \$1256  = \$885 ;
+            \$1256  = 1'h1;
           end else begin
             \$1256  = 1'h0;
           end
@@ -34478,18 +33291,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1256  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1256  = \$930 ;
+              \$1256  = 1'h1;
             end
           end
-          if (\$945 ) begin
-            \$1256  = \$960 ;
+          if (\$958 ) begin
+            \$1256  = 1'h1;
           end
           if (start) begin
             \$1256  = 1'h0;
@@ -34497,13 +33310,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1256  = 1'h0;
           end
           if (addr_fault) begin
             \$1256  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1256  = 1'h0;
           end
           if (start) begin
@@ -34511,7 +33324,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1256  = 1'h0;
           end
       default:
@@ -34523,7 +33336,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1257  = a_from_softmax;
+    \$1257  = in_decode;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34537,7 +33350,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (beat__payload[512]) begin
               \$1257  = 1'h0;
             end else begin
-              \$1257  = 1'h0;
+              \$1257  = 1'h1;
             end
           end
           if (start) begin
@@ -34547,7 +33360,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1257  = 1'h0;
           end else if (d_end) begin
@@ -34557,7 +33370,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1257  = 1'h0;
           end else if (d_stream) begin
-            \$1257  = \$886 ;
+            \$1257  = 1'h0;
           end else begin
             \$1257  = 1'h0;
           end
@@ -34567,18 +33380,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1257  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1257  = \$931 ;
+              \$1257  = 1'h0;
             end
           end
-          if (\$945 ) begin
-            \$1257  = \$961 ;
+          if (\$958 ) begin
+            \$1257  = 1'h0;
           end
           if (start) begin
             \$1257  = 1'h0;
@@ -34586,13 +33399,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1257  = 1'h0;
           end
           if (addr_fault) begin
             \$1257  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1257  = 1'h0;
           end
           if (start) begin
@@ -34600,7 +33413,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1257  = 1'h0;
           end
       default:
@@ -34612,7 +33425,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1258  = a_from_layernorm;
+    \$1258  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34636,7 +33449,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1258  = 1'h0;
           end else if (d_end) begin
@@ -34644,9 +33457,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1258  = 1'h0;
           end else if (d_const) begin
-            \$1258  = 1'h0;
+            \$1258  = 1'h1;
           end else if (d_stream) begin
-            \$1258  = \$887 ;
+            \$1258  = 1'h1;
           end else begin
             \$1258  = 1'h0;
           end
@@ -34656,18 +33469,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1258  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1258  = \$932 ;
+              \$1258  = 1'h1;
             end
           end
-          if (\$945 ) begin
-            \$1258  = \$962 ;
+          if (\$958 ) begin
+            \$1258  = 1'h1;
           end
           if (start) begin
             \$1258  = 1'h0;
@@ -34675,13 +33488,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1258  = 1'h0;
           end
           if (addr_fault) begin
             \$1258  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1258  = 1'h0;
           end
           if (start) begin
@@ -34689,7 +33502,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1258  = 1'h0;
           end
       default:
@@ -34701,7 +33514,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1259  = a_from_src0;
+    \$1259  = unit_rst;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34713,72 +33526,72 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1259  = 1'h0;
+              \$1259  = 1'h1;
             end else begin
               \$1259  = 1'h0;
             end
           end
           if (start) begin
-            \$1259  = 1'h0;
+            \$1259  = 1'h1;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1259  = 1'h0;
           end else if (d_end) begin
             \$1259  = 1'h0;
           end else if (d_count_zero) begin
-            \$1259  = 1'h0;
+            \$1259  = 1'h1;
           end else if (d_const) begin
             \$1259  = 1'h0;
           end else if (d_stream) begin
-            \$1259  = \$891 ;
-          end else begin
             \$1259  = 1'h0;
+          end else begin
+            \$1259  = 1'h1;
           end
           if (start) begin
-            \$1259  = 1'h0;
+            \$1259  = 1'h1;
           end
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
-              \$1259  = 1'h0;
+              \$1259  = 1'h1;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1259  = \$936 ;
+              \$1259  = 1'h0;
             end
           end
-          if (\$945 ) begin
-            \$1259  = \$966 ;
+          if (\$958 ) begin
+            \$1259  = 1'h0;
           end
           if (start) begin
-            \$1259  = 1'h0;
+            \$1259  = 1'h1;
           end
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1259  = 1'h0;
           end
           if (addr_fault) begin
-            \$1259  = 1'h0;
+            \$1259  = 1'h1;
           end
-          if (\$1002 ) begin
-            \$1259  = 1'h0;
+          if (\$1015 ) begin
+            \$1259  = 1'h1;
           end
           if (start) begin
-            \$1259  = 1'h0;
+            \$1259  = 1'h1;
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1259  = 1'h0;
           end
       default:
@@ -34790,7 +33603,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1260  = const_to0;
+    \$1260  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34814,7 +33627,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1260  = 1'h0;
           end else if (d_end) begin
@@ -34822,9 +33635,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1260  = 1'h0;
           end else if (d_const) begin
-            \$1260  = \$869 ;
-          end else if (d_stream) begin
             \$1260  = 1'h0;
+          end else if (d_stream) begin
+            \$1260  = is_gemm;
           end else begin
             \$1260  = 1'h0;
           end
@@ -34834,18 +33647,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1260  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1260  = 1'h0;
+              \$1260  = is_gemm;
             end
           end
-          if (\$945 ) begin
-            \$1260  = 1'h0;
+          if (\$958 ) begin
+            \$1260  = is_gemm;
           end
           if (start) begin
             \$1260  = 1'h0;
@@ -34853,13 +33666,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1260  = 1'h0;
           end
           if (addr_fault) begin
             \$1260  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1260  = 1'h0;
           end
           if (start) begin
@@ -34867,7 +33680,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1260  = 1'h0;
           end
       default:
@@ -34879,7 +33692,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1261  = const_to1;
+    \$1261  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34903,7 +33716,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1261  = 1'h0;
           end else if (d_end) begin
@@ -34911,9 +33724,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1261  = 1'h0;
           end else if (d_const) begin
-            \$1261  = \$870 ;
-          end else if (d_stream) begin
             \$1261  = 1'h0;
+          end else if (d_stream) begin
+            \$1261  = \$886 ;
           end else begin
             \$1261  = 1'h0;
           end
@@ -34923,18 +33736,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1261  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1261  = 1'h0;
+              \$1261  = \$931 ;
             end
           end
-          if (\$945 ) begin
-            \$1261  = 1'h0;
+          if (\$958 ) begin
+            \$1261  = \$961 ;
           end
           if (start) begin
             \$1261  = 1'h0;
@@ -34942,13 +33755,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1261  = 1'h0;
           end
           if (addr_fault) begin
             \$1261  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1261  = 1'h0;
           end
           if (start) begin
@@ -34956,7 +33769,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1261  = 1'h0;
           end
       default:
@@ -34968,7 +33781,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1262  = const_to2;
+    \$1262  = sink_from_move;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34992,7 +33805,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1262  = 1'h0;
           end else if (d_end) begin
@@ -35000,9 +33813,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1262  = 1'h0;
           end else if (d_const) begin
-            \$1262  = add_sel;
-          end else if (d_stream) begin
             \$1262  = 1'h0;
+          end else if (d_stream) begin
+            \$1262  = is_move;
           end else begin
             \$1262  = 1'h0;
           end
@@ -35012,18 +33825,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1262  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1262  = 1'h0;
+              \$1262  = is_move;
             end
           end
-          if (\$945 ) begin
-            \$1262  = 1'h0;
+          if (\$958 ) begin
+            \$1262  = is_move;
           end
           if (start) begin
             \$1262  = 1'h0;
@@ -35031,13 +33844,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1262  = 1'h0;
           end
           if (addr_fault) begin
             \$1262  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1262  = 1'h0;
           end
           if (start) begin
@@ -35045,7 +33858,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1262  = 1'h0;
           end
       default:
@@ -35057,7 +33870,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1263  = const_to3;
+    \$1263  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35081,7 +33894,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1263  = 1'h0;
           end else if (d_end) begin
@@ -35089,9 +33902,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1263  = 1'h0;
           end else if (d_const) begin
-            \$1263  = gelu_sel0;
-          end else if (d_stream) begin
             \$1263  = 1'h0;
+          end else if (d_stream) begin
+            \$1263  = is_load;
           end else begin
             \$1263  = 1'h0;
           end
@@ -35101,18 +33914,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1263  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1263  = 1'h0;
+              \$1263  = is_load;
             end
           end
-          if (\$945 ) begin
-            \$1263  = 1'h0;
+          if (\$958 ) begin
+            \$1263  = is_load;
           end
           if (start) begin
             \$1263  = 1'h0;
@@ -35120,13 +33933,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1263  = 1'h0;
           end
           if (addr_fault) begin
             \$1263  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1263  = 1'h0;
           end
           if (start) begin
@@ -35134,7 +33947,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1263  = 1'h0;
           end
       default:
@@ -35146,12 +33959,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1264  = in_fetch;
+    \$1264  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1264  = 1'h1;
+            \$1264  = 1'h0;
           end
       3'h1:
         begin
@@ -35170,9 +33983,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
-            \$1264  = 1'h1;
+            \$1264  = 1'h0;
           end else if (d_end) begin
             \$1264  = 1'h0;
           end else if (d_count_zero) begin
@@ -35180,7 +33993,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1264  = 1'h0;
           end else if (d_stream) begin
-            \$1264  = 1'h0;
+            \$1264  = is_store;
           end else begin
             \$1264  = 1'h0;
           end
@@ -35190,18 +34003,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1264  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1264  = 1'h0;
+              \$1264  = is_store;
             end
           end
-          if (\$945 ) begin
-            \$1264  = 1'h0;
+          if (\$958 ) begin
+            \$1264  = is_store;
           end
           if (start) begin
             \$1264  = 1'h0;
@@ -35209,13 +34022,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
-            \$1264  = 1'h1;
+          if (\$991 ) begin
+            \$1264  = 1'h0;
           end
           if (addr_fault) begin
             \$1264  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1264  = 1'h0;
           end
           if (start) begin
@@ -35223,7 +34036,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1264  = 1'h0;
           end
       default:
@@ -35235,7 +34048,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1265  = in_const;
+    \$1265  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35259,7 +34072,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1265  = 1'h0;
           end else if (d_end) begin
@@ -35267,9 +34080,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1265  = 1'h0;
           end else if (d_const) begin
-            \$1265  = 1'h1;
-          end else if (d_stream) begin
             \$1265  = 1'h0;
+          end else if (d_stream) begin
+            \$1265  = is_softmax;
           end else begin
             \$1265  = 1'h0;
           end
@@ -35279,18 +34092,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1265  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1265  = 1'h0;
+              \$1265  = is_softmax;
             end
           end
-          if (\$945 ) begin
-            \$1265  = 1'h0;
+          if (\$958 ) begin
+            \$1265  = is_softmax;
           end
           if (start) begin
             \$1265  = 1'h0;
@@ -35298,13 +34111,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1265  = 1'h0;
           end
           if (addr_fault) begin
             \$1265  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1265  = 1'h0;
           end
           if (start) begin
@@ -35312,7 +34125,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1265  = 1'h0;
           end
       default:
@@ -35324,7 +34137,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1266  = run0;
+    \$1266  = sink_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35348,7 +34161,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1266  = 1'h0;
           end else if (d_end) begin
@@ -35358,7 +34171,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1266  = 1'h0;
           end else if (d_stream) begin
-            \$1266  = \$892 ;
+            \$1266  = is_layernorm;
           end else begin
             \$1266  = 1'h0;
           end
@@ -35368,18 +34181,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1266  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1266  = \$937 ;
+              \$1266  = is_layernorm;
             end
           end
-          if (\$945 ) begin
-            \$1266  = \$967 ;
+          if (\$958 ) begin
+            \$1266  = is_layernorm;
           end
           if (start) begin
             \$1266  = 1'h0;
@@ -35387,13 +34200,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1266  = 1'h0;
           end
           if (addr_fault) begin
             \$1266  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1266  = 1'h0;
           end
           if (start) begin
@@ -35401,7 +34214,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1266  = 1'h0;
           end
       default:
@@ -35413,7 +34226,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1267  = run1;
+    \$1267  = sink_from_add;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35437,7 +34250,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1267  = 1'h0;
           end else if (d_end) begin
@@ -35447,7 +34260,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1267  = 1'h0;
           end else if (d_stream) begin
-            \$1267  = \$895 ;
+            \$1267  = \$890 ;
           end else begin
             \$1267  = 1'h0;
           end
@@ -35457,18 +34270,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1267  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1267  = \$940 ;
+              \$1267  = \$935 ;
             end
           end
-          if (\$945 ) begin
-            \$1267  = \$970 ;
+          if (\$958 ) begin
+            \$1267  = \$965 ;
           end
           if (start) begin
             \$1267  = 1'h0;
@@ -35476,13 +34289,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1267  = 1'h0;
           end
           if (addr_fault) begin
             \$1267  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1267  = 1'h0;
           end
           if (start) begin
@@ -35490,7 +34303,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1267  = 1'h0;
           end
       default:
@@ -35502,7 +34315,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1268  = q0_to_pack;
+    \$1268  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35526,7 +34339,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1268  = 1'h0;
           end else if (d_end) begin
@@ -35536,7 +34349,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1268  = 1'h0;
           end else if (d_stream) begin
-            \$1268  = \$896 ;
+            \$1268  = \$894 ;
           end else begin
             \$1268  = 1'h0;
           end
@@ -35546,18 +34359,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1268  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1268  = \$941 ;
+              \$1268  = \$939 ;
             end
           end
-          if (\$945 ) begin
-            \$1268  = \$971 ;
+          if (\$958 ) begin
+            \$1268  = \$969 ;
           end
           if (start) begin
             \$1268  = 1'h0;
@@ -35565,13 +34378,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1268  = 1'h0;
           end
           if (addr_fault) begin
             \$1268  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1268  = 1'h0;
           end
           if (start) begin
@@ -35579,7 +34392,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1268  = 1'h0;
           end
       default:
@@ -35591,7 +34404,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1269  = res_to_pack;
+    \$1269  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -35615,7 +34428,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$866 ) begin
+          if (\$879 ) begin
           end else if (d_end_more) begin
             \$1269  = 1'h0;
           end else if (d_end) begin
@@ -35635,7 +34448,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$904 ) begin
+          if (\$917 ) begin
             if (beat__payload[512]) begin
               \$1269  = 1'h0;
             end
@@ -35645,7 +34458,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$1269  = \$943 ;
             end
           end
-          if (\$945 ) begin
+          if (\$958 ) begin
             \$1269  = \$973 ;
           end
           if (start) begin
@@ -35654,13 +34467,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$978 ) begin
+          if (\$991 ) begin
             \$1269  = 1'h0;
           end
           if (addr_fault) begin
             \$1269  = 1'h0;
           end
-          if (\$1002 ) begin
+          if (\$1015 ) begin
             \$1269  = 1'h0;
           end
           if (start) begin
@@ -35668,7 +34481,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$1003 ) begin
+          if (\$1016 ) begin
             \$1269  = 1'h0;
           end
       default:
@@ -35680,121 +34493,622 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1270  = ins;
+    \$1270  = a_from_softmax;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$1270  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$1270  = beat__payload[511:0];
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1270  = 1'h0;
+            end else begin
+              \$1270  = 1'h0;
+            end
           end
+          if (start) begin
+            \$1270  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1270  = 1'h0;
+          end else if (d_end) begin
+            \$1270  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1270  = 1'h0;
+          end else if (d_const) begin
+            \$1270  = 1'h0;
+          end else if (d_stream) begin
+            \$1270  = \$899 ;
+          end else begin
+            \$1270  = 1'h0;
+          end
+          if (start) begin
+            \$1270  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1270  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1270  = \$944 ;
+            end
+          end
+          if (\$958 ) begin
+            \$1270  = \$974 ;
+          end
+          if (start) begin
+            \$1270  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1270  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1270  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1270  = 1'h0;
+          end
+          if (start) begin
+            \$1270  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1270  = 1'h0;
+          end
+      default:
+          \$1270  = 1'h0;
     endcase
+    if (rst) begin
+      \$1270  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1271  = decode_wait;
+    \$1271  = a_from_layernorm;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$1271  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$1271  = 3'h4;
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1271  = 1'h0;
+            end else begin
+              \$1271  = 1'h0;
+            end
           end
-      3'h2:
-          if (\$866 ) begin
-            \$1271  = \$867 [2:0];
+          if (start) begin
+            \$1271  = 1'h0;
           end
-    endcase
-    if (rst) begin
-      \$1271  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1272  = c_addr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
+        end
       3'h2:
-          \$1272  = dec_c_base;
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1271  = 1'h0;
+          end else if (d_end) begin
+            \$1271  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1271  = 1'h0;
+          end else if (d_const) begin
+            \$1271  = 1'h0;
+          end else if (d_stream) begin
+            \$1271  = \$900 ;
+          end else begin
+            \$1271  = 1'h0;
+          end
+          if (start) begin
+            \$1271  = 1'h0;
+          end
+        end
       3'h3:
-          if (\$900 ) begin
-            \$1272  = \$902 [31:0];
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1271  = 1'h0;
+            end
           end
-    endcase
-    if (rst) begin
-      \$1272  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1273  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1273  = \$864 [7:0];
-    endcase
-    if (rst) begin
-      \$1273  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1274  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1274  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$900 ) begin
-            \$1274  = \$901 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$1274  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1275  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1275  = { 4'h0, ins[509:498] };
-      3'h3:
           if (c_fire) begin
-            \$1275  = \$914 [15:0];
+            if (c_last) begin
+              \$1271  = \$945 ;
+            end
           end
+          if (\$958 ) begin
+            \$1271  = \$975 ;
+          end
+          if (start) begin
+            \$1271  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1271  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1271  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1271  = 1'h0;
+          end
+          if (start) begin
+            \$1271  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1271  = 1'h0;
+          end
+      default:
+          \$1271  = 1'h0;
     endcase
     if (rst) begin
-      \$1275  = 16'h0000;
+      \$1271  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1276  = c_last;
+    \$1272  = a_from_src0;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1276  = \$865 ;
-      3'h3:
-          if (c_fire) begin
-            \$1276  = \$915 ;
+          if (start) begin
+            \$1272  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1272  = 1'h0;
+            end else begin
+              \$1272  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1272  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1272  = 1'h0;
+          end else if (d_end) begin
+            \$1272  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1272  = 1'h0;
+          end else if (d_const) begin
+            \$1272  = 1'h0;
+          end else if (d_stream) begin
+            \$1272  = \$904 ;
+          end else begin
+            \$1272  = 1'h0;
+          end
+          if (start) begin
+            \$1272  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1272  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1272  = \$949 ;
+            end
+          end
+          if (\$958 ) begin
+            \$1272  = \$979 ;
+          end
+          if (start) begin
+            \$1272  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1272  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1272  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1272  = 1'h0;
+          end
+          if (start) begin
+            \$1272  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1272  = 1'h0;
+          end
+      default:
+          \$1272  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1272  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1273  = const_to0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1273  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1273  = 1'h0;
+            end else begin
+              \$1273  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1273  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1273  = 1'h0;
+          end else if (d_end) begin
+            \$1273  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1273  = 1'h0;
+          end else if (d_const) begin
+            \$1273  = \$882 ;
+          end else if (d_stream) begin
+            \$1273  = 1'h0;
+          end else begin
+            \$1273  = 1'h0;
+          end
+          if (start) begin
+            \$1273  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1273  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1273  = 1'h0;
+            end
+          end
+          if (\$958 ) begin
+            \$1273  = 1'h0;
+          end
+          if (start) begin
+            \$1273  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1273  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1273  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1273  = 1'h0;
+          end
+          if (start) begin
+            \$1273  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1273  = 1'h0;
+          end
+      default:
+          \$1273  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1273  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1274  = const_to1;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1274  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1274  = 1'h0;
+            end else begin
+              \$1274  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1274  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1274  = 1'h0;
+          end else if (d_end) begin
+            \$1274  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1274  = 1'h0;
+          end else if (d_const) begin
+            \$1274  = \$883 ;
+          end else if (d_stream) begin
+            \$1274  = 1'h0;
+          end else begin
+            \$1274  = 1'h0;
+          end
+          if (start) begin
+            \$1274  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1274  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1274  = 1'h0;
+            end
+          end
+          if (\$958 ) begin
+            \$1274  = 1'h0;
+          end
+          if (start) begin
+            \$1274  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1274  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1274  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1274  = 1'h0;
+          end
+          if (start) begin
+            \$1274  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1274  = 1'h0;
+          end
+      default:
+          \$1274  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1274  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1275  = const_to2;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1275  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1275  = 1'h0;
+            end else begin
+              \$1275  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1275  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1275  = 1'h0;
+          end else if (d_end) begin
+            \$1275  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1275  = 1'h0;
+          end else if (d_const) begin
+            \$1275  = add_sel;
+          end else if (d_stream) begin
+            \$1275  = 1'h0;
+          end else begin
+            \$1275  = 1'h0;
+          end
+          if (start) begin
+            \$1275  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1275  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1275  = 1'h0;
+            end
+          end
+          if (\$958 ) begin
+            \$1275  = 1'h0;
+          end
+          if (start) begin
+            \$1275  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1275  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1275  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1275  = 1'h0;
+          end
+          if (start) begin
+            \$1275  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1275  = 1'h0;
+          end
+      default:
+          \$1275  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1275  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1276  = const_to3;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1276  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1276  = 1'h0;
+            end else begin
+              \$1276  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1276  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1276  = 1'h0;
+          end else if (d_end) begin
+            \$1276  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1276  = 1'h0;
+          end else if (d_const) begin
+            \$1276  = gelu_sel0;
+          end else if (d_stream) begin
+            \$1276  = 1'h0;
+          end else begin
+            \$1276  = 1'h0;
+          end
+          if (start) begin
+            \$1276  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1276  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1276  = 1'h0;
+            end
+          end
+          if (\$958 ) begin
+            \$1276  = 1'h0;
+          end
+          if (start) begin
+            \$1276  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1276  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1276  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1276  = 1'h0;
+          end
+          if (start) begin
+            \$1276  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1276  = 1'h0;
+          end
+      default:
+          \$1276  = 1'h0;
     endcase
     if (rst) begin
       \$1276  = 1'h0;
@@ -35802,404 +35116,823 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1277  = c_data;
+    \$1277  = in_fetch;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$904 ) begin
-            \$1277  = beat__payload[65:0];
+          if (start) begin
+            \$1277  = 1'h1;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1277  = 1'h0;
+            end else begin
+              \$1277  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1277  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1277  = 1'h1;
+          end else if (d_end) begin
+            \$1277  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1277  = 1'h0;
+          end else if (d_const) begin
+            \$1277  = 1'h0;
+          end else if (d_stream) begin
+            \$1277  = 1'h0;
+          end else begin
+            \$1277  = 1'h0;
+          end
+          if (start) begin
+            \$1277  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1277  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1277  = 1'h0;
+            end
+          end
+          if (\$958 ) begin
+            \$1277  = 1'h0;
+          end
+          if (start) begin
+            \$1277  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1277  = 1'h1;
+          end
+          if (addr_fault) begin
+            \$1277  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1277  = 1'h0;
+          end
+          if (start) begin
+            \$1277  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1277  = 1'h0;
+          end
+      default:
+          \$1277  = 1'h0;
     endcase
+    if (rst) begin
+      \$1277  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1278  = c_full;
+    \$1278  = in_const;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$904 ) begin
-            \$1278  = \$905 ;
+          if (start) begin
+            \$1278  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1278  = 1'h0;
+            end else begin
+              \$1278  = 1'h0;
+            end
+          end
+          if (start) begin
             \$1278  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1278  = 1'h0;
+          end else if (d_end) begin
+            \$1278  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1278  = 1'h0;
+          end else if (d_const) begin
+            \$1278  = 1'h1;
+          end else if (d_stream) begin
+            \$1278  = 1'h0;
+          end else begin
+            \$1278  = 1'h0;
+          end
+          if (start) begin
+            \$1278  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1278  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1278  = 1'h0;
+            end
+          end
+          if (\$958 ) begin
+            \$1278  = 1'h0;
+          end
+          if (start) begin
+            \$1278  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1278  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1278  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1278  = 1'h0;
+          end
+          if (start) begin
+            \$1278  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1278  = 1'h0;
+          end
+      default:
+          \$1278  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$1278  = 1'h0;
-    end
     if (rst) begin
       \$1278  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1279  = c_valid0;
+    \$1279  = run0;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$904 ) begin
-            \$1279  = \$907 ;
+          if (start) begin
+            \$1279  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1279  = 1'h0;
+            end else begin
+              \$1279  = 1'h0;
+            end
+          end
+          if (start) begin
             \$1279  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1279  = 1'h0;
+          end else if (d_end) begin
+            \$1279  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1279  = 1'h0;
+          end else if (d_const) begin
+            \$1279  = 1'h0;
+          end else if (d_stream) begin
+            \$1279  = \$905 ;
+          end else begin
+            \$1279  = 1'h0;
+          end
+          if (start) begin
+            \$1279  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1279  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1279  = \$950 ;
+            end
+          end
+          if (\$958 ) begin
+            \$1279  = \$980 ;
+          end
+          if (start) begin
+            \$1279  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1279  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1279  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1279  = 1'h0;
+          end
+          if (start) begin
+            \$1279  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1279  = 1'h0;
+          end
+      default:
+          \$1279  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$1279  = 1'h0;
-    end
     if (rst) begin
       \$1279  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1280  = c_valid1;
+    \$1280  = run1;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$904 ) begin
-            \$1280  = \$909 ;
+          if (start) begin
+            \$1280  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1280  = 1'h0;
+            end else begin
+              \$1280  = 1'h0;
+            end
+          end
+          if (start) begin
             \$1280  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1280  = 1'h0;
+          end else if (d_end) begin
+            \$1280  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1280  = 1'h0;
+          end else if (d_const) begin
+            \$1280  = 1'h0;
+          end else if (d_stream) begin
+            \$1280  = \$908 ;
+          end else begin
+            \$1280  = 1'h0;
+          end
+          if (start) begin
+            \$1280  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1280  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1280  = \$953 ;
+            end
+          end
+          if (\$958 ) begin
+            \$1280  = \$983 ;
+          end
+          if (start) begin
+            \$1280  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1280  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1280  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1280  = 1'h0;
+          end
+          if (start) begin
+            \$1280  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1280  = 1'h0;
+          end
+      default:
+          \$1280  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$1280  = 1'h0;
-    end
     if (rst) begin
       \$1280  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1281  = c_valid2;
+    \$1281  = q0_to_pack;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$904 ) begin
-            \$1281  = \$911 ;
+          if (start) begin
+            \$1281  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1281  = 1'h0;
+            end else begin
+              \$1281  = 1'h0;
+            end
+          end
+          if (start) begin
             \$1281  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1281  = 1'h0;
+          end else if (d_end) begin
+            \$1281  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1281  = 1'h0;
+          end else if (d_const) begin
+            \$1281  = 1'h0;
+          end else if (d_stream) begin
+            \$1281  = \$909 ;
+          end else begin
+            \$1281  = 1'h0;
+          end
+          if (start) begin
+            \$1281  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1281  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1281  = \$954 ;
+            end
+          end
+          if (\$958 ) begin
+            \$1281  = \$984 ;
+          end
+          if (start) begin
+            \$1281  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1281  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1281  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1281  = 1'h0;
+          end
+          if (start) begin
+            \$1281  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1281  = 1'h0;
+          end
+      default:
+          \$1281  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$1281  = 1'h0;
-    end
     if (rst) begin
       \$1281  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1282  = c_valid3;
+    \$1282  = res_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1282  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1282  = 1'h0;
+            end else begin
+              \$1282  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1282  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$879 ) begin
+          end else if (d_end_more) begin
+            \$1282  = 1'h0;
+          end else if (d_end) begin
+            \$1282  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1282  = 1'h0;
+          end else if (d_const) begin
+            \$1282  = 1'h0;
+          end else if (d_stream) begin
+            \$1282  = \$911 ;
+          end else begin
+            \$1282  = 1'h0;
+          end
+          if (start) begin
+            \$1282  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$917 ) begin
+            if (beat__payload[512]) begin
+              \$1282  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1282  = \$956 ;
+            end
+          end
+          if (\$958 ) begin
+            \$1282  = \$986 ;
+          end
+          if (start) begin
+            \$1282  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$991 ) begin
+            \$1282  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1282  = 1'h0;
+          end
+          if (\$1015 ) begin
+            \$1282  = 1'h0;
+          end
+          if (start) begin
+            \$1282  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$1016 ) begin
+            \$1282  = 1'h0;
+          end
+      default:
+          \$1282  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1282  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1283  = ins;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1283  = beat__payload[511:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1284  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1284  = 3'h4;
+          end
+      3'h2:
+          if (\$879 ) begin
+            \$1284  = \$880 [2:0];
+          end
+    endcase
+    if (rst) begin
+      \$1284  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1285  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$1285  = dec_c_base;
       3'h3:
-        begin
-          if (\$904 ) begin
-            \$1282  = \$913 ;
+          if (\$913 ) begin
+            \$1285  = \$915 [31:0];
           end
-          if (c_fire) begin
-            \$1282  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$1282  = 1'h0;
-    end
     if (rst) begin
-      \$1282  = 1'h0;
+      \$1285  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1283  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$1006 ) begin
-          \$1283  = \$1008 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$1010 ) begin
-          \$1283  = \$1012 [31:0];
-        end
-      end
-    end
+    \$1286  = c_step;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1286  = \$877 [7:0];
+    endcase
     if (rst) begin
-      \$1283  = 32'd0;
+      \$1286  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1284  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$1010 ) begin
-          \$1284  = \r_data$187 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1284  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1285  = \w_en$166 ;
-    if (pack_active) begin
-      if (\$1013 ) begin
-        \$1285  = 1'h0;
-      end
-      if (\$1019 ) begin
-        if (\$1021 ) begin
-          \$1285  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1285  = 1'h0;
-    end
-    if (rst) begin
-      \$1285  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1286  = pack_a0;
-    if (pack_active) begin
-      if (\$1019 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1286  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1286  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1287  = pack_a1;
-    if (pack_active) begin
-      if (\$1019 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1287  = elem_data;
-        endcase
-      end
-    end
+    \$1287  = c_ask;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1287  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$913 ) begin
+            \$1287  = \$914 [15:0];
+          end
+    endcase
     if (rst) begin
       \$1287  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1288  = pack_a2;
-    if (pack_active) begin
-      if (\$1019 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1288  = elem_data;
-        endcase
-      end
-    end
+    \$1288  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1288  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (c_fire) begin
+            \$1288  = \$927 [15:0];
+          end
+    endcase
     if (rst) begin
       \$1288  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1289  = pack_a3;
-    if (pack_active) begin
-      if (\$1019 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1289  = elem_data;
-        endcase
-      end
-    end
+    \$1289  = c_last;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1289  = \$878 ;
+      3'h3:
+          if (c_fire) begin
+            \$1289  = \$928 ;
+          end
+    endcase
     if (rst) begin
-      \$1289  = 16'h0000;
+      \$1289  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1290  = pack_b0;
-    if (pack_active) begin
-      if (\$1019 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1290  = \r_data$319 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1290  = 16'h0000;
-    end
+    \$1290  = c_data;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$917 ) begin
+            \$1290  = beat__payload[65:0];
+          end
+    endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1291  = pack_b1;
-    if (pack_active) begin
-      if (\$1019 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1291  = \r_data$319 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1291  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1292  = pack_b2;
-    if (pack_active) begin
-      if (\$1019 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1292  = \r_data$319 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1292  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1293  = pack_b3;
-    if (pack_active) begin
-      if (\$1019 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1293  = \r_data$319 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1293  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1294  = pack_j;
-    if (pack_active) begin
-      if (\$1019 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1021 ) begin
-          \$1294  = 3'h0;
-        end else begin
-          \$1294  = \$1022 [2:0];
+    \$1291  = c_full;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$917 ) begin
+            \$1291  = \$918 ;
+          end
+          if (c_fire) begin
+            \$1291  = 1'h0;
+          end
         end
-      end
-    end
+    endcase
     if (unit_rst) begin
-      \$1294  = 3'h0;
+      \$1291  = 1'h0;
     end
     if (rst) begin
-      \$1294  = 3'h0;
+      \$1291  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1295  = pack_jo;
-    if (pack_active) begin
-      if (\$1023 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1025 ) begin
-          \$1295  = 3'h0;
-        end else begin
-          \$1295  = \$1026 [2:0];
+    \$1292  = c_valid0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$917 ) begin
+            \$1292  = \$920 ;
+          end
+          if (c_fire) begin
+            \$1292  = 1'h0;
+          end
         end
-      end
-    end
+    endcase
     if (unit_rst) begin
-      \$1295  = 3'h0;
+      \$1292  = 1'h0;
     end
     if (rst) begin
-      \$1295  = 3'h0;
+      \$1292  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1296  = tiles;
-    if (in_decode) begin
-      \$1296  = dec_tiles;
+    \$1293  = c_valid1;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$917 ) begin
+            \$1293  = \$922 ;
+          end
+          if (c_fire) begin
+            \$1293  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1293  = 1'h0;
     end
-    if (gemm_active) begin
-      if (\$1033 ) begin
-        if (\$1047 ) begin
-          \$1296  = \$1048 [31:0];
+    if (rst) begin
+      \$1293  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1294  = c_valid2;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$917 ) begin
+            \$1294  = \$924 ;
+          end
+          if (c_fire) begin
+            \$1294  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1294  = 1'h0;
+    end
+    if (rst) begin
+      \$1294  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1295  = c_valid3;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$917 ) begin
+            \$1295  = \$926 ;
+          end
+          if (c_fire) begin
+            \$1295  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1295  = 1'h0;
+    end
+    if (rst) begin
+      \$1295  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1296  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$1019 ) begin
+          \$1296  = \$1021 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$1023 ) begin
+          \$1296  = \$1025 [31:0];
         end
       end
     end
@@ -36209,324 +35942,353 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1297  = nt;
-    if (in_decode) begin
+    \$1297  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$1023 ) begin
+          \$1297  = \r_data$202 [15:0];
+        end
+      end
+    end
+    if (rst) begin
       \$1297  = 16'h0000;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1298  = \w_en$166 ;
+    if (pack_active) begin
+      if (\$1026 ) begin
+        \$1298  = 1'h0;
+      end
+      if (\$1032 ) begin
+        if (\$1034 ) begin
+          \$1298  = 1'h1;
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1298  = 1'h0;
+    end
+    if (rst) begin
+      \$1298  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1299  = pack_a0;
+    if (pack_active) begin
+      if (\$1032 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1299  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1299  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1300  = pack_a1;
+    if (pack_active) begin
+      if (\$1032 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1300  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1300  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1301  = pack_a2;
+    if (pack_active) begin
+      if (\$1032 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1301  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1301  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1302  = pack_a3;
+    if (pack_active) begin
+      if (\$1032 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1302  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1302  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1303  = pack_b0;
+    if (pack_active) begin
+      if (\$1032 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1303  = \r_data$323 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1303  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1304  = pack_b1;
+    if (pack_active) begin
+      if (\$1032 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1304  = \r_data$323 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1304  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1305  = pack_b2;
+    if (pack_active) begin
+      if (\$1032 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1305  = \r_data$323 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1305  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1306  = pack_b3;
+    if (pack_active) begin
+      if (\$1032 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1306  = \r_data$323 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1306  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1307  = pack_j;
+    if (pack_active) begin
+      if (\$1032 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1034 ) begin
+          \$1307  = 3'h0;
+        end else begin
+          \$1307  = \$1035 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1307  = 3'h0;
+    end
+    if (rst) begin
+      \$1307  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1308  = pack_jo;
+    if (pack_active) begin
+      if (\$1036 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1038 ) begin
+          \$1308  = 3'h0;
+        end else begin
+          \$1308  = \$1039 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1308  = 3'h0;
+    end
+    if (rst) begin
+      \$1308  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1309  = tiles;
+    if (in_decode) begin
+      \$1309  = dec_tiles;
+    end
     if (gemm_active) begin
-      if (\$1033 ) begin
-        if (\$1047 ) begin
+      if (\$1046 ) begin
+        if (\$1060 ) begin
+          \$1309  = \$1061 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1309  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1310  = nt;
+    if (in_decode) begin
+      \$1310  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$1046 ) begin
+        if (\$1060 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1297  = 16'h0000;
+            \$1310  = 16'h0000;
           end else begin
-            \$1297  = \$1054 [15:0];
+            \$1310  = \$1067 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1297  = 16'h0000;
+      \$1310  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1298  = k;
+    \$1311  = k;
     if (in_decode) begin
-      \$1298  = 16'h0000;
+      \$1311  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1033 ) begin
-        if (\$1035 ) begin
-        end else if (\$1040 ) begin
-          \$1298  = \$1041 [15:0];
+      if (\$1046 ) begin
+        if (\$1048 ) begin
+        end else if (\$1053 ) begin
+          \$1311  = \$1054 [15:0];
         end
-        if (\$1047 ) begin
-          \$1298  = 16'h0000;
+        if (\$1060 ) begin
+          \$1311  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$1298  = 16'h0000;
+      \$1311  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1299  = w_addr;
+    \$1312  = w_addr;
     if (in_decode) begin
-      \$1299  = ins[465:434];
+      \$1312  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$1033 ) begin
+      if (\$1046 ) begin
         if (want_w) begin
-          \$1299  = \$1044 [31:0];
+          \$1312  = \$1057 [31:0];
         end
-        if (\$1047 ) begin
+        if (\$1060 ) begin
           if (nt_hit) begin
-            \$1299  = ins[465:434];
+            \$1312  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$1299  = 32'd0;
+      \$1312  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1300  = p_addr;
+    \$1313  = p_addr;
     if (in_decode) begin
-      \$1300  = ins[497:466];
+      \$1313  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$1033 ) begin
-        if (\$1047 ) begin
+      if (\$1046 ) begin
+        if (\$1060 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1300  = ins[497:466];
+            \$1313  = ins[497:466];
           end else begin
-            \$1300  = \$1057 [31:0];
+            \$1313  = \$1070 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1300  = 32'd0;
+      \$1313  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1301  = want_w;
+    \$1314  = want_w;
     if (in_decode) begin
-      \$1301  = 1'h0;
+      \$1314  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1033 ) begin
-        if (\$1035 ) begin
-          \$1301  = 1'h1;
+      if (\$1046 ) begin
+        if (\$1048 ) begin
+          \$1314  = 1'h1;
         end
-        if (\$1047 ) begin
-          \$1301  = 1'h0;
+        if (\$1060 ) begin
+          \$1314  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$1301  = 1'h0;
+      \$1314  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1302  = w_step;
+    \$1315  = w_step;
     if (in_decode) begin
-      \$1302  = \$1027 [7:0];
-    end
-    if (rst) begin
-      \$1302  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1303  = \$signal$421 ;
-    if (in_decode) begin
-      \$1303  = \$1028 ;
-    end
-    if (gemm_active) begin
-      if (\$1033 ) begin
-        if (\$1047 ) begin
-          \$1303  = \$1049 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1303  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1304  = \$signal$510 ;
-    if (in_decode) begin
-      \$1304  = \$1030 ;
-    end
-    if (gemm_active) begin
-      if (\$1033 ) begin
-        if (\$1035 ) begin
-        end else if (\$1040 ) begin
-          \$1304  = \$1043 ;
-        end
-        if (\$1047 ) begin
-          \$1304  = \$1051 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1304  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1305  = nt_hit;
-    if (in_decode) begin
-      \$1305  = \$1032 ;
-    end
-    if (gemm_active) begin
-      if (\$1033 ) begin
-        if (\$1047 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1305  = \$1053 ;
-          end else begin
-            \$1305  = \$1056 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1305  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1306  = rk;
-    if (in_decode) begin
-      \$1306  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1066 ) begin
-        \$1306  = \$1069 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1306  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1307  = rk_zero;
-    if (in_decode) begin
-      \$1307  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$1066 ) begin
-        \$1307  = \$1070 ;
-      end
-    end
-    if (rst) begin
-      \$1307  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1308  = w_full;
-    if (in_decode) begin
-      \$1308  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1058 ) begin
-        \$1308  = 1'h0;
-      end
-      if (\$1066 ) begin
-        if (\$1073 ) begin
-          \$1308  = 1'h1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1308  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1309  = w_lane0;
-    if (gemm_active) begin
-      if (\$1066 ) begin
-        if (\$1073 ) begin
-          \$1309  = w_beat0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1309  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1310  = w_lane1;
-    if (gemm_active) begin
-      if (\$1066 ) begin
-        if (\$1073 ) begin
-          \$1310  = w_beat1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1310  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1311  = w_lane2;
-    if (gemm_active) begin
-      if (\$1066 ) begin
-        if (\$1073 ) begin
-          \$1311  = w_beat2;
-        end
-      end
-    end
-    if (rst) begin
-      \$1311  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1312  = w_lane3;
-    if (gemm_active) begin
-      if (\$1066 ) begin
-        if (\$1073 ) begin
-          \$1312  = w_beat3;
-        end
-      end
-    end
-    if (rst) begin
-      \$1312  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1313  = w_lane4;
-    if (gemm_active) begin
-      if (\$1066 ) begin
-        if (\$1073 ) begin
-          \$1313  = w_beat4;
-        end
-      end
-    end
-    if (rst) begin
-      \$1313  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1314  = w_lane5;
-    if (gemm_active) begin
-      if (\$1066 ) begin
-        if (\$1073 ) begin
-          \$1314  = w_beat5;
-        end
-      end
-    end
-    if (rst) begin
-      \$1314  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1315  = w_lane6;
-    if (gemm_active) begin
-      if (\$1066 ) begin
-        if (\$1073 ) begin
-          \$1315  = w_beat6;
-        end
-      end
+      \$1315  = \$1040 [7:0];
     end
     if (rst) begin
       \$1315  = 8'h00;
@@ -36534,52 +36296,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1316  = w_lane7;
+    \$1316  = \$signal$425 ;
+    if (in_decode) begin
+      \$1316  = \$1041 ;
+    end
     if (gemm_active) begin
-      if (\$1066 ) begin
-        if (\$1073 ) begin
-          \$1316  = w_beat7;
+      if (\$1046 ) begin
+        if (\$1060 ) begin
+          \$1316  = \$1062 ;
         end
       end
     end
     if (rst) begin
-      \$1316  = 8'h00;
+      \$1316  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1317  = a_filled0;
+    \$1317  = \$signal$514 ;
     if (in_decode) begin
-      \$1317  = 1'h0;
+      \$1317  = \$1043 ;
     end
     if (gemm_active) begin
-      if (\$1085 ) begin
-        if (a_load_k_hit) begin
-          if (\$1091 ) begin
-            casez (\$signal$259 )
-              1'h0:
-                  \$1317  = 1'h1;
-            endcase
-          end
+      if (\$1046 ) begin
+        if (\$1048 ) begin
+        end else if (\$1053 ) begin
+          \$1317  = \$1056 ;
         end
-      end else if (\$1088 ) begin
-        if (\$1097 ) begin
-          if (a_load_k_hit) begin
-            casez (\$signal$259 )
-              1'h0:
-                  \$1317  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$1121 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            casez (\$signal$292 )
-              1'h0:
-                  \$1317  = 1'h0;
-            endcase
-          end
+        if (\$1060 ) begin
+          \$1317  = \$1064 ;
         end
       end
     end
@@ -36589,46 +36334,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1318  = a_filled1;
+    \$1318  = nt_hit;
     if (in_decode) begin
-      \$1318  = 1'h0;
+      \$1318  = \$1045 ;
     end
     if (gemm_active) begin
-      if (\$1085 ) begin
-        if (a_load_k_hit) begin
-          if (\$1091 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$259 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1318  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$1088 ) begin
-        if (\$1097 ) begin
-          if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$259 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1318  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$1121 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$292 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1318  = 1'h0;
-            endcase
+      if (\$1046 ) begin
+        if (\$1060 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1318  = \$1066 ;
+          end else begin
+            \$1318  = \$1069 ;
           end
         end
       end
@@ -36639,263 +36356,199 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1319  = \$signal$259 ;
+    \$1319  = rk;
     if (in_decode) begin
-      \$1319  = 1'h0;
+      \$1319  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1085 ) begin
+      if (\$1079 ) begin
+        \$1319  = \$1082 [15:0];
+      end
+    end
+    if (rst) begin
+      \$1319  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1320  = rk_zero;
+    if (in_decode) begin
+      \$1320  = 1'h1;
+    end
+    if (gemm_active) begin
+      if (\$1079 ) begin
+        \$1320  = \$1083 ;
+      end
+    end
+    if (rst) begin
+      \$1320  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1321  = w_full;
+    if (in_decode) begin
+      \$1321  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1071 ) begin
+        \$1321  = 1'h0;
+      end
+      if (\$1079 ) begin
+        if (\$1086 ) begin
+          \$1321  = 1'h1;
+        end
+      end
+    end
+    if (rst) begin
+      \$1321  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1322  = w_lane0;
+    if (gemm_active) begin
+      if (\$1079 ) begin
+        if (\$1086 ) begin
+          \$1322  = w_beat0;
+        end
+      end
+    end
+    if (rst) begin
+      \$1322  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1323  = w_lane1;
+    if (gemm_active) begin
+      if (\$1079 ) begin
+        if (\$1086 ) begin
+          \$1323  = w_beat1;
+        end
+      end
+    end
+    if (rst) begin
+      \$1323  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1324  = w_lane2;
+    if (gemm_active) begin
+      if (\$1079 ) begin
+        if (\$1086 ) begin
+          \$1324  = w_beat2;
+        end
+      end
+    end
+    if (rst) begin
+      \$1324  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1325  = w_lane3;
+    if (gemm_active) begin
+      if (\$1079 ) begin
+        if (\$1086 ) begin
+          \$1325  = w_beat3;
+        end
+      end
+    end
+    if (rst) begin
+      \$1325  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1326  = w_lane4;
+    if (gemm_active) begin
+      if (\$1079 ) begin
+        if (\$1086 ) begin
+          \$1326  = w_beat4;
+        end
+      end
+    end
+    if (rst) begin
+      \$1326  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1327  = w_lane5;
+    if (gemm_active) begin
+      if (\$1079 ) begin
+        if (\$1086 ) begin
+          \$1327  = w_beat5;
+        end
+      end
+    end
+    if (rst) begin
+      \$1327  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1328  = w_lane6;
+    if (gemm_active) begin
+      if (\$1079 ) begin
+        if (\$1086 ) begin
+          \$1328  = w_beat6;
+        end
+      end
+    end
+    if (rst) begin
+      \$1328  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1329  = w_lane7;
+    if (gemm_active) begin
+      if (\$1079 ) begin
+        if (\$1086 ) begin
+          \$1329  = w_beat7;
+        end
+      end
+    end
+    if (rst) begin
+      \$1329  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1330  = a_filled0;
+    if (in_decode) begin
+      \$1330  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$1098 ) begin
         if (a_load_k_hit) begin
-          if (\$1091 ) begin
-            \$1319  = \$1092 ;
+          if (\$1104 ) begin
+            casez (\$signal$263 )
+              1'h0:
+                  \$1330  = 1'h1;
+            endcase
           end
         end
-      end else if (\$1088 ) begin
-        if (\$1097 ) begin
+      end else if (\$1101 ) begin
+        if (\$1110 ) begin
           if (a_load_k_hit) begin
-            \$1319  = \$1103 ;
+            casez (\$signal$263 )
+              1'h0:
+                  \$1330  = 1'h1;
+            endcase
           end
         end
       end
-    end
-    if (rst) begin
-      \$1319  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1320  = \$signal$266 ;
-    if (in_decode) begin
-      \$1320  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$1085 ) begin
-        if (a_load_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (\$1091 ) begin
-            \$1320  = 4'h0;
-          end else begin
-            \$1320  = \$1093 [3:0];
-          end
-        end
-      end else if (\$1088 ) begin
-        (* full_case = 32'd1 *)
-        if (\$1097 ) begin
-          \$1320  = 4'h0;
-        end else begin
-          \$1320  = \$1104 [3:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1320  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1321  = lk;
-    if (in_decode) begin
-      \$1321  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1085 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1321  = 16'h0000;
-        end else begin
-          \$1321  = \$1094 [15:0];
-        end
-      end else if (\$1088 ) begin
-        if (\$1097 ) begin
-          \$1321  = \$1098 [15:0];
-          if (a_load_k_hit) begin
-            \$1321  = 16'h0000;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1321  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1322  = \$signal$292 ;
-    if (in_decode) begin
-      \$1322  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1121 ) begin
+      if (\$1134 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1322  = \$1126 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1322  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1323  = \$signal$293 ;
-    if (in_decode) begin
-      \$1323  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1121 ) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1323  = 16'h0000;
-        end else begin
-          \$1323  = \$1132 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1323  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1324  = fnt;
-    if (in_decode) begin
-      \$1324  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$1121 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1324  = 16'h0000;
-          end else begin
-            \$1324  = \$1129 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1324  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1325  = feed_blocks;
-    if (in_decode) begin
-      \$1325  = dec_blocks;
-    end
-    if (gemm_active) begin
-      if (\$1121 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1325  = \$1127 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1325  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1326  = \$signal$298 ;
-    if (in_decode) begin
-      \$1326  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1105 ) begin
-        \$1326  = 1'h0;
-      end
-      if (\$1121 ) begin
-        \$1326  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1326  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1327  = a_load_k_hit;
-    if (in_decode) begin
-      \$1327  = \$1075 ;
-    end
-    if (gemm_active) begin
-      if (\$1085 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1327  = \$1090 ;
-        end else begin
-          \$1327  = \$1096 ;
-        end
-      end else if (\$1088 ) begin
-        if (\$1097 ) begin
-          \$1327  = \$1100 ;
-          if (a_load_k_hit) begin
-            \$1327  = \$1102 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1327  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1328  = a_feed_k_hit;
-    if (in_decode) begin
-      \$1328  = \$1077 ;
-    end
-    if (gemm_active) begin
-      if (\$1121 ) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1328  = \$1123 ;
-        end else begin
-          \$1328  = \$1134 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1328  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1329  = a_feed_nt_hit;
-    if (in_decode) begin
-      \$1329  = \$1079 ;
-    end
-    if (gemm_active) begin
-      if (\$1121 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1329  = \$1125 ;
-          end else begin
-            \$1329  = \$1131 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1329  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1330  = a_blocks_left;
-    if (in_decode) begin
-      \$1330  = \$1080 ;
-    end
-    if (gemm_active) begin
-      if (\$1121 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1330  = \$1128 ;
+            casez (\$signal$296 )
+              1'h0:
+                  \$1330  = 1'h0;
+            endcase
           end
         end
       end
@@ -36906,10 +36559,48 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1331  = a_last;
+    \$1331  = a_filled1;
+    if (in_decode) begin
+      \$1331  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$1121 ) begin
-        \$1331  = a_feed_k_hit;
+      if (\$1098 ) begin
+        if (a_load_k_hit) begin
+          if (\$1104 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$263 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1331  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$1101 ) begin
+        if (\$1110 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$263 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1331  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$1134 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$296 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1331  = 1'h0;
+            endcase
+          end
+        end
       end
     end
     if (rst) begin
@@ -36918,248 +36609,224 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1332  = w_load_lane;
+    \$1332  = \$signal$263 ;
+    if (in_decode) begin
+      \$1332  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$1139 ) begin
+      if (\$1098 ) begin
+        if (a_load_k_hit) begin
+          if (\$1104 ) begin
+            \$1332  = \$1105 ;
+          end
+        end
+      end else if (\$1101 ) begin
+        if (\$1110 ) begin
+          if (a_load_k_hit) begin
+            \$1332  = \$1116 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1332  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1333  = \$signal$270 ;
+    if (in_decode) begin
+      \$1333  = 4'h0;
+    end
+    if (gemm_active) begin
+      if (\$1098 ) begin
+        if (a_load_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (\$1104 ) begin
+            \$1333  = 4'h0;
+          end else begin
+            \$1333  = \$1106 [3:0];
+          end
+        end
+      end else if (\$1101 ) begin
         (* full_case = 32'd1 *)
-        if (\$1140 ) begin
-          \$1332  = 4'h0;
+        if (\$1110 ) begin
+          \$1333  = 4'h0;
         end else begin
-          \$1332  = \$1147 [3:0];
+          \$1333  = \$1117 [3:0];
         end
-      end
-      if (in_decode) begin
-        \$1332  = 4'h0;
       end
     end
     if (rst) begin
-      \$1332  = 4'h0;
+      \$1333  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1333  = w_load_k;
+    \$1334  = lk;
+    if (in_decode) begin
+      \$1334  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$1139 ) begin
-        if (\$1140 ) begin
-          \$1333  = \$1141 [15:0];
-          if (\$1143 ) begin
-            \$1333  = 16'h0000;
+      if (\$1098 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1334  = 16'h0000;
+        end else begin
+          \$1334  = \$1107 [15:0];
+        end
+      end else if (\$1101 ) begin
+        if (\$1110 ) begin
+          \$1334  = \$1111 [15:0];
+          if (a_load_k_hit) begin
+            \$1334  = 16'h0000;
           end
         end
       end
-      if (in_decode) begin
-        \$1333  = 16'h0000;
-      end
     end
     if (rst) begin
-      \$1333  = 16'h0000;
+      \$1334  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1334  = w_load_addr;
+    \$1335  = \$signal$296 ;
+    if (in_decode) begin
+      \$1335  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$1139 ) begin
-        if (\$1140 ) begin
-          \$1334  = \$1142 [9:0];
-          if (\$1143 ) begin
-            if (\$1145 ) begin
-              \$1334  = 10'h000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1334  = 10'h000;
-      end
-    end
-    if (rst) begin
-      \$1334  = 10'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1335  = w_load_nt;
-    if (gemm_active) begin
-      if (\$1139 ) begin
-        if (\$1140 ) begin
-          if (\$1143 ) begin
-            \$1335  = \$1144 [15:0];
-            if (\$1145 ) begin
-              \$1335  = 16'h0000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1335  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1335  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1336  = w_filled0;
-    if (gemm_active) begin
-      if (\$1139 ) begin
-        if (\$1140 ) begin
-          if (\$1143 ) begin
-            if (\$1145 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1336  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$1165 ) begin
+      if (\$1134 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            if (\$1166 ) begin
-              casez (w_feed_half)
-                1'h0:
-                    \$1336  = 1'h0;
-              endcase
-            end
+            \$1335  = \$1139 ;
           end
         end
       end
-      if (in_decode) begin
-        \$1336  = 1'h0;
-      end
     end
     if (rst) begin
-      \$1336  = 1'h0;
+      \$1335  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1337  = w_filled1;
+    \$1336  = \$signal$297 ;
+    if (in_decode) begin
+      \$1336  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$1139 ) begin
-        if (\$1140 ) begin
-          if (\$1143 ) begin
-            if (\$1145 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1337  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$1165 ) begin
+      if (\$1134 ) begin
+        (* full_case = 32'd1 *)
         if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$1166 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_feed_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1337  = 1'h0;
-              endcase
-            end
-          end
+          \$1336  = 16'h0000;
+        end else begin
+          \$1336  = \$1145 [15:0];
         end
-      end
-      if (in_decode) begin
-        \$1337  = 1'h0;
       end
     end
     if (rst) begin
-      \$1337  = 1'h0;
+      \$1336  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1338  = w_load_half;
-    if (gemm_active) begin
-      if (\$1139 ) begin
-        if (\$1140 ) begin
-          if (\$1143 ) begin
-            if (\$1145 ) begin
-              \$1338  = \$1146 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1338  = 1'h0;
-      end
+    \$1337  = fnt;
+    if (in_decode) begin
+      \$1337  = 16'h0000;
     end
-    if (rst) begin
-      \$1338  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1339  = feed_ntk;
     if (gemm_active) begin
-      if (\$1165 ) begin
+      if (\$1134 ) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1339  = 32'd0;
+            \$1337  = 16'h0000;
           end else begin
-            \$1339  = \$1169 [31:0];
+            \$1337  = \$1142 [15:0];
           end
         end
       end
-      if (in_decode) begin
-        \$1339  = 32'd0;
-      end
     end
     if (rst) begin
-      \$1339  = 32'd0;
+      \$1337  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1340  = feed_mt;
+    \$1338  = feed_blocks;
+    if (in_decode) begin
+      \$1338  = dec_blocks;
+    end
     if (gemm_active) begin
-      if (\$1165 ) begin
+      if (\$1134 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (\$1166 ) begin
-              \$1340  = 16'h0000;
-            end else begin
-              \$1340  = \$1168 [15:0];
-            end
+            \$1338  = \$1140 [31:0];
           end
         end
       end
-      if (in_decode) begin
-        \$1340  = 16'h0000;
-      end
     end
     if (rst) begin
-      \$1340  = 16'h0000;
+      \$1338  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1341  = w_feed_half;
+    \$1339  = \$signal$302 ;
+    if (in_decode) begin
+      \$1339  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$1165 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$1166 ) begin
-              \$1341  = \$1167 ;
-            end
+      if (\$1118 ) begin
+        \$1339  = 1'h0;
+      end
+      if (\$1134 ) begin
+        \$1339  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$1339  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1340  = a_load_k_hit;
+    if (in_decode) begin
+      \$1340  = \$1088 ;
+    end
+    if (gemm_active) begin
+      if (\$1098 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1340  = \$1103 ;
+        end else begin
+          \$1340  = \$1109 ;
+        end
+      end else if (\$1101 ) begin
+        if (\$1110 ) begin
+          \$1340  = \$1113 ;
+          if (a_load_k_hit) begin
+            \$1340  = \$1115 ;
           end
         end
       end
-      if (in_decode) begin
-        \$1341  = 1'h0;
+    end
+    if (rst) begin
+      \$1340  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1341  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1341  = \$1090 ;
+    end
+    if (gemm_active) begin
+      if (\$1134 ) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1341  = \$1136 ;
+        end else begin
+          \$1341  = \$1147 ;
+        end
       end
     end
     if (rst) begin
@@ -37168,31 +36835,334 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1342  = post_col;
+    \$1342  = a_feed_nt_hit;
     if (in_decode) begin
-      \$1342  = 3'h0;
+      \$1342  = \$1092 ;
     end
-    if (\$1171 ) begin
-      if (elem_take) begin
-        \$1342  = \$1174 [2:0];
+    if (gemm_active) begin
+      if (\$1134 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1342  = \$1138 ;
+          end else begin
+            \$1342  = \$1144 ;
+          end
+        end
       end
     end
     if (rst) begin
-      \$1342  = 3'h0;
+      \$1342  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1343  = \$1179 ;
+    \$1343  = a_blocks_left;
+    if (in_decode) begin
+      \$1343  = \$1093 ;
+    end
+    if (gemm_active) begin
+      if (\$1134 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1343  = \$1141 ;
+          end
+        end
+      end
+    end
     if (rst) begin
       \$1343  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1344  = fault;
+    \$1344  = a_last;
+    if (gemm_active) begin
+      if (\$1134 ) begin
+        \$1344  = a_feed_k_hit;
+      end
+    end
     if (rst) begin
-      \$1344  = 4'h0;
+      \$1344  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1345  = w_load_lane;
+    if (gemm_active) begin
+      if (\$1152 ) begin
+        (* full_case = 32'd1 *)
+        if (\$1153 ) begin
+          \$1345  = 4'h0;
+        end else begin
+          \$1345  = \$1160 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1345  = 4'h0;
+      end
+    end
+    if (rst) begin
+      \$1345  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1346  = w_load_k;
+    if (gemm_active) begin
+      if (\$1152 ) begin
+        if (\$1153 ) begin
+          \$1346  = \$1154 [15:0];
+          if (\$1156 ) begin
+            \$1346  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1346  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1346  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1347  = w_load_addr;
+    if (gemm_active) begin
+      if (\$1152 ) begin
+        if (\$1153 ) begin
+          \$1347  = \$1155 [9:0];
+          if (\$1156 ) begin
+            if (\$1158 ) begin
+              \$1347  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1347  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1347  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1348  = w_load_nt;
+    if (gemm_active) begin
+      if (\$1152 ) begin
+        if (\$1153 ) begin
+          if (\$1156 ) begin
+            \$1348  = \$1157 [15:0];
+            if (\$1158 ) begin
+              \$1348  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1348  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1348  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1349  = w_filled0;
+    if (gemm_active) begin
+      if (\$1152 ) begin
+        if (\$1153 ) begin
+          if (\$1156 ) begin
+            if (\$1158 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1349  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1178 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1179 ) begin
+              casez (w_feed_half)
+                1'h0:
+                    \$1349  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1349  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1349  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1350  = w_filled1;
+    if (gemm_active) begin
+      if (\$1152 ) begin
+        if (\$1153 ) begin
+          if (\$1156 ) begin
+            if (\$1158 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1350  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$1178 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1179 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_feed_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1350  = 1'h0;
+              endcase
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1350  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1350  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1351  = w_load_half;
+    if (gemm_active) begin
+      if (\$1152 ) begin
+        if (\$1153 ) begin
+          if (\$1156 ) begin
+            if (\$1158 ) begin
+              \$1351  = \$1159 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1351  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1351  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1352  = feed_ntk;
+    if (gemm_active) begin
+      if (\$1178 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1352  = 32'd0;
+          end else begin
+            \$1352  = \$1182 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1352  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1352  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1353  = feed_mt;
+    if (gemm_active) begin
+      if (\$1178 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (\$1179 ) begin
+              \$1353  = 16'h0000;
+            end else begin
+              \$1353  = \$1181 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1353  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1353  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1354  = w_feed_half;
+    if (gemm_active) begin
+      if (\$1178 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$1179 ) begin
+              \$1354  = \$1180 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1354  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1354  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1355  = post_col;
+    if (in_decode) begin
+      \$1355  = 3'h0;
+    end
+    if (\$1184 ) begin
+      if (elem_take) begin
+        \$1355  = \$1187 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1355  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1356  = \$1192 ;
+    if (rst) begin
+      \$1356  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1357  = fault;
+    if (rst) begin
+      \$1357  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -37255,13 +37225,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign op_cycles15 = op_cycles__15;
   assign pack_full = \w_en$166 ;
   assign \w_data$168  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
+  assign \w_data$192  = { res_lane3, res_lane2, res_lane1, res_lane0 };
   assign p__payload = beat__payload[437:0];
-  assign \o__valid$395  = \w_en$394 ;
-  assign \o__payload$397  = \w_data$396 ;
-  assign \w_rdy$399  = \o__ready$398 ;
-  assign \r_rdy$400  = gemm_res_valid;
-  assign \next$436  = dst_step;
-  assign \i__payload$439  = \r_data$187 [15:0];
+  assign \o__valid$399  = \w_en$398 ;
+  assign \o__payload$401  = \w_data$400 ;
+  assign \w_rdy$403  = \o__ready$402 ;
+  assign \r_rdy$404  = gemm_res_valid;
+  assign \next$440  = dst_step;
+  assign \i__payload$443  = \r_data$202 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -37337,21 +37308,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \i__payload[1]  = i__payload[15:8];
   assign \i__payload[2]  = i__payload[23:16];
   assign \i__payload[3]  = i__payload[31:24];
+  assign \o__payload[0]  = o__payload[15:0];
+  assign \o__payload[1]  = o__payload[31:16];
+  assign \o__payload[2]  = o__payload[47:32];
+  assign \o__payload[3]  = o__payload[63:48];
+  assign \o__payload$185[0]  = \o__payload$185 [7:0];
+  assign \o__payload$185[1]  = \o__payload$185 [15:8];
+  assign \o__payload$185[2]  = \o__payload$185 [23:16];
+  assign \o__payload$185[3]  = \o__payload$185 [31:24];
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
   assign \req__payload.addr  = req__payload[31:0];
   assign \req__payload.data  = req__payload[95:32];
   assign \req__payload.lb  = req__payload[98:96];
-  assign \o__payload.data  = o__payload[7:0];
-  assign \o__payload.last  = o__payload[8];
-  assign \o__payload$225[0]  = \o__payload$225 [15:0];
-  assign \o__payload$225[1]  = \o__payload$225 [31:16];
-  assign \o__payload$225[2]  = \o__payload$225 [47:32];
-  assign \o__payload$225[3]  = \o__payload$225 [63:48];
-  assign \o__payload$231[0]  = \o__payload$231 [7:0];
-  assign \o__payload$231[1]  = \o__payload$231 [15:8];
-  assign \o__payload$231[2]  = \o__payload$231 [23:16];
-  assign \o__payload$231[3]  = \o__payload$231 [31:24];
+  assign \o__payload$213.data  = \o__payload$213 [7:0];
+  assign \o__payload$213.last  = \o__payload$213 [8];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -37380,17 +37351,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$364.data  = \a__payload$364 [80:0];
-  assign \a__payload$364.data[0]  = \a__payload$364 [8:0];
-  assign \a__payload$364.data[1]  = \a__payload$364 [17:9];
-  assign \a__payload$364.data[2]  = \a__payload$364 [26:18];
-  assign \a__payload$364.data[3]  = \a__payload$364 [35:27];
-  assign \a__payload$364.data[4]  = \a__payload$364 [44:36];
-  assign \a__payload$364.data[5]  = \a__payload$364 [53:45];
-  assign \a__payload$364.data[6]  = \a__payload$364 [62:54];
-  assign \a__payload$364.data[7]  = \a__payload$364 [71:63];
-  assign \a__payload$364.data[8]  = \a__payload$364 [80:72];
-  assign \a__payload$364.last  = \a__payload$364 [81];
+  assign \a__payload$368.data  = \a__payload$368 [80:0];
+  assign \a__payload$368.data[0]  = \a__payload$368 [8:0];
+  assign \a__payload$368.data[1]  = \a__payload$368 [17:9];
+  assign \a__payload$368.data[2]  = \a__payload$368 [26:18];
+  assign \a__payload$368.data[3]  = \a__payload$368 [35:27];
+  assign \a__payload$368.data[4]  = \a__payload$368 [44:36];
+  assign \a__payload$368.data[5]  = \a__payload$368 [53:45];
+  assign \a__payload$368.data[6]  = \a__payload$368 [62:54];
+  assign \a__payload$368.data[7]  = \a__payload$368 [71:63];
+  assign \a__payload$368.data[8]  = \a__payload$368 [80:72];
+  assign \a__payload$368.last  = \a__payload$368 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -37399,22 +37370,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$397[0]  = \w_data$396 [31:0];
-  assign \o__payload$397[1]  = \w_data$396 [63:32];
-  assign \o__payload$397[2]  = \w_data$396 [95:64];
-  assign \o__payload$397[3]  = \w_data$396 [127:96];
-  assign \o__payload$397[4]  = \w_data$396 [159:128];
-  assign \o__payload$397[5]  = \w_data$396 [191:160];
-  assign \o__payload$397[6]  = \w_data$396 [223:192];
-  assign \o__payload$397[7]  = \w_data$396 [255:224];
-  assign \req__payload$422.addr  = \req__payload$422 [31:0];
-  assign \req__payload$422.lb  = \req__payload$422 [34:32];
-  assign \i__payload$438.data  = \i__payload$438 [15:0];
-  assign \i__payload$438.last  = \i__payload$438 [16];
-  assign \i__payload$438 [16] = \r_data$187 [16];
-  assign \i__payload$438 [15:0] = \r_data$187 [15:0];
-  assign \req__payload$422 [34:32] = \$653 ;
-  assign \req__payload$422 [31:0] = \$643 ;
+  assign \o__payload$401[0]  = \w_data$400 [31:0];
+  assign \o__payload$401[1]  = \w_data$400 [63:32];
+  assign \o__payload$401[2]  = \w_data$400 [95:64];
+  assign \o__payload$401[3]  = \w_data$400 [127:96];
+  assign \o__payload$401[4]  = \w_data$400 [159:128];
+  assign \o__payload$401[5]  = \w_data$400 [191:160];
+  assign \o__payload$401[6]  = \w_data$400 [223:192];
+  assign \o__payload$401[7]  = \w_data$400 [255:224];
+  assign \req__payload$426.addr  = \req__payload$426 [31:0];
+  assign \req__payload$426.lb  = \req__payload$426 [34:32];
+  assign \i__payload$442.data  = \i__payload$442 [15:0];
+  assign \i__payload$442.last  = \i__payload$442 [16];
+  assign \i__payload$442 [16] = \r_data$202 [16];
+  assign \i__payload$442 [15:0] = \r_data$202 [15:0];
+  assign \req__payload$426 [34:32] = \$666 ;
+  assign \req__payload$426 [31:0] = \$656 ;
   assign i__payload[31:24] = r_data[55:48];
   assign i__payload[23:16] = r_data[39:32];
   assign i__payload[15:8] = r_data[23:16];
@@ -37427,65 +37398,77 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign a__payload[47:32] = r_data[47:32];
   assign a__payload[31:16] = r_data[31:16];
   assign a__payload[15:0] = r_data[15:0];
-  assign \$35  = 4'h9;
-  assign \$37  = ins[269:252];
-  assign \$42  = ins[39:24];
-  assign \$43  = ins[361:344];
-  assign \$47  = dec_nt;
-  assign \$53  = 4'h8;
-  assign \$54  = ins[397:380];
-  assign { \$65 [3], \$65 [1:0] } = 3'h0;
-  assign \$65 [2] = ins[10];
-  assign \$66  = ins[10];
-  assign { \$68 [3], \$68 [1:0] } = 3'h0;
-  assign \$68 [2] = ins[10];
-  assign \$69  = ins[10];
-  assign { \$71 [3], \$71 [1:0] } = 3'h0;
-  assign \$71 [2] = ins[10];
-  assign \$72  = ins[10];
-  assign { \$74 [3], \$74 [1:0] } = 3'h0;
-  assign \$74 [2] = ins[10];
-  assign \$75  = ins[10];
-  assign \$118 [3:1] = 3'h0;
-  assign \$118 [0] = ins[8];
-  assign \$119  = ins[8];
-  assign \$121 [3:1] = 3'h0;
-  assign \$121 [0] = ins[8];
-  assign \$122  = ins[8];
-  assign \$124 [3:1] = 3'h0;
-  assign \$124 [0] = ins[8];
-  assign \$125  = ins[8];
-  assign \$127 [3:1] = 3'h0;
-  assign \$127 [0] = ins[8];
-  assign \$128  = ins[8];
-  assign \$130 [3:1] = 3'h0;
-  assign \$130 [0] = ins[8];
-  assign \$131  = ins[8];
-  assign \$133 [3:1] = 3'h0;
-  assign \$133 [0] = ins[8];
-  assign \$134  = ins[8];
-  assign \$136 [3:1] = 3'h0;
-  assign \$136 [0] = ins[8];
-  assign \$137  = ins[8];
-  assign \$632  = 1'h0;
-  assign \$639  = 1'h0;
-  assign \$640  = \$638 ;
-  assign \$649  = 1'h0;
-  assign \$650  = \$648 ;
-  assign \$654  = in_fetch;
-  assign \$658  = unit_rst;
-  assign \$760  = { 19'h00000, \$759 [32:19] };
-  assign \$761  = { 3'h0, dec_n2p[16:3] };
-  assign \$766  = { 1'h0, dec_nt, 6'h00 };
-  assign \$768 [5:0] = 6'h00;
-  assign \$768 [31:6] = { 8'h00, \$767 [23:6] };
-  assign \$774 [2:0] = 3'h0;
-  assign \$774 [3] = ins[11];
-  assign \$775  = ins[11];
+  assign \$27  = { ins[269], ins[269:252] };
+  assign \$28  = { ins[269:252], 3'h0 };
+  assign \$34  = { ins[269], ins[269:252] };
+  assign \$35  = { ins[269:252], 3'h0 };
+  assign \$39  = 4'h9;
+  assign \$41  = ins[269:252];
+  assign \$46  = ins[39:24];
+  assign \$47  = ins[361:344];
+  assign \$49  = { ins[379], ins[379:362] };
+  assign \$50  = { ins[379:362], 3'h0 };
+  assign \$53  = dec_nt;
+  assign \$54  = { ins[397:380], 3'h0 };
+  assign \$55  = { ins[397:380], 3'h0 };
+  assign \$59  = 4'h8;
+  assign \$60  = ins[397:380];
+  assign \$61  = { ins[159], ins[159:142] };
+  assign \$62  = { ins[159:142], 3'h0 };
+  assign \$64  = { ins[177:160], 3'h0 };
+  assign { \$83 [3], \$83 [1:0] } = 3'h0;
+  assign \$83 [2] = ins[10];
+  assign \$84  = ins[10];
+  assign { \$86 [3], \$86 [1:0] } = 3'h0;
+  assign \$86 [2] = ins[10];
+  assign \$87  = ins[10];
+  assign { \$89 [3], \$89 [1:0] } = 3'h0;
+  assign \$89 [2] = ins[10];
+  assign \$90  = ins[10];
+  assign { \$92 [3], \$92 [1:0] } = 3'h0;
+  assign \$92 [2] = ins[10];
+  assign \$93  = ins[10];
+  assign \$131 [3:1] = 3'h0;
+  assign \$131 [0] = ins[8];
+  assign \$132  = ins[8];
+  assign \$134 [3:1] = 3'h0;
+  assign \$134 [0] = ins[8];
+  assign \$135  = ins[8];
+  assign \$137 [3:1] = 3'h0;
+  assign \$137 [0] = ins[8];
+  assign \$138  = ins[8];
+  assign \$140 [3:1] = 3'h0;
+  assign \$140 [0] = ins[8];
+  assign \$141  = ins[8];
+  assign \$143 [3:1] = 3'h0;
+  assign \$143 [0] = ins[8];
+  assign \$144  = ins[8];
+  assign \$146 [3:1] = 3'h0;
+  assign \$146 [0] = ins[8];
+  assign \$147  = ins[8];
+  assign \$149 [3:1] = 3'h0;
+  assign \$149 [0] = ins[8];
+  assign \$150  = ins[8];
+  assign \$645  = 1'h0;
+  assign \$652  = 1'h0;
+  assign \$653  = \$651 ;
+  assign \$662  = 1'h0;
+  assign \$663  = \$661 ;
+  assign \$667  = in_fetch;
+  assign \$671  = unit_rst;
+  assign \$773  = { 19'h00000, \$772 [32:19] };
+  assign \$774  = { 3'h0, dec_n2p[16:3] };
+  assign \$779  = { 1'h0, dec_nt, 6'h00 };
+  assign \$781 [5:0] = 6'h00;
+  assign \$781 [31:6] = { 8'h00, \$780 [23:6] };
+  assign \$787 [2:0] = 3'h0;
+  assign \$787 [3] = ins[11];
+  assign \$788  = ins[11];
+  assign \$56  = \$55 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add (rst, a__ready, b__ready, o__payload, a__payload, b__payload, o__ready, a__valid, b__valid, unit_rst, c__payload, c__valid, c__ready, o__valid, clk);
+module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__payload, b__payload, a__valid, b__valid, unit_rst, c__payload, c__valid, c__ready, o__valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$56  = 0;
   wire \$1 ;
   wire [33:0] \$10 ;
@@ -42031,10 +42014,10 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, a__payload, b
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$11536$0 (l0s_s2_o),
-    .\port$11628$0 (l1s_s2_o),
-    .\port$11720$0 (l2s_s2_o),
-    .\port$11812$0 (l3s_s2_o),
+    .\port$11575$0 (l0s_s2_o),
+    .\port$11667$0 (l1s_s2_o),
+    .\port$11759$0 (l2s_s2_o),
+    .\port$11851$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -43279,7 +43262,7 @@ module \accelerator.core.add (rst, a__ready, b__ready, o__payload, a__payload, b
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11536$0 , \port$11628$0 , \port$11720$0 , \port$11812$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11575$0 , \port$11667$0 , \port$11759$0 , \port$11851$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43322,14 +43305,14 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11536
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11536$0 ;
-  wire [15:0] \port$11536$0 ;
-  input [15:0] \port$11628$0 ;
-  wire [15:0] \port$11628$0 ;
-  input [15:0] \port$11720$0 ;
-  wire [15:0] \port$11720$0 ;
-  input [15:0] \port$11812$0 ;
-  wire [15:0] \port$11812$0 ;
+  input [15:0] \port$11575$0 ;
+  wire [15:0] \port$11575$0 ;
+  input [15:0] \port$11667$0 ;
+  wire [15:0] \port$11667$0 ;
+  input [15:0] \port$11759$0 ;
+  wire [15:0] \port$11759$0 ;
+  input [15:0] \port$11851$0 ;
+  wire [15:0] \port$11851$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -43372,7 +43355,7 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11536
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11812$0 , \port$11720$0 , \port$11628$0 , \port$11536$0  };
+      storage[w_port__addr] <= { \port$11851$0 , \port$11759$0 , \port$11667$0 , \port$11575$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -43484,14 +43467,14 @@ module \accelerator.core.add.out_queue (rst, r_data, r_en, unit_rst, \port$11536
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11812$0 , \port$11720$0 , \port$11628$0 , \port$11536$0  };
-  assign w_data = { \port$11812$0 , \port$11720$0 , \port$11628$0 , \port$11536$0  };
+  assign w_port__data = { \port$11851$0 , \port$11759$0 , \port$11667$0 , \port$11575$0  };
+  assign w_data = { \port$11851$0 , \port$11759$0 , \port$11667$0 , \port$11575$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0 (rst, go, o__payload, i__payload, o__ready, i__valid, unit_rst, c__payload, c__valid, c__ready, o__valid, clk);
+module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__valid, unit_rst, c__payload, c__valid, c__ready, o__valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$58  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -50572,10 +50555,10 @@ module \accelerator.core.gelu0 (rst, go, o__payload, i__payload, o__ready, i__va
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$12045$0 (l0_s27_o),
-    .\port$12231$0 (l1_s27_o),
-    .\port$12417$0 (l2_s27_o),
-    .\port$12603$0 (l3_s27_o),
+    .\port$12084$0 (l0_s27_o),
+    .\port$12270$0 (l1_s27_o),
+    .\port$12456$0 (l2_s27_o),
+    .\port$12642$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52630,7 +52613,7 @@ module \accelerator.core.gelu0 (rst, go, o__payload, i__payload, o__ready, i__va
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$12045$0 , \port$12231$0 , \port$12417$0 , \port$12603$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$12084$0 , \port$12270$0 , \port$12456$0 , \port$12642$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$59  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52673,14 +52656,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$120
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12045$0 ;
-  wire [7:0] \port$12045$0 ;
-  input [7:0] \port$12231$0 ;
-  wire [7:0] \port$12231$0 ;
-  input [7:0] \port$12417$0 ;
-  wire [7:0] \port$12417$0 ;
-  input [7:0] \port$12603$0 ;
-  wire [7:0] \port$12603$0 ;
+  input [7:0] \port$12084$0 ;
+  wire [7:0] \port$12084$0 ;
+  input [7:0] \port$12270$0 ;
+  wire [7:0] \port$12270$0 ;
+  input [7:0] \port$12456$0 ;
+  wire [7:0] \port$12456$0 ;
+  input [7:0] \port$12642$0 ;
+  wire [7:0] \port$12642$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52739,7 +52722,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$120
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12603$0 , \port$12417$0 , \port$12231$0 , \port$12045$0  };
+      storage[w_port__addr] <= { \port$12642$0 , \port$12456$0 , \port$12270$0 , \port$12084$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -52851,8 +52834,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_data, r_en, unit_rst, \port$120
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12603$0 , \port$12417$0 , \port$12231$0 , \port$12045$0  };
-  assign w_data = { \port$12603$0 , \port$12417$0 , \port$12231$0 , \port$12045$0  };
+  assign w_port__data = { \port$12642$0 , \port$12456$0 , \port$12270$0 , \port$12084$0  };
+  assign w_data = { \port$12642$0 , \port$12456$0 , \port$12270$0 , \port$12084$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -66995,7 +66978,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9231$0 , \port$9233$0 , \port$9235$0 , \port$9237$0 , \port$9239$0 , \port$9241$0 , \port$9243$0 , \port$9245$0 , clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9270$0 , \port$9272$0 , \port$9274$0 , \port$9276$0 , \port$9278$0 , \port$9280$0 , \port$9282$0 , \port$9284$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$70  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -67019,22 +67002,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$9231$0 ;
-  wire [15:0] \port$9231$0 ;
-  input [15:0] \port$9233$0 ;
-  wire [15:0] \port$9233$0 ;
-  input [15:0] \port$9235$0 ;
-  wire [15:0] \port$9235$0 ;
-  input [15:0] \port$9237$0 ;
-  wire [15:0] \port$9237$0 ;
-  input [15:0] \port$9239$0 ;
-  wire [15:0] \port$9239$0 ;
-  input [15:0] \port$9241$0 ;
-  wire [15:0] \port$9241$0 ;
-  input [15:0] \port$9243$0 ;
-  wire [15:0] \port$9243$0 ;
-  input [15:0] \port$9245$0 ;
-  wire [15:0] \port$9245$0 ;
+  input [15:0] \port$9270$0 ;
+  wire [15:0] \port$9270$0 ;
+  input [15:0] \port$9272$0 ;
+  wire [15:0] \port$9272$0 ;
+  input [15:0] \port$9274$0 ;
+  wire [15:0] \port$9274$0 ;
+  input [15:0] \port$9276$0 ;
+  wire [15:0] \port$9276$0 ;
+  input [15:0] \port$9278$0 ;
+  wire [15:0] \port$9278$0 ;
+  input [15:0] \port$9280$0 ;
+  wire [15:0] \port$9280$0 ;
+  input [15:0] \port$9282$0 ;
+  wire [15:0] \port$9282$0 ;
+  input [15:0] \port$9284$0 ;
+  wire [15:0] \port$9284$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -67068,7 +67051,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9245$0 , \port$9243$0 , \port$9241$0 , \port$9239$0 , \port$9237$0 , \port$9235$0 , \port$9233$0 , \port$9231$0  };
+      storage[w_port__addr] <= { \port$9284$0 , \port$9282$0 , \port$9280$0 , \port$9278$0 , \port$9276$0 , \port$9274$0 , \port$9272$0 , \port$9270$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -67139,14 +67122,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9245$0 , \port$9243$0 , \port$9241$0 , \port$9239$0 , \port$9237$0 , \port$9235$0 , \port$9233$0 , \port$9231$0  };
-  assign w_data = { \port$9245$0 , \port$9243$0 , \port$9241$0 , \port$9239$0 , \port$9237$0 , \port$9235$0 , \port$9233$0 , \port$9231$0  };
+  assign w_port__data = { \port$9284$0 , \port$9282$0 , \port$9280$0 , \port$9278$0 , \port$9276$0 , \port$9274$0 , \port$9272$0 , \port$9270$0  };
+  assign w_data = { \port$9284$0 , \port$9282$0 , \port$9280$0 , \port$9278$0 , \port$9276$0 , \port$9274$0 , \port$9272$0 , \port$9270$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1903$0 , r_rdy, r_data, w_en, \port$9052$0 , unit_rst, level, clk);
+module \accelerator.core.q_src0 (rst, r_en, \port$1919$0 , r_rdy, r_data, w_en, \port$9091$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$71  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -67171,10 +67154,10 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1903$0 , r_rdy, r_data, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1903$0 ;
-  wire [15:0] \port$1903$0 ;
-  input [2:0] \port$9052$0 ;
-  wire [2:0] \port$9052$0 ;
+  input [15:0] \port$1919$0 ;
+  wire [15:0] \port$1919$0 ;
+  input [2:0] \port$9091$0 ;
+  wire [2:0] \port$9091$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -67209,7 +67192,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1903$0 , r_rdy, r_data, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9052$0 , \port$1903$0  };
+      storage[w_port__addr] <= { \port$9091$0 , \port$1919$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -67280,14 +67263,14 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1903$0 , r_rdy, r_data, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9052$0 , \port$1903$0  };
-  assign w_data = { \port$9052$0 , \port$1903$0  };
+  assign w_port__data = { \port$9091$0 , \port$1919$0  };
+  assign w_data = { \port$9091$0 , \port$1919$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1904$0 , r_rdy, r_data, r_en, w_en, \port$9056$0 , unit_rst, level, clk);
+module \accelerator.core.q_src1 (rst, \port$1920$0 , r_rdy, r_data, r_en, w_en, \port$9095$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$72  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -67312,10 +67295,10 @@ module \accelerator.core.q_src1 (rst, \port$1904$0 , r_rdy, r_data, r_en, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1904$0 ;
-  wire [15:0] \port$1904$0 ;
-  input [2:0] \port$9056$0 ;
-  wire [2:0] \port$9056$0 ;
+  input [15:0] \port$1920$0 ;
+  wire [15:0] \port$1920$0 ;
+  input [2:0] \port$9095$0 ;
+  wire [2:0] \port$9095$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -67350,7 +67333,7 @@ module \accelerator.core.q_src1 (rst, \port$1904$0 , r_rdy, r_data, r_en, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9056$0 , \port$1904$0  };
+      storage[w_port__addr] <= { \port$9095$0 , \port$1920$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -67421,8 +67404,8 @@ module \accelerator.core.q_src1 (rst, \port$1904$0 , r_rdy, r_data, r_en, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9056$0 , \port$1904$0  };
-  assign w_data = { \port$9056$0 , \port$1904$0  };
+  assign w_port__data = { \port$9095$0 , \port$1920$0  };
+  assign w_data = { \port$9095$0 , \port$1920$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -67719,9 +67702,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1649$0 (\$13 [4:0]),
-    .\port$1650$0 (\$14 ),
-    .\port$1814$0 (r_data[2:0]),
+    .\port$1665$0 (\$13 [4:0]),
+    .\port$1666$0 (\$14 ),
+    .\port$1830$0 (r_data[2:0]),
     .r_data(\r_data$29 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -68153,7 +68136,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1649$0 , \port$1650$0 , w_rdy, r_data, \port$1814$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1665$0 , \port$1666$0 , w_rdy, r_data, \port$1830$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68195,12 +68178,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1649$0 , \port$1650$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1649$0 ;
-  wire [4:0] \port$1649$0 ;
-  input \port$1650$0 ;
-  wire \port$1650$0 ;
-  input [2:0] \port$1814$0 ;
-  wire [2:0] \port$1814$0 ;
+  input [4:0] \port$1665$0 ;
+  wire [4:0] \port$1665$0 ;
+  input \port$1666$0 ;
+  wire \port$1666$0 ;
+  input [2:0] \port$1830$0 ;
+  wire [2:0] \port$1830$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -68244,7 +68227,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1649$0 , \port$1650$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1650$0 , \port$1649$0 , \port$1814$0  };
+      storage[w_port__addr] <= { \port$1666$0 , \port$1665$0 , \port$1830$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -68343,8 +68326,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1649$0 , \port$1650$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1650$0 , \port$1649$0 , \port$1814$0  };
-  assign w_data = { \port$1650$0 , \port$1649$0 , \port$1814$0  };
+  assign w_port__data = { \port$1666$0 , \port$1665$0 , \port$1830$0  };
+  assign w_data = { \port$1666$0 , \port$1665$0 , \port$1830$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -71827,8 +71810,151 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
+module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$200$0 , \port$203$0 , w_en, w_rdy, r_rdy, r_data, r_en, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$78  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  input [15:0] \port$194$0 ;
+  wire [15:0] \port$194$0 ;
+  input [15:0] \port$197$0 ;
+  wire [15:0] \port$197$0 ;
+  input [15:0] \port$200$0 ;
+  wire [15:0] \port$200$0 ;
+  input [15:0] \port$203$0 ;
+  wire [15:0] \port$203$0 ;
+  (* init = 1'h0 *)
+  wire produce;
+  output [63:0] r_data;
+  wire [63:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [63:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  wire [63:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  wire [63:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [63:0] storage [1:0];
+  initial begin
+    storage[0] = 64'h0000000000000000;
+    storage[1] = 64'h0000000000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= { \port$203$0 , \port$200$0 , \port$197$0 , \port$194$0  };
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (unit_rst) begin
+      \$15  = 1'h0;
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (unit_rst) begin
+      \$16  = 1'h0;
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (unit_rst) begin
+      \$17  = 2'h0;
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_port__data = { \port$203$0 , \port$200$0 , \port$197$0 , \port$194$0  };
+  assign w_data = { \port$203$0 , \port$200$0 , \port$197$0 , \port$194$0  };
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire [10:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -71932,7 +72058,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     .w_rdy(req__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$22  = pending;
     if (\$15 ) begin
       \$22  = \$19 [6:0];
@@ -71944,7 +72070,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$23  = err;
     if (clear) begin
       \$23  = 1'h0;
@@ -71977,7 +72103,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -72059,7 +72185,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -72069,7 +72195,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -72079,7 +72205,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -72101,7 +72227,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_data, \port$0$10 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$81  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -72186,7 +72312,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -72196,7 +72322,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -72206,7 +72332,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];

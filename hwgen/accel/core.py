@@ -101,6 +101,14 @@ def _reciprocal(size: int) -> tuple[int, int]:
     raise AssertionError(f"no exact reciprocal of {size} for {COUNT_BITS}-bit counts")
 
 
+def _times(x, k: int):
+    """``x * k`` for a constant ``k`` as a sum of shifts: yosys maps a product by a constant to
+    a MULT18X18D, which on a walk's stride (``src0_s1 * 9``) was a critical path (12.95 ns:
+    the routes into and out of the DSP column)."""
+    terms = [x << s for s in range(k.bit_length()) if k >> s & 1]
+    return reduce(operator.add, terms) if terms else Const(0)
+
+
 class AccelCore(wiring.Component):
     """Sequencer, activation buffer, address generators and units.
 
@@ -554,6 +562,19 @@ class AccelCore(wiring.Component):
             ins_ = (u.a.payload, u.b.payload) if u is self.add else (u.i.payload,)
             for half, port in enumerate(ins_):
                 m.d.comb += [port[k].eq(beat[(half * lanes + k) * ab:][:ab]) for k in range(lanes)]
+        # the selected unit's result beats wait in a register slice of their own before the
+        # unpacker: the unit's output ready is then the slice's room (its level), not the sink's
+        # handshake, which ran from one unit's output queue through dst's step and back into
+        # another's (13.1 ns, 11 of them routing).  One-hot flags: a flat OR of the results
+        packer.targets = packed = [(sink_from["add"], self.add)] + [(sink_from[f"gelu{k}"], g)
+                                                                    for k, g in enumerate(self.gelus)]
+        res_lanes = [Signal(ab, name=f"res_lane{k}") for k in range(lanes)]
+        m.d.comb += [lane.eq(reduce(operator.or_, [Mux(flag, u.o.payload[k], 0) for flag, u in packed]))
+                     for k, lane in enumerate(res_lanes)]
+        packer.res, packer.res_beat = register_slice(m, "unpack", Cat(*[flag & u.o.valid for flag, u in packed]).any(),
+                                                     Cat(*res_lanes), None, reset=unit_rst)
+        for flag, u in packed:
+            m.d.comb += u.o.ready.eq(flag & packer.res.w_rdy)
         store_advance = ~ext_req.valid | writer.req.ready     # a STORE's request register moves on
         with m.If(streaming):
             with m.If(is_move):
@@ -588,7 +609,7 @@ class AccelCore(wiring.Component):
             with m.Else():                           # GELU, ADD: src0's elements into the packer
                 m.d.comb += [elems.data.eq(s0_data), elems.final.eq(s0_final)]
         with m.If(pack_active):
-            self._lanes(m, add_sel, elems, q1, s1_data, sink_valid, sink_data, sink_ready, dst, sink_from)
+            self._lanes(m, add_sel, elems, q1, s1_data, sink_valid, sink_data, sink_ready, dst)
         # the packer's elements: src0's (a GELU or ADD op) or the array's results (a post unit),
         # from one-hot flags of STREAM
         m.d.comb += elems.valid.eq((q0_to_pack & q0.r_rdy) | (res_to_pack & gemm_res_valid))
@@ -614,8 +635,9 @@ class AccelCore(wiring.Component):
 
         # --- dst's step: the sink's element is there and dst has its address -------------------------
         sink_has = {"move": q0.r_rdy, "load": reader.beat.valid, "store": q0.r_rdy & store_advance,
-                    "softmax": self.softmax.o.valid, "layernorm": self.layernorm.o.valid, "add": self.add.o.valid,
-                    **{f"gelu{k}": g.o.valid for k, g in enumerate(self.gelus)}, "gemm": gemm_res_valid}
+                    "softmax": self.softmax.o.valid, "layernorm": self.layernorm.o.valid,
+                    **{k: packer.res.r_rdy for k in ("add", *[f"gelu{k}" for k in range(len(self.gelus))])},
+                    "gemm": gemm_res_valid}
         m.d.comb += [dst_step.eq(dst.valid & Cat(*[sink_from[k] & v for k, v in sink_has.items()]).any()),
                      dst.next.eq(dst_step), wr.en.eq(dst_step & ~sink_from["store"] & dst_keep)]
         self._src0_into(m, q0, sink_from, a_from)
@@ -649,17 +671,17 @@ class AccelCore(wiring.Component):
         for name, unit in (("softmax", sm), ("layernorm", ln)):
             m.d.comb += unit.i.valid.eq((sink_from[name] | a_from[name]) & q0.r_rdy)
 
-    def _lanes(self, m, two, elems, q1, s1_data, sink_valid, sink_data, sink_ready, dst, sink_from):
+    def _lanes(self, m, two, elems, q1, s1_data, sink_valid, sink_data, sink_ready, dst):
         """The GELU and add units take ``lanes`` elements a beat: pack ``elems`` (and, for the
         add, src1's elements) into a beat (a short last beat padded), pass it through a
-        register slice to the unit, unpack the results into dst (the padding's results dropped
-        when the dst walk ends)."""
+        register slice to the unit, and its result beat through another; unpack the results
+        into dst (the padding's results dropped when the dst walk ends)."""
         ab, lanes = self.accel.act_elem_bits, self.hw.lanes
         full, j, jo = self.packer.full, self.packer.j, self.packer.jo
         a, b = self.packer.a, self.packer.b
         # the unit, its valid and ready from the one-hot flags of STREAM (a register each; a flat
         # OR, not the selects through the priority of ``m.If``)
-        targets = [(sink_from["add"], self.add)] + [(sink_from[f"gelu{k}"], g) for k, g in enumerate(self.gelus)]
+        targets = self.packer.targets
         in_ready = Signal()      # the selected unit takes the beat
         m.d.comb += in_ready.eq(Cat(*[flag & (u.a.ready & u.b.ready if u is self.add else u.i.ready)
                                       for flag, u in targets]).any())
@@ -681,17 +703,15 @@ class AccelCore(wiring.Component):
                 m.d.sync += [full.eq(1), j.eq(0)]
             with m.Else():
                 m.d.sync += j.eq(j + 1)
-        out_lanes = Array(Signal(ab, name=f"unpack{k}") for k in range(lanes))
-        out_valid, out_ready = Signal(), Signal()
-        m.d.comb += out_valid.eq(Cat(*[flag & u.o.valid for flag, u in targets]).any())
         for flag, u in targets:
-            m.d.comb += u.o.ready.eq(flag & out_ready)
             if u is self.add:
                 m.d.comb += [u.a.valid.eq(flag & beat_q.r_rdy), u.b.valid.eq(flag & beat_q.r_rdy)]
             else:
                 m.d.comb += u.i.valid.eq(flag & beat_q.r_rdy)
-            with m.If(flag):
-                m.d.comb += [out_lanes[k].eq(u.o.payload[k]) for k in range(lanes)]
+        # the result beat from its register slice (built in :meth:`elaborate`), lane by lane into dst
+        res_q = self.packer.res
+        out_lanes = Array(self.packer.res_beat[k * ab:][:ab] for k in range(lanes))
+        out_valid, out_ready = res_q.r_rdy, res_q.r_en
         m.d.comb += [sink_valid.eq(out_valid), sink_data.eq(out_lanes[jo])]
         with m.If(out_valid & sink_ready):
             with m.If(eq_const(jo, lanes - 1) | dst.final):
@@ -724,12 +744,12 @@ class AccelCore(wiring.Component):
         b, kk = ins.n0, ins.n3
         mt, nt = self.decoded.mt, self.decoded.nt       # (registered: DECODE waits for them)
         def by_tile(p):          # (b, mt, nt, row, col): the order result rows leave the array
-            return ((b, mt, nt, R, C), (ins[f"{p}_s0"], ins[f"{p}_s1"] * R, ins[f"{p}_s2"] * C, ins[f"{p}_s1"],
-                                        ins[f"{p}_s2"]))
+            return ((b, mt, nt, R, C), (ins[f"{p}_s0"], _times(ins[f"{p}_s1"], R), _times(ins[f"{p}_s2"], C),
+                                        ins[f"{p}_s1"], ins[f"{p}_s2"]))
 
-        a_rows = ((1, b, mt, R, kk), (0, ins.src0_s0, ins.src0_s1 * R, ins.src0_s1, ins.src0_s3))
-        walks = {"src0": ((b, mt, kk, R, 1), (ins.src0_s0, ins.src0_s1 * R, ins.src0_s3, ins.src0_s1, 0)),
-                 "src1": ((b, 1, nt, kk, C), (ins.src1_s0, 0, ins.src1_s2 * C, ins.src1_s3, ins.src1_s2)),
+        a_rows = ((1, b, mt, R, kk), (0, ins.src0_s0, _times(ins.src0_s1, R), ins.src0_s1, ins.src0_s3))
+        walks = {"src0": ((b, mt, kk, R, 1), (ins.src0_s0, _times(ins.src0_s1, R), ins.src0_s3, ins.src0_s1, 0)),
+                 "src1": ((b, 1, nt, kk, C), (ins.src1_s0, 0, _times(ins.src1_s2, C), ins.src1_s3, ins.src1_s2)),
                  "dst": by_tile("dst")}
         for name, (counts, strides) in walks.items():
             if name == "src1":           # a post add's second operand goes with the results
