@@ -102,11 +102,16 @@ def _reciprocal(size: int) -> tuple[int, int]:
 
 
 def _times(x, k: int):
-    """``x * k`` for a constant ``k`` as a sum of shifts: yosys maps a product by a constant to
-    a MULT18X18D, which on a walk's stride (``src0_s1 * 9``) was a critical path (12.95 ns:
-    the routes into and out of the DSP column)."""
-    terms = [x << s for s in range(k.bit_length()) if k >> s & 1]
-    return reduce(operator.add, terms) if terms else Const(0)
+    """``x * k`` for a constant ``k`` >= 1 as a sum of shifts: yosys maps a product by a
+    constant to a MULT18X18D, which on a walk's stride (``src0_s1 * 9``) was a critical path
+    (12.95 ns: the routes into and out of the DSP column)."""
+    return reduce(operator.add, [x << s for s in range(k.bit_length()) if k >> s & 1])
+
+
+def _one_hot(pairs):
+    """The value of the set flag among ``(flag, value)`` pairs (one flag at most is set): a
+    flat OR, not a chain of selects."""
+    return reduce(operator.or_, [Mux(flag, value, 0) for flag, value in pairs])
 
 
 class AccelCore(wiring.Component):
@@ -569,8 +574,7 @@ class AccelCore(wiring.Component):
         packer.targets = packed = [(sink_from["add"], self.add)] + [(sink_from[f"gelu{k}"], g)
                                                                     for k, g in enumerate(self.gelus)]
         res_lanes = [Signal(ab, name=f"res_lane{k}") for k in range(lanes)]
-        m.d.comb += [lane.eq(reduce(operator.or_, [Mux(flag, u.o.payload[k], 0) for flag, u in packed]))
-                     for k, lane in enumerate(res_lanes)]
+        m.d.comb += [lane.eq(_one_hot((flag, u.o.payload[k]) for flag, u in packed)) for k, lane in enumerate(res_lanes)]
         packer.res, packer.res_beat = register_slice(m, "unpack", Cat(*[flag & u.o.valid for flag, u in packed]).any(),
                                                      Cat(*res_lanes), None, reset=unit_rst)
         for flag, u in packed:
@@ -624,8 +628,8 @@ class AccelCore(wiring.Component):
                               sink_from=sink_from, res_to_pack=res_to_pack, reader_user=reader_user)
         self._gemm_feed(m, seq)
 
-        def one_hot(field):      # the flagged user's field (one flag is set at a time)
-            return reduce(operator.or_, [Mux(u.flag, getattr(u, field), 0) for u in reader_users])
+        def one_hot(field):      # the flagged user's field
+            return _one_hot((u.flag, getattr(u, field)) for u in reader_users)
 
         m.d.comb += [reader.req.valid.eq(Cat(*[u.flag & u.valid for u in reader_users]).any()),
                      reader.req.payload.addr.eq(one_hot("addr")), reader.req.payload.lb.eq(one_hot("lb")),
