@@ -567,15 +567,14 @@ def _generated_up_to_date(cfg, out: str) -> bool:
     lists is there, unedited (its hash), with nothing else in the folder.  Elaborating every
     unit and the accelerator takes most of a minute, which ``make demo`` would otherwise spend
     on every run."""
-    from hwgen.generate import verified_manifest
+    from hwgen.generate import manifest_files, verified_manifest
 
     folder = Path(out)
     manifest = verified_manifest(folder)
     if (manifest is None or manifest.get("config") != cfg.to_dict()["hw"] or manifest.get("source") != cfg.source
             or "program" in manifest):
         return False
-    files = [*manifest["units"].values(), manifest["accelerator"]]
-    return {e.name for e in folder.iterdir()} == {f["file"] for f in files} | {"manifest.json"}
+    return {e.name for e in folder.iterdir()} == {f["file"] for f in manifest_files(manifest)} | {"manifest.json"}
 
 
 def cmd_generate(args) -> int:

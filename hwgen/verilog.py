@@ -36,8 +36,12 @@ lint_off -rule CASEINCOMPLETE
 
 
 def emit_verilog(top: Elaboratable, name: str) -> str:
-    """Verilog text of ``top`` as module ``name`` (ports from its signature)."""
-    return verilog.convert(top, name=name, emit_src=False)
+    """Verilog text of ``top`` as module ``name`` (ports from its signature), followed by the
+    behavioural definitions of the leaf modules it instantiates (:mod:`hwgen.dsp`)."""
+    from .dsp import leaf_definitions
+
+    text = verilog.convert(top, name=name, emit_src=False)
+    return text + leaf_definitions(text)
 
 
 def write_verilog(top: Elaboratable, name: str, path: str | Path) -> tuple[Path, str]:

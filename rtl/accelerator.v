@@ -42014,10 +42014,10 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$11575$0 (l0s_s2_o),
-    .\port$11667$0 (l1s_s2_o),
-    .\port$11759$0 (l2s_s2_o),
-    .\port$11851$0 (l3s_s2_o),
+    .\port$11765$0 (l0s_s2_o),
+    .\port$11857$0 (l1s_s2_o),
+    .\port$11949$0 (l2s_s2_o),
+    .\port$12041$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -43262,7 +43262,7 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11575$0 , \port$11667$0 , \port$11759$0 , \port$11851$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11765$0 , \port$11857$0 , \port$11949$0 , \port$12041$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43305,14 +43305,14 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11575
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11575$0 ;
-  wire [15:0] \port$11575$0 ;
-  input [15:0] \port$11667$0 ;
-  wire [15:0] \port$11667$0 ;
-  input [15:0] \port$11759$0 ;
-  wire [15:0] \port$11759$0 ;
-  input [15:0] \port$11851$0 ;
-  wire [15:0] \port$11851$0 ;
+  input [15:0] \port$11765$0 ;
+  wire [15:0] \port$11765$0 ;
+  input [15:0] \port$11857$0 ;
+  wire [15:0] \port$11857$0 ;
+  input [15:0] \port$11949$0 ;
+  wire [15:0] \port$11949$0 ;
+  input [15:0] \port$12041$0 ;
+  wire [15:0] \port$12041$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -43355,7 +43355,7 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11575
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11851$0 , \port$11759$0 , \port$11667$0 , \port$11575$0  };
+      storage[w_port__addr] <= { \port$12041$0 , \port$11949$0 , \port$11857$0 , \port$11765$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -43467,8 +43467,8 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11575
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11851$0 , \port$11759$0 , \port$11667$0 , \port$11575$0  };
-  assign w_data = { \port$11851$0 , \port$11759$0 , \port$11667$0 , \port$11575$0  };
+  assign w_port__data = { \port$12041$0 , \port$11949$0 , \port$11857$0 , \port$11765$0  };
+  assign w_data = { \port$12041$0 , \port$11949$0 , \port$11857$0 , \port$11765$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -50555,10 +50555,10 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$12084$0 (l0_s27_o),
-    .\port$12270$0 (l1_s27_o),
-    .\port$12456$0 (l2_s27_o),
-    .\port$12642$0 (l3_s27_o),
+    .\port$12274$0 (l0_s27_o),
+    .\port$12460$0 (l1_s27_o),
+    .\port$12646$0 (l2_s27_o),
+    .\port$12832$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52613,7 +52613,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$12084$0 , \port$12270$0 , \port$12456$0 , \port$12642$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$12274$0 , \port$12460$0 , \port$12646$0 , \port$12832$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$59  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52656,14 +52656,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12084$0 ;
-  wire [7:0] \port$12084$0 ;
-  input [7:0] \port$12270$0 ;
-  wire [7:0] \port$12270$0 ;
-  input [7:0] \port$12456$0 ;
-  wire [7:0] \port$12456$0 ;
-  input [7:0] \port$12642$0 ;
-  wire [7:0] \port$12642$0 ;
+  input [7:0] \port$12274$0 ;
+  wire [7:0] \port$12274$0 ;
+  input [7:0] \port$12460$0 ;
+  wire [7:0] \port$12460$0 ;
+  input [7:0] \port$12646$0 ;
+  wire [7:0] \port$12646$0 ;
+  input [7:0] \port$12832$0 ;
+  wire [7:0] \port$12832$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52722,7 +52722,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12642$0 , \port$12456$0 , \port$12270$0 , \port$12084$0  };
+      storage[w_port__addr] <= { \port$12832$0 , \port$12646$0 , \port$12460$0 , \port$12274$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -52834,8 +52834,8 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12642$0 , \port$12456$0 , \port$12270$0 , \port$12084$0  };
-  assign w_data = { \port$12642$0 , \port$12456$0 , \port$12270$0 , \port$12084$0  };
+  assign w_port__data = { \port$12832$0 , \port$12646$0 , \port$12460$0 , \port$12274$0  };
+  assign w_data = { \port$12832$0 , \port$12646$0 , \port$12460$0 , \port$12274$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -52927,350 +52927,350 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   wire \$172 ;
   wire \$173 ;
   wire \$174 ;
-  wire [16:0] \$175 ;
-  wire [16:0] \$176 ;
-  wire [16:0] \$177 ;
-  wire [16:0] \$178 ;
-  wire [16:0] \$179 ;
+  wire \$175 ;
+  wire \$176 ;
+  wire \$177 ;
+  wire \$178 ;
+  wire \$179 ;
   wire [32:0] \$18 ;
-  wire [16:0] \$180 ;
-  wire [16:0] \$181 ;
-  wire [16:0] \$182 ;
+  wire \$180 ;
+  wire \$181 ;
+  wire \$182 ;
   wire \$183 ;
-  wire [16:0] \$184 ;
-  wire [16:0] \$185 ;
-  wire [16:0] \$186 ;
-  wire [16:0] \$187 ;
-  wire [16:0] \$188 ;
-  wire [16:0] \$189 ;
+  wire \$184 ;
+  wire \$185 ;
+  wire \$186 ;
+  wire \$187 ;
+  wire \$188 ;
+  wire \$189 ;
   wire [32:0] \$19 ;
-  wire [16:0] \$190 ;
-  wire [16:0] \$191 ;
+  wire \$190 ;
+  wire \$191 ;
   wire \$192 ;
-  wire [16:0] \$193 ;
-  wire [16:0] \$194 ;
-  wire [16:0] \$195 ;
-  wire [16:0] \$196 ;
-  wire [16:0] \$197 ;
-  wire [16:0] \$198 ;
-  wire [16:0] \$199 ;
+  wire \$193 ;
+  wire \$194 ;
+  wire \$195 ;
+  wire \$196 ;
+  wire \$197 ;
+  wire \$198 ;
+  wire \$199 ;
   wire \$2 ;
   wire [32:0] \$20 ;
-  wire [16:0] \$200 ;
+  wire \$200 ;
   wire \$201 ;
-  wire [16:0] \$202 ;
-  wire [16:0] \$203 ;
-  wire [16:0] \$204 ;
-  wire [16:0] \$205 ;
-  wire [16:0] \$206 ;
-  wire [16:0] \$207 ;
-  wire [16:0] \$208 ;
-  wire [16:0] \$209 ;
+  wire \$202 ;
+  wire \$203 ;
+  wire \$204 ;
+  wire \$205 ;
+  wire \$206 ;
+  wire \$207 ;
+  wire \$208 ;
+  wire \$209 ;
   wire [32:0] \$21 ;
   wire \$210 ;
-  wire [16:0] \$211 ;
-  wire [16:0] \$212 ;
-  wire [16:0] \$213 ;
-  wire [16:0] \$214 ;
-  wire [16:0] \$215 ;
-  wire [16:0] \$216 ;
-  wire [16:0] \$217 ;
-  wire [16:0] \$218 ;
+  wire \$211 ;
+  wire \$212 ;
+  wire \$213 ;
+  wire \$214 ;
+  wire \$215 ;
+  wire \$216 ;
+  wire \$217 ;
+  wire \$218 ;
   wire \$219 ;
   wire [32:0] \$22 ;
-  wire [16:0] \$220 ;
-  wire [16:0] \$221 ;
-  wire [16:0] \$222 ;
-  wire [16:0] \$223 ;
-  wire [16:0] \$224 ;
-  wire [16:0] \$225 ;
-  wire [16:0] \$226 ;
-  wire [16:0] \$227 ;
+  wire \$220 ;
+  wire \$221 ;
+  wire \$222 ;
+  wire \$223 ;
+  wire \$224 ;
+  wire \$225 ;
+  wire \$226 ;
+  wire \$227 ;
   wire \$228 ;
-  wire [16:0] \$229 ;
+  wire \$229 ;
   wire [32:0] \$23 ;
-  wire [16:0] \$230 ;
-  wire [16:0] \$231 ;
-  wire [16:0] \$232 ;
-  wire [16:0] \$233 ;
-  wire [16:0] \$234 ;
-  wire [16:0] \$235 ;
-  wire [16:0] \$236 ;
+  wire \$230 ;
+  wire \$231 ;
+  wire \$232 ;
+  wire \$233 ;
+  wire \$234 ;
+  wire \$235 ;
+  wire \$236 ;
   wire \$237 ;
-  wire [16:0] \$238 ;
-  wire [16:0] \$239 ;
+  wire \$238 ;
+  wire \$239 ;
   wire [32:0] \$24 ;
-  wire [16:0] \$240 ;
-  wire [16:0] \$241 ;
-  wire [16:0] \$242 ;
-  wire [16:0] \$243 ;
-  wire [16:0] \$244 ;
-  wire [16:0] \$245 ;
+  wire \$240 ;
+  wire \$241 ;
+  wire \$242 ;
+  wire \$243 ;
+  wire \$244 ;
+  wire \$245 ;
   wire \$246 ;
-  wire [16:0] \$247 ;
-  wire [16:0] \$248 ;
-  wire [16:0] \$249 ;
+  wire \$247 ;
+  wire \$248 ;
+  wire \$249 ;
   wire [32:0] \$25 ;
-  wire [16:0] \$250 ;
-  wire [16:0] \$251 ;
-  wire [16:0] \$252 ;
-  wire [16:0] \$253 ;
-  wire [16:0] \$254 ;
+  wire \$250 ;
+  wire \$251 ;
+  wire \$252 ;
+  wire \$253 ;
+  wire \$254 ;
   wire \$255 ;
-  wire \$256 ;
-  wire \$257 ;
-  wire \$258 ;
-  wire \$259 ;
+  wire [31:0] \$256 ;
+  wire [15:0] \$257 ;
+  wire [5:0] \$258 ;
+  wire [15:0] \$259 ;
   wire [32:0] \$26 ;
-  wire \$260 ;
-  wire \$261 ;
-  wire \$262 ;
-  wire \$263 ;
-  wire \$264 ;
-  wire \$265 ;
-  wire \$266 ;
-  wire \$267 ;
-  wire \$268 ;
-  wire \$269 ;
+  wire [5:0] \$260 ;
+  wire [15:0] \$261 ;
+  wire [5:0] \$262 ;
+  wire [15:0] \$263 ;
+  wire [5:0] \$264 ;
+  wire [15:0] \$265 ;
+  wire [5:0] \$266 ;
+  wire [15:0] \$267 ;
+  wire [5:0] \$268 ;
+  wire [15:0] \$269 ;
   wire [32:0] \$27 ;
-  wire \$270 ;
-  wire \$271 ;
-  wire \$272 ;
-  wire \$273 ;
-  wire \$274 ;
-  wire \$275 ;
-  wire \$276 ;
-  wire \$277 ;
-  wire \$278 ;
-  wire \$279 ;
+  wire [5:0] \$270 ;
+  wire [15:0] \$271 ;
+  wire [5:0] \$272 ;
+  wire [32:0] \$273 ;
+  wire [32:0] \$274 ;
+  wire [32:0] \$275 ;
+  wire [32:0] \$276 ;
+  wire [32:0] \$277 ;
+  wire [32:0] \$278 ;
+  wire [32:0] \$279 ;
   wire [32:0] \$28 ;
-  wire \$280 ;
-  wire \$281 ;
-  wire \$282 ;
-  wire \$283 ;
-  wire \$284 ;
-  wire \$285 ;
-  wire \$286 ;
-  wire \$287 ;
-  wire \$288 ;
-  wire \$289 ;
+  wire [32:0] \$280 ;
+  wire [61:0] \$281 ;
+  wire [62:0] \$282 ;
+  wire [61:0] \$283 ;
+  wire [62:0] \$284 ;
+  wire [61:0] \$285 ;
+  wire [62:0] \$286 ;
+  wire [61:0] \$287 ;
+  wire [62:0] \$288 ;
+  wire [61:0] \$289 ;
   wire [32:0] \$29 ;
-  wire \$290 ;
-  wire \$291 ;
-  wire \$292 ;
-  wire \$293 ;
-  wire \$294 ;
-  wire \$295 ;
-  wire \$296 ;
-  wire \$297 ;
-  wire \$298 ;
-  wire \$299 ;
+  wire [62:0] \$290 ;
+  wire [61:0] \$291 ;
+  wire [62:0] \$292 ;
+  wire [61:0] \$293 ;
+  wire [62:0] \$294 ;
+  wire [61:0] \$295 ;
+  wire [62:0] \$296 ;
+  wire [63:0] \$297 ;
+  wire [63:0] \$298 ;
+  wire [63:0] \$299 ;
   wire \$3 ;
   wire [32:0] \$30 ;
-  wire \$300 ;
-  wire \$301 ;
-  wire \$302 ;
-  wire \$303 ;
-  wire \$304 ;
-  wire \$305 ;
-  wire \$306 ;
-  wire \$307 ;
-  wire \$308 ;
-  wire \$309 ;
+  wire [63:0] \$300 ;
+  wire [63:0] \$301 ;
+  wire [63:0] \$302 ;
+  wire [63:0] \$303 ;
+  wire [63:0] \$304 ;
+  wire [63:0] \$305 ;
+  wire [63:0] \$306 ;
+  wire [63:0] \$307 ;
+  wire [63:0] \$308 ;
+  wire [63:0] \$309 ;
   wire [32:0] \$31 ;
-  wire \$310 ;
-  wire \$311 ;
-  wire \$312 ;
-  wire \$313 ;
-  wire \$314 ;
-  wire \$315 ;
-  wire \$316 ;
-  wire \$317 ;
-  wire \$318 ;
-  wire \$319 ;
+  wire [63:0] \$310 ;
+  wire [63:0] \$311 ;
+  wire [63:0] \$312 ;
+  wire [63:0] \$313 ;
+  wire [63:0] \$314 ;
+  wire [63:0] \$315 ;
+  wire [63:0] \$316 ;
+  wire [63:0] \$317 ;
+  wire [63:0] \$318 ;
+  wire [63:0] \$319 ;
   wire [32:0] \$32 ;
-  wire \$320 ;
-  wire \$321 ;
-  wire \$322 ;
-  wire \$323 ;
-  wire \$324 ;
-  wire \$325 ;
-  wire \$326 ;
-  wire \$327 ;
-  wire [31:0] \$328 ;
-  wire [15:0] \$329 ;
+  wire [63:0] \$320 ;
+  wire [64:0] \$321 ;
+  wire [64:0] \$322 ;
+  wire [64:0] \$323 ;
+  wire [64:0] \$324 ;
+  wire [64:0] \$325 ;
+  wire [64:0] \$326 ;
+  wire [64:0] \$327 ;
+  wire [64:0] \$328 ;
+  wire [64:0] \$329 ;
   wire [32:0] \$33 ;
-  wire [5:0] \$330 ;
-  wire [15:0] \$331 ;
-  wire [5:0] \$332 ;
-  wire [15:0] \$333 ;
-  wire [5:0] \$334 ;
-  wire [15:0] \$335 ;
-  wire [5:0] \$336 ;
-  wire [15:0] \$337 ;
-  wire [5:0] \$338 ;
-  wire [15:0] \$339 ;
+  wire [64:0] \$330 ;
+  wire [64:0] \$331 ;
+  wire [64:0] \$332 ;
+  wire [64:0] \$333 ;
+  wire [64:0] \$334 ;
+  wire [64:0] \$335 ;
+  wire [64:0] \$336 ;
+  wire [65:0] \$337 ;
+  wire [65:0] \$338 ;
+  wire [65:0] \$339 ;
   wire [32:0] \$34 ;
-  wire [5:0] \$340 ;
-  wire [15:0] \$341 ;
-  wire [5:0] \$342 ;
-  wire [15:0] \$343 ;
-  wire [5:0] \$344 ;
-  wire [32:0] \$345 ;
-  wire [32:0] \$346 ;
-  wire [32:0] \$347 ;
-  wire [32:0] \$348 ;
-  wire [32:0] \$349 ;
+  wire [65:0] \$340 ;
+  wire [65:0] \$341 ;
+  wire [65:0] \$342 ;
+  wire [65:0] \$343 ;
+  wire [65:0] \$344 ;
+  wire [65:0] \$345 ;
+  wire [65:0] \$346 ;
+  wire [65:0] \$347 ;
+  wire [65:0] \$348 ;
+  wire [65:0] \$349 ;
   wire [32:0] \$35 ;
-  wire [32:0] \$350 ;
-  wire [32:0] \$351 ;
-  wire [32:0] \$352 ;
-  wire [32:0] \$353 ;
-  wire [30:0] \$354 ;
-  wire [32:0] \$355 ;
-  wire [30:0] \$356 ;
-  wire [32:0] \$357 ;
-  wire [30:0] \$358 ;
-  wire [32:0] \$359 ;
+  wire [65:0] \$350 ;
+  wire [65:0] \$351 ;
+  wire [65:0] \$352 ;
+  wire [31:0] \$353 ;
+  wire [31:0] \$354 ;
+  wire [31:0] \$355 ;
+  wire [31:0] \$356 ;
+  wire [31:0] \$357 ;
+  wire [31:0] \$358 ;
+  wire [31:0] \$359 ;
   wire [32:0] \$36 ;
-  wire [30:0] \$360 ;
-  wire [32:0] \$361 ;
-  wire [30:0] \$362 ;
-  wire [32:0] \$363 ;
-  wire [30:0] \$364 ;
-  wire [32:0] \$365 ;
-  wire [30:0] \$366 ;
-  wire [32:0] \$367 ;
-  wire [30:0] \$368 ;
-  wire [61:0] \$369 ;
+  wire [31:0] \$360 ;
+  wire [31:0] \$361 ;
+  wire [31:0] \$362 ;
+  wire [31:0] \$363 ;
+  wire [31:0] \$364 ;
+  wire [31:0] \$365 ;
+  wire [31:0] \$366 ;
+  wire [31:0] \$367 ;
+  wire [31:0] \$368 ;
+  wire [31:0] \$369 ;
   wire [32:0] \$37 ;
-  wire [62:0] \$370 ;
-  wire [61:0] \$371 ;
-  wire [62:0] \$372 ;
-  wire [61:0] \$373 ;
-  wire [62:0] \$374 ;
-  wire [61:0] \$375 ;
-  wire [62:0] \$376 ;
-  wire [61:0] \$377 ;
-  wire [62:0] \$378 ;
-  wire [61:0] \$379 ;
+  wire [31:0] \$370 ;
+  wire [31:0] \$371 ;
+  wire [31:0] \$372 ;
+  wire [31:0] \$373 ;
+  wire [31:0] \$374 ;
+  wire [31:0] \$375 ;
+  wire [31:0] \$376 ;
+  wire \$377 ;
+  wire \$378 ;
+  wire \$379 ;
   wire [32:0] \$38 ;
-  wire [62:0] \$380 ;
-  wire [61:0] \$381 ;
-  wire [62:0] \$382 ;
-  wire [61:0] \$383 ;
-  wire [62:0] \$384 ;
-  wire [63:0] \$385 ;
-  wire [63:0] \$386 ;
-  wire [63:0] \$387 ;
-  wire [63:0] \$388 ;
-  wire [63:0] \$389 ;
+  wire [5:0] \$380 ;
+  wire [5:0] \$381 ;
+  wire \$382 ;
+  wire [5:0] \$383 ;
+  wire [5:0] \$384 ;
+  wire [5:0] \$385 ;
+  wire [6:0] \$386 ;
+  reg \$387 ;
+  reg \$388 ;
+  reg \$389 ;
   wire [32:0] \$39 ;
-  wire [63:0] \$390 ;
-  wire [63:0] \$391 ;
-  wire [63:0] \$392 ;
-  wire [63:0] \$393 ;
-  wire [63:0] \$394 ;
-  wire [63:0] \$395 ;
-  wire [63:0] \$396 ;
-  wire [63:0] \$397 ;
-  wire [63:0] \$398 ;
-  wire [63:0] \$399 ;
+  reg [437:0] \$390 ;
+  reg \$391 ;
+  reg \$392 ;
+  reg [437:0] \$393 ;
+  reg \$394 ;
+  reg [4:0] \$395 ;
+  reg \$396 ;
+  reg [31:0] \$397 ;
+  reg [31:0] \$398 ;
+  reg [31:0] \$399 ;
   wire \$4 ;
   wire [32:0] \$40 ;
-  wire [63:0] \$400 ;
-  wire [63:0] \$401 ;
-  wire [63:0] \$402 ;
-  wire [63:0] \$403 ;
-  wire [63:0] \$404 ;
-  wire [63:0] \$405 ;
-  wire [63:0] \$406 ;
-  wire [63:0] \$407 ;
-  wire [63:0] \$408 ;
-  wire [64:0] \$409 ;
+  reg [31:0] \$400 ;
+  reg [31:0] \$401 ;
+  reg [31:0] \$402 ;
+  reg [31:0] \$403 ;
+  reg [31:0] \$404 ;
+  reg [31:0] \$405 ;
+  reg [31:0] \$406 ;
+  reg [31:0] \$407 ;
+  reg [31:0] \$408 ;
+  reg [31:0] \$409 ;
   wire [32:0] \$41 ;
-  wire [64:0] \$410 ;
-  wire [64:0] \$411 ;
-  wire [64:0] \$412 ;
-  wire [64:0] \$413 ;
-  wire [64:0] \$414 ;
-  wire [64:0] \$415 ;
-  wire [64:0] \$416 ;
-  wire [64:0] \$417 ;
-  wire [64:0] \$418 ;
-  wire [64:0] \$419 ;
+  reg [31:0] \$410 ;
+  reg [31:0] \$411 ;
+  reg [31:0] \$412 ;
+  reg [31:0] \$413 ;
+  reg [31:0] \$414 ;
+  reg [31:0] \$415 ;
+  reg [31:0] \$416 ;
+  reg [31:0] \$417 ;
+  reg [31:0] \$418 ;
+  reg [31:0] \$419 ;
   wire [32:0] \$42 ;
-  wire [64:0] \$420 ;
-  wire [64:0] \$421 ;
-  wire [64:0] \$422 ;
-  wire [64:0] \$423 ;
-  wire [64:0] \$424 ;
-  wire [65:0] \$425 ;
-  wire [65:0] \$426 ;
-  wire [65:0] \$427 ;
-  wire [65:0] \$428 ;
-  wire [65:0] \$429 ;
+  reg [31:0] \$420 ;
+  reg [31:0] \$421 ;
+  reg [31:0] \$422 ;
+  reg [31:0] \$423 ;
+  reg [31:0] \$424 ;
+  reg [31:0] \$425 ;
+  reg [31:0] \$426 ;
+  reg [31:0] \$427 ;
+  reg [31:0] \$428 ;
+  reg [31:0] \$429 ;
   wire [32:0] \$43 ;
-  wire [65:0] \$430 ;
-  wire [65:0] \$431 ;
-  wire [65:0] \$432 ;
-  wire [65:0] \$433 ;
-  wire [65:0] \$434 ;
-  wire [65:0] \$435 ;
-  wire [65:0] \$436 ;
-  wire [65:0] \$437 ;
-  wire [65:0] \$438 ;
-  wire [65:0] \$439 ;
+  reg [31:0] \$430 ;
+  reg [31:0] \$431 ;
+  reg [31:0] \$432 ;
+  reg [31:0] \$433 ;
+  reg [31:0] \$434 ;
+  reg [31:0] \$435 ;
+  reg [31:0] \$436 ;
+  reg [31:0] \$437 ;
+  reg [31:0] \$438 ;
+  reg [31:0] \$439 ;
   wire [32:0] \$44 ;
-  wire [65:0] \$440 ;
-  wire [31:0] \$441 ;
-  wire [31:0] \$442 ;
-  wire [31:0] \$443 ;
-  wire [31:0] \$444 ;
-  wire [31:0] \$445 ;
-  wire [31:0] \$446 ;
-  wire [31:0] \$447 ;
-  wire [31:0] \$448 ;
-  wire [31:0] \$449 ;
+  reg [31:0] \$440 ;
+  reg [31:0] \$441 ;
+  reg [31:0] \$442 ;
+  reg [31:0] \$443 ;
+  reg [31:0] \$444 ;
+  reg [31:0] \$445 ;
+  reg [31:0] \$446 ;
+  reg [31:0] \$447 ;
+  reg [31:0] \$448 ;
+  reg [31:0] \$449 ;
   wire [32:0] \$45 ;
-  wire [31:0] \$450 ;
-  wire [31:0] \$451 ;
-  wire [31:0] \$452 ;
-  wire [31:0] \$453 ;
-  wire [31:0] \$454 ;
-  wire [31:0] \$455 ;
-  wire [31:0] \$456 ;
-  wire [31:0] \$457 ;
-  wire [31:0] \$458 ;
-  wire [31:0] \$459 ;
+  reg [31:0] \$450 ;
+  reg [31:0] \$451 ;
+  reg [31:0] \$452 ;
+  reg [31:0] \$453 ;
+  reg [31:0] \$454 ;
+  reg [31:0] \$455 ;
+  reg [31:0] \$456 ;
+  reg [31:0] \$457 ;
+  reg [31:0] \$458 ;
+  reg [31:0] \$459 ;
   wire [32:0] \$46 ;
-  wire [31:0] \$460 ;
-  wire [31:0] \$461 ;
-  wire [31:0] \$462 ;
-  wire [31:0] \$463 ;
-  wire [31:0] \$464 ;
-  wire \$465 ;
-  wire \$466 ;
-  wire \$467 ;
-  wire [5:0] \$468 ;
-  wire [5:0] \$469 ;
+  reg [31:0] \$460 ;
+  reg [31:0] \$461 ;
+  reg [31:0] \$462 ;
+  reg [31:0] \$463 ;
+  reg [31:0] \$464 ;
+  reg [31:0] \$465 ;
+  reg [31:0] \$466 ;
+  reg [31:0] \$467 ;
+  reg [31:0] \$468 ;
+  reg [31:0] \$469 ;
   wire [32:0] \$47 ;
-  wire \$470 ;
-  wire [5:0] \$471 ;
-  wire [5:0] \$472 ;
-  wire [5:0] \$473 ;
-  wire [6:0] \$474 ;
-  reg \$475 ;
-  reg \$476 ;
-  reg \$477 ;
-  reg [437:0] \$478 ;
-  reg \$479 ;
+  reg [31:0] \$470 ;
+  reg [31:0] \$471 ;
+  reg [31:0] \$472 ;
+  reg [31:0] \$473 ;
+  reg [31:0] \$474 ;
+  reg [31:0] \$475 ;
+  reg [31:0] \$476 ;
+  reg [31:0] \$477 ;
+  reg [31:0] \$478 ;
+  reg [31:0] \$479 ;
   wire [32:0] \$48 ;
-  reg \$480 ;
-  reg [437:0] \$481 ;
-  reg \$482 ;
-  reg [4:0] \$483 ;
-  reg \$484 ;
+  reg [31:0] \$480 ;
+  reg [31:0] \$481 ;
+  reg [31:0] \$482 ;
+  reg [31:0] \$483 ;
+  reg [31:0] \$484 ;
   reg [31:0] \$485 ;
   reg [31:0] \$486 ;
   reg [31:0] \$487 ;
@@ -53334,274 +53334,208 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   reg [31:0] \$539 ;
   wire [32:0] \$54 ;
   reg [31:0] \$540 ;
-  reg [31:0] \$541 ;
-  reg [31:0] \$542 ;
-  reg [31:0] \$543 ;
-  reg [31:0] \$544 ;
-  reg [31:0] \$545 ;
-  reg [31:0] \$546 ;
-  reg [31:0] \$547 ;
-  reg [31:0] \$548 ;
-  reg [31:0] \$549 ;
+  wire [496:0] \$541 ;
+  wire \$542 ;
+  wire [31:0] \$543 ;
+  wire [31:0] \$544 ;
+  wire [31:0] \$545 ;
+  wire [31:0] \$546 ;
+  wire [31:0] \$547 ;
+  wire [31:0] \$548 ;
+  wire [31:0] \$549 ;
   wire [32:0] \$55 ;
-  reg [31:0] \$550 ;
-  reg [31:0] \$551 ;
-  reg [31:0] \$552 ;
-  reg [31:0] \$553 ;
-  reg [31:0] \$554 ;
-  reg [31:0] \$555 ;
-  reg [31:0] \$556 ;
-  reg [31:0] \$557 ;
-  reg [31:0] \$558 ;
-  reg [31:0] \$559 ;
+  wire [31:0] \$550 ;
+  wire [31:0] \$551 ;
+  wire [31:0] \$552 ;
+  wire [15:0] \$553 ;
+  wire [15:0] \$554 ;
+  wire [15:0] \$555 ;
+  wire [15:0] \$556 ;
+  wire [15:0] \$557 ;
+  wire [15:0] \$558 ;
+  wire [15:0] \$559 ;
   wire [32:0] \$56 ;
-  reg [31:0] \$560 ;
-  reg [31:0] \$561 ;
-  reg [31:0] \$562 ;
-  reg [31:0] \$563 ;
-  reg [31:0] \$564 ;
-  reg [31:0] \$565 ;
-  reg [31:0] \$566 ;
-  reg [31:0] \$567 ;
-  reg [31:0] \$568 ;
-  reg [31:0] \$569 ;
+  wire [15:0] \$560 ;
+  wire [5:0] \$561 ;
+  wire [5:0] \$562 ;
+  wire [5:0] \$563 ;
+  wire [5:0] \$564 ;
+  wire [5:0] \$565 ;
+  wire [5:0] \$566 ;
+  wire [5:0] \$567 ;
+  wire [5:0] \$568 ;
+  wire \$569 ;
   wire [32:0] \$57 ;
-  reg [31:0] \$570 ;
-  reg [31:0] \$571 ;
-  reg [31:0] \$572 ;
-  reg [31:0] \$573 ;
-  reg [31:0] \$574 ;
-  reg [31:0] \$575 ;
-  reg [31:0] \$576 ;
-  reg [31:0] \$577 ;
-  reg [31:0] \$578 ;
-  reg [31:0] \$579 ;
+  wire [31:0] \$570 ;
+  wire [31:0] \$571 ;
+  wire [5:0] \$572 ;
+  wire [5:0] \$573 ;
+  wire [5:0] \$574 ;
+  wire [5:0] \$575 ;
+  wire [5:0] \$576 ;
+  wire [5:0] \$577 ;
+  wire [5:0] \$578 ;
+  wire [5:0] \$579 ;
   wire [32:0] \$58 ;
-  reg [31:0] \$580 ;
-  reg [31:0] \$581 ;
-  reg [31:0] \$582 ;
-  reg [31:0] \$583 ;
-  reg [31:0] \$584 ;
-  reg [31:0] \$585 ;
-  reg [31:0] \$586 ;
-  reg [31:0] \$587 ;
-  reg [31:0] \$588 ;
-  reg [31:0] \$589 ;
+  wire \$580 ;
+  wire [31:0] \$581 ;
+  wire [31:0] \$582 ;
+  wire [5:0] \$583 ;
+  wire [5:0] \$584 ;
+  wire [5:0] \$585 ;
+  wire [5:0] \$586 ;
+  wire [5:0] \$587 ;
+  wire [5:0] \$588 ;
+  wire [5:0] \$589 ;
   wire [32:0] \$59 ;
-  reg [31:0] \$590 ;
-  reg [31:0] \$591 ;
-  reg [31:0] \$592 ;
-  reg [31:0] \$593 ;
-  reg [31:0] \$594 ;
-  reg [31:0] \$595 ;
-  reg [31:0] \$596 ;
-  reg [31:0] \$597 ;
-  reg [31:0] \$598 ;
-  reg [31:0] \$599 ;
+  wire [5:0] \$590 ;
+  wire \$591 ;
+  wire [31:0] \$592 ;
+  wire [31:0] \$593 ;
+  wire [5:0] \$594 ;
+  wire [5:0] \$595 ;
+  wire [5:0] \$596 ;
+  wire [5:0] \$597 ;
+  wire [5:0] \$598 ;
+  wire [5:0] \$599 ;
   wire [32:0] \$6 ;
   wire [32:0] \$60 ;
-  reg [31:0] \$600 ;
-  reg [31:0] \$601 ;
-  reg [31:0] \$602 ;
-  reg [31:0] \$603 ;
-  reg [31:0] \$604 ;
-  reg [31:0] \$605 ;
-  reg [31:0] \$606 ;
-  reg [31:0] \$607 ;
-  reg [31:0] \$608 ;
-  reg [31:0] \$609 ;
+  wire [5:0] \$600 ;
+  wire [5:0] \$601 ;
+  wire [32:0] \$602 ;
+  wire [30:0] \$603 ;
+  wire [32:0] \$604 ;
+  wire [30:0] \$605 ;
+  wire [32:0] \$606 ;
+  wire [30:0] \$607 ;
+  wire [32:0] \$608 ;
+  wire [30:0] \$609 ;
   wire [32:0] \$61 ;
-  reg [31:0] \$610 ;
-  reg [31:0] \$611 ;
-  reg [31:0] \$612 ;
-  reg [31:0] \$613 ;
-  reg [31:0] \$614 ;
-  reg [31:0] \$615 ;
-  reg [31:0] \$616 ;
-  reg [31:0] \$617 ;
-  reg [31:0] \$618 ;
-  reg [31:0] \$619 ;
+  wire [32:0] \$610 ;
+  wire [30:0] \$611 ;
+  wire [32:0] \$612 ;
+  wire [30:0] \$613 ;
+  wire [32:0] \$614 ;
+  wire [30:0] \$615 ;
+  wire [32:0] \$616 ;
+  wire [30:0] \$617 ;
+  wire \$618 ;
+  wire [31:0] \$619 ;
   wire [32:0] \$62 ;
-  reg [31:0] \$620 ;
-  reg [31:0] \$621 ;
-  reg [31:0] \$622 ;
-  reg [31:0] \$623 ;
-  reg [31:0] \$624 ;
-  reg [31:0] \$625 ;
-  reg [31:0] \$626 ;
-  reg [31:0] \$627 ;
-  reg [31:0] \$628 ;
-  wire [496:0] \$629 ;
+  wire [31:0] \$620 ;
+  wire [5:0] \$621 ;
+  wire [5:0] \$622 ;
+  wire [5:0] \$623 ;
+  wire [5:0] \$624 ;
+  wire [5:0] \$625 ;
+  wire [5:0] \$626 ;
+  wire [5:0] \$627 ;
+  wire [5:0] \$628 ;
+  wire [62:0] \$629 ;
   wire [32:0] \$63 ;
-  wire \$630 ;
-  wire [31:0] \$631 ;
-  wire [31:0] \$632 ;
-  wire [31:0] \$633 ;
-  wire [31:0] \$634 ;
-  wire [31:0] \$635 ;
-  wire [31:0] \$636 ;
-  wire [31:0] \$637 ;
+  wire [62:0] \$630 ;
+  wire [62:0] \$631 ;
+  wire [62:0] \$632 ;
+  wire [62:0] \$633 ;
+  wire [62:0] \$634 ;
+  wire [62:0] \$635 ;
+  wire [62:0] \$636 ;
+  wire \$637 ;
   wire [31:0] \$638 ;
   wire [31:0] \$639 ;
   wire [32:0] \$64 ;
-  wire [31:0] \$640 ;
-  wire [15:0] \$641 ;
-  wire [15:0] \$642 ;
-  wire [15:0] \$643 ;
-  wire [15:0] \$644 ;
-  wire [15:0] \$645 ;
-  wire [15:0] \$646 ;
-  wire [15:0] \$647 ;
-  wire [15:0] \$648 ;
-  wire [5:0] \$649 ;
+  wire [5:0] \$640 ;
+  wire [5:0] \$641 ;
+  wire [5:0] \$642 ;
+  wire [5:0] \$643 ;
+  wire [5:0] \$644 ;
+  wire [5:0] \$645 ;
+  wire [5:0] \$646 ;
+  wire [5:0] \$647 ;
+  wire [63:0] \$648 ;
+  wire [63:0] \$649 ;
   wire [32:0] \$65 ;
-  wire [5:0] \$650 ;
-  wire [5:0] \$651 ;
-  wire [5:0] \$652 ;
-  wire [5:0] \$653 ;
-  wire [5:0] \$654 ;
-  wire [5:0] \$655 ;
-  wire [5:0] \$656 ;
-  wire \$657 ;
+  wire [63:0] \$650 ;
+  wire [63:0] \$651 ;
+  wire [63:0] \$652 ;
+  wire [63:0] \$653 ;
+  wire [63:0] \$654 ;
+  wire [63:0] \$655 ;
+  wire \$656 ;
+  wire [31:0] \$657 ;
   wire [31:0] \$658 ;
-  wire [31:0] \$659 ;
+  wire [63:0] \$659 ;
   wire [32:0] \$66 ;
-  wire [5:0] \$660 ;
-  wire [5:0] \$661 ;
-  wire [5:0] \$662 ;
-  wire [5:0] \$663 ;
-  wire [5:0] \$664 ;
-  wire [5:0] \$665 ;
-  wire [5:0] \$666 ;
-  wire [5:0] \$667 ;
-  wire [32:0] \$668 ;
-  wire [30:0] \$669 ;
+  wire [63:0] \$660 ;
+  wire [63:0] \$661 ;
+  wire [63:0] \$662 ;
+  wire [63:0] \$663 ;
+  wire [63:0] \$664 ;
+  wire [63:0] \$665 ;
+  wire [63:0] \$666 ;
+  wire \$667 ;
+  wire [31:0] \$668 ;
+  wire [31:0] \$669 ;
   wire [32:0] \$67 ;
-  wire [32:0] \$670 ;
-  wire [30:0] \$671 ;
-  wire [32:0] \$672 ;
-  wire [30:0] \$673 ;
-  wire [32:0] \$674 ;
-  wire [30:0] \$675 ;
-  wire [32:0] \$676 ;
-  wire [30:0] \$677 ;
-  wire [32:0] \$678 ;
-  wire [30:0] \$679 ;
+  wire [64:0] \$670 ;
+  wire [64:0] \$671 ;
+  wire [64:0] \$672 ;
+  wire [64:0] \$673 ;
+  wire [64:0] \$674 ;
+  wire [64:0] \$675 ;
+  wire [64:0] \$676 ;
+  wire [64:0] \$677 ;
+  wire \$678 ;
+  wire [31:0] \$679 ;
   wire [32:0] \$68 ;
-  wire [32:0] \$680 ;
-  wire [30:0] \$681 ;
-  wire [32:0] \$682 ;
-  wire [30:0] \$683 ;
+  wire [31:0] \$680 ;
+  wire \$681 ;
+  wire \$682 ;
+  wire \$683 ;
   wire \$684 ;
-  wire [31:0] \$685 ;
-  wire [31:0] \$686 ;
-  wire [5:0] \$687 ;
-  wire [5:0] \$688 ;
-  wire [5:0] \$689 ;
+  wire \$685 ;
+  wire \$686 ;
+  wire \$687 ;
+  wire \$688 ;
+  wire \$689 ;
   wire [32:0] \$69 ;
-  wire [5:0] \$690 ;
-  wire [5:0] \$691 ;
-  wire [5:0] \$692 ;
-  wire [5:0] \$693 ;
-  wire [5:0] \$694 ;
-  wire [62:0] \$695 ;
-  wire [62:0] \$696 ;
-  wire [62:0] \$697 ;
-  wire [62:0] \$698 ;
-  wire [62:0] \$699 ;
+  wire \$690 ;
+  wire \$691 ;
+  wire \$692 ;
+  wire \$693 ;
+  wire \$694 ;
+  wire \$695 ;
+  wire \$696 ;
+  wire [31:0] \$697 ;
+  wire [31:0] \$698 ;
+  wire [31:0] \$699 ;
   wire [32:0] \$7 ;
   wire [32:0] \$70 ;
-  wire [62:0] \$700 ;
-  wire [62:0] \$701 ;
-  wire [62:0] \$702 ;
-  wire \$703 ;
+  wire [31:0] \$700 ;
+  wire [31:0] \$701 ;
+  wire [31:0] \$702 ;
+  wire [31:0] \$703 ;
   wire [31:0] \$704 ;
   wire [31:0] \$705 ;
-  wire [5:0] \$706 ;
-  wire [5:0] \$707 ;
-  wire [5:0] \$708 ;
-  wire [5:0] \$709 ;
+  wire [31:0] \$706 ;
+  wire [31:0] \$707 ;
+  wire [31:0] \$708 ;
+  wire [31:0] \$709 ;
   wire [32:0] \$71 ;
-  wire [5:0] \$710 ;
-  wire [5:0] \$711 ;
-  wire [5:0] \$712 ;
-  wire [5:0] \$713 ;
-  wire [63:0] \$714 ;
-  wire [63:0] \$715 ;
-  wire [63:0] \$716 ;
-  wire [63:0] \$717 ;
-  wire [63:0] \$718 ;
-  wire [63:0] \$719 ;
+  wire [31:0] \$710 ;
+  wire [31:0] \$711 ;
+  wire [31:0] \$712 ;
+  reg \$713 ;
+  reg [4:0] \$714 ;
+  reg [4:0] \$715 ;
+  reg [4:0] \$716 ;
   wire [32:0] \$72 ;
-  wire [63:0] \$720 ;
-  wire [63:0] \$721 ;
-  wire \$722 ;
-  wire [31:0] \$723 ;
-  wire [31:0] \$724 ;
-  wire [63:0] \$725 ;
-  wire [63:0] \$726 ;
-  wire [63:0] \$727 ;
-  wire [63:0] \$728 ;
-  wire [63:0] \$729 ;
   wire [32:0] \$73 ;
-  wire [63:0] \$730 ;
-  wire [63:0] \$731 ;
-  wire [63:0] \$732 ;
-  wire \$733 ;
-  wire [31:0] \$734 ;
-  wire [31:0] \$735 ;
-  wire [64:0] \$736 ;
-  wire [64:0] \$737 ;
-  wire [64:0] \$738 ;
-  wire [64:0] \$739 ;
   wire [32:0] \$74 ;
-  wire [64:0] \$740 ;
-  wire [64:0] \$741 ;
-  wire [64:0] \$742 ;
-  wire [64:0] \$743 ;
-  wire \$744 ;
-  wire [31:0] \$745 ;
-  wire [31:0] \$746 ;
-  wire \$747 ;
-  wire \$748 ;
-  wire \$749 ;
   wire [32:0] \$75 ;
-  wire \$750 ;
-  wire \$751 ;
-  wire \$752 ;
-  wire \$753 ;
-  wire \$754 ;
-  wire \$755 ;
-  wire \$756 ;
-  wire \$757 ;
-  wire \$758 ;
-  wire \$759 ;
   wire [32:0] \$76 ;
-  wire \$760 ;
-  wire \$761 ;
-  wire \$762 ;
-  wire [31:0] \$763 ;
-  wire [31:0] \$764 ;
-  wire [31:0] \$765 ;
-  wire [31:0] \$766 ;
-  wire [31:0] \$767 ;
-  wire [31:0] \$768 ;
-  wire [31:0] \$769 ;
   wire [32:0] \$77 ;
-  wire [31:0] \$770 ;
-  wire [31:0] \$771 ;
-  wire [31:0] \$772 ;
-  wire [31:0] \$773 ;
-  wire [31:0] \$774 ;
-  wire [31:0] \$775 ;
-  wire [31:0] \$776 ;
-  wire [31:0] \$777 ;
-  wire [31:0] \$778 ;
-  reg \$779 ;
   wire [32:0] \$78 ;
-  reg [4:0] \$780 ;
-  reg [4:0] \$781 ;
-  reg [4:0] \$782 ;
   wire [32:0] \$79 ;
   wire [32:0] \$8 ;
   wire [32:0] \$80 ;
@@ -54110,6 +54044,582 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   wire clk;
   (* init = 5'h00 *)
   wire [4:0] consume;
+  reg [2:0] cp0_0_0 = 3'h0;
+  wire \cp0_0_0.first ;
+  wire \cp0_0_0.last ;
+  wire \cp0_0_0.valid ;
+  reg [2:0] cp0_0_1 = 3'h0;
+  wire \cp0_0_1.first ;
+  wire \cp0_0_1.last ;
+  wire \cp0_0_1.valid ;
+  reg [2:0] cp0_0_2 = 3'h0;
+  wire \cp0_0_2.first ;
+  wire \cp0_0_2.last ;
+  wire \cp0_0_2.valid ;
+  reg [2:0] cp0_0_3 = 3'h0;
+  wire \cp0_0_3.first ;
+  wire \cp0_0_3.last ;
+  wire \cp0_0_3.valid ;
+  reg [2:0] cp0_0_4 = 3'h0;
+  wire \cp0_0_4.first ;
+  wire \cp0_0_4.last ;
+  wire \cp0_0_4.valid ;
+  reg [2:0] cp0_0_5 = 3'h0;
+  wire \cp0_0_5.first ;
+  wire \cp0_0_5.last ;
+  wire \cp0_0_5.valid ;
+  reg [2:0] cp0_0_6 = 3'h0;
+  wire \cp0_0_6.first ;
+  wire \cp0_0_6.last ;
+  wire \cp0_0_6.valid ;
+  reg [2:0] cp0_0_7 = 3'h0;
+  wire \cp0_0_7.first ;
+  wire \cp0_0_7.last ;
+  wire \cp0_0_7.valid ;
+  reg [2:0] cp0_1_0 = 3'h0;
+  wire \cp0_1_0.first ;
+  wire \cp0_1_0.last ;
+  wire \cp0_1_0.valid ;
+  reg [2:0] cp0_1_1 = 3'h0;
+  wire \cp0_1_1.first ;
+  wire \cp0_1_1.last ;
+  wire \cp0_1_1.valid ;
+  reg [2:0] cp0_1_2 = 3'h0;
+  wire \cp0_1_2.first ;
+  wire \cp0_1_2.last ;
+  wire \cp0_1_2.valid ;
+  reg [2:0] cp0_1_3 = 3'h0;
+  wire \cp0_1_3.first ;
+  wire \cp0_1_3.last ;
+  wire \cp0_1_3.valid ;
+  reg [2:0] cp0_1_4 = 3'h0;
+  wire \cp0_1_4.first ;
+  wire \cp0_1_4.last ;
+  wire \cp0_1_4.valid ;
+  reg [2:0] cp0_1_5 = 3'h0;
+  wire \cp0_1_5.first ;
+  wire \cp0_1_5.last ;
+  wire \cp0_1_5.valid ;
+  reg [2:0] cp0_1_6 = 3'h0;
+  wire \cp0_1_6.first ;
+  wire \cp0_1_6.last ;
+  wire \cp0_1_6.valid ;
+  reg [2:0] cp0_1_7 = 3'h0;
+  wire \cp0_1_7.first ;
+  wire \cp0_1_7.last ;
+  wire \cp0_1_7.valid ;
+  reg [2:0] cp0_2_0 = 3'h0;
+  wire \cp0_2_0.first ;
+  wire \cp0_2_0.last ;
+  wire \cp0_2_0.valid ;
+  reg [2:0] cp0_2_1 = 3'h0;
+  wire \cp0_2_1.first ;
+  wire \cp0_2_1.last ;
+  wire \cp0_2_1.valid ;
+  reg [2:0] cp0_2_2 = 3'h0;
+  wire \cp0_2_2.first ;
+  wire \cp0_2_2.last ;
+  wire \cp0_2_2.valid ;
+  reg [2:0] cp0_2_3 = 3'h0;
+  wire \cp0_2_3.first ;
+  wire \cp0_2_3.last ;
+  wire \cp0_2_3.valid ;
+  reg [2:0] cp0_2_4 = 3'h0;
+  wire \cp0_2_4.first ;
+  wire \cp0_2_4.last ;
+  wire \cp0_2_4.valid ;
+  reg [2:0] cp0_2_5 = 3'h0;
+  wire \cp0_2_5.first ;
+  wire \cp0_2_5.last ;
+  wire \cp0_2_5.valid ;
+  reg [2:0] cp0_2_6 = 3'h0;
+  wire \cp0_2_6.first ;
+  wire \cp0_2_6.last ;
+  wire \cp0_2_6.valid ;
+  reg [2:0] cp0_2_7 = 3'h0;
+  wire \cp0_2_7.first ;
+  wire \cp0_2_7.last ;
+  wire \cp0_2_7.valid ;
+  reg [2:0] cp0_3_0 = 3'h0;
+  wire \cp0_3_0.first ;
+  wire \cp0_3_0.last ;
+  wire \cp0_3_0.valid ;
+  reg [2:0] cp0_3_1 = 3'h0;
+  wire \cp0_3_1.first ;
+  wire \cp0_3_1.last ;
+  wire \cp0_3_1.valid ;
+  reg [2:0] cp0_3_2 = 3'h0;
+  wire \cp0_3_2.first ;
+  wire \cp0_3_2.last ;
+  wire \cp0_3_2.valid ;
+  reg [2:0] cp0_3_3 = 3'h0;
+  wire \cp0_3_3.first ;
+  wire \cp0_3_3.last ;
+  wire \cp0_3_3.valid ;
+  reg [2:0] cp0_3_4 = 3'h0;
+  wire \cp0_3_4.first ;
+  wire \cp0_3_4.last ;
+  wire \cp0_3_4.valid ;
+  reg [2:0] cp0_3_5 = 3'h0;
+  wire \cp0_3_5.first ;
+  wire \cp0_3_5.last ;
+  wire \cp0_3_5.valid ;
+  reg [2:0] cp0_3_6 = 3'h0;
+  wire \cp0_3_6.first ;
+  wire \cp0_3_6.last ;
+  wire \cp0_3_6.valid ;
+  reg [2:0] cp0_3_7 = 3'h0;
+  wire \cp0_3_7.first ;
+  wire \cp0_3_7.last ;
+  wire \cp0_3_7.valid ;
+  reg [2:0] cp0_4_0 = 3'h0;
+  wire \cp0_4_0.first ;
+  wire \cp0_4_0.last ;
+  wire \cp0_4_0.valid ;
+  reg [2:0] cp0_4_1 = 3'h0;
+  wire \cp0_4_1.first ;
+  wire \cp0_4_1.last ;
+  wire \cp0_4_1.valid ;
+  reg [2:0] cp0_4_2 = 3'h0;
+  wire \cp0_4_2.first ;
+  wire \cp0_4_2.last ;
+  wire \cp0_4_2.valid ;
+  reg [2:0] cp0_4_3 = 3'h0;
+  wire \cp0_4_3.first ;
+  wire \cp0_4_3.last ;
+  wire \cp0_4_3.valid ;
+  reg [2:0] cp0_4_4 = 3'h0;
+  wire \cp0_4_4.first ;
+  wire \cp0_4_4.last ;
+  wire \cp0_4_4.valid ;
+  reg [2:0] cp0_4_5 = 3'h0;
+  wire \cp0_4_5.first ;
+  wire \cp0_4_5.last ;
+  wire \cp0_4_5.valid ;
+  reg [2:0] cp0_4_6 = 3'h0;
+  wire \cp0_4_6.first ;
+  wire \cp0_4_6.last ;
+  wire \cp0_4_6.valid ;
+  reg [2:0] cp0_4_7 = 3'h0;
+  wire \cp0_4_7.first ;
+  wire \cp0_4_7.last ;
+  wire \cp0_4_7.valid ;
+  reg [2:0] cp0_5_0 = 3'h0;
+  wire \cp0_5_0.first ;
+  wire \cp0_5_0.last ;
+  wire \cp0_5_0.valid ;
+  reg [2:0] cp0_5_1 = 3'h0;
+  wire \cp0_5_1.first ;
+  wire \cp0_5_1.last ;
+  wire \cp0_5_1.valid ;
+  reg [2:0] cp0_5_2 = 3'h0;
+  wire \cp0_5_2.first ;
+  wire \cp0_5_2.last ;
+  wire \cp0_5_2.valid ;
+  reg [2:0] cp0_5_3 = 3'h0;
+  wire \cp0_5_3.first ;
+  wire \cp0_5_3.last ;
+  wire \cp0_5_3.valid ;
+  reg [2:0] cp0_5_4 = 3'h0;
+  wire \cp0_5_4.first ;
+  wire \cp0_5_4.last ;
+  wire \cp0_5_4.valid ;
+  reg [2:0] cp0_5_5 = 3'h0;
+  wire \cp0_5_5.first ;
+  wire \cp0_5_5.last ;
+  wire \cp0_5_5.valid ;
+  reg [2:0] cp0_5_6 = 3'h0;
+  wire \cp0_5_6.first ;
+  wire \cp0_5_6.last ;
+  wire \cp0_5_6.valid ;
+  reg [2:0] cp0_5_7 = 3'h0;
+  wire \cp0_5_7.first ;
+  wire \cp0_5_7.last ;
+  wire \cp0_5_7.valid ;
+  reg [2:0] cp0_6_0 = 3'h0;
+  wire \cp0_6_0.first ;
+  wire \cp0_6_0.last ;
+  wire \cp0_6_0.valid ;
+  reg [2:0] cp0_6_1 = 3'h0;
+  wire \cp0_6_1.first ;
+  wire \cp0_6_1.last ;
+  wire \cp0_6_1.valid ;
+  reg [2:0] cp0_6_2 = 3'h0;
+  wire \cp0_6_2.first ;
+  wire \cp0_6_2.last ;
+  wire \cp0_6_2.valid ;
+  reg [2:0] cp0_6_3 = 3'h0;
+  wire \cp0_6_3.first ;
+  wire \cp0_6_3.last ;
+  wire \cp0_6_3.valid ;
+  reg [2:0] cp0_6_4 = 3'h0;
+  wire \cp0_6_4.first ;
+  wire \cp0_6_4.last ;
+  wire \cp0_6_4.valid ;
+  reg [2:0] cp0_6_5 = 3'h0;
+  wire \cp0_6_5.first ;
+  wire \cp0_6_5.last ;
+  wire \cp0_6_5.valid ;
+  reg [2:0] cp0_6_6 = 3'h0;
+  wire \cp0_6_6.first ;
+  wire \cp0_6_6.last ;
+  wire \cp0_6_6.valid ;
+  reg [2:0] cp0_6_7 = 3'h0;
+  wire \cp0_6_7.first ;
+  wire \cp0_6_7.last ;
+  wire \cp0_6_7.valid ;
+  reg [2:0] cp0_7_0 = 3'h0;
+  wire \cp0_7_0.first ;
+  wire \cp0_7_0.last ;
+  wire \cp0_7_0.valid ;
+  reg [2:0] cp0_7_1 = 3'h0;
+  wire \cp0_7_1.first ;
+  wire \cp0_7_1.last ;
+  wire \cp0_7_1.valid ;
+  reg [2:0] cp0_7_2 = 3'h0;
+  wire \cp0_7_2.first ;
+  wire \cp0_7_2.last ;
+  wire \cp0_7_2.valid ;
+  reg [2:0] cp0_7_3 = 3'h0;
+  wire \cp0_7_3.first ;
+  wire \cp0_7_3.last ;
+  wire \cp0_7_3.valid ;
+  reg [2:0] cp0_7_4 = 3'h0;
+  wire \cp0_7_4.first ;
+  wire \cp0_7_4.last ;
+  wire \cp0_7_4.valid ;
+  reg [2:0] cp0_7_5 = 3'h0;
+  wire \cp0_7_5.first ;
+  wire \cp0_7_5.last ;
+  wire \cp0_7_5.valid ;
+  reg [2:0] cp0_7_6 = 3'h0;
+  wire \cp0_7_6.first ;
+  wire \cp0_7_6.last ;
+  wire \cp0_7_6.valid ;
+  reg [2:0] cp0_7_7 = 3'h0;
+  wire \cp0_7_7.first ;
+  wire \cp0_7_7.last ;
+  wire \cp0_7_7.valid ;
+  reg [2:0] cp0_8_0 = 3'h0;
+  wire \cp0_8_0.first ;
+  wire \cp0_8_0.last ;
+  wire \cp0_8_0.valid ;
+  reg [2:0] cp0_8_1 = 3'h0;
+  wire \cp0_8_1.first ;
+  wire \cp0_8_1.last ;
+  wire \cp0_8_1.valid ;
+  reg [2:0] cp0_8_2 = 3'h0;
+  wire \cp0_8_2.first ;
+  wire \cp0_8_2.last ;
+  wire \cp0_8_2.valid ;
+  reg [2:0] cp0_8_3 = 3'h0;
+  wire \cp0_8_3.first ;
+  wire \cp0_8_3.last ;
+  wire \cp0_8_3.valid ;
+  reg [2:0] cp0_8_4 = 3'h0;
+  wire \cp0_8_4.first ;
+  wire \cp0_8_4.last ;
+  wire \cp0_8_4.valid ;
+  reg [2:0] cp0_8_5 = 3'h0;
+  wire \cp0_8_5.first ;
+  wire \cp0_8_5.last ;
+  wire \cp0_8_5.valid ;
+  reg [2:0] cp0_8_6 = 3'h0;
+  wire \cp0_8_6.first ;
+  wire \cp0_8_6.last ;
+  wire \cp0_8_6.valid ;
+  reg [2:0] cp0_8_7 = 3'h0;
+  wire \cp0_8_7.first ;
+  wire \cp0_8_7.last ;
+  wire \cp0_8_7.valid ;
+  reg [2:0] cp1_0_0 = 3'h0;
+  wire \cp1_0_0.first ;
+  wire \cp1_0_0.last ;
+  wire \cp1_0_0.valid ;
+  reg [2:0] cp1_0_1 = 3'h0;
+  wire \cp1_0_1.first ;
+  wire \cp1_0_1.last ;
+  wire \cp1_0_1.valid ;
+  reg [2:0] cp1_0_2 = 3'h0;
+  wire \cp1_0_2.first ;
+  wire \cp1_0_2.last ;
+  wire \cp1_0_2.valid ;
+  reg [2:0] cp1_0_3 = 3'h0;
+  wire \cp1_0_3.first ;
+  wire \cp1_0_3.last ;
+  wire \cp1_0_3.valid ;
+  reg [2:0] cp1_0_4 = 3'h0;
+  wire \cp1_0_4.first ;
+  wire \cp1_0_4.last ;
+  wire \cp1_0_4.valid ;
+  reg [2:0] cp1_0_5 = 3'h0;
+  wire \cp1_0_5.first ;
+  wire \cp1_0_5.last ;
+  wire \cp1_0_5.valid ;
+  reg [2:0] cp1_0_6 = 3'h0;
+  wire \cp1_0_6.first ;
+  wire \cp1_0_6.last ;
+  wire \cp1_0_6.valid ;
+  reg [2:0] cp1_0_7 = 3'h0;
+  wire \cp1_0_7.first ;
+  wire \cp1_0_7.last ;
+  wire \cp1_0_7.valid ;
+  reg [2:0] cp1_1_0 = 3'h0;
+  wire \cp1_1_0.first ;
+  wire \cp1_1_0.last ;
+  wire \cp1_1_0.valid ;
+  reg [2:0] cp1_1_1 = 3'h0;
+  wire \cp1_1_1.first ;
+  wire \cp1_1_1.last ;
+  wire \cp1_1_1.valid ;
+  reg [2:0] cp1_1_2 = 3'h0;
+  wire \cp1_1_2.first ;
+  wire \cp1_1_2.last ;
+  wire \cp1_1_2.valid ;
+  reg [2:0] cp1_1_3 = 3'h0;
+  wire \cp1_1_3.first ;
+  wire \cp1_1_3.last ;
+  wire \cp1_1_3.valid ;
+  reg [2:0] cp1_1_4 = 3'h0;
+  wire \cp1_1_4.first ;
+  wire \cp1_1_4.last ;
+  wire \cp1_1_4.valid ;
+  reg [2:0] cp1_1_5 = 3'h0;
+  wire \cp1_1_5.first ;
+  wire \cp1_1_5.last ;
+  wire \cp1_1_5.valid ;
+  reg [2:0] cp1_1_6 = 3'h0;
+  wire \cp1_1_6.first ;
+  wire \cp1_1_6.last ;
+  wire \cp1_1_6.valid ;
+  reg [2:0] cp1_1_7 = 3'h0;
+  wire \cp1_1_7.first ;
+  wire \cp1_1_7.last ;
+  wire \cp1_1_7.valid ;
+  reg [2:0] cp1_2_0 = 3'h0;
+  wire \cp1_2_0.first ;
+  wire \cp1_2_0.last ;
+  wire \cp1_2_0.valid ;
+  reg [2:0] cp1_2_1 = 3'h0;
+  wire \cp1_2_1.first ;
+  wire \cp1_2_1.last ;
+  wire \cp1_2_1.valid ;
+  reg [2:0] cp1_2_2 = 3'h0;
+  wire \cp1_2_2.first ;
+  wire \cp1_2_2.last ;
+  wire \cp1_2_2.valid ;
+  reg [2:0] cp1_2_3 = 3'h0;
+  wire \cp1_2_3.first ;
+  wire \cp1_2_3.last ;
+  wire \cp1_2_3.valid ;
+  reg [2:0] cp1_2_4 = 3'h0;
+  wire \cp1_2_4.first ;
+  wire \cp1_2_4.last ;
+  wire \cp1_2_4.valid ;
+  reg [2:0] cp1_2_5 = 3'h0;
+  wire \cp1_2_5.first ;
+  wire \cp1_2_5.last ;
+  wire \cp1_2_5.valid ;
+  reg [2:0] cp1_2_6 = 3'h0;
+  wire \cp1_2_6.first ;
+  wire \cp1_2_6.last ;
+  wire \cp1_2_6.valid ;
+  reg [2:0] cp1_2_7 = 3'h0;
+  wire \cp1_2_7.first ;
+  wire \cp1_2_7.last ;
+  wire \cp1_2_7.valid ;
+  reg [2:0] cp1_3_0 = 3'h0;
+  wire \cp1_3_0.first ;
+  wire \cp1_3_0.last ;
+  wire \cp1_3_0.valid ;
+  reg [2:0] cp1_3_1 = 3'h0;
+  wire \cp1_3_1.first ;
+  wire \cp1_3_1.last ;
+  wire \cp1_3_1.valid ;
+  reg [2:0] cp1_3_2 = 3'h0;
+  wire \cp1_3_2.first ;
+  wire \cp1_3_2.last ;
+  wire \cp1_3_2.valid ;
+  reg [2:0] cp1_3_3 = 3'h0;
+  wire \cp1_3_3.first ;
+  wire \cp1_3_3.last ;
+  wire \cp1_3_3.valid ;
+  reg [2:0] cp1_3_4 = 3'h0;
+  wire \cp1_3_4.first ;
+  wire \cp1_3_4.last ;
+  wire \cp1_3_4.valid ;
+  reg [2:0] cp1_3_5 = 3'h0;
+  wire \cp1_3_5.first ;
+  wire \cp1_3_5.last ;
+  wire \cp1_3_5.valid ;
+  reg [2:0] cp1_3_6 = 3'h0;
+  wire \cp1_3_6.first ;
+  wire \cp1_3_6.last ;
+  wire \cp1_3_6.valid ;
+  reg [2:0] cp1_3_7 = 3'h0;
+  wire \cp1_3_7.first ;
+  wire \cp1_3_7.last ;
+  wire \cp1_3_7.valid ;
+  reg [2:0] cp1_4_0 = 3'h0;
+  wire \cp1_4_0.first ;
+  wire \cp1_4_0.last ;
+  wire \cp1_4_0.valid ;
+  reg [2:0] cp1_4_1 = 3'h0;
+  wire \cp1_4_1.first ;
+  wire \cp1_4_1.last ;
+  wire \cp1_4_1.valid ;
+  reg [2:0] cp1_4_2 = 3'h0;
+  wire \cp1_4_2.first ;
+  wire \cp1_4_2.last ;
+  wire \cp1_4_2.valid ;
+  reg [2:0] cp1_4_3 = 3'h0;
+  wire \cp1_4_3.first ;
+  wire \cp1_4_3.last ;
+  wire \cp1_4_3.valid ;
+  reg [2:0] cp1_4_4 = 3'h0;
+  wire \cp1_4_4.first ;
+  wire \cp1_4_4.last ;
+  wire \cp1_4_4.valid ;
+  reg [2:0] cp1_4_5 = 3'h0;
+  wire \cp1_4_5.first ;
+  wire \cp1_4_5.last ;
+  wire \cp1_4_5.valid ;
+  reg [2:0] cp1_4_6 = 3'h0;
+  wire \cp1_4_6.first ;
+  wire \cp1_4_6.last ;
+  wire \cp1_4_6.valid ;
+  reg [2:0] cp1_4_7 = 3'h0;
+  wire \cp1_4_7.first ;
+  wire \cp1_4_7.last ;
+  wire \cp1_4_7.valid ;
+  reg [2:0] cp1_5_0 = 3'h0;
+  wire \cp1_5_0.first ;
+  wire \cp1_5_0.last ;
+  wire \cp1_5_0.valid ;
+  reg [2:0] cp1_5_1 = 3'h0;
+  wire \cp1_5_1.first ;
+  wire \cp1_5_1.last ;
+  wire \cp1_5_1.valid ;
+  reg [2:0] cp1_5_2 = 3'h0;
+  wire \cp1_5_2.first ;
+  wire \cp1_5_2.last ;
+  wire \cp1_5_2.valid ;
+  reg [2:0] cp1_5_3 = 3'h0;
+  wire \cp1_5_3.first ;
+  wire \cp1_5_3.last ;
+  wire \cp1_5_3.valid ;
+  reg [2:0] cp1_5_4 = 3'h0;
+  wire \cp1_5_4.first ;
+  wire \cp1_5_4.last ;
+  wire \cp1_5_4.valid ;
+  reg [2:0] cp1_5_5 = 3'h0;
+  wire \cp1_5_5.first ;
+  wire \cp1_5_5.last ;
+  wire \cp1_5_5.valid ;
+  reg [2:0] cp1_5_6 = 3'h0;
+  wire \cp1_5_6.first ;
+  wire \cp1_5_6.last ;
+  wire \cp1_5_6.valid ;
+  reg [2:0] cp1_5_7 = 3'h0;
+  wire \cp1_5_7.first ;
+  wire \cp1_5_7.last ;
+  wire \cp1_5_7.valid ;
+  reg [2:0] cp1_6_0 = 3'h0;
+  wire \cp1_6_0.first ;
+  wire \cp1_6_0.last ;
+  wire \cp1_6_0.valid ;
+  reg [2:0] cp1_6_1 = 3'h0;
+  wire \cp1_6_1.first ;
+  wire \cp1_6_1.last ;
+  wire \cp1_6_1.valid ;
+  reg [2:0] cp1_6_2 = 3'h0;
+  wire \cp1_6_2.first ;
+  wire \cp1_6_2.last ;
+  wire \cp1_6_2.valid ;
+  reg [2:0] cp1_6_3 = 3'h0;
+  wire \cp1_6_3.first ;
+  wire \cp1_6_3.last ;
+  wire \cp1_6_3.valid ;
+  reg [2:0] cp1_6_4 = 3'h0;
+  wire \cp1_6_4.first ;
+  wire \cp1_6_4.last ;
+  wire \cp1_6_4.valid ;
+  reg [2:0] cp1_6_5 = 3'h0;
+  wire \cp1_6_5.first ;
+  wire \cp1_6_5.last ;
+  wire \cp1_6_5.valid ;
+  reg [2:0] cp1_6_6 = 3'h0;
+  wire \cp1_6_6.first ;
+  wire \cp1_6_6.last ;
+  wire \cp1_6_6.valid ;
+  reg [2:0] cp1_6_7 = 3'h0;
+  wire \cp1_6_7.first ;
+  wire \cp1_6_7.last ;
+  wire \cp1_6_7.valid ;
+  reg [2:0] cp1_7_0 = 3'h0;
+  wire \cp1_7_0.first ;
+  wire \cp1_7_0.last ;
+  wire \cp1_7_0.valid ;
+  reg [2:0] cp1_7_1 = 3'h0;
+  wire \cp1_7_1.first ;
+  wire \cp1_7_1.last ;
+  wire \cp1_7_1.valid ;
+  reg [2:0] cp1_7_2 = 3'h0;
+  wire \cp1_7_2.first ;
+  wire \cp1_7_2.last ;
+  wire \cp1_7_2.valid ;
+  reg [2:0] cp1_7_3 = 3'h0;
+  wire \cp1_7_3.first ;
+  wire \cp1_7_3.last ;
+  wire \cp1_7_3.valid ;
+  reg [2:0] cp1_7_4 = 3'h0;
+  wire \cp1_7_4.first ;
+  wire \cp1_7_4.last ;
+  wire \cp1_7_4.valid ;
+  reg [2:0] cp1_7_5 = 3'h0;
+  wire \cp1_7_5.first ;
+  wire \cp1_7_5.last ;
+  wire \cp1_7_5.valid ;
+  reg [2:0] cp1_7_6 = 3'h0;
+  wire \cp1_7_6.first ;
+  wire \cp1_7_6.last ;
+  wire \cp1_7_6.valid ;
+  reg [2:0] cp1_7_7 = 3'h0;
+  wire \cp1_7_7.first ;
+  wire \cp1_7_7.last ;
+  wire \cp1_7_7.valid ;
+  reg [2:0] cp1_8_0 = 3'h0;
+  wire \cp1_8_0.first ;
+  wire \cp1_8_0.last ;
+  wire \cp1_8_0.valid ;
+  reg [2:0] cp1_8_1 = 3'h0;
+  wire \cp1_8_1.first ;
+  wire \cp1_8_1.last ;
+  wire \cp1_8_1.valid ;
+  reg [2:0] cp1_8_2 = 3'h0;
+  wire \cp1_8_2.first ;
+  wire \cp1_8_2.last ;
+  wire \cp1_8_2.valid ;
+  reg [2:0] cp1_8_3 = 3'h0;
+  wire \cp1_8_3.first ;
+  wire \cp1_8_3.last ;
+  wire \cp1_8_3.valid ;
+  reg [2:0] cp1_8_4 = 3'h0;
+  wire \cp1_8_4.first ;
+  wire \cp1_8_4.last ;
+  wire \cp1_8_4.valid ;
+  reg [2:0] cp1_8_5 = 3'h0;
+  wire \cp1_8_5.first ;
+  wire \cp1_8_5.last ;
+  wire \cp1_8_5.valid ;
+  reg [2:0] cp1_8_6 = 3'h0;
+  wire \cp1_8_6.first ;
+  wire \cp1_8_6.last ;
+  wire \cp1_8_6.valid ;
+  reg [2:0] cp1_8_7 = 3'h0;
+  wire \cp1_8_7.first ;
+  wire \cp1_8_7.last ;
+  wire \cp1_8_7.valid ;
   reg [4:0] credits = 5'h12;
   reg [2:0] ctl_row1 = 3'h0;
   wire \ctl_row1.first ;
@@ -54243,6 +54753,78 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   reg done_8_5 = 1'h0;
   reg done_8_6 = 1'h0;
   reg done_8_7 = 1'h0;
+  wire [16:0] dsp_0_0;
+  wire [16:0] dsp_0_1;
+  wire [16:0] dsp_0_2;
+  wire [16:0] dsp_0_3;
+  wire [16:0] dsp_0_4;
+  wire [16:0] dsp_0_5;
+  wire [16:0] dsp_0_6;
+  wire [16:0] dsp_0_7;
+  wire [16:0] dsp_1_0;
+  wire [16:0] dsp_1_1;
+  wire [16:0] dsp_1_2;
+  wire [16:0] dsp_1_3;
+  wire [16:0] dsp_1_4;
+  wire [16:0] dsp_1_5;
+  wire [16:0] dsp_1_6;
+  wire [16:0] dsp_1_7;
+  wire [16:0] dsp_2_0;
+  wire [16:0] dsp_2_1;
+  wire [16:0] dsp_2_2;
+  wire [16:0] dsp_2_3;
+  wire [16:0] dsp_2_4;
+  wire [16:0] dsp_2_5;
+  wire [16:0] dsp_2_6;
+  wire [16:0] dsp_2_7;
+  wire [16:0] dsp_3_0;
+  wire [16:0] dsp_3_1;
+  wire [16:0] dsp_3_2;
+  wire [16:0] dsp_3_3;
+  wire [16:0] dsp_3_4;
+  wire [16:0] dsp_3_5;
+  wire [16:0] dsp_3_6;
+  wire [16:0] dsp_3_7;
+  wire [16:0] dsp_4_0;
+  wire [16:0] dsp_4_1;
+  wire [16:0] dsp_4_2;
+  wire [16:0] dsp_4_3;
+  wire [16:0] dsp_4_4;
+  wire [16:0] dsp_4_5;
+  wire [16:0] dsp_4_6;
+  wire [16:0] dsp_4_7;
+  wire [16:0] dsp_5_0;
+  wire [16:0] dsp_5_1;
+  wire [16:0] dsp_5_2;
+  wire [16:0] dsp_5_3;
+  wire [16:0] dsp_5_4;
+  wire [16:0] dsp_5_5;
+  wire [16:0] dsp_5_6;
+  wire [16:0] dsp_5_7;
+  wire [16:0] dsp_6_0;
+  wire [16:0] dsp_6_1;
+  wire [16:0] dsp_6_2;
+  wire [16:0] dsp_6_3;
+  wire [16:0] dsp_6_4;
+  wire [16:0] dsp_6_5;
+  wire [16:0] dsp_6_6;
+  wire [16:0] dsp_6_7;
+  wire [16:0] dsp_7_0;
+  wire [16:0] dsp_7_1;
+  wire [16:0] dsp_7_2;
+  wire [16:0] dsp_7_3;
+  wire [16:0] dsp_7_4;
+  wire [16:0] dsp_7_5;
+  wire [16:0] dsp_7_6;
+  wire [16:0] dsp_7_7;
+  wire [16:0] dsp_8_0;
+  wire [16:0] dsp_8_1;
+  wire [16:0] dsp_8_2;
+  wire [16:0] dsp_8_3;
+  wire [16:0] dsp_8_4;
+  wire [16:0] dsp_8_5;
+  wire [16:0] dsp_8_6;
+  wire [16:0] dsp_8_7;
   wire fin_0_0;
   wire fin_0_1;
   wire fin_0_2;
@@ -54685,6 +55267,30 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   wire [15:0] \rq_in.m[6] ;
   wire [15:0] \rq_in.m[7] ;
   wire \rq_in.raw ;
+  wire [30:0] rq_ph0;
+  wire [30:0] rq_ph1;
+  wire [30:0] rq_ph2;
+  wire [30:0] rq_ph3;
+  wire [30:0] rq_ph4;
+  wire [30:0] rq_ph5;
+  wire [30:0] rq_ph6;
+  wire [30:0] rq_ph7;
+  wire [32:0] rq_pl0;
+  wire [32:0] rq_pl1;
+  wire [32:0] rq_pl2;
+  wire [32:0] rq_pl3;
+  wire [32:0] rq_pl4;
+  wire [32:0] rq_pl5;
+  wire [32:0] rq_pl6;
+  wire [32:0] rq_pl7;
+  reg [31:0] rq_s10_o0 = 32'd0;
+  reg [31:0] rq_s10_o1 = 32'd0;
+  reg [31:0] rq_s10_o2 = 32'd0;
+  reg [31:0] rq_s10_o3 = 32'd0;
+  reg [31:0] rq_s10_o4 = 32'd0;
+  reg [31:0] rq_s10_o5 = 32'd0;
+  reg [31:0] rq_s10_o6 = 32'd0;
+  reg [31:0] rq_s10_o7 = 32'd0;
   reg [5:0] rq_s1_e0 = 6'h00;
   reg [5:0] rq_s1_e1 = 6'h00;
   reg [5:0] rq_s1_e2 = 6'h00;
@@ -54722,22 +55328,6 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   reg [5:0] rq_s2_e7 = 6'h00;
   reg [31:0] rq_s2_hi = 32'd0;
   reg [31:0] rq_s2_lo = 32'd0;
-  reg [30:0] rq_s2_ph0 = 31'h00000000;
-  reg [30:0] rq_s2_ph1 = 31'h00000000;
-  reg [30:0] rq_s2_ph2 = 31'h00000000;
-  reg [30:0] rq_s2_ph3 = 31'h00000000;
-  reg [30:0] rq_s2_ph4 = 31'h00000000;
-  reg [30:0] rq_s2_ph5 = 31'h00000000;
-  reg [30:0] rq_s2_ph6 = 31'h00000000;
-  reg [30:0] rq_s2_ph7 = 31'h00000000;
-  reg [32:0] rq_s2_pl0 = 33'h000000000;
-  reg [32:0] rq_s2_pl1 = 33'h000000000;
-  reg [32:0] rq_s2_pl2 = 33'h000000000;
-  reg [32:0] rq_s2_pl3 = 33'h000000000;
-  reg [32:0] rq_s2_pl4 = 33'h000000000;
-  reg [32:0] rq_s2_pl5 = 33'h000000000;
-  reg [32:0] rq_s2_pl6 = 33'h000000000;
-  reg [32:0] rq_s2_pl7 = 33'h000000000;
   reg rq_s2_raw = 1'h0;
   reg [5:0] rq_s3_e0 = 6'h00;
   reg [5:0] rq_s3_e1 = 6'h00;
@@ -54749,14 +55339,6 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   reg [5:0] rq_s3_e7 = 6'h00;
   reg [31:0] rq_s3_hi = 32'd0;
   reg [31:0] rq_s3_lo = 32'd0;
-  reg [62:0] rq_s3_p0 = 63'h0000000000000000;
-  reg [62:0] rq_s3_p1 = 63'h0000000000000000;
-  reg [62:0] rq_s3_p2 = 63'h0000000000000000;
-  reg [62:0] rq_s3_p3 = 63'h0000000000000000;
-  reg [62:0] rq_s3_p4 = 63'h0000000000000000;
-  reg [62:0] rq_s3_p5 = 63'h0000000000000000;
-  reg [62:0] rq_s3_p6 = 63'h0000000000000000;
-  reg [62:0] rq_s3_p7 = 63'h0000000000000000;
   reg rq_s3_raw = 1'h0;
   reg [5:0] rq_s4_e0 = 6'h00;
   reg [5:0] rq_s4_e1 = 6'h00;
@@ -54768,81 +55350,121 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   reg [5:0] rq_s4_e7 = 6'h00;
   reg [31:0] rq_s4_hi = 32'd0;
   reg [31:0] rq_s4_lo = 32'd0;
+  reg [30:0] rq_s4_ph0 = 31'h00000000;
+  reg [30:0] rq_s4_ph1 = 31'h00000000;
+  reg [30:0] rq_s4_ph2 = 31'h00000000;
+  reg [30:0] rq_s4_ph3 = 31'h00000000;
+  reg [30:0] rq_s4_ph4 = 31'h00000000;
+  reg [30:0] rq_s4_ph5 = 31'h00000000;
+  reg [30:0] rq_s4_ph6 = 31'h00000000;
+  reg [30:0] rq_s4_ph7 = 31'h00000000;
+  reg [32:0] rq_s4_pl0 = 33'h000000000;
+  reg [32:0] rq_s4_pl1 = 33'h000000000;
+  reg [32:0] rq_s4_pl2 = 33'h000000000;
+  reg [32:0] rq_s4_pl3 = 33'h000000000;
+  reg [32:0] rq_s4_pl4 = 33'h000000000;
+  reg [32:0] rq_s4_pl5 = 33'h000000000;
+  reg [32:0] rq_s4_pl6 = 33'h000000000;
+  reg [32:0] rq_s4_pl7 = 33'h000000000;
   reg rq_s4_raw = 1'h0;
-  reg [63:0] rq_s4_t0 = 64'h0000000000000000;
-  reg [63:0] rq_s4_t1 = 64'h0000000000000000;
-  reg [63:0] rq_s4_t2 = 64'h0000000000000000;
-  reg [63:0] rq_s4_t3 = 64'h0000000000000000;
-  reg [63:0] rq_s4_t4 = 64'h0000000000000000;
-  reg [63:0] rq_s4_t5 = 64'h0000000000000000;
-  reg [63:0] rq_s4_t6 = 64'h0000000000000000;
-  reg [63:0] rq_s4_t7 = 64'h0000000000000000;
+  reg [5:0] rq_s5_e0 = 6'h00;
+  reg [5:0] rq_s5_e1 = 6'h00;
+  reg [5:0] rq_s5_e2 = 6'h00;
+  reg [5:0] rq_s5_e3 = 6'h00;
+  reg [5:0] rq_s5_e4 = 6'h00;
+  reg [5:0] rq_s5_e5 = 6'h00;
+  reg [5:0] rq_s5_e6 = 6'h00;
+  reg [5:0] rq_s5_e7 = 6'h00;
   reg [31:0] rq_s5_hi = 32'd0;
   reg [31:0] rq_s5_lo = 32'd0;
+  reg [62:0] rq_s5_p0 = 63'h0000000000000000;
+  reg [62:0] rq_s5_p1 = 63'h0000000000000000;
+  reg [62:0] rq_s5_p2 = 63'h0000000000000000;
+  reg [62:0] rq_s5_p3 = 63'h0000000000000000;
+  reg [62:0] rq_s5_p4 = 63'h0000000000000000;
+  reg [62:0] rq_s5_p5 = 63'h0000000000000000;
+  reg [62:0] rq_s5_p6 = 63'h0000000000000000;
+  reg [62:0] rq_s5_p7 = 63'h0000000000000000;
   reg rq_s5_raw = 1'h0;
-  reg [63:0] rq_s5_u0 = 64'h0000000000000000;
-  reg [63:0] rq_s5_u1 = 64'h0000000000000000;
-  reg [63:0] rq_s5_u2 = 64'h0000000000000000;
-  reg [63:0] rq_s5_u3 = 64'h0000000000000000;
-  reg [63:0] rq_s5_u4 = 64'h0000000000000000;
-  reg [63:0] rq_s5_u5 = 64'h0000000000000000;
-  reg [63:0] rq_s5_u6 = 64'h0000000000000000;
-  reg [63:0] rq_s5_u7 = 64'h0000000000000000;
+  reg [5:0] rq_s6_e0 = 6'h00;
+  reg [5:0] rq_s6_e1 = 6'h00;
+  reg [5:0] rq_s6_e2 = 6'h00;
+  reg [5:0] rq_s6_e3 = 6'h00;
+  reg [5:0] rq_s6_e4 = 6'h00;
+  reg [5:0] rq_s6_e5 = 6'h00;
+  reg [5:0] rq_s6_e6 = 6'h00;
+  reg [5:0] rq_s6_e7 = 6'h00;
   reg [31:0] rq_s6_hi = 32'd0;
   reg [31:0] rq_s6_lo = 32'd0;
-  reg [64:0] rq_s6_r0 = 65'h00000000000000000;
-  reg [64:0] rq_s6_r1 = 65'h00000000000000000;
-  reg [64:0] rq_s6_r2 = 65'h00000000000000000;
-  reg [64:0] rq_s6_r3 = 65'h00000000000000000;
-  reg [64:0] rq_s6_r4 = 65'h00000000000000000;
-  reg [64:0] rq_s6_r5 = 65'h00000000000000000;
-  reg [64:0] rq_s6_r6 = 65'h00000000000000000;
-  reg [64:0] rq_s6_r7 = 65'h00000000000000000;
   reg rq_s6_raw = 1'h0;
-  reg rq_s7_gt0 = 1'h0;
-  reg rq_s7_gt1 = 1'h0;
-  reg rq_s7_gt2 = 1'h0;
-  reg rq_s7_gt3 = 1'h0;
-  reg rq_s7_gt4 = 1'h0;
-  reg rq_s7_gt5 = 1'h0;
-  reg rq_s7_gt6 = 1'h0;
-  reg rq_s7_gt7 = 1'h0;
+  reg [63:0] rq_s6_t0 = 64'h0000000000000000;
+  reg [63:0] rq_s6_t1 = 64'h0000000000000000;
+  reg [63:0] rq_s6_t2 = 64'h0000000000000000;
+  reg [63:0] rq_s6_t3 = 64'h0000000000000000;
+  reg [63:0] rq_s6_t4 = 64'h0000000000000000;
+  reg [63:0] rq_s6_t5 = 64'h0000000000000000;
+  reg [63:0] rq_s6_t6 = 64'h0000000000000000;
+  reg [63:0] rq_s6_t7 = 64'h0000000000000000;
   reg [31:0] rq_s7_hi = 32'd0;
   reg [31:0] rq_s7_lo = 32'd0;
-  reg rq_s7_lt0 = 1'h0;
-  reg rq_s7_lt1 = 1'h0;
-  reg rq_s7_lt2 = 1'h0;
-  reg rq_s7_lt3 = 1'h0;
-  reg rq_s7_lt4 = 1'h0;
-  reg rq_s7_lt5 = 1'h0;
-  reg rq_s7_lt6 = 1'h0;
-  reg rq_s7_lt7 = 1'h0;
-  reg [31:0] rq_s7_r0 = 32'd0;
-  reg [31:0] rq_s7_r1 = 32'd0;
-  reg [31:0] rq_s7_r2 = 32'd0;
-  reg [31:0] rq_s7_r3 = 32'd0;
-  reg [31:0] rq_s7_r4 = 32'd0;
-  reg [31:0] rq_s7_r5 = 32'd0;
-  reg [31:0] rq_s7_r6 = 32'd0;
-  reg [31:0] rq_s7_r7 = 32'd0;
   reg rq_s7_raw = 1'h0;
-  reg [31:0] rq_s8_o0 = 32'd0;
-  reg [31:0] rq_s8_o1 = 32'd0;
-  reg [31:0] rq_s8_o2 = 32'd0;
-  reg [31:0] rq_s8_o3 = 32'd0;
-  reg [31:0] rq_s8_o4 = 32'd0;
-  reg [31:0] rq_s8_o5 = 32'd0;
-  reg [31:0] rq_s8_o6 = 32'd0;
-  reg [31:0] rq_s8_o7 = 32'd0;
+  reg [63:0] rq_s7_u0 = 64'h0000000000000000;
+  reg [63:0] rq_s7_u1 = 64'h0000000000000000;
+  reg [63:0] rq_s7_u2 = 64'h0000000000000000;
+  reg [63:0] rq_s7_u3 = 64'h0000000000000000;
+  reg [63:0] rq_s7_u4 = 64'h0000000000000000;
+  reg [63:0] rq_s7_u5 = 64'h0000000000000000;
+  reg [63:0] rq_s7_u6 = 64'h0000000000000000;
+  reg [63:0] rq_s7_u7 = 64'h0000000000000000;
+  reg [31:0] rq_s8_hi = 32'd0;
+  reg [31:0] rq_s8_lo = 32'd0;
+  reg [64:0] rq_s8_r0 = 65'h00000000000000000;
+  reg [64:0] rq_s8_r1 = 65'h00000000000000000;
+  reg [64:0] rq_s8_r2 = 65'h00000000000000000;
+  reg [64:0] rq_s8_r3 = 65'h00000000000000000;
+  reg [64:0] rq_s8_r4 = 65'h00000000000000000;
+  reg [64:0] rq_s8_r5 = 65'h00000000000000000;
+  reg [64:0] rq_s8_r6 = 65'h00000000000000000;
+  reg [64:0] rq_s8_r7 = 65'h00000000000000000;
+  reg rq_s8_raw = 1'h0;
+  reg rq_s9_gt0 = 1'h0;
+  reg rq_s9_gt1 = 1'h0;
+  reg rq_s9_gt2 = 1'h0;
+  reg rq_s9_gt3 = 1'h0;
+  reg rq_s9_gt4 = 1'h0;
+  reg rq_s9_gt5 = 1'h0;
+  reg rq_s9_gt6 = 1'h0;
+  reg rq_s9_gt7 = 1'h0;
+  reg [31:0] rq_s9_hi = 32'd0;
+  reg [31:0] rq_s9_lo = 32'd0;
+  reg rq_s9_lt0 = 1'h0;
+  reg rq_s9_lt1 = 1'h0;
+  reg rq_s9_lt2 = 1'h0;
+  reg rq_s9_lt3 = 1'h0;
+  reg rq_s9_lt4 = 1'h0;
+  reg rq_s9_lt5 = 1'h0;
+  reg rq_s9_lt6 = 1'h0;
+  reg rq_s9_lt7 = 1'h0;
+  reg [31:0] rq_s9_r0 = 32'd0;
+  reg [31:0] rq_s9_r1 = 32'd0;
+  reg [31:0] rq_s9_r2 = 32'd0;
+  reg [31:0] rq_s9_r3 = 32'd0;
+  reg [31:0] rq_s9_r4 = 32'd0;
+  reg [31:0] rq_s9_r5 = 32'd0;
+  reg [31:0] rq_s9_r6 = 32'd0;
+  reg [31:0] rq_s9_r7 = 32'd0;
+  reg rq_s9_raw = 1'h0;
   reg rq_valid1 = 1'h0;
+  (* init = 1'h0 *)
+  wire rq_valid10;
   reg rq_valid2 = 1'h0;
   reg rq_valid3 = 1'h0;
   reg rq_valid4 = 1'h0;
   reg rq_valid5 = 1'h0;
   reg rq_valid6 = 1'h0;
   reg rq_valid7 = 1'h0;
-  (* init = 1'h0 *)
-  wire rq_valid8;
+  reg rq_valid8 = 1'h0;
+  reg rq_valid9 = 1'h0;
   input rst;
   wire rst;
   reg stale = 1'h0;
@@ -55053,326 +55675,173 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   end
   always @(posedge clk) begin
     if (wp__en)
-      out_queue[wp__addr] <= { rq_s8_o7, rq_s8_o6, rq_s8_o5, rq_s8_o4, rq_s8_o3, rq_s8_o2, rq_s8_o1, rq_s8_o0 };
+      out_queue[wp__addr] <= { rq_s10_o7, rq_s10_o6, rq_s10_o5, rq_s10_o4, rq_s10_o3, rq_s10_o2, rq_s10_o1, rq_s10_o0 };
   end
   assign o__payload = out_queue[rp__addr];
-  assign \$143  = c_8_4[1] ? { prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4 } : \$142 ;
-  assign fin_8_4 = c_8_4[0] & c_8_4[2];
-  assign \$144  = $signed(acc_8_5) + $signed(prod_8_5);
-  assign \$145  = c_8_5[1] ? { prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5 } : \$144 ;
-  assign fin_8_5 = c_8_5[0] & c_8_5[2];
-  assign \$146  = $signed(acc_8_6) + $signed(prod_8_6);
-  assign \$147  = c_8_6[1] ? { prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6 } : \$146 ;
-  assign fin_8_6 = c_8_6[0] & c_8_6[2];
-  assign \$148  = $signed(acc_8_7) + $signed(prod_8_7);
-  assign \$149  = c_8_7[1] ? { prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7 } : \$148 ;
-  assign fin_8_7 = c_8_7[0] & c_8_7[2];
-  assign pop = o__valid & o__ready;
-  assign o__valid = | level;
-  assign \$150  = ~ p_in_valid;
-  assign \$151  = | p__payload[437:432];
-  assign \$152  = ~ \$151 ;
-  assign \$153  = | holdoff;
-  assign \$154  = holdoff - 1'h1;
-  assign \$155  = \$153  ? \$154  : 6'h00;
-  assign \$156  = take_last ? 6'h19 : \$155 ;
-  assign \$157  = | pending;
-  assign \$158  = pending - 1'h1;
-  assign \$159  = \$157  ? \$158  : 7'h00;
-  assign \$160  = hold_en ? 7'h26 : \$159 ;
-  assign \$161  = rst | stale;
-  assign \$162  = \$161  & busy_next;
-  assign \$163  = hold_en ? 4'h9 : 4'h0;
-  assign \$164  = credits - \$163 ;
-  assign \$165  = $signed(\$164 ) + $signed({ 1'h0, pop });
-  assign \$166  = ~ take_last;
-  assign \$167  = holdoff <= 1'h1;
-  assign \$168  = \$166  & \$167 ;
-  assign \$169  = p_in_valid | p__valid;
-  assign \$170  = \$168  & \$169 ;
-  assign \$171  = credits >= 4'h9;
-  assign \$172  = \$170  & \$171 ;
-  assign \$173  = ~ stale;
-  assign \$174  = \$172  & \$173 ;
-  assign \$175  = $signed(r_a[8:0]) * $signed(r_w[7:0]);
-  assign \$176  = $signed(a_0_0) * $signed(w_skew1_d1);
-  assign \$177  = $signed(a_0_1) * $signed(w_skew2_d2);
-  assign \$178  = $signed(a_0_2) * $signed(w_skew3_d3);
-  assign \$179  = $signed(a_0_3) * $signed(w_skew4_d4);
-  assign \$180  = $signed(a_0_4) * $signed(w_skew5_d5);
-  assign \$181  = $signed(a_0_5) * $signed(w_skew6_d6);
-  assign \$182  = $signed(a_0_6) * $signed(w_skew7_d7);
-  assign \$183  = done_0_7 | res_valid_1;
-  assign \$184  = $signed(a_skew1_d1) * $signed(w_0_0);
-  assign \$185  = $signed(a_1_0) * $signed(w_0_1);
-  assign \$186  = $signed(a_1_1) * $signed(w_0_2);
-  assign \$187  = $signed(a_1_2) * $signed(w_0_3);
-  assign \$188  = $signed(a_1_3) * $signed(w_0_4);
-  assign \$189  = $signed(a_1_4) * $signed(w_0_5);
-  assign \$190  = $signed(a_1_5) * $signed(w_0_6);
-  assign \$191  = $signed(a_1_6) * $signed(w_0_7);
-  assign \$192  = done_1_7 | res_valid_2;
-  assign \$193  = $signed(a_skew2_d2) * $signed(w_1_0);
-  assign \$194  = $signed(a_2_0) * $signed(w_1_1);
-  assign \$195  = $signed(a_2_1) * $signed(w_1_2);
-  assign \$196  = $signed(a_2_2) * $signed(w_1_3);
-  assign \$197  = $signed(a_2_3) * $signed(w_1_4);
-  assign \$198  = $signed(a_2_4) * $signed(w_1_5);
-  assign \$199  = $signed(a_2_5) * $signed(w_1_6);
-  assign \$200  = $signed(a_2_6) * $signed(w_1_7);
-  assign \$201  = done_2_7 | res_valid_3;
-  assign \$202  = $signed(a_skew3_d3) * $signed(w_2_0);
-  assign \$203  = $signed(a_3_0) * $signed(w_2_1);
-  assign \$204  = $signed(a_3_1) * $signed(w_2_2);
-  assign \$205  = $signed(a_3_2) * $signed(w_2_3);
-  assign \$206  = $signed(a_3_3) * $signed(w_2_4);
-  assign \$207  = $signed(a_3_4) * $signed(w_2_5);
-  assign \$208  = $signed(a_3_5) * $signed(w_2_6);
-  assign \$209  = $signed(a_3_6) * $signed(w_2_7);
-  assign \$210  = done_3_7 | res_valid_4;
-  assign \$211  = $signed(a_skew4_d4) * $signed(w_3_0);
-  assign \$212  = $signed(a_4_0) * $signed(w_3_1);
-  assign \$213  = $signed(a_4_1) * $signed(w_3_2);
-  assign \$214  = $signed(a_4_2) * $signed(w_3_3);
-  assign \$215  = $signed(a_4_3) * $signed(w_3_4);
-  assign \$216  = $signed(a_4_4) * $signed(w_3_5);
-  assign \$217  = $signed(a_4_5) * $signed(w_3_6);
-  assign \$218  = $signed(a_4_6) * $signed(w_3_7);
-  assign \$219  = done_4_7 | res_valid_5;
-  assign \$220  = $signed(a_skew5_d5) * $signed(w_4_0);
-  assign \$221  = $signed(a_5_0) * $signed(w_4_1);
-  assign \$222  = $signed(a_5_1) * $signed(w_4_2);
-  assign \$223  = $signed(a_5_2) * $signed(w_4_3);
-  assign \$224  = $signed(a_5_3) * $signed(w_4_4);
-  assign \$225  = $signed(a_5_4) * $signed(w_4_5);
-  assign \$226  = $signed(a_5_5) * $signed(w_4_6);
-  assign \$227  = $signed(a_5_6) * $signed(w_4_7);
-  assign \$228  = done_5_7 | res_valid_6;
-  assign \$229  = $signed(a_skew6_d6) * $signed(w_5_0);
-  assign \$230  = $signed(a_6_0) * $signed(w_5_1);
-  assign \$231  = $signed(a_6_1) * $signed(w_5_2);
-  assign \$232  = $signed(a_6_2) * $signed(w_5_3);
-  assign \$233  = $signed(a_6_3) * $signed(w_5_4);
-  assign \$234  = $signed(a_6_4) * $signed(w_5_5);
-  assign \$235  = $signed(a_6_5) * $signed(w_5_6);
-  assign \$236  = $signed(a_6_6) * $signed(w_5_7);
-  assign \$237  = done_6_7 | res_valid_7;
-  assign \$238  = $signed(a_skew7_d7) * $signed(w_6_0);
-  assign \$239  = $signed(a_7_0) * $signed(w_6_1);
-  assign \$240  = $signed(a_7_1) * $signed(w_6_2);
-  assign \$241  = $signed(a_7_2) * $signed(w_6_3);
-  assign \$242  = $signed(a_7_3) * $signed(w_6_4);
-  assign \$243  = $signed(a_7_4) * $signed(w_6_5);
-  assign \$244  = $signed(a_7_5) * $signed(w_6_6);
-  assign \$245  = $signed(a_7_6) * $signed(w_6_7);
-  assign \$246  = done_7_7 | res_valid_8;
-  assign \$247  = $signed(a_skew8_d8) * $signed(w_7_0);
-  assign \$248  = $signed(a_8_0) * $signed(w_7_1);
-  assign \$249  = $signed(a_8_1) * $signed(w_7_2);
-  assign \$250  = $signed(a_8_2) * $signed(w_7_3);
-  assign \$251  = $signed(a_8_3) * $signed(w_7_4);
-  assign \$252  = $signed(a_8_4) * $signed(w_7_5);
-  assign \$253  = $signed(a_8_5) * $signed(w_7_6);
-  assign \$254  = $signed(a_8_6) * $signed(w_7_7);
-  assign \$256  = p_hold[271:256] == 1'h1;
-  assign \$257  = raw_hold | \$256 ;
-  assign \$258  = p_hold[287:272] == 1'h1;
-  assign \$259  = raw_hold | \$258 ;
-  assign \$260  = p_hold[303:288] == 1'h1;
-  assign \$261  = raw_hold | \$260 ;
-  assign \$262  = p_hold[319:304] == 1'h1;
-  assign \$263  = raw_hold | \$262 ;
-  assign \$264  = p_hold[335:320] == 1'h1;
-  assign \$265  = raw_hold | \$264 ;
-  assign \$266  = p_hold[351:336] == 1'h1;
-  assign \$267  = raw_hold | \$266 ;
-  assign \$268  = p_hold[367:352] == 1'h1;
-  assign \$269  = raw_hold | \$268 ;
-  assign \$270  = p_hold[383:368] == 1'h1;
-  assign \$271  = raw_hold | \$270 ;
-  assign \$272  = | p_hold[389:384];
-  assign \$273  = ~ \$272 ;
-  assign \$274  = raw_hold | \$273 ;
-  assign \$275  = | p_hold[395:390];
-  assign \$276  = ~ \$275 ;
-  assign \$277  = raw_hold | \$276 ;
-  assign \$278  = | p_hold[401:396];
-  assign \$279  = ~ \$278 ;
-  assign \$280  = raw_hold | \$279 ;
-  assign \$281  = | p_hold[407:402];
-  assign \$282  = ~ \$281 ;
-  assign \$283  = raw_hold | \$282 ;
-  assign \$284  = | p_hold[413:408];
-  assign \$285  = ~ \$284 ;
-  assign \$286  = raw_hold | \$285 ;
-  assign \$287  = | p_hold[419:414];
-  assign \$288  = ~ \$287 ;
-  assign \$289  = raw_hold | \$288 ;
-  assign \$290  = | p_hold[425:420];
-  assign \$291  = ~ \$290 ;
-  assign \$292  = raw_hold | \$291 ;
-  assign \$293  = | p_hold[431:426];
-  assign \$294  = ~ \$293 ;
-  assign \$295  = raw_hold | \$294 ;
-  assign \$296  = p_hold[437:432] > 1'h1;
-  assign \$297  = p_hold[437:432] > 2'h2;
-  assign \$298  = p_hold[437:432] > 2'h3;
-  assign \$299  = p_hold[437:432] > 3'h4;
-  assign \$300  = p_hold[437:432] > 3'h5;
-  assign \$301  = p_hold[437:432] > 3'h6;
-  assign \$302  = p_hold[437:432] > 3'h7;
-  assign \$303  = p_hold[437:432] > 4'h8;
-  assign \$304  = p_hold[437:432] > 4'h9;
-  assign \$305  = p_hold[437:432] > 4'ha;
-  assign \$306  = p_hold[437:432] > 4'hb;
-  assign \$307  = p_hold[437:432] > 4'hc;
-  assign \$308  = p_hold[437:432] > 4'hd;
-  assign \$309  = p_hold[437:432] > 4'he;
-  assign \$310  = p_hold[437:432] > 4'hf;
-  assign \$311  = p_hold[437:432] > 5'h10;
-  assign \$312  = p_hold[437:432] > 5'h11;
-  assign \$313  = p_hold[437:432] > 5'h12;
-  assign \$314  = p_hold[437:432] > 5'h13;
-  assign \$315  = p_hold[437:432] > 5'h14;
-  assign \$316  = p_hold[437:432] > 5'h15;
-  assign \$317  = p_hold[437:432] > 5'h16;
-  assign \$318  = p_hold[437:432] > 5'h17;
-  assign \$319  = p_hold[437:432] > 5'h18;
-  assign \$320  = p_hold[437:432] > 5'h19;
-  assign \$321  = p_hold[437:432] > 5'h1a;
-  assign \$322  = p_hold[437:432] > 5'h1b;
-  assign \$323  = p_hold[437:432] > 5'h1c;
-  assign \$324  = p_hold[437:432] > 5'h1d;
-  assign \$325  = p_hold[437:432] > 5'h1e;
-  assign \$326  = p_hold[437:432] > 5'h1f;
-  assign \$327  = p_hold[437:432] > 6'h20;
-  assign \$328  = ~ p_dec_hi;
-  assign \$329  = p_dec_sel_m[0] ? 16'h0001 : p_hold[271:256];
-  assign \$330  = p_dec_sel_e[0] ? 6'h00 : p_hold[389:384];
-  assign \$331  = p_dec_sel_m[1] ? 16'h0001 : p_hold[287:272];
-  assign \$332  = p_dec_sel_e[1] ? 6'h00 : p_hold[395:390];
-  assign \$333  = p_dec_sel_m[2] ? 16'h0001 : p_hold[303:288];
-  assign \$334  = p_dec_sel_e[2] ? 6'h00 : p_hold[401:396];
-  assign \$335  = p_dec_sel_m[3] ? 16'h0001 : p_hold[319:304];
-  assign \$336  = p_dec_sel_e[3] ? 6'h00 : p_hold[407:402];
-  assign \$337  = p_dec_sel_m[4] ? 16'h0001 : p_hold[335:320];
-  assign \$338  = p_dec_sel_e[4] ? 6'h00 : p_hold[413:408];
-  assign \$339  = p_dec_sel_m[5] ? 16'h0001 : p_hold[351:336];
-  assign \$340  = p_dec_sel_e[5] ? 6'h00 : p_hold[419:414];
-  assign \$341  = p_dec_sel_m[6] ? 16'h0001 : p_hold[367:352];
-  assign \$342  = p_dec_sel_e[6] ? 6'h00 : p_hold[425:420];
-  assign \$343  = p_dec_sel_m[7] ? 16'h0001 : p_hold[383:368];
-  assign \$344  = p_dec_sel_e[7] ? 6'h00 : p_hold[431:426];
-  assign \$345  = $signed(rq_in[31:0]) + $signed(rq_in[287:256]);
-  assign \$346  = $signed(rq_in[63:32]) + $signed(rq_in[319:288]);
-  assign \$347  = $signed(rq_in[95:64]) + $signed(rq_in[351:320]);
-  assign \$348  = $signed(rq_in[127:96]) + $signed(rq_in[383:352]);
-  assign \$349  = $signed(rq_in[159:128]) + $signed(rq_in[415:384]);
-  assign \$350  = $signed(rq_in[191:160]) + $signed(rq_in[447:416]);
-  assign \$351  = $signed(rq_in[223:192]) + $signed(rq_in[479:448]);
-  assign \$352  = $signed(rq_in[255:224]) + $signed(rq_in[511:480]);
-  assign \$353  = rq_s1_s0[16:0] * rq_s1_m0;
-  assign \$354  = $signed(rq_s1_s0[31:17]) * $signed({ 1'h0, rq_s1_m0 });
-  assign \$355  = rq_s1_s1[16:0] * rq_s1_m1;
-  assign \$356  = $signed(rq_s1_s1[31:17]) * $signed({ 1'h0, rq_s1_m1 });
-  assign \$357  = rq_s1_s2[16:0] * rq_s1_m2;
-  assign \$358  = $signed(rq_s1_s2[31:17]) * $signed({ 1'h0, rq_s1_m2 });
-  assign \$359  = rq_s1_s3[16:0] * rq_s1_m3;
-  assign \$360  = $signed(rq_s1_s3[31:17]) * $signed({ 1'h0, rq_s1_m3 });
-  assign \$361  = rq_s1_s4[16:0] * rq_s1_m4;
-  assign \$362  = $signed(rq_s1_s4[31:17]) * $signed({ 1'h0, rq_s1_m4 });
-  assign \$363  = rq_s1_s5[16:0] * rq_s1_m5;
-  assign \$364  = $signed(rq_s1_s5[31:17]) * $signed({ 1'h0, rq_s1_m5 });
-  assign \$365  = rq_s1_s6[16:0] * rq_s1_m6;
-  assign \$366  = $signed(rq_s1_s6[31:17]) * $signed({ 1'h0, rq_s1_m6 });
-  assign \$367  = rq_s1_s7[16:0] * rq_s1_m7;
-  assign \$368  = $signed(rq_s1_s7[31:17]) * $signed({ 1'h0, rq_s1_m7 });
-  assign \$370  = $signed(\$369 ) + $signed({ 1'h0, rq_s2_pl0 });
-  assign \$372  = $signed(\$371 ) + $signed({ 1'h0, rq_s2_pl1 });
-  assign \$374  = $signed(\$373 ) + $signed({ 1'h0, rq_s2_pl2 });
-  assign \$376  = $signed(\$375 ) + $signed({ 1'h0, rq_s2_pl3 });
-  assign \$378  = $signed(\$377 ) + $signed({ 1'h0, rq_s2_pl4 });
-  assign \$380  = $signed(\$379 ) + $signed({ 1'h0, rq_s2_pl5 });
-  assign \$382  = $signed(\$381 ) + $signed({ 1'h0, rq_s2_pl6 });
-  assign \$384  = $signed(\$383 ) + $signed({ 1'h0, rq_s2_pl7 });
-  assign \$386  = $signed(\$385 ) >>> { rq_s3_e0[5:3], 3'h0 };
-  assign \$388  = $signed(\$387 ) >>> { rq_s3_e1[5:3], 3'h0 };
-  assign \$390  = $signed(\$389 ) >>> { rq_s3_e2[5:3], 3'h0 };
-  assign \$392  = $signed(\$391 ) >>> { rq_s3_e3[5:3], 3'h0 };
-  assign \$394  = $signed(\$393 ) >>> { rq_s3_e4[5:3], 3'h0 };
-  assign \$396  = $signed(\$395 ) >>> { rq_s3_e5[5:3], 3'h0 };
-  assign \$398  = $signed(\$397 ) >>> { rq_s3_e6[5:3], 3'h0 };
-  assign \$400  = $signed(\$399 ) >>> { rq_s3_e7[5:3], 3'h0 };
-  assign \$401  = $signed(rq_s4_t0) >>> rq_s4_e0[2:0];
-  assign \$402  = $signed(rq_s4_t1) >>> rq_s4_e1[2:0];
-  assign \$403  = $signed(rq_s4_t2) >>> rq_s4_e2[2:0];
-  assign \$404  = $signed(rq_s4_t3) >>> rq_s4_e3[2:0];
-  assign \$405  = $signed(rq_s4_t4) >>> rq_s4_e4[2:0];
-  assign \$406  = $signed(rq_s4_t5) >>> rq_s4_e5[2:0];
-  assign \$407  = $signed(rq_s4_t6) >>> rq_s4_e6[2:0];
-  assign \$408  = $signed(rq_s4_t7) >>> rq_s4_e7[2:0];
-  assign \$409  = $signed(rq_s5_u0) + $signed(2'h1);
-  assign \$411  = $signed(rq_s5_u1) + $signed(2'h1);
-  assign \$413  = $signed(rq_s5_u2) + $signed(2'h1);
-  assign \$415  = $signed(rq_s5_u3) + $signed(2'h1);
-  assign \$417  = $signed(rq_s5_u4) + $signed(2'h1);
-  assign \$419  = $signed(rq_s5_u5) + $signed(2'h1);
-  assign \$421  = $signed(rq_s5_u6) + $signed(2'h1);
-  assign \$423  = $signed(rq_s5_u7) + $signed(2'h1);
-  assign \$425  = $signed(rq_s6_r0) - $signed(rq_s6_lo);
-  assign \$426  = $signed(rq_s6_r1) - $signed(rq_s6_lo);
-  assign \$427  = $signed(rq_s6_r2) - $signed(rq_s6_lo);
-  assign \$428  = $signed(rq_s6_r3) - $signed(rq_s6_lo);
-  assign \$429  = $signed(rq_s6_r4) - $signed(rq_s6_lo);
-  assign \$430  = $signed(rq_s6_r5) - $signed(rq_s6_lo);
-  assign \$431  = $signed(rq_s6_r6) - $signed(rq_s6_lo);
-  assign \$432  = $signed(rq_s6_r7) - $signed(rq_s6_lo);
-  assign \$433  = $signed(rq_s6_hi) - $signed(rq_s6_r0);
-  assign \$434  = $signed(rq_s6_hi) - $signed(rq_s6_r1);
-  assign \$435  = $signed(rq_s6_hi) - $signed(rq_s6_r2);
-  assign \$436  = $signed(rq_s6_hi) - $signed(rq_s6_r3);
-  assign \$437  = $signed(rq_s6_hi) - $signed(rq_s6_r4);
-  assign \$438  = $signed(rq_s6_hi) - $signed(rq_s6_r5);
-  assign \$439  = $signed(rq_s6_hi) - $signed(rq_s6_r6);
-  assign \$440  = $signed(rq_s6_hi) - $signed(rq_s6_r7);
-  assign \$441  = rq_s7_gt0 ? rq_s7_hi : rq_s7_r0;
-  assign \$442  = rq_s7_lt0 ? rq_s7_lo : \$441 ;
-  assign \$443  = rq_s7_raw ? rq_s7_r0 : \$442 ;
-  assign \$444  = rq_s7_gt1 ? rq_s7_hi : rq_s7_r1;
-  assign \$445  = rq_s7_lt1 ? rq_s7_lo : \$444 ;
-  assign \$446  = rq_s7_raw ? rq_s7_r1 : \$445 ;
-  assign \$447  = rq_s7_gt2 ? rq_s7_hi : rq_s7_r2;
-  assign \$448  = rq_s7_lt2 ? rq_s7_lo : \$447 ;
-  assign \$449  = rq_s7_raw ? rq_s7_r2 : \$448 ;
-  assign \$450  = rq_s7_gt3 ? rq_s7_hi : rq_s7_r3;
-  assign \$451  = rq_s7_lt3 ? rq_s7_lo : \$450 ;
-  assign \$452  = rq_s7_raw ? rq_s7_r3 : \$451 ;
-  assign \$453  = rq_s7_gt4 ? rq_s7_hi : rq_s7_r4;
-  assign \$454  = rq_s7_lt4 ? rq_s7_lo : \$453 ;
-  assign \$455  = rq_s7_raw ? rq_s7_r4 : \$454 ;
-  assign \$456  = rq_s7_gt5 ? rq_s7_hi : rq_s7_r5;
-  assign \$457  = rq_s7_lt5 ? rq_s7_lo : \$456 ;
-  assign \$458  = rq_s7_raw ? rq_s7_r5 : \$457 ;
-  assign \$459  = rq_s7_gt6 ? rq_s7_hi : rq_s7_r6;
-  assign \$460  = rq_s7_lt6 ? rq_s7_lo : \$459 ;
-  assign \$461  = rq_s7_raw ? rq_s7_r6 : \$460 ;
-  assign \$462  = rq_s7_gt7 ? rq_s7_hi : rq_s7_r7;
-  assign \$463  = rq_s7_lt7 ? rq_s7_lo : \$462 ;
-  assign \$464  = rq_s7_raw ? rq_s7_r7 : \$463 ;
-  assign \$465  = ~ stale;
-  assign \$466  = rq_valid7 & \$465 ;
-  assign \$467  = wp__addr == 5'h11;
-  assign \$468  = wp__addr + 1'h1;
-  assign \$469  = \$467  ? 6'h00 : \$468 ;
-  assign \$470  = rp__addr == 5'h11;
-  assign \$471  = rp__addr + 1'h1;
-  assign \$472  = \$470  ? 6'h00 : \$471 ;
-  assign \$473  = level + wp__en;
-  assign \$474  = \$473  - pop;
+  assign \$203  = | p_hold[395:390];
+  assign \$204  = ~ \$203 ;
+  assign \$205  = raw_hold | \$204 ;
+  assign \$206  = | p_hold[401:396];
+  assign \$207  = ~ \$206 ;
+  assign \$208  = raw_hold | \$207 ;
+  assign \$209  = | p_hold[407:402];
+  assign \$210  = ~ \$209 ;
+  assign \$211  = raw_hold | \$210 ;
+  assign \$212  = | p_hold[413:408];
+  assign \$213  = ~ \$212 ;
+  assign \$214  = raw_hold | \$213 ;
+  assign \$215  = | p_hold[419:414];
+  assign \$216  = ~ \$215 ;
+  assign \$217  = raw_hold | \$216 ;
+  assign \$218  = | p_hold[425:420];
+  assign \$219  = ~ \$218 ;
+  assign \$220  = raw_hold | \$219 ;
+  assign \$221  = | p_hold[431:426];
+  assign \$222  = ~ \$221 ;
+  assign \$223  = raw_hold | \$222 ;
+  assign \$224  = p_hold[437:432] > 1'h1;
+  assign \$225  = p_hold[437:432] > 2'h2;
+  assign \$226  = p_hold[437:432] > 2'h3;
+  assign \$227  = p_hold[437:432] > 3'h4;
+  assign \$228  = p_hold[437:432] > 3'h5;
+  assign \$229  = p_hold[437:432] > 3'h6;
+  assign \$230  = p_hold[437:432] > 3'h7;
+  assign \$231  = p_hold[437:432] > 4'h8;
+  assign \$232  = p_hold[437:432] > 4'h9;
+  assign \$233  = p_hold[437:432] > 4'ha;
+  assign \$234  = p_hold[437:432] > 4'hb;
+  assign \$235  = p_hold[437:432] > 4'hc;
+  assign \$236  = p_hold[437:432] > 4'hd;
+  assign \$237  = p_hold[437:432] > 4'he;
+  assign \$238  = p_hold[437:432] > 4'hf;
+  assign \$239  = p_hold[437:432] > 5'h10;
+  assign \$240  = p_hold[437:432] > 5'h11;
+  assign \$241  = p_hold[437:432] > 5'h12;
+  assign \$242  = p_hold[437:432] > 5'h13;
+  assign \$243  = p_hold[437:432] > 5'h14;
+  assign \$244  = p_hold[437:432] > 5'h15;
+  assign \$245  = p_hold[437:432] > 5'h16;
+  assign \$246  = p_hold[437:432] > 5'h17;
+  assign \$247  = p_hold[437:432] > 5'h18;
+  assign \$248  = p_hold[437:432] > 5'h19;
+  assign \$249  = p_hold[437:432] > 5'h1a;
+  assign \$250  = p_hold[437:432] > 5'h1b;
+  assign \$251  = p_hold[437:432] > 5'h1c;
+  assign \$252  = p_hold[437:432] > 5'h1d;
+  assign \$253  = p_hold[437:432] > 5'h1e;
+  assign \$254  = p_hold[437:432] > 5'h1f;
+  assign \$255  = p_hold[437:432] > 6'h20;
+  assign \$256  = ~ p_dec_hi;
+  assign \$257  = p_dec_sel_m[0] ? 16'h0001 : p_hold[271:256];
+  assign \$258  = p_dec_sel_e[0] ? 6'h00 : p_hold[389:384];
+  assign \$259  = p_dec_sel_m[1] ? 16'h0001 : p_hold[287:272];
+  assign \$260  = p_dec_sel_e[1] ? 6'h00 : p_hold[395:390];
+  assign \$261  = p_dec_sel_m[2] ? 16'h0001 : p_hold[303:288];
+  assign \$262  = p_dec_sel_e[2] ? 6'h00 : p_hold[401:396];
+  assign \$263  = p_dec_sel_m[3] ? 16'h0001 : p_hold[319:304];
+  assign \$264  = p_dec_sel_e[3] ? 6'h00 : p_hold[407:402];
+  assign \$265  = p_dec_sel_m[4] ? 16'h0001 : p_hold[335:320];
+  assign \$266  = p_dec_sel_e[4] ? 6'h00 : p_hold[413:408];
+  assign \$267  = p_dec_sel_m[5] ? 16'h0001 : p_hold[351:336];
+  assign \$268  = p_dec_sel_e[5] ? 6'h00 : p_hold[419:414];
+  assign \$269  = p_dec_sel_m[6] ? 16'h0001 : p_hold[367:352];
+  assign \$270  = p_dec_sel_e[6] ? 6'h00 : p_hold[425:420];
+  assign \$271  = p_dec_sel_m[7] ? 16'h0001 : p_hold[383:368];
+  assign \$272  = p_dec_sel_e[7] ? 6'h00 : p_hold[431:426];
+  assign \$273  = $signed(rq_in[31:0]) + $signed(rq_in[287:256]);
+  assign \$274  = $signed(rq_in[63:32]) + $signed(rq_in[319:288]);
+  assign \$275  = $signed(rq_in[95:64]) + $signed(rq_in[351:320]);
+  assign \$276  = $signed(rq_in[127:96]) + $signed(rq_in[383:352]);
+  assign \$277  = $signed(rq_in[159:128]) + $signed(rq_in[415:384]);
+  assign \$278  = $signed(rq_in[191:160]) + $signed(rq_in[447:416]);
+  assign \$279  = $signed(rq_in[223:192]) + $signed(rq_in[479:448]);
+  assign \$280  = $signed(rq_in[255:224]) + $signed(rq_in[511:480]);
+  assign \$282  = $signed(\$281 ) + $signed({ 1'h0, rq_s4_pl0 });
+  assign \$284  = $signed(\$283 ) + $signed({ 1'h0, rq_s4_pl1 });
+  assign \$286  = $signed(\$285 ) + $signed({ 1'h0, rq_s4_pl2 });
+  assign \$288  = $signed(\$287 ) + $signed({ 1'h0, rq_s4_pl3 });
+  assign \$290  = $signed(\$289 ) + $signed({ 1'h0, rq_s4_pl4 });
+  assign \$292  = $signed(\$291 ) + $signed({ 1'h0, rq_s4_pl5 });
+  assign \$294  = $signed(\$293 ) + $signed({ 1'h0, rq_s4_pl6 });
+  assign \$296  = $signed(\$295 ) + $signed({ 1'h0, rq_s4_pl7 });
+  assign \$298  = $signed(\$297 ) >>> { rq_s5_e0[5:3], 3'h0 };
+  assign \$300  = $signed(\$299 ) >>> { rq_s5_e1[5:3], 3'h0 };
+  assign \$302  = $signed(\$301 ) >>> { rq_s5_e2[5:3], 3'h0 };
+  assign \$304  = $signed(\$303 ) >>> { rq_s5_e3[5:3], 3'h0 };
+  assign \$306  = $signed(\$305 ) >>> { rq_s5_e4[5:3], 3'h0 };
+  assign \$308  = $signed(\$307 ) >>> { rq_s5_e5[5:3], 3'h0 };
+  assign \$310  = $signed(\$309 ) >>> { rq_s5_e6[5:3], 3'h0 };
+  assign \$312  = $signed(\$311 ) >>> { rq_s5_e7[5:3], 3'h0 };
+  assign \$313  = $signed(rq_s6_t0) >>> rq_s6_e0[2:0];
+  assign \$314  = $signed(rq_s6_t1) >>> rq_s6_e1[2:0];
+  assign \$315  = $signed(rq_s6_t2) >>> rq_s6_e2[2:0];
+  assign \$316  = $signed(rq_s6_t3) >>> rq_s6_e3[2:0];
+  assign \$317  = $signed(rq_s6_t4) >>> rq_s6_e4[2:0];
+  assign \$318  = $signed(rq_s6_t5) >>> rq_s6_e5[2:0];
+  assign \$319  = $signed(rq_s6_t6) >>> rq_s6_e6[2:0];
+  assign \$320  = $signed(rq_s6_t7) >>> rq_s6_e7[2:0];
+  assign \$321  = $signed(rq_s7_u0) + $signed(2'h1);
+  assign \$323  = $signed(rq_s7_u1) + $signed(2'h1);
+  assign \$325  = $signed(rq_s7_u2) + $signed(2'h1);
+  assign \$327  = $signed(rq_s7_u3) + $signed(2'h1);
+  assign \$329  = $signed(rq_s7_u4) + $signed(2'h1);
+  assign \$331  = $signed(rq_s7_u5) + $signed(2'h1);
+  assign \$333  = $signed(rq_s7_u6) + $signed(2'h1);
+  assign \$335  = $signed(rq_s7_u7) + $signed(2'h1);
+  assign \$337  = $signed(rq_s8_r0) - $signed(rq_s8_lo);
+  assign \$338  = $signed(rq_s8_r1) - $signed(rq_s8_lo);
+  assign \$339  = $signed(rq_s8_r2) - $signed(rq_s8_lo);
+  assign \$340  = $signed(rq_s8_r3) - $signed(rq_s8_lo);
+  assign \$341  = $signed(rq_s8_r4) - $signed(rq_s8_lo);
+  assign \$342  = $signed(rq_s8_r5) - $signed(rq_s8_lo);
+  assign \$343  = $signed(rq_s8_r6) - $signed(rq_s8_lo);
+  assign \$344  = $signed(rq_s8_r7) - $signed(rq_s8_lo);
+  assign \$345  = $signed(rq_s8_hi) - $signed(rq_s8_r0);
+  assign \$346  = $signed(rq_s8_hi) - $signed(rq_s8_r1);
+  assign \$347  = $signed(rq_s8_hi) - $signed(rq_s8_r2);
+  assign \$348  = $signed(rq_s8_hi) - $signed(rq_s8_r3);
+  assign \$349  = $signed(rq_s8_hi) - $signed(rq_s8_r4);
+  assign \$350  = $signed(rq_s8_hi) - $signed(rq_s8_r5);
+  assign \$351  = $signed(rq_s8_hi) - $signed(rq_s8_r6);
+  assign \$352  = $signed(rq_s8_hi) - $signed(rq_s8_r7);
+  assign \$353  = rq_s9_gt0 ? rq_s9_hi : rq_s9_r0;
+  assign \$354  = rq_s9_lt0 ? rq_s9_lo : \$353 ;
+  assign \$355  = rq_s9_raw ? rq_s9_r0 : \$354 ;
+  assign \$356  = rq_s9_gt1 ? rq_s9_hi : rq_s9_r1;
+  assign \$357  = rq_s9_lt1 ? rq_s9_lo : \$356 ;
+  assign \$358  = rq_s9_raw ? rq_s9_r1 : \$357 ;
+  assign \$359  = rq_s9_gt2 ? rq_s9_hi : rq_s9_r2;
+  assign \$360  = rq_s9_lt2 ? rq_s9_lo : \$359 ;
+  assign \$361  = rq_s9_raw ? rq_s9_r2 : \$360 ;
+  assign \$362  = rq_s9_gt3 ? rq_s9_hi : rq_s9_r3;
+  assign \$363  = rq_s9_lt3 ? rq_s9_lo : \$362 ;
+  assign \$364  = rq_s9_raw ? rq_s9_r3 : \$363 ;
+  assign \$365  = rq_s9_gt4 ? rq_s9_hi : rq_s9_r4;
+  assign \$366  = rq_s9_lt4 ? rq_s9_lo : \$365 ;
+  assign \$367  = rq_s9_raw ? rq_s9_r4 : \$366 ;
+  assign \$368  = rq_s9_gt5 ? rq_s9_hi : rq_s9_r5;
+  assign \$369  = rq_s9_lt5 ? rq_s9_lo : \$368 ;
+  assign \$370  = rq_s9_raw ? rq_s9_r5 : \$369 ;
+  assign \$371  = rq_s9_gt6 ? rq_s9_hi : rq_s9_r6;
+  assign \$372  = rq_s9_lt6 ? rq_s9_lo : \$371 ;
+  assign \$373  = rq_s9_raw ? rq_s9_r6 : \$372 ;
+  assign \$374  = rq_s9_gt7 ? rq_s9_hi : rq_s9_r7;
+  assign \$375  = rq_s9_lt7 ? rq_s9_lo : \$374 ;
+  assign \$376  = rq_s9_raw ? rq_s9_r7 : \$375 ;
+  assign \$377  = ~ stale;
+  assign \$378  = rq_valid9 & \$377 ;
+  assign \$379  = wp__addr == 5'h11;
+  assign \$380  = wp__addr + 1'h1;
+  assign \$381  = \$379  ? 6'h00 : \$380 ;
+  assign \$382  = rp__addr == 5'h11;
+  assign \$383  = rp__addr + 1'h1;
+  assign \$384  = \$382  ? 6'h00 : \$383 ;
+  assign \$385  = level + wp__en;
+  assign \$386  = \$385  - pop;
   always @(posedge clk)
-    r_valid <= \$475 ;
+    r_valid <= \$387 ;
   always @(posedge clk)
-    hold_en <= \$476 ;
+    hold_en <= \$388 ;
   always @(posedge clk)
     r_last <= a__payload[81];
   always @(posedge clk)
@@ -55380,17 +55849,17 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   always @(posedge clk)
     r_w <= w__payload;
   always @(posedge clk)
-    first <= \$477 ;
+    first <= \$389 ;
   always @(posedge clk)
-    p_in <= \$478 ;
+    p_in <= \$390 ;
   always @(posedge clk)
-    p_in_valid <= \$479 ;
+    p_in_valid <= \$391 ;
   always @(posedge clk)
-    raw_in <= \$480 ;
+    raw_in <= \$392 ;
   always @(posedge clk)
-    p_hold <= \$481 ;
+    p_hold <= \$393 ;
   always @(posedge clk)
-    raw_hold <= \$482 ;
+    raw_hold <= \$394 ;
   always @(posedge clk)
     holdoff <= \$156 [4:0];
   always @(posedge clk)
@@ -55398,9 +55867,9 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   always @(posedge clk)
     stale <= \$162 ;
   always @(posedge clk)
-    credits <= \$483 ;
+    credits <= \$395 ;
   always @(posedge clk)
-    last_ok <= \$484 ;
+    last_ok <= \$396 ;
   always @(posedge clk)
     ctl_row1 <= c0;
   always @(posedge clk)
@@ -55546,1007 +56015,1295 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   always @(posedge clk)
     w_skew7_d7 <= w_skew7_d6;
   always @(posedge clk)
-    prod_0_0 <= \$175 ;
+    prod_0_0 <= dsp_0_0;
+  always @(posedge clk)
+    cp0_0_0 <= c_0_0;
+  always @(posedge clk)
+    cp1_0_0 <= cp0_0_0;
   always @(posedge clk)
     c_0_0 <= c0;
   always @(posedge clk)
-    acc_0_0 <= \$485 ;
+    acc_0_0 <= \$397 ;
   always @(posedge clk)
     done_0_0 <= fin_0_0;
   always @(posedge clk)
-    res_0_0 <= \$486 ;
+    res_0_0 <= \$398 ;
   always @(posedge clk)
     a_0_0 <= r_a[8:0];
   always @(posedge clk)
     w_0_0 <= r_w[7:0];
   always @(posedge clk)
-    prod_0_1 <= \$176 ;
+    prod_0_1 <= dsp_0_1;
+  always @(posedge clk)
+    cp0_0_1 <= c_0_1;
+  always @(posedge clk)
+    cp1_0_1 <= cp0_0_1;
   always @(posedge clk)
     c_0_1 <= c_0_0;
   always @(posedge clk)
-    acc_0_1 <= \$487 ;
+    acc_0_1 <= \$399 ;
   always @(posedge clk)
     done_0_1 <= fin_0_1;
   always @(posedge clk)
-    res_0_1 <= \$488 ;
+    res_0_1 <= \$400 ;
   always @(posedge clk)
     a_0_1 <= a_0_0;
   always @(posedge clk)
     w_0_1 <= w_skew1_d1;
   always @(posedge clk)
-    prod_0_2 <= \$177 ;
+    prod_0_2 <= dsp_0_2;
+  always @(posedge clk)
+    cp0_0_2 <= c_0_2;
+  always @(posedge clk)
+    cp1_0_2 <= cp0_0_2;
   always @(posedge clk)
     c_0_2 <= c_0_1;
   always @(posedge clk)
-    acc_0_2 <= \$489 ;
+    acc_0_2 <= \$401 ;
   always @(posedge clk)
     done_0_2 <= fin_0_2;
   always @(posedge clk)
-    res_0_2 <= \$490 ;
+    res_0_2 <= \$402 ;
   always @(posedge clk)
     a_0_2 <= a_0_1;
   always @(posedge clk)
     w_0_2 <= w_skew2_d2;
   always @(posedge clk)
-    prod_0_3 <= \$178 ;
+    prod_0_3 <= dsp_0_3;
+  always @(posedge clk)
+    cp0_0_3 <= c_0_3;
+  always @(posedge clk)
+    cp1_0_3 <= cp0_0_3;
   always @(posedge clk)
     c_0_3 <= c_0_2;
   always @(posedge clk)
-    acc_0_3 <= \$491 ;
+    acc_0_3 <= \$403 ;
   always @(posedge clk)
     done_0_3 <= fin_0_3;
   always @(posedge clk)
-    res_0_3 <= \$492 ;
+    res_0_3 <= \$404 ;
   always @(posedge clk)
     a_0_3 <= a_0_2;
   always @(posedge clk)
     w_0_3 <= w_skew3_d3;
   always @(posedge clk)
-    prod_0_4 <= \$179 ;
+    prod_0_4 <= dsp_0_4;
+  always @(posedge clk)
+    cp0_0_4 <= c_0_4;
+  always @(posedge clk)
+    cp1_0_4 <= cp0_0_4;
   always @(posedge clk)
     c_0_4 <= c_0_3;
   always @(posedge clk)
-    acc_0_4 <= \$493 ;
+    acc_0_4 <= \$405 ;
   always @(posedge clk)
     done_0_4 <= fin_0_4;
   always @(posedge clk)
-    res_0_4 <= \$494 ;
+    res_0_4 <= \$406 ;
   always @(posedge clk)
     a_0_4 <= a_0_3;
   always @(posedge clk)
     w_0_4 <= w_skew4_d4;
   always @(posedge clk)
-    prod_0_5 <= \$180 ;
+    prod_0_5 <= dsp_0_5;
+  always @(posedge clk)
+    cp0_0_5 <= c_0_5;
+  always @(posedge clk)
+    cp1_0_5 <= cp0_0_5;
   always @(posedge clk)
     c_0_5 <= c_0_4;
   always @(posedge clk)
-    acc_0_5 <= \$495 ;
+    acc_0_5 <= \$407 ;
   always @(posedge clk)
     done_0_5 <= fin_0_5;
   always @(posedge clk)
-    res_0_5 <= \$496 ;
+    res_0_5 <= \$408 ;
   always @(posedge clk)
     a_0_5 <= a_0_4;
   always @(posedge clk)
     w_0_5 <= w_skew5_d5;
   always @(posedge clk)
-    prod_0_6 <= \$181 ;
+    prod_0_6 <= dsp_0_6;
+  always @(posedge clk)
+    cp0_0_6 <= c_0_6;
+  always @(posedge clk)
+    cp1_0_6 <= cp0_0_6;
   always @(posedge clk)
     c_0_6 <= c_0_5;
   always @(posedge clk)
-    acc_0_6 <= \$497 ;
+    acc_0_6 <= \$409 ;
   always @(posedge clk)
     done_0_6 <= fin_0_6;
   always @(posedge clk)
-    res_0_6 <= \$498 ;
+    res_0_6 <= \$410 ;
   always @(posedge clk)
     a_0_6 <= a_0_5;
   always @(posedge clk)
     w_0_6 <= w_skew6_d6;
   always @(posedge clk)
-    prod_0_7 <= \$182 ;
+    prod_0_7 <= dsp_0_7;
+  always @(posedge clk)
+    cp0_0_7 <= c_0_7;
+  always @(posedge clk)
+    cp1_0_7 <= cp0_0_7;
   always @(posedge clk)
     c_0_7 <= c_0_6;
   always @(posedge clk)
-    acc_0_7 <= \$499 ;
+    acc_0_7 <= \$411 ;
   always @(posedge clk)
     done_0_7 <= fin_0_7;
   always @(posedge clk)
-    res_0_7 <= \$500 ;
+    res_0_7 <= \$412 ;
   always @(posedge clk)
-    res_valid_0 <= \$183 ;
+    res_valid_0 <= \$175 ;
   always @(posedge clk)
     w_0_7 <= w_skew7_d7;
   always @(posedge clk)
-    prod_1_0 <= \$184 ;
+    prod_1_0 <= dsp_1_0;
+  always @(posedge clk)
+    cp0_1_0 <= c_1_0;
+  always @(posedge clk)
+    cp1_1_0 <= cp0_1_0;
   always @(posedge clk)
     c_1_0 <= ctl_row1;
   always @(posedge clk)
-    acc_1_0 <= \$501 ;
+    acc_1_0 <= \$413 ;
   always @(posedge clk)
     done_1_0 <= fin_1_0;
   always @(posedge clk)
-    res_1_0 <= \$502 ;
+    res_1_0 <= \$414 ;
   always @(posedge clk)
     a_1_0 <= a_skew1_d1;
   always @(posedge clk)
     w_1_0 <= w_0_0;
   always @(posedge clk)
-    prod_1_1 <= \$185 ;
+    prod_1_1 <= dsp_1_1;
+  always @(posedge clk)
+    cp0_1_1 <= c_1_1;
+  always @(posedge clk)
+    cp1_1_1 <= cp0_1_1;
   always @(posedge clk)
     c_1_1 <= c_1_0;
   always @(posedge clk)
-    acc_1_1 <= \$503 ;
+    acc_1_1 <= \$415 ;
   always @(posedge clk)
     done_1_1 <= fin_1_1;
   always @(posedge clk)
-    res_1_1 <= \$504 ;
+    res_1_1 <= \$416 ;
   always @(posedge clk)
     a_1_1 <= a_1_0;
   always @(posedge clk)
     w_1_1 <= w_0_1;
   always @(posedge clk)
-    prod_1_2 <= \$186 ;
+    prod_1_2 <= dsp_1_2;
+  always @(posedge clk)
+    cp0_1_2 <= c_1_2;
+  always @(posedge clk)
+    cp1_1_2 <= cp0_1_2;
   always @(posedge clk)
     c_1_2 <= c_1_1;
   always @(posedge clk)
-    acc_1_2 <= \$505 ;
+    acc_1_2 <= \$417 ;
   always @(posedge clk)
     done_1_2 <= fin_1_2;
   always @(posedge clk)
-    res_1_2 <= \$506 ;
+    res_1_2 <= \$418 ;
   always @(posedge clk)
     a_1_2 <= a_1_1;
   always @(posedge clk)
     w_1_2 <= w_0_2;
   always @(posedge clk)
-    prod_1_3 <= \$187 ;
+    prod_1_3 <= dsp_1_3;
+  always @(posedge clk)
+    cp0_1_3 <= c_1_3;
+  always @(posedge clk)
+    cp1_1_3 <= cp0_1_3;
   always @(posedge clk)
     c_1_3 <= c_1_2;
   always @(posedge clk)
-    acc_1_3 <= \$507 ;
+    acc_1_3 <= \$419 ;
   always @(posedge clk)
     done_1_3 <= fin_1_3;
   always @(posedge clk)
-    res_1_3 <= \$508 ;
+    res_1_3 <= \$420 ;
   always @(posedge clk)
     a_1_3 <= a_1_2;
   always @(posedge clk)
     w_1_3 <= w_0_3;
   always @(posedge clk)
-    prod_1_4 <= \$188 ;
+    prod_1_4 <= dsp_1_4;
+  always @(posedge clk)
+    cp0_1_4 <= c_1_4;
+  always @(posedge clk)
+    cp1_1_4 <= cp0_1_4;
   always @(posedge clk)
     c_1_4 <= c_1_3;
   always @(posedge clk)
-    acc_1_4 <= \$509 ;
+    acc_1_4 <= \$421 ;
   always @(posedge clk)
     done_1_4 <= fin_1_4;
   always @(posedge clk)
-    res_1_4 <= \$510 ;
+    res_1_4 <= \$422 ;
   always @(posedge clk)
     a_1_4 <= a_1_3;
   always @(posedge clk)
     w_1_4 <= w_0_4;
   always @(posedge clk)
-    prod_1_5 <= \$189 ;
+    prod_1_5 <= dsp_1_5;
+  always @(posedge clk)
+    cp0_1_5 <= c_1_5;
+  always @(posedge clk)
+    cp1_1_5 <= cp0_1_5;
   always @(posedge clk)
     c_1_5 <= c_1_4;
   always @(posedge clk)
-    acc_1_5 <= \$511 ;
+    acc_1_5 <= \$423 ;
   always @(posedge clk)
     done_1_5 <= fin_1_5;
   always @(posedge clk)
-    res_1_5 <= \$512 ;
+    res_1_5 <= \$424 ;
   always @(posedge clk)
     a_1_5 <= a_1_4;
   always @(posedge clk)
     w_1_5 <= w_0_5;
   always @(posedge clk)
-    prod_1_6 <= \$190 ;
+    prod_1_6 <= dsp_1_6;
+  always @(posedge clk)
+    cp0_1_6 <= c_1_6;
+  always @(posedge clk)
+    cp1_1_6 <= cp0_1_6;
   always @(posedge clk)
     c_1_6 <= c_1_5;
   always @(posedge clk)
-    acc_1_6 <= \$513 ;
+    acc_1_6 <= \$425 ;
   always @(posedge clk)
     done_1_6 <= fin_1_6;
   always @(posedge clk)
-    res_1_6 <= \$514 ;
+    res_1_6 <= \$426 ;
   always @(posedge clk)
     a_1_6 <= a_1_5;
   always @(posedge clk)
     w_1_6 <= w_0_6;
   always @(posedge clk)
-    prod_1_7 <= \$191 ;
+    prod_1_7 <= dsp_1_7;
+  always @(posedge clk)
+    cp0_1_7 <= c_1_7;
+  always @(posedge clk)
+    cp1_1_7 <= cp0_1_7;
   always @(posedge clk)
     c_1_7 <= c_1_6;
   always @(posedge clk)
-    acc_1_7 <= \$515 ;
+    acc_1_7 <= \$427 ;
   always @(posedge clk)
     done_1_7 <= fin_1_7;
   always @(posedge clk)
-    res_1_7 <= \$516 ;
+    res_1_7 <= \$428 ;
   always @(posedge clk)
-    res_valid_1 <= \$192 ;
+    res_valid_1 <= \$176 ;
   always @(posedge clk)
     w_1_7 <= w_0_7;
   always @(posedge clk)
-    prod_2_0 <= \$193 ;
+    prod_2_0 <= dsp_2_0;
+  always @(posedge clk)
+    cp0_2_0 <= c_2_0;
+  always @(posedge clk)
+    cp1_2_0 <= cp0_2_0;
   always @(posedge clk)
     c_2_0 <= ctl_row2;
   always @(posedge clk)
-    acc_2_0 <= \$517 ;
+    acc_2_0 <= \$429 ;
   always @(posedge clk)
     done_2_0 <= fin_2_0;
   always @(posedge clk)
-    res_2_0 <= \$518 ;
+    res_2_0 <= \$430 ;
   always @(posedge clk)
     a_2_0 <= a_skew2_d2;
   always @(posedge clk)
     w_2_0 <= w_1_0;
   always @(posedge clk)
-    prod_2_1 <= \$194 ;
+    prod_2_1 <= dsp_2_1;
+  always @(posedge clk)
+    cp0_2_1 <= c_2_1;
+  always @(posedge clk)
+    cp1_2_1 <= cp0_2_1;
   always @(posedge clk)
     c_2_1 <= c_2_0;
   always @(posedge clk)
-    acc_2_1 <= \$519 ;
+    acc_2_1 <= \$431 ;
   always @(posedge clk)
     done_2_1 <= fin_2_1;
   always @(posedge clk)
-    res_2_1 <= \$520 ;
+    res_2_1 <= \$432 ;
   always @(posedge clk)
     a_2_1 <= a_2_0;
   always @(posedge clk)
     w_2_1 <= w_1_1;
   always @(posedge clk)
-    prod_2_2 <= \$195 ;
+    prod_2_2 <= dsp_2_2;
+  always @(posedge clk)
+    cp0_2_2 <= c_2_2;
+  always @(posedge clk)
+    cp1_2_2 <= cp0_2_2;
   always @(posedge clk)
     c_2_2 <= c_2_1;
   always @(posedge clk)
-    acc_2_2 <= \$521 ;
+    acc_2_2 <= \$433 ;
   always @(posedge clk)
     done_2_2 <= fin_2_2;
   always @(posedge clk)
-    res_2_2 <= \$522 ;
+    res_2_2 <= \$434 ;
   always @(posedge clk)
     a_2_2 <= a_2_1;
   always @(posedge clk)
     w_2_2 <= w_1_2;
   always @(posedge clk)
-    prod_2_3 <= \$196 ;
+    prod_2_3 <= dsp_2_3;
+  always @(posedge clk)
+    cp0_2_3 <= c_2_3;
+  always @(posedge clk)
+    cp1_2_3 <= cp0_2_3;
   always @(posedge clk)
     c_2_3 <= c_2_2;
   always @(posedge clk)
-    acc_2_3 <= \$523 ;
+    acc_2_3 <= \$435 ;
   always @(posedge clk)
     done_2_3 <= fin_2_3;
   always @(posedge clk)
-    res_2_3 <= \$524 ;
+    res_2_3 <= \$436 ;
   always @(posedge clk)
     a_2_3 <= a_2_2;
   always @(posedge clk)
     w_2_3 <= w_1_3;
   always @(posedge clk)
-    prod_2_4 <= \$197 ;
+    prod_2_4 <= dsp_2_4;
+  always @(posedge clk)
+    cp0_2_4 <= c_2_4;
+  always @(posedge clk)
+    cp1_2_4 <= cp0_2_4;
   always @(posedge clk)
     c_2_4 <= c_2_3;
   always @(posedge clk)
-    acc_2_4 <= \$525 ;
+    acc_2_4 <= \$437 ;
   always @(posedge clk)
     done_2_4 <= fin_2_4;
   always @(posedge clk)
-    res_2_4 <= \$526 ;
+    res_2_4 <= \$438 ;
   always @(posedge clk)
     a_2_4 <= a_2_3;
   always @(posedge clk)
     w_2_4 <= w_1_4;
   always @(posedge clk)
-    prod_2_5 <= \$198 ;
+    prod_2_5 <= dsp_2_5;
+  always @(posedge clk)
+    cp0_2_5 <= c_2_5;
+  always @(posedge clk)
+    cp1_2_5 <= cp0_2_5;
   always @(posedge clk)
     c_2_5 <= c_2_4;
   always @(posedge clk)
-    acc_2_5 <= \$527 ;
+    acc_2_5 <= \$439 ;
   always @(posedge clk)
     done_2_5 <= fin_2_5;
   always @(posedge clk)
-    res_2_5 <= \$528 ;
+    res_2_5 <= \$440 ;
   always @(posedge clk)
     a_2_5 <= a_2_4;
   always @(posedge clk)
     w_2_5 <= w_1_5;
   always @(posedge clk)
-    prod_2_6 <= \$199 ;
+    prod_2_6 <= dsp_2_6;
+  always @(posedge clk)
+    cp0_2_6 <= c_2_6;
+  always @(posedge clk)
+    cp1_2_6 <= cp0_2_6;
   always @(posedge clk)
     c_2_6 <= c_2_5;
   always @(posedge clk)
-    acc_2_6 <= \$529 ;
+    acc_2_6 <= \$441 ;
   always @(posedge clk)
     done_2_6 <= fin_2_6;
   always @(posedge clk)
-    res_2_6 <= \$530 ;
+    res_2_6 <= \$442 ;
   always @(posedge clk)
     a_2_6 <= a_2_5;
   always @(posedge clk)
     w_2_6 <= w_1_6;
   always @(posedge clk)
-    prod_2_7 <= \$200 ;
+    prod_2_7 <= dsp_2_7;
+  always @(posedge clk)
+    cp0_2_7 <= c_2_7;
+  always @(posedge clk)
+    cp1_2_7 <= cp0_2_7;
   always @(posedge clk)
     c_2_7 <= c_2_6;
   always @(posedge clk)
-    acc_2_7 <= \$531 ;
+    acc_2_7 <= \$443 ;
   always @(posedge clk)
     done_2_7 <= fin_2_7;
   always @(posedge clk)
-    res_2_7 <= \$532 ;
+    res_2_7 <= \$444 ;
   always @(posedge clk)
-    res_valid_2 <= \$201 ;
+    res_valid_2 <= \$177 ;
   always @(posedge clk)
     w_2_7 <= w_1_7;
   always @(posedge clk)
-    prod_3_0 <= \$202 ;
+    prod_3_0 <= dsp_3_0;
+  always @(posedge clk)
+    cp0_3_0 <= c_3_0;
+  always @(posedge clk)
+    cp1_3_0 <= cp0_3_0;
   always @(posedge clk)
     c_3_0 <= ctl_row3;
   always @(posedge clk)
-    acc_3_0 <= \$533 ;
+    acc_3_0 <= \$445 ;
   always @(posedge clk)
     done_3_0 <= fin_3_0;
   always @(posedge clk)
-    res_3_0 <= \$534 ;
+    res_3_0 <= \$446 ;
   always @(posedge clk)
     a_3_0 <= a_skew3_d3;
   always @(posedge clk)
     w_3_0 <= w_2_0;
   always @(posedge clk)
-    prod_3_1 <= \$203 ;
+    prod_3_1 <= dsp_3_1;
+  always @(posedge clk)
+    cp0_3_1 <= c_3_1;
+  always @(posedge clk)
+    cp1_3_1 <= cp0_3_1;
   always @(posedge clk)
     c_3_1 <= c_3_0;
   always @(posedge clk)
-    acc_3_1 <= \$535 ;
+    acc_3_1 <= \$447 ;
   always @(posedge clk)
     done_3_1 <= fin_3_1;
   always @(posedge clk)
-    res_3_1 <= \$536 ;
+    res_3_1 <= \$448 ;
   always @(posedge clk)
     a_3_1 <= a_3_0;
   always @(posedge clk)
     w_3_1 <= w_2_1;
   always @(posedge clk)
-    prod_3_2 <= \$204 ;
+    prod_3_2 <= dsp_3_2;
+  always @(posedge clk)
+    cp0_3_2 <= c_3_2;
+  always @(posedge clk)
+    cp1_3_2 <= cp0_3_2;
   always @(posedge clk)
     c_3_2 <= c_3_1;
   always @(posedge clk)
-    acc_3_2 <= \$537 ;
+    acc_3_2 <= \$449 ;
   always @(posedge clk)
     done_3_2 <= fin_3_2;
   always @(posedge clk)
-    res_3_2 <= \$538 ;
+    res_3_2 <= \$450 ;
   always @(posedge clk)
     a_3_2 <= a_3_1;
   always @(posedge clk)
     w_3_2 <= w_2_2;
   always @(posedge clk)
-    prod_3_3 <= \$205 ;
+    prod_3_3 <= dsp_3_3;
+  always @(posedge clk)
+    cp0_3_3 <= c_3_3;
+  always @(posedge clk)
+    cp1_3_3 <= cp0_3_3;
   always @(posedge clk)
     c_3_3 <= c_3_2;
   always @(posedge clk)
-    acc_3_3 <= \$539 ;
+    acc_3_3 <= \$451 ;
   always @(posedge clk)
     done_3_3 <= fin_3_3;
   always @(posedge clk)
-    res_3_3 <= \$540 ;
+    res_3_3 <= \$452 ;
   always @(posedge clk)
     a_3_3 <= a_3_2;
   always @(posedge clk)
     w_3_3 <= w_2_3;
   always @(posedge clk)
-    prod_3_4 <= \$206 ;
+    prod_3_4 <= dsp_3_4;
+  always @(posedge clk)
+    cp0_3_4 <= c_3_4;
+  always @(posedge clk)
+    cp1_3_4 <= cp0_3_4;
   always @(posedge clk)
     c_3_4 <= c_3_3;
   always @(posedge clk)
-    acc_3_4 <= \$541 ;
+    acc_3_4 <= \$453 ;
   always @(posedge clk)
     done_3_4 <= fin_3_4;
   always @(posedge clk)
-    res_3_4 <= \$542 ;
+    res_3_4 <= \$454 ;
   always @(posedge clk)
     a_3_4 <= a_3_3;
   always @(posedge clk)
     w_3_4 <= w_2_4;
   always @(posedge clk)
-    prod_3_5 <= \$207 ;
+    prod_3_5 <= dsp_3_5;
+  always @(posedge clk)
+    cp0_3_5 <= c_3_5;
+  always @(posedge clk)
+    cp1_3_5 <= cp0_3_5;
   always @(posedge clk)
     c_3_5 <= c_3_4;
   always @(posedge clk)
-    acc_3_5 <= \$543 ;
+    acc_3_5 <= \$455 ;
   always @(posedge clk)
     done_3_5 <= fin_3_5;
   always @(posedge clk)
-    res_3_5 <= \$544 ;
+    res_3_5 <= \$456 ;
   always @(posedge clk)
     a_3_5 <= a_3_4;
   always @(posedge clk)
     w_3_5 <= w_2_5;
   always @(posedge clk)
-    prod_3_6 <= \$208 ;
+    prod_3_6 <= dsp_3_6;
+  always @(posedge clk)
+    cp0_3_6 <= c_3_6;
+  always @(posedge clk)
+    cp1_3_6 <= cp0_3_6;
   always @(posedge clk)
     c_3_6 <= c_3_5;
   always @(posedge clk)
-    acc_3_6 <= \$545 ;
+    acc_3_6 <= \$457 ;
   always @(posedge clk)
     done_3_6 <= fin_3_6;
   always @(posedge clk)
-    res_3_6 <= \$546 ;
+    res_3_6 <= \$458 ;
   always @(posedge clk)
     a_3_6 <= a_3_5;
   always @(posedge clk)
     w_3_6 <= w_2_6;
   always @(posedge clk)
-    prod_3_7 <= \$209 ;
+    prod_3_7 <= dsp_3_7;
+  always @(posedge clk)
+    cp0_3_7 <= c_3_7;
+  always @(posedge clk)
+    cp1_3_7 <= cp0_3_7;
   always @(posedge clk)
     c_3_7 <= c_3_6;
   always @(posedge clk)
-    acc_3_7 <= \$547 ;
+    acc_3_7 <= \$459 ;
   always @(posedge clk)
     done_3_7 <= fin_3_7;
   always @(posedge clk)
-    res_3_7 <= \$548 ;
+    res_3_7 <= \$460 ;
   always @(posedge clk)
-    res_valid_3 <= \$210 ;
+    res_valid_3 <= \$178 ;
   always @(posedge clk)
     w_3_7 <= w_2_7;
   always @(posedge clk)
-    prod_4_0 <= \$211 ;
+    prod_4_0 <= dsp_4_0;
+  always @(posedge clk)
+    cp0_4_0 <= c_4_0;
+  always @(posedge clk)
+    cp1_4_0 <= cp0_4_0;
   always @(posedge clk)
     c_4_0 <= ctl_row4;
   always @(posedge clk)
-    acc_4_0 <= \$549 ;
+    acc_4_0 <= \$461 ;
   always @(posedge clk)
     done_4_0 <= fin_4_0;
   always @(posedge clk)
-    res_4_0 <= \$550 ;
+    res_4_0 <= \$462 ;
   always @(posedge clk)
     a_4_0 <= a_skew4_d4;
   always @(posedge clk)
     w_4_0 <= w_3_0;
   always @(posedge clk)
-    prod_4_1 <= \$212 ;
+    prod_4_1 <= dsp_4_1;
+  always @(posedge clk)
+    cp0_4_1 <= c_4_1;
+  always @(posedge clk)
+    cp1_4_1 <= cp0_4_1;
   always @(posedge clk)
     c_4_1 <= c_4_0;
   always @(posedge clk)
-    acc_4_1 <= \$551 ;
+    acc_4_1 <= \$463 ;
   always @(posedge clk)
     done_4_1 <= fin_4_1;
   always @(posedge clk)
-    res_4_1 <= \$552 ;
+    res_4_1 <= \$464 ;
   always @(posedge clk)
     a_4_1 <= a_4_0;
   always @(posedge clk)
     w_4_1 <= w_3_1;
   always @(posedge clk)
-    prod_4_2 <= \$213 ;
+    prod_4_2 <= dsp_4_2;
+  always @(posedge clk)
+    cp0_4_2 <= c_4_2;
+  always @(posedge clk)
+    cp1_4_2 <= cp0_4_2;
   always @(posedge clk)
     c_4_2 <= c_4_1;
   always @(posedge clk)
-    acc_4_2 <= \$553 ;
+    acc_4_2 <= \$465 ;
   always @(posedge clk)
     done_4_2 <= fin_4_2;
   always @(posedge clk)
-    res_4_2 <= \$554 ;
+    res_4_2 <= \$466 ;
   always @(posedge clk)
     a_4_2 <= a_4_1;
   always @(posedge clk)
     w_4_2 <= w_3_2;
   always @(posedge clk)
-    prod_4_3 <= \$214 ;
+    prod_4_3 <= dsp_4_3;
+  always @(posedge clk)
+    cp0_4_3 <= c_4_3;
+  always @(posedge clk)
+    cp1_4_3 <= cp0_4_3;
   always @(posedge clk)
     c_4_3 <= c_4_2;
   always @(posedge clk)
-    acc_4_3 <= \$555 ;
+    acc_4_3 <= \$467 ;
   always @(posedge clk)
     done_4_3 <= fin_4_3;
   always @(posedge clk)
-    res_4_3 <= \$556 ;
+    res_4_3 <= \$468 ;
   always @(posedge clk)
     a_4_3 <= a_4_2;
   always @(posedge clk)
     w_4_3 <= w_3_3;
   always @(posedge clk)
-    prod_4_4 <= \$215 ;
+    prod_4_4 <= dsp_4_4;
+  always @(posedge clk)
+    cp0_4_4 <= c_4_4;
+  always @(posedge clk)
+    cp1_4_4 <= cp0_4_4;
   always @(posedge clk)
     c_4_4 <= c_4_3;
   always @(posedge clk)
-    acc_4_4 <= \$557 ;
+    acc_4_4 <= \$469 ;
   always @(posedge clk)
     done_4_4 <= fin_4_4;
   always @(posedge clk)
-    res_4_4 <= \$558 ;
+    res_4_4 <= \$470 ;
   always @(posedge clk)
     a_4_4 <= a_4_3;
   always @(posedge clk)
     w_4_4 <= w_3_4;
   always @(posedge clk)
-    prod_4_5 <= \$216 ;
+    prod_4_5 <= dsp_4_5;
+  always @(posedge clk)
+    cp0_4_5 <= c_4_5;
+  always @(posedge clk)
+    cp1_4_5 <= cp0_4_5;
   always @(posedge clk)
     c_4_5 <= c_4_4;
   always @(posedge clk)
-    acc_4_5 <= \$559 ;
+    acc_4_5 <= \$471 ;
   always @(posedge clk)
     done_4_5 <= fin_4_5;
   always @(posedge clk)
-    res_4_5 <= \$560 ;
+    res_4_5 <= \$472 ;
   always @(posedge clk)
     a_4_5 <= a_4_4;
   always @(posedge clk)
     w_4_5 <= w_3_5;
   always @(posedge clk)
-    prod_4_6 <= \$217 ;
+    prod_4_6 <= dsp_4_6;
+  always @(posedge clk)
+    cp0_4_6 <= c_4_6;
+  always @(posedge clk)
+    cp1_4_6 <= cp0_4_6;
   always @(posedge clk)
     c_4_6 <= c_4_5;
   always @(posedge clk)
-    acc_4_6 <= \$561 ;
+    acc_4_6 <= \$473 ;
   always @(posedge clk)
     done_4_6 <= fin_4_6;
   always @(posedge clk)
-    res_4_6 <= \$562 ;
+    res_4_6 <= \$474 ;
   always @(posedge clk)
     a_4_6 <= a_4_5;
   always @(posedge clk)
     w_4_6 <= w_3_6;
   always @(posedge clk)
-    prod_4_7 <= \$218 ;
+    prod_4_7 <= dsp_4_7;
+  always @(posedge clk)
+    cp0_4_7 <= c_4_7;
+  always @(posedge clk)
+    cp1_4_7 <= cp0_4_7;
   always @(posedge clk)
     c_4_7 <= c_4_6;
   always @(posedge clk)
-    acc_4_7 <= \$563 ;
+    acc_4_7 <= \$475 ;
   always @(posedge clk)
     done_4_7 <= fin_4_7;
   always @(posedge clk)
-    res_4_7 <= \$564 ;
+    res_4_7 <= \$476 ;
   always @(posedge clk)
-    res_valid_4 <= \$219 ;
+    res_valid_4 <= \$179 ;
   always @(posedge clk)
     w_4_7 <= w_3_7;
   always @(posedge clk)
-    prod_5_0 <= \$220 ;
+    prod_5_0 <= dsp_5_0;
+  always @(posedge clk)
+    cp0_5_0 <= c_5_0;
+  always @(posedge clk)
+    cp1_5_0 <= cp0_5_0;
   always @(posedge clk)
     c_5_0 <= ctl_row5;
   always @(posedge clk)
-    acc_5_0 <= \$565 ;
+    acc_5_0 <= \$477 ;
   always @(posedge clk)
     done_5_0 <= fin_5_0;
   always @(posedge clk)
-    res_5_0 <= \$566 ;
+    res_5_0 <= \$478 ;
   always @(posedge clk)
     a_5_0 <= a_skew5_d5;
   always @(posedge clk)
     w_5_0 <= w_4_0;
   always @(posedge clk)
-    prod_5_1 <= \$221 ;
+    prod_5_1 <= dsp_5_1;
+  always @(posedge clk)
+    cp0_5_1 <= c_5_1;
+  always @(posedge clk)
+    cp1_5_1 <= cp0_5_1;
   always @(posedge clk)
     c_5_1 <= c_5_0;
   always @(posedge clk)
-    acc_5_1 <= \$567 ;
+    acc_5_1 <= \$479 ;
   always @(posedge clk)
     done_5_1 <= fin_5_1;
   always @(posedge clk)
-    res_5_1 <= \$568 ;
+    res_5_1 <= \$480 ;
   always @(posedge clk)
     a_5_1 <= a_5_0;
   always @(posedge clk)
     w_5_1 <= w_4_1;
   always @(posedge clk)
-    prod_5_2 <= \$222 ;
+    prod_5_2 <= dsp_5_2;
+  always @(posedge clk)
+    cp0_5_2 <= c_5_2;
+  always @(posedge clk)
+    cp1_5_2 <= cp0_5_2;
   always @(posedge clk)
     c_5_2 <= c_5_1;
   always @(posedge clk)
-    acc_5_2 <= \$569 ;
+    acc_5_2 <= \$481 ;
   always @(posedge clk)
     done_5_2 <= fin_5_2;
   always @(posedge clk)
-    res_5_2 <= \$570 ;
+    res_5_2 <= \$482 ;
   always @(posedge clk)
     a_5_2 <= a_5_1;
   always @(posedge clk)
     w_5_2 <= w_4_2;
   always @(posedge clk)
-    prod_5_3 <= \$223 ;
+    prod_5_3 <= dsp_5_3;
+  always @(posedge clk)
+    cp0_5_3 <= c_5_3;
+  always @(posedge clk)
+    cp1_5_3 <= cp0_5_3;
   always @(posedge clk)
     c_5_3 <= c_5_2;
   always @(posedge clk)
-    acc_5_3 <= \$571 ;
+    acc_5_3 <= \$483 ;
   always @(posedge clk)
     done_5_3 <= fin_5_3;
   always @(posedge clk)
-    res_5_3 <= \$572 ;
+    res_5_3 <= \$484 ;
   always @(posedge clk)
     a_5_3 <= a_5_2;
   always @(posedge clk)
     w_5_3 <= w_4_3;
   always @(posedge clk)
-    prod_5_4 <= \$224 ;
+    prod_5_4 <= dsp_5_4;
+  always @(posedge clk)
+    cp0_5_4 <= c_5_4;
+  always @(posedge clk)
+    cp1_5_4 <= cp0_5_4;
   always @(posedge clk)
     c_5_4 <= c_5_3;
   always @(posedge clk)
-    acc_5_4 <= \$573 ;
+    acc_5_4 <= \$485 ;
   always @(posedge clk)
     done_5_4 <= fin_5_4;
   always @(posedge clk)
-    res_5_4 <= \$574 ;
+    res_5_4 <= \$486 ;
   always @(posedge clk)
     a_5_4 <= a_5_3;
   always @(posedge clk)
     w_5_4 <= w_4_4;
   always @(posedge clk)
-    prod_5_5 <= \$225 ;
+    prod_5_5 <= dsp_5_5;
+  always @(posedge clk)
+    cp0_5_5 <= c_5_5;
+  always @(posedge clk)
+    cp1_5_5 <= cp0_5_5;
   always @(posedge clk)
     c_5_5 <= c_5_4;
   always @(posedge clk)
-    acc_5_5 <= \$575 ;
+    acc_5_5 <= \$487 ;
   always @(posedge clk)
     done_5_5 <= fin_5_5;
   always @(posedge clk)
-    res_5_5 <= \$576 ;
+    res_5_5 <= \$488 ;
   always @(posedge clk)
     a_5_5 <= a_5_4;
   always @(posedge clk)
     w_5_5 <= w_4_5;
   always @(posedge clk)
-    prod_5_6 <= \$226 ;
+    prod_5_6 <= dsp_5_6;
+  always @(posedge clk)
+    cp0_5_6 <= c_5_6;
+  always @(posedge clk)
+    cp1_5_6 <= cp0_5_6;
   always @(posedge clk)
     c_5_6 <= c_5_5;
   always @(posedge clk)
-    acc_5_6 <= \$577 ;
+    acc_5_6 <= \$489 ;
   always @(posedge clk)
     done_5_6 <= fin_5_6;
   always @(posedge clk)
-    res_5_6 <= \$578 ;
+    res_5_6 <= \$490 ;
   always @(posedge clk)
     a_5_6 <= a_5_5;
   always @(posedge clk)
     w_5_6 <= w_4_6;
   always @(posedge clk)
-    prod_5_7 <= \$227 ;
+    prod_5_7 <= dsp_5_7;
+  always @(posedge clk)
+    cp0_5_7 <= c_5_7;
+  always @(posedge clk)
+    cp1_5_7 <= cp0_5_7;
   always @(posedge clk)
     c_5_7 <= c_5_6;
   always @(posedge clk)
-    acc_5_7 <= \$579 ;
+    acc_5_7 <= \$491 ;
   always @(posedge clk)
     done_5_7 <= fin_5_7;
   always @(posedge clk)
-    res_5_7 <= \$580 ;
+    res_5_7 <= \$492 ;
   always @(posedge clk)
-    res_valid_5 <= \$228 ;
+    res_valid_5 <= \$180 ;
   always @(posedge clk)
     w_5_7 <= w_4_7;
   always @(posedge clk)
-    prod_6_0 <= \$229 ;
+    prod_6_0 <= dsp_6_0;
+  always @(posedge clk)
+    cp0_6_0 <= c_6_0;
+  always @(posedge clk)
+    cp1_6_0 <= cp0_6_0;
   always @(posedge clk)
     c_6_0 <= ctl_row6;
   always @(posedge clk)
-    acc_6_0 <= \$581 ;
+    acc_6_0 <= \$493 ;
   always @(posedge clk)
     done_6_0 <= fin_6_0;
   always @(posedge clk)
-    res_6_0 <= \$582 ;
+    res_6_0 <= \$494 ;
   always @(posedge clk)
     a_6_0 <= a_skew6_d6;
   always @(posedge clk)
     w_6_0 <= w_5_0;
   always @(posedge clk)
-    prod_6_1 <= \$230 ;
+    prod_6_1 <= dsp_6_1;
+  always @(posedge clk)
+    cp0_6_1 <= c_6_1;
+  always @(posedge clk)
+    cp1_6_1 <= cp0_6_1;
   always @(posedge clk)
     c_6_1 <= c_6_0;
   always @(posedge clk)
-    acc_6_1 <= \$583 ;
+    acc_6_1 <= \$495 ;
   always @(posedge clk)
     done_6_1 <= fin_6_1;
   always @(posedge clk)
-    res_6_1 <= \$584 ;
+    res_6_1 <= \$496 ;
   always @(posedge clk)
     a_6_1 <= a_6_0;
   always @(posedge clk)
     w_6_1 <= w_5_1;
   always @(posedge clk)
-    prod_6_2 <= \$231 ;
+    prod_6_2 <= dsp_6_2;
+  always @(posedge clk)
+    cp0_6_2 <= c_6_2;
+  always @(posedge clk)
+    cp1_6_2 <= cp0_6_2;
   always @(posedge clk)
     c_6_2 <= c_6_1;
   always @(posedge clk)
-    acc_6_2 <= \$585 ;
+    acc_6_2 <= \$497 ;
   always @(posedge clk)
     done_6_2 <= fin_6_2;
   always @(posedge clk)
-    res_6_2 <= \$586 ;
+    res_6_2 <= \$498 ;
   always @(posedge clk)
     a_6_2 <= a_6_1;
   always @(posedge clk)
     w_6_2 <= w_5_2;
   always @(posedge clk)
-    prod_6_3 <= \$232 ;
+    prod_6_3 <= dsp_6_3;
+  always @(posedge clk)
+    cp0_6_3 <= c_6_3;
+  always @(posedge clk)
+    cp1_6_3 <= cp0_6_3;
   always @(posedge clk)
     c_6_3 <= c_6_2;
   always @(posedge clk)
-    acc_6_3 <= \$587 ;
+    acc_6_3 <= \$499 ;
   always @(posedge clk)
     done_6_3 <= fin_6_3;
   always @(posedge clk)
-    res_6_3 <= \$588 ;
+    res_6_3 <= \$500 ;
   always @(posedge clk)
     a_6_3 <= a_6_2;
   always @(posedge clk)
     w_6_3 <= w_5_3;
   always @(posedge clk)
-    prod_6_4 <= \$233 ;
+    prod_6_4 <= dsp_6_4;
+  always @(posedge clk)
+    cp0_6_4 <= c_6_4;
+  always @(posedge clk)
+    cp1_6_4 <= cp0_6_4;
   always @(posedge clk)
     c_6_4 <= c_6_3;
   always @(posedge clk)
-    acc_6_4 <= \$589 ;
+    acc_6_4 <= \$501 ;
   always @(posedge clk)
     done_6_4 <= fin_6_4;
   always @(posedge clk)
-    res_6_4 <= \$590 ;
+    res_6_4 <= \$502 ;
   always @(posedge clk)
     a_6_4 <= a_6_3;
   always @(posedge clk)
     w_6_4 <= w_5_4;
   always @(posedge clk)
-    prod_6_5 <= \$234 ;
+    prod_6_5 <= dsp_6_5;
+  always @(posedge clk)
+    cp0_6_5 <= c_6_5;
+  always @(posedge clk)
+    cp1_6_5 <= cp0_6_5;
   always @(posedge clk)
     c_6_5 <= c_6_4;
   always @(posedge clk)
-    acc_6_5 <= \$591 ;
+    acc_6_5 <= \$503 ;
   always @(posedge clk)
     done_6_5 <= fin_6_5;
   always @(posedge clk)
-    res_6_5 <= \$592 ;
+    res_6_5 <= \$504 ;
   always @(posedge clk)
     a_6_5 <= a_6_4;
   always @(posedge clk)
     w_6_5 <= w_5_5;
   always @(posedge clk)
-    prod_6_6 <= \$235 ;
+    prod_6_6 <= dsp_6_6;
+  always @(posedge clk)
+    cp0_6_6 <= c_6_6;
+  always @(posedge clk)
+    cp1_6_6 <= cp0_6_6;
   always @(posedge clk)
     c_6_6 <= c_6_5;
   always @(posedge clk)
-    acc_6_6 <= \$593 ;
+    acc_6_6 <= \$505 ;
   always @(posedge clk)
     done_6_6 <= fin_6_6;
   always @(posedge clk)
-    res_6_6 <= \$594 ;
+    res_6_6 <= \$506 ;
   always @(posedge clk)
     a_6_6 <= a_6_5;
   always @(posedge clk)
     w_6_6 <= w_5_6;
   always @(posedge clk)
-    prod_6_7 <= \$236 ;
+    prod_6_7 <= dsp_6_7;
+  always @(posedge clk)
+    cp0_6_7 <= c_6_7;
+  always @(posedge clk)
+    cp1_6_7 <= cp0_6_7;
   always @(posedge clk)
     c_6_7 <= c_6_6;
   always @(posedge clk)
-    acc_6_7 <= \$595 ;
+    acc_6_7 <= \$507 ;
   always @(posedge clk)
     done_6_7 <= fin_6_7;
   always @(posedge clk)
-    res_6_7 <= \$596 ;
+    res_6_7 <= \$508 ;
   always @(posedge clk)
-    res_valid_6 <= \$237 ;
+    res_valid_6 <= \$181 ;
   always @(posedge clk)
     w_6_7 <= w_5_7;
   always @(posedge clk)
-    prod_7_0 <= \$238 ;
+    prod_7_0 <= dsp_7_0;
+  always @(posedge clk)
+    cp0_7_0 <= c_7_0;
+  always @(posedge clk)
+    cp1_7_0 <= cp0_7_0;
   always @(posedge clk)
     c_7_0 <= ctl_row7;
   always @(posedge clk)
-    acc_7_0 <= \$597 ;
+    acc_7_0 <= \$509 ;
   always @(posedge clk)
     done_7_0 <= fin_7_0;
   always @(posedge clk)
-    res_7_0 <= \$598 ;
+    res_7_0 <= \$510 ;
   always @(posedge clk)
     a_7_0 <= a_skew7_d7;
   always @(posedge clk)
     w_7_0 <= w_6_0;
   always @(posedge clk)
-    prod_7_1 <= \$239 ;
+    prod_7_1 <= dsp_7_1;
+  always @(posedge clk)
+    cp0_7_1 <= c_7_1;
+  always @(posedge clk)
+    cp1_7_1 <= cp0_7_1;
   always @(posedge clk)
     c_7_1 <= c_7_0;
   always @(posedge clk)
-    acc_7_1 <= \$599 ;
+    acc_7_1 <= \$511 ;
   always @(posedge clk)
     done_7_1 <= fin_7_1;
   always @(posedge clk)
-    res_7_1 <= \$600 ;
+    res_7_1 <= \$512 ;
   always @(posedge clk)
     a_7_1 <= a_7_0;
   always @(posedge clk)
     w_7_1 <= w_6_1;
   always @(posedge clk)
-    prod_7_2 <= \$240 ;
+    prod_7_2 <= dsp_7_2;
+  always @(posedge clk)
+    cp0_7_2 <= c_7_2;
+  always @(posedge clk)
+    cp1_7_2 <= cp0_7_2;
   always @(posedge clk)
     c_7_2 <= c_7_1;
   always @(posedge clk)
-    acc_7_2 <= \$601 ;
+    acc_7_2 <= \$513 ;
   always @(posedge clk)
     done_7_2 <= fin_7_2;
   always @(posedge clk)
-    res_7_2 <= \$602 ;
+    res_7_2 <= \$514 ;
   always @(posedge clk)
     a_7_2 <= a_7_1;
   always @(posedge clk)
     w_7_2 <= w_6_2;
   always @(posedge clk)
-    prod_7_3 <= \$241 ;
+    prod_7_3 <= dsp_7_3;
+  always @(posedge clk)
+    cp0_7_3 <= c_7_3;
+  always @(posedge clk)
+    cp1_7_3 <= cp0_7_3;
   always @(posedge clk)
     c_7_3 <= c_7_2;
   always @(posedge clk)
-    acc_7_3 <= \$603 ;
+    acc_7_3 <= \$515 ;
   always @(posedge clk)
     done_7_3 <= fin_7_3;
   always @(posedge clk)
-    res_7_3 <= \$604 ;
+    res_7_3 <= \$516 ;
   always @(posedge clk)
     a_7_3 <= a_7_2;
   always @(posedge clk)
     w_7_3 <= w_6_3;
   always @(posedge clk)
-    prod_7_4 <= \$242 ;
+    prod_7_4 <= dsp_7_4;
+  always @(posedge clk)
+    cp0_7_4 <= c_7_4;
+  always @(posedge clk)
+    cp1_7_4 <= cp0_7_4;
   always @(posedge clk)
     c_7_4 <= c_7_3;
   always @(posedge clk)
-    acc_7_4 <= \$605 ;
+    acc_7_4 <= \$517 ;
   always @(posedge clk)
     done_7_4 <= fin_7_4;
   always @(posedge clk)
-    res_7_4 <= \$606 ;
+    res_7_4 <= \$518 ;
   always @(posedge clk)
     a_7_4 <= a_7_3;
   always @(posedge clk)
     w_7_4 <= w_6_4;
   always @(posedge clk)
-    prod_7_5 <= \$243 ;
+    prod_7_5 <= dsp_7_5;
+  always @(posedge clk)
+    cp0_7_5 <= c_7_5;
+  always @(posedge clk)
+    cp1_7_5 <= cp0_7_5;
   always @(posedge clk)
     c_7_5 <= c_7_4;
   always @(posedge clk)
-    acc_7_5 <= \$607 ;
+    acc_7_5 <= \$519 ;
   always @(posedge clk)
     done_7_5 <= fin_7_5;
   always @(posedge clk)
-    res_7_5 <= \$608 ;
+    res_7_5 <= \$520 ;
   always @(posedge clk)
     a_7_5 <= a_7_4;
   always @(posedge clk)
     w_7_5 <= w_6_5;
   always @(posedge clk)
-    prod_7_6 <= \$244 ;
+    prod_7_6 <= dsp_7_6;
+  always @(posedge clk)
+    cp0_7_6 <= c_7_6;
+  always @(posedge clk)
+    cp1_7_6 <= cp0_7_6;
   always @(posedge clk)
     c_7_6 <= c_7_5;
   always @(posedge clk)
-    acc_7_6 <= \$609 ;
+    acc_7_6 <= \$521 ;
   always @(posedge clk)
     done_7_6 <= fin_7_6;
   always @(posedge clk)
-    res_7_6 <= \$610 ;
+    res_7_6 <= \$522 ;
   always @(posedge clk)
     a_7_6 <= a_7_5;
   always @(posedge clk)
     w_7_6 <= w_6_6;
   always @(posedge clk)
-    prod_7_7 <= \$245 ;
+    prod_7_7 <= dsp_7_7;
+  always @(posedge clk)
+    cp0_7_7 <= c_7_7;
+  always @(posedge clk)
+    cp1_7_7 <= cp0_7_7;
   always @(posedge clk)
     c_7_7 <= c_7_6;
   always @(posedge clk)
-    acc_7_7 <= \$611 ;
+    acc_7_7 <= \$523 ;
   always @(posedge clk)
     done_7_7 <= fin_7_7;
   always @(posedge clk)
-    res_7_7 <= \$612 ;
+    res_7_7 <= \$524 ;
   always @(posedge clk)
-    res_valid_7 <= \$246 ;
+    res_valid_7 <= \$182 ;
   always @(posedge clk)
     w_7_7 <= w_6_7;
   always @(posedge clk)
-    prod_8_0 <= \$247 ;
+    prod_8_0 <= dsp_8_0;
+  always @(posedge clk)
+    cp0_8_0 <= c_8_0;
+  always @(posedge clk)
+    cp1_8_0 <= cp0_8_0;
   always @(posedge clk)
     c_8_0 <= ctl_row8;
   always @(posedge clk)
-    acc_8_0 <= \$613 ;
+    acc_8_0 <= \$525 ;
   always @(posedge clk)
     done_8_0 <= fin_8_0;
   always @(posedge clk)
-    res_8_0 <= \$614 ;
+    res_8_0 <= \$526 ;
   always @(posedge clk)
     a_8_0 <= a_skew8_d8;
   always @(posedge clk)
-    prod_8_1 <= \$248 ;
+    prod_8_1 <= dsp_8_1;
+  always @(posedge clk)
+    cp0_8_1 <= c_8_1;
+  always @(posedge clk)
+    cp1_8_1 <= cp0_8_1;
   always @(posedge clk)
     c_8_1 <= c_8_0;
   always @(posedge clk)
-    acc_8_1 <= \$615 ;
+    acc_8_1 <= \$527 ;
   always @(posedge clk)
     done_8_1 <= fin_8_1;
   always @(posedge clk)
-    res_8_1 <= \$616 ;
+    res_8_1 <= \$528 ;
   always @(posedge clk)
     a_8_1 <= a_8_0;
   always @(posedge clk)
-    prod_8_2 <= \$249 ;
+    prod_8_2 <= dsp_8_2;
+  always @(posedge clk)
+    cp0_8_2 <= c_8_2;
+  always @(posedge clk)
+    cp1_8_2 <= cp0_8_2;
   always @(posedge clk)
     c_8_2 <= c_8_1;
   always @(posedge clk)
-    acc_8_2 <= \$617 ;
+    acc_8_2 <= \$529 ;
   always @(posedge clk)
     done_8_2 <= fin_8_2;
   always @(posedge clk)
-    res_8_2 <= \$618 ;
+    res_8_2 <= \$530 ;
   always @(posedge clk)
     a_8_2 <= a_8_1;
   always @(posedge clk)
-    prod_8_3 <= \$250 ;
+    prod_8_3 <= dsp_8_3;
+  always @(posedge clk)
+    cp0_8_3 <= c_8_3;
+  always @(posedge clk)
+    cp1_8_3 <= cp0_8_3;
   always @(posedge clk)
     c_8_3 <= c_8_2;
   always @(posedge clk)
-    acc_8_3 <= \$619 ;
+    acc_8_3 <= \$531 ;
   always @(posedge clk)
     done_8_3 <= fin_8_3;
   always @(posedge clk)
-    res_8_3 <= \$620 ;
+    res_8_3 <= \$532 ;
   always @(posedge clk)
     a_8_3 <= a_8_2;
   always @(posedge clk)
-    prod_8_4 <= \$251 ;
+    prod_8_4 <= dsp_8_4;
+  always @(posedge clk)
+    cp0_8_4 <= c_8_4;
+  always @(posedge clk)
+    cp1_8_4 <= cp0_8_4;
   always @(posedge clk)
     c_8_4 <= c_8_3;
   always @(posedge clk)
-    acc_8_4 <= \$621 ;
+    acc_8_4 <= \$533 ;
   always @(posedge clk)
     done_8_4 <= fin_8_4;
   always @(posedge clk)
-    res_8_4 <= \$622 ;
+    res_8_4 <= \$534 ;
   always @(posedge clk)
     a_8_4 <= a_8_3;
   always @(posedge clk)
-    prod_8_5 <= \$252 ;
+    prod_8_5 <= dsp_8_5;
+  always @(posedge clk)
+    cp0_8_5 <= c_8_5;
+  always @(posedge clk)
+    cp1_8_5 <= cp0_8_5;
   always @(posedge clk)
     c_8_5 <= c_8_4;
   always @(posedge clk)
-    acc_8_5 <= \$623 ;
+    acc_8_5 <= \$535 ;
   always @(posedge clk)
     done_8_5 <= fin_8_5;
   always @(posedge clk)
-    res_8_5 <= \$624 ;
+    res_8_5 <= \$536 ;
   always @(posedge clk)
     a_8_5 <= a_8_4;
   always @(posedge clk)
-    prod_8_6 <= \$253 ;
+    prod_8_6 <= dsp_8_6;
+  always @(posedge clk)
+    cp0_8_6 <= c_8_6;
+  always @(posedge clk)
+    cp1_8_6 <= cp0_8_6;
   always @(posedge clk)
     c_8_6 <= c_8_5;
   always @(posedge clk)
-    acc_8_6 <= \$625 ;
+    acc_8_6 <= \$537 ;
   always @(posedge clk)
     done_8_6 <= fin_8_6;
   always @(posedge clk)
-    res_8_6 <= \$626 ;
+    res_8_6 <= \$538 ;
   always @(posedge clk)
     a_8_6 <= a_8_5;
   always @(posedge clk)
-    prod_8_7 <= \$254 ;
+    prod_8_7 <= dsp_8_7;
+  always @(posedge clk)
+    cp0_8_7 <= c_8_7;
+  always @(posedge clk)
+    cp1_8_7 <= cp0_8_7;
   always @(posedge clk)
     c_8_7 <= c_8_6;
   always @(posedge clk)
-    acc_8_7 <= \$627 ;
+    acc_8_7 <= \$539 ;
   always @(posedge clk)
     done_8_7 <= fin_8_7;
   always @(posedge clk)
-    res_8_7 <= \$628 ;
+    res_8_7 <= \$540 ;
   always @(posedge clk)
-    res_valid_8 <= \$255 ;
+    res_valid_8 <= \$183 ;
   always @(posedge clk)
-    p_dec_sel_m <= { \$271 , \$269 , \$267 , \$265 , \$263 , \$261 , \$259 , \$257  };
+    p_dec_sel_m <= { \$199 , \$197 , \$195 , \$193 , \$191 , \$189 , \$187 , \$185  };
   always @(posedge clk)
-    p_dec_sel_e <= { \$295 , \$292 , \$289 , \$286 , \$283 , \$280 , \$277 , \$274  };
+    p_dec_sel_e <= { \$223 , \$220 , \$217 , \$214 , \$211 , \$208 , \$205 , \$202  };
   always @(posedge clk)
     p_dec_raw <= raw_hold;
   always @(posedge clk)
-    p_dec_hi <= { \$327 , \$326 , \$325 , \$324 , \$323 , \$322 , \$321 , \$320 , \$319 , \$318 , \$317 , \$316 , \$315 , \$314 , \$313 , \$312 , \$311 , \$310 , \$309 , \$308 , \$307 , \$306 , \$305 , \$304 , \$303 , \$302 , \$301 , \$300 , \$299 , \$298 , \$297 , \$296  };
+    p_dec_hi <= { \$255 , \$254 , \$253 , \$252 , \$251 , \$250 , \$249 , \$248 , \$247 , \$246 , \$245 , \$244 , \$243 , \$242 , \$241 , \$240 , \$239 , \$238 , \$237 , \$236 , \$235 , \$234 , \$233 , \$232 , \$231 , \$230 , \$229 , \$228 , \$227 , \$226 , \$225 , \$224  };
   always @(posedge clk)
-    p_dec <= \$629 ;
+    p_dec <= \$541 ;
   always @(posedge clk)
     deskew0_d1 <= res_0_0;
   always @(posedge clk)
@@ -56604,303 +57361,347 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   always @(posedge clk)
     deskew6_d1 <= res_0_6;
   always @(posedge clk)
-    rq_s1_raw <= \$630 ;
+    rq_s1_raw <= \$542 ;
   always @(posedge clk)
-    rq_s1_hi <= \$631 ;
+    rq_s1_hi <= \$543 ;
   always @(posedge clk)
-    rq_s1_lo <= \$632 ;
+    rq_s1_lo <= \$544 ;
   always @(posedge clk)
-    rq_s1_s0 <= \$633 ;
+    rq_s1_s0 <= \$545 ;
   always @(posedge clk)
-    rq_s1_s1 <= \$634 ;
+    rq_s1_s1 <= \$546 ;
   always @(posedge clk)
-    rq_s1_s2 <= \$635 ;
+    rq_s1_s2 <= \$547 ;
   always @(posedge clk)
-    rq_s1_s3 <= \$636 ;
+    rq_s1_s3 <= \$548 ;
   always @(posedge clk)
-    rq_s1_s4 <= \$637 ;
+    rq_s1_s4 <= \$549 ;
   always @(posedge clk)
-    rq_s1_s5 <= \$638 ;
+    rq_s1_s5 <= \$550 ;
   always @(posedge clk)
-    rq_s1_s6 <= \$639 ;
+    rq_s1_s6 <= \$551 ;
   always @(posedge clk)
-    rq_s1_s7 <= \$640 ;
+    rq_s1_s7 <= \$552 ;
   always @(posedge clk)
-    rq_s1_m0 <= \$641 ;
+    rq_s1_m0 <= \$553 ;
   always @(posedge clk)
-    rq_s1_m1 <= \$642 ;
+    rq_s1_m1 <= \$554 ;
   always @(posedge clk)
-    rq_s1_m2 <= \$643 ;
+    rq_s1_m2 <= \$555 ;
   always @(posedge clk)
-    rq_s1_m3 <= \$644 ;
+    rq_s1_m3 <= \$556 ;
   always @(posedge clk)
-    rq_s1_m4 <= \$645 ;
+    rq_s1_m4 <= \$557 ;
   always @(posedge clk)
-    rq_s1_m5 <= \$646 ;
+    rq_s1_m5 <= \$558 ;
   always @(posedge clk)
-    rq_s1_m6 <= \$647 ;
+    rq_s1_m6 <= \$559 ;
   always @(posedge clk)
-    rq_s1_m7 <= \$648 ;
+    rq_s1_m7 <= \$560 ;
   always @(posedge clk)
-    rq_s1_e0 <= \$649 ;
+    rq_s1_e0 <= \$561 ;
   always @(posedge clk)
-    rq_s1_e1 <= \$650 ;
+    rq_s1_e1 <= \$562 ;
   always @(posedge clk)
-    rq_s1_e2 <= \$651 ;
+    rq_s1_e2 <= \$563 ;
   always @(posedge clk)
-    rq_s1_e3 <= \$652 ;
+    rq_s1_e3 <= \$564 ;
   always @(posedge clk)
-    rq_s1_e4 <= \$653 ;
+    rq_s1_e4 <= \$565 ;
   always @(posedge clk)
-    rq_s1_e5 <= \$654 ;
+    rq_s1_e5 <= \$566 ;
   always @(posedge clk)
-    rq_s1_e6 <= \$655 ;
+    rq_s1_e6 <= \$567 ;
   always @(posedge clk)
-    rq_s1_e7 <= \$656 ;
+    rq_s1_e7 <= \$568 ;
   always @(posedge clk)
-    rq_s2_raw <= \$657 ;
+    rq_s2_raw <= \$569 ;
   always @(posedge clk)
-    rq_s2_hi <= \$658 ;
+    rq_s2_hi <= \$570 ;
   always @(posedge clk)
-    rq_s2_lo <= \$659 ;
+    rq_s2_lo <= \$571 ;
   always @(posedge clk)
-    rq_s2_e0 <= \$660 ;
+    rq_s2_e0 <= \$572 ;
   always @(posedge clk)
-    rq_s2_e1 <= \$661 ;
+    rq_s2_e1 <= \$573 ;
   always @(posedge clk)
-    rq_s2_e2 <= \$662 ;
+    rq_s2_e2 <= \$574 ;
   always @(posedge clk)
-    rq_s2_e3 <= \$663 ;
+    rq_s2_e3 <= \$575 ;
   always @(posedge clk)
-    rq_s2_e4 <= \$664 ;
+    rq_s2_e4 <= \$576 ;
   always @(posedge clk)
-    rq_s2_e5 <= \$665 ;
+    rq_s2_e5 <= \$577 ;
   always @(posedge clk)
-    rq_s2_e6 <= \$666 ;
+    rq_s2_e6 <= \$578 ;
   always @(posedge clk)
-    rq_s2_e7 <= \$667 ;
+    rq_s2_e7 <= \$579 ;
   always @(posedge clk)
-    rq_s2_pl0 <= \$668 ;
+    rq_s3_raw <= \$580 ;
   always @(posedge clk)
-    rq_s2_ph0 <= \$669 ;
+    rq_s3_hi <= \$581 ;
   always @(posedge clk)
-    rq_s2_pl1 <= \$670 ;
+    rq_s3_lo <= \$582 ;
   always @(posedge clk)
-    rq_s2_ph1 <= \$671 ;
+    rq_s3_e0 <= \$583 ;
   always @(posedge clk)
-    rq_s2_pl2 <= \$672 ;
+    rq_s3_e1 <= \$584 ;
   always @(posedge clk)
-    rq_s2_ph2 <= \$673 ;
+    rq_s3_e2 <= \$585 ;
   always @(posedge clk)
-    rq_s2_pl3 <= \$674 ;
+    rq_s3_e3 <= \$586 ;
   always @(posedge clk)
-    rq_s2_ph3 <= \$675 ;
+    rq_s3_e4 <= \$587 ;
   always @(posedge clk)
-    rq_s2_pl4 <= \$676 ;
+    rq_s3_e5 <= \$588 ;
   always @(posedge clk)
-    rq_s2_ph4 <= \$677 ;
+    rq_s3_e6 <= \$589 ;
   always @(posedge clk)
-    rq_s2_pl5 <= \$678 ;
+    rq_s3_e7 <= \$590 ;
   always @(posedge clk)
-    rq_s2_ph5 <= \$679 ;
+    rq_s4_raw <= \$591 ;
   always @(posedge clk)
-    rq_s2_pl6 <= \$680 ;
+    rq_s4_hi <= \$592 ;
   always @(posedge clk)
-    rq_s2_ph6 <= \$681 ;
+    rq_s4_lo <= \$593 ;
   always @(posedge clk)
-    rq_s2_pl7 <= \$682 ;
+    rq_s4_e0 <= \$594 ;
   always @(posedge clk)
-    rq_s2_ph7 <= \$683 ;
+    rq_s4_e1 <= \$595 ;
   always @(posedge clk)
-    rq_s3_raw <= \$684 ;
+    rq_s4_e2 <= \$596 ;
   always @(posedge clk)
-    rq_s3_hi <= \$685 ;
+    rq_s4_e3 <= \$597 ;
   always @(posedge clk)
-    rq_s3_lo <= \$686 ;
+    rq_s4_e4 <= \$598 ;
   always @(posedge clk)
-    rq_s3_e0 <= \$687 ;
+    rq_s4_e5 <= \$599 ;
   always @(posedge clk)
-    rq_s3_e1 <= \$688 ;
+    rq_s4_e6 <= \$600 ;
   always @(posedge clk)
-    rq_s3_e2 <= \$689 ;
+    rq_s4_e7 <= \$601 ;
   always @(posedge clk)
-    rq_s3_e3 <= \$690 ;
+    rq_s4_pl0 <= \$602 ;
   always @(posedge clk)
-    rq_s3_e4 <= \$691 ;
+    rq_s4_ph0 <= \$603 ;
   always @(posedge clk)
-    rq_s3_e5 <= \$692 ;
+    rq_s4_pl1 <= \$604 ;
   always @(posedge clk)
-    rq_s3_e6 <= \$693 ;
+    rq_s4_ph1 <= \$605 ;
   always @(posedge clk)
-    rq_s3_e7 <= \$694 ;
+    rq_s4_pl2 <= \$606 ;
   always @(posedge clk)
-    rq_s3_p0 <= \$695 ;
+    rq_s4_ph2 <= \$607 ;
   always @(posedge clk)
-    rq_s3_p1 <= \$696 ;
+    rq_s4_pl3 <= \$608 ;
   always @(posedge clk)
-    rq_s3_p2 <= \$697 ;
+    rq_s4_ph3 <= \$609 ;
   always @(posedge clk)
-    rq_s3_p3 <= \$698 ;
+    rq_s4_pl4 <= \$610 ;
   always @(posedge clk)
-    rq_s3_p4 <= \$699 ;
+    rq_s4_ph4 <= \$611 ;
   always @(posedge clk)
-    rq_s3_p5 <= \$700 ;
+    rq_s4_pl5 <= \$612 ;
   always @(posedge clk)
-    rq_s3_p6 <= \$701 ;
+    rq_s4_ph5 <= \$613 ;
   always @(posedge clk)
-    rq_s3_p7 <= \$702 ;
+    rq_s4_pl6 <= \$614 ;
   always @(posedge clk)
-    rq_s4_raw <= \$703 ;
+    rq_s4_ph6 <= \$615 ;
   always @(posedge clk)
-    rq_s4_hi <= \$704 ;
+    rq_s4_pl7 <= \$616 ;
   always @(posedge clk)
-    rq_s4_lo <= \$705 ;
+    rq_s4_ph7 <= \$617 ;
   always @(posedge clk)
-    rq_s4_e0 <= \$706 ;
+    rq_s5_raw <= \$618 ;
   always @(posedge clk)
-    rq_s4_e1 <= \$707 ;
+    rq_s5_hi <= \$619 ;
   always @(posedge clk)
-    rq_s4_e2 <= \$708 ;
+    rq_s5_lo <= \$620 ;
   always @(posedge clk)
-    rq_s4_e3 <= \$709 ;
+    rq_s5_e0 <= \$621 ;
   always @(posedge clk)
-    rq_s4_e4 <= \$710 ;
+    rq_s5_e1 <= \$622 ;
   always @(posedge clk)
-    rq_s4_e5 <= \$711 ;
+    rq_s5_e2 <= \$623 ;
   always @(posedge clk)
-    rq_s4_e6 <= \$712 ;
+    rq_s5_e3 <= \$624 ;
   always @(posedge clk)
-    rq_s4_e7 <= \$713 ;
+    rq_s5_e4 <= \$625 ;
   always @(posedge clk)
-    rq_s4_t0 <= \$714 ;
+    rq_s5_e5 <= \$626 ;
   always @(posedge clk)
-    rq_s4_t1 <= \$715 ;
+    rq_s5_e6 <= \$627 ;
   always @(posedge clk)
-    rq_s4_t2 <= \$716 ;
+    rq_s5_e7 <= \$628 ;
   always @(posedge clk)
-    rq_s4_t3 <= \$717 ;
+    rq_s5_p0 <= \$629 ;
   always @(posedge clk)
-    rq_s4_t4 <= \$718 ;
+    rq_s5_p1 <= \$630 ;
   always @(posedge clk)
-    rq_s4_t5 <= \$719 ;
+    rq_s5_p2 <= \$631 ;
   always @(posedge clk)
-    rq_s4_t6 <= \$720 ;
+    rq_s5_p3 <= \$632 ;
   always @(posedge clk)
-    rq_s4_t7 <= \$721 ;
+    rq_s5_p4 <= \$633 ;
   always @(posedge clk)
-    rq_s5_raw <= \$722 ;
+    rq_s5_p5 <= \$634 ;
   always @(posedge clk)
-    rq_s5_hi <= \$723 ;
+    rq_s5_p6 <= \$635 ;
   always @(posedge clk)
-    rq_s5_lo <= \$724 ;
+    rq_s5_p7 <= \$636 ;
   always @(posedge clk)
-    rq_s5_u0 <= \$725 ;
+    rq_s6_raw <= \$637 ;
   always @(posedge clk)
-    rq_s5_u1 <= \$726 ;
+    rq_s6_hi <= \$638 ;
   always @(posedge clk)
-    rq_s5_u2 <= \$727 ;
+    rq_s6_lo <= \$639 ;
   always @(posedge clk)
-    rq_s5_u3 <= \$728 ;
+    rq_s6_e0 <= \$640 ;
   always @(posedge clk)
-    rq_s5_u4 <= \$729 ;
+    rq_s6_e1 <= \$641 ;
   always @(posedge clk)
-    rq_s5_u5 <= \$730 ;
+    rq_s6_e2 <= \$642 ;
   always @(posedge clk)
-    rq_s5_u6 <= \$731 ;
+    rq_s6_e3 <= \$643 ;
   always @(posedge clk)
-    rq_s5_u7 <= \$732 ;
+    rq_s6_e4 <= \$644 ;
   always @(posedge clk)
-    rq_s6_raw <= \$733 ;
+    rq_s6_e5 <= \$645 ;
   always @(posedge clk)
-    rq_s6_hi <= \$734 ;
+    rq_s6_e6 <= \$646 ;
   always @(posedge clk)
-    rq_s6_lo <= \$735 ;
+    rq_s6_e7 <= \$647 ;
   always @(posedge clk)
-    rq_s6_r0 <= \$736 ;
+    rq_s6_t0 <= \$648 ;
   always @(posedge clk)
-    rq_s6_r1 <= \$737 ;
+    rq_s6_t1 <= \$649 ;
   always @(posedge clk)
-    rq_s6_r2 <= \$738 ;
+    rq_s6_t2 <= \$650 ;
   always @(posedge clk)
-    rq_s6_r3 <= \$739 ;
+    rq_s6_t3 <= \$651 ;
   always @(posedge clk)
-    rq_s6_r4 <= \$740 ;
+    rq_s6_t4 <= \$652 ;
   always @(posedge clk)
-    rq_s6_r5 <= \$741 ;
+    rq_s6_t5 <= \$653 ;
   always @(posedge clk)
-    rq_s6_r6 <= \$742 ;
+    rq_s6_t6 <= \$654 ;
   always @(posedge clk)
-    rq_s6_r7 <= \$743 ;
+    rq_s6_t7 <= \$655 ;
   always @(posedge clk)
-    rq_s7_raw <= \$744 ;
+    rq_s7_raw <= \$656 ;
   always @(posedge clk)
-    rq_s7_hi <= \$745 ;
+    rq_s7_hi <= \$657 ;
   always @(posedge clk)
-    rq_s7_lo <= \$746 ;
+    rq_s7_lo <= \$658 ;
   always @(posedge clk)
-    rq_s7_lt0 <= \$747 ;
+    rq_s7_u0 <= \$659 ;
   always @(posedge clk)
-    rq_s7_lt1 <= \$748 ;
+    rq_s7_u1 <= \$660 ;
   always @(posedge clk)
-    rq_s7_lt2 <= \$749 ;
+    rq_s7_u2 <= \$661 ;
   always @(posedge clk)
-    rq_s7_lt3 <= \$750 ;
+    rq_s7_u3 <= \$662 ;
   always @(posedge clk)
-    rq_s7_lt4 <= \$751 ;
+    rq_s7_u4 <= \$663 ;
   always @(posedge clk)
-    rq_s7_lt5 <= \$752 ;
+    rq_s7_u5 <= \$664 ;
   always @(posedge clk)
-    rq_s7_lt6 <= \$753 ;
+    rq_s7_u6 <= \$665 ;
   always @(posedge clk)
-    rq_s7_lt7 <= \$754 ;
+    rq_s7_u7 <= \$666 ;
   always @(posedge clk)
-    rq_s7_gt0 <= \$755 ;
+    rq_s8_raw <= \$667 ;
   always @(posedge clk)
-    rq_s7_gt1 <= \$756 ;
+    rq_s8_hi <= \$668 ;
   always @(posedge clk)
-    rq_s7_gt2 <= \$757 ;
+    rq_s8_lo <= \$669 ;
   always @(posedge clk)
-    rq_s7_gt3 <= \$758 ;
+    rq_s8_r0 <= \$670 ;
   always @(posedge clk)
-    rq_s7_gt4 <= \$759 ;
+    rq_s8_r1 <= \$671 ;
   always @(posedge clk)
-    rq_s7_gt5 <= \$760 ;
+    rq_s8_r2 <= \$672 ;
   always @(posedge clk)
-    rq_s7_gt6 <= \$761 ;
+    rq_s8_r3 <= \$673 ;
   always @(posedge clk)
-    rq_s7_gt7 <= \$762 ;
+    rq_s8_r4 <= \$674 ;
   always @(posedge clk)
-    rq_s7_r0 <= \$763 ;
+    rq_s8_r5 <= \$675 ;
   always @(posedge clk)
-    rq_s7_r1 <= \$764 ;
+    rq_s8_r6 <= \$676 ;
   always @(posedge clk)
-    rq_s7_r2 <= \$765 ;
+    rq_s8_r7 <= \$677 ;
   always @(posedge clk)
-    rq_s7_r3 <= \$766 ;
+    rq_s9_raw <= \$678 ;
   always @(posedge clk)
-    rq_s7_r4 <= \$767 ;
+    rq_s9_hi <= \$679 ;
   always @(posedge clk)
-    rq_s7_r5 <= \$768 ;
+    rq_s9_lo <= \$680 ;
   always @(posedge clk)
-    rq_s7_r6 <= \$769 ;
+    rq_s9_lt0 <= \$681 ;
   always @(posedge clk)
-    rq_s7_r7 <= \$770 ;
+    rq_s9_lt1 <= \$682 ;
   always @(posedge clk)
-    rq_s8_o0 <= \$771 ;
+    rq_s9_lt2 <= \$683 ;
   always @(posedge clk)
-    rq_s8_o1 <= \$772 ;
+    rq_s9_lt3 <= \$684 ;
   always @(posedge clk)
-    rq_s8_o2 <= \$773 ;
+    rq_s9_lt4 <= \$685 ;
   always @(posedge clk)
-    rq_s8_o3 <= \$774 ;
+    rq_s9_lt5 <= \$686 ;
   always @(posedge clk)
-    rq_s8_o4 <= \$775 ;
+    rq_s9_lt6 <= \$687 ;
   always @(posedge clk)
-    rq_s8_o5 <= \$776 ;
+    rq_s9_lt7 <= \$688 ;
   always @(posedge clk)
-    rq_s8_o6 <= \$777 ;
+    rq_s9_gt0 <= \$689 ;
   always @(posedge clk)
-    rq_s8_o7 <= \$778 ;
+    rq_s9_gt1 <= \$690 ;
+  always @(posedge clk)
+    rq_s9_gt2 <= \$691 ;
+  always @(posedge clk)
+    rq_s9_gt3 <= \$692 ;
+  always @(posedge clk)
+    rq_s9_gt4 <= \$693 ;
+  always @(posedge clk)
+    rq_s9_gt5 <= \$694 ;
+  always @(posedge clk)
+    rq_s9_gt6 <= \$695 ;
+  always @(posedge clk)
+    rq_s9_gt7 <= \$696 ;
+  always @(posedge clk)
+    rq_s9_r0 <= \$697 ;
+  always @(posedge clk)
+    rq_s9_r1 <= \$698 ;
+  always @(posedge clk)
+    rq_s9_r2 <= \$699 ;
+  always @(posedge clk)
+    rq_s9_r3 <= \$700 ;
+  always @(posedge clk)
+    rq_s9_r4 <= \$701 ;
+  always @(posedge clk)
+    rq_s9_r5 <= \$702 ;
+  always @(posedge clk)
+    rq_s9_r6 <= \$703 ;
+  always @(posedge clk)
+    rq_s9_r7 <= \$704 ;
+  always @(posedge clk)
+    rq_s10_o0 <= \$705 ;
+  always @(posedge clk)
+    rq_s10_o1 <= \$706 ;
+  always @(posedge clk)
+    rq_s10_o2 <= \$707 ;
+  always @(posedge clk)
+    rq_s10_o3 <= \$708 ;
+  always @(posedge clk)
+    rq_s10_o4 <= \$709 ;
+  always @(posedge clk)
+    rq_s10_o5 <= \$710 ;
+  always @(posedge clk)
+    rq_s10_o6 <= \$711 ;
+  always @(posedge clk)
+    rq_s10_o7 <= \$712 ;
   always @(posedge clk)
     rq_valid1 <= res_valid_0;
   always @(posedge clk)
@@ -56916,13 +57717,17 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   always @(posedge clk)
     rq_valid7 <= rq_valid6;
   always @(posedge clk)
-    wp__en <= \$779 ;
+    rq_valid8 <= rq_valid7;
   always @(posedge clk)
-    wp__addr <= \$780 ;
+    rq_valid9 <= rq_valid8;
   always @(posedge clk)
-    rp__addr <= \$781 ;
+    wp__en <= \$713 ;
   always @(posedge clk)
-    level <= \$782 ;
+    wp__addr <= \$714 ;
+  always @(posedge clk)
+    rp__addr <= \$715 ;
+  always @(posedge clk)
+    level <= \$716 ;
   assign \$1  = ~ a__payload[81];
   assign may = \$1  | last_ok;
   assign \$2  = a__valid & w__valid;
@@ -56936,1487 +57741,2080 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   assign \$5  = pending > 1'h1;
   assign busy_next = hold_en | \$5 ;
   assign \$6  = $signed(acc_0_0) + $signed(prod_0_0);
-  assign \$7  = c_0_0[1] ? { prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0 } : \$6 ;
-  assign fin_0_0 = c_0_0[0] & c_0_0[2];
+  assign \$7  = cp1_0_0[1] ? { prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0[16], prod_0_0 } : \$6 ;
+  assign fin_0_0 = cp1_0_0[0] & cp1_0_0[2];
   assign \$8  = $signed(acc_0_1) + $signed(prod_0_1);
-  assign \$9  = c_0_1[1] ? { prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1 } : \$8 ;
-  assign fin_0_1 = c_0_1[0] & c_0_1[2];
+  assign \$9  = cp1_0_1[1] ? { prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1[16], prod_0_1 } : \$8 ;
+  assign fin_0_1 = cp1_0_1[0] & cp1_0_1[2];
   assign \$10  = $signed(acc_0_2) + $signed(prod_0_2);
-  assign \$11  = c_0_2[1] ? { prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2 } : \$10 ;
-  assign fin_0_2 = c_0_2[0] & c_0_2[2];
+  assign \$11  = cp1_0_2[1] ? { prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2[16], prod_0_2 } : \$10 ;
+  assign fin_0_2 = cp1_0_2[0] & cp1_0_2[2];
   assign \$12  = $signed(acc_0_3) + $signed(prod_0_3);
-  assign \$13  = c_0_3[1] ? { prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3 } : \$12 ;
-  assign fin_0_3 = c_0_3[0] & c_0_3[2];
+  assign \$13  = cp1_0_3[1] ? { prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3[16], prod_0_3 } : \$12 ;
+  assign fin_0_3 = cp1_0_3[0] & cp1_0_3[2];
   assign \$14  = $signed(acc_0_4) + $signed(prod_0_4);
-  assign \$15  = c_0_4[1] ? { prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4 } : \$14 ;
-  assign fin_0_4 = c_0_4[0] & c_0_4[2];
+  assign \$15  = cp1_0_4[1] ? { prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4[16], prod_0_4 } : \$14 ;
+  assign fin_0_4 = cp1_0_4[0] & cp1_0_4[2];
   assign \$16  = $signed(acc_0_5) + $signed(prod_0_5);
-  assign \$17  = c_0_5[1] ? { prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5 } : \$16 ;
-  assign fin_0_5 = c_0_5[0] & c_0_5[2];
+  assign \$17  = cp1_0_5[1] ? { prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5[16], prod_0_5 } : \$16 ;
+  assign fin_0_5 = cp1_0_5[0] & cp1_0_5[2];
   assign \$18  = $signed(acc_0_6) + $signed(prod_0_6);
-  assign \$19  = c_0_6[1] ? { prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6 } : \$18 ;
-  assign fin_0_6 = c_0_6[0] & c_0_6[2];
+  assign \$19  = cp1_0_6[1] ? { prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6[16], prod_0_6 } : \$18 ;
+  assign fin_0_6 = cp1_0_6[0] & cp1_0_6[2];
   assign \$20  = $signed(acc_0_7) + $signed(prod_0_7);
-  assign \$21  = c_0_7[1] ? { prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7 } : \$20 ;
-  assign fin_0_7 = c_0_7[0] & c_0_7[2];
+  assign \$21  = cp1_0_7[1] ? { prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7[16], prod_0_7 } : \$20 ;
+  assign fin_0_7 = cp1_0_7[0] & cp1_0_7[2];
   assign \$22  = $signed(acc_1_0) + $signed(prod_1_0);
-  assign \$23  = c_1_0[1] ? { prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0 } : \$22 ;
-  assign fin_1_0 = c_1_0[0] & c_1_0[2];
+  assign \$23  = cp1_1_0[1] ? { prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0[16], prod_1_0 } : \$22 ;
+  assign fin_1_0 = cp1_1_0[0] & cp1_1_0[2];
   assign \$24  = $signed(acc_1_1) + $signed(prod_1_1);
-  assign \$25  = c_1_1[1] ? { prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1 } : \$24 ;
-  assign fin_1_1 = c_1_1[0] & c_1_1[2];
+  assign \$25  = cp1_1_1[1] ? { prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1[16], prod_1_1 } : \$24 ;
+  assign fin_1_1 = cp1_1_1[0] & cp1_1_1[2];
   assign \$26  = $signed(acc_1_2) + $signed(prod_1_2);
-  assign \$27  = c_1_2[1] ? { prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2 } : \$26 ;
-  assign fin_1_2 = c_1_2[0] & c_1_2[2];
+  assign \$27  = cp1_1_2[1] ? { prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2[16], prod_1_2 } : \$26 ;
+  assign fin_1_2 = cp1_1_2[0] & cp1_1_2[2];
   assign \$28  = $signed(acc_1_3) + $signed(prod_1_3);
-  assign \$29  = c_1_3[1] ? { prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3 } : \$28 ;
-  assign fin_1_3 = c_1_3[0] & c_1_3[2];
+  assign \$29  = cp1_1_3[1] ? { prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3[16], prod_1_3 } : \$28 ;
+  assign fin_1_3 = cp1_1_3[0] & cp1_1_3[2];
   assign \$30  = $signed(acc_1_4) + $signed(prod_1_4);
-  assign \$31  = c_1_4[1] ? { prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4 } : \$30 ;
-  assign fin_1_4 = c_1_4[0] & c_1_4[2];
+  assign \$31  = cp1_1_4[1] ? { prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4[16], prod_1_4 } : \$30 ;
+  assign fin_1_4 = cp1_1_4[0] & cp1_1_4[2];
   assign \$32  = $signed(acc_1_5) + $signed(prod_1_5);
-  assign \$33  = c_1_5[1] ? { prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5 } : \$32 ;
-  assign fin_1_5 = c_1_5[0] & c_1_5[2];
+  assign \$33  = cp1_1_5[1] ? { prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5[16], prod_1_5 } : \$32 ;
+  assign fin_1_5 = cp1_1_5[0] & cp1_1_5[2];
   assign \$34  = $signed(acc_1_6) + $signed(prod_1_6);
-  assign \$35  = c_1_6[1] ? { prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6 } : \$34 ;
-  assign fin_1_6 = c_1_6[0] & c_1_6[2];
+  assign \$35  = cp1_1_6[1] ? { prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6[16], prod_1_6 } : \$34 ;
+  assign fin_1_6 = cp1_1_6[0] & cp1_1_6[2];
   assign \$36  = $signed(acc_1_7) + $signed(prod_1_7);
-  assign \$37  = c_1_7[1] ? { prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7 } : \$36 ;
-  assign fin_1_7 = c_1_7[0] & c_1_7[2];
+  assign \$37  = cp1_1_7[1] ? { prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7[16], prod_1_7 } : \$36 ;
+  assign fin_1_7 = cp1_1_7[0] & cp1_1_7[2];
   assign \$38  = $signed(acc_2_0) + $signed(prod_2_0);
-  assign \$39  = c_2_0[1] ? { prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0 } : \$38 ;
-  assign fin_2_0 = c_2_0[0] & c_2_0[2];
+  assign \$39  = cp1_2_0[1] ? { prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0[16], prod_2_0 } : \$38 ;
+  assign fin_2_0 = cp1_2_0[0] & cp1_2_0[2];
   assign \$40  = $signed(acc_2_1) + $signed(prod_2_1);
-  assign \$41  = c_2_1[1] ? { prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1 } : \$40 ;
-  assign fin_2_1 = c_2_1[0] & c_2_1[2];
+  assign \$41  = cp1_2_1[1] ? { prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1[16], prod_2_1 } : \$40 ;
+  assign fin_2_1 = cp1_2_1[0] & cp1_2_1[2];
   assign \$42  = $signed(acc_2_2) + $signed(prod_2_2);
-  assign \$43  = c_2_2[1] ? { prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2 } : \$42 ;
-  assign fin_2_2 = c_2_2[0] & c_2_2[2];
+  assign \$43  = cp1_2_2[1] ? { prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2[16], prod_2_2 } : \$42 ;
+  assign fin_2_2 = cp1_2_2[0] & cp1_2_2[2];
   assign \$44  = $signed(acc_2_3) + $signed(prod_2_3);
-  assign \$45  = c_2_3[1] ? { prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3 } : \$44 ;
-  assign fin_2_3 = c_2_3[0] & c_2_3[2];
+  assign \$45  = cp1_2_3[1] ? { prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3[16], prod_2_3 } : \$44 ;
+  assign fin_2_3 = cp1_2_3[0] & cp1_2_3[2];
   assign \$46  = $signed(acc_2_4) + $signed(prod_2_4);
-  assign \$47  = c_2_4[1] ? { prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4 } : \$46 ;
-  assign fin_2_4 = c_2_4[0] & c_2_4[2];
+  assign \$47  = cp1_2_4[1] ? { prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4[16], prod_2_4 } : \$46 ;
+  assign fin_2_4 = cp1_2_4[0] & cp1_2_4[2];
   assign \$48  = $signed(acc_2_5) + $signed(prod_2_5);
-  assign \$49  = c_2_5[1] ? { prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5 } : \$48 ;
-  assign fin_2_5 = c_2_5[0] & c_2_5[2];
+  assign \$49  = cp1_2_5[1] ? { prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5[16], prod_2_5 } : \$48 ;
+  assign fin_2_5 = cp1_2_5[0] & cp1_2_5[2];
   assign \$50  = $signed(acc_2_6) + $signed(prod_2_6);
-  assign \$51  = c_2_6[1] ? { prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6 } : \$50 ;
-  assign fin_2_6 = c_2_6[0] & c_2_6[2];
+  assign \$51  = cp1_2_6[1] ? { prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6[16], prod_2_6 } : \$50 ;
+  assign fin_2_6 = cp1_2_6[0] & cp1_2_6[2];
   assign \$52  = $signed(acc_2_7) + $signed(prod_2_7);
-  assign \$53  = c_2_7[1] ? { prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7 } : \$52 ;
-  assign fin_2_7 = c_2_7[0] & c_2_7[2];
+  assign \$53  = cp1_2_7[1] ? { prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7[16], prod_2_7 } : \$52 ;
+  assign fin_2_7 = cp1_2_7[0] & cp1_2_7[2];
   assign \$54  = $signed(acc_3_0) + $signed(prod_3_0);
-  assign \$55  = c_3_0[1] ? { prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0 } : \$54 ;
-  assign fin_3_0 = c_3_0[0] & c_3_0[2];
+  assign \$55  = cp1_3_0[1] ? { prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0[16], prod_3_0 } : \$54 ;
+  assign fin_3_0 = cp1_3_0[0] & cp1_3_0[2];
   assign \$56  = $signed(acc_3_1) + $signed(prod_3_1);
-  assign \$57  = c_3_1[1] ? { prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1 } : \$56 ;
-  assign fin_3_1 = c_3_1[0] & c_3_1[2];
+  assign \$57  = cp1_3_1[1] ? { prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1[16], prod_3_1 } : \$56 ;
+  assign fin_3_1 = cp1_3_1[0] & cp1_3_1[2];
   assign \$58  = $signed(acc_3_2) + $signed(prod_3_2);
-  assign \$59  = c_3_2[1] ? { prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2 } : \$58 ;
-  assign fin_3_2 = c_3_2[0] & c_3_2[2];
+  assign \$59  = cp1_3_2[1] ? { prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2[16], prod_3_2 } : \$58 ;
+  assign fin_3_2 = cp1_3_2[0] & cp1_3_2[2];
   assign \$60  = $signed(acc_3_3) + $signed(prod_3_3);
-  assign \$61  = c_3_3[1] ? { prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3 } : \$60 ;
-  assign fin_3_3 = c_3_3[0] & c_3_3[2];
+  assign \$61  = cp1_3_3[1] ? { prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3[16], prod_3_3 } : \$60 ;
+  assign fin_3_3 = cp1_3_3[0] & cp1_3_3[2];
   assign \$62  = $signed(acc_3_4) + $signed(prod_3_4);
-  assign \$63  = c_3_4[1] ? { prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4 } : \$62 ;
-  assign fin_3_4 = c_3_4[0] & c_3_4[2];
+  assign \$63  = cp1_3_4[1] ? { prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4[16], prod_3_4 } : \$62 ;
+  assign fin_3_4 = cp1_3_4[0] & cp1_3_4[2];
   assign \$64  = $signed(acc_3_5) + $signed(prod_3_5);
-  assign \$65  = c_3_5[1] ? { prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5 } : \$64 ;
-  assign fin_3_5 = c_3_5[0] & c_3_5[2];
+  assign \$65  = cp1_3_5[1] ? { prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5[16], prod_3_5 } : \$64 ;
+  assign fin_3_5 = cp1_3_5[0] & cp1_3_5[2];
   assign \$66  = $signed(acc_3_6) + $signed(prod_3_6);
-  assign \$67  = c_3_6[1] ? { prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6 } : \$66 ;
-  assign fin_3_6 = c_3_6[0] & c_3_6[2];
+  assign \$67  = cp1_3_6[1] ? { prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6[16], prod_3_6 } : \$66 ;
+  assign fin_3_6 = cp1_3_6[0] & cp1_3_6[2];
   assign \$68  = $signed(acc_3_7) + $signed(prod_3_7);
-  assign \$69  = c_3_7[1] ? { prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7 } : \$68 ;
-  assign fin_3_7 = c_3_7[0] & c_3_7[2];
+  assign \$69  = cp1_3_7[1] ? { prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7[16], prod_3_7 } : \$68 ;
+  assign fin_3_7 = cp1_3_7[0] & cp1_3_7[2];
   assign \$70  = $signed(acc_4_0) + $signed(prod_4_0);
-  assign \$71  = c_4_0[1] ? { prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0 } : \$70 ;
-  assign fin_4_0 = c_4_0[0] & c_4_0[2];
+  assign \$71  = cp1_4_0[1] ? { prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0[16], prod_4_0 } : \$70 ;
+  assign fin_4_0 = cp1_4_0[0] & cp1_4_0[2];
   assign \$72  = $signed(acc_4_1) + $signed(prod_4_1);
-  assign \$73  = c_4_1[1] ? { prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1 } : \$72 ;
-  assign fin_4_1 = c_4_1[0] & c_4_1[2];
+  assign \$73  = cp1_4_1[1] ? { prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1[16], prod_4_1 } : \$72 ;
+  assign fin_4_1 = cp1_4_1[0] & cp1_4_1[2];
   assign \$74  = $signed(acc_4_2) + $signed(prod_4_2);
-  assign \$75  = c_4_2[1] ? { prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2 } : \$74 ;
-  assign fin_4_2 = c_4_2[0] & c_4_2[2];
+  assign \$75  = cp1_4_2[1] ? { prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2[16], prod_4_2 } : \$74 ;
+  assign fin_4_2 = cp1_4_2[0] & cp1_4_2[2];
   assign \$76  = $signed(acc_4_3) + $signed(prod_4_3);
-  assign \$77  = c_4_3[1] ? { prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3 } : \$76 ;
-  assign fin_4_3 = c_4_3[0] & c_4_3[2];
+  assign \$77  = cp1_4_3[1] ? { prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3[16], prod_4_3 } : \$76 ;
+  assign fin_4_3 = cp1_4_3[0] & cp1_4_3[2];
   assign \$78  = $signed(acc_4_4) + $signed(prod_4_4);
-  assign \$79  = c_4_4[1] ? { prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4 } : \$78 ;
-  assign fin_4_4 = c_4_4[0] & c_4_4[2];
+  assign \$79  = cp1_4_4[1] ? { prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4[16], prod_4_4 } : \$78 ;
+  assign fin_4_4 = cp1_4_4[0] & cp1_4_4[2];
   assign \$80  = $signed(acc_4_5) + $signed(prod_4_5);
-  assign \$81  = c_4_5[1] ? { prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5 } : \$80 ;
-  assign fin_4_5 = c_4_5[0] & c_4_5[2];
+  assign \$81  = cp1_4_5[1] ? { prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5[16], prod_4_5 } : \$80 ;
+  assign fin_4_5 = cp1_4_5[0] & cp1_4_5[2];
   assign \$82  = $signed(acc_4_6) + $signed(prod_4_6);
-  assign \$83  = c_4_6[1] ? { prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6 } : \$82 ;
-  assign fin_4_6 = c_4_6[0] & c_4_6[2];
+  assign \$83  = cp1_4_6[1] ? { prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6[16], prod_4_6 } : \$82 ;
+  assign fin_4_6 = cp1_4_6[0] & cp1_4_6[2];
   assign \$84  = $signed(acc_4_7) + $signed(prod_4_7);
-  assign \$85  = c_4_7[1] ? { prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7 } : \$84 ;
-  assign fin_4_7 = c_4_7[0] & c_4_7[2];
+  assign \$85  = cp1_4_7[1] ? { prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7[16], prod_4_7 } : \$84 ;
+  assign fin_4_7 = cp1_4_7[0] & cp1_4_7[2];
   assign \$86  = $signed(acc_5_0) + $signed(prod_5_0);
-  assign \$87  = c_5_0[1] ? { prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0 } : \$86 ;
-  assign fin_5_0 = c_5_0[0] & c_5_0[2];
+  assign \$87  = cp1_5_0[1] ? { prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0[16], prod_5_0 } : \$86 ;
+  assign fin_5_0 = cp1_5_0[0] & cp1_5_0[2];
   assign \$88  = $signed(acc_5_1) + $signed(prod_5_1);
-  assign \$89  = c_5_1[1] ? { prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1 } : \$88 ;
-  assign fin_5_1 = c_5_1[0] & c_5_1[2];
+  assign \$89  = cp1_5_1[1] ? { prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1[16], prod_5_1 } : \$88 ;
+  assign fin_5_1 = cp1_5_1[0] & cp1_5_1[2];
   assign \$90  = $signed(acc_5_2) + $signed(prod_5_2);
-  assign \$91  = c_5_2[1] ? { prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2 } : \$90 ;
-  assign fin_5_2 = c_5_2[0] & c_5_2[2];
+  assign \$91  = cp1_5_2[1] ? { prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2[16], prod_5_2 } : \$90 ;
+  assign fin_5_2 = cp1_5_2[0] & cp1_5_2[2];
   assign \$92  = $signed(acc_5_3) + $signed(prod_5_3);
-  assign \$93  = c_5_3[1] ? { prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3 } : \$92 ;
-  assign fin_5_3 = c_5_3[0] & c_5_3[2];
+  assign \$93  = cp1_5_3[1] ? { prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3[16], prod_5_3 } : \$92 ;
+  assign fin_5_3 = cp1_5_3[0] & cp1_5_3[2];
   assign \$94  = $signed(acc_5_4) + $signed(prod_5_4);
-  assign \$95  = c_5_4[1] ? { prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4 } : \$94 ;
-  assign fin_5_4 = c_5_4[0] & c_5_4[2];
+  assign \$95  = cp1_5_4[1] ? { prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4[16], prod_5_4 } : \$94 ;
+  assign fin_5_4 = cp1_5_4[0] & cp1_5_4[2];
   assign \$96  = $signed(acc_5_5) + $signed(prod_5_5);
-  assign \$97  = c_5_5[1] ? { prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5 } : \$96 ;
-  assign fin_5_5 = c_5_5[0] & c_5_5[2];
+  assign \$97  = cp1_5_5[1] ? { prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5[16], prod_5_5 } : \$96 ;
+  assign fin_5_5 = cp1_5_5[0] & cp1_5_5[2];
   assign \$98  = $signed(acc_5_6) + $signed(prod_5_6);
-  assign \$99  = c_5_6[1] ? { prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6 } : \$98 ;
-  assign fin_5_6 = c_5_6[0] & c_5_6[2];
+  assign \$99  = cp1_5_6[1] ? { prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6[16], prod_5_6 } : \$98 ;
+  assign fin_5_6 = cp1_5_6[0] & cp1_5_6[2];
   assign \$100  = $signed(acc_5_7) + $signed(prod_5_7);
-  assign \$101  = c_5_7[1] ? { prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7 } : \$100 ;
-  assign fin_5_7 = c_5_7[0] & c_5_7[2];
+  assign \$101  = cp1_5_7[1] ? { prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7[16], prod_5_7 } : \$100 ;
+  assign fin_5_7 = cp1_5_7[0] & cp1_5_7[2];
   assign \$102  = $signed(acc_6_0) + $signed(prod_6_0);
-  assign \$103  = c_6_0[1] ? { prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0 } : \$102 ;
-  assign fin_6_0 = c_6_0[0] & c_6_0[2];
+  assign \$103  = cp1_6_0[1] ? { prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0[16], prod_6_0 } : \$102 ;
+  assign fin_6_0 = cp1_6_0[0] & cp1_6_0[2];
   assign \$104  = $signed(acc_6_1) + $signed(prod_6_1);
-  assign \$105  = c_6_1[1] ? { prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1 } : \$104 ;
-  assign fin_6_1 = c_6_1[0] & c_6_1[2];
+  assign \$105  = cp1_6_1[1] ? { prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1[16], prod_6_1 } : \$104 ;
+  assign fin_6_1 = cp1_6_1[0] & cp1_6_1[2];
   assign \$106  = $signed(acc_6_2) + $signed(prod_6_2);
-  assign \$107  = c_6_2[1] ? { prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2 } : \$106 ;
-  assign fin_6_2 = c_6_2[0] & c_6_2[2];
+  assign \$107  = cp1_6_2[1] ? { prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2[16], prod_6_2 } : \$106 ;
+  assign fin_6_2 = cp1_6_2[0] & cp1_6_2[2];
   assign \$108  = $signed(acc_6_3) + $signed(prod_6_3);
-  assign \$109  = c_6_3[1] ? { prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3 } : \$108 ;
-  assign fin_6_3 = c_6_3[0] & c_6_3[2];
+  assign \$109  = cp1_6_3[1] ? { prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3[16], prod_6_3 } : \$108 ;
+  assign fin_6_3 = cp1_6_3[0] & cp1_6_3[2];
   assign \$110  = $signed(acc_6_4) + $signed(prod_6_4);
-  assign \$111  = c_6_4[1] ? { prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4 } : \$110 ;
-  assign fin_6_4 = c_6_4[0] & c_6_4[2];
+  assign \$111  = cp1_6_4[1] ? { prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4[16], prod_6_4 } : \$110 ;
+  assign fin_6_4 = cp1_6_4[0] & cp1_6_4[2];
   assign \$112  = $signed(acc_6_5) + $signed(prod_6_5);
-  assign \$113  = c_6_5[1] ? { prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5 } : \$112 ;
-  assign fin_6_5 = c_6_5[0] & c_6_5[2];
+  assign \$113  = cp1_6_5[1] ? { prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5[16], prod_6_5 } : \$112 ;
+  assign fin_6_5 = cp1_6_5[0] & cp1_6_5[2];
   assign \$114  = $signed(acc_6_6) + $signed(prod_6_6);
-  assign \$115  = c_6_6[1] ? { prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6 } : \$114 ;
-  assign fin_6_6 = c_6_6[0] & c_6_6[2];
+  assign \$115  = cp1_6_6[1] ? { prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6[16], prod_6_6 } : \$114 ;
+  assign fin_6_6 = cp1_6_6[0] & cp1_6_6[2];
   assign \$116  = $signed(acc_6_7) + $signed(prod_6_7);
-  assign \$117  = c_6_7[1] ? { prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7 } : \$116 ;
-  assign fin_6_7 = c_6_7[0] & c_6_7[2];
+  assign \$117  = cp1_6_7[1] ? { prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7[16], prod_6_7 } : \$116 ;
+  assign fin_6_7 = cp1_6_7[0] & cp1_6_7[2];
   assign \$118  = $signed(acc_7_0) + $signed(prod_7_0);
-  assign \$119  = c_7_0[1] ? { prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0 } : \$118 ;
-  assign fin_7_0 = c_7_0[0] & c_7_0[2];
+  assign \$119  = cp1_7_0[1] ? { prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0[16], prod_7_0 } : \$118 ;
+  assign fin_7_0 = cp1_7_0[0] & cp1_7_0[2];
   assign \$120  = $signed(acc_7_1) + $signed(prod_7_1);
-  assign \$121  = c_7_1[1] ? { prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1 } : \$120 ;
-  assign fin_7_1 = c_7_1[0] & c_7_1[2];
+  assign \$121  = cp1_7_1[1] ? { prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1[16], prod_7_1 } : \$120 ;
+  assign fin_7_1 = cp1_7_1[0] & cp1_7_1[2];
   assign \$122  = $signed(acc_7_2) + $signed(prod_7_2);
-  assign \$123  = c_7_2[1] ? { prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2 } : \$122 ;
-  assign fin_7_2 = c_7_2[0] & c_7_2[2];
+  assign \$123  = cp1_7_2[1] ? { prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2[16], prod_7_2 } : \$122 ;
+  assign fin_7_2 = cp1_7_2[0] & cp1_7_2[2];
   assign \$124  = $signed(acc_7_3) + $signed(prod_7_3);
-  assign \$125  = c_7_3[1] ? { prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3 } : \$124 ;
-  assign fin_7_3 = c_7_3[0] & c_7_3[2];
+  assign \$125  = cp1_7_3[1] ? { prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3[16], prod_7_3 } : \$124 ;
+  assign fin_7_3 = cp1_7_3[0] & cp1_7_3[2];
   assign \$126  = $signed(acc_7_4) + $signed(prod_7_4);
-  assign \$127  = c_7_4[1] ? { prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4 } : \$126 ;
-  assign fin_7_4 = c_7_4[0] & c_7_4[2];
+  assign \$127  = cp1_7_4[1] ? { prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4[16], prod_7_4 } : \$126 ;
+  assign fin_7_4 = cp1_7_4[0] & cp1_7_4[2];
   assign \$128  = $signed(acc_7_5) + $signed(prod_7_5);
-  assign \$129  = c_7_5[1] ? { prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5 } : \$128 ;
-  assign fin_7_5 = c_7_5[0] & c_7_5[2];
+  assign \$129  = cp1_7_5[1] ? { prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5[16], prod_7_5 } : \$128 ;
+  assign fin_7_5 = cp1_7_5[0] & cp1_7_5[2];
   assign \$130  = $signed(acc_7_6) + $signed(prod_7_6);
-  assign \$131  = c_7_6[1] ? { prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6 } : \$130 ;
-  assign fin_7_6 = c_7_6[0] & c_7_6[2];
+  assign \$131  = cp1_7_6[1] ? { prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6[16], prod_7_6 } : \$130 ;
+  assign fin_7_6 = cp1_7_6[0] & cp1_7_6[2];
   assign \$132  = $signed(acc_7_7) + $signed(prod_7_7);
-  assign \$133  = c_7_7[1] ? { prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7 } : \$132 ;
-  assign fin_7_7 = c_7_7[0] & c_7_7[2];
+  assign \$133  = cp1_7_7[1] ? { prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7[16], prod_7_7 } : \$132 ;
+  assign fin_7_7 = cp1_7_7[0] & cp1_7_7[2];
   assign \$134  = $signed(acc_8_0) + $signed(prod_8_0);
-  assign \$135  = c_8_0[1] ? { prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0 } : \$134 ;
-  assign fin_8_0 = c_8_0[0] & c_8_0[2];
+  assign \$135  = cp1_8_0[1] ? { prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0[16], prod_8_0 } : \$134 ;
+  assign fin_8_0 = cp1_8_0[0] & cp1_8_0[2];
   assign \$136  = $signed(acc_8_1) + $signed(prod_8_1);
-  assign \$137  = c_8_1[1] ? { prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1 } : \$136 ;
-  assign fin_8_1 = c_8_1[0] & c_8_1[2];
+  assign \$137  = cp1_8_1[1] ? { prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1[16], prod_8_1 } : \$136 ;
+  assign fin_8_1 = cp1_8_1[0] & cp1_8_1[2];
   assign \$138  = $signed(acc_8_2) + $signed(prod_8_2);
-  assign \$139  = c_8_2[1] ? { prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2 } : \$138 ;
-  assign fin_8_2 = c_8_2[0] & c_8_2[2];
+  assign \$139  = cp1_8_2[1] ? { prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2[16], prod_8_2 } : \$138 ;
+  assign fin_8_2 = cp1_8_2[0] & cp1_8_2[2];
   assign \$140  = $signed(acc_8_3) + $signed(prod_8_3);
-  assign \$141  = c_8_3[1] ? { prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3 } : \$140 ;
-  assign fin_8_3 = c_8_3[0] & c_8_3[2];
+  assign \$141  = cp1_8_3[1] ? { prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3[16], prod_8_3 } : \$140 ;
+  assign fin_8_3 = cp1_8_3[0] & cp1_8_3[2];
   assign \$142  = $signed(acc_8_4) + $signed(prod_8_4);
+  assign \$143  = cp1_8_4[1] ? { prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4[16], prod_8_4 } : \$142 ;
+  assign fin_8_4 = cp1_8_4[0] & cp1_8_4[2];
+  assign \$144  = $signed(acc_8_5) + $signed(prod_8_5);
+  assign \$145  = cp1_8_5[1] ? { prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5[16], prod_8_5 } : \$144 ;
+  assign fin_8_5 = cp1_8_5[0] & cp1_8_5[2];
+  assign \$146  = $signed(acc_8_6) + $signed(prod_8_6);
+  assign \$147  = cp1_8_6[1] ? { prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6[16], prod_8_6 } : \$146 ;
+  assign fin_8_6 = cp1_8_6[0] & cp1_8_6[2];
+  assign \$148  = $signed(acc_8_7) + $signed(prod_8_7);
+  assign \$149  = cp1_8_7[1] ? { prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7[16], prod_8_7 } : \$148 ;
+  assign fin_8_7 = cp1_8_7[0] & cp1_8_7[2];
+  assign pop = o__valid & o__ready;
+  assign o__valid = | level;
+  assign \$150  = ~ p_in_valid;
+  assign \$151  = | p__payload[437:432];
+  assign \$152  = ~ \$151 ;
+  assign \$153  = | holdoff;
+  assign \$154  = holdoff - 1'h1;
+  assign \$155  = \$153  ? \$154  : 6'h00;
+  assign \$156  = take_last ? 6'h1b : \$155 ;
+  assign \$157  = | pending;
+  assign \$158  = pending - 1'h1;
+  assign \$159  = \$157  ? \$158  : 7'h00;
+  assign \$160  = hold_en ? 7'h2a : \$159 ;
+  assign \$161  = rst | stale;
+  assign \$162  = \$161  & busy_next;
+  assign \$163  = hold_en ? 4'h9 : 4'h0;
+  assign \$164  = credits - \$163 ;
+  assign \$165  = $signed(\$164 ) + $signed({ 1'h0, pop });
+  assign \$166  = ~ take_last;
+  assign \$167  = holdoff <= 1'h1;
+  assign \$168  = \$166  & \$167 ;
+  assign \$169  = p_in_valid | p__valid;
+  assign \$170  = \$168  & \$169 ;
+  assign \$171  = credits >= 4'h9;
+  assign \$172  = \$170  & \$171 ;
+  assign \$173  = ~ stale;
+  assign \$174  = \$172  & \$173 ;
+  assign \$175  = done_0_7 | res_valid_1;
+  assign \$176  = done_1_7 | res_valid_2;
+  assign \$177  = done_2_7 | res_valid_3;
+  assign \$178  = done_3_7 | res_valid_4;
+  assign \$179  = done_4_7 | res_valid_5;
+  assign \$180  = done_5_7 | res_valid_6;
+  assign \$181  = done_6_7 | res_valid_7;
+  assign \$182  = done_7_7 | res_valid_8;
+  assign \$184  = p_hold[271:256] == 1'h1;
+  assign \$185  = raw_hold | \$184 ;
+  assign \$186  = p_hold[287:272] == 1'h1;
+  assign \$187  = raw_hold | \$186 ;
+  assign \$188  = p_hold[303:288] == 1'h1;
+  assign \$189  = raw_hold | \$188 ;
+  assign \$190  = p_hold[319:304] == 1'h1;
+  assign \$191  = raw_hold | \$190 ;
+  assign \$192  = p_hold[335:320] == 1'h1;
+  assign \$193  = raw_hold | \$192 ;
+  assign \$194  = p_hold[351:336] == 1'h1;
+  assign \$195  = raw_hold | \$194 ;
+  assign \$196  = p_hold[367:352] == 1'h1;
+  assign \$197  = raw_hold | \$196 ;
+  assign \$198  = p_hold[383:368] == 1'h1;
+  assign \$199  = raw_hold | \$198 ;
+  assign \$200  = | p_hold[389:384];
+  assign \$201  = ~ \$200 ;
+  assign \$202  = raw_hold | \$201 ;
+  dsp_mult_s9_s8 dsp_0_0_mult (
+    .a(r_a[8:0]),
+    .b(r_w[7:0]),
+    .clk(clk),
+    .p(dsp_0_0)
+  );
+  dsp_mult_s9_s8 dsp_0_1_mult (
+    .a(a_0_0),
+    .b(w_skew1_d1),
+    .clk(clk),
+    .p(dsp_0_1)
+  );
+  dsp_mult_s9_s8 dsp_0_2_mult (
+    .a(a_0_1),
+    .b(w_skew2_d2),
+    .clk(clk),
+    .p(dsp_0_2)
+  );
+  dsp_mult_s9_s8 dsp_0_3_mult (
+    .a(a_0_2),
+    .b(w_skew3_d3),
+    .clk(clk),
+    .p(dsp_0_3)
+  );
+  dsp_mult_s9_s8 dsp_0_4_mult (
+    .a(a_0_3),
+    .b(w_skew4_d4),
+    .clk(clk),
+    .p(dsp_0_4)
+  );
+  dsp_mult_s9_s8 dsp_0_5_mult (
+    .a(a_0_4),
+    .b(w_skew5_d5),
+    .clk(clk),
+    .p(dsp_0_5)
+  );
+  dsp_mult_s9_s8 dsp_0_6_mult (
+    .a(a_0_5),
+    .b(w_skew6_d6),
+    .clk(clk),
+    .p(dsp_0_6)
+  );
+  dsp_mult_s9_s8 dsp_0_7_mult (
+    .a(a_0_6),
+    .b(w_skew7_d7),
+    .clk(clk),
+    .p(dsp_0_7)
+  );
+  dsp_mult_s9_s8 dsp_1_0_mult (
+    .a(a_skew1_d1),
+    .b(w_0_0),
+    .clk(clk),
+    .p(dsp_1_0)
+  );
+  dsp_mult_s9_s8 dsp_1_1_mult (
+    .a(a_1_0),
+    .b(w_0_1),
+    .clk(clk),
+    .p(dsp_1_1)
+  );
+  dsp_mult_s9_s8 dsp_1_2_mult (
+    .a(a_1_1),
+    .b(w_0_2),
+    .clk(clk),
+    .p(dsp_1_2)
+  );
+  dsp_mult_s9_s8 dsp_1_3_mult (
+    .a(a_1_2),
+    .b(w_0_3),
+    .clk(clk),
+    .p(dsp_1_3)
+  );
+  dsp_mult_s9_s8 dsp_1_4_mult (
+    .a(a_1_3),
+    .b(w_0_4),
+    .clk(clk),
+    .p(dsp_1_4)
+  );
+  dsp_mult_s9_s8 dsp_1_5_mult (
+    .a(a_1_4),
+    .b(w_0_5),
+    .clk(clk),
+    .p(dsp_1_5)
+  );
+  dsp_mult_s9_s8 dsp_1_6_mult (
+    .a(a_1_5),
+    .b(w_0_6),
+    .clk(clk),
+    .p(dsp_1_6)
+  );
+  dsp_mult_s9_s8 dsp_1_7_mult (
+    .a(a_1_6),
+    .b(w_0_7),
+    .clk(clk),
+    .p(dsp_1_7)
+  );
+  dsp_mult_s9_s8 dsp_2_0_mult (
+    .a(a_skew2_d2),
+    .b(w_1_0),
+    .clk(clk),
+    .p(dsp_2_0)
+  );
+  dsp_mult_s9_s8 dsp_2_1_mult (
+    .a(a_2_0),
+    .b(w_1_1),
+    .clk(clk),
+    .p(dsp_2_1)
+  );
+  dsp_mult_s9_s8 dsp_2_2_mult (
+    .a(a_2_1),
+    .b(w_1_2),
+    .clk(clk),
+    .p(dsp_2_2)
+  );
+  dsp_mult_s9_s8 dsp_2_3_mult (
+    .a(a_2_2),
+    .b(w_1_3),
+    .clk(clk),
+    .p(dsp_2_3)
+  );
+  dsp_mult_s9_s8 dsp_2_4_mult (
+    .a(a_2_3),
+    .b(w_1_4),
+    .clk(clk),
+    .p(dsp_2_4)
+  );
+  dsp_mult_s9_s8 dsp_2_5_mult (
+    .a(a_2_4),
+    .b(w_1_5),
+    .clk(clk),
+    .p(dsp_2_5)
+  );
+  dsp_mult_s9_s8 dsp_2_6_mult (
+    .a(a_2_5),
+    .b(w_1_6),
+    .clk(clk),
+    .p(dsp_2_6)
+  );
+  dsp_mult_s9_s8 dsp_2_7_mult (
+    .a(a_2_6),
+    .b(w_1_7),
+    .clk(clk),
+    .p(dsp_2_7)
+  );
+  dsp_mult_s9_s8 dsp_3_0_mult (
+    .a(a_skew3_d3),
+    .b(w_2_0),
+    .clk(clk),
+    .p(dsp_3_0)
+  );
+  dsp_mult_s9_s8 dsp_3_1_mult (
+    .a(a_3_0),
+    .b(w_2_1),
+    .clk(clk),
+    .p(dsp_3_1)
+  );
+  dsp_mult_s9_s8 dsp_3_2_mult (
+    .a(a_3_1),
+    .b(w_2_2),
+    .clk(clk),
+    .p(dsp_3_2)
+  );
+  dsp_mult_s9_s8 dsp_3_3_mult (
+    .a(a_3_2),
+    .b(w_2_3),
+    .clk(clk),
+    .p(dsp_3_3)
+  );
+  dsp_mult_s9_s8 dsp_3_4_mult (
+    .a(a_3_3),
+    .b(w_2_4),
+    .clk(clk),
+    .p(dsp_3_4)
+  );
+  dsp_mult_s9_s8 dsp_3_5_mult (
+    .a(a_3_4),
+    .b(w_2_5),
+    .clk(clk),
+    .p(dsp_3_5)
+  );
+  dsp_mult_s9_s8 dsp_3_6_mult (
+    .a(a_3_5),
+    .b(w_2_6),
+    .clk(clk),
+    .p(dsp_3_6)
+  );
+  dsp_mult_s9_s8 dsp_3_7_mult (
+    .a(a_3_6),
+    .b(w_2_7),
+    .clk(clk),
+    .p(dsp_3_7)
+  );
+  dsp_mult_s9_s8 dsp_4_0_mult (
+    .a(a_skew4_d4),
+    .b(w_3_0),
+    .clk(clk),
+    .p(dsp_4_0)
+  );
+  dsp_mult_s9_s8 dsp_4_1_mult (
+    .a(a_4_0),
+    .b(w_3_1),
+    .clk(clk),
+    .p(dsp_4_1)
+  );
+  dsp_mult_s9_s8 dsp_4_2_mult (
+    .a(a_4_1),
+    .b(w_3_2),
+    .clk(clk),
+    .p(dsp_4_2)
+  );
+  dsp_mult_s9_s8 dsp_4_3_mult (
+    .a(a_4_2),
+    .b(w_3_3),
+    .clk(clk),
+    .p(dsp_4_3)
+  );
+  dsp_mult_s9_s8 dsp_4_4_mult (
+    .a(a_4_3),
+    .b(w_3_4),
+    .clk(clk),
+    .p(dsp_4_4)
+  );
+  dsp_mult_s9_s8 dsp_4_5_mult (
+    .a(a_4_4),
+    .b(w_3_5),
+    .clk(clk),
+    .p(dsp_4_5)
+  );
+  dsp_mult_s9_s8 dsp_4_6_mult (
+    .a(a_4_5),
+    .b(w_3_6),
+    .clk(clk),
+    .p(dsp_4_6)
+  );
+  dsp_mult_s9_s8 dsp_4_7_mult (
+    .a(a_4_6),
+    .b(w_3_7),
+    .clk(clk),
+    .p(dsp_4_7)
+  );
+  dsp_mult_s9_s8 dsp_5_0_mult (
+    .a(a_skew5_d5),
+    .b(w_4_0),
+    .clk(clk),
+    .p(dsp_5_0)
+  );
+  dsp_mult_s9_s8 dsp_5_1_mult (
+    .a(a_5_0),
+    .b(w_4_1),
+    .clk(clk),
+    .p(dsp_5_1)
+  );
+  dsp_mult_s9_s8 dsp_5_2_mult (
+    .a(a_5_1),
+    .b(w_4_2),
+    .clk(clk),
+    .p(dsp_5_2)
+  );
+  dsp_mult_s9_s8 dsp_5_3_mult (
+    .a(a_5_2),
+    .b(w_4_3),
+    .clk(clk),
+    .p(dsp_5_3)
+  );
+  dsp_mult_s9_s8 dsp_5_4_mult (
+    .a(a_5_3),
+    .b(w_4_4),
+    .clk(clk),
+    .p(dsp_5_4)
+  );
+  dsp_mult_s9_s8 dsp_5_5_mult (
+    .a(a_5_4),
+    .b(w_4_5),
+    .clk(clk),
+    .p(dsp_5_5)
+  );
+  dsp_mult_s9_s8 dsp_5_6_mult (
+    .a(a_5_5),
+    .b(w_4_6),
+    .clk(clk),
+    .p(dsp_5_6)
+  );
+  dsp_mult_s9_s8 dsp_5_7_mult (
+    .a(a_5_6),
+    .b(w_4_7),
+    .clk(clk),
+    .p(dsp_5_7)
+  );
+  dsp_mult_s9_s8 dsp_6_0_mult (
+    .a(a_skew6_d6),
+    .b(w_5_0),
+    .clk(clk),
+    .p(dsp_6_0)
+  );
+  dsp_mult_s9_s8 dsp_6_1_mult (
+    .a(a_6_0),
+    .b(w_5_1),
+    .clk(clk),
+    .p(dsp_6_1)
+  );
+  dsp_mult_s9_s8 dsp_6_2_mult (
+    .a(a_6_1),
+    .b(w_5_2),
+    .clk(clk),
+    .p(dsp_6_2)
+  );
+  dsp_mult_s9_s8 dsp_6_3_mult (
+    .a(a_6_2),
+    .b(w_5_3),
+    .clk(clk),
+    .p(dsp_6_3)
+  );
+  dsp_mult_s9_s8 dsp_6_4_mult (
+    .a(a_6_3),
+    .b(w_5_4),
+    .clk(clk),
+    .p(dsp_6_4)
+  );
+  dsp_mult_s9_s8 dsp_6_5_mult (
+    .a(a_6_4),
+    .b(w_5_5),
+    .clk(clk),
+    .p(dsp_6_5)
+  );
+  dsp_mult_s9_s8 dsp_6_6_mult (
+    .a(a_6_5),
+    .b(w_5_6),
+    .clk(clk),
+    .p(dsp_6_6)
+  );
+  dsp_mult_s9_s8 dsp_6_7_mult (
+    .a(a_6_6),
+    .b(w_5_7),
+    .clk(clk),
+    .p(dsp_6_7)
+  );
+  dsp_mult_s9_s8 dsp_7_0_mult (
+    .a(a_skew7_d7),
+    .b(w_6_0),
+    .clk(clk),
+    .p(dsp_7_0)
+  );
+  dsp_mult_s9_s8 dsp_7_1_mult (
+    .a(a_7_0),
+    .b(w_6_1),
+    .clk(clk),
+    .p(dsp_7_1)
+  );
+  dsp_mult_s9_s8 dsp_7_2_mult (
+    .a(a_7_1),
+    .b(w_6_2),
+    .clk(clk),
+    .p(dsp_7_2)
+  );
+  dsp_mult_s9_s8 dsp_7_3_mult (
+    .a(a_7_2),
+    .b(w_6_3),
+    .clk(clk),
+    .p(dsp_7_3)
+  );
+  dsp_mult_s9_s8 dsp_7_4_mult (
+    .a(a_7_3),
+    .b(w_6_4),
+    .clk(clk),
+    .p(dsp_7_4)
+  );
+  dsp_mult_s9_s8 dsp_7_5_mult (
+    .a(a_7_4),
+    .b(w_6_5),
+    .clk(clk),
+    .p(dsp_7_5)
+  );
+  dsp_mult_s9_s8 dsp_7_6_mult (
+    .a(a_7_5),
+    .b(w_6_6),
+    .clk(clk),
+    .p(dsp_7_6)
+  );
+  dsp_mult_s9_s8 dsp_7_7_mult (
+    .a(a_7_6),
+    .b(w_6_7),
+    .clk(clk),
+    .p(dsp_7_7)
+  );
+  dsp_mult_s9_s8 dsp_8_0_mult (
+    .a(a_skew8_d8),
+    .b(w_7_0),
+    .clk(clk),
+    .p(dsp_8_0)
+  );
+  dsp_mult_s9_s8 dsp_8_1_mult (
+    .a(a_8_0),
+    .b(w_7_1),
+    .clk(clk),
+    .p(dsp_8_1)
+  );
+  dsp_mult_s9_s8 dsp_8_2_mult (
+    .a(a_8_1),
+    .b(w_7_2),
+    .clk(clk),
+    .p(dsp_8_2)
+  );
+  dsp_mult_s9_s8 dsp_8_3_mult (
+    .a(a_8_2),
+    .b(w_7_3),
+    .clk(clk),
+    .p(dsp_8_3)
+  );
+  dsp_mult_s9_s8 dsp_8_4_mult (
+    .a(a_8_3),
+    .b(w_7_4),
+    .clk(clk),
+    .p(dsp_8_4)
+  );
+  dsp_mult_s9_s8 dsp_8_5_mult (
+    .a(a_8_4),
+    .b(w_7_5),
+    .clk(clk),
+    .p(dsp_8_5)
+  );
+  dsp_mult_s9_s8 dsp_8_6_mult (
+    .a(a_8_5),
+    .b(w_7_6),
+    .clk(clk),
+    .p(dsp_8_6)
+  );
+  dsp_mult_s9_s8 dsp_8_7_mult (
+    .a(a_8_6),
+    .b(w_7_7),
+    .clk(clk),
+    .p(dsp_8_7)
+  );
+  dsp_mult_s15_u16 rq_ph0_mult (
+    .a(rq_s1_s0[31:17]),
+    .b(rq_s1_m0),
+    .clk(clk),
+    .p(rq_ph0)
+  );
+  dsp_mult_s15_u16 rq_ph1_mult (
+    .a(rq_s1_s1[31:17]),
+    .b(rq_s1_m1),
+    .clk(clk),
+    .p(rq_ph1)
+  );
+  dsp_mult_s15_u16 rq_ph2_mult (
+    .a(rq_s1_s2[31:17]),
+    .b(rq_s1_m2),
+    .clk(clk),
+    .p(rq_ph2)
+  );
+  dsp_mult_s15_u16 rq_ph3_mult (
+    .a(rq_s1_s3[31:17]),
+    .b(rq_s1_m3),
+    .clk(clk),
+    .p(rq_ph3)
+  );
+  dsp_mult_s15_u16 rq_ph4_mult (
+    .a(rq_s1_s4[31:17]),
+    .b(rq_s1_m4),
+    .clk(clk),
+    .p(rq_ph4)
+  );
+  dsp_mult_s15_u16 rq_ph5_mult (
+    .a(rq_s1_s5[31:17]),
+    .b(rq_s1_m5),
+    .clk(clk),
+    .p(rq_ph5)
+  );
+  dsp_mult_s15_u16 rq_ph6_mult (
+    .a(rq_s1_s6[31:17]),
+    .b(rq_s1_m6),
+    .clk(clk),
+    .p(rq_ph6)
+  );
+  dsp_mult_s15_u16 rq_ph7_mult (
+    .a(rq_s1_s7[31:17]),
+    .b(rq_s1_m7),
+    .clk(clk),
+    .p(rq_ph7)
+  );
+  dsp_mult_u17_u16 rq_pl0_mult (
+    .a(rq_s1_s0[16:0]),
+    .b(rq_s1_m0),
+    .clk(clk),
+    .p(rq_pl0)
+  );
+  dsp_mult_u17_u16 rq_pl1_mult (
+    .a(rq_s1_s1[16:0]),
+    .b(rq_s1_m1),
+    .clk(clk),
+    .p(rq_pl1)
+  );
+  dsp_mult_u17_u16 rq_pl2_mult (
+    .a(rq_s1_s2[16:0]),
+    .b(rq_s1_m2),
+    .clk(clk),
+    .p(rq_pl2)
+  );
+  dsp_mult_u17_u16 rq_pl3_mult (
+    .a(rq_s1_s3[16:0]),
+    .b(rq_s1_m3),
+    .clk(clk),
+    .p(rq_pl3)
+  );
+  dsp_mult_u17_u16 rq_pl4_mult (
+    .a(rq_s1_s4[16:0]),
+    .b(rq_s1_m4),
+    .clk(clk),
+    .p(rq_pl4)
+  );
+  dsp_mult_u17_u16 rq_pl5_mult (
+    .a(rq_s1_s5[16:0]),
+    .b(rq_s1_m5),
+    .clk(clk),
+    .p(rq_pl5)
+  );
+  dsp_mult_u17_u16 rq_pl6_mult (
+    .a(rq_s1_s6[16:0]),
+    .b(rq_s1_m6),
+    .clk(clk),
+    .p(rq_pl6)
+  );
+  dsp_mult_u17_u16 rq_pl7_mult (
+    .a(rq_s1_s7[16:0]),
+    .b(rq_s1_m7),
+    .clk(clk),
+    .p(rq_pl7)
+  );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$475  = take;
+    \$387  = take;
     if (unit_rst) begin
-      \$475  = 1'h0;
+      \$387  = 1'h0;
     end
     if (rst) begin
-      \$475  = 1'h0;
+      \$387  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$476  = take_last;
+    \$388  = take_last;
     if (unit_rst) begin
-      \$476  = 1'h0;
+      \$388  = 1'h0;
     end
     if (rst) begin
-      \$476  = 1'h0;
+      \$388  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$477  = first;
+    \$389  = first;
     if (r_valid) begin
-      \$477  = r_last;
+      \$389  = r_last;
     end
     if (unit_rst) begin
-      \$477  = 1'h1;
+      \$389  = 1'h1;
     end
     if (rst) begin
-      \$477  = 1'h1;
+      \$389  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$478  = p_in;
+    \$390  = p_in;
     if (\$150 ) begin
-      \$478  = p__payload;
+      \$390  = p__payload;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$479  = p_in_valid;
+    \$391  = p_in_valid;
     if (\$150 ) begin
-      \$479  = p__valid;
+      \$391  = p__valid;
     end
     if (hold_en) begin
-      \$479  = 1'h0;
+      \$391  = 1'h0;
     end
     if (unit_rst) begin
-      \$479  = 1'h0;
+      \$391  = 1'h0;
     end
     if (rst) begin
-      \$479  = 1'h0;
+      \$391  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$480  = raw_in;
+    \$392  = raw_in;
     if (\$150 ) begin
-      \$480  = \$152 ;
+      \$392  = \$152 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$481  = p_hold;
+    \$393  = p_hold;
     if (hold_en) begin
-      \$481  = p_in;
+      \$393  = p_in;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$482  = raw_hold;
+    \$394  = raw_hold;
     if (hold_en) begin
-      \$482  = raw_in;
+      \$394  = raw_in;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$483  = \$165 [4:0];
+    \$395  = \$165 [4:0];
     if (unit_rst) begin
-      \$483  = 5'h12;
+      \$395  = 5'h12;
     end
     if (rst) begin
-      \$483  = 5'h12;
+      \$395  = 5'h12;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$484  = \$174 ;
+    \$396  = \$174 ;
     if (unit_rst) begin
-      \$484  = 1'h0;
+      \$396  = 1'h0;
     end
     if (rst) begin
-      \$484  = 1'h0;
+      \$396  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$485  = acc_0_0;
-    if (c_0_0[0]) begin
-      \$485  = \$7 [31:0];
+    \$397  = acc_0_0;
+    if (cp1_0_0[0]) begin
+      \$397  = \$7 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_0) begin
-      \$486  = acc_0_0;
+      \$398  = acc_0_0;
     end else begin
-      \$486  = res_1_0;
+      \$398  = res_1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$487  = acc_0_1;
-    if (c_0_1[0]) begin
-      \$487  = \$9 [31:0];
+    \$399  = acc_0_1;
+    if (cp1_0_1[0]) begin
+      \$399  = \$9 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_1) begin
-      \$488  = acc_0_1;
+      \$400  = acc_0_1;
     end else begin
-      \$488  = res_1_1;
+      \$400  = res_1_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$489  = acc_0_2;
-    if (c_0_2[0]) begin
-      \$489  = \$11 [31:0];
+    \$401  = acc_0_2;
+    if (cp1_0_2[0]) begin
+      \$401  = \$11 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_2) begin
-      \$490  = acc_0_2;
+      \$402  = acc_0_2;
     end else begin
-      \$490  = res_1_2;
+      \$402  = res_1_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$491  = acc_0_3;
-    if (c_0_3[0]) begin
-      \$491  = \$13 [31:0];
+    \$403  = acc_0_3;
+    if (cp1_0_3[0]) begin
+      \$403  = \$13 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_3) begin
-      \$492  = acc_0_3;
+      \$404  = acc_0_3;
     end else begin
-      \$492  = res_1_3;
+      \$404  = res_1_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$493  = acc_0_4;
-    if (c_0_4[0]) begin
-      \$493  = \$15 [31:0];
+    \$405  = acc_0_4;
+    if (cp1_0_4[0]) begin
+      \$405  = \$15 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_4) begin
-      \$494  = acc_0_4;
+      \$406  = acc_0_4;
     end else begin
-      \$494  = res_1_4;
+      \$406  = res_1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$495  = acc_0_5;
-    if (c_0_5[0]) begin
-      \$495  = \$17 [31:0];
+    \$407  = acc_0_5;
+    if (cp1_0_5[0]) begin
+      \$407  = \$17 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_5) begin
-      \$496  = acc_0_5;
+      \$408  = acc_0_5;
     end else begin
-      \$496  = res_1_5;
+      \$408  = res_1_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$497  = acc_0_6;
-    if (c_0_6[0]) begin
-      \$497  = \$19 [31:0];
+    \$409  = acc_0_6;
+    if (cp1_0_6[0]) begin
+      \$409  = \$19 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_6) begin
-      \$498  = acc_0_6;
+      \$410  = acc_0_6;
     end else begin
-      \$498  = res_1_6;
+      \$410  = res_1_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$499  = acc_0_7;
-    if (c_0_7[0]) begin
-      \$499  = \$21 [31:0];
+    \$411  = acc_0_7;
+    if (cp1_0_7[0]) begin
+      \$411  = \$21 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_7) begin
-      \$500  = acc_0_7;
+      \$412  = acc_0_7;
     end else begin
-      \$500  = res_1_7;
+      \$412  = res_1_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$501  = acc_1_0;
-    if (c_1_0[0]) begin
-      \$501  = \$23 [31:0];
+    \$413  = acc_1_0;
+    if (cp1_1_0[0]) begin
+      \$413  = \$23 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_0) begin
-      \$502  = acc_1_0;
+      \$414  = acc_1_0;
     end else begin
-      \$502  = res_2_0;
+      \$414  = res_2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$503  = acc_1_1;
-    if (c_1_1[0]) begin
-      \$503  = \$25 [31:0];
+    \$415  = acc_1_1;
+    if (cp1_1_1[0]) begin
+      \$415  = \$25 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_1) begin
-      \$504  = acc_1_1;
+      \$416  = acc_1_1;
     end else begin
-      \$504  = res_2_1;
+      \$416  = res_2_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$505  = acc_1_2;
-    if (c_1_2[0]) begin
-      \$505  = \$27 [31:0];
+    \$417  = acc_1_2;
+    if (cp1_1_2[0]) begin
+      \$417  = \$27 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_2) begin
-      \$506  = acc_1_2;
+      \$418  = acc_1_2;
     end else begin
-      \$506  = res_2_2;
+      \$418  = res_2_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$507  = acc_1_3;
-    if (c_1_3[0]) begin
-      \$507  = \$29 [31:0];
+    \$419  = acc_1_3;
+    if (cp1_1_3[0]) begin
+      \$419  = \$29 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_3) begin
-      \$508  = acc_1_3;
+      \$420  = acc_1_3;
     end else begin
-      \$508  = res_2_3;
+      \$420  = res_2_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$509  = acc_1_4;
-    if (c_1_4[0]) begin
-      \$509  = \$31 [31:0];
+    \$421  = acc_1_4;
+    if (cp1_1_4[0]) begin
+      \$421  = \$31 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_4) begin
-      \$510  = acc_1_4;
+      \$422  = acc_1_4;
     end else begin
-      \$510  = res_2_4;
+      \$422  = res_2_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$511  = acc_1_5;
-    if (c_1_5[0]) begin
-      \$511  = \$33 [31:0];
+    \$423  = acc_1_5;
+    if (cp1_1_5[0]) begin
+      \$423  = \$33 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_5) begin
-      \$512  = acc_1_5;
+      \$424  = acc_1_5;
     end else begin
-      \$512  = res_2_5;
+      \$424  = res_2_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$513  = acc_1_6;
-    if (c_1_6[0]) begin
-      \$513  = \$35 [31:0];
+    \$425  = acc_1_6;
+    if (cp1_1_6[0]) begin
+      \$425  = \$35 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_6) begin
-      \$514  = acc_1_6;
+      \$426  = acc_1_6;
     end else begin
-      \$514  = res_2_6;
+      \$426  = res_2_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$515  = acc_1_7;
-    if (c_1_7[0]) begin
-      \$515  = \$37 [31:0];
+    \$427  = acc_1_7;
+    if (cp1_1_7[0]) begin
+      \$427  = \$37 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_7) begin
-      \$516  = acc_1_7;
+      \$428  = acc_1_7;
     end else begin
-      \$516  = res_2_7;
+      \$428  = res_2_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$517  = acc_2_0;
-    if (c_2_0[0]) begin
-      \$517  = \$39 [31:0];
+    \$429  = acc_2_0;
+    if (cp1_2_0[0]) begin
+      \$429  = \$39 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_0) begin
-      \$518  = acc_2_0;
+      \$430  = acc_2_0;
     end else begin
-      \$518  = res_3_0;
+      \$430  = res_3_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$519  = acc_2_1;
-    if (c_2_1[0]) begin
-      \$519  = \$41 [31:0];
+    \$431  = acc_2_1;
+    if (cp1_2_1[0]) begin
+      \$431  = \$41 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_1) begin
-      \$520  = acc_2_1;
+      \$432  = acc_2_1;
     end else begin
-      \$520  = res_3_1;
+      \$432  = res_3_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$521  = acc_2_2;
-    if (c_2_2[0]) begin
-      \$521  = \$43 [31:0];
+    \$433  = acc_2_2;
+    if (cp1_2_2[0]) begin
+      \$433  = \$43 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_2) begin
-      \$522  = acc_2_2;
+      \$434  = acc_2_2;
     end else begin
-      \$522  = res_3_2;
+      \$434  = res_3_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$523  = acc_2_3;
-    if (c_2_3[0]) begin
-      \$523  = \$45 [31:0];
+    \$435  = acc_2_3;
+    if (cp1_2_3[0]) begin
+      \$435  = \$45 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_3) begin
-      \$524  = acc_2_3;
+      \$436  = acc_2_3;
     end else begin
-      \$524  = res_3_3;
+      \$436  = res_3_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$525  = acc_2_4;
-    if (c_2_4[0]) begin
-      \$525  = \$47 [31:0];
+    \$437  = acc_2_4;
+    if (cp1_2_4[0]) begin
+      \$437  = \$47 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_4) begin
-      \$526  = acc_2_4;
+      \$438  = acc_2_4;
     end else begin
-      \$526  = res_3_4;
+      \$438  = res_3_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$527  = acc_2_5;
-    if (c_2_5[0]) begin
-      \$527  = \$49 [31:0];
+    \$439  = acc_2_5;
+    if (cp1_2_5[0]) begin
+      \$439  = \$49 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_5) begin
-      \$528  = acc_2_5;
+      \$440  = acc_2_5;
     end else begin
-      \$528  = res_3_5;
+      \$440  = res_3_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$529  = acc_2_6;
-    if (c_2_6[0]) begin
-      \$529  = \$51 [31:0];
+    \$441  = acc_2_6;
+    if (cp1_2_6[0]) begin
+      \$441  = \$51 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_6) begin
-      \$530  = acc_2_6;
+      \$442  = acc_2_6;
     end else begin
-      \$530  = res_3_6;
+      \$442  = res_3_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$531  = acc_2_7;
-    if (c_2_7[0]) begin
-      \$531  = \$53 [31:0];
+    \$443  = acc_2_7;
+    if (cp1_2_7[0]) begin
+      \$443  = \$53 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_7) begin
-      \$532  = acc_2_7;
+      \$444  = acc_2_7;
     end else begin
-      \$532  = res_3_7;
+      \$444  = res_3_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$533  = acc_3_0;
-    if (c_3_0[0]) begin
-      \$533  = \$55 [31:0];
+    \$445  = acc_3_0;
+    if (cp1_3_0[0]) begin
+      \$445  = \$55 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_0) begin
-      \$534  = acc_3_0;
+      \$446  = acc_3_0;
     end else begin
-      \$534  = res_4_0;
+      \$446  = res_4_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$535  = acc_3_1;
-    if (c_3_1[0]) begin
-      \$535  = \$57 [31:0];
+    \$447  = acc_3_1;
+    if (cp1_3_1[0]) begin
+      \$447  = \$57 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_1) begin
-      \$536  = acc_3_1;
+      \$448  = acc_3_1;
     end else begin
-      \$536  = res_4_1;
+      \$448  = res_4_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$537  = acc_3_2;
-    if (c_3_2[0]) begin
-      \$537  = \$59 [31:0];
+    \$449  = acc_3_2;
+    if (cp1_3_2[0]) begin
+      \$449  = \$59 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_2) begin
-      \$538  = acc_3_2;
+      \$450  = acc_3_2;
     end else begin
-      \$538  = res_4_2;
+      \$450  = res_4_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$539  = acc_3_3;
-    if (c_3_3[0]) begin
-      \$539  = \$61 [31:0];
+    \$451  = acc_3_3;
+    if (cp1_3_3[0]) begin
+      \$451  = \$61 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_3) begin
-      \$540  = acc_3_3;
+      \$452  = acc_3_3;
     end else begin
-      \$540  = res_4_3;
+      \$452  = res_4_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$541  = acc_3_4;
-    if (c_3_4[0]) begin
-      \$541  = \$63 [31:0];
+    \$453  = acc_3_4;
+    if (cp1_3_4[0]) begin
+      \$453  = \$63 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_4) begin
-      \$542  = acc_3_4;
+      \$454  = acc_3_4;
     end else begin
-      \$542  = res_4_4;
+      \$454  = res_4_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$543  = acc_3_5;
-    if (c_3_5[0]) begin
-      \$543  = \$65 [31:0];
+    \$455  = acc_3_5;
+    if (cp1_3_5[0]) begin
+      \$455  = \$65 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_5) begin
-      \$544  = acc_3_5;
+      \$456  = acc_3_5;
     end else begin
-      \$544  = res_4_5;
+      \$456  = res_4_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$545  = acc_3_6;
-    if (c_3_6[0]) begin
-      \$545  = \$67 [31:0];
+    \$457  = acc_3_6;
+    if (cp1_3_6[0]) begin
+      \$457  = \$67 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_6) begin
-      \$546  = acc_3_6;
+      \$458  = acc_3_6;
     end else begin
-      \$546  = res_4_6;
+      \$458  = res_4_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$547  = acc_3_7;
-    if (c_3_7[0]) begin
-      \$547  = \$69 [31:0];
+    \$459  = acc_3_7;
+    if (cp1_3_7[0]) begin
+      \$459  = \$69 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_7) begin
-      \$548  = acc_3_7;
+      \$460  = acc_3_7;
     end else begin
-      \$548  = res_4_7;
+      \$460  = res_4_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$549  = acc_4_0;
-    if (c_4_0[0]) begin
-      \$549  = \$71 [31:0];
+    \$461  = acc_4_0;
+    if (cp1_4_0[0]) begin
+      \$461  = \$71 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_0) begin
-      \$550  = acc_4_0;
+      \$462  = acc_4_0;
     end else begin
-      \$550  = res_5_0;
+      \$462  = res_5_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$551  = acc_4_1;
-    if (c_4_1[0]) begin
-      \$551  = \$73 [31:0];
+    \$463  = acc_4_1;
+    if (cp1_4_1[0]) begin
+      \$463  = \$73 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_1) begin
-      \$552  = acc_4_1;
+      \$464  = acc_4_1;
     end else begin
-      \$552  = res_5_1;
+      \$464  = res_5_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$553  = acc_4_2;
-    if (c_4_2[0]) begin
-      \$553  = \$75 [31:0];
+    \$465  = acc_4_2;
+    if (cp1_4_2[0]) begin
+      \$465  = \$75 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_2) begin
-      \$554  = acc_4_2;
+      \$466  = acc_4_2;
     end else begin
-      \$554  = res_5_2;
+      \$466  = res_5_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$555  = acc_4_3;
-    if (c_4_3[0]) begin
-      \$555  = \$77 [31:0];
+    \$467  = acc_4_3;
+    if (cp1_4_3[0]) begin
+      \$467  = \$77 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_3) begin
-      \$556  = acc_4_3;
+      \$468  = acc_4_3;
     end else begin
-      \$556  = res_5_3;
+      \$468  = res_5_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$557  = acc_4_4;
-    if (c_4_4[0]) begin
-      \$557  = \$79 [31:0];
+    \$469  = acc_4_4;
+    if (cp1_4_4[0]) begin
+      \$469  = \$79 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_4) begin
-      \$558  = acc_4_4;
+      \$470  = acc_4_4;
     end else begin
-      \$558  = res_5_4;
+      \$470  = res_5_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$559  = acc_4_5;
-    if (c_4_5[0]) begin
-      \$559  = \$81 [31:0];
+    \$471  = acc_4_5;
+    if (cp1_4_5[0]) begin
+      \$471  = \$81 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_5) begin
-      \$560  = acc_4_5;
+      \$472  = acc_4_5;
     end else begin
-      \$560  = res_5_5;
+      \$472  = res_5_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$561  = acc_4_6;
-    if (c_4_6[0]) begin
-      \$561  = \$83 [31:0];
+    \$473  = acc_4_6;
+    if (cp1_4_6[0]) begin
+      \$473  = \$83 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_6) begin
-      \$562  = acc_4_6;
+      \$474  = acc_4_6;
     end else begin
-      \$562  = res_5_6;
+      \$474  = res_5_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$563  = acc_4_7;
-    if (c_4_7[0]) begin
-      \$563  = \$85 [31:0];
+    \$475  = acc_4_7;
+    if (cp1_4_7[0]) begin
+      \$475  = \$85 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_7) begin
-      \$564  = acc_4_7;
+      \$476  = acc_4_7;
     end else begin
-      \$564  = res_5_7;
+      \$476  = res_5_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$565  = acc_5_0;
-    if (c_5_0[0]) begin
-      \$565  = \$87 [31:0];
+    \$477  = acc_5_0;
+    if (cp1_5_0[0]) begin
+      \$477  = \$87 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_0) begin
-      \$566  = acc_5_0;
+      \$478  = acc_5_0;
     end else begin
-      \$566  = res_6_0;
+      \$478  = res_6_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$567  = acc_5_1;
-    if (c_5_1[0]) begin
-      \$567  = \$89 [31:0];
+    \$479  = acc_5_1;
+    if (cp1_5_1[0]) begin
+      \$479  = \$89 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_1) begin
-      \$568  = acc_5_1;
+      \$480  = acc_5_1;
     end else begin
-      \$568  = res_6_1;
+      \$480  = res_6_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$569  = acc_5_2;
-    if (c_5_2[0]) begin
-      \$569  = \$91 [31:0];
+    \$481  = acc_5_2;
+    if (cp1_5_2[0]) begin
+      \$481  = \$91 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_2) begin
-      \$570  = acc_5_2;
+      \$482  = acc_5_2;
     end else begin
-      \$570  = res_6_2;
+      \$482  = res_6_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$571  = acc_5_3;
-    if (c_5_3[0]) begin
-      \$571  = \$93 [31:0];
+    \$483  = acc_5_3;
+    if (cp1_5_3[0]) begin
+      \$483  = \$93 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_3) begin
-      \$572  = acc_5_3;
+      \$484  = acc_5_3;
     end else begin
-      \$572  = res_6_3;
+      \$484  = res_6_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$573  = acc_5_4;
-    if (c_5_4[0]) begin
-      \$573  = \$95 [31:0];
+    \$485  = acc_5_4;
+    if (cp1_5_4[0]) begin
+      \$485  = \$95 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_4) begin
-      \$574  = acc_5_4;
+      \$486  = acc_5_4;
     end else begin
-      \$574  = res_6_4;
+      \$486  = res_6_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$575  = acc_5_5;
-    if (c_5_5[0]) begin
-      \$575  = \$97 [31:0];
+    \$487  = acc_5_5;
+    if (cp1_5_5[0]) begin
+      \$487  = \$97 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_5) begin
-      \$576  = acc_5_5;
+      \$488  = acc_5_5;
     end else begin
-      \$576  = res_6_5;
+      \$488  = res_6_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$577  = acc_5_6;
-    if (c_5_6[0]) begin
-      \$577  = \$99 [31:0];
+    \$489  = acc_5_6;
+    if (cp1_5_6[0]) begin
+      \$489  = \$99 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_6) begin
-      \$578  = acc_5_6;
+      \$490  = acc_5_6;
     end else begin
-      \$578  = res_6_6;
+      \$490  = res_6_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$579  = acc_5_7;
-    if (c_5_7[0]) begin
-      \$579  = \$101 [31:0];
+    \$491  = acc_5_7;
+    if (cp1_5_7[0]) begin
+      \$491  = \$101 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_7) begin
-      \$580  = acc_5_7;
+      \$492  = acc_5_7;
     end else begin
-      \$580  = res_6_7;
+      \$492  = res_6_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$581  = acc_6_0;
-    if (c_6_0[0]) begin
-      \$581  = \$103 [31:0];
+    \$493  = acc_6_0;
+    if (cp1_6_0[0]) begin
+      \$493  = \$103 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_0) begin
-      \$582  = acc_6_0;
+      \$494  = acc_6_0;
     end else begin
-      \$582  = res_7_0;
+      \$494  = res_7_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$583  = acc_6_1;
-    if (c_6_1[0]) begin
-      \$583  = \$105 [31:0];
+    \$495  = acc_6_1;
+    if (cp1_6_1[0]) begin
+      \$495  = \$105 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_1) begin
-      \$584  = acc_6_1;
+      \$496  = acc_6_1;
     end else begin
-      \$584  = res_7_1;
+      \$496  = res_7_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$585  = acc_6_2;
-    if (c_6_2[0]) begin
-      \$585  = \$107 [31:0];
+    \$497  = acc_6_2;
+    if (cp1_6_2[0]) begin
+      \$497  = \$107 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_2) begin
-      \$586  = acc_6_2;
+      \$498  = acc_6_2;
     end else begin
-      \$586  = res_7_2;
+      \$498  = res_7_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$587  = acc_6_3;
-    if (c_6_3[0]) begin
-      \$587  = \$109 [31:0];
+    \$499  = acc_6_3;
+    if (cp1_6_3[0]) begin
+      \$499  = \$109 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_3) begin
-      \$588  = acc_6_3;
+      \$500  = acc_6_3;
     end else begin
-      \$588  = res_7_3;
+      \$500  = res_7_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$589  = acc_6_4;
-    if (c_6_4[0]) begin
-      \$589  = \$111 [31:0];
+    \$501  = acc_6_4;
+    if (cp1_6_4[0]) begin
+      \$501  = \$111 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_4) begin
-      \$590  = acc_6_4;
+      \$502  = acc_6_4;
     end else begin
-      \$590  = res_7_4;
+      \$502  = res_7_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$591  = acc_6_5;
-    if (c_6_5[0]) begin
-      \$591  = \$113 [31:0];
+    \$503  = acc_6_5;
+    if (cp1_6_5[0]) begin
+      \$503  = \$113 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_5) begin
-      \$592  = acc_6_5;
+      \$504  = acc_6_5;
     end else begin
-      \$592  = res_7_5;
+      \$504  = res_7_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$593  = acc_6_6;
-    if (c_6_6[0]) begin
-      \$593  = \$115 [31:0];
+    \$505  = acc_6_6;
+    if (cp1_6_6[0]) begin
+      \$505  = \$115 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_6) begin
-      \$594  = acc_6_6;
+      \$506  = acc_6_6;
     end else begin
-      \$594  = res_7_6;
+      \$506  = res_7_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$595  = acc_6_7;
-    if (c_6_7[0]) begin
-      \$595  = \$117 [31:0];
+    \$507  = acc_6_7;
+    if (cp1_6_7[0]) begin
+      \$507  = \$117 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_7) begin
-      \$596  = acc_6_7;
+      \$508  = acc_6_7;
     end else begin
-      \$596  = res_7_7;
+      \$508  = res_7_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$597  = acc_7_0;
-    if (c_7_0[0]) begin
-      \$597  = \$119 [31:0];
+    \$509  = acc_7_0;
+    if (cp1_7_0[0]) begin
+      \$509  = \$119 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_0) begin
-      \$598  = acc_7_0;
+      \$510  = acc_7_0;
     end else begin
-      \$598  = res_8_0;
+      \$510  = res_8_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$599  = acc_7_1;
-    if (c_7_1[0]) begin
-      \$599  = \$121 [31:0];
+    \$511  = acc_7_1;
+    if (cp1_7_1[0]) begin
+      \$511  = \$121 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_1) begin
-      \$600  = acc_7_1;
+      \$512  = acc_7_1;
     end else begin
-      \$600  = res_8_1;
+      \$512  = res_8_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$601  = acc_7_2;
-    if (c_7_2[0]) begin
-      \$601  = \$123 [31:0];
+    \$513  = acc_7_2;
+    if (cp1_7_2[0]) begin
+      \$513  = \$123 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_2) begin
-      \$602  = acc_7_2;
+      \$514  = acc_7_2;
     end else begin
-      \$602  = res_8_2;
+      \$514  = res_8_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$603  = acc_7_3;
-    if (c_7_3[0]) begin
-      \$603  = \$125 [31:0];
+    \$515  = acc_7_3;
+    if (cp1_7_3[0]) begin
+      \$515  = \$125 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_3) begin
-      \$604  = acc_7_3;
+      \$516  = acc_7_3;
     end else begin
-      \$604  = res_8_3;
+      \$516  = res_8_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$605  = acc_7_4;
-    if (c_7_4[0]) begin
-      \$605  = \$127 [31:0];
+    \$517  = acc_7_4;
+    if (cp1_7_4[0]) begin
+      \$517  = \$127 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_4) begin
-      \$606  = acc_7_4;
+      \$518  = acc_7_4;
     end else begin
-      \$606  = res_8_4;
+      \$518  = res_8_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$607  = acc_7_5;
-    if (c_7_5[0]) begin
-      \$607  = \$129 [31:0];
+    \$519  = acc_7_5;
+    if (cp1_7_5[0]) begin
+      \$519  = \$129 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_5) begin
-      \$608  = acc_7_5;
+      \$520  = acc_7_5;
     end else begin
-      \$608  = res_8_5;
+      \$520  = res_8_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$609  = acc_7_6;
-    if (c_7_6[0]) begin
-      \$609  = \$131 [31:0];
+    \$521  = acc_7_6;
+    if (cp1_7_6[0]) begin
+      \$521  = \$131 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_6) begin
-      \$610  = acc_7_6;
+      \$522  = acc_7_6;
     end else begin
-      \$610  = res_8_6;
+      \$522  = res_8_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$611  = acc_7_7;
-    if (c_7_7[0]) begin
-      \$611  = \$133 [31:0];
+    \$523  = acc_7_7;
+    if (cp1_7_7[0]) begin
+      \$523  = \$133 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_7) begin
-      \$612  = acc_7_7;
+      \$524  = acc_7_7;
     end else begin
-      \$612  = res_8_7;
+      \$524  = res_8_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$613  = acc_8_0;
-    if (c_8_0[0]) begin
-      \$613  = \$135 [31:0];
+    \$525  = acc_8_0;
+    if (cp1_8_0[0]) begin
+      \$525  = \$135 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$614  = res_8_0;
+    \$526  = res_8_0;
     if (done_8_0) begin
-      \$614  = acc_8_0;
+      \$526  = acc_8_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$615  = acc_8_1;
-    if (c_8_1[0]) begin
-      \$615  = \$137 [31:0];
+    \$527  = acc_8_1;
+    if (cp1_8_1[0]) begin
+      \$527  = \$137 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$616  = res_8_1;
+    \$528  = res_8_1;
     if (done_8_1) begin
-      \$616  = acc_8_1;
+      \$528  = acc_8_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$617  = acc_8_2;
-    if (c_8_2[0]) begin
-      \$617  = \$139 [31:0];
+    \$529  = acc_8_2;
+    if (cp1_8_2[0]) begin
+      \$529  = \$139 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$618  = res_8_2;
+    \$530  = res_8_2;
     if (done_8_2) begin
-      \$618  = acc_8_2;
+      \$530  = acc_8_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$619  = acc_8_3;
-    if (c_8_3[0]) begin
-      \$619  = \$141 [31:0];
+    \$531  = acc_8_3;
+    if (cp1_8_3[0]) begin
+      \$531  = \$141 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$620  = res_8_3;
+    \$532  = res_8_3;
     if (done_8_3) begin
-      \$620  = acc_8_3;
+      \$532  = acc_8_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$621  = acc_8_4;
-    if (c_8_4[0]) begin
-      \$621  = \$143 [31:0];
+    \$533  = acc_8_4;
+    if (cp1_8_4[0]) begin
+      \$533  = \$143 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$622  = res_8_4;
+    \$534  = res_8_4;
     if (done_8_4) begin
-      \$622  = acc_8_4;
+      \$534  = acc_8_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$623  = acc_8_5;
-    if (c_8_5[0]) begin
-      \$623  = \$145 [31:0];
+    \$535  = acc_8_5;
+    if (cp1_8_5[0]) begin
+      \$535  = \$145 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$624  = res_8_5;
+    \$536  = res_8_5;
     if (done_8_5) begin
-      \$624  = acc_8_5;
+      \$536  = acc_8_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$625  = acc_8_6;
-    if (c_8_6[0]) begin
-      \$625  = \$147 [31:0];
+    \$537  = acc_8_6;
+    if (cp1_8_6[0]) begin
+      \$537  = \$147 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$626  = res_8_6;
+    \$538  = res_8_6;
     if (done_8_6) begin
-      \$626  = acc_8_6;
+      \$538  = acc_8_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$627  = acc_8_7;
-    if (c_8_7[0]) begin
-      \$627  = \$149 [31:0];
+    \$539  = acc_8_7;
+    if (cp1_8_7[0]) begin
+      \$539  = \$149 [31:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$628  = res_8_7;
+    \$540  = res_8_7;
     if (done_8_7) begin
-      \$628  = acc_8_7;
+      \$540  = acc_8_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$779  = \$466 ;
+    \$713  = \$378 ;
     if (unit_rst) begin
-      \$779  = 1'h0;
+      \$713  = 1'h0;
     end
     if (rst) begin
-      \$779  = 1'h0;
+      \$713  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$780  = wp__addr;
+    \$714  = wp__addr;
     if (wp__en) begin
-      \$780  = \$469 [4:0];
+      \$714  = \$381 [4:0];
     end
     if (unit_rst) begin
-      \$780  = 5'h00;
+      \$714  = 5'h00;
     end
     if (rst) begin
-      \$780  = 5'h00;
+      \$714  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$781  = rp__addr;
+    \$715  = rp__addr;
     if (pop) begin
-      \$781  = \$472 [4:0];
+      \$715  = \$384 [4:0];
     end
     if (unit_rst) begin
-      \$781  = 5'h00;
+      \$715  = 5'h00;
     end
     if (rst) begin
-      \$781  = 5'h00;
+      \$715  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
-    \$782  = \$474 [4:0];
+    \$716  = \$386 [4:0];
     if (unit_rst) begin
-      \$782  = 5'h00;
+      \$716  = 5'h00;
     end
     if (rst) begin
-      \$782  = 5'h00;
+      \$716  = 5'h00;
     end
   end
   assign sum_0_0 = \$7 [31:0];
@@ -58492,8 +59890,8 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   assign sum_8_6 = \$147 [31:0];
   assign sum_8_7 = \$149 [31:0];
   assign produce = wp__addr;
-  assign wp__data = { rq_s8_o7, rq_s8_o6, rq_s8_o5, rq_s8_o4, rq_s8_o3, rq_s8_o2, rq_s8_o1, rq_s8_o0 };
-  assign rq_valid8 = wp__en;
+  assign wp__data = { rq_s10_o7, rq_s10_o6, rq_s10_o5, rq_s10_o4, rq_s10_o3, rq_s10_o2, rq_s10_o1, rq_s10_o0 };
+  assign rq_valid10 = wp__en;
   assign consume = rp__addr;
   assign rp__data = o__payload;
   assign \a__payload.data  = a__payload[80:0];
@@ -58510,222 +59908,222 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   assign \c0.valid  = c0[0];
   assign \c0.first  = c0[1];
   assign \c0.last  = c0[2];
-  assign \c_0_0.valid  = c_0_0[0];
-  assign \c_0_0.first  = c_0_0[1];
-  assign \c_0_0.last  = c_0_0[2];
-  assign \c_0_1.valid  = c_0_1[0];
-  assign \c_0_1.first  = c_0_1[1];
-  assign \c_0_1.last  = c_0_1[2];
-  assign \c_0_2.valid  = c_0_2[0];
-  assign \c_0_2.first  = c_0_2[1];
-  assign \c_0_2.last  = c_0_2[2];
-  assign \c_0_3.valid  = c_0_3[0];
-  assign \c_0_3.first  = c_0_3[1];
-  assign \c_0_3.last  = c_0_3[2];
-  assign \c_0_4.valid  = c_0_4[0];
-  assign \c_0_4.first  = c_0_4[1];
-  assign \c_0_4.last  = c_0_4[2];
-  assign \c_0_5.valid  = c_0_5[0];
-  assign \c_0_5.first  = c_0_5[1];
-  assign \c_0_5.last  = c_0_5[2];
-  assign \c_0_6.valid  = c_0_6[0];
-  assign \c_0_6.first  = c_0_6[1];
-  assign \c_0_6.last  = c_0_6[2];
-  assign \c_0_7.valid  = c_0_7[0];
-  assign \c_0_7.first  = c_0_7[1];
-  assign \c_0_7.last  = c_0_7[2];
-  assign \c_1_0.valid  = c_1_0[0];
-  assign \c_1_0.first  = c_1_0[1];
-  assign \c_1_0.last  = c_1_0[2];
-  assign \c_1_1.valid  = c_1_1[0];
-  assign \c_1_1.first  = c_1_1[1];
-  assign \c_1_1.last  = c_1_1[2];
-  assign \c_1_2.valid  = c_1_2[0];
-  assign \c_1_2.first  = c_1_2[1];
-  assign \c_1_2.last  = c_1_2[2];
-  assign \c_1_3.valid  = c_1_3[0];
-  assign \c_1_3.first  = c_1_3[1];
-  assign \c_1_3.last  = c_1_3[2];
-  assign \c_1_4.valid  = c_1_4[0];
-  assign \c_1_4.first  = c_1_4[1];
-  assign \c_1_4.last  = c_1_4[2];
-  assign \c_1_5.valid  = c_1_5[0];
-  assign \c_1_5.first  = c_1_5[1];
-  assign \c_1_5.last  = c_1_5[2];
-  assign \c_1_6.valid  = c_1_6[0];
-  assign \c_1_6.first  = c_1_6[1];
-  assign \c_1_6.last  = c_1_6[2];
-  assign \c_1_7.valid  = c_1_7[0];
-  assign \c_1_7.first  = c_1_7[1];
-  assign \c_1_7.last  = c_1_7[2];
-  assign \c_2_0.valid  = c_2_0[0];
-  assign \c_2_0.first  = c_2_0[1];
-  assign \c_2_0.last  = c_2_0[2];
-  assign \c_2_1.valid  = c_2_1[0];
-  assign \c_2_1.first  = c_2_1[1];
-  assign \c_2_1.last  = c_2_1[2];
-  assign \c_2_2.valid  = c_2_2[0];
-  assign \c_2_2.first  = c_2_2[1];
-  assign \c_2_2.last  = c_2_2[2];
-  assign \c_2_3.valid  = c_2_3[0];
-  assign \c_2_3.first  = c_2_3[1];
-  assign \c_2_3.last  = c_2_3[2];
-  assign \c_2_4.valid  = c_2_4[0];
-  assign \c_2_4.first  = c_2_4[1];
-  assign \c_2_4.last  = c_2_4[2];
-  assign \c_2_5.valid  = c_2_5[0];
-  assign \c_2_5.first  = c_2_5[1];
-  assign \c_2_5.last  = c_2_5[2];
-  assign \c_2_6.valid  = c_2_6[0];
-  assign \c_2_6.first  = c_2_6[1];
-  assign \c_2_6.last  = c_2_6[2];
-  assign \c_2_7.valid  = c_2_7[0];
-  assign \c_2_7.first  = c_2_7[1];
-  assign \c_2_7.last  = c_2_7[2];
-  assign \c_3_0.valid  = c_3_0[0];
-  assign \c_3_0.first  = c_3_0[1];
-  assign \c_3_0.last  = c_3_0[2];
-  assign \c_3_1.valid  = c_3_1[0];
-  assign \c_3_1.first  = c_3_1[1];
-  assign \c_3_1.last  = c_3_1[2];
-  assign \c_3_2.valid  = c_3_2[0];
-  assign \c_3_2.first  = c_3_2[1];
-  assign \c_3_2.last  = c_3_2[2];
-  assign \c_3_3.valid  = c_3_3[0];
-  assign \c_3_3.first  = c_3_3[1];
-  assign \c_3_3.last  = c_3_3[2];
-  assign \c_3_4.valid  = c_3_4[0];
-  assign \c_3_4.first  = c_3_4[1];
-  assign \c_3_4.last  = c_3_4[2];
-  assign \c_3_5.valid  = c_3_5[0];
-  assign \c_3_5.first  = c_3_5[1];
-  assign \c_3_5.last  = c_3_5[2];
-  assign \c_3_6.valid  = c_3_6[0];
-  assign \c_3_6.first  = c_3_6[1];
-  assign \c_3_6.last  = c_3_6[2];
-  assign \c_3_7.valid  = c_3_7[0];
-  assign \c_3_7.first  = c_3_7[1];
-  assign \c_3_7.last  = c_3_7[2];
-  assign \c_4_0.valid  = c_4_0[0];
-  assign \c_4_0.first  = c_4_0[1];
-  assign \c_4_0.last  = c_4_0[2];
-  assign \c_4_1.valid  = c_4_1[0];
-  assign \c_4_1.first  = c_4_1[1];
-  assign \c_4_1.last  = c_4_1[2];
-  assign \c_4_2.valid  = c_4_2[0];
-  assign \c_4_2.first  = c_4_2[1];
-  assign \c_4_2.last  = c_4_2[2];
-  assign \c_4_3.valid  = c_4_3[0];
-  assign \c_4_3.first  = c_4_3[1];
-  assign \c_4_3.last  = c_4_3[2];
-  assign \c_4_4.valid  = c_4_4[0];
-  assign \c_4_4.first  = c_4_4[1];
-  assign \c_4_4.last  = c_4_4[2];
-  assign \c_4_5.valid  = c_4_5[0];
-  assign \c_4_5.first  = c_4_5[1];
-  assign \c_4_5.last  = c_4_5[2];
-  assign \c_4_6.valid  = c_4_6[0];
-  assign \c_4_6.first  = c_4_6[1];
-  assign \c_4_6.last  = c_4_6[2];
-  assign \c_4_7.valid  = c_4_7[0];
-  assign \c_4_7.first  = c_4_7[1];
-  assign \c_4_7.last  = c_4_7[2];
-  assign \c_5_0.valid  = c_5_0[0];
-  assign \c_5_0.first  = c_5_0[1];
-  assign \c_5_0.last  = c_5_0[2];
-  assign \c_5_1.valid  = c_5_1[0];
-  assign \c_5_1.first  = c_5_1[1];
-  assign \c_5_1.last  = c_5_1[2];
-  assign \c_5_2.valid  = c_5_2[0];
-  assign \c_5_2.first  = c_5_2[1];
-  assign \c_5_2.last  = c_5_2[2];
-  assign \c_5_3.valid  = c_5_3[0];
-  assign \c_5_3.first  = c_5_3[1];
-  assign \c_5_3.last  = c_5_3[2];
-  assign \c_5_4.valid  = c_5_4[0];
-  assign \c_5_4.first  = c_5_4[1];
-  assign \c_5_4.last  = c_5_4[2];
-  assign \c_5_5.valid  = c_5_5[0];
-  assign \c_5_5.first  = c_5_5[1];
-  assign \c_5_5.last  = c_5_5[2];
-  assign \c_5_6.valid  = c_5_6[0];
-  assign \c_5_6.first  = c_5_6[1];
-  assign \c_5_6.last  = c_5_6[2];
-  assign \c_5_7.valid  = c_5_7[0];
-  assign \c_5_7.first  = c_5_7[1];
-  assign \c_5_7.last  = c_5_7[2];
-  assign \c_6_0.valid  = c_6_0[0];
-  assign \c_6_0.first  = c_6_0[1];
-  assign \c_6_0.last  = c_6_0[2];
-  assign \c_6_1.valid  = c_6_1[0];
-  assign \c_6_1.first  = c_6_1[1];
-  assign \c_6_1.last  = c_6_1[2];
-  assign \c_6_2.valid  = c_6_2[0];
-  assign \c_6_2.first  = c_6_2[1];
-  assign \c_6_2.last  = c_6_2[2];
-  assign \c_6_3.valid  = c_6_3[0];
-  assign \c_6_3.first  = c_6_3[1];
-  assign \c_6_3.last  = c_6_3[2];
-  assign \c_6_4.valid  = c_6_4[0];
-  assign \c_6_4.first  = c_6_4[1];
-  assign \c_6_4.last  = c_6_4[2];
-  assign \c_6_5.valid  = c_6_5[0];
-  assign \c_6_5.first  = c_6_5[1];
-  assign \c_6_5.last  = c_6_5[2];
-  assign \c_6_6.valid  = c_6_6[0];
-  assign \c_6_6.first  = c_6_6[1];
-  assign \c_6_6.last  = c_6_6[2];
-  assign \c_6_7.valid  = c_6_7[0];
-  assign \c_6_7.first  = c_6_7[1];
-  assign \c_6_7.last  = c_6_7[2];
-  assign \c_7_0.valid  = c_7_0[0];
-  assign \c_7_0.first  = c_7_0[1];
-  assign \c_7_0.last  = c_7_0[2];
-  assign \c_7_1.valid  = c_7_1[0];
-  assign \c_7_1.first  = c_7_1[1];
-  assign \c_7_1.last  = c_7_1[2];
-  assign \c_7_2.valid  = c_7_2[0];
-  assign \c_7_2.first  = c_7_2[1];
-  assign \c_7_2.last  = c_7_2[2];
-  assign \c_7_3.valid  = c_7_3[0];
-  assign \c_7_3.first  = c_7_3[1];
-  assign \c_7_3.last  = c_7_3[2];
-  assign \c_7_4.valid  = c_7_4[0];
-  assign \c_7_4.first  = c_7_4[1];
-  assign \c_7_4.last  = c_7_4[2];
-  assign \c_7_5.valid  = c_7_5[0];
-  assign \c_7_5.first  = c_7_5[1];
-  assign \c_7_5.last  = c_7_5[2];
-  assign \c_7_6.valid  = c_7_6[0];
-  assign \c_7_6.first  = c_7_6[1];
-  assign \c_7_6.last  = c_7_6[2];
-  assign \c_7_7.valid  = c_7_7[0];
-  assign \c_7_7.first  = c_7_7[1];
-  assign \c_7_7.last  = c_7_7[2];
-  assign \c_8_0.valid  = c_8_0[0];
-  assign \c_8_0.first  = c_8_0[1];
-  assign \c_8_0.last  = c_8_0[2];
-  assign \c_8_1.valid  = c_8_1[0];
-  assign \c_8_1.first  = c_8_1[1];
-  assign \c_8_1.last  = c_8_1[2];
-  assign \c_8_2.valid  = c_8_2[0];
-  assign \c_8_2.first  = c_8_2[1];
-  assign \c_8_2.last  = c_8_2[2];
-  assign \c_8_3.valid  = c_8_3[0];
-  assign \c_8_3.first  = c_8_3[1];
-  assign \c_8_3.last  = c_8_3[2];
-  assign \c_8_4.valid  = c_8_4[0];
-  assign \c_8_4.first  = c_8_4[1];
-  assign \c_8_4.last  = c_8_4[2];
-  assign \c_8_5.valid  = c_8_5[0];
-  assign \c_8_5.first  = c_8_5[1];
-  assign \c_8_5.last  = c_8_5[2];
-  assign \c_8_6.valid  = c_8_6[0];
-  assign \c_8_6.first  = c_8_6[1];
-  assign \c_8_6.last  = c_8_6[2];
-  assign \c_8_7.valid  = c_8_7[0];
-  assign \c_8_7.first  = c_8_7[1];
-  assign \c_8_7.last  = c_8_7[2];
+  assign \cp1_0_0.valid  = cp1_0_0[0];
+  assign \cp1_0_0.first  = cp1_0_0[1];
+  assign \cp1_0_0.last  = cp1_0_0[2];
+  assign \cp1_0_1.valid  = cp1_0_1[0];
+  assign \cp1_0_1.first  = cp1_0_1[1];
+  assign \cp1_0_1.last  = cp1_0_1[2];
+  assign \cp1_0_2.valid  = cp1_0_2[0];
+  assign \cp1_0_2.first  = cp1_0_2[1];
+  assign \cp1_0_2.last  = cp1_0_2[2];
+  assign \cp1_0_3.valid  = cp1_0_3[0];
+  assign \cp1_0_3.first  = cp1_0_3[1];
+  assign \cp1_0_3.last  = cp1_0_3[2];
+  assign \cp1_0_4.valid  = cp1_0_4[0];
+  assign \cp1_0_4.first  = cp1_0_4[1];
+  assign \cp1_0_4.last  = cp1_0_4[2];
+  assign \cp1_0_5.valid  = cp1_0_5[0];
+  assign \cp1_0_5.first  = cp1_0_5[1];
+  assign \cp1_0_5.last  = cp1_0_5[2];
+  assign \cp1_0_6.valid  = cp1_0_6[0];
+  assign \cp1_0_6.first  = cp1_0_6[1];
+  assign \cp1_0_6.last  = cp1_0_6[2];
+  assign \cp1_0_7.valid  = cp1_0_7[0];
+  assign \cp1_0_7.first  = cp1_0_7[1];
+  assign \cp1_0_7.last  = cp1_0_7[2];
+  assign \cp1_1_0.valid  = cp1_1_0[0];
+  assign \cp1_1_0.first  = cp1_1_0[1];
+  assign \cp1_1_0.last  = cp1_1_0[2];
+  assign \cp1_1_1.valid  = cp1_1_1[0];
+  assign \cp1_1_1.first  = cp1_1_1[1];
+  assign \cp1_1_1.last  = cp1_1_1[2];
+  assign \cp1_1_2.valid  = cp1_1_2[0];
+  assign \cp1_1_2.first  = cp1_1_2[1];
+  assign \cp1_1_2.last  = cp1_1_2[2];
+  assign \cp1_1_3.valid  = cp1_1_3[0];
+  assign \cp1_1_3.first  = cp1_1_3[1];
+  assign \cp1_1_3.last  = cp1_1_3[2];
+  assign \cp1_1_4.valid  = cp1_1_4[0];
+  assign \cp1_1_4.first  = cp1_1_4[1];
+  assign \cp1_1_4.last  = cp1_1_4[2];
+  assign \cp1_1_5.valid  = cp1_1_5[0];
+  assign \cp1_1_5.first  = cp1_1_5[1];
+  assign \cp1_1_5.last  = cp1_1_5[2];
+  assign \cp1_1_6.valid  = cp1_1_6[0];
+  assign \cp1_1_6.first  = cp1_1_6[1];
+  assign \cp1_1_6.last  = cp1_1_6[2];
+  assign \cp1_1_7.valid  = cp1_1_7[0];
+  assign \cp1_1_7.first  = cp1_1_7[1];
+  assign \cp1_1_7.last  = cp1_1_7[2];
+  assign \cp1_2_0.valid  = cp1_2_0[0];
+  assign \cp1_2_0.first  = cp1_2_0[1];
+  assign \cp1_2_0.last  = cp1_2_0[2];
+  assign \cp1_2_1.valid  = cp1_2_1[0];
+  assign \cp1_2_1.first  = cp1_2_1[1];
+  assign \cp1_2_1.last  = cp1_2_1[2];
+  assign \cp1_2_2.valid  = cp1_2_2[0];
+  assign \cp1_2_2.first  = cp1_2_2[1];
+  assign \cp1_2_2.last  = cp1_2_2[2];
+  assign \cp1_2_3.valid  = cp1_2_3[0];
+  assign \cp1_2_3.first  = cp1_2_3[1];
+  assign \cp1_2_3.last  = cp1_2_3[2];
+  assign \cp1_2_4.valid  = cp1_2_4[0];
+  assign \cp1_2_4.first  = cp1_2_4[1];
+  assign \cp1_2_4.last  = cp1_2_4[2];
+  assign \cp1_2_5.valid  = cp1_2_5[0];
+  assign \cp1_2_5.first  = cp1_2_5[1];
+  assign \cp1_2_5.last  = cp1_2_5[2];
+  assign \cp1_2_6.valid  = cp1_2_6[0];
+  assign \cp1_2_6.first  = cp1_2_6[1];
+  assign \cp1_2_6.last  = cp1_2_6[2];
+  assign \cp1_2_7.valid  = cp1_2_7[0];
+  assign \cp1_2_7.first  = cp1_2_7[1];
+  assign \cp1_2_7.last  = cp1_2_7[2];
+  assign \cp1_3_0.valid  = cp1_3_0[0];
+  assign \cp1_3_0.first  = cp1_3_0[1];
+  assign \cp1_3_0.last  = cp1_3_0[2];
+  assign \cp1_3_1.valid  = cp1_3_1[0];
+  assign \cp1_3_1.first  = cp1_3_1[1];
+  assign \cp1_3_1.last  = cp1_3_1[2];
+  assign \cp1_3_2.valid  = cp1_3_2[0];
+  assign \cp1_3_2.first  = cp1_3_2[1];
+  assign \cp1_3_2.last  = cp1_3_2[2];
+  assign \cp1_3_3.valid  = cp1_3_3[0];
+  assign \cp1_3_3.first  = cp1_3_3[1];
+  assign \cp1_3_3.last  = cp1_3_3[2];
+  assign \cp1_3_4.valid  = cp1_3_4[0];
+  assign \cp1_3_4.first  = cp1_3_4[1];
+  assign \cp1_3_4.last  = cp1_3_4[2];
+  assign \cp1_3_5.valid  = cp1_3_5[0];
+  assign \cp1_3_5.first  = cp1_3_5[1];
+  assign \cp1_3_5.last  = cp1_3_5[2];
+  assign \cp1_3_6.valid  = cp1_3_6[0];
+  assign \cp1_3_6.first  = cp1_3_6[1];
+  assign \cp1_3_6.last  = cp1_3_6[2];
+  assign \cp1_3_7.valid  = cp1_3_7[0];
+  assign \cp1_3_7.first  = cp1_3_7[1];
+  assign \cp1_3_7.last  = cp1_3_7[2];
+  assign \cp1_4_0.valid  = cp1_4_0[0];
+  assign \cp1_4_0.first  = cp1_4_0[1];
+  assign \cp1_4_0.last  = cp1_4_0[2];
+  assign \cp1_4_1.valid  = cp1_4_1[0];
+  assign \cp1_4_1.first  = cp1_4_1[1];
+  assign \cp1_4_1.last  = cp1_4_1[2];
+  assign \cp1_4_2.valid  = cp1_4_2[0];
+  assign \cp1_4_2.first  = cp1_4_2[1];
+  assign \cp1_4_2.last  = cp1_4_2[2];
+  assign \cp1_4_3.valid  = cp1_4_3[0];
+  assign \cp1_4_3.first  = cp1_4_3[1];
+  assign \cp1_4_3.last  = cp1_4_3[2];
+  assign \cp1_4_4.valid  = cp1_4_4[0];
+  assign \cp1_4_4.first  = cp1_4_4[1];
+  assign \cp1_4_4.last  = cp1_4_4[2];
+  assign \cp1_4_5.valid  = cp1_4_5[0];
+  assign \cp1_4_5.first  = cp1_4_5[1];
+  assign \cp1_4_5.last  = cp1_4_5[2];
+  assign \cp1_4_6.valid  = cp1_4_6[0];
+  assign \cp1_4_6.first  = cp1_4_6[1];
+  assign \cp1_4_6.last  = cp1_4_6[2];
+  assign \cp1_4_7.valid  = cp1_4_7[0];
+  assign \cp1_4_7.first  = cp1_4_7[1];
+  assign \cp1_4_7.last  = cp1_4_7[2];
+  assign \cp1_5_0.valid  = cp1_5_0[0];
+  assign \cp1_5_0.first  = cp1_5_0[1];
+  assign \cp1_5_0.last  = cp1_5_0[2];
+  assign \cp1_5_1.valid  = cp1_5_1[0];
+  assign \cp1_5_1.first  = cp1_5_1[1];
+  assign \cp1_5_1.last  = cp1_5_1[2];
+  assign \cp1_5_2.valid  = cp1_5_2[0];
+  assign \cp1_5_2.first  = cp1_5_2[1];
+  assign \cp1_5_2.last  = cp1_5_2[2];
+  assign \cp1_5_3.valid  = cp1_5_3[0];
+  assign \cp1_5_3.first  = cp1_5_3[1];
+  assign \cp1_5_3.last  = cp1_5_3[2];
+  assign \cp1_5_4.valid  = cp1_5_4[0];
+  assign \cp1_5_4.first  = cp1_5_4[1];
+  assign \cp1_5_4.last  = cp1_5_4[2];
+  assign \cp1_5_5.valid  = cp1_5_5[0];
+  assign \cp1_5_5.first  = cp1_5_5[1];
+  assign \cp1_5_5.last  = cp1_5_5[2];
+  assign \cp1_5_6.valid  = cp1_5_6[0];
+  assign \cp1_5_6.first  = cp1_5_6[1];
+  assign \cp1_5_6.last  = cp1_5_6[2];
+  assign \cp1_5_7.valid  = cp1_5_7[0];
+  assign \cp1_5_7.first  = cp1_5_7[1];
+  assign \cp1_5_7.last  = cp1_5_7[2];
+  assign \cp1_6_0.valid  = cp1_6_0[0];
+  assign \cp1_6_0.first  = cp1_6_0[1];
+  assign \cp1_6_0.last  = cp1_6_0[2];
+  assign \cp1_6_1.valid  = cp1_6_1[0];
+  assign \cp1_6_1.first  = cp1_6_1[1];
+  assign \cp1_6_1.last  = cp1_6_1[2];
+  assign \cp1_6_2.valid  = cp1_6_2[0];
+  assign \cp1_6_2.first  = cp1_6_2[1];
+  assign \cp1_6_2.last  = cp1_6_2[2];
+  assign \cp1_6_3.valid  = cp1_6_3[0];
+  assign \cp1_6_3.first  = cp1_6_3[1];
+  assign \cp1_6_3.last  = cp1_6_3[2];
+  assign \cp1_6_4.valid  = cp1_6_4[0];
+  assign \cp1_6_4.first  = cp1_6_4[1];
+  assign \cp1_6_4.last  = cp1_6_4[2];
+  assign \cp1_6_5.valid  = cp1_6_5[0];
+  assign \cp1_6_5.first  = cp1_6_5[1];
+  assign \cp1_6_5.last  = cp1_6_5[2];
+  assign \cp1_6_6.valid  = cp1_6_6[0];
+  assign \cp1_6_6.first  = cp1_6_6[1];
+  assign \cp1_6_6.last  = cp1_6_6[2];
+  assign \cp1_6_7.valid  = cp1_6_7[0];
+  assign \cp1_6_7.first  = cp1_6_7[1];
+  assign \cp1_6_7.last  = cp1_6_7[2];
+  assign \cp1_7_0.valid  = cp1_7_0[0];
+  assign \cp1_7_0.first  = cp1_7_0[1];
+  assign \cp1_7_0.last  = cp1_7_0[2];
+  assign \cp1_7_1.valid  = cp1_7_1[0];
+  assign \cp1_7_1.first  = cp1_7_1[1];
+  assign \cp1_7_1.last  = cp1_7_1[2];
+  assign \cp1_7_2.valid  = cp1_7_2[0];
+  assign \cp1_7_2.first  = cp1_7_2[1];
+  assign \cp1_7_2.last  = cp1_7_2[2];
+  assign \cp1_7_3.valid  = cp1_7_3[0];
+  assign \cp1_7_3.first  = cp1_7_3[1];
+  assign \cp1_7_3.last  = cp1_7_3[2];
+  assign \cp1_7_4.valid  = cp1_7_4[0];
+  assign \cp1_7_4.first  = cp1_7_4[1];
+  assign \cp1_7_4.last  = cp1_7_4[2];
+  assign \cp1_7_5.valid  = cp1_7_5[0];
+  assign \cp1_7_5.first  = cp1_7_5[1];
+  assign \cp1_7_5.last  = cp1_7_5[2];
+  assign \cp1_7_6.valid  = cp1_7_6[0];
+  assign \cp1_7_6.first  = cp1_7_6[1];
+  assign \cp1_7_6.last  = cp1_7_6[2];
+  assign \cp1_7_7.valid  = cp1_7_7[0];
+  assign \cp1_7_7.first  = cp1_7_7[1];
+  assign \cp1_7_7.last  = cp1_7_7[2];
+  assign \cp1_8_0.valid  = cp1_8_0[0];
+  assign \cp1_8_0.first  = cp1_8_0[1];
+  assign \cp1_8_0.last  = cp1_8_0[2];
+  assign \cp1_8_1.valid  = cp1_8_1[0];
+  assign \cp1_8_1.first  = cp1_8_1[1];
+  assign \cp1_8_1.last  = cp1_8_1[2];
+  assign \cp1_8_2.valid  = cp1_8_2[0];
+  assign \cp1_8_2.first  = cp1_8_2[1];
+  assign \cp1_8_2.last  = cp1_8_2[2];
+  assign \cp1_8_3.valid  = cp1_8_3[0];
+  assign \cp1_8_3.first  = cp1_8_3[1];
+  assign \cp1_8_3.last  = cp1_8_3[2];
+  assign \cp1_8_4.valid  = cp1_8_4[0];
+  assign \cp1_8_4.first  = cp1_8_4[1];
+  assign \cp1_8_4.last  = cp1_8_4[2];
+  assign \cp1_8_5.valid  = cp1_8_5[0];
+  assign \cp1_8_5.first  = cp1_8_5[1];
+  assign \cp1_8_5.last  = cp1_8_5[2];
+  assign \cp1_8_6.valid  = cp1_8_6[0];
+  assign \cp1_8_6.first  = cp1_8_6[1];
+  assign \cp1_8_6.last  = cp1_8_6[2];
+  assign \cp1_8_7.valid  = cp1_8_7[0];
+  assign \cp1_8_7.first  = cp1_8_7[1];
+  assign \cp1_8_7.last  = cp1_8_7[2];
   assign \rq_in.acc  = rq_in[255:0];
   assign \rq_in.acc[0]  = rq_in[31:0];
   assign \rq_in.acc[1]  = rq_in[63:32];
@@ -58936,182 +60334,636 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   assign \ctl_row8.valid  = ctl_row8[0];
   assign \ctl_row8.first  = ctl_row8[1];
   assign \ctl_row8.last  = ctl_row8[2];
-  assign \$778  = \$464 ;
-  assign \$777  = \$461 ;
-  assign \$776  = \$458 ;
-  assign \$775  = \$455 ;
-  assign \$774  = \$452 ;
-  assign \$773  = \$449 ;
-  assign \$772  = \$446 ;
-  assign \$771  = \$443 ;
-  assign \$770  = rq_s6_r7[31:0];
-  assign \$769  = rq_s6_r6[31:0];
-  assign \$768  = rq_s6_r5[31:0];
-  assign \$767  = rq_s6_r4[31:0];
-  assign \$766  = rq_s6_r3[31:0];
-  assign \$765  = rq_s6_r2[31:0];
-  assign \$764  = rq_s6_r1[31:0];
-  assign \$763  = rq_s6_r0[31:0];
-  assign \$762  = \$440 [65];
-  assign \$761  = \$439 [65];
-  assign \$760  = \$438 [65];
-  assign \$759  = \$437 [65];
-  assign \$758  = \$436 [65];
-  assign \$757  = \$435 [65];
-  assign \$756  = \$434 [65];
-  assign \$755  = \$433 [65];
-  assign \$754  = \$432 [65];
-  assign \$753  = \$431 [65];
-  assign \$752  = \$430 [65];
-  assign \$751  = \$429 [65];
-  assign \$750  = \$428 [65];
-  assign \$749  = \$427 [65];
-  assign \$748  = \$426 [65];
-  assign \$747  = \$425 [65];
-  assign \$746  = rq_s6_lo;
-  assign \$745  = rq_s6_hi;
-  assign \$744  = rq_s6_raw;
-  assign \$743  = \$424 ;
-  assign \$742  = \$422 ;
-  assign \$741  = \$420 ;
-  assign \$740  = \$418 ;
-  assign \$739  = \$416 ;
-  assign \$738  = \$414 ;
-  assign \$737  = \$412 ;
-  assign \$736  = \$410 ;
-  assign \$735  = rq_s5_lo;
-  assign \$734  = rq_s5_hi;
-  assign \$733  = rq_s5_raw;
-  assign \$732  = \$408 ;
-  assign \$731  = \$407 ;
-  assign \$730  = \$406 ;
-  assign \$729  = \$405 ;
-  assign \$728  = \$404 ;
-  assign \$727  = \$403 ;
-  assign \$726  = \$402 ;
-  assign \$725  = \$401 ;
-  assign \$724  = rq_s4_lo;
-  assign \$723  = rq_s4_hi;
-  assign \$722  = rq_s4_raw;
-  assign \$721  = \$400 ;
-  assign \$720  = \$398 ;
-  assign \$719  = \$396 ;
-  assign \$718  = \$394 ;
-  assign \$717  = \$392 ;
-  assign \$716  = \$390 ;
-  assign \$715  = \$388 ;
-  assign \$714  = \$386 ;
-  assign \$713  = rq_s3_e7;
-  assign \$712  = rq_s3_e6;
-  assign \$711  = rq_s3_e5;
-  assign \$710  = rq_s3_e4;
-  assign \$709  = rq_s3_e3;
-  assign \$708  = rq_s3_e2;
-  assign \$707  = rq_s3_e1;
-  assign \$706  = rq_s3_e0;
-  assign \$705  = rq_s3_lo;
-  assign \$704  = rq_s3_hi;
-  assign \$703  = rq_s3_raw;
-  assign \$702  = \$384 ;
-  assign \$701  = \$382 ;
-  assign \$700  = \$380 ;
-  assign \$699  = \$378 ;
-  assign \$698  = \$376 ;
-  assign \$697  = \$374 ;
-  assign \$696  = \$372 ;
-  assign \$695  = \$370 ;
-  assign \$694  = rq_s2_e7;
-  assign \$693  = rq_s2_e6;
-  assign \$692  = rq_s2_e5;
-  assign \$691  = rq_s2_e4;
-  assign \$690  = rq_s2_e3;
-  assign \$689  = rq_s2_e2;
-  assign \$688  = rq_s2_e1;
-  assign \$687  = rq_s2_e0;
-  assign \$686  = rq_s2_lo;
-  assign \$685  = rq_s2_hi;
-  assign \$684  = rq_s2_raw;
-  assign \$683  = \$368 ;
-  assign \$682  = \$367 ;
-  assign \$681  = \$366 ;
-  assign \$680  = \$365 ;
-  assign \$679  = \$364 ;
-  assign \$678  = \$363 ;
-  assign \$677  = \$362 ;
-  assign \$676  = \$361 ;
-  assign \$675  = \$360 ;
-  assign \$674  = \$359 ;
-  assign \$673  = \$358 ;
-  assign \$672  = \$357 ;
-  assign \$671  = \$356 ;
-  assign \$670  = \$355 ;
-  assign \$669  = \$354 ;
-  assign \$668  = \$353 ;
-  assign \$667  = rq_s1_e7;
-  assign \$666  = rq_s1_e6;
-  assign \$665  = rq_s1_e5;
-  assign \$664  = rq_s1_e4;
-  assign \$663  = rq_s1_e3;
-  assign \$662  = rq_s1_e2;
-  assign \$661  = rq_s1_e1;
-  assign \$660  = rq_s1_e0;
-  assign \$659  = rq_s1_lo;
-  assign \$658  = rq_s1_hi;
-  assign \$657  = rq_s1_raw;
-  assign \$656  = rq_in[687:682];
-  assign \$655  = rq_in[681:676];
-  assign \$654  = rq_in[675:670];
-  assign \$653  = rq_in[669:664];
-  assign \$652  = rq_in[663:658];
-  assign \$651  = rq_in[657:652];
-  assign \$650  = rq_in[651:646];
-  assign \$649  = rq_in[645:640];
-  assign \$648  = rq_in[639:624];
-  assign \$647  = rq_in[623:608];
-  assign \$646  = rq_in[607:592];
-  assign \$645  = rq_in[591:576];
-  assign \$644  = rq_in[575:560];
-  assign \$643  = rq_in[559:544];
-  assign \$642  = rq_in[543:528];
-  assign \$641  = rq_in[527:512];
-  assign \$640  = \$352 [31:0];
-  assign \$639  = \$351 [31:0];
-  assign \$638  = \$350 [31:0];
-  assign \$637  = \$349 [31:0];
-  assign \$636  = \$348 [31:0];
-  assign \$635  = \$347 [31:0];
-  assign \$634  = \$346 [31:0];
-  assign \$633  = \$345 [31:0];
-  assign \$632  = rq_in[752:721];
-  assign \$631  = rq_in[720:689];
-  assign \$630  = rq_in[688];
-  assign \$629 [431:426] = \$344 ;
-  assign \$629 [383:368] = \$343 ;
-  assign \$629 [255:224] = p_hold[255:224];
-  assign \$629 [425:420] = \$342 ;
-  assign \$629 [367:352] = \$341 ;
-  assign \$629 [223:192] = p_hold[223:192];
-  assign \$629 [419:414] = \$340 ;
-  assign \$629 [351:336] = \$339 ;
-  assign \$629 [191:160] = p_hold[191:160];
-  assign \$629 [413:408] = \$338 ;
-  assign \$629 [335:320] = \$337 ;
-  assign \$629 [159:128] = p_hold[159:128];
-  assign \$629 [407:402] = \$336 ;
-  assign \$629 [319:304] = \$335 ;
-  assign \$629 [127:96] = p_hold[127:96];
-  assign \$629 [401:396] = \$334 ;
-  assign \$629 [303:288] = \$333 ;
-  assign \$629 [95:64] = p_hold[95:64];
-  assign \$629 [395:390] = \$332 ;
-  assign \$629 [287:272] = \$331 ;
-  assign \$629 [63:32] = p_hold[63:32];
-  assign \$629 [389:384] = \$330 ;
-  assign \$629 [271:256] = \$329 ;
-  assign \$629 [31:0] = p_hold[31:0];
-  assign \$629 [496:465] = \$328 ;
-  assign \$629 [464:433] = p_dec_hi;
-  assign \$629 [432] = p_dec_raw;
+  assign \cp0_0_0.valid  = cp0_0_0[0];
+  assign \cp0_0_0.first  = cp0_0_0[1];
+  assign \cp0_0_0.last  = cp0_0_0[2];
+  assign \c_0_0.valid  = c_0_0[0];
+  assign \c_0_0.first  = c_0_0[1];
+  assign \c_0_0.last  = c_0_0[2];
+  assign \cp0_0_1.valid  = cp0_0_1[0];
+  assign \cp0_0_1.first  = cp0_0_1[1];
+  assign \cp0_0_1.last  = cp0_0_1[2];
+  assign \c_0_1.valid  = c_0_1[0];
+  assign \c_0_1.first  = c_0_1[1];
+  assign \c_0_1.last  = c_0_1[2];
+  assign \cp0_0_2.valid  = cp0_0_2[0];
+  assign \cp0_0_2.first  = cp0_0_2[1];
+  assign \cp0_0_2.last  = cp0_0_2[2];
+  assign \c_0_2.valid  = c_0_2[0];
+  assign \c_0_2.first  = c_0_2[1];
+  assign \c_0_2.last  = c_0_2[2];
+  assign \cp0_0_3.valid  = cp0_0_3[0];
+  assign \cp0_0_3.first  = cp0_0_3[1];
+  assign \cp0_0_3.last  = cp0_0_3[2];
+  assign \c_0_3.valid  = c_0_3[0];
+  assign \c_0_3.first  = c_0_3[1];
+  assign \c_0_3.last  = c_0_3[2];
+  assign \cp0_0_4.valid  = cp0_0_4[0];
+  assign \cp0_0_4.first  = cp0_0_4[1];
+  assign \cp0_0_4.last  = cp0_0_4[2];
+  assign \c_0_4.valid  = c_0_4[0];
+  assign \c_0_4.first  = c_0_4[1];
+  assign \c_0_4.last  = c_0_4[2];
+  assign \cp0_0_5.valid  = cp0_0_5[0];
+  assign \cp0_0_5.first  = cp0_0_5[1];
+  assign \cp0_0_5.last  = cp0_0_5[2];
+  assign \c_0_5.valid  = c_0_5[0];
+  assign \c_0_5.first  = c_0_5[1];
+  assign \c_0_5.last  = c_0_5[2];
+  assign \cp0_0_6.valid  = cp0_0_6[0];
+  assign \cp0_0_6.first  = cp0_0_6[1];
+  assign \cp0_0_6.last  = cp0_0_6[2];
+  assign \c_0_6.valid  = c_0_6[0];
+  assign \c_0_6.first  = c_0_6[1];
+  assign \c_0_6.last  = c_0_6[2];
+  assign \cp0_0_7.valid  = cp0_0_7[0];
+  assign \cp0_0_7.first  = cp0_0_7[1];
+  assign \cp0_0_7.last  = cp0_0_7[2];
+  assign \c_0_7.valid  = c_0_7[0];
+  assign \c_0_7.first  = c_0_7[1];
+  assign \c_0_7.last  = c_0_7[2];
+  assign \cp0_1_0.valid  = cp0_1_0[0];
+  assign \cp0_1_0.first  = cp0_1_0[1];
+  assign \cp0_1_0.last  = cp0_1_0[2];
+  assign \c_1_0.valid  = c_1_0[0];
+  assign \c_1_0.first  = c_1_0[1];
+  assign \c_1_0.last  = c_1_0[2];
+  assign \cp0_1_1.valid  = cp0_1_1[0];
+  assign \cp0_1_1.first  = cp0_1_1[1];
+  assign \cp0_1_1.last  = cp0_1_1[2];
+  assign \c_1_1.valid  = c_1_1[0];
+  assign \c_1_1.first  = c_1_1[1];
+  assign \c_1_1.last  = c_1_1[2];
+  assign \cp0_1_2.valid  = cp0_1_2[0];
+  assign \cp0_1_2.first  = cp0_1_2[1];
+  assign \cp0_1_2.last  = cp0_1_2[2];
+  assign \c_1_2.valid  = c_1_2[0];
+  assign \c_1_2.first  = c_1_2[1];
+  assign \c_1_2.last  = c_1_2[2];
+  assign \cp0_1_3.valid  = cp0_1_3[0];
+  assign \cp0_1_3.first  = cp0_1_3[1];
+  assign \cp0_1_3.last  = cp0_1_3[2];
+  assign \c_1_3.valid  = c_1_3[0];
+  assign \c_1_3.first  = c_1_3[1];
+  assign \c_1_3.last  = c_1_3[2];
+  assign \cp0_1_4.valid  = cp0_1_4[0];
+  assign \cp0_1_4.first  = cp0_1_4[1];
+  assign \cp0_1_4.last  = cp0_1_4[2];
+  assign \c_1_4.valid  = c_1_4[0];
+  assign \c_1_4.first  = c_1_4[1];
+  assign \c_1_4.last  = c_1_4[2];
+  assign \cp0_1_5.valid  = cp0_1_5[0];
+  assign \cp0_1_5.first  = cp0_1_5[1];
+  assign \cp0_1_5.last  = cp0_1_5[2];
+  assign \c_1_5.valid  = c_1_5[0];
+  assign \c_1_5.first  = c_1_5[1];
+  assign \c_1_5.last  = c_1_5[2];
+  assign \cp0_1_6.valid  = cp0_1_6[0];
+  assign \cp0_1_6.first  = cp0_1_6[1];
+  assign \cp0_1_6.last  = cp0_1_6[2];
+  assign \c_1_6.valid  = c_1_6[0];
+  assign \c_1_6.first  = c_1_6[1];
+  assign \c_1_6.last  = c_1_6[2];
+  assign \cp0_1_7.valid  = cp0_1_7[0];
+  assign \cp0_1_7.first  = cp0_1_7[1];
+  assign \cp0_1_7.last  = cp0_1_7[2];
+  assign \c_1_7.valid  = c_1_7[0];
+  assign \c_1_7.first  = c_1_7[1];
+  assign \c_1_7.last  = c_1_7[2];
+  assign \cp0_2_0.valid  = cp0_2_0[0];
+  assign \cp0_2_0.first  = cp0_2_0[1];
+  assign \cp0_2_0.last  = cp0_2_0[2];
+  assign \c_2_0.valid  = c_2_0[0];
+  assign \c_2_0.first  = c_2_0[1];
+  assign \c_2_0.last  = c_2_0[2];
+  assign \cp0_2_1.valid  = cp0_2_1[0];
+  assign \cp0_2_1.first  = cp0_2_1[1];
+  assign \cp0_2_1.last  = cp0_2_1[2];
+  assign \c_2_1.valid  = c_2_1[0];
+  assign \c_2_1.first  = c_2_1[1];
+  assign \c_2_1.last  = c_2_1[2];
+  assign \cp0_2_2.valid  = cp0_2_2[0];
+  assign \cp0_2_2.first  = cp0_2_2[1];
+  assign \cp0_2_2.last  = cp0_2_2[2];
+  assign \c_2_2.valid  = c_2_2[0];
+  assign \c_2_2.first  = c_2_2[1];
+  assign \c_2_2.last  = c_2_2[2];
+  assign \cp0_2_3.valid  = cp0_2_3[0];
+  assign \cp0_2_3.first  = cp0_2_3[1];
+  assign \cp0_2_3.last  = cp0_2_3[2];
+  assign \c_2_3.valid  = c_2_3[0];
+  assign \c_2_3.first  = c_2_3[1];
+  assign \c_2_3.last  = c_2_3[2];
+  assign \cp0_2_4.valid  = cp0_2_4[0];
+  assign \cp0_2_4.first  = cp0_2_4[1];
+  assign \cp0_2_4.last  = cp0_2_4[2];
+  assign \c_2_4.valid  = c_2_4[0];
+  assign \c_2_4.first  = c_2_4[1];
+  assign \c_2_4.last  = c_2_4[2];
+  assign \cp0_2_5.valid  = cp0_2_5[0];
+  assign \cp0_2_5.first  = cp0_2_5[1];
+  assign \cp0_2_5.last  = cp0_2_5[2];
+  assign \c_2_5.valid  = c_2_5[0];
+  assign \c_2_5.first  = c_2_5[1];
+  assign \c_2_5.last  = c_2_5[2];
+  assign \cp0_2_6.valid  = cp0_2_6[0];
+  assign \cp0_2_6.first  = cp0_2_6[1];
+  assign \cp0_2_6.last  = cp0_2_6[2];
+  assign \c_2_6.valid  = c_2_6[0];
+  assign \c_2_6.first  = c_2_6[1];
+  assign \c_2_6.last  = c_2_6[2];
+  assign \cp0_2_7.valid  = cp0_2_7[0];
+  assign \cp0_2_7.first  = cp0_2_7[1];
+  assign \cp0_2_7.last  = cp0_2_7[2];
+  assign \c_2_7.valid  = c_2_7[0];
+  assign \c_2_7.first  = c_2_7[1];
+  assign \c_2_7.last  = c_2_7[2];
+  assign \cp0_3_0.valid  = cp0_3_0[0];
+  assign \cp0_3_0.first  = cp0_3_0[1];
+  assign \cp0_3_0.last  = cp0_3_0[2];
+  assign \c_3_0.valid  = c_3_0[0];
+  assign \c_3_0.first  = c_3_0[1];
+  assign \c_3_0.last  = c_3_0[2];
+  assign \cp0_3_1.valid  = cp0_3_1[0];
+  assign \cp0_3_1.first  = cp0_3_1[1];
+  assign \cp0_3_1.last  = cp0_3_1[2];
+  assign \c_3_1.valid  = c_3_1[0];
+  assign \c_3_1.first  = c_3_1[1];
+  assign \c_3_1.last  = c_3_1[2];
+  assign \cp0_3_2.valid  = cp0_3_2[0];
+  assign \cp0_3_2.first  = cp0_3_2[1];
+  assign \cp0_3_2.last  = cp0_3_2[2];
+  assign \c_3_2.valid  = c_3_2[0];
+  assign \c_3_2.first  = c_3_2[1];
+  assign \c_3_2.last  = c_3_2[2];
+  assign \cp0_3_3.valid  = cp0_3_3[0];
+  assign \cp0_3_3.first  = cp0_3_3[1];
+  assign \cp0_3_3.last  = cp0_3_3[2];
+  assign \c_3_3.valid  = c_3_3[0];
+  assign \c_3_3.first  = c_3_3[1];
+  assign \c_3_3.last  = c_3_3[2];
+  assign \cp0_3_4.valid  = cp0_3_4[0];
+  assign \cp0_3_4.first  = cp0_3_4[1];
+  assign \cp0_3_4.last  = cp0_3_4[2];
+  assign \c_3_4.valid  = c_3_4[0];
+  assign \c_3_4.first  = c_3_4[1];
+  assign \c_3_4.last  = c_3_4[2];
+  assign \cp0_3_5.valid  = cp0_3_5[0];
+  assign \cp0_3_5.first  = cp0_3_5[1];
+  assign \cp0_3_5.last  = cp0_3_5[2];
+  assign \c_3_5.valid  = c_3_5[0];
+  assign \c_3_5.first  = c_3_5[1];
+  assign \c_3_5.last  = c_3_5[2];
+  assign \cp0_3_6.valid  = cp0_3_6[0];
+  assign \cp0_3_6.first  = cp0_3_6[1];
+  assign \cp0_3_6.last  = cp0_3_6[2];
+  assign \c_3_6.valid  = c_3_6[0];
+  assign \c_3_6.first  = c_3_6[1];
+  assign \c_3_6.last  = c_3_6[2];
+  assign \cp0_3_7.valid  = cp0_3_7[0];
+  assign \cp0_3_7.first  = cp0_3_7[1];
+  assign \cp0_3_7.last  = cp0_3_7[2];
+  assign \c_3_7.valid  = c_3_7[0];
+  assign \c_3_7.first  = c_3_7[1];
+  assign \c_3_7.last  = c_3_7[2];
+  assign \cp0_4_0.valid  = cp0_4_0[0];
+  assign \cp0_4_0.first  = cp0_4_0[1];
+  assign \cp0_4_0.last  = cp0_4_0[2];
+  assign \c_4_0.valid  = c_4_0[0];
+  assign \c_4_0.first  = c_4_0[1];
+  assign \c_4_0.last  = c_4_0[2];
+  assign \cp0_4_1.valid  = cp0_4_1[0];
+  assign \cp0_4_1.first  = cp0_4_1[1];
+  assign \cp0_4_1.last  = cp0_4_1[2];
+  assign \c_4_1.valid  = c_4_1[0];
+  assign \c_4_1.first  = c_4_1[1];
+  assign \c_4_1.last  = c_4_1[2];
+  assign \cp0_4_2.valid  = cp0_4_2[0];
+  assign \cp0_4_2.first  = cp0_4_2[1];
+  assign \cp0_4_2.last  = cp0_4_2[2];
+  assign \c_4_2.valid  = c_4_2[0];
+  assign \c_4_2.first  = c_4_2[1];
+  assign \c_4_2.last  = c_4_2[2];
+  assign \cp0_4_3.valid  = cp0_4_3[0];
+  assign \cp0_4_3.first  = cp0_4_3[1];
+  assign \cp0_4_3.last  = cp0_4_3[2];
+  assign \c_4_3.valid  = c_4_3[0];
+  assign \c_4_3.first  = c_4_3[1];
+  assign \c_4_3.last  = c_4_3[2];
+  assign \cp0_4_4.valid  = cp0_4_4[0];
+  assign \cp0_4_4.first  = cp0_4_4[1];
+  assign \cp0_4_4.last  = cp0_4_4[2];
+  assign \c_4_4.valid  = c_4_4[0];
+  assign \c_4_4.first  = c_4_4[1];
+  assign \c_4_4.last  = c_4_4[2];
+  assign \cp0_4_5.valid  = cp0_4_5[0];
+  assign \cp0_4_5.first  = cp0_4_5[1];
+  assign \cp0_4_5.last  = cp0_4_5[2];
+  assign \c_4_5.valid  = c_4_5[0];
+  assign \c_4_5.first  = c_4_5[1];
+  assign \c_4_5.last  = c_4_5[2];
+  assign \cp0_4_6.valid  = cp0_4_6[0];
+  assign \cp0_4_6.first  = cp0_4_6[1];
+  assign \cp0_4_6.last  = cp0_4_6[2];
+  assign \c_4_6.valid  = c_4_6[0];
+  assign \c_4_6.first  = c_4_6[1];
+  assign \c_4_6.last  = c_4_6[2];
+  assign \cp0_4_7.valid  = cp0_4_7[0];
+  assign \cp0_4_7.first  = cp0_4_7[1];
+  assign \cp0_4_7.last  = cp0_4_7[2];
+  assign \c_4_7.valid  = c_4_7[0];
+  assign \c_4_7.first  = c_4_7[1];
+  assign \c_4_7.last  = c_4_7[2];
+  assign \cp0_5_0.valid  = cp0_5_0[0];
+  assign \cp0_5_0.first  = cp0_5_0[1];
+  assign \cp0_5_0.last  = cp0_5_0[2];
+  assign \c_5_0.valid  = c_5_0[0];
+  assign \c_5_0.first  = c_5_0[1];
+  assign \c_5_0.last  = c_5_0[2];
+  assign \cp0_5_1.valid  = cp0_5_1[0];
+  assign \cp0_5_1.first  = cp0_5_1[1];
+  assign \cp0_5_1.last  = cp0_5_1[2];
+  assign \c_5_1.valid  = c_5_1[0];
+  assign \c_5_1.first  = c_5_1[1];
+  assign \c_5_1.last  = c_5_1[2];
+  assign \cp0_5_2.valid  = cp0_5_2[0];
+  assign \cp0_5_2.first  = cp0_5_2[1];
+  assign \cp0_5_2.last  = cp0_5_2[2];
+  assign \c_5_2.valid  = c_5_2[0];
+  assign \c_5_2.first  = c_5_2[1];
+  assign \c_5_2.last  = c_5_2[2];
+  assign \cp0_5_3.valid  = cp0_5_3[0];
+  assign \cp0_5_3.first  = cp0_5_3[1];
+  assign \cp0_5_3.last  = cp0_5_3[2];
+  assign \c_5_3.valid  = c_5_3[0];
+  assign \c_5_3.first  = c_5_3[1];
+  assign \c_5_3.last  = c_5_3[2];
+  assign \cp0_5_4.valid  = cp0_5_4[0];
+  assign \cp0_5_4.first  = cp0_5_4[1];
+  assign \cp0_5_4.last  = cp0_5_4[2];
+  assign \c_5_4.valid  = c_5_4[0];
+  assign \c_5_4.first  = c_5_4[1];
+  assign \c_5_4.last  = c_5_4[2];
+  assign \cp0_5_5.valid  = cp0_5_5[0];
+  assign \cp0_5_5.first  = cp0_5_5[1];
+  assign \cp0_5_5.last  = cp0_5_5[2];
+  assign \c_5_5.valid  = c_5_5[0];
+  assign \c_5_5.first  = c_5_5[1];
+  assign \c_5_5.last  = c_5_5[2];
+  assign \cp0_5_6.valid  = cp0_5_6[0];
+  assign \cp0_5_6.first  = cp0_5_6[1];
+  assign \cp0_5_6.last  = cp0_5_6[2];
+  assign \c_5_6.valid  = c_5_6[0];
+  assign \c_5_6.first  = c_5_6[1];
+  assign \c_5_6.last  = c_5_6[2];
+  assign \cp0_5_7.valid  = cp0_5_7[0];
+  assign \cp0_5_7.first  = cp0_5_7[1];
+  assign \cp0_5_7.last  = cp0_5_7[2];
+  assign \c_5_7.valid  = c_5_7[0];
+  assign \c_5_7.first  = c_5_7[1];
+  assign \c_5_7.last  = c_5_7[2];
+  assign \cp0_6_0.valid  = cp0_6_0[0];
+  assign \cp0_6_0.first  = cp0_6_0[1];
+  assign \cp0_6_0.last  = cp0_6_0[2];
+  assign \c_6_0.valid  = c_6_0[0];
+  assign \c_6_0.first  = c_6_0[1];
+  assign \c_6_0.last  = c_6_0[2];
+  assign \cp0_6_1.valid  = cp0_6_1[0];
+  assign \cp0_6_1.first  = cp0_6_1[1];
+  assign \cp0_6_1.last  = cp0_6_1[2];
+  assign \c_6_1.valid  = c_6_1[0];
+  assign \c_6_1.first  = c_6_1[1];
+  assign \c_6_1.last  = c_6_1[2];
+  assign \cp0_6_2.valid  = cp0_6_2[0];
+  assign \cp0_6_2.first  = cp0_6_2[1];
+  assign \cp0_6_2.last  = cp0_6_2[2];
+  assign \c_6_2.valid  = c_6_2[0];
+  assign \c_6_2.first  = c_6_2[1];
+  assign \c_6_2.last  = c_6_2[2];
+  assign \cp0_6_3.valid  = cp0_6_3[0];
+  assign \cp0_6_3.first  = cp0_6_3[1];
+  assign \cp0_6_3.last  = cp0_6_3[2];
+  assign \c_6_3.valid  = c_6_3[0];
+  assign \c_6_3.first  = c_6_3[1];
+  assign \c_6_3.last  = c_6_3[2];
+  assign \cp0_6_4.valid  = cp0_6_4[0];
+  assign \cp0_6_4.first  = cp0_6_4[1];
+  assign \cp0_6_4.last  = cp0_6_4[2];
+  assign \c_6_4.valid  = c_6_4[0];
+  assign \c_6_4.first  = c_6_4[1];
+  assign \c_6_4.last  = c_6_4[2];
+  assign \cp0_6_5.valid  = cp0_6_5[0];
+  assign \cp0_6_5.first  = cp0_6_5[1];
+  assign \cp0_6_5.last  = cp0_6_5[2];
+  assign \c_6_5.valid  = c_6_5[0];
+  assign \c_6_5.first  = c_6_5[1];
+  assign \c_6_5.last  = c_6_5[2];
+  assign \cp0_6_6.valid  = cp0_6_6[0];
+  assign \cp0_6_6.first  = cp0_6_6[1];
+  assign \cp0_6_6.last  = cp0_6_6[2];
+  assign \c_6_6.valid  = c_6_6[0];
+  assign \c_6_6.first  = c_6_6[1];
+  assign \c_6_6.last  = c_6_6[2];
+  assign \cp0_6_7.valid  = cp0_6_7[0];
+  assign \cp0_6_7.first  = cp0_6_7[1];
+  assign \cp0_6_7.last  = cp0_6_7[2];
+  assign \c_6_7.valid  = c_6_7[0];
+  assign \c_6_7.first  = c_6_7[1];
+  assign \c_6_7.last  = c_6_7[2];
+  assign \cp0_7_0.valid  = cp0_7_0[0];
+  assign \cp0_7_0.first  = cp0_7_0[1];
+  assign \cp0_7_0.last  = cp0_7_0[2];
+  assign \c_7_0.valid  = c_7_0[0];
+  assign \c_7_0.first  = c_7_0[1];
+  assign \c_7_0.last  = c_7_0[2];
+  assign \cp0_7_1.valid  = cp0_7_1[0];
+  assign \cp0_7_1.first  = cp0_7_1[1];
+  assign \cp0_7_1.last  = cp0_7_1[2];
+  assign \c_7_1.valid  = c_7_1[0];
+  assign \c_7_1.first  = c_7_1[1];
+  assign \c_7_1.last  = c_7_1[2];
+  assign \cp0_7_2.valid  = cp0_7_2[0];
+  assign \cp0_7_2.first  = cp0_7_2[1];
+  assign \cp0_7_2.last  = cp0_7_2[2];
+  assign \c_7_2.valid  = c_7_2[0];
+  assign \c_7_2.first  = c_7_2[1];
+  assign \c_7_2.last  = c_7_2[2];
+  assign \cp0_7_3.valid  = cp0_7_3[0];
+  assign \cp0_7_3.first  = cp0_7_3[1];
+  assign \cp0_7_3.last  = cp0_7_3[2];
+  assign \c_7_3.valid  = c_7_3[0];
+  assign \c_7_3.first  = c_7_3[1];
+  assign \c_7_3.last  = c_7_3[2];
+  assign \cp0_7_4.valid  = cp0_7_4[0];
+  assign \cp0_7_4.first  = cp0_7_4[1];
+  assign \cp0_7_4.last  = cp0_7_4[2];
+  assign \c_7_4.valid  = c_7_4[0];
+  assign \c_7_4.first  = c_7_4[1];
+  assign \c_7_4.last  = c_7_4[2];
+  assign \cp0_7_5.valid  = cp0_7_5[0];
+  assign \cp0_7_5.first  = cp0_7_5[1];
+  assign \cp0_7_5.last  = cp0_7_5[2];
+  assign \c_7_5.valid  = c_7_5[0];
+  assign \c_7_5.first  = c_7_5[1];
+  assign \c_7_5.last  = c_7_5[2];
+  assign \cp0_7_6.valid  = cp0_7_6[0];
+  assign \cp0_7_6.first  = cp0_7_6[1];
+  assign \cp0_7_6.last  = cp0_7_6[2];
+  assign \c_7_6.valid  = c_7_6[0];
+  assign \c_7_6.first  = c_7_6[1];
+  assign \c_7_6.last  = c_7_6[2];
+  assign \cp0_7_7.valid  = cp0_7_7[0];
+  assign \cp0_7_7.first  = cp0_7_7[1];
+  assign \cp0_7_7.last  = cp0_7_7[2];
+  assign \c_7_7.valid  = c_7_7[0];
+  assign \c_7_7.first  = c_7_7[1];
+  assign \c_7_7.last  = c_7_7[2];
+  assign \cp0_8_0.valid  = cp0_8_0[0];
+  assign \cp0_8_0.first  = cp0_8_0[1];
+  assign \cp0_8_0.last  = cp0_8_0[2];
+  assign \c_8_0.valid  = c_8_0[0];
+  assign \c_8_0.first  = c_8_0[1];
+  assign \c_8_0.last  = c_8_0[2];
+  assign \cp0_8_1.valid  = cp0_8_1[0];
+  assign \cp0_8_1.first  = cp0_8_1[1];
+  assign \cp0_8_1.last  = cp0_8_1[2];
+  assign \c_8_1.valid  = c_8_1[0];
+  assign \c_8_1.first  = c_8_1[1];
+  assign \c_8_1.last  = c_8_1[2];
+  assign \cp0_8_2.valid  = cp0_8_2[0];
+  assign \cp0_8_2.first  = cp0_8_2[1];
+  assign \cp0_8_2.last  = cp0_8_2[2];
+  assign \c_8_2.valid  = c_8_2[0];
+  assign \c_8_2.first  = c_8_2[1];
+  assign \c_8_2.last  = c_8_2[2];
+  assign \cp0_8_3.valid  = cp0_8_3[0];
+  assign \cp0_8_3.first  = cp0_8_3[1];
+  assign \cp0_8_3.last  = cp0_8_3[2];
+  assign \c_8_3.valid  = c_8_3[0];
+  assign \c_8_3.first  = c_8_3[1];
+  assign \c_8_3.last  = c_8_3[2];
+  assign \cp0_8_4.valid  = cp0_8_4[0];
+  assign \cp0_8_4.first  = cp0_8_4[1];
+  assign \cp0_8_4.last  = cp0_8_4[2];
+  assign \c_8_4.valid  = c_8_4[0];
+  assign \c_8_4.first  = c_8_4[1];
+  assign \c_8_4.last  = c_8_4[2];
+  assign \cp0_8_5.valid  = cp0_8_5[0];
+  assign \cp0_8_5.first  = cp0_8_5[1];
+  assign \cp0_8_5.last  = cp0_8_5[2];
+  assign \c_8_5.valid  = c_8_5[0];
+  assign \c_8_5.first  = c_8_5[1];
+  assign \c_8_5.last  = c_8_5[2];
+  assign \cp0_8_6.valid  = cp0_8_6[0];
+  assign \cp0_8_6.first  = cp0_8_6[1];
+  assign \cp0_8_6.last  = cp0_8_6[2];
+  assign \c_8_6.valid  = c_8_6[0];
+  assign \c_8_6.first  = c_8_6[1];
+  assign \c_8_6.last  = c_8_6[2];
+  assign \cp0_8_7.valid  = cp0_8_7[0];
+  assign \cp0_8_7.first  = cp0_8_7[1];
+  assign \cp0_8_7.last  = cp0_8_7[2];
+  assign \c_8_7.valid  = c_8_7[0];
+  assign \c_8_7.first  = c_8_7[1];
+  assign \c_8_7.last  = c_8_7[2];
+  assign \$712  = \$376 ;
+  assign \$711  = \$373 ;
+  assign \$710  = \$370 ;
+  assign \$709  = \$367 ;
+  assign \$708  = \$364 ;
+  assign \$707  = \$361 ;
+  assign \$706  = \$358 ;
+  assign \$705  = \$355 ;
+  assign \$704  = rq_s8_r7[31:0];
+  assign \$703  = rq_s8_r6[31:0];
+  assign \$702  = rq_s8_r5[31:0];
+  assign \$701  = rq_s8_r4[31:0];
+  assign \$700  = rq_s8_r3[31:0];
+  assign \$699  = rq_s8_r2[31:0];
+  assign \$698  = rq_s8_r1[31:0];
+  assign \$697  = rq_s8_r0[31:0];
+  assign \$696  = \$352 [65];
+  assign \$695  = \$351 [65];
+  assign \$694  = \$350 [65];
+  assign \$693  = \$349 [65];
+  assign \$692  = \$348 [65];
+  assign \$691  = \$347 [65];
+  assign \$690  = \$346 [65];
+  assign \$689  = \$345 [65];
+  assign \$688  = \$344 [65];
+  assign \$687  = \$343 [65];
+  assign \$686  = \$342 [65];
+  assign \$685  = \$341 [65];
+  assign \$684  = \$340 [65];
+  assign \$683  = \$339 [65];
+  assign \$682  = \$338 [65];
+  assign \$681  = \$337 [65];
+  assign \$680  = rq_s8_lo;
+  assign \$679  = rq_s8_hi;
+  assign \$678  = rq_s8_raw;
+  assign \$677  = \$336 ;
+  assign \$676  = \$334 ;
+  assign \$675  = \$332 ;
+  assign \$674  = \$330 ;
+  assign \$673  = \$328 ;
+  assign \$672  = \$326 ;
+  assign \$671  = \$324 ;
+  assign \$670  = \$322 ;
+  assign \$669  = rq_s7_lo;
+  assign \$668  = rq_s7_hi;
+  assign \$667  = rq_s7_raw;
+  assign \$666  = \$320 ;
+  assign \$665  = \$319 ;
+  assign \$664  = \$318 ;
+  assign \$663  = \$317 ;
+  assign \$662  = \$316 ;
+  assign \$661  = \$315 ;
+  assign \$660  = \$314 ;
+  assign \$659  = \$313 ;
+  assign \$658  = rq_s6_lo;
+  assign \$657  = rq_s6_hi;
+  assign \$656  = rq_s6_raw;
+  assign \$655  = \$312 ;
+  assign \$654  = \$310 ;
+  assign \$653  = \$308 ;
+  assign \$652  = \$306 ;
+  assign \$651  = \$304 ;
+  assign \$650  = \$302 ;
+  assign \$649  = \$300 ;
+  assign \$648  = \$298 ;
+  assign \$647  = rq_s5_e7;
+  assign \$646  = rq_s5_e6;
+  assign \$645  = rq_s5_e5;
+  assign \$644  = rq_s5_e4;
+  assign \$643  = rq_s5_e3;
+  assign \$642  = rq_s5_e2;
+  assign \$641  = rq_s5_e1;
+  assign \$640  = rq_s5_e0;
+  assign \$639  = rq_s5_lo;
+  assign \$638  = rq_s5_hi;
+  assign \$637  = rq_s5_raw;
+  assign \$636  = \$296 ;
+  assign \$635  = \$294 ;
+  assign \$634  = \$292 ;
+  assign \$633  = \$290 ;
+  assign \$632  = \$288 ;
+  assign \$631  = \$286 ;
+  assign \$630  = \$284 ;
+  assign \$629  = \$282 ;
+  assign \$628  = rq_s4_e7;
+  assign \$627  = rq_s4_e6;
+  assign \$626  = rq_s4_e5;
+  assign \$625  = rq_s4_e4;
+  assign \$624  = rq_s4_e3;
+  assign \$623  = rq_s4_e2;
+  assign \$622  = rq_s4_e1;
+  assign \$621  = rq_s4_e0;
+  assign \$620  = rq_s4_lo;
+  assign \$619  = rq_s4_hi;
+  assign \$618  = rq_s4_raw;
+  assign \$617  = rq_ph7;
+  assign \$616  = rq_pl7;
+  assign \$615  = rq_ph6;
+  assign \$614  = rq_pl6;
+  assign \$613  = rq_ph5;
+  assign \$612  = rq_pl5;
+  assign \$611  = rq_ph4;
+  assign \$610  = rq_pl4;
+  assign \$609  = rq_ph3;
+  assign \$608  = rq_pl3;
+  assign \$607  = rq_ph2;
+  assign \$606  = rq_pl2;
+  assign \$605  = rq_ph1;
+  assign \$604  = rq_pl1;
+  assign \$603  = rq_ph0;
+  assign \$602  = rq_pl0;
+  assign \$601  = rq_s3_e7;
+  assign \$600  = rq_s3_e6;
+  assign \$599  = rq_s3_e5;
+  assign \$598  = rq_s3_e4;
+  assign \$597  = rq_s3_e3;
+  assign \$596  = rq_s3_e2;
+  assign \$595  = rq_s3_e1;
+  assign \$594  = rq_s3_e0;
+  assign \$593  = rq_s3_lo;
+  assign \$592  = rq_s3_hi;
+  assign \$591  = rq_s3_raw;
+  assign \$590  = rq_s2_e7;
+  assign \$589  = rq_s2_e6;
+  assign \$588  = rq_s2_e5;
+  assign \$587  = rq_s2_e4;
+  assign \$586  = rq_s2_e3;
+  assign \$585  = rq_s2_e2;
+  assign \$584  = rq_s2_e1;
+  assign \$583  = rq_s2_e0;
+  assign \$582  = rq_s2_lo;
+  assign \$581  = rq_s2_hi;
+  assign \$580  = rq_s2_raw;
+  assign \$579  = rq_s1_e7;
+  assign \$578  = rq_s1_e6;
+  assign \$577  = rq_s1_e5;
+  assign \$576  = rq_s1_e4;
+  assign \$575  = rq_s1_e3;
+  assign \$574  = rq_s1_e2;
+  assign \$573  = rq_s1_e1;
+  assign \$572  = rq_s1_e0;
+  assign \$571  = rq_s1_lo;
+  assign \$570  = rq_s1_hi;
+  assign \$569  = rq_s1_raw;
+  assign \$568  = rq_in[687:682];
+  assign \$567  = rq_in[681:676];
+  assign \$566  = rq_in[675:670];
+  assign \$565  = rq_in[669:664];
+  assign \$564  = rq_in[663:658];
+  assign \$563  = rq_in[657:652];
+  assign \$562  = rq_in[651:646];
+  assign \$561  = rq_in[645:640];
+  assign \$560  = rq_in[639:624];
+  assign \$559  = rq_in[623:608];
+  assign \$558  = rq_in[607:592];
+  assign \$557  = rq_in[591:576];
+  assign \$556  = rq_in[575:560];
+  assign \$555  = rq_in[559:544];
+  assign \$554  = rq_in[543:528];
+  assign \$553  = rq_in[527:512];
+  assign \$552  = \$280 [31:0];
+  assign \$551  = \$279 [31:0];
+  assign \$550  = \$278 [31:0];
+  assign \$549  = \$277 [31:0];
+  assign \$548  = \$276 [31:0];
+  assign \$547  = \$275 [31:0];
+  assign \$546  = \$274 [31:0];
+  assign \$545  = \$273 [31:0];
+  assign \$544  = rq_in[752:721];
+  assign \$543  = rq_in[720:689];
+  assign \$542  = rq_in[688];
+  assign \$541 [431:426] = \$272 ;
+  assign \$541 [383:368] = \$271 ;
+  assign \$541 [255:224] = p_hold[255:224];
+  assign \$541 [425:420] = \$270 ;
+  assign \$541 [367:352] = \$269 ;
+  assign \$541 [223:192] = p_hold[223:192];
+  assign \$541 [419:414] = \$268 ;
+  assign \$541 [351:336] = \$267 ;
+  assign \$541 [191:160] = p_hold[191:160];
+  assign \$541 [413:408] = \$266 ;
+  assign \$541 [335:320] = \$265 ;
+  assign \$541 [159:128] = p_hold[159:128];
+  assign \$541 [407:402] = \$264 ;
+  assign \$541 [319:304] = \$263 ;
+  assign \$541 [127:96] = p_hold[127:96];
+  assign \$541 [401:396] = \$262 ;
+  assign \$541 [303:288] = \$261 ;
+  assign \$541 [95:64] = p_hold[95:64];
+  assign \$541 [395:390] = \$260 ;
+  assign \$541 [287:272] = \$259 ;
+  assign \$541 [63:32] = p_hold[63:32];
+  assign \$541 [389:384] = \$258 ;
+  assign \$541 [271:256] = \$257 ;
+  assign \$541 [31:0] = p_hold[31:0];
+  assign \$541 [496:465] = \$256 ;
+  assign \$541 [464:433] = p_dec_hi;
+  assign \$541 [432] = p_dec_raw;
   assign rq_in[752:721] = p_dec[496:465];
   assign rq_in[720:689] = p_dec[464:433];
   assign rq_in[688] = p_dec[432];
@@ -59129,31 +60981,31 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   assign c0[2] = r_last;
   assign c0[1] = first;
   assign c0[0] = r_valid;
-  assign \$255  = done_8_7;
-  assign \$369  = { rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0[30], rq_s2_ph0, 17'h00000 };
-  assign \$371  = { rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1[30], rq_s2_ph1, 17'h00000 };
-  assign \$373  = { rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2[30], rq_s2_ph2, 17'h00000 };
-  assign \$375  = { rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3[30], rq_s2_ph3, 17'h00000 };
-  assign \$377  = { rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4[30], rq_s2_ph4, 17'h00000 };
-  assign \$379  = { rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5[30], rq_s2_ph5, 17'h00000 };
-  assign \$381  = { rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6[30], rq_s2_ph6, 17'h00000 };
-  assign \$383  = { rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7[30], rq_s2_ph7, 17'h00000 };
-  assign \$385  = { rq_s3_p0, 1'h0 };
-  assign \$387  = { rq_s3_p1, 1'h0 };
-  assign \$389  = { rq_s3_p2, 1'h0 };
-  assign \$391  = { rq_s3_p3, 1'h0 };
-  assign \$393  = { rq_s3_p4, 1'h0 };
-  assign \$395  = { rq_s3_p5, 1'h0 };
-  assign \$397  = { rq_s3_p6, 1'h0 };
-  assign \$399  = { rq_s3_p7, 1'h0 };
-  assign \$410  = { \$409 [64], \$409 [64:1] };
-  assign \$412  = { \$411 [64], \$411 [64:1] };
-  assign \$414  = { \$413 [64], \$413 [64:1] };
-  assign \$416  = { \$415 [64], \$415 [64:1] };
-  assign \$418  = { \$417 [64], \$417 [64:1] };
-  assign \$420  = { \$419 [64], \$419 [64:1] };
-  assign \$422  = { \$421 [64], \$421 [64:1] };
-  assign \$424  = { \$423 [64], \$423 [64:1] };
+  assign \$183  = done_8_7;
+  assign \$281  = { rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0[30], rq_s4_ph0, 17'h00000 };
+  assign \$283  = { rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1[30], rq_s4_ph1, 17'h00000 };
+  assign \$285  = { rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2[30], rq_s4_ph2, 17'h00000 };
+  assign \$287  = { rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3[30], rq_s4_ph3, 17'h00000 };
+  assign \$289  = { rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4[30], rq_s4_ph4, 17'h00000 };
+  assign \$291  = { rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5[30], rq_s4_ph5, 17'h00000 };
+  assign \$293  = { rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6[30], rq_s4_ph6, 17'h00000 };
+  assign \$295  = { rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7[30], rq_s4_ph7, 17'h00000 };
+  assign \$297  = { rq_s5_p0, 1'h0 };
+  assign \$299  = { rq_s5_p1, 1'h0 };
+  assign \$301  = { rq_s5_p2, 1'h0 };
+  assign \$303  = { rq_s5_p3, 1'h0 };
+  assign \$305  = { rq_s5_p4, 1'h0 };
+  assign \$307  = { rq_s5_p5, 1'h0 };
+  assign \$309  = { rq_s5_p6, 1'h0 };
+  assign \$311  = { rq_s5_p7, 1'h0 };
+  assign \$322  = { \$321 [64], \$321 [64:1] };
+  assign \$324  = { \$323 [64], \$323 [64:1] };
+  assign \$326  = { \$325 [64], \$325 [64:1] };
+  assign \$328  = { \$327 [64], \$327 [64:1] };
+  assign \$330  = { \$329 [64], \$329 [64:1] };
+  assign \$332  = { \$331 [64], \$331 [64:1] };
+  assign \$334  = { \$333 [64], \$333 [64:1] };
+  assign \$336  = { \$335 [64], \$335 [64:1] };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -72351,4 +74203,82 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
   assign w_data = { \port$0$75 , \port$0$10  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
+endmodule
+/* Generated by Amaranth Yosys 0.50 (PyPI ver 0.50.0.0.post130, git sha1 b5170e139) */
+
+(* top =  1  *)
+(* generator = "Amaranth" *)
+module dsp_mult_s15_u16(a, b, p, clk);
+  wire [30:0] \$1 ;
+  input [14:0] a;
+  wire [14:0] a;
+  reg [14:0] a_q = 15'h0000;
+  input [15:0] b;
+  wire [15:0] b;
+  reg [15:0] b_q = 16'h0000;
+  input clk;
+  wire clk;
+  wire \clk$4 ;
+  output [30:0] p;
+  reg [30:0] p = 31'h00000000;
+  assign \$1  = $signed(a_q) * $signed({ 1'h0, b_q });
+  always @(posedge clk)
+    a_q <= a;
+  always @(posedge clk)
+    b_q <= b;
+  always @(posedge clk)
+    p <= \$1 ;
+  assign \clk$4  = clk;
+endmodule
+/* Generated by Amaranth Yosys 0.50 (PyPI ver 0.50.0.0.post130, git sha1 b5170e139) */
+
+(* top =  1  *)
+(* generator = "Amaranth" *)
+module dsp_mult_s9_s8(a, b, p, clk);
+  wire [16:0] \$1 ;
+  input [8:0] a;
+  wire [8:0] a;
+  reg [8:0] a_q = 9'h000;
+  input [7:0] b;
+  wire [7:0] b;
+  reg [7:0] b_q = 8'h00;
+  input clk;
+  wire clk;
+  wire \clk$4 ;
+  output [16:0] p;
+  reg [16:0] p = 17'h00000;
+  assign \$1  = $signed(a_q) * $signed(b_q);
+  always @(posedge clk)
+    a_q <= a;
+  always @(posedge clk)
+    b_q <= b;
+  always @(posedge clk)
+    p <= \$1 ;
+  assign \clk$4  = clk;
+endmodule
+/* Generated by Amaranth Yosys 0.50 (PyPI ver 0.50.0.0.post130, git sha1 b5170e139) */
+
+(* top =  1  *)
+(* generator = "Amaranth" *)
+module dsp_mult_u17_u16(a, b, p, clk);
+  wire [32:0] \$1 ;
+  input [16:0] a;
+  wire [16:0] a;
+  reg [16:0] a_q = 17'h00000;
+  input [15:0] b;
+  wire [15:0] b;
+  reg [15:0] b_q = 16'h0000;
+  input clk;
+  wire clk;
+  wire \clk$4 ;
+  output [32:0] p;
+  reg [32:0] p = 33'h000000000;
+  assign \$1  = a_q * b_q;
+  always @(posedge clk)
+    a_q <= a;
+  always @(posedge clk)
+    b_q <= b;
+  always @(posedge clk)
+    p <= \$1 ;
+  assign \clk$4  = clk;
 endmodule

