@@ -128,22 +128,25 @@ def dsp_mult(m: Module, a, b, name: str) -> Signal:
     return p
 
 
-def _convert(names, cls) -> str:
+def _used(text: str) -> list[tuple[Shape, Shape]]:
+    """The operand shapes of every ``dsp_mult_*`` leaf that ``text`` names, in name order."""
+    return [(_shape(sa, wa), _shape(sb, wb)) for sa, wa, sb, wb in sorted(set(_NAME.findall(text)))]
+
+
+def _convert(shapes, cls) -> str:
     from amaranth.back import verilog
 
-    return "".join(verilog.convert(cls(_shape(sa, wa), _shape(sb, wb)), name=f"dsp_mult_{sa}{wa}_{sb}{wb}",
-                                   emit_src=False) for sa, wa, sb, wb in names)
+    return "".join(verilog.convert(leaf, name=leaf.name, emit_src=False) for leaf in (cls(a, b) for a, b in shapes))
 
 
 def leaf_definitions(text: str) -> str:
     """Behavioural Verilog of the ``dsp_mult_*`` leaves that ``text`` instantiates and does not
     define ("" if none)."""
     defined = set(re.findall(r"^module (dsp_mult_\w+)", text, re.M))
-    return _convert([n for n in sorted(set(_NAME.findall(text))) if "dsp_mult_{}{}_{}{}".format(*n) not in defined],
-                    DspMultiplier)
+    return _convert([s for s in _used(text) if dsp_mult_name(*s) not in defined], DspMultiplier)
 
 
 def ecp5_definitions(text: str) -> str:
     """ECP5 (``MULT18X18D``) Verilog of the ``dsp_mult_*`` leaves that ``text`` uses, to be read
     after it with ``read_verilog -overwrite`` ("" if none)."""
-    return _convert(sorted(set(_NAME.findall(text))), Ecp5DspMultiplier)
+    return _convert(_used(text), Ecp5DspMultiplier)
