@@ -1264,516 +1264,201 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
-  wire \$1000 ;
-  wire \$1001 ;
-  wire \$1002 ;
-  wire \$1003 ;
-  wire \$1004 ;
-  wire \$1005 ;
-  wire \$1006 ;
-  wire \$1007 ;
-  wire \$1008 ;
-  wire \$1009 ;
-  wire \$101 ;
-  wire \$1010 ;
-  wire \$1011 ;
-  wire \$1012 ;
-  wire \$1013 ;
-  wire \$1014 ;
-  wire \$1015 ;
-  wire \$1016 ;
-  wire \$1017 ;
-  wire \$1018 ;
-  wire \$1019 ;
-  wire \$102 ;
-  wire [24:0] \$1020 ;
-  wire [33:0] \$1021 ;
-  wire \$1022 ;
-  wire \$1023 ;
-  wire [24:0] \$1024 ;
-  wire [33:0] \$1025 ;
-  wire \$1026 ;
-  wire \$1027 ;
-  wire \$1028 ;
-  wire \$1029 ;
+  reg [15:0] \$1000 ;
+  reg [31:0] \$1001 ;
+  reg [31:0] \$1002 ;
+  reg \$1003 ;
+  reg [7:0] \$1004 ;
+  reg \$1005 ;
+  reg \$1006 ;
+  reg \$1007 ;
+  reg [15:0] \$1008 ;
+  reg \$1009 ;
+  wire [32:0] \$101 ;
+  reg \$1010 ;
+  reg \$1011 ;
+  reg \$1012 ;
+  reg [3:0] \$1013 ;
+  reg [15:0] \$1014 ;
+  reg \$1015 ;
+  reg [15:0] \$1016 ;
+  reg [15:0] \$1017 ;
+  reg [31:0] \$1018 ;
+  reg \$1019 ;
+  wire [3:0] \$102 ;
+  reg \$1020 ;
+  reg \$1021 ;
+  reg \$1022 ;
+  reg \$1023 ;
+  reg [8:0] \$1024 ;
+  reg \$1025 ;
+  reg \$1026 ;
+  reg [3:0] \$1027 ;
+  reg [15:0] \$1028 ;
+  reg [9:0] \$1029 ;
   wire \$103 ;
-  wire \$1030 ;
-  wire \$1031 ;
-  wire \$1032 ;
-  wire \$1033 ;
-  wire \$1034 ;
-  wire [3:0] \$1035 ;
-  wire \$1036 ;
-  wire \$1037 ;
-  wire \$1038 ;
-  wire [3:0] \$1039 ;
-  wire \$104 ;
-  wire [14:0] \$1040 ;
-  wire \$1041 ;
-  wire \$1042 ;
-  wire \$1043 ;
-  wire \$1044 ;
-  wire \$1045 ;
-  wire \$1046 ;
-  wire \$1047 ;
-  wire \$1048 ;
-  wire \$1049 ;
+  reg [15:0] \$1030 ;
+  reg \$1031 ;
+  reg \$1032 ;
+  reg \$1033 ;
+  reg [8:0] \$1034 ;
+  reg \$1035 ;
+  reg \$1036 ;
+  reg [31:0] \$1037 ;
+  reg [15:0] \$1038 ;
+  reg \$1039 ;
+  wire [64:0] \$104 ;
+  reg [2:0] \$1040 ;
+  reg \$1041 ;
+  reg [3:0] \$1042 ;
   wire \$105 ;
-  wire \$1050 ;
-  wire \$1051 ;
-  wire \$1052 ;
-  wire \$1053 ;
-  wire [16:0] \$1054 ;
-  wire [16:0] \$1055 ;
-  wire \$1056 ;
-  wire [32:0] \$1057 ;
-  wire \$1058 ;
-  wire \$1059 ;
   wire \$106 ;
-  wire \$1060 ;
-  wire [32:0] \$1061 ;
-  wire \$1062 ;
-  wire \$1063 ;
-  wire \$1064 ;
-  wire \$1065 ;
-  wire \$1066 ;
-  wire [16:0] \$1067 ;
-  wire [16:0] \$1068 ;
-  wire \$1069 ;
   wire \$107 ;
-  wire [32:0] \$1070 ;
-  wire \$1071 ;
-  wire \$1072 ;
-  wire \$1073 ;
-  wire \$1074 ;
-  wire \$1075 ;
-  wire \$1076 ;
-  wire \$1077 ;
-  wire \$1078 ;
-  wire \$1079 ;
   wire \$108 ;
-  wire \$1080 ;
-  wire [16:0] \$1081 ;
-  wire [16:0] \$1082 ;
-  wire \$1083 ;
-  wire \$1084 ;
-  wire \$1085 ;
-  wire \$1086 ;
-  wire \$1087 ;
-  wire \$1088 ;
-  wire \$1089 ;
   wire \$109 ;
-  wire \$1090 ;
-  wire \$1091 ;
-  wire \$1092 ;
-  wire \$1093 ;
-  reg \$1094 ;
-  wire \$1095 ;
-  wire \$1096 ;
-  wire \$1097 ;
-  wire \$1098 ;
-  reg \$1099 ;
   wire [3:0] \$11 ;
   wire \$110 ;
-  wire \$1100 ;
-  wire \$1101 ;
-  wire \$1102 ;
-  wire \$1103 ;
-  wire \$1104 ;
-  wire \$1105 ;
-  wire [4:0] \$1106 ;
-  wire [16:0] \$1107 ;
-  wire [16:0] \$1108 ;
-  wire \$1109 ;
   wire \$111 ;
-  wire \$1110 ;
-  wire [16:0] \$1111 ;
-  wire [16:0] \$1112 ;
-  wire \$1113 ;
-  wire \$1114 ;
-  wire \$1115 ;
-  wire \$1116 ;
-  wire [4:0] \$1117 ;
-  wire \$1118 ;
-  reg \$1119 ;
   wire \$112 ;
-  wire \$1120 ;
-  wire \$1121 ;
-  wire \$1122 ;
-  wire \$1123 ;
-  wire \$1124 ;
-  wire \$1125 ;
-  wire \$1126 ;
-  reg \$1127 ;
-  wire \$1128 ;
-  wire \$1129 ;
   wire \$113 ;
-  wire \$1130 ;
-  wire \$1131 ;
-  wire \$1132 ;
-  wire \$1133 ;
-  wire \$1134 ;
-  wire \$1135 ;
-  wire \$1136 ;
-  wire \$1137 ;
-  wire \$1138 ;
-  wire \$1139 ;
   wire \$114 ;
-  wire [32:0] \$1140 ;
-  wire \$1141 ;
-  wire [16:0] \$1142 ;
-  wire [16:0] \$1143 ;
-  wire \$1144 ;
-  wire [16:0] \$1145 ;
-  wire [16:0] \$1146 ;
-  wire \$1147 ;
-  reg \$1148 ;
-  wire \$1149 ;
   wire \$115 ;
-  wire \$1150 ;
-  wire \$1151 ;
-  wire \$1152 ;
-  wire \$1153 ;
-  wire [16:0] \$1154 ;
-  wire [10:0] \$1155 ;
-  wire \$1156 ;
-  wire [16:0] \$1157 ;
-  wire \$1158 ;
-  wire \$1159 ;
-  reg [15:0] \$116 ;
-  wire [4:0] \$1160 ;
-  reg \$1161 ;
-  wire \$1162 ;
-  wire \$1163 ;
-  wire \$1164 ;
-  wire \$1165 ;
-  wire \$1166 ;
-  wire \$1167 ;
-  wire \$1168 ;
-  reg \$1169 ;
+  wire \$116 ;
   wire \$117 ;
-  wire \$1170 ;
-  wire \$1171 ;
-  wire \$1172 ;
-  wire \$1173 ;
-  wire \$1174 ;
-  wire \$1175 ;
-  wire \$1176 ;
-  wire \$1177 ;
-  wire \$1178 ;
-  wire \$1179 ;
   wire \$118 ;
-  wire \$1180 ;
-  wire [16:0] \$1181 ;
-  wire [32:0] \$1182 ;
-  wire \$1183 ;
-  wire \$1184 ;
-  wire \$1185 ;
-  wire [3:0] \$1186 ;
-  wire [3:0] \$1187 ;
-  wire \$1188 ;
-  wire \$1189 ;
   wire \$119 ;
-  wire \$1190 ;
-  wire \$1191 ;
-  wire \$1192 ;
-  reg \$1193 ;
-  reg \$1194 ;
-  reg \$1195 ;
-  reg \$1196 ;
-  reg \$1197 ;
-  reg \$1198 ;
-  reg \$1199 ;
   wire \$12 ;
   wire \$120 ;
-  reg \$1200 ;
-  reg \$1201 ;
-  reg \$1202 ;
-  reg \$1203 ;
-  reg \$1204 ;
-  reg \$1205 ;
-  reg \$1206 ;
-  reg \$1207 ;
-  reg \$1208 ;
-  reg [15:0] \$1209 ;
   wire \$121 ;
-  reg \$1210 ;
-  reg \$1211 ;
-  reg \$1212 ;
-  reg \$1213 ;
-  reg \$1214 ;
-  reg \$1215 ;
-  reg [2:0] \$1216 ;
-  reg \$1217 ;
-  reg [2:0] \$1218 ;
-  reg \$1219 ;
   wire \$122 ;
-  reg \$1220 ;
-  reg \$1221 ;
-  reg \$1222 ;
-  reg \$1223 ;
-  reg [47:0] \$1224 ;
-  reg [47:0] \$1225 ;
-  reg [47:0] \$1226 ;
-  reg [47:0] \$1227 ;
-  reg [47:0] \$1228 ;
-  reg [47:0] \$1229 ;
   wire \$123 ;
-  reg [47:0] \$1230 ;
-  reg [47:0] \$1231 ;
-  reg [47:0] \$1232 ;
-  reg [47:0] \$1233 ;
-  reg [47:0] \$1234 ;
-  reg [47:0] \$1235 ;
-  reg [47:0] \$1236 ;
-  reg [47:0] \$1237 ;
-  reg [47:0] \$1238 ;
-  reg [47:0] \$1239 ;
   wire \$124 ;
-  reg [47:0] \$1240 ;
-  reg \$1241 ;
-  reg \$1242 ;
-  reg \$1243 ;
-  reg \$1244 ;
-  reg \$1245 ;
-  reg [31:0] \$1246 ;
-  reg \$1247 ;
-  reg \$1248 ;
-  reg [3:0] \$1249 ;
   wire \$125 ;
-  reg \$1250 ;
-  reg [31:0] \$1251 ;
-  reg [31:0] \$1252 ;
-  reg [15:0] \$1253 ;
-  reg [31:0] \$1254 ;
-  reg [2:0] \$1255 ;
-  reg \$1256 ;
-  reg \$1257 ;
-  reg \$1258 ;
-  reg \$1259 ;
-  wire \$126 ;
-  reg \$1260 ;
-  reg \$1261 ;
-  reg \$1262 ;
-  reg \$1263 ;
-  reg \$1264 ;
-  reg \$1265 ;
-  reg \$1266 ;
-  reg \$1267 ;
-  reg \$1268 ;
-  reg \$1269 ;
+  reg [15:0] \$126 ;
   wire \$127 ;
-  reg \$1270 ;
-  reg \$1271 ;
-  reg \$1272 ;
-  reg \$1273 ;
-  reg \$1274 ;
-  reg \$1275 ;
-  reg \$1276 ;
-  reg \$1277 ;
-  reg \$1278 ;
-  reg \$1279 ;
   wire \$128 ;
-  reg \$1280 ;
-  reg \$1281 ;
-  reg \$1282 ;
-  reg [511:0] \$1283 ;
-  reg [2:0] \$1284 ;
-  reg [31:0] \$1285 ;
-  reg [7:0] \$1286 ;
-  reg [15:0] \$1287 ;
-  reg [15:0] \$1288 ;
-  reg \$1289 ;
   wire \$129 ;
-  reg [65:0] \$1290 ;
-  reg \$1291 ;
-  reg \$1292 ;
-  reg \$1293 ;
-  reg \$1294 ;
-  reg \$1295 ;
-  reg [31:0] \$1296 ;
-  reg [15:0] \$1297 ;
-  reg \$1298 ;
-  reg [15:0] \$1299 ;
   wire \$13 ;
   wire \$130 ;
-  reg [15:0] \$1300 ;
-  reg [15:0] \$1301 ;
-  reg [15:0] \$1302 ;
-  reg [15:0] \$1303 ;
-  reg [15:0] \$1304 ;
-  reg [15:0] \$1305 ;
-  reg [15:0] \$1306 ;
-  reg [2:0] \$1307 ;
-  reg [2:0] \$1308 ;
-  reg [31:0] \$1309 ;
-  wire [3:0] \$131 ;
-  reg [15:0] \$1310 ;
-  reg [15:0] \$1311 ;
-  reg [31:0] \$1312 ;
-  reg [31:0] \$1313 ;
-  reg \$1314 ;
-  reg [7:0] \$1315 ;
-  reg \$1316 ;
-  reg \$1317 ;
-  reg \$1318 ;
-  reg [15:0] \$1319 ;
+  wire \$131 ;
   wire \$132 ;
-  reg \$1320 ;
-  reg \$1321 ;
-  reg [7:0] \$1322 ;
-  reg [7:0] \$1323 ;
-  reg [7:0] \$1324 ;
-  reg [7:0] \$1325 ;
-  reg [7:0] \$1326 ;
-  reg [7:0] \$1327 ;
-  reg [7:0] \$1328 ;
-  reg [7:0] \$1329 ;
-  wire [2:0] \$133 ;
-  reg \$1330 ;
-  reg \$1331 ;
-  reg \$1332 ;
-  reg [3:0] \$1333 ;
-  reg [15:0] \$1334 ;
-  reg \$1335 ;
-  reg [15:0] \$1336 ;
-  reg [15:0] \$1337 ;
-  reg [31:0] \$1338 ;
-  reg \$1339 ;
-  wire [3:0] \$134 ;
-  reg \$1340 ;
-  reg \$1341 ;
-  reg \$1342 ;
-  reg \$1343 ;
-  reg \$1344 ;
-  reg [3:0] \$1345 ;
-  reg [15:0] \$1346 ;
-  reg [9:0] \$1347 ;
-  reg [15:0] \$1348 ;
-  reg \$1349 ;
+  wire \$133 ;
+  wire \$134 ;
   wire \$135 ;
-  reg \$1350 ;
-  reg \$1351 ;
-  reg [31:0] \$1352 ;
-  reg [15:0] \$1353 ;
-  reg \$1354 ;
-  reg [2:0] \$1355 ;
-  reg \$1356 ;
-  reg [3:0] \$1357 ;
-  wire [3:0] \$136 ;
-  wire [3:0] \$137 ;
+  wire \$136 ;
+  wire \$137 ;
   wire \$138 ;
-  wire [4:0] \$139 ;
+  wire \$139 ;
   wire [3:0] \$14 ;
-  wire [3:0] \$140 ;
+  wire \$140 ;
   wire \$141 ;
-  wire [5:0] \$142 ;
+  wire \$142 ;
   wire [3:0] \$143 ;
   wire \$144 ;
-  wire [6:0] \$145 ;
+  wire [2:0] \$145 ;
   wire [3:0] \$146 ;
   wire \$147 ;
-  wire [7:0] \$148 ;
+  wire [3:0] \$148 ;
   wire [3:0] \$149 ;
   wire \$15 ;
   wire \$150 ;
-  wire [8:0] \$151 ;
-  reg \$152 ;
+  wire [4:0] \$151 ;
+  wire [3:0] \$152 ;
   wire \$153 ;
-  wire \$154 ;
-  wire [9:0] \$155 ;
-  wire [16:0] \$156 ;
-  reg \$157 ;
-  wire \$158 ;
+  wire [5:0] \$154 ;
+  wire [3:0] \$155 ;
+  wire \$156 ;
+  wire [6:0] \$157 ;
+  wire [3:0] \$158 ;
   wire \$159 ;
   wire \$16 ;
-  wire \$160 ;
-  wire \$161 ;
+  wire [7:0] \$160 ;
+  wire [3:0] \$161 ;
   wire \$162 ;
-  wire [9:0] \$163 ;
-  wire [16:0] \$164 ;
-  reg \$165 ;
+  wire [8:0] \$163 ;
+  reg \$164 ;
+  wire \$165 ;
   wire \$166 ;
-  wire \$167 ;
-  wire \$168 ;
-  wire \$169 ;
+  wire [9:0] \$167 ;
+  wire [16:0] \$168 ;
+  reg \$169 ;
   wire \$17 ;
-  wire [9:0] \$170 ;
-  wire [16:0] \$171 ;
-  reg \$172 ;
+  wire \$170 ;
+  wire \$171 ;
+  wire \$172 ;
   wire \$173 ;
   wire \$174 ;
-  wire \$175 ;
-  wire \$176 ;
-  wire [9:0] \$177 ;
-  wire [16:0] \$178 ;
-  reg \$179 ;
+  wire [9:0] \$175 ;
+  wire [16:0] \$176 ;
+  reg \$177 ;
+  wire \$178 ;
+  wire \$179 ;
   wire \$18 ;
   wire \$180 ;
   wire \$181 ;
-  wire \$182 ;
-  wire \$183 ;
-  wire [9:0] \$184 ;
-  wire [16:0] \$185 ;
-  reg \$186 ;
+  wire [9:0] \$182 ;
+  wire [16:0] \$183 ;
+  reg \$184 ;
+  wire \$185 ;
+  wire \$186 ;
   wire \$187 ;
   wire \$188 ;
-  wire \$189 ;
+  wire [9:0] \$189 ;
   wire \$19 ;
-  wire \$190 ;
-  wire [9:0] \$191 ;
-  wire [16:0] \$192 ;
-  reg \$193 ;
+  wire [16:0] \$190 ;
+  reg \$191 ;
+  wire \$192 ;
+  wire \$193 ;
   wire \$194 ;
   wire \$195 ;
-  wire \$196 ;
-  wire \$197 ;
-  wire [9:0] \$198 ;
-  wire [16:0] \$199 ;
+  wire [9:0] \$196 ;
+  wire [16:0] \$197 ;
+  reg \$198 ;
+  wire \$199 ;
   wire \$2 ;
   wire \$20 ;
-  reg \$200 ;
+  wire \$200 ;
   wire \$201 ;
   wire \$202 ;
-  wire \$203 ;
-  wire \$204 ;
-  wire [9:0] \$205 ;
-  wire [16:0] \$206 ;
-  reg \$207 ;
+  wire [9:0] \$203 ;
+  wire [16:0] \$204 ;
+  reg \$205 ;
+  wire \$206 ;
+  wire \$207 ;
   wire \$208 ;
   wire \$209 ;
   wire [15:0] \$21 ;
-  wire \$210 ;
-  wire \$211 ;
-  wire [9:0] \$212 ;
-  wire [16:0] \$213 ;
-  reg \$214 ;
+  wire [9:0] \$210 ;
+  wire [16:0] \$211 ;
+  reg \$212 ;
+  wire \$213 ;
+  wire \$214 ;
   wire \$215 ;
   wire \$216 ;
-  wire \$217 ;
-  wire \$218 ;
-  wire [9:0] \$219 ;
+  wire [9:0] \$217 ;
+  wire [16:0] \$218 ;
+  reg \$219 ;
   wire \$22 ;
-  wire [16:0] \$220 ;
-  reg \$221 ;
+  wire \$220 ;
+  wire \$221 ;
   wire \$222 ;
   wire \$223 ;
-  wire \$224 ;
-  wire \$225 ;
-  wire \$226 ;
+  wire [9:0] \$224 ;
+  wire [16:0] \$225 ;
+  reg \$226 ;
   wire \$227 ;
   wire \$228 ;
-  reg \$229 ;
+  wire \$229 ;
   wire [17:0] \$23 ;
   wire \$230 ;
-  wire \$231 ;
+  reg \$231 ;
   wire \$232 ;
   wire \$233 ;
   wire \$234 ;
   wire \$235 ;
   wire \$236 ;
-  wire [9:0] \$237 ;
-  wire [16:0] \$238 ;
+  wire \$237 ;
+  wire \$238 ;
   reg \$239 ;
   wire \$24 ;
   wire \$240 ;
@@ -1781,166 +1466,166 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$242 ;
   wire \$243 ;
   wire \$244 ;
-  wire \$245 ;
+  reg \$245 ;
   wire \$246 ;
-  reg \$247 ;
+  wire \$247 ;
   wire \$248 ;
   wire \$249 ;
   wire [15:0] \$25 ;
-  wire \$250 ;
-  wire \$251 ;
-  wire \$252 ;
+  wire [9:0] \$250 ;
+  wire [10:0] \$251 ;
+  reg \$252 ;
   wire \$253 ;
   wire \$254 ;
-  wire [9:0] \$255 ;
-  wire [16:0] \$256 ;
-  reg \$257 ;
+  wire \$255 ;
+  wire \$256 ;
+  wire \$257 ;
   wire \$258 ;
   wire \$259 ;
   wire \$26 ;
-  wire \$260 ;
-  wire \$261 ;
-  wire \$262 ;
+  wire [9:0] \$260 ;
+  wire [10:0] \$261 ;
+  reg \$262 ;
   wire \$263 ;
   wire \$264 ;
-  reg \$265 ;
+  wire \$265 ;
   wire \$266 ;
   wire \$267 ;
   wire \$268 ;
-  wire \$269 ;
+  wire [9:0] \$269 ;
   wire [18:0] \$27 ;
-  wire \$270 ;
-  wire \$271 ;
+  wire [10:0] \$270 ;
+  reg \$271 ;
   wire \$272 ;
-  wire [9:0] \$273 ;
-  wire [16:0] \$274 ;
-  reg \$275 ;
+  wire \$273 ;
+  wire \$274 ;
+  wire \$275 ;
   wire \$276 ;
   wire \$277 ;
-  wire \$278 ;
-  wire \$279 ;
+  wire [9:0] \$278 ;
+  wire [10:0] \$279 ;
   wire [20:0] \$28 ;
-  wire \$280 ;
+  reg \$280 ;
   wire \$281 ;
   wire \$282 ;
-  reg \$283 ;
+  wire \$283 ;
   wire \$284 ;
   wire \$285 ;
   wire \$286 ;
-  wire \$287 ;
-  wire \$288 ;
-  wire \$289 ;
+  wire [9:0] \$287 ;
+  wire [10:0] \$288 ;
+  reg \$289 ;
   wire [21:0] \$29 ;
   wire \$290 ;
-  wire [9:0] \$291 ;
-  wire [16:0] \$292 ;
-  reg \$293 ;
+  wire \$291 ;
+  wire \$292 ;
+  wire \$293 ;
   wire \$294 ;
   wire \$295 ;
-  wire \$296 ;
-  wire \$297 ;
-  wire \$298 ;
+  wire [9:0] \$296 ;
+  wire [10:0] \$297 ;
+  reg \$298 ;
   wire \$299 ;
   wire \$3 ;
   wire [21:0] \$30 ;
   wire \$300 ;
-  reg \$301 ;
+  wire \$301 ;
   wire \$302 ;
   wire \$303 ;
   wire \$304 ;
-  wire \$305 ;
-  wire \$306 ;
-  wire \$307 ;
+  wire [9:0] \$305 ;
+  wire [10:0] \$306 ;
+  reg \$307 ;
   wire \$308 ;
-  wire [9:0] \$309 ;
+  wire \$309 ;
   wire \$31 ;
-  wire [16:0] \$310 ;
-  reg \$311 ;
+  wire \$310 ;
+  wire \$311 ;
   wire \$312 ;
   wire \$313 ;
-  wire \$314 ;
-  wire \$315 ;
-  wire \$316 ;
+  wire [9:0] \$314 ;
+  wire [10:0] \$315 ;
+  reg \$316 ;
   wire \$317 ;
   wire \$318 ;
-  reg \$319 ;
+  wire \$319 ;
   wire [15:0] \$32 ;
   wire \$320 ;
   wire \$321 ;
   wire \$322 ;
   wire \$323 ;
   wire \$324 ;
-  wire \$325 ;
-  wire \$326 ;
-  wire [9:0] \$327 ;
-  wire [16:0] \$328 ;
-  reg \$329 ;
+  wire [7:0] \$325 ;
+  wire [7:0] \$326 ;
+  wire [7:0] \$327 ;
+  wire [7:0] \$328 ;
+  wire [7:0] \$329 ;
   wire \$33 ;
-  wire \$330 ;
-  wire \$331 ;
-  wire \$332 ;
+  wire [7:0] \$330 ;
+  wire [7:0] \$331 ;
+  wire [7:0] \$332 ;
   wire \$333 ;
   wire \$334 ;
   wire \$335 ;
   wire \$336 ;
-  reg \$337 ;
+  wire \$337 ;
   wire \$338 ;
   wire \$339 ;
   wire [18:0] \$34 ;
   wire \$340 ;
-  wire \$341 ;
-  wire \$342 ;
+  wire [19:0] \$341 ;
+  wire [20:0] \$342 ;
   wire \$343 ;
   wire \$344 ;
-  wire [9:0] \$345 ;
-  wire [16:0] \$346 ;
-  reg \$347 ;
-  wire \$348 ;
+  wire \$345 ;
+  wire \$346 ;
+  wire \$347 ;
+  reg [31:0] \$348 ;
   wire \$349 ;
   wire [20:0] \$35 ;
   wire \$350 ;
-  wire \$351 ;
+  reg [31:0] \$351 ;
   wire \$352 ;
   wire \$353 ;
   wire \$354 ;
-  reg \$355 ;
+  wire \$355 ;
   wire \$356 ;
   wire \$357 ;
   wire \$358 ;
-  wire \$359 ;
+  wire [31:0] \$359 ;
   wire [21:0] \$36 ;
-  wire \$360 ;
-  wire \$361 ;
-  wire \$362 ;
-  wire [9:0] \$363 ;
-  wire [16:0] \$364 ;
-  reg \$365 ;
-  wire \$366 ;
-  wire \$367 ;
-  wire \$368 ;
-  wire \$369 ;
+  wire [31:0] \$360 ;
+  wire [31:0] \$361 ;
+  wire [31:0] \$362 ;
+  wire [31:0] \$363 ;
+  wire \$364 ;
+  wire [31:0] \$365 ;
+  wire [31:0] \$366 ;
+  wire [31:0] \$367 ;
+  wire [31:0] \$368 ;
+  wire [2:0] \$369 ;
   wire [21:0] \$37 ;
-  wire \$370 ;
-  wire \$371 ;
-  wire \$372 ;
-  reg \$373 ;
+  wire [2:0] \$370 ;
+  wire [2:0] \$371 ;
+  wire [1:0] \$372 ;
+  wire [2:0] \$373 ;
   wire \$374 ;
-  wire \$375 ;
-  wire \$376 ;
-  wire \$377 ;
-  wire \$378 ;
+  wire [2:0] \$375 ;
+  wire [2:0] \$376 ;
+  wire [2:0] \$377 ;
+  wire [2:0] \$378 ;
   wire \$379 ;
   wire \$38 ;
   wire \$380 ;
   wire \$381 ;
-  reg \$382 ;
+  wire \$382 ;
   wire \$383 ;
   wire \$384 ;
   wire \$385 ;
   wire \$386 ;
-  wire [9:0] \$387 ;
-  wire [10:0] \$388 ;
-  reg \$389 ;
+  wire \$387 ;
+  wire \$388 ;
+  wire \$389 ;
   wire [3:0] \$39 ;
   wire \$390 ;
   wire \$391 ;
@@ -1949,9 +1634,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$394 ;
   wire \$395 ;
   wire \$396 ;
-  wire [9:0] \$397 ;
-  wire [10:0] \$398 ;
-  reg \$399 ;
+  wire \$397 ;
+  wire \$398 ;
+  wire \$399 ;
   wire \$4 ;
   wire \$40 ;
   wire \$400 ;
@@ -1960,9 +1645,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$403 ;
   wire \$404 ;
   wire \$405 ;
-  wire [9:0] \$406 ;
-  wire [10:0] \$407 ;
-  reg \$408 ;
+  wire \$406 ;
+  wire \$407 ;
+  wire \$408 ;
   wire \$409 ;
   wire [17:0] \$41 ;
   wire \$410 ;
@@ -1970,9 +1655,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$412 ;
   wire \$413 ;
   wire \$414 ;
-  wire [9:0] \$415 ;
-  wire [10:0] \$416 ;
-  reg \$417 ;
+  wire \$415 ;
+  wire \$416 ;
+  wire \$417 ;
   wire \$418 ;
   wire \$419 ;
   wire \$42 ;
@@ -1980,9 +1665,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$421 ;
   wire \$422 ;
   wire \$423 ;
-  wire [9:0] \$424 ;
-  wire [10:0] \$425 ;
-  reg \$426 ;
+  wire \$424 ;
+  wire \$425 ;
+  wire \$426 ;
   wire \$427 ;
   wire \$428 ;
   wire \$429 ;
@@ -1990,19 +1675,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$430 ;
   wire \$431 ;
   wire \$432 ;
-  wire [9:0] \$433 ;
-  wire [10:0] \$434 ;
-  reg \$435 ;
+  wire \$433 ;
+  wire \$434 ;
+  wire \$435 ;
   wire \$436 ;
-  wire \$437 ;
+  wire [30:0] \$437 ;
   wire \$438 ;
   wire \$439 ;
   wire \$44 ;
   wire \$440 ;
   wire \$441 ;
-  wire [9:0] \$442 ;
-  wire [10:0] \$443 ;
-  reg \$444 ;
+  wire \$442 ;
+  wire \$443 ;
+  wire \$444 ;
   wire \$445 ;
   wire \$446 ;
   wire \$447 ;
@@ -2010,9 +1695,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$449 ;
   wire [17:0] \$45 ;
   wire \$450 ;
-  wire [9:0] \$451 ;
-  wire [10:0] \$452 ;
-  reg \$453 ;
+  wire \$451 ;
+  wire \$452 ;
+  wire \$453 ;
   wire \$454 ;
   wire \$455 ;
   wire \$456 ;
@@ -2020,10 +1705,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$458 ;
   wire \$459 ;
   wire [15:0] \$46 ;
-  wire [9:0] \$460 ;
-  wire [32:0] \$461 ;
-  wire [33:0] \$462 ;
-  reg \$463 ;
+  wire \$460 ;
+  wire \$461 ;
+  wire \$462 ;
+  wire \$463 ;
   wire \$464 ;
   wire \$465 ;
   wire \$466 ;
@@ -2032,7 +1717,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$469 ;
   wire [17:0] \$47 ;
   wire \$470 ;
-  reg \$471 ;
+  wire \$471 ;
   wire \$472 ;
   wire \$473 ;
   wire \$474 ;
@@ -2040,74 +1725,74 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$476 ;
   wire \$477 ;
   wire \$478 ;
-  wire [9:0] \$479 ;
+  wire [16:0] \$479 ;
   wire [15:0] \$48 ;
-  wire [32:0] \$480 ;
-  wire [33:0] \$481 ;
-  reg \$482 ;
-  wire \$483 ;
-  wire \$484 ;
-  wire \$485 ;
-  wire \$486 ;
-  wire \$487 ;
-  wire \$488 ;
-  wire \$489 ;
+  wire [16:0] \$480 ;
+  wire [32:0] \$481 ;
+  wire [32:0] \$482 ;
+  wire [16:0] \$483 ;
+  wire [16:0] \$484 ;
+  wire [16:0] \$485 ;
+  wire [16:0] \$486 ;
+  wire [31:0] \$487 ;
+  wire [22:0] \$488 ;
+  wire [23:0] \$489 ;
   wire [18:0] \$49 ;
-  reg \$490 ;
-  wire \$491 ;
-  wire \$492 ;
-  wire \$493 ;
-  wire \$494 ;
-  wire \$495 ;
-  wire \$496 ;
-  wire \$497 ;
-  wire [9:0] \$498 ;
-  wire [32:0] \$499 ;
+  wire [31:0] \$490 ;
+  wire [32:0] \$491 ;
+  wire [32:0] \$492 ;
+  wire [47:0] \$493 ;
+  wire [16:0] \$494 ;
+  wire [18:0] \$495 ;
+  wire [19:0] \$496 ;
+  wire [20:0] \$497 ;
+  wire [3:0] \$498 ;
+  wire \$499 ;
   wire \$5 ;
   wire [20:0] \$50 ;
-  wire [33:0] \$500 ;
-  reg \$501 ;
-  wire \$502 ;
+  wire [31:0] \$500 ;
+  wire [32:0] \$501 ;
+  wire [48:0] \$502 ;
   wire \$503 ;
-  wire \$504 ;
+  wire [48:0] \$504 ;
   wire \$505 ;
-  wire \$506 ;
+  wire [48:0] \$506 ;
   wire \$507 ;
-  wire \$508 ;
-  reg \$509 ;
+  wire [48:0] \$508 ;
+  wire \$509 ;
   wire [21:0] \$51 ;
-  wire \$510 ;
+  wire [48:0] \$510 ;
   wire \$511 ;
-  wire \$512 ;
+  wire [48:0] \$512 ;
   wire \$513 ;
-  wire \$514 ;
+  wire [48:0] \$514 ;
   wire \$515 ;
-  wire \$516 ;
-  wire [9:0] \$517 ;
-  wire [32:0] \$518 ;
-  wire [33:0] \$519 ;
+  wire [48:0] \$516 ;
+  wire \$517 ;
+  wire [48:0] \$518 ;
+  wire \$519 ;
   wire [21:0] \$52 ;
-  reg \$520 ;
+  wire [48:0] \$520 ;
   wire \$521 ;
-  wire \$522 ;
+  wire [48:0] \$522 ;
   wire \$523 ;
-  wire \$524 ;
+  wire [48:0] \$524 ;
   wire \$525 ;
-  wire \$526 ;
+  wire [48:0] \$526 ;
   wire \$527 ;
-  reg \$528 ;
+  wire [48:0] \$528 ;
   wire \$529 ;
   wire [15:0] \$53 ;
-  wire \$530 ;
+  wire [48:0] \$530 ;
   wire \$531 ;
-  wire \$532 ;
+  wire [48:0] \$532 ;
   wire \$533 ;
-  wire \$534 ;
+  wire [48:0] \$534 ;
   wire \$535 ;
-  wire [9:0] \$536 ;
-  wire [32:0] \$537 ;
-  wire [33:0] \$538 ;
-  reg \$539 ;
+  wire \$536 ;
+  wire \$537 ;
+  wire \$538 ;
+  wire \$539 ;
   wire [20:0] \$54 ;
   wire \$540 ;
   wire \$541 ;
@@ -2116,7 +1801,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$544 ;
   wire \$545 ;
   wire \$546 ;
-  reg \$547 ;
+  wire \$547 ;
   wire \$548 ;
   wire \$549 ;
   wire [20:0] \$55 ;
@@ -2125,10 +1810,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$552 ;
   wire \$553 ;
   wire \$554 ;
-  wire [9:0] \$555 ;
-  wire [32:0] \$556 ;
-  wire [33:0] \$557 ;
-  reg \$558 ;
+  wire \$555 ;
+  wire \$556 ;
+  wire \$557 ;
+  wire \$558 ;
   wire \$559 ;
   wire [20:0] \$56 ;
   wire \$560 ;
@@ -2137,20 +1822,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$563 ;
   wire \$564 ;
   wire \$565 ;
-  reg \$566 ;
+  wire \$566 ;
   wire \$567 ;
   wire \$568 ;
   wire \$569 ;
   wire [15:0] \$57 ;
   wire \$570 ;
   wire \$571 ;
-  wire \$572 ;
+  wire [15:0] \$572 ;
   wire \$573 ;
-  wire [9:0] \$574 ;
-  wire [32:0] \$575 ;
-  wire [33:0] \$576 ;
-  reg \$577 ;
-  wire \$578 ;
+  wire \$574 ;
+  wire \$575 ;
+  wire \$576 ;
+  wire [16:0] \$577 ;
+  wire [32:0] \$578 ;
   wire \$579 ;
   wire [17:0] \$58 ;
   wire \$580 ;
@@ -2158,19 +1843,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$582 ;
   wire \$583 ;
   wire \$584 ;
-  reg \$585 ;
+  wire [32:0] \$585 ;
   wire \$586 ;
   wire \$587 ;
-  wire \$588 ;
+  wire [14:0] \$588 ;
   wire \$589 ;
   wire [3:0] \$59 ;
   wire \$590 ;
-  wire \$591 ;
+  wire [3:0] \$591 ;
   wire \$592 ;
-  wire [9:0] \$593 ;
-  wire [32:0] \$594 ;
-  wire [33:0] \$595 ;
-  reg \$596 ;
+  wire \$593 ;
+  wire \$594 ;
+  wire \$595 ;
+  wire \$596 ;
   wire \$597 ;
   wire \$598 ;
   wire \$599 ;
@@ -2180,7 +1865,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$601 ;
   wire \$602 ;
   wire \$603 ;
-  reg \$604 ;
+  wire \$604 ;
   wire \$605 ;
   wire \$606 ;
   wire \$607 ;
@@ -2190,35 +1875,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$610 ;
   wire \$611 ;
   wire \$612 ;
-  wire [7:0] \$613 ;
-  wire [7:0] \$614 ;
-  wire [7:0] \$615 ;
-  wire [7:0] \$616 ;
-  wire [7:0] \$617 ;
-  wire [7:0] \$618 ;
-  wire [7:0] \$619 ;
+  wire \$613 ;
+  wire \$614 ;
+  wire \$615 ;
+  wire \$616 ;
+  wire \$617 ;
+  wire \$618 ;
+  wire \$619 ;
   wire [20:0] \$62 ;
-  wire [7:0] \$620 ;
+  wire \$620 ;
   wire \$621 ;
   wire \$622 ;
   wire \$623 ;
   wire \$624 ;
-  wire \$625 ;
-  wire \$626 ;
+  wire [16:0] \$625 ;
+  wire [32:0] \$626 ;
   wire \$627 ;
   wire \$628 ;
-  wire [19:0] \$629 ;
+  wire \$629 ;
   wire [21:0] \$63 ;
-  wire [20:0] \$630 ;
+  wire \$630 ;
   wire \$631 ;
   wire \$632 ;
   wire \$633 ;
   wire \$634 ;
   wire \$635 ;
-  reg [31:0] \$636 ;
+  wire \$636 ;
   wire \$637 ;
-  wire \$638 ;
-  reg [31:0] \$639 ;
+  wire [16:0] \$638 ;
+  wire \$639 ;
   wire [20:0] \$64 ;
   wire \$640 ;
   wire \$641 ;
@@ -2227,28 +1912,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$644 ;
   wire \$645 ;
   wire \$646 ;
-  wire [31:0] \$647 ;
-  wire [31:0] \$648 ;
-  wire [31:0] \$649 ;
+  wire \$647 ;
+  wire \$648 ;
+  wire \$649 ;
   wire \$65 ;
-  wire [31:0] \$650 ;
-  wire [31:0] \$651 ;
+  wire \$650 ;
+  wire \$651 ;
   wire \$652 ;
-  wire [31:0] \$653 ;
-  wire [31:0] \$654 ;
-  wire [31:0] \$655 ;
-  wire [31:0] \$656 ;
-  wire [2:0] \$657 ;
-  wire [2:0] \$658 ;
-  wire [2:0] \$659 ;
+  wire \$653 ;
+  wire \$654 ;
+  wire \$655 ;
+  wire \$656 ;
+  wire \$657 ;
+  wire \$658 ;
+  wire \$659 ;
   wire \$66 ;
-  wire [1:0] \$660 ;
-  wire [2:0] \$661 ;
+  wire \$660 ;
+  wire \$661 ;
   wire \$662 ;
-  wire [2:0] \$663 ;
-  wire [2:0] \$664 ;
-  wire [2:0] \$665 ;
-  wire [2:0] \$666 ;
+  wire \$663 ;
+  wire \$664 ;
+  wire \$665 ;
+  wire \$666 ;
   wire \$667 ;
   wire \$668 ;
   wire \$669 ;
@@ -2317,16 +2002,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$725 ;
   wire \$726 ;
   wire \$727 ;
-  wire [30:0] \$728 ;
+  wire \$728 ;
   wire \$729 ;
   wire [15:0] \$73 ;
   wire \$730 ;
-  wire \$731 ;
-  wire \$732 ;
+  wire [24:0] \$731 ;
+  wire [33:0] \$732 ;
   wire \$733 ;
   wire \$734 ;
-  wire \$735 ;
-  wire \$736 ;
+  wire [24:0] \$735 ;
+  wire [33:0] \$736 ;
   wire \$737 ;
   wire \$738 ;
   wire \$739 ;
@@ -2337,13 +2022,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$743 ;
   wire \$744 ;
   wire \$745 ;
-  wire \$746 ;
+  wire [3:0] \$746 ;
   wire \$747 ;
   wire \$748 ;
   wire \$749 ;
   wire [15:0] \$75 ;
-  wire \$750 ;
-  wire \$751 ;
+  wire [3:0] \$750 ;
+  wire [14:0] \$751 ;
   wire \$752 ;
   wire \$753 ;
   wire \$754 ;
@@ -2358,114 +2043,114 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$762 ;
   wire \$763 ;
   wire \$764 ;
-  wire \$765 ;
-  wire \$766 ;
+  wire [16:0] \$765 ;
+  wire [16:0] \$766 ;
   wire \$767 ;
-  wire \$768 ;
+  wire [32:0] \$768 ;
   wire \$769 ;
   wire \$77 ;
-  wire [16:0] \$770 ;
-  wire [16:0] \$771 ;
+  wire \$770 ;
+  wire \$771 ;
   wire [32:0] \$772 ;
-  wire [32:0] \$773 ;
-  wire [16:0] \$774 ;
-  wire [16:0] \$775 ;
-  wire [16:0] \$776 ;
-  wire [16:0] \$777 ;
-  wire [31:0] \$778 ;
-  wire [22:0] \$779 ;
+  wire \$773 ;
+  wire \$774 ;
+  wire \$775 ;
+  wire \$776 ;
+  wire \$777 ;
+  wire [16:0] \$778 ;
+  wire [16:0] \$779 ;
   wire \$78 ;
-  wire [23:0] \$780 ;
-  wire [31:0] \$781 ;
-  wire [32:0] \$782 ;
-  wire [32:0] \$783 ;
-  wire [47:0] \$784 ;
-  wire [19:0] \$785 ;
-  wire [20:0] \$786 ;
-  wire [3:0] \$787 ;
-  wire \$788 ;
-  wire [31:0] \$789 ;
+  wire \$780 ;
+  wire [32:0] \$781 ;
+  wire \$782 ;
+  wire \$783 ;
+  wire \$784 ;
+  wire \$785 ;
+  wire \$786 ;
+  wire \$787 ;
+  wire [16:0] \$788 ;
+  wire [16:0] \$789 ;
   wire \$79 ;
-  wire [32:0] \$790 ;
-  wire [48:0] \$791 ;
+  wire \$790 ;
+  wire \$791 ;
   wire \$792 ;
-  wire [48:0] \$793 ;
+  wire \$793 ;
   wire \$794 ;
-  wire [48:0] \$795 ;
+  wire \$795 ;
   wire \$796 ;
-  wire [48:0] \$797 ;
-  wire \$798 ;
-  wire [48:0] \$799 ;
+  wire \$797 ;
+  reg \$798 ;
+  wire \$799 ;
   wire \$8 ;
   wire \$80 ;
   wire \$800 ;
-  wire [48:0] \$801 ;
+  wire \$801 ;
   wire \$802 ;
-  wire [48:0] \$803 ;
+  reg \$803 ;
   wire \$804 ;
-  wire [48:0] \$805 ;
+  wire \$805 ;
   wire \$806 ;
-  wire [48:0] \$807 ;
+  wire \$807 ;
   wire \$808 ;
-  wire [48:0] \$809 ;
+  wire \$809 ;
   wire \$81 ;
-  wire \$810 ;
-  wire [48:0] \$811 ;
-  wire \$812 ;
-  wire [48:0] \$813 ;
+  wire [4:0] \$810 ;
+  wire [16:0] \$811 ;
+  wire [16:0] \$812 ;
+  wire \$813 ;
   wire \$814 ;
-  wire [48:0] \$815 ;
-  wire \$816 ;
-  wire [48:0] \$817 ;
+  wire [16:0] \$815 ;
+  wire [16:0] \$816 ;
+  wire \$817 ;
   wire \$818 ;
-  wire [48:0] \$819 ;
+  wire \$819 ;
   wire \$82 ;
   wire \$820 ;
-  wire [48:0] \$821 ;
-  wire \$822 ;
-  wire [48:0] \$823 ;
+  wire [4:0] \$821 ;
+  wire [9:0] \$822 ;
+  wire [16:0] \$823 ;
   wire \$824 ;
   wire \$825 ;
   wire \$826 ;
   wire \$827 ;
   wire \$828 ;
   wire \$829 ;
-  wire [3:0] \$83 ;
+  wire \$83 ;
   wire \$830 ;
   wire \$831 ;
-  wire \$832 ;
+  wire [32:0] \$832 ;
   wire \$833 ;
-  wire \$834 ;
-  wire \$835 ;
+  wire [16:0] \$834 ;
+  wire [16:0] \$835 ;
   wire \$836 ;
-  wire \$837 ;
-  wire \$838 ;
+  wire [16:0] \$837 ;
+  wire [16:0] \$838 ;
   wire \$839 ;
-  wire \$84 ;
-  wire \$840 ;
+  wire [15:0] \$84 ;
+  reg \$840 ;
   wire \$841 ;
   wire \$842 ;
   wire \$843 ;
   wire \$844 ;
   wire \$845 ;
-  wire \$846 ;
-  wire \$847 ;
+  wire [16:0] \$846 ;
+  wire [10:0] \$847 ;
   wire \$848 ;
-  wire \$849 ;
-  wire [8:0] \$85 ;
+  wire [16:0] \$849 ;
+  wire \$85 ;
   wire \$850 ;
   wire \$851 ;
-  wire \$852 ;
-  wire \$853 ;
-  wire \$854 ;
-  wire \$855 ;
+  wire [4:0] \$852 ;
+  wire [9:0] \$853 ;
+  wire [32:0] \$854 ;
+  wire [33:0] \$855 ;
   wire \$856 ;
   wire \$857 ;
   wire \$858 ;
   wire \$859 ;
-  wire [3:0] \$86 ;
+  wire [15:0] \$86 ;
   wire \$860 ;
-  wire [15:0] \$861 ;
+  wire \$861 ;
   wire \$862 ;
   wire \$863 ;
   wire \$864 ;
@@ -2477,286 +2162,285 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$87 ;
   wire \$870 ;
   wire \$871 ;
-  wire \$872 ;
-  wire \$873 ;
-  wire [32:0] \$874 ;
+  wire [3:0] \$872 ;
+  wire [3:0] \$873 ;
+  wire \$874 ;
   wire \$875 ;
   wire \$876 ;
-  wire [14:0] \$877 ;
+  wire \$877 ;
   wire \$878 ;
-  wire \$879 ;
-  wire [16:0] \$88 ;
-  wire [3:0] \$880 ;
-  wire \$881 ;
-  wire \$882 ;
-  wire \$883 ;
-  wire \$884 ;
-  wire \$885 ;
-  wire \$886 ;
-  wire \$887 ;
-  wire \$888 ;
-  wire \$889 ;
-  wire [3:0] \$89 ;
-  wire \$890 ;
-  wire \$891 ;
-  wire \$892 ;
-  wire \$893 ;
-  wire \$894 ;
-  wire \$895 ;
-  wire \$896 ;
-  wire \$897 ;
-  wire \$898 ;
-  wire \$899 ;
+  reg [13:0] \$879 ;
+  wire \$88 ;
+  reg [15:0] \$880 ;
+  reg \$881 ;
+  reg \$882 ;
+  reg \$883 ;
+  reg \$884 ;
+  reg \$885 ;
+  reg \$886 ;
+  reg \$887 ;
+  reg \$888 ;
+  reg \$889 ;
+  wire \$89 ;
+  reg \$890 ;
+  reg \$891 ;
+  reg \$892 ;
+  reg \$893 ;
+  reg \$894 ;
+  reg \$895 ;
+  reg \$896 ;
+  reg \$897 ;
+  reg [15:0] \$898 ;
+  reg \$899 ;
   wire \$9 ;
   wire \$90 ;
-  wire \$900 ;
-  wire \$901 ;
-  wire \$902 ;
-  wire \$903 ;
-  wire \$904 ;
-  wire \$905 ;
-  wire \$906 ;
-  wire \$907 ;
-  wire \$908 ;
-  wire \$909 ;
-  wire [32:0] \$91 ;
-  wire \$910 ;
-  wire \$911 ;
-  wire \$912 ;
-  wire \$913 ;
-  wire [16:0] \$914 ;
-  wire [32:0] \$915 ;
-  wire \$916 ;
-  wire \$917 ;
-  wire \$918 ;
-  wire \$919 ;
-  wire [3:0] \$92 ;
-  wire \$920 ;
-  wire \$921 ;
-  wire \$922 ;
-  wire \$923 ;
-  wire \$924 ;
-  wire \$925 ;
-  wire \$926 ;
-  wire [16:0] \$927 ;
-  wire \$928 ;
-  wire \$929 ;
-  wire \$93 ;
-  wire \$930 ;
-  wire \$931 ;
-  wire \$932 ;
-  wire \$933 ;
-  wire \$934 ;
-  wire \$935 ;
-  wire \$936 ;
-  wire \$937 ;
-  wire \$938 ;
-  wire \$939 ;
-  wire [64:0] \$94 ;
-  wire \$940 ;
-  wire \$941 ;
-  wire \$942 ;
-  wire \$943 ;
-  wire \$944 ;
-  wire \$945 ;
-  wire \$946 ;
-  wire \$947 ;
-  wire \$948 ;
-  wire \$949 ;
-  wire \$95 ;
-  wire \$950 ;
-  wire \$951 ;
-  wire \$952 ;
-  wire \$953 ;
-  wire \$954 ;
-  wire \$955 ;
-  wire \$956 ;
-  wire \$957 ;
-  wire \$958 ;
-  wire \$959 ;
-  wire \$96 ;
-  wire \$960 ;
-  wire \$961 ;
-  wire \$962 ;
-  wire \$963 ;
-  wire \$964 ;
-  wire \$965 ;
-  wire \$966 ;
-  wire \$967 ;
-  wire \$968 ;
-  wire \$969 ;
+  reg \$900 ;
+  reg \$901 ;
+  reg \$902 ;
+  reg \$903 ;
+  reg \$904 ;
+  reg [2:0] \$905 ;
+  reg \$906 ;
+  reg [2:0] \$907 ;
+  reg \$908 ;
+  reg \$909 ;
+  wire \$91 ;
+  reg \$910 ;
+  reg \$911 ;
+  reg \$912 ;
+  reg [47:0] \$913 ;
+  reg [47:0] \$914 ;
+  reg [47:0] \$915 ;
+  reg [47:0] \$916 ;
+  reg [47:0] \$917 ;
+  reg [47:0] \$918 ;
+  reg [47:0] \$919 ;
+  wire \$92 ;
+  reg [47:0] \$920 ;
+  reg [47:0] \$921 ;
+  reg [47:0] \$922 ;
+  reg [47:0] \$923 ;
+  reg [47:0] \$924 ;
+  reg [47:0] \$925 ;
+  reg [47:0] \$926 ;
+  reg [47:0] \$927 ;
+  reg [47:0] \$928 ;
+  reg [47:0] \$929 ;
+  wire [3:0] \$93 ;
+  reg \$930 ;
+  reg \$931 ;
+  reg \$932 ;
+  reg \$933 ;
+  reg \$934 ;
+  reg [31:0] \$935 ;
+  reg \$936 ;
+  reg \$937 ;
+  reg [3:0] \$938 ;
+  reg \$939 ;
+  wire \$94 ;
+  reg [31:0] \$940 ;
+  reg [31:0] \$941 ;
+  reg [15:0] \$942 ;
+  reg [31:0] \$943 ;
+  reg [2:0] \$944 ;
+  reg \$945 ;
+  reg \$946 ;
+  reg \$947 ;
+  reg \$948 ;
+  reg \$949 ;
+  wire [8:0] \$95 ;
+  reg \$950 ;
+  reg \$951 ;
+  reg \$952 ;
+  reg \$953 ;
+  reg \$954 ;
+  reg \$955 ;
+  reg \$956 ;
+  reg \$957 ;
+  reg \$958 ;
+  reg \$959 ;
+  wire [3:0] \$96 ;
+  reg \$960 ;
+  reg \$961 ;
+  reg \$962 ;
+  reg \$963 ;
+  reg \$964 ;
+  reg \$965 ;
+  reg \$966 ;
+  reg \$967 ;
+  reg \$968 ;
+  reg \$969 ;
   wire \$97 ;
-  wire \$970 ;
-  wire \$971 ;
-  wire \$972 ;
-  wire \$973 ;
-  wire \$974 ;
-  wire \$975 ;
-  wire \$976 ;
-  wire \$977 ;
-  wire \$978 ;
-  wire \$979 ;
-  wire \$98 ;
-  wire \$980 ;
-  wire \$981 ;
-  wire \$982 ;
-  wire \$983 ;
-  wire \$984 ;
-  wire \$985 ;
-  wire \$986 ;
-  wire \$987 ;
-  wire \$988 ;
-  wire \$989 ;
-  wire \$99 ;
-  wire \$990 ;
-  wire \$991 ;
-  wire \$992 ;
-  wire \$993 ;
-  wire \$994 ;
-  wire \$995 ;
-  wire \$996 ;
-  wire \$997 ;
-  wire \$998 ;
-  wire \$999 ;
+  reg \$970 ;
+  reg \$971 ;
+  reg [511:0] \$972 ;
+  reg [2:0] \$973 ;
+  reg [31:0] \$974 ;
+  reg [7:0] \$975 ;
+  reg [15:0] \$976 ;
+  reg [15:0] \$977 ;
+  reg \$978 ;
+  reg [65:0] \$979 ;
+  wire [16:0] \$98 ;
+  reg \$980 ;
+  reg \$981 ;
+  reg \$982 ;
+  reg \$983 ;
+  reg \$984 ;
+  reg [31:0] \$985 ;
+  reg [15:0] \$986 ;
+  reg \$987 ;
+  reg [15:0] \$988 ;
+  reg [15:0] \$989 ;
+  wire [3:0] \$99 ;
+  reg [15:0] \$990 ;
+  reg [15:0] \$991 ;
+  reg [15:0] \$992 ;
+  reg [15:0] \$993 ;
+  reg [15:0] \$994 ;
+  reg [15:0] \$995 ;
+  reg [2:0] \$996 ;
+  reg [2:0] \$997 ;
+  reg [31:0] \$998 ;
+  reg [15:0] \$999 ;
   reg \$signal ;
-  reg \$signal$263  = 1'h0;
-  reg [3:0] \$signal$270  = 4'h0;
-  reg \$signal$296  = 1'h0;
-  reg [15:0] \$signal$297  = 16'h0000;
-  reg \$signal$302  = 1'h0;
-  reg \$signal$425  = 1'h0;
-  reg [31:0] \$signal$492  = 32'd0;
-  reg [31:0] \$signal$493  = 32'd0;
-  reg \$signal$514  = 1'h0;
+  reg \$signal$277  = 1'h0;
+  reg [3:0] \$signal$284  = 4'h0;
+  reg \$signal$310  = 1'h0;
+  reg [15:0] \$signal$311  = 16'h0000;
+  reg \$signal$441  = 1'h0;
+  reg [31:0] \$signal$509  = 32'd0;
+  reg [31:0] \$signal$510  = 32'd0;
+  reg \$signal$531  = 1'h0;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$266 ;
-  reg [8:0] \$signature__addr$271 ;
-  reg [8:0] \$signature__addr$274 ;
-  reg [8:0] \$signature__addr$277 ;
   reg [8:0] \$signature__addr$280 ;
-  reg [8:0] \$signature__addr$283 ;
-  reg [8:0] \$signature__addr$286 ;
-  reg [8:0] \$signature__addr$289 ;
-  reg [8:0] \$signature__addr$292 ;
-  reg [8:0] \$signature__addr$295 ;
+  reg [8:0] \$signature__addr$285 ;
+  reg [8:0] \$signature__addr$288 ;
+  reg [8:0] \$signature__addr$291 ;
+  reg [8:0] \$signature__addr$294 ;
+  reg [8:0] \$signature__addr$297 ;
+  reg [8:0] \$signature__addr$300 ;
+  reg [8:0] \$signature__addr$303 ;
   reg [8:0] \$signature__addr$306 ;
-  reg [8:0] \$signature__addr$308 ;
-  reg [8:0] \$signature__addr$310 ;
-  reg [8:0] \$signature__addr$312 ;
-  reg [8:0] \$signature__addr$314 ;
-  reg [8:0] \$signature__addr$316 ;
-  reg [8:0] \$signature__addr$318 ;
-  reg [8:0] \$signature__addr$320 ;
+  reg [8:0] \$signature__addr$317 ;
+  reg [8:0] \$signature__addr$321 ;
+  reg [8:0] \$signature__addr$323 ;
   reg [8:0] \$signature__addr$325 ;
-  reg [8:0] \$signature__addr$330 ;
+  reg [8:0] \$signature__addr$327 ;
+  reg [8:0] \$signature__addr$329 ;
+  reg [8:0] \$signature__addr$331 ;
   reg [8:0] \$signature__addr$333 ;
-  reg [8:0] \$signature__addr$336 ;
-  reg [8:0] \$signature__addr$339 ;
-  reg [8:0] \$signature__addr$342 ;
+  reg [8:0] \$signature__addr$335 ;
+  reg [8:0] \$signature__addr$340 ;
   reg [8:0] \$signature__addr$345 ;
   reg [8:0] \$signature__addr$348 ;
   reg [8:0] \$signature__addr$351 ;
   reg [8:0] \$signature__addr$354 ;
-  reg [8:0] \$signature__addr$356 ;
-  reg [8:0] \$signature__addr$358 ;
+  reg [8:0] \$signature__addr$357 ;
   reg [8:0] \$signature__addr$360 ;
-  reg [8:0] \$signature__addr$362 ;
-  reg [8:0] \$signature__addr$364 ;
+  reg [8:0] \$signature__addr$363 ;
   reg [8:0] \$signature__addr$366 ;
+  reg [8:0] \$signature__addr$369 ;
+  reg [8:0] \$signature__addr$371 ;
+  reg [8:0] \$signature__addr$373 ;
+  reg [8:0] \$signature__addr$375 ;
+  reg [8:0] \$signature__addr$377 ;
+  reg [8:0] \$signature__addr$379 ;
+  reg [8:0] \$signature__addr$381 ;
   wire [13:0] \$signature__addr$88 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$268 ;
-  reg [8:0] \$signature__data$272 ;
-  reg [8:0] \$signature__data$275 ;
-  reg [8:0] \$signature__data$278 ;
-  reg [8:0] \$signature__data$281 ;
-  reg [8:0] \$signature__data$284 ;
-  reg [8:0] \$signature__data$287 ;
-  reg [8:0] \$signature__data$290 ;
-  reg [8:0] \$signature__data$293 ;
-  reg [7:0] \$signature__data$327 ;
-  reg [7:0] \$signature__data$331 ;
-  reg [7:0] \$signature__data$334 ;
-  reg [7:0] \$signature__data$337 ;
-  reg [7:0] \$signature__data$340 ;
-  reg [7:0] \$signature__data$343 ;
+  reg [8:0] \$signature__data$282 ;
+  reg [8:0] \$signature__data$286 ;
+  reg [8:0] \$signature__data$289 ;
+  reg [8:0] \$signature__data$292 ;
+  reg [8:0] \$signature__data$295 ;
+  reg [8:0] \$signature__data$298 ;
+  reg [8:0] \$signature__data$301 ;
+  reg [8:0] \$signature__data$304 ;
+  reg [8:0] \$signature__data$307 ;
+  reg [7:0] \$signature__data$342 ;
   reg [7:0] \$signature__data$346 ;
   reg [7:0] \$signature__data$349 ;
-  wire [8:0] \$signature__data$372 ;
-  wire [8:0] \$signature__data$373 ;
-  wire [8:0] \$signature__data$374 ;
-  wire [8:0] \$signature__data$375 ;
-  wire [8:0] \$signature__data$376 ;
-  wire [8:0] \$signature__data$377 ;
-  wire [8:0] \$signature__data$378 ;
-  wire [8:0] \$signature__data$379 ;
-  wire [8:0] \$signature__data$380 ;
-  wire [7:0] \$signature__data$382 ;
-  wire [7:0] \$signature__data$384 ;
-  wire [7:0] \$signature__data$386 ;
-  wire [7:0] \$signature__data$388 ;
-  wire [7:0] \$signature__data$390 ;
-  wire [7:0] \$signature__data$392 ;
+  reg [7:0] \$signature__data$352 ;
+  reg [7:0] \$signature__data$355 ;
+  reg [7:0] \$signature__data$358 ;
+  reg [7:0] \$signature__data$361 ;
+  reg [7:0] \$signature__data$364 ;
+  wire [8:0] \$signature__data$385 ;
+  wire [8:0] \$signature__data$386 ;
+  wire [8:0] \$signature__data$387 ;
+  wire [8:0] \$signature__data$388 ;
+  wire [8:0] \$signature__data$389 ;
+  wire [8:0] \$signature__data$390 ;
+  wire [8:0] \$signature__data$391 ;
+  wire [8:0] \$signature__data$392 ;
+  wire [8:0] \$signature__data$393 ;
   wire [7:0] \$signature__data$394 ;
+  wire [7:0] \$signature__data$395 ;
   wire [7:0] \$signature__data$396 ;
+  wire [7:0] \$signature__data$397 ;
+  wire [7:0] \$signature__data$398 ;
+  wire [7:0] \$signature__data$399 ;
+  wire [7:0] \$signature__data$400 ;
+  wire [7:0] \$signature__data$401 ;
   wire [15:0] \$signature__data$94 ;
   wire \$signature__en ;
-  reg \$signature__en$269 ;
-  reg \$signature__en$273 ;
-  reg \$signature__en$276 ;
-  reg \$signature__en$279 ;
-  reg \$signature__en$282 ;
-  reg \$signature__en$285 ;
-  reg \$signature__en$288 ;
-  reg \$signature__en$291 ;
-  reg \$signature__en$294 ;
-  reg \$signature__en$298 ;
-  reg \$signature__en$307 ;
-  reg \$signature__en$309 ;
-  reg \$signature__en$311 ;
-  reg \$signature__en$313 ;
-  reg \$signature__en$315 ;
-  reg \$signature__en$317 ;
+  reg \$signature__en$283 ;
+  reg \$signature__en$287 ;
+  reg \$signature__en$290 ;
+  reg \$signature__en$293 ;
+  reg \$signature__en$296 ;
+  reg \$signature__en$299 ;
+  reg \$signature__en$302 ;
+  reg \$signature__en$305 ;
+  reg \$signature__en$308 ;
   reg \$signature__en$319 ;
-  reg \$signature__en$321 ;
+  reg \$signature__en$322 ;
+  reg \$signature__en$324 ;
+  reg \$signature__en$326 ;
   reg \$signature__en$328 ;
+  reg \$signature__en$330 ;
   reg \$signature__en$332 ;
-  reg \$signature__en$335 ;
-  reg \$signature__en$338 ;
-  reg \$signature__en$341 ;
-  reg \$signature__en$344 ;
+  reg \$signature__en$334 ;
+  reg \$signature__en$336 ;
+  reg \$signature__en$343 ;
   reg \$signature__en$347 ;
   reg \$signature__en$350 ;
   reg \$signature__en$353 ;
-  reg \$signature__en$355 ;
-  reg \$signature__en$357 ;
+  reg \$signature__en$356 ;
   reg \$signature__en$359 ;
-  reg \$signature__en$361 ;
-  reg \$signature__en$363 ;
+  reg \$signature__en$362 ;
   reg \$signature__en$365 ;
-  reg \$signature__en$367 ;
+  reg \$signature__en$368 ;
+  reg \$signature__en$370 ;
+  reg \$signature__en$372 ;
+  reg \$signature__en$374 ;
+  reg \$signature__en$376 ;
+  reg \$signature__en$378 ;
+  reg \$signature__en$380 ;
+  reg \$signature__en$382 ;
   wire \$signature__en$90 ;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$368 ;
-  wire [80:0] \a__payload$368.data ;
-  wire [8:0] \a__payload$368.data[0] ;
-  wire [8:0] \a__payload$368.data[1] ;
-  wire [8:0] \a__payload$368.data[2] ;
-  wire [8:0] \a__payload$368.data[3] ;
-  wire [8:0] \a__payload$368.data[4] ;
-  wire [8:0] \a__payload$368.data[5] ;
-  wire [8:0] \a__payload$368.data[6] ;
-  wire [8:0] \a__payload$368.data[7] ;
-  wire [8:0] \a__payload$368.data[8] ;
-  wire \a__payload$368.last ;
+  reg [81:0] \a__payload$404 ;
+  wire [80:0] \a__payload$404.data ;
+  wire [8:0] \a__payload$404.data[0] ;
+  wire [8:0] \a__payload$404.data[1] ;
+  wire [8:0] \a__payload$404.data[2] ;
+  wire [8:0] \a__payload$404.data[3] ;
+  wire [8:0] \a__payload$404.data[4] ;
+  wire [8:0] \a__payload$404.data[5] ;
+  wire [8:0] \a__payload$404.data[6] ;
+  wire [8:0] \a__payload$404.data[7] ;
+  wire [8:0] \a__payload$404.data[8] ;
+  wire \a__payload$404.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$304 ;
+  wire \a__ready$409 ;
   reg a__valid;
-  reg \a__valid$303 ;
+  reg \a__valid$402 ;
   reg a_blocks_left = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
@@ -2765,11 +2449,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg a_from_layernorm = 1'h0;
   reg a_from_softmax = 1'h0;
   reg a_from_src0 = 1'h0;
-  reg [15:0] a_in;
+  wire [15:0] a_in;
   reg a_in_take;
   wire a_in_valid;
-  reg a_last = 1'h0;
+  reg a_issue;
   reg a_load_k_hit = 1'h0;
+  wire a_read;
+  reg [8:0] a_read_addr = 9'h000;
+  reg a_read_free = 1'h0;
+  reg a_read_half = 1'h0;
+  reg a_read_last = 1'h0;
   reg add_sel = 1'h0;
   wire [21:0] addr;
   wire [21:0] \addr$89 ;
@@ -2815,11 +2504,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$221 ;
+  wire \b__ready$234 ;
   input b__valid;
   wire b__valid;
   wire \b__valid$23 ;
-  reg \b__valid$231 ;
+  reg \b__valid$244 ;
   wire [19:0] base;
   wire [19:0] \base$41 ;
   wire [19:0] \base$53 ;
@@ -2832,7 +2521,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$113 ;
-  wire \busy$525 ;
+  wire \busy$548 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
   wire [65:0] \c__payload$126 ;
@@ -2928,34 +2617,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg ext_req_valid = 1'h0;
   reg [3:0] fault;
   reg [3:0] fault_q = 4'h0;
+  wire [145:0] feed_beat;
   reg [31:0] feed_blocks = 32'd0;
+  reg [145:0] feed_data;
+  wire feed_got_last;
   reg [15:0] feed_mt = 16'h0000;
   reg [31:0] feed_ntk = 32'd0;
+  wire feed_queue_room;
+  reg feed_ready;
+  wire feed_valid;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$468 ;
-  wire \final$471 ;
+  wire \final$485 ;
+  wire \final$488 ;
   reg [15:0] fnt = 16'h0000;
   reg gelu_sel0 = 1'h0;
   reg gemm_active = 1'h0;
   wire gemm_res_valid;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$442 ;
-  wire [15:0] \i__payload$442.data ;
-  wire \i__payload$442.last ;
-  wire [15:0] \i__payload$443 ;
+  wire [16:0] \i__payload$457 ;
+  wire [15:0] \i__payload$457.data ;
+  wire \i__payload$457.last ;
+  wire [15:0] \i__payload$458 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$449 ;
-  wire \i__ready$450 ;
+  wire \i__ready$463 ;
+  wire \i__ready$464 ;
   reg i__valid;
-  wire \i__valid$444 ;
-  wire \i__valid$445 ;
+  wire \i__valid$459 ;
+  wire \i__valid$460 ;
   wire idle;
-  wire \idle$508 ;
+  wire \idle$525 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -3024,10 +2719,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$472 ;
+  wire \last__3$489 ;
   wire last__4;
-  wire \last__4$467 ;
-  wire \last__4$470 ;
+  wire \last__4$484 ;
+  wire \last__4$487 ;
+  wire [15:0] layernorm_elem;
   wire [2:0] level;
   wire [2:0] \level$86 ;
   reg [15:0] lk = 16'h0000;
@@ -3054,7 +2750,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$50 ;
   reg [15:0] \n__4$62 ;
   reg next;
-  wire \next$440 ;
+  wire \next$455 ;
   wire \next$91 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
@@ -3064,33 +2760,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [7:0] \o__payload$185[1] ;
   wire [7:0] \o__payload$185[2] ;
   wire [7:0] \o__payload$185[3] ;
-  wire [8:0] \o__payload$213 ;
-  wire [7:0] \o__payload$213.data ;
-  wire \o__payload$213.last ;
-  wire [7:0] \o__payload$215 ;
-  wire [255:0] \o__payload$401 ;
-  wire [31:0] \o__payload$401[0] ;
-  wire [31:0] \o__payload$401[1] ;
-  wire [31:0] \o__payload$401[2] ;
-  wire [31:0] \o__payload$401[3] ;
-  wire [31:0] \o__payload$401[4] ;
-  wire [31:0] \o__payload$401[5] ;
-  wire [31:0] \o__payload$401[6] ;
-  wire [31:0] \o__payload$401[7] ;
+  wire [8:0] \o__payload$197 ;
+  wire [7:0] \o__payload$197.data ;
+  wire \o__payload$197.last ;
+  wire [7:0] \o__payload$199 ;
+  wire [255:0] \o__payload$417 ;
+  wire [31:0] \o__payload$417[0] ;
+  wire [31:0] \o__payload$417[1] ;
+  wire [31:0] \o__payload$417[2] ;
+  wire [31:0] \o__payload$417[3] ;
+  wire [31:0] \o__payload$417[4] ;
+  wire [31:0] \o__payload$417[5] ;
+  wire [31:0] \o__payload$417[6] ;
+  wire [31:0] \o__payload$417[7] ;
   wire [15:0] \o__payload[0] ;
   wire [15:0] \o__payload[1] ;
   wire [15:0] \o__payload[2] ;
   wire [15:0] \o__payload[3] ;
   wire o__ready;
   wire \o__ready$195 ;
-  wire \o__ready$402 ;
-  wire \o__ready$446 ;
-  wire \o__ready$447 ;
+  wire \o__ready$208 ;
+  wire \o__ready$210 ;
+  wire \o__ready$418 ;
   wire o__valid;
   wire \o__valid$191 ;
-  wire \o__valid$212 ;
-  wire \o__valid$214 ;
-  wire \o__valid$399 ;
+  wire \o__valid$203 ;
+  wire \o__valid$206 ;
+  wire \o__valid$415 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -3230,31 +2926,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [127:0] r_data;
-  wire [18:0] \r_data$202 ;
-  wire [63:0] \r_data$235 ;
-  wire [18:0] \r_data$323 ;
-  wire [255:0] \r_data$417 ;
+  wire [18:0] \r_data$217 ;
+  wire [15:0] \r_data$228 ;
+  wire [63:0] \r_data$248 ;
+  wire [18:0] \r_data$338 ;
+  wire [63:0] \r_data$413 ;
+  wire [255:0] \r_data$433 ;
   reg r_en;
-  reg \r_en$228 ;
-  reg \r_en$238 ;
-  wire \r_en$405 ;
-  wire \r_en$448 ;
+  reg \r_en$241 ;
+  reg \r_en$251 ;
+  reg \r_en$410 ;
+  wire \r_en$421 ;
+  wire \r_en$461 ;
+  wire \r_en$462 ;
   wire r_rdy;
   wire \r_rdy$227 ;
-  wire \r_rdy$230 ;
-  wire \r_rdy$233 ;
-  wire \r_rdy$404 ;
+  wire \r_rdy$240 ;
+  wire \r_rdy$243 ;
+  wire \r_rdy$246 ;
+  wire \r_rdy$407 ;
+  wire \r_rdy$420 ;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$426 ;
-  wire [31:0] \req__payload$426.addr ;
-  wire [2:0] \req__payload$426.lb ;
+  wire [34:0] \req__payload$442 ;
+  wire [31:0] \req__payload$442.addr ;
+  wire [2:0] \req__payload$442.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$437 ;
+  wire \req__ready$454 ;
   reg req__valid;
-  wire \req__valid$418 ;
+  wire \req__valid$434 ;
   wire [15:0] res_lane0;
   wire [15:0] res_lane1;
   wire [15:0] res_lane2;
@@ -3283,6 +2985,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg sink_from_move = 1'h0;
   reg sink_from_softmax = 1'h0;
   reg sink_from_store = 1'h0;
+  wire [15:0] softmax_elem;
   reg src0_inflight = 1'h0;
   wire src0_issue;
   reg [2:0] src0_meta = 3'h0;
@@ -3310,7 +3013,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire unit_known;
   reg unit_rst = 1'h0;
   wire valid;
-  wire \valid$236 ;
+  wire \valid$249 ;
   wire \valid$85 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
@@ -3321,6 +3024,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [7:0] \w__payload[5] ;
   wire [7:0] \w__payload[6] ;
   wire [7:0] \w__payload[7] ;
+  wire w__ready;
   reg w__valid;
   reg [31:0] w_addr = 32'd0;
   reg [7:0] w_beat0;
@@ -3334,27 +3038,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [18:0] w_data;
   wire [127:0] \w_data$168 ;
   wire [63:0] \w_data$192 ;
-  wire [255:0] \w_data$400 ;
+  wire [15:0] \w_data$207 ;
+  wire [63:0] \w_data$267 ;
+  wire [255:0] \w_data$416 ;
   wire [18:0] \w_data$93 ;
   (* init = 1'h0 *)
   wire w_en;
   reg \w_en$166  = 1'h0;
   wire \w_en$189 ;
-  wire \w_en$398 ;
+  wire \w_en$200 ;
+  reg \w_en$265 ;
+  wire \w_en$414 ;
   (* init = 1'h0 *)
   wire \w_en$92 ;
   reg w_feed_half = 1'h0;
   reg w_filled0 = 1'h0;
   reg w_filled1 = 1'h0;
-  reg w_full = 1'h0;
-  reg [7:0] w_lane0 = 8'h00;
-  reg [7:0] w_lane1 = 8'h00;
-  reg [7:0] w_lane2 = 8'h00;
-  reg [7:0] w_lane3 = 8'h00;
-  reg [7:0] w_lane4 = 8'h00;
-  reg [7:0] w_lane5 = 8'h00;
-  reg [7:0] w_lane6 = 8'h00;
-  reg [7:0] w_lane7 = 8'h00;
+  wire w_in_valid;
   reg [2:0] w_lb;
   reg [9:0] w_load_addr = 10'h000;
   reg w_load_half = 1'h0;
@@ -3362,14 +3062,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
   wire w_rdy;
-  wire \w_rdy$225 ;
-  wire \w_rdy$403 ;
+  wire \w_rdy$209 ;
+  wire \w_rdy$238 ;
+  wire \w_rdy$419 ;
+  wire \w_rdy$450 ;
+  reg [8:0] w_read_addr = 9'h000;
+  reg w_read_free = 1'h0;
+  reg w_read_half = 1'h0;
   reg [7:0] w_step = 8'h00;
   reg want_w = 1'h0;
   reg [7:0] welem;
-  wire [13:0] wr__addr;
-  reg [15:0] wr__data;
-  wire wr__en;
+  wire [13:0] wr_addr;
+  reg [15:0] wr_data;
+  wire wr_en;
+  reg [13:0] wr_port__addr = 14'h0000;
+  reg [15:0] wr_port__data = 16'h0000;
+  reg wr_port__en = 1'h0;
   reg [8:0] a_cache0 [511:0];
   initial begin
     a_cache0[0] = 9'h000;
@@ -3886,16 +3594,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$269 )
-      a_cache0[\$signature__addr$266 ] <= \$signature__data$268 ;
+    if (\$signature__en$283 )
+      a_cache0[\$signature__addr$280 ] <= \$signature__data$282 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$298 ) begin
-      _0_ <= a_cache0[\$signature__addr$295 ];
+    if (\$signature__en$319 ) begin
+      _0_ <= a_cache0[\$signature__addr$317 ];
     end
   end
-  assign \$signature__data$372  = _0_;
+  assign \$signature__data$385  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4412,16 +4120,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$273 )
-      a_cache1[\$signature__addr$271 ] <= \$signature__data$272 ;
+    if (\$signature__en$287 )
+      a_cache1[\$signature__addr$285 ] <= \$signature__data$286 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$307 ) begin
-      _1_ <= a_cache1[\$signature__addr$306 ];
+    if (\$signature__en$322 ) begin
+      _1_ <= a_cache1[\$signature__addr$321 ];
     end
   end
-  assign \$signature__data$373  = _1_;
+  assign \$signature__data$386  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4938,16 +4646,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$276 )
-      a_cache2[\$signature__addr$274 ] <= \$signature__data$275 ;
+    if (\$signature__en$290 )
+      a_cache2[\$signature__addr$288 ] <= \$signature__data$289 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$309 ) begin
-      _2_ <= a_cache2[\$signature__addr$308 ];
+    if (\$signature__en$324 ) begin
+      _2_ <= a_cache2[\$signature__addr$323 ];
     end
   end
-  assign \$signature__data$374  = _2_;
+  assign \$signature__data$387  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5464,16 +5172,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$279 )
-      a_cache3[\$signature__addr$277 ] <= \$signature__data$278 ;
+    if (\$signature__en$293 )
+      a_cache3[\$signature__addr$291 ] <= \$signature__data$292 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$311 ) begin
-      _3_ <= a_cache3[\$signature__addr$310 ];
+    if (\$signature__en$326 ) begin
+      _3_ <= a_cache3[\$signature__addr$325 ];
     end
   end
-  assign \$signature__data$375  = _3_;
+  assign \$signature__data$388  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5990,16 +5698,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$282 )
-      a_cache4[\$signature__addr$280 ] <= \$signature__data$281 ;
+    if (\$signature__en$296 )
+      a_cache4[\$signature__addr$294 ] <= \$signature__data$295 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$313 ) begin
-      _4_ <= a_cache4[\$signature__addr$312 ];
+    if (\$signature__en$328 ) begin
+      _4_ <= a_cache4[\$signature__addr$327 ];
     end
   end
-  assign \$signature__data$376  = _4_;
+  assign \$signature__data$389  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6516,16 +6224,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$285 )
-      a_cache5[\$signature__addr$283 ] <= \$signature__data$284 ;
+    if (\$signature__en$299 )
+      a_cache5[\$signature__addr$297 ] <= \$signature__data$298 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$315 ) begin
-      _5_ <= a_cache5[\$signature__addr$314 ];
+    if (\$signature__en$330 ) begin
+      _5_ <= a_cache5[\$signature__addr$329 ];
     end
   end
-  assign \$signature__data$377  = _5_;
+  assign \$signature__data$390  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -7042,16 +6750,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$288 )
-      a_cache6[\$signature__addr$286 ] <= \$signature__data$287 ;
+    if (\$signature__en$302 )
+      a_cache6[\$signature__addr$300 ] <= \$signature__data$301 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$317 ) begin
-      _6_ <= a_cache6[\$signature__addr$316 ];
+    if (\$signature__en$332 ) begin
+      _6_ <= a_cache6[\$signature__addr$331 ];
     end
   end
-  assign \$signature__data$378  = _6_;
+  assign \$signature__data$391  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7568,16 +7276,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$291 )
-      a_cache7[\$signature__addr$289 ] <= \$signature__data$290 ;
+    if (\$signature__en$305 )
+      a_cache7[\$signature__addr$303 ] <= \$signature__data$304 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$319 ) begin
-      _7_ <= a_cache7[\$signature__addr$318 ];
+    if (\$signature__en$334 ) begin
+      _7_ <= a_cache7[\$signature__addr$333 ];
     end
   end
-  assign \$signature__data$379  = _7_;
+  assign \$signature__data$392  = _7_;
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -8094,16 +7802,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$294 )
-      a_cache8[\$signature__addr$292 ] <= \$signature__data$293 ;
+    if (\$signature__en$308 )
+      a_cache8[\$signature__addr$306 ] <= \$signature__data$307 ;
   end
   reg [8:0] _8_;
   always @(posedge clk) begin
-    if (\$signature__en$321 ) begin
-      _8_ <= a_cache8[\$signature__addr$320 ];
+    if (\$signature__en$336 ) begin
+      _8_ <= a_cache8[\$signature__addr$335 ];
     end
   end
-  assign \$signature__data$380  = _8_;
+  assign \$signature__data$393  = _8_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24492,8 +24200,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     buffer[16383] = 16'h0000;
   end
   always @(posedge clk) begin
-    if (wr__en)
-      buffer[\addr$97 [13:0]] <= wr__data;
+    if (wr_port__en)
+      buffer[wr_port__addr] <= wr_port__data;
   end
   reg [15:0] _9_;
   reg [15:0] _10_;
@@ -25023,16 +24731,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$328 )
-      w_cache0[\$signature__addr$325 ] <= \$signature__data$327 ;
+    if (\$signature__en$343 )
+      w_cache0[\$signature__addr$340 ] <= \$signature__data$342 ;
   end
   reg [7:0] _11_;
   always @(posedge clk) begin
-    if (\$signature__en$353 ) begin
-      _11_ <= w_cache0[\$signature__addr$351 ];
+    if (\$signature__en$368 ) begin
+      _11_ <= w_cache0[\$signature__addr$366 ];
     end
   end
-  assign \$signature__data$382  = _11_;
+  assign \$signature__data$394  = _11_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25549,16 +25257,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$332 )
-      w_cache1[\$signature__addr$330 ] <= \$signature__data$331 ;
+    if (\$signature__en$347 )
+      w_cache1[\$signature__addr$345 ] <= \$signature__data$346 ;
   end
   reg [7:0] _12_;
   always @(posedge clk) begin
-    if (\$signature__en$355 ) begin
-      _12_ <= w_cache1[\$signature__addr$354 ];
+    if (\$signature__en$370 ) begin
+      _12_ <= w_cache1[\$signature__addr$369 ];
     end
   end
-  assign \$signature__data$384  = _12_;
+  assign \$signature__data$395  = _12_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -26075,16 +25783,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$335 )
-      w_cache2[\$signature__addr$333 ] <= \$signature__data$334 ;
+    if (\$signature__en$350 )
+      w_cache2[\$signature__addr$348 ] <= \$signature__data$349 ;
   end
   reg [7:0] _13_;
   always @(posedge clk) begin
-    if (\$signature__en$357 ) begin
-      _13_ <= w_cache2[\$signature__addr$356 ];
+    if (\$signature__en$372 ) begin
+      _13_ <= w_cache2[\$signature__addr$371 ];
     end
   end
-  assign \$signature__data$386  = _13_;
+  assign \$signature__data$396  = _13_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26601,16 +26309,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$338 )
-      w_cache3[\$signature__addr$336 ] <= \$signature__data$337 ;
+    if (\$signature__en$353 )
+      w_cache3[\$signature__addr$351 ] <= \$signature__data$352 ;
   end
   reg [7:0] _14_;
   always @(posedge clk) begin
-    if (\$signature__en$359 ) begin
-      _14_ <= w_cache3[\$signature__addr$358 ];
+    if (\$signature__en$374 ) begin
+      _14_ <= w_cache3[\$signature__addr$373 ];
     end
   end
-  assign \$signature__data$388  = _14_;
+  assign \$signature__data$397  = _14_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -27127,16 +26835,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$341 )
-      w_cache4[\$signature__addr$339 ] <= \$signature__data$340 ;
+    if (\$signature__en$356 )
+      w_cache4[\$signature__addr$354 ] <= \$signature__data$355 ;
   end
   reg [7:0] _15_;
   always @(posedge clk) begin
-    if (\$signature__en$361 ) begin
-      _15_ <= w_cache4[\$signature__addr$360 ];
+    if (\$signature__en$376 ) begin
+      _15_ <= w_cache4[\$signature__addr$375 ];
     end
   end
-  assign \$signature__data$390  = _15_;
+  assign \$signature__data$398  = _15_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27653,16 +27361,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$344 )
-      w_cache5[\$signature__addr$342 ] <= \$signature__data$343 ;
+    if (\$signature__en$359 )
+      w_cache5[\$signature__addr$357 ] <= \$signature__data$358 ;
   end
   reg [7:0] _16_;
   always @(posedge clk) begin
-    if (\$signature__en$363 ) begin
-      _16_ <= w_cache5[\$signature__addr$362 ];
+    if (\$signature__en$378 ) begin
+      _16_ <= w_cache5[\$signature__addr$377 ];
     end
   end
-  assign \$signature__data$392  = _16_;
+  assign \$signature__data$399  = _16_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -28179,16 +27887,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$347 )
-      w_cache6[\$signature__addr$345 ] <= \$signature__data$346 ;
+    if (\$signature__en$362 )
+      w_cache6[\$signature__addr$360 ] <= \$signature__data$361 ;
   end
   reg [7:0] _17_;
   always @(posedge clk) begin
-    if (\$signature__en$365 ) begin
-      _17_ <= w_cache6[\$signature__addr$364 ];
+    if (\$signature__en$380 ) begin
+      _17_ <= w_cache6[\$signature__addr$379 ];
     end
   end
-  assign \$signature__data$394  = _17_;
+  assign \$signature__data$400  = _17_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -28705,16 +28413,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$350 )
-      w_cache7[\$signature__addr$348 ] <= \$signature__data$349 ;
+    if (\$signature__en$365 )
+      w_cache7[\$signature__addr$363 ] <= \$signature__data$364 ;
   end
   reg [7:0] _18_;
   always @(posedge clk) begin
-    if (\$signature__en$367 ) begin
-      _18_ <= w_cache7[\$signature__addr$366 ];
+    if (\$signature__en$382 ) begin
+      _18_ <= w_cache7[\$signature__addr$381 ];
     end
   end
-  assign \$signature__data$396  = _18_;
+  assign \$signature__data$401  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28786,1398 +28494,1120 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w_en$189  = | { \$78 , \$77  };
   assign o__ready = sink_from_add & w_rdy;
   assign \o__ready$195  = sink_from_gelu0 & w_rdy;
-  assign \$79  = is_softmax | is_layernorm;
-  assign \$80  = ~ ext_req_valid;
-  assign \$81  = \$80  | req__ready;
-  assign \$82  = valid & \$81 ;
-  assign \$85  = \$84  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$88  = \$87  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$91  = \$90  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$94  = \$93  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$95  = beat__valid & beat__payload[512];
-  assign \$96  = a__ready & \b__ready$221 ;
-  assign \$97  = sink_from_add & \$96 ;
-  assign \$98  = sink_from_gelu0 & i__ready;
-  assign \$99  = | { \$98 , \$97  };
-  assign \$100  = ~ \w_en$166 ;
-  assign \$101  = \$100  | \w_rdy$225 ;
-  assign \$102  = \$101  & elem_valid;
-  assign \$103  = ~ add_sel;
-  assign \$104  = \r_rdy$227  | \$103 ;
-  assign \$105  = \$102  & \$104 ;
-  assign \$106  = ~ \w_en$166 ;
-  assign \$107  = \$106  | \w_rdy$225 ;
-  assign \$108  = \$107  & elem_valid;
-  assign \$109  = ~ add_sel;
-  assign \$110  = \r_rdy$227  | \$109 ;
-  assign \$111  = \$108  & \$110 ;
-  assign \$112  = \$111  & add_sel;
-  assign \$113  = sink_from_add & \r_rdy$230 ;
-  assign \$114  = sink_from_add & \r_rdy$230 ;
-  assign \$115  = sink_from_gelu0 & \r_rdy$230 ;
-  assign \$117  = \r_rdy$233  & \valid$236 ;
-  assign \$118  = pack_jo == 2'h3;
-  assign \$119  = \$118  | \final ;
-  assign \$120  = q0_to_pack & r_rdy;
-  assign \$121  = res_to_pack & gemm_res_valid;
-  assign elem_valid = \$120  | \$121 ;
-  assign \$122  = ~ is_linear;
-  assign \$123  = \$122  | rk_zero;
-  assign \$124  = \$123  & beat__valid;
-  assign \$125  = pre_ln | pre_sm;
-  assign \$126  = ~ \$125 ;
-  assign \$127  = a_from_softmax & \o__valid$212 ;
-  assign \$128  = a_from_layernorm & \o__valid$214 ;
-  assign \$129  = \$127  | \$128 ;
-  assign \$130  = a_from_src0 & r_rdy;
-  assign a_in_valid = \$129  | \$130 ;
-  assign \$133  = \$132  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$136  = \$135  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$139  = \$138  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$142  = \$141  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$145  = \$144  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$148  = \$147  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$151  = \$150  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
-  assign \$153  = ~ \$152 ;
-  assign \$154  = a_in_valid & \$153 ;
-  assign \$155  = \$signal$263  * 9'h100;
-  assign \$156  = \$155  + lk;
-  assign \$158  = ~ \$157 ;
-  assign \$159  = a_in_valid & \$158 ;
-  assign \$160  = | \$signal$270 ;
-  assign \$161  = ~ \$160 ;
-  assign \$162  = \$159  & \$161 ;
-  assign \$163  = \$signal$263  * 9'h100;
-  assign \$164  = \$163  + lk;
-  assign \$166  = ~ \$165 ;
-  assign \$167  = a_in_valid & \$166 ;
-  assign \$168  = \$signal$270  == 1'h1;
-  assign \$169  = \$167  & \$168 ;
-  assign \$170  = \$signal$263  * 9'h100;
-  assign \$171  = \$170  + lk;
+  assign \$79  = sink_from_softmax | a_from_softmax;
+  assign \$80  = \$79  & \o__valid$203 ;
+  assign \$81  = sink_from_layernorm | a_from_layernorm;
+  assign \$82  = \$81  & \o__valid$206 ;
+  assign \w_en$200  = | { \$82 , \$80  };
+  assign \$83  = sink_from_softmax | a_from_softmax;
+  assign \$84  = \$83  ? { 8'h00, \o__payload$197 [7:0] } : 16'h0000;
+  assign \$85  = sink_from_layernorm | a_from_layernorm;
+  assign \$86  = \$85  ? { \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199  } : 16'h0000;
+  assign \w_data$207  = \$84  | \$86 ;
+  assign \$87  = sink_from_softmax | a_from_softmax;
+  assign \o__ready$208  = \$87  & \w_rdy$209 ;
+  assign \$88  = sink_from_layernorm | a_from_layernorm;
+  assign \o__ready$210  = \$88  & \w_rdy$209 ;
+  assign \$89  = is_softmax | is_layernorm;
+  assign \$90  = ~ ext_req_valid;
+  assign \$91  = \$90  | req__ready;
+  assign \$92  = valid & \$91 ;
+  assign \$95  = \$94  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$98  = \$97  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$101  = \$100  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$104  = \$103  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$105  = beat__valid & beat__payload[512];
+  assign \$106  = a__ready & \b__ready$234 ;
+  assign \$107  = sink_from_add & \$106 ;
+  assign \$108  = sink_from_gelu0 & i__ready;
+  assign \$109  = | { \$108 , \$107  };
+  assign \$110  = ~ \w_en$166 ;
+  assign \$111  = \$110  | \w_rdy$238 ;
+  assign \$112  = \$111  & elem_valid;
+  assign \$113  = ~ add_sel;
+  assign \$114  = \r_rdy$240  | \$113 ;
+  assign \$115  = \$112  & \$114 ;
+  assign \$116  = ~ \w_en$166 ;
+  assign \$117  = \$116  | \w_rdy$238 ;
+  assign \$118  = \$117  & elem_valid;
+  assign \$119  = ~ add_sel;
+  assign \$120  = \r_rdy$240  | \$119 ;
+  assign \$121  = \$118  & \$120 ;
+  assign \$122  = \$121  & add_sel;
+  assign \$123  = sink_from_add & \r_rdy$243 ;
+  assign \$124  = sink_from_add & \r_rdy$243 ;
+  assign \$125  = sink_from_gelu0 & \r_rdy$243 ;
+  assign \$127  = \r_rdy$246  & \valid$249 ;
+  assign \$128  = pack_jo == 2'h3;
+  assign \$129  = \$128  | \final ;
+  assign \$130  = q0_to_pack & r_rdy;
+  assign \$131  = res_to_pack & gemm_res_valid;
+  assign elem_valid = \$130  | \$131 ;
+  assign \$132  = ~ is_linear;
+  assign \$133  = \$132  | rk_zero;
+  assign \$134  = \$133  & beat__valid;
+  assign \$135  = ~ is_linear;
+  assign \$136  = \$135  | rk_zero;
+  assign \$137  = ~ \$136 ;
+  assign \$138  = beat__valid & \$137 ;
+  assign \$139  = pre_ln | pre_sm;
+  assign a_in = \$139  ? \r_data$228  : \r_data$217 [15:0];
+  assign \$140  = a_from_softmax | a_from_layernorm;
+  assign \$141  = \$140  & \r_rdy$227 ;
+  assign \$142  = a_from_src0 & r_rdy;
+  assign a_in_valid = \$141  | \$142 ;
+  assign \$145  = \$144  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$148  = \$147  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$151  = \$150  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$154  = \$153  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$157  = \$156  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$160  = \$159  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$163  = \$162  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$165  = ~ \$164 ;
+  assign \$166  = a_in_valid & \$165 ;
+  assign \$167  = \$signal$277  * 9'h100;
+  assign \$168  = \$167  + lk;
+  assign \$170  = ~ \$169 ;
+  assign \$171  = a_in_valid & \$170 ;
+  assign \$172  = | \$signal$284 ;
   assign \$173  = ~ \$172 ;
-  assign \$174  = a_in_valid & \$173 ;
-  assign \$175  = \$signal$270  == 2'h2;
-  assign \$176  = \$174  & \$175 ;
-  assign \$177  = \$signal$263  * 9'h100;
-  assign \$178  = \$177  + lk;
-  assign \$180  = ~ \$179 ;
-  assign \$181  = a_in_valid & \$180 ;
-  assign \$182  = \$signal$270  == 2'h3;
-  assign \$183  = \$181  & \$182 ;
-  assign \$184  = \$signal$263  * 9'h100;
-  assign \$185  = \$184  + lk;
-  assign \$187  = ~ \$186 ;
-  assign \$188  = a_in_valid & \$187 ;
-  assign \$189  = \$signal$270  == 3'h4;
-  assign \$190  = \$188  & \$189 ;
-  assign \$191  = \$signal$263  * 9'h100;
-  assign \$192  = \$191  + lk;
-  assign \$194  = ~ \$193 ;
-  assign \$195  = a_in_valid & \$194 ;
-  assign \$196  = \$signal$270  == 3'h5;
-  assign \$197  = \$195  & \$196 ;
-  assign \$198  = \$signal$263  * 9'h100;
-  assign \$199  = \$198  + lk;
-  assign \$201  = ~ \$200 ;
-  assign \$202  = a_in_valid & \$201 ;
-  assign \$203  = \$signal$270  == 3'h6;
-  assign \$204  = \$202  & \$203 ;
-  assign \$205  = \$signal$263  * 9'h100;
-  assign \$206  = \$205  + lk;
-  assign \$208  = ~ \$207 ;
-  assign \$209  = a_in_valid & \$208 ;
-  assign \$210  = \$signal$270  == 3'h7;
-  assign \$211  = \$209  & \$210 ;
-  assign \$212  = \$signal$263  * 9'h100;
-  assign \$213  = \$212  + lk;
-  assign \$215  = ~ \$214 ;
-  assign \$216  = a_in_valid & \$215 ;
-  assign \$217  = \$signal$270  == 4'h8;
-  assign \$218  = \$216  & \$217 ;
-  assign \$219  = \$signal$296  * 9'h100;
-  assign \$220  = \$219  + \$signal$297 ;
-  assign \$222  = \$signal$263  == \$signal$296 ;
-  assign \$223  = lk > \$signal$297 ;
-  assign \$224  = \$222  & \$223 ;
-  assign \$225  = pre_ln | pre_sm;
-  assign \$226  = ~ \$225 ;
-  assign \$227  = \$224  & \$226 ;
-  assign \$228  = \$221  | \$227 ;
-  assign \$230  = is_linear | \$229 ;
-  assign \$231  = \$228  & \$230 ;
-  assign \$232  = ~ \$signal$302 ;
-  assign \$233  = \a__valid$303  & \a__ready$304 ;
-  assign \$234  = \$232  | \$233 ;
-  assign \$235  = \$231  & \$234 ;
-  assign \$236  = \$235  & a_blocks_left;
-  assign \$237  = \$signal$296  * 9'h100;
-  assign \$238  = \$237  + \$signal$297 ;
-  assign \$240  = \$signal$263  == \$signal$296 ;
-  assign \$241  = lk > \$signal$297 ;
-  assign \$242  = \$240  & \$241 ;
-  assign \$243  = pre_ln | pre_sm;
-  assign \$244  = ~ \$243 ;
-  assign \$245  = \$242  & \$244 ;
-  assign \$246  = \$239  | \$245 ;
-  assign \$248  = is_linear | \$247 ;
-  assign \$249  = \$246  & \$248 ;
-  assign \$250  = ~ \$signal$302 ;
-  assign \$251  = \a__valid$303  & \a__ready$304 ;
-  assign \$252  = \$250  | \$251 ;
-  assign \$253  = \$249  & \$252 ;
-  assign \$254  = \$253  & a_blocks_left;
-  assign \$255  = \$signal$296  * 9'h100;
-  assign \$256  = \$255  + \$signal$297 ;
-  assign \$258  = \$signal$263  == \$signal$296 ;
-  assign \$259  = lk > \$signal$297 ;
-  assign \$260  = \$258  & \$259 ;
-  assign \$261  = pre_ln | pre_sm;
-  assign \$262  = ~ \$261 ;
-  assign \$263  = \$260  & \$262 ;
-  assign \$264  = \$257  | \$263 ;
-  assign \$266  = is_linear | \$265 ;
-  assign \$267  = \$264  & \$266 ;
-  assign \$268  = ~ \$signal$302 ;
-  assign \$269  = \a__valid$303  & \a__ready$304 ;
-  assign \$270  = \$268  | \$269 ;
-  assign \$271  = \$267  & \$270 ;
-  assign \$272  = \$271  & a_blocks_left;
-  assign \$273  = \$signal$296  * 9'h100;
-  assign \$274  = \$273  + \$signal$297 ;
-  assign \$276  = \$signal$263  == \$signal$296 ;
-  assign \$277  = lk > \$signal$297 ;
-  assign \$278  = \$276  & \$277 ;
-  assign \$279  = pre_ln | pre_sm;
-  assign \$280  = ~ \$279 ;
-  assign \$281  = \$278  & \$280 ;
-  assign \$282  = \$275  | \$281 ;
-  assign \$284  = is_linear | \$283 ;
-  assign \$285  = \$282  & \$284 ;
-  assign \$286  = ~ \$signal$302 ;
-  assign \$287  = \a__valid$303  & \a__ready$304 ;
-  assign \$288  = \$286  | \$287 ;
-  assign \$289  = \$285  & \$288 ;
-  assign \$290  = \$289  & a_blocks_left;
-  assign \$291  = \$signal$296  * 9'h100;
-  assign \$292  = \$291  + \$signal$297 ;
-  assign \$294  = \$signal$263  == \$signal$296 ;
-  assign \$295  = lk > \$signal$297 ;
-  assign \$296  = \$294  & \$295 ;
-  assign \$297  = pre_ln | pre_sm;
-  assign \$298  = ~ \$297 ;
-  assign \$299  = \$296  & \$298 ;
-  assign \$300  = \$293  | \$299 ;
-  assign \$302  = is_linear | \$301 ;
-  assign \$303  = \$300  & \$302 ;
-  assign \$304  = ~ \$signal$302 ;
-  assign \$305  = \a__valid$303  & \a__ready$304 ;
-  assign \$306  = \$304  | \$305 ;
-  assign \$307  = \$303  & \$306 ;
-  assign \$308  = \$307  & a_blocks_left;
-  assign \$309  = \$signal$296  * 9'h100;
-  assign \$310  = \$309  + \$signal$297 ;
-  assign \$312  = \$signal$263  == \$signal$296 ;
-  assign \$313  = lk > \$signal$297 ;
-  assign \$314  = \$312  & \$313 ;
-  assign \$315  = pre_ln | pre_sm;
-  assign \$316  = ~ \$315 ;
-  assign \$317  = \$314  & \$316 ;
-  assign \$318  = \$311  | \$317 ;
-  assign \$320  = is_linear | \$319 ;
-  assign \$321  = \$318  & \$320 ;
-  assign \$322  = ~ \$signal$302 ;
-  assign \$323  = \a__valid$303  & \a__ready$304 ;
-  assign \$324  = \$322  | \$323 ;
-  assign \$325  = \$321  & \$324 ;
-  assign \$326  = \$325  & a_blocks_left;
-  assign \$327  = \$signal$296  * 9'h100;
-  assign \$328  = \$327  + \$signal$297 ;
-  assign \$330  = \$signal$263  == \$signal$296 ;
-  assign \$331  = lk > \$signal$297 ;
-  assign \$332  = \$330  & \$331 ;
-  assign \$333  = pre_ln | pre_sm;
-  assign \$334  = ~ \$333 ;
-  assign \$335  = \$332  & \$334 ;
-  assign \$336  = \$329  | \$335 ;
-  assign \$338  = is_linear | \$337 ;
-  assign \$339  = \$336  & \$338 ;
-  assign \$340  = ~ \$signal$302 ;
-  assign \$341  = \a__valid$303  & \a__ready$304 ;
-  assign \$342  = \$340  | \$341 ;
-  assign \$343  = \$339  & \$342 ;
-  assign \$344  = \$343  & a_blocks_left;
-  assign \$345  = \$signal$296  * 9'h100;
-  assign \$346  = \$345  + \$signal$297 ;
-  assign \$348  = \$signal$263  == \$signal$296 ;
-  assign \$349  = lk > \$signal$297 ;
-  assign \$350  = \$348  & \$349 ;
-  assign \$351  = pre_ln | pre_sm;
-  assign \$352  = ~ \$351 ;
-  assign \$353  = \$350  & \$352 ;
-  assign \$354  = \$347  | \$353 ;
-  assign \$356  = is_linear | \$355 ;
-  assign \$357  = \$354  & \$356 ;
-  assign \$358  = ~ \$signal$302 ;
-  assign \$359  = \a__valid$303  & \a__ready$304 ;
-  assign \$360  = \$358  | \$359 ;
-  assign \$361  = \$357  & \$360 ;
-  assign \$362  = \$361  & a_blocks_left;
-  assign \$363  = \$signal$296  * 9'h100;
-  assign \$364  = \$363  + \$signal$297 ;
-  assign \$366  = \$signal$263  == \$signal$296 ;
-  assign \$367  = lk > \$signal$297 ;
-  assign \$368  = \$366  & \$367 ;
-  assign \$369  = pre_ln | pre_sm;
-  assign \$370  = ~ \$369 ;
-  assign \$371  = \$368  & \$370 ;
-  assign \$372  = \$365  | \$371 ;
-  assign \$374  = is_linear | \$373 ;
-  assign \$375  = \$372  & \$374 ;
-  assign \$376  = ~ \$signal$302 ;
-  assign \$377  = \a__valid$303  & \a__ready$304 ;
-  assign \$378  = \$376  | \$377 ;
-  assign \$379  = \$375  & \$378 ;
-  assign \$380  = \$379  & a_blocks_left;
-  assign \$381  = ~ is_linear;
-  assign \$383  = ~ \$382 ;
-  assign \$384  = \r_rdy$227  & \$383 ;
-  assign \$385  = ~ is_linear;
-  assign \$386  = \$384  & \$385 ;
-  assign \$387  = w_load_half * 9'h100;
-  assign \$388  = \$387  + w_load_addr;
-  assign \$390  = ~ \$389 ;
-  assign \$391  = \r_rdy$227  & \$390 ;
-  assign \$392  = ~ is_linear;
-  assign \$393  = \$391  & \$392 ;
-  assign \$394  = | w_load_lane;
-  assign \$395  = ~ \$394 ;
-  assign \$396  = \$393  & \$395 ;
-  assign \$397  = w_load_half * 9'h100;
-  assign \$398  = \$397  + w_load_addr;
-  assign \$400  = ~ \$399 ;
-  assign \$401  = \r_rdy$227  & \$400 ;
-  assign \$402  = ~ is_linear;
-  assign \$403  = \$401  & \$402 ;
-  assign \$404  = w_load_lane == 1'h1;
-  assign \$405  = \$403  & \$404 ;
-  assign \$406  = w_load_half * 9'h100;
-  assign \$407  = \$406  + w_load_addr;
-  assign \$409  = ~ \$408 ;
-  assign \$410  = \r_rdy$227  & \$409 ;
-  assign \$411  = ~ is_linear;
-  assign \$412  = \$410  & \$411 ;
-  assign \$413  = w_load_lane == 2'h2;
-  assign \$414  = \$412  & \$413 ;
-  assign \$415  = w_load_half * 9'h100;
-  assign \$416  = \$415  + w_load_addr;
-  assign \$418  = ~ \$417 ;
-  assign \$419  = \r_rdy$227  & \$418 ;
-  assign \$420  = ~ is_linear;
-  assign \$421  = \$419  & \$420 ;
-  assign \$422  = w_load_lane == 2'h3;
-  assign \$423  = \$421  & \$422 ;
-  assign \$424  = w_load_half * 9'h100;
-  assign \$425  = \$424  + w_load_addr;
-  assign \$427  = ~ \$426 ;
-  assign \$428  = \r_rdy$227  & \$427 ;
-  assign \$429  = ~ is_linear;
-  assign \$430  = \$428  & \$429 ;
-  assign \$431  = w_load_lane == 3'h4;
-  assign \$432  = \$430  & \$431 ;
-  assign \$433  = w_load_half * 9'h100;
-  assign \$434  = \$433  + w_load_addr;
-  assign \$436  = ~ \$435 ;
-  assign \$437  = \r_rdy$227  & \$436 ;
-  assign \$438  = ~ is_linear;
-  assign \$439  = \$437  & \$438 ;
-  assign \$440  = w_load_lane == 3'h5;
-  assign \$441  = \$439  & \$440 ;
-  assign \$442  = w_load_half * 9'h100;
-  assign \$443  = \$442  + w_load_addr;
-  assign \$445  = ~ \$444 ;
-  assign \$446  = \r_rdy$227  & \$445 ;
-  assign \$447  = ~ is_linear;
-  assign \$448  = \$446  & \$447 ;
-  assign \$449  = w_load_lane == 3'h6;
-  assign \$450  = \$448  & \$449 ;
-  assign \$451  = w_load_half * 9'h100;
-  assign \$452  = \$451  + w_load_addr;
-  assign \$454  = ~ \$453 ;
-  assign \$455  = \r_rdy$227  & \$454 ;
-  assign \$456  = ~ is_linear;
-  assign \$457  = \$455  & \$456 ;
-  assign \$458  = w_load_lane == 3'h7;
-  assign \$459  = \$457  & \$458 ;
-  assign \$460  = w_feed_half * 9'h100;
-  assign \$461  = \$460  + feed_ntk;
-  assign \$462  = \$461  + \$signal$297 ;
-  assign \$464  = \$signal$263  == \$signal$296 ;
-  assign \$465  = lk > \$signal$297 ;
-  assign \$466  = \$464  & \$465 ;
-  assign \$467  = pre_ln | pre_sm;
-  assign \$468  = ~ \$467 ;
-  assign \$469  = \$466  & \$468 ;
-  assign \$470  = \$463  | \$469 ;
-  assign \$472  = is_linear | \$471 ;
-  assign \$473  = \$470  & \$472 ;
-  assign \$474  = ~ \$signal$302 ;
-  assign \$475  = \a__valid$303  & \a__ready$304 ;
-  assign \$476  = \$474  | \$475 ;
-  assign \$477  = \$473  & \$476 ;
-  assign \$478  = \$477  & a_blocks_left;
-  assign \$479  = w_feed_half * 9'h100;
-  assign \$480  = \$479  + feed_ntk;
-  assign \$481  = \$480  + \$signal$297 ;
-  assign \$483  = \$signal$263  == \$signal$296 ;
-  assign \$484  = lk > \$signal$297 ;
-  assign \$485  = \$483  & \$484 ;
-  assign \$486  = pre_ln | pre_sm;
-  assign \$487  = ~ \$486 ;
-  assign \$488  = \$485  & \$487 ;
-  assign \$489  = \$482  | \$488 ;
-  assign \$491  = is_linear | \$490 ;
-  assign \$492  = \$489  & \$491 ;
-  assign \$493  = ~ \$signal$302 ;
-  assign \$494  = \a__valid$303  & \a__ready$304 ;
-  assign \$495  = \$493  | \$494 ;
-  assign \$496  = \$492  & \$495 ;
-  assign \$497  = \$496  & a_blocks_left;
-  assign \$498  = w_feed_half * 9'h100;
-  assign \$499  = \$498  + feed_ntk;
-  assign \$500  = \$499  + \$signal$297 ;
-  assign \$502  = \$signal$263  == \$signal$296 ;
-  assign \$503  = lk > \$signal$297 ;
-  assign \$504  = \$502  & \$503 ;
-  assign \$505  = pre_ln | pre_sm;
-  assign \$506  = ~ \$505 ;
-  assign \$507  = \$504  & \$506 ;
-  assign \$508  = \$501  | \$507 ;
-  assign \$510  = is_linear | \$509 ;
-  assign \$511  = \$508  & \$510 ;
-  assign \$512  = ~ \$signal$302 ;
-  assign \$513  = \a__valid$303  & \a__ready$304 ;
-  assign \$514  = \$512  | \$513 ;
-  assign \$515  = \$511  & \$514 ;
-  assign \$516  = \$515  & a_blocks_left;
-  assign \$517  = w_feed_half * 9'h100;
-  assign \$518  = \$517  + feed_ntk;
-  assign \$519  = \$518  + \$signal$297 ;
-  assign \$521  = \$signal$263  == \$signal$296 ;
-  assign \$522  = lk > \$signal$297 ;
-  assign \$523  = \$521  & \$522 ;
-  assign \$524  = pre_ln | pre_sm;
-  assign \$525  = ~ \$524 ;
-  assign \$526  = \$523  & \$525 ;
-  assign \$527  = \$520  | \$526 ;
-  assign \$529  = is_linear | \$528 ;
-  assign \$530  = \$527  & \$529 ;
-  assign \$531  = ~ \$signal$302 ;
-  assign \$532  = \a__valid$303  & \a__ready$304 ;
-  assign \$533  = \$531  | \$532 ;
-  assign \$534  = \$530  & \$533 ;
-  assign \$535  = \$534  & a_blocks_left;
-  assign \$536  = w_feed_half * 9'h100;
-  assign \$537  = \$536  + feed_ntk;
-  assign \$538  = \$537  + \$signal$297 ;
-  assign \$540  = \$signal$263  == \$signal$296 ;
-  assign \$541  = lk > \$signal$297 ;
-  assign \$542  = \$540  & \$541 ;
-  assign \$543  = pre_ln | pre_sm;
+  assign \$174  = \$171  & \$173 ;
+  assign \$175  = \$signal$277  * 9'h100;
+  assign \$176  = \$175  + lk;
+  assign \$178  = ~ \$177 ;
+  assign \$179  = a_in_valid & \$178 ;
+  assign \$180  = \$signal$284  == 1'h1;
+  assign \$181  = \$179  & \$180 ;
+  assign \$182  = \$signal$277  * 9'h100;
+  assign \$183  = \$182  + lk;
+  assign \$185  = ~ \$184 ;
+  assign \$186  = a_in_valid & \$185 ;
+  assign \$187  = \$signal$284  == 2'h2;
+  assign \$188  = \$186  & \$187 ;
+  assign \$189  = \$signal$277  * 9'h100;
+  assign \$190  = \$189  + lk;
+  assign \$192  = ~ \$191 ;
+  assign \$193  = a_in_valid & \$192 ;
+  assign \$194  = \$signal$284  == 2'h3;
+  assign \$195  = \$193  & \$194 ;
+  assign \$196  = \$signal$277  * 9'h100;
+  assign \$197  = \$196  + lk;
+  assign \$199  = ~ \$198 ;
+  assign \$200  = a_in_valid & \$199 ;
+  assign \$201  = \$signal$284  == 3'h4;
+  assign \$202  = \$200  & \$201 ;
+  assign \$203  = \$signal$277  * 9'h100;
+  assign \$204  = \$203  + lk;
+  assign \$206  = ~ \$205 ;
+  assign \$207  = a_in_valid & \$206 ;
+  assign \$208  = \$signal$284  == 3'h5;
+  assign \$209  = \$207  & \$208 ;
+  assign \$210  = \$signal$277  * 9'h100;
+  assign \$211  = \$210  + lk;
+  assign \$213  = ~ \$212 ;
+  assign \$214  = a_in_valid & \$213 ;
+  assign \$215  = \$signal$284  == 3'h6;
+  assign \$216  = \$214  & \$215 ;
+  assign \$217  = \$signal$277  * 9'h100;
+  assign \$218  = \$217  + lk;
+  assign \$220  = ~ \$219 ;
+  assign \$221  = a_in_valid & \$220 ;
+  assign \$222  = \$signal$284  == 3'h7;
+  assign \$223  = \$221  & \$222 ;
+  assign \$224  = \$signal$277  * 9'h100;
+  assign \$225  = \$224  + lk;
+  assign \$227  = ~ \$226 ;
+  assign \$228  = a_in_valid & \$227 ;
+  assign \$229  = \$signal$284  == 4'h8;
+  assign \$230  = \$228  & \$229 ;
+  assign \$232  = \$signal$277  == \$signal$310 ;
+  assign \$233  = lk > \$signal$311 ;
+  assign \$234  = \$232  & \$233 ;
+  assign \$235  = pre_ln | pre_sm;
+  assign \$236  = ~ \$235 ;
+  assign \$237  = \$234  & \$236 ;
+  assign \$238  = \$231  | \$237 ;
+  assign \$240  = is_linear | \$239 ;
+  assign \$241  = \$238  & \$240 ;
+  assign \$242  = \$241  & feed_queue_room;
+  assign \$243  = \$242  & a_blocks_left;
+  assign \$244  = ~ is_linear;
+  assign \$246  = ~ \$245 ;
+  assign \$247  = \r_rdy$240  & \$246 ;
+  assign \$248  = ~ is_linear;
+  assign \$249  = \$247  & \$248 ;
+  assign \$250  = w_load_half * 9'h100;
+  assign \$251  = \$250  + w_load_addr;
+  assign \$253  = ~ \$252 ;
+  assign \$254  = \r_rdy$240  & \$253 ;
+  assign \$255  = ~ is_linear;
+  assign \$256  = \$254  & \$255 ;
+  assign \$257  = | w_load_lane;
+  assign \$258  = ~ \$257 ;
+  assign \$259  = \$256  & \$258 ;
+  assign \$260  = w_load_half * 9'h100;
+  assign \$261  = \$260  + w_load_addr;
+  assign \$263  = ~ \$262 ;
+  assign \$264  = \r_rdy$240  & \$263 ;
+  assign \$265  = ~ is_linear;
+  assign \$266  = \$264  & \$265 ;
+  assign \$267  = w_load_lane == 1'h1;
+  assign \$268  = \$266  & \$267 ;
+  assign \$269  = w_load_half * 9'h100;
+  assign \$270  = \$269  + w_load_addr;
+  assign \$272  = ~ \$271 ;
+  assign \$273  = \r_rdy$240  & \$272 ;
+  assign \$274  = ~ is_linear;
+  assign \$275  = \$273  & \$274 ;
+  assign \$276  = w_load_lane == 2'h2;
+  assign \$277  = \$275  & \$276 ;
+  assign \$278  = w_load_half * 9'h100;
+  assign \$279  = \$278  + w_load_addr;
+  assign \$281  = ~ \$280 ;
+  assign \$282  = \r_rdy$240  & \$281 ;
+  assign \$283  = ~ is_linear;
+  assign \$284  = \$282  & \$283 ;
+  assign \$285  = w_load_lane == 2'h3;
+  assign \$286  = \$284  & \$285 ;
+  assign \$287  = w_load_half * 9'h100;
+  assign \$288  = \$287  + w_load_addr;
+  assign \$290  = ~ \$289 ;
+  assign \$291  = \r_rdy$240  & \$290 ;
+  assign \$292  = ~ is_linear;
+  assign \$293  = \$291  & \$292 ;
+  assign \$294  = w_load_lane == 3'h4;
+  assign \$295  = \$293  & \$294 ;
+  assign \$296  = w_load_half * 9'h100;
+  assign \$297  = \$296  + w_load_addr;
+  assign \$299  = ~ \$298 ;
+  assign \$300  = \r_rdy$240  & \$299 ;
+  assign \$301  = ~ is_linear;
+  assign \$302  = \$300  & \$301 ;
+  assign \$303  = w_load_lane == 3'h5;
+  assign \$304  = \$302  & \$303 ;
+  assign \$305  = w_load_half * 9'h100;
+  assign \$306  = \$305  + w_load_addr;
+  assign \$308  = ~ \$307 ;
+  assign \$309  = \r_rdy$240  & \$308 ;
+  assign \$310  = ~ is_linear;
+  assign \$311  = \$309  & \$310 ;
+  assign \$312  = w_load_lane == 3'h6;
+  assign \$313  = \$311  & \$312 ;
+  assign \$314  = w_load_half * 9'h100;
+  assign \$315  = \$314  + w_load_addr;
+  assign \$317  = ~ \$316 ;
+  assign \$318  = \r_rdy$240  & \$317 ;
+  assign \$319  = ~ is_linear;
+  assign \$320  = \$318  & \$319 ;
+  assign \$321  = w_load_lane == 3'h7;
+  assign \$322  = \$320  & \$321 ;
+  assign \$323  = is_linear ? \r_rdy$407  : feed_valid;
+  assign \$324  = is_linear & w__ready;
+  assign \$325  = is_linear ? \r_data$413 [7:0] : feed_beat[89:82];
+  assign \$326  = is_linear ? \r_data$413 [15:8] : feed_beat[97:90];
+  assign \$327  = is_linear ? \r_data$413 [23:16] : feed_beat[105:98];
+  assign \$328  = is_linear ? \r_data$413 [31:24] : feed_beat[113:106];
+  assign \$329  = is_linear ? \r_data$413 [39:32] : feed_beat[121:114];
+  assign \$330  = is_linear ? \r_data$413 [47:40] : feed_beat[129:122];
+  assign \$331  = is_linear ? \r_data$413 [55:48] : feed_beat[137:130];
+  assign \$332  = is_linear ? \r_data$413 [63:56] : feed_beat[145:138];
+  assign \$333  = sink_from_gemm & dst_step;
+  assign \$334  = \$333  & last__4;
+  assign \$335  = res_to_pack & elem_take;
+  assign \$336  = post_col == 3'h7;
+  assign \$337  = \$335  & \$336 ;
+  assign \r_en$421  = \$334  | \$337 ;
+  assign \$338  = index__1 != dec_mt_last;
+  assign \$339  = index__3 < dec_rows_last;
+  assign \$340  = \$338  | \$339 ;
+  assign \$341  = index__2 * 4'h8;
+  assign \$342  = \$341  + index__4;
+  assign \$343  = \$342  < ins[71:56];
+  assign \$344  = \$340  & \$343 ;
+  assign \$345  = post_gelu | post_add;
+  assign \$346  = ~ \$345 ;
+  assign \$347  = gemm_active & \$346 ;
+  assign \$349  = post_gelu | post_add;
+  assign \$350  = gemm_active & \$349 ;
+  assign \$352  = ~ fetch_sent;
+  assign \$353  = in_fetch & \$352 ;
+  assign \$354  = | c_ask;
+  assign \$355  = in_const & \$354 ;
+  assign \$356  = sink_from_load & ext_req_valid;
+  assign \$358  = gemm_active & \$signal$441 ;
+  assign \req__valid$434  = | { \$358 , \$357 , \$356 , \$355 , \$353  };
+  assign \$359  = in_fetch ? pc : 32'd0;
+  assign \$360  = in_const ? c_addr : 32'd0;
+  assign \$361  = \$359  | \$360 ;
+  assign \$362  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$363  = \$361  | \$362 ;
+  assign \$366  = want_w ? w_addr : p_addr;
+  assign \$367  = gemm_active ? \$366  : 32'd0;
+  assign \$368  = \$365  | \$367 ;
+  assign \$369  = in_fetch ? 3'h6 : 3'h0;
+  assign \$370  = in_const ? dec_c_lb : 3'h0;
+  assign \$371  = \$369  | \$370 ;
+  assign \$372  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$373  = \$371  | { 1'h0, \$372  };
+  assign \$376  = want_w ? w_lb : 3'h6;
+  assign \$377  = gemm_active ? \$376  : 3'h0;
+  assign \$378  = \$375  | \$377 ;
+  assign \$380  = ~ c_full;
+  assign \$381  = in_const & \$380 ;
+  assign \$382  = sink_from_load & \valid$249 ;
+  assign \$384  = ~ is_linear;
+  assign \$385  = \$384  | rk_zero;
+  assign \$386  = \$385  ? p__ready : \w_rdy$450 ;
+  assign \$387  = gemm_active & \$386 ;
+  assign beat__ready = | { \$387 , \$383 , \$382 , \$381 , \$379  };
+  assign \$388  = sink_from_move & r_rdy;
+  assign \$389  = sink_from_load & beat__valid;
+  assign \$390  = ~ ext_req_valid;
+  assign \$391  = \$390  | \req__ready$454 ;
+  assign \$392  = r_rdy & \$391 ;
+  assign \$393  = sink_from_store & \$392 ;
+  assign \$394  = sink_from_softmax & \r_rdy$227 ;
+  assign \$395  = sink_from_layernorm & \r_rdy$227 ;
+  assign \$396  = sink_from_add & \r_rdy$246 ;
+  assign \$397  = sink_from_gelu0 & \r_rdy$246 ;
+  assign \$398  = sink_from_gemm & gemm_res_valid;
+  assign \$399  = | { \$398 , \$397 , \$396 , \$395 , \$394 , \$393 , \$389 , \$388  };
+  assign dst_step = \valid$249  & \$399 ;
+  assign \$400  = ~ sink_from_store;
+  assign \$401  = dst_step & \$400 ;
+  assign wr_en = \$401  & dst_keep;
+  assign \$402  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$459  = \$402  & r_rdy;
+  assign \$403  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$460  = \$403  & r_rdy;
+  assign \$404  = sink_from_softmax | sink_from_layernorm;
+  assign \$405  = \$404  & \valid$249 ;
+  assign \$406  = a_from_softmax | a_from_layernorm;
+  assign \$407  = \$406  & a_in_take;
+  assign \r_en$461  = \$405  | \$407 ;
+  assign \$408  = sink_from_move & \valid$249 ;
+  assign \$409  = sink_from_store & \valid$249 ;
+  assign \$410  = ~ ext_req_valid;
+  assign \$411  = \$410  | \req__ready$454 ;
+  assign \$412  = \$409  & \$411 ;
+  assign \$413  = sink_from_softmax | a_from_softmax;
+  assign \$414  = \$413  & \i__ready$463 ;
+  assign \$415  = sink_from_layernorm | a_from_layernorm;
+  assign \$416  = \$415  & \i__ready$464 ;
+  assign \$417  = q0_to_pack & elem_take;
+  assign \$418  = a_from_src0 & a_in_take;
+  assign \$419  = | { \$418 , \$417 , \$416 , \$414 , \$412 , \$408  };
+  assign \r_en$462  = r_rdy & \$419 ;
+  assign \$420  = in_stream & err;
+  assign \$421  = ~ busy;
+  assign clear = start & \$421 ;
+  assign \$422  = ins[5:0] == 1'h1;
+  assign \$423  = ins[5:0] == 2'h2;
+  assign \$424  = ins[5:0] == 2'h3;
+  assign \$425  = ins[5:0] == 3'h4;
+  assign \$426  = ins[5:0] == 3'h5;
+  assign \$427  = ins[5:0] == 3'h6;
+  assign \$428  = ins[5:0] == 3'h7;
+  assign \$429  = ins[5:0] == 4'h8;
+  assign \$430  = ins[5:0] == 4'h9;
+  assign \$431  = ins[5:0] == 4'ha;
+  assign \$432  = ins[5:0] == 4'hb;
+  assign \$433  = ins[5:0] == 4'hc;
+  assign \$434  = ins[5:0] == 4'hd;
+  assign \$435  = ins[5:0] == 4'he;
+  assign \$436  = ins[5:0] == 4'hf;
+  assign \$437  = 1'h1 << ins[3:0];
+  assign \$438  = ins[5:0] == 3'h4;
+  assign \$439  = ins[5:0] == 3'h5;
+  assign \$440  = \$438  | \$439 ;
+  assign \$441  = ins[5:0] == 3'h4;
+  assign \$442  = ins[511:510] == 1'h1;
+  assign \$443  = \$441  & \$442 ;
+  assign \$444  = ins[5:0] == 3'h4;
+  assign \$445  = ins[511:510] == 2'h2;
+  assign \$446  = \$444  & \$445 ;
+  assign \$447  = ins[5:0] == 3'h4;
+  assign \$448  = ins[511:510] == 2'h3;
+  assign \$449  = \$447  & \$448 ;
+  assign \$450  = ins[5:0] == 3'h5;
+  assign \$451  = ins[511:510] == 2'h3;
+  assign \$452  = \$450  & \$451 ;
+  assign \$453  = ~ unit_rst;
+  assign \$454  = src0_issue & \$453 ;
+  assign \$455  = last__3 & \last__4$484 ;
+  assign \$456  = ~ unit_rst;
+  assign \$457  = src1_issue & \$456 ;
+  assign \$458  = \last__3$489  & \last__4$487 ;
+  assign \$459  = ins[5:0] == 4'ha;
+  assign \$460  = ins[5:0] == 4'hb;
+  assign \$461  = ins[5:0] == 4'hc;
+  assign \$462  = ins[5:0] == 4'hd;
+  assign \$463  = ins[5:0] == 4'he;
+  assign \$464  = ins[5:0] == 4'hf;
+  assign \$465  = | { \$464 , \$463 , \$462 , \$461 , \$460 , \$459  };
+  assign \$466  = | ins[7:6];
+  assign \$467  = ~ \$466 ;
+  assign \$468  = ins[5:0] == 3'h7;
+  assign \$469  = ins[5:0] == 3'h4;
+  assign \$470  = ins[511:510] == 1'h1;
+  assign \$471  = \$469  & \$470 ;
+  assign \$472  = \$468  | \$471 ;
+  assign \$473  = \$467  & \$472 ;
+  assign \$474  = ins[5:0] == 4'h9;
+  assign \$475  = ins[5:0] == 3'h4;
+  assign \$476  = ins[511:510] == 2'h2;
+  assign \$477  = \$475  & \$476 ;
+  assign \$478  = \$474  | \$477 ;
+  assign \$479  = ins[55:40] + 4'h8;
+  assign \$480  = ins[71:56] + 3'h7;
+  assign \$481  = dec_n1p * 16'he38f;
+  assign \$484  = ins[87:72] - 1'h1;
+  assign \$485  = dec_mt - 1'h1;
+  assign \$486  = dec_nt - 1'h1;
+  assign \$487  = ins[39:24] * dec_mt;
+  assign \$489  = \$488  + 6'h3f;
+  assign \$491  = ins[497:466] + \$490 ;
+  assign \$492  = is_gemm ? \$491  : { 1'h0, ins[465:434] };
+  assign \$493  = dec_blocks * dec_nt;
+  assign \$496  = \$494  + \$495 ;
+  assign \$497  = ins[55:40] - \$496 ;
+  assign \$500  = \$499  ? offset : 32'd0;
+  assign \$501  = ins[465:434] + \$500 ;
+  assign \$502  = cycles + 1'h1;
+  assign \$503  = in_op & op_onehot[0];
+  assign \$504  = op_cycles__0 + 1'h1;
+  assign \$505  = in_op & op_onehot[1];
+  assign \$506  = op_cycles__1 + 1'h1;
+  assign \$507  = in_op & op_onehot[2];
+  assign \$508  = op_cycles__2 + 1'h1;
+  assign \$509  = in_op & op_onehot[3];
+  assign \$510  = op_cycles__3 + 1'h1;
+  assign \$511  = in_op & op_onehot[4];
+  assign \$512  = op_cycles__4 + 1'h1;
+  assign \$513  = in_op & op_onehot[5];
+  assign \$514  = op_cycles__5 + 1'h1;
+  assign \$515  = in_op & op_onehot[6];
+  assign \$516  = op_cycles__6 + 1'h1;
+  assign \$517  = in_op & op_onehot[7];
+  assign \$518  = op_cycles__7 + 1'h1;
+  assign \$519  = in_op & op_onehot[8];
+  assign \$520  = op_cycles__8 + 1'h1;
+  assign \$521  = in_op & op_onehot[9];
+  assign \$522  = op_cycles__9 + 1'h1;
+  assign \$523  = in_op & op_onehot[10];
+  assign \$524  = op_cycles__10 + 1'h1;
+  assign \$525  = in_op & op_onehot[11];
+  assign \$526  = op_cycles__11 + 1'h1;
+  assign \$527  = in_op & op_onehot[12];
+  assign \$528  = op_cycles__12 + 1'h1;
+  assign \$529  = in_op & op_onehot[13];
+  assign \$530  = op_cycles__13 + 1'h1;
+  assign \$531  = in_op & op_onehot[14];
+  assign \$532  = op_cycles__14 + 1'h1;
+  assign \$533  = in_op & op_onehot[15];
+  assign \$534  = op_cycles__15 + 1'h1;
+  assign \$535  = images_left > 1'h1;
+  assign \$536  = is_end & \$535 ;
+  assign \$537  = | ins[39:24];
+  assign \$538  = ~ \$537 ;
+  assign \$539  = | ins[55:40];
+  assign \$540  = ~ \$539 ;
+  assign \$541  = | ins[71:56];
+  assign \$542  = ~ \$541 ;
+  assign \$543  = | ins[87:72];
   assign \$544  = ~ \$543 ;
-  assign \$545  = \$542  & \$544 ;
-  assign \$546  = \$539  | \$545 ;
-  assign \$548  = is_linear | \$547 ;
-  assign \$549  = \$546  & \$548 ;
-  assign \$550  = ~ \$signal$302 ;
-  assign \$551  = \a__valid$303  & \a__ready$304 ;
-  assign \$552  = \$550  | \$551 ;
-  assign \$553  = \$549  & \$552 ;
-  assign \$554  = \$553  & a_blocks_left;
-  assign \$555  = w_feed_half * 9'h100;
-  assign \$556  = \$555  + feed_ntk;
-  assign \$557  = \$556  + \$signal$297 ;
-  assign \$559  = \$signal$263  == \$signal$296 ;
-  assign \$560  = lk > \$signal$297 ;
-  assign \$561  = \$559  & \$560 ;
-  assign \$562  = pre_ln | pre_sm;
+  assign \$545  = | ins[103:88];
+  assign \$546  = ~ \$545 ;
+  assign \$547  = | { \$546 , \$544 , \$542 , \$540 , \$538  };
+  assign \$548  = ~ post_bad;
+  assign \$549  = \$548  & unit_known;
+  assign \$550  = post_gelu | post_add;
+  assign \$551  = \$550  | pre_ln;
+  assign \$552  = \$551  | pre_sm;
+  assign \$553  = is_move | is_load;
+  assign \$554  = \$553  | is_store;
+  assign \$555  = \$554  | is_gemm;
+  assign \$556  = ~ \$555 ;
+  assign \$557  = \$552  | \$556 ;
+  assign \$558  = \$549  & \$557 ;
+  assign \$559  = ~ post_bad;
+  assign \$560  = post_gelu | post_add;
+  assign \$561  = \$560  | pre_ln;
+  assign \$562  = \$561  | pre_sm;
   assign \$563  = ~ \$562 ;
-  assign \$564  = \$561  & \$563 ;
-  assign \$565  = \$558  | \$564 ;
-  assign \$567  = is_linear | \$566 ;
-  assign \$568  = \$565  & \$567 ;
-  assign \$569  = ~ \$signal$302 ;
-  assign \$570  = \a__valid$303  & \a__ready$304 ;
-  assign \$571  = \$569  | \$570 ;
-  assign \$572  = \$568  & \$571 ;
-  assign \$573  = \$572  & a_blocks_left;
-  assign \$574  = w_feed_half * 9'h100;
-  assign \$575  = \$574  + feed_ntk;
-  assign \$576  = \$575  + \$signal$297 ;
-  assign \$578  = \$signal$263  == \$signal$296 ;
-  assign \$579  = lk > \$signal$297 ;
-  assign \$580  = \$578  & \$579 ;
-  assign \$581  = pre_ln | pre_sm;
-  assign \$582  = ~ \$581 ;
-  assign \$583  = \$580  & \$582 ;
-  assign \$584  = \$577  | \$583 ;
-  assign \$586  = is_linear | \$585 ;
-  assign \$587  = \$584  & \$586 ;
-  assign \$588  = ~ \$signal$302 ;
-  assign \$589  = \a__valid$303  & \a__ready$304 ;
-  assign \$590  = \$588  | \$589 ;
-  assign \$591  = \$587  & \$590 ;
-  assign \$592  = \$591  & a_blocks_left;
-  assign \$593  = w_feed_half * 9'h100;
-  assign \$594  = \$593  + feed_ntk;
-  assign \$595  = \$594  + \$signal$297 ;
-  assign \$597  = \$signal$263  == \$signal$296 ;
-  assign \$598  = lk > \$signal$297 ;
-  assign \$599  = \$597  & \$598 ;
-  assign \$600  = pre_ln | pre_sm;
-  assign \$601  = ~ \$600 ;
-  assign \$602  = \$599  & \$601 ;
-  assign \$603  = \$596  | \$602 ;
-  assign \$605  = is_linear | \$604 ;
-  assign \$606  = \$603  & \$605 ;
-  assign \$607  = ~ \$signal$302 ;
-  assign \$608  = \a__valid$303  & \a__ready$304 ;
-  assign \$609  = \$607  | \$608 ;
-  assign \$610  = \$606  & \$609 ;
-  assign \$611  = \$610  & a_blocks_left;
-  assign \$612  = is_linear ? w_full : \$signal$302 ;
-  assign \$613  = is_linear ? w_lane0 : \$signature__data$382 ;
-  assign \$614  = is_linear ? w_lane1 : \$signature__data$384 ;
-  assign \$615  = is_linear ? w_lane2 : \$signature__data$386 ;
-  assign \$616  = is_linear ? w_lane3 : \$signature__data$388 ;
-  assign \$617  = is_linear ? w_lane4 : \$signature__data$390 ;
-  assign \$618  = is_linear ? w_lane5 : \$signature__data$392 ;
-  assign \$619  = is_linear ? w_lane6 : \$signature__data$394 ;
-  assign \$620  = is_linear ? w_lane7 : \$signature__data$396 ;
-  assign \$621  = sink_from_gemm & dst_step;
-  assign \$622  = \$621  & last__4;
-  assign \$623  = res_to_pack & elem_take;
-  assign \$624  = post_col == 3'h7;
-  assign \$625  = \$623  & \$624 ;
-  assign \r_en$405  = \$622  | \$625 ;
-  assign \$626  = index__1 != dec_mt_last;
-  assign \$627  = index__3 < dec_rows_last;
-  assign \$628  = \$626  | \$627 ;
-  assign \$629  = index__2 * 4'h8;
-  assign \$630  = \$629  + index__4;
-  assign \$631  = \$630  < ins[71:56];
-  assign \$632  = \$628  & \$631 ;
-  assign \$633  = post_gelu | post_add;
-  assign \$634  = ~ \$633 ;
-  assign \$635  = gemm_active & \$634 ;
-  assign \$637  = post_gelu | post_add;
-  assign \$638  = gemm_active & \$637 ;
-  assign \$640  = ~ fetch_sent;
-  assign \$641  = in_fetch & \$640 ;
-  assign \$642  = | c_ask;
-  assign \$643  = in_const & \$642 ;
-  assign \$644  = sink_from_load & ext_req_valid;
-  assign \$646  = gemm_active & \$signal$425 ;
-  assign \req__valid$418  = | { \$646 , \$645 , \$644 , \$643 , \$641  };
-  assign \$647  = in_fetch ? pc : 32'd0;
-  assign \$648  = in_const ? c_addr : 32'd0;
-  assign \$649  = \$647  | \$648 ;
-  assign \$650  = sink_from_load ? ext_req_addr : 32'd0;
-  assign \$651  = \$649  | \$650 ;
-  assign \$654  = want_w ? w_addr : p_addr;
-  assign \$655  = gemm_active ? \$654  : 32'd0;
-  assign \$656  = \$653  | \$655 ;
-  assign \$657  = in_fetch ? 3'h6 : 3'h0;
-  assign \$658  = in_const ? dec_c_lb : 3'h0;
-  assign \$659  = \$657  | \$658 ;
-  assign \$660  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$661  = \$659  | { 1'h0, \$660  };
-  assign \$664  = want_w ? w_lb : 3'h6;
-  assign \$665  = gemm_active ? \$664  : 3'h0;
-  assign \$666  = \$663  | \$665 ;
-  assign \$668  = ~ c_full;
-  assign \$669  = in_const & \$668 ;
-  assign \$670  = sink_from_load & \valid$236 ;
-  assign \$672  = ~ is_linear;
-  assign \$673  = \$672  | rk_zero;
-  assign \$674  = ~ w_full;
-  assign \$675  = \a__valid$303  & \a__ready$304 ;
-  assign \$676  = \$674  | \$675 ;
-  assign \$677  = \$673  ? p__ready : \$676 ;
-  assign \$678  = gemm_active & \$677 ;
-  assign beat__ready = | { \$678 , \$671 , \$670 , \$669 , \$667  };
-  assign \$679  = sink_from_move & r_rdy;
-  assign \$680  = sink_from_load & beat__valid;
-  assign \$681  = ~ ext_req_valid;
-  assign \$682  = \$681  | \req__ready$437 ;
-  assign \$683  = r_rdy & \$682 ;
-  assign \$684  = sink_from_store & \$683 ;
-  assign \$685  = sink_from_softmax & \o__valid$212 ;
-  assign \$686  = sink_from_layernorm & \o__valid$214 ;
-  assign \$687  = sink_from_add & \r_rdy$233 ;
-  assign \$688  = sink_from_gelu0 & \r_rdy$233 ;
-  assign \$689  = sink_from_gemm & gemm_res_valid;
-  assign \$690  = | { \$689 , \$688 , \$687 , \$686 , \$685 , \$684 , \$680 , \$679  };
-  assign dst_step = \valid$236  & \$690 ;
-  assign \$691  = ~ sink_from_store;
-  assign \$692  = dst_step & \$691 ;
-  assign wr__en = \$692  & dst_keep;
-  assign \$693  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$444  = \$693  & r_rdy;
-  assign \$694  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$445  = \$694  & r_rdy;
-  assign \$695  = sink_from_softmax & \valid$236 ;
-  assign \$696  = a_from_softmax & a_in_take;
-  assign \o__ready$446  = \$695  | \$696 ;
-  assign \$697  = sink_from_layernorm & \valid$236 ;
-  assign \$698  = a_from_layernorm & a_in_take;
-  assign \o__ready$447  = \$697  | \$698 ;
-  assign \$699  = sink_from_move & \valid$236 ;
-  assign \$700  = sink_from_store & \valid$236 ;
-  assign \$701  = ~ ext_req_valid;
-  assign \$702  = \$701  | \req__ready$437 ;
-  assign \$703  = \$700  & \$702 ;
-  assign \$704  = sink_from_softmax | a_from_softmax;
-  assign \$705  = \$704  & \i__ready$449 ;
-  assign \$706  = sink_from_layernorm | a_from_layernorm;
-  assign \$707  = \$706  & \i__ready$450 ;
-  assign \$708  = q0_to_pack & elem_take;
-  assign \$709  = a_from_src0 & a_in_take;
-  assign \$710  = | { \$709 , \$708 , \$707 , \$705 , \$703 , \$699  };
-  assign \r_en$448  = r_rdy & \$710 ;
-  assign \$711  = in_stream & err;
-  assign \$712  = ~ busy;
-  assign clear = start & \$712 ;
-  assign \$713  = ins[5:0] == 1'h1;
-  assign \$714  = ins[5:0] == 2'h2;
-  assign \$715  = ins[5:0] == 2'h3;
-  assign \$716  = ins[5:0] == 3'h4;
-  assign \$717  = ins[5:0] == 3'h5;
-  assign \$718  = ins[5:0] == 3'h6;
-  assign \$719  = ins[5:0] == 3'h7;
-  assign \$720  = ins[5:0] == 4'h8;
-  assign \$721  = ins[5:0] == 4'h9;
-  assign \$722  = ins[5:0] == 4'ha;
-  assign \$723  = ins[5:0] == 4'hb;
-  assign \$724  = ins[5:0] == 4'hc;
-  assign \$725  = ins[5:0] == 4'hd;
-  assign \$726  = ins[5:0] == 4'he;
-  assign \$727  = ins[5:0] == 4'hf;
-  assign \$728  = 1'h1 << ins[3:0];
-  assign \$729  = ins[5:0] == 3'h4;
-  assign \$730  = ins[5:0] == 3'h5;
-  assign \$731  = \$729  | \$730 ;
-  assign \$732  = ins[5:0] == 3'h4;
-  assign \$733  = ins[511:510] == 1'h1;
-  assign \$734  = \$732  & \$733 ;
-  assign \$735  = ins[5:0] == 3'h4;
-  assign \$736  = ins[511:510] == 2'h2;
-  assign \$737  = \$735  & \$736 ;
-  assign \$738  = ins[5:0] == 3'h4;
-  assign \$739  = ins[511:510] == 2'h3;
-  assign \$740  = \$738  & \$739 ;
-  assign \$741  = ins[5:0] == 3'h5;
-  assign \$742  = ins[511:510] == 2'h3;
-  assign \$743  = \$741  & \$742 ;
-  assign \$744  = ~ unit_rst;
-  assign \$745  = src0_issue & \$744 ;
-  assign \$746  = last__3 & \last__4$467 ;
-  assign \$747  = ~ unit_rst;
-  assign \$748  = src1_issue & \$747 ;
-  assign \$749  = \last__3$472  & \last__4$470 ;
-  assign \$750  = ins[5:0] == 4'ha;
-  assign \$751  = ins[5:0] == 4'hb;
-  assign \$752  = ins[5:0] == 4'hc;
-  assign \$753  = ins[5:0] == 4'hd;
-  assign \$754  = ins[5:0] == 4'he;
-  assign \$755  = ins[5:0] == 4'hf;
-  assign \$756  = | { \$755 , \$754 , \$753 , \$752 , \$751 , \$750  };
-  assign \$757  = | ins[7:6];
-  assign \$758  = ~ \$757 ;
-  assign \$759  = ins[5:0] == 3'h7;
-  assign \$760  = ins[5:0] == 3'h4;
-  assign \$761  = ins[511:510] == 1'h1;
-  assign \$762  = \$760  & \$761 ;
-  assign \$763  = \$759  | \$762 ;
-  assign \$764  = \$758  & \$763 ;
-  assign \$765  = ins[5:0] == 4'h9;
-  assign \$766  = ins[5:0] == 3'h4;
-  assign \$767  = ins[511:510] == 2'h2;
-  assign \$768  = \$766  & \$767 ;
-  assign \$769  = \$765  | \$768 ;
-  assign \$770  = ins[55:40] + 4'h8;
-  assign \$771  = ins[71:56] + 3'h7;
-  assign \$772  = dec_n1p * 16'he38f;
-  assign \$775  = ins[87:72] - 1'h1;
-  assign \$776  = dec_mt - 1'h1;
-  assign \$777  = dec_nt - 1'h1;
-  assign \$778  = ins[39:24] * dec_mt;
-  assign \$780  = \$779  + 6'h3f;
-  assign \$782  = ins[497:466] + \$781 ;
-  assign \$783  = is_gemm ? \$782  : { 1'h0, ins[465:434] };
-  assign \$784  = dec_blocks * dec_nt;
-  assign \$785  = dec_mt_last * 4'h9;
-  assign \$786  = ins[55:40] - \$785 ;
-  assign \$789  = \$788  ? offset : 32'd0;
-  assign \$790  = ins[465:434] + \$789 ;
-  assign \$791  = cycles + 1'h1;
-  assign \$792  = in_op & op_onehot[0];
-  assign \$793  = op_cycles__0 + 1'h1;
-  assign \$794  = in_op & op_onehot[1];
-  assign \$795  = op_cycles__1 + 1'h1;
-  assign \$796  = in_op & op_onehot[2];
-  assign \$797  = op_cycles__2 + 1'h1;
-  assign \$798  = in_op & op_onehot[3];
-  assign \$799  = op_cycles__3 + 1'h1;
-  assign \$800  = in_op & op_onehot[4];
-  assign \$801  = op_cycles__4 + 1'h1;
-  assign \$802  = in_op & op_onehot[5];
-  assign \$803  = op_cycles__5 + 1'h1;
-  assign \$804  = in_op & op_onehot[6];
-  assign \$805  = op_cycles__6 + 1'h1;
-  assign \$806  = in_op & op_onehot[7];
-  assign \$807  = op_cycles__7 + 1'h1;
-  assign \$808  = in_op & op_onehot[8];
-  assign \$809  = op_cycles__8 + 1'h1;
-  assign \$810  = in_op & op_onehot[9];
-  assign \$811  = op_cycles__9 + 1'h1;
-  assign \$812  = in_op & op_onehot[10];
-  assign \$813  = op_cycles__10 + 1'h1;
-  assign \$814  = in_op & op_onehot[11];
-  assign \$815  = op_cycles__11 + 1'h1;
-  assign \$816  = in_op & op_onehot[12];
-  assign \$817  = op_cycles__12 + 1'h1;
-  assign \$818  = in_op & op_onehot[13];
-  assign \$819  = op_cycles__13 + 1'h1;
-  assign \$820  = in_op & op_onehot[14];
-  assign \$821  = op_cycles__14 + 1'h1;
-  assign \$822  = in_op & op_onehot[15];
-  assign \$823  = op_cycles__15 + 1'h1;
-  assign \$824  = images_left > 1'h1;
-  assign \$825  = is_end & \$824 ;
-  assign \$826  = | ins[39:24];
-  assign \$827  = ~ \$826 ;
-  assign \$828  = | ins[55:40];
-  assign \$829  = ~ \$828 ;
-  assign \$830  = | ins[71:56];
-  assign \$831  = ~ \$830 ;
-  assign \$832  = | ins[87:72];
-  assign \$833  = ~ \$832 ;
-  assign \$834  = | ins[103:88];
-  assign \$835  = ~ \$834 ;
-  assign \$836  = | { \$835 , \$833 , \$831 , \$829 , \$827  };
-  assign \$837  = ~ post_bad;
-  assign \$838  = \$837  & unit_known;
-  assign \$839  = post_gelu | post_add;
-  assign \$840  = \$839  | pre_ln;
-  assign \$841  = \$840  | pre_sm;
-  assign \$842  = is_move | is_load;
-  assign \$843  = \$842  | is_store;
-  assign \$844  = \$843  | is_gemm;
-  assign \$845  = ~ \$844 ;
-  assign \$846  = \$841  | \$845 ;
-  assign \$847  = \$838  & \$846 ;
-  assign \$848  = ~ post_bad;
-  assign \$849  = post_gelu | post_add;
-  assign \$850  = \$849  | pre_ln;
-  assign \$851  = \$850  | pre_sm;
-  assign \$852  = ~ \$851 ;
-  assign \$853  = \$848  & \$852 ;
-  assign \$854  = is_move | is_load;
-  assign \$855  = \$854  | is_store;
-  assign \$856  = \$855  | is_gemm;
-  assign \$857  = \$853  & \$856 ;
-  assign \$858  = ~ busy;
-  assign \$859  = \$858  & start;
-  assign \$860  = | images;
-  assign \$861  = \$860  ? images : 16'h0001;
-  assign \$862  = | decode_wait;
-  assign \$863  = ~ \$862 ;
-  assign \$864  = in_decode & \$863 ;
-  assign \$865  = \$864  & d_end_more;
-  assign \$866  = images_left - 1'h1;
-  assign \$867  = offset + \$signal$493 ;
-  assign \$868  = in_stream & op_done;
-  assign \$869  = | fault_q;
-  assign \$870  = ~ \$869 ;
-  assign \$871  = \$868  & \$870 ;
-  assign \$872  = ~ addr_fault;
-  assign \$873  = \$871  & \$872 ;
-  assign \$874  = pc + 7'h40;
-  assign \$875  = ~ fetch_sent;
-  assign \$876  = req__ready & \$875 ;
-  assign \$877  = 1'h1 << dec_c_lb;
-  assign \$878  = ins[509:498] == 1'h1;
-  assign \$879  = | decode_wait;
-  assign \$880  = decode_wait - 1'h1;
-  assign \$881  = decode_wait == 1'h1;
-  assign \$882  = is_softmax | pre_sm;
-  assign \$883  = is_layernorm | pre_ln;
-  assign \$884  = is_gelu | is_add;
-  assign \$885  = \$884  | post_gelu;
-  assign \$886  = \$885  | post_add;
-  assign \$887  = is_gelu | is_add;
-  assign \$888  = \$887  | post_gelu;
-  assign \$889  = \$888  | post_add;
-  assign \$890  = \$889  & add_sel;
-  assign \$891  = is_gelu | is_add;
-  assign \$892  = \$891  | post_gelu;
-  assign \$893  = \$892  | post_add;
-  assign \$894  = \$893  & gelu_sel0;
-  assign \$895  = ~ post_gelu;
-  assign \$896  = is_gemm & \$895 ;
-  assign \$897  = ~ post_add;
-  assign \$898  = \$896  & \$897 ;
-  assign \$899  = is_gemm & pre_sm;
-  assign \$900  = is_gemm & pre_ln;
-  assign \$901  = ~ pre_sm;
-  assign \$902  = is_gemm & \$901 ;
-  assign \$903  = ~ pre_ln;
-  assign \$904  = \$902  & \$903 ;
-  assign \$905  = ~ is_load;
-  assign \$906  = ~ is_linear;
-  assign \$907  = is_gemm & \$906 ;
-  assign \$908  = add_sel | \$907 ;
-  assign \$909  = is_gelu | is_add;
-  assign \$910  = post_gelu | post_add;
-  assign \$911  = is_gemm & \$910 ;
-  assign \$912  = | c_ask;
-  assign \$913  = \$912  & req__ready;
-  assign \$914  = c_ask - 1'h1;
-  assign \$915  = c_addr + c_step;
-  assign \$916  = ~ c_full;
-  assign \$917  = beat__valid & \$916 ;
-  assign \$918  = ~ beat__payload[512];
-  assign \$919  = ~ beat__payload[512];
-  assign \$920  = const_to0 & \$919 ;
-  assign \$921  = ~ beat__payload[512];
-  assign \$922  = const_to1 & \$921 ;
-  assign \$923  = ~ beat__payload[512];
-  assign \$924  = const_to2 & \$923 ;
-  assign \$925  = ~ beat__payload[512];
-  assign \$926  = const_to3 & \$925 ;
-  assign \$927  = c_due - 1'h1;
-  assign \$928  = c_due == 2'h2;
-  assign \$929  = is_gelu | is_add;
-  assign \$930  = \$929  | post_gelu;
-  assign \$931  = \$930  | post_add;
-  assign \$932  = is_gelu | is_add;
-  assign \$933  = \$932  | post_gelu;
-  assign \$934  = \$933  | post_add;
-  assign \$935  = \$934  & add_sel;
-  assign \$936  = is_gelu | is_add;
-  assign \$937  = \$936  | post_gelu;
-  assign \$938  = \$937  | post_add;
-  assign \$939  = \$938  & gelu_sel0;
-  assign \$940  = ~ post_gelu;
-  assign \$941  = is_gemm & \$940 ;
-  assign \$942  = ~ post_add;
-  assign \$943  = \$941  & \$942 ;
-  assign \$944  = is_gemm & pre_sm;
-  assign \$945  = is_gemm & pre_ln;
-  assign \$946  = ~ pre_sm;
-  assign \$947  = is_gemm & \$946 ;
-  assign \$948  = ~ pre_ln;
-  assign \$949  = \$947  & \$948 ;
-  assign \$950  = ~ is_load;
-  assign \$951  = ~ is_linear;
-  assign \$952  = is_gemm & \$951 ;
-  assign \$953  = add_sel | \$952 ;
-  assign \$954  = is_gelu | is_add;
-  assign \$955  = post_gelu | post_add;
-  assign \$956  = is_gemm & \$955 ;
-  assign \$957  = | ins[509:498];
-  assign \$958  = ~ \$957 ;
-  assign \$959  = is_gelu | is_add;
-  assign \$960  = \$959  | post_gelu;
-  assign \$961  = \$960  | post_add;
-  assign \$962  = is_gelu | is_add;
-  assign \$963  = \$962  | post_gelu;
-  assign \$964  = \$963  | post_add;
-  assign \$965  = \$964  & add_sel;
-  assign \$966  = is_gelu | is_add;
-  assign \$967  = \$966  | post_gelu;
-  assign \$968  = \$967  | post_add;
-  assign \$969  = \$968  & gelu_sel0;
-  assign \$970  = ~ post_gelu;
-  assign \$971  = is_gemm & \$970 ;
-  assign \$972  = ~ post_add;
-  assign \$973  = \$971  & \$972 ;
-  assign \$974  = is_gemm & pre_sm;
-  assign \$975  = is_gemm & pre_ln;
-  assign \$976  = ~ pre_sm;
-  assign \$977  = is_gemm & \$976 ;
-  assign \$978  = ~ pre_ln;
-  assign \$979  = \$977  & \$978 ;
-  assign \$980  = ~ is_load;
-  assign \$981  = ~ is_linear;
-  assign \$982  = is_gemm & \$981 ;
-  assign \$983  = add_sel | \$982 ;
-  assign \$984  = is_gelu | is_add;
-  assign \$985  = post_gelu | post_add;
-  assign \$986  = is_gemm & \$985 ;
-  assign \$987  = | fault_q;
-  assign \$988  = ~ \$987 ;
-  assign \$989  = op_done & \$988 ;
-  assign \$990  = ~ addr_fault;
-  assign \$991  = \$989  & \$990 ;
-  assign \$992  = $signed(addr) < $signed(1'h0);
-  assign \$993  = $signed(addr) >= $signed(16'h4000);
-  assign \$994  = \$992  | \$993 ;
-  assign \$995  = valid & \$994 ;
-  assign \$996  = ~ is_load;
-  assign \$997  = \$995  & \$996 ;
-  assign \$998  = ~ is_gemm;
-  assign \$999  = \$997  & \$998 ;
-  assign \$1000  = $signed(\addr$89 ) < $signed(1'h0);
-  assign \$1001  = $signed(\addr$89 ) >= $signed(16'h4000);
-  assign \$1002  = \$1000  | \$1001 ;
-  assign \$1003  = \valid$85  & \$1002 ;
-  assign \$1004  = \$1003  & is_add;
-  assign \$1005  = \$999  | \$1004 ;
-  assign \$1006  = $signed(\addr$97 ) < $signed(1'h0);
-  assign \$1007  = $signed(\addr$97 ) >= $signed(16'h4000);
-  assign \$1008  = \$1006  | \$1007 ;
-  assign \$1009  = \valid$236  & \$1008 ;
-  assign \$1010  = ~ is_store;
-  assign \$1011  = \$1009  & \$1010 ;
-  assign \$1012  = ~ is_gemm;
-  assign \$1013  = \$1011  & \$1012 ;
-  assign \$1014  = \$1005  | \$1013 ;
-  assign \$1015  = | fault_q;
-  assign \$1016  = idle & \idle$508 ;
-  assign \$1017  = is_softmax | is_layernorm;
-  assign \$1018  = ~ ext_req_valid;
-  assign \$1019  = \$1018  | req__ready;
-  assign \$1020  = $signed(addr) << ins[23:22];
-  assign \$1021  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1020 );
-  assign \$1022  = ~ ext_req_valid;
-  assign \$1023  = \$1022  | \req__ready$437 ;
-  assign \$1024  = $signed(\addr$97 ) << ins[23:22];
-  assign \$1025  = $signed({ 1'h0, dec_ext_base }) + $signed(\$1024 );
-  assign \$1026  = \w_en$166  & \w_rdy$225 ;
-  assign \$1027  = ~ \w_en$166 ;
-  assign \$1028  = \$1027  | \w_rdy$225 ;
-  assign \$1029  = \$1028  & elem_valid;
-  assign \$1030  = ~ add_sel;
-  assign \$1031  = \r_rdy$227  | \$1030 ;
-  assign \$1032  = \$1029  & \$1031 ;
-  assign \$1033  = pack_j == 2'h3;
-  assign \$1034  = \$1033  | elem_final;
-  assign \$1035  = pack_j + 1'h1;
-  assign \$1036  = \r_rdy$233  & \valid$236 ;
-  assign \$1037  = pack_jo == 2'h3;
-  assign \$1038  = \$1037  | \final ;
-  assign \$1039  = pack_jo + 1'h1;
-  assign \$1040  = 1'h1 << w_lb;
-  assign \$1041  = | dec_tiles;
-  assign \$1042  = | dec_k_last;
-  assign \$1043  = ~ \$1042 ;
-  assign \$1044  = | dec_nt_last;
-  assign \$1045  = ~ \$1044 ;
-  assign \$1046  = \$signal$425  & req__ready;
-  assign \$1047  = ~ want_w;
-  assign \$1048  = \$1047  & is_linear;
-  assign \$1049  = ~ is_linear;
-  assign \$1050  = want_w & \$signal$514 ;
-  assign \$1051  = \$1049  | \$1050 ;
-  assign \$1052  = ~ \$1051 ;
-  assign \$1053  = want_w & \$1052 ;
-  assign \$1054  = k + 1'h1;
-  assign \$1055  = k + 1'h1;
-  assign \$1056  = \$1055  == dec_k_last;
-  assign \$1057  = w_addr + w_step;
-  assign \$1058  = ~ is_linear;
-  assign \$1059  = want_w & \$signal$514 ;
-  assign \$1060  = \$1058  | \$1059 ;
-  assign \$1061  = tiles - 1'h1;
-  assign \$1062  = tiles != 1'h1;
-  assign \$1063  = | dec_k_last;
-  assign \$1064  = ~ \$1063 ;
-  assign \$1065  = | dec_nt_last;
-  assign \$1066  = ~ \$1065 ;
-  assign \$1067  = nt + 1'h1;
-  assign \$1068  = nt + 1'h1;
-  assign \$1069  = \$1068  == dec_nt_last;
-  assign \$1070  = p_addr + 7'h40;
-  assign \$1071  = \a__valid$303  & \a__ready$304 ;
-  assign \$1072  = ~ is_linear;
-  assign \$1073  = \$1072  | rk_zero;
-  assign \$1074  = ~ w_full;
-  assign \$1075  = \a__valid$303  & \a__ready$304 ;
-  assign \$1076  = \$1074  | \$1075 ;
-  assign \$1077  = \$1073  ? p__ready : \$1076 ;
-  assign \$1078  = beat__valid & \$1077 ;
-  assign \$1079  = \$1078  & is_linear;
-  assign \$1080  = rk == ins[87:72];
-  assign \$1081  = rk + 1'h1;
-  assign \$1082  = \$1080  ? 17'h00000 : \$1081 ;
-  assign \$1083  = rk == ins[87:72];
-  assign \$1084  = ~ is_linear;
-  assign \$1085  = \$1084  | rk_zero;
-  assign \$1086  = ~ \$1085 ;
-  assign \$1087  = | dec_k_last;
-  assign \$1088  = ~ \$1087 ;
-  assign \$1089  = | dec_k_last;
-  assign \$1090  = ~ \$1089 ;
-  assign \$1091  = | dec_nt_last;
-  assign \$1092  = ~ \$1091 ;
-  assign \$1093  = | dec_blocks;
-  assign \$1095  = ~ \$1094 ;
-  assign \$1096  = a_in_valid & \$1095 ;
-  assign \$1097  = pre_ln | pre_sm;
-  assign \$1098  = \$1096  & \$1097 ;
-  assign \$1100  = ~ \$1099 ;
-  assign \$1101  = a_in_valid & \$1100 ;
-  assign \$1102  = | dec_k_last;
-  assign \$1103  = ~ \$1102 ;
-  assign \$1104  = \$signal$270  == 4'h8;
-  assign \$1105  = ~ \$signal$263 ;
-  assign \$1106  = \$signal$270  + 1'h1;
-  assign \$1107  = lk + 1'h1;
-  assign \$1108  = lk + 1'h1;
-  assign \$1109  = \$1108  == dec_k_last;
-  assign \$1110  = \$signal$270  == 4'h8;
-  assign \$1111  = lk + 1'h1;
-  assign \$1112  = lk + 1'h1;
-  assign \$1113  = \$1112  == dec_k_last;
-  assign \$1114  = | dec_k_last;
-  assign \$1115  = ~ \$1114 ;
-  assign \$1116  = ~ \$signal$263 ;
-  assign \$1117  = \$signal$270  + 1'h1;
-  assign \$1118  = \a__valid$303  & \a__ready$304 ;
-  assign \$1120  = \$signal$263  == \$signal$296 ;
-  assign \$1121  = lk > \$signal$297 ;
-  assign \$1122  = \$1120  & \$1121 ;
-  assign \$1123  = pre_ln | pre_sm;
-  assign \$1124  = ~ \$1123 ;
-  assign \$1125  = \$1122  & \$1124 ;
-  assign \$1126  = \$1119  | \$1125 ;
-  assign \$1128  = is_linear | \$1127 ;
-  assign \$1129  = \$1126  & \$1128 ;
-  assign \$1130  = ~ \$signal$302 ;
-  assign \$1131  = \a__valid$303  & \a__ready$304 ;
-  assign \$1132  = \$1130  | \$1131 ;
-  assign \$1133  = \$1129  & \$1132 ;
-  assign \$1134  = \$1133  & a_blocks_left;
-  assign \$1135  = | dec_k_last;
-  assign \$1136  = ~ \$1135 ;
-  assign \$1137  = | dec_nt_last;
-  assign \$1138  = ~ \$1137 ;
-  assign \$1139  = ~ \$signal$296 ;
-  assign \$1140  = feed_blocks - 1'h1;
-  assign \$1141  = feed_blocks != 1'h1;
-  assign \$1142  = fnt + 1'h1;
-  assign \$1143  = fnt + 1'h1;
-  assign \$1144  = \$1143  == dec_nt_last;
-  assign \$1145  = \$signal$297  + 1'h1;
-  assign \$1146  = \$signal$297  + 1'h1;
-  assign \$1147  = \$1146  == dec_k_last;
-  assign \$1149  = ~ \$1148 ;
-  assign \$1150  = \r_rdy$227  & \$1149 ;
-  assign \$1151  = ~ is_linear;
-  assign \$1152  = \$1150  & \$1151 ;
-  assign \$1153  = w_load_lane == 3'h7;
-  assign \$1154  = w_load_k + 1'h1;
-  assign \$1155  = w_load_addr + 1'h1;
-  assign \$1156  = w_load_k == dec_k_last;
-  assign \$1157  = w_load_nt + 1'h1;
-  assign \$1158  = w_load_nt == dec_nt_last;
-  assign \$1159  = ~ w_load_half;
-  assign \$1160  = w_load_lane + 1'h1;
-  assign \$1162  = \$signal$263  == \$signal$296 ;
-  assign \$1163  = lk > \$signal$297 ;
-  assign \$1164  = \$1162  & \$1163 ;
-  assign \$1165  = pre_ln | pre_sm;
-  assign \$1166  = ~ \$1165 ;
-  assign \$1167  = \$1164  & \$1166 ;
-  assign \$1168  = \$1161  | \$1167 ;
-  assign \$1170  = is_linear | \$1169 ;
-  assign \$1171  = \$1168  & \$1170 ;
-  assign \$1172  = ~ \$signal$302 ;
-  assign \$1173  = \a__valid$303  & \a__ready$304 ;
-  assign \$1174  = \$1172  | \$1173 ;
-  assign \$1175  = \$1171  & \$1174 ;
-  assign \$1176  = \$1175  & a_blocks_left;
-  assign \$1177  = ~ is_linear;
-  assign \$1178  = \$1176  & \$1177 ;
-  assign \$1179  = feed_mt == dec_mt_last;
-  assign \$1180  = ~ w_feed_half;
-  assign \$1181  = feed_mt + 1'h1;
-  assign \$1182  = feed_ntk + ins[87:72];
-  assign \$1183  = post_gelu | post_add;
-  assign \$1184  = gemm_active & \$1183 ;
-  assign \$1185  = post_col == 3'h7;
-  assign \$1186  = post_col + 1'h1;
-  assign \$1187  = \$1185  ? 4'h0 : \$1186 ;
-  assign \$1188  = ~ \busy$525 ;
-  assign \$1189  = in_stream & \$1188 ;
-  assign \$1190  = ~ ext_req_valid;
-  assign \$1191  = \$1189  & \$1190 ;
-  assign \$1192  = \$1191  & \idle$508 ;
+  assign \$564  = \$559  & \$563 ;
+  assign \$565  = is_move | is_load;
+  assign \$566  = \$565  | is_store;
+  assign \$567  = \$566  | is_gemm;
+  assign \$568  = \$564  & \$567 ;
+  assign \$569  = ~ busy;
+  assign \$570  = \$569  & start;
+  assign \$571  = | images;
+  assign \$572  = \$571  ? images : 16'h0001;
+  assign \$573  = | decode_wait;
+  assign \$574  = ~ \$573 ;
+  assign \$575  = in_decode & \$574 ;
+  assign \$576  = \$575  & d_end_more;
+  assign \$577  = images_left - 1'h1;
+  assign \$578  = offset + \$signal$510 ;
+  assign \$579  = in_stream & op_done;
+  assign \$580  = | fault_q;
+  assign \$581  = ~ \$580 ;
+  assign \$582  = \$579  & \$581 ;
+  assign \$583  = ~ addr_fault;
+  assign \$584  = \$582  & \$583 ;
+  assign \$585  = pc + 7'h40;
+  assign \$586  = ~ fetch_sent;
+  assign \$587  = req__ready & \$586 ;
+  assign \$588  = 1'h1 << dec_c_lb;
+  assign \$589  = ins[509:498] == 1'h1;
+  assign \$590  = | decode_wait;
+  assign \$591  = decode_wait - 1'h1;
+  assign \$592  = decode_wait == 1'h1;
+  assign \$593  = is_softmax | pre_sm;
+  assign \$594  = is_layernorm | pre_ln;
+  assign \$595  = is_gelu | is_add;
+  assign \$596  = \$595  | post_gelu;
+  assign \$597  = \$596  | post_add;
+  assign \$598  = is_gelu | is_add;
+  assign \$599  = \$598  | post_gelu;
+  assign \$600  = \$599  | post_add;
+  assign \$601  = \$600  & add_sel;
+  assign \$602  = is_gelu | is_add;
+  assign \$603  = \$602  | post_gelu;
+  assign \$604  = \$603  | post_add;
+  assign \$605  = \$604  & gelu_sel0;
+  assign \$606  = ~ post_gelu;
+  assign \$607  = is_gemm & \$606 ;
+  assign \$608  = ~ post_add;
+  assign \$609  = \$607  & \$608 ;
+  assign \$610  = is_gemm & pre_sm;
+  assign \$611  = is_gemm & pre_ln;
+  assign \$612  = ~ pre_sm;
+  assign \$613  = is_gemm & \$612 ;
+  assign \$614  = ~ pre_ln;
+  assign \$615  = \$613  & \$614 ;
+  assign \$616  = ~ is_load;
+  assign \$617  = ~ is_linear;
+  assign \$618  = is_gemm & \$617 ;
+  assign \$619  = add_sel | \$618 ;
+  assign \$620  = is_gelu | is_add;
+  assign \$621  = post_gelu | post_add;
+  assign \$622  = is_gemm & \$621 ;
+  assign \$623  = | c_ask;
+  assign \$624  = \$623  & req__ready;
+  assign \$625  = c_ask - 1'h1;
+  assign \$626  = c_addr + c_step;
+  assign \$627  = ~ c_full;
+  assign \$628  = beat__valid & \$627 ;
+  assign \$629  = ~ beat__payload[512];
+  assign \$630  = ~ beat__payload[512];
+  assign \$631  = const_to0 & \$630 ;
+  assign \$632  = ~ beat__payload[512];
+  assign \$633  = const_to1 & \$632 ;
+  assign \$634  = ~ beat__payload[512];
+  assign \$635  = const_to2 & \$634 ;
+  assign \$636  = ~ beat__payload[512];
+  assign \$637  = const_to3 & \$636 ;
+  assign \$638  = c_due - 1'h1;
+  assign \$639  = c_due == 2'h2;
+  assign \$640  = is_gelu | is_add;
+  assign \$641  = \$640  | post_gelu;
+  assign \$642  = \$641  | post_add;
+  assign \$643  = is_gelu | is_add;
+  assign \$644  = \$643  | post_gelu;
+  assign \$645  = \$644  | post_add;
+  assign \$646  = \$645  & add_sel;
+  assign \$647  = is_gelu | is_add;
+  assign \$648  = \$647  | post_gelu;
+  assign \$649  = \$648  | post_add;
+  assign \$650  = \$649  & gelu_sel0;
+  assign \$651  = ~ post_gelu;
+  assign \$652  = is_gemm & \$651 ;
+  assign \$653  = ~ post_add;
+  assign \$654  = \$652  & \$653 ;
+  assign \$655  = is_gemm & pre_sm;
+  assign \$656  = is_gemm & pre_ln;
+  assign \$657  = ~ pre_sm;
+  assign \$658  = is_gemm & \$657 ;
+  assign \$659  = ~ pre_ln;
+  assign \$660  = \$658  & \$659 ;
+  assign \$661  = ~ is_load;
+  assign \$662  = ~ is_linear;
+  assign \$663  = is_gemm & \$662 ;
+  assign \$664  = add_sel | \$663 ;
+  assign \$665  = is_gelu | is_add;
+  assign \$666  = post_gelu | post_add;
+  assign \$667  = is_gemm & \$666 ;
+  assign \$668  = | ins[509:498];
+  assign \$669  = ~ \$668 ;
+  assign \$670  = is_gelu | is_add;
+  assign \$671  = \$670  | post_gelu;
+  assign \$672  = \$671  | post_add;
+  assign \$673  = is_gelu | is_add;
+  assign \$674  = \$673  | post_gelu;
+  assign \$675  = \$674  | post_add;
+  assign \$676  = \$675  & add_sel;
+  assign \$677  = is_gelu | is_add;
+  assign \$678  = \$677  | post_gelu;
+  assign \$679  = \$678  | post_add;
+  assign \$680  = \$679  & gelu_sel0;
+  assign \$681  = ~ post_gelu;
+  assign \$682  = is_gemm & \$681 ;
+  assign \$683  = ~ post_add;
+  assign \$684  = \$682  & \$683 ;
+  assign \$685  = is_gemm & pre_sm;
+  assign \$686  = is_gemm & pre_ln;
+  assign \$687  = ~ pre_sm;
+  assign \$688  = is_gemm & \$687 ;
+  assign \$689  = ~ pre_ln;
+  assign \$690  = \$688  & \$689 ;
+  assign \$691  = ~ is_load;
+  assign \$692  = ~ is_linear;
+  assign \$693  = is_gemm & \$692 ;
+  assign \$694  = add_sel | \$693 ;
+  assign \$695  = is_gelu | is_add;
+  assign \$696  = post_gelu | post_add;
+  assign \$697  = is_gemm & \$696 ;
+  assign \$698  = | fault_q;
+  assign \$699  = ~ \$698 ;
+  assign \$700  = op_done & \$699 ;
+  assign \$701  = ~ addr_fault;
+  assign \$702  = \$700  & \$701 ;
+  assign \$703  = $signed(addr) < $signed(1'h0);
+  assign \$704  = $signed(addr) >= $signed(16'h4000);
+  assign \$705  = \$703  | \$704 ;
+  assign \$706  = valid & \$705 ;
+  assign \$707  = ~ is_load;
+  assign \$708  = \$706  & \$707 ;
+  assign \$709  = ~ is_gemm;
+  assign \$710  = \$708  & \$709 ;
+  assign \$711  = $signed(\addr$89 ) < $signed(1'h0);
+  assign \$712  = $signed(\addr$89 ) >= $signed(16'h4000);
+  assign \$713  = \$711  | \$712 ;
+  assign \$714  = \valid$85  & \$713 ;
+  assign \$715  = \$714  & is_add;
+  assign \$716  = \$710  | \$715 ;
+  assign \$717  = $signed(\addr$97 ) < $signed(1'h0);
+  assign \$718  = $signed(\addr$97 ) >= $signed(16'h4000);
+  assign \$719  = \$717  | \$718 ;
+  assign \$720  = \valid$249  & \$719 ;
+  assign \$721  = ~ is_store;
+  assign \$722  = \$720  & \$721 ;
+  assign \$723  = ~ is_gemm;
+  assign \$724  = \$722  & \$723 ;
+  assign \$725  = \$716  | \$724 ;
+  assign \$726  = | fault_q;
+  assign \$727  = idle & \idle$525 ;
+  assign \$728  = is_softmax | is_layernorm;
+  assign \$729  = ~ ext_req_valid;
+  assign \$730  = \$729  | req__ready;
+  assign \$731  = $signed(addr) << ins[23:22];
+  assign \$732  = $signed({ 1'h0, dec_ext_base }) + $signed(\$731 );
+  assign \$733  = ~ ext_req_valid;
+  assign \$734  = \$733  | \req__ready$454 ;
+  assign \$735  = $signed(\addr$97 ) << ins[23:22];
+  assign \$736  = $signed({ 1'h0, dec_ext_base }) + $signed(\$735 );
+  assign \$737  = \w_en$166  & \w_rdy$238 ;
+  assign \$738  = ~ \w_en$166 ;
+  assign \$739  = \$738  | \w_rdy$238 ;
+  assign \$740  = \$739  & elem_valid;
+  assign \$741  = ~ add_sel;
+  assign \$742  = \r_rdy$240  | \$741 ;
+  assign \$743  = \$740  & \$742 ;
+  assign \$744  = pack_j == 2'h3;
+  assign \$745  = \$744  | elem_final;
+  assign \$746  = pack_j + 1'h1;
+  assign \$747  = \r_rdy$246  & \valid$249 ;
+  assign \$748  = pack_jo == 2'h3;
+  assign \$749  = \$748  | \final ;
+  assign \$750  = pack_jo + 1'h1;
+  assign \$751  = 1'h1 << w_lb;
+  assign \$752  = | dec_tiles;
+  assign \$753  = | dec_k_last;
+  assign \$754  = ~ \$753 ;
+  assign \$755  = | dec_nt_last;
+  assign \$756  = ~ \$755 ;
+  assign \$757  = \$signal$441  & req__ready;
+  assign \$758  = ~ want_w;
+  assign \$759  = \$758  & is_linear;
+  assign \$760  = ~ is_linear;
+  assign \$761  = want_w & \$signal$531 ;
+  assign \$762  = \$760  | \$761 ;
+  assign \$763  = ~ \$762 ;
+  assign \$764  = want_w & \$763 ;
+  assign \$765  = k + 1'h1;
+  assign \$766  = k + 1'h1;
+  assign \$767  = \$766  == dec_k_last;
+  assign \$768  = w_addr + w_step;
+  assign \$769  = ~ is_linear;
+  assign \$770  = want_w & \$signal$531 ;
+  assign \$771  = \$769  | \$770 ;
+  assign \$772  = tiles - 1'h1;
+  assign \$773  = tiles != 1'h1;
+  assign \$774  = | dec_k_last;
+  assign \$775  = ~ \$774 ;
+  assign \$776  = | dec_nt_last;
+  assign \$777  = ~ \$776 ;
+  assign \$778  = nt + 1'h1;
+  assign \$779  = nt + 1'h1;
+  assign \$780  = \$779  == dec_nt_last;
+  assign \$781  = p_addr + 7'h40;
+  assign \$782  = ~ is_linear;
+  assign \$783  = \$782  | rk_zero;
+  assign \$784  = \$783  ? p__ready : \w_rdy$450 ;
+  assign \$785  = beat__valid & \$784 ;
+  assign \$786  = \$785  & is_linear;
+  assign \$787  = rk == ins[87:72];
+  assign \$788  = rk + 1'h1;
+  assign \$789  = \$787  ? 17'h00000 : \$788 ;
+  assign \$790  = rk == ins[87:72];
+  assign \$791  = | dec_k_last;
+  assign \$792  = ~ \$791 ;
+  assign \$793  = | dec_k_last;
+  assign \$794  = ~ \$793 ;
+  assign \$795  = | dec_nt_last;
+  assign \$796  = ~ \$795 ;
+  assign \$797  = | dec_blocks;
+  assign \$799  = ~ \$798 ;
+  assign \$800  = a_in_valid & \$799 ;
+  assign \$801  = pre_ln | pre_sm;
+  assign \$802  = \$800  & \$801 ;
+  assign \$804  = ~ \$803 ;
+  assign \$805  = a_in_valid & \$804 ;
+  assign \$806  = | dec_k_last;
+  assign \$807  = ~ \$806 ;
+  assign \$808  = \$signal$284  == 4'h8;
+  assign \$809  = ~ \$signal$277 ;
+  assign \$810  = \$signal$284  + 1'h1;
+  assign \$811  = lk + 1'h1;
+  assign \$812  = lk + 1'h1;
+  assign \$813  = \$812  == dec_k_last;
+  assign \$814  = \$signal$284  == 4'h8;
+  assign \$815  = lk + 1'h1;
+  assign \$816  = lk + 1'h1;
+  assign \$817  = \$816  == dec_k_last;
+  assign \$818  = | dec_k_last;
+  assign \$819  = ~ \$818 ;
+  assign \$820  = ~ \$signal$277 ;
+  assign \$821  = \$signal$284  + 1'h1;
+  assign \$822  = \$signal$310  * 9'h100;
+  assign \$823  = \$822  + \$signal$311 ;
+  assign \$824  = a_issue & a_feed_k_hit;
+  assign \$825  = \$824  & a_feed_nt_hit;
+  assign \$826  = a_read & a_read_free;
+  assign \$827  = | dec_k_last;
+  assign \$828  = ~ \$827 ;
+  assign \$829  = | dec_nt_last;
+  assign \$830  = ~ \$829 ;
+  assign \$831  = ~ \$signal$310 ;
+  assign \$832  = feed_blocks - 1'h1;
+  assign \$833  = feed_blocks != 1'h1;
+  assign \$834  = fnt + 1'h1;
+  assign \$835  = fnt + 1'h1;
+  assign \$836  = \$835  == dec_nt_last;
+  assign \$837  = \$signal$311  + 1'h1;
+  assign \$838  = \$signal$311  + 1'h1;
+  assign \$839  = \$838  == dec_k_last;
+  assign \$841  = ~ \$840 ;
+  assign \$842  = \r_rdy$240  & \$841 ;
+  assign \$843  = ~ is_linear;
+  assign \$844  = \$842  & \$843 ;
+  assign \$845  = w_load_lane == 3'h7;
+  assign \$846  = w_load_k + 1'h1;
+  assign \$847  = w_load_addr + 1'h1;
+  assign \$848  = w_load_k == dec_k_last;
+  assign \$849  = w_load_nt + 1'h1;
+  assign \$850  = w_load_nt == dec_nt_last;
+  assign \$851  = ~ w_load_half;
+  assign \$852  = w_load_lane + 1'h1;
+  assign \$853  = w_feed_half * 9'h100;
+  assign \$854  = \$853  + feed_ntk;
+  assign \$855  = \$854  + \$signal$311 ;
+  assign \$856  = ~ is_linear;
+  assign \$857  = a_issue & \$856 ;
+  assign \$858  = \$857  & a_feed_k_hit;
+  assign \$859  = \$858  & a_feed_nt_hit;
+  assign \$860  = feed_mt == dec_mt_last;
+  assign \$861  = \$859  & \$860 ;
+  assign \$862  = ~ is_linear;
+  assign \$863  = a_issue & \$862 ;
+  assign \$864  = feed_mt == dec_mt_last;
+  assign \$865  = ~ w_feed_half;
+  assign \$866  = feed_mt + 1'h1;
+  assign \$867  = feed_ntk + ins[87:72];
+  assign \$868  = a_read & w_read_free;
+  assign \$869  = post_gelu | post_add;
+  assign \$870  = gemm_active & \$869 ;
+  assign \$871  = post_col == 3'h7;
+  assign \$872  = post_col + 1'h1;
+  assign \$873  = \$871  ? 4'h0 : \$872 ;
+  assign \$874  = ~ \busy$548 ;
+  assign \$875  = in_stream & \$874 ;
+  assign \$876  = ~ ext_req_valid;
+  assign \$877  = \$875  & \$876 ;
+  assign \$878  = \$877  & \idle$525 ;
   always @(posedge clk)
-    load <= \$1193 ;
+    wr_port__addr <= \$879 ;
   always @(posedge clk)
-    is_end <= \$1194 ;
+    wr_port__data <= \$880 ;
   always @(posedge clk)
-    is_load <= \$1195 ;
+    wr_port__en <= \$881 ;
   always @(posedge clk)
-    is_store <= \$1196 ;
+    load <= \$882 ;
   always @(posedge clk)
-    is_linear <= \$1197 ;
+    is_end <= \$883 ;
   always @(posedge clk)
-    is_matmul <= \$1198 ;
+    is_load <= \$884 ;
   always @(posedge clk)
-    is_softmax <= \$1199 ;
+    is_store <= \$885 ;
   always @(posedge clk)
-    is_gelu <= \$1200 ;
+    is_linear <= \$886 ;
   always @(posedge clk)
-    is_layernorm <= \$1201 ;
+    is_matmul <= \$887 ;
   always @(posedge clk)
-    is_add <= \$1202 ;
+    is_softmax <= \$888 ;
   always @(posedge clk)
-    is_im2col <= \$1203 ;
+    is_gelu <= \$889 ;
   always @(posedge clk)
-    is_concat <= \$1204 ;
+    is_layernorm <= \$890 ;
   always @(posedge clk)
-    is_split_heads <= \$1205 ;
+    is_add <= \$891 ;
   always @(posedge clk)
-    is_merge_heads <= \$1206 ;
+    is_im2col <= \$892 ;
   always @(posedge clk)
-    is_transpose <= \$1207 ;
+    is_concat <= \$893 ;
   always @(posedge clk)
-    is_select <= \$1208 ;
+    is_split_heads <= \$894 ;
   always @(posedge clk)
-    op_onehot <= \$1209 ;
+    is_merge_heads <= \$895 ;
   always @(posedge clk)
-    is_gemm <= \$1210 ;
+    is_transpose <= \$896 ;
   always @(posedge clk)
-    post_gelu <= \$1211 ;
+    is_select <= \$897 ;
   always @(posedge clk)
-    post_add <= \$1212 ;
+    op_onehot <= \$898 ;
   always @(posedge clk)
-    pre_ln <= \$1213 ;
+    is_gemm <= \$899 ;
   always @(posedge clk)
-    pre_sm <= \$1214 ;
+    post_gelu <= \$900 ;
   always @(posedge clk)
-    src0_inflight <= \$1215 ;
+    post_add <= \$901 ;
   always @(posedge clk)
-    src0_meta <= \$1216 ;
+    pre_ln <= \$902 ;
   always @(posedge clk)
-    src1_inflight <= \$1217 ;
+    pre_sm <= \$903 ;
   always @(posedge clk)
-    src1_meta <= \$1218 ;
+    src0_inflight <= \$904 ;
   always @(posedge clk)
-    is_move <= \$1219 ;
+    src0_meta <= \$905 ;
   always @(posedge clk)
-    gelu_sel0 <= \$1220 ;
+    src1_inflight <= \$906 ;
   always @(posedge clk)
-    add_sel <= \$1221 ;
+    src1_meta <= \$907 ;
   always @(posedge clk)
-    dec_n1p <= \$770 ;
+    is_move <= \$908 ;
   always @(posedge clk)
-    dec_n2p <= \$771 ;
+    gelu_sel0 <= \$909 ;
   always @(posedge clk)
-    dec_mt <= \$773 [15:0];
+    add_sel <= \$910 ;
   always @(posedge clk)
-    dec_nt <= \$774 [15:0];
+    dec_n1p <= \$479 ;
   always @(posedge clk)
-    dec_k_last <= \$775 [15:0];
+    dec_n2p <= \$480 ;
+  always @(posedge clk)
+    dec_mt <= \$482 [15:0];
+  always @(posedge clk)
+    dec_nt <= \$483 [15:0];
+  always @(posedge clk)
+    dec_k_last <= \$484 [15:0];
   always @(posedge clk)
     dec_c_lb <= c_lb;
   always @(posedge clk)
-    dec_mt_last <= \$776 [15:0];
+    dec_mt_last <= \$485 [15:0];
   always @(posedge clk)
-    dec_nt_last <= \$777 [15:0];
+    dec_nt_last <= \$486 [15:0];
   always @(posedge clk)
-    dec_blocks <= \$778 ;
+    dec_blocks <= \$487 ;
   always @(posedge clk)
-    dec_c_base <= \$783 [31:0];
+    dec_c_base <= \$492 [31:0];
   always @(posedge clk)
-    dec_tiles <= \$784 [31:0];
+    dec_tiles <= \$493 [31:0];
   always @(posedge clk)
-    dec_rows_last <= \$786 [15:0];
+    dec_rows_last <= \$497 [15:0];
   always @(posedge clk)
-    dec_ext_base <= \$790 [31:0];
+    dec_ext_base <= \$501 [31:0];
   always @(posedge clk)
-    addr_fault <= \$1222 ;
+    addr_fault <= \$911 ;
   always @(posedge clk)
-    ext_req_valid <= \$1223 ;
+    ext_req_valid <= \$912 ;
   always @(posedge clk)
-    cycles <= \$1224 ;
+    cycles <= \$913 ;
   always @(posedge clk)
-    op_cycles__0 <= \$1225 ;
+    op_cycles__0 <= \$914 ;
   always @(posedge clk)
-    op_cycles__1 <= \$1226 ;
+    op_cycles__1 <= \$915 ;
   always @(posedge clk)
-    op_cycles__2 <= \$1227 ;
+    op_cycles__2 <= \$916 ;
   always @(posedge clk)
-    op_cycles__3 <= \$1228 ;
+    op_cycles__3 <= \$917 ;
   always @(posedge clk)
-    op_cycles__4 <= \$1229 ;
+    op_cycles__4 <= \$918 ;
   always @(posedge clk)
-    op_cycles__5 <= \$1230 ;
+    op_cycles__5 <= \$919 ;
   always @(posedge clk)
-    op_cycles__6 <= \$1231 ;
+    op_cycles__6 <= \$920 ;
   always @(posedge clk)
-    op_cycles__7 <= \$1232 ;
+    op_cycles__7 <= \$921 ;
   always @(posedge clk)
-    op_cycles__8 <= \$1233 ;
+    op_cycles__8 <= \$922 ;
   always @(posedge clk)
-    op_cycles__9 <= \$1234 ;
+    op_cycles__9 <= \$923 ;
   always @(posedge clk)
-    op_cycles__10 <= \$1235 ;
+    op_cycles__10 <= \$924 ;
   always @(posedge clk)
-    op_cycles__11 <= \$1236 ;
+    op_cycles__11 <= \$925 ;
   always @(posedge clk)
-    op_cycles__12 <= \$1237 ;
+    op_cycles__12 <= \$926 ;
   always @(posedge clk)
-    op_cycles__13 <= \$1238 ;
+    op_cycles__13 <= \$927 ;
   always @(posedge clk)
-    op_cycles__14 <= \$1239 ;
+    op_cycles__14 <= \$928 ;
   always @(posedge clk)
-    op_cycles__15 <= \$1240 ;
+    op_cycles__15 <= \$929 ;
   always @(posedge clk)
-    d_end_more <= \$1241 ;
+    d_end_more <= \$930 ;
   always @(posedge clk)
-    d_end <= \$1242 ;
+    d_end <= \$931 ;
   always @(posedge clk)
-    d_count_zero <= \$1243 ;
+    d_count_zero <= \$932 ;
   always @(posedge clk)
-    d_const <= \$1244 ;
+    d_const <= \$933 ;
   always @(posedge clk)
-    d_stream <= \$1245 ;
+    d_stream <= \$934 ;
   always @(posedge clk)
-    pc <= \$1246 ;
+    pc <= \$935 ;
   always @(posedge clk)
-    busy <= \$1247 ;
+    busy <= \$936 ;
   always @(posedge clk)
-    done <= \$1248 ;
+    done <= \$937 ;
   always @(posedge clk)
-    error <= \$1249 ;
+    error <= \$938 ;
   always @(posedge clk)
-    fetch_sent <= \$1250 ;
+    fetch_sent <= \$939 ;
   always @(posedge clk)
-    \$signal$492  <= \$1251 ;
+    \$signal$509  <= \$940 ;
   always @(posedge clk)
-    \$signal$493  <= \$1252 ;
+    \$signal$510  <= \$941 ;
   always @(posedge clk)
-    images_left <= \$1253 ;
+    images_left <= \$942 ;
   always @(posedge clk)
-    offset <= \$1254 ;
+    offset <= \$943 ;
   always @(posedge clk)
-    seq_state <= \$1255 ;
+    seq_state <= \$944 ;
   always @(posedge clk)
-    in_stream <= \$1256 ;
+    in_stream <= \$945 ;
   always @(posedge clk)
-    in_decode <= \$1257 ;
+    in_decode <= \$946 ;
   always @(posedge clk)
-    in_op <= \$1258 ;
+    in_op <= \$947 ;
   always @(posedge clk)
-    unit_rst <= \$1259 ;
+    unit_rst <= \$948 ;
   always @(posedge clk)
-    gemm_active <= \$1260 ;
+    gemm_active <= \$949 ;
   always @(posedge clk)
-    pack_active <= \$1261 ;
+    pack_active <= \$950 ;
   always @(posedge clk)
-    sink_from_move <= \$1262 ;
+    sink_from_move <= \$951 ;
   always @(posedge clk)
-    sink_from_load <= \$1263 ;
+    sink_from_load <= \$952 ;
   always @(posedge clk)
-    sink_from_store <= \$1264 ;
+    sink_from_store <= \$953 ;
   always @(posedge clk)
-    sink_from_softmax <= \$1265 ;
+    sink_from_softmax <= \$954 ;
   always @(posedge clk)
-    sink_from_layernorm <= \$1266 ;
+    sink_from_layernorm <= \$955 ;
   always @(posedge clk)
-    sink_from_add <= \$1267 ;
+    sink_from_add <= \$956 ;
   always @(posedge clk)
-    sink_from_gelu0 <= \$1268 ;
+    sink_from_gelu0 <= \$957 ;
   always @(posedge clk)
-    sink_from_gemm <= \$1269 ;
+    sink_from_gemm <= \$958 ;
   always @(posedge clk)
-    a_from_softmax <= \$1270 ;
+    a_from_softmax <= \$959 ;
   always @(posedge clk)
-    a_from_layernorm <= \$1271 ;
+    a_from_layernorm <= \$960 ;
   always @(posedge clk)
-    a_from_src0 <= \$1272 ;
+    a_from_src0 <= \$961 ;
   always @(posedge clk)
-    const_to0 <= \$1273 ;
+    const_to0 <= \$962 ;
   always @(posedge clk)
-    const_to1 <= \$1274 ;
+    const_to1 <= \$963 ;
   always @(posedge clk)
-    const_to2 <= \$1275 ;
+    const_to2 <= \$964 ;
   always @(posedge clk)
-    const_to3 <= \$1276 ;
+    const_to3 <= \$965 ;
   always @(posedge clk)
-    in_fetch <= \$1277 ;
+    in_fetch <= \$966 ;
   always @(posedge clk)
-    in_const <= \$1278 ;
+    in_const <= \$967 ;
   always @(posedge clk)
-    run0 <= \$1279 ;
+    run0 <= \$968 ;
   always @(posedge clk)
-    run1 <= \$1280 ;
+    run1 <= \$969 ;
   always @(posedge clk)
-    q0_to_pack <= \$1281 ;
+    q0_to_pack <= \$970 ;
   always @(posedge clk)
-    res_to_pack <= \$1282 ;
+    res_to_pack <= \$971 ;
   always @(posedge clk)
-    ins <= \$1283 ;
+    ins <= \$972 ;
   always @(posedge clk)
-    decode_wait <= \$1284 ;
+    decode_wait <= \$973 ;
   always @(posedge clk)
-    c_addr <= \$1285 ;
+    c_addr <= \$974 ;
   always @(posedge clk)
-    c_step <= \$1286 ;
+    c_step <= \$975 ;
   always @(posedge clk)
-    c_ask <= \$1287 ;
+    c_ask <= \$976 ;
   always @(posedge clk)
-    c_due <= \$1288 ;
+    c_due <= \$977 ;
   always @(posedge clk)
-    c_last <= \$1289 ;
+    c_last <= \$978 ;
   always @(posedge clk)
-    c_data <= \$1290 ;
+    c_data <= \$979 ;
   always @(posedge clk)
-    c_full <= \$1291 ;
+    c_full <= \$980 ;
   always @(posedge clk)
-    c_valid0 <= \$1292 ;
+    c_valid0 <= \$981 ;
   always @(posedge clk)
-    c_valid1 <= \$1293 ;
+    c_valid1 <= \$982 ;
   always @(posedge clk)
-    c_valid2 <= \$1294 ;
+    c_valid2 <= \$983 ;
   always @(posedge clk)
-    c_valid3 <= \$1295 ;
+    c_valid3 <= \$984 ;
   always @(posedge clk)
-    ext_req_addr <= \$1296 ;
+    ext_req_addr <= \$985 ;
   always @(posedge clk)
-    ext_req_data <= \$1297 ;
+    ext_req_data <= \$986 ;
   always @(posedge clk)
-    \w_en$166  <= \$1298 ;
+    \w_en$166  <= \$987 ;
   always @(posedge clk)
-    pack_a0 <= \$1299 ;
+    pack_a0 <= \$988 ;
   always @(posedge clk)
-    pack_a1 <= \$1300 ;
+    pack_a1 <= \$989 ;
   always @(posedge clk)
-    pack_a2 <= \$1301 ;
+    pack_a2 <= \$990 ;
   always @(posedge clk)
-    pack_a3 <= \$1302 ;
+    pack_a3 <= \$991 ;
   always @(posedge clk)
-    pack_b0 <= \$1303 ;
+    pack_b0 <= \$992 ;
   always @(posedge clk)
-    pack_b1 <= \$1304 ;
+    pack_b1 <= \$993 ;
   always @(posedge clk)
-    pack_b2 <= \$1305 ;
+    pack_b2 <= \$994 ;
   always @(posedge clk)
-    pack_b3 <= \$1306 ;
+    pack_b3 <= \$995 ;
   always @(posedge clk)
-    pack_j <= \$1307 ;
+    pack_j <= \$996 ;
   always @(posedge clk)
-    pack_jo <= \$1308 ;
+    pack_jo <= \$997 ;
   always @(posedge clk)
-    tiles <= \$1309 ;
+    tiles <= \$998 ;
   always @(posedge clk)
-    nt <= \$1310 ;
+    nt <= \$999 ;
   always @(posedge clk)
-    k <= \$1311 ;
+    k <= \$1000 ;
   always @(posedge clk)
-    w_addr <= \$1312 ;
+    w_addr <= \$1001 ;
   always @(posedge clk)
-    p_addr <= \$1313 ;
+    p_addr <= \$1002 ;
   always @(posedge clk)
-    want_w <= \$1314 ;
+    want_w <= \$1003 ;
   always @(posedge clk)
-    w_step <= \$1315 ;
+    w_step <= \$1004 ;
   always @(posedge clk)
-    \$signal$425  <= \$1316 ;
+    \$signal$441  <= \$1005 ;
   always @(posedge clk)
-    \$signal$514  <= \$1317 ;
+    \$signal$531  <= \$1006 ;
   always @(posedge clk)
-    nt_hit <= \$1318 ;
+    nt_hit <= \$1007 ;
   always @(posedge clk)
-    rk <= \$1319 ;
+    rk <= \$1008 ;
   always @(posedge clk)
-    rk_zero <= \$1320 ;
+    rk_zero <= \$1009 ;
   always @(posedge clk)
-    w_full <= \$1321 ;
+    a_filled0 <= \$1010 ;
   always @(posedge clk)
-    w_lane0 <= \$1322 ;
+    a_filled1 <= \$1011 ;
   always @(posedge clk)
-    w_lane1 <= \$1323 ;
+    \$signal$277  <= \$1012 ;
   always @(posedge clk)
-    w_lane2 <= \$1324 ;
+    \$signal$284  <= \$1013 ;
   always @(posedge clk)
-    w_lane3 <= \$1325 ;
+    lk <= \$1014 ;
   always @(posedge clk)
-    w_lane4 <= \$1326 ;
+    \$signal$310  <= \$1015 ;
   always @(posedge clk)
-    w_lane5 <= \$1327 ;
+    \$signal$311  <= \$1016 ;
   always @(posedge clk)
-    w_lane6 <= \$1328 ;
+    fnt <= \$1017 ;
   always @(posedge clk)
-    w_lane7 <= \$1329 ;
+    feed_blocks <= \$1018 ;
   always @(posedge clk)
-    a_filled0 <= \$1330 ;
+    a_load_k_hit <= \$1019 ;
   always @(posedge clk)
-    a_filled1 <= \$1331 ;
+    a_feed_k_hit <= \$1020 ;
   always @(posedge clk)
-    \$signal$263  <= \$1332 ;
+    a_feed_nt_hit <= \$1021 ;
   always @(posedge clk)
-    \$signal$270  <= \$1333 ;
+    a_blocks_left <= \$1022 ;
   always @(posedge clk)
-    lk <= \$1334 ;
+    a_read_last <= \$1023 ;
   always @(posedge clk)
-    \$signal$296  <= \$1335 ;
+    a_read_addr <= \$1024 ;
   always @(posedge clk)
-    \$signal$297  <= \$1336 ;
+    a_read_half <= \$1025 ;
   always @(posedge clk)
-    fnt <= \$1337 ;
+    a_read_free <= \$1026 ;
   always @(posedge clk)
-    feed_blocks <= \$1338 ;
+    w_load_lane <= \$1027 ;
   always @(posedge clk)
-    \$signal$302  <= \$1339 ;
+    w_load_k <= \$1028 ;
   always @(posedge clk)
-    a_load_k_hit <= \$1340 ;
+    w_load_addr <= \$1029 ;
   always @(posedge clk)
-    a_feed_k_hit <= \$1341 ;
+    w_load_nt <= \$1030 ;
   always @(posedge clk)
-    a_feed_nt_hit <= \$1342 ;
+    w_filled0 <= \$1031 ;
   always @(posedge clk)
-    a_blocks_left <= \$1343 ;
+    w_filled1 <= \$1032 ;
   always @(posedge clk)
-    a_last <= \$1344 ;
+    w_load_half <= \$1033 ;
   always @(posedge clk)
-    w_load_lane <= \$1345 ;
+    w_read_addr <= \$1034 ;
   always @(posedge clk)
-    w_load_k <= \$1346 ;
+    w_read_half <= \$1035 ;
   always @(posedge clk)
-    w_load_addr <= \$1347 ;
+    w_read_free <= \$1036 ;
   always @(posedge clk)
-    w_load_nt <= \$1348 ;
+    feed_ntk <= \$1037 ;
   always @(posedge clk)
-    w_filled0 <= \$1349 ;
+    feed_mt <= \$1038 ;
   always @(posedge clk)
-    w_filled1 <= \$1350 ;
+    w_feed_half <= \$1039 ;
   always @(posedge clk)
-    w_load_half <= \$1351 ;
+    post_col <= \$1040 ;
   always @(posedge clk)
-    feed_ntk <= \$1352 ;
+    op_done <= \$1041 ;
   always @(posedge clk)
-    feed_mt <= \$1353 ;
-  always @(posedge clk)
-    w_feed_half <= \$1354 ;
-  always @(posedge clk)
-    post_col <= \$1355 ;
-  always @(posedge clk)
-    op_done <= \$1356 ;
-  always @(posedge clk)
-    fault_q <= \$1357 ;
+    fault_q <= \$1042 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
     .b__payload(\b__payload$179 ),
-    .b__ready(\b__ready$221 ),
-    .b__valid(\b__valid$231 ),
+    .b__ready(\b__ready$234 ),
+    .b__valid(\b__valid$244 ),
     .c__payload(c_data[43:0]),
     .c__ready(\c__ready$120 ),
     .c__valid(c_valid2),
@@ -30187,6 +29617,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .o__valid(o__valid),
     .rst(rst),
     .unit_rst(unit_rst)
+  );
+  \accelerator.core.feed  feed (
+    .a_issue(a_issue),
+    .a_read(a_read),
+    .a_read_last(a_read_last),
+    .clk(clk),
+    .feed_beat(feed_beat),
+    .feed_got_last(feed_got_last),
+    .feed_queue_room(feed_queue_room),
+    .feed_ready(feed_ready),
+    .feed_valid(feed_valid),
+    .rst(rst),
+    .unit_rst(unit_rst),
+    .w_data(feed_data)
   );
   \accelerator.core.gelu0  gelu0 (
     .c__payload(c_data[52:0]),
@@ -30203,36 +29647,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$368 ),
-    .a__ready(\a__ready$304 ),
-    .a__valid(\a__valid$303 ),
+    .a__payload(\a__payload$404 ),
+    .a__ready(\a__ready$409 ),
+    .a__valid(\a__valid$402 ),
     .clk(clk),
-    .o__payload(\w_data$400 ),
-    .o__ready(\o__ready$402 ),
-    .o__valid(\w_en$398 ),
+    .o__payload(\w_data$416 ),
+    .o__ready(\o__ready$418 ),
+    .o__valid(\w_en$414 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
     .rst(rst),
     .unit_rst(unit_rst),
     .w__payload(w__payload),
+    .w__ready(w__ready),
     .w__valid(w__valid)
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(clk),
-    .r_data(\r_data$417 ),
-    .r_en(\r_en$405 ),
+    .r_data(\r_data$433 ),
+    .r_en(\r_en$421 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$398 ),
-    .w_port__data(\w_data$400 ),
-    .w_rdy(\o__ready$402 )
+    .w_en(\w_en$414 ),
+    .w_port__data(\w_data$416 ),
+    .w_rdy(\o__ready$418 )
   );
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$97 ),
     .base(ins[123:104]),
-    .busy(\busy$525 ),
+    .busy(\busy$548 ),
     .clk(clk),
     .\final (\final ),
     .index__1(index__1),
@@ -30253,15 +29698,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .\valid$31 (\valid$236 )
+    .\valid$31 (\valid$249 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$468 ),
+    .\final (\final$485 ),
     .last__3(last__3),
-    .last__4(\last__4$467 ),
+    .last__4(\last__4$484 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -30281,9 +29726,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$89 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$471 ),
-    .last__3(\last__3$472 ),
-    .last__4(\last__4$470 ),
+    .\final (\final$488 ),
+    .last__3(\last__3$489 ),
+    .last__4(\last__4$487 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -30300,44 +29745,55 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\valid$31 (\valid$85 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\r_data$202 [15:0]),
+    .buf_wdata(\r_data$217 [15:0]),
     .c__payload(c_data),
     .c__valid(c_valid1),
     .clk(clk),
-    .i__ready(\i__ready$450 ),
-    .i__valid(\i__valid$445 ),
+    .i__ready(\i__ready$464 ),
+    .i__valid(\i__valid$460 ),
     .idle_r(\c__ready$118 ),
-    .o__payload(\o__payload$215 ),
-    .o__ready(\o__ready$447 ),
-    .o__valid(\o__valid$214 ),
+    .o__payload(\o__payload$199 ),
+    .o__ready(\o__ready$210 ),
+    .o__valid(\o__valid$206 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
+  \accelerator.core.norm_out_slice  norm_out_slice (
+    .clk(clk),
+    .r_data(\r_data$228 ),
+    .r_en(\r_en$461 ),
+    .r_rdy(\r_rdy$227 ),
+    .rst(rst),
+    .unit_rst(unit_rst),
+    .w_en(\w_en$200 ),
+    .w_port__data(\w_data$207 ),
+    .w_rdy(\w_rdy$209 )
+  );
   \accelerator.core.pack_slice  pack_slice (
     .clk(clk),
-    .\port$9270$0 (pack_a0),
-    .\port$9272$0 (pack_a1),
-    .\port$9274$0 (pack_a2),
-    .\port$9276$0 (pack_a3),
-    .\port$9278$0 (pack_b0),
-    .\port$9280$0 (pack_b1),
-    .\port$9282$0 (pack_b2),
-    .\port$9284$0 (pack_b3),
+    .\port$9098$0 (pack_a0),
+    .\port$9100$0 (pack_a1),
+    .\port$9102$0 (pack_a2),
+    .\port$9104$0 (pack_a3),
+    .\port$9106$0 (pack_b0),
+    .\port$9108$0 (pack_b1),
+    .\port$9110$0 (pack_b2),
+    .\port$9112$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
-    .r_rdy(\r_rdy$230 ),
+    .r_rdy(\r_rdy$243 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(\w_en$166 ),
-    .w_rdy(\w_rdy$225 )
+    .w_rdy(\w_rdy$238 )
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$1919$0 (\$signature__data ),
-    .\port$9091$0 (src0_meta),
-    .r_data(\r_data$202 ),
-    .r_en(\r_en$448 ),
+    .\port$1597$0 (\$signature__data ),
+    .\port$8919$0 (src0_meta),
+    .r_data(\r_data$217 ),
+    .r_en(\r_en$462 ),
     .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
@@ -30346,11 +29802,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$86 ),
-    .\port$1920$0 (\$signature__data$94 ),
-    .\port$9095$0 (src1_meta),
-    .r_data(\r_data$323 ),
-    .r_en(\r_en$228 ),
-    .r_rdy(\r_rdy$227 ),
+    .\port$1598$0 (\$signature__data$94 ),
+    .\port$8923$0 (src1_meta),
+    .r_data(\r_data$338 ),
+    .r_en(\r_en$241 ),
+    .r_rdy(\r_rdy$240 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -30369,20 +29825,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$426 ),
-    .w_en(\req__valid$418 )
+    .w_data(\req__payload$442 ),
+    .w_en(\req__valid$434 )
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c_data[4:0]),
     .c__valid(c_valid0),
     .clk(clk),
-    .i__payload(\i__payload$442 ),
-    .i__ready(\i__ready$449 ),
-    .i__valid(\i__valid$444 ),
+    .i__payload(\i__payload$457 ),
+    .i__ready(\i__ready$463 ),
+    .i__valid(\i__valid$459 ),
     .idle(c__ready),
-    .o__ready(\o__ready$446 ),
-    .oq_data(\o__payload$213 ),
-    .oq_valid(\o__valid$212 ),
+    .o__ready(\o__ready$208 ),
+    .oq_data(\o__payload$197 ),
+    .oq_valid(\o__valid$203 ),
     .rst(rst),
     .unit_rst(unit_rst)
   );
@@ -30392,13 +29848,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\port$197$0 (res_lane1),
     .\port$200$0 (res_lane2),
     .\port$203$0 (res_lane3),
-    .r_data(\r_data$235 ),
-    .r_en(\r_en$238 ),
-    .r_rdy(\r_rdy$233 ),
+    .r_data(\r_data$248 ),
+    .r_en(\r_en$251 ),
+    .r_rdy(\r_rdy$246 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(\w_en$189 ),
     .w_rdy(w_rdy)
+  );
+  \accelerator.core.w_beat_slice  w_beat_slice (
+    .clk(clk),
+    .in_decode(in_decode),
+    .\port$8755$0 (w_beat0),
+    .\port$8756$0 (w_beat1),
+    .\port$8757$0 (w_beat2),
+    .\port$8758$0 (w_beat3),
+    .\port$8759$0 (w_beat4),
+    .\port$8760$0 (w_beat5),
+    .\port$8761$0 (w_beat6),
+    .\port$8762$0 (w_beat7),
+    .r_data(\r_data$413 ),
+    .r_en(\r_en$410 ),
+    .r_rdy(\r_rdy$407 ),
+    .rst(rst),
+    .unit_rst(unit_rst),
+    .w_en(\w_en$265 ),
+    .w_rdy(\w_rdy$450 )
   );
   \accelerator.core.writer  writer (
     .aw__payload(aw__payload),
@@ -30409,154 +29884,134 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(clk),
     .err(err),
-    .idle(\idle$508 ),
-    .req__ready(\req__ready$437 ),
+    .idle(\idle$525 ),
+    .req__ready(\req__ready$454 ),
     .rst(rst),
     .w_data(req__payload),
     .w_en(req__valid)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$116  = 16'h0000;
+    \$126  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$116  = \r_data$235 [15:0];
+          \$126  = \r_data$248 [15:0];
       3'h1:
-          \$116  = \r_data$235 [31:16];
+          \$126  = \r_data$248 [31:16];
       3'h2:
-          \$116  = \r_data$235 [47:32];
+          \$126  = \r_data$248 [47:32];
       3'h3:
-          \$116  = \r_data$235 [63:48];
+          \$126  = \r_data$248 [63:48];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$152  = a_filled0;
+          \$164  = a_filled0;
       1'h1:
-          \$152  = a_filled1;
+          \$164  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$157  = a_filled0;
+          \$169  = a_filled0;
       1'h1:
-          \$157  = a_filled1;
+          \$169  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$165  = a_filled0;
+          \$177  = a_filled0;
       1'h1:
-          \$165  = a_filled1;
+          \$177  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$172  = a_filled0;
+          \$184  = a_filled0;
       1'h1:
-          \$172  = a_filled1;
+          \$184  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$179  = a_filled0;
+          \$191  = a_filled0;
       1'h1:
-          \$179  = a_filled1;
+          \$191  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$186  = a_filled0;
+          \$198  = a_filled0;
       1'h1:
-          \$186  = a_filled1;
+          \$198  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$193  = a_filled0;
+          \$205  = a_filled0;
       1'h1:
-          \$193  = a_filled1;
+          \$205  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$200  = a_filled0;
+          \$212  = a_filled0;
       1'h1:
-          \$200  = a_filled1;
+          \$212  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$207  = a_filled0;
+          \$219  = a_filled0;
       1'h1:
-          \$207  = a_filled1;
+          \$219  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$214  = a_filled0;
+          \$226  = a_filled0;
       1'h1:
-          \$214  = a_filled1;
+          \$226  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$296 )
+    casez (\$signal$310 )
       1'h0:
-          \$221  = a_filled0;
+          \$231  = a_filled0;
       1'h1:
-          \$221  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$229  = w_filled0;
-      1'h1:
-          \$229  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$239  = a_filled0;
-      1'h1:
-          \$239  = a_filled1;
+          \$231  = a_filled1;
     endcase
   end
   always @* begin
@@ -30564,149 +30019,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$247  = w_filled0;
+          \$239  = w_filled0;
       1'h1:
-          \$247  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$257  = a_filled0;
-      1'h1:
-          \$257  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$265  = w_filled0;
-      1'h1:
-          \$265  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$275  = a_filled0;
-      1'h1:
-          \$275  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$283  = w_filled0;
-      1'h1:
-          \$283  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$293  = a_filled0;
-      1'h1:
-          \$293  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$301  = w_filled0;
-      1'h1:
-          \$301  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$311  = a_filled0;
-      1'h1:
-          \$311  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$319  = w_filled0;
-      1'h1:
-          \$319  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$329  = a_filled0;
-      1'h1:
-          \$329  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$337  = w_filled0;
-      1'h1:
-          \$337  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$347  = a_filled0;
-      1'h1:
-          \$347  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$355  = w_filled0;
-      1'h1:
-          \$355  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$365  = a_filled0;
-      1'h1:
-          \$365  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$373  = w_filled0;
-      1'h1:
-          \$373  = w_filled1;
+          \$239  = w_filled1;
     endcase
   end
   always @* begin
@@ -30714,9 +30029,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$382  = w_filled0;
+          \$245  = w_filled0;
       1'h1:
-          \$382  = w_filled1;
+          \$245  = w_filled1;
     endcase
   end
   always @* begin
@@ -30724,9 +30039,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$389  = w_filled0;
+          \$252  = w_filled0;
       1'h1:
-          \$389  = w_filled1;
+          \$252  = w_filled1;
     endcase
   end
   always @* begin
@@ -30734,9 +30049,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$399  = w_filled0;
+          \$262  = w_filled0;
       1'h1:
-          \$399  = w_filled1;
+          \$262  = w_filled1;
     endcase
   end
   always @* begin
@@ -30744,9 +30059,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$408  = w_filled0;
+          \$271  = w_filled0;
       1'h1:
-          \$408  = w_filled1;
+          \$271  = w_filled1;
     endcase
   end
   always @* begin
@@ -30754,9 +30069,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$417  = w_filled0;
+          \$280  = w_filled0;
       1'h1:
-          \$417  = w_filled1;
+          \$280  = w_filled1;
     endcase
   end
   always @* begin
@@ -30764,9 +30079,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$426  = w_filled0;
+          \$289  = w_filled0;
       1'h1:
-          \$426  = w_filled1;
+          \$289  = w_filled1;
     endcase
   end
   always @* begin
@@ -30774,9 +30089,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$435  = w_filled0;
+          \$298  = w_filled0;
       1'h1:
-          \$435  = w_filled1;
+          \$298  = w_filled1;
     endcase
   end
   always @* begin
@@ -30784,9 +30099,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$444  = w_filled0;
+          \$307  = w_filled0;
       1'h1:
-          \$444  = w_filled1;
+          \$307  = w_filled1;
     endcase
   end
   always @* begin
@@ -30794,191 +30109,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$453  = w_filled0;
+          \$316  = w_filled0;
       1'h1:
-          \$453  = w_filled1;
+          \$316  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$463  = a_filled0;
-      1'h1:
-          \$463  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$471  = w_filled0;
-      1'h1:
-          \$471  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$482  = a_filled0;
-      1'h1:
-          \$482  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$490  = w_filled0;
-      1'h1:
-          \$490  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$501  = a_filled0;
-      1'h1:
-          \$501  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$509  = w_filled0;
-      1'h1:
-          \$509  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$520  = a_filled0;
-      1'h1:
-          \$520  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$528  = w_filled0;
-      1'h1:
-          \$528  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$539  = a_filled0;
-      1'h1:
-          \$539  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$547  = w_filled0;
-      1'h1:
-          \$547  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$558  = a_filled0;
-      1'h1:
-          \$558  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$566  = w_filled0;
-      1'h1:
-          \$566  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$577  = a_filled0;
-      1'h1:
-          \$577  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$585  = w_filled0;
-      1'h1:
-          \$585  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$596  = a_filled0;
-      1'h1:
-          \$596  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$604  = w_filled0;
-      1'h1:
-          \$604  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$636  = 32'd0;
+    \$348  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$636  = \r_data$417 [31:0];
+          \$348  = \r_data$433 [31:0];
       16'h0001:
-          \$636  = \r_data$417 [63:32];
+          \$348  = \r_data$433 [63:32];
       16'h0002:
-          \$636  = \r_data$417 [95:64];
+          \$348  = \r_data$433 [95:64];
       16'h0003:
-          \$636  = \r_data$417 [127:96];
+          \$348  = \r_data$433 [127:96];
       16'h0004:
-          \$636  = \r_data$417 [159:128];
+          \$348  = \r_data$433 [159:128];
       16'h0005:
-          \$636  = \r_data$417 [191:160];
+          \$348  = \r_data$433 [191:160];
       16'h0006:
-          \$636  = \r_data$417 [223:192];
+          \$348  = \r_data$433 [223:192];
       16'h0007:
-          \$636  = \r_data$417 [255:224];
+          \$348  = \r_data$433 [255:224];
     endcase
   end
   always @* begin
@@ -30986,61 +30141,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$639  = \r_data$417 [31:0];
+          \$351  = \r_data$433 [31:0];
       3'h1:
-          \$639  = \r_data$417 [63:32];
+          \$351  = \r_data$433 [63:32];
       3'h2:
-          \$639  = \r_data$417 [95:64];
+          \$351  = \r_data$433 [95:64];
       3'h3:
-          \$639  = \r_data$417 [127:96];
+          \$351  = \r_data$433 [127:96];
       3'h4:
-          \$639  = \r_data$417 [159:128];
+          \$351  = \r_data$433 [159:128];
       3'h5:
-          \$639  = \r_data$417 [191:160];
+          \$351  = \r_data$433 [191:160];
       3'h6:
-          \$639  = \r_data$417 [223:192];
+          \$351  = \r_data$433 [223:192];
       3'h7:
-          \$639  = \r_data$417 [255:224];
+          \$351  = \r_data$433 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$1094  = a_filled0;
+          \$798  = a_filled0;
       1'h1:
-          \$1094  = a_filled1;
+          \$798  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$263 )
+    casez (\$signal$277 )
       1'h0:
-          \$1099  = a_filled0;
+          \$803  = a_filled0;
       1'h1:
-          \$1099  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$1119  = a_filled0;
-      1'h1:
-          \$1119  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$1127  = w_filled0;
-      1'h1:
-          \$1127  = w_filled1;
+          \$803  = a_filled1;
     endcase
   end
   always @* begin
@@ -31048,29 +30183,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$1148  = w_filled0;
+          \$840  = w_filled0;
       1'h1:
-          \$1148  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$296 )
-      1'h0:
-          \$1161  = a_filled0;
-      1'h1:
-          \$1161  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_feed_half)
-      1'h0:
-          \$1169  = w_filled0;
-      1'h1:
-          \$1169  = w_filled1;
+          \$840  = w_filled1;
     endcase
   end
   always @* begin
@@ -31289,15 +30404,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        next = \$82 ;
+        next = \$92 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    wr__data = sink_data;
-    if (\$635 ) begin
-      wr__data = \$636 [15:0];
+    wr_data = sink_data;
+    if (\$347 ) begin
+      wr_data = \$348 [15:0];
     end
   end
   always @* begin
@@ -31326,17 +30441,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         \$signal  = beat__valid;
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$79 ) begin
-        if (is_softmax) begin
-          \$signal  = \o__valid$212 ;
-        end
-        if (is_layernorm) begin
-          \$signal  = \o__valid$214 ;
-        end
+      end else if (\$89 ) begin
+        \$signal  = \r_rdy$227 ;
       end
     end
     if (pack_active) begin
-      \$signal  = \r_rdy$233 ;
+      \$signal  = \r_rdy$246 ;
     end
   end
   always @* begin
@@ -31344,32 +30454,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     sink_data = 16'h0000;
     if (in_stream) begin
       if (is_move) begin
-        sink_data = \r_data$202 [15:0];
+        sink_data = \r_data$217 [15:0];
       end else if (is_load) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85  };
+              sink_data = { \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95  };
           2'h1:
-              sink_data = \$88 [15:0];
+              sink_data = \$98 [15:0];
           2'h2:
-              sink_data = \$91 [15:0];
+              sink_data = \$101 [15:0];
           2'h3:
-              sink_data = \$94 [15:0];
+              sink_data = \$104 [15:0];
         endcase
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$79 ) begin
-        if (is_softmax) begin
-          sink_data = { 8'h00, \o__payload$213 [7:0] };
-        end
-        if (is_layernorm) begin
-          sink_data = { \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215  };
-        end
+      end else if (\$89 ) begin
+        sink_data = \r_data$228 ;
       end
     end
     if (pack_active) begin
-      sink_data = \$116 ;
+      sink_data = \$126 ;
     end
   end
   always @* begin
@@ -31378,12 +30483,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$95 ) begin
+        if (\$105 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$711 ) begin
+    if (\$420 ) begin
       fault = 4'h5;
     end
   end
@@ -31420,13 +30525,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$79 ) begin
+      end else if (\$89 ) begin
       end else begin
-        elem_data = \r_data$202 [15:0];
+        elem_data = \r_data$217 [15:0];
       end
     end
-    if (\$638 ) begin
-      elem_data = \$639 [15:0];
+    if (\$350 ) begin
+      elem_data = \$351 [15:0];
     end
   end
   always @* begin
@@ -31438,9 +30543,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$79 ) begin
+      end else if (\$89 ) begin
       end else begin
-        elem_final = \r_data$202 [17];
+        elem_final = \r_data$217 [17];
       end
     end
   end
@@ -31448,7 +30553,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     in_ready = 1'h0;
     if (pack_active) begin
-      in_ready = \$99 ;
+      in_ready = \$109 ;
     end
   end
   always @* begin
@@ -31462,18 +30567,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     elem_take = 1'h0;
     if (pack_active) begin
-      elem_take = \$105 ;
+      elem_take = \$115 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$228  = 1'h0;
+    \r_en$241  = 1'h0;
     if (pack_active) begin
-      \r_en$228  = \$112 ;
+      \r_en$241  = \$122 ;
     end
     if (gemm_active) begin
-      if (\$381 ) begin
-        \r_en$228  = \$386 ;
+      if (\$244 ) begin
+        \r_en$241  = \$249 ;
       end
     end
   end
@@ -31481,30 +30586,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a__valid = 1'h0;
     if (pack_active) begin
-      a__valid = \$113 ;
+      a__valid = \$123 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \b__valid$231  = 1'h0;
+    \b__valid$244  = 1'h0;
     if (pack_active) begin
-      \b__valid$231  = \$114 ;
+      \b__valid$244  = \$124 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     i__valid = 1'h0;
     if (pack_active) begin
-      i__valid = \$115 ;
+      i__valid = \$125 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$238  = 1'h0;
+    \r_en$251  = 1'h0;
     if (pack_active) begin
-      if (\$117 ) begin
-        if (\$119 ) begin
-          \r_en$238  = 1'h1;
+      if (\$127 ) begin
+        if (\$129 ) begin
+          \r_en$251  = 1'h1;
         end
       end
     end
@@ -31693,20 +30798,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     p__valid = 1'h0;
     if (gemm_active) begin
-      p__valid = \$124 ;
+      p__valid = \$134 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    a_in = 16'h0000;
-    if (pre_sm) begin
-      a_in = { 8'h00, \o__payload$213 [7:0] };
-    end
-    if (pre_ln) begin
-      a_in = { \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215  };
-    end
-    if (\$126 ) begin
-      a_in = \r_data$202 [15:0];
+    \w_en$265  = 1'h0;
+    if (gemm_active) begin
+      \w_en$265  = \$138 ;
     end
   end
   always @* begin
@@ -31714,341 +30813,348 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$133 [2], \$133 [2], \$133 [2], \$133 [2], \$133 [2], \$133 [2], \$133  };
+          elem = { \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145  };
       5'h03:
-          elem = { \$136 [3], \$136 [3], \$136 [3], \$136 [3], \$136 [3], \$136  };
+          elem = { \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148  };
       5'h04:
-          elem = { \$139 [4], \$139 [4], \$139 [4], \$139 [4], \$139  };
+          elem = { \$151 [4], \$151 [4], \$151 [4], \$151 [4], \$151  };
       5'h05:
-          elem = { \$142 [5], \$142 [5], \$142 [5], \$142  };
+          elem = { \$154 [5], \$154 [5], \$154 [5], \$154  };
       5'h06:
-          elem = { \$145 [6], \$145 [6], \$145  };
+          elem = { \$157 [6], \$157 [6], \$157  };
       5'h07:
-          elem = { \$148 [7], \$148  };
+          elem = { \$160 [7], \$160  };
       5'h08:
-          elem = \$151 ;
+          elem = \$163 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$154 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$266  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$266  = \$156 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$268  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$268  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$269  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$269  = \$162 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$271  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$271  = \$164 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$272  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$272  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$273  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$273  = \$169 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$274  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$274  = \$171 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$275  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$275  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$276  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$276  = \$176 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$277  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$277  = \$178 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$278  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$278  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$279  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$279  = \$183 ;
+      a_in_take = \$166 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$280  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$280  = \$185 [8:0];
+      \$signature__addr$280  = \$168 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$281  = 9'h000;
+    \$signature__data$282  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$281  = elem;
+      \$signature__data$282  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$282  = 1'h0;
+    \$signature__en$283  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$282  = \$190 ;
+      \$signature__en$283  = \$174 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$283  = 9'h000;
+    \$signature__addr$285  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$283  = \$192 [8:0];
+      \$signature__addr$285  = \$176 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$284  = 9'h000;
+    \$signature__data$286  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$284  = elem;
+      \$signature__data$286  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$285  = 1'h0;
+    \$signature__en$287  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$285  = \$197 ;
+      \$signature__en$287  = \$181 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$286  = 9'h000;
+    \$signature__addr$288  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$286  = \$199 [8:0];
+      \$signature__addr$288  = \$183 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$287  = 9'h000;
+    \$signature__data$289  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$287  = elem;
+      \$signature__data$289  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$288  = 1'h0;
+    \$signature__en$290  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$288  = \$204 ;
+      \$signature__en$290  = \$188 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$289  = 9'h000;
+    \$signature__addr$291  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$289  = \$206 [8:0];
+      \$signature__addr$291  = \$190 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$290  = 9'h000;
+    \$signature__data$292  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$290  = elem;
+      \$signature__data$292  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$291  = 1'h0;
+    \$signature__en$293  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$291  = \$211 ;
+      \$signature__en$293  = \$195 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$292  = 9'h000;
+    \$signature__addr$294  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$292  = \$213 [8:0];
+      \$signature__addr$294  = \$197 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$293  = 9'h000;
+    \$signature__data$295  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$293  = elem;
+      \$signature__data$295  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$294  = 1'h0;
+    \$signature__en$296  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$294  = \$218 ;
+      \$signature__en$296  = \$202 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$295  = 9'h000;
+    \$signature__addr$297  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$295  = \$220 [8:0];
+      \$signature__addr$297  = \$204 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$298  = 1'h1;
+    \$signature__data$298  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$298  = \$236 ;
+      \$signature__data$298  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$299  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$299  = \$209 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$300  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$300  = \$211 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$301  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$301  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$302  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$302  = \$216 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$303  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$303  = \$218 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$304  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$304  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$305  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$305  = \$223 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$306  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$306  = \$238 [8:0];
+      \$signature__addr$306  = \$225 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$307  = 1'h1;
+    \$signature__data$307  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$307  = \$254 ;
+      \$signature__data$307  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$308  = 9'h000;
+    \$signature__en$308  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$308  = \$256 [8:0];
+      \$signature__en$308  = \$230 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$309  = 1'h1;
+    a_issue = 1'h0;
     if (gemm_active) begin
-      \$signature__en$309  = \$272 ;
+      a_issue = \$243 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$310  = 9'h000;
+    \$signature__addr$317  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$310  = \$274 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$311  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$311  = \$290 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$312  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$312  = \$292 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$313  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$313  = \$308 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$314  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$314  = \$310 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$315  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$315  = \$326 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$316  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$316  = \$328 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$317  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$317  = \$344 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$318  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$318  = \$346 [8:0];
+      \$signature__addr$317  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$319  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$319  = \$362 ;
+      \$signature__en$319  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$320  = 9'h000;
+    \$signature__addr$321  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$320  = \$364 [8:0];
+      \$signature__addr$321  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$321  = 1'h1;
+    \$signature__en$322  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$321  = \$380 ;
+      \$signature__en$322  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$323  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$323  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$324  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$324  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$325  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$325  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$326  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$326  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$327  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$327  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$328  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$328  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$329  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$329  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$330  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$330  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$331  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$331  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$332  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$332  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$333  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$333  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$334  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$334  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$335  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$335  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$336  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$336  = a_read;
     end
   end
   always @* begin
@@ -32057,153 +31163,48 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$323 [1], \r_data$323 [1], \r_data$323 [1], \r_data$323 [1], \r_data$323 [1], \r_data$323 [1], \r_data$323 [1:0] };
+            welem = { \r_data$338 [1], \r_data$338 [1], \r_data$338 [1], \r_data$338 [1], \r_data$338 [1], \r_data$338 [1], \r_data$338 [1:0] };
         5'h03:
-            welem = { \r_data$323 [2], \r_data$323 [2], \r_data$323 [2], \r_data$323 [2], \r_data$323 [2], \r_data$323 [2:0] };
+            welem = { \r_data$338 [2], \r_data$338 [2], \r_data$338 [2], \r_data$338 [2], \r_data$338 [2], \r_data$338 [2:0] };
         5'h04:
-            welem = { \r_data$323 [3], \r_data$323 [3], \r_data$323 [3], \r_data$323 [3], \r_data$323 [3:0] };
+            welem = { \r_data$338 [3], \r_data$338 [3], \r_data$338 [3], \r_data$338 [3], \r_data$338 [3:0] };
         5'h05:
-            welem = { \r_data$323 [4], \r_data$323 [4], \r_data$323 [4], \r_data$323 [4:0] };
+            welem = { \r_data$338 [4], \r_data$338 [4], \r_data$338 [4], \r_data$338 [4:0] };
         5'h06:
-            welem = { \r_data$323 [5], \r_data$323 [5], \r_data$323 [5:0] };
+            welem = { \r_data$338 [5], \r_data$338 [5], \r_data$338 [5:0] };
         5'h07:
-            welem = { \r_data$323 [6], \r_data$323 [6:0] };
+            welem = { \r_data$338 [6], \r_data$338 [6:0] };
         5'h08:
-            welem = \r_data$323 [7:0];
+            welem = \r_data$338 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$325  = 9'h000;
+    \$signature__addr$340  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$325  = \$388 [8:0];
+      \$signature__addr$340  = \$251 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$327  = 8'h00;
+    \$signature__data$342  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$327  = welem;
+      \$signature__data$342  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$328  = 1'h0;
+    \$signature__en$343  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$328  = \$396 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$330  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$330  = \$398 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$331  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$331  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$332  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$332  = \$405 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$333  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$333  = \$407 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$334  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$334  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$335  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$335  = \$414 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$336  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$336  = \$416 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$337  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$337  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$338  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$338  = \$423 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$339  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$339  = \$425 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$340  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$340  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$341  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$341  = \$432 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$342  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$342  = \$434 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$343  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$343  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$344  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$344  = \$441 ;
+      \$signature__en$343  = \$259 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$345  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$345  = \$443 [8:0];
+      \$signature__addr$345  = \$261 [8:0];
     end
   end
   always @* begin
@@ -32217,14 +31218,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$347  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$347  = \$450 ;
+      \$signature__en$347  = \$268 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$348  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$348  = \$452 [8:0];
+      \$signature__addr$348  = \$270 [8:0];
     end
   end
   always @* begin
@@ -32238,388 +31239,535 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$350  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$350  = \$459 ;
+      \$signature__en$350  = \$277 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$351  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$351  = \$462 [8:0];
+      \$signature__addr$351  = \$279 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$353  = 1'h1;
+    \$signature__data$352  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$353  = \$478 ;
+      \$signature__data$352  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$353  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$353  = \$286 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$354  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$354  = \$481 [8:0];
+      \$signature__addr$354  = \$288 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$355  = 1'h1;
+    \$signature__data$355  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$355  = \$497 ;
+      \$signature__data$355  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$356  = 9'h000;
+    \$signature__en$356  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$356  = \$500 [8:0];
+      \$signature__en$356  = \$295 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$357  = 1'h1;
+    \$signature__addr$357  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$357  = \$516 ;
+      \$signature__addr$357  = \$297 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$358  = 9'h000;
+    \$signature__data$358  = 8'h00;
     if (gemm_active) begin
-      \$signature__addr$358  = \$519 [8:0];
+      \$signature__data$358  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$359  = 1'h1;
+    \$signature__en$359  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$359  = \$535 ;
+      \$signature__en$359  = \$304 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$360  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$360  = \$538 [8:0];
+      \$signature__addr$360  = \$306 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$361  = 1'h1;
+    \$signature__data$361  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$361  = \$554 ;
+      \$signature__data$361  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$362  = 9'h000;
+    \$signature__en$362  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$362  = \$557 [8:0];
+      \$signature__en$362  = \$313 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$363  = 1'h1;
+    \$signature__addr$363  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$363  = \$573 ;
+      \$signature__addr$363  = \$315 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$364  = 9'h000;
+    \$signature__data$364  = 8'h00;
     if (gemm_active) begin
-      \$signature__addr$364  = \$576 [8:0];
+      \$signature__data$364  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$365  = 1'h1;
+    \$signature__en$365  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$365  = \$592 ;
+      \$signature__en$365  = \$322 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$366  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$366  = \$595 [8:0];
+      \$signature__addr$366  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$367  = 1'h1;
+    \$signature__en$368  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$367  = \$611 ;
+      \$signature__en$368  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$303  = 1'h0;
+    \$signature__addr$369  = 9'h000;
     if (gemm_active) begin
-      \a__valid$303  = \$signal$302 ;
+      \$signature__addr$369  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$368  = 82'h000000000000000000000;
+    \$signature__en$370  = 1'h1;
     if (gemm_active) begin
-      \a__payload$368 [81] = a_last;
-      \a__payload$368 [8:0] = \$signature__data$372 ;
-      \a__payload$368 [17:9] = \$signature__data$373 ;
-      \a__payload$368 [26:18] = \$signature__data$374 ;
-      \a__payload$368 [35:27] = \$signature__data$375 ;
-      \a__payload$368 [44:36] = \$signature__data$376 ;
-      \a__payload$368 [53:45] = \$signature__data$377 ;
-      \a__payload$368 [62:54] = \$signature__data$378 ;
-      \a__payload$368 [71:63] = \$signature__data$379 ;
-      \a__payload$368 [80:72] = \$signature__data$380 ;
+      \$signature__en$370  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$371  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$371  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$372  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$372  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$373  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$373  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$374  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$374  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$375  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$375  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$376  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$376  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$377  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$377  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$378  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$378  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$379  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$379  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$380  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$380  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$381  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$381  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$382  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$382  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    feed_data = 146'h0000000000000000000000000000000000000;
+    if (gemm_active) begin
+      feed_data = { \$signature__data$401 , \$signature__data$400 , \$signature__data$399 , \$signature__data$398 , \$signature__data$397 , \$signature__data$396 , \$signature__data$395 , \$signature__data$394 , \$signature__data$393 , \$signature__data$392 , \$signature__data$391 , \$signature__data$390 , \$signature__data$389 , \$signature__data$388 , \$signature__data$387 , \$signature__data$386 , \$signature__data$385 , feed_got_last };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \a__valid$402  = 1'h0;
+    if (gemm_active) begin
+      \a__valid$402  = feed_valid;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \a__payload$404  = 82'h000000000000000000000;
+    if (gemm_active) begin
+      \a__payload$404 [81] = feed_beat[0];
+      \a__payload$404 [8:0] = feed_beat[9:1];
+      \a__payload$404 [17:9] = feed_beat[18:10];
+      \a__payload$404 [26:18] = feed_beat[27:19];
+      \a__payload$404 [35:27] = feed_beat[36:28];
+      \a__payload$404 [44:36] = feed_beat[45:37];
+      \a__payload$404 [53:45] = feed_beat[54:46];
+      \a__payload$404 [62:54] = feed_beat[63:55];
+      \a__payload$404 [71:63] = feed_beat[72:64];
+      \a__payload$404 [80:72] = feed_beat[81:73];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$612 ;
+      w__valid = \$323 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    feed_ready = 1'h0;
+    if (gemm_active) begin
+      feed_ready = \a__ready$409 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \r_en$410  = 1'h0;
+    if (gemm_active) begin
+      \r_en$410  = \$324 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$613 ;
-      w__payload[15:8] = \$614 ;
-      w__payload[23:16] = \$615 ;
-      w__payload[31:24] = \$616 ;
-      w__payload[39:32] = \$617 ;
-      w__payload[47:40] = \$618 ;
-      w__payload[55:48] = \$619 ;
-      w__payload[63:56] = \$620 ;
+      w__payload[7:0] = \$325 ;
+      w__payload[15:8] = \$326 ;
+      w__payload[23:16] = \$327 ;
+      w__payload[31:24] = \$328 ;
+      w__payload[39:32] = \$329 ;
+      w__payload[47:40] = \$330 ;
+      w__payload[55:48] = \$331 ;
+      w__payload[63:56] = \$332 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$632 ;
+      dst_keep = \$344 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1193  = 1'h0;
+    \$879  = \addr$97 [13:0];
+    if (rst) begin
+      \$879  = 14'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$880  = wr_data;
+    if (rst) begin
+      \$880  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$881  = wr_en;
+    if (rst) begin
+      \$881  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$882  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$879 ) begin
-            \$1193  = \$881 ;
+          if (\$590 ) begin
+            \$882  = \$592 ;
           end
     endcase
     if (rst) begin
-      \$1193  = 1'h0;
+      \$882  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1194  = \$713 ;
+    \$883  = \$422 ;
     if (rst) begin
-      \$1194  = 1'h0;
+      \$883  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1195  = \$714 ;
+    \$884  = \$423 ;
     if (rst) begin
-      \$1195  = 1'h0;
+      \$884  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1196  = \$715 ;
+    \$885  = \$424 ;
     if (rst) begin
-      \$1196  = 1'h0;
+      \$885  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1197  = \$716 ;
+    \$886  = \$425 ;
     if (rst) begin
-      \$1197  = 1'h0;
+      \$886  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1198  = \$717 ;
+    \$887  = \$426 ;
     if (rst) begin
-      \$1198  = 1'h0;
+      \$887  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1199  = \$718 ;
+    \$888  = \$427 ;
     if (rst) begin
-      \$1199  = 1'h0;
+      \$888  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1200  = \$719 ;
+    \$889  = \$428 ;
     if (rst) begin
-      \$1200  = 1'h0;
+      \$889  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1201  = \$720 ;
+    \$890  = \$429 ;
     if (rst) begin
-      \$1201  = 1'h0;
+      \$890  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1202  = \$721 ;
+    \$891  = \$430 ;
     if (rst) begin
-      \$1202  = 1'h0;
+      \$891  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1203  = \$722 ;
+    \$892  = \$431 ;
     if (rst) begin
-      \$1203  = 1'h0;
+      \$892  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1204  = \$723 ;
+    \$893  = \$432 ;
     if (rst) begin
-      \$1204  = 1'h0;
+      \$893  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1205  = \$724 ;
+    \$894  = \$433 ;
     if (rst) begin
-      \$1205  = 1'h0;
+      \$894  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1206  = \$725 ;
+    \$895  = \$434 ;
     if (rst) begin
-      \$1206  = 1'h0;
+      \$895  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1207  = \$726 ;
+    \$896  = \$435 ;
     if (rst) begin
-      \$1207  = 1'h0;
+      \$896  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1208  = \$727 ;
+    \$897  = \$436 ;
     if (rst) begin
-      \$1208  = 1'h0;
+      \$897  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1209  = \$728 [15:0];
+    \$898  = \$437 [15:0];
     if (rst) begin
-      \$1209  = 16'h0000;
+      \$898  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1210  = \$731 ;
+    \$899  = \$440 ;
     if (rst) begin
-      \$1210  = 1'h0;
+      \$899  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1211  = \$734 ;
+    \$900  = \$443 ;
     if (rst) begin
-      \$1211  = 1'h0;
+      \$900  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1212  = \$737 ;
+    \$901  = \$446 ;
     if (rst) begin
-      \$1212  = 1'h0;
+      \$901  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1213  = \$740 ;
+    \$902  = \$449 ;
     if (rst) begin
-      \$1213  = 1'h0;
+      \$902  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1214  = \$743 ;
+    \$903  = \$452 ;
     if (rst) begin
-      \$1214  = 1'h0;
+      \$903  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1215  = \$745 ;
+    \$904  = \$454 ;
     if (rst) begin
-      \$1215  = 1'h0;
+      \$904  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1216  = { \$746 , \final$468 , \last__4$467  };
+    \$905  = { \$455 , \final$485 , \last__4$484  };
     if (rst) begin
-      \$1216  = 3'h0;
+      \$905  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1217  = \$748 ;
+    \$906  = \$457 ;
     if (rst) begin
-      \$1217  = 1'h0;
+      \$906  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1218  = { \$749 , \final$471 , \last__4$470  };
+    \$907  = { \$458 , \final$488 , \last__4$487  };
     if (rst) begin
-      \$1218  = 3'h0;
+      \$907  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1219  = \$756 ;
+    \$908  = \$465 ;
     if (rst) begin
-      \$1219  = 1'h0;
+      \$908  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1220  = \$764 ;
+    \$909  = \$473 ;
     if (rst) begin
-      \$1220  = 1'h0;
+      \$909  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1221  = \$769 ;
+    \$910  = \$478 ;
     if (rst) begin
-      \$1221  = 1'h0;
+      \$910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1222  = 1'h0;
+    \$911  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -32630,343 +31778,343 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h3:
           /* empty */;
       3'h4:
-          \$1222  = \$1014 ;
+          \$911  = \$725 ;
     endcase
     if (rst) begin
-      \$1222  = 1'h0;
+      \$911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1223  = ext_req_valid;
+    \$912  = ext_req_valid;
     if (in_decode) begin
-      \$1223  = 1'h0;
+      \$912  = 1'h0;
     end
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$1019 ) begin
-          \$1223  = valid;
+        if (\$730 ) begin
+          \$912  = valid;
         end
       end else if (is_store) begin
-        if (\$1023 ) begin
-          \$1223  = dst_step;
+        if (\$734 ) begin
+          \$912  = dst_step;
         end
       end
     end
     if (rst) begin
-      \$1223  = 1'h0;
+      \$912  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1224  = cycles;
+    \$913  = cycles;
     if (busy) begin
-      \$1224  = \$791 [47:0];
+      \$913  = \$502 [47:0];
     end
-    if (\$859 ) begin
-      \$1224  = 48'h000000000000;
+    if (\$570 ) begin
+      \$913  = 48'h000000000000;
     end
     if (rst) begin
-      \$1224  = 48'h000000000000;
+      \$913  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1225  = op_cycles__0;
+    \$914  = op_cycles__0;
     if (busy) begin
-      if (\$792 ) begin
-        \$1225  = \$793 [47:0];
+      if (\$503 ) begin
+        \$914  = \$504 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1225  = 48'h000000000000;
+    if (\$570 ) begin
+      \$914  = 48'h000000000000;
     end
     if (rst) begin
-      \$1225  = 48'h000000000000;
+      \$914  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1226  = op_cycles__1;
+    \$915  = op_cycles__1;
     if (busy) begin
-      if (\$794 ) begin
-        \$1226  = \$795 [47:0];
+      if (\$505 ) begin
+        \$915  = \$506 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1226  = 48'h000000000000;
+    if (\$570 ) begin
+      \$915  = 48'h000000000000;
     end
     if (rst) begin
-      \$1226  = 48'h000000000000;
+      \$915  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1227  = op_cycles__2;
+    \$916  = op_cycles__2;
     if (busy) begin
-      if (\$796 ) begin
-        \$1227  = \$797 [47:0];
+      if (\$507 ) begin
+        \$916  = \$508 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1227  = 48'h000000000000;
+    if (\$570 ) begin
+      \$916  = 48'h000000000000;
     end
     if (rst) begin
-      \$1227  = 48'h000000000000;
+      \$916  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1228  = op_cycles__3;
+    \$917  = op_cycles__3;
     if (busy) begin
-      if (\$798 ) begin
-        \$1228  = \$799 [47:0];
+      if (\$509 ) begin
+        \$917  = \$510 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1228  = 48'h000000000000;
+    if (\$570 ) begin
+      \$917  = 48'h000000000000;
     end
     if (rst) begin
-      \$1228  = 48'h000000000000;
+      \$917  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1229  = op_cycles__4;
+    \$918  = op_cycles__4;
     if (busy) begin
-      if (\$800 ) begin
-        \$1229  = \$801 [47:0];
+      if (\$511 ) begin
+        \$918  = \$512 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1229  = 48'h000000000000;
+    if (\$570 ) begin
+      \$918  = 48'h000000000000;
     end
     if (rst) begin
-      \$1229  = 48'h000000000000;
+      \$918  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1230  = op_cycles__5;
+    \$919  = op_cycles__5;
     if (busy) begin
-      if (\$802 ) begin
-        \$1230  = \$803 [47:0];
+      if (\$513 ) begin
+        \$919  = \$514 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1230  = 48'h000000000000;
+    if (\$570 ) begin
+      \$919  = 48'h000000000000;
     end
     if (rst) begin
-      \$1230  = 48'h000000000000;
+      \$919  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1231  = op_cycles__6;
+    \$920  = op_cycles__6;
     if (busy) begin
-      if (\$804 ) begin
-        \$1231  = \$805 [47:0];
+      if (\$515 ) begin
+        \$920  = \$516 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1231  = 48'h000000000000;
+    if (\$570 ) begin
+      \$920  = 48'h000000000000;
     end
     if (rst) begin
-      \$1231  = 48'h000000000000;
+      \$920  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1232  = op_cycles__7;
+    \$921  = op_cycles__7;
     if (busy) begin
-      if (\$806 ) begin
-        \$1232  = \$807 [47:0];
+      if (\$517 ) begin
+        \$921  = \$518 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1232  = 48'h000000000000;
+    if (\$570 ) begin
+      \$921  = 48'h000000000000;
     end
     if (rst) begin
-      \$1232  = 48'h000000000000;
+      \$921  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1233  = op_cycles__8;
+    \$922  = op_cycles__8;
     if (busy) begin
-      if (\$808 ) begin
-        \$1233  = \$809 [47:0];
+      if (\$519 ) begin
+        \$922  = \$520 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1233  = 48'h000000000000;
+    if (\$570 ) begin
+      \$922  = 48'h000000000000;
     end
     if (rst) begin
-      \$1233  = 48'h000000000000;
+      \$922  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1234  = op_cycles__9;
+    \$923  = op_cycles__9;
     if (busy) begin
-      if (\$810 ) begin
-        \$1234  = \$811 [47:0];
+      if (\$521 ) begin
+        \$923  = \$522 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1234  = 48'h000000000000;
+    if (\$570 ) begin
+      \$923  = 48'h000000000000;
     end
     if (rst) begin
-      \$1234  = 48'h000000000000;
+      \$923  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1235  = op_cycles__10;
+    \$924  = op_cycles__10;
     if (busy) begin
-      if (\$812 ) begin
-        \$1235  = \$813 [47:0];
+      if (\$523 ) begin
+        \$924  = \$524 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1235  = 48'h000000000000;
+    if (\$570 ) begin
+      \$924  = 48'h000000000000;
     end
     if (rst) begin
-      \$1235  = 48'h000000000000;
+      \$924  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1236  = op_cycles__11;
+    \$925  = op_cycles__11;
     if (busy) begin
-      if (\$814 ) begin
-        \$1236  = \$815 [47:0];
+      if (\$525 ) begin
+        \$925  = \$526 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1236  = 48'h000000000000;
+    if (\$570 ) begin
+      \$925  = 48'h000000000000;
     end
     if (rst) begin
-      \$1236  = 48'h000000000000;
+      \$925  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1237  = op_cycles__12;
+    \$926  = op_cycles__12;
     if (busy) begin
-      if (\$816 ) begin
-        \$1237  = \$817 [47:0];
+      if (\$527 ) begin
+        \$926  = \$528 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1237  = 48'h000000000000;
+    if (\$570 ) begin
+      \$926  = 48'h000000000000;
     end
     if (rst) begin
-      \$1237  = 48'h000000000000;
+      \$926  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1238  = op_cycles__13;
+    \$927  = op_cycles__13;
     if (busy) begin
-      if (\$818 ) begin
-        \$1238  = \$819 [47:0];
+      if (\$529 ) begin
+        \$927  = \$530 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1238  = 48'h000000000000;
+    if (\$570 ) begin
+      \$927  = 48'h000000000000;
     end
     if (rst) begin
-      \$1238  = 48'h000000000000;
+      \$927  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1239  = op_cycles__14;
+    \$928  = op_cycles__14;
     if (busy) begin
-      if (\$820 ) begin
-        \$1239  = \$821 [47:0];
+      if (\$531 ) begin
+        \$928  = \$532 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1239  = 48'h000000000000;
+    if (\$570 ) begin
+      \$928  = 48'h000000000000;
     end
     if (rst) begin
-      \$1239  = 48'h000000000000;
+      \$928  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1240  = op_cycles__15;
+    \$929  = op_cycles__15;
     if (busy) begin
-      if (\$822 ) begin
-        \$1240  = \$823 [47:0];
+      if (\$533 ) begin
+        \$929  = \$534 [47:0];
       end
     end
-    if (\$859 ) begin
-      \$1240  = 48'h000000000000;
+    if (\$570 ) begin
+      \$929  = 48'h000000000000;
     end
     if (rst) begin
-      \$1240  = 48'h000000000000;
+      \$929  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1241  = \$825 ;
+    \$930  = \$536 ;
     if (rst) begin
-      \$1241  = 1'h0;
+      \$930  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1242  = is_end;
+    \$931  = is_end;
     if (rst) begin
-      \$1242  = 1'h0;
+      \$931  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1243  = \$836 ;
+    \$932  = \$547 ;
     if (rst) begin
-      \$1243  = 1'h0;
+      \$932  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1244  = \$847 ;
+    \$933  = \$558 ;
     if (rst) begin
-      \$1244  = 1'h0;
+      \$933  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1245  = \$857 ;
+    \$934  = \$568 ;
     if (rst) begin
-      \$1245  = 1'h0;
+      \$934  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1246  = pc;
-    if (\$859 ) begin
-      \$1246  = prog;
+    \$935  = pc;
+    if (\$570 ) begin
+      \$935  = prog;
     end
-    if (\$865 ) begin
-      \$1246  = \$signal$492 ;
+    if (\$576 ) begin
+      \$935  = \$signal$509 ;
     end
-    if (\$873 ) begin
-      \$1246  = \$874 [31:0];
+    if (\$584 ) begin
+      \$935  = \$585 [31:0];
     end
     if (rst) begin
-      \$1246  = 32'd0;
+      \$935  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1247  = busy;
-    if (\$859 ) begin
-      \$1247  = 1'h1;
+    \$936  = busy;
+    if (\$570 ) begin
+      \$936  = 1'h1;
     end
     casez (seq_state)
       3'h0:
@@ -32974,29 +32122,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
-            \$1247  = 1'h0;
+            \$936  = 1'h0;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$1016 ) begin
-            \$1247  = 1'h0;
+          if (\$727 ) begin
+            \$936  = 1'h0;
           end
     endcase
     if (rst) begin
-      \$1247  = 1'h0;
+      \$936  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1248  = done;
-    if (\$859 ) begin
-      \$1248  = 1'h0;
+    \$937  = done;
+    if (\$570 ) begin
+      \$937  = 1'h0;
     end
     casez (seq_state)
       3'h0:
@@ -33004,29 +32152,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
-            \$1248  = 1'h1;
+            \$937  = 1'h1;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$1016 ) begin
-            \$1248  = 1'h1;
+          if (\$727 ) begin
+            \$937  = 1'h1;
           end
     endcase
     if (rst) begin
-      \$1248  = 1'h0;
+      \$937  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1249  = error;
-    if (\$859 ) begin
-      \$1249  = 4'h0;
+    \$938  = error;
+    if (\$570 ) begin
+      \$938  = 4'h0;
     end
     casez (seq_state)
       3'h0:
@@ -33035,2760 +32183,2744 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (beat__valid) begin
             if (beat__payload[512]) begin
-              \$1249  = 4'h4;
+              \$938  = 4'h4;
             end
           end
           if (start) begin
-            \$1249  = 4'h6;
+            \$938  = 4'h6;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
           end else if (d_count_zero) begin
-            \$1249  = 4'h2;
+            \$938  = 4'h2;
           end else if (d_const) begin
           end else if (d_stream) begin
           end else begin
-            \$1249  = 4'h1;
+            \$938  = 4'h1;
           end
           if (start) begin
-            \$1249  = 4'h6;
+            \$938  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1249  = 4'h4;
+              \$938  = 4'h4;
             end
           end
           if (start) begin
-            \$1249  = 4'h6;
+            \$938  = 4'h6;
           end
         end
       3'h4:
         begin
           if (addr_fault) begin
-            \$1249  = 4'h3;
+            \$938  = 4'h3;
           end
-          if (\$1015 ) begin
-            \$1249  = fault_q;
+          if (\$726 ) begin
+            \$938  = fault_q;
           end
           if (start) begin
-            \$1249  = 4'h6;
+            \$938  = 4'h6;
           end
         end
     endcase
     if (rst) begin
-      \$1249  = 4'h0;
+      \$938  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1250  = fetch_sent;
-    if (\$859 ) begin
-      \$1250  = 1'h0;
+    \$939  = fetch_sent;
+    if (\$570 ) begin
+      \$939  = 1'h0;
     end
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
         begin
-          if (\$876 ) begin
-            \$1250  = 1'h1;
+          if (\$587 ) begin
+            \$939  = 1'h1;
           end
           if (beat__valid) begin
-            \$1250  = 1'h0;
+            \$939  = 1'h0;
           end
         end
     endcase
     if (rst) begin
-      \$1250  = 1'h0;
+      \$939  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1251  = \$signal$492 ;
-    if (\$859 ) begin
-      \$1251  = prog;
+    \$940  = \$signal$509 ;
+    if (\$570 ) begin
+      \$940  = prog;
     end
     if (rst) begin
-      \$1251  = 32'd0;
+      \$940  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1252  = \$signal$493 ;
-    if (\$859 ) begin
-      \$1252  = image_stride;
+    \$941  = \$signal$510 ;
+    if (\$570 ) begin
+      \$941  = image_stride;
     end
     if (rst) begin
-      \$1252  = 32'd0;
+      \$941  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1253  = images_left;
-    if (\$859 ) begin
-      \$1253  = \$861 ;
+    \$942  = images_left;
+    if (\$570 ) begin
+      \$942  = \$572 ;
     end
-    if (\$865 ) begin
-      \$1253  = \$866 [15:0];
+    if (\$576 ) begin
+      \$942  = \$577 [15:0];
     end
     if (rst) begin
-      \$1253  = 16'h0000;
+      \$942  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1254  = offset;
-    if (\$859 ) begin
-      \$1254  = 32'd0;
+    \$943  = offset;
+    if (\$570 ) begin
+      \$943  = 32'd0;
     end
-    if (\$865 ) begin
-      \$1254  = \$867 [31:0];
+    if (\$576 ) begin
+      \$943  = \$578 [31:0];
     end
     if (rst) begin
-      \$1254  = 32'd0;
+      \$943  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1255  = seq_state;
+    \$944  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1255  = 3'h1;
+            \$944  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1255  = 3'h5;
+              \$944  = 3'h5;
             end else begin
-              \$1255  = 3'h2;
+              \$944  = 3'h2;
             end
           end
           if (start) begin
-            \$1255  = 3'h5;
+            \$944  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1255  = 3'h1;
+            \$944  = 3'h1;
           end else if (d_end) begin
-            \$1255  = 3'h0;
+            \$944  = 3'h0;
           end else if (d_count_zero) begin
-            \$1255  = 3'h5;
+            \$944  = 3'h5;
           end else if (d_const) begin
-            \$1255  = 3'h3;
+            \$944  = 3'h3;
           end else if (d_stream) begin
-            \$1255  = 3'h4;
+            \$944  = 3'h4;
           end else begin
-            \$1255  = 3'h5;
+            \$944  = 3'h5;
           end
           if (start) begin
-            \$1255  = 3'h5;
+            \$944  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1255  = 3'h5;
+              \$944  = 3'h5;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1255  = 3'h4;
+              \$944  = 3'h4;
             end
           end
-          if (\$958 ) begin
-            \$1255  = 3'h4;
+          if (\$669 ) begin
+            \$944  = 3'h4;
           end
           if (start) begin
-            \$1255  = 3'h5;
+            \$944  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1255  = 3'h1;
+          if (\$702 ) begin
+            \$944  = 3'h1;
           end
           if (addr_fault) begin
-            \$1255  = 3'h5;
+            \$944  = 3'h5;
           end
-          if (\$1015 ) begin
-            \$1255  = 3'h5;
+          if (\$726 ) begin
+            \$944  = 3'h5;
           end
           if (start) begin
-            \$1255  = 3'h5;
+            \$944  = 3'h5;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1255  = 3'h0;
+          if (\$727 ) begin
+            \$944  = 3'h0;
           end
       default:
-          \$1255  = 3'h0;
+          \$944  = 3'h0;
     endcase
     if (rst) begin
-      \$1255  = 3'h0;
+      \$944  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1256  = in_stream;
+    \$945  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1256  = 1'h0;
+            \$945  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1256  = 1'h0;
+              \$945  = 1'h0;
             end else begin
-              \$1256  = 1'h0;
+              \$945  = 1'h0;
             end
           end
           if (start) begin
-            \$1256  = 1'h0;
+            \$945  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1256  = 1'h0;
+            \$945  = 1'h0;
           end else if (d_end) begin
-            \$1256  = 1'h0;
+            \$945  = 1'h0;
           end else if (d_count_zero) begin
-            \$1256  = 1'h0;
+            \$945  = 1'h0;
           end else if (d_const) begin
-            \$1256  = 1'h0;
+            \$945  = 1'h0;
           end else if (d_stream) begin
-            \$1256  = 1'h1;
+            \$945  = 1'h1;
           end else begin
-            \$1256  = 1'h0;
+            \$945  = 1'h0;
           end
           if (start) begin
-            \$1256  = 1'h0;
+            \$945  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1256  = 1'h0;
+              \$945  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1256  = 1'h1;
+              \$945  = 1'h1;
             end
           end
-          if (\$958 ) begin
-            \$1256  = 1'h1;
+          if (\$669 ) begin
+            \$945  = 1'h1;
           end
           if (start) begin
-            \$1256  = 1'h0;
+            \$945  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1256  = 1'h0;
+          if (\$702 ) begin
+            \$945  = 1'h0;
           end
           if (addr_fault) begin
-            \$1256  = 1'h0;
+            \$945  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1256  = 1'h0;
+          if (\$726 ) begin
+            \$945  = 1'h0;
           end
           if (start) begin
-            \$1256  = 1'h0;
+            \$945  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1256  = 1'h0;
+          if (\$727 ) begin
+            \$945  = 1'h0;
           end
       default:
-          \$1256  = 1'h0;
+          \$945  = 1'h0;
     endcase
     if (rst) begin
-      \$1256  = 1'h0;
+      \$945  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1257  = in_decode;
+    \$946  = in_decode;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1257  = 1'h0;
+              \$946  = 1'h0;
             end else begin
-              \$1257  = 1'h1;
+              \$946  = 1'h1;
             end
           end
           if (start) begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end else if (d_end) begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end else if (d_count_zero) begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end else if (d_const) begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end else if (d_stream) begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end else begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end
           if (start) begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1257  = 1'h0;
+              \$946  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1257  = 1'h0;
+              \$946  = 1'h0;
             end
           end
-          if (\$958 ) begin
-            \$1257  = 1'h0;
+          if (\$669 ) begin
+            \$946  = 1'h0;
           end
           if (start) begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1257  = 1'h0;
+          if (\$702 ) begin
+            \$946  = 1'h0;
           end
           if (addr_fault) begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1257  = 1'h0;
+          if (\$726 ) begin
+            \$946  = 1'h0;
           end
           if (start) begin
-            \$1257  = 1'h0;
+            \$946  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1257  = 1'h0;
+          if (\$727 ) begin
+            \$946  = 1'h0;
           end
       default:
-          \$1257  = 1'h0;
+          \$946  = 1'h0;
     endcase
     if (rst) begin
-      \$1257  = 1'h0;
+      \$946  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1258  = in_op;
+    \$947  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1258  = 1'h0;
+            \$947  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1258  = 1'h0;
+              \$947  = 1'h0;
             end else begin
-              \$1258  = 1'h0;
+              \$947  = 1'h0;
             end
           end
           if (start) begin
-            \$1258  = 1'h0;
+            \$947  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1258  = 1'h0;
+            \$947  = 1'h0;
           end else if (d_end) begin
-            \$1258  = 1'h0;
+            \$947  = 1'h0;
           end else if (d_count_zero) begin
-            \$1258  = 1'h0;
+            \$947  = 1'h0;
           end else if (d_const) begin
-            \$1258  = 1'h1;
+            \$947  = 1'h1;
           end else if (d_stream) begin
-            \$1258  = 1'h1;
+            \$947  = 1'h1;
           end else begin
-            \$1258  = 1'h0;
+            \$947  = 1'h0;
           end
           if (start) begin
-            \$1258  = 1'h0;
+            \$947  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1258  = 1'h0;
+              \$947  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1258  = 1'h1;
+              \$947  = 1'h1;
             end
           end
-          if (\$958 ) begin
-            \$1258  = 1'h1;
+          if (\$669 ) begin
+            \$947  = 1'h1;
           end
           if (start) begin
-            \$1258  = 1'h0;
+            \$947  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1258  = 1'h0;
+          if (\$702 ) begin
+            \$947  = 1'h0;
           end
           if (addr_fault) begin
-            \$1258  = 1'h0;
+            \$947  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1258  = 1'h0;
+          if (\$726 ) begin
+            \$947  = 1'h0;
           end
           if (start) begin
-            \$1258  = 1'h0;
+            \$947  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1258  = 1'h0;
+          if (\$727 ) begin
+            \$947  = 1'h0;
           end
       default:
-          \$1258  = 1'h0;
+          \$947  = 1'h0;
     endcase
     if (rst) begin
-      \$1258  = 1'h0;
+      \$947  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1259  = unit_rst;
+    \$948  = unit_rst;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1259  = 1'h0;
+            \$948  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1259  = 1'h1;
+              \$948  = 1'h1;
             end else begin
-              \$1259  = 1'h0;
+              \$948  = 1'h0;
             end
           end
           if (start) begin
-            \$1259  = 1'h1;
+            \$948  = 1'h1;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1259  = 1'h0;
+            \$948  = 1'h0;
           end else if (d_end) begin
-            \$1259  = 1'h0;
+            \$948  = 1'h0;
           end else if (d_count_zero) begin
-            \$1259  = 1'h1;
+            \$948  = 1'h1;
           end else if (d_const) begin
-            \$1259  = 1'h0;
+            \$948  = 1'h0;
           end else if (d_stream) begin
-            \$1259  = 1'h0;
+            \$948  = 1'h0;
           end else begin
-            \$1259  = 1'h1;
+            \$948  = 1'h1;
           end
           if (start) begin
-            \$1259  = 1'h1;
+            \$948  = 1'h1;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1259  = 1'h1;
+              \$948  = 1'h1;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1259  = 1'h0;
+              \$948  = 1'h0;
             end
           end
-          if (\$958 ) begin
-            \$1259  = 1'h0;
+          if (\$669 ) begin
+            \$948  = 1'h0;
           end
           if (start) begin
-            \$1259  = 1'h1;
+            \$948  = 1'h1;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1259  = 1'h0;
+          if (\$702 ) begin
+            \$948  = 1'h0;
           end
           if (addr_fault) begin
-            \$1259  = 1'h1;
+            \$948  = 1'h1;
           end
-          if (\$1015 ) begin
-            \$1259  = 1'h1;
+          if (\$726 ) begin
+            \$948  = 1'h1;
           end
           if (start) begin
-            \$1259  = 1'h1;
+            \$948  = 1'h1;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1259  = 1'h0;
+          if (\$727 ) begin
+            \$948  = 1'h0;
           end
       default:
-          \$1259  = 1'h0;
+          \$948  = 1'h0;
     endcase
     if (rst) begin
-      \$1259  = 1'h0;
+      \$948  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1260  = gemm_active;
+    \$949  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1260  = 1'h0;
+            \$949  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1260  = 1'h0;
+              \$949  = 1'h0;
             end else begin
-              \$1260  = 1'h0;
+              \$949  = 1'h0;
             end
           end
           if (start) begin
-            \$1260  = 1'h0;
+            \$949  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1260  = 1'h0;
+            \$949  = 1'h0;
           end else if (d_end) begin
-            \$1260  = 1'h0;
+            \$949  = 1'h0;
           end else if (d_count_zero) begin
-            \$1260  = 1'h0;
+            \$949  = 1'h0;
           end else if (d_const) begin
-            \$1260  = 1'h0;
+            \$949  = 1'h0;
           end else if (d_stream) begin
-            \$1260  = is_gemm;
+            \$949  = is_gemm;
           end else begin
-            \$1260  = 1'h0;
+            \$949  = 1'h0;
           end
           if (start) begin
-            \$1260  = 1'h0;
+            \$949  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1260  = 1'h0;
+              \$949  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1260  = is_gemm;
+              \$949  = is_gemm;
             end
           end
-          if (\$958 ) begin
-            \$1260  = is_gemm;
+          if (\$669 ) begin
+            \$949  = is_gemm;
           end
           if (start) begin
-            \$1260  = 1'h0;
+            \$949  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1260  = 1'h0;
+          if (\$702 ) begin
+            \$949  = 1'h0;
           end
           if (addr_fault) begin
-            \$1260  = 1'h0;
+            \$949  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1260  = 1'h0;
+          if (\$726 ) begin
+            \$949  = 1'h0;
           end
           if (start) begin
-            \$1260  = 1'h0;
+            \$949  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1260  = 1'h0;
+          if (\$727 ) begin
+            \$949  = 1'h0;
           end
       default:
-          \$1260  = 1'h0;
+          \$949  = 1'h0;
     endcase
     if (rst) begin
-      \$1260  = 1'h0;
+      \$949  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1261  = pack_active;
+    \$950  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1261  = 1'h0;
+            \$950  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1261  = 1'h0;
+              \$950  = 1'h0;
             end else begin
-              \$1261  = 1'h0;
+              \$950  = 1'h0;
             end
           end
           if (start) begin
-            \$1261  = 1'h0;
+            \$950  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1261  = 1'h0;
+            \$950  = 1'h0;
           end else if (d_end) begin
-            \$1261  = 1'h0;
+            \$950  = 1'h0;
           end else if (d_count_zero) begin
-            \$1261  = 1'h0;
+            \$950  = 1'h0;
           end else if (d_const) begin
-            \$1261  = 1'h0;
+            \$950  = 1'h0;
           end else if (d_stream) begin
-            \$1261  = \$886 ;
+            \$950  = \$597 ;
           end else begin
-            \$1261  = 1'h0;
+            \$950  = 1'h0;
           end
           if (start) begin
-            \$1261  = 1'h0;
+            \$950  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1261  = 1'h0;
+              \$950  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1261  = \$931 ;
+              \$950  = \$642 ;
             end
           end
-          if (\$958 ) begin
-            \$1261  = \$961 ;
+          if (\$669 ) begin
+            \$950  = \$672 ;
           end
           if (start) begin
-            \$1261  = 1'h0;
+            \$950  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1261  = 1'h0;
+          if (\$702 ) begin
+            \$950  = 1'h0;
           end
           if (addr_fault) begin
-            \$1261  = 1'h0;
+            \$950  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1261  = 1'h0;
+          if (\$726 ) begin
+            \$950  = 1'h0;
           end
           if (start) begin
-            \$1261  = 1'h0;
+            \$950  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1261  = 1'h0;
+          if (\$727 ) begin
+            \$950  = 1'h0;
           end
       default:
-          \$1261  = 1'h0;
+          \$950  = 1'h0;
     endcase
     if (rst) begin
-      \$1261  = 1'h0;
+      \$950  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1262  = sink_from_move;
+    \$951  = sink_from_move;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1262  = 1'h0;
+            \$951  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1262  = 1'h0;
+              \$951  = 1'h0;
             end else begin
-              \$1262  = 1'h0;
+              \$951  = 1'h0;
             end
           end
           if (start) begin
-            \$1262  = 1'h0;
+            \$951  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1262  = 1'h0;
+            \$951  = 1'h0;
           end else if (d_end) begin
-            \$1262  = 1'h0;
+            \$951  = 1'h0;
           end else if (d_count_zero) begin
-            \$1262  = 1'h0;
+            \$951  = 1'h0;
           end else if (d_const) begin
-            \$1262  = 1'h0;
+            \$951  = 1'h0;
           end else if (d_stream) begin
-            \$1262  = is_move;
+            \$951  = is_move;
           end else begin
-            \$1262  = 1'h0;
+            \$951  = 1'h0;
           end
           if (start) begin
-            \$1262  = 1'h0;
+            \$951  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1262  = 1'h0;
+              \$951  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1262  = is_move;
+              \$951  = is_move;
             end
           end
-          if (\$958 ) begin
-            \$1262  = is_move;
+          if (\$669 ) begin
+            \$951  = is_move;
           end
           if (start) begin
-            \$1262  = 1'h0;
+            \$951  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1262  = 1'h0;
+          if (\$702 ) begin
+            \$951  = 1'h0;
           end
           if (addr_fault) begin
-            \$1262  = 1'h0;
+            \$951  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1262  = 1'h0;
+          if (\$726 ) begin
+            \$951  = 1'h0;
           end
           if (start) begin
-            \$1262  = 1'h0;
+            \$951  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1262  = 1'h0;
+          if (\$727 ) begin
+            \$951  = 1'h0;
           end
       default:
-          \$1262  = 1'h0;
+          \$951  = 1'h0;
     endcase
     if (rst) begin
-      \$1262  = 1'h0;
+      \$951  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1263  = sink_from_load;
+    \$952  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1263  = 1'h0;
+            \$952  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1263  = 1'h0;
+              \$952  = 1'h0;
             end else begin
-              \$1263  = 1'h0;
+              \$952  = 1'h0;
             end
           end
           if (start) begin
-            \$1263  = 1'h0;
+            \$952  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1263  = 1'h0;
+            \$952  = 1'h0;
           end else if (d_end) begin
-            \$1263  = 1'h0;
+            \$952  = 1'h0;
           end else if (d_count_zero) begin
-            \$1263  = 1'h0;
+            \$952  = 1'h0;
           end else if (d_const) begin
-            \$1263  = 1'h0;
+            \$952  = 1'h0;
           end else if (d_stream) begin
-            \$1263  = is_load;
+            \$952  = is_load;
           end else begin
-            \$1263  = 1'h0;
+            \$952  = 1'h0;
           end
           if (start) begin
-            \$1263  = 1'h0;
+            \$952  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1263  = 1'h0;
+              \$952  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1263  = is_load;
+              \$952  = is_load;
             end
           end
-          if (\$958 ) begin
-            \$1263  = is_load;
+          if (\$669 ) begin
+            \$952  = is_load;
           end
           if (start) begin
-            \$1263  = 1'h0;
+            \$952  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1263  = 1'h0;
+          if (\$702 ) begin
+            \$952  = 1'h0;
           end
           if (addr_fault) begin
-            \$1263  = 1'h0;
+            \$952  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1263  = 1'h0;
+          if (\$726 ) begin
+            \$952  = 1'h0;
           end
           if (start) begin
-            \$1263  = 1'h0;
+            \$952  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1263  = 1'h0;
+          if (\$727 ) begin
+            \$952  = 1'h0;
           end
       default:
-          \$1263  = 1'h0;
+          \$952  = 1'h0;
     endcase
     if (rst) begin
-      \$1263  = 1'h0;
+      \$952  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1264  = sink_from_store;
+    \$953  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1264  = 1'h0;
+            \$953  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1264  = 1'h0;
+              \$953  = 1'h0;
             end else begin
-              \$1264  = 1'h0;
+              \$953  = 1'h0;
             end
           end
           if (start) begin
-            \$1264  = 1'h0;
+            \$953  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1264  = 1'h0;
+            \$953  = 1'h0;
           end else if (d_end) begin
-            \$1264  = 1'h0;
+            \$953  = 1'h0;
           end else if (d_count_zero) begin
-            \$1264  = 1'h0;
+            \$953  = 1'h0;
           end else if (d_const) begin
-            \$1264  = 1'h0;
+            \$953  = 1'h0;
           end else if (d_stream) begin
-            \$1264  = is_store;
+            \$953  = is_store;
           end else begin
-            \$1264  = 1'h0;
+            \$953  = 1'h0;
           end
           if (start) begin
-            \$1264  = 1'h0;
+            \$953  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1264  = 1'h0;
+              \$953  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1264  = is_store;
+              \$953  = is_store;
             end
           end
-          if (\$958 ) begin
-            \$1264  = is_store;
+          if (\$669 ) begin
+            \$953  = is_store;
           end
           if (start) begin
-            \$1264  = 1'h0;
+            \$953  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1264  = 1'h0;
+          if (\$702 ) begin
+            \$953  = 1'h0;
           end
           if (addr_fault) begin
-            \$1264  = 1'h0;
+            \$953  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1264  = 1'h0;
+          if (\$726 ) begin
+            \$953  = 1'h0;
           end
           if (start) begin
-            \$1264  = 1'h0;
+            \$953  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1264  = 1'h0;
+          if (\$727 ) begin
+            \$953  = 1'h0;
           end
       default:
-          \$1264  = 1'h0;
+          \$953  = 1'h0;
     endcase
     if (rst) begin
-      \$1264  = 1'h0;
+      \$953  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1265  = sink_from_softmax;
+    \$954  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1265  = 1'h0;
+            \$954  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1265  = 1'h0;
+              \$954  = 1'h0;
             end else begin
-              \$1265  = 1'h0;
+              \$954  = 1'h0;
             end
           end
           if (start) begin
-            \$1265  = 1'h0;
+            \$954  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1265  = 1'h0;
+            \$954  = 1'h0;
           end else if (d_end) begin
-            \$1265  = 1'h0;
+            \$954  = 1'h0;
           end else if (d_count_zero) begin
-            \$1265  = 1'h0;
+            \$954  = 1'h0;
           end else if (d_const) begin
-            \$1265  = 1'h0;
+            \$954  = 1'h0;
           end else if (d_stream) begin
-            \$1265  = is_softmax;
+            \$954  = is_softmax;
           end else begin
-            \$1265  = 1'h0;
+            \$954  = 1'h0;
           end
           if (start) begin
-            \$1265  = 1'h0;
+            \$954  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1265  = 1'h0;
+              \$954  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1265  = is_softmax;
+              \$954  = is_softmax;
             end
           end
-          if (\$958 ) begin
-            \$1265  = is_softmax;
+          if (\$669 ) begin
+            \$954  = is_softmax;
           end
           if (start) begin
-            \$1265  = 1'h0;
+            \$954  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1265  = 1'h0;
+          if (\$702 ) begin
+            \$954  = 1'h0;
           end
           if (addr_fault) begin
-            \$1265  = 1'h0;
+            \$954  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1265  = 1'h0;
+          if (\$726 ) begin
+            \$954  = 1'h0;
           end
           if (start) begin
-            \$1265  = 1'h0;
+            \$954  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1265  = 1'h0;
+          if (\$727 ) begin
+            \$954  = 1'h0;
           end
       default:
-          \$1265  = 1'h0;
+          \$954  = 1'h0;
     endcase
     if (rst) begin
-      \$1265  = 1'h0;
+      \$954  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1266  = sink_from_layernorm;
+    \$955  = sink_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1266  = 1'h0;
+            \$955  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1266  = 1'h0;
+              \$955  = 1'h0;
             end else begin
-              \$1266  = 1'h0;
+              \$955  = 1'h0;
             end
           end
           if (start) begin
-            \$1266  = 1'h0;
+            \$955  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1266  = 1'h0;
+            \$955  = 1'h0;
           end else if (d_end) begin
-            \$1266  = 1'h0;
+            \$955  = 1'h0;
           end else if (d_count_zero) begin
-            \$1266  = 1'h0;
+            \$955  = 1'h0;
           end else if (d_const) begin
-            \$1266  = 1'h0;
+            \$955  = 1'h0;
           end else if (d_stream) begin
-            \$1266  = is_layernorm;
+            \$955  = is_layernorm;
           end else begin
-            \$1266  = 1'h0;
+            \$955  = 1'h0;
           end
           if (start) begin
-            \$1266  = 1'h0;
+            \$955  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1266  = 1'h0;
+              \$955  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1266  = is_layernorm;
+              \$955  = is_layernorm;
             end
           end
-          if (\$958 ) begin
-            \$1266  = is_layernorm;
+          if (\$669 ) begin
+            \$955  = is_layernorm;
           end
           if (start) begin
-            \$1266  = 1'h0;
+            \$955  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1266  = 1'h0;
+          if (\$702 ) begin
+            \$955  = 1'h0;
           end
           if (addr_fault) begin
-            \$1266  = 1'h0;
+            \$955  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1266  = 1'h0;
+          if (\$726 ) begin
+            \$955  = 1'h0;
           end
           if (start) begin
-            \$1266  = 1'h0;
+            \$955  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1266  = 1'h0;
+          if (\$727 ) begin
+            \$955  = 1'h0;
           end
       default:
-          \$1266  = 1'h0;
+          \$955  = 1'h0;
     endcase
     if (rst) begin
-      \$1266  = 1'h0;
+      \$955  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1267  = sink_from_add;
+    \$956  = sink_from_add;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1267  = 1'h0;
+            \$956  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1267  = 1'h0;
+              \$956  = 1'h0;
             end else begin
-              \$1267  = 1'h0;
+              \$956  = 1'h0;
             end
           end
           if (start) begin
-            \$1267  = 1'h0;
+            \$956  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1267  = 1'h0;
+            \$956  = 1'h0;
           end else if (d_end) begin
-            \$1267  = 1'h0;
+            \$956  = 1'h0;
           end else if (d_count_zero) begin
-            \$1267  = 1'h0;
+            \$956  = 1'h0;
           end else if (d_const) begin
-            \$1267  = 1'h0;
+            \$956  = 1'h0;
           end else if (d_stream) begin
-            \$1267  = \$890 ;
+            \$956  = \$601 ;
           end else begin
-            \$1267  = 1'h0;
+            \$956  = 1'h0;
           end
           if (start) begin
-            \$1267  = 1'h0;
+            \$956  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1267  = 1'h0;
+              \$956  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1267  = \$935 ;
+              \$956  = \$646 ;
             end
           end
-          if (\$958 ) begin
-            \$1267  = \$965 ;
+          if (\$669 ) begin
+            \$956  = \$676 ;
           end
           if (start) begin
-            \$1267  = 1'h0;
+            \$956  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1267  = 1'h0;
+          if (\$702 ) begin
+            \$956  = 1'h0;
           end
           if (addr_fault) begin
-            \$1267  = 1'h0;
+            \$956  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1267  = 1'h0;
+          if (\$726 ) begin
+            \$956  = 1'h0;
           end
           if (start) begin
-            \$1267  = 1'h0;
+            \$956  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1267  = 1'h0;
+          if (\$727 ) begin
+            \$956  = 1'h0;
           end
       default:
-          \$1267  = 1'h0;
+          \$956  = 1'h0;
     endcase
     if (rst) begin
-      \$1267  = 1'h0;
+      \$956  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1268  = sink_from_gelu0;
+    \$957  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1268  = 1'h0;
+            \$957  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1268  = 1'h0;
+              \$957  = 1'h0;
             end else begin
-              \$1268  = 1'h0;
+              \$957  = 1'h0;
             end
           end
           if (start) begin
-            \$1268  = 1'h0;
+            \$957  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1268  = 1'h0;
+            \$957  = 1'h0;
           end else if (d_end) begin
-            \$1268  = 1'h0;
+            \$957  = 1'h0;
           end else if (d_count_zero) begin
-            \$1268  = 1'h0;
+            \$957  = 1'h0;
           end else if (d_const) begin
-            \$1268  = 1'h0;
+            \$957  = 1'h0;
           end else if (d_stream) begin
-            \$1268  = \$894 ;
+            \$957  = \$605 ;
           end else begin
-            \$1268  = 1'h0;
+            \$957  = 1'h0;
           end
           if (start) begin
-            \$1268  = 1'h0;
+            \$957  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1268  = 1'h0;
+              \$957  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1268  = \$939 ;
+              \$957  = \$650 ;
             end
           end
-          if (\$958 ) begin
-            \$1268  = \$969 ;
+          if (\$669 ) begin
+            \$957  = \$680 ;
           end
           if (start) begin
-            \$1268  = 1'h0;
+            \$957  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1268  = 1'h0;
+          if (\$702 ) begin
+            \$957  = 1'h0;
           end
           if (addr_fault) begin
-            \$1268  = 1'h0;
+            \$957  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1268  = 1'h0;
+          if (\$726 ) begin
+            \$957  = 1'h0;
           end
           if (start) begin
-            \$1268  = 1'h0;
+            \$957  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1268  = 1'h0;
+          if (\$727 ) begin
+            \$957  = 1'h0;
           end
       default:
-          \$1268  = 1'h0;
+          \$957  = 1'h0;
     endcase
     if (rst) begin
-      \$1268  = 1'h0;
+      \$957  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1269  = sink_from_gemm;
+    \$958  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1269  = 1'h0;
+            \$958  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1269  = 1'h0;
+              \$958  = 1'h0;
             end else begin
-              \$1269  = 1'h0;
+              \$958  = 1'h0;
             end
           end
           if (start) begin
-            \$1269  = 1'h0;
+            \$958  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1269  = 1'h0;
+            \$958  = 1'h0;
           end else if (d_end) begin
-            \$1269  = 1'h0;
+            \$958  = 1'h0;
           end else if (d_count_zero) begin
-            \$1269  = 1'h0;
+            \$958  = 1'h0;
           end else if (d_const) begin
-            \$1269  = 1'h0;
+            \$958  = 1'h0;
           end else if (d_stream) begin
-            \$1269  = \$898 ;
+            \$958  = \$609 ;
           end else begin
-            \$1269  = 1'h0;
+            \$958  = 1'h0;
           end
           if (start) begin
-            \$1269  = 1'h0;
+            \$958  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1269  = 1'h0;
+              \$958  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1269  = \$943 ;
+              \$958  = \$654 ;
             end
           end
-          if (\$958 ) begin
-            \$1269  = \$973 ;
+          if (\$669 ) begin
+            \$958  = \$684 ;
           end
           if (start) begin
-            \$1269  = 1'h0;
+            \$958  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1269  = 1'h0;
+          if (\$702 ) begin
+            \$958  = 1'h0;
           end
           if (addr_fault) begin
-            \$1269  = 1'h0;
+            \$958  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1269  = 1'h0;
+          if (\$726 ) begin
+            \$958  = 1'h0;
           end
           if (start) begin
-            \$1269  = 1'h0;
+            \$958  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1269  = 1'h0;
+          if (\$727 ) begin
+            \$958  = 1'h0;
           end
       default:
-          \$1269  = 1'h0;
+          \$958  = 1'h0;
     endcase
     if (rst) begin
-      \$1269  = 1'h0;
+      \$958  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1270  = a_from_softmax;
+    \$959  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1270  = 1'h0;
+            \$959  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1270  = 1'h0;
+              \$959  = 1'h0;
             end else begin
-              \$1270  = 1'h0;
+              \$959  = 1'h0;
             end
           end
           if (start) begin
-            \$1270  = 1'h0;
+            \$959  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1270  = 1'h0;
+            \$959  = 1'h0;
           end else if (d_end) begin
-            \$1270  = 1'h0;
+            \$959  = 1'h0;
           end else if (d_count_zero) begin
-            \$1270  = 1'h0;
+            \$959  = 1'h0;
           end else if (d_const) begin
-            \$1270  = 1'h0;
+            \$959  = 1'h0;
           end else if (d_stream) begin
-            \$1270  = \$899 ;
+            \$959  = \$610 ;
           end else begin
-            \$1270  = 1'h0;
+            \$959  = 1'h0;
           end
           if (start) begin
-            \$1270  = 1'h0;
+            \$959  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1270  = 1'h0;
+              \$959  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1270  = \$944 ;
+              \$959  = \$655 ;
             end
           end
-          if (\$958 ) begin
-            \$1270  = \$974 ;
+          if (\$669 ) begin
+            \$959  = \$685 ;
           end
           if (start) begin
-            \$1270  = 1'h0;
+            \$959  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1270  = 1'h0;
+          if (\$702 ) begin
+            \$959  = 1'h0;
           end
           if (addr_fault) begin
-            \$1270  = 1'h0;
+            \$959  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1270  = 1'h0;
+          if (\$726 ) begin
+            \$959  = 1'h0;
           end
           if (start) begin
-            \$1270  = 1'h0;
+            \$959  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1270  = 1'h0;
+          if (\$727 ) begin
+            \$959  = 1'h0;
           end
       default:
-          \$1270  = 1'h0;
+          \$959  = 1'h0;
     endcase
     if (rst) begin
-      \$1270  = 1'h0;
+      \$959  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1271  = a_from_layernorm;
+    \$960  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1271  = 1'h0;
+            \$960  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1271  = 1'h0;
+              \$960  = 1'h0;
             end else begin
-              \$1271  = 1'h0;
+              \$960  = 1'h0;
             end
           end
           if (start) begin
-            \$1271  = 1'h0;
+            \$960  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1271  = 1'h0;
+            \$960  = 1'h0;
           end else if (d_end) begin
-            \$1271  = 1'h0;
+            \$960  = 1'h0;
           end else if (d_count_zero) begin
-            \$1271  = 1'h0;
+            \$960  = 1'h0;
           end else if (d_const) begin
-            \$1271  = 1'h0;
+            \$960  = 1'h0;
           end else if (d_stream) begin
-            \$1271  = \$900 ;
+            \$960  = \$611 ;
           end else begin
-            \$1271  = 1'h0;
+            \$960  = 1'h0;
           end
           if (start) begin
-            \$1271  = 1'h0;
+            \$960  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1271  = 1'h0;
+              \$960  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1271  = \$945 ;
+              \$960  = \$656 ;
             end
           end
-          if (\$958 ) begin
-            \$1271  = \$975 ;
+          if (\$669 ) begin
+            \$960  = \$686 ;
           end
           if (start) begin
-            \$1271  = 1'h0;
+            \$960  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1271  = 1'h0;
+          if (\$702 ) begin
+            \$960  = 1'h0;
           end
           if (addr_fault) begin
-            \$1271  = 1'h0;
+            \$960  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1271  = 1'h0;
+          if (\$726 ) begin
+            \$960  = 1'h0;
           end
           if (start) begin
-            \$1271  = 1'h0;
+            \$960  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1271  = 1'h0;
+          if (\$727 ) begin
+            \$960  = 1'h0;
           end
       default:
-          \$1271  = 1'h0;
+          \$960  = 1'h0;
     endcase
     if (rst) begin
-      \$1271  = 1'h0;
+      \$960  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1272  = a_from_src0;
+    \$961  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1272  = 1'h0;
+            \$961  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1272  = 1'h0;
+              \$961  = 1'h0;
             end else begin
-              \$1272  = 1'h0;
+              \$961  = 1'h0;
             end
           end
           if (start) begin
-            \$1272  = 1'h0;
+            \$961  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1272  = 1'h0;
+            \$961  = 1'h0;
           end else if (d_end) begin
-            \$1272  = 1'h0;
+            \$961  = 1'h0;
           end else if (d_count_zero) begin
-            \$1272  = 1'h0;
+            \$961  = 1'h0;
           end else if (d_const) begin
-            \$1272  = 1'h0;
+            \$961  = 1'h0;
           end else if (d_stream) begin
-            \$1272  = \$904 ;
+            \$961  = \$615 ;
           end else begin
-            \$1272  = 1'h0;
+            \$961  = 1'h0;
           end
           if (start) begin
-            \$1272  = 1'h0;
+            \$961  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1272  = 1'h0;
+              \$961  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1272  = \$949 ;
+              \$961  = \$660 ;
             end
           end
-          if (\$958 ) begin
-            \$1272  = \$979 ;
+          if (\$669 ) begin
+            \$961  = \$690 ;
           end
           if (start) begin
-            \$1272  = 1'h0;
+            \$961  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1272  = 1'h0;
+          if (\$702 ) begin
+            \$961  = 1'h0;
           end
           if (addr_fault) begin
-            \$1272  = 1'h0;
+            \$961  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1272  = 1'h0;
+          if (\$726 ) begin
+            \$961  = 1'h0;
           end
           if (start) begin
-            \$1272  = 1'h0;
+            \$961  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1272  = 1'h0;
+          if (\$727 ) begin
+            \$961  = 1'h0;
           end
       default:
-          \$1272  = 1'h0;
+          \$961  = 1'h0;
     endcase
     if (rst) begin
-      \$1272  = 1'h0;
+      \$961  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1273  = const_to0;
+    \$962  = const_to0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1273  = 1'h0;
+            \$962  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1273  = 1'h0;
+              \$962  = 1'h0;
             end else begin
-              \$1273  = 1'h0;
+              \$962  = 1'h0;
             end
           end
           if (start) begin
-            \$1273  = 1'h0;
+            \$962  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1273  = 1'h0;
+            \$962  = 1'h0;
           end else if (d_end) begin
-            \$1273  = 1'h0;
+            \$962  = 1'h0;
           end else if (d_count_zero) begin
-            \$1273  = 1'h0;
+            \$962  = 1'h0;
           end else if (d_const) begin
-            \$1273  = \$882 ;
+            \$962  = \$593 ;
           end else if (d_stream) begin
-            \$1273  = 1'h0;
+            \$962  = 1'h0;
           end else begin
-            \$1273  = 1'h0;
+            \$962  = 1'h0;
           end
           if (start) begin
-            \$1273  = 1'h0;
+            \$962  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1273  = 1'h0;
+              \$962  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1273  = 1'h0;
+              \$962  = 1'h0;
             end
           end
-          if (\$958 ) begin
-            \$1273  = 1'h0;
+          if (\$669 ) begin
+            \$962  = 1'h0;
           end
           if (start) begin
-            \$1273  = 1'h0;
+            \$962  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1273  = 1'h0;
+          if (\$702 ) begin
+            \$962  = 1'h0;
           end
           if (addr_fault) begin
-            \$1273  = 1'h0;
+            \$962  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1273  = 1'h0;
+          if (\$726 ) begin
+            \$962  = 1'h0;
           end
           if (start) begin
-            \$1273  = 1'h0;
+            \$962  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1273  = 1'h0;
+          if (\$727 ) begin
+            \$962  = 1'h0;
           end
       default:
-          \$1273  = 1'h0;
+          \$962  = 1'h0;
     endcase
     if (rst) begin
-      \$1273  = 1'h0;
+      \$962  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1274  = const_to1;
+    \$963  = const_to1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1274  = 1'h0;
+            \$963  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1274  = 1'h0;
+              \$963  = 1'h0;
             end else begin
-              \$1274  = 1'h0;
+              \$963  = 1'h0;
             end
           end
           if (start) begin
-            \$1274  = 1'h0;
+            \$963  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1274  = 1'h0;
+            \$963  = 1'h0;
           end else if (d_end) begin
-            \$1274  = 1'h0;
+            \$963  = 1'h0;
           end else if (d_count_zero) begin
-            \$1274  = 1'h0;
+            \$963  = 1'h0;
           end else if (d_const) begin
-            \$1274  = \$883 ;
+            \$963  = \$594 ;
           end else if (d_stream) begin
-            \$1274  = 1'h0;
+            \$963  = 1'h0;
           end else begin
-            \$1274  = 1'h0;
+            \$963  = 1'h0;
           end
           if (start) begin
-            \$1274  = 1'h0;
+            \$963  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1274  = 1'h0;
+              \$963  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1274  = 1'h0;
+              \$963  = 1'h0;
             end
           end
-          if (\$958 ) begin
-            \$1274  = 1'h0;
+          if (\$669 ) begin
+            \$963  = 1'h0;
           end
           if (start) begin
-            \$1274  = 1'h0;
+            \$963  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1274  = 1'h0;
+          if (\$702 ) begin
+            \$963  = 1'h0;
           end
           if (addr_fault) begin
-            \$1274  = 1'h0;
+            \$963  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1274  = 1'h0;
+          if (\$726 ) begin
+            \$963  = 1'h0;
           end
           if (start) begin
-            \$1274  = 1'h0;
+            \$963  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1274  = 1'h0;
+          if (\$727 ) begin
+            \$963  = 1'h0;
           end
       default:
-          \$1274  = 1'h0;
+          \$963  = 1'h0;
     endcase
     if (rst) begin
-      \$1274  = 1'h0;
+      \$963  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1275  = const_to2;
+    \$964  = const_to2;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1275  = 1'h0;
+            \$964  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1275  = 1'h0;
+              \$964  = 1'h0;
             end else begin
-              \$1275  = 1'h0;
+              \$964  = 1'h0;
             end
           end
           if (start) begin
-            \$1275  = 1'h0;
+            \$964  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1275  = 1'h0;
+            \$964  = 1'h0;
           end else if (d_end) begin
-            \$1275  = 1'h0;
+            \$964  = 1'h0;
           end else if (d_count_zero) begin
-            \$1275  = 1'h0;
+            \$964  = 1'h0;
           end else if (d_const) begin
-            \$1275  = add_sel;
+            \$964  = add_sel;
           end else if (d_stream) begin
-            \$1275  = 1'h0;
+            \$964  = 1'h0;
           end else begin
-            \$1275  = 1'h0;
+            \$964  = 1'h0;
           end
           if (start) begin
-            \$1275  = 1'h0;
+            \$964  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1275  = 1'h0;
+              \$964  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1275  = 1'h0;
+              \$964  = 1'h0;
             end
           end
-          if (\$958 ) begin
-            \$1275  = 1'h0;
+          if (\$669 ) begin
+            \$964  = 1'h0;
           end
           if (start) begin
-            \$1275  = 1'h0;
+            \$964  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1275  = 1'h0;
+          if (\$702 ) begin
+            \$964  = 1'h0;
           end
           if (addr_fault) begin
-            \$1275  = 1'h0;
+            \$964  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1275  = 1'h0;
+          if (\$726 ) begin
+            \$964  = 1'h0;
           end
           if (start) begin
-            \$1275  = 1'h0;
+            \$964  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1275  = 1'h0;
+          if (\$727 ) begin
+            \$964  = 1'h0;
           end
       default:
-          \$1275  = 1'h0;
+          \$964  = 1'h0;
     endcase
     if (rst) begin
-      \$1275  = 1'h0;
+      \$964  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1276  = const_to3;
+    \$965  = const_to3;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1276  = 1'h0;
+            \$965  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1276  = 1'h0;
+              \$965  = 1'h0;
             end else begin
-              \$1276  = 1'h0;
+              \$965  = 1'h0;
             end
           end
           if (start) begin
-            \$1276  = 1'h0;
+            \$965  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1276  = 1'h0;
+            \$965  = 1'h0;
           end else if (d_end) begin
-            \$1276  = 1'h0;
+            \$965  = 1'h0;
           end else if (d_count_zero) begin
-            \$1276  = 1'h0;
+            \$965  = 1'h0;
           end else if (d_const) begin
-            \$1276  = gelu_sel0;
+            \$965  = gelu_sel0;
           end else if (d_stream) begin
-            \$1276  = 1'h0;
+            \$965  = 1'h0;
           end else begin
-            \$1276  = 1'h0;
+            \$965  = 1'h0;
           end
           if (start) begin
-            \$1276  = 1'h0;
+            \$965  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1276  = 1'h0;
+              \$965  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1276  = 1'h0;
+              \$965  = 1'h0;
             end
           end
-          if (\$958 ) begin
-            \$1276  = 1'h0;
+          if (\$669 ) begin
+            \$965  = 1'h0;
           end
           if (start) begin
-            \$1276  = 1'h0;
+            \$965  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1276  = 1'h0;
+          if (\$702 ) begin
+            \$965  = 1'h0;
           end
           if (addr_fault) begin
-            \$1276  = 1'h0;
+            \$965  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1276  = 1'h0;
+          if (\$726 ) begin
+            \$965  = 1'h0;
           end
           if (start) begin
-            \$1276  = 1'h0;
+            \$965  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1276  = 1'h0;
+          if (\$727 ) begin
+            \$965  = 1'h0;
           end
       default:
-          \$1276  = 1'h0;
+          \$965  = 1'h0;
     endcase
     if (rst) begin
-      \$1276  = 1'h0;
+      \$965  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1277  = in_fetch;
+    \$966  = in_fetch;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1277  = 1'h1;
+            \$966  = 1'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1277  = 1'h0;
+              \$966  = 1'h0;
             end else begin
-              \$1277  = 1'h0;
+              \$966  = 1'h0;
             end
           end
           if (start) begin
-            \$1277  = 1'h0;
+            \$966  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1277  = 1'h1;
+            \$966  = 1'h1;
           end else if (d_end) begin
-            \$1277  = 1'h0;
+            \$966  = 1'h0;
           end else if (d_count_zero) begin
-            \$1277  = 1'h0;
+            \$966  = 1'h0;
           end else if (d_const) begin
-            \$1277  = 1'h0;
+            \$966  = 1'h0;
           end else if (d_stream) begin
-            \$1277  = 1'h0;
+            \$966  = 1'h0;
           end else begin
-            \$1277  = 1'h0;
+            \$966  = 1'h0;
           end
           if (start) begin
-            \$1277  = 1'h0;
+            \$966  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1277  = 1'h0;
+              \$966  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1277  = 1'h0;
+              \$966  = 1'h0;
             end
           end
-          if (\$958 ) begin
-            \$1277  = 1'h0;
+          if (\$669 ) begin
+            \$966  = 1'h0;
           end
           if (start) begin
-            \$1277  = 1'h0;
+            \$966  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1277  = 1'h1;
+          if (\$702 ) begin
+            \$966  = 1'h1;
           end
           if (addr_fault) begin
-            \$1277  = 1'h0;
+            \$966  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1277  = 1'h0;
+          if (\$726 ) begin
+            \$966  = 1'h0;
           end
           if (start) begin
-            \$1277  = 1'h0;
+            \$966  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1277  = 1'h0;
+          if (\$727 ) begin
+            \$966  = 1'h0;
           end
       default:
-          \$1277  = 1'h0;
+          \$966  = 1'h0;
     endcase
     if (rst) begin
-      \$1277  = 1'h0;
+      \$966  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1278  = in_const;
+    \$967  = in_const;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1278  = 1'h0;
+            \$967  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1278  = 1'h0;
+              \$967  = 1'h0;
             end else begin
-              \$1278  = 1'h0;
+              \$967  = 1'h0;
             end
           end
           if (start) begin
-            \$1278  = 1'h0;
+            \$967  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1278  = 1'h0;
+            \$967  = 1'h0;
           end else if (d_end) begin
-            \$1278  = 1'h0;
+            \$967  = 1'h0;
           end else if (d_count_zero) begin
-            \$1278  = 1'h0;
+            \$967  = 1'h0;
           end else if (d_const) begin
-            \$1278  = 1'h1;
+            \$967  = 1'h1;
           end else if (d_stream) begin
-            \$1278  = 1'h0;
+            \$967  = 1'h0;
           end else begin
-            \$1278  = 1'h0;
+            \$967  = 1'h0;
           end
           if (start) begin
-            \$1278  = 1'h0;
+            \$967  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1278  = 1'h0;
+              \$967  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1278  = 1'h0;
+              \$967  = 1'h0;
             end
           end
-          if (\$958 ) begin
-            \$1278  = 1'h0;
+          if (\$669 ) begin
+            \$967  = 1'h0;
           end
           if (start) begin
-            \$1278  = 1'h0;
+            \$967  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1278  = 1'h0;
+          if (\$702 ) begin
+            \$967  = 1'h0;
           end
           if (addr_fault) begin
-            \$1278  = 1'h0;
+            \$967  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1278  = 1'h0;
+          if (\$726 ) begin
+            \$967  = 1'h0;
           end
           if (start) begin
-            \$1278  = 1'h0;
+            \$967  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1278  = 1'h0;
+          if (\$727 ) begin
+            \$967  = 1'h0;
           end
       default:
-          \$1278  = 1'h0;
+          \$967  = 1'h0;
     endcase
     if (rst) begin
-      \$1278  = 1'h0;
+      \$967  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1279  = run0;
+    \$968  = run0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1279  = 1'h0;
+            \$968  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1279  = 1'h0;
+              \$968  = 1'h0;
             end else begin
-              \$1279  = 1'h0;
+              \$968  = 1'h0;
             end
           end
           if (start) begin
-            \$1279  = 1'h0;
+            \$968  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1279  = 1'h0;
+            \$968  = 1'h0;
           end else if (d_end) begin
-            \$1279  = 1'h0;
+            \$968  = 1'h0;
           end else if (d_count_zero) begin
-            \$1279  = 1'h0;
+            \$968  = 1'h0;
           end else if (d_const) begin
-            \$1279  = 1'h0;
+            \$968  = 1'h0;
           end else if (d_stream) begin
-            \$1279  = \$905 ;
+            \$968  = \$616 ;
           end else begin
-            \$1279  = 1'h0;
+            \$968  = 1'h0;
           end
           if (start) begin
-            \$1279  = 1'h0;
+            \$968  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1279  = 1'h0;
+              \$968  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1279  = \$950 ;
+              \$968  = \$661 ;
             end
           end
-          if (\$958 ) begin
-            \$1279  = \$980 ;
+          if (\$669 ) begin
+            \$968  = \$691 ;
           end
           if (start) begin
-            \$1279  = 1'h0;
+            \$968  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1279  = 1'h0;
+          if (\$702 ) begin
+            \$968  = 1'h0;
           end
           if (addr_fault) begin
-            \$1279  = 1'h0;
+            \$968  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1279  = 1'h0;
+          if (\$726 ) begin
+            \$968  = 1'h0;
           end
           if (start) begin
-            \$1279  = 1'h0;
+            \$968  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1279  = 1'h0;
+          if (\$727 ) begin
+            \$968  = 1'h0;
           end
       default:
-          \$1279  = 1'h0;
+          \$968  = 1'h0;
     endcase
     if (rst) begin
-      \$1279  = 1'h0;
+      \$968  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1280  = run1;
+    \$969  = run1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1280  = 1'h0;
+            \$969  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1280  = 1'h0;
+              \$969  = 1'h0;
             end else begin
-              \$1280  = 1'h0;
+              \$969  = 1'h0;
             end
           end
           if (start) begin
-            \$1280  = 1'h0;
+            \$969  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1280  = 1'h0;
+            \$969  = 1'h0;
           end else if (d_end) begin
-            \$1280  = 1'h0;
+            \$969  = 1'h0;
           end else if (d_count_zero) begin
-            \$1280  = 1'h0;
+            \$969  = 1'h0;
           end else if (d_const) begin
-            \$1280  = 1'h0;
+            \$969  = 1'h0;
           end else if (d_stream) begin
-            \$1280  = \$908 ;
+            \$969  = \$619 ;
           end else begin
-            \$1280  = 1'h0;
+            \$969  = 1'h0;
           end
           if (start) begin
-            \$1280  = 1'h0;
+            \$969  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1280  = 1'h0;
+              \$969  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1280  = \$953 ;
+              \$969  = \$664 ;
             end
           end
-          if (\$958 ) begin
-            \$1280  = \$983 ;
+          if (\$669 ) begin
+            \$969  = \$694 ;
           end
           if (start) begin
-            \$1280  = 1'h0;
+            \$969  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1280  = 1'h0;
+          if (\$702 ) begin
+            \$969  = 1'h0;
           end
           if (addr_fault) begin
-            \$1280  = 1'h0;
+            \$969  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1280  = 1'h0;
+          if (\$726 ) begin
+            \$969  = 1'h0;
           end
           if (start) begin
-            \$1280  = 1'h0;
+            \$969  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1280  = 1'h0;
+          if (\$727 ) begin
+            \$969  = 1'h0;
           end
       default:
-          \$1280  = 1'h0;
+          \$969  = 1'h0;
     endcase
     if (rst) begin
-      \$1280  = 1'h0;
+      \$969  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1281  = q0_to_pack;
+    \$970  = q0_to_pack;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1281  = 1'h0;
+            \$970  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1281  = 1'h0;
+              \$970  = 1'h0;
             end else begin
-              \$1281  = 1'h0;
+              \$970  = 1'h0;
             end
           end
           if (start) begin
-            \$1281  = 1'h0;
+            \$970  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1281  = 1'h0;
+            \$970  = 1'h0;
           end else if (d_end) begin
-            \$1281  = 1'h0;
+            \$970  = 1'h0;
           end else if (d_count_zero) begin
-            \$1281  = 1'h0;
+            \$970  = 1'h0;
           end else if (d_const) begin
-            \$1281  = 1'h0;
+            \$970  = 1'h0;
           end else if (d_stream) begin
-            \$1281  = \$909 ;
+            \$970  = \$620 ;
           end else begin
-            \$1281  = 1'h0;
+            \$970  = 1'h0;
           end
           if (start) begin
-            \$1281  = 1'h0;
+            \$970  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1281  = 1'h0;
+              \$970  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1281  = \$954 ;
+              \$970  = \$665 ;
             end
           end
-          if (\$958 ) begin
-            \$1281  = \$984 ;
+          if (\$669 ) begin
+            \$970  = \$695 ;
           end
           if (start) begin
-            \$1281  = 1'h0;
+            \$970  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1281  = 1'h0;
+          if (\$702 ) begin
+            \$970  = 1'h0;
           end
           if (addr_fault) begin
-            \$1281  = 1'h0;
+            \$970  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1281  = 1'h0;
+          if (\$726 ) begin
+            \$970  = 1'h0;
           end
           if (start) begin
-            \$1281  = 1'h0;
+            \$970  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1281  = 1'h0;
+          if (\$727 ) begin
+            \$970  = 1'h0;
           end
       default:
-          \$1281  = 1'h0;
+          \$970  = 1'h0;
     endcase
     if (rst) begin
-      \$1281  = 1'h0;
+      \$970  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1282  = res_to_pack;
+    \$971  = res_to_pack;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1282  = 1'h0;
+            \$971  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$1282  = 1'h0;
+              \$971  = 1'h0;
             end else begin
-              \$1282  = 1'h0;
+              \$971  = 1'h0;
             end
           end
           if (start) begin
-            \$1282  = 1'h0;
+            \$971  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$879 ) begin
+          if (\$590 ) begin
           end else if (d_end_more) begin
-            \$1282  = 1'h0;
+            \$971  = 1'h0;
           end else if (d_end) begin
-            \$1282  = 1'h0;
+            \$971  = 1'h0;
           end else if (d_count_zero) begin
-            \$1282  = 1'h0;
+            \$971  = 1'h0;
           end else if (d_const) begin
-            \$1282  = 1'h0;
+            \$971  = 1'h0;
           end else if (d_stream) begin
-            \$1282  = \$911 ;
+            \$971  = \$622 ;
           end else begin
-            \$1282  = 1'h0;
+            \$971  = 1'h0;
           end
           if (start) begin
-            \$1282  = 1'h0;
+            \$971  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$917 ) begin
+          if (\$628 ) begin
             if (beat__payload[512]) begin
-              \$1282  = 1'h0;
+              \$971  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$1282  = \$956 ;
+              \$971  = \$667 ;
             end
           end
-          if (\$958 ) begin
-            \$1282  = \$986 ;
+          if (\$669 ) begin
+            \$971  = \$697 ;
           end
           if (start) begin
-            \$1282  = 1'h0;
+            \$971  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$991 ) begin
-            \$1282  = 1'h0;
+          if (\$702 ) begin
+            \$971  = 1'h0;
           end
           if (addr_fault) begin
-            \$1282  = 1'h0;
+            \$971  = 1'h0;
           end
-          if (\$1015 ) begin
-            \$1282  = 1'h0;
+          if (\$726 ) begin
+            \$971  = 1'h0;
           end
           if (start) begin
-            \$1282  = 1'h0;
+            \$971  = 1'h0;
           end
         end
       3'h5:
-          if (\$1016 ) begin
-            \$1282  = 1'h0;
+          if (\$727 ) begin
+            \$971  = 1'h0;
           end
       default:
-          \$1282  = 1'h0;
+          \$971  = 1'h0;
     endcase
     if (rst) begin
-      \$1282  = 1'h0;
+      \$971  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1283  = ins;
+    \$972  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$1283  = beat__payload[511:0];
+            \$972  = beat__payload[511:0];
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1284  = decode_wait;
+    \$973  = decode_wait;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$1284  = 3'h4;
+            \$973  = 3'h4;
           end
       3'h2:
-          if (\$879 ) begin
-            \$1284  = \$880 [2:0];
+          if (\$590 ) begin
+            \$973  = \$591 [2:0];
           end
     endcase
     if (rst) begin
-      \$1284  = 3'h0;
+      \$973  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1285  = c_addr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1285  = dec_c_base;
-      3'h3:
-          if (\$913 ) begin
-            \$1285  = \$915 [31:0];
-          end
-    endcase
-    if (rst) begin
-      \$1285  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1286  = c_step;
+    \$974  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1286  = \$877 [7:0];
-    endcase
-    if (rst) begin
-      \$1286  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1287  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1287  = { 4'h0, ins[509:498] };
+          \$974  = dec_c_base;
       3'h3:
-          if (\$913 ) begin
-            \$1287  = \$914 [15:0];
+          if (\$624 ) begin
+            \$974  = \$626 [31:0];
           end
     endcase
     if (rst) begin
-      \$1287  = 16'h0000;
+      \$974  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1288  = c_due;
+    \$975  = c_step;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1288  = { 4'h0, ins[509:498] };
+          \$975  = \$588 [7:0];
+    endcase
+    if (rst) begin
+      \$975  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$976  = c_ask;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$976  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$624 ) begin
+            \$976  = \$625 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$976  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$977  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$977  = { 4'h0, ins[509:498] };
       3'h3:
           if (c_fire) begin
-            \$1288  = \$927 [15:0];
+            \$977  = \$638 [15:0];
           end
     endcase
     if (rst) begin
-      \$1288  = 16'h0000;
+      \$977  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1289  = c_last;
+    \$978  = c_last;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1289  = \$878 ;
+          \$978  = \$589 ;
       3'h3:
           if (c_fire) begin
-            \$1289  = \$928 ;
+            \$978  = \$639 ;
           end
     endcase
     if (rst) begin
-      \$1289  = 1'h0;
+      \$978  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1290  = c_data;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$917 ) begin
-            \$1290  = beat__payload[65:0];
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1291  = c_full;
+    \$979  = c_data;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -35797,25 +34929,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
+          if (\$628 ) begin
+            \$979  = beat__payload[65:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$980  = c_full;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
         begin
-          if (\$917 ) begin
-            \$1291  = \$918 ;
+          if (\$628 ) begin
+            \$980  = \$629 ;
           end
           if (c_fire) begin
-            \$1291  = 1'h0;
+            \$980  = 1'h0;
           end
         end
     endcase
     if (unit_rst) begin
-      \$1291  = 1'h0;
+      \$980  = 1'h0;
     end
     if (rst) begin
-      \$1291  = 1'h0;
+      \$980  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1292  = c_valid0;
+    \$981  = c_valid0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -35825,24 +34973,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$917 ) begin
-            \$1292  = \$920 ;
+          if (\$628 ) begin
+            \$981  = \$631 ;
           end
           if (c_fire) begin
-            \$1292  = 1'h0;
+            \$981  = 1'h0;
           end
         end
     endcase
     if (unit_rst) begin
-      \$1292  = 1'h0;
+      \$981  = 1'h0;
     end
     if (rst) begin
-      \$1292  = 1'h0;
+      \$981  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1293  = c_valid1;
+    \$982  = c_valid1;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -35852,24 +35000,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$917 ) begin
-            \$1293  = \$922 ;
+          if (\$628 ) begin
+            \$982  = \$633 ;
           end
           if (c_fire) begin
-            \$1293  = 1'h0;
+            \$982  = 1'h0;
           end
         end
     endcase
     if (unit_rst) begin
-      \$1293  = 1'h0;
+      \$982  = 1'h0;
     end
     if (rst) begin
-      \$1293  = 1'h0;
+      \$982  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1294  = c_valid2;
+    \$983  = c_valid2;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -35879,24 +35027,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$917 ) begin
-            \$1294  = \$924 ;
+          if (\$628 ) begin
+            \$983  = \$635 ;
           end
           if (c_fire) begin
-            \$1294  = 1'h0;
+            \$983  = 1'h0;
           end
         end
     endcase
     if (unit_rst) begin
-      \$1294  = 1'h0;
+      \$983  = 1'h0;
     end
     if (rst) begin
-      \$1294  = 1'h0;
+      \$983  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1295  = c_valid3;
+    \$984  = c_valid3;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -35906,132 +35054,132 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$917 ) begin
-            \$1295  = \$926 ;
+          if (\$628 ) begin
+            \$984  = \$637 ;
           end
           if (c_fire) begin
-            \$1295  = 1'h0;
+            \$984  = 1'h0;
           end
         end
     endcase
     if (unit_rst) begin
-      \$1295  = 1'h0;
+      \$984  = 1'h0;
     end
     if (rst) begin
-      \$1295  = 1'h0;
+      \$984  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1296  = ext_req_addr;
+    \$985  = ext_req_addr;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$1019 ) begin
-          \$1296  = \$1021 [31:0];
+        if (\$730 ) begin
+          \$985  = \$732 [31:0];
         end
       end else if (is_store) begin
-        if (\$1023 ) begin
-          \$1296  = \$1025 [31:0];
+        if (\$734 ) begin
+          \$985  = \$736 [31:0];
         end
       end
     end
     if (rst) begin
-      \$1296  = 32'd0;
+      \$985  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1297  = ext_req_data;
+    \$986  = ext_req_data;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        if (\$1023 ) begin
-          \$1297  = \r_data$202 [15:0];
+        if (\$734 ) begin
+          \$986  = \r_data$217 [15:0];
         end
       end
     end
     if (rst) begin
-      \$1297  = 16'h0000;
+      \$986  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1298  = \w_en$166 ;
+    \$987  = \w_en$166 ;
     if (pack_active) begin
-      if (\$1026 ) begin
-        \$1298  = 1'h0;
+      if (\$737 ) begin
+        \$987  = 1'h0;
       end
-      if (\$1032 ) begin
-        if (\$1034 ) begin
-          \$1298  = 1'h1;
+      if (\$743 ) begin
+        if (\$745 ) begin
+          \$987  = 1'h1;
         end
       end
     end
     if (unit_rst) begin
-      \$1298  = 1'h0;
+      \$987  = 1'h0;
     end
     if (rst) begin
-      \$1298  = 1'h0;
+      \$987  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1299  = pack_a0;
+    \$988  = pack_a0;
     if (pack_active) begin
-      if (\$1032 ) begin
+      if (\$743 ) begin
         casez (pack_j)
           3'h0:
-              \$1299  = elem_data;
+              \$988  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$1299  = 16'h0000;
+      \$988  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1300  = pack_a1;
+    \$989  = pack_a1;
     if (pack_active) begin
-      if (\$1032 ) begin
+      if (\$743 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              \$1300  = elem_data;
+              \$989  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$1300  = 16'h0000;
+      \$989  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1301  = pack_a2;
+    \$990  = pack_a2;
     if (pack_active) begin
-      if (\$1032 ) begin
+      if (\$743 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
               /* empty */;
           3'h2:
-              \$1301  = elem_data;
+              \$990  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$1301  = 16'h0000;
+      \$990  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1302  = pack_a3;
+    \$991  = pack_a3;
     if (pack_active) begin
-      if (\$1032 ) begin
+      if (\$743 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
@@ -36040,70 +35188,70 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           3'h2:
               /* empty */;
           3'h3:
-              \$1302  = elem_data;
+              \$991  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$1302  = 16'h0000;
+      \$991  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1303  = pack_b0;
+    \$992  = pack_b0;
     if (pack_active) begin
-      if (\$1032 ) begin
+      if (\$743 ) begin
         casez (pack_j)
           3'h0:
-              \$1303  = \r_data$323 [15:0];
+              \$992  = \r_data$338 [15:0];
         endcase
       end
     end
     if (rst) begin
-      \$1303  = 16'h0000;
+      \$992  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1304  = pack_b1;
+    \$993  = pack_b1;
     if (pack_active) begin
-      if (\$1032 ) begin
+      if (\$743 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              \$1304  = \r_data$323 [15:0];
+              \$993  = \r_data$338 [15:0];
         endcase
       end
     end
     if (rst) begin
-      \$1304  = 16'h0000;
+      \$993  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1305  = pack_b2;
+    \$994  = pack_b2;
     if (pack_active) begin
-      if (\$1032 ) begin
+      if (\$743 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
               /* empty */;
           3'h2:
-              \$1305  = \r_data$323 [15:0];
+              \$994  = \r_data$338 [15:0];
         endcase
       end
     end
     if (rst) begin
-      \$1305  = 16'h0000;
+      \$994  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1306  = pack_b3;
+    \$995  = pack_b3;
     if (pack_active) begin
-      if (\$1032 ) begin
+      if (\$743 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
@@ -36112,1057 +35260,945 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           3'h2:
               /* empty */;
           3'h3:
-              \$1306  = \r_data$323 [15:0];
+              \$995  = \r_data$338 [15:0];
         endcase
       end
     end
     if (rst) begin
-      \$1306  = 16'h0000;
+      \$995  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1307  = pack_j;
+    \$996  = pack_j;
     if (pack_active) begin
-      if (\$1032 ) begin
+      if (\$743 ) begin
         (* full_case = 32'd1 *)
-        if (\$1034 ) begin
-          \$1307  = 3'h0;
+        if (\$745 ) begin
+          \$996  = 3'h0;
         end else begin
-          \$1307  = \$1035 [2:0];
+          \$996  = \$746 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$1307  = 3'h0;
+      \$996  = 3'h0;
     end
     if (rst) begin
-      \$1307  = 3'h0;
+      \$996  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1308  = pack_jo;
+    \$997  = pack_jo;
     if (pack_active) begin
-      if (\$1036 ) begin
+      if (\$747 ) begin
         (* full_case = 32'd1 *)
-        if (\$1038 ) begin
-          \$1308  = 3'h0;
+        if (\$749 ) begin
+          \$997  = 3'h0;
         end else begin
-          \$1308  = \$1039 [2:0];
+          \$997  = \$750 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$1308  = 3'h0;
+      \$997  = 3'h0;
     end
     if (rst) begin
-      \$1308  = 3'h0;
+      \$997  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1309  = tiles;
+    \$998  = tiles;
     if (in_decode) begin
-      \$1309  = dec_tiles;
+      \$998  = dec_tiles;
     end
     if (gemm_active) begin
-      if (\$1046 ) begin
-        if (\$1060 ) begin
-          \$1309  = \$1061 [31:0];
+      if (\$757 ) begin
+        if (\$771 ) begin
+          \$998  = \$772 [31:0];
         end
       end
     end
     if (rst) begin
-      \$1309  = 32'd0;
+      \$998  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1310  = nt;
+    \$999  = nt;
     if (in_decode) begin
-      \$1310  = 16'h0000;
+      \$999  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1046 ) begin
-        if (\$1060 ) begin
+      if (\$757 ) begin
+        if (\$771 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1310  = 16'h0000;
+            \$999  = 16'h0000;
           end else begin
-            \$1310  = \$1067 [15:0];
+            \$999  = \$778 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1310  = 16'h0000;
+      \$999  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1311  = k;
+    \$1000  = k;
     if (in_decode) begin
-      \$1311  = 16'h0000;
+      \$1000  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1046 ) begin
-        if (\$1048 ) begin
-        end else if (\$1053 ) begin
-          \$1311  = \$1054 [15:0];
+      if (\$757 ) begin
+        if (\$759 ) begin
+        end else if (\$764 ) begin
+          \$1000  = \$765 [15:0];
         end
-        if (\$1060 ) begin
-          \$1311  = 16'h0000;
+        if (\$771 ) begin
+          \$1000  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$1311  = 16'h0000;
+      \$1000  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1312  = w_addr;
+    \$1001  = w_addr;
     if (in_decode) begin
-      \$1312  = ins[465:434];
+      \$1001  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$1046 ) begin
+      if (\$757 ) begin
         if (want_w) begin
-          \$1312  = \$1057 [31:0];
+          \$1001  = \$768 [31:0];
         end
-        if (\$1060 ) begin
+        if (\$771 ) begin
           if (nt_hit) begin
-            \$1312  = ins[465:434];
+            \$1001  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$1312  = 32'd0;
+      \$1001  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1313  = p_addr;
+    \$1002  = p_addr;
     if (in_decode) begin
-      \$1313  = ins[497:466];
+      \$1002  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$1046 ) begin
-        if (\$1060 ) begin
+      if (\$757 ) begin
+        if (\$771 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1313  = ins[497:466];
+            \$1002  = ins[497:466];
           end else begin
-            \$1313  = \$1070 [31:0];
+            \$1002  = \$781 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1313  = 32'd0;
+      \$1002  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1314  = want_w;
+    \$1003  = want_w;
     if (in_decode) begin
-      \$1314  = 1'h0;
+      \$1003  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1046 ) begin
-        if (\$1048 ) begin
-          \$1314  = 1'h1;
+      if (\$757 ) begin
+        if (\$759 ) begin
+          \$1003  = 1'h1;
         end
-        if (\$1060 ) begin
-          \$1314  = 1'h0;
+        if (\$771 ) begin
+          \$1003  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$1314  = 1'h0;
+      \$1003  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1315  = w_step;
+    \$1004  = w_step;
     if (in_decode) begin
-      \$1315  = \$1040 [7:0];
+      \$1004  = \$751 [7:0];
     end
     if (rst) begin
-      \$1315  = 8'h00;
+      \$1004  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1316  = \$signal$425 ;
+    \$1005  = \$signal$441 ;
     if (in_decode) begin
-      \$1316  = \$1041 ;
+      \$1005  = \$752 ;
     end
     if (gemm_active) begin
-      if (\$1046 ) begin
-        if (\$1060 ) begin
-          \$1316  = \$1062 ;
+      if (\$757 ) begin
+        if (\$771 ) begin
+          \$1005  = \$773 ;
         end
       end
     end
     if (rst) begin
-      \$1316  = 1'h0;
+      \$1005  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1317  = \$signal$514 ;
+    \$1006  = \$signal$531 ;
     if (in_decode) begin
-      \$1317  = \$1043 ;
+      \$1006  = \$754 ;
     end
     if (gemm_active) begin
-      if (\$1046 ) begin
-        if (\$1048 ) begin
-        end else if (\$1053 ) begin
-          \$1317  = \$1056 ;
+      if (\$757 ) begin
+        if (\$759 ) begin
+        end else if (\$764 ) begin
+          \$1006  = \$767 ;
         end
-        if (\$1060 ) begin
-          \$1317  = \$1064 ;
+        if (\$771 ) begin
+          \$1006  = \$775 ;
         end
       end
     end
     if (rst) begin
-      \$1317  = 1'h0;
+      \$1006  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1318  = nt_hit;
+    \$1007  = nt_hit;
     if (in_decode) begin
-      \$1318  = \$1045 ;
+      \$1007  = \$756 ;
     end
     if (gemm_active) begin
-      if (\$1046 ) begin
-        if (\$1060 ) begin
+      if (\$757 ) begin
+        if (\$771 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1318  = \$1066 ;
+            \$1007  = \$777 ;
           end else begin
-            \$1318  = \$1069 ;
+            \$1007  = \$780 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1318  = 1'h0;
+      \$1007  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1319  = rk;
+    \$1008  = rk;
     if (in_decode) begin
-      \$1319  = 16'h0000;
+      \$1008  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1079 ) begin
-        \$1319  = \$1082 [15:0];
+      if (\$786 ) begin
+        \$1008  = \$789 [15:0];
       end
     end
     if (rst) begin
-      \$1319  = 16'h0000;
+      \$1008  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1320  = rk_zero;
+    \$1009  = rk_zero;
     if (in_decode) begin
-      \$1320  = 1'h1;
+      \$1009  = 1'h1;
     end
     if (gemm_active) begin
-      if (\$1079 ) begin
-        \$1320  = \$1083 ;
+      if (\$786 ) begin
+        \$1009  = \$790 ;
       end
     end
     if (rst) begin
-      \$1320  = 1'h0;
+      \$1009  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1321  = w_full;
+    \$1010  = a_filled0;
     if (in_decode) begin
-      \$1321  = 1'h0;
+      \$1010  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1071 ) begin
-        \$1321  = 1'h0;
-      end
-      if (\$1079 ) begin
-        if (\$1086 ) begin
-          \$1321  = 1'h1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1321  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1322  = w_lane0;
-    if (gemm_active) begin
-      if (\$1079 ) begin
-        if (\$1086 ) begin
-          \$1322  = w_beat0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1322  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1323  = w_lane1;
-    if (gemm_active) begin
-      if (\$1079 ) begin
-        if (\$1086 ) begin
-          \$1323  = w_beat1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1323  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1324  = w_lane2;
-    if (gemm_active) begin
-      if (\$1079 ) begin
-        if (\$1086 ) begin
-          \$1324  = w_beat2;
-        end
-      end
-    end
-    if (rst) begin
-      \$1324  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1325  = w_lane3;
-    if (gemm_active) begin
-      if (\$1079 ) begin
-        if (\$1086 ) begin
-          \$1325  = w_beat3;
-        end
-      end
-    end
-    if (rst) begin
-      \$1325  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1326  = w_lane4;
-    if (gemm_active) begin
-      if (\$1079 ) begin
-        if (\$1086 ) begin
-          \$1326  = w_beat4;
-        end
-      end
-    end
-    if (rst) begin
-      \$1326  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1327  = w_lane5;
-    if (gemm_active) begin
-      if (\$1079 ) begin
-        if (\$1086 ) begin
-          \$1327  = w_beat5;
-        end
-      end
-    end
-    if (rst) begin
-      \$1327  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1328  = w_lane6;
-    if (gemm_active) begin
-      if (\$1079 ) begin
-        if (\$1086 ) begin
-          \$1328  = w_beat6;
-        end
-      end
-    end
-    if (rst) begin
-      \$1328  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1329  = w_lane7;
-    if (gemm_active) begin
-      if (\$1079 ) begin
-        if (\$1086 ) begin
-          \$1329  = w_beat7;
-        end
-      end
-    end
-    if (rst) begin
-      \$1329  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1330  = a_filled0;
-    if (in_decode) begin
-      \$1330  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$1098 ) begin
+      if (\$802 ) begin
         if (a_load_k_hit) begin
-          if (\$1104 ) begin
-            casez (\$signal$263 )
+          if (\$808 ) begin
+            casez (\$signal$277 )
               1'h0:
-                  \$1330  = 1'h1;
+                  \$1010  = 1'h1;
             endcase
           end
         end
-      end else if (\$1101 ) begin
-        if (\$1110 ) begin
+      end else if (\$805 ) begin
+        if (\$814 ) begin
           if (a_load_k_hit) begin
-            casez (\$signal$263 )
+            casez (\$signal$277 )
               1'h0:
-                  \$1330  = 1'h1;
+                  \$1010  = 1'h1;
             endcase
           end
         end
       end
-      if (\$1134 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            casez (\$signal$296 )
-              1'h0:
-                  \$1330  = 1'h0;
-            endcase
-          end
-        end
+      if (\$826 ) begin
+        casez (a_read_half)
+          1'h0:
+              \$1010  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
-      \$1330  = 1'h0;
+      \$1010  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1331  = a_filled1;
+    \$1011  = a_filled1;
     if (in_decode) begin
-      \$1331  = 1'h0;
+      \$1011  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1098 ) begin
+      if (\$802 ) begin
         if (a_load_k_hit) begin
-          if (\$1104 ) begin
+          if (\$808 ) begin
             (* full_case = 32'd1 *)
-            casez (\$signal$263 )
+            casez (\$signal$277 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1331  = 1'h1;
+                  \$1011  = 1'h1;
             endcase
           end
         end
-      end else if (\$1101 ) begin
-        if (\$1110 ) begin
+      end else if (\$805 ) begin
+        if (\$814 ) begin
           if (a_load_k_hit) begin
             (* full_case = 32'd1 *)
-            casez (\$signal$263 )
+            casez (\$signal$277 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1331  = 1'h1;
+                  \$1011  = 1'h1;
             endcase
           end
         end
       end
-      if (\$1134 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$296 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1331  = 1'h0;
-            endcase
-          end
-        end
+      if (\$826 ) begin
+        (* full_case = 32'd1 *)
+        casez (a_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1011  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
-      \$1331  = 1'h0;
+      \$1011  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1332  = \$signal$263 ;
+    \$1012  = \$signal$277 ;
     if (in_decode) begin
-      \$1332  = 1'h0;
+      \$1012  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1098 ) begin
+      if (\$802 ) begin
         if (a_load_k_hit) begin
-          if (\$1104 ) begin
-            \$1332  = \$1105 ;
+          if (\$808 ) begin
+            \$1012  = \$809 ;
           end
         end
-      end else if (\$1101 ) begin
-        if (\$1110 ) begin
+      end else if (\$805 ) begin
+        if (\$814 ) begin
           if (a_load_k_hit) begin
-            \$1332  = \$1116 ;
+            \$1012  = \$820 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1332  = 1'h0;
+      \$1012  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1333  = \$signal$270 ;
+    \$1013  = \$signal$284 ;
     if (in_decode) begin
-      \$1333  = 4'h0;
+      \$1013  = 4'h0;
     end
     if (gemm_active) begin
-      if (\$1098 ) begin
+      if (\$802 ) begin
         if (a_load_k_hit) begin
           (* full_case = 32'd1 *)
-          if (\$1104 ) begin
-            \$1333  = 4'h0;
+          if (\$808 ) begin
+            \$1013  = 4'h0;
           end else begin
-            \$1333  = \$1106 [3:0];
+            \$1013  = \$810 [3:0];
           end
         end
-      end else if (\$1101 ) begin
+      end else if (\$805 ) begin
         (* full_case = 32'd1 *)
-        if (\$1110 ) begin
-          \$1333  = 4'h0;
+        if (\$814 ) begin
+          \$1013  = 4'h0;
         end else begin
-          \$1333  = \$1117 [3:0];
+          \$1013  = \$821 [3:0];
         end
       end
     end
     if (rst) begin
-      \$1333  = 4'h0;
+      \$1013  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1334  = lk;
+    \$1014  = lk;
     if (in_decode) begin
-      \$1334  = 16'h0000;
+      \$1014  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1098 ) begin
+      if (\$802 ) begin
         (* full_case = 32'd1 *)
         if (a_load_k_hit) begin
-          \$1334  = 16'h0000;
+          \$1014  = 16'h0000;
         end else begin
-          \$1334  = \$1107 [15:0];
+          \$1014  = \$811 [15:0];
         end
-      end else if (\$1101 ) begin
-        if (\$1110 ) begin
-          \$1334  = \$1111 [15:0];
+      end else if (\$805 ) begin
+        if (\$814 ) begin
+          \$1014  = \$815 [15:0];
           if (a_load_k_hit) begin
-            \$1334  = 16'h0000;
+            \$1014  = 16'h0000;
           end
         end
       end
     end
     if (rst) begin
-      \$1334  = 16'h0000;
+      \$1014  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1335  = \$signal$296 ;
+    \$1015  = \$signal$310 ;
     if (in_decode) begin
-      \$1335  = 1'h0;
+      \$1015  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$1134 ) begin
+      if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1335  = \$1139 ;
+            \$1015  = \$831 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1335  = 1'h0;
+      \$1015  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1336  = \$signal$297 ;
+    \$1016  = \$signal$311 ;
     if (in_decode) begin
-      \$1336  = 16'h0000;
+      \$1016  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1134 ) begin
+      if (a_issue) begin
         (* full_case = 32'd1 *)
         if (a_feed_k_hit) begin
-          \$1336  = 16'h0000;
+          \$1016  = 16'h0000;
         end else begin
-          \$1336  = \$1145 [15:0];
+          \$1016  = \$837 [15:0];
         end
       end
     end
     if (rst) begin
-      \$1336  = 16'h0000;
+      \$1016  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1337  = fnt;
+    \$1017  = fnt;
     if (in_decode) begin
-      \$1337  = 16'h0000;
+      \$1017  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$1134 ) begin
+      if (a_issue) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1337  = 16'h0000;
+            \$1017  = 16'h0000;
           end else begin
-            \$1337  = \$1142 [15:0];
+            \$1017  = \$834 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1337  = 16'h0000;
+      \$1017  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1338  = feed_blocks;
+    \$1018  = feed_blocks;
     if (in_decode) begin
-      \$1338  = dec_blocks;
+      \$1018  = dec_blocks;
     end
     if (gemm_active) begin
-      if (\$1134 ) begin
+      if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1338  = \$1140 [31:0];
+            \$1018  = \$832 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1338  = 32'd0;
+      \$1018  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1339  = \$signal$302 ;
+    \$1019  = a_load_k_hit;
     if (in_decode) begin
-      \$1339  = 1'h0;
+      \$1019  = \$792 ;
     end
     if (gemm_active) begin
-      if (\$1118 ) begin
-        \$1339  = 1'h0;
-      end
-      if (\$1134 ) begin
-        \$1339  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1339  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1340  = a_load_k_hit;
-    if (in_decode) begin
-      \$1340  = \$1088 ;
-    end
-    if (gemm_active) begin
-      if (\$1098 ) begin
+      if (\$802 ) begin
         (* full_case = 32'd1 *)
         if (a_load_k_hit) begin
-          \$1340  = \$1103 ;
+          \$1019  = \$807 ;
         end else begin
-          \$1340  = \$1109 ;
+          \$1019  = \$813 ;
         end
-      end else if (\$1101 ) begin
-        if (\$1110 ) begin
-          \$1340  = \$1113 ;
+      end else if (\$805 ) begin
+        if (\$814 ) begin
+          \$1019  = \$817 ;
           if (a_load_k_hit) begin
-            \$1340  = \$1115 ;
+            \$1019  = \$819 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1340  = 1'h0;
+      \$1019  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1341  = a_feed_k_hit;
+    \$1020  = a_feed_k_hit;
     if (in_decode) begin
-      \$1341  = \$1090 ;
+      \$1020  = \$794 ;
     end
     if (gemm_active) begin
-      if (\$1134 ) begin
+      if (a_issue) begin
         (* full_case = 32'd1 *)
         if (a_feed_k_hit) begin
-          \$1341  = \$1136 ;
+          \$1020  = \$828 ;
         end else begin
-          \$1341  = \$1147 ;
+          \$1020  = \$839 ;
         end
       end
     end
     if (rst) begin
-      \$1341  = 1'h0;
+      \$1020  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1342  = a_feed_nt_hit;
+    \$1021  = a_feed_nt_hit;
     if (in_decode) begin
-      \$1342  = \$1092 ;
+      \$1021  = \$796 ;
     end
     if (gemm_active) begin
-      if (\$1134 ) begin
+      if (a_issue) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1342  = \$1138 ;
+            \$1021  = \$830 ;
           end else begin
-            \$1342  = \$1144 ;
+            \$1021  = \$836 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1342  = 1'h0;
+      \$1021  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1343  = a_blocks_left;
+    \$1022  = a_blocks_left;
     if (in_decode) begin
-      \$1343  = \$1093 ;
+      \$1022  = \$797 ;
     end
     if (gemm_active) begin
-      if (\$1134 ) begin
+      if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1343  = \$1141 ;
+            \$1022  = \$833 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1343  = 1'h0;
+      \$1022  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1344  = a_last;
+    \$1023  = a_read_last;
     if (gemm_active) begin
-      if (\$1134 ) begin
-        \$1344  = a_feed_k_hit;
-      end
+      \$1023  = a_feed_k_hit;
     end
     if (rst) begin
-      \$1344  = 1'h0;
+      \$1023  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1345  = w_load_lane;
+    \$1024  = a_read_addr;
     if (gemm_active) begin
-      if (\$1152 ) begin
+      \$1024  = \$823 [8:0];
+    end
+    if (rst) begin
+      \$1024  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1025  = a_read_half;
+    if (gemm_active) begin
+      \$1025  = \$signal$310 ;
+    end
+    if (rst) begin
+      \$1025  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1026  = a_read_free;
+    if (gemm_active) begin
+      \$1026  = \$825 ;
+    end
+    if (rst) begin
+      \$1026  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1027  = w_load_lane;
+    if (gemm_active) begin
+      if (\$844 ) begin
         (* full_case = 32'd1 *)
-        if (\$1153 ) begin
-          \$1345  = 4'h0;
+        if (\$845 ) begin
+          \$1027  = 4'h0;
         end else begin
-          \$1345  = \$1160 [3:0];
+          \$1027  = \$852 [3:0];
         end
       end
       if (in_decode) begin
-        \$1345  = 4'h0;
+        \$1027  = 4'h0;
       end
     end
     if (rst) begin
-      \$1345  = 4'h0;
+      \$1027  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1346  = w_load_k;
+    \$1028  = w_load_k;
     if (gemm_active) begin
-      if (\$1152 ) begin
-        if (\$1153 ) begin
-          \$1346  = \$1154 [15:0];
-          if (\$1156 ) begin
-            \$1346  = 16'h0000;
+      if (\$844 ) begin
+        if (\$845 ) begin
+          \$1028  = \$846 [15:0];
+          if (\$848 ) begin
+            \$1028  = 16'h0000;
           end
         end
       end
       if (in_decode) begin
-        \$1346  = 16'h0000;
+        \$1028  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1346  = 16'h0000;
+      \$1028  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1347  = w_load_addr;
+    \$1029  = w_load_addr;
     if (gemm_active) begin
-      if (\$1152 ) begin
-        if (\$1153 ) begin
-          \$1347  = \$1155 [9:0];
-          if (\$1156 ) begin
-            if (\$1158 ) begin
-              \$1347  = 10'h000;
+      if (\$844 ) begin
+        if (\$845 ) begin
+          \$1029  = \$847 [9:0];
+          if (\$848 ) begin
+            if (\$850 ) begin
+              \$1029  = 10'h000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1347  = 10'h000;
+        \$1029  = 10'h000;
       end
     end
     if (rst) begin
-      \$1347  = 10'h000;
+      \$1029  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1348  = w_load_nt;
+    \$1030  = w_load_nt;
     if (gemm_active) begin
-      if (\$1152 ) begin
-        if (\$1153 ) begin
-          if (\$1156 ) begin
-            \$1348  = \$1157 [15:0];
-            if (\$1158 ) begin
-              \$1348  = 16'h0000;
+      if (\$844 ) begin
+        if (\$845 ) begin
+          if (\$848 ) begin
+            \$1030  = \$849 [15:0];
+            if (\$850 ) begin
+              \$1030  = 16'h0000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1348  = 16'h0000;
+        \$1030  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1348  = 16'h0000;
+      \$1030  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1349  = w_filled0;
+    \$1031  = w_filled0;
     if (gemm_active) begin
-      if (\$1152 ) begin
-        if (\$1153 ) begin
-          if (\$1156 ) begin
-            if (\$1158 ) begin
+      if (\$844 ) begin
+        if (\$845 ) begin
+          if (\$848 ) begin
+            if (\$850 ) begin
               casez (w_load_half)
                 1'h0:
-                    \$1349  = 1'h1;
+                    \$1031  = 1'h1;
               endcase
             end
           end
         end
       end
-      if (\$1178 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$1179 ) begin
-              casez (w_feed_half)
-                1'h0:
-                    \$1349  = 1'h0;
-              endcase
-            end
-          end
-        end
+      if (\$868 ) begin
+        casez (w_read_half)
+          1'h0:
+              \$1031  = 1'h0;
+        endcase
       end
       if (in_decode) begin
-        \$1349  = 1'h0;
+        \$1031  = 1'h0;
       end
     end
     if (rst) begin
-      \$1349  = 1'h0;
+      \$1031  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1350  = w_filled1;
+    \$1032  = w_filled1;
     if (gemm_active) begin
-      if (\$1152 ) begin
-        if (\$1153 ) begin
-          if (\$1156 ) begin
-            if (\$1158 ) begin
+      if (\$844 ) begin
+        if (\$845 ) begin
+          if (\$848 ) begin
+            if (\$850 ) begin
               (* full_case = 32'd1 *)
               casez (w_load_half)
                 1'h0:
                     /* empty */;
                 1'h1:
-                    \$1350  = 1'h1;
+                    \$1032  = 1'h1;
               endcase
             end
           end
         end
       end
-      if (\$1178 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$1179 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_feed_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1350  = 1'h0;
-              endcase
+      if (\$868 ) begin
+        (* full_case = 32'd1 *)
+        casez (w_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1032  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1032  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1032  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1033  = w_load_half;
+    if (gemm_active) begin
+      if (\$844 ) begin
+        if (\$845 ) begin
+          if (\$848 ) begin
+            if (\$850 ) begin
+              \$1033  = \$851 ;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1350  = 1'h0;
+        \$1033  = 1'h0;
       end
     end
     if (rst) begin
-      \$1350  = 1'h0;
+      \$1033  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1351  = w_load_half;
+    \$1034  = w_read_addr;
     if (gemm_active) begin
-      if (\$1152 ) begin
-        if (\$1153 ) begin
-          if (\$1156 ) begin
-            if (\$1158 ) begin
-              \$1351  = \$1159 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1351  = 1'h0;
-      end
+      \$1034  = \$855 [8:0];
     end
     if (rst) begin
-      \$1351  = 1'h0;
+      \$1034  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1352  = feed_ntk;
+    \$1035  = w_read_half;
     if (gemm_active) begin
-      if (\$1178 ) begin
+      \$1035  = w_feed_half;
+    end
+    if (rst) begin
+      \$1035  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1036  = w_read_free;
+    if (gemm_active) begin
+      \$1036  = \$861 ;
+    end
+    if (rst) begin
+      \$1036  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1037  = feed_ntk;
+    if (gemm_active) begin
+      if (\$863 ) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1352  = 32'd0;
+            \$1037  = 32'd0;
           end else begin
-            \$1352  = \$1182 [31:0];
+            \$1037  = \$867 [31:0];
           end
         end
       end
       if (in_decode) begin
-        \$1352  = 32'd0;
+        \$1037  = 32'd0;
       end
     end
     if (rst) begin
-      \$1352  = 32'd0;
+      \$1037  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1353  = feed_mt;
+    \$1038  = feed_mt;
     if (gemm_active) begin
-      if (\$1178 ) begin
+      if (\$863 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
             (* full_case = 32'd1 *)
-            if (\$1179 ) begin
-              \$1353  = 16'h0000;
+            if (\$864 ) begin
+              \$1038  = 16'h0000;
             end else begin
-              \$1353  = \$1181 [15:0];
+              \$1038  = \$866 [15:0];
             end
           end
         end
       end
       if (in_decode) begin
-        \$1353  = 16'h0000;
+        \$1038  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1353  = 16'h0000;
+      \$1038  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1354  = w_feed_half;
+    \$1039  = w_feed_half;
     if (gemm_active) begin
-      if (\$1178 ) begin
+      if (\$863 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            if (\$1179 ) begin
-              \$1354  = \$1180 ;
+            if (\$864 ) begin
+              \$1039  = \$865 ;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1354  = 1'h0;
+        \$1039  = 1'h0;
       end
     end
     if (rst) begin
-      \$1354  = 1'h0;
+      \$1039  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1355  = post_col;
+    \$1040  = post_col;
     if (in_decode) begin
-      \$1355  = 3'h0;
+      \$1040  = 3'h0;
     end
-    if (\$1184 ) begin
+    if (\$870 ) begin
       if (elem_take) begin
-        \$1355  = \$1187 [2:0];
+        \$1040  = \$873 [2:0];
       end
     end
     if (rst) begin
-      \$1355  = 3'h0;
+      \$1040  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1356  = \$1192 ;
+    \$1041  = \$878 ;
     if (rst) begin
-      \$1356  = 1'h0;
+      \$1041  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1357  = fault;
+    \$1042  = fault;
     if (rst) begin
-      \$1357  = 4'h0;
+      \$1042  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -37194,7 +36230,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \next$91  = src1_issue;
   assign \w_en$92  = src1_inflight;
   assign \w_data$93  = { src1_meta, \$signature__data$94  };
-  assign wr__addr = \addr$97 [13:0];
+  assign wr_addr = \addr$97 [13:0];
   assign \error$109  = error;
   assign \done$111  = done;
   assign \busy$113  = busy;
@@ -37226,13 +36262,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign pack_full = \w_en$166 ;
   assign \w_data$168  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
   assign \w_data$192  = { res_lane3, res_lane2, res_lane1, res_lane0 };
+  assign softmax_elem = { 8'h00, \o__payload$197 [7:0] };
+  assign layernorm_elem = { \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199  };
   assign p__payload = beat__payload[437:0];
-  assign \o__valid$399  = \w_en$398 ;
-  assign \o__payload$401  = \w_data$400 ;
-  assign \w_rdy$403  = \o__ready$402 ;
-  assign \r_rdy$404  = gemm_res_valid;
-  assign \next$440  = dst_step;
-  assign \i__payload$443  = \r_data$202 [15:0];
+  assign w_in_valid = \w_en$265 ;
+  assign \w_data$267  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
+  assign \o__valid$415  = \w_en$414 ;
+  assign \o__payload$417  = \w_data$416 ;
+  assign \w_rdy$419  = \o__ready$418 ;
+  assign \r_rdy$420  = gemm_res_valid;
+  assign \next$455  = dst_step;
+  assign \i__payload$458  = \r_data$217 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -37316,13 +36356,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \o__payload$185[1]  = \o__payload$185 [15:8];
   assign \o__payload$185[2]  = \o__payload$185 [23:16];
   assign \o__payload$185[3]  = \o__payload$185 [31:24];
+  assign \o__payload$197.data  = \o__payload$197 [7:0];
+  assign \o__payload$197.last  = \o__payload$197 [8];
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
   assign \req__payload.addr  = req__payload[31:0];
   assign \req__payload.data  = req__payload[95:32];
   assign \req__payload.lb  = req__payload[98:96];
-  assign \o__payload$213.data  = \o__payload$213 [7:0];
-  assign \o__payload$213.last  = \o__payload$213 [8];
   assign \p__payload.bias  = beat__payload[255:0];
   assign \p__payload.bias[0]  = beat__payload[31:0];
   assign \p__payload.bias[1]  = beat__payload[63:32];
@@ -37351,17 +36391,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$368.data  = \a__payload$368 [80:0];
-  assign \a__payload$368.data[0]  = \a__payload$368 [8:0];
-  assign \a__payload$368.data[1]  = \a__payload$368 [17:9];
-  assign \a__payload$368.data[2]  = \a__payload$368 [26:18];
-  assign \a__payload$368.data[3]  = \a__payload$368 [35:27];
-  assign \a__payload$368.data[4]  = \a__payload$368 [44:36];
-  assign \a__payload$368.data[5]  = \a__payload$368 [53:45];
-  assign \a__payload$368.data[6]  = \a__payload$368 [62:54];
-  assign \a__payload$368.data[7]  = \a__payload$368 [71:63];
-  assign \a__payload$368.data[8]  = \a__payload$368 [80:72];
-  assign \a__payload$368.last  = \a__payload$368 [81];
+  assign \a__payload$404.data  = \a__payload$404 [80:0];
+  assign \a__payload$404.data[0]  = \a__payload$404 [8:0];
+  assign \a__payload$404.data[1]  = \a__payload$404 [17:9];
+  assign \a__payload$404.data[2]  = \a__payload$404 [26:18];
+  assign \a__payload$404.data[3]  = \a__payload$404 [35:27];
+  assign \a__payload$404.data[4]  = \a__payload$404 [44:36];
+  assign \a__payload$404.data[5]  = \a__payload$404 [53:45];
+  assign \a__payload$404.data[6]  = \a__payload$404 [62:54];
+  assign \a__payload$404.data[7]  = \a__payload$404 [71:63];
+  assign \a__payload$404.data[8]  = \a__payload$404 [80:72];
+  assign \a__payload$404.last  = \a__payload$404 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -37370,22 +36410,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$401[0]  = \w_data$400 [31:0];
-  assign \o__payload$401[1]  = \w_data$400 [63:32];
-  assign \o__payload$401[2]  = \w_data$400 [95:64];
-  assign \o__payload$401[3]  = \w_data$400 [127:96];
-  assign \o__payload$401[4]  = \w_data$400 [159:128];
-  assign \o__payload$401[5]  = \w_data$400 [191:160];
-  assign \o__payload$401[6]  = \w_data$400 [223:192];
-  assign \o__payload$401[7]  = \w_data$400 [255:224];
-  assign \req__payload$426.addr  = \req__payload$426 [31:0];
-  assign \req__payload$426.lb  = \req__payload$426 [34:32];
-  assign \i__payload$442.data  = \i__payload$442 [15:0];
-  assign \i__payload$442.last  = \i__payload$442 [16];
-  assign \i__payload$442 [16] = \r_data$202 [16];
-  assign \i__payload$442 [15:0] = \r_data$202 [15:0];
-  assign \req__payload$426 [34:32] = \$666 ;
-  assign \req__payload$426 [31:0] = \$656 ;
+  assign \o__payload$417[0]  = \w_data$416 [31:0];
+  assign \o__payload$417[1]  = \w_data$416 [63:32];
+  assign \o__payload$417[2]  = \w_data$416 [95:64];
+  assign \o__payload$417[3]  = \w_data$416 [127:96];
+  assign \o__payload$417[4]  = \w_data$416 [159:128];
+  assign \o__payload$417[5]  = \w_data$416 [191:160];
+  assign \o__payload$417[6]  = \w_data$416 [223:192];
+  assign \o__payload$417[7]  = \w_data$416 [255:224];
+  assign \req__payload$442.addr  = \req__payload$442 [31:0];
+  assign \req__payload$442.lb  = \req__payload$442 [34:32];
+  assign \i__payload$457.data  = \i__payload$457 [15:0];
+  assign \i__payload$457.last  = \i__payload$457 [16];
+  assign \i__payload$457 [16] = \r_data$217 [16];
+  assign \i__payload$457 [15:0] = \r_data$217 [15:0];
+  assign \req__payload$442 [34:32] = \$378 ;
+  assign \req__payload$442 [31:0] = \$368 ;
   assign i__payload[31:24] = r_data[55:48];
   assign i__payload[23:16] = r_data[39:32];
   assign i__payload[15:8] = r_data[23:16];
@@ -37416,30 +36456,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$61  = { ins[159], ins[159:142] };
   assign \$62  = { ins[159:142], 3'h0 };
   assign \$64  = { ins[177:160], 3'h0 };
-  assign { \$83 [3], \$83 [1:0] } = 3'h0;
-  assign \$83 [2] = ins[10];
-  assign \$84  = ins[10];
-  assign { \$86 [3], \$86 [1:0] } = 3'h0;
-  assign \$86 [2] = ins[10];
-  assign \$87  = ins[10];
-  assign { \$89 [3], \$89 [1:0] } = 3'h0;
-  assign \$89 [2] = ins[10];
-  assign \$90  = ins[10];
-  assign { \$92 [3], \$92 [1:0] } = 3'h0;
-  assign \$92 [2] = ins[10];
-  assign \$93  = ins[10];
-  assign \$131 [3:1] = 3'h0;
-  assign \$131 [0] = ins[8];
-  assign \$132  = ins[8];
-  assign \$134 [3:1] = 3'h0;
-  assign \$134 [0] = ins[8];
-  assign \$135  = ins[8];
-  assign \$137 [3:1] = 3'h0;
-  assign \$137 [0] = ins[8];
-  assign \$138  = ins[8];
-  assign \$140 [3:1] = 3'h0;
-  assign \$140 [0] = ins[8];
-  assign \$141  = ins[8];
+  assign { \$93 [3], \$93 [1:0] } = 3'h0;
+  assign \$93 [2] = ins[10];
+  assign \$94  = ins[10];
+  assign { \$96 [3], \$96 [1:0] } = 3'h0;
+  assign \$96 [2] = ins[10];
+  assign \$97  = ins[10];
+  assign { \$99 [3], \$99 [1:0] } = 3'h0;
+  assign \$99 [2] = ins[10];
+  assign \$100  = ins[10];
+  assign { \$102 [3], \$102 [1:0] } = 3'h0;
+  assign \$102 [2] = ins[10];
+  assign \$103  = ins[10];
   assign \$143 [3:1] = 3'h0;
   assign \$143 [0] = ins[8];
   assign \$144  = ins[8];
@@ -37449,21 +36477,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$149 [3:1] = 3'h0;
   assign \$149 [0] = ins[8];
   assign \$150  = ins[8];
-  assign \$645  = 1'h0;
-  assign \$652  = 1'h0;
-  assign \$653  = \$651 ;
-  assign \$662  = 1'h0;
-  assign \$663  = \$661 ;
-  assign \$667  = in_fetch;
-  assign \$671  = unit_rst;
-  assign \$773  = { 19'h00000, \$772 [32:19] };
-  assign \$774  = { 3'h0, dec_n2p[16:3] };
-  assign \$779  = { 1'h0, dec_nt, 6'h00 };
-  assign \$781 [5:0] = 6'h00;
-  assign \$781 [31:6] = { 8'h00, \$780 [23:6] };
-  assign \$787 [2:0] = 3'h0;
-  assign \$787 [3] = ins[11];
-  assign \$788  = ins[11];
+  assign \$152 [3:1] = 3'h0;
+  assign \$152 [0] = ins[8];
+  assign \$153  = ins[8];
+  assign \$155 [3:1] = 3'h0;
+  assign \$155 [0] = ins[8];
+  assign \$156  = ins[8];
+  assign \$158 [3:1] = 3'h0;
+  assign \$158 [0] = ins[8];
+  assign \$159  = ins[8];
+  assign \$161 [3:1] = 3'h0;
+  assign \$161 [0] = ins[8];
+  assign \$162  = ins[8];
+  assign \$357  = 1'h0;
+  assign \$364  = 1'h0;
+  assign \$365  = \$363 ;
+  assign \$374  = 1'h0;
+  assign \$375  = \$373 ;
+  assign \$379  = in_fetch;
+  assign \$383  = unit_rst;
+  assign \$482  = { 19'h00000, \$481 [32:19] };
+  assign \$483  = { 3'h0, dec_n2p[16:3] };
+  assign \$488  = { 1'h0, dec_nt, 6'h00 };
+  assign \$490 [5:0] = 6'h00;
+  assign \$490 [31:6] = { 8'h00, \$489 [23:6] };
+  assign \$494  = { 1'h0, dec_mt_last };
+  assign \$495  = { dec_mt_last, 3'h0 };
+  assign \$498 [2:0] = 3'h0;
+  assign \$498 [3] = ins[11];
+  assign \$499  = ins[11];
   assign \$56  = \$55 ;
 endmodule
 
@@ -42014,10 +41056,10 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$11765$0 (l0s_s2_o),
-    .\port$11857$0 (l1s_s2_o),
-    .\port$11949$0 (l2s_s2_o),
-    .\port$12041$0 (l3s_s2_o),
+    .\port$11585$0 (l0s_s2_o),
+    .\port$11677$0 (l1s_s2_o),
+    .\port$11769$0 (l2s_s2_o),
+    .\port$11861$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -43262,7 +42304,7 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11765$0 , \port$11857$0 , \port$11949$0 , \port$12041$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11585$0 , \port$11677$0 , \port$11769$0 , \port$11861$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43305,14 +42347,14 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11765
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11765$0 ;
-  wire [15:0] \port$11765$0 ;
-  input [15:0] \port$11857$0 ;
-  wire [15:0] \port$11857$0 ;
-  input [15:0] \port$11949$0 ;
-  wire [15:0] \port$11949$0 ;
-  input [15:0] \port$12041$0 ;
-  wire [15:0] \port$12041$0 ;
+  input [15:0] \port$11585$0 ;
+  wire [15:0] \port$11585$0 ;
+  input [15:0] \port$11677$0 ;
+  wire [15:0] \port$11677$0 ;
+  input [15:0] \port$11769$0 ;
+  wire [15:0] \port$11769$0 ;
+  input [15:0] \port$11861$0 ;
+  wire [15:0] \port$11861$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -43355,7 +42397,7 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11765
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12041$0 , \port$11949$0 , \port$11857$0 , \port$11765$0  };
+      storage[w_port__addr] <= { \port$11861$0 , \port$11769$0 , \port$11677$0 , \port$11585$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -43467,15 +42509,399 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11765
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12041$0 , \port$11949$0 , \port$11857$0 , \port$11765$0  };
-  assign w_data = { \port$12041$0 , \port$11949$0 , \port$11857$0 , \port$11765$0  };
+  assign w_port__data = { \port$11861$0 , \port$11769$0 , \port$11677$0 , \port$11585$0  };
+  assign w_data = { \port$11861$0 , \port$11769$0 , \port$11677$0 , \port$11585$0  };
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.feed (rst, feed_beat, a_issue, w_data, feed_ready, unit_rst, a_read_last, a_read, feed_got_last, feed_queue_room, feed_valid, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$58  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire [3:0] \$26 ;
+  wire [3:0] \$27 ;
+  reg \$28 ;
+  reg \$29 ;
+  wire \$3 ;
+  reg \$30 ;
+  reg [2:0] \$31 ;
+  reg \$32 ;
+  reg \$33 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire [2:0] \$7 ;
+  wire [2:0] \$8 ;
+  wire \$9 ;
+  input a_issue;
+  wire a_issue;
+  output a_read;
+  reg a_read = 1'h0;
+  input a_read_last;
+  wire a_read_last;
+  input clk;
+  wire clk;
+  output [145:0] feed_beat;
+  wire [145:0] feed_beat;
+  wire [145:0] feed_data;
+  reg feed_got = 1'h0;
+  output feed_got_last;
+  reg feed_got_last = 1'h0;
+  wire feed_queue_below_full;
+  wire feed_queue_below_full1;
+  reg [2:0] feed_queue_count = 3'h0;
+  reg feed_queue_idle = 1'h1;
+  wire feed_queue_is0;
+  wire feed_queue_is1;
+  wire [2:0] feed_queue_minus1;
+  wire [2:0] feed_queue_plus1;
+  output feed_queue_room;
+  reg feed_queue_room = 1'h1;
+  input feed_ready;
+  wire feed_ready;
+  output feed_valid;
+  wire feed_valid;
+  wire [145:0] r_data;
+  wire r_en;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  input [145:0] w_data;
+  wire [145:0] w_data;
+  (* init = 1'h0 *)
+  wire w_en;
+  assign \$1  = feed_valid & feed_ready;
+  assign \$2  = ~ \$1 ;
+  assign \$3  = a_issue & \$2 ;
+  assign \$4  = feed_valid & feed_ready;
+  assign \$5  = ~ a_issue;
+  assign \$6  = \$4  & \$5 ;
+  assign \$7  = \$6  ? \$27 [2:0] : feed_queue_count;
+  assign \$8  = \$3  ? \$26 [2:0] : \$7 ;
+  assign \$9  = feed_valid & feed_ready;
+  assign \$10  = ~ \$9 ;
+  assign \$11  = a_issue & \$10 ;
+  assign \$12  = feed_valid & feed_ready;
+  assign \$13  = ~ a_issue;
+  assign \$14  = \$12  & \$13 ;
+  assign \$15  = \$14  ? 1'h1 : feed_queue_below_full;
+  assign \$16  = \$11  ? feed_queue_below_full1 : \$15 ;
+  assign \$17  = feed_valid & feed_ready;
+  assign \$18  = ~ \$17 ;
+  assign \$19  = a_issue & \$18 ;
+  assign \$20  = feed_valid & feed_ready;
+  assign \$21  = ~ a_issue;
+  assign \$22  = \$20  & \$21 ;
+  assign \$23  = \$22  ? feed_queue_is1 : feed_queue_is0;
+  assign \$24  = \$19  ? 1'h0 : \$23 ;
+  assign feed_queue_below_full1 = feed_queue_count < 3'h4;
+  assign feed_queue_below_full = feed_queue_count < 3'h5;
+  assign \$25  = | feed_queue_count;
+  assign feed_queue_is0 = ~ \$25 ;
+  assign feed_queue_is1 = feed_queue_count == 1'h1;
+  assign \$26  = feed_queue_count + 1'h1;
+  assign \$27  = feed_queue_count - 1'h1;
+  always @(posedge clk)
+    a_read <= \$28 ;
+  always @(posedge clk)
+    feed_got <= \$29 ;
+  always @(posedge clk)
+    feed_got_last <= \$30 ;
+  always @(posedge clk)
+    feed_queue_count <= \$31 ;
+  always @(posedge clk)
+    feed_queue_room <= \$32 ;
+  always @(posedge clk)
+    feed_queue_idle <= \$33 ;
+  \accelerator.core.feed.feed_queue  feed_queue (
+    .clk(clk),
+    .r_data(feed_beat),
+    .r_en(feed_ready),
+    .r_rdy(feed_valid),
+    .rst(rst),
+    .unit_rst(unit_rst),
+    .w_en(feed_got),
+    .w_port__data(w_data)
+  );
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    \$28  = a_issue;
+    if (unit_rst) begin
+      \$28  = 1'h0;
+    end
+    if (rst) begin
+      \$28  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    \$29  = a_read;
+    if (unit_rst) begin
+      \$29  = 1'h0;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    \$30  = a_read_last;
+    if (unit_rst) begin
+      \$30  = 1'h0;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    \$31  = \$8 ;
+    if (unit_rst) begin
+      \$31  = 3'h0;
+    end
+    if (rst) begin
+      \$31  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    \$32  = \$16 ;
+    if (unit_rst) begin
+      \$32  = 1'h1;
+    end
+    if (rst) begin
+      \$32  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    \$33  = \$24 ;
+    if (unit_rst) begin
+      \$33  = 1'h1;
+    end
+    if (rst) begin
+      \$33  = 1'h1;
+    end
+  end
+  assign feed_queue_minus1 = \$27 [2:0];
+  assign feed_queue_plus1 = \$26 [2:0];
+  assign w_en = feed_got;
+  assign feed_data = w_data;
+  assign r_rdy = feed_valid;
+  assign r_data = feed_beat;
+  assign r_en = feed_ready;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.feed.feed_queue (rst, r_data, w_port__data, r_en, unit_rst, w_en, r_rdy, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$59  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [3:0] \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire [3:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  reg [1:0] \$27 ;
+  reg [1:0] \$28 ;
+  reg [2:0] \$29 ;
+  wire [3:0] \$3 ;
+  reg \$30 ;
+  wire \$4 ;
+  wire [2:0] \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 2'h0 *)
+  wire [1:0] consume;
+  reg [2:0] inner_level = 3'h0;
+  wire inner_r_rdy;
+  wire [2:0] level;
+  (* init = 2'h0 *)
+  wire [1:0] produce;
+  output [145:0] r_data;
+  wire [145:0] r_data;
+  input r_en;
+  wire r_en;
+  wire [2:0] r_level;
+  reg [1:0] r_port__addr = 2'h0;
+  wire [145:0] r_port__data;
+  wire r_port__en;
+  output r_rdy;
+  reg r_rdy = 1'h0;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  wire [145:0] w_data;
+  input w_en;
+  wire w_en;
+  wire [2:0] w_level;
+  reg [1:0] w_port__addr = 2'h0;
+  input [145:0] w_port__data;
+  wire [145:0] w_port__data;
+  wire w_port__en;
+  wire w_rdy;
+  reg [145:0] storage [3:0];
+  initial begin
+    storage[0] = 146'h0000000000000000000000000000000000000;
+    storage[1] = 146'h0000000000000000000000000000000000000;
+    storage[2] = 146'h0000000000000000000000000000000000000;
+    storage[3] = 146'h0000000000000000000000000000000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= w_port__data;
+  end
+  reg [145:0] _0_;
+  always @(posedge clk) begin
+    if (r_port__en) begin
+      _0_ <= storage[r_port__addr];
+    end
+  end
+  assign r_data = _0_;
+  assign w_rdy = inner_level != 3'h4;
+  assign inner_r_rdy = | inner_level;
+  assign w_port__en = w_rdy & w_en;
+  assign \$1  = ~ r_rdy;
+  assign \$2  = \$1  | r_en;
+  assign r_port__en = inner_r_rdy & \$2 ;
+  assign \$3  = inner_level + r_rdy;
+  assign \$4  = w_rdy & w_en;
+  assign \$5  = w_port__addr + 1'h1;
+  assign \$6  = ~ r_rdy;
+  assign \$7  = \$6  | r_en;
+  assign \$8  = inner_r_rdy & \$7 ;
+  assign \$9  = r_port__addr + 1'h1;
+  assign \$10  = w_rdy & w_en;
+  assign \$11  = ~ r_rdy;
+  assign \$12  = \$11  | r_en;
+  assign \$13  = inner_r_rdy & \$12 ;
+  assign \$14  = ~ \$13 ;
+  assign \$15  = \$10  & \$14 ;
+  assign \$16  = inner_level + 1'h1;
+  assign \$17  = ~ r_rdy;
+  assign \$18  = \$17  | r_en;
+  assign \$19  = inner_r_rdy & \$18 ;
+  assign \$20  = w_rdy & w_en;
+  assign \$21  = ~ \$20 ;
+  assign \$22  = \$19  & \$21 ;
+  assign \$23  = inner_level - 1'h1;
+  assign \$24  = ~ r_rdy;
+  assign \$25  = \$24  | r_en;
+  assign \$26  = inner_r_rdy & \$25 ;
+  always @(posedge clk)
+    w_port__addr <= \$27 ;
+  always @(posedge clk)
+    r_port__addr <= \$28 ;
+  always @(posedge clk)
+    inner_level <= \$29 ;
+  always @(posedge clk)
+    r_rdy <= \$30 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
+    \$27  = w_port__addr;
+    if (\$4 ) begin
+      \$27  = \$5 [1:0];
+    end
+    if (unit_rst) begin
+      \$27  = 2'h0;
+    end
+    if (rst) begin
+      \$27  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
+    \$28  = r_port__addr;
+    if (\$8 ) begin
+      \$28  = \$9 [1:0];
+    end
+    if (unit_rst) begin
+      \$28  = 2'h0;
+    end
+    if (rst) begin
+      \$28  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
+    \$29  = inner_level;
+    if (\$15 ) begin
+      \$29  = \$16 [2:0];
+    end
+    if (\$22 ) begin
+      \$29  = \$23 [2:0];
+    end
+    if (unit_rst) begin
+      \$29  = 3'h0;
+    end
+    if (rst) begin
+      \$29  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
+    \$30  = r_rdy;
+    if (\$26 ) begin
+      \$30  = 1'h1;
+    end else if (r_en) begin
+      \$30  = 1'h0;
+    end
+    if (unit_rst) begin
+      \$30  = 1'h0;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
+    end
+  end
+  assign w_level = \$3 [2:0];
+  assign level = \$3 [2:0];
+  assign r_level = \$3 [2:0];
+  assign produce = w_port__addr;
+  assign w_data = w_port__data;
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__valid, unit_rst, c__payload, c__valid, c__ready, o__valid, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$58  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$60  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [42:0] \$100 ;
@@ -50555,10 +49981,10 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$12274$0 (l0_s27_o),
-    .\port$12460$0 (l1_s27_o),
-    .\port$12646$0 (l2_s27_o),
-    .\port$12832$0 (l3_s27_o),
+    .\port$12094$0 (l0_s27_o),
+    .\port$12280$0 (l1_s27_o),
+    .\port$12466$0 (l2_s27_o),
+    .\port$12652$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -50567,14 +49993,14 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     .w_en(valid_s27)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2074  = l0_const;
     if (\$1 ) begin
       \$2074  = c__payload;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2075  = const_settle;
     if (\$2 ) begin
       \$2075  = 2'h3;
@@ -50589,7 +50015,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2448  = \$141 ;
     if (unit_rst) begin
       \$2448  = 1'h0;
@@ -50599,7 +50025,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2449  = valid_s1;
     if (unit_rst) begin
       \$2449  = 1'h0;
@@ -50609,7 +50035,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2450  = valid_s2;
     if (unit_rst) begin
       \$2450  = 1'h0;
@@ -50619,7 +50045,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2451  = valid_s3;
     if (unit_rst) begin
       \$2451  = 1'h0;
@@ -50629,7 +50055,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2452  = valid_s4;
     if (unit_rst) begin
       \$2452  = 1'h0;
@@ -50639,7 +50065,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2453  = valid_s5;
     if (unit_rst) begin
       \$2453  = 1'h0;
@@ -50649,7 +50075,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2454  = valid_s6;
     if (unit_rst) begin
       \$2454  = 1'h0;
@@ -50659,7 +50085,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2455  = valid_s7;
     if (unit_rst) begin
       \$2455  = 1'h0;
@@ -50669,7 +50095,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2456  = valid_s8;
     if (unit_rst) begin
       \$2456  = 1'h0;
@@ -50679,7 +50105,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2457  = valid_s9;
     if (unit_rst) begin
       \$2457  = 1'h0;
@@ -50689,7 +50115,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2458  = valid_s10;
     if (unit_rst) begin
       \$2458  = 1'h0;
@@ -50699,7 +50125,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2459  = valid_s11;
     if (unit_rst) begin
       \$2459  = 1'h0;
@@ -50709,7 +50135,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2460  = valid_s12;
     if (unit_rst) begin
       \$2460  = 1'h0;
@@ -50719,7 +50145,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2461  = valid_s13;
     if (unit_rst) begin
       \$2461  = 1'h0;
@@ -50729,7 +50155,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2462  = valid_s14;
     if (unit_rst) begin
       \$2462  = 1'h0;
@@ -50739,7 +50165,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2463  = valid_s15;
     if (unit_rst) begin
       \$2463  = 1'h0;
@@ -50749,7 +50175,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2464  = valid_s16;
     if (unit_rst) begin
       \$2464  = 1'h0;
@@ -50759,7 +50185,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2465  = valid_s17;
     if (unit_rst) begin
       \$2465  = 1'h0;
@@ -50769,7 +50195,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2466  = valid_s18;
     if (unit_rst) begin
       \$2466  = 1'h0;
@@ -50779,7 +50205,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2467  = valid_s19;
     if (unit_rst) begin
       \$2467  = 1'h0;
@@ -50789,7 +50215,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2468  = valid_s20;
     if (unit_rst) begin
       \$2468  = 1'h0;
@@ -50799,7 +50225,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2469  = valid_s21;
     if (unit_rst) begin
       \$2469  = 1'h0;
@@ -50809,7 +50235,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2470  = valid_s22;
     if (unit_rst) begin
       \$2470  = 1'h0;
@@ -50819,7 +50245,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2471  = valid_s23;
     if (unit_rst) begin
       \$2471  = 1'h0;
@@ -50829,7 +50255,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2472  = valid_s24;
     if (unit_rst) begin
       \$2472  = 1'h0;
@@ -50839,7 +50265,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2473  = valid_s25;
     if (unit_rst) begin
       \$2473  = 1'h0;
@@ -50849,7 +50275,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2474  = valid_s26;
     if (unit_rst) begin
       \$2474  = 1'h0;
@@ -50859,7 +50285,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2475  = \$151 ;
     if (unit_rst) begin
       \$2475  = 5'h00;
@@ -50869,7 +50295,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2476  = \$161 ;
     if (unit_rst) begin
       \$2476  = 1'h1;
@@ -50879,7 +50305,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2477  = \$171 ;
     if (unit_rst) begin
       \$2477  = 1'h1;
@@ -52613,8 +52039,8 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$12274$0 , \port$12460$0 , \port$12646$0 , \port$12832$0 , w_en, r_rdy, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$59  = 0;
+module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$12094$0 , \port$12280$0 , \port$12466$0 , \port$12652$0 , w_en, r_rdy, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -52656,14 +52082,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$122
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12274$0 ;
-  wire [7:0] \port$12274$0 ;
-  input [7:0] \port$12460$0 ;
-  wire [7:0] \port$12460$0 ;
-  input [7:0] \port$12646$0 ;
-  wire [7:0] \port$12646$0 ;
-  input [7:0] \port$12832$0 ;
-  wire [7:0] \port$12832$0 ;
+  input [7:0] \port$12094$0 ;
+  wire [7:0] \port$12094$0 ;
+  input [7:0] \port$12280$0 ;
+  wire [7:0] \port$12280$0 ;
+  input [7:0] \port$12466$0 ;
+  wire [7:0] \port$12466$0 ;
+  input [7:0] \port$12652$0 ;
+  wire [7:0] \port$12652$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52722,7 +52148,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$122
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12832$0 , \port$12646$0 , \port$12460$0 , \port$12274$0  };
+      storage[w_port__addr] <= { \port$12652$0 , \port$12466$0 , \port$12280$0 , \port$12094$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -52774,7 +52200,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$122
   always @(posedge clk)
     r_rdy <= \$34 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$61 ) begin end
     \$31  = w_port__addr;
     if (\$4 ) begin
       \$31  = \$7 [4:0];
@@ -52787,7 +52213,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$122
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$61 ) begin end
     \$32  = r_port__addr;
     if (\$10 ) begin
       \$32  = \$13 [4:0];
@@ -52800,7 +52226,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$122
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$61 ) begin end
     \$33  = inner_level;
     if (\$19 ) begin
       \$33  = \$20 [4:0];
@@ -52816,7 +52242,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$122
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$61 ) begin end
     \$34  = r_rdy;
     if (\$30 ) begin
       \$34  = 1'h1;
@@ -52834,15 +52260,15 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$122
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12832$0 , \port$12646$0 , \port$12460$0 , \port$12274$0  };
-  assign w_data = { \port$12832$0 , \port$12646$0 , \port$12460$0 , \port$12274$0  };
+  assign w_port__data = { \port$12652$0 , \port$12466$0 , \port$12280$0 , \port$12094$0  };
+  assign w_data = { \port$12652$0 , \port$12466$0 , \port$12280$0 , \port$12094$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o__payload, o__ready, p__valid, a__valid, a__payload, w__valid, w__payload, unit_rst, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$60  = 0;
+module \accelerator.core.gemm (rst, p__payload, a__ready, w__ready, p__ready, o__valid, o__payload, o__ready, p__valid, a__valid, a__payload, w__valid, w__payload, unit_rst, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$62  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
   wire [32:0] \$100 ;
@@ -55618,6 +55044,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   wire [7:0] \w__payload[5] ;
   wire [7:0] \w__payload[6] ;
   wire [7:0] \w__payload[7] ;
+  output w__ready;
   wire w__ready;
   input w__valid;
   wire w__valid;
@@ -58539,7 +57966,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     .p(rq_pl7)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$387  = take;
     if (unit_rst) begin
       \$387  = 1'h0;
@@ -58549,7 +57976,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$388  = take_last;
     if (unit_rst) begin
       \$388  = 1'h0;
@@ -58559,7 +57986,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$389  = first;
     if (r_valid) begin
       \$389  = r_last;
@@ -58572,14 +57999,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$390  = p_in;
     if (\$150 ) begin
       \$390  = p__payload;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$391  = p_in_valid;
     if (\$150 ) begin
       \$391  = p__valid;
@@ -58595,28 +58022,28 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$392  = raw_in;
     if (\$150 ) begin
       \$392  = \$152 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$393  = p_hold;
     if (hold_en) begin
       \$393  = p_in;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$394  = raw_hold;
     if (hold_en) begin
       \$394  = raw_in;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$395  = \$165 [4:0];
     if (unit_rst) begin
       \$395  = 5'h12;
@@ -58626,7 +58053,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$396  = \$174 ;
     if (unit_rst) begin
       \$396  = 1'h0;
@@ -58636,14 +58063,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$397  = acc_0_0;
     if (cp1_0_0[0]) begin
       \$397  = \$7 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_0) begin
       \$398  = acc_0_0;
@@ -58652,14 +58079,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$399  = acc_0_1;
     if (cp1_0_1[0]) begin
       \$399  = \$9 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_1) begin
       \$400  = acc_0_1;
@@ -58668,14 +58095,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$401  = acc_0_2;
     if (cp1_0_2[0]) begin
       \$401  = \$11 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_2) begin
       \$402  = acc_0_2;
@@ -58684,14 +58111,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$403  = acc_0_3;
     if (cp1_0_3[0]) begin
       \$403  = \$13 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_3) begin
       \$404  = acc_0_3;
@@ -58700,14 +58127,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$405  = acc_0_4;
     if (cp1_0_4[0]) begin
       \$405  = \$15 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_4) begin
       \$406  = acc_0_4;
@@ -58716,14 +58143,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$407  = acc_0_5;
     if (cp1_0_5[0]) begin
       \$407  = \$17 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_5) begin
       \$408  = acc_0_5;
@@ -58732,14 +58159,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$409  = acc_0_6;
     if (cp1_0_6[0]) begin
       \$409  = \$19 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_6) begin
       \$410  = acc_0_6;
@@ -58748,14 +58175,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$411  = acc_0_7;
     if (cp1_0_7[0]) begin
       \$411  = \$21 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_0_7) begin
       \$412  = acc_0_7;
@@ -58764,14 +58191,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$413  = acc_1_0;
     if (cp1_1_0[0]) begin
       \$413  = \$23 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_0) begin
       \$414  = acc_1_0;
@@ -58780,14 +58207,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$415  = acc_1_1;
     if (cp1_1_1[0]) begin
       \$415  = \$25 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_1) begin
       \$416  = acc_1_1;
@@ -58796,14 +58223,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$417  = acc_1_2;
     if (cp1_1_2[0]) begin
       \$417  = \$27 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_2) begin
       \$418  = acc_1_2;
@@ -58812,14 +58239,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$419  = acc_1_3;
     if (cp1_1_3[0]) begin
       \$419  = \$29 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_3) begin
       \$420  = acc_1_3;
@@ -58828,14 +58255,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$421  = acc_1_4;
     if (cp1_1_4[0]) begin
       \$421  = \$31 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_4) begin
       \$422  = acc_1_4;
@@ -58844,14 +58271,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$423  = acc_1_5;
     if (cp1_1_5[0]) begin
       \$423  = \$33 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_5) begin
       \$424  = acc_1_5;
@@ -58860,14 +58287,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$425  = acc_1_6;
     if (cp1_1_6[0]) begin
       \$425  = \$35 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_6) begin
       \$426  = acc_1_6;
@@ -58876,14 +58303,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$427  = acc_1_7;
     if (cp1_1_7[0]) begin
       \$427  = \$37 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_1_7) begin
       \$428  = acc_1_7;
@@ -58892,14 +58319,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$429  = acc_2_0;
     if (cp1_2_0[0]) begin
       \$429  = \$39 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_0) begin
       \$430  = acc_2_0;
@@ -58908,14 +58335,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$431  = acc_2_1;
     if (cp1_2_1[0]) begin
       \$431  = \$41 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_1) begin
       \$432  = acc_2_1;
@@ -58924,14 +58351,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$433  = acc_2_2;
     if (cp1_2_2[0]) begin
       \$433  = \$43 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_2) begin
       \$434  = acc_2_2;
@@ -58940,14 +58367,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$435  = acc_2_3;
     if (cp1_2_3[0]) begin
       \$435  = \$45 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_3) begin
       \$436  = acc_2_3;
@@ -58956,14 +58383,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$437  = acc_2_4;
     if (cp1_2_4[0]) begin
       \$437  = \$47 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_4) begin
       \$438  = acc_2_4;
@@ -58972,14 +58399,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$439  = acc_2_5;
     if (cp1_2_5[0]) begin
       \$439  = \$49 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_5) begin
       \$440  = acc_2_5;
@@ -58988,14 +58415,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$441  = acc_2_6;
     if (cp1_2_6[0]) begin
       \$441  = \$51 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_6) begin
       \$442  = acc_2_6;
@@ -59004,14 +58431,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$443  = acc_2_7;
     if (cp1_2_7[0]) begin
       \$443  = \$53 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_2_7) begin
       \$444  = acc_2_7;
@@ -59020,14 +58447,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$445  = acc_3_0;
     if (cp1_3_0[0]) begin
       \$445  = \$55 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_0) begin
       \$446  = acc_3_0;
@@ -59036,14 +58463,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$447  = acc_3_1;
     if (cp1_3_1[0]) begin
       \$447  = \$57 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_1) begin
       \$448  = acc_3_1;
@@ -59052,14 +58479,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$449  = acc_3_2;
     if (cp1_3_2[0]) begin
       \$449  = \$59 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_2) begin
       \$450  = acc_3_2;
@@ -59068,14 +58495,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$451  = acc_3_3;
     if (cp1_3_3[0]) begin
       \$451  = \$61 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_3) begin
       \$452  = acc_3_3;
@@ -59084,14 +58511,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$453  = acc_3_4;
     if (cp1_3_4[0]) begin
       \$453  = \$63 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_4) begin
       \$454  = acc_3_4;
@@ -59100,14 +58527,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$455  = acc_3_5;
     if (cp1_3_5[0]) begin
       \$455  = \$65 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_5) begin
       \$456  = acc_3_5;
@@ -59116,14 +58543,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$457  = acc_3_6;
     if (cp1_3_6[0]) begin
       \$457  = \$67 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_6) begin
       \$458  = acc_3_6;
@@ -59132,14 +58559,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$459  = acc_3_7;
     if (cp1_3_7[0]) begin
       \$459  = \$69 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_3_7) begin
       \$460  = acc_3_7;
@@ -59148,14 +58575,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$461  = acc_4_0;
     if (cp1_4_0[0]) begin
       \$461  = \$71 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_0) begin
       \$462  = acc_4_0;
@@ -59164,14 +58591,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$463  = acc_4_1;
     if (cp1_4_1[0]) begin
       \$463  = \$73 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_1) begin
       \$464  = acc_4_1;
@@ -59180,14 +58607,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$465  = acc_4_2;
     if (cp1_4_2[0]) begin
       \$465  = \$75 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_2) begin
       \$466  = acc_4_2;
@@ -59196,14 +58623,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$467  = acc_4_3;
     if (cp1_4_3[0]) begin
       \$467  = \$77 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_3) begin
       \$468  = acc_4_3;
@@ -59212,14 +58639,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$469  = acc_4_4;
     if (cp1_4_4[0]) begin
       \$469  = \$79 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_4) begin
       \$470  = acc_4_4;
@@ -59228,14 +58655,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$471  = acc_4_5;
     if (cp1_4_5[0]) begin
       \$471  = \$81 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_5) begin
       \$472  = acc_4_5;
@@ -59244,14 +58671,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$473  = acc_4_6;
     if (cp1_4_6[0]) begin
       \$473  = \$83 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_6) begin
       \$474  = acc_4_6;
@@ -59260,14 +58687,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$475  = acc_4_7;
     if (cp1_4_7[0]) begin
       \$475  = \$85 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_4_7) begin
       \$476  = acc_4_7;
@@ -59276,14 +58703,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$477  = acc_5_0;
     if (cp1_5_0[0]) begin
       \$477  = \$87 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_0) begin
       \$478  = acc_5_0;
@@ -59292,14 +58719,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$479  = acc_5_1;
     if (cp1_5_1[0]) begin
       \$479  = \$89 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_1) begin
       \$480  = acc_5_1;
@@ -59308,14 +58735,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$481  = acc_5_2;
     if (cp1_5_2[0]) begin
       \$481  = \$91 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_2) begin
       \$482  = acc_5_2;
@@ -59324,14 +58751,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$483  = acc_5_3;
     if (cp1_5_3[0]) begin
       \$483  = \$93 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_3) begin
       \$484  = acc_5_3;
@@ -59340,14 +58767,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$485  = acc_5_4;
     if (cp1_5_4[0]) begin
       \$485  = \$95 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_4) begin
       \$486  = acc_5_4;
@@ -59356,14 +58783,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$487  = acc_5_5;
     if (cp1_5_5[0]) begin
       \$487  = \$97 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_5) begin
       \$488  = acc_5_5;
@@ -59372,14 +58799,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$489  = acc_5_6;
     if (cp1_5_6[0]) begin
       \$489  = \$99 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_6) begin
       \$490  = acc_5_6;
@@ -59388,14 +58815,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$491  = acc_5_7;
     if (cp1_5_7[0]) begin
       \$491  = \$101 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_5_7) begin
       \$492  = acc_5_7;
@@ -59404,14 +58831,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$493  = acc_6_0;
     if (cp1_6_0[0]) begin
       \$493  = \$103 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_0) begin
       \$494  = acc_6_0;
@@ -59420,14 +58847,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$495  = acc_6_1;
     if (cp1_6_1[0]) begin
       \$495  = \$105 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_1) begin
       \$496  = acc_6_1;
@@ -59436,14 +58863,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$497  = acc_6_2;
     if (cp1_6_2[0]) begin
       \$497  = \$107 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_2) begin
       \$498  = acc_6_2;
@@ -59452,14 +58879,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$499  = acc_6_3;
     if (cp1_6_3[0]) begin
       \$499  = \$109 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_3) begin
       \$500  = acc_6_3;
@@ -59468,14 +58895,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$501  = acc_6_4;
     if (cp1_6_4[0]) begin
       \$501  = \$111 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_4) begin
       \$502  = acc_6_4;
@@ -59484,14 +58911,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$503  = acc_6_5;
     if (cp1_6_5[0]) begin
       \$503  = \$113 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_5) begin
       \$504  = acc_6_5;
@@ -59500,14 +58927,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$505  = acc_6_6;
     if (cp1_6_6[0]) begin
       \$505  = \$115 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_6) begin
       \$506  = acc_6_6;
@@ -59516,14 +58943,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$507  = acc_6_7;
     if (cp1_6_7[0]) begin
       \$507  = \$117 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_6_7) begin
       \$508  = acc_6_7;
@@ -59532,14 +58959,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$509  = acc_7_0;
     if (cp1_7_0[0]) begin
       \$509  = \$119 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_0) begin
       \$510  = acc_7_0;
@@ -59548,14 +58975,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$511  = acc_7_1;
     if (cp1_7_1[0]) begin
       \$511  = \$121 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_1) begin
       \$512  = acc_7_1;
@@ -59564,14 +58991,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$513  = acc_7_2;
     if (cp1_7_2[0]) begin
       \$513  = \$123 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_2) begin
       \$514  = acc_7_2;
@@ -59580,14 +59007,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$515  = acc_7_3;
     if (cp1_7_3[0]) begin
       \$515  = \$125 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_3) begin
       \$516  = acc_7_3;
@@ -59596,14 +59023,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$517  = acc_7_4;
     if (cp1_7_4[0]) begin
       \$517  = \$127 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_4) begin
       \$518  = acc_7_4;
@@ -59612,14 +59039,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$519  = acc_7_5;
     if (cp1_7_5[0]) begin
       \$519  = \$129 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_5) begin
       \$520  = acc_7_5;
@@ -59628,14 +59055,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$521  = acc_7_6;
     if (cp1_7_6[0]) begin
       \$521  = \$131 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_6) begin
       \$522  = acc_7_6;
@@ -59644,14 +59071,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$523  = acc_7_7;
     if (cp1_7_7[0]) begin
       \$523  = \$133 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     (* full_case = 32'd1 *)
     if (done_7_7) begin
       \$524  = acc_7_7;
@@ -59660,119 +59087,119 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$525  = acc_8_0;
     if (cp1_8_0[0]) begin
       \$525  = \$135 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$526  = res_8_0;
     if (done_8_0) begin
       \$526  = acc_8_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$527  = acc_8_1;
     if (cp1_8_1[0]) begin
       \$527  = \$137 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$528  = res_8_1;
     if (done_8_1) begin
       \$528  = acc_8_1;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$529  = acc_8_2;
     if (cp1_8_2[0]) begin
       \$529  = \$139 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$530  = res_8_2;
     if (done_8_2) begin
       \$530  = acc_8_2;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$531  = acc_8_3;
     if (cp1_8_3[0]) begin
       \$531  = \$141 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$532  = res_8_3;
     if (done_8_3) begin
       \$532  = acc_8_3;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$533  = acc_8_4;
     if (cp1_8_4[0]) begin
       \$533  = \$143 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$534  = res_8_4;
     if (done_8_4) begin
       \$534  = acc_8_4;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$535  = acc_8_5;
     if (cp1_8_5[0]) begin
       \$535  = \$145 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$536  = res_8_5;
     if (done_8_5) begin
       \$536  = acc_8_5;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$537  = acc_8_6;
     if (cp1_8_6[0]) begin
       \$537  = \$147 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$538  = res_8_6;
     if (done_8_6) begin
       \$538  = acc_8_6;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$539  = acc_8_7;
     if (cp1_8_7[0]) begin
       \$539  = \$149 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$540  = res_8_7;
     if (done_8_7) begin
       \$540  = acc_8_7;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$713  = \$378 ;
     if (unit_rst) begin
       \$713  = 1'h0;
@@ -59782,7 +59209,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$714  = wp__addr;
     if (wp__en) begin
       \$714  = \$381 [4:0];
@@ -59795,7 +59222,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$715  = rp__addr;
     if (pop) begin
       \$715  = \$384 [4:0];
@@ -59808,7 +59235,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$716  = \$386 [4:0];
     if (unit_rst) begin
       \$716  = 5'h00;
@@ -61010,7 +60437,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.gemm_out_slice (rst, r_en, w_en, w_port__data, w_rdy, r_rdy, r_data, unit_rst, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$63  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -61094,7 +60521,7 @@ module \accelerator.core.gemm_out_slice (rst, r_en, w_en, w_port__data, w_rdy, r
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$61 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -61107,7 +60534,7 @@ module \accelerator.core.gemm_out_slice (rst, r_en, w_en, w_port__data, w_rdy, r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$61 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -61120,7 +60547,7 @@ module \accelerator.core.gemm_out_slice (rst, r_en, w_en, w_port__data, w_rdy, r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$61 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -61146,7 +60573,7 @@ endmodule
 (* generator = "Amaranth" *)
 module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, addr, last__4, \final , index__1, index__2, index__3
 , index__4, \valid$31 , clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$62  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$64  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [15:0] \$11 ;
@@ -61425,91 +60852,91 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     .valid(valid)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$36  = second_addr;
     if (\$16 ) begin
       \$36  = \addr$59 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$37  = second_last0;
     if (\$16 ) begin
       \$37  = \last__0$61 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$38  = second_last1;
     if (\$16 ) begin
       \$38  = \last__1$63 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$39  = second_last2;
     if (\$16 ) begin
       \$39  = \last__2$65 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$40  = second_last3;
     if (\$16 ) begin
       \$40  = \last__3$67 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$41  = second_last4;
     if (\$16 ) begin
       \$41  = \last__4$69 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$42  = second_final;
     if (\$16 ) begin
       \$42  = \final$71 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$43  = second_i0;
     if (\$16 ) begin
       \$43  = \index__0$73 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$44  = second_i1;
     if (\$16 ) begin
       \$44  = \index__1$75 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$45  = second_i2;
     if (\$16 ) begin
       \$45  = \index__2$77 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$46  = second_i3;
     if (\$16 ) begin
       \$46  = \index__3$79 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$47  = second_i4;
     if (\$16 ) begin
       \$47  = \index__4$81 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     (* full_case = 32'd1 *)
     if (load) begin
       \$48  = 1'h0;
@@ -61521,7 +60948,7 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     (* full_case = 32'd1 *)
     if (load) begin
       \$49  = 1'h0;
@@ -61533,84 +60960,84 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$24  = addr;
     if (\$3 ) begin
       \$24  = \$4 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$25  = last__0;
     if (\$3 ) begin
       \$25  = \$5 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$26  = last__1;
     if (\$3 ) begin
       \$26  = \$6 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$27  = last__2;
     if (\$3 ) begin
       \$27  = \$7 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$28  = last__3;
     if (\$3 ) begin
       \$28  = \$8 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$29  = last__4;
     if (\$3 ) begin
       \$29  = \$9 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$30  = \final ;
     if (\$3 ) begin
       \$30  = \$10 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$31  = index__0;
     if (\$3 ) begin
       \$31  = \$11 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$32  = index__1;
     if (\$3 ) begin
       \$32  = \$12 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$33  = index__2;
     if (\$3 ) begin
       \$33  = \$13 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$34  = index__3;
     if (\$3 ) begin
       \$34  = \$14 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     \$35  = index__4;
     if (\$3 ) begin
       \$35  = \$15 ;
@@ -61647,7 +61074,7 @@ endmodule
 (* generator = "Amaranth" *)
 module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, valid, last__0, index__0, last__1, index__1, last__2
 , index__2, last__3, index__3, last__4, index__4, addr, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$63  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$65  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [16:0] \$11 ;
@@ -61961,7 +61388,7 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
   assign \$7  = n__0 == 1'h1;
   assign \$8  = n__1 - 2'h2;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$60  = valid;
     if (load) begin
       \$60  = 1'h1;
@@ -61975,21 +61402,21 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$61  = nm2_0;
     if (load) begin
       \$61  = \$5 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$62  = one0;
     if (load) begin
       \$62  = \$6 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$63  = last__0;
     if (load) begin
       \$63  = \$7 ;
@@ -62004,14 +61431,14 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$64  = s0;
     if (load) begin
       \$64  = strides__0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$65  = index__0;
     if (load) begin
       \$65  = 16'h0000;
@@ -62026,7 +61453,7 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$66  = start0;
     if (load) begin
       \$66  = { 2'h0, base };
@@ -62041,21 +61468,21 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$67  = nm2_1;
     if (load) begin
       \$67  = \$8 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$68  = one1;
     if (load) begin
       \$68  = \$9 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$69  = last__1;
     if (load) begin
       \$69  = \$10 ;
@@ -62071,14 +61498,14 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$70  = s1;
     if (load) begin
       \$70  = strides__1;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$71  = index__1;
     if (load) begin
       \$71  = 16'h0000;
@@ -62094,7 +61521,7 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$72  = start1;
     if (load) begin
       \$72  = { 2'h0, base };
@@ -62110,21 +61537,21 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$73  = nm2_2;
     if (load) begin
       \$73  = \$11 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$74  = one2;
     if (load) begin
       \$74  = \$12 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$75  = last__2;
     if (load) begin
       \$75  = \$13 ;
@@ -62141,14 +61568,14 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$76  = s2;
     if (load) begin
       \$76  = strides__2;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$77  = index__2;
     if (load) begin
       \$77  = 16'h0000;
@@ -62165,7 +61592,7 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$78  = start2;
     if (load) begin
       \$78  = { 2'h0, base };
@@ -62182,21 +61609,21 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$79  = nm2_3;
     if (load) begin
       \$79  = \$14 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$80  = one3;
     if (load) begin
       \$80  = \$15 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$81  = last__3;
     if (load) begin
       \$81  = \$16 ;
@@ -62214,14 +61641,14 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$82  = s3;
     if (load) begin
       \$82  = strides__3;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$83  = index__3;
     if (load) begin
       \$83  = 16'h0000;
@@ -62239,7 +61666,7 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$84  = start3;
     if (load) begin
       \$84  = { 2'h0, base };
@@ -62257,21 +61684,21 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$85  = nm2_4;
     if (load) begin
       \$85  = \$17 [15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$86  = one4;
     if (load) begin
       \$86  = \$18 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$87  = last__4;
     if (load) begin
       \$87  = \$19 ;
@@ -62290,14 +61717,14 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$88  = s4;
     if (load) begin
       \$88  = strides__4;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$89  = index__4;
     if (load) begin
       \$89  = 16'h0000;
@@ -62316,7 +61743,7 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$63 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
     \$90  = addr;
     if (load) begin
       \$90  = { 2'h0, base };
@@ -62351,7 +61778,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, \next$29 , load, base, addr, last__3, last__4, \final , \valid$31 , clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$64  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$66  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -62566,105 +61993,105 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
     .valid(valid)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$19  = addr;
     if (\$3 ) begin
       \$19  = \$4 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$20  = last__0;
     if (\$3 ) begin
       \$20  = \$5 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$21  = last__1;
     if (\$3 ) begin
       \$21  = \$6 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$22  = last__2;
     if (\$3 ) begin
       \$22  = \$7 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$23  = last__3;
     if (\$3 ) begin
       \$23  = \$8 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$24  = last__4;
     if (\$3 ) begin
       \$24  = \$9 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$25  = \final ;
     if (\$3 ) begin
       \$25  = \$10 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$26  = second_addr;
     if (\$11 ) begin
       \$26  = \addr$59 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$27  = second_last0;
     if (\$11 ) begin
       \$27  = \last__0$61 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$28  = second_last1;
     if (\$11 ) begin
       \$28  = \last__1$63 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$29  = second_last2;
     if (\$11 ) begin
       \$29  = \last__2$65 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$30  = second_last3;
     if (\$11 ) begin
       \$30  = \last__3$67 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$31  = second_last4;
     if (\$11 ) begin
       \$31  = \last__4$69 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     \$32  = second_final;
     if (\$11 ) begin
       \$32  = \final$71 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     (* full_case = 32'd1 *)
     if (load) begin
       \$33  = 1'h0;
@@ -62676,7 +62103,7 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
     (* full_case = 32'd1 *)
     if (load) begin
       \$34  = 1'h0;
@@ -62722,1077 +62149,6 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, valid, last__0, last__1, last__2, last__3, last__4
-, addr, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$65  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire [16:0] \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire [16:0] \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire [16:0] \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire [16:0] \$35 ;
-  wire [22:0] \$36 ;
-  wire \$37 ;
-  wire [16:0] \$38 ;
-  wire [22:0] \$39 ;
-  wire \$4 ;
-  wire \$40 ;
-  wire [22:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [22:0] \$43 ;
-  wire \$44 ;
-  wire [22:0] \$45 ;
-  wire [22:0] \$46 ;
-  wire [16:0] \$47 ;
-  wire [22:0] \$48 ;
-  wire \$49 ;
-  wire [16:0] \$5 ;
-  wire [22:0] \$50 ;
-  wire [22:0] \$51 ;
-  wire [22:0] \$52 ;
-  wire [16:0] \$53 ;
-  wire [22:0] \$54 ;
-  wire \$55 ;
-  wire [22:0] \$56 ;
-  wire [22:0] \$57 ;
-  wire [22:0] \$58 ;
-  wire [22:0] \$59 ;
-  wire \$6 ;
-  reg \$60 ;
-  reg [15:0] \$61 ;
-  reg \$62 ;
-  reg \$63 ;
-  reg [17:0] \$64 ;
-  reg [15:0] \$65 ;
-  reg [21:0] \$66 ;
-  reg [15:0] \$67 ;
-  reg \$68 ;
-  reg \$69 ;
-  wire \$7 ;
-  reg [17:0] \$70 ;
-  reg [15:0] \$71 ;
-  reg [21:0] \$72 ;
-  reg [15:0] \$73 ;
-  reg \$74 ;
-  reg \$75 ;
-  reg [17:0] \$76 ;
-  reg [15:0] \$77 ;
-  reg [21:0] \$78 ;
-  reg [15:0] \$79 ;
-  wire [16:0] \$8 ;
-  reg \$80 ;
-  reg \$81 ;
-  reg [17:0] \$82 ;
-  reg [15:0] \$83 ;
-  reg [21:0] \$84 ;
-  reg [15:0] \$85 ;
-  reg \$86 ;
-  reg \$87 ;
-  reg [17:0] \$88 ;
-  reg [15:0] \$89 ;
-  wire \$9 ;
-  reg [21:0] \$90 ;
-  output [21:0] addr;
-  reg [21:0] addr = 22'h000000;
-  input [19:0] base;
-  wire [19:0] base;
-  input clk;
-  wire clk;
-  output \final ;
-  wire \final ;
-  wire \final$21 ;
-  (* init = 16'h0000 *)
-  wire [15:0] i0;
-  (* init = 16'h0000 *)
-  wire [15:0] i1;
-  (* init = 16'h0000 *)
-  wire [15:0] i2;
-  (* init = 16'h0000 *)
-  wire [15:0] i3;
-  (* init = 16'h0000 *)
-  wire [15:0] i4;
-  reg [15:0] index__0 = 16'h0000;
-  reg [15:0] index__1 = 16'h0000;
-  reg [15:0] index__2 = 16'h0000;
-  reg [15:0] index__3 = 16'h0000;
-  reg [15:0] index__4 = 16'h0000;
-  (* init = 1'h0 *)
-  wire last0;
-  (* init = 1'h0 *)
-  wire last1;
-  (* init = 1'h0 *)
-  wire last2;
-  (* init = 1'h0 *)
-  wire last3;
-  (* init = 1'h0 *)
-  wire last4;
-  output last__0;
-  reg last__0 = 1'h0;
-  output last__1;
-  reg last__1 = 1'h0;
-  output last__2;
-  reg last__2 = 1'h0;
-  output last__3;
-  reg last__3 = 1'h0;
-  output last__4;
-  reg last__4 = 1'h0;
-  input load;
-  wire load;
-  input [15:0] n__0;
-  wire [15:0] n__0;
-  input [15:0] n__1;
-  wire [15:0] n__1;
-  input [15:0] n__2;
-  wire [15:0] n__2;
-  input [15:0] n__3;
-  wire [15:0] n__3;
-  input [15:0] n__4;
-  wire [15:0] n__4;
-  input next;
-  wire next;
-  reg [15:0] nm2_0 = 16'h0000;
-  reg [15:0] nm2_1 = 16'h0000;
-  reg [15:0] nm2_2 = 16'h0000;
-  reg [15:0] nm2_3 = 16'h0000;
-  reg [15:0] nm2_4 = 16'h0000;
-  reg one0 = 1'h0;
-  reg one1 = 1'h0;
-  reg one2 = 1'h0;
-  reg one3 = 1'h0;
-  reg one4 = 1'h0;
-  input rst;
-  wire rst;
-  reg [17:0] s0 = 18'h00000;
-  reg [17:0] s1 = 18'h00000;
-  reg [17:0] s2 = 18'h00000;
-  reg [17:0] s3 = 18'h00000;
-  reg [17:0] s4 = 18'h00000;
-  reg [21:0] start0 = 22'h000000;
-  reg [21:0] start1 = 22'h000000;
-  reg [21:0] start2 = 22'h000000;
-  reg [21:0] start3 = 22'h000000;
-  (* init = 22'h000000 *)
-  wire [21:0] start4;
-  input [17:0] strides__0;
-  wire [17:0] strides__0;
-  input [17:0] strides__1;
-  wire [17:0] strides__1;
-  input [17:0] strides__2;
-  wire [17:0] strides__2;
-  input [17:0] strides__3;
-  wire [17:0] strides__3;
-  input [17:0] strides__4;
-  wire [17:0] strides__4;
-  output valid;
-  reg valid = 1'h0;
-  (* init = 1'h0 *)
-  wire \valid$23 ;
-  assign \$9  = n__1 == 1'h1;
-  assign \$10  = n__1 == 1'h1;
-  assign \$11  = n__2 - 2'h2;
-  assign \$12  = n__2 == 1'h1;
-  assign \$13  = n__2 == 1'h1;
-  assign \$14  = n__3 - 2'h2;
-  assign \$15  = n__3 == 1'h1;
-  assign \$16  = n__3 == 1'h1;
-  assign \$17  = n__4 - 2'h2;
-  assign \$18  = n__4 == 1'h1;
-  assign \$19  = n__4 == 1'h1;
-  assign \$20  = ~ last__4;
-  assign \$21  = ~ last__3;
-  assign \$22  = \$21  & last__4;
-  assign \$23  = ~ last__2;
-  assign \$24  = last__3 & last__4;
-  assign \$25  = \$23  & \$24 ;
-  assign \$26  = ~ last__1;
-  assign \$27  = last__2 & last__3;
-  assign \$28  = \$27  & last__4;
-  assign \$29  = \$26  & \$28 ;
-  assign \$30  = ~ last__0;
-  assign \$31  = last__1 & last__2;
-  assign \$32  = \$31  & last__3;
-  assign \$33  = \$32  & last__4;
-  assign \$34  = \$30  & \$33 ;
-  assign \$35  = index__4 + 1'h1;
-  assign \$36  = $signed(addr) + $signed(s4);
-  assign \$37  = index__4 == nm2_4;
-  assign \$38  = index__3 + 1'h1;
-  assign \$39  = $signed(start3) + $signed(s3);
-  assign \$40  = index__3 == nm2_3;
-  assign \$41  = $signed(start3) + $signed(s3);
-  assign \$42  = index__2 + 1'h1;
-  assign \$43  = $signed(start2) + $signed(s2);
-  assign \$44  = index__2 == nm2_2;
-  assign \$45  = $signed(start2) + $signed(s2);
-  assign \$46  = $signed(start2) + $signed(s2);
-  assign \$47  = index__1 + 1'h1;
-  assign \$48  = $signed(start1) + $signed(s1);
-  assign \$49  = index__1 == nm2_1;
-  assign \$50  = $signed(start1) + $signed(s1);
-  assign \$51  = $signed(start1) + $signed(s1);
-  assign \$52  = $signed(start1) + $signed(s1);
-  assign \$53  = index__0 + 1'h1;
-  assign \$54  = $signed(start0) + $signed(s0);
-  assign \$55  = index__0 == nm2_0;
-  assign \$56  = $signed(start0) + $signed(s0);
-  assign \$57  = $signed(start0) + $signed(s0);
-  assign \$58  = $signed(start0) + $signed(s0);
-  assign \$59  = $signed(start0) + $signed(s0);
-  always @(posedge clk)
-    valid <= \$60 ;
-  always @(posedge clk)
-    nm2_0 <= \$61 ;
-  always @(posedge clk)
-    one0 <= \$62 ;
-  always @(posedge clk)
-    last__0 <= \$63 ;
-  always @(posedge clk)
-    s0 <= \$64 ;
-  always @(posedge clk)
-    index__0 <= \$65 ;
-  always @(posedge clk)
-    start0 <= \$66 ;
-  always @(posedge clk)
-    nm2_1 <= \$67 ;
-  always @(posedge clk)
-    one1 <= \$68 ;
-  always @(posedge clk)
-    last__1 <= \$69 ;
-  always @(posedge clk)
-    s1 <= \$70 ;
-  always @(posedge clk)
-    index__1 <= \$71 ;
-  always @(posedge clk)
-    start1 <= \$72 ;
-  always @(posedge clk)
-    nm2_2 <= \$73 ;
-  always @(posedge clk)
-    one2 <= \$74 ;
-  always @(posedge clk)
-    last__2 <= \$75 ;
-  always @(posedge clk)
-    s2 <= \$76 ;
-  always @(posedge clk)
-    index__2 <= \$77 ;
-  always @(posedge clk)
-    start2 <= \$78 ;
-  always @(posedge clk)
-    nm2_3 <= \$79 ;
-  always @(posedge clk)
-    one3 <= \$80 ;
-  always @(posedge clk)
-    last__3 <= \$81 ;
-  always @(posedge clk)
-    s3 <= \$82 ;
-  always @(posedge clk)
-    index__3 <= \$83 ;
-  always @(posedge clk)
-    start3 <= \$84 ;
-  always @(posedge clk)
-    nm2_4 <= \$85 ;
-  always @(posedge clk)
-    one4 <= \$86 ;
-  always @(posedge clk)
-    last__4 <= \$87 ;
-  always @(posedge clk)
-    s4 <= \$88 ;
-  always @(posedge clk)
-    index__4 <= \$89 ;
-  always @(posedge clk)
-    addr <= \$90 ;
-  assign \$1  = last__0 & last__1;
-  assign \$2  = \$1  & last__2;
-  assign \$3  = \$2  & last__3;
-  assign \final  = \$3  & last__4;
-  assign \$4  = next & valid;
-  assign \$5  = n__0 - 2'h2;
-  assign \$6  = n__0 == 1'h1;
-  assign \$7  = n__0 == 1'h1;
-  assign \$8  = n__1 - 2'h2;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$60  = valid;
-    if (load) begin
-      \$60  = 1'h1;
-    end else if (\$4 ) begin
-      if (\final ) begin
-        \$60  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$60  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$61  = nm2_0;
-    if (load) begin
-      \$61  = \$5 [15:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$62  = one0;
-    if (load) begin
-      \$62  = \$6 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$63  = last__0;
-    if (load) begin
-      \$63  = \$7 ;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-      end else if (\$34 ) begin
-        \$63  = \$55 ;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$64  = s0;
-    if (load) begin
-      \$64  = strides__0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$65  = index__0;
-    if (load) begin
-      \$65  = 16'h0000;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-      end else if (\$34 ) begin
-        \$65  = \$53 [15:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$66  = start0;
-    if (load) begin
-      \$66  = { 2'h0, base };
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-      end else if (\$34 ) begin
-        \$66  = \$54 [21:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$67  = nm2_1;
-    if (load) begin
-      \$67  = \$8 [15:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$68  = one1;
-    if (load) begin
-      \$68  = \$9 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$69  = last__1;
-    if (load) begin
-      \$69  = \$10 ;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-        \$69  = \$49 ;
-      end else if (\$34 ) begin
-        \$69  = one1;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$70  = s1;
-    if (load) begin
-      \$70  = strides__1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$71  = index__1;
-    if (load) begin
-      \$71  = 16'h0000;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-        \$71  = \$47 [15:0];
-      end else if (\$34 ) begin
-        \$71  = 16'h0000;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$72  = start1;
-    if (load) begin
-      \$72  = { 2'h0, base };
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-      end else if (\$29 ) begin
-        \$72  = \$48 [21:0];
-      end else if (\$34 ) begin
-        \$72  = \$56 [21:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$73  = nm2_2;
-    if (load) begin
-      \$73  = \$11 [15:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$74  = one2;
-    if (load) begin
-      \$74  = \$12 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$75  = last__2;
-    if (load) begin
-      \$75  = \$13 ;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-        \$75  = \$44 ;
-      end else if (\$29 ) begin
-        \$75  = one2;
-      end else if (\$34 ) begin
-        \$75  = one2;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$76  = s2;
-    if (load) begin
-      \$76  = strides__2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$77  = index__2;
-    if (load) begin
-      \$77  = 16'h0000;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-        \$77  = \$42 [15:0];
-      end else if (\$29 ) begin
-        \$77  = 16'h0000;
-      end else if (\$34 ) begin
-        \$77  = 16'h0000;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$78  = start2;
-    if (load) begin
-      \$78  = { 2'h0, base };
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-      end else if (\$25 ) begin
-        \$78  = \$43 [21:0];
-      end else if (\$29 ) begin
-        \$78  = \$50 [21:0];
-      end else if (\$34 ) begin
-        \$78  = \$57 [21:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$79  = nm2_3;
-    if (load) begin
-      \$79  = \$14 [15:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$80  = one3;
-    if (load) begin
-      \$80  = \$15 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$81  = last__3;
-    if (load) begin
-      \$81  = \$16 ;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-        \$81  = \$40 ;
-      end else if (\$25 ) begin
-        \$81  = one3;
-      end else if (\$29 ) begin
-        \$81  = one3;
-      end else if (\$34 ) begin
-        \$81  = one3;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$82  = s3;
-    if (load) begin
-      \$82  = strides__3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$83  = index__3;
-    if (load) begin
-      \$83  = 16'h0000;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-        \$83  = \$38 [15:0];
-      end else if (\$25 ) begin
-        \$83  = 16'h0000;
-      end else if (\$29 ) begin
-        \$83  = 16'h0000;
-      end else if (\$34 ) begin
-        \$83  = 16'h0000;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$84  = start3;
-    if (load) begin
-      \$84  = { 2'h0, base };
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-      end else if (\$22 ) begin
-        \$84  = \$39 [21:0];
-      end else if (\$25 ) begin
-        \$84  = \$45 [21:0];
-      end else if (\$29 ) begin
-        \$84  = \$51 [21:0];
-      end else if (\$34 ) begin
-        \$84  = \$58 [21:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$85  = nm2_4;
-    if (load) begin
-      \$85  = \$17 [15:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$86  = one4;
-    if (load) begin
-      \$86  = \$18 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$87  = last__4;
-    if (load) begin
-      \$87  = \$19 ;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-        \$87  = \$37 ;
-      end else if (\$22 ) begin
-        \$87  = one4;
-      end else if (\$25 ) begin
-        \$87  = one4;
-      end else if (\$29 ) begin
-        \$87  = one4;
-      end else if (\$34 ) begin
-        \$87  = one4;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$88  = s4;
-    if (load) begin
-      \$88  = strides__4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$89  = index__4;
-    if (load) begin
-      \$89  = 16'h0000;
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-        \$89  = \$35 [15:0];
-      end else if (\$22 ) begin
-        \$89  = 16'h0000;
-      end else if (\$25 ) begin
-        \$89  = 16'h0000;
-      end else if (\$29 ) begin
-        \$89  = 16'h0000;
-      end else if (\$34 ) begin
-        \$89  = 16'h0000;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$65 ) begin end
-    \$90  = addr;
-    if (load) begin
-      \$90  = { 2'h0, base };
-    end else if (\$4 ) begin
-      if (\$20 ) begin
-        \$90  = \$36 [21:0];
-      end else if (\$22 ) begin
-        \$90  = \$41 [21:0];
-      end else if (\$25 ) begin
-        \$90  = \$46 [21:0];
-      end else if (\$29 ) begin
-        \$90  = \$52 [21:0];
-      end else if (\$34 ) begin
-        \$90  = \$59 [21:0];
-      end
-    end
-  end
-  assign last0 = last__0;
-  assign i0 = index__0;
-  assign last1 = last__1;
-  assign i1 = index__1;
-  assign last2 = last__2;
-  assign i2 = index__2;
-  assign last3 = last__3;
-  assign i3 = index__3;
-  assign last4 = last__4;
-  assign i4 = index__4;
-  assign \final$21  = \final ;
-  assign \valid$23  = valid;
-  assign start4 = addr;
-endmodule
-
-(* generator = "Amaranth" *)
-module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, addr, last__3, last__4, \final , \valid$31 , clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$66  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  reg [21:0] \$19 ;
-  wire \$2 ;
-  reg \$20 ;
-  reg \$21 ;
-  reg \$22 ;
-  reg \$23 ;
-  reg \$24 ;
-  reg \$25 ;
-  reg [21:0] \$26 ;
-  reg \$27 ;
-  reg \$28 ;
-  reg \$29 ;
-  wire \$3 ;
-  reg \$30 ;
-  reg \$31 ;
-  reg \$32 ;
-  reg \$33 ;
-  reg \$34 ;
-  wire [21:0] \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$30  = 1'h0;
-  output [21:0] addr;
-  reg [21:0] addr = 22'h000000;
-  wire [21:0] \addr$59 ;
-  input [19:0] base;
-  wire [19:0] base;
-  wire [19:0] \base$3 ;
-  wire busy;
-  input clk;
-  wire clk;
-  output \final ;
-  reg \final  = 1'h0;
-  wire \final$71 ;
-  (* init = 22'h000000 *)
-  wire [21:0] head_addr;
-  (* init = 1'h0 *)
-  wire head_final;
-  wire [15:0] head_i0;
-  wire [15:0] head_i1;
-  wire [15:0] head_i2;
-  wire [15:0] head_i3;
-  wire [15:0] head_i4;
-  (* init = 1'h0 *)
-  wire head_last0;
-  (* init = 1'h0 *)
-  wire head_last1;
-  (* init = 1'h0 *)
-  wire head_last2;
-  (* init = 1'h0 *)
-  wire head_last3;
-  (* init = 1'h0 *)
-  wire head_last4;
-  wire [15:0] index__0;
-  wire [15:0] index__1;
-  wire [15:0] index__2;
-  wire [15:0] index__3;
-  wire [15:0] index__4;
-  reg last__0 = 1'h0;
-  wire \last__0$61 ;
-  reg last__1 = 1'h0;
-  wire \last__1$63 ;
-  reg last__2 = 1'h0;
-  wire \last__2$65 ;
-  output last__3;
-  reg last__3 = 1'h0;
-  wire \last__3$67 ;
-  output last__4;
-  reg last__4 = 1'h0;
-  wire \last__4$69 ;
-  input load;
-  wire load;
-  wire \load$1 ;
-  input [15:0] n__0;
-  wire [15:0] n__0;
-  wire [15:0] \n__0$5 ;
-  input [15:0] n__1;
-  wire [15:0] n__1;
-  wire [15:0] \n__1$9 ;
-  input [15:0] n__2;
-  wire [15:0] n__2;
-  wire [15:0] \n__2$13 ;
-  input [15:0] n__3;
-  wire [15:0] n__3;
-  wire [15:0] \n__3$17 ;
-  input [15:0] n__4;
-  wire [15:0] n__4;
-  wire [15:0] \n__4$21 ;
-  wire next;
-  input \next$29 ;
-  wire \next$29 ;
-  wire pop;
-  wire push;
-  input rst;
-  wire rst;
-  reg [21:0] second_addr = 22'h000000;
-  reg second_final = 1'h0;
-  reg second_last0 = 1'h0;
-  reg second_last1 = 1'h0;
-  reg second_last2 = 1'h0;
-  reg second_last3 = 1'h0;
-  reg second_last4 = 1'h0;
-  input [17:0] strides__0;
-  wire [17:0] strides__0;
-  wire [17:0] \strides__0$7 ;
-  input [17:0] strides__1;
-  wire [17:0] strides__1;
-  wire [17:0] \strides__1$11 ;
-  input [17:0] strides__2;
-  wire [17:0] strides__2;
-  wire [17:0] \strides__2$15 ;
-  input [17:0] strides__3;
-  wire [17:0] strides__3;
-  wire [17:0] \strides__3$19 ;
-  input [17:0] strides__4;
-  wire [17:0] strides__4;
-  wire [17:0] \strides__4$23 ;
-  wire valid;
-  (* init = 1'h0 *)
-  output \valid$31 ;
-  wire \valid$31 ;
-  assign \$1  = ~ \$signal ;
-  assign push = valid & \$1 ;
-  assign pop = \next$29  & \$signal$30 ;
-  assign busy = \$signal$30  | valid;
-  assign \$2  = ~ \$signal$30 ;
-  assign \$3  = \next$29  | \$2 ;
-  assign \$4  = \$signal  ? second_addr : \addr$59 ;
-  assign \$5  = \$signal  ? second_last0 : \last__0$61 ;
-  assign \$6  = \$signal  ? second_last1 : \last__1$63 ;
-  assign \$7  = \$signal  ? second_last2 : \last__2$65 ;
-  assign \$8  = \$signal  ? second_last3 : \last__3$67 ;
-  assign \$9  = \$signal  ? second_last4 : \last__4$69 ;
-  assign \$10  = \$signal  ? second_final : \final$71 ;
-  assign \$11  = ~ \$signal ;
-  assign \$12  = \$signal  | push;
-  assign \$13  = ~ pop;
-  assign \$14  = \$signal$30  & \$13 ;
-  assign \$15  = \$12  | \$14 ;
-  assign \$16  = \$signal$30  & push;
-  assign \$17  = \$signal  | \$16 ;
-  assign \$18  = pop ? 1'h0 : \$17 ;
-  always @(posedge clk)
-    addr <= \$19 ;
-  always @(posedge clk)
-    last__0 <= \$20 ;
-  always @(posedge clk)
-    last__1 <= \$21 ;
-  always @(posedge clk)
-    last__2 <= \$22 ;
-  always @(posedge clk)
-    last__3 <= \$23 ;
-  always @(posedge clk)
-    last__4 <= \$24 ;
-  always @(posedge clk)
-    \final  <= \$25 ;
-  always @(posedge clk)
-    second_addr <= \$26 ;
-  always @(posedge clk)
-    second_last0 <= \$27 ;
-  always @(posedge clk)
-    second_last1 <= \$28 ;
-  always @(posedge clk)
-    second_last2 <= \$29 ;
-  always @(posedge clk)
-    second_last3 <= \$30 ;
-  always @(posedge clk)
-    second_last4 <= \$31 ;
-  always @(posedge clk)
-    second_final <= \$32 ;
-  always @(posedge clk)
-    \$signal$30  <= \$33 ;
-  always @(posedge clk)
-    \$signal  <= \$34 ;
-  \accelerator.core.gen_src1.walk  walk (
-    .addr(\addr$59 ),
-    .base(base),
-    .clk(clk),
-    .\final (\final$71 ),
-    .last__0(\last__0$61 ),
-    .last__1(\last__1$63 ),
-    .last__2(\last__2$65 ),
-    .last__3(\last__3$67 ),
-    .last__4(\last__4$69 ),
-    .load(load),
-    .n__0(n__0),
-    .n__1(n__1),
-    .n__2(n__2),
-    .n__3(n__3),
-    .n__4(n__4),
-    .next(push),
-    .rst(rst),
-    .strides__0(strides__0),
-    .strides__1(strides__1),
-    .strides__2(strides__2),
-    .strides__3(strides__3),
-    .strides__4(strides__4),
-    .valid(valid)
-  );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$19  = addr;
-    if (\$3 ) begin
-      \$19  = \$4 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$20  = last__0;
-    if (\$3 ) begin
-      \$20  = \$5 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$21  = last__1;
-    if (\$3 ) begin
-      \$21  = \$6 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$22  = last__2;
-    if (\$3 ) begin
-      \$22  = \$7 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$23  = last__3;
-    if (\$3 ) begin
-      \$23  = \$8 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$24  = last__4;
-    if (\$3 ) begin
-      \$24  = \$9 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$25  = \final ;
-    if (\$3 ) begin
-      \$25  = \$10 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$26  = second_addr;
-    if (\$11 ) begin
-      \$26  = \addr$59 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$27  = second_last0;
-    if (\$11 ) begin
-      \$27  = \last__0$61 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$28  = second_last1;
-    if (\$11 ) begin
-      \$28  = \last__1$63 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$29  = second_last2;
-    if (\$11 ) begin
-      \$29  = \last__2$65 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$30  = second_last3;
-    if (\$11 ) begin
-      \$30  = \last__3$67 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$31  = second_last4;
-    if (\$11 ) begin
-      \$31  = \last__4$69 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$32  = second_final;
-    if (\$11 ) begin
-      \$32  = \final$71 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    (* full_case = 32'd1 *)
-    if (load) begin
-      \$33  = 1'h0;
-    end else begin
-      \$33  = \$15 ;
-    end
-    if (rst) begin
-      \$33  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    (* full_case = 32'd1 *)
-    if (load) begin
-      \$34  = 1'h0;
-    end else begin
-      \$34  = \$18 ;
-    end
-    if (rst) begin
-      \$34  = 1'h0;
-    end
-  end
-  assign \load$1  = load;
-  assign \base$3  = base;
-  assign \n__0$5  = n__0;
-  assign \strides__0$7  = strides__0;
-  assign \n__1$9  = n__1;
-  assign \strides__1$11  = strides__1;
-  assign \n__2$13  = n__2;
-  assign \strides__2$15  = strides__2;
-  assign \n__3$17  = n__3;
-  assign \strides__3$19  = strides__3;
-  assign \n__4$21  = n__4;
-  assign \strides__4$23  = strides__4;
-  assign next = push;
-  assign head_addr = addr;
-  assign head_final = \final ;
-  assign head_last0 = last__0;
-  assign index__0 = 16'h0000;
-  assign head_i0 = 16'h0000;
-  assign head_last1 = last__1;
-  assign index__1 = 16'h0000;
-  assign head_i1 = 16'h0000;
-  assign head_last2 = last__2;
-  assign index__2 = 16'h0000;
-  assign head_i2 = 16'h0000;
-  assign head_last3 = last__3;
-  assign index__3 = 16'h0000;
-  assign head_i3 = 16'h0000;
-  assign head_last4 = last__4;
-  assign index__4 = 16'h0000;
-  assign head_i4 = 16'h0000;
-  assign \valid$31  = \$signal$30 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, valid, last__0, last__1, last__2, last__3, last__4
 , addr, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$67  = 0;
   wire \$1 ;
@@ -64492,8 +62848,1079 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payload, buf_wdata, unit_rst, c__payload, c__valid, idle_r, o__valid, clk);
+module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, addr, last__3, last__4, \final , \valid$31 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$68  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  reg [21:0] \$19 ;
+  wire \$2 ;
+  reg \$20 ;
+  reg \$21 ;
+  reg \$22 ;
+  reg \$23 ;
+  reg \$24 ;
+  reg \$25 ;
+  reg [21:0] \$26 ;
+  reg \$27 ;
+  reg \$28 ;
+  reg \$29 ;
+  wire \$3 ;
+  reg \$30 ;
+  reg \$31 ;
+  reg \$32 ;
+  reg \$33 ;
+  reg \$34 ;
+  wire [21:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  reg \$signal  = 1'h0;
+  reg \$signal$30  = 1'h0;
+  output [21:0] addr;
+  reg [21:0] addr = 22'h000000;
+  wire [21:0] \addr$59 ;
+  input [19:0] base;
+  wire [19:0] base;
+  wire [19:0] \base$3 ;
+  wire busy;
+  input clk;
+  wire clk;
+  output \final ;
+  reg \final  = 1'h0;
+  wire \final$71 ;
+  (* init = 22'h000000 *)
+  wire [21:0] head_addr;
+  (* init = 1'h0 *)
+  wire head_final;
+  wire [15:0] head_i0;
+  wire [15:0] head_i1;
+  wire [15:0] head_i2;
+  wire [15:0] head_i3;
+  wire [15:0] head_i4;
+  (* init = 1'h0 *)
+  wire head_last0;
+  (* init = 1'h0 *)
+  wire head_last1;
+  (* init = 1'h0 *)
+  wire head_last2;
+  (* init = 1'h0 *)
+  wire head_last3;
+  (* init = 1'h0 *)
+  wire head_last4;
+  wire [15:0] index__0;
+  wire [15:0] index__1;
+  wire [15:0] index__2;
+  wire [15:0] index__3;
+  wire [15:0] index__4;
+  reg last__0 = 1'h0;
+  wire \last__0$61 ;
+  reg last__1 = 1'h0;
+  wire \last__1$63 ;
+  reg last__2 = 1'h0;
+  wire \last__2$65 ;
+  output last__3;
+  reg last__3 = 1'h0;
+  wire \last__3$67 ;
+  output last__4;
+  reg last__4 = 1'h0;
+  wire \last__4$69 ;
+  input load;
+  wire load;
+  wire \load$1 ;
+  input [15:0] n__0;
+  wire [15:0] n__0;
+  wire [15:0] \n__0$5 ;
+  input [15:0] n__1;
+  wire [15:0] n__1;
+  wire [15:0] \n__1$9 ;
+  input [15:0] n__2;
+  wire [15:0] n__2;
+  wire [15:0] \n__2$13 ;
+  input [15:0] n__3;
+  wire [15:0] n__3;
+  wire [15:0] \n__3$17 ;
+  input [15:0] n__4;
+  wire [15:0] n__4;
+  wire [15:0] \n__4$21 ;
+  wire next;
+  input \next$29 ;
+  wire \next$29 ;
+  wire pop;
+  wire push;
+  input rst;
+  wire rst;
+  reg [21:0] second_addr = 22'h000000;
+  reg second_final = 1'h0;
+  reg second_last0 = 1'h0;
+  reg second_last1 = 1'h0;
+  reg second_last2 = 1'h0;
+  reg second_last3 = 1'h0;
+  reg second_last4 = 1'h0;
+  input [17:0] strides__0;
+  wire [17:0] strides__0;
+  wire [17:0] \strides__0$7 ;
+  input [17:0] strides__1;
+  wire [17:0] strides__1;
+  wire [17:0] \strides__1$11 ;
+  input [17:0] strides__2;
+  wire [17:0] strides__2;
+  wire [17:0] \strides__2$15 ;
+  input [17:0] strides__3;
+  wire [17:0] strides__3;
+  wire [17:0] \strides__3$19 ;
+  input [17:0] strides__4;
+  wire [17:0] strides__4;
+  wire [17:0] \strides__4$23 ;
+  wire valid;
+  (* init = 1'h0 *)
+  output \valid$31 ;
+  wire \valid$31 ;
+  assign \$1  = ~ \$signal ;
+  assign push = valid & \$1 ;
+  assign pop = \next$29  & \$signal$30 ;
+  assign busy = \$signal$30  | valid;
+  assign \$2  = ~ \$signal$30 ;
+  assign \$3  = \next$29  | \$2 ;
+  assign \$4  = \$signal  ? second_addr : \addr$59 ;
+  assign \$5  = \$signal  ? second_last0 : \last__0$61 ;
+  assign \$6  = \$signal  ? second_last1 : \last__1$63 ;
+  assign \$7  = \$signal  ? second_last2 : \last__2$65 ;
+  assign \$8  = \$signal  ? second_last3 : \last__3$67 ;
+  assign \$9  = \$signal  ? second_last4 : \last__4$69 ;
+  assign \$10  = \$signal  ? second_final : \final$71 ;
+  assign \$11  = ~ \$signal ;
+  assign \$12  = \$signal  | push;
+  assign \$13  = ~ pop;
+  assign \$14  = \$signal$30  & \$13 ;
+  assign \$15  = \$12  | \$14 ;
+  assign \$16  = \$signal$30  & push;
+  assign \$17  = \$signal  | \$16 ;
+  assign \$18  = pop ? 1'h0 : \$17 ;
+  always @(posedge clk)
+    addr <= \$19 ;
+  always @(posedge clk)
+    last__0 <= \$20 ;
+  always @(posedge clk)
+    last__1 <= \$21 ;
+  always @(posedge clk)
+    last__2 <= \$22 ;
+  always @(posedge clk)
+    last__3 <= \$23 ;
+  always @(posedge clk)
+    last__4 <= \$24 ;
+  always @(posedge clk)
+    \final  <= \$25 ;
+  always @(posedge clk)
+    second_addr <= \$26 ;
+  always @(posedge clk)
+    second_last0 <= \$27 ;
+  always @(posedge clk)
+    second_last1 <= \$28 ;
+  always @(posedge clk)
+    second_last2 <= \$29 ;
+  always @(posedge clk)
+    second_last3 <= \$30 ;
+  always @(posedge clk)
+    second_last4 <= \$31 ;
+  always @(posedge clk)
+    second_final <= \$32 ;
+  always @(posedge clk)
+    \$signal$30  <= \$33 ;
+  always @(posedge clk)
+    \$signal  <= \$34 ;
+  \accelerator.core.gen_src1.walk  walk (
+    .addr(\addr$59 ),
+    .base(base),
+    .clk(clk),
+    .\final (\final$71 ),
+    .last__0(\last__0$61 ),
+    .last__1(\last__1$63 ),
+    .last__2(\last__2$65 ),
+    .last__3(\last__3$67 ),
+    .last__4(\last__4$69 ),
+    .load(load),
+    .n__0(n__0),
+    .n__1(n__1),
+    .n__2(n__2),
+    .n__3(n__3),
+    .n__4(n__4),
+    .next(push),
+    .rst(rst),
+    .strides__0(strides__0),
+    .strides__1(strides__1),
+    .strides__2(strides__2),
+    .strides__3(strides__3),
+    .strides__4(strides__4),
+    .valid(valid)
+  );
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$19  = addr;
+    if (\$3 ) begin
+      \$19  = \$4 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$20  = last__0;
+    if (\$3 ) begin
+      \$20  = \$5 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$21  = last__1;
+    if (\$3 ) begin
+      \$21  = \$6 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$22  = last__2;
+    if (\$3 ) begin
+      \$22  = \$7 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$23  = last__3;
+    if (\$3 ) begin
+      \$23  = \$8 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$24  = last__4;
+    if (\$3 ) begin
+      \$24  = \$9 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$25  = \final ;
+    if (\$3 ) begin
+      \$25  = \$10 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$26  = second_addr;
+    if (\$11 ) begin
+      \$26  = \addr$59 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$27  = second_last0;
+    if (\$11 ) begin
+      \$27  = \last__0$61 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$28  = second_last1;
+    if (\$11 ) begin
+      \$28  = \last__1$63 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$29  = second_last2;
+    if (\$11 ) begin
+      \$29  = \last__2$65 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$30  = second_last3;
+    if (\$11 ) begin
+      \$30  = \last__3$67 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$31  = second_last4;
+    if (\$11 ) begin
+      \$31  = \last__4$69 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    \$32  = second_final;
+    if (\$11 ) begin
+      \$32  = \final$71 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    (* full_case = 32'd1 *)
+    if (load) begin
+      \$33  = 1'h0;
+    end else begin
+      \$33  = \$15 ;
+    end
+    if (rst) begin
+      \$33  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    (* full_case = 32'd1 *)
+    if (load) begin
+      \$34  = 1'h0;
+    end else begin
+      \$34  = \$18 ;
+    end
+    if (rst) begin
+      \$34  = 1'h0;
+    end
+  end
+  assign \load$1  = load;
+  assign \base$3  = base;
+  assign \n__0$5  = n__0;
+  assign \strides__0$7  = strides__0;
+  assign \n__1$9  = n__1;
+  assign \strides__1$11  = strides__1;
+  assign \n__2$13  = n__2;
+  assign \strides__2$15  = strides__2;
+  assign \n__3$17  = n__3;
+  assign \strides__3$19  = strides__3;
+  assign \n__4$21  = n__4;
+  assign \strides__4$23  = strides__4;
+  assign next = push;
+  assign head_addr = addr;
+  assign head_final = \final ;
+  assign head_last0 = last__0;
+  assign index__0 = 16'h0000;
+  assign head_i0 = 16'h0000;
+  assign head_last1 = last__1;
+  assign index__1 = 16'h0000;
+  assign head_i1 = 16'h0000;
+  assign head_last2 = last__2;
+  assign index__2 = 16'h0000;
+  assign head_i2 = 16'h0000;
+  assign head_last3 = last__3;
+  assign index__3 = 16'h0000;
+  assign head_i3 = 16'h0000;
+  assign head_last4 = last__4;
+  assign index__4 = 16'h0000;
+  assign head_i4 = 16'h0000;
+  assign \valid$31  = \$signal$30 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, valid, last__0, last__1, last__2, last__3, last__4
+, addr, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$69  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire [16:0] \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [16:0] \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire [16:0] \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire [16:0] \$35 ;
+  wire [22:0] \$36 ;
+  wire \$37 ;
+  wire [16:0] \$38 ;
+  wire [22:0] \$39 ;
+  wire \$4 ;
+  wire \$40 ;
+  wire [22:0] \$41 ;
+  wire [16:0] \$42 ;
+  wire [22:0] \$43 ;
+  wire \$44 ;
+  wire [22:0] \$45 ;
+  wire [22:0] \$46 ;
+  wire [16:0] \$47 ;
+  wire [22:0] \$48 ;
+  wire \$49 ;
+  wire [16:0] \$5 ;
+  wire [22:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [16:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire \$55 ;
+  wire [22:0] \$56 ;
+  wire [22:0] \$57 ;
+  wire [22:0] \$58 ;
+  wire [22:0] \$59 ;
+  wire \$6 ;
+  reg \$60 ;
+  reg [15:0] \$61 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg [17:0] \$64 ;
+  reg [15:0] \$65 ;
+  reg [21:0] \$66 ;
+  reg [15:0] \$67 ;
+  reg \$68 ;
+  reg \$69 ;
+  wire \$7 ;
+  reg [17:0] \$70 ;
+  reg [15:0] \$71 ;
+  reg [21:0] \$72 ;
+  reg [15:0] \$73 ;
+  reg \$74 ;
+  reg \$75 ;
+  reg [17:0] \$76 ;
+  reg [15:0] \$77 ;
+  reg [21:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [16:0] \$8 ;
+  reg \$80 ;
+  reg \$81 ;
+  reg [17:0] \$82 ;
+  reg [15:0] \$83 ;
+  reg [21:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg \$86 ;
+  reg \$87 ;
+  reg [17:0] \$88 ;
+  reg [15:0] \$89 ;
+  wire \$9 ;
+  reg [21:0] \$90 ;
+  output [21:0] addr;
+  reg [21:0] addr = 22'h000000;
+  input [19:0] base;
+  wire [19:0] base;
+  input clk;
+  wire clk;
+  output \final ;
+  wire \final ;
+  wire \final$21 ;
+  (* init = 16'h0000 *)
+  wire [15:0] i0;
+  (* init = 16'h0000 *)
+  wire [15:0] i1;
+  (* init = 16'h0000 *)
+  wire [15:0] i2;
+  (* init = 16'h0000 *)
+  wire [15:0] i3;
+  (* init = 16'h0000 *)
+  wire [15:0] i4;
+  reg [15:0] index__0 = 16'h0000;
+  reg [15:0] index__1 = 16'h0000;
+  reg [15:0] index__2 = 16'h0000;
+  reg [15:0] index__3 = 16'h0000;
+  reg [15:0] index__4 = 16'h0000;
+  (* init = 1'h0 *)
+  wire last0;
+  (* init = 1'h0 *)
+  wire last1;
+  (* init = 1'h0 *)
+  wire last2;
+  (* init = 1'h0 *)
+  wire last3;
+  (* init = 1'h0 *)
+  wire last4;
+  output last__0;
+  reg last__0 = 1'h0;
+  output last__1;
+  reg last__1 = 1'h0;
+  output last__2;
+  reg last__2 = 1'h0;
+  output last__3;
+  reg last__3 = 1'h0;
+  output last__4;
+  reg last__4 = 1'h0;
+  input load;
+  wire load;
+  input [15:0] n__0;
+  wire [15:0] n__0;
+  input [15:0] n__1;
+  wire [15:0] n__1;
+  input [15:0] n__2;
+  wire [15:0] n__2;
+  input [15:0] n__3;
+  wire [15:0] n__3;
+  input [15:0] n__4;
+  wire [15:0] n__4;
+  input next;
+  wire next;
+  reg [15:0] nm2_0 = 16'h0000;
+  reg [15:0] nm2_1 = 16'h0000;
+  reg [15:0] nm2_2 = 16'h0000;
+  reg [15:0] nm2_3 = 16'h0000;
+  reg [15:0] nm2_4 = 16'h0000;
+  reg one0 = 1'h0;
+  reg one1 = 1'h0;
+  reg one2 = 1'h0;
+  reg one3 = 1'h0;
+  reg one4 = 1'h0;
+  input rst;
+  wire rst;
+  reg [17:0] s0 = 18'h00000;
+  reg [17:0] s1 = 18'h00000;
+  reg [17:0] s2 = 18'h00000;
+  reg [17:0] s3 = 18'h00000;
+  reg [17:0] s4 = 18'h00000;
+  reg [21:0] start0 = 22'h000000;
+  reg [21:0] start1 = 22'h000000;
+  reg [21:0] start2 = 22'h000000;
+  reg [21:0] start3 = 22'h000000;
+  (* init = 22'h000000 *)
+  wire [21:0] start4;
+  input [17:0] strides__0;
+  wire [17:0] strides__0;
+  input [17:0] strides__1;
+  wire [17:0] strides__1;
+  input [17:0] strides__2;
+  wire [17:0] strides__2;
+  input [17:0] strides__3;
+  wire [17:0] strides__3;
+  input [17:0] strides__4;
+  wire [17:0] strides__4;
+  output valid;
+  reg valid = 1'h0;
+  (* init = 1'h0 *)
+  wire \valid$23 ;
+  assign \$9  = n__1 == 1'h1;
+  assign \$10  = n__1 == 1'h1;
+  assign \$11  = n__2 - 2'h2;
+  assign \$12  = n__2 == 1'h1;
+  assign \$13  = n__2 == 1'h1;
+  assign \$14  = n__3 - 2'h2;
+  assign \$15  = n__3 == 1'h1;
+  assign \$16  = n__3 == 1'h1;
+  assign \$17  = n__4 - 2'h2;
+  assign \$18  = n__4 == 1'h1;
+  assign \$19  = n__4 == 1'h1;
+  assign \$20  = ~ last__4;
+  assign \$21  = ~ last__3;
+  assign \$22  = \$21  & last__4;
+  assign \$23  = ~ last__2;
+  assign \$24  = last__3 & last__4;
+  assign \$25  = \$23  & \$24 ;
+  assign \$26  = ~ last__1;
+  assign \$27  = last__2 & last__3;
+  assign \$28  = \$27  & last__4;
+  assign \$29  = \$26  & \$28 ;
+  assign \$30  = ~ last__0;
+  assign \$31  = last__1 & last__2;
+  assign \$32  = \$31  & last__3;
+  assign \$33  = \$32  & last__4;
+  assign \$34  = \$30  & \$33 ;
+  assign \$35  = index__4 + 1'h1;
+  assign \$36  = $signed(addr) + $signed(s4);
+  assign \$37  = index__4 == nm2_4;
+  assign \$38  = index__3 + 1'h1;
+  assign \$39  = $signed(start3) + $signed(s3);
+  assign \$40  = index__3 == nm2_3;
+  assign \$41  = $signed(start3) + $signed(s3);
+  assign \$42  = index__2 + 1'h1;
+  assign \$43  = $signed(start2) + $signed(s2);
+  assign \$44  = index__2 == nm2_2;
+  assign \$45  = $signed(start2) + $signed(s2);
+  assign \$46  = $signed(start2) + $signed(s2);
+  assign \$47  = index__1 + 1'h1;
+  assign \$48  = $signed(start1) + $signed(s1);
+  assign \$49  = index__1 == nm2_1;
+  assign \$50  = $signed(start1) + $signed(s1);
+  assign \$51  = $signed(start1) + $signed(s1);
+  assign \$52  = $signed(start1) + $signed(s1);
+  assign \$53  = index__0 + 1'h1;
+  assign \$54  = $signed(start0) + $signed(s0);
+  assign \$55  = index__0 == nm2_0;
+  assign \$56  = $signed(start0) + $signed(s0);
+  assign \$57  = $signed(start0) + $signed(s0);
+  assign \$58  = $signed(start0) + $signed(s0);
+  assign \$59  = $signed(start0) + $signed(s0);
+  always @(posedge clk)
+    valid <= \$60 ;
+  always @(posedge clk)
+    nm2_0 <= \$61 ;
+  always @(posedge clk)
+    one0 <= \$62 ;
+  always @(posedge clk)
+    last__0 <= \$63 ;
+  always @(posedge clk)
+    s0 <= \$64 ;
+  always @(posedge clk)
+    index__0 <= \$65 ;
+  always @(posedge clk)
+    start0 <= \$66 ;
+  always @(posedge clk)
+    nm2_1 <= \$67 ;
+  always @(posedge clk)
+    one1 <= \$68 ;
+  always @(posedge clk)
+    last__1 <= \$69 ;
+  always @(posedge clk)
+    s1 <= \$70 ;
+  always @(posedge clk)
+    index__1 <= \$71 ;
+  always @(posedge clk)
+    start1 <= \$72 ;
+  always @(posedge clk)
+    nm2_2 <= \$73 ;
+  always @(posedge clk)
+    one2 <= \$74 ;
+  always @(posedge clk)
+    last__2 <= \$75 ;
+  always @(posedge clk)
+    s2 <= \$76 ;
+  always @(posedge clk)
+    index__2 <= \$77 ;
+  always @(posedge clk)
+    start2 <= \$78 ;
+  always @(posedge clk)
+    nm2_3 <= \$79 ;
+  always @(posedge clk)
+    one3 <= \$80 ;
+  always @(posedge clk)
+    last__3 <= \$81 ;
+  always @(posedge clk)
+    s3 <= \$82 ;
+  always @(posedge clk)
+    index__3 <= \$83 ;
+  always @(posedge clk)
+    start3 <= \$84 ;
+  always @(posedge clk)
+    nm2_4 <= \$85 ;
+  always @(posedge clk)
+    one4 <= \$86 ;
+  always @(posedge clk)
+    last__4 <= \$87 ;
+  always @(posedge clk)
+    s4 <= \$88 ;
+  always @(posedge clk)
+    index__4 <= \$89 ;
+  always @(posedge clk)
+    addr <= \$90 ;
+  assign \$1  = last__0 & last__1;
+  assign \$2  = \$1  & last__2;
+  assign \$3  = \$2  & last__3;
+  assign \final  = \$3  & last__4;
+  assign \$4  = next & valid;
+  assign \$5  = n__0 - 2'h2;
+  assign \$6  = n__0 == 1'h1;
+  assign \$7  = n__0 == 1'h1;
+  assign \$8  = n__1 - 2'h2;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$60  = valid;
+    if (load) begin
+      \$60  = 1'h1;
+    end else if (\$4 ) begin
+      if (\final ) begin
+        \$60  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$60  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$61  = nm2_0;
+    if (load) begin
+      \$61  = \$5 [15:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$62  = one0;
+    if (load) begin
+      \$62  = \$6 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$63  = last__0;
+    if (load) begin
+      \$63  = \$7 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$63  = \$55 ;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$64  = s0;
+    if (load) begin
+      \$64  = strides__0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$65  = index__0;
+    if (load) begin
+      \$65  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$65  = \$53 [15:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$66  = start0;
+    if (load) begin
+      \$66  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+      end else if (\$34 ) begin
+        \$66  = \$54 [21:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$67  = nm2_1;
+    if (load) begin
+      \$67  = \$8 [15:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$68  = one1;
+    if (load) begin
+      \$68  = \$9 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$69  = last__1;
+    if (load) begin
+      \$69  = \$10 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$69  = \$49 ;
+      end else if (\$34 ) begin
+        \$69  = one1;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$70  = s1;
+    if (load) begin
+      \$70  = strides__1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$71  = index__1;
+    if (load) begin
+      \$71  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$71  = \$47 [15:0];
+      end else if (\$34 ) begin
+        \$71  = 16'h0000;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$72  = start1;
+    if (load) begin
+      \$72  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+      end else if (\$29 ) begin
+        \$72  = \$48 [21:0];
+      end else if (\$34 ) begin
+        \$72  = \$56 [21:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$73  = nm2_2;
+    if (load) begin
+      \$73  = \$11 [15:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$74  = one2;
+    if (load) begin
+      \$74  = \$12 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$75  = last__2;
+    if (load) begin
+      \$75  = \$13 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$75  = \$44 ;
+      end else if (\$29 ) begin
+        \$75  = one2;
+      end else if (\$34 ) begin
+        \$75  = one2;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$76  = s2;
+    if (load) begin
+      \$76  = strides__2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$77  = index__2;
+    if (load) begin
+      \$77  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$77  = \$42 [15:0];
+      end else if (\$29 ) begin
+        \$77  = 16'h0000;
+      end else if (\$34 ) begin
+        \$77  = 16'h0000;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$78  = start2;
+    if (load) begin
+      \$78  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+      end else if (\$25 ) begin
+        \$78  = \$43 [21:0];
+      end else if (\$29 ) begin
+        \$78  = \$50 [21:0];
+      end else if (\$34 ) begin
+        \$78  = \$57 [21:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$79  = nm2_3;
+    if (load) begin
+      \$79  = \$14 [15:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$80  = one3;
+    if (load) begin
+      \$80  = \$15 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$81  = last__3;
+    if (load) begin
+      \$81  = \$16 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$81  = \$40 ;
+      end else if (\$25 ) begin
+        \$81  = one3;
+      end else if (\$29 ) begin
+        \$81  = one3;
+      end else if (\$34 ) begin
+        \$81  = one3;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$82  = s3;
+    if (load) begin
+      \$82  = strides__3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$83  = index__3;
+    if (load) begin
+      \$83  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$83  = \$38 [15:0];
+      end else if (\$25 ) begin
+        \$83  = 16'h0000;
+      end else if (\$29 ) begin
+        \$83  = 16'h0000;
+      end else if (\$34 ) begin
+        \$83  = 16'h0000;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$84  = start3;
+    if (load) begin
+      \$84  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+      end else if (\$22 ) begin
+        \$84  = \$39 [21:0];
+      end else if (\$25 ) begin
+        \$84  = \$45 [21:0];
+      end else if (\$29 ) begin
+        \$84  = \$51 [21:0];
+      end else if (\$34 ) begin
+        \$84  = \$58 [21:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$85  = nm2_4;
+    if (load) begin
+      \$85  = \$17 [15:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$86  = one4;
+    if (load) begin
+      \$86  = \$18 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$87  = last__4;
+    if (load) begin
+      \$87  = \$19 ;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$87  = \$37 ;
+      end else if (\$22 ) begin
+        \$87  = one4;
+      end else if (\$25 ) begin
+        \$87  = one4;
+      end else if (\$29 ) begin
+        \$87  = one4;
+      end else if (\$34 ) begin
+        \$87  = one4;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$88  = s4;
+    if (load) begin
+      \$88  = strides__4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$89  = index__4;
+    if (load) begin
+      \$89  = 16'h0000;
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$89  = \$35 [15:0];
+      end else if (\$22 ) begin
+        \$89  = 16'h0000;
+      end else if (\$25 ) begin
+        \$89  = 16'h0000;
+      end else if (\$29 ) begin
+        \$89  = 16'h0000;
+      end else if (\$34 ) begin
+        \$89  = 16'h0000;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    \$90  = addr;
+    if (load) begin
+      \$90  = { 2'h0, base };
+    end else if (\$4 ) begin
+      if (\$20 ) begin
+        \$90  = \$36 [21:0];
+      end else if (\$22 ) begin
+        \$90  = \$41 [21:0];
+      end else if (\$25 ) begin
+        \$90  = \$46 [21:0];
+      end else if (\$29 ) begin
+        \$90  = \$52 [21:0];
+      end else if (\$34 ) begin
+        \$90  = \$59 [21:0];
+      end
+    end
+  end
+  assign last0 = last__0;
+  assign i0 = index__0;
+  assign last1 = last__1;
+  assign i1 = index__1;
+  assign last2 = last__2;
+  assign i2 = index__2;
+  assign last3 = last__3;
+  assign i3 = index__3;
+  assign last4 = last__4;
+  assign i4 = index__4;
+  assign \final$21  = \final ;
+  assign \valid$23  = valid;
+  assign start4 = addr;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payload, buf_wdata, unit_rst, c__payload, c__valid, idle_r, o__valid, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$70  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [2:0] \$100 ;
@@ -67183,7 +66610,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     .w_port__data(o16_out)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$603  = \$1 ;
     if (unit_rst) begin
       \$603  = 1'h0;
@@ -67193,7 +66620,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$604  = \$2 ;
     if (unit_rst) begin
       \$604  = 1'h0;
@@ -67203,14 +66630,14 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$605  = e_r;
     if (m_ram_wen) begin
       \$605  = c__payload[64:59];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$606  = cm1;
     if (m_ram_wen) begin
       if (c__payload[65]) begin
@@ -67225,7 +66652,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$607  = cm2;
     if (m_ram_wen) begin
       if (c__payload[65]) begin
@@ -67240,7 +66667,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$608  = m_ram_waddr;
     if (m_ram_wen) begin
       (* full_case = 32'd1 *)
@@ -67258,7 +66685,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$609  = \$11 ;
     if (unit_rst) begin
       \$609  = 1'h0;
@@ -67268,7 +66695,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$610  = \$13 ;
     if (unit_rst) begin
       \$610  = 1'h0;
@@ -67278,7 +66705,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$611  = \$15 ;
     if (unit_rst) begin
       \$611  = 1'h0;
@@ -67288,7 +66715,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$612  = cnt;
     if (buf_wen) begin
       \$612  = \$23 [5:0];
@@ -67301,7 +66728,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$613  = in_last;
     if (buf_wen) begin
       \$613  = \$26 ;
@@ -67317,7 +66744,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$614  = wslot;
     if (buf_wen) begin
       if (in_last) begin
@@ -67332,7 +66759,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$615  = \$344 [1:0];
     if (unit_rst) begin
       \$615  = 2'h0;
@@ -67342,7 +66769,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$616  = \$37 ;
     if (unit_rst) begin
       \$616  = 1'h1;
@@ -67352,7 +66779,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$617  = buf_wen;
     if (unit_rst) begin
       \$617  = 1'h0;
@@ -67362,7 +66789,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$618  = \$38 ;
     if (unit_rst) begin
       \$618  = 1'h0;
@@ -67372,7 +66799,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$619  = in1_v;
     if (unit_rst) begin
       \$619  = 1'h0;
@@ -67382,7 +66809,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$620  = in1_l;
     if (unit_rst) begin
       \$620  = 1'h0;
@@ -67392,7 +66819,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$621  = in2_v;
     if (unit_rst) begin
       \$621  = 1'h0;
@@ -67402,7 +66829,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$622  = in2_l;
     if (unit_rst) begin
       \$622  = 1'h0;
@@ -67412,7 +66839,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$623  = sq0_v;
     if (unit_rst) begin
       \$623  = 1'h0;
@@ -67422,7 +66849,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$624  = sq0_l;
     if (unit_rst) begin
       \$624  = 1'h0;
@@ -67432,7 +66859,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$625  = sq1_v;
     if (unit_rst) begin
       \$625  = 1'h0;
@@ -67442,7 +66869,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$626  = sq1_l;
     if (unit_rst) begin
       \$626  = 1'h0;
@@ -67452,7 +66879,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$627  = h1_s;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -67461,7 +66888,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$628  = h1_qs;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -67470,7 +66897,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$629  = h1_qc;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -67479,7 +66906,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$630  = h1_valid;
     if (sq2_v) begin
       if (sq2_l) begin
@@ -67499,7 +66926,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$631  = s_acc;
     if (sq2_v) begin
       (* full_case = 32'd1 *)
@@ -67517,7 +66944,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$632  = qs_acc;
     if (sq2_v) begin
       (* full_case = 32'd1 *)
@@ -67535,7 +66962,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$633  = qc_acc;
     if (sq2_v) begin
       (* full_case = 32'd1 *)
@@ -67553,7 +66980,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$634  = \$42 ;
     if (unit_rst) begin
       \$634  = 1'h0;
@@ -67563,7 +66990,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$635  = calc_div;
     if (unit_rst) begin
       \$635  = 1'h0;
@@ -67573,7 +67000,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$636  = xc;
     if (hb) begin
       \$636  = \$47 [24:0];
@@ -67585,7 +67012,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$637  = \$signal$112 ;
     if (hb) begin
       \$637  = hz_l1_0;
@@ -67597,7 +67024,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$638  = zc;
     if (hb) begin
       \$638  = hz_l1_1;
@@ -67609,7 +67036,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$639  = \$signal$116 ;
     if (hb) begin
       \$639  = hy_l1_0;
@@ -67621,7 +67048,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$640  = yc;
     if (hb) begin
       \$640  = hy_l1_1;
@@ -67633,7 +67060,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$641  = \$56 ;
     if (unit_rst) begin
       \$641  = 1'h0;
@@ -67643,7 +67070,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$642  = d_rem;
     if (calc_idle) begin
       \$642  = h1_n[22:16];
@@ -67653,7 +67080,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$643  = nlo;
     if (calc_idle) begin
       \$643  = h1_n[15:0];
@@ -67663,7 +67090,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$644  = k;
     if (calc_idle) begin
       \$644  = 5'h0f;
@@ -67691,7 +67118,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$645  = s_c;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -67700,7 +67127,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$646  = qs_c;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -67709,7 +67136,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$647  = qc_c;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -67718,7 +67145,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$648  = calc_idle;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -67736,7 +67163,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$649  = calc_div;
     if (calc_idle) begin
       if (h1_n_ok) begin
@@ -67756,21 +67183,21 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$650  = qbit;
     if (calc_div) begin
       \$650  = \$64 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$651  = xc_add;
     if (calc_div) begin
       \$651  = \$67 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$652  = calc_tail;
     if (calc_div) begin
       if (\$70 ) begin
@@ -67788,7 +67215,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$653  = calc_var1;
     if (calc_tail) begin
       \$653  = 1'h1;
@@ -67804,7 +67231,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$654  = calc_var2;
     if (calc_var1) begin
       \$654  = 1'h1;
@@ -67820,7 +67247,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$655  = calc_var3;
     if (calc_var2) begin
       \$655  = 1'h1;
@@ -67836,7 +67263,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$656  = vsh;
     if (calc_var3) begin
       \$656  = \$71 [35:0];
@@ -67846,7 +67273,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$657  = r_rem;
     if (calc_var3) begin
       \$657  = 19'h00000;
@@ -67856,7 +67283,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$658  = root;
     if (calc_var3) begin
       \$658  = 18'h00000;
@@ -67866,7 +67293,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$659  = f_rem;
     if (calc_var3) begin
       \$659  = 18'h00000;
@@ -67876,7 +67303,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$660  = calc_root;
     if (calc_var3) begin
       \$660  = 1'h1;
@@ -67894,7 +67321,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$661  = calc_fact;
     if (calc_root) begin
       if (\$81 ) begin
@@ -67914,14 +67341,14 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$662  = f_q;
     if (calc_fact) begin
       \$662  = { f_q[29:0], \$87  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$663  = calc_push;
     if (calc_fact) begin
       if (\$90 ) begin
@@ -67939,21 +67366,21 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$664  = h2_mean;
     if (\$92 ) begin
       \$664  = \$93 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$665  = h2_factor;
     if (\$92 ) begin
       \$665  = f_q;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$666  = h2_valid;
     if (\$92 ) begin
       \$666  = 1'h1;
@@ -67969,7 +67396,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$667  = ch;
     if (issue) begin
       \$667  = \$95 [5:0];
@@ -67982,7 +67409,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$668  = out_last;
     if (issue) begin
       \$668  = \$98 ;
@@ -67998,7 +67425,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$669  = active;
     if (issue) begin
       if (out_last) begin
@@ -68016,7 +67443,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$670  = rslot;
     if (issue) begin
       if (out_last) begin
@@ -68031,21 +67458,21 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$671  = cur_mean;
     if (load) begin
       \$671  = h2_mean;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$672  = cur_factor;
     if (load) begin
       \$672  = h2_factor;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$673  = issue;
     if (unit_rst) begin
       \$673  = 1'h0;
@@ -68055,7 +67482,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$674  = o_valid1;
     if (unit_rst) begin
       \$674  = 1'h0;
@@ -68065,7 +67492,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$675  = o_valid2;
     if (unit_rst) begin
       \$675  = 1'h0;
@@ -68075,7 +67502,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$676  = o_valid3;
     if (unit_rst) begin
       \$676  = 1'h0;
@@ -68085,7 +67512,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$677  = o_valid4;
     if (unit_rst) begin
       \$677  = 1'h0;
@@ -68095,7 +67522,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$678  = o_valid5;
     if (unit_rst) begin
       \$678  = 1'h0;
@@ -68105,7 +67532,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$679  = o_valid6;
     if (unit_rst) begin
       \$679  = 1'h0;
@@ -68115,7 +67542,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$680  = o_valid7;
     if (unit_rst) begin
       \$680  = 1'h0;
@@ -68125,7 +67552,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$681  = o_valid8;
     if (unit_rst) begin
       \$681  = 1'h0;
@@ -68135,7 +67562,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$682  = o_valid9;
     if (unit_rst) begin
       \$682  = 1'h0;
@@ -68145,7 +67572,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$683  = o_valid10;
     if (unit_rst) begin
       \$683  = 1'h0;
@@ -68155,7 +67582,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$684  = o_valid11;
     if (unit_rst) begin
       \$684  = 1'h0;
@@ -68165,7 +67592,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$685  = o_valid12;
     if (unit_rst) begin
       \$685  = 1'h0;
@@ -68175,7 +67602,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$686  = o_valid13;
     if (unit_rst) begin
       \$686  = 1'h0;
@@ -68185,7 +67612,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$687  = o_valid14;
     if (unit_rst) begin
       \$687  = 1'h0;
@@ -68195,7 +67622,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$688  = o_valid15;
     if (unit_rst) begin
       \$688  = 1'h0;
@@ -68205,7 +67632,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$689  = \$121 [4:0];
     if (unit_rst) begin
       \$689  = 5'h14;
@@ -68215,7 +67642,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$690  = \$130 ;
     if (unit_rst) begin
       \$690  = 1'h1;
@@ -68225,7 +67652,7 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$691  = \$139 ;
     if (unit_rst) begin
       \$691  = 1'h0;
@@ -68235,70 +67662,70 @@ module \accelerator.core.layernorm (rst, i__valid, o__ready, i__ready, o__payloa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hz_l0_0 = 36'h000000000;
     if (hb) begin
       hz_l0_0 = \$271 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hz_l0_1 = 36'h000000000;
     if (hb) begin
       hz_l0_1 = \$272 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hz_l0_2 = 36'h000000000;
     if (hb) begin
       hz_l0_2 = { \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hz_l1_0 = 36'h000000000;
     if (hb) begin
       hz_l1_0 = \$275 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hz_l1_1 = 36'h000000000;
     if (hb) begin
       hz_l1_1 = { \$280 [34:0], 1'h0 };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hy_l0_0 = 36'h000000000;
     if (hb) begin
       hy_l0_0 = \$281 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hy_l0_1 = 36'h000000000;
     if (hb) begin
       hy_l0_1 = \$282 [35:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hy_l0_2 = 36'h000000000;
     if (hb) begin
       hy_l0_2 = { 11'h000, \$283  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hy_l1_0 = 36'h000000000;
     if (hb) begin
       hy_l1_0 = \$285 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hy_l1_1 = 36'h000000000;
     if (hb) begin
       hy_l1_1 = { \$290 [34:0], 1'h0 };
@@ -68621,7 +68048,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_port__data, w_en, r_rdy, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$69  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$71  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -68764,7 +68191,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
   always @(posedge clk)
     r_rdy <= \$34 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$71 ) begin end
     \$31  = w_port__addr;
     if (\$4 ) begin
       \$31  = \$7 [4:0];
@@ -68777,7 +68204,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$71 ) begin end
     \$32  = r_port__addr;
     if (\$10 ) begin
       \$32  = \$13 [4:0];
@@ -68790,7 +68217,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$71 ) begin end
     \$33  = inner_level;
     if (\$19 ) begin
       \$33  = \$20 [4:0];
@@ -68806,7 +68233,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$69 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$71 ) begin end
     \$34  = r_rdy;
     if (\$30 ) begin
       \$34  = 1'h1;
@@ -68830,8 +68257,8 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9270$0 , \port$9272$0 , \port$9274$0 , \port$9276$0 , \port$9278$0 , \port$9280$0 , \port$9282$0 , \port$9284$0 , clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$70  = 0;
+module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r_rdy, r_data, unit_rst, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$72  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -68854,22 +68281,157 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$9270$0 ;
-  wire [15:0] \port$9270$0 ;
-  input [15:0] \port$9272$0 ;
-  wire [15:0] \port$9272$0 ;
-  input [15:0] \port$9274$0 ;
-  wire [15:0] \port$9274$0 ;
-  input [15:0] \port$9276$0 ;
-  wire [15:0] \port$9276$0 ;
-  input [15:0] \port$9278$0 ;
-  wire [15:0] \port$9278$0 ;
-  input [15:0] \port$9280$0 ;
-  wire [15:0] \port$9280$0 ;
-  input [15:0] \port$9282$0 ;
-  wire [15:0] \port$9282$0 ;
-  input [15:0] \port$9284$0 ;
-  wire [15:0] \port$9284$0 ;
+  (* init = 1'h0 *)
+  wire produce;
+  output [15:0] r_data;
+  wire [15:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [15:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  wire [15:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  input [15:0] w_port__data;
+  wire [15:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [15:0] storage [1:0];
+  initial begin
+    storage[0] = 16'h0000;
+    storage[1] = 16'h0000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= w_port__data;
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (unit_rst) begin
+      \$15  = 1'h0;
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (unit_rst) begin
+      \$16  = 1'h0;
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (unit_rst) begin
+      \$17  = 2'h0;
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_data = w_port__data;
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9098$0 , \port$9100$0 , \port$9102$0 , \port$9104$0 , \port$9106$0 , \port$9108$0 , \port$9110$0 , \port$9112$0 , clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  input [15:0] \port$9098$0 ;
+  wire [15:0] \port$9098$0 ;
+  input [15:0] \port$9100$0 ;
+  wire [15:0] \port$9100$0 ;
+  input [15:0] \port$9102$0 ;
+  wire [15:0] \port$9102$0 ;
+  input [15:0] \port$9104$0 ;
+  wire [15:0] \port$9104$0 ;
+  input [15:0] \port$9106$0 ;
+  wire [15:0] \port$9106$0 ;
+  input [15:0] \port$9108$0 ;
+  wire [15:0] \port$9108$0 ;
+  input [15:0] \port$9110$0 ;
+  wire [15:0] \port$9110$0 ;
+  input [15:0] \port$9112$0 ;
+  wire [15:0] \port$9112$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -68903,7 +68465,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9284$0 , \port$9282$0 , \port$9280$0 , \port$9278$0 , \port$9276$0 , \port$9274$0 , \port$9272$0 , \port$9270$0  };
+      storage[w_port__addr] <= { \port$9112$0 , \port$9110$0 , \port$9108$0 , \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -68930,7 +68492,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -68943,7 +68505,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -68956,7 +68518,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -68974,15 +68536,15 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9284$0 , \port$9282$0 , \port$9280$0 , \port$9278$0 , \port$9276$0 , \port$9274$0 , \port$9272$0 , \port$9270$0  };
-  assign w_data = { \port$9284$0 , \port$9282$0 , \port$9280$0 , \port$9278$0 , \port$9276$0 , \port$9274$0 , \port$9272$0 , \port$9270$0  };
+  assign w_port__data = { \port$9112$0 , \port$9110$0 , \port$9108$0 , \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0  };
+  assign w_data = { \port$9112$0 , \port$9110$0 , \port$9108$0 , \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1919$0 , r_rdy, r_data, w_en, \port$9091$0 , unit_rst, level, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$71  = 0;
+module \accelerator.core.q_src0 (rst, r_en, \port$1597$0 , r_rdy, r_data, w_en, \port$8919$0 , unit_rst, level, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -69006,10 +68568,10 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1919$0 , r_rdy, r_data, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1919$0 ;
-  wire [15:0] \port$1919$0 ;
-  input [2:0] \port$9091$0 ;
-  wire [2:0] \port$9091$0 ;
+  input [15:0] \port$1597$0 ;
+  wire [15:0] \port$1597$0 ;
+  input [2:0] \port$8919$0 ;
+  wire [2:0] \port$8919$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -69044,7 +68606,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1919$0 , r_rdy, r_data, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9091$0 , \port$1919$0  };
+      storage[w_port__addr] <= { \port$8919$0 , \port$1597$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -69071,7 +68633,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1919$0 , r_rdy, r_data, w_en, 
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$71 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [1:0];
@@ -69084,7 +68646,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1919$0 , r_rdy, r_data, w_en, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$71 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [1:0];
@@ -69097,7 +68659,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1919$0 , r_rdy, r_data, w_en, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$71 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [2:0];
@@ -69115,15 +68677,15 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1919$0 , r_rdy, r_data, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9091$0 , \port$1919$0  };
-  assign w_data = { \port$9091$0 , \port$1919$0  };
+  assign w_port__data = { \port$8919$0 , \port$1597$0  };
+  assign w_data = { \port$8919$0 , \port$1597$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1920$0 , r_rdy, r_data, r_en, w_en, \port$9095$0 , unit_rst, level, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$72  = 0;
+module \accelerator.core.q_src1 (rst, \port$1598$0 , r_rdy, r_data, r_en, w_en, \port$8923$0 , unit_rst, level, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -69147,10 +68709,10 @@ module \accelerator.core.q_src1 (rst, \port$1920$0 , r_rdy, r_data, r_en, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1920$0 ;
-  wire [15:0] \port$1920$0 ;
-  input [2:0] \port$9095$0 ;
-  wire [2:0] \port$9095$0 ;
+  input [15:0] \port$1598$0 ;
+  wire [15:0] \port$1598$0 ;
+  input [2:0] \port$8923$0 ;
+  wire [2:0] \port$8923$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -69185,7 +68747,7 @@ module \accelerator.core.q_src1 (rst, \port$1920$0 , r_rdy, r_data, r_en, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9095$0 , \port$1920$0  };
+      storage[w_port__addr] <= { \port$8923$0 , \port$1598$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -69212,7 +68774,7 @@ module \accelerator.core.q_src1 (rst, \port$1920$0 , r_rdy, r_data, r_en, w_en, 
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [1:0];
@@ -69225,7 +68787,7 @@ module \accelerator.core.q_src1 (rst, \port$1920$0 , r_rdy, r_data, r_en, w_en, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [1:0];
@@ -69238,7 +68800,7 @@ module \accelerator.core.q_src1 (rst, \port$1920$0 , r_rdy, r_data, r_en, w_en, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [2:0];
@@ -69256,15 +68818,15 @@ module \accelerator.core.q_src1 (rst, \port$1920$0 , r_rdy, r_data, r_en, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9095$0 , \port$1920$0  };
-  assign w_data = { \port$9095$0 , \port$1920$0  };
+  assign w_port__data = { \port$8923$0 , \port$1598$0  };
+  assign w_data = { \port$8923$0 , \port$1598$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle, req__ready, beat__valid, beat__payload, ar__ready, r__valid, r__payload, w_data, ar__payload, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
   wire [31:0] \$1 ;
   wire [3:0] \$10 ;
   wire [11:0] \$11 ;
@@ -69554,9 +69116,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1665$0 (\$13 [4:0]),
-    .\port$1666$0 (\$14 ),
-    .\port$1830$0 (r_data[2:0]),
+    .\port$1343$0 (\$13 [4:0]),
+    .\port$1344$0 (\$14 ),
+    .\port$1508$0 (r_data[2:0]),
     .r_data(\r_data$29 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -69565,7 +69127,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     .w_rdy(\w_rdy$8 )
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \r_en$44  = 1'h0;
     if (\$47 ) begin
       if (\$48 ) begin
@@ -69574,7 +69136,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \w_en$15  = 1'h0;
     if (\$47 ) begin
       if (\$48 ) begin
@@ -69583,63 +69145,63 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$77  = acc0;
     if (\$54 ) begin
       \$77  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$78  = acc1;
     if (at[0]) begin
       \$78  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$79  = acc2;
     if (at[1]) begin
       \$79  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$80  = acc3;
     if (at[2]) begin
       \$80  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$81  = acc4;
     if (at[3]) begin
       \$81  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$82  = acc5;
     if (at[4]) begin
       \$82  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$83  = acc6;
     if (at[5]) begin
       \$83  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$84  = acc7;
     if (at[6]) begin
       \$84  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$85  = j;
     if (\$69 ) begin
       (* full_case = 32'd1 *)
@@ -69654,7 +69216,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$86  = at;
     if (\$69 ) begin
       (* full_case = 32'd1 *)
@@ -69669,7 +69231,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$87  = err;
     if (\$69 ) begin
       (* full_case = 32'd1 *)
@@ -69684,7 +69246,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$88  = first;
     if (\$69 ) begin
       (* full_case = 32'd1 *)
@@ -69699,7 +69261,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \$89  = ends;
     if (\$69 ) begin
       (* full_case = 32'd1 *)
@@ -69741,7 +69303,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_port__data, w_en, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$77  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -69823,7 +69385,7 @@ module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_p
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -69833,7 +69395,7 @@ module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_p
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -69843,7 +69405,7 @@ module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_p
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -69865,7 +69427,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$78  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -69947,7 +69509,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -69957,7 +69519,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -69967,7 +69529,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -69988,8 +69550,8 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1665$0 , \port$1666$0 , w_rdy, r_data, \port$1830$0 , r_en, r_rdy, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
+module \accelerator.core.reader.shapes (rst, w_en, \port$1343$0 , \port$1344$0 , w_rdy, r_data, \port$1508$0 , r_en, r_rdy, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [4:0] \$11 ;
@@ -70030,12 +69592,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1665$0 , \port$1666$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1665$0 ;
-  wire [4:0] \port$1665$0 ;
-  input \port$1666$0 ;
-  wire \port$1666$0 ;
-  input [2:0] \port$1830$0 ;
-  wire [2:0] \port$1830$0 ;
+  input [4:0] \port$1343$0 ;
+  wire [4:0] \port$1343$0 ;
+  input \port$1344$0 ;
+  wire \port$1344$0 ;
+  input [2:0] \port$1508$0 ;
+  wire [2:0] \port$1508$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -70079,7 +69641,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1665$0 , \port$1666$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1666$0 , \port$1665$0 , \port$1830$0  };
+      storage[w_port__addr] <= { \port$1344$0 , \port$1343$0 , \port$1508$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -70131,7 +69693,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1665$0 , \port$1666$0 ,
   always @(posedge clk)
     r_rdy <= \$33 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$30  = w_port__addr;
     if (\$3 ) begin
       \$30  = \$6 [3:0];
@@ -70141,7 +69703,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1665$0 , \port$1666$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$31  = r_port__addr;
     if (\$9 ) begin
       \$31  = \$12 [3:0];
@@ -70151,7 +69713,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1665$0 , \port$1666$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$32  = inner_level;
     if (\$18 ) begin
       \$32  = \$19 [3:0];
@@ -70164,7 +69726,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1665$0 , \port$1666$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$33  = r_rdy;
     if (\$29 ) begin
       \$33  = 1'h1;
@@ -70178,15 +69740,15 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1665$0 , \port$1666$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1666$0 , \port$1665$0 , \port$1830$0  };
-  assign w_data = { \port$1666$0 , \port$1665$0 , \port$1830$0  };
+  assign w_port__data = { \port$1344$0 , \port$1343$0 , \port$1508$0  };
+  assign w_data = { \port$1344$0 , \port$1343$0 , \port$1508$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__payload, unit_rst, c__payload, c__valid, oq_data, oq_valid, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$77  = 0;
+module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__payload, unit_rst, c__payload, c__valid, oq_data, oq_valid, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [5:0] \$100 ;
@@ -72237,7 +71799,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
   assign \$auto$rtlil.cc:2739:Not$48  = ~ { \$289 [32], \$289 [16] };
   assign \$auto$rtlil.cc:2739:Not$50  = ~ \$445 [23];
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$487  = \$1 ;
     if (unit_rst) begin
       \$487  = 1'h0;
@@ -72247,7 +71809,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$488  = \$4 ;
     if (unit_rst) begin
       \$488  = 1'h0;
@@ -72257,7 +71819,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$489  = \$6 ;
     if (unit_rst) begin
       \$489  = 1'h0;
@@ -72267,7 +71829,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$490  = f;
     if (\$8 ) begin
       \$490  = c__payload;
@@ -72280,7 +71842,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$491  = take;
     if (unit_rst) begin
       \$491  = 1'h0;
@@ -72290,21 +71852,21 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$492  = score_mem_wdata;
     if (take) begin
       \$492  = i__payload[15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$493  = in_last;
     if (take) begin
       \$493  = i__payload[16];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$494  = \$10 ;
     if (unit_rst) begin
       \$494  = 1'h0;
@@ -72314,7 +71876,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$495  = lw;
     if (unit_rst) begin
       \$495  = 1'h0;
@@ -72324,7 +71886,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$496  = sbank0_max;
     if (end_q) begin
       if (\$11 ) begin
@@ -72339,7 +71901,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$497  = sbank1_max;
     if (end_q) begin
       if (\$12 ) begin
@@ -72354,7 +71916,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$498  = run_max;
     if (score_mem_we) begin
       \$498  = \$17 ;
@@ -72367,7 +71929,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$499  = row_first;
     if (score_mem_we) begin
       \$499  = \$19 ;
@@ -72380,7 +71942,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$500  = lcnt;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -72398,7 +71960,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$501  = lcnt_top;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -72416,7 +71978,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$502  = lw;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -72431,7 +71993,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$503  = sbank0_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -72448,7 +72010,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$504  = sbank1_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -72465,7 +72027,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$505  = exp_pass;
     if (unit_rst) begin
       \$505  = 1'h0;
@@ -72475,7 +72037,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$506  = exp_v0;
     if (unit_rst) begin
       \$506  = 1'h0;
@@ -72485,7 +72047,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$507  = exp_v1;
     if (unit_rst) begin
       \$507  = 1'h0;
@@ -72495,7 +72057,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$508  = exp_v2;
     if (unit_rst) begin
       \$508  = 1'h0;
@@ -72505,7 +72067,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$509  = exp_v3;
     if (unit_rst) begin
       \$509  = 1'h0;
@@ -72515,7 +72077,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$510  = exp_v4;
     if (unit_rst) begin
       \$510  = 1'h0;
@@ -72525,7 +72087,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$511  = exp_v5;
     if (unit_rst) begin
       \$511  = 1'h0;
@@ -72535,7 +72097,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$512  = exp_v6;
     if (unit_rst) begin
       \$512  = 1'h0;
@@ -72545,7 +72107,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$513  = exp_v7;
     if (unit_rst) begin
       \$513  = 1'h0;
@@ -72555,7 +72117,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$514  = exp_v8;
     if (unit_rst) begin
       \$514  = 1'h0;
@@ -72565,7 +72127,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$515  = exp_v9;
     if (unit_rst) begin
       \$515  = 1'h0;
@@ -72575,7 +72137,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$516  = ridx;
     if (unit_rst) begin
       \$516  = 5'h00;
@@ -72585,7 +72147,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$517  = exp_ra0;
     if (unit_rst) begin
       \$517  = 5'h00;
@@ -72595,7 +72157,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$555  = total;
     if (exp_mem_we) begin
       \$555  = \$38 [19:0];
@@ -72611,7 +72173,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$556  = ridx;
     if (exp_idle) begin
       \$556  = 5'h00;
@@ -72627,7 +72189,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$557  = rlenm1;
     if (exp_idle) begin
       \$557  = \$39 ;
@@ -72640,7 +72202,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$558  = r_last;
     if (exp_idle) begin
       \$558  = \$42 ;
@@ -72656,7 +72218,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$559  = rlenm2;
     if (exp_idle) begin
       \$559  = \$44 ;
@@ -72669,7 +72231,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$560  = rmax;
     if (exp_idle) begin
       \$560  = \$45 ;
@@ -72682,7 +72244,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$561  = exp_idle;
     if (\$55 ) begin
       \$561  = 1'h0;
@@ -72698,7 +72260,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$562  = exp_pass;
     if (\$55 ) begin
       \$562  = 1'h1;
@@ -72714,7 +72276,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$563  = exp_drain;
     if (\$58 ) begin
       \$563  = 1'h1;
@@ -72730,7 +72292,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$564  = er;
     if (\$58 ) begin
       \$564  = \$59 ;
@@ -72743,7 +72305,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$565  = ew;
     if (\$64 ) begin
       \$565  = { ew[1:0], ew[2] };
@@ -72756,7 +72318,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$566  = d_busy;
     if (\$64 ) begin
       \$566  = 1'h1;
@@ -72772,7 +72334,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$567  = dbank;
     if (\$65 ) begin
       \$567  = ew;
@@ -72785,7 +72347,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$568  = dlenm1;
     if (\$65 ) begin
       \$568  = rlenm1;
@@ -72798,7 +72360,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$569  = den;
     if (\$65 ) begin
       \$569  = total;
@@ -72811,7 +72373,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$570  = 17'h00000;
@@ -72826,7 +72388,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$571  = 5'h00;
@@ -72841,7 +72403,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$572  = 1'h0;
@@ -72856,7 +72418,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$573  = 20'h07fff;
@@ -72871,7 +72433,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$574  = 17'h1ffff;
@@ -72886,7 +72448,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$575  = ebank0_recip;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -72901,7 +72463,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$576  = ebank0_lenm1;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -72916,7 +72478,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$577  = ebank1_recip;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -72931,7 +72493,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$578  = ebank1_lenm1;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -72946,7 +72508,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$579  = ebank2_recip;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -72961,7 +72523,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$580  = ebank2_lenm1;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -72976,7 +72538,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$581  = \$82 ;
     if (unit_rst) begin
       \$581  = 1'h0;
@@ -72986,7 +72548,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$582  = o_run;
     if (\$86 ) begin
       \$582  = 1'h1;
@@ -73004,7 +72566,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$583  = oidx;
     if (\$86 ) begin
       \$583  = 5'h00;
@@ -73024,7 +72586,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$584  = o_last;
     if (\$86 ) begin
       \$584  = \$90 ;
@@ -73044,7 +72606,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$585  = o_lenm2;
     if (\$86 ) begin
       \$585  = \$93 ;
@@ -73057,7 +72619,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$586  = o_recip;
     if (\$86 ) begin
       \$586  = \$95 ;
@@ -73070,7 +72632,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$587  = orb;
     if (\$96 ) begin
       if (o_last) begin
@@ -73085,7 +72647,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$588  = \$101 [4:0];
     if (unit_rst) begin
       \$588  = 5'h10;
@@ -73095,7 +72657,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$589  = \$103 [7:0];
     if (unit_rst) begin
       \$589  = 8'h00;
@@ -73105,7 +72667,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$590  = \$104 ;
     if (unit_rst) begin
       \$590  = 1'h0;
@@ -73115,7 +72677,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$591  = out_v0;
     if (unit_rst) begin
       \$591  = 1'h0;
@@ -73125,7 +72687,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$592  = out_v1;
     if (unit_rst) begin
       \$592  = 1'h0;
@@ -73135,7 +72697,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$593  = out_v2;
     if (unit_rst) begin
       \$593  = 1'h0;
@@ -73145,7 +72707,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$594  = out_v3;
     if (unit_rst) begin
       \$594  = 1'h0;
@@ -73155,7 +72717,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$595  = out_v4;
     if (unit_rst) begin
       \$595  = 1'h0;
@@ -73165,7 +72727,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$619  = out_v5;
     if (unit_rst) begin
       \$619  = 1'h0;
@@ -73175,7 +72737,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$620  = oq_wptr;
     if (out_v5) begin
       \$620  = \$108 [3:0];
@@ -73188,14 +72750,14 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$621  = oq_data;
     if (\$112 ) begin
       \$621  = \rp__data$206 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$622  = oq_valid;
     if (\$112 ) begin
       \$622  = 1'h1;
@@ -73210,7 +72772,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$623  = oq_rptr;
     if (\$112 ) begin
       \$623  = \$113 [3:0];
@@ -73223,7 +72785,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$624  = \$119 [4:0];
     if (unit_rst) begin
       \$624  = 5'h00;
@@ -73233,7 +72795,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$625  = \$131 ;
     if (unit_rst) begin
       \$625  = 1'h0;
@@ -73243,7 +72805,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$626  = sbank0_full;
     if (\$134 ) begin
       \$626  = 1'h0;
@@ -73259,7 +72821,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$627  = sbank1_full;
     if (\$141 ) begin
       \$627  = 1'h0;
@@ -73275,7 +72837,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$628  = ebank0_busy;
     if (\$146 ) begin
       \$628  = 1'h0;
@@ -73291,7 +72853,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$629  = ebank0_full;
     if (\$146 ) begin
       \$629  = 1'h0;
@@ -73307,7 +72869,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$630  = ebank1_busy;
     if (\$160 ) begin
       \$630  = 1'h0;
@@ -73323,7 +72885,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$631  = ebank1_full;
     if (\$160 ) begin
       \$631  = 1'h0;
@@ -73339,7 +72901,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$632  = ebank2_busy;
     if (\$174 ) begin
       \$632  = 1'h0;
@@ -73355,7 +72917,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$633  = ebank2_full;
     if (\$174 ) begin
       \$633  = 1'h0;
@@ -73371,7 +72933,7 @@ module \accelerator.core.softmax (rst, i__valid, o__ready, i__ready, idle, i__pa
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     e_clear = 1'h0;
     if (\$361 ) begin
       if (o_last) begin
@@ -73663,7 +73225,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$200$0 , \port$203$0 , w_en, w_rdy, r_rdy, r_data, r_en, unit_rst, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$78  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$81  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73754,7 +73316,7 @@ module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$20
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -73767,7 +73329,7 @@ module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$20
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -73780,7 +73342,7 @@ module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$20
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -73805,8 +73367,163 @@ module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$20
 endmodule
 
 (* generator = "Amaranth" *)
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8755$0 , \port$8756$0 , \port$8757$0 , \port$8758$0 , \port$8759$0 , \port$8760$0 , \port$8761$0 , \port$8762$0 , w_en, r_en, in_decode, unit_rst, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$82  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  wire \$15 ;
+  reg \$16 ;
+  reg \$17 ;
+  reg [1:0] \$18 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  input in_decode;
+  wire in_decode;
+  reg [1:0] level = 2'h0;
+  input [7:0] \port$8755$0 ;
+  wire [7:0] \port$8755$0 ;
+  input [7:0] \port$8756$0 ;
+  wire [7:0] \port$8756$0 ;
+  input [7:0] \port$8757$0 ;
+  wire [7:0] \port$8757$0 ;
+  input [7:0] \port$8758$0 ;
+  wire [7:0] \port$8758$0 ;
+  input [7:0] \port$8759$0 ;
+  wire [7:0] \port$8759$0 ;
+  input [7:0] \port$8760$0 ;
+  wire [7:0] \port$8760$0 ;
+  input [7:0] \port$8761$0 ;
+  wire [7:0] \port$8761$0 ;
+  input [7:0] \port$8762$0 ;
+  wire [7:0] \port$8762$0 ;
+  (* init = 1'h0 *)
+  wire produce;
+  output [63:0] r_data;
+  wire [63:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [63:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  wire [63:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  wire [63:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [63:0] storage [1:0];
+  initial begin
+    storage[0] = 64'h0000000000000000;
+    storage[1] = 64'h0000000000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= { \port$8762$0 , \port$8761$0 , \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0  };
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  assign \$15  = in_decode | unit_rst;
+  always @(posedge clk)
+    w_port__addr <= \$16 ;
+  always @(posedge clk)
+    r_port__addr <= \$17 ;
+  always @(posedge clk)
+    level <= \$18 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    \$16  = w_port__addr;
+    if (\$1 ) begin
+      \$16  = \$2 [0];
+    end
+    if (\$15 ) begin
+      \$16  = 1'h0;
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    \$17  = r_port__addr;
+    if (\$3 ) begin
+      \$17  = \$4 [0];
+    end
+    if (\$15 ) begin
+      \$17  = 1'h0;
+    end
+    if (rst) begin
+      \$17  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    \$18  = level;
+    if (\$8 ) begin
+      \$18  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$18  = \$14 [1:0];
+    end
+    if (\$15 ) begin
+      \$18  = 2'h0;
+    end
+    if (rst) begin
+      \$18  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_port__data = { \port$8762$0 , \port$8761$0 , \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0  };
+  assign w_data = { \port$8762$0 , \port$8761$0 , \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0  };
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
 module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$83  = 0;
   wire [10:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73910,7 +73627,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     .w_rdy(req__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$22  = pending;
     if (\$15 ) begin
       \$22  = \$19 [6:0];
@@ -73922,7 +73639,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$23  = err;
     if (clear) begin
       \$23  = 1'h0;
@@ -73955,7 +73672,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$84  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -74037,7 +73754,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -74047,7 +73764,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -74057,7 +73774,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -74079,7 +73796,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_data, \port$0$10 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$81  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -74164,7 +73881,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -74174,7 +73891,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -74184,7 +73901,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];

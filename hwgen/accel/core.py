@@ -49,7 +49,7 @@ from amaranth.lib.wiring import In, Out
 from ..capabilities import unit_for
 from ..config import HwConfig
 from ..gemm import Gemm
-from ..pipeline import eq_const, register_slice
+from ..pipeline import credited_output, eq_const, register_slice
 from .addrgen import AddrGen
 from .compiler import AccelConfig, c_layout
 from .extmem import ExtReader, ExtWriter, read_port, write_port
@@ -60,6 +60,9 @@ from .isa import (COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, EXT_BITS, FLAG_A_SI
 __all__ = ["AccelCore", "Error", "CYCLE_BITS"]
 
 CYCLE_BITS = 48
+# the operand feed's queue: the read pipeline's two cycles (issue -> read -> data) + 3 keep one
+# beat a cycle (:func:`~hwgen.pipeline.credited_output`)
+FEED_QUEUE = 5
 DECODE_STAGES = 4         # the decode pipeline's depth: DECODE waits this many cycles
 
 
@@ -187,7 +190,15 @@ class AccelCore(wiring.Component):
         wiring.connect(m, wiring.flipped(self.b), writer.b)
 
         m.submodules.buffer = buf = Memory(shape=unsigned(ab), depth=depth, init=[])
-        rd0, rd1, wr = buf.read_port(), buf.read_port(), buf.write_port()
+        rd0, rd1, wr_port = buf.read_port(), buf.read_port(), buf.write_port()
+        # the buffer's writes a cycle after dst's step: the port's address, data and enable come
+        # from registers (the result lane's select by dst's index and its route to the buffer's
+        # block RAMs across the die was a critical path, 11.15 ns).  Nothing reads an element in
+        # the cycle after its write: an op reads only its sources, and the next op's reads wait
+        # for its fetch and decode
+        wr = SimpleNamespace(addr=Signal.like(wr_port.addr, name="wr_addr"), data=Signal(ab, name="wr_data"),
+                             en=Signal(name="wr_en"))
+        m.d.sync += [wr_port.addr.eq(wr.addr), wr_port.data.eq(wr.data), wr_port.en.eq(wr.en)]
 
         gens = {}
         for name in ("dst", "src0", "src1"):
@@ -311,7 +322,7 @@ class AccelCore(wiring.Component):
                      dec.c_base.eq(Mux(is_gemm, ins.ext1 + ((p_bytes + 63) & ((1 << EXT_BITS) - 64)), ins.ext0)),
                      dec.tiles.eq(dec.blocks * dec.nt),
                      # the rows of the last block of R that are the tensor's (the others are padding)
-                     dec.rows_last.eq(ins.n1 - dec.mt_last * hw.gemm_rows),
+                     dec.rows_last.eq(ins.n1 - _times(dec.mt_last, hw.gemm_rows)),
                      # a LOAD's or STORE's ext0, moved on for image k of a start
                      dec.ext_base.eq(ins.ext0 + Mux((ins.flags & FLAG_PER_IMAGE).any(), offset, 0))]
         decode_wait = Signal(range(DECODE_STAGES + 1))
@@ -579,6 +590,7 @@ class AccelCore(wiring.Component):
                                                      Cat(*res_lanes), None, reset=unit_rst)
         for flag, u in packed:
             m.d.comb += u.o.ready.eq(flag & packer.res.w_rdy)
+        norm = self._norm_out(m, sink_from, a_from, unit_rst)
         store_advance = ~ext_req.valid | writer.req.ready     # a STORE's request register moves on
         with m.If(streaming):
             with m.If(is_move):
@@ -606,10 +618,7 @@ class AccelCore(wiring.Component):
             with m.Elif(is_gemm):
                 pass                                 # below: _gemm_feed
             with m.Elif(is_op[Opcode.SOFTMAX] | is_op[Opcode.LAYERNORM]):
-                for sel, unit in ((is_op[Opcode.SOFTMAX], self.softmax), (is_op[Opcode.LAYERNORM], self.layernorm)):
-                    with m.If(sel):
-                        valid, data = self._unit_out(unit)
-                        m.d.comb += [sink_valid.eq(valid), sink_data.eq(data)]
+                m.d.comb += [sink_valid.eq(norm.q.r_rdy), sink_data.eq(norm.data)]
             with m.Else():                           # GELU, ADD: src0's elements into the packer
                 m.d.comb += [elems.data.eq(s0_data), elems.final.eq(s0_final)]
         with m.If(pack_active):
@@ -625,7 +634,7 @@ class AccelCore(wiring.Component):
                               post=post_gelu | post_add, elems=elems, sink_valid=sink_valid, pre_ln=pre_ln,
                               pre_sm=pre_sm, unit_rst=unit_rst, dst_step=dst_step, dst_keep=dst_keep,
                               gemm_res_valid=gemm_res_valid, a_from=a_from, a_in_take=a_in_take,
-                              sink_from=sink_from, res_to_pack=res_to_pack, reader_user=reader_user)
+                              sink_from=sink_from, res_to_pack=res_to_pack, reader_user=reader_user, norm=norm)
         self._gemm_feed(m, seq)
 
         def one_hot(field):      # the flagged user's field
@@ -639,15 +648,16 @@ class AccelCore(wiring.Component):
 
         # --- dst's step: the sink's element is there and dst has its address -------------------------
         sink_has = {"move": q0.r_rdy, "load": reader.beat.valid, "store": q0.r_rdy & store_advance,
-                    "softmax": self.softmax.o.valid, "layernorm": self.layernorm.o.valid,
+                    "softmax": norm.q.r_rdy, "layernorm": norm.q.r_rdy,
                     **{k: packer.res.r_rdy for k in ("add", *[f"gelu{k}" for k in range(len(self.gelus))])},
                     "gemm": gemm_res_valid}
         m.d.comb += [dst_step.eq(dst.valid & Cat(*[sink_from[k] & v for k, v in sink_has.items()]).any()),
                      dst.next.eq(dst_step), wr.en.eq(dst_step & ~sink_from["store"] & dst_keep)]
         self._src0_into(m, q0, sink_from, a_from)
-        # the Softmax's and LayerNorm's outputs go to dst (their own op) or to operand A (a pre unit)
-        for name, unit in (("softmax", self.softmax), ("layernorm", self.layernorm)):
-            m.d.comb += unit.o.ready.eq((sink_from[name] & dst.valid) | (a_from[name] & a_in_take))
+        # the Softmax's and LayerNorm's results go to dst (their own op) or to operand A (a pre unit)
+        norm_to_dst = sink_from["softmax"] | sink_from["layernorm"]
+        norm_to_a = a_from["softmax"] | a_from["layernorm"]
+        m.d.comb += norm.q.r_en.eq((norm_to_dst & dst.valid) | (norm_to_a & a_in_take))
         # q0's pop: one OR of its consumers (one flag of each is set in STREAM)
         q0_pop = [sink_from["move"] & dst.valid, sink_from["store"] & dst.valid & store_advance,
                   *[(sink_from[name] | a_from[name]) & unit.i.ready
@@ -659,10 +669,22 @@ class AccelCore(wiring.Component):
         m.d.comb += writer.clear.eq(self.start & ~busy)
         return m
 
-    def _unit_out(self, unit):
-        """The Softmax's or LayerNorm's output: (valid, element)."""
-        data = unit.o.payload.data if unit is self.softmax else unit.o.payload
-        return unit.o.valid, data
+    def _norm_out(self, m, sink_from, a_from, reset):
+        """The Softmax's and LayerNorm's result elements (one unit at most is in use, flagged by
+        its own op, ``sink_from``, or a GEMM it feeds, ``a_from``) through one register slice:
+        the unit's output ready is then the slice's room, not the handshake of dst's walk or of
+        operand A's loader, which ran from the loader's flags into the Softmax's row counter
+        (11.15 ns, seed 3's critical path).  Returns the slice (the caller drives ``r_en``) and
+        its element, a buffer element wide."""
+        ab = self.accel.act_elem_bits
+        units = [(sink_from[n] | a_from[n], u, Signal(ab, name=f"{n}_elem"))
+                 for n, u in (("softmax", self.softmax), ("layernorm", self.layernorm))]
+        for _, u, elem in units:         # (the LayerNorm's signed, the Softmax's unsigned)
+            m.d.comb += elem.eq(u.o.payload.data if u is self.softmax else u.o.payload)
+        q, data = register_slice(m, "norm_out", Cat(*[flag & u.o.valid for flag, u, _ in units]).any(),
+                                 _one_hot((flag, elem) for flag, _, elem in units), None, reset=reset)
+        m.d.comb += [u.o.ready.eq(flag & q.w_rdy) for flag, u, _ in units]
+        return SimpleNamespace(q=q, data=data)
 
     def _src0_into(self, m, q0, sink_from, a_from):
         """src0's elements (``q0``'s entries: element, row end, ...) into the Softmax (with their
@@ -736,6 +758,30 @@ class AccelCore(wiring.Component):
             return numerator >> (size.bit_length() - 1)
         shift, mult = _reciprocal(size)
         return (numerator * mult) >> shift
+
+    def _feed_queue(self, m, issue, reset):
+        """The operand beats' read pipeline: a beat issued in cycle t is read from the lane
+        memories in t + 1 (``read``, ``a_addr``, ``w_addr``: registers the caller sets with the
+        issue) and lands in t + 2 in a queue of :data:`FEED_QUEUE` beats
+        (:func:`~hwgen.pipeline.credited_output`) whose output ``o`` is the GEMM's operand
+        beat; ``room`` (a register) gates the issue.  ``reset`` empties it all (STOP)."""
+        hw, R, C = self.hw, self.hw.gemm_rows, self.hw.gemm_cols
+        kmax, wh = hw.gemm_max_k, self.accel.w_cache_elems
+        width = 1 + R * (hw.a_bits + 1) + C * hw.w_bits
+        f = SimpleNamespace(read=Signal(name="a_read"), last=Signal(name="a_read_last"),
+                            got_last=Signal(name="feed_got_last"),
+                            a_addr=Signal(range(2 * kmax), name="a_read_addr"), a_half=Signal(name="a_read_half"),
+                            a_free=Signal(name="a_read_free"), w_addr=Signal(range(2 * wh), name="w_read_addr"),
+                            w_half=Signal(name="w_read_half"), w_free=Signal(name="w_read_free"),
+                            data=Signal(width, name="feed_data"),
+                            o=SimpleNamespace(valid=Signal(name="feed_valid"), payload=Signal(width, name="feed_beat"),
+                                              ready=Signal(name="feed_ready")))
+        fm = Module()
+        got = Signal(name="feed_got")                  # the read's data is on the lane memories' outputs
+        fm.d.sync += [f.read.eq(issue), got.eq(f.read), f.got_last.eq(f.last)]
+        f.room, _ = credited_output(fm, f.o, f.data, got, issue, FEED_QUEUE, name="feed_queue")
+        m.submodules.feed = ResetInserter(reset)(fm)
+        return f
 
     def _gemm_walks(self, m, ins, gens, post_add, pre):
         """A LINEAR/MATMUL instruction's levels are (b, m, n, k); the walks the array needs are
@@ -830,9 +876,6 @@ class AccelCore(wiring.Component):
         rk = Signal(16)              # beats of the current tile received
         rk_zero = Signal()           # rk == 0, kept as a flag (it gates the reader's beat ready)
         is_p = ~is_linear | rk_zero
-        w_lanes = [Signal(signed(hw.w_bits), name=f"w_lane{j}") for j in range(C)]
-        w_full = Signal()
-        gemm_take = gemm.a.valid & gemm.a.ready
         # the beat's C weights, unpacked by the op's w_bits (a data mux: the lanes' enables do not
         # decode ``ins``)
         w_beat = [Signal(signed(hw.w_bits), name=f"w_beat{j}") for j in range(C)]
@@ -842,20 +885,21 @@ class AccelCore(wiring.Component):
                     m.d.comb += [w_beat[j].eq(reader.beat.payload.data[j * wb:(j + 1) * wb].as_signed())
                                  for j in range(C)]
         with m.If(restart):
-            m.d.sync += [rk.eq(0), rk_zero.eq(1), w_full.eq(0)]
+            m.d.sync += [rk.eq(0), rk_zero.eq(1)]
         m.d.comb += gemm.p.payload.as_value().eq(reader.beat.payload.data)
+        # a LINEAR's weight beats wait in a register slice: the reader's beat ready is then its
+        # room (a level register), not the GEMM's take, which ran through the ready into the
+        # beat register's and the lanes' enables
+        w_in = Signal(name="w_in_valid")
+        w_q, w_lanes = register_slice(m, "w_beat", w_in, Cat(*w_beat), None, reset=restart | unit_rst)
         with m.If(active):
-            with m.If(gemm_take):
-                m.d.sync += w_full.eq(0)
             # (the handshake from this op's own ready, not from ``reader.beat.ready``, which every
             # state drives)
-            beat_ready = Mux(is_p, gemm.p.ready, ~w_full | gemm_take)
+            beat_ready = Mux(is_p, gemm.p.ready, w_q.w_rdy)
             seq.reader_user(active, tiles_left, Mux(want_w, w_addr, p_addr), Mux(want_w, w_lb, p_lb), beat_ready)
-            m.d.comb += gemm.p.valid.eq(is_p & reader.beat.valid)
+            m.d.comb += [gemm.p.valid.eq(is_p & reader.beat.valid), w_in.eq(reader.beat.valid & ~is_p)]
             with m.If(reader.beat.valid & beat_ready & is_linear):
                 m.d.sync += [rk.eq(Mux(rk == ins.n3, 0, rk + 1)), rk_zero.eq(rk == ins.n3)]
-                with m.If(~is_p):
-                    m.d.sync += [w_full.eq(1), *[w_lanes[j].eq(w_beat[j]) for j in range(C)]]
 
         # --- A: each block of R rows (b, mt) is read from the buffer once, one element a cycle, into
         #     R lane memories (two halves: the next block loads while the column tiles use this one);
@@ -889,26 +933,24 @@ class AccelCore(wiring.Component):
         lk_hit, fk_hit, fnt_hit, blocks_left = (Signal(name="a_load_k_hit"), Signal(name="a_feed_k_hit"),
                                                 Signal(name="a_feed_nt_hit"), Signal(name="a_blocks_left"))
         k_one, nt_one = ~dec.k_last.any(), ~dec.nt_last.any()            # K = 1, one column tile
-        a_valid, a_last = Signal(), Signal()
         elem = Signal(signed(hw.a_bits + 1))
-        take = gemm.a.valid & gemm.a.ready                                # a join: w goes with it
         with m.If(restart):
             m.d.sync += [filled[0].eq(0), filled[1].eq(0), lh.eq(0), li.eq(0), lk.eq(0), fh.eq(0), fk.eq(0),
-                         fnt.eq(0), feed_blocks.eq(dec.blocks), a_valid.eq(0), lk_hit.eq(k_one), fk_hit.eq(k_one),
+                         fnt.eq(0), feed_blocks.eq(dec.blocks), lk_hit.eq(k_one), fk_hit.eq(k_one),
                          fnt_hit.eq(nt_one), blocks_left.eq(dec.blocks.any())]
+        # the operand beats' reads, a cycle after their issue: the lane memories' enables and
+        # addresses come straight from registers (the issue's four LUT levels and their route to
+        # nine DP16KDs across the die were seeds 1 and 2's critical paths), and the beats wait in a
+        # credited queue, so that the GEMM's ready reaches no memory enable (``feed``)
+        issue = Signal(name="a_issue")
+        feed = self._feed_queue(m, issue, unit_rst)
         # operand A's elements: src0's, or (a pre unit) the unit's output, a buffer element wide
         pre = pre_ln | pre_sm
         a_in, a_in_valid, a_in_take = Signal(ab, name="a_in"), Signal(name="a_in_valid"), seq.a_in_take
-        sm, ln = self.softmax, self.layernorm
-        for sel, unit in ((pre_sm, sm), (pre_ln, ln)):
-            with m.If(sel):
-                _, data = self._unit_out(unit)
-                m.d.comb += a_in.eq(data)
-        with m.If(~pre):
-            m.d.comb += a_in.eq(q0.r_data[:ab])
+        m.d.comb += a_in.eq(Mux(pre, seq.norm.data, q0.r_data[:ab]))
         # (one-hot flags of STREAM: a flat OR rather than the selects' priority chain)
         a_from = seq.a_from
-        m.d.comb += a_in_valid.eq((a_from["softmax"] & sm.o.valid) | (a_from["layernorm"] & ln.o.valid)
+        m.d.comb += a_in_valid.eq(((a_from["softmax"] | a_from["layernorm"]) & seq.norm.q.r_rdy)
                                   | (a_from["src0"] & q0.r_rdy))
         with m.Switch(ins.a_bits):        # the element wrapped to the op's a_bits (signed or not)
             for nb in range(2, hw.a_bits + 1):
@@ -940,17 +982,20 @@ class AccelCore(wiring.Component):
             # a block's first column tile follows its loading: beat k goes once all R rows of k
             # are in (the loader on this half, past k); after a pre unit, once the block is in
             ready_k = filled[fh] | ((lh == fh) & (lk > fk) & ~pre)
-            issue = ready_k & (is_linear | wfilled[fw]) & (~a_valid | take) & blocks_left
+            m.d.comb += issue.eq(ready_k & (is_linear | wfilled[fw]) & feed.room & blocks_left)
+            m.d.sync += [feed.last.eq(fk_hit), feed.a_addr.eq(fh * kmax + fk), feed.a_half.eq(fh),
+                         feed.a_free.eq(issue & fk_hit & fnt_hit)]
             for wp, rp in lane_mems:
-                m.d.comb += [rp.addr.eq(fh * kmax + fk), rp.en.eq(issue)]
-            with m.If(take):
-                m.d.sync += a_valid.eq(0)
+                m.d.comb += [rp.addr.eq(feed.a_addr), rp.en.eq(feed.read)]
+            # a block's half is free once its last beat is read (not at the issue: the loader's
+            # first write into it could otherwise meet that read at one address when K = 1)
+            with m.If(feed.read & feed.a_free):
+                m.d.sync += filled[feed.a_half].eq(0)
             with m.If(issue):
-                m.d.sync += [a_valid.eq(1), a_last.eq(fk_hit)]
                 with m.If(fk_hit):
                     m.d.sync += [fk.eq(0), fk_hit.eq(k_one)]
-                    with m.If(fnt_hit):      # the block's last beat: its half is free
-                        m.d.sync += [fnt.eq(0), fnt_hit.eq(nt_one), filled[fh].eq(0), fh.eq(~fh),
+                    with m.If(fnt_hit):      # the block's last beat
+                        m.d.sync += [fnt.eq(0), fnt_hit.eq(nt_one), fh.eq(~fh),
                                      feed_blocks.eq(feed_blocks - 1), blocks_left.eq(feed_blocks != 1)]
                     with m.Else():
                         m.d.sync += [fnt.eq(fnt + 1), fnt_hit.eq(fnt + 1 == dec.nt_last)]
@@ -984,25 +1029,37 @@ class AccelCore(wiring.Component):
                             m.d.sync += [lwnt.eq(0), lwa.eq(0), wfilled[lw].eq(1), lw.eq(~lw)]
                 with m.Else():
                     m.d.sync += lwj.eq(lwj + 1)
+            m.d.sync += [feed.w_addr.eq(fw * wh + fntk + fk), feed.w_half.eq(fw),
+                         feed.w_free.eq(issue & ~is_linear & fk_hit & fnt_hit & (fmt == dec.mt_last))]
             with m.If(issue & ~is_linear):
                 with m.If(fk_hit):
                     with m.If(fnt_hit):
                         m.d.sync += fntk.eq(0)
-                        with m.If(fmt == dec.mt_last):      # the batch's last beat: its W half is free
-                            m.d.sync += [fmt.eq(0), wfilled[fw].eq(0), fw.eq(~fw)]
+                        with m.If(fmt == dec.mt_last):      # the batch's last beat
+                            m.d.sync += [fmt.eq(0), fw.eq(~fw)]
                         with m.Else():
                             m.d.sync += fmt.eq(fmt + 1)
                     with m.Else():
                         m.d.sync += fntk.eq(fntk + ins.n3)
+            with m.If(feed.read & feed.w_free):     # (read: the batch's W half is free)
+                m.d.sync += wfilled[feed.w_half].eq(0)
             for wp, rp in w_mems:
-                m.d.comb += [rp.addr.eq(fw * wh + fntk + fk), rp.en.eq(issue)]
+                m.d.comb += [rp.addr.eq(feed.w_addr), rp.en.eq(feed.read)]
             with m.If(restart):
                 m.d.sync += [lw.eq(0), lwj.eq(0), lwk.eq(0), lwnt.eq(0), lwa.eq(0), wfilled[0].eq(0), wfilled[1].eq(0),
                              fw.eq(0), fmt.eq(0), fntk.eq(0)]
-            m.d.comb += [gemm.a.valid.eq(a_valid), gemm.a.payload.last.eq(a_last),
-                         gemm.w.valid.eq(Mux(is_linear, w_full, a_valid))]
-            m.d.comb += [gemm.a.payload.data[i].eq(rp.data) for i, (_, rp) in enumerate(lane_mems)]
-            m.d.comb += [gemm.w.payload[j].eq(Mux(is_linear, w_lanes[j], w_mems[j][1].data)) for j in range(C)]
+            # the read beat into the queue: its last flag, R lanes of A, C lanes of W
+            m.d.comb += feed.data.eq(Cat(feed.got_last, *[rp.data for _, rp in lane_mems],
+                                         *[rp.data for _, rp in w_mems]))
+            ab1, out = hw.a_bits + 1, feed.o.payload
+            m.d.comb += [gemm.a.valid.eq(feed.o.valid), gemm.a.payload.last.eq(out[0]),
+                         gemm.w.valid.eq(Mux(is_linear, w_q.r_rdy, feed.o.valid)),
+                         feed.o.ready.eq(gemm.a.ready),         # (a join: w goes with a)
+                         w_q.r_en.eq(is_linear & gemm.w.ready)]
+            m.d.comb += [gemm.a.payload.data[i].eq(out[1 + i * ab1:][:ab1]) for i in range(R)]
+            m.d.comb += [gemm.w.payload[j].eq(Mux(is_linear, w_lanes[j * hw.w_bits:][:hw.w_bits],
+                                                  out[1 + R * ab1 + j * hw.w_bits:][:hw.w_bits]))
+                         for j in range(C)]
 
         # --- result rows into the buffer, one element a cycle; padding dropped ----------------------
         # the rows leave the array through a register slice: the array's pop and its credit and
