@@ -1264,54 +1264,65 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
-  reg [15:0] \$1000 ;
-  reg [31:0] \$1001 ;
-  reg [31:0] \$1002 ;
-  reg \$1003 ;
-  reg [7:0] \$1004 ;
+  reg [31:0] \$1000 ;
+  reg [15:0] \$1001 ;
+  reg [15:0] \$1002 ;
+  reg [31:0] \$1003 ;
+  reg [31:0] \$1004 ;
   reg \$1005 ;
-  reg \$1006 ;
+  reg [7:0] \$1006 ;
   reg \$1007 ;
-  reg [15:0] \$1008 ;
+  reg \$1008 ;
   reg \$1009 ;
   wire [32:0] \$101 ;
-  reg \$1010 ;
+  reg [15:0] \$1010 ;
   reg \$1011 ;
   reg \$1012 ;
-  reg [3:0] \$1013 ;
-  reg [15:0] \$1014 ;
-  reg \$1015 ;
-  reg [15:0] \$1016 ;
-  reg [15:0] \$1017 ;
-  reg [31:0] \$1018 ;
-  reg \$1019 ;
+  reg [7:0] \$1013 ;
+  reg [7:0] \$1014 ;
+  reg [7:0] \$1015 ;
+  reg [7:0] \$1016 ;
+  reg [7:0] \$1017 ;
+  reg [7:0] \$1018 ;
+  reg [7:0] \$1019 ;
   wire [3:0] \$102 ;
-  reg \$1020 ;
+  reg [7:0] \$1020 ;
   reg \$1021 ;
   reg \$1022 ;
   reg \$1023 ;
-  reg [8:0] \$1024 ;
-  reg \$1025 ;
+  reg [3:0] \$1024 ;
+  reg [15:0] \$1025 ;
   reg \$1026 ;
-  reg [3:0] \$1027 ;
+  reg [15:0] \$1027 ;
   reg [15:0] \$1028 ;
-  reg [9:0] \$1029 ;
+  reg [31:0] \$1029 ;
   wire \$103 ;
-  reg [15:0] \$1030 ;
+  reg \$1030 ;
   reg \$1031 ;
   reg \$1032 ;
   reg \$1033 ;
-  reg [8:0] \$1034 ;
-  reg \$1035 ;
+  reg \$1034 ;
+  reg [8:0] \$1035 ;
   reg \$1036 ;
-  reg [31:0] \$1037 ;
-  reg [15:0] \$1038 ;
-  reg \$1039 ;
+  reg \$1037 ;
+  reg [3:0] \$1038 ;
+  reg [15:0] \$1039 ;
   wire [64:0] \$104 ;
-  reg [2:0] \$1040 ;
-  reg \$1041 ;
-  reg [3:0] \$1042 ;
+  reg [9:0] \$1040 ;
+  reg [15:0] \$1041 ;
+  reg \$1042 ;
+  reg \$1043 ;
+  reg \$1044 ;
+  reg [8:0] \$1045 ;
+  reg \$1046 ;
+  reg \$1047 ;
+  reg [31:0] \$1048 ;
+  reg [15:0] \$1049 ;
   wire \$105 ;
+  reg \$1050 ;
+  reg [2:0] \$1051 ;
+  reg \$1052 ;
+  reg [3:0] \$1053 ;
   wire \$106 ;
   wire \$107 ;
   wire \$108 ;
@@ -1348,272 +1359,272 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$136 ;
   wire \$137 ;
   wire \$138 ;
-  wire \$139 ;
+  wire [3:0] \$139 ;
   wire [3:0] \$14 ;
   wire \$140 ;
-  wire \$141 ;
-  wire \$142 ;
-  wire [3:0] \$143 ;
-  wire \$144 ;
-  wire [2:0] \$145 ;
-  wire [3:0] \$146 ;
-  wire \$147 ;
+  wire [2:0] \$141 ;
+  wire [3:0] \$142 ;
+  wire \$143 ;
+  wire [3:0] \$144 ;
+  wire [3:0] \$145 ;
+  wire \$146 ;
+  wire [4:0] \$147 ;
   wire [3:0] \$148 ;
-  wire [3:0] \$149 ;
+  wire \$149 ;
   wire \$15 ;
-  wire \$150 ;
-  wire [4:0] \$151 ;
-  wire [3:0] \$152 ;
-  wire \$153 ;
-  wire [5:0] \$154 ;
-  wire [3:0] \$155 ;
-  wire \$156 ;
-  wire [6:0] \$157 ;
-  wire [3:0] \$158 ;
-  wire \$159 ;
+  wire [5:0] \$150 ;
+  wire [3:0] \$151 ;
+  wire \$152 ;
+  wire [6:0] \$153 ;
+  wire [3:0] \$154 ;
+  wire \$155 ;
+  wire [7:0] \$156 ;
+  wire [3:0] \$157 ;
+  wire \$158 ;
+  wire [8:0] \$159 ;
   wire \$16 ;
-  wire [7:0] \$160 ;
-  wire [3:0] \$161 ;
+  reg \$160 ;
+  wire \$161 ;
   wire \$162 ;
-  wire [8:0] \$163 ;
-  reg \$164 ;
-  wire \$165 ;
+  wire [9:0] \$163 ;
+  wire [16:0] \$164 ;
+  reg \$165 ;
   wire \$166 ;
-  wire [9:0] \$167 ;
-  wire [16:0] \$168 ;
-  reg \$169 ;
+  wire \$167 ;
+  wire \$168 ;
+  wire \$169 ;
   wire \$17 ;
   wire \$170 ;
-  wire \$171 ;
-  wire \$172 ;
-  wire \$173 ;
+  wire [9:0] \$171 ;
+  wire [16:0] \$172 ;
+  reg \$173 ;
   wire \$174 ;
-  wire [9:0] \$175 ;
-  wire [16:0] \$176 ;
-  reg \$177 ;
-  wire \$178 ;
-  wire \$179 ;
+  wire \$175 ;
+  wire \$176 ;
+  wire \$177 ;
+  wire [9:0] \$178 ;
+  wire [16:0] \$179 ;
   wire \$18 ;
-  wire \$180 ;
+  reg \$180 ;
   wire \$181 ;
-  wire [9:0] \$182 ;
-  wire [16:0] \$183 ;
-  reg \$184 ;
-  wire \$185 ;
-  wire \$186 ;
-  wire \$187 ;
+  wire \$182 ;
+  wire \$183 ;
+  wire \$184 ;
+  wire [9:0] \$185 ;
+  wire [16:0] \$186 ;
+  reg \$187 ;
   wire \$188 ;
-  wire [9:0] \$189 ;
+  wire \$189 ;
   wire \$19 ;
-  wire [16:0] \$190 ;
-  reg \$191 ;
-  wire \$192 ;
-  wire \$193 ;
-  wire \$194 ;
+  wire \$190 ;
+  wire \$191 ;
+  wire [9:0] \$192 ;
+  wire [16:0] \$193 ;
+  reg \$194 ;
   wire \$195 ;
-  wire [9:0] \$196 ;
-  wire [16:0] \$197 ;
-  reg \$198 ;
-  wire \$199 ;
+  wire \$196 ;
+  wire \$197 ;
+  wire \$198 ;
+  wire [9:0] \$199 ;
   wire \$2 ;
   wire \$20 ;
-  wire \$200 ;
-  wire \$201 ;
+  wire [16:0] \$200 ;
+  reg \$201 ;
   wire \$202 ;
-  wire [9:0] \$203 ;
-  wire [16:0] \$204 ;
-  reg \$205 ;
-  wire \$206 ;
-  wire \$207 ;
-  wire \$208 ;
+  wire \$203 ;
+  wire \$204 ;
+  wire \$205 ;
+  wire [9:0] \$206 ;
+  wire [16:0] \$207 ;
+  reg \$208 ;
   wire \$209 ;
   wire [15:0] \$21 ;
-  wire [9:0] \$210 ;
-  wire [16:0] \$211 ;
-  reg \$212 ;
-  wire \$213 ;
-  wire \$214 ;
-  wire \$215 ;
+  wire \$210 ;
+  wire \$211 ;
+  wire \$212 ;
+  wire [9:0] \$213 ;
+  wire [16:0] \$214 ;
+  reg \$215 ;
   wire \$216 ;
-  wire [9:0] \$217 ;
-  wire [16:0] \$218 ;
-  reg \$219 ;
+  wire \$217 ;
+  wire \$218 ;
+  wire \$219 ;
   wire \$22 ;
-  wire \$220 ;
-  wire \$221 ;
-  wire \$222 ;
+  wire [9:0] \$220 ;
+  wire [16:0] \$221 ;
+  reg \$222 ;
   wire \$223 ;
-  wire [9:0] \$224 ;
-  wire [16:0] \$225 ;
-  reg \$226 ;
-  wire \$227 ;
+  wire \$224 ;
+  wire \$225 ;
+  wire \$226 ;
+  reg \$227 ;
   wire \$228 ;
   wire \$229 ;
   wire [17:0] \$23 ;
   wire \$230 ;
-  reg \$231 ;
+  wire \$231 ;
   wire \$232 ;
   wire \$233 ;
   wire \$234 ;
-  wire \$235 ;
+  reg \$235 ;
   wire \$236 ;
   wire \$237 ;
   wire \$238 ;
-  reg \$239 ;
+  wire \$239 ;
   wire \$24 ;
   wire \$240 ;
-  wire \$241 ;
+  reg \$241 ;
   wire \$242 ;
   wire \$243 ;
   wire \$244 ;
-  reg \$245 ;
-  wire \$246 ;
-  wire \$247 ;
-  wire \$248 ;
+  wire \$245 ;
+  wire [9:0] \$246 ;
+  wire [10:0] \$247 ;
+  reg \$248 ;
   wire \$249 ;
   wire [15:0] \$25 ;
-  wire [9:0] \$250 ;
-  wire [10:0] \$251 ;
-  reg \$252 ;
+  wire \$250 ;
+  wire \$251 ;
+  wire \$252 ;
   wire \$253 ;
   wire \$254 ;
   wire \$255 ;
-  wire \$256 ;
-  wire \$257 ;
-  wire \$258 ;
+  wire [9:0] \$256 ;
+  wire [10:0] \$257 ;
+  reg \$258 ;
   wire \$259 ;
   wire \$26 ;
-  wire [9:0] \$260 ;
-  wire [10:0] \$261 ;
-  reg \$262 ;
+  wire \$260 ;
+  wire \$261 ;
+  wire \$262 ;
   wire \$263 ;
   wire \$264 ;
-  wire \$265 ;
-  wire \$266 ;
-  wire \$267 ;
+  wire [9:0] \$265 ;
+  wire [10:0] \$266 ;
+  reg \$267 ;
   wire \$268 ;
-  wire [9:0] \$269 ;
+  wire \$269 ;
   wire [18:0] \$27 ;
-  wire [10:0] \$270 ;
-  reg \$271 ;
+  wire \$270 ;
+  wire \$271 ;
   wire \$272 ;
   wire \$273 ;
-  wire \$274 ;
-  wire \$275 ;
-  wire \$276 ;
+  wire [9:0] \$274 ;
+  wire [10:0] \$275 ;
+  reg \$276 ;
   wire \$277 ;
-  wire [9:0] \$278 ;
-  wire [10:0] \$279 ;
+  wire \$278 ;
+  wire \$279 ;
   wire [20:0] \$28 ;
-  reg \$280 ;
+  wire \$280 ;
   wire \$281 ;
   wire \$282 ;
-  wire \$283 ;
-  wire \$284 ;
-  wire \$285 ;
+  wire [9:0] \$283 ;
+  wire [10:0] \$284 ;
+  reg \$285 ;
   wire \$286 ;
-  wire [9:0] \$287 ;
-  wire [10:0] \$288 ;
-  reg \$289 ;
+  wire \$287 ;
+  wire \$288 ;
+  wire \$289 ;
   wire [21:0] \$29 ;
   wire \$290 ;
   wire \$291 ;
-  wire \$292 ;
-  wire \$293 ;
-  wire \$294 ;
+  wire [9:0] \$292 ;
+  wire [10:0] \$293 ;
+  reg \$294 ;
   wire \$295 ;
-  wire [9:0] \$296 ;
-  wire [10:0] \$297 ;
-  reg \$298 ;
+  wire \$296 ;
+  wire \$297 ;
+  wire \$298 ;
   wire \$299 ;
   wire \$3 ;
   wire [21:0] \$30 ;
   wire \$300 ;
-  wire \$301 ;
-  wire \$302 ;
-  wire \$303 ;
+  wire [9:0] \$301 ;
+  wire [10:0] \$302 ;
+  reg \$303 ;
   wire \$304 ;
-  wire [9:0] \$305 ;
-  wire [10:0] \$306 ;
-  reg \$307 ;
+  wire \$305 ;
+  wire \$306 ;
+  wire \$307 ;
   wire \$308 ;
   wire \$309 ;
   wire \$31 ;
-  wire \$310 ;
-  wire \$311 ;
-  wire \$312 ;
+  wire [9:0] \$310 ;
+  wire [10:0] \$311 ;
+  reg \$312 ;
   wire \$313 ;
-  wire [9:0] \$314 ;
-  wire [10:0] \$315 ;
-  reg \$316 ;
+  wire \$314 ;
+  wire \$315 ;
+  wire \$316 ;
   wire \$317 ;
   wire \$318 ;
   wire \$319 ;
   wire [15:0] \$32 ;
-  wire \$320 ;
-  wire \$321 ;
-  wire \$322 ;
-  wire \$323 ;
-  wire \$324 ;
-  wire [7:0] \$325 ;
-  wire [7:0] \$326 ;
-  wire [7:0] \$327 ;
-  wire [7:0] \$328 ;
-  wire [7:0] \$329 ;
+  wire [8:0] \$320 ;
+  wire [8:0] \$321 ;
+  wire [8:0] \$322 ;
+  wire [8:0] \$323 ;
+  wire [8:0] \$324 ;
+  wire [8:0] \$325 ;
+  wire [8:0] \$326 ;
+  wire [8:0] \$327 ;
+  wire \$328 ;
+  wire \$329 ;
   wire \$33 ;
-  wire [7:0] \$330 ;
-  wire [7:0] \$331 ;
-  wire [7:0] \$332 ;
+  wire \$330 ;
+  wire \$331 ;
+  wire \$332 ;
   wire \$333 ;
   wire \$334 ;
   wire \$335 ;
-  wire \$336 ;
-  wire \$337 ;
+  wire [19:0] \$336 ;
+  wire [20:0] \$337 ;
   wire \$338 ;
   wire \$339 ;
   wire [18:0] \$34 ;
   wire \$340 ;
-  wire [19:0] \$341 ;
-  wire [20:0] \$342 ;
-  wire \$343 ;
+  wire \$341 ;
+  wire \$342 ;
+  reg [31:0] \$343 ;
   wire \$344 ;
   wire \$345 ;
-  wire \$346 ;
+  reg [31:0] \$346 ;
   wire \$347 ;
-  reg [31:0] \$348 ;
+  wire \$348 ;
   wire \$349 ;
   wire [20:0] \$35 ;
   wire \$350 ;
-  reg [31:0] \$351 ;
+  wire \$351 ;
   wire \$352 ;
   wire \$353 ;
-  wire \$354 ;
-  wire \$355 ;
-  wire \$356 ;
-  wire \$357 ;
-  wire \$358 ;
-  wire [31:0] \$359 ;
+  wire [31:0] \$354 ;
+  wire [31:0] \$355 ;
+  wire [31:0] \$356 ;
+  wire [31:0] \$357 ;
+  wire [31:0] \$358 ;
+  wire \$359 ;
   wire [21:0] \$36 ;
   wire [31:0] \$360 ;
   wire [31:0] \$361 ;
   wire [31:0] \$362 ;
   wire [31:0] \$363 ;
-  wire \$364 ;
-  wire [31:0] \$365 ;
-  wire [31:0] \$366 ;
-  wire [31:0] \$367 ;
-  wire [31:0] \$368 ;
-  wire [2:0] \$369 ;
+  wire [2:0] \$364 ;
+  wire [2:0] \$365 ;
+  wire [2:0] \$366 ;
+  wire [1:0] \$367 ;
+  wire [2:0] \$368 ;
+  wire \$369 ;
   wire [21:0] \$37 ;
   wire [2:0] \$370 ;
   wire [2:0] \$371 ;
-  wire [1:0] \$372 ;
+  wire [2:0] \$372 ;
   wire [2:0] \$373 ;
   wire \$374 ;
-  wire [2:0] \$375 ;
-  wire [2:0] \$376 ;
-  wire [2:0] \$377 ;
-  wire [2:0] \$378 ;
+  wire \$375 ;
+  wire \$376 ;
+  wire \$377 ;
+  wire \$378 ;
   wire \$379 ;
   wire \$38 ;
   wire \$380 ;
@@ -1677,9 +1688,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$432 ;
   wire \$433 ;
   wire \$434 ;
-  wire \$435 ;
+  wire [30:0] \$435 ;
   wire \$436 ;
-  wire [30:0] \$437 ;
+  wire \$437 ;
   wire \$438 ;
   wire \$439 ;
   wire \$44 ;
@@ -1723,35 +1734,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$474 ;
   wire \$475 ;
   wire \$476 ;
-  wire \$477 ;
-  wire \$478 ;
-  wire [16:0] \$479 ;
+  wire [16:0] \$477 ;
+  wire [16:0] \$478 ;
+  wire [32:0] \$479 ;
   wire [15:0] \$48 ;
-  wire [16:0] \$480 ;
-  wire [32:0] \$481 ;
-  wire [32:0] \$482 ;
+  wire [32:0] \$480 ;
+  wire [16:0] \$481 ;
+  wire [16:0] \$482 ;
   wire [16:0] \$483 ;
   wire [16:0] \$484 ;
-  wire [16:0] \$485 ;
-  wire [16:0] \$486 ;
-  wire [31:0] \$487 ;
-  wire [22:0] \$488 ;
-  wire [23:0] \$489 ;
+  wire [31:0] \$485 ;
+  wire [22:0] \$486 ;
+  wire [23:0] \$487 ;
+  wire [31:0] \$488 ;
+  wire [32:0] \$489 ;
   wire [18:0] \$49 ;
-  wire [31:0] \$490 ;
-  wire [32:0] \$491 ;
-  wire [32:0] \$492 ;
-  wire [47:0] \$493 ;
-  wire [16:0] \$494 ;
-  wire [18:0] \$495 ;
-  wire [19:0] \$496 ;
-  wire [20:0] \$497 ;
-  wire [3:0] \$498 ;
-  wire \$499 ;
+  wire [32:0] \$490 ;
+  wire [47:0] \$491 ;
+  wire [16:0] \$492 ;
+  wire [18:0] \$493 ;
+  wire [19:0] \$494 ;
+  wire [20:0] \$495 ;
+  wire [3:0] \$496 ;
+  wire \$497 ;
+  wire [31:0] \$498 ;
+  wire [32:0] \$499 ;
   wire \$5 ;
   wire [20:0] \$50 ;
-  wire [31:0] \$500 ;
-  wire [32:0] \$501 ;
+  wire [48:0] \$500 ;
+  wire \$501 ;
   wire [48:0] \$502 ;
   wire \$503 ;
   wire [48:0] \$504 ;
@@ -1787,7 +1798,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$531 ;
   wire [48:0] \$532 ;
   wire \$533 ;
-  wire [48:0] \$534 ;
+  wire \$534 ;
   wire \$535 ;
   wire \$536 ;
   wire \$537 ;
@@ -1827,30 +1838,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$568 ;
   wire \$569 ;
   wire [15:0] \$57 ;
-  wire \$570 ;
+  wire [15:0] \$570 ;
   wire \$571 ;
-  wire [15:0] \$572 ;
+  wire \$572 ;
   wire \$573 ;
   wire \$574 ;
-  wire \$575 ;
-  wire \$576 ;
-  wire [16:0] \$577 ;
-  wire [32:0] \$578 ;
+  wire [16:0] \$575 ;
+  wire [32:0] \$576 ;
+  wire \$577 ;
+  wire \$578 ;
   wire \$579 ;
   wire [17:0] \$58 ;
   wire \$580 ;
   wire \$581 ;
   wire \$582 ;
-  wire \$583 ;
+  wire [32:0] \$583 ;
   wire \$584 ;
-  wire [32:0] \$585 ;
-  wire \$586 ;
+  wire \$585 ;
+  wire [14:0] \$586 ;
   wire \$587 ;
-  wire [14:0] \$588 ;
-  wire \$589 ;
+  wire \$588 ;
+  wire [3:0] \$589 ;
   wire [3:0] \$59 ;
   wire \$590 ;
-  wire [3:0] \$591 ;
+  wire \$591 ;
   wire \$592 ;
   wire \$593 ;
   wire \$594 ;
@@ -1886,10 +1897,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$620 ;
   wire \$621 ;
   wire \$622 ;
-  wire \$623 ;
-  wire \$624 ;
-  wire [16:0] \$625 ;
-  wire [32:0] \$626 ;
+  wire [16:0] \$623 ;
+  wire [32:0] \$624 ;
+  wire \$625 ;
+  wire \$626 ;
   wire \$627 ;
   wire \$628 ;
   wire \$629 ;
@@ -1900,9 +1911,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$633 ;
   wire \$634 ;
   wire \$635 ;
-  wire \$636 ;
+  wire [16:0] \$636 ;
   wire \$637 ;
-  wire [16:0] \$638 ;
+  wire \$638 ;
   wire \$639 ;
   wire [20:0] \$64 ;
   wire \$640 ;
@@ -2003,15 +2014,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$726 ;
   wire \$727 ;
   wire \$728 ;
-  wire \$729 ;
+  wire [24:0] \$729 ;
   wire [15:0] \$73 ;
-  wire \$730 ;
-  wire [24:0] \$731 ;
-  wire [33:0] \$732 ;
-  wire \$733 ;
-  wire \$734 ;
-  wire [24:0] \$735 ;
-  wire [33:0] \$736 ;
+  wire [33:0] \$730 ;
+  wire \$731 ;
+  wire \$732 ;
+  wire [24:0] \$733 ;
+  wire [33:0] \$734 ;
+  wire \$735 ;
+  wire \$736 ;
   wire \$737 ;
   wire \$738 ;
   wire \$739 ;
@@ -2020,15 +2031,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$741 ;
   wire \$742 ;
   wire \$743 ;
-  wire \$744 ;
+  wire [3:0] \$744 ;
   wire \$745 ;
-  wire [3:0] \$746 ;
+  wire \$746 ;
   wire \$747 ;
-  wire \$748 ;
-  wire \$749 ;
+  wire [3:0] \$748 ;
+  wire [14:0] \$749 ;
   wire [15:0] \$75 ;
-  wire [3:0] \$750 ;
-  wire [14:0] \$751 ;
+  wire \$750 ;
+  wire \$751 ;
   wire \$752 ;
   wire \$753 ;
   wire \$754 ;
@@ -2041,45 +2052,45 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$760 ;
   wire \$761 ;
   wire \$762 ;
-  wire \$763 ;
-  wire \$764 ;
-  wire [16:0] \$765 ;
-  wire [16:0] \$766 ;
+  wire [16:0] \$763 ;
+  wire [16:0] \$764 ;
+  wire \$765 ;
+  wire [32:0] \$766 ;
   wire \$767 ;
-  wire [32:0] \$768 ;
+  wire \$768 ;
   wire \$769 ;
   wire \$77 ;
-  wire \$770 ;
+  wire [32:0] \$770 ;
   wire \$771 ;
-  wire [32:0] \$772 ;
+  wire \$772 ;
   wire \$773 ;
   wire \$774 ;
   wire \$775 ;
-  wire \$776 ;
-  wire \$777 ;
-  wire [16:0] \$778 ;
-  wire [16:0] \$779 ;
+  wire [16:0] \$776 ;
+  wire [16:0] \$777 ;
+  wire \$778 ;
+  wire [32:0] \$779 ;
   wire \$78 ;
   wire \$780 ;
-  wire [32:0] \$781 ;
+  wire \$781 ;
   wire \$782 ;
   wire \$783 ;
   wire \$784 ;
   wire \$785 ;
   wire \$786 ;
   wire \$787 ;
-  wire [16:0] \$788 ;
-  wire [16:0] \$789 ;
+  wire \$788 ;
+  wire \$789 ;
   wire \$79 ;
-  wire \$790 ;
-  wire \$791 ;
+  wire [16:0] \$790 ;
+  wire [16:0] \$791 ;
   wire \$792 ;
   wire \$793 ;
   wire \$794 ;
   wire \$795 ;
   wire \$796 ;
   wire \$797 ;
-  reg \$798 ;
+  wire \$798 ;
   wire \$799 ;
   wire \$8 ;
   wire \$80 ;
@@ -2091,90 +2102,90 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$805 ;
   wire \$806 ;
   wire \$807 ;
-  wire \$808 ;
+  reg \$808 ;
   wire \$809 ;
   wire \$81 ;
-  wire [4:0] \$810 ;
-  wire [16:0] \$811 ;
-  wire [16:0] \$812 ;
+  wire \$810 ;
+  wire \$811 ;
+  wire \$812 ;
   wire \$813 ;
   wire \$814 ;
-  wire [16:0] \$815 ;
+  wire [4:0] \$815 ;
   wire [16:0] \$816 ;
-  wire \$817 ;
+  wire [16:0] \$817 ;
   wire \$818 ;
   wire \$819 ;
   wire \$82 ;
-  wire \$820 ;
-  wire [4:0] \$821 ;
-  wire [9:0] \$822 ;
-  wire [16:0] \$823 ;
+  wire [16:0] \$820 ;
+  wire [16:0] \$821 ;
+  wire \$822 ;
+  wire \$823 ;
   wire \$824 ;
   wire \$825 ;
-  wire \$826 ;
-  wire \$827 ;
-  wire \$828 ;
+  wire [4:0] \$826 ;
+  wire [9:0] \$827 ;
+  wire [16:0] \$828 ;
   wire \$829 ;
   wire \$83 ;
   wire \$830 ;
   wire \$831 ;
-  wire [32:0] \$832 ;
+  wire \$832 ;
   wire \$833 ;
-  wire [16:0] \$834 ;
-  wire [16:0] \$835 ;
+  wire \$834 ;
+  wire \$835 ;
   wire \$836 ;
-  wire [16:0] \$837 ;
-  wire [16:0] \$838 ;
-  wire \$839 ;
+  wire [32:0] \$837 ;
+  wire \$838 ;
+  wire [16:0] \$839 ;
   wire [15:0] \$84 ;
-  reg \$840 ;
+  wire [16:0] \$840 ;
   wire \$841 ;
-  wire \$842 ;
-  wire \$843 ;
+  wire [16:0] \$842 ;
+  wire [16:0] \$843 ;
   wire \$844 ;
-  wire \$845 ;
-  wire [16:0] \$846 ;
-  wire [10:0] \$847 ;
+  reg \$845 ;
+  wire \$846 ;
+  wire \$847 ;
   wire \$848 ;
-  wire [16:0] \$849 ;
+  wire \$849 ;
   wire \$85 ;
   wire \$850 ;
-  wire \$851 ;
-  wire [4:0] \$852 ;
-  wire [9:0] \$853 ;
-  wire [32:0] \$854 ;
-  wire [33:0] \$855 ;
+  wire [16:0] \$851 ;
+  wire [10:0] \$852 ;
+  wire \$853 ;
+  wire [16:0] \$854 ;
+  wire \$855 ;
   wire \$856 ;
-  wire \$857 ;
-  wire \$858 ;
-  wire \$859 ;
+  wire [4:0] \$857 ;
+  wire [9:0] \$858 ;
+  wire [32:0] \$859 ;
   wire [15:0] \$86 ;
-  wire \$860 ;
+  wire [33:0] \$860 ;
   wire \$861 ;
   wire \$862 ;
   wire \$863 ;
   wire \$864 ;
   wire \$865 ;
-  wire [16:0] \$866 ;
-  wire [32:0] \$867 ;
+  wire \$866 ;
+  wire \$867 ;
   wire \$868 ;
   wire \$869 ;
   wire \$87 ;
   wire \$870 ;
-  wire \$871 ;
-  wire [3:0] \$872 ;
-  wire [3:0] \$873 ;
+  wire [16:0] \$871 ;
+  wire [32:0] \$872 ;
+  wire \$873 ;
   wire \$874 ;
   wire \$875 ;
   wire \$876 ;
-  wire \$877 ;
-  wire \$878 ;
-  reg [13:0] \$879 ;
+  wire [3:0] \$877 ;
+  wire [3:0] \$878 ;
+  wire \$879 ;
   wire \$88 ;
-  reg [15:0] \$880 ;
-  reg \$881 ;
-  reg \$882 ;
-  reg \$883 ;
+  wire \$880 ;
+  wire \$881 ;
+  wire \$882 ;
+  wire \$883 ;
   reg \$884 ;
   reg \$885 ;
   reg \$886 ;
@@ -2190,26 +2201,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$895 ;
   reg \$896 ;
   reg \$897 ;
-  reg [15:0] \$898 ;
+  reg \$898 ;
   reg \$899 ;
   wire \$9 ;
   wire \$90 ;
-  reg \$900 ;
+  reg [15:0] \$900 ;
   reg \$901 ;
   reg \$902 ;
   reg \$903 ;
   reg \$904 ;
-  reg [2:0] \$905 ;
+  reg \$905 ;
   reg \$906 ;
   reg [2:0] \$907 ;
   reg \$908 ;
-  reg \$909 ;
+  reg [2:0] \$909 ;
   wire \$91 ;
   reg \$910 ;
   reg \$911 ;
   reg \$912 ;
-  reg [47:0] \$913 ;
-  reg [47:0] \$914 ;
+  reg \$913 ;
+  reg \$914 ;
   reg [47:0] \$915 ;
   reg [47:0] \$916 ;
   reg [47:0] \$917 ;
@@ -2227,24 +2238,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$928 ;
   reg [47:0] \$929 ;
   wire [3:0] \$93 ;
-  reg \$930 ;
-  reg \$931 ;
+  reg [47:0] \$930 ;
+  reg [47:0] \$931 ;
   reg \$932 ;
   reg \$933 ;
   reg \$934 ;
-  reg [31:0] \$935 ;
+  reg \$935 ;
   reg \$936 ;
-  reg \$937 ;
-  reg [3:0] \$938 ;
+  reg [31:0] \$937 ;
+  reg \$938 ;
   reg \$939 ;
   wire \$94 ;
-  reg [31:0] \$940 ;
-  reg [31:0] \$941 ;
-  reg [15:0] \$942 ;
+  reg [3:0] \$940 ;
+  reg \$941 ;
+  reg [31:0] \$942 ;
   reg [31:0] \$943 ;
-  reg [2:0] \$944 ;
-  reg \$945 ;
-  reg \$946 ;
+  reg [15:0] \$944 ;
+  reg [31:0] \$945 ;
+  reg [2:0] \$946 ;
   reg \$947 ;
   reg \$948 ;
   reg \$949 ;
@@ -2273,25 +2284,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$97 ;
   reg \$970 ;
   reg \$971 ;
-  reg [511:0] \$972 ;
-  reg [2:0] \$973 ;
-  reg [31:0] \$974 ;
-  reg [7:0] \$975 ;
-  reg [15:0] \$976 ;
-  reg [15:0] \$977 ;
-  reg \$978 ;
-  reg [65:0] \$979 ;
+  reg \$972 ;
+  reg \$973 ;
+  reg [511:0] \$974 ;
+  reg [2:0] \$975 ;
+  reg [31:0] \$976 ;
+  reg [7:0] \$977 ;
+  reg [15:0] \$978 ;
+  reg [15:0] \$979 ;
   wire [16:0] \$98 ;
   reg \$980 ;
-  reg \$981 ;
+  reg [65:0] \$981 ;
   reg \$982 ;
   reg \$983 ;
   reg \$984 ;
-  reg [31:0] \$985 ;
-  reg [15:0] \$986 ;
-  reg \$987 ;
+  reg \$985 ;
+  reg \$986 ;
+  reg [31:0] \$987 ;
   reg [15:0] \$988 ;
-  reg [15:0] \$989 ;
+  reg \$989 ;
   wire [3:0] \$99 ;
   reg [15:0] \$990 ;
   reg [15:0] \$991 ;
@@ -2299,21 +2310,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \$993 ;
   reg [15:0] \$994 ;
   reg [15:0] \$995 ;
-  reg [2:0] \$996 ;
-  reg [2:0] \$997 ;
-  reg [31:0] \$998 ;
-  reg [15:0] \$999 ;
+  reg [15:0] \$996 ;
+  reg [15:0] \$997 ;
+  reg [2:0] \$998 ;
+  reg [2:0] \$999 ;
   reg \$signal ;
-  reg \$signal$277  = 1'h0;
-  reg [3:0] \$signal$284  = 4'h0;
-  reg \$signal$310  = 1'h0;
-  reg [15:0] \$signal$311  = 16'h0000;
-  reg \$signal$441  = 1'h0;
-  reg [31:0] \$signal$509  = 32'd0;
-  reg [31:0] \$signal$510  = 32'd0;
-  reg \$signal$531  = 1'h0;
+  reg \$signal$274  = 1'h0;
+  reg [3:0] \$signal$281  = 4'h0;
+  reg \$signal$307  = 1'h0;
+  reg [15:0] \$signal$308  = 16'h0000;
+  reg \$signal$443  = 1'h0;
+  reg [31:0] \$signal$507  = 32'd0;
+  reg [31:0] \$signal$508  = 32'd0;
+  reg \$signal$529  = 1'h0;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$280 ;
+  reg [8:0] \$signature__addr$277 ;
+  reg [8:0] \$signature__addr$282 ;
   reg [8:0] \$signature__addr$285 ;
   reg [8:0] \$signature__addr$288 ;
   reg [8:0] \$signature__addr$291 ;
@@ -2321,17 +2333,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [8:0] \$signature__addr$297 ;
   reg [8:0] \$signature__addr$300 ;
   reg [8:0] \$signature__addr$303 ;
-  reg [8:0] \$signature__addr$306 ;
-  reg [8:0] \$signature__addr$317 ;
-  reg [8:0] \$signature__addr$321 ;
-  reg [8:0] \$signature__addr$323 ;
-  reg [8:0] \$signature__addr$325 ;
-  reg [8:0] \$signature__addr$327 ;
-  reg [8:0] \$signature__addr$329 ;
-  reg [8:0] \$signature__addr$331 ;
-  reg [8:0] \$signature__addr$333 ;
-  reg [8:0] \$signature__addr$335 ;
-  reg [8:0] \$signature__addr$340 ;
+  reg [8:0] \$signature__addr$314 ;
+  reg [8:0] \$signature__addr$318 ;
+  reg [8:0] \$signature__addr$320 ;
+  reg [8:0] \$signature__addr$322 ;
+  reg [8:0] \$signature__addr$324 ;
+  reg [8:0] \$signature__addr$326 ;
+  reg [8:0] \$signature__addr$328 ;
+  reg [8:0] \$signature__addr$330 ;
+  reg [8:0] \$signature__addr$332 ;
+  reg [8:0] \$signature__addr$337 ;
+  reg [8:0] \$signature__addr$342 ;
   reg [8:0] \$signature__addr$345 ;
   reg [8:0] \$signature__addr$348 ;
   reg [8:0] \$signature__addr$351 ;
@@ -2340,16 +2352,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [8:0] \$signature__addr$360 ;
   reg [8:0] \$signature__addr$363 ;
   reg [8:0] \$signature__addr$366 ;
-  reg [8:0] \$signature__addr$369 ;
-  reg [8:0] \$signature__addr$371 ;
-  reg [8:0] \$signature__addr$373 ;
-  reg [8:0] \$signature__addr$375 ;
-  reg [8:0] \$signature__addr$377 ;
-  reg [8:0] \$signature__addr$379 ;
-  reg [8:0] \$signature__addr$381 ;
+  reg [8:0] \$signature__addr$368 ;
+  reg [8:0] \$signature__addr$370 ;
+  reg [8:0] \$signature__addr$372 ;
+  reg [8:0] \$signature__addr$374 ;
+  reg [8:0] \$signature__addr$376 ;
+  reg [8:0] \$signature__addr$378 ;
   wire [13:0] \$signature__addr$88 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$282 ;
+  reg [8:0] \$signature__data$279 ;
+  reg [8:0] \$signature__data$283 ;
   reg [8:0] \$signature__data$286 ;
   reg [8:0] \$signature__data$289 ;
   reg [8:0] \$signature__data$292 ;
@@ -2357,35 +2369,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [8:0] \$signature__data$298 ;
   reg [8:0] \$signature__data$301 ;
   reg [8:0] \$signature__data$304 ;
-  reg [8:0] \$signature__data$307 ;
-  reg [7:0] \$signature__data$342 ;
+  reg [7:0] \$signature__data$339 ;
+  reg [7:0] \$signature__data$343 ;
   reg [7:0] \$signature__data$346 ;
   reg [7:0] \$signature__data$349 ;
   reg [7:0] \$signature__data$352 ;
   reg [7:0] \$signature__data$355 ;
   reg [7:0] \$signature__data$358 ;
   reg [7:0] \$signature__data$361 ;
-  reg [7:0] \$signature__data$364 ;
+  wire [8:0] \$signature__data$382 ;
+  wire [8:0] \$signature__data$383 ;
+  wire [8:0] \$signature__data$384 ;
   wire [8:0] \$signature__data$385 ;
   wire [8:0] \$signature__data$386 ;
   wire [8:0] \$signature__data$387 ;
   wire [8:0] \$signature__data$388 ;
   wire [8:0] \$signature__data$389 ;
   wire [8:0] \$signature__data$390 ;
-  wire [8:0] \$signature__data$391 ;
-  wire [8:0] \$signature__data$392 ;
-  wire [8:0] \$signature__data$393 ;
+  wire [7:0] \$signature__data$391 ;
+  wire [7:0] \$signature__data$392 ;
+  wire [7:0] \$signature__data$393 ;
   wire [7:0] \$signature__data$394 ;
   wire [7:0] \$signature__data$395 ;
   wire [7:0] \$signature__data$396 ;
   wire [7:0] \$signature__data$397 ;
   wire [7:0] \$signature__data$398 ;
-  wire [7:0] \$signature__data$399 ;
-  wire [7:0] \$signature__data$400 ;
-  wire [7:0] \$signature__data$401 ;
   wire [15:0] \$signature__data$94 ;
   wire \$signature__en ;
-  reg \$signature__en$283 ;
+  reg \$signature__en$280 ;
+  reg \$signature__en$284 ;
   reg \$signature__en$287 ;
   reg \$signature__en$290 ;
   reg \$signature__en$293 ;
@@ -2393,17 +2405,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signature__en$299 ;
   reg \$signature__en$302 ;
   reg \$signature__en$305 ;
-  reg \$signature__en$308 ;
+  reg \$signature__en$316 ;
   reg \$signature__en$319 ;
-  reg \$signature__en$322 ;
-  reg \$signature__en$324 ;
-  reg \$signature__en$326 ;
-  reg \$signature__en$328 ;
-  reg \$signature__en$330 ;
-  reg \$signature__en$332 ;
-  reg \$signature__en$334 ;
-  reg \$signature__en$336 ;
-  reg \$signature__en$343 ;
+  reg \$signature__en$321 ;
+  reg \$signature__en$323 ;
+  reg \$signature__en$325 ;
+  reg \$signature__en$327 ;
+  reg \$signature__en$329 ;
+  reg \$signature__en$331 ;
+  reg \$signature__en$333 ;
+  reg \$signature__en$340 ;
+  reg \$signature__en$344 ;
   reg \$signature__en$347 ;
   reg \$signature__en$350 ;
   reg \$signature__en$353 ;
@@ -2411,36 +2423,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signature__en$359 ;
   reg \$signature__en$362 ;
   reg \$signature__en$365 ;
-  reg \$signature__en$368 ;
-  reg \$signature__en$370 ;
-  reg \$signature__en$372 ;
-  reg \$signature__en$374 ;
-  reg \$signature__en$376 ;
-  reg \$signature__en$378 ;
-  reg \$signature__en$380 ;
-  reg \$signature__en$382 ;
+  reg \$signature__en$367 ;
+  reg \$signature__en$369 ;
+  reg \$signature__en$371 ;
+  reg \$signature__en$373 ;
+  reg \$signature__en$375 ;
+  reg \$signature__en$377 ;
+  reg \$signature__en$379 ;
   wire \$signature__en$90 ;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$404 ;
-  wire [80:0] \a__payload$404.data ;
-  wire [8:0] \a__payload$404.data[0] ;
-  wire [8:0] \a__payload$404.data[1] ;
-  wire [8:0] \a__payload$404.data[2] ;
-  wire [8:0] \a__payload$404.data[3] ;
-  wire [8:0] \a__payload$404.data[4] ;
-  wire [8:0] \a__payload$404.data[5] ;
-  wire [8:0] \a__payload$404.data[6] ;
-  wire [8:0] \a__payload$404.data[7] ;
-  wire [8:0] \a__payload$404.data[8] ;
-  wire \a__payload$404.last ;
+  reg [81:0] \a__payload$401 ;
+  wire [80:0] \a__payload$401.data ;
+  wire [8:0] \a__payload$401.data[0] ;
+  wire [8:0] \a__payload$401.data[1] ;
+  wire [8:0] \a__payload$401.data[2] ;
+  wire [8:0] \a__payload$401.data[3] ;
+  wire [8:0] \a__payload$401.data[4] ;
+  wire [8:0] \a__payload$401.data[5] ;
+  wire [8:0] \a__payload$401.data[6] ;
+  wire [8:0] \a__payload$401.data[7] ;
+  wire [8:0] \a__payload$401.data[8] ;
+  wire \a__payload$401.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$409 ;
+  wire \a__ready$406 ;
   reg a__valid;
-  reg \a__valid$402 ;
+  reg \a__valid$399 ;
   reg a_blocks_left = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
@@ -2521,7 +2532,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$113 ;
-  wire \busy$548 ;
+  wire \busy$546 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
   wire [65:0] \c__payload$126 ;
@@ -2628,29 +2639,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire feed_valid;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$485 ;
-  wire \final$488 ;
+  wire \final$483 ;
+  wire \final$486 ;
   reg [15:0] fnt = 16'h0000;
   reg gelu_sel0 = 1'h0;
   reg gemm_active = 1'h0;
   wire gemm_res_valid;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$457 ;
-  wire [15:0] \i__payload$457.data ;
-  wire \i__payload$457.last ;
-  wire [15:0] \i__payload$458 ;
+  wire [16:0] \i__payload$458 ;
+  wire [15:0] \i__payload$458.data ;
+  wire \i__payload$458.last ;
+  wire [15:0] \i__payload$459 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$463 ;
   wire \i__ready$464 ;
+  wire \i__ready$465 ;
   reg i__valid;
-  wire \i__valid$459 ;
   wire \i__valid$460 ;
+  wire \i__valid$461 ;
   wire idle;
-  wire \idle$525 ;
+  wire \idle$523 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2719,10 +2730,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$489 ;
+  wire \last__3$487 ;
   wire last__4;
-  wire \last__4$484 ;
-  wire \last__4$487 ;
+  wire \last__4$482 ;
+  wire \last__4$485 ;
   wire [15:0] layernorm_elem;
   wire [2:0] level;
   wire [2:0] \level$86 ;
@@ -2750,7 +2761,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$50 ;
   reg [15:0] \n__4$62 ;
   reg next;
-  wire \next$455 ;
+  wire \next$456 ;
   wire \next$91 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
@@ -2764,15 +2775,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [7:0] \o__payload$197.data ;
   wire \o__payload$197.last ;
   wire [7:0] \o__payload$199 ;
-  wire [255:0] \o__payload$417 ;
-  wire [31:0] \o__payload$417[0] ;
-  wire [31:0] \o__payload$417[1] ;
-  wire [31:0] \o__payload$417[2] ;
-  wire [31:0] \o__payload$417[3] ;
-  wire [31:0] \o__payload$417[4] ;
-  wire [31:0] \o__payload$417[5] ;
-  wire [31:0] \o__payload$417[6] ;
-  wire [31:0] \o__payload$417[7] ;
+  wire [255:0] \o__payload$419 ;
+  wire [31:0] \o__payload$419[0] ;
+  wire [31:0] \o__payload$419[1] ;
+  wire [31:0] \o__payload$419[2] ;
+  wire [31:0] \o__payload$419[3] ;
+  wire [31:0] \o__payload$419[4] ;
+  wire [31:0] \o__payload$419[5] ;
+  wire [31:0] \o__payload$419[6] ;
+  wire [31:0] \o__payload$419[7] ;
   wire [15:0] \o__payload[0] ;
   wire [15:0] \o__payload[1] ;
   wire [15:0] \o__payload[2] ;
@@ -2781,12 +2792,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \o__ready$195 ;
   wire \o__ready$208 ;
   wire \o__ready$210 ;
-  wire \o__ready$418 ;
+  wire \o__ready$420 ;
   wire o__valid;
   wire \o__valid$191 ;
   wire \o__valid$203 ;
   wire \o__valid$206 ;
-  wire \o__valid$415 ;
+  wire \o__valid$417 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2929,34 +2940,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [18:0] \r_data$217 ;
   wire [15:0] \r_data$228 ;
   wire [63:0] \r_data$248 ;
-  wire [18:0] \r_data$338 ;
-  wire [63:0] \r_data$413 ;
-  wire [255:0] \r_data$433 ;
+  wire [18:0] \r_data$335 ;
+  wire [255:0] \r_data$435 ;
   reg r_en;
   reg \r_en$241 ;
   reg \r_en$251 ;
-  reg \r_en$410 ;
-  wire \r_en$421 ;
-  wire \r_en$461 ;
+  wire \r_en$423 ;
   wire \r_en$462 ;
+  wire \r_en$463 ;
   wire r_rdy;
   wire \r_rdy$227 ;
   wire \r_rdy$240 ;
   wire \r_rdy$243 ;
   wire \r_rdy$246 ;
-  wire \r_rdy$407 ;
-  wire \r_rdy$420 ;
+  wire \r_rdy$422 ;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$442 ;
-  wire [31:0] \req__payload$442.addr ;
-  wire [2:0] \req__payload$442.lb ;
+  wire [34:0] \req__payload$444 ;
+  wire [31:0] \req__payload$444.addr ;
+  wire [2:0] \req__payload$444.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$454 ;
+  wire \req__ready$455 ;
   reg req__valid;
-  wire \req__valid$434 ;
+  wire \req__valid$436 ;
   wire [15:0] res_lane0;
   wire [15:0] res_lane1;
   wire [15:0] res_lane2;
@@ -3024,7 +3032,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [7:0] \w__payload[5] ;
   wire [7:0] \w__payload[6] ;
   wire [7:0] \w__payload[7] ;
-  wire w__ready;
   reg w__valid;
   reg [31:0] w_addr = 32'd0;
   reg [7:0] w_beat0;
@@ -3039,22 +3046,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [127:0] \w_data$168 ;
   wire [63:0] \w_data$192 ;
   wire [15:0] \w_data$207 ;
-  wire [63:0] \w_data$267 ;
-  wire [255:0] \w_data$416 ;
+  wire [255:0] \w_data$418 ;
   wire [18:0] \w_data$93 ;
   (* init = 1'h0 *)
   wire w_en;
   reg \w_en$166  = 1'h0;
   wire \w_en$189 ;
   wire \w_en$200 ;
-  reg \w_en$265 ;
-  wire \w_en$414 ;
+  wire \w_en$416 ;
   (* init = 1'h0 *)
   wire \w_en$92 ;
   reg w_feed_half = 1'h0;
   reg w_filled0 = 1'h0;
   reg w_filled1 = 1'h0;
-  wire w_in_valid;
+  reg w_full = 1'h0;
+  reg [7:0] w_lane0 = 8'h00;
+  reg [7:0] w_lane1 = 8'h00;
+  reg [7:0] w_lane2 = 8'h00;
+  reg [7:0] w_lane3 = 8'h00;
+  reg [7:0] w_lane4 = 8'h00;
+  reg [7:0] w_lane5 = 8'h00;
+  reg [7:0] w_lane6 = 8'h00;
+  reg [7:0] w_lane7 = 8'h00;
   reg [2:0] w_lb;
   reg [9:0] w_load_addr = 10'h000;
   reg w_load_half = 1'h0;
@@ -3064,20 +3077,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire w_rdy;
   wire \w_rdy$209 ;
   wire \w_rdy$238 ;
-  wire \w_rdy$419 ;
-  wire \w_rdy$450 ;
+  wire \w_rdy$421 ;
   reg [8:0] w_read_addr = 9'h000;
   reg w_read_free = 1'h0;
   reg w_read_half = 1'h0;
   reg [7:0] w_step = 8'h00;
   reg want_w = 1'h0;
   reg [7:0] welem;
-  wire [13:0] wr_addr;
-  reg [15:0] wr_data;
-  wire wr_en;
-  reg [13:0] wr_port__addr = 14'h0000;
-  reg [15:0] wr_port__data = 16'h0000;
-  reg wr_port__en = 1'h0;
+  wire [13:0] wr__addr;
+  reg [15:0] wr__data;
+  wire wr__en;
   reg [8:0] a_cache0 [511:0];
   initial begin
     a_cache0[0] = 9'h000;
@@ -3594,16 +3603,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$283 )
-      a_cache0[\$signature__addr$280 ] <= \$signature__data$282 ;
+    if (\$signature__en$280 )
+      a_cache0[\$signature__addr$277 ] <= \$signature__data$279 ;
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
-    if (\$signature__en$319 ) begin
-      _0_ <= a_cache0[\$signature__addr$317 ];
+    if (\$signature__en$316 ) begin
+      _0_ <= a_cache0[\$signature__addr$314 ];
     end
   end
-  assign \$signature__data$385  = _0_;
+  assign \$signature__data$382  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4120,16 +4129,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$287 )
-      a_cache1[\$signature__addr$285 ] <= \$signature__data$286 ;
+    if (\$signature__en$284 )
+      a_cache1[\$signature__addr$282 ] <= \$signature__data$283 ;
   end
   reg [8:0] _1_;
   always @(posedge clk) begin
-    if (\$signature__en$322 ) begin
-      _1_ <= a_cache1[\$signature__addr$321 ];
+    if (\$signature__en$319 ) begin
+      _1_ <= a_cache1[\$signature__addr$318 ];
     end
   end
-  assign \$signature__data$386  = _1_;
+  assign \$signature__data$383  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4646,16 +4655,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$290 )
-      a_cache2[\$signature__addr$288 ] <= \$signature__data$289 ;
+    if (\$signature__en$287 )
+      a_cache2[\$signature__addr$285 ] <= \$signature__data$286 ;
   end
   reg [8:0] _2_;
   always @(posedge clk) begin
-    if (\$signature__en$324 ) begin
-      _2_ <= a_cache2[\$signature__addr$323 ];
+    if (\$signature__en$321 ) begin
+      _2_ <= a_cache2[\$signature__addr$320 ];
     end
   end
-  assign \$signature__data$387  = _2_;
+  assign \$signature__data$384  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5172,16 +5181,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$293 )
-      a_cache3[\$signature__addr$291 ] <= \$signature__data$292 ;
+    if (\$signature__en$290 )
+      a_cache3[\$signature__addr$288 ] <= \$signature__data$289 ;
   end
   reg [8:0] _3_;
   always @(posedge clk) begin
-    if (\$signature__en$326 ) begin
-      _3_ <= a_cache3[\$signature__addr$325 ];
+    if (\$signature__en$323 ) begin
+      _3_ <= a_cache3[\$signature__addr$322 ];
     end
   end
-  assign \$signature__data$388  = _3_;
+  assign \$signature__data$385  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5698,16 +5707,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$296 )
-      a_cache4[\$signature__addr$294 ] <= \$signature__data$295 ;
+    if (\$signature__en$293 )
+      a_cache4[\$signature__addr$291 ] <= \$signature__data$292 ;
   end
   reg [8:0] _4_;
   always @(posedge clk) begin
-    if (\$signature__en$328 ) begin
-      _4_ <= a_cache4[\$signature__addr$327 ];
+    if (\$signature__en$325 ) begin
+      _4_ <= a_cache4[\$signature__addr$324 ];
     end
   end
-  assign \$signature__data$389  = _4_;
+  assign \$signature__data$386  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6224,16 +6233,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$299 )
-      a_cache5[\$signature__addr$297 ] <= \$signature__data$298 ;
+    if (\$signature__en$296 )
+      a_cache5[\$signature__addr$294 ] <= \$signature__data$295 ;
   end
   reg [8:0] _5_;
   always @(posedge clk) begin
-    if (\$signature__en$330 ) begin
-      _5_ <= a_cache5[\$signature__addr$329 ];
+    if (\$signature__en$327 ) begin
+      _5_ <= a_cache5[\$signature__addr$326 ];
     end
   end
-  assign \$signature__data$390  = _5_;
+  assign \$signature__data$387  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6750,16 +6759,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$302 )
-      a_cache6[\$signature__addr$300 ] <= \$signature__data$301 ;
+    if (\$signature__en$299 )
+      a_cache6[\$signature__addr$297 ] <= \$signature__data$298 ;
   end
   reg [8:0] _6_;
   always @(posedge clk) begin
-    if (\$signature__en$332 ) begin
-      _6_ <= a_cache6[\$signature__addr$331 ];
+    if (\$signature__en$329 ) begin
+      _6_ <= a_cache6[\$signature__addr$328 ];
     end
   end
-  assign \$signature__data$391  = _6_;
+  assign \$signature__data$388  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7276,16 +7285,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$305 )
-      a_cache7[\$signature__addr$303 ] <= \$signature__data$304 ;
+    if (\$signature__en$302 )
+      a_cache7[\$signature__addr$300 ] <= \$signature__data$301 ;
   end
   reg [8:0] _7_;
   always @(posedge clk) begin
-    if (\$signature__en$334 ) begin
-      _7_ <= a_cache7[\$signature__addr$333 ];
+    if (\$signature__en$331 ) begin
+      _7_ <= a_cache7[\$signature__addr$330 ];
     end
   end
-  assign \$signature__data$392  = _7_;
+  assign \$signature__data$389  = _7_;
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -7802,16 +7811,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[511] = 9'h000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$308 )
-      a_cache8[\$signature__addr$306 ] <= \$signature__data$307 ;
+    if (\$signature__en$305 )
+      a_cache8[\$signature__addr$303 ] <= \$signature__data$304 ;
   end
   reg [8:0] _8_;
   always @(posedge clk) begin
-    if (\$signature__en$336 ) begin
-      _8_ <= a_cache8[\$signature__addr$335 ];
+    if (\$signature__en$333 ) begin
+      _8_ <= a_cache8[\$signature__addr$332 ];
     end
   end
-  assign \$signature__data$393  = _8_;
+  assign \$signature__data$390  = _8_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24200,8 +24209,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     buffer[16383] = 16'h0000;
   end
   always @(posedge clk) begin
-    if (wr_port__en)
-      buffer[wr_port__addr] <= wr_port__data;
+    if (wr__en)
+      buffer[\addr$97 [13:0]] <= wr__data;
   end
   reg [15:0] _9_;
   reg [15:0] _10_;
@@ -24731,16 +24740,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$343 )
-      w_cache0[\$signature__addr$340 ] <= \$signature__data$342 ;
+    if (\$signature__en$340 )
+      w_cache0[\$signature__addr$337 ] <= \$signature__data$339 ;
   end
   reg [7:0] _11_;
   always @(posedge clk) begin
-    if (\$signature__en$368 ) begin
-      _11_ <= w_cache0[\$signature__addr$366 ];
+    if (\$signature__en$365 ) begin
+      _11_ <= w_cache0[\$signature__addr$363 ];
     end
   end
-  assign \$signature__data$394  = _11_;
+  assign \$signature__data$391  = _11_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25257,16 +25266,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$347 )
-      w_cache1[\$signature__addr$345 ] <= \$signature__data$346 ;
+    if (\$signature__en$344 )
+      w_cache1[\$signature__addr$342 ] <= \$signature__data$343 ;
   end
   reg [7:0] _12_;
   always @(posedge clk) begin
-    if (\$signature__en$370 ) begin
-      _12_ <= w_cache1[\$signature__addr$369 ];
+    if (\$signature__en$367 ) begin
+      _12_ <= w_cache1[\$signature__addr$366 ];
     end
   end
-  assign \$signature__data$395  = _12_;
+  assign \$signature__data$392  = _12_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25783,16 +25792,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$350 )
-      w_cache2[\$signature__addr$348 ] <= \$signature__data$349 ;
+    if (\$signature__en$347 )
+      w_cache2[\$signature__addr$345 ] <= \$signature__data$346 ;
   end
   reg [7:0] _13_;
   always @(posedge clk) begin
-    if (\$signature__en$372 ) begin
-      _13_ <= w_cache2[\$signature__addr$371 ];
+    if (\$signature__en$369 ) begin
+      _13_ <= w_cache2[\$signature__addr$368 ];
     end
   end
-  assign \$signature__data$396  = _13_;
+  assign \$signature__data$393  = _13_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26309,16 +26318,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$353 )
-      w_cache3[\$signature__addr$351 ] <= \$signature__data$352 ;
+    if (\$signature__en$350 )
+      w_cache3[\$signature__addr$348 ] <= \$signature__data$349 ;
   end
   reg [7:0] _14_;
   always @(posedge clk) begin
-    if (\$signature__en$374 ) begin
-      _14_ <= w_cache3[\$signature__addr$373 ];
+    if (\$signature__en$371 ) begin
+      _14_ <= w_cache3[\$signature__addr$370 ];
     end
   end
-  assign \$signature__data$397  = _14_;
+  assign \$signature__data$394  = _14_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26835,16 +26844,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$356 )
-      w_cache4[\$signature__addr$354 ] <= \$signature__data$355 ;
+    if (\$signature__en$353 )
+      w_cache4[\$signature__addr$351 ] <= \$signature__data$352 ;
   end
   reg [7:0] _15_;
   always @(posedge clk) begin
-    if (\$signature__en$376 ) begin
-      _15_ <= w_cache4[\$signature__addr$375 ];
+    if (\$signature__en$373 ) begin
+      _15_ <= w_cache4[\$signature__addr$372 ];
     end
   end
-  assign \$signature__data$398  = _15_;
+  assign \$signature__data$395  = _15_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27361,16 +27370,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$359 )
-      w_cache5[\$signature__addr$357 ] <= \$signature__data$358 ;
+    if (\$signature__en$356 )
+      w_cache5[\$signature__addr$354 ] <= \$signature__data$355 ;
   end
   reg [7:0] _16_;
   always @(posedge clk) begin
-    if (\$signature__en$378 ) begin
-      _16_ <= w_cache5[\$signature__addr$377 ];
+    if (\$signature__en$375 ) begin
+      _16_ <= w_cache5[\$signature__addr$374 ];
     end
   end
-  assign \$signature__data$399  = _16_;
+  assign \$signature__data$396  = _16_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27887,16 +27896,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$362 )
-      w_cache6[\$signature__addr$360 ] <= \$signature__data$361 ;
+    if (\$signature__en$359 )
+      w_cache6[\$signature__addr$357 ] <= \$signature__data$358 ;
   end
   reg [7:0] _17_;
   always @(posedge clk) begin
-    if (\$signature__en$380 ) begin
-      _17_ <= w_cache6[\$signature__addr$379 ];
+    if (\$signature__en$377 ) begin
+      _17_ <= w_cache6[\$signature__addr$376 ];
     end
   end
-  assign \$signature__data$400  = _17_;
+  assign \$signature__data$397  = _17_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -28413,16 +28422,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge clk) begin
-    if (\$signature__en$365 )
-      w_cache7[\$signature__addr$363 ] <= \$signature__data$364 ;
+    if (\$signature__en$362 )
+      w_cache7[\$signature__addr$360 ] <= \$signature__data$361 ;
   end
   reg [7:0] _18_;
   always @(posedge clk) begin
-    if (\$signature__en$382 ) begin
-      _18_ <= w_cache7[\$signature__addr$381 ];
+    if (\$signature__en$379 ) begin
+      _18_ <= w_cache7[\$signature__addr$378 ];
     end
   end
-  assign \$signature__data$401  = _18_;
+  assign \$signature__data$398  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28546,1061 +28555,1078 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$132  = ~ is_linear;
   assign \$133  = \$132  | rk_zero;
   assign \$134  = \$133  & beat__valid;
-  assign \$135  = ~ is_linear;
-  assign \$136  = \$135  | rk_zero;
-  assign \$137  = ~ \$136 ;
-  assign \$138  = beat__valid & \$137 ;
-  assign \$139  = pre_ln | pre_sm;
-  assign a_in = \$139  ? \r_data$228  : \r_data$217 [15:0];
-  assign \$140  = a_from_softmax | a_from_layernorm;
-  assign \$141  = \$140  & \r_rdy$227 ;
-  assign \$142  = a_from_src0 & r_rdy;
-  assign a_in_valid = \$141  | \$142 ;
-  assign \$145  = \$144  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$148  = \$147  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$151  = \$150  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$154  = \$153  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$157  = \$156  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$160  = \$159  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$163  = \$162  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
-  assign \$165  = ~ \$164 ;
-  assign \$166  = a_in_valid & \$165 ;
-  assign \$167  = \$signal$277  * 9'h100;
-  assign \$168  = \$167  + lk;
-  assign \$170  = ~ \$169 ;
-  assign \$171  = a_in_valid & \$170 ;
-  assign \$172  = | \$signal$284 ;
-  assign \$173  = ~ \$172 ;
-  assign \$174  = \$171  & \$173 ;
-  assign \$175  = \$signal$277  * 9'h100;
-  assign \$176  = \$175  + lk;
-  assign \$178  = ~ \$177 ;
-  assign \$179  = a_in_valid & \$178 ;
-  assign \$180  = \$signal$284  == 1'h1;
-  assign \$181  = \$179  & \$180 ;
-  assign \$182  = \$signal$277  * 9'h100;
-  assign \$183  = \$182  + lk;
-  assign \$185  = ~ \$184 ;
-  assign \$186  = a_in_valid & \$185 ;
-  assign \$187  = \$signal$284  == 2'h2;
-  assign \$188  = \$186  & \$187 ;
-  assign \$189  = \$signal$277  * 9'h100;
-  assign \$190  = \$189  + lk;
-  assign \$192  = ~ \$191 ;
-  assign \$193  = a_in_valid & \$192 ;
-  assign \$194  = \$signal$284  == 2'h3;
-  assign \$195  = \$193  & \$194 ;
-  assign \$196  = \$signal$277  * 9'h100;
-  assign \$197  = \$196  + lk;
-  assign \$199  = ~ \$198 ;
-  assign \$200  = a_in_valid & \$199 ;
-  assign \$201  = \$signal$284  == 3'h4;
-  assign \$202  = \$200  & \$201 ;
-  assign \$203  = \$signal$277  * 9'h100;
-  assign \$204  = \$203  + lk;
-  assign \$206  = ~ \$205 ;
-  assign \$207  = a_in_valid & \$206 ;
-  assign \$208  = \$signal$284  == 3'h5;
-  assign \$209  = \$207  & \$208 ;
-  assign \$210  = \$signal$277  * 9'h100;
-  assign \$211  = \$210  + lk;
-  assign \$213  = ~ \$212 ;
-  assign \$214  = a_in_valid & \$213 ;
-  assign \$215  = \$signal$284  == 3'h6;
-  assign \$216  = \$214  & \$215 ;
-  assign \$217  = \$signal$277  * 9'h100;
-  assign \$218  = \$217  + lk;
-  assign \$220  = ~ \$219 ;
-  assign \$221  = a_in_valid & \$220 ;
-  assign \$222  = \$signal$284  == 3'h7;
-  assign \$223  = \$221  & \$222 ;
-  assign \$224  = \$signal$277  * 9'h100;
-  assign \$225  = \$224  + lk;
-  assign \$227  = ~ \$226 ;
-  assign \$228  = a_in_valid & \$227 ;
-  assign \$229  = \$signal$284  == 4'h8;
+  assign \$135  = pre_ln | pre_sm;
+  assign a_in = \$135  ? \r_data$228  : \r_data$217 [15:0];
+  assign \$136  = a_from_softmax | a_from_layernorm;
+  assign \$137  = \$136  & \r_rdy$227 ;
+  assign \$138  = a_from_src0 & r_rdy;
+  assign a_in_valid = \$137  | \$138 ;
+  assign \$141  = \$140  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$144  = \$143  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$147  = \$146  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$150  = \$149  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$153  = \$152  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$156  = \$155  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$159  = \$158  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$161  = ~ \$160 ;
+  assign \$162  = a_in_valid & \$161 ;
+  assign \$163  = \$signal$274  * 9'h100;
+  assign \$164  = \$163  + lk;
+  assign \$166  = ~ \$165 ;
+  assign \$167  = a_in_valid & \$166 ;
+  assign \$168  = | \$signal$281 ;
+  assign \$169  = ~ \$168 ;
+  assign \$170  = \$167  & \$169 ;
+  assign \$171  = \$signal$274  * 9'h100;
+  assign \$172  = \$171  + lk;
+  assign \$174  = ~ \$173 ;
+  assign \$175  = a_in_valid & \$174 ;
+  assign \$176  = \$signal$281  == 1'h1;
+  assign \$177  = \$175  & \$176 ;
+  assign \$178  = \$signal$274  * 9'h100;
+  assign \$179  = \$178  + lk;
+  assign \$181  = ~ \$180 ;
+  assign \$182  = a_in_valid & \$181 ;
+  assign \$183  = \$signal$281  == 2'h2;
+  assign \$184  = \$182  & \$183 ;
+  assign \$185  = \$signal$274  * 9'h100;
+  assign \$186  = \$185  + lk;
+  assign \$188  = ~ \$187 ;
+  assign \$189  = a_in_valid & \$188 ;
+  assign \$190  = \$signal$281  == 2'h3;
+  assign \$191  = \$189  & \$190 ;
+  assign \$192  = \$signal$274  * 9'h100;
+  assign \$193  = \$192  + lk;
+  assign \$195  = ~ \$194 ;
+  assign \$196  = a_in_valid & \$195 ;
+  assign \$197  = \$signal$281  == 3'h4;
+  assign \$198  = \$196  & \$197 ;
+  assign \$199  = \$signal$274  * 9'h100;
+  assign \$200  = \$199  + lk;
+  assign \$202  = ~ \$201 ;
+  assign \$203  = a_in_valid & \$202 ;
+  assign \$204  = \$signal$281  == 3'h5;
+  assign \$205  = \$203  & \$204 ;
+  assign \$206  = \$signal$274  * 9'h100;
+  assign \$207  = \$206  + lk;
+  assign \$209  = ~ \$208 ;
+  assign \$210  = a_in_valid & \$209 ;
+  assign \$211  = \$signal$281  == 3'h6;
+  assign \$212  = \$210  & \$211 ;
+  assign \$213  = \$signal$274  * 9'h100;
+  assign \$214  = \$213  + lk;
+  assign \$216  = ~ \$215 ;
+  assign \$217  = a_in_valid & \$216 ;
+  assign \$218  = \$signal$281  == 3'h7;
+  assign \$219  = \$217  & \$218 ;
+  assign \$220  = \$signal$274  * 9'h100;
+  assign \$221  = \$220  + lk;
+  assign \$223  = ~ \$222 ;
+  assign \$224  = a_in_valid & \$223 ;
+  assign \$225  = \$signal$281  == 4'h8;
+  assign \$226  = \$224  & \$225 ;
+  assign \$228  = \$signal$274  == \$signal$307 ;
+  assign \$229  = lk > \$signal$308 ;
   assign \$230  = \$228  & \$229 ;
-  assign \$232  = \$signal$277  == \$signal$310 ;
-  assign \$233  = lk > \$signal$311 ;
-  assign \$234  = \$232  & \$233 ;
-  assign \$235  = pre_ln | pre_sm;
-  assign \$236  = ~ \$235 ;
+  assign \$231  = pre_ln | pre_sm;
+  assign \$232  = ~ \$231 ;
+  assign \$233  = \$230  & \$232 ;
+  assign \$234  = \$227  | \$233 ;
+  assign \$236  = is_linear | \$235 ;
   assign \$237  = \$234  & \$236 ;
-  assign \$238  = \$231  | \$237 ;
-  assign \$240  = is_linear | \$239 ;
-  assign \$241  = \$238  & \$240 ;
-  assign \$242  = \$241  & feed_queue_room;
-  assign \$243  = \$242  & a_blocks_left;
+  assign \$238  = \$237  & feed_queue_room;
+  assign \$239  = \$238  & a_blocks_left;
+  assign \$240  = ~ is_linear;
+  assign \$242  = ~ \$241 ;
+  assign \$243  = \r_rdy$240  & \$242 ;
   assign \$244  = ~ is_linear;
-  assign \$246  = ~ \$245 ;
-  assign \$247  = \r_rdy$240  & \$246 ;
-  assign \$248  = ~ is_linear;
-  assign \$249  = \$247  & \$248 ;
-  assign \$250  = w_load_half * 9'h100;
-  assign \$251  = \$250  + w_load_addr;
-  assign \$253  = ~ \$252 ;
-  assign \$254  = \r_rdy$240  & \$253 ;
-  assign \$255  = ~ is_linear;
-  assign \$256  = \$254  & \$255 ;
-  assign \$257  = | w_load_lane;
-  assign \$258  = ~ \$257 ;
-  assign \$259  = \$256  & \$258 ;
-  assign \$260  = w_load_half * 9'h100;
-  assign \$261  = \$260  + w_load_addr;
-  assign \$263  = ~ \$262 ;
-  assign \$264  = \r_rdy$240  & \$263 ;
-  assign \$265  = ~ is_linear;
-  assign \$266  = \$264  & \$265 ;
-  assign \$267  = w_load_lane == 1'h1;
-  assign \$268  = \$266  & \$267 ;
-  assign \$269  = w_load_half * 9'h100;
-  assign \$270  = \$269  + w_load_addr;
-  assign \$272  = ~ \$271 ;
-  assign \$273  = \r_rdy$240  & \$272 ;
-  assign \$274  = ~ is_linear;
-  assign \$275  = \$273  & \$274 ;
-  assign \$276  = w_load_lane == 2'h2;
-  assign \$277  = \$275  & \$276 ;
-  assign \$278  = w_load_half * 9'h100;
-  assign \$279  = \$278  + w_load_addr;
-  assign \$281  = ~ \$280 ;
-  assign \$282  = \r_rdy$240  & \$281 ;
-  assign \$283  = ~ is_linear;
-  assign \$284  = \$282  & \$283 ;
-  assign \$285  = w_load_lane == 2'h3;
-  assign \$286  = \$284  & \$285 ;
-  assign \$287  = w_load_half * 9'h100;
-  assign \$288  = \$287  + w_load_addr;
-  assign \$290  = ~ \$289 ;
-  assign \$291  = \r_rdy$240  & \$290 ;
-  assign \$292  = ~ is_linear;
-  assign \$293  = \$291  & \$292 ;
-  assign \$294  = w_load_lane == 3'h4;
-  assign \$295  = \$293  & \$294 ;
-  assign \$296  = w_load_half * 9'h100;
-  assign \$297  = \$296  + w_load_addr;
-  assign \$299  = ~ \$298 ;
-  assign \$300  = \r_rdy$240  & \$299 ;
-  assign \$301  = ~ is_linear;
-  assign \$302  = \$300  & \$301 ;
-  assign \$303  = w_load_lane == 3'h5;
-  assign \$304  = \$302  & \$303 ;
-  assign \$305  = w_load_half * 9'h100;
-  assign \$306  = \$305  + w_load_addr;
-  assign \$308  = ~ \$307 ;
-  assign \$309  = \r_rdy$240  & \$308 ;
-  assign \$310  = ~ is_linear;
-  assign \$311  = \$309  & \$310 ;
-  assign \$312  = w_load_lane == 3'h6;
-  assign \$313  = \$311  & \$312 ;
-  assign \$314  = w_load_half * 9'h100;
-  assign \$315  = \$314  + w_load_addr;
-  assign \$317  = ~ \$316 ;
-  assign \$318  = \r_rdy$240  & \$317 ;
-  assign \$319  = ~ is_linear;
-  assign \$320  = \$318  & \$319 ;
-  assign \$321  = w_load_lane == 3'h7;
-  assign \$322  = \$320  & \$321 ;
-  assign \$323  = is_linear ? \r_rdy$407  : feed_valid;
-  assign \$324  = is_linear & w__ready;
-  assign \$325  = is_linear ? \r_data$413 [7:0] : feed_beat[89:82];
-  assign \$326  = is_linear ? \r_data$413 [15:8] : feed_beat[97:90];
-  assign \$327  = is_linear ? \r_data$413 [23:16] : feed_beat[105:98];
-  assign \$328  = is_linear ? \r_data$413 [31:24] : feed_beat[113:106];
-  assign \$329  = is_linear ? \r_data$413 [39:32] : feed_beat[121:114];
-  assign \$330  = is_linear ? \r_data$413 [47:40] : feed_beat[129:122];
-  assign \$331  = is_linear ? \r_data$413 [55:48] : feed_beat[137:130];
-  assign \$332  = is_linear ? \r_data$413 [63:56] : feed_beat[145:138];
-  assign \$333  = sink_from_gemm & dst_step;
-  assign \$334  = \$333  & last__4;
-  assign \$335  = res_to_pack & elem_take;
-  assign \$336  = post_col == 3'h7;
-  assign \$337  = \$335  & \$336 ;
-  assign \r_en$421  = \$334  | \$337 ;
-  assign \$338  = index__1 != dec_mt_last;
-  assign \$339  = index__3 < dec_rows_last;
-  assign \$340  = \$338  | \$339 ;
-  assign \$341  = index__2 * 4'h8;
-  assign \$342  = \$341  + index__4;
-  assign \$343  = \$342  < ins[71:56];
-  assign \$344  = \$340  & \$343 ;
-  assign \$345  = post_gelu | post_add;
-  assign \$346  = ~ \$345 ;
-  assign \$347  = gemm_active & \$346 ;
-  assign \$349  = post_gelu | post_add;
-  assign \$350  = gemm_active & \$349 ;
-  assign \$352  = ~ fetch_sent;
-  assign \$353  = in_fetch & \$352 ;
-  assign \$354  = | c_ask;
-  assign \$355  = in_const & \$354 ;
-  assign \$356  = sink_from_load & ext_req_valid;
-  assign \$358  = gemm_active & \$signal$441 ;
-  assign \req__valid$434  = | { \$358 , \$357 , \$356 , \$355 , \$353  };
-  assign \$359  = in_fetch ? pc : 32'd0;
-  assign \$360  = in_const ? c_addr : 32'd0;
-  assign \$361  = \$359  | \$360 ;
-  assign \$362  = sink_from_load ? ext_req_addr : 32'd0;
-  assign \$363  = \$361  | \$362 ;
-  assign \$366  = want_w ? w_addr : p_addr;
-  assign \$367  = gemm_active ? \$366  : 32'd0;
-  assign \$368  = \$365  | \$367 ;
-  assign \$369  = in_fetch ? 3'h6 : 3'h0;
-  assign \$370  = in_const ? dec_c_lb : 3'h0;
-  assign \$371  = \$369  | \$370 ;
-  assign \$372  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$373  = \$371  | { 1'h0, \$372  };
-  assign \$376  = want_w ? w_lb : 3'h6;
-  assign \$377  = gemm_active ? \$376  : 3'h0;
-  assign \$378  = \$375  | \$377 ;
-  assign \$380  = ~ c_full;
-  assign \$381  = in_const & \$380 ;
-  assign \$382  = sink_from_load & \valid$249 ;
-  assign \$384  = ~ is_linear;
-  assign \$385  = \$384  | rk_zero;
-  assign \$386  = \$385  ? p__ready : \w_rdy$450 ;
-  assign \$387  = gemm_active & \$386 ;
-  assign beat__ready = | { \$387 , \$383 , \$382 , \$381 , \$379  };
-  assign \$388  = sink_from_move & r_rdy;
-  assign \$389  = sink_from_load & beat__valid;
-  assign \$390  = ~ ext_req_valid;
-  assign \$391  = \$390  | \req__ready$454 ;
-  assign \$392  = r_rdy & \$391 ;
-  assign \$393  = sink_from_store & \$392 ;
-  assign \$394  = sink_from_softmax & \r_rdy$227 ;
-  assign \$395  = sink_from_layernorm & \r_rdy$227 ;
-  assign \$396  = sink_from_add & \r_rdy$246 ;
-  assign \$397  = sink_from_gelu0 & \r_rdy$246 ;
-  assign \$398  = sink_from_gemm & gemm_res_valid;
-  assign \$399  = | { \$398 , \$397 , \$396 , \$395 , \$394 , \$393 , \$389 , \$388  };
-  assign dst_step = \valid$249  & \$399 ;
-  assign \$400  = ~ sink_from_store;
-  assign \$401  = dst_step & \$400 ;
-  assign wr_en = \$401  & dst_keep;
-  assign \$402  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$459  = \$402  & r_rdy;
-  assign \$403  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$460  = \$403  & r_rdy;
-  assign \$404  = sink_from_softmax | sink_from_layernorm;
-  assign \$405  = \$404  & \valid$249 ;
-  assign \$406  = a_from_softmax | a_from_layernorm;
-  assign \$407  = \$406  & a_in_take;
-  assign \r_en$461  = \$405  | \$407 ;
-  assign \$408  = sink_from_move & \valid$249 ;
-  assign \$409  = sink_from_store & \valid$249 ;
-  assign \$410  = ~ ext_req_valid;
-  assign \$411  = \$410  | \req__ready$454 ;
-  assign \$412  = \$409  & \$411 ;
-  assign \$413  = sink_from_softmax | a_from_softmax;
-  assign \$414  = \$413  & \i__ready$463 ;
-  assign \$415  = sink_from_layernorm | a_from_layernorm;
-  assign \$416  = \$415  & \i__ready$464 ;
-  assign \$417  = q0_to_pack & elem_take;
-  assign \$418  = a_from_src0 & a_in_take;
-  assign \$419  = | { \$418 , \$417 , \$416 , \$414 , \$412 , \$408  };
-  assign \r_en$462  = r_rdy & \$419 ;
-  assign \$420  = in_stream & err;
-  assign \$421  = ~ busy;
-  assign clear = start & \$421 ;
-  assign \$422  = ins[5:0] == 1'h1;
-  assign \$423  = ins[5:0] == 2'h2;
-  assign \$424  = ins[5:0] == 2'h3;
-  assign \$425  = ins[5:0] == 3'h4;
-  assign \$426  = ins[5:0] == 3'h5;
-  assign \$427  = ins[5:0] == 3'h6;
-  assign \$428  = ins[5:0] == 3'h7;
-  assign \$429  = ins[5:0] == 4'h8;
-  assign \$430  = ins[5:0] == 4'h9;
-  assign \$431  = ins[5:0] == 4'ha;
-  assign \$432  = ins[5:0] == 4'hb;
-  assign \$433  = ins[5:0] == 4'hc;
-  assign \$434  = ins[5:0] == 4'hd;
-  assign \$435  = ins[5:0] == 4'he;
-  assign \$436  = ins[5:0] == 4'hf;
-  assign \$437  = 1'h1 << ins[3:0];
-  assign \$438  = ins[5:0] == 3'h4;
-  assign \$439  = ins[5:0] == 3'h5;
-  assign \$440  = \$438  | \$439 ;
-  assign \$441  = ins[5:0] == 3'h4;
-  assign \$442  = ins[511:510] == 1'h1;
-  assign \$443  = \$441  & \$442 ;
-  assign \$444  = ins[5:0] == 3'h4;
-  assign \$445  = ins[511:510] == 2'h2;
-  assign \$446  = \$444  & \$445 ;
-  assign \$447  = ins[5:0] == 3'h4;
-  assign \$448  = ins[511:510] == 2'h3;
-  assign \$449  = \$447  & \$448 ;
-  assign \$450  = ins[5:0] == 3'h5;
-  assign \$451  = ins[511:510] == 2'h3;
-  assign \$452  = \$450  & \$451 ;
-  assign \$453  = ~ unit_rst;
-  assign \$454  = src0_issue & \$453 ;
-  assign \$455  = last__3 & \last__4$484 ;
-  assign \$456  = ~ unit_rst;
-  assign \$457  = src1_issue & \$456 ;
-  assign \$458  = \last__3$489  & \last__4$487 ;
-  assign \$459  = ins[5:0] == 4'ha;
-  assign \$460  = ins[5:0] == 4'hb;
-  assign \$461  = ins[5:0] == 4'hc;
-  assign \$462  = ins[5:0] == 4'hd;
-  assign \$463  = ins[5:0] == 4'he;
-  assign \$464  = ins[5:0] == 4'hf;
-  assign \$465  = | { \$464 , \$463 , \$462 , \$461 , \$460 , \$459  };
-  assign \$466  = | ins[7:6];
-  assign \$467  = ~ \$466 ;
-  assign \$468  = ins[5:0] == 3'h7;
-  assign \$469  = ins[5:0] == 3'h4;
-  assign \$470  = ins[511:510] == 1'h1;
-  assign \$471  = \$469  & \$470 ;
-  assign \$472  = \$468  | \$471 ;
-  assign \$473  = \$467  & \$472 ;
-  assign \$474  = ins[5:0] == 4'h9;
-  assign \$475  = ins[5:0] == 3'h4;
-  assign \$476  = ins[511:510] == 2'h2;
-  assign \$477  = \$475  & \$476 ;
-  assign \$478  = \$474  | \$477 ;
-  assign \$479  = ins[55:40] + 4'h8;
-  assign \$480  = ins[71:56] + 3'h7;
-  assign \$481  = dec_n1p * 16'he38f;
-  assign \$484  = ins[87:72] - 1'h1;
-  assign \$485  = dec_mt - 1'h1;
-  assign \$486  = dec_nt - 1'h1;
-  assign \$487  = ins[39:24] * dec_mt;
-  assign \$489  = \$488  + 6'h3f;
-  assign \$491  = ins[497:466] + \$490 ;
-  assign \$492  = is_gemm ? \$491  : { 1'h0, ins[465:434] };
-  assign \$493  = dec_blocks * dec_nt;
-  assign \$496  = \$494  + \$495 ;
-  assign \$497  = ins[55:40] - \$496 ;
-  assign \$500  = \$499  ? offset : 32'd0;
-  assign \$501  = ins[465:434] + \$500 ;
-  assign \$502  = cycles + 1'h1;
-  assign \$503  = in_op & op_onehot[0];
-  assign \$504  = op_cycles__0 + 1'h1;
-  assign \$505  = in_op & op_onehot[1];
-  assign \$506  = op_cycles__1 + 1'h1;
-  assign \$507  = in_op & op_onehot[2];
-  assign \$508  = op_cycles__2 + 1'h1;
-  assign \$509  = in_op & op_onehot[3];
-  assign \$510  = op_cycles__3 + 1'h1;
-  assign \$511  = in_op & op_onehot[4];
-  assign \$512  = op_cycles__4 + 1'h1;
-  assign \$513  = in_op & op_onehot[5];
-  assign \$514  = op_cycles__5 + 1'h1;
-  assign \$515  = in_op & op_onehot[6];
-  assign \$516  = op_cycles__6 + 1'h1;
-  assign \$517  = in_op & op_onehot[7];
-  assign \$518  = op_cycles__7 + 1'h1;
-  assign \$519  = in_op & op_onehot[8];
-  assign \$520  = op_cycles__8 + 1'h1;
-  assign \$521  = in_op & op_onehot[9];
-  assign \$522  = op_cycles__9 + 1'h1;
-  assign \$523  = in_op & op_onehot[10];
-  assign \$524  = op_cycles__10 + 1'h1;
-  assign \$525  = in_op & op_onehot[11];
-  assign \$526  = op_cycles__11 + 1'h1;
-  assign \$527  = in_op & op_onehot[12];
-  assign \$528  = op_cycles__12 + 1'h1;
-  assign \$529  = in_op & op_onehot[13];
-  assign \$530  = op_cycles__13 + 1'h1;
-  assign \$531  = in_op & op_onehot[14];
-  assign \$532  = op_cycles__14 + 1'h1;
-  assign \$533  = in_op & op_onehot[15];
-  assign \$534  = op_cycles__15 + 1'h1;
-  assign \$535  = images_left > 1'h1;
-  assign \$536  = is_end & \$535 ;
-  assign \$537  = | ins[39:24];
+  assign \$245  = \$243  & \$244 ;
+  assign \$246  = w_load_half * 9'h100;
+  assign \$247  = \$246  + w_load_addr;
+  assign \$249  = ~ \$248 ;
+  assign \$250  = \r_rdy$240  & \$249 ;
+  assign \$251  = ~ is_linear;
+  assign \$252  = \$250  & \$251 ;
+  assign \$253  = | w_load_lane;
+  assign \$254  = ~ \$253 ;
+  assign \$255  = \$252  & \$254 ;
+  assign \$256  = w_load_half * 9'h100;
+  assign \$257  = \$256  + w_load_addr;
+  assign \$259  = ~ \$258 ;
+  assign \$260  = \r_rdy$240  & \$259 ;
+  assign \$261  = ~ is_linear;
+  assign \$262  = \$260  & \$261 ;
+  assign \$263  = w_load_lane == 1'h1;
+  assign \$264  = \$262  & \$263 ;
+  assign \$265  = w_load_half * 9'h100;
+  assign \$266  = \$265  + w_load_addr;
+  assign \$268  = ~ \$267 ;
+  assign \$269  = \r_rdy$240  & \$268 ;
+  assign \$270  = ~ is_linear;
+  assign \$271  = \$269  & \$270 ;
+  assign \$272  = w_load_lane == 2'h2;
+  assign \$273  = \$271  & \$272 ;
+  assign \$274  = w_load_half * 9'h100;
+  assign \$275  = \$274  + w_load_addr;
+  assign \$277  = ~ \$276 ;
+  assign \$278  = \r_rdy$240  & \$277 ;
+  assign \$279  = ~ is_linear;
+  assign \$280  = \$278  & \$279 ;
+  assign \$281  = w_load_lane == 2'h3;
+  assign \$282  = \$280  & \$281 ;
+  assign \$283  = w_load_half * 9'h100;
+  assign \$284  = \$283  + w_load_addr;
+  assign \$286  = ~ \$285 ;
+  assign \$287  = \r_rdy$240  & \$286 ;
+  assign \$288  = ~ is_linear;
+  assign \$289  = \$287  & \$288 ;
+  assign \$290  = w_load_lane == 3'h4;
+  assign \$291  = \$289  & \$290 ;
+  assign \$292  = w_load_half * 9'h100;
+  assign \$293  = \$292  + w_load_addr;
+  assign \$295  = ~ \$294 ;
+  assign \$296  = \r_rdy$240  & \$295 ;
+  assign \$297  = ~ is_linear;
+  assign \$298  = \$296  & \$297 ;
+  assign \$299  = w_load_lane == 3'h5;
+  assign \$300  = \$298  & \$299 ;
+  assign \$301  = w_load_half * 9'h100;
+  assign \$302  = \$301  + w_load_addr;
+  assign \$304  = ~ \$303 ;
+  assign \$305  = \r_rdy$240  & \$304 ;
+  assign \$306  = ~ is_linear;
+  assign \$307  = \$305  & \$306 ;
+  assign \$308  = w_load_lane == 3'h6;
+  assign \$309  = \$307  & \$308 ;
+  assign \$310  = w_load_half * 9'h100;
+  assign \$311  = \$310  + w_load_addr;
+  assign \$313  = ~ \$312 ;
+  assign \$314  = \r_rdy$240  & \$313 ;
+  assign \$315  = ~ is_linear;
+  assign \$316  = \$314  & \$315 ;
+  assign \$317  = w_load_lane == 3'h7;
+  assign \$318  = \$316  & \$317 ;
+  assign \$319  = is_linear ? w_full : feed_valid;
+  assign \$320  = is_linear ? { w_lane0[7], w_lane0 } : { 1'h0, feed_beat[89:82] };
+  assign \$321  = is_linear ? { w_lane1[7], w_lane1 } : { 1'h0, feed_beat[97:90] };
+  assign \$322  = is_linear ? { w_lane2[7], w_lane2 } : { 1'h0, feed_beat[105:98] };
+  assign \$323  = is_linear ? { w_lane3[7], w_lane3 } : { 1'h0, feed_beat[113:106] };
+  assign \$324  = is_linear ? { w_lane4[7], w_lane4 } : { 1'h0, feed_beat[121:114] };
+  assign \$325  = is_linear ? { w_lane5[7], w_lane5 } : { 1'h0, feed_beat[129:122] };
+  assign \$326  = is_linear ? { w_lane6[7], w_lane6 } : { 1'h0, feed_beat[137:130] };
+  assign \$327  = is_linear ? { w_lane7[7], w_lane7 } : { 1'h0, feed_beat[145:138] };
+  assign \$328  = sink_from_gemm & dst_step;
+  assign \$329  = \$328  & last__4;
+  assign \$330  = res_to_pack & elem_take;
+  assign \$331  = post_col == 3'h7;
+  assign \$332  = \$330  & \$331 ;
+  assign \r_en$423  = \$329  | \$332 ;
+  assign \$333  = index__1 != dec_mt_last;
+  assign \$334  = index__3 < dec_rows_last;
+  assign \$335  = \$333  | \$334 ;
+  assign \$336  = index__2 * 4'h8;
+  assign \$337  = \$336  + index__4;
+  assign \$338  = \$337  < ins[71:56];
+  assign \$339  = \$335  & \$338 ;
+  assign \$340  = post_gelu | post_add;
+  assign \$341  = ~ \$340 ;
+  assign \$342  = gemm_active & \$341 ;
+  assign \$344  = post_gelu | post_add;
+  assign \$345  = gemm_active & \$344 ;
+  assign \$347  = ~ fetch_sent;
+  assign \$348  = in_fetch & \$347 ;
+  assign \$349  = | c_ask;
+  assign \$350  = in_const & \$349 ;
+  assign \$351  = sink_from_load & ext_req_valid;
+  assign \$353  = gemm_active & \$signal$443 ;
+  assign \req__valid$436  = | { \$353 , \$352 , \$351 , \$350 , \$348  };
+  assign \$354  = in_fetch ? pc : 32'd0;
+  assign \$355  = in_const ? c_addr : 32'd0;
+  assign \$356  = \$354  | \$355 ;
+  assign \$357  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$358  = \$356  | \$357 ;
+  assign \$361  = want_w ? w_addr : p_addr;
+  assign \$362  = gemm_active ? \$361  : 32'd0;
+  assign \$363  = \$360  | \$362 ;
+  assign \$364  = in_fetch ? 3'h6 : 3'h0;
+  assign \$365  = in_const ? dec_c_lb : 3'h0;
+  assign \$366  = \$364  | \$365 ;
+  assign \$367  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$368  = \$366  | { 1'h0, \$367  };
+  assign \$371  = want_w ? w_lb : 3'h6;
+  assign \$372  = gemm_active ? \$371  : 3'h0;
+  assign \$373  = \$370  | \$372 ;
+  assign \$375  = ~ c_full;
+  assign \$376  = in_const & \$375 ;
+  assign \$377  = sink_from_load & \valid$249 ;
+  assign \$379  = ~ is_linear;
+  assign \$380  = \$379  | rk_zero;
+  assign \$381  = ~ w_full;
+  assign \$382  = \a__valid$399  & \a__ready$406 ;
+  assign \$383  = \$381  | \$382 ;
+  assign \$384  = \$380  ? p__ready : \$383 ;
+  assign \$385  = gemm_active & \$384 ;
+  assign beat__ready = | { \$385 , \$378 , \$377 , \$376 , \$374  };
+  assign \$386  = sink_from_move & r_rdy;
+  assign \$387  = sink_from_load & beat__valid;
+  assign \$388  = ~ ext_req_valid;
+  assign \$389  = \$388  | \req__ready$455 ;
+  assign \$390  = r_rdy & \$389 ;
+  assign \$391  = sink_from_store & \$390 ;
+  assign \$392  = sink_from_softmax & \r_rdy$227 ;
+  assign \$393  = sink_from_layernorm & \r_rdy$227 ;
+  assign \$394  = sink_from_add & \r_rdy$246 ;
+  assign \$395  = sink_from_gelu0 & \r_rdy$246 ;
+  assign \$396  = sink_from_gemm & gemm_res_valid;
+  assign \$397  = | { \$396 , \$395 , \$394 , \$393 , \$392 , \$391 , \$387 , \$386  };
+  assign dst_step = \valid$249  & \$397 ;
+  assign \$398  = ~ sink_from_store;
+  assign \$399  = dst_step & \$398 ;
+  assign wr__en = \$399  & dst_keep;
+  assign \$400  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$460  = \$400  & r_rdy;
+  assign \$401  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$461  = \$401  & r_rdy;
+  assign \$402  = sink_from_softmax | sink_from_layernorm;
+  assign \$403  = \$402  & \valid$249 ;
+  assign \$404  = a_from_softmax | a_from_layernorm;
+  assign \$405  = \$404  & a_in_take;
+  assign \r_en$462  = \$403  | \$405 ;
+  assign \$406  = sink_from_move & \valid$249 ;
+  assign \$407  = sink_from_store & \valid$249 ;
+  assign \$408  = ~ ext_req_valid;
+  assign \$409  = \$408  | \req__ready$455 ;
+  assign \$410  = \$407  & \$409 ;
+  assign \$411  = sink_from_softmax | a_from_softmax;
+  assign \$412  = \$411  & \i__ready$464 ;
+  assign \$413  = sink_from_layernorm | a_from_layernorm;
+  assign \$414  = \$413  & \i__ready$465 ;
+  assign \$415  = q0_to_pack & elem_take;
+  assign \$416  = a_from_src0 & a_in_take;
+  assign \$417  = | { \$416 , \$415 , \$414 , \$412 , \$410 , \$406  };
+  assign \r_en$463  = r_rdy & \$417 ;
+  assign \$418  = in_stream & err;
+  assign \$419  = ~ busy;
+  assign clear = start & \$419 ;
+  assign \$420  = ins[5:0] == 1'h1;
+  assign \$421  = ins[5:0] == 2'h2;
+  assign \$422  = ins[5:0] == 2'h3;
+  assign \$423  = ins[5:0] == 3'h4;
+  assign \$424  = ins[5:0] == 3'h5;
+  assign \$425  = ins[5:0] == 3'h6;
+  assign \$426  = ins[5:0] == 3'h7;
+  assign \$427  = ins[5:0] == 4'h8;
+  assign \$428  = ins[5:0] == 4'h9;
+  assign \$429  = ins[5:0] == 4'ha;
+  assign \$430  = ins[5:0] == 4'hb;
+  assign \$431  = ins[5:0] == 4'hc;
+  assign \$432  = ins[5:0] == 4'hd;
+  assign \$433  = ins[5:0] == 4'he;
+  assign \$434  = ins[5:0] == 4'hf;
+  assign \$435  = 1'h1 << ins[3:0];
+  assign \$436  = ins[5:0] == 3'h4;
+  assign \$437  = ins[5:0] == 3'h5;
+  assign \$438  = \$436  | \$437 ;
+  assign \$439  = ins[5:0] == 3'h4;
+  assign \$440  = ins[511:510] == 1'h1;
+  assign \$441  = \$439  & \$440 ;
+  assign \$442  = ins[5:0] == 3'h4;
+  assign \$443  = ins[511:510] == 2'h2;
+  assign \$444  = \$442  & \$443 ;
+  assign \$445  = ins[5:0] == 3'h4;
+  assign \$446  = ins[511:510] == 2'h3;
+  assign \$447  = \$445  & \$446 ;
+  assign \$448  = ins[5:0] == 3'h5;
+  assign \$449  = ins[511:510] == 2'h3;
+  assign \$450  = \$448  & \$449 ;
+  assign \$451  = ~ unit_rst;
+  assign \$452  = src0_issue & \$451 ;
+  assign \$453  = last__3 & \last__4$482 ;
+  assign \$454  = ~ unit_rst;
+  assign \$455  = src1_issue & \$454 ;
+  assign \$456  = \last__3$487  & \last__4$485 ;
+  assign \$457  = ins[5:0] == 4'ha;
+  assign \$458  = ins[5:0] == 4'hb;
+  assign \$459  = ins[5:0] == 4'hc;
+  assign \$460  = ins[5:0] == 4'hd;
+  assign \$461  = ins[5:0] == 4'he;
+  assign \$462  = ins[5:0] == 4'hf;
+  assign \$463  = | { \$462 , \$461 , \$460 , \$459 , \$458 , \$457  };
+  assign \$464  = | ins[7:6];
+  assign \$465  = ~ \$464 ;
+  assign \$466  = ins[5:0] == 3'h7;
+  assign \$467  = ins[5:0] == 3'h4;
+  assign \$468  = ins[511:510] == 1'h1;
+  assign \$469  = \$467  & \$468 ;
+  assign \$470  = \$466  | \$469 ;
+  assign \$471  = \$465  & \$470 ;
+  assign \$472  = ins[5:0] == 4'h9;
+  assign \$473  = ins[5:0] == 3'h4;
+  assign \$474  = ins[511:510] == 2'h2;
+  assign \$475  = \$473  & \$474 ;
+  assign \$476  = \$472  | \$475 ;
+  assign \$477  = ins[55:40] + 4'h8;
+  assign \$478  = ins[71:56] + 3'h7;
+  assign \$479  = dec_n1p * 16'he38f;
+  assign \$482  = ins[87:72] - 1'h1;
+  assign \$483  = dec_mt - 1'h1;
+  assign \$484  = dec_nt - 1'h1;
+  assign \$485  = ins[39:24] * dec_mt;
+  assign \$487  = \$486  + 6'h3f;
+  assign \$489  = ins[497:466] + \$488 ;
+  assign \$490  = is_gemm ? \$489  : { 1'h0, ins[465:434] };
+  assign \$491  = dec_blocks * dec_nt;
+  assign \$494  = \$492  + \$493 ;
+  assign \$495  = ins[55:40] - \$494 ;
+  assign \$498  = \$497  ? offset : 32'd0;
+  assign \$499  = ins[465:434] + \$498 ;
+  assign \$500  = cycles + 1'h1;
+  assign \$501  = in_op & op_onehot[0];
+  assign \$502  = op_cycles__0 + 1'h1;
+  assign \$503  = in_op & op_onehot[1];
+  assign \$504  = op_cycles__1 + 1'h1;
+  assign \$505  = in_op & op_onehot[2];
+  assign \$506  = op_cycles__2 + 1'h1;
+  assign \$507  = in_op & op_onehot[3];
+  assign \$508  = op_cycles__3 + 1'h1;
+  assign \$509  = in_op & op_onehot[4];
+  assign \$510  = op_cycles__4 + 1'h1;
+  assign \$511  = in_op & op_onehot[5];
+  assign \$512  = op_cycles__5 + 1'h1;
+  assign \$513  = in_op & op_onehot[6];
+  assign \$514  = op_cycles__6 + 1'h1;
+  assign \$515  = in_op & op_onehot[7];
+  assign \$516  = op_cycles__7 + 1'h1;
+  assign \$517  = in_op & op_onehot[8];
+  assign \$518  = op_cycles__8 + 1'h1;
+  assign \$519  = in_op & op_onehot[9];
+  assign \$520  = op_cycles__9 + 1'h1;
+  assign \$521  = in_op & op_onehot[10];
+  assign \$522  = op_cycles__10 + 1'h1;
+  assign \$523  = in_op & op_onehot[11];
+  assign \$524  = op_cycles__11 + 1'h1;
+  assign \$525  = in_op & op_onehot[12];
+  assign \$526  = op_cycles__12 + 1'h1;
+  assign \$527  = in_op & op_onehot[13];
+  assign \$528  = op_cycles__13 + 1'h1;
+  assign \$529  = in_op & op_onehot[14];
+  assign \$530  = op_cycles__14 + 1'h1;
+  assign \$531  = in_op & op_onehot[15];
+  assign \$532  = op_cycles__15 + 1'h1;
+  assign \$533  = images_left > 1'h1;
+  assign \$534  = is_end & \$533 ;
+  assign \$535  = | ins[39:24];
+  assign \$536  = ~ \$535 ;
+  assign \$537  = | ins[55:40];
   assign \$538  = ~ \$537 ;
-  assign \$539  = | ins[55:40];
+  assign \$539  = | ins[71:56];
   assign \$540  = ~ \$539 ;
-  assign \$541  = | ins[71:56];
+  assign \$541  = | ins[87:72];
   assign \$542  = ~ \$541 ;
-  assign \$543  = | ins[87:72];
+  assign \$543  = | ins[103:88];
   assign \$544  = ~ \$543 ;
-  assign \$545  = | ins[103:88];
-  assign \$546  = ~ \$545 ;
-  assign \$547  = | { \$546 , \$544 , \$542 , \$540 , \$538  };
-  assign \$548  = ~ post_bad;
-  assign \$549  = \$548  & unit_known;
-  assign \$550  = post_gelu | post_add;
-  assign \$551  = \$550  | pre_ln;
-  assign \$552  = \$551  | pre_sm;
-  assign \$553  = is_move | is_load;
-  assign \$554  = \$553  | is_store;
-  assign \$555  = \$554  | is_gemm;
-  assign \$556  = ~ \$555 ;
-  assign \$557  = \$552  | \$556 ;
-  assign \$558  = \$549  & \$557 ;
-  assign \$559  = ~ post_bad;
-  assign \$560  = post_gelu | post_add;
-  assign \$561  = \$560  | pre_ln;
-  assign \$562  = \$561  | pre_sm;
-  assign \$563  = ~ \$562 ;
-  assign \$564  = \$559  & \$563 ;
-  assign \$565  = is_move | is_load;
-  assign \$566  = \$565  | is_store;
-  assign \$567  = \$566  | is_gemm;
-  assign \$568  = \$564  & \$567 ;
-  assign \$569  = ~ busy;
-  assign \$570  = \$569  & start;
-  assign \$571  = | images;
-  assign \$572  = \$571  ? images : 16'h0001;
-  assign \$573  = | decode_wait;
-  assign \$574  = ~ \$573 ;
-  assign \$575  = in_decode & \$574 ;
-  assign \$576  = \$575  & d_end_more;
-  assign \$577  = images_left - 1'h1;
-  assign \$578  = offset + \$signal$510 ;
-  assign \$579  = in_stream & op_done;
-  assign \$580  = | fault_q;
-  assign \$581  = ~ \$580 ;
-  assign \$582  = \$579  & \$581 ;
-  assign \$583  = ~ addr_fault;
-  assign \$584  = \$582  & \$583 ;
-  assign \$585  = pc + 7'h40;
-  assign \$586  = ~ fetch_sent;
-  assign \$587  = req__ready & \$586 ;
-  assign \$588  = 1'h1 << dec_c_lb;
-  assign \$589  = ins[509:498] == 1'h1;
-  assign \$590  = | decode_wait;
-  assign \$591  = decode_wait - 1'h1;
-  assign \$592  = decode_wait == 1'h1;
-  assign \$593  = is_softmax | pre_sm;
-  assign \$594  = is_layernorm | pre_ln;
-  assign \$595  = is_gelu | is_add;
-  assign \$596  = \$595  | post_gelu;
-  assign \$597  = \$596  | post_add;
-  assign \$598  = is_gelu | is_add;
-  assign \$599  = \$598  | post_gelu;
-  assign \$600  = \$599  | post_add;
-  assign \$601  = \$600  & add_sel;
-  assign \$602  = is_gelu | is_add;
-  assign \$603  = \$602  | post_gelu;
-  assign \$604  = \$603  | post_add;
-  assign \$605  = \$604  & gelu_sel0;
-  assign \$606  = ~ post_gelu;
-  assign \$607  = is_gemm & \$606 ;
-  assign \$608  = ~ post_add;
-  assign \$609  = \$607  & \$608 ;
-  assign \$610  = is_gemm & pre_sm;
-  assign \$611  = is_gemm & pre_ln;
-  assign \$612  = ~ pre_sm;
-  assign \$613  = is_gemm & \$612 ;
-  assign \$614  = ~ pre_ln;
-  assign \$615  = \$613  & \$614 ;
-  assign \$616  = ~ is_load;
-  assign \$617  = ~ is_linear;
-  assign \$618  = is_gemm & \$617 ;
-  assign \$619  = add_sel | \$618 ;
-  assign \$620  = is_gelu | is_add;
-  assign \$621  = post_gelu | post_add;
-  assign \$622  = is_gemm & \$621 ;
-  assign \$623  = | c_ask;
-  assign \$624  = \$623  & req__ready;
-  assign \$625  = c_ask - 1'h1;
-  assign \$626  = c_addr + c_step;
-  assign \$627  = ~ c_full;
-  assign \$628  = beat__valid & \$627 ;
-  assign \$629  = ~ beat__payload[512];
+  assign \$545  = | { \$544 , \$542 , \$540 , \$538 , \$536  };
+  assign \$546  = ~ post_bad;
+  assign \$547  = \$546  & unit_known;
+  assign \$548  = post_gelu | post_add;
+  assign \$549  = \$548  | pre_ln;
+  assign \$550  = \$549  | pre_sm;
+  assign \$551  = is_move | is_load;
+  assign \$552  = \$551  | is_store;
+  assign \$553  = \$552  | is_gemm;
+  assign \$554  = ~ \$553 ;
+  assign \$555  = \$550  | \$554 ;
+  assign \$556  = \$547  & \$555 ;
+  assign \$557  = ~ post_bad;
+  assign \$558  = post_gelu | post_add;
+  assign \$559  = \$558  | pre_ln;
+  assign \$560  = \$559  | pre_sm;
+  assign \$561  = ~ \$560 ;
+  assign \$562  = \$557  & \$561 ;
+  assign \$563  = is_move | is_load;
+  assign \$564  = \$563  | is_store;
+  assign \$565  = \$564  | is_gemm;
+  assign \$566  = \$562  & \$565 ;
+  assign \$567  = ~ busy;
+  assign \$568  = \$567  & start;
+  assign \$569  = | images;
+  assign \$570  = \$569  ? images : 16'h0001;
+  assign \$571  = | decode_wait;
+  assign \$572  = ~ \$571 ;
+  assign \$573  = in_decode & \$572 ;
+  assign \$574  = \$573  & d_end_more;
+  assign \$575  = images_left - 1'h1;
+  assign \$576  = offset + \$signal$508 ;
+  assign \$577  = in_stream & op_done;
+  assign \$578  = | fault_q;
+  assign \$579  = ~ \$578 ;
+  assign \$580  = \$577  & \$579 ;
+  assign \$581  = ~ addr_fault;
+  assign \$582  = \$580  & \$581 ;
+  assign \$583  = pc + 7'h40;
+  assign \$584  = ~ fetch_sent;
+  assign \$585  = req__ready & \$584 ;
+  assign \$586  = 1'h1 << dec_c_lb;
+  assign \$587  = ins[509:498] == 1'h1;
+  assign \$588  = | decode_wait;
+  assign \$589  = decode_wait - 1'h1;
+  assign \$590  = decode_wait == 1'h1;
+  assign \$591  = is_softmax | pre_sm;
+  assign \$592  = is_layernorm | pre_ln;
+  assign \$593  = is_gelu | is_add;
+  assign \$594  = \$593  | post_gelu;
+  assign \$595  = \$594  | post_add;
+  assign \$596  = is_gelu | is_add;
+  assign \$597  = \$596  | post_gelu;
+  assign \$598  = \$597  | post_add;
+  assign \$599  = \$598  & add_sel;
+  assign \$600  = is_gelu | is_add;
+  assign \$601  = \$600  | post_gelu;
+  assign \$602  = \$601  | post_add;
+  assign \$603  = \$602  & gelu_sel0;
+  assign \$604  = ~ post_gelu;
+  assign \$605  = is_gemm & \$604 ;
+  assign \$606  = ~ post_add;
+  assign \$607  = \$605  & \$606 ;
+  assign \$608  = is_gemm & pre_sm;
+  assign \$609  = is_gemm & pre_ln;
+  assign \$610  = ~ pre_sm;
+  assign \$611  = is_gemm & \$610 ;
+  assign \$612  = ~ pre_ln;
+  assign \$613  = \$611  & \$612 ;
+  assign \$614  = ~ is_load;
+  assign \$615  = ~ is_linear;
+  assign \$616  = is_gemm & \$615 ;
+  assign \$617  = add_sel | \$616 ;
+  assign \$618  = is_gelu | is_add;
+  assign \$619  = post_gelu | post_add;
+  assign \$620  = is_gemm & \$619 ;
+  assign \$621  = | c_ask;
+  assign \$622  = \$621  & req__ready;
+  assign \$623  = c_ask - 1'h1;
+  assign \$624  = c_addr + c_step;
+  assign \$625  = ~ c_full;
+  assign \$626  = beat__valid & \$625 ;
+  assign \$627  = ~ beat__payload[512];
+  assign \$628  = ~ beat__payload[512];
+  assign \$629  = const_to0 & \$628 ;
   assign \$630  = ~ beat__payload[512];
-  assign \$631  = const_to0 & \$630 ;
+  assign \$631  = const_to1 & \$630 ;
   assign \$632  = ~ beat__payload[512];
-  assign \$633  = const_to1 & \$632 ;
+  assign \$633  = const_to2 & \$632 ;
   assign \$634  = ~ beat__payload[512];
-  assign \$635  = const_to2 & \$634 ;
-  assign \$636  = ~ beat__payload[512];
-  assign \$637  = const_to3 & \$636 ;
-  assign \$638  = c_due - 1'h1;
-  assign \$639  = c_due == 2'h2;
-  assign \$640  = is_gelu | is_add;
-  assign \$641  = \$640  | post_gelu;
-  assign \$642  = \$641  | post_add;
-  assign \$643  = is_gelu | is_add;
-  assign \$644  = \$643  | post_gelu;
-  assign \$645  = \$644  | post_add;
-  assign \$646  = \$645  & add_sel;
-  assign \$647  = is_gelu | is_add;
-  assign \$648  = \$647  | post_gelu;
-  assign \$649  = \$648  | post_add;
-  assign \$650  = \$649  & gelu_sel0;
-  assign \$651  = ~ post_gelu;
-  assign \$652  = is_gemm & \$651 ;
-  assign \$653  = ~ post_add;
-  assign \$654  = \$652  & \$653 ;
-  assign \$655  = is_gemm & pre_sm;
-  assign \$656  = is_gemm & pre_ln;
-  assign \$657  = ~ pre_sm;
-  assign \$658  = is_gemm & \$657 ;
-  assign \$659  = ~ pre_ln;
-  assign \$660  = \$658  & \$659 ;
-  assign \$661  = ~ is_load;
-  assign \$662  = ~ is_linear;
-  assign \$663  = is_gemm & \$662 ;
-  assign \$664  = add_sel | \$663 ;
-  assign \$665  = is_gelu | is_add;
-  assign \$666  = post_gelu | post_add;
-  assign \$667  = is_gemm & \$666 ;
-  assign \$668  = | ins[509:498];
-  assign \$669  = ~ \$668 ;
-  assign \$670  = is_gelu | is_add;
-  assign \$671  = \$670  | post_gelu;
-  assign \$672  = \$671  | post_add;
-  assign \$673  = is_gelu | is_add;
-  assign \$674  = \$673  | post_gelu;
-  assign \$675  = \$674  | post_add;
-  assign \$676  = \$675  & add_sel;
-  assign \$677  = is_gelu | is_add;
-  assign \$678  = \$677  | post_gelu;
-  assign \$679  = \$678  | post_add;
-  assign \$680  = \$679  & gelu_sel0;
-  assign \$681  = ~ post_gelu;
-  assign \$682  = is_gemm & \$681 ;
-  assign \$683  = ~ post_add;
-  assign \$684  = \$682  & \$683 ;
-  assign \$685  = is_gemm & pre_sm;
-  assign \$686  = is_gemm & pre_ln;
-  assign \$687  = ~ pre_sm;
-  assign \$688  = is_gemm & \$687 ;
-  assign \$689  = ~ pre_ln;
-  assign \$690  = \$688  & \$689 ;
-  assign \$691  = ~ is_load;
-  assign \$692  = ~ is_linear;
-  assign \$693  = is_gemm & \$692 ;
-  assign \$694  = add_sel | \$693 ;
-  assign \$695  = is_gelu | is_add;
-  assign \$696  = post_gelu | post_add;
-  assign \$697  = is_gemm & \$696 ;
-  assign \$698  = | fault_q;
-  assign \$699  = ~ \$698 ;
-  assign \$700  = op_done & \$699 ;
-  assign \$701  = ~ addr_fault;
-  assign \$702  = \$700  & \$701 ;
-  assign \$703  = $signed(addr) < $signed(1'h0);
-  assign \$704  = $signed(addr) >= $signed(16'h4000);
-  assign \$705  = \$703  | \$704 ;
-  assign \$706  = valid & \$705 ;
-  assign \$707  = ~ is_load;
+  assign \$635  = const_to3 & \$634 ;
+  assign \$636  = c_due - 1'h1;
+  assign \$637  = c_due == 2'h2;
+  assign \$638  = is_gelu | is_add;
+  assign \$639  = \$638  | post_gelu;
+  assign \$640  = \$639  | post_add;
+  assign \$641  = is_gelu | is_add;
+  assign \$642  = \$641  | post_gelu;
+  assign \$643  = \$642  | post_add;
+  assign \$644  = \$643  & add_sel;
+  assign \$645  = is_gelu | is_add;
+  assign \$646  = \$645  | post_gelu;
+  assign \$647  = \$646  | post_add;
+  assign \$648  = \$647  & gelu_sel0;
+  assign \$649  = ~ post_gelu;
+  assign \$650  = is_gemm & \$649 ;
+  assign \$651  = ~ post_add;
+  assign \$652  = \$650  & \$651 ;
+  assign \$653  = is_gemm & pre_sm;
+  assign \$654  = is_gemm & pre_ln;
+  assign \$655  = ~ pre_sm;
+  assign \$656  = is_gemm & \$655 ;
+  assign \$657  = ~ pre_ln;
+  assign \$658  = \$656  & \$657 ;
+  assign \$659  = ~ is_load;
+  assign \$660  = ~ is_linear;
+  assign \$661  = is_gemm & \$660 ;
+  assign \$662  = add_sel | \$661 ;
+  assign \$663  = is_gelu | is_add;
+  assign \$664  = post_gelu | post_add;
+  assign \$665  = is_gemm & \$664 ;
+  assign \$666  = | ins[509:498];
+  assign \$667  = ~ \$666 ;
+  assign \$668  = is_gelu | is_add;
+  assign \$669  = \$668  | post_gelu;
+  assign \$670  = \$669  | post_add;
+  assign \$671  = is_gelu | is_add;
+  assign \$672  = \$671  | post_gelu;
+  assign \$673  = \$672  | post_add;
+  assign \$674  = \$673  & add_sel;
+  assign \$675  = is_gelu | is_add;
+  assign \$676  = \$675  | post_gelu;
+  assign \$677  = \$676  | post_add;
+  assign \$678  = \$677  & gelu_sel0;
+  assign \$679  = ~ post_gelu;
+  assign \$680  = is_gemm & \$679 ;
+  assign \$681  = ~ post_add;
+  assign \$682  = \$680  & \$681 ;
+  assign \$683  = is_gemm & pre_sm;
+  assign \$684  = is_gemm & pre_ln;
+  assign \$685  = ~ pre_sm;
+  assign \$686  = is_gemm & \$685 ;
+  assign \$687  = ~ pre_ln;
+  assign \$688  = \$686  & \$687 ;
+  assign \$689  = ~ is_load;
+  assign \$690  = ~ is_linear;
+  assign \$691  = is_gemm & \$690 ;
+  assign \$692  = add_sel | \$691 ;
+  assign \$693  = is_gelu | is_add;
+  assign \$694  = post_gelu | post_add;
+  assign \$695  = is_gemm & \$694 ;
+  assign \$696  = | fault_q;
+  assign \$697  = ~ \$696 ;
+  assign \$698  = op_done & \$697 ;
+  assign \$699  = ~ addr_fault;
+  assign \$700  = \$698  & \$699 ;
+  assign \$701  = $signed(addr) < $signed(1'h0);
+  assign \$702  = $signed(addr) >= $signed(16'h4000);
+  assign \$703  = \$701  | \$702 ;
+  assign \$704  = valid & \$703 ;
+  assign \$705  = ~ is_load;
+  assign \$706  = \$704  & \$705 ;
+  assign \$707  = ~ is_gemm;
   assign \$708  = \$706  & \$707 ;
-  assign \$709  = ~ is_gemm;
-  assign \$710  = \$708  & \$709 ;
-  assign \$711  = $signed(\addr$89 ) < $signed(1'h0);
-  assign \$712  = $signed(\addr$89 ) >= $signed(16'h4000);
-  assign \$713  = \$711  | \$712 ;
-  assign \$714  = \valid$85  & \$713 ;
-  assign \$715  = \$714  & is_add;
-  assign \$716  = \$710  | \$715 ;
-  assign \$717  = $signed(\addr$97 ) < $signed(1'h0);
-  assign \$718  = $signed(\addr$97 ) >= $signed(16'h4000);
-  assign \$719  = \$717  | \$718 ;
-  assign \$720  = \valid$249  & \$719 ;
-  assign \$721  = ~ is_store;
+  assign \$709  = $signed(\addr$89 ) < $signed(1'h0);
+  assign \$710  = $signed(\addr$89 ) >= $signed(16'h4000);
+  assign \$711  = \$709  | \$710 ;
+  assign \$712  = \valid$85  & \$711 ;
+  assign \$713  = \$712  & is_add;
+  assign \$714  = \$708  | \$713 ;
+  assign \$715  = $signed(\addr$97 ) < $signed(1'h0);
+  assign \$716  = $signed(\addr$97 ) >= $signed(16'h4000);
+  assign \$717  = \$715  | \$716 ;
+  assign \$718  = \valid$249  & \$717 ;
+  assign \$719  = ~ is_store;
+  assign \$720  = \$718  & \$719 ;
+  assign \$721  = ~ is_gemm;
   assign \$722  = \$720  & \$721 ;
-  assign \$723  = ~ is_gemm;
-  assign \$724  = \$722  & \$723 ;
-  assign \$725  = \$716  | \$724 ;
-  assign \$726  = | fault_q;
-  assign \$727  = idle & \idle$525 ;
-  assign \$728  = is_softmax | is_layernorm;
-  assign \$729  = ~ ext_req_valid;
-  assign \$730  = \$729  | req__ready;
-  assign \$731  = $signed(addr) << ins[23:22];
-  assign \$732  = $signed({ 1'h0, dec_ext_base }) + $signed(\$731 );
-  assign \$733  = ~ ext_req_valid;
-  assign \$734  = \$733  | \req__ready$454 ;
-  assign \$735  = $signed(\addr$97 ) << ins[23:22];
-  assign \$736  = $signed({ 1'h0, dec_ext_base }) + $signed(\$735 );
-  assign \$737  = \w_en$166  & \w_rdy$238 ;
-  assign \$738  = ~ \w_en$166 ;
-  assign \$739  = \$738  | \w_rdy$238 ;
-  assign \$740  = \$739  & elem_valid;
-  assign \$741  = ~ add_sel;
-  assign \$742  = \r_rdy$240  | \$741 ;
-  assign \$743  = \$740  & \$742 ;
-  assign \$744  = pack_j == 2'h3;
-  assign \$745  = \$744  | elem_final;
-  assign \$746  = pack_j + 1'h1;
-  assign \$747  = \r_rdy$246  & \valid$249 ;
-  assign \$748  = pack_jo == 2'h3;
-  assign \$749  = \$748  | \final ;
-  assign \$750  = pack_jo + 1'h1;
-  assign \$751  = 1'h1 << w_lb;
-  assign \$752  = | dec_tiles;
-  assign \$753  = | dec_k_last;
+  assign \$723  = \$714  | \$722 ;
+  assign \$724  = | fault_q;
+  assign \$725  = idle & \idle$523 ;
+  assign \$726  = is_softmax | is_layernorm;
+  assign \$727  = ~ ext_req_valid;
+  assign \$728  = \$727  | req__ready;
+  assign \$729  = $signed(addr) << ins[23:22];
+  assign \$730  = $signed({ 1'h0, dec_ext_base }) + $signed(\$729 );
+  assign \$731  = ~ ext_req_valid;
+  assign \$732  = \$731  | \req__ready$455 ;
+  assign \$733  = $signed(\addr$97 ) << ins[23:22];
+  assign \$734  = $signed({ 1'h0, dec_ext_base }) + $signed(\$733 );
+  assign \$735  = \w_en$166  & \w_rdy$238 ;
+  assign \$736  = ~ \w_en$166 ;
+  assign \$737  = \$736  | \w_rdy$238 ;
+  assign \$738  = \$737  & elem_valid;
+  assign \$739  = ~ add_sel;
+  assign \$740  = \r_rdy$240  | \$739 ;
+  assign \$741  = \$738  & \$740 ;
+  assign \$742  = pack_j == 2'h3;
+  assign \$743  = \$742  | elem_final;
+  assign \$744  = pack_j + 1'h1;
+  assign \$745  = \r_rdy$246  & \valid$249 ;
+  assign \$746  = pack_jo == 2'h3;
+  assign \$747  = \$746  | \final ;
+  assign \$748  = pack_jo + 1'h1;
+  assign \$749  = 1'h1 << w_lb;
+  assign \$750  = | dec_tiles;
+  assign \$751  = | dec_k_last;
+  assign \$752  = ~ \$751 ;
+  assign \$753  = | dec_nt_last;
   assign \$754  = ~ \$753 ;
-  assign \$755  = | dec_nt_last;
-  assign \$756  = ~ \$755 ;
-  assign \$757  = \$signal$441  & req__ready;
-  assign \$758  = ~ want_w;
-  assign \$759  = \$758  & is_linear;
-  assign \$760  = ~ is_linear;
-  assign \$761  = want_w & \$signal$531 ;
-  assign \$762  = \$760  | \$761 ;
-  assign \$763  = ~ \$762 ;
-  assign \$764  = want_w & \$763 ;
-  assign \$765  = k + 1'h1;
-  assign \$766  = k + 1'h1;
-  assign \$767  = \$766  == dec_k_last;
-  assign \$768  = w_addr + w_step;
-  assign \$769  = ~ is_linear;
-  assign \$770  = want_w & \$signal$531 ;
-  assign \$771  = \$769  | \$770 ;
-  assign \$772  = tiles - 1'h1;
-  assign \$773  = tiles != 1'h1;
-  assign \$774  = | dec_k_last;
+  assign \$755  = \$signal$443  & req__ready;
+  assign \$756  = ~ want_w;
+  assign \$757  = \$756  & is_linear;
+  assign \$758  = ~ is_linear;
+  assign \$759  = want_w & \$signal$529 ;
+  assign \$760  = \$758  | \$759 ;
+  assign \$761  = ~ \$760 ;
+  assign \$762  = want_w & \$761 ;
+  assign \$763  = k + 1'h1;
+  assign \$764  = k + 1'h1;
+  assign \$765  = \$764  == dec_k_last;
+  assign \$766  = w_addr + w_step;
+  assign \$767  = ~ is_linear;
+  assign \$768  = want_w & \$signal$529 ;
+  assign \$769  = \$767  | \$768 ;
+  assign \$770  = tiles - 1'h1;
+  assign \$771  = tiles != 1'h1;
+  assign \$772  = | dec_k_last;
+  assign \$773  = ~ \$772 ;
+  assign \$774  = | dec_nt_last;
   assign \$775  = ~ \$774 ;
-  assign \$776  = | dec_nt_last;
-  assign \$777  = ~ \$776 ;
-  assign \$778  = nt + 1'h1;
-  assign \$779  = nt + 1'h1;
-  assign \$780  = \$779  == dec_nt_last;
-  assign \$781  = p_addr + 7'h40;
-  assign \$782  = ~ is_linear;
-  assign \$783  = \$782  | rk_zero;
-  assign \$784  = \$783  ? p__ready : \w_rdy$450 ;
-  assign \$785  = beat__valid & \$784 ;
-  assign \$786  = \$785  & is_linear;
-  assign \$787  = rk == ins[87:72];
-  assign \$788  = rk + 1'h1;
-  assign \$789  = \$787  ? 17'h00000 : \$788 ;
-  assign \$790  = rk == ins[87:72];
-  assign \$791  = | dec_k_last;
-  assign \$792  = ~ \$791 ;
-  assign \$793  = | dec_k_last;
-  assign \$794  = ~ \$793 ;
-  assign \$795  = | dec_nt_last;
-  assign \$796  = ~ \$795 ;
-  assign \$797  = | dec_blocks;
+  assign \$776  = nt + 1'h1;
+  assign \$777  = nt + 1'h1;
+  assign \$778  = \$777  == dec_nt_last;
+  assign \$779  = p_addr + 7'h40;
+  assign \$780  = \a__valid$399  & \a__ready$406 ;
+  assign \$781  = ~ is_linear;
+  assign \$782  = \$781  | rk_zero;
+  assign \$783  = ~ w_full;
+  assign \$784  = \a__valid$399  & \a__ready$406 ;
+  assign \$785  = \$783  | \$784 ;
+  assign \$786  = \$782  ? p__ready : \$785 ;
+  assign \$787  = beat__valid & \$786 ;
+  assign \$788  = \$787  & is_linear;
+  assign \$789  = rk == ins[87:72];
+  assign \$790  = rk + 1'h1;
+  assign \$791  = \$789  ? 17'h00000 : \$790 ;
+  assign \$792  = rk == ins[87:72];
+  assign \$793  = ~ is_linear;
+  assign \$794  = \$793  | rk_zero;
+  assign \$795  = ~ \$794 ;
+  assign \$796  = | dec_k_last;
+  assign \$797  = ~ \$796 ;
+  assign \$798  = | dec_k_last;
   assign \$799  = ~ \$798 ;
-  assign \$800  = a_in_valid & \$799 ;
-  assign \$801  = pre_ln | pre_sm;
-  assign \$802  = \$800  & \$801 ;
+  assign \$800  = | dec_nt_last;
+  assign \$801  = ~ \$800 ;
+  assign \$802  = | dec_blocks;
   assign \$804  = ~ \$803 ;
   assign \$805  = a_in_valid & \$804 ;
-  assign \$806  = | dec_k_last;
-  assign \$807  = ~ \$806 ;
-  assign \$808  = \$signal$284  == 4'h8;
-  assign \$809  = ~ \$signal$277 ;
-  assign \$810  = \$signal$284  + 1'h1;
-  assign \$811  = lk + 1'h1;
-  assign \$812  = lk + 1'h1;
-  assign \$813  = \$812  == dec_k_last;
-  assign \$814  = \$signal$284  == 4'h8;
-  assign \$815  = lk + 1'h1;
+  assign \$806  = pre_ln | pre_sm;
+  assign \$807  = \$805  & \$806 ;
+  assign \$809  = ~ \$808 ;
+  assign \$810  = a_in_valid & \$809 ;
+  assign \$811  = | dec_k_last;
+  assign \$812  = ~ \$811 ;
+  assign \$813  = \$signal$281  == 4'h8;
+  assign \$814  = ~ \$signal$274 ;
+  assign \$815  = \$signal$281  + 1'h1;
   assign \$816  = lk + 1'h1;
-  assign \$817  = \$816  == dec_k_last;
-  assign \$818  = | dec_k_last;
-  assign \$819  = ~ \$818 ;
-  assign \$820  = ~ \$signal$277 ;
-  assign \$821  = \$signal$284  + 1'h1;
-  assign \$822  = \$signal$310  * 9'h100;
-  assign \$823  = \$822  + \$signal$311 ;
-  assign \$824  = a_issue & a_feed_k_hit;
-  assign \$825  = \$824  & a_feed_nt_hit;
-  assign \$826  = a_read & a_read_free;
-  assign \$827  = | dec_k_last;
-  assign \$828  = ~ \$827 ;
-  assign \$829  = | dec_nt_last;
-  assign \$830  = ~ \$829 ;
-  assign \$831  = ~ \$signal$310 ;
-  assign \$832  = feed_blocks - 1'h1;
-  assign \$833  = feed_blocks != 1'h1;
-  assign \$834  = fnt + 1'h1;
-  assign \$835  = fnt + 1'h1;
-  assign \$836  = \$835  == dec_nt_last;
-  assign \$837  = \$signal$311  + 1'h1;
-  assign \$838  = \$signal$311  + 1'h1;
-  assign \$839  = \$838  == dec_k_last;
-  assign \$841  = ~ \$840 ;
-  assign \$842  = \r_rdy$240  & \$841 ;
-  assign \$843  = ~ is_linear;
-  assign \$844  = \$842  & \$843 ;
-  assign \$845  = w_load_lane == 3'h7;
-  assign \$846  = w_load_k + 1'h1;
-  assign \$847  = w_load_addr + 1'h1;
-  assign \$848  = w_load_k == dec_k_last;
-  assign \$849  = w_load_nt + 1'h1;
-  assign \$850  = w_load_nt == dec_nt_last;
-  assign \$851  = ~ w_load_half;
-  assign \$852  = w_load_lane + 1'h1;
-  assign \$853  = w_feed_half * 9'h100;
-  assign \$854  = \$853  + feed_ntk;
-  assign \$855  = \$854  + \$signal$311 ;
-  assign \$856  = ~ is_linear;
-  assign \$857  = a_issue & \$856 ;
-  assign \$858  = \$857  & a_feed_k_hit;
-  assign \$859  = \$858  & a_feed_nt_hit;
-  assign \$860  = feed_mt == dec_mt_last;
-  assign \$861  = \$859  & \$860 ;
-  assign \$862  = ~ is_linear;
-  assign \$863  = a_issue & \$862 ;
-  assign \$864  = feed_mt == dec_mt_last;
-  assign \$865  = ~ w_feed_half;
-  assign \$866  = feed_mt + 1'h1;
-  assign \$867  = feed_ntk + ins[87:72];
-  assign \$868  = a_read & w_read_free;
-  assign \$869  = post_gelu | post_add;
-  assign \$870  = gemm_active & \$869 ;
-  assign \$871  = post_col == 3'h7;
-  assign \$872  = post_col + 1'h1;
-  assign \$873  = \$871  ? 4'h0 : \$872 ;
-  assign \$874  = ~ \busy$548 ;
-  assign \$875  = in_stream & \$874 ;
-  assign \$876  = ~ ext_req_valid;
-  assign \$877  = \$875  & \$876 ;
-  assign \$878  = \$877  & \idle$525 ;
+  assign \$817  = lk + 1'h1;
+  assign \$818  = \$817  == dec_k_last;
+  assign \$819  = \$signal$281  == 4'h8;
+  assign \$820  = lk + 1'h1;
+  assign \$821  = lk + 1'h1;
+  assign \$822  = \$821  == dec_k_last;
+  assign \$823  = | dec_k_last;
+  assign \$824  = ~ \$823 ;
+  assign \$825  = ~ \$signal$274 ;
+  assign \$826  = \$signal$281  + 1'h1;
+  assign \$827  = \$signal$307  * 9'h100;
+  assign \$828  = \$827  + \$signal$308 ;
+  assign \$829  = a_issue & a_feed_k_hit;
+  assign \$830  = \$829  & a_feed_nt_hit;
+  assign \$831  = a_read & a_read_free;
+  assign \$832  = | dec_k_last;
+  assign \$833  = ~ \$832 ;
+  assign \$834  = | dec_nt_last;
+  assign \$835  = ~ \$834 ;
+  assign \$836  = ~ \$signal$307 ;
+  assign \$837  = feed_blocks - 1'h1;
+  assign \$838  = feed_blocks != 1'h1;
+  assign \$839  = fnt + 1'h1;
+  assign \$840  = fnt + 1'h1;
+  assign \$841  = \$840  == dec_nt_last;
+  assign \$842  = \$signal$308  + 1'h1;
+  assign \$843  = \$signal$308  + 1'h1;
+  assign \$844  = \$843  == dec_k_last;
+  assign \$846  = ~ \$845 ;
+  assign \$847  = \r_rdy$240  & \$846 ;
+  assign \$848  = ~ is_linear;
+  assign \$849  = \$847  & \$848 ;
+  assign \$850  = w_load_lane == 3'h7;
+  assign \$851  = w_load_k + 1'h1;
+  assign \$852  = w_load_addr + 1'h1;
+  assign \$853  = w_load_k == dec_k_last;
+  assign \$854  = w_load_nt + 1'h1;
+  assign \$855  = w_load_nt == dec_nt_last;
+  assign \$856  = ~ w_load_half;
+  assign \$857  = w_load_lane + 1'h1;
+  assign \$858  = w_feed_half * 9'h100;
+  assign \$859  = \$858  + feed_ntk;
+  assign \$860  = \$859  + \$signal$308 ;
+  assign \$861  = ~ is_linear;
+  assign \$862  = a_issue & \$861 ;
+  assign \$863  = \$862  & a_feed_k_hit;
+  assign \$864  = \$863  & a_feed_nt_hit;
+  assign \$865  = feed_mt == dec_mt_last;
+  assign \$866  = \$864  & \$865 ;
+  assign \$867  = ~ is_linear;
+  assign \$868  = a_issue & \$867 ;
+  assign \$869  = feed_mt == dec_mt_last;
+  assign \$870  = ~ w_feed_half;
+  assign \$871  = feed_mt + 1'h1;
+  assign \$872  = feed_ntk + ins[87:72];
+  assign \$873  = a_read & w_read_free;
+  assign \$874  = post_gelu | post_add;
+  assign \$875  = gemm_active & \$874 ;
+  assign \$876  = post_col == 3'h7;
+  assign \$877  = post_col + 1'h1;
+  assign \$878  = \$876  ? 4'h0 : \$877 ;
+  assign \$879  = ~ \busy$546 ;
+  assign \$880  = in_stream & \$879 ;
+  assign \$881  = ~ ext_req_valid;
+  assign \$882  = \$880  & \$881 ;
+  assign \$883  = \$882  & \idle$523 ;
   always @(posedge clk)
-    wr_port__addr <= \$879 ;
+    load <= \$884 ;
   always @(posedge clk)
-    wr_port__data <= \$880 ;
+    is_end <= \$885 ;
   always @(posedge clk)
-    wr_port__en <= \$881 ;
+    is_load <= \$886 ;
   always @(posedge clk)
-    load <= \$882 ;
+    is_store <= \$887 ;
   always @(posedge clk)
-    is_end <= \$883 ;
+    is_linear <= \$888 ;
   always @(posedge clk)
-    is_load <= \$884 ;
+    is_matmul <= \$889 ;
   always @(posedge clk)
-    is_store <= \$885 ;
+    is_softmax <= \$890 ;
   always @(posedge clk)
-    is_linear <= \$886 ;
+    is_gelu <= \$891 ;
   always @(posedge clk)
-    is_matmul <= \$887 ;
+    is_layernorm <= \$892 ;
   always @(posedge clk)
-    is_softmax <= \$888 ;
+    is_add <= \$893 ;
   always @(posedge clk)
-    is_gelu <= \$889 ;
+    is_im2col <= \$894 ;
   always @(posedge clk)
-    is_layernorm <= \$890 ;
+    is_concat <= \$895 ;
   always @(posedge clk)
-    is_add <= \$891 ;
+    is_split_heads <= \$896 ;
   always @(posedge clk)
-    is_im2col <= \$892 ;
+    is_merge_heads <= \$897 ;
   always @(posedge clk)
-    is_concat <= \$893 ;
+    is_transpose <= \$898 ;
   always @(posedge clk)
-    is_split_heads <= \$894 ;
+    is_select <= \$899 ;
   always @(posedge clk)
-    is_merge_heads <= \$895 ;
+    op_onehot <= \$900 ;
   always @(posedge clk)
-    is_transpose <= \$896 ;
+    is_gemm <= \$901 ;
   always @(posedge clk)
-    is_select <= \$897 ;
+    post_gelu <= \$902 ;
   always @(posedge clk)
-    op_onehot <= \$898 ;
+    post_add <= \$903 ;
   always @(posedge clk)
-    is_gemm <= \$899 ;
+    pre_ln <= \$904 ;
   always @(posedge clk)
-    post_gelu <= \$900 ;
+    pre_sm <= \$905 ;
   always @(posedge clk)
-    post_add <= \$901 ;
+    src0_inflight <= \$906 ;
   always @(posedge clk)
-    pre_ln <= \$902 ;
+    src0_meta <= \$907 ;
   always @(posedge clk)
-    pre_sm <= \$903 ;
+    src1_inflight <= \$908 ;
   always @(posedge clk)
-    src0_inflight <= \$904 ;
+    src1_meta <= \$909 ;
   always @(posedge clk)
-    src0_meta <= \$905 ;
+    is_move <= \$910 ;
   always @(posedge clk)
-    src1_inflight <= \$906 ;
+    gelu_sel0 <= \$911 ;
   always @(posedge clk)
-    src1_meta <= \$907 ;
+    add_sel <= \$912 ;
   always @(posedge clk)
-    is_move <= \$908 ;
+    dec_n1p <= \$477 ;
   always @(posedge clk)
-    gelu_sel0 <= \$909 ;
+    dec_n2p <= \$478 ;
   always @(posedge clk)
-    add_sel <= \$910 ;
+    dec_mt <= \$480 [15:0];
   always @(posedge clk)
-    dec_n1p <= \$479 ;
+    dec_nt <= \$481 [15:0];
   always @(posedge clk)
-    dec_n2p <= \$480 ;
-  always @(posedge clk)
-    dec_mt <= \$482 [15:0];
-  always @(posedge clk)
-    dec_nt <= \$483 [15:0];
-  always @(posedge clk)
-    dec_k_last <= \$484 [15:0];
+    dec_k_last <= \$482 [15:0];
   always @(posedge clk)
     dec_c_lb <= c_lb;
   always @(posedge clk)
-    dec_mt_last <= \$485 [15:0];
+    dec_mt_last <= \$483 [15:0];
   always @(posedge clk)
-    dec_nt_last <= \$486 [15:0];
+    dec_nt_last <= \$484 [15:0];
   always @(posedge clk)
-    dec_blocks <= \$487 ;
+    dec_blocks <= \$485 ;
   always @(posedge clk)
-    dec_c_base <= \$492 [31:0];
+    dec_c_base <= \$490 [31:0];
   always @(posedge clk)
-    dec_tiles <= \$493 [31:0];
+    dec_tiles <= \$491 [31:0];
   always @(posedge clk)
-    dec_rows_last <= \$497 [15:0];
+    dec_rows_last <= \$495 [15:0];
   always @(posedge clk)
-    dec_ext_base <= \$501 [31:0];
+    dec_ext_base <= \$499 [31:0];
   always @(posedge clk)
-    addr_fault <= \$911 ;
+    addr_fault <= \$913 ;
   always @(posedge clk)
-    ext_req_valid <= \$912 ;
+    ext_req_valid <= \$914 ;
   always @(posedge clk)
-    cycles <= \$913 ;
+    cycles <= \$915 ;
   always @(posedge clk)
-    op_cycles__0 <= \$914 ;
+    op_cycles__0 <= \$916 ;
   always @(posedge clk)
-    op_cycles__1 <= \$915 ;
+    op_cycles__1 <= \$917 ;
   always @(posedge clk)
-    op_cycles__2 <= \$916 ;
+    op_cycles__2 <= \$918 ;
   always @(posedge clk)
-    op_cycles__3 <= \$917 ;
+    op_cycles__3 <= \$919 ;
   always @(posedge clk)
-    op_cycles__4 <= \$918 ;
+    op_cycles__4 <= \$920 ;
   always @(posedge clk)
-    op_cycles__5 <= \$919 ;
+    op_cycles__5 <= \$921 ;
   always @(posedge clk)
-    op_cycles__6 <= \$920 ;
+    op_cycles__6 <= \$922 ;
   always @(posedge clk)
-    op_cycles__7 <= \$921 ;
+    op_cycles__7 <= \$923 ;
   always @(posedge clk)
-    op_cycles__8 <= \$922 ;
+    op_cycles__8 <= \$924 ;
   always @(posedge clk)
-    op_cycles__9 <= \$923 ;
+    op_cycles__9 <= \$925 ;
   always @(posedge clk)
-    op_cycles__10 <= \$924 ;
+    op_cycles__10 <= \$926 ;
   always @(posedge clk)
-    op_cycles__11 <= \$925 ;
+    op_cycles__11 <= \$927 ;
   always @(posedge clk)
-    op_cycles__12 <= \$926 ;
+    op_cycles__12 <= \$928 ;
   always @(posedge clk)
-    op_cycles__13 <= \$927 ;
+    op_cycles__13 <= \$929 ;
   always @(posedge clk)
-    op_cycles__14 <= \$928 ;
+    op_cycles__14 <= \$930 ;
   always @(posedge clk)
-    op_cycles__15 <= \$929 ;
+    op_cycles__15 <= \$931 ;
   always @(posedge clk)
-    d_end_more <= \$930 ;
+    d_end_more <= \$932 ;
   always @(posedge clk)
-    d_end <= \$931 ;
+    d_end <= \$933 ;
   always @(posedge clk)
-    d_count_zero <= \$932 ;
+    d_count_zero <= \$934 ;
   always @(posedge clk)
-    d_const <= \$933 ;
+    d_const <= \$935 ;
   always @(posedge clk)
-    d_stream <= \$934 ;
+    d_stream <= \$936 ;
   always @(posedge clk)
-    pc <= \$935 ;
+    pc <= \$937 ;
   always @(posedge clk)
-    busy <= \$936 ;
+    busy <= \$938 ;
   always @(posedge clk)
-    done <= \$937 ;
+    done <= \$939 ;
   always @(posedge clk)
-    error <= \$938 ;
+    error <= \$940 ;
   always @(posedge clk)
-    fetch_sent <= \$939 ;
+    fetch_sent <= \$941 ;
   always @(posedge clk)
-    \$signal$509  <= \$940 ;
+    \$signal$507  <= \$942 ;
   always @(posedge clk)
-    \$signal$510  <= \$941 ;
+    \$signal$508  <= \$943 ;
   always @(posedge clk)
-    images_left <= \$942 ;
+    images_left <= \$944 ;
   always @(posedge clk)
-    offset <= \$943 ;
+    offset <= \$945 ;
   always @(posedge clk)
-    seq_state <= \$944 ;
+    seq_state <= \$946 ;
   always @(posedge clk)
-    in_stream <= \$945 ;
+    in_stream <= \$947 ;
   always @(posedge clk)
-    in_decode <= \$946 ;
+    in_decode <= \$948 ;
   always @(posedge clk)
-    in_op <= \$947 ;
+    in_op <= \$949 ;
   always @(posedge clk)
-    unit_rst <= \$948 ;
+    unit_rst <= \$950 ;
   always @(posedge clk)
-    gemm_active <= \$949 ;
+    gemm_active <= \$951 ;
   always @(posedge clk)
-    pack_active <= \$950 ;
+    pack_active <= \$952 ;
   always @(posedge clk)
-    sink_from_move <= \$951 ;
+    sink_from_move <= \$953 ;
   always @(posedge clk)
-    sink_from_load <= \$952 ;
+    sink_from_load <= \$954 ;
   always @(posedge clk)
-    sink_from_store <= \$953 ;
+    sink_from_store <= \$955 ;
   always @(posedge clk)
-    sink_from_softmax <= \$954 ;
+    sink_from_softmax <= \$956 ;
   always @(posedge clk)
-    sink_from_layernorm <= \$955 ;
+    sink_from_layernorm <= \$957 ;
   always @(posedge clk)
-    sink_from_add <= \$956 ;
+    sink_from_add <= \$958 ;
   always @(posedge clk)
-    sink_from_gelu0 <= \$957 ;
+    sink_from_gelu0 <= \$959 ;
   always @(posedge clk)
-    sink_from_gemm <= \$958 ;
+    sink_from_gemm <= \$960 ;
   always @(posedge clk)
-    a_from_softmax <= \$959 ;
+    a_from_softmax <= \$961 ;
   always @(posedge clk)
-    a_from_layernorm <= \$960 ;
+    a_from_layernorm <= \$962 ;
   always @(posedge clk)
-    a_from_src0 <= \$961 ;
+    a_from_src0 <= \$963 ;
   always @(posedge clk)
-    const_to0 <= \$962 ;
+    const_to0 <= \$964 ;
   always @(posedge clk)
-    const_to1 <= \$963 ;
+    const_to1 <= \$965 ;
   always @(posedge clk)
-    const_to2 <= \$964 ;
+    const_to2 <= \$966 ;
   always @(posedge clk)
-    const_to3 <= \$965 ;
+    const_to3 <= \$967 ;
   always @(posedge clk)
-    in_fetch <= \$966 ;
+    in_fetch <= \$968 ;
   always @(posedge clk)
-    in_const <= \$967 ;
+    in_const <= \$969 ;
   always @(posedge clk)
-    run0 <= \$968 ;
+    run0 <= \$970 ;
   always @(posedge clk)
-    run1 <= \$969 ;
+    run1 <= \$971 ;
   always @(posedge clk)
-    q0_to_pack <= \$970 ;
+    q0_to_pack <= \$972 ;
   always @(posedge clk)
-    res_to_pack <= \$971 ;
+    res_to_pack <= \$973 ;
   always @(posedge clk)
-    ins <= \$972 ;
+    ins <= \$974 ;
   always @(posedge clk)
-    decode_wait <= \$973 ;
+    decode_wait <= \$975 ;
   always @(posedge clk)
-    c_addr <= \$974 ;
+    c_addr <= \$976 ;
   always @(posedge clk)
-    c_step <= \$975 ;
+    c_step <= \$977 ;
   always @(posedge clk)
-    c_ask <= \$976 ;
+    c_ask <= \$978 ;
   always @(posedge clk)
-    c_due <= \$977 ;
+    c_due <= \$979 ;
   always @(posedge clk)
-    c_last <= \$978 ;
+    c_last <= \$980 ;
   always @(posedge clk)
-    c_data <= \$979 ;
+    c_data <= \$981 ;
   always @(posedge clk)
-    c_full <= \$980 ;
+    c_full <= \$982 ;
   always @(posedge clk)
-    c_valid0 <= \$981 ;
+    c_valid0 <= \$983 ;
   always @(posedge clk)
-    c_valid1 <= \$982 ;
+    c_valid1 <= \$984 ;
   always @(posedge clk)
-    c_valid2 <= \$983 ;
+    c_valid2 <= \$985 ;
   always @(posedge clk)
-    c_valid3 <= \$984 ;
+    c_valid3 <= \$986 ;
   always @(posedge clk)
-    ext_req_addr <= \$985 ;
+    ext_req_addr <= \$987 ;
   always @(posedge clk)
-    ext_req_data <= \$986 ;
+    ext_req_data <= \$988 ;
   always @(posedge clk)
-    \w_en$166  <= \$987 ;
+    \w_en$166  <= \$989 ;
   always @(posedge clk)
-    pack_a0 <= \$988 ;
+    pack_a0 <= \$990 ;
   always @(posedge clk)
-    pack_a1 <= \$989 ;
+    pack_a1 <= \$991 ;
   always @(posedge clk)
-    pack_a2 <= \$990 ;
+    pack_a2 <= \$992 ;
   always @(posedge clk)
-    pack_a3 <= \$991 ;
+    pack_a3 <= \$993 ;
   always @(posedge clk)
-    pack_b0 <= \$992 ;
+    pack_b0 <= \$994 ;
   always @(posedge clk)
-    pack_b1 <= \$993 ;
+    pack_b1 <= \$995 ;
   always @(posedge clk)
-    pack_b2 <= \$994 ;
+    pack_b2 <= \$996 ;
   always @(posedge clk)
-    pack_b3 <= \$995 ;
+    pack_b3 <= \$997 ;
   always @(posedge clk)
-    pack_j <= \$996 ;
+    pack_j <= \$998 ;
   always @(posedge clk)
-    pack_jo <= \$997 ;
+    pack_jo <= \$999 ;
   always @(posedge clk)
-    tiles <= \$998 ;
+    tiles <= \$1000 ;
   always @(posedge clk)
-    nt <= \$999 ;
+    nt <= \$1001 ;
   always @(posedge clk)
-    k <= \$1000 ;
+    k <= \$1002 ;
   always @(posedge clk)
-    w_addr <= \$1001 ;
+    w_addr <= \$1003 ;
   always @(posedge clk)
-    p_addr <= \$1002 ;
+    p_addr <= \$1004 ;
   always @(posedge clk)
-    want_w <= \$1003 ;
+    want_w <= \$1005 ;
   always @(posedge clk)
-    w_step <= \$1004 ;
+    w_step <= \$1006 ;
   always @(posedge clk)
-    \$signal$441  <= \$1005 ;
+    \$signal$443  <= \$1007 ;
   always @(posedge clk)
-    \$signal$531  <= \$1006 ;
+    \$signal$529  <= \$1008 ;
   always @(posedge clk)
-    nt_hit <= \$1007 ;
+    nt_hit <= \$1009 ;
   always @(posedge clk)
-    rk <= \$1008 ;
+    rk <= \$1010 ;
   always @(posedge clk)
-    rk_zero <= \$1009 ;
+    rk_zero <= \$1011 ;
   always @(posedge clk)
-    a_filled0 <= \$1010 ;
+    w_full <= \$1012 ;
   always @(posedge clk)
-    a_filled1 <= \$1011 ;
+    w_lane0 <= \$1013 ;
   always @(posedge clk)
-    \$signal$277  <= \$1012 ;
+    w_lane1 <= \$1014 ;
   always @(posedge clk)
-    \$signal$284  <= \$1013 ;
+    w_lane2 <= \$1015 ;
   always @(posedge clk)
-    lk <= \$1014 ;
+    w_lane3 <= \$1016 ;
   always @(posedge clk)
-    \$signal$310  <= \$1015 ;
+    w_lane4 <= \$1017 ;
   always @(posedge clk)
-    \$signal$311  <= \$1016 ;
+    w_lane5 <= \$1018 ;
   always @(posedge clk)
-    fnt <= \$1017 ;
+    w_lane6 <= \$1019 ;
   always @(posedge clk)
-    feed_blocks <= \$1018 ;
+    w_lane7 <= \$1020 ;
   always @(posedge clk)
-    a_load_k_hit <= \$1019 ;
+    a_filled0 <= \$1021 ;
   always @(posedge clk)
-    a_feed_k_hit <= \$1020 ;
+    a_filled1 <= \$1022 ;
   always @(posedge clk)
-    a_feed_nt_hit <= \$1021 ;
+    \$signal$274  <= \$1023 ;
   always @(posedge clk)
-    a_blocks_left <= \$1022 ;
+    \$signal$281  <= \$1024 ;
   always @(posedge clk)
-    a_read_last <= \$1023 ;
+    lk <= \$1025 ;
   always @(posedge clk)
-    a_read_addr <= \$1024 ;
+    \$signal$307  <= \$1026 ;
   always @(posedge clk)
-    a_read_half <= \$1025 ;
+    \$signal$308  <= \$1027 ;
   always @(posedge clk)
-    a_read_free <= \$1026 ;
+    fnt <= \$1028 ;
   always @(posedge clk)
-    w_load_lane <= \$1027 ;
+    feed_blocks <= \$1029 ;
   always @(posedge clk)
-    w_load_k <= \$1028 ;
+    a_load_k_hit <= \$1030 ;
   always @(posedge clk)
-    w_load_addr <= \$1029 ;
+    a_feed_k_hit <= \$1031 ;
   always @(posedge clk)
-    w_load_nt <= \$1030 ;
+    a_feed_nt_hit <= \$1032 ;
   always @(posedge clk)
-    w_filled0 <= \$1031 ;
+    a_blocks_left <= \$1033 ;
   always @(posedge clk)
-    w_filled1 <= \$1032 ;
+    a_read_last <= \$1034 ;
   always @(posedge clk)
-    w_load_half <= \$1033 ;
+    a_read_addr <= \$1035 ;
   always @(posedge clk)
-    w_read_addr <= \$1034 ;
+    a_read_half <= \$1036 ;
   always @(posedge clk)
-    w_read_half <= \$1035 ;
+    a_read_free <= \$1037 ;
   always @(posedge clk)
-    w_read_free <= \$1036 ;
+    w_load_lane <= \$1038 ;
   always @(posedge clk)
-    feed_ntk <= \$1037 ;
+    w_load_k <= \$1039 ;
   always @(posedge clk)
-    feed_mt <= \$1038 ;
+    w_load_addr <= \$1040 ;
   always @(posedge clk)
-    w_feed_half <= \$1039 ;
+    w_load_nt <= \$1041 ;
   always @(posedge clk)
-    post_col <= \$1040 ;
+    w_filled0 <= \$1042 ;
   always @(posedge clk)
-    op_done <= \$1041 ;
+    w_filled1 <= \$1043 ;
   always @(posedge clk)
-    fault_q <= \$1042 ;
+    w_load_half <= \$1044 ;
+  always @(posedge clk)
+    w_read_addr <= \$1045 ;
+  always @(posedge clk)
+    w_read_half <= \$1046 ;
+  always @(posedge clk)
+    w_read_free <= \$1047 ;
+  always @(posedge clk)
+    feed_ntk <= \$1048 ;
+  always @(posedge clk)
+    feed_mt <= \$1049 ;
+  always @(posedge clk)
+    w_feed_half <= \$1050 ;
+  always @(posedge clk)
+    post_col <= \$1051 ;
+  always @(posedge clk)
+    op_done <= \$1052 ;
+  always @(posedge clk)
+    fault_q <= \$1053 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
@@ -29647,37 +29673,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .unit_rst(unit_rst)
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$404 ),
-    .a__ready(\a__ready$409 ),
-    .a__valid(\a__valid$402 ),
+    .a__payload(\a__payload$401 ),
+    .a__ready(\a__ready$406 ),
+    .a__valid(\a__valid$399 ),
     .clk(clk),
-    .o__payload(\w_data$416 ),
-    .o__ready(\o__ready$418 ),
-    .o__valid(\w_en$414 ),
+    .o__payload(\w_data$418 ),
+    .o__ready(\o__ready$420 ),
+    .o__valid(\w_en$416 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
     .rst(rst),
     .unit_rst(unit_rst),
     .w__payload(w__payload),
-    .w__ready(w__ready),
     .w__valid(w__valid)
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(clk),
-    .r_data(\r_data$433 ),
-    .r_en(\r_en$421 ),
+    .r_data(\r_data$435 ),
+    .r_en(\r_en$423 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$414 ),
-    .w_port__data(\w_data$416 ),
-    .w_rdy(\o__ready$418 )
+    .w_en(\w_en$416 ),
+    .w_port__data(\w_data$418 ),
+    .w_rdy(\o__ready$420 )
   );
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$97 ),
     .base(ins[123:104]),
-    .busy(\busy$548 ),
+    .busy(\busy$546 ),
     .clk(clk),
     .\final (\final ),
     .index__1(index__1),
@@ -29704,9 +29729,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(addr),
     .base(ins[233:214]),
     .clk(clk),
-    .\final (\final$485 ),
+    .\final (\final$483 ),
     .last__3(last__3),
-    .last__4(\last__4$484 ),
+    .last__4(\last__4$482 ),
     .load(load),
     .n__0(\n__0$42 ),
     .n__1(\n__1$44 ),
@@ -29726,9 +29751,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$89 ),
     .base(ins[343:324]),
     .clk(clk),
-    .\final (\final$488 ),
-    .last__3(\last__3$489 ),
-    .last__4(\last__4$487 ),
+    .\final (\final$486 ),
+    .last__3(\last__3$487 ),
+    .last__4(\last__4$485 ),
     .load(load),
     .n__0(\n__0$54 ),
     .n__1(\n__1$56 ),
@@ -29749,8 +29774,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .c__payload(c_data),
     .c__valid(c_valid1),
     .clk(clk),
-    .i__ready(\i__ready$464 ),
-    .i__valid(\i__valid$460 ),
+    .i__ready(\i__ready$465 ),
+    .i__valid(\i__valid$461 ),
     .idle_r(\c__ready$118 ),
     .o__payload(\o__payload$199 ),
     .o__ready(\o__ready$210 ),
@@ -29761,7 +29786,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.norm_out_slice  norm_out_slice (
     .clk(clk),
     .r_data(\r_data$228 ),
-    .r_en(\r_en$461 ),
+    .r_en(\r_en$462 ),
     .r_rdy(\r_rdy$227 ),
     .rst(rst),
     .unit_rst(unit_rst),
@@ -29771,14 +29796,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(clk),
-    .\port$9098$0 (pack_a0),
-    .\port$9100$0 (pack_a1),
-    .\port$9102$0 (pack_a2),
-    .\port$9104$0 (pack_a3),
-    .\port$9106$0 (pack_b0),
-    .\port$9108$0 (pack_b1),
-    .\port$9110$0 (pack_b2),
-    .\port$9112$0 (pack_b3),
+    .\port$9068$0 (pack_a0),
+    .\port$9070$0 (pack_a1),
+    .\port$9072$0 (pack_a2),
+    .\port$9074$0 (pack_a3),
+    .\port$9076$0 (pack_b0),
+    .\port$9078$0 (pack_b1),
+    .\port$9080$0 (pack_b2),
+    .\port$9082$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(\r_rdy$243 ),
@@ -29790,10 +29815,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src0  q_src0 (
     .clk(clk),
     .level(level),
-    .\port$1597$0 (\$signature__data ),
-    .\port$8919$0 (src0_meta),
+    .\port$1606$0 (\$signature__data ),
+    .\port$8889$0 (src0_meta),
     .r_data(\r_data$217 ),
-    .r_en(\r_en$462 ),
+    .r_en(\r_en$463 ),
     .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
@@ -29802,9 +29827,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(clk),
     .level(\level$86 ),
-    .\port$1598$0 (\$signature__data$94 ),
-    .\port$8923$0 (src1_meta),
-    .r_data(\r_data$338 ),
+    .\port$1607$0 (\$signature__data$94 ),
+    .\port$8893$0 (src1_meta),
+    .r_data(\r_data$335 ),
     .r_en(\r_en$241 ),
     .r_rdy(\r_rdy$240 ),
     .rst(rst),
@@ -29825,16 +29850,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$442 ),
-    .w_en(\req__valid$434 )
+    .w_data(\req__payload$444 ),
+    .w_en(\req__valid$436 )
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c_data[4:0]),
     .c__valid(c_valid0),
     .clk(clk),
-    .i__payload(\i__payload$457 ),
-    .i__ready(\i__ready$463 ),
-    .i__valid(\i__valid$459 ),
+    .i__payload(\i__payload$458 ),
+    .i__ready(\i__ready$464 ),
+    .i__valid(\i__valid$460 ),
     .idle(c__ready),
     .o__ready(\o__ready$208 ),
     .oq_data(\o__payload$197 ),
@@ -29856,25 +29881,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .w_en(\w_en$189 ),
     .w_rdy(w_rdy)
   );
-  \accelerator.core.w_beat_slice  w_beat_slice (
-    .clk(clk),
-    .in_decode(in_decode),
-    .\port$8755$0 (w_beat0),
-    .\port$8756$0 (w_beat1),
-    .\port$8757$0 (w_beat2),
-    .\port$8758$0 (w_beat3),
-    .\port$8759$0 (w_beat4),
-    .\port$8760$0 (w_beat5),
-    .\port$8761$0 (w_beat6),
-    .\port$8762$0 (w_beat7),
-    .r_data(\r_data$413 ),
-    .r_en(\r_en$410 ),
-    .r_rdy(\r_rdy$407 ),
-    .rst(rst),
-    .unit_rst(unit_rst),
-    .w_en(\w_en$265 ),
-    .w_rdy(\w_rdy$450 )
-  );
   \accelerator.core.writer  writer (
     .aw__payload(aw__payload),
     .aw__ready(aw__ready),
@@ -29884,8 +29890,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(clk),
     .err(err),
-    .idle(\idle$525 ),
-    .req__ready(\req__ready$454 ),
+    .idle(\idle$523 ),
+    .req__ready(\req__ready$455 ),
     .rst(rst),
     .w_data(req__payload),
     .w_en(req__valid)
@@ -29907,111 +29913,111 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$274 )
       1'h0:
-          \$164  = a_filled0;
+          \$160  = a_filled0;
       1'h1:
-          \$164  = a_filled1;
+          \$160  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$274 )
       1'h0:
-          \$169  = a_filled0;
+          \$165  = a_filled0;
       1'h1:
-          \$169  = a_filled1;
+          \$165  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$274 )
       1'h0:
-          \$177  = a_filled0;
+          \$173  = a_filled0;
       1'h1:
-          \$177  = a_filled1;
+          \$173  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$274 )
       1'h0:
-          \$184  = a_filled0;
+          \$180  = a_filled0;
       1'h1:
-          \$184  = a_filled1;
+          \$180  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$274 )
       1'h0:
-          \$191  = a_filled0;
+          \$187  = a_filled0;
       1'h1:
-          \$191  = a_filled1;
+          \$187  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$274 )
       1'h0:
-          \$198  = a_filled0;
+          \$194  = a_filled0;
       1'h1:
-          \$198  = a_filled1;
+          \$194  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$274 )
       1'h0:
-          \$205  = a_filled0;
+          \$201  = a_filled0;
       1'h1:
-          \$205  = a_filled1;
+          \$201  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$274 )
       1'h0:
-          \$212  = a_filled0;
+          \$208  = a_filled0;
       1'h1:
-          \$212  = a_filled1;
+          \$208  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$274 )
       1'h0:
-          \$219  = a_filled0;
+          \$215  = a_filled0;
       1'h1:
-          \$219  = a_filled1;
+          \$215  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$274 )
       1'h0:
-          \$226  = a_filled0;
+          \$222  = a_filled0;
       1'h1:
-          \$226  = a_filled1;
+          \$222  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$310 )
+    casez (\$signal$307 )
       1'h0:
-          \$231  = a_filled0;
+          \$227  = a_filled0;
       1'h1:
-          \$231  = a_filled1;
+          \$227  = a_filled1;
     endcase
   end
   always @* begin
@@ -30019,9 +30025,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$239  = w_filled0;
+          \$235  = w_filled0;
       1'h1:
-          \$239  = w_filled1;
+          \$235  = w_filled1;
     endcase
   end
   always @* begin
@@ -30029,9 +30035,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$245  = w_filled0;
+          \$241  = w_filled0;
       1'h1:
-          \$245  = w_filled1;
+          \$241  = w_filled1;
     endcase
   end
   always @* begin
@@ -30039,9 +30045,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$252  = w_filled0;
+          \$248  = w_filled0;
       1'h1:
-          \$252  = w_filled1;
+          \$248  = w_filled1;
     endcase
   end
   always @* begin
@@ -30049,9 +30055,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$262  = w_filled0;
+          \$258  = w_filled0;
       1'h1:
-          \$262  = w_filled1;
+          \$258  = w_filled1;
     endcase
   end
   always @* begin
@@ -30059,9 +30065,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$271  = w_filled0;
+          \$267  = w_filled0;
       1'h1:
-          \$271  = w_filled1;
+          \$267  = w_filled1;
     endcase
   end
   always @* begin
@@ -30069,9 +30075,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$280  = w_filled0;
+          \$276  = w_filled0;
       1'h1:
-          \$280  = w_filled1;
+          \$276  = w_filled1;
     endcase
   end
   always @* begin
@@ -30079,9 +30085,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$289  = w_filled0;
+          \$285  = w_filled0;
       1'h1:
-          \$289  = w_filled1;
+          \$285  = w_filled1;
     endcase
   end
   always @* begin
@@ -30089,9 +30095,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$298  = w_filled0;
+          \$294  = w_filled0;
       1'h1:
-          \$298  = w_filled1;
+          \$294  = w_filled1;
     endcase
   end
   always @* begin
@@ -30099,9 +30105,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$307  = w_filled0;
+          \$303  = w_filled0;
       1'h1:
-          \$307  = w_filled1;
+          \$303  = w_filled1;
     endcase
   end
   always @* begin
@@ -30109,31 +30115,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$316  = w_filled0;
+          \$312  = w_filled0;
       1'h1:
-          \$316  = w_filled1;
+          \$312  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$348  = 32'd0;
+    \$343  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$348  = \r_data$433 [31:0];
+          \$343  = \r_data$435 [31:0];
       16'h0001:
-          \$348  = \r_data$433 [63:32];
+          \$343  = \r_data$435 [63:32];
       16'h0002:
-          \$348  = \r_data$433 [95:64];
+          \$343  = \r_data$435 [95:64];
       16'h0003:
-          \$348  = \r_data$433 [127:96];
+          \$343  = \r_data$435 [127:96];
       16'h0004:
-          \$348  = \r_data$433 [159:128];
+          \$343  = \r_data$435 [159:128];
       16'h0005:
-          \$348  = \r_data$433 [191:160];
+          \$343  = \r_data$435 [191:160];
       16'h0006:
-          \$348  = \r_data$433 [223:192];
+          \$343  = \r_data$435 [223:192];
       16'h0007:
-          \$348  = \r_data$433 [255:224];
+          \$343  = \r_data$435 [255:224];
     endcase
   end
   always @* begin
@@ -30141,37 +30147,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$351  = \r_data$433 [31:0];
+          \$346  = \r_data$435 [31:0];
       3'h1:
-          \$351  = \r_data$433 [63:32];
+          \$346  = \r_data$435 [63:32];
       3'h2:
-          \$351  = \r_data$433 [95:64];
+          \$346  = \r_data$435 [95:64];
       3'h3:
-          \$351  = \r_data$433 [127:96];
+          \$346  = \r_data$435 [127:96];
       3'h4:
-          \$351  = \r_data$433 [159:128];
+          \$346  = \r_data$435 [159:128];
       3'h5:
-          \$351  = \r_data$433 [191:160];
+          \$346  = \r_data$435 [191:160];
       3'h6:
-          \$351  = \r_data$433 [223:192];
+          \$346  = \r_data$435 [223:192];
       3'h7:
-          \$351  = \r_data$433 [255:224];
+          \$346  = \r_data$435 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$277 )
-      1'h0:
-          \$798  = a_filled0;
-      1'h1:
-          \$798  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$277 )
+    casez (\$signal$274 )
       1'h0:
           \$803  = a_filled0;
       1'h1:
@@ -30181,11 +30177,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
+    casez (\$signal$274 )
+      1'h0:
+          \$808  = a_filled0;
+      1'h1:
+          \$808  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$840  = w_filled0;
+          \$845  = w_filled0;
       1'h1:
-          \$840  = w_filled1;
+          \$845  = w_filled1;
     endcase
   end
   always @* begin
@@ -30410,9 +30416,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    wr_data = sink_data;
-    if (\$347 ) begin
-      wr_data = \$348 [15:0];
+    wr__data = sink_data;
+    if (\$342 ) begin
+      wr__data = \$343 [15:0];
     end
   end
   always @* begin
@@ -30488,7 +30494,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       end
     end
-    if (\$420 ) begin
+    if (\$418 ) begin
       fault = 4'h5;
     end
   end
@@ -30530,8 +30536,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         elem_data = \r_data$217 [15:0];
       end
     end
-    if (\$350 ) begin
-      elem_data = \$351 [15:0];
+    if (\$345 ) begin
+      elem_data = \$346 [15:0];
     end
   end
   always @* begin
@@ -30577,8 +30583,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \r_en$241  = \$122 ;
     end
     if (gemm_active) begin
-      if (\$244 ) begin
-        \r_en$241  = \$249 ;
+      if (\$240 ) begin
+        \r_en$241  = \$245 ;
       end
     end
   end
@@ -30803,64 +30809,78 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \w_en$265  = 1'h0;
-    if (gemm_active) begin
-      \w_en$265  = \$138 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145  };
+          elem = { \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141  };
       5'h03:
-          elem = { \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148  };
+          elem = { \$144 [3], \$144 [3], \$144 [3], \$144 [3], \$144 [3], \$144  };
       5'h04:
-          elem = { \$151 [4], \$151 [4], \$151 [4], \$151 [4], \$151  };
+          elem = { \$147 [4], \$147 [4], \$147 [4], \$147 [4], \$147  };
       5'h05:
-          elem = { \$154 [5], \$154 [5], \$154 [5], \$154  };
+          elem = { \$150 [5], \$150 [5], \$150 [5], \$150  };
       5'h06:
-          elem = { \$157 [6], \$157 [6], \$157  };
+          elem = { \$153 [6], \$153 [6], \$153  };
       5'h07:
-          elem = { \$160 [7], \$160  };
+          elem = { \$156 [7], \$156  };
       5'h08:
-          elem = \$163 ;
+          elem = \$159 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$166 ;
+      a_in_take = \$162 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$280  = 9'h000;
+    \$signature__addr$277  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$280  = \$168 [8:0];
+      \$signature__addr$277  = \$164 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$282  = 9'h000;
+    \$signature__data$279  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$282  = elem;
+      \$signature__data$279  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$283  = 1'h0;
+    \$signature__en$280  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$283  = \$174 ;
+      \$signature__en$280  = \$170 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$282  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$282  = \$172 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$283  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$283  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$284  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$284  = \$177 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$285  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$285  = \$176 [8:0];
+      \$signature__addr$285  = \$179 [8:0];
     end
   end
   always @* begin
@@ -30874,14 +30894,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$287  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$287  = \$181 ;
+      \$signature__en$287  = \$184 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$288  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$288  = \$183 [8:0];
+      \$signature__addr$288  = \$186 [8:0];
     end
   end
   always @* begin
@@ -30895,14 +30915,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$290  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$290  = \$188 ;
+      \$signature__en$290  = \$191 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$291  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$291  = \$190 [8:0];
+      \$signature__addr$291  = \$193 [8:0];
     end
   end
   always @* begin
@@ -30916,14 +30936,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$293  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$293  = \$195 ;
+      \$signature__en$293  = \$198 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$294  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$294  = \$197 [8:0];
+      \$signature__addr$294  = \$200 [8:0];
     end
   end
   always @* begin
@@ -30937,14 +30957,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$296  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$296  = \$202 ;
+      \$signature__en$296  = \$205 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$297  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$297  = \$204 [8:0];
+      \$signature__addr$297  = \$207 [8:0];
     end
   end
   always @* begin
@@ -30958,14 +30978,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$299  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$299  = \$209 ;
+      \$signature__en$299  = \$212 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$300  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$300  = \$211 [8:0];
+      \$signature__addr$300  = \$214 [8:0];
     end
   end
   always @* begin
@@ -30979,14 +30999,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$302  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$302  = \$216 ;
+      \$signature__en$302  = \$219 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$303  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$303  = \$218 [8:0];
+      \$signature__addr$303  = \$221 [8:0];
     end
   end
   always @* begin
@@ -31000,42 +31020,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$305  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$305  = \$223 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$306  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$306  = \$225 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$307  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$307  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$308  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$308  = \$230 ;
+      \$signature__en$305  = \$226 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_issue = 1'h0;
     if (gemm_active) begin
-      a_issue = \$243 ;
+      a_issue = \$239 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$317  = 9'h000;
+    \$signature__addr$314  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$317  = a_read_addr;
+      \$signature__addr$314  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$316  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$316  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$318  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$318  = a_read_addr;
     end
   end
   always @* begin
@@ -31047,114 +31060,100 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$321  = 9'h000;
+    \$signature__addr$320  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$321  = a_read_addr;
+      \$signature__addr$320  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$322  = 1'h1;
+    \$signature__en$321  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$322  = a_read;
+      \$signature__en$321  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$323  = 9'h000;
+    \$signature__addr$322  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$323  = a_read_addr;
+      \$signature__addr$322  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$324  = 1'h1;
+    \$signature__en$323  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$324  = a_read;
+      \$signature__en$323  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$325  = 9'h000;
+    \$signature__addr$324  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$325  = a_read_addr;
+      \$signature__addr$324  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$326  = 1'h1;
+    \$signature__en$325  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$326  = a_read;
+      \$signature__en$325  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$327  = 9'h000;
+    \$signature__addr$326  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$327  = a_read_addr;
+      \$signature__addr$326  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$328  = 1'h1;
+    \$signature__en$327  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$328  = a_read;
+      \$signature__en$327  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$329  = 9'h000;
+    \$signature__addr$328  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$329  = a_read_addr;
+      \$signature__addr$328  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$330  = 1'h1;
+    \$signature__en$329  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$330  = a_read;
+      \$signature__en$329  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$331  = 9'h000;
+    \$signature__addr$330  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$331  = a_read_addr;
+      \$signature__addr$330  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$332  = 1'h1;
+    \$signature__en$331  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$332  = a_read;
+      \$signature__en$331  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$333  = 9'h000;
+    \$signature__addr$332  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$333  = a_read_addr;
+      \$signature__addr$332  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$334  = 1'h1;
+    \$signature__en$333  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$334  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$335  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$335  = a_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$336  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$336  = a_read;
+      \$signature__en$333  = a_read;
     end
   end
   always @* begin
@@ -31163,48 +31162,69 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$338 [1], \r_data$338 [1], \r_data$338 [1], \r_data$338 [1], \r_data$338 [1], \r_data$338 [1], \r_data$338 [1:0] };
+            welem = { \r_data$335 [1], \r_data$335 [1], \r_data$335 [1], \r_data$335 [1], \r_data$335 [1], \r_data$335 [1], \r_data$335 [1:0] };
         5'h03:
-            welem = { \r_data$338 [2], \r_data$338 [2], \r_data$338 [2], \r_data$338 [2], \r_data$338 [2], \r_data$338 [2:0] };
+            welem = { \r_data$335 [2], \r_data$335 [2], \r_data$335 [2], \r_data$335 [2], \r_data$335 [2], \r_data$335 [2:0] };
         5'h04:
-            welem = { \r_data$338 [3], \r_data$338 [3], \r_data$338 [3], \r_data$338 [3], \r_data$338 [3:0] };
+            welem = { \r_data$335 [3], \r_data$335 [3], \r_data$335 [3], \r_data$335 [3], \r_data$335 [3:0] };
         5'h05:
-            welem = { \r_data$338 [4], \r_data$338 [4], \r_data$338 [4], \r_data$338 [4:0] };
+            welem = { \r_data$335 [4], \r_data$335 [4], \r_data$335 [4], \r_data$335 [4:0] };
         5'h06:
-            welem = { \r_data$338 [5], \r_data$338 [5], \r_data$338 [5:0] };
+            welem = { \r_data$335 [5], \r_data$335 [5], \r_data$335 [5:0] };
         5'h07:
-            welem = { \r_data$338 [6], \r_data$338 [6:0] };
+            welem = { \r_data$335 [6], \r_data$335 [6:0] };
         5'h08:
-            welem = \r_data$338 [7:0];
+            welem = \r_data$335 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$340  = 9'h000;
+    \$signature__addr$337  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$340  = \$251 [8:0];
+      \$signature__addr$337  = \$247 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$342  = 8'h00;
+    \$signature__data$339  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$342  = welem;
+      \$signature__data$339  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$343  = 1'h0;
+    \$signature__en$340  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$343  = \$259 ;
+      \$signature__en$340  = \$255 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$342  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$342  = \$257 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$343  = 8'h00;
+    if (gemm_active) begin
+      \$signature__data$343  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$344  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$344  = \$264 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$345  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$345  = \$261 [8:0];
+      \$signature__addr$345  = \$266 [8:0];
     end
   end
   always @* begin
@@ -31218,14 +31238,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$347  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$347  = \$268 ;
+      \$signature__en$347  = \$273 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$348  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$348  = \$270 [8:0];
+      \$signature__addr$348  = \$275 [8:0];
     end
   end
   always @* begin
@@ -31239,14 +31259,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$350  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$350  = \$277 ;
+      \$signature__en$350  = \$282 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$351  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$351  = \$279 [8:0];
+      \$signature__addr$351  = \$284 [8:0];
     end
   end
   always @* begin
@@ -31260,14 +31280,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$353  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$353  = \$286 ;
+      \$signature__en$353  = \$291 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$354  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$354  = \$288 [8:0];
+      \$signature__addr$354  = \$293 [8:0];
     end
   end
   always @* begin
@@ -31281,14 +31301,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$356  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$356  = \$295 ;
+      \$signature__en$356  = \$300 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$357  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$357  = \$297 [8:0];
+      \$signature__addr$357  = \$302 [8:0];
     end
   end
   always @* begin
@@ -31302,14 +31322,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$359  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$359  = \$304 ;
+      \$signature__en$359  = \$309 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$360  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$360  = \$306 [8:0];
+      \$signature__addr$360  = \$311 [8:0];
     end
   end
   always @* begin
@@ -31323,28 +31343,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$362  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$362  = \$313 ;
+      \$signature__en$362  = \$318 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$363  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$363  = \$315 [8:0];
+      \$signature__addr$363  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$364  = 8'h00;
+    \$signature__en$365  = 1'h1;
     if (gemm_active) begin
-      \$signature__data$364  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$365  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$365  = \$322 ;
+      \$signature__en$365  = a_read;
     end
   end
   always @* begin
@@ -31356,795 +31369,723 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$368  = 1'h1;
+    \$signature__en$367  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$368  = a_read;
+      \$signature__en$367  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$369  = 9'h000;
+    \$signature__addr$368  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$369  = w_read_addr;
+      \$signature__addr$368  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$370  = 1'h1;
+    \$signature__en$369  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$370  = a_read;
+      \$signature__en$369  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$371  = 9'h000;
+    \$signature__addr$370  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$371  = w_read_addr;
+      \$signature__addr$370  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$372  = 1'h1;
+    \$signature__en$371  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$372  = a_read;
+      \$signature__en$371  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$373  = 9'h000;
+    \$signature__addr$372  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$373  = w_read_addr;
+      \$signature__addr$372  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$374  = 1'h1;
+    \$signature__en$373  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$374  = a_read;
+      \$signature__en$373  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$375  = 9'h000;
+    \$signature__addr$374  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$375  = w_read_addr;
+      \$signature__addr$374  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$376  = 1'h1;
+    \$signature__en$375  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$376  = a_read;
+      \$signature__en$375  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$377  = 9'h000;
+    \$signature__addr$376  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$377  = w_read_addr;
+      \$signature__addr$376  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$378  = 1'h1;
+    \$signature__en$377  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$378  = a_read;
+      \$signature__en$377  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$379  = 9'h000;
+    \$signature__addr$378  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$379  = w_read_addr;
+      \$signature__addr$378  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$380  = 1'h1;
+    \$signature__en$379  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$380  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$381  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$381  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$382  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$382  = a_read;
+      \$signature__en$379  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_data = 146'h0000000000000000000000000000000000000;
     if (gemm_active) begin
-      feed_data = { \$signature__data$401 , \$signature__data$400 , \$signature__data$399 , \$signature__data$398 , \$signature__data$397 , \$signature__data$396 , \$signature__data$395 , \$signature__data$394 , \$signature__data$393 , \$signature__data$392 , \$signature__data$391 , \$signature__data$390 , \$signature__data$389 , \$signature__data$388 , \$signature__data$387 , \$signature__data$386 , \$signature__data$385 , feed_got_last };
+      feed_data = { \$signature__data$398 , \$signature__data$397 , \$signature__data$396 , \$signature__data$395 , \$signature__data$394 , \$signature__data$393 , \$signature__data$392 , \$signature__data$391 , \$signature__data$390 , \$signature__data$389 , \$signature__data$388 , \$signature__data$387 , \$signature__data$386 , \$signature__data$385 , \$signature__data$384 , \$signature__data$383 , \$signature__data$382 , feed_got_last };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$402  = 1'h0;
+    \a__valid$399  = 1'h0;
     if (gemm_active) begin
-      \a__valid$402  = feed_valid;
+      \a__valid$399  = feed_valid;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$404  = 82'h000000000000000000000;
+    \a__payload$401  = 82'h000000000000000000000;
     if (gemm_active) begin
-      \a__payload$404 [81] = feed_beat[0];
-      \a__payload$404 [8:0] = feed_beat[9:1];
-      \a__payload$404 [17:9] = feed_beat[18:10];
-      \a__payload$404 [26:18] = feed_beat[27:19];
-      \a__payload$404 [35:27] = feed_beat[36:28];
-      \a__payload$404 [44:36] = feed_beat[45:37];
-      \a__payload$404 [53:45] = feed_beat[54:46];
-      \a__payload$404 [62:54] = feed_beat[63:55];
-      \a__payload$404 [71:63] = feed_beat[72:64];
-      \a__payload$404 [80:72] = feed_beat[81:73];
+      \a__payload$401 [81] = feed_beat[0];
+      \a__payload$401 [8:0] = feed_beat[9:1];
+      \a__payload$401 [17:9] = feed_beat[18:10];
+      \a__payload$401 [26:18] = feed_beat[27:19];
+      \a__payload$401 [35:27] = feed_beat[36:28];
+      \a__payload$401 [44:36] = feed_beat[45:37];
+      \a__payload$401 [53:45] = feed_beat[54:46];
+      \a__payload$401 [62:54] = feed_beat[63:55];
+      \a__payload$401 [71:63] = feed_beat[72:64];
+      \a__payload$401 [80:72] = feed_beat[81:73];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$323 ;
+      w__valid = \$319 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_ready = 1'h0;
     if (gemm_active) begin
-      feed_ready = \a__ready$409 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$410  = 1'h0;
-    if (gemm_active) begin
-      \r_en$410  = \$324 ;
+      feed_ready = \a__ready$406 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$325 ;
-      w__payload[15:8] = \$326 ;
-      w__payload[23:16] = \$327 ;
-      w__payload[31:24] = \$328 ;
-      w__payload[39:32] = \$329 ;
-      w__payload[47:40] = \$330 ;
-      w__payload[55:48] = \$331 ;
-      w__payload[63:56] = \$332 ;
+      w__payload[7:0] = \$320 [7:0];
+      w__payload[15:8] = \$321 [7:0];
+      w__payload[23:16] = \$322 [7:0];
+      w__payload[31:24] = \$323 [7:0];
+      w__payload[39:32] = \$324 [7:0];
+      w__payload[47:40] = \$325 [7:0];
+      w__payload[55:48] = \$326 [7:0];
+      w__payload[63:56] = \$327 [7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$344 ;
+      dst_keep = \$339 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$879  = \addr$97 [13:0];
-    if (rst) begin
-      \$879  = 14'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$880  = wr_data;
-    if (rst) begin
-      \$880  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$881  = wr_en;
-    if (rst) begin
-      \$881  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$882  = 1'h0;
+    \$884  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$590 ) begin
-            \$882  = \$592 ;
+          if (\$588 ) begin
+            \$884  = \$590 ;
           end
     endcase
-    if (rst) begin
-      \$882  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$883  = \$422 ;
-    if (rst) begin
-      \$883  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$884  = \$423 ;
     if (rst) begin
       \$884  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$885  = \$424 ;
+    \$885  = \$420 ;
     if (rst) begin
       \$885  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$886  = \$425 ;
+    \$886  = \$421 ;
     if (rst) begin
       \$886  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$887  = \$426 ;
+    \$887  = \$422 ;
     if (rst) begin
       \$887  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$888  = \$427 ;
+    \$888  = \$423 ;
     if (rst) begin
       \$888  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$889  = \$428 ;
+    \$889  = \$424 ;
     if (rst) begin
       \$889  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$890  = \$429 ;
+    \$890  = \$425 ;
     if (rst) begin
       \$890  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$891  = \$430 ;
+    \$891  = \$426 ;
     if (rst) begin
       \$891  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$892  = \$431 ;
+    \$892  = \$427 ;
     if (rst) begin
       \$892  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$893  = \$432 ;
+    \$893  = \$428 ;
     if (rst) begin
       \$893  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$894  = \$433 ;
+    \$894  = \$429 ;
     if (rst) begin
       \$894  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$895  = \$434 ;
+    \$895  = \$430 ;
     if (rst) begin
       \$895  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$896  = \$435 ;
+    \$896  = \$431 ;
     if (rst) begin
       \$896  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$897  = \$436 ;
+    \$897  = \$432 ;
     if (rst) begin
       \$897  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$898  = \$437 [15:0];
+    \$898  = \$433 ;
     if (rst) begin
-      \$898  = 16'h0000;
+      \$898  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$899  = \$440 ;
+    \$899  = \$434 ;
     if (rst) begin
       \$899  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$900  = \$443 ;
+    \$900  = \$435 [15:0];
     if (rst) begin
-      \$900  = 1'h0;
+      \$900  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$901  = \$446 ;
+    \$901  = \$438 ;
     if (rst) begin
       \$901  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$902  = \$449 ;
+    \$902  = \$441 ;
     if (rst) begin
       \$902  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$903  = \$452 ;
+    \$903  = \$444 ;
     if (rst) begin
       \$903  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$904  = \$454 ;
+    \$904  = \$447 ;
     if (rst) begin
       \$904  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$905  = { \$455 , \final$485 , \last__4$484  };
+    \$905  = \$450 ;
     if (rst) begin
-      \$905  = 3'h0;
+      \$905  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$906  = \$457 ;
+    \$906  = \$452 ;
     if (rst) begin
       \$906  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = { \$458 , \final$488 , \last__4$487  };
+    \$907  = { \$453 , \final$483 , \last__4$482  };
     if (rst) begin
       \$907  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = \$465 ;
+    \$908  = \$455 ;
     if (rst) begin
       \$908  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = \$473 ;
+    \$909  = { \$456 , \final$486 , \last__4$485  };
     if (rst) begin
-      \$909  = 1'h0;
+      \$909  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = \$478 ;
+    \$910  = \$463 ;
     if (rst) begin
       \$910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$911  = \$725 ;
-    endcase
+    \$911  = \$471 ;
     if (rst) begin
       \$911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = ext_req_valid;
-    if (in_decode) begin
+    \$912  = \$476 ;
+    if (rst) begin
       \$912  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$913  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$913  = \$723 ;
+    endcase
+    if (rst) begin
+      \$913  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$914  = ext_req_valid;
+    if (in_decode) begin
+      \$914  = 1'h0;
     end
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$730 ) begin
-          \$912  = valid;
+        if (\$728 ) begin
+          \$914  = valid;
         end
       end else if (is_store) begin
-        if (\$734 ) begin
-          \$912  = dst_step;
+        if (\$732 ) begin
+          \$914  = dst_step;
         end
       end
     end
     if (rst) begin
-      \$912  = 1'h0;
+      \$914  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = cycles;
+    \$915  = cycles;
     if (busy) begin
-      \$913  = \$502 [47:0];
+      \$915  = \$500 [47:0];
     end
-    if (\$570 ) begin
-      \$913  = 48'h000000000000;
+    if (\$568 ) begin
+      \$915  = 48'h000000000000;
     end
     if (rst) begin
-      \$913  = 48'h000000000000;
+      \$915  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = op_cycles__0;
+    \$916  = op_cycles__0;
+    if (busy) begin
+      if (\$501 ) begin
+        \$916  = \$502 [47:0];
+      end
+    end
+    if (\$568 ) begin
+      \$916  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$916  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$917  = op_cycles__1;
     if (busy) begin
       if (\$503 ) begin
-        \$914  = \$504 [47:0];
+        \$917  = \$504 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$914  = 48'h000000000000;
+    if (\$568 ) begin
+      \$917  = 48'h000000000000;
     end
     if (rst) begin
-      \$914  = 48'h000000000000;
+      \$917  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = op_cycles__1;
+    \$918  = op_cycles__2;
     if (busy) begin
       if (\$505 ) begin
-        \$915  = \$506 [47:0];
+        \$918  = \$506 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$915  = 48'h000000000000;
+    if (\$568 ) begin
+      \$918  = 48'h000000000000;
     end
     if (rst) begin
-      \$915  = 48'h000000000000;
+      \$918  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = op_cycles__2;
+    \$919  = op_cycles__3;
     if (busy) begin
       if (\$507 ) begin
-        \$916  = \$508 [47:0];
+        \$919  = \$508 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$916  = 48'h000000000000;
+    if (\$568 ) begin
+      \$919  = 48'h000000000000;
     end
     if (rst) begin
-      \$916  = 48'h000000000000;
+      \$919  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$917  = op_cycles__3;
+    \$920  = op_cycles__4;
     if (busy) begin
       if (\$509 ) begin
-        \$917  = \$510 [47:0];
+        \$920  = \$510 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$917  = 48'h000000000000;
+    if (\$568 ) begin
+      \$920  = 48'h000000000000;
     end
     if (rst) begin
-      \$917  = 48'h000000000000;
+      \$920  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$918  = op_cycles__4;
+    \$921  = op_cycles__5;
     if (busy) begin
       if (\$511 ) begin
-        \$918  = \$512 [47:0];
+        \$921  = \$512 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$918  = 48'h000000000000;
+    if (\$568 ) begin
+      \$921  = 48'h000000000000;
     end
     if (rst) begin
-      \$918  = 48'h000000000000;
+      \$921  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$919  = op_cycles__5;
+    \$922  = op_cycles__6;
     if (busy) begin
       if (\$513 ) begin
-        \$919  = \$514 [47:0];
+        \$922  = \$514 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$919  = 48'h000000000000;
+    if (\$568 ) begin
+      \$922  = 48'h000000000000;
     end
     if (rst) begin
-      \$919  = 48'h000000000000;
+      \$922  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$920  = op_cycles__6;
+    \$923  = op_cycles__7;
     if (busy) begin
       if (\$515 ) begin
-        \$920  = \$516 [47:0];
+        \$923  = \$516 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$920  = 48'h000000000000;
+    if (\$568 ) begin
+      \$923  = 48'h000000000000;
     end
     if (rst) begin
-      \$920  = 48'h000000000000;
+      \$923  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$921  = op_cycles__7;
+    \$924  = op_cycles__8;
     if (busy) begin
       if (\$517 ) begin
-        \$921  = \$518 [47:0];
+        \$924  = \$518 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$921  = 48'h000000000000;
+    if (\$568 ) begin
+      \$924  = 48'h000000000000;
     end
     if (rst) begin
-      \$921  = 48'h000000000000;
+      \$924  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$922  = op_cycles__8;
+    \$925  = op_cycles__9;
     if (busy) begin
       if (\$519 ) begin
-        \$922  = \$520 [47:0];
+        \$925  = \$520 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$922  = 48'h000000000000;
+    if (\$568 ) begin
+      \$925  = 48'h000000000000;
     end
     if (rst) begin
-      \$922  = 48'h000000000000;
+      \$925  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$923  = op_cycles__9;
+    \$926  = op_cycles__10;
     if (busy) begin
       if (\$521 ) begin
-        \$923  = \$522 [47:0];
+        \$926  = \$522 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$923  = 48'h000000000000;
+    if (\$568 ) begin
+      \$926  = 48'h000000000000;
     end
     if (rst) begin
-      \$923  = 48'h000000000000;
+      \$926  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$924  = op_cycles__10;
+    \$927  = op_cycles__11;
     if (busy) begin
       if (\$523 ) begin
-        \$924  = \$524 [47:0];
+        \$927  = \$524 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$924  = 48'h000000000000;
+    if (\$568 ) begin
+      \$927  = 48'h000000000000;
     end
     if (rst) begin
-      \$924  = 48'h000000000000;
+      \$927  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$925  = op_cycles__11;
+    \$928  = op_cycles__12;
     if (busy) begin
       if (\$525 ) begin
-        \$925  = \$526 [47:0];
+        \$928  = \$526 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$925  = 48'h000000000000;
+    if (\$568 ) begin
+      \$928  = 48'h000000000000;
     end
     if (rst) begin
-      \$925  = 48'h000000000000;
+      \$928  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$926  = op_cycles__12;
+    \$929  = op_cycles__13;
     if (busy) begin
       if (\$527 ) begin
-        \$926  = \$528 [47:0];
+        \$929  = \$528 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$926  = 48'h000000000000;
+    if (\$568 ) begin
+      \$929  = 48'h000000000000;
     end
     if (rst) begin
-      \$926  = 48'h000000000000;
+      \$929  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$927  = op_cycles__13;
+    \$930  = op_cycles__14;
     if (busy) begin
       if (\$529 ) begin
-        \$927  = \$530 [47:0];
+        \$930  = \$530 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$927  = 48'h000000000000;
+    if (\$568 ) begin
+      \$930  = 48'h000000000000;
     end
     if (rst) begin
-      \$927  = 48'h000000000000;
+      \$930  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$928  = op_cycles__14;
+    \$931  = op_cycles__15;
     if (busy) begin
       if (\$531 ) begin
-        \$928  = \$532 [47:0];
+        \$931  = \$532 [47:0];
       end
     end
-    if (\$570 ) begin
-      \$928  = 48'h000000000000;
+    if (\$568 ) begin
+      \$931  = 48'h000000000000;
     end
     if (rst) begin
-      \$928  = 48'h000000000000;
+      \$931  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$929  = op_cycles__15;
-    if (busy) begin
-      if (\$533 ) begin
-        \$929  = \$534 [47:0];
-      end
-    end
-    if (\$570 ) begin
-      \$929  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$929  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$930  = \$536 ;
-    if (rst) begin
-      \$930  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$931  = is_end;
-    if (rst) begin
-      \$931  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$932  = \$547 ;
+    \$932  = \$534 ;
     if (rst) begin
       \$932  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$933  = \$558 ;
+    \$933  = is_end;
     if (rst) begin
       \$933  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$934  = \$568 ;
+    \$934  = \$545 ;
     if (rst) begin
       \$934  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = pc;
-    if (\$570 ) begin
-      \$935  = prog;
-    end
-    if (\$576 ) begin
-      \$935  = \$signal$509 ;
-    end
-    if (\$584 ) begin
-      \$935  = \$585 [31:0];
-    end
+    \$935  = \$556 ;
     if (rst) begin
-      \$935  = 32'd0;
+      \$935  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$936  = busy;
-    if (\$570 ) begin
-      \$936  = 1'h1;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$590 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$936  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$727 ) begin
-            \$936  = 1'h0;
-          end
-    endcase
+    \$936  = \$566 ;
     if (rst) begin
       \$936  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = done;
-    if (\$570 ) begin
-      \$937  = 1'h0;
+    \$937  = pc;
+    if (\$568 ) begin
+      \$937  = prog;
+    end
+    if (\$574 ) begin
+      \$937  = \$signal$507 ;
+    end
+    if (\$582 ) begin
+      \$937  = \$583 [31:0];
+    end
+    if (rst) begin
+      \$937  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$938  = busy;
+    if (\$568 ) begin
+      \$938  = 1'h1;
     end
     casez (seq_state)
       3'h0:
@@ -32152,107 +32093,49 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
-            \$937  = 1'h1;
+            \$938  = 1'h0;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$727 ) begin
-            \$937  = 1'h1;
+          if (\$725 ) begin
+            \$938  = 1'h0;
           end
     endcase
     if (rst) begin
-      \$937  = 1'h0;
+      \$938  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = error;
-    if (\$570 ) begin
-      \$938  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$938  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$938  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$590 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$938  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$938  = 4'h1;
-          end
-          if (start) begin
-            \$938  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$628 ) begin
-            if (beat__payload[512]) begin
-              \$938  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$938  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$938  = 4'h3;
-          end
-          if (\$726 ) begin
-            \$938  = fault_q;
-          end
-          if (start) begin
-            \$938  = 4'h6;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$938  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = fetch_sent;
-    if (\$570 ) begin
+    \$939  = done;
+    if (\$568 ) begin
       \$939  = 1'h0;
     end
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
-        begin
-          if (\$587 ) begin
+          /* empty */;
+      3'h2:
+          if (\$588 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
             \$939  = 1'h1;
           end
-          if (beat__valid) begin
-            \$939  = 1'h0;
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$725 ) begin
+            \$939  = 1'h1;
           end
-        end
     endcase
     if (rst) begin
       \$939  = 1'h0;
@@ -32260,320 +32143,230 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$940  = \$signal$509 ;
-    if (\$570 ) begin
-      \$940  = prog;
+    \$940  = error;
+    if (\$568 ) begin
+      \$940  = 4'h0;
     end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$940  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$940  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$588 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+          end else if (d_count_zero) begin
+            \$940  = 4'h2;
+          end else if (d_const) begin
+          end else if (d_stream) begin
+          end else begin
+            \$940  = 4'h1;
+          end
+          if (start) begin
+            \$940  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$626 ) begin
+            if (beat__payload[512]) begin
+              \$940  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$940  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$940  = 4'h3;
+          end
+          if (\$724 ) begin
+            \$940  = fault_q;
+          end
+          if (start) begin
+            \$940  = 4'h6;
+          end
+        end
+    endcase
     if (rst) begin
-      \$940  = 32'd0;
+      \$940  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$941  = \$signal$510 ;
-    if (\$570 ) begin
-      \$941  = image_stride;
+    \$941  = fetch_sent;
+    if (\$568 ) begin
+      \$941  = 1'h0;
     end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (\$585 ) begin
+            \$941  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$941  = 1'h0;
+          end
+        end
+    endcase
     if (rst) begin
-      \$941  = 32'd0;
+      \$941  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$942  = images_left;
-    if (\$570 ) begin
-      \$942  = \$572 ;
-    end
-    if (\$576 ) begin
-      \$942  = \$577 [15:0];
+    \$942  = \$signal$507 ;
+    if (\$568 ) begin
+      \$942  = prog;
     end
     if (rst) begin
-      \$942  = 16'h0000;
+      \$942  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$943  = offset;
-    if (\$570 ) begin
+    \$943  = \$signal$508 ;
+    if (\$568 ) begin
+      \$943  = image_stride;
+    end
+    if (rst) begin
       \$943  = 32'd0;
     end
-    if (\$576 ) begin
-      \$943  = \$578 [31:0];
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$944  = images_left;
+    if (\$568 ) begin
+      \$944  = \$570 ;
+    end
+    if (\$574 ) begin
+      \$944  = \$575 [15:0];
     end
     if (rst) begin
-      \$943  = 32'd0;
+      \$944  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$944  = seq_state;
+    \$945  = offset;
+    if (\$568 ) begin
+      \$945  = 32'd0;
+    end
+    if (\$574 ) begin
+      \$945  = \$576 [31:0];
+    end
+    if (rst) begin
+      \$945  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$946  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$944  = 3'h1;
+            \$946  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$944  = 3'h5;
+              \$946  = 3'h5;
             end else begin
-              \$944  = 3'h2;
+              \$946  = 3'h2;
             end
           end
           if (start) begin
-            \$944  = 3'h5;
+            \$946  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
-            \$944  = 3'h1;
+            \$946  = 3'h1;
           end else if (d_end) begin
-            \$944  = 3'h0;
+            \$946  = 3'h0;
           end else if (d_count_zero) begin
-            \$944  = 3'h5;
+            \$946  = 3'h5;
           end else if (d_const) begin
-            \$944  = 3'h3;
+            \$946  = 3'h3;
           end else if (d_stream) begin
-            \$944  = 3'h4;
+            \$946  = 3'h4;
           end else begin
-            \$944  = 3'h5;
+            \$946  = 3'h5;
           end
           if (start) begin
-            \$944  = 3'h5;
+            \$946  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
-              \$944  = 3'h5;
+              \$946  = 3'h5;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$944  = 3'h4;
+              \$946  = 3'h4;
             end
           end
-          if (\$669 ) begin
-            \$944  = 3'h4;
+          if (\$667 ) begin
+            \$946  = 3'h4;
           end
           if (start) begin
-            \$944  = 3'h5;
+            \$946  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$702 ) begin
-            \$944  = 3'h1;
+          if (\$700 ) begin
+            \$946  = 3'h1;
           end
           if (addr_fault) begin
-            \$944  = 3'h5;
+            \$946  = 3'h5;
           end
-          if (\$726 ) begin
-            \$944  = 3'h5;
+          if (\$724 ) begin
+            \$946  = 3'h5;
           end
           if (start) begin
-            \$944  = 3'h5;
+            \$946  = 3'h5;
           end
         end
       3'h5:
-          if (\$727 ) begin
-            \$944  = 3'h0;
+          if (\$725 ) begin
+            \$946  = 3'h0;
           end
       default:
-          \$944  = 3'h0;
+          \$946  = 3'h0;
     endcase
     if (rst) begin
-      \$944  = 3'h0;
+      \$946  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$945  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$945  = 1'h0;
-            end else begin
-              \$945  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$945  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$590 ) begin
-          end else if (d_end_more) begin
-            \$945  = 1'h0;
-          end else if (d_end) begin
-            \$945  = 1'h0;
-          end else if (d_count_zero) begin
-            \$945  = 1'h0;
-          end else if (d_const) begin
-            \$945  = 1'h0;
-          end else if (d_stream) begin
-            \$945  = 1'h1;
-          end else begin
-            \$945  = 1'h0;
-          end
-          if (start) begin
-            \$945  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$628 ) begin
-            if (beat__payload[512]) begin
-              \$945  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$945  = 1'h1;
-            end
-          end
-          if (\$669 ) begin
-            \$945  = 1'h1;
-          end
-          if (start) begin
-            \$945  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$702 ) begin
-            \$945  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$945  = 1'h0;
-          end
-          if (\$726 ) begin
-            \$945  = 1'h0;
-          end
-          if (start) begin
-            \$945  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$727 ) begin
-            \$945  = 1'h0;
-          end
-      default:
-          \$945  = 1'h0;
-    endcase
-    if (rst) begin
-      \$945  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$946  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$946  = 1'h0;
-            end else begin
-              \$946  = 1'h1;
-            end
-          end
-          if (start) begin
-            \$946  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$590 ) begin
-          end else if (d_end_more) begin
-            \$946  = 1'h0;
-          end else if (d_end) begin
-            \$946  = 1'h0;
-          end else if (d_count_zero) begin
-            \$946  = 1'h0;
-          end else if (d_const) begin
-            \$946  = 1'h0;
-          end else if (d_stream) begin
-            \$946  = 1'h0;
-          end else begin
-            \$946  = 1'h0;
-          end
-          if (start) begin
-            \$946  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$628 ) begin
-            if (beat__payload[512]) begin
-              \$946  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$946  = 1'h0;
-            end
-          end
-          if (\$669 ) begin
-            \$946  = 1'h0;
-          end
-          if (start) begin
-            \$946  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$702 ) begin
-            \$946  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$946  = 1'h0;
-          end
-          if (\$726 ) begin
-            \$946  = 1'h0;
-          end
-          if (start) begin
-            \$946  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$727 ) begin
-            \$946  = 1'h0;
-          end
-      default:
-          \$946  = 1'h0;
-    endcase
-    if (rst) begin
-      \$946  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$947  = in_op;
+    \$947  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32597,7 +32390,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$947  = 1'h0;
           end else if (d_end) begin
@@ -32605,7 +32398,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$947  = 1'h0;
           end else if (d_const) begin
-            \$947  = 1'h1;
+            \$947  = 1'h0;
           end else if (d_stream) begin
             \$947  = 1'h1;
           end else begin
@@ -32617,7 +32410,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$947  = 1'h0;
             end
@@ -32627,7 +32420,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$947  = 1'h1;
             end
           end
-          if (\$669 ) begin
+          if (\$667 ) begin
             \$947  = 1'h1;
           end
           if (start) begin
@@ -32636,13 +32429,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$947  = 1'h0;
           end
           if (addr_fault) begin
             \$947  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$947  = 1'h0;
           end
           if (start) begin
@@ -32650,7 +32443,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$947  = 1'h0;
           end
       default:
@@ -32662,7 +32455,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$948  = unit_rst;
+    \$948  = in_decode;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32674,41 +32467,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$948  = 1'h1;
-            end else begin
               \$948  = 1'h0;
+            end else begin
+              \$948  = 1'h1;
             end
           end
           if (start) begin
-            \$948  = 1'h1;
+            \$948  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$948  = 1'h0;
           end else if (d_end) begin
             \$948  = 1'h0;
           end else if (d_count_zero) begin
-            \$948  = 1'h1;
+            \$948  = 1'h0;
           end else if (d_const) begin
             \$948  = 1'h0;
           end else if (d_stream) begin
             \$948  = 1'h0;
           end else begin
-            \$948  = 1'h1;
+            \$948  = 1'h0;
           end
           if (start) begin
-            \$948  = 1'h1;
+            \$948  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
-              \$948  = 1'h1;
+              \$948  = 1'h0;
             end
           end
           if (c_fire) begin
@@ -32716,30 +32509,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$948  = 1'h0;
             end
           end
-          if (\$669 ) begin
+          if (\$667 ) begin
             \$948  = 1'h0;
           end
           if (start) begin
-            \$948  = 1'h1;
+            \$948  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$948  = 1'h0;
           end
           if (addr_fault) begin
-            \$948  = 1'h1;
+            \$948  = 1'h0;
           end
-          if (\$726 ) begin
-            \$948  = 1'h1;
+          if (\$724 ) begin
+            \$948  = 1'h0;
           end
           if (start) begin
-            \$948  = 1'h1;
+            \$948  = 1'h0;
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$948  = 1'h0;
           end
       default:
@@ -32751,7 +32544,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$949  = gemm_active;
+    \$949  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32775,7 +32568,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$949  = 1'h0;
           end else if (d_end) begin
@@ -32783,9 +32576,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$949  = 1'h0;
           end else if (d_const) begin
-            \$949  = 1'h0;
+            \$949  = 1'h1;
           end else if (d_stream) begin
-            \$949  = is_gemm;
+            \$949  = 1'h1;
           end else begin
             \$949  = 1'h0;
           end
@@ -32795,18 +32588,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$949  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$949  = is_gemm;
+              \$949  = 1'h1;
             end
           end
-          if (\$669 ) begin
-            \$949  = is_gemm;
+          if (\$667 ) begin
+            \$949  = 1'h1;
           end
           if (start) begin
             \$949  = 1'h0;
@@ -32814,13 +32607,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$949  = 1'h0;
           end
           if (addr_fault) begin
             \$949  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$949  = 1'h0;
           end
           if (start) begin
@@ -32828,7 +32621,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$949  = 1'h0;
           end
       default:
@@ -32840,7 +32633,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$950  = pack_active;
+    \$950  = unit_rst;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32852,72 +32645,72 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$950  = 1'h0;
+              \$950  = 1'h1;
             end else begin
               \$950  = 1'h0;
             end
           end
           if (start) begin
-            \$950  = 1'h0;
+            \$950  = 1'h1;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$950  = 1'h0;
           end else if (d_end) begin
             \$950  = 1'h0;
           end else if (d_count_zero) begin
-            \$950  = 1'h0;
+            \$950  = 1'h1;
           end else if (d_const) begin
             \$950  = 1'h0;
           end else if (d_stream) begin
-            \$950  = \$597 ;
-          end else begin
             \$950  = 1'h0;
+          end else begin
+            \$950  = 1'h1;
           end
           if (start) begin
-            \$950  = 1'h0;
+            \$950  = 1'h1;
           end
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
-              \$950  = 1'h0;
+              \$950  = 1'h1;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$950  = \$642 ;
+              \$950  = 1'h0;
             end
           end
-          if (\$669 ) begin
-            \$950  = \$672 ;
+          if (\$667 ) begin
+            \$950  = 1'h0;
           end
           if (start) begin
-            \$950  = 1'h0;
+            \$950  = 1'h1;
           end
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$950  = 1'h0;
           end
           if (addr_fault) begin
-            \$950  = 1'h0;
+            \$950  = 1'h1;
           end
-          if (\$726 ) begin
-            \$950  = 1'h0;
+          if (\$724 ) begin
+            \$950  = 1'h1;
           end
           if (start) begin
-            \$950  = 1'h0;
+            \$950  = 1'h1;
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$950  = 1'h0;
           end
       default:
@@ -32929,7 +32722,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$951  = sink_from_move;
+    \$951  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32953,7 +32746,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$951  = 1'h0;
           end else if (d_end) begin
@@ -32963,7 +32756,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$951  = 1'h0;
           end else if (d_stream) begin
-            \$951  = is_move;
+            \$951  = is_gemm;
           end else begin
             \$951  = 1'h0;
           end
@@ -32973,18 +32766,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$951  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$951  = is_move;
+              \$951  = is_gemm;
             end
           end
-          if (\$669 ) begin
-            \$951  = is_move;
+          if (\$667 ) begin
+            \$951  = is_gemm;
           end
           if (start) begin
             \$951  = 1'h0;
@@ -32992,13 +32785,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$951  = 1'h0;
           end
           if (addr_fault) begin
             \$951  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$951  = 1'h0;
           end
           if (start) begin
@@ -33006,7 +32799,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$951  = 1'h0;
           end
       default:
@@ -33018,7 +32811,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$952  = sink_from_load;
+    \$952  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33042,7 +32835,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$952  = 1'h0;
           end else if (d_end) begin
@@ -33052,7 +32845,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$952  = 1'h0;
           end else if (d_stream) begin
-            \$952  = is_load;
+            \$952  = \$595 ;
           end else begin
             \$952  = 1'h0;
           end
@@ -33062,18 +32855,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$952  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$952  = is_load;
+              \$952  = \$640 ;
             end
           end
-          if (\$669 ) begin
-            \$952  = is_load;
+          if (\$667 ) begin
+            \$952  = \$670 ;
           end
           if (start) begin
             \$952  = 1'h0;
@@ -33081,13 +32874,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$952  = 1'h0;
           end
           if (addr_fault) begin
             \$952  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$952  = 1'h0;
           end
           if (start) begin
@@ -33095,7 +32888,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$952  = 1'h0;
           end
       default:
@@ -33107,7 +32900,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$953  = sink_from_store;
+    \$953  = sink_from_move;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33131,7 +32924,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$953  = 1'h0;
           end else if (d_end) begin
@@ -33141,7 +32934,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$953  = 1'h0;
           end else if (d_stream) begin
-            \$953  = is_store;
+            \$953  = is_move;
           end else begin
             \$953  = 1'h0;
           end
@@ -33151,18 +32944,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$953  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$953  = is_store;
+              \$953  = is_move;
             end
           end
-          if (\$669 ) begin
-            \$953  = is_store;
+          if (\$667 ) begin
+            \$953  = is_move;
           end
           if (start) begin
             \$953  = 1'h0;
@@ -33170,13 +32963,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$953  = 1'h0;
           end
           if (addr_fault) begin
             \$953  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$953  = 1'h0;
           end
           if (start) begin
@@ -33184,7 +32977,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$953  = 1'h0;
           end
       default:
@@ -33196,7 +32989,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$954  = sink_from_softmax;
+    \$954  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33220,7 +33013,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$954  = 1'h0;
           end else if (d_end) begin
@@ -33230,7 +33023,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$954  = 1'h0;
           end else if (d_stream) begin
-            \$954  = is_softmax;
+            \$954  = is_load;
           end else begin
             \$954  = 1'h0;
           end
@@ -33240,18 +33033,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$954  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$954  = is_softmax;
+              \$954  = is_load;
             end
           end
-          if (\$669 ) begin
-            \$954  = is_softmax;
+          if (\$667 ) begin
+            \$954  = is_load;
           end
           if (start) begin
             \$954  = 1'h0;
@@ -33259,13 +33052,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$954  = 1'h0;
           end
           if (addr_fault) begin
             \$954  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$954  = 1'h0;
           end
           if (start) begin
@@ -33273,7 +33066,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$954  = 1'h0;
           end
       default:
@@ -33285,7 +33078,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$955  = sink_from_layernorm;
+    \$955  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33309,7 +33102,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$955  = 1'h0;
           end else if (d_end) begin
@@ -33319,7 +33112,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$955  = 1'h0;
           end else if (d_stream) begin
-            \$955  = is_layernorm;
+            \$955  = is_store;
           end else begin
             \$955  = 1'h0;
           end
@@ -33329,18 +33122,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$955  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$955  = is_layernorm;
+              \$955  = is_store;
             end
           end
-          if (\$669 ) begin
-            \$955  = is_layernorm;
+          if (\$667 ) begin
+            \$955  = is_store;
           end
           if (start) begin
             \$955  = 1'h0;
@@ -33348,13 +33141,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$955  = 1'h0;
           end
           if (addr_fault) begin
             \$955  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$955  = 1'h0;
           end
           if (start) begin
@@ -33362,7 +33155,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$955  = 1'h0;
           end
       default:
@@ -33374,7 +33167,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$956  = sink_from_add;
+    \$956  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33398,7 +33191,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$956  = 1'h0;
           end else if (d_end) begin
@@ -33408,7 +33201,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$956  = 1'h0;
           end else if (d_stream) begin
-            \$956  = \$601 ;
+            \$956  = is_softmax;
           end else begin
             \$956  = 1'h0;
           end
@@ -33418,18 +33211,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$956  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$956  = \$646 ;
+              \$956  = is_softmax;
             end
           end
-          if (\$669 ) begin
-            \$956  = \$676 ;
+          if (\$667 ) begin
+            \$956  = is_softmax;
           end
           if (start) begin
             \$956  = 1'h0;
@@ -33437,13 +33230,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$956  = 1'h0;
           end
           if (addr_fault) begin
             \$956  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$956  = 1'h0;
           end
           if (start) begin
@@ -33451,7 +33244,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$956  = 1'h0;
           end
       default:
@@ -33463,7 +33256,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$957  = sink_from_gelu0;
+    \$957  = sink_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33487,7 +33280,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$957  = 1'h0;
           end else if (d_end) begin
@@ -33497,7 +33290,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$957  = 1'h0;
           end else if (d_stream) begin
-            \$957  = \$605 ;
+            \$957  = is_layernorm;
           end else begin
             \$957  = 1'h0;
           end
@@ -33507,18 +33300,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$957  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$957  = \$650 ;
+              \$957  = is_layernorm;
             end
           end
-          if (\$669 ) begin
-            \$957  = \$680 ;
+          if (\$667 ) begin
+            \$957  = is_layernorm;
           end
           if (start) begin
             \$957  = 1'h0;
@@ -33526,13 +33319,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$957  = 1'h0;
           end
           if (addr_fault) begin
             \$957  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$957  = 1'h0;
           end
           if (start) begin
@@ -33540,7 +33333,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$957  = 1'h0;
           end
       default:
@@ -33552,7 +33345,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$958  = sink_from_gemm;
+    \$958  = sink_from_add;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33576,7 +33369,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$958  = 1'h0;
           end else if (d_end) begin
@@ -33586,7 +33379,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$958  = 1'h0;
           end else if (d_stream) begin
-            \$958  = \$609 ;
+            \$958  = \$599 ;
           end else begin
             \$958  = 1'h0;
           end
@@ -33596,18 +33389,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$958  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$958  = \$654 ;
+              \$958  = \$644 ;
             end
           end
-          if (\$669 ) begin
-            \$958  = \$684 ;
+          if (\$667 ) begin
+            \$958  = \$674 ;
           end
           if (start) begin
             \$958  = 1'h0;
@@ -33615,13 +33408,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$958  = 1'h0;
           end
           if (addr_fault) begin
             \$958  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$958  = 1'h0;
           end
           if (start) begin
@@ -33629,7 +33422,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$958  = 1'h0;
           end
       default:
@@ -33641,7 +33434,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$959  = a_from_softmax;
+    \$959  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33665,7 +33458,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$959  = 1'h0;
           end else if (d_end) begin
@@ -33675,7 +33468,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$959  = 1'h0;
           end else if (d_stream) begin
-            \$959  = \$610 ;
+            \$959  = \$603 ;
           end else begin
             \$959  = 1'h0;
           end
@@ -33685,18 +33478,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$959  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$959  = \$655 ;
+              \$959  = \$648 ;
             end
           end
-          if (\$669 ) begin
-            \$959  = \$685 ;
+          if (\$667 ) begin
+            \$959  = \$678 ;
           end
           if (start) begin
             \$959  = 1'h0;
@@ -33704,13 +33497,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$959  = 1'h0;
           end
           if (addr_fault) begin
             \$959  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$959  = 1'h0;
           end
           if (start) begin
@@ -33718,7 +33511,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$959  = 1'h0;
           end
       default:
@@ -33730,7 +33523,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$960  = a_from_layernorm;
+    \$960  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33754,7 +33547,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$960  = 1'h0;
           end else if (d_end) begin
@@ -33764,7 +33557,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$960  = 1'h0;
           end else if (d_stream) begin
-            \$960  = \$611 ;
+            \$960  = \$607 ;
           end else begin
             \$960  = 1'h0;
           end
@@ -33774,18 +33567,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$960  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$960  = \$656 ;
+              \$960  = \$652 ;
             end
           end
-          if (\$669 ) begin
-            \$960  = \$686 ;
+          if (\$667 ) begin
+            \$960  = \$682 ;
           end
           if (start) begin
             \$960  = 1'h0;
@@ -33793,13 +33586,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$960  = 1'h0;
           end
           if (addr_fault) begin
             \$960  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$960  = 1'h0;
           end
           if (start) begin
@@ -33807,7 +33600,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$960  = 1'h0;
           end
       default:
@@ -33819,7 +33612,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$961  = a_from_src0;
+    \$961  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33843,7 +33636,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$961  = 1'h0;
           end else if (d_end) begin
@@ -33853,7 +33646,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$961  = 1'h0;
           end else if (d_stream) begin
-            \$961  = \$615 ;
+            \$961  = \$608 ;
           end else begin
             \$961  = 1'h0;
           end
@@ -33863,18 +33656,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$961  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$961  = \$660 ;
+              \$961  = \$653 ;
             end
           end
-          if (\$669 ) begin
-            \$961  = \$690 ;
+          if (\$667 ) begin
+            \$961  = \$683 ;
           end
           if (start) begin
             \$961  = 1'h0;
@@ -33882,13 +33675,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$961  = 1'h0;
           end
           if (addr_fault) begin
             \$961  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$961  = 1'h0;
           end
           if (start) begin
@@ -33896,7 +33689,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$961  = 1'h0;
           end
       default:
@@ -33908,7 +33701,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$962  = const_to0;
+    \$962  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33932,7 +33725,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$962  = 1'h0;
           end else if (d_end) begin
@@ -33940,9 +33733,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$962  = 1'h0;
           end else if (d_const) begin
-            \$962  = \$593 ;
-          end else if (d_stream) begin
             \$962  = 1'h0;
+          end else if (d_stream) begin
+            \$962  = \$609 ;
           end else begin
             \$962  = 1'h0;
           end
@@ -33952,18 +33745,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$962  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$962  = 1'h0;
+              \$962  = \$654 ;
             end
           end
-          if (\$669 ) begin
-            \$962  = 1'h0;
+          if (\$667 ) begin
+            \$962  = \$684 ;
           end
           if (start) begin
             \$962  = 1'h0;
@@ -33971,13 +33764,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$962  = 1'h0;
           end
           if (addr_fault) begin
             \$962  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$962  = 1'h0;
           end
           if (start) begin
@@ -33985,7 +33778,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$962  = 1'h0;
           end
       default:
@@ -33997,7 +33790,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$963  = const_to1;
+    \$963  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34021,7 +33814,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$963  = 1'h0;
           end else if (d_end) begin
@@ -34029,9 +33822,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$963  = 1'h0;
           end else if (d_const) begin
-            \$963  = \$594 ;
-          end else if (d_stream) begin
             \$963  = 1'h0;
+          end else if (d_stream) begin
+            \$963  = \$613 ;
           end else begin
             \$963  = 1'h0;
           end
@@ -34041,18 +33834,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$963  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$963  = 1'h0;
+              \$963  = \$658 ;
             end
           end
-          if (\$669 ) begin
-            \$963  = 1'h0;
+          if (\$667 ) begin
+            \$963  = \$688 ;
           end
           if (start) begin
             \$963  = 1'h0;
@@ -34060,13 +33853,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$963  = 1'h0;
           end
           if (addr_fault) begin
             \$963  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$963  = 1'h0;
           end
           if (start) begin
@@ -34074,7 +33867,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$963  = 1'h0;
           end
       default:
@@ -34086,7 +33879,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$964  = const_to2;
+    \$964  = const_to0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34110,7 +33903,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$964  = 1'h0;
           end else if (d_end) begin
@@ -34118,7 +33911,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$964  = 1'h0;
           end else if (d_const) begin
-            \$964  = add_sel;
+            \$964  = \$591 ;
           end else if (d_stream) begin
             \$964  = 1'h0;
           end else begin
@@ -34130,7 +33923,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$964  = 1'h0;
             end
@@ -34140,7 +33933,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$964  = 1'h0;
             end
           end
-          if (\$669 ) begin
+          if (\$667 ) begin
             \$964  = 1'h0;
           end
           if (start) begin
@@ -34149,13 +33942,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$964  = 1'h0;
           end
           if (addr_fault) begin
             \$964  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$964  = 1'h0;
           end
           if (start) begin
@@ -34163,7 +33956,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$964  = 1'h0;
           end
       default:
@@ -34175,7 +33968,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$965  = const_to3;
+    \$965  = const_to1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34199,7 +33992,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$965  = 1'h0;
           end else if (d_end) begin
@@ -34207,7 +34000,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$965  = 1'h0;
           end else if (d_const) begin
-            \$965  = gelu_sel0;
+            \$965  = \$592 ;
           end else if (d_stream) begin
             \$965  = 1'h0;
           end else begin
@@ -34219,7 +34012,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$965  = 1'h0;
             end
@@ -34229,7 +34022,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$965  = 1'h0;
             end
           end
-          if (\$669 ) begin
+          if (\$667 ) begin
             \$965  = 1'h0;
           end
           if (start) begin
@@ -34238,13 +34031,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$965  = 1'h0;
           end
           if (addr_fault) begin
             \$965  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$965  = 1'h0;
           end
           if (start) begin
@@ -34252,7 +34045,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$965  = 1'h0;
           end
       default:
@@ -34264,12 +34057,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$966  = in_fetch;
+    \$966  = const_to2;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$966  = 1'h1;
+            \$966  = 1'h0;
           end
       3'h1:
         begin
@@ -34288,15 +34081,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
-            \$966  = 1'h1;
+            \$966  = 1'h0;
           end else if (d_end) begin
             \$966  = 1'h0;
           end else if (d_count_zero) begin
             \$966  = 1'h0;
           end else if (d_const) begin
-            \$966  = 1'h0;
+            \$966  = add_sel;
           end else if (d_stream) begin
             \$966  = 1'h0;
           end else begin
@@ -34308,7 +34101,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$966  = 1'h0;
             end
@@ -34318,7 +34111,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$966  = 1'h0;
             end
           end
-          if (\$669 ) begin
+          if (\$667 ) begin
             \$966  = 1'h0;
           end
           if (start) begin
@@ -34327,13 +34120,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
-            \$966  = 1'h1;
+          if (\$700 ) begin
+            \$966  = 1'h0;
           end
           if (addr_fault) begin
             \$966  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$966  = 1'h0;
           end
           if (start) begin
@@ -34341,7 +34134,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$966  = 1'h0;
           end
       default:
@@ -34353,7 +34146,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$967  = in_const;
+    \$967  = const_to3;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34377,7 +34170,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$967  = 1'h0;
           end else if (d_end) begin
@@ -34385,7 +34178,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$967  = 1'h0;
           end else if (d_const) begin
-            \$967  = 1'h1;
+            \$967  = gelu_sel0;
           end else if (d_stream) begin
             \$967  = 1'h0;
           end else begin
@@ -34397,7 +34190,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$967  = 1'h0;
             end
@@ -34407,7 +34200,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$967  = 1'h0;
             end
           end
-          if (\$669 ) begin
+          if (\$667 ) begin
             \$967  = 1'h0;
           end
           if (start) begin
@@ -34416,13 +34209,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$967  = 1'h0;
           end
           if (addr_fault) begin
             \$967  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$967  = 1'h0;
           end
           if (start) begin
@@ -34430,7 +34223,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$967  = 1'h0;
           end
       default:
@@ -34442,12 +34235,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$968  = run0;
+    \$968  = in_fetch;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$968  = 1'h0;
+            \$968  = 1'h1;
           end
       3'h1:
         begin
@@ -34466,9 +34259,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
-            \$968  = 1'h0;
+            \$968  = 1'h1;
           end else if (d_end) begin
             \$968  = 1'h0;
           end else if (d_count_zero) begin
@@ -34476,7 +34269,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$968  = 1'h0;
           end else if (d_stream) begin
-            \$968  = \$616 ;
+            \$968  = 1'h0;
           end else begin
             \$968  = 1'h0;
           end
@@ -34486,18 +34279,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$968  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$968  = \$661 ;
+              \$968  = 1'h0;
             end
           end
-          if (\$669 ) begin
-            \$968  = \$691 ;
+          if (\$667 ) begin
+            \$968  = 1'h0;
           end
           if (start) begin
             \$968  = 1'h0;
@@ -34505,13 +34298,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
-            \$968  = 1'h0;
+          if (\$700 ) begin
+            \$968  = 1'h1;
           end
           if (addr_fault) begin
             \$968  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$968  = 1'h0;
           end
           if (start) begin
@@ -34519,7 +34312,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$968  = 1'h0;
           end
       default:
@@ -34531,7 +34324,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$969  = run1;
+    \$969  = in_const;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34555,7 +34348,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$969  = 1'h0;
           end else if (d_end) begin
@@ -34563,9 +34356,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$969  = 1'h0;
           end else if (d_const) begin
-            \$969  = 1'h0;
+            \$969  = 1'h1;
           end else if (d_stream) begin
-            \$969  = \$619 ;
+            \$969  = 1'h0;
           end else begin
             \$969  = 1'h0;
           end
@@ -34575,18 +34368,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$969  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$969  = \$664 ;
+              \$969  = 1'h0;
             end
           end
-          if (\$669 ) begin
-            \$969  = \$694 ;
+          if (\$667 ) begin
+            \$969  = 1'h0;
           end
           if (start) begin
             \$969  = 1'h0;
@@ -34594,13 +34387,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$969  = 1'h0;
           end
           if (addr_fault) begin
             \$969  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$969  = 1'h0;
           end
           if (start) begin
@@ -34608,7 +34401,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$969  = 1'h0;
           end
       default:
@@ -34620,7 +34413,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$970  = q0_to_pack;
+    \$970  = run0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34644,7 +34437,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$970  = 1'h0;
           end else if (d_end) begin
@@ -34654,7 +34447,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$970  = 1'h0;
           end else if (d_stream) begin
-            \$970  = \$620 ;
+            \$970  = \$614 ;
           end else begin
             \$970  = 1'h0;
           end
@@ -34664,18 +34457,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$970  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$970  = \$665 ;
+              \$970  = \$659 ;
             end
           end
-          if (\$669 ) begin
-            \$970  = \$695 ;
+          if (\$667 ) begin
+            \$970  = \$689 ;
           end
           if (start) begin
             \$970  = 1'h0;
@@ -34683,13 +34476,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$970  = 1'h0;
           end
           if (addr_fault) begin
             \$970  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$970  = 1'h0;
           end
           if (start) begin
@@ -34697,7 +34490,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$970  = 1'h0;
           end
       default:
@@ -34709,7 +34502,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$971  = res_to_pack;
+    \$971  = run1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34733,7 +34526,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$590 ) begin
+          if (\$588 ) begin
           end else if (d_end_more) begin
             \$971  = 1'h0;
           end else if (d_end) begin
@@ -34743,7 +34536,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$971  = 1'h0;
           end else if (d_stream) begin
-            \$971  = \$622 ;
+            \$971  = \$617 ;
           end else begin
             \$971  = 1'h0;
           end
@@ -34753,18 +34546,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$628 ) begin
+          if (\$626 ) begin
             if (beat__payload[512]) begin
               \$971  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$971  = \$667 ;
+              \$971  = \$662 ;
             end
           end
-          if (\$669 ) begin
-            \$971  = \$697 ;
+          if (\$667 ) begin
+            \$971  = \$692 ;
           end
           if (start) begin
             \$971  = 1'h0;
@@ -34772,13 +34565,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$702 ) begin
+          if (\$700 ) begin
             \$971  = 1'h0;
           end
           if (addr_fault) begin
             \$971  = 1'h0;
           end
-          if (\$726 ) begin
+          if (\$724 ) begin
             \$971  = 1'h0;
           end
           if (start) begin
@@ -34786,7 +34579,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$727 ) begin
+          if (\$725 ) begin
             \$971  = 1'h0;
           end
       default:
@@ -34798,172 +34591,307 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$972  = ins;
+    \$972  = q0_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$972  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$972  = 1'h0;
+            end else begin
+              \$972  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$972  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$588 ) begin
+          end else if (d_end_more) begin
+            \$972  = 1'h0;
+          end else if (d_end) begin
+            \$972  = 1'h0;
+          end else if (d_count_zero) begin
+            \$972  = 1'h0;
+          end else if (d_const) begin
+            \$972  = 1'h0;
+          end else if (d_stream) begin
+            \$972  = \$618 ;
+          end else begin
+            \$972  = 1'h0;
+          end
+          if (start) begin
+            \$972  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$626 ) begin
+            if (beat__payload[512]) begin
+              \$972  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$972  = \$663 ;
+            end
+          end
+          if (\$667 ) begin
+            \$972  = \$693 ;
+          end
+          if (start) begin
+            \$972  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$700 ) begin
+            \$972  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$972  = 1'h0;
+          end
+          if (\$724 ) begin
+            \$972  = 1'h0;
+          end
+          if (start) begin
+            \$972  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$725 ) begin
+            \$972  = 1'h0;
+          end
+      default:
+          \$972  = 1'h0;
+    endcase
+    if (rst) begin
+      \$972  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$973  = res_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$973  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$973  = 1'h0;
+            end else begin
+              \$973  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$973  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$588 ) begin
+          end else if (d_end_more) begin
+            \$973  = 1'h0;
+          end else if (d_end) begin
+            \$973  = 1'h0;
+          end else if (d_count_zero) begin
+            \$973  = 1'h0;
+          end else if (d_const) begin
+            \$973  = 1'h0;
+          end else if (d_stream) begin
+            \$973  = \$620 ;
+          end else begin
+            \$973  = 1'h0;
+          end
+          if (start) begin
+            \$973  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$626 ) begin
+            if (beat__payload[512]) begin
+              \$973  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$973  = \$665 ;
+            end
+          end
+          if (\$667 ) begin
+            \$973  = \$695 ;
+          end
+          if (start) begin
+            \$973  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$700 ) begin
+            \$973  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$973  = 1'h0;
+          end
+          if (\$724 ) begin
+            \$973  = 1'h0;
+          end
+          if (start) begin
+            \$973  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$725 ) begin
+            \$973  = 1'h0;
+          end
+      default:
+          \$973  = 1'h0;
+    endcase
+    if (rst) begin
+      \$973  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$974  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$972  = beat__payload[511:0];
+            \$974  = beat__payload[511:0];
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$973  = decode_wait;
+    \$975  = decode_wait;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$973  = 3'h4;
+            \$975  = 3'h4;
           end
       3'h2:
-          if (\$590 ) begin
-            \$973  = \$591 [2:0];
+          if (\$588 ) begin
+            \$975  = \$589 [2:0];
           end
     endcase
     if (rst) begin
-      \$973  = 3'h0;
+      \$975  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$974  = c_addr;
+    \$976  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$974  = dec_c_base;
+          \$976  = dec_c_base;
       3'h3:
-          if (\$624 ) begin
-            \$974  = \$626 [31:0];
+          if (\$622 ) begin
+            \$976  = \$624 [31:0];
           end
     endcase
     if (rst) begin
-      \$974  = 32'd0;
+      \$976  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$975  = c_step;
+    \$977  = c_step;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$975  = \$588 [7:0];
+          \$977  = \$586 [7:0];
     endcase
     if (rst) begin
-      \$975  = 8'h00;
+      \$977  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$976  = c_ask;
+    \$978  = c_ask;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$976  = { 4'h0, ins[509:498] };
+          \$978  = { 4'h0, ins[509:498] };
       3'h3:
-          if (\$624 ) begin
-            \$976  = \$625 [15:0];
+          if (\$622 ) begin
+            \$978  = \$623 [15:0];
           end
     endcase
     if (rst) begin
-      \$976  = 16'h0000;
+      \$978  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$977  = c_due;
+    \$979  = c_due;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$977  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (c_fire) begin
-            \$977  = \$638 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$977  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$978  = c_last;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$978  = \$589 ;
+          \$979  = { 4'h0, ins[509:498] };
       3'h3:
           if (c_fire) begin
-            \$978  = \$639 ;
+            \$979  = \$636 [15:0];
           end
     endcase
     if (rst) begin
-      \$978  = 1'h0;
+      \$979  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$979  = c_data;
+    \$980  = c_last;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$980  = \$587 ;
       3'h3:
-          if (\$628 ) begin
-            \$979  = beat__payload[65:0];
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$980  = c_full;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$628 ) begin
-            \$980  = \$629 ;
-          end
           if (c_fire) begin
-            \$980  = 1'h0;
+            \$980  = \$637 ;
           end
-        end
     endcase
-    if (unit_rst) begin
-      \$980  = 1'h0;
-    end
     if (rst) begin
       \$980  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$981  = c_valid0;
+    \$981  = c_data;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -34972,25 +34900,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-        begin
-          if (\$628 ) begin
-            \$981  = \$631 ;
+          if (\$626 ) begin
+            \$981  = beat__payload[65:0];
           end
-          if (c_fire) begin
-            \$981  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$981  = 1'h0;
-    end
-    if (rst) begin
-      \$981  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$982  = c_valid1;
+    \$982  = c_full;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -35000,8 +34917,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$628 ) begin
-            \$982  = \$633 ;
+          if (\$626 ) begin
+            \$982  = \$627 ;
           end
           if (c_fire) begin
             \$982  = 1'h0;
@@ -35017,7 +34934,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$983  = c_valid2;
+    \$983  = c_valid0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -35027,8 +34944,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$628 ) begin
-            \$983  = \$635 ;
+          if (\$626 ) begin
+            \$983  = \$629 ;
           end
           if (c_fire) begin
             \$983  = 1'h0;
@@ -35044,7 +34961,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$984  = c_valid3;
+    \$984  = c_valid1;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -35054,8 +34971,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$628 ) begin
-            \$984  = \$637 ;
+          if (\$626 ) begin
+            \$984  = \$631 ;
           end
           if (c_fire) begin
             \$984  = 1'h0;
@@ -35071,68 +34988,87 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$985  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$730 ) begin
-          \$985  = \$732 [31:0];
+    \$985  = c_valid2;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$626 ) begin
+            \$985  = \$633 ;
+          end
+          if (c_fire) begin
+            \$985  = 1'h0;
+          end
         end
-      end else if (is_store) begin
-        if (\$734 ) begin
-          \$985  = \$736 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$985  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$986  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$734 ) begin
-          \$986  = \r_data$217 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$986  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$987  = \w_en$166 ;
-    if (pack_active) begin
-      if (\$737 ) begin
-        \$987  = 1'h0;
-      end
-      if (\$743 ) begin
-        if (\$745 ) begin
-          \$987  = 1'h1;
-        end
-      end
-    end
+    endcase
     if (unit_rst) begin
-      \$987  = 1'h0;
+      \$985  = 1'h0;
     end
     if (rst) begin
-      \$987  = 1'h0;
+      \$985  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$988  = pack_a0;
-    if (pack_active) begin
-      if (\$743 ) begin
-        casez (pack_j)
-          3'h0:
-              \$988  = elem_data;
-        endcase
+    \$986  = c_valid3;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$626 ) begin
+            \$986  = \$635 ;
+          end
+          if (c_fire) begin
+            \$986  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$986  = 1'h0;
+    end
+    if (rst) begin
+      \$986  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$987  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$728 ) begin
+          \$987  = \$730 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$732 ) begin
+          \$987  = \$734 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$987  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$988  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$732 ) begin
+          \$988  = \r_data$217 [15:0];
+        end
       end
     end
     if (rst) begin
@@ -35141,32 +35077,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$989  = pack_a1;
+    \$989  = \w_en$166 ;
     if (pack_active) begin
-      if (\$743 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$989  = elem_data;
-        endcase
+      if (\$735 ) begin
+        \$989  = 1'h0;
+      end
+      if (\$741 ) begin
+        if (\$743 ) begin
+          \$989  = 1'h1;
+        end
       end
     end
+    if (unit_rst) begin
+      \$989  = 1'h0;
+    end
     if (rst) begin
-      \$989  = 16'h0000;
+      \$989  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$990  = pack_a2;
+    \$990  = pack_a0;
     if (pack_active) begin
-      if (\$743 ) begin
+      if (\$741 ) begin
         casez (pack_j)
           3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
               \$990  = elem_data;
         endcase
       end
@@ -35177,17 +35112,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$991  = pack_a3;
+    \$991  = pack_a1;
     if (pack_active) begin
-      if (\$743 ) begin
+      if (\$741 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
               \$991  = elem_data;
         endcase
       end
@@ -35198,12 +35129,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$992  = pack_b0;
+    \$992  = pack_a2;
     if (pack_active) begin
-      if (\$743 ) begin
+      if (\$741 ) begin
         casez (pack_j)
           3'h0:
-              \$992  = \r_data$338 [15:0];
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$992  = elem_data;
         endcase
       end
     end
@@ -35213,14 +35148,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$993  = pack_b1;
+    \$993  = pack_a3;
     if (pack_active) begin
-      if (\$743 ) begin
+      if (\$741 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              \$993  = \r_data$338 [15:0];
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$993  = elem_data;
         endcase
       end
     end
@@ -35230,16 +35169,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$994  = pack_b2;
+    \$994  = pack_b0;
     if (pack_active) begin
-      if (\$743 ) begin
+      if (\$741 ) begin
         casez (pack_j)
           3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$994  = \r_data$338 [15:0];
+              \$994  = \r_data$335 [15:0];
         endcase
       end
     end
@@ -35249,18 +35184,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$995  = pack_b3;
+    \$995  = pack_b1;
     if (pack_active) begin
-      if (\$743 ) begin
+      if (\$741 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$995  = \r_data$338 [15:0];
+              \$995  = \r_data$335 [15:0];
         endcase
       end
     end
@@ -35270,188 +35201,201 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$996  = pack_j;
+    \$996  = pack_b2;
     if (pack_active) begin
-      if (\$743 ) begin
+      if (\$741 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$996  = \r_data$335 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$996  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$997  = pack_b3;
+    if (pack_active) begin
+      if (\$741 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$997  = \r_data$335 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$997  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$998  = pack_j;
+    if (pack_active) begin
+      if (\$741 ) begin
         (* full_case = 32'd1 *)
-        if (\$745 ) begin
-          \$996  = 3'h0;
+        if (\$743 ) begin
+          \$998  = 3'h0;
         end else begin
-          \$996  = \$746 [2:0];
+          \$998  = \$744 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$996  = 3'h0;
+      \$998  = 3'h0;
     end
     if (rst) begin
-      \$996  = 3'h0;
+      \$998  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$997  = pack_jo;
+    \$999  = pack_jo;
     if (pack_active) begin
-      if (\$747 ) begin
+      if (\$745 ) begin
         (* full_case = 32'd1 *)
-        if (\$749 ) begin
-          \$997  = 3'h0;
+        if (\$747 ) begin
+          \$999  = 3'h0;
         end else begin
-          \$997  = \$750 [2:0];
+          \$999  = \$748 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$997  = 3'h0;
+      \$999  = 3'h0;
     end
     if (rst) begin
-      \$997  = 3'h0;
+      \$999  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$998  = tiles;
+    \$1000  = tiles;
     if (in_decode) begin
-      \$998  = dec_tiles;
+      \$1000  = dec_tiles;
     end
     if (gemm_active) begin
-      if (\$757 ) begin
-        if (\$771 ) begin
-          \$998  = \$772 [31:0];
+      if (\$755 ) begin
+        if (\$769 ) begin
+          \$1000  = \$770 [31:0];
         end
       end
     end
     if (rst) begin
-      \$998  = 32'd0;
+      \$1000  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$999  = nt;
+    \$1001  = nt;
     if (in_decode) begin
-      \$999  = 16'h0000;
+      \$1001  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$757 ) begin
-        if (\$771 ) begin
+      if (\$755 ) begin
+        if (\$769 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$999  = 16'h0000;
+            \$1001  = 16'h0000;
           end else begin
-            \$999  = \$778 [15:0];
+            \$1001  = \$776 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$999  = 16'h0000;
+      \$1001  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1000  = k;
+    \$1002  = k;
     if (in_decode) begin
-      \$1000  = 16'h0000;
+      \$1002  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$757 ) begin
-        if (\$759 ) begin
-        end else if (\$764 ) begin
-          \$1000  = \$765 [15:0];
+      if (\$755 ) begin
+        if (\$757 ) begin
+        end else if (\$762 ) begin
+          \$1002  = \$763 [15:0];
         end
-        if (\$771 ) begin
-          \$1000  = 16'h0000;
+        if (\$769 ) begin
+          \$1002  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$1000  = 16'h0000;
+      \$1002  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1001  = w_addr;
+    \$1003  = w_addr;
     if (in_decode) begin
-      \$1001  = ins[465:434];
+      \$1003  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$757 ) begin
+      if (\$755 ) begin
         if (want_w) begin
-          \$1001  = \$768 [31:0];
+          \$1003  = \$766 [31:0];
         end
-        if (\$771 ) begin
+        if (\$769 ) begin
           if (nt_hit) begin
-            \$1001  = ins[465:434];
+            \$1003  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$1001  = 32'd0;
+      \$1003  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1002  = p_addr;
+    \$1004  = p_addr;
     if (in_decode) begin
-      \$1002  = ins[497:466];
+      \$1004  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$757 ) begin
-        if (\$771 ) begin
+      if (\$755 ) begin
+        if (\$769 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1002  = ins[497:466];
+            \$1004  = ins[497:466];
           end else begin
-            \$1002  = \$781 [31:0];
+            \$1004  = \$779 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1002  = 32'd0;
+      \$1004  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1003  = want_w;
+    \$1005  = want_w;
     if (in_decode) begin
-      \$1003  = 1'h0;
+      \$1005  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$757 ) begin
-        if (\$759 ) begin
-          \$1003  = 1'h1;
+      if (\$755 ) begin
+        if (\$757 ) begin
+          \$1005  = 1'h1;
         end
-        if (\$771 ) begin
-          \$1003  = 1'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1003  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1004  = w_step;
-    if (in_decode) begin
-      \$1004  = \$751 [7:0];
-    end
-    if (rst) begin
-      \$1004  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1005  = \$signal$441 ;
-    if (in_decode) begin
-      \$1005  = \$752 ;
-    end
-    if (gemm_active) begin
-      if (\$757 ) begin
-        if (\$771 ) begin
-          \$1005  = \$773 ;
+        if (\$769 ) begin
+          \$1005  = 1'h0;
         end
       end
     end
@@ -35461,40 +35405,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1006  = \$signal$531 ;
+    \$1006  = w_step;
     if (in_decode) begin
-      \$1006  = \$754 ;
-    end
-    if (gemm_active) begin
-      if (\$757 ) begin
-        if (\$759 ) begin
-        end else if (\$764 ) begin
-          \$1006  = \$767 ;
-        end
-        if (\$771 ) begin
-          \$1006  = \$775 ;
-        end
-      end
+      \$1006  = \$749 [7:0];
     end
     if (rst) begin
-      \$1006  = 1'h0;
+      \$1006  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1007  = nt_hit;
+    \$1007  = \$signal$443 ;
     if (in_decode) begin
-      \$1007  = \$756 ;
+      \$1007  = \$750 ;
     end
     if (gemm_active) begin
-      if (\$757 ) begin
-        if (\$771 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1007  = \$777 ;
-          end else begin
-            \$1007  = \$780 ;
-          end
+      if (\$755 ) begin
+        if (\$769 ) begin
+          \$1007  = \$771 ;
         end
       end
     end
@@ -35504,28 +35432,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1008  = rk;
+    \$1008  = \$signal$529 ;
     if (in_decode) begin
-      \$1008  = 16'h0000;
+      \$1008  = \$752 ;
     end
     if (gemm_active) begin
-      if (\$786 ) begin
-        \$1008  = \$789 [15:0];
+      if (\$755 ) begin
+        if (\$757 ) begin
+        end else if (\$762 ) begin
+          \$1008  = \$765 ;
+        end
+        if (\$769 ) begin
+          \$1008  = \$773 ;
+        end
       end
     end
     if (rst) begin
-      \$1008  = 16'h0000;
+      \$1008  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1009  = rk_zero;
+    \$1009  = nt_hit;
     if (in_decode) begin
-      \$1009  = 1'h1;
+      \$1009  = \$754 ;
     end
     if (gemm_active) begin
-      if (\$786 ) begin
-        \$1009  = \$790 ;
+      if (\$755 ) begin
+        if (\$769 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1009  = \$775 ;
+          end else begin
+            \$1009  = \$778 ;
+          end
+        end
       end
     end
     if (rst) begin
@@ -35534,81 +35475,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = a_filled0;
+    \$1010  = rk;
     if (in_decode) begin
-      \$1010  = 1'h0;
+      \$1010  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$802 ) begin
-        if (a_load_k_hit) begin
-          if (\$808 ) begin
-            casez (\$signal$277 )
-              1'h0:
-                  \$1010  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$805 ) begin
-        if (\$814 ) begin
-          if (a_load_k_hit) begin
-            casez (\$signal$277 )
-              1'h0:
-                  \$1010  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$826 ) begin
-        casez (a_read_half)
-          1'h0:
-              \$1010  = 1'h0;
-        endcase
+      if (\$788 ) begin
+        \$1010  = \$791 [15:0];
       end
     end
     if (rst) begin
-      \$1010  = 1'h0;
+      \$1010  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = a_filled1;
+    \$1011  = rk_zero;
     if (in_decode) begin
-      \$1011  = 1'h0;
+      \$1011  = 1'h1;
     end
     if (gemm_active) begin
-      if (\$802 ) begin
-        if (a_load_k_hit) begin
-          if (\$808 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$277 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1011  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$805 ) begin
-        if (\$814 ) begin
-          if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$277 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1011  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$826 ) begin
-        (* full_case = 32'd1 *)
-        casez (a_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1011  = 1'h0;
-        endcase
+      if (\$788 ) begin
+        \$1011  = \$792 ;
       end
     end
     if (rst) begin
@@ -35617,22 +35505,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1012  = \$signal$277 ;
+    \$1012  = w_full;
     if (in_decode) begin
       \$1012  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$802 ) begin
-        if (a_load_k_hit) begin
-          if (\$808 ) begin
-            \$1012  = \$809 ;
-          end
-        end
-      end else if (\$805 ) begin
-        if (\$814 ) begin
-          if (a_load_k_hit) begin
-            \$1012  = \$820 ;
-          end
+      if (\$780 ) begin
+        \$1012  = 1'h0;
+      end
+      if (\$788 ) begin
+        if (\$795 ) begin
+          \$1012  = 1'h1;
         end
       end
     end
@@ -35642,203 +35525,147 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1013  = \$signal$284 ;
-    if (in_decode) begin
-      \$1013  = 4'h0;
-    end
+    \$1013  = w_lane0;
     if (gemm_active) begin
-      if (\$802 ) begin
-        if (a_load_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (\$808 ) begin
-            \$1013  = 4'h0;
-          end else begin
-            \$1013  = \$810 [3:0];
-          end
-        end
-      end else if (\$805 ) begin
-        (* full_case = 32'd1 *)
-        if (\$814 ) begin
-          \$1013  = 4'h0;
-        end else begin
-          \$1013  = \$821 [3:0];
+      if (\$788 ) begin
+        if (\$795 ) begin
+          \$1013  = w_beat0;
         end
       end
     end
     if (rst) begin
-      \$1013  = 4'h0;
+      \$1013  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1014  = lk;
+    \$1014  = w_lane1;
+    if (gemm_active) begin
+      if (\$788 ) begin
+        if (\$795 ) begin
+          \$1014  = w_beat1;
+        end
+      end
+    end
+    if (rst) begin
+      \$1014  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1015  = w_lane2;
+    if (gemm_active) begin
+      if (\$788 ) begin
+        if (\$795 ) begin
+          \$1015  = w_beat2;
+        end
+      end
+    end
+    if (rst) begin
+      \$1015  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1016  = w_lane3;
+    if (gemm_active) begin
+      if (\$788 ) begin
+        if (\$795 ) begin
+          \$1016  = w_beat3;
+        end
+      end
+    end
+    if (rst) begin
+      \$1016  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1017  = w_lane4;
+    if (gemm_active) begin
+      if (\$788 ) begin
+        if (\$795 ) begin
+          \$1017  = w_beat4;
+        end
+      end
+    end
+    if (rst) begin
+      \$1017  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1018  = w_lane5;
+    if (gemm_active) begin
+      if (\$788 ) begin
+        if (\$795 ) begin
+          \$1018  = w_beat5;
+        end
+      end
+    end
+    if (rst) begin
+      \$1018  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1019  = w_lane6;
+    if (gemm_active) begin
+      if (\$788 ) begin
+        if (\$795 ) begin
+          \$1019  = w_beat6;
+        end
+      end
+    end
+    if (rst) begin
+      \$1019  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1020  = w_lane7;
+    if (gemm_active) begin
+      if (\$788 ) begin
+        if (\$795 ) begin
+          \$1020  = w_beat7;
+        end
+      end
+    end
+    if (rst) begin
+      \$1020  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1021  = a_filled0;
     if (in_decode) begin
-      \$1014  = 16'h0000;
+      \$1021  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$802 ) begin
-        (* full_case = 32'd1 *)
+      if (\$807 ) begin
         if (a_load_k_hit) begin
-          \$1014  = 16'h0000;
-        end else begin
-          \$1014  = \$811 [15:0];
+          if (\$813 ) begin
+            casez (\$signal$274 )
+              1'h0:
+                  \$1021  = 1'h1;
+            endcase
+          end
         end
-      end else if (\$805 ) begin
-        if (\$814 ) begin
-          \$1014  = \$815 [15:0];
+      end else if (\$810 ) begin
+        if (\$819 ) begin
           if (a_load_k_hit) begin
-            \$1014  = 16'h0000;
+            casez (\$signal$274 )
+              1'h0:
+                  \$1021  = 1'h1;
+            endcase
           end
         end
       end
-    end
-    if (rst) begin
-      \$1014  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1015  = \$signal$310 ;
-    if (in_decode) begin
-      \$1015  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1015  = \$831 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1015  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1016  = \$signal$311 ;
-    if (in_decode) begin
-      \$1016  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1016  = 16'h0000;
-        end else begin
-          \$1016  = \$837 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1016  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = fnt;
-    if (in_decode) begin
-      \$1017  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1017  = 16'h0000;
-          end else begin
-            \$1017  = \$834 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1017  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = feed_blocks;
-    if (in_decode) begin
-      \$1018  = dec_blocks;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1018  = \$832 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1018  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1019  = a_load_k_hit;
-    if (in_decode) begin
-      \$1019  = \$792 ;
-    end
-    if (gemm_active) begin
-      if (\$802 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1019  = \$807 ;
-        end else begin
-          \$1019  = \$813 ;
-        end
-      end else if (\$805 ) begin
-        if (\$814 ) begin
-          \$1019  = \$817 ;
-          if (a_load_k_hit) begin
-            \$1019  = \$819 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1019  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = a_feed_k_hit;
-    if (in_decode) begin
-      \$1020  = \$794 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1020  = \$828 ;
-        end else begin
-          \$1020  = \$839 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1020  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = a_feed_nt_hit;
-    if (in_decode) begin
-      \$1021  = \$796 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1021  = \$830 ;
-          end else begin
-            \$1021  = \$836 ;
-          end
-        end
+      if (\$831 ) begin
+        casez (a_read_half)
+          1'h0:
+              \$1021  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
@@ -35847,17 +35674,44 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1022  = a_blocks_left;
+    \$1022  = a_filled1;
     if (in_decode) begin
-      \$1022  = \$797 ;
+      \$1022  = 1'h0;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1022  = \$833 ;
+      if (\$807 ) begin
+        if (a_load_k_hit) begin
+          if (\$813 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$274 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1022  = 1'h1;
+            endcase
           end
         end
+      end else if (\$810 ) begin
+        if (\$819 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$274 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1022  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$831 ) begin
+        (* full_case = 32'd1 *)
+        casez (a_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1022  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
@@ -35866,9 +35720,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1023  = a_read_last;
+    \$1023  = \$signal$274 ;
+    if (in_decode) begin
+      \$1023  = 1'h0;
+    end
     if (gemm_active) begin
-      \$1023  = a_feed_k_hit;
+      if (\$807 ) begin
+        if (a_load_k_hit) begin
+          if (\$813 ) begin
+            \$1023  = \$814 ;
+          end
+        end
+      end else if (\$810 ) begin
+        if (\$819 ) begin
+          if (a_load_k_hit) begin
+            \$1023  = \$825 ;
+          end
+        end
+      end
     end
     if (rst) begin
       \$1023  = 1'h0;
@@ -35876,29 +35745,74 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1024  = a_read_addr;
+    \$1024  = \$signal$281 ;
+    if (in_decode) begin
+      \$1024  = 4'h0;
+    end
     if (gemm_active) begin
-      \$1024  = \$823 [8:0];
+      if (\$807 ) begin
+        if (a_load_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (\$813 ) begin
+            \$1024  = 4'h0;
+          end else begin
+            \$1024  = \$815 [3:0];
+          end
+        end
+      end else if (\$810 ) begin
+        (* full_case = 32'd1 *)
+        if (\$819 ) begin
+          \$1024  = 4'h0;
+        end else begin
+          \$1024  = \$826 [3:0];
+        end
+      end
     end
     if (rst) begin
-      \$1024  = 9'h000;
+      \$1024  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1025  = a_read_half;
+    \$1025  = lk;
+    if (in_decode) begin
+      \$1025  = 16'h0000;
+    end
     if (gemm_active) begin
-      \$1025  = \$signal$310 ;
+      if (\$807 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1025  = 16'h0000;
+        end else begin
+          \$1025  = \$816 [15:0];
+        end
+      end else if (\$810 ) begin
+        if (\$819 ) begin
+          \$1025  = \$820 [15:0];
+          if (a_load_k_hit) begin
+            \$1025  = 16'h0000;
+          end
+        end
+      end
     end
     if (rst) begin
-      \$1025  = 1'h0;
+      \$1025  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1026  = a_read_free;
+    \$1026  = \$signal$307 ;
+    if (in_decode) begin
+      \$1026  = 1'h0;
+    end
     if (gemm_active) begin
-      \$1026  = \$825 ;
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1026  = \$836 ;
+          end
+        end
+      end
     end
     if (rst) begin
       \$1026  = 1'h0;
@@ -35906,38 +35820,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1027  = w_load_lane;
+    \$1027  = \$signal$308 ;
+    if (in_decode) begin
+      \$1027  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$844 ) begin
+      if (a_issue) begin
         (* full_case = 32'd1 *)
-        if (\$845 ) begin
-          \$1027  = 4'h0;
+        if (a_feed_k_hit) begin
+          \$1027  = 16'h0000;
         end else begin
-          \$1027  = \$852 [3:0];
+          \$1027  = \$842 [15:0];
         end
-      end
-      if (in_decode) begin
-        \$1027  = 4'h0;
       end
     end
     if (rst) begin
-      \$1027  = 4'h0;
+      \$1027  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1028  = w_load_k;
+    \$1028  = fnt;
+    if (in_decode) begin
+      \$1028  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$844 ) begin
-        if (\$845 ) begin
-          \$1028  = \$846 [15:0];
-          if (\$848 ) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
             \$1028  = 16'h0000;
+          end else begin
+            \$1028  = \$839 [15:0];
           end
         end
-      end
-      if (in_decode) begin
-        \$1028  = 16'h0000;
       end
     end
     if (rst) begin
@@ -35946,72 +35862,64 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1029  = w_load_addr;
+    \$1029  = feed_blocks;
+    if (in_decode) begin
+      \$1029  = dec_blocks;
+    end
     if (gemm_active) begin
-      if (\$844 ) begin
-        if (\$845 ) begin
-          \$1029  = \$847 [9:0];
-          if (\$848 ) begin
-            if (\$850 ) begin
-              \$1029  = 10'h000;
-            end
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1029  = \$837 [31:0];
           end
         end
       end
-      if (in_decode) begin
-        \$1029  = 10'h000;
-      end
     end
     if (rst) begin
-      \$1029  = 10'h000;
+      \$1029  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1030  = w_load_nt;
+    \$1030  = a_load_k_hit;
+    if (in_decode) begin
+      \$1030  = \$797 ;
+    end
     if (gemm_active) begin
-      if (\$844 ) begin
-        if (\$845 ) begin
-          if (\$848 ) begin
-            \$1030  = \$849 [15:0];
-            if (\$850 ) begin
-              \$1030  = 16'h0000;
-            end
+      if (\$807 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1030  = \$812 ;
+        end else begin
+          \$1030  = \$818 ;
+        end
+      end else if (\$810 ) begin
+        if (\$819 ) begin
+          \$1030  = \$822 ;
+          if (a_load_k_hit) begin
+            \$1030  = \$824 ;
           end
         end
       end
-      if (in_decode) begin
-        \$1030  = 16'h0000;
-      end
     end
     if (rst) begin
-      \$1030  = 16'h0000;
+      \$1030  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1031  = w_filled0;
+    \$1031  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1031  = \$799 ;
+    end
     if (gemm_active) begin
-      if (\$844 ) begin
-        if (\$845 ) begin
-          if (\$848 ) begin
-            if (\$850 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1031  = 1'h1;
-              endcase
-            end
-          end
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1031  = \$833 ;
+        end else begin
+          \$1031  = \$844 ;
         end
-      end
-      if (\$868 ) begin
-        casez (w_read_half)
-          1'h0:
-              \$1031  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1031  = 1'h0;
       end
     end
     if (rst) begin
@@ -36020,34 +35928,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1032  = w_filled1;
+    \$1032  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1032  = \$801 ;
+    end
     if (gemm_active) begin
-      if (\$844 ) begin
-        if (\$845 ) begin
-          if (\$848 ) begin
-            if (\$850 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1032  = 1'h1;
-              endcase
-            end
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1032  = \$835 ;
+          end else begin
+            \$1032  = \$841 ;
           end
         end
-      end
-      if (\$868 ) begin
-        (* full_case = 32'd1 *)
-        casez (w_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1032  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1032  = 1'h0;
       end
     end
     if (rst) begin
@@ -36056,19 +35950,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1033  = w_load_half;
+    \$1033  = a_blocks_left;
+    if (in_decode) begin
+      \$1033  = \$802 ;
+    end
     if (gemm_active) begin
-      if (\$844 ) begin
-        if (\$845 ) begin
-          if (\$848 ) begin
-            if (\$850 ) begin
-              \$1033  = \$851 ;
-            end
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1033  = \$838 ;
           end
         end
-      end
-      if (in_decode) begin
-        \$1033  = 1'h0;
       end
     end
     if (rst) begin
@@ -36077,29 +35969,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1034  = w_read_addr;
+    \$1034  = a_read_last;
     if (gemm_active) begin
-      \$1034  = \$855 [8:0];
+      \$1034  = a_feed_k_hit;
     end
     if (rst) begin
-      \$1034  = 9'h000;
+      \$1034  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1035  = w_read_half;
+    \$1035  = a_read_addr;
     if (gemm_active) begin
-      \$1035  = w_feed_half;
+      \$1035  = \$828 [8:0];
     end
     if (rst) begin
-      \$1035  = 1'h0;
+      \$1035  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1036  = w_read_free;
+    \$1036  = a_read_half;
     if (gemm_active) begin
-      \$1036  = \$861 ;
+      \$1036  = \$signal$307 ;
     end
     if (rst) begin
       \$1036  = 1'h0;
@@ -36107,98 +35999,309 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1037  = feed_ntk;
+    \$1037  = a_read_free;
     if (gemm_active) begin
-      if (\$863 ) begin
+      \$1037  = \$830 ;
+    end
+    if (rst) begin
+      \$1037  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1038  = w_load_lane;
+    if (gemm_active) begin
+      if (\$849 ) begin
+        (* full_case = 32'd1 *)
+        if (\$850 ) begin
+          \$1038  = 4'h0;
+        end else begin
+          \$1038  = \$857 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1038  = 4'h0;
+      end
+    end
+    if (rst) begin
+      \$1038  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1039  = w_load_k;
+    if (gemm_active) begin
+      if (\$849 ) begin
+        if (\$850 ) begin
+          \$1039  = \$851 [15:0];
+          if (\$853 ) begin
+            \$1039  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1039  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1039  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1040  = w_load_addr;
+    if (gemm_active) begin
+      if (\$849 ) begin
+        if (\$850 ) begin
+          \$1040  = \$852 [9:0];
+          if (\$853 ) begin
+            if (\$855 ) begin
+              \$1040  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1040  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1040  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1041  = w_load_nt;
+    if (gemm_active) begin
+      if (\$849 ) begin
+        if (\$850 ) begin
+          if (\$853 ) begin
+            \$1041  = \$854 [15:0];
+            if (\$855 ) begin
+              \$1041  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1041  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1041  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1042  = w_filled0;
+    if (gemm_active) begin
+      if (\$849 ) begin
+        if (\$850 ) begin
+          if (\$853 ) begin
+            if (\$855 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1042  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$873 ) begin
+        casez (w_read_half)
+          1'h0:
+              \$1042  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1042  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1042  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1043  = w_filled1;
+    if (gemm_active) begin
+      if (\$849 ) begin
+        if (\$850 ) begin
+          if (\$853 ) begin
+            if (\$855 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1043  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$873 ) begin
+        (* full_case = 32'd1 *)
+        casez (w_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1043  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1043  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1043  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1044  = w_load_half;
+    if (gemm_active) begin
+      if (\$849 ) begin
+        if (\$850 ) begin
+          if (\$853 ) begin
+            if (\$855 ) begin
+              \$1044  = \$856 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1044  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1044  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1045  = w_read_addr;
+    if (gemm_active) begin
+      \$1045  = \$860 [8:0];
+    end
+    if (rst) begin
+      \$1045  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1046  = w_read_half;
+    if (gemm_active) begin
+      \$1046  = w_feed_half;
+    end
+    if (rst) begin
+      \$1046  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1047  = w_read_free;
+    if (gemm_active) begin
+      \$1047  = \$866 ;
+    end
+    if (rst) begin
+      \$1047  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1048  = feed_ntk;
+    if (gemm_active) begin
+      if (\$868 ) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1037  = 32'd0;
+            \$1048  = 32'd0;
           end else begin
-            \$1037  = \$867 [31:0];
+            \$1048  = \$872 [31:0];
           end
         end
       end
       if (in_decode) begin
-        \$1037  = 32'd0;
+        \$1048  = 32'd0;
       end
     end
     if (rst) begin
-      \$1037  = 32'd0;
+      \$1048  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1038  = feed_mt;
+    \$1049  = feed_mt;
     if (gemm_active) begin
-      if (\$863 ) begin
+      if (\$868 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
             (* full_case = 32'd1 *)
-            if (\$864 ) begin
-              \$1038  = 16'h0000;
+            if (\$869 ) begin
+              \$1049  = 16'h0000;
             end else begin
-              \$1038  = \$866 [15:0];
+              \$1049  = \$871 [15:0];
             end
           end
         end
       end
       if (in_decode) begin
-        \$1038  = 16'h0000;
+        \$1049  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1038  = 16'h0000;
+      \$1049  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1039  = w_feed_half;
+    \$1050  = w_feed_half;
     if (gemm_active) begin
-      if (\$863 ) begin
+      if (\$868 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            if (\$864 ) begin
-              \$1039  = \$865 ;
+            if (\$869 ) begin
+              \$1050  = \$870 ;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1039  = 1'h0;
+        \$1050  = 1'h0;
       end
     end
     if (rst) begin
-      \$1039  = 1'h0;
+      \$1050  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1040  = post_col;
+    \$1051  = post_col;
     if (in_decode) begin
-      \$1040  = 3'h0;
+      \$1051  = 3'h0;
     end
-    if (\$870 ) begin
+    if (\$875 ) begin
       if (elem_take) begin
-        \$1040  = \$873 [2:0];
+        \$1051  = \$878 [2:0];
       end
     end
     if (rst) begin
-      \$1040  = 3'h0;
+      \$1051  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1041  = \$878 ;
+    \$1052  = \$883 ;
     if (rst) begin
-      \$1041  = 1'h0;
+      \$1052  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1042  = fault;
+    \$1053  = fault;
     if (rst) begin
-      \$1042  = 4'h0;
+      \$1053  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -36230,7 +36333,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \next$91  = src1_issue;
   assign \w_en$92  = src1_inflight;
   assign \w_data$93  = { src1_meta, \$signature__data$94  };
-  assign wr_addr = \addr$97 [13:0];
+  assign wr__addr = \addr$97 [13:0];
   assign \error$109  = error;
   assign \done$111  = done;
   assign \busy$113  = busy;
@@ -36265,14 +36368,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign softmax_elem = { 8'h00, \o__payload$197 [7:0] };
   assign layernorm_elem = { \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199  };
   assign p__payload = beat__payload[437:0];
-  assign w_in_valid = \w_en$265 ;
-  assign \w_data$267  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
-  assign \o__valid$415  = \w_en$414 ;
-  assign \o__payload$417  = \w_data$416 ;
-  assign \w_rdy$419  = \o__ready$418 ;
-  assign \r_rdy$420  = gemm_res_valid;
-  assign \next$455  = dst_step;
-  assign \i__payload$458  = \r_data$217 [15:0];
+  assign \o__valid$417  = \w_en$416 ;
+  assign \o__payload$419  = \w_data$418 ;
+  assign \w_rdy$421  = \o__ready$420 ;
+  assign \r_rdy$422  = gemm_res_valid;
+  assign \next$456  = dst_step;
+  assign \i__payload$459  = \r_data$217 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -36391,17 +36492,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$404.data  = \a__payload$404 [80:0];
-  assign \a__payload$404.data[0]  = \a__payload$404 [8:0];
-  assign \a__payload$404.data[1]  = \a__payload$404 [17:9];
-  assign \a__payload$404.data[2]  = \a__payload$404 [26:18];
-  assign \a__payload$404.data[3]  = \a__payload$404 [35:27];
-  assign \a__payload$404.data[4]  = \a__payload$404 [44:36];
-  assign \a__payload$404.data[5]  = \a__payload$404 [53:45];
-  assign \a__payload$404.data[6]  = \a__payload$404 [62:54];
-  assign \a__payload$404.data[7]  = \a__payload$404 [71:63];
-  assign \a__payload$404.data[8]  = \a__payload$404 [80:72];
-  assign \a__payload$404.last  = \a__payload$404 [81];
+  assign \a__payload$401.data  = \a__payload$401 [80:0];
+  assign \a__payload$401.data[0]  = \a__payload$401 [8:0];
+  assign \a__payload$401.data[1]  = \a__payload$401 [17:9];
+  assign \a__payload$401.data[2]  = \a__payload$401 [26:18];
+  assign \a__payload$401.data[3]  = \a__payload$401 [35:27];
+  assign \a__payload$401.data[4]  = \a__payload$401 [44:36];
+  assign \a__payload$401.data[5]  = \a__payload$401 [53:45];
+  assign \a__payload$401.data[6]  = \a__payload$401 [62:54];
+  assign \a__payload$401.data[7]  = \a__payload$401 [71:63];
+  assign \a__payload$401.data[8]  = \a__payload$401 [80:72];
+  assign \a__payload$401.last  = \a__payload$401 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -36410,22 +36511,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$417[0]  = \w_data$416 [31:0];
-  assign \o__payload$417[1]  = \w_data$416 [63:32];
-  assign \o__payload$417[2]  = \w_data$416 [95:64];
-  assign \o__payload$417[3]  = \w_data$416 [127:96];
-  assign \o__payload$417[4]  = \w_data$416 [159:128];
-  assign \o__payload$417[5]  = \w_data$416 [191:160];
-  assign \o__payload$417[6]  = \w_data$416 [223:192];
-  assign \o__payload$417[7]  = \w_data$416 [255:224];
-  assign \req__payload$442.addr  = \req__payload$442 [31:0];
-  assign \req__payload$442.lb  = \req__payload$442 [34:32];
-  assign \i__payload$457.data  = \i__payload$457 [15:0];
-  assign \i__payload$457.last  = \i__payload$457 [16];
-  assign \i__payload$457 [16] = \r_data$217 [16];
-  assign \i__payload$457 [15:0] = \r_data$217 [15:0];
-  assign \req__payload$442 [34:32] = \$378 ;
-  assign \req__payload$442 [31:0] = \$368 ;
+  assign \o__payload$419[0]  = \w_data$418 [31:0];
+  assign \o__payload$419[1]  = \w_data$418 [63:32];
+  assign \o__payload$419[2]  = \w_data$418 [95:64];
+  assign \o__payload$419[3]  = \w_data$418 [127:96];
+  assign \o__payload$419[4]  = \w_data$418 [159:128];
+  assign \o__payload$419[5]  = \w_data$418 [191:160];
+  assign \o__payload$419[6]  = \w_data$418 [223:192];
+  assign \o__payload$419[7]  = \w_data$418 [255:224];
+  assign \req__payload$444.addr  = \req__payload$444 [31:0];
+  assign \req__payload$444.lb  = \req__payload$444 [34:32];
+  assign \i__payload$458.data  = \i__payload$458 [15:0];
+  assign \i__payload$458.last  = \i__payload$458 [16];
+  assign \i__payload$458 [16] = \r_data$217 [16];
+  assign \i__payload$458 [15:0] = \r_data$217 [15:0];
+  assign \req__payload$444 [34:32] = \$373 ;
+  assign \req__payload$444 [31:0] = \$363 ;
   assign i__payload[31:24] = r_data[55:48];
   assign i__payload[23:16] = r_data[39:32];
   assign i__payload[15:8] = r_data[23:16];
@@ -36468,44 +36569,44 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign { \$102 [3], \$102 [1:0] } = 3'h0;
   assign \$102 [2] = ins[10];
   assign \$103  = ins[10];
-  assign \$143 [3:1] = 3'h0;
-  assign \$143 [0] = ins[8];
-  assign \$144  = ins[8];
-  assign \$146 [3:1] = 3'h0;
-  assign \$146 [0] = ins[8];
-  assign \$147  = ins[8];
-  assign \$149 [3:1] = 3'h0;
-  assign \$149 [0] = ins[8];
-  assign \$150  = ins[8];
-  assign \$152 [3:1] = 3'h0;
-  assign \$152 [0] = ins[8];
-  assign \$153  = ins[8];
-  assign \$155 [3:1] = 3'h0;
-  assign \$155 [0] = ins[8];
-  assign \$156  = ins[8];
-  assign \$158 [3:1] = 3'h0;
-  assign \$158 [0] = ins[8];
-  assign \$159  = ins[8];
-  assign \$161 [3:1] = 3'h0;
-  assign \$161 [0] = ins[8];
-  assign \$162  = ins[8];
-  assign \$357  = 1'h0;
-  assign \$364  = 1'h0;
-  assign \$365  = \$363 ;
-  assign \$374  = 1'h0;
-  assign \$375  = \$373 ;
-  assign \$379  = in_fetch;
-  assign \$383  = unit_rst;
-  assign \$482  = { 19'h00000, \$481 [32:19] };
-  assign \$483  = { 3'h0, dec_n2p[16:3] };
-  assign \$488  = { 1'h0, dec_nt, 6'h00 };
-  assign \$490 [5:0] = 6'h00;
-  assign \$490 [31:6] = { 8'h00, \$489 [23:6] };
-  assign \$494  = { 1'h0, dec_mt_last };
-  assign \$495  = { dec_mt_last, 3'h0 };
-  assign \$498 [2:0] = 3'h0;
-  assign \$498 [3] = ins[11];
-  assign \$499  = ins[11];
+  assign \$139 [3:1] = 3'h0;
+  assign \$139 [0] = ins[8];
+  assign \$140  = ins[8];
+  assign \$142 [3:1] = 3'h0;
+  assign \$142 [0] = ins[8];
+  assign \$143  = ins[8];
+  assign \$145 [3:1] = 3'h0;
+  assign \$145 [0] = ins[8];
+  assign \$146  = ins[8];
+  assign \$148 [3:1] = 3'h0;
+  assign \$148 [0] = ins[8];
+  assign \$149  = ins[8];
+  assign \$151 [3:1] = 3'h0;
+  assign \$151 [0] = ins[8];
+  assign \$152  = ins[8];
+  assign \$154 [3:1] = 3'h0;
+  assign \$154 [0] = ins[8];
+  assign \$155  = ins[8];
+  assign \$157 [3:1] = 3'h0;
+  assign \$157 [0] = ins[8];
+  assign \$158  = ins[8];
+  assign \$352  = 1'h0;
+  assign \$359  = 1'h0;
+  assign \$360  = \$358 ;
+  assign \$369  = 1'h0;
+  assign \$370  = \$368 ;
+  assign \$374  = in_fetch;
+  assign \$378  = unit_rst;
+  assign \$480  = { 19'h00000, \$479 [32:19] };
+  assign \$481  = { 3'h0, dec_n2p[16:3] };
+  assign \$486  = { 1'h0, dec_nt, 6'h00 };
+  assign \$488 [5:0] = 6'h00;
+  assign \$488 [31:6] = { 8'h00, \$487 [23:6] };
+  assign \$492  = { 1'h0, dec_mt_last };
+  assign \$493  = { dec_mt_last, 3'h0 };
+  assign \$496 [2:0] = 3'h0;
+  assign \$496 [3] = ins[11];
+  assign \$497  = ins[11];
   assign \$56  = \$55 ;
 endmodule
 
@@ -41056,10 +41157,10 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
     .clk(clk),
-    .\port$11585$0 (l0s_s2_o),
-    .\port$11677$0 (l1s_s2_o),
-    .\port$11769$0 (l2s_s2_o),
-    .\port$11861$0 (l3s_s2_o),
+    .\port$11573$0 (l0s_s2_o),
+    .\port$11665$0 (l1s_s2_o),
+    .\port$11757$0 (l2s_s2_o),
+    .\port$11849$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42304,7 +42405,7 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11585$0 , \port$11677$0 , \port$11769$0 , \port$11861$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11573$0 , \port$11665$0 , \port$11757$0 , \port$11849$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42347,14 +42448,14 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11585
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11585$0 ;
-  wire [15:0] \port$11585$0 ;
-  input [15:0] \port$11677$0 ;
-  wire [15:0] \port$11677$0 ;
-  input [15:0] \port$11769$0 ;
-  wire [15:0] \port$11769$0 ;
-  input [15:0] \port$11861$0 ;
-  wire [15:0] \port$11861$0 ;
+  input [15:0] \port$11573$0 ;
+  wire [15:0] \port$11573$0 ;
+  input [15:0] \port$11665$0 ;
+  wire [15:0] \port$11665$0 ;
+  input [15:0] \port$11757$0 ;
+  wire [15:0] \port$11757$0 ;
+  input [15:0] \port$11849$0 ;
+  wire [15:0] \port$11849$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42397,7 +42498,7 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11585
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11861$0 , \port$11769$0 , \port$11677$0 , \port$11585$0  };
+      storage[w_port__addr] <= { \port$11849$0 , \port$11757$0 , \port$11665$0 , \port$11573$0  };
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
@@ -42509,8 +42610,8 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11585
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11861$0 , \port$11769$0 , \port$11677$0 , \port$11585$0  };
-  assign w_data = { \port$11861$0 , \port$11769$0 , \port$11677$0 , \port$11585$0  };
+  assign w_port__data = { \port$11849$0 , \port$11757$0 , \port$11665$0 , \port$11573$0  };
+  assign w_data = { \port$11849$0 , \port$11757$0 , \port$11665$0 , \port$11573$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -49981,10 +50082,10 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
     .clk(clk),
-    .\port$12094$0 (l0_s27_o),
-    .\port$12280$0 (l1_s27_o),
-    .\port$12466$0 (l2_s27_o),
-    .\port$12652$0 (l3_s27_o),
+    .\port$12082$0 (l0_s27_o),
+    .\port$12268$0 (l1_s27_o),
+    .\port$12454$0 (l2_s27_o),
+    .\port$12640$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52039,7 +52140,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$12094$0 , \port$12280$0 , \port$12466$0 , \port$12652$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$12082$0 , \port$12268$0 , \port$12454$0 , \port$12640$0 , w_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52082,14 +52183,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12094$0 ;
-  wire [7:0] \port$12094$0 ;
-  input [7:0] \port$12280$0 ;
-  wire [7:0] \port$12280$0 ;
-  input [7:0] \port$12466$0 ;
-  wire [7:0] \port$12466$0 ;
-  input [7:0] \port$12652$0 ;
-  wire [7:0] \port$12652$0 ;
+  input [7:0] \port$12082$0 ;
+  wire [7:0] \port$12082$0 ;
+  input [7:0] \port$12268$0 ;
+  wire [7:0] \port$12268$0 ;
+  input [7:0] \port$12454$0 ;
+  wire [7:0] \port$12454$0 ;
+  input [7:0] \port$12640$0 ;
+  wire [7:0] \port$12640$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52148,7 +52249,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12652$0 , \port$12466$0 , \port$12280$0 , \port$12094$0  };
+      storage[w_port__addr] <= { \port$12640$0 , \port$12454$0 , \port$12268$0 , \port$12082$0  };
   end
   reg [31:0] _0_;
   always @(posedge clk) begin
@@ -52260,14 +52361,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12652$0 , \port$12466$0 , \port$12280$0 , \port$12094$0  };
-  assign w_data = { \port$12652$0 , \port$12466$0 , \port$12280$0 , \port$12094$0  };
+  assign w_port__data = { \port$12640$0 , \port$12454$0 , \port$12268$0 , \port$12082$0  };
+  assign w_data = { \port$12640$0 , \port$12454$0 , \port$12268$0 , \port$12082$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gemm (rst, p__payload, a__ready, w__ready, p__ready, o__valid, o__payload, o__ready, p__valid, a__valid, a__payload, w__valid, w__payload, unit_rst, clk);
+module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o__payload, o__ready, p__valid, a__valid, a__payload, w__valid, w__payload, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$62  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -55044,7 +55145,6 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, w__ready, p__ready, o_
   wire [7:0] \w__payload[5] ;
   wire [7:0] \w__payload[6] ;
   wire [7:0] \w__payload[7] ;
-  output w__ready;
   wire w__ready;
   input w__valid;
   wire w__valid;
@@ -68392,7 +68492,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9098$0 , \port$9100$0 , \port$9102$0 , \port$9104$0 , \port$9106$0 , \port$9108$0 , \port$9110$0 , \port$9112$0 , clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9068$0 , \port$9070$0 , \port$9072$0 , \port$9074$0 , \port$9076$0 , \port$9078$0 , \port$9080$0 , \port$9082$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68416,22 +68516,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$9098$0 ;
-  wire [15:0] \port$9098$0 ;
-  input [15:0] \port$9100$0 ;
-  wire [15:0] \port$9100$0 ;
-  input [15:0] \port$9102$0 ;
-  wire [15:0] \port$9102$0 ;
-  input [15:0] \port$9104$0 ;
-  wire [15:0] \port$9104$0 ;
-  input [15:0] \port$9106$0 ;
-  wire [15:0] \port$9106$0 ;
-  input [15:0] \port$9108$0 ;
-  wire [15:0] \port$9108$0 ;
-  input [15:0] \port$9110$0 ;
-  wire [15:0] \port$9110$0 ;
-  input [15:0] \port$9112$0 ;
-  wire [15:0] \port$9112$0 ;
+  input [15:0] \port$9068$0 ;
+  wire [15:0] \port$9068$0 ;
+  input [15:0] \port$9070$0 ;
+  wire [15:0] \port$9070$0 ;
+  input [15:0] \port$9072$0 ;
+  wire [15:0] \port$9072$0 ;
+  input [15:0] \port$9074$0 ;
+  wire [15:0] \port$9074$0 ;
+  input [15:0] \port$9076$0 ;
+  wire [15:0] \port$9076$0 ;
+  input [15:0] \port$9078$0 ;
+  wire [15:0] \port$9078$0 ;
+  input [15:0] \port$9080$0 ;
+  wire [15:0] \port$9080$0 ;
+  input [15:0] \port$9082$0 ;
+  wire [15:0] \port$9082$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -68465,7 +68565,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9112$0 , \port$9110$0 , \port$9108$0 , \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0  };
+      storage[w_port__addr] <= { \port$9082$0 , \port$9080$0 , \port$9078$0 , \port$9076$0 , \port$9074$0 , \port$9072$0 , \port$9070$0 , \port$9068$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -68536,14 +68636,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9112$0 , \port$9110$0 , \port$9108$0 , \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0  };
-  assign w_data = { \port$9112$0 , \port$9110$0 , \port$9108$0 , \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0  };
+  assign w_port__data = { \port$9082$0 , \port$9080$0 , \port$9078$0 , \port$9076$0 , \port$9074$0 , \port$9072$0 , \port$9070$0 , \port$9068$0  };
+  assign w_data = { \port$9082$0 , \port$9080$0 , \port$9078$0 , \port$9076$0 , \port$9074$0 , \port$9072$0 , \port$9070$0 , \port$9068$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1597$0 , r_rdy, r_data, w_en, \port$8919$0 , unit_rst, level, clk);
+module \accelerator.core.q_src0 (rst, r_en, \port$1606$0 , r_rdy, r_data, w_en, \port$8889$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68568,10 +68668,10 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1597$0 , r_rdy, r_data, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1597$0 ;
-  wire [15:0] \port$1597$0 ;
-  input [2:0] \port$8919$0 ;
-  wire [2:0] \port$8919$0 ;
+  input [15:0] \port$1606$0 ;
+  wire [15:0] \port$1606$0 ;
+  input [2:0] \port$8889$0 ;
+  wire [2:0] \port$8889$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -68606,7 +68706,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1597$0 , r_rdy, r_data, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8919$0 , \port$1597$0  };
+      storage[w_port__addr] <= { \port$8889$0 , \port$1606$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -68677,14 +68777,14 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1597$0 , r_rdy, r_data, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8919$0 , \port$1597$0  };
-  assign w_data = { \port$8919$0 , \port$1597$0  };
+  assign w_port__data = { \port$8889$0 , \port$1606$0  };
+  assign w_data = { \port$8889$0 , \port$1606$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1598$0 , r_rdy, r_data, r_en, w_en, \port$8923$0 , unit_rst, level, clk);
+module \accelerator.core.q_src1 (rst, \port$1607$0 , r_rdy, r_data, r_en, w_en, \port$8893$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68709,10 +68809,10 @@ module \accelerator.core.q_src1 (rst, \port$1598$0 , r_rdy, r_data, r_en, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1598$0 ;
-  wire [15:0] \port$1598$0 ;
-  input [2:0] \port$8923$0 ;
-  wire [2:0] \port$8923$0 ;
+  input [15:0] \port$1607$0 ;
+  wire [15:0] \port$1607$0 ;
+  input [2:0] \port$8893$0 ;
+  wire [2:0] \port$8893$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -68747,7 +68847,7 @@ module \accelerator.core.q_src1 (rst, \port$1598$0 , r_rdy, r_data, r_en, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8923$0 , \port$1598$0  };
+      storage[w_port__addr] <= { \port$8893$0 , \port$1607$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -68818,8 +68918,8 @@ module \accelerator.core.q_src1 (rst, \port$1598$0 , r_rdy, r_data, r_en, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8923$0 , \port$1598$0  };
-  assign w_data = { \port$8923$0 , \port$1598$0  };
+  assign w_port__data = { \port$8893$0 , \port$1607$0  };
+  assign w_data = { \port$8893$0 , \port$1607$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -69116,9 +69216,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1343$0 (\$13 [4:0]),
-    .\port$1344$0 (\$14 ),
-    .\port$1508$0 (r_data[2:0]),
+    .\port$1352$0 (\$13 [4:0]),
+    .\port$1353$0 (\$14 ),
+    .\port$1517$0 (r_data[2:0]),
     .r_data(\r_data$29 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -69550,7 +69650,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1343$0 , \port$1344$0 , w_rdy, r_data, \port$1508$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1352$0 , \port$1353$0 , w_rdy, r_data, \port$1517$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -69592,12 +69692,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1343$0 , \port$1344$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1343$0 ;
-  wire [4:0] \port$1343$0 ;
-  input \port$1344$0 ;
-  wire \port$1344$0 ;
-  input [2:0] \port$1508$0 ;
-  wire [2:0] \port$1508$0 ;
+  input [4:0] \port$1352$0 ;
+  wire [4:0] \port$1352$0 ;
+  input \port$1353$0 ;
+  wire \port$1353$0 ;
+  input [2:0] \port$1517$0 ;
+  wire [2:0] \port$1517$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -69641,7 +69741,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1343$0 , \port$1344$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1344$0 , \port$1343$0 , \port$1508$0  };
+      storage[w_port__addr] <= { \port$1353$0 , \port$1352$0 , \port$1517$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -69740,8 +69840,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1343$0 , \port$1344$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1344$0 , \port$1343$0 , \port$1508$0  };
-  assign w_data = { \port$1344$0 , \port$1343$0 , \port$1508$0  };
+  assign w_port__data = { \port$1353$0 , \port$1352$0 , \port$1517$0  };
+  assign w_data = { \port$1353$0 , \port$1352$0 , \port$1517$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -73367,163 +73467,8 @@ module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$20
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8755$0 , \port$8756$0 , \port$8757$0 , \port$8758$0 , \port$8759$0 , \port$8760$0 , \port$8761$0 , \port$8762$0 , w_en, r_en, in_decode, unit_rst, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$82  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire [2:0] \$14 ;
-  wire \$15 ;
-  reg \$16 ;
-  reg \$17 ;
-  reg [1:0] \$18 ;
-  wire [1:0] \$2 ;
-  wire \$3 ;
-  wire [1:0] \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire [2:0] \$9 ;
-  input clk;
-  wire clk;
-  (* init = 1'h0 *)
-  wire consume;
-  input in_decode;
-  wire in_decode;
-  reg [1:0] level = 2'h0;
-  input [7:0] \port$8755$0 ;
-  wire [7:0] \port$8755$0 ;
-  input [7:0] \port$8756$0 ;
-  wire [7:0] \port$8756$0 ;
-  input [7:0] \port$8757$0 ;
-  wire [7:0] \port$8757$0 ;
-  input [7:0] \port$8758$0 ;
-  wire [7:0] \port$8758$0 ;
-  input [7:0] \port$8759$0 ;
-  wire [7:0] \port$8759$0 ;
-  input [7:0] \port$8760$0 ;
-  wire [7:0] \port$8760$0 ;
-  input [7:0] \port$8761$0 ;
-  wire [7:0] \port$8761$0 ;
-  input [7:0] \port$8762$0 ;
-  wire [7:0] \port$8762$0 ;
-  (* init = 1'h0 *)
-  wire produce;
-  output [63:0] r_data;
-  wire [63:0] r_data;
-  input r_en;
-  wire r_en;
-  (* init = 2'h0 *)
-  wire [1:0] r_level;
-  reg r_port__addr = 1'h0;
-  wire [63:0] r_port__data;
-  output r_rdy;
-  wire r_rdy;
-  input rst;
-  wire rst;
-  input unit_rst;
-  wire unit_rst;
-  wire [63:0] w_data;
-  input w_en;
-  wire w_en;
-  (* init = 2'h0 *)
-  wire [1:0] w_level;
-  reg w_port__addr = 1'h0;
-  wire [63:0] w_port__data;
-  wire w_port__en;
-  output w_rdy;
-  wire w_rdy;
-  reg [63:0] storage [1:0];
-  initial begin
-    storage[0] = 64'h0000000000000000;
-    storage[1] = 64'h0000000000000000;
-  end
-  always @(posedge clk) begin
-    if (w_port__en)
-      storage[w_port__addr] <= { \port$8762$0 , \port$8761$0 , \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0  };
-  end
-  assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 2'h2;
-  assign r_rdy = | level;
-  assign w_port__en = w_en & w_rdy;
-  assign \$1  = w_rdy & w_en;
-  assign \$2  = w_port__addr + 1'h1;
-  assign \$3  = r_rdy & r_en;
-  assign \$4  = r_port__addr + 1'h1;
-  assign \$5  = w_rdy & w_en;
-  assign \$6  = r_rdy & r_en;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$5  & \$7 ;
-  assign \$9  = level + 1'h1;
-  assign \$10  = r_rdy & r_en;
-  assign \$11  = w_rdy & w_en;
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$10  & \$12 ;
-  assign \$14  = level - 1'h1;
-  assign \$15  = in_decode | unit_rst;
-  always @(posedge clk)
-    w_port__addr <= \$16 ;
-  always @(posedge clk)
-    r_port__addr <= \$17 ;
-  always @(posedge clk)
-    level <= \$18 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
-    \$16  = w_port__addr;
-    if (\$1 ) begin
-      \$16  = \$2 [0];
-    end
-    if (\$15 ) begin
-      \$16  = 1'h0;
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
-    \$17  = r_port__addr;
-    if (\$3 ) begin
-      \$17  = \$4 [0];
-    end
-    if (\$15 ) begin
-      \$17  = 1'h0;
-    end
-    if (rst) begin
-      \$17  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
-    \$18  = level;
-    if (\$8 ) begin
-      \$18  = \$9 [1:0];
-    end
-    if (\$13 ) begin
-      \$18  = \$14 [1:0];
-    end
-    if (\$15 ) begin
-      \$18  = 2'h0;
-    end
-    if (rst) begin
-      \$18  = 2'h0;
-    end
-  end
-  assign w_level = level;
-  assign r_level = level;
-  assign produce = w_port__addr;
-  assign w_port__data = { \port$8762$0 , \port$8761$0 , \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0  };
-  assign w_data = { \port$8762$0 , \port$8761$0 , \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0  };
-  assign consume = r_port__addr;
-  assign r_port__data = r_data;
-endmodule
-
-(* generator = "Amaranth" *)
 module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$83  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$82  = 0;
   wire [10:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73627,7 +73572,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     .w_rdy(req__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
     \$22  = pending;
     if (\$15 ) begin
       \$22  = \$19 [6:0];
@@ -73639,7 +73584,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
     \$23  = err;
     if (clear) begin
       \$23  = 1'h0;
@@ -73672,7 +73617,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$84  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$83  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73754,7 +73699,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -73764,7 +73709,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -73774,7 +73719,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -73796,7 +73741,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_data, \port$0$10 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$84  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73881,7 +73826,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -73891,7 +73836,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -73901,7 +73846,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
